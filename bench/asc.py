@@ -1,0 +1,408 @@
+"""Benchmark of paid requests through the Liquidity Vault and A402 channels, against x402 exact.
+
+Measures, in one run, on one anvil:
+
+1. paid requests per second and latency p50/p99 through the vault over
+   loopback HTTP (client → vault → provider's A402 endpoint: EXEC, REPLY, AUTH,
+   REVEAL, ACK inside an attested session) with a zero-cost service, for 1
+   channel (one client, one request in flight, as the protocol allows) and for
+   50 channels (50 clients, one request in flight each);
+2. the same zero-cost service paid with x402 ``exact`` through the facilitator,
+   50 clients at once, with anvil mining a block every 2 s (Base's block time);
+3. on-chain transactions and gas per request as the number of requests grows
+   (1, 10, 100, 1000): for the channel, every transaction mined between the
+   client's deposit and the channel's close, counted from the blocks; for
+   ``exact``, one ``transferWithAuthorization`` per request at the gas measured
+   in (2).
+
+Every counted paid request is a full vault exchange with the provider; the
+channel's open (``createASC``, on the first request of each channel) is left
+out of the timed window only because it is a one-time cost already counted in
+(3). The channel phases run with anvil auto-mining (blocks matter there only at
+deposit, open and close, which are not timed); the ``exact`` phase switches the
+same anvil to a block every 2 s, because there the block time *is* the cost.
+
+Everything (vault, provider, facilitator, load generator) shares one Python
+process on this machine, so the figures include the GIL contention of all
+four; absolute numbers depend on the machine (recorded in the JSON).
+
+Prints a table of targets and writes ``bench/results/asc.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import json
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from a402.background import serve_in_thread
+from a402.chain.deploy import Manifest, deploy_dev_stack
+from a402.chain.node import Chain, start_anvil
+from a402.chain.tx import contract_at, transact
+from a402.client import Budget, async_paying_client, receipt_of
+from a402.client.vault import AsyncVaultClient, VaultClient
+from a402.facilitator.app import create_app as facilitator_app
+from a402.facilitator.core import Facilitator
+from a402.facilitator.store import SettlementStore
+from a402.provider.a402_runtime import A402Config
+from a402.provider.a402_store import SqlChannelStore
+from a402.provider.middleware import PaymentMiddleware
+from a402.tee import PROVIDER_PURPOSES, AttestationPolicy, SimulatedPlatform, SimulatedVerifier
+from a402.vault.app import create_app as vault_app
+from a402.vault.identity import vault_enclave
+from a402.vault.service import VaultConfig, VaultService
+from a402.vault.store import VaultStore
+from machine import machine
+
+ROOT = Path(__file__).resolve().parents[1]
+PRICE = 1_000
+SIZES = (1, 10, 100, 1000)
+PROVIDER_CODE = hashlib.sha384(b"a402 bench provider enclave").digest()
+VAULT_CODE = hashlib.sha384(b"a402 bench vault enclave").digest()
+BLOCK_TIME = 2.0
+PAPER_LIFECYCLE_GAS = 83_687
+TARGETS = {"throughput_50_channels_rps": 500, "overhead_p50_ms": 5.0,
+           "lifecycle_gas": PAPER_LIFECYCLE_GAS, "throughput_ratio_vs_exact": 100}
+
+
+def zero_cost_service() -> Starlette:
+    """The paid API: answers at once, so what is measured is the payment."""
+    async def data(_: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    return Starlette(routes=[Route("/data", data)])
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
+@dataclass
+class Stack:
+    chain: Chain
+    manifest: Manifest
+    api_url: str
+    vault_url: str
+    service_url: str
+
+
+def mined(chain: Chain, contracts: list[Any], first: int, last: int
+          ) -> tuple[int, int, dict[str, int], dict[str, int]]:
+    """(transactions, gas, count by function, gas by function) of blocks first..last."""
+    names: dict[str, int] = {}
+    gas_of: dict[str, int] = {}
+    txs = gas = 0
+    for number in range(first, last + 1):
+        for tx in chain.w3.eth.get_block(number, full_transactions=True)["transactions"]:
+            used = int(chain.w3.eth.get_transaction_receipt(tx["hash"])["gasUsed"])
+            txs, gas = txs + 1, gas + used
+            name = "other"
+            for contract in contracts:
+                if tx.get("to") == contract.address:
+                    with contextlib.suppress(ValueError):  # not one of its functions
+                        name = contract.decode_function_input(tx["input"])[0].fn_name
+            names[name] = names.get(name, 0) + 1
+            gas_of[name] = gas_of.get(name, 0) + used
+    return txs, gas, names, gas_of
+
+
+def channel_run(stack: Stack, client: LocalAccount, count: int) -> dict[str, Any]:
+    """One client: deposit, ``count`` paid requests through one channel, cooperative close.
+
+    Returns the transactions and gas mined from deposit to close, and the timed
+    window's figures (requests 2..count; the first one opens the channel)."""
+    chain = stack.chain
+    first = chain.w3.eth.block_number + 1
+    latencies: list[float] = []
+    with VaultClient(stack.vault_url, client) as vault:
+        if vault.deposit(count * PRICE).get("state") != "credited":
+            raise RuntimeError("deposit not credited")
+        opened = vault.invoke(f"{stack.api_url}/data", max_price=PRICE)
+        if (opened.outcome, opened.status) != ("paid", 200):
+            raise RuntimeError(f"first paid request failed: {opened}")
+        start = time.perf_counter()
+        for _ in range(count - 1):
+            t0 = time.perf_counter()
+            result = vault.invoke(f"{stack.api_url}/data", max_price=PRICE)
+            latencies.append((time.perf_counter() - t0) * 1000)
+            if (result.outcome, result.status, result.amount) != ("paid", 200, PRICE):
+                raise RuntimeError(f"paid request failed: {result}")
+        elapsed = time.perf_counter() - start
+        [channel] = vault.account_info()["channels"]
+        closed = vault.close_channel(channel["channelId"])
+        if closed["phase"] != "settled" or int(closed["providerPayout"]) != count * PRICE:
+            raise RuntimeError(f"close failed: {closed}")
+    contracts = [contract_at(chain, "TestUSDC", stack.manifest.token.address),
+                 contract_at(chain, "ASCManager", stack.manifest.contracts["ASCManager"])]
+    txs, gas, names, gas_of = mined(chain, contracts, first, chain.w3.eth.block_number)
+    return {"requests": count, "transactions": txs, "gas": gas, "by_function": names,
+            "gas_by_function": gas_of,
+            "lifecycle_gas": gas_of.get("createASC", 0) + gas_of.get("closeASC", 0),
+            "timed_requests": len(latencies),
+            "per_second": len(latencies) / elapsed if latencies else None,
+            "latency_ms_p50": statistics.median(latencies) if latencies else None,
+            "latency_ms_p99": percentile(latencies, 0.99) if latencies else None}
+
+
+async def many_channels(stack: Stack, clients: list[LocalAccount], each: int) -> dict[str, Any]:
+    """``len(clients)`` channels at once, one request in flight per channel."""
+    vaults = [AsyncVaultClient(stack.vault_url, c, http=httpx.AsyncClient(
+        timeout=120, trust_env=False, limits=httpx.Limits(max_connections=4)))
+        for c in clients]
+    url = f"{stack.api_url}/data"
+    latencies: list[float] = []
+
+    async def one(vault: AsyncVaultClient) -> None:
+        result = await vault.invoke(url, max_price=PRICE)
+        if (result.outcome, result.status, result.amount) != ("paid", 200, PRICE):
+            raise RuntimeError(f"paid request failed: {result}")
+
+    async def loop(vault: AsyncVaultClient) -> None:
+        for _ in range(each):
+            t0 = time.perf_counter()
+            await one(vault)
+            latencies.append((time.perf_counter() - t0) * 1000)
+
+    try:
+        for vault in vaults:
+            if (await vault.deposit((each + 1) * PRICE)).get("state") != "credited":
+                raise RuntimeError("deposit not credited")
+        await asyncio.gather(*(one(v) for v in vaults))  # opens every channel (not timed)
+        start = time.perf_counter()
+        await asyncio.gather(*(loop(v) for v in vaults))
+        elapsed = time.perf_counter() - start
+        channels = [len((await v.account_info())["channels"]) for v in vaults]
+        if channels != [1] * len(vaults):
+            raise RuntimeError(f"expected one channel per client, found {channels}")
+    finally:
+        for v in vaults:
+            await v.aclose()
+    return {"channels": len(clients), "requests": len(latencies), "seconds": elapsed,
+            "per_second": len(latencies) / elapsed,
+            "latency_ms_p50": statistics.median(latencies),
+            "latency_ms_p99": percentile(latencies, 0.99)}
+
+
+async def exact_run(stack: Stack, keys: list[str], each: int) -> dict[str, Any]:
+    """x402 exact, ``len(keys)`` clients at once, each paying ``each`` requests in turn."""
+    latencies: list[float] = []
+    transactions: list[str] = []
+
+    async def loop(key: str) -> None:
+        async with async_paying_client(key, max_per_request=PRICE,
+                                       budget=Budget(PRICE * each), timeout=120) as http:
+            for _ in range(each):
+                t0 = time.perf_counter()
+                response = await http.get(f"{stack.api_url}/data")
+                latencies.append((time.perf_counter() - t0) * 1000)
+                receipt = receipt_of(response)
+                if response.status_code != 200 or receipt is None or not receipt.success:
+                    raise RuntimeError(f"exact payment failed: {response.status_code}")
+                transactions.append(receipt.transaction)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(loop(k) for k in keys))
+    elapsed = time.perf_counter() - start
+    receipts = [stack.chain.w3.eth.get_transaction_receipt(t) for t in transactions]
+    gas = [int(r["gasUsed"]) for r in receipts]
+    blocks = sorted({int(r["blockNumber"]) for r in receipts})
+    stamps = [int(stack.chain.w3.eth.get_block(b)["timestamp"]) for b in blocks]
+    return {"clients": len(keys), "requests": len(latencies), "seconds": elapsed,
+            "per_second": len(latencies) / elapsed,
+            "latency_ms_p50": statistics.median(latencies),
+            "latency_ms_p99": percentile(latencies, 0.99),
+            "transactions": len(set(transactions)),
+            "gas_per_payment_median": statistics.median(gas),
+            "blocks": len(blocks),
+            "block_interval_s_median": statistics.median(
+                [b - a for a, b in itertools.pairwise(stamps)]) if len(stamps) > 1
+            else None}
+
+
+def service_time(url: str, count: int = 200) -> float:
+    """p50 of an unpaid GET of the zero-cost service over loopback HTTP: the part of a
+    paid request's latency that is not the payment protocol."""
+    with httpx.Client(trust_env=False) as http:
+        for _ in range(20):
+            http.get(url)
+        times = []
+        for _ in range(count):
+            t0 = time.perf_counter()
+            if http.get(url).status_code != 200:
+                raise RuntimeError("service failed")
+            times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--channels", type=int, default=50)
+    parser.add_argument("--per-channel", type=int, default=20,
+                        help="timed requests per channel in the many-channel run")
+    parser.add_argument("--exact-per-client", type=int, default=2,
+                        help="exact payments per client (one client per channel)")
+    parser.add_argument("--sessions", type=int, default=None,
+                        help="attested sessions the vault keeps per provider (default: one "
+                             "per channel; a session carries one exchange at a time)")
+    parser.add_argument("--db-dir", default=None,
+                        help="where the vault's, provider's and facilitator's SQLite files go "
+                             "(default: the system temp dir; /dev/shm shows what fsync costs)")
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "asc.json"))
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+
+    with start_anvil(accounts=args.channels + len(sizes) + 4) as chain, \
+            tempfile.TemporaryDirectory(dir=args.db_dir) as tmp:
+        manifest = deploy_dev_stack(chain, asc_manager=True)
+        chain_manager = manifest.contracts["ASCManager"]
+        platform = SimulatedPlatform.generate()
+        verifier = SimulatedVerifier(platform.root.public_key, allow_simulated=True)
+        operator, vault_account = Account.create(), Account.create()
+        for a in (operator, vault_account):
+            transact(chain, chain.accounts[0], {"to": a.address}, value=10**18)
+        settlements = SettlementStore(f"sqlite:///{tmp}/journal.db")
+        facilitator = Facilitator(chain, chain.accounts[1], settlements)
+        a402 = A402Config(
+            enclave=platform.launch(PROVIDER_CODE, allowed_purposes=PROVIDER_PURPOSES),
+            operator=operator, chain=chain, manager=chain_manager,
+            vault_policy=AttestationPolicy(frozenset({VAULT_CODE})), verifiers=[verifier],
+            store=SqlChannelStore(f"sqlite:///{tmp}/provider.db"),
+        )
+        vault_store = VaultStore(f"sqlite:///{tmp}/vault.db")
+        vault_store.claim_for(vault_account.address)
+        vault = VaultService(VaultConfig(
+            chain=chain, account=vault_account, manager=chain_manager, store=vault_store,
+            enclave=vault_enclave(platform, VAULT_CODE, vault_store), verifiers=[verifier],
+            provider_policy=AttestationPolicy(frozenset({PROVIDER_CODE})),
+            token=manifest.token, deposit_multiple=max([*sizes, args.per_channel + 1]),
+            sessions_per_provider=args.sessions or args.channels,
+        ))
+        clients = [Account.from_key(manifest.account("client", i).private_key)
+                   for i in range(args.channels + len(sizes))]
+        with serve_in_thread(facilitator_app(facilitator)) as facilitator_url:
+            service = zero_cost_service()
+            api = PaymentMiddleware(
+                service, routes={"GET /data": PRICE}, pay_to=operator.address,
+                token=manifest.token, network=manifest.network, facilitator=facilitator_url,
+                a402=a402)
+            with serve_in_thread(api) as api_url, serve_in_thread(vault_app(vault)) as vault_url, \
+                    serve_in_thread(service) as service_url:
+                stack = Stack(chain, manifest, api_url, vault_url, service_url)
+                print("service time ...", file=sys.stderr)
+                base = service_time(f"{service_url}/data")
+                growth = []
+                for i, n in enumerate(sizes):
+                    print(f"one channel, {n} requests ...", file=sys.stderr)
+                    growth.append(channel_run(stack, clients[args.channels + i], n))
+                print(f"{args.channels} channels ...", file=sys.stderr)
+                many = asyncio.run(many_channels(stack, clients[:args.channels],
+                                                 args.per_channel))
+                print(f"x402 exact, a block every {BLOCK_TIME:g} s ...", file=sys.stderr)
+                chain.w3.provider.make_request("evm_setAutomine", [False])
+                chain.w3.provider.make_request("evm_setIntervalMining", [int(BLOCK_TIME)])
+                exact = asyncio.run(exact_run(
+                    stack, [manifest.account("client", i).private_key
+                            for i in range(args.channels)], args.exact_per_client))
+        settlements.close()
+        vault_store.close()
+
+    one = max(growth, key=lambda g: g["requests"])
+    exact_gas = exact["gas_per_payment_median"]
+    results = {
+        "machine": machine(),
+        "service_time_ms_p50": base,
+        "one_channel": one,
+        "many_channels": many,
+        "sessions_per_provider": args.sessions or args.channels,
+        "db_dir": args.db_dir or tempfile.gettempdir(),
+        "exact": exact,
+        "growth": [{"requests": g["requests"], "a402_transactions": g["transactions"],
+                    "a402_gas": g["gas"], "a402_gas_per_request": g["gas"] / g["requests"],
+                    "a402_by_function": g["by_function"],
+                    "exact_transactions": g["requests"],
+                    "exact_gas": exact_gas * g["requests"],
+                    "exact_gas_per_request": exact_gas} for g in growth],
+        "channel_lifecycle_gas": one["lifecycle_gas"],
+        "channel_lifecycle_gas_by_function": one["gas_by_function"],
+        "overhead_ms_p50": one["latency_ms_p50"] - base,
+        "throughput_ratio_vs_exact": many["per_second"] / exact["per_second"],
+        "throughput_ratio_1_channel_vs_exact": one["per_second"] / exact["per_second"],
+        "targets": TARGETS,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results["met"] = report(results)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {out}")
+
+
+def report(r: dict[str, Any]) -> dict[str, bool]:
+    """Print the tables and the targets; which targets were met."""
+    m = r["machine"]
+    print(f"A402 channels through the vault, against x402 exact — {m['cpu_model']}, "
+          f"{m['usable_cores']} cores, Python {m['python']}, load {m['load_average_1m']:.2f}\n")
+    one, many, exact = r["one_channel"], r["many_channels"], r["exact"]
+    print(f"{'paid requests, zero-cost service':<44}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
+    print(f"{'  A402, 1 channel (' + str(one['timed_requests']) + ' requests)':<44}"
+          f"{one['per_second']:>9.1f}{one['latency_ms_p50']:>9.1f}{one['latency_ms_p99']:>9.1f}")
+    print(f"{'  A402, ' + str(many['channels']) + ' channels (' + str(many['requests']) + ')':<44}"
+          f"{many['per_second']:>9.1f}{many['latency_ms_p50']:>9.1f}"
+          f"{many['latency_ms_p99']:>9.1f}")
+    label = f"  x402 exact, {exact['clients']} clients ({exact['requests']})"
+    print(f"{label:<44}"
+          f"{exact['per_second']:>9.1f}{exact['latency_ms_p50']:>9.1f}"
+          f"{exact['latency_ms_p99']:>9.1f}")
+    print(f"  (exact: blocks every {exact['block_interval_s_median']} s measured, "
+          f"{exact['blocks']} blocks; service alone p50 {r['service_time_ms_p50']:.2f} ms)")
+    print(f"\n{'on-chain, by requests':<16}{'A402 txs':>10}{'A402 gas':>12}{'gas/req':>10}"
+          f"{'exact txs':>11}{'exact gas':>13}{'gas/req':>10}")
+    for g in r["growth"]:
+        print(f"{g['requests']:<16}{g['a402_transactions']:>10}{g['a402_gas']:>12,}"
+              f"{g['a402_gas_per_request']:>10,.0f}{g['exact_transactions']:>11}"
+              f"{g['exact_gas']:>13,.0f}{g['exact_gas_per_request']:>10,.0f}")
+    print("  A402: every transaction mined from the deposit to the close (deposit, createASC, "
+          "closeASC); exact: one transferWithAuthorization per request at the gas measured "
+          "above")
+    t = r["targets"]
+    checks = [
+        ("paid requests/s, 50 channels", f"{many['per_second']:.0f}",
+         f">= {t['throughput_50_channels_rps']}",
+         many["per_second"] >= t["throughput_50_channels_rps"]),
+        ("protocol overhead p50 (1 channel)", f"{r['overhead_ms_p50']:.1f} ms",
+         f"<= {t['overhead_p50_ms']:g} ms", r["overhead_ms_p50"] <= t["overhead_p50_ms"]),
+        ("channel lifecycle gas (open+close)", f"{r['channel_lifecycle_gas']:,}",
+         f"<= {t['lifecycle_gas']:,}", r["channel_lifecycle_gas"] <= t["lifecycle_gas"]),
+        ("throughput 50 channels / exact", f"{r['throughput_ratio_vs_exact']:.1f}x",
+         f">= {t['throughput_ratio_vs_exact']}x",
+         r["throughput_ratio_vs_exact"] >= t["throughput_ratio_vs_exact"]),
+    ]
+    print(f"\n{'target':<38}{'measured':>14}{'target':>14}  met")
+    for name, value, target, met in checks:
+        print(f"{name:<38}{value:>14}{target:>14}  {'yes' if met else 'NO'}")
+    print(f"\nratios: 50 channels / exact {r['throughput_ratio_vs_exact']:.1f}x, "
+          f"1 channel / exact {r['throughput_ratio_1_channel_vs_exact']:.1f}x")
+    return {name: met for name, _, _, met in checks}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,509 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.24;
+
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {SignatureChecker} from "@openzeppelin/contracts/utils/cryptography/SignatureChecker.sol";
+import {A402Message} from "./A402Message.sol";
+import {Schnorr} from "./SchnorrVerifier.sol";
+
+/// @dev EIP-3009 `receiveWithAuthorization` (USDC), in the (v, r, s) form every USDC version has.
+interface IERC3009Receive {
+    function receiveWithAuthorization(
+        address from,
+        address to,
+        uint256 value,
+        uint256 validAfter,
+        uint256 validBefore,
+        bytes32 nonce,
+        uint8 v,
+        bytes32 r,
+        bytes32 s
+    ) external;
+}
+
+/// @title ASCManager: Atomic Service Channels, standard mode (A402 paper §4.1–4.2, §6.2)
+/// @notice Escrows a client's ERC-20 deposit for one client/provider pair and settles it
+///         in exactly one of four ways:
+///         * `closeASC`: cooperative, a co-signed *final* state;
+///         * `initForceClose` → (`challengeForceClose`)* → `finalForceClose`: the client path,
+///           with a dispute window in which a newer co-signed state replaces the recorded one;
+///         * `forceClose`: the provider path, the latest co-signed state plus the one pending
+///           payment, proven by the provider's completed adaptor signature (which publishes
+///           `s`, so the vault extracts `t = s − ŝ` and opens the result) and by the vault's
+///           conditional authorization σ_U.
+/// @dev Parties. `client` owns the deposit and receives the refund. `vault` is the client's
+///      agent (the paper's U): it opens the channel and signs states and payment authorizations
+///      for the client. `provider` (S) is paid; its on-chain identity is its address (state
+///      signatures, `forceClose` caller) and `providerKey` is the x-coordinate of its EVM-flavour
+///      Schnorr adaptor key (`a402.crypto.EVM`), the key its attested enclave pre-signs with.
+///
+///      Terms are not stored. A channel's identity is the EIP-712 hash of its terms,
+///          channelId = hashTypedDataV4(A402Channel(client, vault, provider, providerKey, deposit,
+///                                                   salt)),
+///      and every call passes the terms back; the contract recomputes the id, which proves them.
+///      Storage per channel is one word (status, dispute deadline, recorded version and provider
+///      balance) instead of five, which is most of what a channel costs. A closed id is never
+///      zeroed (forgoing the 4,800-gas refund): an id that could be opened again would let the
+///      client's consent and every old co-signed state replay against a new deposit. The provider
+///      consents to the terms by co-signing states of this id, so it must check them (its key,
+///      this manager and its `disputeWindow`) before serving. Because the id is a typed-data hash,
+///      the client's consent to open is an ordinary EIP-712 signature over the id, and the id
+///      doubles as the EIP-3009 nonce when the deposit moves by authorization.
+///
+///      States. `A402ChannelState(bytes32 channelId, uint256 version, uint256 clientBalance,
+///      uint256 providerBalance, bool isFinal)`, EIP-712 in the domain ("A402", "1", chainid,
+///      this contract) — the same domain as the payment message m and σ_U (`A402Message`), told
+///      apart by their type hashes. So a state is bound to this contract, this chain and this
+///      channel, and balances always sum to the deposit (checked in every path).
+///      * A state is approved by a party when it carries that party's ECDSA signature, or when
+///        that party sends the transaction. Vault and provider signatures are plain ECDSA (not
+///        EIP-1271) on purpose: a contract signer could revoke a signature after the other side
+///        relied on it, and the provider's σ_U claim must stay valid until it is used.
+///      * Version 0 is the opening state (deposit, 0): createASC itself made it, so it needs no
+///        signature in the dispute paths. It can never be a final state, so the vault alone
+///        can never close cooperatively.
+///      * Versions increase with every co-signed state; a state of version v accounts for every
+///        payment with request id < v. Off-chain, request ids come from a counter that never
+///        goes below the state version (see `a402.asc`), so a pending payment has rid ≥ v.
+///      * `isFinal` marks the one state both parties sign to close cooperatively. Intermediate
+///        states are never final, so `closeASC` cannot replay an old one: without the flag, the
+///        vault could close with any older state the provider had co-signed.
+///
+///      Who may call what: createASC — the vault; closeASC — any party (with both approvals);
+///      initForceClose — client or vault; challengeForceClose — anyone holding both approvals
+///      (a watchtower); finalForceClose — anyone once the window has passed (the outcome is fixed,
+///      only its timing is left); forceClose — the provider only.
+///
+///      Races. Every path ends in CLOSED, written before any token moves, so whichever
+///      transaction lands first wins and the others revert. A provider's forceClose may land
+///      during a client's dispute window, on a state at least as new as the recorded one; it
+///      then settles at once. A provider could present an older state than the latest, but the
+///      provider balance never decreases across versions, so that only costs it; the payment
+///      rule rid ≥ version means no payment is ever counted twice.
+///
+///      Token: one immutable asset per manager (the domain, and so every id and signature, is bound
+///      to it through this contract's address). It must be a standard ERC-20 (no fee-on-transfer,
+///      no rebasing): all channels share one escrow and each pays out exactly its deposit.
+///      Payouts are pushed; a token that lets a receiver block transfers (a blocklist) can stall
+///      that one channel's settlement, not any other channel's.
+///      Reentrancy: checks-effects-interactions everywhere plus a transient reentrancy guard on
+///      every state-changing entry point, so a token or signer contract that calls back finds
+///      the channel already settled and the manager locked.
+contract ASCManager is EIP712, ReentrancyGuardTransient {
+    using SafeERC20 for IERC20;
+
+    /// @notice The terms of one channel; their typed-data hash is the channel id.
+    /// @param salt Makes ids unique; an id can be used once, ever (closed ids stay tombstoned).
+    struct Channel {
+        address client;
+        address vault;
+        address provider;
+        bytes32 providerKey;
+        uint256 deposit;
+        bytes32 salt;
+    }
+
+    /// @notice A balance state; `clientBalance + providerBalance` must equal the deposit.
+    struct State {
+        uint256 version;
+        uint256 clientBalance;
+        uint256 providerBalance;
+        bool isFinal;
+    }
+
+    /// @notice The pending payment of a provider force-close and its completed adaptor
+    ///         signature (e, s) on m = A402Payment(channelId, requestId, amount, resultHash).
+    struct Payment {
+        uint256 requestId;
+        uint256 amount;
+        bytes32 resultHash;
+        bytes32 e;
+        uint256 s;
+    }
+
+    enum Status {
+        None,
+        Open,
+        Closing,
+        Closed
+    }
+
+    bytes32 public constant CHANNEL_TYPEHASH = keccak256(
+        "A402Channel(address client,address vault,address provider,bytes32 providerKey,uint256 deposit,bytes32 salt)"
+    );
+    bytes32 public constant STATE_TYPEHASH = keccak256(
+        "A402ChannelState(bytes32 channelId,uint256 version,uint256 clientBalance,uint256 providerBalance,bool isFinal)"
+    );
+
+    /// @notice How long a client force-close stays open to challenges and to the provider's
+    ///         forceClose, in seconds. Fixed per deployment so that every channel's provider
+    ///         knows it from the manager's address alone.
+    uint256 public immutable disputeWindow;
+
+    /// @notice The channel asset. One manager per asset: the deployer vouches that it is a
+    ///         standard ERC-20, and every channel of this manager shares one escrow of it.
+    IERC20 public immutable token;
+
+    // One word per channel: status (8 bits) | deadline (40) | version (64) | providerBalance (128).
+    // The version and provider balance are those of the recorded state while Closing.
+    mapping(bytes32 channelId => uint256 record) private _records;
+
+    uint256 private constant _DEADLINE_SHIFT = 8;
+    uint256 private constant _VERSION_SHIFT = 48;
+    uint256 private constant _BALANCE_SHIFT = 112;
+    uint256 private constant _CLOSED = uint256(Status.Closed);
+
+    event ChannelOpened(
+        bytes32 indexed channelId,
+        address indexed client,
+        address indexed provider,
+        address vault,
+        bytes32 providerKey,
+        uint256 deposit,
+        bytes32 salt
+    );
+    /// @notice Cooperative close of a final state.
+    event ChannelClosed(bytes32 indexed channelId, uint256 version, uint256 clientPayout, uint256 providerPayout);
+    event ForceCloseInitiated(
+        bytes32 indexed channelId, uint256 version, uint256 clientBalance, uint256 providerBalance, uint256 deadline
+    );
+    event ForceCloseChallenged(
+        bytes32 indexed channelId, uint256 version, uint256 clientBalance, uint256 providerBalance
+    );
+    event ForceCloseFinalized(
+        bytes32 indexed channelId, uint256 version, uint256 clientPayout, uint256 providerPayout
+    );
+    /// @notice The provider settled with its completed adaptor signature (e, s). The vault
+    ///         extracts t = s − ŝ from this log (or from the calldata) and opens the result.
+    event ProviderForceClosed(
+        bytes32 indexed channelId,
+        uint256 indexed requestId,
+        uint256 version,
+        uint256 amount,
+        bytes32 resultHash,
+        bytes32 e,
+        uint256 s,
+        uint256 clientPayout,
+        uint256 providerPayout
+    );
+
+    error InvalidTerms();
+    error NotAuthorized();
+    error ChannelExists(bytes32 channelId);
+    error WrongStatus(bytes32 channelId, Status status);
+    error BadSignature(address signer);
+    error BalanceMismatch();
+    error VersionOutOfRange();
+    error NotFinal();
+    error StaleState(uint256 version, uint256 recordedVersion);
+    error DisputeWindowOpen(uint256 deadline);
+    error DisputeWindowClosed(uint256 deadline);
+    error PaymentAlreadyIncluded(uint256 requestId, uint256 version);
+    error PaymentExceedsBalance(uint256 amount, uint256 clientBalance);
+    error InvalidPaymentSignature();
+
+    constructor(IERC20 token_, uint256 disputeWindow_) EIP712("A402", "1") {
+        if (address(token_).code.length == 0 || disputeWindow_ == 0 || disputeWindow_ > 365 days) {
+            revert InvalidTerms();
+        }
+        token = token_;
+        disputeWindow = disputeWindow_;
+    }
+
+    // ------------------------------------------------------------------ open
+
+    /// @notice Open a channel, pulling the deposit from the client with `transferFrom` (the
+    ///         client has approved this contract). Only the vault opens; the client consents
+    ///         with an EIP-712 signature over the channel id (EOA or EIP-1271 wallet), unless
+    ///         the client is the vault itself. The consent names every term, so an approval
+    ///         given to this contract cannot be spent on a channel the client did not choose.
+    function createASC(Channel calldata c, bytes calldata clientSignature)
+        external
+        nonReentrant
+        returns (bytes32 channelId_)
+    {
+        channelId_ = _open(c);
+        if (msg.sender != c.client && !SignatureChecker.isValidSignatureNow(c.client, channelId_, clientSignature)) {
+            revert BadSignature(c.client);
+        }
+        token.safeTransferFrom(c.client, address(this), c.deposit);
+    }
+
+    /// @notice Open a channel whose deposit moves by EIP-3009 `receiveWithAuthorization` (no
+    ///         approval, nothing for the client to send): the authorization's nonce is the
+    ///         channel id, so the client's one signature fixes every term and is single-use.
+    function createASCWithAuthorization(
+        Channel calldata c,
+        uint256 validAfter,
+        uint256 validBefore,
+        uint8 v,
+        bytes32 r,
+        bytes32 s
+    ) external nonReentrant returns (bytes32 channelId_) {
+        channelId_ = _open(c);
+        uint256 before = token.balanceOf(address(this));
+        IERC3009Receive(address(token)).receiveWithAuthorization(
+            c.client, address(this), c.deposit, validAfter, validBefore, channelId_, v, r, s
+        );
+        // receiveWithAuthorization returns nothing; make sure the deposit really arrived.
+        if (token.balanceOf(address(this)) != before + c.deposit) revert InvalidTerms();
+    }
+
+    function _open(Channel calldata c) private returns (bytes32 cid) {
+        if (msg.sender != c.vault) revert NotAuthorized();
+        uint256 px = uint256(c.providerKey);
+        if (
+            c.client == address(0) || c.vault == address(0) || c.provider == address(0)
+                || c.provider == c.client || c.provider == c.vault || c.deposit == 0 || c.deposit > type(uint128).max
+                || px == 0 || px > Schnorr.HALF_N
+        ) revert InvalidTerms();
+        cid = channelId(c);
+        if (_records[cid] != 0) revert ChannelExists(cid);
+        _records[cid] = uint256(Status.Open);
+        emit ChannelOpened(cid, c.client, c.provider, c.vault, c.providerKey, c.deposit, c.salt);
+    }
+
+    // ----------------------------------------------------------- cooperative
+
+    /// @notice Close with the final state both vault and provider approved. While a client
+    ///         force-close is pending, the final state must be newer than the recorded one.
+    function closeASC(
+        Channel calldata c,
+        State calldata s,
+        bytes calldata vaultSignature,
+        bytes calldata providerSignature
+    ) external nonReentrant {
+        if (msg.sender != c.client && msg.sender != c.vault && msg.sender != c.provider) revert NotAuthorized();
+        if (!s.isFinal) revert NotFinal();
+        bytes32 cid = channelId(c);
+        uint256 record = _records[cid];
+        Status status = _status(record);
+        if (status == Status.Closing) {
+            if (s.version <= _version(record)) revert StaleState(s.version, _version(record));
+        } else if (status != Status.Open) {
+            revert WrongStatus(cid, status);
+        }
+        _checkState(c, cid, s, vaultSignature, providerSignature);
+        _records[cid] = _CLOSED;
+        emit ChannelClosed(cid, s.version, s.clientBalance, s.providerBalance);
+        _payout(c, s.clientBalance, s.providerBalance);
+    }
+
+    // ---------------------------------------------------- client force-close
+
+    /// @notice Start the client's unilateral close with the latest state it holds (version 0,
+    ///         the opening state, needs no signatures). Opens the dispute window.
+    function initForceClose(
+        Channel calldata c,
+        State calldata s,
+        bytes calldata vaultSignature,
+        bytes calldata providerSignature
+    ) external nonReentrant {
+        if (msg.sender != c.client && msg.sender != c.vault) revert NotAuthorized();
+        bytes32 cid = channelId(c);
+        Status status = _status(_records[cid]);
+        if (status != Status.Open) revert WrongStatus(cid, status);
+        _checkState(c, cid, s, vaultSignature, providerSignature);
+        uint256 deadline = block.timestamp + disputeWindow;
+        _records[cid] = _pack(Status.Closing, deadline, s.version, s.providerBalance);
+        emit ForceCloseInitiated(cid, s.version, s.clientBalance, s.providerBalance, deadline);
+    }
+
+    /// @notice Replace the recorded state with a strictly newer co-signed one, before the
+    ///         deadline. The deadline does not move, so disputes cannot be prolonged.
+    function challengeForceClose(
+        Channel calldata c,
+        State calldata s,
+        bytes calldata vaultSignature,
+        bytes calldata providerSignature
+    ) external nonReentrant {
+        bytes32 cid = channelId(c);
+        uint256 record = _records[cid];
+        Status status = _status(record);
+        if (status != Status.Closing) revert WrongStatus(cid, status);
+        uint256 deadline = _deadline(record);
+        if (block.timestamp >= deadline) revert DisputeWindowClosed(deadline);
+        if (s.version <= _version(record)) revert StaleState(s.version, _version(record));
+        _checkState(c, cid, s, vaultSignature, providerSignature);
+        _records[cid] = _pack(Status.Closing, deadline, s.version, s.providerBalance);
+        emit ForceCloseChallenged(cid, s.version, s.clientBalance, s.providerBalance);
+    }
+
+    /// @notice Pay out the recorded state once the dispute window has passed.
+    function finalForceClose(Channel calldata c) external nonReentrant {
+        bytes32 cid = channelId(c);
+        uint256 record = _records[cid];
+        Status status = _status(record);
+        if (status != Status.Closing) revert WrongStatus(cid, status);
+        uint256 deadline = _deadline(record);
+        if (block.timestamp < deadline) revert DisputeWindowOpen(deadline);
+        uint256 providerBalance = record >> _BALANCE_SHIFT;
+        uint256 clientBalance = c.deposit - providerBalance;
+        _records[cid] = _CLOSED;
+        emit ForceCloseFinalized(cid, _version(record), clientBalance, providerBalance);
+        _payout(c, clientBalance, providerBalance);
+    }
+
+    // -------------------------------------------------- provider force-close
+
+    /// @notice The provider's unilateral close: state `s` (approved by the vault; the provider
+    ///         approves by sending) plus the pending payment `p`, paid on top of it. Requires
+    ///         * p.requestId ≥ s.version (the payment is not already in the state) and
+    ///           p.amount ≤ s.clientBalance;
+    ///         * (p.e, p.s) a valid Schnorr signature by `providerKey` on
+    ///           m = A402Payment(channelId, requestId, amount, resultHash) — the provider's
+    ///           pre-signature completed with t;
+    ///         * `authorization` = σ_U, the vault's ECDSA signature over
+    ///           A402PaymentAuthorization(m, amount, e). Binding e means the only signature that
+    ///           passes is the completion of the very pre-signature the vault saw, so t is
+    ///           extractable from it.
+    ///         Allowed while Open, or while Closing before the deadline on a state at least as new
+    ///         as the recorded one (the provider answers a client force-close by claiming).
+    ///         No dispute window: settles at once.
+    function forceClose(
+        Channel calldata c,
+        State calldata s,
+        bytes calldata vaultSignature,
+        Payment calldata p,
+        bytes calldata authorization
+    ) external nonReentrant {
+        if (msg.sender != c.provider) revert NotAuthorized();
+        bytes32 cid = channelId(c);
+        uint256 record = _records[cid];
+        Status status = _status(record);
+        if (status == Status.Closing) {
+            uint256 deadline = _deadline(record);
+            if (block.timestamp >= deadline) revert DisputeWindowClosed(deadline);
+            if (s.version < _version(record)) revert StaleState(s.version, _version(record));
+        } else if (status != Status.Open) {
+            revert WrongStatus(cid, status);
+        }
+        _checkState(c, cid, s, vaultSignature, msg.data[0:0]); // the provider approves by sending
+        if (p.requestId < s.version) revert PaymentAlreadyIncluded(p.requestId, s.version);
+        if (p.amount > s.clientBalance) revert PaymentExceedsBalance(p.amount, s.clientBalance);
+        _checkPayment(c, cid, p, authorization);
+
+        uint256 clientPayout = s.clientBalance - p.amount;
+        uint256 providerPayout = s.providerBalance + p.amount;
+        _records[cid] = _CLOSED;
+        emit ProviderForceClosed(
+            cid, p.requestId, s.version, p.amount, p.resultHash, p.e, p.s, clientPayout, providerPayout
+        );
+        _payout(c, clientPayout, providerPayout);
+    }
+
+    function _checkPayment(Channel calldata c, bytes32 cid, Payment calldata p, bytes calldata authorization)
+        private
+        view
+    {
+        bytes32 domain = _domainSeparatorV4();
+        bytes32 m = A402Message.paymentMessage(domain, cid, p.requestId, p.amount, p.resultHash);
+        if (!Schnorr.verify(c.providerKey, m, p.e, p.s)) revert InvalidPaymentSignature();
+        // σ_U is always a signature: the vault never sends forceClose (only the provider may).
+        _requireSignature(c.vault, A402Message.authorizationDigest(domain, m, p.amount, p.e), authorization);
+    }
+
+    // ----------------------------------------------------------------- views
+
+    /// @notice The id of the channel with these terms (its EIP-712 typed-data hash).
+    function channelId(Channel calldata c) public view returns (bytes32) {
+        return _hashTypedDataV4(keccak256(abi.encode(CHANNEL_TYPEHASH, c)));
+    }
+
+    /// @notice The EIP-712 digest that vault and provider sign for state `s` of channel `cid`.
+    function stateDigest(bytes32 cid, State calldata s) public view returns (bytes32) {
+        return _hashTypedDataV4(
+            keccak256(abi.encode(STATE_TYPEHASH, cid, s.version, s.clientBalance, s.providerBalance, s.isFinal))
+        );
+    }
+
+    /// @notice The payment message m the provider pre-signs, in this contract's domain.
+    function paymentMessage(bytes32 cid, uint256 requestId, uint256 amount, bytes32 resultHash)
+        external
+        view
+        returns (bytes32)
+    {
+        return A402Message.paymentMessage(_domainSeparatorV4(), cid, requestId, amount, resultHash);
+    }
+
+    /// @notice The digest of σ_U for payment message `m`, in this contract's domain.
+    function authorizationDigest(bytes32 m, uint256 amount, bytes32 challenge) external view returns (bytes32) {
+        return A402Message.authorizationDigest(_domainSeparatorV4(), m, amount, challenge);
+    }
+
+    function domainSeparator() external view returns (bytes32) {
+        return _domainSeparatorV4();
+    }
+
+    /// @notice A channel's on-chain status and, while Closing, the recorded state and deadline.
+    function channel(bytes32 cid)
+        external
+        view
+        returns (Status status, uint256 deadline, uint256 version, uint256 providerBalance)
+    {
+        uint256 record = _records[cid];
+        return (_status(record), _deadline(record), _version(record), record >> _BALANCE_SHIFT);
+    }
+
+    // --------------------------------------------------------------- helpers
+
+    /// @dev Conservation, version range, and approval of `s` by vault and provider.
+    function _checkState(
+        Channel calldata c,
+        bytes32 cid,
+        State calldata s,
+        bytes calldata vaultSignature,
+        bytes calldata providerSignature
+    ) private view {
+        // Each balance ≤ deposit < 2^128 first, so the sum cannot overflow.
+        if (s.clientBalance > c.deposit || s.clientBalance + s.providerBalance != c.deposit) revert BalanceMismatch();
+        if (s.version > type(uint64).max) revert VersionOutOfRange();
+        // The opening state (version 0, nothing paid, not final) is approved by createASC.
+        if (s.version == 0 && s.providerBalance == 0 && !s.isFinal) return;
+        bytes32 digest = stateDigest(cid, s);
+        _requireApproval(c.vault, digest, vaultSignature);
+        _requireApproval(c.provider, digest, providerSignature);
+    }
+
+    /// @dev A party approves by signing or by being the sender.
+    function _requireApproval(address signer, bytes32 digest, bytes calldata signature) private view {
+        if (msg.sender != signer) _requireSignature(signer, digest, signature);
+    }
+
+    function _requireSignature(address signer, bytes32 digest, bytes calldata signature) private pure {
+        (address recovered, ECDSA.RecoverError err,) = ECDSA.tryRecoverCalldata(digest, signature);
+        if (err != ECDSA.RecoverError.NoError || recovered != signer) revert BadSignature(signer);
+    }
+
+    function _payout(Channel calldata c, uint256 clientAmount, uint256 providerAmount) private {
+        if (clientAmount != 0) token.safeTransfer(c.client, clientAmount);
+        if (providerAmount != 0) token.safeTransfer(c.provider, providerAmount);
+    }
+
+    function _pack(Status status, uint256 deadline, uint256 version, uint256 providerBalance)
+        private
+        pure
+        returns (uint256)
+    {
+        // deadline < 2^40 for 34,000 years; version < 2^64 and providerBalance ≤ deposit < 2^128
+        // are checked by the callers.
+        return uint256(status) | (deadline << _DEADLINE_SHIFT) | (version << _VERSION_SHIFT)
+            | (providerBalance << _BALANCE_SHIFT);
+    }
+
+    function _status(uint256 record) private pure returns (Status) {
+        return Status(uint8(record));
+    }
+
+    function _deadline(uint256 record) private pure returns (uint256) {
+        return uint40(record >> _DEADLINE_SHIFT);
+    }
+
+    function _version(uint256 record) private pure returns (uint256) {
+        return uint64(record >> _VERSION_SHIFT);
+    }
+}

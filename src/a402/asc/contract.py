@@ -1,0 +1,265 @@
+"""Typed bindings for ``ASCManager.sol`` (does I/O; not imported by :mod:`a402.asc`).
+
+Thin on purpose: each method is one contract call built from the pure types of
+:mod:`a402.asc` (terms, states, claims), sent with :func:`a402.chain.tx.transact`.
+Reading the provider's completed signature back — from the transaction's
+calldata or from the ``ProviderForceClosed`` log — is here too, because that
+is how the vault learns ``t`` when the provider settles on-chain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from eth_account.messages import encode_typed_data
+from eth_account.signers.local import LocalAccount
+from hexbytes import HexBytes
+from web3 import Web3
+from web3.contract import Contract
+from web3.logs import DISCARD
+from web3.types import TxReceipt
+
+from a402.chain.node import Chain
+from a402.chain.tx import contract_at, deploy_contract, transact
+from a402.crypto import PaymentDomain
+
+from .machine import ForceCloseClaim, SignedState
+from .terms import BalanceState, ChannelTerms
+
+RECEIVE_WITH_AUTHORIZATION_TYPES = {
+    "ReceiveWithAuthorization": [
+        {"name": "from", "type": "address"},
+        {"name": "to", "type": "address"},
+        {"name": "value", "type": "uint256"},
+        {"name": "validAfter", "type": "uint256"},
+        {"name": "validBefore", "type": "uint256"},
+        {"name": "nonce", "type": "bytes32"},
+    ]
+}
+
+
+class OnChainStatus(IntEnum):
+    NONE = 0
+    OPEN = 1
+    CLOSING = 2
+    CLOSED = 3
+
+
+@dataclass(frozen=True, slots=True)
+class OnChainChannel:
+    """``ASCManager.channel(cid)``: while CLOSING, the recorded state and its deadline."""
+
+    status: OnChainStatus
+    deadline: int
+    version: int
+    provider_balance: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiveAuthorization:
+    """An EIP-3009 ``receiveWithAuthorization`` whose nonce is the channel id."""
+
+    valid_after: int
+    valid_before: int
+    v: int
+    r: bytes
+    s: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedSignature:
+    """A provider force-close as the vault reads it: the request and ``e ‖ s``."""
+
+    channel_id: bytes
+    request_id: int
+    signature: bytes
+
+
+def _checksum(raw: bytes) -> str:
+    return Web3.to_checksum_address(raw)
+
+
+def terms_tuple(terms: ChannelTerms) -> tuple[str, str, str, bytes, int, bytes]:
+    """The contract's ``Channel`` tuple."""
+    return (
+        _checksum(terms.client),
+        _checksum(terms.vault),
+        _checksum(terms.provider),
+        terms.provider_key,
+        terms.deposit,
+        terms.salt,
+    )
+
+
+_TERMS_FIELDS = ("client", "vault", "provider", "providerKey", "deposit", "salt")
+_PAYMENT_FIELDS = ("requestId", "amount", "resultHash", "e", "s")
+
+
+def _fields(value: Any, names: tuple[str, ...]) -> tuple[Any, ...]:
+    """A decoded struct as a tuple, whether web3 gave a tuple or a name → value mapping."""
+    if isinstance(value, dict):
+        return tuple(value[name] for name in names)
+    return tuple(value)
+
+
+class ASCManager:
+    """One deployed ``ASCManager``: its domain, its token, and its entry points."""
+
+    def __init__(self, chain: Chain, address: str) -> None:
+        self.chain = chain
+        self.contract: Contract = contract_at(chain, "ASCManager", address)
+        self.address: str = self.contract.address
+        self.domain = PaymentDomain(chain.chain_id, self.address)
+        self.token: str = self.contract.functions.token().call()
+        self.dispute_window: int = int(self.contract.functions.disputeWindow().call())
+
+    @classmethod
+    def deploy(
+        cls, chain: Chain, account: LocalAccount, token: str, dispute_window: int
+    ) -> ASCManager:
+        contract = deploy_contract(chain, account, "ASCManager", token, dispute_window)
+        return cls(chain, contract.address)
+
+    # -- open ----------------------------------------------------------------
+
+    def create(
+        self, vault: LocalAccount, terms: ChannelTerms, client_signature: bytes = b""
+    ) -> TxReceipt:
+        """``createASC``: the client approved the manager and signed the channel id."""
+        call = self.contract.functions.createASC(terms_tuple(terms), client_signature)
+        return transact(self.chain, vault, call)
+
+    def sign_receive_authorization(
+        self,
+        client: LocalAccount,
+        terms: ChannelTerms,
+        *,
+        token_name: str,
+        token_version: str,
+        valid_after: int,
+        valid_before: int,
+    ) -> ReceiveAuthorization:
+        """The client's EIP-3009 authorization to move the deposit into this channel."""
+        signed = client.sign_message(
+            encode_typed_data(
+                domain_data={
+                    "name": token_name,
+                    "version": token_version,
+                    "chainId": self.chain.chain_id,
+                    "verifyingContract": self.token,
+                },
+                message_types=RECEIVE_WITH_AUTHORIZATION_TYPES,
+                message_data={
+                    "from": client.address,
+                    "to": self.address,
+                    "value": terms.deposit,
+                    "validAfter": valid_after,
+                    "validBefore": valid_before,
+                    "nonce": terms.channel_id(self.domain),
+                },
+            )
+        )
+        return ReceiveAuthorization(
+            valid_after,
+            valid_before,
+            signed.v,
+            signed.r.to_bytes(32, "big"),
+            signed.s.to_bytes(32, "big"),
+        )
+
+    def create_with_authorization(
+        self, vault: LocalAccount, terms: ChannelTerms, auth: ReceiveAuthorization
+    ) -> TxReceipt:
+        """``createASCWithAuthorization``: the deposit moves by EIP-3009, nonce = channel id."""
+        call = self.contract.functions.createASCWithAuthorization(
+            terms_tuple(terms), auth.valid_after, auth.valid_before, auth.v, auth.r, auth.s
+        )
+        return transact(self.chain, vault, call)
+
+    # -- close ---------------------------------------------------------------
+
+    def close(self, sender: LocalAccount, terms: ChannelTerms, signed: SignedState) -> TxReceipt:
+        return transact(self.chain, sender, self._with_state("closeASC", terms, signed))
+
+    def init_force_close(
+        self, sender: LocalAccount, terms: ChannelTerms, signed: SignedState
+    ) -> TxReceipt:
+        return transact(self.chain, sender, self._with_state("initForceClose", terms, signed))
+
+    def challenge(
+        self, sender: LocalAccount, terms: ChannelTerms, signed: SignedState
+    ) -> TxReceipt:
+        return transact(self.chain, sender, self._with_state("challengeForceClose", terms, signed))
+
+    def final_force_close(self, sender: LocalAccount, terms: ChannelTerms) -> TxReceipt:
+        return transact(
+            self.chain, sender, self.contract.functions.finalForceClose(terms_tuple(terms))
+        )
+
+    def force_close(
+        self, provider: LocalAccount, terms: ChannelTerms, claim: ForceCloseClaim
+    ) -> TxReceipt:
+        """The provider's claim: latest state + pending payment; publishes ``e ‖ s``."""
+        call = self.contract.functions.forceClose(
+            terms_tuple(terms),
+            claim.state.as_tuple(),
+            claim.vault_signature,
+            claim.payment_tuple(),
+            claim.authorization,
+        )
+        return transact(self.chain, provider, call)
+
+    def _with_state(self, name: str, terms: ChannelTerms, signed: SignedState) -> Any:
+        return getattr(self.contract.functions, name)(
+            terms_tuple(terms),
+            signed.state.as_tuple(),
+            signed.vault_signature,
+            signed.provider_signature,
+        )
+
+    # -- reading ---------------------------------------------------------------
+
+    def channel(self, channel_id: bytes) -> OnChainChannel:
+        status, deadline, version, provider_balance = self.contract.functions.channel(
+            channel_id
+        ).call()
+        return OnChainChannel(OnChainStatus(status), deadline, version, provider_balance)
+
+    def signatures_from_logs(self, receipt: TxReceipt) -> list[PublishedSignature]:
+        """``(e, s)`` from the ``ProviderForceClosed`` logs of a receipt.
+
+        Works however the claim reached the manager (a wallet, a relayer, a
+        multicall), because the manager itself logs it.
+        """
+        return [
+            PublishedSignature(
+                bytes(args["channelId"]),
+                int(args["requestId"]),
+                bytes(args["e"]) + int(args["s"]).to_bytes(32, "big"),
+            )
+            for args in self.events("ProviderForceClosed", receipt)
+        ]
+
+    def signature_from_calldata(self, tx_hash: bytes | str) -> PublishedSignature:
+        """``(e, s)`` from a ``forceClose`` transaction's own calldata."""
+        tx = self.chain.w3.eth.get_transaction(HexBytes(tx_hash))
+        function, args = self.contract.decode_function_input(tx["input"])
+        if function.fn_name != "forceClose":
+            raise ValueError(f"transaction calls {function.fn_name}, not forceClose")
+        terms, payment = _fields(args["c"], _TERMS_FIELDS), _fields(args["p"], _PAYMENT_FIELDS)
+        channel_id = self.contract.functions.channelId(terms).call()
+        return PublishedSignature(
+            bytes(channel_id),
+            int(payment[0]),
+            bytes(payment[3]) + int(payment[4]).to_bytes(32, "big"),
+        )
+
+    def events(self, name: str, receipt: TxReceipt) -> list[dict[str, Any]]:
+        """The arguments of this manager's ``name`` events in ``receipt`` (other logs ignored)."""
+        found = getattr(self.contract.events, name)().process_receipt(receipt, errors=DISCARD)
+        return [dict(ev["args"]) for ev in found if ev["address"] == self.address]
+
+    def state_digest(self, channel_id: bytes, state: BalanceState) -> bytes:
+        return bytes(self.contract.functions.stateDigest(channel_id, state.as_tuple()).call())

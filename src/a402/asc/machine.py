@@ -1,0 +1,1106 @@
+"""The ASC state machine for one channel, from the vault's side and from the provider's (pure).
+
+In the style of h11: no sockets, no clock, no storage. The caller feeds in
+messages (already decoded by :func:`a402.asc.messages.decode`) together with
+the current time, and gets back a :class:`Step`: the messages to send and the
+events to act on. Invalid input raises :class:`~a402.asc.errors.RemoteProtocolError`
+(or :class:`~a402.asc.errors.LocalProtocolError` for a forbidden local action)
+with a :class:`~a402.asc.errors.Reason`, and leaves the channel exactly as it
+was. Time is a number of seconds on any monotonic scale the caller likes;
+randomness comes only from :mod:`a402.crypto` (adaptor secrets, nonces).
+
+One paid request (paper Alg. 2; architecture "The A402 exchange")::
+
+    vault                                   provider enclave
+    OPEN, free ≥ δ: lock δ, LOCKED ──EXEC──▶ run the request
+                                            t, T = t·G, h = H(res), m = m(cid, rid, δ, h)
+             pre-verify σ̂, PENDING ◀─REPLY── σ̂ = pre-sign(m, T), EncRes = seal(t, res)
+                  σ_U over (m, δ, e) ──AUTH──▶ check σ_U
+    t·G = T, open EncRes, credit δ, ◀─REVEAL─ t, and its signature on the new state
+              OPEN; sign the state ──ACK───▶ co-signed state; OPEN
+
+Timeouts: Δ_lock on the vault (no valid REPLY in time → LOCKED reverts to OPEN;
+no σ_U was issued, so nothing can be claimed); Δ_ack on the provider (no ACK in
+time → :class:`ForceCloseDue`, with everything ``ASCManager.forceClose`` needs).
+PENDING never times out on the vault: once σ_U is out, only the provider's
+REVEAL or its on-chain claim (from which the vault extracts ``t`` with
+:meth:`VaultChannel.provider_force_closed`) can settle the request, or a
+client force-close whose dispute window the provider lets pass.
+
+Counters. ``version`` is the version of the latest co-signed state, and a state
+of version ``v`` accounts for every request id below ``v``. Request ids come
+from ``next_request_id``, which never falls below ``version``: completing
+request ``r`` produces state ``r + 1``; a request whose lock expired burns its
+id (a late REPLY for it can never be confused with a later request); a
+cooperative close consumes one more id. So a payment's request id is always at
+least the version of the state it builds on — the rule ``ASCManager.forceClose``
+enforces so that no payment is counted twice.
+
+One request in flight: the vault refuses to start a request unless OPEN. The
+provider refuses a second EXEC while it holds σ_U for an unacknowledged request
+(PENDING), and while it is executing one (LOCKED) for as long as the vault's
+lock on it can still be running (its own ``lock_timeout``). After that, an EXEC
+for a newer request means the vault's lock expired, so the older request is
+abandoned: no σ_U exists for it, so nothing is lost, and a provider whose
+REPLY was lost is not stuck forever.
+
+Recovering lost messages: a lost EXEC or REPLY ends in Δ_lock. A lost AUTH
+would leave both sides waiting, so the vault's runtime re-sends
+:meth:`VaultChannel.pending_auth` when no REVEAL comes. If the ACK is lost, the
+provider keeps refusing new EXECs (``request_in_flight``); its runtime re-sends
+:meth:`ProviderChannel.pending_reveal` and the vault answers an identical
+REVEAL with the same ACK again, without paying twice.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from a402.crypto import (
+    EVM,
+    PaymentDomain,
+    PreSignature,
+    ResultContext,
+    SecretKey,
+    adaptor_point,
+    authorization_digest,
+    generate_adaptor,
+    is_adaptor_secret,
+    payment_message,
+    result_hash,
+    seal,
+    sealing,
+)
+from a402.crypto.authorization import authorization_signer
+from a402.crypto.errors import CryptoError, ExtractionError, SealError
+
+from . import snapshot as _snap
+from .errors import LocalProtocolError, Reason, RemoteProtocolError
+from .messages import Ack, Auth, Close, CloseAck, Exec, Message, Reply, Reveal
+from .terms import (
+    MAX_VERSION,
+    BalanceState,
+    ChannelTerms,
+    DigestSigner,
+    sign_state,
+    state_signer,
+)
+
+
+class Status(StrEnum):
+    OPEN = "open"
+    LOCKED = "locked"
+    PENDING = "pending"
+    CLOSED = "closed"
+
+
+class PreSigner(Protocol):
+    """The provider's attested EVM-flavour Schnorr key, wherever it lives.
+
+    A :class:`~a402.crypto.SecretKey` is wrapped as one; a provider runtime
+    passes an enclave-backed implementation so that the key never leaves the
+    enclave (``a402.tee.Enclave.schnorr_pre_sign``).
+    """
+
+    @property
+    def public_key(self) -> bytes:
+        """The 32-byte x-only key registered as the channel's ``providerKey``."""
+        ...
+
+    def pre_sign(self, message: bytes, adaptor: bytes) -> PreSignature: ...
+
+
+class KeyPreSigner:
+    """A :class:`PreSigner` over a key held in this process (tests, tools)."""
+
+    __slots__ = ("_key", "public_key")
+
+    def __init__(self, key: SecretKey) -> None:
+        if key.flavour != "evm":
+            raise ValueError("the provider's adaptor key must be an EVM-flavour key")
+        self._key = key
+        self.public_key = key.public_key
+
+    def pre_sign(self, message: bytes, adaptor: bytes) -> PreSignature:
+        return EVM.pre_sign(self._key, message, adaptor)
+
+
+# ---------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class SignedState:
+    """A state with both approvals, ready for ``closeASC``/``initForceClose``/a challenge.
+
+    Version 0 (the opening state) carries empty signatures: the contract needs none.
+    """
+
+    state: BalanceState
+    vault_signature: bytes
+    provider_signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ForceCloseClaim:
+    """Everything ``ASCManager.forceClose`` takes besides the terms.
+
+    ``signature`` (``e ‖ s``) is the provider's pre-signature completed with
+    ``t``; publishing it is what lets the vault extract ``t``.
+    """
+
+    state: BalanceState
+    vault_signature: bytes
+    request_id: int
+    amount: int
+    result_hash: bytes
+    signature: bytes
+    authorization: bytes
+
+    @property
+    def e(self) -> bytes:
+        return self.signature[:32]
+
+    @property
+    def s(self) -> int:
+        return int.from_bytes(self.signature[32:], "big")
+
+    def payment_tuple(self) -> tuple[int, int, bytes, bytes, int]:
+        """The contract's ``Payment`` tuple."""
+        return (self.request_id, self.amount, self.result_hash, self.e, self.s)
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentAuthorized:
+    """Vault: σ_U is out for ``request_id``; the provider can now claim δ on-chain."""
+
+    request_id: int
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResultDelivered:
+    """Vault: the paid result, opened and checked against ``H(result)``.
+
+    ``on_chain`` when ``t`` came from the provider's force-close rather than REVEAL.
+    """
+
+    request_id: int
+    amount: int
+    result: bytes
+    on_chain: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RequestExpired:
+    """Vault: no valid REPLY within Δ_lock; δ is free again, the request id is burnt."""
+
+    request_id: int
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class CloseReady:
+    """Both sides signed the final state: either may submit ``closeASC``."""
+
+    signed: SignedState
+
+
+@dataclass(frozen=True, slots=True)
+class ExecuteRequest:
+    """Provider: run ``request`` and call :meth:`ProviderChannel.reply` with the result."""
+
+    request_id: int
+    amount: int
+    request: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RequestAbandoned:
+    """Provider: the vault moved on (its lock expired); do not reply to ``request_id``."""
+
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentAcknowledged:
+    """Provider: the vault's receipt arrived; ``state`` is co-signed and pays ``request_id``."""
+
+    request_id: int
+    amount: int
+    state: BalanceState
+
+
+@dataclass(frozen=True, slots=True)
+class ForceCloseDue:
+    """Provider: no ACK within Δ_ack; submit ``claim`` with ``ASCManager.forceClose``."""
+
+    claim: ForceCloseClaim
+
+
+Event = (
+    PaymentAuthorized
+    | ResultDelivered
+    | RequestExpired
+    | CloseReady
+    | ExecuteRequest
+    | RequestAbandoned
+    | PaymentAcknowledged
+    | ForceCloseDue
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """The outcome of one input: messages to send (in order) and events to act on."""
+
+    send: tuple[Message, ...] = ()
+    events: tuple[Event, ...] = ()
+
+
+# -------------------------------------------------------------------- common
+
+
+class _Channel:
+    """What both sides track: the terms, the latest co-signed state, and the status."""
+
+    def __init__(self, terms: ChannelTerms, domain: PaymentDomain) -> None:
+        self.terms = terms
+        self.domain = domain
+        self.channel_id = terms.channel_id(domain)
+        self.status = Status.OPEN
+        self._state = terms.opening_state()
+        self._vault_signature = b""
+        self._provider_signature = b""
+        self.next_request_id = 0
+
+    @property
+    def state(self) -> BalanceState:
+        """The latest co-signed state."""
+        return self._state
+
+    @property
+    def version(self) -> int:
+        return self._state.version
+
+    def latest_state(self) -> SignedState:
+        """The latest co-signed state with both signatures (empty for version 0)."""
+        return SignedState(self._state, self._vault_signature, self._provider_signature)
+
+    def closed_on_chain(self) -> None:
+        """The chain settled the channel (any path); nothing more can happen off-chain."""
+        self.status = Status.CLOSED
+
+    def _common_snapshot(self, fmt: str) -> dict[str, Any]:
+        return {
+            "format": fmt,
+            "terms": _snap.terms_to_json(self.terms),
+            "domain": _snap.domain_to_json(self.domain),
+            "status": self.status.value,
+            "state": _snap.state_to_json(self._state),
+            "vaultSignature": _snap.hx(self._vault_signature),
+            "providerSignature": _snap.hx(self._provider_signature),
+            "nextRequestId": self.next_request_id,
+        }
+
+    def _restore_common(self, doc: dict[str, Any]) -> None:
+        self.status = Status(doc["status"])
+        self._state = _snap.state_from_json(doc["state"])
+        self._vault_signature = _snap.unhex(doc["vaultSignature"])
+        self._provider_signature = _snap.unhex(doc["providerSignature"])
+        self.next_request_id = _snap.integer(doc["nextRequestId"])
+
+    def _check_channel(self, message: Message) -> None:
+        if not hmac.compare_digest(message.channel_id, self.channel_id):
+            raise RemoteProtocolError(Reason.WRONG_CHANNEL, "message is for another channel")
+
+    def _message(self, request_id: int, amount: int, h: bytes) -> bytes:
+        return payment_message(self.domain, self.channel_id, request_id, amount, h)
+
+    def _signer_is(self, state: BalanceState, signature: bytes, party: bytes) -> bool:
+        return state_signer(self.domain, self.channel_id, state, signature) == party
+
+
+def _bump(request_id: int) -> int:
+    if request_id >= MAX_VERSION:
+        raise LocalProtocolError(Reason.NOT_ALLOWED, "request ids exhausted; close the channel")
+    return request_id + 1
+
+
+# ----------------------------------------------------------------------- vault
+
+
+@dataclass(slots=True)
+class _VaultRequest:
+    request_id: int
+    amount: int
+    request: bytes
+    lock_deadline: float
+    reply: Reply | None = None
+    presignature: PreSignature | None = None
+    authorization: bytes = b""
+
+
+class VaultChannel(_Channel):
+    """The vault's (U's) side of one channel: it spends the client's balance.
+
+    ``free``/``locked``/``provider_balance`` are the architecture's channel
+    state; ``lock_timeout`` is Δ_lock.
+    """
+
+    def __init__(
+        self,
+        terms: ChannelTerms,
+        domain: PaymentDomain,
+        vault_key: DigestSigner,
+        *,
+        lock_timeout: float,
+    ) -> None:
+        if vault_key.address != terms.vault:
+            raise ValueError("the vault key does not match the channel's vault address")
+        if lock_timeout <= 0:
+            raise ValueError("lock_timeout must be positive")
+        super().__init__(terms, domain)
+        self._key = vault_key
+        self.lock_timeout = lock_timeout
+        self._pending: _VaultRequest | None = None
+        self._last_reveal: Reveal | None = None
+        self._last_ack: Ack | None = None
+        self._last_expired: int | None = None
+        self._final: Close | None = None
+        self._final_acked = False
+
+    @property
+    def locked(self) -> int:
+        return self._pending.amount if self._pending is not None else 0
+
+    @property
+    def free(self) -> int:
+        return self._state.client_balance - self.locked
+
+    @property
+    def provider_balance(self) -> int:
+        return self._state.provider_balance
+
+    # -- local actions -----------------------------------------------------
+
+    def request(self, request: bytes, amount: int, *, now: float) -> Exec:
+        """Step ①: lock δ and issue EXEC. Only when OPEN with ``free ≥ amount``."""
+        if self.status is Status.CLOSED:
+            raise LocalProtocolError(Reason.CHANNEL_CLOSED)
+        if self.status is not Status.OPEN:
+            raise LocalProtocolError(
+                Reason.REQUEST_IN_FLIGHT, f"request {self._rid()} is {self.status}"
+            )
+        if amount <= 0:
+            raise LocalProtocolError(Reason.INVALID_AMOUNT, "amount must be positive")
+        if amount > self.free:
+            raise LocalProtocolError(Reason.INSUFFICIENT_BALANCE, f"{amount} > free {self.free}")
+        rid = self.next_request_id
+        self.next_request_id = _bump(rid)
+        self._pending = _VaultRequest(rid, amount, bytes(request), now + self.lock_timeout)
+        self.status = Status.LOCKED
+        return Exec(self.channel_id, rid, self.version, amount, bytes(request))
+
+    def poll(self, *, now: float) -> Step:
+        """Apply Δ_lock: a LOCKED request with no valid REPLY reverts to OPEN."""
+        pending = self._pending
+        if self.status is Status.LOCKED and pending is not None and now >= pending.lock_deadline:
+            self._pending = None
+            self._last_expired = pending.request_id
+            self.status = Status.OPEN
+            return Step(events=(RequestExpired(pending.request_id, pending.amount),))
+        return Step()
+
+    def abandon(self) -> Step:
+        """Give up the LOCKED request now instead of waiting for Δ_lock.
+
+        For when the provider refused the EXEC or sent a REPLY that failed its
+        checks: no σ_U was issued, so nothing can be claimed for the request,
+        and releasing δ early is as safe as releasing it at the deadline. The
+        request id stays burnt, exactly as after :meth:`poll` expires it.
+        Only while LOCKED; a PENDING request can only settle (REVEAL or chain).
+        """
+        pending = self._pending
+        if self.status is not Status.LOCKED or pending is None:
+            raise LocalProtocolError(Reason.NOT_ALLOWED, "no unauthorised request to abandon")
+        self._pending = None
+        self._last_expired = pending.request_id
+        self.status = Status.OPEN
+        return Step(events=(RequestExpired(pending.request_id, pending.amount),))
+
+    def pending_exec(self) -> Exec | None:
+        """The EXEC of the LOCKED request, to re-send if it or its REPLY may have been lost.
+
+        The provider answers an identical EXEC with the REPLY it already made
+        (its runtime remembers the last exchange), so re-sending never runs or
+        charges a request twice.
+        """
+        pending = self._pending
+        if self.status is Status.LOCKED and pending is not None:
+            return Exec(
+                self.channel_id, pending.request_id, self.version, pending.amount, pending.request
+            )
+        return None
+
+    def pending_request(self) -> tuple[int, int, bytes] | None:
+        """``(request id, δ, request bytes)`` of the request in flight (LOCKED or PENDING)."""
+        pending = self._pending
+        if pending is None or self.status not in (Status.LOCKED, Status.PENDING):
+            return None
+        return pending.request_id, pending.amount, pending.request
+
+    def last_ack(self) -> Ack | None:
+        """The receipt for the last completed request, to re-send after a restart.
+
+        The provider stays PENDING until it has it (and refuses new EXECs);
+        re-sending is harmless: an ACK already handled is answered again or
+        refused as a replay, and pays nothing either way.
+        """
+        return self._last_ack
+
+    def pending_close(self) -> Close | None:
+        """The CLOSE proposed and not yet co-signed, to re-send (the provider answers it again)."""
+        return self._final if self._final is not None and not self._final_acked else None
+
+    def close(self) -> Close:
+        """Propose the final state (CLOSE). Only when OPEN; from now on no request starts.
+
+        The final state consumes one request id, so its version exceeds every
+        request id ever issued and every state either side signed.
+        """
+        if self.status is Status.CLOSED:
+            raise LocalProtocolError(Reason.CHANNEL_CLOSED)
+        if self.status is not Status.OPEN:
+            raise LocalProtocolError(
+                Reason.REQUEST_IN_FLIGHT, f"request {self._rid()} is {self.status}"
+            )
+        version = _bump(self.next_request_id)
+        final = BalanceState(
+            version, self._state.client_balance, self._state.provider_balance, True
+        )
+        self.next_request_id = version
+        self._final = Close(
+            self.channel_id, final, sign_state(self._key, self.domain, self.channel_id, final)
+        )
+        self.status = Status.CLOSED
+        return self._final
+
+    # -- messages ------------------------------------------------------------
+
+    def receive(self, message: Message, *, now: float) -> Step:
+        """Handle a provider message: REPLY, REVEAL or CLOSE_ACK."""
+        self._check_channel(message)
+        if isinstance(message, Reply):
+            return self._on_reply(message, now)
+        if isinstance(message, Reveal):
+            return self._on_reveal(message)
+        if isinstance(message, CloseAck):
+            return self._on_close_ack(message)
+        raise RemoteProtocolError(
+            Reason.UNEXPECTED_MESSAGE, f"a vault does not receive {type(message).__name__}"
+        )
+
+    def _rid(self) -> int | None:
+        return self._pending.request_id if self._pending is not None else None
+
+    def _stale(self, request_id: int, what: str) -> RemoteProtocolError:
+        """The reason for a message that does not belong to the request in flight."""
+        if request_id >= self.next_request_id:
+            return RemoteProtocolError(
+                Reason.UNKNOWN_REQUEST, f"{what} for request {request_id}, never issued"
+            )
+        if request_id == self._last_expired:
+            return RemoteProtocolError(
+                Reason.LOCK_EXPIRED, f"{what} for request {request_id}, expired"
+            )
+        return RemoteProtocolError(
+            Reason.REPLAYED, f"{what} for request {request_id}, already handled"
+        )
+
+    def _on_reply(self, reply: Reply, now: float) -> Step:
+        pending = self._pending
+        if self.status is Status.CLOSED:
+            raise RemoteProtocolError(Reason.CHANNEL_CLOSED)
+        if pending is None or reply.request_id != pending.request_id:
+            raise self._stale(reply.request_id, "REPLY")
+        if self.status is not Status.LOCKED:  # PENDING: this request already has its REPLY
+            raise RemoteProtocolError(
+                Reason.REPLAYED, f"request {reply.request_id} already replied"
+            )
+        if now >= pending.lock_deadline:
+            raise RemoteProtocolError(
+                Reason.LOCK_EXPIRED, f"REPLY after Δ_lock for {reply.request_id}"
+            )
+        try:
+            presignature = EVM.presignature_from_bytes(reply.presignature)
+            sealing.EncRes.from_bytes(reply.sealed_result)
+        except (ValueError, CryptoError) as e:
+            raise RemoteProtocolError(Reason.MALFORMED, str(e)) from None
+        m = self._message(pending.request_id, pending.amount, reply.result_hash)
+        if not EVM.pre_verify(self.terms.provider_key, m, reply.adaptor_point, presignature):
+            raise RemoteProtocolError(
+                Reason.BAD_PRESIGNATURE, "σ̂ does not verify for m(cid, rid, δ, h) under T"
+            )
+        authorization = self._key.sign_digest(
+            authorization_digest(self.domain, m, pending.amount, presignature.r)
+        )
+        pending.reply = reply
+        pending.presignature = presignature
+        pending.authorization = authorization
+        self.status = Status.PENDING
+        return Step(
+            send=(Auth(self.channel_id, pending.request_id, authorization),),
+            events=(PaymentAuthorized(pending.request_id, pending.amount),),
+        )
+
+    def _on_reveal(self, reveal: Reveal) -> Step:
+        pending = self._pending
+        if (
+            self._last_reveal is not None
+            and self._last_ack is not None
+            and reveal == self._last_reveal
+        ):
+            return Step(send=(self._last_ack,))  # a retransmission: the same receipt, paid once
+        if self.status is Status.CLOSED:
+            raise RemoteProtocolError(Reason.CHANNEL_CLOSED)
+        if pending is None or reveal.request_id != pending.request_id:
+            raise self._stale(reveal.request_id, "REVEAL")
+        if self.status is not Status.PENDING or pending.reply is None:
+            raise RemoteProtocolError(Reason.UNEXPECTED_MESSAGE, "REVEAL before AUTH")
+        reply = pending.reply
+        if not is_adaptor_secret(reveal.adaptor_secret, reply.adaptor_point):
+            raise RemoteProtocolError(Reason.BAD_ADAPTOR_SECRET, "t·G ≠ T")
+        expected = self._state.pay(pending.amount, _bump(pending.request_id))
+        if reveal.state != expected:
+            raise RemoteProtocolError(
+                Reason.STATE_MISMATCH, f"expected {expected}, got {reveal.state}"
+            )
+        if not self._signer_is(expected, reveal.signature, self.terms.provider):
+            raise RemoteProtocolError(Reason.BAD_STATE_SIGNATURE, "not the provider's signature")
+        result = self._open(pending, reveal.adaptor_secret)
+
+        signature = sign_state(self._key, self.domain, self.channel_id, expected)
+        ack = Ack(self.channel_id, pending.request_id, expected, signature)
+        self._state = expected
+        self._vault_signature = signature
+        self._provider_signature = reveal.signature
+        self.next_request_id = max(self.next_request_id, expected.version)
+        self._pending = None
+        self._last_reveal, self._last_ack = reveal, ack
+        self.status = Status.OPEN
+        return Step(send=(ack,), events=(ResultDelivered(ack.request_id, pending.amount, result),))
+
+    def _open(self, pending: _VaultRequest, t: bytes) -> bytes:
+        assert pending.reply is not None
+        context = ResultContext(self.channel_id, pending.request_id)
+        try:
+            result = sealing.open(t, pending.reply.sealed_result, context)
+        except SealError as e:
+            raise RemoteProtocolError(Reason.RESULT_DOES_NOT_OPEN, str(e)) from None
+        if not hmac.compare_digest(result_hash(result), pending.reply.result_hash):
+            raise RemoteProtocolError(Reason.RESULT_HASH_MISMATCH, "H(result) ≠ h")
+        return result
+
+    def _on_close_ack(self, close_ack: CloseAck) -> Step:
+        if self._final is None:
+            raise RemoteProtocolError(Reason.UNEXPECTED_MESSAGE, "no close was proposed")
+        if self._final_acked:
+            raise RemoteProtocolError(Reason.REPLAYED, "the final state is already co-signed")
+        if close_ack.state != self._final.state:
+            raise RemoteProtocolError(Reason.STATE_MISMATCH, "not the proposed final state")
+        if not self._signer_is(close_ack.state, close_ack.signature, self.terms.provider):
+            raise RemoteProtocolError(Reason.BAD_STATE_SIGNATURE, "not the provider's signature")
+        self._final_acked = True
+        signed = SignedState(close_ack.state, self._final.signature, close_ack.signature)
+        return Step(events=(CloseReady(signed),))
+
+    def pending_auth(self) -> Auth | None:
+        """The AUTH of the PENDING request, to re-send if the provider may have lost it.
+
+        Re-sending the same σ_U is harmless (it authorises nothing new); the
+        provider rejects it as a replay if it already has it, and then re-sends
+        its REVEAL.
+        """
+        pending = self._pending
+        if self.status is Status.PENDING and pending is not None and pending.authorization:
+            return Auth(self.channel_id, pending.request_id, pending.authorization)
+        return None
+
+    # -- persistence -----------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """Everything this channel knows except the key (see :mod:`a402.asc.snapshot`)."""
+        doc = self._common_snapshot(_snap.VAULT_FORMAT)
+        pending = self._pending
+        doc.update(
+            lockTimeout=self.lock_timeout,
+            pending=None
+            if pending is None
+            else {
+                "requestId": pending.request_id,
+                "amount": pending.amount,
+                "request": _snap.hx(pending.request),
+                "lockDeadline": pending.lock_deadline,
+                "reply": _snap.message_to_json(pending.reply),
+                "authorization": _snap.hx(pending.authorization),
+            },
+            lastReveal=_snap.message_to_json(self._last_reveal),
+            lastAck=_snap.message_to_json(self._last_ack),
+            lastExpired=self._last_expired,
+            final=_snap.message_to_json(self._final),
+            finalAcked=self._final_acked,
+        )
+        return _snap.dumps(doc)
+
+    @classmethod
+    def restore(cls, data: bytes, vault_key: DigestSigner) -> VaultChannel:
+        """The channel :meth:`snapshot` described, signing with ``vault_key``.
+
+        Raises :class:`~a402.asc.snapshot.SnapshotError` for damaged bytes and
+        :class:`ValueError` if the key is not the channel's vault key.
+        """
+        doc = _snap.loads(data, _snap.VAULT_FORMAT)
+        with _snap.parsing("vault"):
+            terms = _snap.terms_from_json(doc["terms"])
+            domain = _snap.domain_from_json(doc["domain"])
+            lock_timeout = _snap.number(doc["lockTimeout"])
+        channel = cls(terms, domain, vault_key, lock_timeout=lock_timeout)
+        with _snap.parsing("vault"):
+            channel._restore_common(doc)
+            raw = doc["pending"]
+            if raw is not None:
+                reply = _snap.message_from_json(raw["reply"], Reply)
+                channel._pending = _VaultRequest(
+                    _snap.integer(raw["requestId"]),
+                    _snap.integer(raw["amount"]),
+                    _snap.unhex(raw["request"]),
+                    _snap.number(raw["lockDeadline"]),
+                    reply,
+                    None if reply is None else EVM.presignature_from_bytes(reply.presignature),
+                    _snap.unhex(raw["authorization"]),
+                )
+            channel._last_reveal = _snap.message_from_json(doc["lastReveal"], Reveal)
+            channel._last_ack = _snap.message_from_json(doc["lastAck"], Ack)
+            last_expired = doc["lastExpired"]
+            channel._last_expired = None if last_expired is None else _snap.integer(last_expired)
+            channel._final = _snap.message_from_json(doc["final"], Close)
+            channel._final_acked = bool(doc["finalAcked"])
+        return channel
+
+    # -- the chain -----------------------------------------------------------
+
+    def provider_force_closed(self, request_id: int, signature: bytes) -> Step:
+        """The provider's ``forceClose`` for ``request_id`` was seen on-chain with ``e ‖ s``.
+
+        For the pending request, extracts ``t = s − ŝ`` and opens the result (the
+        paper's ④b); the channel is CLOSED either way. A signature that does not
+        complete this request's pre-signature cannot have passed the contract, so
+        it is reported as :attr:`Reason.BAD_COMPLETION` without changing anything.
+        """
+        pending = self._pending
+        if (
+            self.status is Status.PENDING
+            and pending is not None
+            and pending.request_id == request_id
+            and pending.reply is not None
+            and pending.presignature is not None
+        ):
+            try:
+                t = EVM.extract(pending.presignature, signature, pending.reply.adaptor_point)
+            except ExtractionError as e:
+                raise RemoteProtocolError(Reason.BAD_COMPLETION, str(e)) from None
+            result = self._open(pending, t)
+            self._pending = None
+            self.status = Status.CLOSED
+            return Step(
+                events=(ResultDelivered(request_id, pending.amount, result, on_chain=True),)
+            )
+        self._pending = None
+        self.status = Status.CLOSED
+        return Step()
+
+
+# -------------------------------------------------------------------- provider
+
+
+@dataclass(slots=True)
+class _ProviderRequest:
+    request_id: int
+    amount: int
+    request: bytes
+    lock_deadline: float
+    adaptor_secret: bytes = b""
+    adaptor_point: bytes = b""
+    result_hash: bytes = b""
+    message: bytes = b""
+    presignature: PreSignature | None = None
+    reveal: Reveal | None = None
+    authorization: bytes = b""
+    ack_deadline: float = 0.0
+    force_close_signalled: bool = field(default=False)
+
+
+class ProviderChannel(_Channel):
+    """The provider's (S's) side of one channel, as its enclave runs it.
+
+    ``signer`` is the provider's Ethereum key (its address signs states);
+    ``schnorr_key`` is the attested adaptor key whose x-coordinate the channel
+    registered — a :class:`~a402.crypto.SecretKey` or any :class:`PreSigner`
+    (an enclave keeps the key inside); ``ack_timeout`` is Δ_ack. ``lock_timeout`` is Δ_lock as the
+    provider applies it: how long after accepting an EXEC it refuses the next
+    one. Set it no longer than the vault's Δ_lock minus the worst network delay
+    and clock skew, so that the provider's lock always ends before the vault's.
+    """
+
+    def __init__(
+        self,
+        terms: ChannelTerms,
+        domain: PaymentDomain,
+        signer: DigestSigner,
+        schnorr_key: SecretKey | PreSigner,
+        *,
+        ack_timeout: float,
+        lock_timeout: float,
+    ) -> None:
+        if signer.address != terms.provider:
+            raise ValueError("the signer does not match the channel's provider address")
+        if isinstance(schnorr_key, SecretKey):
+            if schnorr_key.flavour != "evm":
+                raise ValueError("the Schnorr key does not match the channel's provider key")
+            schnorr_key = KeyPreSigner(schnorr_key)
+        if schnorr_key.public_key != terms.provider_key:
+            raise ValueError("the Schnorr key does not match the channel's provider key")
+        if ack_timeout <= 0 or lock_timeout <= 0:
+            raise ValueError("ack_timeout and lock_timeout must be positive")
+        super().__init__(terms, domain)
+        self._key = signer
+        self._presigner: PreSigner = schnorr_key
+        self.ack_timeout = ack_timeout
+        self.lock_timeout = lock_timeout
+        self._inflight: _ProviderRequest | None = None
+        self._close_ack: CloseAck | None = None
+
+    # -- messages ------------------------------------------------------------
+
+    def receive(self, message: Message, *, now: float) -> Step:
+        """Handle a vault message: EXEC, AUTH, ACK or CLOSE."""
+        self._check_channel(message)
+        if isinstance(message, Exec):
+            return self._on_exec(message, now)
+        if isinstance(message, Auth):
+            return self._on_auth(message, now)
+        if isinstance(message, Ack):
+            return self._on_ack(message)
+        if isinstance(message, Close):
+            return self._on_close(message, now)
+        raise RemoteProtocolError(
+            Reason.UNEXPECTED_MESSAGE, f"a provider does not receive {type(message).__name__}"
+        )
+
+    def _stale(self, request_id: int, what: str) -> RemoteProtocolError:
+        if request_id < self.next_request_id:
+            return RemoteProtocolError(
+                Reason.REPLAYED, f"{what} for request {request_id}, already handled"
+            )
+        return RemoteProtocolError(
+            Reason.UNKNOWN_REQUEST, f"{what} for request {request_id}, never received"
+        )
+
+    def _on_exec(self, exec_: Exec, now: float) -> Step:
+        if self.status is Status.CLOSED:
+            raise RemoteProtocolError(Reason.CHANNEL_CLOSED)
+        if self.status is Status.PENDING:
+            raise RemoteProtocolError(
+                Reason.REQUEST_IN_FLIGHT,
+                f"request {self._rid()} is authorised but not acknowledged",
+            )
+        if exec_.request_id < self.next_request_id:
+            raise RemoteProtocolError(
+                Reason.REPLAYED, f"EXEC for request {exec_.request_id}, already seen"
+            )
+        if exec_.version != self.version:
+            raise RemoteProtocolError(
+                Reason.STATE_MISMATCH,
+                f"EXEC builds on version {exec_.version}, ours is {self.version}",
+            )
+        if exec_.amount <= 0:
+            raise RemoteProtocolError(Reason.INVALID_AMOUNT, "amount must be positive")
+        if exec_.amount > self._state.client_balance:
+            raise RemoteProtocolError(
+                Reason.INSUFFICIENT_BALANCE,
+                f"{exec_.amount} > client balance {self._state.client_balance}",
+            )
+        events: list[Event] = []
+        if self._inflight is not None:  # LOCKED
+            if now < self._inflight.lock_deadline:
+                raise RemoteProtocolError(
+                    Reason.REQUEST_IN_FLIGHT, f"request {self._rid()} is still executing"
+                )
+            events.append(RequestAbandoned(self._inflight.request_id))  # the vault's lock expired
+        self._inflight = _ProviderRequest(
+            exec_.request_id, exec_.amount, exec_.request, now + self.lock_timeout
+        )
+        self.next_request_id = _bump(exec_.request_id)
+        self.status = Status.LOCKED
+        events.append(ExecuteRequest(exec_.request_id, exec_.amount, exec_.request))
+        return Step(events=tuple(events))
+
+    def _rid(self) -> int | None:
+        return self._inflight.request_id if self._inflight is not None else None
+
+    def reply(
+        self, request_id: int, result: bytes, *, adaptor_secret: bytes | None = None
+    ) -> Reply:
+        """Step ②: commit to ``result`` for the executing request — REPLY(h, T, σ̂, EncRes).
+
+        ``adaptor_secret`` is for tests; by default a fresh ``t`` is drawn.
+        """
+        inflight = self._inflight
+        if (
+            self.status is not Status.LOCKED
+            or inflight is None
+            or inflight.request_id != request_id
+        ):
+            raise LocalProtocolError(Reason.NOT_ALLOWED, f"request {request_id} is not executing")
+        if inflight.presignature is not None:
+            raise LocalProtocolError(Reason.NOT_ALLOWED, f"request {request_id} already replied")
+        if adaptor_secret is None:
+            t, adaptor = generate_adaptor()
+        else:
+            t, adaptor = adaptor_secret, adaptor_point(adaptor_secret)
+        h = result_hash(result)
+        m = self._message(request_id, inflight.amount, h)
+        presignature = self._presigner.pre_sign(m, adaptor)
+        sealed = seal(t, result, ResultContext(self.channel_id, request_id))
+        inflight.adaptor_secret, inflight.adaptor_point = t, adaptor
+        inflight.result_hash, inflight.message, inflight.presignature = h, m, presignature
+        return Reply(
+            self.channel_id, request_id, h, adaptor, presignature.to_bytes(), sealed.to_bytes()
+        )
+
+    def abandon(self, request_id: int) -> Step:
+        """Drop the executing request without replying (the service failed; nothing is charged).
+
+        Only before :meth:`reply`: once a pre-signature is out the vault may
+        authorise it, and the provider must keep the request to claim it.
+        Later EXECs are accepted at once; the request id stays used.
+        """
+        inflight = self._inflight
+        if (
+            self.status is not Status.LOCKED
+            or inflight is None
+            or inflight.request_id != request_id
+            or inflight.presignature is not None
+        ):
+            raise LocalProtocolError(
+                Reason.NOT_ALLOWED, f"request {request_id} is not executing unreplied"
+            )
+        self._inflight = None
+        self.status = Status.OPEN
+        return Step(events=(RequestAbandoned(request_id),))
+
+    def _on_auth(self, auth: Auth, now: float) -> Step:
+        inflight = self._inflight
+        if self.status is Status.CLOSED:
+            raise RemoteProtocolError(Reason.CHANNEL_CLOSED)
+        if inflight is None or auth.request_id != inflight.request_id:
+            raise self._stale(auth.request_id, "AUTH")
+        if self.status is Status.PENDING:
+            raise RemoteProtocolError(
+                Reason.REPLAYED, f"request {auth.request_id} already authorised"
+            )
+        if inflight.presignature is None:
+            raise RemoteProtocolError(Reason.UNEXPECTED_MESSAGE, "AUTH before REPLY")
+        signer = authorization_signer(
+            self.domain,
+            inflight.message,
+            inflight.amount,
+            inflight.presignature.r,
+            auth.authorization,
+        )
+        if signer != self.terms.vault:
+            raise RemoteProtocolError(
+                Reason.BAD_AUTHORIZATION, "σ_U is not the vault's over (m, δ, e)"
+            )
+        state = self._state.pay(inflight.amount, _bump(inflight.request_id))
+        signature = sign_state(self._key, self.domain, self.channel_id, state)
+        reveal = Reveal(
+            self.channel_id, inflight.request_id, inflight.adaptor_secret, state, signature
+        )
+        inflight.authorization = auth.authorization
+        inflight.reveal = reveal
+        inflight.ack_deadline = now + self.ack_timeout
+        self.status = Status.PENDING
+        return Step(send=(reveal,))
+
+    def _on_ack(self, ack: Ack) -> Step:
+        inflight = self._inflight
+        if self.status is Status.CLOSED:
+            raise RemoteProtocolError(Reason.CHANNEL_CLOSED)
+        if inflight is None or ack.request_id != inflight.request_id:
+            raise self._stale(ack.request_id, "ACK")
+        if self.status is not Status.PENDING or inflight.reveal is None:
+            raise RemoteProtocolError(Reason.UNEXPECTED_MESSAGE, "ACK before REVEAL")
+        if ack.state != inflight.reveal.state:
+            raise RemoteProtocolError(
+                Reason.STATE_MISMATCH, f"expected {inflight.reveal.state}, got {ack.state}"
+            )
+        if not self._signer_is(ack.state, ack.signature, self.terms.vault):
+            raise RemoteProtocolError(Reason.BAD_STATE_SIGNATURE, "not the vault's signature")
+        self._state = ack.state
+        self._vault_signature = ack.signature
+        self._provider_signature = inflight.reveal.signature
+        self._inflight = None
+        self.status = Status.OPEN
+        return Step(events=(PaymentAcknowledged(ack.request_id, inflight.amount, ack.state),))
+
+    def _on_close(self, close: Close, now: float) -> Step:
+        if self._close_ack is not None and close.state == self._close_ack.state:
+            return Step(send=(self._close_ack,))  # a retransmission
+        if self.status is Status.CLOSED:
+            raise RemoteProtocolError(Reason.CHANNEL_CLOSED)
+        if self.status is Status.PENDING:
+            raise RemoteProtocolError(
+                Reason.REQUEST_IN_FLIGHT,
+                f"request {self._rid()} is authorised but not acknowledged",
+            )
+        state = close.state
+        if not state.is_final:
+            raise RemoteProtocolError(Reason.STATE_MISMATCH, "CLOSE must carry a final state")
+        if (state.client_balance, state.provider_balance) != (
+            self._state.client_balance,
+            self._state.provider_balance,
+        ):
+            raise RemoteProtocolError(
+                Reason.STATE_MISMATCH, "final balances differ from the latest state"
+            )
+        if state.version <= self.version or state.version < self.next_request_id:
+            raise RemoteProtocolError(Reason.STATE_MISMATCH, "the final version is not the newest")
+        if not self._signer_is(state, close.signature, self.terms.vault):
+            raise RemoteProtocolError(Reason.BAD_STATE_SIGNATURE, "not the vault's signature")
+        events: list[Event] = []
+        if self._inflight is not None:  # LOCKED and never authorised
+            if now < self._inflight.lock_deadline:
+                raise RemoteProtocolError(
+                    Reason.REQUEST_IN_FLIGHT, f"request {self._rid()} is still executing"
+                )
+            events.append(RequestAbandoned(self._inflight.request_id))  # the vault gave it up
+            self._inflight = None
+        signature = sign_state(self._key, self.domain, self.channel_id, state)
+        self._close_ack = CloseAck(self.channel_id, state, signature)
+        self.next_request_id = state.version
+        self.status = Status.CLOSED
+        events.append(CloseReady(SignedState(state, close.signature, signature)))
+        return Step(send=(self._close_ack,), events=tuple(events))
+
+    # -- persistence -----------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """Everything this channel knows except the keys — including the adaptor
+        secret ``t`` of the request in flight, so store it sealed."""
+        doc = self._common_snapshot(_snap.PROVIDER_FORMAT)
+        inflight = self._inflight
+        doc.update(
+            ackTimeout=self.ack_timeout,
+            lockTimeout=self.lock_timeout,
+            inflight=None
+            if inflight is None
+            else {
+                "requestId": inflight.request_id,
+                "amount": inflight.amount,
+                "request": _snap.hx(inflight.request),
+                "lockDeadline": inflight.lock_deadline,
+                "adaptorSecret": _snap.hx(inflight.adaptor_secret),
+                "adaptorPoint": _snap.hx(inflight.adaptor_point),
+                "resultHash": _snap.hx(inflight.result_hash),
+                "message": _snap.hx(inflight.message),
+                "presignature": None
+                if inflight.presignature is None
+                else _snap.hx(inflight.presignature.to_bytes()),
+                "reveal": _snap.message_to_json(inflight.reveal),
+                "authorization": _snap.hx(inflight.authorization),
+                "ackDeadline": inflight.ack_deadline,
+                "forceCloseSignalled": inflight.force_close_signalled,
+            },
+            closeAck=_snap.message_to_json(self._close_ack),
+        )
+        return _snap.dumps(doc)
+
+    @classmethod
+    def restore(
+        cls, data: bytes, signer: DigestSigner, schnorr_key: SecretKey | PreSigner
+    ) -> ProviderChannel:
+        """The channel :meth:`snapshot` described, with its keys passed back in."""
+        doc = _snap.loads(data, _snap.PROVIDER_FORMAT)
+        with _snap.parsing("provider"):
+            terms = _snap.terms_from_json(doc["terms"])
+            domain = _snap.domain_from_json(doc["domain"])
+            ack_timeout = _snap.number(doc["ackTimeout"])
+            lock_timeout = _snap.number(doc["lockTimeout"])
+        channel = cls(
+            terms, domain, signer, schnorr_key, ack_timeout=ack_timeout, lock_timeout=lock_timeout
+        )
+        with _snap.parsing("provider"):
+            channel._restore_common(doc)
+            raw = doc["inflight"]
+            if raw is not None:
+                presignature = raw["presignature"]
+                channel._inflight = _ProviderRequest(
+                    request_id=_snap.integer(raw["requestId"]),
+                    amount=_snap.integer(raw["amount"]),
+                    request=_snap.unhex(raw["request"]),
+                    lock_deadline=_snap.number(raw["lockDeadline"]),
+                    adaptor_secret=_snap.unhex(raw["adaptorSecret"]),
+                    adaptor_point=_snap.unhex(raw["adaptorPoint"]),
+                    result_hash=_snap.unhex(raw["resultHash"]),
+                    message=_snap.unhex(raw["message"]),
+                    presignature=None
+                    if presignature is None
+                    else EVM.presignature_from_bytes(_snap.unhex(presignature)),
+                    reveal=_snap.message_from_json(raw["reveal"], Reveal),
+                    authorization=_snap.unhex(raw["authorization"]),
+                    ack_deadline=_snap.number(raw["ackDeadline"]),
+                    force_close_signalled=bool(raw["forceCloseSignalled"]),
+                )
+            channel._close_ack = _snap.message_from_json(doc["closeAck"], CloseAck)
+        return channel
+
+    # -- timeouts and the chain ------------------------------------------------
+
+    def poll(self, *, now: float) -> Step:
+        """Apply Δ_ack: once, when the ACK is overdue, emit :class:`ForceCloseDue`."""
+        inflight = self._inflight
+        if (
+            self.status is Status.PENDING
+            and inflight is not None
+            and not inflight.force_close_signalled
+            and now >= inflight.ack_deadline
+        ):
+            inflight.force_close_signalled = True
+            return Step(events=(ForceCloseDue(self.claim()),))
+        return Step()
+
+    def pending_reveal(self) -> Reveal | None:
+        """The REVEAL still waiting for its ACK, to re-send (the vault answers it idempotently)."""
+        return self._inflight.reveal if self.status is Status.PENDING and self._inflight else None
+
+    def claim(self) -> ForceCloseClaim:
+        """The on-chain claim for the authorised request: latest state + payment + σ_U.
+
+        Completing the pre-signature here is what will publish ``s`` on-chain.
+        """
+        inflight = self._inflight
+        if self.status is not Status.PENDING or inflight is None or inflight.presignature is None:
+            raise LocalProtocolError(Reason.NOT_ALLOWED, "no authorised payment to claim")
+        return ForceCloseClaim(
+            state=self._state,
+            vault_signature=self._vault_signature,
+            request_id=inflight.request_id,
+            amount=inflight.amount,
+            result_hash=inflight.result_hash,
+            signature=EVM.adapt(inflight.presignature, inflight.adaptor_secret),
+            authorization=inflight.authorization,
+        )

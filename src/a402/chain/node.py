@@ -1,0 +1,213 @@
+"""One way to get a chain, three backends.
+
+- ``embedded_chain()``: an in-process EVM (eth-tester + py-evm). No
+  installation beyond Python, so ``make demo`` runs anywhere.
+- ``start_anvil()``: a real node, anvil, started and stopped by us; the
+  integration tests and ``a402 devnet`` use it.
+- ``connect(url)``: any JSON-RPC endpoint.
+
+Each gives a ``Chain``: a web3 handle, the CAIP-2 network id and the local
+accounts whose keys we hold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import httpx
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from web3 import EthereumTesterProvider, HTTPProvider, Web3
+
+ANVIL_MNEMONIC = "test test test test test test test test test test test junk"
+"""Anvil's default development mnemonic: public, so these keys guard nothing."""
+
+
+@dataclass
+class Chain:
+    w3: Web3
+    accounts: list[LocalAccount]
+    rpc_url: str | None = None
+    _nonce_locks: dict[str, threading.Lock] = field(default_factory=dict, repr=False)
+    _guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @cached_property
+    def chain_id(self) -> int:
+        return int(self.w3.eth.chain_id)
+
+    @property
+    def network(self) -> str:
+        """The CAIP-2 id, ``eip155:<chainId>``."""
+        return f"eip155:{self.chain_id}"
+
+    def sender_lock(self, address: str) -> threading.Lock:
+        """Serialises transactions from one account so nonces never collide."""
+        with self._guard:
+            return self._nonce_locks.setdefault(address.lower(), threading.Lock())
+
+
+class _SerialTesterProvider(EthereumTesterProvider):
+    """eth-tester is not thread-safe; servers call it from worker threads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.RLock()
+
+    def make_request(self, method: Any, params: Any) -> Any:
+        with self._lock:
+            return super().make_request(method, params)
+
+
+def embedded_chain() -> Chain:
+    """A fresh in-process chain with ten funded accounts."""
+    provider = _SerialTesterProvider()
+    provider.ethereum_tester.backend.chain.gas_estimator = _two_run_gas_estimate
+    keys = provider.ethereum_tester.backend.account_keys
+    accounts = [Account.from_key(k.to_bytes()) for k in keys]
+    return Chain(w3=Web3(provider), accounts=accounts)
+
+
+def _two_run_gas_estimate(state: Any, transaction: Any) -> int:
+    """Gas estimates in two executions instead of a dozen, for the in-process chain.
+
+    py-evm estimates by binary search over the block gas limit, executing the
+    transaction about twelve times, which dominates the demo's run time. Run it
+    once with the whole block's gas, offer what it used plus a fifth and 25,000,
+    confirm that runs, and fall back to the binary search if not. Transactions
+    and their effects are unchanged; only their gas limits are less tight.
+    """
+    from eth.estimators.gas import binary_gas_search_intrinsic_tolerance
+    from eth.vm.spoof import SpoofTransaction
+
+    snapshot = state.snapshot()
+    try:
+        computation = state.apply_transaction(
+            SpoofTransaction(transaction, gas=state.gas_limit, gas_price=0))
+        if computation.is_error:
+            raise computation.error
+        used = state.gas_limit - computation.get_gas_remaining()
+    finally:
+        state.revert(snapshot)
+    guess = min(state.gas_limit, used + used // 5 + 25_000)
+    snapshot = state.snapshot()
+    try:
+        fits = not state.apply_transaction(
+            SpoofTransaction(transaction, gas=guess, gas_price=0)).is_error
+    finally:
+        state.revert(snapshot)
+    return guess if fits else int(binary_gas_search_intrinsic_tolerance(state, transaction))
+
+
+def connect(rpc_url: str, keys: Sequence[str | bytes] = ()) -> Chain:
+    """A chain reached over JSON-RPC, with the accounts whose keys are given."""
+    w3 = Web3(HTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
+    return Chain(w3=w3, accounts=[Account.from_key(k) for k in keys], rpc_url=rpc_url)
+
+
+def dev_keys(count: int, mnemonic: str = ANVIL_MNEMONIC) -> list[LocalAccount]:
+    Account.enable_unaudited_hdwallet_features()
+    return [
+        Account.from_mnemonic(mnemonic, account_path=f"m/44'/60'/0'/0/{i}") for i in range(count)
+    ]
+
+
+def find_anvil() -> str:
+    """The anvil binary: $A402_ANVIL, the npm package's binary, or PATH."""
+    if explicit := os.environ.get("A402_ANVIL"):
+        return explicit
+    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(
+        platform.machine().lower(), platform.machine()
+    )
+    pkg = f"@foundry-rs/anvil-{sys.platform}-{arch}"
+    for base in (Path.cwd(), *Path.cwd().parents, *Path(__file__).resolve().parents):
+        binary = base / "node_modules" / pkg / "bin" / "anvil"
+        if binary.is_file():
+            return str(binary)
+    if found := shutil.which("anvil"):
+        return found
+    raise FileNotFoundError(
+        "anvil not found: run `npm ci` in the project (it installs @foundry-rs/anvil-linux-amd64) "
+        "or set A402_ANVIL to the binary"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """Linux: anvil is killed if the Python process dies, so no node outlives a test run."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@contextlib.contextmanager
+def start_anvil(
+    *,
+    port: int | None = None,
+    block_time: float | None = None,
+    chain_id: int = 31337,
+    accounts: int = 10,
+    extra_args: Sequence[str] = (),
+    startup_timeout: float = 30.0,
+) -> Iterator[Chain]:
+    """Run anvil on 127.0.0.1 for the duration of the ``with`` block."""
+    port = port or free_port()
+    args = [
+        find_anvil(), "--host", "127.0.0.1", "--port", str(port), "--chain-id", str(chain_id),
+        "--accounts", str(accounts), "--mnemonic", ANVIL_MNEMONIC, "--silent",
+    ]
+    if block_time:
+        args += ["--block-time", str(block_time)]
+    args += list(extra_args)
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for_rpc(url, proc, startup_timeout)
+        yield connect(url, [a.key for a in dev_keys(accounts)])
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def _wait_for_rpc(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    body = {"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            raise RuntimeError(f"anvil exited with {proc.returncode}: {err.strip()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.post(url, json=body, timeout=1).status_code == 200:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"anvil did not answer on {url} within {timeout}s")

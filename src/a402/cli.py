@@ -1,0 +1,203 @@
+"""The ``a402`` command: one entry point, one sub-command per role.
+
+Sub-commands import their modules lazily so that ``a402 pay`` does not pay for
+loading the facilitator's database layer, and a missing optional dependency
+only breaks the command that needs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from a402 import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="a402", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"a402 {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="run the end-to-end demo on an embedded chain")
+    demo.add_argument("--requests", type=int, default=5, help="paid requests to make")
+    demo.add_argument("--act", choices=("all", "exact", "channels", "agents"), default="all",
+                      help="exact: paid HTTP requests; channels: the same API paid through "
+                           "one A402 channel via a vault; agents: agents find, pay and rate "
+                           "each other over A2A (default: all three)")
+    demo.add_argument("--channel-requests", type=int, default=100,
+                      help="paid requests through the channel (act channels)")
+    demo.set_defaults(run=_demo)
+
+    devnet = commands.add_parser("devnet", help="run anvil with the contracts deployed")
+    devnet.add_argument("--port", type=int, default=8545)
+    devnet.add_argument("--block-time", type=float, default=None,
+                        help="seconds between blocks (default: mine on every transaction)")
+    devnet.add_argument("--manifest-out", default=".a402/devnet.json",
+                        help="where to write the manifest (default: %(default)s)")
+    devnet.set_defaults(run=_devnet)
+
+    fac = commands.add_parser("facilitator", help="verify and settle x402 `exact` payments")
+    fac.add_argument("--rpc", required=True, help="JSON-RPC URL of the chain")
+    fac.add_argument("--network", help="CAIP-2 id the chain must have, e.g. eip155:84532")
+    fac.add_argument("--key-file", required=True, help="file holding the gas-paying key (hex)")
+    fac.add_argument("--db", default="sqlite:///a402-facilitator.db",
+                     help="SQLAlchemy URL of the journal (default: %(default)s)")
+    fac.add_argument("--host", default="127.0.0.1")
+    fac.add_argument("--port", type=int, default=4021)
+    fac.add_argument("--receipt-timeout", type=float, default=20.0,
+                     help="seconds /settle waits for a receipt before answering pending")
+    fac.set_defaults(run=_facilitator)
+
+    gw = commands.add_parser("gateway", help="put an x402 paywall in front of any HTTP API")
+    gw.add_argument("--upstream", required=True, help="base URL of the API to protect")
+    gw.add_argument("--route", action="append", required=True, metavar="'METHOD /path/*=PRICE'",
+                    help="a paid route and its price in token units; repeat for more")
+    gw.add_argument("--facilitator", required=True, help="x402 facilitator URL")
+    gw.add_argument("--manifest", help="devnet manifest: token, network and default pay-to")
+    gw.add_argument("--pay-to", help="address that receives payments")
+    gw.add_argument("--network", help="CAIP-2 network, e.g. eip155:8453")
+    gw.add_argument("--asset", help="EIP-3009 token address")
+    gw.add_argument("--asset-name", default="USD Coin", help="token's EIP-712 domain name")
+    gw.add_argument("--asset-version", default="2", help="token's EIP-712 domain version")
+    gw.add_argument("--decimals", type=int, default=6)
+    gw.add_argument("--settle-before-serve", action="store_true",
+                    help="settle on-chain before calling the upstream")
+    gw.add_argument("--public-url", help="external base URL, for resource URLs behind a proxy")
+    gw.add_argument("--host", default="127.0.0.1")
+    gw.add_argument("--port", type=int, default=4402)
+    gw.set_defaults(run=_gateway)
+
+    from a402.client.pay import add_pay_arguments, run_pay
+
+    pay = commands.add_parser("pay", help="fetch a paid URL, paying with x402 `exact`")
+    add_pay_arguments(pay)
+    pay.set_defaults(run=run_pay)
+
+    from a402.agents.cli import add_agents_arguments, run_agents
+
+    agents = commands.add_parser("agents", help="register, update, show, search and rate "
+                                                "agents on-chain")
+    add_agents_arguments(agents)
+    agents.set_defaults(run=run_agents)
+
+    from a402.agents.indexer.command import add_indexer_arguments, run_indexer
+
+    indexer = commands.add_parser("indexer", help="index agents, payments and ERC-8004 events "
+                                                  "and serve a search API")
+    add_indexer_arguments(indexer)
+    indexer.set_defaults(run=run_indexer)
+
+    vault = commands.add_parser("vault", help="run the Liquidity Vault (pays A402 for clients)")
+    from a402.vault.command import add_vault_arguments, run_vault
+
+    add_vault_arguments(vault)
+    vault.set_defaults(run=run_vault)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from a402.demo import run_demo
+
+    return run_demo(requests=args.requests, act=args.act,
+                    channel_requests=args.channel_requests)
+
+
+def _devnet(args: argparse.Namespace) -> int:
+    from a402.chain.deploy import deploy_dev_stack
+    from a402.chain.node import start_anvil
+
+    with start_anvil(port=args.port, block_time=args.block_time) as chain:
+        manifest = deploy_dev_stack(chain, asc_manager=True)
+        out = Path(args.manifest_out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _write_secret(out, manifest.to_json())  # it holds (public, development) keys
+        keys = {role: manifest.account(role) for role in ("facilitator", "provider", "client")}
+        keys["vault"] = manifest.account("client", 1)  # its own gas key: nonces never collide
+        for name, account in keys.items():
+            _write_secret(out.with_name(f"{name}.key"), account.private_key)
+        print(manifest.to_json())
+        print(f"\nanvil on {chain.rpc_url} ({manifest.network}); manifest and the "
+              f"facilitator/provider/client/vault key files written to {out.parent}/. "
+              "Ctrl-C stops it.", file=sys.stderr)
+        _wait_for_signal()
+    return 0
+
+
+def _facilitator(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from a402.chain.node import connect
+    from a402.facilitator.app import create_app
+    from a402.facilitator.core import Facilitator, FacilitatorConfig
+    from a402.facilitator.store import SettlementStore
+    from a402.keys import load_key_file
+
+    signer = load_key_file(args.key_file)
+    chain = connect(args.rpc, [signer.key])
+    if args.network and args.network != chain.network:
+        print(f"error: {args.rpc} is {chain.network}, not {args.network}", file=sys.stderr)
+        return 2
+    facilitator = Facilitator(chain, signer, SettlementStore(args.db),
+                              FacilitatorConfig(receipt_timeout=args.receipt_timeout))
+    print(json.dumps({"facilitator": f"http://{args.host}:{args.port}",
+                      "network": chain.network, "signer": signer.address}), file=sys.stderr)
+    uvicorn.run(create_app(facilitator), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    from a402.chain.deploy import Manifest, TokenInfo
+    from a402.provider.gateway import run_gateway
+
+    if args.manifest:
+        manifest = Manifest.load(args.manifest)
+        token, network = manifest.token, manifest.network
+        pay_to = args.pay_to or manifest.account("provider").address
+    elif args.asset and args.network and args.pay_to:
+        token = TokenInfo(args.asset, args.asset_name, "", args.asset_version, args.decimals)
+        network, pay_to = args.network, args.pay_to
+    else:
+        print("error: give --manifest, or --asset, --network and --pay-to", file=sys.stderr)
+        return 2
+    run_gateway(
+        upstream=args.upstream, routes=args.route, pay_to=pay_to, token=token, network=network,
+        facilitator_url=args.facilitator, host=args.host, port=args.port,
+        settle_before_serve=args.settle_before_serve, public_url=args.public_url,
+        log_level="info" if args.verbose else "warning",
+    )
+    return 0
+
+
+def _write_secret(path: Path, text: str) -> None:
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(text + "\n")
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

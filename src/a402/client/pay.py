@@ -1,0 +1,242 @@
+"""``a402 pay URL --key-file F [--max 0.01]``: curl for paid URLs.
+
+The body goes to stdout untouched (bytes), so it can be piped; everything
+about the payment goes to stderr: one JSON line with the receipt when a
+payment was made, and ``a402 pay: ...`` lines for problems. Exit codes are
+stable so scripts and agents can branch on them:
+
+    0  success (2xx; paid and settled, or nothing to pay)
+    1  the request failed (network error, timeout)
+    2  usage or configuration error (bad arguments, unreadable key file)
+    3  payment refused by this client (price above --max, budget, no acceptable
+       requirement, malformed 402); nothing was signed
+    4  paid, but the server did not confirm settlement (402 to the payment,
+       failed or missing receipt); the money may still move
+    5  the server answered an HTTP error (>= 400) with no payment involved
+
+With ``--vault URL`` the request goes through a Liquidity Vault, which pays
+the provider inside an A402 channel from the key's vault balance; the same
+codes apply (3: the vault refused, nothing was paid; 4: paid but the result
+is not in yet — run again with the same ``--idempotency-key`` to get it).
+
+Amounts (``--max``, ``--budget``) are token units converted exactly with
+Decimal, assuming ``--decimals`` (6, as for USDC) decimals. A requirement whose
+``extra.decimals`` claims fewer decimals is capped with that smaller number; a
+claim of more is ignored, because it would raise the cap on the server's own
+word (see ``limits.token_units_max``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import stat
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import BinaryIO, Final, TextIO
+
+import httpx
+
+from a402.client.auth import DEFAULT_TIMEOUT, paying_auth
+from a402.client.budget import Budget
+from a402.client.errors import PaymentRefused
+from a402.client.limits import DEFAULT_DECIMALS, parse_token_amount, to_atomic, token_units_max
+from a402.client.records import PaymentStatus, payment_of
+from a402.client.wallet import Wallet, load_account
+from a402.wire.errors import WireError
+
+EXIT_OK: Final = 0
+EXIT_REQUEST_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_REFUSED: Final = 3
+EXIT_NOT_SETTLED: Final = 4
+EXIT_HTTP_ERROR: Final = 5
+
+DEFAULT_MAX: Final = "0.01"
+PROG: Final = "a402 pay"
+DESCRIPTION: Final = (
+    "Fetch a URL like curl; if it answers 402, pay it over x402 (exact, EVM) within --max. "
+    "The body goes to stdout, the settlement receipt (JSON) to stderr."
+)
+
+
+class UsageError(Exception):
+    """A bad argument or key file: exit 2 with the message."""
+
+
+def add_pay_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare ``a402 pay``'s arguments on ``parser`` (a subcommand parser)."""
+    parser.add_argument("url", help="the URL to fetch (and pay for, if it answers 402)")
+    parser.add_argument("--key-file", required=True, metavar="F",
+                        help="file holding the payer's hex private key (mode 600)")
+    parser.add_argument("--max", default=DEFAULT_MAX, metavar="AMOUNT",
+                        help=f"most this one request may pay, in token units "
+                             f"(default {DEFAULT_MAX})")
+    parser.add_argument("--budget", metavar="AMOUNT",
+                        help="total this invocation may pay per asset, in token units "
+                             "(one request pays at most once, so this only matters below --max)")
+    parser.add_argument("--decimals", type=int, default=DEFAULT_DECIMALS, metavar="N",
+                        help=f"decimals of the token the amounts are in "
+                             f"(default {DEFAULT_DECIMALS})")
+    parser.add_argument("--network", action="append", metavar="CAIP2",
+                        help="allow paying on this network (repeatable; default: any EVM)")
+    parser.add_argument("--asset", action="append", metavar="ADDRESS",
+                        help="allow paying in this token (repeatable; default: any)")
+    parser.add_argument("-X", "--request", dest="method", metavar="METHOD",
+                        help="HTTP method (default GET, or POST with -d)")
+    parser.add_argument("-d", "--data", metavar="DATA",
+                        help="request body; @FILE reads a file, @- reads stdin")
+    parser.add_argument("-H", "--header", action="append", default=[], metavar="'K: V'",
+                        help="extra request header (repeatable)")
+    parser.add_argument("-L", "--location", action="store_true", help="follow redirects")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                        help=f"HTTP timeout (default {DEFAULT_TIMEOUT:g}; settlement is on-chain)")
+    parser.add_argument("--vault", metavar="URL",
+                        help="pay through this Liquidity Vault (A402 channels, from the key's "
+                             "vault balance) instead of signing an exact payment")
+    parser.add_argument("--funding", choices=("pool", "wallet"), default="pool",
+                        help="with --vault: fund a new channel from the vault balance (pool) "
+                             "or from the key's own wallet by one signature (wallet)")
+    parser.add_argument("--idempotency-key", metavar="KEY",
+                        help="with --vault: name this call, so that running the command again "
+                             "returns the first outcome instead of paying again")
+
+
+def read_key_file(path: str | Path) -> str:
+    """The hex key in ``path`` (``0x`` optional, whitespace ignored).
+
+    Refused if group- or world-accessible, as ssh does: a payer key readable
+    by others is a key others can pay with.
+    """
+    p = Path(path)
+    try:
+        mode = p.stat().st_mode
+        if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise UsageError(
+                f"key file {p} is accessible by group/others "
+                f"(mode {stat.S_IMODE(mode):o}); run: chmod 600 {p}"
+            )
+        text = p.read_text(encoding="ascii")
+    except OSError as e:
+        raise UsageError(f"cannot read key file {p}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"key file {p} is not a hex private key") from None
+    try:
+        load_account(text)
+    except ValueError as e:
+        raise UsageError(f"key file {p}: {e}") from None
+    return text
+
+
+def _headers(lines: Sequence[str]) -> list[tuple[str, str]]:
+    out = []
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if not sep or not name.strip():
+            raise UsageError(f"header must look like 'Name: value', got {line!r}")
+        out.append((name.strip(), value.strip()))
+    return out
+
+
+def _body(data: str | None) -> bytes | None:
+    if data is None:
+        return None
+    if data == "@-":
+        return sys.stdin.buffer.read()
+    if data.startswith("@"):
+        try:
+            return Path(data[1:]).read_bytes()
+        except OSError as e:
+            raise UsageError(f"cannot read {data[1:]}: {e.strerror or e}") from None
+    return data.encode("utf-8")
+
+
+def _amount(text: str, decimals: int, what: str) -> int:
+    try:
+        return to_atomic(parse_token_amount(text), decimals)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"{what}: {e}") from None
+
+
+def run_pay(
+    args: argparse.Namespace, *, stdout: BinaryIO | None = None, stderr: TextIO | None = None
+) -> int:
+    """Fetch ``args.url``, paying if asked; returns the exit code (see module doc)."""
+    out = stdout if stdout is not None else sys.stdout.buffer
+    err = stderr if stderr is not None else sys.stderr
+
+    def fail(code: int, message: str) -> int:
+        print(f"{PROG}: {message}", file=err)
+        return code
+
+    try:
+        if not 0 <= args.decimals <= 36:
+            raise UsageError("--decimals must be between 0 and 36")
+        _amount(args.max, args.decimals, "--max")
+        cap = token_units_max(args.max, args.decimals)
+        budget = None
+        if args.budget is not None:
+            budget = Budget(_amount(args.budget, args.decimals, "--budget"))
+        wallet = Wallet(read_key_file(args.key_file), networks=args.network, assets=args.asset)
+        headers = _headers(args.header)
+        content = _body(args.data)
+        if content is not None and not any(k.lower() == "content-type" for k, _ in headers):
+            headers.append(("Content-Type", "application/x-www-form-urlencoded"))  # as curl
+        method = (args.method or ("POST" if content is not None else "GET")).upper()
+    except (UsageError, ValueError, WireError) as e:  # WireError: e.g. a --network typo
+        return fail(EXIT_USAGE, str(e))
+
+    if args.vault:
+        from a402.client.vault_pay import run_vault_pay
+
+        return run_vault_pay(args, read_key_file(args.key_file), wallet, method=method,
+                             headers=headers, content=content, cap=cap, budget=budget, out=out,
+                             err=err)
+    auth = paying_auth(wallet, max_per_request=cap, budget=budget)
+    try:
+        with httpx.Client(auth=auth, timeout=args.timeout, follow_redirects=args.location) as http:
+            response = http.request(method, args.url, headers=headers, content=content)
+    except PaymentRefused as e:
+        print(json.dumps({"success": False, "refused": e.reason, "message": e.message,
+                          "offered": [r.to_wire() for r in e.offered]}), file=err)
+        return fail(EXIT_REFUSED, f"payment refused ({e.reason}); nothing was signed")
+    except httpx.InvalidURL as e:
+        return fail(EXIT_USAGE, f"invalid URL: {e}")
+    except httpx.HTTPError as e:
+        for payment in auth.payments:  # signed, then no answer: say so, it may settle
+            print(json.dumps(payment.summary()), file=err)
+            return fail(EXIT_NOT_SETTLED,
+                        f"payment sent but no answer ({type(e).__name__}); it may still "
+                        f"settle until {payment.valid_before} (unix time)")
+        return fail(EXIT_REQUEST_FAILED, f"request failed: {type(e).__name__}: {e}")
+
+    out.write(response.content)
+    out.flush()
+    payment = payment_of(response)
+    if payment is not None:
+        print(json.dumps(payment.summary()), file=err)
+        if payment.status != PaymentStatus.SETTLED:
+            return fail(EXIT_NOT_SETTLED,
+                        f"paid but not settled ({payment.status}: {payment.reason}); "
+                        f"HTTP {response.status_code}")
+    if response.status_code >= 400:
+        return fail(EXIT_HTTP_ERROR, f"HTTP {response.status_code} {response.reason_phrase}")
+    return EXIT_OK
+
+
+def pay_main(
+    argv: Sequence[str] | None = None,
+    *,
+    stdout: BinaryIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """Stand-alone entry point: ``pay_main(["URL", "--key-file", "F"])`` → exit code."""
+    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
+    add_pay_arguments(parser)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse already printed the usage message
+        return int(e.code) if isinstance(e.code, int) else EXIT_USAGE
+    return run_pay(args, stdout=stdout, stderr=stderr)

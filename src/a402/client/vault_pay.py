@@ -1,0 +1,76 @@
+"""``a402 pay --vault URL``: the same command, paid through a Liquidity Vault.
+
+The body goes to stdout, one JSON line about the call to stderr (outcome,
+amount, channel, the co-signed receipt), and the exit codes of
+:mod:`a402.client.pay` keep their meaning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any, BinaryIO, TextIO
+
+import httpx
+
+from a402.client.budget import Budget, asset_key
+from a402.client.errors import PaymentRefused
+from a402.client.limits import MaxAmount
+from a402.client.vault import VaultCallError, VaultClient
+from a402.client.vault_transport import vault_limits
+from a402.client.wallet import Wallet
+from a402.vault import api
+
+PROG = "a402 pay"
+EXIT_OK, EXIT_REQUEST_FAILED, EXIT_REFUSED, EXIT_NOT_SETTLED, EXIT_HTTP_ERROR = 0, 1, 3, 4, 5
+
+
+def run_vault_pay(
+    args: argparse.Namespace, key: str, wallet: Wallet, *, method: str,
+    headers: list[tuple[str, str]], content: bytes | None, cap: MaxAmount,
+    budget: Budget | None, out: BinaryIO, err: TextIO,
+) -> int:
+    def fail(code: int, message: str) -> int:
+        print(f"{PROG}: {message}", file=err)
+        return code
+
+    with VaultClient(args.vault, key, timeout=args.timeout) as vault:
+        try:
+            info = vault.info()
+            refusal = _allowed(wallet, info)
+            if refusal:
+                return fail(EXIT_REFUSED, f"payment refused ({refusal}); nothing was signed")
+            limits = vault_limits(info, cap, budget=budget, funding=args.funding)
+            result = vault.invoke(
+                args.url, method=method,
+                headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+                content=content or b"", max_price=limits.max_price,
+                idempotency_key=args.idempotency_key, funding=args.funding)
+        except PaymentRefused as e:
+            return fail(EXIT_REFUSED, f"payment refused ({e.reason}); nothing was signed")
+        except VaultCallError as e:
+            print(json.dumps({"success": False, "status": e.status, **e.body}), file=err)
+            if e.reason == api.PAYMENT_PENDING:
+                return fail(EXIT_NOT_SETTLED, "paid, but the result is not in yet; run again "
+                                              "with the same --idempotency-key to get it")
+            if e.status >= 500 or e.status in (409, 428):
+                return fail(EXIT_REQUEST_FAILED, f"the vault could not pay ({e.reason}); "
+                                                 "nothing was paid")
+            return fail(EXIT_REFUSED, f"the vault refused ({e.reason}); nothing was paid")
+        except httpx.HTTPError as e:
+            return fail(EXIT_REQUEST_FAILED, f"vault unreachable: {type(e).__name__}: {e}")
+    out.write(result.content)
+    out.flush()
+    print(json.dumps(result.summary()), file=err)
+    if result.status >= 400:
+        return fail(EXIT_HTTP_ERROR, f"HTTP {result.status} ({result.outcome})")
+    return EXIT_OK
+
+
+def _allowed(wallet: Wallet, info: dict[str, Any]) -> str | None:
+    """The wallet's network/asset allow-lists apply to the vault's chain and token too."""
+    if wallet.networks is not None and info["network"] not in wallet.networks:
+        return "network_not_allowed"
+    if wallet.assets is not None and asset_key(info["token"]["address"]) not in wallet.assets:
+        return "asset_not_allowed"
+    return None

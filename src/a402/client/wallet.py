@@ -1,0 +1,142 @@
+"""The payer's key, what it is allowed to sign, and the signing itself.
+
+The allow-lists exist because of x402 issue #2991: a client that cannot match
+the server's network silently fell back to ``accepts[0]`` and paid on a chain
+its user never chose. Here a requirement outside the lists is simply not
+payable, and ``sign`` re-checks it, so no caller (ours or a future one) can
+route around the check by signing directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Final
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+
+from a402.client import errors as R
+from a402.client.budget import asset_key
+from a402.exact.eip3009 import (
+    SCHEME_EXACT,
+    TRANSFER_METHOD_EIP3009,
+    build_payment_payload,
+    build_payment_payload_v1,
+    is_address,
+)
+from a402.wire.convert import to_v2_requirements
+from a402.wire.errors import WireError
+from a402.wire.networks import is_evm, to_caip2
+from a402.wire.x402 import (
+    AnyPaymentPayload,
+    AnyPaymentRequirements,
+    PaymentRequirements,
+    PaymentRequirementsV1,
+    ResourceInfo,
+)
+
+KNOWN_PAYMENT_FLOWS: Final = (None, "authorization", "upfront", "escrow")
+"""``extra.paymentFlow`` values whose payload is the plain EIP-3009 authorization
+(they only change *when* the server settles). ``None`` and ``"authorization"``
+settle after the resource is served, which is what a payer wants."""
+
+
+def load_account(key: str | bytes | LocalAccount) -> LocalAccount:
+    """A LocalAccount from a hex key (``0x`` optional, whitespace ignored) or raw bytes."""
+    if isinstance(key, LocalAccount):
+        return key
+    if isinstance(key, str):
+        text = "".join(key.split()).removeprefix("0x")
+        if len(text) != 64:
+            raise ValueError("private key must be 32 bytes of hex (64 hex digits)")
+        try:
+            raw = bytes.fromhex(text)
+        except ValueError:
+            raise ValueError("private key is not hex") from None
+        return Account.from_key(raw)
+    if isinstance(key, bytes | bytearray) and len(key) == 32:
+        return Account.from_key(bytes(key))
+    raise ValueError("private key must be 32 bytes, 64 hex digits, or a LocalAccount")
+
+
+class Wallet:
+    """Signs x402 ``exact`` (EIP-3009) payments, only where the caller allowed.
+
+    ``networks``: CAIP-2 ids or legacy v1 names (``"base-sepolia"``); None means
+    any EVM network. ``assets``: token addresses; None means any token (then
+    the per-request maximum is the only thing bounding what a server can ask).
+    """
+
+    def __init__(
+        self,
+        key: str | bytes | LocalAccount,
+        *,
+        networks: Iterable[str] | None = None,
+        assets: Iterable[str] | None = None,
+    ) -> None:
+        self._account = load_account(key)
+        self.networks = None if networks is None else frozenset(to_caip2(n) for n in networks)
+        self.assets = None if assets is None else frozenset(asset_key(a) for a in assets)
+
+    @property
+    def address(self) -> str:
+        return self._account.address
+
+    def __repr__(self) -> str:  # never the key
+        return f"Wallet({self.address}, networks={self.networks}, assets={self.assets})"
+
+    def refusal(self, req: AnyPaymentRequirements) -> tuple[str, str] | None:
+        """Why this requirement must not be signed, as (reason, detail); None if it may."""
+        try:
+            v2 = to_v2_requirements(req)
+        except WireError as e:  # e.g. a v1 network name nobody knows
+            return R.NETWORK_NOT_ALLOWED, e.message or e.reason
+        if v2.scheme != SCHEME_EXACT:
+            return R.UNSUPPORTED_SCHEME, f"scheme {v2.scheme!r:.40}"
+        if not is_evm(v2.network):
+            return R.NETWORK_NOT_ALLOWED, f"{v2.network!r:.60} is not an EVM network"
+        if self.networks is not None and v2.network not in self.networks:
+            return R.NETWORK_NOT_ALLOWED, f"{v2.network} is not in the allowed networks"
+        if self.assets is not None and asset_key(v2.asset) not in self.assets:
+            return R.ASSET_NOT_ALLOWED, f"{v2.asset:.60} is not in the allowed assets"
+        return _signable(v2)
+
+    def sign(
+        self,
+        req: AnyPaymentRequirements,
+        *,
+        resource: ResourceInfo | None = None,
+        extensions: dict[str, Any] | None = None,
+        valid_for: int | None = None,
+    ) -> AnyPaymentPayload:
+        """A signed payload for ``req`` as received (v1 or v2), or ``PaymentRefused``.
+
+        v2 payloads echo ``req`` verbatim as ``accepted`` and carry ``resource``
+        and ``extensions``; v1 payloads have neither.
+        """
+        if (refused := self.refusal(req)) is not None:
+            raise R.PaymentRefused(refused[0], refused[1], offered=[req])
+        if isinstance(req, PaymentRequirementsV1):
+            return build_payment_payload_v1(req, self._account, valid_for=valid_for)
+        return build_payment_payload(
+            req, self._account, resource=resource, extensions=extensions, valid_for=valid_for
+        )
+
+
+def _signable(req: PaymentRequirements) -> tuple[str, str] | None:
+    """What the EIP-3009 signer needs, checked up front so a bad offer is a rejection."""
+    extra = req.extra or {}
+    method = extra.get("assetTransferMethod", TRANSFER_METHOD_EIP3009)
+    if method != TRANSFER_METHOD_EIP3009:
+        return R.UNSUPPORTED_TRANSFER_METHOD, f"assetTransferMethod {method!r:.40}"
+    if extra.get("paymentFlow") not in KNOWN_PAYMENT_FLOWS:
+        return R.UNSUPPORTED_PAYMENT_FLOW, f"paymentFlow {extra.get('paymentFlow')!r:.40}"
+    if not isinstance(extra.get("name"), str) or not isinstance(extra.get("version"), str):
+        return R.MISSING_EIP712_DOMAIN, "extra needs the token's EIP-712 name and version"
+    if not is_address(req.asset) or not is_address(req.pay_to):
+        return R.INVALID_REQUIREMENTS, "asset and payTo must be EVM addresses"
+    try:
+        req.amount_int  # noqa: B018 - parsing is the check
+    except WireError as e:
+        return R.INVALID_REQUIREMENTS, e.message
+    return None

@@ -1,0 +1,146 @@
+"""The A402 payment message ``m`` and the vault's authorization digest.
+
+``m = H(domain ‖ cid ‖ rid ‖ δ ‖ H(result))`` is encoded as an EIP-712 typed
+data hash, so that Python, ``A402Message.sol`` and any EIP-712 library compute
+the same 32 bytes:
+
+* domain: ``EIP712Domain(string name,string version,uint256 chainId,address
+  verifyingContract)`` with ``name = "A402"``, ``version = "1"``, the chain id
+  and the contract that settles the channel (the ASC manager). This is what
+  makes ``m`` domain-separated, versioned and chain-bound; it equals the
+  separator of OpenZeppelin's ``EIP712("A402", "1")`` deployed at that address.
+* struct: ``A402Payment(bytes32 channelId,uint256 requestId,uint256 amount,
+  bytes32 resultHash)``; ``requestId`` is the channel's request counter ``k``
+  (the paper's ``rid = (cid, k)``), ``amount`` is δ in the token's base units,
+  ``resultHash = keccak256(result)``.
+* ``m = keccak256(0x19 ‖ 0x01 ‖ domainSeparator ‖ keccak256(abi.encode(
+  PAYMENT_TYPEHASH, channelId, requestId, amount, resultHash)))``.
+
+The vault's conditional payment signature ``σ_U`` (paper Alg. 2, line 30) is
+an ECDSA signature (see :mod:`a402.crypto.authorization`) over
+``A402PaymentAuthorization(bytes32 payment,uint256 amount,bytes32 challenge)``
+in the same domain: ``payment = m``, ``amount = δ`` and ``challenge`` = the
+EVM challenge ``e`` of the provider's pre-signature. Binding ``e`` matters: a
+provider holds its own key and could otherwise sign ``m`` afresh, settle
+on-chain with that signature and never reveal ``t``. With ``e`` fixed, the only
+signature the contract accepts is ``(e, ŝ + t)``, from which the vault extracts
+``t``.
+
+Encoding is done with plain byte concatenation (this runs on every request);
+the tests check it against eth-abi, eth-account's EIP-712 encoder and the
+contract.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from ._secp import b32, keccak256
+
+DOMAIN_NAME = "A402"
+DOMAIN_VERSION = "1"
+
+DOMAIN_TYPE = "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
+PAYMENT_TYPE = "A402Payment(bytes32 channelId,uint256 requestId,uint256 amount,bytes32 resultHash)"
+AUTHORIZATION_TYPE = "A402PaymentAuthorization(bytes32 payment,uint256 amount,bytes32 challenge)"
+
+DOMAIN_TYPEHASH = keccak256(DOMAIN_TYPE.encode())
+PAYMENT_TYPEHASH = keccak256(PAYMENT_TYPE.encode())
+AUTHORIZATION_TYPEHASH = keccak256(AUTHORIZATION_TYPE.encode())
+
+_UINT256_LIMIT = 1 << 256
+
+
+def _address_bytes(address: str | bytes) -> bytes:
+    if isinstance(address, str):
+        hex_part = address[2:] if address[:2] in ("0x", "0X") else address
+        raw = bytes.fromhex(hex_part)
+    else:
+        raw = bytes(address)
+    if len(raw) != 20:
+        raise ValueError("an address is 20 bytes")
+    return raw
+
+
+def _bytes32(value: bytes, what: str) -> bytes:
+    if len(value) != 32:
+        raise ValueError(f"{what} must be 32 bytes")
+    return bytes(value)
+
+
+def _uint256(value: int, what: str) -> bytes:
+    if not 0 <= value < _UINT256_LIMIT:
+        raise ValueError(f"{what} must fit in uint256")
+    return b32(value)
+
+
+@lru_cache(maxsize=256)
+def _separator(chain_id: int, contract: bytes) -> bytes:
+    return keccak256(
+        DOMAIN_TYPEHASH
+        + keccak256(DOMAIN_NAME.encode())
+        + keccak256(DOMAIN_VERSION.encode())
+        + _uint256(chain_id, "chain id")
+        + bytes(12)
+        + contract
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentDomain:
+    """Where a payment message is valid: one chain, one settling contract."""
+
+    chain_id: int
+    #: The settling contract's address; a ``0x`` hex string is accepted and
+    #: stored as its 20 raw bytes.
+    verifying_contract: bytes
+
+    def __post_init__(self) -> None:
+        _uint256(self.chain_id, "chain id")
+        object.__setattr__(self, "verifying_contract", _address_bytes(self.verifying_contract))
+
+    @property
+    def separator(self) -> bytes:
+        """The EIP-712 domain separator (cached per chain and contract)."""
+        return _separator(self.chain_id, self.verifying_contract)
+
+
+def result_hash(result: bytes) -> bytes:
+    """``H(result)``: keccak-256, so the contract could recompute it if ever needed."""
+    return keccak256(result)
+
+
+def _typed(domain: PaymentDomain, struct_hash: bytes) -> bytes:
+    return keccak256(b"\x19\x01" + domain.separator + struct_hash)
+
+
+def payment_message(
+    domain: PaymentDomain,
+    channel_id: bytes,
+    request_id: int,
+    amount: int,
+    result_digest: bytes,
+) -> bytes:
+    """The 32-byte payment message ``m`` the provider pre-signs."""
+    struct_hash = keccak256(
+        PAYMENT_TYPEHASH
+        + _bytes32(channel_id, "channel id")
+        + _uint256(request_id, "request id")
+        + _uint256(amount, "amount")
+        + _bytes32(result_digest, "result hash")
+    )
+    return _typed(domain, struct_hash)
+
+
+def authorization_digest(
+    domain: PaymentDomain, payment: bytes, amount: int, challenge: bytes
+) -> bytes:
+    """The digest the vault signs as its conditional payment signature ``σ_U``."""
+    struct_hash = keccak256(
+        AUTHORIZATION_TYPEHASH
+        + _bytes32(payment, "payment message")
+        + _uint256(amount, "amount")
+        + _bytes32(challenge, "challenge")
+    )
+    return _typed(domain, struct_hash)

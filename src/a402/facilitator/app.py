@@ -1,0 +1,88 @@
+"""The facilitator's HTTP face, wire compatible with x402 facilitators.
+
+Status codes follow the x402 convention: a negative verdict is still HTTP 200
+(``isValid: false`` / ``success: false``) because it is an answer; 400 is for a
+body that is not a facilitator request at all; 503 means the chain could not
+be reached, nothing changed, and the same call can be retried.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from a402.chain.rpc import ChainUnavailable
+from a402.facilitator.core import Facilitator
+from a402.wire.errors import WireError
+from a402.wire.jsonstrict import loads_object
+
+log = logging.getLogger("a402.facilitator")
+
+
+def create_app(facilitator: Facilitator, *, reconcile_every: float = 5.0) -> FastAPI:
+    stop = threading.Event()
+
+    def reconcile_loop() -> None:
+        while not stop.wait(reconcile_every):
+            try:
+                facilitator.reconcile()
+            except Exception:  # keep the loop alive; the next round retries
+                log.exception("reconciliation round failed")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        with contextlib.suppress(ChainUnavailable):
+            await run_in_threadpool(facilitator.reconcile)
+        worker = threading.Thread(target=reconcile_loop, name="a402-reconciler", daemon=True)
+        worker.start()
+        yield
+        stop.set()
+        worker.join(timeout=reconcile_every + 1)
+
+    app = FastAPI(title="a402 facilitator", version="1", lifespan=lifespan)
+
+    async def answer(request: Request, handler: Any) -> JSONResponse:
+        try:
+            body = loads_object(await request.body())
+            result = await run_in_threadpool(handler, body)
+        except WireError as e:
+            return JSONResponse({"error": e.reason, "message": e.message}, status_code=400)
+        except ChainUnavailable as e:
+            return JSONResponse(
+                {"error": "chain_unavailable", "message": f"the chain RPC did not answer: {e}"},
+                status_code=503, headers={"Retry-After": "2"},
+            )
+        return JSONResponse(result.to_wire())
+
+    @app.post("/verify")
+    async def verify(request: Request) -> JSONResponse:
+        return await answer(request, facilitator.verify)
+
+    @app.post("/settle")
+    async def settle(request: Request) -> JSONResponse:
+        return await answer(request, facilitator.settle)
+
+    @app.get("/supported")
+    async def supported() -> JSONResponse:
+        return JSONResponse(facilitator.supported().to_wire())
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        try:
+            block = await run_in_threadpool(lambda: facilitator.chain.w3.eth.block_number)
+        except Exception as e:
+            return JSONResponse({"status": "degraded", "chain": str(e)[:200]}, status_code=503)
+        return JSONResponse({
+            "status": "ok", "network": facilitator.network, "block": block,
+            "signer": facilitator.signer.address,
+            "settlements": await run_in_threadpool(facilitator.store.count_by_state),
+        })
+
+    return app

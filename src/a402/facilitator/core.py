@@ -1,0 +1,381 @@
+"""The facilitator: verify and settle x402 ``exact`` payments on one EVM chain.
+
+Sans-HTTP: the ASGI app in ``app.py`` only decodes bodies and maps outcomes to
+status codes. The order of operations in ``settle`` is the safety argument:
+
+1. offline checks (no I/O) and the journal's memory of this authorization;
+2. claim the authorization in the journal (one winner across replicas);
+3. simulate on-chain; failure releases the claim, nothing moved;
+4. sign the transaction and journal it *before* broadcasting;
+5. wait, boundedly, for the receipt; a slow chain yields ``settlement_pending``
+   with the transaction hash, and the reconciler (or the next identical call)
+   finishes the job.
+
+A repeated call with the same signed payload gets the first call's result;
+the same authorization with a different payload is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+from eth_account.typed_transactions import TypedTransaction
+from eth_utils import to_checksum_address
+from web3.exceptions import TimeExhausted
+
+from a402.chain.node import Chain
+from a402.chain.rpc import ChainUnavailable, Reverted, as_int, rpc
+from a402.chain.tx import SignedTx, broadcast, pending_nonce, sign
+from a402.exact.checks import ExactCheck, check_exact
+from a402.exact.eip3009 import ExactEvmPayload
+from a402.exact.onchain import (
+    classify_revert,
+    estimate_transfer_gas,
+    simulate_transfer,
+    transfer_calldata,
+)
+from a402.facilitator.store import (
+    FINAL,
+    Settlement,
+    SettlementStore,
+    State,
+    payload_digest,
+    settlement_key,
+)
+from a402.wire import errors as E
+from a402.wire.convert import normalize
+from a402.wire.errors import WireError
+from a402.wire.networks import v1_name
+from a402.wire.x402 import (
+    PaymentPayload,
+    PaymentRequirements,
+    SettleResponse,
+    SupportedKind,
+    SupportedResponse,
+    VerifyResponse,
+    parse_facilitator_request,
+)
+
+log = logging.getLogger("a402.facilitator")
+
+SCHEME = "exact"
+
+
+@dataclass(frozen=True)
+class FacilitatorConfig:
+    receipt_timeout: float = 20.0
+    """How long ``/settle`` waits for a receipt before answering ``settlement_pending``."""
+    claim_timeout: float = 120.0
+    """A claim this old with no journaled transaction belongs to a dead call."""
+    gas_margin: float = 1.25
+
+
+@dataclass(frozen=True)
+class _Checked:
+    payload: PaymentPayload
+    requirements: PaymentRequirements
+    check: ExactCheck
+    key: str
+    payload_hash: str
+
+
+class Facilitator:
+    def __init__(
+        self, chain: Chain, signer: LocalAccount, store: SettlementStore,
+        config: FacilitatorConfig | None = None,
+    ) -> None:
+        self.chain = chain
+        self.signer = signer
+        self.store = store
+        self.config = config or FacilitatorConfig()
+        self.network = chain.network
+        self._wakeup = threading.Condition()
+
+    # ------------------------------------------------------------------ supported
+
+    def supported(self) -> SupportedResponse:
+        kinds = [SupportedKind(x402_version=2, scheme=SCHEME, network=self.network)]
+        if legacy := v1_name(self.chain.chain_id):
+            kinds.append(SupportedKind(x402_version=1, scheme=SCHEME, network=legacy))
+        return SupportedResponse(kinds=kinds, signers={"eip155:*": [self.signer.address]})
+
+    # --------------------------------------------------------------------- verify
+
+    def verify(self, body: Any) -> VerifyResponse:
+        """Malformed bodies raise ``WireError`` (HTTP 400); bad payments are answers."""
+        checked = self._check(*self._parse(body))
+        if isinstance(checked, VerifyResponse):
+            return checked
+        if (known := self.store.peek(checked.key)) is not None:
+            return _invalid(E.NONCE_ALREADY_USED, _already_message(*known), checked.check.payer)
+        calldata = self._calldata(checked)
+        try:
+            simulate_transfer(self.chain, self.signer.address, checked.requirements.asset,
+                              calldata)
+        except Reverted as e:
+            reason = classify_revert(e.reason, E.TRANSACTION_SIMULATION_FAILED)
+            return _invalid(reason, e.reason, checked.check.payer)
+        return VerifyResponse(is_valid=True, payer=checked.check.payer)
+
+    @staticmethod
+    def _parse(body: Any) -> tuple[PaymentPayload, PaymentRequirements]:
+        request = parse_facilitator_request(body)
+        return normalize(request.payment_payload, request.payment_requirements)
+
+    def _check(
+        self, payload: PaymentPayload, requirements: PaymentRequirements
+    ) -> _Checked | VerifyResponse:
+        if payload.scheme != SCHEME or requirements.scheme != SCHEME:
+            return _invalid(E.UNSUPPORTED_SCHEME, f"this facilitator settles only {SCHEME!r}")
+        if requirements.network != self.network:
+            return _invalid(E.INVALID_NETWORK, f"this facilitator settles on {self.network}")
+        check = check_exact(payload, requirements, now=int(time.time()))
+        # A signature that does not recover to `from` may still be a contract
+        # wallet's (EIP-1271): then the simulation below is the signature check.
+        contract_wallet = check.needs_contract_check and self._is_contract(check.payer)
+        if check.reason and not contract_wallet:
+            return _invalid(check.reason, check.message or "", check.payer)
+        assert check.authorization is not None and check.payer is not None
+        auth = check.authorization.to_wire()
+        signature = str(payload.payload.get("signature", ""))
+        return _Checked(
+            payload, requirements, check,
+            key=settlement_key(self.network, requirements.asset, check.payer, auth["nonce"]),
+            payload_hash=payload_digest(signature, auth),
+        )
+
+    def _is_contract(self, address: str) -> bool:
+        return rpc(self.chain, "eth_getCode", [address, "latest"]) not in ("0x", "0x0", None)
+
+    @staticmethod
+    def _calldata(checked: _Checked) -> bytes:
+        assert checked.check.authorization is not None and checked.check.signature is not None
+        return transfer_calldata(checked.check.authorization.to_wire(), checked.check.signature)
+
+    # --------------------------------------------------------------------- settle
+
+    def settle(self, body: Any) -> SettleResponse:
+        payload, requirements = self._parse(body)
+        deadline = time.monotonic() + self.config.receipt_timeout
+        # A retry of a payment already taken on is answered from the journal before
+        # any check: once its transaction is mined, the authorization may well have
+        # expired, and "expired" would be a false answer about money that moved.
+        key = self._journaled(payload, requirements)
+        if key is not None and (answer := self._follow(key, deadline)) is not None:
+            return answer
+        checked = self._check(payload, requirements)
+        if isinstance(checked, VerifyResponse):
+            return SettleResponse(
+                success=False, error_reason=checked.invalid_reason,
+                error_message=checked.invalid_message, payer=checked.payer, transaction="",
+                network=self.network,
+            )
+        while True:
+            if self.store.claim(
+                key=checked.key, payload_hash=checked.payload_hash, network=self.network,
+                asset=checked.requirements.asset, payer=checked.check.payer,
+                pay_to=checked.requirements.pay_to, amount=checked.requirements.amount_int,
+                valid_before=int(checked.check.authorization.valid_before),
+            ):
+                return self._settle_claimed(checked, deadline)
+            known = self.store.get(checked.key)
+            if known is None:
+                continue  # the holder released its claim meanwhile: try again
+            if known.payload_hash != checked.payload_hash:
+                return self._failure(checked, E.NONCE_ALREADY_USED,
+                                     "this authorization was already used with another signature")
+            if (answer := self._follow(checked.key, deadline)) is not None:
+                return answer
+
+    def _journaled(self, payload: PaymentPayload, requirements: PaymentRequirements) -> str | None:
+        """The journal key of this exact signed payload, if the journal has it."""
+        try:
+            evm = ExactEvmPayload.from_wire(payload.payload, reason=E.INVALID_PAYLOAD)
+        except WireError:
+            return None
+        auth = evm.authorization.to_wire()
+        key = settlement_key(self.network, requirements.asset, auth["from"], auth["nonce"])
+        record = self.store.get(key)
+        signature = str(payload.payload.get("signature", ""))
+        if record is None or record.payload_hash != payload_digest(signature, auth):
+            return None
+        return key
+
+    def _follow(self, key: str, deadline: float) -> SettleResponse | None:
+        """The outcome of a settlement some call has taken on; None if it was given up."""
+        while True:
+            known = self.store.get(key)
+            if known is None:
+                return None
+            if known.state in FINAL:
+                return SettleResponse.model_validate(known.response)
+            if known.state == State.SUBMITTED:
+                return self._await(known, deadline)
+            if time.monotonic() > deadline:  # another call holds the claim and is slow
+                return self._pending(known)
+            self._wait_for_change(0.05)
+
+    def _settle_claimed(self, checked: _Checked, deadline: float) -> SettleResponse:
+        calldata = self._calldata(checked)
+        try:
+            gas = estimate_transfer_gas(self.chain, self.signer.address,
+                                        checked.requirements.asset, calldata)
+        except Reverted as e:
+            self.store.release(checked.key)
+            reason = classify_revert(e.reason, E.TRANSACTION_SIMULATION_FAILED)
+            return self._failure(checked, reason, e.reason)
+        except Exception:
+            self.store.release(checked.key)
+            raise
+        call = {"to": checked.requirements.asset, "data": "0x" + calldata.hex()}
+        journaled = False
+        try:
+            with self.chain.sender_lock(self.signer.address):
+                signed = sign(self.chain, self.signer, call,
+                              nonce=pending_nonce(self.chain, self.signer.address),
+                              gas=int(gas * self.config.gas_margin))
+                journaled = self.store.record_submission(checked.key, signed.tx_hash, signed.raw)
+                if not journaled:
+                    # The reconciler gave up on our claim meanwhile: send nothing.
+                    return self._failure(checked, E.UNEXPECTED_SETTLE_ERROR,
+                                         "settlement claim expired; retry")
+                self._broadcast(signed)
+        except ChainUnavailable:
+            if not journaled:
+                self.store.release(checked.key)
+                raise
+        record = self.store.get(checked.key)
+        assert record is not None
+        return self._await(record, deadline)
+
+    def _broadcast(self, signed: SignedTx) -> None:
+        try:
+            broadcast(self.chain, signed)
+        except ChainUnavailable:
+            raise
+        except Exception as e:  # the node refused it; the reconciler decides what it means
+            log.warning("broadcast of %s refused: %s", signed.tx_hash, e)
+
+    def _await(self, record: Settlement, deadline: float) -> SettleResponse:
+        """Wait for the journaled transaction until ``deadline``, then finish or report pending."""
+        assert record.tx_hash is not None
+        remaining = max(0.0, deadline - time.monotonic())
+        try:
+            receipt = self.chain.w3.eth.wait_for_transaction_receipt(
+                record.tx_hash, timeout=remaining, poll_latency=0.02)  # type: ignore[arg-type]
+        except (TimeExhausted, ChainUnavailable, OSError):
+            return self._pending(record)
+        return self._finish(record, int(receipt["status"]) == 1)
+
+    def _finish(self, record: Settlement, mined_ok: bool) -> SettleResponse:
+        if mined_ok:
+            response = SettleResponse(success=True, transaction=record.tx_hash or "",
+                                      network=self.network, payer=record.payer)
+            state = State.CONFIRMED
+        else:
+            response = SettleResponse(
+                success=False, error_reason=E.TRANSACTION_FAILED,
+                error_message="the settlement transaction reverted; no funds moved",
+                transaction=record.tx_hash or "", network=self.network, payer=record.payer)
+            state = State.FAILED
+        self.store.finish(record.key, state, response.to_wire())
+        self._notify()
+        return response
+
+    def _pending(self, record: Settlement) -> SettleResponse:
+        return SettleResponse(
+            success=False, error_reason=E.SETTLEMENT_PENDING,
+            error_message="the settlement transaction is not confirmed yet; "
+                          "repeat the same request to get its outcome",
+            transaction=record.tx_hash or "", network=self.network, payer=record.payer)
+
+    def _failure(self, checked: _Checked, reason: str, message: str) -> SettleResponse:
+        return SettleResponse(success=False, error_reason=reason, error_message=message,
+                              transaction="", network=self.network, payer=checked.check.payer)
+
+    def _wait_for_change(self, timeout: float) -> None:
+        with self._wakeup:
+            self._wakeup.wait(timeout)
+
+    def _notify(self) -> None:
+        with self._wakeup:
+            self._wakeup.notify_all()
+
+    # ------------------------------------------------------------------ reconcile
+
+    def reconcile(self) -> int:
+        """Drive every unfinished settlement one step towards a final state.
+
+        Run at start-up and periodically: it is what makes a crash, a dropped
+        transaction or an RPC outage cost time but never money.
+        """
+        finished = 0
+        for record in self.store.unfinished():
+            try:
+                if self._reconcile_one(record):
+                    finished += 1
+            except ChainUnavailable:
+                log.warning("chain unavailable; reconciliation postponed")
+                break
+        return finished
+
+    def _reconcile_one(self, record: Settlement) -> bool:
+        if record.state == State.CLAIMED:
+            if time.time() - record.updated_at > self.config.claim_timeout:
+                self.store.release(record.key)
+            return False
+        assert record.tx_hash is not None and record.raw_tx is not None
+        receipt = rpc(self.chain, "eth_getTransactionReceipt", [record.tx_hash])
+        if receipt:
+            self._finish(record, as_int(receipt["status"]) == 1)
+            return True
+        if rpc(self.chain, "eth_getTransactionByHash", [record.tx_hash]):
+            return False  # still in the mempool
+        if record.valid_before <= int(time.time()):
+            # Not mined, not pending, and the token now refuses the authorization.
+            response = SettleResponse(
+                success=False, error_reason=E.VALID_BEFORE_EXPIRED,
+                error_message="the authorization expired before its transaction was mined; "
+                              "no funds moved",
+                transaction=record.tx_hash, network=self.network, payer=record.payer)
+            self.store.finish(record.key, State.FAILED, response.to_wire())
+            return True
+        self._rebroadcast(record)
+        return False
+
+    def _rebroadcast(self, record: Settlement) -> None:
+        """Send the journaled transaction again; if its nonce was taken, re-sign it."""
+        assert record.raw_tx is not None and record.tx_hash is not None
+        try:
+            rpc(self.chain, "eth_sendRawTransaction", ["0x" + record.raw_tx.hex()])
+            return
+        except Reverted:
+            return
+        except Exception as e:
+            if "nonce" not in str(e).lower():
+                log.warning("rebroadcast of %s failed: %s", record.tx_hash, e)
+                return
+        tx = TypedTransaction.from_bytes(record.raw_tx).as_dict()
+        call = {"to": to_checksum_address(tx["to"]), "data": "0x" + bytes(tx["data"]).hex()}
+        with self.chain.sender_lock(self.signer.address):
+            signed = sign(self.chain, self.signer, call,
+                          nonce=pending_nonce(self.chain, self.signer.address), gas=tx["gas"])
+            self.store.record_submission(record.key, signed.tx_hash, signed.raw,
+                                         from_state=State.SUBMITTED)
+            self._broadcast(signed)
+
+
+def _invalid(reason: str, message: str = "", payer: str | None = None) -> VerifyResponse:
+    return VerifyResponse(is_valid=False, invalid_reason=reason,
+                          invalid_message=message or None, payer=payer)
+
+
+def _already_message(state: State, tx_hash: str | None) -> str:
+    if state == State.CONFIRMED:
+        return f"this authorization was already settled in {tx_hash}"
+    return "this authorization is already being settled"

@@ -1,0 +1,211 @@
+"""The ``/.well-known/a402/*`` endpoints and the ``a402`` entry of a 402's ``accepts``.
+
+Mounted by :class:`~a402.provider.middleware.PaymentMiddleware` (and so by the
+gateway) ahead of everything else when it is given an ``a402=`` configuration.
+See :mod:`a402.wire.a402` for the protocol; this module only moves bytes
+between HTTP and :class:`~a402.provider.a402_runtime.ProviderRuntime`.
+
+Errors outside the secure channel are JSON ``{"error", "message"}``: 400 for
+a frame that does not authenticate (tampered, replayed, reordered — the
+session stays usable), 403 for a handshake whose attestation fails, 404 for
+an unknown session (the vault opens a new one), 413 for an oversized body.
+Everything inside a session, refusals included, is an encrypted 200.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from urllib.parse import parse_qs
+
+from starlette.types import Receive, Scope, Send
+
+from a402.asc.messages import DEFAULT_MAX_BLOB
+from a402.exact.eip3009 import to_checksum
+from a402.provider.a402_runtime import ProviderRuntime, UnknownSession
+from a402.tee import AttestationError, ChannelError, TeeError
+from a402.wire.a402 import (
+    FRAME_MEDIA_TYPE,
+    INFO_PATH,
+    MESSAGE_PATH,
+    SCHEME_A402,
+    SESSION_HEADER,
+    SESSION_PATH,
+    WELL_KNOWN_PREFIX,
+    FrameError,
+    b64,
+    unb64,
+)
+from a402.wire.x402 import PaymentRequirements, PaymentRequirementsV1
+
+log = logging.getLogger("a402.provider.a402")
+
+_MAX_HANDSHAKE_BODY = 64 * 1024
+#: An EXEC carries at most one request blob plus framing.
+_MAX_FRAME_BODY = DEFAULT_MAX_BLOB + 4096
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectionError("client went away")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, content_type: str = "application/json"
+) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", content_type.encode()),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+    ]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _json(send: Send, status: int, data: dict[str, Any]) -> None:
+    await _respond(send, status, json.dumps(data, separators=(",", ":")).encode())
+
+
+async def _error(send: Send, status: int, error: str, message: str) -> None:
+    await _json(send, status, {"error": error, "message": message})
+
+
+def _query_param(scope: Scope, name: str) -> str | None:
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get(name)
+    return values[0] if values else None
+
+
+class A402Endpoint:
+    """ASGI app for ``/.well-known/a402/{info,session,message}``."""
+
+    def __init__(self, runtime: ProviderRuntime) -> None:
+        self.runtime = runtime
+
+    @staticmethod
+    def handles(scope: Scope) -> bool:
+        path = scope.get("path", "")
+        return path == WELL_KNOWN_PREFIX or path.startswith(WELL_KNOWN_PREFIX + "/")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.runtime.start()  # idempotent; also started by the lifespan when there is one
+        path, method = scope["path"], scope["method"]
+        try:
+            if path == INFO_PATH and method in ("GET", "HEAD"):
+                await self._info(scope, send)
+            elif path == SESSION_PATH and method == "POST":
+                await self._session(await _read_body(receive, _MAX_HANDSHAKE_BODY), send)
+            elif path == MESSAGE_PATH and method == "POST":
+                await self._message(scope, await _read_body(receive, _MAX_FRAME_BODY), send)
+            else:
+                await _error(send, 404, "not_found", f"no a402 endpoint {method} {path}")
+        except _TooLarge:
+            await _error(send, 413, "too_large", "request body too large")
+        except ConnectionError:
+            return
+
+    async def _info(self, scope: Scope, send: Send) -> None:
+        nonce_hex = _query_param(scope, "nonce") or ""
+        try:
+            nonce = bytes.fromhex(nonce_hex.removeprefix("0x"))
+            info = self.runtime.info(nonce)
+        except ValueError as e:
+            await _error(send, 400, "bad_nonce", str(e))
+            return
+        await _json(send, 200, info.to_json())
+
+    async def _session(self, body: bytes, send: Send) -> None:
+        try:
+            request = json.loads(body)
+            message = unb64(request["message"])
+            session_id = request.get("session")
+        except (ValueError, KeyError, TypeError, FrameError) as e:
+            await _error(send, 400, "malformed", f"handshake body: {e}")
+            return
+        try:
+            if session_id is None:
+                session_id, second = self.runtime.open_session(message)
+                await _json(send, 200, {"session": session_id, "message": b64(second)})
+            else:
+                measurement = self.runtime.finish_session(str(session_id), message)
+                await _json(send, 200, {"session": session_id, "measurement": measurement.hex()})
+        except UnknownSession:
+            await _error(send, 404, "unknown_session", "no handshake in progress under that id")
+        except AttestationError as e:
+            log.warning("vault attestation refused: %s", e)
+            await _error(send, 403, e.reason, e.detail)
+        except TeeError as e:
+            await _error(send, 400, e.reason, e.detail)
+
+    async def _message(self, scope: Scope, body: bytes, send: Send) -> None:
+        session_id = next(
+            (v.decode("latin-1") for k, v in scope.get("headers", ())
+             if k == SESSION_HEADER.encode()), None,
+        )
+        if session_id is None:
+            await _error(send, 400, "no_session", f"send the {SESSION_HEADER} header")
+            return
+        try:
+            frame = await self.runtime.handle_frame(session_id, body, scope)
+        except UnknownSession:
+            await _error(send, 404, "unknown_session", "open a new session")
+            return
+        except ChannelError as e:
+            await _error(send, 400, e.reason, e.detail)
+            return
+        await _respond(send, 200, frame, FRAME_MEDIA_TYPE)
+
+    # -------------------------------------------------------------- the offer
+
+    def requirement(
+        self, amount: int, base_url: str, *, max_timeout_seconds: int
+    ) -> PaymentRequirements:
+        """The ``a402`` entry of ``accepts`` for one priced route (x402 v2 form)."""
+        return PaymentRequirements(
+            scheme=SCHEME_A402, network=self.runtime.network, amount=str(amount),
+            asset=to_checksum(self.runtime.manager.token),
+            pay_to=to_checksum("0x" + self.runtime.provider_address.hex()),
+            max_timeout_seconds=max_timeout_seconds, extra=self._extra(base_url),
+        )
+
+    def requirement_v1(
+        self, amount: int, base_url: str, *, network_v1: str, resource: str,
+        max_timeout_seconds: int,
+    ) -> PaymentRequirementsV1:
+        return PaymentRequirementsV1(
+            scheme=SCHEME_A402, network=network_v1, max_amount_required=str(amount),
+            resource=resource, pay_to=to_checksum("0x" + self.runtime.provider_address.hex()),
+            max_timeout_seconds=max_timeout_seconds,
+            asset=to_checksum(self.runtime.manager.token), extra=self._extra(base_url),
+        )
+
+    def _extra(self, base_url: str) -> dict[str, Any]:
+        runtime = self.runtime
+        endpoint = base_url.rstrip("/") + WELL_KNOWN_PREFIX
+        return {
+            "endpoint": endpoint,
+            "ascManager": runtime.manager.address,
+            "providerKey": "0x" + runtime.provider_key.hex(),
+            "disputeWindow": runtime.manager.dispute_window,
+            "lockTimeout": runtime.config.lock_timeout,
+            "ackTimeout": runtime.config.ack_timeout,
+            "attestation": {
+                "kind": runtime.enclave.kind,
+                "measurement": "0x" + runtime.enclave.measurement.hex(),
+                "evidence": endpoint + "/info?nonce=<hex>",
+            },
+        }

@@ -1,0 +1,96 @@
+"""Where a provider keeps its channels: one sealed blob per channel, SQLite or PostgreSQL.
+
+The provider enclave's channel state (its ``ProviderChannel`` snapshot, which
+holds the adaptor secret ``t`` and σ_U of the request in flight, plus the last
+exchange for idempotent retransmission) leaves the enclave only sealed
+(``Enclave.seal``, label bound to the channel id), so the host stores opaque
+bytes it can neither read nor move to another channel. The runtime writes a
+channel's blob *before* it answers the message that changed it: a crash never
+loses a σ_U the provider has acknowledged receiving, nor a ``t`` it revealed.
+
+Rows also say whether the channel still needs watching (``active``): the
+runtime reloads those on start to resume its Δ_ack timers and to answer a
+client force-close. Sealing does not stop a host from handing back an older
+blob (see :mod:`a402.tee.sealing`); the chain bounds what that can cost.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+from sqlalchemy import Boolean, Float, LargeBinary, create_engine, event, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+
+class ChannelBlobStore(Protocol):
+    """Durable storage of sealed channel blobs, keyed by channel id."""
+
+    def save(self, channel_id: bytes, blob: bytes, *, active: bool) -> None:
+        """Replace the channel's blob; durable when this returns."""
+        ...
+
+    def load(self, channel_id: bytes) -> bytes | None: ...
+
+    def active(self) -> list[bytes]:
+        """Ids of the channels that are not settled on-chain yet."""
+        ...
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class _ChannelRow(_Base):
+    __tablename__ = "a402_provider_channels"
+
+    channel_id: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    blob: Mapped[bytes] = mapped_column(LargeBinary)
+    active: Mapped[bool] = mapped_column(Boolean, index=True)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class SqlChannelStore:
+    """:class:`ChannelBlobStore` over SQLAlchemy 2 (``sqlite:///path`` or a PostgreSQL URL)."""
+
+    def __init__(self, url: str = "sqlite:///a402-provider-channels.db") -> None:
+        self.url = url
+        if url.startswith("sqlite"):
+            self.engine = create_engine(
+                url, connect_args={"check_same_thread": False, "timeout": 30}
+            )
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            self.engine = create_engine(url, pool_size=5, max_overflow=10, pool_pre_ping=True)
+        _Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def save(self, channel_id: bytes, blob: bytes, *, active: bool) -> None:
+        with self._sessions.begin() as session:
+            row = session.get(_ChannelRow, bytes(channel_id))
+            if row is None:
+                session.add(_ChannelRow(channel_id=bytes(channel_id), blob=bytes(blob),
+                                        active=active, updated_at=time.time()))
+            else:
+                row.blob, row.active, row.updated_at = bytes(blob), active, time.time()
+
+    def load(self, channel_id: bytes) -> bytes | None:
+        with self._sessions() as session:
+            row = session.get(_ChannelRow, bytes(channel_id))
+            return None if row is None else bytes(row.blob)
+
+    def active(self) -> list[bytes]:
+        with self._sessions() as session:
+            ids = session.scalars(select(_ChannelRow.channel_id).where(_ChannelRow.active))
+            return [bytes(i) for i in ids]
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    """WAL and full sync: a channel blob written is a channel blob kept."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.close()

@@ -1,0 +1,119 @@
+"""``a402 gateway``: charge for an existing HTTP service without changing it.
+
+The gateway is ``PaymentMiddleware`` around a streaming ``ReverseProxy``: paid
+routes get the full x402 flow, every other request is proxied for free. Route
+specs come from the command line as ``'GET /path/*=0.001'``: a route pattern
+(see ``a402.provider.routes``), ``=``, and a price in *token units* (a leading
+``$`` is allowed; an integer such as ``=2`` means two whole tokens, not two
+atomic units, because a command line is read by people).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import uvicorn
+from starlette.types import ASGIApp
+
+from a402.chain.deploy import TokenInfo
+from a402.facilitator.client import FacilitatorClient
+from a402.provider.a402_runtime import A402Config
+from a402.provider.ledger import PaymentLedger
+from a402.provider.middleware import PaymentMiddleware
+from a402.provider.proxy import ReverseProxy
+from a402.provider.routes import Price, RouteConfig, RouteError, RoutePattern, RouteTable
+
+log = logging.getLogger("a402.gateway")
+
+
+def parse_route_spec(spec: str) -> tuple[str, str]:
+    """``"GET /path/*=0.001"`` → ``("GET /path/*", "0.001")``; RouteError if malformed.
+
+    The last ``=`` separates the price, so a pattern may not contain one
+    (paths in route patterns never need it).
+    """
+    pattern, sep, price = spec.rpartition("=")
+    pattern, price = pattern.strip(), price.strip()
+    if not sep or not pattern or not price:
+        raise RouteError(f"route spec {spec!r} is not 'METHOD /path=PRICE'")
+    RoutePattern.parse(pattern)
+    return pattern, price
+
+
+def _route_table(
+    routes: Sequence[str] | Mapping[str, Price | RouteConfig], decimals: int
+) -> RouteTable:
+    if isinstance(routes, Mapping):
+        return RouteTable.build(routes, decimals=decimals)
+    if isinstance(routes, str):
+        raise RouteError("routes must be a list of specs, not one string")
+    return RouteTable.build([parse_route_spec(spec) for spec in routes], decimals=decimals)
+
+
+def create_gateway(
+    upstream_url: str,
+    routes: Sequence[str] | Mapping[str, Price | RouteConfig],
+    *,
+    pay_to: str,
+    token: TokenInfo,
+    network: str,
+    facilitator_url: str | None = None,
+    facilitator: FacilitatorClient | None = None,
+    settle_before_serve: bool = False,
+    max_timeout_seconds: int = 60,
+    public_url: str | None = None,
+    ledger: PaymentLedger | None = None,
+    upstream_timeout: float = 60.0,
+    a402: A402Config | None = None,
+) -> ASGIApp:
+    """The gateway as an ASGI app; ``routes`` are CLI specs or a ``{pattern: price}`` map.
+
+    Give either ``facilitator_url`` or a ``facilitator`` client. With ``a402``
+    the gateway also takes A402 channel payments; a paid EXEC runs against the
+    upstream through the same proxy.
+    """
+    if (facilitator_url is None) == (facilitator is None):
+        raise ValueError("give exactly one of facilitator_url and facilitator")
+    table = _route_table(routes, token.decimals)
+    return PaymentMiddleware(
+        ReverseProxy(upstream_url, timeout=upstream_timeout),
+        routes=table,
+        pay_to=pay_to,
+        token=token,
+        network=network,
+        facilitator=facilitator if facilitator is not None else str(facilitator_url),
+        settle_before_serve=settle_before_serve,
+        max_timeout_seconds=max_timeout_seconds,
+        ledger=ledger,
+        public_url=public_url,
+        a402=a402,
+    )
+
+
+def run_gateway(
+    *,
+    upstream: str,
+    routes: list[str],
+    pay_to: str,
+    token: TokenInfo,
+    network: str,
+    facilitator_url: str,
+    host: str = "127.0.0.1",
+    port: int = 4021,
+    settle_before_serve: bool = False,
+    max_timeout_seconds: int = 60,
+    public_url: str | None = None,
+    log_level: str = "info",
+) -> None:
+    """Serve the gateway until interrupted (blocking). Bad routes fail before binding a port."""
+    app = create_gateway(
+        upstream, routes, pay_to=pay_to, token=token, network=network,
+        facilitator_url=facilitator_url, settle_before_serve=settle_before_serve,
+        max_timeout_seconds=max_timeout_seconds, public_url=public_url,
+    )
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    for spec in routes:
+        log.info("charging %s (%s on %s, paid to %s)", spec, token.symbol, network, pay_to)
+    log.info("proxying to %s; facilitator %s", upstream, facilitator_url)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -1,0 +1,526 @@
+"""``PaymentMiddleware``: x402 ``exact`` payments in front of any ASGI app.
+
+One paid request, default (serve, then settle) order::
+
+    no payment header ............................ 402 + offer
+    header undecodable / matches no offer ........ 402, error = reason
+    authorization already used or in use ......... 402 payment_already_used   (ledger)
+    POST /verify → invalid ....................... 402, error = invalidReason
+    run the app, response buffered
+    app answered >= 400 .......................... app's response, nothing settled
+    POST /settle → success ....................... app's response + PAYMENT-RESPONSE
+                 → settlement_pending ............ 402 + PAYMENT-RESPONSE (tx); resend same header
+                 → failure ....................... 402 + PAYMENT-RESPONSE + reason in the body
+    facilitator unreachable / 5xx ................ 503 facilitator_unavailable + Retry-After
+    facilitator answered nonsense ................ 502 facilitator_error
+
+With ``settle_before_serve=True`` the app runs only after a successful settle
+(and its response streams instead of being buffered): the payer carries the
+risk that the app then fails, the provider no longer carries the risk of
+serving for a payment that then fails (x402 issue #1169).
+
+Resending the same header after ``settlement_pending`` (or after a 503 that
+interrupted a settle) does not call ``/verify`` again, which would now answer
+"nonce already used"; it calls ``/settle`` again, which an x402 facilitator
+must answer idempotently, and serves once that reports success. That retry is
+settle-first whatever the mode: the decision to pay was already made.
+
+Use with Starlette or FastAPI: ``app.add_middleware(PaymentMiddleware, routes=...,
+pay_to=..., token=..., network=..., facilitator="http://...")``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Literal
+
+from starlette.datastructures import URL
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from a402.chain.deploy import TokenInfo
+from a402.exact.eip3009 import SCHEME_EXACT, ExactEvmPayload, is_address, to_checksum
+from a402.facilitator.client import FacilitatorClient, FacilitatorError, FacilitatorUnavailable
+from a402.provider import responses as R
+from a402.provider.a402_app import A402Endpoint
+from a402.provider.a402_runtime import A402Config, ProviderRuntime
+from a402.provider.asgi import BufferedResponse, adding_headers, header_values, run_buffered
+from a402.provider.ledger import (
+    Admission,
+    InMemoryLedger,
+    LedgerState,
+    PaymentKey,
+    PaymentLedger,
+    payment_fingerprint,
+)
+from a402.provider.routes import RouteMatch, RouteSpecs, RouteTable
+from a402.wire.errors import (
+    INVALID_NETWORK,
+    INVALID_PAYLOAD,
+    SETTLEMENT_PENDING,
+    UNSUPPORTED_SCHEME,
+    WireError,
+)
+from a402.wire.headers import PAYMENT_SIGNATURE, X_PAYMENT, decode_payment_payload
+from a402.wire.networks import EIP155, evm_chain_id, parse_caip2, to_caip2, v1_name
+from a402.wire.x402 import (
+    AnyPaymentPayload,
+    AnyPaymentRequirements,
+    PaymentPayload,
+    PaymentRequirements,
+    PaymentRequirementsV1,
+    ResourceInfo,
+    SettleResponse,
+)
+
+log = logging.getLogger("a402.provider")
+
+_MAX_REMEMBERED_VALIDITY = 24 * 3600
+"""Remember an authorization at most this long past now, whatever its ``validBefore`` says."""
+
+
+@dataclass(frozen=True)
+class _Payment:
+    """A decoded payment that answers this request's offer."""
+
+    version: Literal[1, 2]
+    payload: AnyPaymentPayload
+    requirements: AnyPaymentRequirements
+    key: PaymentKey
+    fingerprint: str
+    valid_before: int
+
+
+class _FacilitatorFailed(Exception):
+    """Our own verify/settle call got no verdict (kept apart from anything the app raises)."""
+
+    def __init__(self, cause: FacilitatorError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class _Phase(Enum):
+    BEFORE_SETTLE = 1
+    SETTLING = 2
+    RECORDED = 3
+
+
+class PaymentMiddleware:
+    """Charge for the routes in ``routes``; let every other request through untouched.
+
+    - ``routes``: a ``RouteTable`` or ``{"GET /path/*": "0.001", ...}`` (prices in
+      token units, converted with ``token.decimals``; ints are atomic units).
+    - ``pay_to``: the provider's address; ``token``: the EIP-3009 token asked for
+      (its ``name``/``version`` go to ``extra`` so clients can sign);
+      ``network``: CAIP-2, e.g. ``"eip155:84532"``.
+    - ``facilitator``: a URL, or a ``FacilitatorClient`` you own.
+    - ``ledger``: replay memory; defaults to one per middleware instance (see
+      ``a402.provider.ledger`` on why replicas must share one).
+    - ``public_url``: the externally visible base URL for ``resource.url``
+      (defaults to what the request says: scheme + Host header).
+    - ``a402``: also accept A402 channel payments (:class:`A402Config`): the
+      402 lists an ``a402`` requirement after ``exact``, and
+      ``/.well-known/a402/*`` serves the exchange (see
+      :mod:`a402.provider.a402_app`). ``exact`` behaves exactly as without it.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        routes: RouteTable | RouteSpecs,
+        pay_to: str,
+        token: TokenInfo,
+        network: str,
+        facilitator: str | FacilitatorClient,
+        settle_before_serve: bool = False,
+        max_timeout_seconds: int = 60,
+        ledger: PaymentLedger | None = None,
+        public_url: str | None = None,
+        retry_after_seconds: int = 2,
+        ledger_retention_seconds: int = 600,
+        facilitator_timeout: float = 30.0,
+        a402: A402Config | None = None,
+    ) -> None:
+        self.app = app
+        if not is_address(pay_to):
+            raise ValueError(f"pay_to is not an EVM address: {pay_to!r}")
+        if not is_address(token.address):
+            raise ValueError(f"token address is not an EVM address: {token.address!r}")
+        try:
+            if parse_caip2(network)[0] != EIP155:
+                raise ValueError(f"exact/EIP-3009 needs an eip155 network, got {network!r}")
+            chain_id = evm_chain_id(network)
+        except WireError as exc:
+            raise ValueError(exc.message) from exc
+        if isinstance(max_timeout_seconds, bool) or not (
+            isinstance(max_timeout_seconds, int) and max_timeout_seconds > 0
+        ):
+            raise ValueError("max_timeout_seconds must be a positive int")
+        self.routes = (
+            routes if isinstance(routes, RouteTable)
+            else RouteTable.build(routes, decimals=token.decimals)
+        )
+        self.pay_to = to_checksum(pay_to)
+        self.token = token
+        self.asset = to_checksum(token.address)
+        self.network = network
+        # v1 peers only know legacy names. A chain v1 never named (a devnet, a
+        # new L2) is announced to v1 clients under its CAIP-2 id instead: the v2
+        # SDKs read v1 bodies with CAIP-2 ids fine, a strict legacy client just
+        # finds no network it can pay on, which is the truth.
+        self.network_v1 = v1_name(chain_id) or network
+        self.settle_before_serve = settle_before_serve
+        self.max_timeout_seconds = max_timeout_seconds
+        self.ledger: PaymentLedger = ledger if ledger is not None else InMemoryLedger()
+        self.public_url = public_url.rstrip("/") if public_url else None
+        self.retry_after = retry_after_seconds
+        self.retention = ledger_retention_seconds
+        self._facilitator_timeout = facilitator_timeout
+        if isinstance(facilitator, FacilitatorClient):
+            self._facilitator_url: str | None = None
+            self._client: FacilitatorClient | None = facilitator
+        else:
+            self._facilitator_url = facilitator
+            self._client = None
+        self.a402 = (
+            A402Endpoint(ProviderRuntime(
+                a402, app=app, routes=self.routes, token=self.asset, network=network
+            ))
+            if a402 is not None else None
+        )
+
+    # ------------------------------------------------------------------ ASGI entry
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, self._on_shutdown(receive), send)
+            return
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.a402 is not None and self.a402.handles(scope):
+            await self.a402(scope, receive, send)
+            return
+        match = self.routes.match(scope["method"], scope["path"])
+        if match is None:
+            await self.app(scope, receive, send)
+            return
+        offer = self.offer(scope, match)
+        headers = header_values(scope, PAYMENT_SIGNATURE) or header_values(scope, X_PAYMENT)
+        if not headers:
+            await R.payment_required(
+                offer, R.PAYMENT_REQUIRED_REASON,
+                f"this resource costs {match.amount} atomic units of {self.token.symbol}; "
+                f"send a signed payment in the {PAYMENT_SIGNATURE} (v2) or {X_PAYMENT} (v1) header",
+            ).send(send)
+            return
+        try:
+            if len(headers) > 1:
+                raise WireError(INVALID_PAYLOAD, "more than one payment header")
+            payment = self._accept(decode_payment_payload(headers[0]), offer)
+        except WireError as exc:
+            await R.payment_required(offer, exc.reason, exc.message).send(send)
+            return
+        await self._pay_and_serve(scope, receive, send, offer, payment)
+
+    def _on_shutdown(self, receive: Receive) -> Receive:
+        async def wrapped() -> Message:
+            message = await receive()
+            if self.a402 is not None and message["type"] == "lifespan.startup":
+                await self.a402.runtime.start()
+            if self.a402 is not None and message["type"] == "lifespan.shutdown":
+                await self.a402.runtime.stop()
+            if message["type"] == "lifespan.shutdown" and self._facilitator_url is not None:
+                client, self._client = self._client, None
+                if client is not None:
+                    await client.aclose()
+            return message
+
+        return wrapped
+
+    @property
+    def facilitator(self) -> FacilitatorClient:
+        if self._client is None:
+            assert self._facilitator_url is not None
+            self._client = FacilitatorClient(
+                self._facilitator_url, timeout=self._facilitator_timeout
+            )
+        return self._client
+
+    # -------------------------------------------------------------------- the offer
+
+    def offer(self, scope: Scope, match: RouteMatch) -> R.Offer:
+        """The requirements for this request, in v2 and v1 form."""
+        url = f"{self.public_url}{scope['path']}" if self.public_url else str(URL(scope=scope))
+        if self.public_url and scope.get("query_string"):
+            url += "?" + scope["query_string"].decode("latin-1")
+        resource = ResourceInfo(
+            url=url, description=match.route.description, mime_type=match.route.mime_type
+        )
+        requirements = PaymentRequirements(
+            scheme=SCHEME_EXACT, network=self.network, amount=str(match.amount),
+            asset=self.asset, pay_to=self.pay_to, max_timeout_seconds=self.max_timeout_seconds,
+            extra=self.token.eip712_extra(),
+        )
+        requirements_v1 = PaymentRequirementsV1(
+            scheme=SCHEME_EXACT, network=self.network_v1, max_amount_required=str(match.amount),
+            resource=url, description=resource.description, mime_type=resource.mime_type,
+            pay_to=self.pay_to, max_timeout_seconds=self.max_timeout_seconds, asset=self.asset,
+            extra=self.token.eip712_extra(),
+        )
+        if self.a402 is None:
+            return R.Offer(requirements, resource, requirements_v1)
+        base = self.public_url or _base_url(scope)
+        return R.Offer(
+            requirements, resource, requirements_v1,
+            alternatives=(self.a402.requirement(
+                match.amount, base, max_timeout_seconds=self.max_timeout_seconds),),
+            alternatives_v1=(self.a402.requirement_v1(
+                match.amount, base, network_v1=self.network_v1, resource=url,
+                max_timeout_seconds=self.max_timeout_seconds),),
+        )
+
+    def _accept(self, payment: AnyPaymentPayload, offer: R.Offer) -> _Payment:
+        """Check the payment answers ``offer``; raise WireError with the reason if not."""
+        requirements: AnyPaymentRequirements
+        if isinstance(payment, PaymentPayload):
+            _match_v2(payment.accepted, offer.requirements)
+            requirements, version = offer.requirements, 2
+        else:
+            if payment.scheme != SCHEME_EXACT:
+                raise WireError(
+                    UNSUPPORTED_SCHEME, f"only 'exact' is accepted, not {payment.scheme!r}"
+                )
+            try:
+                same_network = to_caip2(payment.network) == self.network
+            except WireError:
+                same_network = False
+            if not same_network:
+                raise WireError(
+                    INVALID_NETWORK, f"payments go on {self.network_v1}, not {payment.network!r}"
+                )
+            requirements, version = offer.requirements_v1, 1
+        evm = ExactEvmPayload.from_wire(payment.payload, reason=INVALID_PAYLOAD)
+        auth = evm.authorization
+        return _Payment(
+            version=version,
+            payload=payment,
+            requirements=requirements,
+            key=PaymentKey.of(self.network, self.asset, auth.from_address, auth.nonce),
+            fingerprint=payment_fingerprint(evm.signature, auth.to_wire()),
+            valid_before=int(auth.valid_before),
+        )
+
+    # ------------------------------------------------------------- pay, then serve
+
+    async def _pay_and_serve(
+        self, scope: Scope, receive: Receive, send: Send, offer: R.Offer, p: _Payment
+    ) -> None:
+        now = time.time()
+        expires_at = min(p.valid_before, now + _MAX_REMEMBERED_VALIDITY) + self.retention
+        admit = await self.ledger.acquire(p.key, p.fingerprint, expires_at=expires_at)
+        if admit.admission is Admission.REFUSED:
+            await self._refuse_reuse(send, offer, admit.state, admit.settlement)
+            return
+        phase = _Phase.BEFORE_SETTLE
+        try:
+            if admit.admission is Admission.FRESH:
+                try:
+                    verdict = await self.facilitator.verify(p.payload, p.requirements)
+                except FacilitatorError as exc:
+                    raise _FacilitatorFailed(exc) from exc
+                if not verdict.is_valid:
+                    await self.ledger.release(p.key)
+                    phase = _Phase.RECORDED
+                    await R.payment_required(
+                        offer, verdict.invalid_reason or "invalid_payment",
+                        verdict.invalid_message or "the facilitator rejected the payment",
+                        payer=verdict.payer,
+                    ).send(send)
+                    return
+
+            if self.settle_before_serve or admit.admission is Admission.RESUMED:
+                phase = _Phase.SETTLING
+                settlement = await self._settle(p)
+                phase = _Phase.RECORDED
+                if not settlement.success:
+                    await self._settle_failed(send, offer, p, settlement)
+                    return
+                paid = adding_headers(send, self._paid_headers(settlement, p.version),
+                                      defaults=[("cache-control", "private")])
+                await self.app(scope, receive, paid)
+                return
+
+            response = await run_buffered(self.app, scope, receive)
+            if response.status >= 400:
+                await self.ledger.release(p.key)
+                phase = _Phase.RECORDED
+                await response.replay(send)
+                return
+            phase = _Phase.SETTLING
+            settlement = await self._settle(p)
+            phase = _Phase.RECORDED
+            if not settlement.success:
+                await self._settle_failed(send, offer, p, settlement)
+                return
+            await self._serve_paid(send, response, settlement, p.version)
+        except _FacilitatorFailed as failure:
+            await self._facilitator_failed(send, offer, p, failure.cause, phase)
+        except BaseException:
+            if phase is _Phase.BEFORE_SETTLE:
+                await self.ledger.release(p.key)
+            elif phase is _Phase.SETTLING:
+                await self.ledger.mark_pending(p.key, None)
+            raise
+
+    async def _settle(self, p: _Payment) -> SettleResponse:
+        """Settle and record the outcome in the ledger before anyone acts on it."""
+        try:
+            settlement = await self.facilitator.settle(p.payload, p.requirements)
+        except FacilitatorError as exc:
+            raise _FacilitatorFailed(exc) from exc
+        if settlement.success:
+            await self.ledger.mark_settled(p.key, settlement)
+            log.info("settled %s for %s: %s", p.requirements.scheme, p.key.payer,
+                     settlement.transaction)
+        elif settlement.error_reason == SETTLEMENT_PENDING:
+            await self.ledger.mark_pending(p.key, settlement)
+            log.info("settlement pending for %s: %s", p.key.payer, settlement.transaction)
+        else:
+            await self.ledger.release(p.key)
+            log.info("settlement failed for %s: %s", p.key.payer, settlement.error_reason)
+        return settlement
+
+    # ------------------------------------------------------------------- answers
+
+    def _receipt(self, settlement: SettleResponse, version: int) -> SettleResponse:
+        """v1 payers get the network under the name they paid on."""
+        if version == 1 and settlement.network == self.network:
+            return settlement.model_copy(update={"network": self.network_v1})
+        return settlement
+
+    def _paid_headers(self, settlement: SettleResponse, version: int) -> list[tuple[str, str]]:
+        return [
+            R.receipt_header(self._receipt(settlement, version), version),
+            ("access-control-expose-headers", R.EXPOSED_HEADERS),
+        ]
+
+    async def _serve_paid(
+        self, send: Send, response: BufferedResponse, settlement: SettleResponse, version: int
+    ) -> None:
+        extra = self._paid_headers(settlement, version)
+        if not response.has_header("cache-control"):
+            # A shared cache must not hand a paid response to the next, unpaying, client.
+            extra.append(("cache-control", "private"))
+        await response.replay(send, extra)
+
+    async def _settle_failed(
+        self, send: Send, offer: R.Offer, p: _Payment, settlement: SettleResponse
+    ) -> None:
+        receipt = self._receipt(settlement, p.version)
+        if settlement.error_reason == SETTLEMENT_PENDING:
+            await R.settlement_pending(receipt, p.version, self.retry_after).send(send)
+            return
+        await R.payment_required(
+            offer, settlement.error_reason or "settlement_failed",
+            settlement.error_message or "the settlement failed; nothing was charged",
+            settlement=receipt, version=p.version,
+            transaction=settlement.transaction or None,
+        ).send(send)
+
+    async def _refuse_reuse(
+        self, send: Send, offer: R.Offer, state: LedgerState | None,
+        settlement: SettleResponse | None,
+    ) -> None:
+        if state == LedgerState.SETTLED:
+            # Spent for good: only a new payment can buy another response.
+            await R.payment_required(
+                offer, R.PAYMENT_ALREADY_USED,
+                "this payment authorization has already bought a response; sign a new one",
+                transaction=settlement.transaction if settlement else None,
+            ).send(send)
+            return
+        # In use by a request in progress, or pending on chain: money may be
+        # moving, so offering a fresh payment could make an honest client pay twice.
+        message = (
+            "this payment authorization is being used by another request right now; "
+            "if it is yours, resend the same payment header later"
+            if state == LedgerState.IN_FLIGHT
+            else "this payment authorization is pending settlement under another signature"
+        )
+        await R.payment_in_use(message, self.retry_after).send(send)
+
+    async def _facilitator_failed(
+        self, send: Send, offer: R.Offer, p: _Payment, exc: FacilitatorError, phase: _Phase
+    ) -> None:
+        settling = phase is _Phase.SETTLING
+        log.warning("facilitator failed while %s: %s", "settling" if settling else "verifying", exc)
+        if not isinstance(exc, FacilitatorUnavailable) and exc.status == 400:
+            # The facilitator refused the request as malformed: nothing can have moved.
+            await self.ledger.release(p.key)
+            await R.payment_required(offer, exc.reason, exc.message).send(send)
+            return
+        if settling:
+            await self.ledger.mark_pending(p.key, None)  # it may have gone through
+        else:
+            await self.ledger.release(p.key)
+        if isinstance(exc, FacilitatorUnavailable):
+            status, error = 503, R.FACILITATOR_UNAVAILABLE
+            message = f"the payment facilitator could not be reached ({exc.reason})"
+        else:
+            status, error = 502, R.FACILITATOR_ERROR
+            message = f"the payment facilitator gave no usable answer ({exc.reason})"
+        await R.facilitator_failed(
+            status, error, message, retry_after=self.retry_after, settle_attempted=settling
+        ).send(send)
+
+
+def _match_v2(accepted: PaymentRequirements, offered: PaymentRequirements) -> None:
+    """Does the requirement the client echoed agree with what we offer? WireError if not.
+
+    The money terms must be equal (addresses compared case-insensitively);
+    ``maxTimeoutSeconds`` is not compared because the signed ``validBefore`` is
+    what bounds the payment, and our ``extra`` must be contained in theirs
+    (their signature was made over the domain it names).
+    """
+    if accepted.scheme != offered.scheme:
+        raise WireError(UNSUPPORTED_SCHEME, f"only 'exact' is accepted, not {accepted.scheme!r}")
+    if accepted.network != offered.network:
+        raise WireError(
+            INVALID_NETWORK, f"payments go on {offered.network}, not {accepted.network!r}"
+        )
+    differ = [
+        name
+        for name, same in (
+            ("amount", accepted.amount == offered.amount),
+            ("asset", _same_address(accepted.asset, offered.asset)),
+            ("payTo", _same_address(accepted.pay_to, offered.pay_to)),
+            ("extra", _contains(accepted.extra or {}, offered.extra or {})),
+        )
+        if not same
+    ]
+    if differ:
+        raise WireError(
+            R.NO_MATCHING_REQUIREMENTS,
+            f"the accepted requirement differs from the offer in: {', '.join(differ)}",
+        )
+
+
+def _base_url(scope: Scope) -> str:
+    """``scheme://host[:port]`` plus the mount point, as the request addressed us."""
+    url = URL(scope=scope)
+    return f"{url.scheme}://{url.netloc}{scope.get('root_path', '')}"
+
+
+def _same_address(a: str, b: str) -> bool:
+    return is_address(a) and is_address(b) and a.lower() == b.lower()
+
+
+def _contains(theirs: dict[str, Any], ours: dict[str, Any]) -> bool:
+    return all(k in theirs and theirs[k] == v for k, v in ours.items())
+
+
+__all__ = ["PaymentMiddleware"]

@@ -1,0 +1,118 @@
+"""The enclave boundary: what code outside an enclave may ask of it.
+
+A402's safety rests on two enclaves (paper §2.2): the provider's, which signs
+adaptor pre-signatures only for results it computed, and the vault's, which
+holds balances and signs conditional payments. The host around either is
+untrusted. This interface is the whole boundary, and it is deliberately
+narrow:
+
+* public facts: backend ``kind``, code ``measurement``, the two public keys;
+* ``quote``: attestation evidence binding those, with a verifier's nonce;
+* operations *by purpose* with keys that never leave: ``sign_digest``
+  (ECDSA, the vault's role) and ``schnorr_pre_sign(m, T)`` (the provider's
+  adaptor pre-signature on a payment message);
+* the secure channel to a peer enclave, by opaque handle: handshake messages
+  and ciphertext in and out, traffic keys inside;
+* sealing: ``export_sealed`` for the enclave's own identity, ``seal`` /
+  ``unseal`` for state owned by code running inside the boundary.
+
+No method returns a private key, a traffic key, or the enclave's own unsealed
+state. Backends: :mod:`a402.tee.simulated` (no hardware; insecure by design
+and loud about it). A hardware backend (Nitro, SEV-SNP) implements the same
+protocol over its transport (vsock) and is verified by :mod:`a402.tee.nitro`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol, runtime_checkable
+
+from .quote import AttestationPolicy, AttestationVerifier, VerifiedEnclave
+
+#: Purposes the a402 protocol signs for. Backends may allow a subset.
+PAYMENT_AUTHORIZATION = "a402/payment-authorization"  # σ_U, the vault's conditional payment
+CHANNEL_STATE = "a402/channel-state"  # balance states for closing and disputes
+RECEIPT = "a402/receipt"  # the vault's ACK to the provider
+PAYMENT_PRESIGNATURE = "a402/payment-presignature"  # the provider's σ̂ on m under T
+#: The vault's purposes (ECDSA over its attested key).
+DEFAULT_PURPOSES = frozenset({PAYMENT_AUTHORIZATION, CHANNEL_STATE, RECEIPT})
+#: The provider's only purpose: its attested key makes Schnorr pre-signatures and
+#: nothing else, so one key never signs under two schemes.
+PROVIDER_PURPOSES = frozenset({PAYMENT_PRESIGNATURE})
+
+
+@runtime_checkable
+class Enclave(Protocol):
+    """One running enclave, seen from its host."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def measurement(self) -> bytes: ...
+
+    @property
+    def signing_public_key(self) -> bytes:
+        """33-byte compressed secp256k1 key (even ``y``; usable for EVM Schnorr)."""
+        ...
+
+    @property
+    def kx_public_key(self) -> bytes:
+        """32-byte X25519 key that authenticates the secure channel."""
+        ...
+
+    def quote(self, nonce: bytes, user_data: bytes = b"") -> bytes:
+        """Attestation evidence for this enclave, committing to ``nonce`` and ``user_data``."""
+        ...
+
+    def sign_digest(self, purpose: str, digest: bytes) -> bytes:
+        """ECDSA over a 32-byte digest as Ethereum does (65 bytes ``r ‖ s ‖ v``)."""
+        ...
+
+    def schnorr_pre_sign(self, message: bytes, adaptor_point: bytes) -> bytes:
+        """EVM-flavour Schnorr adaptor pre-signature ``e ‖ ŝ`` (64 bytes) on a 32-byte
+        payment message under the 33-byte adaptor point ``T``, with the attested key
+        (its x-coordinate is the channel's ``providerKey``)."""
+        ...
+
+    def channel_initiate(
+        self, policy: AttestationPolicy, verifiers: Iterable[AttestationVerifier], *,
+        prologue: bytes = b"",
+    ) -> tuple[str, bytes]:
+        """Open a channel: ``(handle, first message)``."""
+        ...
+
+    def channel_respond(
+        self, message: bytes, policy: AttestationPolicy,
+        verifiers: Iterable[AttestationVerifier], *, prologue: bytes = b"",
+    ) -> tuple[str, bytes]:
+        """Answer a first message: ``(handle, second message)``."""
+        ...
+
+    def channel_finish(self, handle: str, message: bytes) -> tuple[bytes, VerifiedEnclave]:
+        """Initiator: verify the responder; ``(third message, peer)``."""
+        ...
+
+    def channel_accept(self, handle: str, message: bytes) -> VerifiedEnclave:
+        """Responder: verify the initiator from the third message; the peer."""
+        ...
+
+    def channel_peer(self, handle: str) -> VerifiedEnclave: ...
+
+    def channel_binding(self, handle: str) -> bytes:
+        """The session's handshake hash, which both ends know and ASC messages may bind."""
+        ...
+
+    def channel_encrypt(self, handle: str, plaintext: bytes, *, ad: bytes = b"") -> bytes: ...
+
+    def channel_decrypt(self, handle: str, frame: bytes, *, ad: bytes = b"") -> bytes: ...
+
+    def channel_close(self, handle: str) -> None: ...
+
+    def seal(self, label: str, state: bytes) -> bytes: ...
+
+    def unseal(self, label: str, blob: bytes) -> bytes: ...
+
+    def export_sealed(self) -> bytes:
+        """The enclave's identity (its keys), sealed to its measurement and platform."""
+        ...

@@ -1,0 +1,271 @@
+"""The vault's HTTP API as both ends see it: request signing, reasons, JSON shapes (pure).
+
+Money moves on these calls, so every call but ``GET /v1/info`` is signed by
+the client's Ethereum key (EIP-191 ``personal_sign``) over one canonical text::
+
+    a402-vault-request/v1
+    <vault address, lowercase>      the vault the call is for (no cross-vault replay)
+    <METHOD>
+    <path?query>
+    <sha256(body), hex>
+    <unix timestamp>
+    <nonce>
+
+sent as the headers :data:`CLIENT_HEADER`, :data:`TIMESTAMP_HEADER`,
+:data:`NONCE_HEADER`, :data:`SIGNATURE_HEADER`. The vault accepts a timestamp
+within :data:`DEFAULT_AUTH_WINDOW` seconds of its clock and each ``(client,
+nonce)`` once (it remembers nonces for twice the window), so a captured call
+can be neither replayed nor delayed. Both ends import this module; it does no
+I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from eth_account import Account
+from eth_account.messages import encode_defunct
+from eth_account.signers.local import LocalAccount
+
+API_PREFIX: Final = "/v1"
+CLIENT_HEADER: Final = "a402-client"
+TIMESTAMP_HEADER: Final = "a402-timestamp"
+NONCE_HEADER: Final = "a402-nonce"
+SIGNATURE_HEADER: Final = "a402-signature"
+DEFAULT_AUTH_WINDOW: Final = 60
+_TAG: Final = "a402-vault-request/v1"
+_MAX_NONCE: Final = 64
+
+# --- reasons (the ``error`` field of every non-2xx answer) --------------------------------
+UNAUTHENTICATED: Final = "unauthenticated"  # headers missing or malformed
+BAD_SIGNATURE: Final = "bad_signature"
+STALE_REQUEST: Final = "stale_request"  # timestamp outside the window
+REPLAYED_REQUEST: Final = "replayed_request"  # nonce already used
+BAD_REQUEST: Final = "bad_request"
+INSUFFICIENT_BALANCE: Final = "insufficient_balance"
+PRICE_ABOVE_MAXIMUM: Final = "price_above_maximum"
+NO_ACCEPTABLE_OFFER: Final = "no_acceptable_offer"
+OFFER_MISMATCH: Final = "offer_mismatch"  # the 402 disagrees with the provider's attestation
+ATTESTATION_FAILED: Final = "attestation_failed"
+PROVIDER_REFUSED: Final = "provider_refused"
+PROTOCOL_VIOLATION: Final = "protocol_violation"
+PROVIDER_UNAVAILABLE: Final = "provider_unavailable"
+CHAIN_UNAVAILABLE: Final = "chain_unavailable"
+CHANNEL_BUSY: Final = "channel_busy"
+IDEMPOTENCY_KEY_REUSED: Final = "idempotency_key_reused"
+REQUEST_IN_PROGRESS: Final = "request_in_progress"
+PAYMENT_PENDING: Final = "payment_pending"
+RESULT_MISMATCH: Final = "result_mismatch"
+AUTHORIZATION_REQUIRED: Final = "channel_authorization_required"
+BAD_AUTHORIZATION: Final = "bad_channel_authorization"
+NOT_FOUND: Final = "not_found"
+CONFLICT: Final = "conflict"
+
+# --- request outcomes (``outcome`` of a finished /v1/invoke) -------------------------------
+PAID: Final = "paid"  # the provider was paid δ and the result was delivered
+FREE: Final = "free"  # the target did not ask to be paid; its answer is returned
+UNPAID: Final = "unpaid"  # the paid service failed (status >= 400): nothing was paid
+REFUSED: Final = "refused"  # the vault or the provider refused: nothing was paid
+PENDING: Final = "pending"  # σ_U is out and the result is not in yet
+ABORTED: Final = "aborted"  # a pending payment ended without the result: δ went back
+
+#: Funding of a new channel: the client's vault balance, or its own wallet (EIP-3009).
+POOL: Final = "pool"
+WALLET: Final = "wallet"
+
+
+class AuthError(Exception):
+    """A call the vault must answer 401: ``reason`` is one of the reasons above."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def signing_text(
+    vault: str, method: str, path: str, body: bytes, timestamp: int, nonce: str
+) -> str:
+    """The canonical text a client signs for one call (see the module docstring)."""
+    return "\n".join((
+        _TAG, vault.lower(), method.upper(), path, hashlib.sha256(body).hexdigest(),
+        str(timestamp), nonce,
+    ))
+
+
+def sign_request(
+    account: LocalAccount, vault: str, method: str, path: str, body: bytes, *,
+    now: float | None = None, nonce: str | None = None,
+) -> dict[str, str]:
+    """The four authentication headers for one call to ``vault``."""
+    timestamp = int(time.time() if now is None else now)
+    nonce = nonce or secrets.token_hex(16)
+    text = signing_text(vault, method, path, body, timestamp, nonce)
+    signature = account.sign_message(encode_defunct(text=text)).signature
+    return {
+        CLIENT_HEADER: account.address,
+        TIMESTAMP_HEADER: str(timestamp),
+        NONCE_HEADER: nonce,
+        SIGNATURE_HEADER: "0x" + bytes(signature).hex(),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    """Who signed a call (checksum address) and the nonce the vault must see only once."""
+
+    client: str
+    nonce: str
+    timestamp: int
+
+
+def verify_request(
+    headers: Mapping[str, str], vault: str, method: str, path: str, body: bytes, *,
+    now: float, window: int = DEFAULT_AUTH_WINDOW,
+) -> Authenticated:
+    """Check a call's signature and freshness; :class:`AuthError` otherwise.
+
+    The nonce is returned, not checked: remembering it is the store's job.
+    """
+    try:
+        client = headers[CLIENT_HEADER]
+        timestamp = int(headers[TIMESTAMP_HEADER])
+        nonce = headers[NONCE_HEADER]
+        signature = bytes.fromhex(headers[SIGNATURE_HEADER].removeprefix("0x"))
+    except (KeyError, ValueError):
+        raise AuthError(UNAUTHENTICATED, "sign the call (a402-client/-timestamp/-nonce/"
+                                         "-signature headers)") from None
+    if not 8 <= len(nonce) <= _MAX_NONCE or not nonce.isascii() or not nonce.isalnum():
+        raise AuthError(UNAUTHENTICATED, "the nonce is 8 to 64 letters or digits")
+    if abs(now - timestamp) > window:
+        raise AuthError(STALE_REQUEST, f"timestamp {timestamp} is more than {window}s away")
+    text = signing_text(vault, method, path, body, timestamp, nonce)
+    try:
+        signer = Account.recover_message(encode_defunct(text=text), signature=signature)
+    except Exception:  # malformed signature bytes
+        raise AuthError(BAD_SIGNATURE, "the signature does not recover") from None
+    if signer.lower() != client.lower():
+        raise AuthError(BAD_SIGNATURE, "the signature is not the named client's")
+    return Authenticated(signer, nonce, timestamp)
+
+
+# ----------------------------------------------------------------------- JSON shapes
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def unb64(text: Any, what: str = "body") -> bytes:
+    if not isinstance(text, str):
+        raise ValueError(f"{what} must be base64 text")
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError:
+        raise ValueError(f"{what} is not base64") from None
+
+
+def headers_to_json(headers: tuple[tuple[bytes, bytes], ...]) -> list[list[str]]:
+    return [[k.decode("latin-1"), v.decode("latin-1")] for k, v in headers]
+
+
+def headers_from_json(data: Any) -> tuple[tuple[bytes, bytes], ...]:
+    if not isinstance(data, list) or not all(
+        isinstance(h, list) and len(h) == 2 and all(isinstance(x, str) for x in h) for h in data
+    ):
+        raise ValueError("headers are a list of [name, value] strings")
+    return tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in data)
+
+
+@dataclass(frozen=True, slots=True)
+class InvokeRequest:
+    """``POST /v1/invoke``: one request to a paid URL, paid within ``max_price``.
+
+    ``idempotency_key`` names the call: a retry with the same key returns the
+    first outcome and never pays twice. ``funding`` is how a *new* channel is
+    funded (:data:`POOL` or :data:`WALLET`); ``deposit`` caps the deposit of a
+    wallet-funded channel. ``channel_authorization`` answers a 428
+    (:data:`AUTHORIZATION_REQUIRED`).
+    """
+
+    url: str
+    method: str
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+    max_price: int
+    idempotency_key: str
+    funding: str = POOL
+    deposit: int | None = None
+    channel_authorization: dict[str, str] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "url": self.url, "method": self.method, "headers": headers_to_json(self.headers),
+            "body": b64(self.body), "maxPrice": str(self.max_price),
+            "idempotencyKey": self.idempotency_key, "funding": self.funding,
+        }
+        if self.deposit is not None:
+            out["deposit"] = str(self.deposit)
+        if self.channel_authorization is not None:
+            out["channelAuthorization"] = dict(self.channel_authorization)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any) -> InvokeRequest:
+        if not isinstance(data, dict):
+            raise ValueError("the body is a JSON object")
+        url, method, key = data.get("url"), data.get("method", "GET"), data.get("idempotencyKey")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ValueError("url must be an absolute http(s) URL")
+        if not isinstance(method, str) or not method.isascii() or not method.isalpha():
+            raise ValueError("method must be an HTTP method")
+        if not isinstance(key, str) or not 1 <= len(key) <= 128:
+            raise ValueError("idempotencyKey is 1 to 128 characters")
+        funding = data.get("funding", POOL)
+        if funding not in (POOL, WALLET):
+            raise ValueError(f"funding is {POOL!r} or {WALLET!r}")
+        authorization = data.get("channelAuthorization")
+        if authorization is not None and not (
+            isinstance(authorization, dict)
+            and all(isinstance(v, str) for v in authorization.values())
+        ):
+            raise ValueError("channelAuthorization is an object of strings")
+        deposit = data.get("deposit")
+        return cls(
+            url=url, method=method.upper(), headers=headers_from_json(data.get("headers", [])),
+            body=unb64(data.get("body", "")), max_price=_amount(data.get("maxPrice"), "maxPrice"),
+            idempotency_key=key, funding=funding,
+            deposit=None if deposit is None else _amount(deposit, "deposit"),
+            channel_authorization=authorization,
+        )
+
+    def fingerprint(self) -> str:
+        """What makes a retry "the same call": everything but the channel authorization."""
+        digest = hashlib.sha256()
+        for part in (self.method, self.url, str(self.max_price), self.funding,
+                     str(self.deposit)):
+            digest.update(part.encode() + b"\x00")
+        for name, value in self.headers:
+            digest.update(name + b"\x00" + value + b"\x00")
+        digest.update(self.body)
+        return digest.hexdigest()
+
+
+def _amount(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(f"{what} is a decimal string of atomic units")
+    text = str(value)
+    if not text.isdigit() or len(text) > 78:
+        raise ValueError(f"{what} is a decimal string of atomic units")
+    return int(text)
+
+
+def parse_amount(value: Any, what: str) -> int:
+    """An amount of atomic units as the API carries it (decimal string); ValueError if not."""
+    return _amount(value, what)

@@ -1,0 +1,486 @@
+"""The vault's channels: attested sessions, live state machines, checkpoints, open and close.
+
+This is where the store, the chain and :class:`~a402.vault.session.ProviderSession`
+meet. Two rules carry the safety argument:
+
+* **Checkpoint before message.** :meth:`Channels.persist` is every session's
+  ``persist``: it seals the channel's snapshot in the vault enclave and writes
+  it, together with the progress of the request the channel carries, in one
+  database transaction; the session sends nothing until it returns.
+* **Debit before transaction.** A pool-funded channel's deposit leaves the
+  client's balance in the transaction that creates the channel row, before
+  ``createASC`` is signed; the transaction is journaled before it is
+  broadcast (:mod:`a402.vault.txjournal`); a channel that never opens gives
+  the deposit back. Settlement credits what the chain paid back, once.
+
+Funding. ``pool``: the vault's own address is the channel's on-chain client
+(``createASC`` from the pooled deposits, no consent needed), refunds return to
+the pool and are credited to the client's balance. ``wallet``: the client is
+the on-chain client; the deposit moves from its wallet by an EIP-3009
+``receiveWithAuthorization`` whose nonce is the channel id (the client signs
+the terms the vault proposes, answering a 428), refunds go straight back to
+its wallet, and the client can force-close without the vault.
+
+Parallelism: one request in flight per channel (the session's lock), and one
+frame in flight per Noise session, so each provider gets a small pool of
+sessions and each channel is pinned to one of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+from eth_account.signers.local import LocalAccount
+
+from a402.asc import ChannelTerms, SignedState, Status, VaultChannel
+from a402.asc import snapshot as snap
+from a402.asc.contract import RECEIVE_WITH_AUTHORIZATION_TYPES, ASCManager, terms_tuple
+from a402.chain.deploy import TokenInfo
+from a402.chain.tx import TransactionFailed
+from a402.crypto import EcdsaSigner
+from a402.tee import AttestationPolicy, AttestationVerifier, Enclave
+
+from . import api, records
+from . import store as S
+from .session import Checkpoint, CheckpointReason, ProviderSession
+from .txjournal import TxJournal
+
+log = logging.getLogger("a402.vault")
+
+
+class VaultError(Exception):
+    """A call the vault answers with ``status`` and a machine-readable ``reason``.
+
+    ``retryable``: nothing was paid and the same idempotency key may run again.
+    """
+
+    def __init__(
+        self, status: int, reason: str, detail: str = "", *, retryable: bool = False,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.status = status
+        self.reason = reason
+        self.detail = detail
+        self.retryable = retryable
+        self.extra = extra or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.reason, "message": self.detail, **self.extra}
+
+
+@dataclass
+class Settings:
+    """The policies of :class:`Channels` (see :class:`a402.vault.service.VaultConfig`)."""
+
+    lock_timeout: float = 30.0
+    lock_margin: float = 5.0
+    deposit_multiple: int = 100
+    min_deposit: int = 0
+    max_deposit: int | None = None
+    chain_timeout: float = 30.0
+    authorization_validity: int = 3600
+    sessions_per_provider: int = 4
+    http_timeout: float = 30.0
+
+
+def hex_id(channel_id: bytes) -> str:
+    return "0x" + channel_id.hex()
+
+
+class Channels:
+    """Sessions, live channels and their durable state, for one vault."""
+
+    def __init__(
+        self, *, account: LocalAccount, manager: ASCManager, token: TokenInfo,
+        store: S.VaultStore, journal: TxJournal, enclave: Enclave,
+        verifiers: Sequence[AttestationVerifier], policy: AttestationPolicy,
+        settings: Settings, http: httpx.AsyncClient,
+    ) -> None:
+        self.account = account
+        self.address = account.address
+        self.key = EcdsaSigner(bytes(account.key))
+        self.manager = manager
+        self.token = token
+        self.network = manager.chain.network
+        self.store = store
+        self.journal = journal
+        self.enclave = enclave
+        self.verifiers = list(verifiers)
+        self.policy = policy
+        self.settings = settings
+        self.http = http
+        self.live: dict[bytes, VaultChannel] = {}
+        #: The request key each busy channel carries (for its checkpoints).
+        self.current: dict[bytes, str] = {}
+        self._sessions: dict[tuple[str, int], ProviderSession] = {}
+        self._attached: dict[tuple[str, int], set[bytes]] = {}
+        self._session_locks: dict[tuple[str, int], asyncio.Lock] = {}
+        self._pair_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        #: Answers a call whose channel settled without it (set by the service).
+        self.on_unfinished: Callable[[str, str | None], Awaitable[Any]] | None = None
+
+    # ------------------------------------------------------------------ sessions
+
+    def _slot(self, endpoint: str, channel_id: bytes | None) -> tuple[str, int]:
+        size = max(1, self.settings.sessions_per_provider)
+        return endpoint, 0 if channel_id is None else int.from_bytes(channel_id[:4]) % size
+
+    async def session(self, endpoint: str, channel_id: bytes | None = None) -> ProviderSession:
+        """A connected, attested session with ``endpoint``; the channel's own if given."""
+        slot = self._slot(endpoint, channel_id)
+        async with self._session_locks.setdefault(slot, asyncio.Lock()):
+            session = self._sessions.get(slot)
+            if session is None or session.info is None:
+                session = ProviderSession(
+                    endpoint, enclave=self.enclave, verifiers=self.verifiers, policy=self.policy,
+                    vault_key=self.key, network=self.network, persist=self.persist,
+                    http=self.http, timeout=self.settings.http_timeout,
+                )
+                await session.connect()  # attestation errors propagate; nothing is cached
+                self._sessions[slot] = session
+                self._attached[slot] = set()
+            return session
+
+    async def bound(self, row: S.Channel) -> tuple[ProviderSession, VaultChannel]:
+        """The channel's session and live machine, attached (OPEN sent) on that session."""
+        channel = await self.machine(row)
+        session = await self.session(row.endpoint, channel.channel_id)
+        attached = self._attached[self._slot(row.endpoint, channel.channel_id)]
+        if channel.channel_id not in attached:
+            await session.attach(channel)
+            attached.add(channel.channel_id)
+        return session, channel
+
+    def pair_lock(self, client: str, provider: str) -> asyncio.Lock:
+        """Serialises a client's work with one provider (channel choice, requests, close)."""
+        return self._pair_locks.setdefault((client.lower(), provider.lower()), asyncio.Lock())
+
+    async def aclose(self) -> None:
+        for session in self._sessions.values():
+            await session.aclose()
+        self._sessions.clear()
+
+    # ---------------------------------------------------------------- live state
+
+    async def machine(self, row: S.Channel) -> VaultChannel:
+        """The live state machine of ``row``, restored from its sealed snapshot if needed."""
+        channel_id = bytes.fromhex(row.cid[2:])
+        channel = self.live.get(channel_id)
+        if channel is not None:
+            return channel
+        if row.snapshot is not None:
+            raw = self.enclave.unseal(records.label("channel", row.cid), row.snapshot)
+            channel = VaultChannel.restore(raw, self.key)
+        else:
+            channel = VaultChannel(snap.terms_from_json(row.terms), self.manager.domain, self.key,
+                                   lock_timeout=row.lock_timeout)
+        self.live[channel_id] = channel
+        return channel
+
+    async def persist(self, checkpoint: Checkpoint) -> None:
+        """Every session's ``persist``: sealed snapshot + request progress, one transaction."""
+        cid = hex_id(checkpoint.channel_id)
+        key = self.current.get(checkpoint.channel_id)
+        reason = checkpoint.reason
+        values: dict[str, Any] = {
+            "snapshot": self.enclave.seal(records.label("channel", cid), checkpoint.snapshot),
+            "status": checkpoint.status.value, "checkpoint": reason.value,
+            "version": checkpoint.version,
+            "free": str(checkpoint.free), "locked": str(checkpoint.locked),
+            "provider_balance": str(checkpoint.provider_balance),
+        }
+        request: dict[str, Any] | None = None
+        if reason is CheckpointReason.LOCKED:
+            values["request_key"] = key
+            request = {"state": S.LOCKED, "channel_id": cid, "amount": str(checkpoint.locked),
+                       "request_id": checkpoint.next_request_id - 1}
+        elif reason is CheckpointReason.AUTHORIZED and key is not None:
+            values["pending_since"] = time.time()
+            sealed = records.reply_of(checkpoint.snapshot).sealed_result
+            request = {"state": S.AUTHORIZED,
+                       "sealed_result": self.enclave.seal(records.label("result", key), sealed)}
+        elif reason is CheckpointReason.DELIVERED and key is not None:
+            values.update(request_key=None, pending_since=None)
+            secret, signed = records.delivered_of(checkpoint.snapshot)
+            receipt = records.receipt_json(checkpoint.channel_id, signed)
+            request = {"state": S.DELIVERED, "secret": records.seal_json(
+                self.enclave, "secret", key, {"t": secret.hex(), "receipt": receipt})}
+        elif reason is CheckpointReason.EXPIRED:
+            values.update(request_key=None, pending_since=None)
+            request = {"state": S.RELEASED} if key is not None else None
+        elif reason is CheckpointReason.CLOSING:
+            values["phase"] = S.CLOSING
+        elif reason is CheckpointReason.FORCE_CLOSED:
+            values.update(request_key=None, pending_since=None)
+        try:
+            await asyncio.to_thread(self.store.save_checkpoint, cid, values, key, request)
+        except BaseException:
+            # Not durable, so not sent: forget the machine that ran ahead of the database;
+            # the next use restores the last durable state.
+            self.live.pop(checkpoint.channel_id, None)
+            raise
+
+    # ------------------------------------------------------------------ opening
+
+    def _lock_timeout(self, session: ProviderSession) -> float:
+        assert session.info is not None
+        return max(self.settings.lock_timeout, session.info.lock_timeout
+                   + self.settings.lock_margin)
+
+    def deposit_for(self, price: int, balance: int) -> int:
+        """How much a new pool channel escrows: a multiple of the price, within the balance."""
+        s = self.settings
+        wanted = max(price * s.deposit_multiple, s.min_deposit, price)
+        if s.max_deposit is not None:
+            wanted = max(min(wanted, s.max_deposit), price)
+        return min(wanted, balance)
+
+    async def find_or_open(
+        self, client: str, session: ProviderSession, price: int, *, funding: str,
+        wallet_deposit: int | None, authorization: dict[str, str] | None,
+    ) -> VaultChannel:
+        """An OPEN channel of ``client`` with this provider that can pay ``price``.
+
+        Call with :meth:`pair_lock` held. A channel too poor for the price is
+        closed cooperatively (its rest comes back) and a new one is opened.
+        """
+        info = session.info
+        assert info is not None
+        provider = "0x" + info.provider.hex()
+        for row in reversed(await asyncio.to_thread(
+                self.store.channels, client=client, provider=provider, phases=(S.OPEN,))):
+            if row.terms["providerKey"] != info.provider_key.hex():
+                continue  # an older enclave of this provider: leave it to close
+            channel = await self.machine(row)
+            if channel.status is not Status.OPEN:
+                continue  # busy or being recovered: never share it
+            if channel.free >= price:
+                await self.bound(row)
+                return channel
+            await self.close(row)
+        if funding == api.WALLET:
+            return await self._open_wallet(client, session, price, wallet_deposit, authorization)
+        return await self._open_pool(client, session, price)
+
+    async def _open_pool(self, client: str, session: ProviderSession, price: int) -> VaultChannel:
+        balance = await asyncio.to_thread(self.store.balance, client)
+        deposit = self.deposit_for(price, balance)
+        if deposit < price:
+            raise VaultError(402, api.INSUFFICIENT_BALANCE,
+                             f"the vault balance ({balance}) cannot pay {price}",
+                             extra={"balance": str(balance), "price": str(price)})
+        terms = session.terms(client=self.address, deposit=deposit)
+        row = await self._claim(client, session, terms, funding=api.POOL, debit=True)
+        call = self.manager.contract.functions.createASC(terms_tuple(terms), b"")
+        return await self._finish_open(row, call, session)
+
+    async def _claim(
+        self, client: str, session: ProviderSession, terms: ChannelTerms, *, funding: str,
+        debit: bool, proposal: dict[str, Any] | None = None,
+    ) -> S.Channel:
+        channel_id = terms.channel_id(self.manager.domain)
+        try:
+            return await asyncio.to_thread(
+                self.store.claim_channel, debit=debit, cid=hex_id(channel_id),
+                client=client.lower(), provider="0x" + terms.provider.hex(),
+                endpoint=session.endpoint, funding=funding, deposit=str(terms.deposit),
+                lock_timeout=self._lock_timeout(session), terms=snap.terms_to_json(terms),
+                status=Status.OPEN.value, version=0, free=str(terms.deposit), proposal=proposal,
+            )
+        except S.InsufficientBalance as e:
+            raise VaultError(402, api.INSUFFICIENT_BALANCE, str(e),
+                             extra={"balance": str(e.balance)}) from None
+
+    async def _finish_open(self, row: S.Channel, call: Any, session: ProviderSession
+                           ) -> VaultChannel:
+        try:
+            tx = await asyncio.to_thread(self.journal.send, f"open:{row.cid}", "open", row.cid,
+                                         call)
+        except TransactionFailed as e:
+            await asyncio.to_thread(self.store.fail_channel, row.cid)
+            raise VaultError(502, api.CHAIN_UNAVAILABLE, f"createASC would revert: {e.reason}",
+                             retryable=True) from None
+        outcome = await asyncio.to_thread(self.journal.wait, tx, self.settings.chain_timeout)
+        if not outcome.final:
+            raise VaultError(503, api.CHAIN_UNAVAILABLE,
+                             f"createASC {tx.tx_hash} not mined yet", retryable=True)
+        if not await self.opened(row, outcome.ok):
+            raise VaultError(502, api.CHAIN_UNAVAILABLE, f"createASC {tx.tx_hash} failed",
+                             retryable=True)
+        fresh = await asyncio.to_thread(self.store.channel, row.cid)
+        assert fresh is not None
+        _, channel = await self.bound(fresh)
+        return channel
+
+    async def opened(self, row: S.Channel, ok: bool) -> bool:
+        """Record the outcome of a channel's ``createASC``."""
+        if not ok:
+            await asyncio.to_thread(self.store.fail_channel, row.cid)
+            return False
+        wallet_key = f"wallet:{row.cid}" if row.funding == api.WALLET else None
+        await asyncio.to_thread(self.store.open_channel, row.cid, wallet_deposit_key=wallet_key)
+        return True
+
+    # -- wallet funding ------------------------------------------------------------
+
+    def _typed_data(self, terms: ChannelTerms, proposal: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "types": {
+                "EIP712Domain": [
+                    {"name": "name", "type": "string"}, {"name": "version", "type": "string"},
+                    {"name": "chainId", "type": "uint256"},
+                    {"name": "verifyingContract", "type": "address"},
+                ],
+                **RECEIVE_WITH_AUTHORIZATION_TYPES,
+            },
+            "primaryType": "ReceiveWithAuthorization",
+            "domain": {"name": self.token.name, "version": self.token.version,
+                       "chainId": self.manager.chain.chain_id,
+                       "verifyingContract": self.manager.token},
+            "message": {
+                "from": "0x" + terms.client.hex(), "to": self.manager.address,
+                "value": terms.deposit, "validAfter": proposal["validAfter"],
+                "validBefore": proposal["validBefore"],
+                "nonce": hex_id(terms.channel_id(self.manager.domain)),
+            },
+        }
+
+    async def _open_wallet(
+        self, client: str, session: ProviderSession, price: int, deposit: int | None,
+        authorization: dict[str, str] | None,
+    ) -> VaultChannel:
+        info = session.info
+        assert info is not None
+        provider = "0x" + info.provider.hex()
+        now = int(time.time())
+        proposals = [
+            r for r in await asyncio.to_thread(
+                self.store.channels, client=client, provider=provider, phases=(S.PROPOSED,))
+            if r.proposal and r.proposal["validBefore"] > now + 60
+            and r.terms["providerKey"] == info.provider_key.hex()
+        ]
+        wanted = deposit if deposit is not None else price * self.settings.deposit_multiple
+        if wanted < price:
+            raise VaultError(400, api.BAD_REQUEST, f"a deposit of {wanted} cannot pay {price}")
+        row = next((r for r in proposals if int(r.deposit) == wanted), None)
+        if authorization is None or row is None or authorization.get("channelId") != row.cid:
+            if row is None:
+                terms = session.terms(client=client, deposit=wanted)
+                proposal = {"validAfter": 0,
+                            "validBefore": now + self.settings.authorization_validity}
+                row = await asyncio.to_thread(
+                    self.store.propose_channel, cid=hex_id(terms.channel_id(self.manager.domain)),
+                    client=client.lower(), provider=provider, endpoint=session.endpoint,
+                    funding=api.WALLET, deposit=str(wanted),
+                    lock_timeout=self._lock_timeout(session), terms=snap.terms_to_json(terms),
+                    status=Status.OPEN.value, version=0, free=str(wanted), proposal=proposal)
+            terms = snap.terms_from_json(row.terms)
+            assert row.proposal is not None
+            raise VaultError(428, api.AUTHORIZATION_REQUIRED,
+                             "sign the channel's receiveWithAuthorization and send it back",
+                             retryable=True,
+                             extra={"channelId": row.cid, "deposit": row.deposit,
+                                    "typedData": self._typed_data(terms, row.proposal)})
+        terms = snap.terms_from_json(row.terms)
+        assert row.proposal is not None
+        typed = self._typed_data(terms, row.proposal)
+        try:
+            signature = bytes.fromhex(authorization.get("signature", "").removeprefix("0x"))
+            signer = Account.recover_message(encode_typed_data(full_message=typed),
+                                             signature=signature)
+        except Exception:
+            signer = None
+        if signer is None or signer.lower() != client.lower() or len(signature) != 65:
+            raise VaultError(400, api.BAD_AUTHORIZATION,
+                             "not the client's signature over the proposed terms")
+        await self._claim(client, session, terms, funding=api.WALLET, debit=False)
+        v = signature[64] if signature[64] >= 27 else signature[64] + 27
+        call = self.manager.contract.functions.createASCWithAuthorization(
+            terms_tuple(terms), row.proposal["validAfter"], row.proposal["validBefore"], v,
+            signature[:32], signature[32:64])
+        fresh = await asyncio.to_thread(self.store.channel, row.cid)
+        assert fresh is not None
+        return await self._finish_open(fresh, call, session)
+
+    # ------------------------------------------------------------------ closing
+
+    async def close(self, row: S.Channel) -> None:
+        """Close cooperatively: CLOSE → CLOSE_ACK, then ``closeASC``; credits the rest.
+
+        Call with :meth:`pair_lock` held.
+        """
+        if row.phase != S.CLOSING:  # since when it has been closing: for escalation
+            await asyncio.to_thread(self.store.set_channel, row.cid, phase=S.CLOSING,
+                                    pending_since=time.time())
+        session, channel = await self.bound(row)
+        signed = await session.close(channel)
+        # The machine keeps no copy of the provider's final signature: keep it here, so a
+        # restart can still submit closeASC (else the provider submits it after its grace).
+        await asyncio.to_thread(self.store.set_channel, row.cid,
+                                final_state=records.receipt_json(channel.channel_id, signed))
+        await self.submit_close(row.cid, channel.terms, signed)
+
+    async def submit_close(self, cid: str, terms: ChannelTerms, signed: SignedState) -> None:
+        await self.transact(f"close:{cid}", "close", cid, self.state_call("closeASC", terms,
+                                                                            signed))
+
+    async def transact(self, key: str, kind: str, ref: str, call: Any) -> bool:
+        """Send a journaled transaction and apply any settlement it makes; False if it
+        would revert (e.g. someone else settled or challenged first)."""
+        try:
+            tx = await asyncio.to_thread(self.journal.send, key, kind, ref, call)
+        except TransactionFailed as e:
+            log.info("%s not sent: %s", key, e.reason)
+            return False
+        outcome = await asyncio.to_thread(self.journal.wait, tx, self.settings.chain_timeout)
+        if outcome.receipt is not None:
+            await self.settled_by(outcome.receipt)
+        return outcome.ok
+
+    def state_call(self, name: str, terms: ChannelTerms, signed: SignedState) -> Any:
+        """``closeASC``/``initForceClose``/``challengeForceClose`` with a co-signed state."""
+        return getattr(self.manager.contract.functions, name)(
+            terms_tuple(terms), signed.state.as_tuple(), signed.vault_signature,
+            signed.provider_signature)
+
+    async def settled_by(self, receipt: Any) -> None:
+        """Apply the settlements a receipt contains (our channels only)."""
+        for name in ("ChannelClosed", "ForceCloseFinalized"):
+            for args in self.manager.events(name, receipt):
+                await self.settle(hex_id(bytes(args["channelId"])), int(args["clientPayout"]),
+                                  int(args["providerPayout"]),
+                                  "0x" + bytes(receipt["transactionHash"]).hex())
+
+    async def settle(self, cid: str, client_payout: int, provider_payout: int,
+                     tx_hash: str | None) -> bool:
+        """The chain paid the channel out: record it, credit a pool refund, drop the machine.
+
+        A request still LOCKED or PENDING in a channel settled this way was never
+        claimed (a claim goes through :func:`recover_from_force_close` first and
+        clears it): its δ went back with the client's payout, and its call is
+        answered so.
+        """
+        row = await asyncio.to_thread(self.store.channel, cid)
+        if (row is not None and row.request_key is not None and self.on_unfinished is not None
+                and row.status in (Status.LOCKED.value, Status.PENDING.value)):
+            await self.on_unfinished(row.request_key, tx_hash)
+        channel = self.live.pop(bytes.fromhex(cid[2:]), None)
+        if channel is not None:
+            channel.closed_on_chain()
+        done = await asyncio.to_thread(self.store.settle_channel, cid,
+                                       client_payout=client_payout,
+                                       provider_payout=provider_payout, tx_hash=tx_hash)
+        if done:
+            log.info("channel %s settled: client %d, provider %d (%s)", cid, client_payout,
+                     provider_payout, tx_hash)
+        return done
+

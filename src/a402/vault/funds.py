@@ -1,0 +1,216 @@
+"""Money into and out of the vault: deposits and withdrawals.
+
+**Deposits.** A client pays the vault's address with an x402 ``exact``
+payload (an EIP-3009 ``transferWithAuthorization`` it signed: gasless for the
+client), which the vault settles with the facilitator's journaled,
+idempotent settlement (:class:`a402.facilitator.core.Facilitator`, same
+database); or it transfers tokens itself and reports the transaction. Either
+way the credit is keyed by the mined ``Transfer`` log — ``(tx hash, log
+index)`` — and is granted only once the transaction is mined: a deposit can
+be reported any number of times, by either route, and counts once. A
+settlement still pending when the call returns is credited by the worker
+(:meth:`Funds.reconcile`), including after a crash.
+
+**Withdrawals.** The balance is debited in the same database transaction that
+records the withdrawal (keyed by the client's idempotency key), the token
+transfer is journaled before it is broadcast, and a transfer that fails gives
+the balance back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+from eth_utils import to_checksum_address
+from hexbytes import HexBytes
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from web3.exceptions import TransactionNotFound
+from web3.logs import DISCARD
+from web3.types import TxReceipt
+
+from a402.chain.deploy import TokenInfo
+from a402.chain.node import Chain
+from a402.chain.tx import TransactionFailed, contract_at
+from a402.facilitator.core import Facilitator
+from a402.facilitator.store import SettlementRow
+from a402.facilitator.store import State as SettlementState
+from a402.wire.errors import WireError
+from a402.wire.x402 import PaymentPayload, PaymentRequirements
+
+from . import api
+from . import store as S
+from .channels import VaultError
+from .txjournal import TxJournal
+
+log = logging.getLogger("a402.vault.funds")
+
+DEPOSIT_TIMEOUT = 300
+"""``maxTimeoutSeconds`` of the deposit requirement: how long a signed deposit may wait."""
+
+
+class Funds:
+    def __init__(
+        self, *, chain: Chain, account: LocalAccount, token: TokenInfo, store: S.VaultStore,
+        facilitator: Facilitator, journal: TxJournal, chain_timeout: float,
+    ) -> None:
+        self.chain = chain
+        self.address = account.address
+        self.token = token
+        self.store = store
+        self.facilitator = facilitator
+        self.journal = journal
+        self.chain_timeout = chain_timeout
+        self.erc20 = contract_at(chain, "TestUSDC", token.address)
+
+    def requirement(self, amount: int = 0) -> PaymentRequirements:
+        """What a deposit of ``amount`` pays: x402 ``exact`` to the vault's address."""
+        return PaymentRequirements(
+            scheme="exact", network=self.chain.network, amount=str(amount),
+            asset=to_checksum_address(self.token.address), pay_to=self.address,
+            max_timeout_seconds=DEPOSIT_TIMEOUT, extra=self.token.eip712_extra(),
+        )
+
+    # --------------------------------------------------------------- deposits
+
+    async def deposit(self, client: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """``POST /v1/deposits``: ``{"payload": …}`` (x402 exact) or ``{"transaction": …}``."""
+        if "payload" in body:
+            return await self._deposit_payload(client, body["payload"])
+        if isinstance(body.get("transaction"), str):
+            return await self._deposit_transfer(client, body["transaction"])
+        raise VaultError(400, api.BAD_REQUEST, "give an x402 `payload` or a `transaction` hash")
+
+    async def _deposit_payload(self, client: str, raw: Any) -> tuple[int, dict[str, Any]]:
+        try:
+            payload = PaymentPayload.from_wire(raw, reason=api.BAD_REQUEST)
+        except WireError as e:
+            raise VaultError(400, api.BAD_REQUEST, e.message or e.reason) from None
+        accepted = payload.accepted
+        expected = self.requirement(0)
+        if (accepted.scheme, accepted.network, accepted.pay_to.lower(), accepted.asset.lower(),
+                accepted.extra) != (expected.scheme, expected.network, self.address.lower(),
+                                    expected.asset.lower(), expected.extra):
+            raise VaultError(400, api.BAD_REQUEST, "the payload does not pay this vault's "
+                             "deposit requirement (see GET /v1/info)")
+        payer = str((payload.payload.get("authorization") or {}).get("from", ""))
+        if payer.lower() != client.lower():
+            raise VaultError(400, api.BAD_REQUEST, "a deposit must come from the caller")
+        request = {"x402Version": 2, "paymentPayload": payload.to_wire(),
+                   "paymentRequirements": accepted.to_wire()}
+        try:
+            settled = await asyncio.to_thread(self.facilitator.settle, request)
+        except WireError as e:
+            raise VaultError(400, api.BAD_REQUEST, e.message or e.reason) from None
+        if not settled.success:
+            if settled.transaction:  # journaled and broadcast, not yet mined
+                return 202, {"state": "pending", "transaction": settled.transaction,
+                             "reason": settled.error_reason}
+            raise VaultError(400, settled.error_reason or "deposit_failed",
+                             settled.error_message or "")
+        return await self._deposit_transfer(client, settled.transaction)
+
+    async def _deposit_transfer(self, client: str, tx_hash: str) -> tuple[int, dict[str, Any]]:
+        try:
+            receipt = await asyncio.to_thread(self.chain.w3.eth.get_transaction_receipt,
+                                              HexBytes(tx_hash))
+        except (TransactionNotFound, ValueError):
+            return 202, {"state": "pending", "transaction": tx_hash}
+        credited = await asyncio.to_thread(self.credit_receipt, receipt, client)
+        if credited is None:
+            raise VaultError(400, api.BAD_REQUEST,
+                             "the transaction moved no tokens from the caller to the vault")
+        balance = await asyncio.to_thread(self.store.balance, client)
+        return 200, {"state": "credited", "transaction": tx_hash, "amount": str(credited),
+                     "balance": str(balance)}
+
+    def credit_receipt(self, receipt: TxReceipt, client: str | None = None) -> int | None:
+        """Credit every transfer to the vault in ``receipt`` (from ``client`` if given).
+
+        Returns the amount those transfers carry (credited now or before), or
+        None if there is none.
+        """
+        if int(receipt["status"]) != 1:
+            return None
+        found = None
+        tx_hash = HexBytes(receipt["transactionHash"]).to_0x_hex()
+        for event in self.erc20.events.Transfer().process_receipt(receipt, errors=DISCARD):
+            args = event["args"]
+            if event["address"].lower() != self.token.address.lower():
+                continue
+            if args["to"].lower() != self.address.lower():
+                continue
+            if client is not None and args["from"].lower() != client.lower():
+                continue
+            key = f"transfer:{tx_hash}:{event['logIndex']}"
+            self.store.credit_deposit(key, args["from"], int(args["value"]), "transfer", tx_hash)
+            found = (found or 0) + int(args["value"])
+        return found
+
+    def reconcile(self, *, everything: bool = False) -> int:
+        """Finish settlements left pending (and, at start-up, credit any not yet credited)."""
+        unfinished = {s.key for s in self.facilitator.store.unfinished()}
+        self.facilitator.reconcile()
+        credited = 0
+        query = select(SettlementRow.key, SettlementRow.tx_hash).where(
+            SettlementRow.state == SettlementState.CONFIRMED,
+            SettlementRow.pay_to == self.address)
+        with Session(self.facilitator.store.engine) as session:  # the journal is ours too
+            rows = [(k, h) for k, h in session.execute(query) if everything or k in unfinished]
+        for _, tx_hash in rows:
+            if self.store.deposited_tx(tx_hash):
+                continue
+            receipt = self.chain.w3.eth.get_transaction_receipt(HexBytes(tx_hash))
+            if self.credit_receipt(receipt) is not None:
+                credited += 1
+        return credited
+
+    # ------------------------------------------------------------- withdrawals
+
+    async def withdraw(self, client: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """``POST /v1/withdrawals``: ``{"amount", "idempotencyKey", "to"?}``."""
+        try:
+            amount = api.parse_amount(body.get("amount"), "amount")
+            idem = body.get("idempotencyKey")
+            to = to_checksum_address(body.get("to") or client)
+        except ValueError as e:
+            raise VaultError(400, api.BAD_REQUEST, str(e)) from None
+        if not isinstance(idem, str) or not 1 <= len(idem) <= 128 or amount <= 0:
+            raise VaultError(400, api.BAD_REQUEST, "a positive amount and an idempotencyKey")
+        key = f"{client.lower()}:{idem}"
+        try:
+            created, record = await asyncio.to_thread(
+                self.store.claim_withdrawal, key, client=client, recipient=to, amount=amount)
+        except S.InsufficientBalance as e:
+            raise VaultError(402, api.INSUFFICIENT_BALANCE, str(e),
+                             extra={"balance": str(e.balance)}) from None
+        if not created and (record.recipient, int(record.amount)) != (to, amount):
+            raise VaultError(409, api.IDEMPOTENCY_KEY_REUSED, "this key named another withdrawal")
+        if record.state == S.TX_SUBMITTED:
+            await self.send_withdrawal(key, to, amount)
+        return await asyncio.to_thread(self.withdrawal_answer, key)
+
+    async def send_withdrawal(self, key: str, to: str, amount: int) -> None:
+        call = self.erc20.functions.transfer(to, amount)
+        try:
+            tx = await asyncio.to_thread(self.journal.send, f"withdraw:{key}", "withdraw", key,
+                                         call)
+        except TransactionFailed as e:
+            log.warning("withdrawal %s would revert: %s", key, e.reason)
+            await asyncio.to_thread(self.store.finish_withdrawal, key, ok=False, tx_hash=None)
+            return
+        outcome = await asyncio.to_thread(self.journal.wait, tx, self.chain_timeout)
+        if outcome.final:
+            await asyncio.to_thread(self.store.finish_withdrawal, key, ok=outcome.ok,
+                                    tx_hash=tx.tx_hash)
+
+    def withdrawal_answer(self, key: str) -> tuple[int, dict[str, Any]]:
+        record = self.store.withdrawal(key)
+        assert record is not None
+        tx = self.store.tx(f"withdraw:{key}")
+        body = {"state": record.state, "amount": record.amount, "to": record.recipient,
+                "transaction": record.tx_hash or (tx.tx_hash if tx else None)}
+        return (202 if record.state == S.TX_SUBMITTED else 200), body

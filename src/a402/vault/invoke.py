@@ -1,0 +1,326 @@
+"""``POST /v1/invoke``: one client request, paid inside a channel, answered exactly once.
+
+The order of operations is the safety argument:
+
+1. **Claim the idempotency key** (client-scoped) in the store. A retry of the
+   same call finds the claim: it gets the recorded answer, waits for the call
+   in progress, or — if the first attempt paid nothing (refused for a
+   transient reason, or interrupted before EXEC) — runs again. The same key
+   with a different call is a 409.
+2. **The offer**: the unpaid request (or a cached offer) yields the 402's
+   ``a402`` requirement; the price must be within the client's ``maxPrice``,
+   and the 402's claims must match the provider's attested ``/info``.
+3. **The channel**: the client's open channel with this provider, or a new
+   one (see :mod:`a402.vault.channels`), all under a per-(client, provider)
+   lock: a second concurrent call waits its turn (bounded) and never shares a
+   request slot.
+4. **The exchange** through :class:`ProviderSession`, whose checkpoints carry
+   this call's progress (LOCKED → AUTHORIZED → DELIVERED).
+5. **The answer** is sealed and recorded, then returned. A call whose σ_U is
+   out but whose result is not in (PENDING) answers 202; the vault's worker
+   finishes it and a later retry (or ``GET /v1/requests/{key}``) returns it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import httpx
+
+from a402.asc import LocalProtocolError
+from a402.tee import AttestationError
+from a402.wire.a402 import HttpRequest, HttpResponse
+
+from . import api, records
+from . import store as S
+from .channels import Channels, VaultError
+from .offers import Offer, OfferCache, OfferError, check_against_info, pick_offer
+from .session import (
+    PaidResponse,
+    PaymentPending,
+    ProtocolViolation,
+    ProviderRefused,
+    ProviderUnavailable,
+    ResultMismatch,
+)
+
+log = logging.getLogger("a402.vault")
+
+#: Headers that describe one hop, not the request (RFC 9110 §7.6.1), plus those the
+#: provider sets itself.
+_HOP_HEADERS = frozenset({
+    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
+    b"trailer", b"transfer-encoding", b"upgrade", b"host", b"content-length",
+})
+#: Provider refusals that mean "the price or the route changed": ask for a fresh offer.
+_STALE_OFFER = frozenset({"amount_mismatch", "not_a_paid_route"})
+
+
+def request_headers(headers: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[bytes, bytes], ...]:
+    return tuple((k.lower(), v) for k, v in headers if k.lower() not in _HOP_HEADERS)
+
+
+def http_response(response: httpx.Response) -> HttpResponse:
+    return HttpResponse(response.status_code, tuple(response.headers.raw), response.content)
+
+
+class Invoker:
+    """Runs ``/v1/invoke`` calls for one vault."""
+
+    def __init__(
+        self, channels: Channels, *, http: httpx.AsyncClient, offers: OfferCache,
+        queue_timeout: float, retry_wait: float,
+    ) -> None:
+        self.channels = channels
+        self.store = channels.store
+        self.http = http
+        self.offers = offers
+        self.queue_timeout = queue_timeout
+        self.retry_wait = retry_wait
+        #: Calls being handled by this process (a retry of one waits for its answer).
+        self._running: dict[str, asyncio.Event] = {}
+        #: Calls this process is executing now (the worker leaves their records alone).
+        self._executing: set[str] = set()
+
+    def is_running(self, key: str) -> bool:
+        """Whether this process is executing the call with this key now."""
+        return key in self._executing
+
+    # ---------------------------------------------------------------- answers
+
+    def answer_of(self, row: S.Request) -> tuple[int, dict[str, Any]]:
+        """What a recorded (or in-flight) call answers now."""
+        if row.state == S.DONE and row.answer is not None:
+            stored = records.unseal_json(self.channels.enclave, "answer", row.key, row.answer)
+            return int(stored["status"]), stored["body"]
+        body = {"outcome": api.PENDING, "idempotencyKey": row.key.split(":", 1)[1],
+                "state": row.state, "channelId": row.channel_id, "requestId": row.request_id}
+        return 202, body
+
+    async def record(
+        self, key: str, status: int, body: dict[str, Any], *, outcome: str,
+        reason: str | None = None, retryable: bool = False, amount: int | None = None,
+        transaction: str | None = None,
+        from_states: tuple[str, ...] = (S.RECEIVED, S.LOCKED, S.AUTHORIZED, S.DELIVERED,
+                                        S.RELEASED),
+    ) -> tuple[int, dict[str, Any]]:
+        """Seal and store a final answer (once); returns it."""
+        sealed = records.seal_json(self.channels.enclave, "answer", key,
+                                   {"status": status, "body": body})
+        values: dict[str, Any] = {"outcome": outcome, "reason": reason, "retryable": retryable,
+                                  "answer": sealed}
+        if amount is not None:
+            values["amount"] = str(amount)
+        if transaction is not None:
+            values["transaction"] = transaction
+        await asyncio.to_thread(self.store.finish_request, key, from_states=from_states, **values)
+        row = await asyncio.to_thread(self.store.request, key)
+        assert row is not None
+        return self.answer_of(row)
+
+    async def record_paid(self, key: str, paid: PaidResponse, channel_id: bytes,
+                          provider: str) -> tuple[int, dict[str, Any]]:
+        receipt = None if paid.receipt is None else records.receipt_json(channel_id, paid.receipt)
+        payment = records.Payment(
+            paid.amount, self.channels.manager.token, self.channels.network, provider, channel_id,
+            paid.request_id, receipt, paid.transaction)
+        body = records.answer_json(api.PAID, _client_key(key), response=paid.response,
+                                   payment=payment)
+        return await self.record(key, 200, body, outcome=api.PAID, amount=paid.amount,
+                                 transaction=paid.transaction)
+
+    async def record_aborted(self, key: str, tx_hash: str | None) -> None:
+        """The channel settled on-chain without this call's payment: δ went back."""
+        body = {"outcome": api.ABORTED, "idempotencyKey": _client_key(key),
+                "reason": "channel_settled", "message": "the channel was settled on-chain "
+                "without this request's payment: nothing was paid", "transaction": tx_hash}
+        await self.record(key, 200, body, outcome=api.ABORTED, reason="channel_settled",
+                          transaction=tx_hash)
+
+    async def record_refusal(self, key: str, error: VaultError) -> tuple[int, dict[str, Any]]:
+        body = {**error.body(), "outcome": api.REFUSED, "idempotencyKey": _client_key(key)}
+        # Only from states in which nothing can have been paid: a call whose σ_U may be
+        # out is never answered "refused"; it stays pending until the worker settles it.
+        return await self.record(key, error.status, body, outcome=api.REFUSED,
+                                 reason=error.reason, retryable=error.retryable,
+                                 from_states=(S.RECEIVED, S.RELEASED))
+
+    # ------------------------------------------------------------------- calls
+
+    async def invoke(self, client: str, call: api.InvokeRequest) -> tuple[int, dict[str, Any]]:
+        key = f"{client.lower()}:{call.idempotency_key}"
+        while key in self._running:  # the same call is running here: its answer is ours
+            await self._running[key].wait()
+        # Taken before the first await, so no other task of this process can run this key
+        # (and the store's lock keeps other processes out of this vault's database).
+        event = self._running[key] = asyncio.Event()
+        try:
+            created, row = await asyncio.to_thread(
+                self.store.claim_request, key, client=client, fingerprint=call.fingerprint(),
+                url=call.url, method=call.method)
+            if not created:
+                if row.fingerprint != call.fingerprint():
+                    raise VaultError(409, api.IDEMPOTENCY_KEY_REUSED,
+                                     "this idempotency key named another call")
+                row = await self._settled(row)
+                # Runs again only if the first attempt paid nothing.
+                restartable = (row.state == S.DONE and row.retryable) or row.state in (
+                    S.RECEIVED, S.RELEASED)
+                if not restartable or not await asyncio.to_thread(
+                        self.store.restart_request, key, row.state):
+                    fresh = await asyncio.to_thread(self.store.request, key)
+                    return self.answer_of(fresh or row)
+            return await self._run(key, client, call)
+        finally:
+            event.set()
+            self._running.pop(key, None)
+
+    async def _settled(self, row: S.Request) -> S.Request:
+        """Wait (boundedly) for the worker to finish a call a previous process left in flight."""
+        deadline = asyncio.get_running_loop().time() + self.retry_wait
+        while row.state in S.IN_FLIGHT and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.2)
+            fresh = await asyncio.to_thread(self.store.request, row.key)
+            assert fresh is not None
+            row = fresh
+        return row
+
+    async def _run(self, key: str, client: str, call: api.InvokeRequest
+                   ) -> tuple[int, dict[str, Any]]:
+        self._executing.add(key)
+        try:
+            return await self._pay(key, client, call, fresh_offer=False)
+        except VaultError as e:
+            return await self.record_refusal(key, e)
+        except PaymentPending as e:
+            log.warning("call %s is pending: %s", key, e)
+            row = await asyncio.to_thread(self.store.request, key)
+            assert row is not None
+            status, body = self.answer_of(row)
+            return status, {**body, "reason": api.PAYMENT_PENDING, "message": str(e)}
+        finally:
+            self._executing.discard(key)
+
+    async def _offer(self, key: str, call: api.InvokeRequest, fresh: bool
+                     ) -> Offer | tuple[int, dict[str, Any]]:
+        if not fresh and (cached := self.offers.get(call.method, call.url)) is not None:
+            return cached
+        try:
+            response = await self.http.request(
+                call.method, call.url, headers=list(request_headers(call.headers)),
+                content=call.body)
+        except httpx.HTTPError as e:
+            raise VaultError(503, api.PROVIDER_UNAVAILABLE, f"{type(e).__name__}: {e}",
+                             retryable=True) from None
+        if response.status_code != 402:  # nothing to pay: the answer is the answer
+            body = records.answer_json(api.FREE, _client_key(key),
+                                       response=http_response(response))
+            return await self.record(key, 200, body, outcome=api.FREE, amount=0)
+        manager = self.channels.manager
+        try:
+            offer = pick_offer(response, call.url, network=self.channels.network,
+                               manager=manager.address, token=manager.token)
+        except OfferError as e:
+            raise VaultError(422, e.reason, e.detail, extra={
+                "response": records.response_json(http_response(response))}) from None
+        self.offers.put(call.method, call.url, offer)
+        return offer
+
+    async def _pay(self, key: str, client: str, call: api.InvokeRequest, *, fresh_offer: bool
+                   ) -> tuple[int, dict[str, Any]]:
+        offer = await self._offer(key, call, fresh_offer)
+        if not isinstance(offer, Offer):
+            return offer
+        if offer.amount > call.max_price:
+            raise VaultError(402, api.PRICE_ABOVE_MAXIMUM,
+                             f"the price is {offer.amount}, the maximum {call.max_price}",
+                             extra={"price": str(offer.amount)})
+        try:
+            session = await self.channels.session(offer.endpoint)
+        except AttestationError as e:
+            raise VaultError(502, api.ATTESTATION_FAILED, f"{e}") from None
+        except (ProviderUnavailable, ProtocolViolation, httpx.HTTPError) as e:
+            raise VaultError(503, api.PROVIDER_UNAVAILABLE, f"{e}", retryable=True) from None
+        assert session.info is not None
+        try:
+            check_against_info(offer, session.info)
+        except OfferError as e:
+            self.offers.drop(call.method, call.url)
+            raise VaultError(502, e.reason, e.detail) from None
+        lock = self.channels.pair_lock(client, offer.pay_to)
+        try:
+            await asyncio.wait_for(lock.acquire(), self.queue_timeout)
+        except TimeoutError:
+            raise VaultError(409, api.CHANNEL_BUSY, "another call to this provider is in flight",
+                             retryable=True) from None
+        try:
+            return await self._exchange(key, client, call, offer, fresh_offer)
+        finally:
+            lock.release()
+
+    async def _exchange(
+        self, key: str, client: str, call: api.InvokeRequest, offer: Offer, fresh_offer: bool
+    ) -> tuple[int, dict[str, Any]]:
+        channels = self.channels
+        try:
+            session = await channels.session(offer.endpoint)
+            channel = await channels.find_or_open(
+                client, session, offer.amount, funding=call.funding,
+                wallet_deposit=call.deposit, authorization=call.channel_authorization)
+        except (ProviderRefused, ProtocolViolation) as e:
+            raise VaultError(502, api.PROVIDER_REFUSED, str(e)) from None
+        except (ProviderUnavailable, httpx.HTTPError) as e:
+            raise VaultError(503, api.PROVIDER_UNAVAILABLE, str(e), retryable=True) from None
+        except LocalProtocolError as e:
+            raise VaultError(409, api.CONFLICT, str(e), retryable=True) from None
+        session = await channels.session(offer.endpoint, channel.channel_id)
+        url = httpx.URL(call.url)
+        request = HttpRequest(call.method, url.path, url.query, request_headers(call.headers),
+                              call.body)
+        channels.current[channel.channel_id] = key
+        try:
+            paid = await session.request(channel, request, offer.amount)
+        except ProviderRefused as e:
+            if e.reason in _STALE_OFFER and not fresh_offer:
+                self.offers.drop(call.method, call.url)
+                channels.current.pop(channel.channel_id, None)
+                return await self._exchange(key, client, call,
+                                            await self._fresh(key, call, offer), True)
+            if e.response is not None:  # the service failed: its answer, unpaid
+                body = records.answer_json(api.UNPAID, _client_key(key), response=e.response,
+                                           reason=e.reason, detail=e.detail)
+                return await self.record(key, 200, body, outcome=api.UNPAID, reason=e.reason)
+            raise VaultError(502, api.PROVIDER_REFUSED, f"{e.reason}: {e.detail}",
+                             extra={"providerReason": e.reason}) from None
+        except ProtocolViolation as e:
+            raise VaultError(502, api.PROTOCOL_VIOLATION, f"{e.reason}: {e.detail}") from None
+        except ProviderUnavailable as e:
+            raise VaultError(503, api.PROVIDER_UNAVAILABLE, str(e), retryable=True) from None
+        except ResultMismatch as e:
+            status, body = await self.record_paid(key, e.paid, channel.channel_id, offer.pay_to)
+            return status, {**body, "reason": api.RESULT_MISMATCH, "message": str(e)}
+        except LocalProtocolError as e:
+            raise VaultError(409, api.CONFLICT, str(e), retryable=True) from None
+        finally:
+            channels.current.pop(channel.channel_id, None)
+        return await self.record_paid(key, paid, channel.channel_id, offer.pay_to)
+
+    async def _fresh(self, key: str, call: api.InvokeRequest, old: Offer) -> Offer:
+        """The offer again, after the provider refused the cached one's price or route."""
+        offer = await self._offer(key, call, True)
+        if not isinstance(offer, Offer) or (offer.pay_to, offer.endpoint) != (
+                old.pay_to, old.endpoint):
+            raise VaultError(409, api.CONFLICT, "the target's offer changed; call again",
+                             retryable=True)
+        if offer.amount > call.max_price:
+            raise VaultError(402, api.PRICE_ABOVE_MAXIMUM,
+                             f"the price is {offer.amount}, the maximum {call.max_price}",
+                             extra={"price": str(offer.amount)})
+        return offer
+
+
+def _client_key(key: str) -> str:
+    """The client's idempotency key (the store prefixes it with the client's address)."""
+    return key.split(":", 1)[1]

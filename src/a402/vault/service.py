@@ -1,0 +1,236 @@
+"""The Liquidity Vault service: its configuration, its parts, and what its API calls do.
+
+:class:`VaultService` composes the store, the vault enclave, the channels
+(:mod:`~a402.vault.channels`), the paying proxy (:mod:`~a402.vault.invoke`),
+deposits and withdrawals (:mod:`~a402.vault.funds`) and the worker
+(:mod:`~a402.vault.worker`). :mod:`a402.vault.app` is its HTTP face and
+``a402 vault`` its command line; in-process (the demo, benchmarks), build
+``VaultService(VaultConfig(...))`` and serve :func:`a402.vault.app.create_app`.
+
+Keys: the vault's Ethereum account (``account``) pays gas, holds the pooled
+deposits, and is every channel's ``vault`` key (it signs σ_U and states). In
+the simulated enclave backend that key lives in the host process like the
+provider's operator key; the vault enclave attests the vault to providers
+(the Noise session) and seals everything the vault stores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from eth_account.signers.local import LocalAccount
+
+from a402.asc.contract import ASCManager
+from a402.chain.deploy import TokenInfo
+from a402.chain.node import Chain
+from a402.chain.tx import contract_at
+from a402.facilitator.core import Facilitator, FacilitatorConfig
+from a402.facilitator.store import SettlementStore
+from a402.tee import AttestationPolicy, AttestationVerifier, Enclave
+
+from . import api
+from . import store as S
+from .channels import Channels, Settings, VaultError
+from .funds import Funds
+from .invoke import Invoker
+from .offers import OfferCache
+from .txjournal import TxJournal
+from .worker import Worker
+
+log = logging.getLogger("a402.vault")
+
+_MAX_ALLOWANCE = 2**256 - 1
+
+
+@dataclass
+class VaultConfig:
+    """Everything a vault needs.
+
+    - ``chain``, ``account``, ``manager``: where channels live and who the vault is.
+    - ``store``: :class:`~a402.vault.store.VaultStore`; ``db_url`` is used for the
+      deposit journal (the facilitator's tables) in the same database.
+    - ``enclave``: the vault enclave (attests the vault, seals its state);
+      ``verifiers``/``provider_policy``: which provider enclaves are acceptable.
+    - ``token``: the channel token's EIP-712 name/version (read from the chain if None).
+    - Δ: ``lock_timeout`` (Δ_lock; raised to the provider's lock plus
+      ``lock_margin`` if that is longer); ``pending_escalation``: how long a
+      PENDING request (or an unfinished close) may wait for the provider before
+      the vault starts a force-close.
+    - Deposits of pool channels: ``deposit_multiple`` × the price, at least
+      ``min_deposit``, at most ``max_deposit``, within the client's balance.
+    """
+
+    chain: Chain
+    account: LocalAccount
+    manager: str
+    store: S.VaultStore
+    enclave: Enclave
+    verifiers: Sequence[AttestationVerifier]
+    provider_policy: AttestationPolicy
+    token: TokenInfo | None = None
+    lock_timeout: float = 30.0
+    lock_margin: float = 5.0
+    pending_escalation: float = 600.0
+    deposit_multiple: int = 100
+    min_deposit: int = 0
+    max_deposit: int | None = None
+    chain_timeout: float = 30.0
+    queue_timeout: float = 30.0
+    retry_wait: float = 10.0
+    offer_ttl: float = 300.0
+    poll_interval: float = 1.0
+    auth_window: int = api.DEFAULT_AUTH_WINDOW
+    authorization_validity: int = 3600
+    sessions_per_provider: int = 4
+    http_timeout: float = 30.0
+
+
+def read_token(chain: Chain, address: str) -> TokenInfo:
+    """A token's EIP-712 domain name/version, symbol and decimals, from the token itself."""
+    token = contract_at(chain, "TestUSDC", address)
+    return TokenInfo(token.address, token.functions.name().call(),
+                     token.functions.symbol().call(), token.functions.version().call(),
+                     int(token.functions.decimals().call()))
+
+
+class VaultService:
+    """One vault: ``start()`` it (recovery runs first), serve its API, ``stop()`` it."""
+
+    def __init__(self, config: VaultConfig) -> None:
+        self.config = config
+        self.chain = config.chain
+        self.account = config.account
+        self.address = config.account.address
+        self.store = config.store
+        config.store.claim_for(self.address)
+        self.manager = ASCManager(config.chain, config.manager)
+        self.token = config.token or read_token(config.chain, self.manager.token)
+        if self.token.address.lower() != self.manager.token.lower():
+            raise ValueError(f"the ASCManager escrows {self.manager.token}, "
+                             f"not {self.token.address}")
+        self.http = httpx.AsyncClient(timeout=config.http_timeout, trust_env=False)
+        self.journal = TxJournal(config.chain, config.account, config.store)
+        settings = Settings(
+            lock_timeout=config.lock_timeout, lock_margin=config.lock_margin,
+            deposit_multiple=config.deposit_multiple, min_deposit=config.min_deposit,
+            max_deposit=config.max_deposit, chain_timeout=config.chain_timeout,
+            authorization_validity=config.authorization_validity,
+            sessions_per_provider=config.sessions_per_provider,
+            http_timeout=config.http_timeout,
+        )
+        self.channels = Channels(
+            account=config.account, manager=self.manager, token=self.token, store=config.store,
+            journal=self.journal, enclave=config.enclave, verifiers=config.verifiers,
+            policy=config.provider_policy, settings=settings, http=self.http,
+        )
+        self.invoker = Invoker(self.channels, http=self.http, offers=OfferCache(config.offer_ttl),
+                               queue_timeout=config.queue_timeout, retry_wait=config.retry_wait)
+        self.channels.on_unfinished = self.invoker.record_aborted
+        facilitator = Facilitator(config.chain, config.account,
+                                  SettlementStore(config.store.url),
+                                  FacilitatorConfig(receipt_timeout=config.chain_timeout))
+        self.funds = Funds(chain=config.chain, account=config.account, token=self.token,
+                           store=config.store, facilitator=facilitator, journal=self.journal,
+                           chain_timeout=config.chain_timeout)
+        self.worker = Worker(self.channels, self.invoker, self.funds,
+                             poll_interval=config.poll_interval,
+                             pending_escalation=config.pending_escalation)
+
+    # ------------------------------------------------------------------ life
+
+    async def start(self) -> None:
+        """Take the vault's lock, approve the manager for pooled deposits, then run
+        recovery and the worker."""
+        self.store.lock_for(self.address)
+        await asyncio.to_thread(self._approve)
+        await self.worker.start()
+
+    def _approve(self) -> None:
+        token = contract_at(self.chain, "TestUSDC", self.token.address)
+        allowance = token.functions.allowance(self.address, self.manager.address).call()
+        if allowance < _MAX_ALLOWANCE // 2:
+            tx = self.journal.send(f"approve:{self.manager.address}:{time.time_ns()}", "approve",
+                                   self.manager.address,
+                                   token.functions.approve(self.manager.address, _MAX_ALLOWANCE))
+            if not self.journal.wait(tx, self.config.chain_timeout).ok:
+                raise RuntimeError(f"approving the ASCManager failed ({tx.tx_hash})")
+
+    async def stop(self) -> None:
+        await self.worker.stop()
+        await self.channels.aclose()
+        await self.http.aclose()
+
+    # ----------------------------------------------------------------- facts
+
+    def info(self) -> dict[str, Any]:
+        """``GET /v1/info``: who the vault is and how to pay it (no authentication)."""
+        return {
+            "vault": self.address,
+            "network": self.chain.network,
+            "chainId": self.chain.chain_id,
+            "ascManager": self.manager.address,
+            "disputeWindow": self.manager.dispute_window,
+            "token": {"address": self.token.address, "name": self.token.name,
+                      "version": self.token.version, "symbol": self.token.symbol,
+                      "decimals": self.token.decimals},
+            "deposit": self.funds.requirement(0).to_wire(),
+            "enclave": {"kind": self.config.enclave.kind,
+                        "measurement": "0x" + self.config.enclave.measurement.hex()},
+            "funding": [api.POOL, api.WALLET],
+            "authWindow": self.config.auth_window,
+        }
+
+    async def account_view(self, client: str) -> dict[str, Any]:
+        """``GET /v1/account``: balance, conservation terms and channels of one client."""
+        totals = await asyncio.to_thread(self.store.totals, client)
+        channels = await asyncio.to_thread(self.store.channels, client=client)
+        return {
+            "client": client,
+            "balance": str(totals.balances),
+            "deposits": str(totals.deposits),
+            "inChannels": str(totals.in_channels),
+            "paid": str(totals.paid),
+            "withdrawn": str(totals.withdrawn),
+            "channels": [_channel_json(c) for c in channels if c.phase != S.PROPOSED],
+        }
+
+    async def close_channel(self, client: str, cid: str) -> tuple[int, dict[str, Any]]:
+        """``POST /v1/channels/{cid}/close``: cooperative close, the rest back to the client."""
+        row = await asyncio.to_thread(self.store.channel, cid.lower())
+        if row is None or row.client != client.lower():
+            raise VaultError(404, api.NOT_FOUND, "no such channel of yours")
+        if row.phase == S.OPEN:
+            lock = self.channels.pair_lock(row.client, row.provider)
+            try:
+                await asyncio.wait_for(lock.acquire(), self.config.queue_timeout)
+            except TimeoutError:
+                raise VaultError(409, api.CHANNEL_BUSY, "a request is in flight; try again",
+                                 retryable=True) from None
+            try:
+                fresh = await asyncio.to_thread(self.store.channel, row.cid)
+                if fresh is not None and fresh.phase == S.OPEN:
+                    await self.channels.close(fresh)
+            except Exception as e:  # the worker finishes or escalates it
+                log.warning("close of %s not finished: %s", row.cid, e)
+            finally:
+                lock.release()
+        row = await asyncio.to_thread(self.store.channel, row.cid)
+        assert row is not None
+        return (200 if row.phase == S.SETTLED else 202), _channel_json(row)
+
+
+def _channel_json(row: S.Channel) -> dict[str, Any]:
+    return {
+        "channelId": row.cid, "provider": row.provider, "endpoint": row.endpoint,
+        "funding": row.funding, "phase": row.phase, "status": row.status,
+        "deposit": row.deposit, "version": row.version, "free": row.free,
+        "locked": row.locked, "providerBalance": row.provider_balance,
+        "clientPayout": row.client_payout, "providerPayout": row.provider_payout,
+        "settlement": row.settle_tx, "disputeDeadline": row.deadline,
+    }

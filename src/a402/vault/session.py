@@ -1,0 +1,756 @@
+"""The vault's side of the A402 exchange over HTTP: one attested session per provider.
+
+The thin I/O shell around :class:`a402.asc.VaultChannel` (pure) that the vault
+service builds on. :class:`ProviderSession`:
+
+1. ``connect()``: fetches ``…/info`` with a fresh nonce, verifies the
+   provider's attestation (a configured verifier and policy; simulated quotes
+   only if that verifier was built with ``allow_simulated=True``), checks the
+   evidence binds the advertised Schnorr key, address and ASCManager, then
+   runs the Noise XX handshake (both sides' evidence verified again, bound to
+   the transcript) and checks the handshake peer is the same enclave.
+2. ``attach(channel)``: OPEN — proves to the provider, with the channel's
+   vault key, that this session speaks for the channel (after ``createASC``).
+3. ``request(channel, http_request, δ)``: EXEC → check REPLY (pre-signature
+   on m(cid, rid, δ, h) under T with the attested key) → AUTH (σ_U) → check
+   REVEAL (t·G = T, the provider's state signature), open the sealed result
+   and check ``H(result) = h`` and that it answers *this* request → ACK.
+   Returns the service's response and the receipt (the co-signed state).
+4. ``close(channel)``: CLOSE → CLOSE_ACK: the final state, ready for
+   ``closeASC``.
+
+:func:`recover_from_force_close` is the fallback of ④b: when the provider
+settles on-chain instead of revealing, ``t`` is extracted from its
+``forceClose`` calldata and/or the ``ProviderForceClosed`` log and the result
+is opened all the same.
+
+**Persistence.** Every transition is handed to ``persist`` (a
+:class:`Checkpoint`, with the machine's snapshot) *before* the next message
+leaves: before EXEC (the request id is taken), before AUTH (σ_U is about to
+exist — the vault must remember the pre-signature to extract ``t`` later),
+before ACK (δ is credited), before CLOSE and after CLOSE_ACK. Restore with
+``VaultChannel.restore(checkpoint.snapshot, vault_key)`` and call
+:meth:`ProviderSession.resume`.
+
+**Retries.** A lost request or answer is retried with the same ASC message in
+a fresh frame (new Noise counter); the provider answers a repeated message
+from its record, so a retry never runs or pays twice. A frame the provider
+could not authenticate (tampered in transit) is retried the same way. One
+frame is in flight per session (Noise counters must arrive in order); one
+request is in flight per channel — a second caller waits (or, with
+``wait=False``, is refused).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, TypeVar
+
+import httpx
+from eth_utils import event_abi_to_log_topic
+from hexbytes import HexBytes
+from web3.types import TxReceipt
+
+from a402.asc import (
+    Ack,
+    ChannelTerms,
+    CloseAck,
+    CloseReady,
+    DigestSigner,
+    LocalProtocolError,
+    Reason,
+    RemoteProtocolError,
+    Reply,
+    ResultDelivered,
+    Reveal,
+    SignedState,
+    Status,
+    VaultChannel,
+    decode,
+)
+from a402.asc.contract import ASCManager, PublishedSignature
+from a402.asc.errors import MessageError
+from a402.asc.messages import Message as AscMessage
+from a402.crypto import PaymentDomain
+from a402.tee import AttestationError, AttestationPolicy, AttestationVerifier, Enclave
+from a402.tee.errors import ChannelError
+from a402.wire.a402 import (
+    FRAME_MEDIA_TYPE,
+    INFO_PATH,
+    MESSAGE_PATH,
+    PROLOGUE,
+    REQUEST_AD,
+    RESPONSE_AD,
+    SESSION_HEADER,
+    SESSION_PATH,
+    WELL_KNOWN_PREFIX,
+    Envelope,
+    FrameError,
+    HttpRequest,
+    HttpResponse,
+    HttpResult,
+    Kind,
+    OpenChannel,
+    ProviderInfo,
+    Refusal,
+    b64,
+    binding_digest,
+    provider_user_data,
+    request_digest,
+    unb64,
+)
+
+log = logging.getLogger("a402.vault.session")
+
+M = TypeVar("M", bound=AscMessage)
+
+
+# ------------------------------------------------------------------ persistence
+
+
+class CheckpointReason(StrEnum):
+    """Which transition a checkpoint records."""
+
+    ATTACHED = "attached"  # the channel is bound to a provider session (state as opened)
+    LOCKED = "locked"  # δ locked, request id taken; EXEC about to leave
+    AUTHORIZED = "authorized"  # REPLY verified, σ_U made; AUTH about to leave
+    DELIVERED = "delivered"  # REVEAL verified, δ credited; ACK about to leave
+    EXPIRED = "expired"  # the locked request was given up (refused, bad REPLY, Δ_lock)
+    CLOSING = "closing"  # the final state proposed; CLOSE about to leave
+    CLOSE_READY = "close_ready"  # the final state co-signed; ready for closeASC
+    FORCE_CLOSED = "force_closed"  # the provider settled on-chain; t extracted
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """One durable step of a vault channel.
+
+    The indexed fields are for the store's queries and dashboards; ``snapshot``
+    is the whole truth (:meth:`VaultChannel.snapshot`), restored with
+    :meth:`VaultChannel.restore`. Store it atomically, keyed by
+    ``channel_id``, replacing the previous one; the vault service should seal
+    it (it is the client's money).
+    """
+
+    channel_id: bytes
+    reason: CheckpointReason
+    status: Status
+    version: int
+    next_request_id: int
+    free: int
+    locked: int
+    provider_balance: int
+    snapshot: bytes
+
+    @classmethod
+    def of(cls, channel: VaultChannel, reason: CheckpointReason) -> Checkpoint:
+        return cls(
+            channel.channel_id, reason, channel.status, channel.version,
+            channel.next_request_id, channel.free, channel.locked, channel.provider_balance,
+            channel.snapshot(),
+        )
+
+
+#: Called with every checkpoint; must return only once it is durable.
+Persist = Callable[[Checkpoint], Awaitable[None]]
+
+
+async def _no_persistence(_: Checkpoint) -> None:
+    return None
+
+
+# ----------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True, slots=True)
+class PaidResponse:
+    """A paid result: the service's response, what was paid, and the proof of payment.
+
+    ``receipt`` is the state that pays this request, signed by vault and
+    provider (off-chain delivery); ``transaction`` the provider's
+    ``forceClose`` when the result came from the chain instead.
+    """
+
+    response: HttpResponse
+    request_id: int
+    amount: int
+    receipt: SignedState | None = None
+    transaction: str | None = None
+
+    @property
+    def on_chain(self) -> bool:
+        return self.transaction is not None
+
+
+class SessionError(Exception):
+    """Base of the session's errors; ``reason`` is machine-readable."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = str(reason)
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else str(reason))
+
+
+class ProviderUnavailable(SessionError):
+    """No usable answer after the retries (network, provider down, frames rejected)."""
+
+
+class ProviderRefused(SessionError):
+    """The provider refused the request; nothing was authorised, nothing is paid.
+
+    ``response`` is the service's own answer when the service failed (status ≥ 400).
+    """
+
+    def __init__(self, reason: str, detail: str = "", response: HttpResponse | None = None):
+        super().__init__(reason, detail)
+        self.response = response
+
+
+class ProtocolViolation(SessionError):
+    """The provider sent something the protocol forbids (e.g. a bad pre-signature).
+
+    Raised before σ_U is issued, so nothing is paid; the channel is OPEN again.
+    """
+
+
+class PaymentPending(SessionError):
+    """σ_U is out and no valid REVEAL came: the request is PENDING.
+
+    It settles one of three ways: a later REVEAL (:meth:`ProviderSession.resume`),
+    the provider's on-chain claim (:func:`recover_from_force_close`, which still
+    yields the result), or a client force-close after the dispute window.
+    """
+
+    def __init__(self, reason: str, detail: str, channel_id: bytes, request_id: int) -> None:
+        super().__init__(reason, detail)
+        self.channel_id = channel_id
+        self.request_id = request_id
+
+
+class ResultMismatch(SessionError):
+    """The opened result answers another request than the one sent (paid nonetheless)."""
+
+    def __init__(self, paid: PaidResponse) -> None:
+        super().__init__("result_mismatch", "the sealed result is for another request")
+        self.paid = paid
+
+
+class _Retry(Exception):
+    """One attempt failed in a way a fresh frame may fix."""
+
+
+class _SessionLost(Exception):
+    """The provider no longer knows the session: handshake again."""
+
+
+# ------------------------------------------------------------------------ session
+
+
+class ProviderSession:
+    """The vault's attested session with one provider; drives that provider's channels.
+
+    - ``endpoint``: the provider's base URL, or its ``…/.well-known/a402``
+      endpoint (as the 402's ``extra.endpoint`` gives it).
+    - ``enclave``: the vault enclave (its attested X25519 key authenticates
+      the session); ``verifiers`` and ``policy``: what provider enclaves are
+      acceptable.
+    - ``vault_key``: the channels' vault key (signs OPEN, σ_U, states).
+    - ``network``: refuse a provider on any other chain.
+    - ``persist``: see :class:`Checkpoint`; the default keeps nothing.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        enclave: Enclave,
+        verifiers: Sequence[AttestationVerifier],
+        policy: AttestationPolicy,
+        vault_key: DigestSigner,
+        network: str | None = None,
+        persist: Persist | None = None,
+        http: httpx.AsyncClient | None = None,
+        timeout: float = 30.0,
+        attempts: int = 3,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        base = endpoint.rstrip("/")
+        self.endpoint = base if base.endswith(WELL_KNOWN_PREFIX) else base + WELL_KNOWN_PREFIX
+        self._origin = self.endpoint[: -len(WELL_KNOWN_PREFIX)]
+        self.enclave = enclave
+        self.verifiers = {v.kind: v for v in verifiers}
+        self.policy = policy
+        self.vault_key = vault_key
+        self.network = network
+        self.persist: Persist = persist or _no_persistence
+        self._own_http = http is None
+        self.http = http or httpx.AsyncClient(timeout=timeout, trust_env=False)
+        self.attempts = max(1, attempts)
+        self.clock = clock
+        self.info: ProviderInfo | None = None
+        self._attested: tuple[bytes, bytes] | None = None  # (signing key, measurement)
+        self._handle: str | None = None
+        self._session_id: str | None = None
+        self._frame_lock = asyncio.Lock()
+        self._channel_locks: dict[bytes, asyncio.Lock] = {}
+        self._bound: dict[bytes, ChannelTerms] = {}
+        self._unacked: dict[bytes, Ack] = {}
+
+    async def __aenter__(self) -> ProviderSession:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._handle is not None:
+            self.enclave.channel_close(self._handle)
+            self._handle = None
+        if self._own_http:
+            await self.http.aclose()
+
+    # ------------------------------------------------------------- attestation
+
+    async def connect(self) -> ProviderInfo:
+        """Verify the provider's attestation and open the secure session."""
+        nonce = os.urandom(32)
+        response = await self.http.get(self._origin + INFO_PATH, params={"nonce": nonce.hex()})
+        if response.status_code != 200:
+            raise ProviderUnavailable("info_unavailable", f"GET info: {response.status_code}")
+        try:
+            info = ProviderInfo.from_json(response.json())
+        except (ValueError, FrameError) as e:
+            raise ProtocolViolation("bad_info", str(e)) from None
+        verifier = self.verifiers.get(info.attestation_kind)
+        if verifier is None:
+            raise AttestationError("unsupported_kind", f"no verifier for {info.attestation_kind!r}")
+        attested = verifier.verify(info.evidence, self.policy.with_nonce(nonce))
+        if attested.signing_key != b"\x02" + info.provider_key:
+            raise AttestationError("bad_key_binding", "the advertised key is not the attested key")
+        if attested.user_data != provider_user_data(info.chain_id, info.asc_manager, info.provider):
+            raise AttestationError(
+                "bad_key_binding", "the evidence does not name this provider and ASCManager"
+            )
+        if self.network is not None and info.network != self.network:
+            raise ProtocolViolation("wrong_network", f"provider is on {info.network}")
+        await self._handshake(attested.signing_key, attested.measurement)
+        self.info, self._attested = info, (attested.signing_key, attested.measurement)
+        return info
+
+    async def _handshake(self, signing_key: bytes, measurement: bytes) -> None:
+        handle, first = self.enclave.channel_initiate(
+            self.policy, list(self.verifiers.values()), prologue=PROLOGUE
+        )
+        try:
+            opened = await self._post_json({"message": b64(first)})
+            third, peer = self.enclave.channel_finish(handle, unb64(opened["message"]))
+            if peer.signing_key != signing_key or peer.measurement != measurement:
+                raise AttestationError(
+                    "enclave_mismatch", "the session's enclave is not the one /info attested"
+                )
+            await self._post_json({"session": opened["session"], "message": b64(third)})
+        except BaseException:
+            self.enclave.channel_close(handle)
+            raise
+        if self._handle is not None:
+            self.enclave.channel_close(self._handle)
+        self._handle, self._session_id = handle, str(opened["session"])
+
+    async def _post_json(self, body: dict[str, Any]) -> dict[str, Any]:
+        response = await self.http.post(self._origin + SESSION_PATH, json=body)
+        data = _json_or_empty(response)
+        if response.status_code == 403:
+            raise AttestationError(data.get("error", "refused"), data.get("message", ""))
+        if response.status_code != 200 or not isinstance(data.get("session"), str):
+            raise ProviderUnavailable(
+                data.get("error", "handshake_failed"), f"{response.status_code}: {data}"
+            )
+        return data
+
+    # ---------------------------------------------------------------- channels
+
+    def terms(
+        self, *, client: str | bytes, deposit: int, salt: bytes | None = None
+    ) -> ChannelTerms:
+        """Terms for a new channel with this provider (its address and attested key)."""
+        info = self._require_info()
+        return ChannelTerms(
+            client=client, vault=self.vault_key.address, provider=info.provider,
+            provider_key=info.provider_key, deposit=deposit, salt=salt or os.urandom(32),
+        )
+
+    def _require_info(self) -> ProviderInfo:
+        if self.info is None:
+            raise LocalProtocolError(Reason.NOT_ALLOWED, "connect() first")
+        return self.info
+
+    def _check_channel(self, channel: VaultChannel) -> None:
+        info = self._require_info()
+        terms, domain = channel.terms, channel.domain
+        if (terms.provider, terms.provider_key) != (info.provider, info.provider_key):
+            raise ValueError("the channel is with another provider or key")
+        if (domain.chain_id, domain.verifying_contract) != (info.chain_id, info.asc_manager):
+            raise ValueError("the channel lives on another chain or ASCManager")
+        if terms.vault != self.vault_key.address:
+            raise ValueError("the channel's vault is not this session's vault key")
+        if channel.lock_timeout <= info.lock_timeout:
+            raise ValueError(
+                f"Δ_lock ({channel.lock_timeout}s) must exceed the provider's lock "
+                f"({info.lock_timeout}s), or the provider may still be executing a request "
+                "the vault gave up"
+            )
+
+    async def attach(self, channel: VaultChannel) -> None:
+        """Bind ``channel`` (already open on-chain) to this session (OPEN)."""
+        self._check_channel(channel)
+        await self._open(channel.terms)
+        self._bound[channel.channel_id] = channel.terms
+        await self._persist(channel, CheckpointReason.ATTACHED)
+
+    async def _open(self, terms: ChannelTerms) -> None:
+        assert self._handle is not None and self.info is not None
+        cid = terms.channel_id(_domain(self.info))
+        signature = self.vault_key.sign_digest(
+            binding_digest(self.enclave.channel_binding(self._handle), cid)
+        )
+        envelope = OpenChannel(
+            terms.client, terms.vault, terms.provider, terms.provider_key, terms.deposit,
+            terms.salt, signature,
+        ).envelope()
+        answer = await self._exchange_once(envelope)
+        if answer.kind is not Kind.OK:
+            refusal = _refusal(answer)
+            raise ProviderRefused(refusal.reason, refusal.detail)
+
+    def _lock(self, channel: VaultChannel) -> asyncio.Lock:
+        return self._channel_locks.setdefault(channel.channel_id, asyncio.Lock())
+
+    # -------------------------------------------------------------- requests
+
+    async def request(
+        self, channel: VaultChannel, request: HttpRequest, amount: int, *, wait: bool = True
+    ) -> PaidResponse:
+        """Pay ``amount`` for ``request`` through ``channel``; the result and its receipt.
+
+        Raises :class:`ProviderRefused` / :class:`ProtocolViolation` /
+        :class:`ProviderUnavailable` when nothing was paid, :class:`PaymentPending`
+        when σ_U is out without a valid REVEAL, :class:`ResultMismatch` when the
+        paid result answers another request.
+        """
+        lock = self._lock(channel)
+        if not wait and lock.locked():
+            raise LocalProtocolError(Reason.REQUEST_IN_FLIGHT, "a request is in flight")
+        async with lock:
+            await self._flush_ack(channel)
+            raw = request.encode()
+            exec_ = channel.request(raw, amount, now=self.clock())
+            await self._persist(channel, CheckpointReason.LOCKED)
+            return await self._drive(channel, exec_.encode(), raw)
+
+    async def resume(self, channel: VaultChannel) -> PaidResponse | None:
+        """Finish whatever ``channel`` was doing (after a restart or a :class:`PaymentPending`).
+
+        LOCKED: re-sends EXEC (answered from the provider's record); PENDING:
+        re-sends AUTH and waits for REVEAL; an unsent ACK or CLOSE is re-sent.
+        Returns the paid response if a request completed.
+        """
+        async with self._lock(channel):
+            if channel.status is Status.LOCKED:
+                channel.poll(now=self.clock())
+                exec_ = channel.pending_exec()
+                if exec_ is None:  # Δ_lock passed meanwhile
+                    await self._persist(channel, CheckpointReason.EXPIRED)
+                    return None
+                return await self._drive(channel, exec_.encode(), exec_.request)
+            if channel.status is Status.PENDING:
+                pending, auth = channel.pending_request(), channel.pending_auth()
+                assert pending is not None and auth is not None
+                return await self._settle(channel, auth.encode(), pending[2])
+            last_ack = channel.last_ack()
+            if last_ack is not None and channel.status is Status.OPEN:
+                self._unacked.setdefault(channel.channel_id, last_ack)
+            await self._flush_ack(channel)
+            return None
+
+    async def _drive(self, channel: VaultChannel, exec_bytes: bytes, raw: bytes) -> PaidResponse:
+        """From EXEC sent to the end: REPLY checked, AUTH, then :meth:`_settle`."""
+        try:
+            reply = await self._ask(channel, exec_bytes, Reply)
+        except Exception:  # no σ_U exists yet: releasing δ is safe whatever went wrong
+            await self._give_up(channel)
+            raise
+        try:
+            step = channel.receive(reply, now=self.clock())
+        except RemoteProtocolError as e:
+            await self._give_up(channel)
+            raise ProtocolViolation(e.reason, e.detail) from None
+        await self._persist(channel, CheckpointReason.AUTHORIZED)
+        return await self._settle(channel, step.send[0].encode(), raw)
+
+    async def _settle(self, channel: VaultChannel, auth_bytes: bytes, raw: bytes) -> PaidResponse:
+        """AUTH sent, REVEAL checked, result opened, ACK sent."""
+        pending = channel.pending_request()
+        assert pending is not None
+        request_id, amount, _ = pending
+        try:
+            reveal = await self._ask(channel, auth_bytes, Reveal)
+            step = channel.receive(reveal, now=self.clock())
+        except (RemoteProtocolError, SessionError) as e:
+            raise PaymentPending(e.reason, e.detail, channel.channel_id, request_id) from None
+        except Exception as e:  # e.g. the session could not be re-established
+            raise PaymentPending(type(e).__name__, str(e), channel.channel_id, request_id) from e
+        ack, delivered = step.send[0], step.events[0]
+        assert isinstance(ack, Ack) and isinstance(delivered, ResultDelivered)
+        await self._persist(channel, CheckpointReason.DELIVERED)
+        self._unacked[channel.channel_id] = ack
+        try:
+            await self._flush_ack(channel)
+        except SessionError as e:  # the result is ours; the ACK goes out before the next request
+            log.warning("ACK for %d not delivered yet: %s", request_id, e)
+        return _paid(delivered.result, raw, request_id, amount, receipt=channel.latest_state())
+
+    async def _flush_ack(self, channel: VaultChannel) -> None:
+        ack = self._unacked.get(channel.channel_id)
+        if ack is None:
+            return
+        answer = await self.exchange(Envelope.asc(ack.encode()))
+        if answer.kind is Kind.ERROR:
+            refusal = _refusal(answer)
+            # Already acknowledged (a re-send after a restart), or the provider settled
+            # on-chain meanwhile: nothing is left to acknowledge.
+            if refusal.reason not in (Reason.CHANNEL_CLOSED, Reason.REPLAYED):
+                raise ProviderRefused(refusal.reason, refusal.detail)
+        self._unacked.pop(channel.channel_id, None)
+
+    async def _give_up(self, channel: VaultChannel) -> None:
+        """Release a LOCKED request: no σ_U exists for it, so δ is safe to free now."""
+        if channel.status is Status.LOCKED:
+            channel.abandon()
+            await self._persist(channel, CheckpointReason.EXPIRED)
+
+    async def _ask(self, channel: VaultChannel, message: bytes, kind: type[M]) -> M:
+        """Send one ASC message; the provider's answer must be a ``kind`` message."""
+        answer = await self.exchange(Envelope.asc(message))
+        if answer.kind is Kind.ERROR:
+            refusal = _refusal(answer)
+            raise ProviderRefused(refusal.reason, refusal.detail, refusal.response)
+        if answer.kind is not Kind.ASC:
+            raise ProtocolViolation("unexpected_answer", f"{answer.kind.name} instead of a message")
+        try:
+            decoded = decode(answer.body)
+        except MessageError as e:
+            raise ProtocolViolation(Reason.MALFORMED, str(e)) from None
+        if not isinstance(decoded, kind):
+            raise ProtocolViolation(
+                Reason.UNEXPECTED_MESSAGE, f"{type(decoded).__name__} instead of {kind.__name__}"
+            )
+        return decoded
+
+    # ------------------------------------------------------------------ close
+
+    async def close(self, channel: VaultChannel) -> SignedState:
+        """Co-sign the final state with the provider (CLOSE → CLOSE_ACK), for ``closeASC``."""
+        async with self._lock(channel):
+            await self._flush_ack(channel)
+            close = channel.pending_close()
+            if close is None:
+                close = channel.close()
+                await self._persist(channel, CheckpointReason.CLOSING)
+            close_ack = await self._ask(channel, close.encode(), CloseAck)
+            try:
+                step = channel.receive(close_ack, now=self.clock())
+            except RemoteProtocolError as e:
+                raise ProtocolViolation(e.reason, e.detail) from None
+            ready = step.events[0]
+            assert isinstance(ready, CloseReady)
+            await self._persist(channel, CheckpointReason.CLOSE_READY)
+            return ready.signed
+
+    # -------------------------------------------------------------- the chain
+
+    async def recover(
+        self, channel: VaultChannel, manager: ASCManager, *, tx_hash: bytes | str | None = None,
+        receipt: TxReceipt | None = None,
+    ) -> PaidResponse | None:
+        """:func:`recover_from_force_close`, then persist (the channel is CLOSED)."""
+        async with self._lock(channel):
+            paid = await asyncio.to_thread(
+                recover_from_force_close, channel, manager, tx_hash=tx_hash, receipt=receipt
+            )
+            self._unacked.pop(channel.channel_id, None)
+            await self._persist(channel, CheckpointReason.FORCE_CLOSED)
+            return paid
+
+    # ---------------------------------------------------------------- frames
+
+    async def exchange(self, envelope: Envelope) -> Envelope:
+        """Send one envelope and return the provider's; retried on transient failures.
+
+        Only for idempotent envelopes (every ASC message and OPEN are): a retry
+        carries the same envelope in a fresh frame.
+        """
+        last: Exception | None = None
+        for attempt in range(self.attempts):
+            try:
+                return await self._exchange_once(envelope)
+            except _SessionLost as e:
+                last = e
+                await self._reconnect()
+            except _Retry as e:
+                last = e
+                await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
+        raise ProviderUnavailable("provider_unavailable", f"{self.attempts} attempts: {last}")
+
+    async def _exchange_once(self, envelope: Envelope) -> Envelope:
+        if self._handle is None or self._session_id is None:
+            raise _SessionLost("no session")
+        async with self._frame_lock:
+            frame = self.enclave.channel_encrypt(self._handle, envelope.encode(), ad=REQUEST_AD)
+            try:
+                response = await self.http.post(
+                    self._origin + MESSAGE_PATH, content=frame,
+                    headers={SESSION_HEADER: self._session_id, "content-type": FRAME_MEDIA_TYPE},
+                )
+            except httpx.TransportError as e:
+                raise _Retry(f"transport: {e!r}") from None
+            if response.status_code == 404:
+                raise _SessionLost("the provider forgot the session")
+            if response.status_code != 200:
+                raise _Retry(f"{response.status_code}: {_json_or_empty(response)}")
+            try:
+                plaintext = self.enclave.channel_decrypt(
+                    self._handle, response.content, ad=RESPONSE_AD
+                )
+                return Envelope.decode(plaintext)
+            except (ChannelError, FrameError) as e:
+                raise _Retry(f"answer rejected: {e}") from None
+
+    async def _reconnect(self) -> None:
+        """A new handshake with the enclave ``connect`` attested, then OPEN again."""
+        if self._attested is None:
+            raise _SessionLost("never connected")
+        await self._handshake(*self._attested)
+        for terms in self._bound.values():
+            await self._open(terms)
+
+    async def _persist(self, channel: VaultChannel, reason: CheckpointReason) -> None:
+        await self.persist(Checkpoint.of(channel, reason))
+
+
+# -------------------------------------------------------------------- helpers
+
+
+def _domain(info: ProviderInfo) -> PaymentDomain:
+    return PaymentDomain(info.chain_id, info.asc_manager)
+
+
+def _json_or_empty(response: httpx.Response) -> dict[str, Any]:
+    try:
+        data = response.json()
+    except (ValueError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _refusal(answer: Envelope) -> Refusal:
+    if answer.kind is not Kind.ERROR:
+        return Refusal("unexpected_answer", answer.kind.name)
+    try:
+        return Refusal.from_body(answer.body)
+    except FrameError as e:
+        return Refusal("malformed", str(e))
+
+
+def _paid(
+    result: bytes, raw_request: bytes, request_id: int, amount: int, *,
+    receipt: SignedState | None = None, transaction: str | None = None,
+) -> PaidResponse:
+    try:
+        decoded = HttpResult.decode(result)
+    except FrameError as e:
+        raise ProtocolViolation("malformed_result", str(e)) from None
+    paid = PaidResponse(decoded.response, request_id, amount, receipt, transaction)
+    if decoded.request_digest != request_digest(raw_request):
+        raise ResultMismatch(paid)
+    return paid
+
+
+def find_provider_force_close(
+    manager: ASCManager, channel_id: bytes, *, from_block: int = 0
+) -> str | None:
+    """The hash of the ``forceClose`` that settled ``channel_id``, if there is one."""
+    abi = manager.contract.events.ProviderForceClosed().abi
+    topic = "0x" + bytes(event_abi_to_log_topic(abi)).hex()
+    logs = manager.chain.w3.eth.get_logs({
+        "address": manager.address, "fromBlock": from_block, "toBlock": "latest",
+        "topics": [topic, "0x" + channel_id.hex()],
+    })
+    return HexBytes(logs[-1]["transactionHash"]).to_0x_hex() if logs else None
+
+
+def recover_from_force_close(
+    channel: VaultChannel,
+    manager: ASCManager,
+    *,
+    tx_hash: bytes | str | None = None,
+    receipt: TxReceipt | None = None,
+) -> PaidResponse | None:
+    """Extract ``t`` from the provider's ``forceClose`` and open the pending result.
+
+    With ``tx_hash``, reads ``e ‖ s`` from the transaction's calldata *and*
+    from the ``ProviderForceClosed`` log of its receipt, which must agree;
+    with ``receipt`` alone, from the log only (a claim relayed through a
+    contract has no ``forceClose`` calldata of its own, but the manager
+    always logs it). Returns the paid response for the PENDING request the
+    claim settled, or ``None`` if it settled no request of ours; the channel
+    is CLOSED afterwards in every case where the claim is genuine. Raises
+    :class:`~a402.asc.RemoteProtocolError`: ``bad_completion`` for a
+    signature that does not complete our pre-signature (it cannot have passed
+    the contract); ``result_does_not_open`` / ``result_hash_mismatch`` when
+    the provider's enclave sealed something else (it was paid δ on-chain all
+    the same: evidence against its attestation). :class:`ValueError` when the
+    transaction is not a claim on this channel. Persist the channel afterwards.
+    """
+    if tx_hash is None and receipt is None:
+        raise ValueError("give the forceClose transaction hash or its receipt")
+    found: list[PublishedSignature] = []
+    if tx_hash is not None:
+        try:
+            from_calldata = manager.signature_from_calldata(tx_hash)
+        except ValueError:  # not a direct call: the log is authoritative
+            from_calldata = None
+        if from_calldata is not None and from_calldata.channel_id == channel.channel_id:
+            found.append(from_calldata)
+        if receipt is None:
+            receipt = manager.chain.w3.eth.get_transaction_receipt(HexBytes(tx_hash))
+    assert receipt is not None
+    from_logs = [
+        p for p in manager.signatures_from_logs(receipt) if p.channel_id == channel.channel_id
+    ]
+    if found and from_logs and found[0] != from_logs[0]:
+        raise ValueError("the calldata and the log disagree on the claim")
+    found += from_logs
+    if not found:
+        raise ValueError("the transaction is not a forceClose of this channel")
+    claim = found[0]
+    pending = channel.pending_request()
+    try:
+        step = channel.provider_force_closed(claim.request_id, claim.signature)
+    except RemoteProtocolError as e:
+        if e.reason in (Reason.RESULT_DOES_NOT_OPEN, Reason.RESULT_HASH_MISMATCH):
+            channel.closed_on_chain()  # settled on-chain whatever the result was
+        raise
+    transaction = HexBytes(receipt["transactionHash"]).to_0x_hex()
+    for event in step.events:
+        if isinstance(event, ResultDelivered) and pending is not None:
+            return _paid(event.result, pending[2], event.request_id, event.amount,
+                         transaction=transaction)
+    return None

@@ -1,0 +1,596 @@
+"""The vault's durable state: accounts, deposits, channels, requests, transactions.
+
+SQLAlchemy 2; SQLite by default (WAL, full sync, ``BEGIN IMMEDIATE`` so that a
+read-modify-write never races), PostgreSQL by URL. Every money-moving step is
+one database transaction that commits *before* the step is acknowledged or the
+next message leaves:
+
+* a deposit is credited in the transaction that records it, keyed by what can
+  be spent only once on-chain (the EIP-3009 authorization, the transfer log),
+  so crediting twice is a primary-key violation, not a bug to look for;
+* opening a channel debits the balance and inserts the channel in one
+  transaction, before the ``createASC`` transaction is even signed;
+* each channel checkpoint (the sealed state machine) is written together with
+  the progress of the request it carries, so a restarted vault knows which
+  call a LOCKED or PENDING channel belongs to;
+* settling a channel credits what came back, exactly once (the phase moves to
+  ``settled`` under a compare-and-set).
+
+Amounts are decimal strings (token amounts exceed 64 bits); balances change
+only by compare-and-set on the previous value, which is safe across replicas
+sharing one PostgreSQL database.
+
+Conservation (:meth:`VaultStore.totals`), which the tests check against the
+chain: ``deposits == balances + in_channels + paid + withdrawn``, where
+``in_channels`` is the client side (free + locked) of every funded channel not
+yet settled (and every deposit on its way into a channel), ``paid`` the
+provider side of every channel (co-signed, or paid out on-chain), and
+``withdrawn`` what left the vault to clients' wallets (withdrawals, and the
+refunds of wallet-funded channels).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from sqlalchemy import create_engine, delete, event, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from .tables import (
+    AccountRow,
+    Base,
+    Channel,
+    ChannelRow,
+    DepositRow,
+    MetaRow,
+    NonceRow,
+    Request,
+    RequestRow,
+    Totals,
+    Transaction,
+    TxRow,
+    Withdrawal,
+    WithdrawalRow,
+    channel_record,
+    request_record,
+    transaction_record,
+    withdrawal_record,
+)
+
+T = TypeVar("T")
+
+# Channel phases (the vault's lifecycle; the machine's status is separate).
+PROPOSED = "proposed"  # wallet funding: terms offered to the client, nothing moved
+OPENING = "opening"  # deposit taken from the balance; createASC journaled or about to be
+OPEN = "open"
+CLOSING = "closing"  # closing cooperatively or by force; no new request starts
+SETTLED = "settled"  # paid out on-chain; what came back is credited
+FAILED = "failed"  # never opened; the deposit was given back
+FUNDED = (OPEN, CLOSING)
+UNSETTLED = (OPENING, OPEN, CLOSING)
+
+# Request states.
+RECEIVED = "received"  # claimed; nothing sent under it yet
+LOCKED = "locked"  # δ locked, EXEC out
+AUTHORIZED = "authorized"  # σ_U out: PENDING until REVEAL or the chain settles it
+DELIVERED = "delivered"  # t known, result recoverable; outcome not yet recorded
+RELEASED = "released"  # the lock was given up (no σ_U): nothing paid; outcome not yet recorded
+DONE = "done"  # final: ``outcome`` says how it ended
+IN_FLIGHT = (LOCKED, AUTHORIZED, DELIVERED)
+
+# Transaction states.
+TX_SUBMITTED = "submitted"
+TX_CONFIRMED = "confirmed"
+TX_FAILED = "failed"
+
+
+class VaultBusy(Exception):
+    """Another live process serves this vault from this database."""
+
+
+class InsufficientBalance(Exception):
+    def __init__(self, balance: int, needed: int) -> None:
+        super().__init__(f"balance {balance} < {needed}")
+        self.balance = balance
+        self.needed = needed
+
+
+class _Conflict(Exception):
+    """A compare-and-set lost a race: run the whole transaction again."""
+
+
+# -------------------------------------------------------------------------- store
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, full sync and ``BEGIN IMMEDIATE``."""
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        # Take the write lock up front: a read-modify-write transaction then
+        # never fails halfway with SQLITE_BUSY_SNAPSHOT.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+class VaultStore:
+    """All of the vault's tables behind one engine (thread-safe; call from worker threads)."""
+
+    def __init__(self, url: str = "sqlite:///a402-vault.db") -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._lock: Any = None
+
+    def close(self) -> None:
+        if self._lock is not None:
+            if self.engine.dialect.name != "sqlite":
+                self._lock.exec_driver_sql("SELECT pg_advisory_unlock_all()")
+                self._lock.commit()
+            self._lock.close()
+            self._lock = None
+        self.engine.dispose()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Session]:
+        with self._sessions.begin() as session:
+            yield session
+
+    def _retrying(self, work: Callable[[Session], T], attempts: int = 20) -> T:
+        """Run ``work`` in one transaction, again from scratch if a compare-and-set lost."""
+        for _ in range(attempts - 1):
+            try:
+                with self._tx() as s:
+                    return work(s)
+            except _Conflict:
+                time.sleep(0.005)
+        with self._tx() as s:
+            return work(s)
+
+    # -- meta ----------------------------------------------------------------------
+
+    def claim_for(self, vault: str) -> None:
+        """Bind the database to one vault address; a database of another vault is refused.
+
+        Balances, channels and calls are keyed by client, not by vault: two
+        vaults in one database would share them. Replicas of one vault (same
+        address) share it on purpose.
+        """
+        owner = self.put_meta("vault", vault.lower().encode(), only_if_absent=True)
+        if owner.decode() != vault.lower():
+            raise ValueError(f"{self.url} belongs to vault {owner.decode()}, not {vault}")
+
+    def lock_for(self, vault: str) -> None:
+        """Become the one process serving ``vault`` from this database, or :class:`VaultBusy`.
+
+        Channels' state machines live in the serving process's memory between
+        checkpoints, so two live processes must never drive the same channels:
+        fail-over is active-passive. The lock dies with the process — an
+        exclusive ``flock`` next to a SQLite file, a session advisory lock on
+        PostgreSQL — so a vault restarted after a crash (even ``kill -9``) takes
+        it at once, while a second copy started next to a live one is refused.
+        """
+        if self._lock is not None:
+            return
+        if self.engine.dialect.name == "sqlite":
+            import fcntl
+
+            path = self.engine.url.database
+            handle: Any = open(f"{path}.lock", "a+")  # noqa: SIM115 (held for the process)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                raise VaultBusy(f"another process serves {vault} from {self.url}") from None
+        else:
+            handle = self.engine.connect()
+            for _ in range(5):  # a dead holder's session may take a moment to end
+                taken = handle.exec_driver_sql(
+                    "SELECT pg_try_advisory_lock(hashtext(%s))", (f"a402-vault:{vault.lower()}",)
+                ).scalar()
+                handle.commit()
+                if taken:
+                    break
+                time.sleep(0.2)
+            else:
+                handle.close()
+                raise VaultBusy(f"another process serves {vault} from {self.url}")
+        self._lock = handle
+
+    def get_meta(self, key: str) -> bytes | None:
+        with self._tx() as s:
+            row = s.get(MetaRow, key)
+            return None if row is None else bytes(row.value)
+
+    def put_meta(self, key: str, value: bytes, *, only_if_absent: bool = False) -> bytes:
+        """Store ``value``; with ``only_if_absent``, keep (and return) what is there."""
+        try:
+            with self._tx() as s:
+                row = s.get(MetaRow, key)
+                if row is None:
+                    s.add(MetaRow(key=key, value=value))
+                elif only_if_absent:
+                    return bytes(row.value)
+                else:
+                    row.value = value
+        except IntegrityError:
+            existing = self.get_meta(key)
+            assert existing is not None
+            return existing
+        return value
+
+    # -- nonces ----------------------------------------------------------------------
+
+    def remember_nonce(self, client: str, nonce: str, *, now: float, keep: float) -> bool:
+        """True the first time ``(client, nonce)`` is seen; forgets nonces older than ``keep``."""
+        try:
+            with self._tx() as s:
+                s.add(NonceRow(client=client.lower(), nonce=nonce, seen_at=now))
+        except IntegrityError:
+            return False
+        if int(now * 1000) % 64 == 0:  # now and then, not on every call
+            with self._tx() as s:
+                s.execute(delete(NonceRow).where(NonceRow.seen_at < now - keep))
+        return True
+
+    # -- accounts ----------------------------------------------------------------------
+
+    def balance(self, client: str) -> int:
+        with self._tx() as s:
+            row = s.get(AccountRow, client.lower())
+            return 0 if row is None else int(row.balance)
+
+    def _add(self, s: Session, client: str, delta: int) -> int:
+        """Change a balance by compare-and-set; never below zero."""
+        address = client.lower()
+        row = s.execute(select(AccountRow.balance).where(AccountRow.address == address)).first()
+        if row is None:
+            if delta < 0:
+                raise InsufficientBalance(0, -delta)
+            try:
+                with s.begin_nested():
+                    s.add(AccountRow(address=address, balance=str(delta), updated_at=time.time()))
+            except IntegrityError:
+                raise _Conflict from None
+            return delta
+        old = int(row[0])
+        if old + delta < 0:
+            raise InsufficientBalance(old, -delta)
+        done = s.execute(
+            update(AccountRow)
+            .where(AccountRow.address == address, AccountRow.balance == row[0])
+            .values(balance=str(old + delta), updated_at=time.time())
+        )
+        if done.rowcount != 1:  # type: ignore[attr-defined]
+            raise _Conflict
+        return old + delta
+
+    def credit_deposit(
+        self, key: str, client: str, amount: int, kind: str, tx_hash: str | None
+    ) -> bool:
+        """Record and credit a deposit; False (and no credit) if ``key`` was credited before."""
+
+        def work(s: Session) -> bool:
+            if s.get(DepositRow, key) is not None:
+                return False
+            s.add(DepositRow(key=key, client=client.lower(), amount=str(amount), kind=kind,
+                             tx_hash=tx_hash, created_at=time.time()))
+            s.flush()
+            self._add(s, client, amount)
+            return True
+
+        try:
+            return self._retrying(work)
+        except IntegrityError:
+            return False
+
+    def deposited_tx(self, tx_hash: str) -> bool:
+        """Whether a deposit made by this transaction was credited."""
+        with self._tx() as s:
+            found = s.execute(select(DepositRow.key).where(DepositRow.tx_hash == tx_hash)
+                              .limit(1)).first()
+            return found is not None
+
+    # -- channels ----------------------------------------------------------------------
+
+    def propose_channel(self, **values: Any) -> Channel:
+        """A wallet-funded channel offered to the client (no money moves)."""
+        now = time.time()
+        with self._tx() as s:
+            row = ChannelRow(phase=PROPOSED, created_at=now, updated_at=now, **values)
+            s.add(row)
+            s.flush()
+            return channel_record(row)
+
+    def claim_channel(self, *, debit: bool, **values: Any) -> Channel:
+        """Insert an OPENING channel; with ``debit``, take its deposit from the balance.
+
+        Raises :class:`InsufficientBalance` (and inserts nothing) when the
+        balance cannot cover the deposit.
+        """
+
+        def work(s: Session) -> Channel:
+            now = time.time()
+            row = s.get(ChannelRow, values["cid"])
+            if row is None:
+                row = ChannelRow(phase=OPENING, created_at=now, updated_at=now, **values)
+                s.add(row)
+            elif row.phase == PROPOSED:
+                row.phase, row.updated_at = OPENING, now
+            else:
+                raise ValueError(f"channel {values['cid']} is already {row.phase}")
+            if debit:
+                self._add(s, values["client"], -int(values["deposit"]))
+            s.flush()
+            return channel_record(row)
+
+        return self._retrying(work)
+
+    def fail_channel(self, cid: str) -> bool:
+        """An OPENING channel that never opened: give its pool deposit back."""
+
+        def work(s: Session) -> bool:
+            row = s.get(ChannelRow, cid)
+            if row is None or row.phase not in (OPENING, PROPOSED):
+                return False
+            if row.phase == OPENING and row.funding == "pool":
+                self._add(s, row.client, int(row.deposit))
+            row.phase, row.updated_at = FAILED, time.time()
+            return True
+
+        return self._retrying(work)
+
+    def open_channel(self, cid: str, *, wallet_deposit_key: str | None = None) -> bool:
+        """OPENING → OPEN once ``createASC`` is mined; a wallet-funded deposit is recorded
+        (and at once committed to the channel) in the same transaction."""
+
+        def work(s: Session) -> bool:
+            row = s.get(ChannelRow, cid)
+            if row is None or row.phase != OPENING:
+                return False
+            if wallet_deposit_key is not None and s.get(DepositRow, wallet_deposit_key) is None:
+                s.add(DepositRow(key=wallet_deposit_key, client=row.client, amount=row.deposit,
+                                 kind="wallet", tx_hash=None, created_at=time.time()))
+            row.phase, row.updated_at = OPEN, time.time()
+            return True
+
+        return self._retrying(work)
+
+    def set_channel(self, cid: str, **values: Any) -> None:
+        with self._tx() as s:
+            s.execute(update(ChannelRow).where(ChannelRow.cid == cid)
+                      .values(updated_at=time.time(), **values))
+
+    def save_checkpoint(
+        self, cid: str, channel_values: dict[str, Any], request_key: str | None,
+        request_values: dict[str, Any] | None,
+    ) -> None:
+        """One checkpoint: the channel's sealed state and its request's progress, atomically."""
+        now = time.time()
+        with self._tx() as s:
+            s.execute(update(ChannelRow).where(ChannelRow.cid == cid)
+                      .values(updated_at=now, **channel_values))
+            if request_key is not None and request_values:
+                s.execute(update(RequestRow).where(RequestRow.key == request_key)
+                          .values(updated_at=now, **request_values))
+
+    def settle_channel(
+        self, cid: str, *, client_payout: int, provider_payout: int, tx_hash: str | None
+    ) -> bool:
+        """Record the on-chain payout once; a pool channel's client payout is credited back."""
+
+        def work(s: Session) -> bool:
+            row = s.get(ChannelRow, cid)
+            if row is None or row.phase == SETTLED:
+                return False
+            if row.phase not in FUNDED:
+                raise ValueError(f"channel {cid} is {row.phase}, not funded")
+            if row.funding == "pool" and client_payout:
+                self._add(s, row.client, client_payout)
+            done = s.execute(
+                update(ChannelRow)
+                .where(ChannelRow.cid == cid, ChannelRow.phase == row.phase)
+                .values(phase=SETTLED, client_payout=str(client_payout),
+                        provider_payout=str(provider_payout), settle_tx=tx_hash,
+                        request_key=None, updated_at=time.time())
+            )
+            if done.rowcount != 1:  # type: ignore[attr-defined]
+                raise _Conflict
+            return True
+
+        return self._retrying(work)
+
+    def channel(self, cid: str) -> Channel | None:
+        with self._tx() as s:
+            row = s.get(ChannelRow, cid)
+            return None if row is None else channel_record(row)
+
+    def channels(
+        self, *, client: str | None = None, provider: str | None = None,
+        phases: tuple[str, ...] | None = None,
+    ) -> list[Channel]:
+        query = select(ChannelRow).order_by(ChannelRow.created_at)
+        if client is not None:
+            query = query.where(ChannelRow.client == client.lower())
+        if provider is not None:
+            query = query.where(ChannelRow.provider == provider.lower())
+        if phases is not None:
+            query = query.where(ChannelRow.phase.in_(phases))
+        with self._tx() as s:
+            return [channel_record(r) for r in s.scalars(query)]
+
+    # -- requests ----------------------------------------------------------------------
+
+    def claim_request(
+        self, key: str, *, client: str, fingerprint: str, url: str, method: str
+    ) -> tuple[bool, Request]:
+        """Take ``key`` for a new call; ``(False, existing)`` if it was taken before."""
+        now = time.time()
+        try:
+            with self._tx() as s:
+                row = RequestRow(key=key, client=client.lower(), fingerprint=fingerprint,
+                                 state=RECEIVED, url=url, method=method, retryable=False,
+                                 created_at=now, updated_at=now)
+                s.add(row)
+                s.flush()
+                return True, request_record(row)
+        except IntegrityError:
+            existing = self.request(key)
+            assert existing is not None
+            return False, existing
+
+    def restart_request(self, key: str, expected_state: str) -> bool:
+        """Take over a call that paid nothing (``received``, or a retryable failure)."""
+        with self._tx() as s:
+            done = s.execute(
+                update(RequestRow)
+                .where(RequestRow.key == key, RequestRow.state == expected_state)
+                .values(state=RECEIVED, outcome=None, reason=None, retryable=False,
+                        updated_at=time.time())
+            )
+            return bool(done.rowcount)  # type: ignore[attr-defined]
+
+    def finish_request(self, key: str, *, from_states: tuple[str, ...], **values: Any) -> bool:
+        """Set the final outcome once (compare-and-set on the state)."""
+        with self._tx() as s:
+            done = s.execute(
+                update(RequestRow)
+                .where(RequestRow.key == key, RequestRow.state.in_(from_states))
+                .values(state=DONE, updated_at=time.time(), **values)
+            )
+            return bool(done.rowcount)  # type: ignore[attr-defined]
+
+    def request(self, key: str) -> Request | None:
+        with self._tx() as s:
+            row = s.get(RequestRow, key)
+            return None if row is None else request_record(row)
+
+    def requests(self, states: tuple[str, ...]) -> list[Request]:
+        with self._tx() as s:
+            rows = s.scalars(select(RequestRow).where(RequestRow.state.in_(states)))
+            return [request_record(r) for r in rows]
+
+    # -- withdrawals -------------------------------------------------------------------
+
+    def claim_withdrawal(
+        self, key: str, *, client: str, recipient: str, amount: int
+    ) -> tuple[bool, Withdrawal]:
+        """Debit ``amount`` and record the withdrawal, once per ``key``."""
+
+        def work(s: Session) -> tuple[bool, Withdrawal]:
+            row = s.get(WithdrawalRow, key)
+            if row is not None:
+                return False, withdrawal_record(row)
+            now = time.time()
+            self._add(s, client, -amount)
+            row = WithdrawalRow(key=key, client=client.lower(), recipient=recipient,
+                                amount=str(amount), state=TX_SUBMITTED, created_at=now,
+                                updated_at=now)
+            s.add(row)
+            s.flush()
+            return True, withdrawal_record(row)
+
+        return self._retrying(work)
+
+    def finish_withdrawal(self, key: str, *, ok: bool, tx_hash: str | None) -> bool:
+        """Confirm, or fail and refund; once."""
+
+        def work(s: Session) -> bool:
+            row = s.get(WithdrawalRow, key)
+            if row is None or row.state != TX_SUBMITTED:
+                return False
+            if not ok:
+                self._add(s, row.client, int(row.amount))
+            row.state = TX_CONFIRMED if ok else TX_FAILED
+            row.tx_hash, row.updated_at = tx_hash, time.time()
+            return True
+
+        return self._retrying(work)
+
+    def pending_withdrawals(self) -> list[Withdrawal]:
+        with self._tx() as s:
+            rows = s.scalars(select(WithdrawalRow).where(WithdrawalRow.state == TX_SUBMITTED))
+            return [withdrawal_record(r) for r in rows]
+
+    def withdrawal(self, key: str) -> Withdrawal | None:
+        with self._tx() as s:
+            row = s.get(WithdrawalRow, key)
+            return None if row is None else withdrawal_record(row)
+
+    # -- transactions --------------------------------------------------------------------
+
+    def journal_tx(
+        self, key: str, *, kind: str, ref: str, tx_hash: str, raw: bytes, nonce: int
+    ) -> None:
+        """Write a signed transaction before it is broadcast (a re-signed one replaces it)."""
+        now = time.time()
+        with self._tx() as s:
+            row = s.get(TxRow, key)
+            if row is None:
+                s.add(TxRow(key=key, kind=kind, ref=ref, tx_hash=tx_hash, raw=raw, nonce=nonce,
+                            state=TX_SUBMITTED, created_at=now, updated_at=now))
+            else:
+                row.tx_hash, row.raw, row.nonce, row.state, row.updated_at = (
+                    tx_hash, raw, nonce, TX_SUBMITTED, now)
+
+    def finish_tx(self, key: str, state: str) -> None:
+        with self._tx() as s:
+            s.execute(update(TxRow).where(TxRow.key == key)
+                      .values(state=state, updated_at=time.time()))
+
+    def tx(self, key: str) -> Transaction | None:
+        with self._tx() as s:
+            row = s.get(TxRow, key)
+            return None if row is None else transaction_record(row)
+
+    def txs(self, *, states: tuple[str, ...] = (TX_SUBMITTED,)) -> list[Transaction]:
+        with self._tx() as s:
+            rows = s.scalars(select(TxRow).where(TxRow.state.in_(states)))
+            return [transaction_record(r) for r in rows]
+
+    # -- conservation --------------------------------------------------------------------
+
+    def totals(self, client: str | None = None) -> Totals:
+        """The conservation terms, for one client or the whole vault."""
+        who = None if client is None else client.lower()
+        with self._tx() as s:
+            def rows(model: Any) -> list[Any]:
+                query = select(model)
+                if who is not None:
+                    query = query.where(model.client == who) if model is not AccountRow \
+                        else query.where(AccountRow.address == who)
+                return list(s.scalars(query))
+
+            deposits = sum(int(d.amount) for d in rows(DepositRow))
+            balances = sum(int(a.balance) for a in rows(AccountRow))
+            withdrawn = sum(int(w.amount) for w in rows(WithdrawalRow) if w.state != TX_FAILED)
+            in_channels = paid = 0
+            for c in rows(ChannelRow):
+                if c.phase == OPENING and c.funding == "pool":
+                    in_channels += int(c.deposit)
+                elif c.phase in FUNDED:
+                    in_channels += int(c.deposit) - int(c.provider_balance)
+                    paid += int(c.provider_balance)
+                elif c.phase == SETTLED:
+                    paid += int(c.provider_payout or 0)
+                    if c.funding == "wallet":
+                        withdrawn += int(c.client_payout or 0)
+        return Totals(deposits, balances, in_channels, paid, withdrawn)

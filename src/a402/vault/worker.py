@@ -1,0 +1,448 @@
+"""Recovery and the watchtower: what the vault does without being asked.
+
+One loop, one :meth:`Worker.tick` every ``poll_interval`` seconds; the first
+tick after start-up is the recovery pass. Every step is bounded (network and
+chain calls have timeouts, a busy channel is skipped until the next tick) and
+idempotent (journaled transactions are keyed, settlements and answers are
+compare-and-set), so running a tick twice, or crashing in the middle of one,
+only costs time.
+
+Per tick:
+
+1. **Transactions** journaled but not final: mined → apply (a channel opened
+   or failed and refunded, a settlement credited, a withdrawal confirmed or
+   refunded); dropped → the same as reverted; pending → rebroadcast if the
+   node forgot it.
+2. **Watchtower** — the ASCManager's logs since the last block seen (stored,
+   so a restart misses nothing):
+
+   * ``ForceCloseInitiated``/``ForceCloseChallenged`` on one of our channels
+     with an older version than our latest co-signed state →
+     ``challengeForceClose`` with it (a stale client force-close loses);
+     the channel takes no new request; once the deadline has passed,
+     ``finalForceClose``;
+   * ``ProviderForceClosed`` → extract ``t`` from the claim, open the
+     result, answer the call that paid for it (④b);
+   * ``ChannelClosed``/``ForceCloseFinalized`` → record the payout; a
+     request still PENDING when a force-close finalized was never claimed,
+     so δ came back: the call is answered ``aborted``.
+
+3. **Channels** by state (at start-up, first reconciled with the chain's own
+   record of each channel):
+
+   * OPENING with no journaled ``createASC`` (crash between debit and
+     sending) → give the deposit back;
+   * LOCKED → ``resume``: EXEC again (answered from the provider's record) →
+     REPLY → AUTH → REVEAL; or, with the provider unreachable, let Δ_lock
+     expire: no σ_U exists, so δ is released and nothing is paid;
+   * PENDING → ``resume``: AUTH again, REVEAL → delivered; while the
+     provider stays silent the chain decides (its ``forceClose`` reveals
+     ``t``); PENDING longer than ``pending_escalation`` → ``initForceClose``
+     with the latest co-signed state (the provider must then claim within
+     the dispute window or the client gets δ back) → ``finalForceClose``;
+   * CLOSING off-chain → finish the cooperative close (``closeASC`` with the
+     co-signed final state), or escalate the same way.
+
+4. **Calls** whose result is paid but whose answer was not recorded
+   (DELIVERED) are answered from the sealed result and ``t``; calls whose
+   lock was released are answered "refused, nothing paid" (retryable).
+5. **Deposits** left pending by the facilitator are settled and credited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from eth_utils import event_abi_to_log_topic
+from hexbytes import HexBytes
+
+from a402.asc import RemoteProtocolError, Status
+from a402.asc.contract import OnChainStatus, terms_tuple
+from a402.tee import TeeError
+
+from . import api, records
+from . import store as S
+from .channels import Channels
+from .funds import Funds
+from .invoke import Invoker
+from .session import (
+    Checkpoint,
+    CheckpointReason,
+    PaymentPending,
+    ResultMismatch,
+    SessionError,
+    recover_from_force_close,
+)
+
+log = logging.getLogger("a402.vault.worker")
+
+_WATCHED = ("ForceCloseInitiated", "ForceCloseChallenged", "ProviderForceClosed",
+            "ChannelClosed", "ForceCloseFinalized")
+_BLOCK_KEY = "watch_block"
+_LOG_CHUNK = 2_000
+#: An OPENING channel with no journaled createASC this old was interrupted before sending.
+_OPENING_GRACE = 60.0
+_UNREACHABLE = (SessionError, TeeError, httpx.HTTPError, OSError)
+
+
+class Worker:
+    def __init__(
+        self, channels: Channels, invoker: Invoker, funds: Funds, *, poll_interval: float,
+        pending_escalation: float,
+    ) -> None:
+        self.channels = channels
+        self.invoker = invoker
+        self.funds = funds
+        self.store = channels.store
+        self.manager = channels.manager
+        self.w3 = channels.manager.chain.w3
+        self.poll_interval = poll_interval
+        self.pending_escalation = pending_escalation
+        self._topics = {
+            bytes(event_abi_to_log_topic(abi)): abi["name"]
+            for abi in self.manager.contract.abi
+            if abi.get("type") == "event" and abi["name"] in _WATCHED
+        }
+        #: Settlement events for channels that were busy: handled on a later tick.
+        self._deferred: dict[str, Any] = {}
+        #: Channels whose provider did not answer: (next attempt, current delay).
+        self._backoff: dict[str, tuple[float, float]] = {}
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.ticks = 0
+        self.recovered = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="a402-vault-worker")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        task, self._task = self._task, None
+        if task is not None:
+            try:
+                await asyncio.wait_for(task, timeout=30)
+            except TimeoutError:
+                task.cancel()
+
+    async def _run(self) -> None:
+        startup = True
+        while not self._stop.is_set():
+            try:
+                await self.tick(startup=startup)
+                startup = False
+                self.recovered.set()
+            except Exception:  # keep watching; the next tick retries
+                log.exception("vault worker tick failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.poll_interval)
+
+    async def tick(self, *, startup: bool = False) -> None:
+        await self._transactions()
+        await self._events()
+        for row in await asyncio.to_thread(self.store.channels, phases=S.UNSETTLED):
+            try:
+                await self._channel(row, startup=startup)
+            except Exception:
+                log.exception("channel %s: recovery step failed", row.cid)
+        await self._requests()
+        await asyncio.to_thread(self.funds.reconcile, everything=startup)
+        await self._withdrawals()
+        self.ticks += 1
+
+    # ------------------------------------------------------------ transactions
+
+    async def _transactions(self) -> None:
+        journal = self.channels.journal
+        for record in await asyncio.to_thread(journal.unfinished):
+            outcome = await asyncio.to_thread(journal.reconcile, record)
+            if not outcome.final:
+                continue
+            if record.kind == "open":
+                row = await asyncio.to_thread(self.store.channel, record.ref)
+                if row is not None and row.phase == S.OPENING:
+                    await self.channels.opened(row, outcome.ok)
+            elif record.kind == "withdraw":
+                await asyncio.to_thread(self.store.finish_withdrawal, record.ref, ok=outcome.ok,
+                                        tx_hash=record.tx_hash)
+            elif outcome.receipt is not None:
+                await self.channels.settled_by(outcome.receipt)
+
+    async def _withdrawals(self) -> None:
+        """Withdrawals debited but never sent (a crash in between): send them now."""
+        for record in await asyncio.to_thread(self.store.pending_withdrawals):
+            if await asyncio.to_thread(self.store.tx, f"withdraw:{record.key}") is None:
+                await self.funds.send_withdrawal(record.key, record.recipient,
+                                                 int(record.amount))
+
+    # --------------------------------------------------------------- watchtower
+
+    async def _events(self) -> None:
+        for cid, entry in list(self._deferred.items()):
+            del self._deferred[cid]
+            await self._event(entry)
+        latest = int(await asyncio.to_thread(lambda: self.w3.eth.block_number))
+        stored = await asyncio.to_thread(self.store.get_meta, _BLOCK_KEY)
+        start = latest + 1 if stored is None else int(stored) + 1
+        while start <= latest:
+            end = min(latest, start + _LOG_CHUNK - 1)
+            logs = await asyncio.to_thread(self.w3.eth.get_logs, {
+                "address": self.manager.address, "fromBlock": start, "toBlock": end})
+            for entry in logs:
+                await self._event(entry)
+            await asyncio.to_thread(self.store.put_meta, _BLOCK_KEY, str(end).encode())
+            start = end + 1
+        if stored is None:
+            await asyncio.to_thread(self.store.put_meta, _BLOCK_KEY, str(latest).encode())
+
+    async def _event(self, entry: Any) -> None:
+        name = self._topics.get(bytes(entry["topics"][0]))
+        if name is None:
+            return
+        args = dict(getattr(self.manager.contract.events, name)().process_log(entry)["args"])
+        cid = "0x" + bytes(args["channelId"]).hex()
+        row = await asyncio.to_thread(self.store.channel, cid)
+        if row is None or row.phase not in S.FUNDED:
+            return  # not ours, or already settled
+        tx_hash = HexBytes(entry["transactionHash"]).to_0x_hex()
+        log.info("channel %s: %s in %s", cid, name, tx_hash)
+        if name in ("ForceCloseInitiated", "ForceCloseChallenged"):
+            values: dict[str, Any] = {"phase": S.CLOSING, "disputed_version": int(args["version"])}
+            if "deadline" in args:
+                values["deadline"] = int(args["deadline"])
+            await asyncio.to_thread(self.store.set_channel, cid, **values)
+            fresh = await asyncio.to_thread(self.store.channel, cid)
+            assert fresh is not None
+            await self._answer_dispute(fresh)
+        elif name == "ProviderForceClosed":
+            await self._provider_claimed(row, tx_hash, args, entry)
+        else:
+            await self._finalized(row, tx_hash, args, entry)
+
+    async def _answer_dispute(self, row: S.Channel) -> None:
+        """A force-close recorded an older state than ours: challenge with ours."""
+        channel = await self.channels.machine(row)
+        ours = channel.latest_state()
+        if row.disputed_version is None or ours.state.version <= row.disputed_version:
+            return
+        call = self.channels.state_call("challengeForceClose", channel.terms, ours)
+        if await self.channels.transact(f"challenge:{row.cid}:{ours.state.version}", "challenge",
+                                        row.cid, call):
+            log.warning("channel %s: a stale force-close (version %d) was challenged with "
+                        "version %d", row.cid, row.disputed_version, ours.state.version)
+
+    async def _provider_claimed(self, row: S.Channel, tx_hash: str, args: dict[str, Any],
+                                entry: Any) -> None:
+        """④b: the provider settled on-chain; extract t and answer the call it paid for."""
+        async with self._locked(row) as got:
+            if not got:
+                self._deferred[row.cid] = entry
+                return
+            channel = await self.channels.machine(row)
+            key = row.request_key
+            if channel.status is Status.PENDING and key is not None:
+                self.channels.current[channel.channel_id] = key
+                try:
+                    paid = await asyncio.to_thread(recover_from_force_close, channel,
+                                                   self.manager, tx_hash=tx_hash)
+                except RemoteProtocolError as e:
+                    paid = None
+                    log.error("channel %s: the on-chain claim does not open: %s", row.cid, e)
+                    await self.invoker.record(
+                        key, 502, {"error": api.PROTOCOL_VIOLATION, "message": str(e),
+                                   "outcome": api.PAID}, outcome=api.PAID, reason=e.reason,
+                        transaction=tx_hash)
+                await self.channels.persist(Checkpoint.of(channel, CheckpointReason.FORCE_CLOSED))
+                self.channels.current.pop(channel.channel_id, None)
+                if paid is not None:
+                    await self.invoker.record_paid(key, paid, channel.channel_id, row.provider)
+            await self.channels.settle(row.cid, int(args["clientPayout"]),
+                                       int(args["providerPayout"]), tx_hash)
+
+    async def _finalized(self, row: S.Channel, tx_hash: str, args: dict[str, Any],
+                         entry: Any) -> None:
+        async with self._locked(row) as got:
+            if not got:
+                self._deferred[row.cid] = entry
+                return
+            await self.channels.settle(row.cid, int(args["clientPayout"]),
+                                       int(args["providerPayout"]), tx_hash)
+
+    # ----------------------------------------------------------------- channels
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, row: S.Channel) -> AsyncIterator[bool]:
+        """The channel's pair lock if it is free now (a busy channel waits for the next tick)."""
+        lock = self.channels.pair_lock(row.client, row.provider)
+        if lock.locked():
+            yield False
+            return
+        async with lock:
+            yield True
+
+    async def _channel(self, row: S.Channel, *, startup: bool) -> None:
+        if row.phase == S.OPENING:
+            if (await asyncio.to_thread(self.store.tx, f"open:{row.cid}") is None
+                    and time.time() - row.updated_at > _OPENING_GRACE):
+                await asyncio.to_thread(self.store.fail_channel, row.cid)
+            return
+        if startup and not await self._reconcile_onchain(row):
+            return
+        fresh = await asyncio.to_thread(self.store.channel, row.cid)
+        if fresh is None or fresh.phase not in S.FUNDED:
+            return
+        row = fresh
+        waiting = self._backoff.get(row.cid)
+        # A provider that did not answer lately is not asked again on every tick.
+        backing_off = waiting is not None and time.monotonic() < waiting[0]
+        if row.deadline is not None:
+            await self._dispute(row, resume=not backing_off)
+        elif backing_off:
+            return
+        elif row.status in (Status.LOCKED.value, Status.PENDING.value):
+            await self._resume(row)
+        elif row.phase == S.CLOSING:
+            await self._finish_close(row)
+        elif startup and row.checkpoint == CheckpointReason.DELIVERED.value:
+            # The last ACK may not have left before the restart: without it the provider
+            # takes no new request and would claim on-chain after Δ_ack. Re-send it.
+            await self._resume(row)
+
+    async def _reconcile_onchain(self, row: S.Channel) -> bool:
+        """At start-up: apply what the chain did while we were down. False if settled."""
+        onchain = await asyncio.to_thread(self.manager.channel, bytes.fromhex(row.cid[2:]))
+        if onchain.status is OnChainStatus.CLOSED:
+            logs = await asyncio.to_thread(self.w3.eth.get_logs, {
+                "address": self.manager.address, "fromBlock": 0, "toBlock": "latest",
+                "topics": [None, row.cid]})
+            for entry in logs:
+                await self._event(entry)
+            return False
+        if onchain.status is OnChainStatus.CLOSING and row.deadline is None:
+            await asyncio.to_thread(self.store.set_channel, row.cid, phase=S.CLOSING,
+                                    deadline=onchain.deadline, disputed_version=onchain.version)
+        return True
+
+    async def _dispute(self, row: S.Channel, *, resume: bool) -> None:
+        """A force-close is under way: keep our newest state recorded; finalize when due."""
+        await self._answer_dispute(row)
+        if resume and row.status in (Status.LOCKED.value, Status.PENDING.value):
+            await self._resume(row)  # a REVEAL may still come; the provider may also claim
+        now = int((await asyncio.to_thread(self.w3.eth.get_block, "latest"))["timestamp"])
+        assert row.deadline is not None
+        if now >= row.deadline:
+            terms = (await self.channels.machine(row)).terms
+            call = self.manager.contract.functions.finalForceClose(terms_tuple(terms))
+            await self.channels.transact(f"final:{row.cid}", "final", row.cid, call)
+
+    async def _resume(self, row: S.Channel) -> None:
+        async with self._locked(row) as got:
+            if not got:
+                return
+            channel = await self.channels.machine(row)
+            key = row.request_key
+            if key is not None:
+                self.channels.current[channel.channel_id] = key
+            try:
+                session, channel = await self.channels.bound(row)
+                paid = await session.resume(channel)
+                if paid is not None and key is not None:
+                    await self.invoker.record_paid(key, paid, channel.channel_id, row.provider)
+            except PaymentPending:
+                self._later(row.cid)
+                await self._maybe_escalate(row)
+            except ResultMismatch as e:  # paid, for a result that answers something else
+                if key is not None:
+                    await self.invoker.record_paid(key, e.paid, channel.channel_id, row.provider)
+            except _UNREACHABLE as e:
+                log.info("channel %s: provider unreachable (%s)", row.cid, e)
+                self._later(row.cid)
+                if channel.status is Status.LOCKED:
+                    channel.poll(now=time.time())  # Δ_lock: no σ_U exists, release δ
+                    if channel.status is Status.OPEN:
+                        await self.channels.persist(
+                            Checkpoint.of(channel, CheckpointReason.EXPIRED))
+                else:
+                    await self._maybe_escalate(row)
+            else:
+                self._backoff.pop(row.cid, None)
+            finally:
+                self.channels.current.pop(channel.channel_id, None)
+
+    def _later(self, cid: str) -> None:
+        """Try this channel again later, waiting twice as long each time (up to 30 s)."""
+        delay = min(30.0, 2 * self._backoff.get(cid, (0.0, self.poll_interval / 2))[1])
+        self._backoff[cid] = (time.monotonic() + delay, delay)
+
+    async def _maybe_escalate(self, row: S.Channel) -> None:
+        """PENDING (or a close) stuck too long: start a force-close with our latest state."""
+        since = row.pending_since or row.updated_at
+        if row.deadline is not None or time.time() - since < self.pending_escalation:
+            return
+        channel = await self.channels.machine(row)
+        call = self.channels.state_call("initForceClose", channel.terms, channel.latest_state())
+        if await self.channels.transact(f"init:{row.cid}", "init", row.cid, call):
+            log.warning("channel %s: stuck since %.0f; force-close started", row.cid, since)
+
+    async def _finish_close(self, row: S.Channel) -> None:
+        async with self._locked(row) as got:
+            if not got:
+                return
+            channel = await self.channels.machine(row)
+            if row.final_state is not None:
+                await self.channels.submit_close(row.cid, channel.terms,
+                                                 records.signed_from_json(row.final_state))
+                return
+            try:
+                await self.channels.close(row)
+            except _UNREACHABLE as e:
+                log.info("channel %s: close not finished (%s)", row.cid, e)
+                self._later(row.cid)
+                await self._maybe_escalate(row)
+            except RemoteProtocolError as e:
+                log.warning("channel %s: close refused (%s)", row.cid, e)
+                await self._maybe_escalate(row)
+
+    # ------------------------------------------------------------------ calls
+
+    async def _requests(self) -> None:
+        for row in await asyncio.to_thread(self.store.requests, (S.DELIVERED, S.RELEASED)):
+            if self.invoker.is_running(row.key):
+                continue
+            try:
+                if row.state == S.DELIVERED:
+                    await self._answer_delivered(row)
+                else:
+                    body = {"error": "lock_released", "outcome": api.REFUSED,
+                            "idempotencyKey": row.key.split(":", 1)[1],
+                            "message": "the request was given up before it was paid; "
+                                       "nothing was paid"}
+                    await self.invoker.record(row.key, 503, body, outcome=api.REFUSED,
+                                              reason="lock_released", retryable=True,
+                                              from_states=(S.RELEASED,))
+            except Exception:
+                log.exception("call %s: could not record its answer", row.key)
+
+    async def _answer_delivered(self, row: S.Request) -> None:
+        """A paid call whose answer was never recorded: rebuild it from the sealed halves."""
+        enclave = self.channels.enclave
+        assert row.secret is not None and row.sealed_result is not None
+        assert row.channel_id is not None and row.request_id is not None
+        secret = records.unseal_json(enclave, "secret", row.key, row.secret)
+        sealed = enclave.unseal(records.label("result", row.key), row.sealed_result)
+        channel_id = bytes.fromhex(row.channel_id[2:])
+        response = records.open_result(bytes.fromhex(secret["t"]), sealed, channel_id,
+                                       row.request_id)
+        channel = await asyncio.to_thread(self.store.channel, row.channel_id)
+        payment = records.Payment(
+            int(row.amount or 0), self.manager.token, self.channels.network,
+            channel.provider if channel else "", channel_id, row.request_id, secret["receipt"])
+        body = records.answer_json(api.PAID, row.key.split(":", 1)[1], response=response,
+                                   payment=payment)
+        await self.invoker.record(row.key, 200, body, outcome=api.PAID,
+                                  amount=int(row.amount or 0), from_states=(S.DELIVERED,))

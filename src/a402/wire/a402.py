@@ -1,0 +1,504 @@
+"""The ``a402`` scheme over HTTP: paths, framing, and the provider's info document (pure).
+
+A provider that accepts A402 payments advertises an ``a402`` entry in its 402
+``accepts`` (next to ``exact``) and serves three endpoints under
+:data:`WELL_KNOWN_PREFIX`:
+
+=============================  =========================================================
+``GET  …/info?nonce=<hex>``    JSON :class:`ProviderInfo`: chain, ASCManager, token, the
+                               provider's address and Schnorr key, timeouts, prices, and
+                               attestation evidence made for the caller's nonce
+``POST …/session``             the Noise XX handshake (:mod:`a402.tee.channel`), two
+                               round trips of JSON ``{"session"?, "message": base64}``
+``POST …/message``             one encrypted :class:`Envelope` in the body (header
+                               ``A402-Session``), one encrypted :class:`Envelope` back
+=============================  =========================================================
+
+Inside the secure channel every frame carries one envelope::
+
+    "A402/HTTP" ‖ 0x01 ‖ kind (1 byte) ‖ body
+
+* ``ASC`` (both ways): one canonical ASC message (:mod:`a402.asc.messages`);
+* ``OPEN`` (vault → provider): the channel terms and the vault's signature over
+  :func:`binding_digest` — binds the channel to this secure session, so only
+  the holder of the channel's vault key can drive it over a session;
+* ``OK`` (provider → vault): accepted, nothing to send back (after ACK, OPEN);
+* ``ERROR`` (provider → vault): refused, with a reason code, a detail and,
+  when the paid service itself failed, its (unpaid, unsealed) response.
+
+The request EXEC carries is an :class:`HttpRequest`; the result the provider
+seals and pre-signs is an :class:`HttpResult`: the service's response together
+with the hash of the request that produced it, so that ``h = H(result)`` — and
+therefore the provider's signature on ``m`` — commits to *which* request was
+served, not only to what came back.
+
+Encodings are fixed layouts with length prefixes, like the ASC messages, and
+for the same reasons: one encoding per value, exact-length decoding, no
+parser to get wrong. Decoding raises :class:`FrameError`.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+from eth_hash.auto import keccak
+
+SCHEME_A402 = "a402"
+WELL_KNOWN_PREFIX = "/.well-known/a402"
+INFO_PATH = WELL_KNOWN_PREFIX + "/info"
+SESSION_PATH = WELL_KNOWN_PREFIX + "/session"
+MESSAGE_PATH = WELL_KNOWN_PREFIX + "/message"
+SESSION_HEADER = "a402-session"
+FRAME_MEDIA_TYPE = "application/vnd.a402.frame"
+#: The Noise prologue both ends use: a handshake meant for anything else fails.
+PROLOGUE = b"a402/http/vault->provider/v1"
+#: Associated data of frames, per direction: a frame cannot be reflected back.
+REQUEST_AD = b"a402/http/request"
+RESPONSE_AD = b"a402/http/response"
+INFO_VERSION = 1
+
+_ENVELOPE_TAG = b"A402/HTTP\x01"
+_REQUEST_TAG = b"A402/REQ\x01"
+_RESPONSE_TAG = b"A402/RES\x01"
+_RESULT_TAG = b"A402/RESULT\x01"
+_USER_DATA_TAG = b"A402/provider-info/v1"
+_BINDING_TAG = b"A402/bind-channel/v1"
+#: Terms in an OPEN: client, vault, provider (20 each), key (32), deposit (16), salt (32).
+_TERMS_SIZE = 20 * 3 + 32 + 16 + 32
+_SIGNATURE_SIZE = 65
+_MAX_HEADERS = 256
+
+
+class FrameError(ValueError):
+    """Bytes that are not a well-formed a402 HTTP frame, request or result."""
+
+
+class Kind(IntEnum):
+    ASC = 1
+    OPEN = 2
+    OK = 3
+    ERROR = 4
+
+
+# ---------------------------------------------------------------- primitives
+
+
+class _Writer:
+    __slots__ = ("parts",)
+
+    def __init__(self, tag: bytes) -> None:
+        self.parts = [tag]
+
+    def raw(self, data: bytes) -> _Writer:
+        self.parts.append(bytes(data))
+        return self
+
+    def lp(self, data: bytes, width: int, what: str) -> _Writer:
+        if len(data) >= 1 << (8 * width):
+            raise ValueError(f"{what} is too long")
+        self.parts.append(len(data).to_bytes(width, "big") + bytes(data))
+        return self
+
+    def u16(self, value: int) -> _Writer:
+        self.parts.append(struct.pack(">H", value))
+        return self
+
+    def headers(self, headers: tuple[tuple[bytes, bytes], ...]) -> _Writer:
+        if len(headers) > _MAX_HEADERS:
+            raise ValueError(f"more than {_MAX_HEADERS} headers")
+        self.u16(len(headers))
+        for name, value in headers:
+            self.lp(name, 2, "header name").lp(value, 4, "header value")
+        return self
+
+    def done(self) -> bytes:
+        return b"".join(self.parts)
+
+
+class _Reader:
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes, tag: bytes, what: str) -> None:
+        data = bytes(data)
+        if not data.startswith(tag):
+            raise FrameError(f"not an a402 {what}")
+        self.data, self.pos = data, len(tag)
+
+    def take(self, size: int, what: str) -> bytes:
+        end = self.pos + size
+        if end > len(self.data):
+            raise FrameError(f"truncated at {what}")
+        chunk, self.pos = self.data[self.pos : end], end
+        return chunk
+
+    def uint(self, width: int, what: str) -> int:
+        return int.from_bytes(self.take(width, what), "big")
+
+    def lp(self, width: int, what: str) -> bytes:
+        return self.take(self.uint(width, f"{what} length"), what)
+
+    def headers(self) -> tuple[tuple[bytes, bytes], ...]:
+        count = self.uint(2, "header count")
+        if count > _MAX_HEADERS:
+            raise FrameError(f"more than {_MAX_HEADERS} headers")
+        return tuple((self.lp(2, "header name"), self.lp(4, "header value")) for _ in range(count))
+
+    def rest(self) -> bytes:
+        chunk, self.pos = self.data[self.pos :], len(self.data)
+        return chunk
+
+    def end(self) -> None:
+        if self.pos != len(self.data):
+            raise FrameError("trailing bytes")
+
+
+# ------------------------------------------------------------ HTTP exchange
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """The paid request EXEC carries: what the provider runs against its service.
+
+    ``path`` is the decoded path (as ASGI's ``scope["path"]``), ``query`` the
+    raw query string, ``headers`` raw ``(name, value)`` byte pairs.
+    """
+
+    method: str
+    path: str
+    query: bytes = b""
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    body: bytes = b""
+
+    def __post_init__(self) -> None:
+        if not self.method or not self.method.isascii() or not self.method.isalpha():
+            raise ValueError(f"not an HTTP method: {self.method!r}")
+        if not self.path.startswith("/"):
+            raise ValueError("the path must start with '/'")
+        object.__setattr__(self, "method", self.method.upper())
+        object.__setattr__(
+            self, "headers", tuple((bytes(k).lower(), bytes(v)) for k, v in self.headers)
+        )
+
+    def encode(self) -> bytes:
+        return (
+            _Writer(_REQUEST_TAG)
+            .lp(self.method.encode("ascii"), 1, "method")
+            .lp(self.path.encode("utf-8"), 4, "path")
+            .lp(self.query, 4, "query")
+            .headers(self.headers)
+            .lp(self.body, 4, "body")
+            .done()
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> HttpRequest:
+        r = _Reader(data, _REQUEST_TAG, "request")
+        try:
+            method = r.lp(1, "method").decode("ascii")
+            path = r.lp(4, "path").decode("utf-8")
+            query, headers, body = r.lp(4, "query"), r.headers(), r.lp(4, "body")
+            r.end()
+            return cls(method, path, query, headers, body)
+        except (UnicodeDecodeError, ValueError) as e:
+            if isinstance(e, FrameError):
+                raise
+            raise FrameError(f"bad request: {e}") from None
+
+    def header(self, name: str) -> bytes | None:
+        key = name.lower().encode("latin-1")
+        return next((v for k, v in self.headers if k == key), None)
+
+
+def request_digest(raw_request: bytes) -> bytes:
+    """keccak-256 of the request bytes EXEC carried: what the sealed result commits to.
+
+    Always over the bytes as sent, never a re-encoding, so both ends agree
+    whatever the sender's encoder did.
+    """
+    return keccak(bytes(raw_request))
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    """A service's response: status, raw headers, body."""
+
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    body: bytes = b""
+
+    def __post_init__(self) -> None:
+        if not 100 <= self.status <= 999:
+            raise ValueError(f"not an HTTP status: {self.status}")
+        object.__setattr__(
+            self, "headers", tuple((bytes(k).lower(), bytes(v)) for k, v in self.headers)
+        )
+
+    def encode(self) -> bytes:
+        return (
+            _Writer(_RESPONSE_TAG)
+            .u16(self.status)
+            .headers(self.headers)
+            .lp(self.body, 4, "body")
+            .done()
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> HttpResponse:
+        r = _Reader(data, _RESPONSE_TAG, "response")
+        status, headers, body = r.uint(2, "status"), r.headers(), r.lp(4, "body")
+        r.end()
+        try:
+            return cls(status, headers, body)
+        except ValueError as e:
+            raise FrameError(str(e)) from None
+
+    def header(self, name: str) -> bytes | None:
+        key = name.lower().encode("latin-1")
+        return next((v for k, v in self.headers if k == key), None)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResult:
+    """What the provider seals and pre-signs: the response and the request it answers."""
+
+    request_digest: bytes
+    response: HttpResponse
+
+    def encode(self) -> bytes:
+        if len(self.request_digest) != 32:
+            raise ValueError("the request digest is 32 bytes")
+        return _RESULT_TAG + self.request_digest + self.response.encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> HttpResult:
+        r = _Reader(data, _RESULT_TAG, "result")
+        digest = r.take(32, "request digest")
+        return cls(digest, HttpResponse.decode(r.rest()))
+
+
+# ----------------------------------------------------------------- envelopes
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One frame's plaintext: a kind and its body (see the module docstring)."""
+
+    kind: Kind
+    body: bytes = b""
+
+    def encode(self) -> bytes:
+        return _ENVELOPE_TAG + bytes([self.kind]) + self.body
+
+    @classmethod
+    def decode(cls, data: bytes) -> Envelope:
+        r = _Reader(data, _ENVELOPE_TAG, "envelope")
+        kind = r.uint(1, "kind")
+        try:
+            return cls(Kind(kind), r.rest())
+        except ValueError:
+            raise FrameError(f"unknown envelope kind {kind}") from None
+
+    @classmethod
+    def asc(cls, message_bytes: bytes) -> Envelope:
+        return cls(Kind.ASC, bytes(message_bytes))
+
+    @classmethod
+    def ok(cls) -> Envelope:
+        return cls(Kind.OK)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenChannel:
+    """OPEN: the terms (their hash is the channel id) and the vault's binding signature."""
+
+    client: bytes
+    vault: bytes
+    provider: bytes
+    provider_key: bytes
+    deposit: int
+    salt: bytes
+    signature: bytes
+
+    def envelope(self) -> Envelope:
+        body = (
+            self.client + self.vault + self.provider + self.provider_key
+            + self.deposit.to_bytes(16, "big") + self.salt + self.signature
+        )
+        if len(body) != _TERMS_SIZE + _SIGNATURE_SIZE:
+            raise ValueError("malformed channel terms")
+        return Envelope(Kind.OPEN, body)
+
+    @classmethod
+    def from_body(cls, body: bytes) -> OpenChannel:
+        if len(body) != _TERMS_SIZE + _SIGNATURE_SIZE:
+            raise FrameError("OPEN carries 140 bytes of terms and a 65-byte signature")
+        client, vault, provider = body[:20], body[20:40], body[40:60]
+        key, deposit, salt = body[60:92], int.from_bytes(body[92:108], "big"), body[108:140]
+        return cls(client, vault, provider, key, deposit, salt, body[_TERMS_SIZE:])
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """ERROR: why the provider refused, and the service's own response if it failed."""
+
+    reason: str
+    detail: str = ""
+    response: HttpResponse | None = None
+
+    def envelope(self) -> Envelope:
+        w = _Writer(b"").lp(self.reason.encode("ascii"), 1, "reason")
+        w.lp(self.detail.encode("utf-8")[:4096], 4, "detail")
+        if self.response is None:
+            w.raw(b"\x00")
+        else:
+            w.raw(b"\x01").raw(self.response.encode())
+        return Envelope(Kind.ERROR, w.done())
+
+    @classmethod
+    def from_body(cls, body: bytes) -> Refusal:
+        r = _Reader(body, b"", "refusal")
+        try:
+            reason = r.lp(1, "reason").decode("ascii")
+            detail = r.lp(4, "detail").decode("utf-8")
+        except UnicodeDecodeError:
+            raise FrameError("refusal text is not text") from None
+        flag = r.uint(1, "response flag")
+        if flag > 1:
+            raise FrameError("bad response flag")
+        response = HttpResponse.decode(r.rest()) if flag else None
+        r.end()
+        return cls(reason, detail, response)
+
+
+def binding_digest(session_binding: bytes, channel_id: bytes) -> bytes:
+    """What the vault signs in OPEN: this secure session may drive this channel."""
+    if len(session_binding) != 32 or len(channel_id) != 32:
+        raise ValueError("the session binding and the channel id are 32 bytes")
+    return keccak(_BINDING_TAG + session_binding + channel_id)
+
+
+def provider_user_data(chain_id: int, manager: bytes, provider: bytes) -> bytes:
+    """The ``user_data`` the provider's attestation commits to in ``/info``.
+
+    Binds the attested enclave (and so its Schnorr key) to the provider's
+    on-chain address and its ASCManager, so a host cannot advertise another
+    provider's enclave under its own address.
+    """
+    if len(manager) != 20 or len(provider) != 20:
+        raise ValueError("addresses are 20 bytes")
+    return _USER_DATA_TAG + chain_id.to_bytes(32, "big") + manager + provider
+
+
+# ----------------------------------------------------------------- info document
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def unb64(text: Any) -> bytes:
+    if not isinstance(text, str):
+        raise FrameError("expected base64 text")
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError:
+        raise FrameError("not base64") from None
+
+
+def _hex(value: bytes) -> str:
+    return "0x" + value.hex()
+
+
+def _unhex(value: Any, size: int | None, what: str) -> bytes:
+    if not isinstance(value, str) or not value.startswith("0x"):
+        raise FrameError(f"{what} must be 0x-prefixed hex")
+    try:
+        raw = bytes.fromhex(value[2:])
+    except ValueError:
+        raise FrameError(f"{what} is not hex") from None
+    if size is not None and len(raw) != size:
+        raise FrameError(f"{what} must be {size} bytes")
+    return raw
+
+
+@dataclass(frozen=True, slots=True)
+class PricedRoute:
+    route: str
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderInfo:
+    """``GET …/info``: everything a vault needs before it opens a channel on-chain."""
+
+    network: str
+    chain_id: int
+    asc_manager: bytes
+    token: bytes
+    dispute_window: int
+    provider: bytes
+    provider_key: bytes
+    attestation_kind: str
+    evidence: bytes
+    nonce: bytes
+    lock_timeout: float
+    ack_timeout: float
+    routes: tuple[PricedRoute, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": INFO_VERSION,
+            "scheme": SCHEME_A402,
+            "network": self.network,
+            "chainId": self.chain_id,
+            "ascManager": _hex(self.asc_manager),
+            "token": _hex(self.token),
+            "disputeWindow": self.dispute_window,
+            "provider": _hex(self.provider),
+            "providerKey": _hex(self.provider_key),
+            "attestation": {"kind": self.attestation_kind, "evidence": b64(self.evidence)},
+            "nonce": _hex(self.nonce),
+            "lockTimeout": self.lock_timeout,
+            "ackTimeout": self.ack_timeout,
+            "routes": [{"route": r.route, "amount": str(r.amount)} for r in self.routes],
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> ProviderInfo:
+        try:
+            if data["version"] != INFO_VERSION or data["scheme"] != SCHEME_A402:
+                raise FrameError("unsupported info document")
+            attestation = data["attestation"]
+            numbers = (data["chainId"], data["disputeWindow"])
+            timeouts = (data["lockTimeout"], data["ackTimeout"])
+            if not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers):
+                raise FrameError("chainId and disputeWindow are integers")
+            if not all(isinstance(t, int | float) and t > 0 for t in timeouts):
+                raise FrameError("timeouts are positive numbers")
+            if not isinstance(data["network"], str) or not isinstance(attestation["kind"], str):
+                raise FrameError("network and attestation kind are strings")
+            return cls(
+                network=data["network"],
+                chain_id=data["chainId"],
+                asc_manager=_unhex(data["ascManager"], 20, "ascManager"),
+                token=_unhex(data["token"], 20, "token"),
+                dispute_window=data["disputeWindow"],
+                provider=_unhex(data["provider"], 20, "provider"),
+                provider_key=_unhex(data["providerKey"], 32, "providerKey"),
+                attestation_kind=attestation["kind"],
+                evidence=unb64(attestation["evidence"]),
+                nonce=_unhex(data["nonce"], None, "nonce"),
+                lock_timeout=float(timeouts[0]),
+                ack_timeout=float(timeouts[1]),
+                routes=tuple(
+                    PricedRoute(str(r["route"]), int(r["amount"])) for r in data["routes"]
+                ),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            if isinstance(e, FrameError):
+                raise
+            raise FrameError(f"malformed info document: {e!r}") from None

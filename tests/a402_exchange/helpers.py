@@ -1,0 +1,234 @@
+"""Building blocks for the exchange tests: a paid service, a provider, a vault, channels.
+
+Everything is real: anvil, the ASCManager, HTTP over loopback (uvicorn in a
+thread), simulated enclaves whose quotes a verifier accepts only because it was
+built with ``allow_simulated=True``. A deliberately faulty provider is the real
+:class:`ProviderRuntime` with one of its two seams (``commit``, ``outgoing``)
+overridden.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from a402.asc import VaultChannel, sign_channel_open
+from a402.asc.contract import ASCManager
+from a402.chain.deploy import TokenInfo
+from a402.chain.node import Chain
+from a402.chain.tx import transact
+from a402.crypto import EcdsaSigner
+from a402.provider.a402_app import A402Endpoint
+from a402.provider.a402_runtime import A402Config, ProviderRuntime
+from a402.provider.a402_store import SqlChannelStore
+from a402.provider.middleware import PaymentMiddleware
+from a402.tee import (
+    PROVIDER_PURPOSES,
+    AttestationPolicy,
+    SimulatedEnclave,
+    SimulatedPlatform,
+    SimulatedVerifier,
+)
+from a402.vault import Checkpoint, ProviderSession
+
+DISPUTE_WINDOW = 600
+PROVIDER_CODE = hashlib.sha384(b"a402 test provider enclave").digest()
+VAULT_CODE = hashlib.sha384(b"a402 test vault enclave").digest()
+#: The vault's Δ_lock; the provider's lock ends earlier (network delay, clock skew).
+LOCK = 8.0
+PROVIDER_LOCK = 5.0
+DEPOSIT = 100_000
+PRICES = {"GET /weather": 1_000, "POST /echo": 2_500, "GET /boom": 1_000, "GET /slow": 1_500}
+ETH = 10**18
+UNUSED_FACILITATOR = "http://127.0.0.1:9"  # exact is never paid in these tests
+
+
+@dataclass
+class Calls:
+    """How often each handler ran: a refused or replayed EXEC must not run it again."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def hit(self, name: str) -> int:
+        self.counts[name] = self.counts.get(name, 0) + 1
+        return self.counts[name]
+
+    def __getitem__(self, name: str) -> int:
+        return self.counts.get(name, 0)
+
+
+def service_app(calls: Calls) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/weather")
+    async def weather() -> dict[str, Any]:
+        return {"weather": "sunny", "n": calls.hit("weather")}
+
+    @app.post("/echo")
+    async def echo(request: Request) -> dict[str, Any]:
+        calls.hit("echo")
+        body = await request.body()
+        return {"echo": body.decode(), "header": request.headers.get("x-test"),
+                "query": request.url.query}
+
+    @app.get("/boom")
+    async def boom() -> JSONResponse:
+        calls.hit("boom")
+        return JSONResponse({"error": "kaput"}, status_code=500)
+
+    @app.get("/slow")
+    async def slow() -> dict[str, bool]:
+        calls.hit("slow")
+        await asyncio.sleep(0.5)
+        return {"slow": True}
+
+    @app.get("/free")
+    async def free() -> dict[str, bool]:
+        return {"free": True}
+
+    return app
+
+
+def fresh_account(chain: Chain, eth: int = ETH) -> LocalAccount:
+    account = Account.create()
+    transact(chain, chain.accounts[0], {"to": account.address}, value=eth)
+    return account
+
+
+@dataclass
+class Provider:
+    app: PaymentMiddleware
+    runtime: ProviderRuntime
+    config: A402Config
+    enclave: SimulatedEnclave
+    calls: Calls
+
+    @property
+    def address(self) -> str:
+        return self.config.operator.address
+
+
+@dataclass
+class Vault:
+    account: LocalAccount
+    enclave: SimulatedEnclave
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+
+    @property
+    def signer(self) -> EcdsaSigner:
+        return EcdsaSigner(bytes(self.account.key))
+
+    async def persist(self, checkpoint: Checkpoint) -> None:
+        self.checkpoints.append(checkpoint)
+
+    def reasons(self) -> list[str]:
+        return [c.reason.value for c in self.checkpoints]
+
+
+@dataclass
+class World:
+    chain: Chain
+    token: Any
+    token_info: TokenInfo
+    manager: ASCManager
+    platform: SimulatedPlatform
+    verifier: SimulatedVerifier
+    tmp: Path
+
+    # -- providers --------------------------------------------------------------
+
+    def provider(
+        self,
+        *,
+        runtime_cls: type[ProviderRuntime] = ProviderRuntime,
+        ack_timeout: float = 30.0,
+        watch: bool = True,
+        enclave: SimulatedEnclave | None = None,
+        operator: LocalAccount | None = None,
+        store: SqlChannelStore | None = None,
+        calls: Calls | None = None,
+        poll_interval: float = 0.1,
+    ) -> Provider:
+        enclave = enclave or self.platform.launch(
+            PROVIDER_CODE, allowed_purposes=PROVIDER_PURPOSES
+        )
+        operator = operator or fresh_account(self.chain)
+        store = store or SqlChannelStore(f"sqlite:///{self.tmp}/provider-{operator.address}.db")
+        calls = calls or Calls()
+        config = A402Config(
+            enclave=enclave, operator=operator, chain=self.chain, manager=self.manager.address,
+            vault_policy=AttestationPolicy(frozenset({VAULT_CODE})), verifiers=[self.verifier],
+            store=store, ack_timeout=ack_timeout, lock_timeout=PROVIDER_LOCK,
+            poll_interval=poll_interval, watch=watch,
+        )
+        inner = service_app(calls)
+        app = PaymentMiddleware(
+            inner, routes=dict(PRICES), pay_to=operator.address, token=self.token_info,
+            network=self.chain.network, facilitator=UNUSED_FACILITATOR, a402=config,
+        )
+        assert app.a402 is not None
+        if runtime_cls is not ProviderRuntime:  # the same parts, one seam overridden
+            app.a402 = A402Endpoint(runtime_cls(
+                config, app=inner, routes=app.routes, token=app.asset, network=app.network
+            ))
+        return Provider(app, app.a402.runtime, config, enclave, calls)
+
+    # -- vaults, clients, sessions, channels -------------------------------------
+
+    def vault(self, measurement: bytes = VAULT_CODE) -> Vault:
+        return Vault(fresh_account(self.chain), self.platform.launch(measurement))
+
+    def client(self, funds: int = DEPOSIT) -> LocalAccount:
+        client = fresh_account(self.chain)
+        transact(self.chain, self.chain.accounts[0], self.token.functions.mint(client.address,
+                                                                             funds))
+        return client
+
+    def session(self, vault: Vault, url: str, **kwargs: Any) -> ProviderSession:
+        kwargs.setdefault("verifiers", [self.verifier])
+        kwargs.setdefault("policy", AttestationPolicy(frozenset({PROVIDER_CODE})))
+        return ProviderSession(
+            url, enclave=vault.enclave, vault_key=vault.signer, network=self.chain.network,
+            persist=vault.persist, **kwargs,
+        )
+
+    async def open_channel(
+        self, session: ProviderSession, vault: Vault, client: LocalAccount,
+        deposit: int = DEPOSIT,
+    ) -> VaultChannel:
+        """createASC through the vault account (client approved and consented), then OPEN."""
+        terms = session.terms(client=client.address, deposit=deposit)
+        transact(self.chain, client, self.token.functions.approve(self.manager.address, deposit))
+        consent = sign_channel_open(EcdsaSigner(bytes(client.key)), self.manager.domain, terms)
+        self.manager.create(vault.account, terms, consent)
+        channel = VaultChannel(terms, self.manager.domain, vault.signer, lock_timeout=LOCK)
+        await session.attach(channel)
+        return channel
+
+    def balance(self, address: str) -> int:
+        return int(self.token.functions.balanceOf(address).call())
+
+    def balances(self, *addresses: str) -> tuple[int, ...]:
+        return tuple(self.balance(a) for a in addresses)
+
+    def increase_time(self, seconds: int) -> None:
+        self.chain.w3.provider.make_request("evm_increaseTime", [seconds])
+        self.chain.w3.provider.make_request("evm_mine", [])
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)

@@ -1,0 +1,277 @@
+"""The session around the exchange: attestation, replays, tampering, concurrency, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+
+from a402.asc import (
+    Exec,
+    LocalProtocolError,
+    Reason,
+    Reply,
+    Status,
+    VaultChannel,
+    decode,
+)
+from a402.background import serve_in_thread
+from a402.provider.a402_store import SqlChannelStore
+from a402.tee import PROVIDER_PURPOSES, AttestationError, SimulatedPlatform, SimulatedVerifier
+from a402.vault import CheckpointReason, ProviderUnavailable
+from a402.vault.session import Checkpoint
+from a402.wire.a402 import (
+    MESSAGE_PATH,
+    SESSION_HEADER,
+    Envelope,
+    HttpRequest,
+    Kind,
+    Refusal,
+)
+
+from .helpers import DEPOSIT, PROVIDER_CODE, World
+
+pytestmark = [pytest.mark.anyio, pytest.mark.anvil]
+
+WEATHER = HttpRequest("GET", "/weather")
+PRICE = 1_000
+
+
+class Wire(httpx.AsyncBaseTransport):
+    """The network between vault and provider: records frames, and can flip bits in them."""
+
+    def __init__(self, *, tamper_requests: int = 0, tamper_responses: int = 0) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.tamper_requests, self.tamper_responses = tamper_requests, tamper_responses
+        self.frames: list[tuple[str, bytes]] = []  # (session id, request body) per /message
+        self.statuses: list[int] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        is_frame = request.url.path == MESSAGE_PATH
+        if is_frame:
+            body = await request.aread()
+            self.frames.append((request.headers[SESSION_HEADER], body))
+            if self.tamper_requests:
+                self.tamper_requests -= 1
+                request = httpx.Request(request.method, request.url, headers=request.headers,
+                                        content=body[:-1] + bytes([body[-1] ^ 1]))
+        response = await self.inner.handle_async_request(request)
+        if not is_frame:
+            return response
+        content = await response.aread()
+        self.statuses.append(response.status_code)
+        if self.tamper_responses and response.status_code == 200:
+            self.tamper_responses -= 1
+            content = content[:20] + bytes([content[20] ^ 0x80]) + content[21:]
+        return httpx.Response(response.status_code, headers=response.headers, content=content)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+# ------------------------------------------------------------------ attestation
+
+
+@pytest.mark.parametrize("case", ["untrusted_root", "measurement", "simulation_refused"])
+async def test_a_provider_whose_attestation_does_not_verify_is_refused(
+    world: World, case: str
+) -> None:
+    if case == "untrusted_root":
+        enclave = SimulatedPlatform.generate().launch(PROVIDER_CODE,
+                                                      allowed_purposes=PROVIDER_PURPOSES)
+        provider, kwargs = world.provider(enclave=enclave), {}
+        expected = "untrusted_root"
+    elif case == "measurement":
+        enclave = world.platform.launch(b"\x07" * 48, allowed_purposes=PROVIDER_PURPOSES)
+        provider, kwargs = world.provider(enclave=enclave), {}
+        expected = "measurement_mismatch"
+    else:
+        provider = world.provider()
+        kwargs = {"verifiers": [SimulatedVerifier(world.platform.root.public_key)]}
+        expected = "simulated_not_allowed"
+    vault = world.vault()
+    with serve_in_thread(provider.app) as url:
+        session = world.session(vault, url, **kwargs)
+        with pytest.raises(AttestationError) as refused:
+            await session.connect()
+        await session.aclose()
+    assert refused.value.reason == expected
+    assert session.info is None
+
+
+async def test_a_vault_whose_attestation_does_not_verify_gets_no_session(world: World) -> None:
+    provider, vault = world.provider(), world.vault(measurement=b"\x09" * 48)
+    with serve_in_thread(provider.app) as url:
+        session = world.session(vault, url)
+        with pytest.raises(AttestationError) as refused:
+            await session.connect()
+        await session.aclose()
+    assert refused.value.reason == "measurement_mismatch"
+
+
+# ---------------------------------------------------------------------- replays
+
+
+async def test_replayed_frames_and_messages_are_rejected(world: World) -> None:
+    provider, vault, client = world.provider(), world.vault(), world.client()
+    wire = Wire()
+    with serve_in_thread(provider.app) as url:
+        http = httpx.AsyncClient(transport=wire)
+        async with world.session(vault, url, http=http) as session:
+            channel = await world.open_channel(session, vault, client)
+            await session.request(channel, WEATHER, PRICE)
+            first_auth = next(c for c in vault.checkpoints
+                              if c.reason is CheckpointReason.AUTHORIZED)
+
+            # 1. A recorded frame sent again, byte for byte: the secure channel refuses it.
+            session_id, exec_frame = wire.frames[1]  # [0] is OPEN, [1] the first EXEC
+            async with httpx.AsyncClient() as raw:
+                replayed = await raw.post(url + MESSAGE_PATH, content=exec_frame,
+                                          headers={SESSION_HEADER: session_id})
+            assert replayed.status_code == 400 and replayed.json()["error"] == "replay"
+
+            # 2. The old EXEC and AUTH, re-encrypted in fresh frames: the channel refuses them.
+            old_exec = Exec(channel.channel_id, 0, 0, PRICE, WEATHER.encode())
+            old_auth = VaultChannel.restore(first_auth.snapshot, vault.signer).pending_auth()
+            assert old_auth is not None
+            for message in (old_exec, old_auth):
+                answer = await session.exchange(Envelope.asc(message.encode()))
+                assert answer.kind is Kind.ERROR
+                assert Refusal.from_body(answer.body).reason == Reason.REPLAYED
+
+            # The session and the channel are unharmed; nothing ran or was paid twice.
+            paid = await session.request(channel, WEATHER, PRICE)
+    assert provider.calls["weather"] == 2
+    assert paid.receipt is not None
+    assert (paid.receipt.state.version, paid.receipt.state.provider_balance) == (2, 2 * PRICE)
+
+
+# ---------------------------------------------------------------------- tampering
+
+
+async def test_tampered_frames_are_rejected_by_the_channel_and_retried(world: World) -> None:
+    provider, vault, client = world.provider(), world.vault(), world.client()
+    wire = Wire()
+    with serve_in_thread(provider.app) as url:
+        http = httpx.AsyncClient(transport=wire)
+        async with world.session(vault, url, http=http) as session:
+            channel = await world.open_channel(session, vault, client)
+            # One frame corrupted on the way in, one answer on the way out.
+            wire.tamper_requests, wire.tamper_responses = 1, 1
+            paid = await session.request(channel, WEATHER, PRICE)
+    # The provider refused the corrupted frame (400) without breaking the session; the
+    # corrupted answer failed the vault's check and the retry got the recorded answer.
+    assert 400 in wire.statuses
+    assert (wire.tamper_requests, wire.tamper_responses) == (0, 0)
+    assert provider.calls["weather"] == 1
+    assert paid.receipt is not None and paid.receipt.state.provider_balance == PRICE
+
+
+async def test_a_wire_that_corrupts_everything_costs_nothing(world: World) -> None:
+    provider, vault, client = world.provider(), world.vault(), world.client()
+    wire = Wire()
+    with serve_in_thread(provider.app) as url:
+        http = httpx.AsyncClient(transport=wire)
+        async with world.session(vault, url, http=http) as session:
+            channel = await world.open_channel(session, vault, client)
+            wire.tamper_requests = 10**6
+            with pytest.raises(ProviderUnavailable):
+                await session.request(channel, WEATHER, PRICE)
+    assert set(wire.statuses[1:]) == {400}
+    assert (channel.status, channel.free, channel.provider_balance) == (Status.OPEN, DEPOSIT, 0)
+    assert provider.calls["weather"] == 0
+
+
+# -------------------------------------------------------------------- concurrency
+
+
+async def test_concurrent_requests_on_one_channel_take_turns(world: World) -> None:
+    provider, vault, client = world.provider(), world.vault(), world.client()
+    with serve_in_thread(provider.app) as url:
+        async with world.session(vault, url) as session:
+            channel = await world.open_channel(session, vault, client)
+            paid = await asyncio.gather(
+                *(session.request(channel, WEATHER, PRICE) for _ in range(3))
+            )
+            slow = asyncio.create_task(session.request(channel, HttpRequest("GET", "/slow"),
+                                                       1_500))
+            await asyncio.sleep(0.1)
+            with pytest.raises(LocalProtocolError) as busy:
+                await session.request(channel, WEATHER, PRICE, wait=False)
+            await slow
+    assert busy.value.reason is Reason.REQUEST_IN_FLIGHT
+    assert sorted(p.request_id for p in paid) == [0, 1, 2]
+    assert sorted(json.loads(p.response.body)["n"] for p in paid) == [1, 2, 3]
+    assert (channel.free, channel.provider_balance) == (DEPOSIT - 4_500, 4_500)
+    assert channel.version == 4
+
+
+async def test_two_sessions_racing_execs_on_one_channel_get_one_reply(world: World) -> None:
+    """Bypassing the vault's own ordering: the provider still runs and commits only one."""
+    provider, vault, client = world.provider(), world.vault(), world.client()
+    with serve_in_thread(provider.app) as url:
+        async with world.session(vault, url) as first, world.session(vault, url) as second:
+            channel = await world.open_channel(first, vault, client)
+            await second.attach(channel)
+            slow = HttpRequest("GET", "/slow").encode()
+            answers = await asyncio.gather(*(
+                session.exchange(Envelope.asc(Exec(channel.channel_id, rid, 0, 1_500,
+                                                   slow).encode()))
+                for rid, session in ((0, first), (1, second))
+            ))
+    replies = [a for a in answers if a.kind is Kind.ASC]
+    refusals = [Refusal.from_body(a.body).reason for a in answers if a.kind is Kind.ERROR]
+    assert len(replies) == 1 and isinstance(decode(replies[0].body), Reply)
+    assert refusals in ([Reason.REQUEST_IN_FLIGHT], [Reason.REPLAYED])
+    assert provider.calls["slow"] == 1
+
+
+# ------------------------------------------------------------------------ restarts
+
+
+class Crash(Exception):
+    """The vault process dies right after a checkpoint is durable."""
+
+
+async def test_both_sides_restart_mid_request_and_finish_it_exactly_once(world: World) -> None:
+    provider, vault, client = world.provider(), world.vault(), world.client()
+    stored: list[Checkpoint] = []
+
+    async def persist_then_crash(checkpoint: Checkpoint) -> None:
+        stored.append(checkpoint)  # durable first …
+        if checkpoint.reason is CheckpointReason.AUTHORIZED and checkpoint.version == 1:
+            raise Crash  # … then the process dies before AUTH leaves
+
+    with serve_in_thread(provider.app) as url:
+        session = world.session(vault, url)
+        session.persist = persist_then_crash
+        await session.connect()
+        channel = await world.open_channel(session, vault, client)
+        await session.request(channel, WEATHER, PRICE)
+        with pytest.raises(Crash):
+            await session.request(channel, WEATHER, PRICE)
+        await session.aclose()
+    assert stored[-1].status is Status.PENDING
+
+    # The provider restarts from its sealed store, with its enclave restored from its
+    # sealed identity; the vault restores the channel from its last checkpoint.
+    enclave = world.platform.restore(PROVIDER_CODE, provider.enclave.export_sealed(),
+                                     allowed_purposes=PROVIDER_PURPOSES)
+    restarted = world.provider(enclave=enclave, operator=provider.config.operator,
+                               store=SqlChannelStore(provider.config.store.url),
+                               calls=provider.calls)
+    restored = VaultChannel.restore(stored[-1].snapshot, vault.signer)
+    with serve_in_thread(restarted.app) as url:
+        async with world.session(vault, url) as session:
+            await session.attach(restored)
+            resumed = await session.resume(restored)
+            again = await session.request(restored, WEATHER, PRICE)
+    assert resumed is not None and (resumed.request_id, resumed.amount) == (1, PRICE)
+    assert json.loads(resumed.response.body)["n"] == 2
+    assert json.loads(again.response.body)["n"] == 3
+    assert provider.calls["weather"] == 3  # nothing ran twice
+    assert again.receipt is not None
+    assert (again.receipt.state.version, again.receipt.state.provider_balance) == (3, 3 * PRICE)
+

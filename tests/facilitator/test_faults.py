@@ -1,0 +1,162 @@
+"""Faults around settlement: a dead RPC node, a chain that does not mine, a
+crash between journaling and broadcasting. Each must cost time, never money.
+
+Every test here runs its own anvil, because it stops mining or kills the node.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from eth_account import Account
+from starlette.testclient import TestClient
+
+from a402.chain.deploy import Manifest, deploy_dev_stack, token_balance
+from a402.chain.node import Chain, start_anvil
+from a402.chain.rpc import ChainUnavailable
+from a402.chain.tx import contract_at, pending_nonce, sign, transact
+from a402.exact.onchain import transfer_calldata
+from a402.facilitator.app import create_app
+from a402.facilitator.core import Facilitator, FacilitatorConfig
+from a402.facilitator.store import (
+    FINAL,
+    Settlement,
+    SettlementStore,
+    State,
+    payload_digest,
+    settlement_key,
+)
+from a402.wire import errors as E
+from tests.facilitator.helpers import request_body, requirement
+
+
+@pytest.fixture
+def own_chain() -> Iterator[tuple[Chain, Manifest]]:
+    with start_anvil(accounts=5) as chain:
+        yield chain, deploy_dev_stack(chain)
+
+
+def funded_payer(chain: Chain, stack: Manifest, funds: int) -> Account:
+    payer = Account.create()
+    token = contract_at(chain, "TestUSDC", stack.token.address)
+    transact(chain, chain.accounts[0], token.functions.mint(payer.address, funds))
+    return payer
+
+
+def until_finished(facilitator: Facilitator, key: str, within: float = 30.0) -> Settlement | None:
+    """Reconcile until the settlement leaves the journal's unfinished states.
+
+    anvil mines a broadcast transaction asynchronously, so the receipt may lag
+    the broadcast by a moment on a loaded machine; a fixed count of passes
+    would make the test depend on the scheduler.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        record = facilitator.store.get(key)
+        if record is None or record.state in FINAL:
+            return record
+        if time.monotonic() > deadline:
+            return record
+        facilitator.reconcile()
+        time.sleep(0.05)
+
+
+def test_settlement_on_a_chain_that_does_not_mine_is_pending_then_finished(
+    own_chain: tuple[Chain, Manifest], tmp_path: Path
+) -> None:
+    chain, stack = own_chain
+    payer = funded_payer(chain, stack, 5_000)
+    facilitator = Facilitator(chain, chain.accounts[1], SettlementStore(f"sqlite:///{tmp_path}/j.db"),
+                              FacilitatorConfig(receipt_timeout=0.5))
+    body = request_body(payer, requirement(stack, 2_000))
+    chain.w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
+
+    pending = facilitator.settle(body)
+    assert not pending.success and pending.error_reason == E.SETTLEMENT_PENDING
+    assert pending.transaction.startswith("0x")
+    assert facilitator.settle(body) == pending  # still pending, no second transaction
+
+    chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+    assert facilitator.reconcile() == 1
+    final = facilitator.settle(body)
+    assert final.success and final.transaction == pending.transaction
+    assert token_balance(chain, stack.token.address, payer.address) == 3_000
+
+
+def test_a_dead_rpc_node_gives_a_retryable_error_and_claims_nothing(tmp_path: Path) -> None:
+    with start_anvil(accounts=5) as chain:
+        stack = deploy_dev_stack(chain)
+        payer = funded_payer(chain, stack, 5_000)
+    # anvil is gone now
+    store = SettlementStore(f"sqlite:///{tmp_path}/j.db")
+    facilitator = Facilitator(chain, chain.accounts[1], store)
+    body = request_body(payer, requirement(stack, 1_000))
+
+    with pytest.raises(ChainUnavailable):
+        facilitator.settle(body)
+    assert store.unfinished() == []
+
+    with TestClient(create_app(facilitator)) as http:
+        response = http.post("/settle", json=body)
+        assert response.status_code == 503
+        assert response.json()["error"] == "chain_unavailable"
+        assert response.headers["retry-after"]
+        assert http.post("/verify", json=body).status_code == 503
+        assert http.post("/verify", content=b"{not json").status_code == 400
+
+
+def test_a_crash_after_journaling_is_finished_by_the_next_process(
+    own_chain: tuple[Chain, Manifest], tmp_path: Path
+) -> None:
+    """The first process journals a signed transaction and dies before sending it."""
+    chain, stack = own_chain
+    payer, payee = funded_payer(chain, stack, 5_000), stack.account("provider").address
+    url = f"sqlite:///{tmp_path}/journal.db"
+    body = request_body(payer, requirement(stack, 1_500))
+    evm = body["paymentPayload"]["payload"]
+    auth, signature = evm["authorization"], evm["signature"]
+
+    journal = SettlementStore(url)
+    key = settlement_key(stack.network, stack.token.address, payer.address, auth["nonce"])
+    assert journal.claim(key=key, payload_hash=payload_digest(signature, auth),
+                         network=stack.network, asset=stack.token.address, payer=payer.address,
+                         pay_to=payee, amount=1_500, valid_before=int(auth["validBefore"]))
+    calldata = transfer_calldata(auth, bytes.fromhex(signature[2:]))
+    signer = chain.accounts[1]
+    signed = sign(chain, signer, {"to": stack.token.address, "data": "0x" + calldata.hex()},
+                  nonce=pending_nonce(chain, signer.address), gas=200_000)
+    assert journal.record_submission(key, signed.tx_hash, signed.raw)
+    journal.close()  # ... and the process dies here, before broadcasting.
+
+    restarted = Facilitator(chain, signer, SettlementStore(url))
+    restarted.reconcile()  # re-broadcasts the journaled transaction ...
+    record = until_finished(restarted, key)  # ... and records its receipt once mined
+    assert record is not None and record.state == State.CONFIRMED
+    assert record.tx_hash == signed.tx_hash
+    assert restarted.settle(body).transaction == signed.tx_hash
+    assert token_balance(chain, stack.token.address, payer.address) == 3_500
+    assert token_balance(chain, stack.token.address, payee) == 1_500
+
+
+def test_a_retry_after_the_authorization_expired_still_gets_the_settled_receipt(
+    own_chain: tuple[Chain, Manifest], tmp_path: Path
+) -> None:
+    """Mined while pending, asked again after validBefore: the answer is the receipt,
+    not "expired" (which would tell the server no money moved when it did)."""
+    chain, stack = own_chain
+    payer = funded_payer(chain, stack, 1_000)
+    facilitator = Facilitator(chain, chain.accounts[1], SettlementStore(f"sqlite:///{tmp_path}/j.db"),
+                              FacilitatorConfig(receipt_timeout=0.3))
+    body = request_body(payer, requirement(stack, 1_000), valid_for=7)  # validBefore = now + 7
+    chain.w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
+    assert facilitator.settle(body).error_reason == E.SETTLEMENT_PENDING
+    chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+    time.sleep(2)  # now validBefore < now + 6: the offline check alone would say expired
+
+    assert facilitator.verify(body).invalid_reason == E.VALID_BEFORE_EXPIRED
+    final = facilitator.settle(body)
+    assert final.success, final
+    assert token_balance(chain, stack.token.address, payer.address) == 0

@@ -1,0 +1,165 @@
+"""Helpers shared by the provider tests: a small paid app, paying, and balance bookkeeping."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from eth_account.signers.local import LocalAccount
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from a402.chain.deploy import Manifest, token_balance
+from a402.chain.node import Chain
+from a402.exact.eip3009 import build_payment_payload, build_payment_payload_v1
+from a402.provider import PaymentMiddleware
+from a402.wire.headers import (
+    PAYMENT_REQUIRED,
+    PAYMENT_SIGNATURE,
+    X_PAYMENT,
+    decode_payment_required,
+    encode_header,
+)
+from a402.wire.x402 import (
+    PaymentPayload,
+    PaymentRequired,
+    PaymentRequiredV1,
+    PaymentRequirements,
+    PaymentRequirementsV1,
+)
+
+PRICE = "0.001"
+PRICE_ATOMIC = 1_000  # the dev token has 6 decimals
+BOOM_PRICE_ATOMIC = 1_000
+ITEM_PRICE_ATOMIC = 2_500
+
+
+@dataclass
+class Calls:
+    """How often each handler ran: a refused payment must not reach the handler."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def hit(self, name: str) -> None:
+        self.counts[name] = self.counts.get(name, 0) + 1
+
+    def __getitem__(self, name: str) -> int:
+        return self.counts.get(name, 0)
+
+
+def paid_app(
+    *, pay_to: str, manifest: Manifest, facilitator: Any, calls: Calls | None = None,
+    extra_prices: dict[str, Any] | None = None, **options: Any,
+) -> FastAPI:
+    """A FastAPI app with priced and free routes behind ``PaymentMiddleware``.
+
+    ``extra_prices`` prices routes the test adds to the returned app itself.
+    """
+    app = FastAPI()
+    calls = calls if calls is not None else Calls()
+
+    @app.get("/weather")
+    async def weather() -> dict[str, Any]:
+        calls.hit("weather")
+        return {"weather": "sunny", "temperature": 21}
+
+    @app.get("/free")
+    async def free() -> dict[str, bool]:
+        calls.hit("free")
+        return {"free": True}
+
+    @app.get("/boom")
+    async def boom() -> JSONResponse:
+        calls.hit("boom")
+        return JSONResponse({"error": "kaput"}, status_code=500)
+
+    @app.get("/items/{item_id}")
+    async def item(item_id: str) -> dict[str, str]:
+        calls.hit("item")
+        return {"item": item_id}
+
+    app.add_middleware(
+        PaymentMiddleware,
+        routes={
+            "GET /weather": PRICE,
+            "GET /boom": BOOM_PRICE_ATOMIC,
+            "GET /items/:id": "$0.0025",
+            **(extra_prices or {}),
+        },
+        pay_to=pay_to,
+        token=manifest.token,
+        network=manifest.network,
+        facilitator=facilitator,
+        **options,
+    )
+    return app
+
+
+@contextlib.asynccontextmanager
+async def asgi_client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://provider.test") as client:
+        yield client
+
+
+async def offer(client: httpx.AsyncClient, path: str) -> tuple[PaymentRequired, PaymentRequiredV1]:
+    """The 402 for ``path``: the v2 header and the v1 body, both parsed strictly."""
+    response = await client.get(path)
+    assert response.status_code == 402, response.text
+    v2 = decode_payment_required(response.headers[PAYMENT_REQUIRED])
+    assert isinstance(v2, PaymentRequired)
+    v1 = PaymentRequiredV1.model_validate(response.json())
+    return v2, v1
+
+
+def v2_header(required: PaymentRequired, payer: LocalAccount, **kwargs: Any) -> dict[str, str]:
+    payload = build_payment_payload(required.accepts[0], payer, resource=required.resource,
+                                    **kwargs)
+    return {PAYMENT_SIGNATURE: encode_header(payload)}
+
+
+def v1_header(required: PaymentRequiredV1, payer: LocalAccount) -> dict[str, str]:
+    return {X_PAYMENT: encode_header(build_payment_payload_v1(required.accepts[0], payer))}
+
+
+def payload_header(payload: PaymentPayload) -> dict[str, str]:
+    return {PAYMENT_SIGNATURE: encode_header(payload)}
+
+
+def requirements_of(required: PaymentRequired) -> PaymentRequirements:
+    return required.accepts[0]
+
+
+def requirements_v1_of(required: PaymentRequiredV1) -> PaymentRequirementsV1:
+    return required.accepts[0]
+
+
+class Balances:
+    """Token balances of some addresses, to assert exact deltas against a snapshot."""
+
+    def __init__(self, chain: Chain, manifest: Manifest, *addresses: str) -> None:
+        self.chain, self.token = chain, manifest.token.address
+        self.before = {a: token_balance(chain, self.token, a) for a in addresses}
+
+    def delta(self, address: str) -> int:
+        return token_balance(self.chain, self.token, address) - self.before[address]
+
+    def unchanged(self) -> bool:
+        return all(self.delta(a) == 0 for a in self.before)
+
+
+def closed_port_url() -> str:
+    """A loopback URL nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def assert_mined_transfer(chain: Chain, tx_hash: str) -> None:
+    receipt = chain.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+    assert receipt["status"] == 1

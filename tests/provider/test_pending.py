@@ -1,0 +1,132 @@
+"""``settlement_pending``: a slow chain must cost the payer time, never a second payment.
+
+anvil stops mining for the duration of the test, and a facilitator of our own
+(with a short receipt wait) answers ``settlement_pending`` with the hash of the
+transaction it broadcast. The payer resends the same header: while the chain
+is still stuck it is told to wait again (without a second transfer being
+made); once a block is mined, the same header buys the response.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+
+from a402.background import serve_in_thread
+from a402.chain.deploy import Manifest
+from a402.chain.node import Chain
+from a402.facilitator.app import create_app
+from a402.facilitator.core import Facilitator, FacilitatorConfig
+from a402.facilitator.store import SettlementStore
+from a402.wire.headers import PAYMENT_REQUIRED, PAYMENT_RESPONSE, decode_settle_response
+from tests.provider.support import (
+    PRICE_ATOMIC,
+    Balances,
+    Calls,
+    asgi_client,
+    assert_mined_transfer,
+    offer,
+    paid_app,
+    v2_header,
+)
+
+pytestmark = [pytest.mark.anyio, pytest.mark.anvil]
+
+
+@pytest.fixture
+def slow_facilitator_url(anvil_chain: Chain, tmp_path_factory: pytest.TempPathFactory
+                         ) -> Iterator[str]:
+    """A facilitator that waits only half a second for a receipt, with a gas account of its own."""
+    signer = Account.create()
+    anvil_chain.w3.provider.make_request("anvil_setBalance", [signer.address, hex(10**20)])
+    db = tmp_path_factory.mktemp("slow-facilitator") / "journal.db"
+    facilitator = Facilitator(anvil_chain, signer, SettlementStore(f"sqlite:///{db}"),
+                              FacilitatorConfig(receipt_timeout=0.5))
+    with serve_in_thread(create_app(facilitator, reconcile_every=3600)) as url:
+        yield url
+
+
+@pytest.fixture
+def mining_paused(anvil_chain: Chain) -> Iterator[Callable[[], None]]:
+    """Stop automatic mining; yields a function that mines one block. Always restored."""
+    rpc = anvil_chain.w3.provider.make_request
+    rpc("evm_setAutomine", [False])
+    try:
+        yield lambda: rpc("evm_mine", [])
+    finally:
+        rpc("evm_setAutomine", [True])
+
+
+async def test_pending_settlement_is_served_on_retry_of_the_same_header(
+    anvil_chain: Chain, dev_stack: Manifest, slow_facilitator_url: str, pay_to: str,
+    new_payer: Callable[..., LocalAccount], request: pytest.FixtureRequest,
+) -> None:
+    payer = new_payer(10_000)  # minted before mining stops
+    balances = Balances(anvil_chain, dev_stack, payer.address, pay_to)
+    calls = Calls()
+    app = paid_app(pay_to=pay_to, manifest=dev_stack, facilitator=slow_facilitator_url,
+                   calls=calls)
+    async with asgi_client(app) as client:
+        required, _ = await offer(client, "/weather")
+        headers = v2_header(required, payer)
+        mine: Callable[[], None] = request.getfixturevalue("mining_paused")
+
+        pending = await client.get("/weather", headers=headers)
+        again = await client.get("/weather", headers=headers)
+        mine()
+        served = await client.get("/weather", headers=headers)
+        replay = await client.get("/weather", headers=headers)
+
+    for stuck in (pending, again):
+        assert stuck.status_code == 402, stuck.text
+        assert PAYMENT_REQUIRED not in stuck.headers  # no invitation to pay twice
+        receipt = decode_settle_response(stuck.headers[PAYMENT_RESPONSE])
+        assert receipt.success is False and receipt.error_reason == "settlement_pending"
+        body = stuck.json()
+        assert body["error"] == "settlement_pending" and body["retrySamePayment"] is True
+        assert body["transaction"] == receipt.transaction
+        assert "accepts" not in body
+        assert int(stuck.headers["retry-after"]) > 0
+    tx = decode_settle_response(pending.headers[PAYMENT_RESPONSE]).transaction
+    assert decode_settle_response(again.headers[PAYMENT_RESPONSE]).transaction == tx
+
+    assert served.status_code == 200, served.text
+    receipt = decode_settle_response(served.headers[PAYMENT_RESPONSE])
+    assert receipt.success is True and receipt.transaction == tx
+    assert_mined_transfer(anvil_chain, tx)
+    assert replay.status_code == 402 and replay.json()["error"] == "payment_already_used"
+    # Serve-then-settle ran the handler once before the first settle (its response
+    # was withheld) and once more when the pending payment resolved.
+    assert calls["weather"] == 2
+    assert balances.delta(payer.address) == -PRICE_ATOMIC
+    assert balances.delta(pay_to) == PRICE_ATOMIC
+
+
+async def test_a_different_signature_cannot_ride_on_a_pending_payment(
+    anvil_chain: Chain, dev_stack: Manifest, slow_facilitator_url: str, pay_to: str,
+    new_payer: Callable[..., LocalAccount], request: pytest.FixtureRequest,
+) -> None:
+    payer = new_payer(10_000)
+    balances = Balances(anvil_chain, dev_stack, payer.address, pay_to)
+    app = paid_app(pay_to=pay_to, manifest=dev_stack, facilitator=slow_facilitator_url,
+                   settle_before_serve=True)
+    async with asgi_client(app) as client:
+        required, _ = await offer(client, "/weather")
+        nonce = "0x" + "5a" * 32
+        first = v2_header(required, payer, nonce=nonce)
+        # Same payer and nonce, a different (validly signed) authorization.
+        second = v2_header(required, payer, nonce=nonce, valid_for=120)
+        mine: Callable[[], None] = request.getfixturevalue("mining_paused")
+        pending = await client.get("/weather", headers=first)
+        hijack = await client.get("/weather", headers=second)
+        mine()
+        served = await client.get("/weather", headers=first)
+
+    assert pending.status_code == 402 and pending.json()["error"] == "settlement_pending"
+    assert hijack.status_code == 402 and hijack.json()["error"] == "payment_already_used"
+    assert served.status_code == 200, served.text
+    assert balances.delta(payer.address) == -PRICE_ATOMIC
+    assert balances.delta(pay_to) == PRICE_ATOMIC

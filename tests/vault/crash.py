@@ -1,0 +1,138 @@
+"""A real ``a402 vault`` process to kill, and a provider that can hold a message mid-flight.
+
+:class:`VaultProcess` runs the command line exactly as an operator would
+(``python -m a402.cli vault …``, its own database, key file and platform
+file) and kills it with SIGKILL: no handler runs, nothing is flushed, only
+what the database committed survives.
+
+:class:`GatedProvider` is the honest provider runtime with one seam used: when
+a chosen message arrives it signals, then waits at ``outgoing`` — after the
+vault wrote its checkpoint and sent the message, before the provider answers.
+That is where the test kills the vault, so every crash lands exactly in the
+state under test, not wherever a timer happened to fire.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import httpx
+from eth_account.signers.local import LocalAccount
+
+from a402.asc.messages import Message
+from a402.chain.node import free_port
+from a402.provider.a402_runtime import ProviderRuntime, Slot
+from a402.vault.identity import save_platform
+from a402.vault.store import VaultStore
+from a402.wire.a402 import Envelope
+from tests.a402_exchange.helpers import PROVIDER_CODE, VAULT_CODE, World
+
+
+class GatedProvider(ProviderRuntime):
+    """Once ``armed``, holds its answer to the next ``hold`` message until ``release`` is set."""
+
+    hold: ClassVar[type[Message] | None] = None
+    armed: ClassVar[bool] = False
+    reached: ClassVar[threading.Event] = threading.Event()
+    release: ClassVar[threading.Event] = threading.Event()
+
+    @classmethod
+    def gate(cls, hold: type[Message], *bases: type[ProviderRuntime]) -> type[GatedProvider]:
+        """A fresh subclass (fresh events, disarmed) holding ``hold``."""
+        return type("Gated" + hold.__name__, (cls, *bases), {
+            "hold": hold, "armed": False, "reached": threading.Event(),
+            "release": threading.Event()})
+
+    def outgoing(self, slot: Slot, incoming: Message, answer: Envelope) -> Envelope:
+        cls = type(self)
+        if cls.armed and cls.hold is not None and isinstance(incoming, cls.hold) \
+                and not cls.reached.is_set():
+            cls.reached.set()
+            cls.release.wait(60)
+        return super().outgoing(slot, incoming, answer)
+
+
+class VaultProcess:
+    """``a402 vault`` as a child process, restartable on the same database."""
+
+    def __init__(self, world: World, account: LocalAccount, workdir: Path, *extra: str) -> None:
+        self.world = world
+        self.account = account
+        self.db = f"sqlite:///{workdir}/vault.db"
+        key = workdir / "vault.key"
+        key.write_text(account.key.hex())
+        key.chmod(0o600)
+        platform = workdir / "platform.json"
+        save_platform(world.platform, platform)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.args = [
+            sys.executable, "-m", "a402.cli", "vault", "--rpc", str(world.chain.rpc_url),
+            "--key-file", str(key), "--manager", world.manager.address, "--db", self.db,
+            "--port", str(self.port), "--platform-file", str(platform),
+            "--measurement", VAULT_CODE.hex(), "--allow-simulated-attestation",
+            "--provider-measurement", PROVIDER_CODE.hex(), "--poll-interval", "0.2",
+            "--deposit-multiple", "10", *extra,
+        ]
+        self.log = workdir / "vault.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=log,
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"a402 vault exited: {self.log.read_text()[-2000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                health = httpx.get(self.url + "/healthz", timeout=1).json()
+                if health.get("recovered"):
+                    return
+            time.sleep(0.1)
+        raise TimeoutError(f"a402 vault did not recover in time: {self.log.read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to do anything."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def store(self) -> VaultStore:
+        """The database as the dead (or live) process left it."""
+        return VaultStore(self.db)
+
+    def startup_line(self) -> dict[str, Any]:
+        first = next(line for line in self.log.read_text().splitlines()
+                     if line.startswith("{\"vault\""))
+        return dict(json.loads(first))
+
+
+@contextlib.contextmanager
+def vault_process(world: World, account: LocalAccount, workdir: Path, *extra: str
+                  ) -> Iterator[VaultProcess]:
+    process = VaultProcess(world, account, workdir, *extra)
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()

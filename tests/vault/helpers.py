@@ -1,0 +1,119 @@
+"""Building blocks for the vault tests: a running vault, funded clients, conservation checks.
+
+Conservation is checked two ways after every scenario: the vault's own ledger
+(``deposits == balances + in_channels + paid + withdrawn``) and the chain —
+the vault's token balance is exactly the clients' pooled balances, every
+settled channel paid its provider exactly what the ledger says, and the
+ASCManager still escrows exactly the deposits of the channels not settled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+from sqlalchemy import create_engine
+
+from a402.background import serve_in_thread
+from a402.client.vault import VaultClient
+from a402.tee import AttestationPolicy
+from a402.vault import store as S
+from a402.vault.app import create_app
+from a402.vault.identity import vault_enclave
+from a402.vault.service import VaultConfig, VaultService
+from a402.vault.store import VaultStore
+from tests.a402_exchange.helpers import PROVIDER_CODE, VAULT_CODE, World, fresh_account
+
+
+@dataclass
+class Vault:
+    service: VaultService
+    url: str
+    account: LocalAccount
+    store: VaultStore
+
+    @property
+    def address(self) -> str:
+        return self.account.address
+
+
+def vault_config(world: World, account: LocalAccount, store: VaultStore,
+                 **overrides: Any) -> VaultConfig:
+    store.claim_for(account.address)
+    settings: dict[str, Any] = {"poll_interval": 0.2, "deposit_multiple": 10}
+    settings.update(overrides)
+    return VaultConfig(
+        chain=world.chain, account=account, manager=world.manager.address, store=store,
+        enclave=vault_enclave(world.platform, VAULT_CODE, store), verifiers=[world.verifier],
+        provider_policy=AttestationPolicy(frozenset({PROVIDER_CODE})), token=world.token_info,
+        **settings,
+    )
+
+
+@contextlib.contextmanager
+def running_vault(world: World, *, db_url: str | None = None,
+                  account: LocalAccount | None = None, **overrides: Any) -> Iterator[Vault]:
+    account = account or fresh_account(world.chain)
+    store = VaultStore(db_url or f"sqlite:///{world.tmp}/vault-{account.address}.db")
+    service = VaultService(vault_config(world, account, store, **overrides))
+    with serve_in_thread(create_app(service)) as url:
+        yield Vault(service, url, account, store)
+    store.close()
+
+
+def fresh_schema(url: str) -> str:
+    """A PostgreSQL URL whose tables live in a schema of their own (one database per vault)."""
+    name = f"vault_{secrets.token_hex(6)}"
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(f"CREATE SCHEMA {name}")
+    engine.dispose()
+    return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{name}"
+
+
+def client_of(world: World, vault_url: str, *, funds: int, deposit: int = 0
+              ) -> tuple[LocalAccount, VaultClient]:
+    """A fresh client holding ``funds`` tokens, ``deposit`` of them deposited in the vault."""
+    account = world.client(funds)
+    client = VaultClient(vault_url, account)
+    if deposit:
+        answer = client.deposit(deposit)
+        assert answer["state"] == "credited", answer
+    return account, client
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition"
+             ) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached in {timeout}s")
+        time.sleep(0.05)
+
+
+def assert_conserved(world: World, store: VaultStore, vault_address: str,
+                     escrow_before: int | None = None) -> S.Totals:
+    """The ledger balances, and the chain agrees with it (see the module docstring)."""
+    totals = store.totals()
+    assert totals.conserved, totals
+    assert world.balance(vault_address) == totals.balances, (world.balance(vault_address),
+                                                             totals)
+    channels = store.channels()
+    by_provider: dict[str, int] = {}
+    for c in channels:
+        if c.phase == S.SETTLED:
+            by_provider[c.provider] = by_provider.get(c.provider, 0) + int(c.provider_payout or 0)
+    for provider, paid in by_provider.items():
+        assert world.balance(world.chain.w3.to_checksum_address(provider)) == paid
+    if escrow_before is not None:
+        unsettled = sum(int(c.deposit) for c in channels if c.phase in S.FUNDED)
+        assert world.balance(world.manager.address) == escrow_before + unsettled
+    return totals

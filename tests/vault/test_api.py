@@ -1,0 +1,124 @@
+"""The vault's API at its edges: authentication, refusals that pay nothing, idempotency,
+deposits by either route counted once, withdrawals."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+import pytest
+from eth_account import Account
+
+from a402.background import serve_in_thread
+from a402.chain.deploy import Manifest
+from a402.chain.tx import transact
+from a402.client.vault import VaultCallError
+from a402.vault import api
+from tests.a402_exchange.helpers import World
+from tests.provider.support import paid_app
+
+from .helpers import assert_conserved, client_of, running_vault
+
+pytestmark = pytest.mark.anvil
+
+
+def _signed_get(vault_url: str, vault_address: str, account: Any, **kwargs: Any
+                ) -> tuple[dict[str, str], httpx.Response]:
+    headers = api.sign_request(account, vault_address, "GET", "/v1/account", b"", **kwargs)
+    return headers, httpx.get(vault_url + "/v1/account", headers=headers)
+
+
+def test_calls_must_be_signed_fresh_and_once(world: World) -> None:
+    with running_vault(world) as vault:
+        account = Account.create()
+        unsigned = httpx.get(vault.url + "/v1/account")
+        headers, ok = _signed_get(vault.url, vault.address, account)
+        replayed = httpx.get(vault.url + "/v1/account", headers=headers)
+        _, stale = _signed_get(vault.url, vault.address, account, now=time.time() - 600)
+        _, other_vault = _signed_get(vault.url, Account.create().address, account)
+        forged = dict(headers, **{api.NONCE_HEADER: "0123456789abcdef"})
+        tampered = httpx.get(vault.url + "/v1/account", headers=forged)
+        info = httpx.get(vault.url + "/v1/info")
+    assert ok.status_code == 200 and ok.json()["balance"] == "0"
+    for response, reason in ((unsigned, api.UNAUTHENTICATED), (replayed, api.REPLAYED_REQUEST),
+                             (stale, api.STALE_REQUEST), (other_vault, api.BAD_SIGNATURE),
+                             (tampered, api.BAD_SIGNATURE)):
+        assert (response.status_code, response.json()["error"]) == (401, reason)
+    assert info.status_code == 200
+    assert info.json()["deposit"]["payTo"] == vault.address
+
+
+def test_refusals_pay_nothing_and_say_why(world: World) -> None:
+    provider = world.provider()
+    escrow = world.balance(world.manager.address)
+    with serve_in_thread(provider.app) as site, running_vault(world) as vault:
+        _, rich = client_of(world, vault.url, funds=20_000, deposit=20_000)
+        _, poor = client_of(world, vault.url, funds=500, deposit=500)
+        cases = {
+            "price": lambda: rich.invoke(f"{site}/weather", max_price=999),
+            "balance": lambda: poor.invoke(f"{site}/weather", max_price=1_000),
+            "reused": lambda: rich.invoke(f"{site}/weather", max_price=2_000,
+                                          idempotency_key="k"),
+        }
+        first = rich.invoke(f"{site}/weather", max_price=1_000, idempotency_key="k")
+        errors = {}
+        for name, call in cases.items():
+            with pytest.raises(VaultCallError) as refused:
+                call()
+            errors[name] = (refused.value.status, refused.value.reason)
+        free = rich.invoke(f"{site}/free", max_price=1_000)
+        failed = rich.invoke(f"{site}/boom", max_price=1_000)
+        view = rich.account_info()
+        assert_conserved(world, vault.store, vault.address, escrow)
+    assert errors == {"price": (402, api.PRICE_ABOVE_MAXIMUM),
+                      "balance": (402, api.INSUFFICIENT_BALANCE),
+                      "reused": (409, api.IDEMPOTENCY_KEY_REUSED)}
+    assert first.outcome == api.PAID
+    assert (free.outcome, free.amount, json.loads(free.content)) == (api.FREE, 0, {"free": True})
+    # The paid service failed: its own answer comes back and nothing is paid for it.
+    assert (failed.outcome, failed.status, failed.amount) == (api.UNPAID, 500, 0)
+    assert json.loads(failed.content) == {"error": "kaput"}
+    assert provider.calls["boom"] == 1
+    assert view["paid"] == "1000"
+
+
+def test_an_offer_the_vault_cannot_pay_is_refused(world: World) -> None:
+    """A plain x402 server (exact only) has no a402 requirement: 422, with its 402 attached."""
+    manifest = Manifest(world.chain.network, world.chain.chain_id, world.token_info, {})
+    app = paid_app(pay_to=world.chain.accounts[1].address, manifest=manifest,
+                   facilitator="http://127.0.0.1:9")
+    with serve_in_thread(app) as site, running_vault(world) as vault:
+        _, client = client_of(world, vault.url, funds=5_000, deposit=5_000)
+        with pytest.raises(VaultCallError) as refused:
+            client.invoke(f"{site}/weather", max_price=10_000)
+    assert (refused.value.status, refused.value.reason) == (422, api.NO_ACCEPTABLE_OFFER)
+    assert refused.value.body["response"]["status"] == 402
+
+
+def test_deposits_count_once_by_either_route_and_withdrawals_pay_out(world: World) -> None:
+    with running_vault(world) as vault:
+        account, client = client_of(world, vault.url, funds=10_000, deposit=3_000)
+        signed = client.deposit(2_000)
+        # The same deposit reported again as a plain transfer is not credited twice …
+        again = client.report_deposit(signed["transaction"])
+        # … a transfer of its own is, once.
+        tx = transact(world.chain, account, world.token.functions.transfer(vault.address, 1_500))
+        tx_hash = "0x" + bytes(tx["transactionHash"]).hex()
+        reported = client.report_deposit(tx_hash)
+        twice = client.report_deposit(tx_hash)
+        assert client.account_info()["balance"] == str(6_500)
+
+        paid_out = client.withdraw(2_500, idempotency_key="w")
+        repeat = client.withdraw(2_500, idempotency_key="w")
+        with pytest.raises(VaultCallError) as overdrawn:
+            client.withdraw(10_000)
+        view = client.account_info()
+        assert_conserved(world, vault.store, vault.address)
+    assert (again["amount"], reported["amount"], twice["amount"]) == ("2000", "1500", "1500")
+    assert paid_out["state"] == "confirmed" and repeat == paid_out
+    assert (overdrawn.value.status, overdrawn.value.reason) == (402, api.INSUFFICIENT_BALANCE)
+    assert (view["balance"], view["deposits"], view["withdrawn"]) == ("4000", "6500", "2500")
+    assert world.balance(account.address) == 10_000 - 3_000 - 2_000 - 1_500 + 2_500
+

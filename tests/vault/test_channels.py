@@ -1,0 +1,174 @@
+"""Channels under load and over their life: concurrent calls on one channel, a channel too
+poor for the next call, wallet-funded channels, and the httpx integration."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from a402.background import serve_in_thread
+from a402.client import (
+    Budget,
+    BudgetExceeded,
+    VaultCallError,
+    vault_paying_client,
+    vault_payment_of,
+)
+from a402.client.pay import pay_main
+from a402.vault import api
+from a402.vault import store as S
+from tests.a402_exchange.helpers import World
+
+from .helpers import assert_conserved, client_of, running_vault
+
+pytestmark = pytest.mark.anvil
+
+PRICE = 1_000
+
+
+def test_concurrent_calls_on_one_channel_take_turns_and_never_double_spend(
+    world: World,
+) -> None:
+    provider = world.provider()
+    escrow = world.balance(world.manager.address)
+    with serve_in_thread(provider.app) as site, running_vault(world) as vault:
+        _, client = client_of(world, vault.url, funds=50_000, deposit=50_000)
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(
+                lambda i: client.invoke(f"{site}/weather", max_price=PRICE,
+                                        idempotency_key=f"c{i}"), range(8)))
+        [channel] = vault.store.channels()
+        assert_conserved(world, vault.store, vault.address, escrow)
+    # One channel, eight requests in sequence: eight distinct request ids and answers.
+    assert sorted(r.payment["requestId"] for r in results if r.payment) == list(range(8))
+    assert sorted(json.loads(r.content)["n"] for r in results) == list(range(1, 9))
+    assert provider.calls["weather"] == 8
+    assert (channel.version, channel.provider_balance) == (8, str(8 * PRICE))
+
+
+def test_a_second_call_that_cannot_wait_is_refused_and_pays_nothing(world: World) -> None:
+    provider = world.provider()
+    with serve_in_thread(provider.app) as site, running_vault(world, queue_timeout=0.1) as vault:
+        _, client = client_of(world, vault.url, funds=50_000, deposit=50_000)
+        client.invoke(f"{site}/weather", max_price=PRICE)  # the channel exists
+        with ThreadPoolExecutor(2) as pool:
+            slow = pool.submit(client.invoke, f"{site}/slow", max_price=2_000)
+            busy = pool.submit(_refusal, client, f"{site}/weather")
+            paid, refused = slow.result(), busy.result()
+        view = client.account_info()
+    assert paid.outcome == api.PAID
+    assert refused == (409, api.CHANNEL_BUSY)
+    assert view["paid"] == str(PRICE + 1_500)
+
+
+def _refusal(client: object, url: str) -> tuple[int, str]:
+    import time
+
+    time.sleep(0.2)  # the slow call holds the channel by now
+    try:
+        client.invoke(url, max_price=PRICE)  # type: ignore[attr-defined]
+    except VaultCallError as e:
+        return e.status, e.reason
+    raise AssertionError("the second call was not refused")
+
+
+def test_a_channel_too_poor_for_the_next_call_is_closed_and_replaced(world: World) -> None:
+    provider = world.provider()
+    escrow = world.balance(world.manager.address)
+    with serve_in_thread(provider.app) as site, \
+            running_vault(world, deposit_multiple=2) as vault:
+        _, client = client_of(world, vault.url, funds=10_000, deposit=10_000)
+        for _ in range(3):
+            client.invoke(f"{site}/weather", max_price=PRICE)
+        old, new = vault.store.channels()
+        assert_conserved(world, vault.store, vault.address, escrow)
+    assert (old.phase, old.provider_payout, old.client_payout) == (S.SETTLED, "2000", "0")
+    assert (new.phase, new.provider_balance) == (S.OPEN, str(PRICE))
+    assert world.balance(provider.address) == 2 * PRICE
+
+
+def test_a_wallet_funded_channel_takes_one_signature_and_refunds_the_wallet(
+    world: World,
+) -> None:
+    provider = world.provider()
+    escrow = world.balance(world.manager.address)
+    with serve_in_thread(provider.app) as site, running_vault(world) as vault:
+        account, client = client_of(world, vault.url, funds=8_000)
+        first = client.invoke(f"{site}/weather", max_price=PRICE, funding=api.WALLET,
+                              deposit=5_000)
+        second = client.invoke(f"{site}/weather", max_price=PRICE, funding=api.WALLET,
+                               deposit=5_000)
+        [channel] = vault.store.channels()
+        assert world.balance(account.address) == 3_000  # the deposit left the wallet
+        closed = client.close_channel(channel.cid)
+        assert_conserved(world, vault.store, vault.address, escrow)
+    assert (first.outcome, second.outcome) == (api.PAID, api.PAID)
+    assert (channel.funding, channel.terms["client"]) == (api.WALLET, account.address[2:].lower())
+    assert closed["phase"] == S.SETTLED
+    assert world.balance(account.address) == 8_000 - 2 * PRICE
+    assert world.balance(provider.address) == 2 * PRICE
+
+
+def test_httpx_routes_through_the_vault_within_its_limits(world: World) -> None:
+    provider = world.provider()
+    with serve_in_thread(provider.app) as site, running_vault(world) as vault:
+        account, _ = client_of(world, vault.url, funds=20_000, deposit=20_000)
+        budget = Budget({world.token.address: 2_500})
+        with vault_paying_client(vault.url, account, max_per_request=PRICE,
+                                 budget=budget) as http:
+            ok = http.get(f"{site}/weather")
+            with pytest.raises(VaultCallError) as too_dear:
+                http.post(f"{site}/echo", content=b"x")  # 2500 > the per-request maximum
+            again = http.get(f"{site}/weather")
+            with pytest.raises(BudgetExceeded) as over_budget:
+                http.get(f"{site}/weather")  # 1000 more than the 500 left
+    assert ok.status_code == 200 and ok.json()["weather"] == "sunny"
+    payment = vault_payment_of(ok)
+    assert payment is not None and (payment.outcome, payment.amount) == (api.PAID, PRICE)
+    assert vault_payment_of(again) is not None
+    assert too_dear.value.reason == api.PRICE_ABOVE_MAXIMUM
+    assert over_budget.value.remaining == 500
+    assert budget.spent(world.token.address) == 2 * PRICE
+
+
+def test_a402_pay_with_a_vault(world: World, tmp_path: object, capsys: pytest.CaptureFixture
+                               ) -> None:
+    import io
+    from pathlib import Path
+
+    provider = world.provider()
+    with serve_in_thread(provider.app) as site, running_vault(world) as vault:
+        account, _ = client_of(world, vault.url, funds=20_000, deposit=20_000)
+        key = Path(str(tmp_path)) / "client.key"
+        key.write_text(account.key.hex())
+        key.chmod(0o600)
+        out, err = io.BytesIO(), io.StringIO()
+        code = pay_main([f"{site}/weather", "--key-file", str(key), "--vault", vault.url,
+                         "--max", "0.001", "--idempotency-key", "cli-1"], stdout=out, stderr=err)
+        out2, err2 = io.BytesIO(), io.StringIO()
+        again = pay_main([f"{site}/weather", "--key-file", str(key), "--vault", vault.url,
+                          "--max", "0.001", "--idempotency-key", "cli-1"], stdout=out2,
+                         stderr=err2)
+        cheap = pay_main([f"{site}/weather", "--key-file", str(key), "--vault", vault.url,
+                          "--max", "0.0001"], stdout=io.BytesIO(), stderr=io.StringIO())
+    assert (code, again, cheap) == (0, 0, 3)
+    assert json.loads(out.getvalue())["weather"] == "sunny" and out2.getvalue() == out.getvalue()
+    summary = json.loads(err.getvalue().strip().splitlines()[-1])
+    assert summary["outcome"] == api.PAID and summary["payment"]["amount"] == str(PRICE)
+    assert provider.calls["weather"] == 1
+
+
+def test_the_same_call_sent_four_times_at_once_is_paid_once(world: World) -> None:
+    provider = world.provider()
+    with serve_in_thread(provider.app) as site, running_vault(world) as vault:
+        _, client = client_of(world, vault.url, funds=20_000, deposit=20_000)
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(
+                lambda _: client.invoke(f"{site}/slow", max_price=2_000, idempotency_key="dup"),
+                range(4)))
+        view = client.account_info()
+    assert len({(r.content, r.payment["requestId"] if r.payment else None) for r in results}) == 1
+    assert provider.calls["slow"] == 1
+    assert view["paid"] == "1500"

@@ -1,0 +1,198 @@
+"""The vault killed (SIGKILL) in each state of a paid call and restarted on the same database.
+
+Every scenario ends the same way: the call that was in flight is answered exactly once
+with the right outcome, the provider's service ran once for it, the channel is usable
+(or settled) afterwards, and the ledger and the chain agree to the unit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from a402.asc import Ack, Auth, Close, Exec, Status
+from a402.asc.contract import OnChainStatus
+from a402.asc.messages import Message
+from a402.background import serve_in_thread
+from a402.client.vault import VaultClient
+from a402.vault import api
+from a402.vault import store as S
+from tests.a402_exchange.faulty import WithholdingProvider
+from tests.a402_exchange.helpers import World, fresh_account
+
+from .crash import GatedProvider, VaultProcess, vault_process
+from .helpers import assert_conserved, client_of, wait_for
+
+pytestmark = pytest.mark.anvil
+
+PRICE = 1_000
+DEPOSIT = 10 * PRICE  # the vault runs with --deposit-multiple 10
+
+
+@pytest.fixture
+def world(private_world: World) -> World:
+    return private_world
+
+
+def _in_background(call: Callable[[], Any]) -> Future[Any]:
+    pool = ThreadPoolExecutor(1)
+    future = pool.submit(call)
+    pool.shutdown(wait=False)
+    return future
+
+
+def _crash_at(vault: VaultProcess, gate: type[GatedProvider], call: Callable[[], Any],
+              reached: Callable[[S.VaultStore], bool]) -> None:
+    """Run ``call``; when the provider holds the message and the vault's database shows the
+    state under test, SIGKILL the vault and let the provider go on."""
+    future = _in_background(call)
+    assert gate.reached.wait(30), "the provider never saw the message"
+    store = vault.store()
+    try:
+        wait_for(lambda: reached(store), what="the checkpoint under test")
+    finally:
+        store.close()
+    vault.kill()
+    gate.release.set()
+    with pytest.raises(httpx.HTTPError):  # the caller lost its answer with the process
+        future.result(30)
+
+
+@pytest.mark.parametrize(("hold", "state"), [
+    (Exec, S.LOCKED),  # δ locked, EXEC out, no REPLY yet
+    (Auth, S.AUTHORIZED),  # σ_U out: PENDING
+    (Ack, S.DELIVERED),  # REVEAL checked, δ credited, ACK out, answer not recorded
+], ids=["locked", "pending", "delivered"])
+def test_killed_mid_call_the_restarted_vault_answers_it_exactly_once(
+    world: World, tmp_path: Path, hold: type[Message], state: str,
+) -> None:
+    gate = GatedProvider.gate(hold)
+    provider = world.provider(runtime_cls=gate)
+    escrow = world.balance(world.manager.address)
+    with serve_in_thread(provider.app) as site, \
+            vault_process(world, fresh_account(world.chain), tmp_path) as vault:
+        account, client = client_of(world, vault.url, funds=20_000, deposit=20_000)
+        client.invoke(f"{site}/weather", max_price=PRICE)  # the channel exists, n = 1
+        gate.armed = True
+        key = f"{account.address.lower()}:crash"
+        _crash_at(vault, gate,
+                  lambda: client.invoke(f"{site}/weather", max_price=PRICE,
+                                        idempotency_key="crash"),
+                  lambda store: (r := store.request(key)) is not None and r.state == state)
+
+        vault.start()
+        again = client.invoke(f"{site}/weather", max_price=PRICE, idempotency_key="crash")
+        later = client.invoke(f"{site}/weather", max_price=PRICE)
+        store = vault.store()
+        [channel] = store.channels()
+        slot = provider.runtime.slot(bytes.fromhex(channel.cid[2:]))
+        assert_conserved(world, store, vault.account.address, escrow)
+    assert (again.outcome, again.amount) == (api.PAID, PRICE)
+    assert json.loads(again.content)["n"] == 2 and json.loads(later.content)["n"] == 3
+    assert provider.calls["weather"] == 3  # the interrupted call's service ran once
+    assert (channel.status, channel.version, channel.provider_balance) == (
+        Status.OPEN.value, 3, str(3 * PRICE))
+    assert slot is not None and slot.channel.state.version == 3
+
+
+def test_killed_while_closing_the_restarted_vault_settles_the_channel(
+    world: World, tmp_path: Path,
+) -> None:
+    gate = GatedProvider.gate(Close)
+    provider = world.provider(runtime_cls=gate)
+    escrow = world.balance(world.manager.address)
+    with serve_in_thread(provider.app) as site, \
+            vault_process(world, fresh_account(world.chain), tmp_path) as vault:
+        _, client = client_of(world, vault.url, funds=20_000, deposit=20_000)
+        for _ in range(2):
+            client.invoke(f"{site}/weather", max_price=PRICE)
+        [row] = vault.store().channels()
+        gate.armed = True
+        _crash_at(vault, gate, lambda: client.close_channel(row.cid),
+                  lambda store: store.channel(row.cid).phase == S.CLOSING)
+
+        vault.start()
+        store = vault.store()
+        settled = wait_for(lambda: (c := store.channel(row.cid)).phase == S.SETTLED and c,
+                           what="settlement")
+        balance = client.account_info()["balance"]
+        assert_conserved(world, store, vault.account.address, escrow)
+    assert (settled.provider_payout, settled.client_payout) == (str(2 * PRICE),
+                                                                str(DEPOSIT - 2 * PRICE))
+    assert balance == str(20_000 - 2 * PRICE)
+    assert world.balance(provider.address) == 2 * PRICE
+
+
+def test_killed_before_create_asc_is_mined_the_channel_opens_once(
+    world: World, tmp_path: Path,
+) -> None:
+    provider = world.provider()
+    w3 = world.chain.w3
+    escrow = world.balance(world.manager.address)
+    with serve_in_thread(provider.app) as site, \
+            vault_process(world, fresh_account(world.chain), tmp_path,
+                          "--chain-timeout", "60") as vault:
+        account, client = client_of(world, vault.url, funds=20_000, deposit=20_000)
+        w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
+        try:
+            future = _in_background(lambda: client.invoke(f"{site}/weather", max_price=PRICE,
+                                                          idempotency_key="open"))
+            store = vault.store()
+            row = wait_for(lambda: next(iter(store.channels()), None), what="a channel")
+            wait_for(lambda: store.tx(f"open:{row.cid}") is not None, what="createASC journaled")
+            assert (store.channel(row.cid).phase, store.balance(account.address)) == (
+                S.OPENING, 20_000 - DEPOSIT)  # debited before the transaction was signed
+            vault.kill()
+            with pytest.raises(httpx.HTTPError):
+                future.result(30)
+        finally:
+            w3.provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
+        w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+
+        vault.start()
+        result = client.invoke(f"{site}/weather", max_price=PRICE, idempotency_key="open")
+        store = vault.store()
+        channels = store.channels()
+        assert_conserved(world, store, vault.account.address, escrow)
+    assert result.outcome == api.PAID and json.loads(result.content)["n"] == 1
+    assert [(c.phase, c.deposit) for c in channels] == [(S.OPEN, str(DEPOSIT))]
+
+
+def test_a_claim_made_while_the_vault_was_down_is_recovered_at_restart(
+    world: World, tmp_path: Path,
+) -> None:
+    """PENDING when killed; the provider withholds t and claims on-chain meanwhile."""
+    gate = GatedProvider.gate(Auth, WithholdingProvider)
+    provider = world.provider(runtime_cls=gate, ack_timeout=1.0)
+    escrow = world.balance(world.manager.address)
+    with serve_in_thread(provider.app) as site, \
+            vault_process(world, fresh_account(world.chain), tmp_path) as vault:
+        account, client = client_of(world, vault.url, funds=20_000, deposit=20_000)
+        client.invoke(f"{site}/weather", max_price=PRICE)
+        gate.armed = True
+        key = f"{account.address.lower()}:claimed"
+        _crash_at(vault, gate,
+                  lambda: client.invoke(f"{site}/weather", max_price=PRICE,
+                                        idempotency_key="claimed"),
+                  lambda store: (r := store.request(key)) is not None and r.state == S.AUTHORIZED)
+        [row] = vault.store().channels()
+        cid = bytes.fromhex(row.cid[2:])
+        wait_for(lambda: world.manager.channel(cid).status is OnChainStatus.CLOSED,
+                 what="the provider's claim")
+
+        vault.start()
+        result = VaultClient(vault.url, account).invoke(f"{site}/weather", max_price=PRICE,
+                                                        idempotency_key="claimed")
+        store = vault.store()
+        settled = store.channel(row.cid)
+        assert_conserved(world, store, vault.account.address, escrow)
+    assert result.outcome == api.PAID and result.payment and result.payment["onChain"]
+    assert json.loads(result.content)["n"] == 2
+    assert settled is not None and (settled.phase, settled.provider_payout) == (
+        S.SETTLED, str(2 * PRICE))

@@ -1,0 +1,112 @@
+"""The vault's store on SQLite and on PostgreSQL: balances never go negative or lose an
+update under concurrency, deposits and withdrawals count once, nonces are single-use, and
+the conservation terms add up through a channel's whole life."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from a402.vault import store as S
+from a402.vault.store import InsufficientBalance, VaultStore
+
+from .helpers import fresh_schema
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[VaultStore]:
+    if request.param == "postgres":
+        url = fresh_schema(request.getfixturevalue("postgres_url"))
+    else:
+        url = f"sqlite:///{tmp_path}/vault.db"
+    store = VaultStore(url)
+    yield store
+    store.close()
+
+
+def _client() -> str:
+    return "0x" + secrets.token_hex(20)
+
+
+def test_concurrent_credits_and_debits_lose_nothing(store: VaultStore) -> None:
+    client = _client()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: store.credit_deposit(f"t:{client}:{i}", client, 10, "transfer",
+                                                     None), range(40)))
+    assert store.balance(client) == 400
+
+    def withdraw(i: int) -> bool:
+        try:
+            store.claim_withdrawal(f"{client}:{i}", client=client, recipient=client, amount=30)
+        except InsufficientBalance:
+            return False
+        return True
+
+    with ThreadPoolExecutor(8) as pool:
+        granted = sum(pool.map(withdraw, range(20)))
+    assert granted == 13 and store.balance(client) == 400 - 13 * 30  # never below zero
+    assert store.totals(client).conserved
+
+
+def test_deposits_withdrawals_and_nonces_count_once(store: VaultStore) -> None:
+    client = _client()
+    assert store.credit_deposit(f"t:{client}", client, 500, "transfer", "0x01")
+    assert not store.credit_deposit(f"t:{client}", client, 500, "transfer", "0x01")
+    first, record = store.claim_withdrawal(f"{client}:w", client=client, recipient=client,
+                                           amount=200)
+    again, _ = store.claim_withdrawal(f"{client}:w", client=client, recipient=client, amount=200)
+    assert (first, again, store.balance(client)) == (True, False, 300)
+    assert store.finish_withdrawal(record.key, ok=False, tx_hash=None)  # failed: refunded
+    assert not store.finish_withdrawal(record.key, ok=True, tx_hash="0x02")  # once
+    assert store.balance(client) == 500
+    now = time.time()
+    assert store.remember_nonce(client, "n1", now=now, keep=120)
+    assert not store.remember_nonce(client, "n1", now=now, keep=120)
+    assert store.remember_nonce(_client(), "n1", now=now, keep=120)
+
+
+def test_conservation_through_a_channel_life(store: VaultStore) -> None:
+    client, cid = _client(), "0x" + secrets.token_hex(32)
+    store.credit_deposit(f"t:{cid}", client, 1_000, "transfer", None)
+    with pytest.raises(InsufficientBalance):
+        _claim(store, client, "0x" + secrets.token_hex(32), deposit=5_000)
+    _claim(store, client, cid, deposit=600)
+    assert (store.balance(client), store.totals(client).in_channels) == (400, 600)
+    assert store.open_channel(cid)
+    store.save_checkpoint(cid, {"status": "open", "version": 2, "free": "350",
+                                "provider_balance": "250"}, None, None)
+    assert store.totals(client) == S.Totals(1_000, 400, 350, 250, 0)
+    assert store.settle_channel(cid, client_payout=350, provider_payout=250, tx_hash="0x03")
+    assert not store.settle_channel(cid, client_payout=350, provider_payout=250, tx_hash="0x03")
+    totals = store.totals(client)
+    assert totals == S.Totals(1_000, 750, 0, 250, 0) and totals.conserved
+
+    failed = "0x" + secrets.token_hex(32)
+    _claim(store, client, failed, deposit=700)
+    assert store.fail_channel(failed) and not store.fail_channel(failed)
+    assert store.balance(client) == 750
+
+
+def _claim(store: VaultStore, client: str, cid: str, *, deposit: int) -> S.Channel:
+    return store.claim_channel(
+        debit=True, cid=cid, client=client, provider=_client(), endpoint="http://p",
+        funding="pool", deposit=str(deposit), lock_timeout=30.0, terms={}, status="open",
+        version=0, free=str(deposit), proposal=None)
+
+
+def test_one_live_process_serves_a_vault(store: VaultStore) -> None:
+    vault = _client()
+    store.lock_for(vault)
+    second = VaultStore(store.url)
+    try:
+        with pytest.raises(S.VaultBusy):
+            second.lock_for(vault)
+        store.close()  # the holder goes away (a killed process releases it the same way)
+        second.lock_for(vault)
+    finally:
+        second.close()

@@ -1,0 +1,111 @@
+"""The a402 HTTP framing: one encoding per value, and anything else refused."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from a402.wire.a402 import (
+    Envelope,
+    FrameError,
+    HttpRequest,
+    HttpResponse,
+    HttpResult,
+    Kind,
+    OpenChannel,
+    PricedRoute,
+    ProviderInfo,
+    Refusal,
+    binding_digest,
+    provider_user_data,
+    request_digest,
+)
+
+headers = st.lists(
+    st.tuples(st.binary(min_size=1, max_size=20).map(bytes.lower), st.binary(max_size=40)),
+    max_size=5,
+).map(tuple)
+
+
+@given(
+    method=st.sampled_from(["GET", "POST", "DELETE"]),
+    path=st.text(min_size=0, max_size=30).map(lambda p: "/" + p),
+    query=st.binary(max_size=30),
+    headers=headers,
+    body=st.binary(max_size=200),
+)
+def test_requests_round_trip(method: str, path: str, query: bytes,
+                             headers: tuple[tuple[bytes, bytes], ...], body: bytes) -> None:
+    request = HttpRequest(method, path, query, headers, body)
+    assert HttpRequest.decode(request.encode()) == request
+
+
+@given(status=st.integers(100, 999), headers=headers, body=st.binary(max_size=200),
+       digest=st.binary(min_size=32, max_size=32))
+def test_results_round_trip(status: int, headers: tuple[tuple[bytes, bytes], ...],
+                            body: bytes, digest: bytes) -> None:
+    result = HttpResult(digest, HttpResponse(status, headers, body))
+    assert HttpResult.decode(result.encode()) == result
+
+
+def test_truncated_extended_or_foreign_bytes_are_refused() -> None:
+    request = HttpRequest("POST", "/x", b"a=1", ((b"h", b"v"),), b"body").encode()
+    for bad in (request[:-1], request + b"\x00", b"A402/RES\x01" + request[9:], b""):
+        with pytest.raises(FrameError):
+            HttpRequest.decode(bad)
+    with pytest.raises(FrameError):
+        Envelope.decode(b"A402/HTTP\x01\x09")
+    with pytest.raises(FrameError):
+        HttpResponse.decode(HttpResponse(200).encode()[:-1])
+    with pytest.raises(ValueError):
+        HttpRequest("G T", "/")
+    with pytest.raises(ValueError):
+        HttpRequest("GET", "relative")
+
+
+def test_envelopes_open_and_refusal_round_trip() -> None:
+    opening = OpenChannel(os.urandom(20), os.urandom(20), os.urandom(20), os.urandom(32),
+                          12345, os.urandom(32), os.urandom(65))
+    envelope = Envelope.decode(opening.envelope().encode())
+    assert envelope.kind is Kind.OPEN
+    assert OpenChannel.from_body(envelope.body) == opening
+    with pytest.raises(FrameError):
+        OpenChannel.from_body(envelope.body[:-1])
+    for refusal in (Refusal("replayed", "request 0 handled"),
+                    Refusal("service_failed", "500", HttpResponse(500, (), b"kaput"))):
+        decoded = Envelope.decode(refusal.envelope().encode())
+        assert decoded.kind is Kind.ERROR and Refusal.from_body(decoded.body) == refusal
+
+
+def test_digests_are_domain_separated_and_over_the_bytes_sent() -> None:
+    raw = HttpRequest("GET", "/w").encode()
+    assert request_digest(raw) != request_digest(raw + b"\x00")
+    binding, cid = os.urandom(32), os.urandom(32)
+    assert binding_digest(binding, cid) != binding_digest(cid, binding)
+    data = provider_user_data(1, b"\x01" * 20, b"\x02" * 20)
+    assert data != provider_user_data(2, b"\x01" * 20, b"\x02" * 20)
+    assert data != provider_user_data(1, b"\x02" * 20, b"\x01" * 20)
+
+
+def test_info_round_trips_and_rejects_malformed_documents() -> None:
+    info = ProviderInfo(
+        network="eip155:31337", chain_id=31337, asc_manager=os.urandom(20), token=os.urandom(20),
+        dispute_window=600, provider=os.urandom(20), provider_key=os.urandom(32),
+        attestation_kind="simulated", evidence=os.urandom(100), nonce=os.urandom(32),
+        lock_timeout=5.0, ack_timeout=30.0, routes=(PricedRoute("GET /w", 1000),),
+    )
+    document = info.to_json()
+    assert ProviderInfo.from_json(document) == info
+    for broken in (
+        {**document, "version": 2},
+        {**document, "providerKey": "0x00"},
+        {**document, "ackTimeout": -1},
+        {**document, "chainId": "31337"},
+        {k: v for k, v in document.items() if k != "token"},
+        {**document, "attestation": {"kind": "simulated", "evidence": "%%%"}},
+    ):
+        with pytest.raises(FrameError):
+            ProviderInfo.from_json(broken)
