@@ -22,9 +22,12 @@ out of the timed window only because it is a one-time cost already counted in
 deposit, open and close, which are not timed); the ``exact`` phase switches the
 same anvil to a block every 2 s, because there the block time *is* the cost.
 
-Everything (vault, provider, facilitator, load generator) shares one Python
-process on this machine, so the figures include the GIL contention of all
-four; absolute numbers depend on the machine (recorded in the JSON).
+The facilitator, the provider (the paid API behind the payment middleware),
+the vault and the bare service each run in a process of their own
+(:mod:`roles`), as they would on separate machines; the load generator is this
+process. All of them share this machine's cores, so the figures include the
+load generator's own cost; absolute numbers depend on the machine (recorded in
+the JSON).
 
 Prints a table of targets and writes ``bench/results/asc.json``.
 """
@@ -46,34 +49,21 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import uvloop
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
-from a402.background import serve_in_thread
+import roles
 from a402.chain.deploy import Manifest, deploy_dev_stack
 from a402.chain.node import Chain, start_anvil
 from a402.chain.tx import contract_at, transact
 from a402.client import Budget, async_paying_client, receipt_of
 from a402.client.vault import AsyncVaultClient, VaultClient
-from a402.facilitator.app import create_app as facilitator_app
-from a402.facilitator.core import Facilitator
-from a402.facilitator.store import SettlementStore
-from a402.provider.a402_runtime import A402Config
-from a402.provider.a402_store import SqlChannelStore
-from a402.provider.middleware import PaymentMiddleware
-from a402.tee import PROVIDER_PURPOSES, AttestationPolicy, SimulatedPlatform, SimulatedVerifier
-from a402.vault.app import create_app as vault_app
-from a402.vault.identity import vault_enclave
-from a402.vault.service import VaultConfig, VaultService
-from a402.vault.store import VaultStore
+from a402.tee import SimulatedPlatform
 from machine import machine
 
 ROOT = Path(__file__).resolve().parents[1]
-PRICE = 1_000
+PRICE = roles.PRICE
 SIZES = (1, 10, 100, 1000)
 PROVIDER_CODE = hashlib.sha384(b"a402 bench provider enclave").digest()
 VAULT_CODE = hashlib.sha384(b"a402 bench vault enclave").digest()
@@ -81,14 +71,6 @@ BLOCK_TIME = 2.0
 PAPER_LIFECYCLE_GAS = 83_687
 TARGETS = {"throughput_50_channels_rps": 500, "overhead_p50_ms": 5.0,
            "lifecycle_gas": PAPER_LIFECYCLE_GAS, "throughput_ratio_vs_exact": 100}
-
-
-def zero_cost_service() -> Starlette:
-    """The paid API: answers at once, so what is measured is the payment."""
-    async def data(_: Request) -> JSONResponse:
-        return JSONResponse({"ok": True})
-
-    return Starlette(routes=[Route("/data", data)])
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -274,57 +256,39 @@ def main() -> None:
     with start_anvil(accounts=args.channels + len(sizes) + 4) as chain, \
             tempfile.TemporaryDirectory(dir=args.db_dir) as tmp:
         manifest = deploy_dev_stack(chain, asc_manager=True)
-        chain_manager = manifest.contracts["ASCManager"]
         platform = SimulatedPlatform.generate()
-        verifier = SimulatedVerifier(platform.root.public_key, allow_simulated=True)
         operator, vault_account = Account.create(), Account.create()
         for a in (operator, vault_account):
             transact(chain, chain.accounts[0], {"to": a.address}, value=10**18)
-        settlements = SettlementStore(f"sqlite:///{tmp}/journal.db")
-        facilitator = Facilitator(chain, chain.accounts[1], settlements)
-        a402 = A402Config(
-            enclave=platform.launch(PROVIDER_CODE, allowed_purposes=PROVIDER_PURPOSES),
-            operator=operator, chain=chain, manager=chain_manager,
-            vault_policy=AttestationPolicy(frozenset({VAULT_CODE})), verifiers=[verifier],
-            store=SqlChannelStore(f"sqlite:///{tmp}/provider.db"),
-        )
-        vault_store = VaultStore(f"sqlite:///{tmp}/vault.db")
-        vault_store.claim_for(vault_account.address)
-        vault = VaultService(VaultConfig(
-            chain=chain, account=vault_account, manager=chain_manager, store=vault_store,
-            enclave=vault_enclave(platform, VAULT_CODE, vault_store), verifiers=[verifier],
-            provider_policy=AttestationPolicy(frozenset({PROVIDER_CODE})),
-            token=manifest.token, deposit_multiple=max([*sizes, args.per_channel + 1]),
-            sessions_per_provider=args.sessions or args.channels,
-        ))
+        shared = roles.Shared(
+            rpc_url=chain.rpc_url, manifest_json=manifest.to_json(),
+            platform_root=platform.root.private_bytes(), platform_secret=platform.seal_secret,
+            provider_code=PROVIDER_CODE, vault_code=VAULT_CODE, db_dir=tmp)
         clients = [Account.from_key(manifest.account("client", i).private_key)
                    for i in range(args.channels + len(sizes))]
-        with serve_in_thread(facilitator_app(facilitator)) as facilitator_url:
-            service = zero_cost_service()
-            api = PaymentMiddleware(
-                service, routes={"GET /data": PRICE}, pay_to=operator.address,
-                token=manifest.token, network=manifest.network, facilitator=facilitator_url,
-                a402=a402)
-            with serve_in_thread(api) as api_url, serve_in_thread(vault_app(vault)) as vault_url, \
-                    serve_in_thread(service) as service_url:
-                stack = Stack(chain, manifest, api_url, vault_url, service_url)
-                print("service time ...", file=sys.stderr)
-                base = service_time(f"{service_url}/data")
-                growth = []
-                for i, n in enumerate(sizes):
-                    print(f"one channel, {n} requests ...", file=sys.stderr)
-                    growth.append(channel_run(stack, clients[args.channels + i], n))
-                print(f"{args.channels} channels ...", file=sys.stderr)
-                many = asyncio.run(many_channels(stack, clients[:args.channels],
-                                                 args.per_channel))
-                print(f"x402 exact, a block every {BLOCK_TIME:g} s ...", file=sys.stderr)
-                chain.w3.provider.make_request("evm_setAutomine", [False])
-                chain.w3.provider.make_request("evm_setIntervalMining", [int(BLOCK_TIME)])
-                exact = asyncio.run(exact_run(
-                    stack, [manifest.account("client", i).private_key
-                            for i in range(args.channels)], args.exact_per_client))
-        settlements.close()
-        vault_store.close()
+        deposit_multiple = max([*sizes, args.per_channel + 1])
+        with roles.running(roles.facilitator, shared,
+                           "0x" + bytes(chain.accounts[1].key).hex()) as facilitator_url, \
+                roles.running(roles.provider, shared, "0x" + bytes(operator.key).hex(),
+                              facilitator_url) as api_url, \
+                roles.running(roles.vault, shared, "0x" + bytes(vault_account.key).hex(),
+                              args.sessions or args.channels, deposit_multiple) as vault_url, \
+                roles.running(roles.service, shared) as service_url:
+            stack = Stack(chain, manifest, api_url, vault_url, service_url)
+            print("service time ...", file=sys.stderr)
+            base = service_time(f"{service_url}/data")
+            growth = []
+            for i, n in enumerate(sizes):
+                print(f"one channel, {n} requests ...", file=sys.stderr)
+                growth.append(channel_run(stack, clients[args.channels + i], n))
+            print(f"{args.channels} channels ...", file=sys.stderr)
+            many = uvloop.run(many_channels(stack, clients[:args.channels], args.per_channel))
+            print(f"x402 exact, a block every {BLOCK_TIME:g} s ...", file=sys.stderr)
+            chain.w3.provider.make_request("evm_setAutomine", [False])
+            chain.w3.provider.make_request("evm_setIntervalMining", [int(BLOCK_TIME)])
+            exact = uvloop.run(exact_run(
+                stack, [manifest.account("client", i).private_key
+                        for i in range(args.channels)], args.exact_per_client))
 
     one = max(growth, key=lambda g: g["requests"])
     exact_gas = exact["gas_per_payment_median"]

@@ -12,6 +12,16 @@ slot created from zero costs ~17,100 gas more; the table shows that case once
 for closeASC). The client approved the manager once, with an unlimited
 allowance (listed separately; createASCWithAuthorization needs no approval).
 
+Batches (second table): the vault opens N channels from its own pooled deposit
+(client == vault, the paper's U, as ``a402 vault`` does for pool-funded
+channels) with one ``createASCBatch``, three payments go through each, and it
+closes all N with one ``closeASCBatch``. The figure per channel is the gasUsed
+of those two transactions divided by N, nothing left out. Same steady state:
+the vault keeps tokens, every provider already holds some. Two provider mixes:
+N distinct providers (one payout transfer per channel) and one provider for all
+N (one payout in all). The "single calls" row is the same pool channel through
+createASC + closeASC, for comparison.
+
 Usage: ``python bench/asc_gas.py`` — prints a table and writes
 ``bench/results/asc_gas.json``. Needs anvil (``npm ci``).
 """
@@ -47,6 +57,9 @@ RESULTS = Path(__file__).resolve().parent / "results" / "asc_gas.json"
 DEPOSIT = 10_000_000
 DISPUTE_WINDOW = 86_400
 MAX_UINT = 2**256 - 1
+
+#: Batch sizes of the second table.
+BATCH_SIZES = (1, 2, 5, 10, 50)
 
 #: A402 paper, Table 1 (Ethereum, standard mode). The paper does not say how it measured.
 PAPER = {
@@ -133,8 +146,7 @@ def _increase_time(chain: Chain, seconds: int) -> None:
     chain.w3.provider.make_request("evm_mine", [])
 
 
-def measure(chain: Chain) -> dict[str, int]:
-    """Gas per entry point, in the steady-state scenario of the module docstring."""
+def _setup(chain: Chain) -> Setup:
     deployer = chain.accounts[0]
     token = deploy_contract(chain, deployer, "TestUSDC", "USD Coin", "USDC", "2", deployer.address)
     manager = ASCManager.deploy(chain, deployer, token.address, DISPUTE_WINDOW)
@@ -147,6 +159,13 @@ def measure(chain: Chain) -> dict[str, int]:
         provider=_funded(chain, token, 1),
         schnorr=EVM.generate_key(),
     )
+    return s
+
+
+def measure(chain: Chain) -> dict[str, int]:
+    """Gas per entry point, in the steady-state scenario of the module docstring."""
+    s = _setup(chain)
+    token, manager = s.token, s.manager
     gas: dict[str, int] = {}
     gas["approve (client, once)"] = int(
         transact(chain, s.client, token.functions.approve(manager.address, MAX_UINT))["gasUsed"]
@@ -239,6 +258,83 @@ def measure(chain: Chain) -> dict[str, int]:
     return gas
 
 
+@dataclass(frozen=True)
+class BatchLifecycle:
+    """One pool-funded lifecycle of ``channels`` channels: open and close transactions."""
+
+    channels: int
+    providers: str  # "distinct" or "one"
+    open_gas: int
+    close_gas: int
+
+    @property
+    def per_channel(self) -> int:
+        return round((self.open_gas + self.close_gas) / self.channels)
+
+
+def _paid_final_states(s: Setup, channels: list[tuple[ChannelTerms, LocalAccount]]) -> list[Any]:
+    """Three payments through each channel, then its final state (the vault will send)."""
+    items = []
+    for terms, provider_account in channels:
+        vault, provider = s.machines(terms, provider_account)
+        for _ in range(3):
+            _pay(vault, provider, 1_000)
+        signed = _close(vault, provider)
+        items.append((terms, SignedState(signed.state, b"", signed.provider_signature)))
+    return items
+
+
+def measure_batches(
+    chain: Chain, sizes: tuple[int, ...] = BATCH_SIZES
+) -> list[BatchLifecycle]:
+    """Lifecycle gas per channel when the vault opens and closes channels in batches."""
+    s = _setup(chain)
+    token, manager = s.token, s.manager
+    transact(chain, chain.accounts[0], token.functions.mint(s.vault.address, 10**6 * DEPOSIT))
+    transact(chain, s.vault, token.functions.approve(manager.address, MAX_UINT))
+    manager.create(s.vault, s.terms(client=s.vault))  # warm-up: the escrow is non-zero
+
+    def lifecycle(n: int, providers: list[LocalAccount], *, batch: bool) -> BatchLifecycle:
+        channels = [(s.terms(s.vault, provider), provider) for provider in providers]
+        terms_list = [terms for terms, _ in channels]
+        if batch:
+            open_gas = int(manager.create_batch(s.vault, terms_list)["gasUsed"])
+        else:
+            (terms,) = terms_list
+            open_gas = int(manager.create(s.vault, terms)["gasUsed"])
+        items = _paid_final_states(s, channels)
+        if batch:
+            close_gas = int(manager.close_batch(s.vault, items)["gasUsed"])
+        else:
+            ((terms, signed),) = items
+            close_gas = int(manager.close(s.vault, terms, signed)["gasUsed"])
+        mix = "one" if len(set(p.address for p in providers)) == 1 else "distinct"
+        return BatchLifecycle(n, mix, open_gas, close_gas)
+
+    rows = [lifecycle(1, [s.provider], batch=False)]
+    for n in sizes:
+        rows.append(lifecycle(n, [_funded(chain, token, 1) for _ in range(n)], batch=True))
+        if n > 1:
+            rows.append(lifecycle(n, [s.provider] * n, batch=True))
+    return rows
+
+
+def batch_table(rows: list[BatchLifecycle]) -> str:
+    lines = [
+        f"{'pool channels (client = vault)':<36} {'providers':>9} {'open tx':>9} {'close tx':>9}"
+        f" {'per channel':>12}",
+        "-" * 79,
+    ]
+    for i, row in enumerate(rows):
+        name = "single calls (createASC, closeASC)" if i == 0 else f"one batch of {row.channels}"
+        lines.append(
+            f"{name:<36} {row.providers:>9} {row.open_gas:>9,} {row.close_gas:>9,}"
+            f" {row.per_channel:>12,}"
+        )
+    lines.append(f"{'paper: createASC + closeASC':<36} {'':>9} {'':>9} {'':>9} {83_687:>12,}")
+    return "\n".join(lines)
+
+
 def table(gas: dict[str, int]) -> str:
     lines = [f"{'ASCManager entry point':<46} {'gas':>9} {'paper':>9}", "-" * 66]
     for name, used in gas.items():
@@ -252,7 +348,10 @@ def table(gas: dict[str, int]) -> str:
 def main() -> int:
     with start_anvil(accounts=2) as chain:
         gas = measure(chain)
+        batches = measure_batches(chain)
     print(table(gas))
+    print()
+    print(batch_table(batches))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
         json.dumps(
@@ -261,6 +360,21 @@ def main() -> int:
                 "scenario": "steady state: no token balance created from zero, unlimited approval",
                 "dispute_window_s": DISPUTE_WINDOW,
                 "gas": gas,
+                "batch_lifecycle": {
+                    "scenario": "pool channels (client = vault): one createASCBatch of N, three"
+                    " payments each, one closeASCBatch; per_channel = (open + close) / N",
+                    "rows": [
+                        {
+                            "channels": row.channels,
+                            "batched": i > 0,
+                            "providers": row.providers,
+                            "open_gas": row.open_gas,
+                            "close_gas": row.close_gas,
+                            "per_channel": row.per_channel,
+                        }
+                        for i, row in enumerate(batches)
+                    ],
+                },
                 "paper_table_1": PAPER,
             },
             indent=2,

@@ -71,7 +71,9 @@ def upstream_api() -> Starlette:
 @pytest.mark.anvil
 def test_devnet_facilitator_gateway_and_pay_from_the_command_line(tmp_path: Path) -> None:
     manifest_path = tmp_path / "devnet.json"
-    chain_port, facilitator_port, gateway_port = free_port(), free_port(), free_port()
+    # Each port is reserved right before its server binds it, and after every in-process
+    # server (which binds port 0) is up: no server can take a port reserved for another.
+    chain_port = free_port()
     with running("devnet", "--port", str(chain_port), "--manifest-out", str(manifest_path)):
         wait_until(manifest_path.exists, "devnet")
         manifest = Manifest.load(manifest_path)
@@ -81,32 +83,35 @@ def test_devnet_facilitator_gateway_and_pay_from_the_command_line(tmp_path: Path
         facilitator_key = str(tmp_path / "facilitator.key")  # written by devnet
         assert Path(facilitator_key).read_text().strip() == (
             manifest.account("facilitator").private_key)
+        facilitator_port = free_port()
         with running("facilitator", "--rpc", manifest.rpc_url, "--network", manifest.network,
                      "--key-file", facilitator_key, "--db", f"sqlite:///{tmp_path}/j.db",
                      "--port", str(facilitator_port)):
             facilitator = f"http://127.0.0.1:{facilitator_port}"
             wait_until(lambda: httpx.get(f"{facilitator}/healthz").status_code == 200,
                        "facilitator")
-            with serve_in_thread(upstream_api()) as upstream, running(
-                "gateway", "--upstream", upstream, "--route", "GET /quote=0.25",
-                "--manifest", str(manifest_path), "--facilitator", facilitator,
-                "--port", str(gateway_port),
-            ):
-                gateway = f"http://127.0.0.1:{gateway_port}"
-                wait_until(lambda: httpx.get(f"{gateway}/free").status_code == 200, "gateway")
-                assert httpx.get(f"{gateway}/quote").status_code == 402
+            with serve_in_thread(upstream_api()) as upstream:
+                gateway_port = free_port()
+                with running(
+                    "gateway", "--upstream", upstream, "--route", "GET /quote=0.25",
+                    "--manifest", str(manifest_path), "--facilitator", facilitator,
+                    "--port", str(gateway_port),
+                ):
+                    gateway = f"http://127.0.0.1:{gateway_port}"
+                    wait_until(lambda: httpx.get(f"{gateway}/free").status_code == 200, "gateway")
+                    assert httpx.get(f"{gateway}/quote").status_code == 402
 
-                client = manifest.account("client")
-                chain = connect(manifest.rpc_url)
-                token = manifest.token.address
-                provider = manifest.account("provider").address
-                before = [token_balance(chain, token, a) for a in (client.address, provider)]
-                paid = subprocess.run(
-                    [A402, "pay", f"{gateway}/quote", "--key-file", str(tmp_path / "client.key"),
-                     "--max", "0.5"],
-                    capture_output=True, text=True, timeout=60,
-                )
-                after = [token_balance(chain, token, a) for a in (client.address, provider)]
+                    client = manifest.account("client")
+                    chain = connect(manifest.rpc_url)
+                    token = manifest.token.address
+                    provider = manifest.account("provider").address
+                    before = [token_balance(chain, token, a) for a in (client.address, provider)]
+                    paid = subprocess.run(
+                        [A402, "pay", f"{gateway}/quote",
+                         "--key-file", str(tmp_path / "client.key"), "--max", "0.5"],
+                        capture_output=True, text=True, timeout=60,
+                    )
+                    after = [token_balance(chain, token, a) for a in (client.address, provider)]
 
     assert paid.returncode == 0, paid.stderr
     assert json.loads(paid.stdout) == {"quote": "the map is not the territory"}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +49,9 @@ VAULT_CODE = hashlib.sha384(b"a402 test vault enclave").digest()
 LOCK = 8.0
 PROVIDER_LOCK = 5.0
 DEPOSIT = 100_000
+#: How long a gated ``/slow`` holds its answer at most: inside the provider's handler
+#: budget (0.8 × PROVIDER_LOCK), so a test that never releases it still gets an answer.
+SLOW_HOLD = PROVIDER_LOCK * 0.8 - 0.5
 PRICES = {"GET /weather": 1_000, "POST /echo": 2_500, "GET /boom": 1_000, "GET /slow": 1_500}
 ETH = 10**18
 UNUSED_FACILITATOR = "http://127.0.0.1:9"  # exact is never paid in these tests
@@ -58,6 +62,8 @@ class Calls:
     """How often each handler ran: a refused or replayed EXEC must not run it again."""
 
     counts: dict[str, int] = field(default_factory=dict)
+    #: If set, ``/slow`` answers once this is set (at most SLOW_HOLD s) rather than after 0.5 s.
+    slow_release: threading.Event | None = None
 
     def hit(self, name: str) -> int:
         self.counts[name] = self.counts.get(name, 0) + 1
@@ -89,7 +95,12 @@ def service_app(calls: Calls) -> FastAPI:
     @app.get("/slow")
     async def slow() -> dict[str, bool]:
         calls.hit("slow")
-        await asyncio.sleep(0.5)
+        if calls.slow_release is None:
+            await asyncio.sleep(0.5)
+        else:  # poll: blocking on the event would stall the provider's event loop
+            deadline = time.monotonic() + SLOW_HOLD
+            while not calls.slow_release.is_set() and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
         return {"slow": True}
 
     @app.get("/free")

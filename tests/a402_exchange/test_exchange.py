@@ -65,6 +65,7 @@ async def test_three_paid_requests_then_a_cooperative_close(world: World) -> Non
             assert (channel.free, channel.locked, channel.provider_balance) == (
                 DEPOSIT - spent, 0, spent
             )
+            await session.flush_acks()  # the last ACK would otherwise ride on a next EXEC
             slot = provider.runtime.slot(cid)
             assert slot is not None and slot.channel.state == channel.state
             assert slot.channel.status is Status.OPEN

@@ -74,7 +74,8 @@ class Settlement:
 async def test_withheld_reveal_is_claimed_after_ack_timeout_and_the_vault_recovers_the_result(
     world: World,
 ) -> None:
-    provider = world.provider(runtime_cls=WithholdingProvider, ack_timeout=1.0)
+    # Δ_ack must be long enough for request 0's ACK to arrive in time on a loaded machine.
+    provider = world.provider(runtime_cls=WithholdingProvider, ack_timeout=5.0)
     vault, client = world.vault(), world.client()
     with serve_in_thread(provider.app) as url:
         async with world.session(vault, url) as session:
@@ -92,7 +93,8 @@ async def test_withheld_reveal_is_claimed_after_ack_timeout_and_the_vault_recove
 
             # Δ_ack passes without ACK: the provider's watcher claims on-chain by itself.
             cid = channel.channel_id
-            await wait_until(lambda: world.manager.channel(cid).status is OnChainStatus.CLOSED)
+            await wait_until(lambda: world.manager.channel(cid).status is OnChainStatus.CLOSED,
+                             timeout=60)
             tx = find_provider_force_close(world.manager, cid)
             assert tx is not None
             settlement.assert_paid(client=DEPOSIT - 2 * PRICE, provider=2 * PRICE)
@@ -169,6 +171,7 @@ async def test_the_provider_challenges_a_stale_client_force_close(world: World) 
             settlement = Settlement(world, client.address, provider.address)
             for _ in range(2):
                 await session.request(channel, WEATHER, PRICE)
+            await session.flush_acks()  # the provider holds the co-signed state of both
             # The client tries to close on the opening state, as if nothing had been paid.
             world.manager.init_force_close(client, channel.terms,
                                            VaultChannel.restore(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -122,6 +123,7 @@ async def test_replayed_frames_and_messages_are_rejected(world: World) -> None:
         async with world.session(vault, url, http=http) as session:
             channel = await world.open_channel(session, vault, client)
             await session.request(channel, WEATHER, PRICE)
+            await session.flush_acks()
             first_auth = next(c for c in vault.checkpoints
                               if c.reason is CheckpointReason.AUTHORIZED)
 
@@ -146,6 +148,52 @@ async def test_replayed_frames_and_messages_are_rejected(world: World) -> None:
     assert provider.calls["weather"] == 2
     assert paid.receipt is not None
     assert (paid.receipt.state.version, paid.receipt.state.provider_balance) == (2, 2 * PRICE)
+
+
+# --------------------------------------------------------------- piggybacked ACKs
+
+
+async def test_the_previous_ack_rides_on_the_next_exec(world: World) -> None:
+    provider, vault, client = world.provider(), world.vault(), world.client()
+    wire = Wire()
+    with serve_in_thread(provider.app) as url:
+        http = httpx.AsyncClient(transport=wire)
+        async with world.session(vault, url, http=http, ack_delay=600) as session:
+            channel = await world.open_channel(session, vault, client)
+            await session.request(channel, WEATHER, PRICE)
+            slot = provider.runtime.slot(channel.channel_id)
+            assert slot is not None and slot.channel.status is Status.PENDING  # no ACK yet
+            await session.request(channel, WEATHER, PRICE)
+            # OPEN, then EXEC and AUTH for each request: no frame of the ACK's own.
+            assert len(wire.frames) == 5
+            assert slot.channel.state.version == 1  # request 0's ACK came with EXEC 1
+            await session.flush_acks()
+            assert len(wire.frames) == 6 and slot.channel.state == channel.state
+    assert provider.calls["weather"] == 2
+
+
+async def test_a_piggybacked_ack_that_does_not_verify_refuses_the_frame(world: World) -> None:
+    provider, vault, client = world.provider(), world.vault(), world.client()
+    with serve_in_thread(provider.app) as url:
+        async with world.session(vault, url, ack_delay=600) as session:
+            channel = await world.open_channel(session, vault, client)
+            await session.request(channel, WEATHER, PRICE)
+            ack = channel.last_ack()
+            assert ack is not None
+            exec_ = Exec(channel.channel_id, 1, 1, PRICE, WEATHER.encode())
+            forged = replace(ack, signature=ack.signature[:-1] + bytes([ack.signature[-1] ^ 1]))
+            elsewhere = replace(ack, channel_id=bytes(32))
+            for bad, reason in ((forged, Reason.BAD_STATE_SIGNATURE), (elsewhere, "malformed")):
+                answer = await session.exchange(Envelope.acked(bad.encode(), exec_.encode()))
+                assert answer.kind is Kind.ERROR
+                assert Refusal.from_body(answer.body).reason == reason
+            # Nothing ran and nothing was acknowledged; the real ACK still settles request 0.
+            slot = provider.runtime.slot(channel.channel_id)
+            assert slot is not None and slot.channel.status is Status.PENDING
+            assert provider.calls["weather"] == 1
+            paid = await session.request(channel, WEATHER, PRICE)
+    assert paid.receipt is not None and paid.receipt.state.version == 2
+    assert provider.calls["weather"] == 2
 
 
 # ---------------------------------------------------------------------- tampering

@@ -33,7 +33,8 @@ from a402.chain.node import Chain
 from a402.client import Wallet, token_units_max
 from a402.wire import errors as W
 from a402.wire.x402 import PaymentPayload, PaymentRequired, parse_payment_required
-from tests.agents.conftest import A2A_PRICE_ATOMIC, A2AServedAgent, a2a_balance, a2a_free_port
+from tests.agents.conftest import A2A_PRICE_ATOMIC, A2AServedAgent, a2a_balance
+from tests.servers import dead_url
 
 pytestmark = [pytest.mark.anyio, pytest.mark.anvil]
 
@@ -219,7 +220,7 @@ async def test_an_unreachable_facilitator_keeps_the_task_open_and_the_money_stil
     a2a_agents: Callable[..., A2AServedAgent], a2a_wire: Any,
     new_payer: Callable[..., LocalAccount], anvil_chain: Chain, dev_stack: Manifest,
 ) -> None:
-    served = a2a_agents(facilitator=f"http://127.0.0.1:{a2a_free_port()}")
+    served = a2a_agents(facilitator=dead_url())  # stays dead: no agent can get its port
     payer = new_payer(FUNDS)
     http, recorder = a2a_wire
     async with PayingAgentClient(payer.key, max_per_request=token_units_max("0.05"),

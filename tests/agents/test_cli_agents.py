@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from a402.chain.deploy import Manifest
 from a402.chain.node import Chain
 from a402.chain.tx import contract_at, transact
 from a402.cli import main
+from tests.servers import reserved_port
 
 from .onchain_helpers import fresh_account
 
@@ -278,9 +279,9 @@ def test_update_is_owner_only_and_changes_exactly_what_is_asked(
 
 def test_show_reports_card_terms_liveness_listing_ratings_and_the_served_card_check(
     cli: Callable[..., Any], suite: AgentSuite, dev_stack: Manifest, owner: LocalAccount,
-    key_file: Callable[[LocalAccount], str],
+    key_file: Callable[[LocalAccount], str], reserved: int,
 ) -> None:
-    port = _free_port()
+    port = reserved  # held until the card's server binds it, twice
     url = f"http://127.0.0.1:{port}/"
     paid = PaidAgent(_noop, name="Shower", description="Shows.", url=url, price="0.003",
                      pay_to=owner.address, token=dev_stack.token, network=dev_stack.network,
@@ -545,9 +546,8 @@ def _identity_id(suite: AgentSuite, agent: str) -> int:
     return found.agent_id
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+@pytest.fixture
+def reserved() -> Iterator[int]:
+    """A port named in a card before its server starts: nothing else may take it meanwhile."""
+    with reserved_port() as port:
+        yield port

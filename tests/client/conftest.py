@@ -8,6 +8,7 @@ to map it to ``eip155:84532`` itself.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -65,6 +66,16 @@ class Stack:
 
     def server(self, amount: int, **kw: object) -> PaidServer:
         return PaidServer(self.facilitator_url, [self.requirement(amount)], **kw)  # type: ignore[arg-type]
+
+
+def until(condition: Callable[[], object], what: str, within: float = 30.0) -> None:
+    """Poll until ``condition()`` holds: a server settles on its own schedule, not the
+    client's, so a client that gave up waiting cannot tell when the payment lands."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not observed within {within}s")
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from a402.client import (
     token_units_max,
 )
 from a402.client import errors as R
-from tests.client.conftest import Stack
+from tests.client.conftest import Stack, until
 from tests.client.x402_server import PaidServer, requirement
 
 PRICE = 10_000  # 0.01 of a 6-decimal token
@@ -180,6 +180,8 @@ def test_retry_after_timeout_does_not_pay_twice(stack: Stack, served, idempotent
     with paying_client(payer, max_per_request=PRICE, timeout=2.0) as http:
         with pytest.raises(httpx.ReadTimeout):
             http.get(f"{url}/paid")
+        # The server settles on its own schedule; the retry must come after it did.
+        until(lambda: len(server.settled) == 1, "the first request's settlement")
         assert stack.balance(payer.address) == PRICE * 4  # it did settle
         retry = http.get(f"{url}/paid")
         auth = http.auth

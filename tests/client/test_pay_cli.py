@@ -18,7 +18,7 @@ from a402.client.pay import (
     pay_main,
     read_key_file,
 )
-from tests.client.conftest import Stack
+from tests.client.conftest import Stack, until
 
 PRICE = 10_000  # 0.01
 
@@ -132,10 +132,12 @@ def test_key_file_rules(tmp_path: Path) -> None:
 def test_timeout_after_paying_is_reported_as_unsettled(stack: Stack, served,
                                                        tmp_path: Path) -> None:
     payer = stack.new_payer(PRICE)
-    url = served(stack.server(PRICE, slow_paid=1, slow_seconds=4.0))
+    server = stack.server(PRICE, slow_paid=1, slow_seconds=4.0)
+    url = served(server)
     code, out, err = run(f"{url}/paid", "--key-file", key_file(tmp_path, payer),
                          "--timeout", "2")
     assert code == EXIT_NOT_SETTLED and out == b""
     assert receipt_line(err)["status"] == "unknown"
     assert "may still settle" in err
+    until(lambda: len(server.settled) == 1, "the server's settlement")  # on its own schedule
     assert stack.balance(payer.address) == 0  # it did: the message was right to warn

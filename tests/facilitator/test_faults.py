@@ -18,7 +18,9 @@ from a402.chain.deploy import Manifest, deploy_dev_stack, token_balance
 from a402.chain.node import Chain, start_anvil
 from a402.chain.rpc import ChainUnavailable
 from a402.chain.tx import contract_at, pending_nonce, sign, transact
+from a402.exact.checks import VALID_BEFORE_MARGIN
 from a402.exact.onchain import transfer_calldata
+from a402.facilitator import core
 from a402.facilitator.app import create_app
 from a402.facilitator.core import Facilitator, FacilitatorConfig
 from a402.facilitator.store import (
@@ -150,13 +152,59 @@ def test_a_retry_after_the_authorization_expired_still_gets_the_settled_receipt(
     payer = funded_payer(chain, stack, 1_000)
     facilitator = Facilitator(chain, chain.accounts[1], SettlementStore(f"sqlite:///{tmp_path}/j.db"),
                               FacilitatorConfig(receipt_timeout=0.3))
-    body = request_body(payer, requirement(stack, 1_000), valid_for=7)  # validBefore = now + 7
+    # validBefore = now + 12: settle's offline check (validBefore ≥ now + 6) passes with room.
+    body = request_body(payer, requirement(stack, 1_000), valid_for=12)
+    valid_before = int(body["paymentPayload"]["payload"]["authorization"]["validBefore"])
     chain.w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
     assert facilitator.settle(body).error_reason == E.SETTLEMENT_PENDING
     chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
-    time.sleep(2)  # now validBefore < now + 6: the offline check alone would say expired
+    # Wait until validBefore < now + margin: the offline check alone would say expired.
+    deadline = time.monotonic() + 30
+    while valid_before >= int(time.time()) + VALID_BEFORE_MARGIN:
+        assert time.monotonic() < deadline, "the authorization never neared its expiry"
+        time.sleep(0.1)
 
     assert facilitator.verify(body).invalid_reason == E.VALID_BEFORE_EXPIRED
     final = facilitator.settle(body)
     assert final.success, final
     assert token_balance(chain, stack.token.address, payer.address) == 0
+
+
+def test_a_reconciler_racing_the_broadcast_never_signs_a_second_transaction(
+    own_chain: tuple[Chain, Manifest], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reconciler looked before the broadcast reached the node (no receipt, unknown
+    transaction); by the time it re-sends, the transaction is mined and the node says
+    "nonce too low". Re-signing would send a second transaction for the same authorization
+    (which reverts, and would be journaled in place of the one that moved the money)."""
+    chain, stack = own_chain
+    payer, signer = funded_payer(chain, stack, 5_000), chain.accounts[1]
+    facilitator = Facilitator(chain, signer, SettlementStore(f"sqlite:///{tmp_path}/j.db"),
+                              FacilitatorConfig(receipt_timeout=0.3))
+    body = request_body(payer, requirement(stack, 1_000))
+    auth = body["paymentPayload"]["payload"]["authorization"]
+    key = settlement_key(stack.network, stack.token.address, payer.address, auth["nonce"])
+    chain.w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
+    pending = facilitator.settle(body)
+    assert pending.error_reason == E.SETTLEMENT_PENDING
+    chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+    chain.w3.provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
+    nonce = pending_nonce(chain, signer.address)
+
+    stale = {"eth_getTransactionReceipt": 1, "eth_getTransactionByHash": 1}
+    real_rpc = core.rpc
+
+    def racing_rpc(chain_: Chain, method: str, params: list[object]) -> object:
+        if stale.get(method):  # the reconciler's first look predates the broadcast
+            stale[method] -= 1
+            return None
+        return real_rpc(chain_, method, params)
+
+    monkeypatch.setattr(core, "rpc", racing_rpc)
+    facilitator.reconcile()  # re-sends the mined transaction: "nonce too low"
+    assert stale == {"eth_getTransactionReceipt": 0, "eth_getTransactionByHash": 0}
+    assert pending_nonce(chain, signer.address) == nonce  # nothing signed, nothing sent
+    record = until_finished(facilitator, key)
+    assert record is not None and record.state == State.CONFIRMED
+    assert record.tx_hash == pending.transaction
+    assert token_balance(chain, stack.token.address, payer.address) == 4_000

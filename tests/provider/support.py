@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +30,7 @@ from a402.wire.x402 import (
     PaymentRequirements,
     PaymentRequirementsV1,
 )
+from tests.servers import dead_url
 
 PRICE = "0.001"
 PRICE_ATOMIC = 1_000  # the dev token has 6 decimals
@@ -153,11 +153,8 @@ class Balances:
 
 
 def closed_port_url() -> str:
-    """A loopback URL nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    """A loopback URL nothing listens on, nor will: its port stays bound, never listening."""
+    return dead_url()
 
 
 def assert_mined_transfer(chain: Chain, tx_hash: str) -> None:

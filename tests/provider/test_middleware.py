@@ -8,6 +8,8 @@ not run.
 from __future__ import annotations
 
 import base64
+import threading
+import time
 from collections.abc import Callable
 
 import anyio
@@ -46,6 +48,7 @@ from a402.wire.headers import (
 from a402.wire.x402 import PaymentPayload, PaymentRequirements
 from tests.provider.support import (
     ITEM_PRICE_ATOMIC,
+    PRICE,
     PRICE_ATOMIC,
     Balances,
     Calls,
@@ -173,7 +176,7 @@ async def test_payment_works_over_real_http_with_a_client_we_pass_in(
     app = paid_app(pay_to=pay_to, manifest=dev_stack, facilitator=facilitator)
     try:
         with serve_in_thread(app) as url:
-            async with httpx.AsyncClient(base_url=url) as client:
+            async with httpx.AsyncClient(base_url=url, timeout=60) as client:
                 required, _ = await offer(client, "/weather")
                 assert required.resource is not None
                 assert required.resource.url == f"{url}/weather"
@@ -315,20 +318,38 @@ async def test_same_payload_in_parallel_buys_exactly_one_response(
     payer = new_payer(10_000)
     balances = Balances(anvil_chain, dev_stack, payer.address, pay_to)
     calls = Calls()
-    app = paid_app(pay_to=pay_to, manifest=dev_stack, facilitator=facilitator_url, calls=calls)
+    app = paid_app(pay_to=pay_to, manifest=dev_stack, facilitator=facilitator_url, calls=calls,
+                   extra_prices={"GET /held": PRICE})
+    release = threading.Event()
+
+    @app.get("/held")
+    async def held() -> dict[str, bool]:
+        # The winner stays in flight until the losers have their answers, so every one of
+        # them meets the payment in use, however the scheduler orders the requests.
+        calls.hit("held")
+        deadline = time.monotonic() + 30
+        while not release.is_set() and time.monotonic() < deadline:
+            await anyio.sleep(0.01)
+        return {"held": True}
+
     with serve_in_thread(app) as url:
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-            required, _ = await offer(client, "/weather")
+            required, _ = await offer(client, "/held")
             headers = v2_header(required, payer)
             responses: list[httpx.Response] = []
 
             async def attempt() -> None:
-                responses.append(await client.get("/weather", headers=headers))
+                responses.append(await client.get("/held", headers=headers))
+                if sum(r.status_code == 402 for r in responses) == 4:
+                    release.set()
 
-            async with anyio.create_task_group() as tg:
-                for _ in range(5):
-                    tg.start_soon(attempt)
-            later = await client.get("/weather", headers=headers)
+            try:
+                async with anyio.create_task_group() as tg:
+                    for _ in range(5):
+                        tg.start_soon(attempt)
+            finally:
+                release.set()
+            later = await client.get("/held", headers=headers)
 
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [200, 402, 402, 402, 402]
@@ -338,7 +359,7 @@ async def test_same_payload_in_parallel_buys_exactly_one_response(
     # payment (an honest client retrying its own request would pay twice).
     assert all(PAYMENT_REQUIRED not in r.headers for r in refused)
     assert all(r.json()["retrySamePayment"] is True for r in refused)
-    assert calls["weather"] == 1
+    assert calls["held"] == 1
     assert balances.delta(payer.address) == -PRICE_ATOMIC
     assert balances.delta(pay_to) == PRICE_ATOMIC
     # A later replay is refused too, and is told which transaction it already paid.

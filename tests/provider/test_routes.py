@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal, localcontext
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from a402.provider.gateway import parse_route_spec
@@ -85,6 +85,7 @@ def test_float_prices_are_refused_even_when_they_look_exact() -> None:
         to_atomic(0.1, 6)  # type: ignore[arg-type]
 
 
+@settings(deadline=None)
 @given(st.integers(min_value=1, max_value=10**30), st.integers(min_value=0, max_value=30))
 def test_decimal_strings_round_trip(atomic: int, decimals: int) -> None:
     with localcontext(prec=100):
@@ -92,6 +93,7 @@ def test_decimal_strings_round_trip(atomic: int, decimals: int) -> None:
     assert to_atomic(text, decimals) == atomic
 
 
+@settings(deadline=None)
 @given(st.integers(min_value=1, max_value=10**20), st.integers(min_value=0, max_value=18))
 def test_one_digit_too_many_is_always_refused(atomic: int, decimals: int) -> None:
     with localcontext(prec=100):

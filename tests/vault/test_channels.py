@@ -4,6 +4,8 @@ poor for the next call, wallet-funded channels, and the httpx integration."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -19,7 +21,7 @@ from a402.client import (
 from a402.client.pay import pay_main
 from a402.vault import api
 from a402.vault import store as S
-from tests.a402_exchange.helpers import World
+from tests.a402_exchange.helpers import Calls, World
 
 from .helpers import assert_conserved, client_of, running_vault
 
@@ -49,14 +51,24 @@ def test_concurrent_calls_on_one_channel_take_turns_and_never_double_spend(
 
 
 def test_a_second_call_that_cannot_wait_is_refused_and_pays_nothing(world: World) -> None:
-    provider = world.provider()
+    release = threading.Event()
+    provider = world.provider(calls=Calls(slow_release=release))
     with serve_in_thread(provider.app) as site, running_vault(world, queue_timeout=0.1) as vault:
         _, client = client_of(world, vault.url, funds=50_000, deposit=50_000)
         client.invoke(f"{site}/weather", max_price=PRICE)  # the channel exists
-        with ThreadPoolExecutor(2) as pool:
-            slow = pool.submit(client.invoke, f"{site}/slow", max_price=2_000)
-            busy = pool.submit(_refusal, client, f"{site}/weather")
-            paid, refused = slow.result(), busy.result()
+        with ThreadPoolExecutor(1) as pool:
+            try:
+                slow = pool.submit(client.invoke, f"{site}/slow", max_price=2_000)
+                # The provider runs /slow only while the vault holds the channel for it.
+                deadline = time.monotonic() + 30
+                while provider.calls["slow"] == 0:
+                    assert not slow.done(), slow.result()
+                    assert time.monotonic() < deadline, "the slow call never reached the provider"
+                    time.sleep(0.01)
+                refused = _refusal(client, f"{site}/weather")
+            finally:
+                release.set()
+            paid = slow.result()
         view = client.account_info()
     assert paid.outcome == api.PAID
     assert refused == (409, api.CHANNEL_BUSY)
@@ -64,9 +76,6 @@ def test_a_second_call_that_cannot_wait_is_refused_and_pays_nothing(world: World
 
 
 def _refusal(client: object, url: str) -> tuple[int, str]:
-    import time
-
-    time.sleep(0.2)  # the slow call holds the channel by now
     try:
         client.invoke(url, max_price=PRICE)  # type: ignore[attr-defined]
     except VaultCallError as e:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from a402.wire.a402 import (
@@ -30,6 +30,7 @@ headers = st.lists(
 ).map(tuple)
 
 
+@settings(deadline=None)
 @given(
     method=st.sampled_from(["GET", "POST", "DELETE"]),
     path=st.text(min_size=0, max_size=30).map(lambda p: "/" + p),
@@ -43,6 +44,7 @@ def test_requests_round_trip(method: str, path: str, query: bytes,
     assert HttpRequest.decode(request.encode()) == request
 
 
+@settings(deadline=None)
 @given(status=st.integers(100, 999), headers=headers, body=st.binary(max_size=200),
        digest=st.binary(min_size=32, max_size=32))
 def test_results_round_trip(status: int, headers: tuple[tuple[bytes, bytes], ...],
@@ -78,6 +80,18 @@ def test_envelopes_open_and_refusal_round_trip() -> None:
                     Refusal("service_failed", "500", HttpResponse(500, (), b"kaput"))):
         decoded = Envelope.decode(refusal.envelope().encode())
         assert decoded.kind is Kind.ERROR and Refusal.from_body(decoded.body) == refusal
+
+
+def test_an_ack_riding_on_a_message_round_trips_and_must_carry_both() -> None:
+    ack, message = os.urandom(140), os.urandom(300)
+    envelope = Envelope.decode(Envelope.acked(ack, message).encode())
+    assert envelope.kind is Kind.ASC_ACKED and envelope.ack_and_message() == (ack, message)
+    for body in (b"", b"\x00\x00\x00\x05abc", (0).to_bytes(4, "big") + message,
+                 len(ack).to_bytes(4, "big") + ack):
+        with pytest.raises(FrameError):
+            Envelope(Kind.ASC_ACKED, body).ack_and_message()
+    with pytest.raises(FrameError):
+        Envelope.asc(message).ack_and_message()
 
 
 def test_digests_are_domain_separated_and_over_the_bytes_sent() -> None:

@@ -9,6 +9,7 @@ is how the vault learns ``t`` when the provider settles on-chain.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -131,6 +132,25 @@ class ASCManager:
         call = self.contract.functions.createASC(terms_tuple(terms), client_signature)
         return transact(self.chain, vault, call)
 
+    def create_batch(
+        self,
+        sender: LocalAccount,
+        terms_list: Sequence[ChannelTerms],
+        signatures: Sequence[bytes] | None = None,
+    ) -> TxReceipt:
+        """``createASCBatch``: open every channel in one transaction (``sender`` is their vault).
+
+        ``signatures[i]`` is the client's consent to ``terms_list[i]``; by default none, which
+        suits a vault opening channels from its own pool (client == vault == sender). Deposits
+        move with one ``transferFrom`` per run of consecutive channels of the same client, so
+        group the terms by client.
+        """
+        consents = [b""] * len(terms_list) if signatures is None else list(signatures)
+        call = self.contract.functions.createASCBatch(
+            [terms_tuple(terms) for terms in terms_list], consents
+        )
+        return transact(self.chain, sender, call)
+
     def sign_receive_authorization(
         self,
         client: LocalAccount,
@@ -182,6 +202,22 @@ class ASCManager:
 
     def close(self, sender: LocalAccount, terms: ChannelTerms, signed: SignedState) -> TxReceipt:
         return transact(self.chain, sender, self._with_state("closeASC", terms, signed))
+
+    def close_batch(
+        self, sender: LocalAccount, items: Sequence[tuple[ChannelTerms, SignedState]]
+    ) -> TxReceipt:
+        """``closeASCBatch``: close every channel with its final state in one transaction.
+
+        ``sender`` must be a party of every channel. Payouts move with one ``transfer`` per run
+        of consecutive equal clients and one per run of consecutive equal providers.
+        """
+        call = self.contract.functions.closeASCBatch(
+            [terms_tuple(terms) for terms, _ in items],
+            [signed.state.as_tuple() for _, signed in items],
+            [signed.vault_signature for _, signed in items],
+            [signed.provider_signature for _, signed in items],
+        )
+        return transact(self.chain, sender, call)
 
     def init_force_close(
         self, sender: LocalAccount, terms: ChannelTerms, signed: SignedState

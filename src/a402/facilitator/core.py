@@ -26,6 +26,7 @@ from typing import Any
 from eth_account.signers.local import LocalAccount
 from eth_account.typed_transactions import TypedTransaction
 from eth_utils import to_checksum_address
+from hexbytes import HexBytes
 from web3.exceptions import TimeExhausted
 
 from a402.chain.node import Chain
@@ -360,9 +361,14 @@ class Facilitator:
             if "nonce" not in str(e).lower():
                 log.warning("rebroadcast of %s failed: %s", record.tx_hash, e)
                 return
-        tx = TypedTransaction.from_bytes(record.raw_tx).as_dict()
-        call = {"to": to_checksum_address(tx["to"]), "data": "0x" + bytes(tx["data"]).hex()}
         with self.chain.sender_lock(self.signer.address):
+            # The nonce may have been taken by this very transaction, mined since we looked
+            # (a broadcast racing this reconciler): then the next pass records its receipt,
+            # and a second transaction must never be signed for the same authorization.
+            if rpc(self.chain, "eth_getTransactionReceipt", [record.tx_hash]):
+                return
+            tx = TypedTransaction.from_bytes(HexBytes(record.raw_tx)).as_dict()
+            call = {"to": to_checksum_address(tx["to"]), "data": "0x" + bytes(tx["data"]).hex()}
             signed = sign(self.chain, self.signer, call,
                           nonce=pending_nonce(self.chain, self.signer.address), gas=tx["gas"])
             self.store.record_submission(record.key, signed.tx_hash, signed.raw,

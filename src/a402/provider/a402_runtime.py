@@ -51,12 +51,14 @@ from eth_account.signers.local import LocalAccount
 from starlette.types import ASGIApp, Message, Scope
 
 from a402.asc import (
+    Ack,
     ASCError,
     CloseReady,
     Exec,
     ForceCloseClaim,
     PreSigner,
     ProviderChannel,
+    Reason,
     Reply,
     SignedState,
     Status,
@@ -164,6 +166,7 @@ class _Refused(Exception):
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(reason)
+        self.reason = reason
         self.envelope = Refusal(reason, detail).envelope()
 
 
@@ -332,6 +335,9 @@ class ProviderRuntime:
             return await self._on_open(session, OpenChannel.from_body(envelope.body))
         if envelope.kind is Kind.ASC:
             return await self._on_asc(session, envelope.body, scope)
+        if envelope.kind is Kind.ASC_ACKED:
+            ack, body = envelope.ack_and_message()
+            return await self._on_asc(session, body, scope, ack=ack)
         return Refusal("unexpected_envelope", f"a provider does not take {envelope.kind.name}")\
             .envelope()
 
@@ -371,11 +377,22 @@ class ProviderRuntime:
 
     # ------------------------------------------------------------ ASC messages
 
-    async def _on_asc(self, session: Session, body: bytes, scope: Scope) -> Envelope:
+    async def _on_asc(
+        self, session: Session, body: bytes, scope: Scope, *, ack: bytes | None = None
+    ) -> Envelope:
+        """One ASC message; with ``ack``, the previous request's ACK first (ASC_ACKED).
+
+        A retransmitted message is answered from the record whether or not an ACK
+        rides on it: the ACK was taken before the message was first handled.
+        """
         try:
             message = decode(body)
+            acked = None if ack is None else decode(ack)
         except MessageError as e:
             return Refusal("malformed", str(e)).envelope()
+        if acked is not None and (not isinstance(acked, Ack)
+                                  or acked.channel_id != message.channel_id):
+            return Refusal("malformed", "ASC_ACKED carries an ACK of the same channel").envelope()
         if message.channel_id not in session.channels:
             return Refusal("channel_not_bound", "send OPEN for this channel first").envelope()
         slot = await self._load(message.channel_id)
@@ -385,6 +402,8 @@ class ProviderRuntime:
             if slot.last_in and body == slot.last_in:
                 return Envelope.decode(slot.last_out)  # a retransmission: the same answer
             try:
+                if acked is not None:
+                    self._on_piggybacked_ack(slot, acked)
                 if isinstance(message, Exec):
                     answer = await self._on_exec(slot, message, scope)
                 else:
@@ -393,8 +412,17 @@ class ProviderRuntime:
                 return refused.envelope
             answer = self.outgoing(slot, message, answer)
             slot.last_in, slot.last_out = body, answer.encode()
-            await self.persist(slot)
+            await self.persist(slot)  # the ACK, if any, is durable with the answer
             return answer
+
+    def _on_piggybacked_ack(self, slot: Slot, ack: Ack) -> None:
+        """Take an ACK that rode on the next message: as on its own, a repeated ACK or one
+        for a channel settled meanwhile changes nothing; any other refusal refuses the frame."""
+        try:
+            self._on_message(slot, ack)
+        except _Refused as refused:
+            if refused.reason not in (Reason.REPLAYED.value, Reason.CHANNEL_CLOSED.value):
+                raise
 
     def _on_message(self, slot: Slot, message: AscMessage) -> Envelope:
         try:

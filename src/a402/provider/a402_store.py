@@ -12,6 +12,8 @@ Rows also say whether the channel still needs watching (``active``): the
 runtime reloads those on start to resume its Δ_ack timers and to answer a
 client force-close. Sealing does not stop a host from handing back an older
 blob (see :mod:`a402.tee.sealing`); the chain bounds what that can cost.
+
+On SQLite, writes of concurrent channels share COMMITs (:mod:`a402.sqlite`).
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
-from sqlalchemy import Boolean, Float, LargeBinary, create_engine, event, select
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy import Boolean, Float, LargeBinary, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from a402.sqlite import GroupCommit, is_sqlite, make_engine, readers
 
 
 class ChannelBlobStore(Protocol):
@@ -55,18 +59,15 @@ class SqlChannelStore:
 
     def __init__(self, url: str = "sqlite:///a402-provider-channels.db") -> None:
         self.url = url
-        if url.startswith("sqlite"):
-            self.engine = create_engine(
-                url, connect_args={"check_same_thread": False, "timeout": 30}
-            )
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-        else:
-            self.engine = create_engine(url, pool_size=5, max_overflow=10, pool_pre_ping=True)
+        self.engine = make_engine(url)
         _Base.metadata.create_all(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._readers = readers(self.engine)
+        self._group = (GroupCommit(self._sessions, name="provider-channels")
+                       if is_sqlite(url) else None)
 
     def save(self, channel_id: bytes, blob: bytes, *, active: bool) -> None:
-        with self._sessions.begin() as session:
+        def write(session: Session) -> None:
             row = session.get(_ChannelRow, bytes(channel_id))
             if row is None:
                 session.add(_ChannelRow(channel_id=bytes(channel_id), blob=bytes(blob),
@@ -74,23 +75,24 @@ class SqlChannelStore:
             else:
                 row.blob, row.active, row.updated_at = bytes(blob), active, time.time()
 
+        if self._group is not None:
+            self._group.run(write)
+            return
+        with self._sessions.begin() as session:
+            write(session)
+
     def load(self, channel_id: bytes) -> bytes | None:
-        with self._sessions() as session:
+        with self._readers() as session:
             row = session.get(_ChannelRow, bytes(channel_id))
             return None if row is None else bytes(row.blob)
 
     def active(self) -> list[bytes]:
-        with self._sessions() as session:
+        with self._readers() as session:
             ids = session.scalars(select(_ChannelRow.channel_id).where(_ChannelRow.active))
             return [bytes(i) for i in ids]
 
     def close(self) -> None:
+        if self._group is not None:
+            self._group.close()
         self.engine.dispose()
 
-
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
-    """WAL and full sync: a channel blob written is a channel blob kept."""
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.close()

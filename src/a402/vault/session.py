@@ -15,7 +15,9 @@ service builds on. :class:`ProviderSession`:
    on m(cid, rid, δ, h) under T with the attested key) → AUTH (σ_U) → check
    REVEAL (t·G = T, the provider's state signature), open the sealed result
    and check ``H(result) = h`` and that it answers *this* request → ACK.
-   Returns the service's response and the receipt (the co-signed state).
+   Returns the service's response and the receipt (the co-signed state) as
+   soon as the result is checked: the ACK rides on the channel's next EXEC
+   (one frame, ``ASC_ACKED``), or is sent on its own after ``ack_delay``.
 4. ``close(channel)``: CLOSE → CLOSE_ACK: the final state, ready for
    ``closeASC``.
 
@@ -279,6 +281,7 @@ class ProviderSession:
         http: httpx.AsyncClient | None = None,
         timeout: float = 30.0,
         attempts: int = 3,
+        ack_delay: float = 0.05,
         clock: Callable[[], float] = time.time,
     ) -> None:
         base = endpoint.rstrip("/")
@@ -293,6 +296,7 @@ class ProviderSession:
         self._own_http = http is None
         self.http = http or httpx.AsyncClient(timeout=timeout, trust_env=False)
         self.attempts = max(1, attempts)
+        self.ack_delay = ack_delay
         self.clock = clock
         self.info: ProviderInfo | None = None
         self._attested: tuple[bytes, bytes] | None = None  # (signing key, measurement)
@@ -302,6 +306,7 @@ class ProviderSession:
         self._channel_locks: dict[bytes, asyncio.Lock] = {}
         self._bound: dict[bytes, ChannelTerms] = {}
         self._unacked: dict[bytes, Ack] = {}
+        self._ack_flushes: dict[bytes, asyncio.Task[None]] = {}
 
     async def __aenter__(self) -> ProviderSession:
         await self.connect()
@@ -311,6 +316,8 @@ class ProviderSession:
         await self.aclose()
 
     async def aclose(self) -> None:
+        for task in list(self._ack_flushes.values()):  # resume() re-sends them after a restart
+            task.cancel()
         if self._handle is not None:
             self.enclave.channel_close(self._handle)
             self._handle = None
@@ -431,7 +438,10 @@ class ProviderSession:
             raise ProviderRefused(refusal.reason, refusal.detail)
 
     def _lock(self, channel: VaultChannel) -> asyncio.Lock:
-        return self._channel_locks.setdefault(channel.channel_id, asyncio.Lock())
+        return self._lock_of(channel.channel_id)
+
+    def _lock_of(self, channel_id: bytes) -> asyncio.Lock:
+        return self._channel_locks.setdefault(channel_id, asyncio.Lock())
 
     # -------------------------------------------------------------- requests
 
@@ -449,11 +459,12 @@ class ProviderSession:
         if not wait and lock.locked():
             raise LocalProtocolError(Reason.REQUEST_IN_FLIGHT, "a request is in flight")
         async with lock:
-            await self._flush_ack(channel)
             raw = request.encode()
             exec_ = channel.request(raw, amount, now=self.clock())
             await self._persist(channel, CheckpointReason.LOCKED)
-            return await self._drive(channel, exec_.encode(), raw)
+            # The previous request's ACK, if still unsent, rides on this EXEC (ASC_ACKED).
+            return await self._drive(channel, exec_.encode(), raw,
+                                     ack=self._unacked.pop(channel.channel_id, None))
 
     async def resume(self, channel: VaultChannel) -> PaidResponse | None:
         """Finish whatever ``channel`` was doing (after a restart or a :class:`PaymentPending`).
@@ -477,14 +488,18 @@ class ProviderSession:
             last_ack = channel.last_ack()
             if last_ack is not None and channel.status is Status.OPEN:
                 self._unacked.setdefault(channel.channel_id, last_ack)
-            await self._flush_ack(channel)
+            await self._flush_ack(channel.channel_id)
             return None
 
-    async def _drive(self, channel: VaultChannel, exec_bytes: bytes, raw: bytes) -> PaidResponse:
+    async def _drive(
+        self, channel: VaultChannel, exec_bytes: bytes, raw: bytes, *, ack: Ack | None = None
+    ) -> PaidResponse:
         """From EXEC sent to the end: REPLY checked, AUTH, then :meth:`_settle`."""
         try:
-            reply = await self._ask(channel, exec_bytes, Reply)
+            reply = await self._ask(channel, exec_bytes, Reply, ack=ack)
         except Exception:  # no σ_U exists yet: releasing δ is safe whatever went wrong
+            if ack is not None:  # maybe not delivered: send it again (a repeat is harmless)
+                self._unacked.setdefault(channel.channel_id, ack)
             await self._give_up(channel)
             raise
         try:
@@ -510,15 +525,37 @@ class ProviderSession:
         ack, delivered = step.send[0], step.events[0]
         assert isinstance(ack, Ack) and isinstance(delivered, ResultDelivered)
         await self._persist(channel, CheckpointReason.DELIVERED)
+        # The result is ours: the ACK rides on this channel's next EXEC, or goes out on its
+        # own after ``ack_delay`` if none comes — well within the provider's Δ_ack.
         self._unacked[channel.channel_id] = ack
-        try:
-            await self._flush_ack(channel)
-        except SessionError as e:  # the result is ours; the ACK goes out before the next request
-            log.warning("ACK for %d not delivered yet: %s", request_id, e)
+        self._flush_ack_later(channel)
         return _paid(delivered.result, raw, request_id, amount, receipt=channel.latest_state())
 
-    async def _flush_ack(self, channel: VaultChannel) -> None:
-        ack = self._unacked.get(channel.channel_id)
+    def _flush_ack_later(self, channel: VaultChannel) -> None:
+        cid = channel.channel_id
+        if cid in self._ack_flushes:  # a pending flush sends whatever ACK is unsent then
+            return
+
+        async def flush() -> None:
+            try:
+                await asyncio.sleep(self.ack_delay)
+                async with self._lock(channel):
+                    await self._flush_ack(cid)
+            except Exception as e:  # resume() or the next request sends it again
+                log.warning("ACK on %s not delivered yet: %s", cid.hex(), e)
+            finally:
+                self._ack_flushes.pop(cid, None)
+
+        self._ack_flushes[cid] = asyncio.get_running_loop().create_task(flush())
+
+    async def flush_acks(self) -> None:
+        """Send every unsent ACK now, instead of with the next EXEC or after ``ack_delay``."""
+        for channel_id in list(self._unacked):
+            async with self._lock_of(channel_id):
+                await self._flush_ack(channel_id)
+
+    async def _flush_ack(self, channel_id: bytes) -> None:
+        ack = self._unacked.get(channel_id)
         if ack is None:
             return
         answer = await self.exchange(Envelope.asc(ack.encode()))
@@ -528,7 +565,7 @@ class ProviderSession:
             # on-chain meanwhile: nothing is left to acknowledge.
             if refusal.reason not in (Reason.CHANNEL_CLOSED, Reason.REPLAYED):
                 raise ProviderRefused(refusal.reason, refusal.detail)
-        self._unacked.pop(channel.channel_id, None)
+        self._unacked.pop(channel_id, None)
 
     async def _give_up(self, channel: VaultChannel) -> None:
         """Release a LOCKED request: no σ_U exists for it, so δ is safe to free now."""
@@ -536,9 +573,12 @@ class ProviderSession:
             channel.abandon()
             await self._persist(channel, CheckpointReason.EXPIRED)
 
-    async def _ask(self, channel: VaultChannel, message: bytes, kind: type[M]) -> M:
-        """Send one ASC message; the provider's answer must be a ``kind`` message."""
-        answer = await self.exchange(Envelope.asc(message))
+    async def _ask(
+        self, channel: VaultChannel, message: bytes, kind: type[M], *, ack: Ack | None = None
+    ) -> M:
+        """Send one ASC message (after ``ack``); the answer must be a ``kind`` message."""
+        envelope = Envelope.asc(message) if ack is None else Envelope.acked(ack.encode(), message)
+        answer = await self.exchange(envelope)
         if answer.kind is Kind.ERROR:
             refusal = _refusal(answer)
             raise ProviderRefused(refusal.reason, refusal.detail, refusal.response)
@@ -559,7 +599,7 @@ class ProviderSession:
     async def close(self, channel: VaultChannel) -> SignedState:
         """Co-sign the final state with the provider (CLOSE → CLOSE_ACK), for ``closeASC``."""
         async with self._lock(channel):
-            await self._flush_ack(channel)
+            await self._flush_ack(channel.channel_id)
             close = channel.pending_close()
             if close is None:
                 close = channel.close()

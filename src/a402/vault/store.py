@@ -31,6 +31,7 @@ refunds of wallet-funded channels).
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -154,14 +155,25 @@ class VaultStore:
         with self._sessions.begin() as session:
             yield session
 
-    def _retrying(self, work: Callable[[Session], T], attempts: int = 20) -> T:
-        """Run ``work`` in one transaction, again from scratch if a compare-and-set lost."""
-        for _ in range(attempts - 1):
+    def _retrying(self, work: Callable[[Session], T], budget: float = 5.0) -> T:
+        """Run ``work`` in one transaction, again from scratch if a compare-and-set lost.
+
+        Lost races are retried with exponential backoff and jitter (so contenders spread
+        out instead of colliding again) for about ``budget`` seconds; then one last
+        attempt runs whose :class:`_Conflict`, if it loses too, propagates.
+        """
+        deadline = time.monotonic() + budget
+        delay = 0.002
+        while True:
             try:
                 with self._tx() as s:
                     return work(s)
             except _Conflict:
-                time.sleep(0.005)
+                pause = random.uniform(delay / 2, delay)
+                if time.monotonic() + pause >= deadline:
+                    break
+                time.sleep(pause)
+                delay = min(delay * 2, 0.2)
         with self._tx() as s:
             return work(s)
 

@@ -22,6 +22,12 @@ Inside the secure channel every frame carries one envelope::
 * ``OPEN`` (vault → provider): the channel terms and the vault's signature over
   :func:`binding_digest` — binds the channel to this secure session, so only
   the holder of the channel's vault key can drive it over a session;
+* ``ASC_ACKED`` (vault → provider): the ACK of a channel's previous request
+  followed by the channel's next message (an EXEC), as ``u32 length ‖ ACK ‖
+  message``: the acknowledgement rides on the next request instead of costing
+  a round trip (and a provider write) of its own. The provider takes the ACK
+  first — one it already has, or one for a channel settled meanwhile, is
+  ignored as it would be alone — then answers the message;
 * ``OK`` (provider → vault): accepted, nothing to send back (after ACK, OPEN);
 * ``ERROR`` (provider → vault): refused, with a reason code, a detail and,
   when the paid service itself failed, its (unpaid, unsealed) response.
@@ -82,6 +88,7 @@ class Kind(IntEnum):
     OPEN = 2
     OK = 3
     ERROR = 4
+    ASC_ACKED = 5
 
 
 # ---------------------------------------------------------------- primitives
@@ -309,6 +316,22 @@ class Envelope:
     @classmethod
     def ok(cls) -> Envelope:
         return cls(Kind.OK)
+
+    @classmethod
+    def acked(cls, ack_bytes: bytes, message_bytes: bytes) -> Envelope:
+        """ASC_ACKED: the previous request's ACK riding on the next message."""
+        return cls(Kind.ASC_ACKED, _Writer(b"").lp(ack_bytes, 4, "ACK").raw(message_bytes).done())
+
+    def ack_and_message(self) -> tuple[bytes, bytes]:
+        """The (ACK, message) of an ASC_ACKED envelope."""
+        if self.kind is not Kind.ASC_ACKED:
+            raise FrameError(f"{self.kind.name} is not ASC_ACKED")
+        r = _Reader(self.body, b"", "ASC_ACKED body")
+        ack = r.take(r.uint(4, "ACK length"), "ACK")
+        message = r.rest()
+        if not ack or not message:
+            raise FrameError("ASC_ACKED carries an ACK and a message")
+        return ack, message
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,168 @@
+"""The parties of a paid request, each in a process of its own, for the benchmarks.
+
+A deployment runs the facilitator, the provider and the vault on different
+machines; running them as threads of one Python process would measure the
+GIL handing itself between four servers rather than the protocol. Each role
+here is a top-level function that a ``spawn`` child runs: it rebuilds its
+part of the stack from plain values (keys, addresses, the simulated
+platform's secrets) and serves it with uvicorn on a given loopback port until
+the parent terminates it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from eth_account import Account
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+PRICE = 1_000
+
+
+@dataclass(frozen=True)
+class Shared:
+    """What every role needs to find the chain, the contracts and the enclave platform."""
+
+    rpc_url: str
+    manifest_json: str
+    platform_root: bytes
+    platform_secret: bytes
+    provider_code: bytes
+    vault_code: bytes
+    db_dir: str
+
+    def manifest(self) -> Any:
+        from a402.chain.deploy import Manifest
+
+        return Manifest.from_json(self.manifest_json)
+
+    def platform(self) -> Any:
+        from a402.tee import SimulatedPlatform
+        from a402.tee.simulated import SimulationRoot
+
+        return SimulatedPlatform(SimulationRoot.from_private_bytes(self.platform_root),
+                                 self.platform_secret)
+
+    def verifier(self) -> Any:
+        from a402.tee import SimulatedVerifier
+
+        return SimulatedVerifier(self.platform().root.public_key, allow_simulated=True)
+
+
+def zero_cost_service() -> Starlette:
+    """The paid API: answers at once, so what is measured is the payment."""
+    async def data(_: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    return Starlette(routes=[Route("/data", data)])
+
+
+# ------------------------------------------------------------------ the roles
+
+
+def service(_: Shared, port: int) -> None:
+    _serve(zero_cost_service(), port)
+
+
+def facilitator(shared: Shared, port: int, signer_key: str) -> None:
+    from a402.chain.node import connect
+    from a402.facilitator.app import create_app
+    from a402.facilitator.core import Facilitator
+    from a402.facilitator.store import SettlementStore
+
+    chain = connect(shared.rpc_url, [signer_key])
+    store = SettlementStore(f"sqlite:///{shared.db_dir}/journal.db")
+    _serve(create_app(Facilitator(chain, chain.accounts[0], store)), port)
+
+
+def provider(shared: Shared, port: int, operator_key: str, facilitator_url: str) -> None:
+    """The zero-cost API behind the payment middleware, accepting ``exact`` and ``a402``."""
+    from a402.chain.node import connect
+    from a402.provider.a402_runtime import A402Config
+    from a402.provider.a402_store import SqlChannelStore
+    from a402.provider.middleware import PaymentMiddleware
+    from a402.tee import PROVIDER_PURPOSES, AttestationPolicy
+
+    manifest = shared.manifest()
+    operator = Account.from_key(operator_key)
+    chain = connect(shared.rpc_url, [operator_key])
+    a402 = A402Config(
+        enclave=shared.platform().launch(shared.provider_code,
+                                         allowed_purposes=PROVIDER_PURPOSES),
+        operator=operator, chain=chain, manager=manifest.contracts["ASCManager"],
+        vault_policy=AttestationPolicy(frozenset({shared.vault_code})),
+        verifiers=[shared.verifier()],
+        store=SqlChannelStore(f"sqlite:///{shared.db_dir}/provider.db"),
+    )
+    api = PaymentMiddleware(
+        zero_cost_service(), routes={"GET /data": PRICE}, pay_to=operator.address,
+        token=manifest.token, network=manifest.network, facilitator=facilitator_url, a402=a402)
+    _serve(api, port)
+
+
+def vault(shared: Shared, port: int, vault_key: str, sessions: int, deposit_multiple: int,
+          ) -> None:
+    from a402.chain.node import connect
+    from a402.tee import AttestationPolicy
+    from a402.vault.app import create_app
+    from a402.vault.identity import vault_enclave
+    from a402.vault.service import VaultConfig, VaultService
+    from a402.vault.store import VaultStore
+
+    manifest = shared.manifest()
+    chain = connect(shared.rpc_url, [vault_key])
+    store = VaultStore(f"sqlite:///{shared.db_dir}/vault.db")
+    store.claim_for(chain.accounts[0].address)
+    service = VaultService(VaultConfig(
+        chain=chain, account=chain.accounts[0], manager=manifest.contracts["ASCManager"],
+        store=store, enclave=vault_enclave(shared.platform(), shared.vault_code, store),
+        verifiers=[shared.verifier()],
+        provider_policy=AttestationPolicy(frozenset({shared.provider_code})),
+        token=manifest.token, deposit_multiple=deposit_multiple,
+        sessions_per_provider=sessions,
+    ))
+    _serve(create_app(service), port)
+
+
+def _serve(app: Any, port: int) -> None:
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+                lifespan="on")
+
+
+# ------------------------------------------------------------------ the parent
+
+
+@contextlib.contextmanager
+def running(role: Callable[..., None], shared: Shared, *args: Any,
+            startup_timeout: float = 60.0) -> Iterator[str]:
+    """Start ``role`` in a spawned process on a free port; yields its base URL."""
+    from a402.chain.node import free_port
+
+    port = free_port()
+    process = multiprocessing.get_context("spawn").Process(
+        target=role, args=(shared, port, *args), daemon=True, name=role.__name__)
+    process.start()
+    deadline = time.monotonic() + startup_timeout
+    try:
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                break
+            if not process.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the {role.__name__} process did not start")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.join(timeout=10)
+        if process.is_alive():
+            process.kill()

@@ -1,0 +1,125 @@
+"""Group commit: many writers, fewer COMMITs, and each write durable and isolated."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Integer, String, event, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from a402.sqlite import GroupCommit, make_engine, readers
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Row(Base):
+    __tablename__ = "rows"
+    key: Mapped[str] = mapped_column(String, primary_key=True)
+    value: Mapped[int] = mapped_column(Integer)
+
+
+class Db:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.engine = make_engine(f"sqlite:///{path}")
+        Base.metadata.create_all(self.engine)
+        self.commits = 0
+        event.listen(self.engine, "commit", self._count)
+        self.group = GroupCommit(sessionmaker(self.engine, expire_on_commit=False))
+
+    def _count(self, _connection: object) -> None:
+        self.commits += 1
+
+    def on_disk(self) -> dict[str, int]:
+        """What another process would read, through the plain sqlite3 module."""
+        with sqlite3.connect(self.path) as raw:
+            return dict(raw.execute("SELECT key, value FROM rows").fetchall())
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Db]:
+    db = Db(tmp_path / "g.db")
+    yield db
+    db.group.close()
+    db.engine.dispose()
+
+
+def insert(key: str, value: int):  # type: ignore[no-untyped-def]
+    def work(session: Session) -> int:
+        session.add(Row(key=key, value=value))
+        session.flush()
+        return value
+    return work
+
+
+def test_every_caller_gets_its_result_after_its_write_is_on_disk(db: Db) -> None:
+    seen: dict[str, int] = {}
+
+    def writer(i: int) -> None:
+        assert db.group.run(insert(f"k{i}", i)) == i
+        seen[f"k{i}"] = db.on_disk()[f"k{i}"]  # visible to a fresh connection on return
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {f"k{i}": i for i in range(64)}
+    assert db.on_disk() == seen
+
+
+def test_writes_waiting_together_share_one_commit(db: Db) -> None:
+    gate, started = threading.Event(), threading.Event()
+
+    def blocker(session: Session) -> None:
+        started.set()
+        gate.wait(10)  # the writer thread is busy: the next writes queue up
+
+    first = threading.Thread(target=db.group.run, args=(blocker,))
+    first.start()
+    assert started.wait(10)
+    before = db.commits
+    threads = [threading.Thread(target=db.group.run, args=(insert(f"q{i}", i),))
+               for i in range(20)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while db.group._queue.qsize() < 20:  # all twenty queued behind the blocker
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    gate.set()
+    for t in [first, *threads]:
+        t.join()
+    assert len(db.on_disk()) == 20
+    assert db.commits - before <= 2  # the blocker's batch, then one for all twenty
+
+
+def test_a_failing_write_is_undone_alone(db: Db) -> None:
+    db.group.run(insert("taken", 1))
+
+    def fails(session: Session) -> None:
+        session.add(Row(key="half", value=2))
+        session.flush()
+        raise ValueError("refused after a partial write")
+
+    with pytest.raises(ValueError, match="partial"):
+        db.group.run(fails)
+    with pytest.raises(Exception, match="UNIQUE"):
+        db.group.run(insert("taken", 3))
+    assert db.group.run(insert("next", 4)) == 4
+    assert db.on_disk() == {"taken": 1, "next": 4}
+
+
+def test_exclusive_transactions_and_readers_do_not_wait_on_sqlite(db: Db) -> None:
+    with db.group.exclusive() as session:
+        session.add(Row(key="own", value=7))
+    with readers(db.engine)() as session:
+        assert session.scalars(select(Row.value)).all() == [7]
+    assert db.on_disk() == {"own": 7}
