@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -111,7 +113,7 @@ def provider(shared: Shared, port: int, operator_key: str, facilitator_url: str)
 
 
 def vault(shared: Shared, port: int, vault_key: str, sessions: int, deposit_multiple: int,
-          ) -> None:
+          batch_window: float) -> None:
     from a402.chain.node import connect
     from a402.tee import AttestationPolicy
     from a402.vault.app import create_app
@@ -129,7 +131,7 @@ def vault(shared: Shared, port: int, vault_key: str, sessions: int, deposit_mult
         verifiers=[shared.verifier()],
         provider_policy=AttestationPolicy(frozenset({shared.provider_code})),
         token=manifest.token, deposit_multiple=deposit_multiple,
-        sessions_per_provider=sessions,
+        sessions_per_provider=sessions, batch_window=batch_window,
     ))
     _serve(create_app(service), port)
 
@@ -142,10 +144,21 @@ def _serve(app: Any, port: int) -> None:
 # ------------------------------------------------------------------ the parent
 
 
+@dataclass(frozen=True)
+class Running:
+    url: str
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the process has used so far (Linux)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
 def running(role: Callable[..., None], shared: Shared, *args: Any,
-            startup_timeout: float = 60.0) -> Iterator[str]:
-    """Start ``role`` in a spawned process on a free port; yields its base URL."""
+            startup_timeout: float = 60.0) -> Iterator[Running]:
+    """Start ``role`` in a spawned process on a free port; yields where it listens."""
     from a402.chain.node import free_port
 
     port = free_port()
@@ -160,7 +173,8 @@ def running(role: Callable[..., None], shared: Shared, *args: Any,
             if not process.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError(f"the {role.__name__} process did not start")
             time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
+        assert process.pid is not None
+        yield Running(f"http://127.0.0.1:{port}", process.pid)
     finally:
         process.terminate()
         process.join(timeout=10)

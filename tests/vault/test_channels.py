@@ -181,3 +181,39 @@ def test_the_same_call_sent_four_times_at_once_is_paid_once(world: World) -> Non
     assert len({(r.content, r.payment["requestId"] if r.payment else None) for r in results}) == 1
     assert provider.calls["slow"] == 1
     assert view["paid"] == "1500"
+
+
+def test_channels_opened_and_closed_together_share_one_transaction_each(world: World) -> None:
+    provider = world.provider()
+    escrow = world.balance(world.manager.address)
+    first_block = world.chain.w3.eth.block_number + 1
+    # A batch leaves when all four are in it (the window is only a backstop).
+    with serve_in_thread(provider.app) as site, \
+            running_vault(world, batch_window=30, batch_limit=4) as vault:
+        clients = [client_of(world, vault.url, funds=20_000, deposit=20_000)[1]
+                   for _ in range(4)]
+        with ThreadPoolExecutor(4) as pool:  # four clients' first calls: four new channels
+            paid = list(pool.map(lambda c: c.invoke(f"{site}/weather", max_price=PRICE),
+                                 clients))
+            channels = [c.account_info()["channels"][0]["channelId"] for c in clients]
+            closed = list(pool.map(lambda cc: cc[0].close_channel(cc[1]),
+                                   zip(clients, channels, strict=True)))
+        assert_conserved(world, vault.store, vault.address, escrow)
+        balances = [int(c.account_info()["balance"]) for c in clients]
+    assert [p.outcome for p in paid] == [api.PAID] * 4
+    assert [c["phase"] for c in closed] == [S.SETTLED] * 4
+    assert balances == [20_000 - PRICE] * 4
+    assert world.balance(provider.address) == 4 * PRICE
+    assert manager_calls(world, first_block) == ["createASCBatch", "closeASCBatch"]
+
+
+def manager_calls(world: World, first_block: int) -> list[str]:
+    """The ASCManager functions called in the blocks mined since ``first_block``."""
+    names = []
+    for number in range(first_block, world.chain.w3.eth.block_number + 1):
+        block = world.chain.w3.eth.get_block(number, full_transactions=True)
+        for tx in block["transactions"]:
+            if tx["to"] == world.manager.address:
+                names.append(world.manager.contract.decode_function_input(tx["input"])[0]
+                             .fn_name)
+    return names

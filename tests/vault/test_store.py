@@ -92,6 +92,30 @@ def test_conservation_through_a_channel_life(store: VaultStore) -> None:
     assert store.balance(client) == 750
 
 
+def test_a_call_moves_through_its_states_once(store: VaultStore) -> None:
+    client, cid = _client(), "0x" + secrets.token_hex(32)
+    key = f"{client}:call-1"
+    created, row = store.claim_request(key, client=client, fingerprint="f", url="http://p/x",
+                                       method="GET")
+    assert created and row.state == S.RECEIVED
+    again, same = store.claim_request(key, client=client, fingerprint="g", url="u", method="GET")
+    assert not again and same.fingerprint == "f"
+    store.credit_deposit(f"t:{cid}", client, 1_000, "transfer", None)
+    _claim(store, client, cid, deposit=1_000)
+    store.save_checkpoint(cid, {"version": 0, "locked": "10", "request_key": key}, key,
+                          {"state": S.LOCKED, "channel_id": cid, "amount": "10",
+                           "request_id": 0})
+    assert (store.request(key).state, store.channel(cid).request_key) == (S.LOCKED, key)
+    assert not store.restart_request(key, S.RECEIVED)  # it is past RECEIVED
+    done = dict(outcome="paid", reason=None, retryable=False, answer=b"sealed", amount="10",
+                transaction="0x" + "ab" * 32)
+    assert store.finish_request(key, from_states=(S.LOCKED, S.DELIVERED), **done)
+    assert not store.finish_request(key, from_states=(S.LOCKED,), **done)  # once
+    final = store.request(key)
+    assert final is not None and (final.state, final.transaction, final.answer) == (
+        S.DONE, done["transaction"], b"sealed")
+
+
 def _claim(store: VaultStore, client: str, cid: str, *, deposit: int) -> S.Channel:
     return store.claim_channel(
         debit=True, cid=cid, client=client, provider=_client(), endpoint="http://p",

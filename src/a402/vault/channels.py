@@ -21,6 +21,11 @@ the on-chain client; the deposit moves from its wallet by an EIP-3009
 the terms the vault proposes, answering a 428), refunds go straight back to
 its wallet, and the client can force-close without the vault.
 
+Aggregation: pool channels that open together share one ``createASCBatch``,
+and cooperative closes that happen together one ``closeASCBatch``
+(:mod:`a402.vault.aggregate`); the journal records such a transaction once,
+its ``ref`` naming every channel in it.
+
 Parallelism: one request in flight per channel (the session's lock), and one
 frame in flight per Noise session, so each provider gets a small pool of
 sessions and each channel is pinned to one of them.
@@ -29,13 +34,13 @@ sessions and each channel is pinned to one of them.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
@@ -50,6 +55,7 @@ from a402.tee import AttestationPolicy, AttestationVerifier, Enclave
 
 from . import api, records
 from . import store as S
+from .aggregate import Aggregator
 from .session import Checkpoint, CheckpointReason, ProviderSession
 from .txjournal import TxJournal
 
@@ -90,10 +96,20 @@ class Settings:
     authorization_validity: int = 3600
     sessions_per_provider: int = 4
     http_timeout: float = 30.0
+    batch_window: float = 0.25
+    batch_limit: int = 50
 
 
 def hex_id(channel_id: bytes) -> str:
     return "0x" + channel_id.hex()
+
+
+def batch_id(members: Sequence[S.Channel] | Sequence[str]) -> str:
+    """A journal key part naming a batch by its channels (one channel: its id)."""
+    cids = [m if isinstance(m, str) else m.cid for m in members]
+    if len(cids) == 1:
+        return cids[0]
+    return "batch-" + hashlib.sha256(",".join(cids).encode()).hexdigest()[:32]
 
 
 class Channels:
@@ -103,7 +119,7 @@ class Channels:
         self, *, account: LocalAccount, manager: ASCManager, token: TokenInfo,
         store: S.VaultStore, journal: TxJournal, enclave: Enclave,
         verifiers: Sequence[AttestationVerifier], policy: AttestationPolicy,
-        settings: Settings, http: httpx.AsyncClient,
+        settings: Settings,
     ) -> None:
         self.account = account
         self.address = account.address
@@ -117,7 +133,11 @@ class Channels:
         self.verifiers = list(verifiers)
         self.policy = policy
         self.settings = settings
-        self.http = http
+        # Opens and closes that happen together share a transaction (aggregate.py).
+        self._opens = Aggregator(self._send_opens, window=settings.batch_window,
+                                 limit=settings.batch_limit)
+        self._closes = Aggregator(self._send_closes, window=settings.batch_window,
+                                  limit=settings.batch_limit)
         self.live: dict[bytes, VaultChannel] = {}
         #: The request key each busy channel carries (for its checkpoints).
         self.current: dict[bytes, str] = {}
@@ -140,10 +160,12 @@ class Channels:
         async with self._session_locks.setdefault(slot, asyncio.Lock()):
             session = self._sessions.get(slot)
             if session is None or session.info is None:
+                # Each session has its own connection: one frame is in flight per session
+                # anyway, and a pool shared by many sessions costs CPU per request.
                 session = ProviderSession(
                     endpoint, enclave=self.enclave, verifiers=self.verifiers, policy=self.policy,
                     vault_key=self.key, network=self.network, persist=self.persist,
-                    http=self.http, timeout=self.settings.http_timeout,
+                    timeout=self.settings.http_timeout,
                 )
                 await session.connect()  # attestation errors propagate; nothing is cached
                 self._sessions[slot] = session
@@ -280,8 +302,10 @@ class Channels:
                              extra={"balance": str(balance), "price": str(price)})
         terms = session.terms(client=self.address, deposit=deposit)
         row = await self._claim(client, session, terms, funding=api.POOL, debit=True)
-        call = self.manager.contract.functions.createASC(terms_tuple(terms), b"")
-        return await self._finish_open(row, call, session)
+        error = await self._opens.submit((row, terms))
+        if error is not None:
+            raise error
+        return await self._bind_opened(row)
 
     async def _claim(
         self, client: str, session: ProviderSession, terms: ChannelTerms, *, funding: str,
@@ -300,26 +324,53 @@ class Channels:
             raise VaultError(402, api.INSUFFICIENT_BALANCE, str(e),
                              extra={"balance": str(e.balance)}) from None
 
-    async def _finish_open(self, row: S.Channel, call: Any, session: ProviderSession
-                           ) -> VaultChannel:
+    async def _finish_open(self, row: S.Channel, call: Any) -> VaultChannel:
+        await self._open_tx(f"open:{row.cid}", call, [row])
+        return await self._bind_opened(row)
+
+    async def _bind_opened(self, row: S.Channel) -> VaultChannel:
+        fresh = await asyncio.to_thread(self.store.channel, row.cid)
+        assert fresh is not None
+        _, channel = await self.bound(fresh)
+        return channel
+
+    async def _open_tx(self, key: str, call: Any, rows: Sequence[S.Channel]) -> None:
+        """Send the transaction that opens ``rows`` and record its outcome; :class:`VaultError`
+        unless they opened (a revert in estimation gives the deposits back at once)."""
         try:
-            tx = await asyncio.to_thread(self.journal.send, f"open:{row.cid}", "open", row.cid,
-                                         call)
+            tx = await asyncio.to_thread(self.journal.send, key, "open",
+                                         ",".join(r.cid for r in rows), call)
         except TransactionFailed as e:
-            await asyncio.to_thread(self.store.fail_channel, row.cid)
+            for row in rows:
+                await asyncio.to_thread(self.store.fail_channel, row.cid)
             raise VaultError(502, api.CHAIN_UNAVAILABLE, f"createASC would revert: {e.reason}",
                              retryable=True) from None
         outcome = await asyncio.to_thread(self.journal.wait, tx, self.settings.chain_timeout)
         if not outcome.final:
             raise VaultError(503, api.CHAIN_UNAVAILABLE,
                              f"createASC {tx.tx_hash} not mined yet", retryable=True)
-        if not await self.opened(row, outcome.ok):
+        for row in rows:
+            await self.opened(row, outcome.ok)
+        if not outcome.ok:
             raise VaultError(502, api.CHAIN_UNAVAILABLE, f"createASC {tx.tx_hash} failed",
                              retryable=True)
-        fresh = await asyncio.to_thread(self.store.channel, row.cid)
-        assert fresh is not None
-        _, channel = await self.bound(fresh)
-        return channel
+
+    async def _send_opens(self, items: Sequence[tuple[S.Channel, ChannelTerms]]
+                          ) -> list[VaultError | None]:
+        """Open pool channels that waited together: ``createASC`` for one, else one
+        ``createASCBatch`` (the deposits leave the pool in one transfer)."""
+        functions = self.manager.contract.functions
+        rows = [row for row, _ in items]
+        if len(items) == 1:
+            call = functions.createASC(terms_tuple(items[0][1]), b"")
+        else:
+            call = functions.createASCBatch([terms_tuple(t) for _, t in items],
+                                            [b""] * len(items))
+        try:
+            await self._open_tx(f"open:{batch_id(rows)}", call, rows)
+        except VaultError as e:
+            return [e] * len(items)
+        return [None] * len(items)
 
     async def opened(self, row: S.Channel, ok: bool) -> bool:
         """Record the outcome of a channel's ``createASC``."""
@@ -409,7 +460,7 @@ class Channels:
             signature[:32], signature[32:64])
         fresh = await asyncio.to_thread(self.store.channel, row.cid)
         assert fresh is not None
-        return await self._finish_open(fresh, call, session)
+        return await self._finish_open(fresh, call)
 
     # ------------------------------------------------------------------ closing
 
@@ -430,8 +481,30 @@ class Channels:
         await self.submit_close(row.cid, channel.terms, signed)
 
     async def submit_close(self, cid: str, terms: ChannelTerms, signed: SignedState) -> None:
-        await self.transact(f"close:{cid}", "close", cid, self.state_call("closeASC", terms,
-                                                                            signed))
+        """``closeASC`` with the co-signed final state, aggregated with the closes
+        submitted meanwhile into one ``closeASCBatch``."""
+        await self._closes.submit((cid, terms, signed))
+
+    async def _send_closes(self, items: Sequence[tuple[str, ChannelTerms, SignedState]]
+                           ) -> list[None]:
+        unique = list({cid: (cid, terms, signed) for cid, terms, signed in items}.values())
+        if len(unique) > 1:
+            # Channels of one client, then of one provider, next to each other: the
+            # contract pays each run of equal payees with one transfer.
+            unique.sort(key=lambda i: (i[1].client, i[1].provider))
+            call = self.manager.contract.functions.closeASCBatch(
+                [terms_tuple(t) for _, t, _ in unique], [s.state.as_tuple() for *_, s in unique],
+                [s.vault_signature for *_, s in unique],
+                [s.provider_signature for *_, s in unique])
+            key = f"close:{batch_id([cid for cid, *_ in unique])}"
+            if await self.transact(key, "close", ",".join(cid for cid, *_ in unique), call):
+                return [None] * len(items)
+            # One channel settled some other way meanwhile, or the batch failed: alone,
+            # each close stands or falls by itself.
+        for cid, terms, signed in unique:
+            await self.transact(f"close:{cid}", "close", cid,
+                                self.state_call("closeASC", terms, signed))
+        return [None] * len(items)
 
     async def transact(self, key: str, kind: str, ref: str, call: Any) -> bool:
         """Send a journaled transaction and apply any settlement it makes; False if it

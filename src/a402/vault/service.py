@@ -64,6 +64,9 @@ class VaultConfig:
       the vault starts a force-close.
     - Deposits of pool channels: ``deposit_multiple`` × the price, at least
       ``min_deposit``, at most ``max_deposit``, within the client's balance.
+    - Aggregation: opens (pool channels) and cooperative closes that come within
+      ``batch_window`` seconds of each other share one transaction, at most
+      ``batch_limit`` channels each.
     """
 
     chain: Chain
@@ -88,6 +91,8 @@ class VaultConfig:
     auth_window: int = api.DEFAULT_AUTH_WINDOW
     authorization_validity: int = 3600
     sessions_per_provider: int = 4
+    batch_window: float = 0.25
+    batch_limit: int = 50
     http_timeout: float = 30.0
 
 
@@ -122,12 +127,13 @@ class VaultService:
             max_deposit=config.max_deposit, chain_timeout=config.chain_timeout,
             authorization_validity=config.authorization_validity,
             sessions_per_provider=config.sessions_per_provider,
-            http_timeout=config.http_timeout,
+            http_timeout=config.http_timeout, batch_window=config.batch_window,
+            batch_limit=config.batch_limit,
         )
         self.channels = Channels(
             account=config.account, manager=self.manager, token=self.token, store=config.store,
             journal=self.journal, enclave=config.enclave, verifiers=config.verifiers,
-            policy=config.provider_policy, settings=settings, http=self.http,
+            policy=config.provider_policy, settings=settings,
         )
         self.invoker = Invoker(self.channels, http=self.http, offers=OfferCache(config.offer_ttl),
                                queue_timeout=config.queue_timeout, retry_wait=config.retry_wait)

@@ -266,6 +266,8 @@ class ProviderSession:
     - ``vault_key``: the channels' vault key (signs OPEN, σ_U, states).
     - ``network``: refuse a provider on any other chain.
     - ``persist``: see :class:`Checkpoint`; the default keeps nothing.
+    - ``ack_delay``: how long an unsent ACK waits to ride on the channel's next
+      EXEC (default: a quarter of the provider's Δ_ack, at most one second).
     """
 
     def __init__(
@@ -281,7 +283,7 @@ class ProviderSession:
         http: httpx.AsyncClient | None = None,
         timeout: float = 30.0,
         attempts: int = 3,
-        ack_delay: float = 0.05,
+        ack_delay: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         base = endpoint.rstrip("/")
@@ -531,6 +533,14 @@ class ProviderSession:
         self._flush_ack_later(channel)
         return _paid(delivered.result, raw, request_id, amount, receipt=channel.latest_state())
 
+    def _ack_delay(self) -> float:
+        """How long an ACK waits for a next EXEC to ride on: a quarter of the provider's
+        Δ_ack, at most a second — long enough that a busy channel never sends an ACK
+        frame of its own, short enough that an idle one is acknowledged in good time."""
+        if self.ack_delay is not None:
+            return self.ack_delay
+        return min(1.0, self.info.ack_timeout / 4) if self.info is not None else 0.0
+
     def _flush_ack_later(self, channel: VaultChannel) -> None:
         cid = channel.channel_id
         if cid in self._ack_flushes:  # a pending flush sends whatever ACK is unsent then
@@ -538,7 +548,7 @@ class ProviderSession:
 
         async def flush() -> None:
             try:
-                await asyncio.sleep(self.ack_delay)
+                await asyncio.sleep(self._ack_delay())
                 async with self._lock(channel):
                     await self._flush_ack(cid)
             except Exception as e:  # resume() or the next request sends it again

@@ -164,9 +164,10 @@ class Worker:
             if not outcome.final:
                 continue
             if record.kind == "open":
-                row = await asyncio.to_thread(self.store.channel, record.ref)
-                if row is not None and row.phase == S.OPENING:
-                    await self.channels.opened(row, outcome.ok)
+                for cid in record.ref.split(","):  # one channel, or a createASCBatch
+                    row = await asyncio.to_thread(self.store.channel, cid)
+                    if row is not None and row.phase == S.OPENING:
+                        await self.channels.opened(row, outcome.ok)
             elif record.kind == "withdraw":
                 await asyncio.to_thread(self.store.finish_withdrawal, record.ref, ok=outcome.ok,
                                         tx_hash=record.tx_hash)
