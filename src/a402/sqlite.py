@@ -85,6 +85,8 @@ class GroupCommit:
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._mutex = threading.Lock()
+        self._closing = threading.Lock()
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -98,7 +100,10 @@ class GroupCommit:
         if threading.current_thread() is self._thread:
             raise RuntimeError("a batched write cannot wait for another batched write")
         done: Future[T] = Future()
-        self._queue.put((work, done))
+        with self._closing:
+            if self._closed:
+                raise RuntimeError("the store is closed")
+            self._queue.put((work, done))
         return done.result()
 
     @contextmanager
@@ -108,8 +113,13 @@ class GroupCommit:
             yield session
 
     def close(self) -> None:
-        self._queue.put(_STOP)
-        self._thread.join(timeout=10)
+        """Commit what is queued, then stop; later writes are refused."""
+        with self._closing:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
+        self._thread.join()
 
     def _run(self) -> None:
         while True:
@@ -122,8 +132,8 @@ class GroupCommit:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if item is _STOP:
-                    self._queue.put(_STOP)  # finish this batch, then stop
+                if item is _STOP:  # the last item ever queued: finish this batch, then stop
+                    self._queue.put(_STOP)
                     break
                 batch.append(item)
             self._commit(batch)  # type: ignore[arg-type]

@@ -196,6 +196,63 @@ async def test_a_piggybacked_ack_that_does_not_verify_refuses_the_frame(world: W
     assert provider.calls["weather"] == 2
 
 
+async def test_an_ack_riding_on_a_refused_exec_is_kept_across_a_provider_restart(
+    world: World,
+) -> None:
+    provider, vault, client = world.provider(), world.vault(), world.client()
+    with serve_in_thread(provider.app) as url:
+        async with world.session(vault, url, ack_delay=600) as session:
+            channel = await world.open_channel(session, vault, client)
+            await session.request(channel, WEATHER, PRICE)
+            ack = channel.last_ack()
+            assert ack is not None
+            wrong_price = Exec(channel.channel_id, 1, 1, PRICE + 1, WEATHER.encode())
+            answer = await session.exchange(Envelope.acked(ack.encode(), wrong_price.encode()))
+            assert Refusal.from_body(answer.body).reason == "amount_mismatch"
+    # The payment the ACK acknowledged was written down although its frame was refused.
+    enclave = world.platform.restore(PROVIDER_CODE, provider.enclave.export_sealed(),
+                                     allowed_purposes=PROVIDER_PURPOSES)
+    restarted = world.provider(enclave=enclave, operator=provider.config.operator,
+                               store=SqlChannelStore(provider.config.store.url))
+    [slot] = [s for s in await restarted.runtime.load_active()
+              if s.channel_id == channel.channel_id]
+    assert slot.channel.status is Status.OPEN and slot.channel.state == channel.state
+
+
+async def test_a_vault_restarted_with_an_ack_unsent_delivers_it_with_the_resumed_exec(
+    world: World,
+) -> None:
+    """The ACK of request 0 was to ride on EXEC 1; the vault died with EXEC 1 LOCKED."""
+    provider, vault, client = world.provider(), world.vault(), world.client()
+    stored: list[Checkpoint] = []
+
+    async def persist_then_crash(checkpoint: Checkpoint) -> None:
+        stored.append(checkpoint)
+        if checkpoint.reason is CheckpointReason.LOCKED and checkpoint.next_request_id == 2:
+            raise Crash  # durable, and nothing (neither ACK 0 nor EXEC 1) left
+
+    with serve_in_thread(provider.app) as url:
+        session = world.session(vault, url, ack_delay=600)
+        session.persist = persist_then_crash
+        await session.connect()
+        channel = await world.open_channel(session, vault, client)
+        await session.request(channel, WEATHER, PRICE)
+        with pytest.raises(Crash):
+            await session.request(channel, WEATHER, PRICE)
+        await session.aclose()
+        slot = provider.runtime.slot(channel.channel_id)
+        assert slot is not None and slot.channel.status is Status.PENDING  # ACK 0 never came
+
+        restored = VaultChannel.restore(stored[-1].snapshot, vault.signer)
+        async with world.session(vault, url, ack_delay=600) as session:
+            await session.attach(restored)
+            resumed = await session.resume(restored)
+            again = await session.request(restored, WEATHER, PRICE)
+    assert resumed is not None and resumed.request_id == 1
+    assert again.receipt is not None and again.receipt.state.version == 3
+    assert provider.calls["weather"] == 3
+
+
 # ---------------------------------------------------------------------- tampering
 
 

@@ -402,27 +402,34 @@ class ProviderRuntime:
             if slot.last_in and body == slot.last_in:
                 return Envelope.decode(slot.last_out)  # a retransmission: the same answer
             try:
-                if acked is not None:
-                    self._on_piggybacked_ack(slot, acked)
+                took_ack = acked is not None and self._on_piggybacked_ack(slot, acked)
+            except _Refused as refused:
+                return refused.envelope
+            try:
                 if isinstance(message, Exec):
                     answer = await self._on_exec(slot, message, scope)
                 else:
                     answer = self._on_message(slot, message)
             except _Refused as refused:
+                if took_ack:  # the message is refused, but the payment it acknowledged stands
+                    await self.persist(slot)
                 return refused.envelope
             answer = self.outgoing(slot, message, answer)
             slot.last_in, slot.last_out = body, answer.encode()
             await self.persist(slot)  # the ACK, if any, is durable with the answer
             return answer
 
-    def _on_piggybacked_ack(self, slot: Slot, ack: Ack) -> None:
-        """Take an ACK that rode on the next message: as on its own, a repeated ACK or one
-        for a channel settled meanwhile changes nothing; any other refusal refuses the frame."""
+    def _on_piggybacked_ack(self, slot: Slot, ack: Ack) -> bool:
+        """Take an ACK that rode on the next message; whether it changed the channel. As on
+        its own, a repeated ACK or one for a channel settled meanwhile changes nothing; any
+        other refusal refuses the frame."""
         try:
             self._on_message(slot, ack)
         except _Refused as refused:
             if refused.reason not in (Reason.REPLAYED.value, Reason.CHANNEL_CLOSED.value):
                 raise
+            return False
+        return True
 
     def _on_message(self, slot: Slot, message: AscMessage) -> Envelope:
         try:

@@ -36,6 +36,7 @@ class Aggregator(Generic[Item, Outcome]):
         self.limit = limit
         self._waiting: list[tuple[Item, asyncio.Future[Outcome]]] = []
         self._flush: asyncio.Task[None] | None = None
+        self._sending: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
 
     async def submit(self, item: Item) -> Outcome:
         done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
@@ -52,7 +53,9 @@ class Aggregator(Generic[Item, Outcome]):
             if self._flush is not None:  # its batch is the one taken here
                 self._flush.cancel()
                 self._flush = None
-            asyncio.get_running_loop().create_task(self._run(batch))
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
         else:
             self._waiting = batch
             self._flush = asyncio.get_running_loop().create_task(self._later())

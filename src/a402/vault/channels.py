@@ -497,7 +497,8 @@ class Channels:
                 [s.vault_signature for *_, s in unique],
                 [s.provider_signature for *_, s in unique])
             key = f"close:{batch_id([cid for cid, *_ in unique])}"
-            if await self.transact(key, "close", ",".join(cid for cid, *_ in unique), call):
+            ref = ",".join(cid for cid, *_ in unique)
+            if await self.transact(key, "close", ref, call, unless_pending=True):
                 return [None] * len(items)
             # One channel settled some other way meanwhile, or the batch failed: alone,
             # each close stands or falls by itself.
@@ -506,9 +507,11 @@ class Channels:
                                 self.state_call("closeASC", terms, signed))
         return [None] * len(items)
 
-    async def transact(self, key: str, kind: str, ref: str, call: Any) -> bool:
+    async def transact(self, key: str, kind: str, ref: str, call: Any, *,
+                       unless_pending: bool = False) -> bool:
         """Send a journaled transaction and apply any settlement it makes; False if it
-        would revert (e.g. someone else settled or challenged first)."""
+        would revert (e.g. someone else settled or challenged first) or failed. With
+        ``unless_pending``, one not mined yet counts as done: the worker reconciles it."""
         try:
             tx = await asyncio.to_thread(self.journal.send, key, kind, ref, call)
         except TransactionFailed as e:
@@ -517,7 +520,7 @@ class Channels:
         outcome = await asyncio.to_thread(self.journal.wait, tx, self.settings.chain_timeout)
         if outcome.receipt is not None:
             await self.settled_by(outcome.receipt)
-        return outcome.ok
+        return outcome.ok or (unless_pending and not outcome.final)
 
     def state_call(self, name: str, terms: ChannelTerms, signed: SignedState) -> Any:
         """``closeASC``/``initForceClose``/``challengeForceClose`` with a co-signed state."""

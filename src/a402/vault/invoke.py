@@ -115,8 +115,10 @@ class Invoker:
             values["amount"] = str(amount)
         if transaction is not None:
             values["transaction"] = transaction
-        await asyncio.to_thread(self.store.finish_request, key, from_states=from_states, **values)
-        row = await asyncio.to_thread(self.store.request, key)
+        if await asyncio.to_thread(self.store.finish_request, key, from_states=from_states,
+                                   **values):
+            return status, body
+        row = await asyncio.to_thread(self.store.request, key)  # answered before: that answer
         assert row is not None
         return self.answer_of(row)
 

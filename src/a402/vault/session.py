@@ -309,6 +309,7 @@ class ProviderSession:
         self._bound: dict[bytes, ChannelTerms] = {}
         self._unacked: dict[bytes, Ack] = {}
         self._ack_flushes: dict[bytes, asyncio.Task[None]] = {}
+        self._closed = False
 
     async def __aenter__(self) -> ProviderSession:
         await self.connect()
@@ -318,6 +319,7 @@ class ProviderSession:
         await self.aclose()
 
     async def aclose(self) -> None:
+        self._closed = True
         for task in list(self._ack_flushes.values()):  # resume() re-sends them after a restart
             task.cancel()
         if self._handle is not None:
@@ -476,18 +478,20 @@ class ProviderSession:
         Returns the paid response if a request completed.
         """
         async with self._lock(channel):
+            last_ack = channel.last_ack()  # may have been riding on the EXEC in flight
             if channel.status is Status.LOCKED:
                 channel.poll(now=self.clock())
                 exec_ = channel.pending_exec()
                 if exec_ is None:  # Δ_lock passed meanwhile
                     await self._persist(channel, CheckpointReason.EXPIRED)
+                    if last_ack is not None:
+                        self._owe_ack(channel, last_ack)
                     return None
-                return await self._drive(channel, exec_.encode(), exec_.request)
+                return await self._drive(channel, exec_.encode(), exec_.request, ack=last_ack)
             if channel.status is Status.PENDING:
                 pending, auth = channel.pending_request(), channel.pending_auth()
                 assert pending is not None and auth is not None
                 return await self._settle(channel, auth.encode(), pending[2])
-            last_ack = channel.last_ack()
             if last_ack is not None and channel.status is Status.OPEN:
                 self._unacked.setdefault(channel.channel_id, last_ack)
             await self._flush_ack(channel.channel_id)
@@ -501,7 +505,7 @@ class ProviderSession:
             reply = await self._ask(channel, exec_bytes, Reply, ack=ack)
         except Exception:  # no σ_U exists yet: releasing δ is safe whatever went wrong
             if ack is not None:  # maybe not delivered: send it again (a repeat is harmless)
-                self._unacked.setdefault(channel.channel_id, ack)
+                self._owe_ack(channel, ack)
             await self._give_up(channel)
             raise
         try:
@@ -529,8 +533,7 @@ class ProviderSession:
         await self._persist(channel, CheckpointReason.DELIVERED)
         # The result is ours: the ACK rides on this channel's next EXEC, or goes out on its
         # own after ``ack_delay`` if none comes — well within the provider's Δ_ack.
-        self._unacked[channel.channel_id] = ack
-        self._flush_ack_later(channel)
+        self._owe_ack(channel, ack)
         return _paid(delivered.result, raw, request_id, amount, receipt=channel.latest_state())
 
     def _ack_delay(self) -> float:
@@ -541,20 +544,33 @@ class ProviderSession:
             return self.ack_delay
         return min(1.0, self.info.ack_timeout / 4) if self.info is not None else 0.0
 
+    def _owe_ack(self, channel: VaultChannel, ack: Ack) -> None:
+        """Remember an unsent ACK (the newest wins) and make sure it leaves in time."""
+        current = self._unacked.get(channel.channel_id)
+        if current is None or current.request_id <= ack.request_id:
+            self._unacked[channel.channel_id] = ack
+        self._flush_ack_later(channel)
+
     def _flush_ack_later(self, channel: VaultChannel) -> None:
         cid = channel.channel_id
-        if cid in self._ack_flushes:  # a pending flush sends whatever ACK is unsent then
+        if cid in self._ack_flushes or self._closed:  # a pending flush sends the newest ACK
             return
 
         async def flush() -> None:
+            again = False
             try:
                 await asyncio.sleep(self._ack_delay())
                 async with self._lock(channel):
                     await self._flush_ack(cid)
-            except Exception as e:  # resume() or the next request sends it again
+            except ProviderRefused as e:
+                log.error("ACK on %s refused: %s", cid.hex(), e)
+            except Exception as e:  # the provider is unreachable: try again later
                 log.warning("ACK on %s not delivered yet: %s", cid.hex(), e)
+                again = True
             finally:
                 self._ack_flushes.pop(cid, None)
+            if again and cid in self._unacked:
+                self._flush_ack_later(channel)
 
         self._ack_flushes[cid] = asyncio.get_running_loop().create_task(flush())
 

@@ -572,6 +572,14 @@ class VaultStore:
             s.execute(update(TxRow).where(TxRow.key == key)
                       .values(state=state, updated_at=time.time()))
 
+    def open_tx(self, cid: str) -> Transaction | None:
+        """The journaled transaction that opens channel ``cid``, alone or in a batch."""
+        with self._read() as s:
+            rows = s.scalars(select(TxRow).where(TxRow.kind == "open",
+                                                 TxRow.ref.contains(cid.lower())))
+            return next((transaction_record(r) for r in rows
+                         if cid.lower() in r.ref.split(",")), None)
+
     def tx(self, key: str) -> Transaction | None:
         with self._read() as s:
             row = s.get(TxRow, key)

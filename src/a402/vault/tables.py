@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, Integer, LargeBinary, String
+from sqlalchemy import JSON, BigInteger, Boolean, Float, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 T = TypeVar("T")
@@ -122,7 +122,9 @@ class TxRow(Base):
     __tablename__ = "a402_vault_txs"
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     kind: Mapped[str] = mapped_column(String(24))
-    ref: Mapped[str] = mapped_column(String(200), index=True)
+    # What the transaction is about: a channel id, a withdrawal key, or the ids of
+    # every channel a batch opens or closes, comma-separated (so: unbounded text).
+    ref: Mapped[str] = mapped_column(Text)
     tx_hash: Mapped[str] = mapped_column(String(66))
     raw: Mapped[bytes] = mapped_column(LargeBinary)
     nonce: Mapped[int] = mapped_column(Integer)

@@ -288,7 +288,9 @@ class Worker:
 
     async def _channel(self, row: S.Channel, *, startup: bool) -> None:
         if row.phase == S.OPENING:
-            if (await asyncio.to_thread(self.store.tx, f"open:{row.cid}") is None
+            # Only a channel no open transaction names ever opens nothing: one that is
+            # journaled (alone or in a batch) is settled by its outcome, in _transactions.
+            if (await asyncio.to_thread(self.store.open_tx, row.cid) is None
                     and time.time() - row.updated_at > _OPENING_GRACE):
                 await asyncio.to_thread(self.store.fail_channel, row.cid)
             return
