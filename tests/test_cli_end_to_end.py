@@ -1,12 +1,15 @@
 """The README's path, through the real ``a402`` executables: a devnet, a facilitator,
-a gateway in front of an unmodified API, and ``a402 pay`` paying for one request."""
+a gateway in front of an unmodified API, and ``a402 pay`` paying for one request, with
+``exact`` or, through ``a402 vault``, inside an A402 channel (``a402 gateway --a402``)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +24,9 @@ from starlette.routing import Route
 from a402.background import serve_in_thread
 from a402.chain.deploy import Manifest, token_balance
 from a402.chain.node import connect, free_port
+from a402.client.vault import VaultClient
+from a402.tee.identity import load_platform
+from a402.wire.headers import decode_payment_required
 
 A402 = str(Path(sys.executable).with_name("a402"))
 
@@ -50,6 +56,40 @@ def wait_until(ready: Callable[[], bool], what: str, timeout: float = 30.0) -> N
             pass
         time.sleep(0.1)
     raise TimeoutError(f"{what} did not come up")
+
+
+class Stderr:
+    """A process's stderr, read line by line in the background (so its pipe never fills)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        assert proc.stderr is not None
+        self.reader = threading.Thread(target=self._read, args=(proc.stderr,), daemon=True)
+        self.reader.start()
+
+    def _read(self, stream: Iterator[str]) -> None:
+        for line in stream:
+            self.lines.append(line)
+
+    def json_line(self, key: str, timeout: float = 60.0) -> dict[str, str]:
+        """The first JSON line naming ``key`` (the start-up line the services print)."""
+        found: dict[str, str] = {}
+
+        def ready() -> bool:
+            for line in list(self.lines):
+                if line.startswith("{") and key in (data := json.loads(line)):
+                    found.update(data)
+                    return True
+            if self.proc.poll() is not None and not self.reader.is_alive():
+                raise AssertionError(f"exited with {self.proc.returncode}: {''.join(self.lines)}")
+            return False
+
+        try:
+            wait_until(ready, f"a start-up line with {key!r}", timeout)
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}; stderr so far: {''.join(self.lines)[-2000:]!r}") from None
+        return found
 
 
 def key_file(path: Path, key: str) -> str:
@@ -140,3 +180,146 @@ def test_pay_refuses_a_price_above_the_maximum_and_signs_nothing(tmp_path: Path)
              "--max", "0.01"], capture_output=True, text=True, timeout=60)
     assert paid.returncode == 3
     assert "price_above_maximum" in paid.stderr
+
+
+@pytest.mark.anvil
+def test_a_gateway_with_a402_is_paid_through_a_vault_from_the_command_line(
+    tmp_path: Path,
+) -> None:
+    """devnet, facilitator, ``a402 gateway --a402`` in front of an unmodified API, ``a402
+    vault`` trusting the gateway's enclave, and ``a402 pay --vault`` paying in a channel."""
+    manifest_path = tmp_path / "devnet.json"
+    vault_code = "0x" + hashlib.sha384(b"the vault's enclave, for this test").hexdigest()
+    # The vault's platform exists before the gateway starts: the gateway trusts its root.
+    vault_platform = tmp_path / "vault-platform.json"
+    vault_root = load_platform(vault_platform).root.public_key.hex()
+    chain_port = free_port()
+    with running("devnet", "--port", str(chain_port), "--manifest-out", str(manifest_path)):
+        wait_until(manifest_path.exists, "devnet")
+        manifest = Manifest.load(manifest_path)
+        assert "ASCManager" in manifest.contracts
+        chain = connect(manifest.rpc_url)
+        token = manifest.token.address
+        client, provider = manifest.account("client"), manifest.account("provider").address
+        vault_address = manifest.account("client", 1).address
+        holders = [client.address, vault_address, provider, manifest.contracts["ASCManager"]]
+        before = {a: token_balance(chain, token, a) for a in holders}
+
+        facilitator_port = free_port()
+        with running("facilitator", "--rpc", manifest.rpc_url, "--network", manifest.network,
+                     "--key-file", str(tmp_path / "facilitator.key"),
+                     "--db", f"sqlite:///{tmp_path}/j.db", "--port", str(facilitator_port)):
+            facilitator = f"http://127.0.0.1:{facilitator_port}"
+            wait_until(lambda: httpx.get(f"{facilitator}/healthz").status_code == 200,
+                       "facilitator")
+            with serve_in_thread(upstream_api()) as upstream:
+                gateway_port = free_port()
+                gateway_args = [
+                    "gateway", "--upstream", upstream, "--route", "GET /quote=0.001",
+                    "--manifest", str(manifest_path), "--facilitator", facilitator,
+                    "--a402", "--rpc", manifest.rpc_url,
+                    "--operator-key-file", str(tmp_path / "provider.key"),
+                    "--channel-db", f"sqlite:///{tmp_path}/channels.db",
+                    "--platform-file", str(tmp_path / "provider-platform.json"),
+                    "--identity-file", str(tmp_path / "provider-identity.bin"),
+                    "--allow-simulated-attestation", "--trust-root", vault_root,
+                    "--vault-measurement", vault_code]
+                with running(*gateway_args, "--port", str(gateway_port)) as gateway_proc:
+                    started = Stderr(gateway_proc).json_line("gateway")
+                    gateway = f"http://127.0.0.1:{gateway_port}"
+                    assert started["gateway"] == gateway and started["provider"] == provider
+                    wait_until(lambda: httpx.get(f"{gateway}/free").status_code == 200, "gateway")
+                    unpaid = httpx.get(f"{gateway}/quote")
+                    offers = decode_payment_required(unpaid.headers["PAYMENT-REQUIRED"])
+
+                    vault_port = free_port()
+                    with running(
+                        "vault", "--rpc", manifest.rpc_url, "--manifest", str(manifest_path),
+                        "--key-file", str(tmp_path / "vault.key"),
+                        "--db", f"sqlite:///{tmp_path}/vault.db",
+                        "--platform-file", str(vault_platform), "--measurement", vault_code,
+                        "--allow-simulated-attestation", "--trust-root",
+                        started["rootPublicKey"], "--provider-measurement",
+                        started["measurement"], "--port", str(vault_port),
+                    ) as vault_proc:
+                        vault = f"http://127.0.0.1:{vault_port}"
+                        Stderr(vault_proc).json_line("vault")
+                        wait_until(lambda: httpx.get(f"{vault}/v1/info").status_code == 200,
+                                   "vault")
+                        with VaultClient(vault, client.private_key) as account:
+                            assert account.deposit(1_000_000)["state"] == "credited"
+                            paid = subprocess.run(
+                                [A402, "pay", f"{gateway}/quote", "--vault", vault,
+                                 "--key-file", str(tmp_path / "client.key"), "--max", "0.01"],
+                                capture_output=True, text=True, timeout=90)
+                            assert paid.returncode == 0, paid.stderr
+                            channel = account.account_info()["channels"][0]
+                            account.close_channel(channel["channelId"])
+                            wait_until(lambda: account.account_info()["channels"][0]["phase"]
+                                       == "settled", "the cooperative close", timeout=60)
+                            view = account.account_info()
+                # The identity survives a restart: the same enclave key, so the same channels.
+                # (The measurement is given: the package's may change under concurrent edits.)
+                restart_port = free_port()
+                with running(*gateway_args, "--measurement", started["measurement"],
+                             "--port", str(restart_port)) as again:
+                    restarted = Stderr(again).json_line("gateway")
+
+        after = {a: token_balance(chain, token, a) for a in holders}
+        mismatch = subprocess.run(
+            [A402, *gateway_args[:gateway_args.index("--manifest")], "--network", "eip155:1",
+             "--asset", token, "--pay-to", provider, "--manager", manifest.contracts["ASCManager"],
+             *gateway_args[gateway_args.index("--facilitator"):], "--port", str(free_port())],
+            capture_output=True, text=True, timeout=60)
+        no_code = subprocess.run(
+            [A402, *gateway_args, "--manager", "0x" + "42" * 20, "--port", str(free_port())],
+            capture_output=True, text=True, timeout=60)
+
+    assert [o.scheme for o in offers.accepts] == ["exact", "a402"]
+    assert json.loads(paid.stdout) == {"quote": "the map is not the territory"}
+    summary = json.loads(paid.stderr.strip().splitlines()[-1])
+    assert summary["outcome"] == "paid" and summary["payment"]["amount"] == "1000"
+    assert channel["provider"].lower() == provider.lower()
+    assert (channel["providerBalance"], channel["version"]) == ("1000", 1)
+    assert view["paid"] == "1000" and view["balance"] == str(1_000_000 - 1000)
+    assert view["channels"][0]["providerPayout"] == "1000"
+    # Money is conserved: the client's deposit went to the vault, the price from the
+    # vault to the provider through the channel, and the escrow came back whole.
+    assert {a: after[a] - before[a] for a in holders} == {
+        client.address: -1_000_000, vault_address: 1_000_000 - 1000, provider: 1000,
+        manifest.contracts["ASCManager"]: 0}
+    assert (restarted["providerKey"], restarted["measurement"]) == (
+        started["providerKey"], started["measurement"])
+    assert os.stat(tmp_path / "provider-identity.bin").st_mode & 0o077 == 0
+    assert mismatch.returncode == 2
+    assert mismatch.stderr.strip().splitlines()[-1] == (
+        f"a402 gateway: {manifest.rpc_url} is eip155:31337, but the gateway charges on eip155:1")
+    assert no_code.returncode == 2 and "a402 gateway: no contract at" in no_code.stderr
+
+
+def test_gateway_with_a402_refuses_to_start_without_what_it_needs(tmp_path: Path) -> None:
+    """Exit code 2 and a one-line reason, before touching any chain or file."""
+    base = [A402, "gateway", "--upstream", "http://127.0.0.1:9", "--route", "GET /q=0.001",
+            "--facilitator", "http://127.0.0.1:9", "--network", "eip155:31337",
+            "--asset", "0x" + "11" * 20, "--pay-to", "0x" + "22" * 20,
+            "--platform-file", str(tmp_path / "platform.json"),
+            "--identity-file", str(tmp_path / "identity.bin")]
+    a402 = ["--a402", "--rpc", "http://127.0.0.1:9", "--operator-key-file",
+            key_file(tmp_path / "provider.key", "0x" + "01" * 32)]
+    measurement = ["--vault-measurement", "0x" + "ab" * 48]
+
+    def run(*args: str) -> tuple[int, str]:
+        done = subprocess.run([*base, *args], capture_output=True, text=True, timeout=60)
+        return done.returncode, done.stderr.strip()
+
+    assert run(*a402, *measurement) == (2, (
+        "a402 gateway: the only enclave backend here is simulated; pass "
+        "--allow-simulated-attestation to run it (development only)"))
+    assert run(*a402, "--allow-simulated-attestation") == (
+        2, "a402 gateway: --a402 needs --vault-measurement")
+    assert run("--a402", "--allow-simulated-attestation", *measurement) == (
+        2, "a402 gateway: --a402 needs --rpc, --operator-key-file")
+    assert run(*measurement, "--allow-simulated-attestation") == (
+        2, "a402 gateway: --platform-file, --identity-file, --allow-simulated-attestation, "
+           "--vault-measurement: only with --a402")
+    assert not (tmp_path / "platform.json").exists() and not (tmp_path / "identity.bin").exists()

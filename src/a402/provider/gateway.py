@@ -11,7 +11,7 @@ atomic units, because a command line is read by people).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -105,15 +105,24 @@ def run_gateway(
     max_timeout_seconds: int = 60,
     public_url: str | None = None,
     log_level: str = "info",
+    a402: A402Config | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> None:
-    """Serve the gateway until interrupted (blocking). Bad routes fail before binding a port."""
+    """Serve the gateway until interrupted (blocking).
+
+    Bad routes or a bad ``a402`` config raise (``ValueError``) before a port is
+    bound; ``on_start`` runs once the app is built, just before serving.
+    """
     app = create_gateway(
         upstream, routes, pay_to=pay_to, token=token, network=network,
         facilitator_url=facilitator_url, settle_before_serve=settle_before_serve,
-        max_timeout_seconds=max_timeout_seconds, public_url=public_url,
+        max_timeout_seconds=max_timeout_seconds, public_url=public_url, a402=a402,
     )
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     for spec in routes:
         log.info("charging %s (%s on %s, paid to %s)", spec, token.symbol, network, pay_to)
-    log.info("proxying to %s; facilitator %s", upstream, facilitator_url)
+    log.info("proxying to %s; facilitator %s%s", upstream, facilitator_url,
+             "; A402 channels on " + a402.manager if a402 is not None else "")
+    if on_start is not None:
+        on_start()
     uvicorn.run(app, host=host, port=port, log_level=log_level)

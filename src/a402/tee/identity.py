@@ -1,0 +1,94 @@
+"""An enclave across restarts: its simulated platform and its sealed identity.
+
+A restarted service must come back as *the same enclave*: what it sealed opens
+only for the same measurement on the same platform, and its peers pin its
+attested key (a provider's key is every channel's ``providerKey``). So an
+enclave's keys are exported sealed (``export_sealed``) once, on first start,
+and restored from that record afterwards. Where the record lives is the
+caller's choice (the vault's database, the provider's identity file).
+
+The simulated backend's platform (its attestation root and sealing secret)
+stands in for the CPU; it lives in a file only the operator can read. A
+hardware backend would take neither file nor root: its platform is the chip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from .enclave import DEFAULT_PURPOSES
+from .simulated import SimulatedEnclave, SimulatedPlatform, SimulationRoot
+
+
+def load_platform(path: str | Path, *, create: bool = True) -> SimulatedPlatform:
+    """The simulated platform in ``path`` (JSON: root seed, seal secret), created if missing."""
+    file = Path(path)
+    if not file.exists():
+        if not create:
+            raise FileNotFoundError(f"no simulated platform file at {file}")
+        platform = SimulatedPlatform.generate()
+        save_platform(platform, file)
+        return platform
+    data = json.loads(file.read_text())
+    return SimulatedPlatform(SimulationRoot.from_private_bytes(bytes.fromhex(data["root"])),
+                             bytes.fromhex(data["sealSecret"]))
+
+
+def save_platform(platform: SimulatedPlatform, path: str | Path) -> None:
+    file = Path(path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump({"root": platform.root.private_bytes().hex(),
+                   "sealSecret": platform.seal_secret.hex(),
+                   "rootPublicKey": platform.root.public_key.hex()}, out)
+
+
+def restore_or_launch(
+    platform: SimulatedPlatform,
+    measurement: bytes,
+    *,
+    recorded: Callable[[], bytes | None],
+    record_once: Callable[[bytes], bytes],
+    allowed_purposes: Iterable[str] = DEFAULT_PURPOSES,
+) -> SimulatedEnclave:
+    """The enclave whose sealed identity ``recorded()`` returns, or a new one recorded once.
+
+    ``record_once(sealed)`` stores a fresh identity unless one is already
+    there, and returns the one stored: two processes starting at once end up
+    as the same enclave. Raises :class:`~a402.tee.SealingError` if the record
+    was sealed for another measurement or on another platform.
+    """
+    purposes = frozenset(allowed_purposes)
+    sealed = recorded()
+    if sealed is None:
+        launched = platform.launch(measurement, allowed_purposes=purposes)
+        sealed = record_once(launched.export_sealed())
+    return platform.restore(measurement, sealed, allowed_purposes=purposes)
+
+
+def create_file_once(path: str | Path, blob: bytes) -> bytes:
+    """Write ``blob`` to ``path`` (mode 0600) unless it exists; return what ``path`` holds.
+
+    The blob is written to a temporary file first and hard-linked into place,
+    so ``path`` never holds half a blob and a concurrent writer loses cleanly.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(blob)
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            return target.read_bytes()
+    finally:
+        tmp.unlink(missing_ok=True)
+    return blob
