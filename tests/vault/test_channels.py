@@ -169,6 +169,31 @@ def test_a402_pay_with_a_vault(world: World, tmp_path: object, capsys: pytest.Ca
     assert provider.calls["weather"] == 1
 
 
+def test_a402_pay_with_a_vault_funds_a_channel_from_the_wallet(
+    world: World, tmp_path: object,
+) -> None:
+    """No vault balance at all: one signature moves the deposit from the wallet."""
+    import io
+    from pathlib import Path
+
+    provider = world.provider()
+    escrow = world.balance(world.manager.address)
+    with serve_in_thread(provider.app) as site, running_vault(world) as vault:
+        account, _ = client_of(world, vault.url, funds=20_000)
+        key = Path(str(tmp_path)) / "client.key"
+        key.write_text(account.key.hex())
+        key.chmod(0o600)
+        out, err = io.BytesIO(), io.StringIO()
+        code = pay_main([f"{site}/weather", "--key-file", str(key), "--vault", vault.url,
+                         "--funding", "wallet", "--max", "0.001"], stdout=out, stderr=err)
+        [channel] = vault.store.channels()
+        assert_conserved(world, vault.store, vault.address, escrow)
+    assert code == 0, err.getvalue()
+    assert json.loads(out.getvalue())["weather"] == "sunny"
+    assert (channel.funding, channel.provider_balance) == ("wallet", str(PRICE))
+    assert world.balance(account.address) == 20_000 - int(channel.deposit)
+
+
 def test_the_same_call_sent_four_times_at_once_is_paid_once(world: World) -> None:
     provider = world.provider()
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
