@@ -50,6 +50,26 @@ def test_calls_must_be_signed_fresh_and_once(world: World) -> None:
     assert info.json()["deposit"]["payTo"] == vault.address
 
 
+def test_an_oversized_call_is_refused_before_it_is_read(world: World,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(api, "MAX_CALL_BODY", 1_000)
+    with running_vault(world) as vault:
+        account = Account.create()
+        body = json.dumps({"url": "http://127.0.0.1:1/x", "maxPrice": "1",
+                           "body": "a" * 2_000}).encode()
+        headers = api.sign_request(account, vault.address, "POST", "/v1/invoke", body)
+        declared = httpx.post(vault.url + "/v1/invoke", content=body, headers=headers)
+
+        with httpx.Client() as http:  # streamed: no content-length to go by
+            streamed = http.post(vault.url + "/v1/invoke", content=iter([body[:900], body[900:]]),
+                                 headers=api.sign_request(account, vault.address, "POST",
+                                                          "/v1/invoke", body))
+        totals = vault.store.totals()
+    for response in (declared, streamed):
+        assert (response.status_code, response.json()["error"]) == (413, api.REQUEST_TOO_LARGE)
+    assert totals.deposits == 0 and totals.conserved  # nothing happened
+
+
 def test_refusals_pay_nothing_and_say_why(world: World) -> None:
     provider = world.provider()
     escrow = world.balance(world.manager.address)

@@ -33,6 +33,8 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
 
+from a402.asc.messages import DEFAULT_MAX_BLOB
+
 API_PREFIX: Final = "/v1"
 CLIENT_HEADER: Final = "a402-client"
 TIMESTAMP_HEADER: Final = "a402-timestamp"
@@ -41,6 +43,9 @@ SIGNATURE_HEADER: Final = "a402-signature"
 DEFAULT_AUTH_WINDOW: Final = 60
 _TAG: Final = "a402-vault-request/v1"
 _MAX_NONCE: Final = 64
+#: The largest call body the vault reads: a request the provider could take (its blob,
+#: base64 in JSON) and room for the rest; a larger one is refused before it is read.
+MAX_CALL_BODY: Final = DEFAULT_MAX_BLOB * 4 // 3 + 64 * 1024
 
 # --- reasons (the ``error`` field of every non-2xx answer) --------------------------------
 UNAUTHENTICATED: Final = "unauthenticated"  # headers missing or malformed
@@ -48,6 +53,7 @@ BAD_SIGNATURE: Final = "bad_signature"
 STALE_REQUEST: Final = "stale_request"  # timestamp outside the window
 REPLAYED_REQUEST: Final = "replayed_request"  # nonce already used
 BAD_REQUEST: Final = "bad_request"
+REQUEST_TOO_LARGE: Final = "request_too_large"
 INSUFFICIENT_BALANCE: Final = "insufficient_balance"
 PRICE_ABOVE_MAXIMUM: Final = "price_above_maximum"
 NO_ACCEPTABLE_OFFER: Final = "no_acceptable_offer"

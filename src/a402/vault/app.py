@@ -57,7 +57,7 @@ def create_app(service: VaultService) -> FastAPI:
     vault = service.address
 
     async def authenticated(request: Request) -> tuple[str, bytes]:
-        body = await request.body()
+        body = await _bounded_body(request, api.MAX_CALL_BODY)
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         now = time.time()
         signed = api.verify_request(request.headers, vault, request.method, path, body,
@@ -81,6 +81,10 @@ def create_app(service: VaultService) -> FastAPI:
             status, out = await handler(client, body)
         except api.AuthError as e:
             return JSONResponse({"error": e.reason, "message": e.detail}, status_code=401)
+        except _TooLarge:
+            return JSONResponse({"error": api.REQUEST_TOO_LARGE,
+                                 "message": f"the body exceeds {api.MAX_CALL_BODY} bytes"},
+                                status_code=413)
         except VaultError as e:
             headers = {"Retry-After": "1"} if e.retryable and e.status in (409, 503) else None
             return JSONResponse(e.body(), status_code=e.status, headers=headers)
@@ -148,3 +152,21 @@ def create_app(service: VaultService) -> FastAPI:
                              "recovered": service.worker.recovered.is_set()})
 
     return app
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _bounded_body(request: Request, limit: int) -> bytes:
+    """The body, or :class:`_TooLarge` as soon as it is known to exceed ``limit``."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _TooLarge
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)

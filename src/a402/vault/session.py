@@ -267,7 +267,7 @@ class ProviderSession:
     - ``network``: refuse a provider on any other chain.
     - ``persist``: see :class:`Checkpoint`; the default keeps nothing.
     - ``ack_delay``: how long an unsent ACK waits to ride on the channel's next
-      EXEC (default: a quarter of the provider's Δ_ack, at most one second).
+      EXEC (default: a quarter of the provider's Δ_ack, at most five seconds).
     """
 
     def __init__(
@@ -538,11 +538,12 @@ class ProviderSession:
 
     def _ack_delay(self) -> float:
         """How long an ACK waits for a next EXEC to ride on: a quarter of the provider's
-        Δ_ack, at most a second — long enough that a busy channel never sends an ACK
-        frame of its own, short enough that an idle one is acknowledged in good time."""
+        Δ_ack, at most five seconds — long enough that a busy channel (even one slowed
+        by load) never sends an ACK frame of its own, and short enough to leave three
+        quarters of Δ_ack for retries before the provider would claim on-chain."""
         if self.ack_delay is not None:
             return self.ack_delay
-        return min(1.0, self.info.ack_timeout / 4) if self.info is not None else 0.0
+        return min(5.0, self.info.ack_timeout / 4) if self.info is not None else 0.0
 
     def _owe_ack(self, channel: VaultChannel, ack: Ack) -> None:
         """Remember an unsent ACK (the newest wins) and make sure it leaves in time."""

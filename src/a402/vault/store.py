@@ -254,8 +254,7 @@ class VaultStore:
     def remember_nonce(self, client: str, nonce: str, *, now: float, keep: float) -> bool:
         """True the first time ``(client, nonce)`` is seen; forgets nonces older than ``keep``."""
         def work(s: Session) -> None:
-            s.add(NonceRow(client=client.lower(), nonce=nonce, seen_at=now))
-            s.flush()
+            _insert(s, NonceRow, {"client": client.lower(), "nonce": nonce, "seen_at": now})
 
         try:
             self._write(work)
@@ -461,13 +460,18 @@ class VaultStore:
         """Take ``key`` for a new call; ``(False, existing)`` if it was taken before."""
         now = time.time()
 
+        record = Request(key=key, client=client.lower(), fingerprint=fingerprint,
+                         state=RECEIVED, outcome=None, reason=None, retryable=False, url=url,
+                         method=method, channel_id=None, request_id=None, amount=None,
+                         sealed_result=None, secret=None, answer=None, transaction=None,
+                         updated_at=now)
+
         def work(s: Session) -> Request:
-            row = RequestRow(key=key, client=client.lower(), fingerprint=fingerprint,
-                             state=RECEIVED, url=url, method=method, retryable=False,
-                             created_at=now, updated_at=now)
-            s.add(row)
-            s.flush()
-            return request_record(row)
+            _insert(s, RequestRow, {"key": key, "client": record.client,
+                                    "fingerprint": fingerprint, "state": RECEIVED, "url": url,
+                                    "method": method, "retryable": False, "created_at": now,
+                                    "updated_at": now})
+            return record
 
         try:
             return True, self._write(work)
@@ -618,6 +622,19 @@ class VaultStore:
                     if c.funding == "wallet":
                         withdrawn += int(c.client_payout or 0)
         return Totals(deposits, balances, in_channels, paid, withdrawn)
+
+
+@functools.cache
+def _insert_sql(table: str, columns: tuple[str, ...]) -> TextClause:
+    names = ", ".join(f'"{c}"' for c in columns)
+    return text(f'INSERT INTO "{table}" ({names}) VALUES ('
+                + ", ".join(f":{c}" for c in columns) + ")")
+
+
+def _insert(s: Session, model: Any, values: dict[str, Any]) -> None:
+    """``INSERT INTO model (values)``, textual like :func:`_update` and for the same reason;
+    a duplicate key raises :class:`IntegrityError` as the ORM would."""
+    s.execute(_insert_sql(model.__tablename__, tuple(values)), values)
 
 
 @functools.cache
