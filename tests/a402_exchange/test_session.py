@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Any
 
 import httpx
 import pytest
 
 from a402.asc import (
+    Ack,
     Exec,
     LocalProtocolError,
     Reason,
@@ -22,7 +26,7 @@ from a402.background import serve_in_thread
 from a402.provider.a402_store import SqlChannelStore
 from a402.tee import PROVIDER_PURPOSES, AttestationError, SimulatedPlatform, SimulatedVerifier
 from a402.vault import CheckpointReason, ProviderUnavailable
-from a402.vault.session import Checkpoint
+from a402.vault.session import Checkpoint, ProviderSession
 from a402.wire.a402 import (
     MESSAGE_PATH,
     SESSION_HEADER,
@@ -172,26 +176,35 @@ async def test_the_previous_ack_rides_on_the_next_exec(world: World) -> None:
     assert provider.calls["weather"] == 2
 
 
-async def test_a_piggybacked_ack_that_does_not_verify_refuses_the_frame(world: World) -> None:
-    provider, vault, client = world.provider(), world.vault(), world.client()
+@contextlib.asynccontextmanager
+async def one_paid_ack_unsent(world: World, provider: Any
+                              ) -> AsyncIterator[tuple[ProviderSession, VaultChannel, Ack]]:
+    """A session whose channel has paid one request and holds its ACK back."""
+    vault, client = world.vault(), world.client()
     with serve_in_thread(provider.app) as url:
         async with world.session(vault, url, ack_delay=600) as session:
             channel = await world.open_channel(session, vault, client)
             await session.request(channel, WEATHER, PRICE)
             ack = channel.last_ack()
             assert ack is not None
-            exec_ = Exec(channel.channel_id, 1, 1, PRICE, WEATHER.encode())
-            forged = replace(ack, signature=ack.signature[:-1] + bytes([ack.signature[-1] ^ 1]))
-            elsewhere = replace(ack, channel_id=bytes(32))
-            for bad, reason in ((forged, Reason.BAD_STATE_SIGNATURE), (elsewhere, "malformed")):
-                answer = await session.exchange(Envelope.acked(bad.encode(), exec_.encode()))
-                assert answer.kind is Kind.ERROR
-                assert Refusal.from_body(answer.body).reason == reason
-            # Nothing ran and nothing was acknowledged; the real ACK still settles request 0.
-            slot = provider.runtime.slot(channel.channel_id)
-            assert slot is not None and slot.channel.status is Status.PENDING
-            assert provider.calls["weather"] == 1
-            paid = await session.request(channel, WEATHER, PRICE)
+            yield session, channel, ack
+
+
+async def test_a_piggybacked_ack_that_does_not_verify_refuses_the_frame(world: World) -> None:
+    provider = world.provider()
+    async with one_paid_ack_unsent(world, provider) as (session, channel, ack):
+        exec_ = Exec(channel.channel_id, 1, 1, PRICE, WEATHER.encode())
+        forged = replace(ack, signature=ack.signature[:-1] + bytes([ack.signature[-1] ^ 1]))
+        elsewhere = replace(ack, channel_id=bytes(32))
+        for bad, reason in ((forged, Reason.BAD_STATE_SIGNATURE), (elsewhere, "malformed")):
+            answer = await session.exchange(Envelope.acked(bad.encode(), exec_.encode()))
+            assert answer.kind is Kind.ERROR
+            assert Refusal.from_body(answer.body).reason == reason
+        # Nothing ran and nothing was acknowledged; the real ACK still settles request 0.
+        slot = provider.runtime.slot(channel.channel_id)
+        assert slot is not None and slot.channel.status is Status.PENDING
+        assert provider.calls["weather"] == 1
+        paid = await session.request(channel, WEATHER, PRICE)
     assert paid.receipt is not None and paid.receipt.state.version == 2
     assert provider.calls["weather"] == 2
 
@@ -199,16 +212,11 @@ async def test_a_piggybacked_ack_that_does_not_verify_refuses_the_frame(world: W
 async def test_an_ack_riding_on_a_refused_exec_is_kept_across_a_provider_restart(
     world: World,
 ) -> None:
-    provider, vault, client = world.provider(), world.vault(), world.client()
-    with serve_in_thread(provider.app) as url:
-        async with world.session(vault, url, ack_delay=600) as session:
-            channel = await world.open_channel(session, vault, client)
-            await session.request(channel, WEATHER, PRICE)
-            ack = channel.last_ack()
-            assert ack is not None
-            wrong_price = Exec(channel.channel_id, 1, 1, PRICE + 1, WEATHER.encode())
-            answer = await session.exchange(Envelope.acked(ack.encode(), wrong_price.encode()))
-            assert Refusal.from_body(answer.body).reason == "amount_mismatch"
+    provider = world.provider()
+    async with one_paid_ack_unsent(world, provider) as (session, channel, ack):
+        wrong_price = Exec(channel.channel_id, 1, 1, PRICE + 1, WEATHER.encode())
+        answer = await session.exchange(Envelope.acked(ack.encode(), wrong_price.encode()))
+        assert Refusal.from_body(answer.body).reason == "amount_mismatch"
     # The payment the ACK acknowledged was written down although its frame was refused.
     enclave = world.platform.restore(PROVIDER_CODE, provider.enclave.export_sealed(),
                                      allowed_purposes=PROVIDER_PURPOSES)
@@ -232,14 +240,8 @@ async def test_a_vault_restarted_with_an_ack_unsent_delivers_it_with_the_resumed
             raise Crash  # durable, and nothing (neither ACK 0 nor EXEC 1) left
 
     with serve_in_thread(provider.app) as url:
-        session = world.session(vault, url, ack_delay=600)
-        session.persist = persist_then_crash
-        await session.connect()
-        channel = await world.open_channel(session, vault, client)
-        await session.request(channel, WEATHER, PRICE)
-        with pytest.raises(Crash):
-            await session.request(channel, WEATHER, PRICE)
-        await session.aclose()
+        channel = await second_request_crashes(world, vault, client, url, persist_then_crash,
+                                               ack_delay=600)
         slot = provider.runtime.slot(channel.channel_id)
         assert slot is not None and slot.channel.status is Status.PENDING  # ACK 0 never came
 
@@ -340,6 +342,20 @@ class Crash(Exception):
     """The vault process dies right after a checkpoint is durable."""
 
 
+async def second_request_crashes(world: World, vault: Any, client: Any, url: str,
+                                 persist: Any, **session_args: Any) -> VaultChannel:
+    """Open a channel and pay one request; the second dies in ``persist`` (raises Crash)."""
+    session = world.session(vault, url, **session_args)
+    session.persist = persist
+    await session.connect()
+    channel = await world.open_channel(session, vault, client)
+    await session.request(channel, WEATHER, PRICE)
+    with pytest.raises(Crash):
+        await session.request(channel, WEATHER, PRICE)
+    await session.aclose()
+    return channel
+
+
 async def test_both_sides_restart_mid_request_and_finish_it_exactly_once(world: World) -> None:
     provider, vault, client = world.provider(), world.vault(), world.client()
     stored: list[Checkpoint] = []
@@ -350,14 +366,7 @@ async def test_both_sides_restart_mid_request_and_finish_it_exactly_once(world: 
             raise Crash  # … then the process dies before AUTH leaves
 
     with serve_in_thread(provider.app) as url:
-        session = world.session(vault, url)
-        session.persist = persist_then_crash
-        await session.connect()
-        channel = await world.open_channel(session, vault, client)
-        await session.request(channel, WEATHER, PRICE)
-        with pytest.raises(Crash):
-            await session.request(channel, WEATHER, PRICE)
-        await session.aclose()
+        await second_request_crashes(world, vault, client, url, persist_then_crash)
     assert stored[-1].status is Status.PENDING
 
     # The provider restarts from its sealed store, with its enclave restored from its

@@ -7,6 +7,8 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -145,14 +147,11 @@ def test_httpx_routes_through_the_vault_within_its_limits(world: World) -> None:
 def test_a402_pay_with_a_vault(world: World, tmp_path: object, capsys: pytest.CaptureFixture
                                ) -> None:
     import io
-    from pathlib import Path
 
     provider = world.provider()
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
         account, _ = client_of(world, vault.url, funds=20_000, deposit=20_000)
-        key = Path(str(tmp_path)) / "client.key"
-        key.write_text(account.key.hex())
-        key.chmod(0o600)
+        key = key_file(tmp_path, account)
         out, err = io.BytesIO(), io.StringIO()
         code = pay_main([f"{site}/weather", "--key-file", str(key), "--vault", vault.url,
                          "--max", "0.001", "--idempotency-key", "cli-1"], stdout=out, stderr=err)
@@ -174,15 +173,12 @@ def test_a402_pay_with_a_vault_funds_a_channel_from_the_wallet(
 ) -> None:
     """No vault balance at all: one signature moves the deposit from the wallet."""
     import io
-    from pathlib import Path
 
     provider = world.provider()
     escrow = world.balance(world.manager.address)
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
         account, _ = client_of(world, vault.url, funds=20_000)
-        key = Path(str(tmp_path)) / "client.key"
-        key.write_text(account.key.hex())
-        key.chmod(0o600)
+        key = key_file(tmp_path, account)
         out, err = io.BytesIO(), io.StringIO()
         code = pay_main([f"{site}/weather", "--key-file", str(key), "--vault", vault.url,
                          "--funding", "wallet", "--max", "0.001"], stdout=out, stderr=err)
@@ -242,3 +238,11 @@ def manager_calls(world: World, first_block: int) -> list[str]:
                 names.append(world.manager.contract.decode_function_input(tx["input"])[0]
                              .fn_name)
     return names
+
+
+def key_file(folder: object, account: Any) -> Path:
+    """The account's key where ``a402 pay --key-file`` wants it (mode 600)."""
+    key = Path(str(folder)) / "client.key"
+    key.write_text(account.key.hex())
+    key.chmod(0o600)
+    return key
