@@ -132,6 +132,7 @@ def vault(shared: Shared, port: int, vault_key: str, sessions: int, deposit_mult
         provider_policy=AttestationPolicy(frozenset({shared.provider_code})),
         token=manifest.token, deposit_multiple=deposit_multiple,
         sessions_per_provider=sessions, batch_window=batch_window,
+        allow_private_targets=True,  # every party is on 127.0.0.1
     ))
     _serve(create_app(service), port)
 

@@ -241,6 +241,7 @@ def test_a_gateway_with_a402_is_paid_through_a_vault_from_the_command_line(
                         "--allow-simulated-attestation", "--trust-root",
                         started["rootPublicKey"], "--provider-measurement",
                         started["measurement"], "--port", str(vault_port),
+                        "--allow-private-targets",
                     ) as vault_proc:
                         vault = f"http://127.0.0.1:{vault_port}"
                         Stderr(vault_proc).json_line("vault")

@@ -147,6 +147,7 @@ def run_channels_act(requests: int = 100, out: TextIO = sys.stdout,
             enclave=vault_enclave(platform, VAULT_CODE, vault_store), verifiers=[verifier],
             provider_policy=AttestationPolicy(frozenset({PROVIDER_CODE})),
             token=manifest.token, deposit_multiple=channel_covers or requests, poll_interval=0.2,
+            allow_private_targets=True,  # the demo's provider is on 127.0.0.1
         ))
         with serve_in_thread(facilitator_app(facilitator)) as facilitator_url:
             api = PaymentMiddleware(

@@ -82,7 +82,7 @@ class VaultProcess:
             "--port", str(self.port), "--platform-file", str(platform),
             "--measurement", VAULT_CODE.hex(), "--allow-simulated-attestation",
             "--provider-measurement", PROVIDER_CODE.hex(), "--poll-interval", "0.2",
-            "--deposit-multiple", "10", *extra,
+            "--deposit-multiple", "10", "--allow-private-targets", *extra,
         ]
         self.log = workdir / "vault.log"
         self.proc: subprocess.Popen[bytes] | None = None

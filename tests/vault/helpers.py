@@ -45,7 +45,9 @@ class Vault:
 def vault_config(world: World, account: LocalAccount, store: VaultStore,
                  **overrides: Any) -> VaultConfig:
     store.claim_for(account.address)
-    settings: dict[str, Any] = {"poll_interval": 0.2, "deposit_multiple": 10}
+    # Every party of these tests is on 127.0.0.1.
+    settings: dict[str, Any] = {"poll_interval": 0.2, "deposit_multiple": 10,
+                                "allow_private_targets": True}
     settings.update(overrides)
     return VaultConfig(
         chain=world.chain, account=account, manager=world.manager.address, store=store,

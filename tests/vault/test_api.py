@@ -70,6 +70,22 @@ def test_an_oversized_call_is_refused_before_it_is_read(world: World,
     assert totals.deposits == 0 and totals.conserved  # nothing happened
 
 
+def test_a_vault_for_the_public_internet_refuses_private_targets(world: World) -> None:
+    provider = world.provider()
+    escrow = world.balance(world.manager.address)
+    with serve_in_thread(provider.app) as site, \
+            running_vault(world, allow_private_targets=False) as vault:
+        account, client = client_of(world, vault.url, funds=20_000, deposit=20_000)
+        with pytest.raises(VaultCallError) as refused:
+            client.invoke(f"{site}/weather", max_price=1_000, idempotency_key="ssrf")
+        recorded = vault.store.request(f"{account.address.lower()}:ssrf")
+        assert_conserved(world, vault.store, vault.address, escrow)
+        balance = int(client.account_info()["balance"])
+    assert (refused.value.status, refused.value.reason) == (403, api.TARGET_NOT_ALLOWED)
+    assert recorded is None and balance == 20_000  # refused before anything was written
+    assert provider.calls["weather"] == 0
+
+
 def test_refusals_pay_nothing_and_say_why(world: World) -> None:
     provider = world.provider()
     escrow = world.balance(world.manager.address)

@@ -54,6 +54,7 @@ STALE_REQUEST: Final = "stale_request"  # timestamp outside the window
 REPLAYED_REQUEST: Final = "replayed_request"  # nonce already used
 BAD_REQUEST: Final = "bad_request"
 REQUEST_TOO_LARGE: Final = "request_too_large"
+TARGET_NOT_ALLOWED: Final = "target_not_allowed"  # not a public address (see targets.py)
 INSUFFICIENT_BALANCE: Final = "insufficient_balance"
 PRICE_ABOVE_MAXIMUM: Final = "price_above_maximum"
 NO_ACCEPTABLE_OFFER: Final = "no_acceptable_offer"

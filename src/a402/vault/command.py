@@ -61,6 +61,9 @@ def add_vault_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-deposit", type=int, help="atomic units")
     parser.add_argument("--chain-timeout", type=float, default=30.0,
                         help="seconds a call waits for a transaction to be mined")
+    parser.add_argument("--allow-private-targets", action="store_true",
+                        help="also pay URLs on loopback, private and link-local addresses "
+                             "(development: every party on one machine)")
     parser.add_argument("--poll-interval", type=float, default=1.0,
                         help="seconds between watchtower/recovery rounds")
 
@@ -135,6 +138,7 @@ def run_vault(args: argparse.Namespace) -> int:
         pending_escalation=args.pending_escalation, deposit_multiple=args.deposit_multiple,
         min_deposit=args.min_deposit, max_deposit=args.max_deposit,
         chain_timeout=args.chain_timeout, poll_interval=args.poll_interval,
+        allow_private_targets=args.allow_private_targets,
     ))
     print(json.dumps({
         "vault": f"http://{args.host}:{args.port}", "address": account.address,

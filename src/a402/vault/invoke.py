@@ -45,6 +45,7 @@ from .session import (
     ProviderUnavailable,
     ResultMismatch,
 )
+from .targets import TargetRefused, TargetUnresolved, check_target
 
 log = logging.getLogger("a402.vault")
 
@@ -71,9 +72,10 @@ class Invoker:
 
     def __init__(
         self, channels: Channels, *, http: httpx.AsyncClient, offers: OfferCache,
-        queue_timeout: float, retry_wait: float,
+        queue_timeout: float, retry_wait: float, allow_private_targets: bool = False,
     ) -> None:
         self.channels = channels
+        self.allow_private_targets = allow_private_targets
         self.store = channels.store
         self.http = http
         self.offers = offers
@@ -152,6 +154,7 @@ class Invoker:
     # ------------------------------------------------------------------- calls
 
     async def invoke(self, client: str, call: api.InvokeRequest) -> tuple[int, dict[str, Any]]:
+        await self._check_target(call.url)  # refused before anything is recorded
         key = f"{client.lower()}:{call.idempotency_key}"
         while key in self._running:  # the same call is running here: its answer is ours
             await self._running[key].wait()
@@ -230,11 +233,20 @@ class Invoker:
         self.offers.put(call.method, call.url, offer)
         return offer
 
+    async def _check_target(self, url: str) -> None:
+        try:
+            await check_target(url, allow_private=self.allow_private_targets)
+        except TargetRefused as e:
+            raise VaultError(403, api.TARGET_NOT_ALLOWED, str(e)) from None
+        except TargetUnresolved as e:
+            raise VaultError(503, api.PROVIDER_UNAVAILABLE, str(e), retryable=True) from None
+
     async def _pay(self, key: str, client: str, call: api.InvokeRequest, *, fresh_offer: bool
                    ) -> tuple[int, dict[str, Any]]:
         offer = await self._offer(key, call, fresh_offer)
         if not isinstance(offer, Offer):
             return offer
+        await self._check_target(offer.endpoint)  # the provider names it: same rule
         if offer.amount > call.max_price:
             raise VaultError(402, api.PRICE_ABOVE_MAXIMUM,
                              f"the price is {offer.amount}, the maximum {call.max_price}",

@@ -67,6 +67,9 @@ class VaultConfig:
     - Aggregation: opens (pool channels) and cooperative closes that come within
       ``batch_window`` seconds of each other share one transaction, at most
       ``batch_limit`` channels each.
+    - ``allow_private_targets``: also fetch URLs on loopback, private and
+      link-local addresses (development: every party on one machine); by default
+      the vault refuses them (:mod:`a402.vault.targets`).
     """
 
     chain: Chain
@@ -93,6 +96,7 @@ class VaultConfig:
     sessions_per_provider: int = 4
     batch_window: float = 0.25
     batch_limit: int = 50
+    allow_private_targets: bool = False
     http_timeout: float = 30.0
 
 
@@ -136,7 +140,8 @@ class VaultService:
             policy=config.provider_policy, settings=settings,
         )
         self.invoker = Invoker(self.channels, http=self.http, offers=OfferCache(config.offer_ttl),
-                               queue_timeout=config.queue_timeout, retry_wait=config.retry_wait)
+                               queue_timeout=config.queue_timeout, retry_wait=config.retry_wait,
+                               allow_private_targets=config.allow_private_targets)
         self.channels.on_unfinished = self.invoker.record_aborted
         facilitator = Facilitator(config.chain, config.account,
                                   SettlementStore(config.store.url),

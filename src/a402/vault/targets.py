@@ -1,0 +1,53 @@
+"""Which URLs the vault fetches for its clients: public ones, unless told otherwise.
+
+The vault sends HTTP requests to addresses its clients choose: the paid URL,
+and the A402 endpoint that the provider's 402 names. Left open, anyone with an
+account could make the vault reach what only the vault's own network reaches
+— a cloud metadata service, an admin port on localhost, a database on the
+private network (server-side request forgery). So by default every address a
+target's host resolves to must be globally routable; a development setup with
+every party on one machine allows private targets explicitly
+(``VaultConfig.allow_private_targets``, ``a402 vault --allow-private-targets``).
+
+Limit: the check runs when the call arrives. A name that resolves to a public
+address now and to a private one a moment later (DNS rebinding) is not caught.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from urllib.parse import urlsplit
+
+
+class TargetRefused(Exception):
+    """The URL is not one the vault fetches (``reason``: ``target_not_allowed``)."""
+
+
+class TargetUnresolved(Exception):
+    """The URL's host does not resolve now (maybe later: retryable)."""
+
+
+async def check_target(url: str, *, allow_private: bool) -> None:
+    """Raise :class:`TargetRefused` unless the vault may fetch ``url``."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise TargetRefused(f"{url!r} is not an http(s) URL with a host")
+    if allow_private:
+        return
+    host = parts.hostname
+    try:
+        addresses = [ipaddress.ip_address(host)]
+    except ValueError:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            found = await asyncio.get_running_loop().getaddrinfo(
+                host, port, type=socket.SOCK_STREAM)
+        except OSError as e:
+            raise TargetUnresolved(f"{host}: {e}") from None
+        addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in found]
+    private = [a for a in addresses if not a.is_global]
+    if private or not addresses:
+        raise TargetRefused(f"{host} is not a public address ({private[0] if private else 'none'}"
+                            "); this vault fetches public targets only")

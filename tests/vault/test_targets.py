@@ -1,0 +1,37 @@
+"""The vault fetches public targets only, unless private ones are allowed (development)."""
+
+from __future__ import annotations
+
+import pytest
+
+from a402.vault.targets import TargetRefused, TargetUnresolved, check_target
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:8000/weather",  # loopback
+    "http://localhost/admin",  # a name that resolves to loopback
+    "http://169.254.169.254/latest/meta-data/",  # the cloud metadata service
+    "http://10.0.0.7/internal",  # private network
+    "http://[::1]:8080/",  # IPv6 loopback
+    "http://[::ffff:127.0.0.1]/",  # IPv4-mapped loopback
+    "http://0.0.0.0:80/",  # "this host"
+])
+async def test_private_and_local_targets_are_refused(url: str) -> None:
+    with pytest.raises(TargetRefused):
+        await check_target(url, allow_private=False)
+    await check_target(url, allow_private=True)  # a development vault fetches them
+
+
+@pytest.mark.parametrize("url", ["ftp://example.com/x", "file:///etc/passwd", "http:///path",
+                                 "not a url"])
+async def test_what_is_not_an_http_url_is_refused_even_in_development(url: str) -> None:
+    with pytest.raises(TargetRefused):
+        await check_target(url, allow_private=True)
+
+
+async def test_a_public_address_is_fetched_and_an_unknown_name_is_a_retryable_failure() -> None:
+    await check_target("https://1.1.1.1/dns-query", allow_private=False)
+    with pytest.raises(TargetUnresolved):
+        await check_target("http://no-such-host.invalid/", allow_private=False)
