@@ -331,7 +331,8 @@ def batch_table(rows: list[BatchLifecycle]) -> str:
             f"{name:<36} {row.providers:>9} {row.open_gas:>9,} {row.close_gas:>9,}"
             f" {row.per_channel:>12,}"
         )
-    lines.append(f"{'paper: createASC + closeASC':<36} {'':>9} {'':>9} {'':>9} {83_687:>12,}")
+    paper = PAPER["lifecycle (createASC + closeASC)"]
+    lines.append(f"{'paper: createASC + closeASC':<36} {'':>9} {'':>9} {'':>9} {paper:>12,}")
     return "\n".join(lines)
 
 

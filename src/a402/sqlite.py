@@ -20,9 +20,11 @@ a write that raises is undone alone and the others stand), commits once, and
 only then answers each caller: a caller still returns after its own write is
 durable, exactly as with a transaction of its own, but the fsync is shared.
 
-Writes that need a transaction of their own (and reads that must not see a
-half-built batch) take :meth:`GroupCommit.exclusive`, which holds the same
-mutex as the writer thread, so nothing ever waits in SQLite's busy handler.
+Writes that need a transaction of their own take
+:meth:`GroupCommit.exclusive`, which holds the same mutex as the writer
+thread, so nothing ever waits in SQLite's busy handler. :func:`writes` gives a
+store either, behind one interface: group commit on SQLite, and on PostgreSQL
+(many writers at once, its own commit batching) a transaction per write.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from contextlib import contextmanager
-from typing import Any, TypeVar
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
@@ -43,13 +45,13 @@ _STOP = object()
 _READ_OPTION = "a402_sqlite_read"
 
 
-def is_sqlite(url: str) -> bool:
+def _is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets WAL, full sync and ``BEGIN IMMEDIATE``."""
-    if not is_sqlite(url):
+    if not _is_sqlite(url):
         return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -74,6 +76,37 @@ def readers(engine: Engine) -> sessionmaker[Session]:
     takes nor waits for the write lock); elsewhere ordinary sessions."""
     return sessionmaker(engine.execution_options(**{_READ_OPTION: True}),
                         expire_on_commit=False)
+
+
+class Writes(Protocol):
+    """How a store writes: ``run(work)`` durable on return, ``exclusive()`` for a
+    transaction of its own, ``close()`` when the store closes."""
+
+    def run(self, work: Callable[[Session], T]) -> T: ...
+
+    def exclusive(self) -> AbstractContextManager[Session]: ...
+
+    def close(self) -> None: ...
+
+
+def writes(url: str, sessions: sessionmaker[Session], *, name: str) -> Writes:
+    """Group commit for a SQLite ``url``; a transaction per write for any other."""
+    return GroupCommit(sessions, name=name) if _is_sqlite(url) else _TransactionPerWrite(sessions)
+
+
+class _TransactionPerWrite:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    def run(self, work: Callable[[Session], T]) -> T:
+        with self._sessions.begin() as session:
+            return work(session)
+
+    def exclusive(self) -> AbstractContextManager[Session]:
+        return self._sessions.begin()
+
+    def close(self) -> None:
+        pass
 
 
 class GroupCommit:

@@ -24,7 +24,7 @@ from typing import Protocol
 from sqlalchemy import Boolean, Float, LargeBinary, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from a402.sqlite import GroupCommit, is_sqlite, make_engine, readers
+from a402.sqlite import make_engine, readers, writes
 
 
 class ChannelBlobStore(Protocol):
@@ -63,8 +63,7 @@ class SqlChannelStore:
         _Base.metadata.create_all(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._readers = readers(self.engine)
-        self._group = (GroupCommit(self._sessions, name="provider-channels")
-                       if is_sqlite(url) else None)
+        self._writes = writes(url, self._sessions, name="provider-channels")
 
     def save(self, channel_id: bytes, blob: bytes, *, active: bool) -> None:
         def write(session: Session) -> None:
@@ -75,11 +74,7 @@ class SqlChannelStore:
             else:
                 row.blob, row.active, row.updated_at = bytes(blob), active, time.time()
 
-        if self._group is not None:
-            self._group.run(write)
-            return
-        with self._sessions.begin() as session:
-            write(session)
+        self._writes.run(write)
 
     def load(self, channel_id: bytes) -> bytes | None:
         with self._readers() as session:
@@ -92,7 +87,6 @@ class SqlChannelStore:
             return [bytes(i) for i in ids]
 
     def close(self) -> None:
-        if self._group is not None:
-            self._group.close()
+        self._writes.close()
         self.engine.dispose()
 

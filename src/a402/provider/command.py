@@ -58,12 +58,10 @@ def a402_gateway(args: argparse.Namespace, *, token: str, network: str,
     from a402.provider.identity import load_platform, provider_enclave
     from a402.tee import (
         AttestationPolicy,
-        AttestationVerifier,
-        NitroVerifier,
         SealingError,
-        SimulatedVerifier,
         measure_package,
     )
+    from a402.tee.identity import peer_verifiers
     from a402.tee.quote import MEASUREMENT_SIZES
 
     missing = [flag for flag, value in (("--rpc", args.rpc),
@@ -133,16 +131,13 @@ def a402_gateway(args: argparse.Namespace, *, token: str, network: str,
                                 "by another build or platform") from None
     if enclave.signing_public_key[0] != 2:  # launch makes even-y keys; a restore keeps them
         raise GatewayUsageError(f"{identity} holds a key that is not an EVM Schnorr key")
-    verifiers: list[AttestationVerifier] = [
-        SimulatedVerifier(roots[0] if roots else platform.root.public_key, allow_simulated=True)]
+    try:
+        verifiers = peer_verifiers(platform, roots, args.nitro_root)
+    except (OSError, ValueError) as e:
+        raise GatewayUsageError(f"--nitro-root {args.nitro_root}: {e}") from None
     if len(roots) > 1:
         print("a402 gateway: only the first --trust-root is used (one verifier per kind)",
               file=sys.stderr)
-    if args.nitro_root:
-        try:
-            verifiers.append(NitroVerifier(Path(args.nitro_root).read_bytes()))
-        except (OSError, ValueError) as e:
-            raise GatewayUsageError(f"--nitro-root {args.nitro_root}: {e}") from None
     config = A402Config(
         enclave=enclave, operator=operator, chain=chain, manager=manager, vault_policy=policy,
         verifiers=verifiers, store=SqlChannelStore(args.channel_db),

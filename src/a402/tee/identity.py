@@ -10,17 +10,20 @@ caller's choice (the vault's database, the provider's identity file).
 The simulated backend's platform (its attestation root and sealing secret)
 stands in for the CPU; it lives in a file only the operator can read. A
 hardware backend would take neither file nor root: its platform is the chip.
+:func:`peer_verifiers` is the other half a command-line service needs: whom
+it accepts as a peer enclave.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from .enclave import DEFAULT_PURPOSES
-from .simulated import SimulatedEnclave, SimulatedPlatform, SimulationRoot
+from .enclave import DEFAULT_PURPOSES, AttestationVerifier
+from .nitro import NitroVerifier
+from .simulated import SimulatedEnclave, SimulatedPlatform, SimulatedVerifier, SimulationRoot
 
 
 def load_platform(path: str | Path, *, create: bool = True) -> SimulatedPlatform:
@@ -45,6 +48,18 @@ def save_platform(platform: SimulatedPlatform, path: str | Path) -> None:
         json.dump({"root": platform.root.private_bytes().hex(),
                    "sealSecret": platform.seal_secret.hex(),
                    "rootPublicKey": platform.root.public_key.hex()}, out)
+
+
+def peer_verifiers(platform: SimulatedPlatform, trust_roots: Sequence[bytes],
+                   nitro_root: str | Path | None) -> list[AttestationVerifier]:
+    """Simulated quotes signed by the first of ``trust_roots`` (default: ``platform``'s own
+    root; one verifier per kind), and AWS Nitro documents chaining to the PEM at
+    ``nitro_root`` if given (``OSError``/``ValueError`` if it cannot be read)."""
+    root = trust_roots[0] if trust_roots else platform.root.public_key
+    verifiers: list[AttestationVerifier] = [SimulatedVerifier(root, allow_simulated=True)]
+    if nitro_root:
+        verifiers.append(NitroVerifier(Path(nitro_root).read_bytes()))
+    return verifiers
 
 
 def restore_or_launch(

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 DEFAULT_PLATFORM = ".a402/vault-platform.json"
 
@@ -76,11 +75,9 @@ def run_vault(args: argparse.Namespace) -> int:
     from a402.keys import load_key_file
     from a402.tee import (
         AttestationPolicy,
-        AttestationVerifier,
-        NitroVerifier,
-        SimulatedVerifier,
         measure_package,
     )
+    from a402.tee.identity import peer_verifiers
     from a402.vault.app import create_app
     from a402.vault.identity import load_platform, vault_enclave
     from a402.vault.service import VaultConfig, VaultService
@@ -123,12 +120,8 @@ def run_vault(args: argparse.Namespace) -> int:
     measurement = (bytes.fromhex(args.measurement.removeprefix("0x")) if args.measurement
                    else measure_package())
     enclave = vault_enclave(platform, measurement, store)
-    roots = [bytes.fromhex(r.removeprefix("0x")) for r in args.trust_root] or [
-        platform.root.public_key]
-    verifiers: list[AttestationVerifier] = [SimulatedVerifier(r, allow_simulated=True)
-                                            for r in roots[:1]]
-    if args.nitro_root:
-        verifiers.append(NitroVerifier(Path(args.nitro_root).read_bytes()))
+    roots = [bytes.fromhex(r.removeprefix("0x")) for r in args.trust_root]
+    verifiers = peer_verifiers(platform, roots, args.nitro_root)
     if len(roots) > 1:
         print("a402 vault: only the first --trust-root is used (one verifier per kind)",
               file=sys.stderr)

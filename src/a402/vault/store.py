@@ -36,14 +36,14 @@ import functools
 import random
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
 
 from sqlalchemy import TextClause, delete, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from a402.sqlite import GroupCommit, is_sqlite, make_engine, readers
+from a402.sqlite import make_engine, readers, writes
 
 from .tables import (
     AccountRow,
@@ -120,7 +120,7 @@ class VaultStore:
         Base.metadata.create_all(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._readers = readers(self.engine)
-        self._group = GroupCommit(self._sessions, name="vault-store") if is_sqlite(url) else None
+        self._writes = writes(url, self._sessions, name="vault-store")
         self._lock: Any = None
 
     def close(self) -> None:
@@ -130,19 +130,12 @@ class VaultStore:
                 self._lock.commit()
             self._lock.close()
             self._lock = None
-        if self._group is not None:
-            self._group.close()
+        self._writes.close()
         self.engine.dispose()
 
-    @contextmanager
-    def _tx(self) -> Iterator[Session]:
+    def _tx(self) -> AbstractContextManager[Session]:
         """A write transaction of its own (on SQLite, between group commits)."""
-        if self._group is not None:
-            with self._group.exclusive() as session:
-                yield session
-        else:
-            with self._sessions.begin() as session:
-                yield session
+        return self._writes.exclusive()
 
     @contextmanager
     def _read(self) -> Iterator[Session]:
@@ -152,10 +145,7 @@ class VaultStore:
 
     def _write(self, work: Callable[[Session], T]) -> T:
         """``work`` in a transaction, durable on return; on SQLite, in the next group commit."""
-        if self._group is not None:
-            return self._group.run(work)
-        with self._tx() as s:
-            return work(s)
+        return self._writes.run(work)
 
     def _retrying(self, work: Callable[[Session], T], budget: float = 5.0) -> T:
         """Run ``work`` in one transaction, again from scratch if a compare-and-set lost.
