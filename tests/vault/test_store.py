@@ -4,6 +4,7 @@ the conservation terms add up through a channel's whole life."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import Iterator
@@ -65,9 +66,9 @@ def test_deposits_withdrawals_and_nonces_count_once(store: VaultStore) -> None:
     assert not store.finish_withdrawal(record.key, ok=True, tx_hash="0x02")  # once
     assert store.balance(client) == 500
     now = time.time()
-    assert store.remember_nonce(client, "n1", now=now, keep=120)
-    assert not store.remember_nonce(client, "n1", now=now, keep=120)
-    assert store.remember_nonce(_client(), "n1", now=now, keep=120)
+    assert asyncio.run(store.remember_nonce(client, "n1", now=now, keep=120))
+    assert not asyncio.run(store.remember_nonce(client, "n1", now=now, keep=120))
+    assert asyncio.run(store.remember_nonce(_client(), "n1", now=now, keep=120))
 
 
 def test_conservation_through_a_channel_life(store: VaultStore) -> None:
@@ -78,8 +79,8 @@ def test_conservation_through_a_channel_life(store: VaultStore) -> None:
     _claim(store, client, cid, deposit=600)
     assert (store.balance(client), store.totals(client).in_channels) == (400, 600)
     assert store.open_channel(cid)
-    store.save_checkpoint(cid, {"status": "open", "version": 2, "free": "350",
-                                "provider_balance": "250"}, None, None)
+    asyncio.run(store.save_checkpoint(cid, {"status": "open", "version": 2, "free": "350",
+                                            "provider_balance": "250"}, None, None))
     assert store.totals(client) == S.Totals(1_000, 400, 350, 250, 0)
     assert store.settle_channel(cid, client_payout=350, provider_payout=250, tx_hash="0x03")
     assert not store.settle_channel(cid, client_payout=350, provider_payout=250, tx_hash="0x03")
@@ -95,22 +96,23 @@ def test_conservation_through_a_channel_life(store: VaultStore) -> None:
 def test_a_call_moves_through_its_states_once(store: VaultStore) -> None:
     client, cid = _client(), "0x" + secrets.token_hex(32)
     key = f"{client}:call-1"
-    created, row = store.claim_request(key, client=client, fingerprint="f", url="http://p/x",
-                                       method="GET")
+    created, row = asyncio.run(store.claim_request(key, client=client, fingerprint="f",
+                                                   url="http://p/x", method="GET"))
     assert created and row.state == S.RECEIVED
-    again, same = store.claim_request(key, client=client, fingerprint="g", url="u", method="GET")
+    again, same = asyncio.run(store.claim_request(key, client=client, fingerprint="g", url="u",
+                                                  method="GET"))
     assert not again and same.fingerprint == "f"
     store.credit_deposit(f"t:{cid}", client, 1_000, "transfer", None)
     _claim(store, client, cid, deposit=1_000)
-    store.save_checkpoint(cid, {"version": 0, "locked": "10", "request_key": key}, key,
-                          {"state": S.LOCKED, "channel_id": cid, "amount": "10",
-                           "request_id": 0})
+    asyncio.run(store.save_checkpoint(cid, {"version": 0, "locked": "10", "request_key": key},
+                                      key, {"state": S.LOCKED, "channel_id": cid,
+                                            "amount": "10", "request_id": 0}))
     assert (store.request(key).state, store.channel(cid).request_key) == (S.LOCKED, key)
     assert not store.restart_request(key, S.RECEIVED)  # it is past RECEIVED
     done = dict(outcome="paid", reason=None, retryable=False, answer=b"sealed", amount="10",
                 transaction="0x" + "ab" * 32)
-    assert store.finish_request(key, from_states=(S.LOCKED, S.DELIVERED), **done)
-    assert not store.finish_request(key, from_states=(S.LOCKED,), **done)  # once
+    assert asyncio.run(store.finish_request(key, from_states=(S.LOCKED, S.DELIVERED), **done))
+    assert not asyncio.run(store.finish_request(key, from_states=(S.LOCKED,), **done))  # once
     final = store.request(key)
     assert final is not None and (final.state, final.transaction, final.answer) == (
         S.DONE, done["transaction"], b"sealed")
@@ -134,3 +136,22 @@ def test_one_live_process_serves_a_vault(store: VaultStore) -> None:
         second.lock_for(vault)
     finally:
         second.close()
+
+
+def test_a_claim_records_its_nonce_in_the_same_write(store: VaultStore) -> None:
+    client = _client()
+
+    def claim(key: str, nonce: str) -> tuple[bool, S.Request]:
+        return asyncio.run(store.claim_request(f"{client}:{key}", client=client,
+                                               fingerprint="f", url="http://p/x",
+                                               method="GET", nonce=nonce))
+
+    assert claim("call-1", "n0000001")[0]
+    with pytest.raises(S.ReplayedNonce):  # the nonce again, even for another call
+        claim("call-2", "n0000001")
+    assert store.request(f"{client}:call-2") is None  # nothing of the refused claim stays
+    again, first = claim("call-1", "n0000002")  # a retry of the call, freshly signed
+    assert not again and first.key == f"{client}:call-1"
+    with pytest.raises(S.ReplayedNonce):  # the retry's nonce was remembered all the same
+        claim("call-3", "n0000002")
+    assert not asyncio.run(store.remember_nonce(client, "n0000002", now=time.time(), keep=120))

@@ -1,15 +1,26 @@
 """The ``/.well-known/a402/*`` endpoints and the ``a402`` entry of a 402's ``accepts``.
 
 Mounted by :class:`~a402.provider.middleware.PaymentMiddleware` (and so by the
-gateway) ahead of everything else when it is given an ``a402=`` configuration.
+gateway) ahead of everything else when it is given an ``a402=`` configuration;
+the middleware hands it the WebSocket connections under the prefix too.
 See :mod:`a402.wire.a402` for the protocol; this module only moves bytes
-between HTTP and :class:`~a402.provider.a402_runtime.ProviderRuntime`.
+between HTTP (or a WebSocket) and :class:`~a402.provider.a402_runtime.ProviderRuntime`.
 
 Errors outside the secure channel are JSON ``{"error", "message"}``: 400 for
 a frame that does not authenticate (tampered, replayed, reordered — the
 session stays usable), 403 for a handshake whose attestation fails, 404 for
 an unknown session (the vault opens a new one), 413 for an oversized body.
 Everything inside a session, refusals included, is an encrypted 200.
+
+The stream (``…/stream?session=<id>``, a WebSocket) carries the frames of
+``…/message`` for one session over one connection: each binary message is
+one frame, answered by exactly one message, in order (frames of a connection
+are handled one after the other: Noise counters are ordered anyway). The
+errors map one to one: what ``…/message`` answers 400 or 413 is a text
+message with the same JSON; an unknown session — at connect or mid-stream —
+closes the connection with :data:`~a402.wire.a402.STREAM_UNKNOWN_SESSION`.
+A WebSocket to any other path under the prefix is refused before the upgrade
+(HTTP 403), which is what a vault reads as "no stream here, use POST".
 """
 
 from __future__ import annotations
@@ -32,6 +43,8 @@ from a402.wire.a402 import (
     SCHEME_A402,
     SESSION_HEADER,
     SESSION_PATH,
+    STREAM_PATH,
+    STREAM_UNKNOWN_SESSION,
     WELL_KNOWN_PREFIX,
     FrameError,
     b64,
@@ -42,8 +55,11 @@ from a402.wire.x402 import PaymentRequirements, PaymentRequirementsV1
 log = logging.getLogger("a402.provider.a402")
 
 _MAX_HANDSHAKE_BODY = 64 * 1024
-#: An EXEC carries at most one request blob plus framing.
+#: An EXEC carries at most one request blob plus framing (a POST body or a stream message).
 _MAX_FRAME_BODY = DEFAULT_MAX_BLOB + 4096
+_UNKNOWN_SESSION_CLOSE: dict[str, Any] = {
+    "type": "websocket.close", "code": STREAM_UNKNOWN_SESSION, "reason": "open a new session",
+}
 
 
 class _TooLarge(Exception):
@@ -85,13 +101,34 @@ async def _error(send: Send, status: int, error: str, message: str) -> None:
     await _json(send, status, {"error": error, "message": message})
 
 
+def _stream_error(error: str, message: str) -> dict[str, Any]:
+    """A stream's answer to a frame it could not take: the JSON ``…/message`` would send."""
+    text = json.dumps({"error": error, "message": message}, separators=(",", ":"))
+    return {"type": "websocket.send", "text": text}
+
+
+def _http_view(scope: Scope) -> dict[str, Any]:
+    """The websocket scope as the paid requests of its frames see it.
+
+    :meth:`ProviderRuntime.execute` builds each paid request's scope from the
+    scope of the request that carried the frame (host, client, server, scheme,
+    state); on the stream that is the upgrade request, seen as the HTTP
+    request it began as.
+    """
+    view = dict(scope)
+    view["type"] = "http"
+    view["method"] = "GET"
+    view["scheme"] = "https" if scope.get("scheme") == "wss" else "http"
+    return view
+
+
 def _query_param(scope: Scope, name: str) -> str | None:
     values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get(name)
     return values[0] if values else None
 
 
 class A402Endpoint:
-    """ASGI app for ``/.well-known/a402/{info,session,message}``."""
+    """ASGI app for ``/.well-known/a402/{info,session,message,stream}``."""
 
     def __init__(self, runtime: ProviderRuntime) -> None:
         self.runtime = runtime
@@ -103,6 +140,9 @@ class A402Endpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.runtime.start()  # idempotent; also started by the lifespan when there is one
+        if scope["type"] == "websocket":
+            await self._stream(scope, receive, send)
+            return
         path, method = scope["path"], scope["method"]
         try:
             if path == INFO_PATH and method in ("GET", "HEAD"):
@@ -168,6 +208,53 @@ class A402Endpoint:
             await _error(send, 400, e.reason, e.detail)
             return
         await _respond(send, 200, frame, FRAME_MEDIA_TYPE)
+
+    async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``…/stream``: one session's frames, answered one by one, in order."""
+        if (await receive())["type"] != "websocket.connect":
+            return
+        if scope["path"] != STREAM_PATH:
+            await send({"type": "websocket.close", "code": 1008})  # before the upgrade: 403
+            return
+        session_id = _query_param(scope, "session")
+        await send({"type": "websocket.accept"})
+        if session_id is None or not self._established(session_id):
+            await send(_UNKNOWN_SESSION_CLOSE)
+            return
+        outer = _http_view(scope)
+        handle_frame = self.runtime.handle_frame
+        try:
+            while True:
+                message = await receive()
+                if message["type"] != "websocket.receive":
+                    return  # websocket.disconnect: the vault retries on a new connection
+                frame = message.get("bytes")
+                if frame is None:
+                    await send(_stream_error("not_binary", "send each frame as a binary message"))
+                    continue
+                if len(frame) > _MAX_FRAME_BODY:
+                    await send(_stream_error("too_large", "frame too large"))
+                    continue
+                try:
+                    answer = await handle_frame(session_id, frame, outer)
+                except UnknownSession:  # expired or evicted since the connect
+                    await send(_UNKNOWN_SESSION_CLOSE)
+                    return
+                except ChannelError as e:
+                    await send(_stream_error(e.reason, e.detail))
+                    continue
+                await send({"type": "websocket.send", "bytes": answer})
+        except OSError:  # the vault went away mid-answer (uvicorn's ClientDisconnected)
+            return
+
+    def _established(self, session_id: str) -> bool:
+        """Whether ``session_id`` names an established session, checked at connect.
+
+        ``handle_frame`` is the authority (a session can still expire later);
+        this lets a vault learn of a forgotten session before it spends a frame.
+        """
+        session = self.runtime._sessions.get(session_id)
+        return session is not None and session.established
 
     # -------------------------------------------------------------- the offer
 

@@ -557,9 +557,7 @@ class ProviderRuntime:
             "closeTx": slot.close_tx,
         }
         blob = self.enclave.seal(self._label(slot.channel_id), json.dumps(record).encode())
-        await asyncio.to_thread(
-            self.store.save, slot.channel_id, blob, active=not slot.onchain_closed
-        )
+        await self.store.save(slot.channel_id, blob, active=not slot.onchain_closed)
 
     async def _load(self, channel_id: bytes) -> Slot | None:
         slot = self._slots.get(channel_id)

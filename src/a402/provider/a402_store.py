@@ -13,16 +13,18 @@ runtime reloads those on start to resume its Δ_ack timers and to answer a
 client force-close. Sealing does not stop a host from handing back an older
 blob (see :mod:`a402.tee.sealing`); the chain bounds what that can cost.
 
-On SQLite, writes of concurrent channels share COMMITs (:mod:`a402.sqlite`).
+On SQLite, writes of concurrent channels share COMMITs (:mod:`a402.sqlite`);
+a save is one plain-SQL upsert the event loop awaits without holding a thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import Protocol
+from typing import Final, Protocol
 
 from sqlalchemy import Boolean, Float, LargeBinary, select
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from a402.sqlite import make_engine, readers, writes
 
@@ -30,7 +32,7 @@ from a402.sqlite import make_engine, readers, writes
 class ChannelBlobStore(Protocol):
     """Durable storage of sealed channel blobs, keyed by channel id."""
 
-    def save(self, channel_id: bytes, blob: bytes, *, active: bool) -> None:
+    async def save(self, channel_id: bytes, blob: bytes, *, active: bool) -> None:
         """Replace the channel's blob; durable when this returns."""
         ...
 
@@ -54,6 +56,14 @@ class _ChannelRow(_Base):
     updated_at: Mapped[float] = mapped_column(Float)
 
 
+_UPSERT: Final = (
+    'INSERT INTO "a402_provider_channels" ("channel_id", "blob", "active", "updated_at") '
+    "VALUES (:channel_id, :blob, :active, :updated_at) "
+    'ON CONFLICT ("channel_id") DO UPDATE SET "blob" = excluded."blob", '
+    '"active" = excluded."active", "updated_at" = excluded."updated_at"'
+)
+
+
 class SqlChannelStore:
     """:class:`ChannelBlobStore` over SQLAlchemy 2 (``sqlite:///path`` or a PostgreSQL URL)."""
 
@@ -65,16 +75,10 @@ class SqlChannelStore:
         self._readers = readers(self.engine)
         self._writes = writes(url, self._sessions, name="provider-channels")
 
-    def save(self, channel_id: bytes, blob: bytes, *, active: bool) -> None:
-        def write(session: Session) -> None:
-            row = session.get(_ChannelRow, bytes(channel_id))
-            if row is None:
-                session.add(_ChannelRow(channel_id=bytes(channel_id), blob=bytes(blob),
-                                        active=active, updated_at=time.time()))
-            else:
-                row.blob, row.active, row.updated_at = bytes(blob), active, time.time()
-
-        self._writes.run(write)
+    async def save(self, channel_id: bytes, blob: bytes, *, active: bool) -> None:
+        values = {"channel_id": bytes(channel_id), "blob": bytes(blob), "active": active,
+                  "updated_at": time.time()}
+        await asyncio.wrap_future(self._writes.submit([(_UPSERT, values)]))
 
     def load(self, channel_id: bytes) -> bytes | None:
         with self._readers() as session:

@@ -122,8 +122,9 @@ class PaymentMiddleware:
       (defaults to what the request says: scheme + Host header).
     - ``a402``: also accept A402 channel payments (:class:`A402Config`): the
       402 lists an ``a402`` requirement after ``exact``, and
-      ``/.well-known/a402/*`` serves the exchange (see
-      :mod:`a402.provider.a402_app`). ``exact`` behaves exactly as without it.
+      ``/.well-known/a402/*`` serves the exchange, HTTP requests and the
+      WebSocket stream alike (see :mod:`a402.provider.a402_app`). ``exact``
+      behaves exactly as without it.
     """
 
     def __init__(
@@ -199,6 +200,11 @@ class PaymentMiddleware:
             await self.app(scope, self._on_shutdown(receive), send)
             return
         if scope["type"] != "http":
+            # The a402 stream is a WebSocket: it must reach the endpoint, not the app (the
+            # gateway's proxy refuses every WebSocket).
+            if scope["type"] == "websocket" and self.a402 is not None and self.a402.handles(scope):
+                await self.a402(scope, receive, send)
+                return
             await self.app(scope, receive, send)
             return
         if self.a402 is not None and self.a402.handles(scope):

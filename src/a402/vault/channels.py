@@ -145,6 +145,9 @@ class Channels:
         self._attached: dict[tuple[str, int], set[bytes]] = {}
         self._session_locks: dict[tuple[str, int], asyncio.Lock] = {}
         self._pair_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        #: The OPEN channel each (client, provider) used last, found again without a read;
+        #: :meth:`retire` forgets a channel as soon as it takes no new request.
+        self._usable: dict[tuple[str, str], S.Channel] = {}
         #: Answers a call whose channel settled without it (set by the service).
         self.on_unfinished: Callable[[str, str | None], Awaitable[Any]] | None = None
 
@@ -181,6 +184,11 @@ class Channels:
             await session.attach(channel)
             attached.add(channel.channel_id)
         return session, channel
+
+    def retire(self, cid: str) -> None:
+        """``cid`` takes no new request any more (closing, or settled)."""
+        for pair in [p for p, row in self._usable.items() if row.cid == cid]:
+            del self._usable[pair]
 
     def pair_lock(self, client: str, provider: str) -> asyncio.Lock:
         """Serialises a client's work with one provider (channel choice, requests, close)."""
@@ -244,7 +252,7 @@ class Channels:
         elif reason is CheckpointReason.FORCE_CLOSED:
             values.update(request_key=None, pending_since=None)
         try:
-            await asyncio.to_thread(self.store.save_checkpoint, cid, values, key, request)
+            await self.store.save_checkpoint(cid, values, key, request)
         except BaseException:
             # Not durable, so not sent: forget the machine that ran ahead of the database;
             # the next use restores the last durable state.
@@ -278,6 +286,13 @@ class Channels:
         info = session.info
         assert info is not None
         provider = "0x" + info.provider.hex()
+        pair = (client.lower(), provider)
+        last = self._usable.get(pair)
+        if last is not None and last.terms["providerKey"] == info.provider_key.hex():
+            channel = self.live.get(bytes.fromhex(last.cid[2:]))
+            if channel is not None and channel.status is Status.OPEN and channel.free >= price:
+                await self.bound(last)
+                return channel
         for row in reversed(await asyncio.to_thread(
                 self.store.channels, client=client, provider=provider, phases=(S.OPEN,))):
             if row.terms["providerKey"] != info.provider_key.hex():
@@ -287,6 +302,7 @@ class Channels:
                 continue  # busy or being recovered: never share it
             if channel.free >= price:
                 await self.bound(row)
+                self._usable[pair] = row
                 return channel
             await self.close(row)
         if funding == api.WALLET:
@@ -469,6 +485,7 @@ class Channels:
 
         Call with :meth:`pair_lock` held.
         """
+        self.retire(row.cid)
         if row.phase != S.CLOSING:  # since when it has been closing: for escalation
             await asyncio.to_thread(self.store.set_channel, row.cid, phase=S.CLOSING,
                                     pending_since=time.time())
@@ -545,6 +562,7 @@ class Channels:
         clears it): its δ went back with the client's payout, and its call is
         answered so.
         """
+        self.retire(cid)
         row = await asyncio.to_thread(self.store.channel, cid)
         if (row is not None and row.request_key is not None and self.on_unfinished is not None
                 and row.status in (Status.LOCKED.value, Status.PENDING.value)):

@@ -155,11 +155,15 @@ class Funds:
         unfinished = {s.key for s in self.facilitator.store.unfinished()}
         self.facilitator.reconcile()
         credited = 0
+        if not everything and not unfinished:
+            return 0
         query = select(SettlementRow.key, SettlementRow.tx_hash).where(
             SettlementRow.state == SettlementState.CONFIRMED,
             SettlementRow.pay_to == self.address)
+        if not everything:  # only what was unfinished: not the whole journal every tick
+            query = query.where(SettlementRow.key.in_(unfinished))
         with Session(self.facilitator.store.engine) as session:  # the journal is ours too
-            rows = [(k, h) for k, h in session.execute(query) if everything or k in unfinished]
+            rows = list(session.execute(query))
         for _, tx_hash in rows:
             if self.store.deposited_tx(tx_hash):
                 continue

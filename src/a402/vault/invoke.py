@@ -73,8 +73,10 @@ class Invoker:
     def __init__(
         self, channels: Channels, *, http: httpx.AsyncClient, offers: OfferCache,
         queue_timeout: float, retry_wait: float, allow_private_targets: bool = False,
+        nonce_keep: float = 2 * api.DEFAULT_AUTH_WINDOW,
     ) -> None:
         self.channels = channels
+        self.nonce_keep = nonce_keep
         self.allow_private_targets = allow_private_targets
         self.store = channels.store
         self.http = http
@@ -117,8 +119,7 @@ class Invoker:
             values["amount"] = str(amount)
         if transaction is not None:
             values["transaction"] = transaction
-        if await asyncio.to_thread(self.store.finish_request, key, from_states=from_states,
-                                   **values):
+        if await self.store.finish_request(key, from_states=from_states, **values):
             return status, body
         row = await asyncio.to_thread(self.store.request, key)  # answered before: that answer
         assert row is not None
@@ -153,7 +154,10 @@ class Invoker:
 
     # ------------------------------------------------------------------- calls
 
-    async def invoke(self, client: str, call: api.InvokeRequest) -> tuple[int, dict[str, Any]]:
+    async def invoke(self, client: str, call: api.InvokeRequest, *, nonce: str | None = None
+                     ) -> tuple[int, dict[str, Any]]:
+        """Run one call; ``nonce`` (the call's signature nonce) is recorded with its claim,
+        and :class:`~a402.vault.api.AuthError` raised if it was used before."""
         await self._check_target(call.url)  # refused before anything is recorded
         key = f"{client.lower()}:{call.idempotency_key}"
         while key in self._running:  # the same call is running here: its answer is ours
@@ -162,9 +166,12 @@ class Invoker:
         # (and the store's lock keeps other processes out of this vault's database).
         event = self._running[key] = asyncio.Event()
         try:
-            created, row = await asyncio.to_thread(
-                self.store.claim_request, key, client=client, fingerprint=call.fingerprint(),
-                url=call.url, method=call.method)
+            try:
+                created, row = await self.store.claim_request(
+                    key, client=client, fingerprint=call.fingerprint(), url=call.url,
+                    method=call.method, nonce=nonce, nonce_keep=self.nonce_keep)
+            except S.ReplayedNonce:
+                raise api.AuthError(api.REPLAYED_REQUEST, "this nonce was already used") from None
             if not created:
                 if row.fingerprint != call.fingerprint():
                     raise VaultError(409, api.IDEMPOTENCY_KEY_REUSED,

@@ -141,7 +141,8 @@ class VaultService:
         )
         self.invoker = Invoker(self.channels, http=self.http, offers=OfferCache(config.offer_ttl),
                                queue_timeout=config.queue_timeout, retry_wait=config.retry_wait,
-                               allow_private_targets=config.allow_private_targets)
+                               allow_private_targets=config.allow_private_targets,
+                               nonce_keep=2 * config.auth_window)
         self.channels.on_unfinished = self.invoker.record_aborted
         facilitator = Facilitator(config.chain, config.account,
                                   SettlementStore(config.store.url),

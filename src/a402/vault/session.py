@@ -41,6 +41,15 @@ could not authenticate (tampered in transit) is retried the same way. One
 frame is in flight per session (Noise counters must arrive in order); one
 request is in flight per channel — a second caller waits (or, with
 ``wait=False``, is refused).
+
+**Transport.** Frames travel over one WebSocket per secure session
+(``…/stream``), opened on the session's first frame and replaced with the
+session: a fraction of the cost of an HTTP request per frame. A stream that
+drops, times out or is cancelled mid-frame is cut (an answer still on its way
+would otherwise be read as the next frame's) and the retry opens a new one.
+Frames go by ``POST …/message`` instead when the session is built with
+``transport="http"`` or with its own ``http`` client (a test's recording
+transport), and for good once a provider refuses the WebSocket upgrade.
 """
 
 from __future__ import annotations
@@ -53,12 +62,16 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
+from urllib.parse import quote
 
 import httpx
 from eth_utils import event_abi_to_log_topic
 from hexbytes import HexBytes
 from web3.types import TxReceipt
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from a402.asc import (
     Ack,
@@ -79,6 +92,7 @@ from a402.asc import (
 )
 from a402.asc.contract import ASCManager, PublishedSignature
 from a402.asc.errors import MessageError
+from a402.asc.messages import DEFAULT_MAX_BLOB
 from a402.asc.messages import Message as AscMessage
 from a402.crypto import PaymentDomain
 from a402.tee import AttestationError, AttestationPolicy, AttestationVerifier, Enclave
@@ -92,6 +106,8 @@ from a402.wire.a402 import (
     RESPONSE_AD,
     SESSION_HEADER,
     SESSION_PATH,
+    STREAM_PATH,
+    STREAM_UNKNOWN_SESSION,
     WELL_KNOWN_PREFIX,
     Envelope,
     FrameError,
@@ -112,6 +128,13 @@ from a402.wire.a402 import (
 log = logging.getLogger("a402.vault.session")
 
 M = TypeVar("M", bound=AscMessage)
+
+#: How frames reach the provider: the session's WebSocket, or one POST each.
+Transport = Literal["stream", "http"]
+#: The largest stream message either way: the provider's frame limit (one blob plus framing).
+_MAX_FRAME = DEFAULT_MAX_BLOB + 4096
+#: How long ``aclose`` waits for the provider to finish closing the stream.
+_STREAM_CLOSE_TIMEOUT = 2.0
 
 
 # ------------------------------------------------------------------ persistence
@@ -268,6 +291,10 @@ class ProviderSession:
     - ``persist``: see :class:`Checkpoint`; the default keeps nothing.
     - ``ack_delay``: how long an unsent ACK waits to ride on the channel's next
       EXEC (default: a quarter of the provider's Δ_ack, at most five seconds).
+    - ``transport``: ``"stream"`` (one WebSocket per session) or ``"http"``
+      (one POST per frame). Default: the stream, unless ``http`` is given —
+      a caller that brings its own client wants to see the frames in it.
+      ``timeout`` bounds each frame's round trip either way.
     """
 
     def __init__(
@@ -285,7 +312,10 @@ class ProviderSession:
         attempts: int = 3,
         ack_delay: float | None = None,
         clock: Callable[[], float] = time.time,
+        transport: Transport | None = None,
     ) -> None:
+        if transport not in (None, "stream", "http"):
+            raise ValueError(f"transport is 'stream' or 'http', not {transport!r}")
         base = endpoint.rstrip("/")
         self.endpoint = base if base.endswith(WELL_KNOWN_PREFIX) else base + WELL_KNOWN_PREFIX
         self._origin = self.endpoint[: -len(WELL_KNOWN_PREFIX)]
@@ -297,6 +327,14 @@ class ProviderSession:
         self.persist: Persist = persist or _no_persistence
         self._own_http = http is None
         self.http = http or httpx.AsyncClient(timeout=timeout, trust_env=False)
+        #: False once the provider refused the upgrade: POST for the rest of this session.
+        self._use_stream = transport == "stream" or (transport is None and http is None)
+        scheme, _, rest = self._origin.partition("://")
+        self._stream_url = (
+            ("wss" if scheme == "https" else "ws") + "://" + rest + STREAM_PATH + "?session="
+        )
+        self._stream: ClientConnection | None = None
+        self._timeout = timeout
         self.attempts = max(1, attempts)
         self.ack_delay = ack_delay
         self.clock = clock
@@ -325,6 +363,9 @@ class ProviderSession:
         if self._handle is not None:
             self.enclave.channel_close(self._handle)
             self._handle = None
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            await stream.close()  # a clean close, at most _STREAM_CLOSE_TIMEOUT
         if self._own_http:
             await self.http.aclose()
 
@@ -373,6 +414,8 @@ class ProviderSession:
             raise
         if self._handle is not None:
             self.enclave.channel_close(self._handle)
+        if self._stream is not None:  # it carries the old session: the next frame opens a new one
+            self._drop_stream(self._stream)
         self._handle, self._session_id = handle, str(opened["session"])
 
     async def _post_json(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -677,28 +720,115 @@ class ProviderSession:
         raise ProviderUnavailable("provider_unavailable", f"{self.attempts} attempts: {last}")
 
     async def _exchange_once(self, envelope: Envelope) -> Envelope:
-        if self._handle is None or self._session_id is None:
-            raise _SessionLost("no session")
+        plaintext = envelope.encode()
         async with self._frame_lock:
-            frame = self.enclave.channel_encrypt(self._handle, envelope.encode(), ad=REQUEST_AD)
+            handle, session_id = self._handle, self._session_id
+            if handle is None or session_id is None:
+                raise _SessionLost("no session")
+            answer = (
+                await self._over_stream(handle, session_id, plaintext) if self._use_stream
+                else None
+            )
+            if answer is None:  # no stream: one POST
+                frame = self.enclave.channel_encrypt(handle, plaintext, ad=REQUEST_AD)
+                answer = await self._post_frame(session_id, frame)
             try:
-                response = await self.http.post(
-                    self._origin + MESSAGE_PATH, content=frame,
-                    headers={SESSION_HEADER: self._session_id, "content-type": FRAME_MEDIA_TYPE},
+                return Envelope.decode(
+                    self.enclave.channel_decrypt(handle, answer, ad=RESPONSE_AD)
                 )
-            except httpx.TransportError as e:
-                raise _Retry(f"transport: {e!r}") from None
-            if response.status_code == 404:
-                raise _SessionLost("the provider forgot the session")
-            if response.status_code != 200:
-                raise _Retry(f"{response.status_code}: {_json_or_empty(response)}")
-            try:
-                plaintext = self.enclave.channel_decrypt(
-                    self._handle, response.content, ad=RESPONSE_AD
-                )
-                return Envelope.decode(plaintext)
             except (ChannelError, FrameError) as e:
                 raise _Retry(f"answer rejected: {e}") from None
+
+    async def _post_frame(self, session_id: str, frame: bytes) -> bytes:
+        """``POST …/message``: one frame out, the answer frame back."""
+        try:
+            response = await self.http.post(
+                self._origin + MESSAGE_PATH, content=frame,
+                headers={SESSION_HEADER: session_id, "content-type": FRAME_MEDIA_TYPE},
+            )
+        except httpx.TransportError as e:
+            raise _Retry(f"transport: {e!r}") from None
+        if response.status_code == 404:
+            raise _SessionLost("the provider forgot the session")
+        if response.status_code != 200:
+            raise _Retry(f"{response.status_code}: {_json_or_empty(response)}")
+        return response.content
+
+    async def _over_stream(self, handle: str, session_id: str, plaintext: bytes) -> bytes | None:
+        """The answer frame to ``plaintext`` over the stream; ``None``: the provider has none.
+
+        Called under ``_frame_lock``, so one frame is on the stream at a time and
+        the next message is its answer. A stream left open by earlier frames may
+        have died while idle (the provider restarted, a proxy timed it out): if it
+        fails, the frame goes once more, in a fresh frame on a new stream, before
+        the attempt counts as failed. The provider answers a repeated message from
+        its record, so this never runs or pays twice.
+        """
+        stream = self._stream
+        for fresh in (stream is None, True):
+            if stream is None:
+                stream = await self._open_stream(session_id)
+                if stream is None:
+                    return None
+            frame = self.enclave.channel_encrypt(handle, plaintext, ad=REQUEST_AD)
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await stream.send(frame)
+                    answer = await stream.recv()
+            except ConnectionClosed as e:
+                self._drop_stream(stream)
+                if e.rcvd is not None and e.rcvd.code == STREAM_UNKNOWN_SESSION:
+                    raise _SessionLost("the provider forgot the session") from None
+                if fresh or self._handle != handle:  # (a new session replaced the stream)
+                    raise _Retry(f"stream closed: {e}") from None
+                stream = None
+                continue
+            except OSError as e:  # timeouts included: the answer may still come, out of step
+                self._drop_stream(stream)
+                raise _Retry(f"stream: {e!r}") from None
+            except BaseException:  # cancelled mid-frame: its answer would pass for the next's
+                self._drop_stream(stream)
+                raise
+            if isinstance(answer, str):  # refused outside the channel, as …/message's 400/413
+                raise _Retry(f"frame rejected: {answer}")
+            return answer
+        raise AssertionError("unreachable: the second try is on a fresh stream")
+
+    async def _open_stream(self, session_id: str) -> ClientConnection | None:
+        """Connect this session's stream; ``None`` if the provider refuses the upgrade.
+
+        A refusal (403, 404, 426 …) is an endpoint without a stream, an older
+        provider or a proxy that does not pass WebSockets: this session's frames
+        go by POST from now on. A server error or a failed connection is
+        transient: the attempt fails and the retry connects again.
+        """
+        try:
+            stream = await ws_connect(
+                self._stream_url + quote(session_id, safe=""),
+                compression=None, max_size=_MAX_FRAME, open_timeout=self._timeout,
+                close_timeout=_STREAM_CLOSE_TIMEOUT, proxy=None,  # as the httpx client: no env
+            )
+        except InvalidStatus as e:
+            status = e.response.status_code
+            if status >= 500 or status in (408, 429):
+                raise _Retry(f"stream refused: HTTP {status}") from None
+            self._use_stream = False
+            log.warning("%s refused the a402 stream (HTTP %d): frames go by POST",
+                        self.endpoint, status)
+            return None
+        except (OSError, InvalidHandshake) as e:
+            raise _Retry(f"stream: {e!r}") from None
+        self._stream = stream
+        return stream
+
+    def _drop_stream(self, stream: ClientConnection) -> None:
+        """Forget ``stream`` and cut it: dead or out of step, it carries no further frame.
+
+        An abort, not a closing handshake: there is nothing to wait for.
+        """
+        if self._stream is stream:
+            self._stream = None
+        stream.transport.abort()
 
     async def _reconnect(self) -> None:
         """A new handshake with the enclave ``connect`` attested, then OPEN again."""

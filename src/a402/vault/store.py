@@ -17,6 +17,12 @@ next message leaves:
 * settling a channel credits what came back, exactly once (the phase moves to
   ``settled`` under a compare-and-set).
 
+The writes of a paid request (the call's claim and its nonce, each channel
+checkpoint, the answer) are coroutines: plain SQL that the event loop awaits
+while the group commit makes it durable, without holding a thread
+(:meth:`a402.sqlite.Writes.submit`). Everything else is synchronous, for
+worker threads.
+
 Amounts are decimal strings (token amounts exceed 64 bits); balances change
 only by compare-and-set on the previous value, which is safe across replicas
 sharing one PostgreSQL database.
@@ -32,18 +38,19 @@ refunds of wallet-funded channels).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
 
-from sqlalchemy import TextClause, delete, select, text, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from a402.sqlite import make_engine, readers, writes
+from a402.sqlite import Statement, make_engine, readers, writes
 
 from .tables import (
     AccountRow,
@@ -104,6 +111,10 @@ class InsufficientBalance(Exception):
         self.needed = needed
 
 
+class ReplayedNonce(Exception):
+    """A call's signature nonce was seen before."""
+
+
 class _Conflict(Exception):
     """A compare-and-set lost a race: run the whole transaction again."""
 
@@ -146,6 +157,10 @@ class VaultStore:
     def _write(self, work: Callable[[Session], T]) -> T:
         """``work`` in a transaction, durable on return; on SQLite, in the next group commit."""
         return self._writes.run(work)
+
+    async def _submit(self, statements: Sequence[Statement]) -> list[int]:
+        """Plain SQL in one transaction, awaited until durable; each statement's row count."""
+        return await asyncio.wrap_future(self._writes.submit(statements))
 
     def _retrying(self, work: Callable[[Session], T], budget: float = 5.0) -> T:
         """Run ``work`` in one transaction, again from scratch if a compare-and-set lost.
@@ -241,19 +256,23 @@ class VaultStore:
 
     # -- nonces ----------------------------------------------------------------------
 
-    def remember_nonce(self, client: str, nonce: str, *, now: float, keep: float) -> bool:
+    async def remember_nonce(self, client: str, nonce: str, *, now: float, keep: float
+                             ) -> bool:
         """True the first time ``(client, nonce)`` is seen; forgets nonces older than ``keep``."""
-        def work(s: Session) -> None:
-            _insert(s, NonceRow, {"client": client.lower(), "nonce": nonce, "seen_at": now})
-
         try:
-            self._write(work)
+            await self._submit([_nonce(client, nonce, now)])
         except IntegrityError:
             return False
-        if int(now * 1000) % 64 == 0:  # now and then, not on every call
-            with self._tx() as s:
-                s.execute(delete(NonceRow).where(NonceRow.seen_at < now - keep))
+        await self._forget_nonces(now, keep)
         return True
+
+    async def _forget_nonces(self, now: float, keep: float) -> None:
+        if int(now * 1000) % 64 == 0:  # now and then, not on every call
+            await asyncio.to_thread(self._delete_nonces, now - keep)
+
+    def _delete_nonces(self, before: float) -> None:
+        with self._tx() as s:
+            s.execute(delete(NonceRow).where(NonceRow.seen_at < before))
 
     # -- accounts ----------------------------------------------------------------------
 
@@ -383,19 +402,17 @@ class VaultStore:
             s.execute(update(ChannelRow).where(ChannelRow.cid == cid)
                       .values(updated_at=time.time(), **values))
 
-    def save_checkpoint(
+    async def save_checkpoint(
         self, cid: str, channel_values: dict[str, Any], request_key: str | None,
         request_values: dict[str, Any] | None,
     ) -> None:
         """One checkpoint: the channel's sealed state and its request's progress, atomically."""
         now = time.time()
-
-        def work(s: Session) -> None:
-            _update(s, ChannelRow, "cid", cid, {**channel_values, "updated_at": now})
-            if request_key is not None and request_values:
-                _update(s, RequestRow, "key", request_key, {**request_values, "updated_at": now})
-
-        self._write(work)
+        statements = [_update(ChannelRow, "cid", cid, {**channel_values, "updated_at": now})]
+        if request_key is not None and request_values:
+            statements.append(
+                _update(RequestRow, "key", request_key, {**request_values, "updated_at": now}))
+        await self._submit(statements)
 
     def settle_channel(
         self, cid: str, *, client_payout: int, provider_payout: int, tx_hash: str | None
@@ -444,49 +461,53 @@ class VaultStore:
 
     # -- requests ----------------------------------------------------------------------
 
-    def claim_request(
-        self, key: str, *, client: str, fingerprint: str, url: str, method: str
+    async def claim_request(
+        self, key: str, *, client: str, fingerprint: str, url: str, method: str,
+        nonce: str | None = None, nonce_keep: float = 120.0,
     ) -> tuple[bool, Request]:
-        """Take ``key`` for a new call; ``(False, existing)`` if it was taken before."""
-        now = time.time()
+        """Take ``key`` for a new call; ``(False, existing)`` if it was taken before.
 
+        With ``nonce``, the call's signature nonce is remembered in the same write
+        (:class:`ReplayedNonce`, and nothing written, if it was seen before).
+        """
+        now = time.time()
         record = Request(key=key, client=client.lower(), fingerprint=fingerprint,
                          state=RECEIVED, outcome=None, reason=None, retryable=False, url=url,
                          method=method, channel_id=None, request_id=None, amount=None,
                          sealed_result=None, secret=None, answer=None, transaction=None,
                          updated_at=now)
-
-        def work(s: Session) -> Request:
-            _insert(s, RequestRow, {"key": key, "client": record.client,
-                                    "fingerprint": fingerprint, "state": RECEIVED, "url": url,
-                                    "method": method, "retryable": False, "created_at": now,
-                                    "updated_at": now})
-            return record
-
+        claim = _insert(RequestRow, {
+            "key": key, "client": record.client, "fingerprint": fingerprint, "state": RECEIVED,
+            "url": url, "method": method, "retryable": False, "created_at": now,
+            "updated_at": now}, unless_present="key")
         try:
-            return True, self._write(work)
+            *_, claimed = await self._submit(
+                [claim] if nonce is None else [_nonce(client, nonce, now), claim])
         except IntegrityError:
-            existing = self.request(key)
+            raise ReplayedNonce(nonce) from None
+        if nonce is not None:
+            await self._forget_nonces(now, nonce_keep)
+        if not claimed:
+            existing = await asyncio.to_thread(self.request, key)
             assert existing is not None
             return False, existing
+        return True, record
 
     def restart_request(self, key: str, expected_state: str) -> bool:
         """Take over a call that paid nothing (``received``, or a retryable failure)."""
-        return self._update_request(
-            key, (expected_state,),
-            dict(state=RECEIVED, outcome=None, reason=None, retryable=False))
+        values = dict(state=RECEIVED, outcome=None, reason=None, retryable=False,
+                      updated_at=time.time())
+        [changed] = self._writes.submit(
+            [_update(RequestRow, "key", key, values, states=(expected_state,))]).result()
+        return changed == 1
 
-    def finish_request(self, key: str, *, from_states: tuple[str, ...], **values: Any) -> bool:
+    async def finish_request(self, key: str, *, from_states: tuple[str, ...], **values: Any
+                             ) -> bool:
         """Set the final outcome once (compare-and-set on the state)."""
-        return self._update_request(key, from_states, dict(state=DONE, **values))
-
-    def _update_request(self, key: str, from_states: tuple[str, ...],
-                        values: dict[str, Any]) -> bool:
-        def work(s: Session) -> bool:
-            return _update(s, RequestRow, "key", key, {**values, "updated_at": time.time()},
-                           states=from_states) == 1
-
-        return self._write(work)
+        values = dict(values, state=DONE, updated_at=time.time())
+        [changed] = await self._submit(
+            [_update(RequestRow, "key", key, values, states=from_states)])
+        return changed == 1
 
     def request(self, key: str) -> Request | None:
         with self._read() as s:
@@ -615,36 +636,42 @@ class VaultStore:
 
 
 @functools.cache
-def _insert_sql(table: str, columns: tuple[str, ...]) -> TextClause:
+def _insert_sql(table: str, columns: tuple[str, ...], unless_present: str | None) -> str:
     names = ", ".join(f'"{c}"' for c in columns)
-    return text(f'INSERT INTO "{table}" ({names}) VALUES ('
-                + ", ".join(f":{c}" for c in columns) + ")")
+    sql = f'INSERT INTO "{table}" ({names}) VALUES (' + ", ".join(f":{c}" for c in columns) + ")"
+    return sql if unless_present is None else sql + f' ON CONFLICT ("{unless_present}") DO NOTHING'
 
 
-def _insert(s: Session, model: Any, values: dict[str, Any]) -> None:
-    """``INSERT INTO model (values)``, textual like :func:`_update` and for the same reason;
-    a duplicate key raises :class:`IntegrityError` as the ORM would."""
-    s.execute(_insert_sql(model.__tablename__, tuple(values)), values)
+def _insert(model: Any, values: dict[str, Any], *, unless_present: str | None = None
+            ) -> Statement:
+    """``INSERT INTO model (values)`` as plain SQL: a duplicate key raises
+    :class:`IntegrityError` as the ORM would, or, with ``unless_present`` (the key
+    column), inserts nothing (row count 0)."""
+    return _insert_sql(model.__tablename__, tuple(values), unless_present), values
+
+
+def _nonce(client: str, nonce: str, now: float) -> Statement:
+    return _insert(NonceRow, {"client": client.lower(), "nonce": nonce, "seen_at": now})
 
 
 @functools.cache
-def _update_sql(table: str, columns: tuple[str, ...], key: str, states: int) -> TextClause:
+def _update_sql(table: str, columns: tuple[str, ...], key: str, states: int) -> str:
     # Quoted: some column names ("transaction") are SQL keywords.
     sets = ", ".join(f'"{c}" = :{c}' for c in columns)
     where = f'"{key}" = :_key'
     if states:
         where += ' AND "state" IN (' + ", ".join(f":_state{i}" for i in range(states)) + ")"
-    return text(f'UPDATE "{table}" SET {sets} WHERE {where}')
+    return f'UPDATE "{table}" SET {sets} WHERE {where}'
 
 
-def _update(s: Session, model: Any, key: str, value: str, values: dict[str, Any],
-            states: tuple[str, ...] = ()) -> int:
-    """``UPDATE model SET values WHERE key = value [AND state IN states]``; rows changed.
+def _update(model: Any, key: str, value: str, values: dict[str, Any],
+            states: tuple[str, ...] = ()) -> Statement:
+    """``UPDATE model SET values WHERE key = value [AND state IN states]`` as plain SQL.
 
-    A textual statement, cached per shape: the paid-request path writes a few of
-    these per request, and compiling the equivalent ORM or Core update costs
-    several times more CPU than executing it.
+    The paid-request path writes a few of these per request; compiling the
+    equivalent ORM or Core update would cost several times more CPU than
+    executing it.
     """
     sql = _update_sql(model.__tablename__, tuple(values), key, len(states))
     params = {**values, "_key": value, **{f"_state{i}": st for i, st in enumerate(states)}}
-    return int(s.execute(sql, params).rowcount)  # type: ignore[attr-defined]
+    return sql, params

@@ -213,6 +213,7 @@ class Worker:
         tx_hash = HexBytes(entry["transactionHash"]).to_0x_hex()
         log.info("channel %s: %s in %s", cid, name, tx_hash)
         if name in ("ForceCloseInitiated", "ForceCloseChallenged"):
+            self.channels.retire(cid)
             values: dict[str, Any] = {"phase": S.CLOSING, "disputed_version": int(args["version"])}
             if "deadline" in args:
                 values["deadline"] = int(args["deadline"])
@@ -327,6 +328,7 @@ class Worker:
                 await self._event(entry)
             return False
         if onchain.status is OnChainStatus.CLOSING and row.deadline is None:
+            self.channels.retire(row.cid)
             await asyncio.to_thread(self.store.set_channel, row.cid, phase=S.CLOSING,
                                     deadline=onchain.deadline, disputed_version=onchain.version)
         return True

@@ -1,18 +1,33 @@
 """The ``a402`` scheme over HTTP: paths, framing, and the provider's info document (pure).
 
 A provider that accepts A402 payments advertises an ``a402`` entry in its 402
-``accepts`` (next to ``exact``) and serves three endpoints under
+``accepts`` (next to ``exact``) and serves four endpoints under
 :data:`WELL_KNOWN_PREFIX`:
 
-=============================  =========================================================
-``GET  …/info?nonce=<hex>``    JSON :class:`ProviderInfo`: chain, ASCManager, token, the
-                               provider's address and Schnorr key, timeouts, prices, and
-                               attestation evidence made for the caller's nonce
-``POST …/session``             the Noise XX handshake (:mod:`a402.tee.channel`), two
-                               round trips of JSON ``{"session"?, "message": base64}``
-``POST …/message``             one encrypted :class:`Envelope` in the body (header
-                               ``A402-Session``), one encrypted :class:`Envelope` back
-=============================  =========================================================
+===============================  =========================================================
+``GET  …/info?nonce=<hex>``      JSON :class:`ProviderInfo`: chain, ASCManager, token, the
+                                 provider's address and Schnorr key, timeouts, prices, and
+                                 attestation evidence made for the caller's nonce
+``POST …/session``               the Noise XX handshake (:mod:`a402.tee.channel`), two
+                                 round trips of JSON ``{"session"?, "message": base64}``
+``POST …/message``               one encrypted :class:`Envelope` in the body (header
+                                 ``A402-Session``), one encrypted :class:`Envelope` back
+``GET  …/stream?session=<id>``   WebSocket upgrade: the same frames as ``…/message``, one
+                                 binary message per frame each way, for the whole session
+===============================  =========================================================
+
+The stream is what a vault uses by default: one persistent WebSocket per
+secure session costs a fraction of an HTTP request per frame. It changes
+nothing inside the channel — the same encrypted frames, the same idempotent
+retries. The provider reads the frames of one connection in order and answers
+each with exactly one message, in order: a binary message is the encrypted
+answer frame; a text message is a JSON ``{"error", "message"}`` for a frame
+that does not authenticate or is too large (as ``…/message`` answers 400 or
+413: the session stays usable, the vault retries in a fresh frame). A session
+the provider does not know — at connect, or forgotten mid-stream — closes the
+connection with :data:`STREAM_UNKNOWN_SESSION` (the vault opens a new session,
+as on a 404). A provider without a stream refuses the upgrade (HTTP 403/404);
+the vault then falls back to ``…/message``.
 
 Inside the secure channel every frame carries one envelope::
 
@@ -58,6 +73,9 @@ WELL_KNOWN_PREFIX = "/.well-known/a402"
 INFO_PATH = WELL_KNOWN_PREFIX + "/info"
 SESSION_PATH = WELL_KNOWN_PREFIX + "/session"
 MESSAGE_PATH = WELL_KNOWN_PREFIX + "/message"
+STREAM_PATH = WELL_KNOWN_PREFIX + "/stream"
+#: The WebSocket close code for "no such session": open a new one (``…/message``'s 404).
+STREAM_UNKNOWN_SESSION = 4404
 SESSION_HEADER = "a402-session"
 FRAME_MEDIA_TYPE = "application/vnd.a402.frame"
 #: The Noise prologue both ends use: a handshake meant for anything else fails.
