@@ -154,7 +154,9 @@ def channel_run(stack: Stack, client: LocalAccount, count: int) -> dict[str, Any
         opened = vault.invoke(f"{stack.api_url}/data", max_price=PRICE)
         if (opened.outcome, opened.status) != ("paid", 200):
             raise RuntimeError(f"first paid request failed: {opened}")
+        cpu_before = stack.cpu_seconds()
         elapsed = uvloop.run(_timed_requests(stack, client, count - 1, latencies))
+        cpu_after = stack.cpu_seconds()
         [channel] = vault.account_info()["channels"]
         closed = vault.close_channel(channel["channelId"])
         if closed["phase"] != "settled" or int(closed["providerPayout"]) != count * PRICE:
@@ -166,6 +168,8 @@ def channel_run(stack: Stack, client: LocalAccount, count: int) -> dict[str, Any
             "gas_by_function": gas_of,
             "lifecycle_gas": gas_of.get("createASC", 0) + gas_of.get("closeASC", 0),
             "timed_requests": len(latencies),
+            "cpu_ms_per_request": {name: (cpu_after[name] - cpu_before[name]) * 1000
+                                   / max(1, len(latencies)) for name in cpu_after},
             "per_second": len(latencies) / elapsed if latencies else None,
             "latency_ms_p50": statistics.median(latencies) if latencies else None,
             "latency_ms_p99": percentile(latencies, 0.99) if latencies else None}
@@ -390,8 +394,9 @@ def report(r: dict[str, Any]) -> dict[str, bool]:
     print(f"{label:<44}"
           f"{exact['per_second']:>9.1f}{exact['latency_ms_p50']:>9.1f}"
           f"{exact['latency_ms_p99']:>9.1f}")
-    cpu = ", ".join(f"{name} {ms:.2f}" for name, ms in many["cpu_ms_per_request"].items())
-    print(f"  (CPU ms per paid request, {many['channels']} channels: {cpu})")
+    for run in (one, many):
+        cpu = ", ".join(f"{name} {ms:.2f}" for name, ms in run["cpu_ms_per_request"].items())
+        print(f"  (CPU ms per paid request, {run.get('channels', 1)} channel(s): {cpu})")
     print(f"  (exact: blocks every {exact['block_interval_s_median']} s measured, "
           f"{exact['blocks']} blocks; service alone p50 {r['service_time_ms_p50']:.2f} ms)")
     print(f"\n{'on-chain, by requests':<16}{'A402 txs':>10}{'A402 gas':>12}{'gas/req':>10}"

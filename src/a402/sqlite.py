@@ -153,6 +153,7 @@ class GroupCommit:
             raise TypeError("group commit needs sessions bound to an engine")
         self._engine = engine
         self._sessions = sessions
+        self._driver: Any = None  # the writer thread's own connection, for plain SQL
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._mutex = threading.Lock()
@@ -202,6 +203,9 @@ class GroupCommit:
             self._closed = True
             self._queue.put(_STOP)
         self._thread.join()
+        if self._driver is not None:
+            self._driver.close()  # back to the engine's pool, which the store disposes
+            self._driver = None
 
     def _run(self) -> None:
         while True:
@@ -222,16 +226,15 @@ class GroupCommit:
 
     def _commit(self, batch: list[tuple[object, Future[Any]]]) -> None:
         outcomes: list[tuple[Future[Any], bool, object]] = []
-        try:
-            with self._mutex, self._engine.connect() as connection, connection.begin():
-                driver = connection.connection.driver_connection
-                for item, done in batch:
-                    if not done.set_running_or_notify_cancel():
-                        continue  # its caller gave up waiting before it ran: not run at all
-                    if callable(item):
-                        outcomes.append((done, *_work(connection, item)))
-                    else:
-                        outcomes.append((done, *_statements(driver, item)))  # type: ignore[arg-type]
+        batch = [(item, done) for item, done in batch if done.set_running_or_notify_cancel()]
+        if not batch:
+            return
+        try:  # (a future cancelled before its batch ran is left out: its caller gave up)
+            with self._mutex:
+                if any(callable(item) for item, _ in batch):
+                    self._commit_with_sessions(batch, outcomes)
+                else:
+                    self._commit_statements(batch, outcomes)  # type: ignore[arg-type]
         except Exception as e:  # the COMMIT failed: nothing of this batch is durable
             for _, done in batch:
                 if not done.done():
@@ -242,6 +245,34 @@ class GroupCommit:
                 done.set_result(value)
             else:
                 done.set_exception(value)  # type: ignore[arg-type]
+
+    def _commit_with_sessions(self, batch: list[tuple[object, Future[Any]]],
+                              outcomes: list[tuple[Future[Any], bool, object]]) -> None:
+        with self._engine.connect() as connection, connection.begin():
+            driver = connection.connection.driver_connection
+            for item, done in batch:
+                if callable(item):
+                    outcomes.append((done, *_work(connection, item)))
+                else:
+                    outcomes.append((done, *_statements(driver, item)))  # type: ignore[arg-type]
+
+    def _commit_statements(self, batch: list[tuple[Sequence[Statement], Future[Any]]],
+                           outcomes: list[tuple[Future[Any], bool, object]]) -> None:
+        """A batch of plain SQL only (the paid-request path): straight on the driver's
+        connection, which the writer keeps, without an engine connection per batch."""
+        if self._driver is None:
+            self._driver = self._engine.raw_connection()  # set up by make_engine's hook
+        driver = self._driver.driver_connection
+        driver.execute("BEGIN IMMEDIATE")
+        try:
+            for statements, done in batch:
+                outcomes.append((done, *_statements(driver, statements)))
+            driver.execute("COMMIT")
+        except BaseException:
+            outcomes.clear()
+            if driver.in_transaction:
+                driver.execute("ROLLBACK")
+            raise
 
 
 def _work(connection: Connection, work: Callable[[Session], object]) -> tuple[bool, object]:

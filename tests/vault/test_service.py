@@ -5,6 +5,7 @@ conservation."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -58,4 +59,37 @@ def test_paid_calls_through_a_channel_then_a_cooperative_close(
         assert client.account_info()["balance"] == str(50_000 - 3_500)
         assert world.balance(provider.address) == 3_500
         assert_conserved(world, vault.store, vault.address, escrow)
+        client.close()
+
+
+def test_a_paid_call_on_an_open_channel_takes_four_commits(world: World) -> None:
+    """The claim (with the call's nonce), LOCKED, AUTHORIZED, and DELIVERED written together
+    with the call's answer: nothing is acknowledged before it is durable, and nothing more
+    is written on the way."""
+    provider = world.provider()
+    with serve_in_thread(provider.app) as site, running_vault(world) as vault:
+        _, client = client_of(world, vault.url, funds=100_000, deposit=50_000)
+        assert client.invoke(f"{site}/weather", max_price=1_000).outcome == api.PAID  # opens
+        writes: list[list[tuple[str, str]]] = []
+        submit = vault.store._submit
+
+        async def counting(statements):  # type: ignore[no-untyped-def]
+            writes.append([(sql.split()[0], re.findall(r'"(\w+)"', sql)[0])
+                           for sql, _ in statements])
+            return await submit(statements)
+
+        vault.store._submit = counting  # type: ignore[method-assign]
+        paid = client.invoke(f"{site}/weather", max_price=1_000, idempotency_key="w-2")
+        assert (paid.outcome, paid.amount) == (api.PAID, 1_000)
+        checkpoint = [("UPDATE", "a402_vault_channels"), ("UPDATE", "a402_vault_requests")]
+        assert writes == [
+            [("INSERT", "a402_vault_nonces"), ("INSERT", "a402_vault_requests")],  # the claim
+            checkpoint,  # LOCKED
+            checkpoint,  # AUTHORIZED
+            checkpoint,  # DELIVERED, with the call's answer
+        ]
+        record = vault.store.request(f"{client.account.address.lower()}:w-2")
+        assert record is not None and record.state == S.DONE and record.secret is not None
+        assert client.invoke(f"{site}/weather", max_price=1_000,
+                             idempotency_key="w-2") == paid  # answered from that record
         client.close()

@@ -30,6 +30,7 @@ import json
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
+from a402 import jsonbytes
 from a402.crypto import CryptoError, PaymentDomain
 
 from .errors import MessageError
@@ -142,7 +143,7 @@ def parsing(side: str) -> Iterator[None]:
 
 
 def dumps(document: dict[str, Any]) -> bytes:
-    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+    return jsonbytes.dumps(document, sort_keys=True)
 
 
 def loads(data: bytes, expected_format: str) -> dict[str, Any]:

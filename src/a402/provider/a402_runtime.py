@@ -50,6 +50,7 @@ from urllib.parse import quote
 from eth_account.signers.local import LocalAccount
 from starlette.types import ASGIApp, Message, Scope
 
+from a402 import jsonbytes
 from a402.asc import (
     Ack,
     ASCError,
@@ -556,7 +557,7 @@ class ProviderRuntime:
             "onchainClosed": slot.onchain_closed,
             "closeTx": slot.close_tx,
         }
-        blob = self.enclave.seal(self._label(slot.channel_id), json.dumps(record).encode())
+        blob = self.enclave.seal(self._label(slot.channel_id), jsonbytes.dumps(record))
         await self.store.save(slot.channel_id, blob, active=not slot.onchain_closed)
 
     async def _load(self, channel_id: bytes) -> Slot | None:

@@ -38,9 +38,10 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse as _StarletteJSON
 from starlette.routing import Route
 
+from a402 import jsonbytes
 from a402.chain.rpc import ChainUnavailable
 
 from . import api
@@ -48,6 +49,13 @@ from .channels import VaultError
 from .service import VaultService
 
 log = logging.getLogger("a402.vault")
+
+class JSONResponse(_StarletteJSON):
+    """Starlette's JSON answer, encoded by :mod:`a402.jsonbytes` (an answer per paid call)."""
+
+    def render(self, content: Any) -> bytes:
+        return jsonbytes.dumps(content)
+
 
 Handler = Callable[[api.Authenticated, dict[str, Any]], Awaitable[tuple[int, dict[str, Any]]]]
 

@@ -56,7 +56,7 @@ from a402.tee import AttestationPolicy, AttestationVerifier, Enclave
 from . import api, records
 from . import store as S
 from .aggregate import Aggregator
-from .session import Checkpoint, CheckpointReason, ProviderSession
+from .session import Checkpoint, CheckpointReason, PaidResponse, ProviderSession
 from .txjournal import TxJournal
 
 log = logging.getLogger("a402.vault")
@@ -141,6 +141,9 @@ class Channels:
         self.live: dict[bytes, VaultChannel] = {}
         #: The request key each busy channel carries (for its checkpoints).
         self.current: dict[bytes, str] = {}
+        #: For a busy channel, the final values of its call's record once paid (see
+        #: :meth:`persist`): the answer is written with the DELIVERED checkpoint.
+        self.answers: dict[bytes, Callable[[PaidResponse], dict[str, Any]]] = {}
         self._sessions: dict[tuple[str, int], ProviderSession] = {}
         self._attached: dict[tuple[str, int], set[bytes]] = {}
         self._session_locks: dict[tuple[str, int], asyncio.Lock] = {}
@@ -244,6 +247,9 @@ class Channels:
             receipt = records.receipt_json(checkpoint.channel_id, signed)
             request = {"state": S.DELIVERED, "secret": records.seal_json(
                 self.enclave, "secret", key, {"t": secret.hex(), "receipt": receipt})}
+            answer = self.answers.get(checkpoint.channel_id)
+            if answer is not None and checkpoint.paid is not None:
+                request.update(answer(checkpoint.paid))  # DELIVERED and answered: DONE
         elif reason is CheckpointReason.EXPIRED:
             values.update(request_key=None, pending_since=None)
             request = {"state": S.RELEASED} if key is not None else None

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import httpx
 
@@ -111,28 +112,40 @@ class Invoker:
                                         S.RELEASED),
     ) -> tuple[int, dict[str, Any]]:
         """Seal and store a final answer (once); returns it."""
-        sealed = records.seal_json(self.channels.enclave, "answer", key,
-                                   {"status": status, "body": body})
-        values: dict[str, Any] = {"outcome": outcome, "reason": reason, "retryable": retryable,
-                                  "answer": sealed}
-        if amount is not None:
-            values["amount"] = str(amount)
-        if transaction is not None:
-            values["transaction"] = transaction
+        values = self._final(key, status, body, outcome=outcome, reason=reason,
+                             retryable=retryable, amount=amount, transaction=transaction)
         if await self.store.finish_request(key, from_states=from_states, **values):
             return status, body
         row = await asyncio.to_thread(self.store.request, key)  # answered before: that answer
         assert row is not None
         return self.answer_of(row)
 
-    async def record_paid(self, key: str, paid: PaidResponse, channel_id: bytes,
-                          provider: str) -> tuple[int, dict[str, Any]]:
+    def _final(self, key: str, status: int, body: dict[str, Any], *, outcome: str,
+               reason: str | None = None, retryable: bool = False, amount: int | None = None,
+               transaction: str | None = None) -> dict[str, Any]:
+        """The columns of a call's final record: the sealed answer and how it ended."""
+        sealed = records.seal_json(self.channels.enclave, "answer", key,
+                                   {"status": status, "body": body})
+        values: dict[str, Any] = {"state": S.DONE, "outcome": outcome, "reason": reason,
+                                  "retryable": retryable, "answer": sealed}
+        if amount is not None:
+            values["amount"] = str(amount)
+        if transaction is not None:
+            values["transaction"] = transaction
+        return values
+
+    def _paid_answer(self, key: str, paid: PaidResponse, channel_id: bytes,
+                     provider: str) -> dict[str, Any]:
         receipt = None if paid.receipt is None else records.receipt_json(channel_id, paid.receipt)
         payment = records.Payment(
             paid.amount, self.channels.manager.token, self.channels.network, provider, channel_id,
             paid.request_id, receipt, paid.transaction)
-        body = records.answer_json(api.PAID, _client_key(key), response=paid.response,
+        return records.answer_json(api.PAID, _client_key(key), response=paid.response,
                                    payment=payment)
+
+    async def record_paid(self, key: str, paid: PaidResponse, channel_id: bytes,
+                          provider: str) -> tuple[int, dict[str, Any]]:
+        body = self._paid_answer(key, paid, channel_id, provider)
         return await self.record(key, 200, body, outcome=api.PAID, amount=paid.amount,
                                  transaction=paid.transaction)
 
@@ -297,16 +310,25 @@ class Invoker:
         except LocalProtocolError as e:
             raise VaultError(409, api.CONFLICT, str(e), retryable=True) from None
         session = await channels.session(offer.endpoint, channel.channel_id)
-        url = httpx.URL(call.url)
-        request = HttpRequest(call.method, url.path, url.query, request_headers(call.headers),
-                              call.body)
+        request = HttpRequest(call.method, *_path_and_query(call.url),
+                              request_headers(call.headers), call.body)
+        answered: list[dict[str, Any]] = []
+
+        def answer(paid: PaidResponse) -> dict[str, Any]:
+            """The final record, written with the DELIVERED checkpoint (Channels.persist)."""
+            answered.append(self._paid_answer(key, paid, channel.channel_id, offer.pay_to))
+            return self._final(key, 200, answered[0], outcome=api.PAID, amount=paid.amount,
+                               transaction=paid.transaction)
+
         channels.current[channel.channel_id] = key
+        channels.answers[channel.channel_id] = answer
         try:
             paid = await session.request(channel, request, offer.amount)
         except ProviderRefused as e:
             if e.reason in _STALE_OFFER and not fresh_offer:
                 self.offers.drop(call.method, call.url)
                 channels.current.pop(channel.channel_id, None)
+                channels.answers.pop(channel.channel_id, None)
                 return await self._exchange(key, client, call,
                                             await self._fresh(key, call, offer), True)
             if e.response is not None:  # the service failed: its answer, unpaid
@@ -326,6 +348,9 @@ class Invoker:
             raise VaultError(409, api.CONFLICT, str(e), retryable=True) from None
         finally:
             channels.current.pop(channel.channel_id, None)
+            channels.answers.pop(channel.channel_id, None)
+        if answered:  # recorded with the checkpoint that made the payment durable
+            return 200, answered[0]
         return await self.record_paid(key, paid, channel.channel_id, offer.pay_to)
 
     async def _fresh(self, key: str, call: api.InvokeRequest, old: Offer) -> Offer:
@@ -340,6 +365,15 @@ class Invoker:
                              f"the price is {offer.amount}, the maximum {call.max_price}",
                              extra={"price": str(offer.amount)})
         return offer
+
+
+def _path_and_query(url: str) -> tuple[str, bytes]:
+    """The decoded path and the raw query of ``url``, as ASGI would see them."""
+    if url.isascii():  # the common case, without httpx's full (and slower) URL model
+        split = urlsplit(url)
+        return unquote(split.path) or "/", split.query.encode("ascii")
+    parsed = httpx.URL(url)  # percent-encodes what a raw URL may not carry
+    return parsed.path, parsed.query
 
 
 def _client_key(key: str) -> str:

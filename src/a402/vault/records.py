@@ -21,6 +21,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from a402 import jsonbytes
 from a402.asc import BalanceState, Reply, Reveal, SignedState
 from a402.asc import snapshot as snap
 from a402.crypto import ResultContext, sealing
@@ -35,7 +36,7 @@ def label(kind: str, key: str) -> str:
 
 
 def seal_json(enclave: Enclave, kind: str, key: str, value: Any) -> bytes:
-    return enclave.seal(label(kind, key), json.dumps(value, sort_keys=True).encode())
+    return enclave.seal(label(kind, key), jsonbytes.dumps(value, sort_keys=True))
 
 
 def unseal_json(enclave: Enclave, kind: str, key: str, blob: bytes) -> Any:

@@ -173,13 +173,17 @@ class Checkpoint:
     locked: int
     provider_balance: int
     snapshot: bytes
+    #: DELIVERED: the paid response, so that the writer may record the call's answer in
+    #: the same transaction (one commit fewer per paid request).
+    paid: PaidResponse | None = None
 
     @classmethod
-    def of(cls, channel: VaultChannel, reason: CheckpointReason) -> Checkpoint:
+    def of(cls, channel: VaultChannel, reason: CheckpointReason,
+           paid: PaidResponse | None = None) -> Checkpoint:
         return cls(
             channel.channel_id, reason, channel.status, channel.version,
             channel.next_request_id, channel.free, channel.locked, channel.provider_balance,
-            channel.snapshot(),
+            channel.snapshot(), paid,
         )
 
 
@@ -573,11 +577,21 @@ class ProviderSession:
             raise PaymentPending(type(e).__name__, str(e), channel.channel_id, request_id) from e
         ack, delivered = step.send[0], step.events[0]
         assert isinstance(ack, Ack) and isinstance(delivered, ResultDelivered)
-        await self._persist(channel, CheckpointReason.DELIVERED)
+        paid: PaidResponse | None = None
+        failure: SessionError | None = None
+        try:
+            paid = _paid(delivered.result, raw, request_id, amount,
+                         receipt=channel.latest_state())
+        except (ResultMismatch, ProtocolViolation) as e:  # paid all the same: raised below
+            failure = e
+        await self.persist(Checkpoint.of(channel, CheckpointReason.DELIVERED, paid))
         # The result is ours: the ACK rides on this channel's next EXEC, or goes out on its
         # own after ``ack_delay`` if none comes — well within the provider's Δ_ack.
         self._owe_ack(channel, ack)
-        return _paid(delivered.result, raw, request_id, amount, receipt=channel.latest_state())
+        if failure is not None:
+            raise failure
+        assert paid is not None
+        return paid
 
     def _ack_delay(self) -> float:
         """How long an ACK waits for a next EXEC to ride on: a quarter of the provider's
