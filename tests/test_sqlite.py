@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Integer, String, event, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from a402.sqlite import GroupCommit, make_engine, readers
@@ -123,3 +125,38 @@ def test_exclusive_transactions_and_readers_do_not_wait_on_sqlite(db: Db) -> Non
     with readers(db.engine)() as session:
         assert session.scalars(select(Row.value)).all() == [7]
     assert db.on_disk() == {"own": 7}
+
+
+INSERT = 'INSERT INTO "rows" ("key", "value") VALUES (:key, :value)'
+
+
+def test_plain_sql_awaited_by_coroutines_is_durable_isolated_and_skipped_if_abandoned(
+    db: Db,
+) -> None:
+    async def scenario() -> None:
+        counts = await asyncio.gather(*(db.group.execute([(INSERT, {"key": f"a{i}", "value": i})])
+                                        for i in range(50)))
+        assert counts == [[1]] * 50 and len(db.on_disk()) == 50  # durable once awaited
+        with pytest.raises(IntegrityError):  # the second statement fails: both are undone
+            await db.group.execute([(INSERT, {"key": "b", "value": 1}),
+                                    (INSERT, {"key": "a0", "value": 0})])
+        assert "b" not in db.on_disk()
+
+        gate, started = threading.Event(), threading.Event()
+
+        def blocker(_: Session) -> None:
+            started.set()
+            gate.wait(10)
+
+        busy = threading.Thread(target=db.group.run, args=(blocker,))
+        busy.start()
+        assert started.wait(10)
+        abandoned = asyncio.ensure_future(db.group.execute([(INSERT, {"key": "c", "value": 2})]))
+        await asyncio.sleep(0)  # queued behind the blocker
+        abandoned.cancel()
+        gate.set()
+        busy.join()
+        assert await db.group.execute([(INSERT, {"key": "d", "value": 3})]) == [1]
+        assert "c" not in db.on_disk() and db.on_disk()["d"] == 3
+
+    asyncio.run(scenario())

@@ -32,13 +32,14 @@ SAVEPOINT and its flush take about 0.6 ms, the statement about 5 µs. Such
 writes are therefore plain SQL (:data:`Statement`: text with ``:name``
 parameters, valid on SQLite and PostgreSQL alike), which the writer thread
 runs on the driver's connection in a SAVEPOINT of its own.
-:meth:`Writes.submit` queues them without blocking a thread, so an event loop
-awaits the commit (``asyncio.wrap_future``) instead of parking a worker thread
-for every write in flight.
+:meth:`Writes.execute` awaits them from an event loop without parking a
+thread for every write in flight: the writer hands each result back through
+``call_soon_threadsafe``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import queue
 import sqlite3
@@ -104,6 +105,10 @@ class Writes(Protocol):
 
     def submit(self, statements: Sequence[Statement]) -> Future[list[int]]: ...
 
+    async def execute(self, statements: Sequence[Statement]) -> list[int]:
+        """:meth:`submit`, awaited."""
+        ...
+
     def exclusive(self) -> AbstractContextManager[Session]: ...
 
     def close(self) -> None: ...
@@ -125,6 +130,9 @@ class _TransactionPerWrite:
 
     def submit(self, statements: Sequence[Statement]) -> Future[list[int]]:
         return self._threads.submit(self._execute, statements)
+
+    async def execute(self, statements: Sequence[Statement]) -> list[int]:
+        return await asyncio.wrap_future(self.submit(statements))
 
     def _execute(self, statements: Sequence[Statement]) -> list[int]:
         with self._sessions.begin() as session:
@@ -183,7 +191,13 @@ class GroupCommit:
         self._put(statements, done)
         return done
 
-    def _put(self, item: object, done: Future[Any]) -> None:
+    async def execute(self, statements: Sequence[Statement]) -> list[int]:
+        """:meth:`submit` for a coroutine: the same batch, without a thread-safe future."""
+        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        self._put(statements, _Awaited(future))
+        return await future
+
+    def _put(self, item: object, done: _Done) -> None:
         with self._closing:
             if self._closed:
                 raise RuntimeError("the store is closed")
@@ -224,8 +238,8 @@ class GroupCommit:
                 batch.append(item)
             self._commit(batch)  # type: ignore[arg-type]
 
-    def _commit(self, batch: list[tuple[object, Future[Any]]]) -> None:
-        outcomes: list[tuple[Future[Any], bool, object]] = []
+    def _commit(self, batch: list[tuple[object, _Done]]) -> None:
+        outcomes: list[tuple[_Done, bool, object]] = []
         batch = [(item, done) for item, done in batch if done.set_running_or_notify_cancel()]
         if not batch:
             return
@@ -246,8 +260,8 @@ class GroupCommit:
             else:
                 done.set_exception(value)  # type: ignore[arg-type]
 
-    def _commit_with_sessions(self, batch: list[tuple[object, Future[Any]]],
-                              outcomes: list[tuple[Future[Any], bool, object]]) -> None:
+    def _commit_with_sessions(self, batch: list[tuple[object, _Done]],
+                              outcomes: list[tuple[_Done, bool, object]]) -> None:
         with self._engine.connect() as connection, connection.begin():
             driver = connection.connection.driver_connection
             for item, done in batch:
@@ -256,8 +270,8 @@ class GroupCommit:
                 else:
                     outcomes.append((done, *_statements(driver, item)))  # type: ignore[arg-type]
 
-    def _commit_statements(self, batch: list[tuple[Sequence[Statement], Future[Any]]],
-                           outcomes: list[tuple[Future[Any], bool, object]]) -> None:
+    def _commit_statements(self, batch: list[tuple[Sequence[Statement], _Done]],
+                           outcomes: list[tuple[_Done, bool, object]]) -> None:
         """A batch of plain SQL only (the paid-request path): straight on the driver's
         connection, which the writer keeps, without an engine connection per batch."""
         if self._driver is None:
@@ -273,6 +287,44 @@ class GroupCommit:
             if driver.in_transaction:
                 driver.execute("ROLLBACK")
             raise
+
+
+class _Awaited:
+    """The writer thread's handle on an awaiting coroutine's future: the subset of
+    :class:`concurrent.futures.Future` the writer uses, answered on the future's loop."""
+
+    __slots__ = ("_finished", "_future")
+
+    def __init__(self, future: asyncio.Future[Any]) -> None:
+        self._future = future
+        self._finished = False
+
+    def set_running_or_notify_cancel(self) -> bool:
+        return not self._future.cancelled()  # a cancelled caller's write is not run
+
+    def done(self) -> bool:
+        return self._finished
+
+    def set_result(self, value: Any) -> None:
+        self._finished = True
+        self._future.get_loop().call_soon_threadsafe(_resolve, self._future, value, None)
+
+    def set_exception(self, error: BaseException) -> None:
+        self._finished = True
+        self._future.get_loop().call_soon_threadsafe(_resolve, self._future, None, error)
+
+
+#: Where the writer puts a write's outcome.
+_Done = Future[Any] | _Awaited
+
+
+def _resolve(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
 
 
 def _work(connection: Connection, work: Callable[[Session], object]) -> tuple[bool, object]:

@@ -19,7 +19,6 @@ a save is one plain-SQL upsert the event loop awaits without holding a thread.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Final, Protocol
 
@@ -78,7 +77,7 @@ class SqlChannelStore:
     async def save(self, channel_id: bytes, blob: bytes, *, active: bool) -> None:
         values = {"channel_id": bytes(channel_id), "blob": bytes(blob), "active": active,
                   "updated_at": time.time()}
-        await asyncio.wrap_future(self._writes.submit([(_UPSERT, values)]))
+        await self._writes.execute([(_UPSERT, values)])
 
     def load(self, channel_id: bytes) -> bytes | None:
         with self._readers() as session:

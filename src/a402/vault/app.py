@@ -23,7 +23,9 @@ response is inside; 202 means σ_U is out and the result is not in yet.
 
 A plain Starlette application: every route reads its own body and answers
 JSON, so a framework's validation and middleware layers would only add CPU to
-each paid request.
+each paid request; ``POST /v1/invoke``, the call made once per paid request,
+is dispatched ahead of Starlette's router and middleware (its handler answers
+every error itself).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse as _StarletteJSON
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from a402 import jsonbytes
 from a402.chain.rpc import ChainUnavailable
@@ -60,7 +63,7 @@ class JSONResponse(_StarletteJSON):
 Handler = Callable[[api.Authenticated, dict[str, Any]], Awaitable[tuple[int, dict[str, Any]]]]
 
 
-def create_app(service: VaultService) -> Starlette:
+def create_app(service: VaultService) -> ASGIApp:
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await service.start()
@@ -169,7 +172,7 @@ def create_app(service: VaultService) -> Starlette:
                              "workerTicks": service.worker.ticks,
                              "recovered": service.worker.recovered.is_set()})
 
-    return Starlette(lifespan=lifespan, routes=[
+    app = Starlette(lifespan=lifespan, routes=[
         Route("/v1/info", info, methods=["GET"]),
         Route("/v1/account", account, methods=["GET"]),
         Route("/v1/deposits", deposit, methods=["POST"]),
@@ -179,6 +182,16 @@ def create_app(service: VaultService) -> Starlette:
         Route("/v1/channels/{cid}/close", close, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
     ])
+
+    async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/v1/invoke" \
+                and scope["method"] == "POST":
+            response = await invoke(Request(scope, receive))
+            await response(scope, receive, send)
+        else:
+            await app(scope, receive, send)
+
+    return asgi
 
 
 class _TooLarge(Exception):

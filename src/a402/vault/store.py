@@ -160,7 +160,7 @@ class VaultStore:
 
     async def _submit(self, statements: Sequence[Statement]) -> list[int]:
         """Plain SQL in one transaction, awaited until durable; each statement's row count."""
-        return await asyncio.wrap_future(self._writes.submit(statements))
+        return await self._writes.execute(statements)
 
     def _retrying(self, work: Callable[[Session], T], budget: float = 5.0) -> T:
         """Run ``work`` in one transaction, again from scratch if a compare-and-set lost.

@@ -297,6 +297,8 @@ class Worker:
             return
         if startup and not await self._reconcile_onchain(row):
             return
+        if not startup and not _needs_attention(row):
+            return  # an idle open channel: nothing to read again, nothing to do
         fresh = await asyncio.to_thread(self.store.channel, row.cid)
         if fresh is None or fresh.phase not in S.FUNDED:
             return
@@ -451,3 +453,10 @@ class Worker:
                                    payment=payment)
         await self.invoker.record(row.key, 200, body, outcome=api.PAID,
                                   amount=int(row.amount or 0), from_states=(S.DELIVERED,))
+
+
+def _needs_attention(row: S.Channel) -> bool:
+    """Whether a channel (as listed at the start of a tick) may have work for the worker:
+    a dispute, a request in flight, or a close under way."""
+    return (row.deadline is not None or row.phase == S.CLOSING
+            or row.status in (Status.LOCKED.value, Status.PENDING.value))
