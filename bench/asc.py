@@ -35,6 +35,11 @@ otherwise be taken from the vault and the provider being measured). Deposits,
 channel opens, account queries and closes, which are not timed, go through the
 client library.
 
+The vault runs as ``--vault-shards`` processes (default two), each a vault of its
+own serving a share of the clients, as vaults scale out (shard by client). A
+vault process is single-threaded, so one of them is bound by one core; the
+figures add the shards' CPU together. ``--vault-shards 1`` measures one process.
+
 Prints a table of targets and writes ``bench/results/asc.json``.
 """
 
@@ -90,16 +95,25 @@ class Stack:
     chain: Chain
     manifest: Manifest
     api_url: str
-    vault_url: str
+    vault_urls: list[str]  # one per shard: each client is served by one of them
     service_url: str
-    processes: dict[str, roles.Running]
+    processes: dict[str, list[roles.Running]]
+
+    @property
+    def vault_url(self) -> str:
+        return self.vault_urls[0]
+
+    def vault_for(self, i: int) -> str:
+        """The shard serving client ``i`` (vaults shard by client)."""
+        return self.vault_urls[i % len(self.vault_urls)]
 
     def manager(self) -> Any:
         return contract_at(self.chain, "ASCManager", self.manifest.contracts["ASCManager"])
 
     def cpu_seconds(self) -> dict[str, float]:
-        """CPU time used so far by the vault, the provider and this load generator."""
-        used = {name: p.cpu_seconds() for name, p in self.processes.items()}
+        """CPU time used so far by the vault (all shards), the provider and this load
+        generator."""
+        used = {name: sum(p.cpu_seconds() for p in ps) for name, ps in self.processes.items()}
         return {**used, "load generator": time.process_time()}
 
 
@@ -177,10 +191,10 @@ def channel_run(stack: Stack, client: LocalAccount, count: int) -> dict[str, Any
 
 async def many_channels(stack: Stack, clients: list[LocalAccount], each: int) -> dict[str, Any]:
     """``len(clients)`` channels at once, one request in flight per channel."""
-    vaults = [AsyncVaultClient(stack.vault_url, c, http=httpx.AsyncClient(
+    vaults = [AsyncVaultClient(stack.vault_for(i), c, http=httpx.AsyncClient(
         timeout=120, trust_env=False, limits=httpx.Limits(max_connections=4)))
-        for c in clients]
-    leans = [loadgen.LeanVaultClient(stack.vault_url, c) for c in clients]
+        for i, c in enumerate(clients)]
+    leans = [loadgen.LeanVaultClient(stack.vault_for(i), c) for i, c in enumerate(clients)]
     url = f"{stack.api_url}/data"
     latencies: list[float] = []
 
@@ -289,7 +303,7 @@ def service_time(url: str, count: int = 200) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--channels", type=int, default=50)
-    parser.add_argument("--per-channel", type=int, default=20,
+    parser.add_argument("--per-channel", type=int, default=40,
                         help="timed requests per channel in the many-channel run")
     parser.add_argument("--exact-per-client", type=int, default=2,
                         help="exact payments per client (one client per channel)")
@@ -302,6 +316,11 @@ def main() -> None:
     parser.add_argument("--batch-window", type=float, default=1.0,
                         help="seconds the vault holds an open or a close to aggregate it with "
                              "others (its batch_window)")
+    parser.add_argument("--vault-shards", type=int, default=2,
+                        help="vault processes, each its own vault serving a share of the "
+                             "clients (vaults shard by client): one process is bound by one "
+                             "core, and this machine has two; the 1-channel runs use the "
+                             "first")
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "asc.json"))
     args = parser.parse_args()
@@ -311,8 +330,9 @@ def main() -> None:
             tempfile.TemporaryDirectory(dir=args.db_dir) as tmp:
         manifest = deploy_dev_stack(chain, asc_manager=True)
         platform = SimulatedPlatform.generate()
-        operator, vault_account = Account.create(), Account.create()
-        for a in (operator, vault_account):
+        operator = Account.create()
+        vault_accounts = [Account.create() for _ in range(args.vault_shards)]
+        for a in (operator, *vault_accounts):
             transact(chain, chain.accounts[0], {"to": a.address}, value=10**18)
         shared = roles.Shared(
             rpc_url=chain.rpc_url, manifest_json=manifest.to_json(),
@@ -321,16 +341,17 @@ def main() -> None:
         clients = [Account.from_key(manifest.account("client", i).private_key)
                    for i in range(args.channels + len(sizes))]
         deposit_multiple = max([*sizes, args.per_channel + 1])
-        with roles.running(roles.facilitator, shared,
-                           "0x" + bytes(chain.accounts[1].key).hex()) as facilitator, \
-                roles.running(roles.provider, shared, "0x" + bytes(operator.key).hex(),
-                              facilitator.url) as provider, \
-                roles.running(roles.vault, shared, "0x" + bytes(vault_account.key).hex(),
-                              args.sessions or args.channels, deposit_multiple,
-                              args.batch_window) as vault, \
-                roles.running(roles.service, shared) as service:
-            stack = Stack(chain, manifest, provider.url, vault.url, service.url,
-                          {"vault": vault, "provider": provider})
+        with contextlib.ExitStack() as running:
+            facilitator = running.enter_context(roles.running(
+                roles.facilitator, shared, "0x" + bytes(chain.accounts[1].key).hex()))
+            provider = running.enter_context(roles.running(
+                roles.provider, shared, "0x" + bytes(operator.key).hex(), facilitator.url))
+            vaults = [running.enter_context(roles.running(
+                roles.vault, shared, "0x" + bytes(a.key).hex(), args.sessions or args.channels,
+                deposit_multiple, args.batch_window)) for a in vault_accounts]
+            service = running.enter_context(roles.running(roles.service, shared))
+            stack = Stack(chain, manifest, provider.url, [v.url for v in vaults], service.url,
+                          {"vault": vaults, "provider": [provider]})
             print("service time ...", file=sys.stderr)
             base = service_time(f"{service.url}/data")
             growth = []
@@ -354,6 +375,7 @@ def main() -> None:
         "one_channel": one,
         "many_channels": many,
         "sessions_per_provider": args.sessions or args.channels,
+        "vault_shards": args.vault_shards,
         "vault_batch_window_s": args.batch_window,
         "db_dir": args.db_dir or tempfile.gettempdir(),
         "exact": exact,

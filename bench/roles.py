@@ -123,7 +123,7 @@ def vault(shared: Shared, port: int, vault_key: str, sessions: int, deposit_mult
 
     manifest = shared.manifest()
     chain = connect(shared.rpc_url, [vault_key])
-    store = VaultStore(f"sqlite:///{shared.db_dir}/vault.db")
+    store = VaultStore(f"sqlite:///{shared.db_dir}/vault-{chain.accounts[0].address}.db")
     store.claim_for(chain.accounts[0].address)
     service = VaultService(VaultConfig(
         chain=chain, account=chain.accounts[0], manager=manifest.contracts["ASCManager"],
