@@ -409,8 +409,9 @@ def report(r: dict[str, Any]) -> dict[str, bool]:
     print(f"{'paid requests, zero-cost service':<44}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
     print(f"{'  A402, 1 channel (' + str(one['timed_requests']) + ' requests)':<44}"
           f"{one['per_second']:>9.1f}{one['latency_ms_p50']:>9.1f}{one['latency_ms_p99']:>9.1f}")
-    print(f"{'  A402, ' + str(many['channels']) + ' channels (' + str(many['requests']) + ')':<44}"
-          f"{many['per_second']:>9.1f}{many['latency_ms_p50']:>9.1f}"
+    label = (f"  A402, {many['channels']} channels, {r['vault_shards']} vault "
+             f"process{'es' if r['vault_shards'] > 1 else ''} ({many['requests']})")
+    print(f"{label:<44}{many['per_second']:>9.1f}{many['latency_ms_p50']:>9.1f}"
           f"{many['latency_ms_p99']:>9.1f}")
     label = f"  x402 exact, {exact['clients']} clients ({exact['requests']})"
     print(f"{label:<44}"
