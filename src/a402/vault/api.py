@@ -116,7 +116,8 @@ def sign_request(
     timestamp = int(time.time() if now is None else now)
     nonce = nonce or secrets.token_hex(16)
     digest = _personal_hash(signing_text(vault, method, path, body, timestamp, nonce))
-    rs_recid = _signing_key(bytes(account.key)).sign_recoverable(digest, hasher=None)
+    # Not cached: a cache would keep clients' private keys alive past their accounts.
+    rs_recid = coincurve.PrivateKey(bytes(account.key)).sign_recoverable(digest, hasher=None)
     return {
         CLIENT_HEADER: account.address,
         TIMESTAMP_HEADER: str(timestamp),
@@ -135,12 +136,6 @@ def _personal_hash(text: str) -> bytes:
     """keccak256 of the EIP-191 version-E message (eth_account's ``encode_defunct(text=)``)."""
     message = text.encode()
     return keccak(_EIP191_PREFIX + str(len(message)).encode() + message)
-
-
-@functools.lru_cache(maxsize=64)
-def _signing_key(secret: bytes) -> coincurve.PrivateKey:
-    # Building one derives its public key (an EC multiplication): once per client key.
-    return coincurve.PrivateKey(secret)
 
 
 @functools.lru_cache(maxsize=4096)
