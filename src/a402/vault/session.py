@@ -727,7 +727,10 @@ class ProviderSession:
                 return await self._exchange_once(envelope)
             except _SessionLost as e:
                 last = e
-                await self._reconnect()
+                try:
+                    await self._reconnect()
+                except (_Retry, _SessionLost) as again:  # an OPEN of the new session failed
+                    last = again
             except _Retry as e:
                 last = e
                 await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
