@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+
 import pytest
 
-from a402.vault.targets import TargetRefused, TargetUnresolved, check_target
+from a402.vault import targets
+from a402.vault.targets import TargetCheck, TargetRefused, TargetUnresolved, check_target
 
 pytestmark = pytest.mark.anyio
 
@@ -35,3 +39,28 @@ async def test_a_public_address_is_fetched_and_an_unknown_name_is_a_retryable_fa
     await check_target("https://1.1.1.1/dns-query", allow_private=False)
     with pytest.raises(TargetUnresolved):
         await check_target("http://no-such-host.invalid/", allow_private=False)
+
+
+async def test_a_public_hosts_verdict_is_remembered_briefly_and_a_refusal_never(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lookups: list[str] = []
+
+    async def resolve(host: str, port: int, **_: object) -> list[tuple[object, ...]]:
+        lookups.append(host)
+        address = "93.184.216.34" if host == "paid.example" else "127.0.0.1"
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+
+    now = [1000.0]
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", resolve)
+    monkeypatch.setattr(targets.time, "monotonic", lambda: now[0])
+    check = TargetCheck(allow_private=False, ttl=60)
+    await check("https://paid.example/weather")
+    await check("https://paid.example/other")  # the same host and port: remembered
+    for _ in range(2):  # a refusal is looked up again every time
+        with pytest.raises(TargetRefused):
+            await check("http://internal.example/")
+    assert lookups == ["paid.example", "internal.example", "internal.example"]
+    now[0] += 61
+    await check("https://paid.example/weather")  # a minute later: looked up again
+    assert lookups.count("paid.example") == 2

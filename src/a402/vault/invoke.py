@@ -46,7 +46,7 @@ from .session import (
     ProviderUnavailable,
     ResultMismatch,
 )
-from .targets import TargetRefused, TargetUnresolved, check_target
+from .targets import TargetCheck, TargetRefused, TargetUnresolved
 
 log = logging.getLogger("a402.vault")
 
@@ -78,7 +78,7 @@ class Invoker:
     ) -> None:
         self.channels = channels
         self.nonce_keep = nonce_keep
-        self.allow_private_targets = allow_private_targets
+        self.targets = TargetCheck(allow_private=allow_private_targets)
         self.store = channels.store
         self.http = http
         self.offers = offers
@@ -255,7 +255,7 @@ class Invoker:
 
     async def _check_target(self, url: str) -> None:
         try:
-            await check_target(url, allow_private=self.allow_private_targets)
+            await self.targets(url)
         except TargetRefused as e:
             raise VaultError(403, api.TARGET_NOT_ALLOWED, str(e)) from None
         except TargetUnresolved as e:

@@ -11,6 +11,9 @@ every party on one machine allows private targets explicitly
 
 Limit: the check runs when the call arrives. A name that resolves to a public
 address now and to a private one a moment later (DNS rebinding) is not caught.
+:class:`TargetCheck` remembers a host's public verdict for a short while
+(``ttl``), so that a paid request does not wait for two DNS lookups: the limit
+is the same, over a window of that length.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import time
 from urllib.parse import urlsplit
 
 
@@ -51,3 +55,30 @@ async def check_target(url: str, *, allow_private: bool) -> None:
     if private or not addresses:
         raise TargetRefused(f"{host} is not a public address ({private[0] if private else 'none'}"
                             "); this vault fetches public targets only")
+
+
+class TargetCheck:
+    """:func:`check_target` with each public host's verdict kept for ``ttl`` seconds.
+
+    Only a host found public is remembered (refusals and failed lookups are
+    checked again on the next call), and at most ``size`` of them.
+    """
+
+    def __init__(self, *, allow_private: bool, ttl: float = 30.0, size: int = 4096) -> None:
+        self.allow_private = allow_private
+        self.ttl = ttl
+        self.size = size
+        self._public: dict[tuple[str, int | None], float] = {}
+
+    async def __call__(self, url: str) -> None:
+        parts = urlsplit(url)
+        key = (parts.hostname or "", parts.port)
+        now = time.monotonic()
+        if self._public.get(key, 0.0) > now and parts.scheme in ("http", "https"):
+            return
+        await check_target(url, allow_private=self.allow_private)
+        if not self.allow_private:
+            if len(self._public) >= self.size:
+                self._public.clear()
+            self._public[key] = now + self.ttl
+
