@@ -218,7 +218,9 @@ class A402Endpoint:
             return
         session_id = _query_param(scope, "session")
         await send({"type": "websocket.accept"})
-        if session_id is None or not self._established(session_id):
+        # Checked at connect so that a vault learns of a forgotten session before it spends
+        # a frame; handle_frame stays the authority (a session can still expire later).
+        if session_id is None or not self.runtime.is_established(session_id):
             await send(_UNKNOWN_SESSION_CLOSE)
             return
         outer = _http_view(scope)
@@ -246,15 +248,6 @@ class A402Endpoint:
                 await send({"type": "websocket.send", "bytes": answer})
         except OSError:  # the vault went away mid-answer (uvicorn's ClientDisconnected)
             return
-
-    def _established(self, session_id: str) -> bool:
-        """Whether ``session_id`` names an established session, checked at connect.
-
-        ``handle_frame`` is the authority (a session can still expire later);
-        this lets a vault learn of a forgotten session before it spends a frame.
-        """
-        session = self.runtime._sessions.get(session_id)
-        return session is not None and session.established
 
     # -------------------------------------------------------------- the offer
 

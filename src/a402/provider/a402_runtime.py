@@ -294,6 +294,11 @@ class ProviderRuntime:
         session.established, session.last_used = True, self.clock()
         return peer.measurement
 
+    def is_established(self, session_id: str) -> bool:
+        """Whether ``session_id`` names a finished handshake (it may still expire later)."""
+        session = self._sessions.get(session_id)
+        return session is not None and session.established
+
     def _drop_session(self, session_id: str) -> None:
         session = self._sessions.pop(session_id, None)
         if session is not None:
