@@ -452,6 +452,14 @@ class VaultChannel(_Channel):
             return None
         return pending.request_id, pending.amount, pending.request
 
+    def pending_reply(self) -> Reply | None:
+        """The REPLY of the request in flight, once accepted (PENDING: its sealed result)."""
+        return None if self._pending is None else self._pending.reply
+
+    def last_reveal(self) -> Reveal | None:
+        """The REVEAL of the last completed request (its ``t``)."""
+        return self._last_reveal
+
     def last_ack(self) -> Ack | None:
         """The receipt for the last completed request, to re-send after a restart.
 

@@ -163,6 +163,9 @@ class Channels:
     async def session(self, endpoint: str, channel_id: bytes | None = None) -> ProviderSession:
         """A connected, attested session with ``endpoint``; the channel's own if given."""
         slot = self._slot(endpoint, channel_id)
+        session = self._sessions.get(slot)
+        if session is not None and session.info is not None:  # connected: no lock to take
+            return session
         async with self._session_locks.setdefault(slot, asyncio.Lock()):
             session = self._sessions.get(slot)
             if session is None or session.info is None:
@@ -238,12 +241,14 @@ class Channels:
                        "request_id": checkpoint.next_request_id - 1}
         elif reason is CheckpointReason.AUTHORIZED and key is not None:
             values["pending_since"] = time.time()
-            sealed = records.reply_of(checkpoint.snapshot).sealed_result
+            assert checkpoint.reply is not None
+            sealed = checkpoint.reply.sealed_result
             request = {"state": S.AUTHORIZED,
                        "sealed_result": self.enclave.seal(records.label("result", key), sealed)}
         elif reason is CheckpointReason.DELIVERED and key is not None:
             values.update(request_key=None, pending_since=None)
-            secret, signed = records.delivered_of(checkpoint.snapshot)
+            secret, signed = checkpoint.secret, checkpoint.receipt
+            assert secret is not None and signed is not None
             receipt = records.receipt_json(checkpoint.channel_id, signed)
             request = {"state": S.DELIVERED, "secret": records.seal_json(
                 self.enclave, "secret", key, {"t": secret.hex(), "receipt": receipt})}

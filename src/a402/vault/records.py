@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from a402 import jsonbytes
-from a402.asc import BalanceState, Reply, Reveal, SignedState
-from a402.asc import snapshot as snap
+from a402.asc import BalanceState, SignedState
 from a402.crypto import ResultContext, sealing
 from a402.tee import Enclave
 from a402.wire.a402 import HttpResponse, HttpResult
@@ -41,29 +40,6 @@ def seal_json(enclave: Enclave, kind: str, key: str, value: Any) -> bytes:
 
 def unseal_json(enclave: Enclave, kind: str, key: str, blob: bytes) -> Any:
     return json.loads(enclave.unseal(label(kind, key), blob))
-
-
-# ------------------------------------------------------------------ from snapshots
-
-
-def reply_of(snapshot: bytes) -> Reply:
-    """The REPLY a PENDING vault channel holds (its sealed result, ``T``, ``h``)."""
-    doc = snap.loads(snapshot, snap.VAULT_FORMAT)
-    reply = snap.message_from_json((doc.get("pending") or {}).get("reply"), Reply)
-    if reply is None:
-        raise ValueError("the snapshot holds no REPLY")
-    return reply
-
-
-def delivered_of(snapshot: bytes) -> tuple[bytes, SignedState]:
-    """Of a channel that just accepted a REVEAL: ``t``, and the co-signed state it paid."""
-    doc = snap.loads(snapshot, snap.VAULT_FORMAT)
-    reveal = snap.message_from_json(doc.get("lastReveal"), Reveal)
-    if reveal is None:
-        raise ValueError("the snapshot holds no REVEAL")
-    signed = SignedState(snap.state_from_json(doc["state"]), snap.unhex(doc["vaultSignature"]),
-                         snap.unhex(doc["providerSignature"]))
-    return reveal.adaptor_secret, signed
 
 
 def open_result(

@@ -173,17 +173,25 @@ class Checkpoint:
     locked: int
     provider_balance: int
     snapshot: bytes
-    #: DELIVERED: the paid response, so that the writer may record the call's answer in
-    #: the same transaction (one commit fewer per paid request).
+    #: AUTHORIZED: the REPLY σ_U answers (its sealed result is the call's to keep).
+    reply: Reply | None = None
+    #: DELIVERED: ``t`` and the co-signed state that paid the request...
+    secret: bytes | None = None
+    receipt: SignedState | None = None
+    #: ...and the paid response, so that the writer may record the call's answer in the
+    #: same transaction (one commit fewer per paid request).
     paid: PaidResponse | None = None
 
     @classmethod
     def of(cls, channel: VaultChannel, reason: CheckpointReason,
            paid: PaidResponse | None = None) -> Checkpoint:
+        reply = channel.pending_reply() if reason is CheckpointReason.AUTHORIZED else None
+        reveal = channel.last_reveal() if reason is CheckpointReason.DELIVERED else None
         return cls(
             channel.channel_id, reason, channel.status, channel.version,
             channel.next_request_id, channel.free, channel.locked, channel.provider_balance,
-            channel.snapshot(), paid,
+            channel.snapshot(), reply, None if reveal is None else reveal.adaptor_secret,
+            None if reveal is None else channel.latest_state(), paid,
         )
 
 
