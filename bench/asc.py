@@ -404,8 +404,7 @@ def report(r: dict[str, Any]) -> dict[str, bool]:
     """Print the tables and the targets; which targets were met."""
     m = r["machine"]
     print(f"A402 channels through the vault, against x402 exact — {m['cpu_model']}, "
-          f"{m['usable_cores']} cores, Python {m['python']}, load {m['load_average_1m']:.2f}, "
-          f"calibration loop {m['python_loop_ms']:.0f} ms\n")
+          f"{m['usable_cores']} cores, Python {m['python']}, load {m['load_average_1m']:.2f}\n")
     one, many, exact = r["one_channel"], r["many_channels"], r["exact"]
     print(f"{'paid requests, zero-cost service':<44}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
     print(f"{'  A402, 1 channel (' + str(one['timed_requests']) + ' requests)':<44}"

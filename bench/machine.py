@@ -4,21 +4,8 @@ from __future__ import annotations
 
 import os
 import platform
-import time
 from pathlib import Path
 from typing import Any
-
-
-def calibration_ms() -> float:
-    """Milliseconds for a fixed pure-Python loop (best of three): how fast this machine ran
-    Python at the time, so that runs on a shared or throttled host can be compared."""
-    best = float("inf")
-    for _ in range(3):
-        start, total = time.perf_counter(), 0
-        for i in range(1_000_000):
-            total += i * i
-        best = min(best, time.perf_counter() - start)
-    return best * 1000
 
 
 def machine() -> dict[str, Any]:
@@ -38,5 +25,4 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
-        "python_loop_ms": calibration_ms(),
     }

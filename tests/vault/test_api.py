@@ -158,3 +158,27 @@ def test_deposits_count_once_by_either_route_and_withdrawals_pay_out(world: Worl
     assert (view["balance"], view["deposits"], view["withdrawn"]) == ("4000", "6500", "2500")
     assert world.balance(account.address) == 10_000 - 3_000 - 2_000 - 1_500 + 2_500
 
+
+
+def test_a_paid_call_replayed_byte_for_byte_is_refused_and_unknown_routes_answer_json(
+    world: World,
+) -> None:
+    provider = world.provider()
+    with serve_in_thread(provider.app) as site, running_vault(world) as vault:
+        _, client = client_of(world, vault.url, funds=100_000, deposit=50_000)
+        body = json.dumps(api.InvokeRequest(
+            url=f"{site}/weather", method="GET", headers=(), body=b"", max_price=1_000,
+            idempotency_key="replayed-1").to_json()).encode()
+        headers = {**api.sign_request(client.account, vault.address, "POST", "/v1/invoke",
+                                      body), "content-type": "application/json"}
+        first = httpx.post(vault.url + "/v1/invoke", content=body, headers=headers)
+        again = httpx.post(vault.url + "/v1/invoke", content=body, headers=headers)
+        unknown = httpx.get(vault.url + "/v1/nowhere")
+        wrong_method = httpx.get(vault.url + "/v1/invoke")
+        client.close()
+    assert (first.status_code, first.json()["outcome"]) == (200, api.PAID)
+    # The nonce is recorded with the call's claim: the replay is refused, not answered.
+    assert (again.status_code, again.json()["error"]) == (401, api.REPLAYED_REQUEST)
+    assert provider.calls["weather"] == 1
+    assert (unknown.status_code, unknown.json()["error"]) == (404, api.NOT_FOUND)
+    assert (wrong_method.status_code, wrong_method.json()["error"]) == (405, api.BAD_REQUEST)

@@ -172,7 +172,13 @@ def create_app(service: VaultService) -> ASGIApp:
                              "workerTicks": service.worker.ticks,
                              "recovered": service.worker.recovered.is_set()})
 
-    app = Starlette(lifespan=lifespan, routes=[
+    async def no_route(request: Request, error: Exception) -> JSONResponse:
+        status = getattr(error, "status_code", 404)
+        reason = api.NOT_FOUND if status == 404 else api.BAD_REQUEST
+        return JSONResponse({"error": reason, "message": f"no {request.method} "
+                             f"{request.url.path} here"}, status_code=status)
+
+    routes = [
         Route("/v1/info", info, methods=["GET"]),
         Route("/v1/account", account, methods=["GET"]),
         Route("/v1/deposits", deposit, methods=["POST"]),
@@ -181,7 +187,9 @@ def create_app(service: VaultService) -> ASGIApp:
         Route("/v1/requests/{key:path}", request_outcome, methods=["GET"]),
         Route("/v1/channels/{cid}/close", close, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
-    ])
+    ]
+    app = Starlette(lifespan=lifespan, routes=routes,
+                    exception_handlers={404: no_route, 405: no_route})
 
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == "/v1/invoke" \
