@@ -141,17 +141,22 @@ async def _timed_requests(stack: Stack, client: LocalAccount, count: int,
                           latencies: list[float]) -> float:
     """``count`` paid requests in turn from one lean client (:mod:`loadgen`), each checked;
     their latencies (ms) are appended to ``latencies``; returns the seconds they took."""
-    url = f"{stack.api_url}/data"
     async with loadgen.LeanVaultClient(stack.vault_url, client) as lean:
         await lean.info()  # learns the vault's address and opens the connection (not timed)
         start = time.perf_counter()
-        for _ in range(count):
-            t0 = time.perf_counter()
-            status, data = await lean.invoke(url, max_price=PRICE)
-            latencies.append((time.perf_counter() - t0) * 1000)
-            if loadgen.paid_of(status, data) != (200, "paid", 200, PRICE):
-                raise RuntimeError(f"paid request failed: {status} {data}")
+        await _paid_in_turn(lean, f"{stack.api_url}/data", count, latencies)
         return time.perf_counter() - start
+
+
+async def _paid_in_turn(lean: loadgen.LeanVaultClient, url: str, count: int,
+                        latencies: list[float]) -> None:
+    """``count`` paid calls of ``url``, one after the other, each checked and timed (ms)."""
+    for _ in range(count):
+        t0 = time.perf_counter()
+        status, data = await lean.invoke(url, max_price=PRICE)
+        latencies.append((time.perf_counter() - t0) * 1000)
+        if loadgen.paid_of(status, data) != (200, "paid", 200, PRICE):
+            raise RuntimeError(f"paid request failed: {status} {data}")
 
 
 def channel_run(stack: Stack, client: LocalAccount, count: int) -> dict[str, Any]:
@@ -206,14 +211,6 @@ async def many_channels(stack: Stack, clients: list[LocalAccount], each: int, ro
         if (result.outcome, result.status, result.amount) != ("paid", 200, PRICE):
             raise RuntimeError(f"paid request failed: {result}")
 
-    async def loop(lean: loadgen.LeanVaultClient) -> None:
-        for _ in range(each):
-            t0 = time.perf_counter()
-            status, data = await lean.invoke(url, max_price=PRICE)
-            latencies.append((time.perf_counter() - t0) * 1000)
-            if loadgen.paid_of(status, data) != (200, "paid", 200, PRICE):
-                raise RuntimeError(f"paid request failed: {status} {data}")
-
     try:
         for vault in vaults:
             if (await vault.deposit((each * rounds + 1) * PRICE)).get("state") != "credited":
@@ -226,7 +223,7 @@ async def many_channels(stack: Stack, clients: list[LocalAccount], each: int, ro
         per_round: list[float] = []
         for _ in range(rounds):
             began = time.perf_counter()
-            await asyncio.gather(*(loop(lean) for lean in leans))
+            await asyncio.gather(*(_paid_in_turn(lean, url, each, latencies) for lean in leans))
             per_round.append(each * len(leans) / (time.perf_counter() - began))
         elapsed = time.perf_counter() - start
         cpu_after = stack.cpu_seconds()
