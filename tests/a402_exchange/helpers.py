@@ -41,6 +41,7 @@ from a402.tee import (
     SimulatedVerifier,
 )
 from a402.vault import Checkpoint, ProviderSession
+from a402.wire.a402 import HttpRequest
 
 DISPUTE_WINDOW = 600
 PROVIDER_CODE = hashlib.sha384(b"a402 test provider enclave").digest()
@@ -55,6 +56,9 @@ SLOW_HOLD = PROVIDER_LOCK * 0.8 - 0.5
 PRICES = {"GET /weather": 1_000, "POST /echo": 2_500, "GET /boom": 1_000, "GET /slow": 1_500}
 ETH = 10**18
 UNUSED_FACILITATOR = "http://127.0.0.1:9"  # exact is never paid in these tests
+#: The paid request most scenarios make, and its price.
+WEATHER = HttpRequest("GET", "/weather")
+PRICE = PRICES["GET /weather"]
 
 
 @dataclass

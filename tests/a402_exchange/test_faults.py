@@ -41,12 +41,10 @@ from .faulty import (
     WrongPointProvider,
     WrongSecretProvider,
 )
-from .helpers import DEPOSIT, DISPUTE_WINDOW, World, wait_until
+from .helpers import DEPOSIT, DISPUTE_WINDOW, PRICE, WEATHER, World, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.anvil]
 
-WEATHER = HttpRequest("GET", "/weather")
-PRICE = 1_000
 
 
 def pending_reply(channel: VaultChannel) -> Reply:

@@ -36,12 +36,10 @@ from a402.wire.a402 import (
     Refusal,
 )
 
-from .helpers import DEPOSIT, PROVIDER_CODE, World
+from .helpers import DEPOSIT, PRICE, PROVIDER_CODE, WEATHER, World
 
 pytestmark = [pytest.mark.anyio, pytest.mark.anvil]
 
-WEATHER = HttpRequest("GET", "/weather")
-PRICE = 1_000
 
 
 class Wire(httpx.AsyncBaseTransport):

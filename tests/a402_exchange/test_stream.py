@@ -40,9 +40,11 @@ from a402.wire.a402 import (
 
 from .helpers import (
     DEPOSIT,
+    PRICE,
     PRICES,
     PROVIDER_CODE,
     UNUSED_FACILITATOR,
+    WEATHER,
     Calls,
     Provider,
     World,
@@ -52,8 +54,6 @@ from .helpers import (
 
 pytestmark = [pytest.mark.anyio, pytest.mark.anvil]
 
-WEATHER = HttpRequest("GET", "/weather")
-PRICE = PRICES["GET /weather"]
 #: Bound on any single wait in these tests (a loaded 2-core machine is slow, not stuck).
 WAIT = 20.0
 

@@ -592,7 +592,7 @@ class ProviderSession:
                          receipt=channel.latest_state())
         except (ResultMismatch, ProtocolViolation) as e:  # paid all the same: raised below
             failure = e
-        await self.persist(Checkpoint.of(channel, CheckpointReason.DELIVERED, paid))
+        await self._persist(channel, CheckpointReason.DELIVERED, paid)
         # The result is ours: the ACK rides on this channel's next EXEC, or goes out on its
         # own after ``ack_delay`` if none comes — well within the provider's Δ_ack.
         self._owe_ack(channel, ack)
@@ -863,8 +863,9 @@ class ProviderSession:
         for terms in self._bound.values():
             await self._open(terms)
 
-    async def _persist(self, channel: VaultChannel, reason: CheckpointReason) -> None:
-        await self.persist(Checkpoint.of(channel, reason))
+    async def _persist(self, channel: VaultChannel, reason: CheckpointReason,
+                       paid: PaidResponse | None = None) -> None:
+        await self.persist(Checkpoint.of(channel, reason, paid))
 
 
 # -------------------------------------------------------------------- helpers
