@@ -327,10 +327,14 @@ def main() -> None:
                              "clients (vaults shard by client): one process is bound by one "
                              "core, and this machine has two; the 1-channel runs use the "
                              "first")
-    parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)),
+                        help="requests per single channel for the on-chain growth table; "
+                             "the 1-channel rate and latency come from the largest")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "asc.json"))
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    if max(sizes) < 100:
+        parser.error("the largest of --sizes times the 1-channel run: give one of 100 or more")
 
     with start_anvil(accounts=args.channels + len(sizes) + 4) as chain, \
             tempfile.TemporaryDirectory(dir=args.db_dir) as tmp:

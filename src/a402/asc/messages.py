@@ -187,15 +187,24 @@ class _Message:
     """A message is its type byte and a fixed sequence of fields (``LAYOUT``), written
     in order; one generic writer and reader keep every message's encoding canonical."""
 
-    __slots__ = ()
+    # The encoding, kept once made: a runtime encodes the same message for the wire and
+    # again for every snapshot that holds it (a REPLY is in three on the vault's side).
+    # It is not a dataclass field, so equality, hashing and ``replace`` ignore it.
+    __slots__ = ("_wire",)
     TYPE: ClassVar[MessageType]
     LAYOUT: ClassVar[tuple[tuple[str, str, _Codec], ...]]
 
     def encode(self) -> bytes:
+        try:
+            return self._wire  # type: ignore[no-any-return]
+        except AttributeError:
+            pass
         writer = _Writer(self.TYPE)
         for name, what, codec in self.LAYOUT:
             codec.write(writer, getattr(self, name), what)
-        return writer.done()
+        wire = writer.done()
+        object.__setattr__(self, "_wire", wire)
+        return wire
 
     @classmethod
     def _read(cls, r: _Reader) -> Self:

@@ -24,10 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from eth_hash.auto import keccak
-
 from a402.crypto import PaymentDomain
 from a402.crypto.authorization import recover_signer
+from a402.crypto.keccak import keccak256 as keccak
 
 CHANNEL_TYPE = (
     "A402Channel(address client,address vault,address provider,bytes32 providerKey,"

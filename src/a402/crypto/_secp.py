@@ -17,7 +17,8 @@ import secrets
 from functools import lru_cache
 
 from coincurve import PublicKey
-from eth_hash.auto import keccak as _keccak
+
+from .keccak import keccak256
 
 #: Order of the secp256k1 group.
 N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
@@ -28,11 +29,6 @@ HALF_N = N >> 1
 
 _EVEN = 0x02
 _ODD = 0x03
-
-
-def keccak256(data: bytes) -> bytes:
-    """Keccak-256 as the EVM computes it (not NIST SHA3-256)."""
-    return _keccak(data)
 
 
 @lru_cache(maxsize=64)

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated, Any, Final, TypeAlias
 
 from coincurve import PrivateKey, PublicKey
-from eth_hash.auto import keccak
 from pydantic import AfterValidator, Field, StrictStr, StringConstraints
 
+from a402.crypto.keccak import keccak256
 from a402.wire.convert import requirements_v1_to_v2, to_v2_requirements
 from a402.wire.errors import (
     INVALID_PAYMENT_REQUIREMENTS,
@@ -42,11 +41,6 @@ from a402.wire.x402 import (
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
 
-
-# ------------------------------------------------------------------------- keccak
-
-
-keccak256: Final[Callable[[bytes], bytes]] = keccak
 
 SCHEME_EXACT: Final = "exact"
 TRANSFER_METHOD_EIP3009: Final = "eip3009"

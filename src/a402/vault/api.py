@@ -32,10 +32,10 @@ from typing import Any, Final
 
 import coincurve
 from eth_account.signers.local import LocalAccount
-from eth_hash.auto import keccak
 from eth_utils import to_checksum_address
 
 from a402.asc.messages import DEFAULT_MAX_BLOB
+from a402.crypto.keccak import keccak256 as keccak
 
 API_PREFIX: Final = "/v1"
 CLIENT_HEADER: Final = "a402-client"

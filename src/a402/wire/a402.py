@@ -66,7 +66,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
-from eth_hash.auto import keccak
+from a402.crypto.keccak import keccak256 as keccak
 
 SCHEME_A402 = "a402"
 WELL_KNOWN_PREFIX = "/.well-known/a402"
