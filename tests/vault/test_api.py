@@ -173,12 +173,18 @@ def test_a_paid_call_replayed_byte_for_byte_is_refused_and_unknown_routes_answer
                                       body), "content-type": "application/json"}
         first = httpx.post(vault.url + "/v1/invoke", content=body, headers=headers)
         again = httpx.post(vault.url + "/v1/invoke", content=body, headers=headers)
+        # The replay met an open channel, so it went as far as that channel's LOCKED
+        # checkpoint, which the recorded nonce refused whole: the channel pays on as before.
+        after = client.invoke(f"{site}/weather", max_price=1_000, idempotency_key="after-1")
+        [channel] = client.account_info()["channels"]
         unknown = httpx.get(vault.url + "/v1/nowhere")
         wrong_method = httpx.get(vault.url + "/v1/invoke")
         client.close()
     assert (first.status_code, first.json()["outcome"]) == (200, api.PAID)
     # The nonce is recorded with the call's claim: the replay is refused, not answered.
     assert (again.status_code, again.json()["error"]) == (401, api.REPLAYED_REQUEST)
-    assert provider.calls["weather"] == 1
+    assert (after.outcome, after.payment["requestId"]) == (api.PAID, 1)
+    assert channel["providerBalance"] == "2000"
+    assert provider.calls["weather"] == 2
     assert (unknown.status_code, unknown.json()["error"]) == (404, api.NOT_FOUND)
     assert (wrong_method.status_code, wrong_method.json()["error"]) == (405, api.BAD_REQUEST)

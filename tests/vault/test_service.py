@@ -62,10 +62,10 @@ def test_paid_calls_through_a_channel_then_a_cooperative_close(
         client.close()
 
 
-def test_a_paid_call_on_an_open_channel_takes_four_commits(world: World) -> None:
-    """The claim (with the call's nonce), LOCKED, AUTHORIZED, and DELIVERED written together
-    with the call's answer: nothing is acknowledged before it is durable, and nothing more
-    is written on the way."""
+def test_a_paid_call_on_an_open_channel_takes_three_commits(world: World) -> None:
+    """LOCKED written together with the call's record and nonce, AUTHORIZED, and DELIVERED
+    written together with the call's answer: nothing is acknowledged before it is durable,
+    and nothing more is written on the way."""
     provider = world.provider()
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
         _, client = client_of(world, vault.url, funds=100_000, deposit=50_000)
@@ -83,8 +83,8 @@ def test_a_paid_call_on_an_open_channel_takes_four_commits(world: World) -> None
         assert (paid.outcome, paid.amount) == (api.PAID, 1_000)
         checkpoint = [("UPDATE", "a402_vault_channels"), ("UPDATE", "a402_vault_requests")]
         assert writes == [
-            [("INSERT", "a402_vault_nonces"), ("INSERT", "a402_vault_requests")],  # the claim
-            checkpoint,  # LOCKED
+            [("INSERT", "a402_vault_nonces"), ("INSERT", "a402_vault_requests"),
+             ("UPDATE", "a402_vault_channels")],  # LOCKED, with the call's record
             checkpoint,  # AUTHORIZED
             checkpoint,  # DELIVERED, with the call's answer
         ]

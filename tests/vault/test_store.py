@@ -96,11 +96,9 @@ def test_conservation_through_a_channel_life(store: VaultStore) -> None:
 def test_a_call_moves_through_its_states_once(store: VaultStore) -> None:
     client, cid = _client(), "0x" + secrets.token_hex(32)
     key = f"{client}:call-1"
-    created, row = asyncio.run(store.claim_request(key, client=client, fingerprint="f",
-                                                   url="http://p/x", method="GET"))
+    created, row = asyncio.run(store.claim_request(_new_call(key, client, fingerprint="f")))
     assert created and row.state == S.RECEIVED
-    again, same = asyncio.run(store.claim_request(key, client=client, fingerprint="g", url="u",
-                                                  method="GET"))
+    again, same = asyncio.run(store.claim_request(_new_call(key, client, fingerprint="g")))
     assert not again and same.fingerprint == "f"
     store.credit_deposit(f"t:{cid}", client, 1_000, "transfer", None)
     _claim(store, client, cid, deposit=1_000)
@@ -116,6 +114,40 @@ def test_a_call_moves_through_its_states_once(store: VaultStore) -> None:
     final = store.request(key)
     assert final is not None and (final.state, final.transaction, final.answer) == (
         S.DONE, done["transaction"], b"sealed")
+
+
+def _new_call(key: str, client: str, *, fingerprint: str = "f", nonce: str | None = None
+              ) -> S.Claim:
+    return S.Claim(key=key, client=client, fingerprint=fingerprint, url="http://p/x",
+                   method="GET", nonce=nonce, nonce_keep=120.0)
+
+
+def test_a_new_call_is_recorded_with_its_channels_locked_checkpoint(store: VaultStore) -> None:
+    client, cid = _client(), "0x" + secrets.token_hex(32)
+    store.credit_deposit(f"t:{cid}", client, 1_000, "transfer", None)
+    _claim(store, client, cid, deposit=1_000)
+
+    def lock(key: str, nonce: str, version: int) -> S.Claim:
+        claim = _new_call(f"{client}:{key}", client, nonce=nonce)
+        asyncio.run(store.save_checkpoint(
+            cid, {"version": version, "locked": "10", "request_key": claim.key}, claim.key,
+            {"state": S.LOCKED, "channel_id": cid, "amount": "10", "request_id": version},
+            claim=claim))
+        return claim
+
+    first = lock("call-1", "n0000001", 1)
+    row = store.request(first.key)
+    assert first.recorded and row is not None and (row.state, row.channel_id) == (S.LOCKED, cid)
+    assert store.channel(cid).version == 1
+    # The same key again, or the same nonce for another call: the whole checkpoint is
+    # refused, so the channel stays where the recorded call left it.
+    for key, nonce in (("call-1", "n0000002"), ("call-2", "n0000001")):
+        with pytest.raises(S.ClaimTaken):
+            lock(key, nonce, 2)
+        assert store.channel(cid).version == 1
+    assert store.request(f"{client}:call-2") is None
+    # Neither refused checkpoint remembered its nonce.
+    assert asyncio.run(store.remember_nonce(client, "n0000002", now=time.time(), keep=120))
 
 
 def _claim(store: VaultStore, client: str, cid: str, *, deposit: int) -> S.Channel:
@@ -142,9 +174,8 @@ def test_a_claim_records_its_nonce_in_the_same_write(store: VaultStore) -> None:
     client = _client()
 
     def claim(key: str, nonce: str) -> tuple[bool, S.Request]:
-        return asyncio.run(store.claim_request(f"{client}:{key}", client=client,
-                                               fingerprint="f", url="http://p/x",
-                                               method="GET", nonce=nonce))
+        return asyncio.run(store.claim_request(_new_call(f"{client}:{key}", client,
+                                                         nonce=nonce)))
 
     assert claim("call-1", "n0000001")[0]
     with pytest.raises(S.ReplayedNonce):  # the nonce again, even for another call

@@ -112,6 +112,10 @@ def batch_id(members: Sequence[S.Channel] | Sequence[str]) -> str:
     return "batch-" + hashlib.sha256(",".join(cids).encode()).hexdigest()[:32]
 
 
+class NoUsableChannel(Exception):
+    """No OPEN channel can pay, and the caller may not close or open one."""
+
+
 class Channels:
     """Sessions, live channels and their durable state, for one vault."""
 
@@ -144,6 +148,9 @@ class Channels:
         #: For a busy channel, the final values of its call's record once paid (see
         #: :meth:`persist`): the answer is written with the DELIVERED checkpoint.
         self.answers: dict[bytes, Callable[[PaidResponse], dict[str, Any]]] = {}
+        #: For a busy channel whose call is not recorded yet, the call's claim: written
+        #: with the LOCKED checkpoint (see :meth:`persist`).
+        self.claims: dict[bytes, S.Claim] = {}
         self._sessions: dict[tuple[str, int], ProviderSession] = {}
         self._attached: dict[tuple[str, int], set[bytes]] = {}
         self._session_locks: dict[tuple[str, int], asyncio.Lock] = {}
@@ -235,7 +242,9 @@ class Channels:
             "provider_balance": str(checkpoint.provider_balance),
         }
         request: dict[str, Any] | None = None
+        claim: S.Claim | None = None
         if reason is CheckpointReason.LOCKED:
+            claim = self.claims.get(checkpoint.channel_id)
             values["request_key"] = key
             request = {"state": S.LOCKED, "channel_id": cid, "amount": str(checkpoint.locked),
                        "request_id": checkpoint.next_request_id - 1}
@@ -263,7 +272,7 @@ class Channels:
         elif reason is CheckpointReason.FORCE_CLOSED:
             values.update(request_key=None, pending_since=None)
         try:
-            await self.store.save_checkpoint(cid, values, key, request)
+            await self.store.save_checkpoint(cid, values, key, request, claim=claim)
         except BaseException:
             # Not durable, so not sent: forget the machine that ran ahead of the database;
             # the next use restores the last durable state.
@@ -288,11 +297,14 @@ class Channels:
     async def find_or_open(
         self, client: str, session: ProviderSession, price: int, *, funding: str,
         wallet_deposit: int | None, authorization: dict[str, str] | None,
+        reuse_only: bool = False,
     ) -> VaultChannel:
         """An OPEN channel of ``client`` with this provider that can pay ``price``.
 
         Call with :meth:`pair_lock` held. A channel too poor for the price is
-        closed cooperatively (its rest comes back) and a new one is opened.
+        closed cooperatively (its rest comes back) and a new one is opened; with
+        ``reuse_only`` (for a call not recorded yet, which must touch no chain),
+        :class:`NoUsableChannel` instead.
         """
         info = session.info
         assert info is not None
@@ -315,7 +327,11 @@ class Channels:
                 await self.bound(row)
                 self._usable[pair] = row
                 return channel
+            if reuse_only:
+                raise NoUsableChannel
             await self.close(row)
+        if reuse_only:
+            raise NoUsableChannel
         if funding == api.WALLET:
             return await self._open_wallet(client, session, price, wallet_deposit, authorization)
         return await self._open_pool(client, session, price)

@@ -2,11 +2,16 @@
 
 The order of operations is the safety argument:
 
-1. **Claim the idempotency key** (client-scoped) in the store. A retry of the
-   same call finds the claim: it gets the recorded answer, waits for the call
-   in progress, or — if the first attempt paid nothing (refused for a
-   transient reason, or interrupted before EXEC) — runs again. The same key
-   with a different call is a 409.
+1. **Claim the idempotency key** (client-scoped) in the store, with the call's
+   signature nonce. A retry of the same call finds the claim: it gets the
+   recorded answer, waits for the call in progress, or — if the first attempt
+   paid nothing (refused for a transient reason, or interrupted before EXEC) —
+   runs again. The same key with a different call is a 409. A new call whose
+   offer is cached and whose channel is open is claimed by the channel's
+   LOCKED checkpoint instead (one commit fewer), since nothing before that
+   checkpoint reaches the target, the provider's service or the chain; if the
+   key or nonce was taken, that checkpoint writes nothing and the call is
+   claimed on its own as above.
 2. **The offer**: the unpaid request (or a cached offer) yields the 402's
    ``a402`` requirement; the price must be within the client's ``maxPrice``,
    and the 402's claims must match the provider's attested ``/info``.
@@ -36,7 +41,7 @@ from a402.wire.a402 import HttpRequest, HttpResponse
 
 from . import api, records
 from . import store as S
-from .channels import Channels, VaultError
+from .channels import Channels, NoUsableChannel, VaultError
 from .offers import Offer, OfferCache, OfferError, check_against_info, pick_offer
 from .session import (
     PaidResponse,
@@ -58,6 +63,10 @@ _HOP_HEADERS = frozenset({
 })
 #: Provider refusals that mean "the price or the route changed": ask for a fresh offer.
 _STALE_OFFER = frozenset({"amount_mismatch", "not_a_paid_route"})
+
+
+class _ClaimFirst(Exception):
+    """A call not recorded yet reached a step that needs it recorded (see Invoker.invoke)."""
 
 
 def request_headers(headers: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[bytes, bytes], ...]:
@@ -170,7 +179,14 @@ class Invoker:
     async def invoke(self, client: str, call: api.InvokeRequest, *, nonce: str | None = None
                      ) -> tuple[int, dict[str, Any]]:
         """Run one call; ``nonce`` (the call's signature nonce) is recorded with its claim,
-        and :class:`~a402.vault.api.AuthError` raised if it was used before."""
+        and :class:`~a402.vault.api.AuthError` raised if it was used before.
+
+        A new call on a channel that can pay it is recorded together with that channel's
+        LOCKED checkpoint: before it, nothing is sent to the target, the provider's
+        service or the chain. Anything else (a call seen before, a replayed nonce, an offer
+        to fetch, a channel to open or close, a refusal) claims the call in a write of its
+        own first.
+        """
         await self._check_target(call.url)  # refused before anything is recorded
         key = f"{client.lower()}:{call.idempotency_key}"
         while key in self._running:  # the same call is running here: its answer is ours
@@ -178,29 +194,40 @@ class Invoker:
         # Taken before the first await, so no other task of this process can run this key
         # (and the store's lock keeps other processes out of this vault's database).
         event = self._running[key] = asyncio.Event()
+        claim = S.Claim(key=key, client=client, fingerprint=call.fingerprint(), url=call.url,
+                        method=call.method, nonce=nonce, nonce_keep=self.nonce_keep)
         try:
             try:
-                created, row = await self.store.claim_request(
-                    key, client=client, fingerprint=call.fingerprint(), url=call.url,
-                    method=call.method, nonce=nonce, nonce_keep=self.nonce_keep)
-            except S.ReplayedNonce:
-                raise api.AuthError(api.REPLAYED_REQUEST, "this nonce was already used") from None
-            if not created:
-                if row.fingerprint != call.fingerprint():
-                    raise VaultError(409, api.IDEMPOTENCY_KEY_REUSED,
-                                     "this idempotency key named another call")
-                row = await self._settled(row)
-                # Runs again only if the first attempt paid nothing.
-                restartable = (row.state == S.DONE and row.retryable) or row.state in (
-                    S.RECEIVED, S.RELEASED)
-                if not restartable or not await asyncio.to_thread(
-                        self.store.restart_request, key, row.state):
-                    fresh = await asyncio.to_thread(self.store.request, key)
-                    return self.answer_of(fresh or row)
-            return await self._run(key, client, call)
+                return await self._run(key, client, call, claim)
+            except _ClaimFirst:
+                pass
+            return await self._claim_and_run(key, client, call, claim)
         finally:
             event.set()
             self._running.pop(key, None)
+
+    async def _claim_and_run(self, key: str, client: str, call: api.InvokeRequest,
+                             claim: S.Claim) -> tuple[int, dict[str, Any]]:
+        created, row = await self._claim(claim)
+        if not created:
+            if row.fingerprint != call.fingerprint():
+                raise VaultError(409, api.IDEMPOTENCY_KEY_REUSED,
+                                 "this idempotency key named another call")
+            row = await self._settled(row)
+            # Runs again only if the first attempt paid nothing.
+            restartable = (row.state == S.DONE and row.retryable) or row.state in (
+                S.RECEIVED, S.RELEASED)
+            if not restartable or not await asyncio.to_thread(
+                    self.store.restart_request, key, row.state):
+                fresh = await asyncio.to_thread(self.store.request, key)
+                return self.answer_of(fresh or row)
+        return await self._run(key, client, call)
+
+    async def _claim(self, claim: S.Claim) -> tuple[bool, S.Request]:
+        try:
+            return await self.store.claim_request(claim)
+        except S.ReplayedNonce:
+            raise api.AuthError(api.REPLAYED_REQUEST, "this nonce was already used") from None
 
     async def _settled(self, row: S.Request) -> S.Request:
         """Wait (boundedly) for the worker to finish a call a previous process left in flight."""
@@ -212,12 +239,20 @@ class Invoker:
             row = fresh
         return row
 
-    async def _run(self, key: str, client: str, call: api.InvokeRequest
-                   ) -> tuple[int, dict[str, Any]]:
+    async def _run(self, key: str, client: str, call: api.InvokeRequest,
+                   claim: S.Claim | None = None) -> tuple[int, dict[str, Any]]:
+        """Pay for the call; with ``claim``, the call is not recorded yet (see :meth:`invoke`)
+        and :class:`_ClaimFirst` means it must be claimed on its own first."""
         self._executing.add(key)
         try:
-            return await self._pay(key, client, call, fresh_offer=False)
+            return await self._pay(key, client, call, fresh_offer=False, claim=claim)
+        except (S.ClaimTaken, NoUsableChannel):
+            raise _ClaimFirst from None
         except VaultError as e:
+            if claim is not None and not claim.recorded:
+                created, _ = await self._claim(claim)
+                if not created:  # seen before: answered as such
+                    raise _ClaimFirst from None
             return await self.record_refusal(key, e)
         except PaymentPending as e:
             log.warning("call %s is pending: %s", key, e)
@@ -228,10 +263,12 @@ class Invoker:
         finally:
             self._executing.discard(key)
 
-    async def _offer(self, key: str, call: api.InvokeRequest, fresh: bool
-                     ) -> Offer | tuple[int, dict[str, Any]]:
+    async def _offer(self, key: str, call: api.InvokeRequest, fresh: bool,
+                     claim: S.Claim | None = None) -> Offer | tuple[int, dict[str, Any]]:
         if not fresh and (cached := self.offers.get(call.method, call.url)) is not None:
             return cached
+        if claim is not None and not claim.recorded:
+            raise _ClaimFirst  # the target is asked only for a recorded call
         try:
             response = await self.http.request(
                 call.method, call.url, headers=list(request_headers(call.headers)),
@@ -261,9 +298,9 @@ class Invoker:
         except TargetUnresolved as e:
             raise VaultError(503, api.PROVIDER_UNAVAILABLE, str(e), retryable=True) from None
 
-    async def _pay(self, key: str, client: str, call: api.InvokeRequest, *, fresh_offer: bool
-                   ) -> tuple[int, dict[str, Any]]:
-        offer = await self._offer(key, call, fresh_offer)
+    async def _pay(self, key: str, client: str, call: api.InvokeRequest, *, fresh_offer: bool,
+                   claim: S.Claim | None) -> tuple[int, dict[str, Any]]:
+        offer = await self._offer(key, call, fresh_offer, claim)
         if not isinstance(offer, Offer):
             return offer
         await self._check_target(offer.endpoint)  # the provider names it: same rule
@@ -290,19 +327,22 @@ class Invoker:
             raise VaultError(409, api.CHANNEL_BUSY, "another call to this provider is in flight",
                              retryable=True) from None
         try:
-            return await self._exchange(key, client, call, offer, fresh_offer)
+            return await self._exchange(key, client, call, offer, fresh_offer, claim)
         finally:
             lock.release()
 
     async def _exchange(
-        self, key: str, client: str, call: api.InvokeRequest, offer: Offer, fresh_offer: bool
+        self, key: str, client: str, call: api.InvokeRequest, offer: Offer, fresh_offer: bool,
+        claim: S.Claim | None = None,
     ) -> tuple[int, dict[str, Any]]:
         channels = self.channels
+        unrecorded = claim is not None and not claim.recorded
         try:
             session = await channels.session(offer.endpoint)
             channel = await channels.find_or_open(
                 client, session, offer.amount, funding=call.funding,
-                wallet_deposit=call.deposit, authorization=call.channel_authorization)
+                wallet_deposit=call.deposit, authorization=call.channel_authorization,
+                reuse_only=unrecorded)
         except (ProviderRefused, ProtocolViolation) as e:
             raise VaultError(502, api.PROVIDER_REFUSED, str(e)) from None
         except (ProviderUnavailable, httpx.HTTPError) as e:
@@ -322,10 +362,15 @@ class Invoker:
 
         channels.current[channel.channel_id] = key
         channels.answers[channel.channel_id] = answer
+        if unrecorded:
+            assert claim is not None
+            channels.claims[channel.channel_id] = claim
         try:
             paid = await session.request(channel, request, offer.amount)
         except ProviderRefused as e:
             if e.reason in _STALE_OFFER and not fresh_offer:
+                # The provider answered EXEC, so the LOCKED checkpoint recorded the call.
+                assert claim is None or claim.recorded
                 self.offers.drop(call.method, call.url)
                 channels.current.pop(channel.channel_id, None)
                 channels.answers.pop(channel.channel_id, None)
@@ -349,6 +394,7 @@ class Invoker:
         finally:
             channels.current.pop(channel.channel_id, None)
             channels.answers.pop(channel.channel_id, None)
+            channels.claims.pop(channel.channel_id, None)
         if answered:  # recorded with the checkpoint that made the payment durable
             return 200, answered[0]
         return await self.record_paid(key, paid, channel.channel_id, offer.pay_to)

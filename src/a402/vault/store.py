@@ -44,6 +44,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import delete, select, update
@@ -113,6 +114,26 @@ class InsufficientBalance(Exception):
 
 class ReplayedNonce(Exception):
     """A call's signature nonce was seen before."""
+
+
+@dataclass(slots=True)
+class Claim:
+    """A new call not yet recorded: its row and signature nonce go into the database with
+    its channel's LOCKED checkpoint, so a paid call costs one commit fewer than a claim
+    written on its own. ``recorded`` turns true once that checkpoint is durable."""
+
+    key: str
+    client: str
+    fingerprint: str
+    url: str
+    method: str
+    nonce: str | None
+    nonce_keep: float
+    recorded: bool = False
+
+
+class ClaimTaken(Exception):
+    """A :class:`Claim`'s key or nonce was recorded before: its checkpoint wrote nothing."""
 
 
 class _Conflict(Exception):
@@ -404,11 +425,26 @@ class VaultStore:
 
     async def save_checkpoint(
         self, cid: str, channel_values: dict[str, Any], request_key: str | None,
-        request_values: dict[str, Any] | None,
+        request_values: dict[str, Any] | None, *, claim: Claim | None = None,
     ) -> None:
-        """One checkpoint: the channel's sealed state and its request's progress, atomically."""
+        """One checkpoint: the channel's sealed state and its request's progress, atomically.
+
+        With ``claim``, the request's row is created here (with ``request_values``) and its
+        nonce remembered, all or nothing: :class:`ClaimTaken` if either was there before.
+        """
         now = time.time()
         statements = [_update(ChannelRow, "cid", cid, {**channel_values, "updated_at": now})]
+        if claim is not None:
+            statements[:0] = self._claim_statements(claim, now, {**(request_values or {})},
+                                                    unless_present=False)
+            try:
+                await self._submit(statements)
+            except IntegrityError:
+                raise ClaimTaken(claim.key) from None
+            claim.recorded = True
+            if claim.nonce is not None:
+                await self._forget_nonces(now, claim.nonce_keep)
+            return
         if request_key is not None and request_values:
             statements.append(
                 _update(RequestRow, "key", request_key, {**request_values, "updated_at": now}))
@@ -461,37 +497,42 @@ class VaultStore:
 
     # -- requests ----------------------------------------------------------------------
 
-    async def claim_request(
-        self, key: str, *, client: str, fingerprint: str, url: str, method: str,
-        nonce: str | None = None, nonce_keep: float = 120.0,
-    ) -> tuple[bool, Request]:
-        """Take ``key`` for a new call; ``(False, existing)`` if it was taken before.
+    async def claim_request(self, claim: Claim) -> tuple[bool, Request]:
+        """Take ``claim.key`` for a new call, in a write of its own; ``(False, existing)``
+        if it was taken before.
 
-        With ``nonce``, the call's signature nonce is remembered in the same write
+        The call's signature nonce, if any, is remembered in the same write
         (:class:`ReplayedNonce`, and nothing written, if it was seen before).
         """
         now = time.time()
-        record = Request(key=key, client=client.lower(), fingerprint=fingerprint,
-                         state=RECEIVED, outcome=None, reason=None, retryable=False, url=url,
-                         method=method, channel_id=None, request_id=None, amount=None,
-                         sealed_result=None, secret=None, answer=None, transaction=None,
-                         updated_at=now)
-        claim = _insert(RequestRow, {
-            "key": key, "client": record.client, "fingerprint": fingerprint, "state": RECEIVED,
-            "url": url, "method": method, "retryable": False, "created_at": now,
-            "updated_at": now}, unless_present="key")
+        record = Request(key=claim.key, client=claim.client.lower(),
+                         fingerprint=claim.fingerprint, state=RECEIVED, outcome=None,
+                         reason=None, retryable=False, url=claim.url, method=claim.method,
+                         channel_id=None, request_id=None, amount=None, sealed_result=None,
+                         secret=None, answer=None, transaction=None, updated_at=now)
         try:
             *_, claimed = await self._submit(
-                [claim] if nonce is None else [_nonce(client, nonce, now), claim])
+                self._claim_statements(claim, now, {"state": RECEIVED}, unless_present=True))
         except IntegrityError:
-            raise ReplayedNonce(nonce) from None
-        if nonce is not None:
-            await self._forget_nonces(now, nonce_keep)
+            raise ReplayedNonce(claim.nonce) from None
+        if claim.nonce is not None:
+            await self._forget_nonces(now, claim.nonce_keep)
         if not claimed:
-            existing = await asyncio.to_thread(self.request, key)
+            existing = await asyncio.to_thread(self.request, claim.key)
             assert existing is not None
             return False, existing
         return True, record
+
+    @staticmethod
+    def _claim_statements(claim: Claim, now: float, values: dict[str, Any], *,
+                          unless_present: bool) -> list[Statement]:
+        """The nonce (if any) and the new call's row; with ``unless_present``, a key
+        recorded before inserts nothing instead of raising."""
+        row = _insert(RequestRow, {
+            "key": claim.key, "client": claim.client.lower(), "fingerprint": claim.fingerprint,
+            "url": claim.url, "method": claim.method, "retryable": False, "created_at": now,
+            "updated_at": now, **values}, unless_present="key" if unless_present else None)
+        return [row] if claim.nonce is None else [_nonce(claim.client, claim.nonce, now), row]
 
     def restart_request(self, key: str, expected_state: str) -> bool:
         """Take over a call that paid nothing (``received``, or a retryable failure)."""
