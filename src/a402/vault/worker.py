@@ -299,6 +299,9 @@ class Worker:
             return
         if not startup and not _needs_attention(row):
             return  # an idle open channel: nothing to read again, nothing to do
+        if (not startup and row.deadline is None and row.phase != S.CLOSING
+                and self.channels.pair_lock(row.client, row.provider).locked()):
+            return  # a call is running on it and takes it to its end: nothing to resume
         fresh = await asyncio.to_thread(self.store.channel, row.cid)
         if fresh is None or fresh.phase not in S.FUNDED:
             return
