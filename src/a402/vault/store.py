@@ -435,7 +435,7 @@ class VaultStore:
         now = time.time()
         statements = [_update(ChannelRow, "cid", cid, {**channel_values, "updated_at": now})]
         if claim is not None:
-            statements[:0] = self._claim_statements(claim, now, {**(request_values or {})},
+            statements[:0] = self._claim_statements(claim, now, request_values or {},
                                                     unless_present=False)
             try:
                 await self._submit(statements)
