@@ -66,7 +66,12 @@ _STALE_OFFER = frozenset({"amount_mismatch", "not_a_paid_route"})
 
 
 class _ClaimFirst(Exception):
-    """A call not recorded yet reached a step that needs it recorded (see Invoker.invoke)."""
+    """A call not recorded yet reached a step that needs it recorded (see Invoker.invoke);
+    ``claimed`` is the outcome of its claim if that was already made."""
+
+    def __init__(self, claimed: tuple[bool, S.Request] | None = None) -> None:
+        super().__init__()
+        self.claimed = claimed
 
 
 def request_headers(headers: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[bytes, bytes], ...]:
@@ -199,16 +204,16 @@ class Invoker:
         try:
             try:
                 return await self._run(key, client, call, claim)
-            except _ClaimFirst:
-                pass
-            return await self._claim_and_run(key, client, call, claim)
+            except _ClaimFirst as first:
+                claimed = first.claimed
+            return await self._claim_and_run(key, client, call, claimed or await self._claim(claim))
         finally:
             event.set()
             self._running.pop(key, None)
 
     async def _claim_and_run(self, key: str, client: str, call: api.InvokeRequest,
-                             claim: S.Claim) -> tuple[int, dict[str, Any]]:
-        created, row = await self._claim(claim)
+                             claimed: tuple[bool, S.Request]) -> tuple[int, dict[str, Any]]:
+        created, row = claimed
         if not created:
             if row.fingerprint != call.fingerprint():
                 raise VaultError(409, api.IDEMPOTENCY_KEY_REUSED,
@@ -250,9 +255,9 @@ class Invoker:
             raise _ClaimFirst from None
         except VaultError as e:
             if claim is not None and not claim.recorded:
-                created, _ = await self._claim(claim)
-                if not created:  # seen before: answered as such
-                    raise _ClaimFirst from None
+                claimed = await self._claim(claim)
+                if not claimed[0]:  # seen before: answered as such
+                    raise _ClaimFirst(claimed) from None
             return await self.record_refusal(key, e)
         except PaymentPending as e:
             log.warning("call %s is pending: %s", key, e)
