@@ -4,6 +4,10 @@ The facilitator must know a transaction's hash *before* it is broadcast, so it
 can write it down and find the payment again after a crash; hence ``sign``,
 ``broadcast`` and ``wait_for_receipt`` are separate, and ``transact`` is only
 their composition for the simple cases (deployment, tests, the demo).
+
+Every call that reaches the node maps its failures through
+:func:`a402.chain.rpc.node_errors`: no answer raises ``ChainUnavailable``, an
+error answer ``RpcError``, whatever web3.py or its HTTP library raised.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from web3.types import TxReceipt
 
 from a402.chain.artifacts import load_artifact
 from a402.chain.node import Chain
+from a402.chain.rpc import RpcError, node_errors
 
 
 class TransactionFailed(Exception):
@@ -57,15 +62,16 @@ def sign(
     if gas is not None:
         params["gas"] = gas
     try:
-        tx = call.build_transaction(params) if isinstance(call, ContractFunction) else {
-            **call, **params, "gas": gas or chain.w3.eth.estimate_gas({**call, **params}),
-        }
-        if gas is None:
-            # An estimate is exact for the state it ran on; a write that costs more a
-            # block later (a slot first set in this block, a clock read) would run out.
-            tx["gas"] = int(tx["gas"] * ESTIMATE_HEADROOM)
-        if "maxFeePerGas" not in tx and "gasPrice" not in tx:
-            tx.update(_fees(chain))
+        with node_errors("building a transaction"):
+            tx = call.build_transaction(params) if isinstance(call, ContractFunction) else {
+                **call, **params, "gas": gas or chain.w3.eth.estimate_gas({**call, **params}),
+            }
+            if gas is None:
+                # An estimate is exact for the state it ran on; a write that costs more a
+                # block later (a slot first set in this block, a clock read) would run out.
+                tx["gas"] = int(tx["gas"] * ESTIMATE_HEADROOM)
+            if "maxFeePerGas" not in tx and "gasPrice" not in tx:
+                tx.update(_fees(chain))
     except ContractLogicError as e:
         raise TransactionFailed(revert_reason(e)) from e
     signed = account.sign_transaction(tx)
@@ -82,8 +88,9 @@ def _fees(chain: Chain) -> dict[str, int]:
 def broadcast(chain: Chain, signed: SignedTx) -> str:
     """Send a signed transaction; sending one the node already has is not an error."""
     try:
-        chain.w3.eth.send_raw_transaction(signed.raw)
-    except ValueError as e:
+        with node_errors("eth_sendRawTransaction"):
+            chain.w3.eth.send_raw_transaction(signed.raw)
+    except (ValueError, RpcError) as e:
         text = str(e).lower()
         if "already known" not in text and "already imported" not in text:
             raise
@@ -92,13 +99,15 @@ def broadcast(chain: Chain, signed: SignedTx) -> str:
 
 def wait_for_receipt(chain: Chain, tx_hash: str, timeout: float) -> TxReceipt:
     """The receipt, or ``TimeExhausted`` once ``timeout`` seconds have passed."""
-    return chain.w3.eth.wait_for_transaction_receipt(
-        HexBytes(tx_hash), timeout=timeout, poll_latency=0.02
-    )
+    with node_errors("eth_getTransactionReceipt"):
+        return chain.w3.eth.wait_for_transaction_receipt(
+            HexBytes(tx_hash), timeout=timeout, poll_latency=0.02
+        )
 
 
 def pending_nonce(chain: Chain, address: str) -> int:
-    return int(chain.w3.eth.get_transaction_count(address, "pending"))
+    with node_errors("eth_getTransactionCount"):
+        return int(chain.w3.eth.get_transaction_count(address, "pending"))
 
 
 def transact(

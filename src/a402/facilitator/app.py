@@ -3,7 +3,8 @@
 Status codes follow the x402 convention: a negative verdict is still HTTP 200
 (``isValid: false`` / ``success: false``) because it is an answer; 400 is for a
 body that is not a facilitator request at all; 503 means the chain could not
-be reached, nothing changed, and the same call can be retried.
+be reached or failed to answer (any transport error, timeout, or answer that
+is not JSON-RPC), this request moved no funds, and the same call can be retried.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from a402.chain.rpc import ChainUnavailable
+from a402.chain.rpc import ChainUnavailable, RpcError
 from a402.facilitator.core import Facilitator
 from a402.wire.errors import WireError
 from a402.wire.jsonstrict import loads_object
@@ -54,9 +55,10 @@ def create_app(facilitator: Facilitator, *, reconcile_every: float = 5.0) -> Fas
             result = await run_in_threadpool(handler, body)
         except WireError as e:
             return JSONResponse({"error": e.reason, "message": e.message}, status_code=400)
-        except ChainUnavailable as e:
+        except (ChainUnavailable, RpcError) as e:
             return JSONResponse(
-                {"error": "chain_unavailable", "message": f"the chain RPC did not answer: {e}"},
+                {"error": "chain_unavailable",
+                 "message": f"the chain RPC failed ({e}); this request moved no funds: retry it"},
                 status_code=503, headers={"Retry-After": "2"},
             )
         return JSONResponse(result.to_wire())

@@ -6,20 +6,32 @@ status codes. The order of operations in ``settle`` is the safety argument:
 1. offline checks (no I/O) and the journal's memory of this authorization;
 2. claim the authorization in the journal (one winner across replicas);
 3. simulate on-chain; failure releases the claim, nothing moved;
-4. sign the transaction and journal it *before* broadcasting;
+4. sign the transaction and journal it *before* broadcasting, under a lock on
+   the signer's nonces that replicas sharing the key share (the database's);
 5. wait, boundedly, for the receipt; a slow chain yields ``settlement_pending``
    with the transaction hash, and the reconciler (or the next identical call)
    finishes the job.
 
-A repeated call with the same signed payload gets the first call's result;
-the same authorization with a different payload is refused.
+A chain failure before step 4 commits releases the claim and raises
+``ChainUnavailable`` or ``RpcError`` (HTTP 503: nothing changed, retry); after
+it, the transaction is journaled and the answer is ``settlement_pending``.
+
+A repeated call with the same signed payload, the same terms and the same
+resource gets the first call's result; the same authorization with a different
+payload, other terms or for another resource is refused. The resource is what
+the request names: ``paymentRequirements.resource`` in x402 v1,
+``paymentPayload.resource.url`` in v2 (a resource server overwrites the
+client's unsigned copy with its own). It is compared as a value: a request that
+names no resource matches only a claim that named none.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,9 +42,9 @@ from hexbytes import HexBytes
 from web3.exceptions import TimeExhausted
 
 from a402.chain.node import Chain
-from a402.chain.rpc import ChainUnavailable, Reverted, as_int, rpc
-from a402.chain.tx import SignedTx, broadcast, pending_nonce, sign
-from a402.exact.checks import ExactCheck, check_exact
+from a402.chain.rpc import ChainUnavailable, Reverted, RpcError, as_int, rpc
+from a402.chain.tx import SignedTx, broadcast, pending_nonce, sign, wait_for_receipt
+from a402.exact.checks import VALID_BEFORE_MARGIN, ExactCheck, check_exact
 from a402.exact.eip3009 import ExactEvmPayload
 from a402.exact.onchain import (
     classify_revert,
@@ -71,8 +83,11 @@ SCHEME = "exact"
 class FacilitatorConfig:
     receipt_timeout: float = 20.0
     """How long ``/settle`` waits for a receipt before answering ``settlement_pending``."""
-    claim_timeout: float = 120.0
-    """A claim this old with no journaled transaction belongs to a dead call."""
+    claim_timeout: float = 10.0
+    """A claim this old with no journaled transaction belongs to a dead call: the next
+    identical request (or the reconciler) takes it over. A live holder needs a few
+    RPC calls between claiming and journaling; should it be slower than this, taking
+    its claim over costs time, never money (``SettlementStore.record_submission``)."""
     gas_margin: float = 1.25
 
 
@@ -83,6 +98,7 @@ class _Checked:
     check: ExactCheck
     key: str
     payload_hash: str
+    resource: str | None
 
 
 class Facilitator:
@@ -113,7 +129,12 @@ class Facilitator:
         if isinstance(checked, VerifyResponse):
             return checked
         if (known := self.store.peek(checked.key)) is not None:
-            return _invalid(E.NONCE_ALREADY_USED, _already_message(*known), checked.check.payer)
+            state, tx_hash, resource = known
+            if resource != checked.resource:
+                return _invalid(E.NONCE_USED_FOR_ANOTHER_RESOURCE,
+                                _another_resource_message(state, tx_hash), checked.check.payer)
+            return _invalid(E.NONCE_ALREADY_USED, _already_message(state, tx_hash),
+                            checked.check.payer)
         calldata = self._calldata(checked)
         try:
             simulate_transfer(self.chain, self.signer.address, checked.requirements.asset,
@@ -129,13 +150,14 @@ class Facilitator:
         return normalize(request.payment_payload, request.payment_requirements)
 
     def _check(
-        self, payload: PaymentPayload, requirements: PaymentRequirements
+        self, payload: PaymentPayload, requirements: PaymentRequirements, *, now: int | None = None
     ) -> _Checked | VerifyResponse:
+        """Every offline check, as of ``now`` (default: the present)."""
         if payload.scheme != SCHEME or requirements.scheme != SCHEME:
             return _invalid(E.UNSUPPORTED_SCHEME, f"this facilitator settles only {SCHEME!r}")
         if requirements.network != self.network:
             return _invalid(E.INVALID_NETWORK, f"this facilitator settles on {self.network}")
-        check = check_exact(payload, requirements, now=int(time.time()))
+        check = check_exact(payload, requirements, now=int(time.time()) if now is None else now)
         # A signature that does not recover to `from` may still be a contract
         # wallet's (EIP-1271): then the simulation below is the signature check.
         contract_wallet = check.needs_contract_check and self._is_contract(check.payer)
@@ -148,6 +170,7 @@ class Facilitator:
             payload, requirements, check,
             key=settlement_key(self.network, requirements.asset, check.payer, auth["nonce"]),
             payload_hash=payload_digest(signature, auth),
+            resource=payload.resource.url if payload.resource is not None else None,
         )
 
     def _is_contract(self, address: str) -> bool:
@@ -163,38 +186,42 @@ class Facilitator:
     def settle(self, body: Any) -> SettleResponse:
         payload, requirements = self._parse(body)
         deadline = time.monotonic() + self.config.receipt_timeout
-        # A retry of a payment already taken on is answered from the journal before
-        # any check: once its transaction is mined, the authorization may well have
-        # expired, and "expired" would be a false answer about money that moved.
-        key = self._journaled(payload, requirements)
-        if key is not None and (answer := self._follow(key, deadline)) is not None:
-            return answer
-        checked = self._check(payload, requirements)
+        # A retry of a payment already taken on is checked as if it came while its
+        # authorization was valid: once its transaction is mined, the authorization may
+        # well have expired, and "expired" would be a false answer about money that
+        # moved. Every other check still runs, so the journal answers only a request
+        # that /verify would have accepted then: same signed authorization (hence the
+        # journaled payee, amount, asset and network), requirements that agree with it.
+        journaled = self._journaled(payload, requirements)
+        checked = self._check(payload, requirements, now=None if journaled is None else min(
+            int(time.time()), journaled.valid_before - VALID_BEFORE_MARGIN))
         if isinstance(checked, VerifyResponse):
             return SettleResponse(
                 success=False, error_reason=checked.invalid_reason,
                 error_message=checked.invalid_message, payer=checked.payer, transaction="",
                 network=self.network,
             )
+        known = journaled
         while True:
-            if self.store.claim(
-                key=checked.key, payload_hash=checked.payload_hash, network=self.network,
-                asset=checked.requirements.asset, payer=checked.check.payer,
-                pay_to=checked.requirements.pay_to, amount=checked.requirements.amount_int,
-                valid_before=int(checked.check.authorization.valid_before),
-            ):
-                return self._settle_claimed(checked, deadline)
-            known = self.store.get(checked.key)
             if known is None:
-                continue  # the holder released its claim meanwhile: try again
-            if known.payload_hash != checked.payload_hash:
-                return self._failure(checked, E.NONCE_ALREADY_USED,
-                                     "this authorization was already used with another signature")
-            if (answer := self._follow(checked.key, deadline)) is not None:
+                if self._claim(checked) and (answer := self._settle_claimed(checked, deadline)):
+                    return answer
+                if (known := self.store.get(checked.key)) is None:
+                    continue  # the holder released its claim meanwhile: try again
+            if (refusal := self._conflict(checked, known)) is not None:
+                return refusal
+            if self._stale(known) and self.store.take_over(
+                    checked.key, stale_before=time.time() - self.config.claim_timeout):
+                if answer := self._settle_claimed(checked, deadline):
+                    return answer
+            elif (answer := self._follow(checked, deadline)) is not None:
                 return answer
+            known = self.store.get(checked.key)
 
-    def _journaled(self, payload: PaymentPayload, requirements: PaymentRequirements) -> str | None:
-        """The journal key of this exact signed payload, if the journal has it."""
+    def _journaled(
+        self, payload: PaymentPayload, requirements: PaymentRequirements
+    ) -> Settlement | None:
+        """The journal's record of this exact signed payload, if it has one."""
         try:
             evm = ExactEvmPayload.from_wire(payload.payload, reason=E.INVALID_PAYLOAD)
         except WireError:
@@ -205,13 +232,45 @@ class Facilitator:
         signature = str(payload.payload.get("signature", ""))
         if record is None or record.payload_hash != payload_digest(signature, auth):
             return None
-        return key
+        return record
 
-    def _follow(self, key: str, deadline: float) -> SettleResponse | None:
-        """The outcome of a settlement some call has taken on; None if it was given up."""
+    def _claim(self, checked: _Checked) -> bool:
+        assert checked.check.authorization is not None and checked.check.payer is not None
+        return self.store.claim(
+            key=checked.key, payload_hash=checked.payload_hash, network=self.network,
+            asset=checked.requirements.asset, payer=checked.check.payer,
+            pay_to=checked.requirements.pay_to, amount=checked.requirements.amount_int,
+            valid_before=int(checked.check.authorization.valid_before),
+            resource=checked.resource,
+        )
+
+    def _conflict(self, checked: _Checked, known: Settlement) -> SettleResponse | None:
+        """The refusal of a request that is not a retry of the journaled one.
+
+        The terms need no comparison here: ``checked`` passed the checks that tie the
+        requirements to the signed authorization, and an equal payload hash means
+        the journaled request's authorization is that same one.
+        """
+        if known.payload_hash != checked.payload_hash:
+            return self._failure(checked, E.NONCE_ALREADY_USED,
+                                 "this authorization was already used with another signature")
+        if known.resource != checked.resource:
+            return self._failure(checked, E.NONCE_USED_FOR_ANOTHER_RESOURCE,
+                                 _another_resource_message(known.state, known.tx_hash))
+        return None
+
+    def _stale(self, record: Settlement) -> bool:
+        """A claim whose holder has journaled nothing for ``claim_timeout``: presumed dead."""
+        return (record.state == State.CLAIMED
+                and time.time() - record.updated_at > self.config.claim_timeout)
+
+    def _follow(self, checked: _Checked, deadline: float) -> SettleResponse | None:
+        """The outcome of this request's settlement, which some call has taken on; None
+        if it was given up, its claim went stale, or the row is no longer this request's
+        (released and claimed again meanwhile): the caller looks again."""
         while True:
-            known = self.store.get(key)
-            if known is None:
+            known = self.store.get(checked.key)
+            if known is None or self._stale(known) or self._conflict(checked, known):
                 return None
             if known.state in FINAL:
                 return SettleResponse.model_validate(known.response)
@@ -221,55 +280,61 @@ class Facilitator:
                 return self._pending(known)
             self._wait_for_change(0.05)
 
-    def _settle_claimed(self, checked: _Checked, deadline: float) -> SettleResponse:
+    def _settle_claimed(self, checked: _Checked, deadline: float) -> SettleResponse | None:
+        """Settle under our claim; None if we lost it (someone else journaled, or it was
+        released): nothing was sent and the caller follows whoever holds it now.
+
+        Until the transaction is journaled any failure, of the chain or else, releases
+        the claim and propagates: nothing was signed into the journal, nothing sent.
+        """
         calldata = self._calldata(checked)
         try:
-            gas = estimate_transfer_gas(self.chain, self.signer.address,
-                                        checked.requirements.asset, calldata)
-        except Reverted as e:
-            self.store.release(checked.key)
-            reason = classify_revert(e.reason, E.TRANSACTION_SIMULATION_FAILED)
-            return self._failure(checked, reason, e.reason)
-        except Exception:
-            self.store.release(checked.key)
-            raise
-        call = {"to": checked.requirements.asset, "data": "0x" + calldata.hex()}
-        journaled = False
-        try:
-            with self.chain.sender_lock(self.signer.address):
+            try:
+                gas = estimate_transfer_gas(self.chain, self.signer.address,
+                                            checked.requirements.asset, calldata)
+            except Reverted as e:
+                self.store.release(checked.key)
+                reason = classify_revert(e.reason, E.TRANSACTION_SIMULATION_FAILED)
+                return self._failure(checked, reason, e.reason)
+            call = {"to": checked.requirements.asset, "data": "0x" + calldata.hex()}
+            with self._sender_lock():
                 signed = sign(self.chain, self.signer, call,
                               nonce=pending_nonce(self.chain, self.signer.address),
                               gas=int(gas * self.config.gas_margin))
-                journaled = self.store.record_submission(checked.key, signed.tx_hash, signed.raw)
-                if not journaled:
-                    # The reconciler gave up on our claim meanwhile: send nothing.
-                    return self._failure(checked, E.UNEXPECTED_SETTLE_ERROR,
-                                         "settlement claim expired; retry")
+                if not self.store.record_submission(checked.key, signed.tx_hash, signed.raw):
+                    return None
                 self._broadcast(signed)
-        except ChainUnavailable:
-            if not journaled:
-                self.store.release(checked.key)
-                raise
+        except BaseException:
+            self.store.release(checked.key)  # only a claim: a journaled row is not touched
+            raise
         record = self.store.get(checked.key)
         assert record is not None
         return self._await(record, deadline)
 
+    @contextlib.contextmanager
+    def _sender_lock(self) -> Iterator[None]:
+        """Our signer's nonces, one transaction at a time: this process's threads by the
+        chain's lock, then the processes sharing the journal by the database's. In that
+        order, so each process holds at most one connection waiting for the database."""
+        with self.chain.sender_lock(self.signer.address), \
+                self.store.sender_lock(self.network, self.signer.address):
+            yield
+
     def _broadcast(self, signed: SignedTx) -> None:
+        """Send a journaled transaction; any failure (the node refused it, or could not
+        be reached) is left to the reconciler, which re-sends or re-signs it."""
         try:
             broadcast(self.chain, signed)
-        except ChainUnavailable:
-            raise
-        except Exception as e:  # the node refused it; the reconciler decides what it means
-            log.warning("broadcast of %s refused: %s", signed.tx_hash, e)
+        except Exception as e:
+            log.warning("broadcast of %s failed: %s", signed.tx_hash, e)
 
     def _await(self, record: Settlement, deadline: float) -> SettleResponse:
         """Wait for the journaled transaction until ``deadline``, then finish or report pending."""
         assert record.tx_hash is not None
         remaining = max(0.0, deadline - time.monotonic())
         try:
-            receipt = self.chain.w3.eth.wait_for_transaction_receipt(
-                record.tx_hash, timeout=remaining, poll_latency=0.02)  # type: ignore[arg-type]
-        except (TimeExhausted, ChainUnavailable, OSError):
+            receipt = wait_for_receipt(self.chain, record.tx_hash, remaining)
+        except (TimeExhausted, ChainUnavailable, RpcError):
             return self._pending(record)
         return self._finish(record, int(receipt["status"]) == 1)
 
@@ -320,15 +385,16 @@ class Facilitator:
             try:
                 if self._reconcile_one(record):
                     finished += 1
-            except ChainUnavailable:
-                log.warning("chain unavailable; reconciliation postponed")
+            except (ChainUnavailable, RpcError) as e:
+                log.warning("chain failed (%s); reconciliation postponed", e)
                 break
         return finished
 
     def _reconcile_one(self, record: Settlement) -> bool:
         if record.state == State.CLAIMED:
-            if time.time() - record.updated_at > self.config.claim_timeout:
-                self.store.release(record.key)
+            if self._stale(record):
+                self.store.release(record.key,
+                                   stale_before=time.time() - self.config.claim_timeout)
             return False
         assert record.tx_hash is not None and record.raw_tx is not None
         receipt = rpc(self.chain, "eth_getTransactionReceipt", [record.tx_hash])
@@ -361,7 +427,7 @@ class Facilitator:
             if "nonce" not in str(e).lower():
                 log.warning("rebroadcast of %s failed: %s", record.tx_hash, e)
                 return
-        with self.chain.sender_lock(self.signer.address):
+        with self._sender_lock():
             # The nonce may have been taken by this very transaction, mined since we looked
             # (a broadcast racing this reconciler): then the next pass records its receipt,
             # and a second transaction must never be signed for the same authorization.
@@ -385,3 +451,13 @@ def _already_message(state: State, tx_hash: str | None) -> str:
     if state == State.CONFIRMED:
         return f"this authorization was already settled in {tx_hash}"
     return "this authorization is already being settled"
+
+
+def _another_resource_message(state: State, tx_hash: str | None) -> str:
+    if state == State.CONFIRMED:
+        return (f"this authorization already paid for another resource in {tx_hash}; "
+                "it cannot pay for this one")
+    if state == State.FAILED:
+        return ("this authorization was already submitted for another resource "
+                "(its settlement failed, no funds moved); it cannot pay for this one")
+    return "this authorization is being settled for another resource; it cannot pay for this one"

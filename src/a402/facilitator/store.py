@@ -10,7 +10,14 @@ transaction is written here (hash and signed bytes) before it is broadcast. So:
 - a repeated call is answered with the first call's recorded result.
 
 The key is the authorization's identity on-chain, ``(network, asset, payer,
-nonce)``; EIP-3009 lets that be spent once, so neither can we.
+nonce)``; EIP-3009 lets that be spent once, so neither can we. The row also
+records what the claiming request named as its resource, so one settlement is
+never handed to a second resource.
+
+Replicas sharing one database and one signer key also share its transaction
+nonces: ``sender_lock`` serialises their nonce allocation through the
+database (a PostgreSQL advisory lock; SQLite is one process, whose own lock
+suffices).
 """
 
 from __future__ import annotations
@@ -25,17 +32,21 @@ from dataclasses import dataclass
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Engine,
     Float,
     LargeBinary,
     String,
+    Text,
     bindparam,
     create_engine,
     delete,
     event,
+    inspect,
     select,
+    text,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 
@@ -70,6 +81,9 @@ class SettlementRow(Base):
     response: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
+    # Added after the first release: nullable, so rows of older journals read as
+    # claimed by a request that named no resource (see ``_add_new_columns``).
+    resource: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 @dataclass(frozen=True)
@@ -89,13 +103,15 @@ class Settlement:
     raw_tx: bytes | None
     response: dict | None
     updated_at: float
+    resource: str | None
+    """What the claiming request named as its resource (None: it named none)."""
 
     @classmethod
     def of(cls, row: SettlementRow) -> Settlement:
         return cls(
             row.key, row.payload_hash, row.network, row.asset, row.payer, row.pay_to,
             int(row.amount), int(row.valid_before), State(row.state), row.tx_hash, row.raw_tx,
-            row.response, row.updated_at,
+            row.response, row.updated_at, row.resource,
         )
 
 
@@ -121,6 +137,7 @@ class SettlementStore:
         else:
             self.engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
         Base.metadata.create_all(self.engine)
+        _add_new_columns(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -133,25 +150,26 @@ class SettlementStore:
             row = s.get(SettlementRow, key)
             return Settlement.of(row) if row else None
 
-    def peek(self, key: str) -> tuple[State, str | None] | None:
-        """State and transaction of a key, without the ORM: this is on verify's hot path."""
+    def peek(self, key: str) -> tuple[State, str | None, str | None] | None:
+        """State, transaction and resource of a key, without the ORM: this is on
+        verify's hot path."""
         with self.engine.connect() as conn:
             row = conn.execute(self._peek, {"key": key}).first()
-        return (State(row[0]), row[1]) if row else None
+        return (State(row[0]), row[1], row[2]) if row else None
 
-    _peek = select(SettlementRow.state, SettlementRow.tx_hash).where(
+    _peek = select(SettlementRow.state, SettlementRow.tx_hash, SettlementRow.resource).where(
         SettlementRow.key == bindparam("key"))
 
     def claim(
         self, *, key: str, payload_hash: str, network: str, asset: str, payer: str, pay_to: str,
-        amount: int, valid_before: int,
+        amount: int, valid_before: int, resource: str | None = None,
     ) -> bool:
         """Take the key for this call; False if any call (anywhere) already has it."""
         now = time.time()
         row = SettlementRow(
             key=key, payload_hash=payload_hash, network=network, asset=asset, payer=payer,
             pay_to=pay_to, amount=str(amount), valid_before=valid_before, state=State.CLAIMED,
-            created_at=now, updated_at=now,
+            created_at=now, updated_at=now, resource=resource,
         )
         try:
             with self._tx() as s:
@@ -160,32 +178,81 @@ class SettlementStore:
             return False
         return True
 
-    def release(self, key: str) -> None:
-        """Give back a claim under which nothing was sent (verification failed)."""
+    def take_over(self, key: str, *, stale_before: float) -> bool:
+        """Take a claim untouched since ``stale_before`` (its holder is presumed dead).
+
+        A compare-and-set, so of several callers only one takes it. Taking over a
+        holder that is in fact alive costs no money: see ``record_submission``.
+        """
+        return self._set(key, State.CLAIMED, stale_before=stale_before)
+
+    def release(self, key: str, *, stale_before: float | None = None) -> None:
+        """Give back a claim under which nothing was sent (verification failed, the
+        chain failed before anything was journaled); with ``stale_before``, only a
+        claim untouched since then (the reconciler's clean-up of a dead holder's)."""
+        condition = [SettlementRow.key == key, SettlementRow.state == State.CLAIMED]
+        if stale_before is not None:
+            condition.append(SettlementRow.updated_at < stale_before)
         with self._tx() as s:
-            s.execute(delete(SettlementRow).where(SettlementRow.key == key,
-                                                  SettlementRow.state == State.CLAIMED))
+            s.execute(delete(SettlementRow).where(*condition))
 
     def record_submission(
         self, key: str, tx_hash: str, raw_tx: bytes, *, from_state: State = State.CLAIMED
     ) -> bool:
         """Journal the signed transaction; it must commit before the transaction is
-        broadcast. False if the record is no longer in ``from_state`` (then send nothing)."""
+        broadcast. False if the record is no longer in ``from_state`` (then send nothing).
+
+        This compare-and-set is what makes claims safe to take over after a short
+        timeout. Every claim of one key is for the same signed authorization (a
+        different signature is refused before claiming) and so would sign the same
+        transfer; the row leaves ``claimed`` once, so exactly one claimant journals a
+        transaction and only that one broadcasts. A holder that was presumed dead,
+        released or taken over while still alive loses this race or finds the row
+        gone, sends nothing, and follows whoever won: the cost is time, never money.
+        """
         return self._set(key, from_state, state=State.SUBMITTED, tx_hash=tx_hash, raw_tx=raw_tx)
 
     def finish(self, key: str, state: State, response: dict) -> None:
         assert state in FINAL
         self._set(key, State.SUBMITTED, state=state, response=response)
 
-    def _set(self, key: str, from_state: State, **values: object) -> bool:
+    def _set(
+        self, key: str, from_state: State, *, stale_before: float | None = None,
+        **values: object,
+    ) -> bool:
         """A compare-and-set on the row's state, so concurrent finishers cannot disagree."""
+        condition = [SettlementRow.key == key, SettlementRow.state == from_state]
+        if stale_before is not None:
+            condition.append(SettlementRow.updated_at < stale_before)
         with self._tx() as s:
             result = s.execute(
-                update(SettlementRow)
-                .where(SettlementRow.key == key, SettlementRow.state == from_state)
-                .values(updated_at=time.time(), **values)
+                update(SettlementRow).where(*condition).values(updated_at=time.time(), **values)
             )
             return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    @contextmanager
+    def sender_lock(self, network: str, address: str) -> Iterator[None]:
+        """Hold the database's lock on ``address``'s nonces on ``network``.
+
+        PostgreSQL: a transaction-scoped advisory lock, held on a connection of
+        its own until the block exits and released by PostgreSQL if this process
+        dies, so replicas sharing a signer key allocate nonces one at a time
+        (pending nonce, sign, journal, broadcast) instead of signing two
+        transactions with one nonce. Callers take their in-process lock first,
+        so each process has at most one connection waiting here. SQLite: a no-op
+        (one process; its in-process lock serialises). Should the lock's
+        connection die mid-block, two replicas may collide on a nonce once: the
+        journal still sends each authorization once, and the reconciler re-signs
+        the transaction the node refused.
+        """
+        if self.engine.dialect.name != "postgresql":
+            yield
+            return
+        material = f"a402-nonce|{network}|{address.lower()}".encode()
+        lock_id = int.from_bytes(hashlib.sha256(material).digest()[:8], "big", signed=True)
+        with self.engine.connect() as conn, conn.begin():
+            conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id})
+            yield
 
     def unfinished(self) -> list[Settlement]:
         with self._tx() as s:
@@ -203,6 +270,32 @@ class SettlementStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _add_new_columns(engine: Engine) -> None:
+    """Bring a journal made by an older a402 up to this schema.
+
+    ``create_all`` makes missing tables but leaves existing ones alone, so the
+    columns added since (all nullable) are added here; old rows read NULL.
+    Replicas may start together: PostgreSQL's ``IF NOT EXISTS`` makes the race
+    harmless there; on SQLite a "duplicate column" from a concurrent process is
+    checked for and ignored.
+    """
+    table = SettlementRow.__table__
+    present = {c["name"] for c in inspect(engine).get_columns(table.name)}
+    for column in table.columns:
+        if column.name in present:
+            continue
+        assert column.nullable, f"{column.name}: a new column must be nullable"
+        kind = column.type.compile(dialect=engine.dialect)
+        guard = "IF NOT EXISTS " if engine.dialect.name == "postgresql" else ""
+        try:
+            with engine.begin() as conn:
+                conn.execute(text(
+                    f"ALTER TABLE {table.name} ADD COLUMN {guard}{column.name} {kind}"))
+        except OperationalError:
+            if column.name not in {c["name"] for c in inspect(engine).get_columns(table.name)}:
+                raise
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]

@@ -51,6 +51,12 @@ SETTLEMENT_PENDING: Final = "settlement_pending"
 # does not look; its resource server rejects such a payload before verify with
 # the free text "No matching payment requirements".
 ACCEPTED_MISMATCH: Final = "accepted_requirements_mismatch"
+# The authorization is already journaled for (claimed or settled by) a request
+# naming another resource: one payment buys one resource, so a second resource
+# must not be handed the first one's settlement. A refinement of
+# ``invalid_exact_evm_nonce_already_used`` (that code for the same resource),
+# hence its prefix: a peer matching on the prefix reads it as "nonce used".
+NONCE_USED_FOR_ANOTHER_RESOURCE: Final = "invalid_exact_evm_nonce_already_used_for_another_resource"
 
 
 class WireError(Exception):
