@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from a402.chain.deploy import Manifest
+from a402.chain.node import Chain
+from a402.chain.tx import contract_at, transact
 from a402.exact.eip3009 import build_payment_payload
 from a402.wire.x402 import PaymentRequirements
 
@@ -18,6 +21,14 @@ def requirement(stack: Manifest, amount: int = 1_000, **overrides: Any) -> Payme
         "maxTimeoutSeconds": 60, "extra": stack.token.eip712_extra(),
     }
     return PaymentRequirements.model_validate(fields | overrides)
+
+
+def funded_payer(chain: Chain, stack: Manifest, funds: int) -> LocalAccount:
+    """A fresh key holding ``funds`` token units, on a chain of the test's own."""
+    payer = Account.create()
+    token = contract_at(chain, "TestUSDC", stack.token.address)
+    transact(chain, chain.accounts[0], token.functions.mint(payer.address, funds))
+    return payer
 
 
 def request_body(

@@ -11,13 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from eth_account import Account
 from starlette.testclient import TestClient
 
 from a402.chain.deploy import Manifest, deploy_dev_stack, token_balance
 from a402.chain.node import Chain, start_anvil
 from a402.chain.rpc import ChainUnavailable
-from a402.chain.tx import contract_at, pending_nonce, sign, transact
+from a402.chain.tx import pending_nonce, sign
 from a402.exact.checks import VALID_BEFORE_MARGIN
 from a402.exact.onchain import transfer_calldata
 from a402.facilitator import core
@@ -32,20 +31,13 @@ from a402.facilitator.store import (
     settlement_key,
 )
 from a402.wire import errors as E
-from tests.facilitator.helpers import request_body, requirement
+from tests.facilitator.helpers import funded_payer, request_body, requirement
 
 
 @pytest.fixture
 def own_chain() -> Iterator[tuple[Chain, Manifest]]:
     with start_anvil(accounts=5) as chain:
         yield chain, deploy_dev_stack(chain)
-
-
-def funded_payer(chain: Chain, stack: Manifest, funds: int) -> Account:
-    payer = Account.create()
-    token = contract_at(chain, "TestUSDC", stack.token.address)
-    transact(chain, chain.accounts[0], token.functions.mint(payer.address, funds))
-    return payer
 
 
 def until_finished(facilitator: Facilitator, key: str, within: float = 30.0) -> Settlement | None:
