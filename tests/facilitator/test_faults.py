@@ -1,11 +1,17 @@
-"""Faults around settlement: a dead RPC node, a chain that does not mine, a
-crash between journaling and broadcasting. Each must cost time, never money.
+"""Faults around settlement: a dead RPC node, an RPC that fails some calls, a
+chain that does not mine, a crash between claiming and journaling or between
+journaling and broadcasting. Each must cost time (seconds), never money.
 
 Every test here runs its own anvil, because it stops mining or kills the node.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,12 +19,13 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
+import a402
 from a402.chain.deploy import Manifest, deploy_dev_stack, token_balance
-from a402.chain.node import Chain, start_anvil
+from a402.chain.node import Chain, connect, start_anvil
 from a402.chain.rpc import ChainUnavailable
 from a402.chain.tx import pending_nonce, sign
 from a402.exact.checks import VALID_BEFORE_MARGIN
-from a402.exact.onchain import transfer_calldata
+from a402.exact.onchain import authorization_used, transfer_calldata
 from a402.facilitator import core
 from a402.facilitator.app import create_app
 from a402.facilitator.core import Facilitator, FacilitatorConfig
@@ -31,6 +38,7 @@ from a402.facilitator.store import (
     settlement_key,
 )
 from a402.wire import errors as E
+from tests.chain.faulty_rpc import Fault, faulty_rpc
 from tests.facilitator.helpers import funded_payer, request_body, requirement
 
 
@@ -200,3 +208,120 @@ def test_a_reconciler_racing_the_broadcast_never_signs_a_second_transaction(
     assert record is not None and record.state == State.CONFIRMED
     assert record.tx_hash == pending.transaction
     assert token_balance(chain, stack.token.address, payer.address) == 4_000
+
+
+@pytest.mark.parametrize(("path", "method", "fault"), [
+    ("/settle", "eth_getTransactionCount", Fault.DROP),
+    ("/settle", "eth_getTransactionCount", Fault.BAD_GATEWAY),
+    ("/settle", "eth_getBlockByNumber", Fault.NOT_JSON),
+    ("/settle", "eth_estimateGas", Fault.BAD_GATEWAY),
+    ("/verify", "eth_call", Fault.NOT_JSON),
+], ids=["nonce-dropped", "nonce-502", "fees-not-json", "estimate-502", "verify-not-json"])
+def test_an_rpc_failing_mid_request_answers_503_and_the_retry_settles_at_once(
+    own_chain: tuple[Chain, Manifest], tmp_path: Path, path: str, method: str, fault: Fault,
+) -> None:
+    """The node behind a proxy that fails one kind of call: the request gets 503 with
+    a reason and Retry-After, nothing is claimed, signed or moved; once the node is
+    back, the same request settles at once (no claim left to time out)."""
+    chain, stack = own_chain
+    payer, payee = funded_payer(chain, stack, 5_000), stack.account("provider").address
+    body = request_body(payer, requirement(stack, 1_500))
+    auth = body["paymentPayload"]["payload"]["authorization"]
+    with faulty_rpc(chain.rpc_url) as (url, proxy):
+        via_proxy = connect(url, [chain.accounts[1].key])
+        store = SettlementStore(f"sqlite:///{tmp_path}/j.db")
+        facilitator = Facilitator(via_proxy, via_proxy.accounts[0], store)
+        with TestClient(create_app(facilitator), raise_server_exceptions=False) as http:
+            proxy.fail(method, fault)
+            refused = http.post(path, json=body)
+            assert (method, fault) in proxy.injected
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"] == "chain_unavailable"
+            assert int(refused.headers["retry-after"]) > 0
+            assert store.unfinished() == []
+            assert token_balance(chain, stack.token.address, payer.address) == 5_000
+
+            proxy.heal()
+            started = time.monotonic()
+            settled = http.post("/settle", json=body)
+            assert time.monotonic() - started < 5
+    assert settled.status_code == 200 and settled.json()["success"], settled.text
+    assert token_balance(chain, stack.token.address, payer.address) == 3_500
+    assert token_balance(chain, stack.token.address, payee) == 1_500
+    assert authorization_used(chain, stack.token.address, auth["from"], auth["nonce"])
+
+
+_DIE_AFTER_CLAIMING = """
+import json, pathlib, sys, time
+from a402.chain.node import connect
+from a402.facilitator import core
+from a402.facilitator.core import Facilitator
+from a402.facilitator.store import SettlementStore
+
+rpc_url, key, db, body, ready = sys.argv[1:]
+
+def stop_here(*_args, **_kwargs):  # claimed, nothing signed: wait for SIGKILL
+    pathlib.Path(ready).touch()
+    time.sleep(600)
+
+core.pending_nonce = stop_here
+chain = connect(rpc_url, [key])
+Facilitator(chain, chain.accounts[0], SettlementStore(db)).settle(json.loads(body))
+"""
+
+
+def test_a_claim_left_by_a_killed_process_is_taken_over_within_seconds(
+    own_chain: tuple[Chain, Manifest], tmp_path: Path
+) -> None:
+    """A facilitator process is killed (SIGKILL) after claiming a payment and before
+    signing it. The same request to a new process settles it as soon as the claim
+    times out (seconds, default configuration), once."""
+    chain, stack = own_chain
+    payer, payee = funded_payer(chain, stack, 5_000), stack.account("provider").address
+    body = request_body(payer, requirement(stack, 1_500))
+    auth = body["paymentPayload"]["payload"]["authorization"]
+    url, ready = f"sqlite:///{tmp_path}/journal.db", tmp_path / "claimed"
+    signer = chain.accounts[1]
+    env = os.environ | {"PYTHONPATH": str(Path(a402.__file__).parents[1])}
+    doomed = subprocess.Popen(
+        [sys.executable, "-c", _DIE_AFTER_CLAIMING, chain.rpc_url or "", signer.key.hex(), url,
+         json.dumps(body), str(ready)], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert doomed.poll() is None and time.monotonic() < deadline, "never claimed"
+            time.sleep(0.05)
+    finally:
+        os.kill(doomed.pid, signal.SIGKILL)
+        doomed.wait()
+    key = settlement_key(stack.network, stack.token.address, payer.address, auth["nonce"])
+    store = SettlementStore(url)
+    left = store.get(key)
+    assert left is not None and left.state == State.CLAIMED and left.tx_hash is None
+
+    restarted = Facilitator(chain, signer, store)
+    started = time.monotonic()
+    settled = restarted.settle(body)
+    elapsed = time.monotonic() - started
+
+    assert settled.success, settled
+    assert elapsed < restarted.config.claim_timeout + 5
+    assert restarted.config.claim_timeout <= 10
+    assert token_balance(chain, stack.token.address, payer.address) == 3_500
+    assert token_balance(chain, stack.token.address, payee) == 1_500
+    assert restarted.settle(body) == settled
+
+
+def test_the_reconciler_releases_a_dead_claim_but_not_a_live_one(
+    own_chain: tuple[Chain, Manifest], tmp_path: Path
+) -> None:
+    chain, stack = own_chain
+    store = SettlementStore(f"sqlite:///{tmp_path}/j.db")
+    facilitator = Facilitator(chain, chain.accounts[1], store, FacilitatorConfig(claim_timeout=1))
+    claim = {"network": stack.network, "asset": stack.token.address, "payer": "0x" + "22" * 20,
+             "pay_to": "0x" + "33" * 20, "amount": 1, "valid_before": 2**40}
+    assert store.claim(key="dead", payload_hash="p", **claim)
+    time.sleep(1.2)
+    assert store.claim(key="live", payload_hash="q", **claim)
+    facilitator.reconcile()
+    assert [r.key for r in store.unfinished()] == ["live"]
