@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,14 +124,15 @@ def test_a_crash_after_journaling_is_finished_by_the_next_process(
 
     journal = SettlementStore(url)
     key = settlement_key(stack.network, stack.token.address, payer.address, auth["nonce"])
-    assert journal.claim(key=key, payload_hash=payload_digest(signature, auth),
-                         network=stack.network, asset=stack.token.address, payer=payer.address,
-                         pay_to=payee, amount=1_500, valid_before=int(auth["validBefore"]))
+    holder = journal.claim(key=key, payload_hash=payload_digest(signature, auth),
+                           network=stack.network, asset=stack.token.address, payer=payer.address,
+                           pay_to=payee, amount=1_500, valid_before=int(auth["validBefore"]))
+    assert holder is not None
     calldata = transfer_calldata(auth, bytes.fromhex(signature[2:]))
     signer = chain.accounts[1]
     signed = sign(chain, signer, {"to": stack.token.address, "data": "0x" + calldata.hex()},
                   nonce=pending_nonce(chain, signer.address), gas=200_000)
-    assert journal.record_submission(key, signed.tx_hash, signed.raw)
+    assert journal.record_submission(key, holder, signed.tx_hash, signed.raw)
     journal.close()  # ... and the process dies here, before broadcasting.
 
     restarted = Facilitator(chain, signer, SettlementStore(url))
@@ -325,3 +327,53 @@ def test_the_reconciler_releases_a_dead_claim_but_not_a_live_one(
     assert store.claim(key="live", payload_hash="q", **claim)
     facilitator.reconcile()
     assert [r.key for r in store.unfinished()] == ["live"]
+
+
+def test_a_live_holder_presumed_dead_sends_nothing_and_pays_no_second_resource(
+    own_chain: tuple[Chain, Manifest], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Request A (resource X) claims and stalls before signing, long enough for its
+    claim to be presumed dead and cleaned up; request B (resource Y) claims the same
+    authorization and stalls too. A wakes first: it must not journal under B's claim
+    (which would hand B the payment A settled), so it sends nothing and is refused;
+    B settles, once."""
+    chain, stack = own_chain
+    payer, payee = funded_payer(chain, stack, 5_000), stack.account("provider").address
+    facilitator = Facilitator(chain, chain.accounts[1], SettlementStore(f"sqlite:///{tmp_path}/j.db"),
+                              FacilitatorConfig(claim_timeout=0.5))
+    body = request_body(payer, requirement(stack, 1_500))
+    from_x, from_y = (body | {"paymentPayload": body["paymentPayload"] | {"resource": {"url": u}}}
+                      for u in ("https://x.example/", "https://y.example/"))
+    entered = [threading.Event(), threading.Event()]
+    go = [threading.Event(), threading.Event()]
+    calls = iter(range(2))
+    estimate = core.estimate_transfer_gas
+
+    def stalled(*args: object) -> int:
+        if (n := next(calls, None)) is not None:
+            entered[n].set()
+            assert go[n].wait(30)
+        return estimate(*args)  # type: ignore[arg-type]
+
+    nonce = pending_nonce(chain, chain.accounts[1].address)
+    monkeypatch.setattr(core, "estimate_transfer_gas", stalled)
+    answers: dict[str, object] = {}
+    first = threading.Thread(target=lambda: answers.update(x=facilitator.settle(from_x)))
+    first.start()
+    assert entered[0].wait(30)
+    time.sleep(0.6)
+    facilitator.reconcile()  # A's claim is stale: released
+    second = threading.Thread(target=lambda: answers.update(y=facilitator.settle(from_y)))
+    second.start()
+    assert entered[1].wait(30)
+    go[0].set()
+    first.join(30)
+    go[1].set()
+    second.join(30)
+
+    x, y = answers["x"], answers["y"]
+    assert not x.success and x.error_reason == E.NONCE_USED_FOR_ANOTHER_RESOURCE, x  # type: ignore[attr-defined]
+    assert y.success, y  # type: ignore[attr-defined]
+    assert token_balance(chain, stack.token.address, payer.address) == 3_500
+    assert token_balance(chain, stack.token.address, payee) == 1_500
+    assert pending_nonce(chain, chain.accounts[1].address) == nonce + 1  # one transaction

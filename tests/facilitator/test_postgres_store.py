@@ -43,6 +43,21 @@ def test_the_store_speaks_postgresql(pg_store: SettlementStore) -> None:
     assert record is not None and record.amount == 10**30 and record.payload_hash == "p" * 64
 
 
+def test_a_claim_taken_over_is_out_of_its_old_holders_hands(pg_store: SettlementStore) -> None:
+    claim = {"key": "c" * 64, "payload_hash": "p" * 64, "network": "eip155:1", "asset": "0x1",
+             "payer": "0x2", "pay_to": "0x3", "amount": 1, "valid_before": 1}
+    old = pg_store.claim(**claim)
+    assert old is not None
+    assert pg_store.take_over(claim["key"], stale_before=time.time() - 60) is None  # not stale
+    new = pg_store.take_over(claim["key"], stale_before=time.time() + 1)
+    assert new is not None and new != old
+    pg_store.release(claim["key"], holder=old)  # a late release by the old holder ...
+    assert not pg_store.record_submission(claim["key"], old, "0xaa", b"old")  # ... or journal
+    assert pg_store.record_submission(claim["key"], new, "0xbb", b"new")
+    record = pg_store.get(claim["key"])
+    assert record is not None and (record.tx_hash, record.raw_tx) == ("0xbb", b"new")
+
+
 def test_two_replicas_on_one_database_settle_a_replayed_payment_once(
     anvil_chain: Chain, dev_stack: Manifest, new_payer: Callable[..., LocalAccount],
     pg_store: SettlementStore, postgres_url: str,

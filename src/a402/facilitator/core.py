@@ -204,15 +204,16 @@ class Facilitator:
         known = journaled
         while True:
             if known is None:
-                if self._claim(checked) and (answer := self._settle_claimed(checked, deadline)):
+                if (holder := self._claim(checked)) and (
+                        answer := self._settle_claimed(checked, holder, deadline)):
                     return answer
                 if (known := self.store.get(checked.key)) is None:
                     continue  # the holder released its claim meanwhile: try again
             if (refusal := self._conflict(checked, known)) is not None:
                 return refusal
-            if self._stale(known) and self.store.take_over(
-                    checked.key, stale_before=time.time() - self.config.claim_timeout):
-                if answer := self._settle_claimed(checked, deadline):
+            if self._stale(known) and (holder := self.store.take_over(
+                    checked.key, stale_before=time.time() - self.config.claim_timeout)):
+                if answer := self._settle_claimed(checked, holder, deadline):
                     return answer
             elif (answer := self._follow(checked, deadline)) is not None:
                 return answer
@@ -234,7 +235,7 @@ class Facilitator:
             return None
         return record
 
-    def _claim(self, checked: _Checked) -> bool:
+    def _claim(self, checked: _Checked) -> str | None:
         assert checked.check.authorization is not None and checked.check.payer is not None
         return self.store.claim(
             key=checked.key, payload_hash=checked.payload_hash, network=self.network,
@@ -280,8 +281,10 @@ class Facilitator:
                 return self._pending(known)
             self._wait_for_change(0.05)
 
-    def _settle_claimed(self, checked: _Checked, deadline: float) -> SettleResponse | None:
-        """Settle under our claim; None if we lost it (someone else journaled, or it was
+    def _settle_claimed(
+        self, checked: _Checked, holder: str, deadline: float
+    ) -> SettleResponse | None:
+        """Settle under our claim (``holder``); None if we lost it (taken over, or
         released): nothing was sent and the caller follows whoever holds it now.
 
         Until the transaction is journaled any failure, of the chain or else, releases
@@ -293,7 +296,7 @@ class Facilitator:
                 gas = estimate_transfer_gas(self.chain, self.signer.address,
                                             checked.requirements.asset, calldata)
             except Reverted as e:
-                self.store.release(checked.key)
+                self.store.release(checked.key, holder=holder)
                 reason = classify_revert(e.reason, E.TRANSACTION_SIMULATION_FAILED)
                 return self._failure(checked, reason, e.reason)
             call = {"to": checked.requirements.asset, "data": "0x" + calldata.hex()}
@@ -301,11 +304,12 @@ class Facilitator:
                 signed = sign(self.chain, self.signer, call,
                               nonce=pending_nonce(self.chain, self.signer.address),
                               gas=int(gas * self.config.gas_margin))
-                if not self.store.record_submission(checked.key, signed.tx_hash, signed.raw):
+                if not self.store.record_submission(checked.key, holder, signed.tx_hash,
+                                                    signed.raw):
                     return None
                 self._broadcast(signed)
         except BaseException:
-            self.store.release(checked.key)  # only a claim: a journaled row is not touched
+            self.store.release(checked.key, holder=holder)  # a journaled row is not touched
             raise
         record = self.store.get(checked.key)
         assert record is not None
@@ -437,8 +441,7 @@ class Facilitator:
             call = {"to": to_checksum_address(tx["to"]), "data": "0x" + bytes(tx["data"]).hex()}
             signed = sign(self.chain, self.signer, call,
                           nonce=pending_nonce(self.chain, self.signer.address), gas=tx["gas"])
-            self.store.record_submission(record.key, signed.tx_hash, signed.raw,
-                                         from_state=State.SUBMITTED)
+            self.store.record_resubmission(record.key, signed.tx_hash, signed.raw)
             self._broadcast(signed)
 
 

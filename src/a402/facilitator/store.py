@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,6 +49,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
 
 
 class State(enum.StrEnum):
@@ -82,8 +84,11 @@ class SettlementRow(Base):
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
     # Added after the first release: nullable, so rows of older journals read as
-    # claimed by a request that named no resource (see ``_add_new_columns``).
+    # claimed by a request that named no resource, by no holder that can still
+    # journal under its claim (see ``_add_new_columns``).
     resource: Mapped[str | None] = mapped_column(Text, nullable=True)
+    holder: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    """The current claim's token; only its holder may journal a transaction."""
 
 
 @dataclass(frozen=True)
@@ -163,67 +168,80 @@ class SettlementStore:
     def claim(
         self, *, key: str, payload_hash: str, network: str, asset: str, payer: str, pay_to: str,
         amount: int, valid_before: int, resource: str | None = None,
-    ) -> bool:
-        """Take the key for this call; False if any call (anywhere) already has it."""
-        now = time.time()
+    ) -> str | None:
+        """Take the key for this call: the claim's holder token, or None if any call
+        (anywhere) already has it."""
+        now, holder = time.time(), secrets.token_hex(16)
         row = SettlementRow(
             key=key, payload_hash=payload_hash, network=network, asset=asset, payer=payer,
             pay_to=pay_to, amount=str(amount), valid_before=valid_before, state=State.CLAIMED,
-            created_at=now, updated_at=now, resource=resource,
+            created_at=now, updated_at=now, resource=resource, holder=holder,
         )
         try:
             with self._tx() as s:
                 s.add(row)
         except IntegrityError:
-            return False
-        return True
+            return None
+        return holder
 
-    def take_over(self, key: str, *, stale_before: float) -> bool:
-        """Take a claim untouched since ``stale_before`` (its holder is presumed dead).
+    def take_over(self, key: str, *, stale_before: float) -> str | None:
+        """Take a claim untouched since ``stale_before`` (its holder presumed dead): the
+        new holder token, or None if the claim is not (or no longer) stale. A
+        compare-and-set, so of several callers one takes it; the old holder, should it
+        be alive after all, can no longer journal (see ``record_submission``)."""
+        holder = secrets.token_hex(16)
+        taken = self._where([SettlementRow.key == key, SettlementRow.state == State.CLAIMED,
+                             SettlementRow.updated_at < stale_before], holder=holder)
+        return holder if taken else None
 
-        A compare-and-set, so of several callers only one takes it. Taking over a
-        holder that is in fact alive costs no money: see ``record_submission``.
-        """
-        return self._set(key, State.CLAIMED, stale_before=stale_before)
-
-    def release(self, key: str, *, stale_before: float | None = None) -> None:
-        """Give back a claim under which nothing was sent (verification failed, the
-        chain failed before anything was journaled); with ``stale_before``, only a
-        claim untouched since then (the reconciler's clean-up of a dead holder's)."""
+    def release(
+        self, key: str, *, holder: str | None = None, stale_before: float | None = None
+    ) -> None:
+        """Give back a claim under which nothing was sent: ``holder``'s own (verification
+        or the chain failed before anything was journaled), or, with ``stale_before``,
+        whoever's is untouched since then (the reconciler's clean-up of a dead holder's).
+        A journaled row is never deleted."""
         condition = [SettlementRow.key == key, SettlementRow.state == State.CLAIMED]
+        if holder is not None:
+            condition.append(SettlementRow.holder == holder)
         if stale_before is not None:
             condition.append(SettlementRow.updated_at < stale_before)
         with self._tx() as s:
             s.execute(delete(SettlementRow).where(*condition))
 
-    def record_submission(
-        self, key: str, tx_hash: str, raw_tx: bytes, *, from_state: State = State.CLAIMED
-    ) -> bool:
-        """Journal the signed transaction; it must commit before the transaction is
-        broadcast. False if the record is no longer in ``from_state`` (then send nothing).
+    def record_submission(self, key: str, holder: str, tx_hash: str, raw_tx: bytes) -> bool:
+        """Journal the signed transaction under ``holder``'s claim; it must commit before
+        the transaction is broadcast. False if that claim is no longer held (then send
+        nothing).
 
         This compare-and-set is what makes claims safe to take over after a short
-        timeout. Every claim of one key is for the same signed authorization (a
-        different signature is refused before claiming) and so would sign the same
-        transfer; the row leaves ``claimed`` once, so exactly one claimant journals a
-        transaction and only that one broadcasts. A holder that was presumed dead,
-        released or taken over while still alive loses this race or finds the row
-        gone, sends nothing, and follows whoever won: the cost is time, never money.
+        timeout: a row leaves ``claimed`` once, and only for the holder of the claim at
+        that moment, so of all the calls that ever held a claim on one authorization
+        exactly one journals a transaction, and only that one broadcasts. A holder
+        presumed dead while still alive (taken over, or released and claimed again,
+        perhaps by a request for another resource) fails here, sends nothing, and
+        follows whoever holds the claim now: the cost is time, never money.
         """
-        return self._set(key, from_state, state=State.SUBMITTED, tx_hash=tx_hash, raw_tx=raw_tx)
+        return self._where([SettlementRow.key == key, SettlementRow.state == State.CLAIMED,
+                            SettlementRow.holder == holder],
+                           state=State.SUBMITTED, tx_hash=tx_hash, raw_tx=raw_tx)
+
+    def record_resubmission(self, key: str, tx_hash: str, raw_tx: bytes) -> bool:
+        """Replace a journaled transaction whose nonce was taken by another (re-signed
+        by the reconciler under the signer's nonce lock); False if it was finished."""
+        return self._set(key, State.SUBMITTED, tx_hash=tx_hash, raw_tx=raw_tx)
 
     def finish(self, key: str, state: State, response: dict) -> None:
         assert state in FINAL
         self._set(key, State.SUBMITTED, state=state, response=response)
 
-    def _set(
-        self, key: str, from_state: State, *, stale_before: float | None = None,
-        **values: object,
-    ) -> bool:
+    def _set(self, key: str, from_state: State, **values: object) -> bool:
         """A compare-and-set on the row's state, so concurrent finishers cannot disagree."""
-        condition = [SettlementRow.key == key, SettlementRow.state == from_state]
-        if stale_before is not None:
-            condition.append(SettlementRow.updated_at < stale_before)
+        return self._where([SettlementRow.key == key, SettlementRow.state == from_state],
+                           **values)
+
+    def _where(self, condition: list[ColumnElement[bool]], **values: object) -> bool:
+        """Update the row if ``condition`` holds, touching ``updated_at``; did it hold?"""
         with self._tx() as s:
             result = s.execute(
                 update(SettlementRow).where(*condition).values(updated_at=time.time(), **values)
