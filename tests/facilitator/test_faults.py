@@ -16,15 +16,17 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from eth_account.signers.local import LocalAccount
 from starlette.testclient import TestClient
 
 import a402
 from a402.chain.deploy import Manifest, deploy_dev_stack, token_balance
 from a402.chain.node import Chain, connect, start_anvil
 from a402.chain.rpc import ChainUnavailable
-from a402.chain.tx import pending_nonce, sign
+from a402.chain.tx import SignedTx, pending_nonce, sign, transact
 from a402.exact.checks import VALID_BEFORE_MARGIN
 from a402.exact.onchain import authorization_used, transfer_calldata
 from a402.facilitator import core
@@ -111,6 +113,29 @@ def test_a_dead_rpc_node_gives_a_retryable_error_and_claims_nothing(tmp_path: Pa
         assert http.post("/verify", content=b"{not json").status_code == 400
 
 
+def journal_unsent(
+    chain: Chain, stack: Manifest, url: str, body: dict[str, Any], signer: LocalAccount
+) -> tuple[str, SignedTx]:
+    """What a process leaves when it dies after journaling a settlement's transaction
+    and before broadcasting it: the journal key and the signed, unsent transaction."""
+    evm = body["paymentPayload"]["payload"]
+    auth, signature = evm["authorization"], evm["signature"]
+    req = body["paymentRequirements"]
+    journal = SettlementStore(url)
+    key = settlement_key(stack.network, stack.token.address, auth["from"], auth["nonce"])
+    holder = journal.claim(key=key, payload_hash=payload_digest(signature, auth),
+                           network=stack.network, asset=stack.token.address, payer=auth["from"],
+                           pay_to=req["payTo"], amount=int(req["amount"]),
+                           valid_before=int(auth["validBefore"]))
+    assert holder is not None
+    calldata = transfer_calldata(auth, bytes.fromhex(signature[2:]))
+    signed = sign(chain, signer, {"to": stack.token.address, "data": "0x" + calldata.hex()},
+                  nonce=pending_nonce(chain, signer.address), gas=200_000)
+    assert journal.record_submission(key, holder, signed.tx_hash, signed.raw)
+    journal.close()  # ... and the process dies here, before broadcasting.
+    return key, signed
+
+
 def test_a_crash_after_journaling_is_finished_by_the_next_process(
     own_chain: tuple[Chain, Manifest], tmp_path: Path
 ) -> None:
@@ -119,21 +144,8 @@ def test_a_crash_after_journaling_is_finished_by_the_next_process(
     payer, payee = funded_payer(chain, stack, 5_000), stack.account("provider").address
     url = f"sqlite:///{tmp_path}/journal.db"
     body = request_body(payer, requirement(stack, 1_500))
-    evm = body["paymentPayload"]["payload"]
-    auth, signature = evm["authorization"], evm["signature"]
-
-    journal = SettlementStore(url)
-    key = settlement_key(stack.network, stack.token.address, payer.address, auth["nonce"])
-    holder = journal.claim(key=key, payload_hash=payload_digest(signature, auth),
-                           network=stack.network, asset=stack.token.address, payer=payer.address,
-                           pay_to=payee, amount=1_500, valid_before=int(auth["validBefore"]))
-    assert holder is not None
-    calldata = transfer_calldata(auth, bytes.fromhex(signature[2:]))
     signer = chain.accounts[1]
-    signed = sign(chain, signer, {"to": stack.token.address, "data": "0x" + calldata.hex()},
-                  nonce=pending_nonce(chain, signer.address), gas=200_000)
-    assert journal.record_submission(key, holder, signed.tx_hash, signed.raw)
-    journal.close()  # ... and the process dies here, before broadcasting.
+    key, signed = journal_unsent(chain, stack, url, body, signer)
 
     restarted = Facilitator(chain, signer, SettlementStore(url))
     restarted.reconcile()  # re-broadcasts the journaled transaction ...
@@ -377,3 +389,33 @@ def test_a_live_holder_presumed_dead_sends_nothing_and_pays_no_second_resource(
     assert token_balance(chain, stack.token.address, payer.address) == 3_500
     assert token_balance(chain, stack.token.address, payee) == 1_500
     assert pending_nonce(chain, chain.accounts[1].address) == nonce + 1  # one transaction
+
+
+def test_two_reconcilers_re_signing_one_dropped_transaction_send_one_copy(
+    own_chain: tuple[Chain, Manifest], tmp_path: Path
+) -> None:
+    """A journaled transaction was never sent and its nonce went to another
+    transaction. Two replicas' reconcilers read it before either acted; the first
+    re-signs it with a fresh nonce, the second must then send nothing: its copy would
+    revert (the authorization is used) and, journaled over the first, make the journal
+    report "no funds moved" for a payment that moved them."""
+    chain, stack = own_chain
+    payer, payee = funded_payer(chain, stack, 5_000), stack.account("provider").address
+    url = f"sqlite:///{tmp_path}/journal.db"
+    body = request_body(payer, requirement(stack, 1_500))
+    signer = chain.accounts[1]
+    key, dropped = journal_unsent(chain, stack, url, body, signer)
+    transact(chain, signer, {"to": chain.accounts[2].address}, value=1)  # takes its nonce
+    replicas = [Facilitator(chain, signer, SettlementStore(url)) for _ in range(2)]
+    seen = replicas[0].store.get(key)
+    assert seen is not None
+
+    for replica in replicas:
+        replica._rebroadcast(seen)
+
+    record = until_finished(replicas[0], key)
+    assert record is not None and record.state == State.CONFIRMED
+    assert record.tx_hash != dropped.tx_hash
+    assert pending_nonce(chain, signer.address) == dropped.nonce + 2  # the taker and one copy
+    assert token_balance(chain, stack.token.address, payer.address) == 3_500
+    assert token_balance(chain, stack.token.address, payee) == 1_500

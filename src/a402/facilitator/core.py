@@ -441,8 +441,11 @@ class Facilitator:
             call = {"to": to_checksum_address(tx["to"]), "data": "0x" + bytes(tx["data"]).hex()}
             signed = sign(self.chain, self.signer, call,
                           nonce=pending_nonce(self.chain, self.signer.address), gas=tx["gas"])
-            self.store.record_resubmission(record.key, signed.tx_hash, signed.raw)
-            self._broadcast(signed)
+            # Another reconciler (a replica's) may have re-signed it first: then ours is
+            # not journaled and must not be sent.
+            if self.store.record_resubmission(record.key, record.tx_hash, signed.tx_hash,
+                                              signed.raw):
+                self._broadcast(signed)
 
 
 def _invalid(reason: str, message: str = "", payer: str | None = None) -> VerifyResponse:

@@ -226,10 +226,14 @@ class SettlementStore:
                             SettlementRow.holder == holder],
                            state=State.SUBMITTED, tx_hash=tx_hash, raw_tx=raw_tx)
 
-    def record_resubmission(self, key: str, tx_hash: str, raw_tx: bytes) -> bool:
-        """Replace a journaled transaction whose nonce was taken by another (re-signed
-        by the reconciler under the signer's nonce lock); False if it was finished."""
-        return self._set(key, State.SUBMITTED, tx_hash=tx_hash, raw_tx=raw_tx)
+    def record_resubmission(
+        self, key: str, replaced: str, tx_hash: str, raw_tx: bytes
+    ) -> bool:
+        """Replace the journaled transaction ``replaced``, whose nonce another took, by
+        its re-signed copy; False if the row was finished or ``replaced`` was replaced
+        already (then send nothing)."""
+        return self._where([SettlementRow.key == key, SettlementRow.state == State.SUBMITTED,
+                            SettlementRow.tx_hash == replaced], tx_hash=tx_hash, raw_tx=raw_tx)
 
     def finish(self, key: str, state: State, response: dict) -> None:
         assert state in FINAL
