@@ -8,6 +8,7 @@ with the right outcome, the provider's service ran once for it, the channel is u
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -255,3 +256,37 @@ def test_killed_between_answer_and_ack_the_restarted_vault_acks_then_pays_the_ne
         4, str(4 * PRICE), str(DEPOSIT - 4 * PRICE))
     assert balance == str(20_000 - 4 * PRICE)
     assert world.balance(provider.address) == 4 * PRICE
+
+
+def test_killed_between_answer_and_ack_the_restarted_vault_acks_once_the_provider_is_back(
+    world: World, tmp_path: Path,
+) -> None:
+    """As above, with no call after the restart: the recovery pass, which failed at start-up,
+    keeps trying until the provider has the ACK (before Δ_ack, so the provider never claims)."""
+    gate = type("OfflineAtRestart", (OfflineProvider,), {"offline": False})
+    provider = world.provider(runtime_cls=gate, ack_timeout=60.0)
+    escrow = world.balance(world.manager.address)
+    with serve_in_thread(provider.app) as site, \
+            vault_process(world, fresh_account(world.chain), tmp_path) as vault:
+        _, client = client_of(world, vault.url, funds=20_000, deposit=20_000)
+        client.invoke(f"{site}/weather", max_price=PRICE)
+        client.invoke(f"{site}/weather", max_price=PRICE)
+        vault.kill()
+        [row] = vault.store().channels()
+        slot = provider.runtime.slot(bytes.fromhex(row.cid[2:]))
+        assert slot is not None and slot.channel.status is Status.PENDING
+
+        gate.offline = True
+        vault.start()
+        time.sleep(1.0)  # a few ticks of the worker, all failing to reach the provider
+        assert slot.channel.status is Status.PENDING
+        gate.offline = False
+        wait_for(lambda: slot.channel.status is Status.OPEN, what="the re-sent ACK")
+        store = vault.store()
+        assert_conserved(world, store, vault.account.address, escrow)
+        channel = store.channel(row.cid)
+    assert (slot.channel.state.version, slot.channel.state.provider_balance) == (2, 2 * PRICE)
+    assert channel is not None and (channel.phase, channel.provider_balance) == (
+        S.OPEN, str(2 * PRICE))
+    assert provider.calls["weather"] == 2
+    assert world.manager.channel(bytes.fromhex(row.cid[2:])).status is OnChainStatus.OPEN
