@@ -215,7 +215,8 @@ def test_killed_between_answer_and_ack_the_restarted_vault_acks_then_pays_the_ne
 ) -> None:
     """The answer is recorded and returned; its ACK, waiting for a next EXEC to ride on, dies
     with the process. The restarted vault's recovery cannot reach the provider at first, so
-    the ACK is still missing when the next calls come: they carry it, and are paid."""
+    the ACK may still be missing when the next call comes: that call carries it (unless the
+    recovery pass, trying again, delivered it first), and every call is paid once."""
     gate = type("OfflineAtRestart", (OfflineProvider,), {"offline": False})
     # Δ_ack of 60 s: the vault holds an ACK up to 5 s for a next EXEC, and the provider
     # does not claim on-chain while this test runs (the claim is another scenario).
