@@ -11,7 +11,7 @@ import dataclasses
 
 from eth_hash.auto import keccak
 
-from a402.asc import Exec, Reply, Reveal, decode, encode
+from a402.asc import Ack, Exec, Reply, Reveal, decode, encode
 from a402.asc.messages import Message
 from a402.crypto import ResultContext, generate_adaptor, seal
 from a402.provider.a402_runtime import ProviderRuntime, Slot
@@ -81,3 +81,17 @@ class ReplayingProvider(ProviderRuntime):
         if self.first is None:
             self.first = reply
         return self.first
+
+
+class AckLosingProvider(ProviderRuntime):
+    """Loses the ACK riding on the next ``lose`` messages, as if its sender never sent it:
+    the request it acknowledged stays authorised, so an EXEC is refused ``request_in_flight``.
+    An ACK sent on its own is taken as usual."""
+
+    lose = 0
+
+    def _on_piggybacked_ack(self, slot: Slot, ack: Ack) -> bool:
+        if self.lose > 0:
+            self.lose -= 1
+            return False
+        return super()._on_piggybacked_ack(slot, ack)

@@ -10,6 +10,10 @@ a chosen message arrives it signals, then waits at ``outgoing`` — after the
 vault wrote its checkpoint and sent the message, before the provider answers.
 That is where the test kills the vault, so every crash lands exactly in the
 state under test, not wherever a timer happened to fire.
+
+:class:`OfflineProvider` is the honest runtime whose ``/info`` answers an error
+while ``offline`` is set: a vault restarting then cannot reach it (no session,
+no frame), and the provider's channels are left exactly as they were.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from a402.chain.node import free_port
 from a402.provider.a402_runtime import ProviderRuntime, Slot
 from a402.vault.identity import save_platform
 from a402.vault.store import VaultStore
-from a402.wire.a402 import Envelope
+from a402.wire.a402 import Envelope, ProviderInfo
 from tests.a402_exchange.helpers import PROVIDER_CODE, VAULT_CODE, World
 
 
@@ -62,13 +66,26 @@ class GatedProvider(ProviderRuntime):
         return super().outgoing(slot, incoming, answer)
 
 
-class VaultProcess:
-    """``a402 vault`` as a child process, restartable on the same database."""
+class OfflineProvider(ProviderRuntime):
+    """Unreachable for new sessions while ``offline`` is set (``/info`` answers 400)."""
 
-    def __init__(self, world: World, account: LocalAccount, workdir: Path, *extra: str) -> None:
+    offline: ClassVar[bool] = False
+
+    def info(self, nonce: bytes) -> ProviderInfo:
+        if type(self).offline:
+            raise ValueError("offline")
+        return super().info(nonce)
+
+
+class VaultProcess:
+    """``a402 vault`` as a child process, restartable on the same database (``db``: a
+    SQLAlchemy URL; a SQLite file in ``workdir`` by default)."""
+
+    def __init__(self, world: World, account: LocalAccount, workdir: Path, *extra: str,
+                 db: str | None = None) -> None:
         self.world = world
         self.account = account
-        self.db = f"sqlite:///{workdir}/vault.db"
+        self.db = db or f"sqlite:///{workdir}/vault.db"
         key = workdir / "vault.key"
         key.write_text(account.key.hex())
         key.chmod(0o600)
@@ -128,9 +145,9 @@ class VaultProcess:
 
 
 @contextlib.contextmanager
-def vault_process(world: World, account: LocalAccount, workdir: Path, *extra: str
-                  ) -> Iterator[VaultProcess]:
-    process = VaultProcess(world, account, workdir, *extra)
+def vault_process(world: World, account: LocalAccount, workdir: Path, *extra: str,
+                  db: str | None = None) -> Iterator[VaultProcess]:
+    process = VaultProcess(world, account, workdir, *extra, db=db)
     process.start()
     try:
         yield process

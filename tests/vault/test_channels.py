@@ -10,8 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from a402.asc import Status
 from a402.background import serve_in_thread
 from a402.client import (
     Budget,
@@ -23,9 +25,10 @@ from a402.client import (
 from a402.client.pay import pay_main
 from a402.vault import api
 from a402.vault import store as S
+from tests.a402_exchange.faulty import AckLosingProvider
 from tests.a402_exchange.helpers import Calls, World
 
-from .helpers import assert_conserved, client_of, running_vault
+from .helpers import assert_conserved, client_of, running_vault, wait_for
 
 pytestmark = pytest.mark.anvil
 
@@ -246,3 +249,47 @@ def key_file(folder: object, account: Any) -> Path:
     key.write_text(account.key.hex())
     key.chmod(0o600)
     return key
+
+
+def test_a_call_refused_while_the_provider_awaits_our_ack_is_retryable_and_pays_once_on_retry(
+    world: World,
+) -> None:
+    """The ACK riding on an EXEC is lost: the provider still holds the previous request and
+    refuses the EXEC. That is the vault's own state to finish, not the call's fault: the
+    vault sends the ACK at once and answers 503 ``channel_recovering`` (retryable, nothing
+    paid); the same idempotency key then runs again and pays once."""
+    provider = world.provider(runtime_cls=AckLosingProvider)
+    escrow = world.balance(world.manager.address)
+    with serve_in_thread(provider.app) as site, running_vault(world) as vault:
+        account, client = client_of(world, vault.url, funds=20_000, deposit=20_000)
+        client.invoke(f"{site}/weather", max_price=PRICE)  # its ACK waits for the next EXEC
+        provider.runtime.lose = 1
+        body = json.dumps(api.InvokeRequest(
+            url=f"{site}/weather", method="GET", headers=(), body=b"", max_price=PRICE,
+            idempotency_key="k").to_json()).encode()
+        refused = httpx.post(vault.url + "/v1/invoke", content=body, headers={
+            **api.sign_request(account, vault.address, "POST", "/v1/invoke", body),
+            "content-type": "application/json"})
+        [row] = vault.store.channels()
+        slot = provider.runtime.slot(bytes.fromhex(row.cid[2:]))
+        assert slot is not None and slot.channel.status is Status.OPEN  # the ACK went at once
+        between = (vault.store.request(f"{account.address.lower()}:k"), row.provider_balance)
+        again = client.invoke(f"{site}/weather", max_price=PRICE, idempotency_key="k")
+        repeated = client.invoke(f"{site}/weather", max_price=PRICE, idempotency_key="k")
+        client.close_channel(row.cid)
+        settled = wait_for(lambda: (c := vault.store.channel(row.cid)).phase == S.SETTLED and c,
+                           what="settlement")
+        balance = client.account_info()["balance"]
+        assert_conserved(world, vault.store, vault.address, escrow)
+    assert (refused.status_code, refused.json()["error"]) == (503, api.CHANNEL_RECOVERING)
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json()["outcome"] == api.REFUSED
+    stored, provider_balance = between
+    assert stored is not None and stored.retryable and provider_balance == str(PRICE)
+    assert (again.outcome, again.amount, json.loads(again.content)["n"]) == (api.PAID, PRICE, 2)
+    assert repeated.payment == again.payment  # the recorded answer, not a third payment
+    assert provider.calls["weather"] == 2
+    assert (settled.provider_payout, settled.client_payout) == (
+        str(2 * PRICE), str(int(settled.deposit) - 2 * PRICE))
+    assert balance == str(20_000 - 2 * PRICE)
+    assert world.balance(provider.address) == 2 * PRICE

@@ -8,6 +8,7 @@ with the right outcome, the provider's service ran once for it, the channel is u
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -26,8 +27,8 @@ from a402.vault import store as S
 from tests.a402_exchange.faulty import WithholdingProvider
 from tests.a402_exchange.helpers import World, fresh_account
 
-from .crash import GatedProvider, VaultProcess, vault_process
-from .helpers import assert_conserved, client_of, wait_for
+from .crash import GatedProvider, OfflineProvider, VaultProcess, vault_process
+from .helpers import assert_conserved, client_of, fresh_schema, wait_for
 
 pytestmark = pytest.mark.anvil
 
@@ -206,3 +207,87 @@ def test_a_claim_made_while_the_vault_was_down_is_recovered_at_restart(
     assert json.loads(result.content)["n"] == 2
     assert settled is not None and (settled.phase, settled.provider_payout) == (
         S.SETTLED, str(2 * PRICE))
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_killed_between_answer_and_ack_the_restarted_vault_acks_then_pays_the_next_call(
+    world: World, tmp_path: Path, request: pytest.FixtureRequest, backend: str,
+) -> None:
+    """The answer is recorded and returned; its ACK, waiting for a next EXEC to ride on, dies
+    with the process. The restarted vault's recovery cannot reach the provider at first, so
+    the ACK may still be missing when the next call comes: that call carries it (unless the
+    recovery pass, trying again, delivered it first), and every call is paid once."""
+    gate = type("OfflineAtRestart", (OfflineProvider,), {"offline": False})
+    # Δ_ack of 60 s: the vault holds an ACK up to 5 s for a next EXEC, and the provider
+    # does not claim on-chain while this test runs (the claim is another scenario).
+    provider = world.provider(runtime_cls=gate, ack_timeout=60.0)
+    db = fresh_schema(request.getfixturevalue("postgres_url")) if backend == "postgres" else None
+    escrow = world.balance(world.manager.address)
+    with serve_in_thread(provider.app) as site, \
+            vault_process(world, fresh_account(world.chain), tmp_path, db=db) as vault:
+        account, client = client_of(world, vault.url, funds=20_000, deposit=20_000)
+        client.invoke(f"{site}/weather", max_price=PRICE)  # the channel exists, n = 1
+        answered = client.invoke(f"{site}/weather", max_price=PRICE, idempotency_key="answered")
+        vault.kill()
+        [row] = vault.store().channels()
+        slot = provider.runtime.slot(bytes.fromhex(row.cid[2:]))
+        assert slot is not None and slot.channel.status is Status.PENDING  # no ACK came
+        assert (row.checkpoint, row.provider_balance) == ("delivered", str(2 * PRICE))
+
+        gate.offline = True  # the restarted vault's recovery pass cannot re-send the ACK
+        vault.start()
+        gate.offline = False
+        after = client.invoke(f"{site}/weather", max_price=PRICE, idempotency_key="after")
+        again = client.invoke(f"{site}/weather", max_price=PRICE, idempotency_key="after")
+        later = client.invoke(f"{site}/weather", max_price=PRICE)
+        store = vault.store()
+        outcome = store.request(f"{account.address.lower()}:after")
+        client.close_channel(row.cid)
+        settled = wait_for(lambda: (c := store.channel(row.cid)).phase == S.SETTLED and c,
+                           what="settlement")
+        balance = client.account_info()["balance"]
+        assert_conserved(world, store, vault.account.address, escrow)
+    assert answered.outcome == api.PAID and json.loads(answered.content)["n"] == 2
+    assert (after.outcome, after.amount, json.loads(after.content)["n"]) == (api.PAID, PRICE, 3)
+    assert again.content == after.content and again.payment == after.payment  # answered once
+    assert json.loads(later.content)["n"] == 4
+    assert outcome is not None and (outcome.state, outcome.outcome) == (S.DONE, api.PAID)
+    assert provider.calls["weather"] == 4  # every call's service ran once
+    assert (settled.version, settled.provider_payout, settled.client_payout) == (
+        4, str(4 * PRICE), str(DEPOSIT - 4 * PRICE))
+    assert balance == str(20_000 - 4 * PRICE)
+    assert world.balance(provider.address) == 4 * PRICE
+
+
+def test_killed_between_answer_and_ack_the_restarted_vault_acks_once_the_provider_is_back(
+    world: World, tmp_path: Path,
+) -> None:
+    """As above, with no call after the restart: the recovery pass, which failed at start-up,
+    keeps trying until the provider has the ACK (before Δ_ack, so the provider never claims)."""
+    gate = type("OfflineAtRestart", (OfflineProvider,), {"offline": False})
+    provider = world.provider(runtime_cls=gate, ack_timeout=60.0)
+    escrow = world.balance(world.manager.address)
+    with serve_in_thread(provider.app) as site, \
+            vault_process(world, fresh_account(world.chain), tmp_path) as vault:
+        _, client = client_of(world, vault.url, funds=20_000, deposit=20_000)
+        client.invoke(f"{site}/weather", max_price=PRICE)
+        client.invoke(f"{site}/weather", max_price=PRICE)
+        vault.kill()
+        [row] = vault.store().channels()
+        slot = provider.runtime.slot(bytes.fromhex(row.cid[2:]))
+        assert slot is not None and slot.channel.status is Status.PENDING
+
+        gate.offline = True
+        vault.start()
+        time.sleep(1.0)  # a few ticks of the worker, all failing to reach the provider
+        assert slot.channel.status is Status.PENDING
+        gate.offline = False
+        wait_for(lambda: slot.channel.status is Status.OPEN, what="the re-sent ACK")
+        store = vault.store()
+        assert_conserved(world, store, vault.account.address, escrow)
+        channel = store.channel(row.cid)
+    assert (slot.channel.state.version, slot.channel.state.provider_balance) == (2, 2 * PRICE)
+    assert channel is not None and (channel.phase, channel.provider_balance) == (
+        S.OPEN, str(2 * PRICE))
+    assert provider.calls["weather"] == 2
+    assert world.manager.channel(bytes.fromhex(row.cid[2:])).status is OnChainStatus.OPEN

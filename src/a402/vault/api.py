@@ -67,6 +67,9 @@ PROTOCOL_VIOLATION: Final = "protocol_violation"
 PROVIDER_UNAVAILABLE: Final = "provider_unavailable"
 CHAIN_UNAVAILABLE: Final = "chain_unavailable"
 CHANNEL_BUSY: Final = "channel_busy"
+#: The provider still holds an earlier request of the channel (its ACK had not reached it,
+#: e.g. after a vault restart): nothing was paid, the vault re-sent it, call again.
+CHANNEL_RECOVERING: Final = "channel_recovering"
 IDEMPOTENCY_KEY_REUSED: Final = "idempotency_key_reused"
 REQUEST_IN_PROGRESS: Final = "request_in_progress"
 PAYMENT_PENDING: Final = "payment_pending"

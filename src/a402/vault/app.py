@@ -112,7 +112,8 @@ def create_app(service: VaultService) -> ASGIApp:
             log.exception("%s %s failed", request.method, request.url.path)
             return JSONResponse({"error": "internal_error", "message": type(e).__name__},
                                 status_code=500)
-        headers = {"Retry-After": "1"} if status == 202 else None
+        # 202: ask again for the outcome; 503 (recorded refusals too): transient, call again.
+        headers = {"Retry-After": "1"} if status in (202, 503) else None
         return JSONResponse(out, status_code=status, headers=headers)
 
     async def info(_: Request) -> JSONResponse:

@@ -35,7 +35,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from a402.asc import LocalProtocolError
+from a402.asc import LocalProtocolError, Reason
 from a402.tee import AttestationError
 from a402.wire.a402 import HttpRequest, HttpResponse
 
@@ -381,6 +381,12 @@ class Invoker:
                 channels.answers.pop(channel.channel_id, None)
                 return await self._exchange(key, client, call,
                                             await self._fresh(key, call, offer), True)
+            if e.reason == Reason.REQUEST_IN_FLIGHT:
+                # The provider holds an earlier request of this channel: the vault's own
+                # state to finish (the session re-sent its last ACK), not the call's fault.
+                # Nothing was paid (no σ_U), so the same key may run again.
+                raise VaultError(503, api.CHANNEL_RECOVERING, f"{e.reason}: {e.detail}",
+                                 retryable=True, extra={"providerReason": e.reason}) from None
             if e.response is not None:  # the service failed: its answer, unpaid
                 body = records.answer_json(api.UNPAID, _client_key(key), response=e.response,
                                            reason=e.reason, detail=e.detail)

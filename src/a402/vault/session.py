@@ -475,11 +475,20 @@ class ProviderSession:
             )
 
     async def attach(self, channel: VaultChannel) -> None:
-        """Bind ``channel`` (already open on-chain) to this session (OPEN)."""
+        """Bind ``channel`` (already open on-chain) to this session (OPEN).
+
+        An idle channel's last ACK is owed again: the session (or process) that made it
+        may have ended before it reached the provider, which then refuses every EXEC
+        until it comes. Like any owed ACK it rides on the channel's next EXEC or leaves
+        on its own after ``ack_delay``; the provider ignores one it already has.
+        """
         self._check_channel(channel)
         await self._open(channel.terms)
         self._bound[channel.channel_id] = channel.terms
         await self._persist(channel, CheckpointReason.ATTACHED)
+        last_ack = channel.last_ack()
+        if last_ack is not None and channel.status is Status.OPEN:
+            self._owe_ack(channel, last_ack)
 
     async def _open(self, terms: ChannelTerms) -> None:
         assert self._handle is not None and self.info is not None
@@ -558,10 +567,12 @@ class ProviderSession:
         """From EXEC sent to the end: REPLY checked, AUTH, then :meth:`_settle`."""
         try:
             reply = await self._ask(channel, exec_bytes, Reply, ack=ack)
-        except Exception:  # no σ_U exists yet: releasing δ is safe whatever went wrong
+        except Exception as e:  # no σ_U exists yet: releasing δ is safe whatever went wrong
             if ack is not None:  # maybe not delivered: send it again (a repeat is harmless)
                 self._owe_ack(channel, ack)
             await self._give_up(channel)
+            if isinstance(e, ProviderRefused) and e.reason == Reason.REQUEST_IN_FLIGHT:
+                await self._ack_now(channel)
             raise
         try:
             step = channel.receive(reply, now=self.clock())
@@ -600,6 +611,20 @@ class ProviderSession:
             raise failure
         assert paid is not None
         return paid
+
+    async def _ack_now(self, channel: VaultChannel) -> None:
+        """The provider still holds an earlier request of ``channel`` (it refused an EXEC
+        with ``request_in_flight``): send our last ACK now, so that a retry finds the
+        channel free. Best effort under the channel's lock; if it fails, the owed ACK
+        goes out later as any other."""
+        last_ack = channel.last_ack()
+        if last_ack is None or channel.status is not Status.OPEN:
+            return
+        self._owe_ack(channel, last_ack)
+        try:
+            await self._flush_ack(channel.channel_id)
+        except SessionError as e:
+            log.warning("ACK on %s not delivered yet: %s", channel.channel_id.hex(), e)
 
     def _ack_delay(self) -> float:
         """How long an ACK waits for a next EXEC to ride on: a quarter of the provider's

@@ -42,6 +42,10 @@ Per tick:
      the dispute window or the client gets δ back) → ``finalForceClose``;
    * CLOSING off-chain → finish the cooperative close (``closeASC`` with the
      co-signed final state), or escalate the same way.
+   * OPEN and idle, its last ACK perhaps not at the provider (at start-up:
+     resting at DELIVERED, ATTACHED or EXPIRED) → re-send it, on every tick
+     until the provider has it (a repeat is ignored); a call that comes first
+     carries it on its EXEC. Nothing is stuck on our side: no escalation.
 
 4. **Calls** whose result is paid but whose answer was not recorded
    (DELIVERED) are answered from the sealed result and ``t``; calls whose
@@ -89,6 +93,11 @@ _LOG_CHUNK = 2_000
 #: An OPENING channel with no journaled createASC this old was interrupted before sending.
 _OPENING_GRACE = 60.0
 _UNREACHABLE = (SessionError, TeeError, httpx.HTTPError, OSError)
+#: The checkpoints an idle channel may rest at with its last ACK not at the provider: the
+#: ACK waits up to ``ack_delay`` after DELIVERED, may have ridden on an EXEC given up since
+#: (EXPIRED), and is owed again by the session that last bound it (ATTACHED).
+_ACK_MAY_BE_OWED = frozenset({CheckpointReason.DELIVERED.value, CheckpointReason.ATTACHED.value,
+                              CheckpointReason.EXPIRED.value})
 
 
 class Worker:
@@ -113,6 +122,8 @@ class Worker:
         self._deferred: dict[str, Any] = {}
         #: Channels whose provider did not answer: (next attempt, current delay).
         self._backoff: dict[str, tuple[float, float]] = {}
+        #: Idle channels whose last ACK the recovery pass has not delivered yet.
+        self._acks_owed: set[str] = set()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.ticks = 0
@@ -297,7 +308,7 @@ class Worker:
             return
         if startup and not await self._reconcile_onchain(row):
             return
-        if not startup and not _needs_attention(row):
+        if not startup and not _needs_attention(row) and row.cid not in self._acks_owed:
             return  # an idle open channel: nothing to read again, nothing to do
         if (not startup and row.deadline is None and row.phase != S.CLOSING
                 and self.channels.pair_lock(row.client, row.provider).locked()):
@@ -317,10 +328,13 @@ class Worker:
             await self._resume(row)
         elif row.phase == S.CLOSING:
             await self._finish_close(row)
-        elif startup and row.checkpoint == CheckpointReason.DELIVERED.value:
+        elif row.cid in self._acks_owed or (startup and _ack_may_be_owed(row)):
             # The last ACK may not have left before the restart: without it the provider
-            # takes no new request and would claim on-chain after Δ_ack. Re-send it.
-            await self._resume(row)
+            # takes no new request and would claim on-chain after Δ_ack. Re-send it (a
+            # repeat is ignored), on later ticks too until the provider has it.
+            self._acks_owed.add(row.cid)
+            if await self._resume(row):
+                self._acks_owed.discard(row.cid)
 
     async def _reconcile_onchain(self, row: S.Channel) -> bool:
         """At start-up: apply what the chain did while we were down. False if settled."""
@@ -350,10 +364,11 @@ class Worker:
             call = self.manager.contract.functions.finalForceClose(terms_tuple(terms))
             await self.channels.transact(f"final:{row.cid}", "final", row.cid, call)
 
-    async def _resume(self, row: S.Channel) -> None:
+    async def _resume(self, row: S.Channel) -> bool:
+        """``session.resume`` the channel; whether it finished (False: busy, or try later)."""
         async with self._locked(row) as got:
             if not got:
-                return
+                return False
             channel = await self.channels.machine(row)
             key = row.request_key
             if key is not None:
@@ -377,12 +392,14 @@ class Worker:
                     if channel.status is Status.OPEN:
                         await self.channels.persist(
                             Checkpoint.of(channel, CheckpointReason.EXPIRED))
-                else:
+                elif channel.status is not Status.OPEN:  # an owed ACK is no reason
                     await self._maybe_escalate(row)
             else:
                 self._backoff.pop(row.cid, None)
+                return True
             finally:
                 self.channels.current.pop(channel.channel_id, None)
+            return False
 
     def _later(self, cid: str) -> None:
         """Try this channel again later, waiting twice as long each time (up to 30 s)."""
@@ -456,6 +473,12 @@ class Worker:
                                    payment=payment)
         await self.invoker.record(row.key, 200, body, outcome=api.PAID,
                                   amount=int(row.amount or 0), from_states=(S.DELIVERED,))
+
+
+def _ack_may_be_owed(row: S.Channel) -> bool:
+    """Whether an idle channel (at start-up) may owe the provider its last ACK."""
+    return (row.status == Status.OPEN.value and row.version > 0
+            and row.checkpoint in _ACK_MAY_BE_OWED)
 
 
 def _needs_attention(row: S.Channel) -> bool:
