@@ -33,6 +33,12 @@ The extension is declared ``required`` on the card: a request that activates
 none of ``X402_EXTENSION_URIS`` (``A2A-Extensions`` / ``X-A2A-Extensions``
 header, or the message's ``extensions``) is answered with
 ``ExtensionSupportRequiredError``; activated URIs are echoed in both headers.
+Either header activates on either wire: A2A 1.0 names the header
+``A2A-Extensions``, but the x402 A2A transport spec tells clients to send
+``X-A2A-Extensions``, so a 1.0 client following it must not be refused (a2a-sdk
+reads the ``X-`` name only on its 0.3 path). The gate and the echo read the
+same headers (``EXTENSION_HEADERS``), so an echoed URI is always one the gate
+counted as activated.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ from a2a.server.events import Event, EventQueue
 from a2a.server.request_handlers import DefaultRequestHandler
 from a2a.server.request_handlers.response_helpers import agent_card_to_dict
 from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
+from a2a.server.routes.common import DefaultServerCallContextBuilder
 from a2a.server.tasks import InMemoryTaskStore, TaskStore, TaskUpdater
 from a2a.types import (
     AgentCapabilities,
@@ -72,6 +79,7 @@ from a2a.utils.constants import PROTOCOL_VERSION_0_3, PROTOCOL_VERSION_1_0, Tran
 from a2a.utils.errors import ExtensionSupportRequiredError
 from google.protobuf.json_format import MessageToDict
 from starlette.applications import Starlette
+from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from a402.agents import a2a_x402 as X
@@ -237,7 +245,8 @@ class PaidAgent:
 
         routes = [
             *create_agent_card_routes(self.card),
-            *create_jsonrpc_routes(handler, rpc_url=self.rpc_path, enable_v0_3_compat=True),
+            *create_jsonrpc_routes(handler, rpc_url=self.rpc_path, enable_v0_3_compat=True,
+                                   context_builder=_EitherExtensionHeader()),
         ]
         app = Starlette(routes=routes, lifespan=lifespan)
         app.add_middleware(_EchoExtensions)
@@ -508,6 +517,23 @@ class _ActivationGate(DefaultRequestHandler):
         self._check(params, context)
         async for event in super().on_message_send_stream(params, context):
             yield event
+
+
+class _EitherExtensionHeader(DefaultServerCallContextBuilder):
+    """Requested extensions from both header names, whatever the wire version.
+
+    a2a-sdk 1.x reads ``A2A-Extensions`` on the 1.0 path and adds
+    ``X-A2A-Extensions`` only on its 0.3 path; the x402 A2A transport tells
+    clients to send the ``X-`` name, so both count on both paths. Widening what
+    activates the extension cannot make a payment easier: activation only
+    decides whether the payment flow is offered at all.
+    """
+
+    def build(self, request: Request) -> ServerCallContext:
+        context = super().build(request)
+        context.requested_extensions = get_requested_extensions(
+            [v for name in EXTENSION_HEADERS for v in request.headers.getlist(name)])
+        return context
 
 
 class _EchoExtensions:
