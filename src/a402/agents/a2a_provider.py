@@ -44,6 +44,7 @@ counted as activated.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
@@ -81,6 +82,7 @@ from google.protobuf.json_format import MessageToDict
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Message as AsgiMessage
 
 from a402.agents import a2a_x402 as X
 from a402.agents.card import OnchainCard
@@ -250,6 +252,7 @@ class PaidAgent:
         ]
         app = Starlette(routes=routes, lifespan=lifespan)
         app.add_middleware(_EchoExtensions)
+        app.add_middleware(_IntegralNumbers)
         return app
 
     def _build_card(self) -> AgentCard:
@@ -551,6 +554,66 @@ class _EchoExtensions:
                 echoed = ",".join(active)
                 send = adding_headers(send, [(n, echoed) for n in EXTENSION_HEADERS])
         await self.app(scope, receive, send)
+
+
+class _IntegralNumbers:
+    """Spell the integral numbers of JSON answers as integers (``2``, not ``2.0``).
+
+    A2A 1.0 metadata is a protobuf ``Struct``, whose only number is a double, and
+    a2a-sdk renders it with Python's ``json``: the offer's ``"x402Version": 2`` and
+    ``"maxTimeoutSeconds": 120`` go out as ``2.0`` and ``120.0``. JSON has a single
+    number type, so every A2A (ProtoJSON) reader reads both spellings as the same
+    double, but a reader that maps x402 JSON onto integer fields (the x402 SDKs'
+    models in strict mode, Go's ``encoding/json``) refuses ``2.0``. Only doubles
+    that are exact integers (``|x| <= 2**53``, ``X.from_struct``) change, and only
+    their spelling: the value every reader sees is unchanged, so nothing about a
+    payment can change with it. Other answers (the SSE stream) pass untouched.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start: AsgiMessage | None = None
+        chunks: list[bytes] = []
+
+        async def respelling(message: AsgiMessage) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start" and _is_json(message):
+                start = message
+                return
+            if start is None or message["type"] != "http.response.body":
+                await send(message)
+                return
+            chunks.append(bytes(message.get("body", b"")))
+            if message.get("more_body", False):
+                return
+            body = _integral_json(b"".join(chunks))
+            headers = [(k, v) for k, v in start.get("headers", [])
+                       if k.lower() != b"content-length"]
+            headers.append((b"content-length", str(len(body)).encode("latin-1")))
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, respelling)
+
+
+def _is_json(start: AsgiMessage) -> bool:
+    return any(k.lower() == b"content-type" and v.split(b";")[0].strip() == b"application/json"
+               for k, v in start.get("headers", []))
+
+
+def _integral_json(body: bytes) -> bytes:
+    """``body`` with integral doubles written as integers; anything not JSON is left as is."""
+    try:
+        decoded = json.loads(body)
+    except ValueError:
+        return body
+    return json.dumps(X.from_struct(decoded), ensure_ascii=False, allow_nan=False,
+                      separators=(",", ":")).encode("utf-8")
 
 
 def _activated_uri(context: RequestContext) -> str:
