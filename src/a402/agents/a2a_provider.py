@@ -115,7 +115,7 @@ log = logging.getLogger("a402.agents.a2a")
 Handler = Callable[[str], Awaitable[str]]
 """The business function: the task's request text in, the result text out."""
 
-EXTENSION_HEADERS: Final = ("A2A-Extensions", "X-A2A-Extensions")
+EXTENSION_HEADERS: Final = X.EXTENSION_HEADERS
 _LEDGER_RETENTION: Final = 600
 _MAX_REMEMBERED_VALIDITY: Final = 24 * 3600
 

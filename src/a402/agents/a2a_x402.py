@@ -37,6 +37,12 @@ X402_EXTENSION_URI_V02: Final = "https://github.com/google-agentic-commerce/a2a-
 X402_EXTENSION_URIS: Final = (X402_EXTENSION_URI, X402_EXTENSION_URI_V02)
 """Every URI that activates the extension here (reference §2.2: one declared, all accepted)."""
 
+EXTENSION_HEADERS: Final = ("A2A-Extensions", "X-A2A-Extensions")
+"""The headers that activate an extension: A2A 1.0's name, and the ``X-`` name of
+A2A 0.3 that the x402 A2A transport tells clients to send. The agent reads both
+on either wire; the paying client sends both, so an agent that reads only one
+of them still sees the activation."""
+
 # -------------------------------------------------------------------- metadata keys
 
 STATUS_KEY: Final = "x402.payment.status"
