@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     devnet.add_argument("--port", type=int, default=8545)
     devnet.add_argument("--block-time", type=float, default=None,
                         help="seconds between blocks (default: mine on every transaction)")
+    devnet.add_argument("--chain-id", type=int, default=31337,
+                        help="the chain id anvil reports (default: %(default)s); a public "
+                             "chain's id (84532 = base-sepolia) lets v1 clients, which only "
+                             "know v1 network names, be tried locally, with a loud warning")
     devnet.add_argument("--manifest-out", default=".a402/devnet.json",
                         help="where to write the manifest (default: %(default)s)")
     devnet.set_defaults(run=_devnet)
@@ -177,9 +181,16 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _devnet(args: argparse.Namespace) -> int:
     from a402.chain.deploy import deploy_dev_stack
-    from a402.chain.node import start_anvil
+    from a402.chain.node import MAX_CHAIN_ID, public_chain_id_warning, start_anvil
 
-    with start_anvil(port=args.port, block_time=args.block_time) as chain:
+    if not 1 <= args.chain_id <= MAX_CHAIN_ID:
+        print(f"a402 devnet: --chain-id must be in 1..{MAX_CHAIN_ID}", file=sys.stderr)
+        return 2
+    warning = public_chain_id_warning(args.chain_id)
+    if warning:
+        _shout(warning)
+    with start_anvil(port=args.port, block_time=args.block_time,
+                     chain_id=args.chain_id) as chain:
         manifest = deploy_dev_stack(chain, asc_manager=True)
         out = Path(args.manifest_out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -192,6 +203,8 @@ def _devnet(args: argparse.Namespace) -> int:
         print(f"\nanvil on {chain.rpc_url} ({manifest.network}); manifest and the "
               f"facilitator/provider/client/vault key files written to {out.parent}/. "
               "Ctrl-C stops it.", file=sys.stderr)
+        if warning:
+            _shout(warning)  # again, below the manifest, where it is read
         _wait_for_signal()
     return 0
 
@@ -274,6 +287,12 @@ def _gateway(args: argparse.Namespace) -> int:
             raise
         return fail(str(e))
     return 0
+
+
+def _shout(warning: str) -> None:
+    """A warning framed so it is not lost in a terminal's scroll."""
+    bar = "!" * 78
+    print(f"\n{bar}\n{warning}\n{bar}\n", file=sys.stderr)
 
 
 def _write_secret(path: Path, text: str) -> None:

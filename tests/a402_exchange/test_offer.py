@@ -10,6 +10,7 @@ import httpx
 import pytest
 from eth_account.signers.local import LocalAccount
 from fastapi import FastAPI, Request
+from x402.schemas import PaymentRequiredV1 as OfficialPaymentRequiredV1
 
 from a402.asc.contract import ASCManager
 from a402.background import serve_in_thread
@@ -19,6 +20,7 @@ from a402.client import async_paying_client
 from a402.provider import create_gateway
 from a402.provider.a402_runtime import A402Config
 from a402.provider.a402_store import SqlChannelStore
+from a402.provider.routes import RouteConfig
 from a402.tee import (
     PROVIDER_PURPOSES,
     AttestationPolicy,
@@ -29,12 +31,13 @@ from a402.wire.a402 import SCHEME_A402, WELL_KNOWN_PREFIX, HttpRequest
 from a402.wire.headers import PAYMENT_REQUIRED, PAYMENT_RESPONSE, decode_payment_required
 from a402.wire.x402 import PaymentRequired
 from tests.interop.official import official_client
-from tests.provider.support import PRICE_ATOMIC, Balances, paid_app
+from tests.provider.support import PRICE_ATOMIC, Balances, asgi_client, paid_app
 
 from .helpers import (
     DISPUTE_WINDOW,
     PRICES,
     PROVIDER_CODE,
+    UNUSED_FACILITATOR,
     VAULT_CODE,
     World,
     fresh_account,
@@ -115,6 +118,32 @@ async def test_x402_clients_still_pay_exact_when_a402_is_offered(
         assert PAYMENT_RESPONSE in response.headers
     assert balances.delta(payer.address) == balances.delta(other.address) == -PRICE_ATOMIC
     assert balances.delta(operator.address) == 2 * PRICE_ATOMIC
+
+
+async def test_every_v1_accepts_entry_has_the_fields_the_v1_schema_requires(
+    anvil_chain: Chain, dev_stack: Manifest, tmp_path: object,
+) -> None:
+    """The official SDK's v1 model, strictly, over the whole v1 body: ``exact`` and
+    ``a402`` both carry ``description`` and ``mimeType`` (the route's, else ``""``)."""
+    config, operator = _shared_chain_config(anvil_chain, dev_stack, str(tmp_path))
+    described = RouteConfig(price=PRICE_ATOMIC, description="Weather in Paris",
+                            mime_type="application/json")
+    app = paid_app(pay_to=operator.address, manifest=dev_stack, facilitator=UNUSED_FACILITATOR,
+                   a402=config, extra_prices={"GET /items/:id": described})
+    async with asgi_client(app) as http:
+        bodies = {path: (await http.get(path)).json() for path in ("/weather", "/items/paris")}
+
+    for path, body in bodies.items():
+        official = OfficialPaymentRequiredV1.model_validate(body, strict=True)
+        assert [r.scheme for r in official.accepts] == ["exact", SCHEME_A402]
+        for entry in body["accepts"]:
+            assert isinstance(entry["description"], str) and isinstance(entry["mimeType"], str)
+            assert entry["resource"] == f"http://provider.test{path}"
+    for entry in bodies["/items/paris"]["accepts"]:
+        assert (entry["description"], entry["mimeType"]) == ("Weather in Paris",
+                                                             "application/json")
+    for entry in bodies["/weather"]["accepts"]:
+        assert (entry["description"], entry["mimeType"]) == ("", "")
 
 
 def upstream() -> tuple[FastAPI, list[dict[str, object]]]:

@@ -102,8 +102,9 @@ async def test_a_paid_task_goes_from_payment_required_to_payment_completed(
     assert last["artifacts"][0]["parts"][0]["text"] == "HELLO THERE"
     assert answer.headers["A2A-Extensions"] == X.X402_EXTENSION_URI
     assert answer.headers["X-A2A-Extensions"] == X.X402_EXTENSION_URI
-    if wire == "0.3":
-        assert answer.request.headers["X-A2A-Extensions"] == X.X402_EXTENSION_URI
+    # Both activation headers, on either wire (the x402 A2A transport names the X- one).
+    assert answer.request.headers["A2A-Extensions"] == X.X402_EXTENSION_URI
+    assert answer.request.headers["X-A2A-Extensions"] == X.X402_EXTENSION_URI
 
     # The agent keeps the task completed, with the receipt, for anyone who asks later.
     sdk = ClientFactory(ClientConfig(streaming=False, httpx_client=http)).create(

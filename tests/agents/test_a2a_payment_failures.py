@@ -48,12 +48,12 @@ FUNDS = 1_000_000
 class _Hand:
     """A bare a2a-sdk client that opens tasks and submits whatever payload it is given."""
 
-    def __init__(self, agent: DiscoveredAgent, http: httpx.AsyncClient, wire: str) -> None:
+    def __init__(self, agent: DiscoveredAgent, http: httpx.AsyncClient, wire: str,
+                 *, header: str = HTTP_EXTENSION_HEADER) -> None:
         config = ClientConfig(streaming=False, httpx_client=http)
         self.client: Client = ClientFactory(config).create(
             card_for_wire(agent.card, wire))  # type: ignore[arg-type]
-        self.call = ClientCallContext(
-            service_parameters={HTTP_EXTENSION_HEADER: X.X402_EXTENSION_URI})
+        self.call = ClientCallContext(service_parameters={header: X.X402_EXTENSION_URI})
 
     async def send(self, text: str, *, task: Task | None = None,
                    metadata: dict[str, Any] | None = None) -> Task:
@@ -256,7 +256,8 @@ def _raw_send(wire: str, **message: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     ("wire", "header"),
-    [("1.0", "A2A-Extensions"), ("0.3", "X-A2A-Extensions"), ("0.3", "A2A-Extensions")],
+    [("1.0", "A2A-Extensions"), ("1.0", "X-A2A-Extensions"), ("0.3", "X-A2A-Extensions"),
+     ("0.3", "A2A-Extensions")],
 )
 @pytest.mark.parametrize("uri", X.X402_EXTENSION_URIS)
 async def test_either_extension_uri_activates_payment_on_either_wire(
@@ -275,6 +276,50 @@ async def test_either_extension_uri_activates_payment_on_either_wire(
     assert message["metadata"][X.STATUS_KEY] == X.PAYMENT_REQUIRED
     assert message["extensions"] == [uri]  # the agent answers under the URI the client used
     assert response.headers["A2A-Extensions"] == response.headers["X-A2A-Extensions"] == uri
+
+
+async def test_an_a2a_1_0_client_activating_with_the_x_header_pays_and_is_served(
+    a2a_agents: Callable[..., A2AServedAgent], a2a_wire: Any,
+    new_payer: Callable[..., LocalAccount], anvil_chain: Chain, dev_stack: Manifest,
+) -> None:
+    """The x402 A2A transport tells clients to send ``X-A2A-Extensions``; an a2a-sdk
+    1.0 client doing only that is offered the payment, pays once and is served."""
+    served = a2a_agents()
+    payer = new_payer(FUNDS)
+    http, wire_log = a2a_wire
+    hand = _Hand(await _discover(served, http), http, "1.0", header="X-A2A-Extensions")
+    task, required = await hand.offer()
+
+    done = await hand.pay(task, _sign(payer, required).to_wire())
+
+    assert done.status.state == TaskState.TASK_STATE_COMPLETED
+    assert _meta(done)[X.STATUS_KEY] == X.PAYMENT_COMPLETED
+    sent, _, answer = wire_log.rpc()[-1]
+    assert sent["method"] == "SendMessage"
+    assert "A2A-Extensions" not in answer.request.headers  # only the X- name was sent
+    assert answer.request.headers["X-A2A-Extensions"] == X.X402_EXTENSION_URI
+    assert answer.headers["X-A2A-Extensions"] == X.X402_EXTENSION_URI
+    assert served.calls == ["hello"]
+    assert a2a_balance(anvil_chain, dev_stack, payer.address) == FUNDS - A2A_PRICE_ATOMIC
+    assert a2a_balance(anvil_chain, dev_stack, served.pay_to) == A2A_PRICE_ATOMIC
+
+
+@pytest.mark.parametrize("wire", ["1.0", "0.3"])
+async def test_a_refused_activation_is_not_echoed_as_active(
+    wire: str, a2a_agents: Callable[..., A2AServedAgent],
+) -> None:
+    """A header naming only other extensions activates nothing: refused, and no
+    extension header in the answer claims x402 is active."""
+    served = a2a_agents()
+    async with httpx.AsyncClient(timeout=30) as http:
+        refused = await http.post(served.url, json=_raw_send(wire), headers={
+            "A2A-Version": wire, "X-A2A-Extensions": "https://example.com/other-extension",
+            "A2A-Extensions": "https://example.com/another"})
+
+    assert refused.json()["error"]["code"] == (-32008 if wire == "1.0" else -32603)
+    for name in ("A2A-Extensions", "X-A2A-Extensions"):
+        assert X.X402_EXTENSION_URI not in refused.headers.get(name, "")
+    assert served.calls == []
 
 
 @pytest.mark.parametrize("wire", ["1.0", "0.3"])

@@ -134,20 +134,44 @@ def test_non_eip155_network(payer: LocalAccount, network: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "over",
+    ("over", "reason"),
     [
-        {"amount": "9999"},
-        {"amount": "10001"},
-        {"asset": PAY_TO},
-        {"payTo": USDC_BASE_SEPOLIA},
+        ({"amount": "9999"}, errors.AUTHORIZATION_VALUE_MISMATCH),
+        ({"amount": "10001"}, errors.AUTHORIZATION_VALUE_MISMATCH),
+        ({"asset": PAY_TO}, errors.INVALID_SIGNATURE),
+        ({"payTo": USDC_BASE_SEPOLIA}, errors.RECIPIENT_MISMATCH),
     ],
 )
-def test_accepted_must_match_requirements(
-    payer: LocalAccount, requirements: PaymentRequirements, over: dict[str, str]
+def test_a_payment_signed_for_other_terms_gets_the_sdks_reason(
+    payer: LocalAccount, requirements: PaymentRequirements, over: dict[str, str], reason: str
 ) -> None:
     accepted = make_requirements(**over)
     payload = pay(payer, requirements, signed_for=accepted, accepted=accepted)
-    assert_fails(check_exact(payload, requirements, now=NOW), errors.ACCEPTED_MISMATCH)
+    check = check_exact(payload, requirements, now=NOW)
+    assert_fails(check, reason)
+    assert not check.needs_contract_check
+
+
+@pytest.mark.parametrize(
+    "over", [{"amount": "9999"}, {"asset": PAY_TO}, {"payTo": USDC_BASE_SEPOLIA}]
+)
+def test_an_edited_echo_on_a_right_authorization_is_refused_as_accepted_mismatch(
+    payer: LocalAccount, requirements: PaymentRequirements, over: dict[str, str]
+) -> None:
+    payload = pay(payer, requirements, accepted=make_requirements(**over))
+    check = check_exact(payload, requirements, now=NOW)
+    assert_fails(check, errors.ACCEPTED_MISMATCH)
+    assert not check.needs_contract_check
+
+
+def test_an_edited_echo_with_a_contract_wallet_signature_is_refused_without_a_chain_check(
+    payer: LocalAccount, requirements: PaymentRequirements
+) -> None:
+    payload = pay(payer, requirements, accepted=make_requirements(amount="1"),
+                  signature="0x" + "ab" * 100)
+    check = check_exact(payload, requirements, now=NOW)
+    assert_fails(check, errors.ACCEPTED_MISMATCH)
+    assert not check.needs_contract_check
 
 
 def test_accepted_amount_compares_as_a_number(payer: LocalAccount) -> None:

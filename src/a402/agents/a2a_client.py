@@ -34,7 +34,6 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 from a2a.client import A2AClientError, ClientCallContext, ClientConfig, ClientFactory
-from a2a.extensions.common import HTTP_EXTENSION_HEADER
 from a2a.helpers import get_message_text
 from a2a.types import (
     AgentCard,
@@ -264,7 +263,8 @@ class _Session:
         self.client = ClientFactory(config).create(card_for_wire(agent.card, owner.wire))
         uri = agent.extension_uri or X.X402_EXTENSION_URI
         self.uri = uri
-        self.call = ClientCallContext(service_parameters={HTTP_EXTENSION_HEADER: uri})
+        self.call = ClientCallContext(
+            service_parameters=dict.fromkeys(X.EXTENSION_HEADERS, uri))
 
     async def close(self) -> None:
         await self.client.close()

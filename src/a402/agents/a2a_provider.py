@@ -33,11 +33,18 @@ The extension is declared ``required`` on the card: a request that activates
 none of ``X402_EXTENSION_URIS`` (``A2A-Extensions`` / ``X-A2A-Extensions``
 header, or the message's ``extensions``) is answered with
 ``ExtensionSupportRequiredError``; activated URIs are echoed in both headers.
+Either header activates on either wire: A2A 1.0 names the header
+``A2A-Extensions``, but the x402 A2A transport spec tells clients to send
+``X-A2A-Extensions``, so a 1.0 client following it must not be refused (a2a-sdk
+reads the ``X-`` name only on its 0.3 path). The gate and the echo read the
+same headers (``EXTENSION_HEADERS``), so an echoed URI is always one the gate
+counted as activated.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
@@ -53,6 +60,7 @@ from a2a.server.events import Event, EventQueue
 from a2a.server.request_handlers import DefaultRequestHandler
 from a2a.server.request_handlers.response_helpers import agent_card_to_dict
 from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
+from a2a.server.routes.common import DefaultServerCallContextBuilder
 from a2a.server.tasks import InMemoryTaskStore, TaskStore, TaskUpdater
 from a2a.types import (
     AgentCapabilities,
@@ -72,7 +80,9 @@ from a2a.utils.constants import PROTOCOL_VERSION_0_3, PROTOCOL_VERSION_1_0, Tran
 from a2a.utils.errors import ExtensionSupportRequiredError
 from google.protobuf.json_format import MessageToDict
 from starlette.applications import Starlette
+from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Message as AsgiMessage
 
 from a402.agents import a2a_x402 as X
 from a402.agents.card import OnchainCard
@@ -105,7 +115,7 @@ log = logging.getLogger("a402.agents.a2a")
 Handler = Callable[[str], Awaitable[str]]
 """The business function: the task's request text in, the result text out."""
 
-EXTENSION_HEADERS: Final = ("A2A-Extensions", "X-A2A-Extensions")
+EXTENSION_HEADERS: Final = X.EXTENSION_HEADERS
 _LEDGER_RETENTION: Final = 600
 _MAX_REMEMBERED_VALIDITY: Final = 24 * 3600
 
@@ -237,10 +247,12 @@ class PaidAgent:
 
         routes = [
             *create_agent_card_routes(self.card),
-            *create_jsonrpc_routes(handler, rpc_url=self.rpc_path, enable_v0_3_compat=True),
+            *create_jsonrpc_routes(handler, rpc_url=self.rpc_path, enable_v0_3_compat=True,
+                                   context_builder=_EitherExtensionHeader()),
         ]
         app = Starlette(routes=routes, lifespan=lifespan)
         app.add_middleware(_EchoExtensions)
+        app.add_middleware(_IntegralNumbers)
         return app
 
     def _build_card(self) -> AgentCard:
@@ -510,6 +522,23 @@ class _ActivationGate(DefaultRequestHandler):
             yield event
 
 
+class _EitherExtensionHeader(DefaultServerCallContextBuilder):
+    """Requested extensions from both header names, whatever the wire version.
+
+    a2a-sdk 1.x reads ``A2A-Extensions`` on the 1.0 path and adds
+    ``X-A2A-Extensions`` only on its 0.3 path; the x402 A2A transport tells
+    clients to send the ``X-`` name, so both count on both paths. Widening what
+    activates the extension cannot make a payment easier: activation only
+    decides whether the payment flow is offered at all.
+    """
+
+    def build(self, request: Request) -> ServerCallContext:
+        context = super().build(request)
+        context.requested_extensions = get_requested_extensions(
+            [v for name in EXTENSION_HEADERS for v in request.headers.getlist(name)])
+        return context
+
+
 class _EchoExtensions:
     """Echo the activated x402 URIs in both extension headers (the a2a-x402 spec asks for it;
     a2a-sdk 1.x no longer echoes activations itself)."""
@@ -525,6 +554,66 @@ class _EchoExtensions:
                 echoed = ",".join(active)
                 send = adding_headers(send, [(n, echoed) for n in EXTENSION_HEADERS])
         await self.app(scope, receive, send)
+
+
+class _IntegralNumbers:
+    """Spell the integral numbers of JSON answers as integers (``2``, not ``2.0``).
+
+    A2A 1.0 metadata is a protobuf ``Struct``, whose only number is a double, and
+    a2a-sdk renders it with Python's ``json``: the offer's ``"x402Version": 2`` and
+    ``"maxTimeoutSeconds": 120`` go out as ``2.0`` and ``120.0``. JSON has a single
+    number type, so every A2A (ProtoJSON) reader reads both spellings as the same
+    double, but a reader that maps x402 JSON onto integer fields (the x402 SDKs'
+    models in strict mode, Go's ``encoding/json``) refuses ``2.0``. Only doubles
+    that are exact integers (``|x| <= 2**53``, ``X.from_struct``) change, and only
+    their spelling: the value every reader sees is unchanged, so nothing about a
+    payment can change with it. Other answers (the SSE stream) pass untouched.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start: AsgiMessage | None = None
+        chunks: list[bytes] = []
+
+        async def respelling(message: AsgiMessage) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start" and _is_json(message):
+                start = message
+                return
+            if start is None or message["type"] != "http.response.body":
+                await send(message)
+                return
+            chunks.append(bytes(message.get("body", b"")))
+            if message.get("more_body", False):
+                return
+            body = _integral_json(b"".join(chunks))
+            headers = [(k, v) for k, v in start.get("headers", [])
+                       if k.lower() != b"content-length"]
+            headers.append((b"content-length", str(len(body)).encode("latin-1")))
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, respelling)
+
+
+def _is_json(start: AsgiMessage) -> bool:
+    return any(k.lower() == b"content-type" and v.split(b";")[0].strip() == b"application/json"
+               for k, v in start.get("headers", []))
+
+
+def _integral_json(body: bytes) -> bytes:
+    """``body`` with integral doubles written as integers; anything not JSON is left as is."""
+    try:
+        decoded = json.loads(body)
+    except ValueError:
+        return body
+    return json.dumps(X.from_struct(decoded), ensure_ascii=False, allow_nan=False,
+                      separators=(",", ":")).encode("utf-8")
 
 
 def _activated_uri(context: RequestContext) -> str:

@@ -37,6 +37,12 @@ X402_EXTENSION_URI_V02: Final = "https://github.com/google-agentic-commerce/a2a-
 X402_EXTENSION_URIS: Final = (X402_EXTENSION_URI, X402_EXTENSION_URI_V02)
 """Every URI that activates the extension here (reference §2.2: one declared, all accepted)."""
 
+EXTENSION_HEADERS: Final = ("A2A-Extensions", "X-A2A-Extensions")
+"""The headers that activate an extension: A2A 1.0's name, and the ``X-`` name of
+A2A 0.3 that the x402 A2A transport tells clients to send. The agent reads both
+on either wire; the paying client sends both, so an agent that reads only one
+of them still sees the activation."""
+
 # -------------------------------------------------------------------- metadata keys
 
 STATUS_KEY: Final = "x402.payment.status"
@@ -170,9 +176,13 @@ def from_struct(value: Any) -> Any:
 
     A2A 1.0 metadata is a ``google.protobuf.Struct``, whose only number type is
     a double: ``x402Version: 2`` arrives as ``2.0`` and ``maxTimeoutSeconds: 60``
-    as ``60.0``, which strict x402 models rightly refuse. Integral doubles in
-    the exactly representable range become ints again; money is never affected
-    because x402 carries amounts as decimal strings.
+    as ``60.0`` whatever the sender wrote, which strict x402 models rightly
+    refuse. This is the one place a reader of A2A metadata (the agent and the
+    paying client both) relaxes that, and only strictly: an integral double in
+    the exactly representable range (``|x| <= 2**53``) becomes an int
+    (``2.0`` -> ``2``); any other number stays a float, so ``2.5`` (or ``1e300``)
+    is then refused by the strict wire models as before. Money is never affected
+    because x402 carries amounts as decimal strings (a number there stays refused).
     """
     if isinstance(value, float) and value.is_integer() and math.fabs(value) <= 2**53:
         return int(value)

@@ -26,15 +26,49 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import httpx
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import EthereumTesterProvider, HTTPProvider, Web3
 
+from a402.wire.networks import v1_name
+
 ANVIL_MNEMONIC = "test test test test test test test test test test test junk"
 """Anvil's default development mnemonic: public, so these keys guard nothing."""
+
+LOCAL_CHAIN_IDS: Final = frozenset({31337, 1337})
+"""Chain ids that only development nodes use (anvil/hardhat, ganache/geth --dev)."""
+MAX_CHAIN_ID: Final = 2**53 - 1
+"""The largest chain id every EVM tool can carry (EIP-2294's bound)."""
+
+
+def public_chain_id_warning(chain_id: int) -> str | None:
+    """The warning a local node must print when it borrows a public chain's id, else None.
+
+    A devnet may take a public id (``--chain-id 84532``) so that clients which
+    only know v1 network names (``base-sepolia``) can be tried locally. What is
+    signed there is signed for that public chain: an EIP-712 domain names the
+    chain id and the token's address, so an EIP-3009 authorization (or any
+    typed-data signature) made on the devnet is valid on the public chain for a
+    contract at the same address with the same domain. Only the public anvil
+    keys belong on such a devnet. Nothing else is relaxed by the id: simulated
+    attestation stays behind ``--allow-simulated-attestation`` whatever the chain.
+    """
+    if chain_id in LOCAL_CHAIN_IDS:
+        return None
+    name = v1_name(chain_id)
+    which = f"the public chain {name!r} (eip155:{chain_id})" if name else (
+        f"eip155:{chain_id}, not a development chain id ({sorted(LOCAL_CHAIN_IDS)})")
+    return (
+        f"WARNING: this LOCAL devnet uses the chain id of {which}.\n"
+        "It is still a local anvil: nothing here is on that chain, and nothing "
+        "settled here is real money.\n"
+        "But signatures are made for that chain id: never use a key here that "
+        "holds anything on the public chain, and never sign here what you would "
+        "not sign there."
+    )
 
 
 @dataclass
@@ -169,7 +203,13 @@ def start_anvil(
     extra_args: Sequence[str] = (),
     startup_timeout: float = 30.0,
 ) -> Iterator[Chain]:
-    """Run anvil on 127.0.0.1 for the duration of the ``with`` block."""
+    """Run anvil on 127.0.0.1 for the duration of the ``with`` block.
+
+    ``chain_id`` may be a public chain's (see ``public_chain_id_warning``,
+    which callers that face a user must print).
+    """
+    if not 1 <= chain_id <= MAX_CHAIN_ID:
+        raise ValueError(f"chain id must be in 1..{MAX_CHAIN_ID}, got {chain_id}")
     port = port or free_port()
     args = [
         find_anvil(), "--host", "127.0.0.1", "--port", str(port), "--chain-id", str(chain_id),

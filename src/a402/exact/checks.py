@@ -3,8 +3,17 @@
 The facilitator's I/O layer calls ``check_exact`` first and only spends RPC
 calls on payments that pass it. Checks run cheapest-and-most-fundamental
 first (routing, then what the server asked for, then the payload's shape, then
-its terms, and the signature last), so the reason reported is the most useful
-one. Reason codes are the official Python facilitator's.
+its terms, and the signature), so the reason reported is the most useful
+one. Reason codes and their order are the official Python facilitator's, so a
+payment it refuses is refused here for the same reason.
+
+The echoed ``accepted`` (unsigned) is compared with the requirements last: the
+official facilitator does not look at it, so wherever the signed authorization
+itself is wrong (recipient, value, times, signature) its reason is given. Only
+a payload whose authorization is right but whose echo was edited gets
+``accepted_requirements_mismatch``, the one case the SDK would accept and we
+refuse (an edited echo is a tampered or confused client; refusing costs it
+nothing, since it can resend the same authorization with the true echo).
 
 What is left to the chain: nonce unused, balance, and contract-wallet
 signatures (EIP-1271 / ERC-6492), which ``needs_contract_check`` flags.
@@ -103,7 +112,7 @@ def check_exact(
     except WireError as exc:
         return fail(exc.reason, exc.message)
 
-    # 3. what the client says it accepted is what the server requires
+    # 3. the requirements are usable (and the echoed amount is a number)
     try:
         amount = requirements.amount_int
         if not is_address(requirements.pay_to):
@@ -111,12 +120,6 @@ def check_exact(
         accepted_amount = parse_uint256(accepted.amount, reason=INVALID_PAYLOAD, what="amount")
     except WireError as exc:
         return fail(exc.reason, exc.message)
-    if accepted_amount != amount:
-        return fail(ACCEPTED_MISMATCH, "accepted.amount differs from the requirements")
-    if not _same_address(accepted.asset, requirements.asset):
-        return fail(ACCEPTED_MISMATCH, "accepted.asset differs from the requirements")
-    if not _same_address(accepted.pay_to, requirements.pay_to):
-        return fail(ACCEPTED_MISMATCH, "accepted.payTo differs from the requirements")
 
     # 4. EIP-712 domain
     try:
@@ -149,9 +152,21 @@ def check_exact(
     verdict = ExactCheck(
         payer=payer, digest=digest, authorization=auth, signature=signature, domain=domain
     )
+    eoa_signed = len(signature) == 65 and recover_address_bytes(digest, signature) == from_bytes
+
+    # 11. what the client says it accepted is what the server requires
+    echo = _echo_mismatch(accepted, requirements, accepted_amount, amount)
+    if echo is not None:
+        # Final either way (no contract check): an authorization for another asset
+        # fails the signature under this asset's domain, as the SDK reports it.
+        if not eoa_signed and len(signature) in (0, 65):
+            return replace(verdict, reason=INVALID_SIGNATURE,
+                           message=f"{echo}, and the signature is not by `from` for these terms")
+        return replace(verdict, reason=ACCEPTED_MISMATCH, message=echo)
+
     if not signature:
         return replace(verdict, reason=INVALID_SIGNATURE, message="empty signature")
-    if len(signature) == 65 and recover_address_bytes(digest, signature) == from_bytes:
+    if eoa_signed:
         return verdict
     return replace(
         verdict,
@@ -163,6 +178,20 @@ def check_exact(
         ),
         needs_contract_check=True,
     )
+
+
+def _echo_mismatch(
+    accepted: PaymentRequirements, requirements: PaymentRequirements,
+    accepted_amount: int, amount: int,
+) -> str | None:
+    """Which of the echoed ``accepted`` terms differ from the requirements, if any."""
+    if accepted_amount != amount:
+        return "accepted.amount differs from the requirements"
+    if not _same_address(accepted.asset, requirements.asset):
+        return "accepted.asset differs from the requirements"
+    if not _same_address(accepted.pay_to, requirements.pay_to):
+        return "accepted.payTo differs from the requirements"
+    return None
 
 
 def _same_address(a: str, b: str) -> bool:

@@ -50,7 +50,7 @@ from a402.wire.a402 import (
     b64,
     unb64,
 )
-from a402.wire.x402 import PaymentRequirements, PaymentRequirementsV1
+from a402.wire.x402 import PaymentRequirements, PaymentRequirementsV1, ResourceInfo
 
 log = logging.getLogger("a402.provider.a402")
 
@@ -263,12 +263,17 @@ class A402Endpoint:
         )
 
     def requirement_v1(
-        self, amount: int, base_url: str, *, network_v1: str, resource: str,
+        self, amount: int, base_url: str, *, network_v1: str, resource: ResourceInfo,
         max_timeout_seconds: int,
     ) -> PaymentRequirementsV1:
+        """The ``a402`` entry of a v1 ``accepts``: with the ``description`` and
+        ``mimeType`` the v1 schema requires (``""`` when the route states none, as
+        the official SDK's server sends), like the ``exact`` entry next to it."""
         return PaymentRequirementsV1(
             scheme=SCHEME_A402, network=network_v1, max_amount_required=str(amount),
-            resource=resource, pay_to=to_checksum("0x" + self.runtime.provider_address.hex()),
+            resource=resource.url, description=resource.description or "",
+            mime_type=resource.mime_type or "",
+            pay_to=to_checksum("0x" + self.runtime.provider_address.hex()),
             max_timeout_seconds=max_timeout_seconds,
             asset=to_checksum(self.runtime.manager.token), extra=self._extra(base_url),
         )

@@ -285,7 +285,7 @@ class PaymentMiddleware:
             alternatives=(self.a402.requirement(
                 match.amount, base, max_timeout_seconds=self.max_timeout_seconds),),
             alternatives_v1=(self.a402.requirement_v1(
-                match.amount, base, network_v1=self.network_v1, resource=url,
+                match.amount, base, network_v1=self.network_v1, resource=resource,
                 max_timeout_seconds=self.max_timeout_seconds),),
         )
 

@@ -46,10 +46,12 @@ TRANSACTION_FAILED: Final = "transaction_failed"
 SETTLEMENT_PENDING: Final = "settlement_pending"
 
 # --- a402 additions (no spelling in the SDKs or the spec) ----------------------------
-# The payload's echoed ``accepted`` disagrees with the requirements the server
-# passed on scheme/network/amount/asset/payTo. The official Python facilitator
-# does not look; its resource server rejects such a payload before verify with
-# the free text "No matching payment requirements".
+# The payload's echoed ``accepted`` disagrees with the requirements on
+# amount/asset/payTo while its signed authorization matches them. The official
+# Python facilitator does not look at the echo (it would accept); its resource
+# server rejects such a payload before verify with the free text "No matching
+# payment requirements". A payment whose *authorization* is for other terms gets
+# the SDK's own reason instead (recipient, value, or signature), see exact/checks.py.
 ACCEPTED_MISMATCH: Final = "accepted_requirements_mismatch"
 # The authorization is already journaled for (claimed or settled by) a request
 # naming another resource: one payment buys one resource, so a second resource
