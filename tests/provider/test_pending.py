@@ -159,12 +159,16 @@ async def test_a_pending_payment_resent_to_a_dearer_route_with_its_amount_edited
         pending = await client.get("/weather", headers=payload_header(payload))
         mine()
         dearer = await client.get("/items/gold", headers=payload_header(edited))
+        # Another route at the same price is another resource: not resumed there either.
+        same_price = await client.get("/boom", headers=payload_header(payload))
         served = await client.get("/weather", headers=payload_header(payload))
 
     assert pending.status_code == 402 and pending.json()["error"] == "settlement_pending"
     assert dearer.status_code == 402, dearer.text
     assert dearer.json()["error"] == "payment_terms_mismatch"
-    assert calls["item"] == 0
+    assert same_price.status_code == 402, same_price.text
+    assert same_price.json()["error"] == "payment_terms_mismatch"
+    assert calls["item"] == calls["boom"] == 0
     # The pending payment is untouched by the refusal: resent as it was, it is served.
     assert served.status_code == 200, served.text
     assert calls["weather"] == 2

@@ -19,11 +19,11 @@ States of one entry::
 ``fingerprint`` tells the *same* payment retried (which may resume a pending
 one) from a different signature over the same nonce (which never may).
 ``terms`` (:func:`payment_terms`: scheme, network, amount, asset, payTo of the
-requirements it was admitted for) tells the same payment resent for *other*
-terms: a resumed payment is settled without a new ``/verify``, so resuming it
-against a dearer route whose unsigned ``accepted.amount`` was edited would buy
-that route for the first price. Such a retry is :attr:`Admission.OTHER_TERMS`
-and changes nothing.
+requirements it was admitted for, and the resource) tells the same payment
+resent for *other* terms: a resumed payment is settled without a new
+``/verify``, so resuming it against a dearer route whose unsigned
+``accepted.amount`` was edited would buy that route for the first price. Such
+a retry is :attr:`Admission.OTHER_TERMS` and changes nothing.
 
 Where the ledger lives decides what it protects. Every process that can be
 handed the same payment header must see the same entries: replicas of one
@@ -111,10 +111,12 @@ def payment_fingerprint(signature: str, authorization: dict[str, Any]) -> str:
     return _digest({"signature": signature.lower(), "authorization": authorization})
 
 
-def payment_terms(*, scheme: str, network: str, amount: str, asset: str, pay_to: str) -> str:
-    """A digest of the money terms a payment is admitted for (addresses compared lowercase)."""
+def payment_terms(*, scheme: str, network: str, amount: str, asset: str, pay_to: str,
+                  resource: str = "") -> str:
+    """A digest of the terms a payment is admitted for: its money terms (addresses compared
+    lowercase) and the resource it buys."""
     return _digest({"scheme": scheme, "network": network, "amount": str(amount),
-                    "asset": asset.lower(), "payTo": pay_to.lower()})
+                    "asset": asset.lower(), "payTo": pay_to.lower(), "resource": resource})
 
 
 def _digest(value: dict[str, Any]) -> str:

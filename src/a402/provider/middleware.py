@@ -5,7 +5,7 @@ One paid request, default (serve, then settle) order::
     no payment header ............................ 402 + offer
     header undecodable / matches no offer ........ 402, error = reason
     authorization already used or in use ......... 402 payment_already_used   (ledger)
-    pending authorization resent for other terms . 402 payment_terms_mismatch (ledger)
+    pending authorization resent elsewhere ....... 402 payment_terms_mismatch (ledger)
     POST /verify → invalid ....................... 402, error = invalidReason
     run the app, response buffered
     app answered >= 400 .......................... app's response, nothing settled
@@ -25,10 +25,13 @@ interrupted a settle) does not call ``/verify`` again, which would now answer
 "nonce already used"; it calls ``/settle`` again, which an x402 facilitator
 must answer idempotently, and serves once that reports success. That retry is
 settle-first whatever the mode: the decision to pay was already made. It is
-taken only on the terms (scheme, network, amount, asset, payTo) the payment was
-first admitted for: the client's ``accepted`` is not signed, so a pending
-payment resent to a dearer route with ``accepted.amount`` edited would
-otherwise be settled for its signed value and buy the dearer response.
+taken only for the resource and on the terms (scheme, network, amount, asset,
+payTo) the payment was first admitted for: the client's ``accepted`` is not
+signed, so a pending payment resent to a dearer route with ``accepted.amount``
+edited would otherwise be settled for its signed value and buy the dearer
+response; and a facilitator that binds a settlement to its first resource
+would refuse the resumed settle, which must not cost the pending payment its
+place in the ledger.
 
 What the middleware sends the facilitator names the resource *it* offers for
 this request (v2: the payload's ``resource``, overwritten with the one in its
@@ -195,12 +198,12 @@ class PaymentMiddleware:
         self.network_v1 = v1_name(chain_id) or network
         self.settle_before_serve = settle_before_serve
         self.max_timeout_seconds = max_timeout_seconds
-        self._own_ledger = SqlLedger(ledger) if isinstance(ledger, str) else None
-        self.ledger: PaymentLedger = (
-            self._own_ledger if self._own_ledger is not None
-            else ledger if ledger is not None and not isinstance(ledger, str)
-            else InMemoryLedger()
-        )
+        if isinstance(ledger, str):
+            self._own_ledger: SqlLedger | None = SqlLedger(ledger)
+            self.ledger: PaymentLedger = self._own_ledger
+        else:
+            self._own_ledger = None
+            self.ledger = ledger if ledger is not None else InMemoryLedger()
         self.public_url = public_url.rstrip("/") if public_url else None
         self.retry_after = retry_after_seconds
         self.retention = ledger_retention_seconds
@@ -348,7 +351,8 @@ class PaymentMiddleware:
             key=PaymentKey.of(self.network, self.asset, auth.from_address, auth.nonce),
             fingerprint=payment_fingerprint(evm.signature, auth.to_wire()),
             terms=payment_terms(scheme=terms.scheme, network=terms.network,
-                                amount=terms.amount, asset=terms.asset, pay_to=terms.pay_to),
+                                amount=terms.amount, asset=terms.asset, pay_to=terms.pay_to,
+                                resource=offer.resource.url),
             valid_before=int(auth.valid_before),
         )
 
@@ -368,8 +372,9 @@ class PaymentMiddleware:
             # Nothing taken, nothing settled: the pending entry waits for its own terms.
             await R.payment_required(
                 offer, R.PAYMENT_TERMS_MISMATCH,
-                "this payment is pending settlement for other terms (another price, payee, "
-                "asset or network); resend it unchanged where it was first sent",
+                "this payment is pending settlement for another resource or other terms "
+                "(price, payee, asset, network); nothing was served or charged for this "
+                "request: resend it unchanged to the URL it was first sent to",
                 transaction=admit.settlement.transaction if admit.settlement else None,
             ).send(send)
             return
