@@ -135,7 +135,7 @@ def test_devnet_facilitator_gateway_and_pay_from_the_command_line(tmp_path: Path
                 with running(
                     "gateway", "--upstream", upstream, "--route", "GET /quote=0.25",
                     "--manifest", str(manifest_path), "--facilitator", facilitator,
-                    "--port", str(gateway_port),
+                    "--ledger-db", f"sqlite:///{tmp_path}/ledger.db", "--port", str(gateway_port),
                 ):
                     gateway = f"http://127.0.0.1:{gateway_port}"
                     wait_until(lambda: httpx.get(f"{gateway}/free").status_code == 200, "gateway")
@@ -220,6 +220,7 @@ def test_a_gateway_with_a402_is_paid_through_a_vault_from_the_command_line(
                     "--a402", "--rpc", manifest.rpc_url,
                     "--operator-key-file", str(tmp_path / "provider.key"),
                     "--channel-db", f"sqlite:///{tmp_path}/channels.db",
+                    "--ledger-db", f"sqlite:///{tmp_path}/ledger.db",
                     "--platform-file", str(tmp_path / "provider-platform.json"),
                     "--identity-file", str(tmp_path / "provider-identity.bin"),
                     "--allow-simulated-attestation", "--trust-root", vault_root,

@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     gw.add_argument("--settle-before-serve", action="store_true",
                     help="settle on-chain before calling the upstream")
     gw.add_argument("--public-url", help="external base URL, for resource URLs behind a proxy")
+    gw.add_argument("--ledger-db", metavar="URL", default="sqlite:///a402-provider-ledger.db",
+                    help="SQLAlchemy URL of the replay ledger (which payments bought a "
+                         "response); replicas, and gateways paid to the same --pay-to, must "
+                         "share one PostgreSQL database (default: %(default)s)")
     gw.add_argument("--host", default="127.0.0.1")
     gw.add_argument("--port", type=int, default=4402)
     gw.set_defaults(run=_gateway, a402_options=_add_gateway_a402_arguments(gw))
@@ -279,6 +283,7 @@ def _gateway(args: argparse.Namespace) -> int:
             upstream=args.upstream, routes=args.route, pay_to=pay_to, token=token,
             network=network, facilitator_url=args.facilitator, host=args.host, port=args.port,
             settle_before_serve=args.settle_before_serve, public_url=args.public_url,
+            ledger_db=args.ledger_db,
             log_level="info" if args.verbose else "warning",
             a402=channels.config if channels else None, on_start=announce,
         )

@@ -8,9 +8,11 @@ not run.
 from __future__ import annotations
 
 import base64
+import json
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 import httpx
@@ -681,3 +683,58 @@ async def test_a_facilitator_that_answers_nonsense_is_a_502_and_nothing_is_charg
     assert response.json()["error"] == "facilitator_error"
     assert calls["weather"] == 0
     assert balances.unchanged()
+
+
+class RecordFacilitatorCalls(httpx.AsyncBaseTransport):
+    """Passes every call through to the real facilitator, keeping each request's JSON."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.bodies: dict[str, list[dict[str, Any]]] = {}
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            path = request.url.path.rsplit("/", 1)[-1]
+            self.bodies.setdefault(path, []).append(json.loads(request.content))
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_the_facilitator_is_told_the_providers_resource_not_the_clients(
+    anvil_chain: Chain, dev_stack: Manifest, facilitator_url: str, pay_to: str, new_payer: Payer,
+) -> None:
+    """A facilitator that binds a settlement to one resource must hear the provider's own
+    name for it: the client's copy in a v2 payload is unsigned and may name anything."""
+    payer, payer_v1 = new_payer(10_000), new_payer(10_000)
+    balances = Balances(anvil_chain, dev_stack, payer.address, payer_v1.address, pay_to)
+    recorder = RecordFacilitatorCalls()
+    facilitator = FacilitatorClient(facilitator_url, transport=recorder)
+    app = paid_app(pay_to=pay_to, manifest=dev_stack, facilitator=facilitator)
+    try:
+        async with asgi_client(app) as client:
+            required, _ = await offer(client, "/weather")
+            elsewhere = required.resource.model_copy(update={"url": "https://other.example/x"})
+            payload = build_payment_payload(required.accepts[0], payer, resource=elsewhere)
+            v2 = await client.get("/weather", headers=payload_header(payload))
+            _, required_v1 = await offer(client, "/items/7")
+            v1 = await client.get("/items/7", headers=v1_header(required_v1, payer_v1))
+    finally:
+        await facilitator.aclose()
+
+    assert v2.status_code == 200, v2.text
+    assert v1.status_code == 200, v1.text
+    v2_calls = [b for call in ("verify", "settle") for b in recorder.bodies[call]
+                if b["x402Version"] == 2]
+    v1_calls = [b for call in ("verify", "settle") for b in recorder.bodies[call]
+                if b["x402Version"] == 1]
+    assert len(v2_calls) == len(v1_calls) == 2
+    for body in v2_calls:
+        assert body["paymentPayload"]["resource"] == required.resource.to_wire()
+    assert required.resource.url == "http://provider.test/weather"
+    for body in v1_calls:
+        assert body["paymentRequirements"]["resource"] == "http://provider.test/items/7"
+    assert balances.delta(payer.address) == -PRICE_ATOMIC
+    assert balances.delta(payer_v1.address) == -ITEM_PRICE_ATOMIC
+    assert balances.delta(pay_to) == PRICE_ATOMIC + ITEM_PRICE_ATOMIC

@@ -18,11 +18,13 @@ from eth_account.signers.local import LocalAccount
 from a402.background import serve_in_thread
 from a402.chain.deploy import Manifest
 from a402.chain.node import Chain
+from a402.exact.eip3009 import build_payment_payload
 from a402.facilitator.app import create_app
 from a402.facilitator.core import Facilitator, FacilitatorConfig
 from a402.facilitator.store import SettlementStore
 from a402.wire.headers import PAYMENT_REQUIRED, PAYMENT_RESPONSE, decode_settle_response
 from tests.provider.support import (
+    ITEM_PRICE_ATOMIC,
     PRICE_ATOMIC,
     Balances,
     Calls,
@@ -30,6 +32,7 @@ from tests.provider.support import (
     assert_mined_transfer,
     offer,
     paid_app,
+    payload_header,
     v2_header,
 )
 
@@ -128,5 +131,46 @@ async def test_a_different_signature_cannot_ride_on_a_pending_payment(
     assert pending.status_code == 402 and pending.json()["error"] == "settlement_pending"
     assert hijack.status_code == 402 and hijack.json()["error"] == "payment_already_used"
     assert served.status_code == 200, served.text
+    assert balances.delta(payer.address) == -PRICE_ATOMIC
+    assert balances.delta(pay_to) == PRICE_ATOMIC
+
+
+async def test_a_pending_payment_resent_to_a_dearer_route_with_its_amount_edited_is_refused(
+    anvil_chain: Chain, dev_stack: Manifest, slow_facilitator_url: str, pay_to: str,
+    new_payer: Callable[..., LocalAccount], request: pytest.FixtureRequest,
+) -> None:
+    """The resumption of a pending payment skips ``/verify``, and ``accepted`` is unsigned:
+    the 0.001 authorization must not buy the 0.0025 route by editing ``accepted.amount``."""
+    payer = new_payer(10_000)
+    balances = Balances(anvil_chain, dev_stack, payer.address, pay_to)
+    calls = Calls()
+    app = paid_app(pay_to=pay_to, manifest=dev_stack, facilitator=slow_facilitator_url,
+                   calls=calls)
+    async with asgi_client(app) as client:
+        cheap, _ = await offer(client, "/weather")
+        dear, _ = await offer(client, "/items/gold")
+        payload = build_payment_payload(cheap.accepts[0], payer, resource=cheap.resource)
+        edited = payload.model_copy(update={
+            "accepted": payload.accepted.model_copy(update={"amount": str(ITEM_PRICE_ATOMIC)}),
+            "resource": dear.resource,
+        })
+        assert edited.accepted == dear.accepts[0]  # it answers the dear offer to the letter
+        mine: Callable[[], None] = request.getfixturevalue("mining_paused")
+        pending = await client.get("/weather", headers=payload_header(payload))
+        mine()
+        dearer = await client.get("/items/gold", headers=payload_header(edited))
+        # Another route at the same price is another resource: not resumed there either.
+        same_price = await client.get("/boom", headers=payload_header(payload))
+        served = await client.get("/weather", headers=payload_header(payload))
+
+    assert pending.status_code == 402 and pending.json()["error"] == "settlement_pending"
+    assert dearer.status_code == 402, dearer.text
+    assert dearer.json()["error"] == "payment_terms_mismatch"
+    assert same_price.status_code == 402, same_price.text
+    assert same_price.json()["error"] == "payment_terms_mismatch"
+    assert calls["item"] == calls["boom"] == 0
+    # The pending payment is untouched by the refusal: resent as it was, it is served.
+    assert served.status_code == 200, served.text
+    assert calls["weather"] == 2
     assert balances.delta(payer.address) == -PRICE_ATOMIC
     assert balances.delta(pay_to) == PRICE_ATOMIC

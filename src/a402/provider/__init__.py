@@ -1,7 +1,7 @@
 """The provider side of x402 ``exact``: ASGI payment middleware and the reverse-proxy gateway."""
 
 from a402.provider.gateway import create_gateway, parse_route_spec, run_gateway
-from a402.provider.ledger import InMemoryLedger, PaymentKey, PaymentLedger
+from a402.provider.ledger import InMemoryLedger, PaymentKey, PaymentLedger, SqlLedger
 from a402.provider.middleware import PaymentMiddleware
 from a402.provider.proxy import ReverseProxy
 from a402.provider.routes import (
@@ -26,6 +26,7 @@ __all__ = [
     "RouteMatch",
     "RoutePattern",
     "RouteTable",
+    "SqlLedger",
     "create_gateway",
     "parse_route_spec",
     "run_gateway",

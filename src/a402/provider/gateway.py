@@ -6,6 +6,12 @@ specs come from the command line as ``'GET /path/*=0.001'``: a route pattern
 (see ``a402.provider.routes``), ``=``, and a price in *token units* (a leading
 ``$`` is allowed; an integer such as ``=2`` means two whole tokens, not two
 atomic units, because a command line is read by people).
+
+The gateway remembers which payments bought a response in a replay ledger in
+a database (``--ledger-db``; :class:`a402.provider.ledger.SqlLedger`), by
+default a SQLite file next to its other data. Replicas of one gateway, and
+gateways paid to the same ``payTo`` through one facilitator, must share one
+(a PostgreSQL URL), or one payment header could buy a response from each.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ from a402.provider.proxy import ReverseProxy
 from a402.provider.routes import Price, RouteConfig, RouteError, RoutePattern, RouteTable
 
 log = logging.getLogger("a402.gateway")
+
+DEFAULT_LEDGER_DB = "sqlite:///a402-provider-ledger.db"
+"""Where ``a402 gateway`` keeps its replay ledger unless told (beside ``--channel-db``'s)."""
 
 
 def parse_route_spec(spec: str) -> tuple[str, str]:
@@ -63,13 +72,15 @@ def create_gateway(
     settle_before_serve: bool = False,
     max_timeout_seconds: int = 60,
     public_url: str | None = None,
-    ledger: PaymentLedger | None = None,
+    ledger: PaymentLedger | str | None = None,
     upstream_timeout: float = 60.0,
     a402: A402Config | None = None,
 ) -> ASGIApp:
     """The gateway as an ASGI app; ``routes`` are CLI specs or a ``{pattern: price}`` map.
 
-    Give either ``facilitator_url`` or a ``facilitator`` client. With ``a402``
+    Give either ``facilitator_url`` or a ``facilitator`` client. ``ledger`` is a
+    :class:`PaymentLedger` or the SQLAlchemy URL of a shared one (see
+    :class:`PaymentMiddleware`; ``run_gateway`` defaults it to a SQLite file). With ``a402``
     the gateway also takes A402 channel payments; a paid EXEC runs against the
     upstream through the same proxy.
     """
@@ -104,6 +115,7 @@ def run_gateway(
     settle_before_serve: bool = False,
     max_timeout_seconds: int = 60,
     public_url: str | None = None,
+    ledger_db: str = DEFAULT_LEDGER_DB,
     log_level: str = "info",
     a402: A402Config | None = None,
     on_start: Callable[[], None] | None = None,
@@ -117,10 +129,12 @@ def run_gateway(
         upstream, routes, pay_to=pay_to, token=token, network=network,
         facilitator_url=facilitator_url, settle_before_serve=settle_before_serve,
         max_timeout_seconds=max_timeout_seconds, public_url=public_url, a402=a402,
+        ledger=ledger_db,
     )
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     for spec in routes:
         log.info("charging %s (%s on %s, paid to %s)", spec, token.symbol, network, pay_to)
+    log.info("replay ledger in %s", ledger_db)
     log.info("proxying to %s; facilitator %s%s", upstream, facilitator_url,
              "; A402 channels on " + a402.manager if a402 is not None else "")
     if on_start is not None:

@@ -18,24 +18,50 @@ States of one entry::
 
 ``fingerprint`` tells the *same* payment retried (which may resume a pending
 one) from a different signature over the same nonce (which never may).
+``terms`` (:func:`payment_terms`: scheme, network, amount, asset, payTo of the
+requirements it was admitted for, and the resource) tells the same payment
+resent for *other* terms: a resumed payment is settled without a new
+``/verify``, so resuming it against a dearer route whose unsigned
+``accepted.amount`` was edited would buy that route for the first price. Such
+a retry is :attr:`Admission.OTHER_TERMS` and changes nothing.
 
-The in-memory ledger below is correct for one process. **Replicas behind a
-load balancer need one shared ledger** (a table with a unique key on the
-four-tuple and a conditional update per transition), or a payment could be
-admitted once per replica.
+Where the ledger lives decides what it protects. Every process that can be
+handed the same payment header must see the same entries: replicas of one
+gateway behind a load balancer, and *different* gateways paid to the same
+``payTo`` through the same facilitator (which answers a second ``/settle`` of
+one authorization with the first receipt, so each would serve a response for
+one transfer). :class:`SqlLedger` is that shared ledger: one table with the
+four-tuple as its key and each transition one conditional INSERT/UPDATE/DELETE,
+atomic across processes: a SQLite file for the processes of one machine, a
+PostgreSQL database for replicas and for gateways sharing a ``payTo``. It is
+the gateway's default. :class:`InMemoryLedger` is correct for one process
+only (tests, and embedding the middleware in a single-process app).
+
+A durable ledger outlives its process, and so does an entry a crash left
+IN_FLIGHT: it keeps refusing that authorization (as "in use") until it expires.
+It is never taken over, because a live holder cannot be told from a dead one,
+and taking over a live one is exactly the double sale the ledger exists to
+prevent. The payer signs a new authorization; the refused one moved no money
+unless the crash came mid-settle, which no ledger can tell either.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import heapq
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
+from sqlalchemy import Float, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+from a402.sqlite import Statement, make_engine, readers, writes
 from a402.wire.x402 import SettleResponse
 
 
@@ -52,6 +78,9 @@ class Admission(StrEnum):
     """The same payload after ``settlement_pending`` or a lost settle answer: settle again."""
     REFUSED = "refused"
     """In use by another request right now, or already sold a response."""
+    OTHER_TERMS = "other_terms"
+    """The same pending payload, sent for other terms than it was admitted for: refused,
+    and the entry stays PENDING for a retry on the original terms."""
 
 
 @dataclass(frozen=True)
@@ -79,18 +108,29 @@ class Admit:
 
 def payment_fingerprint(signature: str, authorization: dict[str, Any]) -> str:
     """A digest of what was signed and the signature, independent of header encoding."""
-    canonical = json.dumps(
-        {"signature": signature.lower(), "authorization": authorization},
-        sort_keys=True, separators=(",", ":"),
-    )
+    return _digest({"signature": signature.lower(), "authorization": authorization})
+
+
+def payment_terms(*, scheme: str, network: str, amount: str, asset: str, pay_to: str,
+                  resource: str = "") -> str:
+    """A digest of the terms a payment is admitted for: its money terms (addresses compared
+    lowercase) and the resource it buys."""
+    return _digest({"scheme": scheme, "network": network, "amount": str(amount),
+                    "asset": asset.lower(), "payTo": pay_to.lower(), "resource": resource})
+
+
+def _digest(value: dict[str, Any]) -> str:
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 class PaymentLedger(Protocol):
     """Every transition is atomic with respect to every other caller, in every replica."""
 
-    async def acquire(self, key: PaymentKey, fingerprint: str, *, expires_at: float) -> Admit:
-        """Admit one request for ``key``; ``expires_at`` (Unix time) bounds how long to remember."""
+    async def acquire(self, key: PaymentKey, fingerprint: str, *, expires_at: float,
+                      terms: str = "") -> Admit:
+        """Admit one request for ``key`` on ``terms``; ``expires_at`` (Unix time) bounds how
+        long to remember."""
         ...
 
     async def release(self, key: PaymentKey) -> None:
@@ -106,42 +146,56 @@ class PaymentLedger(Protocol):
         ...
 
 
+def _refusal(state: LedgerState, fingerprint: str, terms: str, settlement: SettleResponse | None,
+             *, asked_fingerprint: str, asked_terms: str) -> Admit:
+    """Why an existing entry that could not be taken refuses this request (pure)."""
+    if (state == LedgerState.PENDING and fingerprint == asked_fingerprint
+            and terms != asked_terms):
+        return Admit(Admission.OTHER_TERMS, state=state, settlement=settlement)
+    return Admit(Admission.REFUSED, state=state, settlement=settlement)
+
+
 @dataclass
 class _Entry:
     state: LedgerState
     fingerprint: str
     expires_at: float
+    terms: str = ""
     settlement: SettleResponse | None = None
 
 
 class InMemoryLedger:
-    """A process-local ledger; see the module docstring for why replicas need a shared one.
+    """A process-local ledger, for one process only (see the module docstring).
 
     Entries are dropped after ``expires_at``: the middleware sets it past the
     authorization's ``validBefore``, after which the token contract itself
     refuses the authorization and the chain is a sufficient memory.
     """
 
-    def __init__(self, *, clock: Any = time.time) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self._entries: dict[PaymentKey, _Entry] = {}
         self._expiry: list[tuple[float, int, PaymentKey]] = []
         self._seq = 0
         self._lock = threading.Lock()
         self._clock = clock
 
-    async def acquire(self, key: PaymentKey, fingerprint: str, *, expires_at: float) -> Admit:
+    async def acquire(self, key: PaymentKey, fingerprint: str, *, expires_at: float,
+                      terms: str = "") -> Admit:
         with self._lock:
             self._purge()
             entry = self._entries.get(key)
             if entry is None:
-                self._entries[key] = _Entry(LedgerState.IN_FLIGHT, fingerprint, expires_at)
+                self._entries[key] = _Entry(LedgerState.IN_FLIGHT, fingerprint, expires_at,
+                                            terms)
                 self._seq += 1
                 heapq.heappush(self._expiry, (expires_at, self._seq, key))
                 return Admit(Admission.FRESH)
-            if entry.state == LedgerState.PENDING and entry.fingerprint == fingerprint:
+            if (entry.state == LedgerState.PENDING and entry.fingerprint == fingerprint
+                    and entry.terms == terms):
                 entry.state = LedgerState.IN_FLIGHT
                 return Admit(Admission.RESUMED, settlement=entry.settlement)
-            return Admit(Admission.REFUSED, state=entry.state, settlement=entry.settlement)
+            return _refusal(entry.state, entry.fingerprint, entry.terms, entry.settlement,
+                            asked_fingerprint=fingerprint, asked_terms=terms)
 
     async def release(self, key: PaymentKey) -> None:
         with self._lock:
@@ -181,3 +235,144 @@ class InMemoryLedger:
             # A released-and-reacquired key has a newer deadline; keep that one.
             if entry is not None and entry.expires_at <= now:
                 del self._entries[key]
+
+
+# ------------------------------------------------------------------ the shared ledger
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class _LedgerRow(_Base):
+    __tablename__ = "a402_provider_ledger"
+
+    network: Mapped[str] = mapped_column(String(64), primary_key=True)
+    asset: Mapped[str] = mapped_column(String(42), primary_key=True)
+    payer: Mapped[str] = mapped_column(String(42), primary_key=True)
+    nonce: Mapped[str] = mapped_column(String(66), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    terms: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
+    settlement: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+_KEY: Final = "network = :network AND asset = :asset AND payer = :payer AND nonce = :nonce"
+_TABLE: Final = _LedgerRow.__tablename__
+_DROP_EXPIRED: Final = f"DELETE FROM {_TABLE} WHERE {_KEY} AND expires_at <= :now"
+_INSERT: Final = (
+    f"INSERT INTO {_TABLE} (network, asset, payer, nonce, state, fingerprint, terms, "
+    "expires_at, settlement) VALUES (:network, :asset, :payer, :nonce, 'in_flight', "
+    ":fingerprint, :terms, :expires_at, NULL) "
+    "ON CONFLICT (network, asset, payer, nonce) DO NOTHING"
+)
+_RESUME: Final = (
+    f"UPDATE {_TABLE} SET state = 'in_flight' WHERE {_KEY} AND state = 'pending' "
+    "AND fingerprint = :fingerprint AND terms = :terms"
+)
+_RELEASE: Final = f"DELETE FROM {_TABLE} WHERE {_KEY} AND state = 'in_flight'"
+_PENDING: Final = (
+    f"UPDATE {_TABLE} SET state = 'pending', settlement = COALESCE(:settlement, settlement) "
+    f"WHERE {_KEY} AND state <> 'settled'"
+)
+_SETTLED: Final = f"UPDATE {_TABLE} SET state = 'settled', settlement = :settlement WHERE {_KEY}"
+_PURGE: Final = f"DELETE FROM {_TABLE} WHERE expires_at <= :now"
+
+
+class SqlLedger:
+    """:class:`PaymentLedger` in one SQL table (``sqlite:///path`` or a PostgreSQL URL).
+
+    Safety: each transition is one statement whose WHERE clause is the
+    transition's precondition, so the database's own row locking decides every
+    race, whichever process the callers are in. ``acquire`` runs, in one
+    transaction: drop this key's entry if it has expired; ``INSERT … ON
+    CONFLICT DO NOTHING`` (one row inserted: FRESH); ``UPDATE … WHERE state =
+    'pending' AND`` same fingerprint and terms (one row updated: RESUMED). Of
+    two concurrent callers at most one sees a row count of 1 (PostgreSQL makes
+    the second INSERT wait for the first's commit and then skip; SQLite lets
+    one writer in at a time); a caller that gets neither reads the entry only
+    to say why it is refused. ``release``, ``mark_pending`` and
+    ``mark_settled`` are guarded the same way (a late release never deletes a
+    settled entry, a pending mark never downgrades one). Every write is
+    durable before the call returns (on SQLite, :mod:`a402.sqlite`'s group
+    commit shares the fsync among concurrent requests), so a restarted
+    gateway still refuses what it sold. Expired entries are dropped for the key
+    on each acquire and for the whole table every ``purge_every`` seconds.
+    """
+
+    def __init__(self, url: str = "sqlite:///a402-provider-ledger.db", *,
+                 clock: Callable[[], float] = time.time, purge_every: float = 60.0) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        _Base.metadata.create_all(self.engine)
+        self._readers = readers(self.engine)
+        self._writes = writes(url, sessionmaker(self.engine, expire_on_commit=False),
+                              name="provider-ledger")
+        self._clock = clock
+        self._purge_every = purge_every
+        self._next_purge = 0.0
+
+    async def acquire(self, key: PaymentKey, fingerprint: str, *, expires_at: float,
+                      terms: str = "") -> Admit:
+        for _ in range(3):  # an entry released between our INSERT and our read: once more
+            now = self._clock()
+            params = {**_key(key), "fingerprint": fingerprint, "terms": terms,
+                      "expires_at": expires_at, "now": now}
+            statements: list[Statement] = [
+                (_DROP_EXPIRED, _only(params, "now")),
+                (_INSERT, _only(params, "fingerprint", "terms", "expires_at")),
+                (_RESUME, _only(params, "fingerprint", "terms")),
+            ]
+            if now >= self._next_purge:
+                self._next_purge = now + self._purge_every
+                statements.append((_PURGE, {"now": now}))
+            counts = await self._writes.execute(statements)
+            if counts[1] == 1:
+                return Admit(Admission.FRESH)
+            row = await asyncio.to_thread(self._read, key)
+            if counts[2] == 1:  # the entry is ours now (IN_FLIGHT): its receipt stays put
+                return Admit(Admission.RESUMED, settlement=row[3] if row else None)
+            if row is not None:
+                state, their_fingerprint, their_terms, settlement = row
+                return _refusal(state, their_fingerprint, their_terms, settlement,
+                                asked_fingerprint=fingerprint, asked_terms=terms)
+        return Admit(Admission.REFUSED, state=LedgerState.IN_FLIGHT)
+
+    async def release(self, key: PaymentKey) -> None:
+        await self._writes.execute([(_RELEASE, _key(key))])
+
+    async def mark_pending(self, key: PaymentKey, settlement: SettleResponse | None) -> None:
+        receipt = settlement.to_json() if settlement is not None else None
+        await self._writes.execute([(_PENDING, {**_key(key), "settlement": receipt})])
+
+    async def mark_settled(self, key: PaymentKey, settlement: SettleResponse) -> None:
+        await self._writes.execute([(_SETTLED, {**_key(key), "settlement": settlement.to_json()})])
+
+    def state_of(self, key: PaymentKey) -> LedgerState | None:
+        """For tests and diagnostics (an expired entry not yet dropped still shows)."""
+        row = self._read(key)
+        return None if row is None else row[0]
+
+    def close(self) -> None:
+        self._writes.close()
+        self.engine.dispose()
+
+    def _read(self, key: PaymentKey
+              ) -> tuple[LedgerState, str, str, SettleResponse | None] | None:
+        with self._readers() as session:
+            row = session.get(_LedgerRow, (key.network, key.asset, key.payer, key.nonce))
+            if row is None:
+                return None
+            settlement = (SettleResponse.model_validate_json(row.settlement)
+                          if row.settlement is not None else None)
+            return LedgerState(row.state), row.fingerprint, row.terms, settlement
+
+
+def _key(key: PaymentKey) -> dict[str, Any]:
+    return {"network": key.network, "asset": key.asset, "payer": key.payer, "nonce": key.nonce}
+
+
+def _only(params: dict[str, Any], *names: str) -> dict[str, Any]:
+    """The key's parameters and ``names``: exactly what one statement binds."""
+    return {k: params[k] for k in ("network", "asset", "payer", "nonce", *names)}

@@ -5,6 +5,7 @@ One paid request, default (serve, then settle) order::
     no payment header ............................ 402 + offer
     header undecodable / matches no offer ........ 402, error = reason
     authorization already used or in use ......... 402 payment_already_used   (ledger)
+    pending authorization resent elsewhere ....... 402 payment_terms_mismatch (ledger)
     POST /verify → invalid ....................... 402, error = invalidReason
     run the app, response buffered
     app answered >= 400 .......................... app's response, nothing settled
@@ -23,7 +24,21 @@ Resending the same header after ``settlement_pending`` (or after a 503 that
 interrupted a settle) does not call ``/verify`` again, which would now answer
 "nonce already used"; it calls ``/settle`` again, which an x402 facilitator
 must answer idempotently, and serves once that reports success. That retry is
-settle-first whatever the mode: the decision to pay was already made.
+settle-first whatever the mode: the decision to pay was already made. It is
+taken only for the resource and on the terms (scheme, network, amount, asset,
+payTo) the payment was first admitted for: the client's ``accepted`` is not
+signed, so a pending payment resent to a dearer route with ``accepted.amount``
+edited would otherwise be settled for its signed value and buy the dearer
+response; and a facilitator that binds a settlement to its first resource
+would refuse the resumed settle, which must not cost the pending payment its
+place in the ledger.
+
+What the middleware sends the facilitator names the resource *it* offers for
+this request (v2: the payload's ``resource``, overwritten with the one in its
+own 402; v1: the requirements' ``resource``), never the client's unsigned
+copy, so a facilitator that binds a settlement to one resource tells two
+providers (or two routes) apart. It is derived from ``public_url`` (or the
+request's Host) and the path, so every replica of one gateway names it alike.
 
 Use with Starlette or FastAPI: ``app.add_middleware(PaymentMiddleware, routes=...,
 pay_to=..., token=..., network=..., facilitator="http://...")``.
@@ -53,7 +68,9 @@ from a402.provider.ledger import (
     LedgerState,
     PaymentKey,
     PaymentLedger,
+    SqlLedger,
     payment_fingerprint,
+    payment_terms,
 )
 from a402.provider.routes import RouteMatch, RouteSpecs, RouteTable
 from a402.wire.errors import (
@@ -90,6 +107,8 @@ class _Payment:
     requirements: AnyPaymentRequirements
     key: PaymentKey
     fingerprint: str
+    terms: str
+    """:func:`payment_terms` of the offer it answers: a resumption must be for these."""
     valid_before: int
 
 
@@ -116,8 +135,12 @@ class PaymentMiddleware:
       (its ``name``/``version`` go to ``extra`` so clients can sign);
       ``network``: CAIP-2, e.g. ``"eip155:84532"``.
     - ``facilitator``: a URL, or a ``FacilitatorClient`` you own.
-    - ``ledger``: replay memory; defaults to one per middleware instance (see
-      ``a402.provider.ledger`` on why replicas must share one).
+    - ``ledger``: replay memory, a :class:`PaymentLedger` or a SQLAlchemy URL
+      for a :class:`SqlLedger` (``sqlite:///path``, ``postgresql+psycopg://…``).
+      Every process that can receive the same payment header (workers,
+      replicas, other gateways paid to the same ``pay_to``) must share one;
+      the default, an :class:`InMemoryLedger` per middleware instance, is
+      right for one process only (see :mod:`a402.provider.ledger`).
     - ``public_url``: the externally visible base URL for ``resource.url``
       (defaults to what the request says: scheme + Host header).
     - ``a402``: also accept A402 channel payments (:class:`A402Config`): the
@@ -138,7 +161,7 @@ class PaymentMiddleware:
         facilitator: str | FacilitatorClient,
         settle_before_serve: bool = False,
         max_timeout_seconds: int = 60,
-        ledger: PaymentLedger | None = None,
+        ledger: PaymentLedger | str | None = None,
         public_url: str | None = None,
         retry_after_seconds: int = 2,
         ledger_retention_seconds: int = 600,
@@ -175,7 +198,12 @@ class PaymentMiddleware:
         self.network_v1 = v1_name(chain_id) or network
         self.settle_before_serve = settle_before_serve
         self.max_timeout_seconds = max_timeout_seconds
-        self.ledger: PaymentLedger = ledger if ledger is not None else InMemoryLedger()
+        if isinstance(ledger, str):
+            self._own_ledger: SqlLedger | None = SqlLedger(ledger)
+            self.ledger: PaymentLedger = self._own_ledger
+        else:
+            self._own_ledger = None
+            self.ledger = ledger if ledger is not None else InMemoryLedger()
         self.public_url = public_url.rstrip("/") if public_url else None
         self.retry_after = retry_after_seconds
         self.retention = ledger_retention_seconds
@@ -239,6 +267,8 @@ class PaymentMiddleware:
                 await self.a402.runtime.start()
             if self.a402 is not None and message["type"] == "lifespan.shutdown":
                 await self.a402.runtime.stop()
+            if message["type"] == "lifespan.shutdown" and self._own_ledger is not None:
+                self._own_ledger.close()
             if message["type"] == "lifespan.shutdown" and self._facilitator_url is not None:
                 client, self._client = self._client, None
                 if client is not None:
@@ -295,6 +325,8 @@ class PaymentMiddleware:
         if isinstance(payment, PaymentPayload):
             _match_v2(payment.accepted, offer.requirements)
             requirements, version = offer.requirements, 2
+            # The resource is ours to name, not the client's (its copy is unsigned).
+            payment = payment.model_copy(update={"resource": offer.resource})
         else:
             if payment.scheme != SCHEME_EXACT:
                 raise WireError(
@@ -311,12 +343,16 @@ class PaymentMiddleware:
             requirements, version = offer.requirements_v1, 1
         evm = ExactEvmPayload.from_wire(payment.payload, reason=INVALID_PAYLOAD)
         auth = evm.authorization
+        terms = offer.requirements
         return _Payment(
             version=version,
             payload=payment,
             requirements=requirements,
             key=PaymentKey.of(self.network, self.asset, auth.from_address, auth.nonce),
             fingerprint=payment_fingerprint(evm.signature, auth.to_wire()),
+            terms=payment_terms(scheme=terms.scheme, network=terms.network,
+                                amount=terms.amount, asset=terms.asset, pay_to=terms.pay_to,
+                                resource=offer.resource.url),
             valid_before=int(auth.valid_before),
         )
 
@@ -327,9 +363,20 @@ class PaymentMiddleware:
     ) -> None:
         now = time.time()
         expires_at = min(p.valid_before, now + _MAX_REMEMBERED_VALIDITY) + self.retention
-        admit = await self.ledger.acquire(p.key, p.fingerprint, expires_at=expires_at)
+        admit = await self.ledger.acquire(p.key, p.fingerprint, expires_at=expires_at,
+                                          terms=p.terms)
         if admit.admission is Admission.REFUSED:
             await self._refuse_reuse(send, offer, admit.state, admit.settlement)
+            return
+        if admit.admission is Admission.OTHER_TERMS:
+            # Nothing taken, nothing settled: the pending entry waits for its own terms.
+            await R.payment_required(
+                offer, R.PAYMENT_TERMS_MISMATCH,
+                "this payment is pending settlement for another resource or other terms "
+                "(price, payee, asset, network); nothing was served or charged for this "
+                "request: resend it unchanged to the URL it was first sent to",
+                transaction=admit.settlement.transaction if admit.settlement else None,
+            ).send(send)
             return
         phase = _Phase.BEFORE_SETTLE
         try:

@@ -44,6 +44,7 @@ from a402.wire.x402 import (
 PAYMENT_REQUIRED_REASON: Final = "payment_required"
 NO_MATCHING_REQUIREMENTS: Final = "no_matching_payment_requirements"
 PAYMENT_ALREADY_USED: Final = "payment_already_used"
+PAYMENT_TERMS_MISMATCH: Final = "payment_terms_mismatch"
 FACILITATOR_UNAVAILABLE: Final = "facilitator_unavailable"
 FACILITATOR_ERROR: Final = "facilitator_error"
 
