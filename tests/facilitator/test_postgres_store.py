@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from eth_account.signers.local import LocalAccount
@@ -16,7 +17,13 @@ from a402.chain.deploy import Manifest, token_balance
 from a402.chain.node import Chain, connect
 from a402.exact.onchain import authorization_used
 from a402.facilitator.core import Facilitator, FacilitatorConfig
-from a402.facilitator.store import Base, SettlementStore
+from a402.facilitator.store import (
+    Base,
+    SettlementRow,
+    SettlementStore,
+    payload_digest,
+    settlement_key,
+)
 from a402.wire import errors as E
 from tests.facilitator.helpers import request_body, requirement
 from tests.facilitator.test_settle_terms_and_resource import REPORT_A, REPORT_B, for_resource
@@ -48,8 +55,9 @@ def test_a_claim_taken_over_is_out_of_its_old_holders_hands(pg_store: Settlement
              "payer": "0x2", "pay_to": "0x3", "amount": 1, "valid_before": 1}
     old = pg_store.claim(**claim)
     assert old is not None
-    assert pg_store.take_over(claim["key"], stale_before=time.time() - 60) is None  # not stale
-    new = pg_store.take_over(claim["key"], stale_before=time.time() + 1)
+    same = {"payload_hash": claim["payload_hash"], "resource": None}
+    assert pg_store.take_over(claim["key"], stale_before=time.time() - 60, **same) is None  # fresh
+    new = pg_store.take_over(claim["key"], stale_before=time.time() + 1, **same)
     assert new is not None and new != old
     pg_store.release(claim["key"], holder=old)  # a late release by the old holder ...
     assert not pg_store.record_submission(claim["key"], old, "0xaa", b"old")  # ... or journal
@@ -144,3 +152,53 @@ def test_two_replicas_sharing_a_signer_key_settle_concurrently_without_a_nonce_c
     assert token_balance(anvil_chain, dev_stack.token.address, payee) == \
         payee_before + sum(1_000 + i for i in range(12))
     assert pg_store.count_by_state() == {"confirmed": 12}
+
+
+def test_a_replica_with_a_slow_clock_claiming_for_another_resource_is_not_taken_over(
+    anvil_chain: Chain, dev_stack: Manifest, new_payer: Callable[..., LocalAccount],
+    pg_store: SettlementStore, postgres_url: str,
+) -> None:
+    """Replica A claimed the payment for resource A and died. Replica B, asked again for
+    resource A, sees the stale claim; just before B takes it over, the dead claim is
+    cleaned up and replica C, whose clock is a minute slow, claims the payment for
+    resource B: a fresh claim that B's clock reads as stale. B's take-over must not
+    take C's claim (it would settle it and answer resource A with the payment C then
+    also hands to resource B): B is refused, C settles, once."""
+    payer, payee = new_payer(5_000), dev_stack.account("provider").address
+    payee_before = token_balance(anvil_chain, dev_stack.token.address, payee)
+    body = request_body(payer, requirement(dev_stack, 1_200))
+    evm = body["paymentPayload"]["payload"]
+    auth, signature = evm["authorization"], evm["signature"]
+    key = settlement_key(dev_stack.network, dev_stack.token.address, auth["from"], auth["nonce"])
+    claim = {"key": key, "payload_hash": payload_digest(signature, auth),
+             "network": dev_stack.network, "asset": dev_stack.token.address,
+             "payer": auth["from"], "pay_to": payee, "amount": 1_200,
+             "valid_before": int(auth["validBefore"])}
+
+    def claimed_a_minute_ago(resource: str) -> None:
+        assert pg_store.claim(**claim, resource=resource)
+        with pg_store.engine.begin() as conn:
+            conn.execute(text(f"UPDATE {SettlementRow.__tablename__} SET updated_at = "
+                              "updated_at - 60, created_at = created_at - 60 WHERE key = :k"),
+                         {"k": key})
+
+    class SlowClockReplicaClaimsFirst(SettlementStore):
+        def take_over(self, key: str, **request: Any) -> str | None:
+            self.release(key, stale_before=time.time())  # the dead claim, cleaned up
+            claimed_a_minute_ago(REPORT_B)  # replica C's claim, by its slow clock
+            return super().take_over(key, **request)
+
+    claimed_a_minute_ago(REPORT_A)  # replica A's, before it died
+    replica_b = Facilitator(anvil_chain, anvil_chain.accounts[1],
+                            SlowClockReplicaClaimsFirst(postgres_url))
+    replica_c = Facilitator(anvil_chain, anvil_chain.accounts[3], pg_store)
+
+    for_a = replica_b.settle(for_resource(body, REPORT_A))
+    for_b = replica_c.settle(for_resource(body, REPORT_B))
+
+    assert not for_a.success and for_a.error_reason == E.NONCE_USED_FOR_ANOTHER_RESOURCE, for_a
+    assert for_b.success, for_b
+    assert token_balance(anvil_chain, dev_stack.token.address, payer.address) == 3_800
+    assert token_balance(anvil_chain, dev_stack.token.address, payee) == payee_before + 1_200
+    record = pg_store.get(key)
+    assert record is not None and record.resource == REPORT_B

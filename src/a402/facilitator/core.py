@@ -212,7 +212,8 @@ class Facilitator:
             if (refusal := self._conflict(checked, known)) is not None:
                 return refusal
             if self._stale(known) and (holder := self.store.take_over(
-                    checked.key, stale_before=time.time() - self.config.claim_timeout)):
+                    checked.key, stale_before=time.time() - self.config.claim_timeout,
+                    payload_hash=checked.payload_hash, resource=checked.resource)):
                 if answer := self._settle_claimed(checked, holder, deadline):
                     return answer
             elif (answer := self._follow(checked, deadline)) is not None:

@@ -184,14 +184,24 @@ class SettlementStore:
             return None
         return holder
 
-    def take_over(self, key: str, *, stale_before: float) -> str | None:
-        """Take a claim untouched since ``stale_before`` (its holder presumed dead): the
-        new holder token, or None if the claim is not (or no longer) stale. A
+    def take_over(
+        self, key: str, *, stale_before: float, payload_hash: str, resource: str | None
+    ) -> str | None:
+        """Take a claim untouched since ``stale_before`` (its holder presumed dead) made
+        for this very request (``payload_hash`` and ``resource``): the new holder token,
+        or None if the claim is not (or no longer) stale, or is another request's. A
         compare-and-set, so of several callers one takes it; the old holder, should it
-        be alive after all, can no longer journal (see ``record_submission``)."""
+        be alive after all, can no longer journal (see ``record_submission``).
+
+        The request is part of the condition because the row read as stale may have
+        been released and claimed again, for another resource, by a replica whose
+        clock is slow enough for its fresh claim to look stale here: taking that
+        claim would settle it for this request and hand the payment to both."""
         holder = secrets.token_hex(16)
         taken = self._where([SettlementRow.key == key, SettlementRow.state == State.CLAIMED,
-                             SettlementRow.updated_at < stale_before], holder=holder)
+                             SettlementRow.updated_at < stale_before,
+                             SettlementRow.payload_hash == payload_hash,
+                             SettlementRow.resource == resource], holder=holder)
         return holder if taken else None
 
     def release(
