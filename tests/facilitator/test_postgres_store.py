@@ -4,6 +4,7 @@ resource only; replicas sharing one signer key take turns with its nonces."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -12,10 +13,12 @@ from typing import Any
 import pytest
 from eth_account.signers.local import LocalAccount
 from sqlalchemy import text
+from starlette.testclient import TestClient
 
 from a402.chain.deploy import Manifest, token_balance
 from a402.chain.node import Chain, connect
 from a402.exact.onchain import authorization_used
+from a402.facilitator.app import create_app
 from a402.facilitator.core import Facilitator, FacilitatorConfig
 from a402.facilitator.store import (
     Base,
@@ -202,3 +205,25 @@ def test_a_replica_with_a_slow_clock_claiming_for_another_resource_is_not_taken_
     assert token_balance(anvil_chain, dev_stack.token.address, payee) == payee_before + 1_200
     record = pg_store.get(key)
     assert record is not None and record.resource == REPORT_B
+
+
+@pytest.mark.parametrize("url", ["https://a.example/\x00", "https://a.example/\ud800"],
+                         ids=["NUL", "unpaired-surrogate"])
+def test_a_resource_url_the_journal_cannot_store_is_refused_with_a_reason(
+    anvil_chain: Chain, dev_stack: Manifest, new_payer: Callable[..., LocalAccount],
+    pg_store: SettlementStore, url: str,
+) -> None:
+    """JSON can carry "\\u0000" and "\\ud800"; PostgreSQL's text cannot store them. Such
+    a resource is refused (400, with a reason) before anything is claimed, not
+    answered 500 half-way through the claim."""
+    payer = new_payer(5_000)
+    facilitator = Facilitator(anvil_chain, anvil_chain.accounts[1], pg_store)
+    raw = json.dumps(for_resource(request_body(payer, requirement(dev_stack, 1_000)), url))
+    with TestClient(create_app(facilitator)) as client:
+        for path in ("/verify", "/settle"):
+            response = client.post(path, content=raw,
+                                   headers={"content-type": "application/json"})
+            assert response.status_code == 400, response.text
+            assert response.json()["error"] == E.INVALID_PAYLOAD
+    assert pg_store.count_by_state() == {}
+    assert token_balance(anvil_chain, dev_stack.token.address, payer.address) == 5_000

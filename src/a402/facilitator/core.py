@@ -147,7 +147,11 @@ class Facilitator:
     @staticmethod
     def _parse(body: Any) -> tuple[PaymentPayload, PaymentRequirements]:
         request = parse_facilitator_request(body)
-        return normalize(request.payment_payload, request.payment_requirements)
+        payload, requirements = normalize(request.payment_payload, request.payment_requirements)
+        if payload.resource is not None and not _journalable(payload.resource.url):
+            raise WireError(E.INVALID_PAYLOAD, "the resource URL holds a NUL character or an "
+                                               "unpaired surrogate, which no URL has")
+        return payload, requirements
 
     def _check(
         self, payload: PaymentPayload, requirements: PaymentRequirements, *, now: int | None = None
@@ -447,6 +451,17 @@ class Facilitator:
             if self.store.record_resubmission(record.key, record.tx_hash, signed.tx_hash,
                                               signed.raw):
                 self._broadcast(signed)
+
+
+def _journalable(text: str) -> bool:
+    """Whether the journal can store ``text``: JSON may carry a NUL (which PostgreSQL's
+    text refuses) or an unpaired surrogate (which is not UTF-8), and a settlement whose
+    claim cannot be written must be refused up front, not fail half-way."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
 
 
 def _invalid(reason: str, message: str = "", payer: str | None = None) -> VerifyResponse:
