@@ -5,6 +5,7 @@ resource only; replicas sharing one signer key take turns with its nonces."""
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 from eth_account.signers.local import LocalAccount
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from starlette.testclient import TestClient
 
 from a402.chain.deploy import Manifest, token_balance
@@ -227,3 +228,60 @@ def test_a_resource_url_the_journal_cannot_store_is_refused_with_a_reason(
             assert response.json()["error"] == E.INVALID_PAYLOAD
     assert pg_store.count_by_state() == {}
     assert token_balance(anvil_chain, dev_stack.token.address, payer.address) == 5_000
+
+
+@pytest.fixture
+def journal_to_lock_out(postgres_url: str, pg_store: SettlementStore) -> Iterator[Any]:
+    """A database login of the test's own, to make the journal unreachable for one
+    facilitator (and no one else): ``lock_out`` refuses its logins and ends its
+    sessions, as a database going away does; ``let_in`` undoes that."""
+    role = f"a402_test_{secrets.token_hex(4)}"
+    admin = pg_store.engine
+    table = SettlementRow.__tablename__
+
+    def run(*statements: str) -> None:
+        with admin.begin() as conn:
+            for statement in statements:
+                conn.execute(text(statement))
+
+    run(f"CREATE ROLE {role} LOGIN", f"GRANT USAGE ON SCHEMA public TO {role}",
+        f"GRANT ALL ON TABLE {table} TO {role}")
+    kick = f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'"
+
+    class Switch:
+        url = make_url(postgres_url).set(username=role).render_as_string(hide_password=False)
+
+        @staticmethod
+        def lock_out() -> None:
+            run(f"ALTER ROLE {role} NOLOGIN", kick)
+
+        @staticmethod
+        def let_in() -> None:
+            run(f"ALTER ROLE {role} LOGIN")
+
+    yield Switch
+    run(f"ALTER ROLE {role} NOLOGIN", kick, f"DROP OWNED BY {role}", f"DROP ROLE {role}")
+
+
+def test_an_unreachable_journal_answers_503_with_a_reason_and_the_retry_settles(
+    anvil_chain: Chain, dev_stack: Manifest, new_payer: Callable[..., LocalAccount],
+    journal_to_lock_out: Any,
+) -> None:
+    payer = new_payer(5_000)
+    store = SettlementStore(journal_to_lock_out.url)
+    facilitator = Facilitator(anvil_chain, anvil_chain.accounts[1], store)
+    body = request_body(payer, requirement(dev_stack, 1_000))
+    with TestClient(create_app(facilitator), raise_server_exceptions=False) as client:
+        journal_to_lock_out.lock_out()
+        for path in ("/verify", "/settle"):
+            response = client.post(path, json=body)
+            assert response.status_code == 503, response.text
+            assert response.json()["error"] == "journal_unavailable"
+            assert response.headers["Retry-After"]
+        assert token_balance(anvil_chain, dev_stack.token.address, payer.address) == 5_000
+
+        journal_to_lock_out.let_in()
+        retried = client.post("/settle", json=body)
+    store.close()
+    assert retried.status_code == 200 and retried.json()["success"], retried.text
+    assert token_balance(anvil_chain, dev_stack.token.address, payer.address) == 4_000
