@@ -412,8 +412,12 @@ class Facilitator:
             return True
         if rpc(self.chain, "eth_getTransactionByHash", [record.tx_hash]):
             return False  # still in the mempool
-        if record.valid_before <= int(time.time()):
-            # Not mined, not pending, and the token now refuses the authorization.
+        if record.valid_before <= int(time.time()) and self._expired_on_chain(record.valid_before):
+            # Not mined, not pending, and the token now refuses the authorization; a copy
+            # mined while we looked at the clock is the outcome.
+            if receipt := rpc(self.chain, "eth_getTransactionReceipt", [record.tx_hash]):
+                self._finish(record, as_int(receipt["status"]) == 1)
+                return True
             response = SettleResponse(
                 success=False, error_reason=E.VALID_BEFORE_EXPIRED,
                 error_message="the authorization expired before its transaction was mined; "
@@ -423,6 +427,17 @@ class Facilitator:
             return True
         self._rebroadcast(record)
         return False
+
+    def _expired_on_chain(self, valid_before: int) -> bool:
+        """Whether no block to come can carry a transfer under this authorization.
+
+        The token compares ``validBefore`` with ``block.timestamp``, not with our
+        clock, which may run ahead of the chain's (and a block is stamped before the
+        transactions it carries arrive): until the latest block is stamped at or past
+        ``validBefore``, a copy of the transaction in flight elsewhere can still be
+        mined and move the money, so "no funds moved" would be a guess."""
+        latest = rpc(self.chain, "eth_getBlockByNumber", ["latest", False])
+        return as_int(latest["timestamp"]) >= valid_before
 
     def _rebroadcast(self, record: Settlement) -> None:
         """Send the journaled transaction again; if its nonce was taken, re-sign it."""
