@@ -3,6 +3,7 @@ the facilitator opens it, on SQLite and on PostgreSQL, keeping its rows."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,3 +74,31 @@ def pg_schema_url(postgres_url: str) -> Iterator[str]:
 def test_an_older_postgresql_journal_gains_the_resource_column(pg_schema_url: str) -> None:
     make_old_journal(pg_schema_url)
     assert_brought_up_to_date(pg_schema_url)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("older", [False, True], ids=["fresh", "older"])
+def test_replicas_starting_together_all_open_the_journal(pg_schema_url: str, older: bool) -> None:
+    """Four replicas open one PostgreSQL journal at the same moment, on an empty
+    database or on an older journal: each must start (not lose a race to create the
+    table or add a column), and the journal must be whole."""
+    if older:
+        make_old_journal(pg_schema_url)
+    start = threading.Barrier(4)
+    failures: list[BaseException] = []
+
+    def open_journal() -> None:
+        start.wait()
+        try:
+            SettlementStore(pg_schema_url).close()
+        except BaseException as e:  # the failure is the finding
+            failures.append(e)
+
+    replicas = [threading.Thread(target=open_journal) for _ in range(4)]
+    for replica in replicas:
+        replica.start()
+    for replica in replicas:
+        replica.join(60)
+    assert failures == []
+    if older:
+        assert_brought_up_to_date(pg_schema_url)

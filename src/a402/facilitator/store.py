@@ -141,8 +141,11 @@ class SettlementStore:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
             self.engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
-        Base.metadata.create_all(self.engine)
-        _add_new_columns(self.engine)
+        # Replicas starting together on PostgreSQL would race to create the table (the
+        # losers crash on a catalog unique violation): they take turns.
+        with _advisory_lock(self.engine, "a402-schema"):
+            Base.metadata.create_all(self.engine)
+            _add_new_columns(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -277,13 +280,7 @@ class SettlementStore:
         journal still sends each authorization once, and the reconciler re-signs
         the transaction the node refused.
         """
-        if self.engine.dialect.name != "postgresql":
-            yield
-            return
-        material = f"a402-nonce|{network}|{address.lower()}".encode()
-        lock_id = int.from_bytes(hashlib.sha256(material).digest()[:8], "big", signed=True)
-        with self.engine.connect() as conn, conn.begin():
-            conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id})
+        with _advisory_lock(self.engine, f"a402-nonce|{network}|{address.lower()}"):
             yield
 
     def unfinished(self) -> list[Settlement]:
@@ -302,6 +299,20 @@ class SettlementStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+@contextmanager
+def _advisory_lock(engine: Engine, name: str) -> Iterator[None]:
+    """Hold PostgreSQL's transaction-scoped advisory lock named ``name`` (hashed to
+    its 64-bit key) on a connection of its own until the block exits; PostgreSQL
+    releases it if this process dies. Elsewhere a no-op: SQLite serves one process."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    lock_id = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    with engine.connect() as conn, conn.begin():
+        conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id})
+        yield
 
 
 def _add_new_columns(engine: Engine) -> None:
