@@ -447,3 +447,39 @@ def test_an_authorization_expired_by_our_clock_but_not_the_chains_is_not_declare
     assert token_balance(chain, stack.token.address, payer.address) == 3_500
     assert record is not None and record.state == State.CONFIRMED, record
     assert facilitator.settle(body).transaction == signed.tx_hash
+
+
+def test_a_settlement_beaten_by_another_transaction_does_not_say_no_funds_moved(
+    own_chain: tuple[Chain, Manifest], tmp_path: Path
+) -> None:
+    """Anyone may submit a signed authorization: a copy of our pending transaction's
+    calldata (from the mempool), or another facilitator given the same payment. When
+    theirs is mined first ours reverts, yet the payer's money did move, to the payee:
+    the journal's answer must say so, not "no funds moved"."""
+    chain, stack = own_chain
+    payer, payee = funded_payer(chain, stack, 5_000), stack.account("provider").address
+    facilitator = Facilitator(chain, chain.accounts[1], SettlementStore(f"sqlite:///{tmp_path}/j.db"),
+                              FacilitatorConfig(receipt_timeout=0.3))
+    body = request_body(payer, requirement(stack, 2_000))
+    provider = chain.w3.provider
+    provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
+    pending = facilitator.settle(body)
+    assert pending.error_reason == E.SETTLEMENT_PENDING
+    # The copy gets in first (ours left this node's mempool, as dropped ones do).
+    provider.make_request("anvil_dropTransaction", [pending.transaction])  # type: ignore[arg-type]
+    provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
+    evm = body["paymentPayload"]["payload"]
+    calldata = transfer_calldata(evm["authorization"], bytes.fromhex(evm["signature"][2:]))
+    transact(chain, chain.accounts[2], {"to": stack.token.address, "data": "0x" + calldata.hex()},
+             gas=200_000)
+    assert token_balance(chain, stack.token.address, payer.address) == 3_000
+
+    key = settlement_key(stack.network, stack.token.address, payer.address,
+                         evm["authorization"]["nonce"])
+    record = until_finished(facilitator, key)  # ours is re-sent and reverts
+
+    assert record is not None and record.state == State.FAILED and record.response is not None
+    assert record.response["errorReason"] == E.NONCE_ALREADY_USED, record.response
+    assert "no funds moved" not in record.response["errorMessage"]
+    assert facilitator.settle(body).error_reason == E.NONCE_ALREADY_USED
+    assert token_balance(chain, stack.token.address, payee) == 2_000

@@ -47,6 +47,7 @@ from a402.chain.tx import SignedTx, broadcast, pending_nonce, sign, wait_for_rec
 from a402.exact.checks import VALID_BEFORE_MARGIN, ExactCheck, check_exact
 from a402.exact.eip3009 import ExactEvmPayload
 from a402.exact.onchain import (
+    authorization_used,
     classify_revert,
     estimate_transfer_gas,
     simulate_transfer,
@@ -345,13 +346,24 @@ class Facilitator:
             receipt = wait_for_receipt(self.chain, record.tx_hash, remaining)
         except (TimeExhausted, ChainUnavailable, RpcError):
             return self._pending(record)
-        return self._finish(record, int(receipt["status"]) == 1)
+        try:
+            return self._finish(record, int(receipt["status"]) == 1)
+        except (ChainUnavailable, RpcError):  # a revert's cause unknown yet: the next call's
+            return self._pending(record)
 
     def _finish(self, record: Settlement, mined_ok: bool) -> SettleResponse:
         if mined_ok:
             response = SettleResponse(success=True, transaction=record.tx_hash or "",
                                       network=self.network, payer=record.payer)
             state = State.CONFIRMED
+        elif self._used_by_another(record):
+            response = SettleResponse(
+                success=False, error_reason=E.NONCE_ALREADY_USED,
+                error_message="the settlement transaction reverted: another transaction had "
+                              "already used this authorization, so its funds moved to the "
+                              "payee, but not through this settlement",
+                transaction=record.tx_hash or "", network=self.network, payer=record.payer)
+            state = State.FAILED
         else:
             response = SettleResponse(
                 success=False, error_reason=E.TRANSACTION_FAILED,
@@ -361,6 +373,17 @@ class Facilitator:
         self.store.finish(record.key, state, response.to_wire())
         self._notify()
         return response
+
+    def _used_by_another(self, record: Settlement) -> bool:
+        """Whether our reverted transaction's authorization is used on-chain all the same.
+
+        Anyone may submit a signed authorization (a copy of our pending calldata, another
+        facilitator given the same payment); if theirs is mined first, ours reverts but
+        the payer's funds moved to the payee, and "no funds moved" would be false."""
+        assert record.raw_tx is not None
+        data = bytes(TypedTransaction.from_bytes(HexBytes(record.raw_tx)).as_dict()["data"])
+        nonce = data[4 + 5 * 32:4 + 6 * 32]  # the sixth argument of either overload
+        return authorization_used(self.chain, record.asset, record.payer, "0x" + nonce.hex())
 
     def _pending(self, record: Settlement) -> SettleResponse:
         return SettleResponse(
