@@ -383,7 +383,10 @@ class Facilitator:
         assert record.raw_tx is not None
         data = bytes(TypedTransaction.from_bytes(HexBytes(record.raw_tx)).as_dict()["data"])
         nonce = data[4 + 5 * 32:4 + 6 * 32]  # the sixth argument of either overload
-        return authorization_used(self.chain, record.asset, record.payer, "0x" + nonce.hex())
+        try:
+            return authorization_used(self.chain, record.asset, record.payer, "0x" + nonce.hex())
+        except Reverted:  # no EIP-3009 authorizationState to ask: the revert is all we know
+            return False
 
     def _pending(self, record: Settlement) -> SettleResponse:
         return SettleResponse(
