@@ -482,4 +482,7 @@ def test_a_settlement_beaten_by_another_transaction_does_not_say_no_funds_moved(
     assert record.response["errorReason"] == E.NONCE_ALREADY_USED, record.response
     assert "no funds moved" not in record.response["errorMessage"]
     assert facilitator.settle(body).error_reason == E.NONCE_ALREADY_USED
+    verdict = facilitator.verify(body)  # nor is a finished settlement "being settled"
+    assert verdict.invalid_reason == E.NONCE_ALREADY_USED
+    assert "failed" in (verdict.invalid_message or ""), verdict
     assert token_balance(chain, stack.token.address, payee) == 2_000

@@ -513,6 +513,9 @@ def _invalid(reason: str, message: str = "", payer: str | None = None) -> Verify
 def _already_message(state: State, tx_hash: str | None) -> str:
     if state == State.CONFIRMED:
         return f"this authorization was already settled in {tx_hash}"
+    if state == State.FAILED:
+        return (f"this authorization was already submitted in {tx_hash} and that settlement "
+                "failed; it is not settled again")
     return "this authorization is already being settled"
 
 
