@@ -44,6 +44,7 @@ from a402.facilitator.store import (
 from a402.wire import errors as E
 from tests.chain.faulty_rpc import Fault, faulty_rpc
 from tests.facilitator.helpers import funded_payer, request_body, requirement
+from tests.facilitator.test_settle_terms_and_resource import for_resource
 
 
 @pytest.fixture
@@ -485,4 +486,7 @@ def test_a_settlement_beaten_by_another_transaction_does_not_say_no_funds_moved(
     verdict = facilitator.verify(body)  # nor is a finished settlement "being settled"
     assert verdict.invalid_reason == E.NONCE_ALREADY_USED
     assert "failed" in (verdict.invalid_message or ""), verdict
+    elsewhere = facilitator.verify(for_resource(body, "https://b.example/report"))
+    assert elsewhere.invalid_reason == E.NONCE_USED_FOR_ANOTHER_RESOURCE
+    assert "no funds moved" not in (elsewhere.invalid_message or ""), elsewhere
     assert token_balance(chain, stack.token.address, payee) == 2_000

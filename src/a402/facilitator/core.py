@@ -524,6 +524,6 @@ def _another_resource_message(state: State, tx_hash: str | None) -> str:
         return (f"this authorization already paid for another resource in {tx_hash}; "
                 "it cannot pay for this one")
     if state == State.FAILED:
-        return ("this authorization was already submitted for another resource "
-                "(its settlement failed, no funds moved); it cannot pay for this one")
+        return (f"this authorization was already submitted for another resource in {tx_hash} "
+                "and that settlement failed; it cannot pay for this one")
     return "this authorization is being settled for another resource; it cannot pay for this one"
