@@ -144,7 +144,7 @@ class SettlementStore:
         # Replicas starting together on PostgreSQL would race to create the table (the
         # losers crash on a catalog unique violation): they take turns.
         with _advisory_lock(self.engine, "a402-schema"):
-            Base.metadata.create_all(self.engine)
+            _create_table(self.engine)
             _add_new_columns(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
@@ -313,6 +313,17 @@ def _advisory_lock(engine: Engine, name: str) -> Iterator[None]:
     with engine.connect() as conn, conn.begin():
         conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id})
         yield
+
+
+def _create_table(engine: Engine) -> None:
+    """Create the journal's table if it is missing. Processes opening one new SQLite
+    file together may both find it missing: the loser's "already exists" is checked
+    for and ignored (on PostgreSQL the callers take turns instead)."""
+    try:
+        Base.metadata.create_all(engine)
+    except OperationalError:
+        if not inspect(engine).has_table(SettlementRow.__tablename__):
+            raise
 
 
 def _add_new_columns(engine: Engine) -> None:
