@@ -279,6 +279,8 @@ def test_an_unreachable_journal_answers_503_with_a_reason_and_the_retry_settles(
             assert response.json()["error"] == "journal_unavailable"
             assert response.headers["Retry-After"]
         assert token_balance(anvil_chain, dev_stack.token.address, payer.address) == 5_000
+        health = client.get("/healthz")
+        assert health.status_code == 503 and health.json()["status"] == "degraded"
 
         journal_to_lock_out.let_in()
         retried = client.post("/settle", json=body)

@@ -98,10 +98,13 @@ def create_app(facilitator: Facilitator, *, reconcile_every: float = 5.0) -> Fas
             block = await run_in_threadpool(lambda: facilitator.chain.w3.eth.block_number)
         except Exception as e:
             return JSONResponse({"status": "degraded", "chain": str(e)[:200]}, status_code=503)
+        try:
+            settlements = await run_in_threadpool(facilitator.store.count_by_state)
+        except JOURNAL_UNREACHABLE as e:
+            return JSONResponse({"status": "degraded", "journal": str(e)[:200]}, status_code=503)
         return JSONResponse({
             "status": "ok", "network": facilitator.network, "block": block,
-            "signer": facilitator.signer.address,
-            "settlements": await run_in_threadpool(facilitator.store.count_by_state),
+            "signer": facilitator.signer.address, "settlements": settlements,
         })
 
     return app
