@@ -19,6 +19,7 @@ from starlette.testclient import TestClient
 from a402.chain.deploy import Manifest, token_balance
 from a402.chain.node import Chain, connect
 from a402.exact.onchain import authorization_used
+from a402.facilitator import store as store_module
 from a402.facilitator.app import create_app
 from a402.facilitator.core import Facilitator, FacilitatorConfig
 from a402.facilitator.store import (
@@ -285,5 +286,32 @@ def test_an_unreachable_journal_answers_503_with_a_reason_and_the_retry_settles(
         journal_to_lock_out.let_in()
         retried = client.post("/settle", json=body)
     store.close()
+    assert retried.status_code == 200 and retried.json()["success"], retried.text
+    assert token_balance(anvil_chain, dev_stack.token.address, payer.address) == 4_000
+
+
+def test_a_replica_frozen_in_its_nonce_turn_stalls_the_others_seconds_not_forever(
+    anvil_chain: Chain, dev_stack: Manifest, new_payer: Callable[..., LocalAccount],
+    pg_store: SettlementStore, postgres_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A replica sharing the signer key freezes (stopped, swapped out) while holding
+    the nonce lock; PostgreSQL sees its connection alive and keeps the lock. Another
+    replica's settle must give up within seconds with a retryable 503 that changed
+    nothing, and settle on the retry once the lock is free."""
+    monkeypatch.setattr(store_module, "SENDER_LOCK_TIMEOUT", 1.0)
+    signer = anvil_chain.accounts[6]
+    replica = Facilitator(anvil_chain, signer, pg_store)
+    payer = new_payer(5_000)
+    body = request_body(payer, requirement(dev_stack, 1_000))
+    frozen = SettlementStore(postgres_url)
+    with TestClient(create_app(replica)) as client, ThreadPoolExecutor(1) as pool:
+        with frozen.sender_lock(dev_stack.network, signer.address):  # ... and freezes
+            answer = pool.submit(client.post, "/settle", json=body).result(timeout=20)
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["error"] == "journal_unavailable"
+            assert token_balance(anvil_chain, dev_stack.token.address, payer.address) == 5_000
+            assert pg_store.count_by_state() == {}  # the claim was released
+        retried = client.post("/settle", json=body)
+    frozen.close()
     assert retried.status_code == 200 and retried.json()["success"], retried.text
     assert token_balance(anvil_chain, dev_stack.token.address, payer.address) == 4_000

@@ -31,7 +31,8 @@ from a402.wire.jsonstrict import loads_object
 log = logging.getLogger("a402.facilitator")
 
 JOURNAL_UNREACHABLE = (OperationalError, InterfaceError, PoolTimeout)
-"""The journal's database did not answer: refused or lost connections, a full pool."""
+"""The journal's database did not answer: refused or lost connections, a full pool,
+a lock another replica held too long."""
 
 
 def create_app(facilitator: Facilitator, *, reconcile_every: float = 5.0) -> FastAPI:
@@ -74,8 +75,9 @@ def create_app(facilitator: Facilitator, *, reconcile_every: float = 5.0) -> Fas
             log.warning("journal unreachable: %s", e)
             return JSONResponse(
                 {"error": "journal_unavailable",
-                 "message": "the facilitator's journal could not be reached; a settlement "
-                            "already under way goes on: repeat the same request for its outcome"},
+                 "message": "the facilitator's journal (its database) did not answer in "
+                            "time; a settlement already under way goes on: repeat the same "
+                            "request for its outcome"},
                 status_code=503, headers={"Retry-After": "2"},
             )
         return JSONResponse(result.to_wire())

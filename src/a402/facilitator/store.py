@@ -280,7 +280,8 @@ class SettlementStore:
         journal still sends each authorization once, and the reconciler re-signs
         the transaction the node refused.
         """
-        with _advisory_lock(self.engine, f"a402-nonce|{network}|{address.lower()}"):
+        with _advisory_lock(self.engine, f"a402-nonce|{network}|{address.lower()}",
+                            timeout=SENDER_LOCK_TIMEOUT):
             yield
 
     def unfinished(self) -> list[Settlement]:
@@ -301,16 +302,28 @@ class SettlementStore:
         self.engine.dispose()
 
 
+SENDER_LOCK_TIMEOUT = 10.0
+"""Seconds to wait for another replica's turn with the signer's nonces. Its turn
+takes a few RPC calls; a replica frozen in its turn (stopped, swapped out, a hung
+call) keeps the lock, as PostgreSQL sees its connection alive: then the waiter gives
+up (``OperationalError``, HTTP 503, its claim released) instead of stalling every
+replica's settlements for as long as the freeze lasts."""
+
+
 @contextmanager
-def _advisory_lock(engine: Engine, name: str) -> Iterator[None]:
+def _advisory_lock(engine: Engine, name: str, *, timeout: float | None = None) -> Iterator[None]:
     """Hold PostgreSQL's transaction-scoped advisory lock named ``name`` (hashed to
     its 64-bit key) on a connection of its own until the block exits; PostgreSQL
-    releases it if this process dies. Elsewhere a no-op: SQLite serves one process."""
+    releases it if this process dies. Waiting longer than ``timeout`` seconds raises
+    ``OperationalError``. Elsewhere a no-op: SQLite serves one process."""
     if engine.dialect.name != "postgresql":
         yield
         return
     lock_id = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
     with engine.connect() as conn, conn.begin():
+        if timeout is not None:
+            conn.execute(text("SELECT set_config('lock_timeout', :ms, true)"),
+                         {"ms": f"{int(timeout * 1000)}ms"})
         conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id})
         yield
 
