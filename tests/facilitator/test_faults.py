@@ -7,6 +7,7 @@ Every test here runs its own anvil, because it stops mining or kills the node.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -25,8 +26,8 @@ from starlette.testclient import TestClient
 import a402
 from a402.chain.deploy import Manifest, deploy_dev_stack, token_balance
 from a402.chain.node import Chain, connect, start_anvil
-from a402.chain.rpc import ChainUnavailable
-from a402.chain.tx import SignedTx, pending_nonce, sign, transact
+from a402.chain.rpc import ChainUnavailable, RpcError
+from a402.chain.tx import SignedTx, broadcast, pending_nonce, sign, transact
 from a402.exact.checks import VALID_BEFORE_MARGIN
 from a402.exact.onchain import authorization_used, transfer_calldata
 from a402.facilitator import core
@@ -43,6 +44,7 @@ from a402.facilitator.store import (
 from a402.wire import errors as E
 from tests.chain.faulty_rpc import Fault, faulty_rpc
 from tests.facilitator.helpers import funded_payer, request_body, requirement
+from tests.facilitator.test_settle_terms_and_resource import for_resource
 
 
 @pytest.fixture
@@ -419,3 +421,72 @@ def test_two_reconcilers_re_signing_one_dropped_transaction_send_one_copy(
     assert pending_nonce(chain, signer.address) == dropped.nonce + 2  # the taker and one copy
     assert token_balance(chain, stack.token.address, payer.address) == 3_500
     assert token_balance(chain, stack.token.address, payee) == 1_500
+
+
+def test_an_authorization_expired_by_our_clock_but_not_the_chains_is_not_declared_unpaid(
+    own_chain: tuple[Chain, Manifest], tmp_path: Path
+) -> None:
+    """A journaled transaction is neither mined nor pending, and our clock is past its
+    validBefore, but the chain's clock (the one the token checks) is not: a copy in
+    flight (another node's mempool, a replica's rebroadcast) can still be mined and
+    move the money. The journal must not record "no funds moved" for it."""
+    chain, stack = own_chain
+    chain_behind = int(time.time()) - 100
+    chain.w3.provider.make_request("anvil_setTime", [chain_behind])  # type: ignore[arg-type]
+    payer = funded_payer(chain, stack, 5_000)
+    # validBefore: 40 s ago by our clock, 60 s ahead by the chain's.
+    body = request_body(payer, requirement(stack, 1_500), now=chain_behind, valid_for=60)
+    url = f"sqlite:///{tmp_path}/journal.db"
+    key, signed = journal_unsent(chain, stack, url, body, chain.accounts[1])
+    facilitator = Facilitator(chain, chain.accounts[1], SettlementStore(url))
+
+    facilitator.reconcile()
+    with contextlib.suppress(RpcError):  # the copy in flight arrives (if not sent already)
+        broadcast(chain, signed)
+    record = until_finished(facilitator, key)
+
+    assert token_balance(chain, stack.token.address, payer.address) == 3_500
+    assert record is not None and record.state == State.CONFIRMED, record
+    assert facilitator.settle(body).transaction == signed.tx_hash
+
+
+def test_a_settlement_beaten_by_another_transaction_does_not_say_no_funds_moved(
+    own_chain: tuple[Chain, Manifest], tmp_path: Path
+) -> None:
+    """Anyone may submit a signed authorization: a copy of our pending transaction's
+    calldata (from the mempool), or another facilitator given the same payment. When
+    theirs is mined first ours reverts, yet the payer's money did move, to the payee:
+    the journal's answer must say so, not "no funds moved"."""
+    chain, stack = own_chain
+    payer, payee = funded_payer(chain, stack, 5_000), stack.account("provider").address
+    facilitator = Facilitator(chain, chain.accounts[1], SettlementStore(f"sqlite:///{tmp_path}/j.db"),
+                              FacilitatorConfig(receipt_timeout=0.3))
+    body = request_body(payer, requirement(stack, 2_000))
+    provider = chain.w3.provider
+    provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
+    pending = facilitator.settle(body)
+    assert pending.error_reason == E.SETTLEMENT_PENDING
+    # The copy gets in first (ours left this node's mempool, as dropped ones do).
+    provider.make_request("anvil_dropTransaction", [pending.transaction])  # type: ignore[arg-type]
+    provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
+    evm = body["paymentPayload"]["payload"]
+    calldata = transfer_calldata(evm["authorization"], bytes.fromhex(evm["signature"][2:]))
+    transact(chain, chain.accounts[2], {"to": stack.token.address, "data": "0x" + calldata.hex()},
+             gas=200_000)
+    assert token_balance(chain, stack.token.address, payer.address) == 3_000
+
+    key = settlement_key(stack.network, stack.token.address, payer.address,
+                         evm["authorization"]["nonce"])
+    record = until_finished(facilitator, key)  # ours is re-sent and reverts
+
+    assert record is not None and record.state == State.FAILED and record.response is not None
+    assert record.response["errorReason"] == E.NONCE_ALREADY_USED, record.response
+    assert "no funds moved" not in record.response["errorMessage"]
+    assert facilitator.settle(body).error_reason == E.NONCE_ALREADY_USED
+    verdict = facilitator.verify(body)  # nor is a finished settlement "being settled"
+    assert verdict.invalid_reason == E.NONCE_ALREADY_USED
+    assert "failed" in (verdict.invalid_message or ""), verdict
+    elsewhere = facilitator.verify(for_resource(body, "https://b.example/report"))
+    assert elsewhere.invalid_reason == E.NONCE_USED_FOR_ANOTHER_RESOURCE
+    assert "no funds moved" not in (elsewhere.invalid_message or ""), elsewhere
+    assert token_balance(chain, stack.token.address, payee) == 2_000

@@ -3,6 +3,7 @@ the facilitator opens it, on SQLite and on PostgreSQL, keeping its rows."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,3 +74,53 @@ def pg_schema_url(postgres_url: str) -> Iterator[str]:
 def test_an_older_postgresql_journal_gains_the_resource_column(pg_schema_url: str) -> None:
     make_old_journal(pg_schema_url)
     assert_brought_up_to_date(pg_schema_url)
+
+
+def open_together(url: str, replicas: int = 4) -> list[BaseException]:
+    """Open the journal at ``url`` from ``replicas`` stores (each its own engine and
+    connections, as processes have) at the same moment: what each raised."""
+    start = threading.Barrier(replicas)
+    failures: list[BaseException] = []
+
+    def open_journal() -> None:
+        start.wait()
+        try:
+            SettlementStore(url).close()
+        except BaseException as e:  # the failure is the finding
+            failures.append(e)
+
+    threads = [threading.Thread(target=open_journal) for _ in range(replicas)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return failures
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("older", [False, True], ids=["fresh", "older"])
+def test_replicas_starting_together_all_open_the_journal(pg_schema_url: str, older: bool) -> None:
+    """Four replicas open one PostgreSQL journal at the same moment, on an empty
+    database or on an older journal: each must start (not lose a race to create the
+    table or add a column), and the journal must be whole."""
+    if older:
+        make_old_journal(pg_schema_url)
+    assert open_together(pg_schema_url) == []
+    if older:
+        assert_brought_up_to_date(pg_schema_url)
+
+
+@pytest.mark.parametrize("older", [False, True], ids=["fresh", "older"])
+def test_processes_starting_together_all_open_a_sqlite_journal(
+    tmp_path: Path, older: bool
+) -> None:
+    """The same on one SQLite file (a facilitator restarted while the old process still
+    starts, or run with several workers): none may crash creating the table."""
+    url = f"sqlite:///{tmp_path}/journal.db"
+    if older:
+        make_old_journal(url)
+    for attempt in range(5):  # a race: give it a few chances to show
+        assert open_together(f"sqlite:///{tmp_path}/journal{attempt}.db"
+                             if not older else url) == []
+    if older:
+        assert_brought_up_to_date(url)

@@ -4,7 +4,9 @@ Status codes follow the x402 convention: a negative verdict is still HTTP 200
 (``isValid: false`` / ``success: false``) because it is an answer; 400 is for a
 body that is not a facilitator request at all; 503 means the chain could not
 be reached or failed to answer (any transport error, timeout, or answer that
-is not JSON-RPC), this request moved no funds, and the same call can be retried.
+is not JSON-RPC), this request moved no funds, and the same call can be retried;
+or that the journal's database could not be reached (``journal_unavailable``),
+and the same call can be retried to learn the outcome.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.concurrency import run_in_threadpool
 
 from a402.chain.rpc import ChainUnavailable, RpcError
@@ -25,6 +29,10 @@ from a402.wire.errors import WireError
 from a402.wire.jsonstrict import loads_object
 
 log = logging.getLogger("a402.facilitator")
+
+JOURNAL_UNREACHABLE = (OperationalError, InterfaceError, PoolTimeout)
+"""The journal's database did not answer: refused or lost connections, a full pool,
+a lock another replica held too long."""
 
 
 def create_app(facilitator: Facilitator, *, reconcile_every: float = 5.0) -> FastAPI:
@@ -61,6 +69,17 @@ def create_app(facilitator: Facilitator, *, reconcile_every: float = 5.0) -> Fas
                  "message": f"the chain RPC failed ({e}); this request moved no funds: retry it"},
                 status_code=503, headers={"Retry-After": "2"},
             )
+        except JOURNAL_UNREACHABLE as e:
+            # Unlike the chain's, this failure may come after a transaction was
+            # journaled and sent: the message must not say that nothing moved.
+            log.warning("journal unreachable: %s", e)
+            return JSONResponse(
+                {"error": "journal_unavailable",
+                 "message": "the facilitator's journal (its database) did not answer in "
+                            "time; a settlement already under way goes on: repeat the same "
+                            "request for its outcome"},
+                status_code=503, headers={"Retry-After": "2"},
+            )
         return JSONResponse(result.to_wire())
 
     @app.post("/verify")
@@ -81,10 +100,13 @@ def create_app(facilitator: Facilitator, *, reconcile_every: float = 5.0) -> Fas
             block = await run_in_threadpool(lambda: facilitator.chain.w3.eth.block_number)
         except Exception as e:
             return JSONResponse({"status": "degraded", "chain": str(e)[:200]}, status_code=503)
+        try:
+            settlements = await run_in_threadpool(facilitator.store.count_by_state)
+        except JOURNAL_UNREACHABLE as e:
+            return JSONResponse({"status": "degraded", "journal": str(e)[:200]}, status_code=503)
         return JSONResponse({
             "status": "ok", "network": facilitator.network, "block": block,
-            "signer": facilitator.signer.address,
-            "settlements": await run_in_threadpool(facilitator.store.count_by_state),
+            "signer": facilitator.signer.address, "settlements": settlements,
         })
 
     return app

@@ -47,6 +47,7 @@ from a402.chain.tx import SignedTx, broadcast, pending_nonce, sign, wait_for_rec
 from a402.exact.checks import VALID_BEFORE_MARGIN, ExactCheck, check_exact
 from a402.exact.eip3009 import ExactEvmPayload
 from a402.exact.onchain import (
+    authorization_used,
     classify_revert,
     estimate_transfer_gas,
     simulate_transfer,
@@ -147,7 +148,11 @@ class Facilitator:
     @staticmethod
     def _parse(body: Any) -> tuple[PaymentPayload, PaymentRequirements]:
         request = parse_facilitator_request(body)
-        return normalize(request.payment_payload, request.payment_requirements)
+        payload, requirements = normalize(request.payment_payload, request.payment_requirements)
+        if payload.resource is not None and not _journalable(payload.resource.url):
+            raise WireError(E.INVALID_PAYLOAD, "the resource URL holds a NUL character or an "
+                                               "unpaired surrogate, which no URL has")
+        return payload, requirements
 
     def _check(
         self, payload: PaymentPayload, requirements: PaymentRequirements, *, now: int | None = None
@@ -212,7 +217,8 @@ class Facilitator:
             if (refusal := self._conflict(checked, known)) is not None:
                 return refusal
             if self._stale(known) and (holder := self.store.take_over(
-                    checked.key, stale_before=time.time() - self.config.claim_timeout)):
+                    checked.key, stale_before=time.time() - self.config.claim_timeout,
+                    payload_hash=checked.payload_hash, resource=checked.resource)):
                 if answer := self._settle_claimed(checked, holder, deadline):
                     return answer
             elif (answer := self._follow(checked, deadline)) is not None:
@@ -340,13 +346,24 @@ class Facilitator:
             receipt = wait_for_receipt(self.chain, record.tx_hash, remaining)
         except (TimeExhausted, ChainUnavailable, RpcError):
             return self._pending(record)
-        return self._finish(record, int(receipt["status"]) == 1)
+        try:
+            return self._finish(record, int(receipt["status"]) == 1)
+        except (ChainUnavailable, RpcError):  # a revert's cause unknown yet: the next call's
+            return self._pending(record)
 
     def _finish(self, record: Settlement, mined_ok: bool) -> SettleResponse:
         if mined_ok:
             response = SettleResponse(success=True, transaction=record.tx_hash or "",
                                       network=self.network, payer=record.payer)
             state = State.CONFIRMED
+        elif self._used_by_another(record):
+            response = SettleResponse(
+                success=False, error_reason=E.NONCE_ALREADY_USED,
+                error_message="the settlement transaction reverted: another transaction had "
+                              "already used this authorization, so its funds moved to the "
+                              "payee, but not through this settlement",
+                transaction=record.tx_hash or "", network=self.network, payer=record.payer)
+            state = State.FAILED
         else:
             response = SettleResponse(
                 success=False, error_reason=E.TRANSACTION_FAILED,
@@ -356,6 +373,20 @@ class Facilitator:
         self.store.finish(record.key, state, response.to_wire())
         self._notify()
         return response
+
+    def _used_by_another(self, record: Settlement) -> bool:
+        """Whether our reverted transaction's authorization is used on-chain all the same.
+
+        Anyone may submit a signed authorization (a copy of our pending calldata, another
+        facilitator given the same payment); if theirs is mined first, ours reverts but
+        the payer's funds moved to the payee, and "no funds moved" would be false."""
+        assert record.raw_tx is not None
+        data = bytes(TypedTransaction.from_bytes(HexBytes(record.raw_tx)).as_dict()["data"])
+        nonce = data[4 + 5 * 32:4 + 6 * 32]  # the sixth argument of either overload
+        try:
+            return authorization_used(self.chain, record.asset, record.payer, "0x" + nonce.hex())
+        except Reverted:  # no EIP-3009 authorizationState to ask: the revert is all we know
+            return False
 
     def _pending(self, record: Settlement) -> SettleResponse:
         return SettleResponse(
@@ -407,8 +438,12 @@ class Facilitator:
             return True
         if rpc(self.chain, "eth_getTransactionByHash", [record.tx_hash]):
             return False  # still in the mempool
-        if record.valid_before <= int(time.time()):
-            # Not mined, not pending, and the token now refuses the authorization.
+        if record.valid_before <= int(time.time()) and self._expired_on_chain(record.valid_before):
+            # Not mined, not pending, and the token now refuses the authorization; a copy
+            # mined while we looked at the clock is the outcome.
+            if receipt := rpc(self.chain, "eth_getTransactionReceipt", [record.tx_hash]):
+                self._finish(record, as_int(receipt["status"]) == 1)
+                return True
             response = SettleResponse(
                 success=False, error_reason=E.VALID_BEFORE_EXPIRED,
                 error_message="the authorization expired before its transaction was mined; "
@@ -418,6 +453,17 @@ class Facilitator:
             return True
         self._rebroadcast(record)
         return False
+
+    def _expired_on_chain(self, valid_before: int) -> bool:
+        """Whether no block to come can carry a transfer under this authorization.
+
+        The token compares ``validBefore`` with ``block.timestamp``, not with our
+        clock, which may run ahead of the chain's (and a block is stamped before the
+        transactions it carries arrive): until the latest block is stamped at or past
+        ``validBefore``, a copy of the transaction in flight elsewhere can still be
+        mined and move the money, so "no funds moved" would be a guess."""
+        latest = rpc(self.chain, "eth_getBlockByNumber", ["latest", False])
+        return as_int(latest["timestamp"]) >= valid_before
 
     def _rebroadcast(self, record: Settlement) -> None:
         """Send the journaled transaction again; if its nonce was taken, re-sign it."""
@@ -448,6 +494,17 @@ class Facilitator:
                 self._broadcast(signed)
 
 
+def _journalable(text: str) -> bool:
+    """Whether the journal can store ``text``: JSON may carry a NUL (which PostgreSQL's
+    text refuses) or an unpaired surrogate (which is not UTF-8), and a settlement whose
+    claim cannot be written must be refused up front, not fail half-way."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
+
+
 def _invalid(reason: str, message: str = "", payer: str | None = None) -> VerifyResponse:
     return VerifyResponse(is_valid=False, invalid_reason=reason,
                           invalid_message=message or None, payer=payer)
@@ -456,6 +513,9 @@ def _invalid(reason: str, message: str = "", payer: str | None = None) -> Verify
 def _already_message(state: State, tx_hash: str | None) -> str:
     if state == State.CONFIRMED:
         return f"this authorization was already settled in {tx_hash}"
+    if state == State.FAILED:
+        return (f"this authorization was already submitted in {tx_hash} and that settlement "
+                "failed; it is not settled again")
     return "this authorization is already being settled"
 
 
@@ -464,6 +524,6 @@ def _another_resource_message(state: State, tx_hash: str | None) -> str:
         return (f"this authorization already paid for another resource in {tx_hash}; "
                 "it cannot pay for this one")
     if state == State.FAILED:
-        return ("this authorization was already submitted for another resource "
-                "(its settlement failed, no funds moved); it cannot pay for this one")
+        return (f"this authorization was already submitted for another resource in {tx_hash} "
+                "and that settlement failed; it cannot pay for this one")
     return "this authorization is being settled for another resource; it cannot pay for this one"

@@ -141,8 +141,11 @@ class SettlementStore:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
             self.engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
-        Base.metadata.create_all(self.engine)
-        _add_new_columns(self.engine)
+        # Replicas starting together on PostgreSQL would race to create the table (the
+        # losers crash on a catalog unique violation): they take turns.
+        with _advisory_lock(self.engine, "a402-schema"):
+            _create_table(self.engine)
+            _add_new_columns(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -184,14 +187,24 @@ class SettlementStore:
             return None
         return holder
 
-    def take_over(self, key: str, *, stale_before: float) -> str | None:
-        """Take a claim untouched since ``stale_before`` (its holder presumed dead): the
-        new holder token, or None if the claim is not (or no longer) stale. A
+    def take_over(
+        self, key: str, *, stale_before: float, payload_hash: str, resource: str | None
+    ) -> str | None:
+        """Take a claim untouched since ``stale_before`` (its holder presumed dead) made
+        for this very request (``payload_hash`` and ``resource``): the new holder token,
+        or None if the claim is not (or no longer) stale, or is another request's. A
         compare-and-set, so of several callers one takes it; the old holder, should it
-        be alive after all, can no longer journal (see ``record_submission``)."""
+        be alive after all, can no longer journal (see ``record_submission``).
+
+        The request is part of the condition because the row read as stale may have
+        been released and claimed again, for another resource, by a replica whose
+        clock is slow enough for its fresh claim to look stale here: taking that
+        claim would settle it for this request and hand the payment to both."""
         holder = secrets.token_hex(16)
         taken = self._where([SettlementRow.key == key, SettlementRow.state == State.CLAIMED,
-                             SettlementRow.updated_at < stale_before], holder=holder)
+                             SettlementRow.updated_at < stale_before,
+                             SettlementRow.payload_hash == payload_hash,
+                             SettlementRow.resource == resource], holder=holder)
         return holder if taken else None
 
     def release(
@@ -267,13 +280,8 @@ class SettlementStore:
         journal still sends each authorization once, and the reconciler re-signs
         the transaction the node refused.
         """
-        if self.engine.dialect.name != "postgresql":
-            yield
-            return
-        material = f"a402-nonce|{network}|{address.lower()}".encode()
-        lock_id = int.from_bytes(hashlib.sha256(material).digest()[:8], "big", signed=True)
-        with self.engine.connect() as conn, conn.begin():
-            conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id})
+        with _advisory_lock(self.engine, f"a402-nonce|{network}|{address.lower()}",
+                            timeout=SENDER_LOCK_TIMEOUT):
             yield
 
     def unfinished(self) -> list[Settlement]:
@@ -292,6 +300,43 @@ class SettlementStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+SENDER_LOCK_TIMEOUT = 10.0
+"""Seconds to wait for another replica's turn with the signer's nonces. Its turn
+takes a few RPC calls; a replica frozen in its turn (stopped, swapped out, a hung
+call) keeps the lock, as PostgreSQL sees its connection alive: then the waiter gives
+up (``OperationalError``, HTTP 503, its claim released) instead of stalling every
+replica's settlements for as long as the freeze lasts."""
+
+
+@contextmanager
+def _advisory_lock(engine: Engine, name: str, *, timeout: float | None = None) -> Iterator[None]:
+    """Hold PostgreSQL's transaction-scoped advisory lock named ``name`` (hashed to
+    its 64-bit key) on a connection of its own until the block exits; PostgreSQL
+    releases it if this process dies. Waiting longer than ``timeout`` seconds raises
+    ``OperationalError``. Elsewhere a no-op: SQLite serves one process."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    lock_id = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    with engine.connect() as conn, conn.begin():
+        if timeout is not None:
+            conn.execute(text("SELECT set_config('lock_timeout', :ms, true)"),
+                         {"ms": f"{int(timeout * 1000)}ms"})
+        conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id})
+        yield
+
+
+def _create_table(engine: Engine) -> None:
+    """Create the journal's table if it is missing. Processes opening one new SQLite
+    file together may both find it missing: the loser's "already exists" is checked
+    for and ignored (on PostgreSQL the callers take turns instead)."""
+    try:
+        Base.metadata.create_all(engine)
+    except OperationalError:
+        if not inspect(engine).has_table(SettlementRow.__tablename__):
+            raise
 
 
 def _add_new_columns(engine: Engine) -> None:
