@@ -3,7 +3,11 @@
 Status codes follow the x402 convention: a negative verdict is still HTTP 200
 (``isValid: false`` / ``success: false``) because it is an answer; 400 is for a
 body that is not a facilitator request at all; 503 means the chain could not
-be reached, nothing changed, and the same call can be retried.
+be reached, nothing changed, and the same call can be retried. A body over the
+bounds of :data:`BODY_LIMITS` is refused before it is decoded (413
+``request_too_large``; 400 ``json_too_deep`` / ``json_number_too_long``), and a
+request whose handler fails unexpectedly answers 500 in JSON: no request body
+can take the process down.
 """
 
 from __future__ import annotations
@@ -20,10 +24,14 @@ from starlette.concurrency import run_in_threadpool
 
 from a402.chain.rpc import ChainUnavailable
 from a402.facilitator.core import Facilitator
+from a402.serving import json_internal_error, request_body
 from a402.wire.errors import WireError
-from a402.wire.jsonstrict import loads_object
+from a402.wire.jsonstrict import JsonLimitError, JsonLimits, loads_object
 
 log = logging.getLogger("a402.facilitator")
+
+#: A verify or settle body is a few KB (the payload, the requirements, their ``extra``).
+BODY_LIMITS = JsonLimits(max_bytes=256 * 1024)
 
 
 def create_app(facilitator: Facilitator, *, reconcile_every: float = 5.0) -> FastAPI:
@@ -46,12 +54,16 @@ def create_app(facilitator: Facilitator, *, reconcile_every: float = 5.0) -> Fas
         stop.set()
         worker.join(timeout=reconcile_every + 1)
 
-    app = FastAPI(title="a402 facilitator", version="1", lifespan=lifespan)
+    app = FastAPI(title="a402 facilitator", version="1", lifespan=lifespan,
+                  exception_handlers={Exception: json_internal_error})
 
     async def answer(request: Request, handler: Any) -> JSONResponse:
         try:
-            body = loads_object(await request.body())
+            raw = await request_body(request, BODY_LIMITS.max_bytes)
+            body = loads_object(raw, limits=BODY_LIMITS)
             result = await run_in_threadpool(handler, body)
+        except JsonLimitError as e:
+            return JSONResponse({"error": e.reason, "message": e.message}, status_code=e.status)
         except WireError as e:
             return JSONResponse({"error": e.reason, "message": e.message}, status_code=400)
         except ChainUnavailable as e:

@@ -50,11 +50,14 @@ from a402.wire.a402 import (
     b64,
     unb64,
 )
+from a402.wire.errors import WireError
+from a402.wire.jsonstrict import JsonLimits, loads_object
 from a402.wire.x402 import PaymentRequirements, PaymentRequirementsV1
 
 log = logging.getLogger("a402.provider.a402")
 
 _MAX_HANDSHAKE_BODY = 64 * 1024
+_HANDSHAKE_LIMITS = JsonLimits(max_bytes=_MAX_HANDSHAKE_BODY)
 #: An EXEC carries at most one request blob plus framing (a POST body or a stream message).
 _MAX_FRAME_BODY = DEFAULT_MAX_BLOB + 4096
 _UNKNOWN_SESSION_CLOSE: dict[str, Any] = {
@@ -170,9 +173,12 @@ class A402Endpoint:
 
     async def _session(self, body: bytes, send: Send) -> None:
         try:
-            request = json.loads(body)
+            request = loads_object(body, reason="malformed", limits=_HANDSHAKE_LIMITS)
             message = unb64(request["message"])
             session_id = request.get("session")
+        except WireError as e:  # bounded decoding: a deep body is refused, never parsed
+            await _error(send, 400, e.reason, f"handshake body: {e.message}")
+            return
         except (ValueError, KeyError, TypeError, FrameError) as e:
             await _error(send, 400, "malformed", f"handshake body: {e}")
             return

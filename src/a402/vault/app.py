@@ -31,7 +31,6 @@ every error itself).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -46,12 +45,19 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from a402 import jsonbytes
 from a402.chain.rpc import ChainUnavailable
+from a402.serving import json_internal_error
+from a402.wire.errors import WireError
+from a402.wire.jsonstrict import JsonLimitError, JsonLimits, loads_object
 
 from . import api
 from .channels import VaultError
 from .service import VaultService
 
 log = logging.getLogger("a402.vault")
+
+#: Every body the vault decodes: its size bound, and the depth and number bounds of
+#: :mod:`a402.wire.jsonstrict` (checked without recursion, so no body can crash the vault).
+BODY_LIMITS = JsonLimits(max_bytes=api.MAX_CALL_BODY)
 
 class JSONResponse(_StarletteJSON):
     """Starlette's JSON answer, encoded by :mod:`a402.jsonbytes` (an answer per paid call)."""
@@ -89,12 +95,7 @@ def create_app(service: VaultService) -> ASGIApp:
         the handler records the nonce itself, in its first write."""
         try:
             signed, raw = await authenticated(request, remember_nonce)
-            try:
-                body = json.loads(raw) if raw else {}
-            except ValueError:
-                raise VaultError(400, api.BAD_REQUEST, "the body is not JSON") from None
-            if not isinstance(body, dict):
-                raise VaultError(400, api.BAD_REQUEST, "the body is a JSON object")
+            body = _decode(raw)
             status, out = await handler(signed, body)
         except api.AuthError as e:
             return JSONResponse({"error": e.reason, "message": e.detail}, status_code=401)
@@ -189,7 +190,8 @@ def create_app(service: VaultService) -> ASGIApp:
         Route("/healthz", healthz, methods=["GET"]),
     ]
     app = Starlette(lifespan=lifespan, routes=routes,
-                    exception_handlers={404: no_route, 405: no_route})
+                    exception_handlers={404: no_route, 405: no_route,
+                                        Exception: json_internal_error})
 
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == "/v1/invoke" \
@@ -204,6 +206,20 @@ def create_app(service: VaultService) -> ASGIApp:
 
 class _TooLarge(Exception):
     pass
+
+
+def _decode(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object (empty: ``{}``), within :data:`BODY_LIMITS`; else a
+    VaultError with the reason (400; a body over the size bound never gets here)."""
+    if not raw:
+        return {}
+    try:
+        return loads_object(raw, reason=api.BAD_REQUEST, limits=BODY_LIMITS)
+    except JsonLimitError as e:
+        raise VaultError(e.status, e.reason, e.message) from None
+    except WireError as e:
+        raise VaultError(400, api.BAD_REQUEST, f"the body is not a JSON object: {e.message}"
+                         ) from None
 
 
 async def _bounded_body(request: Request, limit: int) -> bytes:

@@ -51,6 +51,11 @@ SETTLEMENT_PENDING: Final = "settlement_pending"
 # does not look; its resource server rejects such a payload before verify with
 # the free text "No matching payment requirements".
 ACCEPTED_MISMATCH: Final = "accepted_requirements_mismatch"
+# A body or header over the bounds every decoder applies (see a402.wire.jsonstrict):
+# too many bytes (HTTP 413), nested too deep, or a number too long (HTTP 400).
+REQUEST_TOO_LARGE: Final = "request_too_large"
+JSON_TOO_DEEP: Final = "json_too_deep"
+JSON_NUMBER_TOO_LONG: Final = "json_number_too_long"
 
 
 class WireError(Exception):
