@@ -8,8 +8,8 @@ carry a machine-readable reason (``{"error": reason, "message": …}``):
 - :class:`BoundedJsonBodies` is the same bound, plus the JSON bounds of
   :mod:`a402.wire.jsonstrict`, in front of an application that decodes bodies
   with its own code (a2a-sdk's JSON-RPC endpoint calls ``request.json()``);
-- :func:`json_internal_error` is the catch-all handler for Starlette/FastAPI: a
-  bug in one request answers 500 in JSON and the server keeps serving;
+- :class:`JsonErrors` is the catch-all middleware: a bug in one request answers
+  500 in JSON and the server keeps serving;
 - :func:`run` starts uvicorn with protocol classes whose 400 for an unparsable
   request (control characters in a header, a bad request line) is JSON too.
 
@@ -24,7 +24,6 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -141,12 +140,38 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-async def json_internal_error(request: Request, error: Exception) -> JSONResponse:
-    """Starlette's catch-all (``exception_handlers={Exception: …}``): a handler that raised
-    answers 500 in JSON; the server goes on serving the next request."""
-    log.error("%s %s failed", request.method, request.url.path, exc_info=error)
-    return JSONResponse({"error": INTERNAL_ERROR, "message": type(error).__name__},
-                        status_code=500)
+class JsonErrors:
+    """The catch-all around an app: a request whose handler raises answers 500 in JSON
+    (``internal_error``) and the connection stays usable for the next request.
+
+    Added as the app's outermost user middleware (``app.add_middleware(JsonErrors)``), so
+    Starlette's own handlers (404, 405, HTTPException) still answer first. Starlette's
+    ``exception_handlers={Exception: …}`` would answer too but then re-raise, and uvicorn
+    closes the connection under the client. An exception after the response started
+    cannot be answered any more: it is re-raised and the connection closed.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking)
+        except Exception as e:
+            if started:
+                raise
+            log.exception("%s %s failed", scope.get("method"), scope.get("path"))
+            await send_error(send, 500, INTERNAL_ERROR, type(e).__name__)
 
 
 # ------------------------------------------------------------------ uvicorn

@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from a402.chain.rpc import ChainUnavailable
 from a402.facilitator.core import Facilitator
-from a402.serving import json_internal_error, request_body
+from a402.serving import JsonErrors, request_body
 from a402.wire.errors import WireError
 from a402.wire.jsonstrict import JsonLimitError, JsonLimits, loads_object
 
@@ -54,8 +54,8 @@ def create_app(facilitator: Facilitator, *, reconcile_every: float = 5.0) -> Fas
         stop.set()
         worker.join(timeout=reconcile_every + 1)
 
-    app = FastAPI(title="a402 facilitator", version="1", lifespan=lifespan,
-                  exception_handlers={Exception: json_internal_error})
+    app = FastAPI(title="a402 facilitator", version="1", lifespan=lifespan)
+    app.add_middleware(JsonErrors)
 
     async def answer(request: Request, handler: Any) -> JSONResponse:
         try:

@@ -45,7 +45,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from a402 import jsonbytes
 from a402.chain.rpc import ChainUnavailable
-from a402.serving import json_internal_error
+from a402.serving import JsonErrors
 from a402.wire.errors import WireError
 from a402.wire.jsonstrict import JsonLimitError, JsonLimits, loads_object
 
@@ -190,8 +190,8 @@ def create_app(service: VaultService) -> ASGIApp:
         Route("/healthz", healthz, methods=["GET"]),
     ]
     app = Starlette(lifespan=lifespan, routes=routes,
-                    exception_handlers={404: no_route, 405: no_route,
-                                        Exception: json_internal_error})
+                    exception_handlers={404: no_route, 405: no_route})
+    app.add_middleware(JsonErrors)
 
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == "/v1/invoke" \
