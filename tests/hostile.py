@@ -81,19 +81,27 @@ def _replace_leaf(valid: bytes, pick: int, value: Any) -> bytes:
 
 
 def hostile_headers(valid: str) -> st.SearchStrategy[bytes]:
-    """Header values instead of the base64-JSON ``valid``: garbage, base64 of hostile JSON,
-    oversize, and ``valid`` replayed or mutated (every byte a legal header byte)."""
+    """Header values instead of ``valid``: garbage, oversize, ``valid`` replayed or mutated
+    (every byte a legal header byte) and, if ``valid`` is base64 JSON (an x402 header),
+    base64 of hostile JSON and of ``valid`` with a value replaced."""
     legal = st.binary(max_size=300).map(
         lambda b: bytes(c for c in b if c == 9 or 32 <= c < 127 or c >= 128))
-    b64 = hostile_bodies(base64.b64decode(valid), large=50_000).map(base64.b64encode)
     raw = valid.encode()
-    return st.one_of(
-        legal, b64, st.just(raw), st.just(b"A" * 70_000),
+    values = [
+        legal, st.just(raw), st.just(b"A" * 70_000),
         st.builds(_mutate, st.just(raw), st.integers(0, len(raw)),
                   st.binary(min_size=1, max_size=4).map(
                       lambda b: bytes(33 + c % 94 for c in b)), st.booleans()),
-        st.builds(lambda v, k, x: base64.b64encode(_replace_leaf(v, k, x)),
-                  st.just(base64.b64decode(valid)), st.integers(0, 10_000), json_values),
+    ]
+    try:
+        document = base64.b64decode(valid, validate=True)
+        json.loads(document)
+    except ValueError:
+        return st.one_of(values)
+    return st.one_of(
+        *values, hostile_bodies(document, large=50_000).map(base64.b64encode),
+        st.builds(lambda k, x: base64.b64encode(_replace_leaf(document, k, x)),
+                  st.integers(0, 10_000), json_values),
     )
 
 

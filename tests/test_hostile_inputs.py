@@ -113,11 +113,13 @@ def test_hostile_bodies_to_the_facilitator_are_answered_and_change_nothing(
     assert first["success"], first
     balances = Balances(anvil_chain, dev_stack, payer.address, pay_to)
     journal = facilitator.store.count_by_state()
+    probes: list[str] = []
 
     @FUZZ
     @given(raw=hostile_bodies(json.dumps(body).encode(), large=BODY_LIMITS.max_bytes),
            path=st.sampled_from(["/verify", "/settle"]))
     def probe(raw: bytes, path: str) -> None:
+        probes.append(path)
         answer = http.post(facilitator_url + path, content=raw,
                            headers={"content-type": "application/json"})
         assert_answered(answer)
@@ -125,6 +127,7 @@ def test_hostile_bodies_to_the_facilitator_are_answered_and_change_nothing(
             assert answer.json()["transaction"] == first["transaction"]
 
     probe()
+    assert len(probes) >= 100
     assert http.get(facilitator_url + "/supported").status_code == 200
     assert facilitator.store.count_by_state() == journal
     assert balances.unchanged()
@@ -145,16 +148,19 @@ def test_hostile_payment_headers_to_the_middleware_are_answered_and_change_nothi
         assert http.get(url + "/weather", headers=header).status_code == 200
         balances = Balances(anvil_chain, dev_stack, payer.address, pay_to)
         assert balances.before[pay_to] == PRICE_ATOMIC and calls["weather"] == 1
+        probes: list[str] = []
 
         @FUZZ
         @given(value=hostile_headers(header[PAYMENT_SIGNATURE]),
                name=st.sampled_from([PAYMENT_SIGNATURE, X_PAYMENT]))
         def probe(value: bytes, name: str) -> None:
+            probes.append(name)
             answer = http.get(url + "/weather", headers={name: value})
             assert_answered(answer, reason_key=None)
             assert answer.status_code != 200, answer.text[:300]
 
         probe()
+        assert len(probes) >= 100
         assert http.get(url + "/free").status_code == 200
     assert calls["weather"] == 1
     assert balances.unchanged()
