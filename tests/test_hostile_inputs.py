@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -99,6 +102,25 @@ def test_a_handler_that_fails_answers_500_in_json_and_the_next_request_is_served
     assert failed.status_code == 500
     assert failed.json() == {"error": "internal_error", "message": "RuntimeError"}
     assert http.get(facilitator_url + "/supported").status_code == 200
+
+
+def test_a_service_that_cannot_serve_exits_non_zero_for_its_supervisor(
+    anvil_chain: Chain, tmp_path: Path
+) -> None:
+    """``a402 facilitator`` on a port already taken: a non-zero exit, which a supervisor
+    (systemd ``Restart=on-failure``) restarts."""
+    key = tmp_path / "facilitator.key"
+    key.write_text("0x" + bytes(Account.create().key).hex() + "\n")
+    key.chmod(0o600)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        done = subprocess.run(
+            [str(Path(sys.executable).with_name("a402")), "facilitator", "--rpc",
+             anvil_chain.rpc_url, "--key-file", str(key), "--db", f"sqlite:///{tmp_path}/j.db",
+             "--port", str(taken.getsockname()[1])],
+            capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode != 0, done.stderr
 
 
 def test_hostile_bodies_to_the_facilitator_are_answered_and_change_nothing(

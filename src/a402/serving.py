@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Iterable
 from typing import Any, Final
 
@@ -215,11 +216,23 @@ else:
 either answers a request it cannot parse with a JSON 400."""
 
 
+#: The recursion limit of a service process. py-evm and py_ecc raise it to 100,000 on
+#: import (for the embedded EVM, which no service runs: they reach their chain over
+#: JSON-RPC), deep enough for C-level recursion to overflow an 8 MB stack before it raises.
+#: Defence in depth only: the bounded decoders never let a peer's document that deep.
+SERVICE_RECURSION_LIMIT: Final = 10_000
+
+
 def run(app: ASGIApp, *, host: str, port: int, log_level: str = "warning",
         **options: Any) -> None:
-    """``uvicorn.run`` with :data:`HTTP_PROTOCOL`. Blocks until a signal stops the server;
-    a server that could not start (port taken, lifespan failed) exits non-zero."""
+    """``uvicorn.run`` with :data:`HTTP_PROTOCOL`, in a process whose recursion limit is at
+    most :data:`SERVICE_RECURSION_LIMIT`. Blocks until a signal stops the server; a server
+    that could not start (port taken, lifespan failed) exits non-zero (uvicorn's 3), and
+    an error that escapes it propagates, so ``a402 …`` exits 1: either way a supervisor
+    (systemd ``Restart=on-failure``) restarts it."""
     import uvicorn
+
+    sys.setrecursionlimit(min(sys.getrecursionlimit(), SERVICE_RECURSION_LIMIT))
 
     uvicorn.run(app, host=host, port=port, log_level=log_level, http=HTTP_PROTOCOL,
                 **options)
