@@ -35,6 +35,7 @@ from starlette.types import Receive, Scope, Send
 from a402.asc.messages import DEFAULT_MAX_BLOB
 from a402.exact.eip3009 import to_checksum
 from a402.provider.a402_runtime import ProviderRuntime, UnknownSession
+from a402.serving import read_body
 from a402.tee import AttestationError, ChannelError, TeeError
 from a402.wire.a402 import (
     FRAME_MEDIA_TYPE,
@@ -51,7 +52,7 @@ from a402.wire.a402 import (
     unb64,
 )
 from a402.wire.errors import WireError
-from a402.wire.jsonstrict import JsonLimits, loads_object
+from a402.wire.jsonstrict import JsonLimitError, JsonLimits, loads_object
 from a402.wire.x402 import PaymentRequirements, PaymentRequirementsV1
 
 log = logging.getLogger("a402.provider.a402")
@@ -63,26 +64,6 @@ _MAX_FRAME_BODY = DEFAULT_MAX_BLOB + 4096
 _UNKNOWN_SESSION_CLOSE: dict[str, Any] = {
     "type": "websocket.close", "code": STREAM_UNKNOWN_SESSION, "reason": "open a new session",
 }
-
-
-class _TooLarge(Exception):
-    pass
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ConnectionError("client went away")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 async def _respond(
@@ -151,12 +132,12 @@ class A402Endpoint:
             if path == INFO_PATH and method in ("GET", "HEAD"):
                 await self._info(scope, send)
             elif path == SESSION_PATH and method == "POST":
-                await self._session(await _read_body(receive, _MAX_HANDSHAKE_BODY), send)
+                await self._session(await read_body(receive, _MAX_HANDSHAKE_BODY), send)
             elif path == MESSAGE_PATH and method == "POST":
-                await self._message(scope, await _read_body(receive, _MAX_FRAME_BODY), send)
+                await self._message(scope, await read_body(receive, _MAX_FRAME_BODY), send)
             else:
                 await _error(send, 404, "not_found", f"no a402 endpoint {method} {path}")
-        except _TooLarge:
+        except JsonLimitError:  # read_body's refusal of a body over its size bound
             await _error(send, 413, "too_large", "request body too large")
         except ConnectionError:
             return

@@ -45,7 +45,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from a402 import jsonbytes
 from a402.chain.rpc import ChainUnavailable
-from a402.serving import JsonErrors
+from a402.serving import JsonErrors, request_body
 from a402.wire.errors import WireError
 from a402.wire.jsonstrict import JsonLimitError, JsonLimits, loads_object
 
@@ -79,7 +79,7 @@ def create_app(service: VaultService) -> ASGIApp:
     vault = service.address
 
     async def authenticated(request: Request, remember: bool) -> tuple[api.Authenticated, bytes]:
-        body = await _bounded_body(request, api.MAX_CALL_BODY)
+        body = await request_body(request, api.MAX_CALL_BODY)
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         now = time.time()
         signed = api.verify_request(request.headers, vault, request.method, path, body,
@@ -99,10 +99,9 @@ def create_app(service: VaultService) -> ASGIApp:
             status, out = await handler(signed, body)
         except api.AuthError as e:
             return JSONResponse({"error": e.reason, "message": e.detail}, status_code=401)
-        except _TooLarge:
-            return JSONResponse({"error": api.REQUEST_TOO_LARGE,
-                                 "message": f"the body exceeds {api.MAX_CALL_BODY} bytes"},
-                                status_code=413)
+        except JsonLimitError as e:  # the body's size, before it was read whole: 413
+            return JSONResponse({"error": e.reason, "message": e.message},
+                                status_code=e.status)
         except VaultError as e:
             headers = {"Retry-After": "1"} if e.retryable and e.status in (409, 503) else None
             return JSONResponse(e.body(), status_code=e.status, headers=headers)
@@ -204,10 +203,6 @@ def create_app(service: VaultService) -> ASGIApp:
     return asgi
 
 
-class _TooLarge(Exception):
-    pass
-
-
 def _decode(raw: bytes) -> dict[str, Any]:
     """The body as a JSON object (empty: ``{}``), within :data:`BODY_LIMITS`; else a
     VaultError with the reason (400; a body over the size bound never gets here)."""
@@ -220,17 +215,3 @@ def _decode(raw: bytes) -> dict[str, Any]:
     except WireError as e:
         raise VaultError(400, api.BAD_REQUEST, f"the body is not a JSON object: {e.message}"
                          ) from None
-
-
-async def _bounded_body(request: Request, limit: int) -> bytes:
-    """The body, or :class:`_TooLarge` as soon as it is known to exceed ``limit``."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _TooLarge
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
