@@ -23,6 +23,10 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from hypothesis import given
 from hypothesis import strategies as st
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from a402.background import serve_in_thread
 from a402.chain.deploy import Manifest
@@ -121,6 +125,27 @@ def test_a_service_that_cannot_serve_exits_non_zero_for_its_supervisor(
              "--port", str(taken.getsockname()[1])],
             capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode != 0, done.stderr
+
+
+def test_a_facilitator_answering_100000_deep_is_a_refusal_for_the_middleware_not_a_crash(
+    dev_stack: Manifest, new_payer: NewPayer, http: httpx.Client
+) -> None:
+    """The middleware decodes its facilitator's answers within the same bounds: a hostile
+    or broken facilitator gets the payment refused, not the provider's process killed."""
+    async def deep(_: Request) -> Response:
+        return Response(DEEP, media_type="application/json")
+
+    hostile = Starlette(routes=[Route(p, deep, methods=["GET", "POST"])
+                                for p in ("/verify", "/settle", "/supported")])
+    calls, pay_to = Calls(), Account.create().address
+    with serve_in_thread(hostile) as facilitator, serve_in_thread(paid_app(
+            pay_to=pay_to, manifest=dev_stack, facilitator=facilitator, calls=calls)) as url:
+        offer = decode_payment_required(http.get(url + "/weather").headers[PAYMENT_REQUIRED])
+        assert isinstance(offer, PaymentRequired)
+        refused = http.get(url + "/weather", headers=v2_header(offer, new_payer(5_000)))
+        assert refused.status_code in (402, 502, 503), refused.text[:300]
+        assert http.get(url + "/free").status_code == 200
+    assert calls["weather"] == 0
 
 
 def test_hostile_bodies_to_the_facilitator_are_answered_and_change_nothing(
