@@ -16,6 +16,8 @@ from typing import Any
 
 import uvicorn
 
+from a402.serving import HTTP_PROTOCOL
+
 
 @contextlib.contextmanager
 def serve_in_thread(
@@ -26,7 +28,8 @@ def serve_in_thread(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     bound_port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False,
+                            http=HTTP_PROTOCOL)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True,
                               name=f"asgi-{bound_port}")

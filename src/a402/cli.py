@@ -214,8 +214,7 @@ def _devnet(args: argparse.Namespace) -> int:
 
 
 def _facilitator(args: argparse.Namespace) -> int:
-    import uvicorn
-
+    from a402 import serving
     from a402.chain.node import connect
     from a402.facilitator.app import create_app
     from a402.facilitator.core import Facilitator, FacilitatorConfig
@@ -231,7 +230,7 @@ def _facilitator(args: argparse.Namespace) -> int:
                               FacilitatorConfig(receipt_timeout=args.receipt_timeout))
     print(json.dumps({"facilitator": f"http://{args.host}:{args.port}",
                       "network": chain.network, "signer": signer.address}), file=sys.stderr)
-    uvicorn.run(create_app(facilitator), host=args.host, port=args.port, log_level="warning")
+    serving.run(create_app(facilitator), host=args.host, port=args.port)
     return 0
 
 

@@ -56,6 +56,7 @@ from google.protobuf.json_format import MessageToDict, ParseError
 from a402.agents.a2a_x402 import X402_EXTENSION_URIS, PaymentTerms
 from a402.agents.card import InvalidCard, OnchainCard
 from a402.wire.errors import WireError
+from a402.wire.jsonstrict import loads_object
 
 IGNORED_FIELDS = ("signatures",)
 _KEYED_LISTS = {"supportedInterfaces", "skills", "extensions"}
@@ -119,13 +120,11 @@ class JsonCardSource:
 
     def onchain_card(self, agent: str) -> Mapping[str, Any]:
         text = self._fetch(agent)
-        try:
-            data = json.loads(text)
-        except ValueError as e:
-            raise CardError(f"the on-chain card of {agent} is not JSON: {e}") from e
-        if not isinstance(data, dict):
-            raise CardError(f"the on-chain card of {agent} is not a JSON object")
-        return data
+        try:  # bounded, like any JSON a peer wrote
+            return loads_object(text)
+        except WireError as e:
+            raise CardError(f"the on-chain card of {agent} is not a JSON object: "
+                            f"{e.message}") from e
 
 
 # ------------------------------------------------------------------ canonical form

@@ -67,6 +67,7 @@ from a402.client.errors import PaymentError, PaymentRefused
 from a402.client.limits import MaxAmount, as_max_amount
 from a402.client.wallet import Wallet
 from a402.wire.errors import WireError
+from a402.wire.jsonstrict import loads_object
 from a402.wire.x402 import PaymentPayload, PaymentRequired, SettleResponse, parse_payment_required
 
 WireVersion = Literal["1.0", "0.3"]
@@ -155,13 +156,10 @@ async def fetch_card(url: str, http: httpx.AsyncClient) -> dict[str, Any]:
         raise CardError(f"{url} answered HTTP {response.status_code}")
     if len(response.content) > MAX_CARD_BYTES:
         raise CardError(f"the card at {url} is larger than {MAX_CARD_BYTES} bytes")
-    try:
-        data = response.json()
-    except ValueError as e:
-        raise CardError(f"the card at {url} is not JSON") from e
-    if not isinstance(data, dict):
-        raise CardError(f"the card at {url} is not a JSON object")
-    return data
+    try:  # bounded: an agent is a peer, its card could be nested deep enough to crash us
+        return loads_object(response.content)
+    except WireError as e:
+        raise CardError(f"the card at {url} is not a JSON object: {e.message}") from e
 
 
 async def discover(

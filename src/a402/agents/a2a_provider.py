@@ -98,6 +98,7 @@ from a402.provider.ledger import (
     payment_fingerprint,
 )
 from a402.provider.routes import Price, to_atomic
+from a402.serving import BoundedJsonBodies, JsonErrors
 from a402.wire import errors as W
 from a402.wire.errors import WireError
 from a402.wire.networks import evm_chain_id
@@ -253,6 +254,10 @@ class PaidAgent:
         app = Starlette(routes=routes, lifespan=lifespan)
         app.add_middleware(_EchoExtensions)
         app.add_middleware(_IntegralNumbers)
+        # a2a-sdk decodes the JSON-RPC body itself (request.json(), then protobuf): bound
+        # it first, so no body can be deep enough to overflow the stack of either.
+        app.add_middleware(BoundedJsonBodies, paths=[self.rpc_path])
+        app.add_middleware(JsonErrors)
         return app
 
     def _build_card(self) -> AgentCard:

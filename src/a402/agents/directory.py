@@ -51,6 +51,8 @@ from a402.agents.onchain import (
 )
 from a402.chain.deploy import Manifest
 from a402.chain.node import Chain
+from a402.wire.errors import WireError
+from a402.wire.jsonstrict import loads_object
 
 SUITE_CONTRACTS: Final = {
     "renderer": "AgentCardRenderer",
@@ -205,11 +207,10 @@ def read_data_uri(uri: str) -> dict[str, Any] | None:
     prefix = "data:application/json;base64,"
     if not uri.startswith(prefix):
         return None
-    try:
-        data = json.loads(base64.b64decode(uri[len(prefix):], validate=True))
-    except ValueError:
+    try:  # anyone registering writes this: decoded within bounds
+        return loads_object(base64.b64decode(uri[len(prefix):], validate=True))
+    except (ValueError, WireError):
         return None
-    return data if isinstance(data, dict) else None
 
 
 def register_identity(

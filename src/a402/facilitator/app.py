@@ -6,7 +6,11 @@ body that is not a facilitator request at all; 503 means the chain could not
 be reached or failed to answer (any transport error, timeout, or answer that
 is not JSON-RPC), this request moved no funds, and the same call can be retried;
 or that the journal's database could not be reached (``journal_unavailable``),
-and the same call can be retried to learn the outcome.
+and the same call can be retried to learn the outcome. A body over the
+bounds of :data:`BODY_LIMITS` is refused before it is decoded (413
+``request_too_large``; 400 ``json_too_deep`` / ``json_number_too_long``), and a
+request whose handler fails unexpectedly answers 500 in JSON: no request body
+can take the process down.
 """
 
 from __future__ import annotations
@@ -25,14 +29,18 @@ from starlette.concurrency import run_in_threadpool
 
 from a402.chain.rpc import ChainUnavailable, RpcError
 from a402.facilitator.core import Facilitator
+from a402.serving import JsonErrors, request_body
 from a402.wire.errors import WireError
-from a402.wire.jsonstrict import loads_object
+from a402.wire.jsonstrict import JsonLimitError, JsonLimits, loads_object
 
 log = logging.getLogger("a402.facilitator")
 
 JOURNAL_UNREACHABLE = (OperationalError, InterfaceError, PoolTimeout)
 """The journal's database did not answer: refused or lost connections, a full pool,
 a lock another replica held too long."""
+
+#: A verify or settle body is a few KB (the payload, the requirements, their ``extra``).
+BODY_LIMITS = JsonLimits(max_bytes=256 * 1024)
 
 
 def create_app(facilitator: Facilitator, *, reconcile_every: float = 5.0) -> FastAPI:
@@ -56,11 +64,15 @@ def create_app(facilitator: Facilitator, *, reconcile_every: float = 5.0) -> Fas
         worker.join(timeout=reconcile_every + 1)
 
     app = FastAPI(title="a402 facilitator", version="1", lifespan=lifespan)
+    app.add_middleware(JsonErrors)
 
     async def answer(request: Request, handler: Any) -> JSONResponse:
         try:
-            body = loads_object(await request.body())
+            raw = await request_body(request, BODY_LIMITS.max_bytes)
+            body = loads_object(raw, limits=BODY_LIMITS)
             result = await run_in_threadpool(handler, body)
+        except JsonLimitError as e:
+            return JSONResponse({"error": e.reason, "message": e.message}, status_code=e.status)
         except WireError as e:
             return JSONResponse({"error": e.reason, "message": e.message}, status_code=400)
         except (ChainUnavailable, RpcError) as e:

@@ -13,6 +13,8 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
+from a402.wire.errors import WireError
+from a402.wire.jsonstrict import loads_object
 from a402.wire.x402 import (
     AnyPaymentPayload,
     AnyPaymentRequirements,
@@ -79,9 +81,9 @@ class FacilitatorClient:
         except httpx.TransportError as e:
             raise FacilitatorUnavailable("facilitator_unreachable",
                                          f"{self.url}{path}: {e!r}") from e
-        try:
-            data = response.json()
-        except ValueError:
+        try:  # bounded, like every peer's JSON (a402.wire.jsonstrict)
+            data: Any = loads_object(response.content)
+        except WireError:
             data = None
         if response.status_code >= 500:
             reason = data.get("error") if isinstance(data, dict) else None

@@ -35,6 +35,7 @@ from starlette.types import Receive, Scope, Send
 from a402.asc.messages import DEFAULT_MAX_BLOB
 from a402.exact.eip3009 import to_checksum
 from a402.provider.a402_runtime import ProviderRuntime, UnknownSession
+from a402.serving import read_body
 from a402.tee import AttestationError, ChannelError, TeeError
 from a402.wire.a402 import (
     FRAME_MEDIA_TYPE,
@@ -50,36 +51,19 @@ from a402.wire.a402 import (
     b64,
     unb64,
 )
+from a402.wire.errors import WireError
+from a402.wire.jsonstrict import JsonLimitError, JsonLimits, loads_object
 from a402.wire.x402 import PaymentRequirements, PaymentRequirementsV1, ResourceInfo
 
 log = logging.getLogger("a402.provider.a402")
 
 _MAX_HANDSHAKE_BODY = 64 * 1024
+_HANDSHAKE_LIMITS = JsonLimits(max_bytes=_MAX_HANDSHAKE_BODY)
 #: An EXEC carries at most one request blob plus framing (a POST body or a stream message).
 _MAX_FRAME_BODY = DEFAULT_MAX_BLOB + 4096
 _UNKNOWN_SESSION_CLOSE: dict[str, Any] = {
     "type": "websocket.close", "code": STREAM_UNKNOWN_SESSION, "reason": "open a new session",
 }
-
-
-class _TooLarge(Exception):
-    pass
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ConnectionError("client went away")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 async def _respond(
@@ -148,12 +132,12 @@ class A402Endpoint:
             if path == INFO_PATH and method in ("GET", "HEAD"):
                 await self._info(scope, send)
             elif path == SESSION_PATH and method == "POST":
-                await self._session(await _read_body(receive, _MAX_HANDSHAKE_BODY), send)
+                await self._session(await read_body(receive, _MAX_HANDSHAKE_BODY), send)
             elif path == MESSAGE_PATH and method == "POST":
-                await self._message(scope, await _read_body(receive, _MAX_FRAME_BODY), send)
+                await self._message(scope, await read_body(receive, _MAX_FRAME_BODY), send)
             else:
                 await _error(send, 404, "not_found", f"no a402 endpoint {method} {path}")
-        except _TooLarge:
+        except JsonLimitError:  # read_body's refusal of a body over its size bound
             await _error(send, 413, "too_large", "request body too large")
         except ConnectionError:
             return
@@ -170,9 +154,12 @@ class A402Endpoint:
 
     async def _session(self, body: bytes, send: Send) -> None:
         try:
-            request = json.loads(body)
+            request = loads_object(body, reason="malformed", limits=_HANDSHAKE_LIMITS)
             message = unb64(request["message"])
             session_id = request.get("session")
+        except WireError as e:  # bounded decoding: a deep body is refused, never parsed
+            await _error(send, 400, e.reason, f"handshake body: {e.message}")
+            return
         except (ValueError, KeyError, TypeError, FrameError) as e:
             await _error(send, 400, "malformed", f"handshake body: {e}")
             return

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 
-import uvicorn
 from starlette.types import ASGIApp
 
 from a402.chain.deploy import TokenInfo
@@ -29,6 +28,8 @@ from a402.provider.ledger import PaymentLedger
 from a402.provider.middleware import PaymentMiddleware
 from a402.provider.proxy import ReverseProxy
 from a402.provider.routes import Price, RouteConfig, RouteError, RoutePattern, RouteTable
+from a402.serving import JsonErrors
+from a402.serving import run as serve
 
 log = logging.getLogger("a402.gateway")
 
@@ -139,4 +140,4 @@ def run_gateway(
              "; A402 channels on " + a402.manager if a402 is not None else "")
     if on_start is not None:
         on_start()
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    serve(JsonErrors(app), host=host, port=port, log_level=log_level)

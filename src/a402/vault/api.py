@@ -26,6 +26,7 @@ import functools
 import hashlib
 import secrets
 import time
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -272,10 +273,13 @@ class InvokeRequest:
 
     @classmethod
     def from_json(cls, data: Any) -> InvokeRequest:
+        """The call, or ValueError: a URL whose host or port cannot be read is refused here,
+        before anything is recorded or any peer contacted."""
         if not isinstance(data, dict):
             raise ValueError("the body is a JSON object")
         url, method, key = data.get("url"), data.get("method", "GET"), data.get("idempotencyKey")
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")) \
+                or not _has_host_and_port(url):
             raise ValueError("url must be an absolute http(s) URL")
         if not isinstance(method, str) or not method.isascii() or not method.isalpha():
             raise ValueError("method must be an HTTP method")
@@ -323,3 +327,12 @@ def _amount(value: Any, what: str) -> int:
 def parse_amount(value: Any, what: str) -> int:
     """An amount of atomic units as the API carries it (decimal string); ValueError if not."""
     return _amount(value, what)
+
+
+def _has_host_and_port(url: str) -> bool:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        _ = parts.port  # ValueError for a port that is not a number or out of range
+    except ValueError:
+        return False
+    return bool(parts.hostname)

@@ -31,7 +31,6 @@ every error itself).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -46,12 +45,19 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from a402 import jsonbytes
 from a402.chain.rpc import ChainUnavailable
+from a402.serving import JsonErrors, request_body
+from a402.wire.errors import WireError
+from a402.wire.jsonstrict import JsonLimitError, JsonLimits, loads_object
 
 from . import api
 from .channels import VaultError
 from .service import VaultService
 
 log = logging.getLogger("a402.vault")
+
+#: Every body the vault decodes: its size bound, and the depth and number bounds of
+#: :mod:`a402.wire.jsonstrict` (checked without recursion, so no body can crash the vault).
+BODY_LIMITS = JsonLimits(max_bytes=api.MAX_CALL_BODY)
 
 class JSONResponse(_StarletteJSON):
     """Starlette's JSON answer, encoded by :mod:`a402.jsonbytes` (an answer per paid call)."""
@@ -73,7 +79,7 @@ def create_app(service: VaultService) -> ASGIApp:
     vault = service.address
 
     async def authenticated(request: Request, remember: bool) -> tuple[api.Authenticated, bytes]:
-        body = await _bounded_body(request, api.MAX_CALL_BODY)
+        body = await request_body(request, api.MAX_CALL_BODY)
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         now = time.time()
         signed = api.verify_request(request.headers, vault, request.method, path, body,
@@ -89,19 +95,13 @@ def create_app(service: VaultService) -> ASGIApp:
         the handler records the nonce itself, in its first write."""
         try:
             signed, raw = await authenticated(request, remember_nonce)
-            try:
-                body = json.loads(raw) if raw else {}
-            except ValueError:
-                raise VaultError(400, api.BAD_REQUEST, "the body is not JSON") from None
-            if not isinstance(body, dict):
-                raise VaultError(400, api.BAD_REQUEST, "the body is a JSON object")
+            body = _decode(raw)
             status, out = await handler(signed, body)
         except api.AuthError as e:
             return JSONResponse({"error": e.reason, "message": e.detail}, status_code=401)
-        except _TooLarge:
-            return JSONResponse({"error": api.REQUEST_TOO_LARGE,
-                                 "message": f"the body exceeds {api.MAX_CALL_BODY} bytes"},
-                                status_code=413)
+        except JsonLimitError as e:  # the body's size, before it was read whole: 413
+            return JSONResponse({"error": e.reason, "message": e.message},
+                                status_code=e.status)
         except VaultError as e:
             headers = {"Retry-After": "1"} if e.retryable and e.status in (409, 503) else None
             return JSONResponse(e.body(), status_code=e.status, headers=headers)
@@ -191,6 +191,7 @@ def create_app(service: VaultService) -> ASGIApp:
     ]
     app = Starlette(lifespan=lifespan, routes=routes,
                     exception_handlers={404: no_route, 405: no_route})
+    app.add_middleware(JsonErrors)
 
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == "/v1/invoke" \
@@ -203,19 +204,15 @@ def create_app(service: VaultService) -> ASGIApp:
     return asgi
 
 
-class _TooLarge(Exception):
-    pass
-
-
-async def _bounded_body(request: Request, limit: int) -> bytes:
-    """The body, or :class:`_TooLarge` as soon as it is known to exceed ``limit``."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _TooLarge
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _decode(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object (empty: ``{}``), within :data:`BODY_LIMITS`; else a
+    VaultError with the reason (400; a body over the size bound never gets here)."""
+    if not raw:
+        return {}
+    try:
+        return loads_object(raw, reason=api.BAD_REQUEST, limits=BODY_LIMITS)
+    except JsonLimitError as e:
+        raise VaultError(e.status, e.reason, e.message) from None
+    except WireError as e:
+        raise VaultError(400, api.BAD_REQUEST, f"the body is not a JSON object: {e.message}"
+                         ) from None

@@ -68,8 +68,7 @@ def add_vault_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_vault(args: argparse.Namespace) -> int:
-    import uvicorn
-
+    from a402 import serving
     from a402.chain.deploy import Manifest
     from a402.chain.node import connect
     from a402.keys import load_key_file
@@ -139,5 +138,5 @@ def run_vault(args: argparse.Namespace) -> int:
         "measurement": "0x" + measurement.hex(),
         "rootPublicKey": platform.root.public_key.hex(),
     }), file=sys.stderr, flush=True)
-    uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="warning")
+    serving.run(create_app(service), host=args.host, port=args.port)
     return 0

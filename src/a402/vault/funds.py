@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+import re
+from typing import Any, Final
 
 from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
@@ -45,6 +46,8 @@ from . import api
 from . import store as S
 from .channels import VaultError
 from .txjournal import TxJournal
+
+_TX_HASH: Final = re.compile(r"0x[0-9a-fA-F]{64}")
 
 log = logging.getLogger("a402.vault.funds")
 
@@ -81,6 +84,10 @@ class Funds:
         if "payload" in body:
             return await self._deposit_payload(client, body["payload"])
         if isinstance(body.get("transaction"), str):
+            # A malformed hash names no transaction: refused, not "pending" forever.
+            if _TX_HASH.fullmatch(body["transaction"]) is None:
+                raise VaultError(400, api.BAD_REQUEST, "`transaction` is not a transaction "
+                                 "hash (0x and 64 hex digits)")
             return await self._deposit_transfer(client, body["transaction"])
         raise VaultError(400, api.BAD_REQUEST, "give an x402 `payload` or a `transaction` hash")
 

@@ -55,7 +55,6 @@ transport), and for good once a provider refuses the WebSocket upgrade.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
@@ -124,6 +123,8 @@ from a402.wire.a402 import (
     request_digest,
     unb64,
 )
+from a402.wire.errors import WireError
+from a402.wire.jsonstrict import loads_object
 
 log = logging.getLogger("a402.vault.session")
 
@@ -389,8 +390,10 @@ class ProviderSession:
         response = await self.http.get(self._origin + INFO_PATH, params={"nonce": nonce.hex()})
         if response.status_code != 200:
             raise ProviderUnavailable("info_unavailable", f"GET info: {response.status_code}")
-        try:
-            info = ProviderInfo.from_json(response.json())
+        try:  # a provider is a peer: its answers are decoded within bounds like a request
+            info = ProviderInfo.from_json(loads_object(response.content))
+        except WireError as e:
+            raise ProtocolViolation("bad_info", e.message or e.reason) from None
         except (ValueError, FrameError) as e:
             raise ProtocolViolation("bad_info", str(e)) from None
         verifier = self.verifiers.get(info.attestation_kind)
@@ -902,10 +905,9 @@ def _domain(info: ProviderInfo) -> PaymentDomain:
 
 def _json_or_empty(response: httpx.Response) -> dict[str, Any]:
     try:
-        data = response.json()
-    except (ValueError, json.JSONDecodeError):
+        return loads_object(response.content)
+    except WireError:
         return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _refusal(answer: Envelope) -> Refusal:

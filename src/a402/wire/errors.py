@@ -59,6 +59,11 @@ ACCEPTED_MISMATCH: Final = "accepted_requirements_mismatch"
 # ``invalid_exact_evm_nonce_already_used`` (that code for the same resource),
 # hence its prefix: a peer matching on the prefix reads it as "nonce used".
 NONCE_USED_FOR_ANOTHER_RESOURCE: Final = "invalid_exact_evm_nonce_already_used_for_another_resource"
+# A body or header over the bounds every decoder applies (see a402.wire.jsonstrict):
+# too many bytes (HTTP 413), nested too deep, or a number too long (HTTP 400).
+REQUEST_TOO_LARGE: Final = "request_too_large"
+JSON_TOO_DEEP: Final = "json_too_deep"
+JSON_NUMBER_TOO_LONG: Final = "json_number_too_long"
 
 
 class WireError(Exception):

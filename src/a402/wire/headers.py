@@ -20,7 +20,7 @@ import re
 from typing import Any, Final
 
 from a402.wire.errors import INVALID_PAYLOAD, WireError
-from a402.wire.jsonstrict import loads_object
+from a402.wire.jsonstrict import JsonLimitError, loads_object
 from a402.wire.model import WireModel
 from a402.wire.x402 import (
     AnyPaymentPayload,
@@ -54,8 +54,16 @@ def encode_header(value: WireModel | dict[str, Any]) -> str:
 
 
 def decode_header(value: str | bytes, *, reason: str = INVALID_PAYLOAD) -> dict[str, Any]:
-    """Decode a header value to a JSON object, or raise WireError(reason)."""
-    return loads_object(_b64decode(value, reason), reason=reason)
+    """Decode a header value to a JSON object, or raise WireError(reason).
+
+    The JSON is bounded like a body (:mod:`a402.wire.jsonstrict`); a header over a
+    limit is refused with the caller's ``reason`` (x402 peers know that spelling),
+    the limit named in the message.
+    """
+    try:
+        return loads_object(_b64decode(value, reason), reason=reason)
+    except JsonLimitError as exc:
+        raise WireError(reason, exc.message) from exc
 
 
 def _b64decode(value: str | bytes, reason: str) -> bytes:

@@ -1,0 +1,111 @@
+"""Bounded JSON decoding: the limits hold whatever the interpreter's recursion limit."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from a402.wire.errors import (
+    INVALID_PAYLOAD,
+    JSON_NUMBER_TOO_LONG,
+    JSON_TOO_DEEP,
+    REQUEST_TOO_LARGE,
+    WireError,
+)
+from a402.wire.headers import decode_header, encode_header
+from a402.wire.jsonstrict import DEFAULT_LIMITS, JsonLimitError, JsonLimits, loads_object
+
+
+def _nested(depth: int, key: bool = False) -> str:
+    return ('{"a":' * depth + "1" + "}" * depth) if key else "[" * depth + "]" * depth
+
+
+def test_a_document_100000_deep_is_refused_without_recursing() -> None:
+    """The exact crash of the finding, in a child process whose recursion limit is py-evm's
+    (a crash there would be a SIGSEGV exit code, not a refusal)."""
+    script = (
+        "import sys, a402.facilitator.app\n"
+        "assert sys.getrecursionlimit() >= 100000\n"
+        "from a402.wire.jsonstrict import loads_object, JsonLimitError\n"
+        "for doc in ('{\"a\":' + '[' * 100000 + ']' * 100000 + '}', '{\"a\":' * 100000):\n"
+        "    try:\n"
+        "        loads_object(doc.encode())\n"
+        "    except JsonLimitError as e:\n"
+        "        print(e.reason, e.status)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [JSON_TOO_DEEP, "400"] * 2
+
+
+@pytest.mark.parametrize("key", [False, True])
+def test_depth_up_to_the_limit_decodes_and_one_more_is_refused(key: bool) -> None:
+    limits = JsonLimits(max_depth=10)
+    loads_object("{\"x\":" + _nested(9, key) + "}", limits=limits)
+    with pytest.raises(JsonLimitError) as refused:
+        loads_object("{\"x\":" + _nested(10, key) + "}", limits=limits)
+    assert (refused.value.reason, refused.value.status) == (JSON_TOO_DEEP, 400)
+
+
+def test_brackets_and_digits_inside_strings_are_not_structure() -> None:
+    text = json.dumps({"a": "[" * 1000 + "9" * 1000 + '\\"[{', "b": "\\" * 10})
+    assert loads_object(text)["a"].startswith("[[[")
+
+
+def test_a_number_longer_than_the_limit_is_refused_and_uint256_is_not() -> None:
+    assert loads_object(json.dumps({"v": 2**256 - 1}))["v"] == 2**256 - 1
+    for number in ("1" * 101, "-0." + "1" * 100, "1e" + "9" * 100):
+        with pytest.raises(JsonLimitError) as refused:
+            loads_object('{"v":' + number + "}")
+        assert (refused.value.reason, refused.value.status) == (JSON_NUMBER_TOO_LONG, 400)
+
+
+def test_a_document_over_the_size_limit_is_refused_as_too_large() -> None:
+    with pytest.raises(JsonLimitError) as refused:
+        loads_object(json.dumps({"a": "x" * 100}), limits=JsonLimits(max_bytes=50))
+    assert (refused.value.reason, refused.value.status) == (REQUEST_TOO_LARGE, 413)
+
+
+def test_duplicate_keys_and_nan_are_still_refused_with_the_callers_reason() -> None:
+    for text in ('{"a":1,"a":2}', '{"a":NaN}', '{"a":Infinity}', "[1]", '{"a":"\\ud800"'):
+        with pytest.raises(WireError) as refused:
+            loads_object(text, reason="mine")
+        assert refused.value.reason == "mine" and not isinstance(refused.value, JsonLimitError)
+
+
+def test_a_deep_header_is_refused_with_the_x402_reason() -> None:
+    value = {"a": json.loads(_nested(DEFAULT_LIMITS.max_depth))}
+    with pytest.raises(WireError) as refused:
+        decode_header(encode_header(value))
+    assert refused.value.reason == INVALID_PAYLOAD and "deeper" in refused.value.message
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(value=st.dictionaries(st.text(max_size=8), json_values, max_size=4))
+def test_every_document_within_the_limits_decodes_as_json_does(value: dict[str, Any]) -> None:
+    text = json.dumps(value)
+    assert loads_object(text) == json.loads(text)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(data=st.binary(max_size=300) | st.text(max_size=300))
+def test_any_input_is_an_object_or_a_wire_error(data: bytes | str) -> None:
+    with contextlib.suppress(WireError):
+        assert isinstance(loads_object(data), dict)
