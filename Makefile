@@ -16,10 +16,12 @@ demo: $(RUNTIME_STAMP)
 
 test: $(TEST_STAMP) $(NODE_STAMP)
 	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
 
 format: $(TEST_STAMP)
 	$(BIN)/ruff check --fix src tests bench
@@ -53,4 +55,4 @@ $(NODE_STAMP): package.json package-lock.json
 	@touch $@
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache .mypy_cache .hypothesis
