@@ -191,12 +191,13 @@ class _Message:
     # again for every snapshot that holds it (a REPLY is in three on the vault's side).
     # It is not a dataclass field, so equality, hashing and ``replace`` ignore it.
     __slots__ = ("_wire",)
+    _wire: bytes
     TYPE: ClassVar[MessageType]
     LAYOUT: ClassVar[tuple[tuple[str, str, _Codec], ...]]
 
     def encode(self) -> bytes:
         try:
-            return self._wire  # type: ignore[no-any-return]
+            return self._wire
         except AttributeError:
             pass
         writer = _Writer(self.TYPE)

@@ -10,15 +10,23 @@ eth-hash backend gives the same digests.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+# One declared type for both backends; eth-hash accepts only bytes and bytearray.
+keccak256: Callable[[bytes | bytearray], bytes]
+
 try:
     from sha3 import keccak_256 as _keccak_256
 except ImportError:  # pragma: no cover - exercised on platforms without safe-pysha3
     from eth_hash.auto import keccak as keccak256
 else:
 
-    def keccak256(data: bytes | bytearray | memoryview) -> bytes:
+    def _pysha3_keccak256(data: bytes | bytearray) -> bytes:
         """The 32-byte Keccak-256 digest of ``data``."""
-        return _keccak_256(data).digest()
+        digest: bytes = _keccak_256(data).digest()
+        return digest
+
+    keccak256 = _pysha3_keccak256
 
 
 __all__ = ["keccak256"]

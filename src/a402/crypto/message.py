@@ -36,7 +36,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from ._secp import b32, keccak256
+from ._secp import b32
+from .keccak import keccak256
 
 DOMAIN_NAME = "A402"
 DOMAIN_VERSION = "1"
@@ -87,18 +88,19 @@ def _separator(chain_id: int, contract: bytes) -> bytes:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class PaymentDomain:
     """Where a payment message is valid: one chain, one settling contract."""
 
     chain_id: int
-    #: The settling contract's address; a ``0x`` hex string is accepted and
-    #: stored as its 20 raw bytes.
+    #: The settling contract's address, as its 20 raw bytes.
     verifying_contract: bytes
 
-    def __post_init__(self) -> None:
-        _uint256(self.chain_id, "chain id")
-        object.__setattr__(self, "verifying_contract", _address_bytes(self.verifying_contract))
+    def __init__(self, chain_id: int, verifying_contract: str | bytes) -> None:
+        """``verifying_contract`` may also be given as a ``0x`` hex string."""
+        _uint256(chain_id, "chain id")
+        object.__setattr__(self, "chain_id", chain_id)
+        object.__setattr__(self, "verifying_contract", _address_bytes(verifying_contract))
 
     @property
     def separator(self) -> bytes:

@@ -69,7 +69,6 @@ from ._secp import (
     eth_address,
     has_even_y,
     int_from,
-    keccak256,
     lift_x,
     negate,
     parse_point,
@@ -78,6 +77,7 @@ from ._secp import (
     tagged_hash,
 )
 from .errors import ExtractionError, InvalidKeyError
+from .keccak import keccak256
 
 Flavour = Literal["evm", "bip340"]
 
