@@ -16,6 +16,7 @@ from typing import Any
 
 from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
+from eth_typing import ChecksumAddress
 from hexbytes import HexBytes
 from web3 import Web3
 from web3.contract import Contract
@@ -111,7 +112,7 @@ class ASCManager:
     def __init__(self, chain: Chain, address: str) -> None:
         self.chain = chain
         self.contract: Contract = contract_at(chain, "ASCManager", address)
-        self.address: str = self.contract.address
+        self.address: ChecksumAddress = self.contract.address
         self.domain = PaymentDomain(chain.chain_id, self.address)
         self.token: str = self.contract.functions.token().call()
         self.dispute_window: int = int(self.contract.functions.disputeWindow().call())

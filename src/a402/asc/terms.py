@@ -90,7 +90,7 @@ def _typed(domain: PaymentDomain, struct_hash: bytes) -> bytes:
     return keccak(b"\x19\x01" + domain.separator + struct_hash)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class ChannelTerms:
     """What a channel is: who pays, who acts for the payer, who is paid, how much, which key.
 
@@ -106,9 +106,17 @@ class ChannelTerms:
     deposit: int
     salt: bytes
 
-    def __post_init__(self) -> None:
-        for name in ("client", "vault", "provider"):
-            object.__setattr__(self, name, address_bytes(getattr(self, name)))
+    def __init__(
+        self, client: str | bytes, vault: str | bytes, provider: str | bytes,
+        provider_key: bytes, deposit: int, salt: bytes,
+    ) -> None:
+        """The three addresses may also be given as ``0x`` hex strings."""
+        object.__setattr__(self, "client", address_bytes(client))
+        object.__setattr__(self, "vault", address_bytes(vault))
+        object.__setattr__(self, "provider", address_bytes(provider))
+        object.__setattr__(self, "provider_key", provider_key)
+        object.__setattr__(self, "deposit", deposit)
+        object.__setattr__(self, "salt", salt)
         if len(self.provider_key) != 32 or not 0 < int.from_bytes(self.provider_key) <= _HALF_N:
             raise ValueError("provider_key must be a usable 32-byte EVM Schnorr key")
         if len(self.salt) != 32:

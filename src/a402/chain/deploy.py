@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
+from hexbytes import HexBytes
 
 from a402.chain.node import Chain
 from a402.chain.tx import contract_at, deploy_contract, transact
@@ -112,7 +113,7 @@ def deploy_dev_stack(
     clients = chain.accounts[len(ROLES):]
     for client in clients:
         transact(chain, deployer, token.functions.mint(client.address, client_funds))
-    contracts = {"TestUSDC": token.address}
+    contracts: dict[str, str] = {"TestUSDC": token.address}
     if asc_manager:
         manager = deploy_contract(chain, deployer, "ASCManager", token.address, dispute_window)
         contracts["ASCManager"] = manager.address
@@ -128,7 +129,7 @@ def deploy_dev_stack(
 
 
 def _dev(role: str, account: LocalAccount) -> DevAccount:
-    return DevAccount(role, account.address, account.key.to_0x_hex())
+    return DevAccount(role, account.address, HexBytes(account.key).to_0x_hex())
 
 
 def token_balance(chain: Chain, token: str, owner: str) -> int:

@@ -109,8 +109,10 @@ class _SerialTesterProvider(EthereumTesterProvider):
 def embedded_chain() -> Chain:
     """A fresh in-process chain with ten funded accounts."""
     provider = _SerialTesterProvider()
-    provider.ethereum_tester.backend.chain.gas_estimator = _two_run_gas_estimate
-    keys = provider.ethereum_tester.backend.account_keys
+    tester = provider.ethereum_tester
+    assert tester is not None  # the provider makes one when given none
+    tester.backend.chain.gas_estimator = _two_run_gas_estimate
+    keys = tester.backend.account_keys
     accounts = [Account.from_key(k.to_bytes()) for k in keys]
     return Chain(w3=Web3(provider), accounts=accounts)
 

@@ -13,14 +13,15 @@ error answer ``RpcError``, whatever web3.py or its HTTP library raised.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from eth_account.signers.local import LocalAccount
+from eth_typing import ChecksumAddress
 from hexbytes import HexBytes
 from web3.contract import Contract
 from web3.contract.contract import ContractFunction
 from web3.exceptions import ContractLogicError, TimeExhausted
-from web3.types import TxReceipt
+from web3.types import Nonce, TxParams, TxReceipt, Wei
 
 from a402.chain.artifacts import load_artifact
 from a402.chain.node import Chain
@@ -52,12 +53,13 @@ def revert_reason(error: ContractLogicError) -> str:
 
 
 def sign(
-    chain: Chain, account: LocalAccount, call: ContractFunction | dict[str, Any], *, nonce: int,
+    chain: Chain, account: LocalAccount, call: ContractFunction | TxParams, *, nonce: int,
     gas: int | None = None, value: int = 0,
 ) -> SignedTx:
     """Build and sign a transaction; estimation reverts raise TransactionFailed."""
-    params: dict[str, Any] = {
-        "from": account.address, "nonce": nonce, "value": value, "chainId": chain.chain_id,
+    params: TxParams = {
+        "from": account.address, "nonce": Nonce(nonce), "value": Wei(value),
+        "chainId": chain.chain_id,
     }
     if gas is not None:
         params["gas"] = gas
@@ -74,15 +76,16 @@ def sign(
                 tx.update(_fees(chain))
     except ContractLogicError as e:
         raise TransactionFailed(revert_reason(e)) from e
-    signed = account.sign_transaction(tx)
+    # eth-account types a transaction as a plain dict, web3 as the TxParams TypedDict.
+    signed = account.sign_transaction(cast(dict[str, Any], tx))
     return SignedTx(tx_hash=HexBytes(signed.hash).to_0x_hex(), raw=bytes(signed.raw_transaction),
                     nonce=nonce)
 
 
-def _fees(chain: Chain) -> dict[str, int]:
+def _fees(chain: Chain) -> TxParams:
     base = chain.w3.eth.get_block("latest").get("baseFeePerGas", 0)
     tip = 10**9
-    return {"maxFeePerGas": 2 * base + tip, "maxPriorityFeePerGas": tip}
+    return {"maxFeePerGas": Wei(2 * base + tip), "maxPriorityFeePerGas": Wei(tip)}
 
 
 def broadcast(chain: Chain, signed: SignedTx) -> str:
@@ -105,13 +108,13 @@ def wait_for_receipt(chain: Chain, tx_hash: str, timeout: float) -> TxReceipt:
         )
 
 
-def pending_nonce(chain: Chain, address: str) -> int:
+def pending_nonce(chain: Chain, address: ChecksumAddress) -> int:
     with node_errors("eth_getTransactionCount"):
         return int(chain.w3.eth.get_transaction_count(address, "pending"))
 
 
 def transact(
-    chain: Chain, account: LocalAccount, call: ContractFunction | dict[str, Any], *,
+    chain: Chain, account: LocalAccount, call: ContractFunction | TxParams, *,
     value: int = 0, gas: int | None = None, timeout: float = 60.0,
 ) -> TxReceipt:
     """Sign, send and wait; a revert raises TransactionFailed."""
@@ -130,7 +133,9 @@ def deploy_contract(chain: Chain, account: LocalAccount, name: str, *args: Any) 
     artifact = load_artifact(name)
     factory = chain.w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
     receipt = transact(chain, account, {"data": factory.constructor(*args).data_in_transaction})
-    return contract_at(chain, name, receipt["contractAddress"])
+    address = receipt["contractAddress"]
+    assert address is not None  # a contract creation's receipt names the contract
+    return contract_at(chain, name, address)
 
 
 def contract_at(chain: Chain, name: str, address: str) -> Contract:

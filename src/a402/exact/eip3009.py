@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Annotated, Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Annotated, Any, Final, TypeAlias, TypeGuard
 
 from coincurve import PrivateKey, PublicKey
 from pydantic import AfterValidator, Field, StrictStr, StringConstraints
@@ -62,7 +62,7 @@ _PAD12: Final = bytes(12)
 # ---------------------------------------------------------------------- addresses
 
 
-def is_address(value: object) -> bool:
+def is_address(value: object) -> TypeGuard[str]:
     """0x + 40 hex digits, any case: the checksum is presentation, the bytes are the identity."""
     if not isinstance(value, str) or len(value) != 42 or not value.startswith("0x"):
         return False

@@ -37,9 +37,11 @@ from typing import Any
 
 from eth_account.signers.local import LocalAccount
 from eth_account.typed_transactions import TypedTransaction
+from eth_typing import HexStr
 from eth_utils import to_checksum_address
 from hexbytes import HexBytes
 from web3.exceptions import TimeExhausted
+from web3.types import TxParams
 
 from a402.chain.node import Chain
 from a402.chain.rpc import ChainUnavailable, Reverted, RpcError, as_int, rpc
@@ -165,7 +167,8 @@ class Facilitator:
         check = check_exact(payload, requirements, now=int(time.time()) if now is None else now)
         # A signature that does not recover to `from` may still be a contract
         # wallet's (EIP-1271): then the simulation below is the signature check.
-        contract_wallet = check.needs_contract_check and self._is_contract(check.payer)
+        contract_wallet = (check.needs_contract_check and check.payer is not None
+                           and self._is_contract(check.payer))
         if check.reason and not contract_wallet:
             return _invalid(check.reason, check.message or "", check.payer)
         assert check.authorization is not None and check.payer is not None
@@ -305,7 +308,8 @@ class Facilitator:
                 self.store.release(checked.key, holder=holder)
                 reason = classify_revert(e.reason, E.TRANSACTION_SIMULATION_FAILED)
                 return self._failure(checked, reason, e.reason)
-            call = {"to": checked.requirements.asset, "data": "0x" + calldata.hex()}
+            call: TxParams = {"to": checked.requirements.asset,
+                              "data": HexStr("0x" + calldata.hex())}
             with self._sender_lock():
                 signed = sign(self.chain, self.signer, call,
                               nonce=pending_nonce(self.chain, self.signer.address),
@@ -484,7 +488,8 @@ class Facilitator:
             if rpc(self.chain, "eth_getTransactionReceipt", [record.tx_hash]):
                 return
             tx = TypedTransaction.from_bytes(HexBytes(record.raw_tx)).as_dict()
-            call = {"to": to_checksum_address(tx["to"]), "data": "0x" + bytes(tx["data"]).hex()}
+            call: TxParams = {"to": to_checksum_address(tx["to"]),
+                              "data": HexStr("0x" + bytes(tx["data"]).hex())}
             signed = sign(self.chain, self.signer, call,
                           nonce=pending_nonce(self.chain, self.signer.address), gas=tx["gas"])
             # Another reconciler (a replica's) may have re-signed it first: then ours is

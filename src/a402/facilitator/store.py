@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -348,7 +349,7 @@ def _add_new_columns(engine: Engine) -> None:
     harmless there; on SQLite a "duplicate column" from a concurrent process is
     checked for and ignored.
     """
-    table = SettlementRow.__table__
+    table = Base.metadata.tables[SettlementRow.__tablename__]
     present = {c["name"] for c in inspect(engine).get_columns(table.name)}
     for column in table.columns:
         if column.name in present:
@@ -365,7 +366,7 @@ def _add_new_columns(engine: Engine) -> None:
                 raise
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     """WAL and full sync: a journal is only a journal if a power cut keeps it."""
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")

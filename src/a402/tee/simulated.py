@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -58,6 +59,9 @@ _SIGNED_PREFIX = b"A402/simulated-quote/v1\x00"
 _MAX_EVIDENCE_SIZE = 4096
 _IDENTITY_LABEL = "a402.enclave/identity"
 _IDENTITY_VERSION = 1
+
+# The role of a handshake taken back from ``_pending``.
+_Side = TypeVar("_Side", Initiator, Responder)
 
 ENCLAVE_WARNING = (
     "WARNING: a402 is running a SIMULATED enclave. There is no hardware isolation:\n"
@@ -391,7 +395,7 @@ class SimulatedEnclave:
             self._pending[handle] = side
         return handle, second
 
-    def _take_pending(self, handle: str, kind: type) -> Initiator | Responder:
+    def _take_pending(self, handle: str, kind: type[_Side]) -> _Side:
         with self._lock:
             side = self._pending.pop(handle, None)
         if not isinstance(side, kind):
@@ -400,7 +404,6 @@ class SimulatedEnclave:
 
     def channel_finish(self, handle: str, message: bytes) -> tuple[bytes, VerifiedEnclave]:
         side = self._take_pending(handle, Initiator)
-        assert isinstance(side, Initiator)
         third, channel = side.finish(message)
         with self._lock:
             self._channels[handle] = channel
@@ -408,7 +411,6 @@ class SimulatedEnclave:
 
     def channel_accept(self, handle: str, message: bytes) -> VerifiedEnclave:
         side = self._take_pending(handle, Responder)
-        assert isinstance(side, Responder)
         channel = side.finish(message)
         with self._lock:
             self._channels[handle] = channel

@@ -18,13 +18,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from eth_account.signers.local import LocalAccount
 from hexbytes import HexBytes
 from web3.contract.contract import ContractFunction
 from web3.exceptions import ContractLogicError, TimeExhausted, TransactionNotFound
-from web3.types import TxReceipt
+from web3.types import TxParams, TxReceipt
 
 from a402.chain.node import Chain
 from a402.chain.tx import SignedTx, TransactionFailed, broadcast, pending_nonce, revert_reason, sign
@@ -63,7 +62,7 @@ class TxJournal:
         self.gas_margin = gas_margin
 
     def send(
-        self, key: str, kind: str, ref: str, call: ContractFunction | dict[str, Any]
+        self, key: str, kind: str, ref: str, call: ContractFunction | TxParams
     ) -> Transaction:
         """Sign, journal, broadcast; the journaled transaction if ``key`` was sent before.
 
@@ -82,7 +81,7 @@ class TxJournal:
         assert record is not None
         return record
 
-    def _sign(self, call: ContractFunction | dict[str, Any]) -> SignedTx:
+    def _sign(self, call: ContractFunction | TxParams) -> SignedTx:
         nonce = pending_nonce(self.chain, self.account.address)
         gas: int | None = None
         if isinstance(call, ContractFunction):
