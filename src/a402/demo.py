@@ -13,10 +13,12 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from eth_typing import HexStr
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -130,7 +132,7 @@ def _pay(chain: Chain, api_url: str, key: str, count: int) -> list[PaidCall]:
             latency = (time.perf_counter() - t0) * 1000
             receipt = receipt_of(response)
             tx = receipt.transaction if receipt and receipt.success else ""
-            gas = int(chain.w3.eth.get_transaction_receipt(tx)["gasUsed"]) if tx else 0
+            gas = int(chain.w3.eth.get_transaction_receipt(HexStr(tx))["gasUsed"]) if tx else 0
             amount = _atomic(PRICE) if tx else 0
             calls.append(PaidCall(city, response.status_code, amount, tx, gas, latency))
     return calls
@@ -149,7 +151,10 @@ def _usdc(units: int) -> str:
     return f"{units / 10**6:,.6f}"
 
 
-def _summary(say, manifest, calls, before, after, elapsed) -> None:  # type: ignore[no-untyped-def]
+def _summary(
+    say: Callable[..., None], manifest: Manifest, calls: list[PaidCall],
+    before: dict[str, int], after: dict[str, int], elapsed: float,
+) -> None:
     say(f"{'#':>2}  {'request':<22}{'status':>6}  {'paid (USDC)':>12}  {'gas':>7}  "
         f"{'latency':>9}  transaction")
     for i, c in enumerate(calls, 1):

@@ -30,6 +30,7 @@ from typing import Any, TextIO
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from hexbytes import HexBytes
 
 from a402.background import serve_in_thread
 from a402.chain.deploy import Manifest, deploy_dev_stack, token_balance
@@ -84,6 +85,7 @@ def _mined(chain: Chain, contracts: list[Any], first: int, last: int) -> Ledger:
     for number in range(first, last + 1):
         block = chain.w3.eth.get_block(number, full_transactions=True)
         for tx in block["transactions"]:
+            assert not isinstance(tx, HexBytes)  # full_transactions: each a dict, not a hash
             gas = int(chain.w3.eth.get_transaction_receipt(tx["hash"])["gasUsed"])
             data = tx.get("input", tx.get("data", b""))  # py-evm says "data", anvil "input"
             name = "ETH transfer" if not data or data in (b"", "0x") else "other"

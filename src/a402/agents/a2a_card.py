@@ -263,8 +263,8 @@ def _legacy_inconsistencies(served: Mapping[str, Any]) -> list[str]:
         if named not in listed:
             out.append(f"url: {named[0]!r} ({named[1]}) is not in supportedInterfaces")
     for i, extra in enumerate(served.get("additionalInterfaces") or []):
-        named = (extra.get("url"), extra.get("transport")) if isinstance(extra, Mapping) else None
-        if named not in listed:
+        other = (extra.get("url"), extra.get("transport")) if isinstance(extra, Mapping) else None
+        if other not in listed:
             out.append(f"additionalInterfaces[{i}] is not in supportedInterfaces")
     return out
 

@@ -433,7 +433,7 @@ def _user_message(
     return message
 
 
-def _state(task: Task) -> TaskState.ValueType:
+def _state(task: Task) -> TaskState:
     return task.status.state
 
 

@@ -387,10 +387,10 @@ def _summary(
         "-> completed (payment-completed + receipt)")
     say(f" {'#':>2}  {'agent':<12} {'request':<30} {'paid (USDC)':>11} {'gas':>8} "
         f"{'latency':>9}  transaction")
-    for i, t in enumerate(outcome.tasks, 1):
-        say(f" {i:>2}  {t.agent.spec.name:<12} {t.request:<30} {_usdc(t.amount):>11} "
-            f"{t.gas:>8,} {t.latency_ms:>7.1f}ms  {t.transaction}")
-        say(f"     {'':<12} -> {t.answer}")
+    for i, done in enumerate(outcome.tasks, 1):
+        say(f" {i:>2}  {done.agent.spec.name:<12} {done.request:<30} {_usdc(done.amount):>11} "
+            f"{done.gas:>8,} {done.latency_ms:>7.1f}ms  {done.transaction}")
+        say(f"     {'':<12} -> {done.answer}")
     answers = {t.skill: t.answer for t in outcome.tasks}
     say(f"\nplan       {TRIP['from']} -> {TRIP['to']} on {TRIP['date']}: flight "
         f"{answers.get('flight-quote', '?')}; weather {answers.get('weather-forecast', '?')}")

@@ -245,7 +245,7 @@ def link_candidates(suite: AgentSuite) -> dict[str, list[int]]:
     key_topic = "0x" + keccak(text=LINK_KEY).hex()
     logs = suite.chain.w3.eth.get_logs({
         "address": identity.address, "fromBlock": 0, "toBlock": "latest",
-        "topics": [topic, None, key_topic],  # type: ignore[list-item]
+        "topics": [topic, None, key_topic],
     })
     claims: dict[str, set[int]] = {}
     for log in logs:

@@ -31,12 +31,13 @@ from typing import Any
 from eth_abi import decode as abi_decode
 from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
+from eth_typing import ChecksumAddress
 from eth_utils import keccak, to_checksum_address
 from web3.contract import Contract
 from web3.contract.contract import ContractFunction
 from web3.exceptions import ContractLogicError
 from web3.logs import DISCARD
-from web3.types import TxReceipt
+from web3.types import TxReceipt, Wei
 
 from a402.agents.card import ZERO_ADDRESS, Capabilities, OnchainCard, Payment, encode_profile
 from a402.chain.artifacts import load_artifact
@@ -116,7 +117,7 @@ def send(chain: Chain, account: LocalAccount, call: ContractFunction, *, value: 
     out of gas (in a nested call, as a revert). Gas used is unaffected.
     """
     try:
-        estimate = call.estimate_gas({"from": account.address, "value": value})
+        estimate = call.estimate_gas({"from": account.address, "value": Wei(value)})
     except ContractLogicError as e:
         raise TransactionFailed(explain_revert(revert_reason(e))) from e
     try:
@@ -131,7 +132,7 @@ def _events(contract: Contract, event: str, receipt: TxReceipt) -> list[Any]:
     return [e for e in decoded if e["address"] == contract.address]
 
 
-def _addr(address: str) -> str:
+def _addr(address: str) -> ChecksumAddress:
     return to_checksum_address(address)
 
 

@@ -16,6 +16,7 @@ allow-list.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from a402.client import errors as R
@@ -69,7 +70,8 @@ def evaluate(
     """Split ``accepts`` into payable offers (best first) and rejections."""
     offers: list[Offer] = []
     rejections: list[Rejection] = []
-    for index, req in enumerate(required.accepts):
+    accepts: Sequence[AnyPaymentRequirements] = required.accepts
+    for index, req in enumerate(accepts):
         refused = wallet.refusal(req)
         if refused is not None:
             rejections.append(Rejection(index, req, *refused))

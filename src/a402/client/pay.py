@@ -205,11 +205,11 @@ def run_pay(
     except httpx.InvalidURL as e:
         return fail(EXIT_USAGE, f"invalid URL: {e}")
     except httpx.HTTPError as e:
-        for payment in auth.payments:  # signed, then no answer: say so, it may settle
-            print(json.dumps(payment.summary()), file=err)
+        for sent in auth.payments:  # signed, then no answer: say so, it may settle
+            print(json.dumps(sent.summary()), file=err)
             return fail(EXIT_NOT_SETTLED,
                         f"payment sent but no answer ({type(e).__name__}); it may still "
-                        f"settle until {payment.valid_before} (unix time)")
+                        f"settle until {sent.valid_before} (unix time)")
         return fail(EXIT_REQUEST_FAILED, f"request failed: {type(e).__name__}: {e}")
 
     out.write(response.content)

@@ -178,6 +178,7 @@ class _Base:
                                                                         max_price)}
                 continue
             break
+        assert response is not None  # the loop above ran (mypy cannot see range(2) is not empty)
         deadline = time.monotonic() + self.pending_wait
         while response.status_code == 202 and time.monotonic() < deadline:
             yield 0.25

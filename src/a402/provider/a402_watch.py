@@ -31,7 +31,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from eth_utils import event_abi_to_log_topic
+from eth_utils import event_abi_to_log_topic, filter_abi_by_type
 
 from a402.asc import ForceCloseDue, Status
 
@@ -53,8 +53,8 @@ class ChannelWatcher:
         self.w3 = runtime.manager.chain.w3
         self._topics: dict[bytes, str] = {
             bytes(event_abi_to_log_topic(abi)): abi["name"]
-            for abi in self.manager.contract.abi
-            if abi.get("type") == "event" and abi["name"] in (*_DISPUTES, *_SETTLEMENTS)
+            for abi in filter_abi_by_type("event", self.manager.contract.abi)
+            if abi["name"] in (*_DISPUTES, *_SETTLEMENTS)
         }
         self._from_block = 0
         self._stopping = asyncio.Event()

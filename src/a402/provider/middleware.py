@@ -322,6 +322,7 @@ class PaymentMiddleware:
     def _accept(self, payment: AnyPaymentPayload, offer: R.Offer) -> _Payment:
         """Check the payment answers ``offer``; raise WireError with the reason if not."""
         requirements: AnyPaymentRequirements
+        version: Literal[1, 2]
         if isinstance(payment, PaymentPayload):
             _match_v2(payment.accepted, offer.requirements)
             requirements, version = offer.requirements, 2

@@ -172,6 +172,7 @@ class Funds:
         with Session(self.facilitator.store.engine) as session:  # the journal is ours too
             rows = list(session.execute(query))
         for _, tx_hash in rows:
+            assert tx_hash is not None  # a confirmed settlement names its transaction
             if self.store.deposited_tx(tx_hash):
                 continue
             receipt = self.chain.w3.eth.get_transaction_receipt(HexBytes(tx_hash))

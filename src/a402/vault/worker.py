@@ -63,7 +63,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-from eth_utils import event_abi_to_log_topic
+from eth_utils import event_abi_to_log_topic, filter_abi_by_type
 from hexbytes import HexBytes
 
 from a402.asc import RemoteProtocolError, Status
@@ -115,8 +115,8 @@ class Worker:
         self.pending_escalation = pending_escalation
         self._topics = {
             bytes(event_abi_to_log_topic(abi)): abi["name"]
-            for abi in self.manager.contract.abi
-            if abi.get("type") == "event" and abi["name"] in _WATCHED
+            for abi in filter_abi_by_type("event", self.manager.contract.abi)
+            if abi["name"] in _WATCHED
         }
         #: Settlement events for channels that were busy: handled on a later tick.
         self._deferred: dict[str, Any] = {}
