@@ -179,18 +179,27 @@ async def test_two_gateway_processes_sharing_a_postgres_ledger_sell_one_payment_
     assert slow.served == 1
 
 
-async def test_two_gateways_with_separate_ledgers_are_not_both_paid_by_one_settlement(
+async def test_gateways_with_separate_ledgers_and_own_public_urls_are_not_both_paid_by_one_settle(
     anvil_chain: Chain, dev_stack: Manifest, facilitator_url: str, pay_to: str,
     new_payer: Callable[..., LocalAccount], upstream: tuple[SlowUpstream, str],
 ) -> None:
     """No shared ledger: the facilitator's refusal to hand one settlement to a second
-    resource is what keeps the second gateway from serving (each names its own resource)."""
+    resource is what keeps the second gateway from serving, and only because each names
+    its own resource from its ``public_url``. The payer sends both the same Host header:
+    without ``public_url`` both would name ``http://shop.example/paid/report``, the
+    facilitator would answer the second settle with the first receipt, and both would
+    serve (one transfer, two responses): a Host-derived resource is the payer's choice."""
     _, upstream_url = upstream
     payer = new_payer(10_000)
     balances = Balances(anvil_chain, dev_stack, payer.address, pay_to)
     apps = [create_gateway(upstream_url, [ROUTE], pay_to=pay_to, token=dev_stack.token,
-                           network=dev_stack.network, facilitator_url=facilitator_url)
-            for _ in range(2)]
+                           network=dev_stack.network, facilitator_url=facilitator_url,
+                           public_url=f"https://{name}.example")
+            for name in ("weather", "news")]
     with serve_in_thread(apps[0]) as a, serve_in_thread(apps[1]) as b:
-        responses = await _same_header_to_both((a, b), payer)
-    _exactly_one_served(responses, anvil_chain, balances, payer, pay_to)
+        async with httpx.AsyncClient(timeout=30) as client:
+            required, _ = await offer(client, f"{a}/paid/report")
+            headers = {**v2_header(required, payer), "host": "shop.example"}
+            responses = await asyncio.gather(
+                *(client.get(f"{g}/paid/report", headers=headers) for g in (a, b)))
+    _exactly_one_served((responses[0], responses[1]), anvil_chain, balances, payer, pay_to)

@@ -39,6 +39,9 @@ own 402; v1: the requirements' ``resource``), never the client's unsigned
 copy, so a facilitator that binds a settlement to one resource tells two
 providers (or two routes) apart. It is derived from ``public_url`` (or the
 request's Host) and the path, so every replica of one gateway names it alike.
+Without ``public_url`` the Host header is the payer's to choose: sent to two
+services with the same Host, one payment names one resource at both, and only
+a shared ledger (not the facilitator's resource binding) stops the second sale.
 
 Use with Starlette or FastAPI: ``app.add_middleware(PaymentMiddleware, routes=...,
 pay_to=..., token=..., network=..., facilitator="http://...")``.
