@@ -359,6 +359,10 @@ class X402Executor(AgentExecutor):
         except WireError as e:
             await self._fail(updater, uri, e.reason, e.message, step.receipts)
             return
+        # The resource is ours to name, not the client's (its copy is unsigned): the
+        # facilitator binds a settlement to it, which is what keeps another agent paid to
+        # the same payee (no shared ledger) from being paid by this settlement too.
+        payload = payload.model_copy(update={"resource": agent.payment_required().resource})
         auth = evm.authorization
         step.payer = auth.from_address
         key = PaymentKey.of(agent.network, agent.terms.asset, auth.from_address, auth.nonce)
