@@ -24,7 +24,13 @@ from a402.background import serve_in_thread
 from a402.chain.deploy import Manifest
 from a402.chain.node import Chain
 from a402.wire import errors as W
-from tests.agents.conftest import A2A_PRICE, A2A_PRICE_ATOMIC, a2a_balance, a2a_free_port
+from tests.agents.conftest import (
+    A2A_PRICE,
+    A2A_PRICE_ATOMIC,
+    A2AServedAgent,
+    a2a_balance,
+    a2a_free_port,
+)
 from tests.agents.test_a2a_numbers import _call, _offer, _send, _signed
 
 pytestmark = [pytest.mark.anyio, pytest.mark.anvil]
@@ -54,7 +60,7 @@ async def test_one_payload_sent_to_two_agents_paid_to_one_payee_completes_one_ta
                               price=A2A_PRICE, pay_to=pay_to, token=dev_stack.token,
                               network=dev_stack.network, facilitator=facilitator_url)
             stack.enter_context(serve_in_thread(agent.app(), port=port))
-            served.append(agent)
+            served.append(A2AServedAgent(agent, url, agent.onchain_card()))
         async with httpx.AsyncClient(timeout=60) as http:
             tasks = [(await _call(http, a, "1.0", _send("1.0", "hello")))[1] for a in served]
             # Signed once, for the first agent's offer (naming its resource), sent to both.
