@@ -440,7 +440,15 @@ class PaymentMiddleware:
         except FacilitatorError as exc:
             raise _FacilitatorFailed(exc) from exc
         if settlement.success:
-            await self.ledger.mark_settled(p.key, settlement)
+            try:
+                await self.ledger.mark_settled(p.key, settlement)
+            except Exception:
+                # The payer is charged: the response is due whatever the ledger says. The
+                # entry stays IN_FLIGHT, never PENDING (which a resend could resume for a
+                # second response): it refuses this authorization until it expires, past
+                # validBefore, when the facilitator and the chain refuse the used nonce.
+                log.exception("settled %s but the replay ledger did not record it",
+                              settlement.transaction)
             log.info("settled %s for %s: %s", p.requirements.scheme, p.key.payer,
                      settlement.transaction)
         elif settlement.error_reason == SETTLEMENT_PENDING:
