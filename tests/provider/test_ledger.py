@@ -7,6 +7,7 @@ per test, so runs on a shared PostgreSQL database never see each other's rows.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -253,3 +254,22 @@ async def test_expired_entries_of_other_payments_are_purged_too(sql_url: str, ke
         assert ledger.state_of(key) is None
     finally:
         ledger.close()
+
+
+async def test_a_replica_whose_clock_runs_ahead_does_not_take_an_entry_in_flight_elsewhere(
+    postgres_url: str, key: PaymentKey,
+) -> None:
+    """Two replicas on one PostgreSQL ledger, the second's clock 700 s ahead: the entry the
+    first holds (validBefore a minute away, kept 600 s past it) is not expired for it."""
+    right = SqlLedger(postgres_url)
+    ahead = SqlLedger(postgres_url, clock=lambda: time.time() + 700, purge_every=0)
+    try:
+        expires_at = time.time() + 60 + 600
+        assert (await right.acquire(key, "f", expires_at=expires_at)).admission \
+            is Admission.FRESH
+        again = await ahead.acquire(key, "f", expires_at=expires_at)
+        assert (again.admission, again.state) == (Admission.REFUSED, LedgerState.IN_FLIGHT)
+        assert right.state_of(key) is LedgerState.IN_FLIGHT
+    finally:
+        right.close()
+        ahead.close()

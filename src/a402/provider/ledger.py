@@ -278,6 +278,7 @@ _PENDING: Final = (
 )
 _SETTLED: Final = f"UPDATE {_TABLE} SET state = 'settled', settlement = :settlement WHERE {_KEY}"
 _PURGE: Final = f"DELETE FROM {_TABLE} WHERE expires_at <= :now"
+_PG_NOW: Final = "LEAST(:now, CAST(EXTRACT(EPOCH FROM statement_timestamp()) AS DOUBLE PRECISION))"
 
 
 class SqlLedger:
@@ -299,6 +300,13 @@ class SqlLedger:
     commit shares the fsync among concurrent requests), so a restarted
     gateway still refuses what it sold. Expired entries are dropped for the key
     on each acquire and for the whole table every ``purge_every`` seconds.
+
+    Expiry is decided by ``clock``, except that on PostgreSQL "now" is never
+    later than the database's own clock: a replica whose clock runs ahead (by
+    more than the validity left plus the retention) would otherwise take an entry
+    that is still in flight elsewhere for expired and admit the payment again.
+    A clock that runs behind only keeps entries longer. (A SQLite file is shared
+    by the processes of one machine, which share its clock.)
     """
 
     def __init__(self, url: str = "sqlite:///a402-provider-ledger.db", *,
@@ -310,6 +318,9 @@ class SqlLedger:
         self._writes = writes(url, sessionmaker(self.engine, expire_on_commit=False),
                               name="provider-ledger")
         self._clock = clock
+        now = _PG_NOW if self.engine.dialect.name == "postgresql" else ":now"
+        self._drop_expired = _DROP_EXPIRED.replace(":now", now)
+        self._purge = _PURGE.replace(":now", now)
         self._purge_every = purge_every
         self._next_purge = 0.0
 
@@ -320,13 +331,13 @@ class SqlLedger:
             params = {**_key(key), "fingerprint": fingerprint, "terms": terms,
                       "expires_at": expires_at, "now": now}
             statements: list[Statement] = [
-                (_DROP_EXPIRED, _only(params, "now")),
+                (self._drop_expired, _only(params, "now")),
                 (_INSERT, _only(params, "fingerprint", "terms", "expires_at")),
                 (_RESUME, _only(params, "fingerprint", "terms")),
             ]
             if now >= self._next_purge:
                 self._next_purge = now + self._purge_every
-                statements.append((_PURGE, {"now": now}))
+                statements.append((self._purge, {"now": now}))
             counts = await self._writes.execute(statements)
             if counts[1] == 1:
                 return Admit(Admission.FRESH)
