@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,7 @@ import httpx
 from eth_account.signers.local import LocalAccount
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from sqlalchemy import create_engine, text
 
 from a402.chain.deploy import Manifest, token_balance
 from a402.chain.node import Chain
@@ -160,3 +162,26 @@ def closed_port_url() -> str:
 def assert_mined_transfer(chain: Chain, tx_hash: str) -> None:
     receipt = chain.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
     assert receipt["status"] == 1
+
+
+@contextlib.contextmanager
+def ledger_refuses_settled(postgres_url: str, payer: str) -> Iterator[None]:
+    """Real PostgreSQL refuses to record ``payer``'s payments as settled in the replay
+    ledger (a trigger raises, as a database going away would); everything else works."""
+    name = "a402_test_refuse_" + os.urandom(4).hex()
+    engine = create_engine(postgres_url)
+    try:
+        with engine.begin() as db:
+            db.execute(text(
+                f"CREATE FUNCTION {name}() RETURNS trigger AS $$ BEGIN "
+                f"IF NEW.payer = '{payer.lower()}' AND NEW.state = 'settled' THEN "
+                "RAISE EXCEPTION 'the ledger database went away'; END IF; "
+                "RETURN NEW; END $$ LANGUAGE plpgsql"))
+            db.execute(text(f"CREATE TRIGGER {name} BEFORE UPDATE ON a402_provider_ledger "
+                            f"FOR EACH ROW EXECUTE FUNCTION {name}()"))
+        yield
+    finally:
+        with engine.begin() as db:
+            db.execute(text(f"DROP TRIGGER IF EXISTS {name} ON a402_provider_ledger"))
+            db.execute(text(f"DROP FUNCTION IF EXISTS {name}()"))
+        engine.dispose()

@@ -10,12 +10,10 @@ resumed by the same header for a second response.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from eth_account.signers.local import LocalAccount
-from sqlalchemy import create_engine, text
 
 from a402.chain.deploy import Manifest
 from a402.chain.node import Chain
@@ -32,6 +30,7 @@ from tests.provider.support import (
     Calls,
     asgi_client,
     assert_mined_transfer,
+    ledger_refuses_settled,
     offer,
     paid_app,
     v2_header,
@@ -40,50 +39,25 @@ from tests.provider.support import (
 pytestmark = [pytest.mark.anyio, pytest.mark.anvil]
 
 
-@pytest.fixture
-def ledger_refusing_settled(postgres_url: str) -> Iterator[Callable[[str], SqlLedger]]:
-    """A PostgreSQL ledger whose ``settled`` write fails for one payer."""
-    ledger = SqlLedger(postgres_url)
-    name = "a402_test_refuse_" + os.urandom(4).hex()
-    engine = create_engine(postgres_url)
-
-    def refusing(payer: str) -> SqlLedger:
-        with engine.begin() as db:
-            db.execute(text(
-                f"CREATE FUNCTION {name}() RETURNS trigger AS $$ BEGIN "
-                f"IF NEW.payer = '{payer.lower()}' AND NEW.state = 'settled' THEN "
-                "RAISE EXCEPTION 'the ledger database went away'; END IF; "
-                "RETURN NEW; END $$ LANGUAGE plpgsql"))
-            db.execute(text(f"CREATE TRIGGER {name} BEFORE UPDATE ON a402_provider_ledger "
-                            f"FOR EACH ROW EXECUTE FUNCTION {name}()"))
-        return ledger
-
-    try:
-        yield refusing
-    finally:
-        with engine.begin() as db:
-            db.execute(text(f"DROP TRIGGER IF EXISTS {name} ON a402_provider_ledger"))
-            db.execute(text(f"DROP FUNCTION IF EXISTS {name}()"))
-        engine.dispose()
-        ledger.close()
-
-
 async def test_a_payment_whose_settled_mark_fails_is_served_once_and_buys_nothing_more(
     anvil_chain: Chain, dev_stack: Manifest, facilitator_url: str, pay_to: str,
-    new_payer: Callable[..., LocalAccount],
-    ledger_refusing_settled: Callable[[str], SqlLedger],
+    new_payer: Callable[..., LocalAccount], postgres_url: str,
 ) -> None:
     payer = new_payer(10_000)
     balances = Balances(anvil_chain, dev_stack, payer.address, pay_to)
-    ledger = ledger_refusing_settled(payer.address)
+    ledger = SqlLedger(postgres_url)
     calls = Calls()
     app = paid_app(pay_to=pay_to, manifest=dev_stack, facilitator=facilitator_url,
                    calls=calls, ledger=ledger)
-    async with asgi_client(app) as client:
-        required, _ = await offer(client, "/weather")
-        headers = v2_header(required, payer)
-        paid = await client.get("/weather", headers=headers)
-        again = await client.get("/weather", headers=headers)
+    try:
+        with ledger_refuses_settled(postgres_url, payer.address):
+            async with asgi_client(app) as client:
+                required, _ = await offer(client, "/weather")
+                headers = v2_header(required, payer)
+                paid = await client.get("/weather", headers=headers)
+                again = await client.get("/weather", headers=headers)
+    finally:
+        ledger.close()
 
     assert paid.status_code == 200, paid.text
     assert paid.json()["weather"] == "sunny"
@@ -96,7 +70,11 @@ async def test_a_payment_whose_settled_mark_fails_is_served_once_and_buys_nothin
     assert PAYMENT_RESPONSE not in again.headers
     nonce = decode_payment_payload(headers[PAYMENT_SIGNATURE]).payload["authorization"]["nonce"]
     key = PaymentKey.of(dev_stack.network, dev_stack.token.address, payer.address, nonce)
-    assert ledger.state_of(key) is LedgerState.IN_FLIGHT
+    state = SqlLedger(postgres_url)
+    try:
+        assert state.state_of(key) is LedgerState.IN_FLIGHT
+    finally:
+        state.close()
     assert calls["weather"] == 1
     assert balances.delta(payer.address) == -PRICE_ATOMIC
     assert balances.delta(pay_to) == PRICE_ATOMIC

@@ -441,8 +441,14 @@ class X402Executor(AgentExecutor):
             return
         step.settlement = settlement
         if settlement.success:
-            await agent.ledger.mark_settled(key, settlement)
-            step.phase = "done"
+            step.phase = "done"  # paid: the result is due whatever the ledger says
+            try:
+                await agent.ledger.mark_settled(key, settlement)
+            except Exception:
+                # The entry stays IN_FLIGHT, never PENDING (which could be resumed): it
+                # refuses this authorization until it expires, when the chain refuses it.
+                log.exception("task %s settled %s but the replay ledger did not record it",
+                              task.id, settlement.transaction)
             self._held.pop(key, None)
             log.info("task %s paid: %s", task.id, settlement.transaction)
             await updater.add_artifact([Part(text=held.result)], name="result")
