@@ -9,6 +9,7 @@ made); once a block is mined, the same header buys the response.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -22,7 +23,14 @@ from a402.exact.eip3009 import build_payment_payload
 from a402.facilitator.app import create_app
 from a402.facilitator.core import Facilitator, FacilitatorConfig
 from a402.facilitator.store import SettlementStore
-from a402.wire.headers import PAYMENT_REQUIRED, PAYMENT_RESPONSE, decode_settle_response
+from a402.wire.headers import (
+    PAYMENT_REQUIRED,
+    PAYMENT_RESPONSE,
+    PAYMENT_SIGNATURE,
+    decode_header,
+    decode_settle_response,
+    encode_header,
+)
 from tests.provider.support import (
     ITEM_PRICE_ATOMIC,
     PRICE_ATOMIC,
@@ -172,5 +180,42 @@ async def test_a_pending_payment_resent_to_a_dearer_route_with_its_amount_edited
     # The pending payment is untouched by the refusal: resent as it was, it is served.
     assert served.status_code == 200, served.text
     assert calls["weather"] == 2
+    assert balances.delta(payer.address) == -PRICE_ATOMIC
+    assert balances.delta(pay_to) == PRICE_ATOMIC
+
+
+async def test_a_pending_payment_resent_in_a_form_the_facilitator_refuses_stays_pending(
+    anvil_chain: Chain, dev_stack: Manifest, slow_facilitator_url: str, pay_to: str,
+    new_payer: Callable[..., LocalAccount], request: pytest.FixtureRequest,
+) -> None:
+    """The same signed payment resent with unsigned ``extensions`` nested as deep as the
+    gateway takes (one level too deep for the facilitator, whose body wraps the payload):
+    the facilitator refuses the settle as malformed, but an earlier settle of this payment
+    is on its way, so the gateway must not say nothing moved nor forget it: the original
+    header, resent once the block is mined, is served."""
+    payer = new_payer(10_000)
+    balances = Balances(anvil_chain, dev_stack, payer.address, pay_to)
+    app = paid_app(pay_to=pay_to, manifest=dev_stack, facilitator=slow_facilitator_url,
+                   settle_before_serve=True)
+    async with asgi_client(app) as client:
+        required, _ = await offer(client, "/weather")
+        headers = v2_header(required, payer)
+        wire = decode_header(headers[PAYMENT_SIGNATURE])
+        wire["extensions"] = {"deep": json.loads("[" * 62 + "]" * 62)}  # 64 deep in all
+        deep = {PAYMENT_SIGNATURE: encode_header(wire)}
+        mine: Callable[[], None] = request.getfixturevalue("mining_paused")
+        pending = await client.get("/weather", headers=headers)
+        refused = await client.get("/weather", headers=deep)
+        mine()
+        served = await client.get("/weather", headers=headers)
+
+    assert pending.status_code == 402 and pending.json()["error"] == "settlement_pending"
+    assert refused.status_code == 502, refused.text
+    body = refused.json()
+    assert body["settlementAttempted"] is True and body["retrySamePayment"] is True
+    assert "may or may not have gone through" in body["message"]
+    assert PAYMENT_REQUIRED not in refused.headers  # no invitation to pay twice
+    assert served.status_code == 200, served.text
+    assert decode_settle_response(served.headers[PAYMENT_RESPONSE]).success
     assert balances.delta(payer.address) == -PRICE_ATOMIC
     assert balances.delta(pay_to) == PRICE_ATOMIC

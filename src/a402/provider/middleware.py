@@ -425,7 +425,8 @@ class PaymentMiddleware:
                 return
             await self._serve_paid(send, response, settlement, p.version)
         except _FacilitatorFailed as failure:
-            await self._facilitator_failed(send, offer, p, failure.cause, phase)
+            await self._facilitator_failed(send, offer, p, failure.cause, phase,
+                                           resumed=admit.admission is Admission.RESUMED)
         except BaseException:
             if phase is _Phase.BEFORE_SETTLE:
                 await self.ledger.release(p.key)
@@ -519,12 +520,15 @@ class PaymentMiddleware:
         await R.payment_in_use(message, self.retry_after).send(send)
 
     async def _facilitator_failed(
-        self, send: Send, offer: R.Offer, p: _Payment, exc: FacilitatorError, phase: _Phase
+        self, send: Send, offer: R.Offer, p: _Payment, exc: FacilitatorError, phase: _Phase,
+        *, resumed: bool = False,
     ) -> None:
         settling = phase is _Phase.SETTLING
         log.warning("facilitator failed while %s: %s", "settling" if settling else "verifying", exc)
-        if not isinstance(exc, FacilitatorUnavailable) and exc.status == 400:
-            # The facilitator refused the request as malformed: nothing can have moved.
+        if not isinstance(exc, FacilitatorUnavailable) and exc.status == 400 and not resumed:
+            # The facilitator refused the request as malformed: nothing can have moved. (Not
+            # so for a resumed payment: an earlier settle of it may be moving the money, so
+            # it stays pending below, as after any other settle without a verdict.)
             await self.ledger.release(p.key)
             await R.payment_required(offer, exc.reason, exc.message).send(send)
             return
