@@ -144,6 +144,11 @@ class PaidAgent:
     origin). ``price`` is token units as a decimal string (converted exactly
     with ``token.decimals``; too many decimals is an error) or an int of
     atomic units. ``facilitator`` is a URL or a ``FacilitatorClient`` you own.
+    ``ledger`` is the replay memory (:mod:`a402.provider.ledger`), in-memory by
+    default, which is right for one process: replicas of one agent name the same
+    resource, so the facilitator cannot tell their settlements apart, and must share
+    a :class:`~a402.provider.ledger.SqlLedger` (a result held for a pending payment
+    stays in the process that computed it).
     """
 
     def __init__(
