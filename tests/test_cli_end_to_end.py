@@ -229,6 +229,8 @@ def test_a_gateway_with_a402_is_paid_through_a_vault_from_the_command_line(
                     started = Stderr(gateway_proc).json_line("gateway")
                     gateway = f"http://127.0.0.1:{gateway_port}"
                     assert started["gateway"] == gateway and started["provider"] == provider
+                    # No --public-url: the operator is told the payer's Host names the resource.
+                    assert "--public-url" in started["warning"]
                     wait_until(lambda: httpx.get(f"{gateway}/free").status_code == 200, "gateway")
                     unpaid = httpx.get(f"{gateway}/quote")
                     offers = decode_payment_required(unpaid.headers["PAYMENT-REQUIRED"])

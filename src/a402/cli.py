@@ -273,9 +273,11 @@ def _gateway(args: argparse.Namespace) -> int:
     def announce() -> None:
         nonlocal started
         started = True
-        print(json.dumps({"gateway": url, "network": network, "asset": token.address,
-                          "payTo": pay_to, **(channels.announcement if channels else {})}),
-              file=sys.stderr, flush=True)
+        announcement = {"gateway": url, "network": network, "asset": token.address,
+                        "payTo": pay_to, **(channels.announcement if channels else {})}
+        if args.public_url is None:
+            announcement["warning"] = _HOST_NAMES_THE_RESOURCE
+        print(json.dumps(announcement), file=sys.stderr, flush=True)
 
     try:
         run_gateway(
@@ -291,6 +293,12 @@ def _gateway(args: argparse.Namespace) -> int:
             raise
         return fail(str(e))
     return 0
+
+
+_HOST_NAMES_THE_RESOURCE = (
+    "no --public-url: each request's Host header names the resource, and the payer chooses "
+    "it; another service paid to the same --pay-to must share this --ledger-db, or each "
+    "must set --public-url, or one payment can be served by both")
 
 
 def _shout(warning: str) -> None:
