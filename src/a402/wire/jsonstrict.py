@@ -85,12 +85,16 @@ def check_bounds(data: str | bytes, limits: JsonLimits = DEFAULT_LIMITS) -> str:
             data = bytes(data).decode("utf-8")
         except UnicodeDecodeError as exc:
             raise WireError(INVALID_PAYLOAD, f"malformed JSON: {exc}") from exc
+    # Strings are blanked first, so the brackets and number characters left are
+    # structure. The nesting depth is at most the number of opening brackets, so the
+    # running sum is computed only for a document with more of them than the limit.
     structure = _STRING.sub('""', data)
-    brackets = _NOT_BRACKET.sub("", structure)
-    depth = max(accumulate(map(_STEP.__getitem__, brackets)), default=0)
-    if depth > limits.max_depth:
-        raise JsonLimitError(JSON_TOO_DEEP, f"JSON nested deeper than {limits.max_depth} "
-                             "levels", 400)
+    if structure.count("[") + structure.count("{") > limits.max_depth:
+        brackets = _NOT_BRACKET.sub("", structure)
+        depth = max(accumulate(map(_STEP.__getitem__, brackets)), default=0)
+        if depth > limits.max_depth:
+            raise JsonLimitError(JSON_TOO_DEEP, f"JSON nested deeper than {limits.max_depth} "
+                                 "levels", 400)
     too_long = "[-+0-9.eE]{" + str(limits.max_number_chars + 1) + ",}"
     if re.search(too_long, structure) is not None:
         raise JsonLimitError(JSON_NUMBER_TOO_LONG, f"a JSON number longer than "
