@@ -55,6 +55,13 @@ def test_depth_up_to_the_limit_decodes_and_one_more_is_refused(key: bool) -> Non
     assert (refused.value.reason, refused.value.status) == (JSON_TOO_DEEP, 400)
 
 
+def test_a_wide_shallow_document_with_more_brackets_than_the_depth_limit_decodes() -> None:
+    limits = JsonLimits(max_depth=4)  # {"a": [{"b": [2]}]} is 4 deep
+    assert len(loads_object(json.dumps({"a": [[1], {"b": [2]}] * 50}), limits=limits)["a"]) == 100
+    with pytest.raises(JsonLimitError):
+        loads_object(json.dumps({"a": [[[[1]]]] + [[1]] * 50}), limits=limits)
+
+
 def test_brackets_and_digits_inside_strings_are_not_structure() -> None:
     text = json.dumps({"a": "[" * 1000 + "9" * 1000 + '\\"[{', "b": "\\" * 10})
     assert loads_object(text)["a"].startswith("[[[")
