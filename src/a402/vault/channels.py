@@ -52,8 +52,9 @@ from a402.chain.deploy import TokenInfo
 from a402.chain.tx import TransactionFailed
 from a402.crypto import EcdsaSigner
 from a402.tee import AttestationPolicy, AttestationVerifier, Enclave
+from a402.wire import vault_api as api
 
-from . import api, records
+from . import records
 from . import store as S
 from .aggregate import Aggregator
 from .session import Checkpoint, CheckpointReason, PaidResponse, ProviderSession

@@ -33,8 +33,8 @@ from a402.chain.tx import contract_at
 from a402.facilitator.core import Facilitator, FacilitatorConfig
 from a402.facilitator.store import SettlementStore
 from a402.tee import AttestationPolicy, AttestationVerifier, Enclave
+from a402.wire import vault_api as api
 
-from . import api
 from . import store as S
 from .channels import Channels, Settings, VaultError
 from .funds import Funds

@@ -69,8 +69,9 @@ from hexbytes import HexBytes
 from a402.asc import RemoteProtocolError, Status
 from a402.chain.asc_manager import OnChainStatus, terms_tuple
 from a402.tee import TeeError
+from a402.wire import vault_api as api
 
-from . import api, records
+from . import records
 from . import store as S
 from .channels import Channels
 from .funds import Funds
