@@ -34,11 +34,11 @@ from starlette.routing import Route
 
 from a402.background import serve_in_thread
 from a402.chain.deploy import Manifest, deploy_dev_stack
+from a402.chain.exact_transfer import transfer_calldata
 from a402.chain.node import Chain, start_anvil
 from a402.chain.tx import transact
 from a402.client import Budget, paying_client, receipt_of
 from a402.exact.eip3009 import build_payment_payload
-from a402.exact.onchain import transfer_calldata
 from a402.facilitator.app import create_app
 from a402.facilitator.core import Facilitator
 from a402.facilitator.store import SettlementStore

@@ -4,7 +4,7 @@ The benchmark's load generator shares the machine's cores with the vault and the
 provider it measures, so every microsecond it spends per request is taken from
 them. :class:`a402.client.vault.AsyncVaultClient` builds each call through httpx
 (~0.7 ms of CPU per request); this client sends the same call on the wire
-(the same JSON body, the same signature headers from :func:`a402.vault.api.
+(the same JSON body, the same signature headers from :func:`a402.wire.vault_api.
 sign_request`, a fresh idempotency key each time, the same content type, and the
 same polling of a PENDING answer) through one kept-alive aiohttp connection, for
 ~0.13 ms. It does only paid ``invoke`` calls from the vault's balance (no 428
@@ -27,7 +27,7 @@ import aiohttp
 from eth_account.signers.local import LocalAccount
 
 from a402.client.vault import DEFAULT_PENDING_WAIT
-from a402.vault import api
+from a402.wire import vault_api as api
 
 
 class LeanVaultClient:

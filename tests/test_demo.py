@@ -2,7 +2,7 @@
 
 import io
 
-from a402.demo import run_demo
+from a402.demos.exact import run_demo
 
 
 def test_the_demo_pays_every_request_once_and_conserves_balances() -> None:

@@ -13,8 +13,8 @@ import re
 
 import pytest
 
-import a402.agents.demo as act
-from a402.agents.demo import run_agents_act
+import a402.demos.agents as act
+from a402.demos.agents import run_agents_act
 
 
 def test_the_planner_finds_verifies_pays_and_rates_the_honest_agents_only() -> None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import io
 import re
 
-from a402.demo import run_demo
-from a402.demo_channels import run_channels_act
+from a402.demos.channels import run_channels_act
+from a402.demos.exact import run_demo
 
 
 def _row(text: str, scheme: str, name: str) -> tuple[int, int]:

@@ -177,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from a402.demo import run_demo
+    from a402.demos.exact import run_demo
 
     return run_demo(requests=args.requests, act=args.act,
                     channel_requests=args.channel_requests)

@@ -25,11 +25,11 @@ from starlette.testclient import TestClient
 
 import a402
 from a402.chain.deploy import Manifest, deploy_dev_stack, token_balance
+from a402.chain.exact_transfer import authorization_used, transfer_calldata
 from a402.chain.node import Chain, connect, start_anvil
 from a402.chain.rpc import ChainUnavailable, RpcError
 from a402.chain.tx import SignedTx, broadcast, pending_nonce, sign, transact
 from a402.exact.checks import VALID_BEFORE_MARGIN
-from a402.exact.onchain import authorization_used, transfer_calldata
 from a402.facilitator import core
 from a402.facilitator.app import create_app
 from a402.facilitator.core import Facilitator, FacilitatorConfig

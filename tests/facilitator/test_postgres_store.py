@@ -17,8 +17,8 @@ from sqlalchemy import make_url, text
 from starlette.testclient import TestClient
 
 from a402.chain.deploy import Manifest, token_balance
+from a402.chain.exact_transfer import authorization_used
 from a402.chain.node import Chain, connect
-from a402.exact.onchain import authorization_used
 from a402.facilitator import store as store_module
 from a402.facilitator.app import create_app
 from a402.facilitator.core import Facilitator, FacilitatorConfig

@@ -18,9 +18,9 @@ import pytest
 from eth_account.signers.local import LocalAccount
 
 from a402.chain.deploy import Manifest, deploy_dev_stack, token_balance
+from a402.chain.exact_transfer import authorization_used
 from a402.chain.node import Chain, start_anvil
 from a402.exact.eip3009 import build_payment_payload_v1
-from a402.exact.onchain import authorization_used
 from a402.facilitator.core import Facilitator
 from a402.facilitator.store import SettlementStore
 from a402.wire import errors as E

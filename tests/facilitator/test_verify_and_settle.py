@@ -12,9 +12,9 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from a402.chain.deploy import Manifest, token_balance
+from a402.chain.exact_transfer import transfer_calldata
 from a402.chain.node import Chain
 from a402.chain.tx import contract_at, transact
-from a402.exact.onchain import transfer_calldata
 from a402.facilitator.core import Facilitator
 from a402.wire import errors as E
 from a402.wire.errors import WireError

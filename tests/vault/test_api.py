@@ -15,7 +15,7 @@ from a402.background import serve_in_thread
 from a402.chain.deploy import Manifest
 from a402.chain.tx import transact
 from a402.client.vault import VaultCallError
-from a402.vault import api
+from a402.wire import vault_api as api
 from tests.a402_exchange.helpers import World
 from tests.provider.support import paid_app
 

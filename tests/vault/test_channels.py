@@ -23,8 +23,8 @@ from a402.client import (
     vault_payment_of,
 )
 from a402.client.pay import pay_main
-from a402.vault import api
 from a402.vault import store as S
+from a402.wire import vault_api as api
 from tests.a402_exchange.faulty import AckLosingProvider
 from tests.a402_exchange.helpers import Calls, World
 

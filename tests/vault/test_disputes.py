@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 
 from a402.asc import snapshot as snap
-from a402.asc.contract import OnChainStatus
 from a402.background import serve_in_thread
+from a402.chain.asc_manager import OnChainStatus
 from a402.client.vault import VaultCallError, VaultClient
-from a402.vault import api, records
+from a402.vault import records
 from a402.vault import store as S
+from a402.wire import vault_api as api
 from tests.a402_exchange.faulty import WithholdingProvider
 from tests.a402_exchange.helpers import DISPUTE_WINDOW, World
 

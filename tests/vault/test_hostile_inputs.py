@@ -20,8 +20,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from a402.chain.tx import transact
-from a402.vault import api
 from a402.vault import store as S
+from a402.wire import vault_api as api
 from a402.wire.errors import JSON_TOO_DEEP
 from tests.a402_exchange.helpers import World
 from tests.hostile import FUZZ, assert_answered, hostile_bodies, hostile_headers

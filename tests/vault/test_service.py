@@ -10,8 +10,8 @@ import re
 import pytest
 
 from a402.background import serve_in_thread
-from a402.vault import api
 from a402.vault import store as S
+from a402.wire import vault_api as api
 from tests.a402_exchange.helpers import PRICES, World
 
 from .helpers import assert_conserved, client_of, fresh_schema, running_vault

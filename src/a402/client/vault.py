@@ -34,7 +34,7 @@ from eth_account.signers.local import LocalAccount
 
 from a402.client.errors import PaymentError
 from a402.client.wallet import load_account
-from a402.vault import api
+from a402.wire import vault_api as api
 
 VAULT_EXTENSION: Final = "a402.vault"
 """Key of the :class:`VaultResult` in ``response.extensions``."""
@@ -43,10 +43,10 @@ DEFAULT_PENDING_WAIT: Final = 120.0
 
 
 class VaultCallError(PaymentError):
-    """The vault refused or failed a call; ``reason`` is an :mod:`a402.vault.api` reason.
+    """The vault refused or failed a call; ``reason`` is an :mod:`a402.wire.vault_api` reason.
 
     ``status`` is the vault's HTTP status, ``body`` its JSON answer. Unless
-    ``reason`` is :data:`~a402.vault.api.PAYMENT_PENDING`, nothing was paid.
+    ``reason`` is :data:`~a402.wire.vault_api.PAYMENT_PENDING`, nothing was paid.
     """
 
     def __init__(self, status: int, body: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ from a402.client.limits import MaxAmount
 from a402.client.vault import VaultCallError, VaultClient
 from a402.client.vault_transport import vault_limits
 from a402.client.wallet import Wallet
-from a402.vault import api
+from a402.wire import vault_api as api
 
 PROG = "a402 pay"
 EXIT_OK, EXIT_REQUEST_FAILED, EXIT_REFUSED, EXIT_NOT_SETTLED, EXIT_HTTP_ERROR = 0, 1, 3, 4, 5

@@ -25,7 +25,7 @@ from a402.client.vault import (
     VaultClient,
     VaultResult,
 )
-from a402.vault import api
+from a402.wire import vault_api as api
 
 # ---------------------------------------------------------------------- transports
 

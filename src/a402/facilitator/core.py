@@ -43,18 +43,18 @@ from hexbytes import HexBytes
 from web3.exceptions import TimeExhausted
 from web3.types import TxParams
 
-from a402.chain.node import Chain
-from a402.chain.rpc import ChainUnavailable, Reverted, RpcError, as_int, rpc
-from a402.chain.tx import SignedTx, broadcast, pending_nonce, sign, wait_for_receipt
-from a402.exact.checks import VALID_BEFORE_MARGIN, ExactCheck, check_exact
-from a402.exact.eip3009 import ExactEvmPayload
-from a402.exact.onchain import (
+from a402.chain.exact_transfer import (
     authorization_used,
     classify_revert,
     estimate_transfer_gas,
     simulate_transfer,
     transfer_calldata,
 )
+from a402.chain.node import Chain
+from a402.chain.rpc import ChainUnavailable, Reverted, RpcError, as_int, rpc
+from a402.chain.tx import SignedTx, broadcast, pending_nonce, sign, wait_for_receipt
+from a402.exact.checks import VALID_BEFORE_MARGIN, ExactCheck, check_exact
+from a402.exact.eip3009 import ExactEvmPayload
 from a402.facilitator.store import (
     FINAL,
     Settlement,

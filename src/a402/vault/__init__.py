@@ -6,11 +6,11 @@
   ``store``, ``txjournal``): the vault service — accounts and deposits,
   channels opened on a client's first request, the paying proxy
   ``/v1/invoke``, cooperative close, recovery and the watchtower;
-- :mod:`a402.vault.app`: its HTTP API; :mod:`a402.vault.api`: the API's
+- :mod:`a402.vault.app`: its HTTP API; :mod:`a402.wire.vault_api`: the API's
   signing scheme and shapes, shared with the client (:mod:`a402.client.vault`).
 
-Attributes load lazily, so that a client importing the pure
-:mod:`a402.vault.api` does not load the session's I/O stack.
+Attributes load lazily, so that importing one submodule does not load the
+session's I/O stack.
 """
 
 from __future__ import annotations

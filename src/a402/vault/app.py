@@ -1,11 +1,11 @@
-"""The vault's HTTP API (see :mod:`a402.vault.api` for authentication and reasons).
+"""The vault's HTTP API (see :mod:`a402.wire.vault_api` for authentication and reasons).
 
 =====================================  =====================================================
 ``GET  /v1/info``                      who the vault is, its chain, token, deposit offer
 ``GET  /v1/account``                   balance, conservation terms, channels
 ``POST /v1/deposits``                  ``{"payload": x402 exact}`` or ``{"transaction": hash}``
 ``POST /v1/withdrawals``               ``{"amount", "idempotencyKey", "to"?}``
-``POST /v1/invoke``                    a paid request (:class:`~a402.vault.api.InvokeRequest`)
+``POST /v1/invoke``                    a paid request (:class:`~a402.wire.vault_api.InvokeRequest`)
 ``GET  /v1/requests/{key}``            the outcome of an earlier ``invoke``
 ``POST /v1/channels/{cid}/close``      cooperative close, the rest back to the balance
 ``GET  /healthz``                      chain reachable, worker ticking
@@ -46,10 +46,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from a402 import jsonbytes
 from a402.chain.rpc import ChainUnavailable
 from a402.serving import JsonErrors, request_body
+from a402.wire import vault_api as api
 from a402.wire.errors import WireError
 from a402.wire.jsonstrict import JsonLimitError, JsonLimits, loads_object
 
-from . import api
 from .channels import VaultError
 from .service import VaultService
 

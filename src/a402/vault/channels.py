@@ -47,13 +47,14 @@ from eth_account.signers.local import LocalAccount
 
 from a402.asc import ChannelTerms, SignedState, Status, VaultChannel
 from a402.asc import snapshot as snap
-from a402.asc.contract import RECEIVE_WITH_AUTHORIZATION_TYPES, ASCManager, terms_tuple
+from a402.chain.asc_manager import RECEIVE_WITH_AUTHORIZATION_TYPES, ASCManager, terms_tuple
 from a402.chain.deploy import TokenInfo
 from a402.chain.tx import TransactionFailed
 from a402.crypto import EcdsaSigner
 from a402.tee import AttestationPolicy, AttestationVerifier, Enclave
+from a402.wire import vault_api as api
 
-from . import api, records
+from . import records
 from . import store as S
 from .aggregate import Aggregator
 from .session import Checkpoint, CheckpointReason, PaidResponse, ProviderSession

@@ -39,10 +39,10 @@ from a402.chain.tx import TransactionFailed, contract_at
 from a402.facilitator.core import Facilitator
 from a402.facilitator.store import SettlementRow
 from a402.facilitator.store import State as SettlementState
+from a402.wire import vault_api as api
 from a402.wire.errors import WireError
 from a402.wire.x402 import PaymentPayload, PaymentRequirements
 
-from . import api
 from . import store as S
 from .channels import VaultError
 from .txjournal import TxJournal

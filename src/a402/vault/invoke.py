@@ -37,9 +37,10 @@ import httpx
 
 from a402.asc import LocalProtocolError, Reason
 from a402.tee import AttestationError
+from a402.wire import vault_api as api
 from a402.wire.a402 import HttpRequest, HttpResponse
 
-from . import api, records
+from . import records
 from . import store as S
 from .channels import Channels, NoUsableChannel, VaultError
 from .offers import Offer, OfferCache, OfferError, check_against_info, pick_offer
@@ -184,7 +185,7 @@ class Invoker:
     async def invoke(self, client: str, call: api.InvokeRequest, *, nonce: str | None = None
                      ) -> tuple[int, dict[str, Any]]:
         """Run one call; ``nonce`` (the call's signature nonce) is recorded with its claim,
-        and :class:`~a402.vault.api.AuthError` raised if it was used before.
+        and :class:`~a402.wire.vault_api.AuthError` raised if it was used before.
 
         A new call on a channel that can pay it is recorded together with that channel's
         LOCKED checkpoint: before it, nothing is sent to the target, the provider's

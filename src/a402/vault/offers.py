@@ -24,16 +24,15 @@ import httpx
 
 from a402.client.errors import PaymentRefused
 from a402.client.records import payment_required_of
+from a402.wire import vault_api as api
 from a402.wire.a402 import SCHEME_A402, WELL_KNOWN_PREFIX, ProviderInfo
 from a402.wire.convert import to_v2_requirements
 from a402.wire.errors import WireError
 from a402.wire.networks import to_caip2
 
-from . import api
-
 
 class OfferError(Exception):
-    """No payable offer: ``reason`` is an :mod:`a402.vault.api` reason."""
+    """No payable offer: ``reason`` is an :mod:`a402.wire.vault_api` reason."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")

@@ -25,9 +25,8 @@ from a402 import jsonbytes
 from a402.asc import BalanceState, SignedState
 from a402.crypto import ResultContext, sealing
 from a402.tee import Enclave
+from a402.wire import vault_api as api
 from a402.wire.a402 import HttpResponse, HttpResult
-
-from . import api
 
 
 def label(kind: str, key: str) -> str:

@@ -26,15 +26,15 @@ from typing import Any
 import httpx
 from eth_account.signers.local import LocalAccount
 
-from a402.asc.contract import ASCManager
+from a402.chain.asc_manager import ASCManager
 from a402.chain.deploy import TokenInfo
 from a402.chain.node import Chain
 from a402.chain.tx import contract_at
 from a402.facilitator.core import Facilitator, FacilitatorConfig
 from a402.facilitator.store import SettlementStore
 from a402.tee import AttestationPolicy, AttestationVerifier, Enclave
+from a402.wire import vault_api as api
 
-from . import api
 from . import store as S
 from .channels import Channels, Settings, VaultError
 from .funds import Funds

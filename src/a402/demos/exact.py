@@ -71,13 +71,13 @@ def run_demo(requests: int = 5, out: TextIO = sys.stdout, act: str = "all",
     if act in ("all", "exact"):
         status |= run_exact_act(requests, out)
     if act in ("all", "channels"):
-        from a402.demo_channels import run_channels_act
+        from a402.demos.channels import run_channels_act
 
         if act == "all":
             print(file=out)
         status |= run_channels_act(channel_requests, out)
     if act in ("all", "agents"):
-        from a402.agents.demo import run_agents_act
+        from a402.demos.agents import run_agents_act
 
         if act == "all":
             print(file=out)

@@ -23,12 +23,11 @@ from web3.contract import Contract
 from web3.logs import DISCARD
 from web3.types import TxReceipt
 
+from a402.asc.machine import ForceCloseClaim, SignedState
+from a402.asc.terms import BalanceState, ChannelTerms
 from a402.chain.node import Chain
 from a402.chain.tx import contract_at, deploy_contract, transact
 from a402.crypto import PaymentDomain
-
-from .machine import ForceCloseClaim, SignedState
-from .terms import BalanceState, ChannelTerms
 
 RECEIVE_WITH_AUTHORIZATION_TYPES = {
     "ReceiveWithAuthorization": [

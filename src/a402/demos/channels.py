@@ -37,7 +37,7 @@ from a402.chain.deploy import Manifest, deploy_dev_stack, token_balance
 from a402.chain.node import Chain, embedded_chain
 from a402.chain.tx import contract_at, transact
 from a402.client.vault import VaultClient
-from a402.demo import CITIES, PRICE, _atomic, _pay, _usdc, weather_api
+from a402.demos.exact import CITIES, PRICE, _atomic, _pay, _usdc, weather_api
 from a402.facilitator.app import create_app as facilitator_app
 from a402.facilitator.core import Facilitator
 from a402.facilitator.store import SettlementStore

@@ -1,0 +1,9 @@
+"""The ``a402 demo`` walkthrough, one module per act, each in one process on an embedded chain.
+
+- :mod:`a402.demos.exact`: x402 ``exact`` payments through a facilitator (and the driver
+  of the whole demo, :func:`a402.demos.exact.run_demo`);
+- :mod:`a402.demos.channels`: the same service paid through a vault's Atomic Service Channels;
+- :mod:`a402.demos.agents`: paid A2A agents found through on-chain AgentCards.
+
+The top layer with the CLI: it may import every other package, and none imports it.
+"""
