@@ -48,7 +48,7 @@ async def read_body(receive: Receive, limit: int, declared: str | None = None) -
     is refused before a byte of it is read. A client that disconnects mid-body
     raises ``ConnectionError``.
     """
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise too_large(limit)
     chunks: list[bytes] = []
     size = 0

@@ -45,6 +45,12 @@ def pg_store(postgres_url: str) -> Iterator[SettlementStore]:
     store.close()
 
 
+def two_replicas(chain: Chain, pg_store: SettlementStore, postgres_url: str) -> list[Facilitator]:
+    """Two facilitators on one database, each with its own engine and gas key."""
+    return [Facilitator(chain, chain.accounts[1], pg_store),
+            Facilitator(chain, chain.accounts[3], SettlementStore(postgres_url))]
+
+
 def test_the_store_speaks_postgresql(pg_store: SettlementStore) -> None:
     assert pg_store.engine.dialect.name == "postgresql"
     assert pg_store.claim(key="k" * 64, payload_hash="p" * 64, network="eip155:1", asset="0x1",
@@ -75,11 +81,7 @@ def test_two_replicas_on_one_database_settle_a_replayed_payment_once(
     anvil_chain: Chain, dev_stack: Manifest, new_payer: Callable[..., LocalAccount],
     pg_store: SettlementStore, postgres_url: str,
 ) -> None:
-    # Each replica has its own gas key, as a deployment should.
-    replicas = [
-        Facilitator(anvil_chain, anvil_chain.accounts[1], pg_store),
-        Facilitator(anvil_chain, anvil_chain.accounts[3], SettlementStore(postgres_url)),
-    ]
+    replicas = two_replicas(anvil_chain, pg_store, postgres_url)
     payer, payee = new_payer(10_000), dev_stack.account("provider").address
     payee_before = token_balance(anvil_chain, dev_stack.token.address, payee)
     body = request_body(payer, requirement(dev_stack, 2_500))
@@ -99,10 +101,7 @@ def test_two_replicas_hand_one_settlement_to_one_resource_only(
     pg_store: SettlementStore, postgres_url: str,
 ) -> None:
     """Two gateways, each with its own replica, get the same payment for two resources."""
-    replicas = [
-        Facilitator(anvil_chain, anvil_chain.accounts[1], pg_store),
-        Facilitator(anvil_chain, anvil_chain.accounts[3], SettlementStore(postgres_url)),
-    ]
+    replicas = two_replicas(anvil_chain, pg_store, postgres_url)
     payer, payee = new_payer(10_000), dev_stack.account("provider").address
     payee_before = token_balance(anvil_chain, dev_stack.token.address, payee)
     body = request_body(payer, requirement(dev_stack, 2_500))

@@ -260,8 +260,9 @@ class PaidAgent:
         app.add_middleware(_EchoExtensions)
         app.add_middleware(_IntegralNumbers)
         # a2a-sdk decodes the JSON-RPC body itself (request.json(), then protobuf): bound
-        # it first, so no body can be deep enough to overflow the stack of either.
-        app.add_middleware(BoundedJsonBodies, paths=[self.rpc_path])
+        # every body first (the JSON-RPC route is the only one that takes one), so none can
+        # be deep enough to overflow the stack of either, whatever path it is sent to.
+        app.add_middleware(BoundedJsonBodies)
         app.add_middleware(JsonErrors)
         return app
 
