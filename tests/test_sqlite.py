@@ -14,7 +14,7 @@ from sqlalchemy import Integer, String, event, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from a402.sqlite import GroupCommit, make_engine, readers
+from a402.sqlite import GroupCommit, make_engine, readers, use_wal
 
 
 class Base(DeclarativeBase):
@@ -160,3 +160,33 @@ def test_plain_sql_awaited_by_coroutines_is_durable_isolated_and_skipped_if_aban
         assert "c" not in db.on_disk() and db.on_disk()["d"] == 3
 
     asyncio.run(scenario())
+
+
+def test_connections_opening_one_new_file_together_all_switch_it_to_wal(tmp_path: Path) -> None:
+    """Switching a new file to WAL does not wait in SQLite's busy handler: opened by four
+    connections at once, all but one used to fail with "database is locked" (a few times
+    in a hundred). Each must now wait its turn and find the file in WAL mode."""
+    failures: list[BaseException] = []
+    modes: list[str] = []
+    for attempt in range(100):
+        path = tmp_path / f"new{attempt}.db"
+        start = threading.Barrier(4)
+
+        def open_file() -> None:
+            connection = sqlite3.connect(path, timeout=30)
+            start.wait()
+            try:
+                use_wal(connection)
+                modes.append(connection.execute("PRAGMA journal_mode").fetchone()[0])
+            except BaseException as e:  # the failure is the finding
+                failures.append(e)
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=open_file) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    assert failures == []
+    assert modes == ["wal"] * 400

@@ -44,6 +44,7 @@ import functools
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
@@ -66,6 +67,29 @@ def _is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
+#: How long a new connection waits for a database file others are switching to WAL.
+WAL_PATIENCE = 30.0
+
+
+def use_wal(dbapi_connection: sqlite3.Connection, *, patience: float = WAL_PATIENCE) -> None:
+    """Put the database file in WAL mode, waiting out other connections doing the same.
+
+    WAL is a property of the file, and switching a new file to it takes an exclusive
+    lock for which SQLite does not call its busy handler: of several processes opening
+    one new file together, all but one would fail at once with "database is locked",
+    whatever their timeout. So a locked switch is retried until ``patience`` runs out.
+    """
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            dbapi_connection.execute("PRAGMA journal_mode=WAL").close()
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets WAL, full sync and ``BEGIN IMMEDIATE``."""
     if not _is_sqlite(url):
@@ -75,10 +99,8 @@ def make_engine(url: str) -> Engine:
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.close()
+        use_wal(dbapi_connection)
+        dbapi_connection.execute("PRAGMA synchronous=FULL").close()
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:

@@ -50,6 +50,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from a402.sqlite import use_wal
 from sqlalchemy.sql.elements import ColumnElement
 
 
@@ -368,7 +370,5 @@ def _add_new_columns(engine: Engine) -> None:
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     """WAL and full sync: a journal is only a journal if a power cut keeps it."""
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.close()
+    use_wal(dbapi_connection)
+    dbapi_connection.execute("PRAGMA synchronous=FULL").close()

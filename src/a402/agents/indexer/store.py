@@ -77,6 +77,7 @@ from a402.agents.indexer.state import (
     search_terms,
 )
 from a402.agents.reputation import AgentFacts, Inputs, Opinion, PaymentGroup
+from a402.sqlite import use_wal
 
 PREFIX: Final = "a402_idx_"
 CHUNK: Final = 500
@@ -764,8 +765,8 @@ def _agent_from_row(row: Any) -> AgentState:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    use_wal(dbapi_connection)
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     # Searches sort candidate sets in temporary b-trees and revisit the same index pages.
     cursor.execute("PRAGMA temp_store=MEMORY")
