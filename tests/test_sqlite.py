@@ -172,7 +172,7 @@ def test_connections_opening_one_new_file_together_all_switch_it_to_wal(tmp_path
         path = tmp_path / f"new{attempt}.db"
         start = threading.Barrier(4)
 
-        def open_file() -> None:
+        def open_file(path: Path = path, start: threading.Barrier = start) -> None:
             connection = sqlite3.connect(path, timeout=30)
             start.wait()
             try:

@@ -50,9 +50,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
 
 from a402.sqlite import use_wal
-from sqlalchemy.sql.elements import ColumnElement
 
 
 class State(enum.StrEnum):
