@@ -380,9 +380,11 @@ class PaymentMiddleware:
 
         async def run(operation: Operation) -> Any:
             match operation:
-                case Acquire(key, fingerprint, expires_at, terms):
-                    return await self.ledger.acquire(key, fingerprint, expires_at=expires_at,
-                                                     terms=terms)
+                case Acquire():
+                    return await self.ledger.acquire(
+                        operation.key, operation.fingerprint, expires_at=operation.expires_at,
+                        terms=operation.terms,
+                    )
                 case Resumable():
                     return True  # the app runs again once the settle succeeds
                 case Verify():
@@ -399,12 +401,12 @@ class PaymentMiddleware:
                         return await self.facilitator.settle(p.payload, p.requirements)
                     except FacilitatorError as exc:
                         return exc.no_verdict()
-                case Release(key):
-                    await self.ledger.release(key)
-                case MarkPending(key, settlement):
-                    await self.ledger.mark_pending(key, settlement)
-                case MarkSettled(key, settlement):
-                    await self.ledger.mark_settled(key, settlement)
+                case Release():
+                    await self.ledger.release(operation.key)
+                case MarkPending():
+                    await self.ledger.mark_pending(operation.key, operation.settlement)
+                case MarkSettled():
+                    await self.ledger.mark_settled(operation.key, operation.settlement)
             return None
 
         outcome = await drive(flow, run)
