@@ -23,6 +23,11 @@ in A2A 1.0 spelling, v0.3 clients see ``input-required`` etc.)::
     or settlement pending ...... INPUT_REQUIRED  payment-required + error; resend the SAME payload
     payment-rejected ........... FAILED          payment-rejected
 
+The payment decisions are made by the one server-side ``exact`` flow
+(:mod:`a402.exact.serve`), which the HTTP middleware drives too; the executor
+runs its operations (ledger, facilitator, the function) and renders its outcome
+as task states.
+
 The result leaves the agent only with a successful settlement: a failed or
 pending settle never delivers the artifact, and the function never runs before
 ``/verify`` has accepted the payment. A pending payment's result is held (in

@@ -15,6 +15,11 @@ One paid request, default (serve, then settle) order::
     facilitator unreachable / 5xx ................ 503 facilitator_unavailable + Retry-After
     facilitator answered nonsense ................ 502 facilitator_error
 
+Every decision in that table (and what the replay ledger records, and when) is
+made by the one server-side ``exact`` flow, :mod:`a402.exact.serve`, which the
+A2A agent drives too; this middleware runs its operations (ledger, facilitator,
+app) and renders its outcome as HTTP.
+
 With ``settle_before_serve=True`` the app runs only after a successful settle
 (and its response streams instead of being buffered): the payer carries the
 risk that the app then fails, the provider no longer carries the risk of
