@@ -23,6 +23,11 @@ in A2A 1.0 spelling, v0.3 clients see ``input-required`` etc.)::
     or settlement pending ...... INPUT_REQUIRED  payment-required + error; resend the SAME payload
     payment-rejected ........... FAILED          payment-rejected
 
+The payment decisions are made by the one server-side ``exact`` flow
+(:mod:`a402.exact.serve`), which the HTTP middleware drives too; the executor
+runs its operations (ledger, facilitator, the function) and renders its outcome
+as task states.
+
 The result leaves the agent only with a successful settlement: a failed or
 pending settle never delivers the artifact, and the function never runs before
 ``/verify`` has accepted the payment. A pending payment's result is held (in
@@ -48,7 +53,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -88,10 +93,33 @@ from a402.agents import a2a_x402 as X
 from a402.agents.card import OnchainCard
 from a402.chain.deploy import TokenInfo
 from a402.exact.eip3009 import SCHEME_EXACT, ExactEvmPayload, is_address, to_checksum
+from a402.exact.serve import (
+    Acquire,
+    ExactPayment,
+    MarkPending,
+    MarkSettled,
+    NotResumable,
+    NotServed,
+    Operation,
+    OtherTerms,
+    Paid,
+    Rejected,
+    Release,
+    RequestRefused,
+    Resumable,
+    Reused,
+    Serve,
+    Settle,
+    SettleFailed,
+    SettlePending,
+    Unanswered,
+    Verify,
+    drive,
+    exact_flow,
+)
 from a402.facilitator.client import FacilitatorClient, FacilitatorError
 from a402.provider.asgi import adding_headers, header_values
 from a402.provider.ledger import (
-    Admission,
     InMemoryLedger,
     PaymentKey,
     PaymentLedger,
@@ -118,7 +146,6 @@ Handler = Callable[[str], Awaitable[str]]
 
 EXTENSION_HEADERS: Final = X.EXTENSION_HEADERS
 _LEDGER_RETENTION: Final = 600
-_MAX_REMEMBERED_VALIDITY: Final = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -299,17 +326,6 @@ class _Held:
     result: str
 
 
-@dataclass
-class _Step:
-    """Where a payment is, so an exception can leave the ledger in the right state."""
-
-    key: PaymentKey | None = None
-    phase: str = "before"  # before | settling | done
-    settlement: SettleResponse | None = None
-    payer: str | None = None
-    receipts: list[SettleResponse] = field(default_factory=list)
-
-
 class X402Executor(AgentExecutor):
     """Runs the per-task payment state machine of ``PaidAgent`` (see the module doc)."""
 
@@ -353,7 +369,7 @@ class X402Executor(AgentExecutor):
         prior: list[SettleResponse],
     ) -> None:
         agent = self.agent
-        step = _Step(receipts=list(prior))
+        receipts = list(prior)
         try:
             payload = parse_payment_payload(X.from_struct(meta.get(X.PAYLOAD_KEY)))
             if not isinstance(payload, PaymentPayload):
@@ -363,120 +379,118 @@ class X402Executor(AgentExecutor):
                                 "the payload does not answer this agent's terms")
             evm = ExactEvmPayload.from_wire(payload.payload, reason=W.INVALID_PAYLOAD)
         except WireError as e:
-            await self._fail(updater, uri, e.reason, e.message, step.receipts)
+            await self._fail(updater, uri, e.reason, e.message, receipts)
             return
         # The resource is ours to name, not the client's (its copy is unsigned): the
         # facilitator binds a settlement to it, which is what keeps another agent paid to
         # the same payee (no shared ledger) from being paid by this settlement too.
         payload = payload.model_copy(update={"resource": agent.payment_required().resource})
         auth = evm.authorization
-        step.payer = auth.from_address
+        payer = auth.from_address
         key = PaymentKey.of(agent.network, agent.terms.asset, auth.from_address, auth.nonce)
-        expires_at = min(int(auth.valid_before), time.time() + _MAX_REMEMBERED_VALIDITY)
-        admit = await agent.ledger.acquire(
-            key, payment_fingerprint(evm.signature, auth.to_wire()),
-            expires_at=expires_at + _LEDGER_RETENTION,
+        # The one server-side exact flow (a402.exact.serve), driven with this agent's ledger,
+        # facilitator and function. A /settle refused as malformed leaves the payment pending
+        # here (as any settle without a verdict), with its result held for a resend.
+        flow = exact_flow(
+            ExactPayment(key, payment_fingerprint(evm.signature, auth.to_wire()),
+                         int(auth.valid_before)),
+            now=time.time(), retention=_LEDGER_RETENTION, release_refused_settle=False,
         )
-        if admit.admission is Admission.REFUSED:
-            await self._fail(updater, uri, X.PAYMENT_ALREADY_USED,
-                             "this authorization was already used", step.receipts,
-                             payer=step.payer)
-            return
-        held = self._held.get(key)
-        if admit.admission is Admission.RESUMED and (held is None or held.task_id != task.id):
-            await agent.ledger.mark_pending(key, admit.settlement)  # leave it as we found it
-            await self._fail(updater, uri, X.PAYMENT_ALREADY_USED,
-                             "this authorization is pending for another task "
-                             "(or its result was lost)", step.receipts, payer=step.payer)
-            return
-        step.key = key
-        try:
-            await self._run_admitted(updater, task, payload, uri, step, held)
-        except BaseException:
-            if step.phase == "before":
-                await agent.ledger.release(key)
-            elif step.phase == "settling":
-                await agent.ledger.mark_pending(key, step.settlement)
-            raise
+        held: _Held | None = None
+        failure: Exception | None = None
 
-    async def _run_admitted(
-        self, updater: TaskUpdater, task: Task, payload: PaymentPayload, uri: str,
-        step: _Step, held: _Held | None,
-    ) -> None:
-        agent, key = self.agent, step.key
-        assert key is not None
-        if held is None:  # fresh: verify, then work
-            try:
-                verdict = await agent.facilitator.verify(payload, agent.requirements)
-            except FacilitatorError as e:
-                await agent.ledger.release(key)
-                step.phase = "done"
-                await self._retry_later(updater, uri, X.FACILITATOR_UNAVAILABLE, e.message, step)
-                return
-            if not verdict.is_valid:
-                await agent.ledger.release(key)
-                step.phase = "done"
+        async def run(operation: Operation) -> Any:
+            nonlocal held, failure
+            match operation:
+                case Acquire():
+                    return await agent.ledger.acquire(
+                        operation.key, operation.fingerprint, expires_at=operation.expires_at,
+                        terms=operation.terms,
+                    )
+                case Resumable():
+                    held = self._held.get(key)
+                    return held is not None and held.task_id == task.id
+                case Verify():
+                    try:
+                        return await agent.facilitator.verify(payload, agent.requirements)
+                    except FacilitatorError as e:
+                        return e.no_verdict()
+                case Serve():
+                    await updater.update_status(
+                        TaskState.TASK_STATE_WORKING,
+                        message=_agent_message(updater, "Payment verified; working.",
+                                               X.verified_metadata(), uri),
+                    )
+                    try:
+                        result = await agent.handler(_request_text(task))
+                    except Exception as e:  # the function's failure is the task's, not ours
+                        log.warning("paid function failed in task %s: %r", task.id, e)
+                        failure = e
+                        return False
+                    held = _Held(task.id, result)
+                    return True
+                case Settle():
+                    try:
+                        return await agent.facilitator.settle(payload, agent.requirements)
+                    except FacilitatorError as e:
+                        return e.no_verdict()
+                case Release():
+                    await agent.ledger.release(operation.key)
+                case MarkPending():
+                    await agent.ledger.mark_pending(operation.key, operation.settlement)
+                case MarkSettled():
+                    await agent.ledger.mark_settled(operation.key, operation.settlement)
+            return None
+
+        match await drive(flow, run):
+            case Reused() | OtherTerms():
+                await self._fail(updater, uri, X.PAYMENT_ALREADY_USED,
+                                 "this authorization was already used", receipts, payer=payer)
+            case NotResumable():
+                await self._fail(updater, uri, X.PAYMENT_ALREADY_USED,
+                                 "this authorization is pending for another task "
+                                 "(or its result was lost)", receipts, payer=payer)
+            case RequestRefused(no_verdict, settle_attempted) | Unanswered(
+                    no_verdict, settle_attempted):
+                if settle_attempted:
+                    assert held is not None
+                    self._held[key] = held
+                await self._retry_later(updater, uri, X.FACILITATOR_UNAVAILABLE,
+                                        no_verdict.message, receipts)
+            case Rejected(verdict):
                 await self._fail(updater, uri, verdict.invalid_reason or "invalid_payment",
                                  verdict.invalid_message or "the facilitator refused the payment",
-                                 step.receipts, payer=verdict.payer or step.payer)
-                return
-            await updater.update_status(
-                TaskState.TASK_STATE_WORKING,
-                message=_agent_message(updater, "Payment verified; working.",
-                                       X.verified_metadata(), uri),
-            )
-            try:
-                result = await agent.handler(_request_text(task))
-            except Exception as e:  # the function's failure is the task's, not ours
-                log.warning("paid function failed in task %s: %r", task.id, e)
-                await agent.ledger.release(key)
-                step.phase = "done"
+                                 receipts, payer=verdict.payer or payer)
+            case NotServed():
                 await self._fail(updater, uri, X.SERVICE_FAILED,
-                                 f"the service failed ({type(e).__name__}); nothing was charged",
-                                 step.receipts, payer=step.payer)
-                return
-            held = _Held(task.id, result)
-        step.phase = "settling"
-        try:
-            settlement = await agent.facilitator.settle(payload, agent.requirements)
-        except FacilitatorError as e:
-            await agent.ledger.mark_pending(key, None)
-            self._held[key] = held
-            step.phase = "done"
-            await self._retry_later(updater, uri, X.FACILITATOR_UNAVAILABLE, e.message, step)
-            return
-        step.settlement = settlement
-        if settlement.success:
-            step.phase = "done"  # paid: the result is due whatever the ledger says
-            try:
-                await agent.ledger.mark_settled(key, settlement)
-            except Exception:
-                # The entry stays IN_FLIGHT, never PENDING (which could be resumed): it
-                # refuses this authorization until it expires, when the chain refuses it.
-                log.exception("task %s settled %s but the replay ledger did not record it",
-                              task.id, settlement.transaction)
-            self._held.pop(key, None)
-            log.info("task %s paid: %s", task.id, settlement.transaction)
-            await updater.add_artifact([Part(text=held.result)], name="result")
-            await updater.complete(_agent_message(
-                updater, held.result, X.completed_metadata([*step.receipts, settlement]), uri,
-            ))
-            return
-        if settlement.error_reason == W.SETTLEMENT_PENDING:
-            await agent.ledger.mark_pending(key, settlement)
-            self._held[key] = held
-            step.phase = "done"
-            step.receipts.append(settlement)
-            await self._retry_later(updater, uri, W.SETTLEMENT_PENDING,
-                                    settlement.error_message or "not mined yet", step)
-            return
-        await agent.ledger.release(key)
-        step.phase = "done"
-        self._held.pop(key, None)
-        await self._fail(updater, uri, settlement.error_reason or "settlement_failed",
-                         settlement.error_message or "the settlement failed; nothing was charged",
-                         step.receipts, payer=settlement.payer or step.payer,
-                         transaction=settlement.transaction)
+                                 f"the service failed ({type(failure).__name__}); "
+                                 "nothing was charged", receipts, payer=payer)
+            case SettlePending(settlement):
+                assert held is not None
+                self._held[key] = held
+                receipts.append(settlement)
+                await self._retry_later(updater, uri, W.SETTLEMENT_PENDING,
+                                        settlement.error_message or "not mined yet", receipts)
+            case SettleFailed(settlement):
+                self._held.pop(key, None)
+                await self._fail(updater, uri, settlement.error_reason or "settlement_failed",
+                                 settlement.error_message
+                                 or "the settlement failed; nothing was charged",
+                                 receipts, payer=settlement.payer or payer,
+                                 transaction=settlement.transaction)
+            case Paid(settlement, _, unrecorded):
+                assert held is not None
+                if unrecorded is not None:
+                    # The entry stays IN_FLIGHT, never PENDING (which could be resumed): it
+                    # refuses this authorization until it expires, when the chain refuses it.
+                    log.error("task %s settled %s but the replay ledger did not record it",
+                              task.id, settlement.transaction, exc_info=unrecorded)
+                self._held.pop(key, None)
+                log.info("task %s paid: %s", task.id, settlement.transaction)
+                await updater.add_artifact([Part(text=held.result)], name="result")
+                await updater.complete(_agent_message(
+                    updater, held.result, X.completed_metadata([*receipts, settlement]), uri,
+                ))
 
     # --- answers
 
@@ -492,11 +506,12 @@ class X402Executor(AgentExecutor):
         await updater.requires_input(_agent_message(updater, text, meta, uri))
 
     async def _retry_later(
-        self, updater: TaskUpdater, uri: str, reason: str, message: str, step: _Step
+        self, updater: TaskUpdater, uri: str, reason: str, message: str,
+        receipts: list[SettleResponse],
     ) -> None:
         """Nothing final happened: stay in input-required and ask for the same payload again."""
         log.warning("payment for task %s must be resent: %s (%s)", updater.task_id, reason, message)
-        await self._ask(updater, uri, error=reason, receipts=step.receipts)
+        await self._ask(updater, uri, error=reason, receipts=receipts)
 
     async def _fail(
         self, updater: TaskUpdater, uri: str, reason: str, message: str,

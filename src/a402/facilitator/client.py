@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
+from a402.exact.serve import NoVerdict
 from a402.wire.errors import WireError
 from a402.wire.jsonstrict import loads_object
 from a402.wire.x402 import (
@@ -32,6 +33,11 @@ class FacilitatorError(Exception):
         self.reason = reason
         self.message = message
         self.status = status
+
+    def no_verdict(self) -> NoVerdict:
+        """This failure as the server-side ``exact`` flow takes it (:mod:`a402.exact.serve`)."""
+        return NoVerdict(self.reason, self.message,
+                         unavailable=isinstance(self, FacilitatorUnavailable), status=self.status)
 
 
 class FacilitatorUnavailable(FacilitatorError):

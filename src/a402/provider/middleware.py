@@ -15,6 +15,11 @@ One paid request, default (serve, then settle) order::
     facilitator unreachable / 5xx ................ 503 facilitator_unavailable + Retry-After
     facilitator answered nonsense ................ 502 facilitator_error
 
+Every decision in that table (and what the replay ledger records, and when) is
+made by the one server-side ``exact`` flow, :mod:`a402.exact.serve`, which the
+A2A agent drives too; this middleware runs its operations (ledger, facilitator,
+app) and renders its outcome as HTTP.
+
 With ``settle_before_serve=True`` the app runs only after a successful settle
 (and its response streams instead of being buffered): the payer carries the
 risk that the app then fails, the provider no longer carries the risk of
@@ -52,7 +57,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any, Literal
 
 from starlette.datastructures import URL
@@ -60,13 +64,37 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from a402.chain.deploy import TokenInfo
 from a402.exact.eip3009 import SCHEME_EXACT, ExactEvmPayload, is_address, to_checksum
-from a402.facilitator.client import FacilitatorClient, FacilitatorError, FacilitatorUnavailable
+from a402.exact.serve import (
+    Acquire,
+    ExactPayment,
+    MarkPending,
+    MarkSettled,
+    NotResumable,
+    NotServed,
+    NoVerdict,
+    Operation,
+    OtherTerms,
+    Paid,
+    Rejected,
+    Release,
+    RequestRefused,
+    Resumable,
+    Reused,
+    Serve,
+    Settle,
+    SettleFailed,
+    SettlePending,
+    Unanswered,
+    Verify,
+    drive,
+    exact_flow,
+)
+from a402.facilitator.client import FacilitatorClient, FacilitatorError
 from a402.provider import responses as R
 from a402.provider.a402_app import A402Endpoint
 from a402.provider.a402_runtime import A402Config, ProviderRuntime
 from a402.provider.asgi import BufferedResponse, adding_headers, header_values, run_buffered
 from a402.provider.ledger import (
-    Admission,
     InMemoryLedger,
     LedgerState,
     PaymentKey,
@@ -97,10 +125,6 @@ from a402.wire.x402 import (
 
 log = logging.getLogger("a402.provider")
 
-_MAX_REMEMBERED_VALIDITY = 24 * 3600
-"""Remember an authorization at most this long past now, whatever its ``validBefore`` says."""
-
-
 @dataclass(frozen=True)
 class _Payment:
     """A decoded payment that answers this request's offer."""
@@ -113,20 +137,6 @@ class _Payment:
     terms: str
     """:func:`payment_terms` of the offer it answers: a resumption must be for these."""
     valid_before: int
-
-
-class _FacilitatorFailed(Exception):
-    """Our own verify/settle call got no verdict (kept apart from anything the app raises)."""
-
-    def __init__(self, cause: FacilitatorError) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-
-
-class _Phase(Enum):
-    BEFORE_SETTLE = 1
-    SETTLING = 2
-    RECORDED = 3
 
 
 class PaymentMiddleware:
@@ -365,100 +375,89 @@ class PaymentMiddleware:
     async def _pay_and_serve(
         self, scope: Scope, receive: Receive, send: Send, offer: R.Offer, p: _Payment
     ) -> None:
-        now = time.time()
-        expires_at = min(p.valid_before, now + _MAX_REMEMBERED_VALIDITY) + self.retention
-        admit = await self.ledger.acquire(p.key, p.fingerprint, expires_at=expires_at,
-                                          terms=p.terms)
-        if admit.admission is Admission.REFUSED:
-            await self._refuse_reuse(send, offer, admit.state, admit.settlement)
-            return
-        if admit.admission is Admission.OTHER_TERMS:
-            # Nothing taken, nothing settled: the pending entry waits for its own terms.
-            await R.payment_required(
-                offer, R.PAYMENT_TERMS_MISMATCH,
-                "this payment is pending settlement for another resource or other terms "
-                "(price, payee, asset, network); nothing was served or charged for this "
-                "request: resend it unchanged to the URL it was first sent to",
-                transaction=admit.settlement.transaction if admit.settlement else None,
-            ).send(send)
-            return
-        phase = _Phase.BEFORE_SETTLE
-        try:
-            if admit.admission is Admission.FRESH:
-                try:
-                    verdict = await self.facilitator.verify(p.payload, p.requirements)
-                except FacilitatorError as exc:
-                    raise _FacilitatorFailed(exc) from exc
-                if not verdict.is_valid:
-                    await self.ledger.release(p.key)
-                    phase = _Phase.RECORDED
-                    await R.payment_required(
-                        offer, verdict.invalid_reason or "invalid_payment",
-                        verdict.invalid_message or "the facilitator rejected the payment",
-                        payer=verdict.payer,
-                    ).send(send)
-                    return
+        """Drive the one server-side ``exact`` flow (:mod:`a402.exact.serve`) with this
+        middleware's ledger, facilitator and app, then answer what it decided."""
+        flow = exact_flow(
+            ExactPayment(p.key, p.fingerprint, p.valid_before, p.terms),
+            now=time.time(), retention=self.retention, settle_first=self.settle_before_serve,
+        )
+        buffered: list[BufferedResponse] = []
 
-            if self.settle_before_serve or admit.admission is Admission.RESUMED:
-                phase = _Phase.SETTLING
-                settlement = await self._settle(p)
-                phase = _Phase.RECORDED
-                if not settlement.success:
-                    await self._settle_failed(send, offer, p, settlement)
-                    return
-                paid = adding_headers(send, self._paid_headers(settlement, p.version),
-                                      defaults=[("cache-control", "private")])
-                await self.app(scope, receive, paid)
-                return
+        async def run(operation: Operation) -> Any:
+            match operation:
+                case Acquire():
+                    return await self.ledger.acquire(
+                        operation.key, operation.fingerprint, expires_at=operation.expires_at,
+                        terms=operation.terms,
+                    )
+                case Resumable():
+                    return True  # the app runs again once the settle succeeds
+                case Verify():
+                    try:
+                        return await self.facilitator.verify(p.payload, p.requirements)
+                    except FacilitatorError as exc:
+                        return exc.no_verdict()
+                case Serve():
+                    response = await run_buffered(self.app, scope, receive)
+                    buffered.append(response)
+                    return response.status < 400
+                case Settle():
+                    try:
+                        return await self.facilitator.settle(p.payload, p.requirements)
+                    except FacilitatorError as exc:
+                        return exc.no_verdict()
+                case Release():
+                    await self.ledger.release(operation.key)
+                case MarkPending():
+                    await self.ledger.mark_pending(operation.key, operation.settlement)
+                case MarkSettled():
+                    await self.ledger.mark_settled(operation.key, operation.settlement)
+            return None
 
-            response = await run_buffered(self.app, scope, receive)
-            if response.status >= 400:
-                await self.ledger.release(p.key)
-                phase = _Phase.RECORDED
-                await response.replay(send)
-                return
-            phase = _Phase.SETTLING
-            settlement = await self._settle(p)
-            phase = _Phase.RECORDED
-            if not settlement.success:
+        outcome = await drive(flow, run)
+        match outcome:
+            case Reused(state, settlement):
+                await self._refuse_reuse(send, offer, state, settlement)
+            case OtherTerms(settlement) | NotResumable(settlement):
+                # Nothing taken, nothing settled: the pending entry waits for its own terms.
+                await R.payment_required(
+                    offer, R.PAYMENT_TERMS_MISMATCH,
+                    "this payment is pending settlement for another resource or other terms "
+                    "(price, payee, asset, network); nothing was served or charged for this "
+                    "request: resend it unchanged to the URL it was first sent to",
+                    transaction=settlement.transaction if settlement else None,
+                ).send(send)
+            case Rejected(verdict):
+                await R.payment_required(
+                    offer, verdict.invalid_reason or "invalid_payment",
+                    verdict.invalid_message or "the facilitator rejected the payment",
+                    payer=verdict.payer,
+                ).send(send)
+            case NotServed():
+                await buffered[0].replay(send)
+            case RequestRefused(failure, settle_attempted) | Unanswered(failure, settle_attempted):
+                await self._facilitator_failed(send, offer, failure, settle_attempted,
+                                               refused=isinstance(outcome, RequestRefused))
+            case SettlePending(settlement):
+                log.info("settlement pending for %s: %s", p.key.payer, settlement.transaction)
                 await self._settle_failed(send, offer, p, settlement)
-                return
-            await self._serve_paid(send, response, settlement, p.version)
-        except _FacilitatorFailed as failure:
-            await self._facilitator_failed(send, offer, p, failure.cause, phase,
-                                           resumed=admit.admission is Admission.RESUMED)
-        except BaseException:
-            if phase is _Phase.BEFORE_SETTLE:
-                await self.ledger.release(p.key)
-            elif phase is _Phase.SETTLING:
-                await self.ledger.mark_pending(p.key, None)
-            raise
-
-    async def _settle(self, p: _Payment) -> SettleResponse:
-        """Settle and record the outcome in the ledger before anyone acts on it."""
-        try:
-            settlement = await self.facilitator.settle(p.payload, p.requirements)
-        except FacilitatorError as exc:
-            raise _FacilitatorFailed(exc) from exc
-        if settlement.success:
-            try:
-                await self.ledger.mark_settled(p.key, settlement)
-            except Exception:
-                # The payer is charged: the response is due whatever the ledger says. The
-                # entry stays IN_FLIGHT, never PENDING (which a resend could resume for a
-                # second response): it refuses this authorization until it expires, past
-                # validBefore, when the facilitator and the chain refuse the used nonce.
-                log.exception("settled %s but the replay ledger did not record it",
-                              settlement.transaction)
-            log.info("settled %s for %s: %s", p.requirements.scheme, p.key.payer,
-                     settlement.transaction)
-        elif settlement.error_reason == SETTLEMENT_PENDING:
-            await self.ledger.mark_pending(p.key, settlement)
-            log.info("settlement pending for %s: %s", p.key.payer, settlement.transaction)
-        else:
-            await self.ledger.release(p.key)
-            log.info("settlement failed for %s: %s", p.key.payer, settlement.error_reason)
-        return settlement
+            case SettleFailed(settlement):
+                log.info("settlement failed for %s: %s", p.key.payer, settlement.error_reason)
+                await self._settle_failed(send, offer, p, settlement)
+            case Paid(settlement, serve_now, unrecorded):
+                if unrecorded is not None:
+                    # The payer is charged: the response is due whatever the ledger says
+                    # (the entry stays IN_FLIGHT until it expires; see a402.exact.serve).
+                    log.error("settled %s but the replay ledger did not record it",
+                              settlement.transaction, exc_info=unrecorded)
+                log.info("settled %s for %s: %s", p.requirements.scheme, p.key.payer,
+                         settlement.transaction)
+                if serve_now:
+                    paid = adding_headers(send, self._paid_headers(settlement, p.version),
+                                          defaults=[("cache-control", "private")])
+                    await self.app(scope, receive, paid)
+                else:
+                    await self._serve_paid(send, buffered[0], settlement, p.version)
 
     # ------------------------------------------------------------------- answers
 
@@ -520,30 +519,27 @@ class PaymentMiddleware:
         await R.payment_in_use(message, self.retry_after).send(send)
 
     async def _facilitator_failed(
-        self, send: Send, offer: R.Offer, p: _Payment, exc: FacilitatorError, phase: _Phase,
-        *, resumed: bool = False,
+        self, send: Send, offer: R.Offer, failure: NoVerdict, settle_attempted: bool, *,
+        refused: bool,
     ) -> None:
-        settling = phase is _Phase.SETTLING
-        log.warning("facilitator failed while %s: %s", "settling" if settling else "verifying", exc)
-        if not isinstance(exc, FacilitatorUnavailable) and exc.status == 400 and not resumed:
-            # The facilitator refused the request as malformed: nothing can have moved. (Not
-            # so for a resumed payment: an earlier settle of it may be moving the money, so
-            # it stays pending below, as after any other settle without a verdict.)
-            await self.ledger.release(p.key)
-            await R.payment_required(offer, exc.reason, exc.message).send(send)
+        """No verdict from the facilitator; the flow has already released the payment, or
+        marked it pending if a settle was attempted (it may have gone through)."""
+        log.warning("facilitator failed while %s: %s: %s",
+                    "settling" if settle_attempted else "verifying",
+                    failure.reason, failure.message)
+        if refused:
+            # The facilitator refused the request as malformed: nothing can have moved.
+            await R.payment_required(offer, failure.reason, failure.message).send(send)
             return
-        if settling:
-            await self.ledger.mark_pending(p.key, None)  # it may have gone through
-        else:
-            await self.ledger.release(p.key)
-        if isinstance(exc, FacilitatorUnavailable):
+        if failure.unavailable:
             status, error = 503, R.FACILITATOR_UNAVAILABLE
-            message = f"the payment facilitator could not be reached ({exc.reason})"
+            message = f"the payment facilitator could not be reached ({failure.reason})"
         else:
             status, error = 502, R.FACILITATOR_ERROR
-            message = f"the payment facilitator gave no usable answer ({exc.reason})"
+            message = f"the payment facilitator gave no usable answer ({failure.reason})"
         await R.facilitator_failed(
-            status, error, message, retry_after=self.retry_after, settle_attempted=settling
+            status, error, message, retry_after=self.retry_after,
+            settle_attempted=settle_attempted,
         ).send(send)
 
 

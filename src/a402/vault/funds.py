@@ -92,6 +92,21 @@ class Funds:
         raise VaultError(400, api.BAD_REQUEST, "give an x402 `payload` or a `transaction` hash")
 
     async def _deposit_payload(self, client: str, raw: Any) -> tuple[int, dict[str, Any]]:
+        """Settle a deposit payload, then credit the transfer it mined.
+
+        This is not the server-side ``exact`` flow (:mod:`a402.exact.serve`) that
+        the middleware and the A2A agent drive, and does not drive it: what that
+        flow protects is a response sold for a payment between ``/verify`` and the
+        transfer being mined, so it needs a replay ledger, a verify before serving,
+        and a settle whose failure means "deliver nothing". A deposit sells nothing
+        before the money moves: it is credited from the mined ``Transfer`` log,
+        keyed by ``(tx hash, log index)``, so the same payload reported any number
+        of times counts once without a ledger; the journaled facilitator verifies
+        inside ``settle`` and answers a repeat with the same outcome; and any answer
+        that names a transaction (pending, but also reverted or expired) is
+        "pending" here, because the credit is decided by that transaction's receipt
+        (reported again, or found by :meth:`reconcile`), not by the settle answer.
+        """
         try:
             payload = PaymentPayload.from_wire(raw, reason=api.BAD_REQUEST)
         except WireError as e:
