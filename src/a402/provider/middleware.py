@@ -59,7 +59,8 @@ from starlette.datastructures import URL
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from a402.chain.deploy import TokenInfo
-from a402.exact.eip3009 import SCHEME_EXACT, ExactEvmPayload, is_address, to_checksum
+from a402.evm.address import is_address, to_checksum
+from a402.exact.eip3009 import SCHEME_EXACT, ExactEvmPayload
 from a402.facilitator.client import FacilitatorClient, FacilitatorError, FacilitatorUnavailable
 from a402.provider import responses as R
 from a402.provider.a402_app import A402Endpoint
