@@ -51,7 +51,7 @@ def a402_gateway(args: argparse.Namespace, *, token: str, network: str,
     ``token``/``network`` are what the gateway charges in; ``manifest_contracts`` the
     manifest's contracts, if one was given. Raises :class:`GatewayUsageError`.
     """
-    from a402.chain.asc_manager import ASCManager
+    from a402.asc_manager import ASCManager
     from a402.chain.node import connect
     from a402.keys import load_key_file
     from a402.provider.a402_store import SqlChannelStore

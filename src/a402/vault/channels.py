@@ -47,7 +47,7 @@ from eth_account.signers.local import LocalAccount
 
 from a402.asc import ChannelTerms, SignedState, Status, VaultChannel
 from a402.asc import snapshot as snap
-from a402.chain.asc_manager import RECEIVE_WITH_AUTHORIZATION_TYPES, ASCManager, terms_tuple
+from a402.asc_manager import RECEIVE_WITH_AUTHORIZATION_TYPES, ASCManager, terms_tuple
 from a402.chain.deploy import TokenInfo
 from a402.chain.tx import TransactionFailed
 from a402.crypto import EcdsaSigner

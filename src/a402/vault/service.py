@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 from eth_account.signers.local import LocalAccount
 
-from a402.chain.asc_manager import ASCManager
+from a402.asc_manager import ASCManager
 from a402.chain.deploy import TokenInfo
 from a402.chain.node import Chain
 from a402.chain.tx import contract_at
