@@ -41,8 +41,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from a402.asc import VaultChannel, sign_channel_open
+from a402.asc_manager import ASCManager
 from a402.background import serve_in_thread
-from a402.chain.asc_manager import ASCManager
 from a402.chain.deploy import TokenInfo
 from a402.chain.node import start_anvil
 from a402.chain.tx import deploy_contract, transact

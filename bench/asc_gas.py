@@ -48,7 +48,7 @@ from a402.asc import (
     encode,
     sign_channel_open,
 )
-from a402.chain.asc_manager import ASCManager
+from a402.asc_manager import ASCManager
 from a402.chain.node import Chain, start_anvil
 from a402.chain.tx import deploy_contract, transact
 from a402.crypto import EVM, EcdsaSigner, SecretKey

@@ -24,7 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from a402.asc import VaultChannel, sign_channel_open
-from a402.chain.asc_manager import ASCManager
+from a402.asc_manager import ASCManager
 from a402.chain.deploy import TokenInfo
 from a402.chain.node import Chain
 from a402.chain.tx import transact

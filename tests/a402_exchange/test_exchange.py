@@ -12,8 +12,8 @@ import json
 import pytest
 
 from a402.asc import Status, state_signer
+from a402.asc_manager import OnChainStatus
 from a402.background import serve_in_thread
-from a402.chain.asc_manager import OnChainStatus
 from a402.vault import CheckpointReason
 from a402.wire.a402 import HttpRequest
 

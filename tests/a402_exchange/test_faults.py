@@ -20,8 +20,8 @@ from a402.asc import (
     VaultChannel,
     decode,
 )
+from a402.asc_manager import OnChainStatus
 from a402.background import serve_in_thread
-from a402.chain.asc_manager import OnChainStatus
 from a402.crypto import EVM, is_adaptor_secret
 from a402.vault import (
     CheckpointReason,

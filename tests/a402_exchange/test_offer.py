@@ -12,8 +12,8 @@ from eth_account.signers.local import LocalAccount
 from fastapi import FastAPI, Request
 from x402.schemas import PaymentRequiredV1 as OfficialPaymentRequiredV1
 
+from a402.asc_manager import ASCManager
 from a402.background import serve_in_thread
-from a402.chain.asc_manager import ASCManager
 from a402.chain.deploy import Manifest
 from a402.chain.node import Chain
 from a402.client import async_paying_client

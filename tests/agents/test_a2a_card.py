@@ -24,7 +24,7 @@ from a402.agents.a2a_card import (
 from a402.agents.a2a_provider import PaidAgent
 from a402.agents.card import canonical_card_json
 from a402.chain.deploy import TokenInfo
-from a402.exact.eip3009 import to_checksum
+from a402.evm.address import to_checksum
 from a402.wire.x402 import PaymentRequirements
 
 TOKEN = TokenInfo(address=to_checksum("0x" + "ab" * 20), name="USD Coin", symbol="USDC",

@@ -26,7 +26,7 @@ from a402.asc import (
     sign_channel_open,
     sign_state,
 )
-from a402.chain.asc_manager import ASCManager
+from a402.asc_manager import ASCManager
 from a402.chain.node import Chain
 from a402.chain.tx import TransactionFailed, transact
 from a402.crypto import EVM, EcdsaSigner, SecretKey

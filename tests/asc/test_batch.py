@@ -20,7 +20,7 @@ from eth_account.signers.local import LocalAccount
 from web3.logs import DISCARD
 
 from a402.asc import BalanceState, ChannelTerms, CloseReady, SignedState, sign_channel_open
-from a402.chain.asc_manager import ASCManager, OnChainStatus, terms_tuple
+from a402.asc_manager import ASCManager, OnChainStatus, terms_tuple
 from a402.chain.node import Chain
 from a402.chain.tx import deploy_contract, transact
 from a402.crypto import EVM, SecretKey

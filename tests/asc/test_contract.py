@@ -27,7 +27,7 @@ from a402.asc import (
     sign_channel_open,
     sign_state,
 )
-from a402.chain.asc_manager import ASCManager, OnChainStatus, terms_tuple
+from a402.asc_manager import ASCManager, OnChainStatus, terms_tuple
 from a402.chain.node import Chain
 from a402.chain.tx import TransactionFailed, deploy_contract, transact
 from a402.crypto import (

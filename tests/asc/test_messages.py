@@ -26,9 +26,10 @@ from a402.asc import (
     encode,
 )
 from a402.asc.messages import DOMAIN_TAG, FORMAT_VERSION
-from a402.asc.terms import MAX_DEPOSIT, MAX_VERSION, address_bytes
+from a402.asc.terms import MAX_DEPOSIT, MAX_VERSION
 from a402.crypto import EVM, PaymentDomain, generate_adaptor
 from a402.crypto._secp import HALF_N
+from a402.evm.address import address_bytes
 
 CID = bytes(range(32))
 STATE = BalanceState(7, 600, 400)

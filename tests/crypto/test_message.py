@@ -15,7 +15,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from a402.crypto import PaymentDomain, authorization_digest, payment_message, result_hash
-from a402.crypto._secp import keccak256
 from a402.crypto.authorization import (
     EcdsaSigner,
     address_of,
@@ -24,6 +23,7 @@ from a402.crypto.authorization import (
     sign_authorization,
     sign_digest,
 )
+from a402.evm.keccak import keccak256
 
 from ._strategies import SETTINGS, messages32, secrets32
 

@@ -12,9 +12,9 @@ from x402.mechanisms.evm.exact.register import register_exact_evm_client
 from x402.mechanisms.evm.signers import EthAccountSigner
 from x402.schemas import PaymentRequired as OfficialPaymentRequired
 
+from a402.evm.ecdsa import SECP256K1_N
 from a402.exact.checks import ExactCheck, check_exact
 from a402.exact.eip3009 import (
-    SECP256K1_N,
     authorization_digest,
     build_payment_payload_v1,
     domain_from_requirements,

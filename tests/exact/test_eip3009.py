@@ -11,8 +11,10 @@ from x402.mechanisms.evm.eip712 import hash_eip3009_authorization
 from x402.mechanisms.evm.types import ExactEIP3009Authorization
 from x402.mechanisms.evm.verify import verify_eoa_signature
 
+from a402.evm.address import to_checksum
+from a402.evm.ecdsa import SECP256K1_N
+from a402.evm.keccak import keccak256
 from a402.exact.eip3009 import (
-    SECP256K1_N,
     Authorization,
     Eip712Domain,
     ExactEvmPayload,
@@ -21,11 +23,9 @@ from a402.exact.eip3009 import (
     build_payment_payload,
     build_payment_payload_v1,
     domain_from_requirements,
-    keccak256,
     normalize_signature,
     recover_signer,
     sign_authorization,
-    to_checksum,
 )
 from a402.wire.errors import (
     INVALID_NETWORK,

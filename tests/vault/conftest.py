@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from a402.chain.asc_manager import ASCManager
+from a402.asc_manager import ASCManager
 from a402.chain.deploy import TokenInfo
 from a402.chain.node import Chain, start_anvil
 from a402.chain.tx import deploy_contract

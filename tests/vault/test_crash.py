@@ -19,8 +19,8 @@ import pytest
 
 from a402.asc import Ack, Auth, Close, Exec, Status
 from a402.asc.messages import Message
+from a402.asc_manager import OnChainStatus
 from a402.background import serve_in_thread
-from a402.chain.asc_manager import OnChainStatus
 from a402.client.vault import VaultClient
 from a402.vault import store as S
 from a402.wire import vault_api as api

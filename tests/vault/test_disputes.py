@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from a402.asc import snapshot as snap
+from a402.asc_manager import OnChainStatus
 from a402.background import serve_in_thread
-from a402.chain.asc_manager import OnChainStatus
 from a402.client.vault import VaultCallError, VaultClient
 from a402.vault import records
 from a402.vault import store as S

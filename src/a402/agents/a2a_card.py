@@ -55,6 +55,7 @@ from google.protobuf.json_format import MessageToDict, ParseError
 
 from a402.agents.a2a_x402 import X402_EXTENSION_URIS, PaymentTerms
 from a402.agents.card import InvalidCard, OnchainCard
+from a402.evm.address import address_key
 from a402.wire.errors import WireError
 from a402.wire.jsonstrict import loads_object
 
@@ -95,14 +96,14 @@ class InMemoryCardSource:
     """A ``CardSource`` over a dict, for tests and for cards pinned by configuration."""
 
     def __init__(self, cards: Mapping[str, Mapping[str, Any]] | None = None) -> None:
-        self._cards = {k.lower(): copy.deepcopy(dict(v)) for k, v in (cards or {}).items()}
+        self._cards = {address_key(k): copy.deepcopy(dict(v)) for k, v in (cards or {}).items()}
 
     def publish(self, agent: str, card: Mapping[str, Any]) -> None:
-        self._cards[agent.lower()] = copy.deepcopy(dict(card))
+        self._cards[address_key(agent)] = copy.deepcopy(dict(card))
 
     def onchain_card(self, agent: str) -> Mapping[str, Any]:
         try:
-            return copy.deepcopy(self._cards[agent.lower()])
+            return copy.deepcopy(self._cards[address_key(agent)])
         except KeyError:
             raise UnknownAgent(f"no card registered for {agent}") from None
 

@@ -66,6 +66,7 @@ from a402.client.choose import choose
 from a402.client.errors import PaymentError, PaymentRefused
 from a402.client.limits import MaxAmount, as_max_amount
 from a402.client.wallet import Wallet
+from a402.evm.address import address_key
 from a402.wire.errors import WireError
 from a402.wire.jsonstrict import loads_object
 from a402.wire.x402 import PaymentPayload, PaymentRequired, SettleResponse, parse_payment_required
@@ -313,7 +314,8 @@ class _Session:
                 valid_for=min(offer.view.max_timeout_seconds, owner.max_validity),
             )
             auth = payload.payload["authorization"]
-            if int(auth["value"]) != offer.amount or auth["to"].lower() != offer.pay_to.lower():
+            if (int(auth["value"]) != offer.amount
+                    or address_key(auth["to"]) != address_key(offer.pay_to)):
                 raise ValueError("signed value/recipient differ from the offer")
         except Exception as e:
             # Nothing left this process, so the reservation may go back.
@@ -374,11 +376,11 @@ class _Session:
         receipts = X.receipts_of(meta)
         receipt = receipts[-1] if receipts else None
         accepted = payload.accepted
-        payer = self.owner.wallet.address.lower()
+        payer = address_key(self.owner.wallet.address)
         if (
             X.status_of(meta) != X.PAYMENT_COMPLETED or receipt is None or not receipt.success
             or not receipt.transaction or receipt.network != accepted.network
-            or (receipt.payer is not None and receipt.payer.lower() != payer)
+            or (receipt.payer is not None and address_key(receipt.payer) != payer)
         ):
             raise A2AProtocolError("missing_receipt",
                                    f"task {task.id} completed without a receipt for our payment")

@@ -92,7 +92,8 @@ from starlette.types import Message as AsgiMessage
 from a402.agents import a2a_x402 as X
 from a402.agents.card import OnchainCard
 from a402.chain.deploy import TokenInfo
-from a402.exact.eip3009 import SCHEME_EXACT, ExactEvmPayload, is_address, to_checksum
+from a402.evm.address import is_address, to_checksum
+from a402.exact.eip3009 import SCHEME_EXACT, ExactEvmPayload
 from a402.exact.serve import (
     Acquire,
     ExactPayment,

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from a402.evm.address import address_key
 from a402.exact.eip3009 import SCHEME_EXACT
 from a402.wire import errors as W
 from a402.wire.errors import WireError
@@ -163,8 +164,8 @@ class PaymentTerms:
             req.scheme == self.scheme
             and req.network == self.network
             and amount == self.amount
-            and req.asset.lower() == self.asset.lower()
-            and req.pay_to.lower() == self.pay_to.lower()
+            and address_key(req.asset) == address_key(self.asset)
+            and address_key(req.pay_to) == address_key(self.pay_to)
         )
 
 

@@ -324,6 +324,7 @@ def _card_from(
     """``base`` (None: nothing yet) with the command line's card flags applied."""
     from a402.agents.card import Capabilities, OnchainCard, Payment
     from a402.agents.directory import PAYMENT_DESCRIPTION, a2a_interfaces, parse_skill
+    from a402.evm.address import address_key
     from a402.provider.routes import RouteError, to_atomic
 
     name = args.name if args.name is not None else (base.name if base else None)
@@ -356,7 +357,7 @@ def _card_from(
         if args.price:
             decimals = args.decimals
             if decimals is None:
-                if asset.lower() != manifest.token.address.lower():
+                if address_key(asset) != address_key(manifest.token.address):
                     raise UsageError(f"give --decimals for {asset} (not the manifest's token)")
                 decimals = manifest.token.decimals
             try:
@@ -479,11 +480,13 @@ def _check_endpoint(suite: AgentSuite, agent: Agent) -> dict[str, Any]:
 
 def _price(card: OnchainCard, manifest: Manifest) -> str | None:
     """``0.002 USDC`` when the asset is the manifest's token, else atomic units @ asset."""
+    from a402.evm.address import address_key
+
     pay = card.payment
     if pay is None:
         return None
     token = manifest.token
-    if pay.asset.lower() == token.address.lower():
+    if address_key(pay.asset) == address_key(token.address):
         from decimal import Decimal
 
         units = Decimal(pay.amount).scaleb(-token.decimals)

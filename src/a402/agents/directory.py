@@ -51,6 +51,7 @@ from a402.agents.onchain import (
 )
 from a402.chain.deploy import Manifest
 from a402.chain.node import Chain
+from a402.evm.address import address_key
 from a402.wire.errors import WireError
 from a402.wire.jsonstrict import loads_object
 
@@ -586,7 +587,7 @@ def payment_proof(chain: Chain, tx_hash: str, *, payer: str, payment: Payment) -
     amount = 0
     for log in receipt["logs"]:
         topics = log["topics"]
-        if (log["address"].lower() == payment.asset.lower() and len(topics) == 3
+        if (address_key(log["address"]) == address_key(payment.asset) and len(topics) == 3
                 and bytes(topics[0]) == TRANSFER_TOPIC
                 and bytes(topics[1])[-20:] == bytes.fromhex(payer[2:])
                 and bytes(topics[2])[-20:] == bytes.fromhex(payment.pay_to[2:])):

@@ -4,7 +4,7 @@ Pure and sans-IO, like h11: :mod:`a402.asc.machine` turns (message, time) into
 (state change, messages to send, events), :mod:`a402.asc.messages` is the one
 canonical wire encoding, :mod:`a402.asc.terms` computes channel ids and state
 digests exactly as ``ASCManager.sol`` does. The contract bindings
-(:mod:`a402.chain.asc_manager`) do I/O and are not imported here.
+(:mod:`a402.asc_manager`) do I/O and are not imported here.
 """
 
 from .errors import ASCError, LocalProtocolError, MessageError, Reason, RemoteProtocolError

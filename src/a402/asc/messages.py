@@ -50,15 +50,14 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, ClassVar, NamedTuple, Self
 
+from a402.wire.a402 import DEFAULT_MAX_BLOB as DEFAULT_MAX_BLOB
+
 from .errors import MessageError
 from .terms import BalanceState
 
 DOMAIN_TAG = b"A402/ASC"
 FORMAT_VERSION = 1
 HEADER = DOMAIN_TAG + bytes([FORMAT_VERSION])
-
-#: Default bound on a request or a sealed result (16 MiB); decoding rejects larger blobs.
-DEFAULT_MAX_BLOB = 16 * 1024 * 1024
 
 _U64 = 8
 _U128 = 16

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from a402.crypto import PaymentDomain
-from a402.crypto.authorization import recover_signer
-from a402.crypto.keccak import keccak256 as keccak
+from a402.evm.address import address_bytes
+from a402.evm.ecdsa import OPENZEPPELIN, recover_address
+from a402.evm.keccak import keccak256 as keccak
 
 CHANNEL_TYPE = (
     "A402Channel(address client,address vault,address provider,bytes32 providerKey,"
@@ -45,21 +46,6 @@ MAX_DEPOSIT = (1 << 128) - 1
 MAX_VERSION = (1 << 64) - 1
 #: ``(N - 1) / 2``: the largest x-coordinate an EVM-flavour Schnorr key may have.
 _HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
-
-
-def address_bytes(address: str | bytes) -> bytes:
-    """20 raw bytes from a ``0x`` hex address or bytes; :class:`ValueError` otherwise."""
-    if isinstance(address, str):
-        text = address[2:] if address[:2] in ("0x", "0X") else address
-        try:
-            raw = bytes.fromhex(text)
-        except ValueError:
-            raise ValueError(f"not a hex address: {address!r}") from None
-    else:
-        raw = bytes(address)
-    if len(raw) != 20:
-        raise ValueError("an address is 20 bytes")
-    return raw
 
 
 class DigestSigner(Protocol):
@@ -209,7 +195,7 @@ def state_signer(
     domain: PaymentDomain, channel_id: bytes, state: BalanceState, signature: bytes
 ) -> bytes | None:
     """The 20-byte address that signed ``state`` (as OpenZeppelin's ECDSA recovers it), or None."""
-    return recover_signer(state.digest(domain, channel_id), signature)
+    return recover_address(state.digest(domain, channel_id), signature, policy=OPENZEPPELIN)
 
 
 def sign_channel_open(signer: DigestSigner, domain: PaymentDomain, terms: ChannelTerms) -> bytes:

@@ -33,6 +33,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import EthereumTesterProvider, HTTPProvider, Web3
 
+from a402.evm.address import address_key
 from a402.wire.networks import v1_name
 
 ANVIL_MNEMONIC = "test test test test test test test test test test test junk"
@@ -91,7 +92,7 @@ class Chain:
     def sender_lock(self, address: str) -> threading.Lock:
         """Serialises transactions from one account so nonces never collide."""
         with self._guard:
-            return self._nonce_locks.setdefault(address.lower(), threading.Lock())
+            return self._nonce_locks.setdefault(address_key(address), threading.Lock())
 
 
 class _SerialTesterProvider(EthereumTesterProvider):

@@ -61,6 +61,7 @@ from a402.client.records import (
     receipt_of,
 )
 from a402.client.wallet import Wallet
+from a402.evm.address import address_key
 from a402.wire.headers import PAYMENT_SIGNATURE, X_PAYMENT, encode_header
 from a402.wire.x402 import AnyPaymentPayload, AnyPaymentRequired, PaymentPayloadV1, PaymentRequired
 
@@ -251,7 +252,8 @@ class X402Auth(httpx.Auth):
                 offered=required.accepts,
             ) from e
         auth = payload.payload["authorization"]
-        if int(auth["value"]) != offer.amount or auth["to"].lower() != offer.pay_to.lower():
+        if (int(auth["value"]) != offer.amount
+                or address_key(auth["to"]) != address_key(offer.pay_to)):
             # Cannot happen with our signer; if it ever did, the payload never left
             # this process, so giving the reservation back is safe.
             if reservation is not None and self.budget is not None:

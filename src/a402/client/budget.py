@@ -29,11 +29,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from a402.client.errors import BudgetExceeded
+from a402.evm.address import address_key
 
 
 def asset_key(asset: str) -> str:
     """Addresses compare case-insensitively (the checksum case is presentation)."""
-    return asset.lower() if asset.startswith("0x") else asset
+    return address_key(asset) if asset.startswith("0x") else asset
 
 
 def _check_amount(amount: int, what: str) -> int:

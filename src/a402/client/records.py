@@ -17,6 +17,7 @@ from a402.client import errors as R
 from a402.client.budget import Reservation
 from a402.client.choose import Offer
 from a402.client.errors import PaymentRefused
+from a402.evm.address import address_key
 from a402.wire.errors import WireError
 from a402.wire.headers import (
     PAYMENT_REQUIRED,
@@ -174,7 +175,7 @@ def conclude(payment: Payment, response: httpx.Response) -> None:
         payment.status = PaymentStatus.REJECTED
         payment.reason = (receipt.error_reason if receipt else None) or _error_of_402(response)
     elif receipt is not None and receipt.success:
-        if receipt.payer and receipt.payer.lower() != payment.payer.lower():
+        if receipt.payer and address_key(receipt.payer) != address_key(payment.payer):
             payment.status = PaymentStatus.UNCONFIRMED
             payment.reason = "receipt_payer_mismatch"
         else:

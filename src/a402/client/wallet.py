@@ -17,12 +17,12 @@ from eth_account.signers.local import LocalAccount
 
 from a402.client import errors as R
 from a402.client.budget import asset_key
+from a402.evm.address import is_address
 from a402.exact.eip3009 import (
     SCHEME_EXACT,
     TRANSFER_METHOD_EIP3009,
     build_payment_payload,
     build_payment_payload_v1,
-    is_address,
 )
 from a402.wire.convert import to_v2_requirements
 from a402.wire.errors import WireError

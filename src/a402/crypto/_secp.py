@@ -18,8 +18,6 @@ from functools import lru_cache
 
 from coincurve import PublicKey
 
-from .keccak import keccak256
-
 #: Order of the secp256k1 group.
 N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 #: Size of the secp256k1 base field.
@@ -110,11 +108,6 @@ def lift_x(x_only: bytes) -> PublicKey | None:
 
 def has_even_y(point: PublicKey) -> bool:
     return point.format()[0] == _EVEN
-
-
-def eth_address(point: PublicKey) -> bytes:
-    """The 20-byte Ethereum address of a point, as ``ecrecover`` returns it."""
-    return keccak256(point.format(compressed=False)[1:])[12:]
 
 
 def sg_minus_ep(s: int, e: int, px: int, pubkey: PublicKey) -> PublicKey | None:

@@ -13,9 +13,11 @@ RFC 6979 deterministic nonces.
 
 from __future__ import annotations
 
-from coincurve import PrivateKey, PublicKey
+from coincurve import PrivateKey
 
-from ._secp import N, eth_address, int_from
+from a402.evm.ecdsa import OPENZEPPELIN, public_key_address, recover_address
+
+from ._secp import N, int_from
 from .errors import InvalidKeyError
 from .message import PaymentDomain, authorization_digest
 
@@ -39,7 +41,7 @@ class EcdsaSigner:
     def __init__(self, secret: bytes) -> None:
         self._key = _private_key(secret)
         #: The 20-byte Ethereum address of the key.
-        self.address: bytes = eth_address(self._key.public_key)
+        self.address: bytes = public_key_address(self._key.public_key)
 
     def sign_digest(self, digest: bytes) -> bytes:
         """ECDSA-sign a 32-byte digest as Ethereum does: ``r ‖ s ‖ v`` (65 bytes)."""
@@ -70,19 +72,10 @@ def recover_signer(digest: bytes, signature: bytes) -> bytes | None:
     """The 20-byte address that signed ``digest``, or ``None`` if the signature is malformed.
 
     Rejects high ``s`` and ``v`` outside ``{27, 28}``, exactly as
-    OpenZeppelin's ``ECDSA.recover`` does, so Python and the contract agree.
+    OpenZeppelin's ``ECDSA.recover`` does, so Python and the contract agree
+    (:data:`a402.evm.ecdsa.OPENZEPPELIN`).
     """
-    if len(digest) != 32 or len(signature) != 65 or signature[64] not in (27, 28):
-        return None
-    if int_from(signature[32:64]) > N // 2:
-        return None
-    try:
-        point = PublicKey.from_signature_and_message(
-            signature[:64] + bytes([signature[64] - 27]), digest, hasher=None
-        )
-    except ValueError:
-        return None
-    return eth_address(point)
+    return recover_address(digest, signature, policy=OPENZEPPELIN)
 
 
 def sign_authorization(

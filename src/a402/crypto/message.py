@@ -36,8 +36,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+from a402.evm.address import address_bytes
+from a402.evm.keccak import keccak256
+
 from ._secp import b32
-from .keccak import keccak256
 
 DOMAIN_NAME = "A402"
 DOMAIN_VERSION = "1"
@@ -51,17 +53,6 @@ PAYMENT_TYPEHASH = keccak256(PAYMENT_TYPE.encode())
 AUTHORIZATION_TYPEHASH = keccak256(AUTHORIZATION_TYPE.encode())
 
 _UINT256_LIMIT = 1 << 256
-
-
-def _address_bytes(address: str | bytes) -> bytes:
-    if isinstance(address, str):
-        hex_part = address[2:] if address[:2] in ("0x", "0X") else address
-        raw = bytes.fromhex(hex_part)
-    else:
-        raw = bytes(address)
-    if len(raw) != 20:
-        raise ValueError("an address is 20 bytes")
-    return raw
 
 
 def _bytes32(value: bytes, what: str) -> bytes:
@@ -100,7 +91,7 @@ class PaymentDomain:
         """``verifying_contract`` may also be given as a ``0x`` hex string."""
         _uint256(chain_id, "chain id")
         object.__setattr__(self, "chain_id", chain_id)
-        object.__setattr__(self, "verifying_contract", _address_bytes(verifying_contract))
+        object.__setattr__(self, "verifying_contract", address_bytes(verifying_contract))
 
     @property
     def separator(self) -> bytes:

@@ -59,6 +59,9 @@ from typing import ClassVar, Literal
 
 from coincurve import PublicKey
 
+from a402.evm.ecdsa import public_key_address
+from a402.evm.keccak import keccak256
+
 from ._secp import (
     HALF_N,
     N,
@@ -66,7 +69,6 @@ from ._secp import (
     b32,
     base_mul,
     ct_equal,
-    eth_address,
     has_even_y,
     int_from,
     lift_x,
@@ -77,7 +79,6 @@ from ._secp import (
     tagged_hash,
 )
 from .errors import ExtractionError, InvalidKeyError
-from .keccak import keccak256
 
 Flavour = Literal["evm", "bip340"]
 
@@ -322,7 +323,9 @@ class EvmSchnorr(SchnorrScheme):
     @staticmethod
     def challenge(nonce_point: PublicKey, public_key: bytes, message: bytes) -> bytes:
         """``keccak256(address(R) ‖ uint8(27) ‖ px ‖ m)``, the raw 32-byte challenge."""
-        return keccak256(eth_address(nonce_point) + bytes([EVM_KEY_PARITY]) + public_key + message)
+        return keccak256(
+            public_key_address(nonce_point) + bytes([EVM_KEY_PARITY]) + public_key + message
+        )
 
     def _check_public_key(self, public_key: bytes) -> None:
         if not 0 < int_from(public_key) <= HALF_N:

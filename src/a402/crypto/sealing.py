@@ -30,9 +30,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from a402.evm.keccak import keccak256
+
 from ._secp import N, b32, ct_equal, int_from
 from .errors import SealError
-from .keccak import keccak256
 
 VERSION = 1
 NONCE_SIZE = 12

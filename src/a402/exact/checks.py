@@ -24,18 +24,16 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from a402.evm.address import address_bytes, is_address, same_address, to_checksum
+from a402.evm.ecdsa import EIP3009_TOKEN, recover_address
 from a402.exact.eip3009 import (
     SCHEME_EXACT,
     TRANSFER_METHOD_EIP3009,
     Authorization,
     Eip712Domain,
     ExactEvmPayload,
-    address_bytes,
     authorization_digest,
     domain_from_requirements,
-    is_address,
-    recover_address_bytes,
-    to_checksum,
 )
 from a402.wire.errors import (
     ACCEPTED_MISMATCH,
@@ -152,7 +150,10 @@ def check_exact(
     verdict = ExactCheck(
         payer=payer, digest=digest, authorization=auth, signature=signature, domain=domain
     )
-    eoa_signed = len(signature) == 65 and recover_address_bytes(digest, signature) == from_bytes
+    eoa_signed = (
+        len(signature) == 65
+        and recover_address(digest, signature, policy=EIP3009_TOKEN) == from_bytes
+    )
 
     # 11. what the client says it accepted is what the server requires
     echo = _echo_mismatch(accepted, requirements, accepted_amount, amount)
@@ -195,10 +196,9 @@ def _echo_mismatch(
 
 
 def _same_address(a: str, b: str) -> bool:
-    """EVM addresses compare case-insensitively (checksum case is presentation only)."""
-    if is_address(a) and is_address(b):
-        return a.lower() == b.lower()
-    return a == b
+    """EVM addresses compare case-insensitively (checksum case is presentation only);
+    anything else only as the very same text."""
+    return a == b or same_address(a, b)
 
 
 def _payer_hint(inner: dict[str, Any]) -> str | None:

@@ -13,12 +13,14 @@ import os
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Annotated, Any, Final, TypeAlias, TypeGuard
+from typing import TYPE_CHECKING, Annotated, Any, Final, TypeAlias
 
-from coincurve import PrivateKey, PublicKey
+from coincurve import PrivateKey
 from pydantic import AfterValidator, Field, StrictStr, StringConstraints
 
-from a402.crypto.keccak import keccak256
+from a402.evm.address import is_address, to_checksum
+from a402.evm.ecdsa import EIP3009_TOKEN, public_key_address, recover_address
+from a402.evm.keccak import keccak256
 from a402.wire.convert import requirements_v1_to_v2, to_v2_requirements
 from a402.wire.errors import (
     INVALID_PAYMENT_REQUIREMENTS,
@@ -51,8 +53,6 @@ TRANSFER_WITH_AUTHORIZATION_TYPEHASH: Final = keccak256(
     b"TransferWithAuthorization(address from,address to,uint256 value,"
     b"uint256 validAfter,uint256 validBefore,bytes32 nonce)"
 )
-SECP256K1_N: Final = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
-SECP256K1_HALF_N: Final = SECP256K1_N // 2
 # The client may be ahead of us by clock skew; it back-dates validAfter by this much.
 VALID_AFTER_SKEW: Final = 600
 
@@ -60,34 +60,6 @@ _PAD12: Final = bytes(12)
 
 
 # ---------------------------------------------------------------------- addresses
-
-
-def is_address(value: object) -> TypeGuard[str]:
-    """0x + 40 hex digits, any case: the checksum is presentation, the bytes are the identity."""
-    if not isinstance(value, str) or len(value) != 42 or not value.startswith("0x"):
-        return False
-    try:
-        bytes.fromhex(value[2:])
-    except ValueError:
-        return False
-    return True
-
-
-def address_bytes(address: str) -> bytes:
-    """The 20 bytes of an address; the checksum case is ignored (the bytes are what is signed)."""
-    if not is_address(address):
-        raise ValueError(f"not an EVM address: {address!r:.60}")
-    return bytes.fromhex(address[2:])
-
-
-def to_checksum(address: bytes | str) -> str:
-    """EIP-55 form, with our fast keccak (eth_utils' version costs ~10x more)."""
-    raw = address if isinstance(address, bytes) else address_bytes(address)
-    hex_addr = raw.hex()
-    digest = keccak256(hex_addr.encode("ascii")).hex()
-    return "0x" + "".join(
-        c.upper() if c > "9" and digest[i] >= "8" else c for i, c in enumerate(hex_addr)
-    )
 
 
 def _check_uint256(value: str) -> str:
@@ -226,13 +198,9 @@ def _private_key(key: SigningKey) -> PrivateKey:
     return PrivateKey(bytes(raw))
 
 
-def _public_address(public_key: PublicKey) -> bytes:
-    return keccak256(public_key.format(compressed=False)[1:])[12:]
-
-
 def address_of(key: SigningKey) -> str:
     """The checksum address controlled by ``key``."""
-    return to_checksum(_public_address(_private_key(key).public_key))
+    return to_checksum(public_key_address(_private_key(key).public_key))
 
 
 def _nonce_bytes(nonce: bytes | str | None) -> bytes:
@@ -271,7 +239,7 @@ def sign_authorization(
     t = int(time.time()) if now is None else now
     lifetime = req.max_timeout_seconds if valid_for is None else valid_for
     auth = Authorization(
-        from_address=to_checksum(_public_address(private.public_key)),
+        from_address=to_checksum(public_key_address(private.public_key)),
         to=req.pay_to,
         value=str(req.amount_int),
         valid_after=str(max(0, t - VALID_AFTER_SKEW)),
@@ -300,38 +268,17 @@ def normalize_signature(signature: bytes | str) -> bytes:
     return raw if raw[64] >= 27 else raw[:64] + bytes([raw[64] + 27])
 
 
-def recover_address_bytes(digest: bytes, signature: bytes) -> bytes | None:
-    """The 20-byte signer of ``digest``, or None for anything ``ecrecover`` would refuse.
-
-    High-s signatures are refused (EIP-2): the token contracts do, and accepting
-    one would let anyone mint a second valid signature from a first.
-    """
-    if len(digest) != 32 or len(signature) != 65:
-        return None
-    v = signature[64]
-    if v in (27, 28):
-        v -= 27
-    elif v not in (0, 1):
-        return None
-    r = int.from_bytes(signature[:32], "big")
-    s = int.from_bytes(signature[32:64], "big")
-    if not (0 < r < SECP256K1_N and 0 < s <= SECP256K1_HALF_N):
-        return None
-    try:
-        public = PublicKey.from_signature_and_message(
-            signature[:64] + bytes([v]), digest, hasher=None
-        )
-    except Exception:  # coincurve raises bare Exception for unrecoverable points
-        return None
-    return _public_address(public)
-
-
 def recover_signer(digest: bytes, signature: bytes | str) -> str | None:
-    """The checksum address that signed ``digest``, or None (bad length, v, s, or point)."""
+    """The checksum address that signed ``digest``, or None (bad length, v, s, or point).
+
+    The token contracts' rule (:data:`a402.evm.ecdsa.EIP3009_TOKEN`): v in {0, 1, 27,
+    28}, high s refused (EIP-2), since accepting one would let anyone mint a second
+    valid signature from a first.
+    """
     raw = _signature_bytes(signature)
     if raw is None:
         return None
-    address = recover_address_bytes(digest, raw)
+    address = recover_address(digest, raw, policy=EIP3009_TOKEN)
     return None if address is None else to_checksum(address)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from a402.evm.address import address_key
 from a402.wire.x402 import SettleResponse
 
 
@@ -46,7 +47,7 @@ class PaymentKey:
 
     @classmethod
     def of(cls, network: str, asset: str, payer: str, nonce: str) -> PaymentKey:
-        return cls(network, asset.lower(), payer.lower(), nonce.lower())
+        return cls(network, address_key(asset), address_key(payer), nonce.lower())
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,8 @@ def payment_terms(*, scheme: str, network: str, amount: str, asset: str, pay_to:
     """A digest of the terms a payment is admitted for: its money terms (addresses compared
     lowercase) and the resource it buys."""
     return _digest({"scheme": scheme, "network": network, "amount": str(amount),
-                    "asset": asset.lower(), "payTo": pay_to.lower(), "resource": resource})
+                    "asset": address_key(asset), "payTo": address_key(pay_to),
+                    "resource": resource})
 
 
 def _digest(value: dict[str, Any]) -> str:

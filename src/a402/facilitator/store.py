@@ -52,6 +52,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
+from a402.evm.address import address_key
 from a402.sqlite import use_wal
 
 
@@ -124,7 +125,7 @@ class Settlement:
 
 
 def settlement_key(network: str, asset: str, payer: str, nonce: str) -> str:
-    material = "|".join((network, asset.lower(), payer.lower(), nonce.lower()))
+    material = "|".join((network, address_key(asset), address_key(payer), nonce.lower()))
     return hashlib.sha256(material.encode()).hexdigest()
 
 
@@ -283,7 +284,7 @@ class SettlementStore:
         journal still sends each authorization once, and the reconciler re-signs
         the transaction the node refused.
         """
-        with _advisory_lock(self.engine, f"a402-nonce|{network}|{address.lower()}",
+        with _advisory_lock(self.engine, f"a402-nonce|{network}|{address_key(address)}",
                             timeout=SENDER_LOCK_TIMEOUT):
             yield
 

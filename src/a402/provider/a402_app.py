@@ -33,7 +33,7 @@ from urllib.parse import parse_qs
 from starlette.types import Receive, Scope, Send
 
 from a402.asc.messages import DEFAULT_MAX_BLOB
-from a402.exact.eip3009 import to_checksum
+from a402.evm.address import to_checksum
 from a402.provider.a402_runtime import ProviderRuntime, UnknownSession
 from a402.serving import read_body
 from a402.tee import AttestationError, ChannelError, TeeError

@@ -70,7 +70,7 @@ from a402.asc.errors import MessageError
 from a402.asc.messages import Message as AscMessage
 from a402.asc.snapshot import hx, state_from_json, state_to_json, unhex
 from a402.asc.terms import ChannelTerms
-from a402.chain.asc_manager import ASCManager, OnChainStatus
+from a402.asc_manager import ASCManager, OnChainStatus
 from a402.chain.node import Chain
 from a402.crypto import EVM, EcdsaSigner, PreSignature
 from a402.crypto.authorization import recover_signer

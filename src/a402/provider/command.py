@@ -29,6 +29,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from a402.evm.address import address_key
 from a402.provider.a402_runtime import A402Config
 
 
@@ -51,7 +52,7 @@ def a402_gateway(args: argparse.Namespace, *, token: str, network: str,
     ``token``/``network`` are what the gateway charges in; ``manifest_contracts`` the
     manifest's contracts, if one was given. Raises :class:`GatewayUsageError`.
     """
-    from a402.chain.asc_manager import ASCManager
+    from a402.asc_manager import ASCManager
     from a402.chain.node import connect
     from a402.keys import load_key_file
     from a402.provider.a402_store import SqlChannelStore
@@ -113,7 +114,7 @@ def a402_gateway(args: argparse.Namespace, *, token: str, network: str,
     except Exception as e:  # unreachable node, not an ASCManager, …
         raise GatewayUsageError(f"cannot use the ASCManager {manager} through {args.rpc}: "
                                 f"{type(e).__name__}: {e}") from None
-    if escrowed.lower() != token.lower():
+    if address_key(escrowed) != address_key(token):
         raise GatewayUsageError(f"the ASCManager escrows {escrowed}, but the gateway charges "
                                 f"in {token}")
 

@@ -63,7 +63,8 @@ from starlette.datastructures import URL
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from a402.chain.deploy import TokenInfo
-from a402.exact.eip3009 import SCHEME_EXACT, ExactEvmPayload, is_address, to_checksum
+from a402.evm.address import is_address, same_address, to_checksum
+from a402.exact.eip3009 import SCHEME_EXACT, ExactEvmPayload
 from a402.exact.serve import (
     Acquire,
     ExactPayment,
@@ -561,8 +562,8 @@ def _match_v2(accepted: PaymentRequirements, offered: PaymentRequirements) -> No
         name
         for name, same in (
             ("amount", accepted.amount == offered.amount),
-            ("asset", _same_address(accepted.asset, offered.asset)),
-            ("payTo", _same_address(accepted.pay_to, offered.pay_to)),
+            ("asset", same_address(accepted.asset, offered.asset)),
+            ("payTo", same_address(accepted.pay_to, offered.pay_to)),
             ("extra", _contains(accepted.extra or {}, offered.extra or {})),
         )
         if not same
@@ -578,10 +579,6 @@ def _base_url(scope: Scope) -> str:
     """``scheme://host[:port]`` plus the mount point, as the request addressed us."""
     url = URL(scope=scope)
     return f"{url.scheme}://{url.netloc}{scope.get('root_path', '')}"
-
-
-def _same_address(a: str, b: str) -> bool:
-    return is_address(a) and is_address(b) and a.lower() == b.lower()
 
 
 def _contains(theirs: dict[str, Any], ours: dict[str, Any]) -> bool:

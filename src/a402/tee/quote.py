@@ -30,9 +30,8 @@ from types import MappingProxyType
 from typing import Protocol, runtime_checkable
 
 from coincurve import PublicKey
-from eth_utils import keccak
 
-from a402.crypto.authorization import recover_signer
+from a402.evm.ecdsa import OPENZEPPELIN, public_key_address, recover_address
 
 from . import _cbor
 from .errors import AttestationError
@@ -152,14 +151,14 @@ class VerifiedEnclave:
     @property
     def address(self) -> bytes:
         """The 20-byte Ethereum address of the attested signing key."""
-        return keccak(PublicKey(self.signing_key).format(compressed=False)[1:])[12:]
+        return public_key_address(PublicKey(self.signing_key))
 
     def verify_digest_signature(self, digest: bytes, signature: bytes) -> bool:
         """Whether ``signature`` (65-byte ``r ‖ s ‖ v``) over ``digest`` is by the attested key.
 
         This checks signatures made with :meth:`Enclave.sign_digest`.
         """
-        signer = recover_signer(digest, signature)
+        signer = recover_address(digest, signature, policy=OPENZEPPELIN)
         return signer is not None and hmac.compare_digest(signer, self.address)
 
 

@@ -45,6 +45,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from a402 import jsonbytes
 from a402.chain.rpc import ChainUnavailable
+from a402.evm.address import address_key
 from a402.serving import JsonErrors, request_body
 from a402.wire import vault_api as api
 from a402.wire.errors import WireError
@@ -150,7 +151,7 @@ def create_app(service: VaultService) -> ASGIApp:
         async def handler(signed: api.Authenticated, _: dict[str, Any]
                           ) -> tuple[int, dict[str, Any]]:
             client = signed.client
-            row = await run_in_threadpool(service.store.request, f"{client.lower()}:{key}")
+            row = await run_in_threadpool(service.store.request, f"{address_key(client)}:{key}")
             if row is None:
                 raise VaultError(404, api.NOT_FOUND, "no call with this idempotency key")
             return service.invoker.answer_of(row)

@@ -47,10 +47,11 @@ from eth_account.signers.local import LocalAccount
 
 from a402.asc import ChannelTerms, SignedState, Status, VaultChannel
 from a402.asc import snapshot as snap
-from a402.chain.asc_manager import RECEIVE_WITH_AUTHORIZATION_TYPES, ASCManager, terms_tuple
+from a402.asc_manager import RECEIVE_WITH_AUTHORIZATION_TYPES, ASCManager, terms_tuple
 from a402.chain.deploy import TokenInfo
 from a402.chain.tx import TransactionFailed
 from a402.crypto import EcdsaSigner
+from a402.evm.address import address_key
 from a402.tee import AttestationPolicy, AttestationVerifier, Enclave
 from a402.wire import vault_api as api
 
@@ -206,7 +207,8 @@ class Channels:
 
     def pair_lock(self, client: str, provider: str) -> asyncio.Lock:
         """Serialises a client's work with one provider (channel choice, requests, close)."""
-        return self._pair_locks.setdefault((client.lower(), provider.lower()), asyncio.Lock())
+        pair = (address_key(client), address_key(provider))
+        return self._pair_locks.setdefault(pair, asyncio.Lock())
 
     async def aclose(self) -> None:
         for session in self._sessions.values():
@@ -310,7 +312,7 @@ class Channels:
         info = session.info
         assert info is not None
         provider = "0x" + info.provider.hex()
-        pair = (client.lower(), provider)
+        pair = (address_key(client), provider)
         last = self._usable.get(pair)
         if last is not None and last.terms["providerKey"] == info.provider_key.hex():
             channel = self.live.get(bytes.fromhex(last.cid[2:]))
@@ -359,7 +361,7 @@ class Channels:
         try:
             return await asyncio.to_thread(
                 self.store.claim_channel, debit=debit, cid=hex_id(channel_id),
-                client=client.lower(), provider="0x" + terms.provider.hex(),
+                client=address_key(client), provider="0x" + terms.provider.hex(),
                 endpoint=session.endpoint, funding=funding, deposit=str(terms.deposit),
                 lock_timeout=self._lock_timeout(session), terms=snap.terms_to_json(terms),
                 status=Status.OPEN.value, version=0, free=str(terms.deposit), proposal=proposal,
@@ -494,7 +496,7 @@ class Channels:
                                              signature=signature)
         except Exception:
             signer = None
-        if signer is None or signer.lower() != client.lower() or len(signature) != 65:
+        if signer is None or address_key(signer) != address_key(client) or len(signature) != 65:
             raise VaultError(400, api.BAD_AUTHORIZATION,
                              "not the client's signature over the proposed terms")
         await self._claim(client, session, terms, funding=api.WALLET, debit=False)

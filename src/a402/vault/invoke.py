@@ -36,6 +36,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from a402.asc import LocalProtocolError, Reason
+from a402.evm.address import address_key
 from a402.tee import AttestationError
 from a402.wire import vault_api as api
 from a402.wire.a402 import HttpRequest, HttpResponse
@@ -194,7 +195,7 @@ class Invoker:
         own first.
         """
         await self._check_target(call.url)  # refused before anything is recorded
-        key = f"{client.lower()}:{call.idempotency_key}"
+        key = f"{address_key(client)}:{call.idempotency_key}"
         while key in self._running:  # the same call is running here: its answer is ours
             await self._running[key].wait()
         # Taken before the first await, so no other task of this process can run this key

@@ -26,10 +26,11 @@ from typing import Any
 import httpx
 from eth_account.signers.local import LocalAccount
 
-from a402.chain.asc_manager import ASCManager
+from a402.asc_manager import ASCManager
 from a402.chain.deploy import TokenInfo
 from a402.chain.node import Chain
 from a402.chain.tx import contract_at
+from a402.evm.address import address_key
 from a402.facilitator.core import Facilitator, FacilitatorConfig
 from a402.facilitator.store import SettlementStore
 from a402.tee import AttestationPolicy, AttestationVerifier, Enclave
@@ -120,7 +121,7 @@ class VaultService:
         config.store.claim_for(self.address)
         self.manager = ASCManager(config.chain, config.manager)
         self.token = config.token or read_token(config.chain, self.manager.token)
-        if self.token.address.lower() != self.manager.token.lower():
+        if address_key(self.token.address) != address_key(self.manager.token):
             raise ValueError(f"the ASCManager escrows {self.manager.token}, "
                              f"not {self.token.address}")
         self.http = httpx.AsyncClient(timeout=config.http_timeout, trust_env=False)
@@ -215,7 +216,7 @@ class VaultService:
     async def close_channel(self, client: str, cid: str) -> tuple[int, dict[str, Any]]:
         """``POST /v1/channels/{cid}/close``: cooperative close, the rest back to the client."""
         row = await asyncio.to_thread(self.store.channel, cid.lower())
-        if row is None or row.client != client.lower():
+        if row is None or row.client != address_key(client):
             raise VaultError(404, api.NOT_FOUND, "no such channel of yours")
         if row.phase == S.OPEN:
             lock = self.channels.pair_lock(row.client, row.provider)

@@ -92,7 +92,7 @@ from a402.asc import (
 from a402.asc.errors import MessageError
 from a402.asc.messages import DEFAULT_MAX_BLOB
 from a402.asc.messages import Message as AscMessage
-from a402.chain.asc_manager import ASCManager, PublishedSignature
+from a402.asc_manager import ASCManager, PublishedSignature
 from a402.crypto import PaymentDomain
 from a402.tee import AttestationError, AttestationPolicy, AttestationVerifier, Enclave
 from a402.tee.errors import ChannelError

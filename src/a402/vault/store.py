@@ -51,6 +51,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from a402.evm.address import address_key
 from a402.sqlite import Statement, make_engine, readers, writes
 
 from .tables import (
@@ -212,8 +213,8 @@ class VaultStore:
         vaults in one database would share them. Replicas of one vault (same
         address) share it on purpose.
         """
-        owner = self.put_meta("vault", vault.lower().encode(), only_if_absent=True)
-        if owner.decode() != vault.lower():
+        owner = self.put_meta("vault", address_key(vault).encode(), only_if_absent=True)
+        if owner.decode() != address_key(vault):
             raise ValueError(f"{self.url} belongs to vault {owner.decode()}, not {vault}")
 
     def lock_for(self, vault: str) -> None:
@@ -242,7 +243,8 @@ class VaultStore:
             handle = self.engine.connect()
             for _ in range(5):  # a dead holder's session may take a moment to end
                 taken = handle.exec_driver_sql(
-                    "SELECT pg_try_advisory_lock(hashtext(%s))", (f"a402-vault:{vault.lower()}",)
+                    "SELECT pg_try_advisory_lock(hashtext(%s))",
+                    (f"a402-vault:{address_key(vault)}",),
                 ).scalar()
                 handle.commit()
                 if taken:
@@ -299,12 +301,12 @@ class VaultStore:
 
     def balance(self, client: str) -> int:
         with self._read() as s:
-            row = s.get(AccountRow, client.lower())
+            row = s.get(AccountRow, address_key(client))
             return 0 if row is None else int(row.balance)
 
     def _add(self, s: Session, client: str, delta: int) -> int:
         """Change a balance by compare-and-set; never below zero."""
-        address = client.lower()
+        address = address_key(client)
         row = s.execute(select(AccountRow.balance).where(AccountRow.address == address)).first()
         if row is None:
             if delta < 0:
@@ -335,7 +337,7 @@ class VaultStore:
         def work(s: Session) -> bool:
             if s.get(DepositRow, key) is not None:
                 return False
-            s.add(DepositRow(key=key, client=client.lower(), amount=str(amount), kind=kind,
+            s.add(DepositRow(key=key, client=address_key(client), amount=str(amount), kind=kind,
                              tx_hash=tx_hash, created_at=time.time()))
             s.flush()
             self._add(s, client, amount)
@@ -487,9 +489,9 @@ class VaultStore:
     ) -> list[Channel]:
         query = select(ChannelRow).order_by(ChannelRow.created_at)
         if client is not None:
-            query = query.where(ChannelRow.client == client.lower())
+            query = query.where(ChannelRow.client == address_key(client))
         if provider is not None:
-            query = query.where(ChannelRow.provider == provider.lower())
+            query = query.where(ChannelRow.provider == address_key(provider))
         if phases is not None:
             query = query.where(ChannelRow.phase.in_(phases))
         with self._read() as s:
@@ -505,7 +507,7 @@ class VaultStore:
         (:class:`ReplayedNonce`, and nothing written, if it was seen before).
         """
         now = time.time()
-        record = Request(key=claim.key, client=claim.client.lower(),
+        record = Request(key=claim.key, client=address_key(claim.client),
                          fingerprint=claim.fingerprint, state=RECEIVED, outcome=None,
                          reason=None, retryable=False, url=claim.url, method=claim.method,
                          channel_id=None, request_id=None, amount=None, sealed_result=None,
@@ -529,7 +531,7 @@ class VaultStore:
         """The nonce (if any) and the new call's row; with ``unless_present``, a key
         recorded before inserts nothing instead of raising."""
         row = _insert(RequestRow, {
-            "key": claim.key, "client": claim.client.lower(), "fingerprint": claim.fingerprint,
+            "key": claim.key, "client": address_key(claim.client), "fingerprint": claim.fingerprint,
             "url": claim.url, "method": claim.method, "retryable": False, "created_at": now,
             "updated_at": now, **values}, unless_present="key" if unless_present else None)
         return [row] if claim.nonce is None else [_nonce(claim.client, claim.nonce, now), row]
@@ -573,7 +575,7 @@ class VaultStore:
                 return False, withdrawal_record(row)
             now = time.time()
             self._add(s, client, -amount)
-            row = WithdrawalRow(key=key, client=client.lower(), recipient=recipient,
+            row = WithdrawalRow(key=key, client=address_key(client), recipient=recipient,
                                 amount=str(amount), state=TX_SUBMITTED, created_at=now,
                                 updated_at=now)
             s.add(row)
@@ -650,7 +652,7 @@ class VaultStore:
 
     def totals(self, client: str | None = None) -> Totals:
         """The conservation terms, for one client or the whole vault."""
-        who = None if client is None else client.lower()
+        who = None if client is None else address_key(client)
         with self._read() as s:
             def rows(model: Any) -> list[Any]:
                 query = select(model)
@@ -692,7 +694,7 @@ def _insert(model: Any, values: dict[str, Any], *, unless_present: str | None = 
 
 
 def _nonce(client: str, nonce: str, now: float) -> Statement:
-    return _insert(NonceRow, {"client": client.lower(), "nonce": nonce, "seen_at": now})
+    return _insert(NonceRow, {"client": address_key(client), "nonce": nonce, "seen_at": now})
 
 
 @functools.cache

@@ -67,7 +67,7 @@ from eth_utils import event_abi_to_log_topic, filter_abi_by_type
 from hexbytes import HexBytes
 
 from a402.asc import RemoteProtocolError, Status
-from a402.chain.asc_manager import OnChainStatus, terms_tuple
+from a402.asc_manager import OnChainStatus, terms_tuple
 from a402.tee import TeeError
 from a402.wire import vault_api as api
 

@@ -66,7 +66,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
-from a402.crypto.keccak import keccak256 as keccak
+from a402.evm.keccak import keccak256 as keccak
 
 SCHEME_A402 = "a402"
 WELL_KNOWN_PREFIX = "/.well-known/a402"
@@ -84,6 +84,10 @@ PROLOGUE = b"a402/http/vault->provider/v1"
 REQUEST_AD = b"a402/http/request"
 RESPONSE_AD = b"a402/http/response"
 INFO_VERSION = 1
+#: Default bound on a request or a sealed result (16 MiB): the ASC messages that carry
+#: them refuse larger blobs (:func:`a402.asc.messages.decode`), and the frames and the
+#: vault API's call bodies are sized from it.
+DEFAULT_MAX_BLOB = 16 * 1024 * 1024
 
 _ENVELOPE_TAG = b"A402/HTTP\x01"
 _REQUEST_TAG = b"A402/REQ\x01"

@@ -22,7 +22,6 @@ I/O.
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import secrets
 import time
@@ -33,10 +32,11 @@ from typing import Any, Final
 
 import coincurve
 from eth_account.signers.local import LocalAccount
-from eth_utils import to_checksum_address
 
-from a402.asc.messages import DEFAULT_MAX_BLOB
-from a402.crypto.keccak import keccak256 as keccak
+from a402.evm.address import address_key, to_checksum
+from a402.evm.ecdsa import ETH_ACCOUNT, recover_address
+from a402.evm.keccak import keccak256 as keccak
+from a402.wire.a402 import DEFAULT_MAX_BLOB
 
 API_PREFIX: Final = "/v1"
 CLIENT_HEADER: Final = "a402-client"
@@ -107,7 +107,7 @@ def signing_text(
 ) -> str:
     """The canonical text a client signs for one call (see the module docstring)."""
     return "\n".join((
-        _TAG, vault.lower(), method.upper(), path, hashlib.sha256(body).hexdigest(),
+        _TAG, address_key(vault), method.upper(), path, hashlib.sha256(body).hexdigest(),
         str(timestamp), nonce,
     ))
 
@@ -142,35 +142,6 @@ def _personal_hash(text: str) -> bytes:
     return keccak(_EIP191_PREFIX + str(len(message)).encode() + message)
 
 
-@functools.lru_cache(maxsize=4096)
-def _checksum(address: bytes) -> str:
-    return to_checksum_address(address)
-
-
-def _recover(digest: bytes, signature: bytes) -> bytes:
-    """The 20-byte address that made the 65-byte ``r‖s‖v`` ``signature`` of ``digest``.
-
-    Accepts exactly what eth_account's ``recover_message`` accepts: v 0/1, 27/28 or
-    EIP-155 style (35 and up, parity of v - 35); r and s below the curve order, high s
-    included (the nonce, not the signature's bytes, is what makes a call unique).
-    ValueError otherwise.
-    """
-    if len(signature) != 65:
-        raise ValueError("a signature is 65 bytes")
-    v = signature[64]
-    if v in (0, 1):
-        recid = v
-    elif v in (27, 28):
-        recid = v - 27
-    elif v >= 35:
-        recid = (v - 35) % 2
-    else:
-        raise ValueError(f"v {v} is not 0, 1, 27, 28 or 35+")
-    public = coincurve.PublicKey.from_signature_and_message(
-        signature[:64] + bytes((recid,)), digest, hasher=None)
-    return keccak(public.format(compressed=False)[1:])[-20:]
-
-
 @dataclass(frozen=True, slots=True)
 class Authenticated:
     """Who signed a call (checksum address) and the nonce the vault must see only once."""
@@ -201,13 +172,18 @@ def verify_request(
     if abs(now - timestamp) > window:
         raise AuthError(STALE_REQUEST, f"timestamp {timestamp} is more than {window}s away")
     text = signing_text(vault, method, path, body, timestamp, nonce)
+    # Exactly what eth_account's ``recover_message`` accepts (ETH_ACCOUNT): v 0/1, 27/28 or
+    # EIP-155 style; r and s below the curve order, high s included (the nonce, not the
+    # signature's bytes, is what makes a call unique).
     try:
-        signer = _recover(_personal_hash(text), signature)
-    except Exception:  # malformed signature bytes (or a text that is not UTF-8)
-        raise AuthError(BAD_SIGNATURE, "the signature does not recover") from None
-    if "0x" + signer.hex() != client.lower():
+        signer = recover_address(_personal_hash(text), signature, policy=ETH_ACCOUNT)
+    except Exception:  # a text that is not UTF-8
+        signer = None
+    if signer is None:
+        raise AuthError(BAD_SIGNATURE, "the signature does not recover")
+    if "0x" + signer.hex() != address_key(client):
         raise AuthError(BAD_SIGNATURE, "the signature is not the named client's")
-    return Authenticated(_checksum(signer), nonce, timestamp)
+    return Authenticated(to_checksum(signer), nonce, timestamp)
 
 
 # ----------------------------------------------------------------------- JSON shapes

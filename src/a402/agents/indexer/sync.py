@@ -57,6 +57,7 @@ from a402.agents.indexer.state import ZERO, decode_profile_code
 from a402.agents.indexer.store import Batch, Cursor, IndexStore, LogEvent
 from a402.agents.reputation import score_agents
 from a402.chain.rpc import ChainUnavailable, RpcError
+from a402.evm.address import address_key
 
 log = logging.getLogger(__name__)
 
@@ -122,12 +123,12 @@ class Contracts:
     reputation: str | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "factories", tuple(a.lower() for a in self.factories))
+        object.__setattr__(self, "factories", tuple(address_key(a) for a in self.factories))
         object.__setattr__(self, "registries",
-                           {a.lower(): label for a, label in self.registries.items()})
+                           {address_key(a): label for a, label in self.registries.items()})
         for name in ("identity", "reputation"):
             value = getattr(self, name)
-            object.__setattr__(self, name, value.lower() if value else None)
+            object.__setattr__(self, name, address_key(value) if value else None)
 
     @classmethod
     def from_suite(cls, addresses: Mapping[str, str] | Any) -> Contracts:
@@ -342,7 +343,7 @@ class Indexer:
         events: list[LogEvent] = []
         new_agents: set[str] = set()
         for raw in core_logs:
-            event = self._decode(raw, self._sources.get(raw["address"].lower(), ""))
+            event = self._decode(raw, self._sources.get(address_key(raw["address"]), ""))
             if event is None:
                 continue
             if event.name == "AgentCreated":
@@ -352,7 +353,7 @@ class Indexer:
         # Registry logs about agents of another factory are not ours to index.
         events = [e for e in events if e.source != "registry" or e.args["agent"] in agents]
         if by_topic:
-            agent_logs = [r for r in results[1] if r["address"].lower() in agents]
+            agent_logs = [r for r in results[1] if address_key(r["address"]) in agents]
         elif agents:
             addresses = sorted(agents)
             agent_logs = [r for chunk in self.rpc.batch([
@@ -418,7 +419,7 @@ class Indexer:
         name, args = decoded
         ts = raw.get("blockTimestamp")
         return LogEvent(int(raw["blockNumber"], 16), int(raw["logIndex"], 16),
-                        raw["transactionHash"], raw["address"].lower(), source, name, args,
+                        raw["transactionHash"], address_key(raw["address"]), source, name, args,
                         int(ts, 16) if ts else 0)
 
     # --------------------------------------------------------------- reputation

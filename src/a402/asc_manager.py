@@ -5,6 +5,10 @@ Thin on purpose: each method is one contract call built from the pure types of
 Reading the provider's completed signature back — from the transaction's
 calldata or from the ``ProviderForceClosed`` log — is here too, because that
 is how the vault learns ``t`` when the provider settles on-chain.
+
+A layer of its own (README, "Layout"): above :mod:`a402.asc`, whose pure types it
+sends, and :mod:`a402.chain`, whose transactions send them; below the vault and the
+provider, which drive it.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress
 from hexbytes import HexBytes
-from web3 import Web3
 from web3.contract import Contract
 from web3.logs import DISCARD
 from web3.types import TxReceipt
@@ -28,6 +31,7 @@ from a402.asc.terms import BalanceState, ChannelTerms
 from a402.chain.node import Chain
 from a402.chain.tx import contract_at, deploy_contract, transact
 from a402.crypto import PaymentDomain
+from a402.evm.address import to_checksum
 
 RECEIVE_WITH_AUTHORIZATION_TYPES = {
     "ReceiveWithAuthorization": [
@@ -78,16 +82,12 @@ class PublishedSignature:
     signature: bytes
 
 
-def _checksum(raw: bytes) -> str:
-    return Web3.to_checksum_address(raw)
-
-
 def terms_tuple(terms: ChannelTerms) -> tuple[str, str, str, bytes, int, bytes]:
     """The contract's ``Channel`` tuple."""
     return (
-        _checksum(terms.client),
-        _checksum(terms.vault),
-        _checksum(terms.provider),
+        to_checksum(terms.client),
+        to_checksum(terms.vault),
+        to_checksum(terms.provider),
         terms.provider_key,
         terms.deposit,
         terms.salt,

@@ -7,7 +7,7 @@ import sys
 import pytest
 from Crypto.Hash import keccak as cryptodome_keccak
 
-from a402.crypto.keccak import keccak256
+from a402.evm.keccak import keccak256
 
 
 def reference(data: bytes) -> bytes:
@@ -35,4 +35,4 @@ def test_buffers_other_than_bytes_are_hashed_by_content() -> None:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="safe-pysha3 is a Linux-only dependency")
 def test_linux_gets_the_c_implementation() -> None:
-    assert keccak256.__module__ == "a402.crypto.keccak"
+    assert keccak256.__module__ == "a402.evm.keccak"
