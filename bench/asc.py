@@ -64,6 +64,7 @@ import uvloop
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
+import crypto
 import loadgen
 import roles
 from a402.chain.deploy import Manifest, deploy_dev_stack
@@ -378,6 +379,10 @@ def main() -> None:
                 stack, [manifest.account("client", i).private_key
                         for i in range(args.channels)], args.exact_per_client))
 
+    # The protocol's own cryptography for one paid request (bench/crypto.py's figure),
+    # measured here, in the same run and on the same loaded host, as the CPU above.
+    print("the protocol's cryptography per paid request ...", file=sys.stderr)
+    crypto_us = crypto.paid_request(number=200, repeat=5)["total"][0]
     one = max(growth, key=lambda g: g["requests"])
     exact_gas = exact["gas_per_payment_median"]
     results = {
@@ -400,6 +405,11 @@ def main() -> None:
         "channel_lifecycle_gas_by_function": one["gas_by_function"],
         "channel_lifecycle_gas_aggregated": many["lifecycle_gas_per_channel"],
         "overhead_ms_p50": one["latency_ms_p50"] - base,
+        "protocol_crypto_us_per_request": crypto_us,
+        # CPU of the three roles (vault, provider, paying clients) per paid request over
+        # the protocol's own cryptography: the cost of everything around the protocol.
+        "cpu_per_request_over_crypto": sum(many["cpu_ms_per_request"].values()) * 1000
+        / crypto_us,
         "throughput_ratio_vs_exact": many["per_second"] / exact["per_second"],
         "throughput_ratio_1_channel_vs_exact": one["per_second"] / exact["per_second"],
         # The most exact can do with these clients: each pays at most once a block (its
@@ -438,6 +448,10 @@ def report(r: dict[str, Any]) -> dict[str, bool]:
     for run in (one, many):
         cpu = ", ".join(f"{name} {ms:.2f}" for name, ms in run["cpu_ms_per_request"].items())
         print(f"  (CPU ms per paid request, {run.get('channels', 1)} channel(s): {cpu})")
+    print(f"  (CPU per paid request, {many['channels']} channels, the three roles together / "
+          f"the protocol's cryptography ({r['protocol_crypto_us_per_request']:.0f} µs, "
+          f"bench/crypto.py's figure measured in this run): "
+          f"{r['cpu_per_request_over_crypto']:.1f}x)")
     print(f"  (exact: blocks every {exact['block_interval_s_median']} s measured, "
           f"{exact['blocks']} blocks; service alone p50 {r['service_time_ms_p50']:.2f} ms)")
     print(f"\n{'on-chain, by requests':<16}{'A402 txs':>10}{'A402 gas':>12}{'gas/req':>10}"

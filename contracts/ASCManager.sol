@@ -82,10 +82,14 @@ interface IERC3009Receive {
 ///      Batches. `createASCBatch` and `closeASCBatch` run the very checks and effects of
 ///      `createASC` and `closeASC` for each channel (the same private functions), all of them
 ///      before any token moves, then move the tokens aggregated: one transfer per maximal run of
-///      consecutive channels with the same payer or payee. One invalid channel reverts the whole
-///      batch. This is the paper's "settlement aggregated into one transaction": a vault that
-///      opens channels from its pooled deposits (client == vault) pays the 21,000-gas intrinsic
-///      cost and its own token transfer once per batch instead of once per channel.
+///      consecutive channels with the same payer or payee. A channel that cannot proceed (one
+///      already closed, a bad signature, a client whose deposit does not arrive) is skipped with
+///      a `BatchMemberSkipped` event carrying the error `createASC`/`closeASC` would have
+///      reverted with, and the others go on: one member cannot hold the rest hostage. Only a
+///      malformed batch (empty, arrays of different lengths) reverts. This is the paper's
+///      "settlement aggregated into one transaction": a vault that opens channels from its
+///      pooled deposits (client == vault) pays the 21,000-gas intrinsic cost and its own token
+///      transfer once per batch instead of once per channel.
 ///
 ///      Races. Every path ends in CLOSED, written before any token moves, so whichever
 ///      transaction lands first wins and the others revert. A provider's forceClose may land
@@ -95,10 +99,18 @@ interface IERC3009Receive {
 ///      rule rid ≥ version means no payment is ever counted twice.
 ///
 ///      Token: one immutable asset per manager (the domain, and so every id and signature, is bound
-///      to it through this contract's address). It must be a standard ERC-20 (no fee-on-transfer,
-///      no rebasing): all channels share one escrow and each pays out exactly its deposit.
-///      Payouts are pushed; a token that lets a receiver block transfers (a blocklist) can stall
-///      that one channel's settlement (or the one batch that contains it), not any other channel's.
+///      to it through this contract's address). It must not rebase: all channels share one escrow
+///      and each pays out exactly its deposit. A deposit that does not arrive whole (a
+///      fee-on-transfer token) is refused, so no channel is ever funded from another's escrow.
+///
+///      Payouts never block. Settling a channel first fixes both payouts (the record is CLOSED),
+///      then tries to transfer each; a transfer the token refuses (a blocklisted receiver, a
+///      paused token) is credited to the receiver instead (`owed`, event `PayoutCredited`),
+///      to be taken later with `withdraw` (by the receiver, to any address it names) or
+///      `withdrawWithSignature` (anyone relaying the receiver's signed order). So one party's
+///      blocked address can neither stop the other party's payout nor undo a settlement: a
+///      provider's claim is recorded even when its transfer fails. The happy path still pays in
+///      the settling transaction, with no second transaction for anyone.
 ///      Reentrancy: checks-effects-interactions everywhere plus a transient reentrancy guard on
 ///      every state-changing entry point, so a token or signer contract that calls back finds
 ///      the channel already settled and the manager locked.
@@ -167,6 +179,16 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
     // The version and provider balance are those of the recorded state while Closing.
     mapping(bytes32 channelId => uint256 record) private _records;
 
+    /// @notice Payouts the token refused to transfer when they were due, by receiver.
+    mapping(address account => uint256 amount) public owed;
+
+    /// @notice The next nonce of each account's signed withdrawal order.
+    mapping(address account => uint256 nonce) public withdrawalNonces;
+
+    bytes32 public constant WITHDRAWAL_TYPEHASH = keccak256(
+        "A402Withdrawal(address owner,address to,uint256 amount,uint256 nonce,uint256 deadline)"
+    );
+
     uint256 private constant _DEADLINE_SHIFT = 8;
     uint256 private constant _VERSION_SHIFT = 48;
     uint256 private constant _BALANCE_SHIFT = 112;
@@ -206,6 +228,13 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
         uint256 providerPayout
     );
 
+    /// @notice A batch member that could not proceed: `reason` is the error its single call
+    ///         (`createASC`, `closeASC`) would have reverted with. Nothing of it changed.
+    event BatchMemberSkipped(uint256 indexed index, bytes reason);
+    /// @notice A payout the token refused to transfer, kept for `account` to withdraw.
+    event PayoutCredited(address indexed account, uint256 amount);
+    event Withdrawn(address indexed account, address indexed to, uint256 amount);
+
     error InvalidTerms();
     error NotAuthorized();
     error ChannelExists(bytes32 channelId);
@@ -221,6 +250,10 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
     error PaymentExceedsBalance(uint256 amount, uint256 clientBalance);
     error InvalidPaymentSignature();
     error EmptyBatch();
+    /// @notice The escrow grew by `received` instead of the deposit `expected`.
+    error DepositNotReceived(uint256 expected, uint256 received);
+    error NothingOwed();
+    error OrderExpired(uint256 deadline);
     /// @notice A batch's arrays differ in length: `channels` channels but `other` entries.
     error LengthMismatch(uint256 channels, uint256 other);
 
@@ -244,15 +277,20 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
         nonReentrant
         returns (bytes32 channelId_)
     {
-        channelId_ = _openWithConsent(c, clientSignature);
+        _raise(_openFailure(c, clientSignature));
+        channelId_ = _open(c);
+        uint256 before = token.balanceOf(address(this));
         token.safeTransferFrom(c.client, address(this), c.deposit);
+        _checkReceived(before, c.deposit);
     }
 
     /// @notice Open many channels at once, each exactly as `createASC` would (same checks, same
     ///         consent rule, one `ChannelOpened` each), then pull the deposits with one
     ///         `transferFrom` per maximal run of consecutive channels with the same client.
     ///         The caller is the vault of every channel; `clientSignatures[i]` is the consent to
-    ///         `cs[i]` (empty where the client is the caller).
+    ///         `cs[i]` (empty where the client is the caller). A member that fails a check, or
+    ///         whose run's deposits do not arrive whole, is skipped (`BatchMemberSkipped`, its
+    ///         id returned as zero) and left unopened; the others open.
     function createASCBatch(Channel[] calldata cs, bytes[] calldata clientSignatures)
         external
         nonReentrant
@@ -261,13 +299,39 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
         uint256 n = _batchSize(cs.length, clientSignatures.length);
         channelIds = new bytes32[](n);
         for (uint256 i; i < n; ++i) {
-            channelIds[i] = _openWithConsent(cs[i], clientSignatures[i]);
+            bytes memory failure = _openFailure(cs[i], clientSignatures[i]);
+            if (failure.length != 0) {
+                emit BatchMemberSkipped(i, failure);
+            } else {
+                // Recorded now, so a duplicate later in this batch fails as ChannelExists.
+                channelIds[i] = channelId(cs[i]);
+                _records[channelIds[i]] = uint256(Status.Open);
+            }
         }
-        Run memory deposits;
-        for (uint256 i; i < n; ++i) {
-            _addToRun(deposits, cs[i].client, cs[i].deposit, true);
+        uint256 start;
+        while (start < n) {
+            // The run: members start..end-1 with the client of `start` (skipped ones ignored).
+            address client = cs[start].client;
+            uint256 end = start;
+            uint256 amount;
+            while (end < n && cs[end].client == client) {
+                if (channelIds[end] != 0) amount += cs[end].deposit;
+                ++end;
+            }
+            bool arrived = amount == 0 || _pull(client, amount);
+            for (uint256 i = start; i < end; ++i) {
+                if (channelIds[i] == 0) continue;
+                Channel calldata c = cs[i];
+                if (arrived) {
+                    emit ChannelOpened(channelIds[i], c.client, c.provider, c.vault, c.providerKey, c.deposit, c.salt);
+                } else {
+                    delete _records[channelIds[i]];
+                    channelIds[i] = 0;
+                    emit BatchMemberSkipped(i, abi.encodeWithSelector(DepositNotReceived.selector, c.deposit, 0));
+                }
+            }
+            start = end;
         }
-        _moveRun(deposits, true);
     }
 
     /// @notice Open a channel whose deposit moves by EIP-3009 `receiveWithAuthorization` (no
@@ -281,34 +345,46 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
         bytes32 r,
         bytes32 s
     ) external nonReentrant returns (bytes32 channelId_) {
+        _raise(_termsFailure(c));
         channelId_ = _open(c);
         uint256 before = token.balanceOf(address(this));
         IERC3009Receive(address(token)).receiveWithAuthorization(
             c.client, address(this), c.deposit, validAfter, validBefore, channelId_, v, r, s
         );
         // receiveWithAuthorization returns nothing; make sure the deposit really arrived.
-        if (token.balanceOf(address(this)) != before + c.deposit) revert InvalidTerms();
+        _checkReceived(before, c.deposit);
     }
 
-    /// @dev `_open` plus the client's consent: its EIP-712 signature over the id (EOA or
-    ///      EIP-1271), unless the client is the sender.
-    function _openWithConsent(Channel calldata c, bytes calldata clientSignature) private returns (bytes32 cid) {
-        cid = _open(c);
+    /// @dev Why `createASC` would refuse to open `c` (an encoded error; empty if it would open):
+    ///      the sender is not the vault, the terms are invalid, the id was used, or the client
+    ///      (unless it is the sender) has not consented with its EIP-712 signature over the id
+    ///      (EOA or EIP-1271).
+    function _openFailure(Channel calldata c, bytes calldata clientSignature) private view returns (bytes memory) {
+        bytes memory failure = _termsFailure(c);
+        if (failure.length != 0) return failure;
+        bytes32 cid = channelId(c);
         if (msg.sender != c.client && !SignatureChecker.isValidSignatureNow(c.client, cid, clientSignature)) {
-            revert BadSignature(c.client);
+            return abi.encodeWithSelector(BadSignature.selector, c.client);
         }
+        return "";
     }
 
-    function _open(Channel calldata c) private returns (bytes32 cid) {
-        if (msg.sender != c.vault) revert NotAuthorized();
+    function _termsFailure(Channel calldata c) private view returns (bytes memory) {
+        if (msg.sender != c.vault) return abi.encodeWithSelector(NotAuthorized.selector);
         uint256 px = uint256(c.providerKey);
         if (
             c.client == address(0) || c.vault == address(0) || c.provider == address(0)
                 || c.provider == c.client || c.provider == c.vault || c.deposit == 0 || c.deposit > type(uint128).max
                 || px == 0 || px > Schnorr.HALF_N
-        ) revert InvalidTerms();
+        ) return abi.encodeWithSelector(InvalidTerms.selector);
+        bytes32 cid = channelId(c);
+        if (_records[cid] != 0) return abi.encodeWithSelector(ChannelExists.selector, cid);
+        return "";
+    }
+
+    /// @dev Record `c` open (its checks passed) and announce it.
+    function _open(Channel calldata c) private returns (bytes32 cid) {
         cid = channelId(c);
-        if (_records[cid] != 0) revert ChannelExists(cid);
         _records[cid] = uint256(Status.Open);
         emit ChannelOpened(cid, c.client, c.provider, c.vault, c.providerKey, c.deposit, c.salt);
     }
@@ -331,6 +407,8 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
     ///         caller a party of every channel, one `ChannelClosed` each, every record CLOSED
     ///         before any token moves), then pay out with one `transfer` per maximal run of
     ///         consecutive equal client addresses and one per run of equal provider addresses.
+    ///         A member `closeASC` would refuse is skipped (`BatchMemberSkipped`) and stays as it
+    ///         was; a run whose transfer the token refuses is credited (`PayoutCredited`).
     function closeASCBatch(
         Channel[] calldata cs,
         State[] calldata ss,
@@ -340,17 +418,25 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
         uint256 n = _batchSize(cs.length, ss.length);
         _batchSize(n, vaultSignatures.length);
         _batchSize(n, providerSignatures.length);
+        bool[] memory closed = new bool[](n);
         for (uint256 i; i < n; ++i) {
-            _close(cs[i], ss[i], vaultSignatures[i], providerSignatures[i]);
+            bytes memory failure = _closeFailure(cs[i], ss[i], vaultSignatures[i], providerSignatures[i]);
+            if (failure.length != 0) {
+                emit BatchMemberSkipped(i, failure);
+                continue;
+            }
+            _closeRecorded(cs[i], ss[i]);
+            closed[i] = true;
         }
         Run memory toClients;
         Run memory toProviders;
         for (uint256 i; i < n; ++i) {
-            _addToRun(toClients, cs[i].client, ss[i].clientBalance, false);
-            _addToRun(toProviders, cs[i].provider, ss[i].providerBalance, false);
+            if (!closed[i]) continue;
+            _addToRun(toClients, cs[i].client, ss[i].clientBalance);
+            _addToRun(toProviders, cs[i].provider, ss[i].providerBalance);
         }
-        _moveRun(toClients, false);
-        _moveRun(toProviders, false);
+        _send(toClients.account, toClients.amount);
+        _send(toProviders.account, toProviders.amount);
     }
 
     /// @dev closeASC's checks and effects: a final state approved by vault and provider, sent by
@@ -361,17 +447,36 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
         bytes calldata vaultSignature,
         bytes calldata providerSignature
     ) private {
-        if (msg.sender != c.client && msg.sender != c.vault && msg.sender != c.provider) revert NotAuthorized();
-        if (!s.isFinal) revert NotFinal();
+        _raise(_closeFailure(c, s, vaultSignature, providerSignature));
+        _closeRecorded(c, s);
+    }
+
+    /// @dev Why closeASC would refuse (an encoded error), or empty.
+    function _closeFailure(
+        Channel calldata c,
+        State calldata s,
+        bytes calldata vaultSignature,
+        bytes calldata providerSignature
+    ) private view returns (bytes memory) {
+        if (msg.sender != c.client && msg.sender != c.vault && msg.sender != c.provider) {
+            return abi.encodeWithSelector(NotAuthorized.selector);
+        }
+        if (!s.isFinal) return abi.encodeWithSelector(NotFinal.selector);
         bytes32 cid = channelId(c);
         uint256 record = _records[cid];
         Status status = _status(record);
         if (status == Status.Closing) {
-            if (s.version <= _version(record)) revert StaleState(s.version, _version(record));
+            if (s.version <= _version(record)) {
+                return abi.encodeWithSelector(StaleState.selector, s.version, _version(record));
+            }
         } else if (status != Status.Open) {
-            revert WrongStatus(cid, status);
+            return abi.encodeWithSelector(WrongStatus.selector, cid, status);
         }
-        _checkState(c, cid, s, vaultSignature, providerSignature);
+        return _stateFailure(c, cid, s, vaultSignature, providerSignature);
+    }
+
+    function _closeRecorded(Channel calldata c, State calldata s) private {
+        bytes32 cid = channelId(c);
         _records[cid] = _CLOSED;
         emit ChannelClosed(cid, s.version, s.clientBalance, s.providerBalance);
     }
@@ -490,6 +595,50 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
         _requireSignature(c.vault, A402Message.authorizationDigest(domain, m, p.amount, p.e), authorization);
     }
 
+    // ----------------------------------------------------------- withdrawals
+
+    /// @notice Take everything owed to the sender (payouts its token refused) to `to`, which
+    ///         may be any address: a blocklisted receiver names another.
+    function withdraw(address to) external nonReentrant returns (uint256 amount) {
+        return _withdraw(msg.sender, to, owed[msg.sender]);
+    }
+
+    /// @notice Carry out `owner`'s signed order to withdraw `amount` of what it is owed to `to`,
+    ///         for a receiver that does not send transactions itself (an enclave's address, a
+    ///         wallet without gas). The EIP-712 order A402Withdrawal(owner, to, amount, nonce,
+    ///         deadline), in this manager's domain, signed by `owner` (EOA or EIP-1271), is
+    ///         good once: its nonce is the owner's next.
+    function withdrawWithSignature(
+        address owner,
+        address to,
+        uint256 amount,
+        uint256 deadline,
+        bytes calldata signature
+    ) external nonReentrant {
+        if (block.timestamp > deadline) revert OrderExpired(deadline);
+        bytes32 digest = withdrawalDigest(owner, to, amount, withdrawalNonces[owner], deadline);
+        if (!SignatureChecker.isValidSignatureNow(owner, digest, signature)) revert BadSignature(owner);
+        ++withdrawalNonces[owner];
+        _withdraw(owner, to, amount);
+    }
+
+    /// @notice The digest an owner signs to order a withdrawal.
+    function withdrawalDigest(address owner, address to, uint256 amount, uint256 nonce, uint256 deadline)
+        public
+        view
+        returns (bytes32)
+    {
+        return _hashTypedDataV4(keccak256(abi.encode(WITHDRAWAL_TYPEHASH, owner, to, amount, nonce, deadline)));
+    }
+
+    function _withdraw(address owner, address to, uint256 amount) private returns (uint256) {
+        if (amount == 0 || amount > owed[owner]) revert NothingOwed();
+        owed[owner] -= amount;
+        emit Withdrawn(owner, to, amount);
+        token.safeTransfer(to, amount);
+        return amount;
+    }
+
     // ----------------------------------------------------------------- views
 
     /// @notice The id of the channel with these terms (its EIP-712 typed-data hash).
@@ -565,24 +714,53 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
         bytes calldata vaultSignature,
         bytes calldata providerSignature
     ) private view {
+        _raise(_stateFailure(c, cid, s, vaultSignature, providerSignature));
+    }
+
+    /// @dev Why `_checkState` would refuse `s` (an encoded error), or empty.
+    function _stateFailure(
+        Channel calldata c,
+        bytes32 cid,
+        State calldata s,
+        bytes calldata vaultSignature,
+        bytes calldata providerSignature
+    ) private view returns (bytes memory) {
         // Each balance ≤ deposit < 2^128 first, so the sum cannot overflow.
-        if (s.clientBalance > c.deposit || s.clientBalance + s.providerBalance != c.deposit) revert BalanceMismatch();
-        if (s.version > type(uint64).max) revert VersionOutOfRange();
+        if (s.clientBalance > c.deposit || s.clientBalance + s.providerBalance != c.deposit) {
+            return abi.encodeWithSelector(BalanceMismatch.selector);
+        }
+        if (s.version > type(uint64).max) return abi.encodeWithSelector(VersionOutOfRange.selector);
         // The opening state (version 0, nothing paid, not final) is approved by createASC.
-        if (s.version == 0 && s.providerBalance == 0 && !s.isFinal) return;
+        if (s.version == 0 && s.providerBalance == 0 && !s.isFinal) return "";
         bytes32 digest = stateDigest(cid, s);
-        _requireApproval(c.vault, digest, vaultSignature);
-        _requireApproval(c.provider, digest, providerSignature);
+        if (!_approves(c.vault, digest, vaultSignature)) return abi.encodeWithSelector(BadSignature.selector, c.vault);
+        if (!_approves(c.provider, digest, providerSignature)) {
+            return abi.encodeWithSelector(BadSignature.selector, c.provider);
+        }
+        return "";
     }
 
     /// @dev A party approves by signing or by being the sender.
-    function _requireApproval(address signer, bytes32 digest, bytes calldata signature) private view {
-        if (msg.sender != signer) _requireSignature(signer, digest, signature);
+    function _approves(address signer, bytes32 digest, bytes calldata signature) private view returns (bool) {
+        return msg.sender == signer || _signs(signer, digest, signature);
     }
 
     function _requireSignature(address signer, bytes32 digest, bytes calldata signature) private pure {
+        if (!_signs(signer, digest, signature)) revert BadSignature(signer);
+    }
+
+    function _signs(address signer, bytes32 digest, bytes calldata signature) private pure returns (bool) {
         (address recovered, ECDSA.RecoverError err,) = ECDSA.tryRecoverCalldata(digest, signature);
-        if (err != ECDSA.RecoverError.NoError || recovered != signer) revert BadSignature(signer);
+        return err == ECDSA.RecoverError.NoError && recovered == signer;
+    }
+
+    /// @dev Revert with an encoded error, if there is one.
+    function _raise(bytes memory failure) private pure {
+        if (failure.length != 0) {
+            assembly ("memory-safe") {
+                revert(add(failure, 0x20), mload(failure))
+            }
+        }
     }
 
     function _payout(Channel calldata c, uint256 clientAmount, uint256 providerAmount) private {
@@ -590,27 +768,40 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
         _send(c.provider, providerAmount);
     }
 
+    /// @dev Pay `amount` to `to`, or, if the token refuses (a blocklist, a pause), credit it to
+    ///      `to` for a later `withdraw`: a payout never reverts the settlement it belongs to.
     function _send(address to, uint256 amount) private {
-        if (amount != 0) token.safeTransfer(to, amount);
+        if (amount == 0 || token.trySafeTransfer(to, amount)) return;
+        owed[to] += amount;
+        emit PayoutCredited(to, amount);
     }
 
-    /// @dev Extend `run` with `amount` for `account`, first moving the run if it is another
+    /// @dev Pull `amount` from `from` into the escrow: true if exactly that much arrived.
+    function _pull(address from, uint256 amount) private returns (bool) {
+        uint256 before = token.balanceOf(address(this));
+        if (!token.trySafeTransferFrom(from, address(this), amount)) return false;
+        uint256 received = token.balanceOf(address(this)) - before;
+        if (received != amount) revert DepositNotReceived(amount, received);
+        return true;
+    }
+
+    /// @dev The escrow, `before` a deposit of `amount`, must have grown by exactly `amount`.
+    function _checkReceived(uint256 before, uint256 amount) private view {
+        uint256 received = token.balanceOf(address(this)) - before;
+        if (received != amount) revert DepositNotReceived(amount, received);
+    }
+
+    /// @dev Extend `run` with `amount` for `account`, first paying the run out if it is another
     ///      account's. The sum is checked arithmetic, so an overflow reverts the batch (it cannot
     ///      happen: every deposit is below 2^128 and every balance at most its deposit).
-    function _addToRun(Run memory run, address account, uint256 amount, bool pull) private {
+    function _addToRun(Run memory run, address account, uint256 amount) private {
         if (account != run.account) {
-            _moveRun(run, pull);
+            _send(run.account, run.amount);
             run.account = account;
             run.amount = amount;
         } else {
             run.amount += amount;
         }
-    }
-
-    /// @dev Pull the run's amount from its account into the escrow, or push it out of it.
-    function _moveRun(Run memory run, bool pull) private {
-        if (!pull) return _send(run.account, run.amount);
-        if (run.amount != 0) token.safeTransferFrom(run.account, address(this), run.amount);
     }
 
     /// @dev A batch's size `n`, checked to be non-zero and equal to an argument's length `m`.

@@ -20,7 +20,7 @@ from typing import Any
 
 from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
-from eth_typing import ChecksumAddress
+from eth_typing import ChecksumAddress, Hash32
 from hexbytes import HexBytes
 from web3.contract import Contract
 from web3.logs import DISCARD
@@ -299,3 +299,35 @@ class ASCManager:
 
     def state_digest(self, channel_id: bytes, state: BalanceState) -> bytes:
         return bytes(self.contract.functions.stateDigest(channel_id, state.as_tuple()).call())
+
+    def skipped(self, receipt: TxReceipt) -> dict[int, bytes]:
+        """The members a batch skipped, by index: the encoded error each one's single call
+        would have reverted with (its 4-byte selector first)."""
+        return {int(args["index"]): bytes(args["reason"])
+                for args in self.events("BatchMemberSkipped", receipt)}
+
+    # -- payouts the token refused ---------------------------------------------
+
+    def owed(self, account: str) -> int:
+        """What the manager owes ``account``: payouts its token refused when they were due."""
+        return int(self.contract.functions.owed(account).call())
+
+    def withdraw(self, owner: LocalAccount, to: str) -> TxReceipt:
+        """Take everything owed to ``owner`` to ``to`` (any address, e.g. when ``owner``'s
+        own is blocklisted)."""
+        return transact(self.chain, owner, self.contract.functions.withdraw(to))
+
+    def withdrawal_order(self, owner: LocalAccount, to: str, amount: int, deadline: int
+                         ) -> bytes:
+        """``owner``'s signature ordering ``amount`` of what it is owed paid to ``to``, for
+        anyone to submit with :meth:`withdraw_for` before ``deadline``."""
+        nonce = int(self.contract.functions.withdrawalNonces(owner.address).call())
+        digest = bytes(self.contract.functions.withdrawalDigest(
+            owner.address, to, amount, nonce, deadline).call())
+        return bytes(owner.unsafe_sign_hash(Hash32(digest)).signature)
+
+    def withdraw_for(self, sender: LocalAccount, owner: str, to: str, amount: int,
+                     deadline: int, order: bytes) -> TxReceipt:
+        """Submit ``owner``'s signed withdrawal order (``sender`` only pays the gas)."""
+        call = self.contract.functions.withdrawWithSignature(owner, to, amount, deadline, order)
+        return transact(self.chain, sender, call)

@@ -152,7 +152,8 @@ def _add_gateway_a402_arguments(gw: argparse.ArgumentParser) -> list[tuple[str, 
                            help="simulation root public key whose vault quotes are accepted "
                                 "(default: this gateway's own platform root)"),
         group.add_argument("--nitro-root", metavar="PEM",
-                           help="also accept AWS Nitro vault enclaves chaining to this root"),
+                           help="accept AWS Nitro vault enclaves chaining to this root (the "
+                                "AWS root, checked by its fingerprint), and no simulated ones"),
         group.add_argument("--vault-measurement", action="append", metavar="HEX",
                            help="vault enclave code measurement allowed to open sessions "
                                 "(repeatable)"),

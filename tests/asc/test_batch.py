@@ -4,8 +4,9 @@ A batch runs each channel through the checks and effects of ``createASC`` and
 ``closeASC`` and then moves tokens aggregated, one transfer per run of
 consecutive channels with the same payer or payee. Checked here: exact
 conservation for every account, the aggregation itself (the token's Transfer
-logs), that one bad channel reverts the whole batch and changes nothing, and
-that a token calling back into the manager finds it locked.
+logs), that a channel that cannot proceed is skipped while the others settle (only a
+malformed batch reverts, and then changes nothing), and that a token calling back
+into the manager finds it locked.
 """
 
 from __future__ import annotations
@@ -223,10 +224,10 @@ def test_a_final_state_in_a_batch_settles_a_pending_dispute_only_if_newer(
     c, d = batch.parties(batch.a, batch.p), batch.parties(batch.b, batch.q)
     batch.open([c, d])
     manager.init_force_close(batch.a, c.terms, c.signed(BalanceState(2, DEPOSIT - 7, 7)))
-    with reverts_with("StaleState(uint256,uint256)"):
-        manager.close_batch(batch.vault, [(d.terms, final(d, 3)), (c.terms, final(c, 9, 2))])
-    assert batch.statuses([c, d]) == [OnChainStatus.CLOSING, OnChainStatus.OPEN]
-    manager.close_batch(batch.vault, [(d.terms, final(d, 3)), (c.terms, final(c, 9, 3))])
+    stale = manager.close_batch(batch.vault, [(c.terms, final(c, 9, 2)), (d.terms, final(d, 3))])
+    skips_only(batch, stale, [c, d], {0: "StaleState(uint256,uint256)"})
+    assert batch.statuses([c, d]) == [OnChainStatus.CLOSING, OnChainStatus.CLOSED]
+    manager.close_batch(batch.vault, [(c.terms, final(c, 9, 3))])
     assert batch.statuses([c, d]) == [OnChainStatus.CLOSED] * 2
 
 
@@ -244,116 +245,163 @@ def unchanged(
     assert batch.statuses(channels) == statuses
 
 
-def test_one_bad_channel_reverts_the_whole_open(batch: Batch, manager: ASCManager) -> None:
+def skips_only(
+    batch: Batch, receipt: Any, channels: Sequence[Parties], bad: dict[int, str]
+) -> None:
+    """The batch skipped exactly the members ``bad`` names (index → the error its single
+    call would revert with) and no other."""
+    reasons = batch.manager.skipped(receipt)
+    assert {i: r[:4].hex() for i, r in reasons.items()} == {
+        i: selector(error) for i, error in bad.items()
+    }
+
+
+def test_a_bad_channel_in_an_open_is_skipped_and_the_others_open(
+    batch: Batch, manager: ASCManager
+) -> None:
     a, b, v = batch.a, batch.b, batch.vault
-    good = [batch.parties(a, batch.p), batch.parties(b, batch.q), batch.parties(a, batch.q)]
-    consents = batch.consents(good)
-    terms = [c.terms for c in good]
     spent = batch.parties(b, batch.p)
     batch.open([spent])
     foreign = dataclasses.replace(batch.parties(a, batch.p).terms, vault=b.address)
-    cases: dict[str, Callable[[], Any]] = {
-        "BadSignature(address)": lambda: manager.create_batch(
-            v,
-            terms,
-            [consents[0], consents[2], consents[1]],  # b's consent signed by a
-        ),
-        "ChannelExists(bytes32)": lambda: manager.create_batch(
-            v,
-            [*terms, terms[0]],
-            [*consents, consents[0]],  # the same channel twice
-        ),
-        "NotAuthorized()": lambda: manager.create_batch(
-            v,
-            [*terms, foreign],
-            [*consents, b""],  # another vault's channel
-        ),
-        "LengthMismatch(uint256,uint256)": lambda: manager.create_batch(v, terms, consents[:2]),
-        "EmptyBatch()": lambda: manager.create_batch(v, [], []),
-    }
-    for error, action in cases.items():
-        unchanged(batch, good, action, error)
-    unchanged(
-        batch,
-        good,
-        lambda: manager.create_batch(
-            v, [*terms, spent.terms], [*consents, batch.consents([spent])[0]]
-        ),
-        "ChannelExists(bytes32)",  # already open
-    )
-    assert batch.statuses(good) == [OnChainStatus.NONE] * 3
-    batch.open(good)
-    assert batch.statuses(good) == [OnChainStatus.OPEN] * 3
+
+    def good() -> list[Parties]:
+        return [batch.parties(a, batch.p), batch.parties(b, batch.q), batch.parties(a, batch.q)]
+
+    def bad_consent(g: list[Parties]) -> tuple[list[ChannelTerms], list[bytes]]:
+        consents = batch.consents(g)
+        return [c.terms for c in g], [consents[0], consents[2], consents[1]]  # swapped
+
+    def twice(g: list[Parties]) -> tuple[list[ChannelTerms], list[bytes]]:
+        consents = batch.consents(g)
+        return [*(c.terms for c in g), g[0].terms], [*consents, consents[0]]
+
+    def another_vaults(g: list[Parties]) -> tuple[list[ChannelTerms], list[bytes]]:
+        return [*(c.terms for c in g), foreign], [*batch.consents(g), b""]
+
+    def already_open(g: list[Parties]) -> tuple[list[ChannelTerms], list[bytes]]:
+        return [*(c.terms for c in g), spent.terms], [*batch.consents(g),
+                                                      *batch.consents([spent])]
+
+    cases: list[tuple[Callable[[list[Parties]], Any], dict[int, str], list[int]]] = [
+        (bad_consent, {1: "BadSignature(address)", 2: "BadSignature(address)"}, [0]),
+        (twice, {3: "ChannelExists(bytes32)"}, [0, 1, 2]),
+        (another_vaults, {3: "NotAuthorized()"}, [0, 1, 2]),
+        (already_open, {3: "ChannelExists(bytes32)"}, [0, 1, 2]),
+    ]
+    for build, bad, opened in cases:
+        channels = good()
+        terms, consents = build(channels)
+        before = batch.balances()
+        receipt = manager.create_batch(v, terms, consents)
+        skips_only(batch, receipt, channels, bad)
+        assert [batch.statuses([c])[0] == OnChainStatus.OPEN for c in channels] == [
+            i in opened for i in range(3)
+        ]
+        after = batch.balances()
+        escrowed = sum(channels[i].terms.deposit for i in opened)
+        assert after[manager.address] - before[manager.address] == escrowed
+        assert sum(after.values()) == sum(before.values())
+    # Only a malformed batch reverts, and then nothing changes.
+    channels = good()
+    terms, consents = [c.terms for c in channels], batch.consents(channels)
+    unchanged(batch, channels, lambda: manager.create_batch(v, terms, consents[:2]),
+              "LengthMismatch(uint256,uint256)")
+    unchanged(batch, channels, lambda: manager.create_batch(v, [], []), "EmptyBatch()")
 
 
-def test_one_bad_channel_reverts_the_whole_close(
+def test_a_client_whose_deposit_cannot_be_pulled_is_skipped_with_its_run(
+    batch: Batch, manager: ASCManager, asc_chain: Chain
+) -> None:
+    """A client that revoked its approval: its run of channels stays unopened, the other
+    clients' open and pay in."""
+    a, b = batch.a, batch.b
+    channels = [batch.parties(a, batch.p), batch.parties(a, batch.q), batch.parties(b, batch.p)]
+    transact(asc_chain, a, batch.token.functions.approve(manager.address, 0))
+    before = batch.balances()
+    receipt = batch.open(channels)
+    skips_only(batch, receipt, channels, {0: "DepositNotReceived(uint256,uint256)",
+                                          1: "DepositNotReceived(uint256,uint256)"})
+    assert batch.statuses(channels) == [OnChainStatus.NONE, OnChainStatus.NONE,
+                                        OnChainStatus.OPEN]
+    after = batch.balances()
+    assert after[a.address] == before[a.address]
+    assert before[b.address] - after[b.address] == DEPOSIT
+    assert after[manager.address] - before[manager.address] == DEPOSIT
+    transact(asc_chain, a, batch.token.functions.approve(manager.address, 2**256 - 1))
+    batch.open(channels[:2])  # skipped, so never used: they open later
+    assert batch.statuses(channels[:2]) == [OnChainStatus.OPEN] * 2
+
+
+def test_a_bad_channel_in_a_close_is_skipped_and_the_others_settle(
     batch: Batch, manager: ASCManager, asc_chain: Chain
 ) -> None:
     a, b, v = batch.a, batch.b, batch.vault
-    channels = [batch.parties(a, batch.p), batch.parties(b, batch.q), batch.parties(a, batch.q)]
     closed = batch.parties(b, batch.p)
-    batch.open([*channels, closed])
+    batch.open([closed])
     manager.close(v, closed.terms, final(closed, 5))
-    items = [(c.terms, final(c, 1_000 * (i + 1))) for i, c in enumerate(channels)]
-    s2_sig = items[2][1].provider_signature
+
+    def opened() -> tuple[list[Parties], list[tuple[ChannelTerms, SignedState]]]:
+        channels = [batch.parties(a, batch.p), batch.parties(b, batch.q),
+                    batch.parties(a, batch.q)]
+        batch.open(channels)
+        return channels, [(c.terms, final(c, 1_000 * (i + 1))) for i, c in enumerate(channels)]
+
+    def with_last(items: list[Any], signed: SignedState) -> list[Any]:
+        return [*items[:2], (items[2][0], signed)]
+
+    cases: list[tuple[Callable[[list[Parties], list[Any]], Any], dict[int, str]]] = [
+        # the provider's signature over another state; no provider signature at all
+        (lambda ch, it: manager.close_batch(v, with_last(it, SignedState(
+            final(ch[2], 999).state, b"", it[2][1].provider_signature))),
+         {2: "BadSignature(address)"}),
+        (lambda ch, it: manager.close_batch(v, with_last(it, SignedState(it[2][1].state, b"",
+                                                                         b""))),
+         {2: "BadSignature(address)"}),
+        (lambda ch, it: manager.close_batch(v, with_last(it, ch[2].signed(
+            BalanceState(1, DEPOSIT - 1_000, 1_000)))), {2: "NotFinal()"}),
+        (lambda ch, it: manager.close_batch(v, with_last(it, ch[2].signed(
+            BalanceState(1, DEPOSIT, 1, True)))), {2: "BalanceMismatch()"}),
+        (lambda ch, it: manager.close_batch(v, [*it, (closed.terms, final(closed, 5))]),
+         {3: "WrongStatus(bytes32,uint8)"}),
+        (lambda ch, it: manager.close_batch(v, [*it, it[1]]), {3: "WrongStatus(bytes32,uint8)"}),
+        # p is a party of channel 0 only
+        (lambda ch, it: manager.close_batch(batch.p, it),
+         {1: "NotAuthorized()", 2: "NotAuthorized()"}),
+    ]
+    for action, bad in cases:
+        channels, items = opened()
+        before = batch.balances()
+        receipt = action(channels, items)
+        skips_only(batch, receipt, channels, bad)
+        settled = [i for i in range(3) if i not in bad]
+        assert [s == OnChainStatus.CLOSED for s in batch.statuses(channels)] == [
+            i in settled for i in range(3)]
+        after = batch.balances()
+        paid = {i: 1_000 * (i + 1) for i in settled}
+        assert after[batch.p.address] - before[batch.p.address] == paid.get(0, 0)
+        assert after[batch.q.address] - before[batch.q.address] == paid.get(1, 0) + paid.get(2, 0)
+        assert before[manager.address] - after[manager.address] == DEPOSIT * len(settled)
+        assert sum(after.values()) == sum(before.values())
+    channels, items = opened()
+    nobody = fresh_account(asc_chain)
+    receipt = manager.close_batch(nobody, items)  # a party of none: nothing happens
+    skips_only(batch, receipt, channels, dict.fromkeys(range(3), "NotAuthorized()"))
+    assert batch.statuses(channels) == [OnChainStatus.OPEN] * 3
     functions = manager.contract.functions
-
-    def raw(states: list[Any], vault_sigs: list[bytes], provider_sigs: list[bytes]) -> Any:
-        call = functions.closeASCBatch(
-            [terms_tuple(t) for t, _ in items], states, vault_sigs, provider_sigs
-        )
-        return transact(asc_chain, v, call)
-
     states = [s.state.as_tuple() for _, s in items]
     vault_sigs = [s.vault_signature for _, s in items]
     provider_sigs = [s.provider_signature for _, s in items]
 
-    def with_last(signed: SignedState) -> list[tuple[ChannelTerms, SignedState]]:
-        """The batch with channel 2's state replaced."""
-        return [*items[:2], (items[2][0], signed)]
+    def raw(states: list[Any], vault_sigs: list[bytes], provider_sigs: list[bytes]) -> Any:
+        call = functions.closeASCBatch([terms_tuple(t) for t, _ in items], states, vault_sigs,
+                                       provider_sigs)
+        return transact(asc_chain, v, call)
 
-    other_state = final(channels[2], 999).state
-    cases: dict[str, list[Callable[[], Any]]] = {
-        "BadSignature(address)": [
-            # the provider's signature over another state; then no provider signature at all
-            lambda: manager.close_batch(v, with_last(SignedState(other_state, b"", s2_sig))),
-            lambda: manager.close_batch(v, with_last(SignedState(items[2][1].state, b"", b""))),
-        ],
-        "NotFinal()": [
-            lambda: manager.close_batch(
-                v, with_last(channels[2].signed(BalanceState(1, DEPOSIT - 1_000, 1_000)))
-            ),
-        ],
-        "BalanceMismatch()": [
-            lambda: manager.close_batch(
-                v, with_last(channels[2].signed(BalanceState(1, DEPOSIT, 1, True)))
-            ),
-        ],
-        "WrongStatus(bytes32,uint8)": [
-            lambda: manager.close_batch(v, [*items, (closed.terms, final(closed, 5))]),  # closed
-            lambda: manager.close_batch(v, [*items, items[1]]),  # the same channel twice
-        ],
-        "NotAuthorized()": [
-            lambda: manager.close_batch(batch.p, items),  # p is not a party of channel 1
-            lambda: manager.close_batch(fresh_account(asc_chain), items),
-        ],
-        "LengthMismatch(uint256,uint256)": [
-            lambda: raw(states[:2], vault_sigs, provider_sigs),
-            lambda: raw(states, vault_sigs[:2], provider_sigs),
-            lambda: raw(states, vault_sigs, [*provider_sigs, b""]),
-        ],
-        "EmptyBatch()": [lambda: manager.close_batch(v, [])],
-    }
-    for error, actions in cases.items():
-        for action in actions:
-            unchanged(batch, channels, action, error)
-    assert batch.statuses(channels) == [OnChainStatus.OPEN] * 3
-    before = batch.balances()
-    manager.close_batch(a, [items[0], items[2]])  # a is a party of both
-    after = batch.balances()
-    assert after[batch.p.address] - before[batch.p.address] == 1_000
-    assert after[batch.q.address] - before[batch.q.address] == 3_000
-    assert after[a.address] - before[a.address] == 2 * DEPOSIT - 4_000
+    for action in (lambda: raw(states[:2], vault_sigs, provider_sigs),
+                   lambda: raw(states, vault_sigs[:2], provider_sigs),
+                   lambda: raw(states, vault_sigs, [*provider_sigs, b""])):
+        unchanged(batch, channels, action, "LengthMismatch(uint256,uint256)")
+    unchanged(batch, channels, lambda: manager.close_batch(v, []), "EmptyBatch()")
 
 
 def test_the_calldata_hashes_refuse_dirty_words(batch: Batch, manager: ASCManager) -> None:

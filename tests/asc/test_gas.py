@@ -42,7 +42,7 @@ def test_gas_stays_within_budget(asc_chain: Chain) -> None:
         assert gas[name] <= paper[name], (name, gas[name])
     assert gas["forceClose (provider, during a dispute)"] <= paper["forceClose (provider)"]
     assert gas["challengeForceClose"] <= 45_000
-    assert gas["createASC"] <= 82_000
+    assert gas["createASC"] <= 84_000  # with the check that the whole deposit arrived
     assert gas["closeASC"] <= 68_000
     assert gas["lifecycle (createASC + closeASC)"] <= 150_000
     assert "closeASC" in bench.table(gas)

@@ -34,13 +34,11 @@ from eth_account.signers.local import LocalAccount
 from web3 import EthereumTesterProvider, HTTPProvider, Web3
 
 from a402.evm.address import address_key
-from a402.wire.networks import v1_name
+from a402.wire.networks import LOCAL_CHAIN_IDS, v1_name
 
 ANVIL_MNEMONIC = "test test test test test test test test test test test junk"
 """Anvil's default development mnemonic: public, so these keys guard nothing."""
 
-LOCAL_CHAIN_IDS: Final = frozenset({31337, 1337})
-"""Chain ids that only development nodes use (anvil/hardhat, ganache/geth --dev)."""
 MAX_CHAIN_ID: Final = 2**53 - 1
 """The largest chain id every EVM tool can carry (EIP-2294's bound)."""
 
@@ -54,8 +52,8 @@ def public_chain_id_warning(chain_id: int) -> str | None:
     chain id and the token's address, so an EIP-3009 authorization (or any
     typed-data signature) made on the devnet is valid on the public chain for a
     contract at the same address with the same domain. Only the public anvil
-    keys belong on such a devnet. Nothing else is relaxed by the id: simulated
-    attestation stays behind ``--allow-simulated-attestation`` whatever the chain.
+    keys belong on such a devnet. And simulated enclaves, which prove nothing, are
+    refused there as on the public chain (:func:`a402.tee.require_development_chain`).
     """
     if chain_id in LOCAL_CHAIN_IDS:
         return None

@@ -78,6 +78,7 @@ from a402.provider.a402_store import ChannelBlobStore
 from a402.provider.asgi import run_buffered
 from a402.provider.routes import RouteTable
 from a402.tee import AttestationPolicy, AttestationVerifier, Enclave, TeeError
+from a402.tee.chains import check_backends
 from a402.wire.a402 import (
     PROLOGUE,
     REQUEST_AD,
@@ -220,6 +221,8 @@ class ProviderRuntime:
         self.enclave = config.enclave
         self.manager = ASCManager(config.chain, config.manager)
         self.domain = self.manager.domain
+        check_backends(self.domain.chain_id,
+                       [config.enclave.kind, *(v.kind for v in config.verifiers)])
         if self.manager.token.lower() != token.lower():
             raise ValueError(f"the ASCManager escrows {self.manager.token}, not {token}")
         if config.chain.network != network:

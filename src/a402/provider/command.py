@@ -62,6 +62,8 @@ def a402_gateway(args: argparse.Namespace, *, token: str, network: str,
         SealingError,
         measure_package,
     )
+    from a402.tee.chains import require_development_chain
+    from a402.tee.errors import AttestationError
     from a402.tee.identity import peer_verifiers
     from a402.tee.quote import MEASUREMENT_SIZES
 
@@ -133,7 +135,10 @@ def a402_gateway(args: argparse.Namespace, *, token: str, network: str,
     if enclave.signing_public_key[0] != 2:  # launch makes even-y keys; a restore keeps them
         raise GatewayUsageError(f"{identity} holds a key that is not an EVM Schnorr key")
     try:
-        verifiers = peer_verifiers(platform, roots, args.nitro_root)
+        require_development_chain(chain.chain_id)  # this side's enclave is simulated
+        verifiers = peer_verifiers(platform, roots, args.nitro_root, chain_id=chain.chain_id)
+    except AttestationError as e:
+        raise GatewayUsageError(str(e)) from None
     except (OSError, ValueError) as e:
         raise GatewayUsageError(f"--nitro-root {args.nitro_root}: {e}") from None
     if len(roots) > 1:

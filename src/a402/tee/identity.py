@@ -16,13 +16,18 @@ it accepts as a peer enclave.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+
+from .chains import require_development_chain
 from .enclave import DEFAULT_PURPOSES, AttestationVerifier
-from .nitro import NitroVerifier
+from .nitro import AWS_NITRO_ROOT_G1_SHA256, NitroVerifier, load_root
 from .simulated import SimulatedEnclave, SimulatedPlatform, SimulatedVerifier, SimulationRoot
 
 
@@ -51,15 +56,32 @@ def save_platform(platform: SimulatedPlatform, path: str | Path) -> None:
 
 
 def peer_verifiers(platform: SimulatedPlatform, trust_roots: Sequence[bytes],
-                   nitro_root: str | Path | None) -> list[AttestationVerifier]:
-    """Simulated quotes signed by the first of ``trust_roots`` (default: ``platform``'s own
-    root; one verifier per kind), and AWS Nitro documents chaining to the PEM at
-    ``nitro_root`` if given (``OSError``/``ValueError`` if it cannot be read)."""
-    root = trust_roots[0] if trust_roots else platform.root.public_key
-    verifiers: list[AttestationVerifier] = [SimulatedVerifier(root, allow_simulated=True)]
+                   nitro_root: str | Path | None, *, chain_id: int,
+                   nitro_root_sha256: str | None = AWS_NITRO_ROOT_G1_SHA256
+                   ) -> list[AttestationVerifier]:
+    """The verifiers of one attestation policy, chosen by this side, never by the peer.
+
+    With ``nitro_root`` (a PEM file): AWS Nitro documents chaining to that root, and
+    nothing else, so a peer cannot fall back to a weaker kind. The root must be the
+    one whose SHA-256 fingerprint is ``nitro_root_sha256`` (by default AWS's published
+    root; ``None`` accepts any, for a test PKI). Without it: simulated quotes signed
+    by the first of ``trust_roots`` (default: ``platform``'s own root), and only on a
+    development chain (:func:`~a402.tee.chains.require_development_chain`).
+    Raises ``OSError``/``ValueError`` for a root that cannot be read or is not the
+    pinned one, :class:`~a402.tee.AttestationError` for a simulation on a public chain.
+    """
     if nitro_root:
-        verifiers.append(NitroVerifier(Path(nitro_root).read_bytes()))
-    return verifiers
+        pem = Path(nitro_root).read_bytes()
+        fingerprint = hashlib.sha256(
+            load_root(pem).public_bytes(serialization.Encoding.DER)).hexdigest()
+        if nitro_root_sha256 is not None and not hmac.compare_digest(
+                fingerprint, nitro_root_sha256.lower()):
+            raise ValueError(f"its SHA-256 fingerprint is {fingerprint}, not the pinned "
+                             f"{nitro_root_sha256} (the AWS Nitro root unless told otherwise)")
+        return [NitroVerifier(pem)]
+    require_development_chain(chain_id)
+    root = trust_roots[0] if trust_roots else platform.root.public_key
+    return [SimulatedVerifier(root, allow_simulated=True)]
 
 
 def restore_or_launch(

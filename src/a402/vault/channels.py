@@ -371,7 +371,9 @@ class Channels:
                              extra={"balance": str(e.balance)}) from None
 
     async def _finish_open(self, row: S.Channel, call: Any) -> VaultChannel:
-        await self._open_tx(f"open:{row.cid}", call, [row])
+        (error,) = await self._open_tx(f"open:{row.cid}", call, [row])
+        if error is not None:
+            raise error
         return await self._bind_opened(row)
 
     async def _bind_opened(self, row: S.Channel) -> VaultChannel:
@@ -380,26 +382,27 @@ class Channels:
         _, channel = await self.bound(fresh)
         return channel
 
-    async def _open_tx(self, key: str, call: Any, rows: Sequence[S.Channel]) -> None:
-        """Send the transaction that opens ``rows`` and record its outcome; :class:`VaultError`
-        unless they opened (a revert in estimation gives the deposits back at once)."""
+    async def _open_tx(self, key: str, call: Any, rows: Sequence[S.Channel]
+                       ) -> list[VaultError | None]:
+        """Send the transaction that opens ``rows`` and record its outcome: for each row,
+        None if it opened, else the :class:`VaultError` to answer (a revert in estimation
+        gives the deposits back at once; a batch opens the members it can)."""
         try:
             tx = await asyncio.to_thread(self.journal.send, key, "open",
                                          ",".join(r.cid for r in rows), call)
         except TransactionFailed as e:
             for row in rows:
                 await asyncio.to_thread(self.store.fail_channel, row.cid)
-            raise VaultError(502, api.CHAIN_UNAVAILABLE, f"createASC would revert: {e.reason}",
-                             retryable=True) from None
+            return [VaultError(502, api.CHAIN_UNAVAILABLE, f"createASC would revert: {e.reason}",
+                               retryable=True)] * len(rows)
         outcome = await asyncio.to_thread(self.journal.wait, tx, self.settings.chain_timeout)
         if not outcome.final:
-            raise VaultError(503, api.CHAIN_UNAVAILABLE,
-                             f"createASC {tx.tx_hash} not mined yet", retryable=True)
-        for row in rows:
-            await self.opened(row, outcome.ok)
-        if not outcome.ok:
-            raise VaultError(502, api.CHAIN_UNAVAILABLE, f"createASC {tx.tx_hash} failed",
-                             retryable=True)
+            return [VaultError(503, api.CHAIN_UNAVAILABLE,
+                               f"createASC {tx.tx_hash} not mined yet", retryable=True)] * len(rows)
+        failed = VaultError(502, api.CHAIN_UNAVAILABLE, f"createASC {tx.tx_hash} failed",
+                            retryable=True)
+        return [None if await self.opened(row, self.opened_by(outcome, row.cid)) else failed
+                for row in rows]
 
     async def _send_opens(self, items: Sequence[tuple[S.Channel, ChannelTerms]]
                           ) -> list[VaultError | None]:
@@ -412,11 +415,15 @@ class Channels:
         else:
             call = functions.createASCBatch([terms_tuple(t) for _, t in items],
                                             [b""] * len(items))
-        try:
-            await self._open_tx(f"open:{batch_id(rows)}", call, rows)
-        except VaultError as e:
-            return [e] * len(items)
-        return [None] * len(items)
+        return await self._open_tx(f"open:{batch_id(rows)}", call, rows)
+
+    def opened_by(self, outcome: Any, cid: str) -> bool:
+        """Whether the mined open transaction of ``outcome`` opened channel ``cid``: it
+        succeeded and announced the channel (a batch skips members it cannot open)."""
+        if not outcome.ok:
+            return False
+        return any(hex_id(bytes(args["channelId"])) == cid
+                   for args in self.manager.events("ChannelOpened", outcome.receipt))
 
     async def opened(self, row: S.Channel, ok: bool) -> bool:
         """Record the outcome of a channel's ``createASC``."""
@@ -545,10 +552,11 @@ class Channels:
                 [s.provider_signature for *_, s in unique])
             key = f"close:{batch_id([cid for cid, *_ in unique])}"
             ref = ",".join(cid for cid, *_ in unique)
+            # A member that settled some other way meanwhile is skipped by the contract,
+            # and the others close.
             if await self.transact(key, "close", ref, call, unless_pending=True):
                 return [None] * len(items)
-            # One channel settled some other way meanwhile, or the batch failed: alone,
-            # each close stands or falls by itself.
+            # The batch itself failed: alone, each close stands or falls by itself.
         for cid, terms, signed in unique:
             await self.transact(f"close:{cid}", "close", cid,
                                 self.state_call("closeASC", terms, signed))

@@ -45,7 +45,8 @@ def add_vault_arguments(parser: argparse.ArgumentParser) -> None:
                         help="simulation root public key whose quotes are accepted "
                              "(repeatable; default: this vault's own platform root)")
     parser.add_argument("--nitro-root", metavar="PEM",
-                        help="also accept AWS Nitro provider enclaves chaining to this root")
+                        help="accept AWS Nitro provider enclaves chaining to this root (the "
+                             "AWS root, checked by its fingerprint), and no simulated ones")
     parser.add_argument("--provider-measurement", action="append", required=True,
                         metavar="HEX", help="provider enclave code measurement to accept "
                                             "(repeatable)")
@@ -76,6 +77,8 @@ def run_vault(args: argparse.Namespace) -> int:
         AttestationPolicy,
         measure_package,
     )
+    from a402.tee.chains import require_development_chain
+    from a402.tee.errors import AttestationError
     from a402.tee.identity import peer_verifiers
     from a402.vault.app import create_app
     from a402.vault.identity import load_platform, vault_enclave
@@ -120,7 +123,13 @@ def run_vault(args: argparse.Namespace) -> int:
                    else measure_package())
     enclave = vault_enclave(platform, measurement, store)
     roots = [bytes.fromhex(r.removeprefix("0x")) for r in args.trust_root]
-    verifiers = peer_verifiers(platform, roots, args.nitro_root)
+    try:
+        require_development_chain(chain.chain_id)  # this vault's enclave is simulated
+        verifiers = peer_verifiers(platform, roots, args.nitro_root, chain_id=chain.chain_id)
+    except AttestationError as e:
+        return fail(str(e))
+    except (OSError, ValueError) as e:
+        return fail(f"--nitro-root {args.nitro_root}: {e}")
     if len(roots) > 1:
         print("a402 vault: only the first --trust-root is used (one verifier per kind)",
               file=sys.stderr)

@@ -34,6 +34,7 @@ from a402.evm.address import address_key
 from a402.facilitator.core import Facilitator, FacilitatorConfig
 from a402.facilitator.store import SettlementStore
 from a402.tee import AttestationPolicy, AttestationVerifier, Enclave
+from a402.tee.chains import check_backends
 from a402.wire import vault_api as api
 
 from . import store as S
@@ -120,6 +121,8 @@ class VaultService:
         self.store = config.store
         config.store.claim_for(self.address)
         self.manager = ASCManager(config.chain, config.manager)
+        check_backends(self.manager.domain.chain_id,
+                       [config.enclave.kind, *(v.kind for v in config.verifiers)])
         self.token = config.token or read_token(config.chain, self.manager.token)
         if address_key(self.token.address) != address_key(self.manager.token):
             raise ValueError(f"the ASCManager escrows {self.manager.token}, "

@@ -179,7 +179,7 @@ class Worker:
                 for cid in record.ref.split(","):  # one channel, or a createASCBatch
                     row = await asyncio.to_thread(self.store.channel, cid)
                     if row is not None and row.phase == S.OPENING:
-                        await self.channels.opened(row, outcome.ok)
+                        await self.channels.opened(row, self.channels.opened_by(outcome, cid))
             elif record.kind == "withdraw":
                 await asyncio.to_thread(self.store.finish_withdrawal, record.ref, ok=outcome.ok,
                                         tx_hash=record.tx_hash)

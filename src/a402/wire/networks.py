@@ -128,6 +128,12 @@ def to_caip2(network: str) -> str:
     return network
 
 
+#: Chain ids that only development nodes use: anvil and hardhat (31337), ganache and
+#: ``geth --dev`` (1337), and py-evm's eth-tester, the embedded chain (131277322940537).
+#: Anything else may be, or become, a public network.
+LOCAL_CHAIN_IDS: Final = frozenset({31337, 1337, 131_277_322_940_537})
+
+
 def v1_name(chain_id: int) -> str | None:
     """The legacy v1 name of an EVM chain, or None when v1 never named it."""
     return _CHAIN_ID_TO_V1.get(chain_id)
