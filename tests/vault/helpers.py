@@ -27,6 +27,7 @@ from a402.vault.app import create_app
 from a402.vault.identity import vault_enclave
 from a402.vault.service import VaultConfig, VaultService
 from a402.vault.store import VaultStore
+from a402.wire import vault_api as api
 from tests.a402_exchange.helpers import PROVIDER_CODE, VAULT_CODE, World, fresh_account
 
 
@@ -40,6 +41,11 @@ class Vault:
     @property
     def address(self) -> str:
         return self.account.address
+
+    @property
+    def signed_as(self) -> str:
+        """What a client's call signatures name: this vault on its chain."""
+        return api.vault_account(self.service.chain.network, self.address)
 
 
 def vault_config(world: World, account: LocalAccount, store: VaultStore,

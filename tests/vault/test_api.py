@@ -24,9 +24,9 @@ from .helpers import assert_conserved, client_of, running_vault
 pytestmark = pytest.mark.anvil
 
 
-def _signed_get(vault_url: str, vault_address: str, account: Any, **kwargs: Any
+def _signed_get(vault_url: str, signed_as: str, account: Any, **kwargs: Any
                 ) -> tuple[dict[str, str], httpx.Response]:
-    headers = api.sign_request(account, vault_address, "GET", "/v1/account", b"", **kwargs)
+    headers = api.sign_request(account, signed_as, "GET", "/v1/account", b"", **kwargs)
     return headers, httpx.get(vault_url + "/v1/account", headers=headers)
 
 
@@ -34,10 +34,12 @@ def test_calls_must_be_signed_fresh_and_once(world: World) -> None:
     with running_vault(world) as vault:
         account = Account.create()
         unsigned = httpx.get(vault.url + "/v1/account")
-        headers, ok = _signed_get(vault.url, vault.address, account)
+        headers, ok = _signed_get(vault.url, vault.signed_as, account)
         replayed = httpx.get(vault.url + "/v1/account", headers=headers)
-        _, stale = _signed_get(vault.url, vault.address, account, now=time.time() - 600)
-        _, other_vault = _signed_get(vault.url, Account.create().address, account)
+        _, stale = _signed_get(vault.url, vault.signed_as, account, now=time.time() - 600)
+        _, other_vault = _signed_get(
+            vault.url, api.vault_account(vault.service.chain.network, Account.create().address),
+            account)
         forged = dict(headers, **{api.NONCE_HEADER: "0123456789abcdef"})
         tampered = httpx.get(vault.url + "/v1/account", headers=forged)
         info = httpx.get(vault.url + "/v1/info")
@@ -57,12 +59,12 @@ def test_an_oversized_call_is_refused_before_it_is_read(world: World,
         account = Account.create()
         body = json.dumps({"url": "http://127.0.0.1:1/x", "maxPrice": "1",
                            "body": "a" * 2_000}).encode()
-        headers = api.sign_request(account, vault.address, "POST", "/v1/invoke", body)
+        headers = api.sign_request(account, vault.signed_as, "POST", "/v1/invoke", body)
         declared = httpx.post(vault.url + "/v1/invoke", content=body, headers=headers)
 
         with httpx.Client() as http:  # streamed: no content-length to go by
             streamed = http.post(vault.url + "/v1/invoke", content=iter([body[:900], body[900:]]),
-                                 headers=api.sign_request(account, vault.address, "POST",
+                                 headers=api.sign_request(account, vault.signed_as, "POST",
                                                           "/v1/invoke", body))
         totals = vault.store.totals()
     for response in (declared, streamed):
@@ -169,7 +171,7 @@ def test_a_paid_call_replayed_byte_for_byte_is_refused_and_unknown_routes_answer
         body = json.dumps(api.InvokeRequest(
             url=f"{site}/weather", method="GET", headers=(), body=b"", max_price=1_000,
             idempotency_key="replayed-1").to_json()).encode()
-        headers = {**api.sign_request(client.account, vault.address, "POST", "/v1/invoke",
+        headers = {**api.sign_request(client.account, vault.signed_as, "POST", "/v1/invoke",
                                       body), "content-type": "application/json"}
         first = httpx.post(vault.url + "/v1/invoke", content=body, headers=headers)
         again = httpx.post(vault.url + "/v1/invoke", content=body, headers=headers)

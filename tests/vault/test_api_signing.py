@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from a402.wire import vault_api as api
 
 N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141  # secp256k1 order
-VAULT = "0x" + "Ab" * 20
+VAULT_ADDRESS = "0x" + "Ab" * 20
+VAULT = api.vault_account("eip155:8453", VAULT_ADDRESS)
 PATH = "/v1/invoke"
 BODY = b'{"url":"http://127.0.0.1:1/data","maxPrice":"1000","idempotencyKey":"k1"}'
 NOW = 1_700_000_000
@@ -196,7 +197,8 @@ def test_another_signer_is_refused(account: LocalAccount) -> None:
         assert _reason(_eth_headers(account, signature)) == api.BAD_SIGNATURE
 
 
-@pytest.mark.parametrize("tamper", ["body", "path", "method", "timestamp", "nonce", "vault"])
+@pytest.mark.parametrize("tamper", ["body", "path", "method", "timestamp", "nonce", "vault",
+                                    "chain"])
 def test_a_tampered_call_is_refused(account: LocalAccount, tamper: str) -> None:
     headers = api.sign_request(account, VAULT, "POST", PATH, BODY, now=NOW, nonce=NONCE)
     assert _verify(headers).client == account.address
@@ -212,8 +214,11 @@ def test_a_tampered_call_is_refused(account: LocalAccount, tamper: str) -> None:
     elif tamper == "nonce":
         headers[api.NONCE_HEADER] = NONCE[::-1]
     else:
+        # Another vault; or the same vault key on another chain (another deployment).
+        elsewhere = (api.vault_account("eip155:8453", "0x" + "cd" * 20) if tamper == "vault"
+                     else api.vault_account("eip155:1", VAULT_ADDRESS))
         with pytest.raises(api.AuthError) as refused:
-            api.verify_request(headers, "0x" + "cd" * 20, "POST", PATH, BODY, now=NOW)
+            api.verify_request(headers, elsewhere, "POST", PATH, BODY, now=NOW)
         assert refused.value.reason == api.BAD_SIGNATURE
         return
     assert _reason(headers, **kwargs) == api.BAD_SIGNATURE
@@ -228,3 +233,9 @@ def test_freshness_and_header_checks_are_unchanged(account: LocalAccount) -> Non
     fresh = api.sign_request(account, VAULT, "GET", "/v1/account", b"")
     assert api.verify_request(fresh, VAULT, "GET", "/v1/account", b"",
                               now=time.time()).client == account.address
+
+
+def test_the_signed_text_names_the_vault_on_its_chain() -> None:
+    assert api.vault_account("eip155:8453", VAULT_ADDRESS.upper().replace("0X", "0x")) == (
+        "eip155:8453:0x" + "ab" * 20)
+    assert _text().splitlines()[:2] == ["a402-vault-request/v2", "eip155:8453:0x" + "ab" * 20]

@@ -268,7 +268,7 @@ def test_a_call_refused_while_the_provider_awaits_our_ack_is_retryable_and_pays_
             url=f"{site}/weather", method="GET", headers=(), body=b"", max_price=PRICE,
             idempotency_key="k").to_json()).encode()
         refused = httpx.post(vault.url + "/v1/invoke", content=body, headers={
-            **api.sign_request(account, vault.address, "POST", "/v1/invoke", body),
+            **api.sign_request(account, vault.signed_as, "POST", "/v1/invoke", body),
             "content-type": "application/json"})
         [row] = vault.store.channels()
         slot = provider.runtime.slot(bytes.fromhex(row.cid[2:]))

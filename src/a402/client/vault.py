@@ -123,7 +123,8 @@ class _Base:
                  ) -> httpx.Request:
         assert self._info is not None
         content = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
-        headers = api.sign_request(self.account, self._info["vault"], method, path, content)
+        vault = api.vault_account(self._info["network"], self._info["vault"])
+        headers = api.sign_request(self.account, vault, method, path, content)
         if body is not None:
             headers["content-type"] = "application/json"
         return httpx.Request(method, self.url + path, headers=headers, content=content)

@@ -77,7 +77,7 @@ def create_app(service: VaultService) -> ASGIApp:
         yield
         await service.stop()
 
-    vault = service.address
+    vault = api.vault_account(service.chain.network, service.address)
 
     async def authenticated(request: Request, remember: bool) -> tuple[api.Authenticated, bytes]:
         body = await request_body(request, api.MAX_CALL_BODY)

@@ -3,8 +3,11 @@
 Money moves on these calls, so every call but ``GET /v1/info`` is signed by
 the client's Ethereum key (EIP-191 ``personal_sign``) over one canonical text::
 
-    a402-vault-request/v1
-    <vault address, lowercase>      the vault the call is for (no cross-vault replay)
+    a402-vault-request/v2
+    <vault account, CAIP-10>        the vault the call is for, on its chain:
+                                    eip155:<chain id>:<address, lowercase>
+                                    (no replay to another vault, nor to the same
+                                    vault key on another chain or deployment)
     <METHOD>
     <path?query>
     <sha256(body), hex>
@@ -44,7 +47,7 @@ TIMESTAMP_HEADER: Final = "a402-timestamp"
 NONCE_HEADER: Final = "a402-nonce"
 SIGNATURE_HEADER: Final = "a402-signature"
 DEFAULT_AUTH_WINDOW: Final = 60
-_TAG: Final = "a402-vault-request/v1"
+_TAG: Final = "a402-vault-request/v2"
 _MAX_NONCE: Final = 64
 #: The largest call body the vault reads: a request the provider could take (its blob,
 #: base64 in JSON) and room for the rest; a larger one is refused before it is read.
@@ -102,12 +105,19 @@ class AuthError(Exception):
         self.detail = detail
 
 
+def vault_account(network: str, address: str) -> str:
+    """The CAIP-10 account a call is signed for: the vault's address on its chain
+    (``network`` in CAIP-2 form, as ``GET /v1/info`` gives it)."""
+    return f"{network}:{address_key(address)}"
+
+
 def signing_text(
     vault: str, method: str, path: str, body: bytes, timestamp: int, nonce: str
 ) -> str:
-    """The canonical text a client signs for one call (see the module docstring)."""
+    """The canonical text a client signs for one call to ``vault`` (its
+    :func:`vault_account`; see the module docstring)."""
     return "\n".join((
-        _TAG, address_key(vault), method.upper(), path, hashlib.sha256(body).hexdigest(),
+        _TAG, vault, method.upper(), path, hashlib.sha256(body).hexdigest(),
         str(timestamp), nonce,
     ))
 
@@ -116,7 +126,7 @@ def sign_request(
     account: LocalAccount, vault: str, method: str, path: str, body: bytes, *,
     now: float | None = None, nonce: str | None = None,
 ) -> dict[str, str]:
-    """The four authentication headers for one call to ``vault``."""
+    """The four authentication headers for one call to ``vault`` (its :func:`vault_account`)."""
     timestamp = int(time.time() if now is None else now)
     nonce = nonce or secrets.token_hex(16)
     digest = _personal_hash(signing_text(vault, method, path, body, timestamp, nonce))
