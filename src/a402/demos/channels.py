@@ -41,6 +41,7 @@ from a402.demos.common import CITIES, PRICE, atomic_units, format_usdc, pay_weat
 from a402.facilitator.app import create_app as facilitator_app
 from a402.facilitator.core import Facilitator
 from a402.facilitator.store import SettlementStore
+from a402.provider.a402_payments import A402Payments
 from a402.provider.a402_runtime import A402Config
 from a402.provider.a402_store import SqlChannelStore
 from a402.provider.middleware import PaymentMiddleware
@@ -152,11 +153,10 @@ def run_channels_act(requests: int = 100, out: TextIO = sys.stdout,
             allow_private_targets=True,  # the demo's provider is on 127.0.0.1
         ))
         with serve_in_thread(facilitator_app(facilitator)) as facilitator_url:
-            api = PaymentMiddleware(
+            api = A402Payments(PaymentMiddleware(
                 weather_api(), routes={"GET /weather/*": PRICE}, pay_to=operator.address,
                 token=manifest.token, network=manifest.network, facilitator=facilitator_url,
-                a402=a402,
-            )
+            ), a402)
             with serve_in_thread(api) as api_url, serve_in_thread(vault_app(vault)) as vault_url:
                 say(f"paid API   {api_url}/weather/<city> ({PRICE} USDC per call; "
                     "schemes exact and a402, simulated provider enclave)")
