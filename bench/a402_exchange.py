@@ -1,7 +1,7 @@
 """Latency of one paid request through an Atomic Service Channel, over loopback HTTP.
 
 Real everything: anvil holds the channel (opened once with ``createASC``), the
-provider is the payment middleware with ``a402=`` around a trivial Starlette
+provider is ``A402Payments`` and the payment middleware around a trivial Starlette
 handler, served by uvicorn in a thread; the vault is ``ProviderSession`` with
 its own simulated enclave. Each paid request is EXEC→REPLY, AUTH→REVEAL,
 ACK→OK: three HTTP round trips inside the attested Noise session.
@@ -47,6 +47,7 @@ from a402.chain.deploy import TokenInfo
 from a402.chain.node import start_anvil
 from a402.chain.tx import deploy_contract, transact
 from a402.crypto import EcdsaSigner
+from a402.provider.a402_payments import A402Payments
 from a402.provider.a402_runtime import A402Config
 from a402.provider.a402_store import SqlChannelStore
 from a402.provider.middleware import PaymentMiddleware
@@ -112,11 +113,11 @@ async def run(count: int, warmup: int) -> dict[str, Any]:
             vault_policy=AttestationPolicy(frozenset({VAULT_CODE})), verifiers=[verifier],
             store=store, lock_timeout=5.0,
         )
-        app = PaymentMiddleware(
+        app = A402Payments(PaymentMiddleware(
             Starlette(routes=[Route("/data", data)]), routes={"GET /data": PRICE},
             pay_to=operator.address, token=TokenInfo(token.address, "USD Coin", "USDC", "2", 6),
-            network=chain.network, facilitator="http://127.0.0.1:9", a402=config,
-        )
+            network=chain.network, facilitator="http://127.0.0.1:9",
+        ), config)
         deposit = (count + warmup + 10) * PRICE
         transact(chain, deployer, token.functions.mint(client.address, deposit))
         transact(chain, client, token.functions.approve(manager.address, deposit))

@@ -90,6 +90,7 @@ def facilitator(shared: Shared, port: int, signer_key: str) -> None:
 def provider(shared: Shared, port: int, operator_key: str, facilitator_url: str) -> None:
     """The zero-cost API behind the payment middleware, accepting ``exact`` and ``a402``."""
     from a402.chain.node import connect
+    from a402.provider.a402_payments import A402Payments
     from a402.provider.a402_runtime import A402Config
     from a402.provider.a402_store import SqlChannelStore
     from a402.provider.middleware import PaymentMiddleware
@@ -106,9 +107,9 @@ def provider(shared: Shared, port: int, operator_key: str, facilitator_url: str)
         verifiers=[shared.verifier()],
         store=SqlChannelStore(f"sqlite:///{shared.db_dir}/provider.db"),
     )
-    api = PaymentMiddleware(
+    api = A402Payments(PaymentMiddleware(
         zero_cost_service(), routes={"GET /data": PRICE}, pay_to=operator.address,
-        token=manifest.token, network=manifest.network, facilitator=facilitator_url, a402=a402)
+        token=manifest.token, network=manifest.network, facilitator=facilitator_url), a402)
     _serve(api, port)
 
 

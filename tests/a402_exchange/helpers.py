@@ -30,6 +30,7 @@ from a402.chain.node import Chain
 from a402.chain.tx import transact
 from a402.crypto import EcdsaSigner
 from a402.provider.a402_app import A402Endpoint
+from a402.provider.a402_payments import A402Payments
 from a402.provider.a402_runtime import A402Config, ProviderRuntime
 from a402.provider.a402_store import SqlChannelStore
 from a402.provider.middleware import PaymentMiddleware
@@ -122,7 +123,7 @@ def fresh_account(chain: Chain, eth: int = ETH) -> LocalAccount:
 
 @dataclass
 class Provider:
-    app: PaymentMiddleware
+    app: A402Payments
     runtime: ProviderRuntime
     config: A402Config
     enclave: SimulatedEnclave
@@ -187,16 +188,17 @@ class World:
             poll_interval=poll_interval, watch=watch,
         )
         inner = service_app(calls)
-        app = PaymentMiddleware(
+        payments = PaymentMiddleware(
             inner, routes=dict(PRICES), pay_to=operator.address, token=self.token_info,
-            network=self.chain.network, facilitator=UNUSED_FACILITATOR, a402=config,
+            network=self.chain.network, facilitator=UNUSED_FACILITATOR,
         )
-        assert app.a402 is not None
+        app = A402Payments(payments, config)
         if runtime_cls is not ProviderRuntime:  # the same parts, one seam overridden
-            app.a402 = A402Endpoint(runtime_cls(
-                config, app=inner, routes=app.routes, token=app.asset, network=app.network
+            app.endpoint = A402Endpoint(runtime_cls(
+                config, app=inner, routes=payments.routes, token=payments.asset,
+                network=payments.network,
             ))
-        return Provider(app, app.a402.runtime, config, enclave, calls)
+        return Provider(app, app.runtime, config, enclave, calls)
 
     # -- vaults, clients, sessions, channels -------------------------------------
 

@@ -1,7 +1,7 @@
 """The A402 exchange over real HTTP: paid requests through one channel, then a cooperative close.
 
-Provider: the payment middleware with ``a402=`` around a FastAPI service, on
-loopback. Vault: :class:`ProviderSession` with its own simulated enclave.
+Provider: ``A402Payments`` and the payment middleware around a FastAPI service,
+on loopback. Vault: :class:`ProviderSession` with its own simulated enclave.
 Money: TestUSDC escrowed by a real ASCManager on anvil.
 """
 

@@ -24,9 +24,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from a402.asc import Status, VaultChannel
 from a402.background import serve_in_thread
 from a402.provider import a402_app, create_gateway
+from a402.provider.a402_payments import A402Payments
 from a402.provider.a402_runtime import ProviderRuntime
 from a402.provider.a402_store import SqlChannelStore
-from a402.provider.middleware import PaymentMiddleware
 from a402.tee import PROVIDER_PURPOSES
 from a402.vault.session import ProviderSession
 from a402.wire.a402 import (
@@ -429,5 +429,5 @@ async def test_the_gateway_routes_the_stream_to_the_a402_endpoint(world: World) 
     assert calls["weather"] == 1
     assert gateway.streams[0][0] == STREAM_PATH and gateway.posts(MESSAGE_PATH) == 0
     assert gateway.answers == ["frame"] * len(gateway.frames) + ["close:1003"]  # the proxy's
-    assert isinstance(gateway.app, PaymentMiddleware) and gateway.app.a402 is not None
-    conserved(channel, gateway.app.a402.runtime)
+    assert isinstance(gateway.app, A402Payments)
+    conserved(channel, gateway.app.runtime)

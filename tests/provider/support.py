@@ -18,6 +18,8 @@ from a402.chain.deploy import Manifest, token_balance
 from a402.chain.node import Chain
 from a402.exact.eip3009 import build_payment_payload, build_payment_payload_v1
 from a402.provider import PaymentMiddleware
+from a402.provider.a402_payments import A402Payments
+from a402.provider.a402_runtime import A402Config
 from a402.wire.headers import (
     PAYMENT_REQUIRED,
     PAYMENT_SIGNATURE,
@@ -55,11 +57,13 @@ class Calls:
 
 def paid_app(
     *, pay_to: str, manifest: Manifest, facilitator: Any, calls: Calls | None = None,
-    extra_prices: dict[str, Any] | None = None, **options: Any,
+    extra_prices: dict[str, Any] | None = None, a402: A402Config | None = None,
+    **options: Any,
 ) -> FastAPI:
     """A FastAPI app with priced and free routes behind ``PaymentMiddleware``.
 
-    ``extra_prices`` prices routes the test adds to the returned app itself.
+    ``extra_prices`` prices routes the test adds to the returned app itself; with
+    ``a402``, :class:`A402Payments` is in front of the middleware.
     """
     app = FastAPI()
     calls = calls if calls is not None else Calls()
@@ -98,6 +102,8 @@ def paid_app(
         facilitator=facilitator,
         **options,
     )
+    if a402 is not None:
+        app.add_middleware(A402Payments, config=a402)  # added last: the outermost
     return app
 
 

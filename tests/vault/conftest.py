@@ -2,7 +2,7 @@
 disturb the shared node), TestUSDC, an ASCManager, and one simulated enclave platform
 whose root every verifier here trusts *explicitly*.
 
-The providers are the real payment middleware with ``a402=`` (tests/a402_exchange's
+The providers are the real payment middleware behind ``A402Payments`` (tests/a402_exchange's
 :class:`World` builds them); the vault is the real service, in-process behind real
 HTTP or as an ``a402 vault`` subprocess.
 """

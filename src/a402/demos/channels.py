@@ -37,10 +37,11 @@ from a402.chain.deploy import Manifest, deploy_dev_stack, token_balance
 from a402.chain.node import Chain, embedded_chain
 from a402.chain.tx import contract_at, transact
 from a402.client.vault import VaultClient
-from a402.demos.exact import CITIES, PRICE, _atomic, _pay, _usdc, weather_api
+from a402.demos.common import CITIES, PRICE, atomic_units, format_usdc, pay_weather, weather_api
 from a402.facilitator.app import create_app as facilitator_app
 from a402.facilitator.core import Facilitator
 from a402.facilitator.store import SettlementStore
+from a402.provider.a402_payments import A402Payments
 from a402.provider.a402_runtime import A402Config
 from a402.provider.a402_store import SqlChannelStore
 from a402.provider.middleware import PaymentMiddleware
@@ -127,7 +128,7 @@ def run_channels_act(requests: int = 100, out: TextIO = sys.stdout,
     vault_account = _fresh_account(chain)
     platform = SimulatedPlatform.generate()
     verifier = SimulatedVerifier(platform.root.public_key, allow_simulated=True)
-    price = _atomic(PRICE)
+    price = atomic_units(PRICE)
     watched = {"client": client.address, "provider": operator.address,
                "vault": vault_account.address, "ASCManager escrow": manager_address}
     before = _balances(chain, manifest, watched)
@@ -152,11 +153,10 @@ def run_channels_act(requests: int = 100, out: TextIO = sys.stdout,
             allow_private_targets=True,  # the demo's provider is on 127.0.0.1
         ))
         with serve_in_thread(facilitator_app(facilitator)) as facilitator_url:
-            api = PaymentMiddleware(
+            api = A402Payments(PaymentMiddleware(
                 weather_api(), routes={"GET /weather/*": PRICE}, pay_to=operator.address,
                 token=manifest.token, network=manifest.network, facilitator=facilitator_url,
-                a402=a402,
-            )
+            ), a402)
             with serve_in_thread(api) as api_url, serve_in_thread(vault_app(vault)) as vault_url:
                 say(f"paid API   {api_url}/weather/<city> ({PRICE} USDC per call; "
                     "schemes exact and a402, simulated provider enclave)")
@@ -164,7 +164,7 @@ def run_channels_act(requests: int = 100, out: TextIO = sys.stdout,
                     "explicitly)\n")
                 # x402 exact, measured here on the same chain, for the comparison.
                 first = chain.w3.eth.block_number + 1
-                exact_calls = _pay(chain, api_url, client_dev.private_key, exact_batch)
+                exact_calls = pay_weather(chain, api_url, client_dev.private_key, exact_batch)
                 exact = _mined(chain, [token, manager], first, chain.w3.eth.block_number)
                 mid = _balances(chain, manifest, watched)
 
@@ -252,10 +252,10 @@ def _summary(say: Say, requests: int, run: VaultRun, exact_calls: list[Any],
              exact: Ledger, a402: Ledger, before: dict[str, int], mid: dict[str, int],
              after: dict[str, int]) -> None:
     say(f"requests   {requests} through one channel ({run.channels} opened), "
-        f"{_usdc(run.paid)} USDC paid in all; {len(exact_calls)} x402 exact for comparison")
+        f"{format_usdc(run.paid)} USDC paid in all; {len(exact_calls)} x402 exact for comparison")
     say(f"channel    {run.close.get('channelId', '?')}: closed {run.close.get('phase', '?')}, "
-        f"provider {_usdc(int(run.close.get('providerPayout', 0)))}, "
-        f"client back {_usdc(int(run.close.get('clientPayout', 0)))}")
+        f"provider {format_usdc(int(run.close.get('providerPayout', 0)))}, "
+        f"client back {format_usdc(int(run.close.get('clientPayout', 0)))}")
     say("\non-chain transactions (counted block by block from the chain)")
     say(f"  {'scheme':<14}{'function':<28}{'txs':>5}{'gas':>12}")
     for scheme, ledger in (("x402 exact", exact), ("A402 channel", a402)):
@@ -285,10 +285,10 @@ def _summary(say: Say, requests: int, run: VaultRun, exact_calls: list[Any],
     say(f"\n{'balances (USDC)':<20}{'before':>16}{'after exact':>16}{'after A402':>16}"
         f"{'change':>16}")
     for name in before:
-        say(f"{name:<20}{_usdc(before[name]):>16}{_usdc(mid[name]):>16}{_usdc(after[name]):>16}"
+        say(f"{name:<20}{format_usdc(before[name]):>16}{format_usdc(mid[name]):>16}{format_usdc(after[name]):>16}"
             f"{(after[name] - before[name]) / 1e6:>+16,.6f}")
     total = [sum(b.values()) for b in (before, mid, after)]
-    say(f"{'total':<20}{_usdc(total[0]):>16}{_usdc(total[1]):>16}{_usdc(total[2]):>16}"
+    say(f"{'total':<20}{format_usdc(total[0]):>16}{format_usdc(total[1]):>16}{format_usdc(total[2]):>16}"
         f"{(total[2] - total[0]) / 1e6:>+16,.6f}")
-    say(f"vault ledger: the client's balance in the vault is {_usdc(run.vault_balance)} USDC "
-        f"(= the vault's on-chain balance {_usdc(after['vault'])})")
+    say(f"vault ledger: the client's balance in the vault is {format_usdc(run.vault_balance)} USDC "
+        f"(= the vault's on-chain balance {format_usdc(after['vault'])})")

@@ -14,49 +14,17 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
-
-from eth_typing import HexStr
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from a402.background import serve_in_thread
 from a402.chain.deploy import Manifest, deploy_dev_stack, token_balance
 from a402.chain.node import Chain, embedded_chain
-from a402.client import Budget, paying_client, receipt_of, token_units_max
+from a402.demos.common import PRICE, PaidCall, format_usdc, pay_weather, weather_api
 from a402.facilitator.app import create_app
 from a402.facilitator.core import Facilitator
 from a402.facilitator.store import SettlementStore
 from a402.provider.middleware import PaymentMiddleware
-
-PRICE = "0.001"
-CITIES = ("berlin", "lagos", "lima", "osaka", "perth", "quito", "tromsø", "ushuaia")
-
-
-@dataclass(frozen=True)
-class PaidCall:
-    city: str
-    status: int
-    amount: int
-    transaction: str
-    gas: int
-    latency_ms: float
-
-
-def weather_api() -> Starlette:
-    async def weather(request: Request) -> JSONResponse:
-        city = request.path_params["city"]
-        return JSONResponse({"city": city, "forecast": "sunny", "celsius": 10 + len(city)})
-
-    async def health(_: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok"})
-
-    return Starlette(routes=[Route("/weather/{city}", weather), Route("/health", health)])
-
 
 ACTS = ("all", "exact", "channels", "agents")
 
@@ -108,7 +76,7 @@ def run_exact_act(requests: int = 5, out: TextIO = sys.stdout) -> int:
             with serve_in_thread(api) as api_url:
                 say(f"facilitator {facilitator_url}   paid API {api_url}/weather/<city> "
                     f"({PRICE} USDC per call)\n")
-                calls = _pay(chain, api_url, client.private_key, requests)
+                calls = pay_weather(chain, api_url, client.private_key, requests)
         store.close()
 
     after = _balances(chain, manifest, watched)
@@ -121,34 +89,8 @@ def run_exact_act(requests: int = 5, out: TextIO = sys.stdout) -> int:
     return 0 if ok else 1
 
 
-def _pay(chain: Chain, api_url: str, key: str, count: int) -> list[PaidCall]:
-    max_price = token_units_max("0.01")
-    calls = []
-    with paying_client(key, max_per_request=max_price, budget=Budget(1_000_000)) as http:
-        for i in range(count):
-            city = CITIES[i % len(CITIES)]
-            t0 = time.perf_counter()
-            response = http.get(f"{api_url}/weather/{city}")
-            latency = (time.perf_counter() - t0) * 1000
-            receipt = receipt_of(response)
-            tx = receipt.transaction if receipt and receipt.success else ""
-            gas = int(chain.w3.eth.get_transaction_receipt(HexStr(tx))["gasUsed"]) if tx else 0
-            amount = _atomic(PRICE) if tx else 0
-            calls.append(PaidCall(city, response.status_code, amount, tx, gas, latency))
-    return calls
-
-
-def _atomic(price: str, decimals: int = 6) -> int:
-    whole, _, frac = price.partition(".")
-    return int(whole) * 10**decimals + int(frac.ljust(decimals, "0"))
-
-
 def _balances(chain: Chain, manifest: Manifest, who: dict[str, str]) -> dict[str, int]:
     return {name: token_balance(chain, manifest.token.address, a) for name, a in who.items()}
-
-
-def _usdc(units: int) -> str:
-    return f"{units / 10**6:,.6f}"
 
 
 def _summary(
@@ -158,8 +100,8 @@ def _summary(
     say(f"{'#':>2}  {'request':<22}{'status':>6}  {'paid (USDC)':>12}  {'gas':>7}  "
         f"{'latency':>9}  transaction")
     for i, c in enumerate(calls, 1):
-        say(f"{i:>2}  GET /weather/{c.city:<9}{c.status:>6}  {_usdc(c.amount):>12}  {c.gas:>7,}  "
-            f"{c.latency_ms:>7.1f}ms  {c.transaction}")
+        say(f"{i:>2}  GET /weather/{c.city:<9}{c.status:>6}  {format_usdc(c.amount):>12}  "
+            f"{c.gas:>7,}  {c.latency_ms:>7.1f}ms  {c.transaction}")
     latencies = [c.latency_ms for c in calls]
     if latencies:
         say(f"\nlatency    p50 {statistics.median(latencies):.1f} ms, "
@@ -169,7 +111,9 @@ def _summary(
     say(f"\n{'balances (USDC)':<18}{'before':>16}{'after':>16}{'change':>16}")
     for name in before:
         change = after[name] - before[name]
-        say(f"{name:<18}{_usdc(before[name]):>16}{_usdc(after[name]):>16}{change / 1e6:>+16,.6f}")
-    say(f"{'total':<18}{_usdc(sum(before.values())):>16}{_usdc(sum(after.values())):>16}"
+        say(f"{name:<18}{format_usdc(before[name]):>16}{format_usdc(after[name]):>16}"
+            f"{change / 1e6:>+16,.6f}")
+    say(f"{'total':<18}{format_usdc(sum(before.values())):>16}"
+        f"{format_usdc(sum(after.values())):>16}"
         f"{(sum(after.values()) - sum(before.values())) / 1e6:>+16,.6f}")
     say(f"\nran in {elapsed:.1f} s on {manifest.network}")

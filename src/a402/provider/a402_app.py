@@ -1,8 +1,9 @@
 """The ``/.well-known/a402/*`` endpoints and the ``a402`` entry of a 402's ``accepts``.
 
-Mounted by :class:`~a402.provider.middleware.PaymentMiddleware` (and so by the
-gateway) ahead of everything else when it is given an ``a402=`` configuration;
-the middleware hands it the WebSocket connections under the prefix too.
+Mounted by :class:`~a402.provider.a402_payments.A402Payments` (and so by the
+gateway when it is given an ``a402=`` configuration) in front of the payment
+middleware, ahead of everything else; it hands it the WebSocket connections
+under the prefix too.
 See :mod:`a402.wire.a402` for the protocol; this module only moves bytes
 between HTTP (or a WebSocket) and :class:`~a402.provider.a402_runtime.ProviderRuntime`.
 
@@ -123,7 +124,6 @@ class A402Endpoint:
         return path == WELL_KNOWN_PREFIX or path.startswith(WELL_KNOWN_PREFIX + "/")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.runtime.start()  # idempotent; also started by the lifespan when there is one
         if scope["type"] == "websocket":
             await self._stream(scope, receive, send)
             return

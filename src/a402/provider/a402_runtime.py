@@ -24,7 +24,9 @@ machine). What it adds:
   deliberately faulty provider overrides; nothing else is special.
 
 The watcher (:mod:`a402.provider.a402_watch`) adds the on-chain side: Δ_ack,
-client force-closes, cooperative closes nobody submitted.
+client force-closes, cooperative closes nobody submitted. It drives the runtime;
+the runtime does not know it: :class:`~a402.provider.a402_payments.A402Payments`
+owns both and starts and stops the watcher.
 
 Trust split: the enclave holds the attested Schnorr key (it makes every
 pre-signature); the provider's Ethereum account (``operator``) signs channel
@@ -204,7 +206,8 @@ class Slot:
 
 
 class ProviderRuntime:
-    """Serves the A402 exchange for one provider; owned by the middleware.
+    """Serves the A402 exchange for one provider; owned by
+    :class:`~a402.provider.a402_payments.A402Payments`.
 
     ``app`` is what a paid request runs against, ``routes`` prices it,
     ``token``/``network`` are what the middleware charges in (checked against
@@ -237,7 +240,6 @@ class ProviderRuntime:
         self._sessions: dict[str, Session] = {}
         self._slots: dict[bytes, Slot] = {}
         self._load_lock = asyncio.Lock()
-        self._watcher: Any = None
 
     # ------------------------------------------------------------------ facts
 
@@ -653,23 +655,3 @@ class ProviderRuntime:
         slot.channel.closed_on_chain()
         slot.onchain_closed, slot.force_close_due = True, False
         await self.persist(slot)
-
-    # ---------------------------------------------------------------- lifecycle
-
-    async def start(self) -> None:
-        """Reload active channels and start the watcher (idempotent)."""
-        if self._watcher is not None or not self.config.watch:
-            return
-        from a402.provider.a402_watch import ChannelWatcher
-
-        self._watcher = ChannelWatcher(self)
-        await self._watcher.start()
-
-    async def stop(self) -> None:
-        watcher, self._watcher = self._watcher, None
-        if watcher is not None:
-            await watcher.stop()
-
-    @property
-    def watcher(self) -> Any:
-        return self._watcher

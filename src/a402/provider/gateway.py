@@ -1,7 +1,8 @@
 """``a402 gateway``: charge for an existing HTTP service without changing it.
 
 The gateway is ``PaymentMiddleware`` around a streaming ``ReverseProxy``: paid
-routes get the full x402 flow, every other request is proxied for free. Route
+routes get the full x402 flow, every other request is proxied for free (with A402
+channels on, ``A402Payments`` is in front of the middleware). Route
 specs come from the command line as ``'GET /path/*=0.001'``: a route pattern
 (see ``a402.provider.routes``), ``=``, and a price in *token units* (a leading
 ``$`` is allowed; an integer such as ``=2`` means two whole tokens, not two
@@ -18,18 +19,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp
 
 from a402.chain.deploy import TokenInfo
 from a402.facilitator.client import FacilitatorClient
-from a402.provider.a402_runtime import A402Config
 from a402.provider.ledger import PaymentLedger
 from a402.provider.middleware import PaymentMiddleware
 from a402.provider.proxy import ReverseProxy
 from a402.provider.routes import Price, RouteConfig, RouteError, RoutePattern, RouteTable
 from a402.serving import JsonErrors
 from a402.serving import run as serve
+
+if TYPE_CHECKING:  # the A402 code loads only for a gateway that takes A402 payments
+    from a402.provider.a402_runtime import A402Config
 
 log = logging.getLogger("a402.gateway")
 
@@ -82,13 +86,13 @@ def create_gateway(
     Give either ``facilitator_url`` or a ``facilitator`` client. ``ledger`` is a
     :class:`PaymentLedger` or the SQLAlchemy URL of a shared one (see
     :class:`PaymentMiddleware`; ``run_gateway`` defaults it to a SQLite file). With ``a402``
-    the gateway also takes A402 channel payments; a paid EXEC runs against the
-    upstream through the same proxy.
+    the gateway also takes A402 channel payments (:class:`A402Payments` in front of the
+    middleware); a paid EXEC runs against the upstream through the same proxy.
     """
     if (facilitator_url is None) == (facilitator is None):
         raise ValueError("give exactly one of facilitator_url and facilitator")
     table = _route_table(routes, token.decimals)
-    return PaymentMiddleware(
+    payments = PaymentMiddleware(
         ReverseProxy(upstream_url, timeout=upstream_timeout),
         routes=table,
         pay_to=pay_to,
@@ -99,8 +103,12 @@ def create_gateway(
         max_timeout_seconds=max_timeout_seconds,
         ledger=ledger,
         public_url=public_url,
-        a402=a402,
     )
+    if a402 is None:
+        return payments
+    from a402.provider.a402_payments import A402Payments
+
+    return A402Payments(payments, a402)
 
 
 def run_gateway(

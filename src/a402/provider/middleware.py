@@ -92,8 +92,7 @@ from a402.exact.serve import (
 )
 from a402.facilitator.client import FacilitatorClient, FacilitatorError
 from a402.provider import responses as R
-from a402.provider.a402_app import A402Endpoint
-from a402.provider.a402_runtime import A402Config, ProviderRuntime
+from a402.provider.alternatives import AlternativeScheme
 from a402.provider.asgi import BufferedResponse, adding_headers, header_values, run_buffered
 from a402.provider.ledger import (
     InMemoryLedger,
@@ -157,11 +156,11 @@ class PaymentMiddleware:
       right for one process only (see :mod:`a402.provider.ledger`).
     - ``public_url``: the externally visible base URL for ``resource.url``
       (defaults to what the request says: scheme + Host header).
-    - ``a402``: also accept A402 channel payments (:class:`A402Config`): the
-      402 lists an ``a402`` requirement after ``exact``, and
-      ``/.well-known/a402/*`` serves the exchange, HTTP requests and the
-      WebSocket stream alike (see :mod:`a402.provider.a402_app`). ``exact``
-      behaves exactly as without it.
+
+    To also accept A402 channel payments, wrap it in
+    :class:`~a402.provider.a402_payments.A402Payments`: every 402 then lists the
+    schemes in ``alternatives`` after ``exact`` (see :mod:`a402.provider.alternatives`);
+    ``exact`` behaves exactly as without them.
     """
 
     def __init__(
@@ -180,7 +179,6 @@ class PaymentMiddleware:
         retry_after_seconds: int = 2,
         ledger_retention_seconds: int = 600,
         facilitator_timeout: float = 30.0,
-        a402: A402Config | None = None,
     ) -> None:
         self.app = app
         if not is_address(pay_to):
@@ -228,12 +226,12 @@ class PaymentMiddleware:
         else:
             self._facilitator_url = facilitator
             self._client = None
-        self.a402 = (
-            A402Endpoint(ProviderRuntime(
-                a402, app=app, routes=self.routes, token=self.asset, network=network
-            ))
-            if a402 is not None else None
-        )
+        #: Further schemes every 402 lists after ``exact`` (:meth:`offer_also`).
+        self.alternatives: list[AlternativeScheme] = []
+
+    def offer_also(self, scheme: AlternativeScheme) -> None:
+        """List ``scheme``'s requirement after ``exact`` in every 402 from now on."""
+        self.alternatives.append(scheme)
 
     # ------------------------------------------------------------------ ASGI entry
 
@@ -242,15 +240,7 @@ class PaymentMiddleware:
             await self.app(scope, self._on_shutdown(receive), send)
             return
         if scope["type"] != "http":
-            # The a402 stream is a WebSocket: it must reach the endpoint, not the app (the
-            # gateway's proxy refuses every WebSocket).
-            if scope["type"] == "websocket" and self.a402 is not None and self.a402.handles(scope):
-                await self.a402(scope, receive, send)
-                return
             await self.app(scope, receive, send)
-            return
-        if self.a402 is not None and self.a402.handles(scope):
-            await self.a402(scope, receive, send)
             return
         match = self.routes.match(scope["method"], scope["path"])
         if match is None:
@@ -277,10 +267,6 @@ class PaymentMiddleware:
     def _on_shutdown(self, receive: Receive) -> Receive:
         async def wrapped() -> Message:
             message = await receive()
-            if self.a402 is not None and message["type"] == "lifespan.startup":
-                await self.a402.runtime.start()
-            if self.a402 is not None and message["type"] == "lifespan.shutdown":
-                await self.a402.runtime.stop()
             if message["type"] == "lifespan.shutdown" and self._own_ledger is not None:
                 self._own_ledger.close()
             if message["type"] == "lifespan.shutdown" and self._facilitator_url is not None:
@@ -321,16 +307,18 @@ class PaymentMiddleware:
             pay_to=self.pay_to, max_timeout_seconds=self.max_timeout_seconds, asset=self.asset,
             extra=self.token.eip712_extra(),
         )
-        if self.a402 is None:
+        if not self.alternatives:
             return R.Offer(requirements, resource, requirements_v1)
         base = self.public_url or _base_url(scope)
         return R.Offer(
             requirements, resource, requirements_v1,
-            alternatives=(self.a402.requirement(
-                match.amount, base, max_timeout_seconds=self.max_timeout_seconds),),
-            alternatives_v1=(self.a402.requirement_v1(
+            alternatives=tuple(scheme.requirement(
+                match.amount, base, max_timeout_seconds=self.max_timeout_seconds)
+                for scheme in self.alternatives),
+            alternatives_v1=tuple(scheme.requirement_v1(
                 match.amount, base, network_v1=self.network_v1, resource=resource,
-                max_timeout_seconds=self.max_timeout_seconds),),
+                max_timeout_seconds=self.max_timeout_seconds)
+                for scheme in self.alternatives),
         )
 
     def _accept(self, payment: AnyPaymentPayload, offer: R.Offer) -> _Payment:
