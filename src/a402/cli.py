@@ -154,7 +154,7 @@ def _add_gateway_a402_arguments(gw: argparse.ArgumentParser) -> list[tuple[str, 
         group.add_argument("--nitro-root", metavar="PEM",
                            help="also accept AWS Nitro vault enclaves chaining to this root"),
         group.add_argument("--vault-measurement", action="append", metavar="HEX",
-                           help="vault enclave code measurement allowed to open sessions "
+                           help="vault enclave code measurement allowed to open tunnels "
                                 "(repeatable)"),
         group.add_argument("--ack-timeout", type=float, metavar="SECONDS",
                            help="Δ_ack: no ACK that long after REVEAL, and the provider claims "

@@ -1,6 +1,6 @@
 """The Liquidity Vault: the client's side of Atomic Service Channels.
 
-- :mod:`a402.vault.session`: the attested session with one provider that
+- :mod:`a402.vault.tunnel`: the attested tunnel with one provider that
   drives the A402 exchange for the vault's channels (re-exported here);
 - :mod:`a402.vault.service` (+ ``channels``, ``invoke``, ``funds``, ``worker``,
   ``store``, ``txjournal``): the vault service — accounts and deposits,
@@ -10,7 +10,7 @@
   signing scheme and shapes, shared with the client (:mod:`a402.client.vault`).
 
 Attributes load lazily, so that importing one submodule does not load the
-session's I/O stack.
+tunnel's I/O stack.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_SESSION_NAMES = (
+_TUNNEL_NAMES = (
     "Checkpoint",
     "CheckpointReason",
     "PaidResponse",
@@ -26,18 +26,18 @@ _SESSION_NAMES = (
     "Persist",
     "ProtocolViolation",
     "ProviderRefused",
-    "ProviderSession",
+    "ProviderTunnel",
     "ProviderUnavailable",
     "ResultMismatch",
-    "SessionError",
+    "TunnelError",
     "find_provider_force_close",
     "recover_from_force_close",
 )
 
-__all__ = list(_SESSION_NAMES)
+__all__ = list(_TUNNEL_NAMES)
 
 
 def __getattr__(name: str) -> Any:
-    if name in _SESSION_NAMES:
-        return getattr(importlib.import_module("a402.vault.session"), name)
+    if name in _TUNNEL_NAMES:
+        return getattr(importlib.import_module("a402.vault.tunnel"), name)
     raise AttributeError(f"module 'a402.vault' has no attribute {name!r}")
