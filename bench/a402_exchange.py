@@ -2,9 +2,9 @@
 
 Real everything: anvil holds the channel (opened once with ``createASC``), the
 provider is ``A402Payments`` and the payment middleware around a trivial Starlette
-handler, served by uvicorn in a thread; the vault is ``ProviderSession`` with
+handler, served by uvicorn in a thread; the vault is ``ProviderTunnel`` with
 its own simulated enclave. Each paid request is EXEC→REPLY, AUTH→REVEAL,
-ACK→OK: three HTTP round trips inside the attested Noise session.
+ACK→OK: three HTTP round trips inside the attested tunnel.
 
 Breakdown, per request:
 
@@ -52,7 +52,7 @@ from a402.provider.a402_runtime import A402Config
 from a402.provider.a402_store import SqlChannelStore
 from a402.provider.middleware import PaymentMiddleware
 from a402.tee import PROVIDER_PURPOSES, AttestationPolicy, SimulatedPlatform, SimulatedVerifier
-from a402.vault import ProviderSession
+from a402.vault import ProviderTunnel
 from a402.wire.a402 import MESSAGE_PATH, HttpRequest
 from machine import machine
 
@@ -124,26 +124,26 @@ async def run(count: int, warmup: int) -> dict[str, Any]:
         vault_key = EcdsaSigner(bytes(vault_account.key))
         timed = TimedTransport()
         with serve_in_thread(app) as url:
-            async with ProviderSession(
+            async with ProviderTunnel(
                 url, enclave=platform.launch(VAULT_CODE), verifiers=[verifier],
                 policy=AttestationPolicy(frozenset({PROVIDER_CODE})), vault_key=vault_key,
                 http=httpx.AsyncClient(transport=timed),
-            ) as session:
-                terms = session.terms(client=client.address, deposit=deposit)
+            ) as tunnel:
+                terms = tunnel.terms(client=client.address, deposit=deposit)
                 consent = sign_channel_open(EcdsaSigner(bytes(client.key)), manager.domain,
                                             terms)
                 manager.create(vault_account, terms, consent)
                 channel = VaultChannel(terms, manager.domain, vault_key, lock_timeout=10.0)
-                await session.attach(channel)
+                await tunnel.attach(channel)
                 request = HttpRequest("GET", "/data")
                 for _ in range(warmup):
-                    await session.request(channel, request, PRICE)
+                    await tunnel.request(channel, request, PRICE)
                 totals, rtts, persists = [], [], []
                 for _ in range(count):
                     timed.rtts.clear()
                     store.spent = 0.0
                     start = time.perf_counter()
-                    await session.request(channel, request, PRICE)
+                    await tunnel.request(channel, request, PRICE)
                     totals.append(time.perf_counter() - start)
                     assert len(timed.rtts) == 3, timed.rtts
                     rtts.append(list(timed.rtts))

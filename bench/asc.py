@@ -4,7 +4,7 @@ Measures, in one run, on one anvil:
 
 1. paid requests per second and latency p50/p99 through the vault over
    loopback HTTP (client → vault → provider's A402 endpoint: EXEC, REPLY, AUTH,
-   REVEAL, ACK inside an attested session) with a zero-cost service, for 1
+   REVEAL, ACK inside an attested tunnel) with a zero-cost service, for 1
    channel (one client, one request in flight, as the protocol allows) and for
    50 channels (50 clients, one request in flight each);
 2. the same zero-cost service paid with x402 ``exact`` through the facilitator,
@@ -314,9 +314,9 @@ def main() -> None:
                         help="timed rounds of the many-channel run; its rate is the median")
     parser.add_argument("--exact-per-client", type=int, default=2,
                         help="exact payments per client (one client per channel)")
-    parser.add_argument("--sessions", type=int, default=None,
-                        help="attested sessions the vault keeps per provider (default: one "
-                             "per channel; a session carries one exchange at a time)")
+    parser.add_argument("--tunnels", type=int, default=None,
+                        help="attested tunnels the vault keeps per provider (default: one "
+                             "per channel; a tunnel carries one exchange at a time)")
     parser.add_argument("--db-dir", default=None,
                         help="where the vault's, provider's and facilitator's SQLite files go "
                              "(default: the system temp dir; /dev/shm shows what fsync costs)")
@@ -358,7 +358,7 @@ def main() -> None:
             provider = running.enter_context(roles.running(
                 roles.provider, shared, "0x" + bytes(operator.key).hex(), facilitator.url))
             vaults = [running.enter_context(roles.running(
-                roles.vault, shared, "0x" + bytes(a.key).hex(), args.sessions or args.channels,
+                roles.vault, shared, "0x" + bytes(a.key).hex(), args.tunnels or args.channels,
                 deposit_multiple, args.batch_window)) for a in vault_accounts]
             service = running.enter_context(roles.running(roles.service, shared))
             stack = Stack(chain, manifest, provider.url, [v.url for v in vaults], service.url,
@@ -390,7 +390,7 @@ def main() -> None:
         "service_time_ms_p50": base,
         "one_channel": one,
         "many_channels": many,
-        "sessions_per_provider": args.sessions or args.channels,
+        "tunnels_per_provider": args.tunnels or args.channels,
         "vault_shards": args.vault_shards,
         "vault_batch_window_s": args.batch_window,
         "db_dir": args.db_dir or tempfile.gettempdir(),

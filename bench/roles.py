@@ -113,7 +113,7 @@ def provider(shared: Shared, port: int, operator_key: str, facilitator_url: str)
     _serve(api, port)
 
 
-def vault(shared: Shared, port: int, vault_key: str, sessions: int, deposit_multiple: int,
+def vault(shared: Shared, port: int, vault_key: str, tunnels: int, deposit_multiple: int,
           batch_window: float) -> None:
     from a402.chain.node import connect
     from a402.tee import AttestationPolicy
@@ -132,7 +132,7 @@ def vault(shared: Shared, port: int, vault_key: str, sessions: int, deposit_mult
         verifiers=[shared.verifier()],
         provider_policy=AttestationPolicy(frozenset({shared.provider_code})),
         token=manifest.token, deposit_multiple=deposit_multiple,
-        sessions_per_provider=sessions, batch_window=batch_window,
+        tunnels_per_provider=tunnels, batch_window=batch_window,
         allow_private_targets=True,  # every party is on 127.0.0.1
     ))
     _serve(create_app(service), port)

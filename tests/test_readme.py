@@ -37,6 +37,16 @@ def test_python_examples_compile_and_import_real_names(code: str) -> None:
                 assert hasattr(module, alias.name), f"{node.module}.{alias.name}"
 
 
+@pytest.mark.parametrize("code", blocks("python"))
+def test_python_examples_use_only_the_public_api_of_package_roots(code: str) -> None:
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("a402"):
+            assert node.module and node.module.count(".") == 1, f"{node.module}: not a root"
+            public = importlib.import_module(node.module).__all__
+            for alias in node.names:
+                assert alias.name in public, f"{node.module}.{alias.name} is not in __all__"
+
+
 @pytest.mark.parametrize("command", [c for c in commands() if c.startswith("a402 ")])
 def test_cli_examples_parse(command: str) -> None:
     build_parser().parse_args(shlex.split(command)[1:])

@@ -155,7 +155,7 @@ def _add_gateway_a402_arguments(gw: argparse.ArgumentParser) -> list[tuple[str, 
                            help="accept AWS Nitro vault enclaves chaining to this root (the "
                                 "AWS root, checked by its fingerprint), and no simulated ones"),
         group.add_argument("--vault-measurement", action="append", metavar="HEX",
-                           help="vault enclave code measurement allowed to open sessions "
+                           help="vault enclave code measurement allowed to open tunnels "
                                 "(repeatable)"),
         group.add_argument("--ack-timeout", type=float, metavar="SECONDS",
                            help="Δ_ack: no ACK that long after REVEAL, and the provider claims "

@@ -41,7 +41,7 @@ from a402.tee import (
     SimulatedPlatform,
     SimulatedVerifier,
 )
-from a402.vault import Checkpoint, ProviderSession
+from a402.vault import Checkpoint, ProviderTunnel
 from a402.wire.a402 import HttpRequest
 
 DISPUTE_WINDOW = 600
@@ -200,7 +200,7 @@ class World:
             ))
         return Provider(app, app.runtime, config, enclave, calls)
 
-    # -- vaults, clients, sessions, channels -------------------------------------
+    # -- vaults, clients, tunnels, channels -------------------------------------
 
     def vault(self, measurement: bytes = VAULT_CODE) -> Vault:
         return Vault(fresh_account(self.chain), self.platform.launch(measurement))
@@ -211,25 +211,25 @@ class World:
                                                                              funds))
         return client
 
-    def session(self, vault: Vault, url: str, **kwargs: Any) -> ProviderSession:
+    def tunnel(self, vault: Vault, url: str, **kwargs: Any) -> ProviderTunnel:
         kwargs.setdefault("verifiers", [self.verifier])
         kwargs.setdefault("policy", AttestationPolicy(frozenset({PROVIDER_CODE})))
-        return ProviderSession(
+        return ProviderTunnel(
             url, enclave=vault.enclave, vault_key=vault.signer, network=self.chain.network,
             persist=vault.persist, **kwargs,
         )
 
     async def open_channel(
-        self, session: ProviderSession, vault: Vault, client: LocalAccount,
+        self, tunnel: ProviderTunnel, vault: Vault, client: LocalAccount,
         deposit: int = DEPOSIT,
     ) -> VaultChannel:
         """createASC through the vault account (client approved and consented), then OPEN."""
-        terms = session.terms(client=client.address, deposit=deposit)
+        terms = tunnel.terms(client=client.address, deposit=deposit)
         transact(self.chain, client, self.token.functions.approve(self.manager.address, deposit))
         consent = sign_channel_open(EcdsaSigner(bytes(client.key)), self.manager.domain, terms)
         self.manager.create(vault.account, terms, consent)
         channel = VaultChannel(terms, self.manager.domain, vault.signer, lock_timeout=LOCK)
-        await session.attach(channel)
+        await tunnel.attach(channel)
         return channel
 
     def balance(self, address: str) -> int:

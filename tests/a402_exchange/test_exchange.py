@@ -1,7 +1,7 @@
 """The A402 exchange over real HTTP: paid requests through one channel, then a cooperative close.
 
 Provider: ``A402Payments`` and the payment middleware around a FastAPI service,
-on loopback. Vault: :class:`ProviderSession` with its own simulated enclave.
+on loopback. Vault: :class:`ProviderTunnel` with its own simulated enclave.
 Money: TestUSDC escrowed by a real ASCManager on anvil.
 """
 
@@ -26,8 +26,8 @@ async def test_three_paid_requests_then_a_cooperative_close(world: World) -> Non
     provider, vault, client = world.provider(), world.vault(), world.client()
     escrow_before = world.balance(world.manager.address)
     with serve_in_thread(provider.app) as url:
-        async with world.session(vault, url) as session:
-            channel = await world.open_channel(session, vault, client)
+        async with world.tunnel(vault, url) as tunnel:
+            channel = await world.open_channel(tunnel, vault, client)
             cid = channel.channel_id
             assert world.balance(world.manager.address) == escrow_before + DEPOSIT
             requests = [
@@ -36,7 +36,7 @@ async def test_three_paid_requests_then_a_cooperative_close(world: World) -> Non
                  PRICES["POST /echo"]),
                 (HttpRequest("GET", "/weather"), PRICES["GET /weather"]),
             ]
-            paid = [await session.request(channel, r, amount) for r, amount in requests]
+            paid = [await tunnel.request(channel, r, amount) for r, amount in requests]
 
             # The service ran once per request and its answers came back intact.
             assert [p.response.status for p in paid] == [200, 200, 200]
@@ -65,7 +65,7 @@ async def test_three_paid_requests_then_a_cooperative_close(world: World) -> Non
             assert (channel.free, channel.locked, channel.provider_balance) == (
                 DEPOSIT - spent, 0, spent
             )
-            await session.flush_acks()  # the last ACK would otherwise ride on a next EXEC
+            await tunnel.flush_acks()  # the last ACK would otherwise ride on a next EXEC
             slot = provider.runtime.slot(cid)
             assert slot is not None and slot.channel.state == channel.state
             assert slot.channel.status is Status.OPEN
@@ -74,7 +74,7 @@ async def test_three_paid_requests_then_a_cooperative_close(world: World) -> Non
             assert vault.reasons() == ["attached"] + ["locked", "authorized", "delivered"] * 3
 
             client_before, provider_before = world.balances(client.address, provider.address)
-            signed = await session.close(channel)
+            signed = await tunnel.close(channel)
             assert vault.checkpoints[-1].reason is CheckpointReason.CLOSE_READY
             world.manager.close(vault.account, channel.terms, signed)
 

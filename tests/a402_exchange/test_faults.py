@@ -76,12 +76,12 @@ async def test_withheld_reveal_is_claimed_after_ack_timeout_and_the_vault_recove
     provider = world.provider(runtime_cls=WithholdingProvider, ack_timeout=5.0)
     vault, client = world.vault(), world.client()
     with serve_in_thread(provider.app) as url:
-        async with world.session(vault, url) as session:
-            channel = await world.open_channel(session, vault, client)
+        async with world.tunnel(vault, url) as tunnel:
+            channel = await world.open_channel(tunnel, vault, client)
             settlement = Settlement(world, client.address, provider.address)
-            await session.request(channel, WEATHER, PRICE)  # request 0: revealed as usual
+            await tunnel.request(channel, WEATHER, PRICE)  # request 0: revealed as usual
             with pytest.raises(PaymentPending) as pending:
-                await session.request(channel, WEATHER, PRICE)
+                await tunnel.request(channel, WEATHER, PRICE)
             assert (pending.value.reason, pending.value.request_id) == ("withheld", 1)
             assert channel.status is Status.PENDING
             assert vault.checkpoints[-1].reason is CheckpointReason.AUTHORIZED  # σ_U persisted
@@ -107,7 +107,7 @@ async def test_withheld_reveal_is_claimed_after_ack_timeout_and_the_vault_recove
             assert is_adaptor_secret(t, reply.adaptor_point)
 
             # The vault opens the result it paid for: calldata + log, and log alone.
-            recovered = await session.recover(channel, world.manager, tx_hash=tx)
+            recovered = await tunnel.recover(channel, world.manager, tx_hash=tx)
             from_log_only = recover_from_force_close(spare, world.manager, receipt=receipt)
     for paid in (recovered, from_log_only):
         assert paid is not None and paid.on_chain and paid.transaction == tx
@@ -123,12 +123,12 @@ async def test_a_provider_that_never_reveals_nor_claims_loses_delta_to_a_client_
     provider = world.provider(runtime_cls=WithholdingProvider, watch=False)
     vault, client = world.vault(), world.client()
     with serve_in_thread(provider.app) as url:
-        async with world.session(vault, url) as session:
-            channel = await world.open_channel(session, vault, client)
+        async with world.tunnel(vault, url) as tunnel:
+            channel = await world.open_channel(tunnel, vault, client)
             settlement = Settlement(world, client.address, provider.address)
-            await session.request(channel, WEATHER, PRICE)
+            await tunnel.request(channel, WEATHER, PRICE)
             with pytest.raises(PaymentPending):
-                await session.request(channel, WEATHER, PRICE)
+                await tunnel.request(channel, WEATHER, PRICE)
     # Nobody answers: the client closes with the latest co-signed state it got from the vault.
     latest = channel.latest_state()
     assert latest.state.version == 1
@@ -145,18 +145,18 @@ async def test_a_client_force_close_is_answered_at_once_by_the_provider_holding_
     provider = world.provider(runtime_cls=WithholdingProvider, ack_timeout=600.0)
     vault, client = world.vault(), world.client()
     with serve_in_thread(provider.app) as url:
-        async with world.session(vault, url) as session:
-            channel = await world.open_channel(session, vault, client)
+        async with world.tunnel(vault, url) as tunnel:
+            channel = await world.open_channel(tunnel, vault, client)
             settlement = Settlement(world, client.address, provider.address)
-            await session.request(channel, WEATHER, PRICE)
+            await tunnel.request(channel, WEATHER, PRICE)
             with pytest.raises(PaymentPending):
-                await session.request(channel, WEATHER, PRICE)
+                await tunnel.request(channel, WEATHER, PRICE)
             world.manager.init_force_close(client, channel.terms, channel.latest_state())
             cid = channel.channel_id
             await wait_until(lambda: world.manager.channel(cid).status is OnChainStatus.CLOSED)
             tx = find_provider_force_close(world.manager, cid)
             assert tx is not None
-            paid = await session.recover(channel, world.manager, tx_hash=tx)
+            paid = await tunnel.recover(channel, world.manager, tx_hash=tx)
     assert paid is not None and json.loads(paid.response.body)["n"] == 2
     settlement.assert_paid(client=DEPOSIT - 2 * PRICE, provider=2 * PRICE)
 
@@ -164,12 +164,12 @@ async def test_a_client_force_close_is_answered_at_once_by_the_provider_holding_
 async def test_the_provider_challenges_a_stale_client_force_close(world: World) -> None:
     provider, vault, client = world.provider(), world.vault(), world.client()
     with serve_in_thread(provider.app) as url:
-        async with world.session(vault, url) as session:
-            channel = await world.open_channel(session, vault, client)
+        async with world.tunnel(vault, url) as tunnel:
+            channel = await world.open_channel(tunnel, vault, client)
             settlement = Settlement(world, client.address, provider.address)
             for _ in range(2):
-                await session.request(channel, WEATHER, PRICE)
-            await session.flush_acks()  # the provider holds the co-signed state of both
+                await tunnel.request(channel, WEATHER, PRICE)
+            await tunnel.flush_acks()  # the provider holds the co-signed state of both
             # The client tries to close on the opening state, as if nothing had been paid.
             world.manager.init_force_close(client, channel.terms,
                                            VaultChannel.restore(
@@ -186,11 +186,11 @@ async def test_a_replayed_reply_is_rejected_and_nothing_is_paid(world: World) ->
     provider = world.provider(runtime_cls=ReplayingProvider)
     vault, client = world.vault(), world.client()
     with serve_in_thread(provider.app) as url:
-        async with world.session(vault, url) as session:
-            channel = await world.open_channel(session, vault, client)
-            await session.request(channel, WEATHER, PRICE)
+        async with world.tunnel(vault, url) as tunnel:
+            channel = await world.open_channel(tunnel, vault, client)
+            await tunnel.request(channel, WEATHER, PRICE)
             with pytest.raises(ProtocolViolation) as refused:
-                await session.request(channel, WEATHER, PRICE)
+                await tunnel.request(channel, WEATHER, PRICE)
     assert refused.value.reason == Reason.REPLAYED
     assert channel.status is Status.OPEN
     assert (channel.free, channel.provider_balance) == (DEPOSIT - PRICE, PRICE)
@@ -204,10 +204,10 @@ async def test_a_reply_whose_presignature_does_not_match_h_or_t_is_rejected(
     provider = world.provider(runtime_cls=faulty)
     vault, client = world.vault(), world.client()
     with serve_in_thread(provider.app) as url:
-        async with world.session(vault, url) as session:
-            channel = await world.open_channel(session, vault, client)
+        async with world.tunnel(vault, url) as tunnel:
+            channel = await world.open_channel(tunnel, vault, client)
             with pytest.raises(ProtocolViolation) as refused:
-                await session.request(channel, WEATHER, PRICE)
+                await tunnel.request(channel, WEATHER, PRICE)
     assert refused.value.reason == Reason.BAD_PRESIGNATURE
     assert (channel.status, channel.free, channel.provider_balance) == (Status.OPEN, DEPOSIT, 0)
     assert vault.reasons() == ["attached", "locked", "expired"]
@@ -219,17 +219,17 @@ async def test_a_reveal_whose_t_is_not_the_log_of_T_is_rejected(world: World) ->
     provider = world.provider(runtime_cls=WrongSecretProvider, ack_timeout=1.0)
     vault, client = world.vault(), world.client()
     with serve_in_thread(provider.app) as url:
-        async with world.session(vault, url) as session:
-            channel = await world.open_channel(session, vault, client)
+        async with world.tunnel(vault, url) as tunnel:
+            channel = await world.open_channel(tunnel, vault, client)
             settlement = Settlement(world, client.address, provider.address)
             with pytest.raises(PaymentPending) as pending:
-                await session.request(channel, WEATHER, PRICE)
+                await tunnel.request(channel, WEATHER, PRICE)
             assert pending.value.reason == Reason.BAD_ADAPTOR_SECRET
             assert (channel.status, channel.provider_balance) == (Status.PENDING, 0)
             # The provider still holds σ_U and claims with the true t; the vault opens the result.
             cid = channel.channel_id
             await wait_until(lambda: world.manager.channel(cid).status is OnChainStatus.CLOSED)
-            paid = await session.recover(
+            paid = await tunnel.recover(
                 channel, world.manager, tx_hash=find_provider_force_close(world.manager, cid)
             )
     assert paid is not None and json.loads(paid.response.body)["n"] == 1
@@ -240,17 +240,17 @@ async def test_a_sealed_result_moved_to_another_request_does_not_open(world: Wor
     provider = world.provider(runtime_cls=MovedResultProvider, ack_timeout=1.0)
     vault, client = world.vault(), world.client()
     with serve_in_thread(provider.app) as url:
-        async with world.session(vault, url) as session:
-            channel = await world.open_channel(session, vault, client)
+        async with world.tunnel(vault, url) as tunnel:
+            channel = await world.open_channel(tunnel, vault, client)
             settlement = Settlement(world, client.address, provider.address)
             with pytest.raises(PaymentPending) as pending:
-                await session.request(channel, WEATHER, PRICE)
+                await tunnel.request(channel, WEATHER, PRICE)
             assert pending.value.reason == Reason.RESULT_DOES_NOT_OPEN
             assert (channel.status, channel.provider_balance) == (Status.PENDING, 0)
             cid = channel.channel_id
             await wait_until(lambda: world.manager.channel(cid).status is OnChainStatus.CLOSED)
             with pytest.raises(RemoteProtocolError) as unopened:
-                await session.recover(
+                await tunnel.recover(
                     channel, world.manager, tx_hash=find_provider_force_close(world.manager, cid)
                 )
     # A faulty enclave can cost the vault at most the δ it authorised (the attested code is
@@ -263,10 +263,10 @@ async def test_a_sealed_result_moved_to_another_request_does_not_open(world: Wor
 async def test_a_failing_service_is_not_charged_and_the_channel_goes_on(world: World) -> None:
     provider, vault, client = world.provider(), world.vault(), world.client()
     with serve_in_thread(provider.app) as url:
-        async with world.session(vault, url) as session:
-            channel = await world.open_channel(session, vault, client)
+        async with world.tunnel(vault, url) as tunnel:
+            channel = await world.open_channel(tunnel, vault, client)
             with pytest.raises(ProviderRefused) as refused:
-                await session.request(channel, HttpRequest("GET", "/boom"), PRICE)
+                await tunnel.request(channel, HttpRequest("GET", "/boom"), PRICE)
             assert refused.value.reason == "service_failed"
             assert refused.value.response is not None
             assert refused.value.response.status == 500
@@ -277,9 +277,9 @@ async def test_a_failing_service_is_not_charged_and_the_channel_goes_on(world: W
                 (WEATHER, PRICE + 1, "amount_mismatch"),
             ):
                 with pytest.raises(ProviderRefused) as refused:
-                    await session.request(channel, request, amount)
+                    await tunnel.request(channel, request, amount)
                 assert refused.value.reason == reason
-            paid = await session.request(channel, WEATHER, PRICE)  # at once: nothing is stuck
+            paid = await tunnel.request(channel, WEATHER, PRICE)  # at once: nothing is stuck
     assert paid.request_id == 3 and paid.receipt is not None
     assert paid.receipt.state.provider_balance == PRICE
     assert provider.calls["boom"] == 1

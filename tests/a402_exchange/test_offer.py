@@ -73,9 +73,9 @@ async def test_the_402_offers_exact_first_and_a402_next_and_its_endpoint_works(
         assert [r["scheme"] for r in response.json()["accepts"]] == ["exact", SCHEME_A402]
 
         # A vault that only read the 402 can pay through the advertised endpoint.
-        async with world.session(vault, extra["endpoint"]) as session:
-            channel = await world.open_channel(session, vault, client)
-            paid = await session.request(channel, HttpRequest("GET", "/weather"), int(a402.amount))
+        async with world.tunnel(vault, extra["endpoint"]) as tunnel:
+            channel = await world.open_channel(tunnel, vault, client)
+            paid = await tunnel.request(channel, HttpRequest("GET", "/weather"), int(a402.amount))
         assert json.loads(paid.response.body)["weather"] == "sunny"
 
 
@@ -170,9 +170,9 @@ async def test_the_gateway_takes_a402_payments_for_an_unchanged_upstream(world: 
             facilitator_url="http://127.0.0.1:9", a402=template.config,
         )
         with serve_in_thread(gateway) as url:
-            async with world.session(vault, url) as session:
-                channel = await world.open_channel(session, vault, client)
-                paid = await session.request(
+            async with world.tunnel(vault, url) as tunnel:
+                channel = await world.open_channel(tunnel, vault, client)
+                paid = await tunnel.request(
                     channel, HttpRequest("POST", "/paid/q3", b"year=2025", body=b"numbers"),
                     2_000,
                 )

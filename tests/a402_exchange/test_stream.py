@@ -2,7 +2,7 @@
 
 The provider is served as in the other exchange tests, wrapped in a
 :class:`Recorder` that sees every request and every stream message (and can
-lose, cut or corrupt them); the vault is a plain :class:`ProviderSession`,
+lose, cut or corrupt them); the vault is a plain :class:`ProviderTunnel`,
 which goes by the stream unless told otherwise.
 """
 
@@ -28,13 +28,13 @@ from a402.provider.a402_payments import A402Payments
 from a402.provider.a402_runtime import ProviderRuntime
 from a402.provider.a402_store import SqlChannelStore
 from a402.tee import PROVIDER_PURPOSES
-from a402.vault.session import ProviderSession
+from a402.vault.tunnel import ProviderTunnel
 from a402.wire.a402 import (
+    HANDSHAKE_PATH,
     INFO_PATH,
     MESSAGE_PATH,
-    SESSION_PATH,
     STREAM_PATH,
-    STREAM_UNKNOWN_SESSION,
+    STREAM_UNKNOWN_TUNNEL,
     HttpRequest,
 )
 
@@ -145,8 +145,8 @@ def ws_url(url: str, path: str = STREAM_PATH) -> str:
     return "ws://" + url.removeprefix("http://") + path
 
 
-def session_id(recorder: Recorder, index: int = -1) -> str:
-    """The session id a recorded stream connected with."""
+def tunnel_id(recorder: Recorder, index: int = -1) -> str:
+    """The tunnel id a recorded stream connected with."""
     query = recorder.streams[index][1]
     assert query.startswith("session=")
     return query.removeprefix("session=")
@@ -175,18 +175,18 @@ async def test_paid_requests_travel_over_one_stream(
 ) -> None:
     provider, recorder, url = served
     vault, client = world.vault(), world.client()
-    async with world.session(vault, url, ack_delay=600) as session:
-        channel = await world.open_channel(session, vault, client)
-        paid = [await session.request(channel, WEATHER, PRICE) for _ in range(3)]
-        await session.flush_acks()
+    async with world.tunnel(vault, url, ack_delay=600) as tunnel:
+        channel = await world.open_channel(tunnel, vault, client)
+        paid = [await tunnel.request(channel, WEATHER, PRICE) for _ in range(3)]
+        await tunnel.flush_acks()
         conserved(channel, provider.runtime)
     assert [json.loads(p.response.body)["n"] for p in paid] == [1, 2, 3]
     assert provider.calls["weather"] == 3
     assert (channel.free, channel.provider_balance) == (DEPOSIT - 3 * PRICE, 3 * PRICE)
-    # One stream for the whole session; the handshake is the only HTTP the vault spoke.
-    assert recorder.streams == [(STREAM_PATH, f"session={session_id(recorder)}")]
+    # One stream for the whole tunnel; the handshake is the only HTTP the vault spoke.
+    assert recorder.streams == [(STREAM_PATH, f"session={tunnel_id(recorder)}")]
     assert recorder.posts(MESSAGE_PATH) == 0
-    assert recorder.posts(SESSION_PATH) == 2
+    assert recorder.posts(HANDSHAKE_PATH) == 2
     # OPEN, then EXEC and AUTH per request (the ACKs ride on EXECs), then the last ACK.
     assert len(recorder.frames) == 1 + 2 * 3 + 1
     assert recorder.answers == ["frame"] * len(recorder.frames)
@@ -207,11 +207,11 @@ async def test_a_stream_that_drops_mid_exchange_is_retried_and_paid_once(
     provider, recorder, url = served
     setattr(recorder, fault, frames)
     vault, client = world.vault(), world.client()
-    async with world.session(vault, url) as session:
-        channel = await world.open_channel(session, vault, client)
-        paid = await session.request(channel, WEATHER, PRICE)
-        again = await session.request(channel, WEATHER, PRICE)  # and the session goes on
-        await session.flush_acks()
+    async with world.tunnel(vault, url) as tunnel:
+        channel = await world.open_channel(tunnel, vault, client)
+        paid = await tunnel.request(channel, WEATHER, PRICE)
+        again = await tunnel.request(channel, WEATHER, PRICE)  # and the tunnel goes on
+        await tunnel.flush_acks()
         conserved(channel, provider.runtime)
     assert "close:1011" in recorder.answers
     assert len(recorder.streams) == 1 + len(frames)  # a new stream after each drop
@@ -230,15 +230,15 @@ async def test_a_frame_whose_answer_is_late_is_sent_again_on_a_new_stream(
     provider, recorder, url = served
     provider.calls.slow_release = threading.Event()
     vault, client = world.vault(), world.client()
-    async with world.session(vault, url, timeout=2.0) as session:
-        channel = await world.open_channel(session, vault, client)
+    async with world.tunnel(vault, url, timeout=2.0) as tunnel:
+        channel = await world.open_channel(tunnel, vault, client)
         slow = asyncio.create_task(
-            session.request(channel, HttpRequest("GET", "/slow"), PRICES["GET /slow"])
+            tunnel.request(channel, HttpRequest("GET", "/slow"), PRICES["GET /slow"])
         )
         await wait_until(lambda: len(recorder.streams) == 2, WAIT)  # the vault stopped waiting
         provider.calls.slow_release.set()
         paid = await slow
-        await session.flush_acks()
+        await tunnel.flush_acks()
         conserved(channel, provider.runtime)
     assert provider.calls["slow"] == 1
     assert recorder.posts(MESSAGE_PATH) == 0
@@ -252,10 +252,10 @@ async def test_a_corrupted_frame_gets_an_error_answer_and_is_sent_again(
     provider, recorder, url = served
     recorder.corrupt = {1}  # the EXEC
     vault, client = world.vault(), world.client()
-    async with world.session(vault, url) as session:
-        channel = await world.open_channel(session, vault, client)
-        await session.request(channel, WEATHER, PRICE)
-        await session.flush_acks()
+    async with world.tunnel(vault, url) as tunnel:
+        channel = await world.open_channel(tunnel, vault, client)
+        await tunnel.request(channel, WEATHER, PRICE)
+        await tunnel.flush_acks()
         conserved(channel, provider.runtime)
     # Refused outside the channel, on the same stream, which went on serving.
     assert recorder.answers[1].startswith("error:")
@@ -264,19 +264,19 @@ async def test_a_corrupted_frame_gets_an_error_answer_and_is_sent_again(
     assert provider.calls["weather"] == 1 and channel.provider_balance == PRICE
 
 
-async def test_frames_the_stream_cannot_take_get_error_answers_and_leave_the_session_usable(
+async def test_frames_the_stream_cannot_take_get_error_answers_and_leave_the_tunnel_usable(
     world: World, served: tuple[Provider, Recorder, str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     provider, recorder, url = served
     # The real limit (16 MiB) is above uvicorn's own message limit: lower ours to reach it.
     monkeypatch.setattr(a402_app, "_MAX_FRAME_BODY", 4096)
     vault, client = world.vault(), world.client()
-    async with world.session(vault, url) as session:
-        channel = await world.open_channel(session, vault, client)
-        await session.request(channel, WEATHER, PRICE)
-        sid = session_id(recorder)
-        # A second connection to the same session, from someone who has its id only.
-        async with connect(ws_url(url) + f"?session={sid}", compression=None) as raw:
+    async with world.tunnel(vault, url) as tunnel:
+        channel = await world.open_channel(tunnel, vault, client)
+        await tunnel.request(channel, WEATHER, PRICE)
+        tid = tunnel_id(recorder)
+        # A second connection to the same tunnel, from someone who has its id only.
+        async with connect(ws_url(url) + f"?session={tid}", compression=None) as raw:
             answers = []
             for message in (recorder.frames[1], b"\x00" * 4097, b"x" * 64, "text"):
                 await raw.send(message)
@@ -285,16 +285,16 @@ async def test_frames_the_stream_cannot_take_get_error_answers_and_leave_the_ses
         assert answers[2]["error"] not in ("replay", "too_large")  # does not authenticate
         assert answers[3]["error"] == "not_binary"
         assert all(set(a) == {"error", "message"} for a in answers)
-        # None of it touched the session: the vault's next frames authenticate as before.
-        again = await session.request(channel, WEATHER, PRICE)
-        await session.flush_acks()
+        # None of it touched the tunnel: the vault's next frames authenticate as before.
+        again = await tunnel.request(channel, WEATHER, PRICE)
+        await tunnel.flush_acks()
         conserved(channel, provider.runtime)
     assert provider.calls["weather"] == 2
     assert again.receipt is not None and again.receipt.state.provider_balance == 2 * PRICE
 
 
 @pytest.mark.parametrize("query", ["?session=no-such-session", ""])
-async def test_an_unknown_session_at_connect_is_closed_with_4404(
+async def test_an_unknown_tunnel_at_connect_is_closed_with_4404(
     served: tuple[Provider, Recorder, str], query: str
 ) -> None:
     _, recorder, url = served
@@ -302,7 +302,7 @@ async def test_an_unknown_session_at_connect_is_closed_with_4404(
         with pytest.raises(ConnectionClosed) as closed:
             await asyncio.wait_for(raw.recv(), WAIT)
     assert closed.value.rcvd is not None
-    assert closed.value.rcvd.code == STREAM_UNKNOWN_SESSION == 4404
+    assert closed.value.rcvd.code == STREAM_UNKNOWN_TUNNEL == 4404
     assert recorder.answers == ["close:4404"]
 
 
@@ -314,42 +314,42 @@ async def test_no_other_path_upgrades(served: tuple[Provider, Recorder, str], pa
     assert refused.value.response.status_code == 403
 
 
-# ------------------------------------------------------------- forgotten sessions
+# ------------------------------------------------------------- forgotten tunnels
 
 
-async def test_a_session_forgotten_mid_stream_is_closed_and_opened_again(
+async def test_a_tunnel_forgotten_mid_stream_is_closed_and_opened_again(
     world: World, served: tuple[Provider, Recorder, str]
 ) -> None:
     provider, recorder, url = served
-    provider.config.max_sessions = 1  # the next handshake evicts the current session
+    provider.config.max_tunnels = 1  # the next handshake evicts the current tunnel
     vault, client = world.vault(), world.client()
-    async with world.session(vault, url) as session:
-        channel = await world.open_channel(session, vault, client)
-        await session.request(channel, WEATHER, PRICE)
-        async with world.session(world.vault(), url):  # evicts ours while its stream is open
+    async with world.tunnel(vault, url) as tunnel:
+        channel = await world.open_channel(tunnel, vault, client)
+        await tunnel.request(channel, WEATHER, PRICE)
+        async with world.tunnel(world.vault(), url):  # evicts ours while its stream is open
             pass
-        paid = await session.request(channel, WEATHER, PRICE)
-        await session.flush_acks()
+        paid = await tunnel.request(channel, WEATHER, PRICE)
+        await tunnel.flush_acks()
         conserved(channel, provider.runtime)
     assert "close:4404" in recorder.answers
-    assert recorder.posts(SESSION_PATH) == 2 + 2 + 2  # ours, the other one, ours again
+    assert recorder.posts(HANDSHAKE_PATH) == 2 + 2 + 2  # ours, the other one, ours again
     assert recorder.posts(MESSAGE_PATH) == 0
     assert provider.calls["weather"] == 2
     assert paid.receipt is not None and paid.receipt.state.provider_balance == 2 * PRICE
 
 
-async def test_a_restarted_provider_gets_a_new_session_and_the_request_is_paid_once(
+async def test_a_restarted_provider_gets_a_new_tunnel_and_the_request_is_paid_once(
     world: World,
 ) -> None:
     provider, vault, client = world.provider(), world.vault(), world.client()
     async with contextlib.AsyncExitStack() as stack:
         with serve_in_thread(provider.app) as url:
-            session = await stack.enter_async_context(world.session(vault, url))
-            channel = await world.open_channel(session, vault, client)
-            await session.request(channel, WEATHER, PRICE)
-            await session.flush_acks()
+            tunnel = await stack.enter_async_context(world.tunnel(vault, url))
+            channel = await world.open_channel(tunnel, vault, client)
+            await tunnel.request(channel, WEATHER, PRICE)
+            await tunnel.flush_acks()
         # The provider restarts on the same address with its sealed identity and store: it
-        # knows the channel, not the session. The vault's stream died with the old process.
+        # knows the channel, not the tunnel. The vault's stream died with the old process.
         enclave = world.platform.restore(PROVIDER_CODE, provider.enclave.export_sealed(),
                                          allowed_purposes=PROVIDER_PURPOSES)
         restarted = world.provider(enclave=enclave, operator=provider.config.operator,
@@ -357,16 +357,16 @@ async def test_a_restarted_provider_gets_a_new_session_and_the_request_is_paid_o
                                    calls=provider.calls)
         recorder = Recorder(restarted.app)
         with serve_in_thread(recorder, port=int(url.rsplit(":", 1)[1])):
-            paid = await session.request(channel, WEATHER, PRICE)
-            await session.flush_acks()
+            paid = await tunnel.request(channel, WEATHER, PRICE)
+            await tunnel.flush_acks()
             conserved(channel, restarted.runtime)
     assert provider.calls["weather"] == 2
     assert paid.receipt is not None
     assert (paid.receipt.state.version, paid.receipt.state.provider_balance) == (2, 2 * PRICE)
-    # The old session id was refused at connect, then a new handshake, a new stream.
+    # The old tunnel id was refused at connect, then a new handshake, a new stream.
     assert recorder.answers[0] == "close:4404"
-    assert recorder.posts(SESSION_PATH) == 2 and recorder.posts(MESSAGE_PATH) == 0
-    assert session_id(recorder, 0) != session_id(recorder, -1)
+    assert recorder.posts(HANDSHAKE_PATH) == 2 and recorder.posts(MESSAGE_PATH) == 0
+    assert tunnel_id(recorder, 0) != tunnel_id(recorder, -1)
 
 
 # ------------------------------------------------------------------- POST instead
@@ -381,13 +381,13 @@ async def test_frames_go_by_post_without_a_stream(
     kwargs: dict[str, Any] = {"ack_delay": 600}
     if why == "asked":
         kwargs["transport"] = "http"
-    caplog.set_level(logging.WARNING, logger="a402.vault.session")
+    caplog.set_level(logging.WARNING, logger="a402.vault.tunnel")
     with serve_in_thread(recorder) as url:
-        async with world.session(vault, url, **kwargs) as session:
-            channel = await world.open_channel(session, vault, client)
+        async with world.tunnel(vault, url, **kwargs) as tunnel:
+            channel = await world.open_channel(tunnel, vault, client)
             for _ in range(2):
-                await session.request(channel, WEATHER, PRICE)
-            await session.flush_acks()
+                await tunnel.request(channel, WEATHER, PRICE)
+            await tunnel.flush_acks()
             conserved(channel, provider.runtime)
     refusals = [r for r in caplog.records if "refused the a402 stream" in r.getMessage()]
     # Tried once, refused, logged once; every frame by POST.
@@ -398,7 +398,7 @@ async def test_frames_go_by_post_without_a_stream(
 
 async def test_the_transport_is_checked(world: World) -> None:
     with pytest.raises(ValueError, match="transport"):
-        ProviderSession("http://127.0.0.1:9", enclave=world.vault().enclave, verifiers=[],
+        ProviderTunnel("http://127.0.0.1:9", enclave=world.vault().enclave, verifiers=[],
                         policy=None, vault_key=None, transport="carrier-pigeon")  # type: ignore[arg-type]
 
 
@@ -416,10 +416,10 @@ async def test_the_gateway_routes_the_stream_to_the_a402_endpoint(world: World) 
             network=world.chain.network, facilitator_url=UNUSED_FACILITATOR, a402=config,
         ))
         with serve_in_thread(gateway) as url:
-            async with world.session(vault, url) as session:
-                channel = await world.open_channel(session, vault, client)
-                paid = await session.request(channel, WEATHER, PRICE)
-                await session.flush_acks()
+            async with world.tunnel(vault, url) as tunnel:
+                channel = await world.open_channel(tunnel, vault, client)
+                paid = await tunnel.request(channel, WEATHER, PRICE)
+                await tunnel.flush_acks()
             # Every other WebSocket still meets the proxy, which refuses it.
             with pytest.raises(InvalidStatus) as refused:
                 await connect(ws_url(url, "/weather"), compression=None, open_timeout=WAIT)

@@ -116,11 +116,11 @@ def test_handshake_authenticates_both_attested_enclaves(vault, provider, verifie
     assert vault.channel_decrypt(hv, provider.channel_encrypt(hp, b"REPLY")) == b"REPLY"
 
 
-def test_two_sessions_have_different_bindings_and_keys(vault, provider, verifier):
+def test_two_secure_channels_have_different_bindings_and_keys(vault, provider, verifier):
     hv1, _, *_ = open_channel(vault, provider, verifier)
     hv2, hp2, *_ = open_channel(vault, provider, verifier)
     assert vault.channel_binding(hv1) != vault.channel_binding(hv2)
-    frame = vault.channel_encrypt(hv1, b"for session 1")
+    frame = vault.channel_encrypt(hv1, b"for channel 1")
     with pytest.raises(ChannelError) as info:
         provider.channel_decrypt(hp2, frame)
     assert info.value.reason == "decrypt_failed"

@@ -12,7 +12,7 @@ That is where the test kills the vault, so every crash lands exactly in the
 state under test, not wherever a timer happened to fire.
 
 :class:`OfflineProvider` is the honest runtime whose ``/info`` answers an error
-while ``offline`` is set: a vault restarting then cannot reach it (no session,
+while ``offline`` is set: a vault restarting then cannot reach it (no tunnel,
 no frame), and the provider's channels are left exactly as they were.
 """
 
@@ -67,7 +67,7 @@ class GatedProvider(ProviderRuntime):
 
 
 class OfflineProvider(ProviderRuntime):
-    """Unreachable for new sessions while ``offline`` is set (``/info`` answers 400)."""
+    """Unreachable for new tunnels while ``offline`` is set (``/info`` answers 400)."""
 
     offline: ClassVar[bool] = False
 

@@ -245,14 +245,14 @@ class PayingAgentClient:
 
     async def send(self, agent: DiscoveredAgent, text: str) -> PaidResult:
         """Run one task: send ``text``, pay what the on-chain card says, return result + receipt."""
-        session = _Session(self, agent)
+        paid_task = _PaidTask(self, agent)
         try:
-            return await session.run(text)
+            return await paid_task.run(text)
         finally:
-            await session.close()
+            await paid_task.close()
 
 
-class _Session:
+class _PaidTask:
     """One task with one agent: the a2a-sdk client and the per-task payment state."""
 
     def __init__(self, owner: PayingAgentClient, agent: DiscoveredAgent) -> None:

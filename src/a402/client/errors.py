@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from a402.wire.errors import MALFORMED_PAYMENT_REQUIRED as MALFORMED_PAYMENT_REQUIRED
 from a402.wire.x402 import AnyPaymentRequirements
 
 # --- why a whole 402 was refused (PaymentRefused.reason) ----------------------------
@@ -20,10 +21,10 @@ PRICE_ABOVE_MAXIMUM: Final = "price_above_maximum"
 """Some requirement was acceptable except that it costs more than the per-request maximum."""
 BUDGET_EXHAUSTED: Final = "budget_exhausted"
 """Some requirement was acceptable and within the maximum, but the total budget cannot cover it."""
+# MALFORMED_PAYMENT_REQUIRED (imported above from a402.wire.errors, shared with the
+# vault): a 402 without a decodable x402 PaymentRequired (header or v1 body).
 NO_ACCEPTABLE_REQUIREMENT: Final = "no_acceptable_requirement"
 """Nothing offered is something this client can or may sign (scheme, network, asset...)."""
-MALFORMED_PAYMENT_REQUIRED: Final = "malformed_payment_required"
-"""A 402 without a decodable x402 PaymentRequired (header or v1 body)."""
 SIGNING_FAILED: Final = "signing_failed"
 """The chosen requirement could not be signed; the budget reservation was released."""
 

@@ -23,11 +23,10 @@ from a402.wire.headers import (
     PAYMENT_REQUIRED,
     PAYMENT_RESPONSE,
     X_PAYMENT_RESPONSE,
-    decode_payment_required,
     decode_settle_response,
 )
-from a402.wire.jsonstrict import loads_object
-from a402.wire.x402 import AnyPaymentRequired, SettleResponse, parse_payment_required
+from a402.wire.required import read_payment_required
+from a402.wire.x402 import AnyPaymentRequired, SettleResponse
 
 PAYMENT_EXTENSION: Final = "a402.payment"
 """Key of the ``Payment`` record in ``response.extensions``."""
@@ -110,20 +109,13 @@ def payment_required_of(response: httpx.Response) -> AnyPaymentRequired:
     """The PaymentRequired of a 402: the ``PAYMENT-REQUIRED`` header, else a JSON body.
 
     The body form is x402 v1; a v2 body is accepted too (some servers send
-    both). Anything else raises ``PaymentRefused(malformed_payment_required)``.
+    both); see :func:`a402.wire.required.read_payment_required`. Anything else
+    raises ``PaymentRefused(malformed_payment_required)``.
     """
-    url = _url_of(response)
-    header = response.headers.get(PAYMENT_REQUIRED)
     try:
-        if header:
-            return decode_payment_required(header)
-        if not response.content:
-            raise WireError(R.MALFORMED_PAYMENT_REQUIRED, "402 with neither header nor body")
-        return parse_payment_required(loads_object(response.content))
+        return read_payment_required(response.headers.get(PAYMENT_REQUIRED), response.content)
     except WireError as e:
-        raise PaymentRefused(
-            R.MALFORMED_PAYMENT_REQUIRED, f"not an x402 402: {e}", url=url
-        ) from e
+        raise PaymentRefused(R.MALFORMED_PAYMENT_REQUIRED, e.message, url=_url_of(response)) from e
 
 
 def _url_of(response: httpx.Response) -> str | None:

@@ -4,7 +4,7 @@ Act 1 pays every request with its own on-chain ``transferWithAuthorization``.
 Here a client deposits once into a Liquidity Vault (in-process, simulated
 enclave), the vault opens one Atomic Service Channel to the weather API
 (``createASC``), every request is paid off-chain inside that channel with the
-full A402 exchange (EXEC, REPLY, AUTH, REVEAL, ACK over an attested session),
+full A402 exchange (EXEC, REPLY, AUTH, REVEAL, ACK over an attested tunnel),
 and a cooperative ``closeASC`` settles it. The API serves ``exact`` and
 ``a402`` side by side, and a short ``exact`` batch is paid in the same run, on
 the same chain, so the comparison is measured, not recalled.

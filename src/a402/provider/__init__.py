@@ -1,5 +1,21 @@
-"""The provider side of x402 ``exact``: ASGI payment middleware and the reverse-proxy gateway."""
+"""The provider side of x402 ``exact``: ASGI payment middleware and the reverse-proxy gateway.
 
+    from a402.provider import PaymentMiddleware, TokenInfo
+
+    app.add_middleware(PaymentMiddleware, routes={"GET /weather/*": "0.001"}, token=usdc,
+                       pay_to=..., network="eip155:84532", facilitator="http://127.0.0.1:4021")
+
+The public API is :data:`__all__`. What only a provider that also takes ``a402``
+needs (:class:`A402Config`, its channel store and enclave) loads lazily, so a
+provider that takes only ``exact`` does not load the channel and enclave code.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from a402.chain.deploy import TokenInfo
 from a402.provider.gateway import create_gateway, parse_route_spec, run_gateway
 from a402.provider.ledger import InMemoryLedger, PaymentKey, PaymentLedger, SqlLedger
 from a402.provider.middleware import PaymentMiddleware
@@ -14,7 +30,19 @@ from a402.provider.routes import (
     to_atomic,
 )
 
+if TYPE_CHECKING:
+    from a402.provider.a402_runtime import A402Config
+    from a402.provider.a402_store import SqlChannelStore
+    from a402.provider.identity import provider_enclave
+
+_LAZY_MODULE_OF = {
+    "A402Config": "a402.provider.a402_runtime",
+    "SqlChannelStore": "a402.provider.a402_store",
+    "provider_enclave": "a402.provider.identity",
+}
+
 __all__ = [
+    "A402Config",
     "InMemoryLedger",
     "PaidRoute",
     "PaymentKey",
@@ -26,9 +54,23 @@ __all__ = [
     "RouteMatch",
     "RoutePattern",
     "RouteTable",
+    "SqlChannelStore",
     "SqlLedger",
+    "TokenInfo",
     "create_gateway",
     "parse_route_spec",
+    "provider_enclave",
     "run_gateway",
     "to_atomic",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY_MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'a402.provider' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -9,17 +9,17 @@ between HTTP (or a WebSocket) and :class:`~a402.provider.a402_runtime.ProviderRu
 
 Errors outside the secure channel are JSON ``{"error", "message"}``: 400 for
 a frame that does not authenticate (tampered, replayed, reordered — the
-session stays usable), 403 for a handshake whose attestation fails, 404 for
-an unknown session (the vault opens a new one), 413 for an oversized body.
-Everything inside a session, refusals included, is an encrypted 200.
+tunnel stays usable), 403 for a handshake whose attestation fails, 404 for
+an unknown tunnel (the vault opens a new one), 413 for an oversized body.
+Everything inside a tunnel, refusals included, is an encrypted 200.
 
-The stream (``…/stream?session=<id>``, a WebSocket) carries the frames of
-``…/message`` for one session over one connection: each binary message is
+The stream (``…/stream?session=<tunnel id>``, a WebSocket) carries the frames of
+``…/message`` for one tunnel over one connection: each binary message is
 one frame, answered by exactly one message, in order (frames of a connection
 are handled one after the other: Noise counters are ordered anyway). The
 errors map one to one: what ``…/message`` answers 400 or 413 is a text
-message with the same JSON; an unknown session — at connect or mid-stream —
-closes the connection with :data:`~a402.wire.a402.STREAM_UNKNOWN_SESSION`.
+message with the same JSON; an unknown tunnel — at connect or mid-stream —
+closes the connection with :data:`~a402.wire.a402.STREAM_UNKNOWN_TUNNEL`.
 A WebSocket to any other path under the prefix is refused before the upgrade
 (HTTP 403), which is what a vault reads as "no stream here, use POST".
 """
@@ -35,18 +35,18 @@ from starlette.types import Receive, Scope, Send
 
 from a402.asc.messages import DEFAULT_MAX_BLOB
 from a402.evm.address import to_checksum
-from a402.provider.a402_runtime import ProviderRuntime, UnknownSession
+from a402.provider.a402_runtime import ProviderRuntime, UnknownTunnel
 from a402.serving import read_body
 from a402.tee import AttestationError, ChannelError, TeeError
 from a402.wire.a402 import (
     FRAME_MEDIA_TYPE,
+    HANDSHAKE_PATH,
     INFO_PATH,
     MESSAGE_PATH,
     SCHEME_A402,
-    SESSION_HEADER,
-    SESSION_PATH,
     STREAM_PATH,
-    STREAM_UNKNOWN_SESSION,
+    STREAM_UNKNOWN_TUNNEL,
+    TUNNEL_HEADER,
     WELL_KNOWN_PREFIX,
     FrameError,
     b64,
@@ -62,8 +62,8 @@ _MAX_HANDSHAKE_BODY = 64 * 1024
 _HANDSHAKE_LIMITS = JsonLimits(max_bytes=_MAX_HANDSHAKE_BODY)
 #: An EXEC carries at most one request blob plus framing (a POST body or a stream message).
 _MAX_FRAME_BODY = DEFAULT_MAX_BLOB + 4096
-_UNKNOWN_SESSION_CLOSE: dict[str, Any] = {
-    "type": "websocket.close", "code": STREAM_UNKNOWN_SESSION, "reason": "open a new session",
+_UNKNOWN_TUNNEL_CLOSE: dict[str, Any] = {
+    "type": "websocket.close", "code": STREAM_UNKNOWN_TUNNEL, "reason": "open a new session",
 }
 
 
@@ -131,8 +131,8 @@ class A402Endpoint:
         try:
             if path == INFO_PATH and method in ("GET", "HEAD"):
                 await self._info(scope, send)
-            elif path == SESSION_PATH and method == "POST":
-                await self._session(await read_body(receive, _MAX_HANDSHAKE_BODY), send)
+            elif path == HANDSHAKE_PATH and method == "POST":
+                await self._handshake(await read_body(receive, _MAX_HANDSHAKE_BODY), send)
             elif path == MESSAGE_PATH and method == "POST":
                 await self._message(scope, await read_body(receive, _MAX_FRAME_BODY), send)
             else:
@@ -152,11 +152,11 @@ class A402Endpoint:
             return
         await _json(send, 200, info.to_json())
 
-    async def _session(self, body: bytes, send: Send) -> None:
+    async def _handshake(self, body: bytes, send: Send) -> None:
         try:
             request = loads_object(body, reason="malformed", limits=_HANDSHAKE_LIMITS)
             message = unb64(request["message"])
-            session_id = request.get("session")
+            tunnel_id = request.get("session")
         except WireError as e:  # bounded decoding: a deep body is refused, never parsed
             await _error(send, 400, e.reason, f"handshake body: {e.message}")
             return
@@ -164,13 +164,13 @@ class A402Endpoint:
             await _error(send, 400, "malformed", f"handshake body: {e}")
             return
         try:
-            if session_id is None:
-                session_id, second = self.runtime.open_session(message)
-                await _json(send, 200, {"session": session_id, "message": b64(second)})
+            if tunnel_id is None:
+                tunnel_id, second = self.runtime.open_tunnel(message)
+                await _json(send, 200, {"session": tunnel_id, "message": b64(second)})
             else:
-                measurement = self.runtime.finish_session(str(session_id), message)
-                await _json(send, 200, {"session": session_id, "measurement": measurement.hex()})
-        except UnknownSession:
+                measurement = self.runtime.finish_tunnel(str(tunnel_id), message)
+                await _json(send, 200, {"session": tunnel_id, "measurement": measurement.hex()})
+        except UnknownTunnel:
             await _error(send, 404, "unknown_session", "no handshake in progress under that id")
         except AttestationError as e:
             log.warning("vault attestation refused: %s", e)
@@ -179,16 +179,16 @@ class A402Endpoint:
             await _error(send, 400, e.reason, e.detail)
 
     async def _message(self, scope: Scope, body: bytes, send: Send) -> None:
-        session_id = next(
+        tunnel_id = next(
             (v.decode("latin-1") for k, v in scope.get("headers", ())
-             if k == SESSION_HEADER.encode()), None,
+             if k == TUNNEL_HEADER.encode()), None,
         )
-        if session_id is None:
-            await _error(send, 400, "no_session", f"send the {SESSION_HEADER} header")
+        if tunnel_id is None:
+            await _error(send, 400, "no_session", f"send the {TUNNEL_HEADER} header")
             return
         try:
-            frame = await self.runtime.handle_frame(session_id, body, scope)
-        except UnknownSession:
+            frame = await self.runtime.handle_frame(tunnel_id, body, scope)
+        except UnknownTunnel:
             await _error(send, 404, "unknown_session", "open a new session")
             return
         except ChannelError as e:
@@ -197,18 +197,18 @@ class A402Endpoint:
         await _respond(send, 200, frame, FRAME_MEDIA_TYPE)
 
     async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """``…/stream``: one session's frames, answered one by one, in order."""
+        """``…/stream``: one tunnel's frames, answered one by one, in order."""
         if (await receive())["type"] != "websocket.connect":
             return
         if scope["path"] != STREAM_PATH:
             await send({"type": "websocket.close", "code": 1008})  # before the upgrade: 403
             return
-        session_id = _query_param(scope, "session")
+        tunnel_id = _query_param(scope, "session")
         await send({"type": "websocket.accept"})
-        # Checked at connect so that a vault learns of a forgotten session before it spends
-        # a frame; handle_frame stays the authority (a session can still expire later).
-        if session_id is None or not self.runtime.is_established(session_id):
-            await send(_UNKNOWN_SESSION_CLOSE)
+        # Checked at connect so that a vault learns of a forgotten tunnel before it spends
+        # a frame; handle_frame stays the authority (a tunnel can still expire later).
+        if tunnel_id is None or not self.runtime.is_established(tunnel_id):
+            await send(_UNKNOWN_TUNNEL_CLOSE)
             return
         outer = _http_view(scope)
         handle_frame = self.runtime.handle_frame
@@ -225,9 +225,9 @@ class A402Endpoint:
                     await send(_stream_error("too_large", "frame too large"))
                     continue
                 try:
-                    answer = await handle_frame(session_id, frame, outer)
-                except UnknownSession:  # expired or evicted since the connect
-                    await send(_UNKNOWN_SESSION_CLOSE)
+                    answer = await handle_frame(tunnel_id, frame, outer)
+                except UnknownTunnel:  # expired or evicted since the connect
+                    await send(_UNKNOWN_TUNNEL_CLOSE)
                     return
                 except ChannelError as e:
                     await send(_stream_error(e.reason, e.detail))

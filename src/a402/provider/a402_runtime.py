@@ -1,13 +1,13 @@
-"""The provider's A402 runtime: sessions, channels, and one paid request per EXEC.
+"""The provider's A402 runtime: tunnels, channels, and one paid request per EXEC.
 
 This is the I/O shell around :class:`a402.asc.ProviderChannel` (the pure state
 machine). What it adds:
 
-* **Sessions.** A vault enclave opens a Noise XX session (attestation verified
-  both ways, :mod:`a402.tee.channel`); every message afterwards is one
-  encrypted :class:`~a402.wire.a402.Envelope`. A session may drive a channel
+* **Tunnels.** A vault enclave opens a tunnel: a Noise XX secure channel
+  (attestation verified both ways, :mod:`a402.tee.channel`); every message afterwards is one
+  encrypted :class:`~a402.wire.a402.Envelope`. A tunnel may drive a channel
   only after OPEN proved, with the channel's vault key, that it speaks for the
-  channel's vault (the signature covers the session's handshake hash).
+  channel's vault (the signature covers the tunnel's handshake hash).
 * **Execution.** On EXEC the request runs against the wrapped ASGI app (the
   provider's service, or the gateway's reverse proxy), fully buffered; a
   response with status ≥ 400, an exception or a timeout is answered with the
@@ -120,7 +120,7 @@ class A402Config:
       ``forceClose``); it needs gas.
     - ``chain``, ``manager``: where channels live (an ``ASCManager`` address);
       its token must be the token the middleware charges in.
-    - ``vault_policy``, ``verifiers``: which vault enclaves may open sessions.
+    - ``vault_policy``, ``verifiers``: which vault enclaves may open tunnels.
     - ``store``: where sealed channel records go (:mod:`a402.provider.a402_store`).
     - ``ack_timeout``: Δ_ack — no ACK that long after REVEAL, and the provider
       claims on-chain. ``lock_timeout``: how long the provider refuses a new
@@ -141,8 +141,8 @@ class A402Config:
     lock_timeout: float = 20.0
     poll_interval: float = 1.0
     close_grace: float = 60.0
-    max_sessions: int = 1024
-    session_idle_timeout: float = 3600.0
+    max_tunnels: int = 1024
+    tunnel_idle_timeout: float = 3600.0
     watch: bool = True
     clock: Callable[[], float] = time.time
 
@@ -161,8 +161,8 @@ class EnclavePreSigner:
         return EVM.presignature_from_bytes(self._enclave.schnorr_pre_sign(message, adaptor))
 
 
-class UnknownSession(Exception):
-    """No established session under that id (expired, evicted, or never finished)."""
+class UnknownTunnel(Exception):
+    """No established tunnel under that id (expired, evicted, or never finished)."""
 
 
 class _Refused(Exception):
@@ -175,8 +175,9 @@ class _Refused(Exception):
 
 
 @dataclass
-class Session:
-    """One vault's secure session: the enclave's channel handle and what it may drive."""
+class VaultTunnel:
+    """One vault's tunnel, as the provider holds it: the enclave's secure-channel handle
+    and the channels it may drive."""
 
     handle: str
     last_used: float
@@ -237,7 +238,7 @@ class ProviderRuntime:
         self.signer = EcdsaSigner(bytes(config.operator.key))
         self.presigner: PreSigner = EnclavePreSigner(config.enclave)
         self.store = config.store
-        self._sessions: dict[str, Session] = {}
+        self._tunnels: dict[str, VaultTunnel] = {}
         self._slots: dict[bytes, Slot] = {}
         self._load_lock = asyncio.Lock()
 
@@ -274,87 +275,87 @@ class ProviderRuntime:
             routes=tuple(PricedRoute(r.pattern.text, r.amount) for r in self.routes.routes),
         )
 
-    # --------------------------------------------------------------- sessions
+    # --------------------------------------------------------------- tunnels
 
-    def open_session(self, first: bytes) -> tuple[str, bytes]:
-        """Handshake message 1 in, session id and message 2 out."""
-        self._evict_sessions()
+    def open_tunnel(self, first: bytes) -> tuple[str, bytes]:
+        """Handshake message 1 in, tunnel id and message 2 out."""
+        self._evict_tunnels()
         handle, second = self.enclave.channel_respond(
             first, self.config.vault_policy, self.config.verifiers, prologue=PROLOGUE
         )
-        session_id = secrets.token_urlsafe(18)
-        self._sessions[session_id] = Session(handle, self.clock())
-        return session_id, second
+        tunnel_id = secrets.token_urlsafe(18)
+        self._tunnels[tunnel_id] = VaultTunnel(handle, self.clock())
+        return tunnel_id, second
 
-    def finish_session(self, session_id: str, third: bytes) -> bytes:
+    def finish_tunnel(self, tunnel_id: str, third: bytes) -> bytes:
         """Handshake message 3 in: verifies the vault's evidence; returns its measurement."""
-        session = self._sessions.get(session_id)
-        if session is None or session.established:
-            raise UnknownSession(session_id)
+        tunnel = self._tunnels.get(tunnel_id)
+        if tunnel is None or tunnel.established:
+            raise UnknownTunnel(tunnel_id)
         try:
-            peer = self.enclave.channel_accept(session.handle, third)
+            peer = self.enclave.channel_accept(tunnel.handle, third)
         except TeeError:
-            self._drop_session(session_id)
+            self._drop_tunnel(tunnel_id)
             raise
-        session.established, session.last_used = True, self.clock()
+        tunnel.established, tunnel.last_used = True, self.clock()
         return peer.measurement
 
-    def is_established(self, session_id: str) -> bool:
-        """Whether ``session_id`` names a finished handshake (it may still expire later)."""
-        session = self._sessions.get(session_id)
-        return session is not None and session.established
+    def is_established(self, tunnel_id: str) -> bool:
+        """Whether ``tunnel_id`` names a finished handshake (it may still expire later)."""
+        tunnel = self._tunnels.get(tunnel_id)
+        return tunnel is not None and tunnel.established
 
-    def _drop_session(self, session_id: str) -> None:
-        session = self._sessions.pop(session_id, None)
-        if session is not None:
-            self.enclave.channel_close(session.handle)
+    def _drop_tunnel(self, tunnel_id: str) -> None:
+        tunnel = self._tunnels.pop(tunnel_id, None)
+        if tunnel is not None:
+            self.enclave.channel_close(tunnel.handle)
 
-    def _evict_sessions(self) -> None:
+    def _evict_tunnels(self) -> None:
         now = self.clock()
         stale = [
-            sid for sid, s in self._sessions.items()
-            if now - s.last_used > self.config.session_idle_timeout and not s.lock.locked()
+            tid for tid, s in self._tunnels.items()
+            if now - s.last_used > self.config.tunnel_idle_timeout and not s.lock.locked()
         ]
-        for sid in stale:
-            self._drop_session(sid)
-        while len(self._sessions) >= self.config.max_sessions:
-            oldest = min(self._sessions, key=lambda sid: self._sessions[sid].last_used)
-            self._drop_session(oldest)
+        for tid in stale:
+            self._drop_tunnel(tid)
+        while len(self._tunnels) >= self.config.max_tunnels:
+            oldest = min(self._tunnels, key=lambda tid: self._tunnels[tid].last_used)
+            self._drop_tunnel(oldest)
 
-    async def handle_frame(self, session_id: str, frame: bytes, scope: Scope) -> bytes:
+    async def handle_frame(self, tunnel_id: str, frame: bytes, scope: Scope) -> bytes:
         """One encrypted envelope in, one encrypted envelope out.
 
-        Raises :class:`UnknownSession`, or :class:`~a402.tee.ChannelError` for a
+        Raises :class:`UnknownTunnel`, or :class:`~a402.tee.ChannelError` for a
         frame that does not authenticate (tampered, replayed, reordered): those
         are answered outside the channel, and leave it usable.
         """
-        session = self._sessions.get(session_id)
-        if session is None or not session.established:
-            raise UnknownSession(session_id)
-        async with session.lock:
-            plaintext = self.enclave.channel_decrypt(session.handle, frame, ad=REQUEST_AD)
-            session.last_used = self.clock()
+        tunnel = self._tunnels.get(tunnel_id)
+        if tunnel is None or not tunnel.established:
+            raise UnknownTunnel(tunnel_id)
+        async with tunnel.lock:
+            plaintext = self.enclave.channel_decrypt(tunnel.handle, frame, ad=REQUEST_AD)
+            tunnel.last_used = self.clock()
             try:
                 envelope = Envelope.decode(plaintext)
-                answer = await self._dispatch(session, envelope, scope)
+                answer = await self._dispatch(tunnel, envelope, scope)
             except FrameError as e:
                 answer = Refusal("malformed", str(e)).envelope()
-            return self.enclave.channel_encrypt(session.handle, answer.encode(), ad=RESPONSE_AD)
+            return self.enclave.channel_encrypt(tunnel.handle, answer.encode(), ad=RESPONSE_AD)
 
-    async def _dispatch(self, session: Session, envelope: Envelope, scope: Scope) -> Envelope:
+    async def _dispatch(self, tunnel: VaultTunnel, envelope: Envelope, scope: Scope) -> Envelope:
         if envelope.kind is Kind.OPEN:
-            return await self._on_open(session, OpenChannel.from_body(envelope.body))
+            return await self._on_open(tunnel, OpenChannel.from_body(envelope.body))
         if envelope.kind is Kind.ASC:
-            return await self._on_asc(session, envelope.body, scope)
+            return await self._on_asc(tunnel, envelope.body, scope)
         if envelope.kind is Kind.ASC_ACKED:
             ack, body = envelope.ack_and_message()
-            return await self._on_asc(session, body, scope, ack=ack)
+            return await self._on_asc(tunnel, body, scope, ack=ack)
         return Refusal("unexpected_envelope", f"a provider does not take {envelope.kind.name}")\
             .envelope()
 
     # ------------------------------------------------------------------ OPEN
 
-    async def _on_open(self, session: Session, request: OpenChannel) -> Envelope:
+    async def _on_open(self, tunnel: VaultTunnel, request: OpenChannel) -> Envelope:
         try:
             terms = ChannelTerms(request.client, request.vault, request.provider,
                                  request.provider_key, request.deposit, request.salt)
@@ -365,7 +366,7 @@ class ProviderRuntime:
         if terms.provider_key != self.provider_key:
             return Refusal("wrong_provider_key", "the channel names another key").envelope()
         channel_id = terms.channel_id(self.domain)
-        digest = binding_digest(self.enclave.channel_binding(session.handle), channel_id)
+        digest = binding_digest(self.enclave.channel_binding(tunnel.handle), channel_id)
         if recover_signer(digest, request.signature) != terms.vault:
             return Refusal("bad_binding_signature", "not signed by the channel's vault").envelope()
         async with self._load_lock:
@@ -383,13 +384,13 @@ class ProviderRuntime:
                 await self.persist(slot)
                 self._slots[channel_id] = slot
                 log.info("channel %s registered (deposit %d)", channel_id.hex(), terms.deposit)
-        session.channels.add(channel_id)
+        tunnel.channels.add(channel_id)
         return Envelope.ok()
 
     # ------------------------------------------------------------ ASC messages
 
     async def _on_asc(
-        self, session: Session, body: bytes, scope: Scope, *, ack: bytes | None = None
+        self, tunnel: VaultTunnel, body: bytes, scope: Scope, *, ack: bytes | None = None
     ) -> Envelope:
         """One ASC message; with ``ack``, the previous request's ACK first (ASC_ACKED).
 
@@ -404,7 +405,7 @@ class ProviderRuntime:
         if acked is not None and (not isinstance(acked, Ack)
                                   or acked.channel_id != message.channel_id):
             return Refusal("malformed", "ASC_ACKED carries an ACK of the same channel").envelope()
-        if message.channel_id not in session.channels:
+        if message.channel_id not in tunnel.channels:
             return Refusal("channel_not_bound", "send OPEN for this channel first").envelope()
         slot = await self._load(message.channel_id)
         if slot is None:  # bound channels are always stored

@@ -190,7 +190,7 @@ class XXHandshake:
 
     @property
     def handshake_hash(self) -> bytes:
-        """The transcript hash ``h``; after completion it identifies this session."""
+        """The transcript hash ``h``; after completion it identifies this handshake."""
         return self._ss.h
 
     def _turn(self, writing: bool) -> int:

@@ -245,7 +245,7 @@ class SecureChannel:
     def __init__(self, peer: VerifiedEnclave, binding: bytes, send: CipherState,
                  receive: CipherState, *, initiator: bool) -> None:
         self.peer = peer
-        #: The final handshake hash: unique to this session, known to both ends.
+        #: The final handshake hash: unique to this secure channel, known to both ends.
         self.binding = binding
         self.initiator = initiator
         self._send = send

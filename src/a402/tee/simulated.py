@@ -426,7 +426,7 @@ class SimulatedEnclave:
         return self._channel(handle).peer
 
     def channel_binding(self, handle: str) -> bytes:
-        """The session's transcript hash, for ASC messages to commit to."""
+        """The secure channel's transcript hash, for ASC messages to commit to."""
         return self._channel(handle).binding
 
     def channel_encrypt(self, handle: str, plaintext: bytes, *, ad: bytes = b"") -> bytes:

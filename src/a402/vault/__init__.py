@@ -1,6 +1,8 @@
 """The Liquidity Vault: the client's side of Atomic Service Channels.
 
-- :mod:`a402.vault.session`: the attested session with one provider that
+    from a402.vault import VaultConfig, VaultService, VaultStore, create_app, vault_enclave
+
+- :mod:`a402.vault.tunnel`: the attested tunnel with one provider that
   drives the A402 exchange for the vault's channels (re-exported here);
 - :mod:`a402.vault.service` (+ ``channels``, ``invoke``, ``funds``, ``worker``,
   ``store``, ``txjournal``): the vault service — accounts and deposits,
@@ -9,16 +11,37 @@
 - :mod:`a402.vault.app`: its HTTP API; :mod:`a402.wire.vault_api`: the API's
   signing scheme and shapes, shared with the client (:mod:`a402.client.vault`).
 
-Attributes load lazily, so that importing one submodule does not load the
-session's I/O stack.
+The public API is :data:`__all__`. Attributes load lazily, so that importing
+one submodule does not load the tunnel's I/O stack.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-_SESSION_NAMES = (
+if TYPE_CHECKING:
+    from a402.vault.app import create_app
+    from a402.vault.identity import vault_enclave
+    from a402.vault.service import VaultConfig, VaultService
+    from a402.vault.store import VaultBusy, VaultStore
+    from a402.vault.tunnel import (
+        Checkpoint,
+        CheckpointReason,
+        PaidResponse,
+        PaymentPending,
+        Persist,
+        ProtocolViolation,
+        ProviderRefused,
+        ProviderTunnel,
+        ProviderUnavailable,
+        ResultMismatch,
+        TunnelError,
+        find_provider_force_close,
+        recover_from_force_close,
+    )
+
+_TUNNEL_NAMES = (
     "Checkpoint",
     "CheckpointReason",
     "PaidResponse",
@@ -26,18 +49,53 @@ _SESSION_NAMES = (
     "Persist",
     "ProtocolViolation",
     "ProviderRefused",
-    "ProviderSession",
+    "ProviderTunnel",
     "ProviderUnavailable",
     "ResultMismatch",
-    "SessionError",
+    "TunnelError",
     "find_provider_force_close",
     "recover_from_force_close",
 )
 
-__all__ = list(_SESSION_NAMES)
+_MODULE_OF = {
+    "VaultBusy": "a402.vault.store",
+    "VaultConfig": "a402.vault.service",
+    "VaultService": "a402.vault.service",
+    "VaultStore": "a402.vault.store",
+    "create_app": "a402.vault.app",
+    "vault_enclave": "a402.vault.identity",
+    **dict.fromkeys(_TUNNEL_NAMES, "a402.vault.tunnel"),
+}
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointReason",
+    "PaidResponse",
+    "PaymentPending",
+    "Persist",
+    "ProtocolViolation",
+    "ProviderRefused",
+    "ProviderTunnel",
+    "ProviderUnavailable",
+    "ResultMismatch",
+    "TunnelError",
+    "VaultBusy",
+    "VaultConfig",
+    "VaultService",
+    "VaultStore",
+    "create_app",
+    "find_provider_force_close",
+    "recover_from_force_close",
+    "vault_enclave",
+]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _SESSION_NAMES:
-        return getattr(importlib.import_module("a402.vault.session"), name)
-    raise AttributeError(f"module 'a402.vault' has no attribute {name!r}")
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'a402.vault' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

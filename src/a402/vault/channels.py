@@ -1,12 +1,12 @@
-"""The vault's channels: attested sessions, live state machines, checkpoints, open and close.
+"""The vault's channels: attested tunnels, live state machines, checkpoints, open and close.
 
-This is where the store, the chain and :class:`~a402.vault.session.ProviderSession`
+This is where the store, the chain and :class:`~a402.vault.tunnel.ProviderTunnel`
 meet. Two rules carry the safety argument:
 
-* **Checkpoint before message.** :meth:`Channels.persist` is every session's
+* **Checkpoint before message.** :meth:`Channels.persist` is every tunnel's
   ``persist``: it seals the channel's snapshot in the vault enclave and writes
   it, together with the progress of the request the channel carries, in one
-  database transaction; the session sends nothing until it returns.
+  database transaction; the tunnel sends nothing until it returns.
 * **Debit before transaction.** A pool-funded channel's deposit leaves the
   client's balance in the transaction that creates the channel row, before
   ``createASC`` is signed; the transaction is journaled before it is
@@ -26,9 +26,9 @@ and cooperative closes that happen together one ``closeASCBatch``
 (:mod:`a402.vault.aggregate`); the journal records such a transaction once,
 its ``ref`` naming every channel in it.
 
-Parallelism: one request in flight per channel (the session's lock), and one
-frame in flight per Noise session, so each provider gets a small pool of
-sessions and each channel is pinned to one of them.
+Parallelism: one request in flight per channel (the tunnel's lock), and one
+frame in flight per tunnel (Noise counters arrive in order), so each provider gets a small pool of
+tunnels and each channel is pinned to one of them.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from a402.wire import vault_api as api
 from . import records
 from . import store as S
 from .aggregate import Aggregator
-from .session import Checkpoint, CheckpointReason, PaidResponse, ProviderSession
+from .tunnel import Checkpoint, CheckpointReason, PaidResponse, ProviderTunnel
 from .txjournal import TxJournal
 
 log = logging.getLogger("a402.vault")
@@ -96,7 +96,7 @@ class Settings:
     max_deposit: int | None = None
     chain_timeout: float = 30.0
     authorization_validity: int = 3600
-    sessions_per_provider: int = 4
+    tunnels_per_provider: int = 4
     http_timeout: float = 30.0
     batch_window: float = 0.25
     batch_limit: int = 50
@@ -119,7 +119,7 @@ class NoUsableChannel(Exception):
 
 
 class Channels:
-    """Sessions, live channels and their durable state, for one vault."""
+    """Tunnels, live channels and their durable state, for one vault."""
 
     def __init__(
         self, *, account: LocalAccount, manager: ASCManager, token: TokenInfo,
@@ -153,9 +153,9 @@ class Channels:
         #: For a busy channel whose call is not recorded yet, the call's claim: written
         #: with the LOCKED checkpoint (see :meth:`persist`).
         self.claims: dict[bytes, S.Claim] = {}
-        self._sessions: dict[tuple[str, int], ProviderSession] = {}
+        self._tunnels: dict[tuple[str, int], ProviderTunnel] = {}
         self._attached: dict[tuple[str, int], set[bytes]] = {}
-        self._session_locks: dict[tuple[str, int], asyncio.Lock] = {}
+        self._tunnel_locks: dict[tuple[str, int], asyncio.Lock] = {}
         self._pair_locks: dict[tuple[str, str], asyncio.Lock] = {}
         #: The OPEN channel each (client, provider) used last, found again without a read;
         #: :meth:`retire` forgets a channel as soon as it takes no new request.
@@ -163,42 +163,42 @@ class Channels:
         #: Answers a call whose channel settled without it (set by the service).
         self.on_unfinished: Callable[[str, str | None], Awaitable[Any]] | None = None
 
-    # ------------------------------------------------------------------ sessions
+    # ------------------------------------------------------------------ tunnels
 
     def _slot(self, endpoint: str, channel_id: bytes | None) -> tuple[str, int]:
-        size = max(1, self.settings.sessions_per_provider)
+        size = max(1, self.settings.tunnels_per_provider)
         return endpoint, 0 if channel_id is None else int.from_bytes(channel_id[:4]) % size
 
-    async def session(self, endpoint: str, channel_id: bytes | None = None) -> ProviderSession:
-        """A connected, attested session with ``endpoint``; the channel's own if given."""
+    async def tunnel(self, endpoint: str, channel_id: bytes | None = None) -> ProviderTunnel:
+        """A connected, attested tunnel with ``endpoint``; the channel's own if given."""
         slot = self._slot(endpoint, channel_id)
-        session = self._sessions.get(slot)
-        if session is not None and session.info is not None:  # connected: no lock to take
-            return session
-        async with self._session_locks.setdefault(slot, asyncio.Lock()):
-            session = self._sessions.get(slot)
-            if session is None or session.info is None:
-                # Each session has its own connection: one frame is in flight per session
-                # anyway, and a pool shared by many sessions costs CPU per request.
-                session = ProviderSession(
+        tunnel = self._tunnels.get(slot)
+        if tunnel is not None and tunnel.info is not None:  # connected: no lock to take
+            return tunnel
+        async with self._tunnel_locks.setdefault(slot, asyncio.Lock()):
+            tunnel = self._tunnels.get(slot)
+            if tunnel is None or tunnel.info is None:
+                # Each tunnel has its own connection: one frame is in flight per tunnel
+                # anyway, and a pool shared by many tunnels costs CPU per request.
+                tunnel = ProviderTunnel(
                     endpoint, enclave=self.enclave, verifiers=self.verifiers, policy=self.policy,
                     vault_key=self.key, network=self.network, persist=self.persist,
                     timeout=self.settings.http_timeout,
                 )
-                await session.connect()  # attestation errors propagate; nothing is cached
-                self._sessions[slot] = session
+                await tunnel.connect()  # attestation errors propagate; nothing is cached
+                self._tunnels[slot] = tunnel
                 self._attached[slot] = set()
-            return session
+            return tunnel
 
-    async def bound(self, row: S.Channel) -> tuple[ProviderSession, VaultChannel]:
-        """The channel's session and live machine, attached (OPEN sent) on that session."""
+    async def bound(self, row: S.Channel) -> tuple[ProviderTunnel, VaultChannel]:
+        """The channel's tunnel and live machine, attached (OPEN sent) on that tunnel."""
         channel = await self.machine(row)
-        session = await self.session(row.endpoint, channel.channel_id)
+        tunnel = await self.tunnel(row.endpoint, channel.channel_id)
         attached = self._attached[self._slot(row.endpoint, channel.channel_id)]
         if channel.channel_id not in attached:
-            await session.attach(channel)
+            await tunnel.attach(channel)
             attached.add(channel.channel_id)
-        return session, channel
+        return tunnel, channel
 
     def retire(self, cid: str) -> None:
         """``cid`` takes no new request any more (closing, or settled)."""
@@ -211,9 +211,9 @@ class Channels:
         return self._pair_locks.setdefault(pair, asyncio.Lock())
 
     async def aclose(self) -> None:
-        for session in self._sessions.values():
-            await session.aclose()
-        self._sessions.clear()
+        for tunnel in self._tunnels.values():
+            await tunnel.aclose()
+        self._tunnels.clear()
 
     # ---------------------------------------------------------------- live state
 
@@ -233,7 +233,7 @@ class Channels:
         return channel
 
     async def persist(self, checkpoint: Checkpoint) -> None:
-        """Every session's ``persist``: sealed snapshot + request progress, one transaction."""
+        """Every tunnel's ``persist``: sealed snapshot + request progress, one transaction."""
         cid = hex_id(checkpoint.channel_id)
         key = self.current.get(checkpoint.channel_id)
         reason = checkpoint.reason
@@ -284,9 +284,9 @@ class Channels:
 
     # ------------------------------------------------------------------ opening
 
-    def _lock_timeout(self, session: ProviderSession) -> float:
-        assert session.info is not None
-        return max(self.settings.lock_timeout, session.info.lock_timeout
+    def _lock_timeout(self, tunnel: ProviderTunnel) -> float:
+        assert tunnel.info is not None
+        return max(self.settings.lock_timeout, tunnel.info.lock_timeout
                    + self.settings.lock_margin)
 
     def deposit_for(self, price: int, balance: int) -> int:
@@ -298,7 +298,7 @@ class Channels:
         return min(wanted, balance)
 
     async def find_or_open(
-        self, client: str, session: ProviderSession, price: int, *, funding: str,
+        self, client: str, tunnel: ProviderTunnel, price: int, *, funding: str,
         wallet_deposit: int | None, authorization: dict[str, str] | None,
         reuse_only: bool = False,
     ) -> VaultChannel:
@@ -309,7 +309,7 @@ class Channels:
         ``reuse_only`` (for a call not recorded yet, which must touch no chain),
         :class:`NoUsableChannel` instead.
         """
-        info = session.info
+        info = tunnel.info
         assert info is not None
         provider = "0x" + info.provider.hex()
         pair = (address_key(client), provider)
@@ -336,25 +336,25 @@ class Channels:
         if reuse_only:
             raise NoUsableChannel
         if funding == api.WALLET:
-            return await self._open_wallet(client, session, price, wallet_deposit, authorization)
-        return await self._open_pool(client, session, price)
+            return await self._open_wallet(client, tunnel, price, wallet_deposit, authorization)
+        return await self._open_pool(client, tunnel, price)
 
-    async def _open_pool(self, client: str, session: ProviderSession, price: int) -> VaultChannel:
+    async def _open_pool(self, client: str, tunnel: ProviderTunnel, price: int) -> VaultChannel:
         balance = await asyncio.to_thread(self.store.balance, client)
         deposit = self.deposit_for(price, balance)
         if deposit < price:
             raise VaultError(402, api.INSUFFICIENT_BALANCE,
                              f"the vault balance ({balance}) cannot pay {price}",
                              extra={"balance": str(balance), "price": str(price)})
-        terms = session.terms(client=self.address, deposit=deposit)
-        row = await self._claim(client, session, terms, funding=api.POOL, debit=True)
+        terms = tunnel.terms(client=self.address, deposit=deposit)
+        row = await self._claim(client, tunnel, terms, funding=api.POOL, debit=True)
         error = await self._opens.submit((row, terms))
         if error is not None:
             raise error
         return await self._bind_opened(row)
 
     async def _claim(
-        self, client: str, session: ProviderSession, terms: ChannelTerms, *, funding: str,
+        self, client: str, tunnel: ProviderTunnel, terms: ChannelTerms, *, funding: str,
         debit: bool, proposal: dict[str, Any] | None = None,
     ) -> S.Channel:
         channel_id = terms.channel_id(self.manager.domain)
@@ -362,8 +362,8 @@ class Channels:
             return await asyncio.to_thread(
                 self.store.claim_channel, debit=debit, cid=hex_id(channel_id),
                 client=address_key(client), provider="0x" + terms.provider.hex(),
-                endpoint=session.endpoint, funding=funding, deposit=str(terms.deposit),
-                lock_timeout=self._lock_timeout(session), terms=snap.terms_to_json(terms),
+                endpoint=tunnel.endpoint, funding=funding, deposit=str(terms.deposit),
+                lock_timeout=self._lock_timeout(tunnel), terms=snap.terms_to_json(terms),
                 status=Status.OPEN.value, version=0, free=str(terms.deposit), proposal=proposal,
             )
         except S.InsufficientBalance as e:
@@ -459,10 +459,10 @@ class Channels:
         }
 
     async def _open_wallet(
-        self, client: str, session: ProviderSession, price: int, deposit: int | None,
+        self, client: str, tunnel: ProviderTunnel, price: int, deposit: int | None,
         authorization: dict[str, str] | None,
     ) -> VaultChannel:
-        info = session.info
+        info = tunnel.info
         assert info is not None
         provider = "0x" + info.provider.hex()
         now = int(time.time())
@@ -478,14 +478,14 @@ class Channels:
         row = next((r for r in proposals if int(r.deposit) == wanted), None)
         if authorization is None or row is None or authorization.get("channelId") != row.cid:
             if row is None:
-                terms = session.terms(client=client, deposit=wanted)
+                terms = tunnel.terms(client=client, deposit=wanted)
                 proposal = {"validAfter": 0,
                             "validBefore": now + self.settings.authorization_validity}
                 row = await asyncio.to_thread(
                     self.store.propose_channel, cid=hex_id(terms.channel_id(self.manager.domain)),
-                    client=client.lower(), provider=provider, endpoint=session.endpoint,
+                    client=client.lower(), provider=provider, endpoint=tunnel.endpoint,
                     funding=api.WALLET, deposit=str(wanted),
-                    lock_timeout=self._lock_timeout(session), terms=snap.terms_to_json(terms),
+                    lock_timeout=self._lock_timeout(tunnel), terms=snap.terms_to_json(terms),
                     status=Status.OPEN.value, version=0, free=str(wanted), proposal=proposal)
             terms = snap.terms_from_json(row.terms)
             assert row.proposal is not None
@@ -506,7 +506,7 @@ class Channels:
         if signer is None or address_key(signer) != address_key(client) or len(signature) != 65:
             raise VaultError(400, api.BAD_AUTHORIZATION,
                              "not the client's signature over the proposed terms")
-        await self._claim(client, session, terms, funding=api.WALLET, debit=False)
+        await self._claim(client, tunnel, terms, funding=api.WALLET, debit=False)
         v = signature[64] if signature[64] >= 27 else signature[64] + 27
         call = self.manager.contract.functions.createASCWithAuthorization(
             terms_tuple(terms), row.proposal["validAfter"], row.proposal["validBefore"], v,
@@ -526,8 +526,8 @@ class Channels:
         if row.phase != S.CLOSING:  # since when it has been closing: for escalation
             await asyncio.to_thread(self.store.set_channel, row.cid, phase=S.CLOSING,
                                     pending_since=time.time())
-        session, channel = await self.bound(row)
-        signed = await session.close(channel)
+        tunnel, channel = await self.bound(row)
+        signed = await tunnel.close(channel)
         # The machine keeps no copy of the provider's final signature: keep it here, so a
         # restart can still submit closeASC (else the provider submits it after its grace).
         await asyncio.to_thread(self.store.set_channel, row.cid,

@@ -19,7 +19,7 @@ The order of operations is the safety argument:
    one (see :mod:`a402.vault.channels`), all under a per-(client, provider)
    lock: a second concurrent call waits its turn (bounded) and never shares a
    request slot.
-4. **The exchange** through :class:`ProviderSession`, whose checkpoints carry
+4. **The exchange** through :class:`ProviderTunnel`, whose checkpoints carry
    this call's progress (LOCKED → AUTHORIZED → DELIVERED).
 5. **The answer** is sealed and recorded, then returned. A call whose σ_U is
    out but whose result is not in (PENDING) answers 202; the vault's worker
@@ -45,7 +45,8 @@ from . import records
 from . import store as S
 from .channels import Channels, NoUsableChannel, VaultError
 from .offers import Offer, OfferCache, OfferError, check_against_info, pick_offer
-from .session import (
+from .targets import TargetCheck, TargetRefused, TargetUnresolved
+from .tunnel import (
     PaidResponse,
     PaymentPending,
     ProtocolViolation,
@@ -53,7 +54,6 @@ from .session import (
     ProviderUnavailable,
     ResultMismatch,
 )
-from .targets import TargetCheck, TargetRefused, TargetUnresolved
 
 log = logging.getLogger("a402.vault")
 
@@ -316,14 +316,14 @@ class Invoker:
                              f"the price is {offer.amount}, the maximum {call.max_price}",
                              extra={"price": str(offer.amount)})
         try:
-            session = await self.channels.session(offer.endpoint)
+            tunnel = await self.channels.tunnel(offer.endpoint)
         except AttestationError as e:
             raise VaultError(502, api.ATTESTATION_FAILED, f"{e}") from None
         except (ProviderUnavailable, ProtocolViolation, httpx.HTTPError) as e:
             raise VaultError(503, api.PROVIDER_UNAVAILABLE, f"{e}", retryable=True) from None
-        assert session.info is not None
+        assert tunnel.info is not None
         try:
-            check_against_info(offer, session.info)
+            check_against_info(offer, tunnel.info)
         except OfferError as e:
             self.offers.drop(call.method, call.url)
             raise VaultError(502, e.reason, e.detail) from None
@@ -345,9 +345,9 @@ class Invoker:
         channels = self.channels
         unrecorded = claim is not None and not claim.recorded
         try:
-            session = await channels.session(offer.endpoint)
+            tunnel = await channels.tunnel(offer.endpoint)
             channel = await channels.find_or_open(
-                client, session, offer.amount, funding=call.funding,
+                client, tunnel, offer.amount, funding=call.funding,
                 wallet_deposit=call.deposit, authorization=call.channel_authorization,
                 reuse_only=unrecorded)
         except (ProviderRefused, ProtocolViolation) as e:
@@ -356,7 +356,7 @@ class Invoker:
             raise VaultError(503, api.PROVIDER_UNAVAILABLE, str(e), retryable=True) from None
         except LocalProtocolError as e:
             raise VaultError(409, api.CONFLICT, str(e), retryable=True) from None
-        session = await channels.session(offer.endpoint, channel.channel_id)
+        tunnel = await channels.tunnel(offer.endpoint, channel.channel_id)
         request = HttpRequest(call.method, *_path_and_query(call.url),
                               request_headers(call.headers), call.body)
         answered: list[dict[str, Any]] = []
@@ -373,7 +373,7 @@ class Invoker:
             assert claim is not None
             channels.claims[channel.channel_id] = claim
         try:
-            paid = await session.request(channel, request, offer.amount)
+            paid = await tunnel.request(channel, request, offer.amount)
         except ProviderRefused as e:
             if e.reason in _STALE_OFFER and not fresh_offer:
                 # The provider answered EXEC, so the LOCKED checkpoint recorded the call.
@@ -385,7 +385,7 @@ class Invoker:
                                             await self._fresh(key, call, offer), True)
             if e.reason == Reason.REQUEST_IN_FLIGHT:
                 # The provider holds an earlier request of this channel: the vault's own
-                # state to finish (the session re-sent its last ACK), not the call's fault.
+                # state to finish (the tunnel re-sent its last ACK), not the call's fault.
                 # Nothing was paid (no σ_U), so the same key may run again.
                 raise VaultError(503, api.CHANNEL_RECOVERING, f"{e.reason}: {e.detail}",
                                  retryable=True, extra={"providerReason": e.reason}) from None

@@ -22,13 +22,13 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from a402.client.errors import PaymentRefused
-from a402.client.records import payment_required_of
 from a402.wire import vault_api as api
 from a402.wire.a402 import SCHEME_A402, WELL_KNOWN_PREFIX, ProviderInfo
 from a402.wire.convert import to_v2_requirements
 from a402.wire.errors import WireError
+from a402.wire.headers import PAYMENT_REQUIRED
 from a402.wire.networks import to_caip2
+from a402.wire.required import read_payment_required
 
 
 class OfferError(Exception):
@@ -64,8 +64,9 @@ def pick_offer(
 ) -> Offer:
     """The ``a402`` offer of a 402 this vault can pay, or :class:`OfferError`."""
     try:
-        required = payment_required_of(response)
-    except PaymentRefused as e:
+        required = read_payment_required(response.headers.get(PAYMENT_REQUIRED),
+                                         response.content)
+    except WireError as e:
         raise OfferError(api.NO_ACCEPTABLE_OFFER, e.message) from None
     seen: list[str] = []
     for raw in required.accepts:

@@ -11,7 +11,7 @@ Keys: the vault's Ethereum account (``account``) pays gas, holds the pooled
 deposits, and is every channel's ``vault`` key (it signs σ_U and states). In
 the simulated enclave backend that key lives in the host process like the
 provider's operator key; the vault enclave attests the vault to providers
-(the Noise session) and seals everything the vault stores.
+(the tunnel's Noise handshake) and seals everything the vault stores.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ class VaultConfig:
     poll_interval: float = 1.0
     auth_window: int = api.DEFAULT_AUTH_WINDOW
     authorization_validity: int = 3600
-    sessions_per_provider: int = 4
+    tunnels_per_provider: int = 4
     batch_window: float = 0.25
     batch_limit: int = 50
     allow_private_targets: bool = False
@@ -134,7 +134,7 @@ class VaultService:
             deposit_multiple=config.deposit_multiple, min_deposit=config.min_deposit,
             max_deposit=config.max_deposit, chain_timeout=config.chain_timeout,
             authorization_validity=config.authorization_validity,
-            sessions_per_provider=config.sessions_per_provider,
+            tunnels_per_provider=config.tunnels_per_provider,
             http_timeout=config.http_timeout, batch_window=config.batch_window,
             batch_limit=config.batch_limit,
         )

@@ -76,12 +76,12 @@ from . import store as S
 from .channels import Channels
 from .funds import Funds
 from .invoke import Invoker
-from .session import (
+from .tunnel import (
     Checkpoint,
     CheckpointReason,
     PaymentPending,
     ResultMismatch,
-    SessionError,
+    TunnelError,
     recover_from_force_close,
 )
 
@@ -93,10 +93,10 @@ _BLOCK_KEY = "watch_block"
 _LOG_CHUNK = 2_000
 #: An OPENING channel with no journaled createASC this old was interrupted before sending.
 _OPENING_GRACE = 60.0
-_UNREACHABLE = (SessionError, TeeError, httpx.HTTPError, OSError)
+_UNREACHABLE = (TunnelError, TeeError, httpx.HTTPError, OSError)
 #: The checkpoints an idle channel may rest at with its last ACK not at the provider: the
 #: ACK waits up to ``ack_delay`` after DELIVERED, may have ridden on an EXEC given up since
-#: (EXPIRED), and is owed again by the session that last bound it (ATTACHED).
+#: (EXPIRED), and is owed again by the tunnel that last bound it (ATTACHED).
 _ACK_MAY_BE_OWED = frozenset({CheckpointReason.DELIVERED.value, CheckpointReason.ATTACHED.value,
                               CheckpointReason.EXPIRED.value})
 
@@ -366,7 +366,7 @@ class Worker:
             await self.channels.transact(f"final:{row.cid}", "final", row.cid, call)
 
     async def _resume(self, row: S.Channel) -> bool:
-        """``session.resume`` the channel; whether it finished (False: busy, or try later)."""
+        """``tunnel.resume`` the channel; whether it finished (False: busy, or try later)."""
         async with self._locked(row) as got:
             if not got:
                 return False
@@ -375,8 +375,8 @@ class Worker:
             if key is not None:
                 self.channels.current[channel.channel_id] = key
             try:
-                session, channel = await self.channels.bound(row)
-                paid = await session.resume(channel)
+                tunnel, channel = await self.channels.bound(row)
+                paid = await tunnel.resume(channel)
                 if paid is not None and key is not None:
                     await self.invoker.record_paid(key, paid, channel.channel_id, row.provider)
             except PaymentPending:

@@ -27,6 +27,7 @@ from a402.wire.headers import (
 from a402.wire.jsonstrict import loads_object
 from a402.wire.model import WireModel
 from a402.wire.networks import evm_chain_id, is_evm, parse_caip2, to_caip2, to_v1, v1_name
+from a402.wire.required import read_payment_required
 from a402.wire.x402 import (
     AnyPaymentPayload,
     AnyPaymentRequired,
@@ -91,6 +92,7 @@ __all__ = [
     "payload_v2_to_v1",
     "payment_required_v1_to_v2",
     "payment_required_v2_to_v1",
+    "read_payment_required",
     "requirements_v1_to_v2",
     "requirements_v2_to_v1",
     "resource_from_v1",

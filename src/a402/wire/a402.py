@@ -13,19 +13,27 @@ A provider that accepts A402 payments advertises an ``a402`` entry in its 402
 ``POST …/message``               one encrypted :class:`Envelope` in the body (header
                                  ``A402-Session``), one encrypted :class:`Envelope` back
 ``GET  …/stream?session=<id>``   WebSocket upgrade: the same frames as ``…/message``, one
-                                 binary message per frame each way, for the whole session
+                                 binary message per frame each way, for the whole tunnel
 ===============================  =========================================================
 
+A *tunnel* is one attested Noise XX secure channel between a vault enclave and
+a provider enclave (:class:`a402.tee.channel.SecureChannel`), opened by the
+handshake at ``…/session`` and named by the id the handshake returns. The wire
+calls that id ``session`` (the JSON key, the query parameter, the
+``A402-Session`` header, the ``unknown_session`` error): those spellings are
+the protocol's and stay; in the code the thing is a tunnel
+(:data:`HANDSHAKE_PATH`, :data:`TUNNEL_HEADER`, :data:`STREAM_UNKNOWN_TUNNEL`).
+
 The stream is what a vault uses by default: one persistent WebSocket per
-secure session costs a fraction of an HTTP request per frame. It changes
+tunnel costs a fraction of an HTTP request per frame. It changes
 nothing inside the channel — the same encrypted frames, the same idempotent
 retries. The provider reads the frames of one connection in order and answers
 each with exactly one message, in order: a binary message is the encrypted
 answer frame; a text message is a JSON ``{"error", "message"}`` for a frame
 that does not authenticate or is too large (as ``…/message`` answers 400 or
-413: the session stays usable, the vault retries in a fresh frame). A session
+413: the tunnel stays usable, the vault retries in a fresh frame). A tunnel
 the provider does not know — at connect, or forgotten mid-stream — closes the
-connection with :data:`STREAM_UNKNOWN_SESSION` (the vault opens a new session,
+connection with :data:`STREAM_UNKNOWN_TUNNEL` (the vault opens a new tunnel,
 as on a 404). A provider without a stream refuses the upgrade (HTTP 403/404);
 the vault then falls back to ``…/message``.
 
@@ -35,8 +43,8 @@ Inside the secure channel every frame carries one envelope::
 
 * ``ASC`` (both ways): one canonical ASC message (:mod:`a402.asc.messages`);
 * ``OPEN`` (vault → provider): the channel terms and the vault's signature over
-  :func:`binding_digest` — binds the channel to this secure session, so only
-  the holder of the channel's vault key can drive it over a session;
+  :func:`binding_digest` — binds the channel to this tunnel, so only
+  the holder of the channel's vault key can drive it over a tunnel;
 * ``ASC_ACKED`` (vault → provider): the ACK of a channel's previous request
   followed by the channel's next message (an EXEC), as ``u32 length ‖ ACK ‖
   message``: the acknowledgement rides on the next request instead of costing
@@ -71,12 +79,13 @@ from a402.evm.keccak import keccak256 as keccak
 SCHEME_A402 = "a402"
 WELL_KNOWN_PREFIX = "/.well-known/a402"
 INFO_PATH = WELL_KNOWN_PREFIX + "/info"
-SESSION_PATH = WELL_KNOWN_PREFIX + "/session"
+HANDSHAKE_PATH = WELL_KNOWN_PREFIX + "/session"
 MESSAGE_PATH = WELL_KNOWN_PREFIX + "/message"
 STREAM_PATH = WELL_KNOWN_PREFIX + "/stream"
-#: The WebSocket close code for "no such session": open a new one (``…/message``'s 404).
-STREAM_UNKNOWN_SESSION = 4404
-SESSION_HEADER = "a402-session"
+#: The WebSocket close code for "no such tunnel": open a new one (``…/message``'s 404).
+STREAM_UNKNOWN_TUNNEL = 4404
+#: The header naming the tunnel a ``…/message`` frame travels in (its value: the tunnel id).
+TUNNEL_HEADER = "a402-session"
 FRAME_MEDIA_TYPE = "application/vnd.a402.frame"
 #: The Noise prologue both ends use: a handshake meant for anything else fails.
 PROLOGUE = b"a402/http/vault->provider/v1"
@@ -419,11 +428,15 @@ class Refusal:
         return cls(reason, detail, response)
 
 
-def binding_digest(session_binding: bytes, channel_id: bytes) -> bytes:
-    """What the vault signs in OPEN: this secure session may drive this channel."""
-    if len(session_binding) != 32 or len(channel_id) != 32:
-        raise ValueError("the session binding and the channel id are 32 bytes")
-    return keccak(_BINDING_TAG + session_binding + channel_id)
+def binding_digest(tunnel_binding: bytes, channel_id: bytes) -> bytes:
+    """What the vault signs in OPEN: this tunnel may drive this channel.
+
+    ``tunnel_binding`` is the tunnel's Noise handshake hash
+    (:attr:`a402.tee.channel.SecureChannel.binding`).
+    """
+    if len(tunnel_binding) != 32 or len(channel_id) != 32:
+        raise ValueError("the tunnel binding and the channel id are 32 bytes")
+    return keccak(_BINDING_TAG + tunnel_binding + channel_id)
 
 
 def provider_user_data(chain_id: int, manager: bytes, provider: bytes) -> bytes:

@@ -64,6 +64,9 @@ NONCE_USED_FOR_ANOTHER_RESOURCE: Final = "invalid_exact_evm_nonce_already_used_f
 REQUEST_TOO_LARGE: Final = "request_too_large"
 JSON_TOO_DEEP: Final = "json_too_deep"
 JSON_NUMBER_TOO_LONG: Final = "json_number_too_long"
+# A 402 without a decodable x402 PaymentRequired (header or v1 body): what the paying
+# client refuses it with, and what the vault reads as "no offer" (a402.wire.required).
+MALFORMED_PAYMENT_REQUIRED: Final = "malformed_payment_required"
 
 
 class WireError(Exception):

@@ -1,7 +1,7 @@
-"""The vault's side of the A402 exchange over HTTP: one attested session per provider.
+"""The vault's side of the A402 exchange over HTTP: one attested tunnel per provider.
 
 The thin I/O shell around :class:`a402.asc.VaultChannel` (pure) that the vault
-service builds on. :class:`ProviderSession`:
+service builds on. :class:`ProviderTunnel`:
 
 1. ``connect()``: fetches ``…/info`` with a fresh nonce, verifies the
    provider's attestation (a configured verifier and policy; simulated quotes
@@ -10,7 +10,7 @@ service builds on. :class:`ProviderSession`:
    runs the Noise XX handshake (both sides' evidence verified again, bound to
    the transcript) and checks the handshake peer is the same enclave.
 2. ``attach(channel)``: OPEN — proves to the provider, with the channel's
-   vault key, that this session speaks for the channel (after ``createASC``).
+   vault key, that this tunnel speaks for the channel (after ``createASC``).
 3. ``request(channel, http_request, δ)``: EXEC → check REPLY (pre-signature
    on m(cid, rid, δ, h) under T with the attested key) → AUTH (σ_U) → check
    REVEAL (t·G = T, the provider's state signature), open the sealed result
@@ -32,22 +32,22 @@ leaves: before EXEC (the request id is taken), before AUTH (σ_U is about to
 exist — the vault must remember the pre-signature to extract ``t`` later),
 before ACK (δ is credited), before CLOSE and after CLOSE_ACK. Restore with
 ``VaultChannel.restore(checkpoint.snapshot, vault_key)`` and call
-:meth:`ProviderSession.resume`.
+:meth:`ProviderTunnel.resume`.
 
 **Retries.** A lost request or answer is retried with the same ASC message in
 a fresh frame (new Noise counter); the provider answers a repeated message
 from its record, so a retry never runs or pays twice. A frame the provider
 could not authenticate (tampered in transit) is retried the same way. One
-frame is in flight per session (Noise counters must arrive in order); one
+frame is in flight per tunnel (Noise counters must arrive in order); one
 request is in flight per channel — a second caller waits (or, with
 ``wait=False``, is refused).
 
-**Transport.** Frames travel over one WebSocket per secure session
-(``…/stream``), opened on the session's first frame and replaced with the
-session: a fraction of the cost of an HTTP request per frame. A stream that
+**Transport.** Frames travel over one WebSocket per tunnel
+(``…/stream``), opened on the tunnel's first frame and replaced with the
+tunnel: a fraction of the cost of an HTTP request per frame. A stream that
 drops, times out or is cancelled mid-frame is cut (an answer still on its way
 would otherwise be read as the next frame's) and the retry opens a new one.
-Frames go by ``POST …/message`` instead when the session is built with
+Frames go by ``POST …/message`` instead when the tunnel is built with
 ``transport="http"`` or with its own ``http`` client (a test's recording
 transport), and for good once a provider refuses the WebSocket upgrade.
 """
@@ -98,15 +98,15 @@ from a402.tee import AttestationError, AttestationPolicy, AttestationVerifier, E
 from a402.tee.errors import ChannelError
 from a402.wire.a402 import (
     FRAME_MEDIA_TYPE,
+    HANDSHAKE_PATH,
     INFO_PATH,
     MESSAGE_PATH,
     PROLOGUE,
     REQUEST_AD,
     RESPONSE_AD,
-    SESSION_HEADER,
-    SESSION_PATH,
     STREAM_PATH,
-    STREAM_UNKNOWN_SESSION,
+    STREAM_UNKNOWN_TUNNEL,
+    TUNNEL_HEADER,
     WELL_KNOWN_PREFIX,
     Envelope,
     FrameError,
@@ -126,11 +126,11 @@ from a402.wire.a402 import (
 from a402.wire.errors import WireError
 from a402.wire.jsonstrict import loads_object
 
-log = logging.getLogger("a402.vault.session")
+log = logging.getLogger("a402.vault.tunnel")
 
 M = TypeVar("M", bound=AscMessage)
 
-#: How frames reach the provider: the session's WebSocket, or one POST each.
+#: How frames reach the provider: the tunnel's WebSocket, or one POST each.
 Transport = Literal["stream", "http"]
 #: The largest stream message either way: the provider's frame limit (one blob plus framing).
 _MAX_FRAME = DEFAULT_MAX_BLOB + 4096
@@ -144,7 +144,7 @@ _STREAM_CLOSE_TIMEOUT = 2.0
 class CheckpointReason(StrEnum):
     """Which transition a checkpoint records."""
 
-    ATTACHED = "attached"  # the channel is bound to a provider session (state as opened)
+    ATTACHED = "attached"  # the channel is bound to a provider tunnel (state as opened)
     LOCKED = "locked"  # δ locked, request id taken; EXEC about to leave
     AUTHORIZED = "authorized"  # REPLY verified, σ_U made; AUTH about to leave
     DELIVERED = "delivered"  # REVEAL verified, δ credited; ACK about to leave
@@ -227,8 +227,8 @@ class PaidResponse:
         return self.transaction is not None
 
 
-class SessionError(Exception):
-    """Base of the session's errors; ``reason`` is machine-readable."""
+class TunnelError(Exception):
+    """Base of the tunnel's errors; ``reason`` is machine-readable."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         self.reason = str(reason)
@@ -236,11 +236,11 @@ class SessionError(Exception):
         super().__init__(f"{reason}: {detail}" if detail else str(reason))
 
 
-class ProviderUnavailable(SessionError):
+class ProviderUnavailable(TunnelError):
     """No usable answer after the retries (network, provider down, frames rejected)."""
 
 
-class ProviderRefused(SessionError):
+class ProviderRefused(TunnelError):
     """The provider refused the request; nothing was authorised, nothing is paid.
 
     ``response`` is the service's own answer when the service failed (status ≥ 400).
@@ -251,17 +251,17 @@ class ProviderRefused(SessionError):
         self.response = response
 
 
-class ProtocolViolation(SessionError):
+class ProtocolViolation(TunnelError):
     """The provider sent something the protocol forbids (e.g. a bad pre-signature).
 
     Raised before σ_U is issued, so nothing is paid; the channel is OPEN again.
     """
 
 
-class PaymentPending(SessionError):
+class PaymentPending(TunnelError):
     """σ_U is out and no valid REVEAL came: the request is PENDING.
 
-    It settles one of three ways: a later REVEAL (:meth:`ProviderSession.resume`),
+    It settles one of three ways: a later REVEAL (:meth:`ProviderTunnel.resume`),
     the provider's on-chain claim (:func:`recover_from_force_close`, which still
     yields the result), or a client force-close after the dispute window.
     """
@@ -272,7 +272,7 @@ class PaymentPending(SessionError):
         self.request_id = request_id
 
 
-class ResultMismatch(SessionError):
+class ResultMismatch(TunnelError):
     """The opened result answers another request than the one sent (paid nonetheless)."""
 
     def __init__(self, paid: PaidResponse) -> None:
@@ -284,27 +284,27 @@ class _Retry(Exception):
     """One attempt failed in a way a fresh frame may fix."""
 
 
-class _SessionLost(Exception):
-    """The provider no longer knows the session: handshake again."""
+class _TunnelLost(Exception):
+    """The provider no longer knows the tunnel: handshake again."""
 
 
-# ------------------------------------------------------------------------ session
+# ------------------------------------------------------------------------ tunnel
 
 
-class ProviderSession:
-    """The vault's attested session with one provider; drives that provider's channels.
+class ProviderTunnel:
+    """The vault's attested tunnel with one provider; drives that provider's channels.
 
     - ``endpoint``: the provider's base URL, or its ``…/.well-known/a402``
       endpoint (as the 402's ``extra.endpoint`` gives it).
     - ``enclave``: the vault enclave (its attested X25519 key authenticates
-      the session); ``verifiers`` and ``policy``: what provider enclaves are
+      the tunnel); ``verifiers`` and ``policy``: what provider enclaves are
       acceptable.
     - ``vault_key``: the channels' vault key (signs OPEN, σ_U, states).
     - ``network``: refuse a provider on any other chain.
     - ``persist``: see :class:`Checkpoint`; the default keeps nothing.
     - ``ack_delay``: how long an unsent ACK waits to ride on the channel's next
       EXEC (default: a quarter of the provider's Δ_ack, at most five seconds).
-    - ``transport``: ``"stream"`` (one WebSocket per session) or ``"http"``
+    - ``transport``: ``"stream"`` (one WebSocket per tunnel) or ``"http"``
       (one POST per frame). Default: the stream, unless ``http`` is given —
       a caller that brings its own client wants to see the frames in it.
       ``timeout`` bounds each frame's round trip either way.
@@ -340,7 +340,7 @@ class ProviderSession:
         self.persist: Persist = persist or _no_persistence
         self._own_http = http is None
         self.http = http or httpx.AsyncClient(timeout=timeout, trust_env=False)
-        #: False once the provider refused the upgrade: POST for the rest of this session.
+        #: False once the provider refused the upgrade: POST for the rest of this tunnel.
         self._use_stream = transport == "stream" or (transport is None and http is None)
         scheme, _, rest = self._origin.partition("://")
         self._stream_url = (
@@ -354,7 +354,7 @@ class ProviderSession:
         self.info: ProviderInfo | None = None
         self._attested: tuple[bytes, bytes] | None = None  # (signing key, measurement)
         self._handle: str | None = None
-        self._session_id: str | None = None
+        self._tunnel_id: str | None = None
         self._frame_lock = asyncio.Lock()
         self._channel_locks: dict[bytes, asyncio.Lock] = {}
         self._bound: dict[bytes, ChannelTerms] = {}
@@ -362,7 +362,7 @@ class ProviderSession:
         self._ack_flushes: dict[bytes, asyncio.Task[None]] = {}
         self._closed = False
 
-    async def __aenter__(self) -> ProviderSession:
+    async def __aenter__(self) -> ProviderTunnel:
         await self.connect()
         return self
 
@@ -385,7 +385,7 @@ class ProviderSession:
     # ------------------------------------------------------------- attestation
 
     async def connect(self) -> ProviderInfo:
-        """Verify the provider's attestation and open the secure session."""
+        """Verify the provider's attestation and open the secure tunnel."""
         nonce = os.urandom(32)
         response = await self.http.get(self._origin + INFO_PATH, params={"nonce": nonce.hex()})
         if response.status_code != 200:
@@ -421,7 +421,7 @@ class ProviderSession:
             third, peer = self.enclave.channel_finish(handle, unb64(opened["message"]))
             if peer.signing_key != signing_key or peer.measurement != measurement:
                 raise AttestationError(
-                    "enclave_mismatch", "the session's enclave is not the one /info attested"
+                    "enclave_mismatch", "the tunnel's enclave is not the one /info attested"
                 )
             await self._post_json({"session": opened["session"], "message": b64(third)})
         except BaseException:
@@ -429,12 +429,12 @@ class ProviderSession:
             raise
         if self._handle is not None:
             self.enclave.channel_close(self._handle)
-        if self._stream is not None:  # it carries the old session: the next frame opens a new one
+        if self._stream is not None:  # it carries the old tunnel: the next frame opens a new one
             self._drop_stream(self._stream)
-        self._handle, self._session_id = handle, str(opened["session"])
+        self._handle, self._tunnel_id = handle, str(opened["session"])
 
     async def _post_json(self, body: dict[str, Any]) -> dict[str, Any]:
-        response = await self.http.post(self._origin + SESSION_PATH, json=body)
+        response = await self.http.post(self._origin + HANDSHAKE_PATH, json=body)
         data = _json_or_empty(response)
         if response.status_code == 403:
             raise AttestationError(data.get("error", "refused"), data.get("message", ""))
@@ -469,7 +469,7 @@ class ProviderSession:
         if (domain.chain_id, domain.verifying_contract) != (info.chain_id, info.asc_manager):
             raise ValueError("the channel lives on another chain or ASCManager")
         if terms.vault != self.vault_key.address:
-            raise ValueError("the channel's vault is not this session's vault key")
+            raise ValueError("the channel's vault is not this tunnel's vault key")
         if channel.lock_timeout <= info.lock_timeout:
             raise ValueError(
                 f"Δ_lock ({channel.lock_timeout}s) must exceed the provider's lock "
@@ -478,9 +478,9 @@ class ProviderSession:
             )
 
     async def attach(self, channel: VaultChannel) -> None:
-        """Bind ``channel`` (already open on-chain) to this session (OPEN).
+        """Bind ``channel`` (already open on-chain) to this tunnel (OPEN).
 
-        An idle channel's last ACK is owed again: the session (or process) that made it
+        An idle channel's last ACK is owed again: the tunnel (or process) that made it
         may have ended before it reached the provider, which then refuses every EXEC
         until it comes. Like any owed ACK it rides on the channel's next EXEC or leaves
         on its own after ``ack_delay``; the provider ignores one it already has.
@@ -593,14 +593,14 @@ class ProviderSession:
         try:
             reveal = await self._ask(channel, auth_bytes, Reveal)
             step = channel.receive(reveal, now=self.clock())
-        except (RemoteProtocolError, SessionError) as e:
+        except (RemoteProtocolError, TunnelError) as e:
             raise PaymentPending(e.reason, e.detail, channel.channel_id, request_id) from None
-        except Exception as e:  # e.g. the session could not be re-established
+        except Exception as e:  # e.g. the tunnel could not be re-established
             raise PaymentPending(type(e).__name__, str(e), channel.channel_id, request_id) from e
         ack, delivered = step.send[0], step.events[0]
         assert isinstance(ack, Ack) and isinstance(delivered, ResultDelivered)
         paid: PaidResponse | None = None
-        failure: SessionError | None = None
+        failure: TunnelError | None = None
         try:
             paid = _paid(delivered.result, raw, request_id, amount,
                          receipt=channel.latest_state())
@@ -626,7 +626,7 @@ class ProviderSession:
         self._owe_ack(channel, last_ack)
         try:
             await self._flush_ack(channel.channel_id)
-        except SessionError as e:
+        except TunnelError as e:
             log.warning("ACK on %s not delivered yet: %s", channel.channel_id.hex(), e)
 
     def _ack_delay(self) -> float:
@@ -761,11 +761,11 @@ class ProviderSession:
         for attempt in range(self.attempts):
             try:
                 return await self._exchange_once(envelope)
-            except _SessionLost as e:
+            except _TunnelLost as e:
                 last = e
                 try:
                     await self._reconnect()
-                except (_Retry, _SessionLost) as again:  # an OPEN of the new session failed
+                except (_Retry, _TunnelLost) as again:  # an OPEN of the new tunnel failed
                     last = again
             except _Retry as e:
                 last = e
@@ -775,16 +775,16 @@ class ProviderSession:
     async def _exchange_once(self, envelope: Envelope) -> Envelope:
         plaintext = envelope.encode()
         async with self._frame_lock:
-            handle, session_id = self._handle, self._session_id
-            if handle is None or session_id is None:
-                raise _SessionLost("no session")
+            handle, tunnel_id = self._handle, self._tunnel_id
+            if handle is None or tunnel_id is None:
+                raise _TunnelLost("no tunnel")
             answer = (
-                await self._over_stream(handle, session_id, plaintext) if self._use_stream
+                await self._over_stream(handle, tunnel_id, plaintext) if self._use_stream
                 else None
             )
             if answer is None:  # no stream: one POST
                 frame = self.enclave.channel_encrypt(handle, plaintext, ad=REQUEST_AD)
-                answer = await self._post_frame(session_id, frame)
+                answer = await self._post_frame(tunnel_id, frame)
             try:
                 return Envelope.decode(
                     self.enclave.channel_decrypt(handle, answer, ad=RESPONSE_AD)
@@ -792,22 +792,22 @@ class ProviderSession:
             except (ChannelError, FrameError) as e:
                 raise _Retry(f"answer rejected: {e}") from None
 
-    async def _post_frame(self, session_id: str, frame: bytes) -> bytes:
+    async def _post_frame(self, tunnel_id: str, frame: bytes) -> bytes:
         """``POST …/message``: one frame out, the answer frame back."""
         try:
             response = await self.http.post(
                 self._origin + MESSAGE_PATH, content=frame,
-                headers={SESSION_HEADER: session_id, "content-type": FRAME_MEDIA_TYPE},
+                headers={TUNNEL_HEADER: tunnel_id, "content-type": FRAME_MEDIA_TYPE},
             )
         except httpx.TransportError as e:
             raise _Retry(f"transport: {e!r}") from None
         if response.status_code == 404:
-            raise _SessionLost("the provider forgot the session")
+            raise _TunnelLost("the provider forgot the tunnel")
         if response.status_code != 200:
             raise _Retry(f"{response.status_code}: {_json_or_empty(response)}")
         return response.content
 
-    async def _over_stream(self, handle: str, session_id: str, plaintext: bytes) -> bytes | None:
+    async def _over_stream(self, handle: str, tunnel_id: str, plaintext: bytes) -> bytes | None:
         """The answer frame to ``plaintext`` over the stream; ``None``: the provider has none.
 
         Called under ``_frame_lock``, so one frame is on the stream at a time and
@@ -820,7 +820,7 @@ class ProviderSession:
         stream = self._stream
         for fresh in (stream is None, True):
             if stream is None:
-                stream = await self._open_stream(session_id)
+                stream = await self._open_stream(tunnel_id)
                 if stream is None:
                     return None
             frame = self.enclave.channel_encrypt(handle, plaintext, ad=REQUEST_AD)
@@ -830,9 +830,9 @@ class ProviderSession:
                     answer = await stream.recv()
             except ConnectionClosed as e:
                 self._drop_stream(stream)
-                if e.rcvd is not None and e.rcvd.code == STREAM_UNKNOWN_SESSION:
-                    raise _SessionLost("the provider forgot the session") from None
-                if fresh or self._handle != handle:  # (a new session replaced the stream)
+                if e.rcvd is not None and e.rcvd.code == STREAM_UNKNOWN_TUNNEL:
+                    raise _TunnelLost("the provider forgot the tunnel") from None
+                if fresh or self._handle != handle:  # (a new tunnel replaced the stream)
                     raise _Retry(f"stream closed: {e}") from None
                 stream = None
                 continue
@@ -847,17 +847,17 @@ class ProviderSession:
             return answer
         raise AssertionError("unreachable: the second try is on a fresh stream")
 
-    async def _open_stream(self, session_id: str) -> ClientConnection | None:
-        """Connect this session's stream; ``None`` if the provider refuses the upgrade.
+    async def _open_stream(self, tunnel_id: str) -> ClientConnection | None:
+        """Connect this tunnel's stream; ``None`` if the provider refuses the upgrade.
 
         A refusal (403, 404, 426 …) is an endpoint without a stream, an older
-        provider or a proxy that does not pass WebSockets: this session's frames
+        provider or a proxy that does not pass WebSockets: this tunnel's frames
         go by POST from now on. A server error or a failed connection is
         transient: the attempt fails and the retry connects again.
         """
         try:
             stream = await ws_connect(
-                self._stream_url + quote(session_id, safe=""),
+                self._stream_url + quote(tunnel_id, safe=""),
                 compression=None, max_size=_MAX_FRAME, open_timeout=self._timeout,
                 close_timeout=_STREAM_CLOSE_TIMEOUT, proxy=None,  # as the httpx client: no env
             )
@@ -886,7 +886,7 @@ class ProviderSession:
     async def _reconnect(self) -> None:
         """A new handshake with the enclave ``connect`` attested, then OPEN again."""
         if self._attested is None:
-            raise _SessionLost("never connected")
+            raise _TunnelLost("never connected")
         await self._handshake(*self._attested)
         for terms in self._bound.values():
             await self._open(terms)

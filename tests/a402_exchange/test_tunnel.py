@@ -1,4 +1,4 @@
-"""The session around the exchange: attestation, replays, tampering, concurrency, restarts."""
+"""The tunnel around the exchange: attestation, replays, tampering, concurrency, restarts."""
 
 from __future__ import annotations
 
@@ -26,10 +26,10 @@ from a402.background import serve_in_thread
 from a402.provider.a402_store import SqlChannelStore
 from a402.tee import PROVIDER_PURPOSES, AttestationError, SimulatedPlatform, SimulatedVerifier
 from a402.vault import CheckpointReason, ProviderUnavailable
-from a402.vault.session import Checkpoint, ProviderSession
+from a402.vault.tunnel import Checkpoint, ProviderTunnel
 from a402.wire.a402 import (
     MESSAGE_PATH,
-    SESSION_HEADER,
+    TUNNEL_HEADER,
     Envelope,
     HttpRequest,
     Kind,
@@ -48,14 +48,14 @@ class Wire(httpx.AsyncBaseTransport):
     def __init__(self, *, tamper_requests: int = 0, tamper_responses: int = 0) -> None:
         self.inner = httpx.AsyncHTTPTransport()
         self.tamper_requests, self.tamper_responses = tamper_requests, tamper_responses
-        self.frames: list[tuple[str, bytes]] = []  # (session id, request body) per /message
+        self.frames: list[tuple[str, bytes]] = []  # (tunnel id, request body) per /message
         self.statuses: list[int] = []
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         is_frame = request.url.path == MESSAGE_PATH
         if is_frame:
             body = await request.aread()
-            self.frames.append((request.headers[SESSION_HEADER], body))
+            self.frames.append((request.headers[TUNNEL_HEADER], body))
             if self.tamper_requests:
                 self.tamper_requests -= 1
                 request = httpx.Request(request.method, request.url, headers=request.headers,
@@ -96,21 +96,21 @@ async def test_a_provider_whose_attestation_does_not_verify_is_refused(
         expected = "simulated_not_allowed"
     vault = world.vault()
     with serve_in_thread(provider.app) as url:
-        session = world.session(vault, url, **kwargs)
+        tunnel = world.tunnel(vault, url, **kwargs)
         with pytest.raises(AttestationError) as refused:
-            await session.connect()
-        await session.aclose()
+            await tunnel.connect()
+        await tunnel.aclose()
     assert refused.value.reason == expected
-    assert session.info is None
+    assert tunnel.info is None
 
 
-async def test_a_vault_whose_attestation_does_not_verify_gets_no_session(world: World) -> None:
+async def test_a_vault_whose_attestation_does_not_verify_gets_no_tunnel(world: World) -> None:
     provider, vault = world.provider(), world.vault(measurement=b"\x09" * 48)
     with serve_in_thread(provider.app) as url:
-        session = world.session(vault, url)
+        tunnel = world.tunnel(vault, url)
         with pytest.raises(AttestationError) as refused:
-            await session.connect()
-        await session.aclose()
+            await tunnel.connect()
+        await tunnel.aclose()
     assert refused.value.reason == "measurement_mismatch"
 
 
@@ -122,18 +122,18 @@ async def test_replayed_frames_and_messages_are_rejected(world: World) -> None:
     wire = Wire()
     with serve_in_thread(provider.app) as url:
         http = httpx.AsyncClient(transport=wire)
-        async with world.session(vault, url, http=http) as session:
-            channel = await world.open_channel(session, vault, client)
-            await session.request(channel, WEATHER, PRICE)
-            await session.flush_acks()
+        async with world.tunnel(vault, url, http=http) as tunnel:
+            channel = await world.open_channel(tunnel, vault, client)
+            await tunnel.request(channel, WEATHER, PRICE)
+            await tunnel.flush_acks()
             first_auth = next(c for c in vault.checkpoints
                               if c.reason is CheckpointReason.AUTHORIZED)
 
             # 1. A recorded frame sent again, byte for byte: the secure channel refuses it.
-            session_id, exec_frame = wire.frames[1]  # [0] is OPEN, [1] the first EXEC
+            tunnel_id, exec_frame = wire.frames[1]  # [0] is OPEN, [1] the first EXEC
             async with httpx.AsyncClient() as raw:
                 replayed = await raw.post(url + MESSAGE_PATH, content=exec_frame,
-                                          headers={SESSION_HEADER: session_id})
+                                          headers={TUNNEL_HEADER: tunnel_id})
             assert replayed.status_code == 400 and replayed.json()["error"] == "replay"
 
             # 2. The old EXEC and AUTH, re-encrypted in fresh frames: the channel refuses them.
@@ -141,12 +141,12 @@ async def test_replayed_frames_and_messages_are_rejected(world: World) -> None:
             old_auth = VaultChannel.restore(first_auth.snapshot, vault.signer).pending_auth()
             assert old_auth is not None
             for message in (old_exec, old_auth):
-                answer = await session.exchange(Envelope.asc(message.encode()))
+                answer = await tunnel.exchange(Envelope.asc(message.encode()))
                 assert answer.kind is Kind.ERROR
                 assert Refusal.from_body(answer.body).reason == Reason.REPLAYED
 
-            # The session and the channel are unharmed; nothing ran or was paid twice.
-            paid = await session.request(channel, WEATHER, PRICE)
+            # The tunnel and the channel are unharmed; nothing ran or was paid twice.
+            paid = await tunnel.request(channel, WEATHER, PRICE)
     assert provider.calls["weather"] == 2
     assert paid.receipt is not None
     assert (paid.receipt.state.version, paid.receipt.state.provider_balance) == (2, 2 * PRICE)
@@ -160,49 +160,49 @@ async def test_the_previous_ack_rides_on_the_next_exec(world: World) -> None:
     wire = Wire()
     with serve_in_thread(provider.app) as url:
         http = httpx.AsyncClient(transport=wire)
-        async with world.session(vault, url, http=http, ack_delay=600) as session:
-            channel = await world.open_channel(session, vault, client)
-            await session.request(channel, WEATHER, PRICE)
+        async with world.tunnel(vault, url, http=http, ack_delay=600) as tunnel:
+            channel = await world.open_channel(tunnel, vault, client)
+            await tunnel.request(channel, WEATHER, PRICE)
             slot = provider.runtime.slot(channel.channel_id)
             assert slot is not None and slot.channel.status is Status.PENDING  # no ACK yet
-            await session.request(channel, WEATHER, PRICE)
+            await tunnel.request(channel, WEATHER, PRICE)
             # OPEN, then EXEC and AUTH for each request: no frame of the ACK's own.
             assert len(wire.frames) == 5
             assert slot.channel.state.version == 1  # request 0's ACK came with EXEC 1
-            await session.flush_acks()
+            await tunnel.flush_acks()
             assert len(wire.frames) == 6 and slot.channel.state == channel.state
     assert provider.calls["weather"] == 2
 
 
 @contextlib.asynccontextmanager
 async def one_paid_ack_unsent(world: World, provider: Any
-                              ) -> AsyncIterator[tuple[ProviderSession, VaultChannel, Ack]]:
-    """A session whose channel has paid one request and holds its ACK back."""
+                              ) -> AsyncIterator[tuple[ProviderTunnel, VaultChannel, Ack]]:
+    """A tunnel whose channel has paid one request and holds its ACK back."""
     vault, client = world.vault(), world.client()
     with serve_in_thread(provider.app) as url:
-        async with world.session(vault, url, ack_delay=600) as session:
-            channel = await world.open_channel(session, vault, client)
-            await session.request(channel, WEATHER, PRICE)
+        async with world.tunnel(vault, url, ack_delay=600) as tunnel:
+            channel = await world.open_channel(tunnel, vault, client)
+            await tunnel.request(channel, WEATHER, PRICE)
             ack = channel.last_ack()
             assert ack is not None
-            yield session, channel, ack
+            yield tunnel, channel, ack
 
 
 async def test_a_piggybacked_ack_that_does_not_verify_refuses_the_frame(world: World) -> None:
     provider = world.provider()
-    async with one_paid_ack_unsent(world, provider) as (session, channel, ack):
+    async with one_paid_ack_unsent(world, provider) as (tunnel, channel, ack):
         exec_ = Exec(channel.channel_id, 1, 1, PRICE, WEATHER.encode())
         forged = replace(ack, signature=ack.signature[:-1] + bytes([ack.signature[-1] ^ 1]))
         elsewhere = replace(ack, channel_id=bytes(32))
         for bad, reason in ((forged, Reason.BAD_STATE_SIGNATURE), (elsewhere, "malformed")):
-            answer = await session.exchange(Envelope.acked(bad.encode(), exec_.encode()))
+            answer = await tunnel.exchange(Envelope.acked(bad.encode(), exec_.encode()))
             assert answer.kind is Kind.ERROR
             assert Refusal.from_body(answer.body).reason == reason
         # Nothing ran and nothing was acknowledged; the real ACK still settles request 0.
         slot = provider.runtime.slot(channel.channel_id)
         assert slot is not None and slot.channel.status is Status.PENDING
         assert provider.calls["weather"] == 1
-        paid = await session.request(channel, WEATHER, PRICE)
+        paid = await tunnel.request(channel, WEATHER, PRICE)
     assert paid.receipt is not None and paid.receipt.state.version == 2
     assert provider.calls["weather"] == 2
 
@@ -211,9 +211,9 @@ async def test_an_ack_riding_on_a_refused_exec_is_kept_across_a_provider_restart
     world: World,
 ) -> None:
     provider = world.provider()
-    async with one_paid_ack_unsent(world, provider) as (session, channel, ack):
+    async with one_paid_ack_unsent(world, provider) as (tunnel, channel, ack):
         wrong_price = Exec(channel.channel_id, 1, 1, PRICE + 1, WEATHER.encode())
-        answer = await session.exchange(Envelope.acked(ack.encode(), wrong_price.encode()))
+        answer = await tunnel.exchange(Envelope.acked(ack.encode(), wrong_price.encode()))
         assert Refusal.from_body(answer.body).reason == "amount_mismatch"
     # The payment the ACK acknowledged was written down although its frame was refused.
     enclave = world.platform.restore(PROVIDER_CODE, provider.enclave.export_sealed(),
@@ -244,10 +244,10 @@ async def test_a_vault_restarted_with_an_ack_unsent_delivers_it_with_the_resumed
         assert slot is not None and slot.channel.status is Status.PENDING  # ACK 0 never came
 
         restored = VaultChannel.restore(stored[-1].snapshot, vault.signer)
-        async with world.session(vault, url, ack_delay=600) as session:
-            await session.attach(restored)
-            resumed = await session.resume(restored)
-            again = await session.request(restored, WEATHER, PRICE)
+        async with world.tunnel(vault, url, ack_delay=600) as tunnel:
+            await tunnel.attach(restored)
+            resumed = await tunnel.resume(restored)
+            again = await tunnel.request(restored, WEATHER, PRICE)
     assert resumed is not None and resumed.request_id == 1
     assert again.receipt is not None and again.receipt.state.version == 3
     assert provider.calls["weather"] == 3
@@ -261,12 +261,12 @@ async def test_tampered_frames_are_rejected_by_the_channel_and_retried(world: Wo
     wire = Wire()
     with serve_in_thread(provider.app) as url:
         http = httpx.AsyncClient(transport=wire)
-        async with world.session(vault, url, http=http) as session:
-            channel = await world.open_channel(session, vault, client)
+        async with world.tunnel(vault, url, http=http) as tunnel:
+            channel = await world.open_channel(tunnel, vault, client)
             # One frame corrupted on the way in, one answer on the way out.
             wire.tamper_requests, wire.tamper_responses = 1, 1
-            paid = await session.request(channel, WEATHER, PRICE)
-    # The provider refused the corrupted frame (400) without breaking the session; the
+            paid = await tunnel.request(channel, WEATHER, PRICE)
+    # The provider refused the corrupted frame (400) without breaking the tunnel; the
     # corrupted answer failed the vault's check and the retry got the recorded answer.
     assert 400 in wire.statuses
     assert (wire.tamper_requests, wire.tamper_responses) == (0, 0)
@@ -279,11 +279,11 @@ async def test_a_wire_that_corrupts_everything_costs_nothing(world: World) -> No
     wire = Wire()
     with serve_in_thread(provider.app) as url:
         http = httpx.AsyncClient(transport=wire)
-        async with world.session(vault, url, http=http) as session:
-            channel = await world.open_channel(session, vault, client)
+        async with world.tunnel(vault, url, http=http) as tunnel:
+            channel = await world.open_channel(tunnel, vault, client)
             wire.tamper_requests = 10**6
             with pytest.raises(ProviderUnavailable):
-                await session.request(channel, WEATHER, PRICE)
+                await tunnel.request(channel, WEATHER, PRICE)
     assert set(wire.statuses[1:]) == {400}
     assert (channel.status, channel.free, channel.provider_balance) == (Status.OPEN, DEPOSIT, 0)
     assert provider.calls["weather"] == 0
@@ -295,16 +295,16 @@ async def test_a_wire_that_corrupts_everything_costs_nothing(world: World) -> No
 async def test_concurrent_requests_on_one_channel_take_turns(world: World) -> None:
     provider, vault, client = world.provider(), world.vault(), world.client()
     with serve_in_thread(provider.app) as url:
-        async with world.session(vault, url) as session:
-            channel = await world.open_channel(session, vault, client)
+        async with world.tunnel(vault, url) as tunnel:
+            channel = await world.open_channel(tunnel, vault, client)
             paid = await asyncio.gather(
-                *(session.request(channel, WEATHER, PRICE) for _ in range(3))
+                *(tunnel.request(channel, WEATHER, PRICE) for _ in range(3))
             )
-            slow = asyncio.create_task(session.request(channel, HttpRequest("GET", "/slow"),
+            slow = asyncio.create_task(tunnel.request(channel, HttpRequest("GET", "/slow"),
                                                        1_500))
             await asyncio.sleep(0.1)
             with pytest.raises(LocalProtocolError) as busy:
-                await session.request(channel, WEATHER, PRICE, wait=False)
+                await tunnel.request(channel, WEATHER, PRICE, wait=False)
             await slow
     assert busy.value.reason is Reason.REQUEST_IN_FLIGHT
     assert sorted(p.request_id for p in paid) == [0, 1, 2]
@@ -313,18 +313,18 @@ async def test_concurrent_requests_on_one_channel_take_turns(world: World) -> No
     assert channel.version == 4
 
 
-async def test_two_sessions_racing_execs_on_one_channel_get_one_reply(world: World) -> None:
+async def test_two_tunnels_racing_execs_on_one_channel_get_one_reply(world: World) -> None:
     """Bypassing the vault's own ordering: the provider still runs and commits only one."""
     provider, vault, client = world.provider(), world.vault(), world.client()
     with serve_in_thread(provider.app) as url:
-        async with world.session(vault, url) as first, world.session(vault, url) as second:
+        async with world.tunnel(vault, url) as first, world.tunnel(vault, url) as second:
             channel = await world.open_channel(first, vault, client)
             await second.attach(channel)
             slow = HttpRequest("GET", "/slow").encode()
             answers = await asyncio.gather(*(
-                session.exchange(Envelope.asc(Exec(channel.channel_id, rid, 0, 1_500,
+                tunnel.exchange(Envelope.asc(Exec(channel.channel_id, rid, 0, 1_500,
                                                    slow).encode()))
-                for rid, session in ((0, first), (1, second))
+                for rid, tunnel in ((0, first), (1, second))
             ))
     replies = [a for a in answers if a.kind is Kind.ASC]
     refusals = [Refusal.from_body(a.body).reason for a in answers if a.kind is Kind.ERROR]
@@ -341,16 +341,16 @@ class Crash(Exception):
 
 
 async def second_request_crashes(world: World, vault: Any, client: Any, url: str,
-                                 persist: Any, **session_args: Any) -> VaultChannel:
+                                 persist: Any, **tunnel_args: Any) -> VaultChannel:
     """Open a channel and pay one request; the second dies in ``persist`` (raises Crash)."""
-    session = world.session(vault, url, **session_args)
-    session.persist = persist
-    await session.connect()
-    channel = await world.open_channel(session, vault, client)
-    await session.request(channel, WEATHER, PRICE)
+    tunnel = world.tunnel(vault, url, **tunnel_args)
+    tunnel.persist = persist
+    await tunnel.connect()
+    channel = await world.open_channel(tunnel, vault, client)
+    await tunnel.request(channel, WEATHER, PRICE)
     with pytest.raises(Crash):
-        await session.request(channel, WEATHER, PRICE)
-    await session.aclose()
+        await tunnel.request(channel, WEATHER, PRICE)
+    await tunnel.aclose()
     return channel
 
 
@@ -376,10 +376,10 @@ async def test_both_sides_restart_mid_request_and_finish_it_exactly_once(world: 
                                calls=provider.calls)
     restored = VaultChannel.restore(stored[-1].snapshot, vault.signer)
     with serve_in_thread(restarted.app) as url:
-        async with world.session(vault, url) as session:
-            await session.attach(restored)
-            resumed = await session.resume(restored)
-            again = await session.request(restored, WEATHER, PRICE)
+        async with world.tunnel(vault, url) as tunnel:
+            await tunnel.attach(restored)
+            resumed = await tunnel.resume(restored)
+            again = await tunnel.request(restored, WEATHER, PRICE)
     assert resumed is not None and (resumed.request_id, resumed.amount) == (1, PRICE)
     assert json.loads(resumed.response.body)["n"] == 2
     assert json.loads(again.response.body)["n"] == 3
