@@ -119,6 +119,7 @@ def vault(shared: Shared, port: int, vault_key: str, sessions: int, deposit_mult
     from a402.vault.app import create_app
     from a402.vault.identity import vault_enclave
     from a402.vault.service import VaultConfig, VaultService
+    from a402.vault.settings import Batching, Connections, Deposits
     from a402.vault.store import VaultStore
 
     manifest = shared.manifest()
@@ -130,9 +131,10 @@ def vault(shared: Shared, port: int, vault_key: str, sessions: int, deposit_mult
         store=store, enclave=vault_enclave(shared.platform(), shared.vault_code, store),
         verifiers=[shared.verifier()],
         provider_policy=AttestationPolicy(frozenset({shared.provider_code})),
-        token=manifest.token, deposit_multiple=deposit_multiple,
-        sessions_per_provider=sessions, batch_window=batch_window,
-        allow_private_targets=True,  # every party is on 127.0.0.1
+        token=manifest.token, deposits=Deposits(deposit_multiple=deposit_multiple),
+        batching=Batching(batch_window=batch_window),
+        # every party is on 127.0.0.1
+        connections=Connections(sessions_per_provider=sessions, allow_private_targets=True),
     ))
     _serve(create_app(service), port)
 
