@@ -120,6 +120,7 @@ def vault(shared: Shared, port: int, vault_key: str, tunnels: int, deposit_multi
     from a402.vault.app import create_app
     from a402.vault.identity import vault_enclave
     from a402.vault.service import VaultConfig, VaultService
+    from a402.vault.settings import Batching, Connections, Deposits
     from a402.vault.store import VaultStore
 
     manifest = shared.manifest()
@@ -131,9 +132,10 @@ def vault(shared: Shared, port: int, vault_key: str, tunnels: int, deposit_multi
         store=store, enclave=vault_enclave(shared.platform(), shared.vault_code, store),
         verifiers=[shared.verifier()],
         provider_policy=AttestationPolicy(frozenset({shared.provider_code})),
-        token=manifest.token, deposit_multiple=deposit_multiple,
-        tunnels_per_provider=tunnels, batch_window=batch_window,
-        allow_private_targets=True,  # every party is on 127.0.0.1
+        token=manifest.token, deposits=Deposits(deposit_multiple=deposit_multiple),
+        batching=Batching(batch_window=batch_window),
+        # every party is on 127.0.0.1
+        connections=Connections(tunnels_per_provider=tunnels, allow_private_targets=True),
     ))
     _serve(create_app(service), port)
 

@@ -47,17 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where to write the manifest (default: %(default)s)")
     devnet.set_defaults(run=_devnet)
 
+    from a402.facilitator.command import add_facilitator_arguments, run_facilitator
+
     fac = commands.add_parser("facilitator", help="verify and settle x402 `exact` payments")
-    fac.add_argument("--rpc", required=True, help="JSON-RPC URL of the chain")
-    fac.add_argument("--network", help="CAIP-2 id the chain must have, e.g. eip155:84532")
-    fac.add_argument("--key-file", required=True, help="file holding the gas-paying key (hex)")
-    fac.add_argument("--db", default="sqlite:///a402-facilitator.db",
-                     help="SQLAlchemy URL of the journal (default: %(default)s)")
-    fac.add_argument("--host", default="127.0.0.1")
-    fac.add_argument("--port", type=int, default=4021)
-    fac.add_argument("--receipt-timeout", type=float, default=20.0,
-                     help="seconds /settle waits for a receipt before answering pending")
-    fac.set_defaults(run=_facilitator)
+    add_facilitator_arguments(fac)
+    fac.set_defaults(run=run_facilitator)
 
     gw = commands.add_parser("gateway", help="put an x402 paywall in front of any HTTP API")
     gw.add_argument("--upstream", required=True, help="base URL of the API to protect")
@@ -211,27 +205,6 @@ def _devnet(args: argparse.Namespace) -> int:
         if warning:
             _shout(warning)  # again, below the manifest, where it is read
         _wait_for_signal()
-    return 0
-
-
-def _facilitator(args: argparse.Namespace) -> int:
-    from a402 import serving
-    from a402.chain.node import connect
-    from a402.facilitator.app import create_app
-    from a402.facilitator.core import Facilitator, FacilitatorConfig
-    from a402.facilitator.store import SettlementStore
-    from a402.keys import load_key_file
-
-    signer = load_key_file(args.key_file)
-    chain = connect(args.rpc, [signer.key])
-    if args.network and args.network != chain.network:
-        print(f"error: {args.rpc} is {chain.network}, not {args.network}", file=sys.stderr)
-        return 2
-    facilitator = Facilitator(chain, signer, SettlementStore(args.db),
-                              FacilitatorConfig(receipt_timeout=args.receipt_timeout))
-    print(json.dumps({"facilitator": f"http://{args.host}:{args.port}",
-                      "network": chain.network, "signer": signer.address}), file=sys.stderr)
-    serving.run(create_app(facilitator), host=args.host, port=args.port)
     return 0
 
 

@@ -13,7 +13,7 @@ import contextlib
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
@@ -26,6 +26,7 @@ from a402.vault import store as S
 from a402.vault.app import create_app
 from a402.vault.identity import vault_enclave
 from a402.vault.service import VaultConfig, VaultService
+from a402.vault.settings import Batching, Connections, Deposits, Timing
 from a402.vault.store import VaultStore
 from a402.wire import vault_api as api
 from tests.a402_exchange.helpers import PROVIDER_CODE, VAULT_CODE, World, fresh_account
@@ -50,17 +51,26 @@ class Vault:
 
 def vault_config(world: World, account: LocalAccount, store: VaultStore,
                  **overrides: Any) -> VaultConfig:
+    """A vault of ``world``; ``overrides`` name settings of any group (each name is in one)."""
     store.claim_for(account.address)
     # Every party of these tests is on 127.0.0.1.
     settings: dict[str, Any] = {"poll_interval": 0.2, "deposit_multiple": 10,
                                 "allow_private_targets": True}
     settings.update(overrides)
+    groups = {name: group(**{f.name: settings.pop(f.name) for f in fields(group)
+                             if f.name in settings})
+              for name, group in _SETTINGS_GROUPS.items()}
+    assert not settings, f"no such vault setting: {sorted(settings)}"
     return VaultConfig(
         chain=world.chain, account=account, manager=world.manager.address, store=store,
         enclave=vault_enclave(world.platform, VAULT_CODE, store), verifiers=[world.verifier],
         provider_policy=AttestationPolicy(frozenset({PROVIDER_CODE})), token=world.token_info,
-        **settings,
+        **groups,
     )
+
+
+_SETTINGS_GROUPS: dict[str, type[Any]] = {
+    "timing": Timing, "deposits": Deposits, "batching": Batching, "connections": Connections}
 
 
 @contextlib.contextmanager

@@ -49,6 +49,7 @@ from a402.tee import PROVIDER_PURPOSES, AttestationPolicy, SimulatedPlatform, Si
 from a402.vault.app import create_app as vault_app
 from a402.vault.identity import vault_enclave
 from a402.vault.service import VaultConfig, VaultService
+from a402.vault.settings import Connections, Deposits, Timing
 from a402.vault.store import VaultStore
 
 PROVIDER_CODE = hashlib.sha384(b"a402 demo provider enclave").digest()
@@ -149,8 +150,9 @@ def run_channels_act(requests: int = 100, out: TextIO = sys.stdout,
             chain=chain, account=vault_account, manager=manager_address, store=vault_store,
             enclave=vault_enclave(platform, VAULT_CODE, vault_store), verifiers=[verifier],
             provider_policy=AttestationPolicy(frozenset({PROVIDER_CODE})),
-            token=manifest.token, deposit_multiple=channel_covers or requests, poll_interval=0.2,
-            allow_private_targets=True,  # the demo's provider is on 127.0.0.1
+            token=manifest.token, deposits=Deposits(deposit_multiple=channel_covers or requests),
+            timing=Timing(poll_interval=0.2),
+            connections=Connections(allow_private_targets=True),  # the provider: 127.0.0.1
         ))
         with serve_in_thread(facilitator_app(facilitator)) as facilitator_url:
             api = A402Payments(PaymentMiddleware(

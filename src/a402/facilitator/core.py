@@ -55,6 +55,7 @@ from a402.chain.rpc import ChainUnavailable, Reverted, RpcError, as_int, rpc
 from a402.chain.tx import SignedTx, broadcast, pending_nonce, sign, wait_for_receipt
 from a402.exact.checks import VALID_BEFORE_MARGIN, ExactCheck, check_exact
 from a402.exact.eip3009 import ExactEvmPayload
+from a402.facilitator.settings import FacilitatorConfig
 from a402.facilitator.store import (
     FINAL,
     Settlement,
@@ -80,18 +81,6 @@ from a402.wire.x402 import (
 log = logging.getLogger("a402.facilitator")
 
 SCHEME = "exact"
-
-
-@dataclass(frozen=True)
-class FacilitatorConfig:
-    receipt_timeout: float = 20.0
-    """How long ``/settle`` waits for a receipt before answering ``settlement_pending``."""
-    claim_timeout: float = 10.0
-    """A claim this old with no journaled transaction belongs to a dead call: the next
-    identical request (or the reconciler) takes it over. A live holder needs a few
-    RPC calls between claiming and journaling; should it be slower than this, taking
-    its claim over costs time, never money (``SettlementStore.record_submission``)."""
-    gas_margin: float = 1.25
 
 
 @dataclass(frozen=True)

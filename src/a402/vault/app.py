@@ -84,9 +84,9 @@ def create_app(service: VaultService) -> ASGIApp:
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         now = time.time()
         signed = api.verify_request(request.headers, vault, request.method, path, body,
-                                    now=now, window=service.config.auth_window)
+                                    now=now, window=service.config.timing.auth_window)
         if remember and not await service.store.remember_nonce(
-                signed.client, signed.nonce, now=now, keep=2 * service.config.auth_window):
+                signed.client, signed.nonce, now=now, keep=2 * service.config.timing.auth_window):
             raise api.AuthError(api.REPLAYED_REQUEST, "this nonce was already used")
         return signed, body
 

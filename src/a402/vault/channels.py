@@ -38,7 +38,6 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from eth_account import Account
@@ -58,6 +57,7 @@ from a402.wire import vault_api as api
 from . import records
 from . import store as S
 from .aggregate import Aggregator
+from .settings import Batching, Connections, Deposits, Timing
 from .tunnel import Checkpoint, CheckpointReason, PaidResponse, ProviderTunnel
 from .txjournal import TxJournal
 
@@ -85,23 +85,6 @@ class VaultError(Exception):
         return {"error": self.reason, "message": self.detail, **self.extra}
 
 
-@dataclass
-class Settings:
-    """The policies of :class:`Channels` (see :class:`a402.vault.service.VaultConfig`)."""
-
-    lock_timeout: float = 30.0
-    lock_margin: float = 5.0
-    deposit_multiple: int = 100
-    min_deposit: int = 0
-    max_deposit: int | None = None
-    chain_timeout: float = 30.0
-    authorization_validity: int = 3600
-    tunnels_per_provider: int = 4
-    http_timeout: float = 30.0
-    batch_window: float = 0.25
-    batch_limit: int = 50
-
-
 def hex_id(channel_id: bytes) -> str:
     return "0x" + channel_id.hex()
 
@@ -124,8 +107,8 @@ class Channels:
     def __init__(
         self, *, account: LocalAccount, manager: ASCManager, token: TokenInfo,
         store: S.VaultStore, journal: TxJournal, enclave: Enclave,
-        verifiers: Sequence[AttestationVerifier], policy: AttestationPolicy,
-        settings: Settings,
+        verifiers: Sequence[AttestationVerifier], policy: AttestationPolicy, timing: Timing,
+        deposits: Deposits, batching: Batching, connections: Connections,
     ) -> None:
         self.account = account
         self.address = account.address
@@ -138,12 +121,14 @@ class Channels:
         self.enclave = enclave
         self.verifiers = list(verifiers)
         self.policy = policy
-        self.settings = settings
+        self.timing = timing
+        self.deposits = deposits
+        self.connections = connections
         # Opens and closes that happen together share a transaction (aggregate.py).
-        self._opens = Aggregator(self._send_opens, window=settings.batch_window,
-                                 limit=settings.batch_limit)
-        self._closes = Aggregator(self._send_closes, window=settings.batch_window,
-                                  limit=settings.batch_limit)
+        self._opens = Aggregator(self._send_opens, window=batching.batch_window,
+                                 limit=batching.batch_limit)
+        self._closes = Aggregator(self._send_closes, window=batching.batch_window,
+                                  limit=batching.batch_limit)
         self.live: dict[bytes, VaultChannel] = {}
         #: The request key each busy channel carries (for its checkpoints).
         self.current: dict[bytes, str] = {}
@@ -166,7 +151,7 @@ class Channels:
     # ------------------------------------------------------------------ tunnels
 
     def _slot(self, endpoint: str, channel_id: bytes | None) -> tuple[str, int]:
-        size = max(1, self.settings.tunnels_per_provider)
+        size = max(1, self.connections.tunnels_per_provider)
         return endpoint, 0 if channel_id is None else int.from_bytes(channel_id[:4]) % size
 
     async def tunnel(self, endpoint: str, channel_id: bytes | None = None) -> ProviderTunnel:
@@ -183,7 +168,7 @@ class Channels:
                 tunnel = ProviderTunnel(
                     endpoint, enclave=self.enclave, verifiers=self.verifiers, policy=self.policy,
                     vault_key=self.key, network=self.network, persist=self.persist,
-                    timeout=self.settings.http_timeout,
+                    timeout=self.connections.http_timeout,
                 )
                 await tunnel.connect()  # attestation errors propagate; nothing is cached
                 self._tunnels[slot] = tunnel
@@ -286,12 +271,12 @@ class Channels:
 
     def _lock_timeout(self, tunnel: ProviderTunnel) -> float:
         assert tunnel.info is not None
-        return max(self.settings.lock_timeout, tunnel.info.lock_timeout
-                   + self.settings.lock_margin)
+        return max(self.timing.lock_timeout, tunnel.info.lock_timeout
+                   + self.timing.lock_margin)
 
     def deposit_for(self, price: int, balance: int) -> int:
         """How much a new pool channel escrows: a multiple of the price, within the balance."""
-        s = self.settings
+        s = self.deposits
         wanted = max(price * s.deposit_multiple, s.min_deposit, price)
         if s.max_deposit is not None:
             wanted = max(min(wanted, s.max_deposit), price)
@@ -395,7 +380,7 @@ class Channels:
                 await asyncio.to_thread(self.store.fail_channel, row.cid)
             return [VaultError(502, api.CHAIN_UNAVAILABLE, f"createASC would revert: {e.reason}",
                                retryable=True)] * len(rows)
-        outcome = await asyncio.to_thread(self.journal.wait, tx, self.settings.chain_timeout)
+        outcome = await asyncio.to_thread(self.journal.wait, tx, self.timing.chain_timeout)
         if not outcome.final:
             return [VaultError(503, api.CHAIN_UNAVAILABLE,
                                f"createASC {tx.tx_hash} not mined yet", retryable=True)] * len(rows)
@@ -472,7 +457,7 @@ class Channels:
             if r.proposal and r.proposal["validBefore"] > now + 60
             and r.terms["providerKey"] == info.provider_key.hex()
         ]
-        wanted = deposit if deposit is not None else price * self.settings.deposit_multiple
+        wanted = deposit if deposit is not None else price * self.deposits.deposit_multiple
         if wanted < price:
             raise VaultError(400, api.BAD_REQUEST, f"a deposit of {wanted} cannot pay {price}")
         row = next((r for r in proposals if int(r.deposit) == wanted), None)
@@ -480,7 +465,7 @@ class Channels:
             if row is None:
                 terms = tunnel.terms(client=client, deposit=wanted)
                 proposal = {"validAfter": 0,
-                            "validBefore": now + self.settings.authorization_validity}
+                            "validBefore": now + self.deposits.authorization_validity}
                 row = await asyncio.to_thread(
                     self.store.propose_channel, cid=hex_id(terms.channel_id(self.manager.domain)),
                     client=client.lower(), provider=provider, endpoint=tunnel.endpoint,
@@ -572,7 +557,7 @@ class Channels:
         except TransactionFailed as e:
             log.info("%s not sent: %s", key, e.reason)
             return False
-        outcome = await asyncio.to_thread(self.journal.wait, tx, self.settings.chain_timeout)
+        outcome = await asyncio.to_thread(self.journal.wait, tx, self.timing.chain_timeout)
         if outcome.receipt is not None:
             await self.settled_by(outcome.receipt)
         return outcome.ok or (unless_pending and not outcome.final)

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -38,10 +38,11 @@ from a402.tee.chains import check_backends
 from a402.wire import vault_api as api
 
 from . import store as S
-from .channels import Channels, Settings, VaultError
+from .channels import Channels, VaultError
 from .funds import Funds
 from .invoke import Invoker
 from .offers import OfferCache
+from .settings import Batching, Connections, Deposits, Timing
 from .txjournal import TxJournal
 from .worker import Worker
 
@@ -50,28 +51,20 @@ log = logging.getLogger("a402.vault")
 _MAX_ALLOWANCE = 2**256 - 1
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class VaultConfig:
-    """Everything a vault needs.
+    """Everything a vault needs: its parts, and its settings in four groups.
 
     - ``chain``, ``account``, ``manager``: where channels live and who the vault is.
-    - ``store``: :class:`~a402.vault.store.VaultStore`; ``db_url`` is used for the
+    - ``store``: :class:`~a402.vault.store.VaultStore`; its URL is used for the
       deposit journal (the facilitator's tables) in the same database.
     - ``enclave``: the vault enclave (attests the vault, seals its state);
       ``verifiers``/``provider_policy``: which provider enclaves are acceptable.
     - ``token``: the channel token's EIP-712 name/version (read from the chain if None).
-    - Δ: ``lock_timeout`` (Δ_lock; raised to the provider's lock plus
-      ``lock_margin`` if that is longer); ``pending_escalation``: how long a
-      PENDING request (or an unfinished close) may wait for the provider before
-      the vault starts a force-close.
-    - Deposits of pool channels: ``deposit_multiple`` × the price, at least
-      ``min_deposit``, at most ``max_deposit``, within the client's balance.
-    - Aggregation: opens (pool channels) and cooperative closes that come within
-      ``batch_window`` seconds of each other share one transaction, at most
-      ``batch_limit`` channels each.
-    - ``allow_private_targets``: also fetch URLs on loopback, private and
-      link-local addresses (development: every party on one machine); by default
-      the vault refuses them (:mod:`a402.vault.targets`).
+    - ``timing``, ``deposits``, ``batching``, ``connections``: what an operator may
+      tune (:mod:`a402.vault.settings`, one ``a402 vault`` flag per field). By default
+      the vault refuses to fetch URLs on loopback, private and link-local addresses
+      (``connections.allow_private_targets``, :mod:`a402.vault.targets`).
     """
 
     chain: Chain
@@ -82,24 +75,10 @@ class VaultConfig:
     verifiers: Sequence[AttestationVerifier]
     provider_policy: AttestationPolicy
     token: TokenInfo | None = None
-    lock_timeout: float = 30.0
-    lock_margin: float = 5.0
-    pending_escalation: float = 600.0
-    deposit_multiple: int = 100
-    min_deposit: int = 0
-    max_deposit: int | None = None
-    chain_timeout: float = 30.0
-    queue_timeout: float = 30.0
-    retry_wait: float = 10.0
-    offer_ttl: float = 300.0
-    poll_interval: float = 1.0
-    auth_window: int = api.DEFAULT_AUTH_WINDOW
-    authorization_validity: int = 3600
-    tunnels_per_provider: int = 4
-    batch_window: float = 0.25
-    batch_limit: int = 50
-    allow_private_targets: bool = False
-    http_timeout: float = 30.0
+    timing: Timing = field(default_factory=Timing)
+    deposits: Deposits = field(default_factory=Deposits)
+    batching: Batching = field(default_factory=Batching)
+    connections: Connections = field(default_factory=Connections)
 
 
 def read_token(chain: Chain, address: str) -> TokenInfo:
@@ -127,36 +106,29 @@ class VaultService:
         if address_key(self.token.address) != address_key(self.manager.token):
             raise ValueError(f"the ASCManager escrows {self.manager.token}, "
                              f"not {self.token.address}")
-        self.http = httpx.AsyncClient(timeout=config.http_timeout, trust_env=False)
+        timing = config.timing
+        self.http = httpx.AsyncClient(timeout=config.connections.http_timeout, trust_env=False)
         self.journal = TxJournal(config.chain, config.account, config.store)
-        settings = Settings(
-            lock_timeout=config.lock_timeout, lock_margin=config.lock_margin,
-            deposit_multiple=config.deposit_multiple, min_deposit=config.min_deposit,
-            max_deposit=config.max_deposit, chain_timeout=config.chain_timeout,
-            authorization_validity=config.authorization_validity,
-            tunnels_per_provider=config.tunnels_per_provider,
-            http_timeout=config.http_timeout, batch_window=config.batch_window,
-            batch_limit=config.batch_limit,
-        )
         self.channels = Channels(
             account=config.account, manager=self.manager, token=self.token, store=config.store,
             journal=self.journal, enclave=config.enclave, verifiers=config.verifiers,
-            policy=config.provider_policy, settings=settings,
+            policy=config.provider_policy, timing=timing, deposits=config.deposits,
+            batching=config.batching, connections=config.connections,
         )
-        self.invoker = Invoker(self.channels, http=self.http, offers=OfferCache(config.offer_ttl),
-                               queue_timeout=config.queue_timeout, retry_wait=config.retry_wait,
-                               allow_private_targets=config.allow_private_targets,
-                               nonce_keep=2 * config.auth_window)
+        self.invoker = Invoker(self.channels, http=self.http, offers=OfferCache(timing.offer_ttl),
+                               queue_timeout=timing.queue_timeout, retry_wait=timing.retry_wait,
+                               allow_private_targets=config.connections.allow_private_targets,
+                               nonce_keep=2 * timing.auth_window)
         self.channels.on_unfinished = self.invoker.record_aborted
         facilitator = Facilitator(config.chain, config.account,
                                   SettlementStore(config.store.url),
-                                  FacilitatorConfig(receipt_timeout=config.chain_timeout))
+                                  FacilitatorConfig(receipt_timeout=timing.chain_timeout))
         self.funds = Funds(chain=config.chain, account=config.account, token=self.token,
                            store=config.store, facilitator=facilitator, journal=self.journal,
-                           chain_timeout=config.chain_timeout)
+                           chain_timeout=timing.chain_timeout)
         self.worker = Worker(self.channels, self.invoker, self.funds,
-                             poll_interval=config.poll_interval,
-                             pending_escalation=config.pending_escalation)
+                             poll_interval=timing.poll_interval,
+                             pending_escalation=timing.pending_escalation)
 
     # ------------------------------------------------------------------ life
 
@@ -174,7 +146,7 @@ class VaultService:
             tx = self.journal.send(f"approve:{self.manager.address}:{time.time_ns()}", "approve",
                                    self.manager.address,
                                    token.functions.approve(self.manager.address, _MAX_ALLOWANCE))
-            if not self.journal.wait(tx, self.config.chain_timeout).ok:
+            if not self.journal.wait(tx, self.config.timing.chain_timeout).ok:
                 raise RuntimeError(f"approving the ASCManager failed ({tx.tx_hash})")
 
     async def stop(self) -> None:
@@ -199,7 +171,7 @@ class VaultService:
             "enclave": {"kind": self.config.enclave.kind,
                         "measurement": "0x" + self.config.enclave.measurement.hex()},
             "funding": [api.POOL, api.WALLET],
-            "authWindow": self.config.auth_window,
+            "authWindow": self.config.timing.auth_window,
         }
 
     async def account_view(self, client: str) -> dict[str, Any]:
@@ -224,7 +196,7 @@ class VaultService:
         if row.phase == S.OPEN:
             lock = self.channels.pair_lock(row.client, row.provider)
             try:
-                await asyncio.wait_for(lock.acquire(), self.config.queue_timeout)
+                await asyncio.wait_for(lock.acquire(), self.config.timing.queue_timeout)
             except TimeoutError:
                 raise VaultError(409, api.CHANNEL_BUSY, "a request is in flight; try again",
                                  retryable=True) from None

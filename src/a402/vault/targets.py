@@ -7,7 +7,7 @@ account could make the vault reach what only the vault's own network reaches
 private network (server-side request forgery). So by default every address a
 target's host resolves to must be globally routable; a development setup with
 every party on one machine allows private targets explicitly
-(``VaultConfig.allow_private_targets``, ``a402 vault --allow-private-targets``).
+(``Connections.allow_private_targets``, ``a402 vault --allow-private-targets``).
 
 Limit: the check runs when the call arrives. A name that resolves to a public
 address now and to a private one a moment later (DNS rebinding) is not caught.
