@@ -9,7 +9,7 @@ import pytest
 from a2a.server.request_handlers.response_helpers import agent_card_to_dict
 from eth_utils import keccak
 
-from a402.agents import a2a_x402 as X
+from a402.agents import a2a_x402
 from a402.agents.a2a_card import (
     CardError,
     InMemoryCardSource,
@@ -129,11 +129,11 @@ def test_keyed_collections_compare_as_sets_only_off_chain_and_never_with_duplica
         (lambda c: c.update(version="2.0.0"), "version: served"),
         (lambda c: c["capabilities"].update(streaming=True), "capabilities.streaming: not on"),
         (lambda c: c["capabilities"]["extensions"][0]["params"].update(amount="0250000"),
-         f"capabilities.extensions[{X.X402_EXTENSION_URI}].params.amount"),
+         f"capabilities.extensions[{a2a_x402.X402_EXTENSION_URI}].params.amount"),
         (lambda c: c["capabilities"]["extensions"][0]["params"].update(network="eip155:1"),
-         f"capabilities.extensions[{X.X402_EXTENSION_URI}].params.network"),
+         f"capabilities.extensions[{a2a_x402.X402_EXTENSION_URI}].params.network"),
         (lambda c: c["capabilities"]["extensions"][0].update(required=False),
-         f"capabilities.extensions[{X.X402_EXTENSION_URI}].required: missing"),
+         f"capabilities.extensions[{a2a_x402.X402_EXTENSION_URI}].required: missing"),
         (lambda c: c["skills"][0].update(tags=["x402", "more"]), "skills[task].tags"),
         (lambda c: c.update(provider={"organization": "X", "url": "https://x.example"}),
          "provider: not on chain"),
@@ -184,10 +184,10 @@ def test_the_in_memory_source_hands_out_copies_and_knows_its_agents() -> None:
 def test_payment_terms_come_from_either_extension_uri() -> None:
     card = _agent().onchain_card()
     uri, terms = payment_terms(card) or ("", None)
-    assert uri == X.X402_EXTENSION_URI
-    assert terms == X.PaymentTerms("eip155:8453", TOKEN.address, 250_000, PAY_TO)
-    card["capabilities"]["extensions"][0]["uri"] = X.X402_EXTENSION_URI_V02
-    assert payment_terms(card) == (X.X402_EXTENSION_URI_V02, terms)
+    assert uri == a2a_x402.X402_EXTENSION_URI
+    assert terms == a2a_x402.PaymentTerms("eip155:8453", TOKEN.address, 250_000, PAY_TO)
+    card["capabilities"]["extensions"][0]["uri"] = a2a_x402.X402_EXTENSION_URI_V02
+    assert payment_terms(card) == (a2a_x402.X402_EXTENSION_URI_V02, terms)
     del card["capabilities"]["extensions"][0]["params"]["payTo"]
     with pytest.raises(CardError, match="payTo"):
         payment_terms(card)
@@ -196,7 +196,7 @@ def test_payment_terms_come_from_either_extension_uri() -> None:
 
 
 def test_terms_admit_only_exactly_their_requirement() -> None:
-    terms = X.PaymentTerms("eip155:8453", TOKEN.address, 250_000, PAY_TO)
+    terms = a2a_x402.PaymentTerms("eip155:8453", TOKEN.address, 250_000, PAY_TO)
     req = PaymentRequirements(scheme="exact", network="eip155:8453", amount="250000",
                               asset=TOKEN.address.lower(), pay_to=PAY_TO.lower(),
                               max_timeout_seconds=60)
@@ -207,17 +207,18 @@ def test_terms_admit_only_exactly_their_requirement() -> None:
 
 
 def test_struct_numbers_are_ints_again() -> None:
-    assert X.from_struct({"x402Version": 2.0, "n": [60.0, 0.5], "s": "7"}) == {
+    assert a2a_x402.from_struct({"x402Version": 2.0, "n": [60.0, 0.5], "s": "7"}) == {
         "x402Version": 2, "n": [60, 0.5], "s": "7"}
-    assert isinstance(X.from_struct(2.0**53), int)
-    assert isinstance(X.from_struct(2.0**54), float)  # beyond 2**53 a double is not exact
+    assert isinstance(a2a_x402.from_struct(2.0**53), int)
+    assert isinstance(a2a_x402.from_struct(2.0**54), float)  # beyond 2**53 a double is not exact
 
 
 def test_error_codes_follow_the_spec_where_it_has_one() -> None:
-    assert X.error_code("invalid_exact_evm_insufficient_balance") == X.INSUFFICIENT_FUNDS
-    assert X.error_code("invalid_exact_evm_nonce_already_used") == X.DUPLICATE_NONCE
-    assert X.error_code(X.PAYMENT_ALREADY_USED) == X.DUPLICATE_NONCE
-    assert X.error_code("something_new") == "something_new"
+    assert (a2a_x402.error_code("invalid_exact_evm_insufficient_balance")
+            == a2a_x402.INSUFFICIENT_FUNDS)
+    assert a2a_x402.error_code("invalid_exact_evm_nonce_already_used") == a2a_x402.DUPLICATE_NONCE
+    assert a2a_x402.error_code(a2a_x402.PAYMENT_ALREADY_USED) == a2a_x402.DUPLICATE_NONCE
+    assert a2a_x402.error_code("something_new") == "something_new"
 
 
 def test_a_card_in_the_agent_contracts_json_form_matches_the_served_card() -> None:
@@ -228,7 +229,7 @@ def test_a_card_in_the_agent_contracts_json_form_matches_the_served_card() -> No
         '{"capabilities":{"extendedAgentCard":false,"extensions":[{"description":'
         '"Payment per task with x402 (exact, EIP-3009) in task metadata.","params":{"amount":'
         f'"250000","asset":"{TOKEN.address}","network":"eip155:8453","payTo":"{PAY_TO}",'
-        f'"scheme":"exact"}},"required":true,"uri":"{X.X402_EXTENSION_URI}"}}],'
+        f'"scheme":"exact"}},"required":true,"uri":"{a2a_x402.X402_EXTENSION_URI}"}}],'
         '"pushNotifications":false,"streaming":false},"defaultInputModes":["text/plain"],'
         '"defaultOutputModes":["text/plain"],"description":"Says it back.","name":"Echo",'
         '"skills":[{"description":"Says it back.","id":"task","name":"Echo","tags":["x402"]}],'

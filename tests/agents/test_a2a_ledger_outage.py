@@ -11,7 +11,7 @@ import httpx
 import pytest
 from eth_account.signers.local import LocalAccount
 
-from a402.agents import a2a_x402 as X
+from a402.agents import a2a_x402
 from a402.chain.deploy import Manifest
 from a402.chain.node import Chain
 from a402.provider.ledger import SqlLedger
@@ -37,22 +37,24 @@ async def test_a_task_whose_settled_mark_fails_completes_once_and_buys_nothing_m
                 _, task = await _call(http, served, "1.0", _send("1.0", "hello"))
                 payload = _signed(payer, _offer(task))
                 paying = _send("1.0", "payment", task=task, metadata={
-                    X.STATUS_KEY: X.PAYMENT_SUBMITTED, X.PAYLOAD_KEY: payload})
+                    a2a_x402.STATUS_KEY: a2a_x402.PAYMENT_SUBMITTED, a2a_x402.PAYLOAD_KEY: payload})
                 _, done = await _call(http, served, "1.0", paying)
                 # The same payment for another task of the same agent buys nothing.
                 _, other = await _call(http, served, "1.0", _send("1.0", "again"))
                 _, again = await _call(http, served, "1.0", _send(
                     "1.0", "payment", task=other, metadata={
-                        X.STATUS_KEY: X.PAYMENT_SUBMITTED, X.PAYLOAD_KEY: payload}))
+                        a2a_x402.STATUS_KEY: a2a_x402.PAYMENT_SUBMITTED,
+                        a2a_x402.PAYLOAD_KEY: payload}))
     finally:
         ledger.close()
 
     meta = done["status"]["message"]["metadata"]
-    assert meta[X.STATUS_KEY] == X.PAYMENT_COMPLETED, meta
-    assert meta[X.RECEIPTS_KEY][-1]["success"] is True
+    assert meta[a2a_x402.STATUS_KEY] == a2a_x402.PAYMENT_COMPLETED, meta
+    assert meta[a2a_x402.RECEIPTS_KEY][-1]["success"] is True
     refused = again["status"]["message"]["metadata"]
-    assert refused[X.STATUS_KEY] == X.PAYMENT_FAILED, refused
-    assert refused[X.RECEIPTS_KEY][-1]["errorReason"] == X.PAYMENT_ALREADY_USED, refused
+    assert refused[a2a_x402.STATUS_KEY] == a2a_x402.PAYMENT_FAILED, refused
+    last = refused[a2a_x402.RECEIPTS_KEY][-1]
+    assert last["errorReason"] == a2a_x402.PAYMENT_ALREADY_USED, refused
     assert served.calls == ["hello"]
     assert a2a_balance(anvil_chain, dev_stack, payer.address) == FUNDS - A2A_PRICE_ATOMIC
     assert a2a_balance(anvil_chain, dev_stack, served.pay_to) == A2A_PRICE_ATOMIC

@@ -20,11 +20,11 @@ from eth_account.signers.local import LocalAccount
 from x402.schemas import PaymentRequired as OfficialPaymentRequired
 from x402.schemas import SettleResponse as OfficialSettleResponse
 
-from a402.agents import a2a_x402 as X
+from a402.agents import a2a_x402
 from a402.chain.deploy import Manifest
 from a402.chain.node import Chain
 from a402.client import Wallet
-from a402.wire import errors as W
+from a402.wire import errors as wire_errors
 from a402.wire.x402 import PaymentPayload, parse_payment_required
 from tests.agents.conftest import A2A_PRICE_ATOMIC, A2AServedAgent, a2a_balance
 
@@ -53,7 +53,7 @@ async def _call(http: httpx.AsyncClient, served: A2AServedAgent, wire: str,
                 request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """(the answer's raw text, its task) for one JSON-RPC call."""
     response = await http.post(served.url, content=json.dumps(request), headers={
-        "A2A-Version": wire, "X-A2A-Extensions": X.X402_EXTENSION_URI,
+        "A2A-Version": wire, "X-A2A-Extensions": a2a_x402.X402_EXTENSION_URI,
         "Content-Type": "application/json"})
     result = response.json()["result"]
     return response.text, (result["task"] if wire == "1.0" else result)
@@ -61,14 +61,14 @@ async def _call(http: httpx.AsyncClient, served: A2AServedAgent, wire: str,
 
 def _offer(task: dict[str, Any]) -> dict[str, Any]:
     meta = task["status"]["message"]["metadata"]
-    assert meta[X.STATUS_KEY] == X.PAYMENT_REQUIRED
-    required: dict[str, Any] = meta[X.REQUIRED_KEY]
+    assert meta[a2a_x402.STATUS_KEY] == a2a_x402.PAYMENT_REQUIRED
+    required: dict[str, Any] = meta[a2a_x402.REQUIRED_KEY]
     return required
 
 
 def _signed(payer: LocalAccount, required: dict[str, Any], **numbers: Any) -> dict[str, Any]:
     """A payload for the offer, with its integers re-spelled as ``numbers`` says."""
-    offer = parse_payment_required(X.from_struct(required))
+    offer = parse_payment_required(a2a_x402.from_struct(required))
     payload = Wallet(payer).sign(offer.accepts[0], resource=offer.resource)
     assert isinstance(payload, PaymentPayload)
     wire = payload.to_wire()
@@ -96,13 +96,13 @@ async def test_the_offer_and_receipt_spell_integers_and_the_sdk_models_accept_th
         # The payment itself goes out with a double, as an a2a-sdk client sends it.
         payload = _signed(payer, required, version=2.0, timeout=120.0)
         sent = json.dumps(_send(wire, "payment", task=task, metadata={
-            X.STATUS_KEY: X.PAYMENT_SUBMITTED, X.PAYLOAD_KEY: payload}))
+            a2a_x402.STATUS_KEY: a2a_x402.PAYMENT_SUBMITTED, a2a_x402.PAYLOAD_KEY: payload}))
         assert '"x402Version": 2.0' in sent
         text, done = await _call(http, served, wire, json.loads(sent))
 
     meta = done["status"]["message"]["metadata"]
-    assert meta[X.STATUS_KEY] == X.PAYMENT_COMPLETED, meta
-    receipt = OfficialSettleResponse.model_validate(meta[X.RECEIPTS_KEY][-1], strict=True)
+    assert meta[a2a_x402.STATUS_KEY] == a2a_x402.PAYMENT_COMPLETED, meta
+    receipt = OfficialSettleResponse.model_validate(meta[a2a_x402.RECEIPTS_KEY][-1], strict=True)
     assert receipt.success and receipt.payer == payer.address
     assert served.calls == ["hello"]
     assert a2a_balance(anvil_chain, dev_stack, payer.address) == FUNDS - A2A_PRICE_ATOMIC
@@ -111,7 +111,8 @@ async def test_the_offer_and_receipt_spell_integers_and_the_sdk_models_accept_th
 
 @pytest.mark.parametrize(
     ("numbers", "reason"),
-    [({"version": 2.5}, W.INVALID_X402_VERSION), ({"timeout": 120.5}, W.INVALID_PAYLOAD)],
+    [({"version": 2.5}, wire_errors.INVALID_X402_VERSION), ({"timeout": 120.5},
+                                                            wire_errors.INVALID_PAYLOAD)],
     ids=["version-2.5", "timeout-120.5"],
 )
 async def test_a_non_integral_number_where_x402_has_an_integer_is_refused(
@@ -124,12 +125,12 @@ async def test_a_non_integral_number_where_x402_has_an_integer_is_refused(
         _, task = await _call(http, served, "1.0", _send("1.0", "hello"))
         payload = _signed(payer, _offer(task), **numbers)
         _, done = await _call(http, served, "1.0", _send("1.0", "payment", task=task, metadata={
-            X.STATUS_KEY: X.PAYMENT_SUBMITTED, X.PAYLOAD_KEY: payload}))
+            a2a_x402.STATUS_KEY: a2a_x402.PAYMENT_SUBMITTED, a2a_x402.PAYLOAD_KEY: payload}))
 
     assert done["status"]["state"] == "TASK_STATE_FAILED"
     meta = done["status"]["message"]["metadata"]
-    assert meta[X.STATUS_KEY] == X.PAYMENT_FAILED
-    assert meta[X.RECEIPTS_KEY][-1]["errorReason"] == reason
+    assert meta[a2a_x402.STATUS_KEY] == a2a_x402.PAYMENT_FAILED
+    assert meta[a2a_x402.RECEIPTS_KEY][-1]["errorReason"] == reason
     assert served.calls == []
     assert a2a_balance(anvil_chain, dev_stack, payer.address) == FUNDS
     assert a2a_balance(anvil_chain, dev_stack, served.pay_to) == 0

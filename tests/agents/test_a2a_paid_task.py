@@ -18,7 +18,7 @@ from a2a.client import ClientConfig, ClientFactory
 from a2a.types import GetTaskRequest, TaskState
 from eth_account.signers.local import LocalAccount
 
-from a402.agents import a2a_x402 as X
+from a402.agents import a2a_x402
 from a402.agents.a2a_card import CardMismatch, InMemoryCardSource
 from a402.agents.a2a_client import (
     OFFER_NOT_ON_CARD,
@@ -88,23 +88,23 @@ async def test_a_paid_task_goes_from_payment_required_to_payment_completed(
     first, last = _task_json(offered, wire), _task_json(settled, wire)
     assert first["status"]["state"] == spelling["input"]
     offer_meta = first["status"]["message"]["metadata"]
-    assert offer_meta[X.STATUS_KEY] == X.PAYMENT_REQUIRED
-    assert offer_meta[X.REQUIRED_KEY]["accepts"][0]["amount"] == str(A2A_PRICE_ATOMIC)
-    assert offer_meta[X.REQUIRED_KEY]["accepts"][0]["payTo"] == served.pay_to
+    assert offer_meta[a2a_x402.STATUS_KEY] == a2a_x402.PAYMENT_REQUIRED
+    assert offer_meta[a2a_x402.REQUIRED_KEY]["accepts"][0]["amount"] == str(A2A_PRICE_ATOMIC)
+    assert offer_meta[a2a_x402.REQUIRED_KEY]["accepts"][0]["payTo"] == served.pay_to
     pay_meta = pay["params"]["message"]["metadata"]
-    assert pay_meta[X.STATUS_KEY] == X.PAYMENT_SUBMITTED
-    assert pay_meta[X.PAYLOAD_KEY]["payload"]["authorization"]["from"] == payer.address
+    assert pay_meta[a2a_x402.STATUS_KEY] == a2a_x402.PAYMENT_SUBMITTED
+    assert pay_meta[a2a_x402.PAYLOAD_KEY]["payload"]["authorization"]["from"] == payer.address
     assert pay["params"]["message"]["taskId"] == first["id"]
     assert last["status"]["state"] == spelling["done"]
     done_meta = last["status"]["message"]["metadata"]
-    assert done_meta[X.STATUS_KEY] == X.PAYMENT_COMPLETED
-    assert done_meta[X.RECEIPTS_KEY][-1]["transaction"] == receipt.transaction
+    assert done_meta[a2a_x402.STATUS_KEY] == a2a_x402.PAYMENT_COMPLETED
+    assert done_meta[a2a_x402.RECEIPTS_KEY][-1]["transaction"] == receipt.transaction
     assert last["artifacts"][0]["parts"][0]["text"] == "HELLO THERE"
-    assert answer.headers["A2A-Extensions"] == X.X402_EXTENSION_URI
-    assert answer.headers["X-A2A-Extensions"] == X.X402_EXTENSION_URI
+    assert answer.headers["A2A-Extensions"] == a2a_x402.X402_EXTENSION_URI
+    assert answer.headers["X-A2A-Extensions"] == a2a_x402.X402_EXTENSION_URI
     # Both activation headers, on either wire (the x402 A2A transport names the X- one).
-    assert answer.request.headers["A2A-Extensions"] == X.X402_EXTENSION_URI
-    assert answer.request.headers["X-A2A-Extensions"] == X.X402_EXTENSION_URI
+    assert answer.request.headers["A2A-Extensions"] == a2a_x402.X402_EXTENSION_URI
+    assert answer.request.headers["X-A2A-Extensions"] == a2a_x402.X402_EXTENSION_URI
 
     # The agent keeps the task completed, with the receipt, for anyone who asks later.
     sdk = ClientFactory(ClientConfig(streaming=False, httpx_client=http)).create(
@@ -118,7 +118,7 @@ def _params(agent: PaidAgent) -> Any:
     return agent.card.capabilities.extensions[0].params
 
 
-EXT = f"capabilities.extensions[{X.X402_EXTENSION_URI}]"
+EXT = f"capabilities.extensions[{a2a_x402.X402_EXTENSION_URI}]"
 
 
 @pytest.mark.parametrize(
@@ -193,11 +193,12 @@ async def test_the_client_never_pays_above_its_maximum_or_budget(
     assert refused.value.reason == reason
     # Declined in-band: the agent closed the task as payment-rejected; nothing was signed.
     (_, _, _), (decline, closed, _) = recorder.rpc()
-    assert X.PAYLOAD_KEY not in decline["params"]["message"]["metadata"]
-    assert decline["params"]["message"]["metadata"][X.STATUS_KEY] == X.PAYMENT_REJECTED
+    assert a2a_x402.PAYLOAD_KEY not in decline["params"]["message"]["metadata"]
+    metadata = decline["params"]["message"]["metadata"]
+    assert metadata[a2a_x402.STATUS_KEY] == a2a_x402.PAYMENT_REJECTED
     task = closed["result"]["task"]
     assert task["status"]["state"] == "TASK_STATE_FAILED"
-    assert task["status"]["message"]["metadata"][X.STATUS_KEY] == X.PAYMENT_REJECTED
+    assert task["status"]["message"]["metadata"][a2a_x402.STATUS_KEY] == a2a_x402.PAYMENT_REJECTED
     assert served.calls == []
     assert a2a_balance(anvil_chain, dev_stack, payer.address) == 1_000_000
     assert a2a_balance(anvil_chain, dev_stack, served.pay_to) == 0
@@ -239,7 +240,7 @@ class _DropOnce(httpx.AsyncBaseTransport):
         self.dropped = 0
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        paying = X.PAYMENT_SUBMITTED.encode() in request.content and not self.dropped
+        paying = a2a_x402.PAYMENT_SUBMITTED.encode() in request.content and not self.dropped
         if paying and self.lose == "request":
             self.dropped += 1
             raise httpx.ConnectError("connection refused", request=request)

@@ -18,7 +18,7 @@ from a2a.types import GetTaskRequest, Message, Part, Role, SendMessageRequest, T
 from eth_account.signers.local import LocalAccount
 from google.protobuf.json_format import MessageToDict
 
-from a402.agents import a2a_x402 as X
+from a402.agents import a2a_x402
 from a402.agents.a2a_card import InMemoryCardSource
 from a402.agents.a2a_client import (
     A2APaymentFailed,
@@ -31,7 +31,7 @@ from a402.agents.a2a_client import (
 from a402.chain.deploy import Manifest
 from a402.chain.node import Chain
 from a402.client import Wallet, token_units_max
-from a402.wire import errors as W
+from a402.wire import errors as wire_errors
 from a402.wire.x402 import PaymentPayload, PaymentRequired, parse_payment_required
 from tests.agents.conftest import A2A_PRICE_ATOMIC, A2AServedAgent, a2a_balance
 from tests.servers import dead_url
@@ -53,7 +53,7 @@ class _Hand:
         config = ClientConfig(streaming=False, httpx_client=http)
         self.client: Client = ClientFactory(config).create(
             card_for_wire(agent.card, wire))  # type: ignore[arg-type]
-        self.call = ClientCallContext(service_parameters={header: X.X402_EXTENSION_URI})
+        self.call = ClientCallContext(service_parameters={header: a2a_x402.X402_EXTENSION_URI})
 
     async def send(self, text: str, *, task: Task | None = None,
                    metadata: dict[str, Any] | None = None) -> Task:
@@ -70,20 +70,21 @@ class _Hand:
     async def offer(self, text: str = "hello") -> tuple[Task, PaymentRequired]:
         task = await self.send(text)
         assert task.status.state == TaskState.TASK_STATE_INPUT_REQUIRED
-        required = parse_payment_required(_meta(task)[X.REQUIRED_KEY])
+        required = parse_payment_required(_meta(task)[a2a_x402.REQUIRED_KEY])
         assert isinstance(required, PaymentRequired)
         return task, required
 
     async def pay(self, task: Task, payload: dict[str, Any]) -> Task:
         return await self.send("payment", task=task,
-                               metadata={X.STATUS_KEY: X.PAYMENT_SUBMITTED, X.PAYLOAD_KEY: payload})
+                               metadata={a2a_x402.STATUS_KEY: a2a_x402.PAYMENT_SUBMITTED,
+                                         a2a_x402.PAYLOAD_KEY: payload})
 
     async def task(self, task_id: str) -> Task:
         return await self.client.get_task(GetTaskRequest(id=task_id), context=self.call)
 
 
 def _meta(task: Task) -> dict[str, Any]:
-    return X.from_struct(MessageToDict(task.status.message.metadata))
+    return a2a_x402.from_struct(MessageToDict(task.status.message.metadata))
 
 
 def _sign(payer: LocalAccount, required: PaymentRequired) -> PaymentPayload:
@@ -96,9 +97,9 @@ def _assert_failed(task: Task, error: str, reason: str) -> None:
     """Terminal ``failed`` with ``payment-failed``, the spec code, and the exact reason."""
     assert task.status.state == TaskState.TASK_STATE_FAILED
     meta = _meta(task)
-    assert meta[X.STATUS_KEY] == X.PAYMENT_FAILED
-    assert meta[X.ERROR_KEY] == error
-    receipt = X.receipts_of(meta)[-1]
+    assert meta[a2a_x402.STATUS_KEY] == a2a_x402.PAYMENT_FAILED
+    assert meta[a2a_x402.ERROR_KEY] == error
+    receipt = a2a_x402.receipts_of(meta)[-1]
     assert not receipt.success and receipt.error_reason == reason and receipt.transaction == ""
 
 
@@ -124,11 +125,11 @@ async def test_a_payer_without_funds_leaves_the_task_payment_failed(
         with pytest.raises(A2APaymentFailed) as failed:
             await client.send(agent, "hello")
 
-    assert failed.value.reason == X.INSUFFICIENT_FUNDS
+    assert failed.value.reason == a2a_x402.INSUFFICIENT_FUNDS
     assert failed.value.receipt is not None
-    assert failed.value.receipt.error_reason == W.INSUFFICIENT_BALANCE
+    assert failed.value.receipt.error_reason == wire_errors.INSUFFICIENT_BALANCE
     stored = await _Hand(agent, http, wire).task(failed.value.task.id)
-    _assert_failed(stored, X.INSUFFICIENT_FUNDS, W.INSUFFICIENT_BALANCE)
+    _assert_failed(stored, a2a_x402.INSUFFICIENT_FUNDS, wire_errors.INSUFFICIENT_BALANCE)
     assert served.calls == []
     assert a2a_balance(anvil_chain, dev_stack, served.pay_to) == 0
 
@@ -148,7 +149,7 @@ async def test_an_amount_changed_after_signing_is_refused_by_the_facilitator(
 
     done = await hand.pay(task, payload)
 
-    _assert_failed(done, X.INVALID_AMOUNT, W.AUTHORIZATION_VALUE_MISMATCH)
+    _assert_failed(done, a2a_x402.INVALID_AMOUNT, wire_errors.AUTHORIZATION_VALUE_MISMATCH)
     assert served.calls == []
     assert a2a_balance(anvil_chain, dev_stack, payer.address) == FUNDS
     assert a2a_balance(anvil_chain, dev_stack, served.pay_to) == 0
@@ -168,7 +169,7 @@ async def test_a_payment_signed_for_less_than_the_terms_is_refused_before_the_fa
 
     done = await hand.pay(task, _sign(payer, cheaper).to_wire())  # a valid signature, for 1 unit
 
-    _assert_failed(done, X.NO_MATCHING_REQUIREMENTS, X.NO_MATCHING_REQUIREMENTS)
+    _assert_failed(done, a2a_x402.NO_MATCHING_REQUIREMENTS, a2a_x402.NO_MATCHING_REQUIREMENTS)
     assert served.calls == []
     assert a2a_balance(anvil_chain, dev_stack, payer.address) == FUNDS
 
@@ -190,7 +191,7 @@ async def test_a_payload_replayed_in_another_task_is_refused(
     task, _ = await hand.offer("second")
     done = await hand.pay(task, first.payload.to_wire())  # the settled payload, again
 
-    _assert_failed(done, X.DUPLICATE_NONCE, X.PAYMENT_ALREADY_USED)
+    _assert_failed(done, a2a_x402.DUPLICATE_NONCE, a2a_x402.PAYMENT_ALREADY_USED)
     assert served.calls == ["first"]
     assert a2a_balance(anvil_chain, dev_stack, payer.address) == FUNDS - A2A_PRICE_ATOMIC
     assert a2a_balance(anvil_chain, dev_stack, served.pay_to) == A2A_PRICE_ATOMIC
@@ -211,7 +212,7 @@ async def test_a_failing_service_is_not_charged(
         with pytest.raises(A2APaymentFailed) as failed:
             await client.send(await _discover(served, http), "hello")
 
-    _assert_failed(failed.value.task, X.SERVICE_FAILED, X.SERVICE_FAILED)
+    _assert_failed(failed.value.task, a2a_x402.SERVICE_FAILED, a2a_x402.SERVICE_FAILED)
     assert served.calls == ["hello"]  # it ran (after verification) and failed
     assert a2a_balance(anvil_chain, dev_stack, payer.address) == FUNDS
 
@@ -229,14 +230,15 @@ async def test_an_unreachable_facilitator_keeps_the_task_open_and_the_money_stil
             await client.send(await _discover(served, http), "hello")
 
     # The same signed payload was sent twice, never a second signature.
-    submitted = [req["params"]["message"]["metadata"][X.PAYLOAD_KEY]
-                 for req, _, _ in recorder.rpc() if X.PAYLOAD_KEY in
+    submitted = [req["params"]["message"]["metadata"][a2a_x402.PAYLOAD_KEY]
+                 for req, _, _ in recorder.rpc() if a2a_x402.PAYLOAD_KEY in
                  req["params"]["message"].get("metadata", {})]
     assert len(submitted) == 2 and submitted[0] == submitted[1]
     assert submitted[0]["payload"] == unresolved.value.payload.payload
     task = recorder.rpc()[-1][1]["result"]["task"]
     assert task["status"]["state"] == "TASK_STATE_INPUT_REQUIRED"
-    assert task["status"]["message"]["metadata"][X.ERROR_KEY] == X.FACILITATOR_UNAVAILABLE
+    metadata = task["status"]["message"]["metadata"]
+    assert metadata[a2a_x402.ERROR_KEY] == a2a_x402.FACILITATOR_UNAVAILABLE
     assert served.calls == []
     assert a2a_balance(anvil_chain, dev_stack, payer.address) == FUNDS
 
@@ -259,7 +261,7 @@ def _raw_send(wire: str, **message: Any) -> dict[str, Any]:
     [("1.0", "A2A-Extensions"), ("1.0", "X-A2A-Extensions"), ("0.3", "X-A2A-Extensions"),
      ("0.3", "A2A-Extensions")],
 )
-@pytest.mark.parametrize("uri", X.X402_EXTENSION_URIS)
+@pytest.mark.parametrize("uri", a2a_x402.X402_EXTENSION_URIS)
 async def test_either_extension_uri_activates_payment_on_either_wire(
     wire: str, header: str, uri: str, a2a_agents: Callable[..., A2AServedAgent],
 ) -> None:
@@ -273,7 +275,7 @@ async def test_either_extension_uri_activates_payment_on_either_wire(
     state = task["status"]["state"]
     assert state == ("TASK_STATE_INPUT_REQUIRED" if wire == "1.0" else "input-required")
     message = task["status"]["message"]
-    assert message["metadata"][X.STATUS_KEY] == X.PAYMENT_REQUIRED
+    assert message["metadata"][a2a_x402.STATUS_KEY] == a2a_x402.PAYMENT_REQUIRED
     assert message["extensions"] == [uri]  # the agent answers under the URI the client used
     assert response.headers["A2A-Extensions"] == response.headers["X-A2A-Extensions"] == uri
 
@@ -293,12 +295,12 @@ async def test_an_a2a_1_0_client_activating_with_the_x_header_pays_and_is_served
     done = await hand.pay(task, _sign(payer, required).to_wire())
 
     assert done.status.state == TaskState.TASK_STATE_COMPLETED
-    assert _meta(done)[X.STATUS_KEY] == X.PAYMENT_COMPLETED
+    assert _meta(done)[a2a_x402.STATUS_KEY] == a2a_x402.PAYMENT_COMPLETED
     sent, _, answer = wire_log.rpc()[-1]
     assert sent["method"] == "SendMessage"
     assert "A2A-Extensions" not in answer.request.headers  # only the X- name was sent
-    assert answer.request.headers["X-A2A-Extensions"] == X.X402_EXTENSION_URI
-    assert answer.headers["X-A2A-Extensions"] == X.X402_EXTENSION_URI
+    assert answer.request.headers["X-A2A-Extensions"] == a2a_x402.X402_EXTENSION_URI
+    assert answer.headers["X-A2A-Extensions"] == a2a_x402.X402_EXTENSION_URI
     assert served.calls == ["hello"]
     assert a2a_balance(anvil_chain, dev_stack, payer.address) == FUNDS - A2A_PRICE_ATOMIC
     assert a2a_balance(anvil_chain, dev_stack, served.pay_to) == A2A_PRICE_ATOMIC
@@ -318,7 +320,7 @@ async def test_a_refused_activation_is_not_echoed_as_active(
 
     assert refused.json()["error"]["code"] == (-32008 if wire == "1.0" else -32603)
     for name in ("A2A-Extensions", "X-A2A-Extensions"):
-        assert X.X402_EXTENSION_URI not in refused.headers.get(name, "")
+        assert a2a_x402.X402_EXTENSION_URI not in refused.headers.get(name, "")
     assert served.calls == []
 
 
@@ -332,13 +334,13 @@ async def test_a_client_that_does_not_activate_the_extension_is_refused(
                                   headers={"A2A-Version": wire})
         # Activation through the message's own ``extensions`` list is accepted too.
         listed = await http.post(served.url, json=_raw_send(wire, extensions=[
-            X.X402_EXTENSION_URI_V02]), headers={"A2A-Version": wire})
+            a2a_x402.X402_EXTENSION_URI_V02]), headers={"A2A-Version": wire})
 
     # v0.3 has no ExtensionSupportRequiredError; a2a-sdk reports it there as -32603.
     assert refused.json()["error"]["code"] == (-32008 if wire == "1.0" else -32603)
     assert "x402" in refused.json()["error"]["message"]
     result = listed.json()["result"]
     task = result["task"] if wire == "1.0" else result
-    assert task["status"]["message"]["metadata"][X.STATUS_KEY] == X.PAYMENT_REQUIRED
+    assert task["status"]["message"]["metadata"][a2a_x402.STATUS_KEY] == a2a_x402.PAYMENT_REQUIRED
     assert served.calls == []
 

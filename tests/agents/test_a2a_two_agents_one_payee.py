@@ -18,12 +18,12 @@ import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from a402.agents import a2a_x402 as X
+from a402.agents import a2a_x402
 from a402.agents.a2a_provider import PaidAgent
 from a402.background import serve_in_thread
 from a402.chain.deploy import Manifest
 from a402.chain.node import Chain
-from a402.wire import errors as W
+from a402.wire import errors as wire_errors
 from tests.agents.conftest import (
     A2A_PRICE,
     A2A_PRICE_ATOMIC,
@@ -67,14 +67,15 @@ async def test_one_payload_sent_to_two_agents_paid_to_one_payee_completes_one_ta
             payload = _signed(payer, _offer(tasks[0]))
             answers = await asyncio.gather(*(
                 _call(http, a, "1.0", _send("1.0", "payment", task=t, metadata={
-                    X.STATUS_KEY: X.PAYMENT_SUBMITTED, X.PAYLOAD_KEY: payload}))
+                    a2a_x402.STATUS_KEY: a2a_x402.PAYMENT_SUBMITTED,
+                    a2a_x402.PAYLOAD_KEY: payload}))
                 for a, t in zip(served, tasks, strict=True)))
 
-    statuses = sorted(done["status"]["message"]["metadata"][X.STATUS_KEY]
+    statuses = sorted(done["status"]["message"]["metadata"][a2a_x402.STATUS_KEY]
                       for _, done in answers)
-    assert statuses == [X.PAYMENT_COMPLETED, X.PAYMENT_FAILED], statuses
-    failed = next(done["status"]["message"]["metadata"] for _, done in answers
-                  if done["status"]["message"]["metadata"][X.STATUS_KEY] == X.PAYMENT_FAILED)
-    assert failed[X.ERROR_KEY] == W.NONCE_USED_FOR_ANOTHER_RESOURCE, failed
+    assert statuses == [a2a_x402.PAYMENT_COMPLETED, a2a_x402.PAYMENT_FAILED], statuses
+    metadata = [done["status"]["message"]["metadata"] for _, done in answers]
+    failed = next(m for m in metadata if m[a2a_x402.STATUS_KEY] == a2a_x402.PAYMENT_FAILED)
+    assert failed[a2a_x402.ERROR_KEY] == wire_errors.NONCE_USED_FOR_ANOTHER_RESOURCE, failed
     assert a2a_balance(anvil_chain, dev_stack, payer.address) == FUNDS - A2A_PRICE_ATOMIC
     assert a2a_balance(anvil_chain, dev_stack, pay_to) == A2A_PRICE_ATOMIC

@@ -21,10 +21,10 @@ from a402.client import (
     PaymentStatus,
     Wallet,
     X402Auth,
+    errors,
     payment_of,
     receipt_of,
 )
-from a402.client import errors as R
 from a402.exact.eip3009 import (
     Authorization,
     authorization_digest,
@@ -157,7 +157,7 @@ def test_refusal_happens_before_anything_is_signed_or_sent() -> None:
     server = Server()
     with client(server, max_per_request=PRICE - 1) as http, pytest.raises(PaymentRefused) as exc:
         http.get(URL)
-    assert exc.value.reason == R.PRICE_ABOVE_MAXIMUM
+    assert exc.value.reason == errors.PRICE_ABOVE_MAXIMUM
     assert exc.value.url == URL and exc.value.offered == (REQ,)
     assert len(server.requests) == 1 and server.paid == []
     assert http.auth.payments == []  # type: ignore[attr-defined]
@@ -235,7 +235,7 @@ def test_a_failed_signature_gives_its_reservation_back() -> None:
                         transport=httpx.MockTransport(server))
     with http, pytest.raises(PaymentRefused) as exc:
         http.get(URL)
-    assert exc.value.reason == R.SIGNING_FAILED
+    assert exc.value.reason == errors.SIGNING_FAILED
     assert budget.spent(USDC) == 0 and server.paid == []
 
 

@@ -6,8 +6,7 @@ import httpx
 import pytest
 from eth_account import Account
 
-from a402.client import Budget, PaymentRefused, Wallet, choose, payment_required_of
-from a402.client import errors as R
+from a402.client import Budget, PaymentRefused, Wallet, choose, errors, payment_required_of
 from a402.client.limits import fixed_max
 from a402.exact.eip3009 import (
     Authorization,
@@ -46,8 +45,8 @@ def test_a_network_the_caller_did_not_allow_is_never_paid() -> None:
     """x402 #2991: the only offer is on another chain → refusal, not accepts[0]."""
     wallet = Wallet(KEY, networks=["eip155:8453"])
     e = refused(offered(req("eip155:84532", asset=USDC_SEPOLIA)), wallet, 10**9)
-    assert e.reason == R.NO_ACCEPTABLE_REQUIREMENT
-    assert [r.reason for r in e.rejections] == [R.NETWORK_NOT_ALLOWED]
+    assert e.reason == errors.NO_ACCEPTABLE_REQUIREMENT
+    assert [r.reason for r in e.rejections] == [errors.NETWORK_NOT_ALLOWED]
     assert e.offered == (req("eip155:84532", asset=USDC_SEPOLIA),)
 
 
@@ -60,7 +59,7 @@ def test_the_allowed_network_is_chosen_even_when_it_is_not_first_or_cheapest() -
 
 def test_price_above_the_maximum_is_refused() -> None:
     e = refused(offered(req(amount=10_001)), Wallet(KEY), 10_000)
-    assert e.reason == R.PRICE_ABOVE_MAXIMUM
+    assert e.reason == errors.PRICE_ABOVE_MAXIMUM
     assert "10001 > maximum 10000" in e.rejections[0].detail
 
 
@@ -80,21 +79,22 @@ def test_settle_after_serve_flow_breaks_ties() -> None:
 @pytest.mark.parametrize(
     ("bad", "reason"),
     [
-        (req(scheme="upto"), R.UNSUPPORTED_SCHEME),
-        (req(network="solana:5eykt4UsFv8P8NJdTREpY1vzqKqZKvdp"), R.NETWORK_NOT_ALLOWED),
+        (req(scheme="upto"), errors.UNSUPPORTED_SCHEME),
+        (req(network="solana:5eykt4UsFv8P8NJdTREpY1vzqKqZKvdp"), errors.NETWORK_NOT_ALLOWED),
         (req(extra={"name": "USD Coin", "version": "2", "assetTransferMethod": "permit2"}),
-         R.UNSUPPORTED_TRANSFER_METHOD),
+         errors.UNSUPPORTED_TRANSFER_METHOD),
         (req(extra={"name": "USD Coin", "version": "2", "paymentFlow": "later"}),
-         R.UNSUPPORTED_PAYMENT_FLOW),
-        (req(extra={}), R.MISSING_EIP712_DOMAIN),
+         errors.UNSUPPORTED_PAYMENT_FLOW),
+        (req(extra={}), errors.MISSING_EIP712_DOMAIN),
         (requirement(network="eip155:8453", asset="USD", pay_to=PAY_TO, amount=1),
-         R.INVALID_REQUIREMENTS),
+         errors.INVALID_REQUIREMENTS),
     ],
 )
 def test_what_cannot_be_signed_is_rejected_with_its_reason(bad: PaymentRequirements,
                                                            reason: str) -> None:
     e = refused(offered(bad), Wallet(KEY), 10**9)
-    assert (e.reason, [r.reason for r in e.rejections]) == (R.NO_ACCEPTABLE_REQUIREMENT, [reason])
+    assert (e.reason, [r.reason for r in e.rejections]) == (errors.NO_ACCEPTABLE_REQUIREMENT,
+                                                            [reason])
 
 
 def test_asset_allow_list() -> None:
@@ -102,12 +102,12 @@ def test_asset_allow_list() -> None:
     other = req(asset="0x" + "11" * 20, amount=1)
     offer, _ = choose(offered(other, req()), wallet, fixed_max(10_000))
     assert offer.index == 1
-    assert refused(offered(other), wallet, 10_000).rejections[0].reason == R.ASSET_NOT_ALLOWED
+    assert refused(offered(other), wallet, 10_000).rejections[0].reason == errors.ASSET_NOT_ALLOWED
 
 
 def test_the_reason_is_the_one_closest_to_payable() -> None:
     e = refused(offered(req(scheme="upto"), req(amount=50_000)), Wallet(KEY), 10_000)
-    assert e.reason == R.PRICE_ABOVE_MAXIMUM
+    assert e.reason == errors.PRICE_ABOVE_MAXIMUM
 
 
 def test_budget_is_reserved_and_falls_through_to_an_asset_with_room() -> None:
@@ -121,7 +121,7 @@ def test_budget_is_reserved_and_falls_through_to_an_asset_with_room() -> None:
     assert r1 is not None and r2 is not None and r1.amount == 4_000
     tight = Budget({USDC_BASE: 3_999})
     e = refused(offered(req(amount=4_000)), Wallet(KEY), 10_000, tight)
-    assert e.reason == R.BUDGET_EXHAUSTED
+    assert e.reason == errors.BUDGET_EXHAUSTED
     assert tight.spent(USDC_BASE) == 0
 
 
@@ -141,7 +141,7 @@ def test_v1_body_is_parsed_and_legacy_names_map_to_caip2() -> None:
         offer, _ = choose(required, Wallet(KEY, networks=[allowed]), fixed_max(7_000))
         assert (offer.version, offer.network, offer.amount) == (1, "eip155:84532", 7_000)
     assert refused(required, Wallet(KEY, networks=["eip155:8453"]), 10**6).rejections[0].reason \
-        == R.NETWORK_NOT_ALLOWED
+        == errors.NETWORK_NOT_ALLOWED
 
 
 def test_header_wins_over_body_and_garbage_is_malformed() -> None:
@@ -158,14 +158,14 @@ def test_header_wins_over_body_and_garbage_is_malformed() -> None:
     ):
         with pytest.raises(PaymentRefused) as exc:
             payment_required_of(bad)
-        assert exc.value.reason == R.MALFORMED_PAYMENT_REQUIRED
+        assert exc.value.reason == errors.MALFORMED_PAYMENT_REQUIRED
 
 
 def test_wallet_sign_rechecks_its_allow_list() -> None:
     wallet = Wallet(KEY, networks=["eip155:8453"])
     with pytest.raises(PaymentRefused) as exc:
         wallet.sign(req("eip155:84532", asset=USDC_SEPOLIA))
-    assert exc.value.reason == R.NETWORK_NOT_ALLOWED
+    assert exc.value.reason == errors.NETWORK_NOT_ALLOWED
 
 
 def test_signed_v2_payload_echoes_accepted_verbatim_and_recovers_to_the_payer() -> None:

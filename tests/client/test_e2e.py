@@ -16,12 +16,12 @@ from a402.client import (
     PaymentRefused,
     PaymentStatus,
     async_paying_client,
+    errors,
     paying_client,
     payment_of,
     receipt_of,
     token_units_max,
 )
-from a402.client import errors as R
 from tests.client.conftest import Stack, until
 from tests.client.x402_server import PaidServer, requirement
 
@@ -106,7 +106,7 @@ def test_budget_allows_n_payments_and_the_next_moves_nothing(stack: Stack, serve
             assert http.get(f"{url}/paid").status_code == 200
         with pytest.raises(PaymentRefused) as exc:
             http.get(f"{url}/paid")
-    assert exc.value.reason == R.BUDGET_EXHAUSTED
+    assert exc.value.reason == errors.BUDGET_EXHAUSTED
     assert stack.balance(payer.address) == PRICE * 7
     assert server.paid_attempts == 3 and server.unpaid_requests == 4
     assert budget.remaining(stack.token) == 0
@@ -135,7 +135,7 @@ def test_concurrent_requests_never_exceed_the_budget(stack: Stack, served) -> No
             t.start()
         for t in threads:
             t.join()
-    assert sorted(outcomes) == ["200", "200", R.BUDGET_EXHAUSTED, R.BUDGET_EXHAUSTED]
+    assert sorted(outcomes) == ["200", "200", errors.BUDGET_EXHAUSTED, errors.BUDGET_EXHAUSTED]
     assert stack.balance(payer.address) == PRICE * 8
     assert server.paid_attempts == 2
 
@@ -147,7 +147,7 @@ def test_price_above_maximum_sends_no_payment(stack: Stack, served) -> None:
     with paying_client(payer, max_per_request=token_units_max("0.009999")) as http, \
             pytest.raises(PaymentRefused) as exc:
         http.get(f"{url}/paid")
-    assert exc.value.reason == R.PRICE_ABOVE_MAXIMUM
+    assert exc.value.reason == errors.PRICE_ABOVE_MAXIMUM
     assert server.paid_attempts == 0 and stack.balance(payer.address) == PRICE
 
 
@@ -168,7 +168,7 @@ def test_only_the_allowed_network_is_paid(stack: Stack, served) -> None:
     with paying_client(payer, max_per_request=PRICE, networks=["eip155:1"]) as http, \
             pytest.raises(PaymentRefused) as exc:
         http.get(f"{url}/paid")
-    assert exc.value.reason == R.NO_ACCEPTABLE_REQUIREMENT
+    assert exc.value.reason == errors.NO_ACCEPTABLE_REQUIREMENT
 
 
 @pytest.mark.parametrize("idempotent", [False, True])

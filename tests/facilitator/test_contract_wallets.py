@@ -22,7 +22,7 @@ from a402.exact.eip3009 import (
     domain_from_requirements,
 )
 from a402.facilitator.core import Facilitator
-from a402.wire import errors as E
+from a402.wire import errors as wire_errors
 from a402.wire.x402 import PaymentPayload
 from tests.facilitator.helpers import requirement
 
@@ -51,8 +51,8 @@ def test_a_contract_wallet_pays_with_its_owners_signature(
     transact(anvil_chain, deployer, token.functions.mint(wallet, 5_000))
 
     forged = wallet_payment(dev_stack, wallet, Account.create(), 1_000)
-    assert facilitator.verify(forged).invalid_reason == E.INVALID_SIGNATURE
-    assert facilitator.settle(forged).error_reason == E.INVALID_SIGNATURE
+    assert facilitator.verify(forged).invalid_reason == wire_errors.INVALID_SIGNATURE
+    assert facilitator.settle(forged).error_reason == wire_errors.INVALID_SIGNATURE
 
     body = wallet_payment(dev_stack, wallet, owner, 1_000)
     verdict = facilitator.verify(body)

@@ -41,7 +41,7 @@ from a402.facilitator.store import (
     payload_digest,
     settlement_key,
 )
-from a402.wire import errors as E
+from a402.wire import errors as wire_errors
 from tests.chain.faulty_rpc import Fault, faulty_rpc
 from tests.facilitator.helpers import funded_payer, request_body, requirement
 from tests.facilitator.test_settle_terms_and_resource import for_resource
@@ -82,7 +82,7 @@ def test_settlement_on_a_chain_that_does_not_mine_is_pending_then_finished(
     chain.w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
 
     pending = facilitator.settle(body)
-    assert not pending.success and pending.error_reason == E.SETTLEMENT_PENDING
+    assert not pending.success and pending.error_reason == wire_errors.SETTLEMENT_PENDING
     assert pending.transaction.startswith("0x")
     assert facilitator.settle(body) == pending  # still pending, no second transaction
 
@@ -172,7 +172,7 @@ def test_a_retry_after_the_authorization_expired_still_gets_the_settled_receipt(
     body = request_body(payer, requirement(stack, 1_000), valid_for=12)
     valid_before = int(body["paymentPayload"]["payload"]["authorization"]["validBefore"])
     chain.w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
-    assert facilitator.settle(body).error_reason == E.SETTLEMENT_PENDING
+    assert facilitator.settle(body).error_reason == wire_errors.SETTLEMENT_PENDING
     chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
     # Wait until validBefore < now + margin: the offline check alone would say expired.
     deadline = time.monotonic() + 30
@@ -180,7 +180,7 @@ def test_a_retry_after_the_authorization_expired_still_gets_the_settled_receipt(
         assert time.monotonic() < deadline, "the authorization never neared its expiry"
         time.sleep(0.1)
 
-    assert facilitator.verify(body).invalid_reason == E.VALID_BEFORE_EXPIRED
+    assert facilitator.verify(body).invalid_reason == wire_errors.VALID_BEFORE_EXPIRED
     final = facilitator.settle(body)
     assert final.success, final
     assert token_balance(chain, stack.token.address, payer.address) == 0
@@ -202,7 +202,7 @@ def test_a_reconciler_racing_the_broadcast_never_signs_a_second_transaction(
     key = settlement_key(stack.network, stack.token.address, payer.address, auth["nonce"])
     chain.w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
     pending = facilitator.settle(body)
-    assert pending.error_reason == E.SETTLEMENT_PENDING
+    assert pending.error_reason == wire_errors.SETTLEMENT_PENDING
     chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
     chain.w3.provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
     nonce = pending_nonce(chain, signer.address)
@@ -386,7 +386,7 @@ def test_a_live_holder_presumed_dead_sends_nothing_and_pays_no_second_resource(
     second.join(30)
 
     x, y = answers["x"], answers["y"]
-    assert not x.success and x.error_reason == E.NONCE_USED_FOR_ANOTHER_RESOURCE, x  # type: ignore[attr-defined]
+    assert not x.success and x.error_reason == wire_errors.NONCE_USED_FOR_ANOTHER_RESOURCE, x  # type: ignore[attr-defined]
     assert y.success, y  # type: ignore[attr-defined]
     assert token_balance(chain, stack.token.address, payer.address) == 3_500
     assert token_balance(chain, stack.token.address, payee) == 1_500
@@ -465,7 +465,7 @@ def test_a_settlement_beaten_by_another_transaction_does_not_say_no_funds_moved(
     provider = chain.w3.provider
     provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
     pending = facilitator.settle(body)
-    assert pending.error_reason == E.SETTLEMENT_PENDING
+    assert pending.error_reason == wire_errors.SETTLEMENT_PENDING
     # The copy gets in first (ours left this node's mempool, as dropped ones do).
     provider.make_request("anvil_dropTransaction", [pending.transaction])  # type: ignore[arg-type]
     provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
@@ -480,13 +480,13 @@ def test_a_settlement_beaten_by_another_transaction_does_not_say_no_funds_moved(
     record = until_finished(facilitator, key)  # ours is re-sent and reverts
 
     assert record is not None and record.state == State.FAILED and record.response is not None
-    assert record.response["errorReason"] == E.NONCE_ALREADY_USED, record.response
+    assert record.response["errorReason"] == wire_errors.NONCE_ALREADY_USED, record.response
     assert "no funds moved" not in record.response["errorMessage"]
-    assert facilitator.settle(body).error_reason == E.NONCE_ALREADY_USED
+    assert facilitator.settle(body).error_reason == wire_errors.NONCE_ALREADY_USED
     verdict = facilitator.verify(body)  # nor is a finished settlement "being settled"
-    assert verdict.invalid_reason == E.NONCE_ALREADY_USED
+    assert verdict.invalid_reason == wire_errors.NONCE_ALREADY_USED
     assert "failed" in (verdict.invalid_message or ""), verdict
     elsewhere = facilitator.verify(for_resource(body, "https://b.example/report"))
-    assert elsewhere.invalid_reason == E.NONCE_USED_FOR_ANOTHER_RESOURCE
+    assert elsewhere.invalid_reason == wire_errors.NONCE_USED_FOR_ANOTHER_RESOURCE
     assert "no funds moved" not in (elsewhere.invalid_message or ""), elsewhere
     assert token_balance(chain, stack.token.address, payee) == 2_000

@@ -29,7 +29,7 @@ from a402.facilitator.store import (
     payload_digest,
     settlement_key,
 )
-from a402.wire import errors as E
+from a402.wire import errors as wire_errors
 from tests.facilitator.helpers import request_body, requirement
 from tests.facilitator.test_settle_terms_and_resource import REPORT_A, REPORT_B, for_resource
 
@@ -113,7 +113,7 @@ def test_two_replicas_hand_one_settlement_to_one_resource_only(
 
     served = {url for url, r in zip(resources, results, strict=True) if r.success}
     assert len(served) == 1, results
-    assert all(r.error_reason == E.NONCE_USED_FOR_ANOTHER_RESOURCE
+    assert all(r.error_reason == wire_errors.NONCE_USED_FOR_ANOTHER_RESOURCE
                for url, r in zip(resources, results, strict=True) if url not in served)
     assert token_balance(anvil_chain, dev_stack.token.address, payer.address) == 7_500
     assert token_balance(anvil_chain, dev_stack.token.address, payee) == payee_before + 2_500
@@ -200,7 +200,8 @@ def test_a_replica_with_a_slow_clock_claiming_for_another_resource_is_not_taken_
     for_a = replica_b.settle(for_resource(body, REPORT_A))
     for_b = replica_c.settle(for_resource(body, REPORT_B))
 
-    assert not for_a.success and for_a.error_reason == E.NONCE_USED_FOR_ANOTHER_RESOURCE, for_a
+    assert not for_a.success, for_a
+    assert for_a.error_reason == wire_errors.NONCE_USED_FOR_ANOTHER_RESOURCE, for_a
     assert for_b.success, for_b
     assert token_balance(anvil_chain, dev_stack.token.address, payer.address) == 3_800
     assert token_balance(anvil_chain, dev_stack.token.address, payee) == payee_before + 1_200
@@ -225,7 +226,7 @@ def test_a_resource_url_the_journal_cannot_store_is_refused_with_a_reason(
             response = client.post(path, content=raw,
                                    headers={"content-type": "application/json"})
             assert response.status_code == 400, response.text
-            assert response.json()["error"] == E.INVALID_PAYLOAD
+            assert response.json()["error"] == wire_errors.INVALID_PAYLOAD
     assert pg_store.count_by_state() == {}
     assert token_balance(anvil_chain, dev_stack.token.address, payer.address) == 5_000
 

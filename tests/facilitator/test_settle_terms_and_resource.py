@@ -23,7 +23,7 @@ from a402.chain.node import Chain, start_anvil
 from a402.exact.eip3009 import build_payment_payload_v1
 from a402.facilitator.core import Facilitator
 from a402.facilitator.store import SettlementStore
-from a402.wire import errors as E
+from a402.wire import errors as wire_errors
 from a402.wire.convert import requirements_v2_to_v1
 from a402.wire.x402 import PaymentRequirements
 from tests.facilitator.helpers import funded_payer, request_body, requirement
@@ -54,11 +54,11 @@ def balance(chain: Chain, stack: Manifest, owner: str) -> int:
 
 
 @pytest.mark.parametrize(("change", "reason"), [
-    ({"amount": "2000"}, E.AUTHORIZATION_VALUE_MISMATCH),
-    ({"payTo": "0x000000000000000000000000000000000000dEaD"}, E.RECIPIENT_MISMATCH),
-    ({"network": "eip155:8453"}, E.INVALID_NETWORK),
+    ({"amount": "2000"}, wire_errors.AUTHORIZATION_VALUE_MISMATCH),
+    ({"payTo": "0x000000000000000000000000000000000000dEaD"}, wire_errors.RECIPIENT_MISMATCH),
+    ({"network": "eip155:8453"}, wire_errors.INVALID_NETWORK),
     # The asset is part of the journal's key, so this one never met the journal.
-    ({"asset": "0x000000000000000000000000000000000000bEEF"}, E.INVALID_SIGNATURE),
+    ({"asset": "0x000000000000000000000000000000000000bEEF"}, wire_errors.INVALID_SIGNATURE),
 ], ids=["amount", "payTo", "network", "asset"])
 def test_a_settled_authorization_resent_with_other_terms_is_refused(
     anvil_chain: Chain, dev_stack: Manifest, facilitator: Facilitator, new_payer: NewPayer,
@@ -96,11 +96,12 @@ def test_a_settlement_is_not_handed_to_a_second_resource(
     second = facilitator.settle(for_b)
 
     assert first.success
-    assert not second.success and second.error_reason == E.NONCE_USED_FOR_ANOTHER_RESOURCE
+    assert not second.success and second.error_reason == wire_errors.NONCE_USED_FOR_ANOTHER_RESOURCE
     assert second.transaction == "" and first.transaction in (second.error_message or "")
     verdict = facilitator.verify(for_b)
-    assert not verdict.is_valid and verdict.invalid_reason == E.NONCE_USED_FOR_ANOTHER_RESOURCE
-    assert facilitator.verify(for_a).invalid_reason == E.NONCE_ALREADY_USED
+    assert not verdict.is_valid
+    assert verdict.invalid_reason == wire_errors.NONCE_USED_FOR_ANOTHER_RESOURCE
+    assert facilitator.verify(for_a).invalid_reason == wire_errors.NONCE_ALREADY_USED
     assert facilitator.settle(for_a) == first  # the same resource's retry: idempotent
     assert balance(anvil_chain, dev_stack, payer.address) == 4_000
     assert balance(anvil_chain, dev_stack, payee) == payee_before + 1_000
@@ -115,7 +116,7 @@ def test_a_request_naming_no_resource_is_another_resource(
     unnamed = facilitator.settle(for_resource(body, None))
     named = facilitator.settle(for_resource(body, REPORT_A))
     assert unnamed.success
-    assert not named.success and named.error_reason == E.NONCE_USED_FOR_ANOTHER_RESOURCE
+    assert not named.success and named.error_reason == wire_errors.NONCE_USED_FOR_ANOTHER_RESOURCE
     assert facilitator.settle(for_resource(body, None)) == unnamed
     assert balance(anvil_chain, dev_stack, payer.address) == 4_000
 
@@ -137,7 +138,8 @@ def test_two_resources_racing_for_one_authorization_get_one_settlement(
     winners = [url for url, rs in by_resource.items() if all(r.success for r in rs)]
     assert len(winners) == 1, results
     loser = REPORT_B if winners == [REPORT_A] else REPORT_A
-    assert all(r.error_reason == E.NONCE_USED_FOR_ANOTHER_RESOURCE for r in by_resource[loser])
+    assert all(r.error_reason == wire_errors.NONCE_USED_FOR_ANOTHER_RESOURCE
+               for r in by_resource[loser])
     assert len({r.transaction for r in by_resource[winners[0]]}) == 1
     assert balance(anvil_chain, dev_stack, payer.address) == 4_000
     assert balance(anvil_chain, dev_stack, payee) == payee_before + 1_000
@@ -167,7 +169,7 @@ def test_a_v1_settlement_is_not_handed_to_a_second_resource(
     first = facilitator.settle(v1_body(REPORT_A))
     second = facilitator.settle(v1_body(REPORT_B))
     assert first.success
-    assert not second.success and second.error_reason == E.NONCE_USED_FOR_ANOTHER_RESOURCE
+    assert not second.success and second.error_reason == wire_errors.NONCE_USED_FOR_ANOTHER_RESOURCE
     assert facilitator.settle(v1_body(REPORT_A)) == first
     assert balance(chain, stack, payer.address) == 4_000
     auth = payload["payload"]["authorization"]

@@ -16,7 +16,7 @@ from a402.chain.exact_transfer import transfer_calldata
 from a402.chain.node import Chain
 from a402.chain.tx import contract_at, transact
 from a402.facilitator.core import Facilitator
-from a402.wire import errors as E
+from a402.wire import errors as wire_errors
 from a402.wire.errors import WireError
 from tests.facilitator.helpers import request_body, requirement, with_authorization
 
@@ -57,7 +57,7 @@ def test_settling_the_same_payload_again_returns_the_first_result(
     assert first.success and second == first
     assert balances(anvil_chain, dev_stack, payer.address) == [4_300]
     again = facilitator.verify(body)
-    assert not again.is_valid and again.invalid_reason == E.NONCE_ALREADY_USED
+    assert not again.is_valid and again.invalid_reason == wire_errors.NONCE_ALREADY_USED
     assert first.transaction in (again.invalid_message or "")
 
 
@@ -84,23 +84,23 @@ def test_a_second_signature_over_the_same_nonce_is_refused(
     other = request_body(payer, requirement(dev_stack, 100), nonce=nonce, valid_for=120)
     assert facilitator.settle(first).success
     refused = facilitator.settle(other)
-    assert not refused.success and refused.error_reason == E.NONCE_ALREADY_USED
+    assert not refused.success and refused.error_reason == wire_errors.NONCE_ALREADY_USED
     assert balances(anvil_chain, dev_stack, payer.address) == [4_900]
 
 
 @pytest.mark.parametrize(
     ("case", "reason"),
     [
-        ("amount one unit short", E.AUTHORIZATION_VALUE_MISMATCH),
-        ("amount one unit over", E.AUTHORIZATION_VALUE_MISMATCH),
-        ("expired", E.VALID_BEFORE_EXPIRED),
-        ("not yet valid", E.VALID_AFTER_FUTURE),
-        ("forged by another key", E.INVALID_SIGNATURE),
-        ("signed for another chain id", E.INVALID_SIGNATURE),
-        ("tampered recipient", E.RECIPIENT_MISMATCH),
-        ("unknown scheme", E.UNSUPPORTED_SCHEME),
-        ("another network", E.INVALID_NETWORK),
-        ("no EIP-712 domain", E.MISSING_EIP712_DOMAIN),
+        ("amount one unit short", wire_errors.AUTHORIZATION_VALUE_MISMATCH),
+        ("amount one unit over", wire_errors.AUTHORIZATION_VALUE_MISMATCH),
+        ("expired", wire_errors.VALID_BEFORE_EXPIRED),
+        ("not yet valid", wire_errors.VALID_AFTER_FUTURE),
+        ("forged by another key", wire_errors.INVALID_SIGNATURE),
+        ("signed for another chain id", wire_errors.INVALID_SIGNATURE),
+        ("tampered recipient", wire_errors.RECIPIENT_MISMATCH),
+        ("unknown scheme", wire_errors.UNSUPPORTED_SCHEME),
+        ("another network", wire_errors.INVALID_NETWORK),
+        ("no EIP-712 domain", wire_errors.MISSING_EIP712_DOMAIN),
     ],
 )
 def test_bad_payments_are_refused_with_a_reason_and_move_nothing(
@@ -145,8 +145,8 @@ def test_insufficient_balance_is_found_on_chain(
 ) -> None:
     payer = new_payer(999)
     body = request_body(payer, requirement(dev_stack, 1_000))
-    assert facilitator.verify(body).invalid_reason == E.INSUFFICIENT_BALANCE
-    assert facilitator.settle(body).error_reason == E.INSUFFICIENT_BALANCE
+    assert facilitator.verify(body).invalid_reason == wire_errors.INSUFFICIENT_BALANCE
+    assert facilitator.settle(body).error_reason == wire_errors.INSUFFICIENT_BALANCE
     assert balances(anvil_chain, dev_stack, payer.address) == [999]
 
 
@@ -156,7 +156,7 @@ def test_a_retry_after_topping_up_succeeds(
     """A refused settlement leaves no claim behind, so the same payload can be retried."""
     payer = new_payer(500)
     body = request_body(payer, requirement(dev_stack, 1_000))
-    assert facilitator.settle(body).error_reason == E.INSUFFICIENT_BALANCE
+    assert facilitator.settle(body).error_reason == wire_errors.INSUFFICIENT_BALANCE
     token = contract_at(anvil_chain, "TestUSDC", dev_stack.token.address)
     transact(anvil_chain, anvil_chain.accounts[0], token.functions.mint(payer.address, 500))
     assert facilitator.settle(body).success
@@ -174,8 +174,8 @@ def test_a_nonce_already_used_on_chain_is_refused(
     transact(anvil_chain, anvil_chain.accounts[2],
              {"to": dev_stack.token.address, "data": "0x" + calldata.hex()})
 
-    assert facilitator.verify(body).invalid_reason == E.NONCE_ALREADY_USED
-    assert facilitator.settle(body).error_reason == E.NONCE_ALREADY_USED
+    assert facilitator.verify(body).invalid_reason == wire_errors.NONCE_ALREADY_USED
+    assert facilitator.settle(body).error_reason == wire_errors.NONCE_ALREADY_USED
     assert balances(anvil_chain, dev_stack, payer.address) == [4_700]
 
 

@@ -24,7 +24,7 @@ from x402.mechanisms.evm.constants import (
 
 from a402.chain.deploy import Manifest, token_balance
 from a402.chain.node import Chain
-from a402.wire import errors as W
+from a402.wire import errors as wire_errors
 from tests.interop.helpers import PRICE
 from tests.interop.official import official_payload, official_requirements
 
@@ -57,7 +57,7 @@ async def test_a_payment_signed_for_other_terms_is_refused_for_the_sdks_reason(
 
     assert not sdk.is_valid and sdk.invalid_reason == sdk_reason
     assert not ours.is_valid and ours.invalid_reason == sdk.invalid_reason
-    assert ours.invalid_reason != W.ACCEPTED_MISMATCH
+    assert ours.invalid_reason != wire_errors.ACCEPTED_MISMATCH
     assert ours.payer == payer.address
     assert token_balance(anvil_chain, dev_stack.token.address, payer.address) == PRICE + 1
     assert token_balance(anvil_chain, dev_stack.token.address, pay_to) == 0

@@ -22,7 +22,7 @@ from sqlalchemy import create_engine
 from a402.background import serve_in_thread
 from a402.client.vault import VaultClient
 from a402.tee import AttestationPolicy
-from a402.vault import store as S
+from a402.vault import store as vault_store
 from a402.vault.app import create_app
 from a402.vault.identity import vault_enclave
 from a402.vault.service import VaultConfig, VaultService
@@ -118,7 +118,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "c
 
 
 def assert_conserved(world: World, store: VaultStore, vault_address: str,
-                     escrow_before: int | None = None) -> S.Totals:
+                     escrow_before: int | None = None) -> vault_store.Totals:
     """The ledger balances, and the chain agrees with it (see the module docstring)."""
     totals = store.totals()
     assert totals.conserved, totals
@@ -127,11 +127,11 @@ def assert_conserved(world: World, store: VaultStore, vault_address: str,
     channels = store.channels()
     by_provider: dict[str, int] = {}
     for c in channels:
-        if c.phase == S.SETTLED:
+        if c.phase == vault_store.SETTLED:
             by_provider[c.provider] = by_provider.get(c.provider, 0) + int(c.provider_payout or 0)
     for provider, paid in by_provider.items():
         assert world.balance(world.chain.w3.to_checksum_address(provider)) == paid
     if escrow_before is not None:
-        unsettled = sum(int(c.deposit) for c in channels if c.phase in S.FUNDED)
+        unsettled = sum(int(c.deposit) for c in channels if c.phase in vault_store.FUNDED)
         assert world.balance(world.manager.address) == escrow_before + unsettled
     return totals

@@ -23,7 +23,7 @@ from a402.client import (
     vault_payment_of,
 )
 from a402.client.pay import pay_main
-from a402.vault import store as S
+from a402.vault import store as vault_store
 from a402.wire import vault_api as api
 from tests.a402_exchange.faulty import AckLosingProvider
 from tests.a402_exchange.helpers import Calls, World
@@ -98,8 +98,8 @@ def test_a_channel_too_poor_for_the_next_call_is_closed_and_replaced(world: Worl
             client.invoke(f"{site}/weather", max_price=PRICE)
         old, new = vault.store.channels()
         assert_conserved(world, vault.store, vault.address, escrow)
-    assert (old.phase, old.provider_payout, old.client_payout) == (S.SETTLED, "2000", "0")
-    assert (new.phase, new.provider_balance) == (S.OPEN, str(PRICE))
+    assert (old.phase, old.provider_payout, old.client_payout) == (vault_store.SETTLED, "2000", "0")
+    assert (new.phase, new.provider_balance) == (vault_store.OPEN, str(PRICE))
     assert world.balance(provider.address) == 2 * PRICE
 
 
@@ -120,7 +120,7 @@ def test_a_wallet_funded_channel_takes_one_signature_and_refunds_the_wallet(
         assert_conserved(world, vault.store, vault.address, escrow)
     assert (first.outcome, second.outcome) == (api.PAID, api.PAID)
     assert (channel.funding, channel.terms["client"]) == (api.WALLET, account.address[2:].lower())
-    assert closed["phase"] == S.SETTLED
+    assert closed["phase"] == vault_store.SETTLED
     assert world.balance(account.address) == 8_000 - 2 * PRICE
     assert world.balance(provider.address) == 2 * PRICE
 
@@ -225,7 +225,7 @@ def test_channels_opened_and_closed_together_share_one_transaction_each(world: W
         assert_conserved(world, vault.store, vault.address, escrow)
         balances = [int(c.account_info()["balance"]) for c in clients]
     assert [p.outcome for p in paid] == [api.PAID] * 4
-    assert [c["phase"] for c in closed] == [S.SETTLED] * 4
+    assert [c["phase"] for c in closed] == [vault_store.SETTLED] * 4
     assert balances == [20_000 - PRICE] * 4
     assert world.balance(provider.address) == 4 * PRICE
     assert manager_calls(world, first_block) == ["createASCBatch", "closeASCBatch"]
@@ -277,8 +277,9 @@ def test_a_call_refused_while_the_provider_awaits_our_ack_is_retryable_and_pays_
         again = client.invoke(f"{site}/weather", max_price=PRICE, idempotency_key="k")
         repeated = client.invoke(f"{site}/weather", max_price=PRICE, idempotency_key="k")
         client.close_channel(row.cid)
-        settled = wait_for(lambda: (c := vault.store.channel(row.cid)).phase == S.SETTLED and c,
-                           what="settlement")
+        settled = wait_for(
+            lambda: (c := vault.store.channel(row.cid)).phase == vault_store.SETTLED and c,
+            what="settlement")
         balance = client.account_info()["balance"]
         assert_conserved(world, vault.store, vault.address, escrow)
     assert (refused.status_code, refused.json()["error"]) == (503, api.CHANNEL_RECOVERING)

@@ -22,7 +22,7 @@ from a402.asc.messages import Message
 from a402.asc_manager import OnChainStatus
 from a402.background import serve_in_thread
 from a402.client.vault import VaultClient
-from a402.vault import store as S
+from a402.vault import store as vault_store
 from a402.wire import vault_api as api
 from tests.a402_exchange.faulty import WithholdingProvider
 from tests.a402_exchange.helpers import World, fresh_account
@@ -49,7 +49,7 @@ def _in_background(call: Callable[[], Any]) -> Future[Any]:
 
 
 def _crash_at(vault: VaultProcess, gate: type[GatedProvider], call: Callable[[], Any],
-              reached: Callable[[S.VaultStore], bool], *, answered: bool = False) -> None:
+              reached: Callable[[vault_store.VaultStore], bool], *, answered: bool = False) -> None:
     """Run ``call``; when the provider holds the message and the vault's database shows the
     state under test, SIGKILL the vault and let the provider go on. Unless the call was
     ``answered`` before the held message, its caller loses the answer with the process."""
@@ -70,11 +70,11 @@ def _crash_at(vault: VaultProcess, gate: type[GatedProvider], call: Callable[[],
 
 
 @pytest.mark.parametrize(("hold", "state"), [
-    (Exec, S.LOCKED),  # δ locked, EXEC out, no REPLY yet
-    (Auth, S.AUTHORIZED),  # σ_U out: PENDING
+    (Exec, vault_store.LOCKED),  # δ locked, EXEC out, no REPLY yet
+    (Auth, vault_store.AUTHORIZED),  # σ_U out: PENDING
     # REVEAL checked, δ credited, the answer recorded and returned; the ACK, sent on its
     # own because no next request came, is held: the provider has no co-signed state yet.
-    (Ack, S.DONE),
+    (Ack, vault_store.DONE),
 ], ids=["locked", "pending", "answered-unacked"])
 def test_killed_mid_call_the_restarted_vault_answers_it_exactly_once(
     world: World, tmp_path: Path, hold: type[Message], state: str,
@@ -92,7 +92,7 @@ def test_killed_mid_call_the_restarted_vault_answers_it_exactly_once(
                   lambda: client.invoke(f"{site}/weather", max_price=PRICE,
                                         idempotency_key="crash"),
                   lambda store: (r := store.request(key)) is not None and r.state == state,
-                  answered=state == S.DONE)
+                  answered=state == vault_store.DONE)
 
         vault.start()
         again = client.invoke(f"{site}/weather", max_price=PRICE, idempotency_key="crash")
@@ -125,11 +125,11 @@ def test_killed_while_closing_the_restarted_vault_settles_the_channel(
         [row] = vault.store().channels()
         gate.armed = True
         _crash_at(vault, gate, lambda: client.close_channel(row.cid),
-                  lambda store: store.channel(row.cid).phase == S.CLOSING)
+                  lambda store: store.channel(row.cid).phase == vault_store.CLOSING)
 
         vault.start()
         store = vault.store()
-        settled = wait_for(lambda: (c := store.channel(row.cid)).phase == S.SETTLED and c,
+        settled = wait_for(lambda: (c := store.channel(row.cid)).phase == vault_store.SETTLED and c,
                            what="settlement")
         balance = client.account_info()["balance"]
         assert_conserved(world, store, vault.account.address, escrow)
@@ -157,7 +157,7 @@ def test_killed_before_create_asc_is_mined_the_channel_opens_once(
             row = wait_for(lambda: next(iter(store.channels()), None), what="a channel")
             wait_for(lambda: store.tx(f"open:{row.cid}") is not None, what="createASC journaled")
             assert (store.channel(row.cid).phase, store.balance(account.address)) == (
-                S.OPENING, 20_000 - DEPOSIT)  # debited before the transaction was signed
+                vault_store.OPENING, 20_000 - DEPOSIT)  # debited before the transaction was signed
             vault.kill()
             with pytest.raises(httpx.HTTPError):
                 future.result(30)
@@ -171,7 +171,7 @@ def test_killed_before_create_asc_is_mined_the_channel_opens_once(
         channels = store.channels()
         assert_conserved(world, store, vault.account.address, escrow)
     assert result.outcome == api.PAID and json.loads(result.content)["n"] == 1
-    assert [(c.phase, c.deposit) for c in channels] == [(S.OPEN, str(DEPOSIT))]
+    assert [(c.phase, c.deposit) for c in channels] == [(vault_store.OPEN, str(DEPOSIT))]
 
 
 def test_a_claim_made_while_the_vault_was_down_is_recovered_at_restart(
@@ -191,7 +191,8 @@ def test_a_claim_made_while_the_vault_was_down_is_recovered_at_restart(
         _crash_at(vault, gate,
                   lambda: client.invoke(f"{site}/weather", max_price=PRICE,
                                         idempotency_key="claimed"),
-                  lambda store: (r := store.request(key)) is not None and r.state == S.AUTHORIZED)
+                  lambda store: (r := store.request(key)) is not None
+                  and r.state == vault_store.AUTHORIZED)
         [row] = vault.store().channels()
         cid = bytes.fromhex(row.cid[2:])
         wait_for(lambda: world.manager.channel(cid).status is OnChainStatus.CLOSED,
@@ -206,7 +207,7 @@ def test_a_claim_made_while_the_vault_was_down_is_recovered_at_restart(
     assert result.outcome == api.PAID and result.payment and result.payment["onChain"]
     assert json.loads(result.content)["n"] == 2
     assert settled is not None and (settled.phase, settled.provider_payout) == (
-        S.SETTLED, str(2 * PRICE))
+        vault_store.SETTLED, str(2 * PRICE))
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
@@ -243,7 +244,7 @@ def test_killed_between_answer_and_ack_the_restarted_vault_acks_then_pays_the_ne
         store = vault.store()
         outcome = store.request(f"{account.address.lower()}:after")
         client.close_channel(row.cid)
-        settled = wait_for(lambda: (c := store.channel(row.cid)).phase == S.SETTLED and c,
+        settled = wait_for(lambda: (c := store.channel(row.cid)).phase == vault_store.SETTLED and c,
                            what="settlement")
         balance = client.account_info()["balance"]
         assert_conserved(world, store, vault.account.address, escrow)
@@ -251,7 +252,7 @@ def test_killed_between_answer_and_ack_the_restarted_vault_acks_then_pays_the_ne
     assert (after.outcome, after.amount, json.loads(after.content)["n"]) == (api.PAID, PRICE, 3)
     assert again.content == after.content and again.payment == after.payment  # answered once
     assert json.loads(later.content)["n"] == 4
-    assert outcome is not None and (outcome.state, outcome.outcome) == (S.DONE, api.PAID)
+    assert outcome is not None and (outcome.state, outcome.outcome) == (vault_store.DONE, api.PAID)
     assert provider.calls["weather"] == 4  # every call's service ran once
     assert (settled.version, settled.provider_payout, settled.client_payout) == (
         4, str(4 * PRICE), str(DEPOSIT - 4 * PRICE))
@@ -288,6 +289,6 @@ def test_killed_between_answer_and_ack_the_restarted_vault_acks_once_the_provide
         channel = store.channel(row.cid)
     assert (slot.channel.state.version, slot.channel.state.provider_balance) == (2, 2 * PRICE)
     assert channel is not None and (channel.phase, channel.provider_balance) == (
-        S.OPEN, str(2 * PRICE))
+        vault_store.OPEN, str(2 * PRICE))
     assert provider.calls["weather"] == 2
     assert world.manager.channel(bytes.fromhex(row.cid[2:])).status is OnChainStatus.OPEN

@@ -16,7 +16,7 @@ from a402.asc_manager import OnChainStatus
 from a402.background import serve_in_thread
 from a402.client.vault import VaultCallError, VaultClient
 from a402.vault import records
-from a402.vault import store as S
+from a402.vault import store as vault_store
 from a402.wire import vault_api as api
 from tests.a402_exchange.faulty import WithholdingProvider
 from tests.a402_exchange.helpers import DISPUTE_WINDOW, World
@@ -58,7 +58,7 @@ def test_a_withheld_reveal_is_claimed_on_chain_and_the_vault_still_gets_the_resu
     assert result.payment["onChain"] and result.payment["transaction"] == channel.settle_tx
     assert result.content == b'{"weather":"sunny","n":2}'
     assert (channel.phase, channel.provider_payout, channel.client_payout) == (
-        S.SETTLED, str(2 * PRICE), str(10 * PRICE - 2 * PRICE))
+        vault_store.SETTLED, str(2 * PRICE), str(10 * PRICE - 2 * PRICE))
     assert world.balance(provider.address) == 2 * PRICE
 
 
@@ -82,7 +82,7 @@ def test_a_payment_stuck_pending_is_escalated_and_refunded(world: World) -> None
         [channel] = vault.store.channels()
         assert_conserved(world, vault.store, vault.address, escrow)
     assert (status, answer["outcome"]) == (200, api.ABORTED)
-    assert (channel.phase, channel.provider_payout) == (S.SETTLED, str(PRICE))
+    assert (channel.phase, channel.provider_payout) == (vault_store.SETTLED, str(PRICE))
     assert world.balance(vault.address) == 20_000 - PRICE
     assert world.balance(provider.address) == PRICE
     assert world.balance(account.address) == 0
@@ -107,7 +107,8 @@ def test_a_stale_client_force_close_loses_to_the_watchtower(world: World) -> Non
         assert (onchain.status, onchain.version, onchain.provider_balance) == (
             OnChainStatus.CLOSING, 3, 3 * PRICE)
         world.increase_time(DISPUTE_WINDOW + 1)
-        wait_for(lambda: vault.store.channel(row.cid).phase == S.SETTLED, what="settlement")
+        wait_for(lambda: vault.store.channel(row.cid).phase == vault_store.SETTLED,
+                 what="settlement")
         settled = vault.store.channel(row.cid)
         assert_conserved(world, vault.store, vault.address, escrow)
     assert [r["version"] for r in receipts] == [1, 2, 3]

@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from a402.chain.tx import transact
-from a402.vault import store as S
+from a402.vault import store as vault_store
 from a402.wire import vault_api as api
 from a402.wire.errors import JSON_TOO_DEEP
 from tests.a402_exchange.helpers import World
@@ -68,7 +68,7 @@ def test_a_deposit_report_with_a_malformed_transaction_hash_is_refused_and_chang
         assert refused.status_code == 400, refused.text
         assert refused.json()["error"] == api.BAD_REQUEST
         assert "transaction hash" in refused.json()["message"]
-        assert vault.store.totals(account.address) == S.Totals(0, 0, 0, 0, 0)
+        assert vault.store.totals(account.address) == vault_store.Totals(0, 0, 0, 0, 0)
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:x/", "http://127.0.0.1:99999/", "http://:80/"])

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from a402.background import serve_in_thread
-from a402.vault import store as S
+from a402.vault import store as vault_store
 from a402.wire import vault_api as api
 from tests.a402_exchange.helpers import PRICES, World
 
@@ -50,12 +50,12 @@ def test_paid_calls_through_a_channel_then_a_cooperative_close(
             str(50_000 - 10_000), str(10_000 - 3_500), "3500")
         [channel] = view["channels"]
         assert (channel["phase"], channel["funding"], channel["deposit"]) == (
-            S.OPEN, api.POOL, "10000")
+            vault_store.OPEN, api.POOL, "10000")
         assert_conserved(world, vault.store, vault.address, escrow)
 
         closed = client.close_channel(channel["channelId"])
         assert (closed["phase"], closed["clientPayout"], closed["providerPayout"]) == (
-            S.SETTLED, "6500", "3500")
+            vault_store.SETTLED, "6500", "3500")
         assert client.account_info()["balance"] == str(50_000 - 3_500)
         assert world.balance(provider.address) == 3_500
         assert_conserved(world, vault.store, vault.address, escrow)
@@ -89,7 +89,7 @@ def test_a_paid_call_on_an_open_channel_takes_three_commits(world: World) -> Non
             checkpoint,  # DELIVERED, with the call's answer
         ]
         record = vault.store.request(f"{client.account.address.lower()}:w-2")
-        assert record is not None and record.state == S.DONE and record.secret is not None
+        assert record is not None and record.state == vault_store.DONE and record.secret is not None
         assert client.invoke(f"{site}/weather", max_price=1_000,
                              idempotency_key="w-2") == paid  # answered from that record
         client.close()

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from a402.vault import store as S
+from a402.vault import store as vault_store
 from a402.vault.store import InsufficientBalance, VaultStore
 
 from .helpers import fresh_schema
@@ -81,11 +81,11 @@ def test_conservation_through_a_channel_life(store: VaultStore) -> None:
     assert store.open_channel(cid)
     asyncio.run(store.save_checkpoint(cid, {"status": "open", "version": 2, "free": "350",
                                             "provider_balance": "250"}, None, None))
-    assert store.totals(client) == S.Totals(1_000, 400, 350, 250, 0)
+    assert store.totals(client) == vault_store.Totals(1_000, 400, 350, 250, 0)
     assert store.settle_channel(cid, client_payout=350, provider_payout=250, tx_hash="0x03")
     assert not store.settle_channel(cid, client_payout=350, provider_payout=250, tx_hash="0x03")
     totals = store.totals(client)
-    assert totals == S.Totals(1_000, 750, 0, 250, 0) and totals.conserved
+    assert totals == vault_store.Totals(1_000, 750, 0, 250, 0) and totals.conserved
 
     failed = "0x" + secrets.token_hex(32)
     _claim(store, client, failed, deposit=700)
@@ -97,28 +97,30 @@ def test_a_call_moves_through_its_states_once(store: VaultStore) -> None:
     client, cid = _client(), "0x" + secrets.token_hex(32)
     key = f"{client}:call-1"
     created, row = asyncio.run(store.claim_request(_new_call(key, client, fingerprint="f")))
-    assert created and row.state == S.RECEIVED
+    assert created and row.state == vault_store.RECEIVED
     again, same = asyncio.run(store.claim_request(_new_call(key, client, fingerprint="g")))
     assert not again and same.fingerprint == "f"
     store.credit_deposit(f"t:{cid}", client, 1_000, "transfer", None)
     _claim(store, client, cid, deposit=1_000)
     asyncio.run(store.save_checkpoint(cid, {"version": 0, "locked": "10", "request_key": key},
-                                      key, {"state": S.LOCKED, "channel_id": cid,
+                                      key, {"state": vault_store.LOCKED, "channel_id": cid,
                                             "amount": "10", "request_id": 0}))
-    assert (store.request(key).state, store.channel(cid).request_key) == (S.LOCKED, key)
-    assert not store.restart_request(key, S.RECEIVED)  # it is past RECEIVED
+    assert (store.request(key).state, store.channel(cid).request_key) == (vault_store.LOCKED, key)
+    assert not store.restart_request(key, vault_store.RECEIVED)  # it is past RECEIVED
     done = dict(outcome="paid", reason=None, retryable=False, answer=b"sealed", amount="10",
                 transaction="0x" + "ab" * 32)
-    assert asyncio.run(store.finish_request(key, from_states=(S.LOCKED, S.DELIVERED), **done))
-    assert not asyncio.run(store.finish_request(key, from_states=(S.LOCKED,), **done))  # once
+    assert asyncio.run(store.finish_request(key, from_states=(vault_store.LOCKED,
+                                                              vault_store.DELIVERED), **done))
+    assert not asyncio.run(store.finish_request(key, from_states=(vault_store.LOCKED,),
+                                                **done))  # once
     final = store.request(key)
     assert final is not None and (final.state, final.transaction, final.answer) == (
-        S.DONE, done["transaction"], b"sealed")
+        vault_store.DONE, done["transaction"], b"sealed")
 
 
 def _new_call(key: str, client: str, *, fingerprint: str = "f", nonce: str | None = None
-              ) -> S.Claim:
-    return S.Claim(key=key, client=client, fingerprint=fingerprint, url="http://p/x",
+              ) -> vault_store.Claim:
+    return vault_store.Claim(key=key, client=client, fingerprint=fingerprint, url="http://p/x",
                    method="GET", nonce=nonce, nonce_keep=120.0)
 
 
@@ -127,22 +129,23 @@ def test_a_new_call_is_recorded_with_its_channels_locked_checkpoint(store: Vault
     store.credit_deposit(f"t:{cid}", client, 1_000, "transfer", None)
     _claim(store, client, cid, deposit=1_000)
 
-    def lock(key: str, nonce: str, version: int) -> S.Claim:
+    def lock(key: str, nonce: str, version: int) -> vault_store.Claim:
         claim = _new_call(f"{client}:{key}", client, nonce=nonce)
         asyncio.run(store.save_checkpoint(
             cid, {"version": version, "locked": "10", "request_key": claim.key}, claim.key,
-            {"state": S.LOCKED, "channel_id": cid, "amount": "10", "request_id": version},
+            {"state": vault_store.LOCKED, "channel_id": cid, "amount": "10", "request_id": version},
             claim=claim))
         return claim
 
     first = lock("call-1", "n0000001", 1)
     row = store.request(first.key)
-    assert first.recorded and row is not None and (row.state, row.channel_id) == (S.LOCKED, cid)
+    assert first.recorded and row is not None and (row.state,
+                                                   row.channel_id) == (vault_store.LOCKED, cid)
     assert store.channel(cid).version == 1
     # The same key again, or the same nonce for another call: the whole checkpoint is
     # refused, so the channel stays where the recorded call left it.
     for key, nonce in (("call-1", "n0000002"), ("call-2", "n0000001")):
-        with pytest.raises(S.ClaimTaken):
+        with pytest.raises(vault_store.ClaimTaken):
             lock(key, nonce, 2)
         assert store.channel(cid).version == 1
     assert store.request(f"{client}:call-2") is None
@@ -150,7 +153,7 @@ def test_a_new_call_is_recorded_with_its_channels_locked_checkpoint(store: Vault
     assert asyncio.run(store.remember_nonce(client, "n0000002", now=time.time(), keep=120))
 
 
-def _claim(store: VaultStore, client: str, cid: str, *, deposit: int) -> S.Channel:
+def _claim(store: VaultStore, client: str, cid: str, *, deposit: int) -> vault_store.Channel:
     return store.claim_channel(
         debit=True, cid=cid, client=client, provider=_client(), endpoint="http://p",
         funding="pool", deposit=str(deposit), lock_timeout=30.0, terms={}, status="open",
@@ -162,7 +165,7 @@ def test_one_live_process_serves_a_vault(store: VaultStore) -> None:
     store.lock_for(vault)
     second = VaultStore(store.url)
     try:
-        with pytest.raises(S.VaultBusy):
+        with pytest.raises(vault_store.VaultBusy):
             second.lock_for(vault)
         store.close()  # the holder goes away (a killed process releases it the same way)
         second.lock_for(vault)
@@ -173,16 +176,16 @@ def test_one_live_process_serves_a_vault(store: VaultStore) -> None:
 def test_a_claim_records_its_nonce_in_the_same_write(store: VaultStore) -> None:
     client = _client()
 
-    def claim(key: str, nonce: str) -> tuple[bool, S.Request]:
+    def claim(key: str, nonce: str) -> tuple[bool, vault_store.Request]:
         return asyncio.run(store.claim_request(_new_call(f"{client}:{key}", client,
                                                          nonce=nonce)))
 
     assert claim("call-1", "n0000001")[0]
-    with pytest.raises(S.ReplayedNonce):  # the nonce again, even for another call
+    with pytest.raises(vault_store.ReplayedNonce):  # the nonce again, even for another call
         claim("call-2", "n0000001")
     assert store.request(f"{client}:call-2") is None  # nothing of the refused claim stays
     again, first = claim("call-1", "n0000002")  # a retry of the call, freshly signed
     assert not again and first.key == f"{client}:call-1"
-    with pytest.raises(S.ReplayedNonce):  # the retry's nonce was remembered all the same
+    with pytest.raises(vault_store.ReplayedNonce):  # the retry's nonce was remembered all the same
         claim("call-3", "n0000002")
     assert not asyncio.run(store.remember_nonce(client, "n0000002", now=time.time(), keep=120))

@@ -50,7 +50,7 @@ from a2a.utils.errors import A2AError
 from eth_account.signers.local import LocalAccount
 from google.protobuf.json_format import MessageToDict
 
-from a402.agents import a2a_x402 as X
+from a402.agents import a2a_x402
 from a402.agents.a2a_card import (
     CardError,
     CardMismatch,
@@ -60,7 +60,7 @@ from a402.agents.a2a_card import (
     parse_card,
     payment_terms,
 )
-from a402.client import errors as R
+from a402.client import errors as client_errors
 from a402.client.budget import Budget
 from a402.client.choose import choose
 from a402.client.errors import PaymentError, PaymentRefused
@@ -119,7 +119,7 @@ class DiscoveredAgent:
     agent: str
     card: AgentCard
     card_url: str
-    terms: X.PaymentTerms | None
+    terms: a2a_x402.PaymentTerms | None
     """The on-chain payment terms; None for an agent whose card declares no x402 extension."""
     extension_uri: str | None
 
@@ -260,10 +260,10 @@ class _PaidTask:
         config = ClientConfig(streaming=False, httpx_client=owner.http,
                               supported_protocol_bindings=[TransportProtocol.JSONRPC])
         self.client = ClientFactory(config).create(card_for_wire(agent.card, owner.wire))
-        uri = agent.extension_uri or X.X402_EXTENSION_URI
+        uri = agent.extension_uri or a2a_x402.X402_EXTENSION_URI
         self.uri = uri
         self.call = ClientCallContext(
-            service_parameters=dict.fromkeys(X.EXTENSION_HEADERS, uri))
+            service_parameters=dict.fromkeys(a2a_x402.EXTENSION_HEADERS, uri))
 
     async def close(self) -> None:
         await self.client.close()
@@ -274,11 +274,11 @@ class _PaidTask:
             return PaidResult(_result_text(task), None, task)
         meta = _status_metadata(task)
         if _state(task) != TaskState.TASK_STATE_INPUT_REQUIRED or (
-            X.status_of(meta) != X.PAYMENT_REQUIRED
+            a2a_x402.status_of(meta) != a2a_x402.PAYMENT_REQUIRED
         ):
             raise A2AProtocolError("unexpected_state",
                                    f"task {task.id} is {TaskState.Name(_state(task))}, "
-                                   f"payment status {X.status_of(meta)!r}")
+                                   f"payment status {a2a_x402.status_of(meta)!r}")
         try:
             payload = self._sign(meta)
         except PaymentRefused:
@@ -291,11 +291,12 @@ class _PaidTask:
     def _sign(self, meta: Mapping[str, Any]) -> PaymentPayload:
         owner, terms = self.owner, self.agent.terms
         try:
-            required = parse_payment_required(meta.get(X.REQUIRED_KEY))
+            required = parse_payment_required(meta.get(a2a_x402.REQUIRED_KEY))
         except WireError as e:
-            raise PaymentRefused(R.MALFORMED_PAYMENT_REQUIRED, e.message) from e
+            raise PaymentRefused(client_errors.MALFORMED_PAYMENT_REQUIRED, e.message) from e
         if not isinstance(required, PaymentRequired):
-            raise PaymentRefused(R.MALFORMED_PAYMENT_REQUIRED, "x402Version 1 offers are not taken")
+            raise PaymentRefused(client_errors.MALFORMED_PAYMENT_REQUIRED,
+                                 "x402Version 1 offers are not taken")
         on_card = [r for r in required.accepts if terms is not None and terms.admits(r)]
         if not on_card:
             raise PaymentRefused(
@@ -321,13 +322,13 @@ class _PaidTask:
             # Nothing left this process, so the reservation may go back.
             if reservation is not None and owner.budget is not None:
                 owner.budget.release(reservation)
-            raise PaymentRefused(R.SIGNING_FAILED, f"{type(e).__name__}: {e}",
+            raise PaymentRefused(client_errors.SIGNING_FAILED, f"{type(e).__name__}: {e}",
                                  offered=required.accepts) from e
         assert isinstance(payload, PaymentPayload)
         return payload
 
     async def _submit(self, task: Task, payload: PaymentPayload) -> PaidResult:
-        metadata = X.submitted_metadata(payload)
+        metadata = a2a_x402.submitted_metadata(payload)
         attempts = 0
         while True:
             message = _user_message("Payment for the task.", self.uri, task=task,
@@ -345,16 +346,16 @@ class _PaidTask:
                 return self._completed(task, meta, payload)
             if state in (TaskState.TASK_STATE_FAILED, TaskState.TASK_STATE_REJECTED,
                          TaskState.TASK_STATE_CANCELED):
-                receipts = X.receipts_of(meta)
-                reason = meta.get(X.ERROR_KEY) or X.status_of(meta) or "task_failed"
+                receipts = a2a_x402.receipts_of(meta)
+                reason = meta.get(a2a_x402.ERROR_KEY) or a2a_x402.status_of(meta) or "task_failed"
                 raise A2APaymentFailed(str(reason), get_message_text(task.status.message),
                                        task=task, receipt=receipts[-1] if receipts else None)
             retryable = state == TaskState.TASK_STATE_INPUT_REQUIRED and (
-                lost or meta.get(X.ERROR_KEY) in X.RETRYABLE_ERRORS)
+                lost or meta.get(a2a_x402.ERROR_KEY) in a2a_x402.RETRYABLE_ERRORS)
             if not retryable or attempts >= self.owner.retries:
                 raise PaymentUnresolved(
                     f"task {task.id} is {TaskState.Name(state)} after payment "
-                    f"(error {meta.get(X.ERROR_KEY)!r}); not paying again",
+                    f"(error {meta.get(a2a_x402.ERROR_KEY)!r}); not paying again",
                     task_id=task.id, payload=payload,
                 )
             attempts += 1
@@ -373,12 +374,13 @@ class _PaidTask:
     def _completed(
         self, task: Task, meta: Mapping[str, Any], payload: PaymentPayload
     ) -> PaidResult:
-        receipts = X.receipts_of(meta)
+        receipts = a2a_x402.receipts_of(meta)
         receipt = receipts[-1] if receipts else None
         accepted = payload.accepted
         payer = address_key(self.owner.wallet.address)
         if (
-            X.status_of(meta) != X.PAYMENT_COMPLETED or receipt is None or not receipt.success
+            a2a_x402.status_of(meta) != a2a_x402.PAYMENT_COMPLETED or receipt is None
+            or not receipt.success
             or not receipt.transaction or receipt.network != accepted.network
             or (receipt.payer is not None and address_key(receipt.payer) != payer)
         ):
@@ -389,7 +391,7 @@ class _PaidTask:
     async def _decline(self, task: Task) -> None:
         """Tell the agent we will not pay, so the task ends; best effort."""
         message = _user_message("Declining the payment.", self.uri, task=task,
-                                metadata=X.rejected_metadata())
+                                metadata=a2a_x402.rejected_metadata())
         with contextlib.suppress(A2AClientError, A2AError, A2AProtocolError):
             await self._send(message)
 
@@ -443,7 +445,7 @@ def _status_metadata(task: Task) -> dict[str, Any]:
     message = task.status.message
     if not task.status.HasField("message") or not message.HasField("metadata"):
         return {}
-    return X.from_struct(MessageToDict(message.metadata))
+    return a2a_x402.from_struct(MessageToDict(message.metadata))
 
 
 def _result_text(task: Task) -> str:

@@ -89,7 +89,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
 
-from a402.agents import a2a_x402 as X
+from a402.agents import a2a_x402
 from a402.agents.card import OnchainCard
 from a402.chain.deploy import TokenInfo
 from a402.evm.address import is_address, to_checksum
@@ -128,7 +128,7 @@ from a402.provider.ledger import (
 )
 from a402.provider.routes import Price, to_atomic
 from a402.serving import BoundedJsonBodies, JsonErrors
-from a402.wire import errors as W
+from a402.wire import errors as wire_errors
 from a402.wire.errors import WireError
 from a402.wire.networks import evm_chain_id
 from a402.wire.x402 import (
@@ -145,7 +145,7 @@ log = logging.getLogger("a402.agents.a2a")
 Handler = Callable[[str], Awaitable[str]]
 """The business function: the task's request text in, the result text out."""
 
-EXTENSION_HEADERS: Final = X.EXTENSION_HEADERS
+EXTENSION_HEADERS: Final = a2a_x402.EXTENSION_HEADERS
 _LEDGER_RETENTION: Final = 600
 
 
@@ -197,7 +197,7 @@ class PaidAgent:
         ledger: PaymentLedger | None = None,
         task_store: TaskStore | None = None,
         require_activation: bool = True,
-        extension_uri: str = X.X402_EXTENSION_URI,
+        extension_uri: str = a2a_x402.X402_EXTENSION_URI,
     ) -> None:
         if not is_address(pay_to) or not is_address(token.address):
             raise ValueError("pay_to and the token address must be EVM addresses")
@@ -205,7 +205,7 @@ class PaidAgent:
             evm_chain_id(network)
         except WireError as e:
             raise ValueError(e.message) from e
-        if extension_uri not in X.X402_EXTENSION_URIS:
+        if extension_uri not in a2a_x402.X402_EXTENSION_URIS:
             raise ValueError(f"unknown x402 extension URI {extension_uri!r}")
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -221,7 +221,7 @@ class PaidAgent:
         self.extension_uri = extension_uri
         self.require_activation = require_activation
         self.skill = skill or Skill(id="task", name=name, description=description)
-        self.terms = X.PaymentTerms(
+        self.terms = a2a_x402.PaymentTerms(
             network=network, asset=to_checksum(token.address),
             amount=to_atomic(price, token.decimals), pay_to=to_checksum(pay_to),
         )
@@ -349,13 +349,13 @@ class X402Executor(AgentExecutor):
             await self._ask(updater, uri)
             return
         meta = _metadata(message)
-        prior = X.receipts_of(_metadata(task.status.message))
-        status = X.status_of(meta)
-        if status == X.PAYMENT_SUBMITTED:
+        prior = a2a_x402.receipts_of(_metadata(task.status.message))
+        status = a2a_x402.status_of(meta)
+        if status == a2a_x402.PAYMENT_SUBMITTED:
             await self._pay_and_run(updater, task, meta, uri, prior)
-        elif status == X.PAYMENT_REJECTED:
-            await self._fail(updater, uri, X.PAYMENT_REJECTED_BY_CLIENT,
-                             "the client declined to pay", prior, status=X.PAYMENT_REJECTED)
+        elif status == a2a_x402.PAYMENT_REJECTED:
+            await self._fail(updater, uri, a2a_x402.PAYMENT_REJECTED_BY_CLIENT,
+                             "the client declined to pay", prior, status=a2a_x402.PAYMENT_REJECTED)
         else:
             await self._ask(updater, uri, receipts=prior)
 
@@ -372,13 +372,14 @@ class X402Executor(AgentExecutor):
         agent = self.agent
         receipts = list(prior)
         try:
-            payload = parse_payment_payload(X.from_struct(meta.get(X.PAYLOAD_KEY)))
+            payload = parse_payment_payload(a2a_x402.from_struct(meta.get(a2a_x402.PAYLOAD_KEY)))
             if not isinstance(payload, PaymentPayload):
-                raise WireError(W.INVALID_X402_VERSION, "this agent takes x402Version 2 payloads")
+                raise WireError(wire_errors.INVALID_X402_VERSION,
+                                "this agent takes x402Version 2 payloads")
             if not agent.terms.admits(payload.accepted):
-                raise WireError(X.NO_MATCHING_REQUIREMENTS,
+                raise WireError(a2a_x402.NO_MATCHING_REQUIREMENTS,
                                 "the payload does not answer this agent's terms")
-            evm = ExactEvmPayload.from_wire(payload.payload, reason=W.INVALID_PAYLOAD)
+            evm = ExactEvmPayload.from_wire(payload.payload, reason=wire_errors.INVALID_PAYLOAD)
         except WireError as e:
             await self._fail(updater, uri, e.reason, e.message, receipts)
             return
@@ -420,7 +421,7 @@ class X402Executor(AgentExecutor):
                     await updater.update_status(
                         TaskState.TASK_STATE_WORKING,
                         message=_agent_message(updater, "Payment verified; working.",
-                                               X.verified_metadata(), uri),
+                                               a2a_x402.verified_metadata(), uri),
                     )
                     try:
                         result = await agent.handler(_request_text(task))
@@ -445,10 +446,10 @@ class X402Executor(AgentExecutor):
 
         match await drive(flow, run):
             case Reused() | OtherTerms():
-                await self._fail(updater, uri, X.PAYMENT_ALREADY_USED,
+                await self._fail(updater, uri, a2a_x402.PAYMENT_ALREADY_USED,
                                  "this authorization was already used", receipts, payer=payer)
             case NotResumable():
-                await self._fail(updater, uri, X.PAYMENT_ALREADY_USED,
+                await self._fail(updater, uri, a2a_x402.PAYMENT_ALREADY_USED,
                                  "this authorization is pending for another task "
                                  "(or its result was lost)", receipts, payer=payer)
             case RequestRefused(no_verdict, settle_attempted) | Unanswered(
@@ -456,21 +457,21 @@ class X402Executor(AgentExecutor):
                 if settle_attempted:
                     assert held is not None
                     self._held[key] = held
-                await self._retry_later(updater, uri, X.FACILITATOR_UNAVAILABLE,
+                await self._retry_later(updater, uri, a2a_x402.FACILITATOR_UNAVAILABLE,
                                         no_verdict.message, receipts)
             case Rejected(verdict):
                 await self._fail(updater, uri, verdict.invalid_reason or "invalid_payment",
                                  verdict.invalid_message or "the facilitator refused the payment",
                                  receipts, payer=verdict.payer or payer)
             case NotServed():
-                await self._fail(updater, uri, X.SERVICE_FAILED,
+                await self._fail(updater, uri, a2a_x402.SERVICE_FAILED,
                                  f"the service failed ({type(failure).__name__}); "
                                  "nothing was charged", receipts, payer=payer)
             case SettlePending(settlement):
                 assert held is not None
                 self._held[key] = held
                 receipts.append(settlement)
-                await self._retry_later(updater, uri, W.SETTLEMENT_PENDING,
+                await self._retry_later(updater, uri, wire_errors.SETTLEMENT_PENDING,
                                         settlement.error_message or "not mined yet", receipts)
             case SettleFailed(settlement):
                 self._held.pop(key, None)
@@ -490,7 +491,7 @@ class X402Executor(AgentExecutor):
                 log.info("task %s paid: %s", task.id, settlement.transaction)
                 await updater.add_artifact([Part(text=held.result)], name="result")
                 await updater.complete(_agent_message(
-                    updater, held.result, X.completed_metadata([*receipts, settlement]), uri,
+                    updater, held.result, a2a_x402.completed_metadata([*receipts, settlement]), uri,
                 ))
 
     # --- answers
@@ -500,7 +501,7 @@ class X402Executor(AgentExecutor):
         receipts: list[SettleResponse] | None = None,
     ) -> None:
         agent = self.agent
-        meta = X.payment_required_metadata(agent.payment_required(error), error=error,
+        meta = a2a_x402.payment_required_metadata(agent.payment_required(error), error=error,
                                            receipts=receipts or ())
         text = (f"Payment required: {agent.terms.amount} atomic units of {agent.token.symbol} "
                 f"on {agent.network} to {agent.terms.pay_to}.")
@@ -517,11 +518,11 @@ class X402Executor(AgentExecutor):
     async def _fail(
         self, updater: TaskUpdater, uri: str, reason: str, message: str,
         receipts: list[SettleResponse], *, payer: str | None = None, transaction: str = "",
-        status: str = X.PAYMENT_FAILED,
+        status: str = a2a_x402.PAYMENT_FAILED,
     ) -> None:
-        receipt = X.failure_receipt(reason, message, network=self.agent.network, payer=payer,
+        receipt = a2a_x402.failure_receipt(reason, message, network=self.agent.network, payer=payer,
                                     transaction=transaction)
-        meta = X.failed_metadata(reason, [*receipts, receipt], status=status)
+        meta = a2a_x402.failed_metadata(reason, [*receipts, receipt], status=status)
         await updater.failed(_agent_message(updater, f"Payment failed: {reason}: {message}",
                                             meta, uri))
 
@@ -540,9 +541,10 @@ class _ActivationGate(DefaultRequestHandler):
         if not self._required:
             return
         asked = context.requested_extensions | set(params.message.extensions)
-        if not asked & set(X.X402_EXTENSION_URIS):
+        if not asked & set(a2a_x402.X402_EXTENSION_URIS):
             raise ExtensionSupportRequiredError(
-                message=f"this agent requires the x402 extension: activate {X.X402_EXTENSION_URI}"
+                message="this agent requires the x402 extension: activate "
+                        f"{a2a_x402.X402_EXTENSION_URI}"
             )
 
     async def on_message_send(
@@ -586,7 +588,7 @@ class _EchoExtensions:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             values = [v for name in EXTENSION_HEADERS for v in header_values(scope, name)]
-            active = sorted(get_requested_extensions(values) & set(X.X402_EXTENSION_URIS))
+            active = sorted(get_requested_extensions(values) & set(a2a_x402.X402_EXTENSION_URIS))
             if active:
                 echoed = ",".join(active)
                 send = adding_headers(send, [(n, echoed) for n in EXTENSION_HEADERS])
@@ -602,7 +604,7 @@ class _IntegralNumbers:
     number type, so every A2A (ProtoJSON) reader reads both spellings as the same
     double, but a reader that maps x402 JSON onto integer fields (the x402 SDKs'
     models in strict mode, Go's ``encoding/json``) refuses ``2.0``. Only doubles
-    that are exact integers (``|x| <= 2**53``, ``X.from_struct``) change, and only
+    that are exact integers (``|x| <= 2**53``, ``a2a_x402.from_struct``) change, and only
     their spelling: the value every reader sees is unchanged, so nothing about a
     payment can change with it. Other answers (the SSE stream) pass untouched.
     """
@@ -649,7 +651,7 @@ def _integral_json(body: bytes) -> bytes:
         decoded = json.loads(body)
     except ValueError:
         return body
-    return json.dumps(X.from_struct(decoded), ensure_ascii=False, allow_nan=False,
+    return json.dumps(a2a_x402.from_struct(decoded), ensure_ascii=False, allow_nan=False,
                       separators=(",", ":")).encode("utf-8")
 
 
@@ -657,16 +659,16 @@ def _activated_uri(context: RequestContext) -> str:
     """The x402 URI the client used (echoed on our messages), else the one we declare."""
     message = context.message
     asked = set(context.requested_extensions) | set(message.extensions if message else ())
-    for uri in X.X402_EXTENSION_URIS:
+    for uri in a2a_x402.X402_EXTENSION_URIS:
         if uri in asked:
             return uri
-    return X.X402_EXTENSION_URI
+    return a2a_x402.X402_EXTENSION_URI
 
 
 def _metadata(message: Message) -> dict[str, Any]:
     if not message.HasField("metadata"):
         return {}
-    return X.from_struct(MessageToDict(message.metadata))
+    return a2a_x402.from_struct(MessageToDict(message.metadata))
 
 
 def _agent_message(updater: TaskUpdater, text: str, metadata: dict[str, Any], uri: str) -> Message:

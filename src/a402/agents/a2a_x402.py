@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from a402.evm.address import address_key
 from a402.exact.eip3009 import SCHEME_EXACT
-from a402.wire import errors as W
+from a402.wire import errors as wire_errors
 from a402.wire.errors import WireError
 from a402.wire.x402 import (
     PaymentPayload,
@@ -85,22 +85,22 @@ SERVICE_FAILED: Final = "service_failed"
 """The paid function failed after verification; nothing was settled."""
 PAYMENT_REJECTED_BY_CLIENT: Final = "payment_rejected_by_client"
 
-RETRYABLE_ERRORS: Final = frozenset({FACILITATOR_UNAVAILABLE, W.SETTLEMENT_PENDING})
+RETRYABLE_ERRORS: Final = frozenset({FACILITATOR_UNAVAILABLE, wire_errors.SETTLEMENT_PENDING})
 """Errors that leave the task in ``input-required``: the client must resend the
 *same* payload (never a new one: the old one may still settle)."""
 
 _SPEC_CODES: Final[Mapping[str, str]] = {
-    W.INSUFFICIENT_BALANCE: INSUFFICIENT_FUNDS,
-    W.INVALID_SIGNATURE: INVALID_SIGNATURE,
-    W.FAILED_TO_VERIFY_SIGNATURE: INVALID_SIGNATURE,
-    W.VALID_BEFORE_EXPIRED: EXPIRED_PAYMENT,
-    W.NONCE_ALREADY_USED: DUPLICATE_NONCE,
+    wire_errors.INSUFFICIENT_BALANCE: INSUFFICIENT_FUNDS,
+    wire_errors.INVALID_SIGNATURE: INVALID_SIGNATURE,
+    wire_errors.FAILED_TO_VERIFY_SIGNATURE: INVALID_SIGNATURE,
+    wire_errors.VALID_BEFORE_EXPIRED: EXPIRED_PAYMENT,
+    wire_errors.NONCE_ALREADY_USED: DUPLICATE_NONCE,
     PAYMENT_ALREADY_USED: DUPLICATE_NONCE,
-    W.NETWORK_MISMATCH: NETWORK_MISMATCH,
-    W.INVALID_NETWORK: NETWORK_MISMATCH,
-    W.AUTHORIZATION_VALUE_MISMATCH: INVALID_AMOUNT,
-    W.TRANSACTION_FAILED: SETTLEMENT_FAILED,
-    W.UNEXPECTED_SETTLE_ERROR: SETTLEMENT_FAILED,
+    wire_errors.NETWORK_MISMATCH: NETWORK_MISMATCH,
+    wire_errors.INVALID_NETWORK: NETWORK_MISMATCH,
+    wire_errors.AUTHORIZATION_VALUE_MISMATCH: INVALID_AMOUNT,
+    wire_errors.TRANSACTION_FAILED: SETTLEMENT_FAILED,
+    wire_errors.UNEXPECTED_SETTLE_ERROR: SETTLEMENT_FAILED,
 }
 
 
@@ -144,11 +144,13 @@ class PaymentTerms:
         for key in ("scheme", "network", "asset", "amount", "payTo"):
             value = params.get(key)
             if not isinstance(value, str) or not value:
-                raise WireError(W.INVALID_PAYMENT_REQUIREMENTS, f"card terms lack {key!r}")
+                raise WireError(wire_errors.INVALID_PAYMENT_REQUIREMENTS,
+                                f"card terms lack {key!r}")
             fields[key] = value
         amount = fields["amount"]
         if not amount.isascii() or not amount.isdigit():
-            raise WireError(W.INVALID_PAYMENT_REQUIREMENTS, "card amount is not a decimal integer")
+            raise WireError(wire_errors.INVALID_PAYMENT_REQUIREMENTS,
+                            "card amount is not a decimal integer")
         return cls(
             network=fields["network"], asset=fields["asset"], amount=int(amount),
             pay_to=fields["payTo"], scheme=fields["scheme"],
@@ -206,7 +208,7 @@ def receipts_of(metadata: Mapping[str, Any]) -> list[SettleResponse]:
     if isinstance(raw, list):
         for item in from_struct(raw):
             try:
-                out.append(SettleResponse.from_wire(item, reason=W.INVALID_PAYLOAD))
+                out.append(SettleResponse.from_wire(item, reason=wire_errors.INVALID_PAYLOAD))
             except WireError:
                 continue
     return out

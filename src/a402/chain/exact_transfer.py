@@ -17,7 +17,7 @@ from eth_utils import keccak, to_checksum_address
 
 from a402.chain.node import Chain
 from a402.chain.rpc import Reverted, as_int, rpc
-from a402.wire import errors as E
+from a402.wire import errors as wire_errors
 
 _VRS = keccak(
     text="transferWithAuthorization(address,address,uint256,uint256,uint256,bytes32,uint8,bytes32,bytes32)"
@@ -29,12 +29,12 @@ _AUTH_STATE = keccak(text="authorizationState(address,bytes32)")[:4]
 
 # Revert strings of USDC's FiatTokenV2 (and of TestUSDC, which copies them).
 _REVERTS: tuple[tuple[str, str], ...] = (
-    ("authorization is expired", E.VALID_BEFORE_EXPIRED),
-    ("authorization is not yet valid", E.VALID_AFTER_FUTURE),
-    ("authorization is used", E.NONCE_ALREADY_USED),
-    ("exceeds balance", E.INSUFFICIENT_BALANCE),
-    ("insufficientbalance", E.INSUFFICIENT_BALANCE),
-    ("invalid signature", E.INVALID_SIGNATURE),
+    ("authorization is expired", wire_errors.VALID_BEFORE_EXPIRED),
+    ("authorization is not yet valid", wire_errors.VALID_AFTER_FUTURE),
+    ("authorization is used", wire_errors.NONCE_ALREADY_USED),
+    ("exceeds balance", wire_errors.INSUFFICIENT_BALANCE),
+    ("insufficientbalance", wire_errors.INSUFFICIENT_BALANCE),
+    ("invalid signature", wire_errors.INVALID_SIGNATURE),
 )
 
 

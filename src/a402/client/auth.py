@@ -46,7 +46,7 @@ from typing import Any, Final
 import httpx
 from eth_account.signers.local import LocalAccount
 
-from a402.client import errors as R
+from a402.client import errors
 from a402.client.budget import Budget
 from a402.client.choose import choose
 from a402.client.errors import PaymentRefused
@@ -248,7 +248,7 @@ class X402Auth(httpx.Auth):
             if reservation is not None and self.budget is not None:
                 self.budget.release(reservation)
             raise PaymentRefused(
-                R.SIGNING_FAILED, f"{type(e).__name__}: {e}", url=url,
+                errors.SIGNING_FAILED, f"{type(e).__name__}: {e}", url=url,
                 offered=required.accepts,
             ) from e
         auth = payload.payload["authorization"]
@@ -258,7 +258,8 @@ class X402Auth(httpx.Auth):
             # this process, so giving the reservation back is safe.
             if reservation is not None and self.budget is not None:
                 self.budget.release(reservation)
-            raise PaymentRefused(R.SIGNING_FAILED, "signed value/recipient differ from the offer",
+            raise PaymentRefused(errors.SIGNING_FAILED,
+                                 "signed value/recipient differ from the offer",
                                  url=url, offered=required.accepts)
         payment = Payment(
             method=request.method, url=url, offer=offer, payer=self.wallet.address,

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from a402.client import errors as R
+from a402.client import errors
 from a402.client.budget import Budget, Reservation
 from a402.client.errors import BudgetExceeded, PaymentRefused, Rejection
 from a402.client.limits import MaxAmount
@@ -80,10 +80,11 @@ def evaluate(
         amount = view.amount_int
         cap = max_amount(view)
         if cap is None:
-            rejections.append(Rejection(index, req, R.ASSET_NOT_ALLOWED, "no maximum for asset"))
+            rejections.append(Rejection(index, req, errors.ASSET_NOT_ALLOWED,
+                                        "no maximum for asset"))
         elif amount > cap:
             rejections.append(
-                Rejection(index, req, R.PRICE_ABOVE_MAXIMUM, f"{amount} > maximum {cap}")
+                Rejection(index, req, errors.PRICE_ABOVE_MAXIMUM, f"{amount} > maximum {cap}")
             )
         else:
             offers.append(Offer(index, req, view, amount, cap))
@@ -94,10 +95,10 @@ def evaluate(
 def overall_reason(rejections: list[Rejection]) -> str:
     """The reason closest to payable: a caller can act on it (top up, raise the cap)."""
     reasons = {r.reason for r in rejections}
-    for reason in (R.BUDGET_EXHAUSTED, R.PRICE_ABOVE_MAXIMUM):
+    for reason in (errors.BUDGET_EXHAUSTED, errors.PRICE_ABOVE_MAXIMUM):
         if reason in reasons:
             return reason
-    return R.NO_ACCEPTABLE_REQUIREMENT
+    return errors.NO_ACCEPTABLE_REQUIREMENT
 
 
 def choose(
@@ -122,7 +123,7 @@ def choose(
             return offer, budget.reserve(offer.asset, offer.amount)
         except BudgetExceeded as e:
             rejections.append(
-                Rejection(offer.index, offer.requirements, R.BUDGET_EXHAUSTED, e.message)
+                Rejection(offer.index, offer.requirements, errors.BUDGET_EXHAUSTED, e.message)
             )
     rejections.sort(key=lambda r: r.index)
     reason = overall_reason(rejections)

@@ -13,7 +13,7 @@ from typing import Any, Final
 
 import httpx
 
-from a402.client import errors as R
+from a402.client import errors
 from a402.client.budget import Reservation
 from a402.client.choose import Offer
 from a402.client.errors import PaymentRefused
@@ -115,7 +115,8 @@ def payment_required_of(response: httpx.Response) -> AnyPaymentRequired:
     try:
         return read_payment_required(response.headers.get(PAYMENT_REQUIRED), response.content)
     except WireError as e:
-        raise PaymentRefused(R.MALFORMED_PAYMENT_REQUIRED, e.message, url=_url_of(response)) from e
+        raise PaymentRefused(errors.MALFORMED_PAYMENT_REQUIRED, e.message,
+                             url=_url_of(response)) from e
 
 
 def _url_of(response: httpx.Response) -> str | None:

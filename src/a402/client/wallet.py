@@ -15,7 +15,7 @@ from typing import Any, Final
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from a402.client import errors as R
+from a402.client import errors
 from a402.client.budget import asset_key
 from a402.evm.address import is_address
 from a402.exact.eip3009 import (
@@ -90,15 +90,15 @@ class Wallet:
         try:
             v2 = to_v2_requirements(req)
         except WireError as e:  # e.g. a v1 network name nobody knows
-            return R.NETWORK_NOT_ALLOWED, e.message or e.reason
+            return errors.NETWORK_NOT_ALLOWED, e.message or e.reason
         if v2.scheme != SCHEME_EXACT:
-            return R.UNSUPPORTED_SCHEME, f"scheme {v2.scheme!r:.40}"
+            return errors.UNSUPPORTED_SCHEME, f"scheme {v2.scheme!r:.40}"
         if not is_evm(v2.network):
-            return R.NETWORK_NOT_ALLOWED, f"{v2.network!r:.60} is not an EVM network"
+            return errors.NETWORK_NOT_ALLOWED, f"{v2.network!r:.60} is not an EVM network"
         if self.networks is not None and v2.network not in self.networks:
-            return R.NETWORK_NOT_ALLOWED, f"{v2.network} is not in the allowed networks"
+            return errors.NETWORK_NOT_ALLOWED, f"{v2.network} is not in the allowed networks"
         if self.assets is not None and asset_key(v2.asset) not in self.assets:
-            return R.ASSET_NOT_ALLOWED, f"{v2.asset:.60} is not in the allowed assets"
+            return errors.ASSET_NOT_ALLOWED, f"{v2.asset:.60} is not in the allowed assets"
         return _signable(v2)
 
     def sign(
@@ -115,7 +115,7 @@ class Wallet:
         and ``extensions``; v1 payloads have neither.
         """
         if (refused := self.refusal(req)) is not None:
-            raise R.PaymentRefused(refused[0], refused[1], offered=[req])
+            raise errors.PaymentRefused(refused[0], refused[1], offered=[req])
         if isinstance(req, PaymentRequirementsV1):
             return build_payment_payload_v1(req, self._account, valid_for=valid_for)
         return build_payment_payload(
@@ -128,15 +128,15 @@ def _signable(req: PaymentRequirements) -> tuple[str, str] | None:
     extra = req.extra or {}
     method = extra.get("assetTransferMethod", TRANSFER_METHOD_EIP3009)
     if method != TRANSFER_METHOD_EIP3009:
-        return R.UNSUPPORTED_TRANSFER_METHOD, f"assetTransferMethod {method!r:.40}"
+        return errors.UNSUPPORTED_TRANSFER_METHOD, f"assetTransferMethod {method!r:.40}"
     if extra.get("paymentFlow") not in KNOWN_PAYMENT_FLOWS:
-        return R.UNSUPPORTED_PAYMENT_FLOW, f"paymentFlow {extra.get('paymentFlow')!r:.40}"
+        return errors.UNSUPPORTED_PAYMENT_FLOW, f"paymentFlow {extra.get('paymentFlow')!r:.40}"
     if not isinstance(extra.get("name"), str) or not isinstance(extra.get("version"), str):
-        return R.MISSING_EIP712_DOMAIN, "extra needs the token's EIP-712 name and version"
+        return errors.MISSING_EIP712_DOMAIN, "extra needs the token's EIP-712 name and version"
     if not is_address(req.asset) or not is_address(req.pay_to):
-        return R.INVALID_REQUIREMENTS, "asset and payTo must be EVM addresses"
+        return errors.INVALID_REQUIREMENTS, "asset and payTo must be EVM addresses"
     try:
         req.amount_int  # noqa: B018 - parsing is the check
     except WireError as e:
-        return R.INVALID_REQUIREMENTS, e.message
+        return errors.INVALID_REQUIREMENTS, e.message
     return None

@@ -64,7 +64,7 @@ from a402.facilitator.store import (
     payload_digest,
     settlement_key,
 )
-from a402.wire import errors as E
+from a402.wire import errors as wire_errors
 from a402.wire.convert import normalize
 from a402.wire.errors import WireError
 from a402.wire.networks import v1_name
@@ -123,16 +123,16 @@ class Facilitator:
         if (known := self.store.peek(checked.key)) is not None:
             state, tx_hash, resource = known
             if resource != checked.resource:
-                return _invalid(E.NONCE_USED_FOR_ANOTHER_RESOURCE,
+                return _invalid(wire_errors.NONCE_USED_FOR_ANOTHER_RESOURCE,
                                 _another_resource_message(state, tx_hash), checked.check.payer)
-            return _invalid(E.NONCE_ALREADY_USED, _already_message(state, tx_hash),
+            return _invalid(wire_errors.NONCE_ALREADY_USED, _already_message(state, tx_hash),
                             checked.check.payer)
         calldata = self._calldata(checked)
         try:
             simulate_transfer(self.chain, self.signer.address, checked.requirements.asset,
                               calldata)
         except Reverted as e:
-            reason = classify_revert(e.reason, E.TRANSACTION_SIMULATION_FAILED)
+            reason = classify_revert(e.reason, wire_errors.TRANSACTION_SIMULATION_FAILED)
             return _invalid(reason, e.reason, checked.check.payer)
         return VerifyResponse(is_valid=True, payer=checked.check.payer)
 
@@ -141,7 +141,8 @@ class Facilitator:
         request = parse_facilitator_request(body)
         payload, requirements = normalize(request.payment_payload, request.payment_requirements)
         if payload.resource is not None and not _journalable(payload.resource.url):
-            raise WireError(E.INVALID_PAYLOAD, "the resource URL holds a NUL character or an "
+            raise WireError(wire_errors.INVALID_PAYLOAD,
+                            "the resource URL holds a NUL character or an "
                                                "unpaired surrogate, which no URL has")
         return payload, requirements
 
@@ -150,9 +151,11 @@ class Facilitator:
     ) -> _Checked | VerifyResponse:
         """Every offline check, as of ``now`` (default: the present)."""
         if payload.scheme != SCHEME or requirements.scheme != SCHEME:
-            return _invalid(E.UNSUPPORTED_SCHEME, f"this facilitator settles only {SCHEME!r}")
+            return _invalid(wire_errors.UNSUPPORTED_SCHEME,
+                            f"this facilitator settles only {SCHEME!r}")
         if requirements.network != self.network:
-            return _invalid(E.INVALID_NETWORK, f"this facilitator settles on {self.network}")
+            return _invalid(wire_errors.INVALID_NETWORK,
+                            f"this facilitator settles on {self.network}")
         check = check_exact(payload, requirements, now=int(time.time()) if now is None else now)
         # A signature that does not recover to `from` may still be a contract
         # wallet's (EIP-1271): then the simulation below is the signature check.
@@ -222,7 +225,7 @@ class Facilitator:
     ) -> Settlement | None:
         """The journal's record of this exact signed payload, if it has one."""
         try:
-            evm = ExactEvmPayload.from_wire(payload.payload, reason=E.INVALID_PAYLOAD)
+            evm = ExactEvmPayload.from_wire(payload.payload, reason=wire_errors.INVALID_PAYLOAD)
         except WireError:
             return None
         auth = evm.authorization.to_wire()
@@ -251,10 +254,10 @@ class Facilitator:
         the journaled request's authorization is that same one.
         """
         if known.payload_hash != checked.payload_hash:
-            return self._failure(checked, E.NONCE_ALREADY_USED,
+            return self._failure(checked, wire_errors.NONCE_ALREADY_USED,
                                  "this authorization was already used with another signature")
         if known.resource != checked.resource:
-            return self._failure(checked, E.NONCE_USED_FOR_ANOTHER_RESOURCE,
+            return self._failure(checked, wire_errors.NONCE_USED_FOR_ANOTHER_RESOURCE,
                                  _another_resource_message(known.state, known.tx_hash))
         return None
 
@@ -295,7 +298,7 @@ class Facilitator:
                                             checked.requirements.asset, calldata)
             except Reverted as e:
                 self.store.release(checked.key, holder=holder)
-                reason = classify_revert(e.reason, E.TRANSACTION_SIMULATION_FAILED)
+                reason = classify_revert(e.reason, wire_errors.TRANSACTION_SIMULATION_FAILED)
                 return self._failure(checked, reason, e.reason)
             call: TxParams = {"to": checked.requirements.asset,
                               "data": HexStr("0x" + calldata.hex())}
@@ -351,7 +354,7 @@ class Facilitator:
             state = State.CONFIRMED
         elif self._used_by_another(record):
             response = SettleResponse(
-                success=False, error_reason=E.NONCE_ALREADY_USED,
+                success=False, error_reason=wire_errors.NONCE_ALREADY_USED,
                 error_message="the settlement transaction reverted: another transaction had "
                               "already used this authorization, so its funds moved to the "
                               "payee, but not through this settlement",
@@ -359,7 +362,7 @@ class Facilitator:
             state = State.FAILED
         else:
             response = SettleResponse(
-                success=False, error_reason=E.TRANSACTION_FAILED,
+                success=False, error_reason=wire_errors.TRANSACTION_FAILED,
                 error_message="the settlement transaction reverted; no funds moved",
                 transaction=record.tx_hash or "", network=self.network, payer=record.payer)
             state = State.FAILED
@@ -383,7 +386,7 @@ class Facilitator:
 
     def _pending(self, record: Settlement) -> SettleResponse:
         return SettleResponse(
-            success=False, error_reason=E.SETTLEMENT_PENDING,
+            success=False, error_reason=wire_errors.SETTLEMENT_PENDING,
             error_message="the settlement transaction is not confirmed yet; "
                           "repeat the same request to get its outcome",
             transaction=record.tx_hash or "", network=self.network, payer=record.payer)
@@ -438,7 +441,7 @@ class Facilitator:
                 self._finish(record, as_int(receipt["status"]) == 1)
                 return True
             response = SettleResponse(
-                success=False, error_reason=E.VALID_BEFORE_EXPIRED,
+                success=False, error_reason=wire_errors.VALID_BEFORE_EXPIRED,
                 error_message="the authorization expired before its transaction was mined; "
                               "no funds moved",
                 transaction=record.tx_hash, network=self.network, payer=record.payer)

@@ -91,7 +91,7 @@ from a402.exact.serve import (
     exact_flow,
 )
 from a402.facilitator.client import FacilitatorClient, FacilitatorError
-from a402.provider import responses as R
+from a402.provider import responses
 from a402.provider.alternatives import AlternativeScheme
 from a402.provider.asgi import BufferedResponse, adding_headers, header_values, run_buffered
 from a402.provider.ledger import (
@@ -249,8 +249,8 @@ class PaymentMiddleware:
         offer = self.offer(scope, match)
         headers = header_values(scope, PAYMENT_SIGNATURE) or header_values(scope, X_PAYMENT)
         if not headers:
-            await R.payment_required(
-                offer, R.PAYMENT_REQUIRED_REASON,
+            await responses.payment_required(
+                offer, responses.PAYMENT_REQUIRED_REASON,
                 f"this resource costs {match.amount} atomic units of {self.token.symbol}; "
                 f"send a signed payment in the {PAYMENT_SIGNATURE} (v2) or {X_PAYMENT} (v1) header",
             ).send(send)
@@ -260,7 +260,7 @@ class PaymentMiddleware:
                 raise WireError(INVALID_PAYLOAD, "more than one payment header")
             payment = self._accept(decode_payment_payload(headers[0]), offer)
         except WireError as exc:
-            await R.payment_required(offer, exc.reason, exc.message).send(send)
+            await responses.payment_required(offer, exc.reason, exc.message).send(send)
             return
         await self._pay_and_serve(scope, receive, send, offer, payment)
 
@@ -288,7 +288,7 @@ class PaymentMiddleware:
 
     # -------------------------------------------------------------------- the offer
 
-    def offer(self, scope: Scope, match: RouteMatch) -> R.Offer:
+    def offer(self, scope: Scope, match: RouteMatch) -> responses.Offer:
         """The requirements for this request, in v2 and v1 form."""
         url = f"{self.public_url}{scope['path']}" if self.public_url else str(URL(scope=scope))
         if self.public_url and scope.get("query_string"):
@@ -308,9 +308,9 @@ class PaymentMiddleware:
             extra=self.token.eip712_extra(),
         )
         if not self.alternatives:
-            return R.Offer(requirements, resource, requirements_v1)
+            return responses.Offer(requirements, resource, requirements_v1)
         base = self.public_url or _base_url(scope)
-        return R.Offer(
+        return responses.Offer(
             requirements, resource, requirements_v1,
             alternatives=tuple(scheme.requirement(
                 match.amount, base, max_timeout_seconds=self.max_timeout_seconds)
@@ -321,7 +321,7 @@ class PaymentMiddleware:
                 for scheme in self.alternatives),
         )
 
-    def _accept(self, payment: AnyPaymentPayload, offer: R.Offer) -> _Payment:
+    def _accept(self, payment: AnyPaymentPayload, offer: responses.Offer) -> _Payment:
         """Check the payment answers ``offer``; raise WireError with the reason if not."""
         requirements: AnyPaymentRequirements
         version: Literal[1, 2]
@@ -362,7 +362,7 @@ class PaymentMiddleware:
     # ------------------------------------------------------------- pay, then serve
 
     async def _pay_and_serve(
-        self, scope: Scope, receive: Receive, send: Send, offer: R.Offer, p: _Payment
+        self, scope: Scope, receive: Receive, send: Send, offer: responses.Offer, p: _Payment
     ) -> None:
         """Drive the one server-side ``exact`` flow (:mod:`a402.exact.serve`) with this
         middleware's ledger, facilitator and app, then answer what it decided."""
@@ -409,15 +409,15 @@ class PaymentMiddleware:
                 await self._refuse_reuse(send, offer, state, settlement)
             case OtherTerms(settlement) | NotResumable(settlement):
                 # Nothing taken, nothing settled: the pending entry waits for its own terms.
-                await R.payment_required(
-                    offer, R.PAYMENT_TERMS_MISMATCH,
+                await responses.payment_required(
+                    offer, responses.PAYMENT_TERMS_MISMATCH,
                     "this payment is pending settlement for another resource or other terms "
                     "(price, payee, asset, network); nothing was served or charged for this "
                     "request: resend it unchanged to the URL it was first sent to",
                     transaction=settlement.transaction if settlement else None,
                 ).send(send)
             case Rejected(verdict):
-                await R.payment_required(
+                await responses.payment_required(
                     offer, verdict.invalid_reason or "invalid_payment",
                     verdict.invalid_message or "the facilitator rejected the payment",
                     payer=verdict.payer,
@@ -458,8 +458,8 @@ class PaymentMiddleware:
 
     def _paid_headers(self, settlement: SettleResponse, version: int) -> list[tuple[str, str]]:
         return [
-            R.receipt_header(self._receipt(settlement, version), version),
-            ("access-control-expose-headers", R.EXPOSED_HEADERS),
+            responses.receipt_header(self._receipt(settlement, version), version),
+            ("access-control-expose-headers", responses.EXPOSED_HEADERS),
         ]
 
     async def _serve_paid(
@@ -472,13 +472,13 @@ class PaymentMiddleware:
         await response.replay(send, extra)
 
     async def _settle_failed(
-        self, send: Send, offer: R.Offer, p: _Payment, settlement: SettleResponse
+        self, send: Send, offer: responses.Offer, p: _Payment, settlement: SettleResponse
     ) -> None:
         receipt = self._receipt(settlement, p.version)
         if settlement.error_reason == SETTLEMENT_PENDING:
-            await R.settlement_pending(receipt, p.version, self.retry_after).send(send)
+            await responses.settlement_pending(receipt, p.version, self.retry_after).send(send)
             return
-        await R.payment_required(
+        await responses.payment_required(
             offer, settlement.error_reason or "settlement_failed",
             settlement.error_message or "the settlement failed; nothing was charged",
             settlement=receipt, version=p.version,
@@ -486,13 +486,13 @@ class PaymentMiddleware:
         ).send(send)
 
     async def _refuse_reuse(
-        self, send: Send, offer: R.Offer, state: LedgerState | None,
+        self, send: Send, offer: responses.Offer, state: LedgerState | None,
         settlement: SettleResponse | None,
     ) -> None:
         if state == LedgerState.SETTLED:
             # Spent for good: only a new payment can buy another response.
-            await R.payment_required(
-                offer, R.PAYMENT_ALREADY_USED,
+            await responses.payment_required(
+                offer, responses.PAYMENT_ALREADY_USED,
                 "this payment authorization has already bought a response; sign a new one",
                 transaction=settlement.transaction if settlement else None,
             ).send(send)
@@ -505,10 +505,10 @@ class PaymentMiddleware:
             if state == LedgerState.IN_FLIGHT
             else "this payment authorization is pending settlement under another signature"
         )
-        await R.payment_in_use(message, self.retry_after).send(send)
+        await responses.payment_in_use(message, self.retry_after).send(send)
 
     async def _facilitator_failed(
-        self, send: Send, offer: R.Offer, failure: NoVerdict, settle_attempted: bool, *,
+        self, send: Send, offer: responses.Offer, failure: NoVerdict, settle_attempted: bool, *,
         refused: bool,
     ) -> None:
         """No verdict from the facilitator; the flow has already released the payment, or
@@ -518,15 +518,15 @@ class PaymentMiddleware:
                     failure.reason, failure.message)
         if refused:
             # The facilitator refused the request as malformed: nothing can have moved.
-            await R.payment_required(offer, failure.reason, failure.message).send(send)
+            await responses.payment_required(offer, failure.reason, failure.message).send(send)
             return
         if failure.unavailable:
-            status, error = 503, R.FACILITATOR_UNAVAILABLE
+            status, error = 503, responses.FACILITATOR_UNAVAILABLE
             message = f"the payment facilitator could not be reached ({failure.reason})"
         else:
-            status, error = 502, R.FACILITATOR_ERROR
+            status, error = 502, responses.FACILITATOR_ERROR
             message = f"the payment facilitator gave no usable answer ({failure.reason})"
-        await R.facilitator_failed(
+        await responses.facilitator_failed(
             status, error, message, retry_after=self.retry_after,
             settle_attempted=settle_attempted,
         ).send(send)
@@ -558,7 +558,7 @@ def _match_v2(accepted: PaymentRequirements, offered: PaymentRequirements) -> No
     ]
     if differ:
         raise WireError(
-            R.NO_MATCHING_REQUIREMENTS,
+            responses.NO_MATCHING_REQUIREMENTS,
             f"the accepted requirement differs from the offer in: {', '.join(differ)}",
         )
 

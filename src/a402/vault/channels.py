@@ -55,7 +55,7 @@ from a402.tee import AttestationPolicy, AttestationVerifier, Enclave
 from a402.wire import vault_api as api
 
 from . import records
-from . import store as S
+from . import store as vault_store
 from .aggregate import Aggregator
 from .settings import Batching, Connections, Deposits, Timing
 from .tunnel import Checkpoint, CheckpointReason, PaidResponse, ProviderTunnel
@@ -89,7 +89,7 @@ def hex_id(channel_id: bytes) -> str:
     return "0x" + channel_id.hex()
 
 
-def batch_id(members: Sequence[S.Channel] | Sequence[str]) -> str:
+def batch_id(members: Sequence[vault_store.Channel] | Sequence[str]) -> str:
     """A journal key part naming a batch by its channels (one channel: its id)."""
     cids = [m if isinstance(m, str) else m.cid for m in members]
     if len(cids) == 1:
@@ -106,7 +106,7 @@ class Channels:
 
     def __init__(
         self, *, account: LocalAccount, manager: ASCManager, token: TokenInfo,
-        store: S.VaultStore, journal: TxJournal, enclave: Enclave,
+        store: vault_store.VaultStore, journal: TxJournal, enclave: Enclave,
         verifiers: Sequence[AttestationVerifier], policy: AttestationPolicy, timing: Timing,
         deposits: Deposits, batching: Batching, connections: Connections,
     ) -> None:
@@ -137,14 +137,14 @@ class Channels:
         self.answers: dict[bytes, Callable[[PaidResponse], dict[str, Any]]] = {}
         #: For a busy channel whose call is not recorded yet, the call's claim: written
         #: with the LOCKED checkpoint (see :meth:`persist`).
-        self.claims: dict[bytes, S.Claim] = {}
+        self.claims: dict[bytes, vault_store.Claim] = {}
         self._tunnels: dict[tuple[str, int], ProviderTunnel] = {}
         self._attached: dict[tuple[str, int], set[bytes]] = {}
         self._tunnel_locks: dict[tuple[str, int], asyncio.Lock] = {}
         self._pair_locks: dict[tuple[str, str], asyncio.Lock] = {}
         #: The OPEN channel each (client, provider) used last, found again without a read;
         #: :meth:`retire` forgets a channel as soon as it takes no new request.
-        self._usable: dict[tuple[str, str], S.Channel] = {}
+        self._usable: dict[tuple[str, str], vault_store.Channel] = {}
         #: Answers a call whose channel settled without it (set by the service).
         self.on_unfinished: Callable[[str, str | None], Awaitable[Any]] | None = None
 
@@ -175,7 +175,7 @@ class Channels:
                 self._attached[slot] = set()
             return tunnel
 
-    async def bound(self, row: S.Channel) -> tuple[ProviderTunnel, VaultChannel]:
+    async def bound(self, row: vault_store.Channel) -> tuple[ProviderTunnel, VaultChannel]:
         """The channel's tunnel and live machine, attached (OPEN sent) on that tunnel."""
         channel = await self.machine(row)
         tunnel = await self.tunnel(row.endpoint, channel.channel_id)
@@ -202,7 +202,7 @@ class Channels:
 
     # ---------------------------------------------------------------- live state
 
-    async def machine(self, row: S.Channel) -> VaultChannel:
+    async def machine(self, row: vault_store.Channel) -> VaultChannel:
         """The live state machine of ``row``, restored from its sealed snapshot if needed."""
         channel_id = bytes.fromhex(row.cid[2:])
         channel = self.live.get(channel_id)
@@ -230,33 +230,34 @@ class Channels:
             "provider_balance": str(checkpoint.provider_balance),
         }
         request: dict[str, Any] | None = None
-        claim: S.Claim | None = None
+        claim: vault_store.Claim | None = None
         if reason is CheckpointReason.LOCKED:
             claim = self.claims.get(checkpoint.channel_id)
             values["request_key"] = key
-            request = {"state": S.LOCKED, "channel_id": cid, "amount": str(checkpoint.locked),
+            request = {"state": vault_store.LOCKED, "channel_id": cid,
+                       "amount": str(checkpoint.locked),
                        "request_id": checkpoint.next_request_id - 1}
         elif reason is CheckpointReason.AUTHORIZED and key is not None:
             values["pending_since"] = time.time()
             assert checkpoint.reply is not None
             sealed = checkpoint.reply.sealed_result
-            request = {"state": S.AUTHORIZED,
+            request = {"state": vault_store.AUTHORIZED,
                        "sealed_result": self.enclave.seal(records.label("result", key), sealed)}
         elif reason is CheckpointReason.DELIVERED and key is not None:
             values.update(request_key=None, pending_since=None)
             secret, signed = checkpoint.secret, checkpoint.receipt
             assert secret is not None and signed is not None
             receipt = records.receipt_json(checkpoint.channel_id, signed)
-            request = {"state": S.DELIVERED, "secret": records.seal_json(
+            request = {"state": vault_store.DELIVERED, "secret": records.seal_json(
                 self.enclave, "secret", key, {"t": secret.hex(), "receipt": receipt})}
             answer = self.answers.get(checkpoint.channel_id)
             if answer is not None and checkpoint.paid is not None:
                 request.update(answer(checkpoint.paid))  # DELIVERED and answered: DONE
         elif reason is CheckpointReason.EXPIRED:
             values.update(request_key=None, pending_since=None)
-            request = {"state": S.RELEASED} if key is not None else None
+            request = {"state": vault_store.RELEASED} if key is not None else None
         elif reason is CheckpointReason.CLOSING:
-            values["phase"] = S.CLOSING
+            values["phase"] = vault_store.CLOSING
         elif reason is CheckpointReason.FORCE_CLOSED:
             values.update(request_key=None, pending_since=None)
         try:
@@ -305,7 +306,7 @@ class Channels:
                 await self.bound(last)
                 return channel
         for row in reversed(await asyncio.to_thread(
-                self.store.channels, client=client, provider=provider, phases=(S.OPEN,))):
+                self.store.channels, client=client, provider=provider, phases=(vault_store.OPEN,))):
             if row.terms["providerKey"] != info.provider_key.hex():
                 continue  # an older enclave of this provider: leave it to close
             channel = await self.machine(row)
@@ -341,7 +342,7 @@ class Channels:
     async def _claim(
         self, client: str, tunnel: ProviderTunnel, terms: ChannelTerms, *, funding: str,
         debit: bool, proposal: dict[str, Any] | None = None,
-    ) -> S.Channel:
+    ) -> vault_store.Channel:
         channel_id = terms.channel_id(self.manager.domain)
         try:
             return await asyncio.to_thread(
@@ -351,23 +352,23 @@ class Channels:
                 lock_timeout=self._lock_timeout(tunnel), terms=snap.terms_to_json(terms),
                 status=Status.OPEN.value, version=0, free=str(terms.deposit), proposal=proposal,
             )
-        except S.InsufficientBalance as e:
+        except vault_store.InsufficientBalance as e:
             raise VaultError(402, api.INSUFFICIENT_BALANCE, str(e),
                              extra={"balance": str(e.balance)}) from None
 
-    async def _finish_open(self, row: S.Channel, call: Any) -> VaultChannel:
+    async def _finish_open(self, row: vault_store.Channel, call: Any) -> VaultChannel:
         (error,) = await self._open_tx(f"open:{row.cid}", call, [row])
         if error is not None:
             raise error
         return await self._bind_opened(row)
 
-    async def _bind_opened(self, row: S.Channel) -> VaultChannel:
+    async def _bind_opened(self, row: vault_store.Channel) -> VaultChannel:
         fresh = await asyncio.to_thread(self.store.channel, row.cid)
         assert fresh is not None
         _, channel = await self.bound(fresh)
         return channel
 
-    async def _open_tx(self, key: str, call: Any, rows: Sequence[S.Channel]
+    async def _open_tx(self, key: str, call: Any, rows: Sequence[vault_store.Channel]
                        ) -> list[VaultError | None]:
         """Send the transaction that opens ``rows`` and record its outcome: for each row,
         None if it opened, else the :class:`VaultError` to answer (a revert in estimation
@@ -389,7 +390,7 @@ class Channels:
         return [None if await self.opened(row, self.opened_by(outcome, row.cid)) else failed
                 for row in rows]
 
-    async def _send_opens(self, items: Sequence[tuple[S.Channel, ChannelTerms]]
+    async def _send_opens(self, items: Sequence[tuple[vault_store.Channel, ChannelTerms]]
                           ) -> list[VaultError | None]:
         """Open pool channels that waited together: ``createASC`` for one, else one
         ``createASCBatch`` (the deposits leave the pool in one transfer)."""
@@ -410,7 +411,7 @@ class Channels:
         return any(hex_id(bytes(args["channelId"])) == cid
                    for args in self.manager.events("ChannelOpened", outcome.receipt))
 
-    async def opened(self, row: S.Channel, ok: bool) -> bool:
+    async def opened(self, row: vault_store.Channel, ok: bool) -> bool:
         """Record the outcome of a channel's ``createASC``."""
         if not ok:
             await asyncio.to_thread(self.store.fail_channel, row.cid)
@@ -453,7 +454,8 @@ class Channels:
         now = int(time.time())
         proposals = [
             r for r in await asyncio.to_thread(
-                self.store.channels, client=client, provider=provider, phases=(S.PROPOSED,))
+                self.store.channels, client=client, provider=provider,
+                phases=(vault_store.PROPOSED,))
             if r.proposal and r.proposal["validBefore"] > now + 60
             and r.terms["providerKey"] == info.provider_key.hex()
         ]
@@ -502,14 +504,14 @@ class Channels:
 
     # ------------------------------------------------------------------ closing
 
-    async def close(self, row: S.Channel) -> None:
+    async def close(self, row: vault_store.Channel) -> None:
         """Close cooperatively: CLOSE → CLOSE_ACK, then ``closeASC``; credits the rest.
 
         Call with :meth:`pair_lock` held.
         """
         self.retire(row.cid)
-        if row.phase != S.CLOSING:  # since when it has been closing: for escalation
-            await asyncio.to_thread(self.store.set_channel, row.cid, phase=S.CLOSING,
+        if row.phase != vault_store.CLOSING:  # since when it has been closing: for escalation
+            await asyncio.to_thread(self.store.set_channel, row.cid, phase=vault_store.CLOSING,
                                     pending_since=time.time())
         tunnel, channel = await self.bound(row)
         signed = await tunnel.close(channel)

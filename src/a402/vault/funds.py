@@ -43,7 +43,7 @@ from a402.wire import vault_api as api
 from a402.wire.errors import WireError
 from a402.wire.x402 import PaymentPayload, PaymentRequirements
 
-from . import store as S
+from . import store as vault_store
 from .channels import VaultError
 from .txjournal import TxJournal
 
@@ -57,8 +57,9 @@ DEPOSIT_TIMEOUT = 300
 
 class Funds:
     def __init__(
-        self, *, chain: Chain, account: LocalAccount, token: TokenInfo, store: S.VaultStore,
-        facilitator: Facilitator, journal: TxJournal, chain_timeout: float,
+        self, *, chain: Chain, account: LocalAccount, token: TokenInfo,
+        store: vault_store.VaultStore, facilitator: Facilitator, journal: TxJournal,
+        chain_timeout: float,
     ) -> None:
         self.chain = chain
         self.address = account.address
@@ -211,12 +212,12 @@ class Funds:
         try:
             created, record = await asyncio.to_thread(
                 self.store.claim_withdrawal, key, client=client, recipient=to, amount=amount)
-        except S.InsufficientBalance as e:
+        except vault_store.InsufficientBalance as e:
             raise VaultError(402, api.INSUFFICIENT_BALANCE, str(e),
                              extra={"balance": str(e.balance)}) from None
         if not created and (record.recipient, int(record.amount)) != (to, amount):
             raise VaultError(409, api.IDEMPOTENCY_KEY_REUSED, "this key named another withdrawal")
-        if record.state == S.TX_SUBMITTED:
+        if record.state == vault_store.TX_SUBMITTED:
             await self.send_withdrawal(key, to, amount)
         return await asyncio.to_thread(self.withdrawal_answer, key)
 
@@ -240,4 +241,4 @@ class Funds:
         tx = self.store.tx(f"withdraw:{key}")
         body = {"state": record.state, "amount": record.amount, "to": record.recipient,
                 "transaction": record.tx_hash or (tx.tx_hash if tx else None)}
-        return (202 if record.state == S.TX_SUBMITTED else 200), body
+        return (202 if record.state == vault_store.TX_SUBMITTED else 200), body

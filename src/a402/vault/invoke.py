@@ -42,7 +42,7 @@ from a402.wire import vault_api as api
 from a402.wire.a402 import HttpRequest, HttpResponse
 
 from . import records
-from . import store as S
+from . import store as vault_store
 from .channels import Channels, NoUsableChannel, VaultError
 from .offers import Offer, OfferCache, OfferError, check_against_info, pick_offer
 from .targets import TargetCheck, TargetRefused, TargetUnresolved
@@ -71,7 +71,7 @@ class _ClaimFirst(Exception):
     """A call not recorded yet reached a step that needs it recorded (see Invoker.invoke);
     ``claimed`` is the outcome of its claim if that was already made."""
 
-    def __init__(self, claimed: tuple[bool, S.Request] | None = None) -> None:
+    def __init__(self, claimed: tuple[bool, vault_store.Request] | None = None) -> None:
         super().__init__()
         self.claimed = claimed
 
@@ -111,9 +111,9 @@ class Invoker:
 
     # ---------------------------------------------------------------- answers
 
-    def answer_of(self, row: S.Request) -> tuple[int, dict[str, Any]]:
+    def answer_of(self, row: vault_store.Request) -> tuple[int, dict[str, Any]]:
         """What a recorded (or in-flight) call answers now."""
-        if row.state == S.DONE and row.answer is not None:
+        if row.state == vault_store.DONE and row.answer is not None:
             stored = records.unseal_json(self.channels.enclave, "answer", row.key, row.answer)
             return int(stored["status"]), stored["body"]
         body = {"outcome": api.PENDING, "idempotencyKey": row.key.split(":", 1)[1],
@@ -124,8 +124,9 @@ class Invoker:
         self, key: str, status: int, body: dict[str, Any], *, outcome: str,
         reason: str | None = None, retryable: bool = False, amount: int | None = None,
         transaction: str | None = None,
-        from_states: tuple[str, ...] = (S.RECEIVED, S.LOCKED, S.AUTHORIZED, S.DELIVERED,
-                                        S.RELEASED),
+        from_states: tuple[str, ...] = (vault_store.RECEIVED, vault_store.LOCKED,
+                                        vault_store.AUTHORIZED, vault_store.DELIVERED,
+                                        vault_store.RELEASED),
     ) -> tuple[int, dict[str, Any]]:
         """Seal and store a final answer (once); returns it."""
         values = self._final(key, status, body, outcome=outcome, reason=reason,
@@ -142,7 +143,7 @@ class Invoker:
         """The columns of a call's final record: the sealed answer and how it ended."""
         sealed = records.seal_json(self.channels.enclave, "answer", key,
                                    {"status": status, "body": body})
-        values: dict[str, Any] = {"state": S.DONE, "outcome": outcome, "reason": reason,
+        values: dict[str, Any] = {"state": vault_store.DONE, "outcome": outcome, "reason": reason,
                                   "retryable": retryable, "answer": sealed}
         if amount is not None:
             values["amount"] = str(amount)
@@ -179,7 +180,7 @@ class Invoker:
         # out is never answered "refused"; it stays pending until the worker settles it.
         return await self.record(key, error.status, body, outcome=api.REFUSED,
                                  reason=error.reason, retryable=error.retryable,
-                                 from_states=(S.RECEIVED, S.RELEASED))
+                                 from_states=(vault_store.RECEIVED, vault_store.RELEASED))
 
     # ------------------------------------------------------------------- calls
 
@@ -201,7 +202,8 @@ class Invoker:
         # Taken before the first await, so no other task of this process can run this key
         # (and the store's lock keeps other processes out of this vault's database).
         event = self._running[key] = asyncio.Event()
-        claim = S.Claim(key=key, client=client, fingerprint=call.fingerprint(), url=call.url,
+        claim = vault_store.Claim(key=key, client=client, fingerprint=call.fingerprint(),
+                                  url=call.url,
                         method=call.method, nonce=nonce, nonce_keep=self.nonce_keep)
         try:
             try:
@@ -214,7 +216,8 @@ class Invoker:
             self._running.pop(key, None)
 
     async def _claim_and_run(self, key: str, client: str, call: api.InvokeRequest,
-                             claimed: tuple[bool, S.Request]) -> tuple[int, dict[str, Any]]:
+                             claimed: tuple[bool, vault_store.Request]) -> tuple[int, dict[str,
+                                                                                           Any]]:
         created, row = claimed
         if not created:
             if row.fingerprint != call.fingerprint():
@@ -222,24 +225,24 @@ class Invoker:
                                  "this idempotency key named another call")
             row = await self._settled(row)
             # Runs again only if the first attempt paid nothing.
-            restartable = (row.state == S.DONE and row.retryable) or row.state in (
-                S.RECEIVED, S.RELEASED)
+            restartable = (row.state == vault_store.DONE and row.retryable) or row.state in (
+                vault_store.RECEIVED, vault_store.RELEASED)
             if not restartable or not await asyncio.to_thread(
                     self.store.restart_request, key, row.state):
                 fresh = await asyncio.to_thread(self.store.request, key)
                 return self.answer_of(fresh or row)
         return await self._run(key, client, call)
 
-    async def _claim(self, claim: S.Claim) -> tuple[bool, S.Request]:
+    async def _claim(self, claim: vault_store.Claim) -> tuple[bool, vault_store.Request]:
         try:
             return await self.store.claim_request(claim)
-        except S.ReplayedNonce:
+        except vault_store.ReplayedNonce:
             raise api.AuthError(api.REPLAYED_REQUEST, "this nonce was already used") from None
 
-    async def _settled(self, row: S.Request) -> S.Request:
+    async def _settled(self, row: vault_store.Request) -> vault_store.Request:
         """Wait (boundedly) for the worker to finish a call a previous process left in flight."""
         deadline = asyncio.get_running_loop().time() + self.retry_wait
-        while row.state in S.IN_FLIGHT and asyncio.get_running_loop().time() < deadline:
+        while row.state in vault_store.IN_FLIGHT and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.2)
             fresh = await asyncio.to_thread(self.store.request, row.key)
             assert fresh is not None
@@ -247,13 +250,13 @@ class Invoker:
         return row
 
     async def _run(self, key: str, client: str, call: api.InvokeRequest,
-                   claim: S.Claim | None = None) -> tuple[int, dict[str, Any]]:
+                   claim: vault_store.Claim | None = None) -> tuple[int, dict[str, Any]]:
         """Pay for the call; with ``claim``, the call is not recorded yet (see :meth:`invoke`)
         and :class:`_ClaimFirst` means it must be claimed on its own first."""
         self._executing.add(key)
         try:
             return await self._pay(key, client, call, fresh_offer=False, claim=claim)
-        except (S.ClaimTaken, NoUsableChannel):
+        except (vault_store.ClaimTaken, NoUsableChannel):
             raise _ClaimFirst from None
         except VaultError as e:
             if claim is not None and not claim.recorded:
@@ -271,7 +274,7 @@ class Invoker:
             self._executing.discard(key)
 
     async def _offer(self, key: str, call: api.InvokeRequest, fresh: bool,
-                     claim: S.Claim | None = None) -> Offer | tuple[int, dict[str, Any]]:
+                     claim: vault_store.Claim | None = None) -> Offer | tuple[int, dict[str, Any]]:
         if not fresh and (cached := self.offers.get(call.method, call.url)) is not None:
             return cached
         if claim is not None and not claim.recorded:
@@ -306,7 +309,7 @@ class Invoker:
             raise VaultError(503, api.PROVIDER_UNAVAILABLE, str(e), retryable=True) from None
 
     async def _pay(self, key: str, client: str, call: api.InvokeRequest, *, fresh_offer: bool,
-                   claim: S.Claim | None) -> tuple[int, dict[str, Any]]:
+                   claim: vault_store.Claim | None) -> tuple[int, dict[str, Any]]:
         offer = await self._offer(key, call, fresh_offer, claim)
         if not isinstance(offer, Offer):
             return offer
@@ -340,7 +343,7 @@ class Invoker:
 
     async def _exchange(
         self, key: str, client: str, call: api.InvokeRequest, offer: Offer, fresh_offer: bool,
-        claim: S.Claim | None = None,
+        claim: vault_store.Claim | None = None,
     ) -> tuple[int, dict[str, Any]]:
         channels = self.channels
         unrecorded = claim is not None and not claim.recorded

@@ -37,7 +37,7 @@ from a402.tee import AttestationPolicy, AttestationVerifier, Enclave
 from a402.tee.chains import check_backends
 from a402.wire import vault_api as api
 
-from . import store as S
+from . import store as vault_store
 from .channels import Channels, VaultError
 from .funds import Funds
 from .invoke import Invoker
@@ -70,7 +70,7 @@ class VaultConfig:
     chain: Chain
     account: LocalAccount
     manager: str
-    store: S.VaultStore
+    store: vault_store.VaultStore
     enclave: Enclave
     verifiers: Sequence[AttestationVerifier]
     provider_policy: AttestationPolicy
@@ -185,7 +185,7 @@ class VaultService:
             "inChannels": str(totals.in_channels),
             "paid": str(totals.paid),
             "withdrawn": str(totals.withdrawn),
-            "channels": [_channel_json(c) for c in channels if c.phase != S.PROPOSED],
+            "channels": [_channel_json(c) for c in channels if c.phase != vault_store.PROPOSED],
         }
 
     async def close_channel(self, client: str, cid: str) -> tuple[int, dict[str, Any]]:
@@ -193,7 +193,7 @@ class VaultService:
         row = await asyncio.to_thread(self.store.channel, cid.lower())
         if row is None or row.client != address_key(client):
             raise VaultError(404, api.NOT_FOUND, "no such channel of yours")
-        if row.phase == S.OPEN:
+        if row.phase == vault_store.OPEN:
             lock = self.channels.pair_lock(row.client, row.provider)
             try:
                 await asyncio.wait_for(lock.acquire(), self.config.timing.queue_timeout)
@@ -202,7 +202,7 @@ class VaultService:
                                  retryable=True) from None
             try:
                 fresh = await asyncio.to_thread(self.store.channel, row.cid)
-                if fresh is not None and fresh.phase == S.OPEN:
+                if fresh is not None and fresh.phase == vault_store.OPEN:
                     await self.channels.close(fresh)
             except Exception as e:  # the worker finishes or escalates it
                 log.warning("close of %s not finished: %s", row.cid, e)
@@ -210,10 +210,10 @@ class VaultService:
                 lock.release()
         row = await asyncio.to_thread(self.store.channel, row.cid)
         assert row is not None
-        return (200 if row.phase == S.SETTLED else 202), _channel_json(row)
+        return (200 if row.phase == vault_store.SETTLED else 202), _channel_json(row)
 
 
-def _channel_json(row: S.Channel) -> dict[str, Any]:
+def _channel_json(row: vault_store.Channel) -> dict[str, Any]:
     return {
         "channelId": row.cid, "provider": row.provider, "endpoint": row.endpoint,
         "funding": row.funding, "phase": row.phase, "status": row.status,

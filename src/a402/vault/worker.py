@@ -72,7 +72,7 @@ from a402.tee import TeeError
 from a402.wire import vault_api as api
 
 from . import records
-from . import store as S
+from . import store as vault_store
 from .channels import Channels
 from .funds import Funds
 from .invoke import Invoker
@@ -157,7 +157,7 @@ class Worker:
     async def tick(self, *, startup: bool = False) -> None:
         await self._transactions()
         await self._events()
-        for row in await asyncio.to_thread(self.store.channels, phases=S.UNSETTLED):
+        for row in await asyncio.to_thread(self.store.channels, phases=vault_store.UNSETTLED):
             try:
                 await self._channel(row, startup=startup)
             except Exception:
@@ -178,7 +178,7 @@ class Worker:
             if record.kind == "open":
                 for cid in record.ref.split(","):  # one channel, or a createASCBatch
                     row = await asyncio.to_thread(self.store.channel, cid)
-                    if row is not None and row.phase == S.OPENING:
+                    if row is not None and row.phase == vault_store.OPENING:
                         await self.channels.opened(row, self.channels.opened_by(outcome, cid))
             elif record.kind == "withdraw":
                 await asyncio.to_thread(self.store.finish_withdrawal, record.ref, ok=outcome.ok,
@@ -220,13 +220,14 @@ class Worker:
         args = dict(getattr(self.manager.contract.events, name)().process_log(entry)["args"])
         cid = "0x" + bytes(args["channelId"]).hex()
         row = await asyncio.to_thread(self.store.channel, cid)
-        if row is None or row.phase not in S.FUNDED:
+        if row is None or row.phase not in vault_store.FUNDED:
             return  # not ours, or already settled
         tx_hash = HexBytes(entry["transactionHash"]).to_0x_hex()
         log.info("channel %s: %s in %s", cid, name, tx_hash)
         if name in ("ForceCloseInitiated", "ForceCloseChallenged"):
             self.channels.retire(cid)
-            values: dict[str, Any] = {"phase": S.CLOSING, "disputed_version": int(args["version"])}
+            values: dict[str, Any] = {"phase": vault_store.CLOSING,
+                                      "disputed_version": int(args["version"])}
             if "deadline" in args:
                 values["deadline"] = int(args["deadline"])
             await asyncio.to_thread(self.store.set_channel, cid, **values)
@@ -238,7 +239,7 @@ class Worker:
         else:
             await self._finalized(row, tx_hash, args, entry)
 
-    async def _answer_dispute(self, row: S.Channel) -> None:
+    async def _answer_dispute(self, row: vault_store.Channel) -> None:
         """A force-close recorded an older state than ours: challenge with ours."""
         channel = await self.channels.machine(row)
         ours = channel.latest_state()
@@ -250,7 +251,7 @@ class Worker:
             log.warning("channel %s: a stale force-close (version %d) was challenged with "
                         "version %d", row.cid, row.disputed_version, ours.state.version)
 
-    async def _provider_claimed(self, row: S.Channel, tx_hash: str, args: dict[str, Any],
+    async def _provider_claimed(self, row: vault_store.Channel, tx_hash: str, args: dict[str, Any],
                                 entry: Any) -> None:
         """④b: the provider settled on-chain; extract t and answer the call it paid for."""
         async with self._locked(row) as got:
@@ -278,7 +279,7 @@ class Worker:
             await self.channels.settle(row.cid, int(args["clientPayout"]),
                                        int(args["providerPayout"]), tx_hash)
 
-    async def _finalized(self, row: S.Channel, tx_hash: str, args: dict[str, Any],
+    async def _finalized(self, row: vault_store.Channel, tx_hash: str, args: dict[str, Any],
                          entry: Any) -> None:
         async with self._locked(row) as got:
             if not got:
@@ -290,7 +291,7 @@ class Worker:
     # ----------------------------------------------------------------- channels
 
     @contextlib.asynccontextmanager
-    async def _locked(self, row: S.Channel) -> AsyncIterator[bool]:
+    async def _locked(self, row: vault_store.Channel) -> AsyncIterator[bool]:
         """The channel's pair lock if it is free now (a busy channel waits for the next tick)."""
         lock = self.channels.pair_lock(row.client, row.provider)
         if lock.locked():
@@ -299,8 +300,8 @@ class Worker:
         async with lock:
             yield True
 
-    async def _channel(self, row: S.Channel, *, startup: bool) -> None:
-        if row.phase == S.OPENING:
+    async def _channel(self, row: vault_store.Channel, *, startup: bool) -> None:
+        if row.phase == vault_store.OPENING:
             # Only a channel no open transaction names ever opens nothing: one that is
             # journaled (alone or in a batch) is settled by its outcome, in _transactions.
             if (await asyncio.to_thread(self.store.open_tx, row.cid) is None
@@ -311,11 +312,11 @@ class Worker:
             return
         if not startup and not _needs_attention(row) and row.cid not in self._acks_owed:
             return  # an idle open channel: nothing to read again, nothing to do
-        if (not startup and row.deadline is None and row.phase != S.CLOSING
+        if (not startup and row.deadline is None and row.phase != vault_store.CLOSING
                 and self.channels.pair_lock(row.client, row.provider).locked()):
             return  # a call is running on it and takes it to its end: nothing to resume
         fresh = await asyncio.to_thread(self.store.channel, row.cid)
-        if fresh is None or fresh.phase not in S.FUNDED:
+        if fresh is None or fresh.phase not in vault_store.FUNDED:
             return
         row = fresh
         waiting = self._backoff.get(row.cid)
@@ -327,7 +328,7 @@ class Worker:
             return
         elif row.status in (Status.LOCKED.value, Status.PENDING.value):
             await self._resume(row)
-        elif row.phase == S.CLOSING:
+        elif row.phase == vault_store.CLOSING:
             await self._finish_close(row)
         elif row.cid in self._acks_owed or (startup and _ack_may_be_owed(row)):
             # The last ACK may not have left before the restart: without it the provider
@@ -337,7 +338,7 @@ class Worker:
             if await self._resume(row):
                 self._acks_owed.discard(row.cid)
 
-    async def _reconcile_onchain(self, row: S.Channel) -> bool:
+    async def _reconcile_onchain(self, row: vault_store.Channel) -> bool:
         """At start-up: apply what the chain did while we were down. False if settled."""
         onchain = await asyncio.to_thread(self.manager.channel, bytes.fromhex(row.cid[2:]))
         if onchain.status is OnChainStatus.CLOSED:
@@ -349,11 +350,11 @@ class Worker:
             return False
         if onchain.status is OnChainStatus.CLOSING and row.deadline is None:
             self.channels.retire(row.cid)
-            await asyncio.to_thread(self.store.set_channel, row.cid, phase=S.CLOSING,
+            await asyncio.to_thread(self.store.set_channel, row.cid, phase=vault_store.CLOSING,
                                     deadline=onchain.deadline, disputed_version=onchain.version)
         return True
 
-    async def _dispute(self, row: S.Channel, *, resume: bool) -> None:
+    async def _dispute(self, row: vault_store.Channel, *, resume: bool) -> None:
         """A force-close is under way: keep our newest state recorded; finalize when due."""
         await self._answer_dispute(row)
         if resume and row.status in (Status.LOCKED.value, Status.PENDING.value):
@@ -365,7 +366,7 @@ class Worker:
             call = self.manager.contract.functions.finalForceClose(terms_tuple(terms))
             await self.channels.transact(f"final:{row.cid}", "final", row.cid, call)
 
-    async def _resume(self, row: S.Channel) -> bool:
+    async def _resume(self, row: vault_store.Channel) -> bool:
         """``tunnel.resume`` the channel; whether it finished (False: busy, or try later)."""
         async with self._locked(row) as got:
             if not got:
@@ -407,7 +408,7 @@ class Worker:
         delay = min(30.0, 2 * self._backoff.get(cid, (0.0, self.poll_interval / 2))[1])
         self._backoff[cid] = (time.monotonic() + delay, delay)
 
-    async def _maybe_escalate(self, row: S.Channel) -> None:
+    async def _maybe_escalate(self, row: vault_store.Channel) -> None:
         """PENDING (or a close) stuck too long: start a force-close with our latest state."""
         since = row.pending_since or row.updated_at
         if row.deadline is not None or time.time() - since < self.pending_escalation:
@@ -417,7 +418,7 @@ class Worker:
         if await self.channels.transact(f"init:{row.cid}", "init", row.cid, call):
             log.warning("channel %s: stuck since %.0f; force-close started", row.cid, since)
 
-    async def _finish_close(self, row: S.Channel) -> None:
+    async def _finish_close(self, row: vault_store.Channel) -> None:
         async with self._locked(row) as got:
             if not got:
                 return
@@ -439,11 +440,12 @@ class Worker:
     # ------------------------------------------------------------------ calls
 
     async def _requests(self) -> None:
-        for row in await asyncio.to_thread(self.store.requests, (S.DELIVERED, S.RELEASED)):
+        for row in await asyncio.to_thread(self.store.requests, (vault_store.DELIVERED,
+                                                                 vault_store.RELEASED)):
             if self.invoker.is_running(row.key):
                 continue
             try:
-                if row.state == S.DELIVERED:
+                if row.state == vault_store.DELIVERED:
                     await self._answer_delivered(row)
                 else:
                     body = {"error": "lock_released", "outcome": api.REFUSED,
@@ -452,11 +454,11 @@ class Worker:
                                        "nothing was paid"}
                     await self.invoker.record(row.key, 503, body, outcome=api.REFUSED,
                                               reason="lock_released", retryable=True,
-                                              from_states=(S.RELEASED,))
+                                              from_states=(vault_store.RELEASED,))
             except Exception:
                 log.exception("call %s: could not record its answer", row.key)
 
-    async def _answer_delivered(self, row: S.Request) -> None:
+    async def _answer_delivered(self, row: vault_store.Request) -> None:
         """A paid call whose answer was never recorded: rebuild it from the sealed halves."""
         enclave = self.channels.enclave
         assert row.secret is not None and row.sealed_result is not None
@@ -473,17 +475,17 @@ class Worker:
         body = records.answer_json(api.PAID, row.key.split(":", 1)[1], response=response,
                                    payment=payment)
         await self.invoker.record(row.key, 200, body, outcome=api.PAID,
-                                  amount=int(row.amount or 0), from_states=(S.DELIVERED,))
+                                  amount=int(row.amount or 0), from_states=(vault_store.DELIVERED,))
 
 
-def _ack_may_be_owed(row: S.Channel) -> bool:
+def _ack_may_be_owed(row: vault_store.Channel) -> bool:
     """Whether an idle channel (at start-up) may owe the provider its last ACK."""
     return (row.status == Status.OPEN.value and row.version > 0
             and row.checkpoint in _ACK_MAY_BE_OWED)
 
 
-def _needs_attention(row: S.Channel) -> bool:
+def _needs_attention(row: vault_store.Channel) -> bool:
     """Whether a channel (as listed at the start of a tick) may have work for the worker:
     a dispute, a request in flight, or a close under way."""
-    return (row.deadline is not None or row.phase == S.CLOSING
+    return (row.deadline is not None or row.phase == vault_store.CLOSING
             or row.status in (Status.LOCKED.value, Status.PENDING.value))
