@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from a402.agents.a2a_provider import PaidAgent
-from a402.agents.a2a_provider import Skill as PaidSkill
+from a402.agents.card import Skill
 from a402.agents.directory import (
     LINK_KEY,
     RATING_TAG,
@@ -169,7 +169,7 @@ def test_register_from_flags_publishes_the_card_a_paid_agent_serves(
         _noop, name="Translator", description="Translates text.", url=url, price="0.01",
         pay_to=payee, token=dev_stack.token, network=dev_stack.network,
         facilitator=UNUSED_FACILITATOR,
-        skill=PaidSkill("translate", "Translate", "Translate a text.", ("language", "text")),
+        skill=Skill("translate", "Translate", "Translate a text.", ("language", "text")),
     )
     out = register(cli, key_file(owner), "--price", "0.01", "--pay-to", payee, "--list",
                    "--erc8004", url=url)

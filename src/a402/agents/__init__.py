@@ -6,8 +6,8 @@ Kept import-light on purpose: the A2A modules pull in ``a2a-sdk`` (protobuf,
 starlette) and the on-chain modules pull in web3, and neither should be paid
 for by code that only needs the other. So the public API (:data:`__all__`)
 loads lazily: each name imports only its own module, on first use.
-(:class:`Skill` here is the paid agent's skill; the on-chain card's own is
-:class:`a402.agents.card.Skill`.)
+(:class:`Skill` is an A2A skill, as a paid agent advertises it and an on-chain card
+holds it.)
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ if TYPE_CHECKING:
         PaymentUnresolved,
         discover,
     )
-    from a402.agents.a2a_provider import PaidAgent, Skill
-    from a402.agents.card import OnchainCard
+    from a402.agents.a2a_provider import PaidAgent
+    from a402.agents.card import OnchainCard, Skill
     from a402.agents.onchain import AgentSuite
 
 _MODULE_OF = {
@@ -42,7 +42,7 @@ _MODULE_OF = {
     "PaidResult": "a402.agents.a2a_client",
     "PayingAgentClient": "a402.agents.a2a_client",
     "PaymentUnresolved": "a402.agents.a2a_client",
-    "Skill": "a402.agents.a2a_provider",
+    "Skill": "a402.agents.card",
     "UnknownAgent": "a402.agents.a2a_card",
     "discover": "a402.agents.a2a_client",
 }

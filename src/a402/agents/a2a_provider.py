@@ -90,7 +90,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
 
 from a402.agents import a2a_x402
-from a402.agents.card import OnchainCard
+from a402.agents.card import OnchainCard, Skill
 from a402.chain.deploy import TokenInfo
 from a402.evm.address import is_address, to_checksum
 from a402.exact.eip3009 import SCHEME_EXACT, ExactEvmPayload
@@ -147,18 +147,6 @@ Handler = Callable[[str], Awaitable[str]]
 
 EXTENSION_HEADERS: Final = a2a_x402.EXTENSION_HEADERS
 _LEDGER_RETENTION: Final = 600
-
-
-@dataclass(frozen=True)
-class Skill:
-    """The one skill a paid agent advertises (the card needs at least one)."""
-
-    id: str
-    name: str
-    description: str
-    tags: tuple[str, ...] = ("x402",)
-    """A2A 1.0 requires at least one tag."""
-    examples: tuple[str, ...] = ()
 
 
 # ------------------------------------------------------------------------- the agent
@@ -220,7 +208,9 @@ class PaidAgent:
         self.network = network
         self.extension_uri = extension_uri
         self.require_activation = require_activation
-        self.skill = skill or Skill(id="task", name=name, description=description)
+        # A2A 1.0 requires at least one tag.
+        self.skill = skill or Skill(id="task", name=name, description=description,
+                                    tags=("x402",))
         self.terms = a2a_x402.PaymentTerms(
             network=network, asset=to_checksum(token.address),
             amount=to_atomic(price, token.decimals), pay_to=to_checksum(pay_to),

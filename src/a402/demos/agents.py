@@ -42,8 +42,8 @@ from eth_utils import keccak
 
 from a402.agents.a2a_card import CardError, CardMismatch, UnknownAgent
 from a402.agents.a2a_client import PayingAgentClient, card_url_for, discover, fetch_card
-from a402.agents.a2a_provider import PaidAgent, Skill
-from a402.agents.card import InvalidCard, OnchainCard, card_hash
+from a402.agents.a2a_provider import PaidAgent
+from a402.agents.card import InvalidCard, OnchainCard, Skill, card_hash
 from a402.agents.directory import (
     RATING_TAG,
     AgentView,
