@@ -79,7 +79,10 @@ def test_a_payment_stuck_pending_is_escalated_and_refunded(world: World) -> None
         world.increase_time(DISPUTE_WINDOW + 1)
         status, answer = wait_for(lambda: (lambda o: o if o[0] == 200 else None)(
             client.outcome("stuck")), what="the call's final answer")
-        [channel] = vault.store.channels()
+        # The call is answered as the settlement is found, just before the ledger
+        # records what came back (that order survives a crash: see Channels.settle).
+        [channel] = wait_for(lambda: [c for c in vault.store.channels()
+                                      if c.phase == vault_store.SETTLED], what="the credit")
         assert_conserved(world, vault.store, vault.address, escrow)
     assert (status, answer["outcome"]) == (200, api.ABORTED)
     assert (channel.phase, channel.provider_payout) == (vault_store.SETTLED, str(PRICE))

@@ -585,7 +585,10 @@ class Channels:
         A request still LOCKED or PENDING in a channel settled this way was never
         claimed (a claim goes through :func:`recover_from_force_close` first and
         clears it): its δ went back with the client's payout, and its call is
-        answered so.
+        answered so. It is answered before the settlement is recorded: a crash in
+        between leaves the channel unsettled, so the next process finds the
+        settlement again and answers nothing twice; the other order could leave the
+        call unanswered for good.
         """
         self.retire(cid)
         row = await asyncio.to_thread(self.store.channel, cid)
