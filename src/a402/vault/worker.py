@@ -51,6 +51,10 @@ Per tick:
    (DELIVERED) are answered from the sealed result and ``t``; calls whose
    lock was released are answered "refused, nothing paid" (retryable).
 5. **Deposits** left pending by the facilitator are settled and credited.
+6. **Withdrawals** debited but never sent are sent.
+7. **Owed payouts**: a pool refund the token refused when its channel settled
+   (ASCManager credits it to the vault in ``owed``) is taken back into the
+   vault's wallet, which the ledger already counts it in.
 """
 
 from __future__ import annotations
@@ -165,6 +169,7 @@ class Worker:
         await self._requests()
         await asyncio.to_thread(self.funds.reconcile, everything=startup)
         await self._withdrawals()
+        await self._collect_owed()
         self.ticks += 1
 
     # ------------------------------------------------------------ transactions
@@ -192,6 +197,22 @@ class Worker:
             if await asyncio.to_thread(self.store.tx, f"withdraw:{record.key}") is None:
                 await self.funds.send_withdrawal(record.key, record.recipient,
                                                  int(record.amount))
+
+    async def _collect_owed(self) -> None:
+        """Take back what the manager owes the vault: a pool channel's refund the token
+        refused when it settled (paused, or the vault blocklisted) was credited to the vault
+        in ``owed``, while the ledger already counts it in the client's balance; until it is
+        back in the vault's wallet, the wallet holds less than the balances it owes. A
+        ``withdraw`` the token still refuses reverts in estimation: tried again next tick."""
+        vault = self.channels.address
+        if not await asyncio.to_thread(self.manager.owed, vault):
+            return
+        if any(r.kind == "collect" for r in await asyncio.to_thread(
+                self.channels.journal.unfinished)):
+            return  # one in flight: _transactions finishes it
+        call = self.manager.contract.functions.withdraw(vault)
+        if await self.channels.transact(f"collect:{time.time_ns()}", "collect", vault, call):
+            log.info("collected the payouts the token had refused the vault")
 
     # --------------------------------------------------------------- watchtower
 
