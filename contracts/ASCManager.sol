@@ -289,8 +289,10 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
     ///         `transferFrom` per maximal run of consecutive channels with the same client.
     ///         The caller is the vault of every channel; `clientSignatures[i]` is the consent to
     ///         `cs[i]` (empty where the client is the caller). A member that fails a check, or
-    ///         whose run's deposits do not arrive whole, is skipped (`BatchMemberSkipped`, its
-    ///         id returned as zero) and left unopened; the others open.
+    ///         whose run's deposits cannot be pulled (no allowance, no balance), is skipped
+    ///         (`BatchMemberSkipped`, its id returned as zero) and left unopened; the others
+    ///         open. Deposits that arrive short (a fee-on-transfer token) revert the batch:
+    ///         that is the token's doing, so every run would be short.
     function createASCBatch(Channel[] calldata cs, bytes[] calldata clientSignatures)
         external
         nonReentrant
