@@ -101,6 +101,7 @@ from a402.exact.serve import (
     MarkSettled,
     NotResumable,
     NotServed,
+    NoVerdict,
     Operation,
     OtherTerms,
     Paid,
@@ -426,6 +427,14 @@ class X402Executor(AgentExecutor):
                         return await agent.facilitator.settle(payload, agent.requirements)
                     except FacilitatorError as e:
                         return e.no_verdict()
+                    except Exception as e:
+                        # Not the facilitator's answer: the money may have moved. Raised,
+                        # it would fail the task for good (a2a-sdk ends a task whose
+                        # executor raises), and the result could never be delivered.
+                        log.exception("settle for task %s failed unexpectedly", task.id)
+                        return NoVerdict(a2a_x402.FACILITATOR_UNAVAILABLE,
+                                         f"the settlement's answer was lost ({type(e).__name__})"
+                                         "; send the same payment again", unavailable=True)
                 case Release():
                     await agent.ledger.release(operation.key)
                 case MarkPending():
