@@ -51,6 +51,7 @@ from a402.provider.a402_payments import A402Payments
 from a402.provider.a402_runtime import A402Config
 from a402.provider.a402_store import SqlChannelStore
 from a402.provider.middleware import PaymentMiddleware
+from a402.provider.settings import ChannelTimeouts
 from a402.tee import PROVIDER_PURPOSES, AttestationPolicy, SimulatedPlatform, SimulatedVerifier
 from a402.vault import ProviderTunnel
 from a402.wire.a402 import MESSAGE_PATH, HttpRequest
@@ -111,7 +112,7 @@ async def run(count: int, warmup: int) -> dict[str, Any]:
             enclave=platform.launch(PROVIDER_CODE, allowed_purposes=PROVIDER_PURPOSES),
             operator=operator, chain=chain, manager=manager.address,
             vault_policy=AttestationPolicy(frozenset({VAULT_CODE})), verifiers=[verifier],
-            store=store, lock_timeout=5.0,
+            store=store, timeouts=ChannelTimeouts(lock_timeout=5.0),
         )
         app = A402Payments(PaymentMiddleware(
             Starlette(routes=[Route("/data", data)]), routes={"GET /data": PRICE},
