@@ -216,9 +216,7 @@ def run_gateway_command(args: argparse.Namespace) -> int:
         run_gateway(
             upstream=upstream.upstream, routes=list(upstream.route), pay_to=pay_to,
             token=token, network=network, facilitator_url=upstream.facilitator,
-            host=serve.host, port=serve.port,
-            settle_before_serve=paywall.settle_before_serve, public_url=paywall.public_url,
-            ledger_db=serve.ledger_db,
+            host=serve.host, port=serve.port, paywall=paywall, ledger_db=serve.ledger_db,
             log_level="info" if args.verbose else "warning",
             a402=channels.config if channels else None, on_start=announce,
         )

@@ -17,11 +17,14 @@ not load them.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any, TypedDict
 
 from a402.settings import setting
 
-__all__ = ["ChannelTimeouts", "Limits", "PaymentTiming", "Paywall", "Watching"]
+__all__ = ["ChannelTimeouts", "Limits", "PaymentSettings", "PaymentTiming", "Paywall",
+           "Watching", "payment_settings"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,6 +58,34 @@ class PaymentTiming:
                   "authorization's validity")
     facilitator_timeout: float = setting(
         30.0, help="seconds one call to the facilitator may take")
+
+
+class PaymentSettings(TypedDict, total=False):
+    """The fields of :class:`Paywall` and :class:`PaymentTiming` one by one, as keyword
+    arguments (``PaymentMiddleware(..., settle_before_serve=True)``); each overrides the
+    group's field of that name."""
+
+    settle_before_serve: bool
+    public_url: str | None
+    max_timeout_seconds: int
+    retry_after_seconds: int
+    ledger_retention_seconds: int
+    facilitator_timeout: float
+
+
+def payment_settings(paywall: Paywall | None, timing: PaymentTiming | None,
+                     settings: PaymentSettings) -> tuple[Paywall, PaymentTiming]:
+    """The two groups (their defaults if ``None``), with the fields named in ``settings``
+    replaced; a name that is a field of neither is a ``TypeError``."""
+    groups: list[Any] = [paywall or Paywall(), timing or PaymentTiming()]
+    left: dict[str, Any] = dict(settings)
+    for index, group in enumerate(groups):
+        names = {field.name for field in dataclasses.fields(group)}
+        chosen = {name: left.pop(name) for name in list(left) if name in names}
+        groups[index] = dataclasses.replace(group, **chosen)
+    if left:
+        raise TypeError(f"no such payment setting: {', '.join(sorted(left))}")
+    return groups[0], groups[1]
 
 
 @dataclass(frozen=True, kw_only=True)
