@@ -8,7 +8,6 @@ only breaks the command that needs it.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
 import sys
@@ -53,28 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_facilitator_arguments(fac)
     fac.set_defaults(run=run_facilitator)
 
+    from a402.provider.command import add_gateway_arguments, run_gateway_command
+
     gw = commands.add_parser("gateway", help="put an x402 paywall in front of any HTTP API")
-    gw.add_argument("--upstream", required=True, help="base URL of the API to protect")
-    gw.add_argument("--route", action="append", required=True, metavar="'METHOD /path/*=PRICE'",
-                    help="a paid route and its price in token units; repeat for more")
-    gw.add_argument("--facilitator", required=True, help="x402 facilitator URL")
-    gw.add_argument("--manifest", help="devnet manifest: token, network and default pay-to")
-    gw.add_argument("--pay-to", help="address that receives payments")
-    gw.add_argument("--network", help="CAIP-2 network, e.g. eip155:8453")
-    gw.add_argument("--asset", help="EIP-3009 token address")
-    gw.add_argument("--asset-name", default="USD Coin", help="token's EIP-712 domain name")
-    gw.add_argument("--asset-version", default="2", help="token's EIP-712 domain version")
-    gw.add_argument("--decimals", type=int, default=6)
-    gw.add_argument("--settle-before-serve", action="store_true",
-                    help="settle on-chain before calling the upstream")
-    gw.add_argument("--public-url", help="external base URL, for resource URLs behind a proxy")
-    gw.add_argument("--ledger-db", metavar="URL", default="sqlite:///a402-provider-ledger.db",
-                    help="SQLAlchemy URL of the replay ledger (which payments bought a "
-                         "response); replicas, and gateways paid to the same --pay-to, must "
-                         "share one PostgreSQL database (default: %(default)s)")
-    gw.add_argument("--host", default="127.0.0.1")
-    gw.add_argument("--port", type=int, default=4402)
-    gw.set_defaults(run=_gateway, a402_options=_add_gateway_a402_arguments(gw))
+    add_gateway_arguments(gw)
+    gw.set_defaults(run=run_gateway_command)
 
     from a402.client.pay import add_pay_arguments, run_pay
 
@@ -103,62 +85,6 @@ def build_parser() -> argparse.ArgumentParser:
     vault.set_defaults(run=run_vault)
 
     return parser
-
-
-def _add_gateway_a402_arguments(gw: argparse.ArgumentParser) -> list[tuple[str, str, object]]:
-    """``a402 gateway``'s channel-payment options; returns (flag, dest, default) of each
-    option that means something only with ``--a402`` (see :mod:`a402.provider.command`)."""
-    group = gw.add_argument_group(
-        "A402 channel payments", "with --a402 the 402 also offers the `a402` scheme, paid by "
-        "vaults inside Atomic Service Channels (simulated enclave: development only)")
-    group.add_argument("--a402", action="store_true",
-                       help="also accept A402 channel payments (needs --rpc, "
-                            "--operator-key-file, --vault-measurement and "
-                            "--allow-simulated-attestation)")
-    options = [
-        group.add_argument("--rpc", help="JSON-RPC URL of the chain the ASCManager is on"),
-        group.add_argument("--operator-key-file", metavar="FILE",
-                           help="file holding the provider's key (hex): the channels' "
-                                "provider; it is paid, signs states, pays gas for "
-                                "forceClose/closeASC"),
-        group.add_argument("--manager", metavar="ADDRESS",
-                           help="ASCManager address (default: the one --manifest names)"),
-        group.add_argument("--channel-db", metavar="URL",
-                           default="sqlite:///a402-provider-channels.db",
-                           help="SQLAlchemy URL of the sealed channel records "
-                                "(default: %(default)s)"),
-        group.add_argument("--platform-file", metavar="FILE",
-                           default=".a402/provider-platform.json",
-                           help="the simulated enclave platform (created if missing; keep it; "
-                                "default: %(default)s)"),
-        group.add_argument("--identity-file", metavar="FILE",
-                           default=".a402/provider-identity.bin",
-                           help="the provider enclave's sealed identity; its key is the "
-                                "channels' providerKey (created on first start, mode 0600; "
-                                "keep it; default: %(default)s)"),
-        group.add_argument("--measurement", metavar="HEX",
-                           help="the provider enclave's code measurement, which vaults pin "
-                                "(default: the measured a402 package)"),
-        group.add_argument("--allow-simulated-attestation", action="store_true",
-                           help="run the simulated enclave and accept simulated vault quotes "
-                                "(INSECURE: development only)"),
-        group.add_argument("--trust-root", action="append", metavar="HEX",
-                           help="simulation root public key whose vault quotes are accepted "
-                                "(default: this gateway's own platform root)"),
-        group.add_argument("--nitro-root", metavar="PEM",
-                           help="accept AWS Nitro vault enclaves chaining to this root (the "
-                                "AWS root, checked by its fingerprint), and no simulated ones"),
-        group.add_argument("--vault-measurement", action="append", metavar="HEX",
-                           help="vault enclave code measurement allowed to open tunnels "
-                                "(repeatable)"),
-        group.add_argument("--ack-timeout", type=float, metavar="SECONDS",
-                           help="Δ_ack: no ACK that long after REVEAL, and the provider claims "
-                                "on-chain (default: A402Config's, 30)"),
-        group.add_argument("--lock-timeout", type=float, metavar="SECONDS",
-                           help="how long one EXEC holds a channel; keep it below the vaults' "
-                                "Δ_lock (default: A402Config's, 20)"),
-    ]
-    return [(o.option_strings[0], o.dest, o.default) for o in options]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -206,73 +132,6 @@ def _devnet(args: argparse.Namespace) -> int:
             _shout(warning)  # again, below the manifest, where it is read
         _wait_for_signal()
     return 0
-
-
-def _gateway(args: argparse.Namespace) -> int:
-    from a402.chain.deploy import Manifest, TokenInfo
-    from a402.provider.gateway import run_gateway
-
-    def fail(message: str) -> int:
-        print(f"a402 gateway: {message}", file=sys.stderr)
-        return 2
-
-    contracts = None
-    if args.manifest:
-        manifest = Manifest.load(args.manifest)
-        token, network = manifest.token, manifest.network
-        pay_to = args.pay_to or manifest.account("provider").address
-        contracts = manifest.contracts
-    elif args.asset and args.network and args.pay_to:
-        token = TokenInfo(args.asset, args.asset_name, "", args.asset_version, args.decimals)
-        network, pay_to = args.network, args.pay_to
-    else:
-        return fail("give --manifest, or --asset, --network and --pay-to")
-    channels = None
-    if args.a402:
-        from a402.provider.command import GatewayUsageError, a402_gateway
-
-        try:
-            channels = a402_gateway(args, token=token.address, network=network,
-                                    manifest_contracts=contracts)
-        except GatewayUsageError as e:
-            return fail(str(e))
-    else:
-        stray = [flag for flag, dest, default in args.a402_options
-                 if getattr(args, dest) != default]
-        if stray:
-            return fail(f"{', '.join(stray)}: only with --a402")
-    url = f"http://{args.host}:{args.port}"
-    started = False
-
-    def announce() -> None:
-        nonlocal started
-        started = True
-        announcement = {"gateway": url, "network": network, "asset": token.address,
-                        "payTo": pay_to, **(channels.announcement if channels else {})}
-        if args.public_url is None:
-            announcement["warning"] = _HOST_NAMES_THE_RESOURCE
-        print(json.dumps(announcement), file=sys.stderr, flush=True)
-
-    try:
-        run_gateway(
-            upstream=args.upstream, routes=args.route, pay_to=pay_to, token=token,
-            network=network, facilitator_url=args.facilitator, host=args.host, port=args.port,
-            settle_before_serve=args.settle_before_serve, public_url=args.public_url,
-            ledger_db=args.ledger_db,
-            log_level="info" if args.verbose else "warning",
-            a402=channels.config if channels else None, on_start=announce,
-        )
-    except ValueError as e:  # bad routes, a config the runtime refuses: before any port
-        if started:
-            raise
-        return fail(str(e))
-    return 0
-
-
-_HOST_NAMES_THE_RESOURCE = (
-    "no --public-url: each request's Host header names the resource, and the payer chooses "
-    "it; another service paid to the same --pay-to must share this --ledger-db, or each "
-    "must set --public-url, or one payment can be served by both")
 
 
 def _shout(warning: str) -> None:

@@ -34,6 +34,7 @@ from a402.provider.a402_payments import A402Payments
 from a402.provider.a402_runtime import A402Config, ProviderRuntime
 from a402.provider.a402_store import SqlChannelStore
 from a402.provider.middleware import PaymentMiddleware
+from a402.provider.settings import ChannelTimeouts, Watching
 from a402.tee import (
     PROVIDER_PURPOSES,
     AttestationPolicy,
@@ -184,8 +185,9 @@ class World:
         config = A402Config(
             enclave=enclave, operator=operator, chain=self.chain, manager=self.manager.address,
             vault_policy=AttestationPolicy(frozenset({VAULT_CODE})), verifiers=[self.verifier],
-            store=store, ack_timeout=ack_timeout, lock_timeout=PROVIDER_LOCK,
-            poll_interval=poll_interval, watch=watch,
+            store=store,
+            timeouts=ChannelTimeouts(ack_timeout=ack_timeout, lock_timeout=PROVIDER_LOCK),
+            watching=Watching(poll_interval=poll_interval), watch=watch,
         )
         inner = service_app(calls)
         payments = PaymentMiddleware(

@@ -27,6 +27,7 @@ from a402.provider import a402_app, create_gateway
 from a402.provider.a402_payments import A402Payments
 from a402.provider.a402_runtime import ProviderRuntime
 from a402.provider.a402_store import SqlChannelStore
+from a402.provider.settings import Limits
 from a402.tee import PROVIDER_PURPOSES
 from a402.vault.tunnel import ProviderTunnel
 from a402.wire.a402 import (
@@ -321,7 +322,7 @@ async def test_a_tunnel_forgotten_mid_stream_is_closed_and_opened_again(
     world: World, served: tuple[Provider, Recorder, str]
 ) -> None:
     provider, recorder, url = served
-    provider.config.max_tunnels = 1  # the next handshake evicts the current tunnel
+    provider.config.limits = Limits(max_tunnels=1)  # the next handshake evicts the current tunnel
     vault, client = world.vault(), world.client()
     async with world.tunnel(vault, url) as tunnel:
         channel = await world.open_channel(tunnel, vault, client)

@@ -45,6 +45,7 @@ from a402.provider.a402_payments import A402Payments
 from a402.provider.a402_runtime import A402Config
 from a402.provider.a402_store import SqlChannelStore
 from a402.provider.middleware import PaymentMiddleware
+from a402.provider.settings import Watching
 from a402.tee import PROVIDER_PURPOSES, AttestationPolicy, SimulatedPlatform, SimulatedVerifier
 from a402.vault.app import create_app as vault_app
 from a402.vault.identity import vault_enclave
@@ -142,7 +143,7 @@ def run_channels_act(requests: int = 100, out: TextIO = sys.stdout,
             enclave=platform.launch(PROVIDER_CODE, allowed_purposes=PROVIDER_PURPOSES),
             operator=operator, chain=chain, manager=manager_address,
             vault_policy=AttestationPolicy(frozenset({VAULT_CODE})), verifiers=[verifier],
-            store=provider_store, poll_interval=0.2,
+            store=provider_store, watching=Watching(poll_interval=0.2),
         )
         vault_store = VaultStore(f"sqlite:///{Path(tmp) / 'vault.db'}")
         vault_store.claim_for(vault_account.address)

@@ -29,6 +29,7 @@ from a402.provider.routes import (
     RouteTable,
     to_atomic,
 )
+from a402.provider.settings import ChannelTimeouts, Limits, PaymentTiming, Paywall, Watching
 
 if TYPE_CHECKING:
     from a402.provider.a402_runtime import A402Config
@@ -43,11 +44,15 @@ _LAZY_MODULE_OF = {
 
 __all__ = [
     "A402Config",
+    "ChannelTimeouts",
     "InMemoryLedger",
+    "Limits",
     "PaidRoute",
     "PaymentKey",
     "PaymentLedger",
     "PaymentMiddleware",
+    "PaymentTiming",
+    "Paywall",
     "ReverseProxy",
     "RouteConfig",
     "RouteError",
@@ -57,6 +62,7 @@ __all__ = [
     "SqlChannelStore",
     "SqlLedger",
     "TokenInfo",
+    "Watching",
     "create_gateway",
     "parse_route_spec",
     "provider_enclave",

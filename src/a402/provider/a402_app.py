@@ -273,8 +273,8 @@ class A402Endpoint:
             "ascManager": runtime.manager.address,
             "providerKey": "0x" + runtime.provider_key.hex(),
             "disputeWindow": runtime.manager.dispute_window,
-            "lockTimeout": runtime.config.lock_timeout,
-            "ackTimeout": runtime.config.ack_timeout,
+            "lockTimeout": runtime.config.timeouts.lock_timeout,
+            "ackTimeout": runtime.config.timeouts.ack_timeout,
             "attestation": {
                 "kind": runtime.enclave.kind,
                 "measurement": "0x" + runtime.enclave.measurement.hex(),

@@ -79,6 +79,7 @@ from a402.crypto.authorization import recover_signer
 from a402.provider.a402_store import ChannelBlobStore
 from a402.provider.asgi import run_buffered
 from a402.provider.routes import RouteTable
+from a402.provider.settings import ChannelTimeouts, Limits, Watching
 from a402.tee import AttestationPolicy, AttestationVerifier, Enclave, TeeError
 from a402.tee.chains import check_backends
 from a402.wire.a402 import (
@@ -110,7 +111,7 @@ _TRANSPORT_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"conne
 
 @dataclass
 class A402Config:
-    """How a provider accepts ``a402``: its enclave, its account, its chain, its policies.
+    """How a provider accepts ``a402``: its parts, and its settings in three groups.
 
     - ``enclave``: the provider enclave; its attested key (launched with
       ``PROVIDER_PURPOSES``) makes every pre-signature and is the channels'
@@ -122,12 +123,16 @@ class A402Config:
       its token must be the token the middleware charges in.
     - ``vault_policy``, ``verifiers``: which vault enclaves may open tunnels.
     - ``store``: where sealed channel records go (:mod:`a402.provider.a402_store`).
-    - ``ack_timeout``: Δ_ack — no ACK that long after REVEAL, and the provider
-      claims on-chain. ``lock_timeout``: how long the provider refuses a new
-      EXEC while one executes; keep it below the vaults' Δ_lock.
-    - ``poll_interval``: the watcher's period; ``close_grace``: how long after
+    - ``timeouts``: Δ_ack and the lock (:class:`~a402.provider.settings.ChannelTimeouts`:
+      no ACK ``ack_timeout`` after REVEAL, and the provider claims on-chain;
+      ``lock_timeout``: how long the provider refuses a new EXEC while one executes;
+      keep it below the vaults' Δ_lock).
+    - ``watching``: the watcher's period and ``close_grace``, how long after
       co-signing a final state the provider waits for someone else to submit
-      ``closeASC`` before submitting it itself.
+      ``closeASC`` before submitting it itself (:class:`~a402.provider.settings.Watching`);
+      ``watch``: whether the watcher runs at all.
+    - ``limits``: how many tunnels, idle for how long (:class:`~a402.provider.settings.Limits`).
+    - ``clock``: Unix time (a seam for tests).
     """
 
     enclave: Enclave
@@ -137,12 +142,9 @@ class A402Config:
     vault_policy: AttestationPolicy
     verifiers: Sequence[AttestationVerifier]
     store: ChannelBlobStore
-    ack_timeout: float = 30.0
-    lock_timeout: float = 20.0
-    poll_interval: float = 1.0
-    close_grace: float = 60.0
-    max_tunnels: int = 1024
-    tunnel_idle_timeout: float = 3600.0
+    timeouts: ChannelTimeouts = field(default_factory=ChannelTimeouts)
+    watching: Watching = field(default_factory=Watching)
+    limits: Limits = field(default_factory=Limits)
     watch: bool = True
     clock: Callable[[], float] = time.time
 
@@ -231,7 +233,7 @@ class ProviderRuntime:
             raise ValueError(f"the ASCManager escrows {self.manager.token}, not {token}")
         if config.chain.network != network:
             raise ValueError(f"the ASCManager is on {config.chain.network}, not {network}")
-        if config.lock_timeout <= 0 or config.ack_timeout <= 0:
+        if config.timeouts.lock_timeout <= 0 or config.timeouts.ack_timeout <= 0:
             raise ValueError("timeouts must be positive")
         self.network = network
         self.operator = config.operator
@@ -270,8 +272,8 @@ class ProviderRuntime:
             attestation_kind=self.enclave.kind,
             evidence=self.enclave.quote(nonce, user_data),
             nonce=bytes(nonce),
-            lock_timeout=self.config.lock_timeout,
-            ack_timeout=self.config.ack_timeout,
+            lock_timeout=self.config.timeouts.lock_timeout,
+            ack_timeout=self.config.timeouts.ack_timeout,
             routes=tuple(PricedRoute(r.pattern.text, r.amount) for r in self.routes.routes),
         )
 
@@ -314,11 +316,11 @@ class ProviderRuntime:
         now = self.clock()
         stale = [
             tid for tid, s in self._tunnels.items()
-            if now - s.last_used > self.config.tunnel_idle_timeout and not s.lock.locked()
+            if now - s.last_used > self.config.limits.tunnel_idle_timeout and not s.lock.locked()
         ]
         for tid in stale:
             self._drop_tunnel(tid)
-        while len(self._tunnels) >= self.config.max_tunnels:
+        while len(self._tunnels) >= self.config.limits.max_tunnels:
             oldest = min(self._tunnels, key=lambda tid: self._tunnels[tid].last_used)
             self._drop_tunnel(oldest)
 
@@ -379,7 +381,8 @@ class ProviderRuntime:
                     ).envelope()
                 slot = Slot(ProviderChannel(
                     terms, self.domain, self.signer, self.presigner,
-                    ack_timeout=self.config.ack_timeout, lock_timeout=self.config.lock_timeout,
+                    ack_timeout=self.config.timeouts.ack_timeout,
+                    lock_timeout=self.config.timeouts.lock_timeout,
                 ))
                 await self.persist(slot)
                 self._slots[channel_id] = slot
@@ -472,7 +475,7 @@ class ProviderRuntime:
         rid = exec_.request_id
         try:
             response = await asyncio.wait_for(
-                self.execute(request, scope), timeout=self.config.lock_timeout * 0.8
+                self.execute(request, scope), timeout=self.config.timeouts.lock_timeout * 0.8
             )
         except TimeoutError:
             slot.channel.abandon(rid)

@@ -79,7 +79,7 @@ class ChannelWatcher:
                 task.cancel()
 
     async def _run(self) -> None:
-        interval = self.runtime.config.poll_interval
+        interval = self.runtime.config.watching.poll_interval
         while not self._stopping.is_set():
             try:
                 await self.tick()
@@ -107,7 +107,7 @@ class ChannelWatcher:
             if (
                 slot.final is not None
                 and slot.closed_at is not None
-                and now - slot.closed_at >= runtime.config.close_grace
+                and now - slot.closed_at >= runtime.config.watching.close_grace
             ):
                 async with slot.lock:
                     await self._submit_close(slot)

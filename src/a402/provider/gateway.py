@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Unpack
 
 from starlette.types import ASGIApp
 
@@ -29,6 +29,7 @@ from a402.provider.ledger import PaymentLedger
 from a402.provider.middleware import PaymentMiddleware
 from a402.provider.proxy import ReverseProxy
 from a402.provider.routes import Price, RouteConfig, RouteError, RoutePattern, RouteTable
+from a402.provider.settings import PaymentSettings, PaymentTiming, Paywall
 from a402.serving import JsonErrors
 from a402.serving import run as serve
 
@@ -74,18 +75,20 @@ def create_gateway(
     network: str,
     facilitator_url: str | None = None,
     facilitator: FacilitatorClient | None = None,
-    settle_before_serve: bool = False,
-    max_timeout_seconds: int = 60,
-    public_url: str | None = None,
     ledger: PaymentLedger | str | None = None,
     upstream_timeout: float = 60.0,
     a402: A402Config | None = None,
+    paywall: Paywall | None = None,
+    timing: PaymentTiming | None = None,
+    **settings: Unpack[PaymentSettings],
 ) -> ASGIApp:
     """The gateway as an ASGI app; ``routes`` are CLI specs or a ``{pattern: price}`` map.
 
     Give either ``facilitator_url`` or a ``facilitator`` client. ``ledger`` is a
     :class:`PaymentLedger` or the SQLAlchemy URL of a shared one (see
-    :class:`PaymentMiddleware`; ``run_gateway`` defaults it to a SQLite file). With ``a402``
+    :class:`PaymentMiddleware`; ``run_gateway`` defaults it to a SQLite file).
+    ``paywall``, ``timing`` and the settings one by one (``settle_before_serve=True``) go
+    to :class:`PaymentMiddleware` as they are. With ``a402``
     the gateway also takes A402 channel payments (:class:`A402Payments` in front of the
     middleware); a paid EXEC runs against the upstream through the same proxy.
     """
@@ -99,10 +102,10 @@ def create_gateway(
         token=token,
         network=network,
         facilitator=facilitator if facilitator is not None else str(facilitator_url),
-        settle_before_serve=settle_before_serve,
-        max_timeout_seconds=max_timeout_seconds,
         ledger=ledger,
-        public_url=public_url,
+        paywall=paywall,
+        timing=timing,
+        **settings,
     )
     if a402 is None:
         return payments
@@ -121,24 +124,24 @@ def run_gateway(
     facilitator_url: str,
     host: str = "127.0.0.1",
     port: int = 4021,
-    settle_before_serve: bool = False,
-    max_timeout_seconds: int = 60,
-    public_url: str | None = None,
     ledger_db: str = DEFAULT_LEDGER_DB,
     log_level: str = "info",
     a402: A402Config | None = None,
     on_start: Callable[[], None] | None = None,
+    paywall: Paywall | None = None,
+    timing: PaymentTiming | None = None,
+    **settings: Unpack[PaymentSettings],
 ) -> None:
-    """Serve the gateway until interrupted (blocking).
+    """Serve the gateway until interrupted (blocking); ``paywall``, ``timing`` and
+    ``settings`` as for :func:`create_gateway`.
 
     Bad routes or a bad ``a402`` config raise (``ValueError``) before a port is
     bound; ``on_start`` runs once the app is built, just before serving.
     """
     app = create_gateway(
         upstream, routes, pay_to=pay_to, token=token, network=network,
-        facilitator_url=facilitator_url, settle_before_serve=settle_before_serve,
-        max_timeout_seconds=max_timeout_seconds, public_url=public_url, a402=a402,
-        ledger=ledger_db,
+        facilitator_url=facilitator_url, a402=a402, ledger=ledger_db,
+        paywall=paywall, timing=timing, **settings,
     )
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     for spec in routes:

@@ -57,7 +57,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Unpack
 
 from starlette.datastructures import URL
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -104,6 +104,7 @@ from a402.provider.ledger import (
     payment_terms,
 )
 from a402.provider.routes import RouteMatch, RouteSpecs, RouteTable
+from a402.provider.settings import PaymentSettings, PaymentTiming, Paywall, payment_settings
 from a402.wire.errors import (
     INVALID_NETWORK,
     INVALID_PAYLOAD,
@@ -154,8 +155,14 @@ class PaymentMiddleware:
       replicas, other gateways paid to the same ``pay_to``) must share one;
       the default, an :class:`InMemoryLedger` per middleware instance, is
       right for one process only (see :mod:`a402.provider.ledger`).
-    - ``public_url``: the externally visible base URL for ``resource.url``
-      (defaults to what the request says: scheme + Host header).
+    - ``paywall`` (:class:`~a402.provider.settings.Paywall`): ``public_url``, the
+      externally visible base URL for ``resource.url`` (defaults to what the request
+      says: scheme + Host header), and ``settle_before_serve``.
+    - ``timing`` (:class:`~a402.provider.settings.PaymentTiming`): the offer's
+      ``max_timeout_seconds``, ``retry_after_seconds``, ``ledger_retention_seconds``
+      and ``facilitator_timeout``.
+    - Each field of those two groups may also be given on its own
+      (``settle_before_serve=True``, ``public_url=...``): it overrides the group's.
 
     To also accept A402 channel payments, wrap it in
     :class:`~a402.provider.a402_payments.A402Payments`: every 402 then lists the
@@ -172,15 +179,16 @@ class PaymentMiddleware:
         token: TokenInfo,
         network: str,
         facilitator: str | FacilitatorClient,
-        settle_before_serve: bool = False,
-        max_timeout_seconds: int = 60,
         ledger: PaymentLedger | str | None = None,
-        public_url: str | None = None,
-        retry_after_seconds: int = 2,
-        ledger_retention_seconds: int = 600,
-        facilitator_timeout: float = 30.0,
+        paywall: Paywall | None = None,
+        timing: PaymentTiming | None = None,
+        **settings: Unpack[PaymentSettings],
     ) -> None:
         self.app = app
+        self.paywall, self.timing = payment_settings(paywall, timing, settings)
+        settle_before_serve = self.paywall.settle_before_serve
+        public_url = self.paywall.public_url
+        max_timeout_seconds = self.timing.max_timeout_seconds
         if not is_address(pay_to):
             raise ValueError(f"pay_to is not an EVM address: {pay_to!r}")
         if not is_address(token.address):
@@ -217,9 +225,9 @@ class PaymentMiddleware:
             self._own_ledger = None
             self.ledger = ledger if ledger is not None else InMemoryLedger()
         self.public_url = public_url.rstrip("/") if public_url else None
-        self.retry_after = retry_after_seconds
-        self.retention = ledger_retention_seconds
-        self._facilitator_timeout = facilitator_timeout
+        self.retry_after = self.timing.retry_after_seconds
+        self.retention = self.timing.ledger_retention_seconds
+        self._facilitator_timeout = self.timing.facilitator_timeout
         if isinstance(facilitator, FacilitatorClient):
             self._facilitator_url: str | None = None
             self._client: FacilitatorClient | None = facilitator
