@@ -57,11 +57,11 @@ class LeanVaultClient:
         await self._session.close()
 
     async def info(self) -> dict[str, Any]:
-        """``GET /v1/info`` (unsigned); remembers the vault's address for signing."""
+        """``GET /v1/info`` (unsigned); remembers the vault (on its chain) calls are signed for."""
         status, data = await self._send("GET", api.API_PREFIX + "/info", None, {})
         if status != 200:
             raise RuntimeError(f"vault info failed: {status} {data}")
-        self._vault = str(data["vault"])
+        self._vault = api.vault_account(str(data["network"]), str(data["vault"]))
         return data
 
     async def invoke(
