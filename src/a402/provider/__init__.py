@@ -12,10 +12,10 @@ provider that takes only ``exact`` does not load the channel and enclave code.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from a402.chain.deploy import TokenInfo
+from a402.lazy import lazy_attributes
 from a402.provider.gateway import create_gateway, parse_route_spec, run_gateway
 from a402.provider.ledger import InMemoryLedger, PaymentKey, PaymentLedger, SqlLedger
 from a402.provider.middleware import PaymentMiddleware
@@ -71,12 +71,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY_MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module 'a402.provider' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY_MODULE_OF)
