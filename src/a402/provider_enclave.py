@@ -77,7 +77,7 @@ from a402.asc.snapshot import hx, state_from_json, state_to_json, unhex
 from a402.asc.terms import BalanceState, ChannelTerms, DigestSigner
 from a402.crypto import EVM, PaymentDomain, PreSignature
 from a402.crypto.authorization import recover_signer
-from a402.tee import EnclaveError, EnclaveKernel
+from a402.tee import Enclave, EnclaveError, EnclaveKernel
 from a402.wire.a402 import (
     REQUEST_AD,
     RESPONSE_AD,
@@ -108,12 +108,14 @@ PriceOf = Callable[[str, str], "int | None"]
 class Answer:
     """Send ``frame`` (already encrypted for the tunnel). If ``persist``, store
     :meth:`ProviderEnclave.export` of ``channel_id`` first. ``incoming`` names the ASC
-    message answered when the answer was recorded (for logs and test seams)."""
+    message answered, when it was handled (or, with ``replayed``, answered again from
+    the record): metadata the host could infer from sizes anyway, for logs and seams."""
 
     frame: bytes
     channel_id: bytes | None = None
     persist: bool = False
     incoming: str = ""
+    replayed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +217,53 @@ class ProviderEnclave(Protocol):
     def restore(self, channel_id: bytes, blob: bytes) -> None: ...
 
 
+class ProviderEnclaveBoundary:
+    """What :meth:`ProviderEnclaveCode.start` hands the host: the :class:`ProviderEnclave`
+    calls and nothing else (not the code's seams, not its channels)."""
+
+    __slots__ = ("_code",)
+
+    def __init__(self, code: ProviderEnclaveCode) -> None:
+        self._code = code
+
+    @property
+    def provider_key(self) -> bytes:
+        return self._code.provider_key
+
+    def receive(self, handle: str, frame: bytes) -> Outcome:
+        return self._code.receive(handle, frame)
+
+    def found(self, handle: str, *, on_chain: str | None = None) -> Outcome:
+        return self._code.found(handle, on_chain=on_chain)
+
+    def executed(self, handle: str, response: HttpResponse) -> Answer:
+        return self._code.executed(handle, response)
+
+    def failed(self, handle: str, reason: str, detail: str) -> Answer:
+        return self._code.failed(handle, reason, detail)
+
+    def forget(self, handle: str) -> None:
+        self._code.forget(handle)
+
+    def view(self, channel_id: bytes) -> ChannelView | None:
+        return self._code.view(channel_id)
+
+    def poll(self, channel_id: bytes) -> ForceCloseClaim | None:
+        return self._code.poll(channel_id)
+
+    def claim(self, channel_id: bytes) -> ForceCloseClaim:
+        return self._code.claim(channel_id)
+
+    def closed_on_chain(self, channel_id: bytes) -> None:
+        self._code.closed_on_chain(channel_id)
+
+    def export(self, channel_id: bytes) -> bytes:
+        return self._code.export(channel_id)
+
+    def restore(self, channel_id: bytes, blob: bytes) -> None:
+        self._code.restore(channel_id, blob)
+
+
 # ------------------------------------------------------------------ inside
 
 
@@ -277,7 +326,7 @@ class _Executing:
 class ProviderEnclaveCode:
     """The provider's side of every channel, run inside the enclave.
 
-    Start it with ``enclave.start(lambda kernel: ProviderEnclaveCode(kernel, …))``.
+    Start it with :meth:`start`, which returns the host's :class:`ProviderEnclaveBoundary`.
     ``signer`` is the operator's state-signing key (host-side, see the module
     docstring); ``price`` and ``closing`` are the host's policies (what a route
     costs; whether a force-close of a channel is under way); ``clock`` is the
@@ -313,6 +362,18 @@ class ProviderEnclaveCode:
         self._bound: dict[str, set[bytes]] = {}
         self._pending: dict[str, _Opening | _Message | _Executing] = {}
 
+    @classmethod
+    def start(
+        cls, enclave: Enclave, *, domain: PaymentDomain, signer: DigestSigner, price: PriceOf,
+        closing: Callable[[bytes], bool], clock: Callable[[], float], ack_timeout: float,
+        lock_timeout: float,
+    ) -> ProviderEnclaveBoundary:
+        """Run this code in ``enclave``; the host gets only the boundary."""
+        return enclave.start(lambda kernel: ProviderEnclaveBoundary(cls(
+            kernel, domain=domain, signer=signer, price=price, closing=closing, clock=clock,
+            ack_timeout=ack_timeout, lock_timeout=lock_timeout,
+        )))
+
     @property
     def provider_key(self) -> bytes:
         return self._presigner.public_key
@@ -321,10 +382,10 @@ class ProviderEnclaveCode:
 
     def _answer(
         self, handle: str, envelope: Envelope, channel_id: bytes | None = None, *,
-        persist: bool = False, incoming: str = "",
+        persist: bool = False, incoming: str = "", replayed: bool = False,
     ) -> Answer:
         frame = self._kernel.channel_encrypt(handle, envelope.encode(), ad=RESPONSE_AD)
-        return Answer(frame, channel_id, persist, incoming)
+        return Answer(frame, channel_id, persist, incoming, replayed)
 
     def receive(self, handle: str, frame: bytes) -> Outcome:
         """One encrypted envelope from the vault. Raises :class:`~a402.tee.ChannelError`
@@ -425,7 +486,8 @@ class ProviderEnclaveCode:
         """
         channel_id, body, message = pending.channel_id, pending.body, pending.message
         if held.last_in and body == held.last_in:  # a retransmission: the same answer
-            return self._answer(handle, Envelope.decode(held.last_out))
+            return self._answer(handle, Envelope.decode(held.last_out), channel_id,
+                                incoming=type(message).__name__, replayed=True)
         try:
             took_ack = pending.acked is not None and self.on_piggybacked_ack(held, pending.acked)
         except _Refused as refused:

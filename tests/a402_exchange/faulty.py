@@ -20,7 +20,7 @@ from a402.asc import Ack, Exec, Reply, Reveal, decode, encode
 from a402.asc.messages import Message
 from a402.crypto import ResultContext, generate_adaptor, seal
 from a402.provider.a402_runtime import ProviderRuntime
-from a402.provider_enclave import HeldChannel, ProviderEnclaveCode
+from a402.provider_enclave import HeldChannel, ProviderEnclaveBoundary, ProviderEnclaveCode
 from a402.wire.a402 import Envelope, Kind, Refusal
 
 
@@ -133,8 +133,14 @@ class AckLosingProvider(ProviderRuntime):
     @property
     def lose(self) -> int:
         """How many riding ACKs the enclave code still loses."""
-        return cast(AckLosingCode, self.provider_enclave).lose
+        return self._code.lose
 
     @lose.setter
     def lose(self, count: int) -> None:
-        cast(AckLosingCode, self.provider_enclave).lose = count
+        self._code.lose = count
+
+    @property
+    def _code(self) -> AckLosingCode:
+        """The code behind the boundary: a test reaching into its own faulty enclave."""
+        boundary = cast(ProviderEnclaveBoundary, self.provider_enclave)
+        return cast(AckLosingCode, boundary._code)

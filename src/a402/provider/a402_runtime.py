@@ -214,12 +214,10 @@ class ProviderRuntime:
         self._tunnels: dict[str, VaultTunnel] = {}
         self._slots: dict[bytes, Slot] = {}
         self._load_lock = asyncio.Lock()
-        self.provider_enclave: ProviderEnclave = config.enclave.start(
-            lambda kernel: self.enclave_code(
-                kernel, domain=self.domain, signer=self.signer, price=self._price,
-                closing=self._closing, clock=self.clock,
-                ack_timeout=config.ack_timeout, lock_timeout=config.lock_timeout,
-            )
+        self.provider_enclave: ProviderEnclave = self.enclave_code.start(
+            config.enclave, domain=self.domain, signer=self.signer, price=self._price,
+            closing=self._closing, clock=self.clock,
+            ack_timeout=config.ack_timeout, lock_timeout=config.lock_timeout,
         )
 
     def _price(self, method: str, path: str) -> int | None:
@@ -377,7 +375,7 @@ class ProviderRuntime:
         """Store what the enclave sealed (if the answer changed the channel), then relay."""
         if not isinstance(outcome, Answer):
             raise TypeError(f"the enclave asked for {type(outcome).__name__} out of turn")
-        if slot is not None and outcome.incoming:
+        if slot is not None and outcome.incoming and not outcome.replayed:
             self.before_send(slot, outcome)
         if slot is not None and outcome.persist:
             await self.persist(slot)
