@@ -340,12 +340,10 @@ class ProviderRuntime:
                     on_chain = onchain.status.name
                 outcome = self.provider_enclave.found(handle, on_chain=on_chain)
                 if slot is None and isinstance(outcome, Answer) and outcome.persist:
-                    view = self.provider_enclave.view(channel_id)
-                    assert view is not None
-                    slot = Slot(view)
-                    await self._send(slot, outcome)
+                    slot = Slot(self._view(channel_id))  # admitted: stored before it answers
+                    frame = await self._send(slot, outcome)
                     self._slots[channel_id] = slot
-                    return outcome.frame
+                    return frame
                 return await self._send(slot, outcome)
         slot = await self._load(channel_id)
         if slot is None:
@@ -443,6 +441,12 @@ class ProviderRuntime:
         await self.store.save(slot.channel_id, jsonbytes.dumps(record),
                               active=not slot.onchain_closed)
 
+    def _view(self, channel_id: bytes) -> ChannelView:
+        view = self.provider_enclave.view(channel_id)
+        if view is None:
+            raise LookupError(f"the enclave runs no channel {channel_id.hex()}")
+        return view
+
     async def _load(self, channel_id: bytes) -> Slot | None:
         slot = self._slots.get(channel_id)
         if slot is not None:
@@ -458,10 +462,8 @@ class ProviderRuntime:
         if record.get("format") != _RECORD_FORMAT:
             raise ValueError("not a provider channel record")
         self.provider_enclave.restore(channel_id, unhex(record["sealed"]))
-        view = self.provider_enclave.view(channel_id)
-        assert view is not None
         return Slot(
-            view,
+            self._view(channel_id),
             closing_on_chain=bool(record["closingOnChain"]),
             force_close_due=bool(record["forceCloseDue"]),
             onchain_closed=bool(record["onchainClosed"]),
