@@ -52,7 +52,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from a402 import jsonbytes
@@ -320,7 +320,6 @@ class _Executing:
     channel_id: bytes
     body: bytes
     exec_: Exec
-    took_ack: bool = field(default=False)
 
 
 class ProviderEnclaveCode:
@@ -494,7 +493,7 @@ class ProviderEnclaveCode:
             return self._answer(handle, refused.envelope)
         try:
             if isinstance(message, Exec):
-                return self._on_exec(handle, held, pending, message, took_ack)
+                return self._on_exec(handle, held, pending, message)
             answer = self._on_message(held, message)
         except _Refused as refused:
             # the message is refused, but a payment its ACK acknowledged stands
@@ -532,7 +531,7 @@ class ProviderEnclaveCode:
         return Envelope.asc(encode(step.send[0])) if step.send else Envelope.ok()
 
     def _on_exec(
-        self, handle: str, held: HeldChannel, pending: _Message, exec_: Exec, took_ack: bool
+        self, handle: str, held: HeldChannel, pending: _Message, exec_: Exec
     ) -> Execute:
         try:
             request = HttpRequest.decode(exec_.request)
@@ -549,7 +548,7 @@ class ProviderEnclaveCode:
             held.channel.receive(exec_, now=self._clock())
         except ASCError as e:
             raise _Refused(e.reason.value, e.detail) from None
-        self._pending[handle] = _Executing(pending.channel_id, pending.body, exec_, took_ack)
+        self._pending[handle] = _Executing(pending.channel_id, pending.body, exec_)
         return Execute(pending.channel_id, exec_.request_id, request)
 
     def _executing(self, handle: str) -> tuple[HeldChannel, _Executing]:
