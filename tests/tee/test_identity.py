@@ -42,6 +42,7 @@ def test_the_provider_enclave_pre_signs_payments_and_signs_nothing_else(tmp_path
     identity = tmp_path / "identity.bin"
     provider_enclave(platform, CODE, identity)
     restored = provider_enclave(platform, CODE, identity)  # launched, then restored
-    assert restored.schnorr_pre_sign(b"\x01" * 32, restored.signing_public_key)
+    kernel = restored.start(lambda kernel: kernel)  # as the enclave's own code would
+    assert kernel.pre_sign(b"\x01" * 32, restored.signing_public_key)
     with pytest.raises(EnclaveError):
         restored.sign_digest(PAYMENT_AUTHORIZATION, b"\x01" * 32)

@@ -170,7 +170,7 @@ def test_sign_digest_by_allowed_purpose_only(platform, vault, verifier):
 
 
 def test_signing_key_is_usable_for_evm_schnorr_adaptor_signatures(vault):
-    # What the ASC work will wrap as enclave.schnorr_pre_sign(m, T): the attested key
+    # What the enclave's code does with kernel.pre_sign(m, T): the attested key
     # (test-only peek at it here) pre-signs, and the attested public key verifies.
     t, adaptor = generate_adaptor()
     m = hashlib.sha256(b"cid|rid|delta|h").digest()

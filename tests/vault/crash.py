@@ -6,7 +6,7 @@ file) and kills it with SIGKILL: no handler runs, nothing is flushed, only
 what the database committed survives.
 
 :class:`GatedProvider` is the honest provider runtime with one seam used: when
-a chosen message arrives it signals, then waits at ``outgoing`` — after the
+a chosen message arrives it signals, then waits at ``before_send`` — after the
 vault wrote its checkpoint and sent the message, before the provider answers.
 That is where the test kills the vault, so every crash lands exactly in the
 state under test, not wherever a timer happened to fire.
@@ -36,9 +36,10 @@ from eth_account.signers.local import LocalAccount
 from a402.asc.messages import Message
 from a402.chain.node import free_port
 from a402.provider.a402_runtime import ProviderRuntime, Slot
+from a402.provider_enclave import Answer
 from a402.vault.identity import save_platform
 from a402.vault.store import VaultStore
-from a402.wire.a402 import Envelope, ProviderInfo
+from a402.wire.a402 import ProviderInfo
 from tests.a402_exchange.helpers import PROVIDER_CODE, VAULT_CODE, World
 
 
@@ -57,13 +58,13 @@ class GatedProvider(ProviderRuntime):
             "hold": hold, "armed": False, "reached": threading.Event(),
             "release": threading.Event()})
 
-    def outgoing(self, slot: Slot, incoming: Message, answer: Envelope) -> Envelope:
+    def before_send(self, slot: Slot, answer: Answer) -> None:
         cls = type(self)
-        if cls.armed and cls.hold is not None and isinstance(incoming, cls.hold) \
+        if cls.armed and cls.hold is not None and answer.incoming == cls.hold.__name__ \
                 and not cls.reached.is_set():
             cls.reached.set()
             cls.release.wait(60)
-        return super().outgoing(slot, incoming, answer)
+        super().before_send(slot, answer)
 
 
 class OfflineProvider(ProviderRuntime):

@@ -100,9 +100,9 @@ class Status(StrEnum):
 class PreSigner(Protocol):
     """The provider's attested EVM-flavour Schnorr key, wherever it lives.
 
-    A :class:`~a402.crypto.SecretKey` is wrapped as one; a provider runtime
-    passes an enclave-backed implementation so that the key never leaves the
-    enclave (``a402.tee.Enclave.schnorr_pre_sign``).
+    A :class:`~a402.crypto.SecretKey` is wrapped as one; the provider enclave's
+    code (:mod:`a402.provider_enclave`) passes one over its kernel, so that the
+    key never leaves the enclave and only this machine asks it to pre-sign.
     """
 
     @property

@@ -8,33 +8,41 @@ machine). What it adds:
   encrypted :class:`~a402.wire.a402.Envelope`. A tunnel may drive a channel
   only after OPEN proved, with the channel's vault key, that it speaks for the
   channel's vault (the signature covers the tunnel's handshake hash).
-* **Execution.** On EXEC the request runs against the wrapped ASGI app (the
-  provider's service, or the gateway's reverse proxy), fully buffered; a
-  response with status ≥ 400, an exception or a timeout is answered with the
-  response itself and *no* REPLY (nothing is charged, the request is
-  abandoned). Otherwise the result — the response plus the hash of the request
-  bytes — is sealed under a fresh ``t`` and pre-signed by the enclave.
-* **Durability.** Each channel's machine snapshot, together with the last
-  (message, answer) pair, is sealed by the enclave and written to the store
-  *before* the answer leaves. A retransmitted message (the vault lost our
-  answer) is answered from that record, byte for byte, without running or
-  charging anything twice.
-* **Seams for tests.** :meth:`ProviderRuntime.commit` (REPLY) and
-  :meth:`ProviderRuntime.outgoing` (every answer) are the two places a
-  deliberately faulty provider overrides; nothing else is special.
+* **The enclave runs the protocol.** The channels' state machines run in the
+  provider enclave's code (:mod:`a402.provider_enclave`), which decrypts every
+  frame and encrypts every answer itself; this host relays ciphertext, runs
+  the paid requests the enclave hands it, stores what the enclave seals, and
+  pays gas. It has no call that pre-signs anything.
+* **Execution.** On EXEC (:class:`~a402.provider_enclave.Execute`) the request
+  runs against the wrapped ASGI app (the provider's service, or the gateway's
+  reverse proxy), fully buffered; a response with status ≥ 400, an exception
+  or a timeout is answered with the response itself and *no* REPLY (nothing
+  is charged, the request is abandoned). Otherwise the enclave builds the
+  result — the response plus the hash of the request bytes — seals it under
+  a fresh ``t`` and pre-signs ``m``.
+* **Durability.** Each channel's state, together with the last (message,
+  answer) pair, is sealed by the enclave and written to the store *before* the
+  answer leaves. A retransmitted message (the vault lost our answer) is
+  answered from that record, byte for byte, without running or charging
+  anything twice.
+* **Seams for tests.** :meth:`ProviderRuntime.before_send` sees every recorded
+  answer (as ciphertext) before it is stored and sent; a deliberately faulty
+  *enclave* is a :class:`~a402.provider_enclave.ProviderEnclaveCode` subclass
+  named by :attr:`ProviderRuntime.enclave_code`.
 
 The watcher (:mod:`a402.provider.a402_watch`) adds the on-chain side: Δ_ack,
 client force-closes, cooperative closes nobody submitted. It drives the runtime;
 the runtime does not know it: :class:`~a402.provider.a402_payments.A402Payments`
 owns both and starts and stops the watcher.
 
-Trust split: the enclave holds the attested Schnorr key (it makes every
-pre-signature); the provider's Ethereum account (``operator``) signs channel
-states and sends ``forceClose``. A host that misused the operator key could
-only sign states that pay the provider *less*; what makes a payment atomic —
-the pre-signature — never leaves the enclave. In the simulated backend the
-state machine, and so ``t``, runs in the host process; a hardware backend runs
-it inside the enclave with the same code.
+Trust split: the enclave holds the attested Schnorr key and runs the channel
+machines (it makes every pre-signature, for results it sealed itself); the
+provider's Ethereum account (``operator``) signs channel states (passed into
+the enclave's code as a signer) and sends ``forceClose``. A host that misused
+the operator key could only sign states that pay the provider *less*; what
+makes a payment atomic — the pre-signature — never leaves the enclave. In the
+simulated backend the enclave's code runs in the host process (no isolation);
+a hardware backend runs the same code inside the enclave.
 """
 
 from __future__ import annotations
@@ -46,64 +54,45 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 from eth_account.signers.local import LocalAccount
 from starlette.types import ASGIApp, Message, Scope
 
 from a402 import jsonbytes
-from a402.asc import (
-    Ack,
-    ASCError,
-    CloseReady,
-    Exec,
-    ForceCloseClaim,
-    PreSigner,
-    ProviderChannel,
-    Reason,
-    Reply,
-    SignedState,
-    Status,
-    decode,
-    encode,
-)
-from a402.asc.errors import MessageError
-from a402.asc.messages import Message as AscMessage
-from a402.asc.snapshot import hx, state_from_json, state_to_json, unhex
-from a402.asc.terms import ChannelTerms
+from a402.asc import ForceCloseClaim, SignedState, Status
+from a402.asc.snapshot import hx, unhex
 from a402.asc_manager import ASCManager, OnChainStatus
 from a402.chain.node import Chain
-from a402.crypto import EVM, EcdsaSigner, PreSignature
-from a402.crypto.authorization import recover_signer
+from a402.crypto import EcdsaSigner
 from a402.provider.a402_store import ChannelBlobStore
 from a402.provider.asgi import run_buffered
 from a402.provider.routes import RouteTable
 from a402.provider.settings import ChannelTimeouts, Limits, Watching
+from a402.provider_enclave import (
+    Answer,
+    ChannelNeeded,
+    ChannelView,
+    Execute,
+    Outcome,
+    ProviderEnclave,
+    ProviderEnclaveCode,
+)
 from a402.tee import AttestationPolicy, AttestationVerifier, Enclave, TeeError
 from a402.tee.chains import check_backends
 from a402.wire.a402 import (
     PROLOGUE,
-    REQUEST_AD,
-    RESPONSE_AD,
-    Envelope,
-    FrameError,
     HttpRequest,
     HttpResponse,
-    HttpResult,
-    Kind,
-    OpenChannel,
     PricedRoute,
     ProviderInfo,
-    Refusal,
-    binding_digest,
     provider_user_data,
-    request_digest,
 )
 
 log = logging.getLogger("a402.provider.a402")
 
-_RECORD_FORMAT = "a402/provider-channel-record/v1"
+_RECORD_FORMAT = "a402/provider-channel-record/v2"
 _MAX_NONCE = 64
 #: Request headers that describe the transport of the /message call, not the paid request.
 _TRANSPORT_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection"})
@@ -149,31 +138,8 @@ class A402Config:
     clock: Callable[[], float] = time.time
 
 
-class EnclavePreSigner:
-    """A :class:`~a402.asc.PreSigner` whose key stays in the enclave."""
-
-    def __init__(self, enclave: Enclave) -> None:
-        key = enclave.signing_public_key
-        if key[0] != 2:
-            raise ValueError("the enclave's key must have even y to be an EVM Schnorr key")
-        self._enclave = enclave
-        self.public_key = bytes(key[1:])
-
-    def pre_sign(self, message: bytes, adaptor: bytes) -> PreSignature:
-        return EVM.presignature_from_bytes(self._enclave.schnorr_pre_sign(message, adaptor))
-
-
 class UnknownTunnel(Exception):
     """No established tunnel under that id (expired, evicted, or never finished)."""
-
-
-class _Refused(Exception):
-    """A message refused without any change: answered, not recorded (a retry is judged afresh)."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.envelope = Refusal(reason, detail).envelope()
 
 
 @dataclass
@@ -190,14 +156,11 @@ class VaultTunnel:
 
 @dataclass
 class Slot:
-    """One channel as the runtime holds it: the machine plus what the machine does not keep."""
+    """One channel as the host holds it: a view of the enclave's channel (public facts
+    only) plus the host's own on-chain bookkeeping."""
 
-    channel: ProviderChannel
+    channel: ChannelView
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    last_in: bytes = b""
-    last_out: bytes = b""
-    final: SignedState | None = None
-    closed_at: float | None = None
     closing_on_chain: bool = False
     force_close_due: bool = False
     onchain_closed: bool = False
@@ -207,6 +170,14 @@ class Slot:
     def channel_id(self) -> bytes:
         return self.channel.channel_id
 
+    @property
+    def final(self) -> SignedState | None:
+        return self.channel.final
+
+    @property
+    def closed_at(self) -> float | None:
+        return self.channel.closed_at
+
 
 class ProviderRuntime:
     """Serves the A402 exchange for one provider; owned by
@@ -214,8 +185,11 @@ class ProviderRuntime:
 
     ``app`` is what a paid request runs against, ``routes`` prices it,
     ``token``/``network`` are what the middleware charges in (checked against
-    the ASCManager's token and the chain).
+    the ASCManager's token and the chain). The enclave's code is
+    :attr:`enclave_code`, started in the enclave here.
     """
+
+    enclave_code: ClassVar[type[ProviderEnclaveCode]] = ProviderEnclaveCode
 
     def __init__(
         self, config: A402Config, *, app: ASGIApp, routes: RouteTable, token: str, network: str
@@ -238,11 +212,23 @@ class ProviderRuntime:
         self.network = network
         self.operator = config.operator
         self.signer = EcdsaSigner(bytes(config.operator.key))
-        self.presigner: PreSigner = EnclavePreSigner(config.enclave)
         self.store = config.store
         self._tunnels: dict[str, VaultTunnel] = {}
         self._slots: dict[bytes, Slot] = {}
         self._load_lock = asyncio.Lock()
+        self.provider_enclave: ProviderEnclave = self.enclave_code.start(
+            config.enclave, domain=self.domain, signer=self.signer, price=self._price,
+            closing=self._closing, clock=self.clock,
+            ack_timeout=config.timeouts.ack_timeout, lock_timeout=config.timeouts.lock_timeout,
+        )
+
+    def _price(self, method: str, path: str) -> int | None:
+        match = self.routes.match(method, path)
+        return None if match is None else match.amount
+
+    def _closing(self, channel_id: bytes) -> bool:
+        slot = self._slots.get(channel_id)
+        return slot is not None and slot.closing_on_chain
 
     # ------------------------------------------------------------------ facts
 
@@ -252,7 +238,7 @@ class ProviderRuntime:
 
     @property
     def provider_key(self) -> bytes:
-        return self.presigner.public_key
+        return self.provider_enclave.provider_key
 
     def info(self, nonce: bytes) -> ProviderInfo:
         """``GET …/info``: attestation evidence made for ``nonce``, bound to our address."""
@@ -310,6 +296,7 @@ class ProviderRuntime:
     def _drop_tunnel(self, tunnel_id: str) -> None:
         tunnel = self._tunnels.pop(tunnel_id, None)
         if tunnel is not None:
+            self.provider_enclave.forget(tunnel.handle)
             self.enclave.channel_close(tunnel.handle)
 
     def _evict_tunnels(self) -> None:
@@ -325,7 +312,8 @@ class ProviderRuntime:
             self._drop_tunnel(oldest)
 
     async def handle_frame(self, tunnel_id: str, frame: bytes, scope: Scope) -> bytes:
-        """One encrypted envelope in, one encrypted envelope out.
+        """One encrypted envelope in, one encrypted envelope out (the enclave reads and
+        writes both; this relays them, and does what the enclave asks in between).
 
         Raises :class:`UnknownTunnel`, or :class:`~a402.tee.ChannelError` for a
         frame that does not authenticate (tampered, replayed, reordered): those
@@ -335,178 +323,68 @@ class ProviderRuntime:
         if tunnel is None or not tunnel.established:
             raise UnknownTunnel(tunnel_id)
         async with tunnel.lock:
-            plaintext = self.enclave.channel_decrypt(tunnel.handle, frame, ad=REQUEST_AD)
+            outcome = self.provider_enclave.receive(tunnel.handle, frame)
             tunnel.last_used = self.clock()
-            try:
-                envelope = Envelope.decode(plaintext)
-                answer = await self._dispatch(tunnel, envelope, scope)
-            except FrameError as e:
-                answer = Refusal("malformed", str(e)).envelope()
-            return self.enclave.channel_encrypt(tunnel.handle, answer.encode(), ad=RESPONSE_AD)
+            if isinstance(outcome, ChannelNeeded):
+                return await self._with_channel(tunnel, outcome, scope)
+            return await self._send(None, outcome)
 
-    async def _dispatch(self, tunnel: VaultTunnel, envelope: Envelope, scope: Scope) -> Envelope:
-        if envelope.kind is Kind.OPEN:
-            return await self._on_open(tunnel, OpenChannel.from_body(envelope.body))
-        if envelope.kind is Kind.ASC:
-            return await self._on_asc(tunnel, envelope.body, scope)
-        if envelope.kind is Kind.ASC_ACKED:
-            ack, body = envelope.ack_and_message()
-            return await self._on_asc(tunnel, body, scope, ack=ack)
-        return Refusal("unexpected_envelope", f"a provider does not take {envelope.kind.name}")\
-            .envelope()
-
-    # ------------------------------------------------------------------ OPEN
-
-    async def _on_open(self, tunnel: VaultTunnel, request: OpenChannel) -> Envelope:
-        try:
-            terms = ChannelTerms(request.client, request.vault, request.provider,
-                                 request.provider_key, request.deposit, request.salt)
-        except ValueError as e:
-            return Refusal("bad_terms", str(e)).envelope()
-        if terms.provider != self.provider_address:
-            return Refusal("wrong_provider", "the channel pays another provider").envelope()
-        if terms.provider_key != self.provider_key:
-            return Refusal("wrong_provider_key", "the channel names another key").envelope()
-        channel_id = terms.channel_id(self.domain)
-        digest = binding_digest(self.enclave.channel_binding(tunnel.handle), channel_id)
-        if recover_signer(digest, request.signature) != terms.vault:
-            return Refusal("bad_binding_signature", "not signed by the channel's vault").envelope()
-        async with self._load_lock:
-            slot = await self._load(channel_id)
-            if slot is None:
-                onchain = await asyncio.to_thread(self.manager.channel, channel_id)
-                if onchain.status is not OnChainStatus.OPEN:
-                    return Refusal(
-                        "channel_not_open", f"on-chain status is {onchain.status.name}"
-                    ).envelope()
-                slot = Slot(ProviderChannel(
-                    terms, self.domain, self.signer, self.presigner,
-                    ack_timeout=self.config.timeouts.ack_timeout,
-                    lock_timeout=self.config.timeouts.lock_timeout,
-                ))
-                await self.persist(slot)
-                self._slots[channel_id] = slot
-                log.info("channel %s registered (deposit %d)", channel_id.hex(), terms.deposit)
-        tunnel.channels.add(channel_id)
-        return Envelope.ok()
-
-    # ------------------------------------------------------------ ASC messages
-
-    async def _on_asc(
-        self, tunnel: VaultTunnel, body: bytes, scope: Scope, *, ack: bytes | None = None
-    ) -> Envelope:
-        """One ASC message; with ``ack``, the previous request's ACK first (ASC_ACKED).
-
-        A retransmitted message is answered from the record whether or not an ACK
-        rides on it: the ACK was taken before the message was first handled.
-        """
-        try:
-            message = decode(body)
-            acked = None if ack is None else decode(ack)
-        except MessageError as e:
-            return Refusal("malformed", str(e)).envelope()
-        if acked is not None and (not isinstance(acked, Ack)
-                                  or acked.channel_id != message.channel_id):
-            return Refusal("malformed", "ASC_ACKED carries an ACK of the same channel").envelope()
-        if message.channel_id not in tunnel.channels:
-            return Refusal("channel_not_bound", "send OPEN for this channel first").envelope()
-        slot = await self._load(message.channel_id)
-        if slot is None:  # bound channels are always stored
-            return Refusal("unknown_channel", "no such channel").envelope()
+    async def _with_channel(self, tunnel: VaultTunnel, need: ChannelNeeded, scope: Scope
+                            ) -> bytes:
+        """Bring the channel in and hold its lock while the enclave handles the message."""
+        handle, channel_id = tunnel.handle, need.channel_id
+        if need.opening:
+            async with self._load_lock:
+                slot = await self._load(channel_id)
+                on_chain = None
+                if slot is None:
+                    onchain = await asyncio.to_thread(self.manager.channel, channel_id)
+                    on_chain = onchain.status.name
+                outcome = self.provider_enclave.found(handle, on_chain=on_chain)
+                if slot is None and isinstance(outcome, Answer) and outcome.persist:
+                    slot = Slot(self._view(channel_id))  # admitted: stored before it answers
+                    frame = await self._send(slot, outcome)
+                    self._slots[channel_id] = slot
+                    return frame
+                return await self._send(slot, outcome)
+        slot = await self._load(channel_id)
+        if slot is None:
+            return await self._send(None, self.provider_enclave.found(handle))
         async with slot.lock:
-            if slot.last_in and body == slot.last_in:
-                return Envelope.decode(slot.last_out)  # a retransmission: the same answer
-            try:
-                took_ack = acked is not None and self._on_piggybacked_ack(slot, acked)
-            except _Refused as refused:
-                return refused.envelope
-            try:
-                if isinstance(message, Exec):
-                    answer = await self._on_exec(slot, message, scope)
-                else:
-                    answer = self._on_message(slot, message)
-            except _Refused as refused:
-                if took_ack:  # the message is refused, but the payment it acknowledged stands
-                    await self.persist(slot)
-                return refused.envelope
-            answer = self.outgoing(slot, message, answer)
-            slot.last_in, slot.last_out = body, answer.encode()
-            await self.persist(slot)  # the ACK, if any, is durable with the answer
-            return answer
+            outcome = self.provider_enclave.found(handle)
+            if isinstance(outcome, Execute):
+                outcome = await self._run(handle, outcome, scope)
+            return await self._send(slot, outcome)
 
-    def _on_piggybacked_ack(self, slot: Slot, ack: Ack) -> bool:
-        """Take an ACK that rode on the next message; whether it changed the channel. As on
-        its own, a repeated ACK or one for a channel settled meanwhile changes nothing; any
-        other refusal refuses the frame."""
-        try:
-            self._on_message(slot, ack)
-        except _Refused as refused:
-            if refused.reason not in (Reason.REPLAYED.value, Reason.CHANNEL_CLOSED.value):
-                raise
-            return False
-        return True
-
-    def _on_message(self, slot: Slot, message: AscMessage) -> Envelope:
-        try:
-            step = slot.channel.receive(message, now=self.clock())
-        except ASCError as e:
-            raise _Refused(e.reason.value, e.detail) from None
-        for event in step.events:
-            if isinstance(event, CloseReady):
-                slot.final, slot.closed_at = event.signed, self.clock()
-        return Envelope.asc(encode(step.send[0])) if step.send else Envelope.ok()
-
-    async def _on_exec(self, slot: Slot, exec_: Exec, scope: Scope) -> Envelope:
-        try:
-            request = HttpRequest.decode(exec_.request)
-        except FrameError as e:
-            raise _Refused("malformed_request", str(e)) from None
-        match = self.routes.match(request.method, request.path)
-        if match is None:
-            raise _Refused("not_a_paid_route", f"{request.method} {request.path} is not priced")
-        if exec_.amount != match.amount:
-            raise _Refused("amount_mismatch", f"the price is {match.amount}, not {exec_.amount}")
-        if slot.closing_on_chain:
-            raise _Refused("channel_closing", "a force-close of this channel is under way")
-        try:
-            slot.channel.receive(exec_, now=self.clock())
-        except ASCError as e:
-            raise _Refused(e.reason.value, e.detail) from None
-        rid = exec_.request_id
+    async def _run(self, handle: str, paid: Execute, scope: Scope) -> Answer:
+        """Run the paid request; the enclave turns the response into a REPLY (or a refusal)."""
         try:
             response = await asyncio.wait_for(
-                self.execute(request, scope), timeout=self.config.timeouts.lock_timeout * 0.8
+                self.execute(paid.request, scope), timeout=self.config.timeouts.lock_timeout * 0.8
             )
         except TimeoutError:
-            slot.channel.abandon(rid)
-            return Refusal("execution_timeout", "the service did not answer in time").envelope()
+            return self.provider_enclave.failed(
+                handle, "execution_timeout", "the service did not answer in time")
         except Exception as e:  # the service crashed: nothing is charged
-            log.exception("paid request %d on %s failed", rid, slot.channel_id.hex())
-            slot.channel.abandon(rid)
-            return Refusal("service_error", type(e).__name__).envelope()
-        if response.status >= 400:
-            slot.channel.abandon(rid)
-            return Refusal(
-                "service_failed", f"the service answered {response.status}", response
-            ).envelope()
-        result = HttpResult(request_digest(exec_.request), response).encode()
-        try:
-            reply = self.commit(slot, exec_, result)
-        except Exception as e:  # the enclave refused or failed: nothing was signed
-            log.exception("could not commit to request %d on %s", rid, slot.channel_id.hex())
-            slot.channel.abandon(rid)
-            return Refusal("commit_failed", type(e).__name__).envelope()
-        return Envelope.asc(encode(reply))
+            log.exception("paid request %d on %s failed", paid.request_id,
+                          paid.channel_id.hex())
+            return self.provider_enclave.failed(handle, "service_error", type(e).__name__)
+        return self.provider_enclave.executed(handle, response)
+
+    async def _send(self, slot: Slot | None, outcome: Outcome) -> bytes:
+        """Store what the enclave sealed (if the answer changed the channel), then relay."""
+        if not isinstance(outcome, Answer):
+            raise TypeError(f"the enclave asked for {type(outcome).__name__} out of turn")
+        if slot is not None and outcome.incoming and not outcome.replayed:
+            self.before_send(slot, outcome)
+        if slot is not None and outcome.persist:
+            await self.persist(slot)
+        return outcome.frame
 
     # ------------------------------------------------------------------ seams
 
-    def commit(self, slot: Slot, exec_: Exec, result: bytes) -> Reply:
-        """Step ②: seal ``result`` under a fresh ``t`` and pre-sign ``m`` (REPLY)."""
-        return slot.channel.reply(exec_.request_id, result)
-
-    def outgoing(self, slot: Slot, incoming: AscMessage, answer: Envelope) -> Envelope:
-        """Every answer to a vault message passes here before it is recorded and sent."""
-        return answer
+    def before_send(self, slot: Slot, answer: Answer) -> None:
+        """Every recorded answer passes here (ciphertext) before it is stored and sent."""
 
     async def execute(self, request: HttpRequest, outer: Scope) -> HttpResponse:
         """Run ``request`` against the wrapped app, buffered (the service, or the upstream)."""
@@ -551,28 +429,25 @@ class ProviderRuntime:
 
     # ------------------------------------------------------------ persistence
 
-    def _label(self, channel_id: bytes) -> str:
-        return f"a402/provider-channel/{channel_id.hex()}"
-
     async def persist(self, slot: Slot) -> None:
-        """Seal and store ``slot`` (durable when this returns)."""
+        """Store ``slot``: the enclave's sealed channel state and the host's bookkeeping
+        (durable when this returns)."""
         record = {
             "format": _RECORD_FORMAT,
-            "channel": slot.channel.snapshot().decode(),
-            "lastIn": hx(slot.last_in),
-            "lastOut": hx(slot.last_out),
-            "final": None if slot.final is None else [
-                state_to_json(slot.final.state), hx(slot.final.vault_signature),
-                hx(slot.final.provider_signature),
-            ],
-            "closedAt": slot.closed_at,
+            "sealed": hx(self.provider_enclave.export(slot.channel_id)),
             "closingOnChain": slot.closing_on_chain,
             "forceCloseDue": slot.force_close_due,
             "onchainClosed": slot.onchain_closed,
             "closeTx": slot.close_tx,
         }
-        blob = self.enclave.seal(self._label(slot.channel_id), jsonbytes.dumps(record))
-        await self.store.save(slot.channel_id, blob, active=not slot.onchain_closed)
+        await self.store.save(slot.channel_id, jsonbytes.dumps(record),
+                              active=not slot.onchain_closed)
+
+    def _view(self, channel_id: bytes) -> ChannelView:
+        view = self.provider_enclave.view(channel_id)
+        if view is None:
+            raise LookupError(f"the enclave runs no channel {channel_id.hex()}")
+        return view
 
     async def _load(self, channel_id: bytes) -> Slot | None:
         slot = self._slots.get(channel_id)
@@ -581,25 +456,16 @@ class ProviderRuntime:
         blob = await asyncio.to_thread(self.store.load, channel_id)
         if blob is None:
             return None
-        slot = self._unseal(channel_id, blob)
+        slot = self._restore(channel_id, blob)
         return self._slots.setdefault(channel_id, slot)
 
-    def _unseal(self, channel_id: bytes, blob: bytes) -> Slot:
-        record = json.loads(self.enclave.unseal(self._label(channel_id), blob))
+    def _restore(self, channel_id: bytes, blob: bytes) -> Slot:
+        record = json.loads(blob)
         if record.get("format") != _RECORD_FORMAT:
             raise ValueError("not a provider channel record")
-        channel = ProviderChannel.restore(
-            record["channel"].encode(), self.signer, self.presigner
-        )
-        final = record["final"]
+        self.provider_enclave.restore(channel_id, unhex(record["sealed"]))
         return Slot(
-            channel,
-            last_in=unhex(record["lastIn"]),
-            last_out=unhex(record["lastOut"]),
-            final=None if final is None else SignedState(
-                state_from_json(final[0]), unhex(final[1]), unhex(final[2])
-            ),
-            closed_at=record["closedAt"],
+            self._view(channel_id),
             closing_on_chain=bool(record["closingOnChain"]),
             force_close_due=bool(record["forceCloseDue"]),
             onchain_closed=bool(record["onchainClosed"]),
@@ -630,7 +496,7 @@ class ProviderRuntime:
         if slot.channel.status is not Status.PENDING:
             slot.force_close_due = False
             return False
-        claim: ForceCloseClaim = slot.channel.claim()
+        claim: ForceCloseClaim = self.provider_enclave.claim(slot.channel_id)
         try:
             receipt = await asyncio.to_thread(
                 self.manager.force_close, self.operator, slot.channel.terms, claim
@@ -655,7 +521,11 @@ class ProviderRuntime:
             await self.persist(slot)
         return False
 
+    def poll(self, slot: Slot) -> ForceCloseClaim | None:
+        """Δ_ack for ``slot``: once, when its ACK is overdue, the claim to submit."""
+        return self.provider_enclave.poll(slot.channel_id)
+
     async def mark_closed(self, slot: Slot) -> None:
-        slot.channel.closed_on_chain()
+        self.provider_enclave.closed_on_chain(slot.channel_id)
         slot.onchain_closed, slot.force_close_due = True, False
         await self.persist(slot)

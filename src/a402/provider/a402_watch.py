@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from eth_utils import event_abi_to_log_topic, filter_abi_by_type
 
-from a402.asc import ForceCloseDue, Status
+from a402.asc import Status
 
 if TYPE_CHECKING:
     from a402.provider.a402_runtime import ProviderRuntime, Slot
@@ -94,12 +94,12 @@ class ChannelWatcher:
         now = runtime.clock()
         for slot in runtime.active_slots():
             async with slot.lock:
-                for event in slot.channel.poll(now=now).events:
-                    if isinstance(event, ForceCloseDue):
-                        log.info("no ACK on %s within Δ_ack: claiming request %d on-chain",
-                                 slot.channel_id.hex(), event.claim.request_id)
-                        slot.force_close_due = True
-                        await runtime.persist(slot)
+                claim = runtime.poll(slot)
+                if claim is not None:
+                    log.info("no ACK on %s within Δ_ack: claiming request %d on-chain",
+                             slot.channel_id.hex(), claim.request_id)
+                    slot.force_close_due = True
+                    await runtime.persist(slot)
                 if slot.force_close_due and not slot.onchain_closed:
                     await runtime.force_close(slot)
         await self._scan_logs()

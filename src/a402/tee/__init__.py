@@ -41,6 +41,7 @@ from .enclave import (
     PROVIDER_PURPOSES,
     RECEIPT,
     Enclave,
+    EnclaveKernel,
 )
 from .errors import AttestationError, ChannelError, EnclaveError, SealingError, TeeError
 from .measure import measure_package, measure_tree
@@ -71,6 +72,7 @@ __all__ = [
     "ChannelError",
     "Enclave",
     "EnclaveError",
+    "EnclaveKernel",
     "Initiator",
     "NitroDocument",
     "NitroVerifier",

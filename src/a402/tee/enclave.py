@@ -9,8 +9,19 @@ narrow:
 * public facts: backend ``kind``, code ``measurement``, the two public keys;
 * ``quote``: attestation evidence binding those, with a verifier's nonce;
 * operations *by purpose* with keys that never leave: ``sign_digest``
-  (ECDSA, the vault's role) and ``schnorr_pre_sign(m, T)`` (the provider's
-  adaptor pre-signature on a payment message);
+  (ECDSA, the vault's role);
+* ``start``: load the enclave's own code (for the provider: its side of every
+  channel, :mod:`a402.provider_enclave`), which alone receives the in-enclave
+  capabilities (:class:`EnclaveKernel`): the attested key's adaptor
+  pre-signature, the tunnels' traffic keys, and a sealing key of its own.
+  The host gets back only the code's interface. There is deliberately no
+  host call that pre-signs a message, or signs a digest, of the host's
+  choosing for the provider: a provider host able to pre-sign ``m`` under a
+  ``T`` it picked, or to encrypt tunnel frames, could send a REPLY whose
+  sealed result does not open under ``t`` (or is not the result hashed into
+  ``m``), receive σ_U and be paid on-chain for nothing (issue 12, finding 1).
+  Once code is started, the host's own ``channel_encrypt``/``channel_decrypt``
+  are refused, so every frame on a tunnel comes from the enclave's code;
 * the secure channel to a peer enclave, by opaque handle: handshake messages
   and ciphertext in and out, traffic keys inside;
 * sealing: ``export_sealed`` for the enclave's own identity, ``seal`` /
@@ -24,8 +35,8 @@ protocol over its transport (vsock) and is verified by :mod:`a402.tee.nitro`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Iterable
+from typing import Protocol, TypeVar, runtime_checkable
 
 from .quote import AttestationPolicy, AttestationVerifier, VerifiedEnclave
 
@@ -37,8 +48,44 @@ PAYMENT_PRESIGNATURE = "a402/payment-presignature"  # the provider's σ̂ on m u
 #: The vault's purposes (ECDSA over its attested key).
 DEFAULT_PURPOSES = frozenset({PAYMENT_AUTHORIZATION, CHANNEL_STATE, RECEIPT})
 #: The provider's only purpose: its attested key makes Schnorr pre-signatures and
-#: nothing else, so one key never signs under two schemes.
+#: nothing else, so one key never signs under two schemes. Only the enclave's own
+#: code (:meth:`EnclaveKernel.pre_sign`) can use it; the host cannot.
 PROVIDER_PURPOSES = frozenset({PAYMENT_PRESIGNATURE})
+
+#: What an enclave's code hands back to its host from :meth:`Enclave.start`.
+Program = TypeVar("Program")
+
+
+class EnclaveKernel(Protocol):
+    """What code running *inside* an enclave may use; never handed to the host.
+
+    The enclave's code (:mod:`a402.provider_enclave` for a provider) receives
+    this from :meth:`Enclave.start` and keeps it. Every operation that could
+    make a payment final without the protocol — pre-signing, and reading or
+    writing the tunnel to the vault — is here and only here.
+    """
+
+    @property
+    def signing_public_key(self) -> bytes: ...
+
+    def pre_sign(self, message: bytes, adaptor_point: bytes) -> bytes:
+        """EVM-flavour Schnorr adaptor pre-signature ``e ‖ ŝ`` (64 bytes) on a 32-byte
+        payment message under the 33-byte adaptor point ``T``, with the attested key
+        (its x-coordinate is the channel's ``providerKey``). Gated by
+        :data:`PAYMENT_PRESIGNATURE`."""
+        ...
+
+    def channel_binding(self, handle: str) -> bytes: ...
+
+    def channel_encrypt(self, handle: str, plaintext: bytes, *, ad: bytes = b"") -> bytes: ...
+
+    def channel_decrypt(self, handle: str, frame: bytes, *, ad: bytes = b"") -> bytes: ...
+
+    def seal(self, label: str, state: bytes) -> bytes:
+        """Seal the code's own state, under a key the host's ``unseal`` cannot use."""
+        ...
+
+    def unseal(self, label: str, blob: bytes) -> bytes: ...
 
 
 @runtime_checkable
@@ -69,10 +116,10 @@ class Enclave(Protocol):
         """ECDSA over a 32-byte digest as Ethereum does (65 bytes ``r ‖ s ‖ v``)."""
         ...
 
-    def schnorr_pre_sign(self, message: bytes, adaptor_point: bytes) -> bytes:
-        """EVM-flavour Schnorr adaptor pre-signature ``e ‖ ŝ`` (64 bytes) on a 32-byte
-        payment message under the 33-byte adaptor point ``T``, with the attested key
-        (its x-coordinate is the channel's ``providerKey``)."""
+    def start(self, program: Callable[[EnclaveKernel], Program]) -> Program:
+        """Run the enclave's code: ``program`` gets the :class:`EnclaveKernel`, the host
+        gets what it returns. Starting again restarts the code (the previous kernel
+        stops working); the code's state comes back only from its sealed blobs."""
         ...
 
     def channel_initiate(
@@ -103,9 +150,14 @@ class Enclave(Protocol):
         """The secure channel's handshake hash, which both ends know and ASC messages may bind."""
         ...
 
-    def channel_encrypt(self, handle: str, plaintext: bytes, *, ad: bytes = b"") -> bytes: ...
+    def channel_encrypt(self, handle: str, plaintext: bytes, *, ad: bytes = b"") -> bytes:
+        """For a host that runs its side of the protocol itself (the vault, today);
+        refused once :meth:`start` ran code that owns the tunnels."""
+        ...
 
-    def channel_decrypt(self, handle: str, frame: bytes, *, ad: bytes = b"") -> bytes: ...
+    def channel_decrypt(self, handle: str, frame: bytes, *, ad: bytes = b"") -> bytes:
+        """As :meth:`channel_encrypt`: refused once :meth:`start` ran."""
+        ...
 
     def channel_close(self, handle: str) -> None: ...
 

@@ -42,7 +42,7 @@ from . import _cbor
 from ._noise import x25519
 from ._warn import warn_once
 from .channel import Initiator, Responder, SecureChannel
-from .enclave import DEFAULT_PURPOSES, PAYMENT_PRESIGNATURE
+from .enclave import DEFAULT_PURPOSES, PAYMENT_PRESIGNATURE, EnclaveKernel, Program
 from .errors import AttestationError, ChannelError, EnclaveError, SealingError
 from .quote import (
     MEASUREMENT_SIZES,
@@ -267,7 +267,8 @@ class SimulatedEnclave:
     Implements :class:`a402.tee.enclave.Enclave`. Keys are generated here and
     never returned; the signing key is normalised for EVM-flavour Schnorr
     (even ``y``, ``x ≤ (N−1)/2``) so that the provider's adaptor
-    pre-signatures can use it, and it also signs ECDSA (``sign_digest``).
+    pre-signatures can use it (only through the code :meth:`start` runs), and
+    it also signs ECDSA (``sign_digest``).
     Using one key for two schemes is acceptable only because each role uses
     it for one of them (provider: Schnorr; vault: ECDSA); the ASC work should
     keep it that way or add a second attested key.
@@ -297,6 +298,8 @@ class SimulatedEnclave:
         self._purposes = frozenset(allowed_purposes)
         self._identity_key = derive_sealing_key(platform.seal_secret, self._measurement, "identity")
         self._state_key = derive_sealing_key(platform.seal_secret, self._measurement, "state")
+        self._code_key = derive_sealing_key(platform.seal_secret, self._measurement, "code")
+        self._kernel: _Kernel | None = None
         self._identity = _ChannelIdentity(self, kx)
         self._pending: dict[str, Initiator | Responder] = {}
         self._channels: dict[str, SecureChannel] = {}
@@ -346,15 +349,7 @@ class SimulatedEnclave:
             raise EnclaveError("bad_input", "digest must be 32 bytes")
         return _ecdsa.sign_digest(self._signing.to_bytes(), digest)
 
-    def schnorr_pre_sign(self, message: bytes, adaptor_point: bytes) -> bytes:
-        """The provider's adaptor pre-signature ``σ̂`` on ``message`` under ``T``.
-
-        Gated by :data:`~a402.tee.enclave.PAYMENT_PRESIGNATURE`; launch a
-        provider with :data:`~a402.tee.enclave.PROVIDER_PURPOSES` so its key
-        signs nothing else. As with ``sign_digest``, a hardware backend should
-        build ``m`` itself from the request it executed; this takes ``m`` as
-        given.
-        """
+    def _pre_sign(self, message: bytes, adaptor_point: bytes) -> bytes:
         if PAYMENT_PRESIGNATURE not in self._purposes:
             raise EnclaveError(
                 "purpose_not_allowed", f"this enclave does not sign {PAYMENT_PRESIGNATURE!r}"
@@ -365,6 +360,34 @@ class SimulatedEnclave:
             return EVM.pre_sign(self._signing, message, bytes(adaptor_point)).to_bytes()
         except (ValueError, TypeError) as e:
             raise EnclaveError("bad_input", f"adaptor point: {e}") from None
+
+    # -- the enclave's code -------------------------------------------------------
+
+    def start(self, program: Callable[[EnclaveKernel], Program]) -> Program:
+        """Run the enclave's code with its :class:`_Kernel`; the host gets what it returns.
+
+        In a hardware backend the code is the measured image and nothing else
+        ever holds the kernel. The simulation cannot tell which code the host
+        passes (the host *is* the process): here ``program`` stands for the
+        measurement, and the point is the interface — the provider runtime
+        never sees a call that pre-signs or touches a tunnel's plaintext.
+        Starting again restarts the code: the previous kernel stops working.
+        From the first start on, the host's ``channel_encrypt``/``channel_decrypt``
+        are refused.
+        """
+        with self._lock:
+            if self._kernel is not None:
+                self._kernel.revoke()
+            kernel = _Kernel(self)
+            self._kernel = kernel
+        return program(kernel)
+
+    def _check_host_traffic(self) -> None:
+        if self._kernel is not None:
+            raise EnclaveError(
+                "owned_by_enclave_code",
+                "this enclave's code owns its tunnels; the host relays ciphertext only",
+            )
 
     # -- secure channels -----------------------------------------------------------
 
@@ -430,10 +453,18 @@ class SimulatedEnclave:
         return self._channel(handle).binding
 
     def channel_encrypt(self, handle: str, plaintext: bytes, *, ad: bytes = b"") -> bytes:
+        self._check_host_traffic()
+        return self._encrypt(handle, plaintext, ad)
+
+    def channel_decrypt(self, handle: str, frame: bytes, *, ad: bytes = b"") -> bytes:
+        self._check_host_traffic()
+        return self._decrypt(handle, frame, ad)
+
+    def _encrypt(self, handle: str, plaintext: bytes, ad: bytes) -> bytes:
         with self._lock:
             return self._channel(handle).encrypt(plaintext, ad=ad)
 
-    def channel_decrypt(self, handle: str, frame: bytes, *, ad: bytes = b"") -> bytes:
+    def _decrypt(self, handle: str, frame: bytes, ad: bytes) -> bytes:
         with self._lock:
             return self._channel(handle).decrypt(frame, ad=ad)
 
@@ -475,3 +506,44 @@ class SimulatedEnclave:
     def __repr__(self) -> str:
         return (f"SimulatedEnclave(measurement={self._measurement.hex()[:16]}…, "
                 f"signing_public_key={self._signing_public.hex()})")
+
+
+class _Kernel:
+    """A :class:`~a402.tee.enclave.EnclaveKernel`: what the code :meth:`SimulatedEnclave.start`
+    ran may use. Revoked when the code is restarted."""
+
+    __slots__ = ("_enclave", "_live")
+
+    def __init__(self, enclave: SimulatedEnclave) -> None:
+        self._enclave = enclave
+        self._live = True
+
+    def revoke(self) -> None:
+        self._live = False
+
+    def _check(self) -> SimulatedEnclave:
+        if not self._live:
+            raise EnclaveError("restarted", "the enclave's code was restarted")
+        return self._enclave
+
+    @property
+    def signing_public_key(self) -> bytes:
+        return self._enclave.signing_public_key
+
+    def pre_sign(self, message: bytes, adaptor_point: bytes) -> bytes:
+        return self._check()._pre_sign(message, adaptor_point)
+
+    def channel_binding(self, handle: str) -> bytes:
+        return self._check().channel_binding(handle)
+
+    def channel_encrypt(self, handle: str, plaintext: bytes, *, ad: bytes = b"") -> bytes:
+        return self._check()._encrypt(handle, plaintext, ad)
+
+    def channel_decrypt(self, handle: str, frame: bytes, *, ad: bytes = b"") -> bytes:
+        return self._check()._decrypt(handle, frame, ad)
+
+    def seal(self, label: str, state: bytes) -> bytes:
+        return self._check()._code_key.seal(label, state)
+
+    def unseal(self, label: str, blob: bytes) -> bytes:
+        return self._check()._code_key.unseal(label, blob)
