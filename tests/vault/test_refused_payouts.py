@@ -1,4 +1,5 @@
-"""A pool refund the token refused (USDC paused while a channel settled) comes back to the pool.
+"""Payouts the token refused (USDC paused while a channel settled) come back once it sends:
+the pool's refund to the vault, the provider's payout to the provider.
 
 ASCManager credits a payout its token refuses to the receiver (``owed``) instead of
 blocking the settlement. For a pool channel the receiver of the refund is the vault,
@@ -65,8 +66,11 @@ def test_a_refund_credited_while_the_token_was_paused_returns_to_the_pool(world:
             assert (closed["phase"], closed["clientPayout"], closed["providerPayout"]) == (
                 vault_store.SETTLED, "9000", "1000")
             assert world.manager.owed(vault.address) == 9_000
-        # The provider takes its own payout; the vault must take the pool's refund back.
-        world.manager.withdraw(provider.config.operator, provider.address)
+        # Once the token sends again, each takes back what it is owed: the provider its
+        # payout, the vault the pool's refund.
+        wait_for(lambda: world.manager.owed(provider.address) == 0, timeout=10,
+                 what="the provider collecting the payout the token refused")
+        assert world.balance(provider.address) == 1_000
         wait_for(lambda: world.manager.owed(vault.address) == 0, timeout=10,
                  what="the vault collecting the refund the token refused")
         assert client.account_info()["balance"] == str(50_000 - 1_000)

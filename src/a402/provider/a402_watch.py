@@ -18,6 +18,9 @@ One bounded loop per runtime (one tick every ``poll_interval``, each tick one
   submits it itself.
 * **Settled channels** (any path, seen in the logs) are marked closed and
   stop being watched.
+* **Payouts the token refused** (a paused token when a channel settled): the
+  ASCManager credited them to the provider (``owed``); the watcher takes them
+  with ``withdraw`` once the token sends again.
 
 On start it reloads every active channel from the store and reads each one's
 on-chain status once, so a restart misses nothing that happened meanwhile.
@@ -57,6 +60,7 @@ class ChannelWatcher:
             if abi["name"] in (*_DISPUTES, *_SETTLEMENTS)
         }
         self._from_block = 0
+        self._owed_reported = 0
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.ticks = 0
@@ -103,6 +107,7 @@ class ChannelWatcher:
                 if slot.force_close_due and not slot.onchain_closed:
                     await runtime.force_close(slot)
         await self._scan_logs()
+        await self._collect_owed()
         for slot in runtime.active_slots():
             if (
                 slot.final is not None
@@ -135,6 +140,23 @@ class ChannelWatcher:
                 else:
                     args = self._decode(name, raw)
                     await self._answer_dispute(slot, recorded_version=int(args["version"]))
+
+    async def _collect_owed(self) -> None:
+        operator = self.runtime.operator
+        owed = await asyncio.to_thread(self.manager.owed, operator.address)
+        if not owed:
+            return
+        try:
+            await asyncio.to_thread(self.manager.withdraw, operator, operator.address)
+        except Exception as e:  # still refused (paused, or this address blocklisted)
+            if owed != self._owed_reported:
+                log.warning("the ASCManager owes %s %d (a payout its token refused); "
+                            "withdrawing it failed, retrying every tick: %s",
+                            operator.address, owed, e)
+                self._owed_reported = owed
+            return
+        log.info("collected %d the ASCManager owed %s", owed, operator.address)
+        self._owed_reported = 0
 
     def _decode(self, name: str, raw: Any) -> dict[str, Any]:
         event = getattr(self.manager.contract.events, name)()
