@@ -433,8 +433,10 @@ class X402Executor(AgentExecutor):
                         # executor raises), and the result could never be delivered.
                         log.exception("settle for task %s failed unexpectedly", task.id)
                         return NoVerdict(a2a_x402.FACILITATOR_UNAVAILABLE,
-                                         f"the settlement's answer was lost ({type(e).__name__})"
-                                         "; send the same payment again", unavailable=True)
+                                         "the payment may have settled, but its answer was "
+                                         f"lost ({type(e).__name__}): send the same payment "
+                                         "again for the result; it is not charged twice",
+                                         unavailable=True)
                 case Release():
                     await agent.ledger.release(operation.key)
                 case MarkPending():

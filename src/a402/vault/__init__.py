@@ -42,31 +42,6 @@ if TYPE_CHECKING:
         recover_from_force_close,
     )
 
-_TUNNEL_NAMES = (
-    "Checkpoint",
-    "CheckpointReason",
-    "PaidResponse",
-    "PaymentPending",
-    "Persist",
-    "ProtocolViolation",
-    "ProviderRefused",
-    "ProviderTunnel",
-    "ProviderUnavailable",
-    "ResultMismatch",
-    "TunnelError",
-    "find_provider_force_close",
-    "recover_from_force_close",
-)
-
-_MODULE_OF = {
-    "VaultBusy": "a402.vault.store",
-    "VaultConfig": "a402.vault.service",
-    "VaultService": "a402.vault.service",
-    "VaultStore": "a402.vault.store",
-    "create_app": "a402.vault.app",
-    "vault_enclave": "a402.vault.identity",
-    **dict.fromkeys(_TUNNEL_NAMES, "a402.vault.tunnel"),
-}
 
 __all__ = [
     "Checkpoint",
@@ -89,6 +64,16 @@ __all__ = [
     "recover_from_force_close",
     "vault_enclave",
 ]
+
+_MODULE_OF = {
+    **dict.fromkeys(__all__, "a402.vault.tunnel"),  # unless named below
+    "VaultBusy": "a402.vault.store",
+    "VaultConfig": "a402.vault.service",
+    "VaultService": "a402.vault.service",
+    "VaultStore": "a402.vault.store",
+    "create_app": "a402.vault.app",
+    "vault_enclave": "a402.vault.identity",
+}
 
 
 __getattr__, __dir__ = lazy_attributes(__name__, _MODULE_OF)

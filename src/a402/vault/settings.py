@@ -8,7 +8,7 @@ groups they need as they are (:class:`~a402.vault.channels.Channels` reads all f
 
 Δ: ``lock_timeout`` (Δ_lock) is raised to the provider's own lock plus ``lock_margin``
 if that is longer, so the provider never still executes a request whose lock the vault
-considers expired (:mod:`a402.vault.session` refuses a Δ_lock not above the provider's);
+considers expired (:mod:`a402.vault.tunnel` refuses a Δ_lock not above the provider's);
 ``pending_escalation``: how long a PENDING request (or an unfinished close) may wait for
 the provider before the vault starts a force-close.
 """
