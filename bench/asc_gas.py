@@ -11,6 +11,9 @@ tokens, so no token balance goes from zero to non-zero (an ERC-20 balance
 slot created from zero costs ~17,100 gas more; the table shows that case once
 for closeASC). The client approved the manager once, with an unlimited
 allowance (listed separately; createASCWithAuthorization needs no approval).
+Two rows show a vault whose key never sends (an enclave's): a gas payer sends
+``createASC`` with the vault's signature over the channel id, and
+``initForceCloseFor`` with the vault's signed force-close request.
 
 Batches (second table): the vault opens N channels from its own pooled deposit
 (client == vault, the paper's U, as ``a402 vault`` does for pool-funded
@@ -46,6 +49,7 @@ from a402.asc import (
     VaultChannel,
     decode,
     encode,
+    force_close_digest,
     sign_channel_open,
 )
 from a402.asc_manager import ASCManager
@@ -240,6 +244,25 @@ def measure(chain: Chain) -> dict[str, int]:
     manager.init_force_close(s.client, terms, opening)
     gas["forceClose (provider, during a dispute)"] = int(
         manager.force_close(s.provider, terms, provider.claim())["gasUsed"]
+    )
+
+    # The vault approving by signature: its key (an enclave's) never sends, a gas payer does.
+    gas_payer = _funded(chain, token, 0)
+    vault_key = EcdsaSigner(bytes(s.vault.key))
+    terms = s.terms()
+    consent = sign_channel_open(EcdsaSigner(bytes(s.client.key)), manager.domain, terms)
+    approval = sign_channel_open(vault_key, manager.domain, terms)
+    gas["createASC (vault signs, payer sends)"] = int(
+        manager.create(gas_payer, terms, consent, approval)["gasUsed"]
+    )
+    vault, provider = s.machines(terms)
+    _pay(vault, provider, 1_000)
+    latest = vault.latest_state()
+    request = vault_key.sign_digest(
+        force_close_digest(manager.domain, terms.channel_id(manager.domain), latest.state.version)
+    )
+    gas["initForceCloseFor (vault signs)"] = int(
+        manager.init_force_close_for(gas_payer, terms, latest, request)["gasUsed"]
     )
 
     # For contrast: closeASC when both payees' token balances start at zero.

@@ -36,10 +36,24 @@ interface IERC3009Receive {
 ///           `s`, so the vault extracts `t = s − ŝ` and opens the result) and by the vault's
 ///           conditional authorization σ_U.
 /// @dev Parties. `client` owns the deposit and receives the refund. `vault` is the client's
-///      agent (the paper's U): it opens the channel and signs states and payment authorizations
-///      for the client. `provider` (S) is paid; its on-chain identity is its address (state
-///      signatures, `forceClose` caller) and `providerKey` is the x-coordinate of its EVM-flavour
-///      Schnorr adaptor key (`a402.crypto.EVM`), the key its attested enclave pre-signs with.
+///      agent (the paper's U): it approves opening the channel and signs states, payment
+///      authorizations and force-close requests for the client. `provider` (S) is paid; its
+///      on-chain identity is its address (state signatures, `forceClose` caller) and
+///      `providerKey` is the x-coordinate of its EVM-flavour Schnorr adaptor key
+///      (`a402.crypto.EVM`), the key its attested enclave pre-signs with.
+///
+///      The vault's address may be a key that never sends a transaction (the attested key of the
+///      vault's enclave, whose host pays gas from an account of its own): every step the vault
+///      must approve takes its signature in place of its sending. A party approves when it sends
+///      the transaction OR its signature is given; the vault's and the provider's are plain
+///      ECDSA (see States), the client's consent to open may also be EIP-1271. The vault signs
+///      * the channel id to open it (`createASC`, `createASCBatch`, `createASCWithAuthorization`:
+///        the id is the EIP-712 hash of every term, the same digest the client signs, and ids are
+///        single-use, so an approval opens that one channel once);
+///      * states (`closeASC`, `challengeForceClose`, `forceClose`, the dispute paths);
+///      * σ_U for the provider's `forceClose`;
+///      * A402ForceClose(channelId, version) to have anyone start a force close for it
+///        (`initForceCloseFor`), a type of its own so no state signature can stand in for it.
 ///
 ///      Terms are not stored. A channel's identity is the EIP-712 hash of its terms,
 ///          channelId = hashTypedDataV4(A402Channel(client, vault, provider, providerKey, deposit,
@@ -73,11 +87,14 @@ interface IERC3009Receive {
 ///        states are never final, so `closeASC` cannot replay an old one: without the flag, the
 ///        vault could close with any older state the provider had co-signed.
 ///
-///      Who may call what: createASC — the vault; closeASC — any party (with both approvals);
-///      initForceClose — client or vault; challengeForceClose — anyone holding both approvals
-///      (a watchtower); finalForceClose — anyone once the window has passed (the outcome is fixed,
-///      only its timing is left); forceClose — the provider only; createASCBatch — the vault of
-///      every channel; closeASCBatch — a party of every channel.
+///      Who may call what: createASC, createASCBatch, createASCWithAuthorization — anyone
+///      carrying the vault's approval (the vault itself, or its signature over each id) and the
+///      client's consent; closeASC — any party (with both approvals); initForceClose — client or
+///      vault; initForceCloseFor — anyone carrying the vault's signed force-close request;
+///      challengeForceClose — anyone holding both approvals (a watchtower); finalForceClose —
+///      anyone once the window has passed (the outcome is fixed, only its timing is left);
+///      forceClose — the provider only; closeASCBatch — a party of every channel;
+///      withdrawWithSignature — anyone relaying the owner's signed order.
 ///
 ///      Batches. `createASCBatch` and `closeASCBatch` run the very checks and effects of
 ///      `createASC` and `closeASC` for each channel (the same private functions), all of them
@@ -188,6 +205,8 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
     bytes32 public constant WITHDRAWAL_TYPEHASH = keccak256(
         "A402Withdrawal(address owner,address to,uint256 amount,uint256 nonce,uint256 deadline)"
     );
+    /// @notice The vault's request to force-close a channel at a version (`initForceCloseFor`).
+    bytes32 public constant FORCE_CLOSE_TYPEHASH = keccak256("A402ForceClose(bytes32 channelId,uint256 version)");
 
     uint256 private constant _DEADLINE_SHIFT = 8;
     uint256 private constant _VERSION_SHIFT = 48;
@@ -268,46 +287,54 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
     // ------------------------------------------------------------------ open
 
     /// @notice Open a channel, pulling the deposit from the client with `transferFrom` (the
-    ///         client has approved this contract). Only the vault opens; the client consents
-    ///         with an EIP-712 signature over the channel id (EOA or EIP-1271 wallet), unless
-    ///         the client is the vault itself. The consent names every term, so an approval
-    ///         given to this contract cannot be spent on a channel the client did not choose.
-    function createASC(Channel calldata c, bytes calldata clientSignature)
+    ///         client has approved this contract). The vault approves by sending or with
+    ///         `vaultSignature`, its ECDSA signature over the channel id (so its host, or anyone,
+    ///         may submit it); the client consents by sending or with `clientSignature`, an
+    ///         EIP-712 signature over the id (EOA or EIP-1271 wallet), and needs neither when it
+    ///         is the vault itself (the vault's approval is its consent). Both approvals name
+    ///         every term, so an allowance given to this contract cannot be spent on a channel
+    ///         the client did not choose, nor a channel opened that the vault did not.
+    function createASC(Channel calldata c, bytes calldata clientSignature, bytes calldata vaultSignature)
         external
         nonReentrant
         returns (bytes32 channelId_)
     {
-        _raise(_openFailure(c, clientSignature));
-        channelId_ = _open(c);
+        channelId_ = channelId(c);
+        _raise(_openFailure(c, channelId_, clientSignature, vaultSignature));
+        _open(c, channelId_);
         uint256 before = token.balanceOf(address(this));
         token.safeTransferFrom(c.client, address(this), c.deposit);
         _checkReceived(before, c.deposit);
     }
 
     /// @notice Open many channels at once, each exactly as `createASC` would (same checks, same
-    ///         consent rule, one `ChannelOpened` each), then pull the deposits with one
+    ///         approval rules, one `ChannelOpened` each), then pull the deposits with one
     ///         `transferFrom` per maximal run of consecutive channels with the same client.
-    ///         The caller is the vault of every channel; `clientSignatures[i]` is the consent to
-    ///         `cs[i]` (empty where the client is the caller). A member that fails a check, or
+    ///         `clientSignatures[i]` is the client's consent to `cs[i]` and `vaultSignatures[i]`
+    ///         the vault's approval of it (either empty where that party is the caller, or the
+    ///         client is the vault). A member that fails a check — the vault's approval missing
+    ///         (`NotAuthorized()`) or not its signature (`BadSignature(vault)`) among them — or
     ///         whose run's deposits cannot be pulled (no allowance, no balance), is skipped
     ///         (`BatchMemberSkipped`, its id returned as zero) and left unopened; the others
     ///         open. Deposits that arrive short (a fee-on-transfer token) revert the batch:
     ///         that is the token's doing, so every run would be short.
-    function createASCBatch(Channel[] calldata cs, bytes[] calldata clientSignatures)
-        external
-        nonReentrant
-        returns (bytes32[] memory channelIds)
-    {
+    function createASCBatch(
+        Channel[] calldata cs,
+        bytes[] calldata clientSignatures,
+        bytes[] calldata vaultSignatures
+    ) external nonReentrant returns (bytes32[] memory channelIds) {
         uint256 n = _batchSize(cs.length, clientSignatures.length);
+        _batchSize(n, vaultSignatures.length);
         channelIds = new bytes32[](n);
         for (uint256 i; i < n; ++i) {
-            bytes memory failure = _openFailure(cs[i], clientSignatures[i]);
+            bytes32 cid = channelId(cs[i]);
+            bytes memory failure = _openFailure(cs[i], cid, clientSignatures[i], vaultSignatures[i]);
             if (failure.length != 0) {
                 emit BatchMemberSkipped(i, failure);
             } else {
                 // Recorded now, so a duplicate later in this batch fails as ChannelExists.
-                channelIds[i] = channelId(cs[i]);
-                _records[channelIds[i]] = uint256(Status.Open);
+                channelIds[i] = cid;
+                _records[cid] = uint256(Status.Open);
             }
         }
         uint256 start;
@@ -339,16 +366,22 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
     /// @notice Open a channel whose deposit moves by EIP-3009 `receiveWithAuthorization` (no
     ///         approval, nothing for the client to send): the authorization's nonce is the
     ///         channel id, so the client's one signature fixes every term and is single-use.
+    ///         The vault approves as for `createASC` (sending, or `vaultSignature` over the id);
+    ///         when the client is the vault, the authorization it signed with nonce = id is that
+    ///         approval (checked by the token) and `vaultSignature` is not needed (ignored).
     function createASCWithAuthorization(
         Channel calldata c,
         uint256 validAfter,
         uint256 validBefore,
         uint8 v,
         bytes32 r,
-        bytes32 s
+        bytes32 s,
+        bytes calldata vaultSignature
     ) external nonReentrant returns (bytes32 channelId_) {
-        _raise(_termsFailure(c));
-        channelId_ = _open(c);
+        channelId_ = channelId(c);
+        if (c.client != c.vault) _raise(_vaultFailure(c, channelId_, vaultSignature));
+        _raise(_termsFailure(c, channelId_));
+        _open(c, channelId_);
         uint256 before = token.balanceOf(address(this));
         IERC3009Receive(address(token)).receiveWithAuthorization(
             c.client, address(this), c.deposit, validAfter, validBefore, channelId_, v, r, s
@@ -357,36 +390,52 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
         _checkReceived(before, c.deposit);
     }
 
-    /// @dev Why `createASC` would refuse to open `c` (an encoded error; empty if it would open):
-    ///      the sender is not the vault, the terms are invalid, the id was used, or the client
-    ///      (unless it is the sender) has not consented with its EIP-712 signature over the id
-    ///      (EOA or EIP-1271).
-    function _openFailure(Channel calldata c, bytes calldata clientSignature) private view returns (bytes memory) {
-        bytes memory failure = _termsFailure(c);
+    /// @dev Why `createASC` would refuse to open `c` (id `cid`; an encoded error, empty if it
+    ///      would open): the vault has not approved, the terms are invalid, the id was used, or
+    ///      the client (unless it is the sender or the vault) has not consented with its
+    ///      EIP-712 signature over the id (EOA or EIP-1271).
+    function _openFailure(
+        Channel calldata c,
+        bytes32 cid,
+        bytes calldata clientSignature,
+        bytes calldata vaultSignature
+    ) private view returns (bytes memory) {
+        bytes memory failure = _vaultFailure(c, cid, vaultSignature);
+        if (failure.length == 0) failure = _termsFailure(c, cid);
         if (failure.length != 0) return failure;
-        bytes32 cid = channelId(c);
-        if (msg.sender != c.client && !SignatureChecker.isValidSignatureNow(c.client, cid, clientSignature)) {
-            return abi.encodeWithSelector(BadSignature.selector, c.client);
-        }
+        if (
+            msg.sender != c.client && c.client != c.vault
+                && !SignatureChecker.isValidSignatureNow(c.client, cid, clientSignature)
+        ) return abi.encodeWithSelector(BadSignature.selector, c.client);
         return "";
     }
 
-    function _termsFailure(Channel calldata c) private view returns (bytes memory) {
-        if (msg.sender != c.vault) return abi.encodeWithSelector(NotAuthorized.selector);
+    /// @dev Why the vault's approval to open `cid` is missing: it neither sent the transaction
+    ///      nor signed the id (plain ECDSA). No signature at all is `NotAuthorized()`, as for a
+    ///      stranger calling; one that is not the vault's is `BadSignature(vault)`.
+    function _vaultFailure(Channel calldata c, bytes32 cid, bytes calldata vaultSignature)
+        private
+        view
+        returns (bytes memory)
+    {
+        if (msg.sender == c.vault || _signs(c.vault, cid, vaultSignature)) return "";
+        if (vaultSignature.length == 0) return abi.encodeWithSelector(NotAuthorized.selector);
+        return abi.encodeWithSelector(BadSignature.selector, c.vault);
+    }
+
+    function _termsFailure(Channel calldata c, bytes32 cid) private view returns (bytes memory) {
         uint256 px = uint256(c.providerKey);
         if (
             c.client == address(0) || c.vault == address(0) || c.provider == address(0)
                 || c.provider == c.client || c.provider == c.vault || c.deposit == 0 || c.deposit > type(uint128).max
                 || px == 0 || px > Schnorr.HALF_N
         ) return abi.encodeWithSelector(InvalidTerms.selector);
-        bytes32 cid = channelId(c);
         if (_records[cid] != 0) return abi.encodeWithSelector(ChannelExists.selector, cid);
         return "";
     }
 
-    /// @dev Record `c` open (its checks passed) and announce it.
-    function _open(Channel calldata c) private returns (bytes32 cid) {
-        cid = channelId(c);
+    /// @dev Record `c` (id `cid`, its checks passed) open and announce it.
+    function _open(Channel calldata c, bytes32 cid) private {
         _records[cid] = uint256(Status.Open);
         emit ChannelOpened(cid, c.client, c.provider, c.vault, c.providerKey, c.deposit, c.salt);
     }
@@ -486,7 +535,8 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
     // ---------------------------------------------------- client force-close
 
     /// @notice Start the client's unilateral close with the latest state it holds (version 0,
-    ///         the opening state, needs no signatures). Opens the dispute window.
+    ///         the opening state, needs no signatures). Opens the dispute window. Sent by the
+    ///         client or the vault; see `initForceCloseFor` for a vault that does not send.
     function initForceClose(
         Channel calldata c,
         State calldata s,
@@ -494,7 +544,37 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
         bytes calldata providerSignature
     ) external nonReentrant {
         if (msg.sender != c.client && msg.sender != c.vault) revert NotAuthorized();
+        _initForceClose(c, channelId(c), s, vaultSignature, providerSignature);
+    }
+
+    /// @notice `initForceClose` at the vault's request, sent by anyone (the vault's host, which
+    ///         pays gas but holds no channel key): `forceCloseSignature` is the vault's ECDSA
+    ///         signature over A402ForceClose(channelId, version) (`forceCloseDigest`), and `s`
+    ///         must still be approved by vault and provider exactly as in `initForceClose`.
+    ///         The request is its own EIP-712 type, so no state signature — in particular none
+    ///         the provider holds — can start a force close; and both the request and the
+    ///         vault's state signature are needed, so a sender with a request for version v
+    ///         cannot pair it with another state of version v that only the provider signed.
+    ///         A channel force-closes once, so a request cannot be replayed.
+    function initForceCloseFor(
+        Channel calldata c,
+        State calldata s,
+        bytes calldata vaultSignature,
+        bytes calldata providerSignature,
+        bytes calldata forceCloseSignature
+    ) external nonReentrant {
         bytes32 cid = channelId(c);
+        _requireSignature(c.vault, forceCloseDigest(cid, s.version), forceCloseSignature);
+        _initForceClose(c, cid, s, vaultSignature, providerSignature);
+    }
+
+    function _initForceClose(
+        Channel calldata c,
+        bytes32 cid,
+        State calldata s,
+        bytes calldata vaultSignature,
+        bytes calldata providerSignature
+    ) private {
         Status status = _status(_records[cid]);
         if (status != Status.Open) revert WrongStatus(cid, status);
         _checkState(c, cid, s, vaultSignature, providerSignature);
@@ -676,6 +756,11 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
             structHash := keccak256(ptr, 0xc0)
         }
         return _hashTypedDataV4(structHash);
+    }
+
+    /// @notice The digest the vault signs to request a force close of `cid` at `version`.
+    function forceCloseDigest(bytes32 cid, uint256 version) public view returns (bytes32) {
+        return _hashTypedDataV4(keccak256(abi.encode(FORCE_CLOSE_TYPEHASH, cid, version)));
     }
 
     /// @notice The payment message m the provider pre-signs, in this contract's domain.

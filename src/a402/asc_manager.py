@@ -32,6 +32,7 @@ from a402.chain.node import Chain
 from a402.chain.tx import contract_at, deploy_contract, transact
 from a402.crypto import PaymentDomain
 from a402.evm.address import to_checksum
+from a402.evm.permit import permit_digest
 
 RECEIVE_WITH_AUTHORIZATION_TYPES = {
     "ReceiveWithAuthorization": [
@@ -126,28 +127,47 @@ class ASCManager:
     # -- open ----------------------------------------------------------------
 
     def create(
-        self, vault: LocalAccount, terms: ChannelTerms, client_signature: bytes = b""
+        self,
+        sender: LocalAccount,
+        terms: ChannelTerms,
+        client_signature: bytes = b"",
+        vault_signature: bytes = b"",
     ) -> TxReceipt:
-        """``createASC``: the client approved the manager and signed the channel id."""
-        call = self.contract.functions.createASC(terms_tuple(terms), client_signature)
-        return transact(self.chain, vault, call)
+        """``createASC``: the client approved the manager (an allowance) and consents.
+
+        The vault approves by being ``sender`` or with ``vault_signature``, its ECDSA
+        signature over the channel id (:func:`a402.asc.sign_channel_open` with the vault's
+        key), so a gas payer that is not the vault may send it. ``client_signature`` is the
+        client's consent over the same id; neither is needed from a party that sends, and
+        the client's is not needed when the client is the vault.
+        """
+        call = self.contract.functions.createASC(
+            terms_tuple(terms), client_signature, vault_signature
+        )
+        return transact(self.chain, sender, call)
 
     def create_batch(
         self,
         sender: LocalAccount,
         terms_list: Sequence[ChannelTerms],
-        signatures: Sequence[bytes] | None = None,
+        client_signatures: Sequence[bytes] | None = None,
+        vault_signatures: Sequence[bytes] | None = None,
     ) -> TxReceipt:
-        """``createASCBatch``: open every channel in one transaction (``sender`` is their vault).
+        """``createASCBatch``: open every channel in one transaction.
 
-        ``signatures[i]`` is the client's consent to ``terms_list[i]``; by default none, which
-        suits a vault opening channels from its own pool (client == vault == sender). Deposits
-        move with one ``transferFrom`` per run of consecutive channels of the same client, so
-        group the terms by client.
+        ``client_signatures[i]`` is the client's consent to ``terms_list[i]`` and
+        ``vault_signatures[i]`` the vault's approval of it (both over the channel id); by
+        default none, which suits a vault opening channels from its own pool (client ==
+        vault == sender). A member whose approval is missing is skipped
+        (``NotAuthorized()``, or ``BadSignature(vault)`` for a signature not the vault's),
+        the others open. Deposits move with one ``transferFrom`` per run of consecutive
+        channels of the same client, so group the terms by client.
         """
-        consents = [b""] * len(terms_list) if signatures is None else list(signatures)
+        n = len(terms_list)
+        consents = [b""] * n if client_signatures is None else list(client_signatures)
+        approvals = [b""] * n if vault_signatures is None else list(vault_signatures)
         call = self.contract.functions.createASCBatch(
-            [terms_tuple(terms) for terms in terms_list], consents
+            [terms_tuple(terms) for terms in terms_list], consents, approvals
         )
         return transact(self.chain, sender, call)
 
@@ -190,13 +210,56 @@ class ASCManager:
         )
 
     def create_with_authorization(
-        self, vault: LocalAccount, terms: ChannelTerms, auth: ReceiveAuthorization
+        self,
+        sender: LocalAccount,
+        terms: ChannelTerms,
+        auth: ReceiveAuthorization,
+        vault_signature: bytes = b"",
     ) -> TxReceipt:
-        """``createASCWithAuthorization``: the deposit moves by EIP-3009, nonce = channel id."""
+        """``createASCWithAuthorization``: the deposit moves by EIP-3009, nonce = channel id.
+
+        The vault approves by being ``sender`` or with ``vault_signature`` over the channel
+        id; when the client is the vault, its authorization is that approval.
+        """
         call = self.contract.functions.createASCWithAuthorization(
-            terms_tuple(terms), auth.valid_after, auth.valid_before, auth.v, auth.r, auth.s
+            terms_tuple(terms), auth.valid_after, auth.valid_before, auth.v, auth.r, auth.s,
+            vault_signature,
         )
-        return transact(self.chain, vault, call)
+        return transact(self.chain, sender, call)
+
+    # -- allowances by signature (EIP-2612) --------------------------------------
+
+    def permit_digest(
+        self, owner: str, value: int, deadline: int, *, token_name: str, token_version: str
+    ) -> bytes:
+        """The digest ``owner`` signs to let this manager pull ``value`` of its tokens.
+
+        For a vault key that never sends transactions: it signs this (plain ECDSA) and its
+        gas payer submits :meth:`permit`, so pool channels (client == vault) can draw on the
+        vault's balance. The nonce is the token's current one for ``owner``.
+        """
+        nonce = int(self._token().functions.nonces(to_checksum(owner)).call())
+        return permit_digest(
+            token_name=token_name, token_version=token_version, chain_id=self.chain.chain_id,
+            token=self.token, owner=owner, spender=self.address, value=value, nonce=nonce,
+            deadline=deadline,
+        )
+
+    def permit(
+        self, sender: LocalAccount, owner: str, value: int, deadline: int, signature: bytes
+    ) -> TxReceipt:
+        """Submit ``owner``'s EIP-2612 permit for this manager (``sender`` only pays gas)."""
+        if len(signature) != 65:
+            raise ValueError("a permit signature is 65 bytes (r ‖ s ‖ v)")
+        v = signature[64] if signature[64] >= 27 else signature[64] + 27
+        call = self._token().functions.permit(
+            to_checksum(owner), self.address, value, deadline, v, signature[:32], signature[32:64]
+        )
+        return transact(self.chain, sender, call)
+
+    def _token(self) -> Contract:
+        # TestUSDC's ABI has USDC's permit and nonces, the two calls made here.
+        return contract_at(self.chain, "TestUSDC", self.token)
 
     # -- close ---------------------------------------------------------------
 
@@ -223,6 +286,29 @@ class ASCManager:
         self, sender: LocalAccount, terms: ChannelTerms, signed: SignedState
     ) -> TxReceipt:
         return transact(self.chain, sender, self._with_state("initForceClose", terms, signed))
+
+    def init_force_close_for(
+        self,
+        sender: LocalAccount,
+        terms: ChannelTerms,
+        signed_state: SignedState,
+        vault_signature: bytes,
+    ) -> TxReceipt:
+        """``initForceCloseFor``: start a force close at the vault's request, sent by anyone.
+
+        ``vault_signature`` is the vault's ECDSA signature over
+        :func:`a402.asc.force_close_digest` (channel id, ``signed_state``'s version);
+        ``signed_state`` carries the vault's and the provider's state signatures as for
+        :meth:`init_force_close` (``sender`` only pays gas).
+        """
+        call = self.contract.functions.initForceCloseFor(
+            terms_tuple(terms),
+            signed_state.state.as_tuple(),
+            signed_state.vault_signature,
+            signed_state.provider_signature,
+            vault_signature,
+        )
+        return transact(self.chain, sender, call)
 
     def challenge(
         self, sender: LocalAccount, terms: ChannelTerms, signed: SignedState
@@ -299,6 +385,10 @@ class ASCManager:
 
     def state_digest(self, channel_id: bytes, state: BalanceState) -> bytes:
         return bytes(self.contract.functions.stateDigest(channel_id, state.as_tuple()).call())
+
+    def force_close_digest(self, channel_id: bytes, version: int) -> bytes:
+        """The contract's own ``forceCloseDigest`` (:func:`a402.asc.force_close_digest`)."""
+        return bytes(self.contract.functions.forceCloseDigest(channel_id, version).call())
 
     def skipped(self, receipt: TxReceipt) -> dict[int, bytes]:
         """The members a batch skipped, by index: the encoded error each one's single call

@@ -141,7 +141,7 @@ def test_a_batch_opens_and_closes_many_channels_with_aggregated_transfers(
     ]
     ids = [p_.cid for p_ in channels]
     call = manager.contract.functions.createASCBatch(
-        [terms_tuple(c.terms) for c in channels], batch.consents(channels)
+        [terms_tuple(c.terms) for c in channels], batch.consents(channels), [b""] * len(channels)
     )
     assert call.call({"from": v.address}) == ids  # the contract agrees on every id
 
@@ -446,7 +446,7 @@ def test_a_token_calling_back_during_batch_transfers_finds_the_manager_locked(
     terms = [c.terms for c in channels]
     # During the first deposit pull, the token opens the same channels again.
     nested = manager.contract.functions.createASCBatch(
-        [terms_tuple(t) for t in terms], batch.consents(channels)
+        [terms_tuple(t) for t in terms], batch.consents(channels), [b""] * len(channels)
     )._encode_transaction_data()
     transact(asc_chain, asc_chain.accounts[0], token.functions.arm(manager.address, nested))
     escrow = balance(token, manager.address)

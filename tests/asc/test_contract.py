@@ -228,14 +228,13 @@ def test_invalid_terms_are_refused(manager: ASCManager, parties: MakeParties) ->
         terms = list(good)
         terms[index] = value
         with reverts_with("InvalidTerms()"):
-            transact(p.chain, p.vault, manager.contract.functions.createASC(tuple(terms), b""))
+            transact(p.chain, p.vault, manager.contract.functions.createASC(tuple(terms), b"", b""))
             pytest.fail(what)
     provider_is_vault = list(good)
     provider_is_vault[2] = p.vault.address
     with reverts_with("InvalidTerms()"):
-        transact(
-            p.chain, p.vault, manager.contract.functions.createASC(tuple(provider_is_vault), b"")
-        )
+        call = manager.contract.functions.createASC(tuple(provider_is_vault), b"", b"")
+        transact(p.chain, p.vault, call)
 
 
 def test_create_with_an_eip3009_authorization_bound_to_the_channel_id(
@@ -606,7 +605,7 @@ def test_a_token_calling_back_during_the_deposit_cannot_reenter(
     transact(asc_chain, q.client, token.functions.approve(manager.address, DEPOSIT))
     consent = sign_channel_open(q.client_signer, manager.domain, q.terms)
     nested = manager.contract.functions.createASC(
-        terms_tuple(q.terms), consent
+        terms_tuple(q.terms), consent, b""
     )._encode_transaction_data()
     transact(asc_chain, asc_chain.accounts[0], token.functions.arm(manager.address, nested))
     p.open()

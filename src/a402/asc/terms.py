@@ -14,6 +14,13 @@ and (through the manager's immutable token) one asset.
 * State digest: ``hashTypedData(A402ChannelState(bytes32 channelId, uint256
   version, uint256 clientBalance, uint256 providerBalance, bool isFinal))``,
   which vault and provider sign with ECDSA (:func:`sign_state`).
+* The vault's approval to open is its ECDSA signature over ``cid`` too, so a
+  vault key that never sends transactions (an enclave's) can have its host
+  submit ``createASC`` (:func:`sign_channel_open` serves both parties).
+* Force-close request: ``hashTypedData(A402ForceClose(bytes32 channelId,
+  uint256 version))`` (:func:`force_close_digest`), which the vault signs to
+  have anyone send ``initForceCloseFor``; a type of its own, so no state
+  signature can start a force close.
 
 Encoding is plain concatenation of 32-byte words; the tests check it against the
 contract's own ``channelId`` and ``stateDigest``.
@@ -37,8 +44,10 @@ STATE_TYPE = (
     "A402ChannelState(bytes32 channelId,uint256 version,uint256 clientBalance,"
     "uint256 providerBalance,bool isFinal)"
 )
+FORCE_CLOSE_TYPE = "A402ForceClose(bytes32 channelId,uint256 version)"
 CHANNEL_TYPEHASH = keccak(CHANNEL_TYPE.encode())
 STATE_TYPEHASH = keccak(STATE_TYPE.encode())
+FORCE_CLOSE_TYPEHASH = keccak(FORCE_CLOSE_TYPE.encode())
 
 #: The contract escrows at most this much per channel (balances are packed in 128 bits).
 MAX_DEPOSIT = (1 << 128) - 1
@@ -185,6 +194,21 @@ class BalanceState:
         return (self.version, self.client_balance, self.provider_balance, self.is_final)
 
 
+def force_close_digest(domain: PaymentDomain, channel_id: bytes, version: int) -> bytes:
+    """The EIP-712 digest of the vault's request to force-close ``channel_id`` at ``version``.
+
+    ``initForceCloseFor`` takes the vault's ECDSA signature over it (with the
+    state of that version, which the vault signed as well): a typed message of
+    its own, so a state signature the provider holds can never start a force
+    close, and one per channel, since a channel force-closes once.
+    """
+    if len(channel_id) != 32:
+        raise ValueError("channel id must be 32 bytes")
+    if not 0 <= version <= MAX_VERSION:
+        raise ValueError("version must fit in 64 bits")
+    return _typed(domain, keccak(FORCE_CLOSE_TYPEHASH + channel_id + _word(version)))
+
+
 def sign_state(
     signer: DigestSigner, domain: PaymentDomain, channel_id: bytes, state: BalanceState
 ) -> bytes:
@@ -200,5 +224,9 @@ def state_signer(
 
 
 def sign_channel_open(signer: DigestSigner, domain: PaymentDomain, terms: ChannelTerms) -> bytes:
-    """The client's consent to ``createASC``: an EIP-712 signature over the channel id."""
+    """A party's approval of ``createASC``: an EIP-712 signature over the channel id.
+
+    The client's consent (``clientSignature``) and the vault's approval
+    (``vaultSignature``) are both this signature, by their own key.
+    """
     return signer.sign_digest(terms.channel_id(domain))

@@ -397,10 +397,10 @@ class Channels:
         functions = self.manager.contract.functions
         rows = [row for row, _ in items]
         if len(items) == 1:
-            call = functions.createASC(terms_tuple(items[0][1]), b"")
+            call = functions.createASC(terms_tuple(items[0][1]), b"", b"")
         else:
             call = functions.createASCBatch([terms_tuple(t) for _, t in items],
-                                            [b""] * len(items))
+                                            [b""] * len(items), [b""] * len(items))
         return await self._open_tx(f"open:{batch_id(rows)}", call, rows)
 
     def opened_by(self, outcome: Any, cid: str) -> bool:
@@ -497,7 +497,7 @@ class Channels:
         v = signature[64] if signature[64] >= 27 else signature[64] + 27
         call = self.manager.contract.functions.createASCWithAuthorization(
             terms_tuple(terms), row.proposal["validAfter"], row.proposal["validBefore"], v,
-            signature[:32], signature[32:64])
+            signature[:32], signature[32:64], b"")
         fresh = await asyncio.to_thread(self.store.channel, row.cid)
         assert fresh is not None
         return await self._finish_open(fresh, call)
