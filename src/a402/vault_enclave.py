@@ -91,6 +91,7 @@ from a402.asc import (
     Status,
     Step,
     VaultChannel,
+    force_close_digest,
 )
 from a402.asc.messages import Auth
 from a402.asc.messages import Message as AscMessage
@@ -98,7 +99,7 @@ from a402.asc.terms import BalanceState
 from a402.crypto import PaymentDomain
 from a402.evm.address import address_key, to_checksum
 from a402.evm.ecdsa import public_key_address
-from a402.evm.keccak import keccak256 as keccak
+from a402.evm.permit import permit_digest
 from a402.exact.eip3009 import Authorization, Eip712Domain
 from a402.exact.eip3009 import authorization_digest as eip3009_digest
 from a402.tee import (
@@ -121,9 +122,6 @@ INVOKE_PATH = api.API_PREFIX + "/invoke"
 WITHDRAW_PATH = api.API_PREFIX + "/withdrawals"
 #: How long a withdrawal's EIP-3009 authorization stays valid.
 WITHDRAWAL_VALIDITY = 3600
-PERMIT_TYPEHASH = keccak(
-    b"Permit(address owner,address spender,uint256 value,uint256 nonce,uint256 deadline)")
-FORCE_CLOSE_TYPEHASH = keccak(b"A402ForceClose(bytes32 channelId,uint256 version)")
 
 #: Headers that describe one hop, not the request (RFC 9110 §7.6.1), plus those the
 #: provider sets itself: never part of the paid request.
@@ -637,17 +635,11 @@ class VaultEnclaveCode:
         """EIP-2612 permit from the vault, to the configured ASCManager only."""
         if address_key(spender) != address_key("0x" + self.domain.verifying_contract.hex()):
             raise EnclaveError("spender_not_allowed", "the vault permits only its ASCManager")
-        struct = keccak(PERMIT_TYPEHASH + bytes(12) + self.address + bytes(12)
-                        + bytes.fromhex(address_key(spender)[2:]) + value.to_bytes(32, "big")
-                        + nonce.to_bytes(32, "big") + deadline.to_bytes(32, "big"))
-        return self._kernel.sign(TOKEN_AUTHORIZATION,
-                                 keccak(b"\x19\x01" + self.token.separator + struct))
-
-
-def force_close_digest(domain: PaymentDomain, channel_id: bytes, version: int) -> bytes:
-    """EIP-712 ``A402ForceClose(bytes32 channelId,uint256 version)`` in the manager's domain."""
-    struct = keccak(FORCE_CLOSE_TYPEHASH + channel_id + version.to_bytes(32, "big"))
-    return keccak(b"\x19\x01" + domain.separator + struct)
+        digest = permit_digest(
+            token_name=self.token.name, token_version=self.token.version,
+            chain_id=self.token.chain_id, token=self.token.verifying_contract,
+            owner=self.address, spender=spender, value=value, nonce=nonce, deadline=deadline)
+        return self._kernel.sign(TOKEN_AUTHORIZATION, digest)
 
 
 # ------------------------------------------------------------ what the host sees
@@ -842,7 +834,6 @@ __all__ = [
     "VaultEnclave",
     "VaultEnclaveCode",
     "Withdrawal",
-    "force_close_digest",
     "paid_request",
     "path_and_query",
     "request_headers",

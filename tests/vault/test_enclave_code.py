@@ -20,7 +20,7 @@ import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from a402.asc import Auth, ChannelTerms, ProviderChannel, Reason, Status
+from a402.asc import Auth, ChannelTerms, ProviderChannel, Reason, Status, force_close_digest
 from a402.asc.errors import ASCError
 from a402.crypto import EVM, EcdsaSigner, PaymentDomain
 from a402.crypto.authorization import recover_signer
@@ -319,7 +319,6 @@ def test_a_force_close_order_only_for_the_latest_co_signed_state(setup: Setup) -
     alice = funded(s)
     terms = pool_channel(s, alice)
     pay(s, terms, provider_side(s, terms), call(s.vault, alice))
-    from a402.vault_enclave import force_close_digest
     latest, signature = s.vault.force_close(terms.channel_id(DOMAIN))
     assert latest.state.version == 1 and latest.state.provider_balance == PRICE
     digest = force_close_digest(DOMAIN, terms.channel_id(DOMAIN), 1)
