@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,6 +100,7 @@ from a402.asc.terms import BalanceState
 from a402.crypto import PaymentDomain
 from a402.evm.address import address_key, to_checksum
 from a402.evm.ecdsa import public_key_address
+from a402.evm.keccak import keccak256 as keccak
 from a402.evm.permit import permit_digest
 from a402.exact.eip3009 import Authorization, Eip712Domain
 from a402.exact.eip3009 import authorization_digest as eip3009_digest
@@ -120,6 +122,8 @@ _LEDGER_FORMAT = "a402/vault-enclave-ledger/v1"
 _LEDGER_LABEL = "a402/vault-ledger"
 INVOKE_PATH = api.API_PREFIX + "/invoke"
 WITHDRAW_PATH = api.API_PREFIX + "/withdrawals"
+WITHDRAWAL_TYPEHASH = keccak(
+    b"A402Withdrawal(address owner,address to,uint256 amount,uint256 nonce,uint256 deadline)")
 #: How long a withdrawal's EIP-3009 authorization stays valid.
 WITHDRAWAL_VALIDITY = 3600
 
@@ -270,6 +274,8 @@ class VaultEnclaveCode:
         self._high_water = 0
         self._consumed: dict[tuple[str, str], int] = {}
         self._reserved: dict[tuple[str, str], bytes] = {}
+        #: One call at a time: the host calls from its event loop and from threads.
+        self.lock = threading.RLock()
 
     @classmethod
     def start(
@@ -588,8 +594,14 @@ class VaultEnclaveCode:
         """Unload a settled channel (its record stays with the host)."""
         held = self._held.get(channel_id)
         if held is not None and held.channel.status is Status.CLOSED:
+            self.unload(channel_id)
+
+    def unload(self, channel_id: bytes) -> None:
+        """Drop the running machine; it runs again from the record the host restores (the
+        host could not store the last one). The nonces it consumed stay consumed."""
+        held = self._held.pop(channel_id, None)
+        if held is not None:
             self._release(held)
-            del self._held[channel_id]
 
     # ---------------------------------------------------------------- withdrawals
 
@@ -621,6 +633,18 @@ class VaultEnclaveCode:
             self._withdrawals[key] = record
         elif (record["to"], int(record["value"])) != (to, amount):
             raise EnclaveError("idempotency_key_reused", "this key named another withdrawal")
+        return self._sign_withdrawal(key, now)
+
+    def withdrawal_again(self, key: str, *, now: int) -> Withdrawal:
+        """The transfer of a withdrawal already debited, signed again (same EIP-3009 nonce:
+        of all its signatures at most one can transfer)."""
+        if key not in self._withdrawals:
+            raise EnclaveError("unknown_withdrawal", "no such withdrawal was signed")
+        return self._sign_withdrawal(key, now)
+
+    def _sign_withdrawal(self, key: str, now: int) -> Withdrawal:
+        record = self._withdrawals[key]
+        amount = int(record["value"])
         nonce = bytes.fromhex(record["nonce"])
         valid_before = now + WITHDRAWAL_VALIDITY
         source = "0x" + self.address.hex()
@@ -630,6 +654,15 @@ class VaultEnclaveCode:
         signature = self._kernel.sign(TOKEN_AUTHORIZATION,
                                       eip3009_digest(self.token, authorization))
         return Withdrawal(key, source, record["to"], amount, 0, valid_before, nonce, signature)
+
+    def collect_order(self, amount: int, nonce: int, deadline: int) -> bytes:
+        """The manager's ``A402Withdrawal`` order for what it owes the vault (payouts its
+        token refused), paid to the vault itself and nowhere else."""
+        struct = keccak(WITHDRAWAL_TYPEHASH + bytes(12) + self.address + bytes(12) + self.address
+                        + amount.to_bytes(32, "big") + nonce.to_bytes(32, "big")
+                        + deadline.to_bytes(32, "big"))
+        return self._kernel.sign(TOKEN_AUTHORIZATION,
+                                 keccak(b"\x19\x01" + self.domain.separator + struct))
 
     def permit(self, spender: str, value: int, nonce: int, deadline: int) -> bytes:
         """EIP-2612 permit from the vault, to the configured ASCManager only."""
@@ -699,25 +732,32 @@ class EnclaveChannel:
         return self._machine.latest_state()
 
     def request(self, call: SignedCall, amount: int, *, now: float) -> Exec:
-        return self._code.request(self.channel_id, call, amount, now)
+        with self._code.lock:
+            return self._code.request(self.channel_id, call, amount, now)
 
     def receive(self, message: AscMessage, *, now: float) -> Step:
-        return self._code.receive(self.channel_id, message, now)
+        with self._code.lock:
+            return self._code.receive(self.channel_id, message, now)
 
     def poll(self, *, now: float) -> Step:
-        return self._code.poll(self.channel_id, now)
+        with self._code.lock:
+            return self._code.poll(self.channel_id, now)
 
     def abandon(self) -> Step:
-        return self._code.abandon(self.channel_id)
+        with self._code.lock:
+            return self._code.abandon(self.channel_id)
 
     def close(self) -> Close:
-        return self._code.close(self.channel_id)
+        with self._code.lock:
+            return self._code.close(self.channel_id)
 
     def closed_on_chain(self) -> None:
-        self._code.closed_on_chain(self.channel_id)
+        with self._code.lock:
+            self._code.closed_on_chain(self.channel_id)
 
     def provider_force_closed(self, request_id: int, signature: bytes) -> Step:
-        return self._code.provider_force_closed(self.channel_id, request_id, signature)
+        with self._code.lock:
+            return self._code.provider_force_closed(self.channel_id, request_id, signature)
 
     def pending_exec(self) -> Exec | None:
         return self._machine.pending_exec()
@@ -742,7 +782,8 @@ class EnclaveChannel:
 
     def snapshot(self) -> bytes:
         """The channel's record, sealed for the enclave's code alone."""
-        return self._code.export(self.channel_id)
+        with self._code.lock:
+            return self._code.export(self.channel_id)
 
 
 class VaultEnclave:
@@ -772,29 +813,37 @@ class VaultEnclave:
         return self._code.account
 
     def balance(self, client: str) -> int:
-        return self._code.balance(client)
+        with self._code.lock:
+            return self._code.balance(client)
 
     def credit_deposit(self, key: str, client: str, amount: int) -> bool:
-        return self._code.credit_deposit(key, client, amount)
+        with self._code.lock:
+            return self._code.credit_deposit(key, client, amount)
 
     def export_ledger(self) -> bytes:
-        return self._code.export_ledger()
+        with self._code.lock:
+            return self._code.export_ledger()
 
     def restore_ledger(self, blob: bytes) -> None:
-        self._code.restore_ledger(blob)
+        with self._code.lock:
+            self._code.restore_ledger(blob)
 
     def approve_pool_channel(self, client: str, terms: ChannelTerms, lock_timeout: float
                              ) -> bytes:
-        return self._code.approve_pool_channel(client, terms, lock_timeout)
+        with self._code.lock:
+            return self._code.approve_pool_channel(client, terms, lock_timeout)
 
     def approve_wallet_channel(self, terms: ChannelTerms, lock_timeout: float) -> bytes:
-        return self._code.approve_wallet_channel(terms, lock_timeout)
+        with self._code.lock:
+            return self._code.approve_wallet_channel(terms, lock_timeout)
 
     def open_failed(self, channel_id: bytes) -> int:
-        return self._code.open_failed(channel_id)
+        with self._code.lock:
+            return self._code.open_failed(channel_id)
 
     def settled(self, channel_id: bytes, client_payout: int) -> int:
-        return self._code.settled(channel_id, client_payout)
+        with self._code.lock:
+            return self._code.settled(channel_id, client_payout)
 
     def channel(self, channel_id: bytes) -> EnclaveChannel | None:
         if channel_id not in self._code._held:
@@ -802,27 +851,46 @@ class VaultEnclave:
         return EnclaveChannel(self._code, channel_id)
 
     def restore(self, channel_id: bytes, blob: bytes) -> EnclaveChannel:
-        self._code.restore(channel_id, blob)
+        with self._code.lock:
+            self._code.restore(channel_id, blob)
         return EnclaveChannel(self._code, channel_id)
 
     def missing(self, client: str) -> list[bytes]:
         """The channels of ``client`` to restore before its next paid call."""
-        return self._code._missing(address_key(client))
+        with self._code.lock:
+            return self._code._missing(address_key(client))
+
+    def withdrawal_again(self, key: str, *, now: int) -> Withdrawal:
+        with self._code.lock:
+            return self._code.withdrawal_again(key, now=now)
 
     def forget(self, channel_id: bytes) -> None:
-        self._code.forget(channel_id)
+        with self._code.lock:
+            self._code.forget(channel_id)
+
+    def unload(self, channel_id: bytes) -> None:
+        with self._code.lock:
+            self._code.unload(channel_id)
 
     def bind_tunnel(self, handle: str, channel_id: bytes) -> bytes:
-        return self._code.bind_tunnel(handle, channel_id)
+        with self._code.lock:
+            return self._code.bind_tunnel(handle, channel_id)
 
     def force_close(self, channel_id: bytes) -> tuple[SignedState, bytes]:
-        return self._code.force_close(channel_id)
+        with self._code.lock:
+            return self._code.force_close(channel_id)
 
     def withdraw(self, call: SignedCall, *, now: int) -> Withdrawal:
-        return self._code.withdraw(call, now=now)
+        with self._code.lock:
+            return self._code.withdraw(call, now=now)
+
+    def collect_order(self, amount: int, nonce: int, deadline: int) -> bytes:
+        with self._code.lock:
+            return self._code.collect_order(amount, nonce, deadline)
 
     def permit(self, spender: str, value: int, nonce: int, deadline: int) -> bytes:
-        return self._code.permit(spender, value, nonce, deadline)
+        with self._code.lock:
+            return self._code.permit(spender, value, nonce, deadline)
 
 
 __all__ = [

@@ -343,3 +343,18 @@ def test_the_machine_signs_only_its_own_states(setup: Setup) -> None:
         channel.receive(greedy, now=0)
     assert getattr(refused.value, "reason", None) in (Reason.STATE_MISMATCH,)
     assert channel.status is Status.PENDING
+
+
+def test_the_vault_service_never_holds_a_channel_key() -> None:
+    """No vault host module builds a machine or loads a signing key: the machines run in
+    the enclave's code, with its key (the gas account is a ``LocalAccount`` that only sends
+    transactions)."""
+    from pathlib import Path
+
+    import a402.vault
+
+    for path in Path(a402.vault.__file__).parent.glob("*.py"):
+        text = path.read_text()
+        for forbidden in ("VaultChannel(", "VaultChannel.restore(", "EcdsaSigner(",
+                          "sign_digest(", "unsafe_sign_hash("):
+            assert forbidden not in text, f"{path.name} uses {forbidden}"
