@@ -201,8 +201,8 @@ def test_a_gateway_with_a402_is_paid_through_a_vault_from_the_command_line(
         chain = connect(manifest.rpc_url)
         token = manifest.token.address
         client, provider = manifest.account("client"), manifest.account("provider").address
-        vault_address = manifest.account("client", 1).address
-        holders = [client.address, vault_address, provider, manifest.contracts["ASCManager"]]
+        gas_account = manifest.account("client", 1).address  # the vault's key file: gas only
+        holders = [client.address, gas_account, provider, manifest.contracts["ASCManager"]]
         before = {a: token_balance(chain, token, a) for a in holders}
 
         facilitator_port = free_port()
@@ -247,7 +247,9 @@ def test_a_gateway_with_a402_is_paid_through_a_vault_from_the_command_line(
                         "--allow-private-targets",
                     ) as vault_proc:
                         vault = f"http://127.0.0.1:{vault_port}"
-                        Stderr(vault_proc).json_line("vault")
+                        # The vault's address is its enclave's key (a fresh one: no tokens).
+                        vault_address = Stderr(vault_proc).json_line("vault")["address"]
+                        assert token_balance(chain, token, vault_address) == 0
                         wait_until(lambda: httpx.get(f"{vault}/v1/info").status_code == 200,
                                    "vault")
                         with VaultClient(vault, client.private_key) as account:
@@ -270,6 +272,7 @@ def test_a_gateway_with_a402_is_paid_through_a_vault_from_the_command_line(
                     restarted = Stderr(again).json_line("gateway")
 
         after = {a: token_balance(chain, token, a) for a in holders}
+        vault_after = token_balance(chain, token, vault_address)
         mismatch = subprocess.run(
             [A402, *gateway_args[:gateway_args.index("--manifest")], "--network", "eip155:1",
              "--asset", token, "--pay-to", provider, "--manager", manifest.contracts["ASCManager"],
@@ -290,8 +293,9 @@ def test_a_gateway_with_a402_is_paid_through_a_vault_from_the_command_line(
     # Money is conserved: the client's deposit went to the vault, the price from the
     # vault to the provider through the channel, and the escrow came back whole.
     assert {a: after[a] - before[a] for a in holders} == {
-        client.address: -1_000_000, vault_address: 1_000_000 - 1000, provider: 1000,
+        client.address: -1_000_000, gas_account: 0, provider: 1000,
         manifest.contracts["ASCManager"]: 0}
+    assert vault_after == 1_000_000 - 1000
     assert (restarted["providerKey"], restarted["measurement"]) == (
         started["providerKey"], started["measurement"])
     assert os.stat(tmp_path / "provider-identity.bin").st_mode & 0o077 == 0

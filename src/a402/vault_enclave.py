@@ -268,6 +268,7 @@ class VaultEnclaveCode:
         self.window = auth_window
         self._held: dict[bytes, _Held] = {}
         self._channels: dict[bytes, _Entry] = {}
+        self._by_owner: dict[str, set[bytes]] = {}
         self._balances: dict[str, int] = {}
         self._credited: set[str] = set()
         self._withdrawals: dict[str, dict[str, Any]] = {}
@@ -327,10 +328,8 @@ class VaultEnclaveCode:
             raise EnclaveError("malformed", "not a vault ledger")
         self._balances = {k: int(v) for k, v in record["balances"].items()}
         self._credited = set(record["credited"])
-        self._channels = {
-            bytes.fromhex(cid): _Entry(e[0], e[1], int(e[2]), e[3], bool(e[4]))
-            for cid, e in record["channels"].items()
-        }
+        for cid, e in record["channels"].items():
+            self._enter(bytes.fromhex(cid), _Entry(e[0], e[1], int(e[2]), e[3], bool(e[4])))
         self._withdrawals = dict(record["withdrawals"])
         self._high_water = max(self._high_water, int(record["highWater"]))
 
@@ -358,11 +357,18 @@ class VaultEnclaveCode:
         except ValueError:
             raise EnclaveError("bad_request", "the call's body is not JSON") from None
 
+    def _enter(self, channel_id: bytes, entry: _Entry) -> None:
+        self._channels[channel_id] = entry
+        self._by_owner.setdefault(entry.owner, set()).add(channel_id)
+
     def _missing(self, client: str) -> list[bytes]:
         horizon = self._high_water - 2 * self.window
-        return [cid for cid, e in self._channels.items()
-                if e.owner == client and cid not in self._held
-                and (e.settled is None or e.settled >= horizon)]
+        found = []
+        for cid in self._by_owner.get(client, ()):
+            e = self._channels[cid]
+            if cid not in self._held and (e.settled is None or e.settled >= horizon):
+                found.append(cid)
+        return sorted(found)
 
     def _prune(self) -> None:
         horizon = self._high_water - 2 * self.window
@@ -383,7 +389,7 @@ class VaultEnclaveCode:
         if terms.vault != self.address:
             raise EnclaveError("not_our_channel", "the terms name another vault")
         channel_id = terms.channel_id(self.domain)
-        self._channels[channel_id] = _Entry(owner, funding, terms.deposit)
+        self._enter(channel_id, _Entry(owner, funding, terms.deposit))
         self._held[channel_id] = _Held(
             VaultChannel(terms, self.domain, self._signer, lock_timeout=lock_timeout),
             owner, funding)
@@ -587,8 +593,8 @@ class VaultEnclaveCode:
             held.consumed[(client, nonce)] = self._consumed[(client, nonce)] = int(timestamp)
             self._high_water = max(self._high_water, int(timestamp))
         self._held[channel_id] = held
-        self._channels.setdefault(channel_id, _Entry(held.owner, held.funding,
-                                                     channel.terms.deposit))
+        if channel_id not in self._channels:
+            self._enter(channel_id, _Entry(held.owner, held.funding, channel.terms.deposit))
 
     def forget(self, channel_id: bytes) -> None:
         """Unload a settled channel (its record stays with the host)."""

@@ -68,10 +68,12 @@ Program = TypeVar("Program")
 class EnclaveKernel(Protocol):
     """What code running *inside* an enclave may use; never handed to the host.
 
-    The enclave's code (:mod:`a402.provider_enclave` for a provider) receives
-    this from :meth:`Enclave.start` and keeps it. Every operation that could
-    make a payment final without the protocol — pre-signing, and reading or
-    writing the tunnel to the vault — is here and only here.
+    The enclave's code (:mod:`a402.provider_enclave` for a provider,
+    :mod:`a402.vault_enclave` for a vault) receives this from
+    :meth:`Enclave.start` and keeps it. Every operation that could make a
+    payment final or move money without the protocol — pre-signing, signing
+    with the attested key, and (for the provider) reading or writing the
+    tunnel — is here and only here.
     """
 
     @property
