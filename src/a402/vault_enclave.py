@@ -568,6 +568,8 @@ class VaultEnclaveCode:
             "owner": held.owner, "funding": held.funding,
             "call": None if call is None else [call.client, call.nonce, call.timestamp],
             "consumed": [[c, n, t] for (c, n), t in held.consumed.items() if t >= horizon],
+            # What pruned ``consumed``: restored with it, so a pruned nonce stays stale.
+            "highWater": self._high_water,
         }
         return self._kernel.seal(self._label(channel_id), jsonbytes.dumps(record))
 
@@ -589,6 +591,7 @@ class VaultEnclaveCode:
         if call is not None:
             held.call = _Binding(call[0], call[1], int(call[2]))
             self._reserved[(call[0], call[1])] = channel_id
+        self._high_water = max(self._high_water, int(record["highWater"]))
         for client, nonce, timestamp in record["consumed"]:
             held.consumed[(client, nonce)] = self._consumed[(client, nonce)] = int(timestamp)
             self._high_water = max(self._high_water, int(timestamp))

@@ -105,7 +105,8 @@ def pay(s: Setup, terms: ChannelTerms, provider: ProviderChannel, signed_call: S
     (auth,) = channel.receive(reply, now=now).send
     assert isinstance(auth, Auth)
     reveal = provider.receive(auth, now=now).send[0]
-    channel.receive(reveal, now=now)
+    (ack,) = channel.receive(reveal, now=now).send
+    provider.receive(ack, now=now)
     return auth
 
 
@@ -358,3 +359,23 @@ def test_the_vault_service_never_holds_a_channel_key() -> None:
         for forbidden in ("VaultChannel(", "VaultChannel.restore(", "EcdsaSigner(",
                           "sign_digest(", "unsafe_sign_hash("):
             assert forbidden not in text, f"{path.name} uses {forbidden}"
+
+
+def test_a_nonce_pruned_from_a_record_stays_stale_after_a_restart(setup: Setup) -> None:
+    s = setup
+    alice = funded(s)
+    terms = pool_channel(s, alice)
+    provider = provider_side(s, terms)
+    first = call(s.vault, alice, key="first", ts=10_000)
+    pay(s, terms, provider, first)
+    ledger = s.vault.export_ledger()  # an older ledger: it knows only the first call
+    pay(s, terms, provider, call(s.vault, alice, key="later", ts=10_200))
+    cid = terms.channel_id(DOMAIN)
+    channel = s.vault.channel(cid)
+    assert channel is not None
+    record = channel.snapshot()  # "first" is pruned from it: older than 10 200 − 2 × 60
+    again = VaultEnclaveCode.start(s.enclave, domain=DOMAIN, network=NETWORK, token=TOKEN)
+    again.restore_ledger(ledger)
+    restored = again.restore(cid, record)
+    with pytest.raises(EnclaveError, match="stale_call"):
+        restored.request(first, PRICE, now=0)
