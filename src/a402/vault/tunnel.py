@@ -183,10 +183,12 @@ class Checkpoint:
     """One durable step of a vault channel.
 
     The indexed fields are for the store's queries and dashboards; ``snapshot``
-    is the whole truth (:meth:`VaultChannel.snapshot`), restored with
-    :meth:`VaultChannel.restore`. Store it atomically, keyed by
-    ``channel_id``, replacing the previous one; the vault service should seal
-    it (it is the client's money).
+    is the whole truth: for an enclave channel, its record sealed by the vault
+    enclave's code (restored with :meth:`VaultEnclave.restore
+    <a402.vault_enclave.VaultEnclave.restore>`; the host cannot open it); for a
+    bare :class:`VaultChannel`, :meth:`VaultChannel.snapshot` (restored with
+    :meth:`VaultChannel.restore`). Store it atomically, keyed by ``channel_id``,
+    replacing the previous one.
     """
 
     channel_id: bytes
