@@ -4,8 +4,12 @@ Mounted by :class:`~a402.provider.a402_payments.A402Payments` (and so by the
 gateway when it is given an ``a402=`` configuration) in front of the payment
 middleware, ahead of everything else; it hands it the WebSocket connections
 under the prefix too.
-See :mod:`a402.wire.a402` for the protocol; this module only moves bytes
-between HTTP (or a WebSocket) and :class:`~a402.provider.a402_runtime.ProviderRuntime`.
+See :mod:`a402.wire.a402` for the protocol. This module is the provider's end of
+the HTTP transports (:mod:`a402.wire.transport`): it only moves bytes between
+HTTP (or a WebSocket) and the runtime's parts — handshakes to its tunnels
+(:mod:`a402.provider.a402_tunnels`), frames to its frame driver
+(:mod:`a402.provider.a402_driver`), the same driver an in-memory transport
+hands frames to.
 
 Errors outside the secure channel are JSON ``{"error", "message"}``: 400 for
 a frame that does not authenticate (tampered, replayed, reordered — the
@@ -33,11 +37,10 @@ from urllib.parse import parse_qs
 
 from starlette.types import Receive, Scope, Send
 
-from a402.asc.messages import DEFAULT_MAX_BLOB
 from a402.evm.address import to_checksum
-from a402.provider.a402_runtime import ProviderRuntime, UnknownTunnel
+from a402.provider.a402_runtime import ProviderRuntime
 from a402.serving import read_body
-from a402.tee import AttestationError, ChannelError, TeeError
+from a402.tee import AttestationError, TeeError
 from a402.wire.a402 import (
     FRAME_MEDIA_TYPE,
     HANDSHAKE_PATH,
@@ -54,6 +57,7 @@ from a402.wire.a402 import (
 )
 from a402.wire.errors import WireError
 from a402.wire.jsonstrict import JsonLimitError, JsonLimits, loads_object
+from a402.wire.transport import MAX_FRAME, FrameRefused, UnknownTunnel
 from a402.wire.x402 import PaymentRequirements, PaymentRequirementsV1, ResourceInfo
 
 log = logging.getLogger("a402.provider.a402")
@@ -61,7 +65,7 @@ log = logging.getLogger("a402.provider.a402")
 _MAX_HANDSHAKE_BODY = 64 * 1024
 _HANDSHAKE_LIMITS = JsonLimits(max_bytes=_MAX_HANDSHAKE_BODY)
 #: An EXEC carries at most one request blob plus framing (a POST body or a stream message).
-_MAX_FRAME_BODY = DEFAULT_MAX_BLOB + 4096
+_MAX_FRAME_BODY = MAX_FRAME
 _UNKNOWN_TUNNEL_CLOSE: dict[str, Any] = {
     "type": "websocket.close", "code": STREAM_UNKNOWN_TUNNEL, "reason": "open a new session",
 }
@@ -95,10 +99,10 @@ def _stream_error(error: str, message: str) -> dict[str, Any]:
 def _http_view(scope: Scope) -> dict[str, Any]:
     """The websocket scope as the paid requests of its frames see it.
 
-    :meth:`ProviderRuntime.execute` builds each paid request's scope from the
-    scope of the request that carried the frame (host, client, server, scheme,
-    state); on the stream that is the upgrade request, seen as the HTTP
-    request it began as.
+    The executor (:mod:`a402.provider.a402_execute`) builds each paid request's
+    scope from the scope of the request that carried the frame (host, client,
+    server, scheme, state); on the stream that is the upgrade request, seen as
+    the HTTP request it began as.
     """
     view = dict(scope)
     view["type"] = "http"
@@ -165,10 +169,10 @@ class A402Endpoint:
             return
         try:
             if tunnel_id is None:
-                tunnel_id, second = self.runtime.open_tunnel(message)
+                tunnel_id, second = self.runtime.tunnels.open(message)
                 await _json(send, 200, {"session": tunnel_id, "message": b64(second)})
             else:
-                measurement = self.runtime.finish_tunnel(str(tunnel_id), message)
+                measurement = self.runtime.tunnels.finish(str(tunnel_id), message)
                 await _json(send, 200, {"session": tunnel_id, "measurement": measurement.hex()})
         except UnknownTunnel:
             await _error(send, 404, "unknown_session", "no handshake in progress under that id")
@@ -187,11 +191,11 @@ class A402Endpoint:
             await _error(send, 400, "no_session", f"send the {TUNNEL_HEADER} header")
             return
         try:
-            frame = await self.runtime.handle_frame(tunnel_id, body, scope)
+            frame = await self.runtime.driver.handle_frame(tunnel_id, body, scope)
         except UnknownTunnel:
             await _error(send, 404, "unknown_session", "open a new session")
             return
-        except ChannelError as e:
+        except FrameRefused as e:
             await _error(send, 400, e.reason, e.detail)
             return
         await _respond(send, 200, frame, FRAME_MEDIA_TYPE)
@@ -207,11 +211,11 @@ class A402Endpoint:
         await send({"type": "websocket.accept"})
         # Checked at connect so that a vault learns of a forgotten tunnel before it spends
         # a frame; handle_frame stays the authority (a tunnel can still expire later).
-        if tunnel_id is None or not self.runtime.is_established(tunnel_id):
+        if tunnel_id is None or not self.runtime.tunnels.is_established(tunnel_id):
             await send(_UNKNOWN_TUNNEL_CLOSE)
             return
         outer = _http_view(scope)
-        handle_frame = self.runtime.handle_frame
+        handle_frame = self.runtime.driver.handle_frame
         try:
             while True:
                 message = await receive()
@@ -229,7 +233,7 @@ class A402Endpoint:
                 except UnknownTunnel:  # expired or evicted since the connect
                     await send(_UNKNOWN_TUNNEL_CLOSE)
                     return
-                except ChannelError as e:
+                except FrameRefused as e:
                     await send(_stream_error(e.reason, e.detail))
                     continue
                 await send({"type": "websocket.send", "bytes": answer})

@@ -25,7 +25,8 @@ outermost). What it adds to the :class:`PaymentMiddleware` it wraps, and nothing
 It owns the runtime, its endpoint and its watcher, and wires them: the runtime runs
 each paid request against the app the middleware wraps (not through the middleware: a
 channel payment is not an ``exact`` one), priced by the middleware's routes, in the
-token and on the network the middleware charges in; the watcher drives the runtime.
+token and on the network the middleware charges in; the watcher sends the runtime's
+channel transactions.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from __future__ import annotations
 from starlette.types import Message, Receive, Scope, Send
 
 from a402.provider.a402_app import A402Endpoint
-from a402.provider.a402_runtime import A402Config, ProviderRuntime
+from a402.provider.a402_config import A402Config
+from a402.provider.a402_runtime import ProviderRuntime
 from a402.provider.a402_watch import ChannelWatcher
 from a402.provider.middleware import PaymentMiddleware
 from a402.wire.x402 import PaymentRequirements, PaymentRequirementsV1, ResourceInfo
@@ -90,7 +92,7 @@ class A402Payments:
         """Reload active channels and start the watcher (idempotent)."""
         if self._watcher is not None or not self.runtime.config.watch:
             return
-        self._watcher = ChannelWatcher(self.runtime)
+        self._watcher = self.runtime.watcher()
         await self._watcher.start()
 
     async def stop(self) -> None:
