@@ -1,4 +1,4 @@
-"""The ``/.well-known/a402/*`` endpoints and the ``a402`` entry of a 402's ``accepts``.
+"""The ``/.well-known/a402/*`` endpoints: the provider's end of the HTTP transports.
 
 Mounted by :class:`~a402.provider.a402_payments.A402Payments` (and so by the
 gateway when it is given an ``a402=`` configuration) in front of the payment
@@ -37,7 +37,6 @@ from urllib.parse import parse_qs
 
 from starlette.types import Receive, Scope, Send
 
-from a402.evm.address import to_checksum
 from a402.provider.a402_runtime import ProviderRuntime
 from a402.serving import read_body
 from a402.tee import AttestationError, TeeError
@@ -46,7 +45,6 @@ from a402.wire.a402 import (
     HANDSHAKE_PATH,
     INFO_PATH,
     MESSAGE_PATH,
-    SCHEME_A402,
     STREAM_PATH,
     STREAM_UNKNOWN_TUNNEL,
     TUNNEL_HEADER,
@@ -58,7 +56,6 @@ from a402.wire.a402 import (
 from a402.wire.errors import WireError
 from a402.wire.jsonstrict import JsonLimitError, JsonLimits, loads_object
 from a402.wire.transport import MAX_FRAME, FrameRefused, UnknownTunnel
-from a402.wire.x402 import PaymentRequirements, PaymentRequirementsV1, ResourceInfo
 
 log = logging.getLogger("a402.provider.a402")
 
@@ -239,49 +236,3 @@ class A402Endpoint:
                 await send({"type": "websocket.send", "bytes": answer})
         except OSError:  # the vault went away mid-answer (uvicorn's ClientDisconnected)
             return
-
-    # -------------------------------------------------------------- the offer
-
-    def requirement(
-        self, amount: int, base_url: str, *, max_timeout_seconds: int
-    ) -> PaymentRequirements:
-        """The ``a402`` entry of ``accepts`` for one priced route (x402 v2 form)."""
-        return PaymentRequirements(
-            scheme=SCHEME_A402, network=self.runtime.network, amount=str(amount),
-            asset=to_checksum(self.runtime.manager.token),
-            pay_to=to_checksum("0x" + self.runtime.provider_address.hex()),
-            max_timeout_seconds=max_timeout_seconds, extra=self._extra(base_url),
-        )
-
-    def requirement_v1(
-        self, amount: int, base_url: str, *, network_v1: str, resource: ResourceInfo,
-        max_timeout_seconds: int,
-    ) -> PaymentRequirementsV1:
-        """The ``a402`` entry of a v1 ``accepts``: with the ``description`` and
-        ``mimeType`` the v1 schema requires (``""`` when the route states none, as
-        the official SDK's server sends), like the ``exact`` entry next to it."""
-        return PaymentRequirementsV1(
-            scheme=SCHEME_A402, network=network_v1, max_amount_required=str(amount),
-            resource=resource.url, description=resource.description or "",
-            mime_type=resource.mime_type or "",
-            pay_to=to_checksum("0x" + self.runtime.provider_address.hex()),
-            max_timeout_seconds=max_timeout_seconds,
-            asset=to_checksum(self.runtime.manager.token), extra=self._extra(base_url),
-        )
-
-    def _extra(self, base_url: str) -> dict[str, Any]:
-        runtime = self.runtime
-        endpoint = base_url.rstrip("/") + WELL_KNOWN_PREFIX
-        return {
-            "endpoint": endpoint,
-            "ascManager": runtime.manager.address,
-            "providerKey": "0x" + runtime.provider_key.hex(),
-            "disputeWindow": runtime.manager.dispute_window,
-            "lockTimeout": runtime.config.timeouts.lock_timeout,
-            "ackTimeout": runtime.config.timeouts.ack_timeout,
-            "attestation": {
-                "kind": runtime.enclave.kind,
-                "measurement": "0x" + runtime.enclave.measurement.hex(),
-                "evidence": endpoint + "/info?nonce=<hex>",
-            },
-        }

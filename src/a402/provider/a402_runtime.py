@@ -18,6 +18,7 @@ pre-signs anything. Its parts, one job each:
                                                  closes, and the watcher that sends them
 :mod:`~a402.provider.a402_app`                   the HTTP endpoint (POST and stream) that
                                                  carries frames to the driver
+:mod:`~a402.provider.a402_offer`                 the ``a402`` entry of a 402's ``accepts``
 ===============================================  ==========================================
 
 What carries the frames is a transport (:mod:`a402.wire.transport`): the
