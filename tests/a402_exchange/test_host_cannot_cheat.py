@@ -24,8 +24,10 @@ from a402.crypto import EVM, generate_adaptor
 from a402.provider import (
     a402_app,
     a402_channels,
+    a402_config,
     a402_driver,
     a402_execute,
+    a402_offer,
     a402_runtime,
     a402_tunnels,
     a402_watch,
@@ -92,8 +94,8 @@ def test_the_host_has_no_call_that_signs_a_message_of_its_choosing() -> None:
     for name in ("schnorr_pre_sign", "pre_sign", "commit", "reply"):
         assert not hasattr(Enclave, name) and not hasattr(ProviderEnclaveBoundary, name)
     # ... and no part of the host calls one (nor the tunnel's plaintext).
-    for module in (a402_runtime, a402_tunnels, a402_driver, a402_execute, a402_channels,
-                   a402_watch, a402_app):
+    for module in (a402_runtime, a402_config, a402_tunnels, a402_driver, a402_execute,
+                   a402_channels, a402_watch, a402_app, a402_offer):
         source = inspect.getsource(module)
         for call in ("pre_sign", "channel_encrypt", "channel_decrypt", ".seal(", ".unseal("):
             assert call not in source, (module.__name__, call)
