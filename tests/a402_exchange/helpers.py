@@ -30,8 +30,9 @@ from a402.chain.node import Chain
 from a402.chain.tx import transact
 from a402.crypto import EcdsaSigner
 from a402.provider.a402_app import A402Endpoint
+from a402.provider.a402_config import A402Config
 from a402.provider.a402_payments import A402Payments
-from a402.provider.a402_runtime import A402Config, ProviderRuntime
+from a402.provider.a402_runtime import ProviderRuntime
 from a402.provider.a402_store import SqlChannelStore
 from a402.provider.middleware import PaymentMiddleware
 from a402.provider.settings import ChannelTimeouts, Watching

@@ -66,7 +66,7 @@ async def test_three_paid_requests_then_a_cooperative_close(world: World) -> Non
                 DEPOSIT - spent, 0, spent
             )
             await tunnel.flush_acks()  # the last ACK would otherwise ride on a next EXEC
-            slot = provider.runtime.slot(cid)
+            slot = provider.runtime.channels.slot(cid)
             assert slot is not None and slot.channel.state == channel.state
             assert slot.channel.status is Status.OPEN
 

@@ -211,7 +211,7 @@ async def test_a_reply_whose_presignature_does_not_match_h_or_t_is_rejected(
     assert refused.value.reason == Reason.BAD_PRESIGNATURE
     assert (channel.status, channel.free, channel.provider_balance) == (Status.OPEN, DEPOSIT, 0)
     assert vault.reasons() == ["attached", "locked", "expired"]
-    slot = provider.runtime.slot(channel.channel_id)
+    slot = provider.runtime.channels.slot(channel.channel_id)
     assert slot is not None and slot.channel.status is Status.LOCKED  # no AUTH ever reached it
 
 

@@ -21,8 +21,20 @@ from eth_hash.auto import keccak
 from a402.asc import ForceCloseClaim, Reply, Status, VaultChannel, decode
 from a402.background import serve_in_thread
 from a402.crypto import EVM, generate_adaptor
-from a402.provider import a402_runtime
-from a402.provider.a402_runtime import ProviderRuntime, Slot
+from a402.provider import (
+    a402_app,
+    a402_channels,
+    a402_config,
+    a402_driver,
+    a402_execute,
+    a402_offer,
+    a402_runtime,
+    a402_tunnels,
+    a402_watch,
+)
+from a402.provider.a402_channels import Slot
+from a402.provider.a402_driver import FrameDriver
+from a402.provider.a402_runtime import ProviderRuntime
 from a402.provider_enclave import Answer, Outcome, ProviderEnclave, ProviderEnclaveBoundary
 from a402.tee import Enclave, EnclaveError
 from a402.vault import PaymentPending, ProviderUnavailable, find_provider_force_close
@@ -33,27 +45,35 @@ from .helpers import DEPOSIT, DISPUTE_WINDOW, PRICE, WEATHER, World, wait_until
 pytestmark = [pytest.mark.anyio, pytest.mark.anvil]
 
 
-class ResultSwappingHost(ProviderRuntime):
+class ResultSwappingRelay(FrameDriver):
     """Rewrites every REPLY it relays where the sealed result travels (the frame's tail;
     it cannot read the frame, so it cannot aim better), as a host swapping EncRes for
     garbage, or for a result sealed under another ``t``, would have to."""
 
-    async def _send(self, slot: Slot | None, outcome: Outcome) -> bytes:
-        frame = await super()._send(slot, outcome)
+    async def relay(self, slot: Slot | None, outcome: Outcome) -> bytes:
+        frame = await super().relay(slot, outcome)
         if isinstance(outcome, Answer) and outcome.incoming == "Exec":
             tail = bytes(b ^ 0x5A for b in frame[-48:-16])
             frame = frame[:-48] + tail + frame[-16:]
         return frame
 
 
-class RevealDroppingHost(ProviderRuntime):
+class ResultSwappingHost(ProviderRuntime):
+    driver_cls = ResultSwappingRelay
+
+
+class RevealDroppingRelay(FrameDriver):
     """Relays everything but the REVEAL: it keeps the vault PENDING to claim on-chain."""
 
-    async def _send(self, slot: Slot | None, outcome: Outcome) -> bytes:
-        frame = await super()._send(slot, outcome)
+    async def relay(self, slot: Slot | None, outcome: Outcome) -> bytes:
+        frame = await super().relay(slot, outcome)
         if isinstance(outcome, Answer) and outcome.incoming == "Auth":
             return os.urandom(len(frame))
         return frame
+
+
+class RevealDroppingHost(ProviderRuntime):
+    driver_cls = RevealDroppingRelay
 
 
 def _pending_reply(channel: VaultChannel) -> Reply:
@@ -73,10 +93,12 @@ def test_the_host_has_no_call_that_signs_a_message_of_its_choosing() -> None:
     assert offered == {n for n in dir(ProviderEnclave) if not n.startswith("_")}
     for name in ("schnorr_pre_sign", "pre_sign", "commit", "reply"):
         assert not hasattr(Enclave, name) and not hasattr(ProviderEnclaveBoundary, name)
-    # ... and the runtime calls none (nor the tunnel's plaintext).
-    source = inspect.getsource(a402_runtime)
-    for call in ("pre_sign", "channel_encrypt", "channel_decrypt", ".seal(", ".unseal("):
-        assert call not in source
+    # ... and no part of the host calls one (nor the tunnel's plaintext).
+    for module in (a402_runtime, a402_config, a402_tunnels, a402_driver, a402_execute,
+                   a402_channels, a402_watch, a402_app, a402_offer):
+        source = inspect.getsource(module)
+        for call in ("pre_sign", "channel_encrypt", "channel_decrypt", ".seal(", ".unseal("):
+            assert call not in source, (module.__name__, call)
 
 
 async def test_a_host_that_swaps_the_sealed_result_gets_no_reply_accepted_and_no_payment(
@@ -93,10 +115,10 @@ async def test_a_host_that_swaps_the_sealed_result_gets_no_reply_accepted_and_no
             assert channel.status is not Status.PENDING  # no σ_U was issued
             assert channel.provider_balance == 0
             runtime = provider.runtime
-            slot = runtime.slot(channel.channel_id)
+            slot = runtime.channels.slot(channel.channel_id)
             assert slot is not None and slot.channel.status is Status.LOCKED
             # The host cannot write its own REPLY on the tunnel, nor read the honest one...
-            (tunnel_state,) = runtime._tunnels.values()
+            (tunnel_state,) = runtime.tunnels._tunnels.values()
             with pytest.raises(EnclaveError) as refused:
                 provider.enclave.channel_encrypt(tunnel_state.handle, b"REPLY", ad=RESPONSE_AD)
             assert refused.value.reason == "owned_by_enclave_code"
@@ -149,10 +171,10 @@ async def test_a_force_close_with_anything_but_the_enclave_claim_is_refused_on_c
                     world.manager.force_close(runtime.operator, terms, claim)
                 assert world.balances(*parties) == before, what
             # The enclave's own claim is accepted, and it pays for the result the vault opens.
-            slot = runtime.slot(channel.channel_id)
+            slot = runtime.channels.slot(channel.channel_id)
             assert slot is not None
             async with slot.lock:
-                assert await runtime.force_close(slot)
+                assert await runtime.onchain.force_close(slot)
             cid = channel.channel_id
             await wait_until(lambda: find_provider_force_close(world.manager, cid) is not None)
             tx = find_provider_force_close(world.manager, cid)
@@ -169,16 +191,19 @@ async def test_a_host_replaying_an_old_answer_frame_is_refused_by_the_tunnel(
     """The REPLY of request 0, relayed again for request 1: it does not decrypt (the
     tunnel's nonces only move forward), so the vault pays for request 0 alone."""
 
-    class Replaying(ProviderRuntime):
+    class ReplayingRelay(FrameDriver):
         first: bytes | None = None
 
-        async def _send(self, slot: Slot | None, outcome: Outcome) -> bytes:
-            frame = await super()._send(slot, outcome)
+        async def relay(self, slot: Slot | None, outcome: Outcome) -> bytes:
+            frame = await super().relay(slot, outcome)
             if isinstance(outcome, Answer) and outcome.incoming == "Exec":
-                if Replaying.first is None:
-                    Replaying.first = frame
-                return Replaying.first
+                if ReplayingRelay.first is None:
+                    ReplayingRelay.first = frame
+                return ReplayingRelay.first
             return frame
+
+    class Replaying(ProviderRuntime):
+        driver_cls = ReplayingRelay
 
     provider = world.provider(runtime_cls=Replaying, watch=False)
     vault, client = world.vault(), world.client()

@@ -18,7 +18,7 @@ from a402.chain.deploy import Manifest
 from a402.chain.node import Chain
 from a402.client import async_paying_client
 from a402.provider import create_gateway
-from a402.provider.a402_runtime import A402Config
+from a402.provider.a402_config import A402Config
 from a402.provider.a402_store import SqlChannelStore
 from a402.provider.routes import RouteConfig
 from a402.tee import (

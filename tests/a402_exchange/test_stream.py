@@ -156,7 +156,7 @@ def tunnel_id(recorder: Recorder, index: int = -1) -> str:
 def conserved(channel: VaultChannel, runtime: ProviderRuntime) -> None:
     """No money appears or vanishes, and the provider agrees on the state (once ACKed)."""
     assert channel.free + channel.locked + channel.provider_balance == DEPOSIT
-    slot = runtime.slot(channel.channel_id)
+    slot = runtime.channels.slot(channel.channel_id)
     assert slot is not None and slot.channel.state == channel.state
 
 

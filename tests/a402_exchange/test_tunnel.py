@@ -163,7 +163,7 @@ async def test_the_previous_ack_rides_on_the_next_exec(world: World) -> None:
         async with world.tunnel(vault, url, http=http, ack_delay=600) as tunnel:
             channel = await world.open_channel(tunnel, vault, client)
             await tunnel.request(channel, WEATHER, PRICE)
-            slot = provider.runtime.slot(channel.channel_id)
+            slot = provider.runtime.channels.slot(channel.channel_id)
             assert slot is not None and slot.channel.status is Status.PENDING  # no ACK yet
             await tunnel.request(channel, WEATHER, PRICE)
             # OPEN, then EXEC and AUTH for each request: no frame of the ACK's own.
@@ -199,7 +199,7 @@ async def test_a_piggybacked_ack_that_does_not_verify_refuses_the_frame(world: W
             assert answer.kind is Kind.ERROR
             assert Refusal.from_body(answer.body).reason == reason
         # Nothing ran and nothing was acknowledged; the real ACK still settles request 0.
-        slot = provider.runtime.slot(channel.channel_id)
+        slot = provider.runtime.channels.slot(channel.channel_id)
         assert slot is not None and slot.channel.status is Status.PENDING
         assert provider.calls["weather"] == 1
         paid = await tunnel.request(channel, WEATHER, PRICE)
@@ -220,7 +220,7 @@ async def test_an_ack_riding_on_a_refused_exec_is_kept_across_a_provider_restart
                                      allowed_purposes=PROVIDER_PURPOSES)
     restarted = world.provider(enclave=enclave, operator=provider.config.operator,
                                store=SqlChannelStore(provider.config.store.url))
-    [slot] = [s for s in await restarted.runtime.load_active()
+    [slot] = [s for s in await restarted.runtime.channels.load_active()
               if s.channel_id == channel.channel_id]
     assert slot.channel.status is Status.OPEN and slot.channel.state == channel.state
 
@@ -240,7 +240,7 @@ async def test_a_vault_restarted_with_an_ack_unsent_delivers_it_with_the_resumed
     with serve_in_thread(provider.app) as url:
         channel = await second_request_crashes(world, vault, client, url, persist_then_crash,
                                                ack_delay=600)
-        slot = provider.runtime.slot(channel.channel_id)
+        slot = provider.runtime.channels.slot(channel.channel_id)
         assert slot is not None and slot.channel.status is Status.PENDING  # ACK 0 never came
 
         restored = VaultChannel.restore(stored[-1].snapshot, vault.signer)

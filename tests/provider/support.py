@@ -18,8 +18,8 @@ from a402.chain.deploy import Manifest, token_balance
 from a402.chain.node import Chain
 from a402.exact.eip3009 import build_payment_payload, build_payment_payload_v1
 from a402.provider import PaymentMiddleware
+from a402.provider.a402_config import A402Config
 from a402.provider.a402_payments import A402Payments
-from a402.provider.a402_runtime import A402Config
 from a402.wire.headers import (
     PAYMENT_REQUIRED,
     PAYMENT_SIGNATURE,

@@ -5,8 +5,9 @@
 file) and kills it with SIGKILL: no handler runs, nothing is flushed, only
 what the database committed survives.
 
-:class:`GatedProvider` is the honest provider runtime with one seam used: when
-a chosen message arrives it signals, then waits at ``before_send`` — after the
+:class:`GatedProvider` is the honest provider runtime with one seam of its frame
+driver used: when a chosen message arrives it signals, then waits at
+``before_send`` — after the
 vault wrote its checkpoint and sent the message, before the provider answers.
 That is where the test kills the vault, so every crash lands exactly in the
 state under test, not wherever a timer happened to fire.
@@ -35,7 +36,9 @@ from eth_account.signers.local import LocalAccount
 
 from a402.asc.messages import Message
 from a402.chain.node import free_port
-from a402.provider.a402_runtime import ProviderRuntime, Slot
+from a402.provider.a402_channels import Slot
+from a402.provider.a402_driver import FrameDriver
+from a402.provider.a402_runtime import ProviderRuntime
 from a402.provider_enclave import Answer
 from a402.vault.identity import save_platform
 from a402.vault.store import VaultStore
@@ -54,17 +57,20 @@ class GatedProvider(ProviderRuntime):
     @classmethod
     def gate(cls, hold: type[Message], *bases: type[ProviderRuntime]) -> type[GatedProvider]:
         """A fresh subclass (fresh events, disarmed) holding ``hold``."""
-        return type("Gated" + hold.__name__, (cls, *bases), {
+        gate: type[GatedProvider] = type("Gated" + hold.__name__, (cls, *bases), {
             "hold": hold, "armed": False, "reached": threading.Event(),
             "release": threading.Event()})
 
-    def before_send(self, slot: Slot, answer: Answer) -> None:
-        cls = type(self)
-        if cls.armed and cls.hold is not None and answer.incoming == cls.hold.__name__ \
-                and not cls.reached.is_set():
-            cls.reached.set()
-            cls.release.wait(60)
-        super().before_send(slot, answer)
+        class GatedDriver(FrameDriver):
+            def before_send(self, slot: Slot, answer: Answer) -> None:
+                if gate.armed and answer.incoming == hold.__name__ \
+                        and not gate.reached.is_set():
+                    gate.reached.set()
+                    gate.release.wait(60)
+                super().before_send(slot, answer)
+
+        gate.driver_cls = GatedDriver
+        return gate
 
 
 class OfflineProvider(ProviderRuntime):

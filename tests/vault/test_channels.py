@@ -271,7 +271,7 @@ def test_a_call_refused_while_the_provider_awaits_our_ack_is_retryable_and_pays_
             **api.sign_request(account, vault.signed_as, "POST", "/v1/invoke", body),
             "content-type": "application/json"})
         [row] = vault.store.channels()
-        slot = provider.runtime.slot(bytes.fromhex(row.cid[2:]))
+        slot = provider.runtime.channels.slot(bytes.fromhex(row.cid[2:]))
         assert slot is not None and slot.channel.status is Status.OPEN  # the ACK went at once
         between = (vault.store.request(f"{account.address.lower()}:k"), row.provider_balance)
         again = client.invoke(f"{site}/weather", max_price=PRICE, idempotency_key="k")

@@ -99,7 +99,7 @@ def test_killed_mid_call_the_restarted_vault_answers_it_exactly_once(
         later = client.invoke(f"{site}/weather", max_price=PRICE)
         store = vault.store()
         [channel] = store.channels()
-        slot = provider.runtime.slot(bytes.fromhex(channel.cid[2:]))
+        slot = provider.runtime.channels.slot(bytes.fromhex(channel.cid[2:]))
         assert_conserved(world, store, vault.address, escrow)
         assert slot is not None
         # The last ACK goes out on its own once no next request came to carry it.
@@ -231,7 +231,7 @@ def test_killed_between_answer_and_ack_the_restarted_vault_acks_then_pays_the_ne
         answered = client.invoke(f"{site}/weather", max_price=PRICE, idempotency_key="answered")
         vault.kill()
         [row] = vault.store().channels()
-        slot = provider.runtime.slot(bytes.fromhex(row.cid[2:]))
+        slot = provider.runtime.channels.slot(bytes.fromhex(row.cid[2:]))
         assert slot is not None and slot.channel.status is Status.PENDING  # no ACK came
         assert (row.checkpoint, row.provider_balance) == ("delivered", str(2 * PRICE))
 
@@ -275,7 +275,7 @@ def test_killed_between_answer_and_ack_the_restarted_vault_acks_once_the_provide
         client.invoke(f"{site}/weather", max_price=PRICE)
         vault.kill()
         [row] = vault.store().channels()
-        slot = provider.runtime.slot(bytes.fromhex(row.cid[2:]))
+        slot = provider.runtime.channels.slot(bytes.fromhex(row.cid[2:]))
         assert slot is not None and slot.channel.status is Status.PENDING
 
         gate.offline = True

@@ -41,8 +41,8 @@ from a402.demos.common import CITIES, PRICE, atomic_units, format_usdc, pay_weat
 from a402.facilitator.app import create_app as facilitator_app
 from a402.facilitator.core import Facilitator
 from a402.facilitator.store import SettlementStore
+from a402.provider.a402_config import A402Config
 from a402.provider.a402_payments import A402Payments
-from a402.provider.a402_runtime import A402Config
 from a402.provider.a402_store import SqlChannelStore
 from a402.provider.middleware import PaymentMiddleware
 from a402.provider.settings import Watching

@@ -32,12 +32,12 @@ from a402.provider.routes import (
 from a402.provider.settings import ChannelTimeouts, Limits, PaymentTiming, Paywall, Watching
 
 if TYPE_CHECKING:
-    from a402.provider.a402_runtime import A402Config
+    from a402.provider.a402_config import A402Config
     from a402.provider.a402_store import SqlChannelStore
     from a402.provider.identity import provider_enclave
 
 _LAZY_MODULE_OF = {
-    "A402Config": "a402.provider.a402_runtime",
+    "A402Config": "a402.provider.a402_config",
     "SqlChannelStore": "a402.provider.a402_store",
     "provider_enclave": "a402.provider.identity",
 }

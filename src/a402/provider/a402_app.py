@@ -1,11 +1,15 @@
-"""The ``/.well-known/a402/*`` endpoints and the ``a402`` entry of a 402's ``accepts``.
+"""The ``/.well-known/a402/*`` endpoints: the provider's end of the HTTP transports.
 
 Mounted by :class:`~a402.provider.a402_payments.A402Payments` (and so by the
 gateway when it is given an ``a402=`` configuration) in front of the payment
 middleware, ahead of everything else; it hands it the WebSocket connections
 under the prefix too.
-See :mod:`a402.wire.a402` for the protocol; this module only moves bytes
-between HTTP (or a WebSocket) and :class:`~a402.provider.a402_runtime.ProviderRuntime`.
+See :mod:`a402.wire.a402` for the protocol. This module is the provider's end of
+the HTTP transports (:mod:`a402.wire.transport`): it only moves bytes between
+HTTP (or a WebSocket) and the runtime's parts — handshakes to its tunnels
+(:mod:`a402.provider.a402_tunnels`), frames to its frame driver
+(:mod:`a402.provider.a402_driver`), the same driver an in-memory transport
+hands frames to.
 
 Errors outside the secure channel are JSON ``{"error", "message"}``: 400 for
 a frame that does not authenticate (tampered, replayed, reordered — the
@@ -33,17 +37,14 @@ from urllib.parse import parse_qs
 
 from starlette.types import Receive, Scope, Send
 
-from a402.asc.messages import DEFAULT_MAX_BLOB
-from a402.evm.address import to_checksum
-from a402.provider.a402_runtime import ProviderRuntime, UnknownTunnel
+from a402.provider.a402_runtime import ProviderRuntime
 from a402.serving import read_body
-from a402.tee import AttestationError, ChannelError, TeeError
+from a402.tee import AttestationError, TeeError
 from a402.wire.a402 import (
     FRAME_MEDIA_TYPE,
     HANDSHAKE_PATH,
     INFO_PATH,
     MESSAGE_PATH,
-    SCHEME_A402,
     STREAM_PATH,
     STREAM_UNKNOWN_TUNNEL,
     TUNNEL_HEADER,
@@ -54,14 +55,14 @@ from a402.wire.a402 import (
 )
 from a402.wire.errors import WireError
 from a402.wire.jsonstrict import JsonLimitError, JsonLimits, loads_object
-from a402.wire.x402 import PaymentRequirements, PaymentRequirementsV1, ResourceInfo
+from a402.wire.transport import MAX_FRAME, FrameRefused, UnknownTunnel
 
 log = logging.getLogger("a402.provider.a402")
 
 _MAX_HANDSHAKE_BODY = 64 * 1024
 _HANDSHAKE_LIMITS = JsonLimits(max_bytes=_MAX_HANDSHAKE_BODY)
 #: An EXEC carries at most one request blob plus framing (a POST body or a stream message).
-_MAX_FRAME_BODY = DEFAULT_MAX_BLOB + 4096
+_MAX_FRAME_BODY = MAX_FRAME
 _UNKNOWN_TUNNEL_CLOSE: dict[str, Any] = {
     "type": "websocket.close", "code": STREAM_UNKNOWN_TUNNEL, "reason": "open a new session",
 }
@@ -95,10 +96,10 @@ def _stream_error(error: str, message: str) -> dict[str, Any]:
 def _http_view(scope: Scope) -> dict[str, Any]:
     """The websocket scope as the paid requests of its frames see it.
 
-    :meth:`ProviderRuntime.execute` builds each paid request's scope from the
-    scope of the request that carried the frame (host, client, server, scheme,
-    state); on the stream that is the upgrade request, seen as the HTTP
-    request it began as.
+    The executor (:mod:`a402.provider.a402_execute`) builds each paid request's
+    scope from the scope of the request that carried the frame (host, client,
+    server, scheme, state); on the stream that is the upgrade request, seen as
+    the HTTP request it began as.
     """
     view = dict(scope)
     view["type"] = "http"
@@ -165,10 +166,10 @@ class A402Endpoint:
             return
         try:
             if tunnel_id is None:
-                tunnel_id, second = self.runtime.open_tunnel(message)
+                tunnel_id, second = self.runtime.tunnels.open(message)
                 await _json(send, 200, {"session": tunnel_id, "message": b64(second)})
             else:
-                measurement = self.runtime.finish_tunnel(str(tunnel_id), message)
+                measurement = self.runtime.tunnels.finish(str(tunnel_id), message)
                 await _json(send, 200, {"session": tunnel_id, "measurement": measurement.hex()})
         except UnknownTunnel:
             await _error(send, 404, "unknown_session", "no handshake in progress under that id")
@@ -187,11 +188,11 @@ class A402Endpoint:
             await _error(send, 400, "no_session", f"send the {TUNNEL_HEADER} header")
             return
         try:
-            frame = await self.runtime.handle_frame(tunnel_id, body, scope)
+            frame = await self.runtime.driver.handle_frame(tunnel_id, body, scope)
         except UnknownTunnel:
             await _error(send, 404, "unknown_session", "open a new session")
             return
-        except ChannelError as e:
+        except FrameRefused as e:
             await _error(send, 400, e.reason, e.detail)
             return
         await _respond(send, 200, frame, FRAME_MEDIA_TYPE)
@@ -207,11 +208,11 @@ class A402Endpoint:
         await send({"type": "websocket.accept"})
         # Checked at connect so that a vault learns of a forgotten tunnel before it spends
         # a frame; handle_frame stays the authority (a tunnel can still expire later).
-        if tunnel_id is None or not self.runtime.is_established(tunnel_id):
+        if tunnel_id is None or not self.runtime.tunnels.is_established(tunnel_id):
             await send(_UNKNOWN_TUNNEL_CLOSE)
             return
         outer = _http_view(scope)
-        handle_frame = self.runtime.handle_frame
+        handle_frame = self.runtime.driver.handle_frame
         try:
             while True:
                 message = await receive()
@@ -229,55 +230,9 @@ class A402Endpoint:
                 except UnknownTunnel:  # expired or evicted since the connect
                     await send(_UNKNOWN_TUNNEL_CLOSE)
                     return
-                except ChannelError as e:
+                except FrameRefused as e:
                     await send(_stream_error(e.reason, e.detail))
                     continue
                 await send({"type": "websocket.send", "bytes": answer})
         except OSError:  # the vault went away mid-answer (uvicorn's ClientDisconnected)
             return
-
-    # -------------------------------------------------------------- the offer
-
-    def requirement(
-        self, amount: int, base_url: str, *, max_timeout_seconds: int
-    ) -> PaymentRequirements:
-        """The ``a402`` entry of ``accepts`` for one priced route (x402 v2 form)."""
-        return PaymentRequirements(
-            scheme=SCHEME_A402, network=self.runtime.network, amount=str(amount),
-            asset=to_checksum(self.runtime.manager.token),
-            pay_to=to_checksum("0x" + self.runtime.provider_address.hex()),
-            max_timeout_seconds=max_timeout_seconds, extra=self._extra(base_url),
-        )
-
-    def requirement_v1(
-        self, amount: int, base_url: str, *, network_v1: str, resource: ResourceInfo,
-        max_timeout_seconds: int,
-    ) -> PaymentRequirementsV1:
-        """The ``a402`` entry of a v1 ``accepts``: with the ``description`` and
-        ``mimeType`` the v1 schema requires (``""`` when the route states none, as
-        the official SDK's server sends), like the ``exact`` entry next to it."""
-        return PaymentRequirementsV1(
-            scheme=SCHEME_A402, network=network_v1, max_amount_required=str(amount),
-            resource=resource.url, description=resource.description or "",
-            mime_type=resource.mime_type or "",
-            pay_to=to_checksum("0x" + self.runtime.provider_address.hex()),
-            max_timeout_seconds=max_timeout_seconds,
-            asset=to_checksum(self.runtime.manager.token), extra=self._extra(base_url),
-        )
-
-    def _extra(self, base_url: str) -> dict[str, Any]:
-        runtime = self.runtime
-        endpoint = base_url.rstrip("/") + WELL_KNOWN_PREFIX
-        return {
-            "endpoint": endpoint,
-            "ascManager": runtime.manager.address,
-            "providerKey": "0x" + runtime.provider_key.hex(),
-            "disputeWindow": runtime.manager.dispute_window,
-            "lockTimeout": runtime.config.timeouts.lock_timeout,
-            "ackTimeout": runtime.config.timeouts.ack_timeout,
-            "attestation": {
-                "kind": runtime.enclave.kind,
-                "measurement": "0x" + runtime.enclave.measurement.hex(),
-                "evidence": endpoint + "/info?nonce=<hex>",
-            },
-        }

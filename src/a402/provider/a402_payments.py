@@ -15,8 +15,8 @@ outermost). What it adds to the :class:`PaymentMiddleware` it wraps, and nothing
   WebSocket: it must reach the endpoint, not the app (the gateway's proxy refuses
   every WebSocket);
 * every 402 of the middleware lists an ``a402`` requirement after ``exact``, in both
-  protocol versions (it is one of the middleware's ``alternatives``,
-  :mod:`a402.provider.alternatives`);
+  protocol versions (:class:`~a402.provider.a402_offer.A402Offer`, one of the
+  middleware's ``alternatives``, :mod:`a402.provider.alternatives`);
 * the channel watcher (:class:`~a402.provider.a402_watch.ChannelWatcher`), started
   with the server's lifespan, or by the first A402 request when the server runs none,
   and stopped at shutdown before the middleware closes its ledger and facilitator
@@ -25,7 +25,8 @@ outermost). What it adds to the :class:`PaymentMiddleware` it wraps, and nothing
 It owns the runtime, its endpoint and its watcher, and wires them: the runtime runs
 each paid request against the app the middleware wraps (not through the middleware: a
 channel payment is not an ``exact`` one), priced by the middleware's routes, in the
-token and on the network the middleware charges in; the watcher drives the runtime.
+token and on the network the middleware charges in; the watcher sends the runtime's
+channel transactions.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ from __future__ import annotations
 from starlette.types import Message, Receive, Scope, Send
 
 from a402.provider.a402_app import A402Endpoint
-from a402.provider.a402_runtime import A402Config, ProviderRuntime
+from a402.provider.a402_config import A402Config
+from a402.provider.a402_offer import A402Offer
+from a402.provider.a402_runtime import ProviderRuntime
 from a402.provider.a402_watch import ChannelWatcher
 from a402.provider.middleware import PaymentMiddleware
 from a402.wire.x402 import PaymentRequirements, PaymentRequirementsV1, ResourceInfo
@@ -90,7 +93,7 @@ class A402Payments:
         """Reload active channels and start the watcher (idempotent)."""
         if self._watcher is not None or not self.runtime.config.watch:
             return
-        self._watcher = ChannelWatcher(self.runtime)
+        self._watcher = self.runtime.watcher()
         await self._watcher.start()
 
     async def stop(self) -> None:
@@ -103,15 +106,16 @@ class A402Payments:
     def requirement(
         self, amount: int, base_url: str, *, max_timeout_seconds: int
     ) -> PaymentRequirements:
-        """The ``a402`` entry of a v2 ``accepts`` (:meth:`A402Endpoint.requirement`)."""
-        return self.endpoint.requirement(amount, base_url, max_timeout_seconds=max_timeout_seconds)
+        """The ``a402`` entry of a v2 ``accepts`` (:meth:`A402Offer.requirement`)."""
+        return A402Offer(self.runtime).requirement(
+            amount, base_url, max_timeout_seconds=max_timeout_seconds)
 
     def requirement_v1(
         self, amount: int, base_url: str, *, network_v1: str, resource: ResourceInfo,
         max_timeout_seconds: int,
     ) -> PaymentRequirementsV1:
-        """The ``a402`` entry of a v1 ``accepts`` (:meth:`A402Endpoint.requirement_v1`)."""
-        return self.endpoint.requirement_v1(
+        """The ``a402`` entry of a v1 ``accepts`` (:meth:`A402Offer.requirement_v1`)."""
+        return A402Offer(self.runtime).requirement_v1(
             amount, base_url, network_v1=network_v1, resource=resource,
             max_timeout_seconds=max_timeout_seconds,
         )

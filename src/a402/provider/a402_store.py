@@ -4,12 +4,13 @@ The provider enclave's channel state (its ``ProviderChannel`` snapshot, which
 holds the adaptor secret ``t`` and σ_U of the request in flight, plus the last
 exchange for idempotent retransmission) leaves the enclave only sealed
 (``Enclave.seal``, label bound to the channel id), so the host stores opaque
-bytes it can neither read nor move to another channel. The runtime writes a
-channel's blob *before* it answers the message that changed it: a crash never
-loses a σ_U the provider has acknowledged receiving, nor a ``t`` it revealed.
+bytes it can neither read nor move to another channel. The frame driver has a
+channel's blob written (:meth:`a402.provider.a402_channels.Channels.persist`)
+*before* it answers the message that changed it: a crash never loses a σ_U
+the provider has acknowledged receiving, nor a ``t`` it revealed.
 
 Rows also say whether the channel still needs watching (``active``): the
-runtime reloads those on start to resume its Δ_ack timers and to answer a
+watcher reloads those on start to resume its Δ_ack timers and to answer a
 client force-close. Sealing does not stop a host from handing back an older
 blob (see :mod:`a402.tee.sealing`); the chain bounds what that can cost.
 

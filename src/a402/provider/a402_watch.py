@@ -1,6 +1,12 @@
-"""The provider's watcher: what it must do on-chain without being asked.
+"""The provider's on-chain side: its channel transactions, and the watcher that sends them.
 
-One bounded loop per runtime (one tick every ``poll_interval``, each tick one
+:class:`OnChain` is what the provider sends for one channel — ``forceClose`` with
+the enclave's claim, ``challengeForceClose`` with a newer co-signed state,
+``closeASC`` with the final state — and how it reads the chain's view back
+(:meth:`OnChain.reconcile`). Each runs under the channel's lock and persists
+what it changed. :class:`ChannelWatcher` decides when:
+
+One bounded loop per provider (one tick every ``poll_interval``, each tick one
 ``eth_getLogs`` plus the transactions it has to send), stoppable at any time:
 
 * **Δ_ack.** A channel whose REVEAL went unacknowledged for Δ_ack is claimed
@@ -25,21 +31,32 @@ One bounded loop per runtime (one tick every ``poll_interval``, each tick one
 On start it reloads every active channel from the store and reads each one's
 on-chain status once, so a restart misses nothing that happened meanwhile.
 A failed transaction is retried on the next tick; it never stops the loop.
+
+Safety argument: the claim the provider submits comes from its enclave
+(:meth:`ProviderEnclave.claim <a402.provider_enclave.ProviderEnclave.claim>`),
+which completes the pre-signature only for the request whose σ_U it holds — the
+result the vault already holds sealed, and opens with the ``t`` the claim
+publishes. The host's operator key pays gas and signs states that can only
+pay the provider less; the contract checks everything else.
 """
+
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
+from eth_account.signers.local import LocalAccount
 from eth_utils import event_abi_to_log_topic, filter_abi_by_type
 
-from a402.asc import Status
-
-if TYPE_CHECKING:
-    from a402.provider.a402_runtime import ProviderRuntime, Slot
+from a402.asc import ForceCloseClaim, Status
+from a402.asc_manager import ASCManager, OnChainStatus
+from a402.provider.a402_channels import Channels, Slot
+from a402.provider.settings import Watching
+from a402.provider_enclave import ProviderEnclave
 
 log = logging.getLogger("a402.provider.a402")
 
@@ -47,13 +64,123 @@ _DISPUTES = ("ForceCloseInitiated", "ForceCloseChallenged")
 _SETTLEMENTS = ("ChannelClosed", "ForceCloseFinalized", "ProviderForceClosed")
 
 
-class ChannelWatcher:
-    """Runs :meth:`tick` every ``poll_interval`` seconds until :meth:`stop`."""
+class OnChain:
+    """The provider's transactions on one channel, sent with ``operator`` (it pays gas).
 
-    def __init__(self, runtime: ProviderRuntime) -> None:
-        self.runtime = runtime
-        self.manager = runtime.manager
-        self.w3 = runtime.manager.chain.w3
+    Every method expects the caller to hold ``slot.lock`` and persists what it changed.
+    """
+
+    def __init__(self, manager: ASCManager, operator: LocalAccount,
+                 provider_enclave: ProviderEnclave, channels: Channels) -> None:
+        self.manager = manager
+        self.operator = operator
+        self.provider_enclave = provider_enclave
+        self.channels = channels
+
+    async def status(self, channel_id: bytes) -> str:
+        """The channel's on-chain status name (``"OPEN"``, ``"CLOSING"``, …)."""
+        onchain = await asyncio.to_thread(self.manager.channel, channel_id)
+        return onchain.status.name
+
+    def claim_due(self, slot: Slot) -> ForceCloseClaim | None:
+        """Δ_ack for ``slot``: once, when its ACK is overdue, the claim to submit."""
+        return self.provider_enclave.poll(slot.channel_id)
+
+    async def force_close(self, slot: Slot) -> bool:
+        """Submit ``forceClose`` with the enclave's completed adaptor signature.
+
+        True once the channel is settled on-chain (by us or, as it turns out,
+        by someone else); False if it should be retried.
+        """
+        if slot.channel.status is not Status.PENDING:
+            slot.force_close_due = False
+            return False
+        claim = self.provider_enclave.claim(slot.channel_id)
+        try:
+            receipt = await asyncio.to_thread(
+                self.manager.force_close, self.operator, slot.channel.terms, claim
+            )
+        except Exception as e:  # reverted, or the node failed: look at the chain
+            log.warning("forceClose of %s failed: %s", slot.channel_id.hex(), e)
+            return await self.reconcile(slot)
+        slot.close_tx = receipt["transactionHash"].to_0x_hex()
+        log.info("forceClose of %s for request %d: %s", slot.channel_id.hex(),
+                 claim.request_id, slot.close_tx)
+        await self.mark_closed(slot)
+        return True
+
+    async def answer_dispute(self, slot: Slot, *, recorded_version: int | None) -> None:
+        """A client force-close is under way: claim if σ_U is held, else challenge if newer."""
+        if not slot.closing_on_chain:
+            slot.closing_on_chain = True
+            await self.channels.persist(slot)
+        if slot.channel.status is Status.PENDING:
+            log.info("client force-close of %s while σ_U is held: claiming now",
+                     slot.channel_id.hex())
+            await self.force_close(slot)
+            return
+        if recorded_version is None:
+            recorded_version = (await asyncio.to_thread(
+                self.manager.channel, slot.channel_id)).version
+        latest = slot.channel.latest_state()
+        if latest.state.version > recorded_version:
+            log.info("challenging the force-close of %s with version %d",
+                     slot.channel_id.hex(), latest.state.version)
+            try:
+                await asyncio.to_thread(
+                    self.manager.challenge, self.operator, slot.channel.terms, latest
+                )
+            except Exception as e:
+                log.warning("challenge of %s failed: %s", slot.channel_id.hex(), e)
+                await self.reconcile(slot)
+
+    async def submit_close(self, slot: Slot) -> None:
+        """``closeASC`` with the co-signed final state, unless the channel settled already."""
+        if slot.onchain_closed or slot.final is None or await self.reconcile(slot):
+            return
+        try:
+            receipt = await asyncio.to_thread(
+                self.manager.close, self.operator, slot.channel.terms, slot.final
+            )
+        except Exception as e:
+            log.warning("closeASC of %s failed: %s", slot.channel_id.hex(), e)
+            await self.reconcile(slot)
+            return
+        slot.close_tx = receipt["transactionHash"].to_0x_hex()
+        await self.mark_closed(slot)
+
+    async def reconcile(self, slot: Slot) -> bool:
+        """Read the channel's on-chain status; mark it closed if it is. True if closed."""
+        onchain = await asyncio.to_thread(self.manager.channel, slot.channel_id)
+        if onchain.status is OnChainStatus.CLOSED:
+            await self.mark_closed(slot)
+            return True
+        if onchain.status is OnChainStatus.CLOSING and not slot.closing_on_chain:
+            slot.closing_on_chain = True
+            await self.channels.persist(slot)
+        return False
+
+    async def mark_closed(self, slot: Slot) -> None:
+        self.provider_enclave.closed_on_chain(slot.channel_id)
+        slot.onchain_closed, slot.force_close_due = True, False
+        await self.channels.persist(slot)
+
+
+class ChannelWatcher:
+    """Runs :meth:`tick` every ``poll_interval`` seconds until :meth:`stop`.
+
+    ``watching`` is called for the current settings at each tick (an operator's
+    configuration object may be replaced while it runs).
+    """
+
+    def __init__(self, onchain: OnChain, channels: Channels, *,
+                 watching: Callable[[], Watching], clock: Callable[[], float]) -> None:
+        self.onchain = onchain
+        self.channels = channels
+        self.manager = onchain.manager
+        self.watching = watching
+        self.clock = clock
+        self.w3 = onchain.manager.chain.w3
         self._topics: dict[bytes, str] = {
             bytes(event_abi_to_log_topic(abi)): abi["name"]
             for abi in filter_abi_by_type("event", self.manager.contract.abi)
@@ -67,10 +194,10 @@ class ChannelWatcher:
 
     async def start(self) -> None:
         self._from_block = await asyncio.to_thread(lambda: int(self.w3.eth.block_number))
-        for slot in await self.runtime.load_active():
+        for slot in await self.channels.load_active():
             async with slot.lock:
-                if not await self.runtime.reconcile(slot) and slot.closing_on_chain:
-                    await self._answer_dispute(slot, recorded_version=None)
+                if not await self.onchain.reconcile(slot) and slot.closing_on_chain:
+                    await self.onchain.answer_dispute(slot, recorded_version=None)
         self._task = asyncio.create_task(self._run(), name="a402-provider-watcher")
 
     async def stop(self) -> None:
@@ -83,39 +210,37 @@ class ChannelWatcher:
                 task.cancel()
 
     async def _run(self) -> None:
-        interval = self.runtime.config.watching.poll_interval
         while not self._stopping.is_set():
             try:
                 await self.tick()
             except Exception:  # a flaky node must not end the watch
                 log.exception("a402 watcher tick failed")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=interval)
+                await asyncio.wait_for(self._stopping.wait(),
+                                       timeout=self.watching().poll_interval)
 
     async def tick(self) -> None:
         """One pass: timers, then chain events, then unsubmitted cooperative closes."""
-        runtime = self.runtime
-        now = runtime.clock()
-        for slot in runtime.active_slots():
+        onchain = self.onchain
+        now = self.clock()
+        for slot in self.channels.active():
             async with slot.lock:
-                claim = runtime.poll(slot)
+                claim = onchain.claim_due(slot)
                 if claim is not None:
                     log.info("no ACK on %s within Δ_ack: claiming request %d on-chain",
                              slot.channel_id.hex(), claim.request_id)
                     slot.force_close_due = True
-                    await runtime.persist(slot)
+                    await self.channels.persist(slot)
                 if slot.force_close_due and not slot.onchain_closed:
-                    await runtime.force_close(slot)
+                    await onchain.force_close(slot)
         await self._scan_logs()
         await self._collect_owed()
-        for slot in runtime.active_slots():
-            if (
-                slot.final is not None
-                and slot.closed_at is not None
-                and now - slot.closed_at >= runtime.config.watching.close_grace
-            ):
+        grace = self.watching().close_grace
+        for slot in self.channels.active():
+            if slot.final is not None and slot.closed_at is not None \
+                    and now - slot.closed_at >= grace:
                 async with slot.lock:
-                    await self._submit_close(slot)
+                    await onchain.submit_close(slot)
         self.ticks += 1
 
     async def _scan_logs(self) -> None:
@@ -131,18 +256,19 @@ class ChannelWatcher:
         self._from_block = latest + 1
         for raw in logs:
             name = self._topics.get(bytes(raw["topics"][0]))
-            slot = self.runtime.slot(bytes(raw["topics"][1]))
+            slot = self.channels.slot(bytes(raw["topics"][1]))
             if name is None or slot is None or slot.onchain_closed:
                 continue
             async with slot.lock:
                 if name in _SETTLEMENTS:
-                    await self.runtime.mark_closed(slot)
+                    await self.onchain.mark_closed(slot)
                 else:
                     args = self._decode(name, raw)
-                    await self._answer_dispute(slot, recorded_version=int(args["version"]))
+                    await self.onchain.answer_dispute(
+                        slot, recorded_version=int(args["version"]))
 
     async def _collect_owed(self) -> None:
-        operator = self.runtime.operator
+        operator = self.onchain.operator
         owed = await asyncio.to_thread(self.manager.owed, operator.address)
         if not owed:
             return
@@ -162,42 +288,5 @@ class ChannelWatcher:
         event = getattr(self.manager.contract.events, name)()
         return dict(event.process_log(raw)["args"])
 
-    async def _answer_dispute(self, slot: Slot, *, recorded_version: int | None) -> None:
-        """A client force-close is under way: claim if σ_U is held, else challenge if newer."""
-        runtime = self.runtime
-        if not slot.closing_on_chain:
-            slot.closing_on_chain = True
-            await runtime.persist(slot)
-        if slot.channel.status is Status.PENDING:
-            log.info("client force-close of %s while σ_U is held: claiming now",
-                     slot.channel_id.hex())
-            await runtime.force_close(slot)
-            return
-        if recorded_version is None:
-            recorded_version = (await asyncio.to_thread(
-                self.manager.channel, slot.channel_id)).version
-        latest = slot.channel.latest_state()
-        if latest.state.version > recorded_version:
-            log.info("challenging the force-close of %s with version %d",
-                     slot.channel_id.hex(), latest.state.version)
-            try:
-                await asyncio.to_thread(
-                    self.manager.challenge, runtime.operator, slot.channel.terms, latest
-                )
-            except Exception as e:
-                log.warning("challenge of %s failed: %s", slot.channel_id.hex(), e)
-                await runtime.reconcile(slot)
 
-    async def _submit_close(self, slot: Slot) -> None:
-        if slot.onchain_closed or slot.final is None or await self.runtime.reconcile(slot):
-            return
-        try:
-            receipt = await asyncio.to_thread(
-                self.manager.close, self.runtime.operator, slot.channel.terms, slot.final
-            )
-        except Exception as e:
-            log.warning("closeASC of %s failed: %s", slot.channel_id.hex(), e)
-            await self.runtime.reconcile(slot)
-            return
-        slot.close_tx = receipt["transactionHash"].to_0x_hex()
-        await self.runtime.mark_closed(slot)
+__all__ = ["ChannelWatcher", "OnChain"]

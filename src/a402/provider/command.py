@@ -43,7 +43,7 @@ from a402.provider.settings import ChannelTimeouts, Paywall
 from a402.settings import add_flags, from_args, setting
 
 if TYPE_CHECKING:  # the A402 code loads only for a gateway that takes A402 payments
-    from a402.provider.a402_runtime import A402Config
+    from a402.provider.a402_config import A402Config
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -255,7 +255,7 @@ def a402_gateway(args: argparse.Namespace, *, token: str, network: str,
     from a402.asc_manager import ASCManager
     from a402.chain.node import connect
     from a402.keys import load_key_file
-    from a402.provider.a402_runtime import A402Config
+    from a402.provider.a402_config import A402Config
     from a402.provider.a402_store import SqlChannelStore
     from a402.provider.identity import load_platform, provider_enclave
     from a402.tee import (

@@ -34,7 +34,7 @@ from a402.serving import JsonErrors
 from a402.serving import run as serve
 
 if TYPE_CHECKING:  # the A402 code loads only for a gateway that takes A402 payments
-    from a402.provider.a402_runtime import A402Config
+    from a402.provider.a402_config import A402Config
 
 log = logging.getLogger("a402.gateway")
 

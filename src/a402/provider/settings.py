@@ -3,7 +3,7 @@
 For ``exact`` (:class:`~a402.provider.middleware.PaymentMiddleware`): :class:`Paywall`
 (what a 402 names and when a payment is settled) and :class:`PaymentTiming` (how long
 offers, retries and ledger records last). For ``a402``
-(:class:`~a402.provider.a402_runtime.A402Config`): :class:`ChannelTimeouts` (the
+(:class:`~a402.provider.a402_config.A402Config`): :class:`ChannelTimeouts` (the
 protocol's Δ_ack and lock, announced in the offer), :class:`Watching` (the on-chain
 watcher's pace) and :class:`Limits` (how many tunnels, for how long).
 

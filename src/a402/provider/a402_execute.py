@@ -1,0 +1,113 @@
+"""Running one paid request against the provider's service: buffered, bounded, exact.
+
+On EXEC the enclave hands its host the request it accepted
+(:class:`~a402.provider_enclave.Execute`); :class:`Executor` runs it against
+the wrapped ASGI app (the provider's service, or ``a402 gateway``'s reverse
+proxy to the upstream), fully buffered, and returns either the response or a
+:class:`ServiceFailed` — an exception, or no answer within the budget — which
+the driver reports to the enclave as ``failed`` (nothing is charged).
+
+What comes back is exactly what the app sent: status, headers as sent, and
+the body's bytes joined, never decoded or re-encoded (behind the gateway the
+proxy forwards the upstream's raw bytes, compressed or not). The enclave
+hashes and seals those bytes, so what the vault decrypts is what was paid for.
+
+The request's scope is built from the scope of the request that carried the
+frame (host, client, server, scheme, state): the paid request looks to the app
+as it would have over plain HTTP. In memory, with no carrying request, those
+are absent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from starlette.types import ASGIApp, Message
+
+from a402.provider.asgi import run_buffered
+from a402.provider_enclave import Execute
+from a402.wire.a402 import HttpRequest, HttpResponse
+
+log = logging.getLogger("a402.provider.a402")
+
+#: Request headers that describe the transport of the /message call, not the paid request.
+_TRANSPORT_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceFailed:
+    """The service gave no response to charge for: ``reason`` and ``detail`` go to the vault."""
+
+    reason: str
+    detail: str
+
+
+class Executor:
+    """Runs paid requests against ``app``; each may take at most ``budget`` seconds."""
+
+    def __init__(self, app: ASGIApp, *, budget: float) -> None:
+        self.app = app
+        self.budget = budget
+
+    async def run(
+        self, paid: Execute, outer: Mapping[str, Any] | None = None
+    ) -> HttpResponse | ServiceFailed:
+        """The app's response to ``paid.request``, or why there is none."""
+        try:
+            return await asyncio.wait_for(self.execute(paid.request, outer or {}),
+                                          timeout=self.budget)
+        except TimeoutError:
+            return ServiceFailed("execution_timeout", "the service did not answer in time")
+        except Exception as e:  # the service crashed: nothing is charged
+            log.exception("paid request %d on %s failed", paid.request_id,
+                          paid.channel_id.hex())
+            return ServiceFailed("service_error", type(e).__name__)
+
+    async def execute(self, request: HttpRequest, outer: Mapping[str, Any]) -> HttpResponse:
+        """Run ``request`` against the app, buffered (the service, or the upstream)."""
+        headers = [(k, v) for k, v in request.headers if k not in _TRANSPORT_HEADERS]
+        if request.body:
+            headers.append((b"content-length", str(len(request.body)).encode()))
+        if not any(k == b"host" for k, _ in headers):
+            headers += [(k, v) for k, v in outer.get("headers", ()) if k == b"host"]
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": outer.get("asgi", {"version": "3.0"}),
+            "http_version": outer.get("http_version", "1.1"),
+            "method": request.method,
+            "scheme": outer.get("scheme", "http"),
+            "path": request.path,
+            "raw_path": quote(request.path, safe="/:@!$&'()*+,;=~").encode("ascii"),
+            "root_path": outer.get("root_path", ""),
+            "query_string": request.query,
+            "headers": headers,
+            "client": outer.get("client"),
+            "server": outer.get("server"),
+            "extensions": {},
+        }
+        if "state" in outer:
+            scope["state"] = dict(outer["state"])
+        done = asyncio.Event()
+        sent = False
+
+        async def receive() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": request.body, "more_body": False}
+            await done.wait()  # nothing more will come; an app listening for a disconnect waits
+            return {"type": "http.disconnect"}
+
+        try:
+            buffered = await run_buffered(self.app, scope, receive)
+        finally:
+            done.set()
+        return HttpResponse(buffered.status, tuple(buffered.headers), b"".join(buffered.body))
+
+
+__all__ = ["Executor", "ServiceFailed"]
