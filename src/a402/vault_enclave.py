@@ -51,6 +51,17 @@ reading or writing tunnel plaintext can only drop, delay or garble frames
 (which the provider's timeouts and the contract's dispute paths cover), and it
 sees ``t`` and the sealed result, which it must deliver to the client anyway.
 
+Persistence. Everything leaves sealed under the code's own key (the host's
+``unseal`` cannot open it): each channel's record (its machine, owner, the
+signed call in flight and the nonces it consumed, and the high-water timestamp
+that pruned them), and the ledger (balances, credited deposits, the channels it
+approved and their owners, withdrawals). The host stores the ledger before
+anything the enclave approved leaves the vault; a channel's record goes with the
+host's checkpoint of that channel, before its next message (no extra write per
+paid call). A host reporting a pool channel as never opened when it did gains
+nothing: its deposit is credited back once, and the channel's later refund is
+not credited again.
+
 Trust limits (stated in the README too). The enclave cannot see the chain: it
 credits deposits the host reports (deduplicated by ``(tx hash, log index)``),
 refunds of pool channels the host reports (capped at what the channel's latest
