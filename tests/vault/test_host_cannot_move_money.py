@@ -23,6 +23,7 @@ from a402.asc.snapshot import terms_from_json
 from a402.asc_manager import terms_tuple
 from a402.background import serve_in_thread
 from a402.chain.tx import TransactionFailed, transact
+from a402.client.vault import VaultClient
 from a402.crypto import EcdsaSigner
 from a402.tee import EnclaveError, SealingError
 from a402.vault import store as vault_store
@@ -221,3 +222,41 @@ def test_a_host_cannot_sign_a_channel_state_or_read_sealed_records(world: World)
         closed = client.close_channel(row.cid)
         assert closed["providerPayout"] == str(PRICE)
 
+
+
+def test_a_host_that_restarts_cannot_replay_a_call_it_received_before(world: World) -> None:
+    """After a restart the enclave knows no nonce until the client's channels are loaded
+    from their sealed records: it refuses the client's calls until then, and then the
+    replay."""
+    provider = world.provider()
+    gas = Account.create()
+    transact(world.chain, world.chain.accounts[0], {"to": gas.address}, value=10**18)
+    db = f"sqlite:///{world.tmp}/restarted-vault.db"
+    with serve_in_thread(provider.app) as site:
+        with running_vault(world, account=gas, db_url=db) as vault:
+            account, _ = client_of(world, vault.url, funds=20_000, deposit=20_000)
+            headers, body = _signed_invoke(vault, account, f"{site}/weather", "before")
+            answer = httpx.post(vault.url + "/v1/invoke", content=body, headers=headers,
+                                timeout=30)
+            assert answer.json()["outcome"] == api.PAID
+            address = vault.address
+        with running_vault(world, account=gas, db_url=db) as vault:
+            assert vault.address == address  # the same enclave, restored from its store
+            [row] = vault.store.channels(client=account.address)
+            enclave = vault.service.vault
+            cid = bytes.fromhex(row.cid[2:])
+            replay = SignedCall.of(headers, "POST", INVOKE_PATH, body)
+            # The host can load the channel only from its sealed record, which carries
+            # the nonces it consumed.
+            if enclave.channel(cid) is None:  # (recovery may have loaded it already)
+                assert enclave.missing(account.address) == [cid]
+            channel = enclave.restore(cid, row.snapshot)
+            assert channel is not None
+            with pytest.raises(EnclaveError, match="replayed_call"):
+                channel.request(replay, PRICE, now=time.time())
+            assert channel.provider_balance == PRICE
+            # A new call of the client's pays as usual.
+            again = VaultClient(vault.url, account)  # the restarted vault's URL
+            assert again.invoke(f"{site}/weather", max_price=PRICE).outcome == api.PAID
+            fresh = vault.store.channel(row.cid)
+            assert fresh is not None and fresh.provider_balance == str(2 * PRICE)
