@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from a402 import __version__
+from a402.chain.locate import DEFAULT_MANIFEST
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the chain id anvil reports (default: %(default)s); a public "
                              "chain's id (84532 = base-sepolia) lets v1 clients, which only "
                              "know v1 network names, be tried locally, with a loud warning")
-    devnet.add_argument("--manifest-out", default=".a402/devnet.json",
+    devnet.add_argument("--manifest-out", default=DEFAULT_MANIFEST,
                         help="where to write the manifest (default: %(default)s)")
     devnet.set_defaults(run=_devnet)
 

@@ -61,7 +61,6 @@ class ManagerSite:
 def open_manager_site(flags: ChainFlags, keys: tuple[LocalAccount, ...] = ()) -> ManagerSite:
     """The chain and manager ``flags`` name, checked; raises :class:`ChainNotFound`
     (:class:`ChainUnreachable` when the node does not answer)."""
-    from a402.chain.node import connect
     from a402.chain.rpc import ChainUnavailable, RpcError, node_errors
     from a402.evm.address import to_checksum
 
@@ -81,13 +80,8 @@ def open_manager_site(flags: ChainFlags, keys: tuple[LocalAccount, ...] = ()) ->
         if "ASCManager" not in manifest.contracts:
             raise ChainNotFound(f"{flags.manifest} names no ASCManager; give --manager")
         manager = manifest.contracts["ASCManager"]
-    chain = connect(url, [k.key for k in keys])
+    chain = connect_checked(url, manifest, keys)
     try:
-        with node_errors("eth_chainId"):
-            chain_id = chain.chain_id
-        if manifest is not None and chain_id != manifest.chain_id:
-            raise ChainNotFound(f"{url} is chain {chain_id}, the manifest is for "
-                                f"{manifest.chain_id}")
         with node_errors("eth_getCode"):
             code = chain.w3.eth.get_code(manager)  # type: ignore[arg-type]
     except (ChainUnavailable, RpcError) as e:
@@ -99,6 +93,27 @@ def open_manager_site(flags: ChainFlags, keys: tuple[LocalAccount, ...] = ()) ->
     return ManagerSite(chain, manager, manifest)
 
 
+def connect_checked(url: str, manifest: Manifest | None,
+                    keys: tuple[LocalAccount, ...] = ()) -> Chain:
+    """The chain at ``url`` with ``keys``, once it has answered and, given a manifest, is
+    the chain the manifest is for; raises :class:`ChainNotFound` (or
+    :class:`ChainUnreachable`)."""
+    from a402.chain.node import connect
+    from a402.chain.rpc import ChainUnavailable, RpcError, node_errors
+
+    chain = connect(url, [k.key for k in keys])
+    try:
+        with node_errors("eth_chainId"):
+            chain_id = chain.chain_id
+    except (ChainUnavailable, RpcError) as e:
+        raise ChainUnreachable(f"cannot reach the chain at {url} ({e}); is it running?"
+                               ) from None
+    if manifest is not None and chain_id != manifest.chain_id:
+        raise ChainNotFound(f"{url} is chain {chain_id}, the manifest is for "
+                            f"{manifest.chain_id}")
+    return chain
+
+
 def load_manifest(path: str | Path) -> Manifest:
     """The manifest at ``path``; raises :class:`ChainNotFound` saying why not."""
     from a402.chain.deploy import Manifest
@@ -107,7 +122,6 @@ def load_manifest(path: str | Path) -> Manifest:
         return Manifest.load(path)
     except OSError as e:
         raise ChainNotFound(f"cannot read the manifest {path}: {e.strerror or e} "
-                            "(start `a402 devnet`, or give --manifest, or --rpc and "
-                            "--manager)") from None
+                            "(start `a402 devnet`, or give --manifest)") from None
     except (ValueError, KeyError, TypeError) as e:
         raise ChainNotFound(f"{path} is not an a402 manifest: {e!r}") from None
