@@ -394,3 +394,33 @@ def test_the_executable_reports_a_missing_deployment_without_a_traceback(
     assert done.returncode == 2
     assert done.stderr.startswith("a402 payouts: nothing moved: cannot read the manifest")
     assert "Traceback" not in done.stderr
+
+
+def test_a_relayer_without_gas_moves_nothing_and_the_order_stays_good(
+    restricted: Deployment, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    d = restricted
+    p = credited_provider(d)
+    blocklist(d, p.provider.address, False)
+    order_file = tmp_path / "order.json"
+    provider = ("--key-file", key_file(tmp_path, p.provider), "--manifest", str(d.manifest))
+    code, out, _ = a402(capsys, "payouts", "withdraw", *provider, "--relay", "--amount",
+                        "0.1", "--order-out", str(order_file))
+    assert code == 0
+    assert out.startswith("nothing moved yet: signed an order paying 0.100000 RST of the "
+                          "0.300000 RST owed to you")
+    broke = Account.create()
+    code, _, err = a402(capsys, "payouts", "relay", str(order_file), "--key-file",
+                        key_file(tmp_path, broke), "--manifest", str(d.manifest))
+    assert code == 1
+    assert err == (f"a402 payouts: nothing moved: the node refused the transaction: "
+                   f"{broke.address} has no ETH to pay the gas\n")
+    assert d.manager.owed(p.provider.address) == PAID
+    code, out, _ = a402(capsys, "payouts", "relay", str(order_file), "--key-file",
+                        key_file(tmp_path, fresh_account(d.chain)), "--manifest",
+                        str(d.manifest), "--json")
+    assert (code, json.loads(out)["amount"]) == (0, "0.100000")
+    assert balance(d.token, p.provider.address) == 100_000
+    code, out, _ = a402(capsys, "payouts", "--address", p.provider.address, "--manifest",
+                        str(d.manifest), "--json")
+    assert json.loads(out)["owed"] == "0.200000"

@@ -220,6 +220,8 @@ def _context(args: argparse.Namespace, out: TextIO) -> _Context:
 def _chain_step(context: _Context, step: Callable[[], Any], *, sends: bool) -> Any:
     """Run ``step`` (which may send a transaction), turning the chain's failures into
     :class:`CommandError` whose first words say whether anything may have moved."""
+    from web3.exceptions import TimeExhausted
+
     from a402.chain.rpc import ChainUnavailable, RpcError
     from a402.chain.tx import TransactionFailed
 
@@ -232,7 +234,13 @@ def _chain_step(context: _Context, step: Callable[[], Any], *, sends: bool) -> A
                                                         f"{e.tx_hash} reverted ({why})") from None
         raise CommandError(EXIT_FAILED, "refused", f"nothing moved: the chain refused the "
                                                    f"call: {why}") from None
-    except (ChainUnavailable, RpcError, TimeoutError) as e:
+    except RpcError as e:  # an answer: the node refused (no gas, a bad nonce, …)
+        text = str(e)
+        if "insufficient funds" in text.lower() and context.key is not None:
+            text = f"{context.key.address} has no ETH to pay the gas"
+        raise CommandError(EXIT_FAILED, "refused", f"nothing moved: the node refused the "
+                                                   f"transaction: {text}") from None
+    except (ChainUnavailable, TimeExhausted, TimeoutError) as e:
         if sends:
             raise CommandError(EXIT_FAILED, "unconfirmed",
                                f"unknown: a transaction may have been sent but was not "
