@@ -366,6 +366,8 @@ def test_bad_input_exits_with_a_reason_and_changes_nothing(
         (1, ("payouts", *client[:2], "--rpc", f"http://127.0.0.1:{free_port()}",
              "--manager", d.manager.address), "cannot reach the chain"),
         (2, ("payouts", "relay", str(tmp_path / "no-order.json"), *client), "cannot read"),
+        (2, ("payouts", *provider, "--to", q.client.address), "--to goes with `a402 payouts "
+                                                               "withdraw`"),
     ]
     for code, argv, reason in cases:
         got, out, err = a402(capsys, *argv)

@@ -425,6 +425,13 @@ def _payouts(context: _Context) -> int:
     args = context.args
     if args.action != "relay" and args.order:
         raise CommandError(EXIT_USAGE, "usage", f"nothing moved: unexpected {args.order!r}")
+    if args.action != "withdraw":
+        stray = [flag for flag, given in (("--to", args.to), ("--relay", args.relay),
+                                          ("--amount", args.amount),
+                                          ("--order-out", args.order_out)) if given]
+        if stray:
+            raise CommandError(EXIT_USAGE, "usage", f"nothing moved: {', '.join(stray)} "
+                                                    "goes with `a402 payouts withdraw`")
     if args.action == "show":
         return _show_owed(context)
     if args.action == "withdraw":

@@ -58,7 +58,7 @@ class ChannelView:
     channel_id: bytes
     terms: ChannelTerms
     role: str
-    """``client`` or ``provider``: the viewer's part in it."""
+    """``client``, ``provider`` (or ``vault``, ``none``): the viewer's part in it."""
     onchain: OnChainChannel
     opened_block: int
     opened_tx: str
@@ -240,7 +240,8 @@ def _view(manager: ASCManager, event: Any, viewer: str) -> ChannelView:
     channel_id = bytes(args["channelId"])
     with node_errors("channel"):
         onchain = manager.channel(channel_id)
-    role = "provider" if same_address(viewer, args["provider"]) else "client"
+    role = next((name for name in ("client", "provider", "vault")
+                 if same_address(viewer, args[name])), "none")
     return ChannelView(channel_id, terms, role, onchain, int(event["blockNumber"]),
                        HexBytes(event["transactionHash"]).to_0x_hex())
 
