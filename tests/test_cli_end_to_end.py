@@ -270,6 +270,10 @@ def test_a_gateway_with_a402_is_paid_through_a_vault_from_the_command_line(
                     restarted = Stderr(again).json_line("gateway")
 
         after = {a: token_balance(chain, token, a) for a in holders}
+        # The provider sees the channel the vault opened and closed, from the chain alone.
+        listed = subprocess.run(
+            [A402, "channels", "--key-file", str(tmp_path / "provider.key"), "--manifest",
+             str(manifest_path), "--json"], capture_output=True, text=True, timeout=60)
         mismatch = subprocess.run(
             [A402, *gateway_args[:gateway_args.index("--manifest")], "--network", "eip155:1",
              "--asset", token, "--pay-to", provider, "--manager", manifest.contracts["ASCManager"],
@@ -292,6 +296,11 @@ def test_a_gateway_with_a402_is_paid_through_a_vault_from_the_command_line(
     assert {a: after[a] - before[a] for a in holders} == {
         client.address: -1_000_000, vault_address: 1_000_000 - 1000, provider: 1000,
         manifest.contracts["ASCManager"]: 0}
+    assert listed.returncode == 0, listed.stderr
+    (onchain,) = json.loads(listed.stdout)["channels"]
+    assert (onchain["channelId"], onchain["role"], onchain["funding"], onchain["status"]) == (
+        channel["channelId"], "provider", "pool", "closed")
+    assert (onchain["closed"]["provider"], onchain["closed"]["credited"]) == ("0.001000", {})
     assert (restarted["providerKey"], restarted["measurement"]) == (
         started["providerKey"], started["measurement"])
     assert os.stat(tmp_path / "provider-identity.bin").st_mode & 0o077 == 0
