@@ -5,7 +5,8 @@ provider it measures, so every microsecond it spends per request is taken from
 them. :class:`a402.client.vault.AsyncVaultClient` builds each call through httpx
 (~0.7 ms of CPU per request); this client sends the same call on the wire
 (the same JSON body, the same signature headers from :func:`a402.wire.vault_api.
-sign_request`, a fresh idempotency key each time, the same content type, and the
+sign_request`, its key loaded once in a :class:`~a402.wire.vault_api.RequestSigner`,
+a fresh idempotency key each time, the same content type, and the
 same polling of a PENDING answer) through one kept-alive aiohttp connection, for
 ~0.13 ms. It does only paid ``invoke`` calls from the vault's balance (no 428
 channel authorization, no deposits or closes: the benchmark leaves those to
@@ -41,6 +42,7 @@ class LeanVaultClient:
                  pending_wait: float = DEFAULT_PENDING_WAIT) -> None:
         self.url = url.rstrip("/")
         self.account = account
+        self._signer = api.RequestSigner(account)  # the key, loaded once (not per call)
         self.pending_wait = pending_wait
         self._vault: str | None = None
         self._session = aiohttp.ClientSession(
@@ -91,7 +93,7 @@ class LeanVaultClient:
                       ) -> tuple[int, dict[str, Any]]:
         assert self._vault is not None
         content = None if body is None else json.dumps(body, separators=(",", ":")).encode()
-        headers = api.sign_request(self.account, self._vault, method, path, content or b"")
+        headers = api.sign_request(self._signer, self._vault, method, path, content or b"")
         if content is not None:
             headers["content-type"] = "application/json"
         return await self._send(method, path, content, headers)
