@@ -28,7 +28,7 @@ the vault and the bare service each run in a process of their own
 process. All of them share this machine's cores, so the figures include the
 load generator's own cost; absolute numbers depend on the machine (recorded in
 the JSON). That is why the timed requests are sent by a lean load generator
-(:mod:`loadgen`): an aiohttp client speaking the vault's API itself, each call
+(:mod:`loadgen`): a raw HTTP/1.1 client speaking the vault's API itself, each call
 signed and shaped as :class:`~a402.client.vault.AsyncVaultClient` sends it, at
 a fraction of the CPU the httpx-based client spends per request (CPU that would
 otherwise be taken from the vault and the provider being measured). Deposits,
