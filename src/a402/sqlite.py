@@ -40,6 +40,7 @@ thread for every write in flight: the writer hands each result back through
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import queue
 import sqlite3
@@ -272,15 +273,8 @@ class GroupCommit:
                 else:
                     self._commit_statements(batch, outcomes)  # type: ignore[arg-type]
         except Exception as e:  # the COMMIT failed: nothing of this batch is durable
-            for _, done in batch:
-                if not done.done():
-                    done.set_exception(e)
-            return
-        for done, ok, value in outcomes:
-            if ok:
-                done.set_result(value)
-            else:
-                done.set_exception(value)  # type: ignore[arg-type]
+            outcomes = [(done, False, e) for _, done in batch if not done.done()]
+        _answer(outcomes)
 
     def _commit_with_sessions(self, batch: list[tuple[object, _Done]],
                               outcomes: list[tuple[_Done, bool, object]]) -> None:
@@ -338,6 +332,36 @@ class _Awaited:
 
 #: Where the writer puts a write's outcome.
 _Done = Future[Any] | _Awaited
+
+
+def _answer(outcomes: list[tuple[_Done, bool, object]]) -> None:
+    """Hand each write's outcome to its caller, once the batch is durable (or failed).
+
+    Coroutines awaiting on one event loop are answered by one callback on that loop
+    for the whole batch, not one each: every ``call_soon_threadsafe`` wakes the loop
+    (a write to its self-pipe and a pass through its selector), and a batch holds a
+    write of several channels at once. Each future still gets only its own outcome.
+    """
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any,
+                                                         BaseException | None]]] = {}
+    for done, ok, value in outcomes:
+        if isinstance(done, _Awaited):
+            done._finished = True
+            future = done._future
+            by_loop.setdefault(future.get_loop(), []).append(
+                (future, value, None) if ok else (future, None, value))  # type: ignore[arg-type]
+        elif ok:
+            done.set_result(value)
+        else:
+            done.set_exception(value)  # type: ignore[arg-type]
+    for loop, answers in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody awaits any more
+            loop.call_soon_threadsafe(_resolve_all, answers)
+
+
+def _resolve_all(answers: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, value, error in answers:
+        _resolve(future, value, error)
 
 
 def _resolve(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
