@@ -59,12 +59,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import uvloop
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from eth_typing import HexStr
+from web3.types import RPCEndpoint
 
 import crypto
 import loadgen
@@ -167,7 +169,8 @@ def mined(chain: Chain, contracts: list[Any], first: int, last: int
     gas_of: dict[str, int] = {}
     txs = gas = 0
     for number in range(first, last + 1):
-        for tx in chain.w3.eth.get_block(number, full_transactions=True)["transactions"]:
+        block = chain.w3.eth.get_block(number, full_transactions=True)
+        for tx in cast(list[dict[str, Any]], block["transactions"]):  # full: dicts, not hashes
             used = int(chain.w3.eth.get_transaction_receipt(tx["hash"])["gasUsed"])
             txs, gas = txs + 1, gas + used
             name = "other"
@@ -318,7 +321,7 @@ async def exact_run(stack: Stack, keys: list[str], each: int) -> dict[str, Any]:
     start = time.perf_counter()
     await asyncio.gather(*(loop(k) for k in keys))
     elapsed = time.perf_counter() - start
-    receipts = [stack.chain.w3.eth.get_transaction_receipt(t) for t in transactions]
+    receipts = [stack.chain.w3.eth.get_transaction_receipt(HexStr(t)) for t in transactions]
     gas = [int(r["gasUsed"]) for r in receipts]
     blocks = sorted({int(r["blockNumber"]) for r in receipts})
     stamps = [int(stack.chain.w3.eth.get_block(b)["timestamp"]) for b in blocks]
@@ -400,6 +403,7 @@ def main() -> None:
         vault_accounts = [Account.create() for _ in range(args.vault_shards)]
         for a in (operator, *vault_accounts):
             transact(chain, chain.accounts[0], {"to": a.address}, value=10**18)
+        assert chain.rpc_url is not None  # anvil listens on a URL
         shared = roles.Shared(
             rpc_url=chain.rpc_url, manifest_json=manifest.to_json(),
             platform_root=platform.root.private_bytes(), platform_secret=platform.seal_secret,
@@ -429,8 +433,9 @@ def main() -> None:
             many = uvloop.run(many_channels(stack, clients[:args.channels], args.per_channel,
                                             args.rounds))
             print(f"x402 exact, a block every {BLOCK_TIME:g} s ...", file=sys.stderr)
-            chain.w3.provider.make_request("evm_setAutomine", [False])
-            chain.w3.provider.make_request("evm_setIntervalMining", [int(BLOCK_TIME)])
+            chain.w3.provider.make_request(RPCEndpoint("evm_setAutomine"), [False])
+            chain.w3.provider.make_request(RPCEndpoint("evm_setIntervalMining"),
+                                           [int(BLOCK_TIME)])
             exact = uvloop.run(exact_run(
                 stack, [manifest.account("client", i).private_key
                         for i in range(args.channels)], args.exact_per_client))
