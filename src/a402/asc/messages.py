@@ -313,7 +313,7 @@ class _Message:
             return self._wire
         except AttributeError:
             pass
-        wire = _compiled(type(self)).encode(self, self.TYPE)
+        wire = _COMPILED[type(self)].encode(self, self.TYPE)
         if wire is None:  # something to refuse: the generic writer says what
             writer = _Writer(self.TYPE)
             for name, what, codec in self.LAYOUT:
@@ -327,17 +327,8 @@ class _Message:
         return cls(**{name: codec.read(r, what) for name, what, codec in cls.LAYOUT})
 
 
+#: Each message class's compiled layout (filled below, once the classes exist).
 _COMPILED: dict[type, _Compiled] = {}
-
-
-def _compiled(cls: type[_Message]) -> _Compiled:
-    compiled = _COMPILED.get(cls)
-    if compiled is None:
-        if tuple(name for name, _, _ in cls.LAYOUT) != tuple(
-                f.name for f in dataclasses.fields(cls)):  # type: ignore[arg-type]
-            raise AssertionError(f"{cls.__name__}: LAYOUT is not the fields' order")
-        compiled = _COMPILED[cls] = _Compiled(cls.LAYOUT)
-    return compiled
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,6 +434,11 @@ _BY_TYPE: dict[int, type[Exec | Reply | Auth | Reveal | Ack | Close | CloseAck]]
     cls.TYPE: cls for cls in (Exec, Reply, Auth, Reveal, Ack, Close, CloseAck)
 }
 
+for _cls in _BY_TYPE.values():
+    if tuple(name for name, _, _ in _cls.LAYOUT) != tuple(f.name for f in dataclasses.fields(_cls)):
+        raise AssertionError(f"{_cls.__name__}: LAYOUT is not the fields' order")
+    _COMPILED[_cls] = _Compiled(_cls.LAYOUT)
+
 
 def encode(message: Message) -> bytes:
     """The canonical bytes of ``message``."""
@@ -465,7 +461,7 @@ def decode(data: bytes, *, max_blob: int = DEFAULT_MAX_BLOB) -> Message:
     if cls is None:
         raise MessageError(f"unknown message type {data[len(HEADER)]}")
     try:
-        fast = _compiled(cls).decode(cls, data, max_blob)
+        fast = _COMPILED[cls].decode(cls, data, max_blob)
         if fast is not None:
             return fast  # type: ignore[no-any-return]
         reader = _Reader(data, max_blob)  # something to refuse: the generic reader says what
