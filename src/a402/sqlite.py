@@ -31,7 +31,10 @@ session costs a hundred times more CPU than SQLite itself: a session, its
 SAVEPOINT and its flush take about 0.6 ms, the statement about 5 µs. Such
 writes are therefore plain SQL (:data:`Statement`: text with ``:name``
 parameters, valid on SQLite and PostgreSQL alike), which the writer thread
-runs on the driver's connection in a SAVEPOINT of its own.
+runs on the driver's connection: first all of a batch's writes straight in its
+transaction, and only if one of them fails, the whole batch again with each write
+in a SAVEPOINT of its own (the same outcome: the failing write undone alone, the
+others committed).
 :meth:`Writes.execute` awaits them from an event loop without parking a
 thread for every write in flight: the writer hands each result back through
 ``call_soon_threadsafe``.
@@ -295,8 +298,16 @@ class GroupCommit:
         driver = self._driver.driver_connection
         driver.execute("BEGIN IMMEDIATE")
         try:
-            for statements, done in batch:
-                outcomes.append((done, *_statements(driver, statements)))
+            counted = _all_statements(driver, batch)
+            if counted is None:  # one write failed: undo them all, then again one by one
+                if driver.in_transaction:
+                    driver.execute("ROLLBACK")
+                driver.execute("BEGIN IMMEDIATE")
+                for statements, done in batch:
+                    outcomes.append((done, *_statements(driver, statements)))
+            else:
+                outcomes.extend((done, True, counts)
+                                for (_, done), counts in zip(batch, counted, strict=True))
             driver.execute("COMMIT")
         except BaseException:
             outcomes.clear()
@@ -383,6 +394,26 @@ def _work(connection: Connection, work: Callable[[Session], object]) -> tuple[bo
             return True, result
     except Exception as e:
         return False, e
+
+
+def _all_statements(driver: sqlite3.Connection,
+                    batch: list[tuple[Sequence[Statement], _Done]]) -> list[list[int]] | None:
+    """Every write of ``batch`` in the open transaction, without a SAVEPOINT each: their
+    row counts, or ``None`` as soon as one fails (the caller then rolls the transaction
+    back and runs them one by one, each in its own SAVEPOINT, so that only the failing
+    one is undone).
+
+    Writes rarely fail (a replayed nonce, a key taken twice), and every statement is a
+    call into SQLite that lets go of the GIL and must win it back from the event loop's
+    thread: the optimistic pass makes a batch of ``k`` writes ``2k`` such calls fewer.
+    """
+    counted: list[list[int]] = []
+    try:
+        for statements, _ in batch:
+            counted.append([driver.execute(sql, params).rowcount for sql, params in statements])
+    except sqlite3.Error:
+        return None
+    return counted
 
 
 def _statements(driver: sqlite3.Connection, statements: Sequence[Statement]
