@@ -25,10 +25,11 @@ import json
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from hexbytes import HexBytes
 from web3.logs import DISCARD
 
 from a402.agents.card import Capabilities, Interface, OnchainCard, Payment, Skill, encode_profile
@@ -83,7 +84,7 @@ def measure(chain: Chain) -> tuple[dict[str, int], dict[str, int]]:
     def deployed(name: str, *args: Any) -> str:
         contract = deploy_contract(chain, deployer, name, *args)
         receipt = chain.w3.eth.get_transaction_receipt(
-            chain.w3.eth.get_block("latest")["transactions"][-1])
+            cast(HexBytes, chain.w3.eth.get_block("latest")["transactions"][-1]))  # a hash
         gas[f"deploy {name} (once)"] = used(receipt)
         return contract.address
 
@@ -116,6 +117,7 @@ def measure(chain: Chain) -> tuple[dict[str, int], dict[str, int]]:
     payer, _ = create(sample["minimal"], payer_owner)
 
     typical = sample["typical"]
+    assert typical.payment is not None  # the typical card is a paid one
     gas["setVersion"] = used(agent.set_version(owner, "1.0.1"))
     gas["setPaymentTerms (new price)"] = used(agent.set_payment(
         owner, replace(typical.payment, amount=20_000)))

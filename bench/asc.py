@@ -28,7 +28,7 @@ the vault and the bare service each run in a process of their own
 process. All of them share this machine's cores, so the figures include the
 load generator's own cost; absolute numbers depend on the machine (recorded in
 the JSON). That is why the timed requests are sent by a lean load generator
-(:mod:`loadgen`): an aiohttp client speaking the vault's API itself, each call
+(:mod:`loadgen`): a raw HTTP/1.1 client speaking the vault's API itself, each call
 signed and shaped as :class:`~a402.client.vault.AsyncVaultClient` sends it, at
 a fraction of the CPU the httpx-based client spends per request (CPU that would
 otherwise be taken from the vault and the provider being measured). Deposits,
@@ -51,18 +51,22 @@ import contextlib
 import hashlib
 import itertools
 import json
+import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import uvloop
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from eth_typing import HexStr
+from web3.types import RPCEndpoint
 
 import crypto
 import loadgen
@@ -99,6 +103,7 @@ class Stack:
     vault_urls: list[str]  # one per shard: each client is served by one of them
     service_url: str
     processes: dict[str, list[roles.Running]]
+    profile: Path | None = None  # --profile: where the timed window's profiles go
 
     @property
     def vault_url(self) -> str:
@@ -117,6 +122,45 @@ class Stack:
         used = {name: sum(p.cpu_seconds() for p in ps) for name, ps in self.processes.items()}
         return {**used, "load generator": time.process_time()}
 
+    @contextlib.contextmanager
+    def profiled(self) -> Iterator[None]:
+        """With ``--profile``: cProfile every role (this load generator included) for the
+        duration of the block, each writing ``<role>-<pid>.prof`` in the directory."""
+        if self.profile is None:
+            yield
+            return
+        import cProfile
+        import signal
+
+        from sampler import Sampler
+
+        everyone = [p for ps in self.processes.values() for p in ps]
+        sampling = os.environ.get(roles.PROFILE_MODE_ENV) == "sample"
+        profiler: cProfile.Profile | Sampler = (
+            Sampler() if sampling else cProfile.Profile(time.thread_time))
+        threads_before = [p.thread_cpu_seconds() for p in everyone]
+        for p in everyone:
+            p.signal(signal.SIGUSR1)
+        profiler.start() if isinstance(profiler, Sampler) else profiler.enable()
+        try:
+            yield
+        finally:
+            profiler.stop() if isinstance(profiler, Sampler) else profiler.disable()
+            for p in everyone:
+                p.signal(signal.SIGUSR2)
+            threads = {  # (user, system) seconds of each thread, during the block
+                f"{p.pid}": {t: [round(u - before.get(t, (0.0, 0.0))[0], 3),
+                                 round(s - before.get(t, (0.0, 0.0))[1], 3)]
+                             for t, (u, s) in p.thread_cpu_seconds().items()}
+                for p, before in zip(everyone, threads_before, strict=True)}
+            (self.profile / "threads.json").parent.mkdir(parents=True, exist_ok=True)
+            (self.profile / "threads.json").write_text(json.dumps(threads, indent=1))
+            self.profile.mkdir(parents=True, exist_ok=True)
+            if isinstance(profiler, Sampler):
+                profiler.dump(self.profile / "loadgen.folded")
+            else:
+                profiler.dump_stats(self.profile / "loadgen.prof")
+
 
 def mined(chain: Chain, contracts: list[Any], first: int, last: int
           ) -> tuple[int, int, dict[str, int], dict[str, int]]:
@@ -125,7 +169,8 @@ def mined(chain: Chain, contracts: list[Any], first: int, last: int
     gas_of: dict[str, int] = {}
     txs = gas = 0
     for number in range(first, last + 1):
-        for tx in chain.w3.eth.get_block(number, full_transactions=True)["transactions"]:
+        block = chain.w3.eth.get_block(number, full_transactions=True)
+        for tx in cast(list[dict[str, Any]], block["transactions"]):  # full: dicts, not hashes
             used = int(chain.w3.eth.get_transaction_receipt(tx["hash"])["gasUsed"])
             txs, gas = txs + 1, gas + used
             name = "other"
@@ -220,14 +265,16 @@ async def many_channels(stack: Stack, clients: list[LocalAccount], each: int, ro
         first = chain.w3.eth.block_number + 1
         await asyncio.gather(*(one(v) for v in vaults))  # opens every channel (not timed)
         await asyncio.gather(*(lean.info() for lean in leans))  # connects (not timed)
-        cpu_before, start = stack.cpu_seconds(), time.perf_counter()
-        per_round: list[float] = []
-        for _ in range(rounds):
-            began = time.perf_counter()
-            await asyncio.gather(*(_paid_in_turn(lean, url, each, latencies) for lean in leans))
-            per_round.append(each * len(leans) / (time.perf_counter() - began))
-        elapsed = time.perf_counter() - start
-        cpu_after = stack.cpu_seconds()
+        with stack.profiled():
+            cpu_before, start = stack.cpu_seconds(), time.perf_counter()
+            per_round: list[float] = []
+            for _ in range(rounds):
+                began = time.perf_counter()
+                await asyncio.gather(*(_paid_in_turn(lean, url, each, latencies)
+                                       for lean in leans))
+                per_round.append(each * len(leans) / (time.perf_counter() - began))
+            elapsed = time.perf_counter() - start
+            cpu_after = stack.cpu_seconds()
         channels = [(await v.account_info())["channels"] for v in vaults]
         if [len(c) for c in channels] != [1] * len(vaults):
             raise RuntimeError(f"expected one channel per client, found {channels}")
@@ -274,7 +321,7 @@ async def exact_run(stack: Stack, keys: list[str], each: int) -> dict[str, Any]:
     start = time.perf_counter()
     await asyncio.gather(*(loop(k) for k in keys))
     elapsed = time.perf_counter() - start
-    receipts = [stack.chain.w3.eth.get_transaction_receipt(t) for t in transactions]
+    receipts = [stack.chain.w3.eth.get_transaction_receipt(HexStr(t)) for t in transactions]
     gas = [int(r["gasUsed"]) for r in receipts]
     blocks = sorted({int(r["blockNumber"]) for r in receipts})
     stamps = [int(stack.chain.w3.eth.get_block(b)["timestamp"]) for b in blocks]
@@ -332,7 +379,18 @@ def main() -> None:
                         help="requests per single channel for the on-chain growth table; "
                              "the 1-channel rate and latency come from the largest")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "asc.json"))
+    parser.add_argument("--profile", default=None, metavar="DIR",
+                        help="profile every role during the many-channel run's timed window "
+                             "and write <role>-<pid>.prof files in DIR (cProfile: the figures "
+                             "are then the profiler's, not the code's)")
+    parser.add_argument("--sample", action="store_true",
+                        help="with --profile: a CPU sampler (bench/sampler.py) instead of "
+                             "cProfile, little overhead; writes <role>-<pid>.folded files")
     args = parser.parse_args()
+    if args.profile:
+        os.environ[roles.PROFILE_ENV] = str(Path(args.profile).resolve())
+        if args.sample:
+            os.environ[roles.PROFILE_MODE_ENV] = "sample"
     sizes = [int(s) for s in args.sizes.split(",")]
     if max(sizes) < 100:
         parser.error("the largest of --sizes times the 1-channel run: give one of 100 or more")
@@ -345,6 +403,7 @@ def main() -> None:
         vault_accounts = [Account.create() for _ in range(args.vault_shards)]
         for a in (operator, *vault_accounts):
             transact(chain, chain.accounts[0], {"to": a.address}, value=10**18)
+        assert chain.rpc_url is not None  # anvil listens on a URL
         shared = roles.Shared(
             rpc_url=chain.rpc_url, manifest_json=manifest.to_json(),
             platform_root=platform.root.private_bytes(), platform_secret=platform.seal_secret,
@@ -362,7 +421,8 @@ def main() -> None:
                 deposit_multiple, args.batch_window)) for a in vault_accounts]
             service = running.enter_context(roles.running(roles.service, shared))
             stack = Stack(chain, manifest, provider.url, [v.url for v in vaults], service.url,
-                          {"vault": vaults, "provider": [provider]})
+                          {"vault": vaults, "provider": [provider]},
+                          Path(args.profile).resolve() if args.profile else None)
             print("service time ...", file=sys.stderr)
             base = service_time(f"{service.url}/data")
             growth = []
@@ -373,8 +433,9 @@ def main() -> None:
             many = uvloop.run(many_channels(stack, clients[:args.channels], args.per_channel,
                                             args.rounds))
             print(f"x402 exact, a block every {BLOCK_TIME:g} s ...", file=sys.stderr)
-            chain.w3.provider.make_request("evm_setAutomine", [False])
-            chain.w3.provider.make_request("evm_setIntervalMining", [int(BLOCK_TIME)])
+            chain.w3.provider.make_request(RPCEndpoint("evm_setAutomine"), [False])
+            chain.w3.provider.make_request(RPCEndpoint("evm_setIntervalMining"),
+                                           [int(BLOCK_TIME)])
             exact = uvloop.run(exact_run(
                 stack, [manifest.account("client", i).private_key
                         for i in range(args.channels)], args.exact_per_client))

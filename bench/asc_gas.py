@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
+from web3.types import RPCEndpoint
 
 from a402.asc import (
     BalanceState,
@@ -146,8 +147,8 @@ def _funded(chain: Chain, token: Any, tokens: int) -> LocalAccount:
 
 
 def _increase_time(chain: Chain, seconds: int) -> None:
-    chain.w3.provider.make_request("evm_increaseTime", [seconds])
-    chain.w3.provider.make_request("evm_mine", [])
+    chain.w3.provider.make_request(RPCEndpoint("evm_increaseTime"), [seconds])
+    chain.w3.provider.make_request(RPCEndpoint("evm_mine"), [])
 
 
 def _setup(chain: Chain) -> Setup:

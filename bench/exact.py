@@ -25,12 +25,14 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
+from eth_typing import HexStr
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from web3.types import TxParams
 
 from a402.background import serve_in_thread
 from a402.chain.deploy import Manifest, deploy_dev_stack
@@ -126,7 +128,8 @@ def paid_requests(chain: Chain, stack: Manifest, count: int, journal: str) -> di
                 if response.status_code != 200 or receipt is None or not receipt.success:
                     raise RuntimeError(f"paid request failed: {response.status_code}")
                 transactions.append(receipt.transaction)
-    gas = [int(chain.w3.eth.get_transaction_receipt(tx)["gasUsed"]) for tx in transactions]
+    gas = [int(chain.w3.eth.get_transaction_receipt(HexStr(tx))["gasUsed"])
+           for tx in transactions]
     latencies.sort()
     return {
         "requests": count,
@@ -144,8 +147,8 @@ def direct_transfer_gas(chain: Chain, stack: Manifest, count: int) -> float:
     for body in bodies:
         evm = body["paymentPayload"]["payload"]
         calldata = transfer_calldata(evm["authorization"], bytes.fromhex(evm["signature"][2:]))
-        receipt = transact(chain, chain.accounts[2],
-                           {"to": stack.token.address, "data": "0x" + calldata.hex()})
+        receipt = transact(chain, chain.accounts[2], cast(TxParams, {
+            "to": stack.token.address, "data": "0x" + calldata.hex()}))
         gas.append(int(receipt["gasUsed"]))
     return statistics.median(gas)
 

@@ -140,9 +140,50 @@ def vault(shared: Shared, port: int, vault_key: str, tunnels: int, deposit_multi
     _serve(create_app(service), port)
 
 
+PROFILE_ENV = "A402_BENCH_PROFILE"
+"""If set (a directory), every role can be profiled: SIGUSR1 starts cProfile in its
+process, SIGUSR2 stops it and writes ``<dir>/<role>-<pid>.prof``; with
+:data:`PROFILE_MODE_ENV` set to ``sample``, a CPU sampler (:mod:`sampler`) instead of
+cProfile, writing ``<role>-<pid>.folded``."""
+PROFILE_MODE_ENV = "A402_BENCH_PROFILE_MODE"
+
+
 def _serve(app: Any, port: int) -> None:
+    directory = os.environ.get(PROFILE_ENV)
+    if directory:
+        _profile_on_signals(Path(directory))
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
                 lifespan="on")
+
+
+def _profile_on_signals(directory: Path) -> None:
+    import cProfile
+    import signal
+
+    from sampler import Sampler
+
+    sampling = os.environ.get(PROFILE_MODE_ENV) == "sample"
+    profiler = cProfile.Profile(time.thread_time)  # this (main) thread's CPU, not wall time
+    sampler = Sampler()
+    name = multiprocessing.current_process().name
+
+    def start(*_: object) -> None:
+        if sampling:
+            sampler.start()
+        else:
+            profiler.enable()
+
+    def stop(*_: object) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        if sampling:
+            sampler.stop()
+            sampler.dump(directory / f"{name}-{os.getpid()}.folded")
+        else:
+            profiler.disable()
+            profiler.dump_stats(directory / f"{name}-{os.getpid()}.prof")
+
+    signal.signal(signal.SIGUSR1, start)
+    signal.signal(signal.SIGUSR2, stop)
 
 
 # ------------------------------------------------------------------ the parent
@@ -153,10 +194,32 @@ class Running:
     url: str
     pid: int
 
+    def signal(self, number: int) -> None:
+        os.kill(self.pid, number)
+
     def cpu_seconds(self) -> float:
         """User + system CPU time the process has used so far (Linux)."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return _cpu_of(Path(f"/proc/{self.pid}/stat"))
+
+    def thread_cpu_seconds(self) -> dict[str, tuple[float, float]]:
+        """(user, system) CPU time used so far by each live thread of the process, by
+        thread id ("main" for the main thread), from /proc (Linux)."""
+        used = {}
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                used["main" if int(task.name) == self.pid else task.name] = \
+                    _user_system(task / "stat")
+        return used
+
+
+def _user_system(stat: Path) -> tuple[float, float]:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def _cpu_of(stat: Path) -> float:
+    return sum(_user_system(stat))
 
 
 @contextlib.contextmanager

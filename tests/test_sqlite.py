@@ -190,3 +190,44 @@ def test_connections_opening_one_new_file_together_all_switch_it_to_wal(tmp_path
             thread.join(60)
     assert failures == []
     assert modes == ["wal"] * 400
+
+
+def test_coroutines_sharing_a_commit_are_answered_together_each_with_its_own_outcome(
+    db: Db,
+) -> None:
+    """A batch's answers to one event loop come in one wake-up of that loop, and still each
+    caller gets its own row count or its own error, only once the batch is durable."""
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        wakeups = 0
+        threadsafe = loop.call_soon_threadsafe
+
+        def counted(*args: object) -> object:
+            nonlocal wakeups
+            wakeups += 1
+            return threadsafe(*args)  # type: ignore[arg-type]
+
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        await db.group.execute([(INSERT, {"key": "taken", "value": 0})])
+        gate, started = threading.Event(), threading.Event()
+
+        def blocker(_: Session) -> None:
+            started.set()
+            gate.wait(10)
+
+        busy = threading.Thread(target=db.group.run, args=(blocker,))
+        busy.start()
+        assert started.wait(10)
+        writes = [asyncio.ensure_future(db.group.execute([(INSERT, {"key": k, "value": i})]))
+                  for i, k in enumerate(["x", "taken", "y", "z"])]
+        await asyncio.sleep(0.05)  # all four queued behind the blocker: one batch
+        wakeups = 0
+        gate.set()
+        busy.join()
+        results = await asyncio.gather(*writes, return_exceptions=True)
+        assert results[0] == [1] and results[2] == [1] and results[3] == [1]
+        assert isinstance(results[1], IntegrityError)
+        assert wakeups == 1
+        assert db.on_disk() == {"taken": 0, "x": 0, "y": 2, "z": 3}
+
+    asyncio.run(scenario())

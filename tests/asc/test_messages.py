@@ -216,3 +216,45 @@ def test_balance_state_arithmetic() -> None:
         BalanceState(0, MAX_DEPOSIT + 1, 0)
     assert terms().opening_state() == BalanceState(0, 10**6, 0)
     assert STATE.as_tuple() == (7, 600, 400, False)
+
+
+def _generic_decode(data: bytes) -> Message:
+    """The generic field-by-field reader alone (what the compiled fast path must agree with)."""
+    from a402.asc import messages as m
+
+    cls = m._BY_TYPE[data[len(m.HEADER)]]
+    reader = m._Reader(data, m.DEFAULT_MAX_BLOB)
+    try:
+        message = cls._read(reader)
+    except ValueError as e:
+        raise MessageError(str(e)) from None
+    reader.end()
+    return message
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(samples()), st.integers(0, 400), st.binary(max_size=3),
+       st.sampled_from(["flip", "cut", "extend"]))
+def test_the_compiled_codec_decides_every_input_as_the_generic_one(
+        message: Message, at: int, noise: bytes, how: str) -> None:
+    data = bytearray(encode(message))
+    at %= len(data)
+    if how == "flip":
+        data[max(at, 10)] ^= noise[0] if noise else 0x01
+    elif how == "cut":
+        del data[at:]
+    else:
+        data[at:at] = noise
+    candidate = bytes(data)
+    try:
+        expected: Message | str = _generic_decode(candidate)
+    except (MessageError, IndexError, KeyError) as e:
+        expected = type(e).__name__
+    try:
+        got: Message | str = decode(candidate)
+    except MessageError as e:
+        got = type(e).__name__
+    if isinstance(expected, str):
+        assert isinstance(got, str)  # refused both ways
+    else:
+        assert got == expected and encode(got) == candidate

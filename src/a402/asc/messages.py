@@ -44,6 +44,7 @@ the protocol checks (signatures, replay, state) are the state machine's
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -162,19 +163,132 @@ class _Reader:
 class _Codec(NamedTuple):
     write: Callable[[_Writer, Any, str], object]
     read: Callable[[_Reader, str], Any]
+    kind: str  # for the compiled layout (_Compiled): fixed, uint, point, state or blob
+    size: int = 0
 
 
 def _fixed(size: int) -> _Codec:
-    return _Codec(lambda w, v, what: w.fixed(v, size, what), lambda r, what: r.take(size, what))
+    return _Codec(lambda w, v, what: w.fixed(v, size, what), lambda r, what: r.take(size, what),
+                  "fixed", size)
 
 
 def _uint(size: int) -> _Codec:
-    return _Codec(lambda w, v, what: w.uint(v, size, what), lambda r, what: r.uint(size, what))
+    return _Codec(lambda w, v, what: w.uint(v, size, what), lambda r, what: r.uint(size, what),
+                  "uint", size)
 
 
-_BLOB = _Codec(lambda w, v, what: w.blob(v, what), lambda r, what: r.blob(what))
-_POINT = _Codec(lambda w, v, what: w.fixed(v, 33, what), lambda r, what: r.point(what))
-_STATE = _Codec(lambda w, v, what: w.state(v), lambda r, what: r.state())
+_BLOB = _Codec(lambda w, v, what: w.blob(v, what), lambda r, what: r.blob(what), "blob")
+_POINT = _Codec(lambda w, v, what: w.fixed(v, 33, what), lambda r, what: r.point(what),
+                "point", 33)
+_STATE = _Codec(lambda w, v, what: w.state(v), lambda r, what: r.state(), "state")
+
+_U64_MAX = (1 << 64) - 1
+_U128_LIMIT = 1 << 128
+_U32_LIMIT = 1 << 32
+
+
+class _Compiled:
+    """A message's layout as one :mod:`struct` format: the fast path of encode and decode.
+
+    Every field but the blob (always last) has a fixed width, so a whole message is
+    one ``struct.pack``/``unpack_from`` plus the conversions struct cannot do (u128,
+    the point prefix, the state). The fast path checks exactly what :class:`_Writer`
+    and :class:`_Reader` check; whenever a check fails it gives up (``None``) and the
+    generic writer or reader runs instead, so the errors raised (and their messages)
+    are theirs, and the two paths cannot disagree on what is valid.
+    """
+
+    __slots__ = ("blob", "fields", "layout", "struct")
+
+    def __init__(self, layout: tuple[tuple[str, str, _Codec], ...]) -> None:
+        parts = []
+        fields: list[tuple[str, str, int]] = []
+        self.blob = False
+        for i, (name, _, codec) in enumerate(layout):
+            if codec.kind == "blob":
+                if i != len(layout) - 1:
+                    raise AssertionError("a blob is the last field")
+                self.blob = True
+            elif codec.kind == "uint" and codec.size == _U64:
+                parts.append("Q")
+            elif codec.kind == "state":
+                parts.append("Q16s16sB")
+            else:  # fixed bytes, a point, a u128
+                parts.append(f"{codec.size}s")
+            fields.append((name, codec.kind, codec.size))
+        self.layout = layout
+        self.fields = tuple(fields)
+        self.struct = struct.Struct(">" + "".join(parts))
+
+    def encode(self, message: object, kind: MessageType) -> bytes | None:
+        values: list[Any] = []
+        blob: bytes = b""
+        for name, field, size in self.fields:
+            value = getattr(message, name)
+            if field == "fixed" or field == "point":
+                if type(value) is not bytes or len(value) != size:
+                    return None
+                values.append(value)
+            elif field == "uint":
+                if type(value) is not int or not 0 <= value < 1 << (8 * size):
+                    return None
+                values.append(value if size == _U64 else value.to_bytes(size, "big"))
+            elif field == "state":
+                if type(value) is not BalanceState:
+                    return None
+                version, client, provider = (value.version, value.client_balance,
+                                             value.provider_balance)
+                if not (0 <= version <= _U64_MAX and 0 <= client < _U128_LIMIT
+                        and 0 <= provider < _U128_LIMIT):
+                    return None
+                values += (version, client.to_bytes(16, "big"), provider.to_bytes(16, "big"),
+                           1 if value.is_final else 0)
+            else:  # the blob
+                if type(value) is not bytes or len(value) >= _U32_LIMIT:
+                    return None
+                blob = len(value).to_bytes(4, "big") + value
+        try:
+            fixed = self.struct.pack(*values)
+        except struct.error:
+            return None
+        return b"".join((HEADER, _TYPE_BYTE[kind], fixed, blob))
+
+    def decode(self, cls: type[Any], data: bytes, max_blob: int) -> Any | None:
+        start = len(HEADER) + 1
+        end = start + self.struct.size
+        if self.blob:
+            if len(data) < end + 4:
+                return None
+            size = int.from_bytes(data[end : end + 4], "big")
+            if size > max_blob or len(data) != end + 4 + size:
+                return None
+        elif len(data) != end:
+            return None
+        raw = self.struct.unpack_from(data, start)
+        args: list[Any] = []
+        i = 0
+        for _, field, size in self.fields:
+            if field == "state":
+                version, client, provider, flag = raw[i : i + 4]
+                if flag > 1:
+                    return None
+                args.append(BalanceState(version, int.from_bytes(client, "big"),
+                                         int.from_bytes(provider, "big"), bool(flag)))
+                i += 4
+            elif field == "blob":
+                args.append(data[end + 4 :])
+            else:
+                value = raw[i]
+                if field == "uint" and size != _U64:
+                    value = int.from_bytes(value, "big")
+                elif field == "point" and value[0] not in (2, 3):
+                    return None
+                args.append(value)
+                i += 1
+        return cls(*args)
+
+
+_TYPE_BYTE = {kind: bytes([kind]) for kind in MessageType}
 
 _CHANNEL = ("channel_id", "channel id", _fixed(32))
 _REQUEST = ("request_id", "request id", _uint(_U64))
@@ -199,16 +313,22 @@ class _Message:
             return self._wire
         except AttributeError:
             pass
-        writer = _Writer(self.TYPE)
-        for name, what, codec in self.LAYOUT:
-            codec.write(writer, getattr(self, name), what)
-        wire = writer.done()
+        wire = _COMPILED[type(self)].encode(self, self.TYPE)
+        if wire is None:  # something to refuse: the generic writer says what
+            writer = _Writer(self.TYPE)
+            for name, what, codec in self.LAYOUT:
+                codec.write(writer, getattr(self, name), what)
+            wire = writer.done()
         object.__setattr__(self, "_wire", wire)
         return wire
 
     @classmethod
     def _read(cls, r: _Reader) -> Self:
         return cls(**{name: codec.read(r, what) for name, what, codec in cls.LAYOUT})
+
+
+#: Each message class's compiled layout (filled below, once the classes exist).
+_COMPILED: dict[type, _Compiled] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +434,11 @@ _BY_TYPE: dict[int, type[Exec | Reply | Auth | Reveal | Ack | Close | CloseAck]]
     cls.TYPE: cls for cls in (Exec, Reply, Auth, Reveal, Ack, Close, CloseAck)
 }
 
+for _cls in _BY_TYPE.values():
+    if tuple(name for name, _, _ in _cls.LAYOUT) != tuple(f.name for f in dataclasses.fields(_cls)):
+        raise AssertionError(f"{_cls.__name__}: LAYOUT is not the fields' order")
+    _COMPILED[_cls] = _Compiled(_cls.LAYOUT)
+
 
 def encode(message: Message) -> bytes:
     """The canonical bytes of ``message``."""
@@ -335,8 +460,11 @@ def decode(data: bytes, *, max_blob: int = DEFAULT_MAX_BLOB) -> Message:
     cls = _BY_TYPE.get(data[len(HEADER)])
     if cls is None:
         raise MessageError(f"unknown message type {data[len(HEADER)]}")
-    reader = _Reader(data, max_blob)
     try:
+        fast = _COMPILED[cls].decode(cls, data, max_blob)
+        if fast is not None:
+            return fast  # type: ignore[no-any-return]
+        reader = _Reader(data, max_blob)  # something to refuse: the generic reader says what
         message = cls._read(reader)
     except ValueError as e:  # BalanceState range checks
         if isinstance(e, MessageError):

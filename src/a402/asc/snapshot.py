@@ -48,7 +48,7 @@ class SnapshotError(ValueError):
 
 
 def hx(value: bytes) -> str:
-    return bytes(value).hex()
+    return value.hex() if type(value) is bytes else bytes(value).hex()  # (no copy of bytes)
 
 
 def unhex(value: Any) -> bytes:
