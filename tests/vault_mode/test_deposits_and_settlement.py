@@ -10,6 +10,7 @@ import dataclasses
 import os
 from typing import Any
 
+import pytest
 from eth_account.signers.local import LocalAccount
 
 from a402.chain.node import Chain
@@ -27,8 +28,6 @@ from a402.crypto.vault_messages import (
     vault_channel_id,
 )
 from a402.vault_contract import A402Vault
-
-import pytest
 
 from .helpers import (
     SETTLE_WINDOW,
@@ -54,7 +53,8 @@ def test_the_pure_encoders_give_the_contracts_own_digests(vault: A402Vault) -> N
     assert len(packed) == 64
     assert unpack_payouts(packed) == [(bytes.fromhex(a[2:]), 1), (bytes.fromhex(b[2:]), 2**96 - 1)]
     for epoch in (1, 7, 2**64 - 1):
-        assert settlement_digest(vault.domain, epoch, packed) == vault.settlement_digest(epoch, packed)
+        ours = settlement_digest(vault.domain, epoch, packed)
+        assert ours == vault.settlement_digest(epoch, packed)
     st = BalanceStatement(a, 123, 45, 6, 7)
     assert statement_digest(vault.domain, st) == vault.statement_digest(st)
     terms = VaultChannelTerms(a, b, os.urandom(32), 10**6, os.urandom(32))
@@ -180,7 +180,8 @@ def test_a_settlement_cannot_pay_more_than_the_pool_holds(
     fund_pool(vault_chain, usdc, vault, 5_000)
     a, b = funded(vault_chain, usdc, eth=0), funded(vault_chain, usdc, eth=0)
     with reverts_with("InsufficientFunds(uint256,uint256)"):
-        settle(vault_key, vault, funded(vault_chain, usdc), [(a.address, 3_000), (b.address, 2_001)])
+        settle(vault_key, vault, funded(vault_chain, usdc),
+               [(a.address, 3_000), (b.address, 2_001)])
     assert balance(usdc, vault.address) == 5_000
     assert vault.last_epoch() == 0
 

@@ -201,7 +201,9 @@ def pending_digest(
     )
 
 
-def deposit_nonce(domain: PaymentDomain, participant: str | bytes, amount: int, salt: bytes) -> bytes:
+def deposit_nonce(
+    domain: PaymentDomain, participant: str | bytes, amount: int, salt: bytes
+) -> bytes:
     """The EIP-3009 nonce of a gasless deposit crediting ``participant`` with ``amount``."""
     return _typed(
         domain,
