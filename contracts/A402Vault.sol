@@ -35,9 +35,18 @@ import {IERC3009Receive} from "./ASCManager.sol";
 ///      settlements, force-settles and claims pays any euro of that ledger twice, and that it
 ///      never pays out more than it holds.
 ///
-///      Settlements. `payouts` is a packed array of 32-byte words `address (20) ‖ uint96
-///      amount (12)`; the vault signs A402VaultSettlement(uint64 epoch, bytes32 payouts =
-///      keccak256(payouts)). Epochs are consecutive (`epoch == lastEpoch + 1`): a signature is
+///      Participants. Each has a stable `index` (uint32) that the enclave assigns when it first
+///      sees it and names in every payout and statement. The contract keeps, per index, one
+///      32-bit lane: the last settlement epoch that paid it, and a frozen bit; eight lanes share
+///      a storage word, so a settlement of payees with neighbouring indices writes one word per
+///      eight payees instead of one per payee (the difference between ~11,000 and ~15,000 gas
+///      per payee, and ~13,000 against ~32,000 for a payee's first settlement). The index is
+///      the enclave's word like everything else the key signs: a key that gave two participants
+///      one index would only make their statements refuse each other (never pay twice).
+///
+///      Settlements. `payouts` is a packed array of 36-byte records `address (20) ‖ uint32
+///      index (4) ‖ uint96 amount (12)`; the vault signs A402VaultSettlement(uint64 epoch,
+///      bytes32 payouts = keccak256(payouts)). Epochs are consecutive (`epoch == lastEpoch + 1`): a signature is
 ///      good once, and a settlement the enclave signed can never be skipped over by a later one
 ///      (so "every settlement up to epoch e" is a fact of the chain once `lastEpoch ≥ e`).
 ///      Privacy: the calldata and the one `Settled(epoch, count, total)` event carry payees and
@@ -48,7 +57,7 @@ import {IERC3009Receive} from "./ASCManager.sol";
 ///      would cost ~1,000 gas per payee.
 ///
 ///      Balance statements. The enclave hands every participant, after each change of its
-///      account, A402VaultBalance(participant, balance, locked, epoch, nonce):
+///      account, A402VaultBalance(participant, index, balance, locked, epoch, nonce):
 ///      * `balance` (free) and `locked` (in the participant's open channels, as client) are what
 ///        the vault owes it if it stopped now, NET of its payouts in every settlement with epoch
 ///        ≤ `epoch`, and gross of every settlement after; `epoch` is the last settlement the
@@ -58,9 +67,9 @@ import {IERC3009Receive} from "./ASCManager.sol";
 ///        has an epoch at least as high.
 ///      The double-pay rule between settlements and statements. A statement is usable on-chain
 ///      (to start or to challenge a force-settle) only if
-///          lastPaidEpoch[participant] ≤ statement.epoch ≤ lastEpoch,
+///          lastPaidEpoch[index] ≤ statement.epoch ≤ lastEpoch,
 ///      where `lastPaidEpoch` is the last settlement that paid the participant (recorded by
-///      `settle`, one word per participant). The right inequality says every settlement the
+///      `settle` in the participant's lane). The right inequality says every settlement the
 ///      statement is net of has landed (with consecutive epochs); the left one that no landed
 ///      settlement paid the participant money the statement still counts. So
 ///      * settle, then force-settle with an older statement: refused (`StaleStatement`);
@@ -106,6 +115,7 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     /// @notice A balance statement (see the contract docs for its meaning).
     struct Statement {
         address participant;
+        uint32 index;
         uint256 balance;
         uint256 locked;
         uint64 epoch;
@@ -149,6 +159,7 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         uint64 epoch;
         uint64 nonce;
         uint64 deadline;
+        uint32 index;
     }
 
     enum Status {
@@ -159,7 +170,7 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
 
     bytes32 public constant SETTLEMENT_TYPEHASH = keccak256("A402VaultSettlement(uint64 epoch,bytes32 payouts)");
     bytes32 public constant BALANCE_TYPEHASH = keccak256(
-        "A402VaultBalance(address participant,uint256 balance,uint256 locked,uint64 epoch,uint64 nonce)"
+        "A402VaultBalance(address participant,uint32 index,uint256 balance,uint256 locked,uint64 epoch,uint64 nonce)"
     );
     bytes32 public constant CHANNEL_TYPEHASH = keccak256(
         "A402VaultChannel(address client,address provider,bytes32 providerKey,uint256 capacity,bytes32 salt)"
@@ -185,8 +196,9 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     /// @notice Payouts the token refused, kept for their receivers (backed by the balance).
     uint256 public totalOwed;
 
-    // One word per participant: lastPaidEpoch (64 bits) | status (8 bits) << 64.
-    mapping(address participant => uint256 word) private _accounts;
+    // Eight 32-bit lanes per word, by participant index: frozen (bit 31) | lastPaidEpoch.
+    mapping(uint256 laneWord => uint256 lanes) private _lanes;
+    mapping(address participant => Status) private _status;
     mapping(address participant => ForceSettle) private _forceSettles;
     // Payouts withheld from a frozen participant: epoch << 192 | amount.
     mapping(address participant => uint256[]) private _withheld;
@@ -199,7 +211,9 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     /// @notice The next nonce of each account's signed withdrawal order.
     mapping(address account => uint256 nonce) public withdrawalNonces;
 
-    uint256 private constant _STATUS_SHIFT = 64;
+    uint256 private constant _FROZEN = 1 << 31;
+    uint256 private constant _LANE_MASK = 0xffffffff;
+    uint256 private constant _PAYOUT_SIZE = 36;
     uint256 private constant _TAG_SHIFT = 192;
     uint256 private constant _AMOUNT_MASK = (1 << 192) - 1;
 
@@ -240,6 +254,8 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     /// @notice The client already left with a statement that counted this payment.
     error ClientAlreadyPaid(address client);
     error NothingOwed();
+    /// @notice The index's lane is frozen by another participant's force-settle.
+    error IndexFrozen(uint32 index);
     error OrderExpired(uint256 deadline);
 
     constructor(IERC20 token_, address vaultSigner_, uint256 settleWindow_) EIP712("A402", "1") {
@@ -287,43 +303,60 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
 
     // ------------------------------------------------------------- settlement
 
-    /// @notice Pay every (payee, amount) of `payouts` (packed `address ‖ uint96`, 32 bytes
-    ///         each), authorised by the vault key's `vaultSignature` over
-    ///         A402VaultSettlement(epoch, keccak256(payouts)); `epoch` must be `lastEpoch + 1`.
-    ///         Sent by anyone (the vault's gas payer). A frozen payee's payout is withheld (see
-    ///         the contract docs); a payout the token refuses is credited to `owed`. Reverts if
-    ///         the total exceeds `available()`.
+    /// @notice Pay every (payee, index, amount) of `payouts` (packed `address ‖ uint32 ‖
+    ///         uint96`, 36 bytes each; sorted by index for the least gas), authorised by the
+    ///         vault key's `vaultSignature` over A402VaultSettlement(epoch, keccak256(payouts));
+    ///         `epoch` must be `lastEpoch + 1`. Sent by anyone (the vault's gas payer). A frozen
+    ///         payee's payout is withheld (see the contract docs); a payout the token refuses is
+    ///         credited to `owed`. Reverts if the total exceeds `available()`.
     function settle(bytes calldata payouts, uint64 epoch, bytes calldata vaultSignature) external nonReentrant {
         uint64 expected = lastEpoch + 1;
-        if (epoch != expected) revert WrongEpoch(epoch, expected);
-        uint256 n = payouts.length >> 5;
-        if (n == 0 || payouts.length & 31 != 0) revert MalformedPayouts();
+        if (epoch != expected || epoch >= _FROZEN) revert WrongEpoch(epoch, expected);
+        if (payouts.length == 0 || payouts.length % _PAYOUT_SIZE != 0) revert MalformedPayouts();
         _requireVault(settlementDigest(epoch, keccak256(payouts)), vaultSignature);
         lastEpoch = epoch;
 
         uint256 available_ = available();
-        uint256 total;
-        uint256 count;
-        for (uint256 i; i < n; ++i) {
-            uint256 record;
+        (uint256 total, uint256 count) = _payAll(payouts, epoch);
+        if (total > available_) revert InsufficientFunds(total, available_);
+        emit Settled(epoch, count, total);
+    }
+
+    /// @dev The settlement loop: pay or withhold each record, keeping the lane word in hand
+    ///      until the next record's index leaves it. Returns what was paid and to how many.
+    function _payAll(bytes calldata payouts, uint64 epoch) private returns (uint256 total, uint256 count) {
+        uint256 key = type(uint256).max;
+        uint256 lanes;
+        for (uint256 pos; pos < payouts.length; pos += _PAYOUT_SIZE) {
+            uint256 head;
+            uint256 tail;
             assembly ("memory-safe") {
-                record := calldataload(add(payouts.offset, shl(5, i)))
+                head := calldataload(add(payouts.offset, pos))
+                tail := calldataload(add(payouts.offset, add(pos, 4)))
             }
-            address payee = address(uint160(record >> 96));
-            uint256 amount = uint96(record);
-            if (_accounts[payee] >> _STATUS_SHIFT != 0) {
-                // Frozen by a force-settle: keep the payout for it to be counted there.
-                _withheld[payee].push((uint256(epoch) << _TAG_SHIFT) | amount);
-                emit PayoutWithheld(payee, epoch, amount);
+            uint256 index = (tail >> 96) & _LANE_MASK;
+            if (index >> 3 != key) {
+                if (key != type(uint256).max) _lanes[key] = lanes;
+                key = index >> 3;
+                lanes = _lanes[key];
+            }
+            uint256 shift = (index & 7) << 5;
+            if ((lanes >> shift) & _FROZEN != 0) {
+                _withhold(address(uint160(head >> 96)), epoch, uint96(tail));
                 continue;
             }
-            _accounts[payee] = epoch;
-            total += amount;
+            lanes = (lanes & ~(_LANE_MASK << shift)) | (uint256(epoch) << shift);
+            total += uint96(tail);
             ++count;
-            if (total > available_) revert InsufficientFunds(total, available_);
-            _send(payee, amount);
+            _send(address(uint160(head >> 96)), uint96(tail));
         }
-        emit Settled(epoch, count, total);
+        _lanes[key] = lanes;
+    }
+
+    /// @dev A frozen payee (force-settling or settled): keep its payout for the force-settle.
+    function _withhold(address payee, uint64 epoch, uint256 amount) private {
+        _withheld[payee].push((uint256(epoch) << _TAG_SHIFT) | amount);
+        emit PayoutWithheld(payee, epoch, amount);
     }
 
     // ----------------------------------------------------------- force-settle
@@ -333,13 +366,15 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     ///         Freezes the account: later settlements withhold its payouts. Opens Δ_settle.
     function initForceSettle(Statement calldata st, bytes calldata signature) external nonReentrant {
         address p = st.participant;
-        uint256 word = _accounts[p];
-        Status status = Status(word >> _STATUS_SHIFT);
-        if (status != Status.Active) revert WrongStatus(p, status);
-        _checkStatement(st, signature, uint64(word));
+        Status current = _status[p];
+        if (current != Status.Active) revert WrongStatus(p, current);
+        uint256 lane_ = _lane(st.index);
+        if (lane_ & _FROZEN != 0) revert IndexFrozen(st.index);
+        _checkStatement(st, signature, uint64(lane_));
         uint256 deadline = block.timestamp + settleWindow;
-        _accounts[p] = (uint256(Status.Settling) << _STATUS_SHIFT) | uint64(word);
-        _forceSettles[p] = ForceSettle(st.balance, st.locked, st.epoch, st.nonce, uint64(deadline));
+        _setLane(st.index, lane_ | _FROZEN);
+        _status[p] = Status.Settling;
+        _forceSettles[p] = ForceSettle(st.balance, st.locked, st.epoch, st.nonce, uint64(deadline), st.index);
         emit ForceSettleInitiated(p, st.balance, st.locked, st.epoch, st.nonce, deadline);
     }
 
@@ -347,13 +382,13 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     ///         deadline; anyone may send it (a watchtower). The deadline does not move.
     function challengeForceSettle(Statement calldata st, bytes calldata signature) external nonReentrant {
         address p = st.participant;
-        uint256 word = _accounts[p];
-        Status status = Status(word >> _STATUS_SHIFT);
-        if (status != Status.Settling) revert WrongStatus(p, status);
+        Status current = _status[p];
+        if (current != Status.Settling) revert WrongStatus(p, current);
         ForceSettle storage fs = _forceSettles[p];
         if (block.timestamp >= fs.deadline) revert DisputeWindowClosed(fs.deadline);
         if (st.nonce <= fs.nonce || st.epoch < fs.epoch) revert NotNewer(st.nonce, fs.nonce);
-        _checkStatement(st, signature, uint64(word));
+        if (st.index != fs.index) revert IndexFrozen(st.index);
+        _checkStatement(st, signature, uint64(_lane(st.index) & ~_FROZEN));
         (fs.balance, fs.locked, fs.epoch, fs.nonce) = (st.balance, st.locked, st.epoch, st.nonce);
         emit ForceSettleChallenged(p, st.balance, st.locked, st.epoch, st.nonce);
     }
@@ -362,13 +397,12 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     ///         + locked − claims against statements that counted them (at most `locked`) +
     ///         payouts withheld that the statement is net of. The account stays frozen for good.
     function finalForceSettle(address participant) external nonReentrant returns (uint256 payout) {
-        uint256 word = _accounts[participant];
-        Status status = Status(word >> _STATUS_SHIFT);
-        if (status != Status.Settling) revert WrongStatus(participant, status);
+        Status current = _status[participant];
+        if (current != Status.Settling) revert WrongStatus(participant, current);
         ForceSettle storage fs = _forceSettles[participant];
         if (block.timestamp < fs.deadline) revert DisputeWindowOpen(fs.deadline);
         payout = settlementOf(participant);
-        _accounts[participant] = (uint256(Status.Settled) << _STATUS_SHIFT) | uint64(word);
+        _status[participant] = Status.Settled; // its lane stays frozen: no settlement pays it again
         uint256 available_ = available();
         if (payout > available_) revert InsufficientFunds(payout, available_);
         emit ForceSettleFinalized(participant, payout);
@@ -428,7 +462,7 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         _requireVault(pendingDigest(cid, p.requestId, p.clientNonce, p.deadline), pendingSignature);
         // A client that already left with a statement counting δ was paid δ: no claim on it.
         if (
-            Status(_accounts[c.client] >> _STATUS_SHIFT) == Status.Settled
+            _status[c.client] == Status.Settled
                 && _forceSettles[c.client].nonce <= p.clientNonce
         ) revert ClientAlreadyPaid(c.client);
         uint256 available_ = available();
@@ -478,10 +512,16 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         return token.balanceOf(address(this)) - totalOwed;
     }
 
-    /// @notice A participant's on-chain account: last settlement that paid it, and status.
-    function account(address participant) external view returns (uint64 lastPaidEpoch, Status status) {
-        uint256 word = _accounts[participant];
-        return (uint64(word), Status(word >> _STATUS_SHIFT));
+    /// @notice A participant's exit status (Active until a force-settle starts).
+    function statusOf(address participant) external view returns (Status) {
+        return _status[participant];
+    }
+
+    /// @notice The lane of participant `index`: the last settlement that paid it, and whether
+    ///         a force-settle froze it.
+    function lane(uint32 index) external view returns (uint64 lastPaidEpoch, bool frozen) {
+        uint256 l = _lane(index);
+        return (uint64(l & ~_FROZEN), l & _FROZEN != 0);
     }
 
     /// @notice The recorded force-settle of `participant` (zeros if none).
@@ -495,7 +535,9 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
 
     function statementDigest(Statement calldata st) public view returns (bytes32) {
         return _hashTypedDataV4(
-            keccak256(abi.encode(BALANCE_TYPEHASH, st.participant, st.balance, st.locked, st.epoch, st.nonce))
+            keccak256(
+                abi.encode(BALANCE_TYPEHASH, st.participant, st.index, st.balance, st.locked, st.epoch, st.nonce)
+            )
         );
     }
 
@@ -541,6 +583,16 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
 
     // ---------------------------------------------------------------- helpers
 
+    function _lane(uint32 index) private view returns (uint256) {
+        return (_lanes[index >> 3] >> ((uint256(index) & 7) << 5)) & _LANE_MASK;
+    }
+
+    function _setLane(uint32 index, uint256 value) private {
+        uint256 shift = (uint256(index) & 7) << 5;
+        uint256 key = index >> 3;
+        _lanes[key] = (_lanes[key] & ~(_LANE_MASK << shift)) | (value << shift);
+    }
+
     function _requireVault(bytes32 digest, bytes calldata signature) private view {
         (address recovered, ECDSA.RecoverError err,) = ECDSA.tryRecoverCalldata(digest, signature);
         if (err != ECDSA.RecoverError.NoError || recovered != vaultSigner) revert BadSignature(vaultSigner);
@@ -550,8 +602,8 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     ///      good (no settlement pays it again), so money sent to it would be stranded.
     function _checkDeposit(address participant, uint256 amount) private view {
         if (participant == address(0) || amount == 0) revert InvalidTerms();
-        uint256 word = _accounts[participant];
-        if (word >> _STATUS_SHIFT != 0) revert WrongStatus(participant, Status(word >> _STATUS_SHIFT));
+        Status current = _status[participant];
+        if (current != Status.Active) revert WrongStatus(participant, current);
     }
 
     function _checkReceived(uint256 before, uint256 amount) private view {

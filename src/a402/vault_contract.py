@@ -53,11 +53,12 @@ class AccountStatus(IntEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class OnChainAccount:
-    """``A402Vault.account(p)``: the last settlement that paid ``p`` and its status."""
+class Lane:
+    """``A402Vault.lane(index)``: the last settlement that paid that participant, and
+    whether a force-settle froze it."""
 
     last_paid_epoch: int
-    status: AccountStatus
+    frozen: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,7 @@ class RecordedForceSettle:
     epoch: int
     nonce: int
     deadline: int
+    index: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,9 +226,12 @@ class A402Vault:
     def available(self) -> int:
         return int(self.contract.functions.available().call())
 
-    def account(self, participant: str) -> OnChainAccount:
-        epoch, status = self.contract.functions.account(to_checksum(participant)).call()
-        return OnChainAccount(int(epoch), AccountStatus(status))
+    def status(self, participant: str) -> AccountStatus:
+        return AccountStatus(self.contract.functions.statusOf(to_checksum(participant)).call())
+
+    def lane(self, index: int) -> Lane:
+        epoch, frozen = self.contract.functions.lane(index).call()
+        return Lane(int(epoch), bool(frozen))
 
     def force_settle(self, participant: str) -> RecordedForceSettle:
         record = self.contract.functions.forceSettle(to_checksum(participant)).call()
@@ -261,9 +266,9 @@ class A402Vault:
             to_checksum(participant), amount, salt).call())
 
 
-def _statement(statement: BalanceStatement) -> tuple[str, int, int, int, int]:
-    return (to_checksum(statement.participant), statement.balance, statement.locked,
-            statement.epoch, statement.nonce)
+def _statement(statement: BalanceStatement) -> tuple[str, int, int, int, int, int]:
+    return (to_checksum(statement.participant), statement.index, statement.balance,
+            statement.locked, statement.epoch, statement.nonce)
 
 
 def _channel(terms: VaultChannelTerms) -> tuple[str, str, bytes, int, bytes]:

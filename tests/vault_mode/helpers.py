@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +26,17 @@ from a402.vault_contract import A402Vault
 SETTLE_WINDOW = 3_600
 ETH = 10**18
 MAX_UINT = 2**256 - 1
+
+
+_indices: dict[str, int] = {}
+_next_index = itertools.count(1)
+
+
+def index_of(participant: str) -> int:
+    """The participant's stable index, as the enclave assigns it on first sight."""
+    if participant not in _indices:
+        _indices[participant] = next(_next_index)
+    return _indices[participant]
 
 
 def new_vault_key() -> EcdsaSigner:
@@ -73,8 +85,10 @@ def fund_pool(chain: Chain, token: Any, vault: A402Vault, amount: int) -> LocalA
 
 def sign_settlement(key: EcdsaSigner, vault: A402Vault, epoch: int,
                     payouts: Sequence[tuple[str, int]]) -> tuple[bytes, bytes]:
-    """The packed payouts and the vault key's signature authorising them at ``epoch``."""
-    packed = pack_payouts(payouts)
+    """The packed payouts (with each payee's index, sorted by it) and the vault key's
+    signature authorising them at ``epoch``."""
+    packed = pack_payouts(sorted(((a, index_of(a), x) for a, x in payouts),
+                                 key=lambda r: r[1]))
     return packed, key.sign_digest(settlement_digest(vault.domain, epoch, packed))
 
 
@@ -88,5 +102,5 @@ def settle(key: EcdsaSigner, vault: A402Vault, sender: LocalAccount,
 def statement(key: EcdsaSigner, vault: A402Vault, participant: str, balance_: int, *,
               locked: int = 0, epoch: int = 0, nonce: int = 1
               ) -> tuple[BalanceStatement, bytes]:
-    st = BalanceStatement(participant, balance_, locked, epoch, nonce)
+    st = BalanceStatement(participant, index_of(participant), balance_, locked, epoch, nonce)
     return st, key.sign_digest(statement_digest(vault.domain, st))

@@ -34,6 +34,7 @@ from .helpers import (
     balance,
     fund_pool,
     funded,
+    index_of,
     new_vault_key,
     now,
     reverts_with,
@@ -49,13 +50,14 @@ pytestmark = pytest.mark.anvil
 
 def test_the_pure_encoders_give_the_contracts_own_digests(vault: A402Vault) -> None:
     a, b = funded(vault.chain, None, eth=0).address, funded(vault.chain, None, eth=0).address
-    packed = pack_payouts([(a, 1), (b, 2**96 - 1)])
-    assert len(packed) == 64
-    assert unpack_payouts(packed) == [(bytes.fromhex(a[2:]), 1), (bytes.fromhex(b[2:]), 2**96 - 1)]
-    for epoch in (1, 7, 2**64 - 1):
+    packed = pack_payouts([(a, 7, 1), (b, 2**32 - 1, 2**96 - 1)])
+    assert len(packed) == 72
+    assert unpack_payouts(packed) == [(bytes.fromhex(a[2:]), 7, 1),
+                                      (bytes.fromhex(b[2:]), 2**32 - 1, 2**96 - 1)]
+    for epoch in (1, 7, 2**31 - 1):
         ours = settlement_digest(vault.domain, epoch, packed)
         assert ours == vault.settlement_digest(epoch, packed)
-    st = BalanceStatement(a, 123, 45, 6, 7)
+    st = BalanceStatement(a, 99, 123, 45, 6, 7)
     assert statement_digest(vault.domain, st) == vault.statement_digest(st)
     terms = VaultChannelTerms(a, b, os.urandom(32), 10**6, os.urandom(32))
     cid = vault_channel_id(vault.domain, terms)
@@ -64,8 +66,9 @@ def test_the_pure_encoders_give_the_contracts_own_digests(vault: A402Vault) -> N
         cid, 9, 3, 1_700_000_000)
     salt = os.urandom(32)
     assert deposit_nonce(vault.domain, a, 5, salt) == vault.deposit_nonce(a, 5, salt)
-    with pytest.raises(ValueError):
-        pack_payouts([(a, 2**96)])
+    for bad in ([(a, 1, 2**96)], [(a, 2**32, 1)], []):
+        with pytest.raises(ValueError):
+            pack_payouts(bad)
     with pytest.raises(ValueError):
         unpack_payouts(packed[:40])
 
@@ -145,7 +148,7 @@ def test_a_gas_payer_settles_many_payees_in_one_transaction_with_the_vaults_sign
     own = [log for log in receipt["logs"] if log["address"] == vault.address]
     assert len(own) == 1
     assert vault.last_epoch() == 1
-    assert all(vault.account(p.address).last_paid_epoch == 1 for p in payees)
+    assert all(vault.lane(index_of(p.address)).last_paid_epoch == 1 for p in payees)
 
 
 def test_a_settlement_not_signed_by_the_vault_key_replayed_or_out_of_order_is_refused(
@@ -156,7 +159,7 @@ def test_a_settlement_not_signed_by_the_vault_key_replayed_or_out_of_order_is_re
     payouts = [(payee.address, 1_000)]
     packed, signature = sign_settlement(vault_key, vault, 1, payouts)
     _, other_key = sign_settlement(new_vault_key(), vault, 1, payouts)
-    tampered = pack_payouts([(payee.address, 100_000)])
+    tampered = pack_payouts([(payee.address, index_of(payee.address), 100_000)])
     with reverts_with("BadSignature(address)"):
         vault.settle(gas_payer, packed, 1, other_key)
     with reverts_with("BadSignature(address)"):
@@ -169,8 +172,8 @@ def test_a_settlement_not_signed_by_the_vault_key_replayed_or_out_of_order_is_re
     with reverts_with("WrongEpoch(uint64,uint64)"):
         vault.settle(gas_payer, packed, 1, signature)  # replay
     with reverts_with("MalformedPayouts()"):
-        vault.settle(gas_payer, packed[:31], 2, vault_key.sign_digest(
-            settlement_digest(vault.domain, 2, packed[:31])))
+        vault.settle(gas_payer, packed[:35], 2, vault_key.sign_digest(
+            settlement_digest(vault.domain, 2, packed[:35])))
     assert balance(usdc, payee.address) == 1_000
 
 
@@ -224,3 +227,25 @@ def test_deployment_refuses_a_missing_vault_key_or_window(
     for signer, window in (("0x" + "00" * 20, SETTLE_WINDOW), ("0x" + vault_key.address.hex(), 0)):
         with pytest.raises(TransactionFailed):
             A402Vault.deploy(vault_chain, deployer, usdc.address, signer, window)
+
+
+def test_payouts_in_any_index_order_record_every_payees_epoch_in_its_lane(
+    vault_chain: Chain, usdc: Any, vault: A402Vault, vault_key: EcdsaSigner
+) -> None:
+    """Eight lanes share a storage word; the settlement keeps one word in hand and writes it
+    back when an index leaves it. Interleaved indices (words 0, 5, 0, 5, 1) must lose no
+    lane, and neighbours not paid must keep theirs."""
+    fund_pool(vault_chain, usdc, vault, 100_000)
+    gas_payer = funded(vault_chain, usdc)
+    payees = [funded(vault_chain, usdc, eth=0).address for _ in range(6)]
+    indices = [1, 41, 2, 42, 9, 3]
+    packed = pack_payouts([(p, i, 1_000) for p, i in zip(payees, indices, strict=True)])
+    vault.settle(gas_payer, packed, 1, vault_key.sign_digest(
+        settlement_digest(vault.domain, 1, packed)))
+    packed = pack_payouts([(payees[1], 41, 500), (payees[0], 1, 500)])
+    vault.settle(gas_payer, packed, 2, vault_key.sign_digest(
+        settlement_digest(vault.domain, 2, packed)))
+    assert [vault.lane(i).last_paid_epoch for i in indices] == [2, 2, 1, 1, 1, 1]
+    assert [vault.lane(i).last_paid_epoch for i in (0, 4, 40, 43, 8)] == [0] * 5
+    assert [balance(usdc, p) for p in payees] == [1_500, 1_500, 1_000, 1_000, 1_000, 1_000]
+    assert not any(vault.lane(i).frozen for i in indices)

@@ -22,7 +22,12 @@ from a402.chain.node import Chain
 from a402.chain.tx import transact
 from a402.crypto import EVM, EcdsaSigner, generate_adaptor, payment_message, result_hash
 from a402.crypto.authorization import sign_authorization
-from a402.crypto.vault_messages import VaultChannelTerms, pending_digest, vault_channel_id
+from a402.crypto.vault_messages import (
+    VaultChannelTerms,
+    pending_digest,
+    statement_digest,
+    vault_channel_id,
+)
 from a402.vault_contract import A402Vault, AccountStatus, PendingClaim
 
 from .helpers import (
@@ -56,7 +61,7 @@ def test_a_participant_force_settles_with_its_statement_after_the_window_and_is_
     receipt = vault.init_force_settle(gas_payer, st, sig)
     (event,) = vault.events("ForceSettleInitiated", receipt)
     assert event["deadline"] == now(vault_chain) + SETTLE_WINDOW
-    assert vault.account(p.address).status is AccountStatus.SETTLING
+    assert vault.status(p.address) is AccountStatus.SETTLING
     with reverts_with("DisputeWindowOpen(uint256)"):
         vault.final_force_settle(gas_payer, p.address)
     with reverts_with("WrongStatus(address,uint8)"):  # one force-settle at a time
@@ -65,7 +70,7 @@ def test_a_participant_force_settles_with_its_statement_after_the_window_and_is_
     vault.final_force_settle(gas_payer, p.address)
     assert balance(usdc, p.address) == 4_000
     assert balance(usdc, vault.address) == 6_000
-    assert vault.account(p.address).status is AccountStatus.SETTLED
+    assert vault.status(p.address) is AccountStatus.SETTLED
     with reverts_with("WrongStatus(address,uint8)"):
         vault.final_force_settle(gas_payer, p.address)
     with reverts_with("WrongStatus(address,uint8)"):
@@ -84,7 +89,7 @@ def test_a_statement_not_signed_by_the_vault_key_is_refused(
     p = funded(vault_chain, usdc, eth=0)
     with reverts_with("BadSignature(address)"):
         vault.init_force_settle(gas_payer, *statement(new_vault_key(), vault, p.address, 1_000))
-    assert vault.account(p.address).status is AccountStatus.ACTIVE
+    assert vault.status(p.address) is AccountStatus.ACTIVE
 
 
 def test_a_stale_statement_loses_to_a_newer_one_inside_the_window(
@@ -311,3 +316,24 @@ def test_a_claim_on_a_client_that_already_left_with_the_money_is_refused(
         vault.claim_payment(gas_payer, ch.terms, ch.claim())
     assert balance(usdc, ch.client.address) == 10_000
     assert balance(usdc, ch.provider.address) == 0
+
+
+def test_a_frozen_lane_stops_a_second_participant_named_with_the_same_index(
+    vault_chain: Chain, usdc: Any, vault: A402Vault, vault_key: EcdsaSigner,
+    gas_payer: LocalAccount,
+) -> None:
+    """Indices are the enclave's word: if it ever gave two participants one index, their
+    exits refuse each other rather than pay anything twice."""
+    fund_pool(vault_chain, usdc, vault, 10_000)
+    p, q = funded(vault_chain, usdc, eth=0), funded(vault_chain, usdc, eth=0)
+    st, sig = statement(vault_key, vault, p.address, 1_000)
+    vault.init_force_settle(gas_payer, st, sig)
+    assert vault.lane(st.index).frozen
+    twin = dataclasses.replace(st, participant=q.address)
+    with reverts_with("IndexFrozen(uint32)"):
+        vault.init_force_settle(gas_payer, twin,
+                                vault_key.sign_digest(statement_digest(vault.domain, twin)))
+    with reverts_with("IndexFrozen(uint32)"):  # a challenge cannot move p's exit to another lane
+        moved = dataclasses.replace(st, index=st.index + 1, nonce=2)
+        vault.challenge_force_settle(gas_payer, moved,
+                                     vault_key.sign_digest(statement_digest(vault.domain, moved)))

@@ -27,6 +27,7 @@ from .helpers import (
     balance,
     funded,
     increase_time,
+    index_of,
     reverts_with,
     settle,
     statement,
@@ -119,7 +120,7 @@ def test_no_sequence_of_settlements_and_force_settles_pays_more_than_was_deposit
             if not p.statements:
                 continue
             old_st, old_sig = rng.choice(p.statements)
-            paid_at = vault.account(p.address).last_paid_epoch
+            paid_at = vault.lane(index_of(p.address)).last_paid_epoch
             if old_st.epoch < paid_at:  # it predates a settlement that paid p
                 with reverts_with("StaleStatement(uint64,uint64,uint64)"):
                     vault.init_force_settle(gas, old_st, old_sig)
@@ -139,7 +140,7 @@ def test_no_sequence_of_settlements_and_force_settles_pays_more_than_was_deposit
                 # payouts withheld that it is net of is exactly what the enclave owes p.
                 assert vault.settlement_of(p.address) == p.credited - balance(usdc, p.address)
                 vault.final_force_settle(gas, p.address)
-                assert vault.account(p.address).status is AccountStatus.SETTLED
+                assert vault.status(p.address) is AccountStatus.SETTLED
                 p.exited = True
                 p.free = 0
         check()

@@ -7,12 +7,14 @@ view. All digests are EIP-712 typed-data hashes in the vault contract's domain
 the vault's address, so a pending payment's ``m`` and ``σ_U``
 (:mod:`a402.crypto.message`) are the very ones ASCManager uses, in that domain.
 
-* :func:`pack_payouts` — a settlement's payouts, 32 bytes each: ``address (20) ‖
-  uint96 amount (12)``;
+* :func:`pack_payouts` — a settlement's payouts, 36 bytes each: ``address (20) ‖
+  uint32 index (4) ‖ uint96 amount (12)``, ``index`` being the participant's stable
+  number that the enclave assigns (its lane in the contract); sorted by index, eight
+  neighbouring participants share one storage word;
 * :func:`settlement_digest` — ``A402VaultSettlement(uint64 epoch, bytes32 payouts)``,
   ``payouts = keccak256(packed)``;
 * :class:`BalanceStatement` / :func:`statement_digest` — ``A402VaultBalance(address
-  participant, uint256 balance, uint256 locked, uint64 epoch, uint64 nonce)``;
+  participant, uint32 index, uint256 balance, uint256 locked, uint64 epoch, uint64 nonce)``;
 * :class:`VaultChannelTerms` / :func:`vault_channel_id` — ``A402VaultChannel(address
   client, address provider, bytes32 providerKey, uint256 capacity, bytes32 salt)``;
 * :func:`pending_digest` — ``A402VaultPending(bytes32 channelId, uint256 requestId,
@@ -37,7 +39,8 @@ from .message import PaymentDomain
 
 SETTLEMENT_TYPE = "A402VaultSettlement(uint64 epoch,bytes32 payouts)"
 BALANCE_TYPE = (
-    "A402VaultBalance(address participant,uint256 balance,uint256 locked,uint64 epoch,uint64 nonce)"
+    "A402VaultBalance(address participant,uint32 index,uint256 balance,uint256 locked,uint64 epoch,"
+    "uint64 nonce)"
 )
 CHANNEL_TYPE = (
     "A402VaultChannel(address client,address provider,bytes32 providerKey,uint256 capacity,"
@@ -54,8 +57,11 @@ CHANNEL_TYPEHASH = keccak256(CHANNEL_TYPE.encode())
 PENDING_TYPEHASH = keccak256(PENDING_TYPE.encode())
 DEPOSIT_TYPEHASH = keccak256(DEPOSIT_TYPE.encode())
 
-PAYOUT_SIZE = 32
+PAYOUT_SIZE = 36
 MAX_PAYOUT = (1 << 96) - 1
+MAX_EPOCH = (1 << 31) - 1
+"""Settlement epochs fit a lane's 31 bits (the 32nd marks a frozen participant)."""
+_UINT32 = 1 << 32
 _UINT64 = 1 << 64
 _UINT256 = 1 << 256
 
@@ -83,24 +89,33 @@ def _typed(domain: PaymentDomain, struct_hash: bytes) -> bytes:
 # ------------------------------------------------------------------ settlement
 
 
-def pack_payouts(payouts: Iterable[tuple[str | bytes, int]]) -> bytes:
-    """``(payee, amount)`` pairs as the contract reads them: ``address ‖ uint96``."""
+def pack_payouts(payouts: Iterable[tuple[str | bytes, int, int]]) -> bytes:
+    """``(payee, index, amount)`` as the contract reads them: ``address ‖ uint32 ‖ uint96``.
+
+    Give them sorted by index: the contract writes one storage word per run of payees
+    whose indices share it (``index // 8``)."""
     out = bytearray()
-    for payee, amount in payouts:
+    for payee, index, amount in payouts:
         if not 0 <= amount <= MAX_PAYOUT:
             raise ValueError("a payout must fit in uint96")
-        out += address_bytes(payee) + amount.to_bytes(12, "big")
+        if not 0 <= index < _UINT32:
+            raise ValueError("a participant index must fit in uint32")
+        out += address_bytes(payee) + index.to_bytes(4, "big") + amount.to_bytes(12, "big")
     if not out:
         raise ValueError("a settlement pays at least one participant")
     return bytes(out)
 
 
-def unpack_payouts(packed: bytes) -> list[tuple[bytes, int]]:
+def unpack_payouts(packed: bytes) -> list[tuple[bytes, int, int]]:
     """The inverse of :func:`pack_payouts` (20-byte addresses)."""
     if not packed or len(packed) % PAYOUT_SIZE:
-        raise ValueError("packed payouts are a non-empty multiple of 32 bytes")
+        raise ValueError("packed payouts are a non-empty multiple of 36 bytes")
     return [
-        (packed[i : i + 20], int.from_bytes(packed[i + 20 : i + 32], "big"))
+        (
+            packed[i : i + 20],
+            int.from_bytes(packed[i + 20 : i + 24], "big"),
+            int.from_bytes(packed[i + 24 : i + 36], "big"),
+        )
         for i in range(0, len(packed), PAYOUT_SIZE)
     ]
 
@@ -110,7 +125,7 @@ def settlement_digest(domain: PaymentDomain, epoch: int, packed_payouts: bytes) 
     return _typed(
         domain,
         keccak256(
-            SETTLEMENT_TYPEHASH + _uint(epoch, _UINT64, "epoch") + keccak256(packed_payouts)
+            SETTLEMENT_TYPEHASH + _uint(epoch, MAX_EPOCH + 1, "epoch") + keccak256(packed_payouts)
         ),
     )
 
@@ -120,19 +135,20 @@ def settlement_digest(domain: PaymentDomain, epoch: int, packed_payouts: bytes) 
 
 @dataclass(frozen=True, slots=True)
 class BalanceStatement:
-    """What the vault owes ``participant`` if it stopped now (free ``balance`` and
-    ``locked`` in its open channels as a client), net of its payouts in every settlement
-    up to ``epoch``; ``nonce`` increases with every change."""
+    """What the vault owes ``participant`` (lane ``index``) if it stopped now (free
+    ``balance`` and ``locked`` in its open channels as a client), net of its payouts in
+    every settlement up to ``epoch``; ``nonce`` increases with every change."""
 
     participant: str
+    index: int
     balance: int
     locked: int
     epoch: int
     nonce: int
 
-    def as_tuple(self) -> tuple[str, int, int, int, int]:
+    def as_tuple(self) -> tuple[str, int, int, int, int, int]:
         """The contract's ``Statement`` tuple."""
-        return (self.participant, self.balance, self.locked, self.epoch, self.nonce)
+        return (self.participant, self.index, self.balance, self.locked, self.epoch, self.nonce)
 
 
 def statement_digest(domain: PaymentDomain, statement: BalanceStatement) -> bytes:
@@ -142,6 +158,7 @@ def statement_digest(domain: PaymentDomain, statement: BalanceStatement) -> byte
         keccak256(
             BALANCE_TYPEHASH
             + _address_word(statement.participant)
+            + _uint(statement.index, _UINT32, "index")
             + _uint(statement.balance, _UINT256, "balance")
             + _uint(statement.locked, _UINT256, "locked")
             + _uint(statement.epoch, _UINT64, "epoch")
