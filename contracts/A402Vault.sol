@@ -32,7 +32,7 @@ import {IERC3009Receive} from "./ASCManager.sol";
 ///      chainid, this contract) — the same domain, so the same `A402Payment` message m and σ_U
 ///      digest, as `ASCManager` at this address (`A402Message`). The key is trusted to sign
 ///      only what the enclave's ledger allows; the contract makes sure that no ordering of
-///      settlements, force-settles and claims pays any euro of that ledger twice, and that it
+///      settlements, force-settles and claims pays any unit of that ledger twice, and that it
 ///      never pays out more than it holds.
 ///
 ///      Participants. Each has a stable `index` (uint32) that the enclave assigns when it first
@@ -46,9 +46,10 @@ import {IERC3009Receive} from "./ASCManager.sol";
 ///
 ///      Settlements. `payouts` is a packed array of 36-byte records `address (20) ‖ uint32
 ///      index (4) ‖ uint96 amount (12)`; the vault signs A402VaultSettlement(uint64 epoch,
-///      bytes32 payouts = keccak256(payouts)). Epochs are consecutive (`epoch == lastEpoch + 1`): a signature is
-///      good once, and a settlement the enclave signed can never be skipped over by a later one
-///      (so "every settlement up to epoch e" is a fact of the chain once `lastEpoch ≥ e`).
+///      bytes32 payouts = keccak256(payouts)). Epochs are consecutive (`epoch == lastEpoch + 1`,
+///      below 2^31): a signature is good once, and a settlement the enclave signed can never be
+///      skipped over by a later one (so "every settlement up to epoch e" is a fact of the chain
+///      once `lastEpoch ≥ e`).
 ///      Privacy: the calldata and the one `Settled(epoch, count, total)` event carry payees and
 ///      their amounts (the token's own Transfer logs show them anyway) but no channel id, no
 ///      client–provider pair and no per-request amount: each payout is an aggregate of a

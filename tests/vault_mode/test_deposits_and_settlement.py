@@ -38,6 +38,7 @@ from .helpers import (
     new_vault_key,
     now,
     reverts_with,
+    selector,
     settle,
     sign_settlement,
 )
@@ -249,3 +250,25 @@ def test_payouts_in_any_index_order_record_every_payees_epoch_in_its_lane(
     assert [vault.lane(i).last_paid_epoch for i in (0, 4, 40, 43, 8)] == [0] * 5
     assert [balance(usdc, p) for p in payees] == [1_500, 1_500, 1_000, 1_000, 1_000, 1_000]
     assert not any(vault.lane(i).frozen for i in indices)
+
+
+def test_a_token_that_calls_back_during_a_payout_cannot_settle_again(
+    vault_chain: Chain, vault_key: EcdsaSigner
+) -> None:
+    deployer = vault_chain.accounts[0]
+    token = deploy_contract(vault_chain, deployer, "ReentrantToken")
+    rvault = A402Vault.deploy(vault_chain, deployer, token.address,
+                              "0x" + vault_key.address.hex(), SETTLE_WINDOW)
+    fund_pool(vault_chain, token, rvault, 10_000)
+    payee, gas_payer = funded(vault_chain, token, eth=0), funded(vault_chain, token)
+    # The hook replays a valid settlement of the next epoch from inside the first's payout.
+    packed2, signature2 = sign_settlement(vault_key, rvault, 2, [(payee.address, 4_000)])
+    data = rvault.contract.encode_abi("settle", [packed2, 2, signature2])
+    transact(vault_chain, deployer, token.functions.arm(rvault.address, data))
+    settle(vault_key, rvault, gas_payer, [(payee.address, 4_000)])
+    assert token.functions.attempted().call()
+    assert not token.functions.reentrySucceeded().call()
+    assert bytes(token.functions.reentryResult().call())[:4].hex() == selector(
+        "ReentrancyGuardReentrantCall()")
+    assert balance(token, payee.address) == 4_000
+    assert rvault.last_epoch() == 1
