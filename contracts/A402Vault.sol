@@ -106,10 +106,21 @@ import {IERC3009Receive} from "./ASCManager.sol";
 ///      `owed[receiver]` (`PayoutCredited`), taken later with `withdraw(to)` or a signed
 ///      `withdrawWithSignature`. Transient reentrancy guard on every state-changing entry.
 ///
+///      What the enclave must keep (the contract cannot see its ledger): one stable index per
+///      participant; never two settlements of one epoch, each payee debited when it is signed;
+///      statements whose nonce rises with every change and whose epoch never falls; δ out of the
+///      client's statements from σ_U on, and into the provider's only after the pending record's
+///      deadline and only if no `claimPayment` landed (a provider credited at REVEAL could also
+///      claim); no more payouts to a participant it knows is force-settling.
+///
 ///      Out of scope (documented, not enforced here): the enclave's ledger itself (the key signs
-///      only balances that exist), its view of the chain (it must learn claims and force-settles
-///      from verified chain data), a committee key, and cooperative channel closes on-chain
-///      (vault-mode channels close inside the enclave).
+///      only balances that exist), its view of the chain (it must learn deposits, claims and
+///      force-settles from verified chain data), a committee key, and cooperative channel closes
+///      on-chain (vault-mode channels close inside the enclave). Known limit: a payment pending
+///      when the vault goes dark, which its provider never claims, stays in the pool (the
+///      client's later statements no longer count it; nothing pays it twice, nobody gets it).
+///      The per-participant claim and withheld lists are looped over at `finalForceSettle`; they
+///      grow only with what the vault key signed.
 contract A402Vault is EIP712, ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
 
