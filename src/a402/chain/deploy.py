@@ -17,6 +17,7 @@ from hexbytes import HexBytes
 
 from a402.chain.node import Chain
 from a402.chain.tx import contract_at, deploy_contract, transact
+from a402.evm.address import to_checksum
 
 DEFAULT_TOKEN_NAME = "USD Coin"
 DEFAULT_TOKEN_VERSION = "2"
@@ -99,11 +100,16 @@ def deploy_dev_stack(
     client_funds: int = 1_000 * 10**6,
     asc_manager: bool = False,
     dispute_window: int = DEV_DISPUTE_WINDOW,
+    vault_signer: str | None = None,
+    settle_window: int = DEV_DISPUTE_WINDOW,
 ) -> Manifest:
     """Deploy TestUSDC and fund every client account with ``client_funds`` units.
 
     With ``asc_manager``, also an ``ASCManager`` for that token (A402 channels, the
-    vault), listed in ``contracts`` as ``"ASCManager"``.
+    vault), listed in ``contracts`` as ``"ASCManager"``. With ``vault_signer`` (the
+    address of the vault enclave's key), also an ``A402Vault`` (vault mode: pooled
+    deposits, aggregated settlements, force-settle after ``settle_window`` seconds)
+    listed as ``"A402Vault"``; the other keys of the manifest are unchanged.
     """
     if len(chain.accounts) < len(ROLES) + 1:
         raise ValueError(f"need at least {len(ROLES) + 1} funded accounts to deploy the dev stack")
@@ -117,6 +123,11 @@ def deploy_dev_stack(
     if asc_manager:
         manager = deploy_contract(chain, deployer, "ASCManager", token.address, dispute_window)
         contracts["ASCManager"] = manager.address
+    if vault_signer is not None:
+        vault = deploy_contract(chain, deployer, "A402Vault", token.address,
+                                to_checksum(vault_signer),
+                                settle_window)
+        contracts["A402Vault"] = vault.address
     return Manifest(
         network=chain.network,
         chain_id=chain.chain_id,

@@ -1,0 +1,288 @@
+"""Gas of the Liquidity Vault contract (``A402Vault.sol``), measured on anvil, against the
+A402 paper's vault-mode figures and x402 ``exact``'s gas per request, in the same run.
+
+Each figure is the ``gasUsed`` of one real transaction (21,000 intrinsic gas and calldata
+included) with signatures made by a vault key that never sends (a gas payer submits).
+
+Settlement per participant: one ``settle`` of N payees (N = 1, 10, 100, 500) divided by N,
+in two cases, because the contract records per payee the last epoch that paid it (what
+makes a statement from before that settlement unusable), in 32-bit lanes, eight per storage
+word, by the participant's index (payees sorted by index, neighbouring indices):
+* "later": every payee was paid by an earlier settlement (its lane word goes from non-zero
+  to non-zero) — a participant's every settlement but its first;
+* "first": no payee was ever paid by the vault (its lane word is created, 22,100 gas per
+  eight payees).
+In both, every payee already holds some tokens (an ERC-20 balance created from zero would
+cost the token ~17,100 gas more; the same steady state as ``bench/asc_gas.py``).
+
+Lifecycle per participant (the paper's initVault + settleVault): its deposit plus its share
+of one settlement of 100. Deposit by ``deposit`` after a one-time unlimited approval (listed
+apart, as the x402 baseline lists its approve), or gasless by ``depositWithAuthorization``.
+
+x402 ``exact``: one ``transferWithAuthorization`` per request, submitted directly (the
+floor of what any ``exact`` facilitator pays, what ``bench/exact.py`` calls the direct
+transfer), median of 10, payee already funded. Totals for R paid requests among 100
+participants: ``exact`` = R transfers; vault = 100 deposits + one settlement of 100 per
+settlement round (one round here; requests do not touch the chain at all in vault mode).
+
+Usage: ``python bench/vault_gas.py`` — prints the tables and writes
+``bench/results/vault_gas.json``. Needs anvil (``npm ci``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+from eth_account.signers.local import LocalAccount
+
+from a402.chain.node import Chain, start_anvil
+from a402.chain.tx import deploy_contract, transact
+from a402.crypto import EVM, EcdsaSigner, generate_adaptor, payment_message, result_hash
+from a402.crypto.authorization import sign_authorization
+from a402.crypto.vault_messages import (
+    BalanceStatement,
+    VaultChannelTerms,
+    pack_payouts,
+    pending_digest,
+    settlement_digest,
+    statement_digest,
+    vault_channel_id,
+)
+from a402.vault_contract import A402Vault, PendingClaim
+
+RESULTS = Path(__file__).resolve().parent / "results" / "vault_gas.json"
+BATCH_SIZES = (1, 10, 100, 500)
+LIFECYCLE_BATCH = 100
+SETTLE_WINDOW = 86_400
+MAX_UINT = 2**256 - 1
+TOKEN_NAME, TOKEN_VERSION = "USD Coin", "2"
+
+#: A402 paper, Table 1, liquidity vault mode, and the x402 baseline's per-request transfer.
+PAPER = {
+    "initVault": 23_846,
+    "settleVault": 27_490,
+    "lifecycle": 51_336,
+    "initForceSettle": 114_237,
+    "finalForceSettle": 23_502,
+    "x402 transferFrom per request": 23_530,
+}
+#: Issue 13's targets.
+TARGET_PER_PARTICIPANT_AT_100 = 15_000
+
+
+class Bench:
+    def __init__(self, chain: Chain) -> None:
+        self.chain = chain
+        deployer = chain.accounts[0]
+        self.token = deploy_contract(chain, deployer, "TestUSDC", TOKEN_NAME, "USDC",
+                                     TOKEN_VERSION, deployer.address)
+        self.key = EcdsaSigner(os.urandom(32))
+        self.vault = A402Vault.deploy(chain, deployer, self.token.address,
+                                      "0x" + self.key.address.hex(), SETTLE_WINDOW)
+        self.index: dict[str, int] = {}
+        self.gas_payer = self.funded(0)
+        self.funder = self.funded(10**15)
+        transact(chain, self.funder, self.token.functions.approve(self.vault.address, MAX_UINT))
+        self.vault.deposit(self.funder, self.funder.address, 10**14)  # the pool is non-zero
+
+    def funded(self, tokens: int, eth: int = 10**18) -> LocalAccount:
+        account = Account.create()
+        if eth:
+            transact(self.chain, self.chain.accounts[0], {"to": account.address}, value=eth)
+        if tokens:
+            transact(self.chain, self.chain.accounts[0],
+                     self.token.functions.mint(account.address, tokens))
+        return account
+
+    def settle(self, payouts: list[tuple[str, int]]) -> int:
+        epoch = self.vault.last_epoch() + 1
+        packed = pack_payouts([(a, self.index[a], x) for a, x in payouts])
+        signature = self.key.sign_digest(settlement_digest(self.vault.domain, epoch, packed))
+        return int(self.vault.settle(self.gas_payer, packed, epoch, signature)["gasUsed"])
+
+    def payees(self, n: int) -> list[str]:
+        """``n`` fresh participants that already hold tokens (never paid by the vault), with
+        the next indices (a fresh lane word: the enclave numbers participants in order)."""
+        start = -(-len(self.index) // 8) * 8
+        fresh = [self.funded(1, eth=0).address for _ in range(n)]
+        for i, address in enumerate(fresh):
+            self.index[address] = start + i
+        return fresh
+
+    def statement(self, participant: str, amount: int, nonce: int) -> tuple[BalanceStatement,
+                                                                             bytes]:
+        st = BalanceStatement(participant, self.index[participant], amount, 0,
+                              self.vault.last_epoch(), nonce)
+        return st, self.key.sign_digest(statement_digest(self.vault.domain, st))
+
+
+def measure_settlements(b: Bench, sizes: tuple[int, ...] = BATCH_SIZES) -> list[dict[str, int]]:
+    rows = []
+    for n in sizes:
+        payees = b.payees(n)
+        first = b.settle([(p, 1_000) for p in payees])
+        later = b.settle([(p, 1_000) for p in payees])
+        rows.append({"payees": n, "first_tx": first, "later_tx": later,
+                     "first_per_payee": round(first / n), "later_per_payee": round(later / n)})
+    return rows
+
+
+def measure_entry_points(b: Bench) -> dict[str, int]:
+    chain, vault = b.chain, b.vault
+    gas: dict[str, int] = {}
+    depositor = b.funded(10**9)
+    gas["approve (depositor, once)"] = int(transact(
+        chain, depositor, b.token.functions.approve(vault.address, MAX_UINT))["gasUsed"])
+    vault.deposit(depositor, depositor.address, 1_000)  # warm-up: not the first deposit
+    gas["deposit"] = int(vault.deposit(depositor, depositor.address, 1_000_000)["gasUsed"])
+    gas["plain token transfer to the vault (not credited)"] = int(transact(
+        chain, depositor, b.token.functions.transfer(vault.address, 1_000_000))["gasUsed"])
+    gasless = b.funded(10**9, eth=0)
+    now = int(chain.w3.eth.get_block("latest")["timestamp"])
+    auth = vault.sign_deposit_authorization(gasless, gasless.address, 1_000_000, os.urandom(32),
+                                            token_name=TOKEN_NAME, token_version=TOKEN_VERSION,
+                                            valid_after=0, valid_before=now + 3_600)
+    gas["depositWithAuthorization (gasless)"] = int(
+        vault.deposit_with_authorization(b.gas_payer, auth)["gasUsed"])
+
+    # Force-settle: init with an older statement, the watchtower's challenge, final.
+    p = b.payees(1)[0]
+    b.settle([(p, 1_000)])  # p was paid once: its statements of this epoch on are usable
+    gas["initForceSettle"] = int(vault.init_force_settle(
+        b.gas_payer, *b.statement(p, 5_000, 1))["gasUsed"])
+    gas["challengeForceSettle"] = int(vault.challenge_force_settle(
+        b.gas_payer, *b.statement(p, 4_000, 2))["gasUsed"])
+    chain.w3.provider.make_request("evm_increaseTime", [SETTLE_WINDOW])
+    chain.w3.provider.make_request("evm_mine", [])
+    gas["finalForceSettle"] = int(vault.final_force_settle(b.gas_payer, p)["gasUsed"])
+
+    # A provider's claim of its pending payment while the vault is dark.
+    schnorr = EVM.generate_key()
+    client, provider = b.payees(2)
+    terms = VaultChannelTerms(client, provider, schnorr.public_key, 10**6, os.urandom(32))
+    cid = vault_channel_id(vault.domain, terms)
+    h = result_hash(b"result")
+    m = payment_message(vault.domain, cid, 3, 1_000, h)
+    t, big_t = generate_adaptor()
+    presig = EVM.pre_sign(schnorr, m, big_t)
+    signature = EVM.adapt(presig, t)
+    deadline = int(chain.w3.eth.get_block("latest")["timestamp"]) + 3_600
+    claim = PendingClaim(3, 1_000, h, signature[:32], int.from_bytes(signature[32:], "big"), 7,
+                         deadline, sign_authorization(b.key, vault.domain, m, 1_000, presig.r),
+                         b.key.sign_digest(pending_digest(vault.domain, cid, 3, 7, deadline)))
+    gas["claimPayment (provider, vault dark)"] = int(
+        vault.claim_payment(b.gas_payer, terms, claim)["gasUsed"])
+    return gas
+
+
+def measure_exact(b: Bench, count: int = 10) -> int:
+    """Median gas of a direct EIP-3009 ``transferWithAuthorization`` (x402 ``exact``)."""
+    payer, payee = b.funded(10**9, eth=0), b.funded(1, eth=0)
+    sender = b.funded(0)
+    used = []
+    for _ in range(count):
+        nonce = os.urandom(32)
+        message = {"from": payer.address, "to": payee.address, "value": 1_000,
+                   "validAfter": 0, "validBefore": 2**40, "nonce": nonce}
+        signed = payer.sign_message(encode_typed_data(
+            domain_data={"name": TOKEN_NAME, "version": TOKEN_VERSION,
+                         "chainId": b.chain.chain_id, "verifyingContract": b.token.address},
+            message_types={"TransferWithAuthorization": [
+                {"name": "from", "type": "address"}, {"name": "to", "type": "address"},
+                {"name": "value", "type": "uint256"}, {"name": "validAfter", "type": "uint256"},
+                {"name": "validBefore", "type": "uint256"}, {"name": "nonce", "type": "bytes32"},
+            ]},
+            message_data=message,
+        ))
+        call = b.token.get_function_by_signature(
+            "transferWithAuthorization(address,address,uint256,uint256,uint256,bytes32,"
+            "uint8,bytes32,bytes32)")(
+            payer.address, payee.address, 1_000, 0, 2**40, nonce, signed.v,
+            signed.r.to_bytes(32, "big"), signed.s.to_bytes(32, "big"))
+        used.append(int(transact(b.chain, sender, call)["gasUsed"]))
+    return int(statistics.median(used))
+
+
+def measure(chain: Chain, sizes: tuple[int, ...] = BATCH_SIZES) -> dict[str, Any]:
+    b = Bench(chain)
+    settlements = measure_settlements(b, sizes)
+    gas = measure_entry_points(b)
+    exact = measure_exact(b)
+    at = {row["payees"]: row for row in settlements}
+    batch = at.get(LIFECYCLE_BATCH) or settlements[-1]
+    lifecycle = {
+        "deposit + share of a first settlement": gas["deposit"] + batch["first_per_payee"],
+        "deposit + share of a later settlement": gas["deposit"] + batch["later_per_payee"],
+        "gasless deposit + share of a first settlement":
+            gas["depositWithAuthorization (gasless)"] + batch["first_per_payee"],
+        "(reference) plain transfer + share of a first settlement":
+            gas["plain token transfer to the vault (not credited)"] + batch["first_per_payee"],
+    }
+    totals = {}
+    for requests in (10_000, 100_000):
+        vault_total = 100 * gas["deposit"] + 100 * batch["first_per_payee"]
+        totals[str(requests)] = {"exact": exact * requests, "vault": vault_total,
+                                 "ratio": round(exact * requests / vault_total, 1)}
+    return {"settlement": settlements, "entry_points": gas, "lifecycle": lifecycle,
+            "lifecycle_batch": batch["payees"], "exact_per_request": exact,
+            "totals_100_participants": totals}
+
+
+def tables(result: dict[str, Any]) -> str:
+    lines = [f"{'settle, payees':<16} {'tx (first)':>11} {'per payee':>10} {'tx (later)':>11}"
+             f" {'per payee':>10}", "-" * 62]
+    for row in result["settlement"]:
+        lines.append(f"{row['payees']:<16} {row['first_tx']:>11,} {row['first_per_payee']:>10,}"
+                     f" {row['later_tx']:>11,} {row['later_per_payee']:>10,}")
+    lines.append(f"{'paper settleVault':<16} {'':>11} {PAPER['settleVault']:>10,}")
+    lines.append(f"{'target at 100':<16} {'':>11} {TARGET_PER_PARTICIPANT_AT_100:>10,}"
+                 f" {'':>11} {TARGET_PER_PARTICIPANT_AT_100:>10,}")
+    lines += ["", f"{'A402Vault entry point':<50} {'gas':>9} {'paper':>9}", "-" * 70]
+    paper_of = {"deposit": "initVault", "initForceSettle": "initForceSettle",
+                "finalForceSettle": "finalForceSettle"}
+    for name, used in result["entry_points"].items():
+        paper = PAPER.get(paper_of.get(name, ""))
+        lines.append(f"{name:<50} {used:>9,} {'':>9}" if paper is None
+                     else f"{name:<50} {used:>9,} {paper:>9,}")
+    title = f"lifecycle per participant (batch of {result['lifecycle_batch']})"
+    lines += ["", f"{title:<58} {'gas':>9}", "-" * 68]
+    for name, used in result["lifecycle"].items():
+        lines.append(f"{name:<58} {used:>9,}")
+    lines.append(f"{'paper: initVault + settleVault':<58} {PAPER['lifecycle']:>9,}")
+    lines.append(f"{'x402 exact, per request (transferWithAuthorization)':<58}"
+                 f" {result['exact_per_request']:>9,}")
+    lines += ["", f"{'paid requests among 100 participants':<38} {'exact':>13} {'vault':>11}"
+              f" {'ratio':>8}", "-" * 73]
+    for requests, row in result["totals_100_participants"].items():
+        lines.append(f"{int(requests):<38,} {row['exact']:>13,} {row['vault']:>11,}"
+                     f" {row['ratio']:>7}x")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    with start_anvil(accounts=2) as chain:
+        result = measure(chain)
+    print(tables(result))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({
+        "benchmark": "vault_gas",
+        "scenario": "payees already hold tokens; 'first' = the vault never paid them before,"
+                    " 'later' = it did; deposit after a one-time unlimited approval",
+        "settle_window_s": SETTLE_WINDOW, **result, "paper_table_1_vault_mode": PAPER,
+        "targets": {"per_participant_at_100": TARGET_PER_PARTICIPANT_AT_100,
+                    "lifecycle_below": PAPER["lifecycle"]},
+    }, indent=2) + "\n")
+    shown = RESULTS.relative_to(Path.cwd()) if RESULTS.is_relative_to(Path.cwd()) else RESULTS
+    print(f"\nwrote {shown}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,633 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.24;
+
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {SignatureChecker} from "@openzeppelin/contracts/utils/cryptography/SignatureChecker.sol";
+import {A402Message} from "./A402Message.sol";
+import {Schnorr} from "./SchnorrVerifier.sol";
+import {IERC3009Receive} from "./ASCManager.sol";
+
+/// @title A402Vault: the Liquidity Vault, vault mode (A402 paper §4.3, Alg. 3, §6.2)
+/// @notice Participants (clients and providers) fund one pool; channels open and close inside
+///         the vault's enclave with no transaction; the chain sees deposits and aggregated
+///         settlements only, and every participant has an exit that does not need the vault:
+///         * `deposit` / `depositWithAuthorization` (the paper's initVault): anyone credits a
+///           participant; the enclave reads `Deposited(participant, amount)`;
+///         * `settle` (settleVault): many payouts in one transaction, from a compact encoding,
+///           authorised only by the vault key's signature, in consecutive epochs;
+///         * `initForceSettle` → (`challengeForceSettle`)* → `finalForceSettle`
+///           (initForceSettle / finalForceSettle): a participant exits with the latest balance
+///           statement the enclave signed, after a dispute window in which a newer one wins;
+///         * `claimPayment`: a provider is paid a pending payment (its completed adaptor
+///           signature, σ_U, and the enclave's signed pending record) while the vault is dark.
+/// @dev The vault key. `vaultSigner` is one address fixed at deployment: the attested key of
+///      the vault's enclave, which signs but never sends (its host or anyone pays gas). A
+///      committee (the paper's m-of-n) would replace it by a threshold key with the same
+///      address-based check; this contract keeps one key. Every signature it checks is plain
+///      ECDSA (OpenZeppelin `ECDSA`) over an EIP-712 digest in the domain ("A402", "1",
+///      chainid, this contract) — the same domain, so the same `A402Payment` message m and σ_U
+///      digest, as `ASCManager` at this address (`A402Message`). The key is trusted to sign
+///      only what the enclave's ledger allows; the contract makes sure that no ordering of
+///      settlements, force-settles and claims pays any unit of that ledger twice, and that it
+///      never pays out more than it holds.
+///
+///      Participants. Each has a stable `index` (uint32) that the enclave assigns when it first
+///      sees it and names in every payout and statement. The contract keeps, per index, one
+///      32-bit lane: the last settlement epoch that paid it, and a frozen bit; eight lanes share
+///      a storage word, so a settlement of payees with neighbouring indices writes one word per
+///      eight payees instead of one per payee (the difference between ~11,000 and ~15,000 gas
+///      per payee, and ~13,000 against ~32,000 for a payee's first settlement). The index is
+///      the enclave's word like everything else the key signs: a key that gave two participants
+///      one index would only make their statements refuse each other (never pay twice).
+///
+///      Settlements. `payouts` is a packed array of 36-byte records `address (20) ‖ uint32
+///      index (4) ‖ uint96 amount (12)`; the vault signs A402VaultSettlement(uint64 epoch,
+///      bytes32 payouts = keccak256(payouts)). Epochs are consecutive (`epoch == lastEpoch + 1`,
+///      below 2^31): a signature is good once, and a settlement the enclave signed can never be
+///      skipped over by a later one (so "every settlement up to epoch e" is a fact of the chain
+///      once `lastEpoch ≥ e`).
+///      Privacy: the calldata and the one `Settled(epoch, count, total)` event carry payees and
+///      their amounts (the token's own Transfer logs show them anyway) but no channel id, no
+///      client–provider pair and no per-request amount: each payout is an aggregate of a
+///      participant's balance, batched with others by the enclave's scheduler. No per-payee
+///      event: it would add nothing an observer does not already read from Transfer logs and
+///      would cost ~1,000 gas per payee.
+///
+///      Balance statements. The enclave hands every participant, after each change of its
+///      account, A402VaultBalance(participant, index, balance, locked, epoch, nonce):
+///      * `balance` (free) and `locked` (in the participant's open channels, as client) are what
+///        the vault owes it if it stopped now, NET of its payouts in every settlement with epoch
+///        ≤ `epoch`, and gross of every settlement after; `epoch` is the last settlement the
+///        enclave had signed when it signed the statement (the enclave debits a payee when it
+///        signs the settlement);
+///      * `nonce` increases with every change; of two statements, the higher nonce is newer and
+///        has an epoch at least as high.
+///      The double-pay rule between settlements and statements. A statement is usable on-chain
+///      (to start or to challenge a force-settle) only if
+///          lastPaidEpoch[index] ≤ statement.epoch ≤ lastEpoch,
+///      where `lastPaidEpoch` is the last settlement that paid the participant (recorded by
+///      `settle` in the participant's lane). The right inequality says every settlement the
+///      statement is net of has landed (with consecutive epochs); the left one that no landed
+///      settlement paid the participant money the statement still counts. So
+///      * settle, then force-settle with an older statement: refused (`StaleStatement`);
+///      * force-settle, then settle: from `initForceSettle` on, the account is frozen and every
+///        settlement skips it (the payout is withheld in the pool, `PayoutWithheld`). A withheld
+///        payout of epoch E is added to the force-settle's payout iff the statement finally
+///        recorded is net of it (E ≤ statement.epoch): either the participant's statement
+///        counts the money, or the withheld payout does, never both and never neither. A
+///        settlement cannot be blocked by a frozen member: it pays the others.
+///
+///      Pending payments and the provider's claim (vault dark). A vault-mode channel is
+///      A402VaultChannel(client, provider, providerKey, capacity, salt), its id the EIP-712
+///      hash (no on-chain record until a claim). When the vault authorizes a payment δ of
+///      request `requestId` (σ_U, exactly ASCManager's: A402PaymentAuthorization(m, δ, e) over
+///      m = A402Payment(channelId, requestId, δ, resultHash)), the enclave moves δ out of the
+///      client's statement (it is in no statement of the client with a higher nonce) and signs
+///      A402VaultPending(channelId, requestId, clientNonce, deadline), `clientNonce` = the
+///      nonce of the client's last statement that still counts δ. The provider's statements
+///      never count a pending δ before `deadline`; after it, the enclave credits δ to the
+///      provider (it revealed t) or back to the client (it did not), unless a claim landed.
+///      `claimPayment` (until `deadline`) pays δ to the provider and records (clientNonce, δ)
+///      against the client; the client's force-settle deducts, from its `locked`, every claim
+///      with clientNonce ≥ its recorded statement's nonce (the statements that still count δ),
+///      and a claim on a client whose force-settle already paid a statement counting δ is
+///      refused. Each (channel, request) is claimed once.
+///
+///      Solvency. The contract never owes more than it holds: every payout (settlement total,
+///      force-settle, claim) must fit in `available()` = token balance − `totalOwed` (payouts
+///      the token refused, kept for withdrawal), or the call reverts. Deposits that do not
+///      arrive whole (fee-on-transfer) are refused. The token must not rebase.
+///
+///      Payouts never block: a transfer the token refuses (blocklist, pause) is credited to
+///      `owed[receiver]` (`PayoutCredited`), taken later with `withdraw(to)` or a signed
+///      `withdrawWithSignature`. Transient reentrancy guard on every state-changing entry.
+///
+///      What the enclave must keep (the contract cannot see its ledger): one stable index per
+///      participant; never two settlements of one epoch, each payee debited when it is signed;
+///      statements whose nonce rises with every change and whose epoch never falls; δ out of the
+///      client's statements from σ_U on, and into the provider's only after the pending record's
+///      deadline and only if no `claimPayment` landed (a provider credited at REVEAL could also
+///      claim); no more payouts to a participant it knows is force-settling.
+///
+///      Out of scope (documented, not enforced here): the enclave's ledger itself (the key signs
+///      only balances that exist), its view of the chain (it must learn deposits, claims and
+///      force-settles from verified chain data), a committee key, and cooperative channel closes
+///      on-chain (vault-mode channels close inside the enclave). Known limit: a payment pending
+///      when the vault goes dark, which its provider never claims, stays in the pool (the
+///      client's later statements no longer count it; nothing pays it twice, nobody gets it).
+///      The per-participant claim and withheld lists are looped over at `finalForceSettle`; they
+///      grow only with what the vault key signed.
+contract A402Vault is EIP712, ReentrancyGuardTransient {
+    using SafeERC20 for IERC20;
+
+    /// @notice A balance statement (see the contract docs for its meaning).
+    struct Statement {
+        address participant;
+        uint32 index;
+        uint256 balance;
+        uint256 locked;
+        uint64 epoch;
+        uint64 nonce;
+    }
+
+    /// @notice A vault-mode channel's terms; their EIP-712 hash is the channel id.
+    struct Channel {
+        address client;
+        address provider;
+        bytes32 providerKey;
+        uint256 capacity;
+        bytes32 salt;
+    }
+
+    /// @notice A pending payment and the provider's completed adaptor signature (e, s) on
+    ///         m = A402Payment(channelId, requestId, amount, resultHash).
+    struct Payment {
+        uint256 requestId;
+        uint256 amount;
+        bytes32 resultHash;
+        bytes32 e;
+        uint256 s;
+        uint64 clientNonce;
+        uint64 deadline;
+    }
+
+    /// @notice An EIP-3009 `receiveWithAuthorization` signature's validity and (v, r, s).
+    struct ReceiveAuthorization {
+        uint256 validAfter;
+        uint256 validBefore;
+        uint8 v;
+        bytes32 r;
+        bytes32 s;
+    }
+
+    /// @notice A participant's force-settle: the recorded statement and its deadline.
+    struct ForceSettle {
+        uint256 balance;
+        uint256 locked;
+        uint64 epoch;
+        uint64 nonce;
+        uint64 deadline;
+        uint32 index;
+    }
+
+    enum Status {
+        Active,
+        Settling,
+        Settled
+    }
+
+    bytes32 public constant SETTLEMENT_TYPEHASH = keccak256("A402VaultSettlement(uint64 epoch,bytes32 payouts)");
+    bytes32 public constant BALANCE_TYPEHASH = keccak256(
+        "A402VaultBalance(address participant,uint32 index,uint256 balance,uint256 locked,uint64 epoch,uint64 nonce)"
+    );
+    bytes32 public constant CHANNEL_TYPEHASH = keccak256(
+        "A402VaultChannel(address client,address provider,bytes32 providerKey,uint256 capacity,bytes32 salt)"
+    );
+    bytes32 public constant PENDING_TYPEHASH =
+        keccak256("A402VaultPending(bytes32 channelId,uint256 requestId,uint64 clientNonce,uint64 deadline)");
+    bytes32 public constant DEPOSIT_TYPEHASH =
+        keccak256("A402VaultDeposit(address participant,uint256 amount,bytes32 salt)");
+    bytes32 public constant WITHDRAWAL_TYPEHASH = keccak256(
+        "A402Withdrawal(address owner,address to,uint256 amount,uint256 nonce,uint256 deadline)"
+    );
+
+    /// @notice The pooled asset (one per vault).
+    IERC20 public immutable token;
+    /// @notice The vault enclave's key: the only signer of settlements, statements and pending
+    ///         records (and σ_U).
+    address public immutable vaultSigner;
+    /// @notice Δ_settle: how long a force-settle stays open to challenges, in seconds.
+    uint256 public immutable settleWindow;
+
+    /// @notice The epoch of the last settlement (0: none yet).
+    uint64 public lastEpoch;
+    /// @notice Payouts the token refused, kept for their receivers (backed by the balance).
+    uint256 public totalOwed;
+
+    // Eight 32-bit lanes per word, by participant index: frozen (bit 31) | lastPaidEpoch.
+    mapping(uint256 laneWord => uint256 lanes) private _lanes;
+    mapping(address participant => Status) private _status;
+    mapping(address participant => ForceSettle) private _forceSettles;
+    // Payouts withheld from a frozen participant: epoch << 192 | amount.
+    mapping(address participant => uint256[]) private _withheld;
+    // Claims against a client's locked funds: clientNonce << 192 | amount.
+    mapping(address client => uint256[]) private _claims;
+    mapping(bytes32 paymentKey => bool) public claimed;
+
+    /// @notice Payouts the token refused to transfer when due, by receiver.
+    mapping(address account => uint256 amount) public owed;
+    /// @notice The next nonce of each account's signed withdrawal order.
+    mapping(address account => uint256 nonce) public withdrawalNonces;
+
+    uint256 private constant _FROZEN = 1 << 31;
+    uint256 private constant _LANE_MASK = 0xffffffff;
+    uint256 private constant _PAYOUT_SIZE = 36;
+    uint256 private constant _TAG_SHIFT = 192;
+    uint256 private constant _AMOUNT_MASK = (1 << 192) - 1;
+
+    event Deposited(address indexed participant, uint256 amount);
+    event Settled(uint64 indexed epoch, uint256 count, uint256 total);
+    /// @notice A settlement's payout to a frozen (force-settling) participant, kept in the pool.
+    event PayoutWithheld(address indexed participant, uint64 indexed epoch, uint256 amount);
+    event ForceSettleInitiated(
+        address indexed participant, uint256 balance, uint256 locked, uint64 epoch, uint64 nonce, uint256 deadline
+    );
+    event ForceSettleChallenged(
+        address indexed participant, uint256 balance, uint256 locked, uint64 epoch, uint64 nonce
+    );
+    event ForceSettleFinalized(address indexed participant, uint256 payout);
+    /// @notice A provider's claim: the vault extracts t = s − ŝ from (e, s).
+    event PaymentClaimed(
+        bytes32 indexed channelId, uint256 indexed requestId, uint256 amount, bytes32 e, uint256 s
+    );
+    event PayoutCredited(address indexed account, uint256 amount);
+    event Withdrawn(address indexed account, address indexed to, uint256 amount);
+
+    error InvalidTerms();
+    error BadSignature(address signer);
+    error DepositNotReceived(uint256 expected, uint256 received);
+    error MalformedPayouts();
+    error WrongEpoch(uint64 epoch, uint64 expected);
+    error InsufficientFunds(uint256 needed, uint256 available);
+    error WrongStatus(address participant, Status status);
+    /// @notice The statement's epoch is outside [lastPaidEpoch, lastEpoch].
+    error StaleStatement(uint64 epoch, uint64 lastPaidEpoch, uint64 lastEpoch);
+    error NotNewer(uint64 nonce, uint64 recordedNonce);
+    error DisputeWindowOpen(uint256 deadline);
+    error DisputeWindowClosed(uint256 deadline);
+    error ClaimExpired(uint256 deadline);
+    error AlreadyClaimed(bytes32 channelId, uint256 requestId);
+    error ExceedsCapacity(uint256 amount, uint256 capacity);
+    error InvalidPaymentSignature();
+    /// @notice The client already left with a statement that counted this payment.
+    error ClientAlreadyPaid(address client);
+    error NothingOwed();
+    /// @notice The index's lane is frozen by another participant's force-settle.
+    error IndexFrozen(uint32 index);
+    error OrderExpired(uint256 deadline);
+
+    constructor(IERC20 token_, address vaultSigner_, uint256 settleWindow_) EIP712("A402", "1") {
+        if (
+            address(token_).code.length == 0 || vaultSigner_ == address(0) || settleWindow_ == 0
+                || settleWindow_ > 365 days
+        ) revert InvalidTerms();
+        token = token_;
+        vaultSigner = vaultSigner_;
+        settleWindow = settleWindow_;
+    }
+
+    // --------------------------------------------------------------- deposits
+
+    /// @notice Credit `participant` with `amount`, pulled from the sender (who approved this
+    ///         contract). Refused unless exactly `amount` arrives.
+    function deposit(address participant, uint256 amount) external nonReentrant {
+        _checkDeposit(participant, amount);
+        uint256 before = token.balanceOf(address(this));
+        token.safeTransferFrom(msg.sender, address(this), amount);
+        _checkReceived(before, amount);
+        emit Deposited(participant, amount);
+    }
+
+    /// @notice Credit `participant` with `amount` moved from `from` by EIP-3009
+    ///         `receiveWithAuthorization` (gasless for `from`; anyone submits). The
+    ///         authorization's nonce is `depositNonce(participant, amount, salt)`, so `from`'s
+    ///         one signature fixes who is credited and how much, once.
+    function depositWithAuthorization(
+        address participant,
+        address from,
+        uint256 amount,
+        bytes32 salt,
+        ReceiveAuthorization calldata auth
+    ) external nonReentrant {
+        _checkDeposit(participant, amount);
+        bytes32 nonce = depositNonce(participant, amount, salt);
+        uint256 before = token.balanceOf(address(this));
+        IERC3009Receive(address(token)).receiveWithAuthorization(
+            from, address(this), amount, auth.validAfter, auth.validBefore, nonce, auth.v, auth.r, auth.s
+        );
+        _checkReceived(before, amount);
+        emit Deposited(participant, amount);
+    }
+
+    // ------------------------------------------------------------- settlement
+
+    /// @notice Pay every (payee, index, amount) of `payouts` (packed `address ‖ uint32 ‖
+    ///         uint96`, 36 bytes each; sorted by index for the least gas), authorised by the
+    ///         vault key's `vaultSignature` over A402VaultSettlement(epoch, keccak256(payouts));
+    ///         `epoch` must be `lastEpoch + 1`. Sent by anyone (the vault's gas payer). A frozen
+    ///         payee's payout is withheld (see the contract docs); a payout the token refuses is
+    ///         credited to `owed`. Reverts if the total exceeds `available()`.
+    function settle(bytes calldata payouts, uint64 epoch, bytes calldata vaultSignature) external nonReentrant {
+        uint64 expected = lastEpoch + 1;
+        if (epoch != expected || epoch >= _FROZEN) revert WrongEpoch(epoch, expected);
+        if (payouts.length == 0 || payouts.length % _PAYOUT_SIZE != 0) revert MalformedPayouts();
+        _requireVault(settlementDigest(epoch, keccak256(payouts)), vaultSignature);
+        lastEpoch = epoch;
+
+        uint256 available_ = available();
+        (uint256 total, uint256 count) = _payAll(payouts, epoch);
+        if (total > available_) revert InsufficientFunds(total, available_);
+        emit Settled(epoch, count, total);
+    }
+
+    /// @dev The settlement loop: pay or withhold each record, keeping the lane word in hand
+    ///      until the next record's index leaves it. Returns what was paid and to how many.
+    function _payAll(bytes calldata payouts, uint64 epoch) private returns (uint256 total, uint256 count) {
+        uint256 key = type(uint256).max;
+        uint256 lanes;
+        for (uint256 pos; pos < payouts.length; pos += _PAYOUT_SIZE) {
+            uint256 head;
+            uint256 tail;
+            assembly ("memory-safe") {
+                head := calldataload(add(payouts.offset, pos))
+                tail := calldataload(add(payouts.offset, add(pos, 4)))
+            }
+            uint256 index = (tail >> 96) & _LANE_MASK;
+            if (index >> 3 != key) {
+                if (key != type(uint256).max) _lanes[key] = lanes;
+                key = index >> 3;
+                lanes = _lanes[key];
+            }
+            uint256 shift = (index & 7) << 5;
+            if ((lanes >> shift) & _FROZEN != 0) {
+                _withhold(address(uint160(head >> 96)), epoch, uint96(tail));
+                continue;
+            }
+            lanes = (lanes & ~(_LANE_MASK << shift)) | (uint256(epoch) << shift);
+            total += uint96(tail);
+            ++count;
+            _send(address(uint160(head >> 96)), uint96(tail));
+        }
+        _lanes[key] = lanes;
+    }
+
+    /// @dev A frozen payee (force-settling or settled): keep its payout for the force-settle.
+    function _withhold(address payee, uint64 epoch, uint256 amount) private {
+        _withheld[payee].push((uint256(epoch) << _TAG_SHIFT) | amount);
+        emit PayoutWithheld(payee, epoch, amount);
+    }
+
+    // ----------------------------------------------------------- force-settle
+
+    /// @notice Start `st.participant`'s exit with a statement the vault key signed; sent by
+    ///         the participant or anyone for it (the payout always goes to the participant).
+    ///         Freezes the account: later settlements withhold its payouts. Opens Δ_settle.
+    function initForceSettle(Statement calldata st, bytes calldata signature) external nonReentrant {
+        address p = st.participant;
+        Status current = _status[p];
+        if (current != Status.Active) revert WrongStatus(p, current);
+        uint256 lane_ = _lane(st.index);
+        if (lane_ & _FROZEN != 0) revert IndexFrozen(st.index);
+        _checkStatement(st, signature, uint64(lane_));
+        uint256 deadline = block.timestamp + settleWindow;
+        _setLane(st.index, lane_ | _FROZEN);
+        _status[p] = Status.Settling;
+        _forceSettles[p] = ForceSettle(st.balance, st.locked, st.epoch, st.nonce, uint64(deadline), st.index);
+        emit ForceSettleInitiated(p, st.balance, st.locked, st.epoch, st.nonce, deadline);
+    }
+
+    /// @notice Replace the recorded statement with a newer one (higher nonce) before the
+    ///         deadline; anyone may send it (a watchtower). The deadline does not move.
+    function challengeForceSettle(Statement calldata st, bytes calldata signature) external nonReentrant {
+        address p = st.participant;
+        Status current = _status[p];
+        if (current != Status.Settling) revert WrongStatus(p, current);
+        ForceSettle storage fs = _forceSettles[p];
+        if (block.timestamp >= fs.deadline) revert DisputeWindowClosed(fs.deadline);
+        if (st.nonce <= fs.nonce || st.epoch < fs.epoch) revert NotNewer(st.nonce, fs.nonce);
+        if (st.index != fs.index) revert IndexFrozen(st.index);
+        _checkStatement(st, signature, uint64(_lane(st.index) & ~_FROZEN));
+        (fs.balance, fs.locked, fs.epoch, fs.nonce) = (st.balance, st.locked, st.epoch, st.nonce);
+        emit ForceSettleChallenged(p, st.balance, st.locked, st.epoch, st.nonce);
+    }
+
+    /// @notice After the window, pay `participant` what its recorded statement says: balance
+    ///         + locked − claims against statements that counted them (at most `locked`) +
+    ///         payouts withheld that the statement is net of. The account stays frozen for good.
+    function finalForceSettle(address participant) external nonReentrant returns (uint256 payout) {
+        Status current = _status[participant];
+        if (current != Status.Settling) revert WrongStatus(participant, current);
+        ForceSettle storage fs = _forceSettles[participant];
+        if (block.timestamp < fs.deadline) revert DisputeWindowOpen(fs.deadline);
+        payout = settlementOf(participant);
+        _status[participant] = Status.Settled; // its lane stays frozen: no settlement pays it again
+        uint256 available_ = available();
+        if (payout > available_) revert InsufficientFunds(payout, available_);
+        emit ForceSettleFinalized(participant, payout);
+        _send(participant, payout);
+    }
+
+    /// @notice What `finalForceSettle` would pay `participant` now (0 if none is recorded).
+    function settlementOf(address participant) public view returns (uint256) {
+        ForceSettle storage fs = _forceSettles[participant];
+        uint64 nonce = fs.nonce;
+        uint64 epoch = fs.epoch;
+        uint256 claimedAmount;
+        uint256[] storage claims = _claims[participant];
+        for (uint256 i; i < claims.length; ++i) {
+            if (claims[i] >> _TAG_SHIFT >= nonce) claimedAmount += claims[i] & _AMOUNT_MASK;
+        }
+        uint256 locked = fs.locked;
+        uint256 payout = fs.balance + (claimedAmount >= locked ? 0 : locked - claimedAmount);
+        uint256[] storage withheld = _withheld[participant];
+        for (uint256 i; i < withheld.length; ++i) {
+            if (withheld[i] >> _TAG_SHIFT <= epoch) payout += withheld[i] & _AMOUNT_MASK;
+        }
+        return payout;
+    }
+
+    function _checkStatement(Statement calldata st, bytes calldata signature, uint64 lastPaid) private view {
+        uint64 last = lastEpoch;
+        if (st.epoch < lastPaid || st.epoch > last) revert StaleStatement(st.epoch, lastPaid, last);
+        _requireVault(statementDigest(st), signature);
+    }
+
+    // --------------------------------------------------------- provider claim
+
+    /// @notice Pay the provider of channel `c` its pending payment `p` while the vault is dark:
+    ///         `p.(e, s)` is the provider's completed adaptor signature on
+    ///         m = A402Payment(channelId, requestId, amount, resultHash) (Schnorr under
+    ///         `c.providerKey`), `authorization` is σ_U (the vault key over
+    ///         A402PaymentAuthorization(m, amount, e)), and `pendingSignature` the vault key's
+    ///         A402VaultPending(channelId, requestId, clientNonce, deadline). Before `deadline`,
+    ///         once per (channel, request); the amount is drawn from the client's locked funds
+    ///         (see the contract docs). Anyone may send it; the provider is paid.
+    function claimPayment(
+        Channel calldata c,
+        Payment calldata p,
+        bytes calldata authorization,
+        bytes calldata pendingSignature
+    ) external nonReentrant {
+        if (block.timestamp > p.deadline) revert ClaimExpired(p.deadline);
+        if (p.amount == 0 || p.amount > c.capacity) revert ExceedsCapacity(p.amount, c.capacity);
+        bytes32 cid = channelId(c);
+        bytes32 key = keccak256(abi.encode(cid, p.requestId));
+        if (claimed[key]) revert AlreadyClaimed(cid, p.requestId);
+        bytes32 domain = _domainSeparatorV4();
+        bytes32 m = A402Message.paymentMessage(domain, cid, p.requestId, p.amount, p.resultHash);
+        if (!Schnorr.verify(c.providerKey, m, p.e, p.s)) revert InvalidPaymentSignature();
+        _requireVault(A402Message.authorizationDigest(domain, m, p.amount, p.e), authorization);
+        _requireVault(pendingDigest(cid, p.requestId, p.clientNonce, p.deadline), pendingSignature);
+        // A client that already left with a statement counting δ was paid δ: no claim on it.
+        if (
+            _status[c.client] == Status.Settled
+                && _forceSettles[c.client].nonce <= p.clientNonce
+        ) revert ClientAlreadyPaid(c.client);
+        uint256 available_ = available();
+        if (p.amount > available_) revert InsufficientFunds(p.amount, available_);
+        claimed[key] = true;
+        _claims[c.client].push((uint256(p.clientNonce) << _TAG_SHIFT) | p.amount);
+        emit PaymentClaimed(cid, p.requestId, p.amount, p.e, p.s);
+        _send(c.provider, p.amount);
+    }
+
+    // ------------------------------------------------------------ withdrawals
+
+    /// @notice Take everything owed to the sender (payouts its token refused) to `to`.
+    function withdraw(address to) external nonReentrant returns (uint256) {
+        return _withdraw(msg.sender, to, owed[msg.sender]);
+    }
+
+    /// @notice Carry out `owner`'s signed order A402Withdrawal(owner, to, amount, nonce,
+    ///         deadline) (EOA or EIP-1271), good once.
+    function withdrawWithSignature(
+        address owner,
+        address to,
+        uint256 amount,
+        uint256 deadline,
+        bytes calldata signature
+    ) external nonReentrant {
+        if (block.timestamp > deadline) revert OrderExpired(deadline);
+        bytes32 digest = withdrawalDigest(owner, to, amount, withdrawalNonces[owner], deadline);
+        if (!SignatureChecker.isValidSignatureNow(owner, digest, signature)) revert BadSignature(owner);
+        ++withdrawalNonces[owner];
+        _withdraw(owner, to, amount);
+    }
+
+    function _withdraw(address owner, address to, uint256 amount) private returns (uint256) {
+        if (amount == 0 || amount > owed[owner]) revert NothingOwed();
+        owed[owner] -= amount;
+        totalOwed -= amount;
+        emit Withdrawn(owner, to, amount);
+        token.safeTransfer(to, amount);
+        return amount;
+    }
+
+    // ------------------------------------------------------------------ views
+
+    /// @notice What the contract can still pay out: its balance minus what it owes already.
+    function available() public view returns (uint256) {
+        return token.balanceOf(address(this)) - totalOwed;
+    }
+
+    /// @notice A participant's exit status (Active until a force-settle starts).
+    function statusOf(address participant) external view returns (Status) {
+        return _status[participant];
+    }
+
+    /// @notice The lane of participant `index`: the last settlement that paid it, and whether
+    ///         a force-settle froze it.
+    function lane(uint32 index) external view returns (uint64 lastPaidEpoch, bool frozen) {
+        uint256 l = _lane(index);
+        return (uint64(l & ~_FROZEN), l & _FROZEN != 0);
+    }
+
+    /// @notice The recorded force-settle of `participant` (zeros if none).
+    function forceSettle(address participant) external view returns (ForceSettle memory) {
+        return _forceSettles[participant];
+    }
+
+    function settlementDigest(uint64 epoch, bytes32 payoutsHash) public view returns (bytes32) {
+        return _hashTypedDataV4(keccak256(abi.encode(SETTLEMENT_TYPEHASH, epoch, payoutsHash)));
+    }
+
+    function statementDigest(Statement calldata st) public view returns (bytes32) {
+        return _hashTypedDataV4(
+            keccak256(
+                abi.encode(BALANCE_TYPEHASH, st.participant, st.index, st.balance, st.locked, st.epoch, st.nonce)
+            )
+        );
+    }
+
+    function channelId(Channel calldata c) public view returns (bytes32) {
+        return _hashTypedDataV4(
+            keccak256(abi.encode(CHANNEL_TYPEHASH, c.client, c.provider, c.providerKey, c.capacity, c.salt))
+        );
+    }
+
+    function pendingDigest(bytes32 cid, uint256 requestId, uint64 clientNonce, uint64 deadline)
+        public
+        view
+        returns (bytes32)
+    {
+        return _hashTypedDataV4(keccak256(abi.encode(PENDING_TYPEHASH, cid, requestId, clientNonce, deadline)));
+    }
+
+    /// @notice The EIP-3009 nonce of a deposit crediting `participant` with `amount`.
+    function depositNonce(address participant, uint256 amount, bytes32 salt) public view returns (bytes32) {
+        return _hashTypedDataV4(keccak256(abi.encode(DEPOSIT_TYPEHASH, participant, amount, salt)));
+    }
+
+    function withdrawalDigest(address owner, address to, uint256 amount, uint256 nonce, uint256 deadline)
+        public
+        view
+        returns (bytes32)
+    {
+        return _hashTypedDataV4(keccak256(abi.encode(WITHDRAWAL_TYPEHASH, owner, to, amount, nonce, deadline)));
+    }
+
+    /// @notice The payment message m the provider pre-signs, in this contract's domain.
+    function paymentMessage(bytes32 cid, uint256 requestId, uint256 amount, bytes32 resultHash)
+        external
+        view
+        returns (bytes32)
+    {
+        return A402Message.paymentMessage(_domainSeparatorV4(), cid, requestId, amount, resultHash);
+    }
+
+    function domainSeparator() external view returns (bytes32) {
+        return _domainSeparatorV4();
+    }
+
+    // ---------------------------------------------------------------- helpers
+
+    function _lane(uint32 index) private view returns (uint256) {
+        return (_lanes[index >> 3] >> ((uint256(index) & 7) << 5)) & _LANE_MASK;
+    }
+
+    function _setLane(uint32 index, uint256 value) private {
+        uint256 shift = (uint256(index) & 7) << 5;
+        uint256 key = index >> 3;
+        _lanes[key] = (_lanes[key] & ~(_LANE_MASK << shift)) | (value << shift);
+    }
+
+    function _requireVault(bytes32 digest, bytes calldata signature) private view {
+        (address recovered, ECDSA.RecoverError err,) = ECDSA.tryRecoverCalldata(digest, signature);
+        if (err != ECDSA.RecoverError.NoError || recovered != vaultSigner) revert BadSignature(vaultSigner);
+    }
+
+    /// @dev A deposit credits an active account only: a force-settled account is frozen for
+    ///      good (no settlement pays it again), so money sent to it would be stranded.
+    function _checkDeposit(address participant, uint256 amount) private view {
+        if (participant == address(0) || amount == 0) revert InvalidTerms();
+        Status current = _status[participant];
+        if (current != Status.Active) revert WrongStatus(participant, current);
+    }
+
+    function _checkReceived(uint256 before, uint256 amount) private view {
+        uint256 received = token.balanceOf(address(this)) - before;
+        if (received != amount) revert DepositNotReceived(amount, received);
+    }
+
+    /// @dev Pay `amount` to `to`, or credit it to `owed` if the token refuses.
+    function _send(address to, uint256 amount) private {
+        if (amount == 0 || token.trySafeTransfer(to, amount)) return;
+        owed[to] += amount;
+        totalOwed += amount;
+        emit PayoutCredited(to, amount);
+    }
+}

@@ -1,0 +1,233 @@
+"""What the vault enclave signs in vault mode, byte for byte as ``A402Vault.sol`` checks it.
+
+Pure (no I/O): the enclave signs with these, the bindings (:mod:`a402.vault_contract`)
+send what they encode, and the tests compare every digest with the contract's own
+view. All digests are EIP-712 typed-data hashes in the vault contract's domain
+(``"A402"``, ``"1"``, chain id, the vault contract), i.e. :class:`PaymentDomain` of
+the vault's address, so a pending payment's ``m`` and ``σ_U``
+(:mod:`a402.crypto.message`) are the very ones ASCManager uses, in that domain.
+
+* :func:`pack_payouts` — a settlement's payouts, 36 bytes each: ``address (20) ‖
+  uint32 index (4) ‖ uint96 amount (12)``, ``index`` being the participant's stable
+  number that the enclave assigns (its lane in the contract); sorted by index, eight
+  neighbouring participants share one storage word;
+* :func:`settlement_digest` — ``A402VaultSettlement(uint64 epoch, bytes32 payouts)``,
+  ``payouts = keccak256(packed)``;
+* :class:`BalanceStatement` / :func:`statement_digest` — ``A402VaultBalance(address
+  participant, uint32 index, uint256 balance, uint256 locked, uint64 epoch, uint64 nonce)``;
+* :class:`VaultChannelTerms` / :func:`vault_channel_id` — ``A402VaultChannel(address
+  client, address provider, bytes32 providerKey, uint256 capacity, bytes32 salt)``;
+* :func:`pending_digest` — ``A402VaultPending(bytes32 channelId, uint256 requestId,
+  uint64 clientNonce, uint64 deadline)``;
+* :func:`deposit_nonce` — the EIP-3009 nonce ``A402VaultDeposit(address participant,
+  uint256 amount, bytes32 salt)`` that binds a gasless deposit to whom it credits.
+
+What each one means (and the rule that keeps settlements, force-settles and claims
+from paying anything twice) is the contract's docstring, ``contracts/A402Vault.sol``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from a402.evm.address import address_bytes
+from a402.evm.keccak import keccak256
+
+from ._secp import b32
+from .message import PaymentDomain
+
+SETTLEMENT_TYPE = "A402VaultSettlement(uint64 epoch,bytes32 payouts)"
+BALANCE_TYPE = (
+    "A402VaultBalance(address participant,uint32 index,uint256 balance,uint256 locked,uint64 epoch,"
+    "uint64 nonce)"
+)
+CHANNEL_TYPE = (
+    "A402VaultChannel(address client,address provider,bytes32 providerKey,uint256 capacity,"
+    "bytes32 salt)"
+)
+PENDING_TYPE = (
+    "A402VaultPending(bytes32 channelId,uint256 requestId,uint64 clientNonce,uint64 deadline)"
+)
+DEPOSIT_TYPE = "A402VaultDeposit(address participant,uint256 amount,bytes32 salt)"
+
+SETTLEMENT_TYPEHASH = keccak256(SETTLEMENT_TYPE.encode())
+BALANCE_TYPEHASH = keccak256(BALANCE_TYPE.encode())
+CHANNEL_TYPEHASH = keccak256(CHANNEL_TYPE.encode())
+PENDING_TYPEHASH = keccak256(PENDING_TYPE.encode())
+DEPOSIT_TYPEHASH = keccak256(DEPOSIT_TYPE.encode())
+
+PAYOUT_SIZE = 36
+MAX_PAYOUT = (1 << 96) - 1
+MAX_EPOCH = (1 << 31) - 1
+"""Settlement epochs fit a lane's 31 bits (the 32nd marks a frozen participant)."""
+_UINT32 = 1 << 32
+_UINT64 = 1 << 64
+_UINT256 = 1 << 256
+
+
+def _uint(value: int, limit: int, what: str) -> bytes:
+    if not 0 <= value < limit:
+        raise ValueError(f"{what} out of range")
+    return b32(value)
+
+
+def _address_word(address: str | bytes) -> bytes:
+    return bytes(12) + address_bytes(address)
+
+
+def _bytes32(value: bytes, what: str) -> bytes:
+    if len(value) != 32:
+        raise ValueError(f"{what} must be 32 bytes")
+    return bytes(value)
+
+
+def _typed(domain: PaymentDomain, struct_hash: bytes) -> bytes:
+    return keccak256(b"\x19\x01" + domain.separator + struct_hash)
+
+
+# ------------------------------------------------------------------ settlement
+
+
+def pack_payouts(payouts: Iterable[tuple[str | bytes, int, int]]) -> bytes:
+    """``(payee, index, amount)`` as the contract reads them: ``address ‖ uint32 ‖ uint96``.
+
+    Give them sorted by index: the contract writes one storage word per run of payees
+    whose indices share it (``index // 8``)."""
+    out = bytearray()
+    for payee, index, amount in payouts:
+        if not 0 <= amount <= MAX_PAYOUT:
+            raise ValueError("a payout must fit in uint96")
+        if not 0 <= index < _UINT32:
+            raise ValueError("a participant index must fit in uint32")
+        out += address_bytes(payee) + index.to_bytes(4, "big") + amount.to_bytes(12, "big")
+    if not out:
+        raise ValueError("a settlement pays at least one participant")
+    return bytes(out)
+
+
+def unpack_payouts(packed: bytes) -> list[tuple[bytes, int, int]]:
+    """The inverse of :func:`pack_payouts` (20-byte addresses)."""
+    if not packed or len(packed) % PAYOUT_SIZE:
+        raise ValueError("packed payouts are a non-empty multiple of 36 bytes")
+    return [
+        (
+            packed[i : i + 20],
+            int.from_bytes(packed[i + 20 : i + 24], "big"),
+            int.from_bytes(packed[i + 24 : i + 36], "big"),
+        )
+        for i in range(0, len(packed), PAYOUT_SIZE)
+    ]
+
+
+def settlement_digest(domain: PaymentDomain, epoch: int, packed_payouts: bytes) -> bytes:
+    """What the vault key signs to authorise settlement ``epoch`` of ``packed_payouts``."""
+    return _typed(
+        domain,
+        keccak256(
+            SETTLEMENT_TYPEHASH + _uint(epoch, MAX_EPOCH + 1, "epoch") + keccak256(packed_payouts)
+        ),
+    )
+
+
+# ------------------------------------------------------------------ statements
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceStatement:
+    """What the vault owes ``participant`` (lane ``index``) if it stopped now (free
+    ``balance`` and ``locked`` in its open channels as a client), net of its payouts in
+    every settlement up to ``epoch``; ``nonce`` increases with every change."""
+
+    participant: str
+    index: int
+    balance: int
+    locked: int
+    epoch: int
+    nonce: int
+
+    def as_tuple(self) -> tuple[str, int, int, int, int, int]:
+        """The contract's ``Statement`` tuple."""
+        return (self.participant, self.index, self.balance, self.locked, self.epoch, self.nonce)
+
+
+def statement_digest(domain: PaymentDomain, statement: BalanceStatement) -> bytes:
+    """What the vault key signs to hand ``statement`` to its participant."""
+    return _typed(
+        domain,
+        keccak256(
+            BALANCE_TYPEHASH
+            + _address_word(statement.participant)
+            + _uint(statement.index, _UINT32, "index")
+            + _uint(statement.balance, _UINT256, "balance")
+            + _uint(statement.locked, _UINT256, "locked")
+            + _uint(statement.epoch, _UINT64, "epoch")
+            + _uint(statement.nonce, _UINT64, "nonce")
+        ),
+    )
+
+
+# ------------------------------------------------------- channels and claims
+
+
+@dataclass(frozen=True, slots=True)
+class VaultChannelTerms:
+    """A vault-mode channel: opened inside the enclave, never on-chain unless claimed."""
+
+    client: str
+    provider: str
+    provider_key: bytes
+    capacity: int
+    salt: bytes
+
+    def as_tuple(self) -> tuple[str, str, bytes, int, bytes]:
+        """The contract's ``Channel`` tuple."""
+        return (self.client, self.provider, self.provider_key, self.capacity, self.salt)
+
+
+def vault_channel_id(domain: PaymentDomain, terms: VaultChannelTerms) -> bytes:
+    """The channel id: the EIP-712 hash of the terms in the vault's domain."""
+    return _typed(
+        domain,
+        keccak256(
+            CHANNEL_TYPEHASH
+            + _address_word(terms.client)
+            + _address_word(terms.provider)
+            + _bytes32(terms.provider_key, "provider key")
+            + _uint(terms.capacity, _UINT256, "capacity")
+            + _bytes32(terms.salt, "salt")
+        ),
+    )
+
+
+def pending_digest(
+    domain: PaymentDomain, channel_id: bytes, request_id: int, client_nonce: int, deadline: int
+) -> bytes:
+    """What the vault key signs with σ_U: payment ``request_id`` of ``channel_id`` is
+    pending, counted by the client's statements up to ``client_nonce``, claimable on-chain
+    until ``deadline`` (unix seconds)."""
+    return _typed(
+        domain,
+        keccak256(
+            PENDING_TYPEHASH
+            + _bytes32(channel_id, "channel id")
+            + _uint(request_id, _UINT256, "request id")
+            + _uint(client_nonce, _UINT64, "client nonce")
+            + _uint(deadline, _UINT64, "deadline")
+        ),
+    )
+
+
+def deposit_nonce(
+    domain: PaymentDomain, participant: str | bytes, amount: int, salt: bytes
+) -> bytes:
+    """The EIP-3009 nonce of a gasless deposit crediting ``participant`` with ``amount``."""
+    return _typed(
+        domain,
+        keccak256(
+            DEPOSIT_TYPEHASH
+            + _address_word(participant)
+            + _uint(amount, _UINT256, "amount")
+            + _bytes32(salt, "salt")
+        ),
+    )

@@ -1,0 +1,276 @@
+"""Typed bindings for ``A402Vault.sol``, the Liquidity Vault contract (does I/O).
+
+Thin, like :mod:`a402.asc_manager`: each method is one contract call built from the
+pure encodings of :mod:`a402.crypto.vault_messages` and sent with
+:func:`a402.chain.tx.transact`. The vault key never sends: whoever sends here (a gas
+payer, a participant, a watchtower) carries signatures the enclave made over the
+digests of :mod:`a402.crypto.vault_messages`.
+
+A layer of its own, beside :mod:`a402.asc_manager` (README, "Layout"): above
+:mod:`a402.chain` and the pure layers, below the vault, client and provider.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from eth_account.messages import encode_typed_data
+from eth_account.signers.local import LocalAccount
+from eth_typing import ChecksumAddress, Hash32
+from web3.contract import Contract
+from web3.logs import DISCARD
+from web3.types import TxReceipt
+
+from a402.chain.node import Chain
+from a402.chain.tx import contract_at, deploy_contract, transact
+from a402.crypto import PaymentDomain
+from a402.crypto.vault_messages import (
+    BalanceStatement,
+    VaultChannelTerms,
+    deposit_nonce,
+)
+from a402.evm.address import to_checksum
+from a402.evm.keccak import keccak256
+
+RECEIVE_WITH_AUTHORIZATION_TYPES = {
+    "ReceiveWithAuthorization": [
+        {"name": "from", "type": "address"},
+        {"name": "to", "type": "address"},
+        {"name": "value", "type": "uint256"},
+        {"name": "validAfter", "type": "uint256"},
+        {"name": "validBefore", "type": "uint256"},
+        {"name": "nonce", "type": "bytes32"},
+    ]
+}
+
+
+class AccountStatus(IntEnum):
+    ACTIVE = 0
+    SETTLING = 1
+    SETTLED = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Lane:
+    """``A402Vault.lane(index)``: the last settlement that paid that participant, and
+    whether a force-settle froze it."""
+
+    last_paid_epoch: int
+    frozen: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedForceSettle:
+    """``A402Vault.forceSettle(p)``: the statement recorded for ``p`` and the deadline."""
+
+    balance: int
+    locked: int
+    epoch: int
+    nonce: int
+    deadline: int
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class DepositAuthorization:
+    """An EIP-3009 ``receiveWithAuthorization`` for a deposit (nonce: its salt's)."""
+
+    participant: str
+    sender: str
+    amount: int
+    salt: bytes
+    valid_after: int
+    valid_before: int
+    v: int
+    r: bytes
+    s: bytes
+
+    def auth_tuple(self) -> tuple[int, int, int, bytes, bytes]:
+        return (self.valid_after, self.valid_before, self.v, self.r, self.s)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingClaim:
+    """A provider's claim for one pending payment: the completed adaptor signature
+    ``(e, s)`` on ``m``, σ_U, and the enclave's pending record (client nonce, deadline)."""
+
+    request_id: int
+    amount: int
+    result_hash: bytes
+    e: bytes
+    s: int
+    client_nonce: int
+    deadline: int
+    authorization: bytes
+    pending_signature: bytes
+
+    def payment_tuple(self) -> tuple[int, int, bytes, bytes, int, int, int]:
+        """The contract's ``Payment`` tuple."""
+        return (self.request_id, self.amount, self.result_hash, self.e, self.s,
+                self.client_nonce, self.deadline)
+
+
+class A402Vault:
+    """One deployed ``A402Vault``: its domain, token, vault key and entry points."""
+
+    def __init__(self, chain: Chain, address: str) -> None:
+        self.chain = chain
+        self.contract: Contract = contract_at(chain, "A402Vault", address)
+        self.address: ChecksumAddress = self.contract.address
+        self.domain = PaymentDomain(chain.chain_id, self.address)
+        self.token: str = self.contract.functions.token().call()
+        self.vault_signer: str = self.contract.functions.vaultSigner().call()
+        self.settle_window: int = int(self.contract.functions.settleWindow().call())
+
+    @classmethod
+    def deploy(cls, chain: Chain, account: LocalAccount, token: str, vault_signer: str,
+               settle_window: int) -> A402Vault:
+        contract = deploy_contract(chain, account, "A402Vault", token,
+                                   to_checksum(vault_signer), settle_window)
+        return cls(chain, contract.address)
+
+    # -- deposits ----------------------------------------------------------------
+
+    def deposit(self, sender: LocalAccount, participant: str, amount: int) -> TxReceipt:
+        """``deposit``: ``sender`` (who approved this contract) credits ``participant``."""
+        call = self.contract.functions.deposit(to_checksum(participant), amount)
+        return transact(self.chain, sender, call)
+
+    def sign_deposit_authorization(
+        self, depositor: LocalAccount, participant: str, amount: int, salt: bytes, *,
+        token_name: str, token_version: str, valid_after: int, valid_before: int,
+    ) -> DepositAuthorization:
+        """``depositor``'s EIP-3009 signature moving ``amount`` into the vault for
+        ``participant``; the nonce (:func:`deposit_nonce`) binds both."""
+        nonce = deposit_nonce(self.domain, participant, amount, salt)
+        signed = depositor.sign_message(encode_typed_data(
+            domain_data={"name": token_name, "version": token_version,
+                         "chainId": self.chain.chain_id, "verifyingContract": self.token},
+            message_types=RECEIVE_WITH_AUTHORIZATION_TYPES,
+            message_data={"from": depositor.address, "to": self.address, "value": amount,
+                          "validAfter": valid_after, "validBefore": valid_before,
+                          "nonce": nonce},
+        ))
+        return DepositAuthorization(
+            to_checksum(participant), depositor.address, amount, salt, valid_after,
+            valid_before, signed.v, signed.r.to_bytes(32, "big"), signed.s.to_bytes(32, "big"))
+
+    def deposit_with_authorization(self, sender: LocalAccount, auth: DepositAuthorization
+                                   ) -> TxReceipt:
+        """Submit a gasless deposit (``sender`` only pays gas)."""
+        call = self.contract.functions.depositWithAuthorization(
+            auth.participant, auth.sender, auth.amount, auth.salt, auth.auth_tuple())
+        return transact(self.chain, sender, call)
+
+    # -- settlement ----------------------------------------------------------------
+
+    def settle(self, sender: LocalAccount, packed_payouts: bytes, epoch: int,
+               vault_signature: bytes) -> TxReceipt:
+        """``settle``: pay every packed payout (:func:`~a402.crypto.vault_messages.
+        pack_payouts`) with the vault key's signature over ``settlement_digest``."""
+        call = self.contract.functions.settle(packed_payouts, epoch, vault_signature)
+        return transact(self.chain, sender, call)
+
+    # -- force-settle ----------------------------------------------------------------
+
+    def init_force_settle(self, sender: LocalAccount, statement: BalanceStatement,
+                          signature: bytes) -> TxReceipt:
+        call = self.contract.functions.initForceSettle(_statement(statement), signature)
+        return transact(self.chain, sender, call)
+
+    def challenge_force_settle(self, sender: LocalAccount, statement: BalanceStatement,
+                               signature: bytes) -> TxReceipt:
+        call = self.contract.functions.challengeForceSettle(_statement(statement), signature)
+        return transact(self.chain, sender, call)
+
+    def final_force_settle(self, sender: LocalAccount, participant: str) -> TxReceipt:
+        call = self.contract.functions.finalForceSettle(to_checksum(participant))
+        return transact(self.chain, sender, call)
+
+    def claim_payment(self, sender: LocalAccount, terms: VaultChannelTerms, claim: PendingClaim
+                      ) -> TxReceipt:
+        """``claimPayment``: the provider's pending payment, paid while the vault is dark."""
+        call = self.contract.functions.claimPayment(
+            _channel(terms), claim.payment_tuple(), claim.authorization, claim.pending_signature)
+        return transact(self.chain, sender, call)
+
+    # -- payouts the token refused ------------------------------------------------------
+
+    def owed(self, account: str) -> int:
+        return int(self.contract.functions.owed(to_checksum(account)).call())
+
+    def withdraw(self, owner: LocalAccount, to: str) -> TxReceipt:
+        return transact(self.chain, owner, self.contract.functions.withdraw(to_checksum(to)))
+
+    def withdrawal_order(self, owner: LocalAccount, to: str, amount: int, deadline: int
+                         ) -> bytes:
+        """``owner``'s signed order paying ``amount`` of what it is owed to ``to``."""
+        nonce = int(self.contract.functions.withdrawalNonces(owner.address).call())
+        digest = bytes(self.contract.functions.withdrawalDigest(
+            owner.address, to_checksum(to), amount, nonce, deadline).call())
+        return bytes(owner.unsafe_sign_hash(Hash32(digest)).signature)
+
+    def withdraw_for(self, sender: LocalAccount, owner: str, to: str, amount: int,
+                     deadline: int, order: bytes) -> TxReceipt:
+        call = self.contract.functions.withdrawWithSignature(
+            to_checksum(owner), to_checksum(to), amount, deadline, order)
+        return transact(self.chain, sender, call)
+
+    # -- reading ---------------------------------------------------------------------
+
+    def last_epoch(self) -> int:
+        return int(self.contract.functions.lastEpoch().call())
+
+    def available(self) -> int:
+        return int(self.contract.functions.available().call())
+
+    def status(self, participant: str) -> AccountStatus:
+        return AccountStatus(self.contract.functions.statusOf(to_checksum(participant)).call())
+
+    def lane(self, index: int) -> Lane:
+        epoch, frozen = self.contract.functions.lane(index).call()
+        return Lane(int(epoch), bool(frozen))
+
+    def force_settle(self, participant: str) -> RecordedForceSettle:
+        record = self.contract.functions.forceSettle(to_checksum(participant)).call()
+        return RecordedForceSettle(*(int(x) for x in record))
+
+    def settlement_of(self, participant: str) -> int:
+        return int(self.contract.functions.settlementOf(to_checksum(participant)).call())
+
+    def events(self, name: str, receipt: TxReceipt) -> list[dict[str, Any]]:
+        """The arguments of this vault's ``name`` events in ``receipt``."""
+        found = getattr(self.contract.events, name)().process_receipt(receipt, errors=DISCARD)
+        return [dict(ev["args"]) for ev in found if ev["address"] == self.address]
+
+    # the contract's own digests, for checking the pure encoders against it
+    def settlement_digest(self, epoch: int, packed_payouts: bytes) -> bytes:
+        return bytes(self.contract.functions.settlementDigest(
+            epoch, keccak256(packed_payouts)).call())
+
+    def statement_digest(self, statement: BalanceStatement) -> bytes:
+        return bytes(self.contract.functions.statementDigest(_statement(statement)).call())
+
+    def channel_id(self, terms: VaultChannelTerms) -> bytes:
+        return bytes(self.contract.functions.channelId(_channel(terms)).call())
+
+    def pending_digest(self, channel_id: bytes, request_id: int, client_nonce: int,
+                       deadline: int) -> bytes:
+        return bytes(self.contract.functions.pendingDigest(
+            channel_id, request_id, client_nonce, deadline).call())
+
+    def deposit_nonce(self, participant: str, amount: int, salt: bytes) -> bytes:
+        return bytes(self.contract.functions.depositNonce(
+            to_checksum(participant), amount, salt).call())
+
+
+def _statement(statement: BalanceStatement) -> tuple[str, int, int, int, int, int]:
+    return (to_checksum(statement.participant), statement.index, statement.balance,
+            statement.locked, statement.epoch, statement.nonce)
+
+
+def _channel(terms: VaultChannelTerms) -> tuple[str, str, bytes, int, bytes]:
+    return (to_checksum(terms.client), to_checksum(terms.provider), terms.provider_key,
+            terms.capacity, terms.salt)
