@@ -41,6 +41,7 @@ from typing import Any
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
+from web3.types import RPCEndpoint
 
 from a402.chain.node import Chain, start_anvil
 from a402.chain.tx import deploy_contract, transact
@@ -111,7 +112,7 @@ class Bench:
         """``n`` fresh participants that already hold tokens (never paid by the vault), with
         the next indices (a fresh lane word: the enclave numbers participants in order)."""
         start = -(-len(self.index) // 8) * 8
-        fresh = [self.funded(1, eth=0).address for _ in range(n)]
+        fresh: list[str] = [self.funded(1, eth=0).address for _ in range(n)]
         for i, address in enumerate(fresh):
             self.index[address] = start + i
         return fresh
@@ -159,8 +160,8 @@ def measure_entry_points(b: Bench) -> dict[str, int]:
         b.gas_payer, *b.statement(p, 5_000, 1))["gasUsed"])
     gas["challengeForceSettle"] = int(vault.challenge_force_settle(
         b.gas_payer, *b.statement(p, 4_000, 2))["gasUsed"])
-    chain.w3.provider.make_request("evm_increaseTime", [SETTLE_WINDOW])
-    chain.w3.provider.make_request("evm_mine", [])
+    chain.w3.provider.make_request(RPCEndpoint("evm_increaseTime"), [SETTLE_WINDOW])
+    chain.w3.provider.make_request(RPCEndpoint("evm_mine"), [])
     gas["finalForceSettle"] = int(vault.final_force_settle(b.gas_payer, p)["gasUsed"])
 
     # A provider's claim of its pending payment while the vault is dark.
