@@ -55,8 +55,11 @@ Persistence. Everything leaves sealed under the code's own key (the host's
 ``unseal`` cannot open it): each channel's record (its machine, owner, the
 signed call in flight and the nonces it consumed, and the high-water timestamp
 that pruned them), and the ledger (balances, credited deposits, the channels it
-approved and their owners, withdrawals). The host stores the ledger before
-anything the enclave approved leaves the vault; a channel's record goes with the
+approved and their owners, withdrawals, and a version that grows with every
+change). The host stores the ledger before anything the enclave approved leaves
+the vault, by compare-and-set on that version (:mod:`a402.vault.ledger`: replicas
+sharing the database serialize on it), and hands a running enclave a newer one
+when another replica stored it; an older one is refused; a channel's record goes with the
 host's checkpoint of that channel, before its next message (no extra write per
 paid call). A host reporting a pool channel as never opened when it did gains
 nothing: its deposit is credited back once, and the channel's later refund is
@@ -69,7 +72,11 @@ signed state gives the client, once per channel), and gives back the deposit
 of a pool channel the host reports as never opened. A host that lies about
 mined transfers can inflate a balance. Sealed state has no rollback protection
 (:mod:`a402.tee.sealing`): a host that restores an older ledger or channel
-record can replay what that record had not yet seen. Which provider serves a
+record at a restart can replay what that record had not yet seen, and two live
+instances of this code from one sealed identity that do not share the ledger
+row each spend from a ledger of their own — a rollback too. ``first_boot`` says
+the host found no ledger at all (a new vault); the host refuses to start when
+its store has a history but no ledger. Which provider serves a
 URL is the host's choice (it fetches the 402), within the call's ``maxPrice``.
 """
 
@@ -268,6 +275,7 @@ class VaultEnclaveCode:
     def __init__(
         self, kernel: EnclaveKernel, *, domain: PaymentDomain, network: str,
         token: Eip712Domain, auth_window: int = api.DEFAULT_AUTH_WINDOW,
+        first_boot: bool = False,
     ) -> None:
         self._kernel = kernel
         self._signer = _KernelSigner(kernel, CHANNEL_STATE)
@@ -286,17 +294,27 @@ class VaultEnclaveCode:
         self._high_water = 0
         self._consumed: dict[tuple[str, str], int] = {}
         self._reserved: dict[tuple[str, str], bytes] = {}
+        #: The ledger's version, sealed with it: one more on its first change after each
+        #: export (see :meth:`restore_ledger`); ``_unsaved``: changed since the export.
+        self._version = 0
+        self._unsaved = False
+        #: Started as a vault's very first boot (no ledger exists anywhere yet).
+        self.first_boot = first_boot
         #: One call at a time: the host calls from its event loop and from threads.
         self.lock = threading.RLock()
 
     @classmethod
     def start(
         cls, enclave: Enclave, *, domain: PaymentDomain, network: str, token: Eip712Domain,
-        auth_window: int = api.DEFAULT_AUTH_WINDOW,
+        auth_window: int = api.DEFAULT_AUTH_WINDOW, first_boot: bool = False,
     ) -> VaultEnclave:
-        """Run this code in ``enclave``; the host gets only the :class:`VaultEnclave`."""
+        """Run this code in ``enclave``; the host gets only the :class:`VaultEnclave`.
+
+        ``first_boot``: the host says no ledger exists yet (a new vault); otherwise the
+        host restores the stored one (:meth:`VaultEnclave.restore_ledger`) first."""
         return enclave.start(lambda kernel: VaultEnclave(cls(
             kernel, domain=domain, network=network, token=token, auth_window=auth_window,
+            first_boot=first_boot,
         )), host_tunnels=True)
 
     # ---------------------------------------------------------------- ledger
@@ -307,20 +325,44 @@ class VaultEnclaveCode:
     def _credit(self, client: str, amount: int) -> None:
         key = address_key(client)
         self._balances[key] = self._balances.get(key, 0) + amount
+        self._changed()
+
+    def _debit(self, client: str, amount: int) -> None:
+        self._balances[client] = self.balance(client) - amount
+        self._changed()
+
+    def _changed(self) -> None:
+        """The ledger changed: its version grows (once until the next export), so the host
+        can no longer hand this code back the ledger from before the change."""
+        if not self._unsaved:
+            self._version += 1
+            self._unsaved = True
+
+    @property
+    def ledger_version(self) -> int:
+        """The version of the ledger held here (sealed in :meth:`export_ledger`)."""
+        return self._version
+
+    @property
+    def ledger_unsaved(self) -> bool:
+        """Whether the ledger changed since it was last exported or restored."""
+        return self._unsaved
 
     def credit_deposit(self, key: str, client: str, amount: int) -> bool:
         """A mined transfer of ``amount`` from ``client`` to the vault, reported by the host
         (trusted: see the module docstring); once per ``key`` (tx hash, log index)."""
         if amount <= 0 or key in self._credited:
             return False
-        self._credited.add(key)
+        self._credited.add(key)  # versioned by _credit
         self._credit(client, amount)
         return True
 
     def export_ledger(self) -> bytes:
         self._prune()
+        self._unsaved = False
         record = {
             "format": _LEDGER_FORMAT,
+            "version": self._version,
             "balances": {k: str(v) for k, v in self._balances.items()},
             "credited": sorted(self._credited),
             "channels": {cid.hex(): [e.owner, e.funding, str(e.deposit), e.settled, e.refunded]
@@ -331,18 +373,41 @@ class VaultEnclaveCode:
         return self._kernel.seal(_LEDGER_LABEL, jsonbytes.dumps(record))
 
     def restore_ledger(self, blob: bytes) -> None:
-        """The ledger from :meth:`export_ledger` (only before any channel is loaded)."""
-        if self._held or self._channels or self._balances:
-            raise EnclaveError("out_of_order_call", "restore the ledger first")
-        record = json.loads(self._kernel.unseal(_LEDGER_LABEL, blob))
-        if record.get("format") != _LEDGER_FORMAT:
-            raise EnclaveError("malformed", "not a vault ledger")
-        self._balances = {k: int(v) for k, v in record["balances"].items()}
-        self._credited = set(record["credited"])
-        for cid, e in record["channels"].items():
-            self._enter(bytes.fromhex(cid), _Entry(e[0], e[1], int(e[2]), e[3], bool(e[4])))
-        self._withdrawals = dict(record["withdrawals"])
-        self._high_water = max(self._high_water, int(record["highWater"]))
+        """The ledger from :meth:`export_ledger`, at start-up or whenever the host finds a
+        newer one stored (another replica changed it): it replaces this one.
+
+        Refused if its version is lower than the one held here: a host cannot hand a
+        running enclave an older ledger (after a restart it can — sealed state has no
+        rollback protection). A ledger of the same version is another instance's twin
+        of this one only if two instances of this enclave changed it without sharing its
+        store (a rollback; see the README). Channels running here that the restored
+        ledger does not know were approved in a change that was never stored (its
+        approval never left): they are dropped, and approved again if asked again.
+        """
+        try:
+            record = json.loads(self._kernel.unseal(_LEDGER_LABEL, blob))
+            if record.get("format") != _LEDGER_FORMAT:
+                raise ValueError("not a vault ledger")
+            version = int(record.get("version", 0))
+            balances = {k: int(v) for k, v in record["balances"].items()}
+            credited = set(record["credited"])
+            channels = {bytes.fromhex(cid): _Entry(e[0], e[1], int(e[2]), e[3], bool(e[4]))
+                        for cid, e in record["channels"].items()}
+            withdrawals = dict(record["withdrawals"])
+            high_water = int(record["highWater"])
+        except (ValueError, KeyError, TypeError, IndexError) as e:
+            raise EnclaveError("malformed", str(e)) from None
+        if version < self._version:
+            raise EnclaveError("stale_ledger",
+                               f"version {version} is older than the {self._version} held")
+        for cid in [cid for cid in self._held if cid not in channels]:
+            self.unload(cid)
+        self._version, self._unsaved = version, False
+        self._balances, self._credited, self._withdrawals = balances, credited, withdrawals
+        self._channels, self._by_owner = {}, {}
+        for cid, entry in channels.items():
+            self._enter(cid, entry)
+        self._high_water = max(self._high_water, high_water)
 
     # --------------------------------------------------------- signed calls
 
@@ -401,6 +466,7 @@ class VaultEnclaveCode:
             raise EnclaveError("not_our_channel", "the terms name another vault")
         channel_id = terms.channel_id(self.domain)
         self._enter(channel_id, _Entry(owner, funding, terms.deposit))
+        self._changed()
         self._held[channel_id] = _Held(
             VaultChannel(terms, self.domain, self._signer, lock_timeout=lock_timeout),
             owner, funding)
@@ -420,7 +486,7 @@ class VaultEnclaveCode:
             if terms.deposit > self.balance(owner):
                 raise EnclaveError("insufficient_balance",
                                    f"{terms.deposit} > balance {self.balance(owner)}")
-            self._balances[owner] = self.balance(owner) - terms.deposit
+            self._debit(owner, terms.deposit)
             self._new_channel(terms, owner, api.POOL, lock_timeout)
         elif (entry.owner, entry.funding) != (owner, api.POOL):
             raise EnclaveError("not_your_channel", "approved for another client")
@@ -449,7 +515,7 @@ class VaultEnclaveCode:
                                  or held.channel.status is not Status.OPEN):
             return 0
         entry.refunded, entry.settled = True, self._high_water
-        self._credit(entry.owner, entry.deposit)
+        self._credit(entry.owner, entry.deposit)  # versioned
         if held is not None:
             held.channel.closed_on_chain()
         return entry.deposit
@@ -463,6 +529,7 @@ class VaultEnclaveCode:
         if entry is None or entry.refunded:
             return 0
         entry.refunded, entry.settled = True, self._high_water
+        self._changed()
         held.channel.closed_on_chain()
         if entry.funding != api.POOL:
             return 0
@@ -648,9 +715,9 @@ class VaultEnclaveCode:
             if amount > self.balance(client):
                 raise EnclaveError("insufficient_balance",
                                    f"{amount} > balance {self.balance(client)}")
-            self._balances[client] = self.balance(client) - amount
             record = {"to": to, "value": str(amount), "nonce": os.urandom(32).hex()}
             self._withdrawals[key] = record
+            self._debit(client, amount)
         elif (record["to"], int(record["value"])) != (to, amount):
             raise EnclaveError("idempotency_key_reused", "this key named another withdrawal")
         return self._sign_withdrawal(key, now)
@@ -839,6 +906,20 @@ class VaultEnclave:
     def credit_deposit(self, key: str, client: str, amount: int) -> bool:
         with self._code.lock:
             return self._code.credit_deposit(key, client, amount)
+
+    @property
+    def ledger_version(self) -> int:
+        """The ledger's version (sealed in it too): one more on every change."""
+        return self._code.ledger_version
+
+    @property
+    def ledger_unsaved(self) -> bool:
+        """Whether the ledger changed since it was last exported (or restored)."""
+        return self._code.ledger_unsaved
+
+    @property
+    def first_boot(self) -> bool:
+        return self._code.first_boot
 
     def export_ledger(self) -> bytes:
         with self._code.lock:

@@ -1,10 +1,12 @@
 """Building blocks for the vault tests: a running vault, funded clients, conservation checks.
 
-Conservation is checked two ways after every scenario: the vault's own ledger
-(``deposits == balances + in_channels + paid + withdrawn``) and the chain —
-the vault's token balance is exactly the clients' pooled balances, every
-settled channel paid its provider exactly what the ledger says, and the
-ASCManager still escrows exactly the deposits of the channels not settled.
+Conservation is checked three ways after every scenario: the vault's own ledger
+(``deposits == balances + in_channels + paid + withdrawn``); the enclave's
+ledger, as stored (unsealed by the same enclave identity), holds exactly the
+host's balance for every client; and the chain — the vault's token balance is
+exactly the clients' pooled balances, every settled channel paid its provider
+exactly what the ledger says, and the ASCManager still escrows exactly the
+deposits of the channels not settled.
 """
 
 from __future__ import annotations
@@ -17,17 +19,20 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, select
 
 from a402.background import serve_in_thread
 from a402.client.vault import VaultClient
+from a402.exact.eip3009 import Eip712Domain
 from a402.tee import AttestationPolicy
 from a402.vault import store as vault_store
 from a402.vault.app import create_app
-from a402.vault.identity import vault_enclave
+from a402.vault.identity import _IDENTITY, vault_enclave
 from a402.vault.service import VaultConfig, VaultService
 from a402.vault.settings import Batching, Connections, Deposits, Timing
 from a402.vault.store import VaultStore
+from a402.vault.tables import AccountRow
+from a402.vault_enclave import VaultEnclaveCode
 from a402.wire import vault_api as api
 from tests.a402_exchange.helpers import PROVIDER_CODE, VAULT_CODE, World, fresh_account
 
@@ -118,11 +123,32 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "c
         time.sleep(0.05)
 
 
+def enclave_balances(world: World, store: VaultStore) -> dict[str, int]:
+    """The client balances in the enclave's ledger as the store holds it: opened by a twin
+    of the vault's enclave (its sealed identity is in the store; the test holds the
+    platform), never by the host."""
+    sealed = store.get_meta(_IDENTITY)
+    stored = store.ledger()
+    assert sealed is not None and stored is not None, "no enclave identity or ledger stored"
+    token = world.token_info
+    twin = VaultEnclaveCode.start(
+        world.platform.restore(VAULT_CODE, sealed), domain=world.manager.domain,
+        network=world.chain.network,
+        token=Eip712Domain(token.name, token.version, world.chain.chain_id, token.address))
+    twin.restore_ledger(stored[1])
+    assert twin.ledger_version == stored[0]
+    return {k: v for k, v in twin._code._balances.items() if v}
+
+
 def assert_conserved(world: World, store: VaultStore, vault_address: str,
                      escrow_before: int | None = None) -> vault_store.Totals:
-    """The ledger balances, and the chain agrees with it (see the module docstring)."""
+    """The ledger balances, the enclave's agrees with it, and so does the chain (see the
+    module docstring)."""
     totals = store.totals()
     assert totals.conserved, totals
+    host = {a: b for a in {c.client for c in store.channels()} | set(_accounts(store))
+            if (b := store.balance(a))}
+    assert enclave_balances(world, store) == host, "the enclave's ledger and the host's differ"
     assert world.balance(vault_address) == totals.balances, (world.balance(vault_address),
                                                              totals)
     channels = store.channels()
@@ -136,3 +162,8 @@ def assert_conserved(world: World, store: VaultStore, vault_address: str,
         unsettled = sum(int(c.deposit) for c in channels if c.phase in vault_store.FUNDED)
         assert world.balance(world.manager.address) == escrow_before + unsettled
     return totals
+
+
+def _accounts(store: VaultStore) -> list[str]:
+    with store._read() as s:
+        return list(s.scalars(select(AccountRow.address)))

@@ -67,6 +67,7 @@ from a402.wire import vault_api as api
 from . import records
 from . import store as vault_store
 from .aggregate import Aggregator
+from .ledger import Ledger, LedgerBusy
 from .settings import Batching, Connections, Deposits, Timing
 from .tunnel import Checkpoint, CheckpointReason, PaidResponse, ProviderTunnel
 from .txjournal import TxJournal
@@ -107,10 +108,6 @@ def batch_id(members: Sequence[vault_store.Channel] | Sequence[str]) -> str:
     return "batch-" + hashlib.sha256(",".join(cids).encode()).hexdigest()[:32]
 
 
-#: Where the store keeps the enclave's sealed ledger.
-LEDGER_KEY = "enclave_ledger"
-
-
 class NoUsableChannel(Exception):
     """No OPEN channel can pay, and the caller may not close or open one."""
 
@@ -121,12 +118,13 @@ class Channels:
     def __init__(
         self, *, account: LocalAccount, manager: ASCManager, token: TokenInfo,
         store: vault_store.VaultStore, journal: TxJournal, enclave: Enclave,
-        vault: VaultEnclave, verifiers: Sequence[AttestationVerifier],
+        vault: VaultEnclave, ledger: Ledger, verifiers: Sequence[AttestationVerifier],
         policy: AttestationPolicy, timing: Timing, deposits: Deposits, batching: Batching,
         connections: Connections,
     ) -> None:
         self.account = account  # pays gas, and nothing else
         self.vault = vault
+        self.ledger = ledger  # every change of the enclave's ledger goes through it
         self.address = vault.checksum_address
         self.manager = manager
         self.token = token
@@ -240,11 +238,6 @@ class Channels:
                 raise VaultError(503, api.CHANNEL_RECOVERING,
                                  f"channel {hex_id(channel_id)} has no record to restore")
             self.vault.restore(channel_id, row.snapshot)
-
-    async def save_ledger(self) -> None:
-        """Store the enclave's ledger (sealed) after it changed: before what it approved
-        leaves the vault."""
-        await asyncio.to_thread(self.store.put_meta, LEDGER_KEY, self.vault.export_ledger())
 
     async def persist(self, checkpoint: Checkpoint) -> None:
         """Every tunnel's ``persist``: sealed snapshot + request progress, one transaction."""
@@ -367,11 +360,14 @@ class Channels:
         terms = tunnel.terms(client=self.address, deposit=deposit)
         row = await self._claim(client, tunnel, terms, funding=api.POOL, debit=True)
         try:
-            approval = self.vault.approve_pool_channel(client, terms, row.lock_timeout)
+            approval = await self._approve(row, lambda: self.vault.approve_pool_channel(
+                client, terms, row.lock_timeout))
         except EnclaveError as e:
             await self.failed_open(row.cid)
             raise VaultError(402, api.INSUFFICIENT_BALANCE, f"{e.reason}: {e.detail}") from None
-        await self._approved(row, approval)
+        except LedgerBusy as e:
+            await self.failed_open(row.cid)
+            raise VaultError(503, api.CONFLICT, str(e), retryable=True) from None
         error = await self._opens.submit((row, terms, approval))
         if error is not None:
             raise error
@@ -394,20 +390,25 @@ class Channels:
             raise VaultError(402, api.INSUFFICIENT_BALANCE, str(e),
                              extra={"balance": str(e.balance)}) from None
 
-    async def _approved(self, row: vault_store.Channel, approval: bytes) -> None:
-        """The enclave approved ``row``: its record and the ledger are durable before the
-        approval can leave the vault."""
+    async def _approve(self, row: vault_store.Channel, approve: Callable[[], bytes]) -> bytes:
+        """The enclave's approval of ``row``: the channel's record, then the ledger, are
+        durable before the approval can leave the vault (one ledger change: run again
+        if another replica changed the ledger meanwhile)."""
         channel_id = bytes.fromhex(row.cid[2:])
-        channel = self.vault.channel(channel_id)
-        assert channel is not None
-        await asyncio.to_thread(self.store.set_channel, row.cid, snapshot=channel.snapshot())
-        await self.save_ledger()
+
+        def change() -> bytes:
+            approval = approve()
+            channel = self.vault.channel(channel_id)
+            assert channel is not None
+            self.store.set_channel(row.cid, snapshot=channel.snapshot())
+            return approval
+
+        return await self.ledger.achange(change)
 
     async def failed_open(self, cid: str) -> None:
         """A channel that never opened: its pool deposit back (host ledger and enclave)."""
         await asyncio.to_thread(self.store.fail_channel, cid)
-        if self.vault.open_failed(bytes.fromhex(cid[2:])):
-            await self.save_ledger()
+        await self.ledger.achange(lambda: self.vault.open_failed(bytes.fromhex(cid[2:])))
 
     async def _finish_open(self, row: vault_store.Channel, call: Any) -> EnclaveChannel:
         (error,) = await self._open_tx(f"open:{row.cid}", call, [row])
@@ -550,10 +551,11 @@ class Channels:
             raise VaultError(400, api.BAD_AUTHORIZATION,
                              "not the client's signature over the proposed terms")
         await self._claim(client, tunnel, terms, funding=api.WALLET, debit=False)
-        approval = self.vault.approve_wallet_channel(terms, row.lock_timeout)
-        fresh = await asyncio.to_thread(self.store.channel, row.cid)
-        assert fresh is not None
-        await self._approved(fresh, approval)
+        try:
+            approval = await self._approve(row, lambda: self.vault.approve_wallet_channel(
+                terms, row.lock_timeout))
+        except LedgerBusy as e:
+            raise VaultError(503, api.CONFLICT, str(e), retryable=True) from None
         v = signature[64] if signature[64] >= 27 else signature[64] + 27
         call = self.manager.contract.functions.createASCWithAuthorization(
             terms_tuple(terms), row.proposal["validAfter"], row.proposal["validBefore"], v,
@@ -660,10 +662,14 @@ class Channels:
         if row is not None and row.phase in vault_store.FUNDED and row.snapshot is not None:
             # The enclave credits a pool refund once, at most what its own latest state
             # gives the client; durable before the host's record says "settled".
-            if self.vault.channel(channel_id) is None:
-                self.vault.restore(channel_id, row.snapshot)
-            self.vault.settled(channel_id, client_payout)
-            await self.save_ledger()
+            snapshot = row.snapshot
+
+            def change() -> int:
+                if self.vault.channel(channel_id) is None:
+                    self.vault.restore(channel_id, snapshot)
+                return self.vault.settled(channel_id, client_payout)
+
+            await self.ledger.achange(change)
             self.vault.forget(channel_id)
         done = await asyncio.to_thread(self.store.settle_channel, cid,
                                        client_payout=client_payout,

@@ -12,9 +12,10 @@ settlement still pending when the call returns is credited by the worker
 (:meth:`Funds.reconcile`), including after a crash.
 
 Deposits are paid to the vault's address — its enclave's — and credited in
-the enclave's ledger too (:mod:`a402.vault_enclave`), which trusts the host's
-report of the mined transfer (it cannot see the chain) and counts each
-``(tx hash, log index)`` once.
+the enclave's ledger too (:mod:`a402.vault_enclave`, stored by
+:mod:`a402.vault.ledger`), which trusts the host's report of the mined
+transfer (it cannot see the chain) and counts each ``(tx hash, log index)``
+once.
 
 **Withdrawals.** The balance is debited in the same database transaction that
 records the withdrawal (keyed by the client's idempotency key); the enclave
@@ -30,6 +31,7 @@ transfer from a hidden one).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
@@ -56,7 +58,8 @@ from a402.wire.errors import WireError
 from a402.wire.x402 import PaymentPayload, PaymentRequirements
 
 from . import store as vault_store
-from .channels import LEDGER_KEY, Channels, VaultError
+from .channels import Channels, VaultError
+from .ledger import LedgerBusy
 from .txjournal import TxJournal
 
 _TX_HASH: Final = re.compile(r"0x[0-9a-fA-F]{64}")
@@ -75,6 +78,7 @@ class Funds:
     ) -> None:
         self.chain = chain
         self.vault = channels.vault
+        self.ledger = channels.ledger
         self.address = channels.vault.checksum_address
         self.token = token
         self.store = store
@@ -155,7 +159,10 @@ class Funds:
                                               HexBytes(tx_hash))
         except (TransactionNotFound, ValueError):
             return 202, {"state": "pending", "transaction": tx_hash}
-        credited = await asyncio.to_thread(self.credit_receipt, receipt, client)
+        try:
+            credited = await asyncio.to_thread(self.credit_receipt, receipt, client)
+        except LedgerBusy as e:
+            raise VaultError(503, api.CONFLICT, str(e), retryable=True) from None
         if credited is None:
             raise VaultError(400, api.BAD_REQUEST,
                              "the transaction moved no tokens from the caller to the vault")
@@ -184,8 +191,8 @@ class Funds:
             key = f"transfer:{tx_hash}:{event['logIndex']}"
             # The enclave's ledger first (durable), then the host's: a crash in between is
             # found again by reconcile (the host's record is missing), and counts once.
-            if self.vault.credit_deposit(key, args["from"], int(args["value"])):
-                self.store.put_meta(LEDGER_KEY, self.vault.export_ledger())
+            self.ledger.change(functools.partial(self.vault.credit_deposit, key, args["from"],
+                                                 int(args["value"])))
             self.store.credit_deposit(key, args["from"], int(args["value"]), "transfer", tx_hash)
             found = (found or 0) + int(args["value"])
         return found
@@ -238,14 +245,15 @@ class Funds:
             raise VaultError(409, api.IDEMPOTENCY_KEY_REUSED, "this key named another withdrawal")
         if record.state == vault_store.TX_SUBMITTED:
             try:
-                self.vault.withdraw(call, now=int(time.time()))
-            except EnclaveError as e:
+                await self.ledger.achange(lambda: self.vault.withdraw(call, now=int(time.time())))
+            except (EnclaveError, LedgerBusy) as e:
                 if await asyncio.to_thread(self.store.tx, f"withdraw:{key}") is None:
                     await asyncio.to_thread(self.store.finish_withdrawal, key, ok=False,
                                             tx_hash=None)
+                if isinstance(e, LedgerBusy):
+                    raise VaultError(503, api.CONFLICT, str(e), retryable=True) from None
                 status = 402 if e.reason == "insufficient_balance" else 400
                 raise VaultError(status, e.reason, e.detail) from None
-            await asyncio.to_thread(self.store.put_meta, LEDGER_KEY, self.vault.export_ledger())
             await self.send_withdrawal(key)
         return await asyncio.to_thread(self.withdrawal_answer, key)
 

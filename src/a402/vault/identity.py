@@ -25,9 +25,11 @@ def vault_enclave(
 ) -> SimulatedEnclave:
     """This vault's enclave: restored from the store, or launched and recorded there once.
 
-    Replicas of one vault share the database and so the identity; another vault
-    must have a database (or schema) of its own — :class:`VaultStore` refuses to
-    serve two vault addresses.
+    Replicas of one vault share the database and so the identity, and serialize on
+    its enclave's ledger row (:mod:`a402.vault.ledger`); two live instances of one
+    identity that do not share the database keep two ledgers — a rollback, which
+    sealed state cannot prevent. Another vault must have a database (or schema) of
+    its own — :class:`VaultStore` refuses to serve two vault addresses.
     """
     return restore_or_launch(
         platform, measurement, recorded=lambda: store.get_meta(_IDENTITY),

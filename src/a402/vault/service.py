@@ -15,7 +15,9 @@ enclave's code, against the client balances and the client-signed calls it
 checks. The host's Ethereum account (``account``) pays gas and nothing else:
 it holds no tokens, and no signature of it moves any. The vault enclave also
 attests the vault to providers (the tunnel's Noise handshake) and seals what
-the vault stores.
+the vault stores. Its ledger (client balances, approvals, withdrawals) is
+stored by :mod:`a402.vault.ledger`: replicas serialize on that row, and a
+vault whose database has channels or deposits but no ledger refuses to start.
 """
 
 from __future__ import annotations
@@ -44,9 +46,10 @@ from a402.vault_enclave import VaultEnclaveCode
 from a402.wire import vault_api as api
 
 from . import store as vault_store
-from .channels import LEDGER_KEY, Channels, VaultError
+from .channels import Channels, VaultError
 from .funds import Funds
 from .invoke import Invoker
+from .ledger import Ledger
 from .offers import OfferCache
 from .settings import Batching, Connections, Deposits, Timing
 from .txjournal import TxJournal
@@ -113,21 +116,23 @@ class VaultService:
             raise ValueError(f"the ASCManager escrows {self.manager.token}, "
                              f"not {self.token.address}")
         timing = config.timing
+        # A store with a history but no ledger row lost it: refused (LedgerMissing).
+        first_boot = Ledger.first_boot(config.store)
         self.vault = VaultEnclaveCode.start(
             config.enclave, domain=self.manager.domain, network=config.chain.network,
             token=Eip712Domain(self.token.name, self.token.version, config.chain.chain_id,
                                self.token.address),
-            auth_window=timing.auth_window)
-        ledger = config.store.get_meta(LEDGER_KEY)
-        if ledger is not None:
-            self.vault.restore_ledger(ledger)
+            auth_window=timing.auth_window, first_boot=first_boot)
+        #: The enclave's ledger and its row (replicas serialize on it).
+        self.ledger = Ledger(self.vault, config.store)
+        self.ledger.load()
         #: The vault's address: its enclave's key.
         self.address = self.vault.checksum_address
         self.http = httpx.AsyncClient(timeout=config.connections.http_timeout, trust_env=False)
         self.journal = TxJournal(config.chain, config.account, config.store)
         self.channels = Channels(
             account=config.account, manager=self.manager, token=self.token, store=config.store,
-            journal=self.journal, enclave=config.enclave, vault=self.vault,
+            journal=self.journal, enclave=config.enclave, vault=self.vault, ledger=self.ledger,
             verifiers=config.verifiers,
             policy=config.provider_policy, timing=timing, deposits=config.deposits,
             batching=config.batching, connections=config.connections,

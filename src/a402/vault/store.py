@@ -60,6 +60,7 @@ from .tables import (
     Channel,
     ChannelRow,
     DepositRow,
+    LedgerRow,
     MetaRow,
     NonceRow,
     Request,
@@ -100,6 +101,10 @@ IN_FLIGHT = (LOCKED, AUTHORIZED, DELIVERED)
 TX_SUBMITTED = "submitted"
 TX_CONFIRMED = "confirmed"
 TX_FAILED = "failed"
+
+
+#: Where the ledger was stored (in meta) before it had a row of its own.
+LEGACY_LEDGER_KEY = "enclave_ledger"
 
 
 class VaultBusy(Exception):
@@ -276,6 +281,47 @@ class VaultStore:
             assert existing is not None
             return existing
         return value
+
+    # -- the enclave's ledger ------------------------------------------------------------
+
+    def ledger(self) -> tuple[int, bytes] | None:
+        """The enclave's sealed ledger and its version, or None if none was ever stored."""
+        with self._read() as s:
+            row = s.get(LedgerRow, 1)
+            if row is not None:
+                return int(row.version), bytes(row.blob)
+            legacy = s.get(MetaRow, LEGACY_LEDGER_KEY)  # before the ledger had a row
+            return None if legacy is None else (0, bytes(legacy.value))
+
+    def ledger_version(self) -> int | None:
+        with self._read() as s:
+            found = s.execute(select(LedgerRow.version).where(LedgerRow.id == 1)).first()
+            return None if found is None else int(found[0])
+
+    def put_ledger(self, blob: bytes, version: int, *, expected: int | None) -> bool:
+        """Store the ledger only if the stored one is still ``expected`` (None: there is
+        none yet); False if another writer (a replica) stored a newer one meanwhile."""
+        try:
+            with self._tx() as s:
+                if expected is None:
+                    if s.get(LedgerRow, 1) is not None:
+                        return False
+                    s.add(LedgerRow(id=1, version=version, blob=blob))
+                    return True
+                done = s.execute(update(LedgerRow).where(LedgerRow.id == 1,
+                                                         LedgerRow.version == expected)
+                                 .values(version=version, blob=blob))
+                return bool(done.rowcount == 1)  # type: ignore[attr-defined]
+        except IntegrityError:  # another writer inserted the first row meanwhile
+            return False
+
+    def has_history(self) -> bool:
+        """Whether this vault ever took a deposit or approved a channel (then its enclave's
+        ledger exists somewhere: a missing row is lost state, not a first boot)."""
+        with self._read() as s:
+            queries = (select(ChannelRow.cid).where(ChannelRow.phase != PROPOSED),
+                       select(DepositRow.key), select(WithdrawalRow.key))
+            return any(s.execute(q.limit(1)).first() is not None for q in queries)
 
     # -- nonces ----------------------------------------------------------------------
 

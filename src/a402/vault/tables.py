@@ -1,10 +1,11 @@
 """The vault's tables and the detached records the store hands out (SQLAlchemy 2 models).
 
 One row per thing the vault must not forget: its own identity and watch
-position (meta), client balances (accounts), credited deposits, withdrawals,
-channels (terms, phase, the sealed state machine, payouts), calls (their
-idempotency key, progress and sealed answer), used request nonces, and
-journaled transactions. :mod:`a402.vault.store` is what reads and writes them.
+position (meta), its enclave's sealed ledger, client balances (accounts),
+credited deposits, withdrawals, channels (terms, phase, the sealed state
+machine, payouts), calls (their idempotency key, progress and sealed answer),
+used request nonces, and journaled transactions. :mod:`a402.vault.store` is
+what reads and writes them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,16 @@ class MetaRow(Base):
     __tablename__ = "a402_vault_meta"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class LedgerRow(Base):
+    """The vault enclave's sealed ledger (one row, ``id`` 1), written by compare-and-set on
+    ``version``, the version the enclave sealed into it."""
+
+    __tablename__ = "a402_vault_ledger"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
+    blob: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class AccountRow(Base):
@@ -212,6 +223,7 @@ class Withdrawal:
     amount: str
     state: str
     tx_hash: str | None
+    created_at: float
 
 
 channel_record = _record(Channel)

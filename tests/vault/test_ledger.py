@@ -1,0 +1,227 @@
+"""The vault enclave's ledger in the store: replicas serialize on its row, and a vault never
+starts with an empty ledger when it had one.
+
+Replicas of one vault share the database and so the enclave identity
+(:mod:`a402.vault.identity`); each runs the enclave's code with a ledger in its
+memory. The row is written by compare-and-set on the version sealed inside the
+ledger (:mod:`a402.vault.ledger`): a replica whose ledger is older loads the
+stored one before it changes it, and one that loses the race loads the winner's
+and runs its change again. Real enclave code, real seals, real databases;
+deposits and restarts on anvil.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from eth_account import Account
+from sqlalchemy import delete
+
+from a402.chain.tx import transact
+from a402.tee import EnclaveError, SimulatedPlatform
+from a402.vault.ledger import Ledger, LedgerMissing
+from a402.vault.service import VaultService
+from a402.vault.store import VaultStore
+from a402.vault.tables import LedgerRow
+from a402.vault_enclave import WITHDRAW_PATH, SignedCall, VaultEnclave, VaultEnclaveCode
+from a402.wire import vault_api as api
+from tests.a402_exchange.helpers import World
+
+from .helpers import (
+    assert_conserved,
+    client_of,
+    enclave_balances,
+    fresh_schema,
+    running_vault,
+    vault_config,
+)
+from .test_enclave_code import CODE, DOMAIN, NETWORK, TOKEN
+
+# ------------------------------------------------------------ two replicas, one row
+
+
+class _Identity:
+    """One enclave identity (sealed), which any number of instances run."""
+
+    def __init__(self) -> None:
+        self.platform = SimulatedPlatform.generate()
+        self.sealed = self.platform.launch(CODE).export_sealed()
+
+    def instance(self, store: VaultStore) -> Ledger:
+        """An instance of it (a replica, or a restart) over ``store``, its ledger loaded."""
+        vault = VaultEnclaveCode.start(self.platform.restore(CODE, self.sealed), domain=DOMAIN,
+                                       network=NETWORK, token=TOKEN,
+                                       first_boot=Ledger.first_boot(store))
+        ledger = Ledger(vault, store)
+        ledger.load()
+        return ledger
+
+
+def _replicas(tmp_path: Any) -> tuple[VaultStore, _Identity, list[Ledger]]:
+    """One store and two instances of one enclave identity, each with its ledger keeper."""
+    identity = _Identity()
+    store = VaultStore(f"sqlite:///{tmp_path}/replicas.db")
+    return store, identity, [identity.instance(store), identity.instance(store)]
+
+
+def _withdrawal(vault: VaultEnclave, client: Any, amount: int, key: str) -> SignedCall:
+    raw = json.dumps({"amount": str(amount), "idempotencyKey": key}).encode()
+    headers = api.sign_request(client, vault.account, "POST", WITHDRAW_PATH, raw)
+    return SignedCall.of(headers, "POST", WITHDRAW_PATH, raw)
+
+
+def _racing(other: Callable[[], Any], mine: Callable[[], Any]) -> Callable[[], Any]:
+    """``mine``, with ``other`` (the other replica's whole change) landing first the first
+    time: after this replica read the row and before it writes it."""
+    raced: list[bool] = []
+
+    def op() -> Any:
+        if not raced:
+            raced.append(True)
+            other()
+        return mine()
+
+    return op
+
+
+def test_two_replicas_crediting_different_clients_at_once_keep_both_credits(
+        tmp_path: Any) -> None:
+    """Replica 2 credits bob while replica 1's credit of alice lands between its read and
+    its write: its write loses, it loads replica 1's ledger and credits bob again on it.
+    The stored ledger — what a restart loads — holds both."""
+    store, identity, (one, two) = _replicas(tmp_path)
+    alice, bob = Account.create(), Account.create()
+    one.change(lambda: one.vault.credit_deposit("0xaa:0", alice.address, 5_000))
+    two.change(_racing(
+        lambda: one.change(lambda: one.vault.credit_deposit("0xab:0", alice.address, 1_000)),
+        lambda: two.vault.credit_deposit("0xbb:0", bob.address, 7_000)))
+    assert store.ledger_version() == two.vault.ledger_version == 3
+    # Replica 1's next change starts from the ledger replica 2 stored.
+    one.change(lambda: one.vault.credit_deposit("0xac:0", alice.address, 500))
+    restarted = identity.instance(store).vault
+    assert (restarted.balance(alice.address), restarted.balance(bob.address)) == (6_500, 7_000)
+    # A deposit reported to both replicas counts once.
+    assert not two.change(lambda: two.vault.credit_deposit("0xbb:0", bob.address, 7_000))
+    assert identity.instance(store).vault.balance(bob.address) == 7_000
+    store.close()
+
+
+def test_two_replicas_cannot_both_withdraw_one_balance(tmp_path: Any) -> None:
+    """Alice's 5,000 asked for twice, once through each replica, the second while the first
+    lands between its read and its write: the second runs again on the ledger holding
+    the first's debit, and is refused there. One withdrawal is stored, balance 0."""
+    store, identity, (one, two) = _replicas(tmp_path)
+    alice = Account.create()
+    one.change(lambda: one.vault.credit_deposit("0xaa:0", alice.address, 5_000))
+    first = _withdrawal(one.vault, alice, 5_000, "w1")
+    second = _withdrawal(two.vault, alice, 5_000, "w2")
+    with pytest.raises(EnclaveError, match="5000 > balance 0"):
+        two.change(_racing(lambda: one.change(lambda: one.vault.withdraw(first, now=0)),
+                           lambda: two.vault.withdraw(second, now=0)))
+    assert (one.vault.balance(alice.address), two.vault.balance(alice.address)) == (0, 0)
+    # The replica that lost knows the winner's withdrawal (same nonce signed again), and no
+    # other: a restart loads exactly one.
+    key = f"{alice.address.lower()}:w1"
+    assert two.vault.withdrawal_again(key, now=1).nonce == one.vault.withdrawal_again(
+        key, now=2).nonce
+    with pytest.raises(EnclaveError, match="no such withdrawal"):
+        two.vault.withdrawal_again(f"{alice.address.lower()}:w2", now=0)
+    restarted = identity.instance(store).vault
+    assert restarted.balance(alice.address) == 0
+    restarted.withdrawal_again(key, now=3)
+    with pytest.raises(EnclaveError, match="no such withdrawal"):
+        restarted.withdrawal_again(f"{alice.address.lower()}:w2", now=0)
+    store.close()
+
+
+def test_a_running_enclave_refuses_a_ledger_older_than_its_own(tmp_path: Any) -> None:
+    store, _, (one, _) = _replicas(tmp_path)
+    alice = Account.create()
+    one.change(lambda: one.vault.credit_deposit("0xaa:0", alice.address, 5_000))
+    old = one.vault.export_ledger()
+    one.change(lambda: one.vault.withdraw(_withdrawal(one.vault, alice, 5_000, "w"), now=0))
+    with pytest.raises(EnclaveError, match="older"):
+        one.vault.restore_ledger(old)
+    # Nor can a change it has not exported yet be dropped by handing it the stored ledger.
+    one.vault.credit_deposit("0xcc:0", alice.address, 1)
+    with pytest.raises(EnclaveError, match="older"):
+        one.vault.restore_ledger(store.ledger()[1])  # type: ignore[index]
+    assert one.vault.balance(alice.address) == 1
+    store.close()
+
+
+# ------------------------------------------------------------------- on anvil
+
+
+@pytest.mark.anvil
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_deposits_credited_by_two_vault_replicas_survive_a_restart(
+        world: World, backend: str, request: pytest.FixtureRequest) -> None:
+    """Two vault services over one database (one serving the API, the other a replica
+    taking deposit reports), each crediting another client's mined transfer: after a
+    restart both balances are there, in the host's ledger and the enclave's alike."""
+    url = (fresh_schema(request.getfixturevalue("postgres_url")) if backend == "postgres"
+           else f"sqlite:///{world.tmp}/shared.db")
+    with running_vault(world, db_url=url) as vault:
+        alice, alice_client = client_of(world, vault.url, funds=6_000, deposit=5_000)
+        replica_store = VaultStore(url)
+        replica = VaultService(vault_config(world, vault.account, replica_store))
+        assert replica.address == vault.address
+        bob = world.client(7_000)
+        mined = transact(world.chain, bob, world.token.functions.transfer(vault.address, 7_000))
+        status, answer = asyncio.run(replica.funds.deposit(
+            bob.address, {"transaction": mined["transactionHash"].to_0x_hex()}))
+        assert (status, answer["state"]) == (200, "credited")
+        # The serving vault's enclave never saw bob's credit: its next change loads it first.
+        assert vault.service.vault.balance(bob.address) == 0
+        assert alice_client.deposit(1_000)["state"] == "credited"
+        assert vault.service.vault.balance(bob.address) == 7_000
+        alice_client.close()
+        asyncio.run(replica.http.aclose())
+        replica_store.close()
+    with running_vault(world, db_url=url, account=vault.account) as restarted:
+        enclave = restarted.service.vault
+        assert (enclave.balance(alice.address), enclave.balance(bob.address)) == (6_000, 7_000)
+        assert (restarted.store.balance(alice.address),
+                restarted.store.balance(bob.address)) == (6_000, 7_000)
+        assert enclave_balances(world, restarted.store) == {
+            alice.address.lower(): 6_000, bob.address.lower(): 7_000}
+        assert world.balance(restarted.address) == 13_000
+        assert_conserved(world, restarted.store, restarted.address)
+
+
+# ------------------------------------------------------------- a missing ledger
+
+
+def test_a_vault_whose_ledger_row_is_gone_refuses_to_start(world: World) -> None:
+    """Deleting the ledger row and restarting would start the enclave with empty balances
+    and no memory of the channels it approved or refunded: refused, with the reason."""
+    url = f"sqlite:///{world.tmp}/lost.db"
+    with running_vault(world, db_url=url) as vault:
+        _, client = client_of(world, vault.url, funds=5_000, deposit=5_000)
+        client.close()
+    store = VaultStore(url)
+    with store._tx() as s:
+        s.execute(delete(LedgerRow))
+    with pytest.raises(LedgerMissing, match="refusing to start with an empty ledger"):
+        VaultService(vault_config(world, vault.account, store))
+    store.close()
+
+
+def test_a_new_vault_starts_its_enclave_code_as_a_first_boot(tmp_path: Any) -> None:
+    store = VaultStore(f"sqlite:///{tmp_path}/new.db")
+    assert Ledger.first_boot(store)
+    platform = SimulatedPlatform.generate()
+    vault = VaultEnclaveCode.start(platform.launch(CODE), domain=DOMAIN, network=NETWORK,
+                                   token=TOKEN, first_boot=True)
+    ledger = Ledger(vault, store)
+    ledger.load()
+    ledger.change(lambda: vault.credit_deposit("0x" + os.urandom(32).hex() + ":0",
+                                               Account.create().address, 1))
+    assert not Ledger.first_boot(store)
+    store.close()
