@@ -13,13 +13,16 @@ on anvil, with the token's code swapped for :file:`contracts/RestrictedToken.sol
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from a402.background import serve_in_thread
-from a402.chain.tx import contract_at, deploy_contract, transact
+from a402.chain.tx import TransactionFailed, contract_at, deploy_contract, transact
+from a402.client.vault import VaultCallError
 from a402.vault import store as vault_store
+from a402.wire import vault_api as api
 from tests.a402_exchange.helpers import World
 
 from .helpers import assert_conserved, client_of, running_vault, wait_for
@@ -77,3 +80,57 @@ def test_a_refund_credited_while_the_token_was_paused_returns_to_the_pool(world:
         assert_conserved(world, vault.store, vault.address, escrow)
         client.close()
 
+
+
+def test_a_withdrawal_the_token_refuses_stays_pending_and_pays_exactly_once_when_it_sends(
+        world: World) -> None:
+    """USDC paused while a client withdraws: the transfer the enclave signed is refused. The
+    withdrawal stays pending — its amount reserved in the host's ledger and the
+    enclave's alike, the client told so — and once the token sends again the worker's
+    retry of the same EIP-3009 authorization pays it, once: a second signature of it
+    (same nonce) moves nothing, and the client withdraws the rest and not a token more."""
+    with running_vault(world) as vault:
+        account, client = client_of(world, vault.url, funds=5_000, deposit=5_000)
+        enclave = vault.service.vault
+        with token_paused(world):
+            answer = client.withdraw(3_000, idempotency_key="during-pause")
+            assert (answer["state"], answer["reason"]) == (vault_store.TX_SUBMITTED,
+                                                           api.WITHDRAWAL_PENDING), answer
+            assert "reserved" in answer["message"]
+            assert client.account_info()["balance"] == "2000"
+            assert enclave.balance(account.address) == 2_000
+            again = client.withdraw(3_000, idempotency_key="during-pause")
+            assert again["state"] == vault_store.TX_SUBMITTED
+            time.sleep(1.5)  # worker ticks, each refused too
+            assert world.balance(account.address) == 0
+            assert world.balance(vault.address) == 5_000
+            assert (client.account_info()["balance"], enclave.balance(account.address)) == (
+                "2000", 2_000)
+        wait_for(lambda: world.balance(account.address) == 3_000, timeout=30,
+                 what="the worker sending the refused withdrawal again")
+        key = f"{account.address.lower()}:during-pause"
+        wait_for(lambda: vault.store.withdrawal(key).state == vault_store.TX_CONFIRMED,  # type: ignore[union-attr]
+                 timeout=10, what="the withdrawal confirmed")
+        assert client.withdraw(3_000, idempotency_key="during-pause")["state"] == (
+            vault_store.TX_CONFIRMED)
+        # Its authorization signed once more (same nonce) is refused by the token.
+        replay = enclave.withdrawal_again(key, now=int(time.time()))
+        v = replay.signature[64] if replay.signature[64] >= 27 else replay.signature[64] + 27
+        checksum = world.chain.w3.to_checksum_address
+        with pytest.raises(TransactionFailed, match="authorization is used"):
+            transact(world.chain, world.chain.accounts[1], world.token.functions
+                     .transferWithAuthorization(checksum(replay.source), checksum(replay.to),
+                                                replay.value,
+                                                replay.valid_after, replay.valid_before,
+                                                replay.nonce, v, replay.signature[:32],
+                                                replay.signature[32:64]))
+        rest = client.withdraw(2_000, idempotency_key="the-rest")
+        assert rest["state"] == vault_store.TX_CONFIRMED, rest
+        with pytest.raises(VaultCallError) as refused:
+            client.withdraw(1, idempotency_key="one-more")
+        assert refused.value.status == 402
+        assert world.balance(account.address) == 5_000
+        assert world.balance(vault.address) == 0
+        assert (client.account_info()["balance"], enclave.balance(account.address)) == ("0", 0)
+        assert_conserved(world, vault.store, vault.address)
+        client.close()

@@ -300,6 +300,10 @@ class VaultClient(_Base):
 
     def withdraw(self, amount: int, *, to: str | None = None,
                  idempotency_key: str | None = None) -> dict[str, Any]:
+        """Withdraw ``amount`` to ``to`` (this client by default): ``state`` ``confirmed``
+        once paid; ``submitted`` (reason ``withdrawal_pending``) while its transfer is not
+        through — the amount is reserved for it, and the vault sends it until it goes
+        through (ask again with the same ``idempotency_key`` to see)."""
         body = {"amount": str(amount), "idempotencyKey": idempotency_key or uuid.uuid4().hex,
                 **({"to": to} if to else {})}
         return dict(_drive(self._call_flow("POST", "/withdrawals", body, ok=(200, 202)),
@@ -360,6 +364,7 @@ class AsyncVaultClient(_Base):
 
     async def withdraw(self, amount: int, *, to: str | None = None,
                        idempotency_key: str | None = None) -> dict[str, Any]:
+        """See :meth:`VaultClient.withdraw`."""
         body = {"amount": str(amount), "idempotencyKey": idempotency_key or uuid.uuid4().hex,
                 **({"to": to} if to else {})}
         return dict((await _adrive(self._call_flow("POST", "/withdrawals", body, ok=(200, 202)),

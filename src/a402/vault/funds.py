@@ -21,11 +21,16 @@ once.
 records the withdrawal (keyed by the client's idempotency key); the enclave
 checks the client's signed call and its own ledger, debits it there, and
 signs an EIP-3009 ``transferWithAuthorization`` from the vault's address,
-which the host's gas account submits (journaled before it is broadcast). A
-transfer sent again is the same authorization (same EIP-3009 nonce) signed
-again, so at most one ever moves tokens. A transfer that fails gives the
-host's balance back; the enclave's debit stays (it cannot tell a failed
-transfer from a hidden one).
+which the host's gas account submits (journaled before it is broadcast), once
+the enclave's ledger with the debit is stored. A transfer sent again is the
+same authorization (same EIP-3009 nonce) signed again, so at most one ever
+moves tokens. A transfer the token refuses (paused, a blocklisted recipient,
+the vault's wallet short) keeps the withdrawal pending — reserved in both
+ledgers, answered ``202`` with reason ``withdrawal_pending`` — and the worker
+sends it again until it goes through; it is never given back (the enclave
+cannot tell a refused transfer from one the host hides, and its signature
+stays valid). Only a withdrawal the enclave refused (no debit there) gives
+the host's balance back.
 """
 
 from __future__ import annotations
@@ -69,6 +74,12 @@ log = logging.getLogger("a402.vault.funds")
 DEPOSIT_TIMEOUT = 300
 """``maxTimeoutSeconds`` of the deposit requirement: how long a signed deposit may wait."""
 
+WITHDRAWAL_GRACE = 30.0
+"""How long a withdrawal recorded but never sent is left to the API call that recorded it."""
+
+WITHDRAWAL_RETRY_MAX = 60.0
+"""The longest wait between two attempts of a withdrawal the token refused."""
+
 
 class Funds:
     def __init__(
@@ -86,6 +97,10 @@ class Funds:
         self.journal = journal
         self.chain_timeout = chain_timeout
         self.erc20 = contract_at(chain, "TestUSDC", token.address)
+        #: Withdrawals the token refused: (next attempt, current delay, why).
+        self._retry: dict[str, tuple[float, float, str]] = {}
+        #: Withdrawals whose enclave debit the API is asking for right now.
+        self._sending: set[str] = set()
 
     def requirement(self, amount: int = 0) -> PaymentRequirements:
         """What a deposit of ``amount`` pays: x402 ``exact`` to the vault's address."""
@@ -243,27 +258,60 @@ class Funds:
                              extra={"balance": str(e.balance)}) from None
         if not created and (record.recipient, int(record.amount)) != (to, amount):
             raise VaultError(409, api.IDEMPOTENCY_KEY_REUSED, "this key named another withdrawal")
-        if record.state == vault_store.TX_SUBMITTED:
+        if record.state == vault_store.TX_SUBMITTED and not created:
+            # Asked again: the enclave debited it once already (or never will: the worker
+            # then gives it back); send it now if nothing is in flight.
+            tx = await asyncio.to_thread(self.store.tx, f"withdraw:{key}")
+            if (tx is None or tx.state == vault_store.TX_FAILED) and key not in self._sending:
+                await self.send_withdrawal(key)
+        elif record.state == vault_store.TX_SUBMITTED:
+            self._sending.add(key)
             try:
-                await self.ledger.achange(lambda: self.vault.withdraw(call, now=int(time.time())))
-            except (EnclaveError, LedgerBusy) as e:
-                if await asyncio.to_thread(self.store.tx, f"withdraw:{key}") is None:
-                    await asyncio.to_thread(self.store.finish_withdrawal, key, ok=False,
-                                            tx_hash=None)
-                if isinstance(e, LedgerBusy):
-                    raise VaultError(503, api.CONFLICT, str(e), retryable=True) from None
-                status = 402 if e.reason == "insufficient_balance" else 400
-                raise VaultError(status, e.reason, e.detail) from None
-            await self.send_withdrawal(key)
+                await self._withdraw_new(key, call)
+            finally:
+                self._sending.discard(key)
         return await asyncio.to_thread(self.withdrawal_answer, key)
 
+    async def _withdraw_new(self, key: str, call: SignedCall) -> None:
+        """The enclave's debit and transfer for a withdrawal just recorded, then send it."""
+        try:
+            await self.ledger.achange(lambda: self.vault.withdraw(call, now=int(time.time())))
+        except (EnclaveError, LedgerBusy) as e:
+            # The enclave's ledger holds no debit for it: nothing can ever move.
+            if await asyncio.to_thread(self.store.tx, f"withdraw:{key}") is None:
+                await asyncio.to_thread(self.store.finish_withdrawal, key, ok=False,
+                                        tx_hash=None)
+            if isinstance(e, LedgerBusy):
+                raise VaultError(503, api.CONFLICT, str(e), retryable=True) from None
+            status = 402 if e.reason == "insufficient_balance" else 400
+            raise VaultError(status, e.reason, e.detail) from None
+        await self.send_withdrawal(key)
+
     async def send_withdrawal(self, key: str) -> None:
-        """Submit the enclave's transfer for withdrawal ``key`` (signed again: same nonce)."""
+        """Submit the enclave's transfer for withdrawal ``key``, signed again (same EIP-3009
+        nonce, a fresh validity window), unless one is in flight.
+
+        A transfer the token refuses (paused, the recipient blocklisted, the vault's
+        wallet short) — in estimation, or mined and reverted — leaves the withdrawal
+        pending: the money stays reserved for it (debited in both ledgers) and the
+        worker sends the same transfer again (:meth:`retry_withdrawals`) until it goes
+        through. Giving it back instead would be a double pay: the transfer the
+        enclave signed stays valid for an hour, and it cannot tell a refused
+        transfer from one the host hides. Sending it again cannot pay twice: every
+        signature of one withdrawal carries its one nonce, which the token accepts
+        once.
+        """
         try:
             signed = self.vault.withdrawal_again(key, now=int(time.time()))
         except EnclaveError as e:  # the enclave never debited it: nothing can move
             log.warning("withdrawal %s has no enclave authorization: %s", key, e)
             await asyncio.to_thread(self.store.finish_withdrawal, key, ok=False, tx_hash=None)
+            return
+        if await asyncio.to_thread(self._authorization_used, signed.source, signed.nonce):
+            # Its transfer went through already (a receipt we never recorded).
+            tx = await asyncio.to_thread(self.store.tx, f"withdraw:{key}")
+            await asyncio.to_thread(self.store.finish_withdrawal, key, ok=True,
+                                    tx_hash=tx.tx_hash if tx else None)
             return
         v = signed.signature[64] if signed.signature[64] >= 27 else signed.signature[64] + 27
         call = self.erc20.functions.transferWithAuthorization(
@@ -272,20 +320,63 @@ class Funds:
             signed.signature[32:64])
         try:
             tx = await asyncio.to_thread(self.journal.send, f"withdraw:{key}", "withdraw", key,
-                                         call)
+                                         call, again_if_failed=True)
         except TransactionFailed as e:
-            log.warning("withdrawal %s would revert: %s", key, e.reason)
-            await asyncio.to_thread(self.store.finish_withdrawal, key, ok=False, tx_hash=None)
+            self.refused(key, e.reason)
             return
         outcome = await asyncio.to_thread(self.journal.wait, tx, self.chain_timeout)
-        if outcome.final:
-            await asyncio.to_thread(self.store.finish_withdrawal, key, ok=outcome.ok,
-                                    tx_hash=tx.tx_hash)
+        if outcome.ok:
+            await self.withdrawal_sent(key, tx.tx_hash)
+        elif outcome.final:
+            self.refused(key, "the transfer reverted" if outcome.receipt is not None
+                          else "the transfer was dropped")
+
+    async def withdrawal_sent(self, key: str, tx_hash: str) -> None:
+        self._retry.pop(key, None)
+        await asyncio.to_thread(self.store.finish_withdrawal, key, ok=True, tx_hash=tx_hash)
+
+    def refused(self, key: str, reason: str) -> None:
+        """The token refused the transfer: pending, sent again later (backing off)."""
+        delay = min(WITHDRAWAL_RETRY_MAX, 2 * self._retry.get(key, (0.0, 0.5, ""))[1])
+        self._retry[key] = (time.monotonic() + delay, delay, reason)
+        log.warning("withdrawal %s: the token refused the transfer (%s); sending it again in "
+                    "%.0f s", key, reason, delay)
+
+    def _authorization_used(self, source: str, nonce: bytes) -> bool:
+        try:
+            return bool(self.erc20.functions.authorizationState(
+                to_checksum_address(source), nonce).call())
+        except Exception:  # a token that cannot say (paused, swapped): not known to be used
+            return False
+
+    async def retry_withdrawals(self) -> None:
+        """The worker's step: send every pending withdrawal with no transfer in flight (never
+        sent — a crash in between — or refused by the token), when its back-off is over."""
+        for record in await asyncio.to_thread(self.store.pending_withdrawals):
+            tx = await asyncio.to_thread(self.store.tx, f"withdraw:{record.key}")
+            if tx is not None and tx.state == vault_store.TX_SUBMITTED:
+                continue  # in flight: the worker's journal step finishes it
+            waiting = self._retry.get(record.key)
+            if waiting is not None and time.monotonic() < waiting[0]:
+                continue
+            if record.key in self._sending or (
+                    tx is None and waiting is None
+                    and time.time() - record.created_at < WITHDRAWAL_GRACE):
+                continue  # the API call that recorded it may still be asking the enclave
+            await self.send_withdrawal(record.key)
 
     def withdrawal_answer(self, key: str) -> tuple[int, dict[str, Any]]:
         record = self.store.withdrawal(key)
         assert record is not None
         tx = self.store.tx(f"withdraw:{key}")
-        body = {"state": record.state, "amount": record.amount, "to": record.recipient,
-                "transaction": record.tx_hash or (tx.tx_hash if tx else None)}
+        body: dict[str, Any] = {
+            "state": record.state, "amount": record.amount, "to": record.recipient,
+            "transaction": record.tx_hash or (tx.tx_hash if tx else None)}
+        if record.state == vault_store.TX_SUBMITTED:
+            refused = self._retry.get(key)
+            body["reason"] = api.WITHDRAWAL_PENDING
+            body["message"] = (
+                "the withdrawal is pending: its amount is reserved for it (not in your "
+                "balance, not lost) and its transfer is sent until it goes through"
+                + (f"; the token refused it last ({refused[2]})" if refused else ""))
         return (202 if record.state == vault_store.TX_SUBMITTED else 200), body

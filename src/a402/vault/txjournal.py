@@ -62,16 +62,20 @@ class TxJournal:
         self.gas_margin = gas_margin
 
     def send(
-        self, key: str, kind: str, ref: str, call: ContractFunction | TxParams
+        self, key: str, kind: str, ref: str, call: ContractFunction | TxParams, *,
+        again_if_failed: bool = False,
     ) -> Transaction:
         """Sign, journal, broadcast; the journaled transaction if ``key`` was sent before.
 
-        Raises :class:`~a402.chain.tx.TransactionFailed` when the call reverts in
-        estimation: then nothing was journaled or sent.
+        With ``again_if_failed``, a journaled transaction that failed (reverted, or
+        dropped: it can never be mined) is replaced by a new one under the same key —
+        for a call whose own content makes it take effect once (a withdrawal's EIP-3009
+        nonce). Raises :class:`~a402.chain.tx.TransactionFailed` when the call reverts
+        in estimation: then nothing was journaled or sent.
         """
         with self.chain.sender_lock(self.account.address):  # also makes the check-then-send atomic
             known = self.store.tx(key)
-            if known is not None:
+            if known is not None and not (again_if_failed and known.state == TX_FAILED):
                 return known
             signed = self._sign(call)
             self.store.journal_tx(key, kind=kind, ref=ref, tx_hash=signed.tx_hash,

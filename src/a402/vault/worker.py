@@ -10,9 +10,9 @@ only costs time.
 Per tick:
 
 1. **Transactions** journaled but not final: mined → apply (a channel opened
-   or failed and refunded, a settlement credited, a withdrawal confirmed or
-   refunded); dropped → the same as reverted; pending → rebroadcast if the
-   node forgot it.
+   or failed and refunded, a settlement credited, a withdrawal confirmed, or
+   refused by the token and left pending); dropped → the same as reverted;
+   pending → rebroadcast if the node forgot it.
 2. **Watchtower** — the ASCManager's logs since the last block seen (stored,
    so a restart misses nothing):
 
@@ -51,7 +51,10 @@ Per tick:
    (DELIVERED) are answered from the sealed result and ``t``; calls whose
    lock was released are answered "refused, nothing paid" (retryable).
 5. **Deposits** left pending by the facilitator are settled and credited.
-6. **Withdrawals** debited but never sent are sent.
+6. **Withdrawals** debited but never sent, or whose transfer the token
+   refused, are sent again: the same EIP-3009 authorization (one nonce, so it
+   pays once), until it goes through; a withdrawal is never refunded once the
+   enclave debited it.
 7. **Owed payouts**: a pool refund the token refused when its channel settled
    (ASCManager credits it to the vault in ``owed``) is taken back into the
    vault's wallet, which the ledger already counts it in.
@@ -186,16 +189,17 @@ class Worker:
                     if row is not None and row.phase == vault_store.OPENING:
                         await self.channels.opened(row, self.channels.opened_by(outcome, cid))
             elif record.kind == "withdraw":
-                await asyncio.to_thread(self.store.finish_withdrawal, record.ref, ok=outcome.ok,
-                                        tx_hash=record.tx_hash)
+                if outcome.ok:
+                    await self.funds.withdrawal_sent(record.ref, record.tx_hash)
+                else:  # refused: still pending, sent again by _withdrawals (never refunded)
+                    self.funds.refused(record.ref, "the transfer reverted or was dropped")
             elif outcome.receipt is not None:
                 await self.channels.settled_by(outcome.receipt)
 
     async def _withdrawals(self) -> None:
-        """Withdrawals debited but never sent (a crash in between): send them now."""
-        for record in await asyncio.to_thread(self.store.pending_withdrawals):
-            if await asyncio.to_thread(self.store.tx, f"withdraw:{record.key}") is None:
-                await self.funds.send_withdrawal(record.key)
+        """Withdrawals debited but not paid — never sent (a crash in between) or refused by
+        the token: send the same transfer again (:meth:`Funds.retry_withdrawals`)."""
+        await self.funds.retry_withdrawals()
 
     async def _collect_owed(self) -> None:
         """Take back what the manager owes the vault: a pool channel's refund the token

@@ -77,6 +77,10 @@ CHANNEL_RECOVERING: Final = "channel_recovering"
 IDEMPOTENCY_KEY_REUSED: Final = "idempotency_key_reused"
 REQUEST_IN_PROGRESS: Final = "request_in_progress"
 PAYMENT_PENDING: Final = "payment_pending"
+#: A withdrawal whose transfer has not gone through yet (the token refused it, or it is not
+#: mined yet): its amount is reserved for it — not in the balance, not lost — and the vault
+#: sends the same transfer (one EIP-3009 nonce: it can pay once) until it does.
+WITHDRAWAL_PENDING: Final = "withdrawal_pending"
 RESULT_MISMATCH: Final = "result_mismatch"
 AUTHORIZATION_REQUIRED: Final = "channel_authorization_required"
 BAD_AUTHORIZATION: Final = "bad_channel_authorization"
