@@ -22,6 +22,7 @@ import pytest
 from eth_account import Account
 from sqlalchemy import delete
 
+from a402.background import serve_in_thread
 from a402.chain.tx import transact
 from a402.tee import EnclaveError, SimulatedPlatform
 from a402.vault.ledger import Ledger, LedgerMissing
@@ -202,14 +203,19 @@ def test_a_vault_whose_ledger_row_is_gone_refuses_to_start(world: World) -> None
     """Deleting the ledger row and restarting would start the enclave with empty balances
     and no memory of the channels it approved or refunded: refused, with the reason."""
     url = f"sqlite:///{world.tmp}/lost.db"
-    with running_vault(world, db_url=url) as vault:
-        _, client = client_of(world, vault.url, funds=5_000, deposit=5_000)
+    provider = world.provider()
+    with serve_in_thread(provider.app) as site, running_vault(world, db_url=url) as vault:
+        account, client = client_of(world, vault.url, funds=50_000, deposit=50_000)
+        assert client.invoke(f"{site}/weather", max_price=1_000).outcome == api.PAID
+        [channel] = client.account_info()["channels"]
         client.close()
     store = VaultStore(url)
     with store._tx() as s:
         s.execute(delete(LedgerRow))
     with pytest.raises(LedgerMissing, match="refusing to start with an empty ledger"):
         VaultService(vault_config(world, vault.account, store))
+    assert store.channel(channel["channelId"]) is not None  # nothing was changed
+    assert store.balance(account.address) == 40_000
     store.close()
 
 

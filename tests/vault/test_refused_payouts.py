@@ -106,6 +106,7 @@ def test_a_withdrawal_the_token_refuses_stays_pending_and_pays_exactly_once_when
             assert world.balance(vault.address) == 5_000
             assert (client.account_info()["balance"], enclave.balance(account.address)) == (
                 "2000", 2_000)
+            assert_conserved(world, vault.store, vault.address)  # reserved, not lost
         wait_for(lambda: world.balance(account.address) == 3_000, timeout=30,
                  what="the worker sending the refused withdrawal again")
         key = f"{account.address.lower()}:during-pause"

@@ -406,9 +406,11 @@ class Channels:
         return await self.ledger.achange(change)
 
     async def failed_open(self, cid: str) -> None:
-        """A channel that never opened: its pool deposit back (host ledger and enclave)."""
-        await asyncio.to_thread(self.store.fail_channel, cid)
+        """A channel that never opened: its pool deposit back (enclave, then host: a crash
+        or a lost ledger race in between leaves it OPENING, to be failed again, and the
+        enclave credits it once)."""
         await self.ledger.achange(lambda: self.vault.open_failed(bytes.fromhex(cid[2:])))
+        await asyncio.to_thread(self.store.fail_channel, cid)
 
     async def _finish_open(self, row: vault_store.Channel, call: Any) -> EnclaveChannel:
         (error,) = await self._open_tx(f"open:{row.cid}", call, [row])
