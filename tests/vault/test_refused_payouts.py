@@ -22,10 +22,13 @@ from a402.background import serve_in_thread
 from a402.chain.tx import TransactionFailed, contract_at, deploy_contract, transact
 from a402.client.vault import VaultCallError
 from a402.vault import store as vault_store
+from a402.vault.app import create_app
+from a402.vault.service import VaultService
+from a402.vault.store import VaultStore
 from a402.wire import vault_api as api
 from tests.a402_exchange.helpers import World
 
-from .helpers import assert_conserved, client_of, running_vault, wait_for
+from .helpers import assert_conserved, client_of, running_vault, vault_config, wait_for
 
 pytestmark = pytest.mark.anvil
 
@@ -135,3 +138,36 @@ def test_a_withdrawal_the_token_refuses_stays_pending_and_pays_exactly_once_when
         assert (client.account_info()["balance"], enclave.balance(account.address)) == ("0", 0)
         assert_conserved(world, vault.store, vault.address)
         client.close()
+
+
+def test_a_standby_taking_over_a_refused_withdrawal_sends_it_and_never_gives_it_back(
+        world: World) -> None:
+    """A standby vault process built (its enclave's ledger loaded) before the active one
+    signed a withdrawal the paused token refused takes over: it loads the newer ledger,
+    keeps the withdrawal pending while the token is paused, and pays it once after."""
+    url = f"sqlite:///{world.tmp}/failover.db"
+    with contextlib.ExitStack() as paused:
+        with running_vault(world, db_url=url) as vault:
+            account, client = client_of(world, vault.url, funds=5_000, deposit=5_000)
+            standby_store = VaultStore(url)
+            standby = VaultService(vault_config(world, vault.account, standby_store))
+            paused.enter_context(token_paused(world))
+            answer = client.withdraw(3_000, idempotency_key="w")
+            assert answer["state"] == vault_store.TX_SUBMITTED, answer
+            client.close()
+        key = f"{account.address.lower()}:w"
+        with serve_in_thread(create_app(standby)):
+            wait_for(lambda: standby.worker.ticks >= 3, timeout=10, what="standby ticks")
+            record = standby_store.withdrawal(key)
+            assert record is not None and record.state == vault_store.TX_SUBMITTED
+            assert (standby_store.balance(account.address),
+                    standby.vault.balance(account.address)) == (2_000, 2_000)
+            assert world.balance(account.address) == 0
+            paused.close()
+            wait_for(lambda: world.balance(account.address) == 3_000, timeout=30,
+                     what="the standby sending the refused withdrawal")
+            wait_for(lambda: standby_store.withdrawal(key).state  # type: ignore[union-attr]
+                     == vault_store.TX_CONFIRMED, timeout=10, what="the withdrawal confirmed")
+            assert world.balance(standby.address) == 2_000
+            assert_conserved(world, standby_store, standby.address)
+        standby_store.close()

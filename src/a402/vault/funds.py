@@ -74,7 +74,7 @@ log = logging.getLogger("a402.vault.funds")
 DEPOSIT_TIMEOUT = 300
 """``maxTimeoutSeconds`` of the deposit requirement: how long a signed deposit may wait."""
 
-WITHDRAWAL_GRACE = 30.0
+WITHDRAWAL_GRACE = 10.0
 """How long a withdrawal recorded but never sent is left to the API call that recorded it."""
 
 WITHDRAWAL_RETRY_MAX = 60.0
@@ -303,10 +303,16 @@ class Funds:
         """
         try:
             signed = self.vault.withdrawal_again(key, now=int(time.time()))
-        except EnclaveError as e:  # the enclave never debited it: nothing can move
-            log.warning("withdrawal %s has no enclave authorization: %s", key, e)
-            await asyncio.to_thread(self.store.finish_withdrawal, key, ok=False, tx_hash=None)
-            return
+        except EnclaveError:
+            # Not in this enclave's ledger: perhaps in a newer one another replica stored.
+            await asyncio.to_thread(self.ledger.refresh)
+            try:
+                signed = self.vault.withdrawal_again(key, now=int(time.time()))
+            except EnclaveError as e:  # the enclave never debited it: nothing can move
+                log.warning("withdrawal %s has no enclave authorization: %s", key, e)
+                await asyncio.to_thread(self.store.finish_withdrawal, key, ok=False,
+                                        tx_hash=None)
+                return
         if await asyncio.to_thread(self._authorization_used, signed.source, signed.nonce):
             # Its transfer went through already (a receipt we never recorded).
             tx = await asyncio.to_thread(self.store.tx, f"withdraw:{key}")

@@ -86,6 +86,12 @@ class Ledger:
         with self._lock:
             self._catch_up(force=True)
 
+    def refresh(self) -> None:
+        """Load the stored ledger if another replica stored a newer one (before trusting
+        what this enclave does not know: a process that takes over from another)."""
+        with self._lock:
+            self._catch_up()
+
     def _catch_up(self, *, force: bool = False) -> None:
         if not force and self.store.ledger_version() == self.version:
             return

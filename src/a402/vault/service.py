@@ -158,6 +158,8 @@ class VaultService:
         """Take the vault's lock, let the manager pull pooled deposits, then run recovery
         and the worker."""
         self.store.lock_for(self.account.address)
+        # A standby built before the process it takes over from last changed the ledger.
+        await asyncio.to_thread(self.ledger.refresh)
         await asyncio.to_thread(self._approve)
         await self.worker.start()
 
