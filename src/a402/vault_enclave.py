@@ -440,19 +440,35 @@ class VaultEnclaveCode:
         return self._kernel.sign(CHANNEL_APPROVAL, channel_id)
 
     def open_failed(self, channel_id: bytes) -> int:
-        """The host reports that a pool channel never opened: its deposit goes back (once,
-        and only while the channel never carried a request). Returns what was credited."""
-        entry, held = self._channels.get(channel_id), self._held.get(channel_id)
+        """The host reports that a pool channel never opened: its deposit goes back, once.
+        Returns what was credited (0 for a channel never approved, a wallet channel, or
+        one refunded already).
+
+        Refused unless the channel runs here (restored from its latest record) and is
+        untouched: version 0, no request ever made, nothing pending. From then on the
+        channel is closed here for good (its ledger entry says refunded): no request,
+        no σ_U, and a restore brings it back closed, so a channel that opens on-chain
+        after all pays nothing off-chain and its later settlement credits nothing."""
+        entry = self._channels.get(channel_id)
         if entry is None or entry.funding != api.POOL or entry.refunded:
             return 0
-        if held is not None and (held.channel.next_request_id > 0
-                                 or held.channel.status is not Status.OPEN):
-            return 0
+        held = self._held.get(channel_id)
+        if held is None:
+            raise EnclaveError("unknown_channel", "restore the channel before reporting it")
+        channel = held.channel
+        if (channel.version != 0 or channel.next_request_id != 0 or held.call is not None
+                or channel.status is not Status.OPEN or channel.locked != 0
+                or channel.pending_close() is not None):
+            raise EnclaveError("channel_used", "the channel was used: it opened")
         entry.refunded, entry.settled = True, self._high_water
         self._credit(entry.owner, entry.deposit)
-        if held is not None:
-            held.channel.closed_on_chain()
+        channel.closed_on_chain()
         return entry.deposit
+
+    def _ended(self, channel_id: bytes) -> bool:
+        """Whether the ledger has the channel refunded (never opened) or settled."""
+        entry = self._channels.get(channel_id)
+        return entry is not None and (entry.refunded or entry.settled is not None)
 
     def settled(self, channel_id: bytes, client_payout: int) -> int:
         """The host reports the channel settled on-chain, paying ``client_payout`` back: for
@@ -493,6 +509,8 @@ class VaultEnclaveCode:
     def request(self, channel_id: bytes, call: SignedCall, amount: int, now: float) -> Exec:
         """Step ①, for a call the channel's owner signed (see the module docstring)."""
         held = self._get(channel_id)
+        if self._ended(channel_id):
+            raise EnclaveError("channel_closed", "the channel was refunded or settled")
         signed = self._verify(call, "POST", INVOKE_PATH)
         client = address_key(signed.client)
         if client != held.owner:
@@ -535,6 +553,8 @@ class VaultEnclaveCode:
     def receive(self, channel_id: bytes, message: AscMessage, now: float) -> Step:
         held = self._get(channel_id)
         if isinstance(message, Reply):
+            if self._ended(channel_id):
+                raise LocalProtocolError(Reason.NOT_ALLOWED, "the channel was refunded or settled")
             call = held.call
             if held.channel.status is Status.LOCKED and call is None:
                 raise LocalProtocolError(Reason.NOT_ALLOWED, "no signed call for this request")
@@ -609,6 +629,9 @@ class VaultEnclaveCode:
         self._held[channel_id] = held
         if channel_id not in self._channels:
             self._enter(channel_id, _Entry(held.owner, held.funding, channel.terms.deposit))
+        elif self._ended(channel_id):  # refunded or settled: an older record runs no more
+            channel.closed_on_chain()
+            self._release(held)
 
     def forget(self, channel_id: bytes) -> None:
         """Unload a settled channel (its record stays with the host)."""

@@ -379,3 +379,55 @@ def test_a_nonce_pruned_from_a_record_stays_stale_after_a_restart(setup: Setup) 
     restored = again.restore(cid, record)
     with pytest.raises(EnclaveError, match="stale_call"):
         restored.request(first, PRICE, now=0)
+
+
+
+def test_a_channel_refunded_as_never_opened_pays_nothing_when_restored_from_its_record(
+        setup: Setup) -> None:
+    """Review 2, finding 3a: the approval stays usable on-chain, so a host may report a
+    pool channel as never opened, get its deposit back, and restore the record it stored at
+    approval: the channel comes back closed, with no request and no σ_U."""
+    s = setup
+    alice = funded(s, 10 * PRICE)
+    terms = pool_channel(s, alice, deposit=10 * PRICE)
+    cid = terms.channel_id(DOMAIN)
+    channel = s.vault.channel(cid)
+    assert channel is not None and s.vault.balance(alice.address) == 0
+    record = channel.snapshot()  # stored before the approval left the vault
+    assert s.vault.open_failed(cid) == 10 * PRICE  # "the open failed": credited back
+    assert s.vault.open_failed(cid) == 0  # once
+    assert s.vault.balance(alice.address) == 10 * PRICE
+    s.vault.unload(cid)
+    again = s.vault.restore(cid, record)  # ... but the channel opens on-chain after all
+    assert again.status is Status.CLOSED
+    with pytest.raises(EnclaveError, match="channel_closed"):
+        again.request(call(s.vault, alice), PRICE, now=0)
+    assert again.provider_balance == 0 and again.pending_auth() is None
+    assert s.vault.settled(cid, 10 * PRICE) == 0  # its refund on-chain is not credited again
+    assert s.vault.balance(alice.address) == 10 * PRICE
+
+
+def test_a_used_pool_channel_cannot_be_reported_as_never_opened(setup: Setup) -> None:
+    """Review 2, finding 3b: the provider earned PRICE on the channel; reporting it as
+    never opened (loaded, or unloaded so that the enclave cannot look) credits nothing."""
+    s = setup
+    alice = funded(s, 10 * PRICE)
+    terms = pool_channel(s, alice, deposit=10 * PRICE)
+    cid = terms.channel_id(DOMAIN)
+    pay(s, terms, provider_side(s, terms), call(s.vault, alice))
+    with pytest.raises(EnclaveError, match="channel_used"):
+        s.vault.open_failed(cid)
+    s.vault.unload(cid)
+    with pytest.raises(EnclaveError, match="unknown_channel"):
+        s.vault.open_failed(cid)
+    assert s.vault.balance(alice.address) == 0
+    # A channel that carried a request, even one given up before σ_U, opened too.
+    bob = funded(s, 10 * PRICE)
+    other = pool_channel(s, bob, deposit=10 * PRICE)
+    channel = s.vault.channel(other.channel_id(DOMAIN))
+    assert channel is not None
+    channel.request(call(s.vault, bob), PRICE, now=0)
+    channel.abandon()
+    with pytest.raises(EnclaveError, match="channel_used"):
+        s.vault.open_failed(other.channel_id(DOMAIN))
+    assert s.vault.balance(bob.address) == 0

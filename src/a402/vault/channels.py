@@ -405,8 +405,13 @@ class Channels:
 
     async def failed_open(self, cid: str) -> None:
         """A channel that never opened: its pool deposit back (host ledger and enclave)."""
+        channel_id = bytes.fromhex(cid[2:])
+        if self.vault.channel(channel_id) is None:  # the enclave checks its latest record
+            row = await asyncio.to_thread(self.store.channel, cid)
+            if row is not None and row.snapshot is not None:
+                self.vault.restore(channel_id, row.snapshot)
         await asyncio.to_thread(self.store.fail_channel, cid)
-        if self.vault.open_failed(bytes.fromhex(cid[2:])):
+        if self.vault.open_failed(channel_id):
             await self.save_ledger()
 
     async def _finish_open(self, row: vault_store.Channel, call: Any) -> EnclaveChannel:
