@@ -124,6 +124,7 @@ from a402.tee import (
     Enclave,
     EnclaveError,
     EnclaveKernel,
+    TeeError,
 )
 from a402.wire import vault_api as api
 from a402.wire.a402 import HttpRequest, binding_digest
@@ -244,6 +245,9 @@ class _Held:
     funding: str
     call: _Binding | None = None
     consumed: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: The provider key was seen here as an attested enclave's (a tunnel's peer, verified
+    #: in the handshake): σ_U only then.
+    attested: bool = False
 
 
 @dataclass(slots=True)
@@ -406,12 +410,23 @@ class VaultEnclaveCode:
             owner, funding)
         return channel_id
 
-    def approve_pool_channel(self, client: str, terms: ChannelTerms, lock_timeout: float
+    def approve_pool_channel(self, call: SignedCall, terms: ChannelTerms, lock_timeout: float
                              ) -> bytes:
-        """The vault's approval of ``createASC`` for a pool channel of ``client``, its
-        deposit debited from the client's balance (refused beyond it). Asked again for
-        the same channel: the same approval, debited once."""
-        owner = address_key(client)
+        """The vault's approval of ``createASC`` for a pool channel of the client who
+        signed ``call`` (the paid call that needs the channel: fresh, for pool funding,
+        not paid already), its deposit debited from the client's balance (refused beyond
+        it). Asked again for the same channel: the same approval, debited once. Without
+        a call of the client's the host cannot move its balance into a channel."""
+        signed = self._verify(call, "POST", INVOKE_PATH)
+        owner = address_key(signed.client)
+        if (owner, signed.nonce) in self._consumed:
+            raise EnclaveError("replayed_call", "this signed call has paid already")
+        try:
+            invoke = api.InvokeRequest.from_json(self._body(call))
+        except ValueError as e:
+            raise EnclaveError("bad_request", str(e)) from None
+        if invoke.funding != api.POOL:
+            raise EnclaveError("not_a_pool_channel", "the call asks for wallet funding")
         if terms.client != self.address:
             raise EnclaveError("not_a_pool_channel", "a pool channel's client is the vault")
         channel_id = terms.channel_id(self.domain)
@@ -493,8 +508,21 @@ class VaultEnclaveCode:
                    final.state.client_balance if final is not None else 0)
 
     def bind_tunnel(self, handle: str, channel_id: bytes) -> bytes:
-        """OPEN's signature: this tunnel speaks for ``channel_id`` (held here)."""
-        self._get(channel_id)
+        """OPEN's signature: this tunnel speaks for ``channel_id`` (held here), only if the
+        tunnel's peer — as the enclave verified it in the handshake, not as the host says
+        — is an attested enclave whose signing key is the channel's ``providerKey``. Until
+        then the channel gets no σ_U: a provider key no enclave attested could pre-sign
+        a REPLY whose result never opens."""
+        held = self._get(channel_id)
+        try:
+            peer = self._kernel.channel_peer(handle)
+        except TeeError as e:
+            raise EnclaveError("unknown_tunnel", str(e)) from None
+        if peer.signing_key != b"\x02" + held.channel.terms.provider_key:
+            raise EnclaveError("provider_not_attested",
+                               "the tunnel's attested peer does not hold the channel's "
+                               "provider key")
+        held.attested = True
         return self._kernel.sign(
             TUNNEL_BINDING, binding_digest(self._kernel.channel_binding(handle), channel_id))
 
@@ -555,6 +583,9 @@ class VaultEnclaveCode:
         if isinstance(message, Reply):
             if self._ended(channel_id):
                 raise LocalProtocolError(Reason.NOT_ALLOWED, "the channel was refunded or settled")
+            if not held.attested:
+                raise LocalProtocolError(Reason.NOT_ALLOWED,
+                                         "the provider key was not seen attested (no OPEN)")
             call = held.call
             if held.channel.status is Status.LOCKED and call is None:
                 raise LocalProtocolError(Reason.NOT_ALLOWED, "no signed call for this request")
@@ -599,6 +630,7 @@ class VaultEnclaveCode:
             "owner": held.owner, "funding": held.funding,
             "call": None if call is None else [call.client, call.nonce, call.timestamp],
             "consumed": [[c, n, t] for (c, n), t in held.consumed.items() if t >= horizon],
+            "attested": held.attested,
             # What pruned ``consumed``: restored with it, so a pruned nonce stays stale.
             "highWater": self._high_water,
         }
@@ -617,7 +649,8 @@ class VaultEnclaveCode:
             raise EnclaveError("malformed", str(e)) from None
         if channel.channel_id != channel_id:
             raise EnclaveError("malformed", "the record is for another channel")
-        held = _Held(channel, record["owner"], record["funding"])
+        held = _Held(channel, record["owner"], record["funding"],
+                     attested=record.get("attested") is True)
         call = record["call"]
         if call is not None:
             held.call = _Binding(call[0], call[1], int(call[2]))
@@ -871,10 +904,10 @@ class VaultEnclave:
         with self._code.lock:
             self._code.restore_ledger(blob)
 
-    def approve_pool_channel(self, client: str, terms: ChannelTerms, lock_timeout: float
+    def approve_pool_channel(self, call: SignedCall, terms: ChannelTerms, lock_timeout: float
                              ) -> bytes:
         with self._code.lock:
-            return self._code.approve_pool_channel(client, terms, lock_timeout)
+            return self._code.approve_pool_channel(call, terms, lock_timeout)
 
     def approve_wallet_channel(self, terms: ChannelTerms, lock_timeout: float) -> bytes:
         with self._code.lock:

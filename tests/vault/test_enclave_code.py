@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
@@ -26,7 +27,15 @@ from a402.crypto import EVM, EcdsaSigner, PaymentDomain
 from a402.crypto.authorization import recover_signer
 from a402.evm.address import address_key
 from a402.exact.eip3009 import Eip712Domain
-from a402.tee import Enclave, EnclaveError, SealingError, SimulatedPlatform
+from a402.tee import (
+    PROVIDER_PURPOSES,
+    AttestationPolicy,
+    Enclave,
+    EnclaveError,
+    SealingError,
+    SimulatedPlatform,
+)
+from a402.tee.simulated import SimulatedEnclave, SimulatedVerifier
 from a402.vault_enclave import (
     INVOKE_PATH,
     WITHDRAW_PATH,
@@ -39,6 +48,7 @@ from a402.vault_enclave import (
 from a402.wire import vault_api as api
 
 CODE = hashlib.sha384(b"a402 vault enclave code tests").digest()
+PROVIDER_CODE = hashlib.sha384(b"a402 provider enclave code tests").digest()
 MANAGER = bytes.fromhex("5fbdb2315678afecb367f032d93f642f64180aa3")
 DOMAIN = PaymentDomain(31337, MANAGER)
 TOKEN = Eip712Domain("USD Coin", "2", 31337, "0xe7f1725e7734ce288f8367e1bb143e90bb3f0512")
@@ -53,6 +63,23 @@ class Setup:
     vault: VaultEnclave
     provider: EcdsaSigner
     schnorr: Any
+    #: The vault enclave's tunnel to the provider's enclave (whose key is ``schnorr``).
+    tunnel: str = ""
+
+    def restarted(self, vault: VaultEnclave) -> Setup:
+        return Setup(self.platform, self.enclave, vault, self.provider, self.schnorr, self.tunnel)
+
+
+def attested_tunnel(platform: SimulatedPlatform, vault: Enclave, provider: Enclave) -> str:
+    """A Noise tunnel from the vault enclave to the provider's, both attested (simulated)."""
+    verifier = SimulatedVerifier(platform.root.public_key, allow_simulated=True)
+    handle, first = vault.channel_initiate(AttestationPolicy(frozenset({PROVIDER_CODE})),
+                                           [verifier])
+    other, second = provider.channel_respond(first, AttestationPolicy(frozenset({CODE})),
+                                             [verifier])
+    third, _ = vault.channel_finish(handle, second)
+    provider.channel_accept(other, third)
+    return handle
 
 
 @pytest.fixture
@@ -60,7 +87,13 @@ def setup() -> Setup:
     platform = SimulatedPlatform.generate()
     enclave = platform.launch(CODE)
     vault = VaultEnclaveCode.start(enclave, domain=DOMAIN, network=NETWORK, token=TOKEN)
-    return Setup(platform, enclave, vault, EcdsaSigner(os.urandom(32)), EVM.generate_key())
+    # The provider's enclave, whose attested key the test drives directly (standing in
+    # for the provider enclave's code): the channel's providerKey is an attested one.
+    schnorr = EVM.secret_key(EVM.generate_key().to_bytes())
+    provider_enclave = SimulatedEnclave(platform, PROVIDER_CODE, schnorr.to_bytes(),
+                                        X25519PrivateKey.generate(), PROVIDER_PURPOSES)
+    tunnel = attested_tunnel(platform, enclave, provider_enclave)
+    return Setup(platform, enclave, vault, EcdsaSigner(os.urandom(32)), schnorr, tunnel)
 
 
 def signed(vault: VaultEnclave, client: LocalAccount, body: dict[str, Any], *,
@@ -78,9 +111,12 @@ def call(vault: VaultEnclave, client: LocalAccount, *, max_price: int = PRICE,
 
 
 def pool_channel(s: Setup, client: LocalAccount, deposit: int = 10 * PRICE) -> ChannelTerms:
+    """A pool channel for a call of ``client``'s, bound to the provider enclave's tunnel."""
     terms = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
                          s.schnorr.public_key, deposit, os.urandom(32))
-    s.vault.approve_pool_channel(client.address, terms, lock_timeout=10.0)
+    s.vault.approve_pool_channel(call(s.vault, client, key="needs-a-channel"), terms,
+                                 lock_timeout=10.0)
+    s.vault.bind_tunnel(s.tunnel, terms.channel_id(DOMAIN))
     return terms
 
 
@@ -217,7 +253,7 @@ def test_after_a_restart_a_clients_calls_wait_for_its_channels(setup: Setup) -> 
     with pytest.raises(EnclaveError, match="restarted"):  # the old code signs nothing more
         s.vault.permit("0x" + MANAGER.hex(), 1, 0, 2**63)
     again.restore_ledger(ledger)
-    fresh = pool_channel(Setup(s.platform, s.enclave, again, s.provider, s.schnorr), alice)
+    fresh = pool_channel(s.restarted(again), alice)
     replay = again.channel(fresh.channel_id(DOMAIN))
     assert replay is not None
     with pytest.raises(ChannelsNeeded) as needed:
@@ -261,7 +297,7 @@ def test_no_pool_channel_beyond_the_clients_balance(setup: Setup) -> None:
     foreign = ChannelTerms(s.vault.address, "0x" + "22" * 20, s.provider.address,
                            s.schnorr.public_key, PRICE, os.urandom(32))
     with pytest.raises(EnclaveError, match="not_our_channel"):
-        s.vault.approve_pool_channel(alice.address, foreign, lock_timeout=10.0)
+        s.vault.approve_pool_channel(call(s.vault, alice), foreign, lock_timeout=10.0)
 
 
 def test_deposits_count_once_and_refunds_at_most_the_signed_state(setup: Setup) -> None:
@@ -431,3 +467,70 @@ def test_a_used_pool_channel_cannot_be_reported_as_never_opened(setup: Setup) ->
     with pytest.raises(EnclaveError, match="channel_used"):
         s.vault.open_failed(other.channel_id(DOMAIN))
     assert s.vault.balance(bob.address) == 0
+
+
+def test_a_host_cannot_move_a_clients_pool_balance_into_a_channel_without_its_call(
+        setup: Setup) -> None:
+    """Review 2, finding 6: a pool channel is approved only for a fresh, unpaid invoke
+    call the client signed (asking for pool funding); otherwise its balance stays put."""
+    s = setup
+    alice, mallory = funded(s, 10 * PRICE), funded(s, 10 * PRICE)
+    paid = call(s.vault, alice, key="paid")
+    first = pool_channel(s, alice, deposit=PRICE)
+    pay(s, first, provider_side(s, first), paid)
+    assert s.vault.balance(alice.address) == 9 * PRICE
+
+    def terms() -> ChannelTerms:
+        return ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
+                            s.schnorr.public_key, 9 * PRICE, os.urandom(32))
+
+    wallet = api.InvokeRequest(url="https://api.example/weather", method="GET", headers=(),
+                               body=b"", max_price=PRICE, idempotency_key="w", funding=api.WALLET)
+    withdrawal = signed(s.vault, alice, {"amount": "1", "idempotencyKey": "w"},
+                        path=WITHDRAW_PATH)
+    for not_alices_consent, reason in (
+            (call(s.vault, mallory), "insufficient_balance"),  # mallory's call: her balance
+            (call(s.vault, Account.create()), "insufficient_balance"),  # the host's own key
+            (paid, "replayed_call"),  # a call that has paid already
+            (signed(s.vault, alice, wallet.to_json()), "not_a_pool_channel"),
+            (withdrawal, "wrong_call"),
+            (SignedCall({}, "POST", INVOKE_PATH, paid.body), "unauthenticated")):
+        t = terms() if reason != "insufficient_balance" else ChannelTerms(
+            s.vault.address, s.vault.address, s.provider.address, s.schnorr.public_key,
+            11 * PRICE, os.urandom(32))
+        with pytest.raises(EnclaveError, match=reason):
+            s.vault.approve_pool_channel(not_alices_consent, t, lock_timeout=10.0)
+        assert s.vault.channel(t.channel_id(DOMAIN)) is None
+    assert s.vault.balance(alice.address) == 9 * PRICE
+    assert s.vault.balance(mallory.address) == 10 * PRICE
+    # alice's fresh call opens one, debited from alice's balance (not mallory's).
+    s.vault.approve_pool_channel(call(s.vault, alice, key="new"), terms(), lock_timeout=10.0)
+    assert s.vault.balance(alice.address) == 0
+    assert s.vault.balance(mallory.address) == 10 * PRICE
+
+
+def test_no_sigma_u_for_a_provider_key_no_attested_enclave_holds(setup: Setup) -> None:
+    """Review 2, finding 6: the host opens a channel whose providerKey is a plain key of
+    its own (no enclave computes the results it pre-signs): OPEN is refused over a tunnel
+    whose attested peer holds another key, and the REPLY gets no σ_U."""
+    s = setup
+    alice = funded(s, 10 * PRICE)
+    host_key = EVM.secret_key(EVM.generate_key().to_bytes())
+    terms = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
+                         host_key.public_key, 10 * PRICE, os.urandom(32))
+    s.vault.approve_pool_channel(call(s.vault, alice, key="open"), terms, lock_timeout=10.0)
+    cid = terms.channel_id(DOMAIN)
+    with pytest.raises(EnclaveError, match="provider_not_attested"):
+        s.vault.bind_tunnel(s.tunnel, cid)  # the attested peer holds s.schnorr, not host_key
+    with pytest.raises(EnclaveError, match="unknown_tunnel"):
+        s.vault.bind_tunnel("a handle the host made up", cid)
+    channel = s.vault.channel(cid)
+    assert channel is not None
+    fake = ProviderChannel(terms, DOMAIN, s.provider, host_key, ack_timeout=30.0,
+                           lock_timeout=5.0)
+    exec_ = channel.request(call(s.vault, alice), PRICE, now=0)
+    fake.receive(exec_, now=0)
+    with pytest.raises(ASCError):
+        channel.receive(fake.reply(exec_.request_id, b"a result that never opens"), now=0)
+    assert channel.pending_auth() is None and channel.provider_balance == 0
+    assert s.vault.balance(alice.address) == 0  # (its deposit comes back when it closes)

@@ -182,8 +182,10 @@ def test_a_host_cannot_open_a_pool_channel_beyond_a_balance_or_without_the_encla
         enclave = vault.service.vault
         terms = ChannelTerms(vault.address, vault.address, provider.address,
                              provider_key(provider), 3_001, b"\x01" * 32)
+        h, b = _signed_invoke(vault, alice, "https://api.example/weather", "open")
         with pytest.raises(EnclaveError, match="insufficient_balance"):
-            enclave.approve_pool_channel(alice.address, terms, lock_timeout=10.0)
+            enclave.approve_pool_channel(SignedCall.of(h, "POST", INVOKE_PATH, b), terms,
+                                         lock_timeout=10.0)
         manager = world.manager
         host = vault.account
         # Without the enclave's approval, or with the host's own signature instead:

@@ -61,7 +61,7 @@ from a402.chain.deploy import TokenInfo
 from a402.chain.tx import TransactionFailed
 from a402.evm.address import address_key
 from a402.tee import AttestationPolicy, AttestationVerifier, Enclave, EnclaveError
-from a402.vault_enclave import EnclaveChannel, VaultEnclave
+from a402.vault_enclave import EnclaveChannel, SignedCall, VaultEnclave
 from a402.wire import vault_api as api
 
 from . import records
@@ -316,7 +316,7 @@ class Channels:
     async def find_or_open(
         self, client: str, tunnel: ProviderTunnel, price: int, *, funding: str,
         wallet_deposit: int | None, authorization: dict[str, str] | None,
-        reuse_only: bool = False,
+        reuse_only: bool = False, call: SignedCall | None = None,
     ) -> EnclaveChannel:
         """An OPEN channel of ``client`` with this provider that can pay ``price``.
 
@@ -353,10 +353,13 @@ class Channels:
             raise NoUsableChannel
         if funding == api.WALLET:
             return await self._open_wallet(client, tunnel, price, wallet_deposit, authorization)
-        return await self._open_pool(client, tunnel, price)
+        if call is None:
+            raise VaultError(401, api.UNAUTHENTICATED,
+                             "the vault opens a pool channel only for a signed call")
+        return await self._open_pool(client, tunnel, price, call)
 
-    async def _open_pool(self, client: str, tunnel: ProviderTunnel, price: int
-                         ) -> EnclaveChannel:
+    async def _open_pool(self, client: str, tunnel: ProviderTunnel, price: int,
+                         call: SignedCall) -> EnclaveChannel:
         balance = min(await asyncio.to_thread(self.store.balance, client),
                       self.vault.balance(client))
         deposit = self.deposit_for(price, balance)
@@ -367,7 +370,7 @@ class Channels:
         terms = tunnel.terms(client=self.address, deposit=deposit)
         row = await self._claim(client, tunnel, terms, funding=api.POOL, debit=True)
         try:
-            approval = self.vault.approve_pool_channel(client, terms, row.lock_timeout)
+            approval = self.vault.approve_pool_channel(call, terms, row.lock_timeout)
         except EnclaveError as e:
             await self.failed_open(row.cid)
             raise VaultError(402, api.INSUFFICIENT_BALANCE, f"{e.reason}: {e.detail}") from None

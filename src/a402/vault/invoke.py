@@ -352,7 +352,7 @@ class Invoker:
             channel = await channels.find_or_open(
                 client, tunnel, offer.amount, funding=call.funding,
                 wallet_deposit=call.deposit, authorization=call.channel_authorization,
-                reuse_only=unrecorded)
+                reuse_only=unrecorded, call=self._signed.get(key))
         except (ProviderRefused, ProtocolViolation) as e:
             raise VaultError(502, api.PROVIDER_REFUSED, str(e)) from None
         except (ProviderUnavailable, httpx.HTTPError) as e:
