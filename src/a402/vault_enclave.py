@@ -266,12 +266,14 @@ class VaultEnclaveCode:
 
     ``domain``: the ASCManager's EIP-712 domain (it names the manager the permit may
     go to); ``network``: the chain (CAIP-2) the vault's account is on; ``token``:
-    the channel token's EIP-712 domain; ``auth_window``: the API's signature window.
+    the channel token's EIP-712 domain; ``auth_window``: the API's signature window;
+    ``first_boot``: this vault has never run before (see :meth:`start`).
     """
 
     def __init__(
         self, kernel: EnclaveKernel, *, domain: PaymentDomain, network: str,
         token: Eip712Domain, auth_window: int = api.DEFAULT_AUTH_WINDOW,
+        first_boot: bool = False,
     ) -> None:
         self._kernel = kernel
         self._signer = _KernelSigner(kernel, CHANNEL_STATE)
@@ -290,18 +292,38 @@ class VaultEnclaveCode:
         self._high_water = 0
         self._consumed: dict[tuple[str, str], int] = {}
         self._reserved: dict[tuple[str, str], bytes] = {}
+        #: A ledger was restored, or this is the vault's first boot: until then every call
+        #: that reads or moves balances, channels or nonces is refused.
+        self._ready = first_boot
+        #: Started as a first boot (and no ledger restored since): no channel can predate
+        #: it, so a channel record this code sealed in an earlier life is refused.
+        self._first_boot = first_boot
         #: One call at a time: the host calls from its event loop and from threads.
         self.lock = threading.RLock()
 
     @classmethod
     def start(
         cls, enclave: Enclave, *, domain: PaymentDomain, network: str, token: Eip712Domain,
-        auth_window: int = api.DEFAULT_AUTH_WINDOW,
+        auth_window: int = api.DEFAULT_AUTH_WINDOW, first_boot: bool = False,
     ) -> VaultEnclave:
-        """Run this code in ``enclave``; the host gets only the :class:`VaultEnclave`."""
+        """Run this code in ``enclave``; the host gets only the :class:`VaultEnclave`.
+
+        The code refuses every call on balances, channels and signed calls until the host
+        restores the ledger (:meth:`VaultEnclave.restore_ledger`), unless ``first_boot``:
+        the vault never ran, it starts with an empty ledger. A host that withholds the
+        ledger gains nothing: without it nothing runs; declaring a first boot instead
+        starts from zero balances and refuses every channel record an earlier life sealed
+        (so no channel of the old ledger runs again, with or without the nonces it
+        consumed)."""
         return enclave.start(lambda kernel: VaultEnclave(cls(
             kernel, domain=domain, network=network, token=token, auth_window=auth_window,
+            first_boot=first_boot,
         )), host_tunnels=True)
+
+    def _check_ready(self) -> None:
+        if not self._ready:
+            raise EnclaveError("ledger_needed",
+                               "restore the ledger first (or start the code as a first boot)")
 
     # ---------------------------------------------------------------- ledger
 
@@ -315,6 +337,7 @@ class VaultEnclaveCode:
     def credit_deposit(self, key: str, client: str, amount: int) -> bool:
         """A mined transfer of ``amount`` from ``client`` to the vault, reported by the host
         (trusted: see the module docstring); once per ``key`` (tx hash, log index)."""
+        self._check_ready()
         if amount <= 0 or key in self._credited:
             return False
         self._credited.add(key)
@@ -322,6 +345,7 @@ class VaultEnclaveCode:
         return True
 
     def export_ledger(self) -> bytes:
+        self._check_ready()  # never an empty ledger over the stored one
         self._prune()
         record = {
             "format": _LEDGER_FORMAT,
@@ -347,6 +371,7 @@ class VaultEnclaveCode:
             self._enter(bytes.fromhex(cid), _Entry(e[0], e[1], int(e[2]), e[3], bool(e[4])))
         self._withdrawals = dict(record["withdrawals"])
         self._high_water = max(self._high_water, int(record["highWater"]))
+        self._ready, self._first_boot = True, False
 
     # --------------------------------------------------------- signed calls
 
@@ -417,6 +442,7 @@ class VaultEnclaveCode:
         not paid already), its deposit debited from the client's balance (refused beyond
         it). Asked again for the same channel: the same approval, debited once. Without
         a call of the client's the host cannot move its balance into a channel."""
+        self._check_ready()
         signed = self._verify(call, "POST", INVOKE_PATH)
         owner = address_key(signed.client)
         if (owner, signed.nonce) in self._consumed:
@@ -443,6 +469,7 @@ class VaultEnclaveCode:
 
     def approve_wallet_channel(self, terms: ChannelTerms, lock_timeout: float) -> bytes:
         """The vault's approval of a channel funded from the client's own wallet."""
+        self._check_ready()
         if terms.client == self.address:
             raise EnclaveError("not_a_wallet_channel", "the client is the vault")
         channel_id = terms.channel_id(self.domain)
@@ -464,6 +491,7 @@ class VaultEnclaveCode:
         channel is closed here for good (its ledger entry says refunded): no request,
         no σ_U, and a restore brings it back closed, so a channel that opens on-chain
         after all pays nothing off-chain and its later settlement credits nothing."""
+        self._check_ready()
         entry = self._channels.get(channel_id)
         if entry is None or entry.funding != api.POOL or entry.refunded:
             return 0
@@ -489,6 +517,7 @@ class VaultEnclaveCode:
         """The host reports the channel settled on-chain, paying ``client_payout`` back: for
         a pool channel, credited to its owner once, at most what the channel's latest state
         signed here gives the client. Returns what was credited."""
+        self._check_ready()
         entry = self._channels.get(channel_id)
         held = self._get(channel_id)
         if entry is None or entry.refunded:
@@ -536,6 +565,7 @@ class VaultEnclaveCode:
 
     def request(self, channel_id: bytes, call: SignedCall, amount: int, now: float) -> Exec:
         """Step ①, for a call the channel's owner signed (see the module docstring)."""
+        self._check_ready()
         held = self._get(channel_id)
         if self._ended(channel_id):
             raise EnclaveError("channel_closed", "the channel was refunded or settled")
@@ -637,9 +667,15 @@ class VaultEnclaveCode:
         return self._kernel.seal(self._label(channel_id), jsonbytes.dumps(record))
 
     def restore(self, channel_id: bytes, blob: bytes) -> None:
-        """Run a channel again from :meth:`export` (a no-op if it runs already)."""
+        """Run a channel again from :meth:`export` (a no-op if it runs already). Refused
+        before the ledger is restored, and, after a first boot, for a channel this life of
+        the code did not approve (it was sealed by an earlier one, whose ledger is gone)."""
+        self._check_ready()
         if channel_id in self._held:
             return
+        if self._first_boot and channel_id not in self._channels:
+            raise EnclaveError("not_a_first_boot",
+                               "a channel from before a first boot: restore the ledger")
         try:
             record = json.loads(self._kernel.unseal(self._label(channel_id), blob))
             if record.get("format") != _CHANNEL_FORMAT:
@@ -685,6 +721,7 @@ class VaultEnclaveCode:
         """An EIP-3009 transfer from the vault for a client-signed withdrawal, debited once
         per idempotency key; asked again, the same transfer (same nonce) signed again,
         valid ``WITHDRAWAL_VALIDITY`` seconds from ``now``."""
+        self._check_ready()
         signed = self._verify(call, "POST", WITHDRAW_PATH)
         client = address_key(signed.client)
         body = self._body(call)
@@ -714,6 +751,7 @@ class VaultEnclaveCode:
     def withdrawal_again(self, key: str, *, now: int) -> Withdrawal:
         """The transfer of a withdrawal already debited, signed again (same EIP-3009 nonce:
         of all its signatures at most one can transfer)."""
+        self._check_ready()
         if key not in self._withdrawals:
             raise EnclaveError("unknown_withdrawal", "no such withdrawal was signed")
         return self._sign_withdrawal(key, now)

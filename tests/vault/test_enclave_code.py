@@ -86,7 +86,8 @@ def attested_tunnel(platform: SimulatedPlatform, vault: Enclave, provider: Encla
 def setup() -> Setup:
     platform = SimulatedPlatform.generate()
     enclave = platform.launch(CODE)
-    vault = VaultEnclaveCode.start(enclave, domain=DOMAIN, network=NETWORK, token=TOKEN)
+    vault = VaultEnclaveCode.start(enclave, domain=DOMAIN, network=NETWORK, token=TOKEN,
+                                   first_boot=True)
     # The provider's enclave, whose attested key the test drives directly (standing in
     # for the provider enclave's code): the channel's providerKey is an attested one.
     schnorr = EVM.secret_key(EVM.generate_key().to_bytes())
@@ -534,3 +535,44 @@ def test_no_sigma_u_for_a_provider_key_no_attested_enclave_holds(setup: Setup) -
         channel.receive(fake.reply(exec_.request_id, b"a result that never opens"), now=0)
     assert channel.pending_auth() is None and channel.provider_balance == 0
     assert s.vault.balance(alice.address) == 0  # (its deposit comes back when it closes)
+
+
+def test_a_restart_without_the_ledger_runs_nothing(setup: Setup) -> None:
+    """Review 2, finding 5: the host restarts the code and withholds the ledger (no old
+    blob needed), then restores only channel B to replay call X, which paid on A."""
+    s = setup
+    alice = funded(s)
+    a, b = pool_channel(s, alice), pool_channel(s, alice)
+    x = call(s.vault, alice)
+    pay(s, a, provider_side(s, a), x)  # X paid on A: its nonce is in A's record only
+    record_b = s.vault.channel(b.channel_id(DOMAIN)).snapshot()  # type: ignore[union-attr]
+    again = VaultEnclaveCode.start(s.enclave, domain=DOMAIN, network=NETWORK, token=TOKEN)
+    for refused in (lambda: again.restore(b.channel_id(DOMAIN), record_b),
+                    lambda: again.credit_deposit("0xfeed:0", alice.address, 10**30),
+                    lambda: pool_channel(s.restarted(again), alice),
+                    lambda: again.withdraw(signed(again, alice, {"amount": "1",
+                                           "idempotencyKey": "w"}, path=WITHDRAW_PATH), now=0),
+                    again.export_ledger):
+        with pytest.raises(EnclaveError, match="ledger_needed"):
+            refused()
+    assert again.channel(b.channel_id(DOMAIN)) is None and again.balance(alice.address) == 0
+
+
+def test_a_host_declaring_a_first_boot_cannot_run_an_earlier_channel(setup: Setup) -> None:
+    """Review 2, finding 5: the host deletes the ledger and declares a first boot: the code
+    starts from zero balances and refuses every channel record of its earlier life, so call
+    X (paid on A) cannot pay again on B."""
+    s = setup
+    alice = funded(s)
+    a, b = pool_channel(s, alice), pool_channel(s, alice)
+    x = call(s.vault, alice)
+    pay(s, a, provider_side(s, a), x)
+    record_b = s.vault.channel(b.channel_id(DOMAIN)).snapshot()  # type: ignore[union-attr]
+    again = VaultEnclaveCode.start(s.enclave, domain=DOMAIN, network=NETWORK, token=TOKEN,
+                                   first_boot=True)
+    with pytest.raises(EnclaveError, match="not_a_first_boot"):
+        again.restore(b.channel_id(DOMAIN), record_b)
+    assert again.channel(b.channel_id(DOMAIN)) is None
+    assert again.balance(alice.address) == 0  # nothing to open a channel with either
+    with pytest.raises(EnclaveError, match="insufficient_balance"):
+        pool_channel(s.restarted(again), alice)

@@ -113,12 +113,12 @@ class VaultService:
             raise ValueError(f"the ASCManager escrows {self.manager.token}, "
                              f"not {self.token.address}")
         timing = config.timing
+        ledger = config.store.get_meta(LEDGER_KEY)
         self.vault = VaultEnclaveCode.start(
             config.enclave, domain=self.manager.domain, network=config.chain.network,
             token=Eip712Domain(self.token.name, self.token.version, config.chain.chain_id,
                                self.token.address),
-            auth_window=timing.auth_window)
-        ledger = config.store.get_meta(LEDGER_KEY)
+            auth_window=timing.auth_window, first_boot=ledger is None)
         if ledger is not None:
             self.vault.restore_ledger(ledger)
         #: The vault's address: its enclave's key.
