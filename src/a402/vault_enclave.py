@@ -289,7 +289,9 @@ class VaultEnclaveCode:
         self._balances: dict[str, int] = {}
         self._credited: set[str] = set()
         self._withdrawals: dict[str, dict[str, Any]] = {}
-        self._high_water = 0
+        #: Per client, the newest timestamp of a call it paid with: its calls older than
+        #: that minus twice the window are stale (one client's clock moves no one else's).
+        self._newest: dict[str, int] = {}
         self._consumed: dict[tuple[str, str], int] = {}
         self._reserved: dict[tuple[str, str], bytes] = {}
         #: A ledger was restored, or this is the vault's first boot: until then every call
@@ -354,7 +356,7 @@ class VaultEnclaveCode:
             "channels": {cid.hex(): [e.owner, e.funding, str(e.deposit), e.settled, e.refunded]
                          for cid, e in self._channels.items()},
             "withdrawals": self._withdrawals,
-            "highWater": self._high_water,
+            "newest": {k: v for k, v in self._newest.items()},
         }
         return self._kernel.seal(_LEDGER_LABEL, jsonbytes.dumps(record))
 
@@ -370,12 +372,26 @@ class VaultEnclaveCode:
         for cid, e in record["channels"].items():
             self._enter(bytes.fromhex(cid), _Entry(e[0], e[1], int(e[2]), e[3], bool(e[4])))
         self._withdrawals = dict(record["withdrawals"])
-        self._high_water = max(self._high_water, int(record["highWater"]))
+        for client, timestamp in record.get("newest", {}).items():
+            self._advance(client, int(timestamp))
         self._ready, self._first_boot = True, False
 
     # --------------------------------------------------------- signed calls
 
-    def _verify(self, call: SignedCall, method: str, path: str) -> api.Authenticated:
+    def _advance(self, client: str, timestamp: int) -> None:
+        if timestamp > self._newest.get(client, 0):
+            self._newest[client] = timestamp
+
+    def _horizon(self, client: str) -> int:
+        """Calls of ``client`` signed before this are stale."""
+        return self._newest.get(client, 0) - 2 * self.window
+
+    def _verify(self, call: SignedCall, method: str, path: str, now: float | None = None
+                ) -> api.Authenticated:
+        """The call's signature, for this vault; fresh for its signer (not older than the
+        signer's newest paid call minus twice the window) and, given the host's ``now``,
+        not signed more than a window in the future (a far-future timestamp would make
+        the client's own later calls stale)."""
         if (call.method, call.path) != (method, path):
             raise EnclaveError("wrong_call", f"not a signed {method} {path}")
         try:
@@ -387,8 +403,10 @@ class VaultEnclaveCode:
                                         call.body, now=timestamp, window=0)
         except api.AuthError as e:
             raise EnclaveError(e.reason, e.detail) from None
-        if signed.timestamp < self._high_water - 2 * self.window:
-            raise EnclaveError("stale_call", "signed too long before the newest call seen")
+        if signed.timestamp < self._horizon(address_key(signed.client)):
+            raise EnclaveError("stale_call", "signed too long before the client's newest call")
+        if now is not None and signed.timestamp > now + self.window:
+            raise EnclaveError("future_call", "signed more than the auth window ahead of now")
         return signed
 
     def _body(self, call: SignedCall) -> Any:
@@ -402,7 +420,7 @@ class VaultEnclaveCode:
         self._by_owner.setdefault(entry.owner, set()).add(channel_id)
 
     def _missing(self, client: str) -> list[bytes]:
-        horizon = self._high_water - 2 * self.window
+        horizon = self._horizon(client)
         found = []
         for cid in self._by_owner.get(client, ()):
             e = self._channels[cid]
@@ -411,10 +429,11 @@ class VaultEnclaveCode:
         return sorted(found)
 
     def _prune(self) -> None:
-        horizon = self._high_water - 2 * self.window
-        self._consumed = {k: t for k, t in self._consumed.items() if t >= horizon}
+        self._consumed = {k: t for k, t in self._consumed.items()
+                          if t >= self._horizon(k[0])}
         for held in self._held.values():
-            held.consumed = {k: t for k, t in held.consumed.items() if t >= horizon}
+            held.consumed = {k: t for k, t in held.consumed.items()
+                             if t >= self._horizon(k[0])}
 
     # ---------------------------------------------------------------- channels
 
@@ -503,7 +522,7 @@ class VaultEnclaveCode:
                 or channel.status is not Status.OPEN or channel.locked != 0
                 or channel.pending_close() is not None):
             raise EnclaveError("channel_used", "the channel was used: it opened")
-        entry.refunded, entry.settled = True, self._high_water
+        entry.refunded, entry.settled = True, self._newest.get(entry.owner, 0)
         self._credit(entry.owner, entry.deposit)
         channel.closed_on_chain()
         return entry.deposit
@@ -522,7 +541,7 @@ class VaultEnclaveCode:
         held = self._get(channel_id)
         if entry is None or entry.refunded:
             return 0
-        entry.refunded, entry.settled = True, self._high_water
+        entry.refunded, entry.settled = True, self._newest.get(entry.owner, 0)
         held.channel.closed_on_chain()
         if entry.funding != api.POOL:
             return 0
@@ -569,7 +588,7 @@ class VaultEnclaveCode:
         held = self._get(channel_id)
         if self._ended(channel_id):
             raise EnclaveError("channel_closed", "the channel was refunded or settled")
-        signed = self._verify(call, "POST", INVOKE_PATH)
+        signed = self._verify(call, "POST", INVOKE_PATH, now)
         client = address_key(signed.client)
         if client != held.owner:
             raise EnclaveError("not_your_channel", "the channel serves another client")
@@ -591,7 +610,7 @@ class VaultEnclaveCode:
         exec_ = held.channel.request(paid_request(invoke).encode(), amount, now=now)
         held.call = _Binding(client, signed.nonce, signed.timestamp)
         self._reserved[key] = channel_id
-        self._high_water = max(self._high_water, signed.timestamp)
+        self._advance(client, signed.timestamp)
         return exec_
 
     def _release(self, held: _Held) -> None:
@@ -652,7 +671,7 @@ class VaultEnclaveCode:
     def export(self, channel_id: bytes) -> bytes:
         """The channel's state, sealed (the host's ``unseal`` cannot open it)."""
         held = self._get(channel_id)
-        horizon = self._high_water - 2 * self.window
+        horizon = self._horizon(held.owner)
         call = held.call
         record = {
             "format": _CHANNEL_FORMAT,
@@ -662,7 +681,7 @@ class VaultEnclaveCode:
             "consumed": [[c, n, t] for (c, n), t in held.consumed.items() if t >= horizon],
             "attested": held.attested,
             # What pruned ``consumed``: restored with it, so a pruned nonce stays stale.
-            "highWater": self._high_water,
+            "newest": self._newest.get(held.owner, 0),
         }
         return self._kernel.seal(self._label(channel_id), jsonbytes.dumps(record))
 
@@ -691,10 +710,10 @@ class VaultEnclaveCode:
         if call is not None:
             held.call = _Binding(call[0], call[1], int(call[2]))
             self._reserved[(call[0], call[1])] = channel_id
-        self._high_water = max(self._high_water, int(record["highWater"]))
+        self._advance(held.owner, int(record.get("newest", record.get("highWater", 0))))
         for client, nonce, timestamp in record["consumed"]:
             held.consumed[(client, nonce)] = self._consumed[(client, nonce)] = int(timestamp)
-            self._high_water = max(self._high_water, int(timestamp))
+            self._advance(client, int(timestamp))
         self._held[channel_id] = held
         if channel_id not in self._channels:
             self._enter(channel_id, _Entry(held.owner, held.funding, channel.terms.deposit))
@@ -722,7 +741,7 @@ class VaultEnclaveCode:
         per idempotency key; asked again, the same transfer (same nonce) signed again,
         valid ``WITHDRAWAL_VALIDITY`` seconds from ``now``."""
         self._check_ready()
-        signed = self._verify(call, "POST", WITHDRAW_PATH)
+        signed = self._verify(call, "POST", WITHDRAW_PATH, now)
         client = address_key(signed.client)
         body = self._body(call)
         try:

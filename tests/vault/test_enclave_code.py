@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,8 +133,15 @@ def funded(s: Setup, amount: int = 100 * PRICE) -> LocalAccount:
     return client
 
 
+def clock() -> int:
+    """The host's ``now``: signed calls carry the wall clock, and the enclave refuses one
+    signed more than the auth window after ``now``."""
+    return int(time.time())
+
+
 def pay(s: Setup, terms: ChannelTerms, provider: ProviderChannel, signed_call: SignedCall,
-        now: float = 0.0) -> Auth:
+        now: float | None = None) -> Auth:
+    now = clock() if now is None else now
     channel = s.vault.channel(terms.channel_id(DOMAIN))
     assert channel is not None
     exec_ = channel.request(signed_call, PRICE, now=now)
@@ -163,27 +171,27 @@ def test_a_paid_request_needs_the_channel_owners_signed_call(setup: Setup) -> No
     # the host signs a call itself, or as another client: not the channel's owner
     for wrong in (call(s.vault, mallory), call(s.vault, Account.create())):
         with pytest.raises(EnclaveError) as refused:
-            channel.request(wrong, PRICE, now=0)
+            channel.request(wrong, PRICE, now=clock())
         assert refused.value.reason == "not_your_channel"
     good = call(s.vault, alice)
     # a tampered body, another path, a missing signature
     forged = SignedCall(good.headers, "POST", INVOKE_PATH, good.body.replace(b"1000", b"9000"))
     with pytest.raises(EnclaveError, match="bad_signature"):
-        channel.request(forged, PRICE, now=0)
+        channel.request(forged, PRICE, now=clock())
     with pytest.raises(EnclaveError, match="wrong_call"):
-        channel.request(SignedCall(good.headers, "POST", WITHDRAW_PATH, good.body), PRICE, now=0)
+        channel.request(SignedCall(good.headers, "POST", WITHDRAW_PATH, good.body), PRICE, now=clock())
     with pytest.raises(EnclaveError, match="unauthenticated"):
-        channel.request(SignedCall({}, "POST", INVOKE_PATH, good.body), PRICE, now=0)
+        channel.request(SignedCall({}, "POST", INVOKE_PATH, good.body), PRICE, now=clock())
     # signed for another vault (another account string)
     other = api.sign_request(alice, "eip155:1:0x" + "11" * 20, "POST", INVOKE_PATH, good.body)
     with pytest.raises(EnclaveError, match="bad_signature"):
-        channel.request(SignedCall.of(other, "POST", INVOKE_PATH, good.body), PRICE, now=0)
+        channel.request(SignedCall.of(other, "POST", INVOKE_PATH, good.body), PRICE, now=clock())
     # more than the client's maximum
     with pytest.raises(EnclaveError, match="price_above_maximum"):
-        channel.request(good, PRICE + 1, now=0)
+        channel.request(good, PRICE + 1, now=clock())
     assert channel.status is Status.OPEN and channel.free == terms.deposit
     # the good call pays: the request is the one the call names
-    exec_ = channel.request(good, PRICE, now=0)
+    exec_ = channel.request(good, PRICE, now=clock())
     invoke = api.InvokeRequest.from_json(json.loads(good.body))
     assert exec_.request == paid_request(invoke).encode()
 
@@ -198,7 +206,7 @@ def test_one_signed_call_pays_at_most_once(setup: Setup) -> None:
         channel = s.vault.channel(terms.channel_id(DOMAIN))
         assert channel is not None
         with pytest.raises(EnclaveError) as refused:
-            channel.request(one, PRICE, now=1)
+            channel.request(one, PRICE, now=clock())
         assert refused.value.reason == "replayed_call"
     channel = s.vault.channel(first.channel_id(DOMAIN))
     assert channel is not None and channel.provider_balance == PRICE
@@ -213,14 +221,14 @@ def test_a_call_given_up_before_sigma_u_may_run_again_once(setup: Setup) -> None
     elsewhere = s.vault.channel(other.channel_id(DOMAIN))
     assert channel is not None and elsewhere is not None
     one = call(s.vault, alice)
-    channel.request(one, PRICE, now=0)
+    channel.request(one, PRICE, now=clock())
     with pytest.raises(EnclaveError, match="replayed_call"):  # in flight on the first
-        elsewhere.request(one, PRICE, now=0)
+        elsewhere.request(one, PRICE, now=clock())
     channel.abandon()  # nothing was authorised
     provider = provider_side(s, other)
-    pay(s, other, provider, one, now=1)
+    pay(s, other, provider, one, now=clock())
     with pytest.raises(EnclaveError, match="replayed_call"):
-        channel.request(one, PRICE, now=2)
+        channel.request(one, PRICE, now=clock())
 
 
 def test_a_host_cannot_get_sigma_u_for_a_request_no_call_started(setup: Setup) -> None:
@@ -230,12 +238,12 @@ def test_a_host_cannot_get_sigma_u_for_a_request_no_call_started(setup: Setup) -
     provider = provider_side(s, terms)
     channel = s.vault.channel(terms.channel_id(DOMAIN))
     assert channel is not None
-    exec_ = channel.request(call(s.vault, alice), PRICE, now=0)
-    provider.receive(exec_, now=0)
+    exec_ = channel.request(call(s.vault, alice), PRICE, now=clock())
+    provider.receive(exec_, now=clock())
     reply = provider.reply(exec_.request_id, b"result")
     channel.abandon()
     with pytest.raises(ASCError):  # the machine refuses a REPLY nobody waits for
-        channel.receive(reply, now=0)
+        channel.receive(reply, now=clock())
     assert channel.pending_auth() is None
 
 
@@ -258,11 +266,11 @@ def test_after_a_restart_a_clients_calls_wait_for_its_channels(setup: Setup) -> 
     replay = again.channel(fresh.channel_id(DOMAIN))
     assert replay is not None
     with pytest.raises(ChannelsNeeded) as needed:
-        replay.request(one, PRICE, now=0)
+        replay.request(one, PRICE, now=clock())
     assert needed.value.channel_ids == [cid]
     again.restore(cid, record)
     with pytest.raises(EnclaveError, match="replayed_call"):
-        replay.request(one, PRICE, now=0)
+        replay.request(one, PRICE, now=clock())
 
 
 def test_old_calls_are_refused_so_the_replay_set_stays_bounded(setup: Setup) -> None:
@@ -273,7 +281,7 @@ def test_old_calls_are_refused_so_the_replay_set_stays_bounded(setup: Setup) -> 
     channel = s.vault.channel(terms.channel_id(DOMAIN))
     assert channel is not None
     with pytest.raises(EnclaveError, match="stale_call"):
-        channel.request(call(s.vault, alice, key="old", ts=10_000 - 121), PRICE, now=1)
+        channel.request(call(s.vault, alice, key="old", ts=10_000 - 121), PRICE, now=clock())
 
 
 def test_records_and_ledger_are_sealed_for_the_code_alone(setup: Setup) -> None:
@@ -320,23 +328,23 @@ def test_withdrawals_only_as_signed_and_within_the_balance(setup: Setup) -> None
     too_much = signed(s.vault, alice, {"amount": "5001", "idempotencyKey": "w"},
                       path=WITHDRAW_PATH)
     with pytest.raises(EnclaveError, match="insufficient_balance"):
-        s.vault.withdraw(too_much, now=0)
+        s.vault.withdraw(too_much, now=clock())
     ok = signed(s.vault, alice, {"amount": "3000", "idempotencyKey": "w"}, path=WITHDRAW_PATH)
-    first = s.vault.withdraw(ok, now=0)
-    again = s.vault.withdraw(ok, now=100)  # the host asks again: the same transfer
+    first = s.vault.withdraw(ok, now=clock())
+    again = s.vault.withdraw(ok, now=clock() + 100)  # the host asks again: the same transfer
     assert (first.nonce, first.value, first.to) == (again.nonce, 3000, address_key(alice.address))
     assert s.vault.balance(alice.address) == 2_000 and s.vault.balance(bob.address) == 5_000
     changed = signed(s.vault, alice, {"amount": "1000", "idempotencyKey": "w"},
                      path=WITHDRAW_PATH)
     with pytest.raises(EnclaveError, match="idempotency_key_reused"):
-        s.vault.withdraw(changed, now=0)
+        s.vault.withdraw(changed, now=clock())
     # the host relabels alice's call as bob's, or as an invoke: the signature fails
     relabelled = SignedCall({**ok.headers, api.CLIENT_HEADER: bob.address}, ok.method, ok.path,
                             ok.body)
     with pytest.raises(EnclaveError, match="bad_signature"):
-        s.vault.withdraw(relabelled, now=0)
+        s.vault.withdraw(relabelled, now=clock())
     with pytest.raises(EnclaveError, match="wrong_call"):
-        s.vault.withdraw(SignedCall(ok.headers, "POST", INVOKE_PATH, ok.body), now=0)
+        s.vault.withdraw(SignedCall(ok.headers, "POST", INVOKE_PATH, ok.body), now=clock())
 
 
 def test_a_permit_only_to_the_manager(setup: Setup) -> None:
@@ -370,15 +378,15 @@ def test_the_machine_signs_only_its_own_states(setup: Setup) -> None:
     provider = provider_side(s, terms)
     channel = s.vault.channel(terms.channel_id(DOMAIN))
     assert channel is not None
-    exec_ = channel.request(call(s.vault, alice), PRICE, now=0)
-    provider.receive(exec_, now=0)
-    (auth,) = channel.receive(provider.reply(exec_.request_id, b"r"), now=0).send
-    reveal = provider.receive(auth, now=0).send[0]
+    exec_ = channel.request(call(s.vault, alice), PRICE, now=clock())
+    provider.receive(exec_, now=clock())
+    (auth,) = channel.receive(provider.reply(exec_.request_id, b"r"), now=clock()).send
+    reveal = provider.receive(auth, now=clock()).send[0]
     greedy = type(reveal)(reveal.channel_id, reveal.request_id, reveal.adaptor_secret,
                           reveal.state.pay(reveal.state.client_balance, reveal.state.version),
                           reveal.signature)
     with pytest.raises(Exception) as refused:
-        channel.receive(greedy, now=0)
+        channel.receive(greedy, now=clock())
     assert getattr(refused.value, "reason", None) in (Reason.STATE_MISMATCH,)
     assert channel.status is Status.PENDING
 
@@ -415,7 +423,7 @@ def test_a_nonce_pruned_from_a_record_stays_stale_after_a_restart(setup: Setup) 
     again.restore_ledger(ledger)
     restored = again.restore(cid, record)
     with pytest.raises(EnclaveError, match="stale_call"):
-        restored.request(first, PRICE, now=0)
+        restored.request(first, PRICE, now=clock())
 
 
 
@@ -438,7 +446,7 @@ def test_a_channel_refunded_as_never_opened_pays_nothing_when_restored_from_its_
     again = s.vault.restore(cid, record)  # ... but the channel opens on-chain after all
     assert again.status is Status.CLOSED
     with pytest.raises(EnclaveError, match="channel_closed"):
-        again.request(call(s.vault, alice), PRICE, now=0)
+        again.request(call(s.vault, alice), PRICE, now=clock())
     assert again.provider_balance == 0 and again.pending_auth() is None
     assert s.vault.settled(cid, 10 * PRICE) == 0  # its refund on-chain is not credited again
     assert s.vault.balance(alice.address) == 10 * PRICE
@@ -463,7 +471,7 @@ def test_a_used_pool_channel_cannot_be_reported_as_never_opened(setup: Setup) ->
     other = pool_channel(s, bob, deposit=10 * PRICE)
     channel = s.vault.channel(other.channel_id(DOMAIN))
     assert channel is not None
-    channel.request(call(s.vault, bob), PRICE, now=0)
+    channel.request(call(s.vault, bob), PRICE, now=clock())
     channel.abandon()
     with pytest.raises(EnclaveError, match="channel_used"):
         s.vault.open_failed(other.channel_id(DOMAIN))
@@ -529,10 +537,10 @@ def test_no_sigma_u_for_a_provider_key_no_attested_enclave_holds(setup: Setup) -
     assert channel is not None
     fake = ProviderChannel(terms, DOMAIN, s.provider, host_key, ack_timeout=30.0,
                            lock_timeout=5.0)
-    exec_ = channel.request(call(s.vault, alice), PRICE, now=0)
-    fake.receive(exec_, now=0)
+    exec_ = channel.request(call(s.vault, alice), PRICE, now=clock())
+    fake.receive(exec_, now=clock())
     with pytest.raises(ASCError):
-        channel.receive(fake.reply(exec_.request_id, b"a result that never opens"), now=0)
+        channel.receive(fake.reply(exec_.request_id, b"a result that never opens"), now=clock())
     assert channel.pending_auth() is None and channel.provider_balance == 0
     assert s.vault.balance(alice.address) == 0  # (its deposit comes back when it closes)
 
@@ -551,7 +559,7 @@ def test_a_restart_without_the_ledger_runs_nothing(setup: Setup) -> None:
                     lambda: again.credit_deposit("0xfeed:0", alice.address, 10**30),
                     lambda: pool_channel(s.restarted(again), alice),
                     lambda: again.withdraw(signed(again, alice, {"amount": "1",
-                                           "idempotencyKey": "w"}, path=WITHDRAW_PATH), now=0),
+                                           "idempotencyKey": "w"}, path=WITHDRAW_PATH), now=clock()),
                     again.export_ledger):
         with pytest.raises(EnclaveError, match="ledger_needed"):
             refused()
@@ -576,3 +584,42 @@ def test_a_host_declaring_a_first_boot_cannot_run_an_earlier_channel(setup: Setu
     assert again.balance(alice.address) == 0  # nothing to open a channel with either
     with pytest.raises(EnclaveError, match="insufficient_balance"):
         pool_channel(s.restarted(again), alice)
+
+
+def test_a_far_future_call_of_one_client_makes_no_one_elses_calls_stale(setup: Setup) -> None:
+    """Review 2, finding 8: freshness is per client, and a call signed more than the auth
+    window after the host's ``now`` is refused."""
+    s = setup
+    alice, bob = funded(s), funded(s, 5_000)
+    terms = pool_channel(s, alice)
+    channel = s.vault.channel(terms.channel_id(DOMAIN))
+    assert channel is not None
+    future = call(s.vault, alice, key="future", ts=10**11)
+    with pytest.raises(EnclaveError, match="future_call"):
+        channel.request(future, PRICE, now=clock())
+    # A host that passes a far-future ``now`` gets it paid: it moves alice's clock only.
+    pay(s, terms, provider_side(s, terms), future, now=10**11)
+    bobs = pool_channel(s, bob, deposit=2_000)
+    pay(s, bobs, provider_side(s, bobs), call(s.vault, bob))  # bob's current call pays
+    w = signed(s.vault, bob, {"amount": "3000", "idempotencyKey": "w"}, path=WITHDRAW_PATH)
+    assert s.vault.withdraw(w, now=clock()).value == 3_000
+    assert s.vault.balance(bob.address) == 0
+    assert s.vault.channel(bobs.channel_id(DOMAIN)).provider_balance == PRICE  # type: ignore[union-attr]
+
+
+def test_each_clients_newest_call_survives_a_restart_in_the_ledger(setup: Setup) -> None:
+    """Review 2, finding 5: the ledger keeps each client's newest paid call, so an old
+    call is stale after a restart even before the channel that paid it is restored."""
+    s = setup
+    alice = funded(s)
+    terms = pool_channel(s, alice)
+    pay(s, terms, provider_side(s, terms), call(s.vault, alice, key="new", ts=10_000))
+    ledger = s.vault.export_ledger()
+    again = VaultEnclaveCode.start(s.enclave, domain=DOMAIN, network=NETWORK, token=TOKEN)
+    again.restore_ledger(ledger)
+    fresh = ChannelTerms(again.address, again.address, s.provider.address,
+                         s.schnorr.public_key, PRICE, os.urandom(32))
+    with pytest.raises(EnclaveError, match="stale_call"):
+        again.approve_pool_channel(call(again, alice, key="old", ts=10_000 - 121), fresh,
+                                   lock_timeout=10.0)
+    assert again.balance(alice.address) == 100 * PRICE - 10 * PRICE
