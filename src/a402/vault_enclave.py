@@ -126,7 +126,9 @@ from a402.tee import (
     EnclaveKernel,
     TeeError,
 )
+from a402.wire import jsonstrict
 from a402.wire import vault_api as api
+from a402.wire.errors import WireError
 from a402.wire.a402 import HttpRequest, binding_digest
 
 _CHANNEL_FORMAT = "a402/vault-enclave-channel/v1"
@@ -409,11 +411,13 @@ class VaultEnclaveCode:
             raise EnclaveError("future_call", "signed more than the auth window ahead of now")
         return signed
 
-    def _body(self, call: SignedCall) -> Any:
+    def _body(self, call: SignedCall) -> dict[str, Any]:
+        """The signed body: a strict JSON object within :data:`~a402.wire.jsonstrict.
+        DEFAULT_LIMITS` (depth, size), measured before any parser recurses on it."""
         try:
-            return json.loads(call.body)
-        except ValueError:
-            raise EnclaveError("bad_request", "the call's body is not JSON") from None
+            return jsonstrict.loads_object(call.body)
+        except WireError as e:
+            raise EnclaveError("bad_request", f"the call's body: {e.message}") from None
 
     def _enter(self, channel_id: bytes, entry: _Entry) -> None:
         self._channels[channel_id] = entry

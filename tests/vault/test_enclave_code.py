@@ -623,3 +623,28 @@ def test_each_clients_newest_call_survives_a_restart_in_the_ledger(setup: Setup)
         again.approve_pool_channel(call(again, alice, key="old", ts=10_000 - 121), fresh,
                                    lock_timeout=10.0)
     assert again.balance(alice.address) == 100 * PRICE - 10 * PRICE
+
+
+@pytest.mark.parametrize("raw", [b"[" * 200_000 + b"]" * 200_000, b"[1, 2, 3]",
+                                 b'{"url": 1, "url": 2}', b"\xff"])
+def test_a_signed_body_that_is_not_a_shallow_json_object_is_refused_cleanly(
+        setup: Setup, raw: bytes) -> None:
+    """Review 2, finding 7: a deeply nested body (200 000 brackets, which would overflow
+    the C stack under py_ecc's recursion limit), a non-object, duplicate keys, non-UTF-8:
+    each is refused as ``bad_request`` by every call that reads a body, with no crash."""
+    s = setup
+    alice = funded(s)
+    terms = pool_channel(s, alice)
+    channel = s.vault.channel(terms.channel_id(DOMAIN))
+    assert channel is not None
+    fresh = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
+                         s.schnorr.public_key, PRICE, os.urandom(32))
+    for path, attempt in (
+            (INVOKE_PATH, lambda c: channel.request(c, PRICE, now=clock())),
+            (INVOKE_PATH, lambda c: s.vault.approve_pool_channel(c, fresh, lock_timeout=10.0)),
+            (WITHDRAW_PATH, lambda c: s.vault.withdraw(c, now=clock()))):
+        headers = api.sign_request(alice, s.vault.account, "POST", path, raw)
+        with pytest.raises(EnclaveError, match="bad_request"):
+            attempt(SignedCall.of(headers, "POST", path, raw))
+    assert channel.status is Status.OPEN and channel.free == terms.deposit
+    assert s.vault.balance(alice.address) == 90 * PRICE
