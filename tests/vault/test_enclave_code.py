@@ -231,20 +231,32 @@ def test_a_call_given_up_before_sigma_u_may_run_again_once(setup: Setup) -> None
         channel.request(one, PRICE, now=clock())
 
 
-def test_a_host_cannot_get_sigma_u_for_a_request_no_call_started(setup: Setup) -> None:
+def test_a_request_whose_call_paid_elsewhere_gets_no_sigma_u(setup: Setup) -> None:
+    """σ_U only for a request whose signed call has not paid: X is in flight on A (the
+    host keeps A's record from then), A gives it up, X pays on B, and the host restores
+    A's older record, still waiting for X's REPLY: the provider's REPLY gets no σ_U.
+    (A restore of that older record after a restart that does not load B is the sealed
+    state's rollback limit, stated in the module docstring.)"""
     s = setup
     alice = funded(s)
-    terms = pool_channel(s, alice)
-    provider = provider_side(s, terms)
-    channel = s.vault.channel(terms.channel_id(DOMAIN))
-    assert channel is not None
-    exec_ = channel.request(call(s.vault, alice), PRICE, now=clock())
-    provider.receive(exec_, now=clock())
-    reply = provider.reply(exec_.request_id, b"result")
-    channel.abandon()
-    with pytest.raises(ASCError):  # the machine refuses a REPLY nobody waits for
-        channel.receive(reply, now=clock())
-    assert channel.pending_auth() is None
+    a, b = pool_channel(s, alice), pool_channel(s, alice)
+    pa, pb = provider_side(s, a), provider_side(s, b)
+    channel_a = s.vault.channel(a.channel_id(DOMAIN))
+    assert channel_a is not None
+    x = call(s.vault, alice)
+    exec_a = channel_a.request(x, PRICE, now=clock())
+    pa.receive(exec_a, now=clock())
+    reply_a = pa.reply(exec_a.request_id, b"result on A")
+    record_a = channel_a.snapshot()  # LOCKED, for X
+    channel_a.abandon()  # nothing authorised: X may pay once elsewhere
+    pay(s, b, pb, x)  # X pays on B
+    s.vault.unload(a.channel_id(DOMAIN))
+    older = s.vault.restore(a.channel_id(DOMAIN), record_a)
+    assert older.pending_request() is not None  # waiting for X's REPLY again
+    with pytest.raises(ASCError, match="paid already"):
+        older.receive(reply_a, now=clock())
+    assert older.pending_auth() is None and older.provider_balance == 0
+    assert s.vault.channel(b.channel_id(DOMAIN)).provider_balance == PRICE  # type: ignore[union-attr]
 
 
 def test_after_a_restart_a_clients_calls_wait_for_its_channels(setup: Setup) -> None:

@@ -248,10 +248,14 @@ def test_a_host_that_restarts_cannot_replay_a_call_it_received_before(world: Wor
             enclave = vault.service.vault
             cid = bytes.fromhex(row.cid[2:])
             replay = SignedCall.of(headers, "POST", INVOKE_PATH, body)
-            # The host can load the channel only from its sealed record, which carries
-            # the nonces it consumed.
-            if enclave.channel(cid) is None:  # (recovery may have loaded it already)
-                assert enclave.missing(account.address) == [cid]
+            # Recovery may have loaded the channel; the host can unload it at will. The
+            # restarted enclave knows (from the ledger) that the client's calls wait for
+            # it, and the host can load it only from its sealed record, which carries the
+            # nonces it consumed.
+            enclave.unload(cid)
+            assert enclave.channel(cid) is None
+            assert enclave.missing(account.address) == [cid]
+            assert enclave.balance(account.address) == 20_000 - int(row.deposit)
             channel = enclave.restore(cid, row.snapshot)
             assert channel is not None
             with pytest.raises(EnclaveError, match="replayed_call"):
