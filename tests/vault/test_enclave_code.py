@@ -179,7 +179,8 @@ def test_a_paid_request_needs_the_channel_owners_signed_call(setup: Setup) -> No
     with pytest.raises(EnclaveError, match="bad_signature"):
         channel.request(forged, PRICE, now=clock())
     with pytest.raises(EnclaveError, match="wrong_call"):
-        channel.request(SignedCall(good.headers, "POST", WITHDRAW_PATH, good.body), PRICE, now=clock())
+        channel.request(SignedCall(good.headers, "POST", WITHDRAW_PATH, good.body), PRICE,
+                        now=clock())
     with pytest.raises(EnclaveError, match="unauthenticated"):
         channel.request(SignedCall({}, "POST", INVOKE_PATH, good.body), PRICE, now=clock())
     # signed for another vault (another account string)
@@ -571,7 +572,8 @@ def test_a_restart_without_the_ledger_runs_nothing(setup: Setup) -> None:
                     lambda: again.credit_deposit("0xfeed:0", alice.address, 10**30),
                     lambda: pool_channel(s.restarted(again), alice),
                     lambda: again.withdraw(signed(again, alice, {"amount": "1",
-                                           "idempotencyKey": "w"}, path=WITHDRAW_PATH), now=clock()),
+                                           "idempotencyKey": "w"}, path=WITHDRAW_PATH),
+                                           now=clock()),
                     again.export_ledger):
         with pytest.raises(EnclaveError, match="ledger_needed"):
             refused()
