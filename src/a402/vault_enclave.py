@@ -22,17 +22,24 @@ What each signature requires (the safety argument):
   itself), and the paid request is the one the call names (built here from the
   call). Each ``(client, nonce)`` pays at most once: it is consumed when σ_U is
   signed; a request given up before σ_U (refused, expired) leaves it unused,
-  so a retry of the same call may pay once. Calls older than the newest
-  timestamp seen minus twice the auth window are refused, so the replay set
-  stays bounded; consumed nonces are kept in the sealed records of the
-  channels that consumed them, and a client's calls are refused until every
-  channel of that client that may hold one is loaded (:class:`ChannelsNeeded`).
+  so a retry of the same call may pay once. A client's calls older than that
+  client's newest paid call minus twice the auth window are refused, so the
+  replay set stays bounded (per client: one client's far-future timestamp
+  makes no one else's calls stale; and a call signed more than a window after
+  the host's ``now`` is refused); consumed nonces are kept in the sealed
+  records of the channels that consumed them, each client's newest timestamp
+  in the ledger too, and a client's calls are refused until every channel of
+  that client that may hold one is loaded (:class:`ChannelsNeeded`). σ_U
+  also needs the channel's provider key to have been seen here as the
+  attested key of a tunnel's peer (see *Tunnel binding*), and a channel the
+  ledger has as refunded or settled gets none.
 * **Channel states, closes** — only the machine's own: the state after a REVEAL
   whose ``t·G = T`` (paying exactly the request's δ), and the final state with
   the latest balances.
 * **Opening approvals** (the contract's vault signature over the channel id) —
-  only for terms whose ``vault`` is this enclave; a pool-funded channel is
-  debited from the client's ledger balance first and refused beyond it.
+  only for terms whose ``vault`` is this enclave; a pool-funded channel only
+  for a fresh, unpaid invoke call its client signed (asking for pool funding),
+  debited from that client's ledger balance first and refused beyond it.
 * **Withdrawals** — an EIP-3009 ``transferWithAuthorization`` from the vault's
   address, only against a client-signed ``POST /v1/withdrawals`` and that
   client's ledger balance, to the recipient the client signed. A withdrawal
@@ -41,7 +48,12 @@ What each signature requires (the safety argument):
   transfer.
 * **Permit** — EIP-2612, only to the configured ASCManager (so that the manager
   can pull pool deposits on ``createASC``).
-* **Tunnel binding** (OPEN) — only for a channel held here.
+* **Tunnel binding** (OPEN) — only for a channel held here, over a tunnel whose
+  peer, as the enclave verified it in the Noise handshake
+  (:meth:`~a402.tee.EnclaveKernel.channel_peer`, not anything the host says),
+  is an attested enclave holding the channel's ``providerKey``. That is what
+  makes the provider key an enclave's, so that a REPLY's pre-signature comes
+  from code that computed the result.
 * **Force-close order** — only for the machine's latest co-signed state.
 
 Tunnel frames are encrypted and decrypted by the host (the code is started
@@ -58,19 +70,31 @@ that pruned them), and the ledger (balances, credited deposits, the channels it
 approved and their owners, withdrawals). The host stores the ledger before
 anything the enclave approved leaves the vault; a channel's record goes with the
 host's checkpoint of that channel, before its next message (no extra write per
-paid call). A host reporting a pool channel as never opened when it did gains
-nothing: its deposit is credited back once, and the channel's later refund is
-not credited again.
+paid call). Until the host restores the ledger the code refuses every call on
+balances, channels and signed calls, unless it was started as a first boot
+(``first_boot``), which starts from an empty ledger and refuses every channel
+record sealed in an earlier life: withholding the ledger replays nothing. A
+host reporting a pool channel as never opened gets its deposit back only if the
+channel runs here untouched (version 0, no request ever made); from then on the
+channel is closed here (a restore of any of its records too), so if it opens
+after all it pays nothing, and its later refund is not credited again.
 
-Trust limits (stated in the README too). The enclave cannot see the chain: it
-credits deposits the host reports (deduplicated by ``(tx hash, log index)``),
-refunds of pool channels the host reports (capped at what the channel's latest
-signed state gives the client, once per channel), and gives back the deposit
-of a pool channel the host reports as never opened. A host that lies about
-mined transfers can inflate a balance. Sealed state has no rollback protection
-(:mod:`a402.tee.sealing`): a host that restores an older ledger or channel
-record can replay what that record had not yet seen. Which provider serves a
-URL is the host's choice (it fetches the 402), within the call's ``maxPrice``.
+Trust limits (stated in the README too). **The pool is not safe from the host.**
+The enclave cannot see the chain: it credits deposits the host reports
+(deduplicated by ``(tx hash, log index)``, nothing more), so a host that
+reports an invented deposit for a client key of its own can withdraw every
+client's pooled money with that client's signed withdrawal. The fix is on-chain
+per-client pool balances, which the enclave's signatures can only draw down;
+until then what holds is the rest: σ_U and channel states (so wallet-funded
+channels, whose deposits only the clients' signed calls spend). The host also
+reports refunds of pool channels (capped at what the channel's latest signed
+state gives the client, once per channel) and pool channels that never opened.
+Sealed state has no rollback protection (:mod:`a402.tee.sealing`): a host that
+restores an older ledger or channel record, or runs two instances of one enclave
+identity (each its own ledger), can replay what that record had not yet seen.
+The attestation policy of the tunnel's handshake (which provider code is
+accepted) is the host's configuration. Which provider serves a URL is the
+host's choice (it fetches the 402), within the call's ``maxPrice``.
 """
 
 from __future__ import annotations
@@ -128,8 +152,8 @@ from a402.tee import (
 )
 from a402.wire import jsonstrict
 from a402.wire import vault_api as api
-from a402.wire.errors import WireError
 from a402.wire.a402 import HttpRequest, binding_digest
+from a402.wire.errors import WireError
 
 _CHANNEL_FORMAT = "a402/vault-enclave-channel/v1"
 _LEDGER_FORMAT = "a402/vault-enclave-ledger/v1"
