@@ -58,7 +58,7 @@ from a402.provider.middleware import PaymentMiddleware
 from a402.provider.settings import ChannelTimeouts
 from a402.tee import PROVIDER_PURPOSES, AttestationPolicy, SimulatedPlatform, SimulatedVerifier
 from a402.vault import ProviderTunnel
-from a402.wire.a402 import MESSAGE_PATH, HttpRequest
+from a402.wire.a402 import MESSAGE_PATH, HttpRequest, binding_digest
 from machine import machine
 
 PRICE = 1_000
@@ -66,6 +66,17 @@ PRICE = 1_000
 ROUND_TRIPS = 2
 PROVIDER_CODE = hashlib.sha384(b"bench provider").digest()
 VAULT_CODE = hashlib.sha384(b"bench vault").digest()
+
+
+class _KeyAuthority:
+    """OPEN's binding signed with the bench's own vault key (a bare machine, no service)."""
+
+    def __init__(self, signer: EcdsaSigner, enclave: Any) -> None:
+        self._signer, self._enclave, self.address = signer, enclave, signer.address
+
+    def bind_tunnel(self, handle: str, channel_id: bytes) -> bytes:
+        return self._signer.sign_digest(
+            binding_digest(self._enclave.channel_binding(handle), channel_id))
 
 
 class TimedTransport(httpx.AsyncBaseTransport):
@@ -128,12 +139,14 @@ async def run(count: int, warmup: int) -> dict[str, Any]:
         deposit = (count + warmup + 10) * PRICE
         transact(chain, deployer, token.functions.mint(client.address, deposit))
         transact(chain, client, token.functions.approve(manager.address, deposit))
-        vault_key = EcdsaSigner(bytes(vault_account.key))
+        vault_key = EcdsaSigner(bytes(vault_account.key))  # a bare machine: the bench's own key
+        vault_enclave = platform.launch(VAULT_CODE)
         timed = TimedTransport()
         with serve_in_thread(app) as url:
             async with ProviderTunnel(
-                url, enclave=platform.launch(VAULT_CODE), verifiers=[verifier],
-                policy=AttestationPolicy(frozenset({PROVIDER_CODE})), vault_key=vault_key,
+                url, enclave=vault_enclave, verifiers=[verifier],
+                policy=AttestationPolicy(frozenset({PROVIDER_CODE})),
+                vault=_KeyAuthority(vault_key, vault_enclave),
                 http=httpx.AsyncClient(transport=timed),
             ) as tunnel:
                 terms = tunnel.terms(client=client.address, deposit=deposit)

@@ -102,12 +102,13 @@ interface IERC3009Receive {
 ///        vault could close with any older state the provider had co-signed.
 ///
 ///      Who may call what: createASC, createASCBatch, createASCWithAuthorization — anyone
-///      carrying the vault's approval (the vault itself, or its signature over each id) and the
-///      client's consent; closeASC — any party (with both approvals); initForceClose — client or
-///      vault; initForceCloseFor — anyone carrying the vault's signed force-close request;
+///      carrying the vault's approval (the vault itself, or its signed A402Open of each id, before
+///      its deadline) and the client's consent; closeASC — anyone (with both approvals);
+///      initForceClose — client or vault; initForceCloseFor — anyone carrying the vault's signed
+///      force-close request, before its deadline;
 ///      challengeForceClose — anyone holding both approvals (a watchtower); finalForceClose —
 ///      anyone once the window has passed (the outcome is fixed, only its timing is left);
-///      forceClose — the provider only; closeASCBatch — a party of every channel;
+///      forceClose — the provider only; closeASCBatch — anyone (with both approvals of each);
 ///      withdrawWithSignature — anyone relaying the owner's signed order.
 ///
 ///      Contract wallets. A client's EIP-1271 consent is checked with all the gas left in a single
@@ -542,6 +543,8 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
 
     /// @notice Close with the final state both vault and provider approved. While a client
     ///         force-close is pending, the final state must be newer than the recorded one.
+    ///         Anyone may send it: the two signatures over a final state are the approval, and
+    ///         a vault whose key never sends (an enclave's) has its gas payer submit it.
     function closeASC(
         Channel calldata c,
         State calldata s,
@@ -552,8 +555,8 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
         _payout(c, s.clientBalance, s.providerBalance);
     }
 
-    /// @notice Close many channels at once, each exactly as `closeASC` would (same checks, the
-    ///         caller a party of every channel, one `ChannelClosed` each, every record CLOSED
+    /// @notice Close many channels at once, each exactly as `closeASC` would (same checks, anyone
+    ///         may send it, one `ChannelClosed` each, every record CLOSED
     ///         before any token moves), then pay out with one `transfer` per maximal run of
     ///         consecutive equal client addresses and one per run of equal provider addresses.
     ///         A member `closeASC` would refuse is skipped (`BatchMemberSkipped`) and stays as it
@@ -607,9 +610,6 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
         bytes calldata vaultSignature,
         bytes calldata providerSignature
     ) private view returns (bytes memory) {
-        if (msg.sender != c.client && msg.sender != c.vault && msg.sender != c.provider) {
-            return abi.encodeWithSelector(NotAuthorized.selector);
-        }
         if (!s.isFinal) return abi.encodeWithSelector(NotFinal.selector);
         bytes32 cid = channelId(c);
         uint256 record = _records[cid];

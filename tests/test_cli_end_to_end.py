@@ -21,8 +21,9 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from a402.asc_manager import ASCManager, OnChainStatus
 from a402.background import serve_in_thread
-from a402.chain.deploy import Manifest, token_balance
+from a402.chain.deploy import DEV_DISPUTE_WINDOW, Manifest, token_balance
 from a402.chain.node import connect, free_port
 from a402.client.vault import VaultClient
 from a402.tee.identity import load_platform
@@ -160,6 +161,52 @@ def test_devnet_facilitator_gateway_and_pay_from_the_command_line(tmp_path: Path
     assert after == [before[0] - 250_000, before[1] + 250_000]
 
 
+def leave_a_wallet_funded_channel_without_the_vault(
+    gateway: str, vault: str, manifest_path: Path, key_file: Path
+) -> dict[str, str]:
+    """``a402 pay --funding wallet`` opens a channel from the client's wallet and pays once;
+    then the client force-closes it with ``a402 channels force-close`` (version 0: the
+    whole deposit back). The others answer within the window: the vault's watchtower (or
+    the provider's watcher) with the state both co-signed (version 1: one payment), or the
+    provider, if its ACK is not in yet, with its claim (``forceClose``, settled at once).
+    Either way, after the window (anvil time travel) the client has paid exactly the one
+    payment, whoever sent the last transaction."""
+    where = ["--key-file", str(key_file), "--manifest", str(manifest_path)]
+    paid = subprocess.run([A402, "pay", f"{gateway}/quote", "--vault", vault, *where[:2],
+                           "--max", "0.01", "--funding", "wallet"],
+                          capture_output=True, text=True, timeout=90)
+    assert paid.returncode == 0, paid.stderr
+    listed = subprocess.run([A402, "channels", *where, "--json"], capture_output=True,
+                            text=True, timeout=60)
+    (mine,) = json.loads(listed.stdout)["channels"]  # the pool channel is the vault's
+    assert (mine["role"], mine["funding"], mine["status"]) == ("client", "wallet", "open")
+    started = subprocess.run([A402, "channels", "force-close", mine["channelId"], *where],
+                             capture_output=True, text=True, timeout=60)
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.startswith(f"nothing paid out yet: force-close of "
+                                     f"{mine['channelId']} started")
+    manifest = Manifest.load(manifest_path)
+    chain = connect(manifest.rpc_url)
+    manager = ASCManager(chain, manifest.contracts["ASCManager"])
+    cid = bytes.fromhex(mine["channelId"][2:])
+
+    def answered() -> bool:
+        record = manager.channel(cid)
+        return record.status == OnChainStatus.CLOSED or record.version >= 1
+
+    wait_until(answered, "an answer to the stale force-close", timeout=60)
+    chain.w3.provider.make_request("evm_increaseTime", [DEV_DISPUTE_WINDOW])
+    chain.w3.provider.make_request("evm_mine", [])
+    finished = subprocess.run([A402, "channels", "force-close", mine["channelId"], *where],
+                              capture_output=True, text=True, timeout=60)
+    # 0: ours paid out; 4: already closed (the provider's claim, or the vault's
+    # finalForceClose came first); 1: the vault's landed in the same block, ours reverted.
+    assert finished.returncode in (0, 1, 4), finished.stderr
+    assert "Traceback" not in finished.stderr
+    wait_until(lambda: manager.channel(cid).status == OnChainStatus.CLOSED, "the payout")
+    return mine
+
+
 def test_pay_refuses_a_price_above_the_maximum_and_signs_nothing(tmp_path: Path) -> None:
     """Against a gateway-less server that asks too much: exit code 3, no payment made."""
     async def pricey(_: object) -> JSONResponse:
@@ -201,8 +248,8 @@ def test_a_gateway_with_a402_is_paid_through_a_vault_from_the_command_line(
         chain = connect(manifest.rpc_url)
         token = manifest.token.address
         client, provider = manifest.account("client"), manifest.account("provider").address
-        vault_address = manifest.account("client", 1).address
-        holders = [client.address, vault_address, provider, manifest.contracts["ASCManager"]]
+        gas_account = manifest.account("client", 1).address  # the vault's key file: gas only
+        holders = [client.address, gas_account, provider, manifest.contracts["ASCManager"]]
         before = {a: token_balance(chain, token, a) for a in holders}
 
         facilitator_port = free_port()
@@ -247,7 +294,9 @@ def test_a_gateway_with_a402_is_paid_through_a_vault_from_the_command_line(
                         "--allow-private-targets",
                     ) as vault_proc:
                         vault = f"http://127.0.0.1:{vault_port}"
-                        Stderr(vault_proc).json_line("vault")
+                        # The vault's address is its enclave's key (a fresh one: no tokens).
+                        vault_address = Stderr(vault_proc).json_line("vault")["address"]
+                        assert token_balance(chain, token, vault_address) == 0
                         wait_until(lambda: httpx.get(f"{vault}/v1/info").status_code == 200,
                                    "vault")
                         with VaultClient(vault, client.private_key) as account:
@@ -262,6 +311,8 @@ def test_a_gateway_with_a402_is_paid_through_a_vault_from_the_command_line(
                             wait_until(lambda: account.account_info()["channels"][0]["phase"]
                                        == "settled", "the cooperative close", timeout=60)
                             view = account.account_info()
+                            left = leave_a_wallet_funded_channel_without_the_vault(
+                                gateway, vault, manifest_path, tmp_path / "client.key")
                 # The identity survives a restart: the same enclave key, so the same channels.
                 # (The measurement is given: the package's may change under concurrent edits.)
                 restart_port = free_port()
@@ -270,6 +321,11 @@ def test_a_gateway_with_a402_is_paid_through_a_vault_from_the_command_line(
                     restarted = Stderr(again).json_line("gateway")
 
         after = {a: token_balance(chain, token, a) for a in holders}
+        vault_after = token_balance(chain, token, vault_address)
+        # The provider sees the channel the vault opened and closed, from the chain alone.
+        listed = subprocess.run(
+            [A402, "channels", "--key-file", str(tmp_path / "provider.key"), "--manifest",
+             str(manifest_path), "--json"], capture_output=True, text=True, timeout=60)
         mismatch = subprocess.run(
             [A402, *gateway_args[:gateway_args.index("--manifest")], "--network", "eip155:1",
              "--asset", token, "--pay-to", provider, "--manager", manifest.contracts["ASCManager"],
@@ -289,9 +345,21 @@ def test_a_gateway_with_a402_is_paid_through_a_vault_from_the_command_line(
     assert view["channels"][0]["providerPayout"] == "1000"
     # Money is conserved: the client's deposit went to the vault, the price from the
     # vault to the provider through the channel, and the escrow came back whole.
+    # The wallet-funded channel cost the client exactly its one payment.
     assert {a: after[a] - before[a] for a in holders} == {
-        client.address: -1_000_000, vault_address: 1_000_000 - 1000, provider: 1000,
+        client.address: -1_000_000 - 1000, gas_account: 0, provider: 2000,
         manifest.contracts["ASCManager"]: 0}
+    assert vault_after == 1_000_000 - 1000
+    assert listed.returncode == 0, listed.stderr
+    onchain = {c["channelId"]: c for c in json.loads(listed.stdout)["channels"]}
+    assert set(onchain) == {channel["channelId"], left["channelId"]}
+    pool = onchain[channel["channelId"]]
+    assert (pool["role"], pool["funding"], pool["status"]) == ("provider", "pool", "closed")
+    assert (pool["closed"]["provider"], pool["closed"]["credited"]) == ("0.001000", {})
+    mine = onchain[left["channelId"]]
+    assert (mine["funding"], mine["status"]) == ("wallet", "closed")
+    assert mine["closed"]["by"] in ("ForceCloseFinalized", "ProviderForceClosed")
+    assert mine["closed"]["provider"] == "0.001000"
     assert (restarted["providerKey"], restarted["measurement"]) == (
         started["providerKey"], started["measurement"])
     assert os.stat(tmp_path / "provider-identity.bin").st_mode & 0o077 == 0

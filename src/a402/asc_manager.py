@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
+from eth_abi import decode
 from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress, Hash32
@@ -32,6 +33,7 @@ from a402.chain.node import Chain
 from a402.chain.tx import contract_at, deploy_contract, transact
 from a402.crypto import PaymentDomain
 from a402.evm.address import to_checksum
+from a402.evm.keccak import keccak256
 from a402.evm.permit import permit_digest
 
 RECEIVE_WITH_AUTHORIZATION_TYPES = {
@@ -108,6 +110,15 @@ def _approval(signature: bytes, deadline: int) -> bytes:
     if len(signature) == 65:
         return expiring_approval(signature, deadline)
     return signature + deadline.to_bytes(32, "big")
+
+
+def _shown(kind: str, value: Any) -> str:
+    """A decoded error argument as it reads best: addresses checksummed, bytes in hex."""
+    if kind == "address":
+        return to_checksum(str(value))
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    return str(value)
 
 
 def _fields(value: Any, names: tuple[str, ...]) -> tuple[Any, ...]:
@@ -428,6 +439,35 @@ class ASCManager:
         return {int(args["index"]): bytes(args["reason"])
                 for args in self.events("BatchMemberSkipped", receipt)}
 
+    def explain(self, reason: str) -> str:
+        """A revert reason as a person reads it: ``0x5a8f…`` (a custom error's encoding, as
+        nodes return it) becomes ``DisputeWindowOpen(deadline=1733331000)``; any other text
+        (a token's ``require`` message) is returned as it is."""
+        data = reason.strip()
+        if not data.startswith("0x") or len(data) < 10:
+            return reason
+        try:
+            raw = bytes.fromhex(data[2:])
+        except ValueError:
+            return reason
+        for entry in self.contract.abi:
+            item: dict[str, Any] = dict(entry)
+            if item.get("type") != "error":
+                continue
+            inputs: list[dict[str, Any]] = [dict(i) for i in item.get("inputs", ())]
+            name = str(item["name"])
+            signature = f"{name}({','.join(str(i['type']) for i in inputs)})"
+            if keccak256(signature.encode())[:4] != raw[:4]:
+                continue
+            try:
+                values = decode([str(i["type"]) for i in inputs], raw[4:])
+            except Exception:
+                return f"{name}(…)"
+            shown = ", ".join(f"{i['name']}={_shown(str(i['type']), v)}"
+                              for i, v in zip(inputs, values, strict=True))
+            return f"{name}({shown})"
+        return reason
+
     # -- payouts the token refused ---------------------------------------------
 
     def owed(self, account: str) -> int:
@@ -439,14 +479,20 @@ class ASCManager:
         own is blocklisted)."""
         return transact(self.chain, owner, self.contract.functions.withdraw(to))
 
-    def withdrawal_order(self, owner: LocalAccount, to: str, amount: int, deadline: int
-                         ) -> bytes:
+    def withdrawal_order(self, owner: LocalAccount, to: str, amount: int, deadline: int,
+                         *, nonce: int | None = None) -> bytes:
         """``owner``'s signature ordering ``amount`` of what it is owed paid to ``to``, for
-        anyone to submit with :meth:`withdraw_for` before ``deadline``."""
-        nonce = int(self.contract.functions.withdrawalNonces(owner.address).call())
+        anyone to submit with :meth:`withdraw_for` before ``deadline``. ``nonce``: the
+        owner's next (read from the manager when not given)."""
+        if nonce is None:
+            nonce = self.withdrawal_nonce(owner.address)
         digest = bytes(self.contract.functions.withdrawalDigest(
             owner.address, to, amount, nonce, deadline).call())
         return bytes(owner.unsafe_sign_hash(Hash32(digest)).signature)
+
+    def withdrawal_nonce(self, owner: str) -> int:
+        """The nonce ``owner``'s next signed withdrawal order must carry."""
+        return int(self.contract.functions.withdrawalNonces(owner).call())
 
     def withdraw_for(self, sender: LocalAccount, owner: str, to: str, amount: int,
                      deadline: int, order: bytes) -> TxReceipt:

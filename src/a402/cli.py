@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from a402 import __version__
+from a402.chain.locate import DEFAULT_MANIFEST
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the chain id anvil reports (default: %(default)s); a public "
                              "chain's id (84532 = base-sepolia) lets v1 clients, which only "
                              "know v1 network names, be tried locally, with a loud warning")
-    devnet.add_argument("--manifest-out", default=".a402/devnet.json",
+    devnet.add_argument("--manifest-out", default=DEFAULT_MANIFEST,
                         help="where to write the manifest (default: %(default)s)")
     devnet.set_defaults(run=_devnet)
 
@@ -77,6 +78,25 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "and serve a search API")
     add_indexer_arguments(indexer)
     indexer.set_defaults(run=run_indexer)
+
+    from a402.client.account_command import (
+        add_channels_arguments,
+        add_payouts_arguments,
+        run_channels,
+        run_payouts,
+    )
+
+    channels = commands.add_parser(
+        "channels", help="a key's A402 channels from the chain; force-close one as its "
+                         "client without the vault")
+    add_channels_arguments(channels)
+    channels.set_defaults(run=run_channels)
+
+    payouts = commands.add_parser(
+        "payouts", help="payouts the token refused, owed to a key by the ASCManager: show, "
+                        "withdraw (to any address), relay a signed order")
+    add_payouts_arguments(payouts)
+    payouts.set_defaults(run=run_payouts)
 
     vault = commands.add_parser("vault", help="run the Liquidity Vault (pays A402 for clients)")
     from a402.vault.command import add_vault_arguments, run_vault

@@ -44,7 +44,7 @@ from a402.tee import (
     SimulatedVerifier,
 )
 from a402.vault import Checkpoint, ProviderTunnel
-from a402.wire.a402 import HttpRequest
+from a402.wire.a402 import HttpRequest, binding_digest
 
 DISPUTE_WINDOW = 600
 PROVIDER_CODE = hashlib.sha384(b"a402 test provider enclave").digest()
@@ -136,6 +136,21 @@ class Provider:
         return self.config.operator.address
 
 
+class HostKeyAuthority:
+    """A :class:`~a402.vault.tunnel.TunnelAuthority` over a vault key held by this process,
+    for bare :class:`~a402.asc.VaultChannel` machines (tests and the bench only: the vault
+    service's authority is its enclave)."""
+
+    def __init__(self, signer: EcdsaSigner, enclave: SimulatedEnclave) -> None:
+        self._signer = signer
+        self._enclave = enclave
+        self.address = signer.address
+
+    def bind_tunnel(self, handle: str, channel_id: bytes) -> bytes:
+        return self._signer.sign_digest(
+            binding_digest(self._enclave.channel_binding(handle), channel_id))
+
+
 @dataclass
 class Vault:
     account: LocalAccount
@@ -144,7 +159,12 @@ class Vault:
 
     @property
     def signer(self) -> EcdsaSigner:
+        """A test vault key in this process (the vault service's is in its enclave)."""
         return EcdsaSigner(bytes(self.account.key))
+
+    @property
+    def authority(self) -> HostKeyAuthority:
+        return HostKeyAuthority(self.signer, self.enclave)
 
     async def persist(self, checkpoint: Checkpoint) -> None:
         self.checkpoints.append(checkpoint)
@@ -218,7 +238,7 @@ class World:
         kwargs.setdefault("verifiers", [self.verifier])
         kwargs.setdefault("policy", AttestationPolicy(frozenset({PROVIDER_CODE})))
         return ProviderTunnel(
-            url, enclave=vault.enclave, vault_key=vault.signer, network=self.chain.network,
+            url, enclave=vault.enclave, vault=vault.authority, network=self.chain.network,
             persist=vault.persist, **kwargs,
         )
 

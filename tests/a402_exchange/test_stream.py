@@ -400,7 +400,7 @@ async def test_frames_go_by_post_without_a_stream(
 async def test_the_transport_is_checked(world: World) -> None:
     with pytest.raises(ValueError, match="transport"):
         ProviderTunnel("http://127.0.0.1:9", enclave=world.vault().enclave, verifiers=[],
-                        policy=None, vault_key=None, transport="carrier-pigeon")  # type: ignore[arg-type]
+                        policy=None, vault=None, transport="carrier-pigeon")  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------- gateway

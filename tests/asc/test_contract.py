@@ -321,8 +321,9 @@ def test_close_needs_a_final_state_approved_by_both_from_a_party(
         )
     with reverts_with("BalanceMismatch()"):
         manager.close(p.vault, p.terms, p.signed(BalanceState(2, DEPOSIT, 1, True)))
-    with reverts_with("NotAuthorized()"):  # a stranger, even with both signatures
-        manager.close(fresh_account(asc_chain), p.terms, both)
+    with reverts_with("BadSignature(address)"):  # a stranger needs both signatures
+        manager.close(fresh_account(asc_chain), p.terms,
+                      SignedState(final, b"", both.provider_signature))
 
     # The vault approves by sending; the client may also submit the co-signed state.
     settle_and_check(

@@ -45,4 +45,4 @@ def test_the_provider_enclave_pre_signs_payments_and_signs_nothing_else(tmp_path
     kernel = restored.start(lambda kernel: kernel)  # as the enclave's own code would
     assert kernel.pre_sign(b"\x01" * 32, restored.signing_public_key)
     with pytest.raises(EnclaveError):
-        restored.sign_digest(PAYMENT_AUTHORIZATION, b"\x01" * 32)
+        kernel.sign(PAYMENT_AUTHORIZATION, b"\x01" * 32)

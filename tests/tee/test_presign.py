@@ -56,7 +56,7 @@ def test_each_role_signs_with_one_scheme_only(platform: SimulatedPlatform) -> No
         vault.start(_code).pre_sign(os.urandom(32), T)
     assert refused.value.reason == "purpose_not_allowed"
     with pytest.raises(EnclaveError) as refused:
-        provider.sign_digest("a402/channel-state", os.urandom(32))
+        provider.start(_code).sign("a402/channel-state", os.urandom(32))
     assert refused.value.reason == "purpose_not_allowed"
 
 

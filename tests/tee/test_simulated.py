@@ -152,21 +152,27 @@ def test_garbage_evidence(verifier, evidence):
 # -- operations by purpose; secrets stay inside ----------------------------------------
 
 
-def test_sign_digest_by_allowed_purpose_only(platform, vault, verifier):
+def test_the_enclaves_code_signs_by_allowed_purpose_only(platform, vault, verifier):
+    kernel = vault.start(lambda kernel: kernel)  # as the enclave's own code would
     digest = hashlib.sha256(b"sigma_U").digest()
-    signature = vault.sign_digest(PAYMENT_AUTHORIZATION, digest)
+    signature = kernel.sign(PAYMENT_AUTHORIZATION, digest)
     attested = verifier.verify(vault.quote(NONCE), policy_for(VAULT_CODE), now=NOW)
     assert attested.verify_digest_signature(digest, signature)
     assert not attested.verify_digest_signature(hashlib.sha256(b"other").digest(), signature)
     with pytest.raises(EnclaveError) as info:
-        vault.sign_digest("anything/else", digest)
+        kernel.sign("anything/else", digest)
     assert info.value.reason == "purpose_not_allowed"
     restricted = platform.launch(VAULT_CODE, allowed_purposes=())
     with pytest.raises(EnclaveError):
-        restricted.sign_digest(PAYMENT_AUTHORIZATION, digest)
+        restricted.start(lambda kernel: kernel).sign(PAYMENT_AUTHORIZATION, digest)
     with pytest.raises(EnclaveError) as info:
-        vault.sign_digest(PAYMENT_AUTHORIZATION, b"short")
+        kernel.sign(PAYMENT_AUTHORIZATION, b"short")
     assert info.value.reason == "bad_input"
+
+
+def test_the_host_has_no_signing_call(vault):
+    public = {name for name in dir(vault) if not name.startswith("_")}
+    assert {name for name in public if "sign" in name} == {"signing_public_key"}
 
 
 def test_signing_key_is_usable_for_evm_schnorr_adaptor_signatures(vault):
@@ -203,9 +209,8 @@ def test_sealed_identity_restores_the_same_keys(platform, vault):
     assert restored.signing_public_key == vault.signing_public_key
     assert restored.kx_public_key == vault.kx_public_key
     digest = bytes(32)
-    assert restored.sign_digest(PAYMENT_AUTHORIZATION, digest) == vault.sign_digest(
-        PAYMENT_AUTHORIZATION, digest
-    )  # RFC 6979: same key, same signature
+    assert restored.start(lambda k: k).sign(PAYMENT_AUTHORIZATION, digest) == vault.start(
+        lambda k: k).sign(PAYMENT_AUTHORIZATION, digest)  # RFC 6979: same key, same signature
 
 
 def test_sealed_identity_opens_only_for_the_same_code_and_platform(platform, vault):

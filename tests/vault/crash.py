@@ -126,6 +126,11 @@ class VaultProcess:
             time.sleep(0.1)
         raise TimeoutError(f"a402 vault did not recover in time: {self.log.read_text()[-2000:]}")
 
+    @property
+    def address(self) -> str:
+        """The vault's address (its enclave's key), as ``GET /v1/info`` names it."""
+        return str(httpx.get(self.url + "/v1/info", timeout=5).json()["vault"])
+
     def kill(self) -> None:
         """SIGKILL: the process gets no chance to do anything."""
         assert self.proc is not None

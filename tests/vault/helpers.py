@@ -41,7 +41,8 @@ class Vault:
 
     @property
     def address(self) -> str:
-        return self.account.address
+        """The vault's address: its enclave's key (``account`` only pays gas)."""
+        return self.service.address
 
     @property
     def signed_as(self) -> str:

@@ -100,7 +100,7 @@ def test_killed_mid_call_the_restarted_vault_answers_it_exactly_once(
         store = vault.store()
         [channel] = store.channels()
         slot = provider.runtime.channels.slot(bytes.fromhex(channel.cid[2:]))
-        assert_conserved(world, store, vault.account.address, escrow)
+        assert_conserved(world, store, vault.address, escrow)
         assert slot is not None
         # The last ACK goes out on its own once no next request came to carry it.
         wait_for(lambda: slot.channel.state.version == 3, what="the last ACK")
@@ -132,7 +132,7 @@ def test_killed_while_closing_the_restarted_vault_settles_the_channel(
         settled = wait_for(lambda: (c := store.channel(row.cid)).phase == vault_store.SETTLED and c,
                            what="settlement")
         balance = client.account_info()["balance"]
-        assert_conserved(world, store, vault.account.address, escrow)
+        assert_conserved(world, store, vault.address, escrow)
     assert (settled.provider_payout, settled.client_payout) == (str(2 * PRICE),
                                                                 str(DEPOSIT - 2 * PRICE))
     assert balance == str(20_000 - 2 * PRICE)
@@ -169,7 +169,7 @@ def test_killed_before_create_asc_is_mined_the_channel_opens_once(
         result = client.invoke(f"{site}/weather", max_price=PRICE, idempotency_key="open")
         store = vault.store()
         channels = store.channels()
-        assert_conserved(world, store, vault.account.address, escrow)
+        assert_conserved(world, store, vault.address, escrow)
     assert result.outcome == api.PAID and json.loads(result.content)["n"] == 1
     assert [(c.phase, c.deposit) for c in channels] == [(vault_store.OPEN, str(DEPOSIT))]
 
@@ -203,7 +203,7 @@ def test_a_claim_made_while_the_vault_was_down_is_recovered_at_restart(
                                                         idempotency_key="claimed")
         store = vault.store()
         settled = store.channel(row.cid)
-        assert_conserved(world, store, vault.account.address, escrow)
+        assert_conserved(world, store, vault.address, escrow)
     assert result.outcome == api.PAID and result.payment and result.payment["onChain"]
     assert json.loads(result.content)["n"] == 2
     assert settled is not None and (settled.phase, settled.provider_payout) == (
@@ -247,7 +247,7 @@ def test_killed_between_answer_and_ack_the_restarted_vault_acks_then_pays_the_ne
         settled = wait_for(lambda: (c := store.channel(row.cid)).phase == vault_store.SETTLED and c,
                            what="settlement")
         balance = client.account_info()["balance"]
-        assert_conserved(world, store, vault.account.address, escrow)
+        assert_conserved(world, store, vault.address, escrow)
     assert answered.outcome == api.PAID and json.loads(answered.content)["n"] == 2
     assert (after.outcome, after.amount, json.loads(after.content)["n"]) == (api.PAID, PRICE, 3)
     assert again.content == after.content and again.payment == after.payment  # answered once
@@ -285,7 +285,7 @@ def test_killed_between_answer_and_ack_the_restarted_vault_acks_once_the_provide
         gate.offline = False
         wait_for(lambda: slot.channel.status is Status.OPEN, what="the re-sent ACK")
         store = vault.store()
-        assert_conserved(world, store, vault.account.address, escrow)
+        assert_conserved(world, store, vault.address, escrow)
         channel = store.channel(row.cid)
     assert (slot.channel.state.version, slot.channel.state.provider_balance) == (2, 2 * PRICE)
     assert channel is not None and (channel.phase, channel.provider_balance) == (

@@ -28,6 +28,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from a402.chain.locate import DEFAULT_MANIFEST
+
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
 
@@ -42,7 +44,6 @@ EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_NOT_FOUND: Final = 3
 
-DEFAULT_MANIFEST: Final = ".a402/devnet.json"
 DEFAULT_VERSION: Final = "1.0.0"
 
 
@@ -604,15 +605,12 @@ def _rate(args: argparse.Namespace) -> int:
 
 
 def _manifest(path: str) -> Manifest:
-    from a402.chain.deploy import Manifest
+    from a402.chain.locate import ChainNotFound, load_manifest
 
     try:
-        return Manifest.load(path)
-    except OSError as e:
-        raise UsageError(f"cannot read the manifest {path}: {e.strerror or e} "
-                         "(start `a402 devnet`, or give --manifest)") from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"{path} is not an a402 manifest: {e!r}") from None
+        return load_manifest(path)
+    except ChainNotFound as e:
+        raise UsageError(str(e)) from None
 
 
 def _key(path: str) -> LocalAccount:
@@ -624,19 +622,15 @@ def _key(path: str) -> LocalAccount:
 def _chain(args: argparse.Namespace, manifest: Manifest, key: LocalAccount | None = None
            ) -> Chain:
     """The manifest's chain, refusing one whose id differs (a key must not sign elsewhere)."""
-    from a402.chain.node import connect
+    from a402.chain.locate import ChainNotFound, connect_checked
 
     url = args.rpc or manifest.rpc_url
     if not url:
         raise UsageError("the manifest names no rpcUrl; give --rpc")
-    chain = connect(url, [key.key] if key is not None else [])
     try:
-        chain_id = chain.chain_id
-    except Exception as e:
-        raise UsageError(f"cannot reach the chain at {url}: {e!r}") from None
-    if chain_id != manifest.chain_id:
-        raise UsageError(f"{url} is chain {chain_id}, the manifest is for {manifest.chain_id}")
-    return chain
+        return connect_checked(url, manifest, (key,) if key is not None else ())
+    except ChainNotFound as e:
+        raise UsageError(str(e)) from None
 
 
 def _suite(chain: Chain, manifest: Manifest) -> AgentSuite:

@@ -347,7 +347,11 @@ class VaultChannel(_Channel):
     """The vault's (U's) side of one channel: it spends the client's balance.
 
     ``free``/``locked``/``provider_balance`` are the architecture's channel
-    state; ``lock_timeout`` is Δ_lock.
+    state; ``lock_timeout`` is Δ_lock. ``vault_key`` signs σ_U and states: in
+    the vault service this machine runs inside the vault enclave
+    (:mod:`a402.vault_enclave`), whose code alone builds it, with the enclave's
+    attested key; the host drives it through a proxy and never holds the key.
+    Tests and tools may build one with a key of their own.
     """
 
     def __init__(

@@ -71,9 +71,10 @@ _HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
 class DigestSigner(Protocol):
     """An Ethereum ECDSA key that signs 32-byte digests (``r ‖ s ‖ v``, 65 bytes).
 
-    :class:`~a402.crypto.EcdsaSigner` is one; so is a wrapper around an
-    enclave's ``sign_digest``, which is how a runtime keeps the key out of
-    the host's memory.
+    :class:`~a402.crypto.EcdsaSigner` is one (tests, tools, the provider's
+    operator key); the vault's is a wrapper around its enclave kernel's
+    ``sign``, used only by the enclave's own code (:mod:`a402.vault_enclave`),
+    which is how the vault keeps its key out of the host's reach.
     """
 
     @property

@@ -131,10 +131,6 @@ def run_channels_act(requests: int = 100, out: TextIO = sys.stdout,
     platform = SimulatedPlatform.generate()
     verifier = SimulatedVerifier(platform.root.public_key, allow_simulated=True)
     price = atomic_units(PRICE)
-    watched = {"client": client.address, "provider": operator.address,
-               "vault": vault_account.address, "ASCManager escrow": manager_address}
-    before = _balances(chain, manifest, watched)
-
     with tempfile.TemporaryDirectory() as tmp:
         settlements = SettlementStore(f"sqlite:///{Path(tmp) / 'journal.db'}")
         facilitator = Facilitator(chain, chain.accounts[1], settlements)
@@ -155,6 +151,10 @@ def run_channels_act(requests: int = 100, out: TextIO = sys.stdout,
             timing=Timing(poll_interval=0.2),
             connections=Connections(allow_private_targets=True),  # the provider: 127.0.0.1
         ))
+        # The vault's money sits at its enclave's address; its own account only pays gas.
+        watched = {"client": client.address, "provider": operator.address,
+                   "vault": vault.address, "ASCManager escrow": manager_address}
+        before = _balances(chain, manifest, watched)
         with serve_in_thread(facilitator_app(facilitator)) as facilitator_url:
             api = A402Payments(PaymentMiddleware(
                 weather_api(), routes={"GET /weather/*": PRICE}, pay_to=operator.address,

@@ -34,12 +34,17 @@ A vault opening a channel to a provider (both simulated here)::
 from . import channel, nitro, quote, sealing, simulated
 from .channel import Initiator, Responder, SecureChannel
 from .enclave import (
+    CHANNEL_APPROVAL,
     CHANNEL_STATE,
     DEFAULT_PURPOSES,
+    FORCE_CLOSE,
     PAYMENT_AUTHORIZATION,
     PAYMENT_PRESIGNATURE,
     PROVIDER_PURPOSES,
     RECEIPT,
+    TOKEN_AUTHORIZATION,
+    TUNNEL_BINDING,
+    VAULT_PURPOSES,
     Enclave,
     EnclaveKernel,
 )
@@ -59,13 +64,18 @@ from .simulated import SimulatedEnclave, SimulatedPlatform, SimulatedVerifier, S
 
 __all__ = [
     "AWS_NITRO",
+    "CHANNEL_APPROVAL",
     "CHANNEL_STATE",
     "DEFAULT_PURPOSES",
+    "FORCE_CLOSE",
     "PAYMENT_AUTHORIZATION",
     "PAYMENT_PRESIGNATURE",
     "PROVIDER_PURPOSES",
     "RECEIPT",
     "SIMULATED",
+    "TOKEN_AUTHORIZATION",
+    "TUNNEL_BINDING",
+    "VAULT_PURPOSES",
     "AttestationError",
     "AttestationPolicy",
     "AttestationVerifier",

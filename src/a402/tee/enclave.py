@@ -8,20 +8,22 @@ narrow:
 
 * public facts: backend ``kind``, code ``measurement``, the two public keys;
 * ``quote``: attestation evidence binding those, with a verifier's nonce;
-* operations *by purpose* with keys that never leave: ``sign_digest``
-  (ECDSA, the vault's role);
-* ``start``: load the enclave's own code (for the provider: its side of every
-  channel, :mod:`a402.provider_enclave`), which alone receives the in-enclave
-  capabilities (:class:`EnclaveKernel`): the attested key's adaptor
-  pre-signature, the tunnels' traffic keys, and a sealing key of its own.
-  The host gets back only the code's interface. There is deliberately no
-  host call that pre-signs a message, or signs a digest, of the host's
-  choosing for the provider: a provider host able to pre-sign ``m`` under a
-  ``T`` it picked, or to encrypt tunnel frames, could send a REPLY whose
-  sealed result does not open under ``t`` (or is not the result hashed into
-  ``m``), receive σ_U and be paid on-chain for nothing (issue 12, finding 1).
-  Once code is started, the host's own ``channel_encrypt``/``channel_decrypt``
-  are refused, so every frame on a tunnel comes from the enclave's code;
+* ``start``: load the enclave's own code (the provider's side of every
+  channel, :mod:`a402.provider_enclave`; the vault's channels, balances and
+  withdrawals, :mod:`a402.vault_enclave`), which alone receives the
+  in-enclave capabilities (:class:`EnclaveKernel`): the attested key's
+  adaptor pre-signature (provider) or ECDSA signature (vault), by purpose,
+  the tunnels' traffic keys, and a sealing key of its own. The host gets
+  back only the code's interface. There is deliberately no host call that
+  signs anything: a provider host able to pre-sign ``m`` under a ``T`` it
+  picked could send a REPLY whose sealed result does not open under ``t``
+  and be paid on-chain for nothing (issue 12, finding 1); a vault host able
+  to sign a digest could sign σ_U, a state or a token transfer the protocol
+  would not, and take the pooled deposits (finding 2). Once code is started
+  the host's own ``channel_encrypt``/``channel_decrypt`` are refused, so
+  every frame on a tunnel comes from the enclave's code — unless the code
+  is started with ``host_tunnels=True`` (the vault: see
+  :mod:`a402.vault_enclave` for why its tunnel plaintext moves no money);
 * the secure channel to a peer enclave, by opaque handle: handshake messages
   and ciphertext in and out, traffic keys inside;
 * sealing: ``export_sealed`` for the enclave's own identity, ``seal`` /
@@ -45,8 +47,15 @@ PAYMENT_AUTHORIZATION = "a402/payment-authorization"  # σ_U, the vault's condit
 CHANNEL_STATE = "a402/channel-state"  # balance states for closing and disputes
 RECEIPT = "a402/receipt"  # the vault's ACK to the provider
 PAYMENT_PRESIGNATURE = "a402/payment-presignature"  # the provider's σ̂ on m under T
-#: The vault's purposes (ECDSA over its attested key).
-DEFAULT_PURPOSES = frozenset({PAYMENT_AUTHORIZATION, CHANNEL_STATE, RECEIPT})
+CHANNEL_APPROVAL = "a402/channel-approval"  # the vault's approval of createASC (over the id)
+FORCE_CLOSE = "a402/force-close"  # the vault's order to force-close a channel
+TUNNEL_BINDING = "a402/tunnel-binding"  # OPEN: this tunnel speaks for the channel
+TOKEN_AUTHORIZATION = "a402/token-authorization"  # EIP-3009 withdrawals, EIP-2612 permit
+#: The vault's purposes (ECDSA over its attested key, only from its code:
+#: :meth:`EnclaveKernel.sign`).
+VAULT_PURPOSES = frozenset({PAYMENT_AUTHORIZATION, CHANNEL_STATE, RECEIPT, CHANNEL_APPROVAL,
+                            FORCE_CLOSE, TUNNEL_BINDING, TOKEN_AUTHORIZATION})
+DEFAULT_PURPOSES = VAULT_PURPOSES
 #: The provider's only purpose: its attested key makes Schnorr pre-signatures and
 #: nothing else, so one key never signs under two schemes. Only the enclave's own
 #: code (:meth:`EnclaveKernel.pre_sign`) can use it; the host cannot.
@@ -59,10 +68,12 @@ Program = TypeVar("Program")
 class EnclaveKernel(Protocol):
     """What code running *inside* an enclave may use; never handed to the host.
 
-    The enclave's code (:mod:`a402.provider_enclave` for a provider) receives
-    this from :meth:`Enclave.start` and keeps it. Every operation that could
-    make a payment final without the protocol — pre-signing, and reading or
-    writing the tunnel to the vault — is here and only here.
+    The enclave's code (:mod:`a402.provider_enclave` for a provider,
+    :mod:`a402.vault_enclave` for a vault) receives this from
+    :meth:`Enclave.start` and keeps it. Every operation that could make a
+    payment final or move money without the protocol — pre-signing, signing
+    with the attested key, and (for the provider) reading or writing the
+    tunnel — is here and only here.
     """
 
     @property
@@ -73,6 +84,12 @@ class EnclaveKernel(Protocol):
         payment message under the 33-byte adaptor point ``T``, with the attested key
         (its x-coordinate is the channel's ``providerKey``). Gated by
         :data:`PAYMENT_PRESIGNATURE`."""
+        ...
+
+    def sign(self, purpose: str, digest: bytes) -> bytes:
+        """ECDSA over a 32-byte digest as Ethereum does (65 bytes ``r ‖ s ‖ v``) with the
+        attested key, whose Ethereum address is the vault's. Gated by purpose (one of
+        :data:`VAULT_PURPOSES`); the code builds every digest it signs itself."""
         ...
 
     def channel_binding(self, handle: str) -> bytes: ...
@@ -112,14 +129,14 @@ class Enclave(Protocol):
         """Attestation evidence for this enclave, committing to ``nonce`` and ``user_data``."""
         ...
 
-    def sign_digest(self, purpose: str, digest: bytes) -> bytes:
-        """ECDSA over a 32-byte digest as Ethereum does (65 bytes ``r ‖ s ‖ v``)."""
-        ...
-
-    def start(self, program: Callable[[EnclaveKernel], Program]) -> Program:
+    def start(
+        self, program: Callable[[EnclaveKernel], Program], *, host_tunnels: bool = False
+    ) -> Program:
         """Run the enclave's code: ``program`` gets the :class:`EnclaveKernel`, the host
         gets what it returns. Starting again restarts the code (the previous kernel
-        stops working); the code's state comes back only from its sealed blobs."""
+        stops working); the code's state comes back only from its sealed blobs.
+        ``host_tunnels``: the host keeps encrypting and decrypting tunnel frames itself
+        (for code whose tunnel plaintext moves no money: the vault's)."""
         ...
 
     def channel_initiate(
@@ -151,8 +168,8 @@ class Enclave(Protocol):
         ...
 
     def channel_encrypt(self, handle: str, plaintext: bytes, *, ad: bytes = b"") -> bytes:
-        """For a host that runs its side of the protocol itself (the vault, today);
-        refused once :meth:`start` ran code that owns the tunnels."""
+        """For a host that relays its side's frames itself (the vault); refused once
+        :meth:`start` ran code that owns the tunnels (``host_tunnels=False``)."""
         ...
 
     def channel_decrypt(self, handle: str, frame: bytes, *, ad: bytes = b"") -> bytes:

@@ -156,7 +156,7 @@ class VerifiedEnclave:
     def verify_digest_signature(self, digest: bytes, signature: bytes) -> bool:
         """Whether ``signature`` (65-byte ``r ‖ s ‖ v``) over ``digest`` is by the attested key.
 
-        This checks signatures made with :meth:`Enclave.sign_digest`.
+        This checks signatures made by the enclave's code (:meth:`EnclaveKernel.sign`).
         """
         signer = recover_address(digest, signature, policy=OPENZEPPELIN)
         return signer is not None and hmac.compare_digest(signer, self.address)

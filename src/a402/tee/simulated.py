@@ -267,8 +267,8 @@ class SimulatedEnclave:
     Implements :class:`a402.tee.enclave.Enclave`. Keys are generated here and
     never returned; the signing key is normalised for EVM-flavour Schnorr
     (even ``y``, ``x ≤ (N−1)/2``) so that the provider's adaptor
-    pre-signatures can use it (only through the code :meth:`start` runs), and
-    it also signs ECDSA (``sign_digest``).
+    pre-signatures can use it, and it also signs ECDSA (the vault's role) —
+    both only through the code :meth:`start` runs; the host can sign nothing.
     Using one key for two schemes is acceptable only because each role uses
     it for one of them (provider: Schnorr; vault: ECDSA); the ASC work should
     keep it that way or add a second attested key.
@@ -300,6 +300,7 @@ class SimulatedEnclave:
         self._state_key = derive_sealing_key(platform.seal_secret, self._measurement, "state")
         self._code_key = derive_sealing_key(platform.seal_secret, self._measurement, "code")
         self._kernel: _Kernel | None = None
+        self._host_tunnels = False
         self._identity = _ChannelIdentity(self, kx)
         self._pending: dict[str, Initiator | Responder] = {}
         self._channels: dict[str, SecureChannel] = {}
@@ -333,15 +334,13 @@ class SimulatedEnclave:
 
     # -- operations by purpose ---------------------------------------------------
 
-    def sign_digest(self, purpose: str, digest: bytes) -> bytes:
-        """ECDSA-sign a 32-byte digest for an allowed ``purpose``.
+    def _sign(self, purpose: str, digest: bytes) -> bytes:  # for the kernel
+        """ECDSA-sign a 32-byte digest for an allowed ``purpose`` (for the kernel only).
 
         The purpose is a policy gate, not part of what is signed: digests such
         as ``σ_U`` must verify on-chain exactly as specified, so their domain
-        separation lives in the digest (EIP-712 / tagged hashes). A hardware
-        backend refuses purposes its code does not implement; the ASC work
-        should replace "sign this digest" with operations that build the
-        digest inside the enclave from the channel state they check.
+        separation lives in the digest (EIP-712 / tagged hashes). The code that
+        asks (:mod:`a402.vault_enclave`) builds each digest from the state it checks.
         """
         if purpose not in self._purposes:
             raise EnclaveError("purpose_not_allowed", f"this enclave does not sign {purpose!r}")
@@ -363,7 +362,9 @@ class SimulatedEnclave:
 
     # -- the enclave's code -------------------------------------------------------
 
-    def start(self, program: Callable[[EnclaveKernel], Program]) -> Program:
+    def start(
+        self, program: Callable[[EnclaveKernel], Program], *, host_tunnels: bool = False
+    ) -> Program:
         """Run the enclave's code with its :class:`_Kernel`; the host gets what it returns.
 
         In a hardware backend the code is the measured image and nothing else
@@ -373,17 +374,18 @@ class SimulatedEnclave:
         never sees a call that pre-signs or touches a tunnel's plaintext.
         Starting again restarts the code: the previous kernel stops working.
         From the first start on, the host's ``channel_encrypt``/``channel_decrypt``
-        are refused.
+        are refused, unless the code was started with ``host_tunnels=True``.
         """
         with self._lock:
             if self._kernel is not None:
                 self._kernel.revoke()
             kernel = _Kernel(self)
             self._kernel = kernel
+            self._host_tunnels = host_tunnels
         return program(kernel)
 
     def _check_host_traffic(self) -> None:
-        if self._kernel is not None:
+        if self._kernel is not None and not self._host_tunnels:
             raise EnclaveError(
                 "owned_by_enclave_code",
                 "this enclave's code owns its tunnels; the host relays ciphertext only",
@@ -532,6 +534,9 @@ class _Kernel:
 
     def pre_sign(self, message: bytes, adaptor_point: bytes) -> bytes:
         return self._check()._pre_sign(message, adaptor_point)
+
+    def sign(self, purpose: str, digest: bytes) -> bytes:
+        return self._check()._sign(purpose, digest)
 
     def channel_binding(self, handle: str) -> bytes:
         return self._check().channel_binding(handle)

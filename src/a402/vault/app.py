@@ -47,6 +47,7 @@ from a402 import jsonbytes
 from a402.chain.rpc import ChainUnavailable
 from a402.evm.address import address_key
 from a402.serving import JsonErrors, request_body
+from a402.vault_enclave import SignedCall
 from a402.wire import vault_api as api
 from a402.wire.errors import WireError
 from a402.wire.jsonstrict import JsonLimitError, JsonLimits, loads_object
@@ -67,7 +68,8 @@ class JSONResponse(_StarletteJSON):
         return jsonbytes.dumps(content)
 
 
-Handler = Callable[[api.Authenticated, dict[str, Any]], Awaitable[tuple[int, dict[str, Any]]]]
+Handler = Callable[[api.Authenticated, dict[str, Any], SignedCall],
+                   Awaitable[tuple[int, dict[str, Any]]]]
 
 
 def create_app(service: VaultService) -> ASGIApp:
@@ -79,7 +81,8 @@ def create_app(service: VaultService) -> ASGIApp:
 
     vault = api.vault_account(service.chain.network, service.address)
 
-    async def authenticated(request: Request, remember: bool) -> tuple[api.Authenticated, bytes]:
+    async def authenticated(request: Request, remember: bool
+                            ) -> tuple[api.Authenticated, bytes, SignedCall]:
         body = await request_body(request, api.MAX_CALL_BODY)
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         now = time.time()
@@ -88,16 +91,17 @@ def create_app(service: VaultService) -> ASGIApp:
         if remember and not await service.store.remember_nonce(
                 signed.client, signed.nonce, now=now, keep=2 * service.config.timing.auth_window):
             raise api.AuthError(api.REPLAYED_REQUEST, "this nonce was already used")
-        return signed, body
+        # The call as signed, for the enclave to check itself (invoke, withdraw).
+        return signed, body, SignedCall.of(request.headers, request.method, path, body)
 
     async def answer(request: Request, handler: Handler, *, remember_nonce: bool = True
                      ) -> JSONResponse:
         """Authenticate, parse, run ``handler``, answer JSON. Without ``remember_nonce``
         the handler records the nonce itself, in its first write."""
         try:
-            signed, raw = await authenticated(request, remember_nonce)
+            signed, raw, call = await authenticated(request, remember_nonce)
             body = _decode(raw)
-            status, out = await handler(signed, body)
+            status, out = await handler(signed, body, call)
         except api.AuthError as e:
             return JSONResponse({"error": e.reason, "message": e.detail}, status_code=401)
         except JsonLimitError as e:  # the body's size, before it was read whole: 413
@@ -121,34 +125,35 @@ def create_app(service: VaultService) -> ASGIApp:
         return JSONResponse(service.info())
 
     async def account(request: Request) -> JSONResponse:
-        async def handler(signed: api.Authenticated, _: dict[str, Any]
+        async def handler(signed: api.Authenticated, _: dict[str, Any], __: SignedCall
                           ) -> tuple[int, dict[str, Any]]:
             return 200, await service.account_view(signed.client)
         return await answer(request, handler)
 
     async def deposit(request: Request) -> JSONResponse:
-        return await answer(request, lambda signed, body: service.funds.deposit(
+        return await answer(request, lambda signed, body, _: service.funds.deposit(
             signed.client, body))
 
     async def withdraw(request: Request) -> JSONResponse:
-        return await answer(request, lambda signed, body: service.funds.withdraw(
-            signed.client, body))
+        return await answer(request, lambda signed, body, call: service.funds.withdraw(
+            signed.client, body, call))
 
     async def invoke(request: Request) -> JSONResponse:
-        async def handler(signed: api.Authenticated, body: dict[str, Any]
+        async def handler(signed: api.Authenticated, body: dict[str, Any], raw: SignedCall
                           ) -> tuple[int, dict[str, Any]]:
             try:
                 call = api.InvokeRequest.from_json(body)
             except ValueError as e:
                 raise VaultError(400, api.BAD_REQUEST, str(e)) from None
-            return await service.invoker.invoke(signed.client, call, nonce=signed.nonce)
+            return await service.invoker.invoke(signed.client, call, nonce=signed.nonce,
+                                                signed=raw)
         # The call's claim records the nonce in the same write: one commit fewer per call.
         return await answer(request, handler, remember_nonce=False)
 
     async def request_outcome(request: Request) -> JSONResponse:
         key = request.path_params["key"]
 
-        async def handler(signed: api.Authenticated, _: dict[str, Any]
+        async def handler(signed: api.Authenticated, _: dict[str, Any], __: SignedCall
                           ) -> tuple[int, dict[str, Any]]:
             client = signed.client
             row = await run_in_threadpool(service.store.request, f"{address_key(client)}:{key}")
@@ -160,7 +165,7 @@ def create_app(service: VaultService) -> ASGIApp:
     async def close(request: Request) -> JSONResponse:
         cid = request.path_params["cid"]
 
-        async def handler(signed: api.Authenticated, _: dict[str, Any]
+        async def handler(signed: api.Authenticated, _: dict[str, Any], __: SignedCall
                           ) -> tuple[int, dict[str, Any]]:
             return await service.close_channel(signed.client, cid)
         return await answer(request, handler)

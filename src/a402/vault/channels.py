@@ -13,9 +13,19 @@ meet. Two rules carry the safety argument:
   broadcast (:mod:`a402.vault.txjournal`); a channel that never opens gives
   the deposit back. Settlement credits what the chain paid back, once.
 
+Keys. The vault's address is its enclave's attested key
+(:mod:`a402.vault_enclave`): every channel's ``vault``, the pool's owner, the
+signer of every approval, state and σ_U. The enclave's code holds the
+channels' machines (the host drives :class:`~a402.vault_enclave.EnclaveChannel`
+proxies) and the clients' balances, and approves each channel it opens. The
+host's ``account`` only pays gas: it sends ``createASC`` with the enclave's
+approval, ``closeASC`` with the co-signed final state.
+
 Funding. ``pool``: the vault's own address is the channel's on-chain client
-(``createASC`` from the pooled deposits, no consent needed), refunds return to
-the pool and are credited to the client's balance. ``wallet``: the client is
+(``createASC`` from the pooled deposits, which the manager may pull by the
+enclave's EIP-2612 permit), refunds return to the pool and are credited to
+the client's balance (in the enclave's ledger too, at most what the channel's
+latest state gives the client). ``wallet``: the client is
 the on-chain client; the deposit moves from its wallet by an EIP-3009
 ``receiveWithAuthorization`` whose nonce is the channel id (the client signs
 the terms the vault proposes, answering a 428), refunds go straight back to
@@ -44,14 +54,14 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
 
-from a402.asc import ChannelTerms, SignedState, Status, VaultChannel
+from a402.asc import ChannelTerms, SignedState, Status
 from a402.asc import snapshot as snap
 from a402.asc_manager import RECEIVE_WITH_AUTHORIZATION_TYPES, ASCManager, terms_tuple
 from a402.chain.deploy import TokenInfo
 from a402.chain.tx import TransactionFailed
-from a402.crypto import EcdsaSigner
 from a402.evm.address import address_key
-from a402.tee import AttestationPolicy, AttestationVerifier, Enclave
+from a402.tee import AttestationPolicy, AttestationVerifier, Enclave, EnclaveError
+from a402.vault_enclave import EnclaveChannel, VaultEnclave
 from a402.wire import vault_api as api
 
 from . import records
@@ -97,6 +107,10 @@ def batch_id(members: Sequence[vault_store.Channel] | Sequence[str]) -> str:
     return "batch-" + hashlib.sha256(",".join(cids).encode()).hexdigest()[:32]
 
 
+#: Where the store keeps the enclave's sealed ledger.
+LEDGER_KEY = "enclave_ledger"
+
+
 class NoUsableChannel(Exception):
     """No OPEN channel can pay, and the caller may not close or open one."""
 
@@ -107,12 +121,13 @@ class Channels:
     def __init__(
         self, *, account: LocalAccount, manager: ASCManager, token: TokenInfo,
         store: vault_store.VaultStore, journal: TxJournal, enclave: Enclave,
-        verifiers: Sequence[AttestationVerifier], policy: AttestationPolicy, timing: Timing,
-        deposits: Deposits, batching: Batching, connections: Connections,
+        vault: VaultEnclave, verifiers: Sequence[AttestationVerifier],
+        policy: AttestationPolicy, timing: Timing, deposits: Deposits, batching: Batching,
+        connections: Connections,
     ) -> None:
-        self.account = account
-        self.address = account.address
-        self.key = EcdsaSigner(bytes(account.key))
+        self.account = account  # pays gas, and nothing else
+        self.vault = vault
+        self.address = vault.checksum_address
         self.manager = manager
         self.token = token
         self.network = manager.chain.network
@@ -129,7 +144,7 @@ class Channels:
                                  limit=batching.batch_limit)
         self._closes = Aggregator(self._send_closes, window=batching.batch_window,
                                   limit=batching.batch_limit)
-        self.live: dict[bytes, VaultChannel] = {}
+        self.live: dict[bytes, EnclaveChannel] = {}
         #: The request key each busy channel carries (for its checkpoints).
         self.current: dict[bytes, str] = {}
         #: For a busy channel, the final values of its call's record once paid (see
@@ -167,7 +182,7 @@ class Channels:
                 # anyway, and a pool shared by many tunnels costs CPU per request.
                 tunnel = ProviderTunnel(
                     endpoint, enclave=self.enclave, verifiers=self.verifiers, policy=self.policy,
-                    vault_key=self.key, network=self.network, persist=self.persist,
+                    vault=self.vault, network=self.network, persist=self.persist,
                     timeout=self.connections.http_timeout,
                 )
                 await tunnel.connect()  # attestation errors propagate; nothing is cached
@@ -175,7 +190,7 @@ class Channels:
                 self._attached[slot] = set()
             return tunnel
 
-    async def bound(self, row: vault_store.Channel) -> tuple[ProviderTunnel, VaultChannel]:
+    async def bound(self, row: vault_store.Channel) -> tuple[ProviderTunnel, EnclaveChannel]:
         """The channel's tunnel and live machine, attached (OPEN sent) on that tunnel."""
         channel = await self.machine(row)
         tunnel = await self.tunnel(row.endpoint, channel.channel_id)
@@ -202,20 +217,34 @@ class Channels:
 
     # ---------------------------------------------------------------- live state
 
-    async def machine(self, row: vault_store.Channel) -> VaultChannel:
-        """The live state machine of ``row``, restored from its sealed snapshot if needed."""
+    async def machine(self, row: vault_store.Channel) -> EnclaveChannel:
+        """The channel's machine in the enclave, restored from its sealed record if needed."""
         channel_id = bytes.fromhex(row.cid[2:])
         channel = self.live.get(channel_id)
         if channel is not None:
             return channel
-        if row.snapshot is not None:
-            raw = self.enclave.unseal(records.label("channel", row.cid), row.snapshot)
-            channel = VaultChannel.restore(raw, self.key)
-        else:
-            channel = VaultChannel(snap.terms_from_json(row.terms), self.manager.domain, self.key,
-                                   lock_timeout=row.lock_timeout)
+        channel = self.vault.channel(channel_id)
+        if channel is None:
+            if row.snapshot is None:
+                raise EnclaveError("unknown_channel", f"no record of {row.cid} to restore")
+            channel = self.vault.restore(channel_id, row.snapshot)
         self.live[channel_id] = channel
         return channel
+
+    async def prepare(self, client: str) -> None:
+        """Load every channel of ``client`` the enclave must see before it pays for the
+        client's next call (after a restart: the nonces they consumed)."""
+        for channel_id in self.vault.missing(client):
+            row = await asyncio.to_thread(self.store.channel, hex_id(channel_id))
+            if row is None or row.snapshot is None:
+                raise VaultError(503, api.CHANNEL_RECOVERING,
+                                 f"channel {hex_id(channel_id)} has no record to restore")
+            self.vault.restore(channel_id, row.snapshot)
+
+    async def save_ledger(self) -> None:
+        """Store the enclave's ledger (sealed) after it changed: before what it approved
+        leaves the vault."""
+        await asyncio.to_thread(self.store.put_meta, LEDGER_KEY, self.vault.export_ledger())
 
     async def persist(self, checkpoint: Checkpoint) -> None:
         """Every tunnel's ``persist``: sealed snapshot + request progress, one transaction."""
@@ -223,7 +252,7 @@ class Channels:
         key = self.current.get(checkpoint.channel_id)
         reason = checkpoint.reason
         values: dict[str, Any] = {
-            "snapshot": self.enclave.seal(records.label("channel", cid), checkpoint.snapshot),
+            "snapshot": checkpoint.snapshot,  # sealed by the enclave's code
             "status": checkpoint.status.value, "checkpoint": reason.value,
             "version": checkpoint.version,
             "free": str(checkpoint.free), "locked": str(checkpoint.locked),
@@ -263,9 +292,10 @@ class Channels:
         try:
             await self.store.save_checkpoint(cid, values, key, request, claim=claim)
         except BaseException:
-            # Not durable, so not sent: forget the machine that ran ahead of the database;
-            # the next use restores the last durable state.
+            # Not durable, so not sent: forget the machine that ran ahead of the database
+            # (here and in the enclave); the next use restores the last durable state.
             self.live.pop(checkpoint.channel_id, None)
+            self.vault.unload(checkpoint.channel_id)
             raise
 
     # ------------------------------------------------------------------ opening
@@ -287,7 +317,7 @@ class Channels:
         self, client: str, tunnel: ProviderTunnel, price: int, *, funding: str,
         wallet_deposit: int | None, authorization: dict[str, str] | None,
         reuse_only: bool = False,
-    ) -> VaultChannel:
+    ) -> EnclaveChannel:
         """An OPEN channel of ``client`` with this provider that can pay ``price``.
 
         Call with :meth:`pair_lock` held. A channel too poor for the price is
@@ -325,8 +355,10 @@ class Channels:
             return await self._open_wallet(client, tunnel, price, wallet_deposit, authorization)
         return await self._open_pool(client, tunnel, price)
 
-    async def _open_pool(self, client: str, tunnel: ProviderTunnel, price: int) -> VaultChannel:
-        balance = await asyncio.to_thread(self.store.balance, client)
+    async def _open_pool(self, client: str, tunnel: ProviderTunnel, price: int
+                         ) -> EnclaveChannel:
+        balance = min(await asyncio.to_thread(self.store.balance, client),
+                      self.vault.balance(client))
         deposit = self.deposit_for(price, balance)
         if deposit < price:
             raise VaultError(402, api.INSUFFICIENT_BALANCE,
@@ -334,7 +366,13 @@ class Channels:
                              extra={"balance": str(balance), "price": str(price)})
         terms = tunnel.terms(client=self.address, deposit=deposit)
         row = await self._claim(client, tunnel, terms, funding=api.POOL, debit=True)
-        error = await self._opens.submit((row, terms))
+        try:
+            approval = self.vault.approve_pool_channel(client, terms, row.lock_timeout)
+        except EnclaveError as e:
+            await self.failed_open(row.cid)
+            raise VaultError(402, api.INSUFFICIENT_BALANCE, f"{e.reason}: {e.detail}") from None
+        await self._approved(row, approval)
+        error = await self._opens.submit((row, terms, approval))
         if error is not None:
             raise error
         return await self._bind_opened(row)
@@ -356,13 +394,28 @@ class Channels:
             raise VaultError(402, api.INSUFFICIENT_BALANCE, str(e),
                              extra={"balance": str(e.balance)}) from None
 
-    async def _finish_open(self, row: vault_store.Channel, call: Any) -> VaultChannel:
+    async def _approved(self, row: vault_store.Channel, approval: bytes) -> None:
+        """The enclave approved ``row``: its record and the ledger are durable before the
+        approval can leave the vault."""
+        channel_id = bytes.fromhex(row.cid[2:])
+        channel = self.vault.channel(channel_id)
+        assert channel is not None
+        await asyncio.to_thread(self.store.set_channel, row.cid, snapshot=channel.snapshot())
+        await self.save_ledger()
+
+    async def failed_open(self, cid: str) -> None:
+        """A channel that never opened: its pool deposit back (host ledger and enclave)."""
+        await asyncio.to_thread(self.store.fail_channel, cid)
+        if self.vault.open_failed(bytes.fromhex(cid[2:])):
+            await self.save_ledger()
+
+    async def _finish_open(self, row: vault_store.Channel, call: Any) -> EnclaveChannel:
         (error,) = await self._open_tx(f"open:{row.cid}", call, [row])
         if error is not None:
             raise error
         return await self._bind_opened(row)
 
-    async def _bind_opened(self, row: vault_store.Channel) -> VaultChannel:
+    async def _bind_opened(self, row: vault_store.Channel) -> EnclaveChannel:
         fresh = await asyncio.to_thread(self.store.channel, row.cid)
         assert fresh is not None
         _, channel = await self.bound(fresh)
@@ -378,7 +431,7 @@ class Channels:
                                          ",".join(r.cid for r in rows), call)
         except TransactionFailed as e:
             for row in rows:
-                await asyncio.to_thread(self.store.fail_channel, row.cid)
+                await self.failed_open(row.cid)
             return [VaultError(502, api.CHAIN_UNAVAILABLE, f"createASC would revert: {e.reason}",
                                retryable=True)] * len(rows)
         outcome = await asyncio.to_thread(self.journal.wait, tx, self.timing.chain_timeout)
@@ -390,17 +443,20 @@ class Channels:
         return [None if await self.opened(row, self.opened_by(outcome, row.cid)) else failed
                 for row in rows]
 
-    async def _send_opens(self, items: Sequence[tuple[vault_store.Channel, ChannelTerms]]
-                          ) -> list[VaultError | None]:
+    async def _send_opens(
+        self, items: Sequence[tuple[vault_store.Channel, ChannelTerms, bytes]]
+    ) -> list[VaultError | None]:
         """Open pool channels that waited together: ``createASC`` for one, else one
-        ``createASCBatch`` (the deposits leave the pool in one transfer)."""
+        ``createASCBatch`` (the deposits leave the pool in one transfer), each with the
+        enclave's approval (a pool channel's client is the vault: no other consent)."""
         functions = self.manager.contract.functions
-        rows = [row for row, _ in items]
+        rows = [row for row, _, _ in items]
         if len(items) == 1:
-            call = functions.createASC(terms_tuple(items[0][1]), b"", b"")
+            _, terms, approval = items[0]
+            call = functions.createASC(terms_tuple(terms), b"", approval)
         else:
-            call = functions.createASCBatch([terms_tuple(t) for _, t in items],
-                                            [b""] * len(items), [b""] * len(items))
+            call = functions.createASCBatch([terms_tuple(t) for _, t, _ in items],
+                                            [b""] * len(items), [a for *_, a in items])
         return await self._open_tx(f"open:{batch_id(rows)}", call, rows)
 
     def opened_by(self, outcome: Any, cid: str) -> bool:
@@ -414,7 +470,7 @@ class Channels:
     async def opened(self, row: vault_store.Channel, ok: bool) -> bool:
         """Record the outcome of a channel's ``createASC``."""
         if not ok:
-            await asyncio.to_thread(self.store.fail_channel, row.cid)
+            await self.failed_open(row.cid)
             return False
         wallet_key = f"wallet:{row.cid}" if row.funding == api.WALLET else None
         await asyncio.to_thread(self.store.open_channel, row.cid, wallet_deposit_key=wallet_key)
@@ -447,7 +503,7 @@ class Channels:
     async def _open_wallet(
         self, client: str, tunnel: ProviderTunnel, price: int, deposit: int | None,
         authorization: dict[str, str] | None,
-    ) -> VaultChannel:
+    ) -> EnclaveChannel:
         info = tunnel.info
         assert info is not None
         provider = "0x" + info.provider.hex()
@@ -494,10 +550,14 @@ class Channels:
             raise VaultError(400, api.BAD_AUTHORIZATION,
                              "not the client's signature over the proposed terms")
         await self._claim(client, tunnel, terms, funding=api.WALLET, debit=False)
+        approval = self.vault.approve_wallet_channel(terms, row.lock_timeout)
+        fresh = await asyncio.to_thread(self.store.channel, row.cid)
+        assert fresh is not None
+        await self._approved(fresh, approval)
         v = signature[64] if signature[64] >= 27 else signature[64] + 27
         call = self.manager.contract.functions.createASCWithAuthorization(
             terms_tuple(terms), row.proposal["validAfter"], row.proposal["validBefore"], v,
-            signature[:32], signature[32:64], b"")
+            signature[:32], signature[32:64], approval)
         fresh = await asyncio.to_thread(self.store.channel, row.cid)
         assert fresh is not None
         return await self._finish_open(fresh, call)
@@ -595,9 +655,16 @@ class Channels:
         if (row is not None and row.request_key is not None and self.on_unfinished is not None
                 and row.status in (Status.LOCKED.value, Status.PENDING.value)):
             await self.on_unfinished(row.request_key, tx_hash)
-        channel = self.live.pop(bytes.fromhex(cid[2:]), None)
-        if channel is not None:
-            channel.closed_on_chain()
+        channel_id = bytes.fromhex(cid[2:])
+        self.live.pop(channel_id, None)
+        if row is not None and row.phase in vault_store.FUNDED and row.snapshot is not None:
+            # The enclave credits a pool refund once, at most what its own latest state
+            # gives the client; durable before the host's record says "settled".
+            if self.vault.channel(channel_id) is None:
+                self.vault.restore(channel_id, row.snapshot)
+            self.vault.settled(channel_id, client_payout)
+            await self.save_ledger()
+            self.vault.forget(channel_id)
         done = await asyncio.to_thread(self.store.settle_channel, cid,
                                        client_payout=client_payout,
                                        provider_payout=provider_payout, tx_hash=tx_hash)

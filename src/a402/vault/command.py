@@ -5,8 +5,10 @@
         --allow-simulated-attestation --provider-measurement 0x…
 
 The chain and ASCManager come from ``--manifest`` (``a402 devnet`` writes one)
-or ``--manager``. The key file holds the vault's Ethereum key: it pays gas,
-holds pooled deposits and signs for every channel. Enclaves are simulated
+or ``--manager``. The key file holds the host's Ethereum key, which pays gas
+and nothing else; the vault's own address — where pooled deposits are paid,
+and which signs for every channel, withdrawal and approval — is its enclave's
+attested key (printed at start as ``address``). Enclaves are simulated
 here (no TEE hardware): the vault's platform lives in ``--platform-file``
 (created on first start; keep it), and providers' simulated quotes are
 accepted only with ``--allow-simulated-attestation``, from the roots given
@@ -39,7 +41,7 @@ class ChainOptions:
     rpc: str = setting(help="JSON-RPC URL of the chain")
     network: str | None = setting(None, help="CAIP-2 id the chain must have, e.g. eip155:84532")
     key_file: str = setting(
-        help="file holding the vault's key (hex): gas, pooled deposits, channels")
+        help="file holding the host's gas key (hex); the vault's address is its enclave's")
     manifest: str | None = setting(None, help="devnet manifest naming the ASCManager")
     manager: str | None = setting(None, help="ASCManager address (instead of --manifest)")
 
@@ -164,7 +166,10 @@ def run_vault(args: argparse.Namespace) -> int:
         connections=from_args(Connections, args),
     ))
     print(json.dumps({
-        "vault": f"http://{serve.host}:{serve.port}", "address": account.address,
+        # The vault's address is its enclave's (clients pay and sign for it); the key
+        # file's account only pays gas.
+        "vault": f"http://{serve.host}:{serve.port}", "address": service.address,
+        "gasAccount": account.address,
         "network": chain.network, "ascManager": service.manager.address,
         "measurement": "0x" + measurement.hex(),
         "rootPublicKey": platform.root.public_key.hex(),

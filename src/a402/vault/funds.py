@@ -11,10 +11,20 @@ be reported any number of times, by either route, and counts once. A
 settlement still pending when the call returns is credited by the worker
 (:meth:`Funds.reconcile`), including after a crash.
 
+Deposits are paid to the vault's address — its enclave's — and credited in
+the enclave's ledger too (:mod:`a402.vault_enclave`), which trusts the host's
+report of the mined transfer (it cannot see the chain) and counts each
+``(tx hash, log index)`` once.
+
 **Withdrawals.** The balance is debited in the same database transaction that
-records the withdrawal (keyed by the client's idempotency key), the token
-transfer is journaled before it is broadcast, and a transfer that fails gives
-the balance back.
+records the withdrawal (keyed by the client's idempotency key); the enclave
+checks the client's signed call and its own ledger, debits it there, and
+signs an EIP-3009 ``transferWithAuthorization`` from the vault's address,
+which the host's gas account submits (journaled before it is broadcast). A
+transfer sent again is the same authorization (same EIP-3009 nonce) signed
+again, so at most one ever moves tokens. A transfer that fails gives the
+host's balance back; the enclave's debit stays (it cannot tell a failed
+transfer from a hidden one).
 """
 
 from __future__ import annotations
@@ -22,9 +32,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from typing import Any, Final
 
-from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
 from hexbytes import HexBytes
 from sqlalchemy import select
@@ -39,12 +49,14 @@ from a402.chain.tx import TransactionFailed, contract_at
 from a402.facilitator.core import Facilitator
 from a402.facilitator.store import SettlementRow
 from a402.facilitator.store import State as SettlementState
+from a402.tee import EnclaveError
+from a402.vault_enclave import SignedCall
 from a402.wire import vault_api as api
 from a402.wire.errors import WireError
 from a402.wire.x402 import PaymentPayload, PaymentRequirements
 
 from . import store as vault_store
-from .channels import VaultError
+from .channels import LEDGER_KEY, Channels, VaultError
 from .txjournal import TxJournal
 
 _TX_HASH: Final = re.compile(r"0x[0-9a-fA-F]{64}")
@@ -57,12 +69,13 @@ DEPOSIT_TIMEOUT = 300
 
 class Funds:
     def __init__(
-        self, *, chain: Chain, account: LocalAccount, token: TokenInfo,
+        self, *, chain: Chain, channels: Channels, token: TokenInfo,
         store: vault_store.VaultStore, facilitator: Facilitator, journal: TxJournal,
         chain_timeout: float,
     ) -> None:
         self.chain = chain
-        self.address = account.address
+        self.vault = channels.vault
+        self.address = channels.vault.checksum_address
         self.token = token
         self.store = store
         self.facilitator = facilitator
@@ -169,6 +182,10 @@ class Funds:
             if client is not None and args["from"].lower() != client.lower():
                 continue
             key = f"transfer:{tx_hash}:{event['logIndex']}"
+            # The enclave's ledger first (durable), then the host's: a crash in between is
+            # found again by reconcile (the host's record is missing), and counts once.
+            if self.vault.credit_deposit(key, args["from"], int(args["value"])):
+                self.store.put_meta(LEDGER_KEY, self.vault.export_ledger())
             self.store.credit_deposit(key, args["from"], int(args["value"]), "transfer", tx_hash)
             found = (found or 0) + int(args["value"])
         return found
@@ -198,8 +215,10 @@ class Funds:
 
     # ------------------------------------------------------------- withdrawals
 
-    async def withdraw(self, client: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        """``POST /v1/withdrawals``: ``{"amount", "idempotencyKey", "to"?}``."""
+    async def withdraw(self, client: str, body: dict[str, Any], call: SignedCall
+                       ) -> tuple[int, dict[str, Any]]:
+        """``POST /v1/withdrawals``: ``{"amount", "idempotencyKey", "to"?}``; ``call`` is the
+        request as the client signed it, which the enclave checks before it signs."""
         try:
             amount = api.parse_amount(body.get("amount"), "amount")
             idem = body.get("idempotencyKey")
@@ -218,11 +237,31 @@ class Funds:
         if not created and (record.recipient, int(record.amount)) != (to, amount):
             raise VaultError(409, api.IDEMPOTENCY_KEY_REUSED, "this key named another withdrawal")
         if record.state == vault_store.TX_SUBMITTED:
-            await self.send_withdrawal(key, to, amount)
+            try:
+                self.vault.withdraw(call, now=int(time.time()))
+            except EnclaveError as e:
+                if await asyncio.to_thread(self.store.tx, f"withdraw:{key}") is None:
+                    await asyncio.to_thread(self.store.finish_withdrawal, key, ok=False,
+                                            tx_hash=None)
+                status = 402 if e.reason == "insufficient_balance" else 400
+                raise VaultError(status, e.reason, e.detail) from None
+            await asyncio.to_thread(self.store.put_meta, LEDGER_KEY, self.vault.export_ledger())
+            await self.send_withdrawal(key)
         return await asyncio.to_thread(self.withdrawal_answer, key)
 
-    async def send_withdrawal(self, key: str, to: str, amount: int) -> None:
-        call = self.erc20.functions.transfer(to, amount)
+    async def send_withdrawal(self, key: str) -> None:
+        """Submit the enclave's transfer for withdrawal ``key`` (signed again: same nonce)."""
+        try:
+            signed = self.vault.withdrawal_again(key, now=int(time.time()))
+        except EnclaveError as e:  # the enclave never debited it: nothing can move
+            log.warning("withdrawal %s has no enclave authorization: %s", key, e)
+            await asyncio.to_thread(self.store.finish_withdrawal, key, ok=False, tx_hash=None)
+            return
+        v = signed.signature[64] if signed.signature[64] >= 27 else signed.signature[64] + 27
+        call = self.erc20.functions.transferWithAuthorization(
+            to_checksum_address(signed.source), to_checksum_address(signed.to), signed.value,
+            signed.valid_after, signed.valid_before, signed.nonce, v, signed.signature[:32],
+            signed.signature[32:64])
         try:
             tx = await asyncio.to_thread(self.journal.send, f"withdraw:{key}", "withdraw", key,
                                          call)

@@ -20,7 +20,11 @@ The order of operations is the safety argument:
    lock: a second concurrent call waits its turn (bounded) and never shares a
    request slot.
 4. **The exchange** through :class:`ProviderTunnel`, whose checkpoints carry
-   this call's progress (LOCKED → AUTHORIZED → DELIVERED).
+   this call's progress (LOCKED → AUTHORIZED → DELIVERED). The channel's machine
+   runs in the vault enclave, which gets the call exactly as the client signed it
+   (:class:`~a402.vault_enclave.SignedCall`): it checks the signature, the price
+   against ``maxPrice`` and the channel's owner, builds the paid request from the
+   call itself, and signs σ_U at most once per signed call.
 5. **The answer** is sealed and recorded, then returned. A call whose σ_U is
    out but whose result is not in (PENDING) answers 202; the vault's worker
    finishes it and a later retry (or ``GET /v1/requests/{key}``) returns it.
@@ -31,15 +35,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import httpx
 
 from a402.asc import LocalProtocolError, Reason
 from a402.evm.address import address_key
-from a402.tee import AttestationError
+from a402.tee import AttestationError, EnclaveError
+from a402.vault_enclave import ChannelsNeeded, SignedCall, request_headers
 from a402.wire import vault_api as api
-from a402.wire.a402 import HttpRequest, HttpResponse
+from a402.wire.a402 import HttpResponse
 
 from . import records
 from . import store as vault_store
@@ -57,12 +61,6 @@ from .tunnel import (
 
 log = logging.getLogger("a402.vault")
 
-#: Headers that describe one hop, not the request (RFC 9110 §7.6.1), plus those the
-#: provider sets itself.
-_HOP_HEADERS = frozenset({
-    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
-    b"trailer", b"transfer-encoding", b"upgrade", b"host", b"content-length",
-})
 #: Provider refusals that mean "the price or the route changed": ask for a fresh offer.
 _STALE_OFFER = frozenset({"amount_mismatch", "not_a_paid_route"})
 
@@ -74,10 +72,6 @@ class _ClaimFirst(Exception):
     def __init__(self, claimed: tuple[bool, vault_store.Request] | None = None) -> None:
         super().__init__()
         self.claimed = claimed
-
-
-def request_headers(headers: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[bytes, bytes], ...]:
-    return tuple((k.lower(), v) for k, v in headers if k.lower() not in _HOP_HEADERS)
 
 
 def http_response(response: httpx.Response) -> HttpResponse:
@@ -104,6 +98,8 @@ class Invoker:
         self._running: dict[str, asyncio.Event] = {}
         #: Calls this process is executing now (the worker leaves their records alone).
         self._executing: set[str] = set()
+        #: The running calls as their clients signed them (what the enclave pays for).
+        self._signed: dict[str, SignedCall] = {}
 
     def is_running(self, key: str) -> bool:
         """Whether this process is executing the call with this key now."""
@@ -184,10 +180,11 @@ class Invoker:
 
     # ------------------------------------------------------------------- calls
 
-    async def invoke(self, client: str, call: api.InvokeRequest, *, nonce: str | None = None
-                     ) -> tuple[int, dict[str, Any]]:
+    async def invoke(self, client: str, call: api.InvokeRequest, *, nonce: str | None = None,
+                     signed: SignedCall | None = None) -> tuple[int, dict[str, Any]]:
         """Run one call; ``nonce`` (the call's signature nonce) is recorded with its claim,
-        and :class:`~a402.wire.vault_api.AuthError` raised if it was used before.
+        and :class:`~a402.wire.vault_api.AuthError` raised if it was used before. ``signed``
+        is the call as the client signed it: without it the enclave pays nothing.
 
         A new call on a channel that can pay it is recorded together with that channel's
         LOCKED checkpoint: before it, nothing is sent to the target, the provider's
@@ -202,6 +199,8 @@ class Invoker:
         # Taken before the first await, so no other task of this process can run this key
         # (and the store's lock keeps other processes out of this vault's database).
         event = self._running[key] = asyncio.Event()
+        if signed is not None:
+            self._signed[key] = signed
         claim = vault_store.Claim(key=key, client=client, fingerprint=call.fingerprint(),
                                   url=call.url,
                         method=call.method, nonce=nonce, nonce_keep=self.nonce_keep)
@@ -214,6 +213,7 @@ class Invoker:
         finally:
             event.set()
             self._running.pop(key, None)
+            self._signed.pop(key, None)
 
     async def _claim_and_run(self, key: str, client: str, call: api.InvokeRequest,
                              claimed: tuple[bool, vault_store.Request]) -> tuple[int, dict[str,
@@ -360,8 +360,13 @@ class Invoker:
         except LocalProtocolError as e:
             raise VaultError(409, api.CONFLICT, str(e), retryable=True) from None
         tunnel = await channels.tunnel(offer.endpoint, channel.channel_id)
-        request = HttpRequest(call.method, *_path_and_query(call.url),
-                              request_headers(call.headers), call.body)
+        signed = self._signed.get(key)
+        if signed is None:
+            raise VaultError(401, api.UNAUTHENTICATED, "the vault pays only for a signed call")
+        try:
+            await channels.prepare(client)
+        except ChannelsNeeded as e:  # pragma: no cover - prepare loads them all
+            raise VaultError(503, api.CHANNEL_RECOVERING, str(e), retryable=True) from None
         answered: list[dict[str, Any]] = []
 
         def answer(paid: PaidResponse) -> dict[str, Any]:
@@ -376,7 +381,7 @@ class Invoker:
             assert claim is not None
             channels.claims[channel.channel_id] = claim
         try:
-            paid = await tunnel.request(channel, request, offer.amount)
+            paid = await tunnel.request(channel, signed, offer.amount)
         except ProviderRefused as e:
             if e.reason in _STALE_OFFER and not fresh_offer:
                 # The provider answered EXEC, so the LOCKED checkpoint recorded the call.
@@ -407,6 +412,12 @@ class Invoker:
             return status, {**body, "reason": api.RESULT_MISMATCH, "message": str(e)}
         except LocalProtocolError as e:
             raise VaultError(409, api.CONFLICT, str(e), retryable=True) from None
+        except ChannelsNeeded as e:
+            raise VaultError(503, api.CHANNEL_RECOVERING, str(e), retryable=True) from None
+        except EnclaveError as e:  # the enclave refused the call: nothing was signed
+            status = {"price_above_maximum": 402, "replayed_call": 401,
+                      "stale_call": 401}.get(e.reason, 403)
+            raise VaultError(status, e.reason, e.detail) from None
         finally:
             channels.current.pop(channel.channel_id, None)
             channels.answers.pop(channel.channel_id, None)
@@ -427,15 +438,6 @@ class Invoker:
                              f"the price is {offer.amount}, the maximum {call.max_price}",
                              extra={"price": str(offer.amount)})
         return offer
-
-
-def _path_and_query(url: str) -> tuple[str, bytes]:
-    """The decoded path and the raw query of ``url``, as ASGI would see them."""
-    if url.isascii():  # the common case, without httpx's full (and slower) URL model
-        split = urlsplit(url)
-        return unquote(split.path) or "/", split.query.encode("ascii")
-    parsed = httpx.URL(url)  # percent-encodes what a raw URL may not carry
-    return parsed.path, parsed.query
 
 
 def _client_key(key: str) -> str:

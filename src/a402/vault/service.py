@@ -7,11 +7,15 @@ deposits and withdrawals (:mod:`~a402.vault.funds`) and the worker
 ``a402 vault`` its command line; in-process (the demo, benchmarks), build
 ``VaultService(VaultConfig(...))`` and serve :func:`a402.vault.app.create_app`.
 
-Keys: the vault's Ethereum account (``account``) pays gas, holds the pooled
-deposits, and is every channel's ``vault`` key (it signs σ_U and states). In
-the simulated enclave backend that key lives in the host process like the
-provider's operator key; the vault enclave attests the vault to providers
-(the tunnel's Noise handshake) and seals everything the vault stores.
+Keys: the vault *is* its enclave's attested key (:mod:`a402.vault_enclave`).
+Its Ethereum address is every channel's ``vault``, holds the pooled deposits
+(clients pay it; ``GET /v1/info`` names it and clients sign their calls for
+it), and signs σ_U, states, approvals and withdrawals — only from the
+enclave's code, against the client balances and the client-signed calls it
+checks. The host's Ethereum account (``account``) pays gas and nothing else:
+it holds no tokens, and no signature of it moves any. The vault enclave also
+attests the vault to providers (the tunnel's Noise handshake) and seals what
+the vault stores.
 """
 
 from __future__ import annotations
@@ -31,14 +35,16 @@ from a402.chain.deploy import TokenInfo
 from a402.chain.node import Chain
 from a402.chain.tx import contract_at
 from a402.evm.address import address_key
+from a402.exact.eip3009 import Eip712Domain
 from a402.facilitator.core import Facilitator, FacilitatorConfig
 from a402.facilitator.store import SettlementStore
 from a402.tee import AttestationPolicy, AttestationVerifier, Enclave
 from a402.tee.chains import check_backends
+from a402.vault_enclave import VaultEnclaveCode
 from a402.wire import vault_api as api
 
 from . import store as vault_store
-from .channels import Channels, VaultError
+from .channels import LEDGER_KEY, Channels, VaultError
 from .funds import Funds
 from .invoke import Invoker
 from .offers import OfferCache
@@ -55,7 +61,8 @@ _MAX_ALLOWANCE = 2**256 - 1
 class VaultConfig:
     """Everything a vault needs: its parts, and its settings in four groups.
 
-    - ``chain``, ``account``, ``manager``: where channels live and who the vault is.
+    - ``chain``, ``account``, ``manager``: where channels live, and the host's gas
+      account (the vault's address is its enclave's: :attr:`VaultService.address`).
     - ``store``: :class:`~a402.vault.store.VaultStore`; its URL is used for the
       deposit journal (the facilitator's tables) in the same database.
     - ``enclave``: the vault enclave (attests the vault, seals its state);
@@ -95,10 +102,9 @@ class VaultService:
     def __init__(self, config: VaultConfig) -> None:
         self.config = config
         self.chain = config.chain
-        self.account = config.account
-        self.address = config.account.address
+        self.account = config.account  # pays gas only
         self.store = config.store
-        config.store.claim_for(self.address)
+        config.store.claim_for(config.account.address)
         self.manager = ASCManager(config.chain, config.manager)
         check_backends(self.manager.domain.chain_id,
                        [config.enclave.kind, *(v.kind for v in config.verifiers)])
@@ -107,11 +113,22 @@ class VaultService:
             raise ValueError(f"the ASCManager escrows {self.manager.token}, "
                              f"not {self.token.address}")
         timing = config.timing
+        self.vault = VaultEnclaveCode.start(
+            config.enclave, domain=self.manager.domain, network=config.chain.network,
+            token=Eip712Domain(self.token.name, self.token.version, config.chain.chain_id,
+                               self.token.address),
+            auth_window=timing.auth_window)
+        ledger = config.store.get_meta(LEDGER_KEY)
+        if ledger is not None:
+            self.vault.restore_ledger(ledger)
+        #: The vault's address: its enclave's key.
+        self.address = self.vault.checksum_address
         self.http = httpx.AsyncClient(timeout=config.connections.http_timeout, trust_env=False)
         self.journal = TxJournal(config.chain, config.account, config.store)
         self.channels = Channels(
             account=config.account, manager=self.manager, token=self.token, store=config.store,
-            journal=self.journal, enclave=config.enclave, verifiers=config.verifiers,
+            journal=self.journal, enclave=config.enclave, vault=self.vault,
+            verifiers=config.verifiers,
             policy=config.provider_policy, timing=timing, deposits=config.deposits,
             batching=config.batching, connections=config.connections,
         )
@@ -123,7 +140,7 @@ class VaultService:
         facilitator = Facilitator(config.chain, config.account,
                                   SettlementStore(config.store.url),
                                   FacilitatorConfig(receipt_timeout=timing.chain_timeout))
-        self.funds = Funds(chain=config.chain, account=config.account, token=self.token,
+        self.funds = Funds(chain=config.chain, channels=self.channels, token=self.token,
                            store=config.store, facilitator=facilitator, journal=self.journal,
                            chain_timeout=timing.chain_timeout)
         self.worker = Worker(self.channels, self.invoker, self.funds,
@@ -133,21 +150,28 @@ class VaultService:
     # ------------------------------------------------------------------ life
 
     async def start(self) -> None:
-        """Take the vault's lock, approve the manager for pooled deposits, then run
-        recovery and the worker."""
-        self.store.lock_for(self.address)
+        """Take the vault's lock, let the manager pull pooled deposits, then run recovery
+        and the worker."""
+        self.store.lock_for(self.account.address)
         await asyncio.to_thread(self._approve)
         await self.worker.start()
 
     def _approve(self) -> None:
+        """The enclave's EIP-2612 permit for the ASCManager (the only spender it permits),
+        submitted by the gas account."""
         token = contract_at(self.chain, "TestUSDC", self.token.address)
         allowance = token.functions.allowance(self.address, self.manager.address).call()
         if allowance < _MAX_ALLOWANCE // 2:
+            nonce = int(token.functions.nonces(self.address).call())
+            deadline = _MAX_ALLOWANCE
+            signature = self.vault.permit(self.manager.address, _MAX_ALLOWANCE, nonce, deadline)
+            v = signature[64] if signature[64] >= 27 else signature[64] + 27
+            call = token.functions.permit(self.address, self.manager.address, _MAX_ALLOWANCE,
+                                          deadline, v, signature[:32], signature[32:64])
             tx = self.journal.send(f"approve:{self.manager.address}:{time.time_ns()}", "approve",
-                                   self.manager.address,
-                                   token.functions.approve(self.manager.address, _MAX_ALLOWANCE))
+                                   self.manager.address, call)
             if not self.journal.wait(tx, self.config.timing.chain_timeout).ok:
-                raise RuntimeError(f"approving the ASCManager failed ({tx.tx_hash})")
+                raise RuntimeError(f"permitting the ASCManager failed ({tx.tx_hash})")
 
     async def stop(self) -> None:
         await self.worker.stop()

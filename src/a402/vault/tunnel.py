@@ -1,7 +1,9 @@
 """The vault's side of the A402 exchange over HTTP: one attested tunnel per provider.
 
-The thin I/O shell around :class:`a402.asc.VaultChannel` (pure) that the vault
-service builds on. :class:`ProviderTunnel`:
+The thin I/O shell around a vault channel's machine that the vault service
+builds on: the vault enclave's :class:`~a402.vault_enclave.EnclaveChannel` (in
+production: the machine, and the key, stay in the enclave), or a bare
+:class:`a402.asc.VaultChannel` (tests and tools). :class:`ProviderTunnel`:
 
 1. ``connect()``: fetches ``…/info`` with a fresh nonce, verifies the
    provider's attestation (a configured verifier and policy; simulated quotes
@@ -9,9 +11,12 @@ service builds on. :class:`ProviderTunnel`:
    evidence binds the advertised Schnorr key, address and ASCManager, then
    runs the Noise XX handshake (both sides' evidence verified again, bound to
    the transcript) and checks the handshake peer is the same enclave.
-2. ``attach(channel)``: OPEN — proves to the provider, with the channel's
-   vault key, that this tunnel speaks for the channel (after ``createASC``).
-3. ``request(channel, http_request, δ)``: EXEC → check REPLY (pre-signature
+2. ``attach(channel)``: OPEN — proves to the provider, with the vault's
+   signature over the tunnel's binding (:class:`TunnelAuthority`), that this
+   tunnel speaks for the channel (after ``createASC``).
+3. ``request(channel, call, δ)``: EXEC (for an enclave channel, ``call`` is the
+   client's :class:`~a402.vault_enclave.SignedCall`, which the enclave checks and
+   turns into the paid request) → check REPLY (pre-signature
    on m(cid, rid, δ, h) under T with the attested key) → AUTH (σ_U) → check
    REVEAL (t·G = T, the provider's state signature), open the sealed result
    and check ``H(result) = h`` and that it answers *this* request → ACK.
@@ -31,7 +36,8 @@ is opened all the same.
 leaves: before EXEC (the request id is taken), before AUTH (σ_U is about to
 exist — the vault must remember the pre-signature to extract ``t`` later),
 before ACK (δ is credited), before CLOSE and after CLOSE_ACK. Restore with
-``VaultChannel.restore(checkpoint.snapshot, vault_key)`` and call
+:meth:`VaultEnclave.restore <a402.vault_enclave.VaultEnclave.restore>` (the
+snapshot is sealed by the enclave's code) or ``VaultChannel.restore`` and call
 :meth:`ProviderTunnel.resume`.
 
 **Retries.** A lost request or answer is retried with the same ASC message in
@@ -61,7 +67,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -77,7 +83,6 @@ from a402.asc import (
     ChannelTerms,
     CloseAck,
     CloseReady,
-    DigestSigner,
     LocalProtocolError,
     Reason,
     RemoteProtocolError,
@@ -96,6 +101,7 @@ from a402.asc_manager import ASCManager, PublishedSignature
 from a402.crypto import PaymentDomain
 from a402.tee import AttestationError, AttestationPolicy, AttestationVerifier, Enclave
 from a402.tee.errors import ChannelError
+from a402.vault_enclave import EnclaveChannel, SignedCall
 from a402.wire.a402 import (
     FRAME_MEDIA_TYPE,
     HANDSHAKE_PATH,
@@ -118,7 +124,6 @@ from a402.wire.a402 import (
     ProviderInfo,
     Refusal,
     b64,
-    binding_digest,
     provider_user_data,
     request_digest,
     unb64,
@@ -129,6 +134,25 @@ from a402.wire.jsonstrict import loads_object
 log = logging.getLogger("a402.vault.tunnel")
 
 M = TypeVar("M", bound=AscMessage)
+
+#: A channel's machine as the tunnel drives it: in the vault enclave, or (tests) here.
+AnyChannel = VaultChannel | EnclaveChannel
+
+
+class TunnelAuthority(Protocol):
+    """Who speaks for the channels on a tunnel: the vault (its enclave,
+    :class:`~a402.vault_enclave.VaultEnclave`), which signs OPEN's binding only for a
+    channel it holds."""
+
+    @property
+    def address(self) -> bytes:
+        """The vault's 20-byte address (every channel's ``vault``)."""
+        ...
+
+    def bind_tunnel(self, handle: str, channel_id: bytes) -> bytes:
+        """The vault's signature over ``binding_digest(channel_binding(handle), cid)``."""
+        ...
+
 
 #: How frames reach the provider: the tunnel's WebSocket, or one POST each.
 Transport = Literal["stream", "http"]
@@ -159,10 +183,12 @@ class Checkpoint:
     """One durable step of a vault channel.
 
     The indexed fields are for the store's queries and dashboards; ``snapshot``
-    is the whole truth (:meth:`VaultChannel.snapshot`), restored with
-    :meth:`VaultChannel.restore`. Store it atomically, keyed by
-    ``channel_id``, replacing the previous one; the vault service should seal
-    it (it is the client's money).
+    is the whole truth: for an enclave channel, its record sealed by the vault
+    enclave's code (restored with :meth:`VaultEnclave.restore
+    <a402.vault_enclave.VaultEnclave.restore>`; the host cannot open it); for a
+    bare :class:`VaultChannel`, :meth:`VaultChannel.snapshot` (restored with
+    :meth:`VaultChannel.restore`). Store it atomically, keyed by ``channel_id``,
+    replacing the previous one.
     """
 
     channel_id: bytes
@@ -184,7 +210,7 @@ class Checkpoint:
     paid: PaidResponse | None = None
 
     @classmethod
-    def of(cls, channel: VaultChannel, reason: CheckpointReason,
+    def of(cls, channel: AnyChannel, reason: CheckpointReason,
            paid: PaidResponse | None = None) -> Checkpoint:
         reply = channel.pending_reply() if reason is CheckpointReason.AUTHORIZED else None
         reveal = channel.last_reveal() if reason is CheckpointReason.DELIVERED else None
@@ -299,7 +325,8 @@ class ProviderTunnel:
     - ``enclave``: the vault enclave (its attested X25519 key authenticates
       the tunnel); ``verifiers`` and ``policy``: what provider enclaves are
       acceptable.
-    - ``vault_key``: the channels' vault key (signs OPEN, σ_U, states).
+    - ``vault``: the vault (:class:`TunnelAuthority`: its address, and OPEN's
+      binding signature; σ_U and states are signed by each channel's machine).
     - ``network``: refuse a provider on any other chain.
     - ``persist``: see :class:`Checkpoint`; the default keeps nothing.
     - ``ack_delay``: how long an unsent ACK waits to ride on the channel's next
@@ -317,7 +344,7 @@ class ProviderTunnel:
         enclave: Enclave,
         verifiers: Sequence[AttestationVerifier],
         policy: AttestationPolicy,
-        vault_key: DigestSigner,
+        vault: TunnelAuthority,
         network: str | None = None,
         persist: Persist | None = None,
         http: httpx.AsyncClient | None = None,
@@ -335,7 +362,7 @@ class ProviderTunnel:
         self.enclave = enclave
         self.verifiers = {v.kind: v for v in verifiers}
         self.policy = policy
-        self.vault_key = vault_key
+        self.vault = vault
         self.network = network
         self.persist: Persist = persist or _no_persistence
         self._own_http = http is None
@@ -452,7 +479,7 @@ class ProviderTunnel:
         """Terms for a new channel with this provider (its address and attested key)."""
         info = self._require_info()
         return ChannelTerms(
-            client=client, vault=self.vault_key.address, provider=info.provider,
+            client=client, vault=self.vault.address, provider=info.provider,
             provider_key=info.provider_key, deposit=deposit, salt=salt or os.urandom(32),
         )
 
@@ -461,15 +488,15 @@ class ProviderTunnel:
             raise LocalProtocolError(Reason.NOT_ALLOWED, "connect() first")
         return self.info
 
-    def _check_channel(self, channel: VaultChannel) -> None:
+    def _check_channel(self, channel: AnyChannel) -> None:
         info = self._require_info()
         terms, domain = channel.terms, channel.domain
         if (terms.provider, terms.provider_key) != (info.provider, info.provider_key):
             raise ValueError("the channel is with another provider or key")
         if (domain.chain_id, domain.verifying_contract) != (info.chain_id, info.asc_manager):
             raise ValueError("the channel lives on another chain or ASCManager")
-        if terms.vault != self.vault_key.address:
-            raise ValueError("the channel's vault is not this tunnel's vault key")
+        if terms.vault != self.vault.address:
+            raise ValueError("the channel's vault is not this tunnel's vault")
         if channel.lock_timeout <= info.lock_timeout:
             raise ValueError(
                 f"Δ_lock ({channel.lock_timeout}s) must exceed the provider's lock "
@@ -477,7 +504,7 @@ class ProviderTunnel:
                 "the vault gave up"
             )
 
-    async def attach(self, channel: VaultChannel) -> None:
+    async def attach(self, channel: AnyChannel) -> None:
         """Bind ``channel`` (already open on-chain) to this tunnel (OPEN).
 
         An idle channel's last ACK is owed again: the tunnel (or process) that made it
@@ -496,9 +523,7 @@ class ProviderTunnel:
     async def _open(self, terms: ChannelTerms) -> None:
         assert self._handle is not None and self.info is not None
         cid = terms.channel_id(_domain(self.info))
-        signature = self.vault_key.sign_digest(
-            binding_digest(self.enclave.channel_binding(self._handle), cid)
-        )
+        signature = self.vault.bind_tunnel(self._handle, cid)
         envelope = OpenChannel(
             terms.client, terms.vault, terms.provider, terms.provider_key, terms.deposit,
             terms.salt, signature,
@@ -508,7 +533,7 @@ class ProviderTunnel:
             refusal = _refusal(answer)
             raise ProviderRefused(refusal.reason, refusal.detail)
 
-    def _lock(self, channel: VaultChannel) -> asyncio.Lock:
+    def _lock(self, channel: AnyChannel) -> asyncio.Lock:
         return self._lock_of(channel.channel_id)
 
     def _lock_of(self, channel_id: bytes) -> asyncio.Lock:
@@ -517,9 +542,13 @@ class ProviderTunnel:
     # -------------------------------------------------------------- requests
 
     async def request(
-        self, channel: VaultChannel, request: HttpRequest, amount: int, *, wait: bool = True
+        self, channel: AnyChannel, request: HttpRequest | SignedCall, amount: int, *,
+        wait: bool = True,
     ) -> PaidResponse:
         """Pay ``amount`` for ``request`` through ``channel``; the result and its receipt.
+
+        An enclave channel takes the client's signed call (the enclave builds the paid
+        request from it); a bare :class:`~a402.asc.VaultChannel` the request itself.
 
         Raises :class:`ProviderRefused` / :class:`ProtocolViolation` /
         :class:`ProviderUnavailable` when nothing was paid, :class:`PaymentPending`
@@ -530,14 +559,21 @@ class ProviderTunnel:
         if not wait and lock.locked():
             raise LocalProtocolError(Reason.REQUEST_IN_FLIGHT, "a request is in flight")
         async with lock:
-            raw = request.encode()
-            exec_ = channel.request(raw, amount, now=self.clock())
+            if isinstance(channel, EnclaveChannel):
+                if not isinstance(request, SignedCall):
+                    raise TypeError("an enclave channel pays only for a client's signed call")
+                exec_ = channel.request(request, amount, now=self.clock())
+            else:
+                if not isinstance(request, HttpRequest):
+                    raise TypeError("a bare channel takes the HTTP request")
+                exec_ = channel.request(request.encode(), amount, now=self.clock())
+            raw = exec_.request
             await self._persist(channel, CheckpointReason.LOCKED)
             # The previous request's ACK, if still unsent, rides on this EXEC (ASC_ACKED).
             return await self._drive(channel, exec_.encode(), raw,
                                      ack=self._unacked.pop(channel.channel_id, None))
 
-    async def resume(self, channel: VaultChannel) -> PaidResponse | None:
+    async def resume(self, channel: AnyChannel) -> PaidResponse | None:
         """Finish whatever ``channel`` was doing (after a restart or a :class:`PaymentPending`).
 
         LOCKED: re-sends EXEC (answered from the provider's record); PENDING:
@@ -565,7 +601,7 @@ class ProviderTunnel:
             return None
 
     async def _drive(
-        self, channel: VaultChannel, exec_bytes: bytes, raw: bytes, *, ack: Ack | None = None
+        self, channel: AnyChannel, exec_bytes: bytes, raw: bytes, *, ack: Ack | None = None
     ) -> PaidResponse:
         """From EXEC sent to the end: REPLY checked, AUTH, then :meth:`_settle`."""
         try:
@@ -585,7 +621,7 @@ class ProviderTunnel:
         await self._persist(channel, CheckpointReason.AUTHORIZED)
         return await self._settle(channel, step.send[0].encode(), raw)
 
-    async def _settle(self, channel: VaultChannel, auth_bytes: bytes, raw: bytes) -> PaidResponse:
+    async def _settle(self, channel: AnyChannel, auth_bytes: bytes, raw: bytes) -> PaidResponse:
         """AUTH sent, REVEAL checked, result opened, ACK sent."""
         pending = channel.pending_request()
         assert pending is not None
@@ -615,7 +651,7 @@ class ProviderTunnel:
         assert paid is not None
         return paid
 
-    async def _ack_now(self, channel: VaultChannel) -> None:
+    async def _ack_now(self, channel: AnyChannel) -> None:
         """The provider still holds an earlier request of ``channel`` (it refused an EXEC
         with ``request_in_flight``): send our last ACK now, so that a retry finds the
         channel free. Best effort under the channel's lock; if it fails, the owed ACK
@@ -638,14 +674,14 @@ class ProviderTunnel:
             return self.ack_delay
         return min(5.0, self.info.ack_timeout / 4) if self.info is not None else 0.0
 
-    def _owe_ack(self, channel: VaultChannel, ack: Ack) -> None:
+    def _owe_ack(self, channel: AnyChannel, ack: Ack) -> None:
         """Remember an unsent ACK (the newest wins) and make sure it leaves in time."""
         current = self._unacked.get(channel.channel_id)
         if current is None or current.request_id <= ack.request_id:
             self._unacked[channel.channel_id] = ack
         self._flush_ack_later(channel)
 
-    def _flush_ack_later(self, channel: VaultChannel) -> None:
+    def _flush_ack_later(self, channel: AnyChannel) -> None:
         cid = channel.channel_id
         if cid in self._ack_flushes or self._closed:  # a pending flush sends the newest ACK
             return
@@ -687,14 +723,14 @@ class ProviderTunnel:
                 raise ProviderRefused(refusal.reason, refusal.detail)
         self._unacked.pop(channel_id, None)
 
-    async def _give_up(self, channel: VaultChannel) -> None:
+    async def _give_up(self, channel: AnyChannel) -> None:
         """Release a LOCKED request: no σ_U exists for it, so δ is safe to free now."""
         if channel.status is Status.LOCKED:
             channel.abandon()
             await self._persist(channel, CheckpointReason.EXPIRED)
 
     async def _ask(
-        self, channel: VaultChannel, message: bytes, kind: type[M], *, ack: Ack | None = None
+        self, channel: AnyChannel, message: bytes, kind: type[M], *, ack: Ack | None = None
     ) -> M:
         """Send one ASC message (after ``ack``); the answer must be a ``kind`` message."""
         envelope = Envelope.asc(message) if ack is None else Envelope.acked(ack.encode(), message)
@@ -716,7 +752,7 @@ class ProviderTunnel:
 
     # ------------------------------------------------------------------ close
 
-    async def close(self, channel: VaultChannel) -> SignedState:
+    async def close(self, channel: AnyChannel) -> SignedState:
         """Co-sign the final state with the provider (CLOSE → CLOSE_ACK), for ``closeASC``."""
         async with self._lock(channel):
             await self._flush_ack(channel.channel_id)
@@ -737,7 +773,7 @@ class ProviderTunnel:
     # -------------------------------------------------------------- the chain
 
     async def recover(
-        self, channel: VaultChannel, manager: ASCManager, *, tx_hash: bytes | str | None = None,
+        self, channel: AnyChannel, manager: ASCManager, *, tx_hash: bytes | str | None = None,
         receipt: TxReceipt | None = None,
     ) -> PaidResponse | None:
         """:func:`recover_from_force_close`, then persist (the channel is CLOSED)."""
@@ -891,7 +927,7 @@ class ProviderTunnel:
         for terms in self._bound.values():
             await self._open(terms)
 
-    async def _persist(self, channel: VaultChannel, reason: CheckpointReason,
+    async def _persist(self, channel: AnyChannel, reason: CheckpointReason,
                        paid: PaidResponse | None = None) -> None:
         await self.persist(Checkpoint.of(channel, reason, paid))
 
@@ -947,7 +983,7 @@ def find_provider_force_close(
 
 
 def recover_from_force_close(
-    channel: VaultChannel,
+    channel: AnyChannel,
     manager: ASCManager,
     *,
     tx_hash: bytes | str | None = None,

@@ -195,8 +195,7 @@ class Worker:
         """Withdrawals debited but never sent (a crash in between): send them now."""
         for record in await asyncio.to_thread(self.store.pending_withdrawals):
             if await asyncio.to_thread(self.store.tx, f"withdraw:{record.key}") is None:
-                await self.funds.send_withdrawal(record.key, record.recipient,
-                                                 int(record.amount))
+                await self.funds.send_withdrawal(record.key)
 
     async def _collect_owed(self) -> None:
         """Take back what the manager owes the vault: a pool channel's refund the token
@@ -210,7 +209,14 @@ class Worker:
         if any(r.kind == "collect" for r in await asyncio.to_thread(
                 self.channels.journal.unfinished)):
             return  # one in flight: _transactions finishes it
-        call = self.manager.contract.functions.withdraw(vault)
+        # The vault's key sends nothing: its enclave orders the manager to pay the vault
+        # itself (the only recipient it signs such an order for), the gas account submits.
+        owed = await asyncio.to_thread(self.manager.owed, vault)
+        functions = self.manager.contract.functions
+        nonce = int(await asyncio.to_thread(functions.withdrawalNonces(vault).call))
+        deadline = int(time.time()) + 3600
+        order = self.channels.vault.collect_order(owed, nonce, deadline)
+        call = functions.withdrawWithSignature(vault, vault, owed, deadline, order)
         if await self.channels.transact(f"collect:{time.time_ns()}", "collect", vault, call):
             log.info("collected the payouts the token had refused the vault")
 
@@ -327,7 +333,7 @@ class Worker:
             # journaled (alone or in a batch) is settled by its outcome, in _transactions.
             if (await asyncio.to_thread(self.store.open_tx, row.cid) is None
                     and time.time() - row.updated_at > _OPENING_GRACE):
-                await asyncio.to_thread(self.store.fail_channel, row.cid)
+                await self.channels.failed_open(row.cid)
             return
         if startup and not await self._reconcile_onchain(row):
             return
@@ -435,7 +441,11 @@ class Worker:
         if row.deadline is not None or time.time() - since < self.pending_escalation:
             return
         channel = await self.channels.machine(row)
-        call = self.channels.state_call("initForceClose", channel.terms, channel.latest_state())
+        # The enclave's order, for its own latest co-signed state; the gas account sends it.
+        latest, order = self.channels.vault.force_close(channel.channel_id)
+        call = self.manager.contract.functions.initForceCloseFor(
+            terms_tuple(channel.terms), latest.state.as_tuple(), latest.vault_signature,
+            latest.provider_signature, order)
         if await self.channels.transact(f"init:{row.cid}", "init", row.cid, call):
             log.warning("channel %s: stuck since %.0f; force-close started", row.cid, since)
 

@@ -1,0 +1,928 @@
+"""The vault enclave's code: the key that moves the vault's money, and what it checks first.
+
+The vault's attested key is the vault: its Ethereum address is every channel's
+``vault``, the address where pooled deposits are paid, and the signer of σ_U,
+channel states, closes, opening approvals, force-close orders and withdrawals.
+It lives in the enclave, and this code (started with
+:meth:`VaultEnclaveCode.start`, which hands it the
+:class:`~a402.tee.EnclaveKernel`) is the only thing that asks it to sign. The
+host's own Ethereum account pays gas and nothing else. The host gets a
+:class:`VaultEnclave` and, per channel, an :class:`EnclaveChannel`: the sans-IO
+surface of :class:`~a402.asc.VaultChannel`, forwarded into the machine that
+runs here.
+
+What each signature requires (the safety argument):
+
+* **σ_U** — only by a channel's own machine, for the REPLY it verified, and only
+  for a request bound to a call the *client* signed (:class:`SignedCall`: the
+  vault API's headers, method, path and body, verified here against this
+  enclave's own CAIP-10 account). The call's ``maxPrice`` must cover the
+  amount, the channel must be the signer's (the enclave records each channel's
+  owner when it approves it: a pool channel's on-chain client is the vault
+  itself), and the paid request is the one the call names (built here from the
+  call). Each ``(client, nonce)`` pays at most once: it is consumed when σ_U is
+  signed; a request given up before σ_U (refused, expired) leaves it unused,
+  so a retry of the same call may pay once. Calls older than the newest
+  timestamp seen minus twice the auth window are refused, so the replay set
+  stays bounded; consumed nonces are kept in the sealed records of the
+  channels that consumed them, and a client's calls are refused until every
+  channel of that client that may hold one is loaded (:class:`ChannelsNeeded`).
+* **Channel states, closes** — only the machine's own: the state after a REVEAL
+  whose ``t·G = T`` (paying exactly the request's δ), and the final state with
+  the latest balances.
+* **Opening approvals** (the contract's vault signature over the channel id) —
+  only for terms whose ``vault`` is this enclave; a pool-funded channel is
+  debited from the client's ledger balance first and refused beyond it.
+* **Withdrawals** — an EIP-3009 ``transferWithAuthorization`` from the vault's
+  address, only against a client-signed ``POST /v1/withdrawals`` and that
+  client's ledger balance, to the recipient the client signed. A withdrawal
+  is keyed by the client's idempotency key: asked again, it is signed again
+  with the same EIP-3009 nonce, so at most one of its signatures can ever
+  transfer.
+* **Permit** — EIP-2612, only to the configured ASCManager (so that the manager
+  can pull pool deposits on ``createASC``).
+* **Tunnel binding** (OPEN) — only for a channel held here.
+* **Force-close order** — only for the machine's latest co-signed state.
+
+Tunnel frames are encrypted and decrypted by the host (the code is started
+with ``host_tunnels=True``). That moves no money: every message that can — σ_U,
+states, the ACK — is signed here from state this code checked, so the host
+reading or writing tunnel plaintext can only drop, delay or garble frames
+(which the provider's timeouts and the contract's dispute paths cover), and it
+sees ``t`` and the sealed result, which it must deliver to the client anyway.
+
+Persistence. Everything leaves sealed under the code's own key (the host's
+``unseal`` cannot open it): each channel's record (its machine, owner, the
+signed call in flight and the nonces it consumed, and the high-water timestamp
+that pruned them), and the ledger (balances, credited deposits, the channels it
+approved and their owners, withdrawals). The host stores the ledger before
+anything the enclave approved leaves the vault; a channel's record goes with the
+host's checkpoint of that channel, before its next message (no extra write per
+paid call). A host reporting a pool channel as never opened when it did gains
+nothing: its deposit is credited back once, and the channel's later refund is
+not credited again.
+
+Trust limits (stated in the README too). The enclave cannot see the chain: it
+credits deposits the host reports (deduplicated by ``(tx hash, log index)``),
+refunds of pool channels the host reports (capped at what the channel's latest
+signed state gives the client, once per channel), and gives back the deposit
+of a pool channel the host reports as never opened. A host that lies about
+mined transfers can inflate a balance. Sealed state has no rollback protection
+(:mod:`a402.tee.sealing`): a host that restores an older ledger or channel
+record can replay what that record had not yet seen. Which provider serves a
+URL is the host's choice (it fetches the 402), within the call's ``maxPrice``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import httpx
+from coincurve import PublicKey
+
+from a402 import jsonbytes
+from a402.asc import (
+    Ack,
+    ChannelTerms,
+    Close,
+    Exec,
+    LocalProtocolError,
+    PaymentAuthorized,
+    Reason,
+    Reply,
+    RequestExpired,
+    ResultDelivered,
+    Reveal,
+    SignedState,
+    Status,
+    Step,
+    VaultChannel,
+    force_close_digest,
+)
+from a402.asc.messages import Auth
+from a402.asc.messages import Message as AscMessage
+from a402.asc.terms import BalanceState
+from a402.crypto import PaymentDomain
+from a402.evm.address import address_key, to_checksum
+from a402.evm.ecdsa import public_key_address
+from a402.evm.keccak import keccak256 as keccak
+from a402.evm.permit import permit_digest
+from a402.exact.eip3009 import Authorization, Eip712Domain
+from a402.exact.eip3009 import authorization_digest as eip3009_digest
+from a402.tee import (
+    CHANNEL_APPROVAL,
+    CHANNEL_STATE,
+    FORCE_CLOSE,
+    TOKEN_AUTHORIZATION,
+    TUNNEL_BINDING,
+    Enclave,
+    EnclaveError,
+    EnclaveKernel,
+)
+from a402.wire import vault_api as api
+from a402.wire.a402 import HttpRequest, binding_digest
+
+_CHANNEL_FORMAT = "a402/vault-enclave-channel/v1"
+_LEDGER_FORMAT = "a402/vault-enclave-ledger/v1"
+_LEDGER_LABEL = "a402/vault-ledger"
+INVOKE_PATH = api.API_PREFIX + "/invoke"
+WITHDRAW_PATH = api.API_PREFIX + "/withdrawals"
+WITHDRAWAL_TYPEHASH = keccak(
+    b"A402Withdrawal(address owner,address to,uint256 amount,uint256 nonce,uint256 deadline)")
+#: How long a withdrawal's EIP-3009 authorization stays valid.
+WITHDRAWAL_VALIDITY = 3600
+
+#: Headers that describe one hop, not the request (RFC 9110 §7.6.1), plus those the
+#: provider sets itself: never part of the paid request.
+_HOP_HEADERS = frozenset({
+    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
+    b"trailer", b"transfer-encoding", b"upgrade", b"host", b"content-length",
+})
+_AUTH_HEADERS = (api.CLIENT_HEADER, api.TIMESTAMP_HEADER, api.NONCE_HEADER,
+                 api.SIGNATURE_HEADER)
+
+
+# ------------------------------------------------------------ what the host passes in
+
+
+@dataclass(frozen=True, slots=True)
+class SignedCall:
+    """A client's signed vault API call, exactly as it arrived: the enclave checks it."""
+
+    headers: Mapping[str, str]
+    method: str
+    path: str
+    body: bytes
+
+    @classmethod
+    def of(cls, headers: Mapping[str, str], method: str, path: str, body: bytes) -> SignedCall:
+        """Keep only the authentication headers (what the signature covers is the rest)."""
+        kept = {name: headers[name] for name in _AUTH_HEADERS if name in headers}
+        return cls(kept, method.upper(), path, bytes(body))
+
+
+def request_headers(headers: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[bytes, bytes], ...]:
+    """The headers of a paid request: the call's, without hop-by-hop ones."""
+    return tuple((k.lower(), v) for k, v in headers if k.lower() not in _HOP_HEADERS)
+
+
+def path_and_query(url: str) -> tuple[str, bytes]:
+    """The decoded path and the raw query of ``url``, as ASGI would see them."""
+    if url.isascii():  # the common case, without httpx's full (and slower) URL model
+        split = urlsplit(url)
+        return unquote(split.path) or "/", split.query.encode("ascii")
+    parsed = httpx.URL(url)  # percent-encodes what a raw URL may not carry
+    return parsed.path, parsed.query
+
+
+def paid_request(call: api.InvokeRequest) -> HttpRequest:
+    """The request a call pays for, as the provider receives it in EXEC."""
+    return HttpRequest(call.method, *path_and_query(call.url), request_headers(call.headers),
+                       call.body)
+
+
+class ChannelsNeeded(EnclaveError):
+    """Restore these channels (their sealed records) first: they may hold nonces this
+    client's calls consumed, so the enclave cannot yet tell a replay from a new call."""
+
+    def __init__(self, channel_ids: list[bytes]) -> None:
+        super().__init__("channels_needed", f"restore {len(channel_ids)} channel(s) first")
+        self.channel_ids = channel_ids
+
+
+@dataclass(frozen=True, slots=True)
+class Withdrawal:
+    """An EIP-3009 ``transferWithAuthorization`` from the vault, signed: submit it."""
+
+    key: str
+    source: str
+    to: str
+    value: int
+    valid_after: int
+    valid_before: int
+    nonce: bytes
+    signature: bytes
+
+
+# ------------------------------------------------------------------ inside
+
+
+class _KernelSigner:
+    """A :class:`~a402.asc.terms.DigestSigner` over the kernel (the attested key), for the
+    machines this code runs; never handed to the host."""
+
+    __slots__ = ("_kernel", "_purpose", "address")
+
+    def __init__(self, kernel: EnclaveKernel, purpose: str) -> None:
+        self._kernel = kernel
+        self._purpose = purpose
+        self.address = public_key_address(PublicKey(kernel.signing_public_key))
+
+    def sign_digest(self, digest: bytes) -> bytes:
+        return self._kernel.sign(self._purpose, digest)
+
+
+@dataclass(slots=True)
+class _Binding:
+    """The signed call the request in flight pays for."""
+
+    client: str
+    nonce: str
+    timestamp: int
+
+
+@dataclass(slots=True)
+class _Held:
+    channel: VaultChannel
+    owner: str
+    funding: str
+    call: _Binding | None = None
+    consumed: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Entry:
+    """The ledger's view of one channel it approved."""
+
+    owner: str
+    funding: str
+    deposit: int
+    settled: int | None = None  # the high-water timestamp when it settled
+    refunded: bool = False
+
+
+class VaultEnclaveCode:
+    """The vault's channels, client balances and withdrawals, run inside the enclave.
+
+    ``domain``: the ASCManager's EIP-712 domain (it names the manager the permit may
+    go to); ``network``: the chain (CAIP-2) the vault's account is on; ``token``:
+    the channel token's EIP-712 domain; ``auth_window``: the API's signature window.
+    """
+
+    def __init__(
+        self, kernel: EnclaveKernel, *, domain: PaymentDomain, network: str,
+        token: Eip712Domain, auth_window: int = api.DEFAULT_AUTH_WINDOW,
+    ) -> None:
+        self._kernel = kernel
+        self._signer = _KernelSigner(kernel, CHANNEL_STATE)
+        self.address = self._signer.address
+        self.domain = domain
+        self.network = network
+        self.account = api.vault_account(network, "0x" + self.address.hex())
+        self.token = token
+        self.window = auth_window
+        self._held: dict[bytes, _Held] = {}
+        self._channels: dict[bytes, _Entry] = {}
+        self._by_owner: dict[str, set[bytes]] = {}
+        self._balances: dict[str, int] = {}
+        self._credited: set[str] = set()
+        self._withdrawals: dict[str, dict[str, Any]] = {}
+        self._high_water = 0
+        self._consumed: dict[tuple[str, str], int] = {}
+        self._reserved: dict[tuple[str, str], bytes] = {}
+        #: One call at a time: the host calls from its event loop and from threads.
+        self.lock = threading.RLock()
+
+    @classmethod
+    def start(
+        cls, enclave: Enclave, *, domain: PaymentDomain, network: str, token: Eip712Domain,
+        auth_window: int = api.DEFAULT_AUTH_WINDOW,
+    ) -> VaultEnclave:
+        """Run this code in ``enclave``; the host gets only the :class:`VaultEnclave`."""
+        return enclave.start(lambda kernel: VaultEnclave(cls(
+            kernel, domain=domain, network=network, token=token, auth_window=auth_window,
+        )), host_tunnels=True)
+
+    # ---------------------------------------------------------------- ledger
+
+    def balance(self, client: str) -> int:
+        return self._balances.get(address_key(client), 0)
+
+    def _credit(self, client: str, amount: int) -> None:
+        key = address_key(client)
+        self._balances[key] = self._balances.get(key, 0) + amount
+
+    def credit_deposit(self, key: str, client: str, amount: int) -> bool:
+        """A mined transfer of ``amount`` from ``client`` to the vault, reported by the host
+        (trusted: see the module docstring); once per ``key`` (tx hash, log index)."""
+        if amount <= 0 or key in self._credited:
+            return False
+        self._credited.add(key)
+        self._credit(client, amount)
+        return True
+
+    def export_ledger(self) -> bytes:
+        self._prune()
+        record = {
+            "format": _LEDGER_FORMAT,
+            "balances": {k: str(v) for k, v in self._balances.items()},
+            "credited": sorted(self._credited),
+            "channels": {cid.hex(): [e.owner, e.funding, str(e.deposit), e.settled, e.refunded]
+                         for cid, e in self._channels.items()},
+            "withdrawals": self._withdrawals,
+            "highWater": self._high_water,
+        }
+        return self._kernel.seal(_LEDGER_LABEL, jsonbytes.dumps(record))
+
+    def restore_ledger(self, blob: bytes) -> None:
+        """The ledger from :meth:`export_ledger` (only before any channel is loaded)."""
+        if self._held or self._channels or self._balances:
+            raise EnclaveError("out_of_order_call", "restore the ledger first")
+        record = json.loads(self._kernel.unseal(_LEDGER_LABEL, blob))
+        if record.get("format") != _LEDGER_FORMAT:
+            raise EnclaveError("malformed", "not a vault ledger")
+        self._balances = {k: int(v) for k, v in record["balances"].items()}
+        self._credited = set(record["credited"])
+        for cid, e in record["channels"].items():
+            self._enter(bytes.fromhex(cid), _Entry(e[0], e[1], int(e[2]), e[3], bool(e[4])))
+        self._withdrawals = dict(record["withdrawals"])
+        self._high_water = max(self._high_water, int(record["highWater"]))
+
+    # --------------------------------------------------------- signed calls
+
+    def _verify(self, call: SignedCall, method: str, path: str) -> api.Authenticated:
+        if (call.method, call.path) != (method, path):
+            raise EnclaveError("wrong_call", f"not a signed {method} {path}")
+        try:
+            timestamp = int(call.headers[api.TIMESTAMP_HEADER])
+        except (KeyError, ValueError):
+            raise EnclaveError("unauthenticated", "the call is not signed") from None
+        try:  # freshness is judged below, against the newest call seen, not a clock
+            signed = api.verify_request(call.headers, self.account, call.method, call.path,
+                                        call.body, now=timestamp, window=0)
+        except api.AuthError as e:
+            raise EnclaveError(e.reason, e.detail) from None
+        if signed.timestamp < self._high_water - 2 * self.window:
+            raise EnclaveError("stale_call", "signed too long before the newest call seen")
+        return signed
+
+    def _body(self, call: SignedCall) -> Any:
+        try:
+            return json.loads(call.body)
+        except ValueError:
+            raise EnclaveError("bad_request", "the call's body is not JSON") from None
+
+    def _enter(self, channel_id: bytes, entry: _Entry) -> None:
+        self._channels[channel_id] = entry
+        self._by_owner.setdefault(entry.owner, set()).add(channel_id)
+
+    def _missing(self, client: str) -> list[bytes]:
+        horizon = self._high_water - 2 * self.window
+        found = []
+        for cid in self._by_owner.get(client, ()):
+            e = self._channels[cid]
+            if cid not in self._held and (e.settled is None or e.settled >= horizon):
+                found.append(cid)
+        return sorted(found)
+
+    def _prune(self) -> None:
+        horizon = self._high_water - 2 * self.window
+        self._consumed = {k: t for k, t in self._consumed.items() if t >= horizon}
+        for held in self._held.values():
+            held.consumed = {k: t for k, t in held.consumed.items() if t >= horizon}
+
+    # ---------------------------------------------------------------- channels
+
+    def _get(self, channel_id: bytes) -> _Held:
+        held = self._held.get(channel_id)
+        if held is None:
+            raise EnclaveError("unknown_channel", "this enclave runs no such channel")
+        return held
+
+    def _new_channel(self, terms: ChannelTerms, owner: str, funding: str,
+                     lock_timeout: float) -> bytes:
+        if terms.vault != self.address:
+            raise EnclaveError("not_our_channel", "the terms name another vault")
+        channel_id = terms.channel_id(self.domain)
+        self._enter(channel_id, _Entry(owner, funding, terms.deposit))
+        self._held[channel_id] = _Held(
+            VaultChannel(terms, self.domain, self._signer, lock_timeout=lock_timeout),
+            owner, funding)
+        return channel_id
+
+    def approve_pool_channel(self, client: str, terms: ChannelTerms, lock_timeout: float
+                             ) -> bytes:
+        """The vault's approval of ``createASC`` for a pool channel of ``client``, its
+        deposit debited from the client's balance (refused beyond it). Asked again for
+        the same channel: the same approval, debited once."""
+        owner = address_key(client)
+        if terms.client != self.address:
+            raise EnclaveError("not_a_pool_channel", "a pool channel's client is the vault")
+        channel_id = terms.channel_id(self.domain)
+        entry = self._channels.get(channel_id)
+        if entry is None:
+            if terms.deposit > self.balance(owner):
+                raise EnclaveError("insufficient_balance",
+                                   f"{terms.deposit} > balance {self.balance(owner)}")
+            self._balances[owner] = self.balance(owner) - terms.deposit
+            self._new_channel(terms, owner, api.POOL, lock_timeout)
+        elif (entry.owner, entry.funding) != (owner, api.POOL):
+            raise EnclaveError("not_your_channel", "approved for another client")
+        return self._kernel.sign(CHANNEL_APPROVAL, channel_id)
+
+    def approve_wallet_channel(self, terms: ChannelTerms, lock_timeout: float) -> bytes:
+        """The vault's approval of a channel funded from the client's own wallet."""
+        if terms.client == self.address:
+            raise EnclaveError("not_a_wallet_channel", "the client is the vault")
+        channel_id = terms.channel_id(self.domain)
+        entry = self._channels.get(channel_id)
+        if entry is None:
+            self._new_channel(terms, address_key("0x" + terms.client.hex()), api.WALLET,
+                              lock_timeout)
+        elif entry.funding != api.WALLET:
+            raise EnclaveError("not_a_wallet_channel", "approved as a pool channel")
+        return self._kernel.sign(CHANNEL_APPROVAL, channel_id)
+
+    def open_failed(self, channel_id: bytes) -> int:
+        """The host reports that a pool channel never opened: its deposit goes back (once,
+        and only while the channel never carried a request). Returns what was credited."""
+        entry, held = self._channels.get(channel_id), self._held.get(channel_id)
+        if entry is None or entry.funding != api.POOL or entry.refunded:
+            return 0
+        if held is not None and (held.channel.next_request_id > 0
+                                 or held.channel.status is not Status.OPEN):
+            return 0
+        entry.refunded, entry.settled = True, self._high_water
+        self._credit(entry.owner, entry.deposit)
+        if held is not None:
+            held.channel.closed_on_chain()
+        return entry.deposit
+
+    def settled(self, channel_id: bytes, client_payout: int) -> int:
+        """The host reports the channel settled on-chain, paying ``client_payout`` back: for
+        a pool channel, credited to its owner once, at most what the channel's latest state
+        signed here gives the client. Returns what was credited."""
+        entry = self._channels.get(channel_id)
+        held = self._get(channel_id)
+        if entry is None or entry.refunded:
+            return 0
+        entry.refunded, entry.settled = True, self._high_water
+        held.channel.closed_on_chain()
+        if entry.funding != api.POOL:
+            return 0
+        credit = min(client_payout, self._client_cap(held))
+        self._credit(entry.owner, credit)
+        return credit
+
+    def _client_cap(self, held: _Held) -> int:
+        channel = held.channel
+        final = channel.pending_close()
+        return max(channel.state.client_balance,
+                   final.state.client_balance if final is not None else 0)
+
+    def bind_tunnel(self, handle: str, channel_id: bytes) -> bytes:
+        """OPEN's signature: this tunnel speaks for ``channel_id`` (held here)."""
+        self._get(channel_id)
+        return self._kernel.sign(
+            TUNNEL_BINDING, binding_digest(self._kernel.channel_binding(handle), channel_id))
+
+    def force_close(self, channel_id: bytes) -> tuple[SignedState, bytes]:
+        """The latest co-signed state and the vault's order to force-close with it."""
+        latest = self._get(channel_id).channel.latest_state()
+        digest = force_close_digest(self.domain, channel_id, latest.state.version)
+        return latest, self._kernel.sign(FORCE_CLOSE, digest)
+
+    # -- one channel's machine, for the host's proxy --------------------------------
+
+    def request(self, channel_id: bytes, call: SignedCall, amount: int, now: float) -> Exec:
+        """Step ①, for a call the channel's owner signed (see the module docstring)."""
+        held = self._get(channel_id)
+        signed = self._verify(call, "POST", INVOKE_PATH)
+        client = address_key(signed.client)
+        if client != held.owner:
+            raise EnclaveError("not_your_channel", "the channel serves another client")
+        key = (client, signed.nonce)
+        if key in self._consumed:
+            raise EnclaveError("replayed_call", "this signed call has paid already")
+        if self._reserved.get(key, channel_id) != channel_id:
+            raise EnclaveError("replayed_call", "this signed call is paying elsewhere")
+        missing = self._missing(client)
+        if missing:
+            raise ChannelsNeeded(missing)
+        try:
+            invoke = api.InvokeRequest.from_json(self._body(call))
+        except ValueError as e:
+            raise EnclaveError("bad_request", str(e)) from None
+        if invoke.max_price < amount:
+            raise EnclaveError("price_above_maximum",
+                               f"{amount} > the call's maximum {invoke.max_price}")
+        exec_ = held.channel.request(paid_request(invoke).encode(), amount, now=now)
+        held.call = _Binding(client, signed.nonce, signed.timestamp)
+        self._reserved[key] = channel_id
+        self._high_water = max(self._high_water, signed.timestamp)
+        return exec_
+
+    def _release(self, held: _Held) -> None:
+        if held.call is not None:
+            self._reserved.pop((held.call.client, held.call.nonce), None)
+            held.call = None
+
+    def _after(self, held: _Held, step: Step) -> Step:
+        for event in step.events:
+            if isinstance(event, PaymentAuthorized) and held.call is not None:
+                key = (held.call.client, held.call.nonce)
+                held.consumed[key] = self._consumed[key] = held.call.timestamp
+            elif isinstance(event, RequestExpired | ResultDelivered):
+                self._release(held)
+        return step
+
+    def receive(self, channel_id: bytes, message: AscMessage, now: float) -> Step:
+        held = self._get(channel_id)
+        if isinstance(message, Reply):
+            call = held.call
+            if held.channel.status is Status.LOCKED and call is None:
+                raise LocalProtocolError(Reason.NOT_ALLOWED, "no signed call for this request")
+            if call is not None and (call.client, call.nonce) in self._consumed:
+                raise LocalProtocolError(Reason.NOT_ALLOWED, "this signed call has paid already")
+        return self._after(held, held.channel.receive(message, now=now))
+
+    def poll(self, channel_id: bytes, now: float) -> Step:
+        held = self._get(channel_id)
+        return self._after(held, held.channel.poll(now=now))
+
+    def abandon(self, channel_id: bytes) -> Step:
+        held = self._get(channel_id)
+        return self._after(held, held.channel.abandon())
+
+    def close(self, channel_id: bytes) -> Close:
+        return self._get(channel_id).channel.close()
+
+    def closed_on_chain(self, channel_id: bytes) -> None:
+        held = self._get(channel_id)
+        held.channel.closed_on_chain()
+
+    def provider_force_closed(self, channel_id: bytes, request_id: int, signature: bytes
+                              ) -> Step:
+        held = self._get(channel_id)
+        return self._after(held, held.channel.provider_force_closed(request_id, signature))
+
+    # -- persistence --------------------------------------------------------------
+
+    @staticmethod
+    def _label(channel_id: bytes) -> str:
+        return f"a402/vault-channel/{channel_id.hex()}"
+
+    def export(self, channel_id: bytes) -> bytes:
+        """The channel's state, sealed (the host's ``unseal`` cannot open it)."""
+        held = self._get(channel_id)
+        horizon = self._high_water - 2 * self.window
+        call = held.call
+        record = {
+            "format": _CHANNEL_FORMAT,
+            "channel": held.channel.snapshot().decode(),
+            "owner": held.owner, "funding": held.funding,
+            "call": None if call is None else [call.client, call.nonce, call.timestamp],
+            "consumed": [[c, n, t] for (c, n), t in held.consumed.items() if t >= horizon],
+            # What pruned ``consumed``: restored with it, so a pruned nonce stays stale.
+            "highWater": self._high_water,
+        }
+        return self._kernel.seal(self._label(channel_id), jsonbytes.dumps(record))
+
+    def restore(self, channel_id: bytes, blob: bytes) -> None:
+        """Run a channel again from :meth:`export` (a no-op if it runs already)."""
+        if channel_id in self._held:
+            return
+        try:
+            record = json.loads(self._kernel.unseal(self._label(channel_id), blob))
+            if record.get("format") != _CHANNEL_FORMAT:
+                raise ValueError("not a vault channel record")
+            channel = VaultChannel.restore(record["channel"].encode(), self._signer)
+        except (ValueError, KeyError) as e:
+            raise EnclaveError("malformed", str(e)) from None
+        if channel.channel_id != channel_id:
+            raise EnclaveError("malformed", "the record is for another channel")
+        held = _Held(channel, record["owner"], record["funding"])
+        call = record["call"]
+        if call is not None:
+            held.call = _Binding(call[0], call[1], int(call[2]))
+            self._reserved[(call[0], call[1])] = channel_id
+        self._high_water = max(self._high_water, int(record["highWater"]))
+        for client, nonce, timestamp in record["consumed"]:
+            held.consumed[(client, nonce)] = self._consumed[(client, nonce)] = int(timestamp)
+            self._high_water = max(self._high_water, int(timestamp))
+        self._held[channel_id] = held
+        if channel_id not in self._channels:
+            self._enter(channel_id, _Entry(held.owner, held.funding, channel.terms.deposit))
+
+    def forget(self, channel_id: bytes) -> None:
+        """Unload a settled channel (its record stays with the host)."""
+        held = self._held.get(channel_id)
+        if held is not None and held.channel.status is Status.CLOSED:
+            self.unload(channel_id)
+
+    def unload(self, channel_id: bytes) -> None:
+        """Drop the running machine; it runs again from the record the host restores (the
+        host could not store the last one). The nonces it consumed stay consumed."""
+        held = self._held.pop(channel_id, None)
+        if held is not None:
+            self._release(held)
+
+    # ---------------------------------------------------------------- withdrawals
+
+    def withdraw(self, call: SignedCall, *, now: int) -> Withdrawal:
+        """An EIP-3009 transfer from the vault for a client-signed withdrawal, debited once
+        per idempotency key; asked again, the same transfer (same nonce) signed again,
+        valid ``WITHDRAWAL_VALIDITY`` seconds from ``now``."""
+        signed = self._verify(call, "POST", WITHDRAW_PATH)
+        client = address_key(signed.client)
+        body = self._body(call)
+        try:
+            if not isinstance(body, dict):
+                raise ValueError("the body is a JSON object")
+            amount = api.parse_amount(body.get("amount"), "amount")
+            idem = body.get("idempotencyKey")
+            to = address_key(body.get("to") or client)
+        except (ValueError, TypeError) as e:
+            raise EnclaveError("bad_request", str(e)) from None
+        if not isinstance(idem, str) or not 1 <= len(idem) <= 128 or amount <= 0:
+            raise EnclaveError("bad_request", "a positive amount and an idempotencyKey")
+        key = f"{client}:{idem}"
+        record = self._withdrawals.get(key)
+        if record is None:
+            if amount > self.balance(client):
+                raise EnclaveError("insufficient_balance",
+                                   f"{amount} > balance {self.balance(client)}")
+            self._balances[client] = self.balance(client) - amount
+            record = {"to": to, "value": str(amount), "nonce": os.urandom(32).hex()}
+            self._withdrawals[key] = record
+        elif (record["to"], int(record["value"])) != (to, amount):
+            raise EnclaveError("idempotency_key_reused", "this key named another withdrawal")
+        return self._sign_withdrawal(key, now)
+
+    def withdrawal_again(self, key: str, *, now: int) -> Withdrawal:
+        """The transfer of a withdrawal already debited, signed again (same EIP-3009 nonce:
+        of all its signatures at most one can transfer)."""
+        if key not in self._withdrawals:
+            raise EnclaveError("unknown_withdrawal", "no such withdrawal was signed")
+        return self._sign_withdrawal(key, now)
+
+    def _sign_withdrawal(self, key: str, now: int) -> Withdrawal:
+        record = self._withdrawals[key]
+        amount = int(record["value"])
+        nonce = bytes.fromhex(record["nonce"])
+        valid_before = now + WITHDRAWAL_VALIDITY
+        source = "0x" + self.address.hex()
+        authorization = Authorization.model_validate({
+            "from": source, "to": record["to"], "value": record["value"], "validAfter": "0",
+            "validBefore": str(valid_before), "nonce": "0x" + nonce.hex()})
+        signature = self._kernel.sign(TOKEN_AUTHORIZATION,
+                                      eip3009_digest(self.token, authorization))
+        return Withdrawal(key, source, record["to"], amount, 0, valid_before, nonce, signature)
+
+    def collect_order(self, amount: int, nonce: int, deadline: int) -> bytes:
+        """The manager's ``A402Withdrawal`` order for what it owes the vault (payouts its
+        token refused), paid to the vault itself and nowhere else."""
+        struct = keccak(WITHDRAWAL_TYPEHASH + bytes(12) + self.address + bytes(12) + self.address
+                        + amount.to_bytes(32, "big") + nonce.to_bytes(32, "big")
+                        + deadline.to_bytes(32, "big"))
+        return self._kernel.sign(TOKEN_AUTHORIZATION,
+                                 keccak(b"\x19\x01" + self.domain.separator + struct))
+
+    def permit(self, spender: str, value: int, nonce: int, deadline: int) -> bytes:
+        """EIP-2612 permit from the vault, to the configured ASCManager only."""
+        if address_key(spender) != address_key("0x" + self.domain.verifying_contract.hex()):
+            raise EnclaveError("spender_not_allowed", "the vault permits only its ASCManager")
+        digest = permit_digest(
+            token_name=self.token.name, token_version=self.token.version,
+            chain_id=self.token.chain_id, token=self.token.verifying_contract,
+            owner=self.address, spender=spender, value=value, nonce=nonce, deadline=deadline)
+        return self._kernel.sign(TOKEN_AUTHORIZATION, digest)
+
+
+# ------------------------------------------------------------ what the host sees
+
+
+class EnclaveChannel:
+    """One channel's machine as the host sees it: the sans-IO surface of
+    :class:`~a402.asc.VaultChannel`, forwarded into the enclave. Signing happens there."""
+
+    __slots__ = ("_code", "channel_id", "domain", "lock_timeout", "terms")
+
+    def __init__(self, code: VaultEnclaveCode, channel_id: bytes) -> None:
+        self._code = code
+        channel = code._get(channel_id).channel
+        self.channel_id = channel_id
+        self.terms = channel.terms
+        self.domain = channel.domain
+        self.lock_timeout = channel.lock_timeout
+
+    @property
+    def _machine(self) -> VaultChannel:
+        return self._code._get(self.channel_id).channel
+
+    @property
+    def owner(self) -> str:
+        return self._code._get(self.channel_id).owner
+
+    @property
+    def status(self) -> Status:
+        return self._machine.status
+
+    @property
+    def version(self) -> int:
+        return self._machine.version
+
+    @property
+    def next_request_id(self) -> int:
+        return self._machine.next_request_id
+
+    @property
+    def free(self) -> int:
+        return self._machine.free
+
+    @property
+    def locked(self) -> int:
+        return self._machine.locked
+
+    @property
+    def provider_balance(self) -> int:
+        return self._machine.provider_balance
+
+    @property
+    def state(self) -> BalanceState:
+        return self._machine.state
+
+    def latest_state(self) -> SignedState:
+        return self._machine.latest_state()
+
+    def request(self, call: SignedCall, amount: int, *, now: float) -> Exec:
+        with self._code.lock:
+            return self._code.request(self.channel_id, call, amount, now)
+
+    def receive(self, message: AscMessage, *, now: float) -> Step:
+        with self._code.lock:
+            return self._code.receive(self.channel_id, message, now)
+
+    def poll(self, *, now: float) -> Step:
+        with self._code.lock:
+            return self._code.poll(self.channel_id, now)
+
+    def abandon(self) -> Step:
+        with self._code.lock:
+            return self._code.abandon(self.channel_id)
+
+    def close(self) -> Close:
+        with self._code.lock:
+            return self._code.close(self.channel_id)
+
+    def closed_on_chain(self) -> None:
+        with self._code.lock:
+            self._code.closed_on_chain(self.channel_id)
+
+    def provider_force_closed(self, request_id: int, signature: bytes) -> Step:
+        with self._code.lock:
+            return self._code.provider_force_closed(self.channel_id, request_id, signature)
+
+    def pending_exec(self) -> Exec | None:
+        return self._machine.pending_exec()
+
+    def pending_request(self) -> tuple[int, int, bytes] | None:
+        return self._machine.pending_request()
+
+    def pending_reply(self) -> Reply | None:
+        return self._machine.pending_reply()
+
+    def pending_auth(self) -> Auth | None:
+        return self._machine.pending_auth()
+
+    def pending_close(self) -> Close | None:
+        return self._machine.pending_close()
+
+    def last_reveal(self) -> Reveal | None:
+        return self._machine.last_reveal()
+
+    def last_ack(self) -> Ack | None:
+        return self._machine.last_ack()
+
+    def snapshot(self) -> bytes:
+        """The channel's record, sealed for the enclave's code alone."""
+        with self._code.lock:
+            return self._code.export(self.channel_id)
+
+
+class VaultEnclave:
+    """The vault enclave as its host sees it, once its code runs.
+
+    Not offered, on purpose: signing a digest, a channel's machine or its keys,
+    unsealed records. See the module docstring for what each call checks.
+    """
+
+    __slots__ = ("_code",)
+
+    def __init__(self, code: VaultEnclaveCode) -> None:
+        self._code = code
+
+    @property
+    def address(self) -> bytes:
+        """The vault's 20-byte Ethereum address (the attested key's)."""
+        return self._code.address
+
+    @property
+    def checksum_address(self) -> str:
+        return to_checksum(self._code.address)
+
+    @property
+    def account(self) -> str:
+        """The CAIP-10 account clients sign their calls for."""
+        return self._code.account
+
+    def balance(self, client: str) -> int:
+        with self._code.lock:
+            return self._code.balance(client)
+
+    def credit_deposit(self, key: str, client: str, amount: int) -> bool:
+        with self._code.lock:
+            return self._code.credit_deposit(key, client, amount)
+
+    def export_ledger(self) -> bytes:
+        with self._code.lock:
+            return self._code.export_ledger()
+
+    def restore_ledger(self, blob: bytes) -> None:
+        with self._code.lock:
+            self._code.restore_ledger(blob)
+
+    def approve_pool_channel(self, client: str, terms: ChannelTerms, lock_timeout: float
+                             ) -> bytes:
+        with self._code.lock:
+            return self._code.approve_pool_channel(client, terms, lock_timeout)
+
+    def approve_wallet_channel(self, terms: ChannelTerms, lock_timeout: float) -> bytes:
+        with self._code.lock:
+            return self._code.approve_wallet_channel(terms, lock_timeout)
+
+    def open_failed(self, channel_id: bytes) -> int:
+        with self._code.lock:
+            return self._code.open_failed(channel_id)
+
+    def settled(self, channel_id: bytes, client_payout: int) -> int:
+        with self._code.lock:
+            return self._code.settled(channel_id, client_payout)
+
+    def channel(self, channel_id: bytes) -> EnclaveChannel | None:
+        if channel_id not in self._code._held:
+            return None
+        return EnclaveChannel(self._code, channel_id)
+
+    def restore(self, channel_id: bytes, blob: bytes) -> EnclaveChannel:
+        with self._code.lock:
+            self._code.restore(channel_id, blob)
+        return EnclaveChannel(self._code, channel_id)
+
+    def missing(self, client: str) -> list[bytes]:
+        """The channels of ``client`` to restore before its next paid call."""
+        with self._code.lock:
+            return self._code._missing(address_key(client))
+
+    def withdrawal_again(self, key: str, *, now: int) -> Withdrawal:
+        with self._code.lock:
+            return self._code.withdrawal_again(key, now=now)
+
+    def forget(self, channel_id: bytes) -> None:
+        with self._code.lock:
+            self._code.forget(channel_id)
+
+    def unload(self, channel_id: bytes) -> None:
+        with self._code.lock:
+            self._code.unload(channel_id)
+
+    def bind_tunnel(self, handle: str, channel_id: bytes) -> bytes:
+        with self._code.lock:
+            return self._code.bind_tunnel(handle, channel_id)
+
+    def force_close(self, channel_id: bytes) -> tuple[SignedState, bytes]:
+        with self._code.lock:
+            return self._code.force_close(channel_id)
+
+    def withdraw(self, call: SignedCall, *, now: int) -> Withdrawal:
+        with self._code.lock:
+            return self._code.withdraw(call, now=now)
+
+    def collect_order(self, amount: int, nonce: int, deadline: int) -> bytes:
+        with self._code.lock:
+            return self._code.collect_order(amount, nonce, deadline)
+
+    def permit(self, spender: str, value: int, nonce: int, deadline: int) -> bytes:
+        with self._code.lock:
+            return self._code.permit(spender, value, nonce, deadline)
+
+
+__all__ = [
+    "INVOKE_PATH",
+    "WITHDRAW_PATH",
+    "ChannelsNeeded",
+    "EnclaveChannel",
+    "SignedCall",
+    "VaultEnclave",
+    "VaultEnclaveCode",
+    "Withdrawal",
+    "paid_request",
+    "path_and_query",
+    "request_headers",
+]
