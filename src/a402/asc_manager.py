@@ -380,11 +380,22 @@ class ASCManager:
 
     # -- reading ---------------------------------------------------------------
 
-    def channel(self, channel_id: bytes) -> OnChainChannel:
+    def channel(self, channel_id: bytes, block: int | None = None) -> OnChainChannel:
+        """The channel's on-chain record, as of block number ``block`` (the latest: None)."""
         status, deadline, version, provider_balance = self.contract.functions.channel(
             channel_id
-        ).call()
+        ).call(block_identifier="latest" if block is None else block)
         return OnChainChannel(OnChainStatus(status), deadline, version, provider_balance)
+
+    def channel_at_head(self, channel_id: bytes) -> tuple[OnChainChannel, int]:
+        """The channel's record and the timestamp of the same block, read together: a
+        channel NONE in a block stamped after an approval's deadline can never open."""
+        head = self.chain.w3.eth.get_block("latest")
+        return self.channel(channel_id, int(head["number"])), int(head["timestamp"])
+
+    def chain_time(self) -> int:
+        """The latest block's timestamp: the clock the contract's deadlines are read on."""
+        return int(self.chain.w3.eth.get_block("latest")["timestamp"])
 
     def signatures_from_logs(self, receipt: TxReceipt) -> list[PublishedSignature]:
         """``(e, s)`` from the ``ProviderForceClosed`` logs of a receipt.
