@@ -83,7 +83,8 @@ Trust limits (stated in the README too). The enclave cannot see the chain: it
 credits deposits the host reports (deduplicated by ``(tx hash, log index)``),
 refunds of pool channels the host reports (capped at what the channel's latest
 signed state gives the client, once per channel), and gives back the deposit
-of a pool channel the host reports as never opened. A host that lies about
+of a pool channel the host reports as never opened (only once its clock is past
+every approval's deadline, see above). A host that lies about
 mined transfers can inflate a balance. Sealed state has no rollback protection
 (:mod:`a402.tee.sealing`): a host that restores an older ledger or channel
 record can replay what that record had not yet seen. Which provider serves a

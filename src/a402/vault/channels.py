@@ -12,6 +12,13 @@ meet. Two rules carry the safety argument:
   ``createASC`` is signed; the transaction is journaled before it is
   broadcast (:mod:`a402.vault.txjournal`); a channel that never opens gives
   the deposit back. Settlement credits what the chain paid back, once.
+* **The chain says whether a channel opened** (:meth:`Channels.settle_open`),
+  never our own receipt: anyone may send a copy of our ``createASC`` (or of
+  the enclave's approval in it) first, and then ours reverts although the
+  channel is open. A channel is FAILED, and its pool deposit given back, only
+  once the manager's record shows it unopened in a block stamped after the
+  enclave's last approval to open it lapsed (``A402Open(id, deadline)``);
+  until then it stays OPENING, since that approval could still be mined.
 
 Keys. The vault's address is its enclave's attested key
 (:mod:`a402.vault_enclave`): every channel's ``vault``, the pool's owner, the
@@ -19,7 +26,8 @@ signer of every approval, state and σ_U. The enclave's code holds the
 channels' machines (the host drives :class:`~a402.vault_enclave.EnclaveChannel`
 proxies) and the clients' balances, and approves each channel it opens. The
 host's ``account`` only pays gas: it sends ``createASC`` with the enclave's
-approval, ``closeASC`` with the co-signed final state.
+approval (dated from the chain's latest block time, lapsing a few minutes
+later), ``closeASC`` with the co-signed final state.
 
 Funding. ``pool``: the vault's own address is the channel's on-chain client
 (``createASC`` from the pooled deposits, which the manager may pull by the
