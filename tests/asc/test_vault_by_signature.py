@@ -27,6 +27,7 @@ import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3.exceptions import ContractCustomError
+from web3.types import RPCEndpoint
 
 from a402.asc import (
     BalanceState,
@@ -217,7 +218,7 @@ def test_the_vaults_open_approval_holds_through_its_deadline_and_not_a_second_af
     # The deadline itself is still good: block.timestamp <= deadline.
     last_second = vault_approval(on_time, deadline=now(asc_chain) + 5)
     asc_chain.w3.provider.make_request(
-        "evm_setNextBlockTimestamp", [last_second["vault_deadline"]])
+        RPCEndpoint("evm_setNextBlockTimestamp"), [last_second["vault_deadline"]])
     receipt = manager.create(gas_payer, on_time.terms, consents[1], **last_second)
     mined_at = asc_chain.w3.eth.get_block(receipt["blockNumber"])["timestamp"]
     assert mined_at == last_second["vault_deadline"]
