@@ -73,13 +73,15 @@ def test_a_copy_of_the_gas_payers_open_lands_first_and_the_channel_is_open_with_
 
 
 def test_a_withheld_open_keeps_the_debit_until_its_approval_lapses_and_then_cannot_be_replayed(
-    world: World, monkeypatch: pytest.MonkeyPatch,
+    private_world: World, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The host never sends the open (it withholds it, or its send failed): the approval may
     still be mined by whoever holds it, so the client's deposit stays debited while it is
     good. Once the chain is past its deadline with the id unopened, the worker marks the
     channel FAILED and the deposit comes back (store and enclave); the withheld call,
-    replayed now, is refused by the contract."""
+    replayed now, is refused by the contract. (An anvil of its own: the test moves its
+    clock.)"""
+    world = private_world
     monkeypatch.setattr(worker_module, "_OPENING_GRACE", 0.0)
     provider = world.provider()
     escrow = world.balance(world.manager.address)
