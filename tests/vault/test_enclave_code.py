@@ -20,7 +20,15 @@ import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from a402.asc import Auth, ChannelTerms, ProviderChannel, Reason, Status, force_close_digest
+from a402.asc import (
+    Auth,
+    ChannelTerms,
+    ProviderChannel,
+    Reason,
+    Status,
+    force_close_digest,
+    open_approval_digest,
+)
 from a402.asc.errors import ASCError
 from a402.crypto import EVM, EcdsaSigner, PaymentDomain
 from a402.crypto.authorization import recover_signer
@@ -28,7 +36,9 @@ from a402.evm.address import address_key
 from a402.exact.eip3009 import Eip712Domain
 from a402.tee import Enclave, EnclaveError, SealingError, SimulatedPlatform
 from a402.vault_enclave import (
+    FORCE_CLOSE_LIFETIME,
     INVOKE_PATH,
+    OPEN_APPROVAL_LIFETIME,
     WITHDRAW_PATH,
     ChannelsNeeded,
     SignedCall,
@@ -44,6 +54,8 @@ DOMAIN = PaymentDomain(31337, MANAGER)
 TOKEN = Eip712Domain("USD Coin", "2", 31337, "0xe7f1725e7734ce288f8367e1bb143e90bb3f0512")
 NETWORK = "eip155:31337"
 PRICE = 1_000
+#: The chain time the host reports to the enclave in these tests.
+NOW = 1_700_000_000
 
 
 @dataclass
@@ -80,7 +92,7 @@ def call(vault: VaultEnclave, client: LocalAccount, *, max_price: int = PRICE,
 def pool_channel(s: Setup, client: LocalAccount, deposit: int = 10 * PRICE) -> ChannelTerms:
     terms = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
                          s.schnorr.public_key, deposit, os.urandom(32))
-    s.vault.approve_pool_channel(client.address, terms, lock_timeout=10.0)
+    s.vault.approve_pool_channel(client.address, terms, lock_timeout=10.0, now=NOW)
     return terms
 
 
@@ -261,7 +273,7 @@ def test_no_pool_channel_beyond_the_clients_balance(setup: Setup) -> None:
     foreign = ChannelTerms(s.vault.address, "0x" + "22" * 20, s.provider.address,
                            s.schnorr.public_key, PRICE, os.urandom(32))
     with pytest.raises(EnclaveError, match="not_our_channel"):
-        s.vault.approve_pool_channel(alice.address, foreign, lock_timeout=10.0)
+        s.vault.approve_pool_channel(alice.address, foreign, lock_timeout=10.0, now=NOW)
 
 
 def test_deposits_count_once_and_refunds_at_most_the_signed_state(setup: Setup) -> None:
@@ -320,10 +332,60 @@ def test_a_force_close_order_only_for_the_latest_co_signed_state(setup: Setup) -
     alice = funded(s)
     terms = pool_channel(s, alice)
     pay(s, terms, provider_side(s, terms), call(s.vault, alice))
-    latest, signature = s.vault.force_close(terms.channel_id(DOMAIN))
+    latest, order = s.vault.force_close(terms.channel_id(DOMAIN), now=NOW)
     assert latest.state.version == 1 and latest.state.provider_balance == PRICE
-    digest = force_close_digest(DOMAIN, terms.channel_id(DOMAIN), 1)
-    assert recover_signer(digest, signature) == s.vault.address
+    deadline = NOW + FORCE_CLOSE_LIFETIME  # the order lapses: a withheld one cannot be used later
+    assert order[65:] == deadline.to_bytes(32, "big")
+    digest = force_close_digest(DOMAIN, terms.channel_id(DOMAIN), 1, deadline)
+    assert recover_signer(digest, order[:65]) == s.vault.address
+
+
+def test_an_open_approval_lapses_and_a_pool_debit_comes_back_only_after_it_has(
+    setup: Setup,
+) -> None:
+    """Review F1/F2: a failed open's approval stays usable until its deadline, so the debit
+    may come back only after it (the host's word that the chain shows the id unopened is
+    not enough before), and a channel whose debit came back is never approved again."""
+    s = setup
+    alice = funded(s, 10 * PRICE)
+    terms = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
+                         s.schnorr.public_key, 4 * PRICE, os.urandom(32))
+    cid = terms.channel_id(DOMAIN)
+    approval = s.vault.approve_pool_channel(alice.address, terms, lock_timeout=10.0, now=NOW)
+    assert approval.deadline == NOW + OPEN_APPROVAL_LIFETIME == s.vault.approved_until(cid)
+    assert recover_signer(open_approval_digest(DOMAIN, cid, approval.deadline),
+                          approval.signature) == s.vault.address
+    assert approval.calldata == approval.signature + approval.deadline.to_bytes(32, "big")
+    assert s.vault.balance(alice.address) == 6 * PRICE
+    # Asked again (a retry): a fresh deadline, the deposit debited once.
+    again = s.vault.approve_pool_channel(alice.address, terms, lock_timeout=10.0, now=NOW + 10)
+    assert again.deadline == NOW + 10 + OPEN_APPROVAL_LIFETIME == s.vault.approved_until(cid)
+    assert s.vault.balance(alice.address) == 6 * PRICE
+    # Up to the last approval's deadline, nothing comes back, whatever the host says.
+    assert s.vault.open_failed(cid, now=again.deadline) == 0
+    assert s.vault.balance(alice.address) == 6 * PRICE
+    # Past it, once.
+    assert s.vault.open_failed(cid, now=again.deadline + 1) == 4 * PRICE
+    assert s.vault.open_failed(cid, now=again.deadline + 2) == 0
+    assert s.vault.balance(alice.address) == 10 * PRICE
+    with pytest.raises(EnclaveError, match="written_off"):
+        s.vault.approve_pool_channel(alice.address, terms, lock_timeout=10.0, now=NOW + 1_000)
+    assert s.vault.balance(alice.address) == 10 * PRICE
+
+
+def test_the_enclaves_clock_never_goes_back(setup: Setup) -> None:
+    """A host that once reported a later time cannot then date an approval earlier (and so
+    get its debit back sooner): deadlines follow the latest time it ever reported."""
+    s = setup
+    alice = funded(s, 10 * PRICE)
+    first = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
+                         s.schnorr.public_key, PRICE, os.urandom(32))
+    s.vault.approve_pool_channel(alice.address, first, lock_timeout=10.0, now=NOW + 5_000)
+    second = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
+                          s.schnorr.public_key, PRICE, os.urandom(32))
+    approval = s.vault.approve_pool_channel(alice.address, second, lock_timeout=10.0, now=NOW)
+    assert approval.deadline == NOW + 5_000 + OPEN_APPROVAL_LIFETIME
+    assert s.vault.open_failed(second.channel_id(DOMAIN), now=NOW) == 0
 
 
 def test_the_machine_signs_only_its_own_states(setup: Setup) -> None:
