@@ -72,7 +72,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 from eth_utils import event_abi_to_log_topic
@@ -122,6 +122,7 @@ from a402.wire.a402 import (
 from a402.wire.transport import FrameRefused, LinkDown, UnknownTunnel
 
 from .link import BadInfo, HttpLink, Mode, ProviderLink
+from .store import Claim
 
 log = logging.getLogger("a402.vault.tunnel")
 
@@ -166,6 +167,33 @@ class CheckpointReason(StrEnum):
     FORCE_CLOSED = "force_closed"  # the provider settled on-chain; t extracted
 
 
+class CallRecord(Protocol):
+    """The call a channel's request pays for, as that request's checkpoints record it.
+
+    The tunnel hands it, untouched, to every checkpoint of the request it was given
+    with (:meth:`ProviderTunnel.request`, :meth:`~ProviderTunnel.resume`); the
+    writer (:meth:`Channels.persist <a402.vault.channels.Channels.persist>`)
+    records the call's progress from it in the checkpoint's own transaction. The
+    vault's is :class:`~a402.vault.call.PaidCall` (or, for a call the worker
+    finishes, :class:`~a402.vault.call.ResumedCall`).
+    """
+
+    @property
+    def key(self) -> str:
+        """The call's record (the store's request key)."""
+        ...
+
+    @property
+    def claim(self) -> Claim | None:
+        """The call's claim while it is not recorded: written with the LOCKED checkpoint."""
+        ...
+
+    def final(self, paid: PaidResponse) -> dict[str, Any] | None:
+        """The call's final record once ``paid``, written with the DELIVERED checkpoint;
+        ``None``: recorded afterwards, on its own."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     """One durable step of a vault channel.
@@ -196,17 +224,19 @@ class Checkpoint:
     #: ...and the paid response, so that the writer may record the call's answer in the
     #: same transaction (one commit fewer per paid request).
     paid: PaidResponse | None = None
+    #: The call the channel's request pays for (None: no request, or a bare use).
+    call: CallRecord | None = None
 
     @classmethod
     def of(cls, channel: AnyChannel, reason: CheckpointReason,
-           paid: PaidResponse | None = None) -> Checkpoint:
+           paid: PaidResponse | None = None, call: CallRecord | None = None) -> Checkpoint:
         reply = channel.pending_reply() if reason is CheckpointReason.AUTHORIZED else None
         reveal = channel.last_reveal() if reason is CheckpointReason.DELIVERED else None
         return cls(
             channel.channel_id, reason, channel.status, channel.version,
             channel.next_request_id, channel.free, channel.locked, channel.provider_balance,
             channel.snapshot(), reply, None if reveal is None else reveal.adaptor_secret,
-            None if reveal is None else channel.latest_state(), paid,
+            None if reveal is None else channel.latest_state(), paid, call,
         )
 
 
@@ -509,12 +539,13 @@ class ProviderTunnel:
 
     async def request(
         self, channel: AnyChannel, request: HttpRequest | SignedCall, amount: int, *,
-        wait: bool = True,
+        wait: bool = True, call: CallRecord | None = None,
     ) -> PaidResponse:
         """Pay ``amount`` for ``request`` through ``channel``; the result and its receipt.
 
         An enclave channel takes the client's signed call (the enclave builds the paid
         request from it); a bare :class:`~a402.asc.VaultChannel` the request itself.
+        ``call`` rides on every checkpoint of this request (see :class:`CallRecord`).
 
         Raises :class:`ProviderRefused` / :class:`ProtocolViolation` /
         :class:`ProviderUnavailable` when nothing was paid, :class:`PaymentPending`
@@ -534,17 +565,19 @@ class ProviderTunnel:
                     raise TypeError("a bare channel takes the HTTP request")
                 exec_ = channel.request(request.encode(), amount, now=self.clock())
             raw = exec_.request
-            await self._persist(channel, CheckpointReason.LOCKED)
+            await self._persist(channel, CheckpointReason.LOCKED, call=call)
             # The previous request's ACK, if still unsent, rides on this EXEC (ASC_ACKED).
-            return await self._drive(channel, exec_.encode(), raw,
+            return await self._drive(channel, exec_.encode(), raw, call,
                                      ack=self._unacked.pop(channel.channel_id, None))
 
-    async def resume(self, channel: AnyChannel) -> PaidResponse | None:
+    async def resume(self, channel: AnyChannel, *,
+                     call: CallRecord | None = None) -> PaidResponse | None:
         """Finish whatever ``channel`` was doing (after a restart or a :class:`PaymentPending`).
 
         LOCKED: re-sends EXEC (answered from the provider's record); PENDING:
         re-sends AUTH and waits for REVEAL; an unsent ACK or CLOSE is re-sent.
-        Returns the paid response if a request completed.
+        Returns the paid response if a request completed. ``call``: the call the
+        channel's request pays for, for its checkpoints.
         """
         async with self._lock(channel):
             last_ack = channel.last_ack()  # may have been riding on the EXEC in flight
@@ -552,22 +585,24 @@ class ProviderTunnel:
                 channel.poll(now=self.clock())
                 exec_ = channel.pending_exec()
                 if exec_ is None:  # Δ_lock passed meanwhile
-                    await self._persist(channel, CheckpointReason.EXPIRED)
+                    await self._persist(channel, CheckpointReason.EXPIRED, call=call)
                     if last_ack is not None:
                         self._owe_ack(channel, last_ack)
                     return None
-                return await self._drive(channel, exec_.encode(), exec_.request, ack=last_ack)
+                return await self._drive(channel, exec_.encode(), exec_.request, call,
+                                         ack=last_ack)
             if channel.status is Status.PENDING:
                 pending, auth = channel.pending_request(), channel.pending_auth()
                 assert pending is not None and auth is not None
-                return await self._settle(channel, auth.encode(), pending[2])
+                return await self._settle(channel, auth.encode(), pending[2], call)
             if last_ack is not None and channel.status is Status.OPEN:
                 self._unacked.setdefault(channel.channel_id, last_ack)
             await self._flush_ack(channel.channel_id)
             return None
 
     async def _drive(
-        self, channel: AnyChannel, exec_bytes: bytes, raw: bytes, *, ack: Ack | None = None
+        self, channel: AnyChannel, exec_bytes: bytes, raw: bytes, call: CallRecord | None, *,
+        ack: Ack | None = None,
     ) -> PaidResponse:
         """From EXEC sent to the end: REPLY checked, AUTH, then :meth:`_settle`."""
         try:
@@ -575,19 +610,20 @@ class ProviderTunnel:
         except Exception as e:  # no σ_U exists yet: releasing δ is safe whatever went wrong
             if ack is not None:  # maybe not delivered: send it again (a repeat is harmless)
                 self._owe_ack(channel, ack)
-            await self._give_up(channel)
+            await self._give_up(channel, call)
             if isinstance(e, ProviderRefused) and e.reason == Reason.REQUEST_IN_FLIGHT:
                 await self._ack_now(channel)
             raise
         try:
             step = channel.receive(reply, now=self.clock())
         except RemoteProtocolError as e:
-            await self._give_up(channel)
+            await self._give_up(channel, call)
             raise ProtocolViolation(e.reason, e.detail) from None
-        await self._persist(channel, CheckpointReason.AUTHORIZED)
-        return await self._settle(channel, step.send[0].encode(), raw)
+        await self._persist(channel, CheckpointReason.AUTHORIZED, call=call)
+        return await self._settle(channel, step.send[0].encode(), raw, call)
 
-    async def _settle(self, channel: AnyChannel, auth_bytes: bytes, raw: bytes) -> PaidResponse:
+    async def _settle(self, channel: AnyChannel, auth_bytes: bytes, raw: bytes,
+                      call: CallRecord | None) -> PaidResponse:
         """AUTH sent, REVEAL checked, result opened, ACK sent."""
         pending = channel.pending_request()
         assert pending is not None
@@ -608,7 +644,7 @@ class ProviderTunnel:
                          receipt=channel.latest_state())
         except (ResultMismatch, ProtocolViolation) as e:  # paid all the same: raised below
             failure = e
-        await self._persist(channel, CheckpointReason.DELIVERED, paid)
+        await self._persist(channel, CheckpointReason.DELIVERED, paid, call)
         # The result is ours: the ACK rides on this channel's next EXEC, or goes out on its
         # own after ``ack_delay`` if none comes — well within the provider's Δ_ack.
         self._owe_ack(channel, ack)
@@ -689,11 +725,11 @@ class ProviderTunnel:
                 raise ProviderRefused(refusal.reason, refusal.detail)
         self._unacked.pop(channel_id, None)
 
-    async def _give_up(self, channel: AnyChannel) -> None:
+    async def _give_up(self, channel: AnyChannel, call: CallRecord | None) -> None:
         """Release a LOCKED request: no σ_U exists for it, so δ is safe to free now."""
         if channel.status is Status.LOCKED:
             channel.abandon()
-            await self._persist(channel, CheckpointReason.EXPIRED)
+            await self._persist(channel, CheckpointReason.EXPIRED, call=call)
 
     async def _ask(
         self, channel: AnyChannel, message: bytes, kind: type[M], *, ack: Ack | None = None
@@ -740,7 +776,7 @@ class ProviderTunnel:
 
     async def recover(
         self, channel: AnyChannel, manager: ASCManager, *, tx_hash: bytes | str | None = None,
-        receipt: TxReceipt | None = None,
+        receipt: TxReceipt | None = None, call: CallRecord | None = None,
     ) -> PaidResponse | None:
         """:func:`recover_from_force_close`, then persist (the channel is CLOSED)."""
         async with self._lock(channel):
@@ -748,7 +784,7 @@ class ProviderTunnel:
                 recover_from_force_close, channel, manager, tx_hash=tx_hash, receipt=receipt
             )
             self._unacked.pop(channel.channel_id, None)
-            await self._persist(channel, CheckpointReason.FORCE_CLOSED)
+            await self._persist(channel, CheckpointReason.FORCE_CLOSED, call=call)
             return paid
 
     # ---------------------------------------------------------------- frames
@@ -806,8 +842,8 @@ class ProviderTunnel:
             await self._open(terms)
 
     async def _persist(self, channel: AnyChannel, reason: CheckpointReason,
-                       paid: PaidResponse | None = None) -> None:
-        await self.persist(Checkpoint.of(channel, reason, paid))
+                       paid: PaidResponse | None = None, call: CallRecord | None = None) -> None:
+        await self.persist(Checkpoint.of(channel, reason, paid, call))
 
 
 # -------------------------------------------------------------------- helpers
