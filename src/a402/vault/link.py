@@ -128,9 +128,8 @@ class PostTransport:
         if response.status_code == 404:
             raise UnknownTunnel(tunnel, "the provider forgot the tunnel")
         if response.status_code in (400, 413):
-            data = _json_or_empty(response)
-            raise FrameRefused(str(data.get("error", response.status_code)),
-                               f"{response.status_code}: {data}")
+            raise FrameRefused(_error_of(response.content),
+                               f"{response.status_code}: {response.text}")
         if response.status_code != 200:
             raise LinkDown(str(response.status_code), str(_json_or_empty(response)))
         return response.content
@@ -202,7 +201,7 @@ class StreamTransport:
                 self._drop(stream)
                 raise
             if isinstance(answer, str):  # refused outside the channel, as …/message's 400/413
-                raise FrameRefused("frame_rejected", answer)
+                raise FrameRefused(_error_of(answer.encode()), answer)
             return answer
         raise AssertionError("unreachable: the second try is on a fresh stream")
 
@@ -330,6 +329,15 @@ class InMemoryLink:
 
     async def aclose(self) -> None:
         await self.frames.aclose()
+
+
+def _error_of(body: bytes) -> str:
+    """The ``error`` of a refusal's JSON body (``frame_rejected`` if it has none)."""
+    try:
+        error = loads_object(body).get("error")
+    except WireError:
+        error = None
+    return error if isinstance(error, str) and error else "frame_rejected"
 
 
 def _json_or_empty(response: httpx.Response) -> dict[str, Any]:
