@@ -1,9 +1,11 @@
-"""The vault's side of the A402 exchange over HTTP: one attested tunnel per provider.
+"""The vault's side of the A402 exchange: one attested tunnel per provider.
 
-The thin I/O shell around a vault channel's machine that the vault service
-builds on: the vault enclave's :class:`~a402.vault_enclave.EnclaveChannel` (in
+The driver around a vault channel's machine that the vault service builds
+on: the vault enclave's :class:`~a402.vault_enclave.EnclaveChannel` (in
 production: the machine, and the key, stay in the enclave), or a bare
-:class:`a402.asc.VaultChannel` (tests and tools). :class:`ProviderTunnel`:
+:class:`a402.asc.VaultChannel` (tests and tools). It decides what to send and
+what an answer means; the bytes travel by a
+:class:`~a402.vault.link.ProviderLink` (see **Link** below). :class:`ProviderTunnel`:
 
 1. ``connect()``: fetches ``…/info`` with a fresh nonce, verifies the
    provider's attestation (a configured verifier and policy; simulated quotes
