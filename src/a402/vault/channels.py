@@ -81,7 +81,7 @@ from . import records
 from . import store as vault_store
 from .aggregate import Aggregator
 from .settings import Batching, Connections, Deposits, Timing
-from .tunnel import Checkpoint, CheckpointReason, PaidResponse, ProviderTunnel
+from .tunnel import Checkpoint, CheckpointReason, ProviderTunnel
 from .txjournal import TxJournal
 
 log = logging.getLogger("a402.vault")
@@ -158,14 +158,6 @@ class Channels:
         self._closes = Aggregator(self._send_closes, window=batching.batch_window,
                                   limit=batching.batch_limit)
         self.live: dict[bytes, EnclaveChannel] = {}
-        #: The request key each busy channel carries (for its checkpoints).
-        self.current: dict[bytes, str] = {}
-        #: For a busy channel, the final values of its call's record once paid (see
-        #: :meth:`persist`): the answer is written with the DELIVERED checkpoint.
-        self.answers: dict[bytes, Callable[[PaidResponse], dict[str, Any]]] = {}
-        #: For a busy channel whose call is not recorded yet, the call's claim: written
-        #: with the LOCKED checkpoint (see :meth:`persist`).
-        self.claims: dict[bytes, vault_store.Claim] = {}
         self._tunnels: dict[tuple[str, int], ProviderTunnel] = {}
         self._attached: dict[tuple[str, int], set[bytes]] = {}
         self._tunnel_locks: dict[tuple[str, int], asyncio.Lock] = {}
@@ -260,9 +252,15 @@ class Channels:
         await asyncio.to_thread(self.store.put_meta, LEDGER_KEY, self.vault.export_ledger())
 
     async def persist(self, checkpoint: Checkpoint) -> None:
-        """Every tunnel's ``persist``: sealed snapshot + request progress, one transaction."""
+        """Every tunnel's ``persist``: sealed snapshot + request progress, one transaction.
+
+        The request is the checkpoint's ``call`` (:class:`~a402.vault.tunnel.CallRecord`,
+        handed to the tunnel with the request): LOCKED writes its claim too if it is not
+        recorded yet, DELIVERED its final answer if it has one — one commit each fewer.
+        """
         cid = hex_id(checkpoint.channel_id)
-        key = self.current.get(checkpoint.channel_id)
+        call = checkpoint.call
+        key = None if call is None else call.key
         reason = checkpoint.reason
         values: dict[str, Any] = {
             "snapshot": checkpoint.snapshot,  # sealed by the enclave's code
@@ -274,7 +272,7 @@ class Channels:
         request: dict[str, Any] | None = None
         claim: vault_store.Claim | None = None
         if reason is CheckpointReason.LOCKED:
-            claim = self.claims.get(checkpoint.channel_id)
+            claim = None if call is None else call.claim
             values["request_key"] = key
             request = {"state": vault_store.LOCKED, "channel_id": cid,
                        "amount": str(checkpoint.locked),
@@ -292,9 +290,10 @@ class Channels:
             receipt = records.receipt_json(checkpoint.channel_id, signed)
             request = {"state": vault_store.DELIVERED, "secret": records.seal_json(
                 self.enclave, "secret", key, {"t": secret.hex(), "receipt": receipt})}
-            answer = self.answers.get(checkpoint.channel_id)
-            if answer is not None and checkpoint.paid is not None:
-                request.update(answer(checkpoint.paid))  # DELIVERED and answered: DONE
+            final = None if call is None or checkpoint.paid is None else call.final(
+                checkpoint.paid)
+            if final is not None:
+                request.update(final)  # DELIVERED and answered: DONE
         elif reason is CheckpointReason.EXPIRED:
             values.update(request_key=None, pending_since=None)
             request = {"state": vault_store.RELEASED} if key is not None else None

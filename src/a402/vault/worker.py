@@ -80,6 +80,7 @@ from a402.wire import vault_api as api
 
 from . import records
 from . import store as vault_store
+from .call import ResumedCall
 from .channels import Channels
 from .funds import Funds
 from .invoke import Invoker
@@ -291,7 +292,7 @@ class Worker:
             channel = await self.channels.machine(row)
             key = row.request_key
             if channel.status is Status.PENDING and key is not None:
-                self.channels.current[channel.channel_id] = key
+                call = ResumedCall(key)
                 try:
                     paid = await asyncio.to_thread(recover_from_force_close, channel,
                                                    self.manager, tx_hash=tx_hash)
@@ -302,8 +303,8 @@ class Worker:
                         key, 502, {"error": api.PROTOCOL_VIOLATION, "message": str(e),
                                    "outcome": api.PAID}, outcome=api.PAID, reason=e.reason,
                         transaction=tx_hash)
-                await self.channels.persist(Checkpoint.of(channel, CheckpointReason.FORCE_CLOSED))
-                self.channels.current.pop(channel.channel_id, None)
+                await self.channels.persist(
+                    Checkpoint.of(channel, CheckpointReason.FORCE_CLOSED, call=call))
                 if paid is not None:
                     await self.invoker.record_paid(key, paid, channel.channel_id, row.provider)
             await self.channels.settle(row.cid, int(args["clientPayout"]),
@@ -403,11 +404,10 @@ class Worker:
                 return False
             channel = await self.channels.machine(row)
             key = row.request_key
-            if key is not None:
-                self.channels.current[channel.channel_id] = key
+            call = None if key is None else ResumedCall(key)
             try:
                 tunnel, channel = await self.channels.bound(row)
-                paid = await tunnel.resume(channel)
+                paid = await tunnel.resume(channel, call=call)
                 if paid is not None and key is not None:
                     await self.invoker.record_paid(key, paid, channel.channel_id, row.provider)
             except PaymentPending:
@@ -423,14 +423,12 @@ class Worker:
                     channel.poll(now=time.time())  # Δ_lock: no σ_U exists, release δ
                     if channel.status is Status.OPEN:
                         await self.channels.persist(
-                            Checkpoint.of(channel, CheckpointReason.EXPIRED))
+                            Checkpoint.of(channel, CheckpointReason.EXPIRED, call=call))
                 elif channel.status is not Status.OPEN:  # an owed ACK is no reason
                     await self._maybe_escalate(row)
             else:
                 self._backoff.pop(row.cid, None)
                 return True
-            finally:
-                self.channels.current.pop(channel.channel_id, None)
             return False
 
     def _later(self, cid: str) -> None:
