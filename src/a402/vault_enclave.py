@@ -36,10 +36,15 @@ What each signature requires (the safety argument):
 * **Channel states, closes** — only the machine's own: the state after a REVEAL
   whose ``t·G = T`` (paying exactly the request's δ), and the final state with
   the latest balances.
-* **Opening approvals** (the contract's vault signature over the channel id) —
+* **Opening approvals** (the contract's ``A402Open(channelId, deadline)``) —
   only for terms whose ``vault`` is this enclave; a pool-funded channel only
   for a fresh, unpaid invoke call its client signed (asking for pool funding),
-  debited from that client's ledger balance first and refused beyond it.
+  debited from that client's ledger balance first and refused beyond it, and
+  never approved again once its debit was given back. Each approval lapses
+  ``OPEN_APPROVAL_LIFETIME`` seconds after the enclave's clock, and a pool
+  channel's debit is given back (:meth:`VaultEnclaveCode.open_failed`) only
+  once that clock is past the latest deadline signed for it: until then the
+  approval could still open the channel, and the deposit would be spent twice.
 * **Withdrawals** — an EIP-3009 ``transferWithAuthorization`` from the vault's
   address, only against a client-signed ``POST /v1/withdrawals`` and that
   client's ledger balance, to the recipient the client signed. A withdrawal
@@ -54,7 +59,19 @@ What each signature requires (the safety argument):
   is an attested enclave holding the channel's ``providerKey``. That is what
   makes the provider key an enclave's, so that a REPLY's pre-signature comes
   from code that computed the result.
-* **Force-close order** — only for the machine's latest co-signed state.
+* **Force-close order** — only for the machine's latest co-signed state, as
+  ``A402ForceClose(channelId, version, deadline)``, lapsing
+  ``FORCE_CLOSE_LIFETIME`` seconds after the enclave's clock.
+
+The enclave's clock is the chain time the host reports with each approval,
+order and report of a failed open, kept monotonic (it never goes back, and it
+is sealed with the ledger). A host that reports a time too early only makes
+its approvals lapse sooner (its opens fail). One that reports a time too late
+can have a pool debit given back while the approval is in fact still good,
+but only for approvals already signed (every later one is dated from the
+later clock), and that costs liquidity, not money: if the channel then opens,
+the enclave no longer serves it (no σ_U, no state), and its deposit comes
+back whole to the vault's address through the opening-state force close.
 
 Tunnel frames are encrypted and decrypted by the host (the code is started
 with ``host_tunnels=True``). That moves no money: every message that can — σ_U,
@@ -88,7 +105,9 @@ per-client pool balances, which the enclave's signatures can only draw down;
 until then what holds is the rest: σ_U and channel states (so wallet-funded
 channels, whose deposits only the clients' signed calls spend). The host also
 reports refunds of pool channels (capped at what the channel's latest signed
-state gives the client, once per channel) and pool channels that never opened.
+state gives the client, once per channel) and pool channels that never opened
+(given back only once the enclave's clock is past every approval's deadline,
+see above).
 Sealed state has no rollback protection (:mod:`a402.tee.sealing`): a host that
 restores an older ledger or channel record, or runs two instances of one enclave
 identity (each its own ledger), can replay what that record had not yet seen.
@@ -127,7 +146,9 @@ from a402.asc import (
     Status,
     Step,
     VaultChannel,
+    expiring_approval,
     force_close_digest,
+    open_approval_digest,
 )
 from a402.asc.messages import Auth
 from a402.asc.messages import Message as AscMessage
@@ -164,6 +185,11 @@ WITHDRAWAL_TYPEHASH = keccak(
     b"A402Withdrawal(address owner,address to,uint256 amount,uint256 nonce,uint256 deadline)")
 #: How long a withdrawal's EIP-3009 authorization stays valid.
 WITHDRAWAL_VALIDITY = 3600
+#: How long the vault's approval to open a channel stays good (seconds of chain time):
+#: long enough to be mined, and the most a failed open's pool debit waits to come back.
+OPEN_APPROVAL_LIFETIME = 300
+#: How long the vault's order to force-close a channel stays good.
+FORCE_CLOSE_LIFETIME = 600
 
 #: Headers that describe one hop, not the request (RFC 9110 §7.6.1), plus those the
 #: provider sets itself: never part of the paid request.
@@ -221,6 +247,20 @@ class ChannelsNeeded(EnclaveError):
     def __init__(self, channel_ids: list[bytes]) -> None:
         super().__init__("channels_needed", f"restore {len(channel_ids)} channel(s) first")
         self.channel_ids = channel_ids
+
+
+@dataclass(frozen=True, slots=True)
+class OpenApproval:
+    """The vault's approval to open a channel: its signature over ``A402Open(channelId,
+    deadline)``, good until ``deadline`` (chain time, inclusive)."""
+
+    signature: bytes
+    deadline: int
+
+    @property
+    def calldata(self) -> bytes:
+        """What ``createASC``'s ``vaultApproval`` carries: signature ‖ deadline."""
+        return expiring_approval(self.signature, self.deadline)
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +325,7 @@ class _Entry:
     deposit: int
     settled: int | None = None  # the high-water timestamp when it settled
     refunded: bool = False
+    approved_until: int = 0  # the latest deadline of an approval to open it
 
 
 class VaultEnclaveCode:
@@ -318,6 +359,8 @@ class VaultEnclaveCode:
         #: Per client, the newest timestamp of a call it paid with: its calls older than
         #: that minus twice the window are stale (one client's clock moves no one else's).
         self._newest: dict[str, int] = {}
+        #: The chain time the host last reported (approvals, orders, failed opens): never back.
+        self._clock = 0
         self._consumed: dict[tuple[str, str], int] = {}
         self._reserved: dict[tuple[str, str], bytes] = {}
         #: A ledger was restored, or this is the vault's first boot: until then every call
@@ -379,10 +422,12 @@ class VaultEnclaveCode:
             "format": _LEDGER_FORMAT,
             "balances": {k: str(v) for k, v in self._balances.items()},
             "credited": sorted(self._credited),
-            "channels": {cid.hex(): [e.owner, e.funding, str(e.deposit), e.settled, e.refunded]
+            "channels": {cid.hex(): [e.owner, e.funding, str(e.deposit), e.settled, e.refunded,
+                                     e.approved_until]
                          for cid, e in self._channels.items()},
             "withdrawals": self._withdrawals,
             "newest": {k: v for k, v in self._newest.items()},
+            "clock": self._clock,
         }
         return self._kernel.seal(_LEDGER_LABEL, jsonbytes.dumps(record))
 
@@ -396,10 +441,12 @@ class VaultEnclaveCode:
         self._balances = {k: int(v) for k, v in record["balances"].items()}
         self._credited = set(record["credited"])
         for cid, e in record["channels"].items():
-            self._enter(bytes.fromhex(cid), _Entry(e[0], e[1], int(e[2]), e[3], bool(e[4])))
+            self._enter(bytes.fromhex(cid), _Entry(e[0], e[1], int(e[2]), e[3], bool(e[4]),
+                                                   int(e[5]) if len(e) > 5 else 0))
         self._withdrawals = dict(record["withdrawals"])
         for client, timestamp in record.get("newest", {}).items():
             self._advance(client, int(timestamp))
+        self._clock = max(self._clock, int(record.get("clock", 0)))
         self._ready, self._first_boot = True, False
 
     # --------------------------------------------------------- signed calls
@@ -482,13 +529,28 @@ class VaultEnclaveCode:
             owner, funding)
         return channel_id
 
-    def approve_pool_channel(self, call: SignedCall, terms: ChannelTerms, lock_timeout: float
-                             ) -> bytes:
+    def _tick(self, now: int) -> int:
+        """Advance the enclave's clock to the host's ``now`` (chain time); never back."""
+        self._clock = max(self._clock, int(now))
+        return self._clock
+
+    def _approve_open(self, channel_id: bytes, entry: _Entry, now: int) -> OpenApproval:
+        if entry.refunded:
+            raise EnclaveError("written_off", "this channel's open failed; its debit came back")
+        deadline = self._tick(now) + OPEN_APPROVAL_LIFETIME
+        entry.approved_until = max(entry.approved_until, deadline)
+        digest = open_approval_digest(self.domain, channel_id, deadline)
+        return OpenApproval(self._kernel.sign(CHANNEL_APPROVAL, digest), deadline)
+
+    def approve_pool_channel(self, call: SignedCall, terms: ChannelTerms, lock_timeout: float,
+                             *, now: int) -> OpenApproval:
         """The vault's approval of ``createASC`` for a pool channel of the client who
         signed ``call`` (the paid call that needs the channel: fresh, for pool funding,
         not paid already), its deposit debited from the client's balance (refused beyond
-        it). Asked again for the same channel: the same approval, debited once. Without
-        a call of the client's the host cannot move its balance into a channel."""
+        it), good until ``OPEN_APPROVAL_LIFETIME`` after ``now`` (chain time). Asked again
+        for the same channel: a fresh approval, debited once; never after its debit was
+        given back. Without a call of the client's the host cannot move its balance into
+        a channel."""
         self._check_ready()
         signed = self._verify(call, "POST", INVOKE_PATH)
         owner = address_key(signed.client)
@@ -512,10 +574,12 @@ class VaultEnclaveCode:
             self._new_channel(terms, owner, api.POOL, lock_timeout)
         elif (entry.owner, entry.funding) != (owner, api.POOL):
             raise EnclaveError("not_your_channel", "approved for another client")
-        return self._kernel.sign(CHANNEL_APPROVAL, channel_id)
+        return self._approve_open(channel_id, self._channels[channel_id], now)
 
-    def approve_wallet_channel(self, terms: ChannelTerms, lock_timeout: float) -> bytes:
-        """The vault's approval of a channel funded from the client's own wallet."""
+    def approve_wallet_channel(self, terms: ChannelTerms, lock_timeout: float, *, now: int
+                               ) -> OpenApproval:
+        """The vault's approval of a channel funded from the client's own wallet, good until
+        ``OPEN_APPROVAL_LIFETIME`` after ``now`` (chain time)."""
         self._check_ready()
         if terms.client == self.address:
             raise EnclaveError("not_a_wallet_channel", "the client is the vault")
@@ -526,21 +590,31 @@ class VaultEnclaveCode:
                               lock_timeout)
         elif entry.funding != api.WALLET:
             raise EnclaveError("not_a_wallet_channel", "approved as a pool channel")
-        return self._kernel.sign(CHANNEL_APPROVAL, channel_id)
+        return self._approve_open(channel_id, self._channels[channel_id], now)
 
-    def open_failed(self, channel_id: bytes) -> int:
+    def approved_until(self, channel_id: bytes) -> int:
+        """The latest deadline of an approval to open ``channel_id`` (0: none)."""
+        entry = self._channels.get(channel_id)
+        return 0 if entry is None else entry.approved_until
+
+    def open_failed(self, channel_id: bytes, *, now: int) -> int:
         """The host reports that a pool channel never opened: its deposit goes back, once.
-        Returns what was credited (0 for a channel never approved, a wallet channel, or
-        one refunded already).
+        Returns what was credited (0 for a channel never approved, a wallet channel, one
+        refunded already, or one whose approval may still open it).
 
-        Refused unless the channel runs here (restored from its latest record) and is
-        untouched: version 0, no request ever made, nothing pending. From then on the
-        channel is closed here for good (its ledger entry says refunded): no request,
-        no σ_U, and a restore brings it back closed, so a channel that opens on-chain
-        after all pays nothing off-chain and its later settlement credits nothing."""
+        Given back only once the clock, advanced to ``now``, is past every approval's
+        deadline (before, the channel could still open), and refused unless the channel
+        runs here (restored from its latest record) and is untouched: version 0, no
+        request ever made, nothing pending. From then on the channel is closed here for
+        good (its ledger entry says refunded, and it is never approved again): no
+        request, no σ_U, and a restore brings it back closed, so a channel that opens
+        on-chain after all pays nothing off-chain and its later settlement credits
+        nothing."""
         self._check_ready()
         entry = self._channels.get(channel_id)
         if entry is None or entry.funding != api.POOL or entry.refunded:
+            return 0
+        if self._tick(now) <= entry.approved_until:
             return 0
         held = self._held.get(channel_id)
         if held is None:
@@ -602,11 +676,14 @@ class VaultEnclaveCode:
         return self._kernel.sign(
             TUNNEL_BINDING, binding_digest(self._kernel.channel_binding(handle), channel_id))
 
-    def force_close(self, channel_id: bytes) -> tuple[SignedState, bytes]:
-        """The latest co-signed state and the vault's order to force-close with it."""
+    def force_close(self, channel_id: bytes, *, now: int) -> tuple[SignedState, bytes]:
+        """The latest co-signed state and the vault's order to force-close with it, as
+        ``initForceCloseFor`` takes it (signature ‖ deadline), good until
+        ``FORCE_CLOSE_LIFETIME`` after ``now`` (chain time)."""
         latest = self._get(channel_id).channel.latest_state()
-        digest = force_close_digest(self.domain, channel_id, latest.state.version)
-        return latest, self._kernel.sign(FORCE_CLOSE, digest)
+        deadline = self._tick(now) + FORCE_CLOSE_LIFETIME
+        digest = force_close_digest(self.domain, channel_id, latest.state.version, deadline)
+        return latest, expiring_approval(self._kernel.sign(FORCE_CLOSE, digest), deadline)
 
     # -- one channel's machine, for the host's proxy --------------------------------
 
@@ -989,18 +1066,23 @@ class VaultEnclave:
         with self._code.lock:
             self._code.restore_ledger(blob)
 
-    def approve_pool_channel(self, call: SignedCall, terms: ChannelTerms, lock_timeout: float
-                             ) -> bytes:
+    def approve_pool_channel(self, call: SignedCall, terms: ChannelTerms, lock_timeout: float,
+                             *, now: int) -> OpenApproval:
         with self._code.lock:
-            return self._code.approve_pool_channel(call, terms, lock_timeout)
+            return self._code.approve_pool_channel(call, terms, lock_timeout, now=now)
 
-    def approve_wallet_channel(self, terms: ChannelTerms, lock_timeout: float) -> bytes:
+    def approve_wallet_channel(self, terms: ChannelTerms, lock_timeout: float, *, now: int
+                               ) -> OpenApproval:
         with self._code.lock:
-            return self._code.approve_wallet_channel(terms, lock_timeout)
+            return self._code.approve_wallet_channel(terms, lock_timeout, now=now)
 
-    def open_failed(self, channel_id: bytes) -> int:
+    def approved_until(self, channel_id: bytes) -> int:
         with self._code.lock:
-            return self._code.open_failed(channel_id)
+            return self._code.approved_until(channel_id)
+
+    def open_failed(self, channel_id: bytes, *, now: int) -> int:
+        with self._code.lock:
+            return self._code.open_failed(channel_id, now=now)
 
     def settled(self, channel_id: bytes, client_payout: int) -> int:
         with self._code.lock:
@@ -1037,9 +1119,9 @@ class VaultEnclave:
         with self._code.lock:
             return self._code.bind_tunnel(handle, channel_id)
 
-    def force_close(self, channel_id: bytes) -> tuple[SignedState, bytes]:
+    def force_close(self, channel_id: bytes, *, now: int) -> tuple[SignedState, bytes]:
         with self._code.lock:
-            return self._code.force_close(channel_id)
+            return self._code.force_close(channel_id, now=now)
 
     def withdraw(self, call: SignedCall, *, now: int) -> Withdrawal:
         with self._code.lock:
@@ -1055,10 +1137,13 @@ class VaultEnclave:
 
 
 __all__ = [
+    "FORCE_CLOSE_LIFETIME",
     "INVOKE_PATH",
+    "OPEN_APPROVAL_LIFETIME",
     "WITHDRAW_PATH",
     "ChannelsNeeded",
     "EnclaveChannel",
+    "OpenApproval",
     "SignedCall",
     "VaultEnclave",
     "VaultEnclaveCode",

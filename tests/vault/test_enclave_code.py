@@ -22,7 +22,15 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from a402.asc import Auth, ChannelTerms, ProviderChannel, Reason, Status, force_close_digest
+from a402.asc import (
+    Auth,
+    ChannelTerms,
+    ProviderChannel,
+    Reason,
+    Status,
+    force_close_digest,
+    open_approval_digest,
+)
 from a402.asc.errors import ASCError
 from a402.crypto import EVM, EcdsaSigner, PaymentDomain
 from a402.crypto.authorization import recover_signer
@@ -38,7 +46,9 @@ from a402.tee import (
 )
 from a402.tee.simulated import SimulatedEnclave, SimulatedVerifier
 from a402.vault_enclave import (
+    FORCE_CLOSE_LIFETIME,
     INVOKE_PATH,
+    OPEN_APPROVAL_LIFETIME,
     WITHDRAW_PATH,
     ChannelsNeeded,
     SignedCall,
@@ -55,6 +65,8 @@ DOMAIN = PaymentDomain(31337, MANAGER)
 TOKEN = Eip712Domain("USD Coin", "2", 31337, "0xe7f1725e7734ce288f8367e1bb143e90bb3f0512")
 NETWORK = "eip155:31337"
 PRICE = 1_000
+#: The chain time the host reports to the enclave in these tests.
+NOW = 1_700_000_000
 
 
 @dataclass
@@ -117,7 +129,7 @@ def pool_channel(s: Setup, client: LocalAccount, deposit: int = 10 * PRICE) -> C
     terms = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
                          s.schnorr.public_key, deposit, os.urandom(32))
     s.vault.approve_pool_channel(call(s.vault, client, key="needs-a-channel"), terms,
-                                 lock_timeout=10.0)
+                                 lock_timeout=10.0, now=NOW)
     s.vault.bind_tunnel(s.tunnel, terms.channel_id(DOMAIN))
     return terms
 
@@ -319,7 +331,7 @@ def test_no_pool_channel_beyond_the_clients_balance(setup: Setup) -> None:
     foreign = ChannelTerms(s.vault.address, "0x" + "22" * 20, s.provider.address,
                            s.schnorr.public_key, PRICE, os.urandom(32))
     with pytest.raises(EnclaveError, match="not_our_channel"):
-        s.vault.approve_pool_channel(call(s.vault, alice), foreign, lock_timeout=10.0)
+        s.vault.approve_pool_channel(call(s.vault, alice), foreign, lock_timeout=10.0, now=NOW)
 
 
 def test_deposits_count_once_and_refunds_at_most_the_signed_state(setup: Setup) -> None:
@@ -378,10 +390,65 @@ def test_a_force_close_order_only_for_the_latest_co_signed_state(setup: Setup) -
     alice = funded(s)
     terms = pool_channel(s, alice)
     pay(s, terms, provider_side(s, terms), call(s.vault, alice))
-    latest, signature = s.vault.force_close(terms.channel_id(DOMAIN))
+    latest, order = s.vault.force_close(terms.channel_id(DOMAIN), now=NOW)
     assert latest.state.version == 1 and latest.state.provider_balance == PRICE
-    digest = force_close_digest(DOMAIN, terms.channel_id(DOMAIN), 1)
-    assert recover_signer(digest, signature) == s.vault.address
+    deadline = NOW + FORCE_CLOSE_LIFETIME  # the order lapses: a withheld one cannot be used later
+    assert order[65:] == deadline.to_bytes(32, "big")
+    digest = force_close_digest(DOMAIN, terms.channel_id(DOMAIN), 1, deadline)
+    assert recover_signer(digest, order[:65]) == s.vault.address
+
+
+def test_an_open_approval_lapses_and_a_pool_debit_comes_back_only_after_it_has(
+    setup: Setup,
+) -> None:
+    """Review F1/F2: a failed open's approval stays usable until its deadline, so the debit
+    may come back only after it (the host's word that the chain shows the id unopened is
+    not enough before), and a channel whose debit came back is never approved again."""
+    s = setup
+    alice = funded(s, 10 * PRICE)
+    terms = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
+                         s.schnorr.public_key, 4 * PRICE, os.urandom(32))
+    cid = terms.channel_id(DOMAIN)
+    approval = s.vault.approve_pool_channel(call(s.vault, alice), terms, lock_timeout=10.0,
+                                           now=NOW)
+    assert approval.deadline == NOW + OPEN_APPROVAL_LIFETIME == s.vault.approved_until(cid)
+    assert recover_signer(open_approval_digest(DOMAIN, cid, approval.deadline),
+                          approval.signature) == s.vault.address
+    assert approval.calldata == approval.signature + approval.deadline.to_bytes(32, "big")
+    assert s.vault.balance(alice.address) == 6 * PRICE
+    # Asked again (a retry): a fresh deadline, the deposit debited once.
+    again = s.vault.approve_pool_channel(call(s.vault, alice), terms, lock_timeout=10.0,
+                                        now=NOW + 10)
+    assert again.deadline == NOW + 10 + OPEN_APPROVAL_LIFETIME == s.vault.approved_until(cid)
+    assert s.vault.balance(alice.address) == 6 * PRICE
+    # Up to the last approval's deadline, nothing comes back, whatever the host says.
+    assert s.vault.open_failed(cid, now=again.deadline) == 0
+    assert s.vault.balance(alice.address) == 6 * PRICE
+    # Past it, once.
+    assert s.vault.open_failed(cid, now=again.deadline + 1) == 4 * PRICE
+    assert s.vault.open_failed(cid, now=again.deadline + 2) == 0
+    assert s.vault.balance(alice.address) == 10 * PRICE
+    with pytest.raises(EnclaveError, match="written_off"):
+        s.vault.approve_pool_channel(call(s.vault, alice), terms, lock_timeout=10.0,
+                                     now=NOW + 1_000)
+    assert s.vault.balance(alice.address) == 10 * PRICE
+
+
+def test_the_enclaves_clock_never_goes_back(setup: Setup) -> None:
+    """A host that once reported a later time cannot then date an approval earlier (and so
+    get its debit back sooner): deadlines follow the latest time it ever reported."""
+    s = setup
+    alice = funded(s, 10 * PRICE)
+    first = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
+                         s.schnorr.public_key, PRICE, os.urandom(32))
+    s.vault.approve_pool_channel(call(s.vault, alice, key="first"), first, lock_timeout=10.0,
+                                 now=NOW + 5_000)
+    second = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
+                          s.schnorr.public_key, PRICE, os.urandom(32))
+    approval = s.vault.approve_pool_channel(call(s.vault, alice, key="second"), second,
+                                            lock_timeout=10.0, now=NOW)
+    assert approval.deadline == NOW + 5_000 + OPEN_APPROVAL_LIFETIME
+    assert s.vault.open_failed(second.channel_id(DOMAIN), now=NOW) == 0
 
 
 def test_the_machine_signs_only_its_own_states(setup: Setup) -> None:
@@ -452,8 +519,9 @@ def test_a_channel_refunded_as_never_opened_pays_nothing_when_restored_from_its_
     channel = s.vault.channel(cid)
     assert channel is not None and s.vault.balance(alice.address) == 0
     record = channel.snapshot()  # stored before the approval left the vault
-    assert s.vault.open_failed(cid) == 10 * PRICE  # "the open failed": credited back
-    assert s.vault.open_failed(cid) == 0  # once
+    later = s.vault.approved_until(cid) + 1  # its approval lapsed unused
+    assert s.vault.open_failed(cid, now=later) == 10 * PRICE  # "the open failed": credited back
+    assert s.vault.open_failed(cid, now=later) == 0  # once
     assert s.vault.balance(alice.address) == 10 * PRICE
     s.vault.unload(cid)
     again = s.vault.restore(cid, record)  # ... but the channel opens on-chain after all
@@ -473,11 +541,12 @@ def test_a_used_pool_channel_cannot_be_reported_as_never_opened(setup: Setup) ->
     terms = pool_channel(s, alice, deposit=10 * PRICE)
     cid = terms.channel_id(DOMAIN)
     pay(s, terms, provider_side(s, terms), call(s.vault, alice))
+    later = s.vault.approved_until(cid) + 1  # past its approval: only the use refuses it
     with pytest.raises(EnclaveError, match="channel_used"):
-        s.vault.open_failed(cid)
+        s.vault.open_failed(cid, now=later)
     s.vault.unload(cid)
     with pytest.raises(EnclaveError, match="unknown_channel"):
-        s.vault.open_failed(cid)
+        s.vault.open_failed(cid, now=later)
     assert s.vault.balance(alice.address) == 0
     # A channel that carried a request, even one given up before σ_U, opened too.
     bob = funded(s, 10 * PRICE)
@@ -487,7 +556,8 @@ def test_a_used_pool_channel_cannot_be_reported_as_never_opened(setup: Setup) ->
     channel.request(call(s.vault, bob), PRICE, now=clock())
     channel.abandon()
     with pytest.raises(EnclaveError, match="channel_used"):
-        s.vault.open_failed(other.channel_id(DOMAIN))
+        s.vault.open_failed(other.channel_id(DOMAIN),
+                            now=s.vault.approved_until(other.channel_id(DOMAIN)) + 1)
     assert s.vault.balance(bob.address) == 0
 
 
@@ -521,12 +591,13 @@ def test_a_host_cannot_move_a_clients_pool_balance_into_a_channel_without_its_ca
             s.vault.address, s.vault.address, s.provider.address, s.schnorr.public_key,
             11 * PRICE, os.urandom(32))
         with pytest.raises(EnclaveError, match=reason):
-            s.vault.approve_pool_channel(not_alices_consent, t, lock_timeout=10.0)
+            s.vault.approve_pool_channel(not_alices_consent, t, lock_timeout=10.0, now=NOW)
         assert s.vault.channel(t.channel_id(DOMAIN)) is None
     assert s.vault.balance(alice.address) == 9 * PRICE
     assert s.vault.balance(mallory.address) == 10 * PRICE
     # alice's fresh call opens one, debited from alice's balance (not mallory's).
-    s.vault.approve_pool_channel(call(s.vault, alice, key="new"), terms(), lock_timeout=10.0)
+    s.vault.approve_pool_channel(call(s.vault, alice, key="new"), terms(), lock_timeout=10.0,
+                                 now=NOW)
     assert s.vault.balance(alice.address) == 0
     assert s.vault.balance(mallory.address) == 10 * PRICE
 
@@ -540,7 +611,8 @@ def test_no_sigma_u_for_a_provider_key_no_attested_enclave_holds(setup: Setup) -
     host_key = EVM.secret_key(EVM.generate_key().to_bytes())
     terms = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
                          host_key.public_key, 10 * PRICE, os.urandom(32))
-    s.vault.approve_pool_channel(call(s.vault, alice, key="open"), terms, lock_timeout=10.0)
+    s.vault.approve_pool_channel(call(s.vault, alice, key="open"), terms, lock_timeout=10.0,
+                                 now=NOW)
     cid = terms.channel_id(DOMAIN)
     with pytest.raises(EnclaveError, match="provider_not_attested"):
         s.vault.bind_tunnel(s.tunnel, cid)  # the attested peer holds s.schnorr, not host_key
@@ -635,7 +707,7 @@ def test_each_clients_newest_call_survives_a_restart_in_the_ledger(setup: Setup)
                          s.schnorr.public_key, PRICE, os.urandom(32))
     with pytest.raises(EnclaveError, match="stale_call"):
         again.approve_pool_channel(call(again, alice, key="old", ts=10_000 - 121), fresh,
-                                   lock_timeout=10.0)
+                                   lock_timeout=10.0, now=NOW)
     assert again.balance(alice.address) == 100 * PRICE - 10 * PRICE
 
 
@@ -655,7 +727,8 @@ def test_a_signed_body_that_is_not_a_shallow_json_object_is_refused_cleanly(
                          s.schnorr.public_key, PRICE, os.urandom(32))
     for path, attempt in (
             (INVOKE_PATH, lambda c: channel.request(c, PRICE, now=clock())),
-            (INVOKE_PATH, lambda c: s.vault.approve_pool_channel(c, fresh, lock_timeout=10.0)),
+            (INVOKE_PATH, lambda c: s.vault.approve_pool_channel(c, fresh, lock_timeout=10.0,
+                                                                   now=NOW)),
             (WITHDRAW_PATH, lambda c: s.vault.withdraw(c, now=clock()))):
         headers = api.sign_request(alice, s.vault.account, "POST", path, raw)
         with pytest.raises(EnclaveError, match="bad_request"):

@@ -185,7 +185,7 @@ def test_a_host_cannot_open_a_pool_channel_beyond_a_balance_or_without_the_encla
         h, b = _signed_invoke(vault, alice, "https://api.example/weather", "open")
         with pytest.raises(EnclaveError, match="insufficient_balance"):
             enclave.approve_pool_channel(SignedCall.of(h, "POST", INVOKE_PATH, b), terms,
-                                         lock_timeout=10.0)
+                                         lock_timeout=10.0, now=world.manager.chain_time())
         manager = world.manager
         host = vault.account
         # Without the enclave's approval, or with the host's own signature instead:
@@ -218,7 +218,8 @@ def test_a_host_cannot_sign_a_channel_state_or_read_sealed_records(world: World)
                               bytes.fromhex(row.cid[2:]), greedy)
         with pytest.raises(TransactionFailed):
             world.manager.init_force_close_for(vault.account, terms,
-                                               SignedState(greedy, host_sig, b""), host_sig)
+                                               SignedState(greedy, host_sig, b""), host_sig,
+                                               deadline=world.manager.chain_time() + 600)
         before = world.balances(vault.address, provider.address, world.manager.address)
         assert before[1] == 0
         closed = client.close_channel(row.cid)
