@@ -12,8 +12,9 @@ slot created from zero costs ~17,100 gas more; the table shows that case once
 for closeASC). The client approved the manager once, with an unlimited
 allowance (listed separately; createASCWithAuthorization needs no approval).
 Two rows show a vault whose key never sends (an enclave's): a gas payer sends
-``createASC`` with the vault's signature over the channel id, and
-``initForceCloseFor`` with the vault's signed force-close request.
+``createASC`` with the vault's signed A402Open(channel id, deadline), and
+``initForceCloseFor`` with the vault's signed force-close request (each with
+its deadline).
 
 Batches (second table): the vault opens N channels from its own pooled deposit
 (client == vault, the paper's U, as ``a402 vault`` does for pool-funded
@@ -52,6 +53,7 @@ from a402.asc import (
     encode,
     force_close_digest,
     sign_channel_open,
+    sign_open_approval,
 )
 from a402.asc_manager import ASCManager
 from a402.chain.node import Chain, start_anvil
@@ -252,18 +254,19 @@ def measure(chain: Chain) -> dict[str, int]:
     vault_key = EcdsaSigner(bytes(s.vault.key))
     terms = s.terms()
     consent = sign_channel_open(EcdsaSigner(bytes(s.client.key)), manager.domain, terms)
-    approval = sign_channel_open(vault_key, manager.domain, terms)
+    deadline = int(chain.w3.eth.get_block("latest")["timestamp"]) + 600
+    approval = sign_open_approval(vault_key, manager.domain, terms, deadline)
     gas["createASC (vault signs, payer sends)"] = int(
-        manager.create(gas_payer, terms, consent, approval)["gasUsed"]
+        manager.create(gas_payer, terms, consent, approval, deadline)["gasUsed"]
     )
     vault, provider = s.machines(terms)
     _pay(vault, provider, 1_000)
     latest = vault.latest_state()
-    request = vault_key.sign_digest(
-        force_close_digest(manager.domain, terms.channel_id(manager.domain), latest.state.version)
-    )
+    request = vault_key.sign_digest(force_close_digest(
+        manager.domain, terms.channel_id(manager.domain), latest.state.version, deadline))
     gas["initForceCloseFor (vault signs)"] = int(
-        manager.init_force_close_for(gas_payer, terms, latest, request)["gasUsed"]
+        manager.init_force_close_for(gas_payer, terms, latest, request, deadline=deadline)[
+            "gasUsed"]
     )
 
     # For contrast: closeASC when both payees' token balances start at zero.

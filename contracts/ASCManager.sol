@@ -7,6 +7,7 @@ import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/Reentrancy
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {SignatureChecker} from "@openzeppelin/contracts/utils/cryptography/SignatureChecker.sol";
+import {IERC1271} from "@openzeppelin/contracts/interfaces/IERC1271.sol";
 import {A402Message} from "./A402Message.sol";
 import {Schnorr} from "./SchnorrVerifier.sol";
 
@@ -47,13 +48,26 @@ interface IERC3009Receive {
 ///      must approve takes its signature in place of its sending. A party approves when it sends
 ///      the transaction OR its signature is given; the vault's and the provider's are plain
 ///      ECDSA (see States), the client's consent to open may also be EIP-1271. The vault signs
-///      * the channel id to open it (`createASC`, `createASCBatch`, `createASCWithAuthorization`:
-///        the id is the EIP-712 hash of every term, the same digest the client signs, and ids are
-///        single-use, so an approval opens that one channel once);
+///      * A402Open(channelId, deadline) to open a channel (`createASC`, `createASCBatch`,
+///        `createASCWithAuthorization`, `openApprovalDigest`): the id is the EIP-712 hash of
+///        every term and ids are single-use, so an approval opens that one channel once; and it
+///        lapses at `deadline`, so an open that failed or was withheld cannot be replayed later
+///        (from failed-transaction calldata, the mempool, a host that kept it) against an
+///        allowance the vault meant for newer channels: once a block stamped after the deadline
+///        shows the id unopened, the vault may count the channel as never opened, for good;
 ///      * states (`closeASC`, `challengeForceClose`, `forceClose`, the dispute paths);
 ///      * σ_U for the provider's `forceClose`;
-///      * A402ForceClose(channelId, version) to have anyone start a force close for it
-///        (`initForceCloseFor`), a type of its own so no state signature can stand in for it.
+///      * A402ForceClose(channelId, version, deadline) to have anyone start a force close for
+///        it before `deadline` (`initForceCloseFor`), a type of its own so no state signature
+///        can stand in for it.
+///      The two approvals that lapse travel as `approval = signature ‖ deadline`: the 65-byte
+///      ECDSA signature (r ‖ s ‖ v) followed by the deadline as one 32-byte big-endian word, in
+///      the `bytes` argument that carries the signature (no extra ABI argument or array, so a
+///      vault that sends, passing empty bytes, pays nothing for it). A deadline is inclusive
+///      (`block.timestamp <= deadline`). The client's consent stays a signature over the id
+///      itself (an EIP-712 signature any wallet makes); it opens nothing without the vault's
+///      approval, so the vault's deadline bounds it too. When the client is the vault, the
+///      vault's approval is the consent.
 ///
 ///      Terms are not stored. A channel's identity is the EIP-712 hash of its terms,
 ///          channelId = hashTypedDataV4(A402Channel(client, vault, provider, providerKey, deposit,
@@ -88,13 +102,21 @@ interface IERC3009Receive {
 ///        vault could close with any older state the provider had co-signed.
 ///
 ///      Who may call what: createASC, createASCBatch, createASCWithAuthorization — anyone
-///      carrying the vault's approval (the vault itself, or its signature over each id) and the
-///      client's consent; closeASC — anyone (with both approvals); initForceClose — client or
-///      vault; initForceCloseFor — anyone carrying the vault's signed force-close request;
+///      carrying the vault's approval (the vault itself, or its signed A402Open of each id, before
+///      its deadline) and the client's consent; closeASC — anyone (with both approvals);
+///      initForceClose — client or vault; initForceCloseFor — anyone carrying the vault's signed
+///      force-close request, before its deadline;
 ///      challengeForceClose — anyone holding both approvals (a watchtower); finalForceClose —
 ///      anyone once the window has passed (the outcome is fixed, only its timing is left);
 ///      forceClose — the provider only; closeASCBatch — anyone (with both approvals of each);
 ///      withdrawWithSignature — anyone relaying the owner's signed order.
+///
+///      Contract wallets. A client's EIP-1271 consent is checked with all the gas left in a single
+///      `createASC`, but with a stipend of `CONSENT_CHECK_GAS` in `createASCBatch`, so a wallet
+///      whose `isValidSignature` burns gas costs the batch at most that much and is skipped like
+///      any refused member (a wallet that needs more opens its channel with `createASC`). A batch
+///      sent with too little gas left to give a wallet its whole stipend reverts
+///      (`InsufficientGas()`) rather than skip a member that would pass with more gas.
 ///
 ///      Batches. `createASCBatch` and `closeASCBatch` run the very checks and effects of
 ///      `createASC` and `closeASC` for each channel (the same private functions), all of them
@@ -205,8 +227,18 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
     bytes32 public constant WITHDRAWAL_TYPEHASH = keccak256(
         "A402Withdrawal(address owner,address to,uint256 amount,uint256 nonce,uint256 deadline)"
     );
-    /// @notice The vault's request to force-close a channel at a version (`initForceCloseFor`).
-    bytes32 public constant FORCE_CLOSE_TYPEHASH = keccak256("A402ForceClose(bytes32 channelId,uint256 version)");
+    /// @notice The vault's approval to open a channel, good until `deadline` (`openApprovalDigest`).
+    bytes32 public constant OPEN_TYPEHASH = keccak256("A402Open(bytes32 channelId,uint256 deadline)");
+    /// @notice The vault's request to force-close a channel at a version, good until `deadline`
+    ///         (`initForceCloseFor`, `forceCloseDigest`).
+    bytes32 public constant FORCE_CLOSE_TYPEHASH =
+        keccak256("A402ForceClose(bytes32 channelId,uint256 version,uint256 deadline)");
+    /// @notice The gas a client wallet's EIP-1271 `isValidSignature` gets in `createASCBatch`.
+    uint256 public constant CONSENT_CHECK_GAS = 200_000;
+
+    /// @dev An approval that lapses: a 65-byte ECDSA signature, then its 32-byte deadline.
+    uint256 private constant _SIGNATURE_LENGTH = 65;
+    uint256 private constant _APPROVAL_LENGTH = 97;
 
     uint256 private constant _DEADLINE_SHIFT = 8;
     uint256 private constant _VERSION_SHIFT = 48;
@@ -273,6 +305,10 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
     error DepositNotReceived(uint256 expected, uint256 received);
     error NothingOwed();
     error OrderExpired(uint256 deadline);
+    /// @notice The vault's approval (to open, to force-close) lapsed at `deadline`.
+    error ApprovalExpired(uint256 deadline);
+    /// @notice Too little gas left to give a client wallet its `CONSENT_CHECK_GAS` in a batch.
+    error InsufficientGas();
     /// @notice A batch's arrays differ in length: `channels` channels but `other` entries.
     error LengthMismatch(uint256 channels, uint256 other);
 
@@ -288,19 +324,21 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
 
     /// @notice Open a channel, pulling the deposit from the client with `transferFrom` (the
     ///         client has approved this contract). The vault approves by sending or with
-    ///         `vaultSignature`, its ECDSA signature over the channel id (so its host, or anyone,
-    ///         may submit it); the client consents by sending or with `clientSignature`, an
-    ///         EIP-712 signature over the id (EOA or EIP-1271 wallet), and needs neither when it
-    ///         is the vault itself (the vault's approval is its consent). Both approvals name
-    ///         every term, so an allowance given to this contract cannot be spent on a channel
-    ///         the client did not choose, nor a channel opened that the vault did not.
-    function createASC(Channel calldata c, bytes calldata clientSignature, bytes calldata vaultSignature)
+    ///         `vaultApproval` = its ECDSA signature over A402Open(channelId, deadline)
+    ///         (`openApprovalDigest`) ‖ deadline, good while `block.timestamp <= deadline` (so
+    ///         its host, or anyone, may submit it, but not after the deadline); the client
+    ///         consents by sending or with `clientSignature`, an EIP-712 signature over the id
+    ///         (EOA or EIP-1271 wallet), and needs neither when it is the vault itself (the
+    ///         vault's approval is its consent). Both approvals name every term, so an allowance
+    ///         given to this contract cannot be spent on a channel the client did not choose, nor
+    ///         a channel opened that the vault did not.
+    function createASC(Channel calldata c, bytes calldata clientSignature, bytes calldata vaultApproval)
         external
         nonReentrant
         returns (bytes32 channelId_)
     {
         channelId_ = channelId(c);
-        _raise(_openFailure(c, channelId_, clientSignature, vaultSignature));
+        _raise(_openFailure(c, channelId_, clientSignature, vaultApproval, false));
         _open(c, channelId_);
         uint256 before = token.balanceOf(address(this));
         token.safeTransferFrom(c.client, address(this), c.deposit);
@@ -310,25 +348,27 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
     /// @notice Open many channels at once, each exactly as `createASC` would (same checks, same
     ///         approval rules, one `ChannelOpened` each), then pull the deposits with one
     ///         `transferFrom` per maximal run of consecutive channels with the same client.
-    ///         `clientSignatures[i]` is the client's consent to `cs[i]` and `vaultSignatures[i]`
-    ///         the vault's approval of it (either empty where that party is the caller, or the
-    ///         client is the vault). A member that fails a check — the vault's approval missing
-    ///         (`NotAuthorized()`) or not its signature (`BadSignature(vault)`) among them — or
-    ///         whose run's deposits cannot be pulled (no allowance, no balance), is skipped
-    ///         (`BatchMemberSkipped`, its id returned as zero) and left unopened; the others
-    ///         open. Deposits that arrive short (a fee-on-transfer token) revert the batch:
-    ///         that is the token's doing, so every run would be short.
+    ///         `clientSignatures[i]` is the client's consent to `cs[i]` and `vaultApprovals[i]`
+    ///         the vault's approval of it, signature ‖ deadline as for `createASC` (either empty
+    ///         where that party is the caller, or the client is the vault). A member that fails a
+    ///         check — the vault's approval missing (`NotAuthorized()`), not its signature
+    ///         (`BadSignature(vault)`) or lapsed (`ApprovalExpired(deadline)`) among them; a
+    ///         client wallet's EIP-1271 check gets `CONSENT_CHECK_GAS` — or whose run's deposits
+    ///         cannot be pulled (no allowance, no balance), is skipped (`BatchMemberSkipped`, its
+    ///         id returned as zero) and left unopened; the others open. Deposits that arrive
+    ///         short (a fee-on-transfer token) revert the batch: that is the token's doing, so
+    ///         every run would be short.
     function createASCBatch(
         Channel[] calldata cs,
         bytes[] calldata clientSignatures,
-        bytes[] calldata vaultSignatures
+        bytes[] calldata vaultApprovals
     ) external nonReentrant returns (bytes32[] memory channelIds) {
         uint256 n = _batchSize(cs.length, clientSignatures.length);
-        _batchSize(n, vaultSignatures.length);
+        _batchSize(n, vaultApprovals.length);
         channelIds = new bytes32[](n);
         for (uint256 i; i < n; ++i) {
             bytes32 cid = channelId(cs[i]);
-            bytes memory failure = _openFailure(cs[i], cid, clientSignatures[i], vaultSignatures[i]);
+            bytes memory failure = _openFailure(cs[i], cid, clientSignatures[i], vaultApprovals[i], true);
             if (failure.length != 0) {
                 emit BatchMemberSkipped(i, failure);
             } else {
@@ -366,9 +406,10 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
     /// @notice Open a channel whose deposit moves by EIP-3009 `receiveWithAuthorization` (no
     ///         approval, nothing for the client to send): the authorization's nonce is the
     ///         channel id, so the client's one signature fixes every term and is single-use.
-    ///         The vault approves as for `createASC` (sending, or `vaultSignature` over the id);
-    ///         when the client is the vault, the authorization it signed with nonce = id is that
-    ///         approval (checked by the token) and `vaultSignature` is not needed (ignored).
+    ///         The vault approves as for `createASC` (sending, or `vaultApproval`, its signed
+    ///         A402Open(id, deadline) ‖ deadline); when the client is the vault, the
+    ///         authorization it signed with nonce = id is that approval (checked by the token,
+    ///         and it lapses at `validBefore`) and `vaultApproval` is not needed (ignored).
     function createASCWithAuthorization(
         Channel calldata c,
         uint256 validAfter,
@@ -376,10 +417,10 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
         uint8 v,
         bytes32 r,
         bytes32 s,
-        bytes calldata vaultSignature
+        bytes calldata vaultApproval
     ) external nonReentrant returns (bytes32 channelId_) {
         channelId_ = channelId(c);
-        if (c.client != c.vault) _raise(_vaultFailure(c, channelId_, vaultSignature));
+        if (c.client != c.vault) _raise(_vaultFailure(c, channelId_, vaultApproval));
         _raise(_termsFailure(c, channelId_));
         _open(c, channelId_);
         uint256 before = token.balanceOf(address(this));
@@ -393,34 +434,92 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
     /// @dev Why `createASC` would refuse to open `c` (id `cid`; an encoded error, empty if it
     ///      would open): the vault has not approved, the terms are invalid, the id was used, or
     ///      the client (unless it is the sender or the vault) has not consented with its
-    ///      EIP-712 signature over the id (EOA or EIP-1271).
+    ///      EIP-712 signature over the id (EOA or EIP-1271; with `capped`, the wallet's check
+    ///      gets `CONSENT_CHECK_GAS` instead of all the gas left).
     function _openFailure(
         Channel calldata c,
         bytes32 cid,
         bytes calldata clientSignature,
-        bytes calldata vaultSignature
+        bytes calldata vaultApproval,
+        bool capped
     ) private view returns (bytes memory) {
-        bytes memory failure = _vaultFailure(c, cid, vaultSignature);
+        bytes memory failure = _vaultFailure(c, cid, vaultApproval);
         if (failure.length == 0) failure = _termsFailure(c, cid);
         if (failure.length != 0) return failure;
         if (
             msg.sender != c.client && c.client != c.vault
-                && !SignatureChecker.isValidSignatureNow(c.client, cid, clientSignature)
+                && !_consents(c.client, cid, clientSignature, capped)
         ) return abi.encodeWithSelector(BadSignature.selector, c.client);
         return "";
     }
 
     /// @dev Why the vault's approval to open `cid` is missing: it neither sent the transaction
-    ///      nor signed the id (plain ECDSA). No signature at all is `NotAuthorized()`, as for a
-    ///      stranger calling; one that is not the vault's is `BadSignature(vault)`.
-    function _vaultFailure(Channel calldata c, bytes32 cid, bytes calldata vaultSignature)
+    ///      nor gave `vaultApproval` = its ECDSA signature over A402Open(cid, deadline) ‖
+    ///      deadline with the deadline not passed. No approval at all is `NotAuthorized()`, as
+    ///      for a stranger calling; one that is not the vault's signature (a signature over the
+    ///      bare id, over another id or deadline, of another kind, malformed) is
+    ///      `BadSignature(vault)`; the vault's own, lapsed, is `ApprovalExpired(deadline)`.
+    function _vaultFailure(Channel calldata c, bytes32 cid, bytes calldata vaultApproval)
         private
         view
         returns (bytes memory)
     {
-        if (msg.sender == c.vault || _signs(c.vault, cid, vaultSignature)) return "";
-        if (vaultSignature.length == 0) return abi.encodeWithSelector(NotAuthorized.selector);
-        return abi.encodeWithSelector(BadSignature.selector, c.vault);
+        if (msg.sender == c.vault) return "";
+        if (vaultApproval.length == 0) return abi.encodeWithSelector(NotAuthorized.selector);
+        if (vaultApproval.length != _APPROVAL_LENGTH) return abi.encodeWithSelector(BadSignature.selector, c.vault);
+        uint256 deadline = uint256(bytes32(vaultApproval[_SIGNATURE_LENGTH:]));
+        return _approvalFailure(c.vault, openApprovalDigest(cid, deadline), deadline, vaultApproval);
+    }
+
+    /// @dev Why an approval that lapses (`approval` = signature ‖ `deadline`, its length
+    ///      checked) does not hold: not `signer`'s signature over `digest` (which names the
+    ///      deadline, so a changed deadline fails here), or the deadline has passed.
+    function _approvalFailure(address signer, bytes32 digest, uint256 deadline, bytes calldata approval)
+        private
+        view
+        returns (bytes memory)
+    {
+        if (!_signs(signer, digest, approval[:_SIGNATURE_LENGTH])) {
+            return abi.encodeWithSelector(BadSignature.selector, signer);
+        }
+        if (block.timestamp > deadline) return abi.encodeWithSelector(ApprovalExpired.selector, deadline);
+        return "";
+    }
+
+    /// @dev Whether `client` consented to open `cid`: its ECDSA signature over the id, or, for a
+    ///      contract, its EIP-1271 `isValidSignature` — with all the gas left, or, `capped` (in a
+    ///      batch), with `CONSENT_CHECK_GAS`, so that one wallet cannot consume the batch's gas.
+    ///      Only 32 bytes of its answer are copied, so no answer can inflate memory either.
+    function _consents(address client, bytes32 cid, bytes calldata signature, bool capped)
+        private
+        view
+        returns (bool result)
+    {
+        if (client.code.length == 0) return _signs(client, cid, signature);
+        if (!capped) return SignatureChecker.isValidERC1271SignatureNowCalldata(client, cid, signature);
+        bytes4 selector = IERC1271.isValidSignature.selector;
+        uint256 stipend = CONSENT_CHECK_GAS;
+        bytes4 starved = InsufficientGas.selector;
+        assembly ("memory-safe") {
+            // isValidSignature(cid, signature), ABI-encoded at the free memory pointer.
+            let ptr := mload(0x40)
+            let length := signature.length
+            mstore(ptr, selector)
+            mstore(add(ptr, 0x04), cid)
+            mstore(add(ptr, 0x24), 0x40)
+            mstore(add(ptr, 0x44), length)
+            calldatacopy(add(ptr, 0x64), signature.offset, length)
+            mstore(add(add(ptr, 0x64), length), 0)
+            length := shl(5, shr(5, add(length, 0x1F)))
+            // The call forwards at most 63/64 of what is left after its own cost (EIP-150): unless
+            // the stipend fits whole, revert, so that no gas limit can make a good consent fail.
+            if lt(gas(), add(add(stipend, div(stipend, 63)), 5000)) {
+                mstore(0x00, starved)
+                revert(0x00, 0x04)
+            }
+            let success := staticcall(stipend, client, ptr, add(length, 0x64), 0x00, 0x20)
+            result := and(success, and(gt(returndatasize(), 0x1f), eq(mload(0x00), selector)))
+        }
     }
 
     function _termsFailure(Channel calldata c, bytes32 cid) private view returns (bytes memory) {
@@ -547,23 +646,30 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
     }
 
     /// @notice `initForceClose` at the vault's request, sent by anyone (the vault's host, which
-    ///         pays gas but holds no channel key): `forceCloseSignature` is the vault's ECDSA
-    ///         signature over A402ForceClose(channelId, version) (`forceCloseDigest`), and `s`
+    ///         pays gas but holds no channel key): `forceCloseRequest` is the vault's ECDSA
+    ///         signature over A402ForceClose(channelId, version, deadline) (`forceCloseDigest`)
+    ///         ‖ deadline (a 32-byte word), good while `block.timestamp <= deadline`, and `s`
     ///         must still be approved by vault and provider exactly as in `initForceClose`.
     ///         The request is its own EIP-712 type, so no state signature — in particular none
     ///         the provider holds — can start a force close; and both the request and the
     ///         vault's state signature are needed, so a sender with a request for version v
     ///         cannot pair it with another state of version v that only the provider signed.
-    ///         A channel force-closes once, so a request cannot be replayed.
+    ///         A channel force-closes once, so a used request cannot be replayed; and one that
+    ///         failed or was withheld lapses at its deadline, so it cannot end, later, a channel
+    ///         the vault went on using (which would cut it short and make the vault answer a
+    ///         dispute it never wanted).
     function initForceCloseFor(
         Channel calldata c,
         State calldata s,
         bytes calldata vaultSignature,
         bytes calldata providerSignature,
-        bytes calldata forceCloseSignature
+        bytes calldata forceCloseRequest
     ) external nonReentrant {
         bytes32 cid = channelId(c);
-        _requireSignature(c.vault, forceCloseDigest(cid, s.version), forceCloseSignature);
+        if (forceCloseRequest.length != _APPROVAL_LENGTH) revert BadSignature(c.vault);
+        uint256 deadline = uint256(bytes32(forceCloseRequest[_SIGNATURE_LENGTH:]));
+        bytes32 digest = forceCloseDigest(cid, s.version, deadline);
+        _raise(_approvalFailure(c.vault, digest, deadline, forceCloseRequest));
         _initForceClose(c, cid, s, vaultSignature, providerSignature);
     }
 
@@ -757,9 +863,26 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
         return _hashTypedDataV4(structHash);
     }
 
-    /// @notice The digest the vault signs to request a force close of `cid` at `version`.
-    function forceCloseDigest(bytes32 cid, uint256 version) public view returns (bytes32) {
-        return _hashTypedDataV4(keccak256(abi.encode(FORCE_CLOSE_TYPEHASH, cid, version)));
+    /// @notice The digest the vault signs to approve opening `cid` until `deadline`.
+    /// @dev Hashes the struct at the free memory pointer without allocating (no `abi.encode`
+    ///      copy): it is on the path of every open a vault approves by signature.
+    function openApprovalDigest(bytes32 cid, uint256 deadline) public view returns (bytes32) {
+        bytes32 typeHash = OPEN_TYPEHASH;
+        bytes32 structHash;
+        assembly ("memory-safe") {
+            let ptr := mload(0x40)
+            mstore(ptr, typeHash)
+            mstore(add(ptr, 0x20), cid)
+            mstore(add(ptr, 0x40), deadline)
+            structHash := keccak256(ptr, 0x60)
+        }
+        return _hashTypedDataV4(structHash);
+    }
+
+    /// @notice The digest the vault signs to request a force close of `cid` at `version`, until
+    ///         `deadline`.
+    function forceCloseDigest(bytes32 cid, uint256 version, uint256 deadline) public view returns (bytes32) {
+        return _hashTypedDataV4(keccak256(abi.encode(FORCE_CLOSE_TYPEHASH, cid, version, deadline)));
     }
 
     /// @notice The payment message m the provider pre-signs, in this contract's domain.

@@ -28,7 +28,7 @@ from web3.logs import DISCARD
 from web3.types import TxReceipt
 
 from a402.asc.machine import ForceCloseClaim, SignedState
-from a402.asc.terms import BalanceState, ChannelTerms
+from a402.asc.terms import BalanceState, ChannelTerms, expiring_approval
 from a402.chain.node import Chain
 from a402.chain.tx import contract_at, deploy_contract, transact
 from a402.crypto import PaymentDomain
@@ -101,6 +101,17 @@ _TERMS_FIELDS = ("client", "vault", "provider", "providerKey", "deposit", "salt"
 _PAYMENT_FIELDS = ("requestId", "amount", "resultHash", "e", "s")
 
 
+def _approval(signature: bytes, deadline: int) -> bytes:
+    """The contract's ``signature ‖ deadline`` (:func:`a402.asc.expiring_approval`) for a
+    vault signature, or empty for none (the vault sends). A signature that is not 65 bytes
+    still goes, with its deadline, for the contract to refuse (``BadSignature``)."""
+    if not signature:
+        return b""
+    if len(signature) == 65:
+        return expiring_approval(signature, deadline)
+    return signature + deadline.to_bytes(32, "big")
+
+
 def _shown(kind: str, value: Any) -> str:
     """A decoded error argument as it reads best: addresses checksummed, bytes in hex."""
     if kind == "address":
@@ -143,17 +154,19 @@ class ASCManager:
         terms: ChannelTerms,
         client_signature: bytes = b"",
         vault_signature: bytes = b"",
+        vault_deadline: int = 0,
     ) -> TxReceipt:
         """``createASC``: the client approved the manager (an allowance) and consents.
 
         The vault approves by being ``sender`` or with ``vault_signature``, its ECDSA
-        signature over the channel id (:func:`a402.asc.sign_channel_open` with the vault's
-        key), so a gas payer that is not the vault may send it. ``client_signature`` is the
-        client's consent over the same id; neither is needed from a party that sends, and
-        the client's is not needed when the client is the vault.
+        signature over A402Open(channel id, ``vault_deadline``)
+        (:func:`a402.asc.sign_open_approval` with the vault's key), so a gas payer that is
+        not the vault may send it until the deadline. ``client_signature`` is the client's
+        consent, over the channel id (:func:`a402.asc.sign_channel_open`); neither is needed
+        from a party that sends, and the client's is not needed when the client is the vault.
         """
         call = self.contract.functions.createASC(
-            terms_tuple(terms), client_signature, vault_signature
+            terms_tuple(terms), client_signature, _approval(vault_signature, vault_deadline)
         )
         return transact(self.chain, sender, call)
 
@@ -163,20 +176,29 @@ class ASCManager:
         terms_list: Sequence[ChannelTerms],
         client_signatures: Sequence[bytes] | None = None,
         vault_signatures: Sequence[bytes] | None = None,
+        vault_deadlines: Sequence[int] | None = None,
     ) -> TxReceipt:
         """``createASCBatch``: open every channel in one transaction.
 
-        ``client_signatures[i]`` is the client's consent to ``terms_list[i]`` and
-        ``vault_signatures[i]`` the vault's approval of it (both over the channel id); by
-        default none, which suits a vault opening channels from its own pool (client ==
-        vault == sender). A member whose approval is missing is skipped
-        (``NotAuthorized()``, or ``BadSignature(vault)`` for a signature not the vault's),
-        the others open. Deposits move with one ``transferFrom`` per run of consecutive
-        channels of the same client, so group the terms by client.
+        ``client_signatures[i]`` is the client's consent to ``terms_list[i]`` (over the
+        channel id) and ``vault_signatures[i]`` the vault's approval of it, until
+        ``vault_deadlines[i]`` (as for :meth:`create`); by default none, which suits a vault
+        opening channels from its own pool (client == vault == sender). A member whose
+        approval is missing is skipped (``NotAuthorized()``; ``BadSignature(vault)`` for a
+        signature not the vault's, ``ApprovalExpired(deadline)`` for one lapsed), the others
+        open; so is one whose client wallet's EIP-1271 check fails within its gas stipend.
+        Deposits move with one ``transferFrom`` per run of consecutive channels of the same
+        client, so group the terms by client.
         """
         n = len(terms_list)
         consents = [b""] * n if client_signatures is None else list(client_signatures)
-        approvals = [b""] * n if vault_signatures is None else list(vault_signatures)
+        signatures = [b""] * n if vault_signatures is None else list(vault_signatures)
+        deadlines = [0] * len(signatures) if vault_deadlines is None else list(vault_deadlines)
+        if len(deadlines) != len(signatures):
+            raise ValueError("one vault deadline per vault signature")
+        approvals = [
+            _approval(sig, deadline) for sig, deadline in zip(signatures, deadlines, strict=True)
+        ]
         call = self.contract.functions.createASCBatch(
             [terms_tuple(terms) for terms in terms_list], consents, approvals
         )
@@ -226,15 +248,17 @@ class ASCManager:
         terms: ChannelTerms,
         auth: ReceiveAuthorization,
         vault_signature: bytes = b"",
+        vault_deadline: int = 0,
     ) -> TxReceipt:
         """``createASCWithAuthorization``: the deposit moves by EIP-3009, nonce = channel id.
 
-        The vault approves by being ``sender`` or with ``vault_signature`` over the channel
-        id; when the client is the vault, its authorization is that approval.
+        The vault approves by being ``sender`` or with ``vault_signature`` until
+        ``vault_deadline``, as for :meth:`create`; when the client is the vault, its
+        authorization is that approval (and lapses at its ``valid_before``).
         """
         call = self.contract.functions.createASCWithAuthorization(
             terms_tuple(terms), auth.valid_after, auth.valid_before, auth.v, auth.r, auth.s,
-            vault_signature,
+            _approval(vault_signature, vault_deadline),
         )
         return transact(self.chain, sender, call)
 
@@ -304,20 +328,22 @@ class ASCManager:
         terms: ChannelTerms,
         signed_state: SignedState,
         vault_signature: bytes,
+        *,
+        deadline: int,
     ) -> TxReceipt:
         """``initForceCloseFor``: start a force close at the vault's request, sent by anyone.
 
         ``vault_signature`` is the vault's ECDSA signature over
-        :func:`a402.asc.force_close_digest` (channel id, ``signed_state``'s version);
-        ``signed_state`` carries the vault's and the provider's state signatures as for
-        :meth:`init_force_close` (``sender`` only pays gas).
+        :func:`a402.asc.force_close_digest` (channel id, ``signed_state``'s version,
+        ``deadline``), good until ``deadline``; ``signed_state`` carries the vault's and the
+        provider's state signatures as for :meth:`init_force_close` (``sender`` only pays gas).
         """
         call = self.contract.functions.initForceCloseFor(
             terms_tuple(terms),
             signed_state.state.as_tuple(),
             signed_state.vault_signature,
             signed_state.provider_signature,
-            vault_signature,
+            _approval(vault_signature, deadline),
         )
         return transact(self.chain, sender, call)
 
@@ -354,11 +380,22 @@ class ASCManager:
 
     # -- reading ---------------------------------------------------------------
 
-    def channel(self, channel_id: bytes) -> OnChainChannel:
+    def channel(self, channel_id: bytes, block: int | None = None) -> OnChainChannel:
+        """The channel's on-chain record, as of block number ``block`` (the latest: None)."""
         status, deadline, version, provider_balance = self.contract.functions.channel(
             channel_id
-        ).call()
+        ).call(block_identifier="latest" if block is None else block)
         return OnChainChannel(OnChainStatus(status), deadline, version, provider_balance)
+
+    def channel_at_head(self, channel_id: bytes) -> tuple[OnChainChannel, int]:
+        """The channel's record and the timestamp of the same block, read together: a
+        channel NONE in a block stamped after an approval's deadline can never open."""
+        head = self.chain.w3.eth.get_block("latest")
+        return self.channel(channel_id, int(head["number"])), int(head["timestamp"])
+
+    def chain_time(self) -> int:
+        """The latest block's timestamp: the clock the contract's deadlines are read on."""
+        return int(self.chain.w3.eth.get_block("latest")["timestamp"])
 
     def signatures_from_logs(self, receipt: TxReceipt) -> list[PublishedSignature]:
         """``(e, s)`` from the ``ProviderForceClosed`` logs of a receipt.
@@ -397,9 +434,15 @@ class ASCManager:
     def state_digest(self, channel_id: bytes, state: BalanceState) -> bytes:
         return bytes(self.contract.functions.stateDigest(channel_id, state.as_tuple()).call())
 
-    def force_close_digest(self, channel_id: bytes, version: int) -> bytes:
+    def open_approval_digest(self, channel_id: bytes, deadline: int) -> bytes:
+        """The contract's own ``openApprovalDigest`` (:func:`a402.asc.open_approval_digest`)."""
+        return bytes(self.contract.functions.openApprovalDigest(channel_id, deadline).call())
+
+    def force_close_digest(self, channel_id: bytes, version: int, deadline: int) -> bytes:
         """The contract's own ``forceCloseDigest`` (:func:`a402.asc.force_close_digest`)."""
-        return bytes(self.contract.functions.forceCloseDigest(channel_id, version).call())
+        return bytes(
+            self.contract.functions.forceCloseDigest(channel_id, version, deadline).call()
+        )
 
     def skipped(self, receipt: TxReceipt) -> dict[int, bytes]:
         """The members a batch skipped, by index: the encoded error each one's single call

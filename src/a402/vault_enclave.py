@@ -22,17 +22,29 @@ What each signature requires (the safety argument):
   itself), and the paid request is the one the call names (built here from the
   call). Each ``(client, nonce)`` pays at most once: it is consumed when σ_U is
   signed; a request given up before σ_U (refused, expired) leaves it unused,
-  so a retry of the same call may pay once. Calls older than the newest
-  timestamp seen minus twice the auth window are refused, so the replay set
-  stays bounded; consumed nonces are kept in the sealed records of the
-  channels that consumed them, and a client's calls are refused until every
-  channel of that client that may hold one is loaded (:class:`ChannelsNeeded`).
+  so a retry of the same call may pay once. A client's calls older than that
+  client's newest paid call minus twice the auth window are refused, so the
+  replay set stays bounded (per client: one client's far-future timestamp
+  makes no one else's calls stale; and a call signed more than a window after
+  the host's ``now`` is refused); consumed nonces are kept in the sealed
+  records of the channels that consumed them, each client's newest timestamp
+  in the ledger too, and a client's calls are refused until every channel of
+  that client that may hold one is loaded (:class:`ChannelsNeeded`). σ_U
+  also needs the channel's provider key to have been seen here as the
+  attested key of a tunnel's peer (see *Tunnel binding*), and a channel the
+  ledger has as refunded or settled gets none.
 * **Channel states, closes** — only the machine's own: the state after a REVEAL
   whose ``t·G = T`` (paying exactly the request's δ), and the final state with
   the latest balances.
-* **Opening approvals** (the contract's vault signature over the channel id) —
-  only for terms whose ``vault`` is this enclave; a pool-funded channel is
-  debited from the client's ledger balance first and refused beyond it.
+* **Opening approvals** (the contract's ``A402Open(channelId, deadline)``) —
+  only for terms whose ``vault`` is this enclave; a pool-funded channel only
+  for a fresh, unpaid invoke call its client signed (asking for pool funding),
+  debited from that client's ledger balance first and refused beyond it, and
+  never approved again once its debit was given back. Each approval lapses
+  ``OPEN_APPROVAL_LIFETIME`` seconds after the enclave's clock, and a pool
+  channel's debit is given back (:meth:`VaultEnclaveCode.open_failed`) only
+  once that clock is past the latest deadline signed for it: until then the
+  approval could still open the channel, and the deposit would be spent twice.
 * **Withdrawals** — an EIP-3009 ``transferWithAuthorization`` from the vault's
   address, only against a client-signed ``POST /v1/withdrawals`` and that
   client's ledger balance, to the recipient the client signed. A withdrawal
@@ -41,8 +53,25 @@ What each signature requires (the safety argument):
   transfer.
 * **Permit** — EIP-2612, only to the configured ASCManager (so that the manager
   can pull pool deposits on ``createASC``).
-* **Tunnel binding** (OPEN) — only for a channel held here.
-* **Force-close order** — only for the machine's latest co-signed state.
+* **Tunnel binding** (OPEN) — only for a channel held here, over a tunnel whose
+  peer, as the enclave verified it in the Noise handshake
+  (:meth:`~a402.tee.EnclaveKernel.channel_peer`, not anything the host says),
+  is an attested enclave holding the channel's ``providerKey``. That is what
+  makes the provider key an enclave's, so that a REPLY's pre-signature comes
+  from code that computed the result.
+* **Force-close order** — only for the machine's latest co-signed state, as
+  ``A402ForceClose(channelId, version, deadline)``, lapsing
+  ``FORCE_CLOSE_LIFETIME`` seconds after the enclave's clock.
+
+The enclave's clock is the chain time the host reports with each approval,
+order and report of a failed open, kept monotonic (it never goes back, and it
+is sealed with the ledger). A host that reports a time too early only makes
+its approvals lapse sooner (its opens fail). One that reports a time too late
+can have a pool debit given back while the approval is in fact still good,
+but only for approvals already signed (every later one is dated from the
+later clock), and that costs liquidity, not money: if the channel then opens,
+the enclave no longer serves it (no σ_U, no state), and its deposit comes
+back whole to the vault's address through the opening-state force close.
 
 Tunnel frames are encrypted and decrypted by the host (the code is started
 with ``host_tunnels=True``). That moves no money: every message that can — σ_U,
@@ -61,23 +90,36 @@ the vault, by compare-and-set on that version (:mod:`a402.vault.ledger`: replica
 sharing the database serialize on it), and hands a running enclave a newer one
 when another replica stored it; an older one is refused; a channel's record goes with the
 host's checkpoint of that channel, before its next message (no extra write per
-paid call). A host reporting a pool channel as never opened when it did gains
-nothing: its deposit is credited back once, and the channel's later refund is
-not credited again.
+paid call). Until the host restores the ledger the code refuses every call on
+balances, channels and signed calls, unless it was started as a first boot
+(``first_boot``), which starts from an empty ledger and refuses every channel
+record sealed in an earlier life: withholding the ledger replays nothing. A
+host reporting a pool channel as never opened gets its deposit back only if the
+channel runs here untouched (version 0, no request ever made); from then on the
+channel is closed here (a restore of any of its records too), so if it opens
+after all it pays nothing, and its later refund is not credited again.
 
-Trust limits (stated in the README too). The enclave cannot see the chain: it
-credits deposits the host reports (deduplicated by ``(tx hash, log index)``),
-refunds of pool channels the host reports (capped at what the channel's latest
-signed state gives the client, once per channel), and gives back the deposit
-of a pool channel the host reports as never opened. A host that lies about
-mined transfers can inflate a balance. Sealed state has no rollback protection
-(:mod:`a402.tee.sealing`): a host that restores an older ledger or channel
-record at a restart can replay what that record had not yet seen, and two live
-instances of this code from one sealed identity that do not share the ledger
-row each spend from a ledger of their own — a rollback too. ``first_boot`` says
-the host found no ledger at all (a new vault); the host refuses to start when
-its store has a history but no ledger. Which provider serves a
-URL is the host's choice (it fetches the 402), within the call's ``maxPrice``.
+Trust limits (stated in the README too). **The pool is not safe from the host.**
+The enclave cannot see the chain: it credits deposits the host reports
+(deduplicated by ``(tx hash, log index)``, nothing more), so a host that
+reports an invented deposit for a client key of its own can withdraw every
+client's pooled money with that client's signed withdrawal. The fix is on-chain
+per-client pool balances, which the enclave's signatures can only draw down;
+until then what holds is the rest: σ_U and channel states (so wallet-funded
+channels, whose deposits only the clients' signed calls spend). The host also
+reports refunds of pool channels (capped at what the channel's latest signed
+state gives the client, once per channel) and pool channels that never opened
+(given back only once the enclave's clock is past every approval's deadline,
+see above).
+Sealed state has no rollback protection (:mod:`a402.tee.sealing`): a host that
+restores an older ledger or channel record at a restart, or runs two instances
+of one enclave identity that do not share the ledger row (each its own ledger),
+can replay what that record had not yet seen. A running instance refuses a
+ledger older than its own (a version sealed in it, one more with every change),
+and replicas sharing the database serialize on the row (:mod:`a402.vault.ledger`).
+The attestation policy of the tunnel's handshake (which provider code is
+accepted) is the host's configuration. Which provider serves a URL is the
+host's choice (it fetches the 402), within the call's ``maxPrice``.
 """
 
 from __future__ import annotations
@@ -110,7 +152,9 @@ from a402.asc import (
     Status,
     Step,
     VaultChannel,
+    expiring_approval,
     force_close_digest,
+    open_approval_digest,
 )
 from a402.asc.messages import Auth
 from a402.asc.messages import Message as AscMessage
@@ -131,9 +175,12 @@ from a402.tee import (
     Enclave,
     EnclaveError,
     EnclaveKernel,
+    TeeError,
 )
+from a402.wire import jsonstrict
 from a402.wire import vault_api as api
 from a402.wire.a402 import HttpRequest, binding_digest
+from a402.wire.errors import WireError
 
 _CHANNEL_FORMAT = "a402/vault-enclave-channel/v1"
 _LEDGER_FORMAT = "a402/vault-enclave-ledger/v1"
@@ -144,6 +191,11 @@ WITHDRAWAL_TYPEHASH = keccak(
     b"A402Withdrawal(address owner,address to,uint256 amount,uint256 nonce,uint256 deadline)")
 #: How long a withdrawal's EIP-3009 authorization stays valid.
 WITHDRAWAL_VALIDITY = 3600
+#: How long the vault's approval to open a channel stays good (seconds of chain time):
+#: long enough to be mined, and the most a failed open's pool debit waits to come back.
+OPEN_APPROVAL_LIFETIME = 300
+#: How long the vault's order to force-close a channel stays good.
+FORCE_CLOSE_LIFETIME = 600
 
 #: Headers that describe one hop, not the request (RFC 9110 §7.6.1), plus those the
 #: provider sets itself: never part of the paid request.
@@ -204,6 +256,20 @@ class ChannelsNeeded(EnclaveError):
 
 
 @dataclass(frozen=True, slots=True)
+class OpenApproval:
+    """The vault's approval to open a channel: its signature over ``A402Open(channelId,
+    deadline)``, good until ``deadline`` (chain time, inclusive)."""
+
+    signature: bytes
+    deadline: int
+
+    @property
+    def calldata(self) -> bytes:
+        """What ``createASC``'s ``vaultApproval`` carries: signature ‖ deadline."""
+        return expiring_approval(self.signature, self.deadline)
+
+
+@dataclass(frozen=True, slots=True)
 class Withdrawal:
     """An EIP-3009 ``transferWithAuthorization`` from the vault, signed: submit it."""
 
@@ -251,6 +317,9 @@ class _Held:
     funding: str
     call: _Binding | None = None
     consumed: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: The provider key was seen here as an attested enclave's (a tunnel's peer, verified
+    #: in the handshake): σ_U only then.
+    attested: bool = False
 
 
 @dataclass(slots=True)
@@ -262,6 +331,7 @@ class _Entry:
     deposit: int
     settled: int | None = None  # the high-water timestamp when it settled
     refunded: bool = False
+    approved_until: int = 0  # the latest deadline of an approval to open it
 
 
 class VaultEnclaveCode:
@@ -269,7 +339,8 @@ class VaultEnclaveCode:
 
     ``domain``: the ASCManager's EIP-712 domain (it names the manager the permit may
     go to); ``network``: the chain (CAIP-2) the vault's account is on; ``token``:
-    the channel token's EIP-712 domain; ``auth_window``: the API's signature window.
+    the channel token's EIP-712 domain; ``auth_window``: the API's signature window;
+    ``first_boot``: this vault has never run before (see :meth:`start`).
     """
 
     def __init__(
@@ -291,15 +362,23 @@ class VaultEnclaveCode:
         self._balances: dict[str, int] = {}
         self._credited: set[str] = set()
         self._withdrawals: dict[str, dict[str, Any]] = {}
-        self._high_water = 0
+        #: Per client, the newest timestamp of a call it paid with: its calls older than
+        #: that minus twice the window are stale (one client's clock moves no one else's).
+        self._newest: dict[str, int] = {}
+        #: The chain time the host last reported (approvals, orders, failed opens): never back.
+        self._clock = 0
         self._consumed: dict[tuple[str, str], int] = {}
         self._reserved: dict[tuple[str, str], bytes] = {}
         #: The ledger's version, sealed with it: one more on its first change after each
         #: export (see :meth:`restore_ledger`); ``_unsaved``: changed since the export.
         self._version = 0
         self._unsaved = False
-        #: Started as a vault's very first boot (no ledger exists anywhere yet).
-        self.first_boot = first_boot
+        #: A ledger was restored, or this is the vault's first boot: until then every call
+        #: that reads or moves balances, channels or nonces is refused.
+        self._ready = first_boot
+        #: Started as a first boot (and no ledger restored since): no channel can predate
+        #: it, so a channel record this code sealed in an earlier life is refused.
+        self._first_boot = first_boot
         #: One call at a time: the host calls from its event loop and from threads.
         self.lock = threading.RLock()
 
@@ -310,12 +389,22 @@ class VaultEnclaveCode:
     ) -> VaultEnclave:
         """Run this code in ``enclave``; the host gets only the :class:`VaultEnclave`.
 
-        ``first_boot``: the host says no ledger exists yet (a new vault); otherwise the
-        host restores the stored one (:meth:`VaultEnclave.restore_ledger`) first."""
+        The code refuses every call on balances, channels and signed calls until the host
+        restores the ledger (:meth:`VaultEnclave.restore_ledger`), unless ``first_boot``:
+        the vault never ran, it starts with an empty ledger. A host that withholds the
+        ledger gains nothing: without it nothing runs; declaring a first boot instead
+        starts from zero balances and refuses every channel record an earlier life sealed
+        (so no channel of the old ledger runs again, with or without the nonces it
+        consumed)."""
         return enclave.start(lambda kernel: VaultEnclave(cls(
             kernel, domain=domain, network=network, token=token, auth_window=auth_window,
             first_boot=first_boot,
         )), host_tunnels=True)
+
+    def _check_ready(self) -> None:
+        if not self._ready:
+            raise EnclaveError("ledger_needed",
+                               "restore the ledger first (or start the code as a first boot)")
 
     # ---------------------------------------------------------------- ledger
 
@@ -351,6 +440,7 @@ class VaultEnclaveCode:
     def credit_deposit(self, key: str, client: str, amount: int) -> bool:
         """A mined transfer of ``amount`` from ``client`` to the vault, reported by the host
         (trusted: see the module docstring); once per ``key`` (tx hash, log index)."""
+        self._check_ready()
         if amount <= 0 or key in self._credited:
             return False
         self._credited.add(key)  # versioned by _credit
@@ -358,6 +448,7 @@ class VaultEnclaveCode:
         return True
 
     def export_ledger(self) -> bytes:
+        self._check_ready()  # never an empty ledger over the stored one
         self._prune()
         self._unsaved = False
         record = {
@@ -365,10 +456,12 @@ class VaultEnclaveCode:
             "version": self._version,
             "balances": {k: str(v) for k, v in self._balances.items()},
             "credited": sorted(self._credited),
-            "channels": {cid.hex(): [e.owner, e.funding, str(e.deposit), e.settled, e.refunded]
+            "channels": {cid.hex(): [e.owner, e.funding, str(e.deposit), e.settled, e.refunded,
+                                     e.approved_until]
                          for cid, e in self._channels.items()},
             "withdrawals": self._withdrawals,
-            "highWater": self._high_water,
+            "newest": {k: v for k, v in self._newest.items()},
+            "clock": self._clock,
         }
         return self._kernel.seal(_LEDGER_LABEL, jsonbytes.dumps(record))
 
@@ -383,6 +476,7 @@ class VaultEnclaveCode:
         store (a rollback; see the README). Channels running here that the restored
         ledger does not know were approved in a change that was never stored (its
         approval never left): they are dropped, and approved again if asked again.
+        Per-client freshness and the clock only move forward.
         """
         try:
             record = json.loads(self._kernel.unseal(_LEDGER_LABEL, blob))
@@ -391,10 +485,12 @@ class VaultEnclaveCode:
             version = int(record.get("version", 0))
             balances = {k: int(v) for k, v in record["balances"].items()}
             credited = set(record["credited"])
-            channels = {bytes.fromhex(cid): _Entry(e[0], e[1], int(e[2]), e[3], bool(e[4]))
+            channels = {bytes.fromhex(cid): _Entry(e[0], e[1], int(e[2]), e[3], bool(e[4]),
+                                                   int(e[5]) if len(e) > 5 else 0)
                         for cid, e in record["channels"].items()}
             withdrawals = dict(record["withdrawals"])
-            high_water = int(record["highWater"])
+            newest = {k: int(v) for k, v in record.get("newest", {}).items()}
+            clock = int(record.get("clock", 0))
         except (ValueError, KeyError, TypeError, IndexError) as e:
             raise EnclaveError("malformed", str(e)) from None
         if version < self._version:
@@ -407,11 +503,27 @@ class VaultEnclaveCode:
         self._channels, self._by_owner = {}, {}
         for cid, entry in channels.items():
             self._enter(cid, entry)
-        self._high_water = max(self._high_water, high_water)
+        for client, timestamp in newest.items():
+            self._advance(client, timestamp)
+        self._clock = max(self._clock, clock)
+        self._ready, self._first_boot = True, False
 
     # --------------------------------------------------------- signed calls
 
-    def _verify(self, call: SignedCall, method: str, path: str) -> api.Authenticated:
+    def _advance(self, client: str, timestamp: int) -> None:
+        if timestamp > self._newest.get(client, 0):
+            self._newest[client] = timestamp
+
+    def _horizon(self, client: str) -> int:
+        """Calls of ``client`` signed before this are stale."""
+        return self._newest.get(client, 0) - 2 * self.window
+
+    def _verify(self, call: SignedCall, method: str, path: str, now: float | None = None
+                ) -> api.Authenticated:
+        """The call's signature, for this vault; fresh for its signer (not older than the
+        signer's newest paid call minus twice the window) and, given the host's ``now``,
+        not signed more than a window in the future (a far-future timestamp would make
+        the client's own later calls stale)."""
         if (call.method, call.path) != (method, path):
             raise EnclaveError("wrong_call", f"not a signed {method} {path}")
         try:
@@ -423,22 +535,26 @@ class VaultEnclaveCode:
                                         call.body, now=timestamp, window=0)
         except api.AuthError as e:
             raise EnclaveError(e.reason, e.detail) from None
-        if signed.timestamp < self._high_water - 2 * self.window:
-            raise EnclaveError("stale_call", "signed too long before the newest call seen")
+        if signed.timestamp < self._horizon(address_key(signed.client)):
+            raise EnclaveError("stale_call", "signed too long before the client's newest call")
+        if now is not None and signed.timestamp > now + self.window:
+            raise EnclaveError("future_call", "signed more than the auth window ahead of now")
         return signed
 
-    def _body(self, call: SignedCall) -> Any:
+    def _body(self, call: SignedCall) -> dict[str, Any]:
+        """The signed body: a strict JSON object within :data:`~a402.wire.jsonstrict.
+        DEFAULT_LIMITS` (depth, size), measured before any parser recurses on it."""
         try:
-            return json.loads(call.body)
-        except ValueError:
-            raise EnclaveError("bad_request", "the call's body is not JSON") from None
+            return jsonstrict.loads_object(call.body)
+        except WireError as e:
+            raise EnclaveError("bad_request", f"the call's body: {e.message}") from None
 
     def _enter(self, channel_id: bytes, entry: _Entry) -> None:
         self._channels[channel_id] = entry
         self._by_owner.setdefault(entry.owner, set()).add(channel_id)
 
     def _missing(self, client: str) -> list[bytes]:
-        horizon = self._high_water - 2 * self.window
+        horizon = self._horizon(client)
         found = []
         for cid in self._by_owner.get(client, ()):
             e = self._channels[cid]
@@ -447,10 +563,11 @@ class VaultEnclaveCode:
         return sorted(found)
 
     def _prune(self) -> None:
-        horizon = self._high_water - 2 * self.window
-        self._consumed = {k: t for k, t in self._consumed.items() if t >= horizon}
+        self._consumed = {k: t for k, t in self._consumed.items()
+                          if t >= self._horizon(k[0])}
         for held in self._held.values():
-            held.consumed = {k: t for k, t in held.consumed.items() if t >= horizon}
+            held.consumed = {k: t for k, t in held.consumed.items()
+                             if t >= self._horizon(k[0])}
 
     # ---------------------------------------------------------------- channels
 
@@ -472,12 +589,41 @@ class VaultEnclaveCode:
             owner, funding)
         return channel_id
 
-    def approve_pool_channel(self, client: str, terms: ChannelTerms, lock_timeout: float
-                             ) -> bytes:
-        """The vault's approval of ``createASC`` for a pool channel of ``client``, its
-        deposit debited from the client's balance (refused beyond it). Asked again for
-        the same channel: the same approval, debited once."""
-        owner = address_key(client)
+    def _tick(self, now: int) -> int:
+        """Advance the enclave's clock to the host's ``now`` (chain time); never back."""
+        self._clock = max(self._clock, int(now))
+        return self._clock
+
+    def _approve_open(self, channel_id: bytes, entry: _Entry, now: int) -> OpenApproval:
+        if entry.refunded:
+            raise EnclaveError("written_off", "this channel's open failed; its debit came back")
+        deadline = self._tick(now) + OPEN_APPROVAL_LIFETIME
+        if deadline > entry.approved_until:  # stored before the approval leaves
+            entry.approved_until = deadline
+            self._changed()
+        digest = open_approval_digest(self.domain, channel_id, deadline)
+        return OpenApproval(self._kernel.sign(CHANNEL_APPROVAL, digest), deadline)
+
+    def approve_pool_channel(self, call: SignedCall, terms: ChannelTerms, lock_timeout: float,
+                             *, now: int) -> OpenApproval:
+        """The vault's approval of ``createASC`` for a pool channel of the client who
+        signed ``call`` (the paid call that needs the channel: fresh, for pool funding,
+        not paid already), its deposit debited from the client's balance (refused beyond
+        it), good until ``OPEN_APPROVAL_LIFETIME`` after ``now`` (chain time). Asked again
+        for the same channel: a fresh approval, debited once; never after its debit was
+        given back. Without a call of the client's the host cannot move its balance into
+        a channel."""
+        self._check_ready()
+        signed = self._verify(call, "POST", INVOKE_PATH)
+        owner = address_key(signed.client)
+        if (owner, signed.nonce) in self._consumed:
+            raise EnclaveError("replayed_call", "this signed call has paid already")
+        try:
+            invoke = api.InvokeRequest.from_json(self._body(call))
+        except ValueError as e:
+            raise EnclaveError("bad_request", str(e)) from None
+        if invoke.funding != api.POOL:
+            raise EnclaveError("not_a_pool_channel", "the call asks for wallet funding")
         if terms.client != self.address:
             raise EnclaveError("not_a_pool_channel", "a pool channel's client is the vault")
         channel_id = terms.channel_id(self.domain)
@@ -490,10 +636,13 @@ class VaultEnclaveCode:
             self._new_channel(terms, owner, api.POOL, lock_timeout)
         elif (entry.owner, entry.funding) != (owner, api.POOL):
             raise EnclaveError("not_your_channel", "approved for another client")
-        return self._kernel.sign(CHANNEL_APPROVAL, channel_id)
+        return self._approve_open(channel_id, self._channels[channel_id], now)
 
-    def approve_wallet_channel(self, terms: ChannelTerms, lock_timeout: float) -> bytes:
-        """The vault's approval of a channel funded from the client's own wallet."""
+    def approve_wallet_channel(self, terms: ChannelTerms, lock_timeout: float, *, now: int
+                               ) -> OpenApproval:
+        """The vault's approval of a channel funded from the client's own wallet, good until
+        ``OPEN_APPROVAL_LIFETIME`` after ``now`` (chain time)."""
+        self._check_ready()
         if terms.client == self.address:
             raise EnclaveError("not_a_wallet_channel", "the client is the vault")
         channel_id = terms.channel_id(self.domain)
@@ -503,32 +652,60 @@ class VaultEnclaveCode:
                               lock_timeout)
         elif entry.funding != api.WALLET:
             raise EnclaveError("not_a_wallet_channel", "approved as a pool channel")
-        return self._kernel.sign(CHANNEL_APPROVAL, channel_id)
+        return self._approve_open(channel_id, self._channels[channel_id], now)
 
-    def open_failed(self, channel_id: bytes) -> int:
-        """The host reports that a pool channel never opened: its deposit goes back (once,
-        and only while the channel never carried a request). Returns what was credited."""
-        entry, held = self._channels.get(channel_id), self._held.get(channel_id)
+    def approved_until(self, channel_id: bytes) -> int:
+        """The latest deadline of an approval to open ``channel_id`` (0: none)."""
+        entry = self._channels.get(channel_id)
+        return 0 if entry is None else entry.approved_until
+
+    def open_failed(self, channel_id: bytes, *, now: int) -> int:
+        """The host reports that a pool channel never opened: its deposit goes back, once.
+        Returns what was credited (0 for a channel never approved, a wallet channel, one
+        refunded already, or one whose approval may still open it).
+
+        Given back only once the clock, advanced to ``now``, is past every approval's
+        deadline (before, the channel could still open), and refused unless the channel
+        runs here (restored from its latest record) and is untouched: version 0, no
+        request ever made, nothing pending. From then on the channel is closed here for
+        good (its ledger entry says refunded, and it is never approved again): no
+        request, no σ_U, and a restore brings it back closed, so a channel that opens
+        on-chain after all pays nothing off-chain and its later settlement credits
+        nothing."""
+        self._check_ready()
+        entry = self._channels.get(channel_id)
         if entry is None or entry.funding != api.POOL or entry.refunded:
             return 0
-        if held is not None and (held.channel.next_request_id > 0
-                                 or held.channel.status is not Status.OPEN):
+        if self._tick(now) <= entry.approved_until:
             return 0
-        entry.refunded, entry.settled = True, self._high_water
-        self._credit(entry.owner, entry.deposit)  # versioned
-        if held is not None:
-            held.channel.closed_on_chain()
+        held = self._held.get(channel_id)
+        if held is None:
+            raise EnclaveError("unknown_channel", "restore the channel before reporting it")
+        channel = held.channel
+        if (channel.version != 0 or channel.next_request_id != 0 or held.call is not None
+                or channel.status is not Status.OPEN or channel.locked != 0
+                or channel.pending_close() is not None):
+            raise EnclaveError("channel_used", "the channel was used: it opened")
+        entry.refunded, entry.settled = True, self._newest.get(entry.owner, 0)
+        self._credit(entry.owner, entry.deposit)
+        channel.closed_on_chain()
         return entry.deposit
+
+    def _ended(self, channel_id: bytes) -> bool:
+        """Whether the ledger has the channel refunded (never opened) or settled."""
+        entry = self._channels.get(channel_id)
+        return entry is not None and (entry.refunded or entry.settled is not None)
 
     def settled(self, channel_id: bytes, client_payout: int) -> int:
         """The host reports the channel settled on-chain, paying ``client_payout`` back: for
         a pool channel, credited to its owner once, at most what the channel's latest state
         signed here gives the client. Returns what was credited."""
+        self._check_ready()
         entry = self._channels.get(channel_id)
         held = self._get(channel_id)
         if entry is None or entry.refunded:
             return 0
-        entry.refunded, entry.settled = True, self._high_water
+        entry.refunded, entry.settled = True, self._newest.get(entry.owner, 0)
         self._changed()
         held.channel.closed_on_chain()
         if entry.funding != api.POOL:
@@ -544,23 +721,42 @@ class VaultEnclaveCode:
                    final.state.client_balance if final is not None else 0)
 
     def bind_tunnel(self, handle: str, channel_id: bytes) -> bytes:
-        """OPEN's signature: this tunnel speaks for ``channel_id`` (held here)."""
-        self._get(channel_id)
+        """OPEN's signature: this tunnel speaks for ``channel_id`` (held here), only if the
+        tunnel's peer — as the enclave verified it in the handshake, not as the host says
+        — is an attested enclave whose signing key is the channel's ``providerKey``. Until
+        then the channel gets no σ_U: a provider key no enclave attested could pre-sign
+        a REPLY whose result never opens."""
+        held = self._get(channel_id)
+        try:
+            peer = self._kernel.channel_peer(handle)
+        except TeeError as e:
+            raise EnclaveError("unknown_tunnel", str(e)) from None
+        if peer.signing_key != b"\x02" + held.channel.terms.provider_key:
+            raise EnclaveError("provider_not_attested",
+                               "the tunnel's attested peer does not hold the channel's "
+                               "provider key")
+        held.attested = True
         return self._kernel.sign(
             TUNNEL_BINDING, binding_digest(self._kernel.channel_binding(handle), channel_id))
 
-    def force_close(self, channel_id: bytes) -> tuple[SignedState, bytes]:
-        """The latest co-signed state and the vault's order to force-close with it."""
+    def force_close(self, channel_id: bytes, *, now: int) -> tuple[SignedState, bytes]:
+        """The latest co-signed state and the vault's order to force-close with it, as
+        ``initForceCloseFor`` takes it (signature ‖ deadline), good until
+        ``FORCE_CLOSE_LIFETIME`` after ``now`` (chain time)."""
         latest = self._get(channel_id).channel.latest_state()
-        digest = force_close_digest(self.domain, channel_id, latest.state.version)
-        return latest, self._kernel.sign(FORCE_CLOSE, digest)
+        deadline = self._tick(now) + FORCE_CLOSE_LIFETIME
+        digest = force_close_digest(self.domain, channel_id, latest.state.version, deadline)
+        return latest, expiring_approval(self._kernel.sign(FORCE_CLOSE, digest), deadline)
 
     # -- one channel's machine, for the host's proxy --------------------------------
 
     def request(self, channel_id: bytes, call: SignedCall, amount: int, now: float) -> Exec:
         """Step ①, for a call the channel's owner signed (see the module docstring)."""
+        self._check_ready()
         held = self._get(channel_id)
-        signed = self._verify(call, "POST", INVOKE_PATH)
+        if self._ended(channel_id):
+            raise EnclaveError("channel_closed", "the channel was refunded or settled")
+        signed = self._verify(call, "POST", INVOKE_PATH, now)
         client = address_key(signed.client)
         if client != held.owner:
             raise EnclaveError("not_your_channel", "the channel serves another client")
@@ -582,7 +778,7 @@ class VaultEnclaveCode:
         exec_ = held.channel.request(paid_request(invoke).encode(), amount, now=now)
         held.call = _Binding(client, signed.nonce, signed.timestamp)
         self._reserved[key] = channel_id
-        self._high_water = max(self._high_water, signed.timestamp)
+        self._advance(client, signed.timestamp)
         return exec_
 
     def _release(self, held: _Held) -> None:
@@ -602,6 +798,11 @@ class VaultEnclaveCode:
     def receive(self, channel_id: bytes, message: AscMessage, now: float) -> Step:
         held = self._get(channel_id)
         if isinstance(message, Reply):
+            if self._ended(channel_id):
+                raise LocalProtocolError(Reason.NOT_ALLOWED, "the channel was refunded or settled")
+            if not held.attested:
+                raise LocalProtocolError(Reason.NOT_ALLOWED,
+                                         "the provider key was not seen attested (no OPEN)")
             call = held.call
             if held.channel.status is Status.LOCKED and call is None:
                 raise LocalProtocolError(Reason.NOT_ALLOWED, "no signed call for this request")
@@ -638,7 +839,7 @@ class VaultEnclaveCode:
     def export(self, channel_id: bytes) -> bytes:
         """The channel's state, sealed (the host's ``unseal`` cannot open it)."""
         held = self._get(channel_id)
-        horizon = self._high_water - 2 * self.window
+        horizon = self._horizon(held.owner)
         call = held.call
         record = {
             "format": _CHANNEL_FORMAT,
@@ -646,15 +847,22 @@ class VaultEnclaveCode:
             "owner": held.owner, "funding": held.funding,
             "call": None if call is None else [call.client, call.nonce, call.timestamp],
             "consumed": [[c, n, t] for (c, n), t in held.consumed.items() if t >= horizon],
+            "attested": held.attested,
             # What pruned ``consumed``: restored with it, so a pruned nonce stays stale.
-            "highWater": self._high_water,
+            "newest": self._newest.get(held.owner, 0),
         }
         return self._kernel.seal(self._label(channel_id), jsonbytes.dumps(record))
 
     def restore(self, channel_id: bytes, blob: bytes) -> None:
-        """Run a channel again from :meth:`export` (a no-op if it runs already)."""
+        """Run a channel again from :meth:`export` (a no-op if it runs already). Refused
+        before the ledger is restored, and, after a first boot, for a channel this life of
+        the code did not approve (it was sealed by an earlier one, whose ledger is gone)."""
+        self._check_ready()
         if channel_id in self._held:
             return
+        if self._first_boot and channel_id not in self._channels:
+            raise EnclaveError("not_a_first_boot",
+                               "a channel from before a first boot: restore the ledger")
         try:
             record = json.loads(self._kernel.unseal(self._label(channel_id), blob))
             if record.get("format") != _CHANNEL_FORMAT:
@@ -664,18 +872,22 @@ class VaultEnclaveCode:
             raise EnclaveError("malformed", str(e)) from None
         if channel.channel_id != channel_id:
             raise EnclaveError("malformed", "the record is for another channel")
-        held = _Held(channel, record["owner"], record["funding"])
+        held = _Held(channel, record["owner"], record["funding"],
+                     attested=record.get("attested") is True)
         call = record["call"]
         if call is not None:
             held.call = _Binding(call[0], call[1], int(call[2]))
             self._reserved[(call[0], call[1])] = channel_id
-        self._high_water = max(self._high_water, int(record["highWater"]))
+        self._advance(held.owner, int(record.get("newest", record.get("highWater", 0))))
         for client, nonce, timestamp in record["consumed"]:
             held.consumed[(client, nonce)] = self._consumed[(client, nonce)] = int(timestamp)
-            self._high_water = max(self._high_water, int(timestamp))
+            self._advance(client, int(timestamp))
         self._held[channel_id] = held
         if channel_id not in self._channels:
             self._enter(channel_id, _Entry(held.owner, held.funding, channel.terms.deposit))
+        elif self._ended(channel_id):  # refunded or settled: an older record runs no more
+            channel.closed_on_chain()
+            self._release(held)
 
     def forget(self, channel_id: bytes) -> None:
         """Unload a settled channel (its record stays with the host)."""
@@ -696,7 +908,8 @@ class VaultEnclaveCode:
         """An EIP-3009 transfer from the vault for a client-signed withdrawal, debited once
         per idempotency key; asked again, the same transfer (same nonce) signed again,
         valid ``WITHDRAWAL_VALIDITY`` seconds from ``now``."""
-        signed = self._verify(call, "POST", WITHDRAW_PATH)
+        self._check_ready()
+        signed = self._verify(call, "POST", WITHDRAW_PATH, now)
         client = address_key(signed.client)
         body = self._body(call)
         try:
@@ -725,6 +938,7 @@ class VaultEnclaveCode:
     def withdrawal_again(self, key: str, *, now: int) -> Withdrawal:
         """The transfer of a withdrawal already debited, signed again (same EIP-3009 nonce:
         of all its signatures at most one can transfer)."""
+        self._check_ready()
         if key not in self._withdrawals:
             raise EnclaveError("unknown_withdrawal", "no such withdrawal was signed")
         return self._sign_withdrawal(key, now)
@@ -917,9 +1131,6 @@ class VaultEnclave:
         """Whether the ledger changed since it was last exported (or restored)."""
         return self._code.ledger_unsaved
 
-    @property
-    def first_boot(self) -> bool:
-        return self._code.first_boot
 
     def export_ledger(self) -> bytes:
         with self._code.lock:
@@ -929,18 +1140,23 @@ class VaultEnclave:
         with self._code.lock:
             self._code.restore_ledger(blob)
 
-    def approve_pool_channel(self, client: str, terms: ChannelTerms, lock_timeout: float
-                             ) -> bytes:
+    def approve_pool_channel(self, call: SignedCall, terms: ChannelTerms, lock_timeout: float,
+                             *, now: int) -> OpenApproval:
         with self._code.lock:
-            return self._code.approve_pool_channel(client, terms, lock_timeout)
+            return self._code.approve_pool_channel(call, terms, lock_timeout, now=now)
 
-    def approve_wallet_channel(self, terms: ChannelTerms, lock_timeout: float) -> bytes:
+    def approve_wallet_channel(self, terms: ChannelTerms, lock_timeout: float, *, now: int
+                               ) -> OpenApproval:
         with self._code.lock:
-            return self._code.approve_wallet_channel(terms, lock_timeout)
+            return self._code.approve_wallet_channel(terms, lock_timeout, now=now)
 
-    def open_failed(self, channel_id: bytes) -> int:
+    def approved_until(self, channel_id: bytes) -> int:
         with self._code.lock:
-            return self._code.open_failed(channel_id)
+            return self._code.approved_until(channel_id)
+
+    def open_failed(self, channel_id: bytes, *, now: int) -> int:
+        with self._code.lock:
+            return self._code.open_failed(channel_id, now=now)
 
     def settled(self, channel_id: bytes, client_payout: int) -> int:
         with self._code.lock:
@@ -977,9 +1193,9 @@ class VaultEnclave:
         with self._code.lock:
             return self._code.bind_tunnel(handle, channel_id)
 
-    def force_close(self, channel_id: bytes) -> tuple[SignedState, bytes]:
+    def force_close(self, channel_id: bytes, *, now: int) -> tuple[SignedState, bytes]:
         with self._code.lock:
-            return self._code.force_close(channel_id)
+            return self._code.force_close(channel_id, now=now)
 
     def withdraw(self, call: SignedCall, *, now: int) -> Withdrawal:
         with self._code.lock:
@@ -995,10 +1211,13 @@ class VaultEnclave:
 
 
 __all__ = [
+    "FORCE_CLOSE_LIFETIME",
     "INVOKE_PATH",
+    "OPEN_APPROVAL_LIFETIME",
     "WITHDRAW_PATH",
     "ChannelsNeeded",
     "EnclaveChannel",
+    "OpenApproval",
     "SignedCall",
     "VaultEnclave",
     "VaultEnclaveCode",

@@ -5,11 +5,11 @@ frame driver, channels in a real SQLite store, the service run through the
 executor); its frames travel over an :class:`~a402.wire.transport.InMemoryTransport`
 straight into its frame driver. The vault is a *scripted peer*: the pure
 vault machine (:class:`a402.asc.VaultChannel`) and a simulated vault enclave
-for the attested Noise tunnel. The vault's own tunnel code
-(:mod:`a402.vault.tunnel`) takes an httpx client, not a frame transport, so the
-last test plugs the in-memory transport in *under* it, as an httpx transport
-(no socket, no ASGI, the provider's HTTP endpoint not involved): the real
-vault code, its frames carried in memory. Money is TestUSDC on anvil; each
+for the attested Noise tunnel. The last test runs the
+vault's own tunnel (:mod:`a402.vault.tunnel`) over an
+:class:`~a402.vault.link.InMemoryLink`: attestation and handshake by the
+runtime's parts, every frame through the in-memory transport (no socket, no
+HTTP, the provider's endpoint not involved). Money is TestUSDC on anvil; each
 test asserts balances.
 """
 
@@ -18,9 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any
 
-import httpx
 import pytest
 from eth_account.signers.local import LocalAccount
 
@@ -42,31 +40,25 @@ from a402.chain.tx import transact
 from a402.crypto import EcdsaSigner
 from a402.provider.a402_runtime import ProviderRuntime
 from a402.tee import AttestationPolicy
+from a402.vault.link import InMemoryLink
 from a402.wire.a402 import (
-    HANDSHAKE_PATH,
-    INFO_PATH,
-    MESSAGE_PATH,
     PROLOGUE,
     REQUEST_AD,
     RESPONSE_AD,
-    TUNNEL_HEADER,
     Envelope,
     HttpRequest,
     HttpResult,
     Kind,
     OpenChannel,
     Refusal,
-    b64,
     binding_digest,
     provider_user_data,
     request_digest,
-    unb64,
 )
 from a402.wire.transport import (
     FrameRefused,
     FrameTransport,
     InMemoryTransport,
-    LinkDown,
     UnknownTunnel,
 )
 
@@ -218,58 +210,37 @@ async def test_the_in_memory_transport_fails_as_the_http_one_does(world: World) 
     assert isinstance(reply, Reply) and provider.calls["weather"] == 1
 
 
-class InMemoryLink(httpx.AsyncBaseTransport):
-    """The vault tunnel's HTTP calls answered in memory: ``…/info`` and the handshake by
-    the runtime's parts, every frame by ``frames`` (a :class:`FrameTransport`), its
-    failures mapped as ``…/message`` maps them (404, 400; a link down is a transport
-    error). Only POSTed frames: the vault is built with ``transport="http"``."""
-
-    def __init__(self, runtime: ProviderRuntime, frames: FrameTransport) -> None:
-        self.runtime, self.frames = runtime, frames
-        self.carried = 0
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        path, body = request.url.path, await request.aread()
-        if path == INFO_PATH:
-            nonce = bytes.fromhex(request.url.params["nonce"])
-            return httpx.Response(200, json=self.runtime.info(nonce).to_json())
-        if path == HANDSHAKE_PATH:
-            data: dict[str, Any] = json.loads(body)
-            if "session" not in data:
-                tunnel_id, second = self.runtime.tunnels.open(unb64(data["message"]))
-                return httpx.Response(200, json={"session": tunnel_id, "message": b64(second)})
-            measurement = self.runtime.tunnels.finish(data["session"], unb64(data["message"]))
-            return httpx.Response(200, json={"session": data["session"],
-                                             "measurement": measurement.hex()})
-        assert path == MESSAGE_PATH, path
-        try:
-            answer = await self.frames.carry(request.headers[TUNNEL_HEADER], body)
-        except UnknownTunnel as e:
-            return httpx.Response(404, json={"error": e.reason, "message": e.detail})
-        except FrameRefused as e:
-            return httpx.Response(400, json={"error": e.reason, "message": e.detail})
-        except LinkDown as e:
-            raise httpx.TransportError(str(e)) from e
-        self.carried += 1
-        return httpx.Response(200, content=answer)
-
-
 async def test_the_vaults_own_tunnel_pays_over_the_in_memory_transport(world: World) -> None:
     provider, vault, client = world.provider(watch=False), world.vault(), world.client()
-    link = InMemoryLink(provider.runtime, InMemoryTransport(provider.runtime.driver.handle_frame))
-    http = httpx.AsyncClient(transport=link, base_url="http://provider.invalid")
-    async with world.tunnel(vault, "http://provider.invalid", http=http,
-                            transport="http") as tunnel:
+    runtime = provider.runtime
+    frames = Counting(InMemoryTransport(runtime.driver.handle_frame))
+    link = InMemoryLink(info=runtime.info, open_tunnel=runtime.tunnels.open,
+                        finish_tunnel=runtime.tunnels.finish, frames=frames)
+    async with world.tunnel(vault, "http://provider.invalid", link=link) as tunnel:
         channel = await world.open_channel(tunnel, vault, client)
         paid = [await tunnel.request(channel, WEATHER, PRICE) for _ in range(2)]
         await tunnel.flush_acks()
         before = world.balances(client.address, provider.address)
         signed = await tunnel.close(channel)
         world.manager.close(vault.account, channel.terms, signed)
-    await http.aclose()
     assert [json.loads(p.response.body)["n"] for p in paid] == [1, 2]
     assert vault.reasons()[:7] == ["attached"] + ["locked", "authorized", "delivered"] * 2
     # OPEN, 2 × (EXEC, AUTH), the last ACK, CLOSE: every frame went through the transport.
-    assert link.carried == 1 + 2 * 2 + 1 + 1
+    assert frames.carried == 1 + 2 * 2 + 1 + 1
+    assert frames.inner.closed  # closing the tunnel closed its link
     after = world.balances(client.address, provider.address)
     assert (after[0] - before[0], after[1] - before[1]) == (DEPOSIT - 2 * PRICE, 2 * PRICE)
+
+
+class Counting:
+    """A :class:`FrameTransport` that counts the frames another one carries."""
+
+    def __init__(self, inner: InMemoryTransport) -> None:
+        self.inner, self.carried = inner, 0
+
+    async def carry(self, tunnel: str, frame: bytes) -> bytes:
+        self.carried += 1
+        return await self.inner.carry(tunnel, frame)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

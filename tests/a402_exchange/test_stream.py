@@ -382,7 +382,7 @@ async def test_frames_go_by_post_without_a_stream(
     kwargs: dict[str, Any] = {"ack_delay": 600}
     if why == "asked":
         kwargs["transport"] = "http"
-    caplog.set_level(logging.WARNING, logger="a402.vault.tunnel")
+    caplog.set_level(logging.WARNING, logger="a402.vault.link")
     with serve_in_thread(recorder) as url:
         async with world.tunnel(vault, url, **kwargs) as tunnel:
             channel = await world.open_channel(tunnel, vault, client)

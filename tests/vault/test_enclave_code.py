@@ -13,22 +13,42 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from a402.asc import Auth, ChannelTerms, ProviderChannel, Reason, Status, force_close_digest
+from a402.asc import (
+    Auth,
+    ChannelTerms,
+    ProviderChannel,
+    Reason,
+    Status,
+    force_close_digest,
+    open_approval_digest,
+)
 from a402.asc.errors import ASCError
 from a402.crypto import EVM, EcdsaSigner, PaymentDomain
 from a402.crypto.authorization import recover_signer
 from a402.evm.address import address_key
 from a402.exact.eip3009 import Eip712Domain
-from a402.tee import Enclave, EnclaveError, SealingError, SimulatedPlatform
+from a402.tee import (
+    PROVIDER_PURPOSES,
+    AttestationPolicy,
+    Enclave,
+    EnclaveError,
+    SealingError,
+    SimulatedPlatform,
+)
+from a402.tee.simulated import SimulatedEnclave, SimulatedVerifier
 from a402.vault_enclave import (
+    FORCE_CLOSE_LIFETIME,
     INVOKE_PATH,
+    OPEN_APPROVAL_LIFETIME,
     WITHDRAW_PATH,
     ChannelsNeeded,
     SignedCall,
@@ -39,11 +59,14 @@ from a402.vault_enclave import (
 from a402.wire import vault_api as api
 
 CODE = hashlib.sha384(b"a402 vault enclave code tests").digest()
+PROVIDER_CODE = hashlib.sha384(b"a402 provider enclave code tests").digest()
 MANAGER = bytes.fromhex("5fbdb2315678afecb367f032d93f642f64180aa3")
 DOMAIN = PaymentDomain(31337, MANAGER)
 TOKEN = Eip712Domain("USD Coin", "2", 31337, "0xe7f1725e7734ce288f8367e1bb143e90bb3f0512")
 NETWORK = "eip155:31337"
 PRICE = 1_000
+#: The chain time the host reports to the enclave in these tests.
+NOW = 1_700_000_000
 
 
 @dataclass
@@ -53,14 +76,38 @@ class Setup:
     vault: VaultEnclave
     provider: EcdsaSigner
     schnorr: Any
+    #: The vault enclave's tunnel to the provider's enclave (whose key is ``schnorr``).
+    tunnel: str = ""
+
+    def restarted(self, vault: VaultEnclave) -> Setup:
+        return Setup(self.platform, self.enclave, vault, self.provider, self.schnorr, self.tunnel)
+
+
+def attested_tunnel(platform: SimulatedPlatform, vault: Enclave, provider: Enclave) -> str:
+    """A Noise tunnel from the vault enclave to the provider's, both attested (simulated)."""
+    verifier = SimulatedVerifier(platform.root.public_key, allow_simulated=True)
+    handle, first = vault.channel_initiate(AttestationPolicy(frozenset({PROVIDER_CODE})),
+                                           [verifier])
+    other, second = provider.channel_respond(first, AttestationPolicy(frozenset({CODE})),
+                                             [verifier])
+    third, _ = vault.channel_finish(handle, second)
+    provider.channel_accept(other, third)
+    return handle
 
 
 @pytest.fixture
 def setup() -> Setup:
     platform = SimulatedPlatform.generate()
     enclave = platform.launch(CODE)
-    vault = VaultEnclaveCode.start(enclave, domain=DOMAIN, network=NETWORK, token=TOKEN)
-    return Setup(platform, enclave, vault, EcdsaSigner(os.urandom(32)), EVM.generate_key())
+    vault = VaultEnclaveCode.start(enclave, domain=DOMAIN, network=NETWORK, token=TOKEN,
+                                   first_boot=True)
+    # The provider's enclave, whose attested key the test drives directly (standing in
+    # for the provider enclave's code): the channel's providerKey is an attested one.
+    schnorr = EVM.secret_key(EVM.generate_key().to_bytes())
+    provider_enclave = SimulatedEnclave(platform, PROVIDER_CODE, schnorr.to_bytes(),
+                                        X25519PrivateKey.generate(), PROVIDER_PURPOSES)
+    tunnel = attested_tunnel(platform, enclave, provider_enclave)
+    return Setup(platform, enclave, vault, EcdsaSigner(os.urandom(32)), schnorr, tunnel)
 
 
 def signed(vault: VaultEnclave, client: LocalAccount, body: dict[str, Any], *,
@@ -78,9 +125,12 @@ def call(vault: VaultEnclave, client: LocalAccount, *, max_price: int = PRICE,
 
 
 def pool_channel(s: Setup, client: LocalAccount, deposit: int = 10 * PRICE) -> ChannelTerms:
+    """A pool channel for a call of ``client``'s, bound to the provider enclave's tunnel."""
     terms = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
                          s.schnorr.public_key, deposit, os.urandom(32))
-    s.vault.approve_pool_channel(client.address, terms, lock_timeout=10.0)
+    s.vault.approve_pool_channel(call(s.vault, client, key="needs-a-channel"), terms,
+                                 lock_timeout=10.0, now=NOW)
+    s.vault.bind_tunnel(s.tunnel, terms.channel_id(DOMAIN))
     return terms
 
 
@@ -95,8 +145,15 @@ def funded(s: Setup, amount: int = 100 * PRICE) -> LocalAccount:
     return client
 
 
+def clock() -> int:
+    """The host's ``now``: signed calls carry the wall clock, and the enclave refuses one
+    signed more than the auth window after ``now``."""
+    return int(time.time())
+
+
 def pay(s: Setup, terms: ChannelTerms, provider: ProviderChannel, signed_call: SignedCall,
-        now: float = 0.0) -> Auth:
+        now: float | None = None) -> Auth:
+    now = clock() if now is None else now
     channel = s.vault.channel(terms.channel_id(DOMAIN))
     assert channel is not None
     exec_ = channel.request(signed_call, PRICE, now=now)
@@ -126,27 +183,28 @@ def test_a_paid_request_needs_the_channel_owners_signed_call(setup: Setup) -> No
     # the host signs a call itself, or as another client: not the channel's owner
     for wrong in (call(s.vault, mallory), call(s.vault, Account.create())):
         with pytest.raises(EnclaveError) as refused:
-            channel.request(wrong, PRICE, now=0)
+            channel.request(wrong, PRICE, now=clock())
         assert refused.value.reason == "not_your_channel"
     good = call(s.vault, alice)
     # a tampered body, another path, a missing signature
     forged = SignedCall(good.headers, "POST", INVOKE_PATH, good.body.replace(b"1000", b"9000"))
     with pytest.raises(EnclaveError, match="bad_signature"):
-        channel.request(forged, PRICE, now=0)
+        channel.request(forged, PRICE, now=clock())
     with pytest.raises(EnclaveError, match="wrong_call"):
-        channel.request(SignedCall(good.headers, "POST", WITHDRAW_PATH, good.body), PRICE, now=0)
+        channel.request(SignedCall(good.headers, "POST", WITHDRAW_PATH, good.body), PRICE,
+                        now=clock())
     with pytest.raises(EnclaveError, match="unauthenticated"):
-        channel.request(SignedCall({}, "POST", INVOKE_PATH, good.body), PRICE, now=0)
+        channel.request(SignedCall({}, "POST", INVOKE_PATH, good.body), PRICE, now=clock())
     # signed for another vault (another account string)
     other = api.sign_request(alice, "eip155:1:0x" + "11" * 20, "POST", INVOKE_PATH, good.body)
     with pytest.raises(EnclaveError, match="bad_signature"):
-        channel.request(SignedCall.of(other, "POST", INVOKE_PATH, good.body), PRICE, now=0)
+        channel.request(SignedCall.of(other, "POST", INVOKE_PATH, good.body), PRICE, now=clock())
     # more than the client's maximum
     with pytest.raises(EnclaveError, match="price_above_maximum"):
-        channel.request(good, PRICE + 1, now=0)
+        channel.request(good, PRICE + 1, now=clock())
     assert channel.status is Status.OPEN and channel.free == terms.deposit
     # the good call pays: the request is the one the call names
-    exec_ = channel.request(good, PRICE, now=0)
+    exec_ = channel.request(good, PRICE, now=clock())
     invoke = api.InvokeRequest.from_json(json.loads(good.body))
     assert exec_.request == paid_request(invoke).encode()
 
@@ -161,7 +219,7 @@ def test_one_signed_call_pays_at_most_once(setup: Setup) -> None:
         channel = s.vault.channel(terms.channel_id(DOMAIN))
         assert channel is not None
         with pytest.raises(EnclaveError) as refused:
-            channel.request(one, PRICE, now=1)
+            channel.request(one, PRICE, now=clock())
         assert refused.value.reason == "replayed_call"
     channel = s.vault.channel(first.channel_id(DOMAIN))
     assert channel is not None and channel.provider_balance == PRICE
@@ -176,30 +234,42 @@ def test_a_call_given_up_before_sigma_u_may_run_again_once(setup: Setup) -> None
     elsewhere = s.vault.channel(other.channel_id(DOMAIN))
     assert channel is not None and elsewhere is not None
     one = call(s.vault, alice)
-    channel.request(one, PRICE, now=0)
+    channel.request(one, PRICE, now=clock())
     with pytest.raises(EnclaveError, match="replayed_call"):  # in flight on the first
-        elsewhere.request(one, PRICE, now=0)
+        elsewhere.request(one, PRICE, now=clock())
     channel.abandon()  # nothing was authorised
     provider = provider_side(s, other)
-    pay(s, other, provider, one, now=1)
+    pay(s, other, provider, one, now=clock())
     with pytest.raises(EnclaveError, match="replayed_call"):
-        channel.request(one, PRICE, now=2)
+        channel.request(one, PRICE, now=clock())
 
 
-def test_a_host_cannot_get_sigma_u_for_a_request_no_call_started(setup: Setup) -> None:
+def test_a_request_whose_call_paid_elsewhere_gets_no_sigma_u(setup: Setup) -> None:
+    """σ_U only for a request whose signed call has not paid: X is in flight on A (the
+    host keeps A's record from then), A gives it up, X pays on B, and the host restores
+    A's older record, still waiting for X's REPLY: the provider's REPLY gets no σ_U.
+    (A restore of that older record after a restart that does not load B is the sealed
+    state's rollback limit, stated in the module docstring.)"""
     s = setup
     alice = funded(s)
-    terms = pool_channel(s, alice)
-    provider = provider_side(s, terms)
-    channel = s.vault.channel(terms.channel_id(DOMAIN))
-    assert channel is not None
-    exec_ = channel.request(call(s.vault, alice), PRICE, now=0)
-    provider.receive(exec_, now=0)
-    reply = provider.reply(exec_.request_id, b"result")
-    channel.abandon()
-    with pytest.raises(ASCError):  # the machine refuses a REPLY nobody waits for
-        channel.receive(reply, now=0)
-    assert channel.pending_auth() is None
+    a, b = pool_channel(s, alice), pool_channel(s, alice)
+    pa, pb = provider_side(s, a), provider_side(s, b)
+    channel_a = s.vault.channel(a.channel_id(DOMAIN))
+    assert channel_a is not None
+    x = call(s.vault, alice)
+    exec_a = channel_a.request(x, PRICE, now=clock())
+    pa.receive(exec_a, now=clock())
+    reply_a = pa.reply(exec_a.request_id, b"result on A")
+    record_a = channel_a.snapshot()  # LOCKED, for X
+    channel_a.abandon()  # nothing authorised: X may pay once elsewhere
+    pay(s, b, pb, x)  # X pays on B
+    s.vault.unload(a.channel_id(DOMAIN))
+    older = s.vault.restore(a.channel_id(DOMAIN), record_a)
+    assert older.pending_request() is not None  # waiting for X's REPLY again
+    with pytest.raises(ASCError, match="paid already"):
+        older.receive(reply_a, now=clock())
+    assert older.pending_auth() is None and older.provider_balance == 0
+    assert s.vault.channel(b.channel_id(DOMAIN)).provider_balance == PRICE  # type: ignore[union-attr]
 
 
 def test_after_a_restart_a_clients_calls_wait_for_its_channels(setup: Setup) -> None:
@@ -217,15 +287,15 @@ def test_after_a_restart_a_clients_calls_wait_for_its_channels(setup: Setup) -> 
     with pytest.raises(EnclaveError, match="restarted"):  # the old code signs nothing more
         s.vault.permit("0x" + MANAGER.hex(), 1, 0, 2**63)
     again.restore_ledger(ledger)
-    fresh = pool_channel(Setup(s.platform, s.enclave, again, s.provider, s.schnorr), alice)
+    fresh = pool_channel(s.restarted(again), alice)
     replay = again.channel(fresh.channel_id(DOMAIN))
     assert replay is not None
     with pytest.raises(ChannelsNeeded) as needed:
-        replay.request(one, PRICE, now=0)
+        replay.request(one, PRICE, now=clock())
     assert needed.value.channel_ids == [cid]
     again.restore(cid, record)
     with pytest.raises(EnclaveError, match="replayed_call"):
-        replay.request(one, PRICE, now=0)
+        replay.request(one, PRICE, now=clock())
 
 
 def test_old_calls_are_refused_so_the_replay_set_stays_bounded(setup: Setup) -> None:
@@ -236,7 +306,7 @@ def test_old_calls_are_refused_so_the_replay_set_stays_bounded(setup: Setup) -> 
     channel = s.vault.channel(terms.channel_id(DOMAIN))
     assert channel is not None
     with pytest.raises(EnclaveError, match="stale_call"):
-        channel.request(call(s.vault, alice, key="old", ts=10_000 - 121), PRICE, now=1)
+        channel.request(call(s.vault, alice, key="old", ts=10_000 - 121), PRICE, now=clock())
 
 
 def test_records_and_ledger_are_sealed_for_the_code_alone(setup: Setup) -> None:
@@ -261,7 +331,7 @@ def test_no_pool_channel_beyond_the_clients_balance(setup: Setup) -> None:
     foreign = ChannelTerms(s.vault.address, "0x" + "22" * 20, s.provider.address,
                            s.schnorr.public_key, PRICE, os.urandom(32))
     with pytest.raises(EnclaveError, match="not_our_channel"):
-        s.vault.approve_pool_channel(alice.address, foreign, lock_timeout=10.0)
+        s.vault.approve_pool_channel(call(s.vault, alice), foreign, lock_timeout=10.0, now=NOW)
 
 
 def test_deposits_count_once_and_refunds_at_most_the_signed_state(setup: Setup) -> None:
@@ -283,23 +353,23 @@ def test_withdrawals_only_as_signed_and_within_the_balance(setup: Setup) -> None
     too_much = signed(s.vault, alice, {"amount": "5001", "idempotencyKey": "w"},
                       path=WITHDRAW_PATH)
     with pytest.raises(EnclaveError, match="insufficient_balance"):
-        s.vault.withdraw(too_much, now=0)
+        s.vault.withdraw(too_much, now=clock())
     ok = signed(s.vault, alice, {"amount": "3000", "idempotencyKey": "w"}, path=WITHDRAW_PATH)
-    first = s.vault.withdraw(ok, now=0)
-    again = s.vault.withdraw(ok, now=100)  # the host asks again: the same transfer
+    first = s.vault.withdraw(ok, now=clock())
+    again = s.vault.withdraw(ok, now=clock() + 100)  # the host asks again: the same transfer
     assert (first.nonce, first.value, first.to) == (again.nonce, 3000, address_key(alice.address))
     assert s.vault.balance(alice.address) == 2_000 and s.vault.balance(bob.address) == 5_000
     changed = signed(s.vault, alice, {"amount": "1000", "idempotencyKey": "w"},
                      path=WITHDRAW_PATH)
     with pytest.raises(EnclaveError, match="idempotency_key_reused"):
-        s.vault.withdraw(changed, now=0)
+        s.vault.withdraw(changed, now=clock())
     # the host relabels alice's call as bob's, or as an invoke: the signature fails
     relabelled = SignedCall({**ok.headers, api.CLIENT_HEADER: bob.address}, ok.method, ok.path,
                             ok.body)
     with pytest.raises(EnclaveError, match="bad_signature"):
-        s.vault.withdraw(relabelled, now=0)
+        s.vault.withdraw(relabelled, now=clock())
     with pytest.raises(EnclaveError, match="wrong_call"):
-        s.vault.withdraw(SignedCall(ok.headers, "POST", INVOKE_PATH, ok.body), now=0)
+        s.vault.withdraw(SignedCall(ok.headers, "POST", INVOKE_PATH, ok.body), now=clock())
 
 
 def test_a_permit_only_to_the_manager(setup: Setup) -> None:
@@ -320,10 +390,65 @@ def test_a_force_close_order_only_for_the_latest_co_signed_state(setup: Setup) -
     alice = funded(s)
     terms = pool_channel(s, alice)
     pay(s, terms, provider_side(s, terms), call(s.vault, alice))
-    latest, signature = s.vault.force_close(terms.channel_id(DOMAIN))
+    latest, order = s.vault.force_close(terms.channel_id(DOMAIN), now=NOW)
     assert latest.state.version == 1 and latest.state.provider_balance == PRICE
-    digest = force_close_digest(DOMAIN, terms.channel_id(DOMAIN), 1)
-    assert recover_signer(digest, signature) == s.vault.address
+    deadline = NOW + FORCE_CLOSE_LIFETIME  # the order lapses: a withheld one cannot be used later
+    assert order[65:] == deadline.to_bytes(32, "big")
+    digest = force_close_digest(DOMAIN, terms.channel_id(DOMAIN), 1, deadline)
+    assert recover_signer(digest, order[:65]) == s.vault.address
+
+
+def test_an_open_approval_lapses_and_a_pool_debit_comes_back_only_after_it_has(
+    setup: Setup,
+) -> None:
+    """Review F1/F2: a failed open's approval stays usable until its deadline, so the debit
+    may come back only after it (the host's word that the chain shows the id unopened is
+    not enough before), and a channel whose debit came back is never approved again."""
+    s = setup
+    alice = funded(s, 10 * PRICE)
+    terms = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
+                         s.schnorr.public_key, 4 * PRICE, os.urandom(32))
+    cid = terms.channel_id(DOMAIN)
+    approval = s.vault.approve_pool_channel(call(s.vault, alice), terms, lock_timeout=10.0,
+                                           now=NOW)
+    assert approval.deadline == NOW + OPEN_APPROVAL_LIFETIME == s.vault.approved_until(cid)
+    assert recover_signer(open_approval_digest(DOMAIN, cid, approval.deadline),
+                          approval.signature) == s.vault.address
+    assert approval.calldata == approval.signature + approval.deadline.to_bytes(32, "big")
+    assert s.vault.balance(alice.address) == 6 * PRICE
+    # Asked again (a retry): a fresh deadline, the deposit debited once.
+    again = s.vault.approve_pool_channel(call(s.vault, alice), terms, lock_timeout=10.0,
+                                        now=NOW + 10)
+    assert again.deadline == NOW + 10 + OPEN_APPROVAL_LIFETIME == s.vault.approved_until(cid)
+    assert s.vault.balance(alice.address) == 6 * PRICE
+    # Up to the last approval's deadline, nothing comes back, whatever the host says.
+    assert s.vault.open_failed(cid, now=again.deadline) == 0
+    assert s.vault.balance(alice.address) == 6 * PRICE
+    # Past it, once.
+    assert s.vault.open_failed(cid, now=again.deadline + 1) == 4 * PRICE
+    assert s.vault.open_failed(cid, now=again.deadline + 2) == 0
+    assert s.vault.balance(alice.address) == 10 * PRICE
+    with pytest.raises(EnclaveError, match="written_off"):
+        s.vault.approve_pool_channel(call(s.vault, alice), terms, lock_timeout=10.0,
+                                     now=NOW + 1_000)
+    assert s.vault.balance(alice.address) == 10 * PRICE
+
+
+def test_the_enclaves_clock_never_goes_back(setup: Setup) -> None:
+    """A host that once reported a later time cannot then date an approval earlier (and so
+    get its debit back sooner): deadlines follow the latest time it ever reported."""
+    s = setup
+    alice = funded(s, 10 * PRICE)
+    first = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
+                         s.schnorr.public_key, PRICE, os.urandom(32))
+    s.vault.approve_pool_channel(call(s.vault, alice, key="first"), first, lock_timeout=10.0,
+                                 now=NOW + 5_000)
+    second = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
+                          s.schnorr.public_key, PRICE, os.urandom(32))
+    approval = s.vault.approve_pool_channel(call(s.vault, alice, key="second"), second,
+                                            lock_timeout=10.0, now=NOW)
+    assert approval.deadline == NOW + 5_000 + OPEN_APPROVAL_LIFETIME
+    assert s.vault.open_failed(second.channel_id(DOMAIN), now=NOW) == 0
 
 
 def test_the_machine_signs_only_its_own_states(setup: Setup) -> None:
@@ -333,15 +458,15 @@ def test_the_machine_signs_only_its_own_states(setup: Setup) -> None:
     provider = provider_side(s, terms)
     channel = s.vault.channel(terms.channel_id(DOMAIN))
     assert channel is not None
-    exec_ = channel.request(call(s.vault, alice), PRICE, now=0)
-    provider.receive(exec_, now=0)
-    (auth,) = channel.receive(provider.reply(exec_.request_id, b"r"), now=0).send
-    reveal = provider.receive(auth, now=0).send[0]
+    exec_ = channel.request(call(s.vault, alice), PRICE, now=clock())
+    provider.receive(exec_, now=clock())
+    (auth,) = channel.receive(provider.reply(exec_.request_id, b"r"), now=clock()).send
+    reveal = provider.receive(auth, now=clock()).send[0]
     greedy = type(reveal)(reveal.channel_id, reveal.request_id, reveal.adaptor_secret,
                           reveal.state.pay(reveal.state.client_balance, reveal.state.version),
                           reveal.signature)
     with pytest.raises(Exception) as refused:
-        channel.receive(greedy, now=0)
+        channel.receive(greedy, now=clock())
     assert getattr(refused.value, "reason", None) in (Reason.STATE_MISMATCH,)
     assert channel.status is Status.PENDING
 
@@ -378,4 +503,235 @@ def test_a_nonce_pruned_from_a_record_stays_stale_after_a_restart(setup: Setup) 
     again.restore_ledger(ledger)
     restored = again.restore(cid, record)
     with pytest.raises(EnclaveError, match="stale_call"):
-        restored.request(first, PRICE, now=0)
+        restored.request(first, PRICE, now=clock())
+
+
+
+def test_a_channel_refunded_as_never_opened_pays_nothing_when_restored_from_its_record(
+        setup: Setup) -> None:
+    """Review 2, finding 3a: the approval stays usable on-chain, so a host may report a
+    pool channel as never opened, get its deposit back, and restore the record it stored at
+    approval: the channel comes back closed, with no request and no σ_U."""
+    s = setup
+    alice = funded(s, 10 * PRICE)
+    terms = pool_channel(s, alice, deposit=10 * PRICE)
+    cid = terms.channel_id(DOMAIN)
+    channel = s.vault.channel(cid)
+    assert channel is not None and s.vault.balance(alice.address) == 0
+    record = channel.snapshot()  # stored before the approval left the vault
+    later = s.vault.approved_until(cid) + 1  # its approval lapsed unused
+    assert s.vault.open_failed(cid, now=later) == 10 * PRICE  # "the open failed": credited back
+    assert s.vault.open_failed(cid, now=later) == 0  # once
+    assert s.vault.balance(alice.address) == 10 * PRICE
+    s.vault.unload(cid)
+    again = s.vault.restore(cid, record)  # ... but the channel opens on-chain after all
+    assert again.status is Status.CLOSED
+    with pytest.raises(EnclaveError, match="channel_closed"):
+        again.request(call(s.vault, alice), PRICE, now=clock())
+    assert again.provider_balance == 0 and again.pending_auth() is None
+    assert s.vault.settled(cid, 10 * PRICE) == 0  # its refund on-chain is not credited again
+    assert s.vault.balance(alice.address) == 10 * PRICE
+
+
+def test_a_used_pool_channel_cannot_be_reported_as_never_opened(setup: Setup) -> None:
+    """Review 2, finding 3b: the provider earned PRICE on the channel; reporting it as
+    never opened (loaded, or unloaded so that the enclave cannot look) credits nothing."""
+    s = setup
+    alice = funded(s, 10 * PRICE)
+    terms = pool_channel(s, alice, deposit=10 * PRICE)
+    cid = terms.channel_id(DOMAIN)
+    pay(s, terms, provider_side(s, terms), call(s.vault, alice))
+    later = s.vault.approved_until(cid) + 1  # past its approval: only the use refuses it
+    with pytest.raises(EnclaveError, match="channel_used"):
+        s.vault.open_failed(cid, now=later)
+    s.vault.unload(cid)
+    with pytest.raises(EnclaveError, match="unknown_channel"):
+        s.vault.open_failed(cid, now=later)
+    assert s.vault.balance(alice.address) == 0
+    # A channel that carried a request, even one given up before σ_U, opened too.
+    bob = funded(s, 10 * PRICE)
+    other = pool_channel(s, bob, deposit=10 * PRICE)
+    channel = s.vault.channel(other.channel_id(DOMAIN))
+    assert channel is not None
+    channel.request(call(s.vault, bob), PRICE, now=clock())
+    channel.abandon()
+    with pytest.raises(EnclaveError, match="channel_used"):
+        s.vault.open_failed(other.channel_id(DOMAIN),
+                            now=s.vault.approved_until(other.channel_id(DOMAIN)) + 1)
+    assert s.vault.balance(bob.address) == 0
+
+
+def test_a_host_cannot_move_a_clients_pool_balance_into_a_channel_without_its_call(
+        setup: Setup) -> None:
+    """Review 2, finding 6: a pool channel is approved only for a fresh, unpaid invoke
+    call the client signed (asking for pool funding); otherwise its balance stays put."""
+    s = setup
+    alice, mallory = funded(s, 10 * PRICE), funded(s, 10 * PRICE)
+    paid = call(s.vault, alice, key="paid")
+    first = pool_channel(s, alice, deposit=PRICE)
+    pay(s, first, provider_side(s, first), paid)
+    assert s.vault.balance(alice.address) == 9 * PRICE
+
+    def terms() -> ChannelTerms:
+        return ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
+                            s.schnorr.public_key, 9 * PRICE, os.urandom(32))
+
+    wallet = api.InvokeRequest(url="https://api.example/weather", method="GET", headers=(),
+                               body=b"", max_price=PRICE, idempotency_key="w", funding=api.WALLET)
+    withdrawal = signed(s.vault, alice, {"amount": "1", "idempotencyKey": "w"},
+                        path=WITHDRAW_PATH)
+    for not_alices_consent, reason in (
+            (call(s.vault, mallory), "insufficient_balance"),  # mallory's call: her balance
+            (call(s.vault, Account.create()), "insufficient_balance"),  # the host's own key
+            (paid, "replayed_call"),  # a call that has paid already
+            (signed(s.vault, alice, wallet.to_json()), "not_a_pool_channel"),
+            (withdrawal, "wrong_call"),
+            (SignedCall({}, "POST", INVOKE_PATH, paid.body), "unauthenticated")):
+        t = terms() if reason != "insufficient_balance" else ChannelTerms(
+            s.vault.address, s.vault.address, s.provider.address, s.schnorr.public_key,
+            11 * PRICE, os.urandom(32))
+        with pytest.raises(EnclaveError, match=reason):
+            s.vault.approve_pool_channel(not_alices_consent, t, lock_timeout=10.0, now=NOW)
+        assert s.vault.channel(t.channel_id(DOMAIN)) is None
+    assert s.vault.balance(alice.address) == 9 * PRICE
+    assert s.vault.balance(mallory.address) == 10 * PRICE
+    # alice's fresh call opens one, debited from alice's balance (not mallory's).
+    s.vault.approve_pool_channel(call(s.vault, alice, key="new"), terms(), lock_timeout=10.0,
+                                 now=NOW)
+    assert s.vault.balance(alice.address) == 0
+    assert s.vault.balance(mallory.address) == 10 * PRICE
+
+
+def test_no_sigma_u_for_a_provider_key_no_attested_enclave_holds(setup: Setup) -> None:
+    """Review 2, finding 6: the host opens a channel whose providerKey is a plain key of
+    its own (no enclave computes the results it pre-signs): OPEN is refused over a tunnel
+    whose attested peer holds another key, and the REPLY gets no σ_U."""
+    s = setup
+    alice = funded(s, 10 * PRICE)
+    host_key = EVM.secret_key(EVM.generate_key().to_bytes())
+    terms = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
+                         host_key.public_key, 10 * PRICE, os.urandom(32))
+    s.vault.approve_pool_channel(call(s.vault, alice, key="open"), terms, lock_timeout=10.0,
+                                 now=NOW)
+    cid = terms.channel_id(DOMAIN)
+    with pytest.raises(EnclaveError, match="provider_not_attested"):
+        s.vault.bind_tunnel(s.tunnel, cid)  # the attested peer holds s.schnorr, not host_key
+    with pytest.raises(EnclaveError, match="unknown_tunnel"):
+        s.vault.bind_tunnel("a handle the host made up", cid)
+    channel = s.vault.channel(cid)
+    assert channel is not None
+    fake = ProviderChannel(terms, DOMAIN, s.provider, host_key, ack_timeout=30.0,
+                           lock_timeout=5.0)
+    exec_ = channel.request(call(s.vault, alice), PRICE, now=clock())
+    fake.receive(exec_, now=clock())
+    with pytest.raises(ASCError):
+        channel.receive(fake.reply(exec_.request_id, b"a result that never opens"), now=clock())
+    assert channel.pending_auth() is None and channel.provider_balance == 0
+    assert s.vault.balance(alice.address) == 0  # (its deposit comes back when it closes)
+
+
+def test_a_restart_without_the_ledger_runs_nothing(setup: Setup) -> None:
+    """Review 2, finding 5: the host restarts the code and withholds the ledger (no old
+    blob needed), then restores only channel B to replay call X, which paid on A."""
+    s = setup
+    alice = funded(s)
+    a, b = pool_channel(s, alice), pool_channel(s, alice)
+    x = call(s.vault, alice)
+    pay(s, a, provider_side(s, a), x)  # X paid on A: its nonce is in A's record only
+    record_b = s.vault.channel(b.channel_id(DOMAIN)).snapshot()  # type: ignore[union-attr]
+    again = VaultEnclaveCode.start(s.enclave, domain=DOMAIN, network=NETWORK, token=TOKEN)
+    for refused in (lambda: again.restore(b.channel_id(DOMAIN), record_b),
+                    lambda: again.credit_deposit("0xfeed:0", alice.address, 10**30),
+                    lambda: pool_channel(s.restarted(again), alice),
+                    lambda: again.withdraw(signed(again, alice, {"amount": "1",
+                                           "idempotencyKey": "w"}, path=WITHDRAW_PATH),
+                                           now=clock()),
+                    again.export_ledger):
+        with pytest.raises(EnclaveError, match="ledger_needed"):
+            refused()
+    assert again.channel(b.channel_id(DOMAIN)) is None and again.balance(alice.address) == 0
+
+
+def test_a_host_declaring_a_first_boot_cannot_run_an_earlier_channel(setup: Setup) -> None:
+    """Review 2, finding 5: the host deletes the ledger and declares a first boot: the code
+    starts from zero balances and refuses every channel record of its earlier life, so call
+    X (paid on A) cannot pay again on B."""
+    s = setup
+    alice = funded(s)
+    a, b = pool_channel(s, alice), pool_channel(s, alice)
+    x = call(s.vault, alice)
+    pay(s, a, provider_side(s, a), x)
+    record_b = s.vault.channel(b.channel_id(DOMAIN)).snapshot()  # type: ignore[union-attr]
+    again = VaultEnclaveCode.start(s.enclave, domain=DOMAIN, network=NETWORK, token=TOKEN,
+                                   first_boot=True)
+    with pytest.raises(EnclaveError, match="not_a_first_boot"):
+        again.restore(b.channel_id(DOMAIN), record_b)
+    assert again.channel(b.channel_id(DOMAIN)) is None
+    assert again.balance(alice.address) == 0  # nothing to open a channel with either
+    with pytest.raises(EnclaveError, match="insufficient_balance"):
+        pool_channel(s.restarted(again), alice)
+
+
+def test_a_far_future_call_of_one_client_makes_no_one_elses_calls_stale(setup: Setup) -> None:
+    """Review 2, finding 8: freshness is per client, and a call signed more than the auth
+    window after the host's ``now`` is refused."""
+    s = setup
+    alice, bob = funded(s), funded(s, 5_000)
+    terms = pool_channel(s, alice)
+    channel = s.vault.channel(terms.channel_id(DOMAIN))
+    assert channel is not None
+    future = call(s.vault, alice, key="future", ts=10**11)
+    with pytest.raises(EnclaveError, match="future_call"):
+        channel.request(future, PRICE, now=clock())
+    # A host that passes a far-future ``now`` gets it paid: it moves alice's clock only.
+    pay(s, terms, provider_side(s, terms), future, now=10**11)
+    bobs = pool_channel(s, bob, deposit=2_000)
+    pay(s, bobs, provider_side(s, bobs), call(s.vault, bob))  # bob's current call pays
+    w = signed(s.vault, bob, {"amount": "3000", "idempotencyKey": "w"}, path=WITHDRAW_PATH)
+    assert s.vault.withdraw(w, now=clock()).value == 3_000
+    assert s.vault.balance(bob.address) == 0
+    assert s.vault.channel(bobs.channel_id(DOMAIN)).provider_balance == PRICE  # type: ignore[union-attr]
+
+
+def test_each_clients_newest_call_survives_a_restart_in_the_ledger(setup: Setup) -> None:
+    """Review 2, finding 5: the ledger keeps each client's newest paid call, so an old
+    call is stale after a restart even before the channel that paid it is restored."""
+    s = setup
+    alice = funded(s)
+    terms = pool_channel(s, alice)
+    pay(s, terms, provider_side(s, terms), call(s.vault, alice, key="new", ts=10_000))
+    ledger = s.vault.export_ledger()
+    again = VaultEnclaveCode.start(s.enclave, domain=DOMAIN, network=NETWORK, token=TOKEN)
+    again.restore_ledger(ledger)
+    fresh = ChannelTerms(again.address, again.address, s.provider.address,
+                         s.schnorr.public_key, PRICE, os.urandom(32))
+    with pytest.raises(EnclaveError, match="stale_call"):
+        again.approve_pool_channel(call(again, alice, key="old", ts=10_000 - 121), fresh,
+                                   lock_timeout=10.0, now=NOW)
+    assert again.balance(alice.address) == 100 * PRICE - 10 * PRICE
+
+
+@pytest.mark.parametrize("raw", [b"[" * 200_000 + b"]" * 200_000, b"[1, 2, 3]",
+                                 b'{"url": 1, "url": 2}', b"\xff"])
+def test_a_signed_body_that_is_not_a_shallow_json_object_is_refused_cleanly(
+        setup: Setup, raw: bytes) -> None:
+    """Review 2, finding 7: a deeply nested body (200 000 brackets, which would overflow
+    the C stack under py_ecc's recursion limit), a non-object, duplicate keys, non-UTF-8:
+    each is refused as ``bad_request`` by every call that reads a body, with no crash."""
+    s = setup
+    alice = funded(s)
+    terms = pool_channel(s, alice)
+    channel = s.vault.channel(terms.channel_id(DOMAIN))
+    assert channel is not None
+    fresh = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
+                         s.schnorr.public_key, PRICE, os.urandom(32))
+    for path, attempt in (
+            (INVOKE_PATH, lambda c: channel.request(c, PRICE, now=clock())),
+            (INVOKE_PATH, lambda c: s.vault.approve_pool_channel(c, fresh, lock_timeout=10.0,
+                                                                   now=NOW)),
+            (WITHDRAW_PATH, lambda c: s.vault.withdraw(c, now=clock()))):
+        headers = api.sign_request(alice, s.vault.account, "POST", path, raw)
+        with pytest.raises(EnclaveError, match="bad_request"):
+            attempt(SignedCall.of(headers, "POST", path, raw))
+    assert channel.status is Status.OPEN and channel.free == terms.deposit
+    assert s.vault.balance(alice.address) == 90 * PRICE

@@ -182,8 +182,10 @@ def test_a_host_cannot_open_a_pool_channel_beyond_a_balance_or_without_the_encla
         enclave = vault.service.vault
         terms = ChannelTerms(vault.address, vault.address, provider.address,
                              provider_key(provider), 3_001, b"\x01" * 32)
+        h, b = _signed_invoke(vault, alice, "https://api.example/weather", "open")
         with pytest.raises(EnclaveError, match="insufficient_balance"):
-            enclave.approve_pool_channel(alice.address, terms, lock_timeout=10.0)
+            enclave.approve_pool_channel(SignedCall.of(h, "POST", INVOKE_PATH, b), terms,
+                                         lock_timeout=10.0, now=world.manager.chain_time())
         manager = world.manager
         host = vault.account
         # Without the enclave's approval, or with the host's own signature instead:
@@ -216,7 +218,8 @@ def test_a_host_cannot_sign_a_channel_state_or_read_sealed_records(world: World)
                               bytes.fromhex(row.cid[2:]), greedy)
         with pytest.raises(TransactionFailed):
             world.manager.init_force_close_for(vault.account, terms,
-                                               SignedState(greedy, host_sig, b""), host_sig)
+                                               SignedState(greedy, host_sig, b""), host_sig,
+                                               deadline=world.manager.chain_time() + 600)
         before = world.balances(vault.address, provider.address, world.manager.address)
         assert before[1] == 0
         closed = client.close_channel(row.cid)
@@ -246,10 +249,14 @@ def test_a_host_that_restarts_cannot_replay_a_call_it_received_before(world: Wor
             enclave = vault.service.vault
             cid = bytes.fromhex(row.cid[2:])
             replay = SignedCall.of(headers, "POST", INVOKE_PATH, body)
-            # The host can load the channel only from its sealed record, which carries
-            # the nonces it consumed.
-            if enclave.channel(cid) is None:  # (recovery may have loaded it already)
-                assert enclave.missing(account.address) == [cid]
+            # Recovery may have loaded the channel; the host can unload it at will. The
+            # restarted enclave knows (from the ledger) that the client's calls wait for
+            # it, and the host can load it only from its sealed record, which carries the
+            # nonces it consumed.
+            enclave.unload(cid)
+            assert enclave.channel(cid) is None
+            assert enclave.missing(account.address) == [cid]
+            assert enclave.balance(account.address) == 20_000 - int(row.deposit)
             channel = enclave.restore(cid, row.snapshot)
             assert channel is not None
             with pytest.raises(EnclaveError, match="replayed_call"):

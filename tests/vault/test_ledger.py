@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +43,8 @@ from .helpers import (
     vault_config,
 )
 from .test_enclave_code import CODE, DOMAIN, NETWORK, TOKEN
+
+NOW = int(time.time())
 
 # ------------------------------------------------------------ two replicas, one row
 
@@ -122,8 +125,8 @@ def test_two_replicas_cannot_both_withdraw_one_balance(tmp_path: Any) -> None:
     first = _withdrawal(one.vault, alice, 5_000, "w1")
     second = _withdrawal(two.vault, alice, 5_000, "w2")
     with pytest.raises(EnclaveError, match="5000 > balance 0"):
-        two.change(_racing(lambda: one.change(lambda: one.vault.withdraw(first, now=0)),
-                           lambda: two.vault.withdraw(second, now=0)))
+        two.change(_racing(lambda: one.change(lambda: one.vault.withdraw(first, now=NOW)),
+                           lambda: two.vault.withdraw(second, now=NOW)))
     assert (one.vault.balance(alice.address), two.vault.balance(alice.address)) == (0, 0)
     # The replica that lost knows the winner's withdrawal (same nonce signed again), and no
     # other: a restart loads exactly one.
@@ -145,7 +148,7 @@ def test_a_running_enclave_refuses_a_ledger_older_than_its_own(tmp_path: Any) ->
     alice = Account.create()
     one.change(lambda: one.vault.credit_deposit("0xaa:0", alice.address, 5_000))
     old = one.vault.export_ledger()
-    one.change(lambda: one.vault.withdraw(_withdrawal(one.vault, alice, 5_000, "w"), now=0))
+    one.change(lambda: one.vault.withdraw(_withdrawal(one.vault, alice, 5_000, "w"), now=NOW))
     with pytest.raises(EnclaveError, match="older"):
         one.vault.restore_ledger(old)
     # Nor can a change it has not exported yet be dropped by handing it the stored ledger.

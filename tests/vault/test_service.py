@@ -4,6 +4,7 @@ conservation."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -92,4 +93,53 @@ def test_a_paid_call_on_an_open_channel_takes_three_commits(world: World) -> Non
         assert record is not None and record.state == vault_store.DONE and record.secret is not None
         assert client.invoke(f"{site}/weather", max_price=1_000,
                              idempotency_key="w-2") == paid  # answered from that record
+        client.close()
+
+
+def test_a_call_whose_cached_price_went_up_is_recorded_once_and_paid_at_the_new_price(
+    world: World,
+) -> None:
+    """The provider raised its price after the vault cached its offer. The EXEC at the old
+    price is refused (``amount_mismatch``: no σ_U, δ released), the call asks for a fresh
+    offer and pays the new price in the same ``/invoke``: its record was written once, by
+    the first LOCKED checkpoint, and the second LOCKED does not claim it again."""
+    provider = world.provider()
+    escrow = world.balance(world.manager.address)
+    with serve_in_thread(provider.app) as site, running_vault(world) as vault:
+        _, client = client_of(world, vault.url, funds=100_000, deposit=50_000)
+        first = client.invoke(f"{site}/weather", max_price=2_000)  # opens; the offer is cached
+        assert (first.outcome, first.amount) == (api.PAID, 1_000)
+        table = provider.runtime.routes  # the middleware's table too: the 402 says 1 200
+        table.__init__(tuple(  # type: ignore[misc]
+            dataclasses.replace(r, amount=1_200) if r.pattern.text == "GET /weather" else r
+            for r in table.routes))
+        writes: list[list[tuple[str, str]]] = []
+        submit = vault.store._submit
+
+        async def counting(statements):  # type: ignore[no-untyped-def]
+            writes.append([(sql.split()[0], re.findall(r'"(\w+)"', sql)[0])
+                           for sql, _ in statements])
+            return await submit(statements)
+
+        vault.store._submit = counting  # type: ignore[method-assign]
+        paid = client.invoke(f"{site}/weather", max_price=2_000, idempotency_key="w-2")
+        vault.store._submit = submit  # type: ignore[method-assign]
+        assert (paid.outcome, paid.amount) == (api.PAID, 1_200)
+        assert provider.calls["weather"] == 2  # the refused EXEC ran nothing
+        checkpoint = [("UPDATE", "a402_vault_channels"), ("UPDATE", "a402_vault_requests")]
+        assert writes == [
+            [("INSERT", "a402_vault_nonces"), ("INSERT", "a402_vault_requests"),
+             ("UPDATE", "a402_vault_channels")],  # LOCKED at 1 000, with the call's record
+            checkpoint,  # EXPIRED: refused at the old price, the call RELEASED
+            checkpoint,  # LOCKED at 1 200: the call is recorded, not claimed again
+            checkpoint,  # AUTHORIZED
+            checkpoint,  # DELIVERED, with the call's answer
+        ]
+        [channel] = client.account_info()["channels"]
+        closed = client.close_channel(channel["channelId"])
+        assert (closed["clientPayout"], closed["providerPayout"]) == (
+            str(int(channel["deposit"]) - 2_200), "2200")
+        assert world.balance(provider.address) == 2_200
+        assert client.account_info()["balance"] == str(50_000 - 2_200)
+        assert_conserved(world, vault.store, vault.address, escrow)
         client.close()

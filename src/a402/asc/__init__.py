@@ -45,8 +45,11 @@ from .terms import (
     BalanceState,
     ChannelTerms,
     DigestSigner,
+    expiring_approval,
     force_close_digest,
+    open_approval_digest,
     sign_channel_open,
+    sign_open_approval,
     sign_state,
     state_signer,
 )
@@ -89,8 +92,11 @@ __all__ = [
     "VaultChannel",
     "decode",
     "encode",
+    "expiring_approval",
     "force_close_digest",
+    "open_approval_digest",
     "sign_channel_open",
+    "sign_open_approval",
     "sign_state",
     "state_signer",
 ]

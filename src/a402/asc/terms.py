@@ -14,13 +14,20 @@ and (through the manager's immutable token) one asset.
 * State digest: ``hashTypedData(A402ChannelState(bytes32 channelId, uint256
   version, uint256 clientBalance, uint256 providerBalance, bool isFinal))``,
   which vault and provider sign with ECDSA (:func:`sign_state`).
-* The vault's approval to open is its ECDSA signature over ``cid`` too, so a
-  vault key that never sends transactions (an enclave's) can have its host
-  submit ``createASC`` (:func:`sign_channel_open` serves both parties).
+* The vault's approval to open, when it does not send ``createASC`` itself (a
+  vault key that never sends transactions, an enclave's, has its host submit
+  it): its ECDSA signature over ``hashTypedData(A402Open(bytes32 channelId,
+  uint256 deadline))`` (:func:`open_approval_digest`,
+  :func:`sign_open_approval`), good until ``deadline``, so an open that failed
+  or was withheld cannot be replayed later against the vault's allowance.
 * Force-close request: ``hashTypedData(A402ForceClose(bytes32 channelId,
-  uint256 version))`` (:func:`force_close_digest`), which the vault signs to
-  have anyone send ``initForceCloseFor``; a type of its own, so no state
-  signature can start a force close.
+  uint256 version, uint256 deadline))`` (:func:`force_close_digest`), which
+  the vault signs to have anyone send ``initForceCloseFor`` until
+  ``deadline``; a type of its own, so no state signature can start a force
+  close.
+* Both approvals that lapse travel to the contract as ``signature ‖
+  deadline`` (:func:`expiring_approval`), in the ``bytes`` argument that
+  carries the signature.
 
 Encoding is plain concatenation of 32-byte words; the tests check it against the
 contract's own ``channelId`` and ``stateDigest``.
@@ -44,15 +51,19 @@ STATE_TYPE = (
     "A402ChannelState(bytes32 channelId,uint256 version,uint256 clientBalance,"
     "uint256 providerBalance,bool isFinal)"
 )
-FORCE_CLOSE_TYPE = "A402ForceClose(bytes32 channelId,uint256 version)"
+OPEN_TYPE = "A402Open(bytes32 channelId,uint256 deadline)"
+FORCE_CLOSE_TYPE = "A402ForceClose(bytes32 channelId,uint256 version,uint256 deadline)"
 CHANNEL_TYPEHASH = keccak(CHANNEL_TYPE.encode())
 STATE_TYPEHASH = keccak(STATE_TYPE.encode())
+OPEN_TYPEHASH = keccak(OPEN_TYPE.encode())
 FORCE_CLOSE_TYPEHASH = keccak(FORCE_CLOSE_TYPE.encode())
 
 #: The contract escrows at most this much per channel (balances are packed in 128 bits).
 MAX_DEPOSIT = (1 << 128) - 1
 #: State versions and request ids are 64-bit (the contract packs the version in 64 bits).
 MAX_VERSION = (1 << 64) - 1
+#: A deadline is a uint256 of seconds (``block.timestamp <= deadline``).
+MAX_DEADLINE = (1 << 256) - 1
 #: ``(N - 1) / 2``: the largest x-coordinate an EVM-flavour Schnorr key may have.
 _HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
 
@@ -194,19 +205,61 @@ class BalanceState:
         return (self.version, self.client_balance, self.provider_balance, self.is_final)
 
 
-def force_close_digest(domain: PaymentDomain, channel_id: bytes, version: int) -> bytes:
+def _check_id_and_deadline(channel_id: bytes, deadline: int) -> None:
+    if len(channel_id) != 32:
+        raise ValueError("channel id must be 32 bytes")
+    if not 0 <= deadline <= MAX_DEADLINE:
+        raise ValueError("deadline must be a uint256")
+
+
+def open_approval_digest(domain: PaymentDomain, channel_id: bytes, deadline: int) -> bytes:
+    """The EIP-712 digest of the vault's approval to open ``channel_id`` until ``deadline``.
+
+    ``createASC``/``createASCBatch``/``createASCWithAuthorization`` take the vault's
+    ECDSA signature over it when the vault does not send the transaction. Ids are
+    single-use, so an approval opens one channel once; the deadline (inclusive:
+    ``block.timestamp <= deadline``) ends it for good if that open failed or was
+    withheld, so nobody can replay it later, from a failed transaction's calldata
+    or the mempool, against an allowance the vault meant for newer channels. Once
+    a block stamped after the deadline shows the id unopened, it never opens.
+    """
+    _check_id_and_deadline(channel_id, deadline)
+    return _typed(domain, keccak(OPEN_TYPEHASH + channel_id + _word(deadline)))
+
+
+def force_close_digest(
+    domain: PaymentDomain, channel_id: bytes, version: int, deadline: int
+) -> bytes:
     """The EIP-712 digest of the vault's request to force-close ``channel_id`` at ``version``.
 
     ``initForceCloseFor`` takes the vault's ECDSA signature over it (with the
-    state of that version, which the vault signed as well): a typed message of
-    its own, so a state signature the provider holds can never start a force
-    close, and one per channel, since a channel force-closes once.
+    state of that version, which the vault signed as well) until ``deadline``
+    (inclusive): a typed message of its own, so a state signature the provider
+    holds can never start a force close; one per channel, since a channel
+    force-closes once; and a request that failed or was withheld lapses instead
+    of ending, later, a channel the vault went on using.
     """
-    if len(channel_id) != 32:
-        raise ValueError("channel id must be 32 bytes")
+    _check_id_and_deadline(channel_id, deadline)
     if not 0 <= version <= MAX_VERSION:
         raise ValueError("version must fit in 64 bits")
-    return _typed(domain, keccak(FORCE_CLOSE_TYPEHASH + channel_id + _word(version)))
+    return _typed(
+        domain, keccak(FORCE_CLOSE_TYPEHASH + channel_id + _word(version) + _word(deadline))
+    )
+
+
+def expiring_approval(signature: bytes, deadline: int) -> bytes:
+    """The contract's form of an approval that lapses: ``signature ‖ deadline`` (97 bytes).
+
+    What ``createASC``'s ``vaultApproval`` and ``initForceCloseFor``'s
+    ``forceCloseRequest`` carry: the 65-byte ECDSA signature (``r ‖ s ‖ v``) over
+    :func:`open_approval_digest` or :func:`force_close_digest`, then the deadline
+    it names as one 32-byte big-endian word.
+    """
+    if len(signature) != 65:
+        raise ValueError("an ECDSA signature is 65 bytes (r ‖ s ‖ v)")
+    if not 0 <= deadline <= MAX_DEADLINE:
+        raise ValueError("deadline must be a uint256")
+    return signature + _word(deadline)
 
 
 def sign_state(
@@ -224,9 +277,16 @@ def state_signer(
 
 
 def sign_channel_open(signer: DigestSigner, domain: PaymentDomain, terms: ChannelTerms) -> bytes:
-    """A party's approval of ``createASC``: an EIP-712 signature over the channel id.
-
-    The client's consent (``clientSignature``) and the vault's approval
-    (``vaultSignature``) are both this signature, by their own key.
+    """The client's consent to ``createASC`` (``clientSignature``): an EIP-712 signature over
+    the channel id. It opens nothing without the vault's approval
+    (:func:`sign_open_approval`), whose deadline therefore bounds it too.
     """
     return signer.sign_digest(terms.channel_id(domain))
+
+
+def sign_open_approval(
+    signer: DigestSigner, domain: PaymentDomain, terms: ChannelTerms, deadline: int
+) -> bytes:
+    """The vault's 65-byte approval to open ``terms`` until ``deadline``
+    (:func:`open_approval_digest`), for a ``createASC`` it does not send itself."""
+    return signer.sign_digest(open_approval_digest(domain, terms.channel_id(domain), deadline))

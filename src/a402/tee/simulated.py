@@ -541,6 +541,9 @@ class _Kernel:
     def channel_binding(self, handle: str) -> bytes:
         return self._check().channel_binding(handle)
 
+    def channel_peer(self, handle: str) -> VerifiedEnclave:
+        return self._check().channel_peer(handle)
+
     def channel_encrypt(self, handle: str, plaintext: bytes, *, ad: bytes = b"") -> bytes:
         return self._check()._encrypt(handle, plaintext, ad)
 

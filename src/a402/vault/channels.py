@@ -12,6 +12,13 @@ meet. Two rules carry the safety argument:
   ``createASC`` is signed; the transaction is journaled before it is
   broadcast (:mod:`a402.vault.txjournal`); a channel that never opens gives
   the deposit back. Settlement credits what the chain paid back, once.
+* **The chain says whether a channel opened** (:meth:`Channels.settle_open`),
+  never our own receipt: anyone may send a copy of our ``createASC`` (or of
+  the enclave's approval in it) first, and then ours reverts although the
+  channel is open. A channel is FAILED, and its pool deposit given back, only
+  once the manager's record shows it unopened in a block stamped after the
+  enclave's last approval to open it lapsed (``A402Open(id, deadline)``);
+  until then it stays OPENING, since that approval could still be mined.
 
 Keys. The vault's address is its enclave's attested key
 (:mod:`a402.vault_enclave`): every channel's ``vault``, the pool's owner, the
@@ -19,7 +26,8 @@ signer of every approval, state and σ_U. The enclave's code holds the
 channels' machines (the host drives :class:`~a402.vault_enclave.EnclaveChannel`
 proxies) and the clients' balances, and approves each channel it opens. The
 host's ``account`` only pays gas: it sends ``createASC`` with the enclave's
-approval, ``closeASC`` with the co-signed final state.
+approval (dated from the chain's latest block time, lapsing a few minutes
+later), ``closeASC`` with the co-signed final state.
 
 Funding. ``pool``: the vault's own address is the channel's on-chain client
 (``createASC`` from the pooled deposits, which the manager may pull by the
@@ -56,12 +64,17 @@ from eth_account.signers.local import LocalAccount
 
 from a402.asc import ChannelTerms, SignedState, Status
 from a402.asc import snapshot as snap
-from a402.asc_manager import RECEIVE_WITH_AUTHORIZATION_TYPES, ASCManager, terms_tuple
+from a402.asc_manager import (
+    RECEIVE_WITH_AUTHORIZATION_TYPES,
+    ASCManager,
+    OnChainStatus,
+    terms_tuple,
+)
 from a402.chain.deploy import TokenInfo
 from a402.chain.tx import TransactionFailed
 from a402.evm.address import address_key
 from a402.tee import AttestationPolicy, AttestationVerifier, Enclave, EnclaveError
-from a402.vault_enclave import EnclaveChannel, VaultEnclave
+from a402.vault_enclave import EnclaveChannel, OpenApproval, SignedCall, VaultEnclave
 from a402.wire import vault_api as api
 
 from . import records
@@ -69,7 +82,7 @@ from . import store as vault_store
 from .aggregate import Aggregator
 from .ledger import Ledger, LedgerBusy
 from .settings import Batching, Connections, Deposits, Timing
-from .tunnel import Checkpoint, CheckpointReason, PaidResponse, ProviderTunnel
+from .tunnel import Checkpoint, CheckpointReason, ProviderTunnel
 from .txjournal import TxJournal
 
 log = logging.getLogger("a402.vault")
@@ -143,14 +156,6 @@ class Channels:
         self._closes = Aggregator(self._send_closes, window=batching.batch_window,
                                   limit=batching.batch_limit)
         self.live: dict[bytes, EnclaveChannel] = {}
-        #: The request key each busy channel carries (for its checkpoints).
-        self.current: dict[bytes, str] = {}
-        #: For a busy channel, the final values of its call's record once paid (see
-        #: :meth:`persist`): the answer is written with the DELIVERED checkpoint.
-        self.answers: dict[bytes, Callable[[PaidResponse], dict[str, Any]]] = {}
-        #: For a busy channel whose call is not recorded yet, the call's claim: written
-        #: with the LOCKED checkpoint (see :meth:`persist`).
-        self.claims: dict[bytes, vault_store.Claim] = {}
         self._tunnels: dict[tuple[str, int], ProviderTunnel] = {}
         self._attached: dict[tuple[str, int], set[bytes]] = {}
         self._tunnel_locks: dict[tuple[str, int], asyncio.Lock] = {}
@@ -240,9 +245,15 @@ class Channels:
             self.vault.restore(channel_id, row.snapshot)
 
     async def persist(self, checkpoint: Checkpoint) -> None:
-        """Every tunnel's ``persist``: sealed snapshot + request progress, one transaction."""
+        """Every tunnel's ``persist``: sealed snapshot + request progress, one transaction.
+
+        The request is the checkpoint's ``call`` (:class:`~a402.vault.tunnel.CallRecord`,
+        handed to the tunnel with the request): LOCKED writes its claim too if it is not
+        recorded yet, DELIVERED its final answer if it has one — one commit each fewer.
+        """
         cid = hex_id(checkpoint.channel_id)
-        key = self.current.get(checkpoint.channel_id)
+        call = checkpoint.call
+        key = None if call is None else call.key
         reason = checkpoint.reason
         values: dict[str, Any] = {
             "snapshot": checkpoint.snapshot,  # sealed by the enclave's code
@@ -254,7 +265,7 @@ class Channels:
         request: dict[str, Any] | None = None
         claim: vault_store.Claim | None = None
         if reason is CheckpointReason.LOCKED:
-            claim = self.claims.get(checkpoint.channel_id)
+            claim = None if call is None else call.claim
             values["request_key"] = key
             request = {"state": vault_store.LOCKED, "channel_id": cid,
                        "amount": str(checkpoint.locked),
@@ -272,9 +283,10 @@ class Channels:
             receipt = records.receipt_json(checkpoint.channel_id, signed)
             request = {"state": vault_store.DELIVERED, "secret": records.seal_json(
                 self.enclave, "secret", key, {"t": secret.hex(), "receipt": receipt})}
-            answer = self.answers.get(checkpoint.channel_id)
-            if answer is not None and checkpoint.paid is not None:
-                request.update(answer(checkpoint.paid))  # DELIVERED and answered: DONE
+            final = None if call is None or checkpoint.paid is None else call.final(
+                checkpoint.paid)
+            if final is not None:
+                request.update(final)  # DELIVERED and answered: DONE
         elif reason is CheckpointReason.EXPIRED:
             values.update(request_key=None, pending_since=None)
             request = {"state": vault_store.RELEASED} if key is not None else None
@@ -309,7 +321,7 @@ class Channels:
     async def find_or_open(
         self, client: str, tunnel: ProviderTunnel, price: int, *, funding: str,
         wallet_deposit: int | None, authorization: dict[str, str] | None,
-        reuse_only: bool = False,
+        reuse_only: bool = False, call: SignedCall | None = None,
     ) -> EnclaveChannel:
         """An OPEN channel of ``client`` with this provider that can pay ``price``.
 
@@ -346,10 +358,13 @@ class Channels:
             raise NoUsableChannel
         if funding == api.WALLET:
             return await self._open_wallet(client, tunnel, price, wallet_deposit, authorization)
-        return await self._open_pool(client, tunnel, price)
+        if call is None:
+            raise VaultError(401, api.UNAUTHENTICATED,
+                             "the vault opens a pool channel only for a signed call")
+        return await self._open_pool(client, tunnel, price, call)
 
-    async def _open_pool(self, client: str, tunnel: ProviderTunnel, price: int
-                         ) -> EnclaveChannel:
+    async def _open_pool(self, client: str, tunnel: ProviderTunnel, price: int,
+                         call: SignedCall) -> EnclaveChannel:
         balance = min(await asyncio.to_thread(self.store.balance, client),
                       self.vault.balance(client))
         deposit = self.deposit_for(price, balance)
@@ -360,13 +375,14 @@ class Channels:
         terms = tunnel.terms(client=self.address, deposit=deposit)
         row = await self._claim(client, tunnel, terms, funding=api.POOL, debit=True)
         try:
+            now = await self._chain_time()
             approval = await self._approve(row, lambda: self.vault.approve_pool_channel(
-                client, terms, row.lock_timeout))
+                call, terms, row.lock_timeout, now=now))
         except EnclaveError as e:
-            await self.failed_open(row.cid)
+            await self.settle_open(row)  # no approval exists: it never opens, the debit comes back
             raise VaultError(402, api.INSUFFICIENT_BALANCE, f"{e.reason}: {e.detail}") from None
         except LedgerBusy as e:
-            await self.failed_open(row.cid)
+            await self.settle_open(row)  # no approval left the vault: the same
             raise VaultError(503, api.CONFLICT, str(e), retryable=True) from None
         error = await self._opens.submit((row, terms, approval))
         if error is not None:
@@ -390,13 +406,17 @@ class Channels:
             raise VaultError(402, api.INSUFFICIENT_BALANCE, str(e),
                              extra={"balance": str(e.balance)}) from None
 
-    async def _approve(self, row: vault_store.Channel, approve: Callable[[], bytes]) -> bytes:
+    async def _chain_time(self) -> int:
+        return await asyncio.to_thread(self.manager.chain_time)
+
+    async def _approve(self, row: vault_store.Channel, approve: Callable[[], OpenApproval]
+                       ) -> OpenApproval:
         """The enclave's approval of ``row``: the channel's record, then the ledger, are
         durable before the approval can leave the vault (one ledger change: run again
         if another replica changed the ledger meanwhile)."""
         channel_id = bytes.fromhex(row.cid[2:])
 
-        def change() -> bytes:
+        def change() -> OpenApproval:
             approval = approve()
             channel = self.vault.channel(channel_id)
             assert channel is not None
@@ -405,12 +425,35 @@ class Channels:
 
         return await self.ledger.achange(change)
 
-    async def failed_open(self, cid: str) -> None:
-        """A channel that never opened: its pool deposit back (enclave, then host: a crash
-        or a lost ledger race in between leaves it OPENING, to be failed again, and the
-        enclave credits it once)."""
-        await self.ledger.achange(lambda: self.vault.open_failed(bytes.fromhex(cid[2:])))
-        await asyncio.to_thread(self.store.fail_channel, cid)
+    async def settle_open(self, row: vault_store.Channel) -> bool | None:
+        """Whether ``row``'s channel opened, decided by the chain and never by our own receipt
+        (a copy of our transaction, or of its approval, may have opened it first — then our
+        own reverts — and a batch's receipt says nothing of a member opened elsewhere).
+
+        * The manager's record of the id is not NONE: it opened (by whomever): recorded OPEN,
+          True.
+        * NONE in a block stamped after the latest deadline of the enclave's approvals to
+          open it: it never can, so it FAILED and a pool deposit comes back (host store and
+          enclave ledger; the enclave refuses to give it back before that deadline too, and
+          checks the channel's latest record, restored here, is untouched), False.
+        * Otherwise: not decided yet (an approval may still be mined), None; the row stays
+          OPENING and the worker asks again.
+        """
+        channel_id = bytes.fromhex(row.cid[2:])
+        onchain, stamped = await asyncio.to_thread(self.manager.channel_at_head, channel_id)
+        if onchain.status is not OnChainStatus.NONE:
+            return await self._opened(row)
+        if stamped <= self.vault.approved_until(channel_id):
+            return None
+        if self.vault.channel(channel_id) is None:  # the enclave checks its latest record
+            latest = await asyncio.to_thread(self.store.channel, row.cid)
+            if latest is not None and latest.snapshot is not None:
+                self.vault.restore(channel_id, latest.snapshot)
+        # The enclave's ledger first, then the host's: a crash (or a lost ledger race) in
+        # between leaves the row OPENING, decided again, and the enclave credits it once.
+        await self.ledger.achange(lambda: self.vault.open_failed(channel_id, now=stamped))
+        await asyncio.to_thread(self.store.fail_channel, row.cid)
+        return False
 
     async def _finish_open(self, row: vault_store.Channel, call: Any) -> EnclaveChannel:
         (error,) = await self._open_tx(f"open:{row.cid}", call, [row])
@@ -433,21 +476,21 @@ class Channels:
             tx = await asyncio.to_thread(self.journal.send, key, "open",
                                          ",".join(r.cid for r in rows), call)
         except TransactionFailed as e:
-            for row in rows:
-                await self.failed_open(row.cid)
-            return [VaultError(502, api.CHAIN_UNAVAILABLE, f"createASC would revert: {e.reason}",
-                               retryable=True)] * len(rows)
+            # Our call would revert, perhaps because someone opened the channel first: the
+            # chain says which (settle_open), never the revert alone.
+            failed = VaultError(502, api.CHAIN_UNAVAILABLE, f"createASC would revert: {e.reason}",
+                                retryable=True)
+            return [None if await self.settle_open(row) else failed for row in rows]
         outcome = await asyncio.to_thread(self.journal.wait, tx, self.timing.chain_timeout)
         if not outcome.final:
             return [VaultError(503, api.CHAIN_UNAVAILABLE,
                                f"createASC {tx.tx_hash} not mined yet", retryable=True)] * len(rows)
         failed = VaultError(502, api.CHAIN_UNAVAILABLE, f"createASC {tx.tx_hash} failed",
                             retryable=True)
-        return [None if await self.opened(row, self.opened_by(outcome, row.cid)) else failed
-                for row in rows]
+        return [None if await self.settle_open(row) else failed for row in rows]
 
     async def _send_opens(
-        self, items: Sequence[tuple[vault_store.Channel, ChannelTerms, bytes]]
+        self, items: Sequence[tuple[vault_store.Channel, ChannelTerms, OpenApproval]]
     ) -> list[VaultError | None]:
         """Open pool channels that waited together: ``createASC`` for one, else one
         ``createASCBatch`` (the deposits leave the pool in one transfer), each with the
@@ -456,25 +499,14 @@ class Channels:
         rows = [row for row, _, _ in items]
         if len(items) == 1:
             _, terms, approval = items[0]
-            call = functions.createASC(terms_tuple(terms), b"", approval)
+            call = functions.createASC(terms_tuple(terms), b"", approval.calldata)
         else:
             call = functions.createASCBatch([terms_tuple(t) for _, t, _ in items],
-                                            [b""] * len(items), [a for *_, a in items])
+                                            [b""] * len(items), [a.calldata for *_, a in items])
         return await self._open_tx(f"open:{batch_id(rows)}", call, rows)
 
-    def opened_by(self, outcome: Any, cid: str) -> bool:
-        """Whether the mined open transaction of ``outcome`` opened channel ``cid``: it
-        succeeded and announced the channel (a batch skips members it cannot open)."""
-        if not outcome.ok:
-            return False
-        return any(hex_id(bytes(args["channelId"])) == cid
-                   for args in self.manager.events("ChannelOpened", outcome.receipt))
-
-    async def opened(self, row: vault_store.Channel, ok: bool) -> bool:
-        """Record the outcome of a channel's ``createASC``."""
-        if not ok:
-            await self.failed_open(row.cid)
-            return False
+    async def _opened(self, row: vault_store.Channel) -> bool:
+        """Record that ``row``'s channel opened on-chain (only :meth:`settle_open` knows)."""
         wallet_key = f"wallet:{row.cid}" if row.funding == api.WALLET else None
         await asyncio.to_thread(self.store.open_channel, row.cid, wallet_deposit_key=wallet_key)
         return True
@@ -553,15 +585,16 @@ class Channels:
             raise VaultError(400, api.BAD_AUTHORIZATION,
                              "not the client's signature over the proposed terms")
         await self._claim(client, tunnel, terms, funding=api.WALLET, debit=False)
+        now = await self._chain_time()
         try:
             approval = await self._approve(row, lambda: self.vault.approve_wallet_channel(
-                terms, row.lock_timeout))
+                terms, row.lock_timeout, now=now))
         except LedgerBusy as e:
             raise VaultError(503, api.CONFLICT, str(e), retryable=True) from None
         v = signature[64] if signature[64] >= 27 else signature[64] + 27
         call = self.manager.contract.functions.createASCWithAuthorization(
             terms_tuple(terms), row.proposal["validAfter"], row.proposal["validBefore"], v,
-            signature[:32], signature[32:64], approval)
+            signature[:32], signature[32:64], approval.calldata)
         fresh = await asyncio.to_thread(self.store.channel, row.cid)
         assert fresh is not None
         return await self._finish_open(fresh, call)

@@ -1,7 +1,8 @@
 """The Liquidity Vault service: its configuration, its parts, and what its API calls do.
 
 :class:`VaultService` composes the store, the vault enclave, the channels
-(:mod:`~a402.vault.channels`), the paying proxy (:mod:`~a402.vault.invoke`),
+(:mod:`~a402.vault.channels`), the paying proxy (:mod:`~a402.vault.invoke`: one
+:class:`~a402.vault.call.PaidCall` per call),
 deposits and withdrawals (:mod:`~a402.vault.funds`) and the worker
 (:mod:`~a402.vault.worker`). :mod:`a402.vault.app` is its HTTP face and
 ``a402 vault`` its command line; in-process (the demo, benchmarks), build

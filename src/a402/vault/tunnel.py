@@ -1,9 +1,11 @@
-"""The vault's side of the A402 exchange over HTTP: one attested tunnel per provider.
+"""The vault's side of the A402 exchange: one attested tunnel per provider.
 
-The thin I/O shell around a vault channel's machine that the vault service
-builds on: the vault enclave's :class:`~a402.vault_enclave.EnclaveChannel` (in
+The driver around a vault channel's machine that the vault service builds
+on: the vault enclave's :class:`~a402.vault_enclave.EnclaveChannel` (in
 production: the machine, and the key, stay in the enclave), or a bare
-:class:`a402.asc.VaultChannel` (tests and tools). :class:`ProviderTunnel`:
+:class:`a402.asc.VaultChannel` (tests and tools). It decides what to send and
+what an answer means; the bytes travel by a
+:class:`~a402.vault.link.ProviderLink` (see **Link** below). :class:`ProviderTunnel`:
 
 1. ``connect()``: fetches ``…/info`` with a fresh nonce, verifies the
    provider's attestation (a configured verifier and policy; simulated quotes
@@ -48,14 +50,19 @@ frame is in flight per tunnel (Noise counters must arrive in order); one
 request is in flight per channel — a second caller waits (or, with
 ``wait=False``, is refused).
 
-**Transport.** Frames travel over one WebSocket per tunnel
-(``…/stream``), opened on the tunnel's first frame and replaced with the
-tunnel: a fraction of the cost of an HTTP request per frame. A stream that
-drops, times out or is cancelled mid-frame is cut (an answer still on its way
-would otherwise be read as the next frame's) and the retry opens a new one.
-Frames go by ``POST …/message`` instead when the tunnel is built with
-``transport="http"`` or with its own ``http`` client (a test's recording
-transport), and for good once a provider refuses the WebSocket upgrade.
+**Link.** The tunnel decides; a :class:`~a402.vault.link.ProviderLink`
+carries its bytes (:mod:`a402.vault.link`): ``…/info``, the handshake, and the
+frames through a :class:`~a402.wire.transport.FrameTransport`. By default an
+:class:`~a402.vault.link.HttpLink`: frames over one WebSocket per tunnel
+(``…/stream``; a fraction of the cost of an HTTP request per frame), or by
+``POST …/message`` when the tunnel is built with ``transport="http"`` or with
+its own ``http`` client (a test's recording transport), and for good once a
+provider refuses the WebSocket upgrade. Give ``link`` to carry them otherwise
+(:class:`~a402.vault.link.InMemoryLink`: a provider in the same process). The
+transport's failures mean the same whatever carries the frames:
+:class:`~a402.wire.transport.UnknownTunnel` → handshake again;
+:class:`~a402.wire.transport.FrameRefused` and
+:class:`~a402.wire.transport.LinkDown` → the same message in a fresh frame.
 """
 
 from __future__ import annotations
@@ -67,16 +74,12 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal, Protocol, TypeVar
-from urllib.parse import quote
+from typing import Any, Protocol, TypeVar
 
 import httpx
 from eth_utils import event_abi_to_log_topic
 from hexbytes import HexBytes
 from web3.types import TxReceipt
-from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from a402.asc import (
     Ack,
@@ -95,7 +98,6 @@ from a402.asc import (
     decode,
 )
 from a402.asc.errors import MessageError
-from a402.asc.messages import DEFAULT_MAX_BLOB
 from a402.asc.messages import Message as AscMessage
 from a402.asc_manager import ASCManager, PublishedSignature
 from a402.crypto import PaymentDomain
@@ -103,16 +105,9 @@ from a402.tee import AttestationError, AttestationPolicy, AttestationVerifier, E
 from a402.tee.errors import ChannelError
 from a402.vault_enclave import EnclaveChannel, SignedCall
 from a402.wire.a402 import (
-    FRAME_MEDIA_TYPE,
-    HANDSHAKE_PATH,
-    INFO_PATH,
-    MESSAGE_PATH,
     PROLOGUE,
     REQUEST_AD,
     RESPONSE_AD,
-    STREAM_PATH,
-    STREAM_UNKNOWN_TUNNEL,
-    TUNNEL_HEADER,
     WELL_KNOWN_PREFIX,
     Envelope,
     FrameError,
@@ -123,13 +118,13 @@ from a402.wire.a402 import (
     OpenChannel,
     ProviderInfo,
     Refusal,
-    b64,
     provider_user_data,
     request_digest,
-    unb64,
 )
-from a402.wire.errors import WireError
-from a402.wire.jsonstrict import loads_object
+from a402.wire.transport import FrameRefused, LinkDown, UnknownTunnel
+
+from .link import BadInfo, HttpLink, Mode, ProviderLink
+from .store import Claim
 
 log = logging.getLogger("a402.vault.tunnel")
 
@@ -154,12 +149,8 @@ class TunnelAuthority(Protocol):
         ...
 
 
-#: How frames reach the provider: the tunnel's WebSocket, or one POST each.
-Transport = Literal["stream", "http"]
-#: The largest stream message either way: the provider's frame limit (one blob plus framing).
-_MAX_FRAME = DEFAULT_MAX_BLOB + 4096
-#: How long ``aclose`` waits for the provider to finish closing the stream.
-_STREAM_CLOSE_TIMEOUT = 2.0
+#: How frames reach the provider over HTTP: the tunnel's WebSocket, or one POST each.
+Transport = Mode
 
 
 # ------------------------------------------------------------------ persistence
@@ -176,6 +167,33 @@ class CheckpointReason(StrEnum):
     CLOSING = "closing"  # the final state proposed; CLOSE about to leave
     CLOSE_READY = "close_ready"  # the final state co-signed; ready for closeASC
     FORCE_CLOSED = "force_closed"  # the provider settled on-chain; t extracted
+
+
+class CallRecord(Protocol):
+    """The call a channel's request pays for, as that request's checkpoints record it.
+
+    The tunnel hands it, untouched, to every checkpoint of the request it was given
+    with (:meth:`ProviderTunnel.request`, :meth:`~ProviderTunnel.resume`); the
+    writer (:meth:`Channels.persist <a402.vault.channels.Channels.persist>`)
+    records the call's progress from it in the checkpoint's own transaction. The
+    vault's is :class:`~a402.vault.call.PaidCall` (or, for a call the worker
+    finishes, :class:`~a402.vault.call.ResumedCall`).
+    """
+
+    @property
+    def key(self) -> str:
+        """The call's record (the store's request key)."""
+        ...
+
+    @property
+    def claim(self) -> Claim | None:
+        """The call's claim while it is not recorded: written with the LOCKED checkpoint."""
+        ...
+
+    def final(self, paid: PaidResponse) -> dict[str, Any] | None:
+        """The call's final record once ``paid``, written with the DELIVERED checkpoint;
+        ``None``: recorded afterwards, on its own."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,17 +226,19 @@ class Checkpoint:
     #: ...and the paid response, so that the writer may record the call's answer in the
     #: same transaction (one commit fewer per paid request).
     paid: PaidResponse | None = None
+    #: The call the channel's request pays for (None: no request, or a bare use).
+    call: CallRecord | None = None
 
     @classmethod
     def of(cls, channel: AnyChannel, reason: CheckpointReason,
-           paid: PaidResponse | None = None) -> Checkpoint:
+           paid: PaidResponse | None = None, call: CallRecord | None = None) -> Checkpoint:
         reply = channel.pending_reply() if reason is CheckpointReason.AUTHORIZED else None
         reveal = channel.last_reveal() if reason is CheckpointReason.DELIVERED else None
         return cls(
             channel.channel_id, reason, channel.status, channel.version,
             channel.next_request_id, channel.free, channel.locked, channel.provider_balance,
             channel.snapshot(), reply, None if reveal is None else reveal.adaptor_secret,
-            None if reveal is None else channel.latest_state(), paid,
+            None if reveal is None else channel.latest_state(), paid, call,
         )
 
 
@@ -335,6 +355,9 @@ class ProviderTunnel:
       (one POST per frame). Default: the stream, unless ``http`` is given —
       a caller that brings its own client wants to see the frames in it.
       ``timeout`` bounds each frame's round trip either way.
+    - ``link``: what carries the bytes instead of an
+      :class:`~a402.vault.link.HttpLink` to ``endpoint`` (then ``http``,
+      ``transport`` and ``timeout`` are the link's business).
     """
 
     def __init__(
@@ -353,9 +376,8 @@ class ProviderTunnel:
         ack_delay: float | None = None,
         clock: Callable[[], float] = time.time,
         transport: Transport | None = None,
+        link: ProviderLink | None = None,
     ) -> None:
-        if transport not in (None, "stream", "http"):
-            raise ValueError(f"transport is 'stream' or 'http', not {transport!r}")
         base = endpoint.rstrip("/")
         self.endpoint = base if base.endswith(WELL_KNOWN_PREFIX) else base + WELL_KNOWN_PREFIX
         self._origin = self.endpoint[: -len(WELL_KNOWN_PREFIX)]
@@ -365,16 +387,8 @@ class ProviderTunnel:
         self.vault = vault
         self.network = network
         self.persist: Persist = persist or _no_persistence
-        self._own_http = http is None
-        self.http = http or httpx.AsyncClient(timeout=timeout, trust_env=False)
-        #: False once the provider refused the upgrade: POST for the rest of this tunnel.
-        self._use_stream = transport == "stream" or (transport is None and http is None)
-        scheme, _, rest = self._origin.partition("://")
-        self._stream_url = (
-            ("wss" if scheme == "https" else "ws") + "://" + rest + STREAM_PATH + "?session="
-        )
-        self._stream: ClientConnection | None = None
-        self._timeout = timeout
+        self.link: ProviderLink = link or HttpLink(self._origin, http=http, mode=transport,
+                                                   timeout=timeout)
         self.attempts = max(1, attempts)
         self.ack_delay = ack_delay
         self.clock = clock
@@ -403,26 +417,19 @@ class ProviderTunnel:
         if self._handle is not None:
             self.enclave.channel_close(self._handle)
             self._handle = None
-        stream, self._stream = self._stream, None
-        if stream is not None:
-            await stream.close()  # a clean close, at most _STREAM_CLOSE_TIMEOUT
-        if self._own_http:
-            await self.http.aclose()
+        await self.link.aclose()
 
     # ------------------------------------------------------------- attestation
 
     async def connect(self) -> ProviderInfo:
         """Verify the provider's attestation and open the secure tunnel."""
         nonce = os.urandom(32)
-        response = await self.http.get(self._origin + INFO_PATH, params={"nonce": nonce.hex()})
-        if response.status_code != 200:
-            raise ProviderUnavailable("info_unavailable", f"GET info: {response.status_code}")
-        try:  # a provider is a peer: its answers are decoded within bounds like a request
-            info = ProviderInfo.from_json(loads_object(response.content))
-        except WireError as e:
-            raise ProtocolViolation("bad_info", e.message or e.reason) from None
-        except (ValueError, FrameError) as e:
-            raise ProtocolViolation("bad_info", str(e)) from None
+        try:
+            info = await self.link.info(nonce)
+        except BadInfo as e:
+            raise ProtocolViolation(e.reason, e.detail) from None
+        except LinkDown as e:
+            raise ProviderUnavailable(e.reason, e.detail) from None
         verifier = self.verifiers.get(info.attestation_kind)
         if verifier is None:
             raise AttestationError("unsupported_kind", f"no verifier for {info.attestation_kind!r}")
@@ -444,32 +451,23 @@ class ProviderTunnel:
             self.policy, list(self.verifiers.values()), prologue=PROLOGUE
         )
         try:
-            opened = await self._post_json({"message": b64(first)})
-            third, peer = self.enclave.channel_finish(handle, unb64(opened["message"]))
+            tunnel_id, second = await self.link.open_tunnel(first)
+            third, peer = self.enclave.channel_finish(handle, second)
             if peer.signing_key != signing_key or peer.measurement != measurement:
                 raise AttestationError(
                     "enclave_mismatch", "the tunnel's enclave is not the one /info attested"
                 )
-            await self._post_json({"session": opened["session"], "message": b64(third)})
+            await self.link.finish_tunnel(tunnel_id, third)
+        except LinkDown as e:
+            self.enclave.channel_close(handle)
+            raise ProviderUnavailable(e.reason, e.detail) from None
         except BaseException:
             self.enclave.channel_close(handle)
             raise
         if self._handle is not None:
             self.enclave.channel_close(self._handle)
-        if self._stream is not None:  # it carries the old tunnel: the next frame opens a new one
-            self._drop_stream(self._stream)
-        self._handle, self._tunnel_id = handle, str(opened["session"])
-
-    async def _post_json(self, body: dict[str, Any]) -> dict[str, Any]:
-        response = await self.http.post(self._origin + HANDSHAKE_PATH, json=body)
-        data = _json_or_empty(response)
-        if response.status_code == 403:
-            raise AttestationError(data.get("error", "refused"), data.get("message", ""))
-        if response.status_code != 200 or not isinstance(data.get("session"), str):
-            raise ProviderUnavailable(
-                data.get("error", "handshake_failed"), f"{response.status_code}: {data}"
-            )
-        return data
+        # The link's stream (if any) carries the old tunnel: the next frame opens a new one.
+        self._handle, self._tunnel_id = handle, tunnel_id
 
     # ---------------------------------------------------------------- channels
 
@@ -543,12 +541,13 @@ class ProviderTunnel:
 
     async def request(
         self, channel: AnyChannel, request: HttpRequest | SignedCall, amount: int, *,
-        wait: bool = True,
+        wait: bool = True, call: CallRecord | None = None,
     ) -> PaidResponse:
         """Pay ``amount`` for ``request`` through ``channel``; the result and its receipt.
 
         An enclave channel takes the client's signed call (the enclave builds the paid
         request from it); a bare :class:`~a402.asc.VaultChannel` the request itself.
+        ``call`` rides on every checkpoint of this request (see :class:`CallRecord`).
 
         Raises :class:`ProviderRefused` / :class:`ProtocolViolation` /
         :class:`ProviderUnavailable` when nothing was paid, :class:`PaymentPending`
@@ -568,17 +567,19 @@ class ProviderTunnel:
                     raise TypeError("a bare channel takes the HTTP request")
                 exec_ = channel.request(request.encode(), amount, now=self.clock())
             raw = exec_.request
-            await self._persist(channel, CheckpointReason.LOCKED)
+            await self._persist(channel, CheckpointReason.LOCKED, call=call)
             # The previous request's ACK, if still unsent, rides on this EXEC (ASC_ACKED).
-            return await self._drive(channel, exec_.encode(), raw,
+            return await self._drive(channel, exec_.encode(), raw, call,
                                      ack=self._unacked.pop(channel.channel_id, None))
 
-    async def resume(self, channel: AnyChannel) -> PaidResponse | None:
+    async def resume(self, channel: AnyChannel, *,
+                     call: CallRecord | None = None) -> PaidResponse | None:
         """Finish whatever ``channel`` was doing (after a restart or a :class:`PaymentPending`).
 
         LOCKED: re-sends EXEC (answered from the provider's record); PENDING:
         re-sends AUTH and waits for REVEAL; an unsent ACK or CLOSE is re-sent.
-        Returns the paid response if a request completed.
+        Returns the paid response if a request completed. ``call``: the call the
+        channel's request pays for, for its checkpoints.
         """
         async with self._lock(channel):
             last_ack = channel.last_ack()  # may have been riding on the EXEC in flight
@@ -586,22 +587,24 @@ class ProviderTunnel:
                 channel.poll(now=self.clock())
                 exec_ = channel.pending_exec()
                 if exec_ is None:  # Δ_lock passed meanwhile
-                    await self._persist(channel, CheckpointReason.EXPIRED)
+                    await self._persist(channel, CheckpointReason.EXPIRED, call=call)
                     if last_ack is not None:
                         self._owe_ack(channel, last_ack)
                     return None
-                return await self._drive(channel, exec_.encode(), exec_.request, ack=last_ack)
+                return await self._drive(channel, exec_.encode(), exec_.request, call,
+                                         ack=last_ack)
             if channel.status is Status.PENDING:
                 pending, auth = channel.pending_request(), channel.pending_auth()
                 assert pending is not None and auth is not None
-                return await self._settle(channel, auth.encode(), pending[2])
+                return await self._settle(channel, auth.encode(), pending[2], call)
             if last_ack is not None and channel.status is Status.OPEN:
                 self._unacked.setdefault(channel.channel_id, last_ack)
             await self._flush_ack(channel.channel_id)
             return None
 
     async def _drive(
-        self, channel: AnyChannel, exec_bytes: bytes, raw: bytes, *, ack: Ack | None = None
+        self, channel: AnyChannel, exec_bytes: bytes, raw: bytes, call: CallRecord | None, *,
+        ack: Ack | None = None,
     ) -> PaidResponse:
         """From EXEC sent to the end: REPLY checked, AUTH, then :meth:`_settle`."""
         try:
@@ -609,19 +612,20 @@ class ProviderTunnel:
         except Exception as e:  # no σ_U exists yet: releasing δ is safe whatever went wrong
             if ack is not None:  # maybe not delivered: send it again (a repeat is harmless)
                 self._owe_ack(channel, ack)
-            await self._give_up(channel)
+            await self._give_up(channel, call)
             if isinstance(e, ProviderRefused) and e.reason == Reason.REQUEST_IN_FLIGHT:
                 await self._ack_now(channel)
             raise
         try:
             step = channel.receive(reply, now=self.clock())
         except RemoteProtocolError as e:
-            await self._give_up(channel)
+            await self._give_up(channel, call)
             raise ProtocolViolation(e.reason, e.detail) from None
-        await self._persist(channel, CheckpointReason.AUTHORIZED)
-        return await self._settle(channel, step.send[0].encode(), raw)
+        await self._persist(channel, CheckpointReason.AUTHORIZED, call=call)
+        return await self._settle(channel, step.send[0].encode(), raw, call)
 
-    async def _settle(self, channel: AnyChannel, auth_bytes: bytes, raw: bytes) -> PaidResponse:
+    async def _settle(self, channel: AnyChannel, auth_bytes: bytes, raw: bytes,
+                      call: CallRecord | None) -> PaidResponse:
         """AUTH sent, REVEAL checked, result opened, ACK sent."""
         pending = channel.pending_request()
         assert pending is not None
@@ -642,7 +646,7 @@ class ProviderTunnel:
                          receipt=channel.latest_state())
         except (ResultMismatch, ProtocolViolation) as e:  # paid all the same: raised below
             failure = e
-        await self._persist(channel, CheckpointReason.DELIVERED, paid)
+        await self._persist(channel, CheckpointReason.DELIVERED, paid, call)
         # The result is ours: the ACK rides on this channel's next EXEC, or goes out on its
         # own after ``ack_delay`` if none comes — well within the provider's Δ_ack.
         self._owe_ack(channel, ack)
@@ -723,11 +727,11 @@ class ProviderTunnel:
                 raise ProviderRefused(refusal.reason, refusal.detail)
         self._unacked.pop(channel_id, None)
 
-    async def _give_up(self, channel: AnyChannel) -> None:
+    async def _give_up(self, channel: AnyChannel, call: CallRecord | None) -> None:
         """Release a LOCKED request: no σ_U exists for it, so δ is safe to free now."""
         if channel.status is Status.LOCKED:
             channel.abandon()
-            await self._persist(channel, CheckpointReason.EXPIRED)
+            await self._persist(channel, CheckpointReason.EXPIRED, call=call)
 
     async def _ask(
         self, channel: AnyChannel, message: bytes, kind: type[M], *, ack: Ack | None = None
@@ -774,7 +778,7 @@ class ProviderTunnel:
 
     async def recover(
         self, channel: AnyChannel, manager: ASCManager, *, tx_hash: bytes | str | None = None,
-        receipt: TxReceipt | None = None,
+        receipt: TxReceipt | None = None, call: CallRecord | None = None,
     ) -> PaidResponse | None:
         """:func:`recover_from_force_close`, then persist (the channel is CLOSED)."""
         async with self._lock(channel):
@@ -782,7 +786,7 @@ class ProviderTunnel:
                 recover_from_force_close, channel, manager, tx_hash=tx_hash, receipt=receipt
             )
             self._unacked.pop(channel.channel_id, None)
-            await self._persist(channel, CheckpointReason.FORCE_CLOSED)
+            await self._persist(channel, CheckpointReason.FORCE_CLOSED, call=call)
             return paid
 
     # ---------------------------------------------------------------- frames
@@ -809,115 +813,27 @@ class ProviderTunnel:
         raise ProviderUnavailable("provider_unavailable", f"{self.attempts} attempts: {last}")
 
     async def _exchange_once(self, envelope: Envelope) -> Envelope:
+        """One frame out, its answer in, through the link's frame transport."""
         plaintext = envelope.encode()
         async with self._frame_lock:
             handle, tunnel_id = self._handle, self._tunnel_id
             if handle is None or tunnel_id is None:
                 raise _TunnelLost("no tunnel")
-            answer = (
-                await self._over_stream(handle, tunnel_id, plaintext) if self._use_stream
-                else None
-            )
-            if answer is None:  # no stream: one POST
-                frame = self.enclave.channel_encrypt(handle, plaintext, ad=REQUEST_AD)
-                answer = await self._post_frame(tunnel_id, frame)
+            frame = self.enclave.channel_encrypt(handle, plaintext, ad=REQUEST_AD)
+            try:
+                answer = await self.link.frames.carry(tunnel_id, frame)
+            except UnknownTunnel:
+                raise _TunnelLost("the provider forgot the tunnel") from None
+            except FrameRefused as e:  # outside the channel: the tunnel stays usable
+                raise _Retry(f"frame rejected: {e}") from None
+            except LinkDown as e:
+                raise _Retry(f"link: {e}") from None
             try:
                 return Envelope.decode(
                     self.enclave.channel_decrypt(handle, answer, ad=RESPONSE_AD)
                 )
             except (ChannelError, FrameError) as e:
                 raise _Retry(f"answer rejected: {e}") from None
-
-    async def _post_frame(self, tunnel_id: str, frame: bytes) -> bytes:
-        """``POST …/message``: one frame out, the answer frame back."""
-        try:
-            response = await self.http.post(
-                self._origin + MESSAGE_PATH, content=frame,
-                headers={TUNNEL_HEADER: tunnel_id, "content-type": FRAME_MEDIA_TYPE},
-            )
-        except httpx.TransportError as e:
-            raise _Retry(f"transport: {e!r}") from None
-        if response.status_code == 404:
-            raise _TunnelLost("the provider forgot the tunnel")
-        if response.status_code != 200:
-            raise _Retry(f"{response.status_code}: {_json_or_empty(response)}")
-        return response.content
-
-    async def _over_stream(self, handle: str, tunnel_id: str, plaintext: bytes) -> bytes | None:
-        """The answer frame to ``plaintext`` over the stream; ``None``: the provider has none.
-
-        Called under ``_frame_lock``, so one frame is on the stream at a time and
-        the next message is its answer. A stream left open by earlier frames may
-        have died while idle (the provider restarted, a proxy timed it out): if it
-        fails, the frame goes once more, in a fresh frame on a new stream, before
-        the attempt counts as failed. The provider answers a repeated message from
-        its record, so this never runs or pays twice.
-        """
-        stream = self._stream
-        for fresh in (stream is None, True):
-            if stream is None:
-                stream = await self._open_stream(tunnel_id)
-                if stream is None:
-                    return None
-            frame = self.enclave.channel_encrypt(handle, plaintext, ad=REQUEST_AD)
-            try:
-                async with asyncio.timeout(self._timeout):
-                    await stream.send(frame)
-                    answer = await stream.recv()
-            except ConnectionClosed as e:
-                self._drop_stream(stream)
-                if e.rcvd is not None and e.rcvd.code == STREAM_UNKNOWN_TUNNEL:
-                    raise _TunnelLost("the provider forgot the tunnel") from None
-                if fresh or self._handle != handle:  # (a new tunnel replaced the stream)
-                    raise _Retry(f"stream closed: {e}") from None
-                stream = None
-                continue
-            except OSError as e:  # timeouts included: the answer may still come, out of step
-                self._drop_stream(stream)
-                raise _Retry(f"stream: {e!r}") from None
-            except BaseException:  # cancelled mid-frame: its answer would pass for the next's
-                self._drop_stream(stream)
-                raise
-            if isinstance(answer, str):  # refused outside the channel, as …/message's 400/413
-                raise _Retry(f"frame rejected: {answer}")
-            return answer
-        raise AssertionError("unreachable: the second try is on a fresh stream")
-
-    async def _open_stream(self, tunnel_id: str) -> ClientConnection | None:
-        """Connect this tunnel's stream; ``None`` if the provider refuses the upgrade.
-
-        A refusal (403, 404, 426 …) is an endpoint without a stream, an older
-        provider or a proxy that does not pass WebSockets: this tunnel's frames
-        go by POST from now on. A server error or a failed connection is
-        transient: the attempt fails and the retry connects again.
-        """
-        try:
-            stream = await ws_connect(
-                self._stream_url + quote(tunnel_id, safe=""),
-                compression=None, max_size=_MAX_FRAME, open_timeout=self._timeout,
-                close_timeout=_STREAM_CLOSE_TIMEOUT, proxy=None,  # as the httpx client: no env
-            )
-        except InvalidStatus as e:
-            status = e.response.status_code
-            if status >= 500 or status in (408, 429):
-                raise _Retry(f"stream refused: HTTP {status}") from None
-            self._use_stream = False
-            log.warning("%s refused the a402 stream (HTTP %d): frames go by POST",
-                        self.endpoint, status)
-            return None
-        except (OSError, InvalidHandshake) as e:
-            raise _Retry(f"stream: {e!r}") from None
-        self._stream = stream
-        return stream
-
-    def _drop_stream(self, stream: ClientConnection) -> None:
-        """Forget ``stream`` and cut it: dead or out of step, it carries no further frame.
-
-        An abort, not a closing handshake: there is nothing to wait for.
-        """
-        if self._stream is stream:
-            self._stream = None
-        stream.transport.abort()
 
     async def _reconnect(self) -> None:
         """A new handshake with the enclave ``connect`` attested, then OPEN again."""
@@ -928,8 +844,8 @@ class ProviderTunnel:
             await self._open(terms)
 
     async def _persist(self, channel: AnyChannel, reason: CheckpointReason,
-                       paid: PaidResponse | None = None) -> None:
-        await self.persist(Checkpoint.of(channel, reason, paid))
+                       paid: PaidResponse | None = None, call: CallRecord | None = None) -> None:
+        await self.persist(Checkpoint.of(channel, reason, paid, call))
 
 
 # -------------------------------------------------------------------- helpers
@@ -937,13 +853,6 @@ class ProviderTunnel:
 
 def _domain(info: ProviderInfo) -> PaymentDomain:
     return PaymentDomain(info.chain_id, info.asc_manager)
-
-
-def _json_or_empty(response: httpx.Response) -> dict[str, Any]:
-    try:
-        return loads_object(response.content)
-    except WireError:
-        return {}
 
 
 def _refusal(answer: Envelope) -> Refusal:

@@ -9,8 +9,9 @@ only costs time.
 
 Per tick:
 
-1. **Transactions** journaled but not final: mined → apply (a channel opened
-   or failed and refunded, a settlement credited, a withdrawal confirmed, or
+1. **Transactions** journaled but not final: mined → apply (whether a channel
+   opened is read from the manager's record, not the receipt: see
+   ``Channels.settle_open``; a settlement credited, a withdrawal confirmed, or
    refused by the token and left pending); dropped → the same as reverted;
    pending → rebroadcast if the node forgot it.
 2. **Watchtower** — the ASCManager's logs since the last block seen (stored,
@@ -30,8 +31,10 @@ Per tick:
 3. **Channels** by state (at start-up, first reconciled with the chain's own
    record of each channel):
 
-   * OPENING with no journaled ``createASC`` (crash between debit and
-     sending) → give the deposit back;
+   * OPENING (a crash between debit and sending, an open that failed or is
+     still in flight) → the chain decides: opened by anyone → OPEN; unopened
+     in a block stamped after the enclave's last approval to open it lapsed
+     → FAILED, its pool deposit back; else ask again next tick;
    * LOCKED → ``resume``: EXEC again (answered from the provider's record) →
      REPLY → AUTH → REVEAL; or, with the provider unreachable, let Δ_lock
      expire: no σ_U exists, so δ is released and nothing is paid;
@@ -80,6 +83,7 @@ from a402.wire import vault_api as api
 
 from . import records
 from . import store as vault_store
+from .call import ResumedCall
 from .channels import Channels
 from .funds import Funds
 from .invoke import Invoker
@@ -98,7 +102,7 @@ _WATCHED = ("ForceCloseInitiated", "ForceCloseChallenged", "ProviderForceClosed"
             "ChannelClosed", "ForceCloseFinalized")
 _BLOCK_KEY = "watch_block"
 _LOG_CHUNK = 2_000
-#: An OPENING channel with no journaled createASC this old was interrupted before sending.
+#: An OPENING channel this old is asked about on-chain (younger ones are being opened now).
 _OPENING_GRACE = 60.0
 _UNREACHABLE = (TunnelError, TeeError, httpx.HTTPError, OSError)
 #: The checkpoints an idle channel may rest at with its last ACK not at the provider: the
@@ -187,7 +191,7 @@ class Worker:
                 for cid in record.ref.split(","):  # one channel, or a createASCBatch
                     row = await asyncio.to_thread(self.store.channel, cid)
                     if row is not None and row.phase == vault_store.OPENING:
-                        await self.channels.opened(row, self.channels.opened_by(outcome, cid))
+                        await self.channels.settle_open(row)  # the chain says, not the receipt
             elif record.kind == "withdraw":
                 if outcome.ok:
                     await self.funds.withdrawal_sent(record.ref, record.tx_hash)
@@ -292,7 +296,7 @@ class Worker:
             channel = await self.channels.machine(row)
             key = row.request_key
             if channel.status is Status.PENDING and key is not None:
-                self.channels.current[channel.channel_id] = key
+                call = ResumedCall(key)
                 try:
                     paid = await asyncio.to_thread(recover_from_force_close, channel,
                                                    self.manager, tx_hash=tx_hash)
@@ -303,8 +307,8 @@ class Worker:
                         key, 502, {"error": api.PROTOCOL_VIOLATION, "message": str(e),
                                    "outcome": api.PAID}, outcome=api.PAID, reason=e.reason,
                         transaction=tx_hash)
-                await self.channels.persist(Checkpoint.of(channel, CheckpointReason.FORCE_CLOSED))
-                self.channels.current.pop(channel.channel_id, None)
+                await self.channels.persist(
+                    Checkpoint.of(channel, CheckpointReason.FORCE_CLOSED, call=call))
                 if paid is not None:
                     await self.invoker.record_paid(key, paid, channel.channel_id, row.provider)
             await self.channels.settle(row.cid, int(args["clientPayout"]),
@@ -333,11 +337,11 @@ class Worker:
 
     async def _channel(self, row: vault_store.Channel, *, startup: bool) -> None:
         if row.phase == vault_store.OPENING:
-            # Only a channel no open transaction names ever opens nothing: one that is
-            # journaled (alone or in a batch) is settled by its outcome, in _transactions.
-            if (await asyncio.to_thread(self.store.open_tx, row.cid) is None
-                    and time.time() - row.updated_at > _OPENING_GRACE):
-                await self.channels.failed_open(row.cid)
+            # The chain decides (settle_open): opened by anyone → OPEN; still unopened once
+            # every approval to open it has lapsed → FAILED, its pool debit back; else wait.
+            # A journaled transaction is settled as soon as it is final, in _transactions.
+            if time.time() - row.updated_at > _OPENING_GRACE:
+                await self.channels.settle_open(row)
             return
         if startup and not await self._reconcile_onchain(row):
             return
@@ -404,11 +408,10 @@ class Worker:
                 return False
             channel = await self.channels.machine(row)
             key = row.request_key
-            if key is not None:
-                self.channels.current[channel.channel_id] = key
+            call = None if key is None else ResumedCall(key)
             try:
                 tunnel, channel = await self.channels.bound(row)
-                paid = await tunnel.resume(channel)
+                paid = await tunnel.resume(channel, call=call)
                 if paid is not None and key is not None:
                     await self.invoker.record_paid(key, paid, channel.channel_id, row.provider)
             except PaymentPending:
@@ -424,14 +427,12 @@ class Worker:
                     channel.poll(now=time.time())  # Δ_lock: no σ_U exists, release δ
                     if channel.status is Status.OPEN:
                         await self.channels.persist(
-                            Checkpoint.of(channel, CheckpointReason.EXPIRED))
+                            Checkpoint.of(channel, CheckpointReason.EXPIRED, call=call))
                 elif channel.status is not Status.OPEN:  # an owed ACK is no reason
                     await self._maybe_escalate(row)
             else:
                 self._backoff.pop(row.cid, None)
                 return True
-            finally:
-                self.channels.current.pop(channel.channel_id, None)
             return False
 
     def _later(self, cid: str) -> None:
@@ -446,7 +447,8 @@ class Worker:
             return
         channel = await self.channels.machine(row)
         # The enclave's order, for its own latest co-signed state; the gas account sends it.
-        latest, order = self.channels.vault.force_close(channel.channel_id)
+        latest, order = self.channels.vault.force_close(
+            channel.channel_id, now=await asyncio.to_thread(self.manager.chain_time))
         call = self.manager.contract.functions.initForceCloseFor(
             terms_tuple(channel.terms), latest.state.as_tuple(), latest.vault_signature,
             latest.provider_signature, order)

@@ -1,0 +1,131 @@
+"""Whether a channel opened is the chain's to say, not the vault's own receipt (review F1).
+
+The vault's gas account sends ``createASC`` with the enclave's approval; the
+transaction is public, so anyone can send a copy first. The copy opens the
+channel (the pool's deposit leaves), the vault's own transaction then reverts
+(``ChannelExists``). A vault that trusted its receipt would mark the channel
+FAILED and give the client its deposit back while the tokens sit in an OPEN
+channel: the pool would owe more than it holds. The vault reads the manager's
+record of the id instead (``Channels.settle_open``): OPEN, the debit kept, and
+the channel serves the call. Real anvil, a real second account, balances
+checked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from a402.asc_manager import OnChainStatus
+from a402.background import serve_in_thread
+from a402.chain.tx import TransactionFailed, transact
+from a402.client.vault import VaultCallError
+from a402.vault import store as vault_store
+from a402.vault import worker as worker_module
+from a402.wire import vault_api as api
+from tests.a402_exchange.helpers import PRICE, World, fresh_account
+from tests.asc.helpers import selector
+
+from .helpers import assert_conserved, client_of, running_vault, wait_for
+
+pytestmark = pytest.mark.anvil
+
+FUNDS = 20_000
+
+
+def test_a_copy_of_the_gas_payers_open_lands_first_and_the_channel_is_open_with_the_debit_kept(
+    world: World,
+) -> None:
+    provider = world.provider()
+    escrow = world.balance(world.manager.address)
+    stranger = fresh_account(world.chain)
+    with serve_in_thread(provider.app) as site, running_vault(world) as vault:
+        account, client = client_of(world, vault.url, funds=FUNDS, deposit=FUNDS)
+        journal = vault.service.journal
+        send = journal.send
+        copies: list[Any] = []
+
+        def copied_first(key: str, kind: str, ref: str, call: Any) -> Any:
+            """The stranger saw the open in the mempool and sent the same call first."""
+            if kind == "open" and not copies:
+                copies.append(transact(world.chain, stranger, call))
+            return send(key, kind, ref, call)
+
+        journal.send = copied_first  # type: ignore[method-assign]
+        answer = client.invoke(f"{site}/weather", max_price=PRICE)
+
+        (copy,) = copies
+        assert copy["from"] == stranger.address and copy["status"] == 1
+        [row] = vault.store.channels(client=account.address)
+        cid = bytes.fromhex(row.cid[2:])
+        assert world.manager.events("ChannelOpened", copy)[0]["channelId"] == cid
+        assert world.manager.channel(cid).status is OnChainStatus.OPEN
+        assert row.phase == vault_store.OPEN  # not FAILED: the chain says it opened
+        assert answer.outcome == api.PAID  # and the channel serves the call
+        # The deposit left the pool once and was not given back to the client.
+        deposit = int(row.deposit)
+        assert world.balance(vault.address) == FUNDS - deposit
+        assert vault.store.balance(account.address) == FUNDS - deposit
+        assert vault.service.vault.balance(account.address) == FUNDS - deposit
+        assert world.balance(world.manager.address) == escrow + deposit
+        assert_conserved(world, vault.store, vault.address, escrow)
+
+
+def test_a_withheld_open_keeps_the_debit_until_its_approval_lapses_and_then_cannot_be_replayed(
+    private_world: World, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The host never sends the open (it withholds it, or its send failed): the approval may
+    still be mined by whoever holds it, so the client's deposit stays debited while it is
+    good. Once the chain is past its deadline with the id unopened, the worker marks the
+    channel FAILED and the deposit comes back (store and enclave); the withheld call,
+    replayed now, is refused by the contract. (An anvil of its own: the test moves its
+    clock.)"""
+    world = private_world
+    monkeypatch.setattr(worker_module, "_OPENING_GRACE", 0.0)
+    provider = world.provider()
+    escrow = world.balance(world.manager.address)
+    stranger = fresh_account(world.chain)
+    with serve_in_thread(provider.app) as site, running_vault(world) as vault:
+        account, client = client_of(world, vault.url, funds=FUNDS, deposit=FUNDS)
+        journal = vault.service.journal
+        send = journal.send
+        withheld: list[Any] = []
+
+        def withhold(key: str, kind: str, ref: str, call: Any) -> Any:
+            if kind == "open":
+                withheld.append(call)
+                raise TransactionFailed("withheld by the host")
+            return send(key, kind, ref, call)
+
+        journal.send = withhold  # type: ignore[method-assign]
+        with pytest.raises(VaultCallError, match="withheld"):
+            client.invoke(f"{site}/weather", max_price=PRICE)
+        [row] = vault.store.channels(client=account.address)
+        cid = bytes.fromhex(row.cid[2:])
+
+        def phase() -> str | None:
+            fresh = vault.store.channel(row.cid)
+            return None if fresh is None else fresh.phase
+
+        deadline = vault.service.vault.approved_until(cid)
+        assert deadline > world.manager.chain_time()
+        # Still good: the channel may open, so nothing comes back (several worker ticks).
+        ticks = vault.service.worker.ticks
+        wait_for(lambda: vault.service.worker.ticks > ticks + 2, what="worker ticks")
+        assert phase() == vault_store.OPENING
+        deposit = int(row.deposit)
+        assert vault.store.balance(account.address) == FUNDS - deposit
+        assert vault.service.vault.balance(account.address) == FUNDS - deposit
+
+        world.increase_time(deadline - world.manager.chain_time() + 1)
+        wait_for(lambda: phase() == vault_store.FAILED, what="the lapsed open FAILED")
+        assert vault.store.balance(account.address) == FUNDS
+        assert vault.service.vault.balance(account.address) == FUNDS
+        (call,) = withheld
+        with pytest.raises(TransactionFailed, match=selector("ApprovalExpired(uint256)")):
+            transact(world.chain, stranger, call)
+        assert world.manager.channel(cid).status is OnChainStatus.NONE
+        assert world.balance(vault.address) == FUNDS
+        assert world.balance(world.manager.address) == escrow
+        assert_conserved(world, vault.store, vault.address, escrow)
