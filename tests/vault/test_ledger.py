@@ -44,8 +44,6 @@ from .helpers import (
 )
 from .test_enclave_code import CODE, DOMAIN, NETWORK, TOKEN
 
-NOW = int(time.time())
-
 # ------------------------------------------------------------ two replicas, one row
 
 
@@ -71,6 +69,11 @@ def _replicas(tmp_path: Any) -> tuple[VaultStore, _Identity, list[Ledger]]:
     identity = _Identity()
     store = VaultStore(f"sqlite:///{tmp_path}/replicas.db")
     return store, identity, [identity.instance(store), identity.instance(store)]
+
+
+def _now() -> int:
+    """The host's clock now (a call signed now is not in the future of it)."""
+    return int(time.time())
 
 
 def _withdrawal(vault: VaultEnclave, client: Any, amount: int, key: str) -> SignedCall:
@@ -125,8 +128,8 @@ def test_two_replicas_cannot_both_withdraw_one_balance(tmp_path: Any) -> None:
     first = _withdrawal(one.vault, alice, 5_000, "w1")
     second = _withdrawal(two.vault, alice, 5_000, "w2")
     with pytest.raises(EnclaveError, match="5000 > balance 0"):
-        two.change(_racing(lambda: one.change(lambda: one.vault.withdraw(first, now=NOW)),
-                           lambda: two.vault.withdraw(second, now=NOW)))
+        two.change(_racing(lambda: one.change(lambda: one.vault.withdraw(first, now=_now())),
+                           lambda: two.vault.withdraw(second, now=_now())))
     assert (one.vault.balance(alice.address), two.vault.balance(alice.address)) == (0, 0)
     # The replica that lost knows the winner's withdrawal (same nonce signed again), and no
     # other: a restart loads exactly one.
@@ -148,7 +151,7 @@ def test_a_running_enclave_refuses_a_ledger_older_than_its_own(tmp_path: Any) ->
     alice = Account.create()
     one.change(lambda: one.vault.credit_deposit("0xaa:0", alice.address, 5_000))
     old = one.vault.export_ledger()
-    one.change(lambda: one.vault.withdraw(_withdrawal(one.vault, alice, 5_000, "w"), now=NOW))
+    one.change(lambda: one.vault.withdraw(_withdrawal(one.vault, alice, 5_000, "w"), now=_now()))
     with pytest.raises(EnclaveError, match="older"):
         one.vault.restore_ledger(old)
     # Nor can a change it has not exported yet be dropped by handing it the stored ledger.
