@@ -20,13 +20,17 @@ What each signature requires (the safety argument):
   amount, the channel must be the signer's (the enclave records each channel's
   owner when it approves it: a pool channel's on-chain client is the vault
   itself), and the paid request is the one the call names (built here from the
-  call). Each ``(client, nonce)`` pays at most once: it is consumed when σ_U is
-  signed; a request given up before σ_U (refused, expired) leaves it unused,
-  so a retry of the same call may pay once. A client's calls older than that
-  client's newest paid call minus twice the auth window are refused, so the
-  replay set stays bounded (per client: one client's far-future timestamp
-  makes no one else's calls stale; and a call signed more than a window after
-  the host's ``now`` is refused); consumed nonces are kept in the sealed
+  call). Each ``(client, idempotency key)`` pays at most once, whichever of
+  the client's signatures carries it (a client signs every retry and the
+  wallet 428 round anew, so keying on the signature's nonce would let a host
+  keep two signatures of one call and pay both): it is consumed when σ_U is
+  signed; a request given up before σ_U (refused, expired, abandoned) leaves
+  it unused, so a retry of the same call may pay once. A call is refused if
+  signed more than twice the auth window before the host's ``now`` or the
+  enclave's clock, whichever is later (a call the host withheld cannot be paid
+  days later), or more than a window after ``now``; and a client's calls older
+  than its newest paid call minus twice the window are refused too, so the
+  replay set stays bounded per client; consumed keys are kept in the sealed
   records of the channels that consumed them, each client's newest timestamp
   in the ledger too, and a client's calls are refused until every channel of
   that client that may hold one is loaded (:class:`ChannelsNeeded`). σ_U
@@ -139,6 +143,7 @@ from a402.asc import (
     PaymentAuthorized,
     Reason,
     Reply,
+    RequestAbandoned,
     RequestExpired,
     ResultDelivered,
     Reveal,
@@ -295,12 +300,19 @@ class _KernelSigner:
         return self._kernel.sign(self._purpose, digest)
 
 
+def _once(invoke: api.InvokeRequest) -> str:
+    """What makes a paid call one call, for the at-most-once rule: its idempotency key
+    (every signature of the call carries it), not the signature's nonce."""
+    return "key:" + invoke.idempotency_key
+
+
 @dataclass(slots=True)
 class _Binding:
-    """The signed call the request in flight pays for."""
+    """The signed call the request in flight pays for: its client, what makes it one
+    call (:func:`_once`) and when it was signed."""
 
     client: str
-    nonce: str
+    once: str
     timestamp: int
 
 
@@ -361,6 +373,12 @@ class VaultEnclaveCode:
         self._newest: dict[str, int] = {}
         #: The chain time the host last reported (approvals, orders, failed opens): never back.
         self._clock = 0
+        #: The time as far as signed calls vouch for it: the host's ``now`` when a call
+        #: came, but never more than a window past that call's own timestamp; it never
+        #: goes back. A call the host withheld is refused once it is older than this by
+        #: twice the auth window (any client's later call moves it). A host's clock that
+        #: jumps ahead moves it no further than the calls do.
+        self._wall = 0
         self._consumed: dict[tuple[str, str], int] = {}
         self._reserved: dict[tuple[str, str], bytes] = {}
         #: A ledger was restored, or this is the vault's first boot: until then every call
@@ -427,7 +445,7 @@ class VaultEnclaveCode:
                          for cid, e in self._channels.items()},
             "withdrawals": self._withdrawals,
             "newest": {k: v for k, v in self._newest.items()},
-            "clock": self._clock,
+            "clock": self._clock, "wall": self._wall,
         }
         return self._kernel.seal(_LEDGER_LABEL, jsonbytes.dumps(record))
 
@@ -447,6 +465,7 @@ class VaultEnclaveCode:
         for client, timestamp in record.get("newest", {}).items():
             self._advance(client, int(timestamp))
         self._clock = max(self._clock, int(record.get("clock", 0)))
+        self._wall = max(self._wall, int(record.get("wall", 0)))
         self._ready, self._first_boot = True, False
 
     # --------------------------------------------------------- signed calls
@@ -478,8 +497,13 @@ class VaultEnclaveCode:
             raise EnclaveError(e.reason, e.detail) from None
         if signed.timestamp < self._horizon(address_key(signed.client)):
             raise EnclaveError("stale_call", "signed too long before the client's newest call")
-        if now is not None and signed.timestamp > now + self.window:
-            raise EnclaveError("future_call", "signed more than the auth window ahead of now")
+        if signed.timestamp < self._wall - 2 * self.window:
+            raise EnclaveError("stale_call", "signed too long before now")
+        if now is not None:
+            if signed.timestamp > now + self.window:
+                raise EnclaveError("future_call",
+                                   "signed more than the auth window ahead of now")
+            self._wall = max(self._wall, min(int(now), signed.timestamp + self.window))
         return signed
 
     def _body(self, call: SignedCall) -> dict[str, Any]:
@@ -554,12 +578,12 @@ class VaultEnclaveCode:
         self._check_ready()
         signed = self._verify(call, "POST", INVOKE_PATH)
         owner = address_key(signed.client)
-        if (owner, signed.nonce) in self._consumed:
-            raise EnclaveError("replayed_call", "this signed call has paid already")
         try:
             invoke = api.InvokeRequest.from_json(self._body(call))
         except ValueError as e:
             raise EnclaveError("bad_request", str(e)) from None
+        if (owner, _once(invoke)) in self._consumed:
+            raise EnclaveError("replayed_call", "this signed call has paid already")
         if invoke.funding != api.POOL:
             raise EnclaveError("not_a_pool_channel", "the call asks for wallet funding")
         if terms.client != self.address:
@@ -697,38 +721,38 @@ class VaultEnclaveCode:
         client = address_key(signed.client)
         if client != held.owner:
             raise EnclaveError("not_your_channel", "the channel serves another client")
-        key = (client, signed.nonce)
-        if key in self._consumed:
-            raise EnclaveError("replayed_call", "this signed call has paid already")
-        if self._reserved.get(key, channel_id) != channel_id:
-            raise EnclaveError("replayed_call", "this signed call is paying elsewhere")
-        missing = self._missing(client)
-        if missing:
-            raise ChannelsNeeded(missing)
         try:
             invoke = api.InvokeRequest.from_json(self._body(call))
         except ValueError as e:
             raise EnclaveError("bad_request", str(e)) from None
+        key = (client, _once(invoke))
+        if key in self._consumed:
+            raise EnclaveError("replayed_call", "this call has paid already")
+        if self._reserved.get(key, channel_id) != channel_id:
+            raise EnclaveError("replayed_call", "this call is paying elsewhere")
+        missing = self._missing(client)
+        if missing:
+            raise ChannelsNeeded(missing)
         if invoke.max_price < amount:
             raise EnclaveError("price_above_maximum",
                                f"{amount} > the call's maximum {invoke.max_price}")
         exec_ = held.channel.request(paid_request(invoke).encode(), amount, now=now)
-        held.call = _Binding(client, signed.nonce, signed.timestamp)
+        held.call = _Binding(client, key[1], signed.timestamp)
         self._reserved[key] = channel_id
         self._advance(client, signed.timestamp)
         return exec_
 
     def _release(self, held: _Held) -> None:
         if held.call is not None:
-            self._reserved.pop((held.call.client, held.call.nonce), None)
+            self._reserved.pop((held.call.client, held.call.once), None)
             held.call = None
 
     def _after(self, held: _Held, step: Step) -> Step:
         for event in step.events:
             if isinstance(event, PaymentAuthorized) and held.call is not None:
-                key = (held.call.client, held.call.nonce)
+                key = (held.call.client, held.call.once)
                 held.consumed[key] = self._consumed[key] = held.call.timestamp
-            elif isinstance(event, RequestExpired | ResultDelivered):
+            elif isinstance(event, RequestExpired | RequestAbandoned | ResultDelivered):
                 self._release(held)
         return step
 
@@ -743,7 +767,7 @@ class VaultEnclaveCode:
             call = held.call
             if held.channel.status is Status.LOCKED and call is None:
                 raise LocalProtocolError(Reason.NOT_ALLOWED, "no signed call for this request")
-            if call is not None and (call.client, call.nonce) in self._consumed:
+            if call is not None and (call.client, call.once) in self._consumed:
                 raise LocalProtocolError(Reason.NOT_ALLOWED, "this signed call has paid already")
         return self._after(held, held.channel.receive(message, now=now))
 
@@ -782,7 +806,7 @@ class VaultEnclaveCode:
             "format": _CHANNEL_FORMAT,
             "channel": held.channel.snapshot().decode(),
             "owner": held.owner, "funding": held.funding,
-            "call": None if call is None else [call.client, call.nonce, call.timestamp],
+            "call": None if call is None else [call.client, call.once, call.timestamp],
             "consumed": [[c, n, t] for (c, n), t in held.consumed.items() if t >= horizon],
             "attested": held.attested,
             # What pruned ``consumed``: restored with it, so a pruned nonce stays stale.
