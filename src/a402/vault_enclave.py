@@ -122,6 +122,8 @@ host's choice (it fetches the 402), within the call's ``maxPrice``.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import threading
@@ -387,6 +389,12 @@ class VaultEnclaveCode:
         #: Started as a first boot (and no ledger restored since): no channel can predate
         #: it, so a channel record this code sealed in an earlier life is refused.
         self._first_boot = first_boot
+        #: This life of the vault: drawn at its first boot, kept in the sealed ledger. A
+        #: channel's salt carries a MAC under it (:meth:`salt`) and its sealed record names
+        #: it, so a host that deletes the ledger and declares a first boot can neither
+        #: approve an earlier life's channel again nor restore one of its records, and no
+        #: call paid in that life pays again in the new one.
+        self._life = os.urandom(32) if first_boot else b""
         #: One call at a time: the host calls from its event loop and from threads.
         self.lock = threading.RLock()
 
@@ -445,7 +453,7 @@ class VaultEnclaveCode:
                          for cid, e in self._channels.items()},
             "withdrawals": self._withdrawals,
             "newest": {k: v for k, v in self._newest.items()},
-            "clock": self._clock, "wall": self._wall,
+            "clock": self._clock, "wall": self._wall, "life": self._life.hex(),
         }
         return self._kernel.seal(_LEDGER_LABEL, jsonbytes.dumps(record))
 
@@ -466,6 +474,7 @@ class VaultEnclaveCode:
             self._advance(client, int(timestamp))
         self._clock = max(self._clock, int(record.get("clock", 0)))
         self._wall = max(self._wall, int(record.get("wall", 0)))
+        self._life = bytes.fromhex(record.get("life", ""))
         self._ready, self._first_boot = True, False
 
     # --------------------------------------------------------- signed calls
@@ -542,10 +551,23 @@ class VaultEnclaveCode:
             raise EnclaveError("unknown_channel", "this enclave runs no such channel")
         return held
 
+    def salt(self) -> bytes:
+        """A salt for new channel terms: 16 random bytes and their MAC under this life's key
+        (:meth:`_new_channel` approves no other)."""
+        self._check_ready()
+        nonce = os.urandom(16)
+        return nonce + self._salt_mac(nonce)
+
+    def _salt_mac(self, nonce: bytes) -> bytes:
+        return hmac.new(self._life, b"a402/vault-channel-salt" + nonce, hashlib.sha256
+                        ).digest()[:16]
+
     def _new_channel(self, terms: ChannelTerms, owner: str, funding: str,
                      lock_timeout: float) -> bytes:
         if terms.vault != self.address:
             raise EnclaveError("not_our_channel", "the terms name another vault")
+        if self._life and not hmac.compare_digest(terms.salt[16:], self._salt_mac(terms.salt[:16])):
+            raise EnclaveError("not_this_life", "the terms' salt was not issued by this vault")
         channel_id = terms.channel_id(self.domain)
         self._enter(channel_id, _Entry(owner, funding, terms.deposit))
         self._held[channel_id] = _Held(
@@ -808,7 +830,7 @@ class VaultEnclaveCode:
             "owner": held.owner, "funding": held.funding,
             "call": None if call is None else [call.client, call.once, call.timestamp],
             "consumed": [[c, n, t] for (c, n), t in held.consumed.items() if t >= horizon],
-            "attested": held.attested,
+            "attested": held.attested, "life": self._life.hex(),
             # What pruned ``consumed``: restored with it, so a pruned nonce stays stale.
             "newest": self._newest.get(held.owner, 0),
         }
@@ -833,6 +855,9 @@ class VaultEnclaveCode:
             raise EnclaveError("malformed", str(e)) from None
         if channel.channel_id != channel_id:
             raise EnclaveError("malformed", "the record is for another channel")
+        if record.get("life", "") != self._life.hex():
+            raise EnclaveError("not_this_life",
+                               "a channel record from an earlier life of this vault")
         held = _Held(channel, record["owner"], record["funding"],
                      attested=record.get("attested") is True)
         call = record["call"]
@@ -1077,6 +1102,11 @@ class VaultEnclave:
     def balance(self, client: str) -> int:
         with self._code.lock:
             return self._code.balance(client)
+
+    def salt(self) -> bytes:
+        """The salt of a new channel's terms (the enclave approves no other)."""
+        with self._code.lock:
+            return self._code.salt()
 
     def credit_deposit(self, key: str, client: str, amount: int) -> bool:
         with self._code.lock:

@@ -127,7 +127,7 @@ def call(vault: VaultEnclave, client: LocalAccount, *, max_price: int = PRICE,
 def pool_channel(s: Setup, client: LocalAccount, deposit: int = 10 * PRICE) -> ChannelTerms:
     """A pool channel for a call of ``client``'s, bound to the provider enclave's tunnel."""
     terms = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
-                         s.schnorr.public_key, deposit, os.urandom(32))
+                         s.schnorr.public_key, deposit, s.vault.salt())
     s.vault.approve_pool_channel(call(s.vault, client, key="needs-a-channel"), terms,
                                  lock_timeout=10.0, now=NOW)
     s.vault.bind_tunnel(s.tunnel, terms.channel_id(DOMAIN))
@@ -369,7 +369,7 @@ def test_no_pool_channel_beyond_the_clients_balance(setup: Setup) -> None:
         pool_channel(s, alice, deposit=3 * PRICE)
     assert s.vault.balance(alice.address) == 2 * PRICE
     foreign = ChannelTerms(s.vault.address, "0x" + "22" * 20, s.provider.address,
-                           s.schnorr.public_key, PRICE, os.urandom(32))
+                           s.schnorr.public_key, PRICE, s.vault.salt())
     with pytest.raises(EnclaveError, match="not_our_channel"):
         s.vault.approve_pool_channel(call(s.vault, alice), foreign, lock_timeout=10.0, now=NOW)
 
@@ -447,7 +447,7 @@ def test_an_open_approval_lapses_and_a_pool_debit_comes_back_only_after_it_has(
     s = setup
     alice = funded(s, 10 * PRICE)
     terms = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
-                         s.schnorr.public_key, 4 * PRICE, os.urandom(32))
+                         s.schnorr.public_key, 4 * PRICE, s.vault.salt())
     cid = terms.channel_id(DOMAIN)
     approval = s.vault.approve_pool_channel(call(s.vault, alice), terms, lock_timeout=10.0,
                                            now=NOW)
@@ -480,11 +480,11 @@ def test_the_enclaves_clock_never_goes_back(setup: Setup) -> None:
     s = setup
     alice = funded(s, 10 * PRICE)
     first = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
-                         s.schnorr.public_key, PRICE, os.urandom(32))
+                         s.schnorr.public_key, PRICE, s.vault.salt())
     s.vault.approve_pool_channel(call(s.vault, alice, key="first"), first, lock_timeout=10.0,
                                  now=NOW + 5_000)
     second = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
-                          s.schnorr.public_key, PRICE, os.urandom(32))
+                          s.schnorr.public_key, PRICE, s.vault.salt())
     approval = s.vault.approve_pool_channel(call(s.vault, alice, key="second"), second,
                                             lock_timeout=10.0, now=NOW)
     assert approval.deadline == NOW + 5_000 + OPEN_APPROVAL_LIFETIME
@@ -615,7 +615,7 @@ def test_a_host_cannot_move_a_clients_pool_balance_into_a_channel_without_its_ca
 
     def terms() -> ChannelTerms:
         return ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
-                            s.schnorr.public_key, 9 * PRICE, os.urandom(32))
+                            s.schnorr.public_key, 9 * PRICE, s.vault.salt())
 
     wallet = api.InvokeRequest(url="https://api.example/weather", method="GET", headers=(),
                                body=b"", max_price=PRICE, idempotency_key="w", funding=api.WALLET)
@@ -630,7 +630,7 @@ def test_a_host_cannot_move_a_clients_pool_balance_into_a_channel_without_its_ca
             (SignedCall({}, "POST", INVOKE_PATH, paid.body), "unauthenticated")):
         t = terms() if reason != "insufficient_balance" else ChannelTerms(
             s.vault.address, s.vault.address, s.provider.address, s.schnorr.public_key,
-            11 * PRICE, os.urandom(32))
+            11 * PRICE, s.vault.salt())
         with pytest.raises(EnclaveError, match=reason):
             s.vault.approve_pool_channel(not_alices_consent, t, lock_timeout=10.0, now=NOW)
         assert s.vault.channel(t.channel_id(DOMAIN)) is None
@@ -651,7 +651,7 @@ def test_no_sigma_u_for_a_provider_key_no_attested_enclave_holds(setup: Setup) -
     alice = funded(s, 10 * PRICE)
     host_key = EVM.secret_key(EVM.generate_key().to_bytes())
     terms = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
-                         host_key.public_key, 10 * PRICE, os.urandom(32))
+                         host_key.public_key, 10 * PRICE, s.vault.salt())
     s.vault.approve_pool_channel(call(s.vault, alice, key="open"), terms, lock_timeout=10.0,
                                  now=NOW)
     cid = terms.channel_id(DOMAIN)
@@ -744,7 +744,7 @@ def test_each_clients_newest_call_survives_a_restart_in_the_ledger(setup: Setup)
     again = VaultEnclaveCode.start(s.enclave, domain=DOMAIN, network=NETWORK, token=TOKEN)
     again.restore_ledger(ledger)
     fresh = ChannelTerms(again.address, again.address, s.provider.address,
-                         s.schnorr.public_key, PRICE, os.urandom(32))
+                         s.schnorr.public_key, PRICE, again.salt())
     with pytest.raises(EnclaveError, match="stale_call"):
         again.approve_pool_channel(call(again, alice, key="old", ts=newest - 121), fresh,
                                    lock_timeout=10.0, now=NOW)
@@ -764,7 +764,7 @@ def test_a_signed_body_that_is_not_a_shallow_json_object_is_refused_cleanly(
     channel = s.vault.channel(terms.channel_id(DOMAIN))
     assert channel is not None
     fresh = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
-                         s.schnorr.public_key, PRICE, os.urandom(32))
+                         s.schnorr.public_key, PRICE, s.vault.salt())
     for path, attempt in (
             (INVOKE_PATH, lambda c: channel.request(c, PRICE, now=clock())),
             (INVOKE_PATH, lambda c: s.vault.approve_pool_channel(c, fresh, lock_timeout=10.0,
@@ -775,3 +775,25 @@ def test_a_signed_body_that_is_not_a_shallow_json_object_is_refused_cleanly(
             attempt(SignedCall.of(headers, "POST", path, raw))
     assert channel.status is Status.OPEN and channel.free == terms.deposit
     assert s.vault.balance(alice.address) == 90 * PRICE
+
+
+def test_after_a_declared_first_boot_no_earlier_channel_is_approved_or_restored(
+        setup: Setup) -> None:
+    """Review 3, finding 1: a host that deletes the ledger row and restarts as a first boot
+    cannot bring back an earlier channel, neither by approving its terms again (their salt
+    was issued in the earlier life) nor by restoring its latest record, so a call paid in
+    that life pays nothing again."""
+    s = setup
+    alice = Account.create()
+    terms = ChannelTerms(alice.address, s.vault.address, s.provider.address,
+                         s.schnorr.public_key, 10 * PRICE, s.vault.salt())
+    s.vault.approve_wallet_channel(terms, lock_timeout=10.0, now=NOW)
+    cid = terms.channel_id(DOMAIN)
+    record = s.vault.channel(cid).snapshot()  # type: ignore[union-attr]
+    again = VaultEnclaveCode.start(s.enclave, domain=DOMAIN, network=NETWORK, token=TOKEN,
+                                   first_boot=True)
+    with pytest.raises(EnclaveError, match="not_this_life"):
+        again.approve_wallet_channel(terms, lock_timeout=10.0, now=NOW)
+    with pytest.raises(EnclaveError, match=r"not_a_first_boot|not_this_life"):
+        again.restore(cid, record)
+    assert again.channel(cid) is None
