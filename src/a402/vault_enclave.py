@@ -93,8 +93,11 @@ anything the enclave approved leaves the vault; a channel's record goes with the
 host's checkpoint of that channel, before its next message (no extra write per
 paid call). Until the host restores the ledger the code refuses every call on
 balances, channels and signed calls, unless it was started as a first boot
-(``first_boot``), which starts from an empty ledger and refuses every channel
-record sealed in an earlier life: withholding the ledger replays nothing. A
+(``first_boot``), which starts from an empty ledger and a new *life*: a random
+key, sealed in the ledger, under which every channel salt carries a MAC
+(:meth:`VaultEnclaveCode.salt`) and which every channel record names, so no
+channel of an earlier life is approved or restored again: withholding the
+ledger replays nothing. A
 host reporting a pool channel as never opened gets its deposit back only if the
 channel runs here untouched (version 0, no request ever made); from then on the
 channel is closed here (a restore of any of its records too), so if it opens
