@@ -20,13 +20,17 @@ What each signature requires (the safety argument):
   amount, the channel must be the signer's (the enclave records each channel's
   owner when it approves it: a pool channel's on-chain client is the vault
   itself), and the paid request is the one the call names (built here from the
-  call). Each ``(client, nonce)`` pays at most once: it is consumed when σ_U is
-  signed; a request given up before σ_U (refused, expired) leaves it unused,
-  so a retry of the same call may pay once. A client's calls older than that
-  client's newest paid call minus twice the auth window are refused, so the
-  replay set stays bounded (per client: one client's far-future timestamp
-  makes no one else's calls stale; and a call signed more than a window after
-  the host's ``now`` is refused); consumed nonces are kept in the sealed
+  call). Each ``(client, idempotency key)`` pays at most once, whichever of
+  the client's signatures carries it (a client signs every retry and the
+  wallet 428 round anew, so keying on the signature's nonce would let a host
+  keep two signatures of one call and pay both): it is consumed when σ_U is
+  signed; a request given up before σ_U (refused, expired, abandoned) leaves
+  it unused, so a retry of the same call may pay once. A call is refused if
+  signed more than twice the auth window before the host's ``now`` or the
+  enclave's clock, whichever is later (a call the host withheld cannot be paid
+  days later), or more than a window after ``now``; and a client's calls older
+  than its newest paid call minus twice the window are refused too, so the
+  replay set stays bounded per client; consumed keys are kept in the sealed
   records of the channels that consumed them, each client's newest timestamp
   in the ledger too, and a client's calls are refused until every channel of
   that client that may hold one is loaded (:class:`ChannelsNeeded`). σ_U
@@ -92,8 +96,11 @@ when another replica stored it; an older one is refused; a channel's record goes
 host's checkpoint of that channel, before its next message (no extra write per
 paid call). Until the host restores the ledger the code refuses every call on
 balances, channels and signed calls, unless it was started as a first boot
-(``first_boot``), which starts from an empty ledger and refuses every channel
-record sealed in an earlier life: withholding the ledger replays nothing. A
+(``first_boot``), which starts from an empty ledger and a new *life*: a random
+key, sealed in the ledger, under which every channel salt carries a MAC
+(:meth:`VaultEnclaveCode.salt`) and which every channel record names, so no
+channel of an earlier life is approved or restored again: withholding the
+ledger replays nothing. A
 host reporting a pool channel as never opened gets its deposit back only if the
 channel runs here untouched (version 0, no request ever made); from then on the
 channel is closed here (a restore of any of its records too), so if it opens
@@ -124,6 +131,8 @@ host's choice (it fetches the 402), within the call's ``maxPrice``.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import threading
@@ -145,6 +154,7 @@ from a402.asc import (
     PaymentAuthorized,
     Reason,
     Reply,
+    RequestAbandoned,
     RequestExpired,
     ResultDelivered,
     Reveal,
@@ -301,12 +311,19 @@ class _KernelSigner:
         return self._kernel.sign(self._purpose, digest)
 
 
+def _once(invoke: api.InvokeRequest) -> str:
+    """What makes a paid call one call, for the at-most-once rule: its idempotency key
+    (every signature of the call carries it), not the signature's nonce."""
+    return "key:" + invoke.idempotency_key
+
+
 @dataclass(slots=True)
 class _Binding:
-    """The signed call the request in flight pays for."""
+    """The signed call the request in flight pays for: its client, what makes it one
+    call (:func:`_once`) and when it was signed."""
 
     client: str
-    nonce: str
+    once: str
     timestamp: int
 
 
@@ -367,6 +384,12 @@ class VaultEnclaveCode:
         self._newest: dict[str, int] = {}
         #: The chain time the host last reported (approvals, orders, failed opens): never back.
         self._clock = 0
+        #: The time as far as signed calls vouch for it: the host's ``now`` when a call
+        #: came, but never more than a window past that call's own timestamp; it never
+        #: goes back. A call the host withheld is refused once it is older than this by
+        #: twice the auth window (any client's later call moves it). A host's clock that
+        #: jumps ahead moves it no further than the calls do.
+        self._wall = 0
         self._consumed: dict[tuple[str, str], int] = {}
         self._reserved: dict[tuple[str, str], bytes] = {}
         #: The ledger's version, sealed with it: one more on its first change after each
@@ -379,6 +402,12 @@ class VaultEnclaveCode:
         #: Started as a first boot (and no ledger restored since): no channel can predate
         #: it, so a channel record this code sealed in an earlier life is refused.
         self._first_boot = first_boot
+        #: This life of the vault: drawn at its first boot, kept in the sealed ledger. A
+        #: channel's salt carries a MAC under it (:meth:`salt`) and its sealed record names
+        #: it, so a host that deletes the ledger and declares a first boot can neither
+        #: approve an earlier life's channel again nor restore one of its records, and no
+        #: call paid in that life pays again in the new one.
+        self._life = os.urandom(32) if first_boot else b""
         #: One call at a time: the host calls from its event loop and from threads.
         self.lock = threading.RLock()
 
@@ -461,7 +490,7 @@ class VaultEnclaveCode:
                          for cid, e in self._channels.items()},
             "withdrawals": self._withdrawals,
             "newest": {k: v for k, v in self._newest.items()},
-            "clock": self._clock,
+            "clock": self._clock, "wall": self._wall, "life": self._life.hex(),
         }
         return self._kernel.seal(_LEDGER_LABEL, jsonbytes.dumps(record))
 
@@ -491,6 +520,8 @@ class VaultEnclaveCode:
             withdrawals = dict(record["withdrawals"])
             newest = {k: int(v) for k, v in record.get("newest", {}).items()}
             clock = int(record.get("clock", 0))
+            wall = int(record.get("wall", 0))
+            life = bytes.fromhex(record.get("life", ""))
         except (ValueError, KeyError, TypeError, IndexError) as e:
             raise EnclaveError("malformed", str(e)) from None
         if version < self._version:
@@ -506,6 +537,8 @@ class VaultEnclaveCode:
         for client, timestamp in newest.items():
             self._advance(client, timestamp)
         self._clock = max(self._clock, clock)
+        self._wall = max(self._wall, wall)
+        self._life = life
         self._ready, self._first_boot = True, False
 
     # --------------------------------------------------------- signed calls
@@ -537,8 +570,13 @@ class VaultEnclaveCode:
             raise EnclaveError(e.reason, e.detail) from None
         if signed.timestamp < self._horizon(address_key(signed.client)):
             raise EnclaveError("stale_call", "signed too long before the client's newest call")
-        if now is not None and signed.timestamp > now + self.window:
-            raise EnclaveError("future_call", "signed more than the auth window ahead of now")
+        if signed.timestamp < self._wall - 2 * self.window:
+            raise EnclaveError("stale_call", "signed too long before now")
+        if now is not None:
+            if signed.timestamp > now + self.window:
+                raise EnclaveError("future_call",
+                                   "signed more than the auth window ahead of now")
+            self._wall = max(self._wall, min(int(now), signed.timestamp + self.window))
         return signed
 
     def _body(self, call: SignedCall) -> dict[str, Any]:
@@ -577,10 +615,23 @@ class VaultEnclaveCode:
             raise EnclaveError("unknown_channel", "this enclave runs no such channel")
         return held
 
+    def salt(self) -> bytes:
+        """A salt for new channel terms: 16 random bytes and their MAC under this life's key
+        (:meth:`_new_channel` approves no other)."""
+        self._check_ready()
+        nonce = os.urandom(16)
+        return nonce + self._salt_mac(nonce)
+
+    def _salt_mac(self, nonce: bytes) -> bytes:
+        return hmac.new(self._life, b"a402/vault-channel-salt" + nonce, hashlib.sha256
+                        ).digest()[:16]
+
     def _new_channel(self, terms: ChannelTerms, owner: str, funding: str,
                      lock_timeout: float) -> bytes:
         if terms.vault != self.address:
             raise EnclaveError("not_our_channel", "the terms name another vault")
+        if self._life and not hmac.compare_digest(terms.salt[16:], self._salt_mac(terms.salt[:16])):
+            raise EnclaveError("not_this_life", "the terms' salt was not issued by this vault")
         channel_id = terms.channel_id(self.domain)
         self._enter(channel_id, _Entry(owner, funding, terms.deposit))
         self._changed()
@@ -616,12 +667,12 @@ class VaultEnclaveCode:
         self._check_ready()
         signed = self._verify(call, "POST", INVOKE_PATH)
         owner = address_key(signed.client)
-        if (owner, signed.nonce) in self._consumed:
-            raise EnclaveError("replayed_call", "this signed call has paid already")
         try:
             invoke = api.InvokeRequest.from_json(self._body(call))
         except ValueError as e:
             raise EnclaveError("bad_request", str(e)) from None
+        if (owner, _once(invoke)) in self._consumed:
+            raise EnclaveError("replayed_call", "this signed call has paid already")
         if invoke.funding != api.POOL:
             raise EnclaveError("not_a_pool_channel", "the call asks for wallet funding")
         if terms.client != self.address:
@@ -760,38 +811,38 @@ class VaultEnclaveCode:
         client = address_key(signed.client)
         if client != held.owner:
             raise EnclaveError("not_your_channel", "the channel serves another client")
-        key = (client, signed.nonce)
-        if key in self._consumed:
-            raise EnclaveError("replayed_call", "this signed call has paid already")
-        if self._reserved.get(key, channel_id) != channel_id:
-            raise EnclaveError("replayed_call", "this signed call is paying elsewhere")
-        missing = self._missing(client)
-        if missing:
-            raise ChannelsNeeded(missing)
         try:
             invoke = api.InvokeRequest.from_json(self._body(call))
         except ValueError as e:
             raise EnclaveError("bad_request", str(e)) from None
+        key = (client, _once(invoke))
+        if key in self._consumed:
+            raise EnclaveError("replayed_call", "this call has paid already")
+        if self._reserved.get(key, channel_id) != channel_id:
+            raise EnclaveError("replayed_call", "this call is paying elsewhere")
+        missing = self._missing(client)
+        if missing:
+            raise ChannelsNeeded(missing)
         if invoke.max_price < amount:
             raise EnclaveError("price_above_maximum",
                                f"{amount} > the call's maximum {invoke.max_price}")
         exec_ = held.channel.request(paid_request(invoke).encode(), amount, now=now)
-        held.call = _Binding(client, signed.nonce, signed.timestamp)
+        held.call = _Binding(client, key[1], signed.timestamp)
         self._reserved[key] = channel_id
         self._advance(client, signed.timestamp)
         return exec_
 
     def _release(self, held: _Held) -> None:
         if held.call is not None:
-            self._reserved.pop((held.call.client, held.call.nonce), None)
+            self._reserved.pop((held.call.client, held.call.once), None)
             held.call = None
 
     def _after(self, held: _Held, step: Step) -> Step:
         for event in step.events:
             if isinstance(event, PaymentAuthorized) and held.call is not None:
-                key = (held.call.client, held.call.nonce)
+                key = (held.call.client, held.call.once)
                 held.consumed[key] = self._consumed[key] = held.call.timestamp
-            elif isinstance(event, RequestExpired | ResultDelivered):
+            elif isinstance(event, RequestExpired | RequestAbandoned | ResultDelivered):
                 self._release(held)
         return step
 
@@ -806,7 +857,7 @@ class VaultEnclaveCode:
             call = held.call
             if held.channel.status is Status.LOCKED and call is None:
                 raise LocalProtocolError(Reason.NOT_ALLOWED, "no signed call for this request")
-            if call is not None and (call.client, call.nonce) in self._consumed:
+            if call is not None and (call.client, call.once) in self._consumed:
                 raise LocalProtocolError(Reason.NOT_ALLOWED, "this signed call has paid already")
         return self._after(held, held.channel.receive(message, now=now))
 
@@ -845,9 +896,9 @@ class VaultEnclaveCode:
             "format": _CHANNEL_FORMAT,
             "channel": held.channel.snapshot().decode(),
             "owner": held.owner, "funding": held.funding,
-            "call": None if call is None else [call.client, call.nonce, call.timestamp],
+            "call": None if call is None else [call.client, call.once, call.timestamp],
             "consumed": [[c, n, t] for (c, n), t in held.consumed.items() if t >= horizon],
-            "attested": held.attested,
+            "attested": held.attested, "life": self._life.hex(),
             # What pruned ``consumed``: restored with it, so a pruned nonce stays stale.
             "newest": self._newest.get(held.owner, 0),
         }
@@ -872,6 +923,9 @@ class VaultEnclaveCode:
             raise EnclaveError("malformed", str(e)) from None
         if channel.channel_id != channel_id:
             raise EnclaveError("malformed", "the record is for another channel")
+        if record.get("life", "") != self._life.hex():
+            raise EnclaveError("not_this_life",
+                               "a channel record from an earlier life of this vault")
         held = _Held(channel, record["owner"], record["funding"],
                      attested=record.get("attested") is True)
         call = record["call"]
@@ -1116,6 +1170,11 @@ class VaultEnclave:
     def balance(self, client: str) -> int:
         with self._code.lock:
             return self._code.balance(client)
+
+    def salt(self) -> bytes:
+        """The salt of a new channel's terms (the enclave approves no other)."""
+        with self._code.lock:
+            return self._code.salt()
 
     def credit_deposit(self, key: str, client: str, amount: int) -> bool:
         with self._code.lock:

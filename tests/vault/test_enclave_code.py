@@ -127,7 +127,7 @@ def call(vault: VaultEnclave, client: LocalAccount, *, max_price: int = PRICE,
 def pool_channel(s: Setup, client: LocalAccount, deposit: int = 10 * PRICE) -> ChannelTerms:
     """A pool channel for a call of ``client``'s, bound to the provider enclave's tunnel."""
     terms = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
-                         s.schnorr.public_key, deposit, os.urandom(32))
+                         s.schnorr.public_key, deposit, s.vault.salt())
     s.vault.approve_pool_channel(call(s.vault, client, key="needs-a-channel"), terms,
                                  lock_timeout=10.0, now=NOW)
     s.vault.bind_tunnel(s.tunnel, terms.channel_id(DOMAIN))
@@ -302,11 +302,51 @@ def test_old_calls_are_refused_so_the_replay_set_stays_bounded(setup: Setup) -> 
     s = setup
     alice = funded(s)
     terms = pool_channel(s, alice)
-    pay(s, terms, provider_side(s, terms), call(s.vault, alice, ts=10_000))
+    newest = clock() + 50  # within a window ahead of now
+    pay(s, terms, provider_side(s, terms), call(s.vault, alice, ts=newest))
+    channel = s.vault.channel(terms.channel_id(DOMAIN))
+    assert channel is not None
+    # 71 s old by the clock (not too old for it), but 121 s before the client's newest call
+    with pytest.raises(EnclaveError, match="stale_call"):
+        channel.request(call(s.vault, alice, key="old", ts=newest - 121), PRICE, now=clock())
+
+
+def test_one_idempotency_key_pays_at_most_once_whichever_signature_carries_it(
+        setup: Setup) -> None:
+    """A client signs every retry of a call anew (and the wallet 428 round): a host that
+    kept two signatures of one call must not get two payments for it."""
+    s = setup
+    alice = funded(s)
+    first, second = pool_channel(s, alice), pool_channel(s, alice)
+    signature_1 = call(s.vault, alice, key="lost-answer")
+    signature_2 = call(s.vault, alice, key="lost-answer")  # the retry: a new nonce
+    assert signature_1.headers != signature_2.headers
+    pay(s, first, provider_side(s, first), signature_1)
+    for terms in (first, second):
+        channel = s.vault.channel(terms.channel_id(DOMAIN))
+        assert channel is not None
+        with pytest.raises(EnclaveError, match="replayed_call"):
+            channel.request(signature_2, PRICE, now=clock())
+    paid = s.vault.channel(first.channel_id(DOMAIN))
+    unpaid = s.vault.channel(second.channel_id(DOMAIN))
+    assert paid is not None and unpaid is not None
+    assert (paid.provider_balance, unpaid.provider_balance) == (PRICE, 0)
+
+
+def test_a_call_the_host_withheld_is_refused_once_it_is_too_old(setup: Setup) -> None:
+    """Alice made no newer call, so her own calls cannot say this one is old; the time
+    the enclave has seen vouched for by others' calls (bob's, now) does: a call signed
+    more than twice the auth window before it pays nothing."""
+    s = setup
+    alice, bob = funded(s), funded(s)
+    terms, bobs = pool_channel(s, alice), pool_channel(s, bob)
+    withheld = call(s.vault, alice, key="withheld", ts=clock() - 86_400)
+    pay(s, bobs, provider_side(s, bobs), call(s.vault, bob))
     channel = s.vault.channel(terms.channel_id(DOMAIN))
     assert channel is not None
     with pytest.raises(EnclaveError, match="stale_call"):
-        channel.request(call(s.vault, alice, key="old", ts=10_000 - 121), PRICE, now=clock())
+        channel.request(withheld, PRICE, now=clock())
+    assert channel.provider_balance == 0 and channel.status is Status.OPEN
 
 
 def test_records_and_ledger_are_sealed_for_the_code_alone(setup: Setup) -> None:
@@ -329,7 +369,7 @@ def test_no_pool_channel_beyond_the_clients_balance(setup: Setup) -> None:
         pool_channel(s, alice, deposit=3 * PRICE)
     assert s.vault.balance(alice.address) == 2 * PRICE
     foreign = ChannelTerms(s.vault.address, "0x" + "22" * 20, s.provider.address,
-                           s.schnorr.public_key, PRICE, os.urandom(32))
+                           s.schnorr.public_key, PRICE, s.vault.salt())
     with pytest.raises(EnclaveError, match="not_our_channel"):
         s.vault.approve_pool_channel(call(s.vault, alice), foreign, lock_timeout=10.0, now=NOW)
 
@@ -407,7 +447,7 @@ def test_an_open_approval_lapses_and_a_pool_debit_comes_back_only_after_it_has(
     s = setup
     alice = funded(s, 10 * PRICE)
     terms = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
-                         s.schnorr.public_key, 4 * PRICE, os.urandom(32))
+                         s.schnorr.public_key, 4 * PRICE, s.vault.salt())
     cid = terms.channel_id(DOMAIN)
     approval = s.vault.approve_pool_channel(call(s.vault, alice), terms, lock_timeout=10.0,
                                            now=NOW)
@@ -440,11 +480,11 @@ def test_the_enclaves_clock_never_goes_back(setup: Setup) -> None:
     s = setup
     alice = funded(s, 10 * PRICE)
     first = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
-                         s.schnorr.public_key, PRICE, os.urandom(32))
+                         s.schnorr.public_key, PRICE, s.vault.salt())
     s.vault.approve_pool_channel(call(s.vault, alice, key="first"), first, lock_timeout=10.0,
                                  now=NOW + 5_000)
     second = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
-                          s.schnorr.public_key, PRICE, os.urandom(32))
+                          s.schnorr.public_key, PRICE, s.vault.salt())
     approval = s.vault.approve_pool_channel(call(s.vault, alice, key="second"), second,
                                             lock_timeout=10.0, now=NOW)
     assert approval.deadline == NOW + 5_000 + OPEN_APPROVAL_LIFETIME
@@ -491,14 +531,15 @@ def test_a_nonce_pruned_from_a_record_stays_stale_after_a_restart(setup: Setup) 
     alice = funded(s)
     terms = pool_channel(s, alice)
     provider = provider_side(s, terms)
-    first = call(s.vault, alice, key="first", ts=10_000)
+    base = clock()
+    first = call(s.vault, alice, key="first", ts=base - 110)
     pay(s, terms, provider, first)
     ledger = s.vault.export_ledger()  # an older ledger: it knows only the first call
-    pay(s, terms, provider, call(s.vault, alice, key="later", ts=10_200))
+    pay(s, terms, provider, call(s.vault, alice, key="later", ts=base + 50))
     cid = terms.channel_id(DOMAIN)
     channel = s.vault.channel(cid)
     assert channel is not None
-    record = channel.snapshot()  # "first" is pruned from it: older than 10 200 − 2 × 60
+    record = channel.snapshot()  # "first" is pruned from it: older than "later" − 2 × 60
     again = VaultEnclaveCode.start(s.enclave, domain=DOMAIN, network=NETWORK, token=TOKEN)
     again.restore_ledger(ledger)
     restored = again.restore(cid, record)
@@ -574,7 +615,7 @@ def test_a_host_cannot_move_a_clients_pool_balance_into_a_channel_without_its_ca
 
     def terms() -> ChannelTerms:
         return ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
-                            s.schnorr.public_key, 9 * PRICE, os.urandom(32))
+                            s.schnorr.public_key, 9 * PRICE, s.vault.salt())
 
     wallet = api.InvokeRequest(url="https://api.example/weather", method="GET", headers=(),
                                body=b"", max_price=PRICE, idempotency_key="w", funding=api.WALLET)
@@ -589,7 +630,7 @@ def test_a_host_cannot_move_a_clients_pool_balance_into_a_channel_without_its_ca
             (SignedCall({}, "POST", INVOKE_PATH, paid.body), "unauthenticated")):
         t = terms() if reason != "insufficient_balance" else ChannelTerms(
             s.vault.address, s.vault.address, s.provider.address, s.schnorr.public_key,
-            11 * PRICE, os.urandom(32))
+            11 * PRICE, s.vault.salt())
         with pytest.raises(EnclaveError, match=reason):
             s.vault.approve_pool_channel(not_alices_consent, t, lock_timeout=10.0, now=NOW)
         assert s.vault.channel(t.channel_id(DOMAIN)) is None
@@ -610,7 +651,7 @@ def test_no_sigma_u_for_a_provider_key_no_attested_enclave_holds(setup: Setup) -
     alice = funded(s, 10 * PRICE)
     host_key = EVM.secret_key(EVM.generate_key().to_bytes())
     terms = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
-                         host_key.public_key, 10 * PRICE, os.urandom(32))
+                         host_key.public_key, 10 * PRICE, s.vault.salt())
     s.vault.approve_pool_channel(call(s.vault, alice, key="open"), terms, lock_timeout=10.0,
                                  now=NOW)
     cid = terms.channel_id(DOMAIN)
@@ -683,8 +724,6 @@ def test_a_far_future_call_of_one_client_makes_no_one_elses_calls_stale(setup: S
     future = call(s.vault, alice, key="future", ts=10**11)
     with pytest.raises(EnclaveError, match="future_call"):
         channel.request(future, PRICE, now=clock())
-    # A host that passes a far-future ``now`` gets it paid: it moves alice's clock only.
-    pay(s, terms, provider_side(s, terms), future, now=10**11)
     bobs = pool_channel(s, bob, deposit=2_000)
     pay(s, bobs, provider_side(s, bobs), call(s.vault, bob))  # bob's current call pays
     w = signed(s.vault, bob, {"amount": "3000", "idempotencyKey": "w"}, path=WITHDRAW_PATH)
@@ -699,14 +738,15 @@ def test_each_clients_newest_call_survives_a_restart_in_the_ledger(setup: Setup)
     s = setup
     alice = funded(s)
     terms = pool_channel(s, alice)
-    pay(s, terms, provider_side(s, terms), call(s.vault, alice, key="new", ts=10_000))
+    newest = clock() + 50
+    pay(s, terms, provider_side(s, terms), call(s.vault, alice, key="new", ts=newest))
     ledger = s.vault.export_ledger()
     again = VaultEnclaveCode.start(s.enclave, domain=DOMAIN, network=NETWORK, token=TOKEN)
     again.restore_ledger(ledger)
     fresh = ChannelTerms(again.address, again.address, s.provider.address,
-                         s.schnorr.public_key, PRICE, os.urandom(32))
+                         s.schnorr.public_key, PRICE, again.salt())
     with pytest.raises(EnclaveError, match="stale_call"):
-        again.approve_pool_channel(call(again, alice, key="old", ts=10_000 - 121), fresh,
+        again.approve_pool_channel(call(again, alice, key="old", ts=newest - 121), fresh,
                                    lock_timeout=10.0, now=NOW)
     assert again.balance(alice.address) == 100 * PRICE - 10 * PRICE
 
@@ -724,7 +764,7 @@ def test_a_signed_body_that_is_not_a_shallow_json_object_is_refused_cleanly(
     channel = s.vault.channel(terms.channel_id(DOMAIN))
     assert channel is not None
     fresh = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
-                         s.schnorr.public_key, PRICE, os.urandom(32))
+                         s.schnorr.public_key, PRICE, s.vault.salt())
     for path, attempt in (
             (INVOKE_PATH, lambda c: channel.request(c, PRICE, now=clock())),
             (INVOKE_PATH, lambda c: s.vault.approve_pool_channel(c, fresh, lock_timeout=10.0,
@@ -735,3 +775,25 @@ def test_a_signed_body_that_is_not_a_shallow_json_object_is_refused_cleanly(
             attempt(SignedCall.of(headers, "POST", path, raw))
     assert channel.status is Status.OPEN and channel.free == terms.deposit
     assert s.vault.balance(alice.address) == 90 * PRICE
+
+
+def test_after_a_declared_first_boot_no_earlier_channel_is_approved_or_restored(
+        setup: Setup) -> None:
+    """Review 3, finding 1: a host that deletes the ledger row and restarts as a first boot
+    cannot bring back an earlier channel, neither by approving its terms again (their salt
+    was issued in the earlier life) nor by restoring its latest record, so a call paid in
+    that life pays nothing again."""
+    s = setup
+    alice = Account.create()
+    terms = ChannelTerms(alice.address, s.vault.address, s.provider.address,
+                         s.schnorr.public_key, 10 * PRICE, s.vault.salt())
+    s.vault.approve_wallet_channel(terms, lock_timeout=10.0, now=NOW)
+    cid = terms.channel_id(DOMAIN)
+    record = s.vault.channel(cid).snapshot()  # type: ignore[union-attr]
+    again = VaultEnclaveCode.start(s.enclave, domain=DOMAIN, network=NETWORK, token=TOKEN,
+                                   first_boot=True)
+    with pytest.raises(EnclaveError, match="not_this_life"):
+        again.approve_wallet_channel(terms, lock_timeout=10.0, now=NOW)
+    with pytest.raises(EnclaveError, match=r"not_a_first_boot|not_this_life"):
+        again.restore(cid, record)
+    assert again.channel(cid) is None

@@ -372,7 +372,7 @@ class Channels:
             raise VaultError(402, api.INSUFFICIENT_BALANCE,
                              f"the vault balance ({balance}) cannot pay {price}",
                              extra={"balance": str(balance), "price": str(price)})
-        terms = tunnel.terms(client=self.address, deposit=deposit)
+        terms = tunnel.terms(client=self.address, deposit=deposit, salt=self.vault.salt())
         row = await self._claim(client, tunnel, terms, funding=api.POOL, debit=True)
         try:
             now = await self._chain_time()
@@ -556,7 +556,7 @@ class Channels:
         row = next((r for r in proposals if int(r.deposit) == wanted), None)
         if authorization is None or row is None or authorization.get("channelId") != row.cid:
             if row is None:
-                terms = tunnel.terms(client=client, deposit=wanted)
+                terms = tunnel.terms(client=client, deposit=wanted, salt=self.vault.salt())
                 proposal = {"validAfter": 0,
                             "validBefore": now + self.deposits.authorization_validity}
                 row = await asyncio.to_thread(
