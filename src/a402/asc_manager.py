@@ -33,19 +33,9 @@ from a402.chain.node import Chain
 from a402.chain.tx import contract_at, deploy_contract, transact
 from a402.crypto import PaymentDomain
 from a402.evm.address import to_checksum
+from a402.evm.eip3009 import RECEIVE_WITH_AUTHORIZATION_TYPES
 from a402.evm.keccak import keccak256
 from a402.evm.permit import permit_digest
-
-RECEIVE_WITH_AUTHORIZATION_TYPES = {
-    "ReceiveWithAuthorization": [
-        {"name": "from", "type": "address"},
-        {"name": "to", "type": "address"},
-        {"name": "value", "type": "uint256"},
-        {"name": "validAfter", "type": "uint256"},
-        {"name": "validBefore", "type": "uint256"},
-        {"name": "nonce", "type": "bytes32"},
-    ]
-}
 
 
 class OnChainStatus(IntEnum):

@@ -32,18 +32,8 @@ from a402.crypto.vault_messages import (
     deposit_nonce,
 )
 from a402.evm.address import to_checksum
+from a402.evm.eip3009 import RECEIVE_WITH_AUTHORIZATION_TYPES
 from a402.evm.keccak import keccak256
-
-RECEIVE_WITH_AUTHORIZATION_TYPES = {
-    "ReceiveWithAuthorization": [
-        {"name": "from", "type": "address"},
-        {"name": "to", "type": "address"},
-        {"name": "value", "type": "uint256"},
-        {"name": "validAfter", "type": "uint256"},
-        {"name": "validBefore", "type": "uint256"},
-        {"name": "nonce", "type": "bytes32"},
-    ]
-}
 
 
 class AccountStatus(IntEnum):

@@ -405,8 +405,9 @@ class VaultEnclaveCode:
         #: This life of the vault: drawn at its first boot, kept in the sealed ledger. A
         #: channel's salt carries a MAC under it (:meth:`salt`) and its sealed record names
         #: it, so a host that deletes the ledger and declares a first boot can neither
-        #: approve an earlier life's channel again nor restore one of its records, and no
-        #: call paid in that life pays again in the new one.
+        #: approve an earlier life's channel again nor restore one of its records. (The
+        #: old life's record of paid calls is gone with its ledger: old signed calls are
+        #: fresh to the new life — the rollback limit, module docstring.)
         self._life = os.urandom(32) if first_boot else b""
         #: One call at a time: the host calls from its event loop and from threads.
         self.lock = threading.RLock()
@@ -626,12 +627,18 @@ class VaultEnclaveCode:
         return hmac.new(self._life, b"a402/vault-channel-salt" + nonce, hashlib.sha256
                         ).digest()[:16]
 
-    def _new_channel(self, terms: ChannelTerms, owner: str, funding: str,
-                     lock_timeout: float) -> bytes:
+    def _check_terms(self, terms: ChannelTerms, lock_timeout: float) -> None:
+        """What :meth:`_new_channel` refuses, checked before any balance moves."""
         if terms.vault != self.address:
             raise EnclaveError("not_our_channel", "the terms name another vault")
         if self._life and not hmac.compare_digest(terms.salt[16:], self._salt_mac(terms.salt[:16])):
             raise EnclaveError("not_this_life", "the terms' salt was not issued by this vault")
+        if lock_timeout <= 0:
+            raise EnclaveError("bad_request", "lock_timeout must be positive")
+
+    def _new_channel(self, terms: ChannelTerms, owner: str, funding: str,
+                     lock_timeout: float) -> bytes:
+        self._check_terms(terms, lock_timeout)
         channel_id = terms.channel_id(self.domain)
         self._enter(channel_id, _Entry(owner, funding, terms.deposit))
         self._changed()
@@ -680,6 +687,7 @@ class VaultEnclaveCode:
         channel_id = terms.channel_id(self.domain)
         entry = self._channels.get(channel_id)
         if entry is None:
+            self._check_terms(terms, lock_timeout)  # before the debit: a refusal moves nothing
             if terms.deposit > self.balance(owner):
                 raise EnclaveError("insufficient_balance",
                                    f"{terms.deposit} > balance {self.balance(owner)}")

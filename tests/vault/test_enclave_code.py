@@ -797,3 +797,17 @@ def test_after_a_declared_first_boot_no_earlier_channel_is_approved_or_restored(
     with pytest.raises(EnclaveError, match=r"not_a_first_boot|not_this_life"):
         again.restore(cid, record)
     assert again.channel(cid) is None
+
+
+def test_a_refused_pool_approval_leaves_the_clients_balance_whole(setup: Setup) -> None:
+    """Review 4, finding 3: terms the enclave would not run (a salt it did not issue) are
+    refused before the deposit leaves the client's balance, so nothing is stranded."""
+    s = setup
+    alice = funded(s)
+    foreign_salt = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
+                                s.schnorr.public_key, 10 * PRICE, os.urandom(32))
+    with pytest.raises(EnclaveError, match="not_this_life"):
+        s.vault.approve_pool_channel(call(s.vault, alice, key="needs-a-channel"), foreign_salt,
+                                     lock_timeout=10.0, now=NOW)
+    assert s.vault.balance(alice.address) == 100 * PRICE
+    assert s.vault.channel(foreign_salt.channel_id(DOMAIN)) is None

@@ -64,15 +64,11 @@ from eth_account.signers.local import LocalAccount
 
 from a402.asc import ChannelTerms, SignedState, Status
 from a402.asc import snapshot as snap
-from a402.asc_manager import (
-    RECEIVE_WITH_AUTHORIZATION_TYPES,
-    ASCManager,
-    OnChainStatus,
-    terms_tuple,
-)
+from a402.asc_manager import ASCManager, OnChainStatus, terms_tuple
 from a402.chain.deploy import TokenInfo
 from a402.chain.tx import TransactionFailed
 from a402.evm.address import address_key
+from a402.evm.eip3009 import RECEIVE_WITH_AUTHORIZATION_TYPES
 from a402.tee import AttestationPolicy, AttestationVerifier, Enclave, EnclaveError
 from a402.vault_enclave import EnclaveChannel, OpenApproval, SignedCall, VaultEnclave
 from a402.wire import vault_api as api
