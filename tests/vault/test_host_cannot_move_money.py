@@ -181,7 +181,7 @@ def test_a_host_cannot_open_a_pool_channel_beyond_a_balance_or_without_the_encla
         alice, _ = client_of(world, vault.url, funds=3_000, deposit=3_000)
         enclave = vault.service.vault
         terms = ChannelTerms(vault.address, vault.address, provider.address,
-                             provider_key(provider), 3_001, b"\x01" * 32)
+                             provider_key(provider), 3_001, enclave.salt())
         h, b = _signed_invoke(vault, alice, "https://api.example/weather", "open")
         with pytest.raises(EnclaveError, match="insufficient_balance"):
             enclave.approve_pool_channel(SignedCall.of(h, "POST", INVOKE_PATH, b), terms,
