@@ -214,7 +214,7 @@ _HOP_HEADERS = frozenset({
     b"trailer", b"transfer-encoding", b"upgrade", b"host", b"content-length",
 })
 _AUTH_HEADERS = (api.CLIENT_HEADER, api.TIMESTAMP_HEADER, api.NONCE_HEADER,
-                 api.SIGNATURE_HEADER)
+                 api.SIGNATURE_HEADER, api.LIFE_HEADER)
 
 
 # ------------------------------------------------------------ what the host passes in
@@ -312,9 +312,21 @@ class _KernelSigner:
 
 
 def _once(invoke: api.InvokeRequest) -> str:
-    """What makes a paid call one call, for the at-most-once rule: its idempotency key
-    (every signature of the call carries it), not the signature's nonce."""
-    return "key:" + invoke.idempotency_key
+    """What makes a paid call one call, for the at-most-once rule: its idempotency key and
+    creation time (every signature of the call carries both: the client keeps its
+    ``createdAt`` across retries), not the signature's nonce. A call without a creation
+    time is an older client's: refused, never paid without the rule."""
+    if invoke.created_at is None:
+        raise EnclaveError(api.CLIENT_OUTDATED,
+                           "nothing was paid: the call has no createdAt (an older client); "
+                           "this vault pays only calls whose creation time is signed")
+    return f"call:{invoke.created_at}:{invoke.idempotency_key}"
+
+
+def life_id(life: bytes) -> str:
+    """The public name of a vault life (``GET /v1/info``'s ``life``, signed into every
+    call): a hash of the life's key, which it does not reveal."""
+    return "0x" + hashlib.sha256(b"a402/vault-life\x00" + life).hexdigest()[:32]
 
 
 @dataclass(slots=True)
@@ -324,6 +336,7 @@ class _Binding:
 
     client: str
     once: str
+    #: The call's creation time (what the once-rule's record is pruned by).
     timestamp: int
 
 
@@ -337,6 +350,10 @@ class _Held:
     #: The provider key was seen here as an attested enclave's (a tunnel's peer, verified
     #: in the handshake): σ_U only then.
     attested: bool = False
+    #: :meth:`VaultEnclaveCode.open_failed` closed this (untouched) machine: if that
+    #: change is lost (another replica stored the ledger first, and the host runs the
+    #: change again on theirs), the closed machine is still the untouched one.
+    written_off: bool = False
 
 
 @dataclass(slots=True)
@@ -349,6 +366,9 @@ class _Entry:
     settled: int | None = None  # the high-water timestamp when it settled
     refunded: bool = False
     approved_until: int = 0  # the latest deadline of an approval to open it
+    #: The call (its :func:`_once`) this pool channel was approved for: checked fresh
+    #: then, so its request on this channel gets :data:`ADMISSION_SLACK` more time.
+    admit: str | None = None
 
 
 class VaultEnclaveCode:
@@ -373,6 +393,11 @@ class VaultEnclaveCode:
         self.account = api.vault_account(network, "0x" + self.address.hex())
         self.token = token
         self.window = auth_window
+        #: How much older than the usual horizon a call may be when it comes to pay on
+        #: the pool channel approved for it (checked fresh at that approval; the open may
+        #: take until the approval's deadline); the record of paid calls keeps that much
+        #: more, so the slack pays nothing twice.
+        self.slack = OPEN_APPROVAL_LIFETIME + 2 * auth_window
         self._held: dict[bytes, _Held] = {}
         self._channels: dict[bytes, _Entry] = {}
         self._by_owner: dict[str, set[bytes]] = {}
@@ -431,6 +456,11 @@ class VaultEnclaveCode:
             first_boot=first_boot,
         )), host_tunnels=True)
 
+    @property
+    def life_id(self) -> str:
+        """This life's public name (:func:`life_id`): every call must be signed for it."""
+        return life_id(self._life)
+
     def _check_ready(self) -> None:
         if not self._ready:
             raise EnclaveError("ledger_needed",
@@ -487,7 +517,7 @@ class VaultEnclaveCode:
             "balances": {k: str(v) for k, v in self._balances.items()},
             "credited": sorted(self._credited),
             "channels": {cid.hex(): [e.owner, e.funding, str(e.deposit), e.settled, e.refunded,
-                                     e.approved_until]
+                                     e.approved_until, e.admit]
                          for cid, e in self._channels.items()},
             "withdrawals": self._withdrawals,
             "newest": {k: v for k, v in self._newest.items()},
@@ -516,7 +546,8 @@ class VaultEnclaveCode:
             balances = {k: int(v) for k, v in record["balances"].items()}
             credited = set(record["credited"])
             channels = {bytes.fromhex(cid): _Entry(e[0], e[1], int(e[2]), e[3], bool(e[4]),
-                                                   int(e[5]) if len(e) > 5 else 0)
+                                                   int(e[5]) if len(e) > 5 else 0,
+                                                   e[6] if len(e) > 6 else None)
                         for cid, e in record["channels"].items()}
             withdrawals = dict(record["withdrawals"])
             newest = {k: int(v) for k, v in record.get("newest", {}).items()}
@@ -554,31 +585,57 @@ class VaultEnclaveCode:
 
     def _verify(self, call: SignedCall, method: str, path: str, now: float | None = None
                 ) -> api.Authenticated:
-        """The call's signature, for this vault; fresh for its signer (not older than the
-        signer's newest paid call minus twice the window) and, given the host's ``now``,
-        not signed more than a window in the future (a far-future timestamp would make
-        the client's own later calls stale)."""
+        """The call's signature (:meth:`_signed`) and its freshness (:meth:`_fresh`)."""
+        signed = self._signed(call, method, path)
+        self._fresh(signed, now)
+        return signed
+
+    def _signed(self, call: SignedCall, method: str, path: str) -> api.Authenticated:
+        """The call's signature, for this vault and this life (a call signed for another
+        life — before the vault lost its ledger — is refused: the new life has no record
+        of what it paid)."""
         if (call.method, call.path) != (method, path):
             raise EnclaveError("wrong_call", f"not a signed {method} {path}")
         try:
             timestamp = int(call.headers[api.TIMESTAMP_HEADER])
         except (KeyError, ValueError):
             raise EnclaveError("unauthenticated", "the call is not signed") from None
-        try:  # freshness is judged below, against the newest call seen, not a clock
-            signed = api.verify_request(call.headers, self.account, call.method, call.path,
-                                        call.body, now=timestamp, window=0)
+        try:  # freshness is judged by _fresh, against the newest call seen, not a clock
+            return api.verify_request(call.headers, self.account, call.method, call.path,
+                                      call.body, life=self.life_id, now=timestamp, window=0)
         except api.AuthError as e:
             raise EnclaveError(e.reason, e.detail) from None
-        if signed.timestamp < self._horizon(address_key(signed.client)):
-            raise EnclaveError("stale_call", "signed too long before the client's newest call")
-        if signed.timestamp < self._wall - 2 * self.window:
-            raise EnclaveError("stale_call", "signed too long before now")
+
+    def _fresh(self, signed: api.Authenticated, now: float | None, *,
+               created_at: int | None = None, slack: int = 0) -> None:
+        """Whether a call is fresh: signed (and, given ``created_at``, created) no earlier
+        than its signer's newest call minus twice the window, signed no earlier than
+        ``_wall`` minus twice the window, and, given the host's ``now``, not signed more
+        than a window in the future (a far-future timestamp would make the client's own
+        later calls stale). ``slack``: how much older the call may be (the call a pool
+        channel was approved for, on that channel)."""
+        horizon = self._horizon(address_key(signed.client)) - slack
+        if created_at is not None:
+            if created_at > signed.timestamp:
+                raise EnclaveError("bad_request", "nothing was paid: createdAt is after the "
+                                                  "call's signature timestamp")
+            if created_at < horizon:
+                raise EnclaveError(api.STALE_CALL, (
+                    "nothing was paid by this call: it was created (createdAt) before the "
+                    "oldest call the vault's record of paid calls still keeps, so it cannot "
+                    "be paid safely. If no earlier attempt was paid (GET /v1/requests/<key>), "
+                    "make it again with a new idempotency key"))
+        if signed.timestamp < horizon:
+            raise EnclaveError(api.STALE_CALL, "nothing was paid: the call was signed too long "
+                                               "before the client's newest call")
+        if signed.timestamp < self._wall - 2 * self.window - slack:
+            raise EnclaveError(api.STALE_CALL, "nothing was paid: the call was signed too long "
+                                               "before now")
         if now is not None:
             if signed.timestamp > now + self.window:
                 raise EnclaveError("future_call",
                                    "signed more than the auth window ahead of now")
             self._wall = max(self._wall, min(int(now), signed.timestamp + self.window))
-        return signed
 
     def _body(self, call: SignedCall) -> dict[str, Any]:
         """The signed body: a strict JSON object within :data:`~a402.wire.jsonstrict.
@@ -593,7 +650,7 @@ class VaultEnclaveCode:
         self._by_owner.setdefault(entry.owner, set()).add(channel_id)
 
     def _missing(self, client: str) -> list[bytes]:
-        horizon = self._horizon(client)
+        horizon = self._horizon(client) - self.slack
         found = []
         for cid in self._by_owner.get(client, ()):
             e = self._channels[cid]
@@ -602,11 +659,13 @@ class VaultEnclaveCode:
         return sorted(found)
 
     def _prune(self) -> None:
+        """Forget paid calls created before their client's horizon less the slack: no call
+        that old is paid again (:meth:`_fresh` refuses it)."""
         self._consumed = {k: t for k, t in self._consumed.items()
-                          if t >= self._horizon(k[0])}
+                          if t >= self._horizon(k[0]) - self.slack}
         for held in self._held.values():
             held.consumed = {k: t for k, t in held.consumed.items()
-                             if t >= self._horizon(k[0])}
+                             if t >= self._horizon(k[0]) - self.slack}
 
     # ---------------------------------------------------------------- channels
 
@@ -672,13 +731,15 @@ class VaultEnclaveCode:
         given back. Without a call of the client's the host cannot move its balance into
         a channel."""
         self._check_ready()
-        signed = self._verify(call, "POST", INVOKE_PATH)
+        signed = self._signed(call, "POST", INVOKE_PATH)
         owner = address_key(signed.client)
         try:
             invoke = api.InvokeRequest.from_json(self._body(call))
         except ValueError as e:
             raise EnclaveError("bad_request", str(e)) from None
-        if (owner, _once(invoke)) in self._consumed:
+        once = _once(invoke)
+        self._fresh(signed, None, created_at=invoke.created_at)
+        if (owner, once) in self._consumed:
             raise EnclaveError("replayed_call", "this signed call has paid already")
         if invoke.funding != api.POOL:
             raise EnclaveError("not_a_pool_channel", "the call asks for wallet funding")
@@ -693,6 +754,7 @@ class VaultEnclaveCode:
                                    f"{terms.deposit} > balance {self.balance(owner)}")
             self._debit(owner, terms.deposit)
             self._new_channel(terms, owner, api.POOL, lock_timeout)
+            self._channels[channel_id].admit = once  # this call was fresh: see request
         elif (entry.owner, entry.funding) != (owner, api.POOL):
             raise EnclaveError("not_your_channel", "approved for another client")
         return self._approve_open(channel_id, self._channels[channel_id], now)
@@ -741,13 +803,20 @@ class VaultEnclaveCode:
         if held is None:
             raise EnclaveError("unknown_channel", "restore the channel before reporting it")
         channel = held.channel
+        # Untouched: OPEN as approved, or closed here by this very write-off whose ledger
+        # change was lost (another replica stored the ledger first; the host runs the
+        # change again on theirs, which does not have it refunded).
+        untouched = channel.status is Status.OPEN or (
+            channel.status is Status.CLOSED and held.written_off)
         if (channel.version != 0 or channel.next_request_id != 0 or held.call is not None
-                or channel.status is not Status.OPEN or channel.locked != 0
+                or not untouched or channel.locked != 0
                 or channel.pending_close() is not None):
             raise EnclaveError("channel_used", "the channel was used: it opened")
         entry.refunded, entry.settled = True, self._newest.get(entry.owner, 0)
         self._credit(entry.owner, entry.deposit)
-        channel.closed_on_chain()
+        held.written_off = True
+        if channel.status is not Status.CLOSED:
+            channel.closed_on_chain()
         return entry.deposit
 
     def _ended(self, channel_id: bytes) -> bool:
@@ -815,7 +884,7 @@ class VaultEnclaveCode:
         held = self._get(channel_id)
         if self._ended(channel_id):
             raise EnclaveError("channel_closed", "the channel was refunded or settled")
-        signed = self._verify(call, "POST", INVOKE_PATH, now)
+        signed = self._signed(call, "POST", INVOKE_PATH)
         client = address_key(signed.client)
         if client != held.owner:
             raise EnclaveError("not_your_channel", "the channel serves another client")
@@ -823,7 +892,14 @@ class VaultEnclaveCode:
             invoke = api.InvokeRequest.from_json(self._body(call))
         except ValueError as e:
             raise EnclaveError("bad_request", str(e)) from None
-        key = (client, _once(invoke))
+        once = _once(invoke)
+        # The call this pool channel was opened for was checked fresh at its approval: the
+        # open's wait (until the approval's deadline at most) does not make it stale here.
+        entry = self._channels.get(channel_id)
+        admitted = entry is not None and entry.admit == once
+        self._fresh(signed, now, created_at=invoke.created_at,
+                    slack=self.slack if admitted else 0)
+        key = (client, once)
         if key in self._consumed:
             raise EnclaveError("replayed_call", "this call has paid already")
         if self._reserved.get(key, channel_id) != channel_id:
@@ -835,7 +911,8 @@ class VaultEnclaveCode:
             raise EnclaveError("price_above_maximum",
                                f"{amount} > the call's maximum {invoke.max_price}")
         exec_ = held.channel.request(paid_request(invoke).encode(), amount, now=now)
-        held.call = _Binding(client, key[1], signed.timestamp)
+        assert invoke.created_at is not None  # _once refuses a call without it
+        held.call = _Binding(client, key[1], invoke.created_at)
         self._reserved[key] = channel_id
         self._advance(client, signed.timestamp)
         return exec_
@@ -898,7 +975,7 @@ class VaultEnclaveCode:
     def export(self, channel_id: bytes) -> bytes:
         """The channel's state, sealed (the host's ``unseal`` cannot open it)."""
         held = self._get(channel_id)
-        horizon = self._horizon(held.owner)
+        horizon = self._horizon(held.owner) - self.slack
         call = held.call
         record = {
             "format": _CHANNEL_FORMAT,
@@ -1187,6 +1264,12 @@ class VaultEnclave:
     def credit_deposit(self, key: str, client: str, amount: int) -> bool:
         with self._code.lock:
             return self._code.credit_deposit(key, client, amount)
+
+    @property
+    def life_id(self) -> str:
+        """This life's public name (``GET /v1/info``'s ``life``): clients sign it into
+        every call, and a call for another life is refused (``wrong_life``)."""
+        return self._code.life_id
 
     @property
     def ledger_version(self) -> int:

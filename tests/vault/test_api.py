@@ -34,12 +34,13 @@ def test_calls_must_be_signed_fresh_and_once(world: World) -> None:
     with running_vault(world) as vault:
         account = Account.create()
         unsigned = httpx.get(vault.url + "/v1/account")
-        headers, ok = _signed_get(vault.url, vault.signed_as, account)
+        headers, ok = _signed_get(vault.url, vault.signed_as, account, life=vault.life)
         replayed = httpx.get(vault.url + "/v1/account", headers=headers)
-        _, stale = _signed_get(vault.url, vault.signed_as, account, now=time.time() - 600)
+        _, stale = _signed_get(vault.url, vault.signed_as, account, life=vault.life,
+                               now=time.time() - 600)
         _, other_vault = _signed_get(
             vault.url, api.vault_account(vault.service.chain.network, Account.create().address),
-            account)
+            account, life=vault.life)
         forged = dict(headers, **{api.NONCE_HEADER: "0123456789abcdef"})
         tampered = httpx.get(vault.url + "/v1/account", headers=forged)
         info = httpx.get(vault.url + "/v1/info")
@@ -59,13 +60,15 @@ def test_an_oversized_call_is_refused_before_it_is_read(world: World,
         account = Account.create()
         body = json.dumps({"url": "http://127.0.0.1:1/x", "maxPrice": "1",
                            "body": "a" * 2_000}).encode()
-        headers = api.sign_request(account, vault.signed_as, "POST", "/v1/invoke", body)
+        headers = api.sign_request(account, vault.signed_as, "POST", "/v1/invoke", body,
+                                   life=vault.life)
         declared = httpx.post(vault.url + "/v1/invoke", content=body, headers=headers)
 
         with httpx.Client() as http:  # streamed: no content-length to go by
             streamed = http.post(vault.url + "/v1/invoke", content=iter([body[:900], body[900:]]),
                                  headers=api.sign_request(account, vault.signed_as, "POST",
-                                                          "/v1/invoke", body))
+                                                          "/v1/invoke", body,
+                                                          life=vault.life))
         totals = vault.store.totals()
     for response in (declared, streamed):
         assert (response.status_code, response.json()["error"]) == (413, api.REQUEST_TOO_LARGE)
@@ -170,9 +173,9 @@ def test_a_paid_call_replayed_byte_for_byte_is_refused_and_unknown_routes_answer
         _, client = client_of(world, vault.url, funds=100_000, deposit=50_000)
         body = json.dumps(api.InvokeRequest(
             url=f"{site}/weather", method="GET", headers=(), body=b"", max_price=1_000,
-            idempotency_key="replayed-1").to_json()).encode()
+            idempotency_key="replayed-1", created_at=int(time.time())).to_json()).encode()
         headers = {**api.sign_request(client.account, vault.signed_as, "POST", "/v1/invoke",
-                                      body), "content-type": "application/json"}
+                                      body, life=vault.life), "content-type": "application/json"}
         first = httpx.post(vault.url + "/v1/invoke", content=body, headers=headers)
         again = httpx.post(vault.url + "/v1/invoke", content=body, headers=headers)
         # The replay met an open channel, so it went as far as that channel's LOCKED

@@ -56,11 +56,13 @@ class _Identity:
 
     def instance(self, store: VaultStore) -> Ledger:
         """An instance of it (a replica, or a restart) over ``store``, its ledger loaded."""
+        first_boot = Ledger.first_boot(store)
         vault = VaultEnclaveCode.start(self.platform.restore(CODE, self.sealed), domain=DOMAIN,
-                                       network=NETWORK, token=TOKEN,
-                                       first_boot=Ledger.first_boot(store))
+                                       network=NETWORK, token=TOKEN, first_boot=first_boot)
         ledger = Ledger(vault, store)
         ledger.load()
+        if first_boot:  # as the service does: the new life is stored at once
+            ledger.store_first()
         return ledger
 
 
@@ -78,7 +80,8 @@ def _now() -> int:
 
 def _withdrawal(vault: VaultEnclave, client: Any, amount: int, key: str) -> SignedCall:
     raw = json.dumps({"amount": str(amount), "idempotencyKey": key}).encode()
-    headers = api.sign_request(client, vault.account, "POST", WITHDRAW_PATH, raw)
+    headers = api.sign_request(client, vault.account, "POST", WITHDRAW_PATH, raw,
+                               life=vault.life_id)
     return SignedCall.of(headers, "POST", WITHDRAW_PATH, raw)
 
 
