@@ -193,3 +193,56 @@ def test_a_paid_call_replayed_byte_for_byte_is_refused_and_unknown_routes_answer
     assert provider.calls["weather"] == 2
     assert (unknown.status_code, unknown.json()["error"]) == (404, api.NOT_FOUND)
     assert (wrong_method.status_code, wrong_method.json()["error"]) == (405, api.BAD_REQUEST)
+
+
+def test_a_clients_retry_keeps_its_creation_time_and_a_new_life_is_said_plainly(
+    world: World,
+) -> None:
+    """The client SDK signs one creation time per idempotency key (a retry keeps it, so
+    the vault's enclave sees one call), and every call names the vault's life: a call
+    signed for a life the vault no longer has is refused, the client reads the info
+    again and says plainly that the vault lost its ledger; its next call goes through.
+    An older client (no createdAt, no life) is refused with a reason, nothing paid."""
+    provider = world.provider()
+    with serve_in_thread(provider.app) as site, running_vault(world) as vault:
+        account, client = client_of(world, vault.url, funds=100_000, deposit=50_000)
+        sent: list[httpx.Request] = []
+        client.http.event_hooks["request"] = [
+            lambda r: sent.append(r) if r.url.path == "/v1/invoke" else None]
+        first = client.invoke(f"{site}/weather", max_price=1_000, idempotency_key="retried")
+        again = client.invoke(f"{site}/weather", max_price=1_000, idempotency_key="retried")
+        created = [json.loads(r.content)["createdAt"] for r in sent]
+        # As if the vault had lost its ledger and started anew after this client read it.
+        assert client._info is not None
+        client._info = {**client._info, "life": "0x" + "00" * 16}
+        with pytest.raises(VaultCallError) as stale:
+            client.invoke(f"{site}/weather", max_price=1_000, idempotency_key="after")
+        after = client.invoke(f"{site}/weather", max_price=1_000, idempotency_key="after")
+        old_body = json.dumps(api.InvokeRequest(
+            url=f"{site}/weather", method="GET", headers=(), body=b"", max_price=1_000,
+            idempotency_key="old-client").to_json()).encode()
+        old_client = httpx.post(vault.url + "/v1/invoke", content=old_body, headers={
+            **api.sign_request(account, vault.signed_as, "POST", "/v1/invoke", old_body,
+                               life=vault.life), "content-type": "application/json"})
+        no_life = {k: v for k, v in api.sign_request(
+            account, vault.signed_as, "GET", "/v1/account", b"", life=vault.life).items()
+            if k != api.LIFE_HEADER}
+        unlived = httpx.get(vault.url + "/v1/account", headers=no_life)
+        info = client.info()
+        view = client.account_info()
+        assert_conserved(world, vault.store, vault.address)
+        client.close()
+    assert created[0] == created[1] == client.created_at("retried")
+    assert (first.outcome, again.outcome) == (api.PAID, api.PAID)
+    assert again.payment == first.payment  # answered from the record, paid once
+    assert (stale.value.status, stale.value.reason) == (401, api.WRONG_LIFE)
+    assert stale.value.message.startswith("nothing was paid")
+    assert "lost its ledger" in stale.value.message and vault.life in stale.value.message
+    assert after.outcome == api.PAID and info["life"] == vault.life
+    assert (old_client.status_code, old_client.json()["error"]) == (400, api.CLIENT_OUTDATED)
+    assert old_client.json()["message"].startswith("nothing was paid")
+    assert (unlived.status_code, unlived.json()["error"]) == (401, api.CLIENT_OUTDATED)
+    assert provider.calls["weather"] == 2
+    [channel] = view["channels"]
+    assert channel["providerBalance"] == "2000"
+    assert int(view["balance"]) + int(channel["deposit"]) == 50_000

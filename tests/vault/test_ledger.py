@@ -19,8 +19,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 from eth_account import Account
+from eth_account.messages import encode_typed_data
 from sqlalchemy import delete
 
 from a402.background import serve_in_thread
@@ -240,3 +242,74 @@ def test_a_new_vault_starts_its_enclave_code_as_a_first_boot(tmp_path: Any) -> N
                                                Account.create().address, 1))
     assert not Ledger.first_boot(store)
     store.close()
+
+
+def _propose_then_answer(world: World, url: str, *, lose_ledger: bool
+                         ) -> tuple[Any, httpx.Response, str, str, Any]:
+    """A wallet-funded call to a new vault: its 428 proposal, then (after a restart, with
+    the ledger row deleted first if ``lose_ledger``) the client's signed answer.
+    Returns the client, the answer, both lives and the provider."""
+    provider = world.provider()
+    client = world.client(20_000)
+    with serve_in_thread(provider.app) as site:
+        with running_vault(world, db_url=url) as vault:
+            life = vault.life
+            body = json.dumps(api.InvokeRequest(
+                url=f"{site}/weather", method="GET", headers=(), body=b"", max_price=1_000,
+                idempotency_key="young", funding=api.WALLET, deposit=10_000,
+                created_at=_now()).to_json()).encode()
+            headers = {**api.sign_request(client, vault.signed_as, "POST", "/v1/invoke", body,
+                                          life=vault.life), "content-type": "application/json"}
+            proposed = httpx.post(vault.url + "/v1/invoke", content=body, headers=headers)
+            assert proposed.status_code == 428, proposed.text
+        if lose_ledger:  # a store from before first boots stored their ledger at once
+            store = VaultStore(url)
+            with store._tx() as s:
+                s.execute(delete(LedgerRow))
+            store.close()
+        with running_vault(world, db_url=url, account=vault.account) as restarted:
+            typed = proposed.json()["typedData"]
+            signature = client.sign_message(encode_typed_data(full_message=typed)).signature
+            answered = {**json.loads(body), "channelAuthorization": {
+                "channelId": proposed.json()["channelId"],
+                "signature": "0x" + bytes(signature).hex()}}
+            raw = json.dumps(answered).encode()
+            answer = httpx.post(restarted.url + "/v1/invoke", content=raw, headers={
+                **api.sign_request(client, restarted.signed_as, "POST", "/v1/invoke", raw,
+                                   life=restarted.life), "content-type": "application/json"},
+                timeout=60)
+            assert_conserved(world, restarted.store, restarted.address)
+            if lose_ledger:
+                [row] = restarted.store.channels()
+                assert row.phase == "failed"
+            return client, answer, life, restarted.life, provider
+
+
+@pytest.mark.anvil
+def test_a_new_vault_restarted_before_its_first_change_keeps_its_life_and_its_proposals(
+        world: World) -> None:
+    """Review 4, finding 6: a new vault proposes a wallet-funded channel (a salt its life
+    issued; no ledger change) and restarts before anything changes its ledger. The first
+    boot stored the ledger, life and all, at once: the restarted vault is the same life,
+    so the client's signature of the proposal opens the channel and the call is paid."""
+    client, paid, life, life_after, provider = _propose_then_answer(
+        world, f"sqlite:///{world.tmp}/young.db", lose_ledger=False)
+    assert life_after == life
+    assert (paid.status_code, paid.json()["outcome"]) == (200, api.PAID), paid.text
+    assert world.balance(client.address) == 20_000 - 10_000  # the channel's deposit
+    assert provider.calls["weather"] == 1
+
+
+@pytest.mark.anvil
+def test_a_proposal_of_an_earlier_life_is_refused_with_a_reason_and_costs_nothing(
+        world: World) -> None:
+    """A store from before first boots stored their ledger (proposals, no ledger row): the
+    restart is a first boot, a new life, and the earlier life's proposal can never open.
+    Its answer is refused with a reason (not a 500), the row is FAILED, nothing moved."""
+    client, refused, life, life_after, provider = _propose_then_answer(
+        world, f"sqlite:///{world.tmp}/older.db", lose_ledger=True)
+    assert life_after != life
+    assert (refused.status_code, refused.json()["error"]) == (409, api.PROPOSAL_REFUSED)
+    assert refused.json()["message"].startswith("nothing was paid")
+    assert world.balance(client.address) == 20_000
+    assert provider.calls["weather"] == 0
