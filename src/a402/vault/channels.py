@@ -442,20 +442,27 @@ class Channels:
         (a copy of our transaction, or of its approval, may have opened it first — then our
         own reverts — and a batch's receipt says nothing of a member opened elsewhere).
 
-        * The manager's record of the id is not NONE: it opened (by whomever): recorded OPEN,
-          True.
-        * NONE in a block stamped after the latest deadline of the enclave's approvals to
-          open it: it never can, so it FAILED and a pool deposit comes back (host store and
+        * The manager's record of the id (at the head) is not NONE: it opened (by whomever):
+          recorded OPEN, True.
+        * NONE in the chain's *finalized* block (:meth:`ASCManager.channel_at_final`), and
+          that block stamped after the latest deadline of the enclave's approvals to open
+          it: it never can, so it FAILED and a pool deposit comes back (host store and
           enclave ledger; the enclave refuses to give it back before that deadline too, and
-          checks the channel's latest record, restored here, is untouched), False.
-        * Otherwise: not decided yet (an approval may still be mined), None; the row stays
-          OPENING and the worker asks again.
+          checks the channel's latest record, restored here, is untouched), False. Read at
+          the head instead, a reorg could still mine an open in a block before the
+          deadline after the deposit came back (the pool short by it); a node without
+          ``finalized`` or ``safe`` leaves that to the worker's sweep of FAILED channels
+          (:meth:`Worker._reclaim`), which force-closes such a channel to refill the pool.
+        * Otherwise: not decided yet (an approval may still be mined, or the block past the
+          deadline is not final yet), None; the row stays OPENING and the worker asks again.
         """
         channel_id = bytes.fromhex(row.cid[2:])
-        onchain, stamped = await asyncio.to_thread(self.manager.channel_at_head, channel_id)
+        onchain, _ = await asyncio.to_thread(self.manager.channel_at_head, channel_id)
         if onchain.status is not OnChainStatus.NONE:
             return await self._opened(row)
-        if stamped <= self.vault.approved_until(channel_id):
+        final, stamped, _ = await asyncio.to_thread(self.manager.channel_at_final, channel_id)
+        if final.status is not OnChainStatus.NONE or stamped <= self.vault.approved_until(
+                channel_id):
             return None
         if self.vault.channel(channel_id) is None:  # the enclave checks its latest record
             latest = await asyncio.to_thread(self.store.channel, row.cid)
