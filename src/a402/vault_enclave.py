@@ -537,6 +537,19 @@ class VaultEnclaveCode:
         ledger does not know were approved in a change that was never stored (its
         approval never left): they are dropped, and approved again if asked again.
         Per-client freshness and the clock only move forward.
+
+        A legacy record (sealed by earlier code) holds less, and gets exactly this:
+
+        * no version: 0 (so a running enclave refuses it once it changed anything);
+        * no per-client newest call, enclave clock or wall: none (freshness then comes
+          from the calls that follow; every call must name this life anyway);
+        * a channel without an approval deadline: 0, so its debit comes back once the
+          host reports it unopened (in a finalized block); such an approval carries no
+          deadline, and the ASCManager this code approves for refuses one without;
+        * no life: one is drawn now and the ledger counts as changed (the host stores
+          it before anything else: :meth:`~a402.vault.ledger.Ledger.load`), so from now
+          on every salt carries its MAC; the legacy channel records (which name no life)
+          of channels this ledger approved restore, no other.
         """
         try:
             record = json.loads(self._kernel.unseal(_LEDGER_LABEL, blob))
@@ -572,6 +585,9 @@ class VaultEnclaveCode:
         self._wall = max(self._wall, wall)
         self._life = life
         self._ready, self._first_boot = True, False
+        if not life:  # a legacy ledger: this vault's life starts now (see above)
+            self._life = os.urandom(32)
+            self._changed()
 
     # --------------------------------------------------------- signed calls
 
@@ -690,7 +706,7 @@ class VaultEnclaveCode:
         """What :meth:`_new_channel` refuses, checked before any balance moves."""
         if terms.vault != self.address:
             raise EnclaveError("not_our_channel", "the terms name another vault")
-        if self._life and not hmac.compare_digest(terms.salt[16:], self._salt_mac(terms.salt[:16])):
+        if not hmac.compare_digest(terms.salt[16:], self._salt_mac(terms.salt[:16])):
             raise EnclaveError("not_this_life", "the terms' salt was not issued by this vault")
         if lock_timeout <= 0:
             raise EnclaveError("bad_request", "lock_timeout must be positive")
@@ -1008,7 +1024,10 @@ class VaultEnclaveCode:
             raise EnclaveError("malformed", str(e)) from None
         if channel.channel_id != channel_id:
             raise EnclaveError("malformed", "the record is for another channel")
-        if record.get("life", "") != self._life.hex():
+        named = record.get("life", "")
+        if named != self._life.hex() and not (named == "" and channel_id in self._channels):
+            # (A legacy record names no life: it restores only for a channel this ledger
+            # approved, which no first boot's ledger holds.)
             raise EnclaveError("not_this_life",
                                "a channel record from an earlier life of this vault")
         held = _Held(channel, record["owner"], record["funding"],
@@ -1372,6 +1391,7 @@ __all__ = [
     "VaultEnclave",
     "VaultEnclaveCode",
     "Withdrawal",
+    "life_id",
     "paid_request",
     "path_and_query",
     "request_headers",

@@ -54,6 +54,7 @@ from a402.vault_enclave import (
     SignedCall,
     VaultEnclave,
     VaultEnclaveCode,
+    life_id,
     paid_request,
 )
 from a402.wire import vault_api as api
@@ -970,3 +971,49 @@ def test_a_write_off_whose_ledger_change_lost_the_race_is_written_off_again(
     assert s.vault.open_failed(cid, now=approval.deadline + 2) == 0  # and only once
     channel = s.vault.channel(cid)
     assert channel is not None and channel.status is Status.CLOSED
+
+
+def test_a_legacy_ledger_gets_a_life_and_exactly_what_restore_ledger_says(
+        setup: Setup) -> None:
+    """Review 4, finding 8: a ledger sealed by earlier code (no version, freshness, clock,
+    wall, approval deadlines or life) restores as the docstring says: a life is drawn then
+    and the ledger counts as changed (to be stored first); from then on salts carry its MAC
+    (a salt nobody issued is refused), and the legacy record of a channel the ledger
+    approved restores, with no approval deadline."""
+    s = setup
+    alice = Account.create()
+    terms = ChannelTerms(alice.address, s.vault.address, s.provider.address,
+                         s.schnorr.public_key, 10 * PRICE, s.vault.salt())
+    s.vault.approve_wallet_channel(terms, lock_timeout=10.0, now=NOW)
+    cid = terms.channel_id(DOMAIN)
+    code = s.vault._code
+    ledger = json.loads(code._kernel.unseal("a402/vault-ledger", s.vault.export_ledger()))
+    for gone in ("version", "newest", "clock", "wall", "life"):
+        del ledger[gone]
+    ledger["channels"] = {k: e[:5] for k, e in ledger["channels"].items()}
+    legacy = code._kernel.seal("a402/vault-ledger", json.dumps(ledger).encode())
+    label = f"a402/vault-channel/{cid.hex()}"
+    record = json.loads(code._kernel.unseal(label, s.vault.channel(cid).snapshot()))  # type: ignore[union-attr]
+    del record["life"]
+    legacy_record = code._kernel.seal(label, json.dumps(record).encode())
+
+    again = VaultEnclaveCode.start(s.platform.restore(CODE, s.enclave.export_sealed()),
+                                   domain=DOMAIN, network=NETWORK, token=TOKEN)
+    again.restore_ledger(legacy)
+    assert again.ledger_unsaved and again.ledger_version == 1  # the new life, to be stored
+    assert again.life_id not in (s.vault.life_id, life_id(b""))
+    assert again.approved_until(cid) == 0
+    restored = again.restore(cid, legacy_record)
+    assert restored.status is Status.OPEN and restored.owner == address_key(alice.address)
+    unissued = ChannelTerms(alice.address, again.address, s.provider.address,
+                            s.schnorr.public_key, 10 * PRICE, os.urandom(32))
+    with pytest.raises(EnclaveError, match="not_this_life"):
+        again.approve_wallet_channel(unissued, lock_timeout=10.0, now=NOW)
+    issued = ChannelTerms(alice.address, again.address, s.provider.address,
+                          s.schnorr.public_key, 10 * PRICE, again.salt())
+    again.approve_wallet_channel(issued, lock_timeout=10.0, now=NOW)
+    # The stored ledger (with its life) restores as is: no new life, nothing changed.
+    twin = VaultEnclaveCode.start(s.platform.restore(CODE, s.enclave.export_sealed()),
+                                  domain=DOMAIN, network=NETWORK, token=TOKEN)
+    twin.restore_ledger(again.export_ledger())
+    assert twin.life_id == again.life_id and not twin.ledger_unsaved

@@ -98,9 +98,13 @@ class Ledger:
                 self._catch_up(force=True)
 
     def load(self) -> None:
-        """Hand the stored ledger (if any) to the enclave: at start-up."""
+        """Hand the stored ledger (if any) to the enclave: at start-up. A ledger the
+        enclave changed in loading it (a legacy one, given its life then) is stored
+        at once, before the enclave issues anything under that life."""
         with self._lock:
             self._catch_up(force=True)
+        if self.vault.ledger_unsaved:
+            self.change(lambda: None)
 
     def refresh(self) -> None:
         """Load the stored ledger if another replica stored a newer one (before trusting
