@@ -20,20 +20,32 @@ What each signature requires (the safety argument):
   amount, the channel must be the signer's (the enclave records each channel's
   owner when it approves it: a pool channel's on-chain client is the vault
   itself), and the paid request is the one the call names (built here from the
-  call). Each ``(client, idempotency key)`` pays at most once, whichever of
-  the client's signatures carries it (a client signs every retry and the
-  wallet 428 round anew, so keying on the signature's nonce would let a host
-  keep two signatures of one call and pay both): it is consumed when σ_U is
-  signed; a request given up before σ_U (refused, expired, abandoned) leaves
-  it unused, so a retry of the same call may pay once. A call is refused if
-  signed more than twice the auth window before the host's ``now`` or the
-  enclave's clock, whichever is later (a call the host withheld cannot be paid
-  days later), or more than a window after ``now``; and a client's calls older
-  than its newest paid call minus twice the window are refused too, so the
-  replay set stays bounded per client; consumed keys are kept in the sealed
-  records of the channels that consumed them, each client's newest timestamp
-  in the ledger too, and a client's calls are refused until every channel of
-  that client that may hold one is loaded (:class:`ChannelsNeeded`). σ_U
+  call). Each ``(client, idempotency key, createdAt)`` pays at most once,
+  whichever of the client's signatures carries it (a client signs every retry
+  and the wallet 428 round anew, with a later timestamp, but keeps the call's
+  creation time, so keying on the signature's nonce or timestamp would let a
+  host keep two signatures of one call and pay both): it is consumed when σ_U
+  is signed; a request given up before σ_U (refused, expired, abandoned)
+  leaves it unused, so a retry of the same call may pay once. The record of
+  consumed calls is pruned by creation time, ``slack`` (the approval lifetime
+  plus two windows) behind the client's horizon (its newest call minus twice
+  the window), and a call *created* before the horizon is refused
+  (``stale_call``), so no pruned call can pay again, however late the host
+  plays a retry's signature; only the call a pool channel was approved for
+  (checked fresh then) may come that much later, on that channel, so a slow
+  open does not make it stale after its deposit was escrowed. A call without
+  ``createdAt`` (an older client) is refused (``client_outdated``). A call is
+  also refused if signed more than twice the auth window before the enclave's
+  wall (the host's ``now`` as verified calls vouch for it: a call the host
+  withheld cannot be paid days later), or more than a window after ``now``;
+  and a client's calls signed before its horizon too. Consumed keys are kept
+  in the sealed records of the channels that consumed them, each client's
+  newest timestamp in the ledger too, and a client's calls are refused until
+  every channel of that client that may hold one is loaded
+  (:class:`ChannelsNeeded`). Every call must name this enclave's life
+  (:func:`life_id`, signed into the call's text): a call signed for another
+  life is refused (``wrong_life``), so a new life — which has no record of
+  what an earlier one paid — pays none of the earlier life's calls. σ_U
   also needs the channel's provider key to have been seen here as the
   attested key of a tunnel's peer (see *Tunnel binding*), and a channel the
   ledger has as refunded or settled gets none.
@@ -97,10 +109,11 @@ host's checkpoint of that channel, before its next message (no extra write per
 paid call). Until the host restores the ledger the code refuses every call on
 balances, channels and signed calls, unless it was started as a first boot
 (``first_boot``), which starts from an empty ledger and a new *life*: a random
-key, sealed in the ledger, under which every channel salt carries a MAC
-(:meth:`VaultEnclaveCode.salt`) and which every channel record names, so no
-channel of an earlier life is approved or restored again: withholding the
-ledger replays nothing. A
+key, sealed in the ledger (which the host stores at once), under which every
+channel salt carries a MAC (:meth:`VaultEnclaveCode.salt`), which every channel
+record names, and whose public id (:func:`life_id`) every client call is signed
+for, so no channel of an earlier life is approved or restored again and no call
+signed for it pays: withholding the ledger replays nothing. A
 host reporting a pool channel as never opened gets its deposit back only if the
 channel runs here untouched (version 0, no request ever made); from then on the
 channel is closed here (a restore of any of its records too), so if it opens
@@ -428,11 +441,11 @@ class VaultEnclaveCode:
         #: it, so a channel record this code sealed in an earlier life is refused.
         self._first_boot = first_boot
         #: This life of the vault: drawn at its first boot, kept in the sealed ledger. A
-        #: channel's salt carries a MAC under it (:meth:`salt`) and its sealed record names
-        #: it, so a host that deletes the ledger and declares a first boot can neither
-        #: approve an earlier life's channel again nor restore one of its records. (The
-        #: old life's record of paid calls is gone with its ledger: old signed calls are
-        #: fresh to the new life — the rollback limit, module docstring.)
+        #: channel's salt carries a MAC under it (:meth:`salt`), its sealed record names
+        #: it, and every client call is signed for its public id (:func:`life_id`), so a
+        #: host that deletes the ledger and declares a first boot can neither approve an
+        #: earlier life's channel again, nor restore one of its records, nor have a call
+        #: signed for the earlier life paid (the new life has no record of what it paid).
         self._life = os.urandom(32) if first_boot else b""
         #: One call at a time: the host calls from its event loop and from threads.
         self.lock = threading.RLock()
@@ -448,9 +461,9 @@ class VaultEnclaveCode:
         restores the ledger (:meth:`VaultEnclave.restore_ledger`), unless ``first_boot``:
         the vault never ran, it starts with an empty ledger. A host that withholds the
         ledger gains nothing: without it nothing runs; declaring a first boot instead
-        starts from zero balances and refuses every channel record an earlier life sealed
+        starts from zero balances, refuses every channel record an earlier life sealed
         (so no channel of the old ledger runs again, with or without the nonces it
-        consumed)."""
+        consumed) and every call signed for an earlier life."""
         return enclave.start(lambda kernel: VaultEnclave(cls(
             kernel, domain=domain, network=network, token=token, auth_window=auth_window,
             first_boot=first_boot,
