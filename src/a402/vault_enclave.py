@@ -380,7 +380,7 @@ class _Entry:
     refunded: bool = False
     approved_until: int = 0  # the latest deadline of an approval to open it
     #: The call (its :func:`_once`) this pool channel was approved for: checked fresh
-    #: then, so its request on this channel gets :data:`ADMISSION_SLACK` more time.
+    #: then, so its request on this channel gets :attr:`VaultEnclaveCode.slack` more time.
     admit: str | None = None
 
 
