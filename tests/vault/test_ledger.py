@@ -25,8 +25,10 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 from sqlalchemy import delete
 
+from a402.asc import ChannelTerms
 from a402.background import serve_in_thread
 from a402.chain.tx import transact
+from a402.crypto import EVM
 from a402.tee import EnclaveError, SimulatedPlatform
 from a402.vault.ledger import Ledger, LedgerMissing
 from a402.vault.service import VaultService
@@ -44,7 +46,7 @@ from .helpers import (
     running_vault,
     vault_config,
 )
-from .test_enclave_code import CODE, DOMAIN, NETWORK, TOKEN
+from .test_enclave_code import CODE, DOMAIN, NETWORK, NOW, TOKEN, call
 
 # ------------------------------------------------------------ two replicas, one row
 
@@ -148,6 +150,33 @@ def test_two_replicas_cannot_both_withdraw_one_balance(tmp_path: Any) -> None:
     restarted.withdrawal_again(key, now=3)
     with pytest.raises(EnclaveError, match="no such withdrawal"):
         restarted.withdrawal_again(f"{alice.address.lower()}:w2", now=0)
+    store.close()
+
+
+def test_a_write_off_that_loses_the_ledger_race_runs_again_and_gives_back_once(
+        tmp_path: Any) -> None:
+    """Review 4, finding 4: replica 1 reports alice's pool channel as never opened while
+    replica 2's credit of bob lands between its read and its write. The write-off's change
+    runs again on replica 2's ledger (its machine already closed by the first run) and
+    gives the deposit back there, once; before, it was refused ``channel_used`` and the
+    channel stayed OPENING until a restart."""
+    store, identity, (one, two) = _replicas(tmp_path)
+    alice, bob = Account.create(), Account.create()
+    one.change(lambda: one.vault.credit_deposit("0xaa:0", alice.address, 5_000))
+    provider_key = EVM.secret_key(EVM.generate_key().to_bytes()).public_key
+    terms = ChannelTerms(one.vault.address, one.vault.address, os.urandom(20), provider_key,
+                         4_000, one.vault.salt())
+    cid = terms.channel_id(DOMAIN)
+    approval = one.change(lambda: one.vault.approve_pool_channel(
+        call(one.vault, alice, key="needs-a-channel"), terms, lock_timeout=10.0, now=NOW))
+    assert one.vault.balance(alice.address) == 1_000
+    credited = one.change(_racing(
+        lambda: two.change(lambda: two.vault.credit_deposit("0xbb:0", bob.address, 7_000)),
+        lambda: one.vault.open_failed(cid, now=approval.deadline + 1)))
+    assert credited == 4_000
+    assert one.change(lambda: one.vault.open_failed(cid, now=approval.deadline + 2)) == 0
+    restarted = identity.instance(store).vault
+    assert (restarted.balance(alice.address), restarted.balance(bob.address)) == (5_000, 7_000)
     store.close()
 
 
