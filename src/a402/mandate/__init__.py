@@ -19,7 +19,7 @@ from a402.mandate.document import (
     sign_mandate,
     typed_data,
 )
-from a402.mandate.policy import Decision, ProposedPayment, Spent, decide
+from a402.mandate.policy import Decision, MandateRefused, ProposedPayment, Spent, decide
 
 __all__ = [
     "Confirmation",
@@ -27,6 +27,7 @@ __all__ = [
     "Domain",
     "Mandate",
     "MandateError",
+    "MandateRefused",
     "ProposedPayment",
     "SignedMandate",
     "Spent",

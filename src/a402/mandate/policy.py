@@ -99,6 +99,21 @@ class Decision:
 ALLOWED: Final = Decision(True)
 
 
+class MandateRefused(Exception):
+    """The mandate does not allow this payment; nothing was reserved or signed.
+    ``reason`` is one of the ``MANDATE_*`` codes."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+    @classmethod
+    def of(cls, decision: Decision) -> MandateRefused:
+        assert decision.reason is not None
+        return cls(decision.reason, decision.detail)
+
+
 def _no(reason: str, detail: str) -> Decision:
     return Decision(False, reason, detail)
 

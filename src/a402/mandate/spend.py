@@ -57,7 +57,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from a402.mandate.document import Confirmation, SignedMandate, load_signed
-from a402.mandate.policy import Decision, ProposedPayment, Spent, decide, period_index
+from a402.mandate.policy import MandateRefused, ProposedPayment, Spent, decide, period_index
 from a402.sqlite import make_engine
 
 MANDATE_CONFIRMATION_USED: Final = "mandate_confirmation_used"
@@ -101,18 +101,7 @@ reservations = Table(
 )
 
 
-class MandateRefused(Exception):
-    """The mandate does not allow this payment; nothing was reserved or signed."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
-
-    @classmethod
-    def of(cls, decision: Decision) -> MandateRefused:
-        assert decision.reason is not None
-        return cls(decision.reason, decision.detail)
+__all__ = ["MandateRefused", "ReleaseRefused", "Reservation", "SpendStore"]
 
 
 class ReleaseRefused(Exception):
