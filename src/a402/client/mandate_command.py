@@ -27,22 +27,22 @@ import time
 from pathlib import Path
 from typing import Any, Final, TextIO
 
-from a402.chain.locate import DEFAULT_MANIFEST, ChainNotFound, connect_checked, load_manifest
-from a402.mandate.document import Domain, Mandate, MandateError, SignedMandate, load_signed
+from a402.chain.locate import DEFAULT_MANIFEST, ChainNotFound
+from a402.client.mandates import (
+    DEFAULT_SPEND_DB,
+    UsageError,
+    mandate_chain,
+    manifest_or_none,
+    read_mandate,
+)
+from a402.mandate.document import Domain, Mandate, MandateError
 
 EXIT_OK: Final = 0
 EXIT_UNUSABLE: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_CHAIN: Final = 3
-DEFAULT_SPEND_DB: Final = "sqlite:///.a402/mandates.db"
-"""Where spending under mandates is recorded unless ``--spend-db`` says otherwise: a
-file that outlives every ``a402 pay``, so a budget spans invocations."""
 _DURATION = re.compile(r"^(\d+)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400}
-
-
-class UsageError(Exception):
-    pass
 
 
 # ---------------------------------------------------------------- helpers
@@ -67,17 +67,6 @@ def _atomic(text: str | None, decimals: int, what: str) -> int:
         raise UsageError(f"{what}: {e}") from None
 
 
-def read_mandate(path: str) -> SignedMandate:
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise UsageError(f"cannot read mandate {path}: {e.strerror or e}") from None
-    try:
-        return load_signed(text)
-    except MandateError as e:
-        raise UsageError(f"mandate {path} refused ({e.reason}): {e.message}") from None
-
-
 def _key(path: str) -> Any:
     from a402.client.pay import UsageError as PayUsageError
     from a402.client.pay import read_key_file
@@ -87,53 +76,6 @@ def _key(path: str) -> Any:
         return load_account(read_key_file(path))
     except PayUsageError as e:
         raise UsageError(str(e)) from None
-
-
-def _manifest_or_none(path: str) -> Any:
-    if not Path(path).exists():
-        return None
-    try:
-        return load_manifest(path)
-    except ChainNotFound as e:
-        raise UsageError(str(e)) from None
-
-
-def mandate_chain(signed: SignedMandate, rpc: str | None, manifest_path: str) -> Any:
-    """A connected chain for the mandate's registry: ``rpc``, else the manifest's rpcUrl
-    when the manifest is for the mandate's chain. Raises ChainNotFound."""
-    manifest = _manifest_or_none(manifest_path)
-    url = rpc
-    if url is None and manifest is not None and manifest.chain_id == signed.domain.chain_id:
-        url = manifest.rpc_url
-    if not url:
-        raise ChainNotFound(f"no RPC URL for chain {signed.domain.chain_id}, where the "
-                            "mandate's registry is: give --mandate-rpc / --rpc")
-    chain = connect_checked(url, None)
-    if chain.chain_id != signed.domain.chain_id:
-        raise ChainNotFound(f"{url} is chain {chain.chain_id}; the mandate's registry is on "
-                            f"chain {signed.domain.chain_id}")
-    return chain
-
-
-def open_guard(path: str, agent: str, *, spend_db: str, rpc: str | None,
-               manifest_path: str) -> Any:
-    """The :class:`MandateGuard` ``a402 pay --mandate`` pays under. UsageError for a bad
-    file or a mandate for another key; ChainNotFound when its registry cannot be read
-    (a mandate whose revocation cannot be checked does not pay)."""
-    from a402.mandate.guard import MandateGuard
-    from a402.mandate.policy import MandateRefused
-    from a402.mandate.registry import RevocationCheck
-    from a402.mandate.spend import SpendStore
-
-    signed = read_mandate(path)
-    chain = mandate_chain(signed, rpc, manifest_path)
-    if spend_db.startswith("sqlite:///"):
-        Path(spend_db[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return MandateGuard(signed, agent=agent, store=SpendStore(spend_db),
-                            revocation=RevocationCheck.for_mandate(chain, signed))
-    except MandateRefused as e:
-        raise UsageError(f"mandate {path} refused ({e.reason}): {e.detail}") from None
 
 
 def _rows(rows: list[tuple[str, str]], out: TextIO) -> None:
@@ -245,7 +187,7 @@ def _create(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from a402.crypto.authorization import EcdsaSigner
     from a402.mandate.document import describe, sign_mandate
 
-    manifest = _manifest_or_none(args.manifest)
+    manifest = manifest_or_none(args.manifest)
     owner = _key(args.owner_key_file)
     registry = args.registry or (manifest.contracts.get("MandateRegistry") if manifest else None)
     chain_id = args.chain_id or (manifest.chain_id if manifest else None)

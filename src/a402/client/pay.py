@@ -218,8 +218,8 @@ def run_pay(
     guard = None
     if mandate_given:
         from a402.chain.locate import DEFAULT_MANIFEST, ChainNotFound
-        from a402.client.mandate_command import DEFAULT_SPEND_DB, open_guard
-        from a402.client.mandate_command import UsageError as MandateUsage
+        from a402.client.mandates import DEFAULT_SPEND_DB, open_guard
+        from a402.client.mandates import UsageError as MandateUsage
 
         try:
             guard = open_guard(args.mandate, wallet.address,
