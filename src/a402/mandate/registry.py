@@ -94,6 +94,13 @@ class RevocationCheck:
                                     f"is on chain {signed.domain.chain_id}")
         return cls(MandateRegistry(chain, signed.domain.registry))
 
+    @classmethod
+    def from_rpc(cls, rpc_url: str, signed: SignedMandate) -> RevocationCheck:
+        """:meth:`for_mandate` on the node at ``rpc_url``."""
+        from a402.chain.node import connect
+
+        return cls.for_mandate(connect(rpc_url), signed)
+
     def revoked(self, signed: SignedMandate) -> bool:
         """True once the owner's revocation is in the latest block; RevocationUnknown if
         the registry cannot be read."""
