@@ -133,3 +133,22 @@ def test_an_expired_mandate_and_one_for_another_agent_are_refused(stack: Stack, 
 def test_a_client_without_a_cap_or_a_mandate_is_not_offered(stack: Stack) -> None:
     with pytest.raises(TypeError):
         paying_client(stack.new_payer(0))
+
+
+def test_a_spend_store_that_fails_refuses_the_payment_and_signs_nothing(
+    stack: Stack, served, tmp_path,
+) -> None:
+    from sqlalchemy import text
+
+    owner, agent = stack.new_payer(0), stack.new_payer(PRICE * 5)
+    signed = _mandate(stack, owner, agent)
+    guard = _guard(stack, signed, agent, tmp_path)
+    with guard.store.engine.begin() as conn:  # the database loses a table under the payer
+        conn.execute(text("DROP TABLE a402_mandate_reservations"))
+    server = stack.server(PRICE)
+    url = served(server)
+    with paying_client(agent, mandate=guard) as http, pytest.raises(PaymentRefused) as e:
+        http.get(f"{url}/paid")
+    assert e.value.reason == "mandate_spend_unavailable"
+    assert "nothing was signed, nothing was paid" in e.value.message
+    assert server.payloads == [] and stack.balance(agent.address) == PRICE * 5

@@ -138,6 +138,14 @@ def choose(
     return offer, reservation
 
 
+def _unavailable(error: Exception, required: AnyPaymentRequired, url: str | None
+                 ) -> PaymentRefused:
+    return PaymentRefused(
+        errors.MANDATE_SPEND_UNAVAILABLE,
+        f"the mandate's spend store failed ({type(error).__name__}: {error}); nothing was "
+        "signed, nothing was paid", url=url, offered=required.accepts)
+
+
 def choose_within(
     required: AnyPaymentRequired,
     wallet: Wallet,
@@ -155,7 +163,10 @@ def choose_within(
     if mandate is not None:
         allowed = []
         for offer in offers:
-            decision = mandate.precheck(proposed(offer, wallet, url))
+            try:
+                decision = mandate.precheck(proposed(offer, wallet, url))
+            except Exception as e:  # the store cannot be read: refuse, never pay unrecorded
+                raise _unavailable(e, required, url) from e
             if decision or decision.reason == MANDATE_NEEDS_CONFIRMATION:
                 allowed.append(offer)
             else:
@@ -182,6 +193,12 @@ def choose_within(
             if reservation is not None and budget is not None:
                 budget.release(reservation)  # nothing was signed for it
             rejections.append(Rejection(offer.index, offer.requirements, e.reason, e.detail))
+        except Exception as e:
+            # The store failed mid-reserve: whether it committed is unknown, so the
+            # mandate's amount may stay counted (the safe side); nothing was signed.
+            if reservation is not None and budget is not None:
+                budget.release(reservation)
+            raise _unavailable(e, required, url) from e
     rejections.sort(key=lambda r: r.index)
     reason = overall_reason(rejections)
     details = "; ".join(f"#{r.index} {r.reason} ({r.detail})" for r in rejections) or "empty"
