@@ -152,3 +152,35 @@ def test_a_spend_store_that_fails_refuses_the_payment_and_signs_nothing(
     assert e.value.reason == "mandate_spend_unavailable"
     assert "nothing was signed, nothing was paid" in e.value.message
     assert server.payloads == [] and stack.balance(agent.address) == PRICE * 5
+
+
+def test_above_the_threshold_the_client_asks_the_owner_and_pays_only_with_their_signature(
+    stack: Stack, served, tmp_path,
+) -> None:
+    from a402.mandate import Confirmation, ProposedPayment
+
+    owner, agent = stack.new_payer(0), stack.new_payer(PRICE * 5)
+    signed = _mandate(stack, owner, agent, confirm_above=PRICE // 2)
+    asked: list[ProposedPayment] = []
+
+    def owner_confirms(payment: ProposedPayment) -> Confirmation:
+        asked.append(payment)
+        c = Confirmation(signed.hash, payment.payee, payment.network, payment.asset,
+                         payment.scheme, payment.amount, payment.resource, os.urandom(32),
+                         int(time.time()) + 60)
+        return Confirmation(**{**c.__dict__, "signature": EcdsaSigner(bytes(owner.key))
+                               .sign_digest(c.digest(signed.domain))})
+
+    url = served(stack.server(PRICE))
+    unconfirmed = _guard(stack, signed, agent, tmp_path)
+    with paying_client(agent, mandate=unconfirmed) as http, pytest.raises(PaymentRefused) as e:
+        http.get(f"{url}/paid")
+    assert e.value.reason == "mandate_needs_confirmation"
+    assert stack.balance(agent.address) == PRICE * 5
+
+    confirmed = MandateGuard(signed, agent=agent.address, store=unconfirmed.store,
+                             revocation=unconfirmed.revocation, confirm=owner_confirms)
+    with paying_client(agent, mandate=confirmed) as http:
+        assert http.get(f"{url}/paid").status_code == 200
+    assert [p.amount for p in asked] == [PRICE] and asked[0].resource == f"{url}/paid"
+    assert stack.balance(agent.address) == PRICE * 4

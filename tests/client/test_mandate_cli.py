@@ -121,3 +121,41 @@ def test_a_mandate_for_another_key_or_with_an_unknown_field_does_not_pay(
     code, _, err = mandate("show", doc)
     assert code == 2 and "mandate_unknown_field" in err
     assert stack.balance(agent.address) == PRICE
+
+
+def test_above_the_threshold_a_payment_needs_the_owners_confirmation_file(
+    stack: Stack, served, tmp_path: Path,
+) -> None:
+    manifest = tmp_path / "devnet.json"
+    manifest.write_text(stack.manifest.to_json())
+    owner, agent = stack.new_payer(0), stack.new_payer(PRICE * 3)
+    owner_key = _key_file(tmp_path, "owner", owner)
+    doc = str(tmp_path / "mandate.json")
+    code, _, err = mandate("create", "--owner-key-file", owner_key, "--agent", agent.address,
+                           "--max-per-payment", "0.05", "--budget", "1",
+                           "--confirm-above", "0.005", "--manifest", str(manifest),
+                           "--out", doc)
+    assert code == 0, err
+    url = served(stack.server(PRICE))
+    flags = ("--key-file", _key_file(tmp_path, "agent", agent), "--mandate", doc,
+             "--spend-db", f"sqlite:///{tmp_path / 'spend.db'}", "--manifest", str(manifest))
+    code, _, err = pay(f"{url}/paid", *flags)
+    assert code == EXIT_REFUSED and "mandate_needs_confirmation" in err
+
+    conf = str(tmp_path / "confirmation.json")
+    code, _, err = mandate("confirm", doc, "--owner-key-file", owner_key, "--payee",
+                           stack.pay_to, "--amount", "0.001", "--url", f"{url}/paid",
+                           "--out", conf)
+    assert code == 0, err
+    code, _, err = pay(f"{url}/paid", *flags, "--confirmation", conf)
+    assert code == EXIT_REFUSED and "mandate_bad_confirmation" in err  # 0.001 ≠ the price
+
+    code, _, err = mandate("confirm", doc, "--owner-key-file", owner_key, "--payee",
+                           stack.pay_to, "--amount", "0.01", "--url", f"{url}/paid",
+                           "--out", conf)
+    code, _, err = pay(f"{url}/paid", *flags, "--confirmation", conf)
+    assert code == EXIT_OK, err
+    assert stack.balance(agent.address) == PRICE * 2
+    code, _, err = pay(f"{url}/paid", *flags, "--confirmation", conf)
+    assert code == EXIT_REFUSED and "mandate_confirmation_used" in err
+    assert stack.balance(agent.address) == PRICE * 2

@@ -1,11 +1,12 @@
-"""``a402 mandate create|show|verify|revoke|list``, and the mandate side of ``a402 pay``.
+"""``a402 mandate create|show|verify|revoke|confirm|list``.
 
-``create`` signs a mandate with the owner's key file and writes it as JSON (the
-file the agent is given); ``show`` prints its limits (the signature is checked
-on reading); ``verify`` also asks the chain whether it is revoked and whether it
-is valid now; ``revoke`` revokes it on-chain (the owner pays the gas, or signs a
-revocation that ``--relayer-key-file`` submits); ``list`` prints what a spend
-store recorded under each mandate. Every command takes ``--json``.
+``create`` signs a mandate with the owner's key file and writes it as JSON (the file
+the agent is given); ``confirm`` signs the owner's approval of one payment above the
+mandate's threshold (``a402 pay --confirmation``); ``show`` prints its limits (the
+signature is checked on reading); ``verify`` also asks the chain whether it is
+revoked and whether it is valid now; ``revoke`` revokes it on-chain (the owner pays
+the gas, or signs a revocation that ``--relayer-key-file`` submits); ``list`` prints
+what a spend store recorded under each mandate. Every command takes ``--json``.
 
 Amounts are token units (``--decimals``, 6 by default, as for USDC) converted
 exactly; the document stores atomic units. The chain, the registry, the network
@@ -158,6 +159,27 @@ def add_mandate_arguments(parser: argparse.ArgumentParser) -> None:
     chain_flags(revoke)
     common(revoke)
 
+    confirm = sub.add_parser("confirm", help="the owner signs one payment above the "
+                                             "mandate's confirmation threshold")
+    confirm.add_argument("file")
+    confirm.add_argument("--owner-key-file", required=True, metavar="F")
+    confirm.add_argument("--payee", required=True, metavar="ADDRESS")
+    confirm.add_argument("--amount", required=True, metavar="AMOUNT",
+                         help="exactly what the payment pays (token units)")
+    what = confirm.add_mutually_exclusive_group(required=True)
+    what.add_argument("--url", help="the paid URL (HTTP payments)")
+    what.add_argument("--skill", help="the A2A skill (A2A payments)")
+    confirm.add_argument("--network", metavar="CAIP2",
+                         help="default: the mandate's, if it names one")
+    confirm.add_argument("--asset", metavar="ADDRESS",
+                         help="default: the mandate's, if it names one")
+    confirm.add_argument("--scheme", default="exact", choices=("exact", "a402"))
+    confirm.add_argument("--valid-for", default="10m", metavar="DURATION",
+                         help="how long the confirmation may be used (default: %(default)s)")
+    confirm.add_argument("--decimals", type=int, default=6)
+    confirm.add_argument("--out", metavar="FILE", help="default: stdout")
+    common(confirm)
+
     listing = sub.add_parser("list", help="mandates a spend store has seen, with their spend")
     listing.add_argument("--spend-db", default=DEFAULT_SPEND_DB, metavar="URL",
                          help="the spend store (default: %(default)s)")
@@ -169,7 +191,7 @@ def run_mandate(args: argparse.Namespace, *, out: TextIO | None = None,
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
     action = {"create": _create, "show": _show, "verify": _verify, "revoke": _revoke,
-              "list": _list}[args.mandate_command]
+              "confirm": _confirm, "list": _list}[args.mandate_command]
     try:
         return action(args, out, err)
     except UsageError as e:
@@ -320,6 +342,50 @@ def _revoke(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         _rows([("hash", signed.hash_hex), ("revoked", f"yes, in block {block}"),
                ("transaction", str(result["transaction"]))], out)
         print("payers that check the registry refuse it from that block on", file=out)
+    return EXIT_OK
+
+
+def _one(values: tuple[str, ...], given: str | None, flag: str) -> str:
+    if given:
+        return given
+    if len(values) != 1:
+        raise UsageError(f"the mandate names {len(values)} choices for {flag}: give {flag}")
+    return values[0]
+
+
+def _confirm(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from a402.crypto.authorization import EcdsaSigner
+    from a402.evm.address import address_key, is_address, to_checksum
+    from a402.mandate.document import Confirmation
+
+    signed = read_mandate(args.file)
+    owner = _key(args.owner_key_file)
+    if address_key(owner.address) != address_key(signed.mandate.owner):
+        raise UsageError(f"{args.owner_key_file} is {owner.address}, the mandate's owner is "
+                         f"{signed.mandate.owner}: only the owner confirms")
+    for flag, value in (("--payee", args.payee), ("--asset", args.asset)):
+        if value is not None and not is_address(value):
+            raise UsageError(f"{flag}: not an address: {value!r}")
+    if not 0 <= args.decimals <= 36:
+        raise UsageError("--decimals must be between 0 and 36")
+    unsigned = Confirmation(
+        mandate=signed.hash, payee=to_checksum(args.payee),
+        network=_one(signed.mandate.networks, args.network, "--network"),
+        asset=to_checksum(_one(signed.mandate.assets, args.asset, "--asset")),
+        scheme=args.scheme, amount=_atomic(args.amount, args.decimals, "--amount"),
+        resource=args.skill if args.skill is not None else args.url,
+        nonce=os.urandom(32), valid_before=int(time.time()) + duration(args.valid_for))
+    signature = EcdsaSigner(bytes(owner.key)).sign_digest(unsigned.digest(signed.domain))
+    confirmation = Confirmation(**{**unsigned.__dict__, "signature": signature})
+    text = json.dumps(confirmation.to_json(), indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    if args.json or not args.out:
+        print(text, file=out)
+    else:
+        print(f"confirmation of {confirmation.amount} (atomic) to {confirmation.payee} for "
+              f"{confirmation.resource} written to {args.out}; good once, until "
+              f"{confirmation.valid_before}", file=out)
     return EXIT_OK
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Final
 
@@ -56,7 +57,7 @@ def mandate_chain(signed: SignedMandate, rpc: str | None, manifest_path: str) ->
 
 
 def open_guard(path: str, agent: str, *, spend_db: str, rpc: str | None,
-               manifest_path: str) -> Any:
+               manifest_path: str, confirmation: str | None = None) -> Any:
     """The :class:`MandateGuard` ``a402 pay --mandate`` pays under. UsageError for a bad
     file or a mandate for another key; ChainNotFound when its registry cannot be read
     (a mandate whose revocation cannot be checked does not pay)."""
@@ -79,7 +80,24 @@ def open_guard(path: str, agent: str, *, spend_db: str, rpc: str | None,
         raise UsageError(f"cannot open the spend store {spend_db}: {type(e).__name__}: {e}"
                          ) from None
     try:
-        return MandateGuard(signed, agent=agent, store=store, revocation=revocation)
+        confirm = None
+        if confirmation is not None:
+            owner_says = read_confirmation(confirmation)
+            confirm = lambda _payment: owner_says  # noqa: E731 - decide checks its terms
+        return MandateGuard(signed, agent=agent, store=store, revocation=revocation,
+                            confirm=confirm)
     except MandateRefused as e:
         store.close()
         raise UsageError(f"mandate {path} refused ({e.reason}): {e.detail}") from None
+
+
+def read_confirmation(path: str) -> Any:
+    from a402.mandate.document import Confirmation
+
+    try:
+        return Confirmation.from_json(json.loads(Path(path).read_text()))
+    except OSError as e:
+        raise UsageError(f"cannot read confirmation {path}: {e.strerror or e}") from None
+    except (ValueError, KeyError, TypeError) as e:
+        reason = getattr(e, "reason", "mandate_invalid")
+        raise UsageError(f"confirmation {path} refused ({reason}): {e}") from None

@@ -116,6 +116,9 @@ def add_pay_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mandate-rpc", metavar="URL",
                         help="with --mandate: JSON-RPC URL of the mandate's chain, to read "
                              "revocations (default: the devnet manifest's rpcUrl)")
+    parser.add_argument("--confirmation", metavar="FILE",
+                        help="with --mandate: the owner's signed confirmation of this payment "
+                             "(a402 mandate confirm), for amounts above the mandate's threshold")
     parser.add_argument("--manifest", default=None, metavar="PATH",
                         help="with --mandate: devnet manifest naming the chain's RPC URL "
                              "(default: .a402/devnet.json)")
@@ -225,7 +228,7 @@ def run_pay(
             guard = open_guard(args.mandate, wallet.address,
                                spend_db=args.spend_db or DEFAULT_SPEND_DB,
                                rpc=args.mandate_rpc, manifest_path=args.manifest
-                               or DEFAULT_MANIFEST)
+                               or DEFAULT_MANIFEST, confirmation=args.confirmation)
         except MandateUsage as e:
             return fail(EXIT_USAGE, str(e))
         except ChainNotFound as e:
