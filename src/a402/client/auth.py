@@ -295,7 +295,15 @@ class X402Auth(httpx.Auth):
         if held is not None and self.mandate is not None:
             # Signed: from here its amount never comes back. Should this write fail the
             # payload is not sent, and the reservation (still counted) errs on the safe side.
-            self.mandate.signed(held, auth["nonce"])
+            try:
+                self.mandate.signed(held, auth["nonce"])
+            except Exception as e:
+                raise PaymentRefused(
+                    errors.MANDATE_SPEND_UNAVAILABLE,
+                    f"the mandate's spend store failed ({type(e).__name__}: {e}); the "
+                    "authorization was signed but never sent, so nothing was paid (its "
+                    "amount stays counted in the mandate's spend)",
+                    url=url, offered=required.accepts) from e
         payment = Payment(
             method=request.method, url=url, offer=offer, payer=self.wallet.address,
             nonce=auth["nonce"], valid_before=int(auth["validBefore"]),
