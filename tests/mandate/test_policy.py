@@ -16,6 +16,9 @@ from tests.mandate.helpers import DOMAIN, NETWORK, PAYEE, USDC, Keys, signed
 
 KEYS = Keys()
 NOW = int(time.time())
+WINDOW = {"valid_after": NOW - 60, "valid_before": NOW + 3600}
+"""Every mandate here is valid around NOW, whenever its test runs (a long collection
+must not make a mandate made later 'not yet valid' at NOW)."""
 OTHER = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
 
 
@@ -26,7 +29,7 @@ def pay(**kw: object) -> ProposedPayment:
     return ProposedPayment(**fields)
 
 
-BASE = signed(KEYS, payees=(PAYEE,), origins=("https://api.example.com",),
+BASE = signed(KEYS, **WINDOW, payees=(PAYEE,), origins=("https://api.example.com",),
               url_patterns=("https://api.example.com/v1/*",), period=3600, period_budget=50_000,
               confirm_above=8_000)
 
@@ -62,7 +65,7 @@ def test_each_limit_refuses_with_its_reason(payment, spent, kw, reason) -> None:
 
 
 def test_skills_limit_a2a_payments_and_refuse_plain_http_ones() -> None:
-    s = signed(KEYS, skills=("translate",))
+    s = signed(KEYS, **WINDOW, skills=("translate",))
     assert decide(s, pay(skill="translate"), Spent(), now=NOW)
     assert decide(s, pay(skill="mine-bitcoin"), Spent(), now=NOW).reason \
         == p.MANDATE_SKILL_NOT_ALLOWED
@@ -105,7 +108,7 @@ def test_url_patterns_have_one_wildcard_and_match_whole_urls() -> None:
 # ------------------------------------------------------------------ properties
 
 amounts = st.integers(min_value=0, max_value=2_000_000)
-PLAIN = signed(KEYS, period=3600, period_budget=60_000, max_per_payment=20_000, budget=500_000)
+PLAIN = signed(KEYS, **WINDOW, period=3600, period_budget=60_000, max_per_payment=20_000, budget=500_000)
 
 
 @settings(max_examples=300, deadline=None)
