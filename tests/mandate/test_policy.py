@@ -108,7 +108,8 @@ def test_url_patterns_have_one_wildcard_and_match_whole_urls() -> None:
 # ------------------------------------------------------------------ properties
 
 amounts = st.integers(min_value=0, max_value=2_000_000)
-PLAIN = signed(KEYS, **WINDOW, period=3600, period_budget=60_000, max_per_payment=20_000, budget=500_000)
+PLAIN = signed(KEYS, **WINDOW, period=3600, period_budget=60_000, max_per_payment=20_000,
+               budget=500_000)
 
 
 @settings(max_examples=300, deadline=None)

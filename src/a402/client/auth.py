@@ -151,7 +151,9 @@ class X402Auth(httpx.Auth):
     locked); a payment it refuses raises ``PaymentRefused`` with the mandate's
     reason (``mandate_cap_exceeded``, ``mandate_payee_not_allowed``, ...), nothing
     signed, nothing reserved. Without ``max_per_request`` the mandate's
-    per-payment maximum is the cap.
+    per-payment maximum is the cap. The guard's registry read and spend-store
+    writes are blocking calls (a few ms each); on an ``httpx.AsyncClient`` they
+    run on the event loop's thread.
 
     Because a v1 server states its price in the 402 body, every response body
     is read before it is returned (``requires_response_body``); streaming a
