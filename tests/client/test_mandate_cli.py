@@ -97,7 +97,7 @@ def test_owner_signs_agent_pays_greedy_402_refused_owner_revokes_next_payment_re
     assert stack.balance(agent.address) == PRICE * 9
 
 
-def test_a_mandate_for_another_key_or_with_an_unknown_field_does_not_pay(
+def test_a_mandate_for_another_key_altered_or_with_an_unknown_field_does_not_pay(
     stack: Stack, served, tmp_path: Path,
 ) -> None:
     manifest = tmp_path / "devnet.json"
@@ -114,6 +114,11 @@ def test_a_mandate_for_another_key_or_with_an_unknown_field_does_not_pay(
     code, _, err = pay(f"{url}/paid", "--mandate", doc, *flags)
     assert code == EXIT_USAGE and "mandate_wrong_agent" in err
     data = json.loads(Path(doc).read_text())
+    raised = {**data, "mandate": {**data["mandate"], "agent": agent.address}}
+    del raised["hash"]
+    Path(doc).write_text(json.dumps(raised))  # the agent edits itself in: not the owner's
+    code, _, err = pay(f"{url}/paid", "--mandate", doc, *flags)
+    assert code == EXIT_USAGE and "mandate_bad_signature" in err
     data["mandate"]["maxPerHour"] = 1
     Path(doc).write_text(json.dumps(data))
     code, _, err = pay(f"{url}/paid", "--mandate", doc, *flags)
