@@ -24,8 +24,9 @@ sends each call to the one that last answered; if that one cannot be reached,
 drops the connection, or answers ``503 vault_standby``, it signs the call again
 (a fresh nonce; the same idempotency key, so a call the dead replica had
 started is answered from the vault's record, never paid twice) and tries the
-next, for up to ``failover_wait`` seconds (30 by default with several URLs, 0
-with one). Behind one address (a load balancer routing by ``/healthz``, which
+next, for up to ``failover_wait`` seconds from the first failure (30 by default
+with several URLs, 0 with one). A replica that is paused rather than dead holds a
+call until the client's ``timeout``; then the call fails over too. Behind one address (a load balancer routing by ``/healthz``, which
 answers 503 on a standby), pass ``failover_wait`` to ride out the switch.
 """
 
@@ -287,13 +288,17 @@ def _json(response: httpx.Response) -> dict[str, Any]:
 
 def _send(client: _Base, http: httpx.Client, request: httpx.Request) -> httpx.Response:
     """``request``, to the active replica (see the module docstring: fail-over)."""
-    deadline = time.monotonic() + client.failover_wait
+    deadline: float | None = None  # counted from the first failure
     while True:
         try:
             response = http.send(request)
-            if not client._standby(response) or time.monotonic() >= deadline:
+            if not client._standby(response):
+                return response
+            deadline = deadline or time.monotonic() + client.failover_wait
+            if time.monotonic() >= deadline:
                 return response
         except httpx.TransportError:
+            deadline = deadline or time.monotonic() + client.failover_wait
             if time.monotonic() >= deadline:
                 raise
             client._rotate()
@@ -305,13 +310,17 @@ async def _asend(client: _Base, http: httpx.AsyncClient, request: httpx.Request
                  ) -> httpx.Response:
     import asyncio
 
-    deadline = time.monotonic() + client.failover_wait
+    deadline: float | None = None  # counted from the first failure
     while True:
         try:
             response = await http.send(request)
-            if not client._standby(response) or time.monotonic() >= deadline:
+            if not client._standby(response):
+                return response
+            deadline = deadline or time.monotonic() + client.failover_wait
+            if time.monotonic() >= deadline:
                 return response
         except httpx.TransportError:
+            deadline = deadline or time.monotonic() + client.failover_wait
             if time.monotonic() >= deadline:
                 raise
             client._rotate()
