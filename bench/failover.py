@@ -37,18 +37,19 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' helpers
 
-from a402.asc_manager import ASCManager  # noqa: E402
-from a402.background import serve_in_thread  # noqa: E402
-from a402.chain.deploy import TokenInfo  # noqa: E402
-from a402.chain.node import start_anvil  # noqa: E402
-from a402.chain.tx import deploy_contract  # noqa: E402
-from a402.client.vault import VaultClient  # noqa: E402
-from a402.tee import SimulatedPlatform, SimulatedVerifier  # noqa: E402
-from a402.wire import vault_api as api  # noqa: E402
-from machine import machine  # noqa: E402
-from tests.a402_exchange.helpers import DISPUTE_WINDOW, World, fresh_account  # noqa: E402
-from tests.vault.crash import VaultProcess  # noqa: E402
-from tests.vault.helpers import fresh_schema  # noqa: E402
+from tests.a402_exchange.helpers import DISPUTE_WINDOW, World, fresh_account
+from tests.vault.crash import VaultProcess
+from tests.vault.helpers import fresh_schema
+
+from a402.asc_manager import ASCManager
+from a402.background import serve_in_thread
+from a402.chain.deploy import TokenInfo
+from a402.chain.node import start_anvil
+from a402.chain.tx import deploy_contract
+from a402.client.vault import VaultClient
+from a402.tee import SimulatedPlatform, SimulatedVerifier
+from a402.wire import vault_api as api
+from machine import machine
 
 RESULTS = Path(__file__).resolve().parent / "results" / "failover.json"
 TARGET_FIRST_ANSWER_S = 5.0
@@ -87,7 +88,7 @@ def measure(world: World, db: str, workdir: Path, *, rounds: int, clients_n: int
                                            idempotency_key=key)
                     if (result.outcome, result.amount) != (api.PAID, PRICE):
                         failures.append(f"{key}: {result.outcome}")
-                except Exception as e:  # noqa: BLE001 (counted, reported)
+                except Exception as e:
                     failures.append(f"{key}: {type(e).__name__}: {e}")
                     return
                 with lock:

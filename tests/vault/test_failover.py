@@ -102,7 +102,7 @@ def test_the_active_vault_killed_under_load_a_standby_takes_over_and_answers_eve
                                            idempotency_key=f"c{index}-{i}")
                     with lock:
                         answered.append((time.monotonic(), f"c{index}-{i}", result))
-            except BaseException as e:  # noqa: BLE001 (reported below)
+            except BaseException as e:
                 errors.append(e)
 
         threads = [threading.Thread(target=load, args=(i, c)) for i, (_, c) in enumerate(clients)]
@@ -174,7 +174,7 @@ def test_a_paused_active_that_lost_the_lease_neither_answers_nor_writes_when_res
                         url=f"{site}/weather", method="GET", headers=(), body=b"",
                         max_price=PRICE, idempotency_key="stalled", funding=api.POOL,
                         deposit=None).to_json())))
-            except BaseException as e:  # noqa: BLE001
+            except BaseException as e:
                 stalled.append(e)
 
         caller = threading.Thread(target=call_the_paused_one)

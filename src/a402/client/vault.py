@@ -26,8 +26,9 @@ drops the connection, or answers ``503 vault_standby``, it signs the call again
 started is answered from the vault's record, never paid twice) and tries the
 next, for up to ``failover_wait`` seconds from the first failure (30 by default
 with several URLs, 0 with one). A replica that is paused rather than dead holds a
-call until the client's ``timeout``; then the call fails over too. Behind one address (a load balancer routing by ``/healthz``, which
-answers 503 on a standby), pass ``failover_wait`` to ride out the switch.
+call until the client's ``timeout``; then the call fails over too. Behind one
+address (a load balancer routing by ``/healthz``, which answers 503 on a
+standby), pass ``failover_wait`` to ride out the switch.
 """
 
 from __future__ import annotations
