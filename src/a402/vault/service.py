@@ -193,10 +193,12 @@ class VaultService:
         lease.keep()
         try:
             await self._become_active()
-        except Exception:
+        except Exception as e:  # give the lease back at once; the supervisor restarts us
             log.exception("taking over as the active vault failed")
-            lease.release()
-            raise
+            await asyncio.to_thread(lease.release)
+            if lease.on_lost is not None:
+                lease.on_lost(f"taking over failed: {type(e).__name__}: {e}")
+            return
         log.warning("active vault (lease token %s): recovery running", lease.token)
 
     async def _become_active(self) -> None:
