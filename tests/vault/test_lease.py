@@ -149,3 +149,48 @@ def test_sqlite_has_no_lease(tmp_path: object) -> None:
             Lease(store)
     finally:
         store.close()
+
+
+class _Replica:
+    """What the API's guard reads of a vault service: its lease and whether it serves."""
+
+    def __init__(self, lease: Lease) -> None:
+        self.lease = lease
+        self.active = True
+
+    def serving(self) -> bool:
+        return self.active
+
+
+def test_an_answer_computed_before_the_lease_lapsed_is_not_sent(
+    db: str, stores: list[VaultStore],
+) -> None:
+    """The guard in front of the API: a call that reached the active process but whose answer
+    is ready only after the process stopped serving gets 503 vault_standby instead; a call
+    arriving then never reaches the handler; ``/v1/info`` is answered by any replica."""
+    from starlette.testclient import TestClient
+
+    from a402.vault.app import _active_only
+    from a402.wire import vault_api as api
+
+    a = _replica(stores, db, "a", url="http://a.example")
+    replica = _Replica(a)
+    reached: list[str] = []
+
+    async def handler(scope: dict[str, object], receive: object, send: object) -> None:
+        reached.append(str(scope["path"]))
+        if scope["path"] == "/v1/invoke":
+            replica.active = False  # the lease lapses while the call runs
+        await send({"type": "http.response.start", "status": 200,  # type: ignore[operator]
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b'{"paid": true}'})  # type: ignore[operator]
+
+    client = TestClient(_active_only(replica, handler))  # type: ignore[arg-type]
+    lapsed = client.post("/v1/invoke", content=b"{}")
+    later = client.get("/v1/account")
+    info = client.get("/v1/info")
+    assert lapsed.status_code == 503 and lapsed.json()["error"] == api.VAULT_STANDBY
+    assert lapsed.headers["retry-after"] == "1"
+    assert later.status_code == 503 and later.json()["error"] == api.VAULT_STANDBY
+    assert info.status_code == 200
+    assert reached == ["/v1/invoke", "/v1/info"]  # /v1/account never reached the handler
