@@ -17,6 +17,11 @@ conservation terms must hold. The take-over cannot be faster than the lease's ex
 (up to ``ttl`` after the last renewal) plus the standby's poll (250 ms) plus its
 recovery pass.
 
+It also measures what fencing costs the active: write transactions per second (one
+inserted row each, 8 threads, on the store's PostgreSQL write path) without and with
+the lease's fencing check (one ``SELECT … FOR SHARE`` of the lease row first in each),
+alternated ``--fence-runs`` times (medians; a shared host is noisy).
+
 Usage: ``A402_TEST_POSTGRES_URL=postgresql+psycopg://… python bench/failover.py``
 (``--rounds``, ``--clients``, ``--lease-ttl``) — prints a table and writes
 ``bench/results/failover.json``. Needs anvil (``npm ci``) and PostgreSQL.
@@ -32,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +54,8 @@ from a402.chain.node import start_anvil
 from a402.chain.tx import deploy_contract
 from a402.client.vault import VaultClient
 from a402.tee import SimulatedPlatform, SimulatedVerifier
+from a402.vault.lease import Lease
+from a402.vault.store import VaultStore, _nonce
 from a402.wire import vault_api as api
 from machine import machine
 
@@ -148,6 +156,39 @@ def measure(world: World, db: str, workdir: Path, *, rounds: int, clients_n: int
     }
 
 
+def fence_cost(db: str, runs: int, threads: int = 8, per_thread: int = 400
+               ) -> dict[str, Any]:
+    """Write transactions per second on ``db`` without and with the fencing check."""
+    rates: dict[str, list[float]] = {"plain": [], "fenced": []}
+    for _ in range(runs):
+        for mode in rates:
+            store = VaultStore(db)
+            if mode == "fenced":
+                lease = Lease(store, holder=f"bench-{uuid.uuid4().hex[:6]}", ttl=60,
+                              renew_every=10)
+                with store.engine.begin() as c:  # the previous run's holder is gone
+                    c.exec_driver_sql("UPDATE a402_vault_lease SET expires_at = 0")
+                assert lease.try_acquire()
+                lease.fence_store()
+
+            def work(store: VaultStore = store) -> None:
+                for _ in range(per_thread):
+                    store._writes.submit([_nonce("0x" + "11" * 20, uuid.uuid4().hex,
+                                                 time.time())]).result()
+
+            workers = [threading.Thread(target=work) for _ in range(threads)]
+            started = time.perf_counter()
+            for t in workers:
+                t.start()
+            for t in workers:
+                t.join()
+            rates[mode].append(threads * per_thread / (time.perf_counter() - started))
+            store.close()
+    plain, fenced = statistics.median(rates["plain"]), statistics.median(rates["fenced"])
+    return {"threads": threads, "plain_per_s": round(plain), "fenced_per_s": round(fenced),
+            "cost_pct": round(100 * (1 - fenced / plain), 1), "runs": rates}
+
+
 def tables(result: dict[str, Any]) -> str:
     lines = [f"{'round':<8} {'take-over (s)':>14} {'kill → first answered call (s)':>32}",
              "-" * 56]
@@ -165,6 +206,12 @@ def tables(result: dict[str, Any]) -> str:
               f"{result['every_call_paid_once']}, conserved: {result['conserved']}"]
     if result["failures"]:
         lines.append(f"failures: {result['failures']}")
+    fence = result.get("fence")
+    if fence:
+        lines += ["", f"{'write transactions/s (' + str(fence['threads']) + ' threads)':<36}"
+                  f" {'plain':>8} {'fenced':>8} {'cost':>7}", "-" * 62,
+                  f"{'one row each, PostgreSQL':<36} {fence['plain_per_s']:>8,}"
+                  f" {fence['fenced_per_s']:>8,} {fence['cost_pct']:>6}%"]
     return "\n".join(lines)
 
 
@@ -177,6 +224,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--lease-ttl", type=float, default=3.0)
+    parser.add_argument("--fence-runs", type=int, default=3)
     args = parser.parse_args()
     url = os.environ.get("A402_BENCH_POSTGRES_URL") or os.environ.get("A402_TEST_POSTGRES_URL")
     if not url:
@@ -194,6 +242,7 @@ def main() -> int:
                       Path(tmp))
         result = measure(world, fresh_schema(url), Path(tmp), rounds=args.rounds,
                          clients_n=args.clients, ttl=args.lease_ttl)
+    result["fence"] = fence_cost(fresh_schema(url), args.fence_runs)
     print(tables(result))
     firsts = [r["first_answer_s"] for r in result["rounds"] if r["first_answer_s"] is not None]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
