@@ -194,3 +194,35 @@ def test_an_answer_computed_before_the_lease_lapsed_is_not_sent(
     assert later.status_code == 503 and later.json()["error"] == api.VAULT_STANDBY
     assert info.status_code == 200
     assert reached == ["/v1/invoke", "/v1/info"]  # /v1/account never reached the handler
+
+
+def test_a_tunnel_of_a_process_that_is_not_the_active_one_sends_no_frame() -> None:
+    """The old active, resumed, holds a checkpointed message for a provider: the tunnel
+    refuses to send it (the new active sends it from the same checkpoint)."""
+    import asyncio
+
+    from a402.vault.tunnel import ProviderTunnel, ProviderUnavailable
+    from a402.wire.a402 import Envelope
+
+    carried: list[bytes] = []
+
+    class Frames:
+        async def carry(self, tunnel_id: str, frame: bytes) -> bytes:
+            carried.append(frame)
+            raise AssertionError("no frame may leave")
+
+    class Link:
+        frames = Frames()
+
+        async def aclose(self) -> None:
+            pass
+
+    active = [True]
+    tunnel = ProviderTunnel("http://provider.example", enclave=object(),  # type: ignore[arg-type]
+                            verifiers=[], policy=object(), vault=object(),  # type: ignore[arg-type]
+                            link=Link(), may_send=lambda: active[0])  # type: ignore[arg-type]
+    tunnel._handle, tunnel._tunnel_id = "h", "t"
+    active[0] = False
+    with pytest.raises(ProviderUnavailable) as refused:
+        asyncio.run(tunnel.exchange(Envelope.ok()))
+    assert refused.value.reason == "vault_standby" and carried == []

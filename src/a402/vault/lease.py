@@ -30,10 +30,15 @@ database's own clock.
   signature, no transaction) before the write that records it is durable, it
   cannot move money either. The new active reads the database only after its
   take-over committed, so it sees every write of the old one.
-* **Answering.** The lease is valid *here* only while less than ``ttl`` minus a
-  margin has passed (monotonic clock) since the last renewal was sent; past that,
-  the process answers no ``/v1`` call (503), even one computed earlier — so a
-  resumed old active answers nothing either.
+* **Answering and sending.** The lease is valid *here* only while less than
+  ``ttl`` minus a margin has passed (monotonic clock) since the last renewal was
+  sent; past that, the process answers no ``/v1`` call (503), even one computed
+  earlier, and sends no frame to a provider (:class:`~a402.vault.tunnel.ProviderTunnel`'s
+  ``may_send``) — so a resumed old active neither answers nor sends even the
+  message it had checkpointed just before it was paused (the new active sends it,
+  from the same checkpoint). What it cannot stop is a transaction it journaled
+  before the pause and broadcasts after: the same signed transaction (same nonce,
+  same hash) that the new active sends again from the journal, so it lands once.
 
 A stalled process's open transaction would keep the row share-locked and block
 the take-over: the lease's connections set ``idle_in_transaction_session_timeout``

@@ -157,6 +157,8 @@ class VaultService:
                                allow_private_targets=config.connections.allow_private_targets,
                                nonce_keep=2 * timing.auth_window)
         self.channels.on_unfinished = self.invoker.record_aborted
+        if config.lease is not None:  # no frame leaves a process that is not the active one
+            self.channels.may_send = self.serving
         facilitator = Facilitator(config.chain, config.account,
                                   SettlementStore(config.store.url),
                                   FacilitatorConfig(receipt_timeout=timing.chain_timeout))
@@ -205,8 +207,8 @@ class VaultService:
         # A standby built before the process it takes over from last changed the ledger.
         await asyncio.to_thread(self.ledger.refresh)
         await asyncio.to_thread(self._approve)
-        await self.worker.start()
         self.active_since = time.monotonic()
+        await self.worker.start()
 
     def serving(self) -> bool:
         """Whether this process answers the API now: the active one, within its lease."""
