@@ -20,14 +20,18 @@ from pathlib import Path
 import httpx
 import pytest
 from eth_account.signers.local import LocalAccount
+from sqlalchemy import select
 
+from a402.asc import Auth, Exec
+from a402.asc.messages import Message
 from a402.background import serve_in_thread
 from a402.client.vault import VaultClient, VaultResult
 from a402.vault import store as vault_store
+from a402.vault.tables import RequestRow, request_record
 from a402.wire import vault_api as api
 from tests.a402_exchange.helpers import World, fresh_account
 
-from .crash import VaultProcess
+from .crash import GatedProvider, VaultProcess
 from .helpers import assert_conserved, fresh_schema, wait_for
 
 pytestmark = pytest.mark.anvil
@@ -70,6 +74,11 @@ def _clients(world: World, procs: list[VaultProcess], n: int, timeout: float = 1
     return made
 
 
+def _requests(store: vault_store.VaultStore) -> list[vault_store.Request]:
+    with store._read() as s:
+        return [request_record(r) for r in s.scalars(select(RequestRow))]
+
+
 def _settle_all(store: vault_store.VaultStore, clients: list[tuple[LocalAccount, VaultClient]]
                 ) -> None:
     for account, client in clients:
@@ -80,11 +89,20 @@ def _settle_all(store: vault_store.VaultStore, clients: list[tuple[LocalAccount,
              timeout=60, what="every channel settled")
 
 
+@pytest.mark.parametrize(("hold", "state"), [
+    (Exec, vault_store.LOCKED),  # δ locked, EXEC out, no REPLY yet
+    (Auth, vault_store.AUTHORIZED),  # σ_U out: PENDING
+], ids=["locked", "pending"])
 def test_the_active_vault_killed_under_load_a_standby_takes_over_and_answers_every_call_once(
-    world: World, tmp_path: Path, postgres_url: str,
+    world: World, tmp_path: Path, postgres_url: str, hold: type[Message], state: str,
 ) -> None:
+    """Four clients call in a loop; one call is held by the provider in the state under test
+    (so at least one channel is LOCKED, or PENDING, when the active dies), then the active
+    is SIGKILLed. One of the two standbys takes over, resumes that channel and the others,
+    and every call is answered and paid exactly once."""
     clients_n, calls_n = 4, 6
-    provider = world.provider()
+    gate = GatedProvider.gate(hold)
+    provider = world.provider(runtime_cls=gate)
     escrow = world.balance(world.manager.address)
     db = fresh_schema(postgres_url)
     with serve_in_thread(provider.app) as site, replicas(world, tmp_path, db, 3) as procs:
@@ -109,8 +127,17 @@ def test_the_active_vault_killed_under_load_a_standby_takes_over_and_answers_eve
         for t in threads:
             t.start()
         wait_for(lambda: len(answered) >= clients_n, what="some calls answered")
+        gate.armed = True
+        assert gate.reached.wait(30), "the provider never saw the message"
+        store = active.store()
+        try:
+            held = wait_for(lambda: [r.key for r in _requests(store) if r.state == state],
+                            what="the held call's checkpoint")
+        finally:
+            store.close()
         killed_at = time.monotonic()
         active.kill()  # SIGKILL, with calls in flight
+        gate.release.set()
         for t in threads:
             t.join(120)
         assert not errors, errors
@@ -137,6 +164,7 @@ def test_the_active_vault_killed_under_load_a_standby_takes_over_and_answers_eve
     assert provider.calls["weather"] == total  # every call's service ran once
     assert all(r is not None and (r.state, r.outcome) == (vault_store.DONE, api.PAID)
                for r in requests)
+    assert held and all(any(r is not None and r.key == k for r in requests) for k in held)
     # One standby took over; the other is still a standby.
     assert sorted(roles, key=str) == ["active", "standby"], roles
     assert failover is not None and failover < 15, failover
