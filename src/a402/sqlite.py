@@ -139,6 +139,11 @@ class Writes(Protocol):
 
     def close(self) -> None: ...
 
+    def fence_with(self, fence: Callable[[Session], None] | None) -> None:
+        """Run ``fence(session)`` first in every write transaction (it raises to refuse the
+        transaction): a lease's fencing check (:mod:`a402.vault.lease`). PostgreSQL only."""
+        ...
+
 
 def writes(url: str, sessions: sessionmaker[Session], *, name: str) -> Writes:
     """Group commit for a SQLite ``url``; a transaction per write for any other."""
@@ -149,9 +154,22 @@ class _TransactionPerWrite:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
         self._threads = ThreadPoolExecutor(max_workers=16, thread_name_prefix="store-write")
+        self._fence: Callable[[Session], None] | None = None
+
+    def fence_with(self, fence: Callable[[Session], None] | None) -> None:
+        self._fence = fence
+
+    @contextmanager
+    def _begin(self) -> Iterator[Session]:
+        """A write transaction, its fence (if any) checked first, inside it: a fence that
+        raises leaves nothing written."""
+        with self._sessions.begin() as session:
+            if self._fence is not None:
+                self._fence(session)
+            yield session
 
     def run(self, work: Callable[[Session], T]) -> T:
-        with self._sessions.begin() as session:
+        with self._begin() as session:
             return work(session)
 
     def submit(self, statements: Sequence[Statement]) -> Future[list[int]]:
@@ -161,12 +179,12 @@ class _TransactionPerWrite:
         return await asyncio.wrap_future(self.submit(statements))
 
     def _execute(self, statements: Sequence[Statement]) -> list[int]:
-        with self._sessions.begin() as session:
+        with self._begin() as session:
             return [int(session.execute(_text(sql), params).rowcount)  # type: ignore[attr-defined]
                     for sql, params in statements]
 
     def exclusive(self) -> AbstractContextManager[Session]:
-        return self._sessions.begin()
+        return self._begin()
 
     def close(self) -> None:
         self._threads.shutdown()
@@ -228,6 +246,10 @@ class GroupCommit:
             if self._closed:
                 raise RuntimeError("the store is closed")
             self._queue.put((item, done))
+
+    def fence_with(self, fence: Callable[[Session], None] | None) -> None:
+        if fence is not None:
+            raise NotImplementedError("SQLite serves one process (a file lock): no lease")
 
     @contextmanager
     def exclusive(self) -> Iterator[Session]:

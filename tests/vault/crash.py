@@ -90,6 +90,7 @@ class VaultProcess:
 
     def __init__(self, world: World, account: LocalAccount, workdir: Path, *extra: str,
                  db: str | None = None) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
         self.world = world
         self.account = account
         self.db = db or f"sqlite:///{workdir}/vault.db"
@@ -111,7 +112,9 @@ class VaultProcess:
         self.log = workdir / "vault.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = 30.0, *, standby: bool = False) -> None:
+        """Start it and wait until it recovered (the active one), or, with ``standby``,
+        until it answers as a standby (a replica over a database another one serves)."""
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(self.args, stdout=log, stderr=log,
                                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -119,12 +122,22 @@ class VaultProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"a402 vault exited: {self.log.read_text()[-2000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                health = httpx.get(self.url + "/healthz", timeout=1).json()
-                if health.get("recovered"):
-                    return
+            health = self.health()
+            if health.get("recovered") or (standby and health.get("role") == "standby"):
+                return
             time.sleep(0.1)
         raise TimeoutError(f"a402 vault did not recover in time: {self.log.read_text()[-2000:]}")
+
+    def health(self) -> dict[str, Any]:
+        """``GET /healthz`` (``{}`` if it does not answer)."""
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            return dict(httpx.get(self.url + "/healthz", timeout=2).json())
+        return {}
+
+    def signal(self, signum: signal.Signals) -> None:
+        """SIGSTOP / SIGCONT: pause the process (its sockets stay open) and resume it."""
+        assert self.proc is not None
+        self.proc.send_signal(signum)
 
     @property
     def address(self) -> str:

@@ -24,6 +24,18 @@ channel (``funding="wallet"``) needs one signature from the client when it
 opens: the vault answers 428 with the EIP-712 ``receiveWithAuthorization``
 it proposes, this client checks it pays the ASCManager the vault named, from
 this client, no more than the deposit it allowed, then signs and retries.
+
+Fail-over: a vault may run as replicas over one database, one active at a time
+(:mod:`a402.vault.lease`). Give the client every replica's URL (a list) and it
+sends each call to the one that last answered; if that one cannot be reached,
+drops the connection, or answers ``503 vault_standby``, it signs the call again
+(a fresh nonce; the same idempotency key, so a call the dead replica had
+started is answered from the vault's record, never paid twice) and tries the
+next, for up to ``failover_wait`` seconds from the first failure (30 by default
+with several URLs, 0 with one). A replica that is paused rather than dead holds a
+call until the client's ``timeout``; then the call fails over too. Behind one
+address (a load balancer routing by ``/healthz``, which answers 503 on a
+standby), pass ``failover_wait`` to ride out the switch.
 """
 
 from __future__ import annotations
@@ -50,6 +62,9 @@ DEFAULT_PENDING_WAIT: Final = 120.0
 """How long a call waits for a PENDING payment to deliver before reporting it."""
 REMEMBERED_CALLS: Final = 4096
 """How many idempotency keys' creation times a client remembers (for its retries)."""
+DEFAULT_FAILOVER_WAIT: Final = 30.0
+"""With several replica URLs: how long a call keeps trying them for an active one."""
+_FAILOVER_PAUSE: Final = 0.2
 
 
 class VaultCallError(PaymentError):
@@ -118,11 +133,19 @@ Flow = Generator["httpx.Request | float", "httpx.Response | None", Any]
 
 
 class _Base:
-    def __init__(self, url: str, key: str | bytes | LocalAccount, *,
-                 pending_wait: float = DEFAULT_PENDING_WAIT) -> None:
-        self.url = url.rstrip("/")
+    def __init__(self, url: str | Sequence[str], key: str | bytes | LocalAccount, *,
+                 pending_wait: float = DEFAULT_PENDING_WAIT,
+                 failover_wait: float | None = None) -> None:
+        urls = [url] if isinstance(url, str) else list(url)
+        if not urls:
+            raise ValueError("give the vault's URL (or its replicas' URLs)")
+        #: Every replica's URL; ``url`` is the one calls go to (the last that answered).
+        self.urls = [u.rstrip("/") for u in urls]
+        self.url = self.urls[0]
         self.account = load_account(key)
         self.pending_wait = pending_wait
+        self.failover_wait = (failover_wait if failover_wait is not None
+                              else DEFAULT_FAILOVER_WAIT if len(self.urls) > 1 else 0.0)
         self._info: dict[str, Any] | None = None
         #: The creation time of each idempotency key this client used (the newest
         #: :data:`REMEMBERED_CALLS`): every retry of a key signs the same one.
@@ -134,8 +157,12 @@ class _Base:
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None
                  ) -> httpx.Request:
-        assert self._info is not None
         content = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
+        return self._signed(method, path, content, json_body=body is not None)
+
+    def _signed(self, method: str, path: str, content: bytes, *, json_body: bool
+                ) -> httpx.Request:
+        assert self._info is not None
         vault = api.vault_account(self._info["network"], self._info["vault"])
         life = self._info.get("life")
         if not isinstance(life, str):
@@ -143,9 +170,37 @@ class _Base:
                 "nothing was sent: the vault's info names no life (an older vault than "
                 "this client)")})
         headers = api.sign_request(self.account, vault, method, path, content, life=life)
-        if body is not None:
+        if json_body:
             headers["content-type"] = "application/json"
         return httpx.Request(method, self.url + path, headers=headers, content=content)
+
+    # ------------------------------------------------------------ fail-over
+
+    def _standby(self, response: httpx.Response) -> bool:
+        """A replica that is not the active one (it did nothing); moves ``url`` to the
+        active one if it named one of ours."""
+        if response.status_code != 503:
+            return False
+        data = _json(response)
+        if data.get("error") != api.VAULT_STANDBY:
+            return False
+        active = str(data.get("active") or "").rstrip("/")
+        if active in self.urls:
+            self.url = active
+        else:
+            self._rotate()
+        return True
+
+    def _rotate(self) -> None:
+        self.url = self.urls[(self.urls.index(self.url) + 1) % len(self.urls)]
+
+    def _again(self, request: httpx.Request) -> httpx.Request:
+        """``request`` for the replica now in ``url``, signed again (a fresh nonce)."""
+        path = request.url.raw_path.decode()
+        if path == api.API_PREFIX + "/info":
+            return httpx.Request("GET", self.url + path)
+        return self._signed(request.method, path, request.content,
+                            json_body="content-type" in request.headers)
 
     def _info_flow(self) -> Flow:
         if self._info is None:
@@ -288,7 +343,49 @@ def _json(response: httpx.Response) -> dict[str, Any]:
     return data if isinstance(data, dict) else {"error": "malformed", "message": str(data)}
 
 
-def _drive(flow: Flow, http: httpx.Client) -> Any:
+def _send(client: _Base, http: httpx.Client, request: httpx.Request) -> httpx.Response:
+    """``request``, to the active replica (see the module docstring: fail-over)."""
+    deadline: float | None = None  # counted from the first failure
+    while True:
+        try:
+            response = http.send(request)
+            if not client._standby(response):
+                return response
+            deadline = deadline or time.monotonic() + client.failover_wait
+            if time.monotonic() >= deadline:
+                return response
+        except httpx.TransportError:
+            deadline = deadline or time.monotonic() + client.failover_wait
+            if time.monotonic() >= deadline:
+                raise
+            client._rotate()
+        time.sleep(_FAILOVER_PAUSE)
+        request = client._again(request)
+
+
+async def _asend(client: _Base, http: httpx.AsyncClient, request: httpx.Request
+                 ) -> httpx.Response:
+    import asyncio
+
+    deadline: float | None = None  # counted from the first failure
+    while True:
+        try:
+            response = await http.send(request)
+            if not client._standby(response):
+                return response
+            deadline = deadline or time.monotonic() + client.failover_wait
+            if time.monotonic() >= deadline:
+                return response
+        except httpx.TransportError:
+            deadline = deadline or time.monotonic() + client.failover_wait
+            if time.monotonic() >= deadline:
+                raise
+            client._rotate()
+        await asyncio.sleep(_FAILOVER_PAUSE)
+        request = client._again(request)
+
+
+def _drive(flow: Flow, http: httpx.Client, client: _Base) -> Any:
     try:
         item = next(flow)
         while True:
@@ -296,12 +393,12 @@ def _drive(flow: Flow, http: httpx.Client) -> Any:
                 time.sleep(item)
                 item = flow.send(None)
             else:
-                item = flow.send(http.send(item))
+                item = flow.send(_send(client, http, item))
     except StopIteration as stop:
         return stop.value
 
 
-async def _adrive(flow: Flow, http: httpx.AsyncClient) -> Any:
+async def _adrive(flow: Flow, http: httpx.AsyncClient, client: _Base) -> Any:
     import asyncio
 
     try:
@@ -311,7 +408,7 @@ async def _adrive(flow: Flow, http: httpx.AsyncClient) -> Any:
                 await asyncio.sleep(item)
                 item = flow.send(None)
             else:
-                item = flow.send(await http.send(item))
+                item = flow.send(await _asend(client, http, item))
     except StopIteration as stop:
         return stop.value
 
@@ -322,10 +419,11 @@ async def _adrive(flow: Flow, http: httpx.AsyncClient) -> Any:
 class VaultClient(_Base):
     """The vault's API for one client key (sync). Use as a context manager or ``close()``."""
 
-    def __init__(self, url: str, key: str | bytes | LocalAccount, *,
+    def __init__(self, url: str | Sequence[str], key: str | bytes | LocalAccount, *,
                  http: httpx.Client | None = None, timeout: float = 120.0,
-                 pending_wait: float = DEFAULT_PENDING_WAIT) -> None:
-        super().__init__(url, key, pending_wait=pending_wait)
+                 pending_wait: float = DEFAULT_PENDING_WAIT,
+                 failover_wait: float | None = None) -> None:
+        super().__init__(url, key, pending_wait=pending_wait, failover_wait=failover_wait)
         self._own = http is None
         self.http = http or httpx.Client(timeout=timeout, trust_env=False)
 
@@ -340,19 +438,19 @@ class VaultClient(_Base):
             self.http.close()
 
     def info(self) -> dict[str, Any]:
-        return dict(_drive(self._info_flow(), self.http))
+        return dict(_drive(self._info_flow(), self.http, self))
 
     def account_info(self) -> dict[str, Any]:
-        return dict(_drive(self._call_flow("GET", "/account"), self.http)[1])
+        return dict(_drive(self._call_flow("GET", "/account"), self.http, self)[1])
 
     def deposit(self, amount: int) -> dict[str, Any]:
         """Deposit ``amount`` atomic units by a signed EIP-3009 transfer (gasless)."""
-        return dict(_drive(self._deposit_flow(amount), self.http))
+        return dict(_drive(self._deposit_flow(amount), self.http, self))
 
     def report_deposit(self, tx_hash: str) -> dict[str, Any]:
         """Credit a token transfer this client made to the vault's address itself."""
         return dict(_drive(self._call_flow("POST", "/deposits", {"transaction": tx_hash},
-                                           ok=(200, 202)), self.http)[1])
+                                           ok=(200, 202)), self.http, self)[1])
 
     def withdraw(self, amount: int, *, to: str | None = None,
                  idempotency_key: str | None = None) -> dict[str, Any]:
@@ -363,17 +461,17 @@ class VaultClient(_Base):
         body = {"amount": str(amount), "idempotencyKey": idempotency_key or uuid.uuid4().hex,
                 **({"to": to} if to else {})}
         return dict(_drive(self._call_flow("POST", "/withdrawals", body, ok=(200, 202)),
-                           self.http)[1])
+                           self.http, self)[1])
 
     def close_channel(self, channel_id: str) -> dict[str, Any]:
         return dict(_drive(self._call_flow("POST", f"/channels/{channel_id}/close",
-                                           ok=(200, 202)), self.http)[1])
+                                           ok=(200, 202)), self.http, self)[1])
 
     def outcome(self, idempotency_key: str) -> tuple[int, dict[str, Any]]:
         """What the call named ``idempotency_key`` came to so far: (status, answer)."""
         status, body = _drive(self._call_flow(
             "GET", f"/requests/{idempotency_key}", ok=(200, 202, 402, 409, 422, 502, 503)),
-            self.http)
+            self.http, self)
         return int(status), dict(body)
 
     def invoke(
@@ -389,17 +487,18 @@ class VaultClient(_Base):
         flow = self._invoke_flow(url, method=method, headers=headers, content=content,
                                  max_price=max_price, idempotency_key=idempotency_key,
                                  funding=funding, deposit=deposit, created_at=created_at)
-        result: VaultResult = _drive(flow, self.http)
+        result: VaultResult = _drive(flow, self.http, self)
         return result
 
 
 class AsyncVaultClient(_Base):
     """The ``asyncio`` twin of :class:`VaultClient`."""
 
-    def __init__(self, url: str, key: str | bytes | LocalAccount, *,
+    def __init__(self, url: str | Sequence[str], key: str | bytes | LocalAccount, *,
                  http: httpx.AsyncClient | None = None, timeout: float = 120.0,
-                 pending_wait: float = DEFAULT_PENDING_WAIT) -> None:
-        super().__init__(url, key, pending_wait=pending_wait)
+                 pending_wait: float = DEFAULT_PENDING_WAIT,
+                 failover_wait: float | None = None) -> None:
+        super().__init__(url, key, pending_wait=pending_wait, failover_wait=failover_wait)
         self._own = http is None
         self.http = http or httpx.AsyncClient(timeout=timeout, trust_env=False)
 
@@ -414,13 +513,13 @@ class AsyncVaultClient(_Base):
             await self.http.aclose()
 
     async def info(self) -> dict[str, Any]:
-        return dict(await _adrive(self._info_flow(), self.http))
+        return dict(await _adrive(self._info_flow(), self.http, self))
 
     async def account_info(self) -> dict[str, Any]:
-        return dict((await _adrive(self._call_flow("GET", "/account"), self.http))[1])
+        return dict((await _adrive(self._call_flow("GET", "/account"), self.http, self))[1])
 
     async def deposit(self, amount: int) -> dict[str, Any]:
-        return dict(await _adrive(self._deposit_flow(amount), self.http))
+        return dict(await _adrive(self._deposit_flow(amount), self.http, self))
 
     async def withdraw(self, amount: int, *, to: str | None = None,
                        idempotency_key: str | None = None) -> dict[str, Any]:
@@ -428,16 +527,16 @@ class AsyncVaultClient(_Base):
         body = {"amount": str(amount), "idempotencyKey": idempotency_key or uuid.uuid4().hex,
                 **({"to": to} if to else {})}
         return dict((await _adrive(self._call_flow("POST", "/withdrawals", body, ok=(200, 202)),
-                                   self.http))[1])
+                                   self.http, self))[1])
 
     async def close_channel(self, channel_id: str) -> dict[str, Any]:
         return dict((await _adrive(self._call_flow("POST", f"/channels/{channel_id}/close",
-                                                   ok=(200, 202)), self.http))[1])
+                                                   ok=(200, 202)), self.http, self))[1])
 
     async def outcome(self, idempotency_key: str) -> tuple[int, dict[str, Any]]:
         status, body = await _adrive(self._call_flow(
             "GET", f"/requests/{idempotency_key}", ok=(200, 202, 402, 409, 422, 502, 503)),
-            self.http)
+            self.http, self)
         return int(status), dict(body)
 
     async def invoke(
@@ -449,5 +548,5 @@ class AsyncVaultClient(_Base):
         flow = self._invoke_flow(url, method=method, headers=headers, content=content,
                                  max_price=max_price, idempotency_key=idempotency_key,
                                  funding=funding, deposit=deposit, created_at=created_at)
-        result: VaultResult = await _adrive(flow, self.http)
+        result: VaultResult = await _adrive(flow, self.http, self)
         return result

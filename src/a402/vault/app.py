@@ -8,8 +8,15 @@
 ``POST /v1/invoke``                    a paid request (:class:`~a402.wire.vault_api.InvokeRequest`)
 ``GET  /v1/requests/{key}``            the outcome of an earlier ``invoke``
 ``POST /v1/channels/{cid}/close``      cooperative close, the rest back to the balance
-``GET  /healthz``                      chain reachable, worker ticking
+``GET  /healthz``                      chain reachable, worker ticking, active or standby
 =====================================  =====================================================
+
+Fail-over (:mod:`a402.vault.lease`): a replica that is not the active one answers
+every ``/v1`` call but ``info`` with ``503 {"error": "vault_standby", "active": url}``
+and ``Retry-After: 1``, having done nothing (and ``/healthz`` with 503, ``"role":
+"standby"``, so a load balancer routes to the active one). An answer computed while
+this process was active but sent after its lease lapsed is replaced by that 503 too:
+a paused-then-resumed old active answers nothing.
 
 Every ``/v1`` call but ``info`` is signed by the client (401 otherwise, with
 the reason). Errors are JSON ``{"error": reason, "message": …}`` with the
@@ -177,13 +184,21 @@ def create_app(service: VaultService) -> ASGIApp:
         return await answer(request, handler)
 
     async def healthz(_: Request) -> JSONResponse:
+        lease = service.lease
+        role = {} if lease is None else {
+            "role": "active" if service.serving() else "standby",
+            "lease": (await run_in_threadpool(lease.current)).to_json()}
+        if lease is not None and not service.serving():
+            return JSONResponse({"status": "standby", "vault": vault, **role},
+                                status_code=503, headers={"Retry-After": "1"})
         try:
             block = await run_in_threadpool(lambda: service.chain.w3.eth.block_number)
         except Exception as e:
-            return JSONResponse({"status": "degraded", "chain": str(e)[:200]}, status_code=503)
+            return JSONResponse({"status": "degraded", "chain": str(e)[:200], **role},
+                                status_code=503)
         return JSONResponse({"status": "ok", "vault": vault, "block": block,
                              "workerTicks": service.worker.ticks,
-                             "recovered": service.worker.recovered.is_set()})
+                             "recovered": service.worker.recovered.is_set(), **role})
 
     async def no_route(request: Request, error: Exception) -> JSONResponse:
         status = getattr(error, "status_code", 404)
@@ -205,13 +220,59 @@ def create_app(service: VaultService) -> ASGIApp:
                     exception_handlers={404: no_route, 405: no_route})
     app.add_middleware(JsonErrors)
 
-    async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+    async def routed(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == "/v1/invoke" \
                 and scope["method"] == "POST":
             response = await invoke(Request(scope, receive))
             await response(scope, receive, send)
         else:
             await app(scope, receive, send)
+
+    if service.lease is None:
+        return routed
+    return _active_only(service, routed)
+
+
+def _active_only(service: VaultService, inner: ASGIApp) -> ASGIApp:
+    """Every ``/v1`` call but ``info`` reaches ``inner`` only while this process is the
+    active one, and its answer leaves only if it still is when the answer starts;
+    otherwise ``503 vault_standby`` (the body names the active replica's URL if known)."""
+    lease = service.lease
+    assert lease is not None
+
+    def standby() -> JSONResponse:
+        active: str | None = None
+        try:
+            holder = lease.current()
+            active = None if holder.expired or holder.holder == lease.holder else holder.url
+        except Exception:  # the database is away: still a standby
+            log.warning("reading the lease failed", exc_info=True)
+        return JSONResponse({"error": api.VAULT_STANDBY, "message":
+                             "this vault replica is not the active one: nothing was done "
+                             "here; call the active replica, or again shortly",
+                             "active": active}, status_code=503,
+                            headers={"Retry-After": "1"})
+
+    async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not path.startswith("/v1/") or path == "/v1/info":
+            await inner(scope, receive, send)
+            return
+        if not service.serving():
+            await (await run_in_threadpool(standby))(scope, receive, send)
+            return
+        replaced = False
+
+        async def guarded(message: Any) -> None:
+            nonlocal replaced
+            if message["type"] == "http.response.start" and not service.serving():
+                replaced = True
+                log.warning("an answer to %s was dropped: the lease lapsed", path)
+                await (await run_in_threadpool(standby))(scope, receive, send)
+            elif not replaced:
+                await send(message)
+
+        await inner(scope, receive, guarded)
 
     return asgi
 

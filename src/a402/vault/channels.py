@@ -177,6 +177,8 @@ class Channels:
         self._usable: dict[tuple[str, str], vault_store.Channel] = {}
         #: Answers a call whose channel settled without it (set by the service).
         self.on_unfinished: Callable[[str, str | None], Awaitable[Any]] | None = None
+        #: Fail-over: whether this process may still send frames (set by the service).
+        self.may_send: Callable[[], bool] | None = None
 
     # ------------------------------------------------------------------ tunnels
 
@@ -198,7 +200,7 @@ class Channels:
                 tunnel = ProviderTunnel(
                     endpoint, enclave=self.enclave, verifiers=self.verifiers, policy=self.policy,
                     vault=self.vault, network=self.network, persist=self.persist,
-                    timeout=self.connections.http_timeout,
+                    timeout=self.connections.http_timeout, may_send=self.may_send,
                 )
                 await tunnel.connect()  # attestation errors propagate; nothing is cached
                 self._tunnels[slot] = tunnel

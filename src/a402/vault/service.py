@@ -19,12 +19,22 @@ attests the vault to providers (the tunnel's Noise handshake) and seals what
 the vault stores. Its ledger (client balances, approvals, withdrawals) is
 stored by :mod:`a402.vault.ledger`: replicas serialize on that row, and a
 vault whose database has channels or deposits but no ledger refuses to start.
+
+Fail-over (PostgreSQL): given a :class:`~a402.vault.lease.Lease`, ``start()``
+returns at once and the service is a *standby* (:meth:`VaultService.serving` is
+false: the API answers ``503 vault_standby``) until it takes the lease; then it
+fences the store's writes with the lease's token, loads the ledger the last
+active stored, and runs the restart recovery (the worker's first tick resumes
+every LOCKED and PENDING channel from its checkpoint), exactly as a vault
+restarted after ``kill -9`` does. Without a lease, ``start()`` takes the
+database's process lock (:meth:`VaultStore.lock_for`) and serves at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,6 +60,7 @@ from . import store as vault_store
 from .channels import Channels, VaultError
 from .funds import Funds
 from .invoke import Invoker
+from .lease import Lease
 from .ledger import Ledger
 from .offers import OfferCache
 from .settings import Batching, Connections, Deposits, Timing
@@ -72,6 +83,8 @@ class VaultConfig:
     - ``enclave``: the vault enclave (attests the vault, seals its state);
       ``verifiers``/``provider_policy``: which provider enclaves are acceptable.
     - ``token``: the channel token's EIP-712 name/version (read from the chain if None).
+    - ``lease``: PostgreSQL fail-over (:mod:`a402.vault.lease`): this process serves
+      only while it holds the lease; None: the database's process lock instead.
     - ``timing``, ``deposits``, ``batching``, ``connections``: what an operator may
       tune (:mod:`a402.vault.settings`, one ``a402 vault`` flag per field). By default
       the vault refuses to fetch URLs on loopback, private and link-local addresses
@@ -90,6 +103,7 @@ class VaultConfig:
     deposits: Deposits = field(default_factory=Deposits)
     batching: Batching = field(default_factory=Batching)
     connections: Connections = field(default_factory=Connections)
+    lease: Lease | None = None
 
 
 def read_token(chain: Chain, address: str) -> TokenInfo:
@@ -145,6 +159,8 @@ class VaultService:
                                allow_private_targets=config.connections.allow_private_targets,
                                nonce_keep=2 * timing.auth_window)
         self.channels.on_unfinished = self.invoker.record_aborted
+        if config.lease is not None:  # no frame leaves a process that is not the active one
+            self.channels.may_send = self.serving
         facilitator = Facilitator(config.chain, config.account,
                                   SettlementStore(config.store.url),
                                   FacilitatorConfig(receipt_timeout=timing.chain_timeout))
@@ -154,17 +170,53 @@ class VaultService:
         self.worker = Worker(self.channels, self.invoker, self.funds,
                              poll_interval=timing.poll_interval,
                              pending_escalation=timing.pending_escalation)
+        #: Fail-over: serve only while holding it (None: the process lock, always serving).
+        self.lease = config.lease
+        #: Monotonic time this process became the active one (None: not yet).
+        self.active_since: float | None = None
+        self._takeover: asyncio.Task[None] | None = None
+        self._standing_by = threading.Event()  # set: stop waiting for the lease
 
     # ------------------------------------------------------------------ life
 
     async def start(self) -> None:
-        """Take the vault's lock, let the manager pull pooled deposits, then run recovery
-        and the worker."""
-        self.store.lock_for(self.account.address)
+        """Without a lease: take the vault's lock, let the manager pull pooled deposits,
+        then run recovery and the worker. With one: stand by until the lease is ours,
+        then the same (in the background: the API answers 503 meanwhile)."""
+        if self.lease is None:
+            self.store.lock_for(self.account.address)
+            await self._become_active()
+        else:
+            self._takeover = asyncio.create_task(self._take_over(self.lease),
+                                                 name="a402-vault-takeover")
+
+    async def _take_over(self, lease: Lease) -> None:
+        if not await asyncio.to_thread(lease.acquire, 0.25, self._standing_by):
+            return
+        lease.fence_store()  # before any read that recovery trusts: see a402.vault.lease
+        lease.keep()
+        try:
+            await self._become_active()
+        except Exception as e:  # give the lease back at once; the supervisor restarts us
+            log.exception("taking over as the active vault failed")
+            await asyncio.to_thread(lease.release)
+            if lease.on_lost is not None:
+                lease.on_lost(f"taking over failed: {type(e).__name__}: {e}")
+            return
+        log.warning("active vault (lease token %s): recovery running", lease.token)
+
+    async def _become_active(self) -> None:
         # A standby built before the process it takes over from last changed the ledger.
         await asyncio.to_thread(self.ledger.refresh)
         await asyncio.to_thread(self._approve)
+        self.active_since = time.monotonic()
         await self.worker.start()
+
+    def serving(self) -> bool:
+        """Whether this process answers the API now: the active one, within its lease."""
+        if self.lease is None:
+            return True
+        return self.active_since is not None and self.lease.serving()
 
     def _approve(self) -> None:
         """The enclave's EIP-2612 permit for the ASCManager (the only spender it permits),
@@ -184,9 +236,14 @@ class VaultService:
                 raise RuntimeError(f"permitting the ASCManager failed ({tx.tx_hash})")
 
     async def stop(self) -> None:
+        self._standing_by.set()
+        if self._takeover is not None and not self._takeover.done():
+            self._takeover.cancel()
         await self.worker.stop()
         await self.channels.aclose()
         await self.http.aclose()
+        if self.lease is not None:
+            await asyncio.to_thread(self.lease.release)
 
     # ----------------------------------------------------------------- facts
 

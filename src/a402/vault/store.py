@@ -171,6 +171,11 @@ class VaultStore:
         self._writes.close()
         self.engine.dispose()
 
+    def fence_writes(self, fence: Callable[[Session], None] | None) -> None:
+        """Run ``fence(session)`` first in every write transaction from now on (a lease's
+        fencing check, :mod:`a402.vault.lease`; PostgreSQL only)."""
+        self._writes.fence_with(fence)
+
     def _tx(self) -> AbstractContextManager[Session]:
         """A write transaction of its own (on SQLite, between group commits)."""
         return self._writes.exclusive()

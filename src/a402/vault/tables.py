@@ -40,6 +40,20 @@ class LedgerRow(Base):
     blob: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+class LeaseRow(Base):
+    """Which process serves a shard (:mod:`a402.vault.lease`): its holder, the fencing
+    ``token`` (one more at every take-over), until when (the database's clock, epoch
+    seconds) and where it answers."""
+
+    __tablename__ = "a402_vault_lease"
+    shard: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    token: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[float] = mapped_column(Float)
+    url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    acquired_at: Mapped[float] = mapped_column(Float)
+
+
 class AccountRow(Base):
     __tablename__ = "a402_vault_accounts"
     address: Mapped[str] = mapped_column(String(42), primary_key=True)

@@ -282,6 +282,11 @@ class TunnelError(Exception):
         super().__init__(f"{reason}: {detail}" if detail else str(reason))
 
 
+#: A frame refused because this vault process lost its lease (the reason of
+#: :class:`ProviderUnavailable`; the API answers ``vault_standby`` anyway).
+NOT_ACTIVE = "vault_standby"
+
+
 class ProviderUnavailable(TunnelError):
     """No usable answer after the retries (network, provider down, frames rejected)."""
 
@@ -377,6 +382,7 @@ class ProviderTunnel:
         clock: Callable[[], float] = time.time,
         transport: Transport | None = None,
         link: ProviderLink | None = None,
+        may_send: Callable[[], bool] | None = None,
     ) -> None:
         base = endpoint.rstrip("/")
         self.endpoint = base if base.endswith(WELL_KNOWN_PREFIX) else base + WELL_KNOWN_PREFIX
@@ -402,6 +408,9 @@ class ProviderTunnel:
         self._unacked: dict[bytes, Ack] = {}
         self._ack_flushes: dict[bytes, asyncio.Task[None]] = {}
         self._closed = False
+        #: Checked before every frame leaves (fail-over: false once this process is no
+        #: longer the active vault, :mod:`a402.vault.lease`): then nothing is sent.
+        self.may_send = may_send
 
     async def __aenter__(self) -> ProviderTunnel:
         await self.connect()
@@ -817,6 +826,9 @@ class ProviderTunnel:
         plaintext = envelope.encode()
         async with self._frame_lock:
             handle, tunnel_id = self._handle, self._tunnel_id
+            if self.may_send is not None and not self.may_send():
+                raise ProviderUnavailable(NOT_ACTIVE, "this vault process is no longer the "
+                                          "active one: nothing was sent")
             if handle is None or tunnel_id is None:
                 raise _TunnelLost("no tunnel")
             frame = self.enclave.channel_encrypt(handle, plaintext, ad=REQUEST_AD)

@@ -86,6 +86,9 @@ PROVIDER_REFUSED: Final = "provider_refused"
 PROTOCOL_VIOLATION: Final = "protocol_violation"
 PROVIDER_UNAVAILABLE: Final = "provider_unavailable"
 CHAIN_UNAVAILABLE: Final = "chain_unavailable"
+#: This vault process is a standby (another replica holds the lease, or this one lost it):
+#: nothing was done; call the active replica (``active`` in the body, when known) or retry.
+VAULT_STANDBY: Final = "vault_standby"
 CHANNEL_BUSY: Final = "channel_busy"
 #: The provider still holds an earlier request of the channel (its ACK had not reached it,
 #: e.g. after a vault restart): nothing was paid, the vault re-sent it, call again.
