@@ -135,8 +135,8 @@ def create_app(service: VaultService) -> ASGIApp:
             signed.client, body))
 
     async def withdraw(request: Request) -> JSONResponse:
-        return await answer(request, lambda signed, body, call: service.funds.withdraw(
-            signed.client, body, call))
+        return await answer(request, lambda signed, body, _: service.funds.withdraw(
+            signed.client, body))
 
     async def invoke(request: Request) -> JSONResponse:
         async def handler(signed: api.Authenticated, body: dict[str, Any], raw: SignedCall

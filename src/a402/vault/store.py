@@ -316,11 +316,11 @@ class VaultStore:
             return False
 
     def has_history(self) -> bool:
-        """Whether this vault ever took a deposit or approved a channel (then its enclave's
-        ledger exists somewhere: a missing row is lost state, not a first boot)."""
+        """Whether this vault's enclave ever approved a channel (then its ledger exists
+        somewhere: a missing row is lost state, not a first boot). Deposits and
+        withdrawals do not count: they are on-chain, the enclave's ledger never saw them."""
         with self._read() as s:
-            queries = (select(ChannelRow.cid).where(ChannelRow.phase != PROPOSED),
-                       select(DepositRow.key), select(WithdrawalRow.key))
+            queries = (select(ChannelRow.cid).where(ChannelRow.phase != PROPOSED),)
             return any(s.execute(q.limit(1)).first() is not None for q in queries)
 
     # -- nonces ----------------------------------------------------------------------
@@ -613,10 +613,17 @@ class VaultStore:
     def claim_withdrawal(
         self, key: str, *, client: str, recipient: str, amount: int
     ) -> tuple[bool, Withdrawal]:
-        """Debit ``amount`` and record the withdrawal, once per ``key``."""
+        """Debit ``amount`` and record the withdrawal, once per ``key``; a withdrawal that
+        failed (nothing moved) under ``key`` is debited and recorded again (``True``): the
+        order it carries takes effect at most once on-chain, so sending it again is safe."""
 
         def work(s: Session) -> tuple[bool, Withdrawal]:
             row = s.get(WithdrawalRow, key)
+            if row is not None and row.state == TX_FAILED:
+                self._add(s, row.client, -int(row.amount))
+                row.state, row.tx_hash, row.updated_at = TX_SUBMITTED, None, time.time()
+                s.flush()
+                return True, withdrawal_record(row)
             if row is not None:
                 return False, withdrawal_record(row)
             now = time.time()
