@@ -24,7 +24,7 @@ from a402.asc import BalanceState, ChannelTerms, SignedState, sign_open_approval
 from a402.asc.snapshot import terms_from_json
 from a402.background import serve_in_thread
 from a402.chain.tx import TransactionFailed, transact
-from a402.client.vault import VaultClient
+from a402.client.vault import VaultClient, pooled, withdraw_from_pool
 from a402.crypto import EcdsaSigner
 from a402.tee import EnclaveError, SealingError
 from a402.vault import store as vault_store
@@ -301,3 +301,33 @@ def test_a_host_that_restarts_cannot_replay_a_call_it_received_before(world: Wor
             assert again.invoke(f"{site}/weather", max_price=PRICE).outcome == api.PAID
             fresh = vault.store.channel(row.cid)
             assert fresh is not None and fresh.provider_balance == str(2 * PRICE)
+
+
+def test_with_the_vault_gone_a_pool_client_takes_exactly_its_balance_out_itself(
+        world: World) -> None:
+    """The escape hatch: the vault's host is gone (stopped, its database and enclave out of
+    reach). The client reads its pool balance from the chain and takes it out with
+    ``withdrawFromPool``, sent with its own key: exactly its balance, not a unit more."""
+    provider = world.provider()
+    with serve_in_thread(provider.app) as site, running_vault(world) as vault:
+        account, client = client_of(world, vault.url, funds=20_000, deposit=20_000)
+        assert client.invoke(f"{site}/weather", max_price=PRICE).outcome == api.PAID
+        [channel] = client.account_info()["channels"]
+        client.close_channel(channel["channelId"])
+        neighbour, _ = client_of(world, vault.url, funds=5_000, deposit=5_000)
+        address = vault.address
+        client.close()
+    # The vault is gone. Only the chain and the client's key are left.
+    transact(world.chain, world.chain.accounts[0], {"to": account.address}, value=10**17)
+    rpc = world.chain.rpc_url
+    assert rpc is not None
+    balance = pooled(rpc, world.manager.address, address, account.address)
+    assert balance == 20_000 - PRICE
+    with pytest.raises(TransactionFailed):  # not a unit more
+        withdraw_from_pool(rpc, world.manager.address, account, address, balance + 1)
+    answer = withdraw_from_pool(rpc, world.manager.address, account, address)
+    assert (answer["amount"], answer["pooled"]) == (str(20_000 - PRICE), "0")
+    assert world.balance(account.address) == 20_000 - PRICE
+    assert world.manager.pooled(address, neighbour.address) == 5_000  # nobody else's
+    with pytest.raises(TransactionFailed):
+        withdraw_from_pool(rpc, world.manager.address, account, address, 1)
