@@ -343,13 +343,14 @@ def test_a_gateway_with_a402_is_paid_through_a_vault_from_the_command_line(
     assert (channel["providerBalance"], channel["version"]) == ("1000", 1)
     assert view["paid"] == "1000" and view["balance"] == str(1_000_000 - 1000)
     assert view["channels"][0]["providerPayout"] == "1000"
-    # Money is conserved: the client's deposit went to the vault, the price from the
-    # vault to the provider through the channel, and the escrow came back whole.
+    # Money is conserved: the client's deposit went into its pool balance in the
+    # ASCManager, the price from there to the provider through the channel, and the
+    # rest stayed in the pool (the vault's own address holds nothing).
     # The wallet-funded channel cost the client exactly its one payment.
     assert {a: after[a] - before[a] for a in holders} == {
         client.address: -1_000_000 - 1000, gas_account: 0, provider: 2000,
-        manifest.contracts["ASCManager"]: 0}
-    assert vault_after == 1_000_000 - 1000
+        manifest.contracts["ASCManager"]: 1_000_000 - 1000}
+    assert vault_after == 0
     assert listed.returncode == 0, listed.stderr
     onchain = {c["channelId"]: c for c in json.loads(listed.stdout)["channels"]}
     assert set(onchain) == {channel["channelId"], left["channelId"]}

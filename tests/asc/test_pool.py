@@ -79,8 +79,9 @@ def pool_client(chain: Chain, token: Any, manager: ASCManager, vault: str,
     return client
 
 
-def pool_channel(chain: Chain, token: Any, manager: ASCManager, *, vault: LocalAccount | None = None,
-                 client: LocalAccount | None = None, deposit: int = DEPOSIT) -> Parties:
+def pool_channel(chain: Chain, token: Any, manager: ASCManager, *,
+                 vault: LocalAccount | None = None, client: LocalAccount | None = None,
+                 deposit: int = DEPOSIT) -> Parties:
     """A pool channel's parties (not opened): the client pooled ``deposit`` with the vault."""
     vault = vault or fresh_account(chain)
     client = client or pool_client(chain, token, manager, vault.address, deposit)

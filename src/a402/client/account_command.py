@@ -387,7 +387,8 @@ def _force_close(context: _Context, channel_text: str) -> int:
             raise CommandError(EXIT_USAGE, "not_client", (
                 f"nothing moved: {key.address} is not the client of {channel.id_hex} (its "
                 f"client is {channel.client}"
-                f"{', its vault: the vault closes it' if channel.funding == 'pool' else ''})"))
+                + (", its vault: the vault closes it" if channel.client == channel.vault
+                   else "") + ")"))
         started = _chain_step(context, lambda: start_force_close(context.manager, key, channel),
                               sends=True)
         deadline, now = started.deadline, _now(context)
