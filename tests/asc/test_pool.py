@@ -19,7 +19,14 @@ from typing import Any
 import pytest
 from eth_account.signers.local import LocalAccount
 
-from a402.asc import BalanceState, ChannelTerms, SignedState, sign_open_approval
+from a402.asc import (
+    BalanceState,
+    ChannelTerms,
+    SignedState,
+    pool_deposit_nonce,
+    pool_withdrawal_digest,
+    sign_open_approval,
+)
 from a402.asc_manager import ASCManager, OnChainStatus
 from a402.chain.node import Chain
 from a402.chain.tx import TransactionFailed, deploy_contract, transact
@@ -456,3 +463,41 @@ def test_the_manager_holds_exactly_the_pool_the_open_escrow_and_what_is_owed(
             books.pooled[key] -= amount
         check()
     assert books.escrow or any(books.pooled.values())  # the sequence did something
+
+
+def test_a_contract_wallets_pool_balance_leaves_by_its_eip1271_order(
+    asc_chain: Chain, token: Any, restricted: ASCManager
+) -> None:
+    """A pool client that is a contract wallet (it sends nothing itself): someone pools
+    tokens for it, and its owner's key signs the withdrawal order the wallet approves."""
+    owner, payer, vault, relayer, to = (fresh_account(asc_chain) for _ in range(5))
+    wallet = deploy_contract(asc_chain, asc_chain.accounts[0], "ERC1271Wallet", owner.address)
+    transact(asc_chain, asc_chain.accounts[0], token.functions.mint(payer.address, DEPOSIT))
+    transact(asc_chain, payer, token.functions.approve(restricted.address, DEPOSIT))
+    restricted.deposit_to_pool(payer, vault.address, wallet.address, DEPOSIT)
+    assert restricted.pooled(vault.address, wallet.address) == DEPOSIT
+    assert restricted.pooled(vault.address, payer.address) == 0
+    deadline = now(asc_chain) + 600
+    digest = restricted.contract.functions.poolWithdrawalDigest(
+        vault.address, wallet.address, to.address, PAID, 0, deadline).call()
+    signature = bytes(owner.unsafe_sign_hash(digest).signature)
+    stranger_signature = bytes(relayer.unsafe_sign_hash(digest).signature)
+    with reverts_with("BadSignature(address)"):
+        restricted.withdraw_from_pool_for(relayer, vault.address, wallet.address, to.address,
+                                          PAID, 0, deadline, stranger_signature)
+    restricted.withdraw_from_pool_for(relayer, vault.address, wallet.address, to.address, PAID,
+                                      0, deadline, signature)
+    assert balance(token, to.address) == PAID
+    assert restricted.pooled(vault.address, wallet.address) == DEPOSIT - PAID
+
+
+def test_the_pool_digests_are_the_contracts_own(restricted: ASCManager) -> None:
+    vault, client, to = ("0x" + "11" * 20, "0x" + "22" * 20, "0x" + "33" * 20)
+    salt = os.urandom(32)
+    functions = restricted.contract.functions
+    checksum = restricted.chain.w3.to_checksum_address
+    assert pool_deposit_nonce(restricted.domain, vault, client, 5, salt) == bytes(
+        functions.poolDepositNonce(checksum(vault), checksum(client), 5, salt).call())
+    assert pool_withdrawal_digest(restricted.domain, vault, client, to, 5, 7, 9) == bytes(
+        functions.poolWithdrawalDigest(checksum(vault), checksum(client), checksum(to), 5, 7,
+                                       9).call())

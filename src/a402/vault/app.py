@@ -3,8 +3,10 @@
 =====================================  =====================================================
 ``GET  /v1/info``                      who the vault is, its chain, token, deposit offer
 ``GET  /v1/account``                   balance, conservation terms, channels
-``POST /v1/deposits``                  ``{"payload": x402 exact}`` or ``{"transaction": hash}``
-``POST /v1/withdrawals``               ``{"amount", "idempotencyKey", "to"?}``
+``POST /v1/deposits``                  ``{"authorization": EIP-3009 pool deposit}`` or
+                                       ``{"transaction": hash}`` (the client's depositToPool)
+``POST /v1/withdrawals``               the client's signed pool withdrawal order
+                                       ``{"amount", "to", "nonce", "deadline", "signature"}``
 ``POST /v1/invoke``                    a paid request (:class:`~a402.wire.vault_api.InvokeRequest`)
 ``GET  /v1/requests/{key}``            the outcome of an earlier ``invoke``
 ``POST /v1/channels/{cid}/close``      cooperative close, the rest back to the balance
