@@ -19,7 +19,7 @@ from a402.wire import vault_api as api
 from tests.a402_exchange.helpers import World
 from tests.provider.support import paid_app
 
-from .helpers import assert_conserved, client_of, running_vault
+from .helpers import assert_conserved, client_of, running_vault, wait_for
 
 pytestmark = pytest.mark.anvil
 
@@ -197,3 +197,27 @@ def test_a_paid_call_replayed_byte_for_byte_is_refused_and_unknown_routes_answer
     assert provider.calls["weather"] == 2
     assert (unknown.status_code, unknown.json()["error"]) == (404, api.NOT_FOUND)
     assert (wrong_method.status_code, wrong_method.json()["error"]) == (405, api.BAD_REQUEST)
+
+
+def test_a_clients_own_pool_deposit_and_exit_are_mirrored_unreported_and_count_once(
+        world: World) -> None:
+    with running_vault(world) as vault:
+        account, client = client_of(world, vault.url, funds=10_000)
+        transact(world.chain, account, world.token.functions.approve(world.manager.address,
+                                                                      4_000))
+        tx = world.manager.deposit_to_pool(account, vault.address, account.address, 4_000)
+        wait_for(lambda: client.account_info()["balance"] == "4000",
+                 what="the worker mirroring the PoolDeposited log")
+        reported = client.report_deposit("0x" + bytes(tx["transactionHash"]).hex())
+        view = client.account_info()
+        # The client's own exit, with the vault running but not asked: mirrored too.
+        world.manager.withdraw_from_pool(account, vault.address, account.address, 1_500)
+        wait_for(lambda: client.account_info()["balance"] == "2500",
+                 what="the worker mirroring the PoolWithdrawn log")
+        after = client.account_info()
+        assert_conserved(world, vault.store, vault.address)
+        client.close()
+    assert reported["amount"] == "4000"  # what the log carries, credited once
+    assert (view["balance"], view["deposits"], view["pooled"]) == ("4000", "4000", "4000")
+    assert (after["balance"], after["withdrawn"], after["pooled"]) == ("2500", "1500", "2500")
+    assert world.balance(account.address) == 10_000 - 4_000 + 1_500

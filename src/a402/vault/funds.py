@@ -208,7 +208,6 @@ class Funds:
         if int(receipt["status"]) != 1:
             return None
         found = None
-        tx_hash = HexBytes(receipt["transactionHash"]).to_0x_hex()
         for event in self.manager.contract.events.PoolDeposited().process_receipt(
                 receipt, errors=DISCARD):
             if event["address"] != self.manager.address:
@@ -216,13 +215,47 @@ class Funds:
             args = event["args"]
             if address_key(args["vault"]) != address_key(self.address):
                 continue
-            key = f"pool:{tx_hash}:{event['logIndex']}"
-            self.store.credit_deposit(key, args["client"], int(args["amount"]), "pool", tx_hash)
+            self.credit_log(event, args)
             if client is None or address_key(args["client"]) == address_key(client):
                 found = (found or 0) + int(args["amount"])
         return found
 
+    def credit_log(self, entry: Any, args: dict[str, Any]) -> bool:
+        """Mirror one ``PoolDeposited`` log in the store if it names this vault, once per
+        ``(tx hash, log index)``: whoever reports it, and the worker's watch, count once."""
+        if address_key(args["vault"]) != address_key(self.address):
+            return False
+        tx_hash = HexBytes(entry["transactionHash"]).to_0x_hex()
+        return self.store.credit_deposit(f"pool:{tx_hash}:{entry['logIndex']}", args["client"],
+                                         int(args["amount"]), "pool", tx_hash)
+
     # ------------------------------------------------------------- withdrawals
+
+    def mirror_withdrawal(self, entry: Any, args: dict[str, Any]) -> bool:
+        """Mirror a ``PoolWithdrawn`` log of this vault that this vault did not relay (the
+        client's own ``withdrawFromPool``, or its order relayed by someone else) as a
+        confirmed withdrawal in the store, once per ``(tx hash, log index)``. The orders
+        this vault relays are mirrored by their own records (sent by its gas account)."""
+        if address_key(args["vault"]) != address_key(self.address):
+            return False
+        tx_hash = HexBytes(entry["transactionHash"]).to_0x_hex()
+        sender = self.chain.w3.eth.get_transaction(HexBytes(tx_hash))["from"]
+        if address_key(sender) == address_key(self.journal.account.address):
+            return False
+        key = f"chain:{tx_hash}:{entry['logIndex']}"
+        owner, amount = args["owner"], int(args["amount"])
+        try:
+            created, _ = self.store.claim_withdrawal(key, client=owner,
+                                                     recipient=to_checksum_address(args["to"]),
+                                                     amount=amount)
+        except vault_store.InsufficientBalance as e:
+            log.warning("%s withdrew %d from its pool balance on-chain (tx %s) but the store "
+                        "mirrors only %d: the chain's balance is the one that counts", owner,
+                        amount, tx_hash, e.balance)
+            return False
+        if created:
+            self.store.finish_withdrawal(key, ok=True, tx_hash=tx_hash)
+        return created
 
     async def withdraw(self, client: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """``POST /v1/withdrawals``: the client's signed pool withdrawal order

@@ -27,7 +27,13 @@ Per tick:
      result, answer the call that paid for it (④b);
    * ``ChannelClosed``/``ForceCloseFinalized`` → record the payout; a
      request still PENDING when a force-close finalized was never claimed,
-     so δ came back: the call is answered ``aborted``.
+     so δ came back: the call is answered ``aborted``;
+   * ``PoolDeposited`` naming this vault → mirrored in the store, once per
+     ``(tx hash, log index)`` (the same key a reported deposit is credited
+     under), so a client's own ``depositToPool`` is counted even unreported;
+   * ``PoolWithdrawn`` naming this vault, in a transaction this vault did not
+     send (a client's own ``withdrawFromPool``, the exit that needs no vault)
+     → mirrored in the store as a confirmed withdrawal, once.
 
 3. **Channels** by state (at start-up, first reconciled with the chain's own
    record of each channel):
@@ -99,7 +105,7 @@ from .tunnel import (
 log = logging.getLogger("a402.vault.worker")
 
 _WATCHED = ("ForceCloseInitiated", "ForceCloseChallenged", "ProviderForceClosed",
-            "ChannelClosed", "ForceCloseFinalized")
+            "ChannelClosed", "ForceCloseFinalized", "PoolDeposited", "PoolWithdrawn")
 _BLOCK_KEY = "watch_block"
 _LOG_CHUNK = 2_000
 #: An OPENING channel this old is asked about on-chain (younger ones are being opened now).
@@ -223,6 +229,12 @@ class Worker:
         if name is None:
             return
         args = dict(getattr(self.manager.contract.events, name)().process_log(entry)["args"])
+        if name == "PoolDeposited":  # a deposit nobody reported (a client's own depositToPool)
+            await asyncio.to_thread(self.funds.credit_log, entry, args)
+            return
+        if name == "PoolWithdrawn":  # perhaps a client's own exit (withdrawFromPool)
+            await asyncio.to_thread(self.funds.mirror_withdrawal, entry, args)
+            return
         cid = "0x" + bytes(args["channelId"]).hex()
         row = await asyncio.to_thread(self.store.channel, cid)
         if row is None or row.phase not in vault_store.FUNDED:
