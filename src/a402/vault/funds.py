@@ -26,8 +26,11 @@ manager whose nonce is ``poolDepositNonce(vault, client, amount, salt)``
 transaction) and credits its store only from the mined ``PoolDeposited`` logs
 naming this vault, keyed ``(tx hash, log index)``, once. Or the client sends
 ``depositToPool`` itself and reports the transaction: the same credit, from
-the same logs. A deposit relayed but not mined when the call returns is
-credited by the worker when its journal entry is mined.
+the same logs (and unreported, the worker's watch of the manager's logs
+credits it under the same key). A deposit relayed but not mined when the call
+returns is credited by the worker when its journal entry is mined. A client's
+own ``withdrawFromPool`` is mirrored by the watch the same way
+(:meth:`Funds.mirror_withdrawal`).
 
 **Withdrawals.** The client signs ``A402PoolWithdrawal(vault, owner, to,
 amount, nonce, deadline)``; the host debits its store, journals and relays
