@@ -178,7 +178,10 @@ def leave_a_wallet_funded_channel_without_the_vault(
     assert paid.returncode == 0, paid.stderr
     listed = subprocess.run([A402, "channels", *where, "--json"], capture_output=True,
                             text=True, timeout=60)
-    (mine,) = json.loads(listed.stdout)["channels"]  # the pool channel is the vault's
+    # The client's pool channel (closed already) is its own on-chain too; the new one is
+    # the wallet-funded one.
+    pool, mine = json.loads(listed.stdout)["channels"]
+    assert (pool["role"], pool["funding"], pool["status"]) == ("client", "pool", "closed")
     assert (mine["role"], mine["funding"], mine["status"]) == ("client", "wallet", "open")
     started = subprocess.run([A402, "channels", "force-close", mine["channelId"], *where],
                              capture_output=True, text=True, timeout=60)

@@ -28,7 +28,7 @@ argument, both ways:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from eth_account.signers.local import LocalAccount
@@ -286,7 +286,6 @@ def _with_closes(manager: ASCManager, views: list[ChannelView], from_block: int
             # whose transfer in that transaction was refused is its own payout.
             refused = {who: paid for who, paid in zip((view.client, view.provider), payouts,
                                                      strict=True) if paid and who in credited}
-            view = ChannelView(view.channel_id, view.terms, view.role, view.onchain,
-                               view.opened_block, view.opened_tx, payouts, name, refused)
+            view = replace(view, payouts=payouts, closed_by=name, credited=refused)
         out.append(view)
     return out
