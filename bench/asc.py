@@ -16,7 +16,7 @@ Measures, in one run, on one anvil:
    in (2).
 
 Every counted paid request is a full vault exchange with the provider; the
-channel's open (``createASC``, on the first request of each channel) is left
+channel's open (``createASCFromPool``, on the first request of each channel) is left
 out of the timed window only because it is a one-time cost already counted in
 (3). The channel phases run with anvil auto-mining (blocks matter there only at
 deposit, open and close, which are not timed); the ``exact`` phase switches the
@@ -231,7 +231,8 @@ def channel_run(stack: Stack, client: LocalAccount, count: int) -> dict[str, Any
     txs, gas, names, gas_of = mined(chain, contracts, first, chain.w3.eth.block_number)
     return {"requests": count, "transactions": txs, "gas": gas, "by_function": names,
             "gas_by_function": gas_of,
-            "lifecycle_gas": gas_of.get("createASC", 0) + gas_of.get("closeASC", 0),
+            "lifecycle_gas": (gas_of.get("createASC", 0) + gas_of.get("createASCFromPool", 0)
+                              + gas_of.get("closeASC", 0)),
             "timed_requests": len(latencies),
             "cpu_ms_per_request": {name: (cpu_after[name] - cpu_before[name]) * 1000
                                    / max(1, len(latencies)) for name in cpu_after},
@@ -290,7 +291,8 @@ async def many_channels(stack: Stack, clients: list[LocalAccount], each: int, ro
         for lean in leans:
             await lean.aclose()
     lifecycle = sum(gas_of.get(f, 0) for f in
-                    ("createASC", "createASCBatch", "closeASC", "closeASCBatch"))
+                    ("createASC", "createASCBatch", "createASCFromPool",
+                     "createASCFromPoolBatch", "closeASC", "closeASCBatch"))
     return {"channels": len(clients), "requests": len(latencies), "seconds": elapsed,
             "lifecycle_transactions": calls, "lifecycle_gas_by_function": gas_of,
             "lifecycle_gas_per_channel": lifecycle / len(clients),
@@ -521,9 +523,9 @@ def report(r: dict[str, Any]) -> dict[str, bool]:
         print(f"{g['requests']:<16}{g['a402_transactions']:>10}{g['a402_gas']:>12,}"
               f"{g['a402_gas_per_request']:>10,.0f}{g['exact_transactions']:>11}"
               f"{g['exact_gas']:>13,.0f}{g['exact_gas_per_request']:>10,.0f}")
-    print("  A402: every transaction mined from the deposit to the close (deposit, createASC, "
-          "closeASC); exact: one transferWithAuthorization per request at the gas measured "
-          "above")
+    print("  A402: every transaction mined from the deposit to the close (deposit, "
+          "createASCFromPool, closeASC); exact: one transferWithAuthorization per request at "
+          "the gas measured above")
     print(f"\nchannel lifecycle (open + close) gas per channel: alone "
           f"{r['channel_lifecycle_gas_alone']:,}; {many['channels']} channels aggregated by the "
           f"vault {r['channel_lifecycle_gas_aggregated']:,.0f} "

@@ -16,15 +16,20 @@ Two rows show a vault whose key never sends (an enclave's): a gas payer sends
 ``initForceCloseFor`` with the vault's signed force-close request (each with
 its deadline).
 
-Batches (second table): the vault opens N channels from its own pooled deposit
-(client == vault, the paper's U, as ``a402 vault`` does for pool-funded
-channels) with one ``createASCBatch``, three payments go through each, and it
-closes all N with one ``closeASCBatch``. The figure per channel is the gasUsed
-of those two transactions divided by N, nothing left out. Same steady state:
-the vault keeps tokens, every provider already holds some. Two provider mixes:
-N distinct providers (one payout transfer per channel) and one provider for all
-N (one payout in all). The "single calls" row is the same pool channel through
-createASC + closeASC, for comparison.
+Pool rows: a client's tokens pooled with the vault on-chain (``depositToPool``,
+``depositToPoolWithAuthorization``); ``createASCFromPool`` opens a channel by
+debiting that balance (no token moves) and its close credits the client's share
+back to it, and ``withdrawFromPool`` takes it out.
+
+Batches (second table): the vault opens N channels from a client's pool balance
+(as ``a402 vault`` does for pool-funded channels) with one
+``createASCFromPoolBatch``, three payments go through each, and it closes all N
+with one ``closeASCBatch``. The figure per channel is the gasUsed of those two
+transactions divided by N, nothing left out. Same steady state: the pool
+balance stays non-zero, every provider already holds some tokens. Two provider
+mixes: N distinct providers (one payout transfer per channel) and one provider
+for all N (one payout in all). The "single calls" row is the same pool channel
+through createASCFromPool + closeASC, for comparison.
 
 Usage: ``python bench/asc_gas.py`` — prints a table and writes
 ``bench/results/asc_gas.json``. Needs anvil (``npm ci``).
@@ -269,6 +274,41 @@ def measure(chain: Chain) -> dict[str, int]:
             "gasUsed"]
     )
 
+    # The pool: deposits, an open from it, its close back into it, the client's exit.
+    gas["depositToPool"] = int(
+        manager.deposit_to_pool(s.client, s.vault.address, s.client.address, 10 * DEPOSIT)[
+            "gasUsed"]
+    )
+    now = chain.w3.eth.get_block("latest")["timestamp"]
+    pool_auth = manager.sign_pool_deposit(
+        s.client, s.vault.address, s.client.address, DEPOSIT, os.urandom(32),
+        token_name="USD Coin", token_version="2", valid_after=0, valid_before=now + 3_600)
+    gas["depositToPoolWithAuthorization"] = int(
+        manager.deposit_to_pool_with_authorization(gas_payer, pool_auth)["gasUsed"]
+    )
+    terms = s.terms()
+    gas["createASCFromPool"] = int(manager.create_from_pool(s.vault, terms)["gasUsed"])
+    vault, provider = s.machines(terms)
+    for _ in range(3):
+        _pay(vault, provider, 1_000)
+    signed = _close(vault, provider)
+    gas["closeASC (pool channel)"] = int(
+        manager.close(s.vault, terms, SignedState(signed.state, b"", signed.provider_signature))[
+            "gasUsed"]
+    )
+    gas["lifecycle (createASCFromPool + closeASC)"] = (
+        gas["createASCFromPool"] + gas["closeASC (pool channel)"])
+    terms = s.terms()
+    deadline = int(chain.w3.eth.get_block("latest")["timestamp"]) + 600
+    approval = sign_open_approval(vault_key, manager.domain, terms, deadline)
+    gas["createASCFromPool (vault signs, payer sends)"] = int(
+        manager.create_from_pool(gas_payer, terms, approval, deadline)["gasUsed"]
+    )
+    gas["withdrawFromPool"] = int(
+        manager.withdraw_from_pool(s.client, s.vault.address, s.client.address, DEPOSIT)[
+            "gasUsed"]
+    )
+
     # For contrast: closeASC when both payees' token balances start at zero.
     fresh_client, fresh_provider = _funded(chain, token, DEPOSIT), _funded(chain, token, 0)
     transact(chain, fresh_client, token.functions.approve(manager.address, MAX_UINT))
@@ -317,18 +357,19 @@ def measure_batches(
     """Lifecycle gas per channel when the vault opens and closes channels in batches."""
     s = _setup(chain)
     token, manager = s.token, s.manager
-    transact(chain, chain.accounts[0], token.functions.mint(s.vault.address, 10**6 * DEPOSIT))
-    transact(chain, s.vault, token.functions.approve(manager.address, MAX_UINT))
-    manager.create(s.vault, s.terms(client=s.vault))  # warm-up: the escrow is non-zero
+    transact(chain, chain.accounts[0], token.functions.mint(s.client.address, 10**6 * DEPOSIT))
+    transact(chain, s.client, token.functions.approve(manager.address, MAX_UINT))
+    # The client's pool balance with the vault (it stays non-zero throughout).
+    manager.deposit_to_pool(s.client, s.vault.address, s.client.address, 10**6 * DEPOSIT)
 
     def lifecycle(n: int, providers: list[LocalAccount], *, batch: bool) -> BatchLifecycle:
-        channels = [(s.terms(s.vault, provider), provider) for provider in providers]
+        channels = [(s.terms(s.client, provider), provider) for provider in providers]
         terms_list = [terms for terms, _ in channels]
         if batch:
-            open_gas = int(manager.create_batch(s.vault, terms_list)["gasUsed"])
+            open_gas = int(manager.create_from_pool_batch(s.vault, terms_list)["gasUsed"])
         else:
             (terms,) = terms_list
-            open_gas = int(manager.create(s.vault, terms)["gasUsed"])
+            open_gas = int(manager.create_from_pool(s.vault, terms)["gasUsed"])
         items = _paid_final_states(s, channels)
         if batch:
             close_gas = int(manager.close_batch(s.vault, items)["gasUsed"])
@@ -348,12 +389,12 @@ def measure_batches(
 
 def batch_table(rows: list[BatchLifecycle]) -> str:
     lines = [
-        f"{'pool channels (client = vault)':<36} {'providers':>9} {'open tx':>9} {'close tx':>9}"
+        f"{'pool channels (createASCFromPool)':<36} {'providers':>9} {'open tx':>9} {'close tx':>9}"
         f" {'per channel':>12}",
         "-" * 79,
     ]
     for i, row in enumerate(rows):
-        name = "single calls (createASC, closeASC)" if i == 0 else f"one batch of {row.channels}"
+        name = "single calls (FromPool, closeASC)" if i == 0 else f"one batch of {row.channels}"
         lines.append(
             f"{name:<36} {row.providers:>9} {row.open_gas:>9,} {row.close_gas:>9,}"
             f" {row.per_channel:>12,}"
@@ -389,7 +430,7 @@ def main() -> int:
                 "dispute_window_s": DISPUTE_WINDOW,
                 "gas": gas,
                 "batch_lifecycle": {
-                    "scenario": "pool channels (client = vault): one createASCBatch of N, three"
+                    "scenario": "pool channels: one createASCFromPoolBatch of N, three"
                     " payments each, one closeASCBatch; per_channel = (open + close) / N",
                     "rows": [
                         {

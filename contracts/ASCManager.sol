@@ -103,13 +103,16 @@ interface IERC3009Receive {
 ///
 ///      Who may call what: createASC, createASCBatch, createASCWithAuthorization — anyone
 ///      carrying the vault's approval (the vault itself, or its signed A402Open of each id, before
-///      its deadline) and the client's consent; closeASC — anyone (with both approvals);
+///      its deadline) and the client's consent; createASCFromPool(Batch) — anyone carrying the
+///      vault's approval (the client consented by pooling with that vault); closeASC — anyone (with both approvals);
 ///      initForceClose — client or vault; initForceCloseFor — anyone carrying the vault's signed
 ///      force-close request, before its deadline;
 ///      challengeForceClose — anyone holding both approvals (a watchtower); finalForceClose —
 ///      anyone once the window has passed (the outcome is fixed, only its timing is left);
 ///      forceClose — the provider only; closeASCBatch — anyone (with both approvals of each);
-///      withdrawWithSignature — anyone relaying the owner's signed order.
+///      withdrawWithSignature, withdrawFromPoolWithSignature — anyone relaying the owner's signed
+///      order; withdrawFromPool — the pool client itself; depositToPool(WithAuthorization) —
+///      anyone paying (or relaying the payer's authorization).
 ///
 ///      Contract wallets. A client's EIP-1271 consent is checked with all the gas left in a single
 ///      `createASC`, but with a stipend of `CONSENT_CHECK_GAS` in `createASCBatch`, so a wallet
@@ -126,9 +129,30 @@ interface IERC3009Receive {
 ///      a `BatchMemberSkipped` event carrying the error `createASC`/`closeASC` would have
 ///      reverted with, and the others go on: one member cannot hold the rest hostage. Only a
 ///      malformed batch (empty, arrays of different lengths) reverts. This is the paper's
-///      "settlement aggregated into one transaction": a vault that opens channels from its
-///      pooled deposits (client == vault) pays the 21,000-gas intrinsic cost and its own token
-///      transfer once per batch instead of once per channel.
+///      "settlement aggregated into one transaction": a batch pays the 21,000-gas intrinsic cost
+///      once, and its token transfers once per run instead of once per channel
+///      (`createASCFromPoolBatch` moves no tokens at all).
+///
+///      Pool. A vault's clients may keep tokens here instead of in their wallets: `pooled[vault]
+///      [client]`, credited by `depositToPool` (from the sender) or
+///      `depositToPoolWithAuthorization` (EIP-3009, the payer's signature fixing vault, client
+///      and amount). `createASCFromPool(Batch)` opens a channel whose `client` is the real client
+///      by debiting that balance (no token moves), with the vault's approval as for `createASC`;
+///      the record is marked pool-funded, and every exit (`closeASC`, `closeASCBatch`,
+///      `finalForceClose`, `forceClose`) credits the client's share back to the balance instead of
+///      transferring it (`_payout`), while the provider is paid as for any channel (or owed).
+///      The client takes its balance out with `withdrawFromPool` (sent by itself: the exit that
+///      needs nothing of the vault) or `withdrawFromPoolWithSignature` (its signed
+///      A402PoolWithdrawal order, relayed by anyone). The safety argument:
+///      * conservation: the tokens this manager holds always equal Σ `pooled` + the deposits of
+///        the channels not closed + Σ `owed` — each entry point moves an amount between exactly
+///        two of these terms, or between one of them and a token transfer checked to arrive;
+///      * only the client takes its pooled balance out (its sending, or its signature);
+///      * only the vault's approval moves it into a channel, of that same client, and only the
+///        channel's co-signed states (or its dispute paths) move it out of the channel;
+///      * nothing the vault's host reports can create a balance: a balance is created only by
+///        tokens arriving in this contract. A host that invents a deposit in its own books, or
+///        has the vault's enclave believe one, makes nothing withdrawable from anyone else's.
 ///
 ///      Races. Every path ends in CLOSED, written before any token moves, so whichever
 ///      transaction lands first wins and the others revert. A provider's forceClose may land
@@ -185,6 +209,15 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
         uint256 s;
     }
 
+    /// @notice An EIP-3009 `receiveWithAuthorization` signature's validity and (v, r, s).
+    struct ReceiveAuthorization {
+        uint256 validAfter;
+        uint256 validBefore;
+        uint8 v;
+        bytes32 r;
+        bytes32 s;
+    }
+
     /// @dev Consecutive token movements of a batch to (or from) one account, made as one.
     struct Run {
         address account;
@@ -214,9 +247,20 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
     ///         standard ERC-20, and every channel of this manager shares one escrow of it.
     IERC20 public immutable token;
 
-    // One word per channel: status (8 bits) | deadline (40) | version (64) | providerBalance (128).
-    // The version and provider balance are those of the recorded state while Closing.
+    // One word per channel: status (8 bits) | deadline (40) | version (64) | providerBalance (128)
+    // | pool-funded (1, bit 240) | 15 unused bits. The version and provider balance are those of
+    // the recorded state while Closing. The pool bit is set by `createASCFromPool` and kept by
+    // every later write of the record (Closing, Closed), so every exit knows where the client's
+    // share goes.
     mapping(bytes32 channelId => uint256 record) private _records;
+
+    /// @notice Clients' pool balances, per vault: tokens held here for `client`, which only the
+    ///         client takes out (`withdrawFromPool`, `withdrawFromPoolWithSignature`) and only the
+    ///         vault's approval moves into a channel (`createASCFromPool`).
+    mapping(address vault => mapping(address client => uint256 amount)) public pooled;
+
+    /// @notice The next nonce of each owner's signed pool withdrawal order.
+    mapping(address owner => uint256 nonce) public poolWithdrawalNonces;
 
     /// @notice Payouts the token refused to transfer when they were due, by receiver.
     mapping(address account => uint256 amount) public owed;
@@ -226,6 +270,11 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
 
     bytes32 public constant WITHDRAWAL_TYPEHASH = keccak256(
         "A402Withdrawal(address owner,address to,uint256 amount,uint256 nonce,uint256 deadline)"
+    );
+    bytes32 public constant POOL_DEPOSIT_TYPEHASH =
+        keccak256("A402PoolDeposit(address vault,address client,uint256 amount,bytes32 salt)");
+    bytes32 public constant POOL_WITHDRAWAL_TYPEHASH = keccak256(
+        "A402PoolWithdrawal(address vault,address owner,address to,uint256 amount,uint256 nonce,uint256 deadline)"
     );
     /// @notice The vault's approval to open a channel, good until `deadline` (`openApprovalDigest`).
     bytes32 public constant OPEN_TYPEHASH = keccak256("A402Open(bytes32 channelId,uint256 deadline)");
@@ -244,6 +293,8 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
     uint256 private constant _VERSION_SHIFT = 48;
     uint256 private constant _BALANCE_SHIFT = 112;
     uint256 private constant _CLOSED = uint256(Status.Closed);
+    uint256 private constant _POOL_BIT = 1 << 240;
+    uint256 private constant _BALANCE_MASK = (1 << 128) - 1;
 
     event ChannelOpened(
         bytes32 indexed channelId,
@@ -285,6 +336,10 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
     /// @notice A payout the token refused to transfer, kept for `account` to withdraw.
     event PayoutCredited(address indexed account, uint256 amount);
     event Withdrawn(address indexed account, address indexed to, uint256 amount);
+    /// @notice `amount` credited to `client`'s pool balance with `vault`.
+    event PoolDeposited(address indexed vault, address indexed client, uint256 amount);
+    /// @notice `owner` took `amount` of its pool balance with `vault` out, to `to`.
+    event PoolWithdrawn(address indexed vault, address indexed owner, address to, uint256 amount);
 
     error InvalidTerms();
     error NotAuthorized();
@@ -311,6 +366,10 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
     error InsufficientGas();
     /// @notice A batch's arrays differ in length: `channels` channels but `other` entries.
     error LengthMismatch(uint256 channels, uint256 other);
+    /// @notice The client's pool balance with the vault, `available`, is below `needed`.
+    error InsufficientPool(uint256 available, uint256 needed);
+    /// @notice A signed order carries nonce `given`, but the owner's next is `expected`.
+    error WrongNonce(uint256 given, uint256 expected);
 
     constructor(IERC20 token_, uint256 disputeWindow_) EIP712("A402", "1") {
         if (address(token_).code.length == 0 || disputeWindow_ == 0 || disputeWindow_ > 365 days) {
@@ -429,6 +488,115 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
         );
         // receiveWithAuthorization returns nothing; make sure the deposit really arrived.
         _checkReceived(before, c.deposit);
+    }
+
+    // ------------------------------------------------------------------ pool
+
+    /// @notice Credit `client`'s pool balance with `vault` with `amount`, pulled from the sender
+    ///         (who approved this contract). Refused unless exactly `amount` arrives.
+    function depositToPool(address vault, address client, uint256 amount) external nonReentrant {
+        _checkPoolDeposit(vault, client, amount);
+        uint256 before = token.balanceOf(address(this));
+        token.safeTransferFrom(msg.sender, address(this), amount);
+        _checkReceived(before, amount);
+        _creditPool(vault, client, amount);
+    }
+
+    /// @notice Credit `client`'s pool balance with `vault` with `amount` moved from `from` by
+    ///         EIP-3009 `receiveWithAuthorization` (gasless for `from`; anyone relays it). The
+    ///         authorization's nonce is `poolDepositNonce(vault, client, amount, salt)`, so
+    ///         `from`'s one signature fixes the vault, the beneficiary and the amount, once: a
+    ///         relayer that changes any of them presents a nonce the signature does not cover,
+    ///         and the token refuses it. The token lets only this contract (`to`) use it.
+    function depositToPoolWithAuthorization(
+        address vault,
+        address client,
+        address from,
+        uint256 amount,
+        bytes32 salt,
+        ReceiveAuthorization calldata auth
+    ) external nonReentrant {
+        _checkPoolDeposit(vault, client, amount);
+        bytes32 nonce = poolDepositNonce(vault, client, amount, salt);
+        uint256 before = token.balanceOf(address(this));
+        IERC3009Receive(address(token)).receiveWithAuthorization(
+            from, address(this), amount, auth.validAfter, auth.validBefore, nonce, auth.v, auth.r, auth.s
+        );
+        _checkReceived(before, amount);
+        _creditPool(vault, client, amount);
+    }
+
+    /// @notice Open a channel funded from `c.client`'s pool balance with `c.vault` (no token
+    ///         moves: the balance is debited, the escrow was already here). The vault approves
+    ///         exactly as for `createASC` (sending, or `vaultApproval` = its signed
+    ///         A402Open(id, deadline) ‖ deadline); the client gave its consent when it pooled
+    ///         its tokens with this vault. Every exit of the channel credits the client's share
+    ///         back to that pool balance (see `_payout`). Reverts `InsufficientPool` beyond it.
+    function createASCFromPool(Channel calldata c, bytes calldata vaultApproval)
+        external
+        nonReentrant
+        returns (bytes32 channelId_)
+    {
+        channelId_ = channelId(c);
+        _raise(_poolOpenFailure(c, channelId_, vaultApproval));
+        _openFromPool(c, channelId_);
+    }
+
+    /// @notice Open many pool-funded channels, each exactly as `createASCFromPool` would; a
+    ///         member that cannot (no vault approval, invalid terms, id used, the client's pool
+    ///         balance short, counting the members before it) is skipped (`BatchMemberSkipped`
+    ///         with the error its single call would raise, its id returned as zero) and the
+    ///         others open. Only a malformed batch reverts.
+    function createASCFromPoolBatch(Channel[] calldata cs, bytes[] calldata vaultApprovals)
+        external
+        nonReentrant
+        returns (bytes32[] memory channelIds)
+    {
+        uint256 n = _batchSize(cs.length, vaultApprovals.length);
+        channelIds = new bytes32[](n);
+        for (uint256 i; i < n; ++i) {
+            bytes32 cid = channelId(cs[i]);
+            bytes memory failure = _poolOpenFailure(cs[i], cid, vaultApprovals[i]);
+            if (failure.length != 0) {
+                emit BatchMemberSkipped(i, failure);
+            } else {
+                channelIds[i] = cid;
+                _openFromPool(cs[i], cid);
+            }
+        }
+    }
+
+    /// @dev Why `createASCFromPool` would refuse `c`: the vault's approval, the terms, the id,
+    ///      then the client's pool balance.
+    function _poolOpenFailure(Channel calldata c, bytes32 cid, bytes calldata vaultApproval)
+        private
+        view
+        returns (bytes memory failure)
+    {
+        failure = _vaultFailure(c, cid, vaultApproval);
+        if (failure.length == 0) failure = _termsFailure(c, cid);
+        if (failure.length != 0) return failure;
+        uint256 available = pooled[c.vault][c.client];
+        if (available < c.deposit) return abi.encodeWithSelector(InsufficientPool.selector, available, c.deposit);
+        return "";
+    }
+
+    /// @dev Debit the client's pool balance (checked) and record `c` open and pool-funded.
+    function _openFromPool(Channel calldata c, bytes32 cid) private {
+        unchecked {
+            pooled[c.vault][c.client] -= c.deposit; // checked by _poolOpenFailure
+        }
+        _records[cid] = uint256(Status.Open) | _POOL_BIT;
+        emit ChannelOpened(cid, c.client, c.provider, c.vault, c.providerKey, c.deposit, c.salt);
+    }
+
+    function _checkPoolDeposit(address vault, address client, uint256 amount) private pure {
+        if (vault == address(0) || client == address(0) || amount == 0) revert InvalidTerms();
+    }
+
+    function _creditPool(address vault, address client, uint256 amount) private {
+        pooled[vault][client] += amount;
+        emit PoolDeposited(vault, client, amount);
     }
 
     /// @dev Why `createASC` would refuse to open `c` (id `cid`; an encoded error, empty if it
@@ -551,8 +719,8 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
         bytes calldata vaultSignature,
         bytes calldata providerSignature
     ) external nonReentrant {
-        _close(c, s, vaultSignature, providerSignature);
-        _payout(c, s.clientBalance, s.providerBalance);
+        uint256 record = _close(c, s, vaultSignature, providerSignature);
+        _payout(c, record, s.clientBalance, s.providerBalance);
     }
 
     /// @notice Close many channels at once, each exactly as `closeASC` would (same checks, anyone
@@ -570,21 +738,23 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
         uint256 n = _batchSize(cs.length, ss.length);
         _batchSize(n, vaultSignatures.length);
         _batchSize(n, providerSignatures.length);
-        bool[] memory closed = new bool[](n);
+        // Per member: 0 skipped, else its record before closing with bit 0 set (closed).
+        uint256[] memory closed = new uint256[](n);
         for (uint256 i; i < n; ++i) {
             bytes memory failure = _closeFailure(cs[i], ss[i], vaultSignatures[i], providerSignatures[i]);
             if (failure.length != 0) {
                 emit BatchMemberSkipped(i, failure);
                 continue;
             }
-            _closeRecorded(cs[i], ss[i]);
-            closed[i] = true;
+            closed[i] = _closeRecorded(cs[i], ss[i]) | 1;
         }
         Run memory toClients;
         Run memory toProviders;
         for (uint256 i; i < n; ++i) {
-            if (!closed[i]) continue;
-            _addToRun(toClients, cs[i].client, ss[i].clientBalance);
+            if (closed[i] == 0) continue;
+            // A pool channel's client share goes back to the pool (no token moves), as `_payout`.
+            if (closed[i] & _POOL_BIT != 0) _creditClient(cs[i], ss[i].clientBalance);
+            else _addToRun(toClients, cs[i].client, ss[i].clientBalance);
             _addToRun(toProviders, cs[i].provider, ss[i].providerBalance);
         }
         _send(toClients.account, toClients.amount);
@@ -592,15 +762,16 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
     }
 
     /// @dev closeASC's checks and effects: a final state approved by vault and provider, sent by
-    ///      a party; while Closing, newer than the recorded state. Leaves the record CLOSED.
+    ///      a party; while Closing, newer than the recorded state. Leaves the record CLOSED and
+    ///      returns it as it was.
     function _close(
         Channel calldata c,
         State calldata s,
         bytes calldata vaultSignature,
         bytes calldata providerSignature
-    ) private {
+    ) private returns (uint256) {
         _raise(_closeFailure(c, s, vaultSignature, providerSignature));
-        _closeRecorded(c, s);
+        return _closeRecorded(c, s);
     }
 
     /// @dev Why closeASC would refuse (an encoded error), or empty.
@@ -624,9 +795,10 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
         return _stateFailure(c, cid, s, vaultSignature, providerSignature);
     }
 
-    function _closeRecorded(Channel calldata c, State calldata s) private {
+    function _closeRecorded(Channel calldata c, State calldata s) private returns (uint256 record) {
         bytes32 cid = channelId(c);
-        _records[cid] = _CLOSED;
+        record = _records[cid];
+        _records[cid] = _CLOSED | (record & _POOL_BIT);
         emit ChannelClosed(cid, s.version, s.clientBalance, s.providerBalance);
     }
 
@@ -680,11 +852,12 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
         bytes calldata vaultSignature,
         bytes calldata providerSignature
     ) private {
-        Status status = _status(_records[cid]);
+        uint256 record = _records[cid];
+        Status status = _status(record);
         if (status != Status.Open) revert WrongStatus(cid, status);
         _checkState(c, cid, s, vaultSignature, providerSignature);
         uint256 deadline = block.timestamp + disputeWindow;
-        _records[cid] = _pack(Status.Closing, deadline, s.version, s.providerBalance);
+        _records[cid] = _pack(Status.Closing, deadline, s.version, s.providerBalance) | (record & _POOL_BIT);
         emit ForceCloseInitiated(cid, s.version, s.clientBalance, s.providerBalance, deadline);
     }
 
@@ -704,7 +877,7 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
         if (block.timestamp >= deadline) revert DisputeWindowClosed(deadline);
         if (s.version <= _version(record)) revert StaleState(s.version, _version(record));
         _checkState(c, cid, s, vaultSignature, providerSignature);
-        _records[cid] = _pack(Status.Closing, deadline, s.version, s.providerBalance);
+        _records[cid] = _pack(Status.Closing, deadline, s.version, s.providerBalance) | (record & _POOL_BIT);
         emit ForceCloseChallenged(cid, s.version, s.clientBalance, s.providerBalance);
     }
 
@@ -716,11 +889,11 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
         if (status != Status.Closing) revert WrongStatus(cid, status);
         uint256 deadline = _deadline(record);
         if (block.timestamp < deadline) revert DisputeWindowOpen(deadline);
-        uint256 providerBalance = record >> _BALANCE_SHIFT;
+        uint256 providerBalance = _providerBalance(record);
         uint256 clientBalance = c.deposit - providerBalance;
-        _records[cid] = _CLOSED;
+        _records[cid] = _CLOSED | (record & _POOL_BIT);
         emit ForceCloseFinalized(cid, _version(record), clientBalance, providerBalance);
-        _payout(c, clientBalance, providerBalance);
+        _payout(c, record, clientBalance, providerBalance);
     }
 
     // -------------------------------------------------- provider force-close
@@ -764,11 +937,11 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
 
         uint256 clientPayout = s.clientBalance - p.amount;
         uint256 providerPayout = s.providerBalance + p.amount;
-        _records[cid] = _CLOSED;
+        _records[cid] = _CLOSED | (record & _POOL_BIT);
         emit ProviderForceClosed(
             cid, p.requestId, s.version, p.amount, p.resultHash, p.e, p.s, clientPayout, providerPayout
         );
-        _payout(c, clientPayout, providerPayout);
+        _payout(c, record, clientPayout, providerPayout);
     }
 
     function _checkPayment(Channel calldata c, bytes32 cid, Payment calldata p, bytes calldata authorization)
@@ -824,6 +997,70 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
         emit Withdrawn(owner, to, amount);
         token.safeTransfer(to, amount);
         return amount;
+    }
+
+    /// @notice Take `amount` of the sender's pool balance with `vault` out, to `to`: the pool
+    ///         client's exit, which needs nothing of the vault (not its approval, not its host,
+    ///         not its being online). A transfer the token refuses reverts: nothing moved, the
+    ///         balance is still in the pool, and the sender names another `to`.
+    function withdrawFromPool(address vault, address to, uint256 amount) external nonReentrant {
+        _withdrawFromPool(vault, msg.sender, to, amount);
+    }
+
+    /// @notice Carry out `owner`'s signed order to take `amount` of its pool balance with `vault`
+    ///         out, to `to`, relayed by anyone (the vault's gas account, for a client without
+    ///         gas). The order is the EIP-712 A402PoolWithdrawal(vault, owner, to, amount, nonce,
+    ///         deadline) in this manager's domain, signed by `owner` (EOA or EIP-1271); `nonce`
+    ///         must be the owner's next (`poolWithdrawalNonces`), so an order is good once and,
+    ///         of two orders with one nonce (one to a `to` the token refused, then another), at
+    ///         most one ever goes through. A refused transfer reverts and uses no nonce.
+    function withdrawFromPoolWithSignature(
+        address vault,
+        address owner,
+        address to,
+        uint256 amount,
+        uint256 nonce,
+        uint256 deadline,
+        bytes calldata signature
+    ) external nonReentrant {
+        if (block.timestamp > deadline) revert OrderExpired(deadline);
+        uint256 expected = poolWithdrawalNonces[owner];
+        if (nonce != expected) revert WrongNonce(nonce, expected);
+        bytes32 digest = poolWithdrawalDigest(vault, owner, to, amount, nonce, deadline);
+        if (!SignatureChecker.isValidSignatureNow(owner, digest, signature)) revert BadSignature(owner);
+        poolWithdrawalNonces[owner] = expected + 1;
+        _withdrawFromPool(vault, owner, to, amount);
+    }
+
+    function _withdrawFromPool(address vault, address owner, address to, uint256 amount) private {
+        uint256 available = pooled[vault][owner];
+        if (amount == 0 || amount > available) revert InsufficientPool(available, amount);
+        pooled[vault][owner] = available - amount;
+        emit PoolWithdrawn(vault, owner, to, amount);
+        token.safeTransfer(to, amount);
+    }
+
+    /// @notice The digest `owner` signs to order a pool withdrawal.
+    function poolWithdrawalDigest(
+        address vault,
+        address owner,
+        address to,
+        uint256 amount,
+        uint256 nonce,
+        uint256 deadline
+    ) public view returns (bytes32) {
+        return _hashTypedDataV4(
+            keccak256(abi.encode(POOL_WITHDRAWAL_TYPEHASH, vault, owner, to, amount, nonce, deadline))
+        );
+    }
+
+    /// @notice The EIP-3009 nonce of a pool deposit crediting `client` with `vault` by `amount`.
+    function poolDepositNonce(address vault, address client, uint256 amount, bytes32 salt)
+        public
+        view
+        returns (bytes32)
+    {
+        return _hashTypedDataV4(keccak256(abi.encode(POOL_DEPOSIT_TYPEHASH, vault, client, amount, salt)));
     }
 
     // ----------------------------------------------------------------- views
@@ -910,7 +1147,13 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
         returns (Status status, uint256 deadline, uint256 version, uint256 providerBalance)
     {
         uint256 record = _records[cid];
-        return (_status(record), _deadline(record), _version(record), record >> _BALANCE_SHIFT);
+        return (_status(record), _deadline(record), _version(record), _providerBalance(record));
+    }
+
+    /// @notice Whether channel `cid` was opened from the pool (`createASCFromPool`): its exits
+    ///         credit the client's share to `pooled[vault][client]`.
+    function poolFunded(bytes32 cid) external view returns (bool) {
+        return _records[cid] & _POOL_BIT != 0;
     }
 
     // --------------------------------------------------------------- helpers
@@ -972,9 +1215,19 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
         }
     }
 
-    function _payout(Channel calldata c, uint256 clientAmount, uint256 providerAmount) private {
-        _send(c.client, clientAmount);
+    /// @dev Every exit's payout (`closeASCBatch` aggregates the same two steps): the client's
+    ///      share goes back to its pool balance if `record` (the channel's, before it closed) is
+    ///      pool-funded, else to the client; the provider's share is paid, or owed on failure.
+    function _payout(Channel calldata c, uint256 record, uint256 clientAmount, uint256 providerAmount) private {
+        if (record & _POOL_BIT != 0) _creditClient(c, clientAmount);
+        else _send(c.client, clientAmount);
         _send(c.provider, providerAmount);
+    }
+
+    /// @dev A pool channel's client share, back into `pooled[vault][client]`: no token moves,
+    ///      so nothing the token does (a blocklist, a pause) can hold it up.
+    function _creditClient(Channel calldata c, uint256 amount) private {
+        if (amount != 0) pooled[c.vault][c.client] += amount;
     }
 
     /// @dev Pay `amount` to `to`, or, if the token refuses (a blocklist, a pause), credit it to
@@ -1041,5 +1294,9 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
 
     function _version(uint256 record) private pure returns (uint256) {
         return uint64(record >> _VERSION_SHIFT);
+    }
+
+    function _providerBalance(uint256 record) private pure returns (uint256) {
+        return (record >> _BALANCE_SHIFT) & _BALANCE_MASK;
     }
 }

@@ -178,7 +178,10 @@ def leave_a_wallet_funded_channel_without_the_vault(
     assert paid.returncode == 0, paid.stderr
     listed = subprocess.run([A402, "channels", *where, "--json"], capture_output=True,
                             text=True, timeout=60)
-    (mine,) = json.loads(listed.stdout)["channels"]  # the pool channel is the vault's
+    # The client's pool channel (closed already) is its own on-chain too; the new one is
+    # the wallet-funded one.
+    pool, mine = json.loads(listed.stdout)["channels"]
+    assert (pool["role"], pool["funding"], pool["status"]) == ("client", "pool", "closed")
     assert (mine["role"], mine["funding"], mine["status"]) == ("client", "wallet", "open")
     started = subprocess.run([A402, "channels", "force-close", mine["channelId"], *where],
                              capture_output=True, text=True, timeout=60)
@@ -343,13 +346,14 @@ def test_a_gateway_with_a402_is_paid_through_a_vault_from_the_command_line(
     assert (channel["providerBalance"], channel["version"]) == ("1000", 1)
     assert view["paid"] == "1000" and view["balance"] == str(1_000_000 - 1000)
     assert view["channels"][0]["providerPayout"] == "1000"
-    # Money is conserved: the client's deposit went to the vault, the price from the
-    # vault to the provider through the channel, and the escrow came back whole.
+    # Money is conserved: the client's deposit went into its pool balance in the
+    # ASCManager, the price from there to the provider through the channel, and the
+    # rest stayed in the pool (the vault's own address holds nothing).
     # The wallet-funded channel cost the client exactly its one payment.
     assert {a: after[a] - before[a] for a in holders} == {
         client.address: -1_000_000 - 1000, gas_account: 0, provider: 2000,
-        manifest.contracts["ASCManager"]: 0}
-    assert vault_after == 1_000_000 - 1000
+        manifest.contracts["ASCManager"]: 1_000_000 - 1000}
+    assert vault_after == 0
     assert listed.returncode == 0, listed.stderr
     onchain = {c["channelId"]: c for c in json.loads(listed.stdout)["channels"]}
     assert set(onchain) == {channel["channelId"], left["channelId"]}

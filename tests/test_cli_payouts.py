@@ -426,3 +426,44 @@ def test_a_relayer_without_gas_moves_nothing_and_the_order_stays_good(
     code, out, _ = a402(capsys, "payouts", "--address", p.provider.address, "--manifest",
                         str(d.manifest), "--json")
     assert json.loads(out)["owed"] == "0.200000"
+
+
+# ------------------------------------------------------------------------- the pool
+
+
+def test_a_pool_client_sees_and_takes_its_pool_balance_without_the_vault(
+    restricted: Deployment, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """``a402 pool``: the balance as the chain holds it, then ``withdraw`` sent by the key
+    itself (no vault anywhere); a blocklisted ``--to`` moves nothing; more than the balance
+    moves nothing; the rest goes to another address."""
+    d = restricted
+    client, vault, blocked, elsewhere = (fresh_account(d.chain) for _ in range(4))
+    transact(d.chain, d.chain.accounts[0], d.token.functions.mint(client.address, DEPOSIT))
+    transact(d.chain, client, d.token.functions.approve(d.manager.address, DEPOSIT))
+    d.manager.deposit_to_pool(client, vault.address, client.address, DEPOSIT)
+    common = ["--manifest", str(d.manifest), "--vault", vault.address]
+    key = key_file(tmp_path, client)
+
+    code, out, _ = a402(capsys, "pool", *common, "--address", client.address, "--json")
+    assert code == 0 and json.loads(out)["pooledAtomic"] == str(DEPOSIT)
+    blocklist(d, blocked.address)
+    try:
+        code, out, err = a402(capsys, "pool", "withdraw", *common, "--key-file", key,
+                              "--to", blocked.address)
+        assert code == 1 and err.startswith("a402 pool: nothing moved")
+    finally:
+        blocklist(d, blocked.address, False)
+    code, _, err = a402(capsys, "pool", "withdraw", *common, "--key-file", key,
+                        "--amount", "1.000001")
+    assert code == 4 and "nothing moved" in err
+    assert d.manager.pooled(vault.address, client.address) == DEPOSIT
+    code, out, _ = a402(capsys, "pool", "withdraw", *common, "--key-file", key, "--amount",
+                        "0.3")
+    assert code == 0 and out.startswith("0.300000 RST withdrawn from the pool")
+    code, out, _ = a402(capsys, "pool", "withdraw", *common, "--key-file", key, "--to",
+                        elsewhere.address)
+    assert code == 0
+    assert (balance(d.token, client.address), balance(d.token, elsewhere.address),
+            balance(d.token, blocked.address)) == (300_000, DEPOSIT - 300_000, 0)
+    assert d.manager.pooled(vault.address, client.address) == 0

@@ -1,8 +1,8 @@
 """``a402 demo --act channels``: the paid weather API, paid through one A402 channel.
 
-The act checks itself (one createASC and one closeASC whatever the number of
+The act checks itself (one createASCFromPool and one closeASC whatever the number of
 requests, every request paid once, balances conserved across client, provider,
-vault and the ASCManager escrow); these tests hold it to what its summary
+vault and the ASCManager, which holds the pool); these tests hold it to what its summary
 claims, on the embedded py-evm chain, and show the check can fail.
 """
 
@@ -30,18 +30,20 @@ def test_ten_requests_through_one_channel_cost_one_open_and_one_close() -> None:
     assert "x402 exact" in text and "for comparison" in text
 
     # On-chain: one deposit, one open, one close — against one transfer per exact payment.
-    assert _row(text, "A402 channel", "createASC")[0] == 1
+    assert _row(text, "A402 channel", "createASCFromPool")[0] == 1
     assert _row(text, "A402 channel", "closeASC")[0] == 1
-    assert _row(text, "A402 channel", "transferWithAuthorization")[0] == 1  # the deposit
+    assert _row(text, "A402 channel", "depositToPoolWithAuthorization")[0] == 1  # the deposit
     assert re.search(r"transactions for 10 +10 +3$", text, re.M), text
     exact_txs, exact_gas = _row(text, "x402 exact", "transferWithAuthorization")
     assert exact_txs == 5 and exact_gas > 5 * 21_000
 
     # Balances: the provider got 5 exact payments and the 10 channel payments; the
-    # escrow is back where it started; the vault keeps the unspent half of the deposit.
+    # channel's escrow is gone; the unspent half of the deposit stays in the client's pool
+    # balance, in the ASCManager; the vault's own address holds nothing.
     assert re.search(r"^provider +0\.000000 +0\.005000 +0\.015000 +\+0\.015000$", text, re.M)
-    assert re.search(r"^ASCManager escrow +0\.000000 +0\.000000 +0\.000000", text, re.M)
-    assert re.search(r"^vault +0\.000000 +0\.000000 +0\.010000 +\+0\.010000$", text, re.M)
+    assert re.search(r"^ASCManager pool +0\.000000 +0\.000000 +0\.010000 +\+0\.010000$",
+                     text, re.M)
+    assert re.search(r"^vault +0\.000000 +0\.000000 +0\.000000", text, re.M)
     assert re.search(r"^total +([\d,.]+) +\1 +\1 +\+0\.000000$", text, re.M)
 
 

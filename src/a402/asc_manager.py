@@ -29,7 +29,13 @@ from web3.logs import DISCARD
 from web3.types import TxReceipt
 
 from a402.asc.machine import ForceCloseClaim, SignedState
-from a402.asc.terms import BalanceState, ChannelTerms, expiring_approval
+from a402.asc.terms import (
+    BalanceState,
+    ChannelTerms,
+    expiring_approval,
+    pool_deposit_nonce,
+    pool_withdrawal_digest,
+)
 from a402.chain.node import Chain
 from a402.chain.tx import contract_at, deploy_contract, transact
 from a402.crypto import PaymentDomain
@@ -69,6 +75,26 @@ class ReceiveAuthorization:
     v: int
     r: bytes
     s: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PoolDepositAuthorization:
+    """A payer's EIP-3009 ``receiveWithAuthorization`` crediting ``client``'s pool balance with
+    ``vault`` by ``amount`` (nonce: :func:`a402.asc.pool_deposit_nonce` of these and ``salt``)."""
+
+    vault: str
+    client: str
+    payer: str
+    amount: int
+    salt: bytes
+    valid_after: int
+    valid_before: int
+    v: int
+    r: bytes
+    s: bytes
+
+    def auth_tuple(self) -> tuple[int, int, int, bytes, bytes]:
+        return (self.valid_after, self.valid_before, self.v, self.r, self.s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +282,133 @@ class ASCManager:
             _approval(vault_signature, vault_deadline),
         )
         return transact(self.chain, sender, call)
+
+    # -- the pool -----------------------------------------------------------------
+
+    def pooled(self, vault: str, client: str, block: int | None = None) -> int:
+        """``client``'s pool balance with ``vault``: what it can take out on-chain now (or as
+        of block number ``block``)."""
+        return int(self.contract.functions.pooled(to_checksum(vault), to_checksum(client))
+                   .call(block_identifier="latest" if block is None else block))
+
+    def deposit_to_pool(
+        self, sender: LocalAccount, vault: str, client: str, amount: int
+    ) -> TxReceipt:
+        """``depositToPool``: credit ``client`` with ``vault`` by ``amount``, pulled from
+        ``sender`` (which approved the manager)."""
+        call = self.contract.functions.depositToPool(
+            to_checksum(vault), to_checksum(client), amount)
+        return transact(self.chain, sender, call)
+
+    def sign_pool_deposit(
+        self, payer: LocalAccount, vault: str, client: str, amount: int, salt: bytes, *,
+        token_name: str, token_version: str, valid_after: int, valid_before: int,
+    ) -> PoolDepositAuthorization:
+        """``payer``'s EIP-3009 authorization of a pool deposit, for anyone to relay with
+        :meth:`deposit_to_pool_with_authorization`."""
+        return sign_pool_deposit(
+            payer, chain_id=self.chain.chain_id, token=self.token, manager=self.address,
+            domain=self.domain, vault=vault, client=client, amount=amount, salt=salt,
+            token_name=token_name, token_version=token_version, valid_after=valid_after,
+            valid_before=valid_before)
+
+    def deposit_to_pool_with_authorization(
+        self, sender: LocalAccount, auth: PoolDepositAuthorization
+    ) -> TxReceipt:
+        """``depositToPoolWithAuthorization`` (``sender`` only pays gas)."""
+        return transact(self.chain, sender, self.pool_deposit_call(auth))
+
+    def pool_deposit_call(self, auth: PoolDepositAuthorization) -> Any:
+        """The unsent ``depositToPoolWithAuthorization`` call (for a journal to send)."""
+        return self.contract.functions.depositToPoolWithAuthorization(
+            to_checksum(auth.vault), to_checksum(auth.client), to_checksum(auth.payer),
+            auth.amount, auth.salt, auth.auth_tuple())
+
+    def create_from_pool(
+        self, sender: LocalAccount, terms: ChannelTerms, vault_signature: bytes = b"",
+        vault_deadline: int = 0,
+    ) -> TxReceipt:
+        """``createASCFromPool``: open ``terms`` by debiting the client's pool balance with
+        the vault; the vault approves by sending or with ``vault_signature`` until
+        ``vault_deadline`` (as for :meth:`create`)."""
+        return transact(self.chain, sender, self.create_from_pool_call(
+            [terms], [vault_signature], [vault_deadline], batch=False))
+
+    def create_from_pool_batch(
+        self, sender: LocalAccount, terms_list: Sequence[ChannelTerms],
+        vault_signatures: Sequence[bytes] | None = None,
+        vault_deadlines: Sequence[int] | None = None,
+    ) -> TxReceipt:
+        """``createASCFromPoolBatch``: each member as :meth:`create_from_pool`; one that cannot
+        open (no approval, its client's pool balance short, …) is skipped
+        (:meth:`skipped`), the others open."""
+        n = len(terms_list)
+        signatures = [b""] * n if vault_signatures is None else list(vault_signatures)
+        deadlines = [0] * n if vault_deadlines is None else list(vault_deadlines)
+        return transact(self.chain, sender, self.create_from_pool_call(
+            terms_list, signatures, deadlines, batch=True))
+
+    def create_from_pool_call(
+        self, terms_list: Sequence[ChannelTerms], vault_signatures: Sequence[bytes],
+        vault_deadlines: Sequence[int], *, batch: bool,
+    ) -> Any:
+        """The unsent ``createASCFromPool`` (one member, ``batch`` False) or
+        ``createASCFromPoolBatch`` call."""
+        approvals = [_approval(sig, deadline)
+                     for sig, deadline in zip(vault_signatures, vault_deadlines, strict=True)]
+        if not batch:
+            if len(terms_list) != 1:
+                raise ValueError("createASCFromPool opens one channel")
+            return self.contract.functions.createASCFromPool(
+                terms_tuple(terms_list[0]), approvals[0])
+        return self.contract.functions.createASCFromPoolBatch(
+            [terms_tuple(terms) for terms in terms_list], approvals)
+
+    def pool_funded(self, channel_id: bytes) -> bool:
+        """Whether the channel was opened from the pool (its exits credit the pool)."""
+        return bool(self.contract.functions.poolFunded(channel_id).call())
+
+    def withdraw_from_pool(
+        self, owner: LocalAccount, vault: str, to: str, amount: int
+    ) -> TxReceipt:
+        """``withdrawFromPool``: ``owner`` takes ``amount`` of its pool balance with ``vault``
+        out to ``to``: the exit that needs nothing of the vault."""
+        call = self.contract.functions.withdrawFromPool(
+            to_checksum(vault), to_checksum(to), amount)
+        return transact(self.chain, owner, call)
+
+    def pool_withdrawal_nonce(self, owner: str) -> int:
+        """The nonce ``owner``'s next signed pool withdrawal order must carry."""
+        return int(self.contract.functions.poolWithdrawalNonces(to_checksum(owner)).call())
+
+    def pool_withdrawal_order(
+        self, owner: LocalAccount, vault: str, to: str, amount: int, deadline: int, *,
+        nonce: int | None = None,
+    ) -> tuple[int, bytes]:
+        """``owner``'s signed A402PoolWithdrawal order and the nonce it carries (the owner's
+        next, read from the manager when not given)."""
+        if nonce is None:
+            nonce = self.pool_withdrawal_nonce(owner.address)
+        digest = pool_withdrawal_digest(self.domain, vault, owner.address, to, amount, nonce,
+                                        deadline)
+        return nonce, bytes(owner.unsafe_sign_hash(Hash32(digest)).signature)
+
+    def withdraw_from_pool_for(
+        self, sender: LocalAccount, vault: str, owner: str, to: str, amount: int, nonce: int,
+        deadline: int, signature: bytes,
+    ) -> TxReceipt:
+        """Relay ``owner``'s signed pool withdrawal order (``sender`` only pays gas)."""
+        return transact(self.chain, sender, self.pool_withdrawal_call(
+            vault, owner, to, amount, nonce, deadline, signature))
+
+    def pool_withdrawal_call(
+        self, vault: str, owner: str, to: str, amount: int, nonce: int, deadline: int,
+        signature: bytes,
+    ) -> Any:
+        """The unsent ``withdrawFromPoolWithSignature`` call (for a journal to send)."""
+        return self.contract.functions.withdrawFromPoolWithSignature(
+            to_checksum(vault), to_checksum(owner), to_checksum(to), amount, nonce, deadline,
+            signature)
 
     # -- allowances by signature (EIP-2612) --------------------------------------
 
@@ -521,3 +674,24 @@ class ASCManager:
         """Submit ``owner``'s signed withdrawal order (``sender`` only pays the gas)."""
         call = self.contract.functions.withdrawWithSignature(owner, to, amount, deadline, order)
         return transact(self.chain, sender, call)
+
+
+def sign_pool_deposit(
+    payer: LocalAccount, *, chain_id: int, token: str, manager: str, domain: PaymentDomain,
+    vault: str, client: str, amount: int, salt: bytes, token_name: str, token_version: str,
+    valid_after: int, valid_before: int,
+) -> PoolDepositAuthorization:
+    """``payer``'s EIP-3009 ``receiveWithAuthorization`` to ``manager`` (the only contract
+    that can use it) whose nonce is :func:`a402.asc.pool_deposit_nonce`: a pool deposit of
+    ``amount`` crediting ``client`` with ``vault``, and nothing else."""
+    signed = payer.sign_message(encode_typed_data(
+        domain_data={"name": token_name, "version": token_version, "chainId": chain_id,
+                     "verifyingContract": to_checksum(token)},
+        message_types=RECEIVE_WITH_AUTHORIZATION_TYPES,
+        message_data={"from": payer.address, "to": to_checksum(manager), "value": amount,
+                      "validAfter": valid_after, "validBefore": valid_before,
+                      "nonce": pool_deposit_nonce(domain, vault, client, amount, salt)},
+    ))
+    return PoolDepositAuthorization(
+        to_checksum(vault), to_checksum(client), payer.address, amount, salt, valid_after,
+        valid_before, signed.v, signed.r.to_bytes(32, "big"), signed.s.to_bytes(32, "big"))

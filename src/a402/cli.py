@@ -90,8 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     from a402.client.account_command import (
         add_channels_arguments,
         add_payouts_arguments,
+        add_pool_arguments,
         run_channels,
         run_payouts,
+        run_pool,
     )
 
     channels = commands.add_parser(
@@ -105,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "withdraw (to any address), relay a signed order")
     add_payouts_arguments(payouts)
     payouts.set_defaults(run=run_payouts)
+
+    pool = commands.add_parser(
+        "pool", help="a key's pool balance with a vault, from the chain; take it out without "
+                     "the vault")
+    add_pool_arguments(pool)
+    pool.set_defaults(run=run_pool)
 
     vault = commands.add_parser("vault", help="run the Liquidity Vault (pays A402 for clients)")
     from a402.vault.command import add_vault_arguments, run_vault

@@ -1,8 +1,9 @@
 """The vault enclave's code: the key that moves the vault's money, and what it checks first.
 
 The vault's attested key is the vault: its Ethereum address is every channel's
-``vault``, the address where pooled deposits are paid, and the signer of σ_U,
-channel states, closes, opening approvals, force-close orders and withdrawals.
+``vault``, the vault its clients pool with on-chain (``ASCManager.pooled[vault]``),
+and the signer of σ_U, channel states, closes, opening approvals and force-close
+orders. It holds no tokens and signs no transfer.
 It lives in the enclave, and this code (started with
 :meth:`VaultEnclaveCode.start`, which hands it the
 :class:`~a402.tee.EnclaveKernel`) is the only thing that asks it to sign. The
@@ -18,8 +19,8 @@ What each signature requires (the safety argument):
   vault API's headers, method, path and body, verified here against this
   enclave's own CAIP-10 account). The call's ``maxPrice`` must cover the
   amount, the channel must be the signer's (the enclave records each channel's
-  owner when it approves it: a pool channel's on-chain client is the vault
-  itself), and the paid request is the one the call names (built here from the
+  owner when it approves it: the channel's on-chain client), and the paid
+  request is the one the call names (built here from the
   call). Each ``(client, idempotency key, createdAt)`` pays at most once,
   whichever of the client's signatures carries it (a client signs every retry
   and the wallet 428 round anew, with a later timestamp, but keeps the call's
@@ -53,22 +54,22 @@ What each signature requires (the safety argument):
   whose ``t·G = T`` (paying exactly the request's δ), and the final state with
   the latest balances.
 * **Opening approvals** (the contract's ``A402Open(channelId, deadline)``) —
-  only for terms whose ``vault`` is this enclave; a pool-funded channel only
-  for a fresh, unpaid invoke call its client signed (asking for pool funding),
-  debited from that client's ledger balance first and refused beyond it, and
-  never approved again once its debit was given back. Each approval lapses
+  only for terms whose ``vault`` is this enclave; a pool-funded channel
+  (``createASCFromPool``, debiting ``pooled[vault][client]`` on-chain) only for
+  a fresh, unpaid invoke call its client signed (asking for pool funding),
+  with that client as the terms' ``client``, and never approved again once the
+  host reported it never opened. Each approval lapses
   ``OPEN_APPROVAL_LIFETIME`` seconds after the enclave's clock, and a pool
-  channel's debit is given back (:meth:`VaultEnclaveCode.open_failed`) only
-  once that clock is past the latest deadline signed for it: until then the
-  approval could still open the channel, and the deposit would be spent twice.
-* **Withdrawals** — an EIP-3009 ``transferWithAuthorization`` from the vault's
-  address, only against a client-signed ``POST /v1/withdrawals`` and that
-  client's ledger balance, to the recipient the client signed. A withdrawal
-  is keyed by the client's idempotency key: asked again, it is signed again
-  with the same EIP-3009 nonce, so at most one of its signatures can ever
-  transfer.
-* **Permit** — EIP-2612, only to the configured ASCManager (so that the manager
-  can pull pool deposits on ``createASC``).
+  channel is written off (:meth:`VaultEnclaveCode.open_failed`) only once that
+  clock is past the latest deadline signed for it.
+* **No balances, no withdrawals, no permit.** The pool's balances are the
+  contract's (``ASCManager.pooled``): created only by tokens arriving, taken out
+  only by the client itself (its transaction or its signed order), moved into
+  a channel only by this enclave's approval, and back out of it only by the
+  channel's signed states. So this code keeps no balance book: nothing the host
+  reports (a deposit it invented, a refund) is credited anywhere it could be
+  spent, and the contract, not this code, bounds what a pool channel can take
+  (a deposit beyond the client's pooled balance does not open).
 * **Tunnel binding** (OPEN) — only for a channel held here, over a tunnel whose
   peer, as the enclave verified it in the Noise handshake
   (:meth:`~a402.tee.EnclaveKernel.channel_peer`, not anything the host says),
@@ -99,38 +100,33 @@ sees ``t`` and the sealed result, which it must deliver to the client anyway.
 Persistence. Everything leaves sealed under the code's own key (the host's
 ``unseal`` cannot open it): each channel's record (its machine, owner, the
 signed call in flight and the nonces it consumed, and the high-water timestamp
-that pruned them), and the ledger (balances, credited deposits, the channels it
-approved and their owners, withdrawals, and a version that grows with every
+that pruned them), and the ledger (the channels it approved and their owners,
+per-client freshness, the clock, the life, and a version that grows with every
 change). The host stores the ledger before anything the enclave approved leaves
 the vault, by compare-and-set on that version (:mod:`a402.vault.ledger`: replicas
 sharing the database serialize on it), and hands a running enclave a newer one
 when another replica stored it; an older one is refused; a channel's record goes with the
 host's checkpoint of that channel, before its next message (no extra write per
 paid call). Until the host restores the ledger the code refuses every call on
-balances, channels and signed calls, unless it was started as a first boot
+channels and signed calls, unless it was started as a first boot
 (``first_boot``), which starts from an empty ledger and a new *life*: a random
 key, sealed in the ledger (which the host stores at once), under which every
 channel salt carries a MAC (:meth:`VaultEnclaveCode.salt`), which every channel
 record names, and whose public id (:func:`life_id`) every client call is signed
 for, so no channel of an earlier life is approved or restored again and no call
 signed for it pays: withholding the ledger replays nothing. A
-host reporting a pool channel as never opened gets its deposit back only if the
+host reporting a pool channel as never opened has it written off only if the
 channel runs here untouched (version 0, no request ever made); from then on the
 channel is closed here (a restore of any of its records too), so if it opens
-after all it pays nothing, and its later refund is not credited again.
+after all it pays nothing, and its deposit comes back whole to the client's pool
+balance through the opening-state force close (which the client itself may
+start).
 
-Trust limits (stated in the README too). **The pool is not safe from the host.**
-The enclave cannot see the chain: it credits deposits the host reports
-(deduplicated by ``(tx hash, log index)``, nothing more), so a host that
-reports an invented deposit for a client key of its own can withdraw every
-client's pooled money with that client's signed withdrawal. The fix is on-chain
-per-client pool balances, which the enclave's signatures can only draw down;
-until then what holds is the rest: σ_U and channel states (so wallet-funded
-channels, whose deposits only the clients' signed calls spend). The host also
-reports refunds of pool channels (capped at what the channel's latest signed
-state gives the client, once per channel) and pool channels that never opened
-(given back only once the enclave's clock is past every approval's deadline,
-see above).
+Trust limits (stated in the README too). The pool is safe from the host: what
+the host reports (deposits, refunds, failed opens) moves no money, because the
+balances are on-chain. What the host can still do with the pool is deny
+service (not open channels, not relay a withdrawal order), and the client then
+leaves with ``withdrawFromPool`` on its own.
 Sealed state has no rollback protection (:mod:`a402.tee.sealing`): a host that
 restores an older ledger or channel record at a restart, or runs two instances
 of one enclave identity that do not share the ledger row (each its own ledger),
@@ -185,15 +181,11 @@ from a402.asc.terms import BalanceState
 from a402.crypto import PaymentDomain
 from a402.evm.address import address_key, to_checksum
 from a402.evm.ecdsa import public_key_address
-from a402.evm.keccak import keccak256 as keccak
-from a402.evm.permit import permit_digest
-from a402.exact.eip3009 import Authorization, Eip712Domain
-from a402.exact.eip3009 import authorization_digest as eip3009_digest
+from a402.exact.eip3009 import Eip712Domain
 from a402.tee import (
     CHANNEL_APPROVAL,
     CHANNEL_STATE,
     FORCE_CLOSE,
-    TOKEN_AUTHORIZATION,
     TUNNEL_BINDING,
     Enclave,
     EnclaveError,
@@ -209,11 +201,6 @@ _CHANNEL_FORMAT = "a402/vault-enclave-channel/v1"
 _LEDGER_FORMAT = "a402/vault-enclave-ledger/v1"
 _LEDGER_LABEL = "a402/vault-ledger"
 INVOKE_PATH = api.API_PREFIX + "/invoke"
-WITHDRAW_PATH = api.API_PREFIX + "/withdrawals"
-WITHDRAWAL_TYPEHASH = keccak(
-    b"A402Withdrawal(address owner,address to,uint256 amount,uint256 nonce,uint256 deadline)")
-#: How long a withdrawal's EIP-3009 authorization stays valid.
-WITHDRAWAL_VALIDITY = 3600
 #: How long the vault's approval to open a channel stays good (seconds of chain time):
 #: long enough to be mined, and the most a failed open's pool debit waits to come back.
 OPEN_APPROVAL_LIFETIME = 300
@@ -290,20 +277,6 @@ class OpenApproval:
     def calldata(self) -> bytes:
         """What ``createASC``'s ``vaultApproval`` carries: signature ‖ deadline."""
         return expiring_approval(self.signature, self.deadline)
-
-
-@dataclass(frozen=True, slots=True)
-class Withdrawal:
-    """An EIP-3009 ``transferWithAuthorization`` from the vault, signed: submit it."""
-
-    key: str
-    source: str
-    to: str
-    value: int
-    valid_after: int
-    valid_before: int
-    nonce: bytes
-    signature: bytes
 
 
 # ------------------------------------------------------------------ inside
@@ -385,11 +358,12 @@ class _Entry:
 
 
 class VaultEnclaveCode:
-    """The vault's channels, client balances and withdrawals, run inside the enclave.
+    """The vault's channels and the checks on its clients' signed calls, run inside the
+    enclave.
 
-    ``domain``: the ASCManager's EIP-712 domain (it names the manager the permit may
-    go to); ``network``: the chain (CAIP-2) the vault's account is on; ``token``:
-    the channel token's EIP-712 domain; ``auth_window``: the API's signature window;
+    ``domain``: the ASCManager's EIP-712 domain; ``network``: the chain (CAIP-2) the
+    vault's account is on; ``token``: the channel token's EIP-712 domain;
+    ``auth_window``: the API's signature window;
     ``first_boot``: this vault has never run before (see :meth:`start`).
     """
 
@@ -414,9 +388,6 @@ class VaultEnclaveCode:
         self._held: dict[bytes, _Held] = {}
         self._channels: dict[bytes, _Entry] = {}
         self._by_owner: dict[str, set[bytes]] = {}
-        self._balances: dict[str, int] = {}
-        self._credited: set[str] = set()
-        self._withdrawals: dict[str, dict[str, Any]] = {}
         #: Per client, the newest timestamp of a call it paid with: its calls older than
         #: that minus twice the window are stale (one client's clock moves no one else's).
         self._newest: dict[str, int] = {}
@@ -481,18 +452,6 @@ class VaultEnclaveCode:
 
     # ---------------------------------------------------------------- ledger
 
-    def balance(self, client: str) -> int:
-        return self._balances.get(address_key(client), 0)
-
-    def _credit(self, client: str, amount: int) -> None:
-        key = address_key(client)
-        self._balances[key] = self._balances.get(key, 0) + amount
-        self._changed()
-
-    def _debit(self, client: str, amount: int) -> None:
-        self._balances[client] = self.balance(client) - amount
-        self._changed()
-
     def _changed(self) -> None:
         """The ledger changed: its version grows (once until the next export), so the host
         can no longer hand this code back the ledger from before the change."""
@@ -510,16 +469,6 @@ class VaultEnclaveCode:
         """Whether the ledger changed since it was last exported or restored."""
         return self._unsaved
 
-    def credit_deposit(self, key: str, client: str, amount: int) -> bool:
-        """A mined transfer of ``amount`` from ``client`` to the vault, reported by the host
-        (trusted: see the module docstring); once per ``key`` (tx hash, log index)."""
-        self._check_ready()
-        if amount <= 0 or key in self._credited:
-            return False
-        self._credited.add(key)  # versioned by _credit
-        self._credit(client, amount)
-        return True
-
     def export_ledger(self) -> bytes:
         self._check_ready()  # never an empty ledger over the stored one
         self._prune()
@@ -527,12 +476,9 @@ class VaultEnclaveCode:
         record = {
             "format": _LEDGER_FORMAT,
             "version": self._version,
-            "balances": {k: str(v) for k, v in self._balances.items()},
-            "credited": sorted(self._credited),
             "channels": {cid.hex(): [e.owner, e.funding, str(e.deposit), e.settled, e.refunded,
                                      e.approved_until, e.admit]
                          for cid, e in self._channels.items()},
-            "withdrawals": self._withdrawals,
             "newest": {k: v for k, v in self._newest.items()},
             "clock": self._clock, "wall": self._wall, "life": self._life.hex(),
         }
@@ -569,13 +515,10 @@ class VaultEnclaveCode:
             if record.get("format") != _LEDGER_FORMAT:
                 raise ValueError("not a vault ledger")
             version = int(record.get("version", 0))
-            balances = {k: int(v) for k, v in record["balances"].items()}
-            credited = set(record["credited"])
             channels = {bytes.fromhex(cid): _Entry(e[0], e[1], int(e[2]), e[3], bool(e[4]),
                                                    int(e[5]) if len(e) > 5 else 0,
                                                    e[6] if len(e) > 6 else None)
                         for cid, e in record["channels"].items()}
-            withdrawals = dict(record["withdrawals"])
             newest = {k: int(v) for k, v in record.get("newest", {}).items()}
             clock = int(record.get("clock", 0))
             wall = int(record.get("wall", 0))
@@ -588,7 +531,6 @@ class VaultEnclaveCode:
         for cid in [cid for cid in self._held if cid not in channels]:
             self.unload(cid)
         self._version, self._unsaved = version, False
-        self._balances, self._credited, self._withdrawals = balances, credited, withdrawals
         self._channels, self._by_owner = {}, {}
         for cid, entry in channels.items():
             self._enter(cid, entry)
@@ -716,7 +658,7 @@ class VaultEnclaveCode:
                         ).digest()[:16]
 
     def _check_terms(self, terms: ChannelTerms, lock_timeout: float) -> None:
-        """What :meth:`_new_channel` refuses, checked before any balance moves."""
+        """What :meth:`_new_channel` refuses, checked before anything is recorded."""
         if terms.vault != self.address:
             raise EnclaveError("not_our_channel", "the terms name another vault")
         if not hmac.compare_digest(terms.salt[16:], self._salt_mac(terms.salt[:16])):
@@ -752,13 +694,13 @@ class VaultEnclaveCode:
 
     def approve_pool_channel(self, call: SignedCall, terms: ChannelTerms, lock_timeout: float,
                              *, now: int) -> OpenApproval:
-        """The vault's approval of ``createASC`` for a pool channel of the client who
-        signed ``call`` (the paid call that needs the channel: fresh, for pool funding,
-        not paid already), its deposit debited from the client's balance (refused beyond
-        it), good until ``OPEN_APPROVAL_LIFETIME`` after ``now`` (chain time). Asked again
-        for the same channel: a fresh approval, debited once; never after its debit was
-        given back. Without a call of the client's the host cannot move its balance into
-        a channel."""
+        """The vault's approval of ``createASCFromPool`` for a pool channel of the client
+        who signed ``call`` (the paid call that needs the channel: fresh, for pool funding,
+        not paid already), whose terms name that client, good until
+        ``OPEN_APPROVAL_LIFETIME`` after ``now`` (chain time). Asked again for the same
+        channel: a fresh approval; never after it was written off. Without a call of the
+        client's the host cannot move the client's pool balance into a channel; the
+        contract debits ``pooled[vault][client]`` and refuses a deposit beyond it."""
         self._check_ready()
         signed = self._signed(call, "POST", INVOKE_PATH)
         owner = address_key(signed.client)
@@ -772,16 +714,12 @@ class VaultEnclaveCode:
             raise EnclaveError("replayed_call", "this signed call has paid already")
         if invoke.funding != api.POOL:
             raise EnclaveError("not_a_pool_channel", "the call asks for wallet funding")
-        if terms.client != self.address:
-            raise EnclaveError("not_a_pool_channel", "a pool channel's client is the vault")
+        if address_key("0x" + terms.client.hex()) != owner:
+            raise EnclaveError("not_your_channel",
+                               "a pool channel's client is the client who signed the call")
         channel_id = terms.channel_id(self.domain)
         entry = self._channels.get(channel_id)
         if entry is None:
-            self._check_terms(terms, lock_timeout)  # before the debit: a refusal moves nothing
-            if terms.deposit > self.balance(owner):
-                raise EnclaveError("insufficient_balance",
-                                   f"{terms.deposit} > balance {self.balance(owner)}")
-            self._debit(owner, terms.deposit)
             self._new_channel(terms, owner, api.POOL, lock_timeout)
             self._channels[channel_id].admit = once  # this call was fresh: see request
         elif (entry.owner, entry.funding) != (owner, api.POOL):
@@ -810,9 +748,10 @@ class VaultEnclaveCode:
         return 0 if entry is None else entry.approved_until
 
     def open_failed(self, channel_id: bytes, *, now: int) -> int:
-        """The host reports that a pool channel never opened: its deposit goes back, once.
-        Returns what was credited (0 for a channel never approved, a wallet channel, one
-        refunded already, or one whose approval may still open it).
+        """The host reports that a pool channel never opened: it is written off, once.
+        Returns its deposit (0 for a channel never approved, a wallet channel, one written
+        off already, or one whose approval may still open it). Nothing is credited: the
+        chain never debited the client's pool balance for a channel that did not open.
 
         Given back only once the clock, advanced to ``now``, is past every approval's
         deadline (before, the channel could still open), and refused unless the channel
@@ -820,8 +759,8 @@ class VaultEnclaveCode:
         request ever made, nothing pending. From then on the channel is closed here for
         good (its ledger entry says refunded, and it is never approved again): no
         request, no σ_U, and a restore brings it back closed, so a channel that opens
-        on-chain after all pays nothing off-chain and its later settlement credits
-        nothing."""
+        on-chain after all pays nothing off-chain (its deposit comes back to the client's
+        pool balance by the opening-state force close)."""
         self._check_ready()
         entry = self._channels.get(channel_id)
         if entry is None or entry.funding != api.POOL or entry.refunded:
@@ -842,7 +781,7 @@ class VaultEnclaveCode:
                 or channel.pending_close() is not None):
             raise EnclaveError("channel_used", "the channel was used: it opened")
         entry.refunded, entry.settled = True, self._newest.get(entry.owner, 0)
-        self._credit(entry.owner, entry.deposit)
+        self._changed()
         held.written_off = True
         if channel.status is not Status.CLOSED:
             channel.closed_on_chain()
@@ -854,9 +793,11 @@ class VaultEnclaveCode:
         return entry is not None and (entry.refunded or entry.settled is not None)
 
     def settled(self, channel_id: bytes, client_payout: int) -> int:
-        """The host reports the channel settled on-chain, paying ``client_payout`` back: for
-        a pool channel, credited to its owner once, at most what the channel's latest state
-        signed here gives the client. Returns what was credited."""
+        """The host reports the channel settled on-chain: it is closed here for good (no
+        request, no σ_U). Returns the client's share the report names for a pool channel,
+        at most what the channel's latest state signed here gives the client (0 for a
+        wallet channel or a second report): informational only, since the contract itself
+        credited the pool balance."""
         self._check_ready()
         entry = self._channels.get(channel_id)
         held = self._get(channel_id)
@@ -867,9 +808,7 @@ class VaultEnclaveCode:
         held.channel.closed_on_chain()
         if entry.funding != api.POOL:
             return 0
-        credit = min(client_payout, self._client_cap(held))
-        self._credit(entry.owner, credit)
-        return credit
+        return min(client_payout, self._client_cap(held))
 
     def _client_cap(self, held: _Held) -> int:
         channel = held.channel
@@ -1073,80 +1012,6 @@ class VaultEnclaveCode:
         if held is not None:
             self._release(held)
 
-    # ---------------------------------------------------------------- withdrawals
-
-    def withdraw(self, call: SignedCall, *, now: int) -> Withdrawal:
-        """An EIP-3009 transfer from the vault for a client-signed withdrawal, debited once
-        per idempotency key; asked again, the same transfer (same nonce) signed again,
-        valid ``WITHDRAWAL_VALIDITY`` seconds from ``now``."""
-        self._check_ready()
-        signed = self._verify(call, "POST", WITHDRAW_PATH, now)
-        client = address_key(signed.client)
-        body = self._body(call)
-        try:
-            if not isinstance(body, dict):
-                raise ValueError("the body is a JSON object")
-            amount = api.parse_amount(body.get("amount"), "amount")
-            idem = body.get("idempotencyKey")
-            to = address_key(body.get("to") or client)
-        except (ValueError, TypeError) as e:
-            raise EnclaveError("bad_request", str(e)) from None
-        if not isinstance(idem, str) or not 1 <= len(idem) <= 128 or amount <= 0:
-            raise EnclaveError("bad_request", "a positive amount and an idempotencyKey")
-        key = f"{client}:{idem}"
-        record = self._withdrawals.get(key)
-        if record is None:
-            if amount > self.balance(client):
-                raise EnclaveError("insufficient_balance",
-                                   f"{amount} > balance {self.balance(client)}")
-            record = {"to": to, "value": str(amount), "nonce": os.urandom(32).hex()}
-            self._withdrawals[key] = record
-            self._debit(client, amount)
-        elif (record["to"], int(record["value"])) != (to, amount):
-            raise EnclaveError("idempotency_key_reused", "this key named another withdrawal")
-        return self._sign_withdrawal(key, now)
-
-    def withdrawal_again(self, key: str, *, now: int) -> Withdrawal:
-        """The transfer of a withdrawal already debited, signed again (same EIP-3009 nonce:
-        of all its signatures at most one can transfer)."""
-        self._check_ready()
-        if key not in self._withdrawals:
-            raise EnclaveError("unknown_withdrawal", "no such withdrawal was signed")
-        return self._sign_withdrawal(key, now)
-
-    def _sign_withdrawal(self, key: str, now: int) -> Withdrawal:
-        record = self._withdrawals[key]
-        amount = int(record["value"])
-        nonce = bytes.fromhex(record["nonce"])
-        valid_before = now + WITHDRAWAL_VALIDITY
-        source = "0x" + self.address.hex()
-        authorization = Authorization.model_validate({
-            "from": source, "to": record["to"], "value": record["value"], "validAfter": "0",
-            "validBefore": str(valid_before), "nonce": "0x" + nonce.hex()})
-        signature = self._kernel.sign(TOKEN_AUTHORIZATION,
-                                      eip3009_digest(self.token, authorization))
-        return Withdrawal(key, source, record["to"], amount, 0, valid_before, nonce, signature)
-
-    def collect_order(self, amount: int, nonce: int, deadline: int) -> bytes:
-        """The manager's ``A402Withdrawal`` order for what it owes the vault (payouts its
-        token refused), paid to the vault itself and nowhere else."""
-        struct = keccak(WITHDRAWAL_TYPEHASH + bytes(12) + self.address + bytes(12) + self.address
-                        + amount.to_bytes(32, "big") + nonce.to_bytes(32, "big")
-                        + deadline.to_bytes(32, "big"))
-        return self._kernel.sign(TOKEN_AUTHORIZATION,
-                                 keccak(b"\x19\x01" + self.domain.separator + struct))
-
-    def permit(self, spender: str, value: int, nonce: int, deadline: int) -> bytes:
-        """EIP-2612 permit from the vault, to the configured ASCManager only."""
-        if address_key(spender) != address_key("0x" + self.domain.verifying_contract.hex()):
-            raise EnclaveError("spender_not_allowed", "the vault permits only its ASCManager")
-        digest = permit_digest(
-            token_name=self.token.name, token_version=self.token.version,
-            chain_id=self.token.chain_id, token=self.token.verifying_contract,
-            owner=self.address, spender=spender, value=value, nonce=nonce, deadline=deadline)
-        return self._kernel.sign(TOKEN_AUTHORIZATION, digest)
-
-
 # ------------------------------------------------------------ what the host sees
 
 
@@ -1284,18 +1149,10 @@ class VaultEnclave:
         """The CAIP-10 account clients sign their calls for."""
         return self._code.account
 
-    def balance(self, client: str) -> int:
-        with self._code.lock:
-            return self._code.balance(client)
-
     def salt(self) -> bytes:
         """The salt of a new channel's terms (the enclave approves no other)."""
         with self._code.lock:
             return self._code.salt()
-
-    def credit_deposit(self, key: str, client: str, amount: int) -> bool:
-        with self._code.lock:
-            return self._code.credit_deposit(key, client, amount)
 
     @property
     def life_id(self) -> str:
@@ -1359,10 +1216,6 @@ class VaultEnclave:
         with self._code.lock:
             return self._code._missing(address_key(client))
 
-    def withdrawal_again(self, key: str, *, now: int) -> Withdrawal:
-        with self._code.lock:
-            return self._code.withdrawal_again(key, now=now)
-
     def forget(self, channel_id: bytes) -> None:
         with self._code.lock:
             self._code.forget(channel_id)
@@ -1379,31 +1232,18 @@ class VaultEnclave:
         with self._code.lock:
             return self._code.force_close(channel_id, now=now)
 
-    def withdraw(self, call: SignedCall, *, now: int) -> Withdrawal:
-        with self._code.lock:
-            return self._code.withdraw(call, now=now)
-
-    def collect_order(self, amount: int, nonce: int, deadline: int) -> bytes:
-        with self._code.lock:
-            return self._code.collect_order(amount, nonce, deadline)
-
-    def permit(self, spender: str, value: int, nonce: int, deadline: int) -> bytes:
-        with self._code.lock:
-            return self._code.permit(spender, value, nonce, deadline)
 
 
 __all__ = [
     "FORCE_CLOSE_LIFETIME",
     "INVOKE_PATH",
     "OPEN_APPROVAL_LIFETIME",
-    "WITHDRAW_PATH",
     "ChannelsNeeded",
     "EnclaveChannel",
     "OpenApproval",
     "SignedCall",
     "VaultEnclave",
     "VaultEnclaveCode",
-    "Withdrawal",
     "life_id",
     "paid_request",
     "path_and_query",

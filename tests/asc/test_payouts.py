@@ -145,8 +145,10 @@ def test_a_blocklisted_party_does_not_stop_the_other_being_paid(
 def test_a_blocklisted_pool_vault_does_not_hold_back_any_providers_earnings(
     asc_chain: Chain, token: Any, restricted: ASCManager, restore: list[str]
 ) -> None:
-    """Pool mode: the vault is every channel's client. Blocklisting it credits the pool's
-    refunds; every provider in the batch is still paid."""
+    """A vault that is its channels' client (``createASC`` with client == vault, which the
+    contract still allows). Blocklisting it credits its refunds; every provider in the batch is
+    still paid. (``a402 vault``'s pool channels are opened from clients' on-chain pool
+    balances instead, see test_pool.py.)"""
     vault = fresh_account(asc_chain)
     transact(asc_chain, asc_chain.accounts[0], token.functions.mint(vault.address, 3 * DEPOSIT))
     transact(asc_chain, vault, token.functions.approve(restricted.address, 3 * DEPOSIT))

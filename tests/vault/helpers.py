@@ -1,12 +1,12 @@
 """Building blocks for the vault tests: a running vault, funded clients, conservation checks.
 
-Conservation is checked three ways after every scenario: the vault's own ledger
-(``deposits == balances + in_channels + paid + withdrawn``); the enclave's
-ledger, as stored (unsealed by the same enclave identity), holds exactly the
-host's balance for every client; and the chain — the vault's token balance is
-exactly the clients' pooled balances, every settled channel paid its provider
+Conservation is checked two ways after every scenario: the vault's own ledger
+(``deposits == balances + in_channels + paid + withdrawn``); and the chain —
+every client's on-chain pool balance (``ASCManager.pooled[vault][client]``) is
+exactly the host's balance (plus a withdrawal relayed but not mined), the
+vault's address holds no tokens, every settled channel paid its provider
 exactly what the ledger says, and the ASCManager still escrows exactly the
-deposits of the channels not settled.
+deposits of the channels not settled (plus the pool).
 """
 
 from __future__ import annotations
@@ -128,10 +128,9 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "c
         time.sleep(0.05)
 
 
-def enclave_balances(world: World, store: VaultStore) -> dict[str, int]:
-    """The client balances in the enclave's ledger as the store holds it: opened by a twin
-    of the vault's enclave (its sealed identity is in the store; the test holds the
-    platform), never by the host."""
+def enclave_twin(world: World, store: VaultStore) -> VaultEnclaveCode:
+    """The enclave's ledger as the store holds it: opened by a twin of the vault's enclave
+    (its sealed identity is in the store; the test holds the platform), never by the host."""
     sealed = store.get_meta(_IDENTITY)
     stored = store.ledger()
     assert sealed is not None and stored is not None, "no enclave identity or ledger stored"
@@ -142,22 +141,23 @@ def enclave_balances(world: World, store: VaultStore) -> dict[str, int]:
         token=Eip712Domain(token.name, token.version, world.chain.chain_id, token.address))
     twin.restore_ledger(stored[1])
     assert twin.ledger_version == stored[0]
-    return {k: v for k, v in twin._code._balances.items() if v}
+    return twin._code
 
 
 def assert_conserved(world: World, store: VaultStore, vault_address: str,
                      escrow_before: int | None = None) -> vault_store.Totals:
-    """The ledger balances, the enclave's agrees with it, and so does the chain (see the
-    module docstring)."""
+    """The ledger balances, and so does the chain (see the module docstring)."""
     totals = store.totals()
     assert totals.conserved, totals
-    host = {a: b for a in {c.client for c in store.channels()} | set(_accounts(store))
-            if (b := store.balance(a))}
-    assert enclave_balances(world, store) == host, "the enclave's ledger and the host's differ"
-    # A pending withdrawal is out of the balances but still in the vault's wallet.
-    pending = sum(int(w.amount) for w in store.pending_withdrawals())
-    assert world.balance(vault_address) == totals.balances + pending, (
-        world.balance(vault_address), totals, pending)
+    # A withdrawal relayed but not mined is out of the host's balance, still in the pool.
+    pending: dict[str, int] = {}
+    for w in store.pending_withdrawals():
+        pending[w.client] = pending.get(w.client, 0) + int(w.amount)
+    clients = {c.client for c in store.channels()} | set(_accounts(store))
+    host = {a: store.balance(a) + pending.get(a, 0) for a in clients}
+    chain = {a: world.manager.pooled(vault_address, a) for a in clients}
+    assert chain == host, ("the chain's pool and the host's mirror differ", chain, host)
+    assert world.balance(vault_address) == 0, "the vault's address holds tokens"
     channels = store.channels()
     by_provider: dict[str, int] = {}
     for c in channels:
@@ -167,7 +167,8 @@ def assert_conserved(world: World, store: VaultStore, vault_address: str,
         assert world.balance(world.chain.w3.to_checksum_address(provider)) == paid
     if escrow_before is not None:
         unsettled = sum(int(c.deposit) for c in channels if c.phase in vault_store.FUNDED)
-        assert world.balance(world.manager.address) == escrow_before + unsettled
+        assert world.balance(world.manager.address) == (
+            escrow_before + unsettled + totals.balances + sum(pending.values()))
     return totals
 
 

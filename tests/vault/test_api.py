@@ -19,7 +19,7 @@ from a402.wire import vault_api as api
 from tests.a402_exchange.helpers import World
 from tests.provider.support import paid_app
 
-from .helpers import assert_conserved, client_of, running_vault
+from .helpers import assert_conserved, client_of, running_vault, wait_for
 
 pytestmark = pytest.mark.anvil
 
@@ -50,7 +50,8 @@ def test_calls_must_be_signed_fresh_and_once(world: World) -> None:
                              (tampered, api.BAD_SIGNATURE)):
         assert (response.status_code, response.json()["error"]) == (401, reason)
     assert info.status_code == 200
-    assert info.json()["deposit"]["payTo"] == vault.address
+    assert info.json()["deposit"]["vault"] == vault.address
+    assert info.json()["deposit"]["ascManager"] == world.manager.address
 
 
 def test_an_oversized_call_is_refused_before_it_is_read(world: World,
@@ -142,25 +143,31 @@ def test_deposits_count_once_by_either_route_and_withdrawals_pay_out(world: Worl
     with running_vault(world) as vault:
         account, client = client_of(world, vault.url, funds=10_000, deposit=3_000)
         signed = client.deposit(2_000)
-        # The same deposit reported again as a plain transfer is not credited twice …
+        # The same relayed deposit reported again is not credited twice …
         again = client.report_deposit(signed["transaction"])
-        # … a transfer of its own is, once.
-        tx = transact(world.chain, account, world.token.functions.transfer(vault.address, 1_500))
+        # … a depositToPool of its own is, once.
+        transact(world.chain, account, world.token.functions.approve(world.manager.address,
+                                                                      1_500))
+        tx = world.manager.deposit_to_pool(account, vault.address, account.address, 1_500)
         tx_hash = "0x" + bytes(tx["transactionHash"]).hex()
         reported = client.report_deposit(tx_hash)
         twice = client.report_deposit(tx_hash)
         assert client.account_info()["balance"] == str(6_500)
+        assert world.manager.pooled(vault.address, account.address) == 6_500
 
-        paid_out = client.withdraw(2_500, idempotency_key="w")
-        repeat = client.withdraw(2_500, idempotency_key="w")
+        nonce = int(client.account_info()["poolWithdrawalNonce"])
+        paid_out = client.withdraw(2_500, nonce=nonce)
         with pytest.raises(VaultCallError) as overdrawn:
             client.withdraw(10_000)
         view = client.account_info()
         assert_conserved(world, vault.store, vault.address)
     assert (again["amount"], reported["amount"], twice["amount"]) == ("2000", "1500", "1500")
-    assert paid_out["state"] == "confirmed" and repeat == paid_out
+    assert paid_out["state"] == "confirmed" and paid_out["transaction"]
+    assert world.balance(account.address) == 10_000 - 6_500 + 2_500
     assert (overdrawn.value.status, overdrawn.value.reason) == (402, api.INSUFFICIENT_BALANCE)
+    assert "nothing moved" in overdrawn.value.body["message"]
     assert (view["balance"], view["deposits"], view["withdrawn"]) == ("4000", "6500", "2500")
+    assert view["pooled"] == "4000"
     assert world.balance(account.address) == 10_000 - 3_000 - 2_000 - 1_500 + 2_500
 
 
@@ -246,3 +253,27 @@ def test_a_clients_retry_keeps_its_creation_time_and_a_new_life_is_said_plainly(
     [channel] = view["channels"]
     assert channel["providerBalance"] == "2000"
     assert int(view["balance"]) + int(channel["deposit"]) == 50_000
+
+
+def test_a_clients_own_pool_deposit_and_exit_are_mirrored_unreported_and_count_once(
+        world: World) -> None:
+    with running_vault(world) as vault:
+        account, client = client_of(world, vault.url, funds=10_000)
+        transact(world.chain, account, world.token.functions.approve(world.manager.address,
+                                                                      4_000))
+        tx = world.manager.deposit_to_pool(account, vault.address, account.address, 4_000)
+        wait_for(lambda: client.account_info()["balance"] == "4000",
+                 what="the worker mirroring the PoolDeposited log")
+        reported = client.report_deposit("0x" + bytes(tx["transactionHash"]).hex())
+        view = client.account_info()
+        # The client's own exit, with the vault running but not asked: mirrored too.
+        world.manager.withdraw_from_pool(account, vault.address, account.address, 1_500)
+        wait_for(lambda: client.account_info()["balance"] == "2500",
+                 what="the worker mirroring the PoolWithdrawn log")
+        after = client.account_info()
+        assert_conserved(world, vault.store, vault.address)
+        client.close()
+    assert reported["amount"] == "4000"  # what the log carries, credited once
+    assert (view["balance"], view["deposits"], view["pooled"]) == ("4000", "4000", "4000")
+    assert (after["balance"], after["withdrawn"], after["pooled"]) == ("2500", "1500", "2500")
+    assert world.balance(account.address) == 10_000 - 4_000 + 1_500

@@ -86,7 +86,8 @@ def test_a_payment_stuck_pending_is_escalated_and_refunded(world: World) -> None
         assert_conserved(world, vault.store, vault.address, escrow)
     assert (status, answer["outcome"]) == (200, api.ABORTED)
     assert (channel.phase, channel.provider_payout) == (vault_store.SETTLED, str(PRICE))
-    assert world.balance(vault.address) == 20_000 - PRICE
+    assert world.balance(vault.address) == 0
+    assert world.manager.pooled(vault.address, account.address) == 20_000 - PRICE
     assert world.balance(provider.address) == PRICE
     assert world.balance(account.address) == 0
 

@@ -5,7 +5,8 @@ object, the :class:`VaultEnclave` boundary, every sealed blob, every signed call
 it ever received — but not the kernel or the sealing keys. Each test tries to
 make the enclave sign something the protocol would not, and checks it does not.
 (:mod:`tests.vault.test_host_cannot_move_money` does the same on anvil, with
-balances.)
+balances.) The enclave keeps no balance book: pool balances are on-chain
+(``ASCManager.pooled``), and what the contract bounds is not checked twice here.
 """
 
 from __future__ import annotations
@@ -49,7 +50,6 @@ from a402.vault_enclave import (
     FORCE_CLOSE_LIFETIME,
     INVOKE_PATH,
     OPEN_APPROVAL_LIFETIME,
-    WITHDRAW_PATH,
     ChannelsNeeded,
     SignedCall,
     VaultEnclave,
@@ -130,9 +130,18 @@ def call(vault: VaultEnclave, client: LocalAccount, *, max_price: int = PRICE,
     return signed(vault, client, invoke.to_json(), ts=ts)
 
 
+WITHDRAW_PATH = api.API_PREFIX + "/withdrawals"
+
+
+def pool_terms(s: Setup, client: LocalAccount, deposit: int = 10 * PRICE) -> ChannelTerms:
+    """Fresh terms of a pool channel of ``client`` (the client is the on-chain client)."""
+    return ChannelTerms(client.address, s.vault.address, s.provider.address,
+                        s.schnorr.public_key, deposit, s.vault.salt())
+
+
 def pool_channel(s: Setup, client: LocalAccount, deposit: int = 10 * PRICE) -> ChannelTerms:
     """A pool channel for a call of ``client``'s, bound to the provider enclave's tunnel."""
-    terms = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
+    terms = ChannelTerms(client.address, s.vault.address, s.provider.address,
                          s.schnorr.public_key, deposit, s.vault.salt())
     s.vault.approve_pool_channel(call(s.vault, client, key="needs-a-channel"), terms,
                                  lock_timeout=10.0, now=NOW)
@@ -146,9 +155,8 @@ def provider_side(s: Setup, terms: ChannelTerms) -> ProviderChannel:
 
 
 def funded(s: Setup, amount: int = 100 * PRICE) -> LocalAccount:
-    client = Account.create()
-    s.vault.credit_deposit(f"0x{os.urandom(32).hex()}:0", client.address, amount)
-    return client
+    """A client (its pool balance is on-chain: the enclave does not track it)."""
+    return Account.create()
 
 
 def clock() -> int:
@@ -292,7 +300,7 @@ def test_after_a_restart_a_clients_calls_wait_for_its_channels(setup: Setup) -> 
     # the host restarts the code and "forgets" the channel that consumed the nonce
     again = VaultEnclaveCode.start(s.enclave, domain=DOMAIN, network=NETWORK, token=TOKEN)
     with pytest.raises(EnclaveError, match="restarted"):  # the old code signs nothing more
-        s.vault.permit("0x" + MANAGER.hex(), 1, 0, 2**63)
+        s.vault.force_close(cid, now=NOW)
     again.restore_ledger(ledger)
     fresh = pool_channel(s.restarted(again), alice)
     replay = again.channel(fresh.channel_id(DOMAIN))
@@ -370,62 +378,48 @@ def test_records_and_ledger_are_sealed_for_the_code_alone(setup: Setup) -> None:
             s.enclave.unseal(label, blob)
 
 
-def test_no_pool_channel_beyond_the_clients_balance(setup: Setup) -> None:
+def test_a_pool_channel_only_for_the_client_who_signed_the_call_and_this_vault(
+        setup: Setup) -> None:
     s = setup
-    alice = funded(s, 5 * PRICE)
-    pool_channel(s, alice, deposit=3 * PRICE)
-    with pytest.raises(EnclaveError, match="insufficient_balance"):
-        pool_channel(s, alice, deposit=3 * PRICE)
-    assert s.vault.balance(alice.address) == 2 * PRICE
-    foreign = ChannelTerms(s.vault.address, "0x" + "22" * 20, s.provider.address,
+    alice, mallory = funded(s), funded(s)
+    # Terms naming another client than the call's signer (mallory's pool paying for
+    # alice's call, or the vault as client as before): refused, nothing recorded.
+    for client in (mallory, Account.from_key(os.urandom(32))):
+        t = pool_terms(s, client)
+        with pytest.raises(EnclaveError, match="not_your_channel"):
+            s.vault.approve_pool_channel(call(s.vault, alice), t, lock_timeout=10.0, now=NOW)
+        assert s.vault.channel(t.channel_id(DOMAIN)) is None
+    as_vault = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
+                            s.schnorr.public_key, PRICE, s.vault.salt())
+    with pytest.raises(EnclaveError, match="not_your_channel"):
+        s.vault.approve_pool_channel(call(s.vault, alice), as_vault, lock_timeout=10.0, now=NOW)
+    foreign = ChannelTerms(alice.address, "0x" + "22" * 20, s.provider.address,
                            s.schnorr.public_key, PRICE, s.vault.salt())
     with pytest.raises(EnclaveError, match="not_our_channel"):
         s.vault.approve_pool_channel(call(s.vault, alice), foreign, lock_timeout=10.0, now=NOW)
+    terms = pool_terms(s, alice)
+    s.vault.approve_pool_channel(call(s.vault, alice), terms, lock_timeout=10.0, now=NOW)
+    channel = s.vault.channel(terms.channel_id(DOMAIN))
+    assert channel is not None and channel.owner == address_key(alice.address)
 
 
-def test_deposits_count_once_and_refunds_at_most_the_signed_state(setup: Setup) -> None:
+def test_the_enclave_keeps_no_balances_and_signs_no_transfer(setup: Setup) -> None:
+    """The pool's balances are the contract's: the enclave has nothing a host could credit
+    (an invented deposit, a refund) and nothing that moves tokens (no withdrawal, no
+    permit, no EIP-3009). A settlement report closes the channel here and credits nothing."""
     s = setup
-    alice = Account.create()
-    assert s.vault.credit_deposit("0xabc:1", alice.address, 5_000)
-    assert not s.vault.credit_deposit("0xabc:1", alice.address, 5_000)
+    for gone in ("balance", "credit_deposit", "withdraw", "withdrawal_again", "permit",
+                 "collect_order"):
+        assert not hasattr(s.vault, gone), gone
+    alice = funded(s)
     terms = pool_channel(s, alice, deposit=4_000)
     pay(s, terms, provider_side(s, terms), call(s.vault, alice))
     cid = terms.channel_id(DOMAIN)
-    assert s.vault.settled(cid, 4_000) == 3_000  # the host claims the whole deposit back
+    assert s.vault.settled(cid, 4_000) == 3_000  # capped at the signed state, informational
     assert s.vault.settled(cid, 3_000) == 0  # once
-    assert s.vault.balance(alice.address) == 1_000 + 3_000
-
-
-def test_withdrawals_only_as_signed_and_within_the_balance(setup: Setup) -> None:
-    s = setup
-    alice, bob = funded(s, 5_000), funded(s, 5_000)
-    too_much = signed(s.vault, alice, {"amount": "5001", "idempotencyKey": "w"},
-                      path=WITHDRAW_PATH)
-    with pytest.raises(EnclaveError, match="insufficient_balance"):
-        s.vault.withdraw(too_much, now=clock())
-    ok = signed(s.vault, alice, {"amount": "3000", "idempotencyKey": "w"}, path=WITHDRAW_PATH)
-    first = s.vault.withdraw(ok, now=clock())
-    again = s.vault.withdraw(ok, now=clock() + 100)  # the host asks again: the same transfer
-    assert (first.nonce, first.value, first.to) == (again.nonce, 3000, address_key(alice.address))
-    assert s.vault.balance(alice.address) == 2_000 and s.vault.balance(bob.address) == 5_000
-    changed = signed(s.vault, alice, {"amount": "1000", "idempotencyKey": "w"},
-                     path=WITHDRAW_PATH)
-    with pytest.raises(EnclaveError, match="idempotency_key_reused"):
-        s.vault.withdraw(changed, now=clock())
-    # the host relabels alice's call as bob's, or as an invoke: the signature fails
-    relabelled = SignedCall({**ok.headers, api.CLIENT_HEADER: bob.address}, ok.method, ok.path,
-                            ok.body)
-    with pytest.raises(EnclaveError, match="bad_signature"):
-        s.vault.withdraw(relabelled, now=clock())
-    with pytest.raises(EnclaveError, match="wrong_call"):
-        s.vault.withdraw(SignedCall(ok.headers, "POST", INVOKE_PATH, ok.body), now=clock())
-
-
-def test_a_permit_only_to_the_manager(setup: Setup) -> None:
-    s = setup
-    with pytest.raises(EnclaveError, match="spender_not_allowed"):
-        s.vault.permit("0x" + "33" * 20, 2**256 - 1, 0, 2**63)
-    assert len(s.vault.permit("0x" + MANAGER.hex(), 2**256 - 1, 0, 2**63)) == 65
+    with pytest.raises(EnclaveError, match="channel_closed"):
+        s.vault.channel(cid).request(call(s.vault, alice, key="k2"), PRICE,  # type: ignore[union-attr]
+                                     now=clock())
 
 
 def test_a_tunnel_binding_only_for_a_channel_held(setup: Setup) -> None:
@@ -447,16 +441,15 @@ def test_a_force_close_order_only_for_the_latest_co_signed_state(setup: Setup) -
     assert recover_signer(digest, order[:65]) == s.vault.address
 
 
-def test_an_open_approval_lapses_and_a_pool_debit_comes_back_only_after_it_has(
+def test_an_open_approval_lapses_and_a_pool_channel_is_written_off_only_after_it_has(
     setup: Setup,
 ) -> None:
-    """Review F1/F2: a failed open's approval stays usable until its deadline, so the debit
-    may come back only after it (the host's word that the chain shows the id unopened is
-    not enough before), and a channel whose debit came back is never approved again."""
+    """Review F1/F2: a failed open's approval stays usable until its deadline, so the
+    channel may be written off only after it (the host's word that the chain shows the id
+    unopened is not enough before), and a channel written off is never approved again."""
     s = setup
     alice = funded(s, 10 * PRICE)
-    terms = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
-                         s.schnorr.public_key, 4 * PRICE, s.vault.salt())
+    terms = pool_terms(s, alice, 4 * PRICE)
     cid = terms.channel_id(DOMAIN)
     approval = s.vault.approve_pool_channel(call(s.vault, alice), terms, lock_timeout=10.0,
                                            now=NOW)
@@ -464,23 +457,18 @@ def test_an_open_approval_lapses_and_a_pool_debit_comes_back_only_after_it_has(
     assert recover_signer(open_approval_digest(DOMAIN, cid, approval.deadline),
                           approval.signature) == s.vault.address
     assert approval.calldata == approval.signature + approval.deadline.to_bytes(32, "big")
-    assert s.vault.balance(alice.address) == 6 * PRICE
-    # Asked again (a retry): a fresh deadline, the deposit debited once.
+    # Asked again (a retry): a fresh deadline.
     again = s.vault.approve_pool_channel(call(s.vault, alice), terms, lock_timeout=10.0,
                                         now=NOW + 10)
     assert again.deadline == NOW + 10 + OPEN_APPROVAL_LIFETIME == s.vault.approved_until(cid)
-    assert s.vault.balance(alice.address) == 6 * PRICE
-    # Up to the last approval's deadline, nothing comes back, whatever the host says.
+    # Up to the last approval's deadline, it is not written off, whatever the host says.
     assert s.vault.open_failed(cid, now=again.deadline) == 0
-    assert s.vault.balance(alice.address) == 6 * PRICE
     # Past it, once.
     assert s.vault.open_failed(cid, now=again.deadline + 1) == 4 * PRICE
     assert s.vault.open_failed(cid, now=again.deadline + 2) == 0
-    assert s.vault.balance(alice.address) == 10 * PRICE
     with pytest.raises(EnclaveError, match="written_off"):
         s.vault.approve_pool_channel(call(s.vault, alice), terms, lock_timeout=10.0,
                                      now=NOW + 1_000)
-    assert s.vault.balance(alice.address) == 10 * PRICE
 
 
 def test_the_enclaves_clock_never_goes_back(setup: Setup) -> None:
@@ -488,12 +476,10 @@ def test_the_enclaves_clock_never_goes_back(setup: Setup) -> None:
     get its debit back sooner): deadlines follow the latest time it ever reported."""
     s = setup
     alice = funded(s, 10 * PRICE)
-    first = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
-                         s.schnorr.public_key, PRICE, s.vault.salt())
+    first = pool_terms(s, alice, PRICE)
     s.vault.approve_pool_channel(call(s.vault, alice, key="first"), first, lock_timeout=10.0,
                                  now=NOW + 5_000)
-    second = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
-                          s.schnorr.public_key, PRICE, s.vault.salt())
+    second = pool_terms(s, alice, PRICE)
     approval = s.vault.approve_pool_channel(call(s.vault, alice, key="second"), second,
                                             lock_timeout=10.0, now=NOW)
     assert approval.deadline == NOW + 5_000 + OPEN_APPROVAL_LIFETIME
@@ -567,20 +553,18 @@ def test_a_channel_refunded_as_never_opened_pays_nothing_when_restored_from_its_
     terms = pool_channel(s, alice, deposit=10 * PRICE)
     cid = terms.channel_id(DOMAIN)
     channel = s.vault.channel(cid)
-    assert channel is not None and s.vault.balance(alice.address) == 0
+    assert channel is not None
     record = channel.snapshot()  # stored before the approval left the vault
     later = s.vault.approved_until(cid) + 1  # its approval lapsed unused
-    assert s.vault.open_failed(cid, now=later) == 10 * PRICE  # "the open failed": credited back
+    assert s.vault.open_failed(cid, now=later) == 10 * PRICE  # "the open failed": written off
     assert s.vault.open_failed(cid, now=later) == 0  # once
-    assert s.vault.balance(alice.address) == 10 * PRICE
     s.vault.unload(cid)
     again = s.vault.restore(cid, record)  # ... but the channel opens on-chain after all
     assert again.status is Status.CLOSED
     with pytest.raises(EnclaveError, match="channel_closed"):
         again.request(call(s.vault, alice), PRICE, now=clock())
     assert again.provider_balance == 0 and again.pending_auth() is None
-    assert s.vault.settled(cid, 10 * PRICE) == 0  # its refund on-chain is not credited again
-    assert s.vault.balance(alice.address) == 10 * PRICE
+    assert s.vault.settled(cid, 10 * PRICE) == 0  # (the chain credits its refund itself)
 
 
 def test_a_used_pool_channel_cannot_be_reported_as_never_opened(setup: Setup) -> None:
@@ -597,7 +581,6 @@ def test_a_used_pool_channel_cannot_be_reported_as_never_opened(setup: Setup) ->
     s.vault.unload(cid)
     with pytest.raises(EnclaveError, match="unknown_channel"):
         s.vault.open_failed(cid, now=later)
-    assert s.vault.balance(alice.address) == 0
     # A channel that carried a request, even one given up before σ_U, opened too.
     bob = funded(s, 10 * PRICE)
     other = pool_channel(s, bob, deposit=10 * PRICE)
@@ -608,23 +591,21 @@ def test_a_used_pool_channel_cannot_be_reported_as_never_opened(setup: Setup) ->
     with pytest.raises(EnclaveError, match="channel_used"):
         s.vault.open_failed(other.channel_id(DOMAIN),
                             now=s.vault.approved_until(other.channel_id(DOMAIN)) + 1)
-    assert s.vault.balance(bob.address) == 0
 
 
 def test_a_host_cannot_move_a_clients_pool_balance_into_a_channel_without_its_call(
         setup: Setup) -> None:
     """Review 2, finding 6: a pool channel is approved only for a fresh, unpaid invoke
-    call the client signed (asking for pool funding); otherwise its balance stays put."""
+    call the client signed (asking for pool funding); otherwise its on-chain pool
+    balance stays put (the contract opens nothing without the approval)."""
     s = setup
     alice, mallory = funded(s, 10 * PRICE), funded(s, 10 * PRICE)
     paid = call(s.vault, alice, key="paid")
     first = pool_channel(s, alice, deposit=PRICE)
     pay(s, first, provider_side(s, first), paid)
-    assert s.vault.balance(alice.address) == 9 * PRICE
 
     def terms() -> ChannelTerms:
-        return ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
-                            s.schnorr.public_key, 9 * PRICE, s.vault.salt())
+        return pool_terms(s, alice, 9 * PRICE)
 
     wallet = api.InvokeRequest(url="https://api.example/weather", method="GET", headers=(),
                                body=b"", max_price=PRICE, idempotency_key="w", funding=api.WALLET,
@@ -632,25 +613,20 @@ def test_a_host_cannot_move_a_clients_pool_balance_into_a_channel_without_its_ca
     withdrawal = signed(s.vault, alice, {"amount": "1", "idempotencyKey": "w"},
                         path=WITHDRAW_PATH)
     for not_alices_consent, reason in (
-            (call(s.vault, mallory), "insufficient_balance"),  # mallory's call: her balance
-            (call(s.vault, Account.create()), "insufficient_balance"),  # the host's own key
+            (call(s.vault, mallory), "not_your_channel"),  # mallory's call: not alice's
+            (call(s.vault, Account.create()), "not_your_channel"),  # the host's own key
             (paid, "replayed_call"),  # a call that has paid already
             (signed(s.vault, alice, wallet.to_json()), "not_a_pool_channel"),
             (withdrawal, "wrong_call"),
             (SignedCall({}, "POST", INVOKE_PATH, paid.body), "unauthenticated")):
-        t = terms() if reason != "insufficient_balance" else ChannelTerms(
-            s.vault.address, s.vault.address, s.provider.address, s.schnorr.public_key,
-            11 * PRICE, s.vault.salt())
+        t = terms()
         with pytest.raises(EnclaveError, match=reason):
             s.vault.approve_pool_channel(not_alices_consent, t, lock_timeout=10.0, now=NOW)
         assert s.vault.channel(t.channel_id(DOMAIN)) is None
-    assert s.vault.balance(alice.address) == 9 * PRICE
-    assert s.vault.balance(mallory.address) == 10 * PRICE
-    # alice's fresh call opens one, debited from alice's balance (not mallory's).
-    s.vault.approve_pool_channel(call(s.vault, alice, key="new"), terms(), lock_timeout=10.0,
-                                 now=NOW)
-    assert s.vault.balance(alice.address) == 0
-    assert s.vault.balance(mallory.address) == 10 * PRICE
+    # alice's fresh call opens one of alice's (the contract debits alice's pool balance).
+    t = terms()
+    s.vault.approve_pool_channel(call(s.vault, alice, key="new"), t, lock_timeout=10.0, now=NOW)
+    assert s.vault.channel(t.channel_id(DOMAIN)).owner == address_key(alice.address)  # type: ignore[union-attr]
 
 
 def test_no_sigma_u_for_a_provider_key_no_attested_enclave_holds(setup: Setup) -> None:
@@ -660,7 +636,7 @@ def test_no_sigma_u_for_a_provider_key_no_attested_enclave_holds(setup: Setup) -
     s = setup
     alice = funded(s, 10 * PRICE)
     host_key = EVM.secret_key(EVM.generate_key().to_bytes())
-    terms = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
+    terms = ChannelTerms(alice.address, s.vault.address, s.provider.address,
                          host_key.public_key, 10 * PRICE, s.vault.salt())
     s.vault.approve_pool_channel(call(s.vault, alice, key="open"), terms, lock_timeout=10.0,
                                  now=NOW)
@@ -678,7 +654,6 @@ def test_no_sigma_u_for_a_provider_key_no_attested_enclave_holds(setup: Setup) -
     with pytest.raises(ASCError):
         channel.receive(fake.reply(exec_.request_id, b"a result that never opens"), now=clock())
     assert channel.pending_auth() is None and channel.provider_balance == 0
-    assert s.vault.balance(alice.address) == 0  # (its deposit comes back when it closes)
 
 
 def test_a_restart_without_the_ledger_runs_nothing(setup: Setup) -> None:
@@ -692,21 +667,17 @@ def test_a_restart_without_the_ledger_runs_nothing(setup: Setup) -> None:
     record_b = s.vault.channel(b.channel_id(DOMAIN)).snapshot()  # type: ignore[union-attr]
     again = VaultEnclaveCode.start(s.enclave, domain=DOMAIN, network=NETWORK, token=TOKEN)
     for refused in (lambda: again.restore(b.channel_id(DOMAIN), record_b),
-                    lambda: again.credit_deposit("0xfeed:0", alice.address, 10**30),
                     lambda: pool_channel(s.restarted(again), alice),
-                    lambda: again.withdraw(signed(again, alice, {"amount": "1",
-                                           "idempotencyKey": "w"}, path=WITHDRAW_PATH),
-                                           now=clock()),
                     again.export_ledger):
         with pytest.raises(EnclaveError, match="ledger_needed"):
             refused()
-    assert again.channel(b.channel_id(DOMAIN)) is None and again.balance(alice.address) == 0
+    assert again.channel(b.channel_id(DOMAIN)) is None
 
 
 def test_a_host_declaring_a_first_boot_cannot_run_an_earlier_channel(setup: Setup) -> None:
     """Review 2, finding 5: the host deletes the ledger and declares a first boot: the code
-    starts from zero balances and refuses every channel record of its earlier life, so call
-    X (paid on A) cannot pay again on B."""
+    starts from an empty ledger and refuses every channel record of its earlier life, so
+    call X (paid on A) cannot pay again on B."""
     s = setup
     alice = funded(s)
     a, b = pool_channel(s, alice), pool_channel(s, alice)
@@ -718,9 +689,9 @@ def test_a_host_declaring_a_first_boot_cannot_run_an_earlier_channel(setup: Setu
     with pytest.raises(EnclaveError, match="not_a_first_boot"):
         again.restore(b.channel_id(DOMAIN), record_b)
     assert again.channel(b.channel_id(DOMAIN)) is None
-    assert again.balance(alice.address) == 0  # nothing to open a channel with either
-    with pytest.raises(EnclaveError, match="insufficient_balance"):
-        pool_channel(s.restarted(again), alice)
+    with pytest.raises(EnclaveError, match="not_this_life"):  # nor B's terms approved again
+        again.approve_pool_channel(call(again, alice, key="b-again"), b, lock_timeout=10.0,
+                                   now=NOW)
 
 
 def test_a_far_future_call_of_one_client_makes_no_one_elses_calls_stale(setup: Setup) -> None:
@@ -736,9 +707,6 @@ def test_a_far_future_call_of_one_client_makes_no_one_elses_calls_stale(setup: S
         channel.request(future, PRICE, now=clock())
     bobs = pool_channel(s, bob, deposit=2_000)
     pay(s, bobs, provider_side(s, bobs), call(s.vault, bob))  # bob's current call pays
-    w = signed(s.vault, bob, {"amount": "3000", "idempotencyKey": "w"}, path=WITHDRAW_PATH)
-    assert s.vault.withdraw(w, now=clock()).value == 3_000
-    assert s.vault.balance(bob.address) == 0
     assert s.vault.channel(bobs.channel_id(DOMAIN)).provider_balance == PRICE  # type: ignore[union-attr]
 
 
@@ -753,12 +721,11 @@ def test_each_clients_newest_call_survives_a_restart_in_the_ledger(setup: Setup)
     ledger = s.vault.export_ledger()
     again = VaultEnclaveCode.start(s.enclave, domain=DOMAIN, network=NETWORK, token=TOKEN)
     again.restore_ledger(ledger)
-    fresh = ChannelTerms(again.address, again.address, s.provider.address,
+    fresh = ChannelTerms(alice.address, again.address, s.provider.address,
                          s.schnorr.public_key, PRICE, again.salt())
     with pytest.raises(EnclaveError, match="stale_call"):
         again.approve_pool_channel(call(again, alice, key="old", ts=newest - 121), fresh,
                                    lock_timeout=10.0, now=NOW)
-    assert again.balance(alice.address) == 100 * PRICE - 10 * PRICE
 
 
 @pytest.mark.parametrize("raw", [b"[" * 200_000 + b"]" * 200_000, b"[1, 2, 3]",
@@ -773,19 +740,16 @@ def test_a_signed_body_that_is_not_a_shallow_json_object_is_refused_cleanly(
     terms = pool_channel(s, alice)
     channel = s.vault.channel(terms.channel_id(DOMAIN))
     assert channel is not None
-    fresh = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
-                         s.schnorr.public_key, PRICE, s.vault.salt())
+    fresh = pool_terms(s, alice, PRICE)
     for path, attempt in (
             (INVOKE_PATH, lambda c: channel.request(c, PRICE, now=clock())),
             (INVOKE_PATH, lambda c: s.vault.approve_pool_channel(c, fresh, lock_timeout=10.0,
-                                                                   now=NOW)),
-            (WITHDRAW_PATH, lambda c: s.vault.withdraw(c, now=clock()))):
+                                                                   now=NOW))):
         headers = api.sign_request(alice, s.vault.account, "POST", path, raw,
                                    life=s.vault.life_id)
         with pytest.raises(EnclaveError, match="bad_request"):
             attempt(SignedCall.of(headers, "POST", path, raw))
     assert channel.status is Status.OPEN and channel.free == terms.deposit
-    assert s.vault.balance(alice.address) == 90 * PRICE
 
 
 def test_after_a_declared_first_boot_no_earlier_channel_is_approved_or_restored(
@@ -810,17 +774,17 @@ def test_after_a_declared_first_boot_no_earlier_channel_is_approved_or_restored(
     assert again.channel(cid) is None
 
 
-def test_a_refused_pool_approval_leaves_the_clients_balance_whole(setup: Setup) -> None:
+def test_a_pool_approval_of_terms_with_a_salt_it_did_not_issue_is_refused(
+        setup: Setup) -> None:
     """Review 4, finding 3: terms the enclave would not run (a salt it did not issue) are
-    refused before the deposit leaves the client's balance, so nothing is stranded."""
+    refused, and nothing is recorded."""
     s = setup
     alice = funded(s)
-    foreign_salt = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
+    foreign_salt = ChannelTerms(alice.address, s.vault.address, s.provider.address,
                                 s.schnorr.public_key, 10 * PRICE, os.urandom(32))
     with pytest.raises(EnclaveError, match="not_this_life"):
         s.vault.approve_pool_channel(call(s.vault, alice, key="needs-a-channel"), foreign_salt,
                                      lock_timeout=10.0, now=NOW)
-    assert s.vault.balance(alice.address) == 100 * PRICE
     assert s.vault.channel(foreign_salt.channel_id(DOMAIN)) is None
 
 
@@ -867,11 +831,11 @@ def test_a_call_without_its_creation_time_is_an_older_clients_and_pays_nothing(
     with pytest.raises(EnclaveError) as refused:
         channel.request(old_call, PRICE, now=clock())
     assert refused.value.reason == api.CLIENT_OUTDATED
-    fresh = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
+    fresh = ChannelTerms(alice.address, s.vault.address, s.provider.address,
                          s.schnorr.public_key, PRICE, s.vault.salt())
     with pytest.raises(EnclaveError, match=api.CLIENT_OUTDATED):
         s.vault.approve_pool_channel(old_call, fresh, lock_timeout=10.0, now=NOW)
-    assert s.vault.balance(alice.address) == 90 * PRICE
+    assert s.vault.channel(fresh.channel_id(DOMAIN)) is None  # nothing approved
     assert channel.status is Status.OPEN and channel.free == 10 * PRICE
 
 
@@ -885,7 +849,7 @@ def test_the_call_a_pool_channel_opened_for_pays_there_after_a_slow_open_and_onc
     alice, bob = funded(s), funded(s)
     t0 = clock() - 300
     x = call(s.vault, alice, key="x", ts=t0)
-    terms = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
+    terms = ChannelTerms(alice.address, s.vault.address, s.provider.address,
                          s.schnorr.public_key, 10 * PRICE, s.vault.salt())
     s.vault.approve_pool_channel(x, terms, lock_timeout=10.0, now=NOW)
     s.vault.bind_tunnel(s.tunnel, terms.channel_id(DOMAIN))
@@ -920,27 +884,22 @@ def test_after_a_declared_first_boot_a_clients_old_signed_calls_pay_nothing(
     a = pool_channel(s, alice)
     x = call(s.vault, alice, key="x")
     pay(s, a, provider_side(s, a), x)
-    withdrawal = signed(s.vault, alice, {"amount": "1000", "idempotencyKey": "w"},
-                        path=WITHDRAW_PATH)
     again = VaultEnclaveCode.start(s.enclave, domain=DOMAIN, network=NETWORK, token=TOKEN,
                                    first_boot=True)
     assert again.life_id != s.vault.life_id
     n = s.restarted(again)
-    again.credit_deposit(f"0x{os.urandom(32).hex()}:0", alice.address, 100 * PRICE)
     b = pool_channel(n, alice)  # for a call Alice signed for the new life
     channel = again.channel(b.channel_id(DOMAIN))
     assert channel is not None
     for attempt in (lambda: channel.request(x, PRICE, now=clock()),
-                    lambda: again.withdraw(withdrawal, now=clock()),
                     lambda: again.approve_pool_channel(x, ChannelTerms(
-                        again.address, again.address, s.provider.address,
+                        alice.address, again.address, s.provider.address,
                         s.schnorr.public_key, PRICE, again.salt()), lock_timeout=10.0, now=NOW)):
         with pytest.raises(EnclaveError) as refused:
             attempt()
         assert refused.value.reason == api.WRONG_LIFE
         assert refused.value.detail.startswith("nothing was paid")
         assert "lost its ledger" in refused.value.detail
-    assert again.balance(alice.address) == 90 * PRICE
     assert channel.provider_balance == 0 and channel.free == 10 * PRICE
 
 
@@ -951,8 +910,8 @@ def test_a_write_off_whose_ledger_change_lost_the_race_is_written_off_again(
     change again. The machine is already closed here by the first run: the second run still
     gives the deposit back (once, on the winner's ledger), not ``channel_used``."""
     s = setup
-    alice, bob = funded(s, 10 * PRICE), Account.create()
-    terms = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
+    alice = funded(s, 10 * PRICE)
+    terms = ChannelTerms(alice.address, s.vault.address, s.provider.address,
                          s.schnorr.public_key, 4 * PRICE, s.vault.salt())
     cid = terms.channel_id(DOMAIN)
     approval = s.vault.approve_pool_channel(call(s.vault, alice), terms, lock_timeout=10.0,
@@ -961,13 +920,13 @@ def test_a_write_off_whose_ledger_change_lost_the_race_is_written_off_again(
     replica = VaultEnclaveCode.start(s.platform.restore(CODE, s.enclave.export_sealed()),
                                      domain=DOMAIN, network=NETWORK, token=TOKEN)
     replica.restore_ledger(stored)
-    replica.credit_deposit("0xbb:0", bob.address, 5)  # the replica's change, stored first
+    other = pool_terms(s, Account.create())  # the replica's change, stored first
+    replica.approve_wallet_channel(other, lock_timeout=10.0, now=NOW)
     theirs = replica.export_ledger()
     assert s.vault.open_failed(cid, now=approval.deadline + 1) == 4 * PRICE  # lost: not stored
     s.vault.restore_ledger(theirs)
-    assert s.vault.balance(alice.address) == 6 * PRICE
     assert s.vault.open_failed(cid, now=approval.deadline + 1) == 4 * PRICE  # run again
-    assert (s.vault.balance(alice.address), s.vault.balance(bob.address)) == (10 * PRICE, 5)
+    assert s.vault.approved_until(other.channel_id(DOMAIN)) == NOW + 300  # theirs is kept
     assert s.vault.open_failed(cid, now=approval.deadline + 2) == 0  # and only once
     channel = s.vault.channel(cid)
     assert channel is not None and channel.status is Status.CLOSED

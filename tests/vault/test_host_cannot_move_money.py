@@ -4,9 +4,11 @@ The host here has everything a vault operator has: its gas key, its database
 and its process — the :class:`SimulatedEnclave` object, the enclave code's
 boundary (:class:`VaultEnclave`) and every channel proxy, and every signed call
 its clients ever sent — but not the enclave's kernel or sealing keys. On anvil,
-with balances: the pooled deposits sit at the enclave's address (the host's
-account holds no tokens), and nothing the host can do moves them or pays a
-provider beyond what clients signed.
+with balances: the pooled deposits are per-client balances in the ASCManager
+(``pooled[vault][client]``; neither the enclave's address nor the host's
+account holds tokens), and nothing the host can do — not even inventing a
+deposit in its own database — moves them or pays a provider beyond what
+clients signed.
 """
 
 from __future__ import annotations
@@ -18,18 +20,18 @@ import httpx
 import pytest
 from eth_account import Account
 
-from a402.asc import BalanceState, ChannelTerms, SignedState, sign_channel_open, sign_state
+from a402.asc import BalanceState, ChannelTerms, SignedState, sign_open_approval, sign_state
 from a402.asc.snapshot import terms_from_json
-from a402.asc_manager import terms_tuple
 from a402.background import serve_in_thread
 from a402.chain.tx import TransactionFailed, transact
-from a402.client.vault import VaultClient
+from a402.client.vault import VaultClient, pooled, withdraw_from_pool
 from a402.crypto import EcdsaSigner
 from a402.tee import EnclaveError, SealingError
 from a402.vault import store as vault_store
-from a402.vault_enclave import INVOKE_PATH, WITHDRAW_PATH, SignedCall
+from a402.vault_enclave import INVOKE_PATH, SignedCall
 from a402.wire import vault_api as api
 from tests.a402_exchange.helpers import PRICES, World
+from tests.asc.helpers import selector
 
 from .helpers import Vault, assert_conserved, client_of, running_vault
 
@@ -60,9 +62,10 @@ def test_a_vault_whose_host_holds_no_tokens_serves_paid_calls_and_withdrawals(
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
         assert vault.address != vault.account.address  # the enclave's key, not the host's
         info = httpx.get(vault.url + "/v1/info").json()
-        assert info["vault"] == vault.address and info["deposit"]["payTo"] == vault.address
+        assert info["vault"] == vault.address and info["deposit"]["vault"] == vault.address
         account, client = client_of(world, vault.url, funds=60_000, deposit=50_000)
-        assert world.balances(vault.address, vault.account.address) == (50_000, 0)
+        assert world.balances(vault.address, vault.account.address) == (0, 0)
+        assert world.manager.pooled(vault.address, account.address) == 50_000
 
         paid = [client.invoke(f"{site}/weather", max_price=PRICE) for _ in range(2)]
         assert [p.outcome for p in paid] == [api.PAID, api.PAID]
@@ -75,9 +78,9 @@ def test_a_vault_whose_host_holds_no_tokens_serves_paid_calls_and_withdrawals(
         answer = client.withdraw(20_000)
         assert answer["state"] == vault_store.TX_CONFIRMED, answer
         assert world.balance(account.address) == 10_000 + 20_000
-        assert world.balances(vault.address, vault.account.address) == (
-            50_000 - 2 * PRICE - 20_000, 0)
-        assert vault.service.vault.balance(account.address) == 50_000 - 2 * PRICE - 20_000
+        assert world.balances(vault.address, vault.account.address) == (0, 0)
+        assert world.manager.pooled(vault.address, account.address) == (
+            50_000 - 2 * PRICE - 20_000)
         assert_conserved(world, vault.store, vault.address, escrow)
 
 
@@ -122,57 +125,82 @@ def test_a_host_cannot_pay_a_provider_for_a_call_no_client_signed_or_twice_for_o
         assert world.balance(provider.address) == PRICE
 
 
-def test_a_host_cannot_withdraw_beyond_a_balance_or_for_another_client(world: World) -> None:
-    with running_vault(world) as vault:
+def test_a_host_that_invents_a_deposit_cannot_withdraw_the_pool(world: World) -> None:
+    """The old custody hole (issue 12): the host credits an invented deposit to a key it
+    controls — in its database and in every report it makes — then tries to take the pool
+    with it, by every door: a withdrawal order of that key relayed through its own vault,
+    the enclave's approval of a pool channel for that key's signed call, a channel opened
+    without the enclave, the honest clients' orders replayed or altered. The chain bounds
+    every one of them: alice's and bob's pooled tokens do not move, to the unit."""
+    provider = world.provider()
+    with serve_in_thread(provider.app) as site, running_vault(world) as vault:
         alice, alice_client = client_of(world, vault.url, funds=10_000, deposit=10_000)
         bob, _ = client_of(world, vault.url, funds=5_000, deposit=5_000)
-        enclave = vault.service.vault
-        host = vault.account
-
-        def withdrawal(account: Account, amount: int, key: str, to: str | None = None
-                       ) -> SignedCall:
-            body = json.dumps({"amount": str(amount), "idempotencyKey": key,
-                               **({"to": to} if to else {})}).encode()
-            headers = api.sign_request(account, vault.signed_as, "POST", WITHDRAW_PATH, body,
-                                       life=vault.life)
-            return SignedCall.of(headers, "POST", WITHDRAW_PATH, body)
-
-        # More than alice has; alice's call relabelled as bob's; the host's own call.
-        with pytest.raises(EnclaveError, match="insufficient_balance"):
-            enclave.withdraw(withdrawal(alice, 10_001, "a"), now=int(time.time()))
-        genuine = withdrawal(alice, 4_000, "b")
-        relabelled = SignedCall({**genuine.headers, api.CLIENT_HEADER: bob.address},
-                                genuine.method, genuine.path, genuine.body)
-        with pytest.raises(EnclaveError, match="bad_signature"):
-            enclave.withdraw(relabelled, now=int(time.time()))
-        with pytest.raises(EnclaveError, match="insufficient_balance"):
-            enclave.withdraw(withdrawal(host, 1, "c", to=host.address), now=int(time.time()))
-
-        # A genuine withdrawal signed twice is one transfer: the same EIP-3009 nonce.
-        first = enclave.withdraw(genuine, now=int(time.time()))
-        again = enclave.withdraw(genuine, now=int(time.time()) + 1)
-        assert first.nonce == again.nonce and first.signature != again.signature
-        token = world.token.functions
-        for n, signed in enumerate((first, again)):
-            v = signed.signature[64]
-            call = token.transferWithAuthorization(
-                world.chain.w3.to_checksum_address(signed.source),
-                world.chain.w3.to_checksum_address(signed.to), signed.value,
-                signed.valid_after, signed.valid_before, signed.nonce, v,
-                signed.signature[:32], signed.signature[32:64])
-            if n == 0:
-                transact(world.chain, host, call)
-            else:
-                with pytest.raises(TransactionFailed):
-                    transact(world.chain, host, call)
-        assert world.balances(alice.address, bob.address) == (4_000, 0)
-        assert world.balance(vault.address) == 15_000 - 4_000
-        assert (enclave.balance(alice.address), enclave.balance(bob.address)) == (6_000, 5_000)
-        # The pool itself: no permit to anyone but the ASCManager, no plain transfer.
-        with pytest.raises(EnclaveError, match="spender_not_allowed"):
-            enclave.permit(host.address, 2**256 - 1, 0, 2**63)
-        assert int(token.allowance(vault.address, host.address).call()) == 0
-        assert alice_client.account_info()["balance"] == "10000"  # the host's view: untouched
+        manager, enclave, host = world.manager, vault.service.vault, vault.account
+        # An honest withdrawal first, so there is an order to replay.
+        paid_out = alice_client.withdraw(1_000)
+        assert paid_out["state"] == vault_store.TX_CONFIRMED
+        escrow = world.balance(manager.address)
+        mallory = Account.create()  # a key the host controls
+        transact(world.chain, world.chain.accounts[0], {"to": mallory.address}, value=10**18)
+        # The host's full access: its own database says mallory deposited a million.
+        assert vault.store.credit_deposit(f"pool:0x{'ee' * 32}:0", mallory.address, 10**6,
+                                          "pool", "0x" + "ee" * 32)
+        mallorys = VaultClient(vault.url, mallory)
+        assert mallorys.account_info()["balance"] == str(10**6)  # the host's books say so
+        assert mallorys.account_info()["pooled"] == "0"  # the chain does not
+        # 1. Withdraw it through the vault (the order is mallory's; the chain has nothing).
+        refused = mallorys.withdraw(500_000, to=mallory.address)
+        assert (refused["state"], refused["reason"]) == (vault_store.TX_FAILED,
+                                                         api.WITHDRAWAL_REFUSED)
+        assert "nothing moved" in refused["message"]
+        # 2. Spend it on a pool channel: the enclave approves mallory's own call for a
+        #    channel of mallory's, but the contract debits mallory's pool balance: none.
+        h, b = _signed_invoke(vault, mallory, f"{site}/weather", "steal")
+        terms = ChannelTerms(mallory.address, vault.address, provider.address,
+                             provider_key(provider), 10_000, enclave.salt())
+        approval = enclave.approve_pool_channel(SignedCall.of(h, "POST", INVOKE_PATH, b),
+                                                terms, lock_timeout=10.0,
+                                                now=manager.chain_time())
+        with pytest.raises(TransactionFailed, match=selector("InsufficientPool(uint256,uint256)")):
+            manager.create_from_pool(host, terms, approval.signature, approval.deadline)
+        #    ... nor can that approval open a channel of alice's (the id names the client).
+        alices = ChannelTerms(alice.address, vault.address, provider.address,
+                              provider_key(provider), 9_000, terms.salt)
+        with pytest.raises(TransactionFailed):
+            manager.create_from_pool(host, alices, approval.signature, approval.deadline)
+        # 3. Open alice's pool channel without the enclave: its own key's approval.
+        forged = sign_open_approval(EcdsaSigner(bytes(host.key)), manager.domain, alices,
+                                    manager.chain_time() + 600)
+        with pytest.raises(TransactionFailed):
+            manager.create_from_pool(host, alices, forged, manager.chain_time() + 600)
+        # 4. Take alice's pool with orders: hers replayed, hers redirected, its own as hers.
+        deadline = manager.chain_time() + 600
+        nonce, order = manager.pool_withdrawal_order(alice, vault.address, alice.address,
+                                                     1_000, deadline, nonce=0)  # the used one
+        with pytest.raises(TransactionFailed):
+            manager.withdraw_from_pool_for(host, vault.address, alice.address, alice.address,
+                                           1_000, nonce, deadline, order)
+        _, fresh = manager.pool_withdrawal_order(alice, vault.address, alice.address, 1_000,
+                                                 deadline)
+        with pytest.raises(TransactionFailed):  # redirected to the host
+            manager.withdraw_from_pool_for(host, vault.address, alice.address, host.address,
+                                           1_000, 1, deadline, fresh)
+        _, as_alice = manager.pool_withdrawal_order(host, vault.address, host.address, 9_000,
+                                                    deadline, nonce=1)
+        with pytest.raises(TransactionFailed):
+            manager.withdraw_from_pool_for(host, vault.address, alice.address, host.address,
+                                           9_000, 1, deadline, as_alice)
+        # Not a unit moved.
+        assert (manager.pooled(vault.address, alice.address),
+                manager.pooled(vault.address, bob.address),
+                manager.pooled(vault.address, mallory.address)) == (9_000, 5_000, 0)
+        assert world.balance(manager.address) == escrow
+        assert world.balances(mallory.address, host.address, vault.address) == (0, 0, 0)
+        assert world.balance(alice.address) == 1_000
+        assert manager.channel(terms.channel_id(manager.domain)).status.name == "NONE"
+        mallorys.close()
+        alice_client.close()
 
 
 def test_a_host_cannot_open_a_pool_channel_beyond_a_balance_or_without_the_enclave(
@@ -183,23 +211,27 @@ def test_a_host_cannot_open_a_pool_channel_beyond_a_balance_or_without_the_encla
     with serve_in_thread(provider.app), running_vault(world) as vault:
         alice, _ = client_of(world, vault.url, funds=3_000, deposit=3_000)
         enclave = vault.service.vault
-        terms = ChannelTerms(vault.address, vault.address, provider.address,
-                             provider_key(provider), 3_001, enclave.salt())
-        h, b = _signed_invoke(vault, alice, "https://api.example/weather", "open")
-        with pytest.raises(EnclaveError, match="insufficient_balance"):
-            enclave.approve_pool_channel(SignedCall.of(h, "POST", INVOKE_PATH, b), terms,
-                                         lock_timeout=10.0, now=world.manager.chain_time())
         manager = world.manager
         host = vault.account
+        h, b = _signed_invoke(vault, alice, "https://api.example/weather", "open")
+        # The enclave approves alice's call; the chain refuses more than alice pooled.
+        terms = ChannelTerms(alice.address, vault.address, provider.address,
+                             provider_key(provider), 3_001, enclave.salt())
+        approval = enclave.approve_pool_channel(SignedCall.of(h, "POST", INVOKE_PATH, b), terms,
+                                                lock_timeout=10.0, now=manager.chain_time())
+        with pytest.raises(TransactionFailed, match=selector("InsufficientPool(uint256,uint256)")):
+            manager.create_from_pool(host, terms, approval.signature, approval.deadline)
         # Without the enclave's approval, or with the host's own signature instead:
-        for approval in (b"", sign_channel_open(EcdsaSigner(bytes(host.key)), manager.domain,
-                                                terms)):
+        within = ChannelTerms(alice.address, vault.address, provider.address,
+                              provider_key(provider), 3_000, enclave.salt())
+        deadline = manager.chain_time() + 600
+        for signature in (b"", sign_open_approval(EcdsaSigner(bytes(host.key)), manager.domain,
+                                                  within, deadline)):
             with pytest.raises(TransactionFailed):
-                transact(world.chain, host, manager.contract.functions.createASC(
-                    terms_tuple(terms), approval, approval))
-        assert world.balance(world.manager.address) == escrow
-        assert world.balance(vault.address) == 3_000
-        assert enclave.balance(alice.address) == 3_000
+                manager.create_from_pool(host, within, signature, deadline)
+        assert world.balance(manager.address) == escrow + 3_000
+        assert manager.pooled(vault.address, alice.address) == 3_000
+        assert world.balance(vault.address) == 0
 
 
 def test_a_host_cannot_sign_a_channel_state_or_read_sealed_records(world: World) -> None:
@@ -259,7 +291,8 @@ def test_a_host_that_restarts_cannot_replay_a_call_it_received_before(world: Wor
             enclave.unload(cid)
             assert enclave.channel(cid) is None
             assert enclave.missing(account.address) == [cid]
-            assert enclave.balance(account.address) == 20_000 - int(row.deposit)
+            assert world.manager.pooled(vault.address, account.address) == (
+                20_000 - int(row.deposit))
             channel = enclave.restore(cid, row.snapshot)
             assert channel is not None
             with pytest.raises(EnclaveError, match="replayed_call"):
@@ -270,3 +303,33 @@ def test_a_host_that_restarts_cannot_replay_a_call_it_received_before(world: Wor
             assert again.invoke(f"{site}/weather", max_price=PRICE).outcome == api.PAID
             fresh = vault.store.channel(row.cid)
             assert fresh is not None and fresh.provider_balance == str(2 * PRICE)
+
+
+def test_with_the_vault_gone_a_pool_client_takes_exactly_its_balance_out_itself(
+        world: World) -> None:
+    """The escape hatch: the vault's host is gone (stopped, its database and enclave out of
+    reach). The client reads its pool balance from the chain and takes it out with
+    ``withdrawFromPool``, sent with its own key: exactly its balance, not a unit more."""
+    provider = world.provider()
+    with serve_in_thread(provider.app) as site, running_vault(world) as vault:
+        account, client = client_of(world, vault.url, funds=20_000, deposit=20_000)
+        assert client.invoke(f"{site}/weather", max_price=PRICE).outcome == api.PAID
+        [channel] = client.account_info()["channels"]
+        client.close_channel(channel["channelId"])
+        neighbour, _ = client_of(world, vault.url, funds=5_000, deposit=5_000)
+        address = vault.address
+        client.close()
+    # The vault is gone. Only the chain and the client's key are left.
+    transact(world.chain, world.chain.accounts[0], {"to": account.address}, value=10**17)
+    rpc = world.chain.rpc_url
+    assert rpc is not None
+    balance = pooled(rpc, world.manager.address, address, account.address)
+    assert balance == 20_000 - PRICE
+    with pytest.raises(TransactionFailed):  # not a unit more
+        withdraw_from_pool(rpc, world.manager.address, account, address, balance + 1)
+    answer = withdraw_from_pool(rpc, world.manager.address, account, address)
+    assert (answer["amount"], answer["pooled"]) == (str(20_000 - PRICE), "0")
+    assert world.balance(account.address) == 20_000 - PRICE
+    assert world.manager.pooled(address, neighbour.address) == 5_000  # nobody else's
+    with pytest.raises(TransactionFailed):
+        withdraw_from_pool(rpc, world.manager.address, account, address, 1)

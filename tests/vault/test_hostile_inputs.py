@@ -89,18 +89,21 @@ def test_hostile_bodies_and_headers_to_the_vault_are_answered_and_change_nothing
     shaped right but unfunded, and every other hostile body; some with hostile signatures."""
     with running_vault(world) as vault:
         depositor, _ = client_of(world, vault.url, funds=5_000)
-        tx = transact(world.chain, depositor, world.token.functions.transfer(vault.address, 700))
+        transact(world.chain, depositor, world.token.functions.approve(world.manager.address,
+                                                                        700))
+        tx = world.manager.deposit_to_pool(depositor, vault.address, depositor.address, 700)
         report = {"transaction": "0x" + bytes(tx["transactionHash"]).hex()}
         assert _post(http, vault, "/v1/deposits", json.dumps(report).encode(),
                      depositor).json()["state"] == "credited"
+        stranger = Account.create()
         valid = {
             "/v1/deposits": report,
-            "/v1/withdrawals": {"amount": "100", "idempotencyKey": "k1"},
+            "/v1/withdrawals": {"amount": "100", "to": stranger.address, "nonce": "0",
+                                "deadline": str(2**40), "signature": "0x" + "11" * 65},
             "/v1/invoke": {"url": "http://127.0.0.1:1/x", "maxPrice": "1",
                            "idempotencyKey": "k2"},
         }
-        stranger = Account.create()
-        before = (vault.store.totals(), world.balance(vault.address))
+        before = (vault.store.totals(), world.balance(world.manager.address))
         signature = api.sign_request(stranger, vault.signed_as, "GET", "/v1/account", b"",
                                      life=vault.life)
         probes: list[str] = []
@@ -124,6 +127,6 @@ def test_hostile_bodies_and_headers_to_the_vault_are_answered_and_change_nothing
         probe()
         assert len(probes) >= 100
         assert http.get(vault.url + "/v1/info").status_code == 200
-        assert (vault.store.totals(), world.balance(vault.address)) == before
+        assert (vault.store.totals(), world.balance(world.manager.address)) == before
         assert vault.store.totals(stranger.address) == vault.store.totals(Account.create().address)
         assert_conserved(world, vault.store, vault.address)

@@ -6,8 +6,10 @@ Replicas of one vault share the database and so the enclave identity
 memory. The row is written by compare-and-set on the version sealed inside the
 ledger (:mod:`a402.vault.ledger`): a replica whose ledger is older loads the
 stored one before it changes it, and one that loses the race loads the winner's
-and runs its change again. Real enclave code, real seals, real databases;
-deposits and restarts on anvil.
+and runs its change again. The ledger holds the channels the enclave approved
+(and per-client freshness, the clock, the life): the pool's balances are
+on-chain, not in it. Real enclave code, real seals, real databases; deposits
+and restarts on anvil.
 """
 
 from __future__ import annotations
@@ -34,14 +36,13 @@ from a402.vault.ledger import Ledger, LedgerMissing
 from a402.vault.service import VaultService
 from a402.vault.store import VaultStore
 from a402.vault.tables import LedgerRow
-from a402.vault_enclave import WITHDRAW_PATH, SignedCall, VaultEnclave, VaultEnclaveCode
+from a402.vault_enclave import VaultEnclave, VaultEnclaveCode
 from a402.wire import vault_api as api
 from tests.a402_exchange.helpers import World
 
 from .helpers import (
     assert_conserved,
     client_of,
-    enclave_balances,
     fresh_schema,
     running_vault,
     vault_config,
@@ -77,16 +78,21 @@ def _replicas(tmp_path: Any) -> tuple[VaultStore, _Identity, list[Ledger]]:
     return store, identity, [identity.instance(store), identity.instance(store)]
 
 
+_PROVIDER = "0x" + "77" * 20
+_PROVIDER_KEY = EVM.generate_key().public_key
+
+
 def _now() -> int:
     """The host's clock now (a call signed now is not in the future of it)."""
     return int(time.time())
 
 
-def _withdrawal(vault: VaultEnclave, client: Any, amount: int, key: str) -> SignedCall:
-    raw = json.dumps({"amount": str(amount), "idempotencyKey": key}).encode()
-    headers = api.sign_request(client, vault.account, "POST", WITHDRAW_PATH, raw,
-                               life=vault.life_id)
-    return SignedCall.of(headers, "POST", WITHDRAW_PATH, raw)
+def _approve(vault: VaultEnclave) -> bytes:
+    """A change of the ledger: the enclave approves a new wallet channel; its id."""
+    terms = ChannelTerms(Account.create().address, vault.address, _PROVIDER, _PROVIDER_KEY,
+                         1_000, vault.salt())
+    vault.approve_wallet_channel(terms, lock_timeout=10.0, now=NOW)
+    return terms.channel_id(DOMAIN)
 
 
 def _racing(other: Callable[[], Any], mine: Callable[[], Any]) -> Callable[[], Any]:
@@ -103,96 +109,61 @@ def _racing(other: Callable[[], Any], mine: Callable[[], Any]) -> Callable[[], A
     return op
 
 
-def test_two_replicas_crediting_different_clients_at_once_keep_both_credits(
-        tmp_path: Any) -> None:
-    """Replica 2 credits bob while replica 1's credit of alice lands between its read and
-    its write: its write loses, it loads replica 1's ledger and credits bob again on it.
-    The stored ledger — what a restart loads — holds both."""
+def test_two_replicas_approving_channels_at_once_keep_both_approvals(tmp_path: Any) -> None:
+    """Replica 2 approves channel B while replica 1's approval of C lands between its read
+    and its write: its write loses, it loads replica 1's ledger and approves B again on
+    it. The stored ledger — what a restart loads — knows A, B and C."""
     store, identity, (one, two) = _replicas(tmp_path)
-    alice, bob = Account.create(), Account.create()
-    one.change(lambda: one.vault.credit_deposit("0xaa:0", alice.address, 5_000))
-    two.change(_racing(
-        lambda: one.change(lambda: one.vault.credit_deposit("0xab:0", alice.address, 1_000)),
-        lambda: two.vault.credit_deposit("0xbb:0", bob.address, 7_000)))
+    approved: dict[str, bytes] = {}
+    one.change(lambda: approved.setdefault("a", _approve(one.vault)))
+    two.change(_racing(lambda: one.change(lambda: approved.setdefault("c", _approve(one.vault))),
+                       lambda: approved.__setitem__("b", _approve(two.vault))))
     assert store.ledger_version() == two.vault.ledger_version == 3
-    # Replica 1's next change starts from the ledger replica 2 stored.
-    one.change(lambda: one.vault.credit_deposit("0xac:0", alice.address, 500))
     restarted = identity.instance(store).vault
-    assert (restarted.balance(alice.address), restarted.balance(bob.address)) == (6_500, 7_000)
-    # A deposit reported to both replicas counts once.
-    assert not two.change(lambda: two.vault.credit_deposit("0xbb:0", bob.address, 7_000))
-    assert identity.instance(store).vault.balance(bob.address) == 7_000
-    store.close()
-
-
-def test_two_replicas_cannot_both_withdraw_one_balance(tmp_path: Any) -> None:
-    """Alice's 5,000 asked for twice, once through each replica, the second while the first
-    lands between its read and its write: the second runs again on the ledger holding
-    the first's debit, and is refused there. One withdrawal is stored, balance 0."""
-    store, identity, (one, two) = _replicas(tmp_path)
-    alice = Account.create()
-    one.change(lambda: one.vault.credit_deposit("0xaa:0", alice.address, 5_000))
-    first = _withdrawal(one.vault, alice, 5_000, "w1")
-    second = _withdrawal(two.vault, alice, 5_000, "w2")
-    with pytest.raises(EnclaveError, match="5000 > balance 0"):
-        two.change(_racing(lambda: one.change(lambda: one.vault.withdraw(first, now=_now())),
-                           lambda: two.vault.withdraw(second, now=_now())))
-    assert (one.vault.balance(alice.address), two.vault.balance(alice.address)) == (0, 0)
-    # The replica that lost knows the winner's withdrawal (same nonce signed again), and no
-    # other: a restart loads exactly one.
-    key = f"{alice.address.lower()}:w1"
-    assert two.vault.withdrawal_again(key, now=1).nonce == one.vault.withdrawal_again(
-        key, now=2).nonce
-    with pytest.raises(EnclaveError, match="no such withdrawal"):
-        two.vault.withdrawal_again(f"{alice.address.lower()}:w2", now=0)
-    restarted = identity.instance(store).vault
-    assert restarted.balance(alice.address) == 0
-    restarted.withdrawal_again(key, now=3)
-    with pytest.raises(EnclaveError, match="no such withdrawal"):
-        restarted.withdrawal_again(f"{alice.address.lower()}:w2", now=0)
+    assert all(restarted.approved_until(cid) == NOW + 300 for cid in approved.values())
     store.close()
 
 
 def test_a_write_off_that_loses_the_ledger_race_runs_again_and_gives_back_once(
         tmp_path: Any) -> None:
-    """Review 4, finding 4: replica 1 reports alice's pool channel as never opened while
-    replica 2's credit of bob lands between its read and its write. The write-off's change
-    runs again on replica 2's ledger (its machine already closed by the first run) and
-    gives the deposit back there, once; before, it was refused ``channel_used`` and the
-    channel stayed OPENING until a restart."""
+    """Review 4, finding 4: replica 1 writes off alice's pool channel (reported never
+    opened) while replica 2's approval of another channel lands between its read and its
+    write. The write-off's change runs again on replica 2's ledger (its machine already
+    closed by the first run) and writes the channel off there, once; before, it was
+    refused ``channel_used`` and the channel stayed OPENING until a restart. Both changes
+    are in the stored ledger."""
     store, identity, (one, two) = _replicas(tmp_path)
-    alice, bob = Account.create(), Account.create()
-    one.change(lambda: one.vault.credit_deposit("0xaa:0", alice.address, 5_000))
+    alice = Account.create()
     provider_key = EVM.secret_key(EVM.generate_key().to_bytes()).public_key
-    terms = ChannelTerms(one.vault.address, one.vault.address, os.urandom(20), provider_key,
+    terms = ChannelTerms(alice.address, one.vault.address, os.urandom(20), provider_key,
                          4_000, one.vault.salt())
     cid = terms.channel_id(DOMAIN)
     approval = one.change(lambda: one.vault.approve_pool_channel(
         call(one.vault, alice, key="needs-a-channel"), terms, lock_timeout=10.0, now=NOW))
-    assert one.vault.balance(alice.address) == 1_000
-    credited = one.change(_racing(
-        lambda: two.change(lambda: two.vault.credit_deposit("0xbb:0", bob.address, 7_000)),
+    other: list[bytes] = []
+    written_off = one.change(_racing(
+        lambda: two.change(lambda: other.append(_approve(two.vault))),
         lambda: one.vault.open_failed(cid, now=approval.deadline + 1)))
-    assert credited == 4_000
+    assert written_off == 4_000
     assert one.change(lambda: one.vault.open_failed(cid, now=approval.deadline + 2)) == 0
     restarted = identity.instance(store).vault
-    assert (restarted.balance(alice.address), restarted.balance(bob.address)) == (5_000, 7_000)
+    assert restarted.open_failed(cid, now=approval.deadline + 3) == 0  # written off, once
+    assert restarted.approved_until(other[0]) == NOW + 300  # the racing change is kept
     store.close()
 
 
 def test_a_running_enclave_refuses_a_ledger_older_than_its_own(tmp_path: Any) -> None:
     store, _, (one, _) = _replicas(tmp_path)
-    alice = Account.create()
-    one.change(lambda: one.vault.credit_deposit("0xaa:0", alice.address, 5_000))
+    one.change(lambda: _approve(one.vault))
     old = one.vault.export_ledger()
-    one.change(lambda: one.vault.withdraw(_withdrawal(one.vault, alice, 5_000, "w"), now=_now()))
+    one.change(lambda: _approve(one.vault))
     with pytest.raises(EnclaveError, match="older"):
         one.vault.restore_ledger(old)
     # Nor can a change it has not exported yet be dropped by handing it the stored ledger.
-    one.vault.credit_deposit("0xcc:0", alice.address, 1)
+    cid = _approve(one.vault)
     with pytest.raises(EnclaveError, match="older"):
         one.vault.restore_ledger(store.ledger()[1])  # type: ignore[index]
-    assert one.vault.balance(alice.address) == 1
+    assert one.vault.approved_until(cid) == NOW + 300
     store.close()
 
 
@@ -204,8 +175,8 @@ def test_a_running_enclave_refuses_a_ledger_older_than_its_own(tmp_path: Any) ->
 def test_deposits_credited_by_two_vault_replicas_survive_a_restart(
         world: World, backend: str, request: pytest.FixtureRequest) -> None:
     """Two vault services over one database (one serving the API, the other a replica
-    taking deposit reports), each crediting another client's mined transfer: after a
-    restart both balances are there, in the host's ledger and the enclave's alike."""
+    taking deposit reports), each crediting another client's mined pool deposit: after a
+    restart both balances are there, in the host's store and on-chain alike."""
     url = (fresh_schema(request.getfixturevalue("postgres_url")) if backend == "postgres"
            else f"sqlite:///{world.tmp}/shared.db")
     with running_vault(world, db_url=url) as vault:
@@ -214,25 +185,21 @@ def test_deposits_credited_by_two_vault_replicas_survive_a_restart(
         replica = VaultService(vault_config(world, vault.account, replica_store))
         assert replica.address == vault.address
         bob = world.client(7_000)
-        mined = transact(world.chain, bob, world.token.functions.transfer(vault.address, 7_000))
+        transact(world.chain, bob, world.token.functions.approve(world.manager.address, 7_000))
+        mined = world.manager.deposit_to_pool(bob, vault.address, bob.address, 7_000)
         status, answer = asyncio.run(replica.funds.deposit(
             bob.address, {"transaction": mined["transactionHash"].to_0x_hex()}))
-        assert (status, answer["state"]) == (200, "credited")
-        # The serving vault's enclave never saw bob's credit: its next change loads it first.
-        assert vault.service.vault.balance(bob.address) == 0
+        assert (status, answer["state"], answer["pooled"]) == (200, "credited", "7000")
         assert alice_client.deposit(1_000)["state"] == "credited"
-        assert vault.service.vault.balance(bob.address) == 7_000
         alice_client.close()
         asyncio.run(replica.http.aclose())
         replica_store.close()
     with running_vault(world, db_url=url, account=vault.account) as restarted:
-        enclave = restarted.service.vault
-        assert (enclave.balance(alice.address), enclave.balance(bob.address)) == (6_000, 7_000)
         assert (restarted.store.balance(alice.address),
                 restarted.store.balance(bob.address)) == (6_000, 7_000)
-        assert enclave_balances(world, restarted.store) == {
-            alice.address.lower(): 6_000, bob.address.lower(): 7_000}
-        assert world.balance(restarted.address) == 13_000
+        assert (world.manager.pooled(restarted.address, alice.address),
+                world.manager.pooled(restarted.address, bob.address)) == (6_000, 7_000)
+        assert world.balance(restarted.address) == 0
         assert_conserved(world, restarted.store, restarted.address)
 
 
@@ -240,8 +207,8 @@ def test_deposits_credited_by_two_vault_replicas_survive_a_restart(
 
 
 def test_a_vault_whose_ledger_row_is_gone_refuses_to_start(world: World) -> None:
-    """Deleting the ledger row and restarting would start the enclave with empty balances
-    and no memory of the channels it approved or refunded: refused, with the reason."""
+    """Deleting the ledger row and restarting would start the enclave with no memory of
+    the channels it approved or wrote off: refused, with the reason."""
     url = f"sqlite:///{world.tmp}/lost.db"
     provider = world.provider()
     with serve_in_thread(provider.app) as site, running_vault(world, db_url=url) as vault:
@@ -267,8 +234,7 @@ def test_a_new_vault_starts_its_enclave_code_as_a_first_boot(tmp_path: Any) -> N
                                    token=TOKEN, first_boot=True)
     ledger = Ledger(vault, store)
     ledger.load()
-    ledger.change(lambda: vault.credit_deposit("0x" + os.urandom(32).hex() + ":0",
-                                               Account.create().address, 1))
+    ledger.change(lambda: _approve(vault))
     assert not Ledger.first_boot(store)
     store.close()
 

@@ -65,10 +65,9 @@ def test_a_copy_of_the_gas_payers_open_lands_first_and_the_channel_is_open_with_
         assert answer.outcome == api.PAID  # and the channel serves the call
         # The deposit left the pool once and was not given back to the client.
         deposit = int(row.deposit)
-        assert world.balance(vault.address) == FUNDS - deposit
+        assert world.manager.pooled(vault.address, account.address) == FUNDS - deposit
         assert vault.store.balance(account.address) == FUNDS - deposit
-        assert vault.service.vault.balance(account.address) == FUNDS - deposit
-        assert world.balance(world.manager.address) == escrow + deposit
+        assert world.balance(world.manager.address) == escrow + FUNDS
         assert_conserved(world, vault.store, vault.address, escrow)
 
 
@@ -116,7 +115,7 @@ def test_a_withheld_open_keeps_the_debit_until_its_approval_lapses_and_then_cann
         assert phase() == vault_store.OPENING
         deposit = int(row.deposit)
         assert vault.store.balance(account.address) == FUNDS - deposit
-        assert vault.service.vault.balance(account.address) == FUNDS - deposit
+        assert world.manager.pooled(vault.address, account.address) == FUNDS  # never debited
 
         world.increase_time(deadline - world.manager.chain_time() + 1)
         # The head is past the deadline, but not yet a finalized block (review 3, F3: a
@@ -128,13 +127,12 @@ def test_a_withheld_open_keeps_the_debit_until_its_approval_lapses_and_then_cann
         world.chain.w3.provider.make_request("anvil_mine", [2])  # type: ignore[arg-type]
         wait_for(lambda: phase() == vault_store.FAILED, what="the lapsed open FAILED")
         assert vault.store.balance(account.address) == FUNDS
-        assert vault.service.vault.balance(account.address) == FUNDS
         (call,) = withheld
         with pytest.raises(TransactionFailed, match=selector("ApprovalExpired(uint256)")):
             transact(world.chain, stranger, call)
         assert world.manager.channel(cid).status is OnChainStatus.NONE
-        assert world.balance(vault.address) == FUNDS
-        assert world.balance(world.manager.address) == escrow
+        assert world.manager.pooled(vault.address, account.address) == FUNDS
+        assert world.balance(world.manager.address) == escrow + FUNDS
         assert_conserved(world, vault.store, vault.address, escrow)
 
 

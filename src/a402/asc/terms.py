@@ -28,6 +28,14 @@ and (through the manager's immutable token) one asset.
 * Both approvals that lapse travel to the contract as ``signature ‖
   deadline`` (:func:`expiring_approval`), in the ``bytes`` argument that
   carries the signature.
+* Pool deposit: the EIP-3009 nonce of ``depositToPoolWithAuthorization`` is
+  ``hashTypedData(A402PoolDeposit(address vault, address client, uint256
+  amount, bytes32 salt))`` (:func:`pool_deposit_nonce`), so the payer's one
+  signature fixes the vault, the beneficiary and the amount, once.
+* Pool withdrawal order: ``hashTypedData(A402PoolWithdrawal(address vault,
+  address owner, address to, uint256 amount, uint256 nonce, uint256
+  deadline))`` (:func:`pool_withdrawal_digest`), signed by the pool client for
+  anyone to relay with ``withdrawFromPoolWithSignature``.
 
 Encoding is plain concatenation of 32-byte words; the tests check it against the
 contract's own ``channelId`` and ``stateDigest``.
@@ -53,6 +61,13 @@ STATE_TYPE = (
 )
 OPEN_TYPE = "A402Open(bytes32 channelId,uint256 deadline)"
 FORCE_CLOSE_TYPE = "A402ForceClose(bytes32 channelId,uint256 version,uint256 deadline)"
+POOL_DEPOSIT_TYPE = "A402PoolDeposit(address vault,address client,uint256 amount,bytes32 salt)"
+POOL_WITHDRAWAL_TYPE = (
+    "A402PoolWithdrawal(address vault,address owner,address to,uint256 amount,uint256 nonce,"
+    "uint256 deadline)"
+)
+POOL_DEPOSIT_TYPEHASH = keccak(POOL_DEPOSIT_TYPE.encode())
+POOL_WITHDRAWAL_TYPEHASH = keccak(POOL_WITHDRAWAL_TYPE.encode())
 CHANNEL_TYPEHASH = keccak(CHANNEL_TYPE.encode())
 STATE_TYPEHASH = keccak(STATE_TYPE.encode())
 OPEN_TYPEHASH = keccak(OPEN_TYPE.encode())
@@ -290,3 +305,37 @@ def sign_open_approval(
     """The vault's 65-byte approval to open ``terms`` until ``deadline``
     (:func:`open_approval_digest`), for a ``createASC`` it does not send itself."""
     return signer.sign_digest(open_approval_digest(domain, terms.channel_id(domain), deadline))
+
+
+def pool_deposit_nonce(
+    domain: PaymentDomain, vault: str | bytes, client: str | bytes, amount: int, salt: bytes
+) -> bytes:
+    """The EIP-3009 nonce of a pool deposit crediting ``client`` with ``vault`` by ``amount``
+    (the contract's ``poolDepositNonce``): the payer signs ``receiveWithAuthorization`` to
+    the manager with it, so its one signature fixes the vault, the beneficiary and the
+    amount, and the token accepts it once."""
+    if len(salt) != 32:
+        raise ValueError("salt must be 32 bytes")
+    if not 0 < amount < 1 << 256:
+        raise ValueError("amount must be a positive uint256")
+    return _typed(domain, keccak(
+        POOL_DEPOSIT_TYPEHASH + _address_word(address_bytes(vault))
+        + _address_word(address_bytes(client)) + _word(amount) + salt))
+
+
+def pool_withdrawal_digest(
+    domain: PaymentDomain, vault: str | bytes, owner: str | bytes, to: str | bytes,
+    amount: int, nonce: int, deadline: int,
+) -> bytes:
+    """The EIP-712 digest the pool client signs to have anyone take ``amount`` of its pool
+    balance with ``vault`` out to ``to`` (``withdrawFromPoolWithSignature``). ``nonce`` is the
+    owner's next (``poolWithdrawalNonces``): an order is good once, and of two orders with one
+    nonce at most one goes through (so an order refused for its ``to`` is replaced by
+    signing another ``to`` with the same nonce)."""
+    for value in (amount, nonce, deadline):
+        if not 0 <= value < 1 << 256:
+            raise ValueError("amount, nonce and deadline are uint256")
+    return _typed(domain, keccak(
+        POOL_WITHDRAWAL_TYPEHASH + _address_word(address_bytes(vault))
+        + _address_word(address_bytes(owner)) + _address_word(address_bytes(to))
+        + _word(amount) + _word(nonce) + _word(deadline)))

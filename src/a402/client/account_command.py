@@ -1,4 +1,5 @@
-"""``a402 channels`` and ``a402 payouts``: a key's channels and owed payouts, from the chain.
+"""``a402 channels``, ``a402 payouts`` and ``a402 pool``: a key's channels, owed payouts and
+pool balances, from the chain.
 
     a402 channels --key-file .a402/client.key            # table; --json for scripts
     a402 channels force-close 0xCHANNEL --key-file .a402/client.key
@@ -6,6 +7,8 @@
     a402 payouts withdraw --key-file .a402/provider.key --to 0xOTHER
     a402 payouts withdraw --key-file K --relay --order-out order.json   # no gas: sign only
     a402 payouts relay order.json --key-file RELAYER.key                # anyone with gas
+    a402 pool --vault 0xVAULT --key-file .a402/client.key   # the key's pool balance there
+    a402 pool withdraw --vault 0xVAULT --key-file K [--to 0xOTHER] [--amount 1.5]
 
 They read the chain only (``--manifest``, default ``.a402/devnet.json``, or ``--rpc`` and
 ``--manager``), so they work when the vault is down or gone. The first line of every
@@ -89,6 +92,18 @@ class WithdrawFlags:
                                     help="also write the order to FILE (for `payouts relay`)")
 
 
+@dataclass(frozen=True, kw_only=True)
+class PoolFlags:
+    """Which vault's pool, and where a withdrawal from it goes."""
+
+    vault: str | None = setting(None, metavar="ADDRESS",
+                                help="the vault's address (its `GET /v1/info` `vault`)")
+    to: str | None = setting(None, metavar="ADDRESS",
+                             help="withdraw: pay to this address (default: the key's own)")
+    amount: str | None = setting(None, metavar="AMOUNT",
+                                 help="withdraw: how much, in token units (default: all)")
+
+
 class CommandError(Exception):
     """An expected failure: exit ``code`` with ``message`` (money state first)."""
 
@@ -129,7 +144,22 @@ def add_payouts_arguments(parser: argparse.ArgumentParser) -> None:
     add_flags(parser, WithdrawFlags, "withdrawal")
 
 
+def add_pool_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", nargs="?", choices=("show", "withdraw"), default="show",
+                        help="show (default): the key's pool balance with --vault, as the "
+                             "ASCManager holds it; withdraw: take it out with "
+                             "withdrawFromPool, sent by the key (no vault needed)")
+    add_flags(parser, Party, "account")
+    add_flags(parser, ChainFlags, "chain")
+    add_flags(parser, PoolFlags, "pool")
+
+
 # ------------------------------------------------------------------------ commands
+
+
+def run_pool(args: argparse.Namespace, *, out: TextIO | None = None,
+             err: TextIO | None = None) -> int:
+    return _run("a402 pool", args, _pool, out, err)
 
 
 def run_channels(args: argparse.Namespace, *, out: TextIO | None = None,
@@ -357,7 +387,8 @@ def _force_close(context: _Context, channel_text: str) -> int:
             raise CommandError(EXIT_USAGE, "not_client", (
                 f"nothing moved: {key.address} is not the client of {channel.id_hex} (its "
                 f"client is {channel.client}"
-                f"{', its vault: the vault closes it' if channel.funding == 'pool' else ''})"))
+                + (", its vault: the vault closes it" if channel.client == channel.vault
+                   else "") + ")"))
         started = _chain_step(context, lambda: start_force_close(context.manager, key, channel),
                               sends=True)
         deadline, now = started.deadline, _now(context)
@@ -551,6 +582,53 @@ def _relay(context: _Context) -> int:
         f"(tx {_tx(receipt)})",
     ], {**context.where, "ok": True, "moved": True, "amount": token.plain(order.amount),
         "to": order.to, "owner": order.owner, "transaction": _tx(receipt)})
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------- pool
+
+
+def _pool(context: _Context) -> int:
+    """The key's pool balance with a vault, on-chain; ``withdraw``: the exit that needs
+    nothing of the vault (``withdrawFromPool``, sent by the key itself)."""
+    from a402.client.payouts import checked_address
+
+    flags = from_args(PoolFlags, context.args)
+    token, manager = context.token, context.manager
+    try:
+        if not flags.vault:
+            raise ValueError("which vault? give --vault ADDRESS")
+        vault = checked_address(flags.vault, "--vault")
+        to = checked_address(flags.to, "--to") if flags.to else None
+        amount = token.atomic(flags.amount) if flags.amount is not None else None
+    except ValueError as e:
+        raise CommandError(EXIT_USAGE, "usage", f"nothing moved: {e}") from None
+    if context.args.action == "show" and (to or amount is not None):
+        raise CommandError(EXIT_USAGE, "usage", "nothing moved: --to and --amount go with "
+                                                "`a402 pool withdraw`")
+    balance = _chain_step(context, lambda: manager.pooled(vault, context.address), sends=False)
+    if context.args.action == "show":
+        context.say([f"{token.show(balance)} pooled by {context.address} with vault {vault}: "
+                     "yours to take out any time (a402 pool withdraw), with or without the "
+                     "vault",
+                     f"on ASCManager {manager.address} ({manager.chain.network})"],
+                    {**context.where, "address": context.address, "vault": vault,
+                     "pooled": token.plain(balance), "pooledAtomic": str(balance)})
+        return EXIT_OK
+    key = context.need_key("withdraw")
+    amount = balance if amount is None else amount
+    if amount <= 0 or amount > balance:
+        raise CommandError(EXIT_NOTHING_TO_DO, "insufficient_pool",
+                           f"nothing moved: {token.show(balance)} pooled with {vault}, "
+                           f"cannot take {token.show(amount)}")
+    receipt = _chain_step(context, lambda: manager.withdraw_from_pool(
+        key, vault, to or key.address, amount), sends=True)
+    left = _chain_step(context, lambda: manager.pooled(vault, key.address), sends=False)
+    context.say([f"{token.show(amount)} withdrawn from the pool to {to or key.address}; "
+                 f"{token.show(left)} still pooled with {vault}", f"(tx {_tx(receipt)})"],
+                {**context.where, "ok": True, "moved": True, "amount": token.plain(amount),
+                 "to": to or key.address, "pooledNow": token.plain(left),
+                 "transaction": _tx(receipt)})
     return EXIT_OK
 
 

@@ -6,11 +6,14 @@ carries its full terms, and ``channel(id)`` gives its status now; a closed chann
 payouts are in its close event. So a client sees its channels even when its vault is
 gone.
 
-A client whose channel was funded from its own wallet (``funding=wallet``: the client
-in the terms is the client itself, not its vault) also has a way out that does not
-depend on the vault: :func:`start_force_close` sends ``initForceClose`` with the opening
-state (version 0: the whole deposit to the client), which needs no signature because
-``createASC`` made it. The safety argument, both ways:
+A client whose channel was funded from its own wallet (``funding=wallet``) or from its
+pool balance with its vault (``funding=pool``, ``createASCFromPool``: its exits credit
+the client's share back to that balance) — the client in the terms is the client
+itself either way — also has a way out that does not depend on the vault:
+:func:`start_force_close` sends ``initForceClose`` with the opening state (version 0:
+the whole deposit to the client), which needs no signature because the open made it
+(for a pool channel, the payout goes back into the client's pool balance). The safety
+argument, both ways:
 
 * for the client: nothing the vault does or fails to do can hold the deposit; after the
   dispute window anyone may call ``finalForceClose`` (:func:`finish_force_close`) and
@@ -25,7 +28,7 @@ state (version 0: the whole deposit to the client), which needs no signature bec
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from eth_account.signers.local import LocalAccount
@@ -68,6 +71,8 @@ class ChannelView:
     """The event that closed it (one of :data:`CLOSE_EVENTS`)."""
     credited: dict[str, int] = field(default_factory=dict)
     """Once closed: payouts the token refused, by receiver (``owed`` until withdrawn)."""
+    pool_funded: bool = False
+    """Opened from the client's pool balance (``createASCFromPool``)."""
 
     @property
     def id_hex(self) -> str:
@@ -79,9 +84,11 @@ class ChannelView:
 
     @property
     def funding(self) -> str:
-        """``wallet`` when the client's own wallet funded it, ``pool`` when its vault did
-        (the vault is then the channel's client)."""
-        return "pool" if self.terms.client == self.terms.vault else "wallet"
+        """``pool`` when the client's pool balance with its vault funded it (or, for a
+        channel opened by ``createASC`` with the vault as its client, the vault's own
+        tokens), ``wallet`` when the client's own wallet did."""
+        pooled = self.pool_funded or self.terms.client == self.terms.vault
+        return "pool" if pooled else "wallet"
 
     @property
     def client(self) -> str:
@@ -240,10 +247,11 @@ def _view(manager: ASCManager, event: Any, viewer: str) -> ChannelView:
     channel_id = bytes(args["channelId"])
     with node_errors("channel"):
         onchain = manager.channel(channel_id)
+        pool_funded = manager.pool_funded(channel_id)
     role = next((name for name in ("client", "provider", "vault")
                  if same_address(viewer, args[name])), "none")
     return ChannelView(channel_id, terms, role, onchain, int(event["blockNumber"]),
-                       HexBytes(event["transactionHash"]).to_0x_hex())
+                       HexBytes(event["transactionHash"]).to_0x_hex(), pool_funded=pool_funded)
 
 
 def _with_closes(manager: ASCManager, views: list[ChannelView], from_block: int
@@ -278,7 +286,6 @@ def _with_closes(manager: ASCManager, views: list[ChannelView], from_block: int
             # whose transfer in that transaction was refused is its own payout.
             refused = {who: paid for who, paid in zip((view.client, view.provider), payouts,
                                                      strict=True) if paid and who in credited}
-            view = ChannelView(view.channel_id, view.terms, view.role, view.onchain,
-                               view.opened_block, view.opened_tx, payouts, name, refused)
+            view = replace(view, payouts=payouts, closed_by=name, credited=refused)
         out.append(view)
     return out

@@ -5,11 +5,22 @@ Channels; the client only signs its calls to the vault. Three ways in:
 
 * :class:`VaultClient` / :class:`AsyncVaultClient`: the vault's API (deposit,
   account, invoke, withdraw, close);
+* :func:`pooled` and :func:`withdraw_from_pool`: the pool on-chain, without the
+  vault (read the balance; take it out with ``withdrawFromPool``, sent by the
+  client: the exit that needs nothing of the vault);
 * :mod:`a402.client.vault_transport`: an httpx transport that sends every
   request through the vault's ``/v1/invoke`` and returns the provider's
   response as the response, with what was paid attached
   (:func:`vault_payment_of`), and ``vault_paying_client`` to build one with
   the same limits as the ``exact`` client.
+
+The pool is on-chain (``ASCManager.pooled[vault][client]``). A deposit is the
+client's EIP-3009 ``receiveWithAuthorization`` to the manager whose nonce names
+this vault, this client and the amount (the vault relays it and can credit
+nothing else with it); a withdrawal is the client's signed
+``A402PoolWithdrawal`` order, which the vault relays and the contract carries
+out only as signed (its ``to``, its amount, once).
+
 
 Each call carries an idempotency key and its creation time (``createdAt``);
 a retry after a lost answer reuses both (this client remembers the creation
@@ -41,6 +52,7 @@ standby), pass ``failover_wait`` to ride out the switch.
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections import OrderedDict
@@ -51,6 +63,7 @@ from typing import Any, Final
 import httpx
 from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
+from eth_typing import Hash32
 
 from a402.client.errors import PaymentError
 from a402.client.wallet import load_account
@@ -242,16 +255,52 @@ class _Base:
             raise VaultCallError(response.status_code, data)
         return response.status_code, data
 
-    def _deposit_flow(self, amount: int) -> Flow:
+    def _deposit_flow(self, amount: int, validity: int = 3600) -> Flow:
         info = yield from self._info_flow()
-        requirement = dict(info["deposit"], amount=str(amount))
-        from a402.exact.eip3009 import build_payment_payload
-        from a402.wire.x402 import PaymentRequirements
+        from a402.asc import pool_deposit_nonce
+        from a402.crypto import PaymentDomain
+        from a402.evm.eip3009 import RECEIVE_WITH_AUTHORIZATION_TYPES
 
-        payload = build_payment_payload(PaymentRequirements.model_validate(requirement),
-                                        self.account)
+        if amount <= 0:
+            raise ValueError("a deposit is a positive amount")
+        token, manager = info["token"], info["ascManager"]
+        salt = os.urandom(32)
+        nonce = pool_deposit_nonce(PaymentDomain(int(info["chainId"]), manager),
+                                   info["vault"], self.address, amount, salt)
+        valid_before = int(time.time()) + validity
+        signed = self.account.sign_message(encode_typed_data(
+            domain_data={"name": token["name"], "version": token["version"],
+                         "chainId": int(info["chainId"]), "verifyingContract": token["address"]},
+            message_types=RECEIVE_WITH_AUTHORIZATION_TYPES,
+            message_data={"from": self.address, "to": manager, "value": amount,
+                          "validAfter": 0, "validBefore": valid_before, "nonce": nonce}))
+        authorization = {"from": self.address, "amount": str(amount),
+                         "salt": "0x" + salt.hex(), "validAfter": "0",
+                         "validBefore": str(valid_before),
+                         "signature": "0x" + bytes(signed.signature).hex()}
         _, data = yield from self._call_flow("POST", "/deposits",
-                                             {"payload": payload.to_wire()}, ok=(200, 202))
+                                             {"authorization": authorization}, ok=(200, 202))
+        return data
+
+    def _withdraw_flow(self, amount: int, to: str | None, validity: int = 3600,
+                       nonce: int | None = None) -> Flow:
+        info = yield from self._info_flow()
+        from a402.asc import pool_withdrawal_digest
+        from a402.crypto import PaymentDomain
+
+        if nonce is None:
+            _, account = yield from self._call_flow("GET", "/account")
+            nonce = int(account["poolWithdrawalNonce"])
+        to = to or self.address
+        deadline = int(time.time()) + validity
+        digest = pool_withdrawal_digest(
+            PaymentDomain(int(info["chainId"]), info["ascManager"]), info["vault"],
+            self.address, to, amount, nonce, deadline)
+        signature = bytes(self.account.unsafe_sign_hash(Hash32(digest)).signature)
+        body = {"amount": str(amount), "to": to, "nonce": str(nonce),
+                "deadline": str(deadline), "signature": "0x" + signature.hex()}
+        _, data = yield from self._call_flow("POST", "/withdrawals", body,
+                                             ok=(200, 202, 409))
         return data
 
     def _invoke_flow(
@@ -444,24 +493,27 @@ class VaultClient(_Base):
         return dict(_drive(self._call_flow("GET", "/account"), self.http, self)[1])
 
     def deposit(self, amount: int) -> dict[str, Any]:
-        """Deposit ``amount`` atomic units by a signed EIP-3009 transfer (gasless)."""
+        """Pool ``amount`` atomic units with this vault, gasless: an EIP-3009 authorization
+        to the ASCManager whose nonce names this vault, this client and the amount, which
+        the vault relays. ``state`` ``credited`` once mined (``pooled``: the on-chain
+        balance), ``pending`` while not."""
         return dict(_drive(self._deposit_flow(amount), self.http, self))
 
     def report_deposit(self, tx_hash: str) -> dict[str, Any]:
-        """Credit a token transfer this client made to the vault's address itself."""
+        """Credit a ``depositToPool`` this client sent to the ASCManager itself."""
         return dict(_drive(self._call_flow("POST", "/deposits", {"transaction": tx_hash},
                                            ok=(200, 202)), self.http, self)[1])
 
     def withdraw(self, amount: int, *, to: str | None = None,
-                 idempotency_key: str | None = None) -> dict[str, Any]:
-        """Withdraw ``amount`` to ``to`` (this client by default): ``state`` ``confirmed``
-        once paid; ``submitted`` (reason ``withdrawal_pending``) while its transfer is not
-        through — the amount is reserved for it, and the vault sends it until it goes
-        through (ask again with the same ``idempotency_key`` to see)."""
-        body = {"amount": str(amount), "idempotencyKey": idempotency_key or uuid.uuid4().hex,
-                **({"to": to} if to else {})}
-        return dict(_drive(self._call_flow("POST", "/withdrawals", body, ok=(200, 202)),
-                           self.http, self)[1])
+                 nonce: int | None = None) -> dict[str, Any]:
+        """Take ``amount`` of the pool balance out to ``to`` (this client by default): signs
+        the A402PoolWithdrawal order (its next nonce, read from the vault unless given;
+        valid an hour) and has the vault relay it. ``state`` ``confirmed`` with the
+        ``transaction``; ``failed`` (``reason`` ``withdrawal_refused``, HTTP 409) when the
+        contract refused it — nothing moved, the balance is still in the pool: sign another
+        (e.g. another ``to``, the same ``nonce``); ``submitted`` while not mined. Without
+        the vault at all: :func:`withdraw_from_pool`."""
+        return dict(_drive(self._withdraw_flow(amount, to, nonce=nonce), self.http, self))
 
     def close_channel(self, channel_id: str) -> dict[str, Any]:
         return dict(_drive(self._call_flow("POST", f"/channels/{channel_id}/close",
@@ -519,15 +571,18 @@ class AsyncVaultClient(_Base):
         return dict((await _adrive(self._call_flow("GET", "/account"), self.http, self))[1])
 
     async def deposit(self, amount: int) -> dict[str, Any]:
+        """See :meth:`VaultClient.deposit`."""
         return dict(await _adrive(self._deposit_flow(amount), self.http, self))
 
+    async def report_deposit(self, tx_hash: str) -> dict[str, Any]:
+        """See :meth:`VaultClient.report_deposit`."""
+        return dict((await _adrive(self._call_flow("POST", "/deposits", {"transaction": tx_hash},
+                                                   ok=(200, 202)), self.http, self))[1])
+
     async def withdraw(self, amount: int, *, to: str | None = None,
-                       idempotency_key: str | None = None) -> dict[str, Any]:
+                       nonce: int | None = None) -> dict[str, Any]:
         """See :meth:`VaultClient.withdraw`."""
-        body = {"amount": str(amount), "idempotencyKey": idempotency_key or uuid.uuid4().hex,
-                **({"to": to} if to else {})}
-        return dict((await _adrive(self._call_flow("POST", "/withdrawals", body, ok=(200, 202)),
-                                   self.http, self))[1])
+        return dict(await _adrive(self._withdraw_flow(amount, to, nonce=nonce), self.http, self))
 
     async def close_channel(self, channel_id: str) -> dict[str, Any]:
         return dict((await _adrive(self._call_flow("POST", f"/channels/{channel_id}/close",
@@ -550,3 +605,36 @@ class AsyncVaultClient(_Base):
                                  funding=funding, deposit=deposit, created_at=created_at)
         result: VaultResult = await _adrive(flow, self.http, self)
         return result
+
+
+# ------------------------------------------------------------- the pool, without the vault
+
+
+def pooled(rpc_url: str, manager: str, vault: str, client: str) -> int:
+    """``client``'s pool balance with ``vault``, as the ASCManager at ``manager`` holds it:
+    read from the chain (``rpc_url``), not from the vault."""
+    from a402.asc_manager import ASCManager
+    from a402.chain.node import connect
+
+    return ASCManager(connect(rpc_url), manager).pooled(vault, client)
+
+
+def withdraw_from_pool(rpc_url: str, manager: str, key: str | bytes | LocalAccount,
+                       vault: str, amount: int | None = None, *, to: str | None = None
+                       ) -> dict[str, Any]:
+    """Take ``amount`` (all, by default) of the key's pool balance with ``vault`` out to ``to``
+    (the key's address by default) with ``withdrawFromPool``, sent by the key itself (it
+    pays the gas): the exit that needs nothing of the vault — not its host, not its
+    enclave, not its being online. Raises if the contract refuses (more than the balance,
+    a ``to`` the token refuses): nothing moved then."""
+    from a402.asc_manager import ASCManager
+    from a402.chain.node import connect
+
+    account = load_account(key)
+    asc = ASCManager(connect(rpc_url), manager)
+    if amount is None:
+        amount = asc.pooled(vault, account.address)
+    receipt = asc.withdraw_from_pool(account, vault, to or account.address, amount)
+    return {"state": "confirmed", "amount": str(amount), "to": to or account.address,
+            "transaction": "0x" + bytes(receipt["transactionHash"]).hex(),
+            "pooled": str(asc.pooled(vault, account.address))}

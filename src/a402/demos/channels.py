@@ -153,7 +153,7 @@ def run_channels_act(requests: int = 100, out: TextIO = sys.stdout,
         ))
         # The vault's money sits at its enclave's address; its own account only pays gas.
         watched = {"client": client.address, "provider": operator.address,
-                   "vault": vault.address, "ASCManager escrow": manager_address}
+                   "vault": vault.address, "ASCManager pool": manager_address}
         before = _balances(chain, manifest, watched)
         with serve_in_thread(facilitator_app(facilitator)) as facilitator_url:
             api = A402Payments(PaymentMiddleware(
@@ -189,9 +189,11 @@ def run_channels_act(requests: int = 100, out: TextIO = sys.stdout,
           and mid["provider"] - before["provider"] == exact_batch * price
           and mid["client"] - after["client"] == deposit
           and after["provider"] - mid["provider"] == requests * price
-          and after["vault"] - mid["vault"] == deposit - requests * price == run.vault_balance
-          and after["ASCManager escrow"] == before["ASCManager escrow"]
-          and a402_txs.count.get("createASC") == 1 and a402_txs.count.get("closeASC") == 1)
+          and after["vault"] == mid["vault"] == before["vault"]
+          and after["ASCManager pool"] - mid["ASCManager pool"]
+          == deposit - requests * price == run.vault_balance
+          and a402_txs.count.get("createASCFromPool") == 1
+          and a402_txs.count.get("closeASC") == 1)
     say(f"\nran in {time.perf_counter() - started:.1f} s on {manifest.network}")
     say("result     " + ("OK: one channel, every request paid once, balances conserved"
                          if ok else "FAILED"))
@@ -215,7 +217,7 @@ def _through_vault(say: Say, client: LocalAccount, vault_url: str, api_url: str,
     """Deposit, pay ``requests`` calls through the vault, then close the one channel."""
     run = VaultRun()
     with VaultClient(vault_url, client) as vault:
-        deposited = vault.deposit(2 * requests * price)  # half stays in the vault
+        deposited = vault.deposit(2 * requests * price)  # half stays in the pool
         if deposited.get("state") != "credited":
             say(f"deposit    not credited: {deposited}")
             return run
@@ -269,14 +271,14 @@ def _summary(say: Say, requests: int, run: VaultRun, exact_calls: list[Any],
     # rest at the steady (median) gas.
     steady = statistics.median([c.gas for c in exact_calls[1:]] or [exact.total_gas])
     exact_n = exact.total_gas + (requests - len(exact_calls)) * steady
-    lifecycle = a402.gas.get("createASC", 0) + a402.gas.get("closeASC", 0)
+    lifecycle = a402.gas.get("createASCFromPool", 0) + a402.gas.get("closeASC", 0)
     say(f"\n{'gas':<30}{'x402 exact':>16}{'A402 channel':>16}")
     say(f"{f'for {requests} requests':<30}{exact_n:>16,.0f}{a402.total_gas:>16,}")
     say(f"{'per request':<30}{exact_n / requests:>16,.0f}{a402.total_gas / requests:>16,.0f}")
     say(f"{f'transactions for {requests}':<30}{requests:>16}{a402.total_count:>16}")
-    say(f"  channel lifecycle (createASC + closeASC) {lifecycle:,} gas; the rest of the "
-        "A402 column is the client's deposit into the vault (the vault's one-time approve "
-        "of the ASCManager happened at start-up, like the deployments, and is not counted)")
+    say(f"  channel lifecycle (createASCFromPool + closeASC) {lifecycle:,} gas; the rest of "
+        "the A402 column is the client's deposit into its pool balance with the vault "
+        "(depositToPoolWithAuthorization: one signature, relayed by the vault)")
     say(f"  x402 exact for {requests}: the {len(exact_calls)} payments measured here plus "
         f"{requests - len(exact_calls)} more at their steady {steady:,.0f} gas "
         "(one transferWithAuthorization each)")
@@ -294,4 +296,5 @@ def _summary(say: Say, requests: int, run: VaultRun, exact_calls: list[Any],
     say(f"{'total':<20}{format_usdc(total[0]):>16}{format_usdc(total[1]):>16}{format_usdc(total[2]):>16}"
         f"{(total[2] - total[0]) / 1e6:>+16,.6f}")
     say(f"vault ledger: the client's balance in the vault is {format_usdc(run.vault_balance)} USDC "
-        f"(= the vault's on-chain balance {format_usdc(after['vault'])})")
+        "(= its pool balance in the ASCManager, which it can take out without the vault; "
+        "the vault's own address holds nothing)")

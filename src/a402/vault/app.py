@@ -3,8 +3,10 @@
 =====================================  =====================================================
 ``GET  /v1/info``                      who the vault is, its chain, token, deposit offer
 ``GET  /v1/account``                   balance, conservation terms, channels
-``POST /v1/deposits``                  ``{"payload": x402 exact}`` or ``{"transaction": hash}``
-``POST /v1/withdrawals``               ``{"amount", "idempotencyKey", "to"?}``
+``POST /v1/deposits``                  ``{"authorization": EIP-3009 pool deposit}`` or
+                                       ``{"transaction": hash}`` (the client's depositToPool)
+``POST /v1/withdrawals``               the client's signed pool withdrawal order
+                                       ``{"amount", "to", "nonce", "deadline", "signature"}``
 ``POST /v1/invoke``                    a paid request (:class:`~a402.wire.vault_api.InvokeRequest`)
 ``GET  /v1/requests/{key}``            the outcome of an earlier ``invoke``
 ``POST /v1/channels/{cid}/close``      cooperative close, the rest back to the balance
@@ -143,8 +145,8 @@ def create_app(service: VaultService) -> ASGIApp:
             signed.client, body))
 
     async def withdraw(request: Request) -> JSONResponse:
-        return await answer(request, lambda signed, body, call: service.funds.withdraw(
-            signed.client, body, call))
+        return await answer(request, lambda signed, body, _: service.funds.withdraw(
+            signed.client, body))
 
     async def invoke(request: Request) -> JSONResponse:
         async def handler(signed: api.Authenticated, body: dict[str, Any], raw: SignedCall

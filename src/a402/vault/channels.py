@@ -8,10 +8,14 @@ meet. Two rules carry the safety argument:
   it, together with the progress of the request the channel carries, in one
   database transaction; the tunnel sends nothing until it returns.
 * **Debit before transaction.** A pool-funded channel's deposit leaves the
-  client's balance in the transaction that creates the channel row, before
-  ``createASC`` is signed; the transaction is journaled before it is
-  broadcast (:mod:`a402.vault.txjournal`); a channel that never opens gives
-  the deposit back. Settlement credits what the chain paid back, once.
+  client's balance in the host's store (its mirror of the on-chain
+  ``pooled[vault][client]``) in the transaction that creates the channel row,
+  before ``createASCFromPool`` is approved; the transaction is journaled before
+  it is broadcast (:mod:`a402.vault.txjournal`); a channel that never opens
+  gives the deposit back to the mirror (the chain never debited it).
+  Settlement mirrors what the chain credited back to the pool, once. The
+  store only mirrors: the contract debits the real balance, and refuses a
+  deposit beyond it, whatever the store says.
 * **The chain says whether a channel opened** (:meth:`Channels.settle_open`),
   never our own receipt: anyone may send a copy of our ``createASC`` (or of
   the enclave's approval in it) first, and then ours reverts although the
@@ -21,25 +25,25 @@ meet. Two rules carry the safety argument:
   until then it stays OPENING, since that approval could still be mined.
 
 Keys. The vault's address is its enclave's attested key
-(:mod:`a402.vault_enclave`): every channel's ``vault``, the pool's owner, the
-signer of every approval, state and σ_U. The enclave's code holds the
-channels' machines (the host drives :class:`~a402.vault_enclave.EnclaveChannel`
-proxies) and the clients' balances, and approves each channel it opens. The
-host's ``account`` only pays gas: it sends ``createASC`` with the enclave's
+(:mod:`a402.vault_enclave`): every channel's ``vault``, the vault its clients
+pool with on-chain, the signer of every approval, state and σ_U. The enclave's
+code holds the channels' machines (the host drives
+:class:`~a402.vault_enclave.EnclaveChannel` proxies), and approves each channel
+it opens. The host's ``account`` only pays gas: it sends
+``createASC(FromPool)`` with the enclave's
 approval (dated from the chain's latest block time, lapsing a few minutes
 later), ``closeASC`` with the co-signed final state.
 
-Funding. ``pool``: the vault's own address is the channel's on-chain client
-(``createASC`` from the pooled deposits, which the manager may pull by the
-enclave's EIP-2612 permit), refunds return to the pool and are credited to
-the client's balance (in the enclave's ledger too, at most what the channel's
-latest state gives the client). ``wallet``: the client is
+Funding. ``pool``: the client is the channel's on-chain client and its
+deposit is debited from its on-chain pool balance (``createASCFromPool``: no
+token moves); every exit credits the client's share back to that balance on
+the chain itself, and the store mirrors it. ``wallet``: the client is
 the on-chain client; the deposit moves from its wallet by an EIP-3009
 ``receiveWithAuthorization`` whose nonce is the channel id (the client signs
 the terms the vault proposes, answering a 428), refunds go straight back to
 its wallet, and the client can force-close without the vault.
 
-Aggregation: pool channels that open together share one ``createASCBatch``,
+Aggregation: pool channels that open together share one ``createASCFromPoolBatch``,
 and cooperative closes that happen together one ``closeASCBatch``
 (:mod:`a402.vault.aggregate`); the journal records such a transaction once,
 its ``ref`` naming every channel in it.
@@ -379,14 +383,16 @@ class Channels:
 
     async def _open_pool(self, client: str, tunnel: ProviderTunnel, price: int,
                          call: SignedCall) -> EnclaveChannel:
+        # The smaller of the store's mirror and the chain: a client that took its balance
+        # out on-chain itself (withdrawFromPool) is not offered a deposit the chain refuses.
         balance = min(await asyncio.to_thread(self.store.balance, client),
-                      self.vault.balance(client))
+                      await asyncio.to_thread(self.manager.pooled, self.address, client))
         deposit = self.deposit_for(price, balance)
         if deposit < price:
             raise VaultError(402, api.INSUFFICIENT_BALANCE,
-                             f"the vault balance ({balance}) cannot pay {price}",
+                             f"your pool balance ({balance}) cannot pay {price}",
                              extra={"balance": str(balance), "price": str(price)})
-        terms = tunnel.terms(client=self.address, deposit=deposit, salt=self.vault.salt())
+        terms = tunnel.terms(client=client, deposit=deposit, salt=self.vault.salt())
         row = await self._claim(client, tunnel, terms, funding=api.POOL, debit=True)
         try:
             now = await self._chain_time()
@@ -513,17 +519,14 @@ class Channels:
     async def _send_opens(
         self, items: Sequence[tuple[vault_store.Channel, ChannelTerms, OpenApproval]]
     ) -> list[VaultError | None]:
-        """Open pool channels that waited together: ``createASC`` for one, else one
-        ``createASCBatch`` (the deposits leave the pool in one transfer), each with the
-        enclave's approval (a pool channel's client is the vault: no other consent)."""
-        functions = self.manager.contract.functions
+        """Open pool channels that waited together: ``createASCFromPool`` for one, else one
+        ``createASCFromPoolBatch`` (no token moves: each debits its client's pool balance),
+        each with the enclave's approval (the client consented by pooling with this vault;
+        its own signed call is what the enclave approved)."""
         rows = [row for row, _, _ in items]
-        if len(items) == 1:
-            _, terms, approval = items[0]
-            call = functions.createASC(terms_tuple(terms), b"", approval.calldata)
-        else:
-            call = functions.createASCBatch([terms_tuple(t) for _, t, _ in items],
-                                            [b""] * len(items), [a.calldata for *_, a in items])
+        call = self.manager.create_from_pool_call(
+            [t for _, t, _ in items], [a.signature for *_, a in items],
+            [a.deadline for *_, a in items], batch=len(items) > 1)
         return await self._open_tx(f"open:{batch_id(rows)}", call, rows)
 
     async def _opened(self, row: vault_store.Channel) -> bool:
@@ -706,7 +709,8 @@ class Channels:
 
     async def settle(self, cid: str, client_payout: int, provider_payout: int,
                      tx_hash: str | None) -> bool:
-        """The chain paid the channel out: record it, credit a pool refund, drop the machine.
+        """The chain paid the channel out: record it (a pool channel's client payout went
+        back to the client's on-chain pool balance: mirrored in the store), drop the machine.
 
         A request still LOCKED or PENDING in a channel settled this way was never
         claimed (a claim goes through :func:`recover_from_force_close` first and
@@ -724,8 +728,9 @@ class Channels:
         channel_id = bytes.fromhex(cid[2:])
         self.live.pop(channel_id, None)
         if row is not None and row.phase in vault_store.FUNDED and row.snapshot is not None:
-            # The enclave credits a pool refund once, at most what its own latest state
-            # gives the client; durable before the host's record says "settled".
+            # The enclave closes the channel for good (no σ_U, no state from now on);
+            # durable before the host's record says "settled". The pool refund itself was
+            # credited on-chain by the contract: the store below only mirrors it.
             snapshot = row.snapshot
 
             def change() -> int:

@@ -6,9 +6,9 @@
 
 The chain and ASCManager come from ``--manifest`` (``a402 devnet`` writes one)
 or ``--manager``. The key file holds the host's Ethereum key, which pays gas
-and nothing else; the vault's own address — where pooled deposits are paid,
-and which signs for every channel, withdrawal and approval — is its enclave's
-attested key (printed at start as ``address``). Enclaves are simulated
+and nothing else; the vault's own address — the vault its clients pool with
+in the ASCManager, and which signs for every channel and approval — is its
+enclave's attested key (printed at start as ``address``). Enclaves are simulated
 here (no TEE hardware): the vault's platform lives in ``--platform-file``
 (created on first start; keep it), and providers' simulated quotes are
 accepted only with ``--allow-simulated-attestation``, from the roots given
@@ -185,7 +185,7 @@ def run_vault(args: argparse.Namespace) -> int:
         connections=from_args(Connections, args), lease=lease,
     ))
     print(json.dumps({
-        # The vault's address is its enclave's (clients pay and sign for it); the key
+        # The vault's address is its enclave's (clients pool with it and sign for it); the key
         # file's account only pays gas.
         "vault": f"http://{serve.host}:{serve.port}", "address": service.address,
         "gasAccount": account.address,

@@ -1,375 +1,324 @@
-"""Money into and out of the vault: deposits and withdrawals.
+"""Money into and out of the pool: deposits and withdrawals, which live on-chain.
 
-**Deposits.** A client pays the vault's address with an x402 ``exact``
-payload (an EIP-3009 ``transferWithAuthorization`` it signed: gasless for the
-client), which the vault settles with the facilitator's journaled,
-idempotent settlement (:class:`a402.facilitator.core.Facilitator`, same
-database); or it transfers tokens itself and reports the transaction. Either
-way the credit is keyed by the mined ``Transfer`` log — ``(tx hash, log
-index)`` — and is granted only once the transaction is mined: a deposit can
-be reported any number of times, by either route, and counts once. A
-settlement still pending when the call returns is credited by the worker
-(:meth:`Funds.reconcile`), including after a crash.
+The pool is ``ASCManager.pooled[vault][client]``: per-client balances the
+contract keeps (see ``contracts/ASCManager.sol``, "Pool"). What guards the
+money is the contract, not this host nor its store:
 
-Deposits are paid to the vault's address — its enclave's — and credited in
-the enclave's ledger too (:mod:`a402.vault_enclave`, stored by
-:mod:`a402.vault.ledger`), which trusts the host's report of the mined
-transfer (it cannot see the chain) and counts each ``(tx hash, log index)``
-once.
+* a balance is created only by tokens arriving in the manager
+  (``depositToPool``, ``depositToPoolWithAuthorization``);
+* only the vault's approval (its enclave's, for the client's own signed call)
+  moves it into a channel of that client, and only the channel's signed states
+  move it out of the channel, the client's share back into the pool;
+* only the client takes it out: ``withdrawFromPool`` sent by itself (needing
+  nothing of the vault), or its signed ``A402PoolWithdrawal`` order, which this
+  host relays.
 
-**Withdrawals.** The balance is debited in the same database transaction that
-records the withdrawal (keyed by the client's idempotency key); the enclave
-checks the client's signed call and its own ledger, debits it there, and
-signs an EIP-3009 ``transferWithAuthorization`` from the vault's address,
-which the host's gas account submits (journaled before it is broadcast), once
-the enclave's ledger with the debit is stored. A transfer sent again is the
-same authorization (same EIP-3009 nonce) signed again, so at most one ever
-moves tokens. A transfer the token refuses (paused, a blocklisted recipient,
-the vault's wallet short) keeps the withdrawal pending — reserved in both
-ledgers, answered ``202`` with reason ``withdrawal_pending`` — and the worker
-sends it again until it goes through; it is never given back (the enclave
-cannot tell a refused transfer from one the host hides, and its signature
-stays valid). Only a withdrawal the enclave refused (no debit there) gives
-the host's balance back.
+So a host that invents a deposit in its database (or in any report) creates
+nothing anyone can spend: the chain would refuse the open or the withdrawal.
+The host's store mirrors the chain, for answering and for choosing deposits;
+it is never what lets money move.
+
+**Deposits.** The client signs an EIP-3009 ``receiveWithAuthorization`` to the
+manager whose nonce is ``poolDepositNonce(vault, client, amount, salt)``
+(:func:`a402.asc.pool_deposit_nonce`) and POSTs it; the host journals
+``depositToPoolWithAuthorization`` before it is broadcast
+(:mod:`a402.vault.txjournal`, keyed by that nonce: asked again, the same
+transaction) and credits its store only from the mined ``PoolDeposited`` logs
+naming this vault, keyed ``(tx hash, log index)``, once. Or the client sends
+``depositToPool`` itself and reports the transaction: the same credit, from
+the same logs (and unreported, the worker's watch of the manager's logs
+credits it under the same key). A deposit relayed but not mined when the call
+returns is credited by the worker when its journal entry is mined. A client's
+own ``withdrawFromPool`` is mirrored by the watch the same way
+(:meth:`Funds.mirror_withdrawal`).
+
+**Withdrawals.** The client signs ``A402PoolWithdrawal(vault, owner, to,
+amount, nonce, deadline)``; the host debits its store, journals and relays
+``withdrawFromPoolWithSignature`` and answers with the truth: ``confirmed``
+with the transaction, or ``refused`` with the reason and "nothing moved, your
+balance is still in the pool" (the store's debit given back). A transfer the
+token refuses (a blocklisted ``to``, a pause) reverts the whole call on-chain,
+so it never leaves money in between: the client signs another order, with the
+same nonce and another ``to`` (of two orders with one nonce at most one can go
+through). Nothing here is pending forever.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import re
-import time
 from typing import Any, Final
 
 from eth_utils import to_checksum_address
 from hexbytes import HexBytes
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 from web3.exceptions import TransactionNotFound
 from web3.logs import DISCARD
 from web3.types import TxReceipt
 
+from a402.asc import pool_deposit_nonce, pool_withdrawal_digest
+from a402.asc.terms import POOL_DEPOSIT_TYPE, POOL_WITHDRAWAL_TYPE
+from a402.asc_manager import ASCManager, PoolDepositAuthorization
 from a402.chain.deploy import TokenInfo
 from a402.chain.node import Chain
-from a402.chain.tx import TransactionFailed, contract_at
-from a402.facilitator.core import Facilitator
-from a402.facilitator.store import SettlementRow
-from a402.facilitator.store import State as SettlementState
-from a402.tee import EnclaveError
-from a402.vault_enclave import SignedCall
+from a402.chain.tx import TransactionFailed
+from a402.evm.address import address_key
 from a402.wire import vault_api as api
-from a402.wire.errors import WireError
-from a402.wire.x402 import PaymentPayload, PaymentRequirements
 
 from . import store as vault_store
 from .channels import Channels, VaultError
-from .ledger import LedgerBusy
 from .txjournal import TxJournal
 
 _TX_HASH: Final = re.compile(r"0x[0-9a-fA-F]{64}")
+_BYTES32: Final = re.compile(r"0x[0-9a-fA-F]{64}")
+_SIGNATURE: Final = re.compile(r"0x[0-9a-fA-F]{130}")
 
 log = logging.getLogger("a402.vault.funds")
 
-DEPOSIT_TIMEOUT = 300
-"""``maxTimeoutSeconds`` of the deposit requirement: how long a signed deposit may wait."""
+NOTHING_MOVED: Final = "nothing moved: your balance is still in the pool"
 
-WITHDRAWAL_GRACE = 10.0
-"""How long a withdrawal recorded but never sent is left to the API call that recorded it."""
 
-WITHDRAWAL_RETRY_MAX = 60.0
-"""The longest wait between two attempts of a withdrawal the token refused."""
+def _uint(body: dict[str, Any], name: str) -> int:
+    value = body.get(name)
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"`{name}` is an unsigned integer (a decimal string)")
+    number = int(value)
+    if not 0 <= number < 1 << 256:
+        raise ValueError(f"`{name}` is a uint256")
+    return number
+
+
+def _hex(body: dict[str, Any], name: str, pattern: re.Pattern[str], what: str) -> bytes:
+    value = body.get(name)
+    if not isinstance(value, str) or pattern.fullmatch(value) is None:
+        raise ValueError(f"`{name}` is {what}")
+    return bytes.fromhex(value[2:])
 
 
 class Funds:
     def __init__(
         self, *, chain: Chain, channels: Channels, token: TokenInfo,
-        store: vault_store.VaultStore, facilitator: Facilitator, journal: TxJournal,
-        chain_timeout: float,
+        store: vault_store.VaultStore, journal: TxJournal, chain_timeout: float,
     ) -> None:
         self.chain = chain
-        self.vault = channels.vault
-        self.ledger = channels.ledger
+        self.manager: ASCManager = channels.manager
         self.address = channels.vault.checksum_address
         self.token = token
         self.store = store
-        self.facilitator = facilitator
         self.journal = journal
         self.chain_timeout = chain_timeout
-        self.erc20 = contract_at(chain, "TestUSDC", token.address)
-        #: Withdrawals the token refused: (next attempt, current delay, why).
-        self._retry: dict[str, tuple[float, float, str]] = {}
-        #: Withdrawals whose enclave debit the API is asking for right now.
-        self._sending: set[str] = set()
+        #: Why the contract refused a withdrawal order (kept for its answers; after a
+        #: restart the answer says only that it was refused, which stays true).
+        self._refusals: dict[str, str] = {}
 
-    def requirement(self, amount: int = 0) -> PaymentRequirements:
-        """What a deposit of ``amount`` pays: x402 ``exact`` to the vault's address."""
-        return PaymentRequirements(
-            scheme="exact", network=self.chain.network, amount=str(amount),
-            asset=to_checksum_address(self.token.address), pay_to=self.address,
-            max_timeout_seconds=DEPOSIT_TIMEOUT, extra=self.token.eip712_extra(),
-        )
+    def offer(self) -> dict[str, Any]:
+        """How to deposit (``GET /v1/info``'s ``deposit``): the EIP-3009 authorization to
+        sign, or the ``depositToPool`` call to send."""
+        return {
+            "scheme": "a402-pool", "ascManager": self.manager.address, "vault": self.address,
+            "asset": to_checksum_address(self.token.address),
+            "eip3009": {"name": self.token.name, "version": self.token.version,
+                        "chainId": self.chain.chain_id, "nonce": POOL_DEPOSIT_TYPE},
+            "withdrawal": POOL_WITHDRAWAL_TYPE,
+        }
 
     # --------------------------------------------------------------- deposits
 
     async def deposit(self, client: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        """``POST /v1/deposits``: ``{"payload": …}`` (x402 exact) or ``{"transaction": …}``."""
-        if "payload" in body:
-            return await self._deposit_payload(client, body["payload"])
+        """``POST /v1/deposits``: ``{"authorization": …}`` (the client's EIP-3009 pool
+        deposit, relayed here) or ``{"transaction": hash}`` (its own ``depositToPool``)."""
+        if isinstance(body.get("authorization"), dict):
+            return await self._deposit_authorization(client, body["authorization"])
         if isinstance(body.get("transaction"), str):
             # A malformed hash names no transaction: refused, not "pending" forever.
             if _TX_HASH.fullmatch(body["transaction"]) is None:
                 raise VaultError(400, api.BAD_REQUEST, "`transaction` is not a transaction "
                                  "hash (0x and 64 hex digits)")
-            return await self._deposit_transfer(client, body["transaction"])
-        raise VaultError(400, api.BAD_REQUEST, "give an x402 `payload` or a `transaction` hash")
+            return await self._deposit_transaction(client, body["transaction"])
+        raise VaultError(400, api.BAD_REQUEST,
+                         "give an `authorization` (EIP-3009 pool deposit) or a `transaction` hash")
 
-    async def _deposit_payload(self, client: str, raw: Any) -> tuple[int, dict[str, Any]]:
-        """Settle a deposit payload, then credit the transfer it mined.
-
-        This is not the server-side ``exact`` flow (:mod:`a402.exact.serve`) that
-        the middleware and the A2A agent drive, and does not drive it: what that
-        flow protects is a response sold for a payment between ``/verify`` and the
-        transfer being mined, so it needs a replay ledger, a verify before serving,
-        and a settle whose failure means "deliver nothing". A deposit sells nothing
-        before the money moves: it is credited from the mined ``Transfer`` log,
-        keyed by ``(tx hash, log index)``, so the same payload reported any number
-        of times counts once without a ledger; the journaled facilitator verifies
-        inside ``settle`` and answers a repeat with the same outcome; and any answer
-        that names a transaction (pending, but also reverted or expired) is
-        "pending" here, because the credit is decided by that transaction's receipt
-        (reported again, or found by :meth:`reconcile`), not by the settle answer.
-        """
+    def _authorization(self, client: str, raw: dict[str, Any]) -> PoolDepositAuthorization:
         try:
-            payload = PaymentPayload.from_wire(raw, reason=api.BAD_REQUEST)
-        except WireError as e:
-            raise VaultError(400, api.BAD_REQUEST, e.message or e.reason) from None
-        accepted = payload.accepted
-        expected = self.requirement(0)
-        if (accepted.scheme, accepted.network, accepted.pay_to.lower(), accepted.asset.lower(),
-                accepted.extra) != (expected.scheme, expected.network, self.address.lower(),
-                                    expected.asset.lower(), expected.extra):
-            raise VaultError(400, api.BAD_REQUEST, "the payload does not pay this vault's "
-                             "deposit requirement (see GET /v1/info)")
-        payer = str((payload.payload.get("authorization") or {}).get("from", ""))
-        if payer.lower() != client.lower():
-            raise VaultError(400, api.BAD_REQUEST, "a deposit must come from the caller")
-        request = {"x402Version": 2, "paymentPayload": payload.to_wire(),
-                   "paymentRequirements": accepted.to_wire()}
-        try:
-            settled = await asyncio.to_thread(self.facilitator.settle, request)
-        except WireError as e:
-            raise VaultError(400, api.BAD_REQUEST, e.message or e.reason) from None
-        if not settled.success:
-            if settled.transaction:  # journaled and broadcast, not yet mined
-                return 202, {"state": "pending", "transaction": settled.transaction,
-                             "reason": settled.error_reason}
-            raise VaultError(400, settled.error_reason or "deposit_failed",
-                             settled.error_message or "")
-        return await self._deposit_transfer(client, settled.transaction)
+            payer = to_checksum_address(str(raw.get("from") or client))
+            amount = _uint(raw, "amount")
+            salt = _hex(raw, "salt", _BYTES32, "32 bytes in hex")
+            valid_after, valid_before = _uint(raw, "validAfter"), _uint(raw, "validBefore")
+            signature = _hex(raw, "signature", _SIGNATURE, "a 65-byte signature in hex")
+        except ValueError as e:
+            raise VaultError(400, api.BAD_REQUEST, str(e)) from None
+        if amount <= 0:
+            raise VaultError(400, api.BAD_REQUEST, "a deposit is a positive amount")
+        v = signature[64] if signature[64] >= 27 else signature[64] + 27
+        return PoolDepositAuthorization(
+            self.address, to_checksum_address(client), payer, amount, salt, valid_after,
+            valid_before, v, signature[:32], signature[32:64])
 
-    async def _deposit_transfer(self, client: str, tx_hash: str) -> tuple[int, dict[str, Any]]:
+    async def _deposit_authorization(self, client: str, raw: dict[str, Any]
+                                     ) -> tuple[int, dict[str, Any]]:
+        """Relay the client's pool deposit (credited to the caller with this vault: the
+        nonce the payer signed names both, so no other credit can come of it), then
+        credit what its mined logs say."""
+        auth = self._authorization(client, raw)
+        nonce = pool_deposit_nonce(self.manager.domain, auth.vault, auth.client, auth.amount,
+                                   auth.salt)
+        key = f"deposit:0x{nonce.hex()}"
+        try:
+            tx = await asyncio.to_thread(self.journal.send, key, "deposit", address_key(client),
+                                         self.manager.pool_deposit_call(auth))
+        except TransactionFailed as e:
+            raise VaultError(400, "deposit_refused",
+                             f"the token refuses this deposit ({self.manager.explain(e.reason)})"
+                             f"; nothing moved") from None
+        outcome = await asyncio.to_thread(self.journal.wait, tx, self.chain_timeout)
+        if outcome.receipt is None:
+            if outcome.dropped:
+                raise VaultError(502, api.CHAIN_UNAVAILABLE,
+                                 f"the deposit {tx.tx_hash} was dropped; nothing moved",
+                                 retryable=True)
+            return 202, {"state": "pending", "transaction": tx.tx_hash,
+                         "message": "relayed, not mined yet: credited once it is"}
+        if not outcome.ok:
+            raise VaultError(400, "deposit_refused",
+                             f"the deposit {tx.tx_hash} reverted; nothing moved")
+        return await self._credited(client, outcome.receipt)
+
+    async def _deposit_transaction(self, client: str, tx_hash: str
+                                   ) -> tuple[int, dict[str, Any]]:
         try:
             receipt = await asyncio.to_thread(self.chain.w3.eth.get_transaction_receipt,
                                               HexBytes(tx_hash))
         except (TransactionNotFound, ValueError):
             return 202, {"state": "pending", "transaction": tx_hash}
-        try:
-            credited = await asyncio.to_thread(self.credit_receipt, receipt, client)
-        except LedgerBusy as e:
-            raise VaultError(503, api.CONFLICT, str(e), retryable=True) from None
+        return await self._credited(client, receipt)
+
+    async def _credited(self, client: str, receipt: TxReceipt) -> tuple[int, dict[str, Any]]:
+        credited = await asyncio.to_thread(self.credit_receipt, receipt, client)
+        tx_hash = HexBytes(receipt["transactionHash"]).to_0x_hex()
         if credited is None:
             raise VaultError(400, api.BAD_REQUEST,
-                             "the transaction moved no tokens from the caller to the vault")
+                             "the transaction credited nothing to the caller in this vault's "
+                             "pool (no PoolDeposited log naming both)")
         balance = await asyncio.to_thread(self.store.balance, client)
+        pooled = await asyncio.to_thread(self.manager.pooled, self.address, client)
         return 200, {"state": "credited", "transaction": tx_hash, "amount": str(credited),
-                     "balance": str(balance)}
+                     "balance": str(balance), "pooled": str(pooled)}
 
     def credit_receipt(self, receipt: TxReceipt, client: str | None = None) -> int | None:
-        """Credit every transfer to the vault in ``receipt`` (from ``client`` if given).
-
-        Returns the amount those transfers carry (credited now or before), or
-        None if there is none.
-        """
+        """Credit the store with every ``PoolDeposited`` log of this vault in ``receipt``,
+        once per ``(tx hash, log index)``. Returns what those logs carry for ``client`` (or
+        for anyone, if None), credited now or before, or None if there is none."""
         if int(receipt["status"]) != 1:
             return None
         found = None
-        tx_hash = HexBytes(receipt["transactionHash"]).to_0x_hex()
-        for event in self.erc20.events.Transfer().process_receipt(receipt, errors=DISCARD):
+        for event in self.manager.contract.events.PoolDeposited().process_receipt(
+                receipt, errors=DISCARD):
+            if event["address"] != self.manager.address:
+                continue
             args = event["args"]
-            if event["address"].lower() != self.token.address.lower():
+            if address_key(args["vault"]) != address_key(self.address):
                 continue
-            if args["to"].lower() != self.address.lower():
-                continue
-            if client is not None and args["from"].lower() != client.lower():
-                continue
-            key = f"transfer:{tx_hash}:{event['logIndex']}"
-            # The enclave's ledger first (durable), then the host's: a crash in between is
-            # found again by reconcile (the host's record is missing), and counts once.
-            self.ledger.change(functools.partial(self.vault.credit_deposit, key, args["from"],
-                                                 int(args["value"])))
-            self.store.credit_deposit(key, args["from"], int(args["value"]), "transfer", tx_hash)
-            found = (found or 0) + int(args["value"])
+            self.credit_log(event, args)
+            if client is None or address_key(args["client"]) == address_key(client):
+                found = (found or 0) + int(args["amount"])
         return found
 
-    def reconcile(self, *, everything: bool = False) -> int:
-        """Finish settlements left pending (and, at start-up, credit any not yet credited)."""
-        unfinished = {s.key for s in self.facilitator.store.unfinished()}
-        self.facilitator.reconcile()
-        credited = 0
-        if not everything and not unfinished:
-            return 0
-        query = select(SettlementRow.key, SettlementRow.tx_hash).where(
-            SettlementRow.state == SettlementState.CONFIRMED,
-            SettlementRow.pay_to == self.address)
-        if not everything:  # only what was unfinished: not the whole journal every tick
-            query = query.where(SettlementRow.key.in_(unfinished))
-        with Session(self.facilitator.store.engine) as session:  # the journal is ours too
-            rows = list(session.execute(query))
-        for _, tx_hash in rows:
-            assert tx_hash is not None  # a confirmed settlement names its transaction
-            if self.store.deposited_tx(tx_hash):
-                continue
-            receipt = self.chain.w3.eth.get_transaction_receipt(HexBytes(tx_hash))
-            if self.credit_receipt(receipt) is not None:
-                credited += 1
-        return credited
+    def credit_log(self, entry: Any, args: dict[str, Any]) -> bool:
+        """Mirror one ``PoolDeposited`` log in the store if it names this vault, once per
+        ``(tx hash, log index)``: whoever reports it, and the worker's watch, count once."""
+        if address_key(args["vault"]) != address_key(self.address):
+            return False
+        tx_hash = HexBytes(entry["transactionHash"]).to_0x_hex()
+        return self.store.credit_deposit(f"pool:{tx_hash}:{entry['logIndex']}", args["client"],
+                                         int(args["amount"]), "pool", tx_hash)
 
     # ------------------------------------------------------------- withdrawals
 
-    async def withdraw(self, client: str, body: dict[str, Any], call: SignedCall
-                       ) -> tuple[int, dict[str, Any]]:
-        """``POST /v1/withdrawals``: ``{"amount", "idempotencyKey", "to"?}``; ``call`` is the
-        request as the client signed it, which the enclave checks before it signs."""
+    def mirror_withdrawal(self, entry: Any, args: dict[str, Any]) -> bool:
+        """Mirror a ``PoolWithdrawn`` log of this vault that this vault did not relay (the
+        client's own ``withdrawFromPool``, or its order relayed by someone else) as a
+        confirmed withdrawal in the store, once per ``(tx hash, log index)``. The orders
+        this vault relays are mirrored by their own records (sent by its gas account)."""
+        if address_key(args["vault"]) != address_key(self.address):
+            return False
+        tx_hash = HexBytes(entry["transactionHash"]).to_0x_hex()
+        sender = self.chain.w3.eth.get_transaction(HexBytes(tx_hash))["from"]
+        if address_key(sender) == address_key(self.journal.account.address):
+            return False
+        key = f"chain:{tx_hash}:{entry['logIndex']}"
+        owner, amount = args["owner"], int(args["amount"])
         try:
-            amount = api.parse_amount(body.get("amount"), "amount")
-            idem = body.get("idempotencyKey")
-            to = to_checksum_address(body.get("to") or client)
+            created, _ = self.store.claim_withdrawal(key, client=owner,
+                                                     recipient=to_checksum_address(args["to"]),
+                                                     amount=amount)
+        except vault_store.InsufficientBalance as e:
+            log.warning("%s withdrew %d from its pool balance on-chain (tx %s) but the store "
+                        "mirrors only %d: the chain's balance is the one that counts", owner,
+                        amount, tx_hash, e.balance)
+            return False
+        if created:
+            self.store.finish_withdrawal(key, ok=True, tx_hash=tx_hash)
+        return created
+
+    async def withdraw(self, client: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """``POST /v1/withdrawals``: the client's signed pool withdrawal order
+        ``{"amount", "to", "nonce", "deadline", "signature"}`` (its owner is the caller),
+        relayed as ``withdrawFromPoolWithSignature``. The same order asked again is answered
+        from its record (its key is the order's digest), or, if it was refused (nothing
+        moved), relayed again: it takes effect at most once."""
+        try:
+            amount = _uint(body, "amount")
+            nonce, deadline = _uint(body, "nonce"), _uint(body, "deadline")
+            to = to_checksum_address(str(body.get("to") or client))
+            signature = _hex(body, "signature", _SIGNATURE, "a 65-byte signature in hex")
         except ValueError as e:
             raise VaultError(400, api.BAD_REQUEST, str(e)) from None
-        if not isinstance(idem, str) or not 1 <= len(idem) <= 128 or amount <= 0:
-            raise VaultError(400, api.BAD_REQUEST, "a positive amount and an idempotencyKey")
-        key = f"{client.lower()}:{idem}"
+        if amount <= 0:
+            raise VaultError(400, api.BAD_REQUEST, "a withdrawal is a positive amount")
+        digest = pool_withdrawal_digest(self.manager.domain, self.address, client, to, amount,
+                                        nonce, deadline)
+        key = f"{address_key(client)}:0x{digest.hex()}"
         try:
             created, record = await asyncio.to_thread(
                 self.store.claim_withdrawal, key, client=client, recipient=to, amount=amount)
         except vault_store.InsufficientBalance as e:
-            raise VaultError(402, api.INSUFFICIENT_BALANCE, str(e),
-                             extra={"balance": str(e.balance)}) from None
-        if not created and (record.recipient, int(record.amount)) != (to, amount):
-            raise VaultError(409, api.IDEMPOTENCY_KEY_REUSED, "this key named another withdrawal")
-        if record.state == vault_store.TX_SUBMITTED and not created:
-            # Asked again: the enclave debited it once already (or never will: the worker
-            # then gives it back); send it now if nothing is in flight.
-            tx = await asyncio.to_thread(self.store.tx, f"withdraw:{key}")
-            if (tx is None or tx.state == vault_store.TX_FAILED) and key not in self._sending:
-                await self.send_withdrawal(key)
+            pooled = await asyncio.to_thread(self.manager.pooled, self.address, client)
+            raise VaultError(402, api.INSUFFICIENT_BALANCE, f"{e}; {NOTHING_MOVED}",
+                             extra={"balance": str(e.balance), "pooled": str(pooled)}) from None
+        if created:
+            self._refusals.pop(key, None)
+            await self._relay(key, self.manager.pool_withdrawal_call(
+                self.address, client, to, amount, nonce, deadline, signature))
         elif record.state == vault_store.TX_SUBMITTED:
-            self._sending.add(key)
-            try:
-                await self._withdraw_new(key, call)
-            finally:
-                self._sending.discard(key)
+            tx = await asyncio.to_thread(self.store.tx, f"withdraw:{key}")
+            if tx is not None:
+                outcome = await asyncio.to_thread(self.journal.wait, tx, self.chain_timeout)
+                if outcome.final:
+                    await asyncio.to_thread(self.withdrawal_mined, key, outcome.ok,
+                                            tx.tx_hash)
         return await asyncio.to_thread(self.withdrawal_answer, key)
 
-    async def _withdraw_new(self, key: str, call: SignedCall) -> None:
-        """The enclave's debit and transfer for a withdrawal just recorded, then send it."""
+    async def _relay(self, key: str, call: Any) -> None:
         try:
-            await self.ledger.achange(lambda: self.vault.withdraw(call, now=int(time.time())))
-        except (EnclaveError, LedgerBusy) as e:
-            # The enclave's ledger holds no debit for it: nothing can ever move.
-            if await asyncio.to_thread(self.store.tx, f"withdraw:{key}") is None:
-                await asyncio.to_thread(self.store.finish_withdrawal, key, ok=False,
-                                        tx_hash=None)
-            if isinstance(e, LedgerBusy):
-                raise VaultError(503, api.CONFLICT, str(e), retryable=True) from None
-            status = 402 if e.reason == "insufficient_balance" else 400
-            raise VaultError(status, e.reason, e.detail) from None
-        await self.send_withdrawal(key)
-
-    async def send_withdrawal(self, key: str) -> None:
-        """Submit the enclave's transfer for withdrawal ``key``, signed again (same EIP-3009
-        nonce, a fresh validity window), unless one is in flight.
-
-        A transfer the token refuses (paused, the recipient blocklisted, the vault's
-        wallet short) — in estimation, or mined and reverted — leaves the withdrawal
-        pending: the money stays reserved for it (debited in both ledgers) and the
-        worker sends the same transfer again (:meth:`retry_withdrawals`) until it goes
-        through. Giving it back instead would be a double pay: the transfer the
-        enclave signed stays valid for an hour, and it cannot tell a refused
-        transfer from one the host hides. Sending it again cannot pay twice: every
-        signature of one withdrawal carries its one nonce, which the token accepts
-        once.
-        """
-        try:
-            signed = self.vault.withdrawal_again(key, now=int(time.time()))
-        except EnclaveError:
-            # Not in this enclave's ledger: perhaps in a newer one another replica stored.
-            await asyncio.to_thread(self.ledger.refresh)
-            try:
-                signed = self.vault.withdrawal_again(key, now=int(time.time()))
-            except EnclaveError as e:  # the enclave never debited it: nothing can move
-                log.warning("withdrawal %s has no enclave authorization: %s", key, e)
-                await asyncio.to_thread(self.store.finish_withdrawal, key, ok=False,
-                                        tx_hash=None)
-                return
-        if await asyncio.to_thread(self._authorization_used, signed.source, signed.nonce):
-            # Its transfer went through already (a receipt we never recorded).
-            tx = await asyncio.to_thread(self.store.tx, f"withdraw:{key}")
-            await asyncio.to_thread(self.store.finish_withdrawal, key, ok=True,
-                                    tx_hash=tx.tx_hash if tx else None)
-            return
-        v = signed.signature[64] if signed.signature[64] >= 27 else signed.signature[64] + 27
-        call = self.erc20.functions.transferWithAuthorization(
-            to_checksum_address(signed.source), to_checksum_address(signed.to), signed.value,
-            signed.valid_after, signed.valid_before, signed.nonce, v, signed.signature[:32],
-            signed.signature[32:64])
-        try:
+            # Sent again if an earlier send failed: the order takes effect once (its nonce).
             tx = await asyncio.to_thread(self.journal.send, f"withdraw:{key}", "withdraw", key,
                                          call, again_if_failed=True)
         except TransactionFailed as e:
-            self.refused(key, e.reason)
+            # Refused before it was sent (a bad order, a nonce used, the token refusing
+            # `to`): nothing was broadcast, nothing moved; the store's debit goes back.
+            await asyncio.to_thread(self.store.finish_withdrawal, key, ok=False, tx_hash=None)
+            self._refusals[key] = self.manager.explain(e.reason)
             return
         outcome = await asyncio.to_thread(self.journal.wait, tx, self.chain_timeout)
-        if outcome.ok:
-            await self.withdrawal_sent(key, tx.tx_hash)
-        elif outcome.final:
-            self.refused(key, "the transfer reverted" if outcome.receipt is not None
-                          else "the transfer was dropped")
+        if outcome.final:
+            await asyncio.to_thread(self.withdrawal_mined, key, outcome.ok, tx.tx_hash)
 
-    async def withdrawal_sent(self, key: str, tx_hash: str) -> None:
-        self._retry.pop(key, None)
-        await asyncio.to_thread(self.store.finish_withdrawal, key, ok=True, tx_hash=tx_hash)
-
-    def refused(self, key: str, reason: str) -> None:
-        """The token refused the transfer: pending, sent again later (backing off)."""
-        delay = min(WITHDRAWAL_RETRY_MAX, 2 * self._retry.get(key, (0.0, 0.5, ""))[1])
-        self._retry[key] = (time.monotonic() + delay, delay, reason)
-        log.warning("withdrawal %s: the token refused the transfer (%s); sending it again in "
-                    "%.0f s", key, reason, delay)
-
-    def _authorization_used(self, source: str, nonce: bytes) -> bool:
-        try:
-            return bool(self.erc20.functions.authorizationState(
-                to_checksum_address(source), nonce).call())
-        except Exception:  # a token that cannot say (paused, swapped): not known to be used
-            return False
-
-    async def retry_withdrawals(self) -> None:
-        """The worker's step: send every pending withdrawal with no transfer in flight (never
-        sent — a crash in between — or refused by the token), when its back-off is over."""
-        for record in await asyncio.to_thread(self.store.pending_withdrawals):
-            tx = await asyncio.to_thread(self.store.tx, f"withdraw:{record.key}")
-            if tx is not None and tx.state == vault_store.TX_SUBMITTED:
-                continue  # in flight: the worker's journal step finishes it
-            waiting = self._retry.get(record.key)
-            if waiting is not None and time.monotonic() < waiting[0]:
-                continue
-            if record.key in self._sending or (
-                    tx is None and waiting is None
-                    and time.time() - record.created_at < WITHDRAWAL_GRACE):
-                continue  # the API call that recorded it may still be asking the enclave
-            await self.send_withdrawal(record.key)
+    def withdrawal_mined(self, key: str, ok: bool, tx_hash: str) -> None:
+        """The relayed order's transaction is final: confirmed, or reverted/dropped (the
+        contract moved nothing then: the store's debit goes back)."""
+        if not ok:
+            self._refusals.setdefault(key, f"its transaction {tx_hash} reverted or was dropped")
+        self.store.finish_withdrawal(key, ok=ok, tx_hash=tx_hash if ok else None)
 
     def withdrawal_answer(self, key: str) -> tuple[int, dict[str, Any]]:
         record = self.store.withdrawal(key)
@@ -378,11 +327,16 @@ class Funds:
         body: dict[str, Any] = {
             "state": record.state, "amount": record.amount, "to": record.recipient,
             "transaction": record.tx_hash or (tx.tx_hash if tx else None)}
+        if record.state == vault_store.TX_CONFIRMED:
+            body["message"] = f"withdrawn: {record.amount} sent to {record.recipient}"
+            return 200, body
         if record.state == vault_store.TX_SUBMITTED:
-            refused = self._retry.get(key)
             body["reason"] = api.WITHDRAWAL_PENDING
-            body["message"] = (
-                "the withdrawal is pending: its amount is reserved for it (not in your "
-                "balance, not lost) and its transfer is sent until it goes through"
-                + (f"; the token refused it last ({refused[2]})" if refused else ""))
-        return (202 if record.state == vault_store.TX_SUBMITTED else 200), body
+            body["message"] = ("relayed, not mined yet: your balance stays in the pool until it "
+                               "is; ask again with the same order to see")
+            return 202, body
+        why = self._refusals.get(key, "the contract refused the order")
+        body.update(error=api.WITHDRAWAL_REFUSED, reason=api.WITHDRAWAL_REFUSED,
+                    message=f"refused ({why}); {NOTHING_MOVED}: sign another order (another "
+                    "`to`, the same nonce), or take it out yourself with withdrawFromPool")
+        return 409, body

@@ -68,15 +68,15 @@ class Ledger:
     def first_boot(store: VaultStore) -> bool:
         """Whether this is the vault's first start (no ledger was ever stored).
 
-        A store with channels, deposits or withdrawals but no ledger lost it: the
-        enclave would start with empty balances and forget which channels it approved
-        and refunded, so that is :class:`LedgerMissing`, never a first boot.
+        A store with channels but no ledger lost it: the enclave would forget which
+        channels it approved and wrote off, and the calls they paid, so that is
+        :class:`LedgerMissing`, never a first boot.
         """
         if store.ledger() is not None:
             return False
         if store.has_history():
             raise LedgerMissing(
-                f"{store.url} holds channels or deposits but not the vault enclave's "
+                f"{store.url} holds channels but not the vault enclave's "
                 "ledger (table a402_vault_ledger): refusing to start with an empty ledger. "
                 "Restore the database (with its ledger row) from a backup.")
         return True

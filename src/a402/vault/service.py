@@ -9,16 +9,18 @@ deposits and withdrawals (:mod:`~a402.vault.funds`) and the worker
 ``VaultService(VaultConfig(...))`` and serve :func:`a402.vault.app.create_app`.
 
 Keys: the vault *is* its enclave's attested key (:mod:`a402.vault_enclave`).
-Its Ethereum address is every channel's ``vault``, holds the pooled deposits
-(clients pay it; ``GET /v1/info`` names it and clients sign their calls for
-it), and signs σ_U, states, approvals and withdrawals — only from the
-enclave's code, against the client balances and the client-signed calls it
-checks. The host's Ethereum account (``account``) pays gas and nothing else:
-it holds no tokens, and no signature of it moves any. The vault enclave also
+Its Ethereum address is every channel's ``vault`` and the vault its clients
+pool with on-chain (``ASCManager.pooled[vault][client]``; ``GET /v1/info``
+names it and clients sign their calls for it), and signs σ_U, states and
+approvals — only from the enclave's code, against the client-signed calls it
+checks. It holds no tokens and signs no transfer: pool balances are the
+contract's, and only their clients take them out (:mod:`a402.vault.funds`).
+The host's Ethereum account (``account``) pays gas and nothing else: it holds
+no tokens, and no signature of it moves any. The vault enclave also
 attests the vault to providers (the tunnel's Noise handshake) and seals what
-the vault stores. Its ledger (client balances, approvals, withdrawals) is
+the vault stores. Its ledger (the channels it approved, per-client freshness) is
 stored by :mod:`a402.vault.ledger`: replicas serialize on that row, and a
-vault whose database has channels or deposits but no ledger refuses to start.
+vault whose database has channels but no ledger refuses to start.
 
 Fail-over (PostgreSQL): given a :class:`~a402.vault.lease.Lease`, ``start()``
 returns at once and the service is a *standby* (:meth:`VaultService.serving` is
@@ -49,8 +51,6 @@ from a402.chain.node import Chain
 from a402.chain.tx import contract_at
 from a402.evm.address import address_key
 from a402.exact.eip3009 import Eip712Domain
-from a402.facilitator.core import Facilitator, FacilitatorConfig
-from a402.facilitator.store import SettlementStore
 from a402.tee import AttestationPolicy, AttestationVerifier, Enclave
 from a402.tee.chains import check_backends
 from a402.vault_enclave import VaultEnclaveCode
@@ -69,8 +69,6 @@ from .worker import Worker
 
 log = logging.getLogger("a402.vault")
 
-_MAX_ALLOWANCE = 2**256 - 1
-
 
 @dataclass(frozen=True, kw_only=True)
 class VaultConfig:
@@ -78,8 +76,7 @@ class VaultConfig:
 
     - ``chain``, ``account``, ``manager``: where channels live, and the host's gas
       account (the vault's address is its enclave's: :attr:`VaultService.address`).
-    - ``store``: :class:`~a402.vault.store.VaultStore`; its URL is used for the
-      deposit journal (the facilitator's tables) in the same database.
+    - ``store``: :class:`~a402.vault.store.VaultStore`.
     - ``enclave``: the vault enclave (attests the vault, seals its state);
       ``verifiers``/``provider_policy``: which provider enclaves are acceptable.
     - ``token``: the channel token's EIP-712 name/version (read from the chain if None).
@@ -161,11 +158,8 @@ class VaultService:
         self.channels.on_unfinished = self.invoker.record_aborted
         if config.lease is not None:  # no frame leaves a process that is not the active one
             self.channels.may_send = self.serving
-        facilitator = Facilitator(config.chain, config.account,
-                                  SettlementStore(config.store.url),
-                                  FacilitatorConfig(receipt_timeout=timing.chain_timeout))
         self.funds = Funds(chain=config.chain, channels=self.channels, token=self.token,
-                           store=config.store, facilitator=facilitator, journal=self.journal,
+                           store=config.store, journal=self.journal,
                            chain_timeout=timing.chain_timeout)
         self.worker = Worker(self.channels, self.invoker, self.funds,
                              poll_interval=timing.poll_interval,
@@ -180,9 +174,9 @@ class VaultService:
     # ------------------------------------------------------------------ life
 
     async def start(self) -> None:
-        """Without a lease: take the vault's lock, let the manager pull pooled deposits,
-        then run recovery and the worker. With one: stand by until the lease is ours,
-        then the same (in the background: the API answers 503 meanwhile)."""
+        """Without a lease: take the vault's lock, then run recovery and the worker. With
+        one: stand by until the lease is ours, then the same (in the background: the API
+        answers 503 meanwhile)."""
         if self.lease is None:
             self.store.lock_for(self.account.address)
             await self._become_active()
@@ -208,7 +202,6 @@ class VaultService:
     async def _become_active(self) -> None:
         # A standby built before the process it takes over from last changed the ledger.
         await asyncio.to_thread(self.ledger.refresh)
-        await asyncio.to_thread(self._approve)
         self.active_since = time.monotonic()
         await self.worker.start()
 
@@ -217,23 +210,6 @@ class VaultService:
         if self.lease is None:
             return True
         return self.active_since is not None and self.lease.serving()
-
-    def _approve(self) -> None:
-        """The enclave's EIP-2612 permit for the ASCManager (the only spender it permits),
-        submitted by the gas account."""
-        token = contract_at(self.chain, "TestUSDC", self.token.address)
-        allowance = token.functions.allowance(self.address, self.manager.address).call()
-        if allowance < _MAX_ALLOWANCE // 2:
-            nonce = int(token.functions.nonces(self.address).call())
-            deadline = _MAX_ALLOWANCE
-            signature = self.vault.permit(self.manager.address, _MAX_ALLOWANCE, nonce, deadline)
-            v = signature[64] if signature[64] >= 27 else signature[64] + 27
-            call = token.functions.permit(self.address, self.manager.address, _MAX_ALLOWANCE,
-                                          deadline, v, signature[:32], signature[32:64])
-            tx = self.journal.send(f"approve:{self.manager.address}:{time.time_ns()}", "approve",
-                                   self.manager.address, call)
-            if not self.journal.wait(tx, self.config.timing.chain_timeout).ok:
-                raise RuntimeError(f"permitting the ASCManager failed ({tx.tx_hash})")
 
     async def stop(self) -> None:
         self._standing_by.set()
@@ -258,7 +234,7 @@ class VaultService:
             "token": {"address": self.token.address, "name": self.token.name,
                       "version": self.token.version, "symbol": self.token.symbol,
                       "decimals": self.token.decimals},
-            "deposit": self.funds.requirement(0).to_wire(),
+            "deposit": self.funds.offer(),
             "enclave": {"kind": self.config.enclave.kind,
                         "measurement": "0x" + self.config.enclave.measurement.hex()},
             "funding": [api.POOL, api.WALLET],
@@ -268,12 +244,19 @@ class VaultService:
         }
 
     async def account_view(self, client: str) -> dict[str, Any]:
-        """``GET /v1/account``: balance, conservation terms and channels of one client."""
+        """``GET /v1/account``: balance, conservation terms and channels of one client;
+        ``pooled`` is its balance as the chain has it (what it can take out itself, with
+        ``withdrawFromPool``), ``poolWithdrawalNonce`` the nonce its next signed order
+        carries."""
         totals = await asyncio.to_thread(self.store.totals, client)
         channels = await asyncio.to_thread(self.store.channels, client=client)
+        pooled = await asyncio.to_thread(self.manager.pooled, self.address, client)
+        nonce = await asyncio.to_thread(self.manager.pool_withdrawal_nonce, client)
         return {
             "client": client,
             "balance": str(totals.balances),
+            "pooled": str(pooled),
+            "poolWithdrawalNonce": str(nonce),
             "deposits": str(totals.deposits),
             "inChannels": str(totals.in_channels),
             "paid": str(totals.paid),

@@ -7,10 +7,10 @@ one database transaction that commits *before* the step is acknowledged or the
 next message leaves:
 
 * a deposit is credited in the transaction that records it, keyed by what can
-  be spent only once on-chain (the EIP-3009 authorization, the transfer log),
-  so crediting twice is a primary-key violation, not a bug to look for;
+  happen only once on-chain (the ``PoolDeposited`` log), so crediting twice is
+  a primary-key violation, not a bug to look for;
 * opening a channel debits the balance and inserts the channel in one
-  transaction, before the ``createASC`` transaction is even signed;
+  transaction, before the ``createASC(FromPool)`` transaction is even signed;
 * each channel checkpoint (the sealed state machine) is written together with
   the progress of the request it carries, so a restarted vault knows which
   call a LOCKED or PENDING channel belongs to;
@@ -25,14 +25,17 @@ worker threads.
 
 Amounts are decimal strings (token amounts exceed 64 bits); balances change
 only by compare-and-set on the previous value, which is safe across replicas
-sharing one PostgreSQL database.
+sharing one PostgreSQL database. A client's balance here mirrors its on-chain
+pool balance (``ASCManager.pooled[vault][client]``), which is what guards the
+money: this store chooses deposits and answers clients, it never lets tokens
+move (:mod:`a402.vault.funds`).
 
 Conservation (:meth:`VaultStore.totals`), which the tests check against the
 chain: ``deposits == balances + in_channels + paid + withdrawn``, where
 ``in_channels`` is the client side (free + locked) of every funded channel not
 yet settled (and every deposit on its way into a channel), ``paid`` the
 provider side of every channel (co-signed, or paid out on-chain), and
-``withdrawn`` what left the vault to clients' wallets (withdrawals, and the
+``withdrawn`` what left the pool to clients' wallets (withdrawals, and the
 refunds of wallet-funded channels).
 """
 
@@ -321,11 +324,11 @@ class VaultStore:
             return False
 
     def has_history(self) -> bool:
-        """Whether this vault ever took a deposit or approved a channel (then its enclave's
-        ledger exists somewhere: a missing row is lost state, not a first boot)."""
+        """Whether this vault's enclave ever approved a channel (then its ledger exists
+        somewhere: a missing row is lost state, not a first boot). Deposits and
+        withdrawals do not count: they are on-chain, the enclave's ledger never saw them."""
         with self._read() as s:
-            queries = (select(ChannelRow.cid).where(ChannelRow.phase != PROPOSED),
-                       select(DepositRow.key), select(WithdrawalRow.key))
+            queries = (select(ChannelRow.cid).where(ChannelRow.phase != PROPOSED),)
             return any(s.execute(q.limit(1)).first() is not None for q in queries)
 
     # -- nonces ----------------------------------------------------------------------
@@ -622,10 +625,17 @@ class VaultStore:
     def claim_withdrawal(
         self, key: str, *, client: str, recipient: str, amount: int
     ) -> tuple[bool, Withdrawal]:
-        """Debit ``amount`` and record the withdrawal, once per ``key``."""
+        """Debit ``amount`` and record the withdrawal, once per ``key``; a withdrawal that
+        failed (nothing moved) under ``key`` is debited and recorded again (``True``): the
+        order it carries takes effect at most once on-chain, so sending it again is safe."""
 
         def work(s: Session) -> tuple[bool, Withdrawal]:
             row = s.get(WithdrawalRow, key)
+            if row is not None and row.state == TX_FAILED:
+                self._add(s, row.client, -int(row.amount))
+                row.state, row.tx_hash, row.updated_at = TX_SUBMITTED, None, time.time()
+                s.flush()
+                return True, withdrawal_record(row)
             if row is not None:
                 return False, withdrawal_record(row)
             now = time.time()

@@ -11,8 +11,9 @@ Per tick:
 
 1. **Transactions** journaled but not final: mined → apply (whether a channel
    opened is read from the manager's record, not the receipt: see
-   ``Channels.settle_open``; a settlement credited, a withdrawal confirmed, or
-   refused by the token and left pending); dropped → the same as reverted;
+   ``Channels.settle_open``; a settlement recorded, a relayed pool deposit
+   credited from its ``PoolDeposited`` logs, a relayed withdrawal order
+   confirmed or refused — nothing moved then); dropped → the same as reverted;
    pending → rebroadcast if the node forgot it.
 2. **Watchtower** — the ASCManager's logs since the last block seen (stored,
    so a restart misses nothing):
@@ -26,7 +27,13 @@ Per tick:
      result, answer the call that paid for it (④b);
    * ``ChannelClosed``/``ForceCloseFinalized`` → record the payout; a
      request still PENDING when a force-close finalized was never claimed,
-     so δ came back: the call is answered ``aborted``.
+     so δ came back: the call is answered ``aborted``;
+   * ``PoolDeposited`` naming this vault → mirrored in the store, once per
+     ``(tx hash, log index)`` (the same key a reported deposit is credited
+     under), so a client's own ``depositToPool`` is counted even unreported;
+   * ``PoolWithdrawn`` naming this vault, in a transaction this vault did not
+     send (a client's own ``withdrawFromPool``, the exit that needs no vault)
+     → mirrored in the store as a confirmed withdrawal, once.
 
 3. **Channels** by state (at start-up, first reconciled with the chain's own
    record of each channel):
@@ -60,14 +67,13 @@ Per tick:
 4. **Calls** whose result is paid but whose answer was not recorded
    (DELIVERED) are answered from the sealed result and ``t``; calls whose
    lock was released are answered "refused, nothing paid" (retryable).
-5. **Deposits** left pending by the facilitator are settled and credited.
-6. **Withdrawals** debited but never sent, or whose transfer the token
-   refused, are sent again: the same EIP-3009 authorization (one nonce, so it
-   pays once), until it goes through; a withdrawal is never refunded once the
-   enclave debited it.
-7. **Owed payouts**: a pool refund the token refused when its channel settled
-   (ASCManager credits it to the vault in ``owed``) is taken back into the
-   vault's wallet, which the ledger already counts it in.
+
+Deposits and withdrawals need no step of their own: the pool is on-chain
+(:mod:`a402.vault.funds`), so a relayed deposit or withdrawal order is one
+journaled transaction, finished in step 1; and a pool channel's refund goes
+back into the client's pool balance on the chain itself, never to the vault's
+address (which holds no tokens), so there is nothing owed to the vault to
+collect.
 """
 
 from __future__ import annotations
@@ -106,7 +112,7 @@ from .tunnel import (
 log = logging.getLogger("a402.vault.worker")
 
 _WATCHED = ("ForceCloseInitiated", "ForceCloseChallenged", "ProviderForceClosed",
-            "ChannelClosed", "ForceCloseFinalized")
+            "ChannelClosed", "ForceCloseFinalized", "PoolDeposited", "PoolWithdrawn")
 _BLOCK_KEY = "watch_block"
 _LOG_CHUNK = 2_000
 #: An OPENING channel this old is asked about on-chain (younger ones are being opened now).
@@ -187,9 +193,6 @@ class Worker:
         if startup or self.ticks % _RECLAIM_EVERY == 0:
             await self._reclaim()
         await self._requests()
-        await asyncio.to_thread(self.funds.reconcile, everything=startup)
-        await self._withdrawals()
-        await self._collect_owed()
         self.ticks += 1
 
     # ------------------------------------------------------------ transactions
@@ -205,41 +208,14 @@ class Worker:
                     row = await asyncio.to_thread(self.store.channel, cid)
                     if row is not None and row.phase == vault_store.OPENING:
                         await self.channels.settle_open(row)  # the chain says, not the receipt
-            elif record.kind == "withdraw":
-                if outcome.ok:
-                    await self.funds.withdrawal_sent(record.ref, record.tx_hash)
-                else:  # refused: still pending, sent again by _withdrawals (never refunded)
-                    self.funds.refused(record.ref, "the transfer reverted or was dropped")
+            elif record.kind == "withdraw":  # a relayed pool withdrawal order
+                await asyncio.to_thread(self.funds.withdrawal_mined, record.ref, outcome.ok,
+                                        record.tx_hash)
+            elif record.kind == "deposit":  # a relayed pool deposit
+                if outcome.receipt is not None:
+                    await asyncio.to_thread(self.funds.credit_receipt, outcome.receipt)
             elif outcome.receipt is not None:
                 await self.channels.settled_by(outcome.receipt)
-
-    async def _withdrawals(self) -> None:
-        """Withdrawals debited but not paid — never sent (a crash in between) or refused by
-        the token: send the same transfer again (:meth:`Funds.retry_withdrawals`)."""
-        await self.funds.retry_withdrawals()
-
-    async def _collect_owed(self) -> None:
-        """Take back what the manager owes the vault: a pool channel's refund the token
-        refused when it settled (paused, or the vault blocklisted) was credited to the vault
-        in ``owed``, while the ledger already counts it in the client's balance; until it is
-        back in the vault's wallet, the wallet holds less than the balances it owes. A
-        ``withdraw`` the token still refuses reverts in estimation: tried again next tick."""
-        vault = self.channels.address
-        if not await asyncio.to_thread(self.manager.owed, vault):
-            return
-        if any(r.kind == "collect" for r in await asyncio.to_thread(
-                self.channels.journal.unfinished)):
-            return  # one in flight: _transactions finishes it
-        # The vault's key sends nothing: its enclave orders the manager to pay the vault
-        # itself (the only recipient it signs such an order for), the gas account submits.
-        owed = await asyncio.to_thread(self.manager.owed, vault)
-        functions = self.manager.contract.functions
-        nonce = int(await asyncio.to_thread(functions.withdrawalNonces(vault).call))
-        deadline = int(time.time()) + 3600
-        order = self.channels.vault.collect_order(owed, nonce, deadline)
-        call = functions.withdrawWithSignature(vault, vault, owed, deadline, order)
-        if await self.channels.transact(f"collect:{time.time_ns()}", "collect", vault, call):
-            log.info("collected the payouts the token had refused the vault")
 
     # --------------------------------------------------------------- watchtower
 
@@ -266,6 +242,12 @@ class Worker:
         if name is None:
             return
         args = dict(getattr(self.manager.contract.events, name)().process_log(entry)["args"])
+        if name == "PoolDeposited":  # a deposit nobody reported (a client's own depositToPool)
+            await asyncio.to_thread(self.funds.credit_log, entry, args)
+            return
+        if name == "PoolWithdrawn":  # perhaps a client's own exit (withdrawFromPool)
+            await asyncio.to_thread(self.funds.mirror_withdrawal, entry, args)
+            return
         cid = "0x" + bytes(args["channelId"]).hex()
         row = await asyncio.to_thread(self.store.channel, cid)
         if row is None or row.phase not in vault_store.FUNDED:

@@ -99,10 +99,12 @@ PROPOSAL_REFUSED: Final = "proposal_refused"
 IDEMPOTENCY_KEY_REUSED: Final = "idempotency_key_reused"
 REQUEST_IN_PROGRESS: Final = "request_in_progress"
 PAYMENT_PENDING: Final = "payment_pending"
-#: A withdrawal whose transfer has not gone through yet (the token refused it, or it is not
-#: mined yet): its amount is reserved for it — not in the balance, not lost — and the vault
-#: sends the same transfer (one EIP-3009 nonce: it can pay once) until it does.
+#: A withdrawal order relayed but not mined yet: the balance stays in the pool until it is
+#: (the contract moves it in one step, or not at all).
 WITHDRAWAL_PENDING: Final = "withdrawal_pending"
+#: The contract refused a withdrawal order (a blocklisted `to`, a used nonce, more than the
+#: pool balance): nothing moved, the balance is still in the pool.
+WITHDRAWAL_REFUSED: Final = "withdrawal_refused"
 RESULT_MISMATCH: Final = "result_mismatch"
 AUTHORIZATION_REQUIRED: Final = "channel_authorization_required"
 BAD_AUTHORIZATION: Final = "bad_channel_authorization"
