@@ -123,7 +123,7 @@ def test_a_withheld_open_keeps_the_debit_until_its_approval_lapses_and_then_cann
         ticks = vault.service.worker.ticks
         wait_for(lambda: vault.service.worker.ticks > ticks + 2, what="worker ticks")
         assert phase() == vault_store.OPENING
-        assert vault.service.vault.balance(account.address) == FUNDS - deposit
+        assert vault.store.balance(account.address) == FUNDS - deposit
         world.chain.w3.provider.make_request("anvil_mine", [2])  # type: ignore[arg-type]
         wait_for(lambda: phase() == vault_store.FAILED, what="the lapsed open FAILED")
         assert vault.store.balance(account.address) == FUNDS
@@ -144,8 +144,8 @@ def test_an_open_mined_after_its_channel_failed_is_force_closed_and_the_pool_mad
     stands in for it) lets a stranger mine the withheld open before its deadline after
     all: the deposit is in an OPEN channel while the client's balance counts it too (the
     pool short by it). The worker's sweep of FAILED channels sees it open, force-closes it
-    with its opening state and finalizes it: the whole deposit comes back to the vault's
-    address, credited to no one, and the books balance again."""
+    with its opening state and finalizes it: the whole deposit comes back to the client's
+    pool balance on-chain, the vault's books count it once, and they balance again."""
     world = private_world
     monkeypatch.setattr(worker_module, "_OPENING_GRACE", 0.0)
     monkeypatch.setattr(worker_module, "_RECLAIM_EVERY", 1)
@@ -189,15 +189,15 @@ def test_an_open_mined_after_its_channel_failed_is_force_closed_and_the_pool_mad
         (call,) = withheld
         assert transact(world.chain, stranger, call)["status"] == 1
         assert world.manager.channel(cid).status is OnChainStatus.OPEN
-        assert world.balance(vault.address) == FUNDS - deposit  # the pool short by it
+        assert world.manager.pooled(vault.address, account.address) == FUNDS - deposit
 
         wait_for(lambda: world.manager.channel(cid).status is OnChainStatus.CLOSING,
                  what="the reclaiming force-close")
         world.increase_time(world.manager.dispute_window + 1)
         wait_for(lambda: phase() == vault_store.SETTLED, what="the reclaimed channel settled")
         assert world.manager.channel(cid).status is OnChainStatus.CLOSED
-        assert world.balance(vault.address) == FUNDS
-        assert world.balance(world.manager.address) == escrow
+        assert world.manager.pooled(vault.address, account.address) == FUNDS
+        assert world.balance(world.manager.address) == escrow + FUNDS
+        assert world.balance(vault.address) == 0  # the vault's address never holds tokens
         assert vault.store.balance(account.address) == FUNDS
-        assert vault.service.vault.balance(account.address) == FUNDS
         assert_conserved(world, vault.store, vault.address, escrow)
