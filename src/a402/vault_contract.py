@@ -30,6 +30,7 @@ from a402.crypto.vault_messages import (
     BalanceStatement,
     VaultChannelTerms,
     deposit_nonce,
+    pack_deposits,
 )
 from a402.evm.address import to_checksum
 from a402.evm.eip3009 import RECEIVE_WITH_AUTHORIZATION_TYPES
@@ -84,7 +85,8 @@ class DepositAuthorization:
 @dataclass(frozen=True, slots=True)
 class PendingClaim:
     """A provider's claim for one pending payment: the completed adaptor signature
-    ``(e, s)`` on ``m``, σ_U, and the enclave's pending record (client nonce, deadline)."""
+    ``(e, s)`` on ``m``, σ_U, and the enclave's pending record (client nonce, epoch,
+    deadline)."""
 
     request_id: int
     amount: int
@@ -92,14 +94,15 @@ class PendingClaim:
     e: bytes
     s: int
     client_nonce: int
+    epoch: int
     deadline: int
     authorization: bytes
     pending_signature: bytes
 
-    def payment_tuple(self) -> tuple[int, int, bytes, bytes, int, int, int]:
+    def payment_tuple(self) -> tuple[int, int, bytes, bytes, int, int, int, int]:
         """The contract's ``Payment`` tuple."""
         return (self.request_id, self.amount, self.result_hash, self.e, self.s,
-                self.client_nonce, self.deadline)
+                self.client_nonce, self.epoch, self.deadline)
 
 
 class A402Vault:
@@ -156,12 +159,42 @@ class A402Vault:
 
     # -- settlement ----------------------------------------------------------------
 
-    def settle(self, sender: LocalAccount, packed_payouts: bytes, epoch: int,
-               vault_signature: bytes) -> TxReceipt:
+    def settle(self, sender: LocalAccount, packed_payouts: bytes, epoch: int, deposits: int,
+               vault_signature: bytes, deposit_tail: bytes = b"") -> TxReceipt:
         """``settle``: pay every packed payout (:func:`~a402.crypto.vault_messages.
-        pack_payouts`) with the vault key's signature over ``settlement_digest``."""
-        call = self.contract.functions.settle(packed_payouts, epoch, vault_signature)
+        pack_payouts`) with the vault key's signature over ``settlement_digest`` (which
+        names the enclave's deposit state ``deposits``); ``deposit_tail``: the deposits
+        mined since that state (:meth:`deposits_since`)."""
+        call = self.contract.functions.settle(packed_payouts, epoch, deposits, deposit_tail,
+                                              vault_signature)
         return transact(self.chain, sender, call)
+
+    def deposit_state(self) -> int:
+        """The contract's deposit chain: ``count ‖ head`` (:func:`~a402.crypto.
+        vault_messages.fold_deposit`)."""
+        return int(self.contract.functions.depositState().call())
+
+    def deposits(self, from_block: int = 0) -> list[tuple[str, int, int]]:
+        """Every ``Deposited(participant, amount, depositState)`` from ``from_block`` on, in
+        chain order."""
+        logs = self.contract.events.Deposited().get_logs(from_block=from_block)
+        ordered = sorted(logs, key=lambda ev: (ev["blockNumber"], ev["logIndex"]))
+        return [(str(ev["args"]["participant"]), int(ev["args"]["amount"]),
+                 int(ev["args"]["depositState"])) for ev in ordered]
+
+    def deposits_since(self, state: int, from_block: int = 0) -> bytes:
+        """The ``depositTail`` a settlement signed at deposit state ``state`` needs now:
+        the deposits mined after the one that produced ``state`` (packed)."""
+        found = self.deposits(from_block)
+        tail: list[tuple[str, int]] = []
+        for participant, amount, after in reversed(found):
+            if after == state:
+                break
+            tail.append((participant, amount))
+        else:
+            if state != 0 and found:
+                raise ValueError("that deposit state is not on this chain")
+        return pack_deposits(reversed(tail))
 
     # -- force-settle ----------------------------------------------------------------
 
@@ -236,9 +269,9 @@ class A402Vault:
         return [dict(ev["args"]) for ev in found if ev["address"] == self.address]
 
     # the contract's own digests, for checking the pure encoders against it
-    def settlement_digest(self, epoch: int, packed_payouts: bytes) -> bytes:
+    def settlement_digest(self, epoch: int, packed_payouts: bytes, deposits: int) -> bytes:
         return bytes(self.contract.functions.settlementDigest(
-            epoch, keccak256(packed_payouts)).call())
+            epoch, keccak256(packed_payouts), deposits).call())
 
     def statement_digest(self, statement: BalanceStatement) -> bytes:
         return bytes(self.contract.functions.statementDigest(_statement(statement)).call())
@@ -246,10 +279,10 @@ class A402Vault:
     def channel_id(self, terms: VaultChannelTerms) -> bytes:
         return bytes(self.contract.functions.channelId(_channel(terms)).call())
 
-    def pending_digest(self, channel_id: bytes, request_id: int, client_nonce: int,
+    def pending_digest(self, channel_id: bytes, request_id: int, client_nonce: int, epoch: int,
                        deadline: int) -> bytes:
         return bytes(self.contract.functions.pendingDigest(
-            channel_id, request_id, client_nonce, deadline).call())
+            channel_id, request_id, client_nonce, epoch, deadline).call())
 
     def deposit_nonce(self, participant: str, amount: int, salt: bytes) -> bytes:
         return bytes(self.contract.functions.depositNonce(

@@ -198,7 +198,7 @@ class Channel:
     dark: σ_U and the pending record signed, the provider holding t."""
 
     def __init__(self, chain: Chain, token: Any, vault: A402Vault, key: EcdsaSigner, *,
-                 amount: int, client_nonce: int, deadline: int) -> None:
+                 amount: int, client_nonce: int, deadline: int, epoch: int = 0) -> None:
         self.client = funded(chain, token, eth=0)
         self.provider = funded(chain, token, eth=0)
         self.schnorr = EVM.generate_key()
@@ -207,6 +207,7 @@ class Channel:
         self.cid = vault_channel_id(vault.domain, self.terms)
         self.vault, self.key = vault, key
         self.amount, self.client_nonce, self.deadline = amount, client_nonce, deadline
+        self.epoch = epoch
 
     def claim(self, request_id: int = 0, *, authorizer: EcdsaSigner | None = None) -> PendingClaim:
         domain = self.vault.domain
@@ -217,10 +218,10 @@ class Channel:
         sigma_u = sign_authorization(authorizer or self.key, domain, m, self.amount, presig.r)
         signature = EVM.adapt(presig, t)
         pending = self.key.sign_digest(pending_digest(
-            domain, self.cid, request_id, self.client_nonce, self.deadline))
+            domain, self.cid, request_id, self.client_nonce, self.epoch, self.deadline))
         return PendingClaim(request_id, self.amount, h, signature[:32],
                             int.from_bytes(signature[32:], "big"), self.client_nonce,
-                            self.deadline, sigma_u, pending)
+                            self.epoch, self.deadline, sigma_u, pending)
 
 
 def test_a_provider_is_paid_its_pending_payment_while_the_vault_is_dark(
@@ -337,3 +338,21 @@ def test_a_frozen_lane_stops_a_second_participant_named_with_the_same_index(
         moved = dataclasses.replace(st, index=st.index + 1, nonce=2)
         vault.challenge_force_settle(gas_payer, moved,
                                      vault_key.sign_digest(statement_digest(vault.domain, moved)))
+
+
+def test_a_pending_payment_signed_after_a_settlement_that_never_landed_is_not_claimable(
+    vault_chain: Chain, usdc: Any, vault: A402Vault, vault_key: EcdsaSigner,
+    gas_payer: LocalAccount,
+) -> None:
+    """The pending record names the last settlement the enclave had signed: the deposits
+    that funded the payment are proven only once that settlement lands."""
+    fund_pool(vault_chain, usdc, vault, 10_000)
+    ch = Channel(vault_chain, usdc, vault, vault_key, amount=700, client_nonce=5,
+                 deadline=now(vault_chain) + 3_600, epoch=1)
+    with reverts_with("EpochNotSettled(uint64,uint64)"):
+        vault.claim_payment(gas_payer, ch.terms, ch.claim())
+    assert balance(usdc, ch.provider.address) == 0
+    settle(vault_key, vault, gas_payer, [])  # settlement 1 lands (it only confirms deposits)
+    vault.claim_payment(gas_payer, ch.terms, ch.claim(1))
+    assert balance(usdc, ch.provider.address) == 700
+    assert balance(usdc, vault.address) == 9_300

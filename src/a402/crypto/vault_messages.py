@@ -11,14 +11,17 @@ the vault's address, so a pending payment's ``m`` and ``σ_U``
   uint32 index (4) ‖ uint96 amount (12)``, ``index`` being the participant's stable
   number that the enclave assigns (its lane in the contract); sorted by index, eight
   neighbouring participants share one storage word;
-* :func:`settlement_digest` — ``A402VaultSettlement(uint64 epoch, bytes32 payouts)``,
-  ``payouts = keccak256(packed)``;
+* :func:`fold_deposit` / :func:`pack_deposits` — the contract's deposit chain
+  (``depositState = count (32 bits) ‖ low 224 bits of keccak(state ‖ participant ‖
+  uint96 amount)``) and a settlement's tail of deposits (``address ‖ uint96``, 32 bytes each);
+* :func:`settlement_digest` — ``A402VaultSettlement(uint64 epoch, bytes32 payouts, bytes32
+  deposits)``, ``payouts = keccak256(packed)``, ``deposits`` the enclave's deposit state;
 * :class:`BalanceStatement` / :func:`statement_digest` — ``A402VaultBalance(address
   participant, uint32 index, uint256 balance, uint256 locked, uint64 epoch, uint64 nonce)``;
 * :class:`VaultChannelTerms` / :func:`vault_channel_id` — ``A402VaultChannel(address
   client, address provider, bytes32 providerKey, uint256 capacity, bytes32 salt)``;
 * :func:`pending_digest` — ``A402VaultPending(bytes32 channelId, uint256 requestId,
-  uint64 clientNonce, uint64 deadline)``;
+  uint64 clientNonce, uint64 epoch, uint64 deadline)``;
 * :func:`deposit_nonce` — the EIP-3009 nonce ``A402VaultDeposit(address participant,
   uint256 amount, bytes32 salt)`` that binds a gasless deposit to whom it credits.
 
@@ -37,7 +40,7 @@ from a402.evm.keccak import keccak256
 from ._secp import b32
 from .message import PaymentDomain
 
-SETTLEMENT_TYPE = "A402VaultSettlement(uint64 epoch,bytes32 payouts)"
+SETTLEMENT_TYPE = "A402VaultSettlement(uint64 epoch,bytes32 payouts,bytes32 deposits)"
 BALANCE_TYPE = (
     "A402VaultBalance(address participant,uint32 index,uint256 balance,uint256 locked,uint64 epoch,"
     "uint64 nonce)"
@@ -47,7 +50,8 @@ CHANNEL_TYPE = (
     "bytes32 salt)"
 )
 PENDING_TYPE = (
-    "A402VaultPending(bytes32 channelId,uint256 requestId,uint64 clientNonce,uint64 deadline)"
+    "A402VaultPending(bytes32 channelId,uint256 requestId,uint64 clientNonce,uint64 epoch,"
+    "uint64 deadline)"
 )
 DEPOSIT_TYPE = "A402VaultDeposit(address participant,uint256 amount,bytes32 salt)"
 
@@ -64,6 +68,7 @@ MAX_EPOCH = (1 << 31) - 1
 _UINT32 = 1 << 32
 _UINT64 = 1 << 64
 _UINT256 = 1 << 256
+_HEAD_MASK = (1 << 224) - 1
 
 
 def _uint(value: int, limit: int, what: str) -> bytes:
@@ -101,15 +106,13 @@ def pack_payouts(payouts: Iterable[tuple[str | bytes, int, int]]) -> bytes:
         if not 0 <= index < _UINT32:
             raise ValueError("a participant index must fit in uint32")
         out += address_bytes(payee) + index.to_bytes(4, "big") + amount.to_bytes(12, "big")
-    if not out:
-        raise ValueError("a settlement pays at least one participant")
     return bytes(out)
 
 
 def unpack_payouts(packed: bytes) -> list[tuple[bytes, int, int]]:
     """The inverse of :func:`pack_payouts` (20-byte addresses)."""
-    if not packed or len(packed) % PAYOUT_SIZE:
-        raise ValueError("packed payouts are a non-empty multiple of 36 bytes")
+    if len(packed) % PAYOUT_SIZE:
+        raise ValueError("packed payouts are a multiple of 36 bytes")
     return [
         (
             packed[i : i + 20],
@@ -120,12 +123,47 @@ def unpack_payouts(packed: bytes) -> list[tuple[bytes, int, int]]:
     ]
 
 
-def settlement_digest(domain: PaymentDomain, epoch: int, packed_payouts: bytes) -> bytes:
-    """What the vault key signs to authorise settlement ``epoch`` of ``packed_payouts``."""
+def fold_deposit(state: int, participant: str | bytes, amount: int) -> int:
+    """The contract's deposit chain after one more deposit of ``amount`` for ``participant``:
+    ``count + 1 ‖ low224(keccak256(state (32) ‖ participant (20) ‖ uint96 amount (12)))``."""
+    if not 0 <= state < _UINT256:
+        raise ValueError("a deposit state is a uint256")
+    if not 0 < amount <= MAX_PAYOUT:
+        raise ValueError("a deposit is positive and fits in uint96")
+    digest = keccak256(b32(state) + address_bytes(participant) + amount.to_bytes(12, "big"))
+    head = int.from_bytes(digest, "big") & _HEAD_MASK
+    return (((state >> 224) + 1) << 224) | head
+
+
+def deposit_count(state: int) -> int:
+    """How many deposits a deposit state has folded."""
+    return state >> 224
+
+
+def pack_deposits(deposits: Iterable[tuple[str | bytes, int]]) -> bytes:
+    """A settlement's ``depositTail``: ``(participant, amount)`` in chain order, each
+    ``address (20) ‖ uint96 (12)``."""
+    out = bytearray()
+    for participant, amount in deposits:
+        if not 0 < amount <= MAX_PAYOUT:
+            raise ValueError("a deposit is positive and fits in uint96")
+        out += address_bytes(participant) + amount.to_bytes(12, "big")
+    return bytes(out)
+
+
+def settlement_digest(
+    domain: PaymentDomain, epoch: int, packed_payouts: bytes, deposits: int
+) -> bytes:
+    """What the vault key signs to authorise settlement ``epoch`` of ``packed_payouts`` (may
+    be empty: a settlement that only confirms deposits), with its deposit state
+    ``deposits``."""
     return _typed(
         domain,
         keccak256(
-            SETTLEMENT_TYPEHASH + _uint(epoch, MAX_EPOCH + 1, "epoch") + keccak256(packed_payouts)
+            SETTLEMENT_TYPEHASH
+            + _uint(epoch, MAX_EPOCH + 1, "epoch")
+            + keccak256(packed_payouts)
+            + _uint(deposits, _UINT256, "deposit state")
         ),
     )
 
@@ -201,11 +239,12 @@ def vault_channel_id(domain: PaymentDomain, terms: VaultChannelTerms) -> bytes:
 
 
 def pending_digest(
-    domain: PaymentDomain, channel_id: bytes, request_id: int, client_nonce: int, deadline: int
+    domain: PaymentDomain, channel_id: bytes, request_id: int, client_nonce: int, epoch: int,
+    deadline: int,
 ) -> bytes:
     """What the vault key signs with σ_U: payment ``request_id`` of ``channel_id`` is
     pending, counted by the client's statements up to ``client_nonce``, claimable on-chain
-    until ``deadline`` (unix seconds)."""
+    once settlement ``epoch`` has landed and until ``deadline`` (unix seconds)."""
     return _typed(
         domain,
         keccak256(
@@ -213,6 +252,7 @@ def pending_digest(
             + _bytes32(channel_id, "channel id")
             + _uint(request_id, _UINT256, "request id")
             + _uint(client_nonce, _UINT64, "client nonce")
+            + _uint(epoch, _UINT64, "epoch")
             + _uint(deadline, _UINT64, "deadline")
         ),
     )
