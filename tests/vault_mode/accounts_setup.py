@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from coincurve import PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
@@ -18,6 +19,7 @@ from a402.asc import Auth, ProviderChannel
 from a402.crypto import EVM, EcdsaSigner, PaymentDomain
 from a402.crypto.vault_messages import fold_deposit
 from a402.evm.address import to_checksum
+from a402.evm.ecdsa import public_key_address
 from a402.tee import PROVIDER_PURPOSES, AttestationPolicy
 from a402.tee.simulated import SimulatedEnclave, SimulatedPlatform, SimulatedVerifier
 from a402.vault_accounts import Changed, VaultAccounts, VaultAccountsCode
@@ -116,9 +118,20 @@ class VaultMode:
         return authorized
 
 
-def vault_mode(domain: PaymentDomain) -> VaultMode:
+def launch() -> tuple[SimulatedPlatform, Any]:
+    """A simulated platform and the vault enclave on it (its key is the vault's)."""
     platform = SimulatedPlatform.generate()
-    enclave = platform.launch(CODE)
+    return platform, platform.launch(CODE)
+
+
+def enclave_address(enclave: Any) -> str:
+    return to_checksum(public_key_address(PublicKey(enclave.signing_public_key)))
+
+
+def vault_mode(domain: PaymentDomain, launched: tuple[SimulatedPlatform, Any] | None = None
+               ) -> VaultMode:
+    """The vault-mode code started (first boot) in a launched enclave, for ``domain``."""
+    platform, enclave = launched or launch()
     vault = VaultAccountsCode.start(enclave, domain=domain, network=NETWORK, first_boot=True)
     return VaultMode(platform, enclave, vault, domain)
 
