@@ -69,13 +69,22 @@ on-chain. A provider credited at REVEAL could also claim: hence the wait.
 
 What still trusts the host (stated, not hidden):
 
-* **Time.** The enclave's clock is the chain time the host reports (monotonic).
-  A host that reports a time past a pending record's deadline before the chain
-  reaches it makes the enclave credit δ to the provider while ``claimPayment``
-  is still open: a provider that also claims is paid twice (from the pool). A
-  host that hides a landed claim does the same. Fix (next): deadlines in
-  settlement epochs, and claims folded into the contract's deposit chain, so
-  that the enclave must have seen every claim before its settlement can land.
+* **Claims and time.** A provider's ``claimPayment`` is known here only from the host
+  (:meth:`VaultAccountsCode.claim_landed`), and the pending deadline is judged by the
+  enclave's clock, the chain time the host reports (monotonic). A host that hides a
+  landed claim, or reports a time past a deadline before the chain reaches it while the
+  provider claims, has the enclave credit that δ to the provider as well: that payment
+  is paid twice, out of the pool. (It needs a payment the client signed and a provider
+  that claims; it creates no balance from nothing.) A host that reports a claim that
+  never landed only costs the provider δ (it stays in the pool). The fix, next: fold
+  claims (and settlements) into the contract's deposit chain, so that no settlement
+  lands unless the enclave saw every claim before it, with a settlement that resolves
+  pending payments carrying a ``notBefore`` (its latest deadline) that the contract
+  checks against ``block.timestamp``; a settlement a claim made unlandable is signed
+  again for its epoch with the same payouts.
+* **Signed calls** are checked against the host's ``now`` (± the auth window) and each
+  idempotency key pays once, for good; the standard vault's stricter freshness (a call
+  withheld then paid days later, :mod:`a402.vault_enclave`) is not carried over yet.
 * **Force-settles.** The host reports them (:meth:`exiting`); the contract
   withholds settlements from a frozen participant, and the watchtower
   (:mod:`a402.vault.watchtower`) answers a stale statement with the latest.
