@@ -28,9 +28,13 @@ from a402.chain.tx import contract_at, deploy_contract, transact
 from a402.crypto import PaymentDomain
 from a402.crypto.vault_messages import (
     BalanceStatement,
+    ChainRecord,
+    ClaimRecord,
+    DepositRecord,
     VaultChannelTerms,
+    claim_key,
     deposit_nonce,
-    pack_deposits,
+    pack_tail,
 )
 from a402.evm.address import to_checksum
 from a402.evm.eip3009 import RECEIVE_WITH_AUTHORIZATION_TYPES
@@ -160,41 +164,57 @@ class A402Vault:
     # -- settlement ----------------------------------------------------------------
 
     def settle(self, sender: LocalAccount, packed_payouts: bytes, epoch: int, deposits: int,
-               vault_signature: bytes, deposit_tail: bytes = b"") -> TxReceipt:
+               vault_signature: bytes, deposit_tail: bytes = b"", not_before: int = 0
+               ) -> TxReceipt:
         """``settle``: pay every packed payout (:func:`~a402.crypto.vault_messages.
         pack_payouts`) with the vault key's signature over ``settlement_digest`` (which
-        names the enclave's deposit state ``deposits``); ``deposit_tail``: the deposits
-        mined since that state (:meth:`deposits_since`)."""
-        call = self.contract.functions.settle(packed_payouts, epoch, deposits, deposit_tail,
-                                              vault_signature)
+        names the enclave's deposit state ``deposits`` and ``not_before``);
+        ``deposit_tail``: the records mined since that state (:meth:`deposits_since`)."""
+        call = self.contract.functions.settle(packed_payouts, epoch, deposits, not_before,
+                                              deposit_tail, vault_signature)
         return transact(self.chain, sender, call)
 
     def deposit_state(self) -> int:
         """The contract's deposit chain: ``count ‖ head`` (:func:`~a402.crypto.
-        vault_messages.fold_deposit`)."""
+        vault_messages.fold_deposit`, :func:`~a402.crypto.vault_messages.fold_claim`)."""
         return int(self.contract.functions.depositState().call())
 
+    def chain_records(self, from_block: int = 0) -> list[tuple[ChainRecord, int]]:
+        """Every record the deposit chain folded from ``from_block`` on, in chain order, with
+        the state after it: ``Deposited`` and ``PaymentClaimed`` events."""
+        found: list[tuple[tuple[int, int], ChainRecord, int]] = []
+        for ev in self.contract.events.Deposited().get_logs(from_block=from_block):
+            a = ev["args"]
+            found.append(((ev["blockNumber"], ev["logIndex"]),
+                          DepositRecord(str(a["participant"]), int(a["amount"])),
+                          int(a["depositState"])))
+        for ev in self.contract.events.PaymentClaimed().get_logs(from_block=from_block):
+            a = ev["args"]
+            found.append(((ev["blockNumber"], ev["logIndex"]),
+                          ClaimRecord(claim_key(bytes(a["channelId"]), int(a["requestId"])),
+                                      int(a["deadline"])),
+                          int(a["depositState"])))
+        found.sort(key=lambda f: f[0])
+        return [(record, after) for _, record, after in found]
+
     def deposits(self, from_block: int = 0) -> list[tuple[str, int, int]]:
-        """Every ``Deposited(participant, amount, depositState)`` from ``from_block`` on, in
-        chain order."""
-        logs = self.contract.events.Deposited().get_logs(from_block=from_block)
-        ordered = sorted(logs, key=lambda ev: (ev["blockNumber"], ev["logIndex"]))
-        return [(str(ev["args"]["participant"]), int(ev["args"]["amount"]),
-                 int(ev["args"]["depositState"])) for ev in ordered]
+        """Every ``Deposited(participant, amount, depositState)`` from ``from_block`` on."""
+        return [(r.participant, r.amount, after) for r, after in self.chain_records(from_block)
+                if isinstance(r, DepositRecord)]
 
     def deposits_since(self, state: int, from_block: int = 0) -> bytes:
-        """The ``depositTail`` a settlement signed at deposit state ``state`` needs now:
-        the deposits mined after the one that produced ``state`` (packed)."""
-        found = self.deposits(from_block)
-        tail: list[tuple[str, int]] = []
-        for participant, amount, after in reversed(found):
+        """The ``depositTail`` a settlement signed at deposit state ``state`` needs now: the
+        records mined after the one that produced ``state`` (packed)."""
+        found = self.chain_records(from_block)
+        tail: list[ChainRecord] = []
+        for record, after in reversed(found):
             if after == state:
                 break
-            tail.append((participant, amount))
+            tail.append(record)
         else:
             if state != 0 and found:
                 raise ValueError("that deposit state is not on this chain")
-        return pack_deposits(reversed(tail))
+        return pack_tail(reversed(tail))
 
     # -- force-settle ----------------------------------------------------------------
 
@@ -269,9 +289,10 @@ class A402Vault:
         return [dict(ev["args"]) for ev in found if ev["address"] == self.address]
 
     # the contract's own digests, for checking the pure encoders against it
-    def settlement_digest(self, epoch: int, packed_payouts: bytes, deposits: int) -> bytes:
+    def settlement_digest(self, epoch: int, packed_payouts: bytes, deposits: int,
+                          not_before: int = 0) -> bytes:
         return bytes(self.contract.functions.settlementDigest(
-            epoch, keccak256(packed_payouts), deposits).call())
+            epoch, keccak256(packed_payouts), deposits, not_before).call())
 
     def statement_digest(self, statement: BalanceStatement) -> bytes:
         return bytes(self.contract.functions.statementDigest(_statement(statement)).call())

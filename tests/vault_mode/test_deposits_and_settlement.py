@@ -63,6 +63,8 @@ def test_the_pure_encoders_give_the_contracts_own_digests(vault: A402Vault) -> N
         assert ours == vault.settlement_digest(epoch, packed, deposits)
         assert settlement_digest(vault.domain, epoch, b"", deposits) == vault.settlement_digest(
             epoch, b"", deposits)
+        assert settlement_digest(vault.domain, epoch, packed, deposits, 2**64 - 1) == (
+            vault.settlement_digest(epoch, packed, deposits, 2**64 - 1))
     st = BalanceStatement(a, 99, 123, 45, 6, 7)
     assert statement_digest(vault.domain, st) == vault.statement_digest(st)
     terms = VaultChannelTerms(a, b, os.urandom(32), 10**6, os.urandom(32))
@@ -274,7 +276,7 @@ def test_a_token_that_calls_back_during_a_payout_cannot_settle_again(
     payee, gas_payer = funded(vault_chain, token, eth=0), funded(vault_chain, token)
     # The hook replays a valid settlement of the next epoch from inside the first's payout.
     packed2, signature2 = sign_settlement(vault_key, rvault, 2, [(payee.address, 4_000)])
-    data = rvault.contract.encode_abi("settle", [packed2, 2, rvault.deposit_state(), b"",
+    data = rvault.contract.encode_abi("settle", [packed2, 2, rvault.deposit_state(), 0, b"",
                                                  signature2])
     transact(vault_chain, deployer, token.functions.arm(rvault.address, data))
     settle(vault_key, rvault, gas_payer, [(payee.address, 4_000)])
