@@ -32,10 +32,10 @@ reported an invented deposit (for a key of its own) would, in a naive ledger,
 have the enclave sign statements, payments and payouts out of everybody else's
 pooled money; ``available()`` bounds only the total. So:
 
-1. The enclave folds every reported deposit into the contract's own deposit
-   chain (:func:`~a402.crypto.vault_messages.fold_deposit`, ``count ‖ head``)
-   and takes a report only if it names the chain state the deposit produced
-   (the ``Deposited`` event carries it): reports come in chain order, once each.
+1. The enclave folds every reported deposit (and claim) into the contract's own
+   deposit chain (:func:`~a402.crypto.vault_messages.fold_deposit`, ``count ‖
+   head``) and takes a report only if it names the chain state it produced (the
+   events carry it): reports come in chain order, once each.
    That check is for the host's own mistakes; the safety is the next step.
 2. A reported deposit is *unconfirmed*: it is in no statement, funds no channel
    and is paid to nobody. It is *confirmed* when the enclave signs a settlement
@@ -61,27 +61,23 @@ Pending payments. When σ_U is signed for δ, δ leaves the client's ``locked``
 (its new statement, nonce n+1, no longer counts it; the pending record names
 ``clientNonce = n``, the last statement that did) and is held pending, in no
 statement, until its ``deadline`` (``CLAIM_WINDOW`` after the host's ``now``)
-is behind the enclave's clock: then, at the next settlement the enclave signs,
-it is credited to the provider if it revealed ``t`` (REVEAL, or its claim's
-``t`` reported), back to the client if not — unless the host reported a claim
-that landed (:meth:`VaultAccountsCode.claim_landed`), which paid the provider
-on-chain. A provider credited at REVEAL could also claim: hence the wait.
+is behind the enclave's clock: then, at the next settlement the enclave signs
+(whose ``notBefore`` is that deadline: it lands only once the claim window is shut
+on-chain), it is credited to the provider if it revealed ``t`` (REVEAL), back to
+the client if not — unless the host reported a claim that landed
+(:meth:`VaultAccountsCode.claim_landed`), which paid the provider on-chain. A
+provider credited at REVEAL could also claim: hence the wait.
 
 What still trusts the host (stated, not hidden):
 
-* **Claims and time.** A provider's ``claimPayment`` is known here only from the host
-  (:meth:`VaultAccountsCode.claim_landed`), and the pending deadline is judged by the
-  enclave's clock, the chain time the host reports (monotonic). A host that hides a
-  landed claim, or reports a time past a deadline before the chain reaches it while the
-  provider claims, has the enclave credit that δ to the provider as well: that payment
-  is paid twice, out of the pool. (It needs a payment the client signed and a provider
-  that claims; it creates no balance from nothing.) A host that reports a claim that
-  never landed only costs the provider δ (it stays in the pool). The fix, next: fold
-  claims (and settlements) into the contract's deposit chain, so that no settlement
-  lands unless the enclave saw every claim before it, with a settlement that resolves
-  pending payments carrying a ``notBefore`` (its latest deadline) that the contract
-  checks against ``block.timestamp``; a settlement a claim made unlandable is signed
-  again for its epoch with the same payouts.
+* **Claims and time: no longer.** Claims fold the same chain, and a settlement that
+  resolves pending payments names ``notBefore`` (their latest deadline), which the
+  contract checks against ``block.timestamp``: a claim hidden from the enclave, or a time
+  reported ahead of the chain, makes that settlement unlandable (``ClaimInTail``,
+  ``TooEarly``) instead of paying twice. The price is liveness: once a claim of a
+  payment a signed settlement resolved lands, that settlement is dead and this code signs
+  no more (``settlement_dead``; signing the epoch again, with the same payouts, is not
+  built). A host that reports a claim that never landed forks the chain (nothing lands).
 * **Signed calls** are checked against the host's ``now`` (± the auth window) and each
   idempotency key pays once, for good; the standard vault's stricter freshness (a call
   withheld then paid days later, :mod:`a402.vault_enclave`) is not carried over yet.
@@ -133,7 +129,9 @@ from a402.crypto.vault_messages import (
     MAX_EPOCH,
     MAX_PAYOUT,
     BalanceStatement,
+    claim_key,
     deposit_count,
+    fold_claim,
     fold_deposit,
     pack_payouts,
     pending_digest,
@@ -182,6 +180,7 @@ class SignedSettlement:
     payouts: bytes
     deposits: int
     signature: bytes
+    not_before: int = 0  # chain time after which it may land (the deadlines it resolves)
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +305,8 @@ class VaultAccountsCode:
         self._pending: dict[tuple[bytes, int], _Pending] = {}
         self._consumed: set[tuple[str, str]] = set()
         self._clock = 0
+        #: Why no settlement can be signed any more (a claim made an earlier one unlandable).
+        self._dead: str | None = None
         self._version = 0
         self._unsaved = False
         self._ready = first_boot
@@ -445,6 +446,8 @@ class VaultAccountsCode:
         address, never elsewhere (so the host choosing who is paid out when moves nobody's
         money to anyone else). Refused if it would change nothing."""
         self._check_ready()
+        if self._dead is not None:
+            raise EnclaveError("settlement_dead", self._dead)
         clock = self._tick(now)
         wanted: dict[str, int] = {}
         for participant, amount in payouts:
@@ -470,6 +473,7 @@ class VaultAccountsCode:
         if not wanted and not touched and not resolved:
             raise EnclaveError("nothing_to_settle", "no payout, no deposit, no payment due")
         self._epoch += 1
+        not_before = max((self._pending[k].deadline for k in resolved), default=0)
         touched += self._resolve(resolved)
         for account in touched:
             account.free += account.unconfirmed
@@ -483,9 +487,9 @@ class VaultAccountsCode:
             touched.append(account)
             records.append((account.participant, account.index, amount))
         packed = pack_payouts(sorted(records, key=lambda r: r[1]))
-        digest = settlement_digest(self.domain, self._epoch, packed, self._confirmed)
+        digest = settlement_digest(self.domain, self._epoch, packed, self._confirmed, not_before)
         signed = SignedSettlement(self._epoch, packed, self._confirmed,
-                                  self._kernel.sign(VAULT_ACCOUNTS, digest))
+                                  self._kernel.sign(VAULT_ACCOUNTS, digest), not_before)
         self._settlements[self._epoch] = signed
         return Settled(signed, self._sign_statements(touched))
 
@@ -653,25 +657,46 @@ class VaultAccountsCode:
                                self._epoch, deadline, self._kernel.sign(VAULT_ACCOUNTS, digest))
         return record, self._sign_statements([client])
 
-    def claim_landed(self, channel_id: bytes, request_id: int, signature: bytes
-                     ) -> Changed:
-        """The host reports the provider's ``claimPayment`` (its ``e ‖ s``): δ was paid
+    def claim_landed(self, channel_id: bytes, request_id: int, signature: bytes, *,
+                     deadline: int, state_after: int) -> Changed:
+        """The host reports ``PaymentClaimed`` (the provider's ``e ‖ s``, the record's
+        ``deadline``, the deposit chain after it), in chain order like deposits: δ was paid
         on-chain, so it is credited to nobody here; the machine extracts ``t`` and opens
         the result (if the REVEAL never came), and the channel ends, what the client did
-        not spend going back to its free balance."""
+        not spend going back to its free balance.
+
+        A claim of a payment this code no longer holds pending was resolved by a settlement
+        it signed, which therefore can never land (the contract refuses a claim after its
+        deadline, and that settlement after it; a claim in between makes it unlandable):
+        settlements stop here (``settlement_dead``), nothing is paid twice, and recovery
+        (signing that epoch again) is not built."""
         self._check_ready()
-        p = self._pending.get((channel_id, request_id))
+        key = (channel_id, request_id)
+        try:
+            folded = fold_claim(self._deposits, claim_key(channel_id, request_id), deadline)
+        except ValueError as e:
+            raise EnclaveError("bad_claim", str(e)) from None
+        if folded != state_after:
+            raise EnclaveError("deposit_out_of_order",
+                               "the claim does not follow the chain held here: report in order")
+        p = self._pending.get(key)
+        if p is not None and p.deadline != deadline:
+            raise EnclaveError("bad_claim", "not the deadline this payment's record names")
+        self._deposits = folded
+        self._changed()
         if p is None:
-            raise EnclaveError("not_pending", "no such pending payment (resolved already?)")
+            self._dead = (f"a claim of payment {request_id} of channel {channel_id.hex()}, "
+                          f"resolved by settlement {self._epoch} or earlier, landed: that "
+                          "settlement can never land")
+            return Changed()
         held = self._held.get(channel_id)
         step = Step()
         touched: list[_Account] = []
         if held is not None and not p.revealed:
             step = held.channel.provider_force_closed(request_id, signature)
             touched = self._end_channel(channel_id, exclude=p.amount)
-        del self._pending[(channel_id, request_id)]
+        del self._pending[key]
         self._paid_out += p.amount
-        self._changed()
         return Changed(step, self._sign_statements(touched) if touched else ())
 
     def close_channel(self, channel_id: bytes) -> tuple[Close, tuple[SignedStatement, ...]]:
@@ -726,8 +751,9 @@ class VaultAccountsCode:
             "accounts": {k: a.to_json() for k, a in self._accounts.items()},
             "nextIndex": self._next_index, "deposits": str(self._deposits),
             "confirmed": str(self._confirmed), "epoch": self._epoch,
-            "paidOut": str(self._paid_out), "clock": self._clock,
-            "settlements": {str(e): [s.payouts.hex(), str(s.deposits), s.signature.hex()]
+            "paidOut": str(self._paid_out), "clock": self._clock, "dead": self._dead,
+            "settlements": {str(e): [s.payouts.hex(), str(s.deposits), s.signature.hex(),
+                                     s.not_before]
                             for e, s in self._settlements.items()},
             "statements": {k: [list(s.statement.as_tuple()), s.signature.hex()]
                            for k, s in self._statements.items()},
@@ -749,7 +775,7 @@ class VaultAccountsCode:
             version = int(r["version"])
             accounts = {k: _Account.from_json(v) for k, v in r["accounts"].items()}
             settlements = {int(e): SignedSettlement(int(e), bytes.fromhex(v[0]), int(v[1]),
-                                                    bytes.fromhex(v[2]))
+                                                    bytes.fromhex(v[2]), int(v[3]))
                            for e, v in r["settlements"].items()}
             statements = {k: SignedStatement(BalanceStatement(str(v[0][0]), *map(int, v[0][1:])),
                                              bytes.fromhex(v[1]))
@@ -775,6 +801,7 @@ class VaultAccountsCode:
         self._deposits, self._confirmed = int(r["deposits"]), int(r["confirmed"])
         self._epoch, self._paid_out = int(r["epoch"]), int(r["paidOut"])
         self._clock = max(self._clock, int(r["clock"]))
+        self._dead = r.get("dead")
         self._consumed = {(c[0], c[1]) for c in r["consumed"]}
         self._ready = True
 

@@ -17,7 +17,7 @@ from eth_account.signers.local import LocalAccount
 
 from a402.asc import Auth, ProviderChannel
 from a402.crypto import EVM, EcdsaSigner, PaymentDomain
-from a402.crypto.vault_messages import fold_deposit
+from a402.crypto.vault_messages import claim_key, fold_claim, fold_deposit
 from a402.evm.address import to_checksum
 from a402.evm.ecdsa import public_key_address
 from a402.tee import PROVIDER_PURPOSES, AttestationPolicy
@@ -64,6 +64,13 @@ class VaultMode:
         self.chain_deposits = fold_deposit(self.chain_deposits, participant, amount)
         assert self.vault.credit_deposit(participant, amount, self.chain_deposits)
         return self.chain_deposits
+
+    def claim(self, cid: bytes, request_id: int, signature: bytes, deadline: int) -> Changed:
+        """A provider's claim mined on the (played) chain, reported by the host."""
+        self.chain_deposits = fold_claim(self.chain_deposits, claim_key(cid, request_id),
+                                         deadline)
+        return self.vault.claim_landed(cid, request_id, signature, deadline=deadline,
+                                       state_after=self.chain_deposits)
 
     def provider(self) -> Provider:
         schnorr = EVM.secret_key(EVM.generate_key().to_bytes())

@@ -178,8 +178,9 @@ def test_a_claim_that_landed_pays_the_provider_on_chain_and_nobody_off_chain(
     assert authorized.pending is not None
     # The provider completes its signature and claims on-chain (the vault went dark).
     (due,) = provider_side.poll(now=now + 31).events
-    claimed = vm.vault.claim_landed(cid, authorized.pending.request_id,
-                                    due.claim.signature)  # type: ignore[attr-defined]
+    claimed = vm.claim(cid, authorized.pending.request_id,
+                       due.claim.signature,  # type: ignore[attr-defined]
+                       authorized.pending.deadline)
     (delivered,) = claimed.step.events
     assert delivered.result == b"the result"  # type: ignore[attr-defined]
     (st,) = claimed.statements

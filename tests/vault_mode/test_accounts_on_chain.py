@@ -16,7 +16,7 @@ from eth_account.signers.local import LocalAccount
 from a402.asc import ForceCloseDue
 from a402.chain.node import Chain
 from a402.chain.tx import transact
-from a402.crypto.vault_messages import VaultChannelTerms, fold_deposit
+from a402.crypto.vault_messages import ClaimRecord, VaultChannelTerms, fold_deposit
 from a402.vault.watchtower import VaultWatchtower
 from a402.vault_accounts import CLAIM_WINDOW, SignedSettlement
 from a402.vault_contract import A402Vault, AccountStatus, PendingClaim
@@ -53,7 +53,15 @@ class Host:
 
     def submit(self, signed: SignedSettlement) -> Any:
         return self.vault.settle(self.gas, signed.payouts, signed.epoch, signed.deposits,
-                                 signed.signature, self.vault.deposits_since(signed.deposits))
+                                 signed.signature, self.vault.deposits_since(signed.deposits),
+                                 signed.not_before)
+
+    def report_claim(self, cid: bytes, request_id: int, signature: bytes) -> Any:
+        """The latest ``PaymentClaimed`` of the chain, reported (it is the chain's last)."""
+        record, after = self.vault.chain_records()[-1]
+        assert isinstance(record, ClaimRecord)
+        return self.vm.vault.claim_landed(cid, request_id, signature,
+                                          deadline=record.deadline, state_after=after)
 
 
 def vault_mode_for(host: Host) -> VaultMode:
@@ -81,12 +89,15 @@ def test_deposits_payments_and_a_payout_land_as_the_enclave_signed_them(host: Ho
     t0 = now(host.chain)
     for key in ("a", "b", "c"):
         vm.pay(cid, side, vm.call(alice, key=key, ts=t0), now=t0)
-    # A deposit mined after the next settlement was signed rides in its tail.
-    signed = vm.vault.settle([], now=t0 + CLAIM_WINDOW + 1).settlement
+    # A deposit mined after the next settlement was signed rides in its tail. (That
+    # settlement credits the provider: it lands only once the payments' claim window shut.)
+    increase_time(host.chain, CLAIM_WINDOW + 1)
+    signed = vm.vault.settle([], now=now(host.chain)).settlement
+    assert signed.not_before == t0 + CLAIM_WINDOW
     host.deposit(alice.address, 7_000)
     host.submit(signed)
     host.report_deposits()
-    paid = vm.vault.settle([(provider.address, 3 * PRICE)], now=t0 + CLAIM_WINDOW + 2)
+    paid = vm.vault.settle([(provider.address, 3 * PRICE)], now=now(host.chain))
     host.submit(paid.settlement)
     assert balance(usdc, provider.address) == 3 * PRICE
     assert balance(usdc, vault.address) == 57_000 - 3 * PRICE
@@ -158,7 +169,7 @@ def test_a_provider_claims_its_pending_payment_with_the_enclaves_record_while_th
     vault.claim_payment(gas_payer, _terms(vm, cid), claim)
     assert balance(usdc, provider.address) == PRICE
     # The host reports the claim; the enclave pays nobody again, the client keeps the rest.
-    changed = vm.vault.claim_landed(cid, pending.request_id, c.signature)
+    changed = host.report_claim(cid, pending.request_id, c.signature)
     st = changed.statements[0]
     assert (st.statement.balance, st.statement.locked) == (19_000, 0)
     vault.init_force_settle(gas_payer, st.statement, st.signature)
@@ -190,7 +201,8 @@ def test_a_stale_force_settle_loses_to_the_watchtower_and_the_client_gets_only_w
         vm.pay(cid, side, vm.call(alice, key=key, ts=t0), now=t0)
     # Her payments are credited to the provider, and 1,000 paid out to her, in a settlement
     # signed but not yet sent: her latest statement is net of it and names it.
-    vm.vault.settle([(alice.address, 1_000)], now=t0 + CLAIM_WINDOW + 1)
+    increase_time(host.chain, CLAIM_WINDOW + 1)
+    vm.vault.settle([(alice.address, 1_000)], now=now(host.chain))
     latest = vm.vault.statement(alice.address)
     assert (latest.statement.balance, latest.statement.locked) == (14_000, 3 * PRICE)
     assert latest.statement.epoch == 2 > vault.last_epoch()
@@ -241,3 +253,82 @@ def test_a_force_settle_with_the_latest_statement_is_left_alone(host: Host) -> N
     vault.final_force_settle(host.gas, alice.address)
     assert balance(usdc, alice.address) == 4_000
     assert balance(usdc, vault.address) == 0
+
+
+def _revealed_but_not_acknowledged(host: Host, alice: LocalAccount, provider: Any
+                                   ) -> tuple[bytes, Any, ForceCloseDue, int]:
+    """Alice pays the provider; the enclave gets the REVEAL (so it means to credit the
+    provider) but the ACK never reaches the provider, which claims on-chain."""
+    vm = host.vm
+    cid, side = vm.open(alice, provider, 5 * PRICE)
+    t0 = now(host.chain)
+    exec_ = vm.vault.request(cid, vm.call(alice, key="k", ts=t0), PRICE, t0)
+    side.receive(exec_, now=t0)
+    authorized = vm.vault.receive(cid, side.reply(exec_.request_id, b"the result"), t0)
+    reveal = side.receive(authorized.step.send[0], now=t0).send[0]
+    vm.vault.receive(cid, reveal, t0)  # the ACK it answers with is dropped
+    (due,) = side.poll(now=t0 + 31).events
+    assert isinstance(due, ForceCloseDue)
+    p = authorized.pending
+    c = due.claim
+    claim = PendingClaim(c.request_id, c.amount, c.result_hash, c.e, c.s, p.client_nonce,
+                         p.epoch, p.deadline, c.authorization, p.signature)
+    host.vault.claim_payment(funded(host.chain, host.token), _terms(vm, cid), claim)
+    assert balance(host.token, provider.address) == PRICE
+    return cid, authorized.pending, due, t0
+
+
+def test_a_claim_the_host_hides_makes_the_settlement_crediting_it_unlandable(host: Host) -> None:
+    """The host hides the provider's claim and has the enclave credit the same payment
+    off-chain: the settlement that would pay it cannot land, nor can the provider's
+    statement that counts it. The provider is paid once."""
+    vm, vault, usdc = host.vm, host.vault, host.token
+    alice = client()
+    provider = vm.provider()
+    host.deposit(alice.address, 20_000)
+    host.report_deposits()
+    host.submit(vm.vault.settle([], now=now(host.chain)).settlement)
+    cid, pending, due, _ = _revealed_but_not_acknowledged(host, alice, provider)
+    increase_time(host.chain, CLAIM_WINDOW + 1)
+    double = vm.vault.settle([(provider.address, PRICE)], now=now(host.chain))
+    with reverts_with("ClaimInTail(uint64,uint64)"):
+        host.submit(double.settlement)
+    st = vm.vault.statement(provider.address)
+    with reverts_with("StaleStatement(uint64,uint64,uint64)"):
+        vault.init_force_settle(host.gas, st.statement, st.signature)
+    assert balance(usdc, provider.address) == PRICE
+    assert balance(usdc, vault.address) == 20_000 - PRICE
+    # Told of the claim at last, the enclave stops settling: that epoch can never land.
+    host.report_claim(cid, pending.request_id, due.claim.signature)
+    with pytest.raises(Exception, match="settlement_dead"):
+        vm.vault.settle([], now=now(host.chain))
+    # Alice still leaves with her last usable statement: what she did not spend.
+    mine = vm.vault.statement(alice.address)
+    assert mine.statement.epoch == 1 and mine.statement.balance + mine.statement.locked == 19_000
+    vault.init_force_settle(host.gas, mine.statement, mine.signature)
+    increase_time(host.chain, SETTLE_WINDOW + 1)
+    vault.final_force_settle(host.gas, alice.address)
+    assert balance(usdc, alice.address) == 19_000
+    assert balance(usdc, vault.address) == 0
+
+
+def test_a_time_reported_ahead_of_the_chain_cannot_land_a_credit_before_the_claims_close(
+    host: Host,
+) -> None:
+    vm, vault, usdc = host.vm, host.vault, host.token
+    alice = client()
+    provider = vm.provider()
+    host.deposit(alice.address, 20_000)
+    host.report_deposits()
+    host.submit(vm.vault.settle([], now=now(host.chain)).settlement)
+    cid, side = vm.open(alice, provider, 5 * PRICE)
+    t0 = now(host.chain)
+    vm.pay(cid, side, vm.call(alice, key="k", ts=t0), now=t0)  # revealed, acknowledged
+    early = vm.vault.settle([(provider.address, PRICE)], now=t0 + CLAIM_WINDOW + 1)
+    assert early.settlement.not_before == t0 + CLAIM_WINDOW
+    with reverts_with("TooEarly(uint64)"):
+        host.submit(early.settlement)
+    increase_time(host.chain, CLAIM_WINDOW + 1)
+    host.submit(early.settlement)  # the claim window shut: now it lands, and pays once
+    assert balance(usdc, provider.address) == PRICE
+    assert balance(usdc, vault.address) == 20_000 - PRICE

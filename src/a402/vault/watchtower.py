@@ -102,7 +102,8 @@ class VaultWatchtower:
                 epoch = self.vault.last_epoch() + 1
                 signed = self.accounts.settlement(epoch)
                 self.vault.settle(self.sender, signed.payouts, epoch, signed.deposits,
-                                  signed.signature, self.vault.deposits_since(signed.deposits))
+                                  signed.signature, self.vault.deposits_since(signed.deposits),
+                                  signed.not_before)
                 landed.append(epoch)
             receipt = self.vault.challenge_force_settle(self.sender, latest.statement,
                                                         latest.signature)
