@@ -20,8 +20,8 @@ the machines sign as in standard mode), each in the exact format
   nonce)`` for every participant an operation changed, after the change (what
   ``initForceSettle``/``challengeForceSettle`` take); the latest one is kept and
   handed out again on demand (:meth:`VaultAccountsCode.statement`);
-* a **settlement** ``(epoch, keccak(payouts), deposits)``, epochs consecutive,
-  each payee debited when it is signed;
+* a **settlement** ``(epoch, keccak(payouts), deposits, notBefore)``, epochs
+  consecutive, each payee debited when it is signed;
 * a **pending record** ``(channelId, requestId, clientNonce, epoch, deadline)``
   with each σ_U, so that the provider can ``claimPayment`` if the vault goes dark.
 
@@ -68,9 +68,9 @@ the client if not — unless the host reported a claim that landed
 (:meth:`VaultAccountsCode.claim_landed`), which paid the provider on-chain. A
 provider credited at REVEAL could also claim: hence the wait.
 
-What still trusts the host (stated, not hidden):
+What the host can and cannot do besides (stated, not hidden):
 
-* **Claims and time: no longer.** Claims fold the same chain, and a settlement that
+* **Claims and time** are the chain's word too. Claims fold the same chain, and a settlement that
   resolves pending payments names ``notBefore`` (their latest deadline), which the
   contract checks against ``block.timestamp``: a claim hidden from the enclave, or a time
   reported ahead of the chain, makes that settlement unlandable (``ClaimInTail``,
@@ -89,7 +89,11 @@ What still trusts the host (stated, not hidden):
   messages; it cannot make the enclave sign money that is not there.
 * **Sealing** has no rollback protection (:mod:`a402.tee.sealing`): the ledger
   carries a version, and a running instance refuses an older one, as in
-  :mod:`a402.vault_enclave`.
+  :mod:`a402.vault_enclave`; but a host that restarts the code on a ledger from
+  before a settlement it signed gets that settlement's payees paid again (in the
+  next epoch, or by statements that do not know the payout). The chain cannot
+  catch that alone: it needs a monotonic counter or a ledger replicated outside the
+  host's reach (issue 13, failover).
 
 Not built here yet: the host (service, store, scheduler and watchtower wiring),
 per-channel sealed records (channels are sealed inside the one ledger), and the
