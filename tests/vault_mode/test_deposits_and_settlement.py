@@ -331,11 +331,13 @@ def test_a_settlement_lands_with_the_deposits_mined_after_it_was_signed_as_its_t
     assert balance(usdc, vault.address) == 2_400 and vault.last_epoch() == 1
 
 
-def test_a_deposit_beyond_uint96_is_refused(
+def test_a_deposit_beyond_uint96_or_for_the_claim_tag_address_is_refused(
     vault_chain: Chain, usdc: Any, vault: A402Vault
 ) -> None:
     funder = funded(vault_chain, usdc, 2**96)
     transact(vault_chain, funder, usdc.functions.approve(vault.address, 2**96))
     with reverts_with("InvalidTerms()"):
         vault.deposit(funder, funder.address, 2**96)
+    with reverts_with("InvalidTerms()"):  # address(1) marks a claim in a settlement's tail
+        vault.deposit(funder, "0x" + "00" * 19 + "01", 5)
     assert balance(usdc, vault.address) == 0 and vault.deposit_state() == 0
