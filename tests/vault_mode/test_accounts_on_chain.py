@@ -14,68 +14,15 @@ import pytest
 from eth_account.signers.local import LocalAccount
 
 from a402.asc import ForceCloseDue
-from a402.chain.node import Chain
-from a402.chain.tx import transact
-from a402.crypto.vault_messages import ClaimRecord, VaultChannelTerms, fold_deposit
+from a402.crypto.vault_messages import VaultChannelTerms, fold_deposit
 from a402.vault.watchtower import VaultWatchtower
-from a402.vault_accounts import CLAIM_WINDOW, SignedSettlement
-from a402.vault_contract import A402Vault, AccountStatus, PendingClaim
+from a402.vault_accounts import CLAIM_WINDOW
+from a402.vault_contract import AccountStatus, PendingClaim
 
-from .accounts_setup import PRICE, VaultMode, client, enclave_address, launch, vault_mode
+from .accounts_setup import PRICE, Host, VaultMode, client
 from .helpers import SETTLE_WINDOW, balance, funded, increase_time, now, reverts_with
 
 pytestmark = pytest.mark.anvil
-
-
-class Host:
-    """The vault's host: reports deposits, submits settlements (it holds no key)."""
-
-    def __init__(self, chain: Chain, token: Any) -> None:
-        self.chain, self.token = chain, token
-        self.gas = funded(chain, token)
-        self.vm: VaultMode
-        self.vault: A402Vault
-
-    def start(self) -> Host:
-        self.vm = vault_mode_for(self)
-        return self
-
-    def report_deposits(self) -> None:
-        known = self.vm.vault.deposit_state
-        for participant, amount, state in self.vault.deposits():
-            if (state >> 224) > (known >> 224):
-                self.vm.vault.credit_deposit(participant, amount, state)
-
-    def deposit(self, participant: str, amount: int) -> None:
-        depositor = funded(self.chain, self.token, amount)
-        transact(self.chain, depositor, self.token.functions.approve(self.vault.address, amount))
-        self.vault.deposit(depositor, participant, amount)
-
-    def submit(self, signed: SignedSettlement) -> Any:
-        return self.vault.settle(self.gas, signed.payouts, signed.epoch, signed.deposits,
-                                 signed.signature, self.vault.deposits_since(signed.deposits),
-                                 signed.not_before)
-
-    def report_claim(self, cid: bytes, request_id: int, signature: bytes) -> Any:
-        """The latest ``PaymentClaimed`` of the chain, reported (it is the chain's last)."""
-        record, after = self.vault.chain_records()[-1]
-        assert isinstance(record, ClaimRecord)
-        return self.vm.vault.claim_landed(cid, request_id, signature,
-                                          deadline=record.deadline, state_after=after)
-
-
-def vault_mode_for(host: Host) -> VaultMode:
-    """Deploy A402Vault whose vault key is a fresh simulated enclave's, then start the
-    vault-mode code in that enclave for the deployed contract's domain."""
-    launched = launch()
-    host.vault = A402Vault.deploy(host.chain, host.chain.accounts[0], host.token.address,
-                                  enclave_address(launched[1]), SETTLE_WINDOW)
-    return vault_mode(host.vault.domain, launched)
-
-
-@pytest.fixture
-def host(vault_chain: Chain, usdc: Any) -> Host:
-    return Host(vault_chain, usdc).start()
 
 
 def test_deposits_payments_and_a_payout_land_as_the_enclave_signed_them(host: Host) -> None:
