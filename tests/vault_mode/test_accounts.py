@@ -296,3 +296,19 @@ def test_the_host_gets_no_signing_call_and_no_key(vm: VaultMode) -> None:
     with pytest.raises(AttributeError):
         vm.vault._sign_statements  # type: ignore[attr-defined]  # noqa: B018
     assert not [n for n in ("sign", "sign_digest", "kernel") if hasattr(vm.vault, n)]
+
+
+def test_vault_mode_terms_keep_their_mode_in_a_snapshot_and_standard_ones_are_unchanged() -> None:
+    from a402.asc import ChannelTerms
+    from a402.asc import snapshot as snap
+    args = (os.urandom(20), os.urandom(20), os.urandom(20),
+            bytes.fromhex("11" * 32), 5_000, os.urandom(32))
+    pooled = ChannelTerms(*args, vault_mode=True)
+    standard = ChannelTerms(*args)
+    assert snap.terms_from_json(snap.terms_to_json(pooled)) == pooled
+    assert "vaultMode" not in snap.terms_to_json(standard)
+    assert snap.terms_from_json(snap.terms_to_json(standard)) == standard
+    # The two modes never share an id: the contract hashes different types.
+    assert pooled.channel_id(DOMAIN) != standard.channel_id(DOMAIN)
+    assert pooled.channel_id(DOMAIN) == vault_channel_id(DOMAIN, VaultChannelTerms(
+        "0x" + args[0].hex(), "0x" + args[2].hex(), args[3], 5_000, args[5]))
