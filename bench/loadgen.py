@@ -54,6 +54,7 @@ class LeanVaultClient:
         self.timeout = timeout
         self.pending_wait = pending_wait
         self._vault: str | None = None
+        self._life = ""
         self._connection: _Connection | None = None
 
     async def __aenter__(self) -> LeanVaultClient:
@@ -73,6 +74,7 @@ class LeanVaultClient:
         if status != 200:
             raise RuntimeError(f"vault info failed: {status} {data}")
         self._vault = api.vault_account(str(data["network"]), str(data["vault"]))
+        self._life = str(data["life"])
         return data
 
     async def invoke(
@@ -90,7 +92,7 @@ class LeanVaultClient:
         key = idempotency_key or uuid.uuid4().hex
         body = api.InvokeRequest(
             url=url, method=method.upper(), headers=tuple(headers), body=content,
-            max_price=max_price, idempotency_key=key).to_json()
+            max_price=max_price, idempotency_key=key, created_at=int(time.time())).to_json()
         status, data = await self._signed("POST", api.API_PREFIX + "/invoke", body)
         deadline = time.monotonic() + self.pending_wait
         while status == 202 and time.monotonic() < deadline:
@@ -102,7 +104,8 @@ class LeanVaultClient:
                       ) -> tuple[int, dict[str, Any]]:
         assert self._vault is not None
         content = None if body is None else json.dumps(body, separators=(",", ":")).encode()
-        headers = api.sign_request(self._signer, self._vault, method, path, content or b"")
+        headers = api.sign_request(self._signer, self._vault, method, path, content or b"",
+                                   life=self._life)
         if content is not None:
             headers["content-type"] = "application/json"
         return await self._send(method, path, content, headers)

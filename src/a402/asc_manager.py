@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, Literal
 
 from eth_abi import decode
 from eth_account.messages import encode_typed_data
@@ -24,6 +24,7 @@ from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress, Hash32
 from hexbytes import HexBytes
 from web3.contract import Contract
+from web3.exceptions import BlockNotFound, Web3RPCError
 from web3.logs import DISCARD
 from web3.types import TxReceipt
 
@@ -43,6 +44,10 @@ class OnChainStatus(IntEnum):
     OPEN = 1
     CLOSING = 2
     CLOSED = 3
+
+
+#: The block tags a decision that must outlive a reorg is read at, best first.
+FINAL_TAGS: tuple[Literal["finalized", "safe"], ...] = ("finalized", "safe")
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,6 +387,22 @@ class ASCManager:
         channel NONE in a block stamped after an approval's deadline can never open."""
         head = self.chain.w3.eth.get_block("latest")
         return self.channel(channel_id, int(head["number"])), int(head["timestamp"])
+
+    def channel_at_final(self, channel_id: bytes) -> tuple[OnChainChannel, int, str]:
+        """The channel's record and the timestamp of the same block, read at the chain's
+        ``finalized`` block (no reorg undoes what it says), or its ``safe`` block on a node
+        that does not know that tag, or the latest on one that knows neither; and the tag
+        it was read at. A dev chain (anvil) knows both: it finalizes a fixed number of
+        blocks behind its head (:func:`~a402.chain.node.start_anvil` starts it two behind)."""
+        for tag in FINAL_TAGS:
+            try:
+                block = self.chain.w3.eth.get_block(tag)
+            except (Web3RPCError, BlockNotFound, ValueError):
+                continue  # a node without this tag: the next one
+            return (self.channel(channel_id, int(block["number"])), int(block["timestamp"]),
+                    tag)
+        head, stamped = self.channel_at_head(channel_id)
+        return head, stamped, "latest"
 
     def chain_time(self) -> int:
         """The latest block's timestamp: the clock the contract's deadlines are read on."""

@@ -65,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_pay_arguments(pay)
     pay.set_defaults(run=run_pay)
 
+    from a402.client.mandate_command import add_mandate_arguments, run_mandate
+
+    mandate = commands.add_parser(
+        "mandate", help="what an owner lets an agent spend: create (sign), show, verify, "
+                        "revoke on-chain, list spending")
+    add_mandate_arguments(mandate)
+    mandate.set_defaults(run=run_mandate)
+
     from a402.agents.cli import add_agents_arguments, run_agents
 
     agents = commands.add_parser("agents", help="register, update, show, search and rate "

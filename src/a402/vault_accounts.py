@@ -153,7 +153,7 @@ from a402.tee import (
     EnclaveKernel,
     TeeError,
 )
-from a402.vault_enclave import INVOKE_PATH, SignedCall, paid_request
+from a402.vault_enclave import INVOKE_PATH, SignedCall, life_id, paid_request
 from a402.wire import jsonstrict
 from a402.wire import vault_api as api
 from a402.wire.a402 import binding_digest
@@ -314,6 +314,10 @@ class VaultAccountsCode:
         self._version = 0
         self._unsaved = False
         self._ready = first_boot
+        #: This life (drawn at the first boot, sealed in the ledger): every client call is
+        #: signed for its public id (:func:`~a402.vault_enclave.life_id`), so a new life,
+        #: which has no record of what an earlier one paid, pays none of its calls.
+        self._life = os.urandom(32) if first_boot else b""
         self.lock = threading.RLock()
 
     @classmethod
@@ -404,6 +408,11 @@ class VaultAccountsCode:
     @property
     def epoch(self) -> int:
         return self._epoch
+
+    @property
+    def life_id(self) -> str:
+        """This life's public name: every client call must be signed for it."""
+        return life_id(self._life)
 
     @property
     def deposit_state(self) -> int:
@@ -589,7 +598,8 @@ class VaultAccountsCode:
             raise EnclaveError("wrong_call", f"not a signed POST {INVOKE_PATH}")
         try:
             signed = api.verify_request(call.headers, self.account, call.method, call.path,
-                                        call.body, now=now, window=self.window)
+                                        call.body, life=self.life_id, now=now,
+                                        window=self.window)
             invoke = api.InvokeRequest.from_json(jsonstrict.loads_object(call.body))
         except api.AuthError as e:
             raise EnclaveError(e.reason, e.detail) from None
@@ -767,6 +777,7 @@ class VaultAccountsCode:
             "pending": {f"{cid.hex()}:{rid}": p.to_json()
                         for (cid, rid), p in self._pending.items()},
             "consumed": sorted(list(c) for c in self._consumed),
+            "life": self._life.hex(),
         }
         return self._kernel.seal(_LEDGER_LABEL, jsonbytes.dumps(record))
 
@@ -789,6 +800,7 @@ class VaultAccountsCode:
                 channel = VaultChannel.restore(v[0].encode(), self._signer)
                 held[bytes.fromhex(cid)] = _Held(channel, v[1], v[2], bool(v[3]),
                                                  None if v[4] is None else (v[4][0], v[4][1]))
+            life = bytes.fromhex(r["life"])
             pending = {}
             for key, v in r["pending"].items():
                 cid, rid = key.split(":")
@@ -807,6 +819,7 @@ class VaultAccountsCode:
         self._clock = max(self._clock, int(r["clock"]))
         self._dead = r.get("dead")
         self._consumed = {(c[0], c[1]) for c in r["consumed"]}
+        self._life = life
         self._ready = True
 
 
@@ -833,8 +846,8 @@ class VaultAccounts:
 
 
 _HOST_SURFACE = frozenset({
-    "address", "account", "domain", "epoch", "deposit_state", "ledger_version", "balance",
-    "index_of", "statement", "totals", "settlement", "credit_deposit", "settle",
+    "address", "account", "domain", "epoch", "life_id", "deposit_state", "ledger_version",
+    "balance", "index_of", "statement", "totals", "settlement", "credit_deposit", "settle",
     "open_channel", "terms", "channel_status", "bind_tunnel", "request", "receive", "poll",
     "abandon", "claim_landed", "close_channel", "exiting", "export_ledger", "restore_ledger",
 })

@@ -20,20 +20,32 @@ What each signature requires (the safety argument):
   amount, the channel must be the signer's (the enclave records each channel's
   owner when it approves it: a pool channel's on-chain client is the vault
   itself), and the paid request is the one the call names (built here from the
-  call). Each ``(client, idempotency key)`` pays at most once, whichever of
-  the client's signatures carries it (a client signs every retry and the
-  wallet 428 round anew, so keying on the signature's nonce would let a host
-  keep two signatures of one call and pay both): it is consumed when σ_U is
-  signed; a request given up before σ_U (refused, expired, abandoned) leaves
-  it unused, so a retry of the same call may pay once. A call is refused if
-  signed more than twice the auth window before the host's ``now`` or the
-  enclave's clock, whichever is later (a call the host withheld cannot be paid
-  days later), or more than a window after ``now``; and a client's calls older
-  than its newest paid call minus twice the window are refused too, so the
-  replay set stays bounded per client; consumed keys are kept in the sealed
-  records of the channels that consumed them, each client's newest timestamp
-  in the ledger too, and a client's calls are refused until every channel of
-  that client that may hold one is loaded (:class:`ChannelsNeeded`). σ_U
+  call). Each ``(client, idempotency key, createdAt)`` pays at most once,
+  whichever of the client's signatures carries it (a client signs every retry
+  and the wallet 428 round anew, with a later timestamp, but keeps the call's
+  creation time, so keying on the signature's nonce or timestamp would let a
+  host keep two signatures of one call and pay both): it is consumed when σ_U
+  is signed; a request given up before σ_U (refused, expired, abandoned)
+  leaves it unused, so a retry of the same call may pay once. The record of
+  consumed calls is pruned by creation time, ``slack`` (the approval lifetime
+  plus two windows) behind the client's horizon (its newest call minus twice
+  the window), and a call *created* before the horizon is refused
+  (``stale_call``), so no pruned call can pay again, however late the host
+  plays a retry's signature; only the call a pool channel was approved for
+  (checked fresh then) may come that much later, on that channel, so a slow
+  open does not make it stale after its deposit was escrowed. A call without
+  ``createdAt`` (an older client) is refused (``client_outdated``). A call is
+  also refused if signed more than twice the auth window before the enclave's
+  wall (the host's ``now`` as verified calls vouch for it: a call the host
+  withheld cannot be paid days later), or more than a window after ``now``;
+  and a client's calls signed before its horizon too. Consumed keys are kept
+  in the sealed records of the channels that consumed them, each client's
+  newest timestamp in the ledger too, and a client's calls are refused until
+  every channel of that client that may hold one is loaded
+  (:class:`ChannelsNeeded`). Every call must name this enclave's life
+  (:func:`life_id`, signed into the call's text): a call signed for another
+  life is refused (``wrong_life``), so a new life — which has no record of
+  what an earlier one paid — pays none of the earlier life's calls. σ_U
   also needs the channel's provider key to have been seen here as the
   attested key of a tunnel's peer (see *Tunnel binding*), and a channel the
   ledger has as refunded or settled gets none.
@@ -97,10 +109,11 @@ host's checkpoint of that channel, before its next message (no extra write per
 paid call). Until the host restores the ledger the code refuses every call on
 balances, channels and signed calls, unless it was started as a first boot
 (``first_boot``), which starts from an empty ledger and a new *life*: a random
-key, sealed in the ledger, under which every channel salt carries a MAC
-(:meth:`VaultEnclaveCode.salt`) and which every channel record names, so no
-channel of an earlier life is approved or restored again: withholding the
-ledger replays nothing. A
+key, sealed in the ledger (which the host stores at once), under which every
+channel salt carries a MAC (:meth:`VaultEnclaveCode.salt`), which every channel
+record names, and whose public id (:func:`life_id`) every client call is signed
+for, so no channel of an earlier life is approved or restored again and no call
+signed for it pays: withholding the ledger replays nothing. A
 host reporting a pool channel as never opened gets its deposit back only if the
 channel runs here untouched (version 0, no request ever made); from then on the
 channel is closed here (a restore of any of its records too), so if it opens
@@ -214,7 +227,7 @@ _HOP_HEADERS = frozenset({
     b"trailer", b"transfer-encoding", b"upgrade", b"host", b"content-length",
 })
 _AUTH_HEADERS = (api.CLIENT_HEADER, api.TIMESTAMP_HEADER, api.NONCE_HEADER,
-                 api.SIGNATURE_HEADER)
+                 api.SIGNATURE_HEADER, api.LIFE_HEADER)
 
 
 # ------------------------------------------------------------ what the host passes in
@@ -312,9 +325,21 @@ class _KernelSigner:
 
 
 def _once(invoke: api.InvokeRequest) -> str:
-    """What makes a paid call one call, for the at-most-once rule: its idempotency key
-    (every signature of the call carries it), not the signature's nonce."""
-    return "key:" + invoke.idempotency_key
+    """What makes a paid call one call, for the at-most-once rule: its idempotency key and
+    creation time (every signature of the call carries both: the client keeps its
+    ``createdAt`` across retries), not the signature's nonce. A call without a creation
+    time is an older client's: refused, never paid without the rule."""
+    if invoke.created_at is None:
+        raise EnclaveError(api.CLIENT_OUTDATED,
+                           "nothing was paid: the call has no createdAt (an older client); "
+                           "this vault pays only calls whose creation time is signed")
+    return f"call:{invoke.created_at}:{invoke.idempotency_key}"
+
+
+def life_id(life: bytes) -> str:
+    """The public name of a vault life (``GET /v1/info``'s ``life``, signed into every
+    call): a hash of the life's key, which it does not reveal."""
+    return "0x" + hashlib.sha256(b"a402/vault-life\x00" + life).hexdigest()[:32]
 
 
 @dataclass(slots=True)
@@ -324,6 +349,7 @@ class _Binding:
 
     client: str
     once: str
+    #: The call's creation time (what the once-rule's record is pruned by).
     timestamp: int
 
 
@@ -337,6 +363,10 @@ class _Held:
     #: The provider key was seen here as an attested enclave's (a tunnel's peer, verified
     #: in the handshake): σ_U only then.
     attested: bool = False
+    #: :meth:`VaultEnclaveCode.open_failed` closed this (untouched) machine: if that
+    #: change is lost (another replica stored the ledger first, and the host runs the
+    #: change again on theirs), the closed machine is still the untouched one.
+    written_off: bool = False
 
 
 @dataclass(slots=True)
@@ -349,6 +379,9 @@ class _Entry:
     settled: int | None = None  # the high-water timestamp when it settled
     refunded: bool = False
     approved_until: int = 0  # the latest deadline of an approval to open it
+    #: The call (its :func:`_once`) this pool channel was approved for: checked fresh
+    #: then, so its request on this channel gets :attr:`VaultEnclaveCode.slack` more time.
+    admit: str | None = None
 
 
 class VaultEnclaveCode:
@@ -373,6 +406,11 @@ class VaultEnclaveCode:
         self.account = api.vault_account(network, "0x" + self.address.hex())
         self.token = token
         self.window = auth_window
+        #: How much older than the usual horizon a call may be when it comes to pay on
+        #: the pool channel approved for it (checked fresh at that approval; the open may
+        #: take until the approval's deadline); the record of paid calls keeps that much
+        #: more, so the slack pays nothing twice.
+        self.slack = OPEN_APPROVAL_LIFETIME + 2 * auth_window
         self._held: dict[bytes, _Held] = {}
         self._channels: dict[bytes, _Entry] = {}
         self._by_owner: dict[str, set[bytes]] = {}
@@ -403,11 +441,11 @@ class VaultEnclaveCode:
         #: it, so a channel record this code sealed in an earlier life is refused.
         self._first_boot = first_boot
         #: This life of the vault: drawn at its first boot, kept in the sealed ledger. A
-        #: channel's salt carries a MAC under it (:meth:`salt`) and its sealed record names
-        #: it, so a host that deletes the ledger and declares a first boot can neither
-        #: approve an earlier life's channel again nor restore one of its records. (The
-        #: old life's record of paid calls is gone with its ledger: old signed calls are
-        #: fresh to the new life — the rollback limit, module docstring.)
+        #: channel's salt carries a MAC under it (:meth:`salt`), its sealed record names
+        #: it, and every client call is signed for its public id (:func:`life_id`), so a
+        #: host that deletes the ledger and declares a first boot can neither approve an
+        #: earlier life's channel again, nor restore one of its records, nor have a call
+        #: signed for the earlier life paid (the new life has no record of what it paid).
         self._life = os.urandom(32) if first_boot else b""
         #: One call at a time: the host calls from its event loop and from threads.
         self.lock = threading.RLock()
@@ -423,13 +461,18 @@ class VaultEnclaveCode:
         restores the ledger (:meth:`VaultEnclave.restore_ledger`), unless ``first_boot``:
         the vault never ran, it starts with an empty ledger. A host that withholds the
         ledger gains nothing: without it nothing runs; declaring a first boot instead
-        starts from zero balances and refuses every channel record an earlier life sealed
+        starts from zero balances, refuses every channel record an earlier life sealed
         (so no channel of the old ledger runs again, with or without the nonces it
-        consumed)."""
+        consumed) and every call signed for an earlier life."""
         return enclave.start(lambda kernel: VaultEnclave(cls(
             kernel, domain=domain, network=network, token=token, auth_window=auth_window,
             first_boot=first_boot,
         )), host_tunnels=True)
+
+    @property
+    def life_id(self) -> str:
+        """This life's public name (:func:`life_id`): every call must be signed for it."""
+        return life_id(self._life)
 
     def _check_ready(self) -> None:
         if not self._ready:
@@ -487,7 +530,7 @@ class VaultEnclaveCode:
             "balances": {k: str(v) for k, v in self._balances.items()},
             "credited": sorted(self._credited),
             "channels": {cid.hex(): [e.owner, e.funding, str(e.deposit), e.settled, e.refunded,
-                                     e.approved_until]
+                                     e.approved_until, e.admit]
                          for cid, e in self._channels.items()},
             "withdrawals": self._withdrawals,
             "newest": {k: v for k, v in self._newest.items()},
@@ -507,6 +550,19 @@ class VaultEnclaveCode:
         ledger does not know were approved in a change that was never stored (its
         approval never left): they are dropped, and approved again if asked again.
         Per-client freshness and the clock only move forward.
+
+        A legacy record (sealed by earlier code) holds less, and gets exactly this:
+
+        * no version: 0 (so a running enclave refuses it once it changed anything);
+        * no per-client newest call, enclave clock or wall: none (freshness then comes
+          from the calls that follow; every call must name this life anyway);
+        * a channel without an approval deadline: 0, so its debit comes back once the
+          host reports it unopened (in a finalized block); such an approval carries no
+          deadline, and the ASCManager this code approves for refuses one without;
+        * no life: one is drawn now and the ledger counts as changed (the host stores
+          it before anything else: :meth:`~a402.vault.ledger.Ledger.load`), so from now
+          on every salt carries its MAC; the legacy channel records (which name no life)
+          of channels this ledger approved restore, no other.
         """
         try:
             record = json.loads(self._kernel.unseal(_LEDGER_LABEL, blob))
@@ -516,7 +572,8 @@ class VaultEnclaveCode:
             balances = {k: int(v) for k, v in record["balances"].items()}
             credited = set(record["credited"])
             channels = {bytes.fromhex(cid): _Entry(e[0], e[1], int(e[2]), e[3], bool(e[4]),
-                                                   int(e[5]) if len(e) > 5 else 0)
+                                                   int(e[5]) if len(e) > 5 else 0,
+                                                   e[6] if len(e) > 6 else None)
                         for cid, e in record["channels"].items()}
             withdrawals = dict(record["withdrawals"])
             newest = {k: int(v) for k, v in record.get("newest", {}).items()}
@@ -541,6 +598,9 @@ class VaultEnclaveCode:
         self._wall = max(self._wall, wall)
         self._life = life
         self._ready, self._first_boot = True, False
+        if not life:  # a legacy ledger: this vault's life starts now (see above)
+            self._life = os.urandom(32)
+            self._changed()
 
     # --------------------------------------------------------- signed calls
 
@@ -554,31 +614,57 @@ class VaultEnclaveCode:
 
     def _verify(self, call: SignedCall, method: str, path: str, now: float | None = None
                 ) -> api.Authenticated:
-        """The call's signature, for this vault; fresh for its signer (not older than the
-        signer's newest paid call minus twice the window) and, given the host's ``now``,
-        not signed more than a window in the future (a far-future timestamp would make
-        the client's own later calls stale)."""
+        """The call's signature (:meth:`_signed`) and its freshness (:meth:`_fresh`)."""
+        signed = self._signed(call, method, path)
+        self._fresh(signed, now)
+        return signed
+
+    def _signed(self, call: SignedCall, method: str, path: str) -> api.Authenticated:
+        """The call's signature, for this vault and this life (a call signed for another
+        life — before the vault lost its ledger — is refused: the new life has no record
+        of what it paid)."""
         if (call.method, call.path) != (method, path):
             raise EnclaveError("wrong_call", f"not a signed {method} {path}")
         try:
             timestamp = int(call.headers[api.TIMESTAMP_HEADER])
         except (KeyError, ValueError):
             raise EnclaveError("unauthenticated", "the call is not signed") from None
-        try:  # freshness is judged below, against the newest call seen, not a clock
-            signed = api.verify_request(call.headers, self.account, call.method, call.path,
-                                        call.body, now=timestamp, window=0)
+        try:  # freshness is judged by _fresh, against the newest call seen, not a clock
+            return api.verify_request(call.headers, self.account, call.method, call.path,
+                                      call.body, life=self.life_id, now=timestamp, window=0)
         except api.AuthError as e:
             raise EnclaveError(e.reason, e.detail) from None
-        if signed.timestamp < self._horizon(address_key(signed.client)):
-            raise EnclaveError("stale_call", "signed too long before the client's newest call")
-        if signed.timestamp < self._wall - 2 * self.window:
-            raise EnclaveError("stale_call", "signed too long before now")
+
+    def _fresh(self, signed: api.Authenticated, now: float | None, *,
+               created_at: int | None = None, slack: int = 0) -> None:
+        """Whether a call is fresh: signed (and, given ``created_at``, created) no earlier
+        than its signer's newest call minus twice the window, signed no earlier than
+        ``_wall`` minus twice the window, and, given the host's ``now``, not signed more
+        than a window in the future (a far-future timestamp would make the client's own
+        later calls stale). ``slack``: how much older the call may be (the call a pool
+        channel was approved for, on that channel)."""
+        horizon = self._horizon(address_key(signed.client)) - slack
+        if created_at is not None:
+            if created_at > signed.timestamp:
+                raise EnclaveError("bad_request", "nothing was paid: createdAt is after the "
+                                                  "call's signature timestamp")
+            if created_at < horizon:
+                raise EnclaveError(api.STALE_CALL, (
+                    "nothing was paid by this call: it was created (createdAt) before the "
+                    "oldest call the vault's record of paid calls still keeps, so it cannot "
+                    "be paid safely. If no earlier attempt was paid (GET /v1/requests/<key>), "
+                    "make it again with a new idempotency key"))
+        if signed.timestamp < horizon:
+            raise EnclaveError(api.STALE_CALL, "nothing was paid: the call was signed too long "
+                                               "before the client's newest call")
+        if signed.timestamp < self._wall - 2 * self.window - slack:
+            raise EnclaveError(api.STALE_CALL, "nothing was paid: the call was signed too long "
+                                               "before now")
         if now is not None:
             if signed.timestamp > now + self.window:
                 raise EnclaveError("future_call",
                                    "signed more than the auth window ahead of now")
             self._wall = max(self._wall, min(int(now), signed.timestamp + self.window))
-        return signed
 
     def _body(self, call: SignedCall) -> dict[str, Any]:
         """The signed body: a strict JSON object within :data:`~a402.wire.jsonstrict.
@@ -593,7 +679,7 @@ class VaultEnclaveCode:
         self._by_owner.setdefault(entry.owner, set()).add(channel_id)
 
     def _missing(self, client: str) -> list[bytes]:
-        horizon = self._horizon(client)
+        horizon = self._horizon(client) - self.slack
         found = []
         for cid in self._by_owner.get(client, ()):
             e = self._channels[cid]
@@ -602,11 +688,13 @@ class VaultEnclaveCode:
         return sorted(found)
 
     def _prune(self) -> None:
+        """Forget paid calls created before their client's horizon less the slack: no call
+        that old is paid again (:meth:`_fresh` refuses it)."""
         self._consumed = {k: t for k, t in self._consumed.items()
-                          if t >= self._horizon(k[0])}
+                          if t >= self._horizon(k[0]) - self.slack}
         for held in self._held.values():
             held.consumed = {k: t for k, t in held.consumed.items()
-                             if t >= self._horizon(k[0])}
+                             if t >= self._horizon(k[0]) - self.slack}
 
     # ---------------------------------------------------------------- channels
 
@@ -631,7 +719,7 @@ class VaultEnclaveCode:
         """What :meth:`_new_channel` refuses, checked before any balance moves."""
         if terms.vault != self.address:
             raise EnclaveError("not_our_channel", "the terms name another vault")
-        if self._life and not hmac.compare_digest(terms.salt[16:], self._salt_mac(terms.salt[:16])):
+        if not hmac.compare_digest(terms.salt[16:], self._salt_mac(terms.salt[:16])):
             raise EnclaveError("not_this_life", "the terms' salt was not issued by this vault")
         if lock_timeout <= 0:
             raise EnclaveError("bad_request", "lock_timeout must be positive")
@@ -672,13 +760,15 @@ class VaultEnclaveCode:
         given back. Without a call of the client's the host cannot move its balance into
         a channel."""
         self._check_ready()
-        signed = self._verify(call, "POST", INVOKE_PATH)
+        signed = self._signed(call, "POST", INVOKE_PATH)
         owner = address_key(signed.client)
         try:
             invoke = api.InvokeRequest.from_json(self._body(call))
         except ValueError as e:
             raise EnclaveError("bad_request", str(e)) from None
-        if (owner, _once(invoke)) in self._consumed:
+        once = _once(invoke)
+        self._fresh(signed, None, created_at=invoke.created_at)
+        if (owner, once) in self._consumed:
             raise EnclaveError("replayed_call", "this signed call has paid already")
         if invoke.funding != api.POOL:
             raise EnclaveError("not_a_pool_channel", "the call asks for wallet funding")
@@ -693,6 +783,7 @@ class VaultEnclaveCode:
                                    f"{terms.deposit} > balance {self.balance(owner)}")
             self._debit(owner, terms.deposit)
             self._new_channel(terms, owner, api.POOL, lock_timeout)
+            self._channels[channel_id].admit = once  # this call was fresh: see request
         elif (entry.owner, entry.funding) != (owner, api.POOL):
             raise EnclaveError("not_your_channel", "approved for another client")
         return self._approve_open(channel_id, self._channels[channel_id], now)
@@ -741,13 +832,20 @@ class VaultEnclaveCode:
         if held is None:
             raise EnclaveError("unknown_channel", "restore the channel before reporting it")
         channel = held.channel
+        # Untouched: OPEN as approved, or closed here by this very write-off whose ledger
+        # change was lost (another replica stored the ledger first; the host runs the
+        # change again on theirs, which does not have it refunded).
+        untouched = channel.status is Status.OPEN or (
+            channel.status is Status.CLOSED and held.written_off)
         if (channel.version != 0 or channel.next_request_id != 0 or held.call is not None
-                or channel.status is not Status.OPEN or channel.locked != 0
+                or not untouched or channel.locked != 0
                 or channel.pending_close() is not None):
             raise EnclaveError("channel_used", "the channel was used: it opened")
         entry.refunded, entry.settled = True, self._newest.get(entry.owner, 0)
         self._credit(entry.owner, entry.deposit)
-        channel.closed_on_chain()
+        held.written_off = True
+        if channel.status is not Status.CLOSED:
+            channel.closed_on_chain()
         return entry.deposit
 
     def _ended(self, channel_id: bytes) -> bool:
@@ -815,7 +913,7 @@ class VaultEnclaveCode:
         held = self._get(channel_id)
         if self._ended(channel_id):
             raise EnclaveError("channel_closed", "the channel was refunded or settled")
-        signed = self._verify(call, "POST", INVOKE_PATH, now)
+        signed = self._signed(call, "POST", INVOKE_PATH)
         client = address_key(signed.client)
         if client != held.owner:
             raise EnclaveError("not_your_channel", "the channel serves another client")
@@ -823,7 +921,14 @@ class VaultEnclaveCode:
             invoke = api.InvokeRequest.from_json(self._body(call))
         except ValueError as e:
             raise EnclaveError("bad_request", str(e)) from None
-        key = (client, _once(invoke))
+        once = _once(invoke)
+        # The call this pool channel was opened for was checked fresh at its approval: the
+        # open's wait (until the approval's deadline at most) does not make it stale here.
+        entry = self._channels.get(channel_id)
+        admitted = entry is not None and entry.admit == once
+        self._fresh(signed, now, created_at=invoke.created_at,
+                    slack=self.slack if admitted else 0)
+        key = (client, once)
         if key in self._consumed:
             raise EnclaveError("replayed_call", "this call has paid already")
         if self._reserved.get(key, channel_id) != channel_id:
@@ -835,7 +940,8 @@ class VaultEnclaveCode:
             raise EnclaveError("price_above_maximum",
                                f"{amount} > the call's maximum {invoke.max_price}")
         exec_ = held.channel.request(paid_request(invoke).encode(), amount, now=now)
-        held.call = _Binding(client, key[1], signed.timestamp)
+        assert invoke.created_at is not None  # _once refuses a call without it
+        held.call = _Binding(client, key[1], invoke.created_at)
         self._reserved[key] = channel_id
         self._advance(client, signed.timestamp)
         return exec_
@@ -898,7 +1004,7 @@ class VaultEnclaveCode:
     def export(self, channel_id: bytes) -> bytes:
         """The channel's state, sealed (the host's ``unseal`` cannot open it)."""
         held = self._get(channel_id)
-        horizon = self._horizon(held.owner)
+        horizon = self._horizon(held.owner) - self.slack
         call = held.call
         record = {
             "format": _CHANNEL_FORMAT,
@@ -931,7 +1037,10 @@ class VaultEnclaveCode:
             raise EnclaveError("malformed", str(e)) from None
         if channel.channel_id != channel_id:
             raise EnclaveError("malformed", "the record is for another channel")
-        if record.get("life", "") != self._life.hex():
+        named = record.get("life", "")
+        if named != self._life.hex() and not (named == "" and channel_id in self._channels):
+            # (A legacy record names no life: it restores only for a channel this ledger
+            # approved, which no first boot's ledger holds.)
             raise EnclaveError("not_this_life",
                                "a channel record from an earlier life of this vault")
         held = _Held(channel, record["owner"], record["funding"],
@@ -1189,6 +1298,12 @@ class VaultEnclave:
             return self._code.credit_deposit(key, client, amount)
 
     @property
+    def life_id(self) -> str:
+        """This life's public name (``GET /v1/info``'s ``life``): clients sign it into
+        every call, and a call for another life is refused (``wrong_life``)."""
+        return self._code.life_id
+
+    @property
     def ledger_version(self) -> int:
         """The ledger's version (sealed in it too): one more on every change."""
         return self._code.ledger_version
@@ -1289,6 +1404,7 @@ __all__ = [
     "VaultEnclave",
     "VaultEnclaveCode",
     "Withdrawal",
+    "life_id",
     "paid_request",
     "path_and_query",
     "request_headers",

@@ -54,6 +54,11 @@ class Vault:
         """What a client's call signatures name: this vault on its chain."""
         return api.vault_account(self.service.chain.network, self.address)
 
+    @property
+    def life(self) -> str:
+        """The vault's life (``GET /v1/info``'s ``life``), signed into every call."""
+        return self.service.vault.life_id
+
 
 def vault_config(world: World, account: LocalAccount, store: VaultStore,
                  **overrides: Any) -> VaultConfig:

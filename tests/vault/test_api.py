@@ -34,12 +34,13 @@ def test_calls_must_be_signed_fresh_and_once(world: World) -> None:
     with running_vault(world) as vault:
         account = Account.create()
         unsigned = httpx.get(vault.url + "/v1/account")
-        headers, ok = _signed_get(vault.url, vault.signed_as, account)
+        headers, ok = _signed_get(vault.url, vault.signed_as, account, life=vault.life)
         replayed = httpx.get(vault.url + "/v1/account", headers=headers)
-        _, stale = _signed_get(vault.url, vault.signed_as, account, now=time.time() - 600)
+        _, stale = _signed_get(vault.url, vault.signed_as, account, life=vault.life,
+                               now=time.time() - 600)
         _, other_vault = _signed_get(
             vault.url, api.vault_account(vault.service.chain.network, Account.create().address),
-            account)
+            account, life=vault.life)
         forged = dict(headers, **{api.NONCE_HEADER: "0123456789abcdef"})
         tampered = httpx.get(vault.url + "/v1/account", headers=forged)
         info = httpx.get(vault.url + "/v1/info")
@@ -59,13 +60,15 @@ def test_an_oversized_call_is_refused_before_it_is_read(world: World,
         account = Account.create()
         body = json.dumps({"url": "http://127.0.0.1:1/x", "maxPrice": "1",
                            "body": "a" * 2_000}).encode()
-        headers = api.sign_request(account, vault.signed_as, "POST", "/v1/invoke", body)
+        headers = api.sign_request(account, vault.signed_as, "POST", "/v1/invoke", body,
+                                   life=vault.life)
         declared = httpx.post(vault.url + "/v1/invoke", content=body, headers=headers)
 
         with httpx.Client() as http:  # streamed: no content-length to go by
             streamed = http.post(vault.url + "/v1/invoke", content=iter([body[:900], body[900:]]),
                                  headers=api.sign_request(account, vault.signed_as, "POST",
-                                                          "/v1/invoke", body))
+                                                          "/v1/invoke", body,
+                                                          life=vault.life))
         totals = vault.store.totals()
     for response in (declared, streamed):
         assert (response.status_code, response.json()["error"]) == (413, api.REQUEST_TOO_LARGE)
@@ -170,9 +173,9 @@ def test_a_paid_call_replayed_byte_for_byte_is_refused_and_unknown_routes_answer
         _, client = client_of(world, vault.url, funds=100_000, deposit=50_000)
         body = json.dumps(api.InvokeRequest(
             url=f"{site}/weather", method="GET", headers=(), body=b"", max_price=1_000,
-            idempotency_key="replayed-1").to_json()).encode()
+            idempotency_key="replayed-1", created_at=int(time.time())).to_json()).encode()
         headers = {**api.sign_request(client.account, vault.signed_as, "POST", "/v1/invoke",
-                                      body), "content-type": "application/json"}
+                                      body, life=vault.life), "content-type": "application/json"}
         first = httpx.post(vault.url + "/v1/invoke", content=body, headers=headers)
         again = httpx.post(vault.url + "/v1/invoke", content=body, headers=headers)
         # The replay met an open channel, so it went as far as that channel's LOCKED
@@ -190,3 +193,56 @@ def test_a_paid_call_replayed_byte_for_byte_is_refused_and_unknown_routes_answer
     assert provider.calls["weather"] == 2
     assert (unknown.status_code, unknown.json()["error"]) == (404, api.NOT_FOUND)
     assert (wrong_method.status_code, wrong_method.json()["error"]) == (405, api.BAD_REQUEST)
+
+
+def test_a_clients_retry_keeps_its_creation_time_and_a_new_life_is_said_plainly(
+    world: World,
+) -> None:
+    """The client SDK signs one creation time per idempotency key (a retry keeps it, so
+    the vault's enclave sees one call), and every call names the vault's life: a call
+    signed for a life the vault no longer has is refused, the client reads the info
+    again and says plainly that the vault lost its ledger; its next call goes through.
+    An older client (no createdAt, no life) is refused with a reason, nothing paid."""
+    provider = world.provider()
+    with serve_in_thread(provider.app) as site, running_vault(world) as vault:
+        account, client = client_of(world, vault.url, funds=100_000, deposit=50_000)
+        sent: list[httpx.Request] = []
+        client.http.event_hooks["request"] = [
+            lambda r: sent.append(r) if r.url.path == "/v1/invoke" else None]
+        first = client.invoke(f"{site}/weather", max_price=1_000, idempotency_key="retried")
+        again = client.invoke(f"{site}/weather", max_price=1_000, idempotency_key="retried")
+        created = [json.loads(r.content)["createdAt"] for r in sent]
+        # As if the vault had lost its ledger and started anew after this client read it.
+        assert client._info is not None
+        client._info = {**client._info, "life": "0x" + "00" * 16}
+        with pytest.raises(VaultCallError) as stale:
+            client.invoke(f"{site}/weather", max_price=1_000, idempotency_key="after")
+        after = client.invoke(f"{site}/weather", max_price=1_000, idempotency_key="after")
+        old_body = json.dumps(api.InvokeRequest(
+            url=f"{site}/weather", method="GET", headers=(), body=b"", max_price=1_000,
+            idempotency_key="old-client").to_json()).encode()
+        old_client = httpx.post(vault.url + "/v1/invoke", content=old_body, headers={
+            **api.sign_request(account, vault.signed_as, "POST", "/v1/invoke", old_body,
+                               life=vault.life), "content-type": "application/json"})
+        no_life = {k: v for k, v in api.sign_request(
+            account, vault.signed_as, "GET", "/v1/account", b"", life=vault.life).items()
+            if k != api.LIFE_HEADER}
+        unlived = httpx.get(vault.url + "/v1/account", headers=no_life)
+        info = client.info()
+        view = client.account_info()
+        assert_conserved(world, vault.store, vault.address)
+        client.close()
+    assert created[0] == created[1] == client.created_at("retried")
+    assert (first.outcome, again.outcome) == (api.PAID, api.PAID)
+    assert again.payment == first.payment  # answered from the record, paid once
+    assert (stale.value.status, stale.value.reason) == (401, api.WRONG_LIFE)
+    assert stale.value.message.startswith("nothing was paid")
+    assert "lost its ledger" in stale.value.message and vault.life in stale.value.message
+    assert after.outcome == api.PAID and info["life"] == vault.life
+    assert (old_client.status_code, old_client.json()["error"]) == (400, api.CLIENT_OUTDATED)
+    assert old_client.json()["message"].startswith("nothing was paid")
+    assert (unlived.status_code, unlived.json()["error"]) == (401, api.CLIENT_OUTDATED)
+    assert provider.calls["weather"] == 2
+    [channel] = view["channels"]
+    assert channel["providerBalance"] == "2000"
+    assert int(view["balance"]) + int(channel["deposit"]) == 50_000

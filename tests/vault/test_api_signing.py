@@ -27,6 +27,7 @@ PATH = "/v1/invoke"
 BODY = b'{"url":"http://127.0.0.1:1/data","maxPrice":"1000","idempotencyKey":"k1"}'
 NOW = 1_700_000_000
 NONCE = "0123456789abcdef0123456789abcdef"
+LIFE = "0x" + "5e" * 16
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +37,14 @@ def account() -> LocalAccount:
 
 def _text(vault: str = VAULT, method: str = "POST", path: str = PATH, body: bytes = BODY,
           timestamp: int = NOW, nonce: str = NONCE) -> str:
-    return api.signing_text(vault, method, path, body, timestamp, nonce)
+    return api.signing_text(vault, method, path, body, timestamp, nonce, life=LIFE)
 
 
 def _eth_headers(account: LocalAccount, signature: bytes, *, timestamp: int = NOW,
                  nonce: str = NONCE) -> dict[str, str]:
     return {api.CLIENT_HEADER: account.address, api.TIMESTAMP_HEADER: str(timestamp),
-            api.NONCE_HEADER: nonce, api.SIGNATURE_HEADER: "0x" + signature.hex()}
+            api.NONCE_HEADER: nonce, api.SIGNATURE_HEADER: "0x" + signature.hex(),
+            api.LIFE_HEADER: LIFE}
 
 
 def _eth_sign(account: LocalAccount, **text: Any) -> bytes:
@@ -60,7 +62,7 @@ def _eth_recover(signature: bytes, **text: Any) -> str | None:
 
 def _verify(headers: dict[str, str], *, method: str = "POST", path: str = PATH,
             body: bytes = BODY, now: float = NOW) -> api.Authenticated:
-    return api.verify_request(headers, VAULT, method, path, body, now=now)
+    return api.verify_request(headers, VAULT, method, path, body, life=LIFE, now=now)
 
 
 def _reason(headers: dict[str, str], **kwargs: Any) -> str:
@@ -77,13 +79,13 @@ def _with_signature(headers: dict[str, str], signature: bytes) -> dict[str, str]
 
 
 def test_our_headers_are_eth_accounts_byte_for_byte(account: LocalAccount) -> None:
-    ours = api.sign_request(account, VAULT, "POST", PATH, BODY, now=NOW, nonce=NONCE)
+    ours = api.sign_request(account, VAULT, "POST", PATH, BODY, now=NOW, nonce=NONCE, life=LIFE)
     assert ours == _eth_headers(account, _eth_sign(account))
     assert ours[api.SIGNATURE_HEADER][-2:] in ("1b", "1c")  # v = 27 + recid
 
 
 def test_our_signature_recovers_with_eth_account(account: LocalAccount) -> None:
-    headers = api.sign_request(account, VAULT, "POST", PATH, BODY, now=NOW, nonce=NONCE)
+    headers = api.sign_request(account, VAULT, "POST", PATH, BODY, now=NOW, nonce=NONCE, life=LIFE)
     signature = bytes.fromhex(headers[api.SIGNATURE_HEADER].removeprefix("0x"))
     assert _eth_recover(signature) == account.address
 
@@ -108,10 +110,11 @@ def test_the_client_header_in_any_case_names_the_checksum_address(
 def test_signatures_match_eth_account_for_any_call(key: bytes, body: bytes, path: str,
                                                    method: str, timestamp: int) -> None:
     account = Account.from_key(key)
-    ours = api.sign_request(account, VAULT, method, path, body, now=timestamp, nonce=NONCE)
+    ours = api.sign_request(account, VAULT, method, path, body, now=timestamp, nonce=NONCE,
+                            life=LIFE)
     theirs = _eth_sign(account, method=method, path=path, body=body, timestamp=timestamp)
     assert ours == _eth_headers(account, theirs, timestamp=timestamp)
-    assert api.verify_request(ours, VAULT, method, path, body, now=timestamp).client \
+    assert api.verify_request(ours, VAULT, method, path, body, life=LIFE, now=timestamp).client \
         == account.address
 
 
@@ -121,7 +124,8 @@ def test_any_65_bytes_are_accepted_exactly_when_eth_account_recovers_them(
         signature: bytes) -> None:
     signer = _eth_recover(signature)
     headers = {api.CLIENT_HEADER: signer or "0x" + "00" * 20, api.TIMESTAMP_HEADER: str(NOW),
-               api.NONCE_HEADER: NONCE, api.SIGNATURE_HEADER: "0x" + signature.hex()}
+               api.NONCE_HEADER: NONCE, api.SIGNATURE_HEADER: "0x" + signature.hex(),
+               api.LIFE_HEADER: LIFE}
     if signer is None:
         assert _reason(headers) == api.BAD_SIGNATURE
     else:
@@ -193,14 +197,15 @@ def test_r_and_s_out_of_range_are_refused(account: LocalAccount, part: str) -> N
 def test_another_signer_is_refused(account: LocalAccount) -> None:
     other = Account.create()
     for signature in (_eth_sign(other), bytes.fromhex(api.sign_request(
-            other, VAULT, "POST", PATH, BODY, now=NOW, nonce=NONCE)[api.SIGNATURE_HEADER][2:])):
+            other, VAULT, "POST", PATH, BODY, now=NOW, nonce=NONCE,
+            life=LIFE)[api.SIGNATURE_HEADER][2:])):
         assert _reason(_eth_headers(account, signature)) == api.BAD_SIGNATURE
 
 
 @pytest.mark.parametrize("tamper", ["body", "path", "method", "timestamp", "nonce", "vault",
                                     "chain"])
 def test_a_tampered_call_is_refused(account: LocalAccount, tamper: str) -> None:
-    headers = api.sign_request(account, VAULT, "POST", PATH, BODY, now=NOW, nonce=NONCE)
+    headers = api.sign_request(account, VAULT, "POST", PATH, BODY, now=NOW, nonce=NONCE, life=LIFE)
     assert _verify(headers).client == account.address
     kwargs: dict[str, Any] = {}
     if tamper == "body":
@@ -218,24 +223,42 @@ def test_a_tampered_call_is_refused(account: LocalAccount, tamper: str) -> None:
         elsewhere = (api.vault_account("eip155:8453", "0x" + "cd" * 20) if tamper == "vault"
                      else api.vault_account("eip155:1", VAULT_ADDRESS))
         with pytest.raises(api.AuthError) as refused:
-            api.verify_request(headers, elsewhere, "POST", PATH, BODY, now=NOW)
+            api.verify_request(headers, elsewhere, "POST", PATH, BODY, life=LIFE, now=NOW)
         assert refused.value.reason == api.BAD_SIGNATURE
         return
     assert _reason(headers, **kwargs) == api.BAD_SIGNATURE
 
 
 def test_freshness_and_header_checks_are_unchanged(account: LocalAccount) -> None:
-    headers = api.sign_request(account, VAULT, "POST", PATH, BODY, now=NOW, nonce=NONCE)
+    headers = api.sign_request(account, VAULT, "POST", PATH, BODY, now=NOW, nonce=NONCE, life=LIFE)
     assert _reason(headers, now=NOW + api.DEFAULT_AUTH_WINDOW + 1) == api.STALE_REQUEST
     assert _reason({k: v for k, v in headers.items() if k != api.NONCE_HEADER}) \
         == api.UNAUTHENTICATED
     assert _reason(dict(headers, **{api.NONCE_HEADER: "short"})) == api.UNAUTHENTICATED
-    fresh = api.sign_request(account, VAULT, "GET", "/v1/account", b"")
+    fresh = api.sign_request(account, VAULT, "GET", "/v1/account", b"", life=LIFE)
     assert api.verify_request(fresh, VAULT, "GET", "/v1/account", b"",
-                              now=time.time()).client == account.address
+                              life=LIFE, now=time.time()).client == account.address
 
 
 def test_the_signed_text_names_the_vault_on_its_chain() -> None:
     assert api.vault_account("eip155:8453", VAULT_ADDRESS.upper().replace("0X", "0x")) == (
         "eip155:8453:0x" + "ab" * 20)
-    assert _text().splitlines()[:2] == ["a402-vault-request/v2", "eip155:8453:0x" + "ab" * 20]
+    assert _text().splitlines()[:3] == ["a402-vault-request/v3", "eip155:8453:0x" + "ab" * 20,
+                                        LIFE]
+
+
+def test_a_call_signed_for_another_life_is_refused_as_such(account: LocalAccount) -> None:
+    """A vault that lost its ledger starts a new life: a call signed for the old one is
+    refused saying so (and that nothing was paid), and one without a life is an older
+    client's."""
+    headers = api.sign_request(account, VAULT, "POST", PATH, BODY, now=NOW, nonce=NONCE,
+                               life="0x" + "01" * 16)
+    with pytest.raises(api.AuthError) as refused:
+        _verify(headers)
+    assert refused.value.reason == api.WRONG_LIFE
+    assert refused.value.detail.startswith("nothing was paid")
+    assert "lost its ledger" in refused.value.detail
+    old = {k: v for k, v in api.sign_request(account, VAULT, "POST", PATH, BODY, now=NOW,
+                                             nonce=NONCE, life=LIFE).items()
+           if k != api.LIFE_HEADER}
+    assert _reason(old) == api.CLIENT_OUTDATED

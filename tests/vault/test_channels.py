@@ -266,9 +266,10 @@ def test_a_call_refused_while_the_provider_awaits_our_ack_is_retryable_and_pays_
         provider.runtime.lose = 1
         body = json.dumps(api.InvokeRequest(
             url=f"{site}/weather", method="GET", headers=(), body=b"", max_price=PRICE,
-            idempotency_key="k").to_json()).encode()
+            idempotency_key="k", created_at=int(time.time())).to_json()).encode()
         refused = httpx.post(vault.url + "/v1/invoke", content=body, headers={
-            **api.sign_request(account, vault.signed_as, "POST", "/v1/invoke", body),
+            **api.sign_request(account, vault.signed_as, "POST", "/v1/invoke", body,
+                               life=vault.life),
             "content-type": "application/json"})
         [row] = vault.store.channels()
         slot = provider.runtime.channels.slot(bytes.fromhex(row.cid[2:]))

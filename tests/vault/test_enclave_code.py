@@ -54,6 +54,7 @@ from a402.vault_enclave import (
     SignedCall,
     VaultEnclave,
     VaultEnclaveCode,
+    life_id,
     paid_request,
 )
 from a402.wire import vault_api as api
@@ -113,14 +114,19 @@ def setup() -> Setup:
 def signed(vault: VaultEnclave, client: LocalAccount, body: dict[str, Any], *,
            path: str = INVOKE_PATH, ts: float | None = None) -> SignedCall:
     raw = json.dumps(body).encode()
-    headers = api.sign_request(client, vault.account, "POST", path, raw, now=ts)
+    headers = api.sign_request(client, vault.account, "POST", path, raw, now=ts,
+                               life=vault.life_id)
     return SignedCall.of(headers, "POST", path, raw)
 
 
 def call(vault: VaultEnclave, client: LocalAccount, *, max_price: int = PRICE,
-         key: str = "k1", ts: float | None = None) -> SignedCall:
+         key: str = "k1", ts: float | None = None, created: float | None = None
+         ) -> SignedCall:
+    """``client``'s signed invoke, created at ``created`` (default: when signed, ``ts``)."""
+    when = created if created is not None else ts if ts is not None else time.time()
     invoke = api.InvokeRequest(url="https://api.example/weather", method="GET", headers=(),
-                               body=b"", max_price=max_price, idempotency_key=key)
+                               body=b"", max_price=max_price, idempotency_key=key,
+                               created_at=int(when))
     return signed(vault, client, invoke.to_json(), ts=ts)
 
 
@@ -196,7 +202,8 @@ def test_a_paid_request_needs_the_channel_owners_signed_call(setup: Setup) -> No
     with pytest.raises(EnclaveError, match="unauthenticated"):
         channel.request(SignedCall({}, "POST", INVOKE_PATH, good.body), PRICE, now=clock())
     # signed for another vault (another account string)
-    other = api.sign_request(alice, "eip155:1:0x" + "11" * 20, "POST", INVOKE_PATH, good.body)
+    other = api.sign_request(alice, "eip155:1:0x" + "11" * 20, "POST", INVOKE_PATH, good.body,
+                             life=s.vault.life_id)
     with pytest.raises(EnclaveError, match="bad_signature"):
         channel.request(SignedCall.of(other, "POST", INVOKE_PATH, good.body), PRICE, now=clock())
     # more than the client's maximum
@@ -318,8 +325,10 @@ def test_one_idempotency_key_pays_at_most_once_whichever_signature_carries_it(
     s = setup
     alice = funded(s)
     first, second = pool_channel(s, alice), pool_channel(s, alice)
-    signature_1 = call(s.vault, alice, key="lost-answer")
-    signature_2 = call(s.vault, alice, key="lost-answer")  # the retry: a new nonce
+    created = clock()
+    signature_1 = call(s.vault, alice, key="lost-answer", created=created)
+    # the retry: a new nonce, the same creation time (the client keeps it)
+    signature_2 = call(s.vault, alice, key="lost-answer", created=created)
     assert signature_1.headers != signature_2.headers
     pay(s, first, provider_side(s, first), signature_1)
     for terms in (first, second):
@@ -618,7 +627,8 @@ def test_a_host_cannot_move_a_clients_pool_balance_into_a_channel_without_its_ca
                             s.schnorr.public_key, 9 * PRICE, s.vault.salt())
 
     wallet = api.InvokeRequest(url="https://api.example/weather", method="GET", headers=(),
-                               body=b"", max_price=PRICE, idempotency_key="w", funding=api.WALLET)
+                               body=b"", max_price=PRICE, idempotency_key="w", funding=api.WALLET,
+                               created_at=int(time.time()))
     withdrawal = signed(s.vault, alice, {"amount": "1", "idempotencyKey": "w"},
                         path=WITHDRAW_PATH)
     for not_alices_consent, reason in (
@@ -770,7 +780,8 @@ def test_a_signed_body_that_is_not_a_shallow_json_object_is_refused_cleanly(
             (INVOKE_PATH, lambda c: s.vault.approve_pool_channel(c, fresh, lock_timeout=10.0,
                                                                    now=NOW)),
             (WITHDRAW_PATH, lambda c: s.vault.withdraw(c, now=clock()))):
-        headers = api.sign_request(alice, s.vault.account, "POST", path, raw)
+        headers = api.sign_request(alice, s.vault.account, "POST", path, raw,
+                                   life=s.vault.life_id)
         with pytest.raises(EnclaveError, match="bad_request"):
             attempt(SignedCall.of(headers, "POST", path, raw))
     assert channel.status is Status.OPEN and channel.free == terms.deposit
@@ -811,3 +822,198 @@ def test_a_refused_pool_approval_leaves_the_clients_balance_whole(setup: Setup) 
                                      lock_timeout=10.0, now=NOW)
     assert s.vault.balance(alice.address) == 100 * PRICE
     assert s.vault.channel(foreign_salt.channel_id(DOMAIN)) is None
+
+
+def test_a_retry_signature_held_back_until_the_first_payment_is_pruned_pays_nothing(
+        setup: Setup) -> None:
+    """Review 4, finding 1: the client signs each retry anew, later; a host that holds a
+    retry's signature until the record of the first payment is pruned (two windows behind
+    the client's newest call) must not get it paid again. The retry carries the call's
+    creation time (kept across retries): created before the horizon, it is refused."""
+    s = setup
+    alice = funded(s)
+    first, second = pool_channel(s, alice), pool_channel(s, alice)
+    provider = provider_side(s, first)
+    created = clock() - 600
+    pay(s, first, provider, call(s.vault, alice, key="lost-answer", ts=created), now=created)
+    retry = call(s.vault, alice, key="lost-answer", ts=clock() - 10, created=created)
+    # Alice's later calls move her horizon past the first payment, and its record is pruned.
+    pay(s, first, provider, call(s.vault, alice, key="later", ts=clock() + 50))
+    s.vault.export_ledger()
+    channel = s.vault.channel(second.channel_id(DOMAIN))
+    assert channel is not None
+    with pytest.raises(EnclaveError) as refused:
+        channel.request(retry, PRICE, now=clock())
+    assert refused.value.reason == api.STALE_CALL
+    assert refused.value.detail.startswith("nothing was paid")
+    paid = s.vault.channel(first.channel_id(DOMAIN))
+    assert paid is not None
+    assert (paid.provider_balance, channel.provider_balance) == (2 * PRICE, 0)
+    assert channel.status is Status.OPEN and channel.free == 10 * PRICE
+
+
+def test_a_call_without_its_creation_time_is_an_older_clients_and_pays_nothing(
+        setup: Setup) -> None:
+    """A client that does not sign ``createdAt`` would leave the once-rule nothing to key
+    on: refused with a reason that says so, before any balance moves."""
+    s = setup
+    alice = funded(s)
+    terms = pool_channel(s, alice)
+    channel = s.vault.channel(terms.channel_id(DOMAIN))
+    assert channel is not None
+    old = api.InvokeRequest(url="https://api.example/weather", method="GET", headers=(),
+                            body=b"", max_price=PRICE, idempotency_key="old-client")
+    old_call = signed(s.vault, alice, old.to_json())
+    with pytest.raises(EnclaveError) as refused:
+        channel.request(old_call, PRICE, now=clock())
+    assert refused.value.reason == api.CLIENT_OUTDATED
+    fresh = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
+                         s.schnorr.public_key, PRICE, s.vault.salt())
+    with pytest.raises(EnclaveError, match=api.CLIENT_OUTDATED):
+        s.vault.approve_pool_channel(old_call, fresh, lock_timeout=10.0, now=NOW)
+    assert s.vault.balance(alice.address) == 90 * PRICE
+    assert channel.status is Status.OPEN and channel.free == 10 * PRICE
+
+
+def test_the_call_a_pool_channel_opened_for_pays_there_after_a_slow_open_and_once(
+        setup: Setup) -> None:
+    """Review 4, finding 7: a pool channel opens for call X (checked fresh at its approval);
+    while the chain is slow to mine the open, others' calls and Alice's own move the
+    enclave's time more than two windows past X. X still pays on the channel opened for
+    it (its deposit was escrowed for it), nowhere else, and once."""
+    s = setup
+    alice, bob = funded(s), funded(s)
+    t0 = clock() - 300
+    x = call(s.vault, alice, key="x", ts=t0)
+    terms = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
+                         s.schnorr.public_key, 10 * PRICE, s.vault.salt())
+    s.vault.approve_pool_channel(x, terms, lock_timeout=10.0, now=NOW)
+    s.vault.bind_tunnel(s.tunnel, terms.channel_id(DOMAIN))
+    bobs = pool_channel(s, bob)
+    pay(s, bobs, provider_side(s, bobs), call(s.vault, bob, key="meanwhile"))
+    other = pool_channel(s, alice)
+    pay(s, other, provider_side(s, other), call(s.vault, alice, key="meanwhile"))
+    elsewhere = s.vault.channel(other.channel_id(DOMAIN))
+    assert elsewhere is not None
+    with pytest.raises(EnclaveError, match=api.STALE_CALL):  # not on another channel
+        elsewhere.request(x, PRICE, now=clock())
+    pay(s, terms, provider_side(s, terms), x)  # on its own channel: paid
+    opened = s.vault.channel(terms.channel_id(DOMAIN))
+    assert opened is not None and opened.provider_balance == PRICE
+    s.vault.export_ledger()  # prunes what it may
+    retry = call(s.vault, alice, key="x", ts=clock(), created=t0)
+    for channel in (opened, elsewhere):
+        with pytest.raises(EnclaveError) as refused:
+            channel.request(retry, PRICE, now=clock())
+        assert refused.value.reason in ("replayed_call", api.STALE_CALL)
+    assert (opened.provider_balance, elsewhere.provider_balance) == (PRICE, PRICE)
+
+
+def test_after_a_declared_first_boot_a_clients_old_signed_calls_pay_nothing(
+        setup: Setup) -> None:
+    """Review 4, finding 2: a host deletes the ledger and declares a first boot; the new
+    life has no record of paid calls, but every call names the life it was signed for, so
+    Alice's old calls (paid, or withheld) pay nothing on new channels, and are refused
+    saying the vault lost its ledger."""
+    s = setup
+    alice = funded(s)
+    a = pool_channel(s, alice)
+    x = call(s.vault, alice, key="x")
+    pay(s, a, provider_side(s, a), x)
+    withdrawal = signed(s.vault, alice, {"amount": "1000", "idempotencyKey": "w"},
+                        path=WITHDRAW_PATH)
+    again = VaultEnclaveCode.start(s.enclave, domain=DOMAIN, network=NETWORK, token=TOKEN,
+                                   first_boot=True)
+    assert again.life_id != s.vault.life_id
+    n = s.restarted(again)
+    again.credit_deposit(f"0x{os.urandom(32).hex()}:0", alice.address, 100 * PRICE)
+    b = pool_channel(n, alice)  # for a call Alice signed for the new life
+    channel = again.channel(b.channel_id(DOMAIN))
+    assert channel is not None
+    for attempt in (lambda: channel.request(x, PRICE, now=clock()),
+                    lambda: again.withdraw(withdrawal, now=clock()),
+                    lambda: again.approve_pool_channel(x, ChannelTerms(
+                        again.address, again.address, s.provider.address,
+                        s.schnorr.public_key, PRICE, again.salt()), lock_timeout=10.0, now=NOW)):
+        with pytest.raises(EnclaveError) as refused:
+            attempt()
+        assert refused.value.reason == api.WRONG_LIFE
+        assert refused.value.detail.startswith("nothing was paid")
+        assert "lost its ledger" in refused.value.detail
+    assert again.balance(alice.address) == 90 * PRICE
+    assert channel.provider_balance == 0 and channel.free == 10 * PRICE
+
+
+def test_a_write_off_whose_ledger_change_lost_the_race_is_written_off_again(
+        setup: Setup) -> None:
+    """Review 4, finding 4: the host reports a pool channel never opened; its change loses
+    the compare-and-set to another replica's, so the host loads that ledger and runs the
+    change again. The machine is already closed here by the first run: the second run still
+    gives the deposit back (once, on the winner's ledger), not ``channel_used``."""
+    s = setup
+    alice, bob = funded(s, 10 * PRICE), Account.create()
+    terms = ChannelTerms(s.vault.address, s.vault.address, s.provider.address,
+                         s.schnorr.public_key, 4 * PRICE, s.vault.salt())
+    cid = terms.channel_id(DOMAIN)
+    approval = s.vault.approve_pool_channel(call(s.vault, alice), terms, lock_timeout=10.0,
+                                           now=NOW)
+    stored = s.vault.export_ledger()
+    replica = VaultEnclaveCode.start(s.platform.restore(CODE, s.enclave.export_sealed()),
+                                     domain=DOMAIN, network=NETWORK, token=TOKEN)
+    replica.restore_ledger(stored)
+    replica.credit_deposit("0xbb:0", bob.address, 5)  # the replica's change, stored first
+    theirs = replica.export_ledger()
+    assert s.vault.open_failed(cid, now=approval.deadline + 1) == 4 * PRICE  # lost: not stored
+    s.vault.restore_ledger(theirs)
+    assert s.vault.balance(alice.address) == 6 * PRICE
+    assert s.vault.open_failed(cid, now=approval.deadline + 1) == 4 * PRICE  # run again
+    assert (s.vault.balance(alice.address), s.vault.balance(bob.address)) == (10 * PRICE, 5)
+    assert s.vault.open_failed(cid, now=approval.deadline + 2) == 0  # and only once
+    channel = s.vault.channel(cid)
+    assert channel is not None and channel.status is Status.CLOSED
+
+
+def test_a_legacy_ledger_gets_a_life_and_exactly_what_restore_ledger_says(
+        setup: Setup) -> None:
+    """Review 4, finding 8: a ledger sealed by earlier code (no version, freshness, clock,
+    wall, approval deadlines or life) restores as the docstring says: a life is drawn then
+    and the ledger counts as changed (to be stored first); from then on salts carry its MAC
+    (a salt nobody issued is refused), and the legacy record of a channel the ledger
+    approved restores, with no approval deadline."""
+    s = setup
+    alice = Account.create()
+    terms = ChannelTerms(alice.address, s.vault.address, s.provider.address,
+                         s.schnorr.public_key, 10 * PRICE, s.vault.salt())
+    s.vault.approve_wallet_channel(terms, lock_timeout=10.0, now=NOW)
+    cid = terms.channel_id(DOMAIN)
+    code = s.vault._code
+    ledger = json.loads(code._kernel.unseal("a402/vault-ledger", s.vault.export_ledger()))
+    for gone in ("version", "newest", "clock", "wall", "life"):
+        del ledger[gone]
+    ledger["channels"] = {k: e[:5] for k, e in ledger["channels"].items()}
+    legacy = code._kernel.seal("a402/vault-ledger", json.dumps(ledger).encode())
+    label = f"a402/vault-channel/{cid.hex()}"
+    record = json.loads(code._kernel.unseal(label, s.vault.channel(cid).snapshot()))  # type: ignore[union-attr]
+    del record["life"]
+    legacy_record = code._kernel.seal(label, json.dumps(record).encode())
+
+    again = VaultEnclaveCode.start(s.platform.restore(CODE, s.enclave.export_sealed()),
+                                   domain=DOMAIN, network=NETWORK, token=TOKEN)
+    again.restore_ledger(legacy)
+    assert again.ledger_unsaved and again.ledger_version == 1  # the new life, to be stored
+    assert again.life_id not in (s.vault.life_id, life_id(b""))
+    assert again.approved_until(cid) == 0
+    restored = again.restore(cid, legacy_record)
+    assert restored.status is Status.OPEN and restored.owner == address_key(alice.address)
+    unissued = ChannelTerms(alice.address, again.address, s.provider.address,
+                            s.schnorr.public_key, 10 * PRICE, os.urandom(32))
+    with pytest.raises(EnclaveError, match="not_this_life"):
+        again.approve_wallet_channel(unissued, lock_timeout=10.0, now=NOW)
+    issued = ChannelTerms(alice.address, again.address, s.provider.address,
+                          s.schnorr.public_key, 10 * PRICE, again.salt())
+    again.approve_wallet_channel(issued, lock_timeout=10.0, now=NOW)
+    # The stored ledger (with its life) restores as is: no new life, nothing changed.
+    twin = VaultEnclaveCode.start(s.platform.restore(CODE, s.enclave.export_sealed()),
+                                  domain=DOMAIN, network=NETWORK, token=TOKEN)
+    twin.restore_ledger(again.export_ledger())
+    assert twin.life_id == again.life_id and not twin.ledger_unsaved

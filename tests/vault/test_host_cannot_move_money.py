@@ -45,9 +45,11 @@ def provider_key(provider: object) -> bytes:
 def _signed_invoke(vault: Vault, account: Account, url: str, key: str,
                    max_price: int = PRICE) -> tuple[dict[str, str], bytes]:
     body = json.dumps(api.InvokeRequest(url=url, method="GET", headers=(), body=b"",
-                                        max_price=max_price, idempotency_key=key).to_json()
+                                        max_price=max_price, idempotency_key=key,
+                                        created_at=int(time.time())).to_json()
                       ).encode()
-    return api.sign_request(account, vault.signed_as, "POST", INVOKE_PATH, body), body
+    return api.sign_request(account, vault.signed_as, "POST", INVOKE_PATH, body,
+                            life=vault.life), body
 
 
 def test_a_vault_whose_host_holds_no_tokens_serves_paid_calls_and_withdrawals(
@@ -131,7 +133,8 @@ def test_a_host_cannot_withdraw_beyond_a_balance_or_for_another_client(world: Wo
                        ) -> SignedCall:
             body = json.dumps({"amount": str(amount), "idempotencyKey": key,
                                **({"to": to} if to else {})}).encode()
-            headers = api.sign_request(account, vault.signed_as, "POST", WITHDRAW_PATH, body)
+            headers = api.sign_request(account, vault.signed_as, "POST", WITHDRAW_PATH, body,
+                                       life=vault.life)
             return SignedCall.of(headers, "POST", WITHDRAW_PATH, body)
 
         # More than alice has; alice's call relabelled as bob's; the host's own call.

@@ -42,7 +42,7 @@ def http() -> Iterator[httpx.Client]:
 def _post(http: httpx.Client, vault: Vault, path: str, body: bytes,
           account: object | None = None) -> httpx.Response:
     signer = account or Account.create()
-    headers = api.sign_request(signer, vault.signed_as, "POST", path, body)  # type: ignore[arg-type]
+    headers = api.sign_request(signer, vault.signed_as, "POST", path, body, life=vault.life)  # type: ignore[arg-type]
     return http.post(vault.url + path, content=body, headers=headers)
 
 
@@ -101,7 +101,8 @@ def test_hostile_bodies_and_headers_to_the_vault_are_answered_and_change_nothing
         }
         stranger = Account.create()
         before = (vault.store.totals(), world.balance(vault.address))
-        signature = api.sign_request(stranger, vault.signed_as, "GET", "/v1/account", b"")
+        signature = api.sign_request(stranger, vault.signed_as, "GET", "/v1/account", b"",
+                                     life=vault.life)
         probes: list[str] = []
 
         @FUZZ
@@ -113,7 +114,8 @@ def test_hostile_bodies_and_headers_to_the_vault_are_answered_and_change_nothing
             body = data.draw(hostile_bodies(json.dumps(valid[path]).encode(),
                                             large=api.MAX_CALL_BODY))
             headers: dict[str, str | bytes] = dict(
-                api.sign_request(stranger, vault.signed_as, "POST", path, body))
+                api.sign_request(stranger, vault.signed_as, "POST", path, body,
+                                 life=vault.life))
             if tamper is not None:
                 headers[tamper] = data.draw(hostile_headers(signature[api.SIGNATURE_HEADER]))
             answer = http.post(vault.url + path, content=body, headers=headers)

@@ -19,12 +19,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 from eth_account import Account
+from eth_account.messages import encode_typed_data
 from sqlalchemy import delete
 
+from a402.asc import ChannelTerms
 from a402.background import serve_in_thread
 from a402.chain.tx import transact
+from a402.crypto import EVM
 from a402.tee import EnclaveError, SimulatedPlatform
 from a402.vault.ledger import Ledger, LedgerMissing
 from a402.vault.service import VaultService
@@ -42,7 +46,7 @@ from .helpers import (
     running_vault,
     vault_config,
 )
-from .test_enclave_code import CODE, DOMAIN, NETWORK, TOKEN
+from .test_enclave_code import CODE, DOMAIN, NETWORK, NOW, TOKEN, call
 
 # ------------------------------------------------------------ two replicas, one row
 
@@ -56,11 +60,13 @@ class _Identity:
 
     def instance(self, store: VaultStore) -> Ledger:
         """An instance of it (a replica, or a restart) over ``store``, its ledger loaded."""
+        first_boot = Ledger.first_boot(store)
         vault = VaultEnclaveCode.start(self.platform.restore(CODE, self.sealed), domain=DOMAIN,
-                                       network=NETWORK, token=TOKEN,
-                                       first_boot=Ledger.first_boot(store))
+                                       network=NETWORK, token=TOKEN, first_boot=first_boot)
         ledger = Ledger(vault, store)
         ledger.load()
+        if first_boot:  # as the service does: the new life is stored at once
+            ledger.store_first()
         return ledger
 
 
@@ -78,7 +84,8 @@ def _now() -> int:
 
 def _withdrawal(vault: VaultEnclave, client: Any, amount: int, key: str) -> SignedCall:
     raw = json.dumps({"amount": str(amount), "idempotencyKey": key}).encode()
-    headers = api.sign_request(client, vault.account, "POST", WITHDRAW_PATH, raw)
+    headers = api.sign_request(client, vault.account, "POST", WITHDRAW_PATH, raw,
+                               life=vault.life_id)
     return SignedCall.of(headers, "POST", WITHDRAW_PATH, raw)
 
 
@@ -143,6 +150,33 @@ def test_two_replicas_cannot_both_withdraw_one_balance(tmp_path: Any) -> None:
     restarted.withdrawal_again(key, now=3)
     with pytest.raises(EnclaveError, match="no such withdrawal"):
         restarted.withdrawal_again(f"{alice.address.lower()}:w2", now=0)
+    store.close()
+
+
+def test_a_write_off_that_loses_the_ledger_race_runs_again_and_gives_back_once(
+        tmp_path: Any) -> None:
+    """Review 4, finding 4: replica 1 reports alice's pool channel as never opened while
+    replica 2's credit of bob lands between its read and its write. The write-off's change
+    runs again on replica 2's ledger (its machine already closed by the first run) and
+    gives the deposit back there, once; before, it was refused ``channel_used`` and the
+    channel stayed OPENING until a restart."""
+    store, identity, (one, two) = _replicas(tmp_path)
+    alice, bob = Account.create(), Account.create()
+    one.change(lambda: one.vault.credit_deposit("0xaa:0", alice.address, 5_000))
+    provider_key = EVM.secret_key(EVM.generate_key().to_bytes()).public_key
+    terms = ChannelTerms(one.vault.address, one.vault.address, os.urandom(20), provider_key,
+                         4_000, one.vault.salt())
+    cid = terms.channel_id(DOMAIN)
+    approval = one.change(lambda: one.vault.approve_pool_channel(
+        call(one.vault, alice, key="needs-a-channel"), terms, lock_timeout=10.0, now=NOW))
+    assert one.vault.balance(alice.address) == 1_000
+    credited = one.change(_racing(
+        lambda: two.change(lambda: two.vault.credit_deposit("0xbb:0", bob.address, 7_000)),
+        lambda: one.vault.open_failed(cid, now=approval.deadline + 1)))
+    assert credited == 4_000
+    assert one.change(lambda: one.vault.open_failed(cid, now=approval.deadline + 2)) == 0
+    restarted = identity.instance(store).vault
+    assert (restarted.balance(alice.address), restarted.balance(bob.address)) == (5_000, 7_000)
     store.close()
 
 
@@ -237,3 +271,74 @@ def test_a_new_vault_starts_its_enclave_code_as_a_first_boot(tmp_path: Any) -> N
                                                Account.create().address, 1))
     assert not Ledger.first_boot(store)
     store.close()
+
+
+def _propose_then_answer(world: World, url: str, *, lose_ledger: bool
+                         ) -> tuple[Any, httpx.Response, str, str, Any]:
+    """A wallet-funded call to a new vault: its 428 proposal, then (after a restart, with
+    the ledger row deleted first if ``lose_ledger``) the client's signed answer.
+    Returns the client, the answer, both lives and the provider."""
+    provider = world.provider()
+    client = world.client(20_000)
+    with serve_in_thread(provider.app) as site:
+        with running_vault(world, db_url=url) as vault:
+            life = vault.life
+            body = json.dumps(api.InvokeRequest(
+                url=f"{site}/weather", method="GET", headers=(), body=b"", max_price=1_000,
+                idempotency_key="young", funding=api.WALLET, deposit=10_000,
+                created_at=_now()).to_json()).encode()
+            headers = {**api.sign_request(client, vault.signed_as, "POST", "/v1/invoke", body,
+                                          life=vault.life), "content-type": "application/json"}
+            proposed = httpx.post(vault.url + "/v1/invoke", content=body, headers=headers)
+            assert proposed.status_code == 428, proposed.text
+        if lose_ledger:  # a store from before first boots stored their ledger at once
+            store = VaultStore(url)
+            with store._tx() as s:
+                s.execute(delete(LedgerRow))
+            store.close()
+        with running_vault(world, db_url=url, account=vault.account) as restarted:
+            typed = proposed.json()["typedData"]
+            signature = client.sign_message(encode_typed_data(full_message=typed)).signature
+            answered = {**json.loads(body), "channelAuthorization": {
+                "channelId": proposed.json()["channelId"],
+                "signature": "0x" + bytes(signature).hex()}}
+            raw = json.dumps(answered).encode()
+            answer = httpx.post(restarted.url + "/v1/invoke", content=raw, headers={
+                **api.sign_request(client, restarted.signed_as, "POST", "/v1/invoke", raw,
+                                   life=restarted.life), "content-type": "application/json"},
+                timeout=60)
+            assert_conserved(world, restarted.store, restarted.address)
+            if lose_ledger:
+                [row] = restarted.store.channels()
+                assert row.phase == "failed"
+            return client, answer, life, restarted.life, provider
+
+
+@pytest.mark.anvil
+def test_a_new_vault_restarted_before_its_first_change_keeps_its_life_and_its_proposals(
+        world: World) -> None:
+    """Review 4, finding 6: a new vault proposes a wallet-funded channel (a salt its life
+    issued; no ledger change) and restarts before anything changes its ledger. The first
+    boot stored the ledger, life and all, at once: the restarted vault is the same life,
+    so the client's signature of the proposal opens the channel and the call is paid."""
+    client, paid, life, life_after, provider = _propose_then_answer(
+        world, f"sqlite:///{world.tmp}/young.db", lose_ledger=False)
+    assert life_after == life
+    assert (paid.status_code, paid.json()["outcome"]) == (200, api.PAID), paid.text
+    assert world.balance(client.address) == 20_000 - 10_000  # the channel's deposit
+    assert provider.calls["weather"] == 1
+
+
+@pytest.mark.anvil
+def test_a_proposal_of_an_earlier_life_is_refused_with_a_reason_and_costs_nothing(
+        world: World) -> None:
+    """A store from before first boots stored their ledger (proposals, no ledger row): the
+    restart is a first boot, a new life, and the earlier life's proposal can never open.
+    Its answer is refused with a reason (not a 500), the row is FAILED, nothing moved."""
+    client, refused, life, life_after, provider = _propose_then_answer(
+        world, f"sqlite:///{world.tmp}/older.db", lose_ledger=True)
+    assert life_after != life
+    assert (refused.status_code, refused.json()["error"]) == (409, api.PROPOSAL_REFUSED)
+    assert refused.json()["message"].startswith("nothing was paid")
+    assert world.balance(client.address) == 20_000
+    assert provider.calls["weather"] == 0

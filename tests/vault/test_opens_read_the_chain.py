@@ -119,6 +119,13 @@ def test_a_withheld_open_keeps_the_debit_until_its_approval_lapses_and_then_cann
         assert vault.service.vault.balance(account.address) == FUNDS - deposit
 
         world.increase_time(deadline - world.manager.chain_time() + 1)
+        # The head is past the deadline, but not yet a finalized block (review 3, F3: a
+        # reorg could still mine the open below the head): nothing comes back yet.
+        ticks = vault.service.worker.ticks
+        wait_for(lambda: vault.service.worker.ticks > ticks + 2, what="worker ticks")
+        assert phase() == vault_store.OPENING
+        assert vault.service.vault.balance(account.address) == FUNDS - deposit
+        world.chain.w3.provider.make_request("anvil_mine", [2])  # type: ignore[arg-type]
         wait_for(lambda: phase() == vault_store.FAILED, what="the lapsed open FAILED")
         assert vault.store.balance(account.address) == FUNDS
         assert vault.service.vault.balance(account.address) == FUNDS
@@ -128,4 +135,71 @@ def test_a_withheld_open_keeps_the_debit_until_its_approval_lapses_and_then_cann
         assert world.manager.channel(cid).status is OnChainStatus.NONE
         assert world.balance(vault.address) == FUNDS
         assert world.balance(world.manager.address) == escrow
+        assert_conserved(world, vault.store, vault.address, escrow)
+
+
+def test_an_open_mined_after_its_channel_failed_is_force_closed_and_the_pool_made_whole(
+    private_world: World, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review 3, finding 3: the vault marks a withheld open FAILED (the client's deposit back
+    in its balance), then a reorg deeper than the block it decided at (anvil's revert
+    stands in for it) lets a stranger mine the withheld open before its deadline after
+    all: the deposit is in an OPEN channel while the client's balance counts it too (the
+    pool short by it). The worker's sweep of FAILED channels sees it open, force-closes it
+    with its opening state and finalizes it: the whole deposit comes back to the vault's
+    address, credited to no one, and the books balance again."""
+    world = private_world
+    monkeypatch.setattr(worker_module, "_OPENING_GRACE", 0.0)
+    monkeypatch.setattr(worker_module, "_RECLAIM_EVERY", 1)
+    rpc = world.chain.w3.provider.make_request
+    provider = world.provider()
+    escrow = world.balance(world.manager.address)
+    stranger = fresh_account(world.chain)
+    with serve_in_thread(provider.app) as site, running_vault(world) as vault:
+        account, client = client_of(world, vault.url, funds=FUNDS, deposit=FUNDS)
+        journal = vault.service.journal
+        send = journal.send
+        withheld: list[Any] = []
+
+        def withhold(key: str, kind: str, ref: str, call: Any) -> Any:
+            if kind == "open":
+                withheld.append(call)
+                raise TransactionFailed("withheld by the host")
+            return send(key, kind, ref, call)
+
+        journal.send = withhold  # type: ignore[method-assign]
+        with pytest.raises(VaultCallError, match="withheld"):
+            client.invoke(f"{site}/weather", max_price=PRICE)
+        journal.send = send  # type: ignore[method-assign]
+        [row] = vault.store.channels(client=account.address)
+        cid = bytes.fromhex(row.cid[2:])
+        deposit = int(row.deposit)
+
+        def phase() -> str | None:
+            fresh = vault.store.channel(row.cid)
+            return None if fresh is None else fresh.phase
+
+        before = rpc("evm_snapshot", [])["result"]  # type: ignore[arg-type]
+        stamped = world.manager.chain_time()
+        world.increase_time(vault.service.vault.approved_until(cid) - stamped + 1)
+        rpc("anvil_mine", [2])  # type: ignore[arg-type]
+        wait_for(lambda: phase() == vault_store.FAILED, what="the lapsed open FAILED")
+        assert vault.store.balance(account.address) == FUNDS
+
+        rpc("evm_revert", [before])  # type: ignore[arg-type]
+        rpc("evm_setNextBlockTimestamp", [stamped + 1])  # type: ignore[arg-type]
+        (call,) = withheld
+        assert transact(world.chain, stranger, call)["status"] == 1
+        assert world.manager.channel(cid).status is OnChainStatus.OPEN
+        assert world.balance(vault.address) == FUNDS - deposit  # the pool short by it
+
+        wait_for(lambda: world.manager.channel(cid).status is OnChainStatus.CLOSING,
+                 what="the reclaiming force-close")
+        world.increase_time(world.manager.dispute_window + 1)
+        wait_for(lambda: phase() == vault_store.SETTLED, what="the reclaimed channel settled")
+        assert world.manager.channel(cid).status is OnChainStatus.CLOSED
+        assert world.balance(vault.address) == FUNDS
+        assert world.balance(world.manager.address) == escrow
+        assert vault.store.balance(account.address) == FUNDS
+        assert vault.service.vault.balance(account.address) == FUNDS
         assert_conserved(world, vault.store, vault.address, escrow)

@@ -109,7 +109,7 @@ class VaultMode:
                                    idempotency_key=key)
         raw = json.dumps(invoke.to_json()).encode()
         headers = api.sign_request(client, self.vault.account, "POST", INVOKE_PATH, raw,
-                                   now=ts)
+                                   life=self.vault.life_id, now=ts)
         return SignedCall.of(headers, "POST", INVOKE_PATH, raw)
 
     def pay(self, cid: bytes, provider: ProviderChannel, call: SignedCall, amount: int = PRICE,

@@ -19,11 +19,11 @@ def test_the_dev_stack_deploys_the_vault_contract_for_the_enclaves_key(
     vault_chain: Chain,
 ) -> None:
     plain = deploy_dev_stack(vault_chain, client_funds=1)
-    assert set(plain.contracts) == {"TestUSDC"}
+    assert set(plain.contracts) == {"TestUSDC", "MandateRegistry"}
     key: EcdsaSigner = new_vault_key()
     stack = deploy_dev_stack(vault_chain, client_funds=1, asc_manager=True,
                              vault_signer="0x" + key.address.hex(), settle_window=900)
-    assert set(stack.contracts) == {"TestUSDC", "ASCManager", "A402Vault"}
+    assert set(stack.contracts) == {"TestUSDC", "MandateRegistry", "ASCManager", "A402Vault"}
     again = Manifest.from_json(stack.to_json())
     vault = A402Vault(vault_chain, again.contracts["A402Vault"])
     assert vault.vault_signer.lower() == "0x" + key.address.hex()

@@ -21,10 +21,11 @@ def test_a_loaded_key_signs_every_call_as_its_account_does(key: bytes, body: byt
     account = Account.from_key(key)
     signer = api.RequestSigner(account)
     ours = api.sign_request(signer, VAULT, "POST", "/v1/invoke", body, now=timestamp,
-                            nonce="n0nce123")
+                            nonce="n0nce123", life="0x00")
     assert ours == api.sign_request(account, VAULT, "POST", "/v1/invoke", body, now=timestamp,
-                                    nonce="n0nce123")
-    assert api.verify_request(ours, VAULT, "POST", "/v1/invoke", body, now=timestamp).client \
+                                    nonce="n0nce123", life="0x00")
+    assert api.verify_request(ours, VAULT, "POST", "/v1/invoke", body, life="0x00",
+                              now=timestamp).client \
         == account.address
 
 

@@ -105,6 +105,9 @@ def deploy_dev_stack(
 ) -> Manifest:
     """Deploy TestUSDC and fund every client account with ``client_funds`` units.
 
+    A ``MandateRegistry`` is always deployed too (``contracts["MandateRegistry"]``):
+    the domain mandates are signed in and where their owners revoke them.
+
     With ``asc_manager``, also an ``ASCManager`` for that token (A402 channels, the
     vault), listed in ``contracts`` as ``"ASCManager"``. With ``vault_signer`` (the
     address of the vault enclave's key), also an ``A402Vault`` (vault mode: pooled
@@ -120,6 +123,8 @@ def deploy_dev_stack(
     for client in clients:
         transact(chain, deployer, token.functions.mint(client.address, client_funds))
     contracts: dict[str, str] = {"TestUSDC": token.address}
+    # Where owners revoke the mandates they sign (a402.mandate): cheap, so always there.
+    contracts["MandateRegistry"] = deploy_contract(chain, deployer, "MandateRegistry").address
     if asc_manager:
         manager = deploy_contract(chain, deployer, "ASCManager", token.address, dispute_window)
         contracts["ASCManager"] = manager.address

@@ -218,6 +218,10 @@ def start_anvil(
     ]
     if block_time:
         args += ["--block-time", str(block_time)]
+    if "--slots-in-an-epoch" not in extra_args:
+        # Its ``safe`` and ``finalized`` blocks one and two behind the head (not 32 and 64):
+        # what the vault decides at ``finalized`` is decided a few blocks later, not 64.
+        args += ["--slots-in-an-epoch", "1"]
     args += list(extra_args)
     proc = subprocess.Popen(
         args,

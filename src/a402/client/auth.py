@@ -41,14 +41,14 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncGenerator, Generator, Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import httpx
 from eth_account.signers.local import LocalAccount
 
 from a402.client import errors
 from a402.client.budget import Budget
-from a402.client.choose import choose
+from a402.client.choose import choose_within
 from a402.client.errors import PaymentRefused
 from a402.client.limits import MaxAmount, as_max_amount
 from a402.client.records import (
@@ -64,6 +64,9 @@ from a402.client.wallet import Wallet
 from a402.evm.address import address_key
 from a402.wire.headers import PAYMENT_SIGNATURE, X_PAYMENT, encode_header
 from a402.wire.x402 import AnyPaymentPayload, AnyPaymentRequired, PaymentPayloadV1, PaymentRequired
+
+if TYPE_CHECKING:
+    from a402.mandate.guard import MandateGuard
 
 __all__ = [
     "PAYMENT_EXTENSION",
@@ -89,6 +92,9 @@ DEFAULT_HISTORY: Final = 10_000
 """How many payment records ``X402Auth.payments`` keeps (a long-lived agent pays a lot)."""
 DEFAULT_TIMEOUT: Final = 60.0
 """Servers settle on-chain before answering; httpx's 5 s default cuts them off (#1062)."""
+_NO_CLIENT_CAP: Final = 1 << 256
+"""With a mandate and no ``max_per_request``, the mandate's own cap is the cap (so a
+refusal names it: ``mandate_cap_exceeded``)."""
 
 
 def _fingerprint(request: httpx.Request) -> str:
@@ -136,7 +142,18 @@ class X402Auth(httpx.Auth):
 
     ``max_per_request``: atomic units (int, for every asset), a mapping of
     asset → atomic units, or a ``MaxAmount`` such as ``token_units_max("0.01")``.
-    It is required: a paying client without a cap is not offered.
+    It is required unless a ``mandate`` is given: a paying client without a cap is
+    not offered.
+
+    ``mandate``: a :class:`~a402.mandate.guard.MandateGuard` for the wallet's key.
+    Every payment is then also inside the owner's signed mandate, checked and
+    durably reserved before anything is signed (its registry read, its spend store
+    locked); a payment it refuses raises ``PaymentRefused`` with the mandate's
+    reason (``mandate_cap_exceeded``, ``mandate_payee_not_allowed``, ...), nothing
+    signed, nothing reserved. Without ``max_per_request`` the mandate's
+    per-payment maximum is the cap. The guard's registry read and spend-store
+    writes are blocking calls (a few ms each); on an ``httpx.AsyncClient`` they
+    run on the event loop's thread.
 
     Because a v1 server states its price in the 402 body, every response body
     is read before it is returned (``requires_response_body``); streaming a
@@ -150,14 +167,24 @@ class X402Auth(httpx.Auth):
         self,
         wallet: Wallet | str | bytes | LocalAccount,
         *,
-        max_per_request: int | Mapping[str, int] | MaxAmount,
+        max_per_request: int | Mapping[str, int] | MaxAmount | None = None,
         budget: Budget | None = None,
         max_validity: int = DEFAULT_MAX_VALIDITY,
         history: int | None = DEFAULT_HISTORY,
+        mandate: MandateGuard | None = None,
     ) -> None:
         self.wallet = wallet if isinstance(wallet, Wallet) else Wallet(wallet)
+        if max_per_request is None:
+            if mandate is None:
+                raise TypeError("max_per_request is required (or a mandate, whose cap it "
+                                "then is)")
+            max_per_request = _NO_CLIENT_CAP
+        if mandate is not None and mandate.agent.lower() != self.wallet.address.lower():
+            raise ValueError(f"the mandate is for {mandate.agent}, the wallet is "
+                             f"{self.wallet.address}")
         self.max_amount = as_max_amount(max_per_request)
         self.budget = budget
+        self.mandate = mandate
         if max_validity < REPLAY_MARGIN + 1:
             raise ValueError(f"max_validity must exceed {REPLAY_MARGIN} s")
         self.max_validity = max_validity
@@ -233,7 +260,16 @@ class X402Auth(httpx.Auth):
 
     def _pay(self, required: AnyPaymentRequired, request: httpx.Request) -> Payment:
         url = str(request.url)
-        offer, reservation = choose(required, self.wallet, self.max_amount, self.budget, url=url)
+        offer, reservation, held = choose_within(required, self.wallet, self.max_amount,
+                                                 self.budget, self.mandate, url=url)
+
+        def give_back() -> None:
+            # Nothing was signed, so nothing can move: the reservations may go back.
+            if reservation is not None and self.budget is not None:
+                self.budget.release(reservation)
+            if held is not None and self.mandate is not None:
+                self.mandate.release(held)
+
         try:
             payload = self.wallet.sign(
                 offer.requirements,
@@ -244,9 +280,7 @@ class X402Auth(httpx.Auth):
                 valid_for=min(offer.view.max_timeout_seconds, self.max_validity),
             )
         except Exception as e:
-            # Nothing was signed, so nothing can move: this reservation may go back.
-            if reservation is not None and self.budget is not None:
-                self.budget.release(reservation)
+            give_back()
             raise PaymentRefused(
                 errors.SIGNING_FAILED, f"{type(e).__name__}: {e}", url=url,
                 offered=required.accepts,
@@ -256,11 +290,22 @@ class X402Auth(httpx.Auth):
                 or address_key(auth["to"]) != address_key(offer.pay_to)):
             # Cannot happen with our signer; if it ever did, the payload never left
             # this process, so giving the reservation back is safe.
-            if reservation is not None and self.budget is not None:
-                self.budget.release(reservation)
+            give_back()
             raise PaymentRefused(errors.SIGNING_FAILED,
                                  "signed value/recipient differ from the offer",
                                  url=url, offered=required.accepts)
+        if held is not None and self.mandate is not None:
+            # Signed: from here its amount never comes back. Should this write fail the
+            # payload is not sent, and the reservation (still counted) errs on the safe side.
+            try:
+                self.mandate.signed(held, auth["nonce"])
+            except Exception as e:
+                raise PaymentRefused(
+                    errors.MANDATE_SPEND_UNAVAILABLE,
+                    f"the mandate's spend store failed ({type(e).__name__}: {e}); the "
+                    "authorization was signed but never sent, so nothing was paid (its "
+                    "amount stays counted in the mandate's spend)",
+                    url=url, offered=required.accepts) from e
         payment = Payment(
             method=request.method, url=url, offer=offer, payer=self.wallet.address,
             nonce=auth["nonce"], valid_before=int(auth["validBefore"]),
@@ -314,11 +359,12 @@ def _client_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 def paying_auth(
     key: Wallet | str | bytes | LocalAccount,
     *,
-    max_per_request: int | Mapping[str, int] | MaxAmount,
+    max_per_request: int | Mapping[str, int] | MaxAmount | None = None,
     budget: Budget | None = None,
     networks: list[str] | None = None,
     assets: list[str] | None = None,
     max_validity: int = DEFAULT_MAX_VALIDITY,
+    mandate: MandateGuard | None = None,
 ) -> X402Auth:
     """An ``X402Auth``; ``networks``/``assets`` build the wallet's allow-lists."""
     if isinstance(key, Wallet):
@@ -328,37 +374,42 @@ def paying_auth(
     else:
         wallet = Wallet(key, networks=networks, assets=assets)
     return X402Auth(
-        wallet, max_per_request=max_per_request, budget=budget, max_validity=max_validity
+        wallet, max_per_request=max_per_request, budget=budget, max_validity=max_validity,
+        mandate=mandate,
     )
 
 
 def paying_client(
     key: Wallet | str | bytes | LocalAccount,
     *,
-    max_per_request: int | Mapping[str, int] | MaxAmount,
+    max_per_request: int | Mapping[str, int] | MaxAmount | None = None,
     budget: Budget | None = None,
     networks: list[str] | None = None,
     assets: list[str] | None = None,
     max_validity: int = DEFAULT_MAX_VALIDITY,
+    mandate: MandateGuard | None = None,
     **httpx_kwargs: Any,
 ) -> httpx.Client:
     """An ``httpx.Client`` that pays 402s; its ``X402Auth`` is ``client.auth``."""
     auth = paying_auth(key, max_per_request=max_per_request, budget=budget,
-                       networks=networks, assets=assets, max_validity=max_validity)
+                       networks=networks, assets=assets, max_validity=max_validity,
+                       mandate=mandate)
     return httpx.Client(auth=auth, **_client_kwargs(httpx_kwargs))
 
 
 def async_paying_client(
     key: Wallet | str | bytes | LocalAccount,
     *,
-    max_per_request: int | Mapping[str, int] | MaxAmount,
+    max_per_request: int | Mapping[str, int] | MaxAmount | None = None,
     budget: Budget | None = None,
     networks: list[str] | None = None,
     assets: list[str] | None = None,
     max_validity: int = DEFAULT_MAX_VALIDITY,
+    mandate: MandateGuard | None = None,
     **httpx_kwargs: Any,
 ) -> httpx.AsyncClient:
     """The ``httpx.AsyncClient`` twin of ``paying_client``."""
     auth = paying_auth(key, max_per_request=max_per_request, budget=budget,
-                       networks=networks, assets=assets, max_validity=max_validity)
+                       networks=networks, assets=assets, max_validity=max_validity,
+                       mandate=mandate)
     return httpx.AsyncClient(auth=auth, **_client_kwargs(httpx_kwargs))

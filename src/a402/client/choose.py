@@ -18,14 +18,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from a402.client import errors
 from a402.client.budget import Budget, Reservation
 from a402.client.errors import BudgetExceeded, PaymentRefused, Rejection
 from a402.client.limits import MaxAmount
 from a402.client.wallet import Wallet
+from a402.mandate.policy import MANDATE_NEEDS_CONFIRMATION, MandateRefused, ProposedPayment
 from a402.wire.convert import to_v2_requirements
 from a402.wire.x402 import AnyPaymentRequired, AnyPaymentRequirements, PaymentRequirements
+
+if TYPE_CHECKING:  # the guard loads the spend store (SQLAlchemy): only a mandate needs it
+    from a402.mandate.guard import MandateGuard
+    from a402.mandate.spend import Reservation as MandateReservation
 
 _FLOW_RANK = {None: 0, "authorization": 0}  # settle-after-serve first; others rank 1
 
@@ -93,12 +99,25 @@ def evaluate(
 
 
 def overall_reason(rejections: list[Rejection]) -> str:
-    """The reason closest to payable: a caller can act on it (top up, raise the cap)."""
+    """The reason closest to payable: a caller can act on it (top up, raise the cap).
+
+    After the client's own budget and cap, the mandate's reason of the first
+    offer the mandate refused (``mandate_cap_exceeded``, ...): that is the limit
+    the owner set, and the one a person has to hear about."""
     reasons = {r.reason for r in rejections}
     for reason in (errors.BUDGET_EXHAUSTED, errors.PRICE_ABOVE_MAXIMUM):
         if reason in reasons:
             return reason
+    for rejection in sorted(rejections, key=lambda r: r.index):
+        if rejection.reason.startswith("mandate_"):
+            return rejection.reason
     return errors.NO_ACCEPTABLE_REQUIREMENT
+
+
+def proposed(offer: Offer, wallet: Wallet, url: str | None) -> ProposedPayment:
+    """The payment a mandate judges: an ``exact`` transfer of this offer, signed by the wallet."""
+    return ProposedPayment(agent=wallet.address, payee=offer.pay_to, network=offer.network,
+                           asset=offer.asset, scheme="exact", amount=offer.amount, url=url)
 
 
 def choose(
@@ -115,22 +134,80 @@ def choose(
     requests sharing ``budget`` cannot together exceed it. When the best offer
     does not fit, the next one (another asset with room left) is tried.
     """
+    offer, reservation, _ = choose_within(required, wallet, max_amount, budget, None, url=url)
+    return offer, reservation
+
+
+def _unavailable(error: Exception, required: AnyPaymentRequired, url: str | None
+                 ) -> PaymentRefused:
+    return PaymentRefused(
+        errors.MANDATE_SPEND_UNAVAILABLE,
+        f"the mandate's spend store failed ({type(error).__name__}: {error}); nothing was "
+        "signed, nothing was paid", url=url, offered=required.accepts)
+
+
+def choose_within(
+    required: AnyPaymentRequired,
+    wallet: Wallet,
+    max_amount: MaxAmount,
+    budget: Budget | None,
+    mandate: MandateGuard | None,
+    *,
+    url: str | None = None,
+) -> tuple[Offer, Reservation | None, MandateReservation | None]:
+    """``choose``, and inside the owner's ``mandate`` too: its durable reservation is
+    taken after the budget's and before anything is signed; an offer the mandate
+    refuses gives its budget reservation back (nothing was signed) and the next is
+    tried. A refusal says, in its message, that nothing was signed or paid."""
     offers, rejections = evaluate(required, wallet, max_amount)
+    if mandate is not None:
+        allowed = []
+        for offer in offers:
+            try:
+                decision = mandate.precheck(proposed(offer, wallet, url))
+            except Exception as e:  # the store cannot be read: refuse, never pay unrecorded
+                raise _unavailable(e, required, url) from e
+            if decision or decision.reason == MANDATE_NEEDS_CONFIRMATION:
+                allowed.append(offer)
+            else:
+                assert decision.reason is not None
+                rejections.append(Rejection(offer.index, offer.requirements, decision.reason,
+                                            decision.detail))
+        offers = allowed
     for offer in offers:
-        if budget is None:
-            return offer, None
+        reservation = None
+        if budget is not None:
+            try:
+                reservation = budget.reserve(offer.asset, offer.amount)
+            except BudgetExceeded as e:
+                rejections.append(
+                    Rejection(offer.index, offer.requirements, errors.BUDGET_EXHAUSTED,
+                              e.message)
+                )
+                continue
+        if mandate is None:
+            return offer, reservation, None
         try:
-            return offer, budget.reserve(offer.asset, offer.amount)
-        except BudgetExceeded as e:
-            rejections.append(
-                Rejection(offer.index, offer.requirements, errors.BUDGET_EXHAUSTED, e.message)
-            )
+            return offer, reservation, mandate.reserve(proposed(offer, wallet, url))
+        except MandateRefused as e:
+            if reservation is not None and budget is not None:
+                budget.release(reservation)  # nothing was signed for it
+            rejections.append(Rejection(offer.index, offer.requirements, e.reason, e.detail))
+        except Exception as e:
+            # The store failed mid-reserve: whether it committed is unknown, so the
+            # mandate's amount may stay counted (the safe side); nothing was signed.
+            if reservation is not None and budget is not None:
+                budget.release(reservation)
+            raise _unavailable(e, required, url) from e
     rejections.sort(key=lambda r: r.index)
     reason = overall_reason(rejections)
     details = "; ".join(f"#{r.index} {r.reason} ({r.detail})" for r in rejections) or "empty"
+    message = f"{len(required.accepts)} requirement(s) offered: {details}"
+    if mandate is not None:
+        message += "; nothing was signed, nothing was paid"
     raise PaymentRefused(
         reason,
-        f"{len(required.accepts)} requirement(s) offered: {details}",
+        message,
         url=url,
         offered=required.accepts,
         rejections=rejections,

@@ -25,6 +25,9 @@ BUDGET_EXHAUSTED: Final = "budget_exhausted"
 # vault): a 402 without a decodable x402 PaymentRequired (header or v1 body).
 NO_ACCEPTABLE_REQUIREMENT: Final = "no_acceptable_requirement"
 """Nothing offered is something this client can or may sign (scheme, network, asset...)."""
+MANDATE_SPEND_UNAVAILABLE: Final = "mandate_spend_unavailable"
+"""A mandate-bound client could not read or write its spend store (or its registry
+check failed unexpectedly): it refuses rather than pay unrecorded. Nothing was signed."""
 SIGNING_FAILED: Final = "signing_failed"
 """The chosen requirement could not be signed; the budget reservation was released."""
 

@@ -14,6 +14,15 @@ stable so scripts and agents can branch on them:
        failed or missing receipt); the money may still move
     5  the server answered an HTTP error (>= 400) with no payment involved
 
+With ``--mandate FILE`` the payment must also fit the owner's signed mandate
+(:mod:`a402.mandate`): its registry is read on the mandate's chain (``--mandate-rpc``,
+else the devnet manifest's), and the spend is reserved durably in ``--spend-db``
+(``sqlite:///.a402/mandates.db`` by default, so the budget spans invocations)
+before anything is signed. A payment outside it exits 3 with the mandate's reason
+(``mandate_cap_exceeded``...). ``--max`` then defaults to none (the mandate's
+per-payment maximum is the cap). Mandates are not yet enforced with ``--vault``,
+so the two are refused together.
+
 With ``--vault URL`` the request goes through a Liquidity Vault, which pays
 the provider inside an A402 channel from the key's vault balance; the same
 codes apply (3: the vault refused, nothing was paid; 4: paid but the result
@@ -71,9 +80,9 @@ def add_pay_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("url", help="the URL to fetch (and pay for, if it answers 402)")
     parser.add_argument("--key-file", required=True, metavar="F",
                         help="file holding the payer's hex private key (mode 600)")
-    parser.add_argument("--max", default=DEFAULT_MAX, metavar="AMOUNT",
+    parser.add_argument("--max", default=None, metavar="AMOUNT",
                         help=f"most this one request may pay, in token units "
-                             f"(default {DEFAULT_MAX})")
+                             f"(default {DEFAULT_MAX}; with --mandate: the mandate's)")
     parser.add_argument("--budget", metavar="AMOUNT",
                         help="total this invocation may pay per asset, in token units "
                              "(one request pays at most once, so this only matters below --max)")
@@ -99,6 +108,20 @@ def add_pay_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--funding", choices=("pool", "wallet"), default="pool",
                         help="with --vault: fund a new channel from the vault balance (pool) "
                              "or from the key's own wallet by one signature (wallet)")
+    parser.add_argument("--mandate", metavar="FILE",
+                        help="pay only inside this owner-signed mandate (a402 mandate create)")
+    parser.add_argument("--spend-db", default=None, metavar="URL",
+                        help="with --mandate: where its spending is recorded "
+                             "(default: sqlite:///.a402/mandates.db)")
+    parser.add_argument("--mandate-rpc", metavar="URL",
+                        help="with --mandate: JSON-RPC URL of the mandate's chain, to read "
+                             "revocations (default: the devnet manifest's rpcUrl)")
+    parser.add_argument("--confirmation", metavar="FILE",
+                        help="with --mandate: the owner's signed confirmation of this payment "
+                             "(a402 mandate confirm), for amounts above the mandate's threshold")
+    parser.add_argument("--manifest", default=None, metavar="PATH",
+                        help="with --mandate: devnet manifest naming the chain's RPC URL "
+                             "(default: .a402/devnet.json)")
     parser.add_argument("--idempotency-key", metavar="KEY",
                         help="with --vault: name this call, so that running the command again "
                              "returns the first outcome instead of paying again")
@@ -171,11 +194,18 @@ def run_pay(
         print(f"{PROG}: {message}", file=err)
         return code
 
+    mandate_given = getattr(args, "mandate", None) is not None
     try:
         if not 0 <= args.decimals <= 36:
             raise UsageError("--decimals must be between 0 and 36")
-        _amount(args.max, args.decimals, "--max")
-        cap = token_units_max(args.max, args.decimals)
+        if mandate_given and args.vault:
+            raise UsageError("--mandate is not enforced on the --vault path yet; refusing "
+                             "rather than paying outside it")
+        cap = None
+        if args.max is not None or not mandate_given:
+            amount = args.max if args.max is not None else DEFAULT_MAX
+            _amount(amount, args.decimals, "--max")
+            cap = token_units_max(amount, args.decimals)
         budget = None
         if args.budget is not None:
             budget = Budget(_amount(args.budget, args.decimals, "--budget"))
@@ -188,20 +218,38 @@ def run_pay(
     except (UsageError, ValueError, WireError) as e:  # WireError: e.g. a --network typo
         return fail(EXIT_USAGE, str(e))
 
+    guard = None
+    if mandate_given:
+        from a402.chain.locate import DEFAULT_MANIFEST, ChainNotFound
+        from a402.client.mandates import DEFAULT_SPEND_DB, open_guard
+        from a402.client.mandates import UsageError as MandateUsage
+
+        try:
+            guard = open_guard(args.mandate, wallet.address,
+                               spend_db=args.spend_db or DEFAULT_SPEND_DB,
+                               rpc=args.mandate_rpc, manifest_path=args.manifest
+                               or DEFAULT_MANIFEST, confirmation=args.confirmation)
+        except MandateUsage as e:
+            return fail(EXIT_USAGE, str(e))
+        except ChainNotFound as e:
+            return fail(EXIT_REFUSED, f"payment refused (mandate_revocation_unknown): {e}; "
+                                      "nothing was signed, nothing was paid")
     if args.vault:
+        assert cap is not None
         from a402.client.vault_pay import run_vault_pay
 
         return run_vault_pay(args, read_key_file(args.key_file), wallet, method=method,
                              headers=headers, content=content, cap=cap, budget=budget, out=out,
                              err=err)
-    auth = paying_auth(wallet, max_per_request=cap, budget=budget)
+    auth = paying_auth(wallet, max_per_request=cap, budget=budget, mandate=guard)
     try:
         with httpx.Client(auth=auth, timeout=args.timeout, follow_redirects=args.location) as http:
             response = http.request(method, args.url, headers=headers, content=content)
     except PaymentRefused as e:
         print(json.dumps({"success": False, "refused": e.reason, "message": e.message,
                           "offered": [r.to_wire() for r in e.offered]}), file=err)
-        return fail(EXIT_REFUSED, f"payment refused ({e.reason}); nothing was signed")
+        return fail(EXIT_REFUSED,
+                    f"payment refused ({e.reason}); nothing was signed, nothing was paid")
     except httpx.InvalidURL as e:
         return fail(EXIT_USAGE, f"invalid URL: {e}")
     except httpx.HTTPError as e:

@@ -11,8 +11,15 @@ Channels; the client only signs its calls to the vault. Three ways in:
   (:func:`vault_payment_of`), and ``vault_paying_client`` to build one with
   the same limits as the ``exact`` client.
 
-Each call carries an idempotency key; a retry after a lost answer reuses it,
-so the vault answers from its record and never pays twice. A wallet-funded
+Each call carries an idempotency key and its creation time (``createdAt``);
+a retry after a lost answer reuses both (this client remembers the creation
+time of the keys it used; a retry from another process passes ``created_at``),
+so the vault answers from its record and never pays twice — the vault's enclave
+pays each (key, creation time) once, and refuses a call created too long ago
+(``stale_call``: nothing was paid) rather than risk paying it again. Every call
+is signed for the vault's *life* (``GET /v1/info``): a vault that lost its
+ledger starts a new life, and a call signed for the old one is refused
+(``wrong_life``); this client then reads the vault's info again and says so. A wallet-funded
 channel (``funding="wallet"``) needs one signature from the client when it
 opens: the vault answers 428 with the EIP-712 ``receiveWithAuthorization``
 it proposes, this client checks it pays the ASCManager the vault named, from
@@ -24,6 +31,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -40,6 +48,8 @@ VAULT_EXTENSION: Final = "a402.vault"
 """Key of the :class:`VaultResult` in ``response.extensions``."""
 DEFAULT_PENDING_WAIT: Final = 120.0
 """How long a call waits for a PENDING payment to deliver before reporting it."""
+REMEMBERED_CALLS: Final = 4096
+"""How many idempotency keys' creation times a client remembers (for its retries)."""
 
 
 class VaultCallError(PaymentError):
@@ -114,6 +124,9 @@ class _Base:
         self.account = load_account(key)
         self.pending_wait = pending_wait
         self._info: dict[str, Any] | None = None
+        #: The creation time of each idempotency key this client used (the newest
+        #: :data:`REMEMBERED_CALLS`): every retry of a key signs the same one.
+        self._created: OrderedDict[str, int] = OrderedDict()
 
     @property
     def address(self) -> str:
@@ -124,7 +137,12 @@ class _Base:
         assert self._info is not None
         content = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
         vault = api.vault_account(self._info["network"], self._info["vault"])
-        headers = api.sign_request(self.account, vault, method, path, content)
+        life = self._info.get("life")
+        if not isinstance(life, str):
+            raise VaultCallError(0, {"error": "vault_outdated", "message": (
+                "nothing was sent: the vault's info names no life (an older vault than "
+                "this client)")})
+        headers = api.sign_request(self.account, vault, method, path, content, life=life)
         if body is not None:
             headers["content-type"] = "application/json"
         return httpx.Request(method, self.url + path, headers=headers, content=content)
@@ -138,10 +156,31 @@ class _Base:
             self._info = response.json()
         return self._info
 
+    def _send(self, method: str, path: str, body: dict[str, Any] | None = None) -> Flow:
+        """One signed call; its response. A call refused for another life of the vault
+        (``wrong_life``: the vault lost its ledger and started anew since this client read
+        its info) reads the info again, once, and raises saying so plainly."""
+        assert self._info is not None
+        signed_for = self._info.get("life")
+        response = yield self._request(method, path, body)
+        assert response is not None
+        if response.status_code == 401 and _json(response).get("error") == api.WRONG_LIFE:
+            self._info = None
+            info = yield from self._info_flow()
+            raise VaultCallError(401, {
+                "error": api.WRONG_LIFE, "signedLife": signed_for, "life": info.get("life"),
+                "message": (
+                    "nothing was paid or moved by this call. The vault at "
+                    f"{self.url} lost its ledger and started anew (its life was "
+                    f"{signed_for}, it is now {info.get('life')}): whatever you held there "
+                    "before (balance, channels, calls) is not in its books. Calls made from "
+                    "now on go to the new life")})
+        return response
+
     def _call_flow(self, method: str, path: str, body: dict[str, Any] | None = None,
                    ok: Sequence[int] = (200,)) -> Flow:
         yield from self._info_flow()
-        response = yield self._request(method, api.API_PREFIX + path, body)
+        response = yield from self._send(method, api.API_PREFIX + path, body)
         assert response is not None
         data = _json(response)
         if response.status_code not in ok:
@@ -163,15 +202,17 @@ class _Base:
     def _invoke_flow(
         self, url: str, *, method: str, headers: Sequence[tuple[bytes, bytes]], content: bytes,
         max_price: int, idempotency_key: str | None, funding: str, deposit: int | None,
+        created_at: int | None = None,
     ) -> Flow:
         info = yield from self._info_flow()
+        key = idempotency_key or uuid.uuid4().hex
         call = api.InvokeRequest(
             url=url, method=method.upper(), headers=tuple(headers), body=content,
-            max_price=max_price, idempotency_key=idempotency_key or uuid.uuid4().hex,
-            funding=funding, deposit=deposit)
+            max_price=max_price, idempotency_key=key, funding=funding, deposit=deposit,
+            created_at=self._created_at(key, created_at))
         body = call.to_json()
         for _ in range(2):  # at most one 428 to answer
-            response = yield self._request("POST", api.API_PREFIX + "/invoke", body)
+            response = yield from self._send("POST", api.API_PREFIX + "/invoke", body)
             assert response is not None
             data = _json(response)
             if response.status_code == 428 and data.get("error") == api.AUTHORIZATION_REQUIRED:
@@ -183,7 +224,7 @@ class _Base:
         deadline = time.monotonic() + self.pending_wait
         while response.status_code == 202 and time.monotonic() < deadline:
             yield 0.25
-            response = yield self._request(
+            response = yield from self._send(
                 "GET", f"{api.API_PREFIX}/requests/{call.idempotency_key}")
             assert response is not None
             data = _json(response)
@@ -194,6 +235,21 @@ class _Base:
         if response.status_code != 200:
             raise VaultCallError(response.status_code, data)
         return VaultResult.from_json(data)
+
+    def _created_at(self, key: str, given: int | None) -> int:
+        """The creation time of the call named ``key``: ``given``, else the one this client
+        signed for the key before (a retry keeps it), else now; remembered."""
+        created = given if given is not None else self._created.get(key, int(time.time()))
+        self._created[key] = created
+        self._created.move_to_end(key)
+        while len(self._created) > REMEMBERED_CALLS:
+            self._created.popitem(last=False)
+        return created
+
+    def created_at(self, idempotency_key: str) -> int | None:
+        """The creation time this client signed for ``idempotency_key`` (None if it does not
+        remember one): a retry from another process passes it as ``created_at``."""
+        return self._created.get(idempotency_key)
 
     def _authorize(self, info: dict[str, Any], data: dict[str, Any], deposit: int | None,
                    max_price: int) -> dict[str, str]:
@@ -323,12 +379,16 @@ class VaultClient(_Base):
     def invoke(
         self, url: str, *, method: str = "GET", headers: Sequence[tuple[bytes, bytes]] = (),
         content: bytes = b"", max_price: int, idempotency_key: str | None = None,
-        funding: str = api.POOL, deposit: int | None = None,
+        funding: str = api.POOL, deposit: int | None = None, created_at: int | None = None,
     ) -> VaultResult:
-        """One paid request; raises :class:`VaultCallError` when nothing was delivered."""
+        """One paid request; raises :class:`VaultCallError` when nothing was delivered.
+
+        A retry passes the same ``idempotency_key``; this client signs the creation time it
+        signed for that key before (``created_at`` overrides it: a retry from another
+        process passes the first attempt's, see :meth:`created_at`)."""
         flow = self._invoke_flow(url, method=method, headers=headers, content=content,
                                  max_price=max_price, idempotency_key=idempotency_key,
-                                 funding=funding, deposit=deposit)
+                                 funding=funding, deposit=deposit, created_at=created_at)
         result: VaultResult = _drive(flow, self.http)
         return result
 
@@ -383,10 +443,11 @@ class AsyncVaultClient(_Base):
     async def invoke(
         self, url: str, *, method: str = "GET", headers: Sequence[tuple[bytes, bytes]] = (),
         content: bytes = b"", max_price: int, idempotency_key: str | None = None,
-        funding: str = api.POOL, deposit: int | None = None,
+        funding: str = api.POOL, deposit: int | None = None, created_at: int | None = None,
     ) -> VaultResult:
+        """See :meth:`VaultClient.invoke`."""
         flow = self._invoke_flow(url, method=method, headers=headers, content=content,
                                  max_price=max_price, idempotency_key=idempotency_key,
-                                 funding=funding, deposit=deposit)
+                                 funding=funding, deposit=deposit, created_at=created_at)
         result: VaultResult = await _adrive(flow, self.http)
         return result

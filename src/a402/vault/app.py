@@ -87,7 +87,8 @@ def create_app(service: VaultService) -> ASGIApp:
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         now = time.time()
         signed = api.verify_request(request.headers, vault, request.method, path, body,
-                                    now=now, window=service.config.timing.auth_window)
+                                    life=service.vault.life_id, now=now,
+                                    window=service.config.timing.auth_window)
         if remember and not await service.store.remember_nonce(
                 signed.client, signed.nonce, now=now, keep=2 * service.config.timing.auth_window):
             raise api.AuthError(api.REPLAYED_REQUEST, "this nonce was already used")
@@ -145,6 +146,11 @@ def create_app(service: VaultService) -> ASGIApp:
                 call = api.InvokeRequest.from_json(body)
             except ValueError as e:
                 raise VaultError(400, api.BAD_REQUEST, str(e)) from None
+            if call.created_at is None:  # an older client: refused before anything is recorded
+                raise VaultError(400, api.CLIENT_OUTDATED,
+                                 "nothing was paid: sign the call's createdAt (its creation "
+                                 "time, kept across retries); this client is older than the "
+                                 "vault")
             return await service.invoker.invoke(signed.client, call, nonce=signed.nonce,
                                                 signed=raw)
         # The call's claim records the nonce in the same write: one commit fewer per call.

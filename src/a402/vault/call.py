@@ -362,8 +362,8 @@ class PaidCall:
         except ChannelsNeeded as e:
             raise VaultError(503, api.CHANNEL_RECOVERING, str(e), retryable=True) from None
         except EnclaveError as e:  # the enclave refused the call: nothing was signed
-            status = {"price_above_maximum": 402, "replayed_call": 401,
-                      "stale_call": 401}.get(e.reason, 403)
+            status = {"price_above_maximum": 402, "replayed_call": 401, api.STALE_CALL: 401,
+                      api.WRONG_LIFE: 401, api.CLIENT_OUTDATED: 400}.get(e.reason, 403)
             raise VaultError(status, e.reason, e.detail) from None
         # ------------------------------------------------------------ 5. answer
         if self.answered is not None:  # recorded with the checkpoint that made it durable

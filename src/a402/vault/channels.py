@@ -105,6 +105,22 @@ class VaultError(Exception):
         return {"error": self.reason, "message": self.detail, **self.extra}
 
 
+#: The HTTP status of the enclave's refusals of a signed call (nothing was signed);
+#: any other refusal of an approval is the balance's (402).
+_REFUSALS = {"price_above_maximum": 402, "replayed_call": 401, api.STALE_CALL: 401,
+             api.WRONG_LIFE: 401, api.CLIENT_OUTDATED: 400, "bad_request": 400,
+             "unauthenticated": 401, "bad_signature": 401}
+
+
+def refusal(e: EnclaveError) -> VaultError:
+    """The answer to the vault enclave refusing a client's call: its reason, as it says it
+    (each of its messages says first that nothing was paid)."""
+    status = _REFUSALS.get(e.reason)
+    if status is None:  # the balance (or the terms) refused the channel's deposit
+        return VaultError(402, api.INSUFFICIENT_BALANCE, f"{e.reason}: {e.detail}")
+    return VaultError(status, e.reason, e.detail)
+
+
 def hex_id(channel_id: bytes) -> str:
     return "0x" + channel_id.hex()
 
@@ -376,7 +392,7 @@ class Channels:
                 call, terms, row.lock_timeout, now=now))
         except EnclaveError as e:
             await self.settle_open(row)  # no approval exists: it never opens, the debit comes back
-            raise VaultError(402, api.INSUFFICIENT_BALANCE, f"{e.reason}: {e.detail}") from None
+            raise refusal(e) from None
         except LedgerBusy as e:
             await self.settle_open(row)  # no approval left the vault: the same
             raise VaultError(503, api.CONFLICT, str(e), retryable=True) from None
@@ -426,20 +442,27 @@ class Channels:
         (a copy of our transaction, or of its approval, may have opened it first — then our
         own reverts — and a batch's receipt says nothing of a member opened elsewhere).
 
-        * The manager's record of the id is not NONE: it opened (by whomever): recorded OPEN,
-          True.
-        * NONE in a block stamped after the latest deadline of the enclave's approvals to
-          open it: it never can, so it FAILED and a pool deposit comes back (host store and
+        * The manager's record of the id (at the head) is not NONE: it opened (by whomever):
+          recorded OPEN, True.
+        * NONE in the chain's *finalized* block (:meth:`ASCManager.channel_at_final`), and
+          that block stamped after the latest deadline of the enclave's approvals to open
+          it: it never can, so it FAILED and a pool deposit comes back (host store and
           enclave ledger; the enclave refuses to give it back before that deadline too, and
-          checks the channel's latest record, restored here, is untouched), False.
-        * Otherwise: not decided yet (an approval may still be mined), None; the row stays
-          OPENING and the worker asks again.
+          checks the channel's latest record, restored here, is untouched), False. Read at
+          the head instead, a reorg could still mine an open in a block before the
+          deadline after the deposit came back (the pool short by it); a node without
+          ``finalized`` or ``safe`` leaves that to the worker's sweep of FAILED channels
+          (:meth:`Worker._reclaim`), which force-closes such a channel to refill the pool.
+        * Otherwise: not decided yet (an approval may still be mined, or the block past the
+          deadline is not final yet), None; the row stays OPENING and the worker asks again.
         """
         channel_id = bytes.fromhex(row.cid[2:])
-        onchain, stamped = await asyncio.to_thread(self.manager.channel_at_head, channel_id)
+        onchain, _ = await asyncio.to_thread(self.manager.channel_at_head, channel_id)
         if onchain.status is not OnChainStatus.NONE:
             return await self._opened(row)
-        if stamped <= self.vault.approved_until(channel_id):
+        final, stamped, _ = await asyncio.to_thread(self.manager.channel_at_final, channel_id)
+        if final.status is not OnChainStatus.NONE or stamped <= self.vault.approved_until(
+                channel_id):
             return None
         if self.vault.channel(channel_id) is None:  # the enclave checks its latest record
             latest = await asyncio.to_thread(self.store.channel, row.cid)
@@ -587,6 +610,14 @@ class Channels:
                 terms, row.lock_timeout, now=now))
         except LedgerBusy as e:
             raise VaultError(503, api.CONFLICT, str(e), retryable=True) from None
+        except EnclaveError as e:
+            # Refused, so no approval of it exists and it can never open (e.g. a proposal
+            # whose salt an earlier life of the vault issued): FAILED, and a new one next.
+            await asyncio.to_thread(self.store.fail_channel, row.cid)
+            raise VaultError(409, api.PROPOSAL_REFUSED,
+                             "nothing was paid: the vault will not open the channel it proposed "
+                             f"({e.reason}: {e.detail}); call again for a new proposal",
+                             retryable=True) from None
         v = signature[64] if signature[64] >= 27 else signature[64] + 27
         call = self.manager.contract.functions.createASCWithAuthorization(
             terms_tuple(terms), row.proposal["validAfter"], row.proposal["validBefore"], v,

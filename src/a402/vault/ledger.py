@@ -81,10 +81,30 @@ class Ledger:
                 "Restore the database (with its ledger row) from a backup.")
         return True
 
+    def store_first(self) -> None:
+        """At a first boot, store the new (empty) ledger at once, with the life the
+        enclave drew: a restart before the first change then restores this life instead
+        of drawing another, so what this life issued (the salts of proposed wallet
+        channels) stays its own. If another replica's first boot stored its ledger first,
+        that one is loaded (its life) instead."""
+        with self._lock:
+            if self.version is not None or self.store.ledger() is not None:
+                self._catch_up(force=True)
+                return
+            blob, version = self.vault.export_ledger(), self.vault.ledger_version
+            if self.store.put_ledger(blob, version, expected=None):
+                self.version = version
+            else:
+                self._catch_up(force=True)
+
     def load(self) -> None:
-        """Hand the stored ledger (if any) to the enclave: at start-up."""
+        """Hand the stored ledger (if any) to the enclave: at start-up. A ledger the
+        enclave changed in loading it (a legacy one, given its life then) is stored
+        at once, before the enclave issues anything under that life."""
         with self._lock:
             self._catch_up(force=True)
+        if self.vault.ledger_unsaved:
+            self.change(lambda: None)
 
     def refresh(self) -> None:
         """Load the stored ledger if another replica stored a newer one (before trusting

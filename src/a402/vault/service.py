@@ -127,6 +127,8 @@ class VaultService:
         #: The enclave's ledger and its row (replicas serialize on it).
         self.ledger = Ledger(self.vault, config.store)
         self.ledger.load()
+        if first_boot:  # stored at once: a restart keeps this life (and what it issued)
+            self.ledger.store_first()
         #: The vault's address: its enclave's key.
         self.address = self.vault.checksum_address
         self.http = httpx.AsyncClient(timeout=config.connections.http_timeout, trust_env=False)
@@ -204,6 +206,8 @@ class VaultService:
                         "measurement": "0x" + self.config.enclave.measurement.hex()},
             "funding": [api.POOL, api.WALLET],
             "authWindow": self.config.timing.auth_window,
+            # Signed into every call: a new life means this vault lost its ledger.
+            "life": self.vault.life_id,
         }
 
     async def account_view(self, client: str) -> dict[str, Any]:

@@ -501,15 +501,19 @@ class VaultStore:
     def settle_channel(
         self, cid: str, *, client_payout: int, provider_payout: int, tx_hash: str | None
     ) -> bool:
-        """Record the on-chain payout once; a pool channel's client payout is credited back."""
+        """Record the on-chain payout once; a pool channel's client payout is credited back.
+
+        A FAILED channel settles too (it opened after all, after the decision: a reorg),
+        crediting no one: its deposit came back to the client's balance when it FAILED,
+        so what its settlement pays back refills the pool the open had drawn from."""
 
         def work(s: Session) -> bool:
             row = s.get(ChannelRow, cid)
             if row is None or row.phase == SETTLED:
                 return False
-            if row.phase not in FUNDED:
+            if row.phase not in FUNDED and row.phase != FAILED:
                 raise ValueError(f"channel {cid} is {row.phase}, not funded")
-            if row.funding == "pool" and client_payout:
+            if row.funding == "pool" and client_payout and row.phase != FAILED:
                 self._add(s, row.client, client_payout)
             done = s.execute(
                 update(ChannelRow)

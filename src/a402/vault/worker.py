@@ -33,8 +33,15 @@ Per tick:
 
    * OPENING (a crash between debit and sending, an open that failed or is
      still in flight) → the chain decides: opened by anyone → OPEN; unopened
-     in a block stamped after the enclave's last approval to open it lapsed
-     → FAILED, its pool deposit back; else ask again next tick;
+     in a *finalized* block stamped after the enclave's last approval to open
+     it lapsed → FAILED, its pool deposit back; else ask again next tick;
+   * FAILED pool channels (at start-up, then every ``_RECLAIM_EVERY`` ticks,
+     those failed in the last ``_RECLAIM_HORIZON``) that the chain shows
+     open after all (a reorg below the block the decision was read at: their
+     deposit left the pool, and the client has it back in its balance) →
+     force-closed with their opening state by the enclave's order, then
+     ``finalForceClose``: the whole deposit back to the vault's address,
+     credited to no one (it refills the pool);
    * LOCKED → ``resume``: EXEC again (answered from the provider's record) →
      REPLY → AUTH → REVEAL; or, with the provider unreachable, let Δ_lock
      expire: no σ_U exists, so δ is released and nothing is paid;
@@ -104,6 +111,10 @@ _BLOCK_KEY = "watch_block"
 _LOG_CHUNK = 2_000
 #: An OPENING channel this old is asked about on-chain (younger ones are being opened now).
 _OPENING_GRACE = 60.0
+#: FAILED channels are checked against the chain at start-up and every this many ticks...
+_RECLAIM_EVERY = 20
+#: ... those failed this recently (seconds): a reorg deeper than this is not expected.
+_RECLAIM_HORIZON = 86_400.0
 _UNREACHABLE = (TunnelError, TeeError, httpx.HTTPError, OSError)
 #: The checkpoints an idle channel may rest at with its last ACK not at the provider: the
 #: ACK waits up to ``ack_delay`` after DELIVERED, may have ridden on an EXEC given up since
@@ -173,6 +184,8 @@ class Worker:
                 await self._channel(row, startup=startup)
             except Exception:
                 log.exception("channel %s: recovery step failed", row.cid)
+        if startup or self.ticks % _RECLAIM_EVERY == 0:
+            await self._reclaim()
         await self._requests()
         await asyncio.to_thread(self.funds.reconcile, everything=startup)
         await self._withdrawals()
@@ -273,6 +286,40 @@ class Worker:
             await self._provider_claimed(row, tx_hash, args, entry)
         else:
             await self._finalized(row, tx_hash, args, entry)
+
+    async def _reclaim(self) -> None:
+        """FAILED pool channels that opened after all: force-closed with their opening state,
+        finalized once the dispute window is over (see the module docstring, 3)."""
+        since = time.time() - _RECLAIM_HORIZON
+        for row in await asyncio.to_thread(self.store.channels, phases=(vault_store.FAILED,)):
+            if row.funding != api.POOL or row.updated_at < since:
+                continue
+            try:
+                await self._reclaim_one(row)
+            except Exception:
+                log.exception("channel %s: reclaiming a FAILED channel that opened failed",
+                              row.cid)
+
+    async def _reclaim_one(self, row: vault_store.Channel) -> None:
+        channel_id = bytes.fromhex(row.cid[2:])
+        onchain = await asyncio.to_thread(self.manager.channel, channel_id)
+        if onchain.status is OnChainStatus.NONE:
+            return
+        log.warning("channel %s: FAILED here but %s on-chain (a reorg): reclaiming its "
+                    "deposit for the pool", row.cid, onchain.status.name)
+        channel = await self.channels.machine(row)  # closed in the enclave: it pays nothing
+        now = int((await asyncio.to_thread(self.w3.eth.get_block, "latest"))["timestamp"])
+        if onchain.status is OnChainStatus.OPEN:
+            # The enclave's order for its latest state: the opening one (the enclave closed
+            # the channel when it wrote the deposit off, so it never signed another).
+            latest, order = self.channels.vault.force_close(channel_id, now=now)
+            call = self.manager.contract.functions.initForceCloseFor(
+                terms_tuple(channel.terms), latest.state.as_tuple(), latest.vault_signature,
+                latest.provider_signature, order)
+            await self.channels.transact(f"reclaim:{row.cid}", "init", row.cid, call)
+        elif onchain.status is OnChainStatus.CLOSING and now >= onchain.deadline:
+            call = self.manager.contract.functions.finalForceClose(terms_tuple(channel.terms))
+            await self.channels.transact(f"final:{row.cid}", "final", row.cid, call)
 
     async def _answer_dispute(self, row: vault_store.Channel) -> None:
         """A force-close recorded an older state than ours: challenge with ours."""

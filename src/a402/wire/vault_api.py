@@ -3,11 +3,14 @@
 Money moves on these calls, so every call but ``GET /v1/info`` is signed by
 the client's Ethereum key (EIP-191 ``personal_sign``) over one canonical text::
 
-    a402-vault-request/v2
+    a402-vault-request/v3
     <vault account, CAIP-10>        the vault the call is for, on its chain:
                                     eip155:<chain id>:<address, lowercase>
                                     (no replay to another vault, nor to the same
                                     vault key on another chain or deployment)
+    <life id>                       the vault's life (``life`` in ``GET /v1/info``):
+                                    a new one after a vault lost its ledger, so no
+                                    call signed for an earlier life is paid again
     <METHOD>
     <path?query>
     <sha256(body), hex>
@@ -15,11 +18,14 @@ the client's Ethereum key (EIP-191 ``personal_sign``) over one canonical text::
     <nonce>
 
 sent as the headers :data:`CLIENT_HEADER`, :data:`TIMESTAMP_HEADER`,
-:data:`NONCE_HEADER`, :data:`SIGNATURE_HEADER`. The vault accepts a timestamp
-within :data:`DEFAULT_AUTH_WINDOW` seconds of its clock and each ``(client,
-nonce)`` once (it remembers nonces for twice the window), so a captured call
-can be neither replayed nor delayed. Both ends import this module; it does no
-I/O.
+:data:`NONCE_HEADER`, :data:`SIGNATURE_HEADER` and :data:`LIFE_HEADER`. A call
+without the life header is an older client's (:data:`CLIENT_OUTDATED`), one for
+another life is refused :data:`WRONG_LIFE`: the vault lost its ledger since the
+client read its info (what it held before is not in this vault's books). The
+vault accepts a timestamp within :data:`DEFAULT_AUTH_WINDOW` seconds of its
+clock and each ``(client, nonce)`` once (it remembers nonces for twice the
+window), so a captured call can be neither replayed nor delayed. Both ends
+import this module; it does no I/O.
 """
 
 from __future__ import annotations
@@ -46,8 +52,9 @@ CLIENT_HEADER: Final = "a402-client"
 TIMESTAMP_HEADER: Final = "a402-timestamp"
 NONCE_HEADER: Final = "a402-nonce"
 SIGNATURE_HEADER: Final = "a402-signature"
+LIFE_HEADER: Final = "a402-life"
 DEFAULT_AUTH_WINDOW: Final = 60
-_TAG: Final = "a402-vault-request/v2"
+_TAG: Final = "a402-vault-request/v3"
 _MAX_NONCE: Final = 64
 #: The largest call body the vault reads: a request the provider could take (its blob,
 #: base64 in JSON) and room for the rest; a larger one is refused before it is read.
@@ -58,6 +65,15 @@ UNAUTHENTICATED: Final = "unauthenticated"  # headers missing or malformed
 BAD_SIGNATURE: Final = "bad_signature"
 STALE_REQUEST: Final = "stale_request"  # timestamp outside the window
 REPLAYED_REQUEST: Final = "replayed_request"  # nonce already used
+#: The call lacks what this vault needs signed (the life header, an invoke's ``createdAt``):
+#: an older client. Nothing was paid; upgrade the client.
+CLIENT_OUTDATED: Final = "client_outdated"
+#: The call was signed for another life of the vault: the vault lost its ledger and
+#: started anew since the client read ``GET /v1/info``. Nothing was paid by this call.
+WRONG_LIFE: Final = "wrong_life"
+#: The vault enclave refused a call too old to pay: signed, or (an invoke) created, before
+#: the horizon its record of paid calls keeps. Nothing was paid by this call.
+STALE_CALL: Final = "stale_call"
 BAD_REQUEST: Final = "bad_request"
 REQUEST_TOO_LARGE: Final = "request_too_large"
 TARGET_NOT_ALLOWED: Final = "target_not_allowed"  # not a public address (see targets.py)
@@ -74,6 +90,9 @@ CHANNEL_BUSY: Final = "channel_busy"
 #: The provider still holds an earlier request of the channel (its ACK had not reached it,
 #: e.g. after a vault restart): nothing was paid, the vault re-sent it, call again.
 CHANNEL_RECOVERING: Final = "channel_recovering"
+#: The vault's enclave refused to open the wallet channel it had proposed (e.g. proposed by
+#: an earlier life of the vault): nothing was paid; call again for a new proposal.
+PROPOSAL_REFUSED: Final = "proposal_refused"
 IDEMPOTENCY_KEY_REUSED: Final = "idempotency_key_reused"
 REQUEST_IN_PROGRESS: Final = "request_in_progress"
 PAYMENT_PENDING: Final = "payment_pending"
@@ -100,6 +119,12 @@ POOL: Final = "pool"
 WALLET: Final = "wallet"
 
 
+WRONG_LIFE_MESSAGE: Final = (
+    "nothing was paid or moved by this call: it was signed for another life of this vault. "
+    "The vault lost its ledger and started anew (a new life): balances, channels and calls "
+    "from before are not in its books. Read GET /v1/info again (its 'life') to call it anew")
+
+
 class AuthError(Exception):
     """A call the vault must answer 401: ``reason`` is one of the reasons above."""
 
@@ -116,12 +141,12 @@ def vault_account(network: str, address: str) -> str:
 
 
 def signing_text(
-    vault: str, method: str, path: str, body: bytes, timestamp: int, nonce: str
+    vault: str, method: str, path: str, body: bytes, timestamp: int, nonce: str, *, life: str
 ) -> str:
     """The canonical text a client signs for one call to ``vault`` (its
-    :func:`vault_account`; see the module docstring)."""
+    :func:`vault_account`) in its life ``life`` (see the module docstring)."""
     return "\n".join((
-        _TAG, vault, method.upper(), path, hashlib.sha256(body).hexdigest(),
+        _TAG, vault, life, method.upper(), path, hashlib.sha256(body).hexdigest(),
         str(timestamp), nonce,
     ))
 
@@ -152,12 +177,14 @@ class RequestSigner:
 
 def sign_request(
     account: LocalAccount | RequestSigner, vault: str, method: str, path: str, body: bytes, *,
-    now: float | None = None, nonce: str | None = None,
+    life: str, now: float | None = None, nonce: str | None = None,
 ) -> dict[str, str]:
-    """The four authentication headers for one call to ``vault`` (its :func:`vault_account`)."""
+    """The five authentication headers for one call to ``vault`` (its :func:`vault_account`)
+    in its life ``life`` (``GET /v1/info``'s ``life``)."""
     timestamp = int(time.time() if now is None else now)
     nonce = nonce or secrets.token_hex(16)
-    digest = _personal_hash(signing_text(vault, method, path, body, timestamp, nonce))
+    digest = _personal_hash(signing_text(vault, method, path, body, timestamp, nonce,
+                                         life=life))
     if isinstance(account, RequestSigner):
         rs_recid = account.sign(digest)
     else:  # not cached: a cache would keep clients' private keys alive past their accounts
@@ -167,6 +194,7 @@ def sign_request(
         TIMESTAMP_HEADER: str(timestamp),
         NONCE_HEADER: nonce,
         SIGNATURE_HEADER: "0x" + rs_recid[:64].hex() + f"{27 + rs_recid[64]:02x}",
+        LIFE_HEADER: life,
     }
 
 
@@ -193,9 +221,9 @@ class Authenticated:
 
 def verify_request(
     headers: Mapping[str, str], vault: str, method: str, path: str, body: bytes, *,
-    now: float, window: int = DEFAULT_AUTH_WINDOW,
+    life: str, now: float, window: int = DEFAULT_AUTH_WINDOW,
 ) -> Authenticated:
-    """Check a call's signature and freshness; :class:`AuthError` otherwise.
+    """Check a call's signature, its life and freshness; :class:`AuthError` otherwise.
 
     The nonce is returned, not checked: remembering it is the store's job.
     """
@@ -209,9 +237,16 @@ def verify_request(
                                          "-signature headers)") from None
     if not 8 <= len(nonce) <= _MAX_NONCE or not nonce.isascii() or not nonce.isalnum():
         raise AuthError(UNAUTHENTICATED, "the nonce is 8 to 64 letters or digits")
+    signed_life = headers.get(LIFE_HEADER)
+    if signed_life is None:
+        raise AuthError(CLIENT_OUTDATED, "sign the vault's life too (a402-life header, "
+                                         f"{_TAG}): this client is older than the vault; "
+                                         "nothing was done")
+    if signed_life != life:
+        raise AuthError(WRONG_LIFE, WRONG_LIFE_MESSAGE)
     if abs(now - timestamp) > window:
         raise AuthError(STALE_REQUEST, f"timestamp {timestamp} is more than {window}s away")
-    text = signing_text(vault, method, path, body, timestamp, nonce)
+    text = signing_text(vault, method, path, body, timestamp, nonce, life=life)
     # Exactly what eth_account's ``recover_message`` accepts (ETH_ACCOUNT): v 0/1, 27/28 or
     # EIP-155 style; r and s below the curve order, high s included (the nonce, not the
     # signature's bytes, is what makes a call unique).
@@ -259,7 +294,13 @@ class InvokeRequest:
     """``POST /v1/invoke``: one request to a paid URL, paid within ``max_price``.
 
     ``idempotency_key`` names the call: a retry with the same key returns the
-    first outcome and never pays twice. ``funding`` is how a *new* channel is
+    first outcome and never pays twice. ``created_at`` (unix seconds) is when the
+    client made the call, signed with it and KEPT by every retry of the same key: the
+    vault enclave pays each ``(client, idempotency key, created_at)`` once and refuses
+    a call created before the horizon its record of paid calls keeps
+    (:data:`STALE_CALL`), so no retry signature a host holds back can pay a call again
+    once that record is pruned. A call without it is an older client's
+    (:data:`CLIENT_OUTDATED`). ``funding`` is how a *new* channel is
     funded (:data:`POOL` or :data:`WALLET`); ``deposit`` caps the deposit of a
     wallet-funded channel. ``channel_authorization`` answers a 428
     (:data:`AUTHORIZATION_REQUIRED`).
@@ -274,6 +315,7 @@ class InvokeRequest:
     funding: str = POOL
     deposit: int | None = None
     channel_authorization: dict[str, str] | None = None
+    created_at: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -283,6 +325,8 @@ class InvokeRequest:
         }
         if self.deposit is not None:
             out["deposit"] = str(self.deposit)
+        if self.created_at is not None:
+            out["createdAt"] = self.created_at
         if self.channel_authorization is not None:
             out["channelAuthorization"] = dict(self.channel_authorization)
         return out
@@ -311,12 +355,14 @@ class InvokeRequest:
         ):
             raise ValueError("channelAuthorization is an object of strings")
         deposit = data.get("deposit")
+        created_at = data.get("createdAt")
         return cls(
             url=url, method=method.upper(), headers=headers_from_json(data.get("headers", [])),
             body=unb64(data.get("body", "")), max_price=_amount(data.get("maxPrice"), "maxPrice"),
             idempotency_key=key, funding=funding,
             deposit=None if deposit is None else _amount(deposit, "deposit"),
             channel_authorization=authorization,
+            created_at=None if created_at is None else _unix_seconds(created_at),
         )
 
     def fingerprint(self) -> str:
@@ -338,6 +384,13 @@ def _amount(value: Any, what: str) -> int:
     if not text.isdigit() or len(text) > 78:
         raise ValueError(f"{what} is a decimal string of atomic units")
     return int(text)
+
+
+def _unix_seconds(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, str | int) \
+            or not str(value).isdigit() or len(str(value)) > 12:
+        raise ValueError("createdAt is the call's creation time, in unix seconds")
+    return int(value)
 
 
 def parse_amount(value: Any, what: str) -> int:

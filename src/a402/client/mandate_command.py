@@ -1,0 +1,423 @@
+"""``a402 mandate create|show|verify|revoke|confirm|list``.
+
+``create`` signs a mandate with the owner's key file and writes it as JSON (the file
+the agent is given); ``confirm`` signs the owner's approval of one payment above the
+mandate's threshold (``a402 pay --confirmation``); ``show`` prints its limits (the
+signature is checked on reading); ``verify`` also asks the chain whether it is
+revoked and whether it is valid now; ``revoke`` revokes it on-chain (the owner pays
+the gas, or signs a revocation that ``--relayer-key-file`` submits); ``list`` prints
+what a spend store recorded under each mandate. Every command takes ``--json``.
+
+Amounts are token units (``--decimals``, 6 by default, as for USDC) converted
+exactly; the document stores atomic units. The chain, the registry, the network
+and the asset default to the devnet manifest's (``--manifest``).
+
+Exit codes: 0 done (``verify``: the mandate can pay now), 1 ``verify`` found it
+unusable (revoked, expired, not yet valid, unknown), 2 usage or file error, 3 the
+chain could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+from a402.chain.locate import DEFAULT_MANIFEST, ChainNotFound
+from a402.client.mandates import (
+    DEFAULT_SPEND_DB,
+    UsageError,
+    mandate_chain,
+    manifest_or_none,
+    read_mandate,
+)
+from a402.mandate.document import Domain, Mandate, MandateError
+
+EXIT_OK: Final = 0
+EXIT_UNUSABLE: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_CHAIN: Final = 3
+_DURATION = re.compile(r"^(\d+)([smhd]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def duration(text: str) -> int:
+    """``90``, ``90s``, ``15m``, ``12h``, ``30d`` → seconds."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise UsageError(f"not a duration: {text!r} (e.g. 3600, 15m, 12h, 30d)")
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _atomic(text: str | None, decimals: int, what: str) -> int:
+    from a402.client.limits import parse_token_amount, to_atomic
+
+    if text is None:
+        return 0
+    try:
+        return to_atomic(parse_token_amount(text), decimals)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"{what}: {e}") from None
+
+
+def _key(path: str) -> Any:
+    from a402.client.pay import UsageError as PayUsageError
+    from a402.client.pay import read_key_file
+    from a402.client.wallet import load_account
+
+    try:
+        return load_account(read_key_file(path))
+    except PayUsageError as e:
+        raise UsageError(str(e)) from None
+
+
+def _rows(rows: list[tuple[str, str]], out: TextIO) -> None:
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}", file=out)
+
+
+# ---------------------------------------------------------------- arguments
+
+
+def add_mandate_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="mandate_command", required=True, metavar="ACTION")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    def chain_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--manifest", default=DEFAULT_MANIFEST, metavar="PATH",
+                       help="devnet manifest (chain, registry, token; default: %(default)s)")
+        p.add_argument("--rpc", metavar="URL", help="JSON-RPC URL of the mandate's chain "
+                       "(default: the manifest's rpcUrl)")
+
+    create = sub.add_parser("create", help="sign a mandate with the owner's key")
+    create.add_argument("--owner-key-file", required=True, metavar="F",
+                        help="the fund owner's hex private key (mode 600)")
+    create.add_argument("--agent", required=True, metavar="ADDRESS",
+                        help="the agent's key the mandate lets pay")
+    create.add_argument("--max-per-payment", required=True, metavar="AMOUNT",
+                        help="most one payment may pay (token units)")
+    create.add_argument("--budget", required=True, metavar="AMOUNT",
+                        help="most all payments may pay together (token units)")
+    create.add_argument("--period-budget", metavar="AMOUNT",
+                        help="most per --period (token units)")
+    create.add_argument("--period", metavar="DURATION", help="e.g. 1d, 12h (with --period-budget)")
+    for flag, text in (("--payee", "allowed payee address"),
+                       ("--origin", "allowed origin, scheme://host[:port]"),
+                       ("--url-pattern", "allowed URL pattern (* is the one wildcard)"),
+                       ("--skill", "allowed A2A skill"),
+                       ("--network", "allowed CAIP-2 network (default: the manifest's)"),
+                       ("--asset", "allowed token address (default: the manifest's token)"),
+                       ("--scheme", "allowed scheme: exact, a402 (default: exact)")):
+        create.add_argument(flag, action="append", default=[],
+                            help=f"{text}; repeatable; none: any" if flag in (
+                                "--payee", "--origin", "--url-pattern", "--skill")
+                            else f"{text}; repeatable")
+    create.add_argument("--valid-for", default="30d", metavar="DURATION",
+                        help="how long from now it pays (default: %(default)s)")
+    create.add_argument("--confirm-above", metavar="AMOUNT",
+                        help="above this one payment needs the owner's signed confirmation")
+    create.add_argument("--decimals", type=int, default=6,
+                        help="decimals of the token the amounts are in (default: 6)")
+    create.add_argument("--registry", metavar="ADDRESS",
+                        help="MandateRegistry address (default: the manifest's)")
+    create.add_argument("--chain-id", type=int, help="the registry's chain (default: the "
+                        "manifest's)")
+    create.add_argument("--out", metavar="FILE", help="write the signed mandate here "
+                        "(default: stdout)")
+    create.add_argument("--manifest", default=DEFAULT_MANIFEST, metavar="PATH",
+                        help="devnet manifest for the defaults (default: %(default)s)")
+    common(create)
+
+    show = sub.add_parser("show", help="print a mandate's limits (its signature is checked)")
+    show.add_argument("file")
+    common(show)
+
+    verify = sub.add_parser("verify", help="check a mandate: signature, validity now, "
+                                           "revocation on-chain")
+    verify.add_argument("file")
+    verify.add_argument("--agent", metavar="ADDRESS", help="also check it is for this agent")
+    chain_flags(verify)
+    common(verify)
+
+    revoke = sub.add_parser("revoke", help="revoke a mandate on-chain (the owner's key)")
+    revoke.add_argument("file")
+    revoke.add_argument("--owner-key-file", required=True, metavar="F")
+    revoke.add_argument("--relayer-key-file", metavar="F",
+                        help="submit the owner's signed revocation from this key (it pays "
+                             "the gas; the owner needs none)")
+    chain_flags(revoke)
+    common(revoke)
+
+    confirm = sub.add_parser("confirm", help="the owner signs one payment above the "
+                                             "mandate's confirmation threshold")
+    confirm.add_argument("file")
+    confirm.add_argument("--owner-key-file", required=True, metavar="F")
+    confirm.add_argument("--payee", required=True, metavar="ADDRESS")
+    confirm.add_argument("--amount", required=True, metavar="AMOUNT",
+                         help="exactly what the payment pays (token units)")
+    what = confirm.add_mutually_exclusive_group(required=True)
+    what.add_argument("--url", help="the paid URL (HTTP payments)")
+    what.add_argument("--skill", help="the A2A skill (A2A payments)")
+    confirm.add_argument("--network", metavar="CAIP2",
+                         help="default: the mandate's, if it names one")
+    confirm.add_argument("--asset", metavar="ADDRESS",
+                         help="default: the mandate's, if it names one")
+    confirm.add_argument("--scheme", default="exact", choices=("exact", "a402"))
+    confirm.add_argument("--valid-for", default="10m", metavar="DURATION",
+                         help="how long the confirmation may be used (default: %(default)s)")
+    confirm.add_argument("--decimals", type=int, default=6)
+    confirm.add_argument("--out", metavar="FILE", help="default: stdout")
+    common(confirm)
+
+    listing = sub.add_parser("list", help="mandates a spend store has seen, with their spend")
+    listing.add_argument("--spend-db", default=DEFAULT_SPEND_DB, metavar="URL",
+                         help="the spend store (default: %(default)s)")
+    common(listing)
+
+
+def run_mandate(args: argparse.Namespace, *, out: TextIO | None = None,
+                err: TextIO | None = None) -> int:
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    action = {"create": _create, "show": _show, "verify": _verify, "revoke": _revoke,
+              "confirm": _confirm, "list": _list}[args.mandate_command]
+    try:
+        return action(args, out, err)
+    except UsageError as e:
+        print(f"a402 mandate: {e}", file=err)
+        return EXIT_USAGE
+    except ChainNotFound as e:
+        print(f"a402 mandate: {e}", file=err)
+        return EXIT_CHAIN
+
+
+# ---------------------------------------------------------------- actions
+
+
+def _create(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from a402.crypto.authorization import EcdsaSigner
+    from a402.mandate.document import describe, sign_mandate
+
+    manifest = manifest_or_none(args.manifest)
+    owner = _key(args.owner_key_file)
+    registry = args.registry or (manifest.contracts.get("MandateRegistry") if manifest else None)
+    chain_id = args.chain_id or (manifest.chain_id if manifest else None)
+    if not registry or not chain_id:
+        raise UsageError("no MandateRegistry/chain: give --registry and --chain-id, or a "
+                         "manifest that names them (--manifest)")
+    networks = args.network or ([manifest.network] if manifest else [])
+    assets = args.asset or ([manifest.token.address] if manifest else [])
+    if not 0 <= args.decimals <= 36:
+        raise UsageError("--decimals must be between 0 and 36")
+    if (args.period is None) != (args.period_budget is None):
+        raise UsageError("--period and --period-budget go together")
+    now = int(time.time())
+    d = args.decimals
+    try:
+        mandate = Mandate(
+            owner=owner.address, agent=args.agent,
+            max_per_payment=_atomic(args.max_per_payment, d, "--max-per-payment"),
+            budget=_atomic(args.budget, d, "--budget"),
+            period_budget=_atomic(args.period_budget, d, "--period-budget"),
+            period=duration(args.period) if args.period else 0,
+            payees=tuple(args.payee), origins=tuple(args.origin),
+            url_patterns=tuple(args.url_pattern), skills=tuple(args.skill),
+            networks=tuple(networks), assets=tuple(assets),
+            schemes=tuple(args.scheme or ["exact"]),
+            valid_after=now, valid_before=now + duration(args.valid_for),
+            nonce=os.urandom(32), confirm_above=_atomic(args.confirm_above, d, "--confirm-above"),
+        )
+        signed = sign_mandate(mandate, Domain(chain_id, registry),
+                              EcdsaSigner(bytes(owner.key)).sign_digest)
+    except MandateError as e:
+        raise UsageError(f"{e.reason}: {e.message}") from None
+    text = signed.dumps()
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+        if args.json:
+            print(text, file=out)
+        else:
+            _rows(describe(signed), out)
+            print(f"signed mandate written to {args.out}; give it to the agent", file=out)
+    else:  # the document on stdout (to pipe), the readable table on stderr
+        print(text, file=out)
+        if not args.json:
+            _rows(describe(signed), err)
+    return EXIT_OK
+
+
+def _show(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from a402.mandate.document import describe
+
+    signed = read_mandate(args.file)
+    if args.json:
+        print(json.dumps({**signed.to_json(), "signatureValid": True}, indent=2), file=out)
+    else:
+        _rows([*describe(signed), ("signature", "valid, by the owner")], out)
+    return EXIT_OK
+
+
+def _verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from a402.evm.address import address_key
+    from a402.mandate.registry import RevocationCheck, RevocationUnknown
+
+    signed = read_mandate(args.file)
+    m = signed.mandate
+    now = int(time.time())
+    problems: list[str] = []
+    if args.agent and address_key(args.agent) != address_key(m.agent):
+        problems.append(f"mandate_wrong_agent: it is for {m.agent}")
+    if now < m.valid_after:
+        problems.append(f"mandate_not_yet_valid: from {m.valid_after}")
+    if now >= m.valid_before:
+        problems.append(f"mandate_expired: at {m.valid_before}")
+    chain = mandate_chain(signed, args.rpc, args.manifest)
+    if not chain.w3.eth.get_code(chain.w3.to_checksum_address(signed.domain.registry)):
+        problems.append(f"mandate_revocation_unknown: no MandateRegistry at "
+                        f"{signed.domain.registry}")
+        revoked = None
+    else:
+        try:
+            revoked = RevocationCheck.for_mandate(chain, signed).revoked(signed)
+        except RevocationUnknown as e:
+            revoked = None
+            problems.append(f"mandate_revocation_unknown: {e}")
+    if revoked:
+        problems.append("mandate_revoked: the owner revoked it on-chain")
+    usable = not problems
+    if args.json:
+        print(json.dumps({"hash": signed.hash_hex, "signatureValid": True, "revoked": revoked,
+                          "usable": usable, "problems": problems}, indent=2), file=out)
+    else:
+        _rows([("hash", signed.hash_hex), ("signature", "valid, by the owner " + m.owner),
+               ("revoked", {None: "unknown", True: "YES", False: "no"}[revoked]),
+               ("usable now", "yes" if usable else "NO: " + "; ".join(problems))], out)
+    return EXIT_OK if usable else EXIT_UNUSABLE
+
+
+def _revoke(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from a402.chain.tx import TransactionFailed
+    from a402.evm.address import address_key
+    from a402.mandate.document import revocation_digest
+    from a402.mandate.registry import MandateRegistry
+
+    signed = read_mandate(args.file)
+    owner = _key(args.owner_key_file)
+    if address_key(owner.address) != address_key(signed.mandate.owner):
+        raise UsageError(f"{args.owner_key_file} is {owner.address}, the mandate's owner is "
+                         f"{signed.mandate.owner}: only the owner revokes")
+    chain = mandate_chain(signed, args.rpc, args.manifest)
+    registry = MandateRegistry(chain, signed.domain.registry)
+    try:
+        if args.relayer_key_file:
+            from a402.crypto.authorization import EcdsaSigner
+
+            relayer = _key(args.relayer_key_file)
+            signature = EcdsaSigner(bytes(owner.key)).sign_digest(
+                revocation_digest(signed.hash, signed.domain))
+            receipt = registry.revoke_by_sig(relayer, owner.address, signed.hash, signature)
+        else:
+            receipt = registry.revoke(owner, signed.hash)
+    except TransactionFailed as e:
+        print(f"a402 mandate: the revocation failed on-chain ({e}); the mandate is NOT "
+              "revoked", file=err)
+        return EXIT_CHAIN
+    block = registry.revoked_at(signed.mandate.owner, signed.hash)
+    result = {"hash": signed.hash_hex, "revoked": True, "block": block,
+              "transaction": receipt["transactionHash"].to_0x_hex()}
+    if args.json:
+        print(json.dumps(result, indent=2), file=out)
+    else:
+        _rows([("hash", signed.hash_hex), ("revoked", f"yes, in block {block}"),
+               ("transaction", str(result["transaction"]))], out)
+        print("payers that check the registry refuse it from that block on", file=out)
+    return EXIT_OK
+
+
+def _one(values: tuple[str, ...], given: str | None, flag: str) -> str:
+    if given:
+        return given
+    if len(values) != 1:
+        raise UsageError(f"the mandate names {len(values)} choices for {flag}: give {flag}")
+    return values[0]
+
+
+def _confirm(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from a402.crypto.authorization import EcdsaSigner
+    from a402.evm.address import address_key, is_address, to_checksum
+    from a402.mandate.document import Confirmation
+
+    signed = read_mandate(args.file)
+    owner = _key(args.owner_key_file)
+    if address_key(owner.address) != address_key(signed.mandate.owner):
+        raise UsageError(f"{args.owner_key_file} is {owner.address}, the mandate's owner is "
+                         f"{signed.mandate.owner}: only the owner confirms")
+    for flag, value in (("--payee", args.payee), ("--asset", args.asset)):
+        if value is not None and not is_address(value):
+            raise UsageError(f"{flag}: not an address: {value!r}")
+    if not 0 <= args.decimals <= 36:
+        raise UsageError("--decimals must be between 0 and 36")
+    unsigned = Confirmation(
+        mandate=signed.hash, payee=to_checksum(args.payee),
+        network=_one(signed.mandate.networks, args.network, "--network"),
+        asset=to_checksum(_one(signed.mandate.assets, args.asset, "--asset")),
+        scheme=args.scheme, amount=_atomic(args.amount, args.decimals, "--amount"),
+        resource=args.skill if args.skill is not None else args.url,
+        nonce=os.urandom(32), valid_before=int(time.time()) + duration(args.valid_for))
+    signature = EcdsaSigner(bytes(owner.key)).sign_digest(unsigned.digest(signed.domain))
+    confirmation = Confirmation(**{**unsigned.__dict__, "signature": signature})
+    text = json.dumps(confirmation.to_json(), indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    if args.json or not args.out:
+        print(text, file=out)
+    else:
+        print(f"confirmation of {confirmation.amount} (atomic) to {confirmation.payee} for "
+              f"{confirmation.resource} written to {args.out}; good once, until "
+              f"{confirmation.valid_before}", file=out)
+    return EXIT_OK
+
+
+def _list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from a402.mandate.spend import SpendStore
+
+    url = args.spend_db
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+        raise UsageError(f"no spend store at {url} (nothing was paid under a mandate there)")
+    store = SpendStore(url)
+    try:
+        entries = store.mandates()
+    finally:
+        store.close()
+    now = int(time.time())
+    rows = []
+    for e in entries:
+        m = e.signed.mandate
+        state = ("expired" if now >= m.valid_before else
+                 "not yet valid" if now < m.valid_after else "valid")
+        rows.append({"hash": e.signed.hash_hex, "agent": m.agent, "owner": m.owner,
+                     "spent": e.spent_total, "budget": m.budget, "payments": e.reservations,
+                     "validBefore": m.valid_before, "state": state})
+    if args.json:
+        print(json.dumps(rows, indent=2), file=out)
+        return EXIT_OK
+    print(f"{'mandate':<14} {'agent':<42} {'spent / budget (atomic)':>26} {'payments':>8}  "
+          "state", file=out)
+    for r in rows:
+        spent = f"{r['spent']} / {r['budget']}"
+        print(f"{str(r['hash'])[:12]}.. {r['agent']:<42} {spent:>26} {r['payments']:>8}  "
+              f"{r['state']}", file=out)
+    print(f"{len(rows)} mandate{'s' if len(rows) != 1 else ''} (revocation is not read "
+          "here: `a402 mandate verify FILE`)", file=out)
+    return EXIT_OK

@@ -1,0 +1,98 @@
+"""One mandate, enforced: revocation read, decision and reservation, for any paying path.
+
+A payer (the httpx client, ``a402 pay``; later the vault and the A2A client)
+holds a :class:`MandateGuard` and, for every payment, in this order:
+
+1. :meth:`MandateGuard.reserve` before signing: the registry is read (a
+   revoked or unreadable mandate refuses), then the spend store decides and
+   reserves atomically. A refusal is :class:`MandateRefused` with a
+   ``mandate_*`` reason, and nothing was reserved or signed.
+2. sign, then :meth:`MandateGuard.signed`;
+3. or, only if signing failed, :meth:`MandateGuard.release`.
+
+The guard refuses at construction a mandate that is not for the payer's key
+(``mandate_wrong_agent``), so a misconfigured agent finds out before its
+first 402, not at it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from a402.evm.address import address_key
+from a402.mandate.document import Confirmation, SignedMandate
+from a402.mandate.policy import MANDATE_WRONG_AGENT, Decision, ProposedPayment, decide
+from a402.mandate.registry import RevocationCheck, RevocationUnknown
+from a402.mandate.spend import MandateRefused, Reservation, SpendStore
+
+Confirm = Callable[[ProposedPayment], Confirmation | None]
+"""Asks the owner to confirm a payment above the threshold: their signed
+:class:`Confirmation`, or None (then the payment is refused)."""
+
+
+class MandateGuard:
+    """``signed`` enforced for ``agent`` with ``store``'s durable spend.
+
+    ``revocation``: the registry check (:meth:`RevocationCheck.for_mandate`).
+    Passing None skips it, and with it the owner's brake: only for a mandate
+    whose registry cannot be reached by design (an offline test), never by default.
+    ``confirm``: how to obtain the owner's confirmation above ``confirm_above``.
+    """
+
+    def __init__(
+        self,
+        signed: SignedMandate,
+        *,
+        agent: str,
+        store: SpendStore,
+        revocation: RevocationCheck | None,
+        confirm: Confirm | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if address_key(agent) != address_key(signed.mandate.agent):
+            raise MandateRefused(MANDATE_WRONG_AGENT, f"the mandate is for "
+                                 f"{signed.mandate.agent}, this payer is {agent}")
+        self.signed_mandate = signed
+        self.agent = agent
+        self.store = store
+        self.revocation = revocation
+        self.confirm = confirm
+        self.clock = clock
+
+    @property
+    def mandate_hash(self) -> str:
+        return self.signed_mandate.hash_hex
+
+    def precheck(self, payment: ProposedPayment) -> Decision:
+        """The decision with the spend as last committed, without the registry, the
+        owner's confirmation, a lock or a reservation: to set aside offers the mandate
+        cannot allow. :meth:`reserve` decides for real. A ``mandate_needs_confirmation``
+        here means "ask the owner at reserve time"."""
+        now = int(self.clock())
+        spent = self.store.spent(self.signed_mandate, now=now)
+        return decide(self.signed_mandate, payment, spent, now=now)
+
+    def _confirmation(self, payment: ProposedPayment) -> Confirmation | None:
+        m = self.signed_mandate.mandate
+        if not m.confirm_above or payment.amount <= m.confirm_above or self.confirm is None:
+            return None
+        return self.confirm(payment)
+
+    def reserve(self, payment: ProposedPayment) -> Reservation:
+        """Reserve ``payment`` under the mandate or raise ``MandateRefused`` (module doc)."""
+        revoked = False
+        if self.revocation is not None:
+            try:
+                revoked = self.revocation.revoked(self.signed_mandate)
+            except RevocationUnknown as e:
+                raise MandateRefused(e.reason, f"the mandate's registry could not be read "
+                                     f"({e}), so it is treated as revoked") from e
+        return self.store.reserve(self.signed_mandate, payment, now=int(self.clock()),
+                                  revoked=revoked, confirmation=self._confirmation(payment))
+
+    def signed(self, reservation: Reservation, payment_ref: str | None = None) -> None:
+        self.store.signed(reservation, payment_ref)
+
+    def release(self, reservation: Reservation) -> bool:
+        return self.store.release(reservation)

@@ -1,0 +1,130 @@
+"""``MandateRegistry`` on-chain: revoke a mandate, and ask whether one is revoked, per block.
+
+Revocation is the owner's brake: once the revocation's block exists, no payer
+that checks here pays under the mandate again. :class:`RevocationCheck` keeps
+that promise "within one block" while costing one ``eth_blockNumber`` per
+payment instead of an ``eth_call``: the answer for a mandate is cached *for the
+block it was read at*, and every check first asks the node for its latest
+block, so the block that carries a revocation invalidates every cached "not
+revoked". The cache is bounded (``max_entries`` mandates, least recently used
+evicted) and only ever holds answers for the latest block seen.
+
+Failing closed: if the node cannot be asked (down, wrong chain, no registry at
+the address), :meth:`RevocationCheck.revoked` raises :class:`RevocationUnknown`
+and the payer refuses (``mandate_revocation_unknown``): a brake that cannot be
+read is treated as pulled.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Final
+
+from eth_account.signers.local import LocalAccount
+from hexbytes import HexBytes
+from web3.types import TxReceipt
+
+from a402.chain.node import Chain
+from a402.chain.tx import contract_at, transact
+from a402.evm.address import to_checksum
+from a402.mandate.document import SignedMandate
+
+MANDATE_REVOCATION_UNKNOWN: Final = "mandate_revocation_unknown"
+
+
+class RevocationUnknown(Exception):
+    """The registry could not be read: treat the mandate as revoked."""
+
+    reason = MANDATE_REVOCATION_UNKNOWN
+
+
+class MandateRegistry:
+    """A thin binding of the ``MandateRegistry`` contract at ``address`` on ``chain``."""
+
+    def __init__(self, chain: Chain, address: str) -> None:
+        self.chain = chain
+        self.address = to_checksum(address)
+        self.contract = contract_at(chain, "MandateRegistry", self.address)
+
+    def revoke(self, owner: LocalAccount, mandate_hash: bytes) -> TxReceipt:
+        """The owner revokes, paying the gas."""
+        return transact(self.chain, owner, self.contract.functions.revoke(mandate_hash))
+
+    def revoke_by_sig(self, relayer: LocalAccount, owner: str, mandate_hash: bytes,
+                      signature: bytes) -> TxReceipt:
+        """Anyone relays the owner's signed ``Revocation`` (see ``revocation_digest``)."""
+        call = self.contract.functions.revokeBySig(to_checksum(owner), mandate_hash, signature)
+        return transact(self.chain, relayer, call)
+
+    def is_revoked(self, owner: str, mandate_hash: bytes, block: int | None = None) -> bool:
+        """As of ``block`` (None: the latest)."""
+        call = self.contract.functions.isRevoked(to_checksum(owner), mandate_hash)
+        return bool(call.call(block_identifier="latest" if block is None else block))
+
+    def revoked_at(self, owner: str, mandate_hash: bytes) -> int:
+        """The block of the revocation, 0 if none."""
+        return int(self.contract.functions.revokedAt(to_checksum(owner), mandate_hash).call())
+
+    def domain_separator(self) -> bytes:
+        return bytes(HexBytes(self.contract.functions.domainSeparator().call()))
+
+
+class RevocationCheck:
+    """Is a mandate revoked, as of the node's latest block? Cached per block (module doc)."""
+
+    def __init__(self, registry: MandateRegistry, *, max_entries: int = 4096) -> None:
+        self.registry = registry
+        self.max_entries = max_entries
+        self._block = -1
+        self._answers: OrderedDict[bytes, bool] = OrderedDict()
+        self._lock = threading.Lock()
+        self.reads = 0
+        """How many ``isRevoked`` calls reached the node (the cache's misses)."""
+
+    @classmethod
+    def for_mandate(cls, chain: Chain, signed: SignedMandate) -> RevocationCheck:
+        """A check against the registry the mandate names, on a node of its chain."""
+        try:
+            chain_id = chain.chain_id
+        except Exception as e:
+            raise RevocationUnknown(f"the node did not answer: {type(e).__name__}") from e
+        if chain_id != signed.domain.chain_id:
+            raise RevocationUnknown(f"the node is chain {chain_id}, the mandate's registry "
+                                    f"is on chain {signed.domain.chain_id}")
+        return cls(MandateRegistry(chain, signed.domain.registry))
+
+    @classmethod
+    def from_rpc(cls, rpc_url: str, signed: SignedMandate) -> RevocationCheck:
+        """:meth:`for_mandate` on the node at ``rpc_url``."""
+        from a402.chain.node import connect
+
+        return cls.for_mandate(connect(rpc_url), signed)
+
+    def revoked(self, signed: SignedMandate) -> bool:
+        """True once the owner's revocation is in the latest block; RevocationUnknown if
+        the registry cannot be read."""
+        if to_checksum(signed.domain.registry) != self.registry.address:
+            raise RevocationUnknown("the mandate names another registry than this check's")
+        try:
+            block = int(self.registry.chain.w3.eth.block_number)
+        except Exception as e:
+            raise RevocationUnknown(f"eth_blockNumber failed: {type(e).__name__}") from e
+        with self._lock:
+            if block > self._block:
+                self._block = block
+                self._answers.clear()
+            if block == self._block and signed.hash in self._answers:
+                self._answers.move_to_end(signed.hash)
+                return self._answers[signed.hash]
+        try:
+            answer = self.registry.is_revoked(signed.mandate.owner, signed.hash, block)
+        except Exception as e:
+            raise RevocationUnknown(f"isRevoked failed: {type(e).__name__}: {e}") from e
+        with self._lock:
+            self.reads += 1
+            if block == self._block:
+                self._answers[signed.hash] = answer
+                while len(self._answers) > self.max_entries:
+                    self._answers.popitem(last=False)
+        return answer

@@ -1,0 +1,104 @@
+"""MandateRegistry on anvil: the owner's revocation stops payment within one block."""
+
+from __future__ import annotations
+
+import pytest
+from eth_account import Account
+from web3 import Web3
+
+from a402.chain.deploy import Manifest
+from a402.chain.node import Chain, free_port
+from a402.chain.tx import TransactionFailed, transact
+from a402.crypto.authorization import EcdsaSigner
+from a402.mandate import Domain, revocation_digest, sign_mandate
+from a402.mandate.registry import MandateRegistry, RevocationCheck, RevocationUnknown
+from tests.mandate.helpers import Keys, make_mandate
+
+pytestmark = pytest.mark.anvil
+
+
+class Funded(Keys):
+    """Keys whose owner is one of anvil's funded accounts (it pays gas to revoke)."""
+
+    def __init__(self, chain: Chain, index: int) -> None:
+        super().__init__()
+        self.owner = chain.accounts[index]
+        self.owner_signer = EcdsaSigner(bytes(self.owner.key))
+
+
+def _signed(keys: Keys, manifest: Manifest, **kw):
+    domain = Domain(manifest.chain_id, manifest.contracts["MandateRegistry"])
+    return sign_mandate(make_mandate(keys, networks=(manifest.network,),
+                                     assets=(manifest.token.address,), **kw),
+                        domain, keys.owner_signer.sign_digest)
+
+
+def test_the_registry_signs_in_the_domain_python_computes(anvil_chain: Chain,
+                                                           dev_stack: Manifest) -> None:
+    registry = MandateRegistry(anvil_chain, dev_stack.contracts["MandateRegistry"])
+    domain = Domain(dev_stack.chain_id, registry.address)
+    assert registry.domain_separator() == domain.separator()
+
+
+def test_a_revocation_by_the_owner_stops_the_mandate_in_the_next_block(
+    anvil_chain: Chain, dev_stack: Manifest,
+) -> None:
+    keys = Funded(anvil_chain, -1)
+    signed = _signed(keys, dev_stack)
+    check = RevocationCheck.for_mandate(anvil_chain, signed)
+    assert check.revoked(signed) is False
+    assert check.revoked(signed) is False
+    assert check.reads == 1  # the same block answers from the cache
+    registry = check.registry
+    receipt = registry.revoke(keys.owner, signed.hash)
+    assert anvil_chain.w3.eth.block_number >= receipt["blockNumber"]
+    assert check.revoked(signed) is True  # the revocation's block is the latest: no stale "no"
+    assert check.reads == 2
+    assert registry.revoked_at(keys.owner.address, signed.hash) == receipt["blockNumber"]
+    registry.revoke(keys.owner, signed.hash)  # again: harmless, the first block stays
+    assert registry.revoked_at(keys.owner.address, signed.hash) == receipt["blockNumber"]
+
+
+def test_an_owner_without_gas_signs_a_revocation_that_anyone_relays(
+    anvil_chain: Chain, dev_stack: Manifest,
+) -> None:
+    keys = Keys()  # a fresh owner: no ETH at all
+    signed = _signed(keys, dev_stack)
+    registry = MandateRegistry(anvil_chain, dev_stack.contracts["MandateRegistry"])
+    signature = keys.owner_signer.sign_digest(revocation_digest(signed.hash, signed.domain))
+    relayer = anvil_chain.accounts[-2]
+    registry.revoke_by_sig(relayer, keys.owner.address, signed.hash, signature)
+    assert registry.is_revoked(keys.owner.address, signed.hash)
+    assert not registry.is_revoked(relayer.address, signed.hash)
+
+
+def test_a_stranger_cannot_revoke_someone_elses_mandate(anvil_chain: Chain,
+                                                         dev_stack: Manifest) -> None:
+    keys = Keys()
+    signed = _signed(keys, dev_stack)
+    registry = MandateRegistry(anvil_chain, dev_stack.contracts["MandateRegistry"])
+    stranger = anvil_chain.accounts[-2]
+    registry.revoke(stranger, signed.hash)  # files it under the stranger's own address
+    forged = EcdsaSigner(bytes(Account.create().key)).sign_digest(
+        revocation_digest(signed.hash, signed.domain))
+    with pytest.raises(TransactionFailed):
+        transact(anvil_chain, stranger, registry.contract.functions.revokeBySig(
+            keys.owner.address, signed.hash, forged))
+    assert RevocationCheck(registry).revoked(signed) is False
+
+
+def test_an_unreadable_registry_counts_as_revoked(anvil_chain: Chain,
+                                                   dev_stack: Manifest) -> None:
+    signed = _signed(Keys(), dev_stack)
+    dead = Chain(Web3(Web3.HTTPProvider(f"http://127.0.0.1:{free_port()}",
+                                        request_kwargs={"timeout": 2})), [])
+    with pytest.raises(RevocationUnknown):
+        RevocationCheck.for_mandate(dead, signed)
+    check = RevocationCheck(MandateRegistry(dead, signed.domain.registry))
+    with pytest.raises(RevocationUnknown) as e:
+        check.revoked(signed)
+    assert e.value.reason == "mandate_revocation_unknown"
+    other_chain = _signed(Keys(), dev_stack)
+    object.__setattr__(other_chain.domain, "chain_id", 1)
+    with pytest.raises(RevocationUnknown):
+        RevocationCheck.for_mandate(anvil_chain, other_chain)
