@@ -103,13 +103,13 @@ class VaultMode:
                                     ack_timeout=30.0, lock_timeout=10.0)
 
     def call(self, client: LocalAccount, *, key: str, max_price: int = PRICE,
-             ts: float | None = None) -> SignedCall:
+             ts: float | None = None, life: str | None = None) -> SignedCall:
         invoke = api.InvokeRequest(url="https://api.example/weather", method="GET",
                                    headers=(), body=b"", max_price=max_price,
                                    idempotency_key=key)
         raw = json.dumps(invoke.to_json()).encode()
         headers = api.sign_request(client, self.vault.account, "POST", INVOKE_PATH, raw,
-                                   life=self.vault.life_id, now=ts)
+                                   life=life or self.vault.life_id, now=ts)
         return SignedCall.of(headers, "POST", INVOKE_PATH, raw)
 
     def pay(self, cid: bytes, provider: ProviderChannel, call: SignedCall, amount: int = PRICE,

@@ -208,6 +208,10 @@ def test_the_host_cannot_pay_without_the_clients_signed_call_nor_twice_with_one(
         vm.vault.request(cid, vm.call(alice, key="x", max_price=PRICE - 1), PRICE, clock())
     with pytest.raises(EnclaveError, match="stale"):
         vm.vault.request(cid, vm.call(alice, key="x", ts=clock() - 3_600), PRICE, clock())
+    # A call signed for another life of the vault (which paid who knows what) pays nothing.
+    other = vault_mode(DOMAIN).vault.life_id
+    with pytest.raises(EnclaveError, match="wrong_life"):
+        vm.vault.request(cid, vm.call(alice, key="x", life=other), PRICE, clock())
     once = vm.call(alice, key="once")
     vm.pay(cid, provider_side, once)
     with pytest.raises(EnclaveError, match="replayed_call"):
