@@ -105,8 +105,11 @@ class Bench:
     def settle(self, payouts: list[tuple[str, int]]) -> int:
         epoch = self.vault.last_epoch() + 1
         packed = pack_payouts([(a, self.index[a], x) for a, x in payouts])
-        signature = self.key.sign_digest(settlement_digest(self.vault.domain, epoch, packed))
-        return int(self.vault.settle(self.gas_payer, packed, epoch, signature)["gasUsed"])
+        deposits = self.vault.deposit_state()
+        signature = self.key.sign_digest(
+            settlement_digest(self.vault.domain, epoch, packed, deposits))
+        return int(self.vault.settle(self.gas_payer, packed, epoch, deposits,
+                                     signature)["gasUsed"])
 
     def payees(self, n: int) -> list[str]:
         """``n`` fresh participants that already hold tokens (never paid by the vault), with
@@ -176,8 +179,9 @@ def measure_entry_points(b: Bench) -> dict[str, int]:
     signature = EVM.adapt(presig, t)
     deadline = int(chain.w3.eth.get_block("latest")["timestamp"]) + 3_600
     claim = PendingClaim(3, 1_000, h, signature[:32], int.from_bytes(signature[32:], "big"), 7,
-                         deadline, sign_authorization(b.key, vault.domain, m, 1_000, presig.r),
-                         b.key.sign_digest(pending_digest(vault.domain, cid, 3, 7, deadline)))
+                         0, deadline,
+                         sign_authorization(b.key, vault.domain, m, 1_000, presig.r),
+                         b.key.sign_digest(pending_digest(vault.domain, cid, 3, 7, 0, deadline)))
     gas["claimPayment (provider, vault dark)"] = int(
         vault.claim_payment(b.gas_payer, terms, claim)["gasUsed"])
     return gas

@@ -46,7 +46,9 @@ import {IERC3009Receive} from "./ASCManager.sol";
 ///
 ///      Settlements. `payouts` is a packed array of 36-byte records `address (20) ‖ uint32
 ///      index (4) ‖ uint96 amount (12)`; the vault signs A402VaultSettlement(uint64 epoch,
-///      bytes32 payouts = keccak256(payouts)). Epochs are consecutive (`epoch == lastEpoch + 1`,
+///      bytes32 payouts = keccak256(payouts), bytes32 deposits, uint64 notBefore) (`deposits`,
+///      `notBefore`: see "Deposits and claims are the chain's word"; a settlement may pay
+///      nobody and only confirm deposits). Epochs are consecutive (`epoch == lastEpoch + 1`,
 ///      below 2^31): a signature is good once, and a settlement the enclave signed can never be
 ///      skipped over by a later one (so "every settlement up to epoch e" is a fact of the chain
 ///      once `lastEpoch ≥ e`).
@@ -60,8 +62,9 @@ import {IERC3009Receive} from "./ASCManager.sol";
 ///      Balance statements. The enclave hands every participant, after each change of its
 ///      account, A402VaultBalance(participant, index, balance, locked, epoch, nonce):
 ///      * `balance` (free) and `locked` (in the participant's open channels, as client) are what
-///        the vault owes it if it stopped now, NET of its payouts in every settlement with epoch
-///        ≤ `epoch`, and gross of every settlement after; `epoch` is the last settlement the
+///        the vault owes it if it stopped now, counting only deposits confirmed by a settlement
+///        with epoch ≤ `epoch` (see "Deposits and claims are the chain's word"), NET of its
+///        payouts in every settlement with epoch ≤ `epoch`, and gross of every settlement after; `epoch` is the last settlement the
 ///        enclave had signed when it signed the statement (the enclave debits a payee when it
 ///        signs the settlement);
 ///      * `nonce` increases with every change; of two statements, the higher nonce is newer and
@@ -87,15 +90,56 @@ import {IERC3009Receive} from "./ASCManager.sol";
 ///      request `requestId` (σ_U, exactly ASCManager's: A402PaymentAuthorization(m, δ, e) over
 ///      m = A402Payment(channelId, requestId, δ, resultHash)), the enclave moves δ out of the
 ///      client's statement (it is in no statement of the client with a higher nonce) and signs
-///      A402VaultPending(channelId, requestId, clientNonce, deadline), `clientNonce` = the
-///      nonce of the client's last statement that still counts δ. The provider's statements
+///      A402VaultPending(channelId, requestId, clientNonce, epoch, deadline), `clientNonce` =
+///      the nonce of the client's last statement that still counts δ, `epoch` the last
+///      settlement it had signed (claimable only once that one landed). The provider's statements
 ///      never count a pending δ before `deadline`; after it, the enclave credits δ to the
-///      provider (it revealed t) or back to the client (it did not), unless a claim landed.
+///      provider (it revealed t) or back to the client (it did not), unless a claim landed,
+///      in a settlement with `notBefore ≥ deadline` (see "Deposits and claims ...").
 ///      `claimPayment` (until `deadline`) pays δ to the provider and records (clientNonce, δ)
 ///      against the client; the client's force-settle deducts, from its `locked`, every claim
 ///      with clientNonce ≥ its recorded statement's nonce (the statements that still count δ),
 ///      and a claim on a client whose force-settle already paid a statement counting δ is
 ///      refused. Each (channel, request) is claimed once.
+///
+///      Deposits and claims are the chain's word, not the host's. The enclave cannot see the
+///      chain: its host reports each `Deposited` and `PaymentClaimed` event. A host that
+///      invented a deposit (for a key of its own) would have the enclave sign balances,
+///      payments and payouts out of other participants' money, which `available()` alone does
+///      not stop; one that hid a provider's claim would have the enclave credit that payment
+///      to the provider again. So every deposit and every claim folds one hash chain,
+///      `depositState = count ‖ low224(keccak(depositState ‖ record))` (a deposit's record is
+///      `participant ‖ uint96 amount`, a claim's `0x01 ‖ keccak(channelId, requestId) ‖ uint64
+///      deadline`), which the enclave folds too, from the reports, and the vault key's word is
+///      only ever usable through a settlement that proves its view of that chain:
+///      * a settlement signs the enclave's `deposits` state with its epoch, and lands only if
+///        that state, extended by the records mined since (`depositTail`, which anyone reads
+///        from the events), is `depositState`: the enclave's chain is a prefix of the chain's,
+///        so each deposit it counted was made, for that participant and amount, once, and it
+///        missed no deposit or claim before its view (an invented, changed, reordered,
+///        repeated or hidden report forks it for good);
+///      * the enclave counts a reported deposit in no statement, payment or payout until it
+///        has signed a settlement covering it (it *confirms* deposits by signing one, with no
+///        payouts if need be), and names that settlement's epoch in what it signs: a statement
+///        is usable only with `epoch ≤ lastEpoch` (below), a pending record only with
+///        `p.epoch ≤ lastEpoch` (`claimPayment`). So nothing the key signed on the strength of
+///        a deposit pays before the settlement that proved the deposit has landed;
+///      * a pending payment is claimable until its `deadline` (chain time); the enclave
+///        credits it off-chain (to the provider, or back to the client) only in a settlement
+///        whose `notBefore` is at least that deadline, and `settle` requires
+///        `block.timestamp > notBefore`: by the time such a settlement lands, the claim window
+///        is shut. A claim that landed before the enclave's view is in its chain (or the
+///        settlement cannot land); one that lands after may ride in the tail only if its
+///        deadline is after `notBefore` (a payment this settlement did not resolve), otherwise
+///        the settlement can no longer land (`ClaimInTail`). Either way no payment is paid
+///        both by a claim and off-chain, whatever time the host reports.
+///      A host that lies forks the enclave's chain: no later settlement lands, no later
+///      statement or claim is usable (participants leave with the last usable ones), and
+///      nobody is paid money that was never deposited, or paid twice.
+///      Cost: one storage word rewritten per deposit (~5,400 gas) and per claim, one read and
+///      32 bytes of calldata per deposit (64 per claim) in the tail per settlement. A
+///      settlement whose tail missed a record mined in between reverts (`DepositsMismatch`)
+///      and is sent again with it.
 ///
 ///      Solvency. The contract never owes more than it holds: every payout (settlement total,
 ///      force-settle, claim) must fit in `available()` = token balance − `totalOwed` (payouts
@@ -152,6 +196,7 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         bytes32 e;
         uint256 s;
         uint64 clientNonce;
+        uint64 epoch;
         uint64 deadline;
     }
 
@@ -180,7 +225,9 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         Settled
     }
 
-    bytes32 public constant SETTLEMENT_TYPEHASH = keccak256("A402VaultSettlement(uint64 epoch,bytes32 payouts)");
+    bytes32 public constant SETTLEMENT_TYPEHASH = keccak256(
+        "A402VaultSettlement(uint64 epoch,bytes32 payouts,bytes32 deposits,uint64 notBefore)"
+    );
     bytes32 public constant BALANCE_TYPEHASH = keccak256(
         "A402VaultBalance(address participant,uint32 index,uint256 balance,uint256 locked,uint64 epoch,uint64 nonce)"
     );
@@ -188,7 +235,7 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         "A402VaultChannel(address client,address provider,bytes32 providerKey,uint256 capacity,bytes32 salt)"
     );
     bytes32 public constant PENDING_TYPEHASH =
-        keccak256("A402VaultPending(bytes32 channelId,uint256 requestId,uint64 clientNonce,uint64 deadline)");
+        keccak256("A402VaultPending(bytes32 channelId,uint256 requestId,uint64 clientNonce,uint64 epoch,uint64 deadline)");
     bytes32 public constant DEPOSIT_TYPEHASH =
         keccak256("A402VaultDeposit(address participant,uint256 amount,bytes32 salt)");
     bytes32 public constant WITHDRAWAL_TYPEHASH = keccak256(
@@ -207,6 +254,10 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     uint64 public lastEpoch;
     /// @notice Payouts the token refused, kept for their receivers (backed by the balance).
     uint256 public totalOwed;
+    /// @notice The deposit chain: `count (32 bits) ‖ head (224 bits)`, folded by every deposit
+    ///         and every claim (see the contract docs, "Deposits and claims are the chain's
+    ///         word").
+    uint256 public depositState;
 
     // Eight 32-bit lanes per word, by participant index: frozen (bit 31) | lastPaidEpoch.
     mapping(uint256 laneWord => uint256 lanes) private _lanes;
@@ -228,8 +279,12 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     uint256 private constant _PAYOUT_SIZE = 36;
     uint256 private constant _TAG_SHIFT = 192;
     uint256 private constant _AMOUNT_MASK = (1 << 192) - 1;
+    uint256 private constant _DEPOSIT_SIZE = 32;
+    uint256 private constant _HEAD_MASK = (1 << 224) - 1;
+    /// @dev The tail word that marks a claim (no deposit can credit this address).
+    address private constant _CLAIM_TAG = address(1);
 
-    event Deposited(address indexed participant, uint256 amount);
+    event Deposited(address indexed participant, uint256 amount, uint256 depositState);
     event Settled(uint64 indexed epoch, uint256 count, uint256 total);
     /// @notice A settlement's payout to a frozen (force-settling) participant, kept in the pool.
     event PayoutWithheld(address indexed participant, uint64 indexed epoch, uint256 amount);
@@ -242,7 +297,13 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     event ForceSettleFinalized(address indexed participant, uint256 payout);
     /// @notice A provider's claim: the vault extracts t = s − ŝ from (e, s).
     event PaymentClaimed(
-        bytes32 indexed channelId, uint256 indexed requestId, uint256 amount, bytes32 e, uint256 s
+        bytes32 indexed channelId,
+        uint256 indexed requestId,
+        uint256 amount,
+        bytes32 e,
+        uint256 s,
+        uint64 deadline,
+        uint256 depositState
     );
     event PayoutCredited(address indexed account, uint256 amount);
     event Withdrawn(address indexed account, address indexed to, uint256 amount);
@@ -269,6 +330,14 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     /// @notice The index's lane is frozen by another participant's force-settle.
     error IndexFrozen(uint32 index);
     error OrderExpired(uint256 deadline);
+    /// @notice The vault's view of the deposits, extended by the tail given, is not the chain's.
+    error DepositsMismatch(uint256 claimed, uint256 onChain);
+    /// @notice The signed record names a settlement epoch that has not landed yet.
+    error EpochNotSettled(uint64 epoch, uint64 lastEpoch);
+    /// @notice A settlement that resolves pending payments waits until their claims closed.
+    error TooEarly(uint64 notBefore);
+    /// @notice A claim the settlement may have resolved landed after the vault signed it.
+    error ClaimInTail(uint64 deadline, uint64 notBefore);
 
     constructor(IERC20 token_, address vaultSigner_, uint256 settleWindow_) EIP712("A402", "1") {
         if (
@@ -289,7 +358,7 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         uint256 before = token.balanceOf(address(this));
         token.safeTransferFrom(msg.sender, address(this), amount);
         _checkReceived(before, amount);
-        emit Deposited(participant, amount);
+        _recordDeposit(participant, amount);
     }
 
     /// @notice Credit `participant` with `amount` moved from `from` by EIP-3009
@@ -310,28 +379,104 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
             from, address(this), amount, auth.validAfter, auth.validBefore, nonce, auth.v, auth.r, auth.s
         );
         _checkReceived(before, amount);
-        emit Deposited(participant, amount);
+        _recordDeposit(participant, amount);
     }
 
     // ------------------------------------------------------------- settlement
 
     /// @notice Pay every (payee, index, amount) of `payouts` (packed `address ‖ uint32 ‖
-    ///         uint96`, 36 bytes each; sorted by index for the least gas), authorised by the
-    ///         vault key's `vaultSignature` over A402VaultSettlement(epoch, keccak256(payouts));
-    ///         `epoch` must be `lastEpoch + 1`. Sent by anyone (the vault's gas payer). A frozen
-    ///         payee's payout is withheld (see the contract docs); a payout the token refuses is
-    ///         credited to `owed`. Reverts if the total exceeds `available()`.
-    function settle(bytes calldata payouts, uint64 epoch, bytes calldata vaultSignature) external nonReentrant {
+    ///         uint96`, 36 bytes each; sorted by index for the least gas; none for a settlement
+    ///         that only confirms deposits), authorised by the vault key's `vaultSignature` over
+    ///         A402VaultSettlement(epoch, keccak256(payouts), deposits); `epoch` must be
+    ///         `lastEpoch + 1`, and `deposits` (the enclave's deposit chain when it signed),
+    ///         folded over `depositTail` (the deposits mined since, packed `address ‖ uint96`,
+    ///         32 bytes each, in order), must be `depositState` now. Sent by anyone (the vault's
+    ///         gas payer). A frozen payee's payout is withheld (see the contract docs); a payout
+    ///         the token refuses is credited to `owed`. Reverts if the total exceeds `available()`.
+    function settle(
+        bytes calldata payouts,
+        uint64 epoch,
+        uint256 deposits,
+        uint64 notBefore,
+        bytes calldata depositTail,
+        bytes calldata vaultSignature
+    ) external nonReentrant {
         uint64 expected = lastEpoch + 1;
         if (epoch != expected || epoch >= _FROZEN) revert WrongEpoch(epoch, expected);
-        if (payouts.length == 0 || payouts.length % _PAYOUT_SIZE != 0) revert MalformedPayouts();
-        _requireVault(settlementDigest(epoch, keccak256(payouts)), vaultSignature);
+        if (payouts.length % _PAYOUT_SIZE != 0) revert MalformedPayouts();
+        if (block.timestamp <= notBefore) revert TooEarly(notBefore);
+        _requireVault(settlementDigest(epoch, keccak256(payouts), deposits, notBefore), vaultSignature);
+        _checkDeposits(deposits, depositTail, notBefore);
         lastEpoch = epoch;
 
         uint256 available_ = available();
         (uint256 total, uint256 count) = _payAll(payouts, epoch);
         if (total > available_) revert InsufficientFunds(total, available_);
         emit Settled(epoch, count, total);
+    }
+
+    /// @dev `deposits`, extended by `tail`, must be the chain's deposit state: then it is one
+    ///      of its prefixes (keccak is collision-resistant), i.e. every deposit and claim the
+    ///      enclave counted was made, as it says, once, and it missed none before its view.
+    ///      The tail is deposits (`address ‖ uint96 amount`, one word) and claims
+    ///      (`address(1) ‖ uint96 deadline`, then the claim's key: two words); a claim is
+    ///      allowed in it only if its deadline is after `notBefore`, i.e. for a payment this
+    ///      settlement did not resolve (it resolves only payments whose deadline is at most
+    ///      `notBefore`).
+    function _checkDeposits(uint256 deposits, bytes calldata tail, uint64 notBefore) private view {
+        if (tail.length % _DEPOSIT_SIZE != 0) revert MalformedPayouts();
+        uint256 state = deposits;
+        for (uint256 pos; pos < tail.length; pos += _DEPOSIT_SIZE) {
+            uint256 word;
+            assembly ("memory-safe") {
+                word := calldataload(add(tail.offset, pos))
+            }
+            address who = address(uint160(word >> 96));
+            if (who == _CLAIM_TAG) {
+                pos += _DEPOSIT_SIZE;
+                if (pos >= tail.length) revert MalformedPayouts();
+                uint64 deadline = uint64(uint96(word));
+                if (deadline <= notBefore) revert ClaimInTail(deadline, notBefore);
+                bytes32 key;
+                assembly ("memory-safe") {
+                    key := calldataload(add(tail.offset, pos))
+                }
+                state = _foldClaim(state, key, deadline);
+            } else {
+                state = _fold(state, who, uint96(word));
+            }
+        }
+        uint256 onChain = depositState;
+        if (state != onChain) revert DepositsMismatch(deposits, onChain);
+    }
+
+    /// @dev One deposit's link: count + 1 ‖ the low 224 bits of keccak(state ‖ participant ‖
+    ///      uint96 amount) (packed, 64 bytes).
+    function _fold(uint256 state, address participant, uint96 amount) private pure returns (uint256) {
+        uint256 head = uint256(keccak256(abi.encodePacked(state, participant, amount))) & _HEAD_MASK;
+        return (((state >> 224) + 1) << 224) | head;
+    }
+
+    /// @dev One claim's link: count + 1 ‖ low224(keccak(state ‖ 0x01 ‖ key ‖ uint64 deadline))
+    ///      (packed, 73 bytes: never a deposit's 64).
+    function _foldClaim(uint256 state, bytes32 key, uint64 deadline) private pure returns (uint256) {
+        uint256 head =
+            uint256(keccak256(abi.encodePacked(state, bytes1(0x01), key, deadline))) & _HEAD_MASK;
+        return (((state >> 224) + 1) << 224) | head;
+    }
+
+    /// @dev The enclave must see this claim before any later settlement of its lands: it folds
+    ///      the deposit chain (see `_checkDeposits`).
+    function _recordClaim(bytes32 cid, bytes32 key, Payment calldata p) private {
+        uint256 state = _foldClaim(depositState, key, p.deadline);
+        depositState = state;
+        emit PaymentClaimed(cid, p.requestId, p.amount, p.e, p.s, p.deadline, state);
+    }
+
+    function _recordDeposit(address participant, uint256 amount) private {
+        uint256 state = _fold(depositState, participant, uint96(amount));
+        depositState = state;
+        emit Deposited(participant, amount, state);
     }
 
     /// @dev The settlement loop: pay or withhold each record, keeping the lane word in hand
@@ -471,7 +616,10 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         bytes32 m = A402Message.paymentMessage(domain, cid, p.requestId, p.amount, p.resultHash);
         if (!Schnorr.verify(c.providerKey, m, p.e, p.s)) revert InvalidPaymentSignature();
         _requireVault(A402Message.authorizationDigest(domain, m, p.amount, p.e), authorization);
-        _requireVault(pendingDigest(cid, p.requestId, p.clientNonce, p.deadline), pendingSignature);
+        _requireVault(pendingDigest(cid, p.requestId, p.clientNonce, p.epoch, p.deadline), pendingSignature);
+        // The client's funds are the enclave's word only once the settlement that confirmed
+        // its deposits (epoch `p.epoch` or earlier) has landed (see "Deposits and claims ...").
+        if (p.epoch > lastEpoch) revert EpochNotSettled(p.epoch, lastEpoch);
         // A client that already left with a statement counting δ was paid δ: no claim on it.
         if (
             _status[c.client] == Status.Settled
@@ -481,7 +629,7 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         if (p.amount > available_) revert InsufficientFunds(p.amount, available_);
         claimed[key] = true;
         _claims[c.client].push((uint256(p.clientNonce) << _TAG_SHIFT) | p.amount);
-        emit PaymentClaimed(cid, p.requestId, p.amount, p.e, p.s);
+        _recordClaim(cid, key, p);
         _send(c.provider, p.amount);
     }
 
@@ -541,8 +689,14 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         return _forceSettles[participant];
     }
 
-    function settlementDigest(uint64 epoch, bytes32 payoutsHash) public view returns (bytes32) {
-        return _hashTypedDataV4(keccak256(abi.encode(SETTLEMENT_TYPEHASH, epoch, payoutsHash)));
+    function settlementDigest(uint64 epoch, bytes32 payoutsHash, uint256 deposits, uint64 notBefore)
+        public
+        view
+        returns (bytes32)
+    {
+        return _hashTypedDataV4(
+            keccak256(abi.encode(SETTLEMENT_TYPEHASH, epoch, payoutsHash, deposits, notBefore))
+        );
     }
 
     function statementDigest(Statement calldata st) public view returns (bytes32) {
@@ -559,12 +713,14 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         );
     }
 
-    function pendingDigest(bytes32 cid, uint256 requestId, uint64 clientNonce, uint64 deadline)
+    function pendingDigest(bytes32 cid, uint256 requestId, uint64 clientNonce, uint64 epoch, uint64 deadline)
         public
         view
         returns (bytes32)
     {
-        return _hashTypedDataV4(keccak256(abi.encode(PENDING_TYPEHASH, cid, requestId, clientNonce, deadline)));
+        return _hashTypedDataV4(
+            keccak256(abi.encode(PENDING_TYPEHASH, cid, requestId, clientNonce, epoch, deadline))
+        );
     }
 
     /// @notice The EIP-3009 nonce of a deposit crediting `participant` with `amount`.
@@ -613,7 +769,9 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     /// @dev A deposit credits an active account only: a force-settled account is frozen for
     ///      good (no settlement pays it again), so money sent to it would be stranded.
     function _checkDeposit(address participant, uint256 amount) private view {
-        if (participant == address(0) || amount == 0) revert InvalidTerms();
+        if (participant == address(0) || participant == _CLAIM_TAG || amount == 0 || amount > type(uint96).max) {
+            revert InvalidTerms();
+        }
         Status current = _status[participant];
         if (current != Status.Active) revert WrongStatus(participant, current);
     }

@@ -28,8 +28,13 @@ from a402.chain.tx import contract_at, deploy_contract, transact
 from a402.crypto import PaymentDomain
 from a402.crypto.vault_messages import (
     BalanceStatement,
+    ChainRecord,
+    ClaimRecord,
+    DepositRecord,
     VaultChannelTerms,
+    claim_key,
     deposit_nonce,
+    pack_tail,
 )
 from a402.evm.address import to_checksum
 from a402.evm.eip3009 import RECEIVE_WITH_AUTHORIZATION_TYPES
@@ -84,7 +89,8 @@ class DepositAuthorization:
 @dataclass(frozen=True, slots=True)
 class PendingClaim:
     """A provider's claim for one pending payment: the completed adaptor signature
-    ``(e, s)`` on ``m``, σ_U, and the enclave's pending record (client nonce, deadline)."""
+    ``(e, s)`` on ``m``, σ_U, and the enclave's pending record (client nonce, epoch,
+    deadline)."""
 
     request_id: int
     amount: int
@@ -92,14 +98,15 @@ class PendingClaim:
     e: bytes
     s: int
     client_nonce: int
+    epoch: int
     deadline: int
     authorization: bytes
     pending_signature: bytes
 
-    def payment_tuple(self) -> tuple[int, int, bytes, bytes, int, int, int]:
+    def payment_tuple(self) -> tuple[int, int, bytes, bytes, int, int, int, int]:
         """The contract's ``Payment`` tuple."""
         return (self.request_id, self.amount, self.result_hash, self.e, self.s,
-                self.client_nonce, self.deadline)
+                self.client_nonce, self.epoch, self.deadline)
 
 
 class A402Vault:
@@ -156,12 +163,58 @@ class A402Vault:
 
     # -- settlement ----------------------------------------------------------------
 
-    def settle(self, sender: LocalAccount, packed_payouts: bytes, epoch: int,
-               vault_signature: bytes) -> TxReceipt:
+    def settle(self, sender: LocalAccount, packed_payouts: bytes, epoch: int, deposits: int,
+               vault_signature: bytes, deposit_tail: bytes = b"", not_before: int = 0
+               ) -> TxReceipt:
         """``settle``: pay every packed payout (:func:`~a402.crypto.vault_messages.
-        pack_payouts`) with the vault key's signature over ``settlement_digest``."""
-        call = self.contract.functions.settle(packed_payouts, epoch, vault_signature)
+        pack_payouts`) with the vault key's signature over ``settlement_digest`` (which
+        names the enclave's deposit state ``deposits`` and ``not_before``);
+        ``deposit_tail``: the records mined since that state (:meth:`deposits_since`)."""
+        call = self.contract.functions.settle(packed_payouts, epoch, deposits, not_before,
+                                              deposit_tail, vault_signature)
         return transact(self.chain, sender, call)
+
+    def deposit_state(self) -> int:
+        """The contract's deposit chain: ``count ‖ head`` (:func:`~a402.crypto.
+        vault_messages.fold_deposit`, :func:`~a402.crypto.vault_messages.fold_claim`)."""
+        return int(self.contract.functions.depositState().call())
+
+    def chain_records(self, from_block: int = 0) -> list[tuple[ChainRecord, int]]:
+        """Every record the deposit chain folded from ``from_block`` on, in chain order, with
+        the state after it: ``Deposited`` and ``PaymentClaimed`` events."""
+        found: list[tuple[tuple[int, int], ChainRecord, int]] = []
+        for ev in self.contract.events.Deposited().get_logs(from_block=from_block):
+            a = ev["args"]
+            found.append(((ev["blockNumber"], ev["logIndex"]),
+                          DepositRecord(str(a["participant"]), int(a["amount"])),
+                          int(a["depositState"])))
+        for ev in self.contract.events.PaymentClaimed().get_logs(from_block=from_block):
+            a = ev["args"]
+            found.append(((ev["blockNumber"], ev["logIndex"]),
+                          ClaimRecord(claim_key(bytes(a["channelId"]), int(a["requestId"])),
+                                      int(a["deadline"])),
+                          int(a["depositState"])))
+        found.sort(key=lambda f: f[0])
+        return [(record, after) for _, record, after in found]
+
+    def deposits(self, from_block: int = 0) -> list[tuple[str, int, int]]:
+        """Every ``Deposited(participant, amount, depositState)`` from ``from_block`` on."""
+        return [(r.participant, r.amount, after) for r, after in self.chain_records(from_block)
+                if isinstance(r, DepositRecord)]
+
+    def deposits_since(self, state: int, from_block: int = 0) -> bytes:
+        """The ``depositTail`` a settlement signed at deposit state ``state`` needs now: the
+        records mined after the one that produced ``state`` (packed)."""
+        found = self.chain_records(from_block)
+        tail: list[ChainRecord] = []
+        for record, after in reversed(found):
+            if after == state:
+                break
+            tail.append(record)
+        else:
+            if state != 0 and found:
+                raise ValueError("that deposit state is not on this chain")
+        return pack_tail(reversed(tail))
 
     # -- force-settle ----------------------------------------------------------------
 
@@ -236,9 +289,10 @@ class A402Vault:
         return [dict(ev["args"]) for ev in found if ev["address"] == self.address]
 
     # the contract's own digests, for checking the pure encoders against it
-    def settlement_digest(self, epoch: int, packed_payouts: bytes) -> bytes:
+    def settlement_digest(self, epoch: int, packed_payouts: bytes, deposits: int,
+                          not_before: int = 0) -> bytes:
         return bytes(self.contract.functions.settlementDigest(
-            epoch, keccak256(packed_payouts)).call())
+            epoch, keccak256(packed_payouts), deposits, not_before).call())
 
     def statement_digest(self, statement: BalanceStatement) -> bytes:
         return bytes(self.contract.functions.statementDigest(_statement(statement)).call())
@@ -246,10 +300,10 @@ class A402Vault:
     def channel_id(self, terms: VaultChannelTerms) -> bytes:
         return bytes(self.contract.functions.channelId(_channel(terms)).call())
 
-    def pending_digest(self, channel_id: bytes, request_id: int, client_nonce: int,
+    def pending_digest(self, channel_id: bytes, request_id: int, client_nonce: int, epoch: int,
                        deadline: int) -> bytes:
         return bytes(self.contract.functions.pendingDigest(
-            channel_id, request_id, client_nonce, deadline).call())
+            channel_id, request_id, client_nonce, epoch, deadline).call())
 
     def deposit_nonce(self, participant: str, amount: int, salt: bytes) -> bytes:
         return bytes(self.contract.functions.depositNonce(

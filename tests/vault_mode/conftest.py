@@ -13,6 +13,7 @@ from a402.chain.tx import deploy_contract
 from a402.crypto import EcdsaSigner
 from a402.vault_contract import A402Vault
 
+from .accounts_setup import Host
 from .helpers import SETTLE_WINDOW, new_vault_key
 
 
@@ -40,3 +41,10 @@ def vault(vault_chain: Chain, usdc: Any, vault_key: EcdsaSigner) -> A402Vault:
     """A fresh vault per test: epochs start at 0 and the pool holds only what the test put."""
     return A402Vault.deploy(vault_chain, vault_chain.accounts[0], usdc.address,
                             "0x" + vault_key.address.hex(), SETTLE_WINDOW)
+
+
+@pytest.fixture
+def host(vault_chain: Chain, usdc: Any) -> Host:
+    """A vault-mode enclave (simulated) and the A402Vault whose key it holds, with the
+    host's part played in a few lines (:class:`~tests.vault_mode.accounts_setup.Host`)."""
+    return Host(vault_chain, usdc).start()

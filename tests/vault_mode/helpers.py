@@ -86,17 +86,19 @@ def fund_pool(chain: Chain, token: Any, vault: A402Vault, amount: int) -> LocalA
 def sign_settlement(key: EcdsaSigner, vault: A402Vault, epoch: int,
                     payouts: Sequence[tuple[str, int]]) -> tuple[bytes, bytes]:
     """The packed payouts (with each payee's index, sorted by it) and the vault key's
-    signature authorising them at ``epoch``."""
+    signature authorising them at ``epoch`` with the contract's deposit state now (the
+    enclave's own view of the deposits, when it is in step with the chain)."""
     packed = pack_payouts(sorted(((a, index_of(a), x) for a, x in payouts),
                                  key=lambda r: r[1]))
-    return packed, key.sign_digest(settlement_digest(vault.domain, epoch, packed))
+    return packed, key.sign_digest(settlement_digest(vault.domain, epoch, packed,
+                                                     vault.deposit_state()))
 
 
 def settle(key: EcdsaSigner, vault: A402Vault, sender: LocalAccount,
            payouts: Sequence[tuple[str, int]]) -> Any:
     epoch = vault.last_epoch() + 1
     packed, signature = sign_settlement(key, vault, epoch, payouts)
-    return vault.settle(sender, packed, epoch, signature)
+    return vault.settle(sender, packed, epoch, vault.deposit_state(), signature)
 
 
 def statement(key: EcdsaSigner, vault: A402Vault, participant: str, balance_: int, *,

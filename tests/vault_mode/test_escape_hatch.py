@@ -24,7 +24,11 @@ from a402.crypto import EVM, EcdsaSigner, generate_adaptor, payment_message, res
 from a402.crypto.authorization import sign_authorization
 from a402.crypto.vault_messages import (
     VaultChannelTerms,
+    claim_key,
+    fold_claim,
+    pack_payouts,
     pending_digest,
+    settlement_digest,
     statement_digest,
     vault_channel_id,
 )
@@ -36,6 +40,7 @@ from .helpers import (
     fund_pool,
     funded,
     increase_time,
+    index_of,
     new_vault_key,
     now,
     reverts_with,
@@ -198,7 +203,7 @@ class Channel:
     dark: σ_U and the pending record signed, the provider holding t."""
 
     def __init__(self, chain: Chain, token: Any, vault: A402Vault, key: EcdsaSigner, *,
-                 amount: int, client_nonce: int, deadline: int) -> None:
+                 amount: int, client_nonce: int, deadline: int, epoch: int = 0) -> None:
         self.client = funded(chain, token, eth=0)
         self.provider = funded(chain, token, eth=0)
         self.schnorr = EVM.generate_key()
@@ -207,6 +212,7 @@ class Channel:
         self.cid = vault_channel_id(vault.domain, self.terms)
         self.vault, self.key = vault, key
         self.amount, self.client_nonce, self.deadline = amount, client_nonce, deadline
+        self.epoch = epoch
 
     def claim(self, request_id: int = 0, *, authorizer: EcdsaSigner | None = None) -> PendingClaim:
         domain = self.vault.domain
@@ -217,10 +223,10 @@ class Channel:
         sigma_u = sign_authorization(authorizer or self.key, domain, m, self.amount, presig.r)
         signature = EVM.adapt(presig, t)
         pending = self.key.sign_digest(pending_digest(
-            domain, self.cid, request_id, self.client_nonce, self.deadline))
+            domain, self.cid, request_id, self.client_nonce, self.epoch, self.deadline))
         return PendingClaim(request_id, self.amount, h, signature[:32],
                             int.from_bytes(signature[32:], "big"), self.client_nonce,
-                            self.deadline, sigma_u, pending)
+                            self.epoch, self.deadline, sigma_u, pending)
 
 
 def test_a_provider_is_paid_its_pending_payment_while_the_vault_is_dark(
@@ -337,3 +343,59 @@ def test_a_frozen_lane_stops_a_second_participant_named_with_the_same_index(
         moved = dataclasses.replace(st, index=st.index + 1, nonce=2)
         vault.challenge_force_settle(gas_payer, moved,
                                      vault_key.sign_digest(statement_digest(vault.domain, moved)))
+
+
+def test_a_pending_payment_signed_after_a_settlement_that_never_landed_is_not_claimable(
+    vault_chain: Chain, usdc: Any, vault: A402Vault, vault_key: EcdsaSigner,
+    gas_payer: LocalAccount,
+) -> None:
+    """The pending record names the last settlement the enclave had signed: the deposits
+    that funded the payment are proven only once that settlement lands."""
+    fund_pool(vault_chain, usdc, vault, 10_000)
+    ch = Channel(vault_chain, usdc, vault, vault_key, amount=700, client_nonce=5,
+                 deadline=now(vault_chain) + 3_600, epoch=1)
+    with reverts_with("EpochNotSettled(uint64,uint64)"):
+        vault.claim_payment(gas_payer, ch.terms, ch.claim())
+    assert balance(usdc, ch.provider.address) == 0
+    settle(vault_key, vault, gas_payer, [])  # settlement 1 lands (it only confirms deposits)
+    vault.claim_payment(gas_payer, ch.terms, ch.claim(1))
+    assert balance(usdc, ch.provider.address) == 700
+    assert balance(usdc, vault.address) == 9_300
+
+
+def test_a_claim_folds_the_deposit_chain_and_rides_only_in_a_settlement_that_did_not_resolve_it(
+    vault_chain: Chain, usdc: Any, vault: A402Vault, vault_key: EcdsaSigner,
+    gas_payer: LocalAccount,
+) -> None:
+    """A settlement the vault signed before a claim landed may still land with the claim in
+    its tail if its notBefore is earlier than the claim's deadline (it cannot have credited
+    that payment off-chain); one whose notBefore reaches the deadline cannot."""
+    fund_pool(vault_chain, usdc, vault, 10_000)
+    deadline = now(vault_chain) + 100
+    ch = Channel(vault_chain, usdc, vault, vault_key, amount=700, client_nonce=5,
+                 deadline=deadline)
+    signed_at = vault.deposit_state()
+    payee = funded(vault_chain, usdc, eth=0)
+    packed = pack_payouts([(payee.address, index_of(payee.address), 1_000)])
+
+    def signed(not_before: int) -> bytes:
+        return vault_key.sign_digest(settlement_digest(vault.domain, 1, packed, signed_at,
+                                                       not_before))
+
+    receipt = vault.claim_payment(gas_payer, ch.terms, ch.claim())
+    after = fold_claim(signed_at, claim_key(ch.cid, 0), deadline)
+    assert vault.deposit_state() == after
+    (event,) = vault.events("PaymentClaimed", receipt)
+    assert (event["deadline"], event["depositState"]) == (deadline, after)
+    with reverts_with("TooEarly(uint64)"):
+        vault.settle(gas_payer, packed, 1, signed_at, signed(deadline),
+                     vault.deposits_since(signed_at), deadline)
+    increase_time(vault_chain, 200)
+    tail = vault.deposits_since(signed_at)
+    assert len(tail) == 64  # the claim: its tag word, then its key
+    with reverts_with("ClaimInTail(uint64,uint64)"):
+        vault.settle(gas_payer, packed, 1, signed_at, signed(deadline), tail, deadline)
+    vault.settle(gas_payer, packed, 1, signed_at, signed(deadline - 1), tail, deadline - 1)
+    assert balance(usdc, payee.address) == 1_000
+    assert balance(usdc, ch.provider.address) == 700
+    assert balance(usdc, vault.address) == 10_000 - 1_700

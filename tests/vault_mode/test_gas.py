@@ -40,14 +40,17 @@ def test_settlement_gas_per_participant_meets_the_issues_targets(vault_chain: Ch
     assert at_100["first_per_payee"] <= bench.TARGET_PER_PARTICIPANT_AT_100
     assert at_100["later_per_payee"] <= 11_500
     gas = result["entry_points"]
-    assert gas["deposit"] <= 48_000
+    # A deposit (and a claim) folds the deposit chain (one storage word rewritten, ~5,400
+    # gas): what makes the host's reports checkable on-chain (A402Vault, "Deposits and
+    # claims are the chain's word").
+    assert gas["deposit"] <= 53_000
     assert gas["initForceSettle"] <= bench.PAPER["initForceSettle"]
     assert gas["finalForceSettle"] <= 62_000
-    assert gas["claimPayment (provider, vault dark)"] <= 140_000
+    assert gas["claimPayment (provider, vault dark)"] <= 146_000
     lifecycle = result["lifecycle"]
     assert lifecycle["(reference) plain transfer + share of a first settlement"] < bench.PAPER[
         "lifecycle"]
-    assert lifecycle["deposit + share of a first settlement"] <= 61_000
+    assert lifecycle["deposit + share of a first settlement"] <= 66_000
     totals = result["totals_100_participants"]
     assert totals["10000"]["ratio"] >= 100
     assert totals["100000"]["ratio"] >= 800

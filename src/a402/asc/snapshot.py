@@ -61,7 +61,7 @@ def unhex(value: Any) -> bytes:
 
 
 def terms_to_json(terms: ChannelTerms) -> dict[str, Any]:
-    return {
+    doc: dict[str, Any] = {
         "client": hx(terms.client),
         "vault": hx(terms.vault),
         "provider": hx(terms.provider),
@@ -69,6 +69,9 @@ def terms_to_json(terms: ChannelTerms) -> dict[str, Any]:
         "deposit": terms.deposit,
         "salt": hx(terms.salt),
     }
+    if terms.vault_mode:  # absent for standard mode: older records read as they were
+        doc["vaultMode"] = True
+    return doc
 
 
 def terms_from_json(data: dict[str, Any]) -> ChannelTerms:
@@ -79,6 +82,7 @@ def terms_from_json(data: dict[str, Any]) -> ChannelTerms:
         provider_key=unhex(data["providerKey"]),
         deposit=_int(data["deposit"]),
         salt=unhex(data["salt"]),
+        vault_mode=data.get("vaultMode", False) is True,
     )
 
 

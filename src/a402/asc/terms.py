@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from a402.crypto import PaymentDomain
+from a402.crypto.vault_messages import VaultChannelTerms, vault_channel_id
 from a402.evm.address import address_bytes
 from a402.evm.ecdsa import OPENZEPPELIN, recover_address
 from a402.evm.keccak import keccak256 as keccak
@@ -119,6 +120,13 @@ class ChannelTerms:
     ``provider_key`` is the x-only EVM-flavour Schnorr key of the provider's
     attested enclave (``SecretKey.public_key``). ``salt`` makes the id unique;
     the contract never lets an id be used twice.
+
+    ``vault_mode``: a Liquidity Vault channel (``A402Vault.sol``), opened inside the
+    vault's enclave against the client's pooled account with no transaction; its id is
+    ``A402VaultChannel(client, provider, providerKey, capacity = deposit, salt)`` in the
+    vault contract's domain (:func:`~a402.crypto.vault_messages.vault_channel_id`), the
+    id ``claimPayment`` recomputes. The exchange (EXEC, REPLY, AUTH, REVEAL, ACK) is the
+    same machine and the same messages either way: one code path, two funding modes.
     """
 
     client: bytes
@@ -127,10 +135,11 @@ class ChannelTerms:
     provider_key: bytes
     deposit: int
     salt: bytes
+    vault_mode: bool
 
     def __init__(
         self, client: str | bytes, vault: str | bytes, provider: str | bytes,
-        provider_key: bytes, deposit: int, salt: bytes,
+        provider_key: bytes, deposit: int, salt: bytes, *, vault_mode: bool = False,
     ) -> None:
         """The three addresses may also be given as ``0x`` hex strings."""
         object.__setattr__(self, "client", address_bytes(client))
@@ -139,6 +148,7 @@ class ChannelTerms:
         object.__setattr__(self, "provider_key", provider_key)
         object.__setattr__(self, "deposit", deposit)
         object.__setattr__(self, "salt", salt)
+        object.__setattr__(self, "vault_mode", bool(vault_mode))
         if len(self.provider_key) != 32 or not 0 < int.from_bytes(self.provider_key) <= _HALF_N:
             raise ValueError("provider_key must be a usable 32-byte EVM Schnorr key")
         if len(self.salt) != 32:
@@ -160,7 +170,12 @@ class ChannelTerms:
         )
 
     def channel_id(self, domain: PaymentDomain) -> bytes:
-        """The 32-byte channel id in this manager's domain."""
+        """The 32-byte channel id in this manager's domain (the vault contract's, for a
+        vault-mode channel)."""
+        if self.vault_mode:
+            return vault_channel_id(domain, VaultChannelTerms(
+                "0x" + self.client.hex(), "0x" + self.provider.hex(), self.provider_key,
+                self.deposit, self.salt))
         return _typed(domain, self.struct_hash())
 
     def opening_state(self) -> BalanceState:

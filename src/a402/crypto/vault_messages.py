@@ -11,14 +11,22 @@ the vault's address, so a pending payment's ``m`` and ``σ_U``
   uint32 index (4) ‖ uint96 amount (12)``, ``index`` being the participant's stable
   number that the enclave assigns (its lane in the contract); sorted by index, eight
   neighbouring participants share one storage word;
-* :func:`settlement_digest` — ``A402VaultSettlement(uint64 epoch, bytes32 payouts)``,
-  ``payouts = keccak256(packed)``;
+* :func:`fold_deposit` / :func:`fold_claim` / :func:`pack_tail` — the contract's deposit
+  chain (``depositState = count (32 bits) ‖ low 224 bits of keccak(state ‖ record)``, a
+  deposit's record ``participant ‖ uint96 amount``, a claim's ``0x01 ‖ key ‖ uint64
+  deadline`` with ``key = keccak(channelId, requestId)``) and a settlement's tail of the
+  records mined since (a deposit ``address ‖ uint96``, a claim ``address(1) ‖ uint96
+  deadline`` then ``key``);
+* :func:`settlement_digest` — ``A402VaultSettlement(uint64 epoch, bytes32 payouts, bytes32
+  deposits, uint64 notBefore)``, ``payouts = keccak256(packed)``, ``deposits`` the
+  enclave's deposit state, ``notBefore`` the latest deadline of the pending payments it
+  resolves (the contract lands it only after);
 * :class:`BalanceStatement` / :func:`statement_digest` — ``A402VaultBalance(address
   participant, uint32 index, uint256 balance, uint256 locked, uint64 epoch, uint64 nonce)``;
 * :class:`VaultChannelTerms` / :func:`vault_channel_id` — ``A402VaultChannel(address
   client, address provider, bytes32 providerKey, uint256 capacity, bytes32 salt)``;
 * :func:`pending_digest` — ``A402VaultPending(bytes32 channelId, uint256 requestId,
-  uint64 clientNonce, uint64 deadline)``;
+  uint64 clientNonce, uint64 epoch, uint64 deadline)``;
 * :func:`deposit_nonce` — the EIP-3009 nonce ``A402VaultDeposit(address participant,
   uint256 amount, bytes32 salt)`` that binds a gasless deposit to whom it credits.
 
@@ -37,7 +45,9 @@ from a402.evm.keccak import keccak256
 from ._secp import b32
 from .message import PaymentDomain
 
-SETTLEMENT_TYPE = "A402VaultSettlement(uint64 epoch,bytes32 payouts)"
+SETTLEMENT_TYPE = (
+    "A402VaultSettlement(uint64 epoch,bytes32 payouts,bytes32 deposits,uint64 notBefore)"
+)
 BALANCE_TYPE = (
     "A402VaultBalance(address participant,uint32 index,uint256 balance,uint256 locked,uint64 epoch,"
     "uint64 nonce)"
@@ -47,7 +57,8 @@ CHANNEL_TYPE = (
     "bytes32 salt)"
 )
 PENDING_TYPE = (
-    "A402VaultPending(bytes32 channelId,uint256 requestId,uint64 clientNonce,uint64 deadline)"
+    "A402VaultPending(bytes32 channelId,uint256 requestId,uint64 clientNonce,uint64 epoch,"
+    "uint64 deadline)"
 )
 DEPOSIT_TYPE = "A402VaultDeposit(address participant,uint256 amount,bytes32 salt)"
 
@@ -64,6 +75,7 @@ MAX_EPOCH = (1 << 31) - 1
 _UINT32 = 1 << 32
 _UINT64 = 1 << 64
 _UINT256 = 1 << 256
+_HEAD_MASK = (1 << 224) - 1
 
 
 def _uint(value: int, limit: int, what: str) -> bytes:
@@ -101,15 +113,13 @@ def pack_payouts(payouts: Iterable[tuple[str | bytes, int, int]]) -> bytes:
         if not 0 <= index < _UINT32:
             raise ValueError("a participant index must fit in uint32")
         out += address_bytes(payee) + index.to_bytes(4, "big") + amount.to_bytes(12, "big")
-    if not out:
-        raise ValueError("a settlement pays at least one participant")
     return bytes(out)
 
 
 def unpack_payouts(packed: bytes) -> list[tuple[bytes, int, int]]:
     """The inverse of :func:`pack_payouts` (20-byte addresses)."""
-    if not packed or len(packed) % PAYOUT_SIZE:
-        raise ValueError("packed payouts are a non-empty multiple of 36 bytes")
+    if len(packed) % PAYOUT_SIZE:
+        raise ValueError("packed payouts are a multiple of 36 bytes")
     return [
         (
             packed[i : i + 20],
@@ -120,12 +130,106 @@ def unpack_payouts(packed: bytes) -> list[tuple[bytes, int, int]]:
     ]
 
 
-def settlement_digest(domain: PaymentDomain, epoch: int, packed_payouts: bytes) -> bytes:
-    """What the vault key signs to authorise settlement ``epoch`` of ``packed_payouts``."""
+def fold_deposit(state: int, participant: str | bytes, amount: int) -> int:
+    """The contract's deposit chain after one more deposit of ``amount`` for ``participant``:
+    ``count + 1 ‖ low224(keccak256(state (32) ‖ participant (20) ‖ uint96 amount (12)))``."""
+    if not 0 <= state < _UINT256:
+        raise ValueError("a deposit state is a uint256")
+    if not 0 < amount <= MAX_PAYOUT:
+        raise ValueError("a deposit is positive and fits in uint96")
+    digest = keccak256(b32(state) + address_bytes(participant) + amount.to_bytes(12, "big"))
+    head = int.from_bytes(digest, "big") & _HEAD_MASK
+    return (((state >> 224) + 1) << 224) | head
+
+
+def claim_key(channel_id: bytes, request_id: int) -> bytes:
+    """The contract's key of one (channel, request): ``keccak(abi.encode(cid, rid))``."""
+    return keccak256(_bytes32(channel_id, "channel id") + _uint(request_id, _UINT256, "request"))
+
+
+def fold_claim(state: int, key: bytes, deadline: int) -> int:
+    """The deposit chain after a ``claimPayment`` of the payment ``key`` (:func:`claim_key`)
+    whose pending record has ``deadline``: ``count + 1 ‖ low224(keccak(state ‖ 0x01 ‖ key ‖
+    uint64 deadline))``."""
+    if not 0 <= state < _UINT256:
+        raise ValueError("a deposit state is a uint256")
+    digest = keccak256(b32(state) + b"\x01" + _bytes32(key, "claim key")
+                       + _uint(deadline, _UINT64, "deadline")[24:])
+    head = int.from_bytes(digest, "big") & _HEAD_MASK
+    return (((state >> 224) + 1) << 224) | head
+
+
+def deposit_count(state: int) -> int:
+    """How many deposits and claims a deposit state has folded."""
+    return state >> 224
+
+
+CLAIM_TAG = bytes(19) + b"\x01"
+"""The tail word's address that marks a claim (no deposit may credit address(1))."""
+
+
+@dataclass(frozen=True, slots=True)
+class DepositRecord:
+    """One ``Deposited`` event, as the deposit chain folds it."""
+
+    participant: str
+    amount: int
+
+    def fold(self, state: int) -> int:
+        return fold_deposit(state, self.participant, self.amount)
+
+    def packed(self) -> bytes:
+        if not 0 < self.amount <= MAX_PAYOUT:
+            raise ValueError("a deposit is positive and fits in uint96")
+        return address_bytes(self.participant) + self.amount.to_bytes(12, "big")
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRecord:
+    """One ``PaymentClaimed`` event, as the deposit chain folds it."""
+
+    key: bytes
+    deadline: int
+
+    def fold(self, state: int) -> int:
+        return fold_claim(state, self.key, self.deadline)
+
+    def packed(self) -> bytes:
+        return CLAIM_TAG + _uint(self.deadline, _UINT64, "deadline")[20:] + _bytes32(
+            self.key, "claim key")
+
+
+ChainRecord = DepositRecord | ClaimRecord
+
+
+def pack_tail(records: Iterable[ChainRecord]) -> bytes:
+    """A settlement's ``depositTail``: the records mined since its deposit state, in order."""
+    return b"".join(r.packed() for r in records)
+
+
+def pack_deposits(deposits: Iterable[tuple[str | bytes, int]]) -> bytes:
+    """A tail of deposits only: ``(participant, amount)`` in chain order."""
+    return pack_tail(DepositRecord(to_hex(p), a) for p, a in deposits)
+
+
+def to_hex(address: str | bytes) -> str:
+    return address if isinstance(address, str) else "0x" + bytes(address).hex()
+
+
+def settlement_digest(
+    domain: PaymentDomain, epoch: int, packed_payouts: bytes, deposits: int, not_before: int = 0
+) -> bytes:
+    """What the vault key signs to authorise settlement ``epoch`` of ``packed_payouts`` (may
+    be empty: a settlement that only confirms deposits), with its deposit state
+    ``deposits``, landable only after chain time ``not_before``."""
     return _typed(
         domain,
         keccak256(
-            SETTLEMENT_TYPEHASH + _uint(epoch, MAX_EPOCH + 1, "epoch") + keccak256(packed_payouts)
+            SETTLEMENT_TYPEHASH
+            + _uint(epoch, MAX_EPOCH + 1, "epoch")
+            + keccak256(packed_payouts)
+            + _uint(deposits, _UINT256, "deposit state")
+            + _uint(not_before, _UINT64, "notBefore")
         ),
     )
 
@@ -201,11 +305,12 @@ def vault_channel_id(domain: PaymentDomain, terms: VaultChannelTerms) -> bytes:
 
 
 def pending_digest(
-    domain: PaymentDomain, channel_id: bytes, request_id: int, client_nonce: int, deadline: int
+    domain: PaymentDomain, channel_id: bytes, request_id: int, client_nonce: int, epoch: int,
+    deadline: int,
 ) -> bytes:
     """What the vault key signs with σ_U: payment ``request_id`` of ``channel_id`` is
     pending, counted by the client's statements up to ``client_nonce``, claimable on-chain
-    until ``deadline`` (unix seconds)."""
+    once settlement ``epoch`` has landed and until ``deadline`` (unix seconds)."""
     return _typed(
         domain,
         keccak256(
@@ -213,6 +318,7 @@ def pending_digest(
             + _bytes32(channel_id, "channel id")
             + _uint(request_id, _UINT256, "request id")
             + _uint(client_nonce, _UINT64, "client nonce")
+            + _uint(epoch, _UINT64, "epoch")
             + _uint(deadline, _UINT64, "deadline")
         ),
     )

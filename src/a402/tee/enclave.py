@@ -51,10 +51,12 @@ CHANNEL_APPROVAL = "a402/channel-approval"  # the vault's approval of createASC 
 FORCE_CLOSE = "a402/force-close"  # the vault's order to force-close a channel
 TUNNEL_BINDING = "a402/tunnel-binding"  # OPEN: this tunnel speaks for the channel
 TOKEN_AUTHORIZATION = "a402/token-authorization"  # EIP-3009 withdrawals, EIP-2612 permit
+#: Vault mode (A402Vault): settlements, balance statements and pending-payment records.
+VAULT_ACCOUNTS = "a402/vault-accounts"
 #: The vault's purposes (ECDSA over its attested key, only from its code:
 #: :meth:`EnclaveKernel.sign`).
 VAULT_PURPOSES = frozenset({PAYMENT_AUTHORIZATION, CHANNEL_STATE, RECEIPT, CHANNEL_APPROVAL,
-                            FORCE_CLOSE, TUNNEL_BINDING, TOKEN_AUTHORIZATION})
+                            FORCE_CLOSE, TUNNEL_BINDING, TOKEN_AUTHORIZATION, VAULT_ACCOUNTS})
 DEFAULT_PURPOSES = VAULT_PURPOSES
 #: The provider's only purpose: its attested key makes Schnorr pre-signatures and
 #: nothing else, so one key never signs under two schemes. Only the enclave's own

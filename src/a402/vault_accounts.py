@@ -1,0 +1,864 @@
+"""Vault mode inside the enclave: pooled accounts, private channels, statements, settlements.
+
+The Liquidity Vault of the A402 paper (§4.3, Alg. 3) on ``A402Vault.sol``. Every
+participant — client or provider — has an account ``(free, locked)`` here, and
+nowhere else: the chain sees deposits and aggregated settlements only. Channels
+open and close against accounts with no transaction, and run the very same
+exchange as standard mode (:class:`~a402.asc.VaultChannel`, with
+``ChannelTerms(vault_mode=True)``, whose id is the one ``claimPayment``
+recomputes): one exchange code path, two funding modes. A provider is a
+participant like any other; what it earns accrues to its account.
+
+This is enclave code: :meth:`VaultAccountsCode.start` runs it with the
+:class:`~a402.tee.EnclaveKernel`, and the host gets a :class:`VaultAccounts`,
+which offers no way to sign a digest of its choosing. What the key signs here
+(purpose :data:`~a402.tee.VAULT_ACCOUNTS`, except σ_U and channel states, which
+the machines sign as in standard mode), each in the exact format
+``A402Vault.sol`` checks (:mod:`a402.crypto.vault_messages`):
+
+* a **balance statement** ``(participant, index, balance = free, locked, epoch,
+  nonce)`` for every participant an operation changed, after the change (what
+  ``initForceSettle``/``challengeForceSettle`` take); the latest one is kept and
+  handed out again on demand (:meth:`VaultAccountsCode.statement`);
+* a **settlement** ``(epoch, keccak(payouts), deposits, notBefore)``, epochs
+  consecutive, each payee debited when it is signed;
+* a **pending record** ``(channelId, requestId, clientNonce, epoch, deadline)``
+  with each σ_U, so that the provider can ``claimPayment`` if the vault goes dark.
+
+Safety argument: the host's reports cannot create money.
+
+The enclave cannot see the chain; its host reports deposits. A host that
+reported an invented deposit (for a key of its own) would, in a naive ledger,
+have the enclave sign statements, payments and payouts out of everybody else's
+pooled money; ``available()`` bounds only the total. So:
+
+1. The enclave folds every reported deposit (and claim) into the contract's own
+   deposit chain (:func:`~a402.crypto.vault_messages.fold_deposit`, ``count ‖
+   head``) and takes a report only if it names the chain state it produced (the
+   events carry it): reports come in chain order, once each.
+   That check is for the host's own mistakes; the safety is the next step.
+2. A reported deposit is *unconfirmed*: it is in no statement, funds no channel
+   and is paid to nobody. It is *confirmed* when the enclave signs a settlement
+   (with no payouts if need be), whose signature names the enclave's deposit
+   state; ``settle`` lands only if that state, extended by the deposits mined
+   since, is the contract's ``depositState`` — so every deposit the enclave
+   counted was made, for that participant and that amount, once.
+3. Everything signed on the strength of confirmed money names the last epoch
+   signed: a statement is usable on-chain only if ``epoch ≤ lastEpoch``, a
+   pending record only if its ``epoch ≤ lastEpoch``, a payout only inside its
+   settlement. So nothing pays before the settlement that proved the deposits
+   behind it has landed. A host that lies about a deposit forks the enclave's
+   chain: no later settlement lands, no later statement or claim is usable, and
+   the participants leave with their last usable statements (force-settle),
+   which count real money only.
+
+Conservation inside: every operation moves amounts between ``free``,
+``locked``, pending payments and the payouts of signed settlements, and
+:meth:`VaultAccountsCode.totals` checks, in the tests, that confirmed deposits
+= Σ free + Σ locked + Σ pending + Σ paid out.
+
+Pending payments. When σ_U is signed for δ, δ leaves the client's ``locked``
+(its new statement, nonce n+1, no longer counts it; the pending record names
+``clientNonce = n``, the last statement that did) and is held pending, in no
+statement, until its ``deadline`` (``CLAIM_WINDOW`` after the host's ``now``)
+is behind the enclave's clock: then, at the next settlement the enclave signs
+(whose ``notBefore`` is that deadline: it lands only once the claim window is shut
+on-chain), it is credited to the provider if it revealed ``t`` (REVEAL), back to
+the client if not — unless the host reported a claim that landed
+(:meth:`VaultAccountsCode.claim_landed`), which paid the provider on-chain. A
+provider credited at REVEAL could also claim: hence the wait.
+
+What the host can and cannot do besides (stated, not hidden):
+
+* **Claims and time** are the chain's word too. Claims fold the same chain, and a settlement that
+  resolves pending payments names ``notBefore`` (their latest deadline), which the
+  contract checks against ``block.timestamp``: a claim hidden from the enclave, or a time
+  reported ahead of the chain, makes that settlement unlandable (``ClaimInTail``,
+  ``TooEarly``) instead of paying twice. The price is liveness: once a claim of a
+  payment a signed settlement resolved lands, that settlement is dead and this code signs
+  no more (``settlement_dead``; signing the epoch again, with the same payouts, is not
+  built). A host that reports a claim that never landed forks the chain (nothing lands).
+* **Signed calls** are checked against the host's ``now`` (± the auth window) and each
+  idempotency key pays once, for good; the standard vault's stricter freshness (a call
+  withheld then paid days later, :mod:`a402.vault_enclave`) is not carried over yet.
+* **Force-settles.** The host reports them (:meth:`exiting`); the contract
+  withholds settlements from a frozen participant, and the watchtower
+  (:mod:`a402.vault.watchtower`) answers a stale statement with the latest.
+* **Liveness.** The host can stop, withhold settlements (then the statements
+  that name them stay unusable, and participants use earlier ones) or drop
+  messages; it cannot make the enclave sign money that is not there.
+* **Sealing** has no rollback protection (:mod:`a402.tee.sealing`): the ledger
+  carries a version, and a running instance refuses an older one, as in
+  :mod:`a402.vault_enclave`; but a host that restarts the code on a ledger from
+  before a settlement it signed gets that settlement's payees paid again (in the
+  next epoch, or by statements that do not know the payout). The chain cannot
+  catch that alone: it needs a monotonic counter or a ledger replicated outside the
+  host's reach (issue 13, failover).
+
+Not built here yet: the host (service, store, scheduler and watchtower wiring),
+per-channel sealed records (channels are sealed inside the one ledger), and the
+once-rule's pruning (consumed idempotency keys are kept for good).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from coincurve import PublicKey
+
+from a402 import jsonbytes
+from a402.asc import (
+    ChannelTerms,
+    Close,
+    Exec,
+    LocalProtocolError,
+    PaymentAuthorized,
+    Reason,
+    Reply,
+    RequestAbandoned,
+    RequestExpired,
+    ResultDelivered,
+    Status,
+    Step,
+    VaultChannel,
+)
+from a402.asc.messages import Message as AscMessage
+from a402.crypto import PaymentDomain
+from a402.crypto.vault_messages import (
+    MAX_EPOCH,
+    MAX_PAYOUT,
+    BalanceStatement,
+    claim_key,
+    deposit_count,
+    fold_claim,
+    fold_deposit,
+    pack_payouts,
+    pending_digest,
+    settlement_digest,
+    statement_digest,
+)
+from a402.evm.address import address_key, to_checksum
+from a402.evm.ecdsa import public_key_address
+from a402.tee import (
+    CHANNEL_STATE,
+    TUNNEL_BINDING,
+    VAULT_ACCOUNTS,
+    Enclave,
+    EnclaveError,
+    EnclaveKernel,
+    TeeError,
+)
+from a402.vault_enclave import INVOKE_PATH, SignedCall, life_id, paid_request
+from a402.wire import jsonstrict
+from a402.wire import vault_api as api
+from a402.wire.a402 import binding_digest
+from a402.wire.errors import WireError
+
+_LEDGER_FORMAT = "a402/vault-mode-ledger/v1"
+_LEDGER_LABEL = "a402/vault-mode-ledger"
+#: How long a pending payment stays claimable on-chain (seconds of chain time).
+CLAIM_WINDOW = 3_600
+
+
+# ------------------------------------------------------------ what the host gets
+
+
+@dataclass(frozen=True, slots=True)
+class SignedStatement:
+    """A balance statement and the vault key's signature: what the participant keeps."""
+
+    statement: BalanceStatement
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SignedSettlement:
+    """A settlement to submit (``A402Vault.settle``): anyone may send it."""
+
+    epoch: int
+    payouts: bytes
+    deposits: int
+    signature: bytes
+    not_before: int = 0  # chain time after which it may land (the deadlines it resolves)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRecord:
+    """The enclave's record of a pending payment, signed with σ_U (for ``claimPayment``)."""
+
+    channel_id: bytes
+    request_id: int
+    amount: int
+    client_nonce: int
+    epoch: int
+    deadline: int
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Changed:
+    """The outcome of one operation: what to send the provider, the machine's events,
+    the statements of every participant it changed (hand each to its participant),
+    and the pending record it signed, if any."""
+
+    step: Step = field(default_factory=Step)
+    statements: tuple[SignedStatement, ...] = ()
+    pending: PendingRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """A signed settlement and the statements of the participants it changed."""
+
+    settlement: SignedSettlement
+    statements: tuple[SignedStatement, ...]
+
+
+# ------------------------------------------------------------------ inside
+
+
+class _Signer:
+    """The machines' :class:`~a402.asc.terms.DigestSigner` over the kernel (σ_U, states)."""
+
+    __slots__ = ("_kernel", "address")
+
+    def __init__(self, kernel: EnclaveKernel) -> None:
+        self._kernel = kernel
+        self.address = public_key_address(PublicKey(kernel.signing_public_key))
+
+    def sign_digest(self, digest: bytes) -> bytes:
+        return self._kernel.sign(CHANNEL_STATE, digest)
+
+
+@dataclass(slots=True)
+class _Account:
+    participant: str  # checksum address
+    index: int
+    free: int = 0
+    locked: int = 0
+    unconfirmed: int = 0
+    nonce: int = 0
+    exiting: bool = False
+
+    def to_json(self) -> list[Any]:
+        return [self.participant, self.index, str(self.free), str(self.locked),
+                str(self.unconfirmed), self.nonce, self.exiting]
+
+    @classmethod
+    def from_json(cls, v: list[Any]) -> _Account:
+        return cls(str(v[0]), int(v[1]), int(v[2]), int(v[3]), int(v[4]), int(v[5]), bool(v[6]))
+
+
+@dataclass(slots=True)
+class _Pending:
+    client: str
+    provider: str
+    amount: int
+    client_nonce: int
+    deadline: int
+    revealed: bool = False
+
+    def to_json(self) -> list[Any]:
+        return [self.client, self.provider, str(self.amount), self.client_nonce,
+                self.deadline, self.revealed]
+
+    @classmethod
+    def from_json(cls, v: list[Any]) -> _Pending:
+        return cls(str(v[0]), str(v[1]), int(v[2]), int(v[3]), int(v[4]), bool(v[5]))
+
+
+@dataclass(slots=True)
+class _Held:
+    channel: VaultChannel
+    client: str
+    provider: str
+    attested: bool = False
+    call: tuple[str, str] | None = None  # (client, idempotency key) of the request in flight
+
+
+class VaultAccountsCode:
+    """Vault-mode accounts, channels, statements and settlements, run inside the enclave.
+
+    ``domain``: the A402Vault contract's EIP-712 domain; ``network``: its chain (CAIP-2),
+    for the account clients sign their calls to; ``first_boot``: start from an empty
+    ledger (otherwise every call waits for :meth:`restore_ledger`).
+    """
+
+    def __init__(self, kernel: EnclaveKernel, *, domain: PaymentDomain, network: str,
+                 auth_window: int = api.DEFAULT_AUTH_WINDOW, first_boot: bool = False) -> None:
+        self._kernel = kernel
+        self._signer = _Signer(kernel)
+        self.address = self._signer.address
+        self.domain = domain
+        self.account = api.vault_account(network, "0x" + self.address.hex())
+        self.window = auth_window
+        self._accounts: dict[str, _Account] = {}
+        self._next_index = 0
+        self._deposits = 0  # the deposit chain as reported (all deposits)
+        self._confirmed = 0  # the deposit chain named by the last settlement signed
+        self._epoch = 0
+        self._paid_out = 0
+        self._settlements: dict[int, SignedSettlement] = {}
+        self._statements: dict[str, SignedStatement] = {}
+        self._held: dict[bytes, _Held] = {}
+        self._pending: dict[tuple[bytes, int], _Pending] = {}
+        self._consumed: set[tuple[str, str]] = set()
+        self._clock = 0
+        #: Why no settlement can be signed any more (a claim made an earlier one unlandable).
+        self._dead: str | None = None
+        self._version = 0
+        self._unsaved = False
+        self._ready = first_boot
+        #: This life (drawn at the first boot, sealed in the ledger): every client call is
+        #: signed for its public id (:func:`~a402.vault_enclave.life_id`), so a new life,
+        #: which has no record of what an earlier one paid, pays none of its calls.
+        self._life = os.urandom(32) if first_boot else b""
+        self.lock = threading.RLock()
+
+    @classmethod
+    def start(cls, enclave: Enclave, *, domain: PaymentDomain, network: str,
+              auth_window: int = api.DEFAULT_AUTH_WINDOW, first_boot: bool = False
+              ) -> VaultAccounts:
+        """Run this code in ``enclave``; the host gets only the :class:`VaultAccounts`."""
+        return enclave.start(lambda kernel: VaultAccounts(cls(
+            kernel, domain=domain, network=network, auth_window=auth_window,
+            first_boot=first_boot)), host_tunnels=True)
+
+    # ---------------------------------------------------------------- helpers
+
+    def _check_ready(self) -> None:
+        if not self._ready:
+            raise EnclaveError("ledger_needed", "restore the ledger first (or a first boot)")
+
+    def _changed(self) -> None:
+        if not self._unsaved:
+            self._version += 1
+            self._unsaved = True
+
+    def _tick(self, now: float) -> int:
+        self._clock = max(self._clock, int(now))
+        return self._clock
+
+    def _account(self, participant: str, *, create: bool = False) -> _Account:
+        key = address_key(participant)
+        found = self._accounts.get(key)
+        if found is None:
+            if not create:
+                raise EnclaveError("unknown_participant", "no account for this participant")
+            found = _Account(to_checksum(key), self._next_index)
+            self._next_index += 1
+            self._accounts[key] = found
+            self._changed()
+        return found
+
+    def _active(self, participant: str) -> _Account:
+        account = self._account(participant)
+        if account.exiting:
+            raise EnclaveError("participant_exiting",
+                               "this participant is force-settling: nothing moves its money")
+        return account
+
+    def _sign_statements(self, accounts: Iterable[_Account]) -> tuple[SignedStatement, ...]:
+        """A new statement for each changed account (nonce + 1, the current epoch)."""
+        out = []
+        for account in sorted({a.index: a for a in accounts}.values(), key=lambda a: a.index):
+            account.nonce += 1
+            st = BalanceStatement(account.participant, account.index, account.free,
+                                  account.locked, self._epoch, account.nonce)
+            signed = SignedStatement(
+                st, self._kernel.sign(VAULT_ACCOUNTS, statement_digest(self.domain, st)))
+            self._statements[address_key(account.participant)] = signed
+            out.append(signed)
+        self._changed()
+        return tuple(out)
+
+    # ---------------------------------------------------------------- reading
+
+    def balance(self, participant: str) -> tuple[int, int, int]:
+        """``(free, locked, unconfirmed)`` of ``participant`` (zeros if unknown)."""
+        a = self._accounts.get(address_key(participant))
+        return (0, 0, 0) if a is None else (a.free, a.locked, a.unconfirmed)
+
+    def index_of(self, participant: str) -> int:
+        return self._account(participant).index
+
+    def statement(self, participant: str) -> SignedStatement:
+        """The latest statement signed for ``participant`` (what the escape hatch needs)."""
+        self._check_ready()
+        found = self._statements.get(address_key(participant))
+        if found is None:
+            raise EnclaveError("no_statement", "no statement was signed for this participant")
+        return found
+
+    def totals(self) -> dict[str, int]:
+        """Conservation: confirmed deposits = free + locked + pending + paid out."""
+        return {
+            "free": sum(a.free for a in self._accounts.values()),
+            "locked": sum(a.locked for a in self._accounts.values()),
+            "unconfirmed": sum(a.unconfirmed for a in self._accounts.values()),
+            "pending": sum(p.amount for p in self._pending.values()),
+            "paid_out": self._paid_out,
+        }
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @property
+    def life_id(self) -> str:
+        """This life's public name: every client call must be signed for it."""
+        return life_id(self._life)
+
+    @property
+    def deposit_state(self) -> int:
+        """The deposit chain as reported so far (the host resumes its reports from here)."""
+        return self._deposits
+
+    def settlement(self, epoch: int) -> SignedSettlement:
+        """Settlement ``epoch`` as signed (to submit again: it is good once on-chain)."""
+        found = self._settlements.get(epoch)
+        if found is None:
+            raise EnclaveError("unknown_settlement", f"no settlement {epoch} was signed")
+        return found
+
+    # ---------------------------------------------------------------- deposits
+
+    def credit_deposit(self, participant: str, amount: int, state_after: int) -> bool:
+        """The host reports ``Deposited(participant, amount, state_after)``; counted once,
+        in chain order, as *unconfirmed* until the next settlement (module docstring).
+        Returns False for the deposit reported last, reported again."""
+        self._check_ready()
+        if state_after == self._deposits and deposit_count(state_after) > 0:
+            return False
+        try:
+            folded = fold_deposit(self._deposits, participant, amount)
+        except ValueError as e:
+            raise EnclaveError("bad_deposit", str(e)) from None
+        if folded != state_after:
+            raise EnclaveError(
+                "deposit_out_of_order",
+                f"deposit {deposit_count(state_after)} does not follow deposit "
+                f"{deposit_count(self._deposits)} of the chain held here: report them in order")
+        account = self._account(participant, create=True)
+        account.unconfirmed += amount
+        self._deposits = folded
+        self._changed()
+        return True
+
+    # ---------------------------------------------------------------- settlement
+
+    def settle(self, payouts: Sequence[tuple[str, int]], *, now: int) -> Settled:
+        """Sign settlement ``epoch + 1``: first resolve the pending payments whose deadline
+        the clock (advanced to ``now``) has passed and confirm every reported deposit,
+        then debit and pay each ``(participant, amount)`` — to the participant's own
+        address, never elsewhere (so the host choosing who is paid out when moves nobody's
+        money to anyone else). Refused if it would change nothing."""
+        self._check_ready()
+        if self._dead is not None:
+            raise EnclaveError("settlement_dead", self._dead)
+        clock = self._tick(now)
+        wanted: dict[str, int] = {}
+        for participant, amount in payouts:
+            key = address_key(participant)
+            if key in wanted:
+                raise EnclaveError("bad_payouts", "a participant appears twice")
+            if not 0 < amount <= MAX_PAYOUT:
+                raise EnclaveError("bad_payouts", "a payout is positive and fits in uint96")
+            wanted[key] = amount
+        if self._epoch + 1 > MAX_EPOCH:
+            raise EnclaveError("epochs_exhausted", "no settlement epoch is left")
+        # Check before changing anything: payouts come from free balances, confirmed ones
+        # included (they are confirmed by this very settlement, which lands atomically).
+        resolved = self._resolvable(clock)
+        for key, amount in wanted.items():
+            account = self._active(key)
+            credit = account.unconfirmed + sum(
+                self._pending[k].amount for k in resolved if self._beneficiary(k) == key)
+            if amount > account.free + credit:
+                raise EnclaveError("insufficient_balance",
+                                   f"{amount} > free {account.free + credit} of {key}")
+        touched = [a for a in self._accounts.values() if a.unconfirmed]
+        if not wanted and not touched and not resolved:
+            raise EnclaveError("nothing_to_settle", "no payout, no deposit, no payment due")
+        self._epoch += 1
+        not_before = max((self._pending[k].deadline for k in resolved), default=0)
+        touched += self._resolve(resolved)
+        for account in touched:
+            account.free += account.unconfirmed
+            account.unconfirmed = 0
+        self._confirmed = self._deposits
+        records = []
+        for key, amount in wanted.items():
+            account = self._accounts[key]
+            account.free -= amount
+            self._paid_out += amount
+            touched.append(account)
+            records.append((account.participant, account.index, amount))
+        packed = pack_payouts(sorted(records, key=lambda r: r[1]))
+        digest = settlement_digest(self.domain, self._epoch, packed, self._confirmed, not_before)
+        signed = SignedSettlement(self._epoch, packed, self._confirmed,
+                                  self._kernel.sign(VAULT_ACCOUNTS, digest), not_before)
+        self._settlements[self._epoch] = signed
+        return Settled(signed, self._sign_statements(touched))
+
+    def _resolvable(self, clock: int) -> list[tuple[bytes, int]]:
+        return [k for k, p in self._pending.items() if p.deadline < clock]
+
+    def _beneficiary(self, key: tuple[bytes, int]) -> str:
+        p = self._pending[key]
+        return p.provider if p.revealed else p.client
+
+    def _resolve(self, keys: Sequence[tuple[bytes, int]]) -> list[_Account]:
+        """Credit each pending payment past its deadline: to the provider if it revealed,
+        back to the client if not (its channel then ends: its machine stays PENDING)."""
+        touched = []
+        for key in keys:
+            p = self._pending.pop(key)
+            account = self._accounts[self._beneficiary_of(p)]
+            account.free += p.amount
+            touched.append(account)
+            if not p.revealed:  # the machine stays PENDING: the channel ends here
+                touched += self._end_channel(key[0], exclude=p.amount)
+        return touched
+
+    @staticmethod
+    def _beneficiary_of(p: _Pending) -> str:
+        return p.provider if p.revealed else p.client
+
+    # ---------------------------------------------------------------- channels
+
+    def open_channel(self, client: str, provider: str, provider_key: bytes, capacity: int,
+                     *, lock_timeout: float) -> tuple[bytes, tuple[SignedStatement, ...]]:
+        """Open a channel of ``client``'s to ``provider`` inside the enclave (no transaction):
+        ``capacity`` moves from the client's confirmed free balance to its locked. Pays
+        nobody (σ_U needs a call the client signed, :meth:`request`). The provider gets an
+        account if it has none: its earnings accrue there."""
+        self._check_ready()
+        account = self._active(client)
+        if not 0 < capacity <= account.free:
+            raise EnclaveError("insufficient_balance",
+                               f"capacity {capacity} > free {account.free}")
+        if lock_timeout <= 0:
+            raise EnclaveError("bad_request", "lock_timeout must be positive")
+        payee = self._account(provider, create=True)
+        if payee.exiting:
+            raise EnclaveError("participant_exiting", "the provider is force-settling")
+        try:
+            terms = ChannelTerms(account.participant, self.address, payee.participant,
+                                 provider_key, capacity, os.urandom(32), vault_mode=True)
+            channel = VaultChannel(terms, self.domain, self._signer, lock_timeout=lock_timeout)
+        except ValueError as e:
+            raise EnclaveError("bad_terms", str(e)) from None
+        account.free -= capacity
+        account.locked += capacity
+        self._held[channel.channel_id] = _Held(channel, address_key(client),
+                                               address_key(provider))
+        return channel.channel_id, self._sign_statements([account])
+
+    def _get(self, channel_id: bytes) -> _Held:
+        held = self._held.get(channel_id)
+        if held is None:
+            raise EnclaveError("unknown_channel", "no such vault-mode channel")
+        return held
+
+    def terms(self, channel_id: bytes) -> ChannelTerms:
+        return self._get(channel_id).channel.terms
+
+    def channel_status(self, channel_id: bytes) -> Status:
+        return self._get(channel_id).channel.status
+
+    def bind_tunnel(self, handle: str, channel_id: bytes) -> bytes:
+        """OPEN: as in standard mode, σ_U only once the tunnel's attested peer (verified in
+        the handshake, not as the host says) holds the channel's provider key."""
+        held = self._get(channel_id)
+        try:
+            peer = self._kernel.channel_peer(handle)
+        except TeeError as e:
+            raise EnclaveError("unknown_tunnel", str(e)) from None
+        if peer.signing_key != b"\x02" + held.channel.terms.provider_key:
+            raise EnclaveError("provider_not_attested",
+                               "the tunnel's attested peer does not hold the provider key")
+        held.attested = True
+        return self._kernel.sign(
+            TUNNEL_BINDING, binding_digest(self._kernel.channel_binding(handle), channel_id))
+
+    def request(self, channel_id: bytes, call: SignedCall, amount: int, now: float) -> Exec:
+        """Step ① for a call the channel's client signed (``POST /v1/invoke`` to this
+        vault, fresh within the auth window of ``now``, ``maxPrice ≥ amount``); each
+        ``(client, idempotency key)`` pays at most once."""
+        self._check_ready()
+        held = self._get(channel_id)
+        self._active(held.client)
+        if (call.method, call.path) != ("POST", INVOKE_PATH):
+            raise EnclaveError("wrong_call", f"not a signed POST {INVOKE_PATH}")
+        try:
+            signed = api.verify_request(call.headers, self.account, call.method, call.path,
+                                        call.body, life=self.life_id, now=now,
+                                        window=self.window)
+            invoke = api.InvokeRequest.from_json(jsonstrict.loads_object(call.body))
+        except api.AuthError as e:
+            raise EnclaveError(e.reason, e.detail) from None
+        except (ValueError, WireError) as e:
+            raise EnclaveError("bad_request", str(e)) from None
+        client = address_key(signed.client)
+        if client != held.client:
+            raise EnclaveError("not_your_channel", "the channel serves another client")
+        once = (client, invoke.idempotency_key)
+        if once in self._consumed:
+            raise EnclaveError("replayed_call", "this call has paid already")
+        if invoke.max_price < amount:
+            raise EnclaveError("price_above_maximum",
+                               f"{amount} > the call's maximum {invoke.max_price}")
+        exec_ = held.channel.request(paid_request(invoke).encode(), amount, now=now)
+        held.call = once
+        return exec_
+
+    def receive(self, channel_id: bytes, message: AscMessage, now: float) -> Changed:
+        """A provider message (REPLY, REVEAL, CLOSE_ACK) for the channel's machine. On σ_U,
+        δ leaves the client's statements and a pending record is signed."""
+        self._check_ready()
+        held = self._get(channel_id)
+        if isinstance(message, Reply):
+            if held.channel.status is Status.LOCKED and (held.call is None or not held.attested):
+                raise LocalProtocolError(Reason.NOT_ALLOWED,
+                                         "no signed call, or the provider key was not attested")
+            if held.call is not None and held.call in self._consumed:
+                raise LocalProtocolError(Reason.NOT_ALLOWED, "this signed call has paid already")
+        return self._after(channel_id, held, held.channel.receive(message, now=now), now)
+
+    def poll(self, channel_id: bytes, now: float) -> Changed:
+        held = self._get(channel_id)
+        return self._after(channel_id, held, held.channel.poll(now=now), now)
+
+    def abandon(self, channel_id: bytes) -> Changed:
+        held = self._get(channel_id)
+        return self._after(channel_id, held, held.channel.abandon(), self._clock)
+
+    def _after(self, channel_id: bytes, held: _Held, step: Step, now: float) -> Changed:
+        statements: tuple[SignedStatement, ...] = ()
+        pending = None
+        for event in step.events:
+            if isinstance(event, PaymentAuthorized):
+                pending, statements = self._authorized(channel_id, held, event, now)
+            elif isinstance(event, ResultDelivered):
+                found = self._pending.get((channel_id, event.request_id))
+                if found is not None:
+                    found.revealed = True
+                    self._changed()
+                held.call = None
+            elif isinstance(event, RequestExpired | RequestAbandoned):
+                held.call = None
+        return Changed(step, statements, pending)
+
+    def _authorized(self, channel_id: bytes, held: _Held, event: PaymentAuthorized,
+                    now: float) -> tuple[PendingRecord, tuple[SignedStatement, ...]]:
+        client = self._accounts[held.client]
+        if held.call is not None:
+            self._consumed.add(held.call)
+        client_nonce = client.nonce  # the last statement that still counts δ
+        client.locked -= event.amount
+        deadline = self._tick(now) + CLAIM_WINDOW
+        self._pending[(channel_id, event.request_id)] = _Pending(
+            held.client, held.provider, event.amount, client_nonce, deadline)
+        digest = pending_digest(self.domain, channel_id, event.request_id, client_nonce,
+                                self._epoch, deadline)
+        record = PendingRecord(channel_id, event.request_id, event.amount, client_nonce,
+                               self._epoch, deadline, self._kernel.sign(VAULT_ACCOUNTS, digest))
+        return record, self._sign_statements([client])
+
+    def claim_landed(self, channel_id: bytes, request_id: int, signature: bytes, *,
+                     deadline: int, state_after: int) -> Changed:
+        """The host reports ``PaymentClaimed`` (the provider's ``e ‖ s``, the record's
+        ``deadline``, the deposit chain after it), in chain order like deposits: δ was paid
+        on-chain, so it is credited to nobody here; the machine extracts ``t`` and opens
+        the result (if the REVEAL never came), and the channel ends, what the client did
+        not spend going back to its free balance.
+
+        A claim of a payment this code no longer holds pending was resolved by a settlement
+        it signed, which therefore can never land (the contract refuses a claim after its
+        deadline, and that settlement after it; a claim in between makes it unlandable):
+        settlements stop here (``settlement_dead``), nothing is paid twice, and recovery
+        (signing that epoch again) is not built."""
+        self._check_ready()
+        key = (channel_id, request_id)
+        try:
+            folded = fold_claim(self._deposits, claim_key(channel_id, request_id), deadline)
+        except ValueError as e:
+            raise EnclaveError("bad_claim", str(e)) from None
+        if folded != state_after:
+            raise EnclaveError("deposit_out_of_order",
+                               "the claim does not follow the chain held here: report in order")
+        p = self._pending.get(key)
+        if p is not None and p.deadline != deadline:
+            raise EnclaveError("bad_claim", "not the deadline this payment's record names")
+        self._deposits = folded
+        self._changed()
+        if p is None:
+            self._dead = (f"a claim of payment {request_id} of channel {channel_id.hex()}, "
+                          f"resolved by settlement {self._epoch} or earlier, landed: that "
+                          "settlement can never land")
+            return Changed()
+        held = self._held.get(channel_id)
+        step = Step()
+        touched: list[_Account] = []
+        if held is not None and not p.revealed:
+            step = held.channel.provider_force_closed(request_id, signature)
+            touched = self._end_channel(channel_id, exclude=p.amount)
+        del self._pending[key]
+        self._paid_out += p.amount
+        return Changed(step, self._sign_statements(touched) if touched else ())
+
+    def close_channel(self, channel_id: bytes) -> tuple[Close, tuple[SignedStatement, ...]]:
+        """Close an OPEN channel inside the enclave: what the client did not spend goes back
+        to its free balance (no transaction). Refused while a request is in flight (LOCKED:
+        wait for Δ_lock or abandon; PENDING: wait for REVEAL or the deadline)."""
+        self._check_ready()
+        held = self._get(channel_id)
+        if held.channel.status is not Status.OPEN:
+            raise EnclaveError("channel_busy", f"the channel is {held.channel.status}")
+        close = held.channel.close()
+        return close, self._sign_statements(self._end_channel(channel_id))
+
+    def _end_channel(self, channel_id: bytes, *, exclude: int = 0) -> list[_Account]:
+        """The channel ends: the client's balance in it, less ``exclude`` (a pending δ the
+        machine still counts as the client's, settled apart), goes back to its free."""
+        held = self._held.pop(channel_id)
+        channel = held.channel
+        remaining = channel.state.client_balance - exclude
+        if channel.status is not Status.CLOSED:
+            channel.closed_on_chain()
+        client = self._accounts[held.client]
+        client.locked -= remaining
+        client.free += remaining
+        self._changed()
+        return [client]
+
+    # ---------------------------------------------------------------- exits
+
+    def exiting(self, participant: str) -> SignedStatement | None:
+        """The host reports ``ForceSettleInitiated`` for ``participant``: nothing moves its
+        money from now on (no channel, no request, no payout). Returns its latest statement:
+        the watchtower's answer if the one on-chain is older."""
+        self._check_ready()
+        account = self._account(participant)
+        account.exiting = True
+        self._changed()
+        return self._statements.get(address_key(participant))
+
+    # ---------------------------------------------------------------- persistence
+
+    @property
+    def ledger_version(self) -> int:
+        return self._version
+
+    def export_ledger(self) -> bytes:
+        """Everything, sealed under the code's own key (the host's ``unseal`` cannot)."""
+        self._check_ready()
+        self._unsaved = False
+        record = {
+            "format": _LEDGER_FORMAT, "version": self._version,
+            "accounts": {k: a.to_json() for k, a in self._accounts.items()},
+            "nextIndex": self._next_index, "deposits": str(self._deposits),
+            "confirmed": str(self._confirmed), "epoch": self._epoch,
+            "paidOut": str(self._paid_out), "clock": self._clock, "dead": self._dead,
+            "settlements": {str(e): [s.payouts.hex(), str(s.deposits), s.signature.hex(),
+                                     s.not_before]
+                            for e, s in self._settlements.items()},
+            "statements": {k: [list(s.statement.as_tuple()), s.signature.hex()]
+                           for k, s in self._statements.items()},
+            "channels": {cid.hex(): [h.channel.snapshot().decode(), h.client, h.provider,
+                                     h.attested, None if h.call is None else list(h.call)]
+                         for cid, h in self._held.items()},
+            "pending": {f"{cid.hex()}:{rid}": p.to_json()
+                        for (cid, rid), p in self._pending.items()},
+            "consumed": sorted(list(c) for c in self._consumed),
+            "life": self._life.hex(),
+        }
+        return self._kernel.seal(_LEDGER_LABEL, jsonbytes.dumps(record))
+
+    def restore_ledger(self, blob: bytes) -> None:
+        """The ledger from :meth:`export_ledger`; refused if older than the one held."""
+        try:
+            r = json.loads(self._kernel.unseal(_LEDGER_LABEL, blob))
+            if r.get("format") != _LEDGER_FORMAT:
+                raise ValueError("not a vault-mode ledger")
+            version = int(r["version"])
+            accounts = {k: _Account.from_json(v) for k, v in r["accounts"].items()}
+            settlements = {int(e): SignedSettlement(int(e), bytes.fromhex(v[0]), int(v[1]),
+                                                    bytes.fromhex(v[2]), int(v[3]))
+                           for e, v in r["settlements"].items()}
+            statements = {k: SignedStatement(BalanceStatement(str(v[0][0]), *map(int, v[0][1:])),
+                                             bytes.fromhex(v[1]))
+                          for k, v in r["statements"].items()}
+            held = {}
+            for cid, v in r["channels"].items():
+                channel = VaultChannel.restore(v[0].encode(), self._signer)
+                held[bytes.fromhex(cid)] = _Held(channel, v[1], v[2], bool(v[3]),
+                                                 None if v[4] is None else (v[4][0], v[4][1]))
+            life = bytes.fromhex(r["life"])
+            pending = {}
+            for key, v in r["pending"].items():
+                cid, rid = key.split(":")
+                pending[(bytes.fromhex(cid), int(rid))] = _Pending.from_json(v)
+        except (ValueError, KeyError, TypeError, IndexError, TeeError) as e:
+            raise EnclaveError("malformed", str(e)) from None
+        if version < self._version:
+            raise EnclaveError("stale_ledger",
+                               f"version {version} is older than the {self._version} held")
+        self._version, self._unsaved = version, False
+        self._accounts, self._settlements, self._statements = accounts, settlements, statements
+        self._held, self._pending = held, pending
+        self._next_index = int(r["nextIndex"])
+        self._deposits, self._confirmed = int(r["deposits"]), int(r["confirmed"])
+        self._epoch, self._paid_out = int(r["epoch"]), int(r["paidOut"])
+        self._clock = max(self._clock, int(r["clock"]))
+        self._dead = r.get("dead")
+        self._consumed = {(c[0], c[1]) for c in r["consumed"]}
+        self._life = life
+        self._ready = True
+
+
+class VaultAccounts:
+    """Vault mode as its host sees it: every call checked inside (module docstring).
+    Not offered: signing a digest, the key, unsealed state."""
+
+    __slots__ = ("_code",)
+
+    def __init__(self, code: VaultAccountsCode) -> None:
+        self._code = code
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in _HOST_SURFACE:
+            raise AttributeError(name)
+        attr = getattr(self._code, name)
+        if not callable(attr):
+            return attr
+
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            with self._code.lock:
+                return attr(*args, **kwargs)
+        return locked
+
+
+_HOST_SURFACE = frozenset({
+    "address", "account", "domain", "epoch", "life_id", "deposit_state", "ledger_version",
+    "balance", "index_of", "statement", "totals", "settlement", "credit_deposit", "settle",
+    "open_channel", "terms", "channel_status", "bind_tunnel", "request", "receive", "poll",
+    "abandon", "claim_landed", "close_channel", "exiting", "export_ledger", "restore_ledger",
+})
+
+__all__ = [
+    "CLAIM_WINDOW",
+    "Changed",
+    "PendingRecord",
+    "Settled",
+    "SignedSettlement",
+    "SignedStatement",
+    "VaultAccounts",
+    "VaultAccountsCode",
+]

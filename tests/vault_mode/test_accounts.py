@@ -1,0 +1,318 @@
+"""Vault mode inside the enclave (:mod:`a402.vault_accounts`), as scenarios, no chain:
+deposits count only once a settlement confirms them, channels open and close against
+accounts, a paid request moves δ from the client's statements to a pending record and then
+to the provider, and every change hands out a statement the contract would accept."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from a402.asc import Status
+from a402.asc.errors import ASCError
+from a402.crypto import PaymentDomain
+from a402.crypto.vault_messages import (
+    VaultChannelTerms,
+    fold_deposit,
+    pending_digest,
+    settlement_digest,
+    statement_digest,
+    unpack_payouts,
+    vault_channel_id,
+)
+from a402.evm.ecdsa import OPENZEPPELIN, recover_address
+from a402.tee import EnclaveError
+from a402.vault_accounts import CLAIM_WINDOW, SignedStatement, VaultAccountsCode
+
+from .accounts_setup import PRICE, VaultMode, client, clock, vault_mode
+
+DOMAIN = PaymentDomain(31337, bytes.fromhex("a16e02e87b7454126e5e10d957a927a7f5b5d2be"))
+
+
+@pytest.fixture
+def vm() -> VaultMode:
+    return vault_mode(DOMAIN)
+
+
+def signed_by_vault(vm: VaultMode, digest: bytes, signature: bytes) -> bool:
+    return recover_address(digest, signature, policy=OPENZEPPELIN) == vm.vault.address
+
+
+def check_statement(vm: VaultMode, signed: SignedStatement) -> None:
+    assert signed_by_vault(vm, statement_digest(DOMAIN, signed.statement), signed.signature)
+
+
+def conserved(vm: VaultMode, deposited: int) -> None:
+    t = vm.vault.totals()
+    assert t["free"] + t["locked"] + t["pending"] + t["paid_out"] + t["unconfirmed"] == deposited
+
+
+def test_a_reported_deposit_counts_nowhere_until_a_settlement_confirms_it(vm: VaultMode) -> None:
+    alice = client()
+    state = vm.deposit(alice.address, 5_000)
+    assert vm.vault.balance(alice.address) == (0, 0, 5_000)
+    with pytest.raises(EnclaveError, match="no statement"):
+        vm.vault.statement(alice.address)
+    with pytest.raises(EnclaveError, match=r"capacity 1000 > free 0"):
+        vm.vault.open_channel(alice.address, vm.provider().address, os.urandom(32), 1_000,
+                              lock_timeout=10.0)
+    settled = vm.vault.settle([], now=clock())
+    s = settled.settlement
+    assert (s.epoch, s.payouts, s.deposits) == (1, b"", state)
+    assert signed_by_vault(vm, settlement_digest(DOMAIN, 1, b"", state), s.signature)
+    (st,) = settled.statements
+    assert st.statement.as_tuple() == (alice.address, 0, 5_000, 0, 1, 1)
+    check_statement(vm, st)
+    assert vm.vault.statement(alice.address) == st
+    assert vm.vault.balance(alice.address) == (5_000, 0, 0)
+    conserved(vm, 5_000)
+
+
+def test_a_deposit_reported_out_of_order_or_altered_is_refused_and_changes_nothing(
+    vm: VaultMode,
+) -> None:
+    alice, bob = client(), client()
+    first = vm.deposit(alice.address, 1_000)
+    second = fold_deposit(first, bob.address, 2_000)
+    with pytest.raises(EnclaveError, match="deposit_out_of_order"):
+        vm.vault.credit_deposit(bob.address, 2_001, second)  # altered amount
+    with pytest.raises(EnclaveError, match="deposit_out_of_order"):
+        vm.vault.credit_deposit(alice.address, 2_000, second)  # another participant
+    with pytest.raises(EnclaveError, match="deposit_out_of_order"):  # skipped one
+        vm.vault.credit_deposit(bob.address, 5, fold_deposit(second, bob.address, 5))
+    assert vm.vault.credit_deposit(alice.address, 1_000, first) is False  # reported again
+    assert vm.vault.deposit_state == first
+    assert vm.vault.balance(bob.address) == (0, 0, 0)
+    assert vm.vault.balance(alice.address) == (0, 0, 1_000)
+
+
+def test_a_paid_request_moves_the_price_from_the_client_to_the_provider_after_its_deadline(
+    vm: VaultMode,
+) -> None:
+    alice = client()
+    vm.deposit(alice.address, 50_000)
+    vm.vault.settle([], now=clock())
+    provider = vm.provider()
+    cid, provider_side = vm.open(alice, provider, 10 * PRICE)
+    # The channel id is the one the contract's claimPayment recomputes.
+    terms = vm.vault.terms(cid)
+    assert cid == vault_channel_id(DOMAIN, VaultChannelTerms(
+        alice.address, provider.address, terms.provider_key, 10 * PRICE, terms.salt))
+    assert vm.vault.statement(alice.address).statement.as_tuple()[2:] == (40_000, 10_000, 1, 2)
+
+    now = clock()
+    authorized = vm.pay(cid, provider_side, vm.call(alice, key="first"), now=now)
+    # σ_U is out: δ is in none of the client's newer statements, and a pending record names
+    # the last one that counted it.
+    (st,) = authorized.statements
+    check_statement(vm, st)
+    assert st.statement.as_tuple()[2:] == (40_000, 9_000, 1, 3)
+    pending = authorized.pending
+    assert pending is not None
+    assert (pending.amount, pending.client_nonce, pending.epoch) == (PRICE, 2, 1)
+    assert pending.deadline == now + CLAIM_WINDOW
+    assert signed_by_vault(vm, pending_digest(DOMAIN, cid, pending.request_id, 2, 1,
+                                              pending.deadline), pending.signature)
+    # Revealed and acknowledged, but not yet credited: the provider could still claim it.
+    assert vm.vault.balance(provider.address) == (0, 0, 0)
+    conserved(vm, 50_000)
+    with pytest.raises(EnclaveError, match="nothing_to_settle"):
+        vm.vault.settle([], now=now + CLAIM_WINDOW)
+    settled = vm.vault.settle([], now=now + CLAIM_WINDOW + 1)
+    (credited,) = settled.statements
+    assert credited.statement.as_tuple() == (provider.address, 1, PRICE, 0, 2, 1)
+    check_statement(vm, credited)
+    conserved(vm, 50_000)
+
+    # The provider's earnings are paid out to its own address, in a signed settlement.
+    paid = vm.vault.settle([(provider.address, PRICE)], now=now + CLAIM_WINDOW + 2)
+    assert unpack_payouts(paid.settlement.payouts) == [
+        (bytes.fromhex(provider.address[2:]), 1, PRICE)]
+    assert paid.statements[0].statement.as_tuple()[2:] == (0, 0, 3, 2)
+    conserved(vm, 50_000)
+    assert vm.vault.totals()["paid_out"] == PRICE
+
+    # Closing the channel gives the client what it did not spend, with no transaction.
+    close, (closed,) = vm.vault.close_channel(cid)
+    assert close.state.client_balance == 9 * PRICE
+    assert closed.statement.as_tuple()[2:] == (49_000, 0, 3, 4)
+    with pytest.raises(EnclaveError, match="unknown_channel"):
+        vm.vault.request(cid, vm.call(alice, key="after"), PRICE, clock())
+    conserved(vm, 50_000)
+
+
+def test_a_payment_never_revealed_goes_back_to_the_client_at_its_deadline_and_ends_the_channel(
+    vm: VaultMode,
+) -> None:
+    alice = client()
+    vm.deposit(alice.address, 20_000)
+    vm.vault.settle([], now=clock())
+    provider = vm.provider()
+    cid, provider_side = vm.open(alice, provider, 5 * PRICE)
+    now = clock()
+    authorized = vm.pay(cid, provider_side, vm.call(alice, key="k"), reveal=False, now=now)
+    assert vm.vault.channel_status(cid) is Status.PENDING
+    assert authorized.statements[0].statement.locked == 4 * PRICE
+    with pytest.raises(EnclaveError, match="channel_busy"):
+        vm.vault.close_channel(cid)
+    settled = vm.vault.settle([], now=now + CLAIM_WINDOW + 1)
+    (st,) = settled.statements
+    assert st.statement.as_tuple()[1:] == (0, 20_000, 0, 2, 4)
+    assert vm.vault.balance(provider.address) == (0, 0, 0)
+    with pytest.raises(EnclaveError, match="unknown_channel"):
+        vm.vault.channel_status(cid)
+    conserved(vm, 20_000)
+
+
+def test_a_claim_that_landed_pays_the_provider_on_chain_and_nobody_off_chain(
+    vm: VaultMode,
+) -> None:
+    alice = client()
+    vm.deposit(alice.address, 20_000)
+    vm.vault.settle([], now=clock())
+    provider = vm.provider()
+    cid, provider_side = vm.open(alice, provider, 5 * PRICE)
+    now = clock()
+    authorized = vm.pay(cid, provider_side, vm.call(alice, key="k"), reveal=False, now=now)
+    assert authorized.pending is not None
+    # The provider completes its signature and claims on-chain (the vault went dark).
+    (due,) = provider_side.poll(now=now + 31).events
+    claimed = vm.claim(cid, authorized.pending.request_id,
+                       due.claim.signature,  # type: ignore[attr-defined]
+                       authorized.pending.deadline)
+    (delivered,) = claimed.step.events
+    assert delivered.result == b"the result"  # type: ignore[attr-defined]
+    (st,) = claimed.statements
+    assert st.statement.as_tuple()[2:] == (19_000, 0, 1, 4)
+    t = vm.vault.totals()
+    assert (t["pending"], t["paid_out"]) == (0, PRICE)
+    with pytest.raises(EnclaveError, match="nothing_to_settle"):
+        vm.vault.settle([], now=now + CLAIM_WINDOW + 1)  # nothing credited twice
+    assert vm.vault.balance(provider.address) == (0, 0, 0)
+    conserved(vm, 20_000)
+
+
+def test_the_host_cannot_pay_without_the_clients_signed_call_nor_twice_with_one(
+    vm: VaultMode,
+) -> None:
+    alice, mallory = client(), client()
+    vm.deposit(alice.address, 20_000)
+    vm.deposit(mallory.address, 20_000)
+    vm.vault.settle([], now=clock())
+    provider = vm.provider()
+    cid, provider_side = vm.open(alice, provider)
+    with pytest.raises(EnclaveError, match="not_your_channel"):
+        vm.vault.request(cid, vm.call(mallory, key="x"), PRICE, clock())
+    with pytest.raises(EnclaveError, match="price_above_maximum"):
+        vm.vault.request(cid, vm.call(alice, key="x", max_price=PRICE - 1), PRICE, clock())
+    with pytest.raises(EnclaveError, match="stale"):
+        vm.vault.request(cid, vm.call(alice, key="x", ts=clock() - 3_600), PRICE, clock())
+    # A call signed for another life of the vault (which paid who knows what) pays nothing.
+    other = vault_mode(DOMAIN).vault.life_id
+    with pytest.raises(EnclaveError, match="wrong_life"):
+        vm.vault.request(cid, vm.call(alice, key="x", life=other), PRICE, clock())
+    once = vm.call(alice, key="once")
+    vm.pay(cid, provider_side, once)
+    with pytest.raises(EnclaveError, match="replayed_call"):
+        vm.vault.request(cid, once, PRICE, clock())
+    with pytest.raises(EnclaveError, match="replayed_call"):  # a new signature, the same key
+        vm.vault.request(cid, vm.call(alice, key="once"), PRICE, clock())
+    assert vm.vault.statement(alice.address).statement.locked == 9 * PRICE
+    conserved(vm, 40_000)
+
+
+def test_a_reply_before_the_provider_key_was_seen_attested_gets_no_authorization(
+    vm: VaultMode,
+) -> None:
+    alice = client()
+    vm.deposit(alice.address, 20_000)
+    vm.vault.settle([], now=clock())
+    provider = vm.provider()
+    cid, _ = vm.vault.open_channel(alice.address, provider.address,
+                                   provider.schnorr.public_key, 5_000, lock_timeout=10.0)
+    from a402.asc import ProviderChannel  # the provider's side, never bound to a tunnel
+    side = ProviderChannel(vm.vault.terms(cid), DOMAIN, provider.signer, provider.schnorr,
+                           ack_timeout=30.0, lock_timeout=10.0)
+    now = clock()
+    exec_ = vm.vault.request(cid, vm.call(alice, key="k"), PRICE, now)
+    side.receive(exec_, now=now)
+    with pytest.raises(ASCError, match="attested"):
+        vm.vault.receive(cid, side.reply(exec_.request_id, b"r"), now)
+    assert vm.vault.totals()["pending"] == 0
+
+
+def test_a_payout_beyond_the_free_balance_or_to_an_exiting_participant_is_refused_whole(
+    vm: VaultMode,
+) -> None:
+    alice, bob = client(), client()
+    vm.deposit(alice.address, 3_000)
+    vm.deposit(bob.address, 1_000)
+    vm.vault.settle([], now=clock())
+    with pytest.raises(EnclaveError, match="insufficient_balance"):
+        vm.vault.settle([(alice.address, 2_000), (bob.address, 1_001)], now=clock())
+    with pytest.raises(EnclaveError, match="unknown_participant"):
+        vm.vault.settle([(client().address, 1)], now=clock())
+    latest = vm.vault.exiting(bob.address)
+    assert latest is not None and latest.statement.balance == 1_000
+    with pytest.raises(EnclaveError, match="participant_exiting"):
+        vm.vault.settle([(bob.address, 1_000)], now=clock())
+    assert vm.vault.epoch == 1
+    assert vm.vault.balance(alice.address) == (3_000, 0, 0)
+    # A deposit can be paid out by the settlement that confirms it (it lands atomically).
+    vm.deposit(alice.address, 500)
+    paid = vm.vault.settle([(alice.address, 3_500)], now=clock())
+    assert paid.statements[0].statement.as_tuple()[2:] == (0, 0, 2, 2)
+    conserved(vm, 4_500)
+
+
+def test_the_sealed_ledger_comes_back_whole_and_an_older_one_is_refused(vm: VaultMode) -> None:
+    alice = client()
+    vm.deposit(alice.address, 20_000)
+    vm.vault.settle([], now=clock())
+    provider = vm.provider()
+    cid, provider_side = vm.open(alice, provider)
+    vm.pay(cid, provider_side, vm.call(alice, key="k1"))
+    old = vm.vault.export_ledger()
+    vm.pay(cid, provider_side, vm.call(alice, key="k2"))
+    blob = vm.vault.export_ledger()
+
+    again = VaultAccountsCode.start(vm.enclave, domain=DOMAIN, network="eip155:31337")
+    with pytest.raises(EnclaveError, match="ledger_needed"):
+        again.settle([], now=clock())
+    again.restore_ledger(blob)
+    assert again.statement(alice.address) == vm.vault.statement(alice.address)
+    assert again.totals() == vm.vault.totals()
+    with pytest.raises(EnclaveError, match="stale_ledger"):
+        again.restore_ledger(old)
+    # The restored machine runs on: the next call pays, the consumed ones stay consumed.
+    with pytest.raises(EnclaveError, match="replayed_call"):
+        again.request(cid, vm.call(alice, key="k2"), PRICE, clock())
+    vm.vault = again
+    vm.pay(cid, provider_side, vm.call(alice, key="k3"))
+    assert again.statement(alice.address).statement.locked == 7 * PRICE
+    conserved(vm, 20_000)
+
+
+def test_the_host_gets_no_signing_call_and_no_key(vm: VaultMode) -> None:
+    with pytest.raises(AttributeError):
+        vm.vault._kernel  # type: ignore[attr-defined]  # noqa: B018
+    with pytest.raises(AttributeError):
+        vm.vault._sign_statements  # type: ignore[attr-defined]  # noqa: B018
+    assert not [n for n in ("sign", "sign_digest", "kernel") if hasattr(vm.vault, n)]
+
+
+def test_vault_mode_terms_keep_their_mode_in_a_snapshot_and_standard_ones_are_unchanged() -> None:
+    from a402.asc import ChannelTerms
+    from a402.asc import snapshot as snap
+    args = (os.urandom(20), os.urandom(20), os.urandom(20),
+            bytes.fromhex("11" * 32), 5_000, os.urandom(32))
+    pooled = ChannelTerms(*args, vault_mode=True)
+    standard = ChannelTerms(*args)
+    assert snap.terms_from_json(snap.terms_to_json(pooled)) == pooled
+    assert "vaultMode" not in snap.terms_to_json(standard)
+    assert snap.terms_from_json(snap.terms_to_json(standard)) == standard
+    # The two modes never share an id: the contract hashes different types.
+    assert pooled.channel_id(DOMAIN) != standard.channel_id(DOMAIN)
+    assert pooled.channel_id(DOMAIN) == vault_channel_id(DOMAIN, VaultChannelTerms(
+        "0x" + args[0].hex(), "0x" + args[2].hex(), args[3], 5_000, args[5]))
