@@ -6,7 +6,11 @@ whole cryptographic work of one paid request:
 
 * provider: draw (t, T), hash the result, build m, pre-sign, seal;
 * vault: rebuild m, pre-verify, sign the conditional payment σ_U, check the
-  revealed t against T, open the result and check it against H(result).
+  revealed t against T, open the result and check it against H(result);
+
+and, apart (:func:`signatures`), the signatures a paid request also requires: the
+client's call signature and its recovery, both sides' state signatures and their
+checks, the provider's check of σ_U.
 
 Times are CPU time (``time.process_time``) of batches, reported as the median
 of several batches. Target: provider + vault under 1 ms of CPU per request.
@@ -162,6 +166,61 @@ def paid_request(number: int, repeat: int) -> dict[str, Timing]:
     }
 
 
+def signatures(number: int, repeat: int) -> dict[str, Timing]:
+    """CPU microseconds of the signatures one paid request requires beyond
+    :func:`paid_request`'s figure (which counts the adaptor exchange alone):
+
+    * client: signs its ``POST /v1/invoke`` (EIP-191 over the call's text);
+    * vault: recovers that signature, checks the provider's signature on the new state
+      (REVEAL), signs that state (ACK);
+    * provider: checks σ_U's signer (AUTH), signs the new state (REVEAL), checks the
+      vault's signature on it (ACK).
+    """
+    from eth_account import Account
+
+    from a402.asc import BalanceState, sign_state, state_signer
+    from a402.crypto.authorization import authorization_signer
+    from a402.wire import vault_api as api
+
+    client = Account.from_key(b"\x31" * 32)
+    request_signer = api.RequestSigner(client)
+    account = api.vault_account("eip155:31337", "0x" + "5a" * 20)
+    body = b'{"url":"http://127.0.0.1:1/data","maxPrice":"1000","idempotencyKey":"k"}'
+    vault_signer, provider_signer = EcdsaSigner(b"\x24" * 32), EcdsaSigner(b"\x42" * 32)
+    state = BalanceState(REQUEST_ID + 1, 10 * AMOUNT, AMOUNT)
+    vault_sig = sign_state(vault_signer, DOMAIN, CHANNEL, state)
+    provider_sig = sign_state(provider_signer, DOMAIN, CHANNEL, state)
+    m = payment_message(DOMAIN, CHANNEL, REQUEST_ID, AMOUNT, b"\x01" * 32)
+    challenge = EVM.pre_sign(EVM.generate_key(), m, generate_adaptor()[1]).r
+    sigma_u = sign_authorization(vault_signer, DOMAIN, m, AMOUNT, challenge)
+    headers = api.sign_request(request_signer, account, "POST", "/v1/invoke", body)
+    now = time.time()
+
+    def client_side() -> object:
+        return api.sign_request(request_signer, account, "POST", "/v1/invoke", body, now=now)
+
+    def vault() -> object:
+        api.verify_request(headers, account, "POST", "/v1/invoke", body, now=now)
+        if state_signer(DOMAIN, CHANNEL, state, provider_sig) != provider_signer.address:
+            raise AssertionError("honest state signature rejected")
+        return sign_state(vault_signer, DOMAIN, CHANNEL, state)
+
+    def provider() -> object:
+        if authorization_signer(DOMAIN, m, AMOUNT, challenge, sigma_u) != vault_signer.address:
+            raise AssertionError("honest σ_U rejected")
+        sign_state(provider_signer, DOMAIN, CHANNEL, state)
+        if state_signer(DOMAIN, CHANNEL, state, vault_sig) != vault_signer.address:
+            raise AssertionError("honest state signature rejected")
+        return None
+
+    timings = {"client": cpu_us_per_call(client_side, number, repeat),
+               "vault": cpu_us_per_call(vault, number, repeat),
+               "provider": cpu_us_per_call(provider, number, repeat)}
+    timings["total"] = (sum(t[0] for t in timings.values()),
+                        sum(t[1] for t in timings.values()))
+    return timings
+
+
 def gas() -> dict[str, Any]:
     """Gas of on-chain verification on anvil, or the reason it was not measured."""
     try:
@@ -206,6 +265,7 @@ def main() -> None:
     info = machine()
     ops = operations(number, repeat)
     request = paid_request(number, repeat)
+    signed = signatures(number, repeat)
     gas_figures: dict[str, Any] = {"skipped": "--no-chain"} if args.no_chain else gas()
 
     print(
@@ -229,6 +289,15 @@ def main() -> None:
         median, best = request[key]
         print(f"  {label:50} {median:9.1f} {best:8.1f}")
     print(f"  → {verdict} the {REQUEST_TARGET_US:.0f} µs target")
+    print("not counted above, also required per paid request: signatures   median µs  best µs")
+    for label, key in (
+        ("client: signs its call", "client"),
+        ("vault: recovers it, checks + signs the state", "vault"),
+        ("provider: checks σ_U, signs + checks the state", "provider"),
+        ("total", "total"),
+    ):
+        median, best = signed[key]
+        print(f"  {label:50} {median:9.1f} {best:8.1f}")
     print()
     if "verify" in gas_figures:
         gas_verdict = "meets" if gas_figures["verify"] < GAS_TARGET else "MISSES"
@@ -262,6 +331,11 @@ def main() -> None:
             },
             "target_us": REQUEST_TARGET_US,
             "meets_target": total_median < REQUEST_TARGET_US,
+        },
+        "signatures_per_request": {
+            f"{key}_us_{stat}": round(value[i], 2)
+            for key, value in signed.items()
+            for i, stat in enumerate(("median", "best"))
         },
         "gas": gas_figures,
     }

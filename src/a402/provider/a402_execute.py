@@ -59,8 +59,8 @@ class Executor:
     ) -> HttpResponse | ServiceFailed:
         """The app's response to ``paid.request``, or why there is none."""
         try:
-            return await asyncio.wait_for(self.execute(paid.request, outer or {}),
-                                          timeout=self.budget)
+            async with asyncio.timeout(self.budget):  # in this task: no task per request
+                return await self.execute(paid.request, outer or {})
         except TimeoutError:
             return ServiceFailed("execution_timeout", "the service did not answer in time")
         except Exception as e:  # the service crashed: nothing is charged

@@ -291,6 +291,9 @@ class SimulatedEnclave:
         self._measurement = bytes(measurement)
         self._signing = EVM.secret_key(signing_secret)
         self._signing_public = b"\x02" + self._signing.public_key
+        # The same key loaded once for ECDSA (loading derives the public key: about half
+        # of what a signature costs), as an enclave keeps its key in memory.
+        self._ecdsa = _ecdsa.EcdsaSigner(self._signing.to_bytes())
         self._kx = kx
         self._kx_public = kx.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
@@ -346,7 +349,7 @@ class SimulatedEnclave:
             raise EnclaveError("purpose_not_allowed", f"this enclave does not sign {purpose!r}")
         if not isinstance(digest, bytes) or len(digest) != 32:
             raise EnclaveError("bad_input", "digest must be 32 bytes")
-        return _ecdsa.sign_digest(self._signing.to_bytes(), digest)
+        return self._ecdsa.sign_digest(digest)
 
     def _pre_sign(self, message: bytes, adaptor_point: bytes) -> bytes:
         if PAYMENT_PRESIGNATURE not in self._purposes:

@@ -293,7 +293,8 @@ class PaidCall:
             raise VaultError(502, e.reason, e.detail) from None
         lock = context.channels.pair_lock(self.client, offer.pay_to)
         try:
-            await asyncio.wait_for(lock.acquire(), context.queue_timeout)
+            async with asyncio.timeout(context.queue_timeout):  # no task per call
+                await lock.acquire()
         except TimeoutError:
             raise VaultError(409, api.CHANNEL_BUSY, "another call to this provider is in flight",
                              retryable=True) from None
