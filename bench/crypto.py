@@ -193,14 +193,16 @@ def signatures(number: int, repeat: int) -> dict[str, Timing]:
     m = payment_message(DOMAIN, CHANNEL, REQUEST_ID, AMOUNT, b"\x01" * 32)
     challenge = EVM.pre_sign(EVM.generate_key(), m, generate_adaptor()[1]).r
     sigma_u = sign_authorization(vault_signer, DOMAIN, m, AMOUNT, challenge)
-    headers = api.sign_request(request_signer, account, "POST", "/v1/invoke", body)
+    life = "0x" + "1f" * 16  # the vault's life id, as GET /v1/info gives it
+    headers = api.sign_request(request_signer, account, "POST", "/v1/invoke", body, life=life)
     now = time.time()
 
     def client_side() -> object:
-        return api.sign_request(request_signer, account, "POST", "/v1/invoke", body, now=now)
+        return api.sign_request(request_signer, account, "POST", "/v1/invoke", body, life=life,
+                                now=now)
 
     def vault() -> object:
-        api.verify_request(headers, account, "POST", "/v1/invoke", body, now=now)
+        api.verify_request(headers, account, "POST", "/v1/invoke", body, life=life, now=now)
         if state_signer(DOMAIN, CHANNEL, state, provider_sig) != provider_signer.address:
             raise AssertionError("honest state signature rejected")
         return sign_state(vault_signer, DOMAIN, CHANNEL, state)
