@@ -309,6 +309,14 @@ def _once(invoke: api.InvokeRequest) -> str:
     return f"call:{invoke.created_at}:{invoke.idempotency_key}"
 
 
+def _key_of(once: str) -> tuple[str, int]:
+    """The idempotency key and creation time a :func:`_once` names."""
+    parts = once.split(":", 2)
+    if len(parts) != 3 or parts[0] != "call" or not parts[1].isdigit():
+        return once, -1  # (not a call's: names no key another call could share)
+    return parts[2], int(parts[1])
+
+
 def life_id(life: bytes) -> str:
     """The public name of a vault life (``GET /v1/info``'s ``life``, signed into every
     call): a hash of the life's key, which it does not reveal."""
@@ -400,6 +408,11 @@ class VaultEnclaveCode:
         #: jumps ahead moves it no further than the calls do.
         self._wall = 0
         self._consumed: dict[tuple[str, str], int] = {}
+        #: Per (client, idempotency key) of a paid call in :attr:`_consumed`: its
+        #: ``createdAt``. A call with that key and another creation time is refused while
+        #: the record lasts (pruned with it): a retry from a new process that lost the
+        #: first ``createdAt`` signs another, and must not pay the key twice.
+        self._paid_keys: dict[tuple[str, str], int] = {}
         self._reserved: dict[tuple[str, str], bytes] = {}
         #: The ledger's version, sealed with it: one more on its first change after each
         #: export (see :meth:`restore_ledger`); ``_unsaved``: changed since the export.
@@ -587,9 +600,14 @@ class VaultEnclaveCode:
         channel was approved for, on that channel)."""
         horizon = self._horizon(address_key(signed.client)) - slack
         if created_at is not None:
-            if created_at > signed.timestamp:
-                raise EnclaveError("bad_request", "nothing was paid: createdAt is after the "
-                                                  "call's signature timestamp")
+            # A retry signed on another machine whose clock is a little behind the one
+            # that created the call is fine: up to a window (pruning is by createdAt, so
+            # a later one only keeps the record longer).
+            if created_at > signed.timestamp + self.window:
+                raise EnclaveError(api.CREATED_AFTER_SIGNATURE, (
+                    "nothing was paid by this call: its createdAt is more than the auth "
+                    "window after its signature's timestamp (the signing clock is behind); "
+                    "retry it once the clock is right"))
             if created_at < horizon:
                 raise EnclaveError(api.STALE_CALL, (
                     "nothing was paid by this call: it was created (createdAt) before the "
@@ -637,6 +655,36 @@ class VaultEnclaveCode:
         for held in self._held.values():
             held.consumed = {k: t for k, t in held.consumed.items()
                              if t >= self._horizon(k[0]) - self.slack}
+        self._paid_keys = {k: t for k, t in self._paid_keys.items()
+                           if t >= self._horizon(k[0]) - self.slack}
+
+    def _paid(self, client: str, once: str, channel_id: bytes | None) -> None:
+        """Refuse a call that paid already (σ_U signed), is paying on another channel than
+        ``channel_id``, or whose idempotency key paid (or is paying) with another
+        ``createdAt`` (see :attr:`_paid_keys`). Each message says the key may have been
+        paid: never "nothing was paid"."""
+        if (client, once) in self._consumed:
+            raise EnclaveError(api.REPLAYED_CALL, (
+                "this call was paid already (σ_U signed): ask GET /v1/requests/<key> for "
+                "its answer; do not make it again with a new key"))
+        key, created = _key_of(once)
+        paid = self._paid_keys.get((client, key))
+        if paid is not None and paid != created:
+            raise EnclaveError(api.REPLAYED_CALL, (
+                f"this idempotency key was paid already, for the call created at {paid} "
+                f"(this one says {created}): it may have been paid; ask GET "
+                "/v1/requests/<key> for its answer, and retry it with that createdAt"))
+        for (c, other), cid in self._reserved.items():
+            if c == client and cid != channel_id and _key_of(other)[0] == key:
+                raise EnclaveError(api.REPLAYED_CALL, (
+                    "this idempotency key is paying on another channel: it may have been "
+                    "paid; ask GET /v1/requests/<key> for its answer"))
+
+    def _consume(self, held: _Held, binding: _Binding) -> None:
+        k = (binding.client, binding.once)
+        held.consumed[k] = self._consumed[k] = binding.timestamp
+        key, created = _key_of(binding.once)
+        self._paid_keys[(binding.client, key)] = created
 
     # ---------------------------------------------------------------- channels
 
@@ -710,8 +758,7 @@ class VaultEnclaveCode:
             raise EnclaveError("bad_request", str(e)) from None
         once = _once(invoke)
         self._fresh(signed, None, created_at=invoke.created_at)
-        if (owner, once) in self._consumed:
-            raise EnclaveError("replayed_call", "this signed call has paid already")
+        self._paid(owner, once, None)
         if invoke.funding != api.POOL:
             raise EnclaveError("not_a_pool_channel", "the call asks for wallet funding")
         if address_key("0x" + terms.client.hex()) != owner:
@@ -868,10 +915,7 @@ class VaultEnclaveCode:
         self._fresh(signed, now, created_at=invoke.created_at,
                     slack=self.slack if admitted else 0)
         key = (client, once)
-        if key in self._consumed:
-            raise EnclaveError("replayed_call", "this call has paid already")
-        if self._reserved.get(key, channel_id) != channel_id:
-            raise EnclaveError("replayed_call", "this call is paying elsewhere")
+        self._paid(client, once, channel_id)
         missing = self._missing(client)
         if missing:
             raise ChannelsNeeded(missing)
@@ -893,8 +937,7 @@ class VaultEnclaveCode:
     def _after(self, held: _Held, step: Step) -> Step:
         for event in step.events:
             if isinstance(event, PaymentAuthorized) and held.call is not None:
-                key = (held.call.client, held.call.once)
-                held.consumed[key] = self._consumed[key] = held.call.timestamp
+                self._consume(held, held.call)
             elif isinstance(event, RequestExpired | RequestAbandoned | ResultDelivered):
                 self._release(held)
         return step
@@ -967,6 +1010,12 @@ class VaultEnclaveCode:
         if self._first_boot and channel_id not in self._channels:
             raise EnclaveError("not_a_first_boot",
                                "a channel from before a first boot: restore the ledger")
+        if channel_id not in self._channels:
+            # Its record was written before the ledger change that approved it was stored
+            # (the host crashed between the two, or lost the compare-and-set): this ledger
+            # never approved it, so this code adopts it never (no σ_U, no write-off).
+            raise EnclaveError("not_approved",
+                               "this vault's ledger never approved the channel")
         try:
             record = json.loads(self._kernel.unseal(self._label(channel_id), blob))
             if record.get("format") != _CHANNEL_FORMAT:
@@ -990,12 +1039,10 @@ class VaultEnclaveCode:
             self._reserved[(call[0], call[1])] = channel_id
         self._advance(held.owner, int(record.get("newest", record.get("highWater", 0))))
         for client, nonce, timestamp in record["consumed"]:
-            held.consumed[(client, nonce)] = self._consumed[(client, nonce)] = int(timestamp)
+            self._consume(held, _Binding(client, nonce, int(timestamp)))
             self._advance(client, int(timestamp))
         self._held[channel_id] = held
-        if channel_id not in self._channels:
-            self._enter(channel_id, _Entry(held.owner, held.funding, channel.terms.deposit))
-        elif self._ended(channel_id):  # refunded or settled: an older record runs no more
+        if self._ended(channel_id):  # refunded or settled: an older record runs no more
             channel.closed_on_chain()
             self._release(held)
 
