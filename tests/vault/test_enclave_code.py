@@ -98,6 +98,11 @@ def attested_tunnel(platform: SimulatedPlatform, vault: Enclave, provider: Encla
 
 @pytest.fixture
 def setup() -> Setup:
+    return new_setup()
+
+
+def new_setup() -> Setup:
+    """A first-booted vault enclave and an attested provider enclave, tunnelled."""
     platform = SimulatedPlatform.generate()
     enclave = platform.launch(CODE)
     vault = VaultEnclaveCode.start(enclave, domain=DOMAIN, network=NETWORK, token=TOKEN,
