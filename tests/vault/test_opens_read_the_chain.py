@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from a402.asc_manager import OnChainStatus
+from a402.asc_manager import ASCManager, OnChainChannel, OnChainStatus
 from a402.background import serve_in_thread
 from a402.chain.tx import TransactionFailed, transact
 from a402.client.vault import VaultCallError
@@ -72,7 +72,7 @@ def test_a_copy_of_the_gas_payers_open_lands_first_and_the_channel_is_open_with_
         assert_conserved(world, vault.store, vault.address, escrow)
 
 
-def test_a_withheld_open_keeps_the_debit_until_its_approval_lapses_and_then_cannot_be_replayed(
+def test_a_withheld_open_keeps_the_debit_until_its_approval_lapses_then_fails_without_archive_state(
     private_world: World, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The host never sends the open (it withholds it, or its send failed): the approval may
@@ -80,12 +80,22 @@ def test_a_withheld_open_keeps_the_debit_until_its_approval_lapses_and_then_cann
     good. Once the chain is past its deadline with the id unopened, the worker marks the
     channel FAILED and the deposit comes back (store and enclave); the withheld call,
     replayed now, is refused by the contract. (An anvil of its own: the test moves its
-    clock.)"""
+    clock.) The vault's node keeps no archive state (review s8-rev1, F8): the decision
+    reads the contract at the head and only the finalized block's timestamp."""
     world = private_world
     monkeypatch.setattr(worker_module, "_OPENING_GRACE", 0.0)
     provider = world.provider()
     escrow = world.balance(world.manager.address)
     stranger = fresh_account(world.chain)
+    read_at_head = ASCManager.channel
+
+    def no_archive(self: ASCManager, channel_id: bytes, block: int | None = None
+                   ) -> OnChainChannel:
+        if block is not None and block < self.chain.w3.eth.block_number - 1:
+            raise ValueError("missing trie node: no state kept below the head")
+        return read_at_head(self, channel_id)
+
+    monkeypatch.setattr(ASCManager, "channel", no_archive)
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
         account, client = client_of(world, vault.url, funds=FUNDS, deposit=FUNDS)
         journal = vault.service.journal
