@@ -21,7 +21,12 @@ What each signature requires (the safety argument):
   amount, the channel must be the signer's (the enclave records each channel's
   owner when it approves it: the channel's on-chain client), and the paid
   request is the one the call names (built here from the
-  call). Each ``(client, idempotency key, createdAt)`` pays at most once,
+  call). Each ``(client, idempotency key, createdAt)`` pays at most once, and
+  while that record lasts the same key with another ``createdAt`` pays nothing
+  (``replayed_call``: a retry from a process that lost the first creation time
+  signs a new one; see :attr:`VaultEnclaveCode._paid_keys`), nor does it while the
+  key is in flight on another channel. A ``createdAt`` up to a window after the
+  signature's timestamp is accepted (a retry signed on a clock a little behind),
   whichever of the client's signatures carries it (a client signs every retry
   and the wallet 428 round anew, with a later timestamp, but keeps the call's
   creation time, so keying on the signature's nonce or timestamp would let a
@@ -104,10 +109,11 @@ that pruned them), and the ledger (the channels it approved and their owners,
 per-client freshness, the clock, the life, and a version that grows with every
 change). The host stores the ledger before anything the enclave approved leaves
 the vault, by compare-and-set on that version (:mod:`a402.vault.ledger`: replicas
-sharing the database serialize on it), and hands a running enclave a newer one
-when another replica stored it; an older one is refused; a channel's record goes with the
-host's checkpoint of that channel, before its next message (no extra write per
-paid call). Until the host restores the ledger the code refuses every call on
+sharing the database serialize their ledger changes on it), and hands a running
+enclave a newer one when another replica stored it; an older one is refused. A
+channel's record goes with the host's checkpoint of that channel, before its next
+message (no extra write per paid call); a record of a channel the ledger does not
+have (its approving change was never stored) is refused (``not_approved``). Until the host restores the ledger the code refuses every call on
 channels and signed calls, unless it was started as a first boot
 (``first_boot``), which starts from an empty ledger and a new *life*: a random
 key, sealed in the ledger (which the host stores at once), under which every
@@ -128,11 +134,15 @@ balances are on-chain. What the host can still do with the pool is deny
 service (not open channels, not relay a withdrawal order), and the client then
 leaves with ``withdrawFromPool`` on its own.
 Sealed state has no rollback protection (:mod:`a402.tee.sealing`): a host that
-restores an older ledger or channel record at a restart, or runs two instances
-of one enclave identity that do not share the ledger row (each its own ledger),
-can replay what that record had not yet seen. A running instance refuses a
+restores an older ledger or channel record at a restart can replay what that
+record had not yet seen; and a host that runs two live instances of one enclave
+identity — sharing the ledger row or not — can have each sign σ_U for one signed
+call, since the record of paid calls is each instance's (memory, channel records)
+and paying changes no ledger: one live instance per identity is the limit, which
+the fail-over lease keeps for an honest operator only. A running instance refuses a
 ledger older than its own (a version sealed in it, one more with every change),
-and replicas sharing the database serialize on the row (:mod:`a402.vault.ledger`).
+and instances sharing the database serialize their ledger changes on the row
+(:mod:`a402.vault.ledger`).
 The attestation policy of the tunnel's handshake (which provider code is
 accepted) is the host's configuration. Which provider serves a URL is the
 host's choice (it fetches the 402), within the call's ``maxPrice``.
@@ -1002,8 +1012,11 @@ class VaultEnclaveCode:
 
     def restore(self, channel_id: bytes, blob: bytes) -> None:
         """Run a channel again from :meth:`export` (a no-op if it runs already). Refused
-        before the ledger is restored, and, after a first boot, for a channel this life of
-        the code did not approve (it was sealed by an earlier one, whose ledger is gone)."""
+        before the ledger is restored, after a first boot for a channel this life of the
+        code did not approve (it was sealed by an earlier one, whose ledger is gone), and
+        for any channel this ledger does not have (``not_approved``: the host wrote its
+        record before the ledger change approving it was stored, then lost that change;
+        no approval of it left the vault, so it cannot have opened)."""
         self._check_ready()
         if channel_id in self._held:
             return
