@@ -113,8 +113,9 @@ sharing the database serialize their ledger changes on it), and hands a running
 enclave a newer one when another replica stored it; an older one is refused. A
 channel's record goes with the host's checkpoint of that channel, before its next
 message (no extra write per paid call); a record of a channel the ledger does not
-have (its approving change was never stored) is refused (``not_approved``). Until the host restores the ledger the code refuses every call on
-channels and signed calls, unless it was started as a first boot
+have (its approving change was never stored) is refused (``not_approved``). Until
+the host restores the ledger the code refuses every call on channels and signed
+calls, unless it was started as a first boot
 (``first_boot``), which starts from an empty ledger and a new *life*: a random
 key, sealed in the ledger (which the host stores at once), under which every
 channel salt carries a MAC (:meth:`VaultEnclaveCode.salt`), which every channel
