@@ -557,6 +557,19 @@ class ASCManager:
         head, stamped = self.channel_at_head(channel_id)
         return head, stamped, "latest"
 
+    def final_time(self) -> tuple[int, str]:
+        """The timestamp of the chain's ``finalized`` block (no reorg undoes it), or its
+        ``safe`` block on a node that does not know that tag, or the latest on one that
+        knows neither; and the tag it was read at. Reads no state at that block (no
+        archive node needed)."""
+        for tag in FINAL_TAGS:
+            try:
+                block = self.chain.w3.eth.get_block(tag)
+            except (Web3RPCError, BlockNotFound, ValueError):
+                continue  # a node without this tag: the next one
+            return int(block["timestamp"]), tag
+        return self.chain_time(), "latest"
+
     def chain_time(self) -> int:
         """The latest block's timestamp: the clock the contract's deadlines are read on."""
         return int(self.chain.w3.eth.get_block("latest")["timestamp"])

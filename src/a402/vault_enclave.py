@@ -21,7 +21,12 @@ What each signature requires (the safety argument):
   amount, the channel must be the signer's (the enclave records each channel's
   owner when it approves it: the channel's on-chain client), and the paid
   request is the one the call names (built here from the
-  call). Each ``(client, idempotency key, createdAt)`` pays at most once,
+  call). Each ``(client, idempotency key, createdAt)`` pays at most once, and
+  while that record lasts the same key with another ``createdAt`` pays nothing
+  (``replayed_call``: a retry from a process that lost the first creation time
+  signs a new one; see :attr:`VaultEnclaveCode._paid_keys`), nor does it while the
+  key is in flight on another channel. A ``createdAt`` up to a window after the
+  signature's timestamp is accepted (a retry signed on a clock a little behind),
   whichever of the client's signatures carries it (a client signs every retry
   and the wallet 428 round anew, with a later timestamp, but keeps the call's
   creation time, so keying on the signature's nonce or timestamp would let a
@@ -104,11 +109,13 @@ that pruned them), and the ledger (the channels it approved and their owners,
 per-client freshness, the clock, the life, and a version that grows with every
 change). The host stores the ledger before anything the enclave approved leaves
 the vault, by compare-and-set on that version (:mod:`a402.vault.ledger`: replicas
-sharing the database serialize on it), and hands a running enclave a newer one
-when another replica stored it; an older one is refused; a channel's record goes with the
-host's checkpoint of that channel, before its next message (no extra write per
-paid call). Until the host restores the ledger the code refuses every call on
-channels and signed calls, unless it was started as a first boot
+sharing the database serialize their ledger changes on it), and hands a running
+enclave a newer one when another replica stored it; an older one is refused. A
+channel's record goes with the host's checkpoint of that channel, before its next
+message (no extra write per paid call); a record of a channel the ledger does not
+have (its approving change was never stored) is refused (``not_approved``). Until
+the host restores the ledger the code refuses every call on channels and signed
+calls, unless it was started as a first boot
 (``first_boot``), which starts from an empty ledger and a new *life*: a random
 key, sealed in the ledger (which the host stores at once), under which every
 channel salt carries a MAC (:meth:`VaultEnclaveCode.salt`), which every channel
@@ -128,11 +135,15 @@ balances are on-chain. What the host can still do with the pool is deny
 service (not open channels, not relay a withdrawal order), and the client then
 leaves with ``withdrawFromPool`` on its own.
 Sealed state has no rollback protection (:mod:`a402.tee.sealing`): a host that
-restores an older ledger or channel record at a restart, or runs two instances
-of one enclave identity that do not share the ledger row (each its own ledger),
-can replay what that record had not yet seen. A running instance refuses a
+restores an older ledger or channel record at a restart can replay what that
+record had not yet seen; and a host that runs two live instances of one enclave
+identity — sharing the ledger row or not — can have each sign σ_U for one signed
+call, since the record of paid calls is each instance's (memory, channel records)
+and paying changes no ledger: one live instance per identity is the limit, which
+the fail-over lease keeps for an honest operator only. A running instance refuses a
 ledger older than its own (a version sealed in it, one more with every change),
-and replicas sharing the database serialize on the row (:mod:`a402.vault.ledger`).
+and instances sharing the database serialize their ledger changes on the row
+(:mod:`a402.vault.ledger`).
 The attestation policy of the tunnel's handshake (which provider code is
 accepted) is the host's configuration. Which provider serves a URL is the
 host's choice (it fetches the 402), within the call's ``maxPrice``.
@@ -309,6 +320,14 @@ def _once(invoke: api.InvokeRequest) -> str:
     return f"call:{invoke.created_at}:{invoke.idempotency_key}"
 
 
+def _key_of(once: str) -> tuple[str, int]:
+    """The idempotency key and creation time a :func:`_once` names."""
+    parts = once.split(":", 2)
+    if len(parts) != 3 or parts[0] != "call" or not parts[1].isdigit():
+        return once, -1  # (not a call's: names no key another call could share)
+    return parts[2], int(parts[1])
+
+
 def life_id(life: bytes) -> str:
     """The public name of a vault life (``GET /v1/info``'s ``life``, signed into every
     call): a hash of the life's key, which it does not reveal."""
@@ -400,6 +419,11 @@ class VaultEnclaveCode:
         #: jumps ahead moves it no further than the calls do.
         self._wall = 0
         self._consumed: dict[tuple[str, str], int] = {}
+        #: Per (client, idempotency key) of a paid call in :attr:`_consumed`: its
+        #: ``createdAt``. A call with that key and another creation time is refused while
+        #: the record lasts (pruned with it): a retry from a new process that lost the
+        #: first ``createdAt`` signs another, and must not pay the key twice.
+        self._paid_keys: dict[tuple[str, str], int] = {}
         self._reserved: dict[tuple[str, str], bytes] = {}
         #: The ledger's version, sealed with it: one more on its first change after each
         #: export (see :meth:`restore_ledger`); ``_unsaved``: changed since the export.
@@ -587,9 +611,14 @@ class VaultEnclaveCode:
         channel was approved for, on that channel)."""
         horizon = self._horizon(address_key(signed.client)) - slack
         if created_at is not None:
-            if created_at > signed.timestamp:
-                raise EnclaveError("bad_request", "nothing was paid: createdAt is after the "
-                                                  "call's signature timestamp")
+            # A retry signed on another machine whose clock is a little behind the one
+            # that created the call is fine: up to a window (pruning is by createdAt, so
+            # a later one only keeps the record longer).
+            if created_at > signed.timestamp + self.window:
+                raise EnclaveError(api.CREATED_AFTER_SIGNATURE, (
+                    "nothing was paid by this call: its createdAt is more than the auth "
+                    "window after its signature's timestamp (the signing clock is behind); "
+                    "retry it once the clock is right"))
             if created_at < horizon:
                 raise EnclaveError(api.STALE_CALL, (
                     "nothing was paid by this call: it was created (createdAt) before the "
@@ -637,6 +666,36 @@ class VaultEnclaveCode:
         for held in self._held.values():
             held.consumed = {k: t for k, t in held.consumed.items()
                              if t >= self._horizon(k[0]) - self.slack}
+        self._paid_keys = {k: t for k, t in self._paid_keys.items()
+                           if t >= self._horizon(k[0]) - self.slack}
+
+    def _paid(self, client: str, once: str, channel_id: bytes | None) -> None:
+        """Refuse a call that paid already (σ_U signed), is paying on another channel than
+        ``channel_id``, or whose idempotency key paid (or is paying) with another
+        ``createdAt`` (see :attr:`_paid_keys`). Each message says the key may have been
+        paid: never "nothing was paid"."""
+        if (client, once) in self._consumed:
+            raise EnclaveError(api.REPLAYED_CALL, (
+                "this call was paid already (σ_U signed): ask GET /v1/requests/<key> for "
+                "its answer; do not make it again with a new key"))
+        key, created = _key_of(once)
+        paid = self._paid_keys.get((client, key))
+        if paid is not None and paid != created:
+            raise EnclaveError(api.REPLAYED_CALL, (
+                f"this idempotency key was paid already, for the call created at {paid} "
+                f"(this one says {created}): it may have been paid; ask GET "
+                "/v1/requests/<key> for its answer, and retry it with that createdAt"))
+        for (c, other), cid in self._reserved.items():
+            if c == client and cid != channel_id and _key_of(other)[0] == key:
+                raise EnclaveError(api.REPLAYED_CALL, (
+                    "this idempotency key is paying on another channel: it may have been "
+                    "paid; ask GET /v1/requests/<key> for its answer"))
+
+    def _consume(self, held: _Held, binding: _Binding) -> None:
+        k = (binding.client, binding.once)
+        held.consumed[k] = self._consumed[k] = binding.timestamp
+        key, created = _key_of(binding.once)
+        self._paid_keys[(binding.client, key)] = created
 
     # ---------------------------------------------------------------- channels
 
@@ -710,8 +769,7 @@ class VaultEnclaveCode:
             raise EnclaveError("bad_request", str(e)) from None
         once = _once(invoke)
         self._fresh(signed, None, created_at=invoke.created_at)
-        if (owner, once) in self._consumed:
-            raise EnclaveError("replayed_call", "this signed call has paid already")
+        self._paid(owner, once, None)
         if invoke.funding != api.POOL:
             raise EnclaveError("not_a_pool_channel", "the call asks for wallet funding")
         if address_key("0x" + terms.client.hex()) != owner:
@@ -868,10 +926,7 @@ class VaultEnclaveCode:
         self._fresh(signed, now, created_at=invoke.created_at,
                     slack=self.slack if admitted else 0)
         key = (client, once)
-        if key in self._consumed:
-            raise EnclaveError("replayed_call", "this call has paid already")
-        if self._reserved.get(key, channel_id) != channel_id:
-            raise EnclaveError("replayed_call", "this call is paying elsewhere")
+        self._paid(client, once, channel_id)
         missing = self._missing(client)
         if missing:
             raise ChannelsNeeded(missing)
@@ -893,8 +948,7 @@ class VaultEnclaveCode:
     def _after(self, held: _Held, step: Step) -> Step:
         for event in step.events:
             if isinstance(event, PaymentAuthorized) and held.call is not None:
-                key = (held.call.client, held.call.once)
-                held.consumed[key] = self._consumed[key] = held.call.timestamp
+                self._consume(held, held.call)
             elif isinstance(event, RequestExpired | RequestAbandoned | ResultDelivered):
                 self._release(held)
         return step
@@ -959,14 +1013,23 @@ class VaultEnclaveCode:
 
     def restore(self, channel_id: bytes, blob: bytes) -> None:
         """Run a channel again from :meth:`export` (a no-op if it runs already). Refused
-        before the ledger is restored, and, after a first boot, for a channel this life of
-        the code did not approve (it was sealed by an earlier one, whose ledger is gone)."""
+        before the ledger is restored, after a first boot for a channel this life of the
+        code did not approve (it was sealed by an earlier one, whose ledger is gone), and
+        for any channel this ledger does not have (``not_approved``: the host wrote its
+        record before the ledger change approving it was stored, then lost that change;
+        no approval of it left the vault, so it cannot have opened)."""
         self._check_ready()
         if channel_id in self._held:
             return
         if self._first_boot and channel_id not in self._channels:
             raise EnclaveError("not_a_first_boot",
                                "a channel from before a first boot: restore the ledger")
+        if channel_id not in self._channels:
+            # Its record was written before the ledger change that approved it was stored
+            # (the host crashed between the two, or lost the compare-and-set): this ledger
+            # never approved it, so this code adopts it never (no σ_U, no write-off).
+            raise EnclaveError("not_approved",
+                               "this vault's ledger never approved the channel")
         try:
             record = json.loads(self._kernel.unseal(self._label(channel_id), blob))
             if record.get("format") != _CHANNEL_FORMAT:
@@ -990,12 +1053,10 @@ class VaultEnclaveCode:
             self._reserved[(call[0], call[1])] = channel_id
         self._advance(held.owner, int(record.get("newest", record.get("highWater", 0))))
         for client, nonce, timestamp in record["consumed"]:
-            held.consumed[(client, nonce)] = self._consumed[(client, nonce)] = int(timestamp)
+            self._consume(held, _Binding(client, nonce, int(timestamp)))
             self._advance(client, int(timestamp))
         self._held[channel_id] = held
-        if channel_id not in self._channels:
-            self._enter(channel_id, _Entry(held.owner, held.funding, channel.terms.deposit))
-        elif self._ended(channel_id):  # refunded or settled: an older record runs no more
+        if self._ended(channel_id):  # refunded or settled: an older record runs no more
             channel.closed_on_chain()
             self._release(held)
 

@@ -14,7 +14,7 @@ from eth_account import Account
 from a402.background import serve_in_thread
 from a402.chain.deploy import Manifest
 from a402.chain.tx import transact
-from a402.client.vault import VaultCallError
+from a402.client.vault import KEY_OF_ANOTHER_LIFE, VaultCallError
 from a402.wire import vault_api as api
 from tests.a402_exchange.helpers import World
 from tests.provider.support import paid_app
@@ -208,7 +208,8 @@ def test_a_clients_retry_keeps_its_creation_time_and_a_new_life_is_said_plainly(
     """The client SDK signs one creation time per idempotency key (a retry keeps it, so
     the vault's enclave sees one call), and every call names the vault's life: a call
     signed for a life the vault no longer has is refused, the client reads the info
-    again and says plainly that the vault lost its ledger; its next call goes through.
+    again and says plainly that the vault lost its ledger; its next call goes through (a
+    key signed for the old life only when the caller says so: it may have paid there).
     An older client (no createdAt, no life) is refused with a reason, nothing paid."""
     provider = world.provider()
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
@@ -224,7 +225,11 @@ def test_a_clients_retry_keeps_its_creation_time_and_a_new_life_is_said_plainly(
         client._info = {**client._info, "life": "0x" + "00" * 16}
         with pytest.raises(VaultCallError) as stale:
             client.invoke(f"{site}/weather", max_price=1_000, idempotency_key="after")
-        after = client.invoke(f"{site}/weather", max_price=1_000, idempotency_key="after")
+        # The key was signed for the old life (it may have paid there): not again unless told.
+        with pytest.raises(VaultCallError) as other_life:
+            client.invoke(f"{site}/weather", max_price=1_000, idempotency_key="after")
+        after = client.invoke(f"{site}/weather", max_price=1_000, idempotency_key="after",
+                              allow_new_life=True)
         old_body = json.dumps(api.InvokeRequest(
             url=f"{site}/weather", method="GET", headers=(), body=b"", max_price=1_000,
             idempotency_key="old-client").to_json()).encode()
@@ -245,6 +250,8 @@ def test_a_clients_retry_keeps_its_creation_time_and_a_new_life_is_said_plainly(
     assert (stale.value.status, stale.value.reason) == (401, api.WRONG_LIFE)
     assert stale.value.message.startswith("nothing was paid")
     assert "lost its ledger" in stale.value.message and vault.life in stale.value.message
+    assert (other_life.value.status, other_life.value.reason) == (409, KEY_OF_ANOTHER_LIFE)
+    assert "may have been paid" in other_life.value.message
     assert after.outcome == api.PAID and info["life"] == vault.life
     assert (old_client.status_code, old_client.json()["error"]) == (400, api.CLIENT_OUTDATED)
     assert old_client.json()["message"].startswith("nothing was paid")

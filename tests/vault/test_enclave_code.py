@@ -98,6 +98,11 @@ def attested_tunnel(platform: SimulatedPlatform, vault: Enclave, provider: Encla
 
 @pytest.fixture
 def setup() -> Setup:
+    return new_setup()
+
+
+def new_setup() -> Setup:
+    """A first-booted vault enclave and an attested provider enclave, tunnelled."""
     platform = SimulatedPlatform.generate()
     enclave = platform.launch(CODE)
     vault = VaultEnclaveCode.start(enclave, domain=DOMAIN, network=NETWORK, token=TOKEN,
@@ -976,3 +981,116 @@ def test_a_legacy_ledger_gets_a_life_and_exactly_what_restore_ledger_says(
                                   domain=DOMAIN, network=NETWORK, token=TOKEN)
     twin.restore_ledger(again.export_ledger())
     assert twin.life_id == again.life_id and not twin.ledger_unsaved
+
+
+def test_a_key_paid_with_one_created_at_pays_nothing_with_another_while_its_record_lasts(
+        setup: Setup) -> None:
+    """Review s8-rev1, F2: a retry of idempotency key "order-42" from a new process that
+    lost the first ``createdAt`` signs another; a hostile host plays both signatures, on two
+    pool channels, and after a restart that restores the paying channel from its record.
+    The key pays once: the second creation time is refused ``replayed_call``, whose message
+    says the key was paid (never "nothing was paid")."""
+    s = setup
+    alice = funded(s)
+    first, second = pool_channel(s, alice), pool_channel(s, alice)
+    created = clock()
+    attempt = call(s.vault, alice, key="order-42", created=created)
+    retry = call(s.vault, alice, key="order-42", created=created + 5)
+    pay(s, first, provider_side(s, first), attempt)
+    channel = s.vault.channel(second.channel_id(DOMAIN))
+    assert channel is not None
+    with pytest.raises(EnclaveError, match="replayed_call") as refused:
+        channel.request(retry, PRICE, now=clock())
+    assert "paid already" in refused.value.detail and "nothing was paid" not in str(
+        refused.value)
+    with pytest.raises(EnclaveError, match="replayed_call"):  # nor a channel opened for it
+        s.vault.approve_pool_channel(retry, pool_terms(s, alice), lock_timeout=10.0, now=NOW)
+    # After a restart the record of the paying channel brings the key's creation time back.
+    records = {t.channel_id(DOMAIN): s.vault.channel(t.channel_id(DOMAIN)).snapshot()  # type: ignore[union-attr]
+               for t in (first, second)}
+    ledger = s.vault.export_ledger()
+    again = VaultEnclaveCode.start(s.platform.restore(CODE, s.enclave.export_sealed()),
+                                   domain=DOMAIN, network=NETWORK, token=TOKEN)
+    again.restore_ledger(ledger)
+    for cid, record in records.items():
+        again.restore(cid, record)
+    channel = again.channel(second.channel_id(DOMAIN))
+    assert channel is not None
+    with pytest.raises(EnclaveError, match="replayed_call"):
+        channel.request(retry, PRICE, now=clock())
+    paid = [again.channel(t.channel_id(DOMAIN)).provider_balance  # type: ignore[union-attr]
+            for t in (first, second)]
+    assert paid == [PRICE, 0]
+
+
+def test_a_key_in_flight_on_one_channel_is_not_paid_with_another_created_at_elsewhere(
+        setup: Setup) -> None:
+    """F2, before σ_U: the key's first creation time is in flight on channel A (LOCKED);
+    the host plays a second creation time of the same key on B: refused until A gives the
+    call up; then the second may pay, once, and the key is spent."""
+    s = setup
+    alice = funded(s)
+    a, b = pool_channel(s, alice), pool_channel(s, alice)
+    created = clock()
+    attempt = call(s.vault, alice, key="order-43", created=created)
+    retry = call(s.vault, alice, key="order-43", created=created + 3)
+    channel_a, channel_b = (s.vault.channel(t.channel_id(DOMAIN)) for t in (a, b))
+    assert channel_a is not None and channel_b is not None
+    channel_a.request(attempt, PRICE, now=clock())
+    with pytest.raises(EnclaveError, match="replayed_call"):
+        channel_b.request(retry, PRICE, now=clock())
+    channel_a.abandon()  # nothing authorised: the key may pay once
+    pay(s, b, provider_side(s, b), retry)
+    with pytest.raises(EnclaveError, match="replayed_call"):
+        channel_a.request(attempt, PRICE, now=clock())
+    assert (channel_a.provider_balance, channel_b.provider_balance) == (0, PRICE)
+
+
+def test_a_retry_signed_on_a_clock_a_little_behind_its_created_at_is_paid(
+        setup: Setup) -> None:
+    """Review s8-rev1, F6: the first attempt ran on machine A; the retry is signed on B,
+    whose clock is 5 s behind, with A's ``createdAt``: paid (a createdAt up to a window
+    after the signature is accepted). One more than a window is refused with its own,
+    retryable reason (``created_after_signature``), nothing paid."""
+    s = setup
+    alice = funded(s)
+    terms = pool_channel(s, alice)
+    now = clock()
+    late = call(s.vault, alice, key="order-7", ts=now, created=now + 5)
+    pay(s, terms, provider_side(s, terms), late)
+    other = pool_channel(s, alice)
+    channel = s.vault.channel(other.channel_id(DOMAIN))
+    assert channel is not None
+    too_late = call(s.vault, alice, key="order-8", ts=now,
+                    created=now + api.DEFAULT_AUTH_WINDOW + 1)
+    with pytest.raises(EnclaveError, match=api.CREATED_AFTER_SIGNATURE):
+        channel.request(too_late, PRICE, now=now)
+    assert channel.provider_balance == 0 and channel.pending_request() is None
+    paid = s.vault.channel(terms.channel_id(DOMAIN))
+    assert paid is not None and paid.provider_balance == PRICE
+
+
+def test_a_channel_whose_approving_ledger_change_was_never_stored_is_not_adopted(
+        setup: Setup) -> None:
+    """Review s8-rev1, F5: the host writes a new pool channel's sealed record inside the
+    ledger change, before the ledger is stored; it crashes in between. The restarted
+    enclave's ledger never approved the channel: its record is refused (``not_approved``),
+    so the enclave neither runs it (no σ_U) nor writes it off; no approval of it ever left
+    the vault (the ledger is stored first), so it cannot open on-chain either."""
+    s = setup
+    alice = funded(s)
+    stored = s.vault.export_ledger()  # the ledger row, before the approval
+    terms = pool_terms(s, alice)
+    approval = s.vault.approve_pool_channel(call(s.vault, alice), terms, lock_timeout=10.0,
+                                           now=NOW)
+    cid = terms.channel_id(DOMAIN)
+    record = s.vault.channel(cid).snapshot()  # type: ignore[union-attr]
+    # -- the host dies here, before it stores the ledger --
+    again = VaultEnclaveCode.start(s.platform.restore(CODE, s.enclave.export_sealed()),
+                                   domain=DOMAIN, network=NETWORK, token=TOKEN)
+    again.restore_ledger(stored)
+    assert again.approved_until(cid) == 0
+    with pytest.raises(EnclaveError, match="not_approved"):
+        again.restore(cid, record)
+    assert again.channel(cid) is None and again.missing(alice.address) == []
+    assert again.open_failed(cid, now=approval.deadline + 1) == 0  # nothing to write off

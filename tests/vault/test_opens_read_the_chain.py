@@ -13,11 +13,12 @@ checked.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 
-from a402.asc_manager import OnChainStatus
+from a402.asc_manager import ASCManager, OnChainChannel, OnChainStatus
 from a402.background import serve_in_thread
 from a402.chain.tx import TransactionFailed, transact
 from a402.client.vault import VaultCallError
@@ -71,7 +72,7 @@ def test_a_copy_of_the_gas_payers_open_lands_first_and_the_channel_is_open_with_
         assert_conserved(world, vault.store, vault.address, escrow)
 
 
-def test_a_withheld_open_keeps_the_debit_until_its_approval_lapses_and_then_cannot_be_replayed(
+def test_a_withheld_open_keeps_the_debit_until_its_approval_lapses_then_fails_without_archive_state(
     private_world: World, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The host never sends the open (it withholds it, or its send failed): the approval may
@@ -79,12 +80,22 @@ def test_a_withheld_open_keeps_the_debit_until_its_approval_lapses_and_then_cann
     good. Once the chain is past its deadline with the id unopened, the worker marks the
     channel FAILED and the deposit comes back (store and enclave); the withheld call,
     replayed now, is refused by the contract. (An anvil of its own: the test moves its
-    clock.)"""
+    clock.) The vault's node keeps no archive state (review s8-rev1, F8): the decision
+    reads the contract at the head and only the finalized block's timestamp."""
     world = private_world
     monkeypatch.setattr(worker_module, "_OPENING_GRACE", 0.0)
     provider = world.provider()
     escrow = world.balance(world.manager.address)
     stranger = fresh_account(world.chain)
+    read_at_head = ASCManager.channel
+
+    def no_archive(self: ASCManager, channel_id: bytes, block: int | None = None
+                   ) -> OnChainChannel:
+        if block is not None and block < self.chain.w3.eth.block_number - 1:
+            raise ValueError("missing trie node: no state kept below the head")
+        return read_at_head(self, channel_id)
+
+    monkeypatch.setattr(ASCManager, "channel", no_archive)
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
         account, client = client_of(world, vault.url, funds=FUNDS, deposit=FUNDS)
         journal = vault.service.journal
@@ -142,10 +153,10 @@ def test_an_open_mined_after_its_channel_failed_is_force_closed_and_the_pool_mad
     """Review 3, finding 3: the vault marks a withheld open FAILED (the client's deposit back
     in its balance), then a reorg deeper than the block it decided at (anvil's revert
     stands in for it) lets a stranger mine the withheld open before its deadline after
-    all: the deposit is in an OPEN channel while the client's balance counts it too (the
-    pool short by it). The worker's sweep of FAILED channels sees it open, force-closes it
-    with its opening state and finalizes it: the whole deposit comes back to the client's
-    pool balance on-chain, the vault's books count it once, and they balance again."""
+    all: the deposit is in an OPEN channel while the host's mirror of the client's pool
+    balance counts it too. The worker's sweep of FAILED channels sees it open, force-closes
+    it with its opening state and finalizes it: the whole deposit comes back to the
+    client's pool balance on-chain, and the books balance again."""
     world = private_world
     monkeypatch.setattr(worker_module, "_OPENING_GRACE", 0.0)
     monkeypatch.setattr(worker_module, "_RECLAIM_EVERY", 1)
@@ -189,6 +200,7 @@ def test_an_open_mined_after_its_channel_failed_is_force_closed_and_the_pool_mad
         (call,) = withheld
         assert transact(world.chain, stranger, call)["status"] == 1
         assert world.manager.channel(cid).status is OnChainStatus.OPEN
+        # the client's pool balance on-chain short by it (the host's mirror gave it back)
         assert world.manager.pooled(vault.address, account.address) == FUNDS - deposit
 
         wait_for(lambda: world.manager.channel(cid).status is OnChainStatus.CLOSING,
@@ -198,6 +210,85 @@ def test_an_open_mined_after_its_channel_failed_is_force_closed_and_the_pool_mad
         assert world.manager.channel(cid).status is OnChainStatus.CLOSED
         assert world.manager.pooled(vault.address, account.address) == FUNDS
         assert world.balance(world.manager.address) == escrow + FUNDS
-        assert world.balance(vault.address) == 0  # the vault's address never holds tokens
+        assert vault.store.balance(account.address) == FUNDS
+        assert_conserved(world, vault.store, vault.address, escrow)
+
+
+class _LaterWall:
+    """The worker module's ``time``, ``offset`` seconds later on the wall clock."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def time(self) -> float:
+        return time.time() + self.offset
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def test_a_reclaim_started_late_in_the_sweeps_day_is_finalized_and_the_pool_made_whole(
+    private_world: World, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review s8-rev1, F3: the sweep of FAILED pool channels looks at rows failed in the
+    last 24 h (``_RECLAIM_HORIZON``, wall clock). A reorg seen 23 h 55 min after the FAILED
+    decision has the sweep start a reclaim force-close whose dispute window ends after that
+    day: the sweep still finalizes it (a row whose reclaim started is swept whatever its
+    age), and the client's pool balance on-chain is whole again."""
+    world = private_world
+    wall = _LaterWall()
+    monkeypatch.setattr(worker_module, "time", wall)
+    monkeypatch.setattr(worker_module, "_OPENING_GRACE", 0.0)
+    monkeypatch.setattr(worker_module, "_RECLAIM_EVERY", 1)
+    rpc = world.chain.w3.provider.make_request
+    provider = world.provider()
+    escrow = world.balance(world.manager.address)
+    stranger = fresh_account(world.chain)
+    with serve_in_thread(provider.app) as site, running_vault(world) as vault:
+        account, client = client_of(world, vault.url, funds=FUNDS, deposit=FUNDS)
+        journal = vault.service.journal
+        send = journal.send
+        withheld: list[Any] = []
+
+        def withhold(key: str, kind: str, ref: str, call: Any) -> Any:
+            if kind == "open":
+                withheld.append(call)
+                raise TransactionFailed("withheld by the host")
+            return send(key, kind, ref, call)
+
+        journal.send = withhold  # type: ignore[method-assign]
+        with pytest.raises(VaultCallError, match="withheld"):
+            client.invoke(f"{site}/weather", max_price=PRICE)
+        journal.send = send  # type: ignore[method-assign]
+        [row] = vault.store.channels(client=account.address)
+        cid = bytes.fromhex(row.cid[2:])
+        deposit = int(row.deposit)
+
+        def phase() -> str | None:
+            fresh = vault.store.channel(row.cid)
+            return None if fresh is None else fresh.phase
+
+        before = rpc("evm_snapshot", [])["result"]  # type: ignore[arg-type]
+        stamped = world.manager.chain_time()
+        world.increase_time(vault.service.vault.approved_until(cid) - stamped + 1)
+        rpc("anvil_mine", [2])  # type: ignore[arg-type]
+        wait_for(lambda: phase() == vault_store.FAILED, what="the lapsed open FAILED")
+
+        # The reorg is seen 23 h 55 min after the FAILED decision: the sweep starts the
+        # reclaim ...
+        wall.offset = 86_400 - 300
+        rpc("evm_revert", [before])  # type: ignore[arg-type]
+        rpc("evm_setNextBlockTimestamp", [stamped + 1])  # type: ignore[arg-type]
+        (call,) = withheld
+        assert transact(world.chain, stranger, call)["status"] == 1
+        assert world.manager.pooled(vault.address, account.address) == FUNDS - deposit
+        wait_for(lambda: world.manager.channel(cid).status is OnChainStatus.CLOSING,
+                 what="the reclaiming force-close")
+        # ... and its dispute window ends after the sweep's day is over.
+        wall.offset = 86_400 - 300 + world.manager.dispute_window + 1
+        world.increase_time(world.manager.dispute_window + 1)
+        wait_for(lambda: phase() == vault_store.SETTLED, what="the reclaimed channel settled")
+        assert world.manager.channel(cid).status is OnChainStatus.CLOSED
+        assert world.manager.pooled(vault.address, account.address) == FUNDS
         assert vault.store.balance(account.address) == FUNDS
         assert_conserved(world, vault.store, vault.address, escrow)

@@ -26,7 +26,8 @@ so the two are refused together.
 With ``--vault URL`` the request goes through a Liquidity Vault, which pays
 the provider inside an A402 channel from the key's vault balance; the same
 codes apply (3: the vault refused, nothing was paid; 4: paid but the result
-is not in yet — run again with the same ``--idempotency-key`` to get it).
+is not in yet — run again with the same ``--idempotency-key`` and ``--created-at``,
+which the message prints, to get it).
 
 Amounts (``--max``, ``--budget``) are token units converted exactly with
 Decimal, assuming ``--decimals`` (6, as for USDC) decimals. A requirement whose
@@ -124,7 +125,12 @@ def add_pay_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: .a402/devnet.json)")
     parser.add_argument("--idempotency-key", metavar="KEY",
                         help="with --vault: name this call, so that running the command again "
-                             "returns the first outcome instead of paying again")
+                             "returns the first outcome instead of paying again (without it, "
+                             "one is generated and printed if the call fails)")
+    parser.add_argument("--created-at", type=int, metavar="UNIX_TIME",
+                        help="with --vault and a key of your own: the first attempt's "
+                             "createdAt (printed when a call fails), so that a re-run is the "
+                             "same call (a generated key carries it already)")
 
 
 def read_key_file(path: str | Path) -> str:

@@ -24,13 +24,21 @@ out only as signed (its ``to``, its amount, once).
 
 Each call carries an idempotency key and its creation time (``createdAt``);
 a retry after a lost answer reuses both (this client remembers the creation
-time of the keys it used; a retry from another process passes ``created_at``),
-so the vault answers from its record and never pays twice — the vault's enclave
-pays each (key, creation time) once, and refuses a call created too long ago
-(``stale_call``: nothing was paid) rather than risk paying it again. Every call
+time of the keys it used; a key it generates embeds it, ``<createdAt>.<hex>``,
+so a retry of that key from another process or object recovers it; for a key
+of your own, a retry from another process passes ``created_at``, which every
+:class:`VaultCallError` of the call carries as ``createdAt``), so the vault
+answers from its record and never pays twice — the vault's enclave pays each
+(key, creation time) once, refuses the key with another creation time while
+it remembers the paid one (``replayed_call``), and refuses a call created too
+long ago (``stale_call``: nothing was paid) rather than risk paying it again.
+A retry is signed no earlier than its ``createdAt`` (a machine whose clock is
+behind the one that created the call). Every call
 is signed for the vault's *life* (``GET /v1/info``): a vault that lost its
 ledger starts a new life, and a call signed for the old one is refused
-(``wrong_life``); this client then reads the vault's info again and says so. A wallet-funded
+(``wrong_life``); this client then reads the vault's info again and says so,
+and refuses to sign a key it signed for the old life for the new one unless
+told (``allow_new_life``): the old life may have paid it. A wallet-funded
 channel (``funding="wallet"``) needs one signature from the client when it
 opens: the vault answers 428 with the EIP-712 ``receiveWithAuthorization``
 it proposes, this client checks it pays the ASCManager the vault named, from
@@ -53,6 +61,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import uuid
 from collections import OrderedDict
@@ -83,8 +92,12 @@ _FAILOVER_PAUSE: Final = 0.2
 class VaultCallError(PaymentError):
     """The vault refused or failed a call; ``reason`` is an :mod:`a402.wire.vault_api` reason.
 
-    ``status`` is the vault's HTTP status, ``body`` its JSON answer. Unless
-    ``reason`` is :data:`~a402.wire.vault_api.PAYMENT_PENDING`, nothing was paid.
+    ``status`` is the vault's HTTP status, ``body`` its JSON answer (for an invoke, with
+    the call's ``idempotencyKey`` and ``createdAt``: retry with both). With ``reason``
+    :data:`~a402.wire.vault_api.PAYMENT_PENDING` the call was paid, or may have been
+    (the result is not in yet); with :data:`~a402.wire.vault_api.REPLAYED_CALL` it was
+    paid already, or may have been; with ``key_of_another_life`` an earlier attempt may
+    have been paid in the vault's old life. Otherwise nothing was paid by this attempt.
     """
 
     def __init__(self, status: int, body: dict[str, Any]) -> None:
@@ -163,6 +176,8 @@ class _Base:
         #: The creation time of each idempotency key this client used (the newest
         #: :data:`REMEMBERED_CALLS`): every retry of a key signs the same one.
         self._created: OrderedDict[str, int] = OrderedDict()
+        #: The vault life each of those keys was first signed for (see ``allow_new_life``).
+        self._lives: OrderedDict[str, str] = OrderedDict()
 
     @property
     def address(self) -> str:
@@ -175,6 +190,9 @@ class _Base:
 
     def _signed(self, method: str, path: str, content: bytes, *, json_body: bool
                 ) -> httpx.Request:
+        """The call, signed now, or at its ``createdAt`` if this clock is behind that (a
+        retry on a machine whose clock is behind the one that created the call: the vault
+        refuses a signature before the call's creation)."""
         assert self._info is not None
         vault = api.vault_account(self._info["network"], self._info["vault"])
         life = self._info.get("life")
@@ -182,7 +200,8 @@ class _Base:
             raise VaultCallError(0, {"error": "vault_outdated", "message": (
                 "nothing was sent: the vault's info names no life (an older vault than "
                 "this client)")})
-        headers = api.sign_request(self.account, vault, method, path, content, life=life)
+        headers = api.sign_request(self.account, vault, method, path, content, life=life,
+                                   now=max(time.time(), _created_in(content)))
         if json_body:
             headers["content-type"] = "application/json"
         return httpx.Request(method, self.url + path, headers=headers, content=content)
@@ -235,14 +254,20 @@ class _Base:
         if response.status_code == 401 and _json(response).get("error") == api.WRONG_LIFE:
             self._info = None
             info = yield from self._info_flow()
+            earlier = ""
+            if body is not None and "idempotencyKey" in body:
+                earlier = (f" An earlier attempt of idempotency key {body['idempotencyKey']} "
+                           "may have been paid in the old life: find out (its answer, your "
+                           "provider) before you retry the key for the new one "
+                           "(allow_new_life).")
             raise VaultCallError(401, {
                 "error": api.WRONG_LIFE, "signedLife": signed_for, "life": info.get("life"),
                 "message": (
-                    "nothing was paid or moved by this call. The vault at "
+                    "nothing was paid or moved by this attempt. The vault at "
                     f"{self.url} lost its ledger and started anew (its life was "
                     f"{signed_for}, it is now {info.get('life')}): whatever you held there "
                     "before (balance, channels, calls) is not in its books. Calls made from "
-                    "now on go to the new life")})
+                    "now on go to the new life." + earlier)})
         return response
 
     def _call_flow(self, method: str, path: str, body: dict[str, Any] | None = None,
@@ -306,14 +331,47 @@ class _Base:
     def _invoke_flow(
         self, url: str, *, method: str, headers: Sequence[tuple[bytes, bytes]], content: bytes,
         max_price: int, idempotency_key: str | None, funding: str, deposit: int | None,
-        created_at: int | None = None,
+        created_at: int | None = None, allow_new_life: bool = False,
     ) -> Flow:
         info = yield from self._info_flow()
-        key = idempotency_key or uuid.uuid4().hex
+        if idempotency_key is None:
+            created = created_at if created_at is not None else int(time.time())
+            key = new_idempotency_key(created)
+        else:
+            key = idempotency_key
+        created = self._created_at(key, created_at)
+        try:
+            return (yield from self._invoke_once(
+                info, url, method=method, headers=headers, content=content,
+                max_price=max_price, key=key, created=created, funding=funding,
+                deposit=deposit, allow_new_life=allow_new_life))
+        except VaultCallError as e:  # what a retry (from anywhere) needs to sign the same call
+            e.body.setdefault("idempotencyKey", key)
+            e.body.setdefault("createdAt", created)
+            raise
+
+    def _invoke_once(
+        self, info: dict[str, Any], url: str, *, method: str,
+        headers: Sequence[tuple[bytes, bytes]], content: bytes, max_price: int, key: str,
+        created: int, funding: str, deposit: int | None, allow_new_life: bool,
+    ) -> Flow:
+        life = str(info.get("life"))
+        first = self._lives.setdefault(key, life)
+        if first != life and not allow_new_life:
+            raise VaultCallError(409, {"error": KEY_OF_ANOTHER_LIFE, "signedLife": first,
+                                       "life": life, "message": (
+                f"nothing was sent: idempotency key {key} was signed for another life of "
+                f"the vault ({first}; it is now {life}), and an earlier attempt may have "
+                "been paid in that old life, which the new one knows nothing of. Find out "
+                "first; then retry with allow_new_life=True (or use a new key)")})
+        self._lives[key] = life
+        self._lives.move_to_end(key)
+        while len(self._lives) > REMEMBERED_CALLS:
+            self._lives.popitem(last=False)
         call = api.InvokeRequest(
             url=url, method=method.upper(), headers=tuple(headers), body=content,
             max_price=max_price, idempotency_key=key, funding=funding, deposit=deposit,
-            created_at=self._created_at(key, created_at))
+            created_at=created)
         body = call.to_json()
         for _ in range(2):  # at most one 428 to answer
             response = yield from self._send("POST", api.API_PREFIX + "/invoke", body)
@@ -325,25 +383,47 @@ class _Base:
                 continue
             break
         assert response is not None  # the loop above ran (mypy cannot see range(2) is not empty)
+        if response.status_code != 202:
+            if response.status_code != 200:
+                raise VaultCallError(response.status_code, data)
+            return VaultResult.from_json(data)
+        # 202: σ_U is out (the call is paid, or may be): from here no failure says otherwise.
         deadline = time.monotonic() + self.pending_wait
+        failure: dict[str, Any] | None = None
         while response.status_code == 202 and time.monotonic() < deadline:
             yield 0.25
-            response = yield from self._send(
-                "GET", f"{api.API_PREFIX}/requests/{call.idempotency_key}")
+            try:
+                response = yield from self._send(
+                    "GET", f"{api.API_PREFIX}/requests/{call.idempotency_key}")
+            except VaultCallError as e:  # wrong_life, or the info unreadable
+                failure = {"pollStatus": e.status, "pollError": e.body}
+                break
+            except httpx.TransportError as e:
+                failure = {"pollError": {"error": type(e).__name__, "message": str(e)}}
+                break
             assert response is not None
             data = _json(response)
-        if response.status_code == 202:
-            raise VaultCallError(202, {**data, "error": api.PAYMENT_PENDING, "message":
-                                       "paid (σ_U out) but the result is not in yet; ask "
-                                       "again later with the same idempotency key"})
-        if response.status_code != 200:
-            raise VaultCallError(response.status_code, data)
+            if response.status_code not in (200, 202):
+                failure = {"pollStatus": response.status_code, "pollError": data}
+                break
+        if failure is not None or response.status_code != 200:
+            raise VaultCallError(202, {**(data if failure is None else {}), **(failure or {}),
+                                       "error": api.PAYMENT_PENDING, "message": (
+                "paid, or may have been paid (the vault answered 202: σ_U is out), but the "
+                "result is not in yet; ask again later with the same idempotency key "
+                f"({key}) and createdAt ({created})")})
         return VaultResult.from_json(data)
 
     def _created_at(self, key: str, given: int | None) -> int:
         """The creation time of the call named ``key``: ``given``, else the one this client
-        signed for the key before (a retry keeps it), else now; remembered."""
-        created = given if given is not None else self._created.get(key, int(time.time()))
+        signed for the key before (a retry keeps it), else the one a key this SDK generated
+        embeds (:func:`new_idempotency_key`: a retry from a new process or client object),
+        else now; remembered."""
+        created = given if given is not None else self._created.get(key)
+        if created is None:
+            created = created_at_of(key)
+        if created is None:
+            created = int(time.time())
         self._created[key] = created
         self._created.move_to_end(key)
         while len(self._created) > REMEMBERED_CALLS:
@@ -382,6 +462,37 @@ class _Base:
         signed = self.account.sign_message(encode_typed_data(full_message=typed))
         return {"channelId": str(data["channelId"]),
                 "signature": "0x" + bytes(signed.signature).hex()}
+
+
+KEY_OF_ANOTHER_LIFE: Final = "key_of_another_life"
+"""A key this client signed for an earlier life of the vault: nothing sent (see
+``allow_new_life``)."""
+_GENERATED_KEY = re.compile(r"^([0-9]{1,12})\.[0-9a-f]{32}$")
+
+
+def new_idempotency_key(created_at: int) -> str:
+    """An idempotency key that embeds its call's creation time, ``<createdAt>.<uuid hex>``:
+    a retry of it from anywhere (a new process, a new client object, the CLI run again)
+    recovers the ``createdAt`` to sign (:func:`created_at_of`), so the vault's enclave sees
+    the same call and pays it at most once."""
+    return f"{int(created_at)}.{uuid.uuid4().hex}"
+
+
+def created_at_of(key: str) -> int | None:
+    """The creation time a key from :func:`new_idempotency_key` embeds (None for others)."""
+    match = _GENERATED_KEY.match(key)
+    return int(match.group(1)) if match else None
+
+
+def _created_in(content: bytes) -> int:
+    """An invoke body's ``createdAt`` (0 for any other body)."""
+    if b'"createdAt"' not in content:
+        return 0
+    try:
+        value = json.loads(content).get("createdAt")
+    except (ValueError, AttributeError):
+        return 0
+    return value if isinstance(value, int) else 0
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:
@@ -442,7 +553,12 @@ def _drive(flow: Flow, http: httpx.Client, client: _Base) -> Any:
                 time.sleep(item)
                 item = flow.send(None)
             else:
-                item = flow.send(_send(client, http, item))
+                try:
+                    response = _send(client, http, item)
+                except httpx.TransportError as e:  # the flow may know what it means
+                    item = flow.throw(e)
+                    continue
+                item = flow.send(response)
     except StopIteration as stop:
         return stop.value
 
@@ -457,7 +573,12 @@ async def _adrive(flow: Flow, http: httpx.AsyncClient, client: _Base) -> Any:
                 await asyncio.sleep(item)
                 item = flow.send(None)
             else:
-                item = flow.send(await _asend(client, http, item))
+                try:
+                    response = await _asend(client, http, item)
+                except httpx.TransportError as e:  # the flow may know what it means
+                    item = flow.throw(e)
+                    continue
+                item = flow.send(response)
     except StopIteration as stop:
         return stop.value
 
@@ -530,15 +651,21 @@ class VaultClient(_Base):
         self, url: str, *, method: str = "GET", headers: Sequence[tuple[bytes, bytes]] = (),
         content: bytes = b"", max_price: int, idempotency_key: str | None = None,
         funding: str = api.POOL, deposit: int | None = None, created_at: int | None = None,
+        allow_new_life: bool = False,
     ) -> VaultResult:
         """One paid request; raises :class:`VaultCallError` when nothing was delivered.
 
         A retry passes the same ``idempotency_key``; this client signs the creation time it
-        signed for that key before (``created_at`` overrides it: a retry from another
-        process passes the first attempt's, see :meth:`created_at`)."""
+        signed for that key before, or the one a generated key embeds (``created_at``
+        overrides it: a retry of a key of your own from another process passes the first
+        attempt's, see :meth:`created_at` and the error's ``createdAt``). Without a key, one
+        is generated (:func:`new_idempotency_key`). ``allow_new_life``: sign a key this
+        client signed for an earlier life of the vault for its new one (an attempt may have
+        been paid in the old life: find out first)."""
         flow = self._invoke_flow(url, method=method, headers=headers, content=content,
                                  max_price=max_price, idempotency_key=idempotency_key,
-                                 funding=funding, deposit=deposit, created_at=created_at)
+                                 funding=funding, deposit=deposit, created_at=created_at,
+                                 allow_new_life=allow_new_life)
         result: VaultResult = _drive(flow, self.http, self)
         return result
 
@@ -598,11 +725,13 @@ class AsyncVaultClient(_Base):
         self, url: str, *, method: str = "GET", headers: Sequence[tuple[bytes, bytes]] = (),
         content: bytes = b"", max_price: int, idempotency_key: str | None = None,
         funding: str = api.POOL, deposit: int | None = None, created_at: int | None = None,
+        allow_new_life: bool = False,
     ) -> VaultResult:
         """See :meth:`VaultClient.invoke`."""
         flow = self._invoke_flow(url, method=method, headers=headers, content=content,
                                  max_price=max_price, idempotency_key=idempotency_key,
-                                 funding=funding, deposit=deposit, created_at=created_at)
+                                 funding=funding, deposit=deposit, created_at=created_at,
+                                 allow_new_life=allow_new_life)
         result: VaultResult = await _adrive(flow, self.http, self)
         return result
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from typing import Any, BinaryIO, TextIO
 
 import httpx
@@ -16,7 +17,12 @@ import httpx
 from a402.client.budget import Budget, asset_key
 from a402.client.errors import PaymentRefused
 from a402.client.limits import MaxAmount
-from a402.client.vault import VaultCallError, VaultClient
+from a402.client.vault import (
+    KEY_OF_ANOTHER_LIFE,
+    VaultCallError,
+    VaultClient,
+    new_idempotency_key,
+)
 from a402.client.vault_transport import vault_limits
 from a402.client.wallet import Wallet
 from a402.wire import vault_api as api
@@ -34,6 +40,10 @@ def run_vault_pay(
         print(f"{PROG}: {message}", file=err)
         return code
 
+    created_at = getattr(args, "created_at", None)
+    # Named here, so that every failure can print how to run the same call again.
+    idempotency_key = args.idempotency_key or new_idempotency_key(
+        created_at if created_at is not None else int(time.time()))
     with VaultClient(args.vault, key, timeout=args.timeout) as vault:
         try:
             info = vault.info()
@@ -45,26 +55,49 @@ def run_vault_pay(
                 args.url, method=method,
                 headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
                 content=content or b"", max_price=limits.max_price,
-                idempotency_key=args.idempotency_key, funding=args.funding)
+                idempotency_key=idempotency_key, funding=args.funding, created_at=created_at)
         except PaymentRefused as e:
             return fail(EXIT_REFUSED, f"payment refused ({e.reason}); nothing was signed")
         except VaultCallError as e:
             print(json.dumps({"success": False, "status": e.status, **e.body}), file=err)
+            again = _retry_advice(e.body)
             if e.reason == api.PAYMENT_PENDING:
-                return fail(EXIT_NOT_SETTLED, "paid, but the result is not in yet; run again "
-                                              "with the same --idempotency-key to get it")
-            if e.status >= 500 or e.status in (409, 428):
+                return fail(EXIT_NOT_SETTLED, "paid, or may have been paid, but the result is "
+                                              f"not in yet; {again} to get it")
+            if e.reason == api.REPLAYED_CALL:
+                return fail(EXIT_NOT_SETTLED, "this call was paid already, or may have been "
+                                              f"(replayed_call); {again} to get its answer")
+            if e.reason == KEY_OF_ANOTHER_LIFE:
+                return fail(EXIT_REFUSED, "not sent: an earlier attempt of this key may have "
+                                          "been paid in the vault's old life (key_of_another_"
+                                          "life); find out before paying it again")
+            if e.status >= 500 or e.status in (409, 428) or e.body.get("retryable"):
                 return fail(EXIT_REQUEST_FAILED, f"the vault could not pay ({e.reason}); "
-                                                 "nothing was paid")
-            return fail(EXIT_REFUSED, f"the vault refused ({e.reason}); nothing was paid")
+                                                 f"nothing was paid by this attempt; {again} "
+                                                 "to retry it")
+            return fail(EXIT_REFUSED, f"the vault refused ({e.reason}); nothing was paid by "
+                                      "this attempt")
         except httpx.HTTPError as e:
-            return fail(EXIT_REQUEST_FAILED, f"vault unreachable: {type(e).__name__}: {e}")
+            created = vault.created_at(idempotency_key)
+            again = _retry_advice({"idempotencyKey": idempotency_key, "createdAt": created})
+            return fail(EXIT_REQUEST_FAILED, f"vault unreachable: {type(e).__name__}: {e}; if "
+                                             "the call reached it, it may have been paid: "
+                                             f"{again} to get its answer")
     out.write(result.content)
     out.flush()
     print(json.dumps(result.summary()), file=err)
     if result.status >= 400:
         return fail(EXIT_HTTP_ERROR, f"HTTP {result.status} ({result.outcome})")
     return EXIT_OK
+
+
+def _retry_advice(body: dict[str, Any]) -> str:
+    """How to run the same call again: its key and creation time, as the error names them."""
+    key, created = body.get("idempotencyKey"), body.get("createdAt")
+    if key is None:
+        return "run again with the same --idempotency-key"
+    return (f"run again with --idempotency-key {key}"
+            + (f" --created-at {created}" if created is not None else ""))
 
 
 def _allowed(wallet: Wallet, info: dict[str, Any]) -> str | None:

@@ -6,11 +6,18 @@ of :func:`a402.client.paying_client`: every request goes to the vault's
 provider's response comes back as the response, with the call's
 :class:`~a402.client.vault.VaultResult` attached (:func:`vault_payment_of`).
 The per-request maximum and the optional ``Budget`` work as for ``exact``.
+
+Retries: set an ``Idempotency-Key`` header; for a key of your own, a retry from
+another process or client also sets ``A402-Created-At`` to the first attempt's
+``createdAt`` (every :class:`~a402.client.vault.VaultCallError` carries it). A
+request without a key gets one that embeds its creation time
+(:func:`~a402.client.vault.new_idempotency_key`), so re-sending the error's
+``idempotencyKey`` is enough. A call the vault answered 202 (paid, or may have
+been) keeps its budget reservation whatever the polls that follow answer.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,15 +56,32 @@ def _to_response(request: httpx.Request, result: VaultResult) -> httpx.Response:
                           request=request, extensions={VAULT_EXTENSION: result})
 
 
-def _idempotency_key(request: httpx.Request) -> str:
-    """The caller's ``Idempotency-Key`` header if it set one (so its retries are safe)."""
-    return request.headers.get("idempotency-key") or uuid.uuid4().hex
+CREATED_AT_HEADER = "a402-created-at"
+"""The request header naming the ``createdAt`` of a retried idempotency key."""
+
+
+def _idempotency_key(request: httpx.Request) -> str | None:
+    """The caller's ``Idempotency-Key`` header if it set one (so its retries are safe);
+    None: the client generates one that embeds the call's creation time."""
+    return request.headers.get("idempotency-key") or None
+
+
+def _created_at(request: httpx.Request) -> int | None:
+    """The caller's ``A402-Created-At`` header (a retry's first ``createdAt``), if set."""
+    given = request.headers.get(CREATED_AT_HEADER)
+    if given is None:
+        return None
+    try:
+        return int(given)
+    except ValueError:
+        raise VaultCallError(0, {"error": api.BAD_REQUEST, "message": (
+            f"nothing was sent: {CREATED_AT_HEADER} must be a unix time in seconds")}) from None
 
 
 #: Not forwarded: transport details of the call to the vault, and ``accept-encoding``
 #: (the service's body comes back inside JSON; a compressed one would only be re-wrapped).
 _NOT_FORWARDED = (b"host", b"content-length", b"idempotency-key", b"accept-encoding",
-                  b"connection")
+                  b"connection", CREATED_AT_HEADER.encode())
 
 
 def _call_headers(request: httpx.Request) -> tuple[tuple[bytes, bytes], ...]:
@@ -69,7 +93,7 @@ class VaultTransport(httpx.BaseTransport):
 
     A budget (``a402.client.Budget``) is charged ``max_price`` before the call
     and settled to the amount actually paid after it; a call that ended
-    PENDING keeps the whole reservation (it may still be paid).
+    PENDING (or ``replayed_call``) keeps the whole reservation (it is paid, or may be).
     """
 
     def __init__(self, client: VaultClient, limits: _Limits) -> None:
@@ -84,9 +108,9 @@ class VaultTransport(httpx.BaseTransport):
                 str(request.url), method=request.method, headers=_call_headers(request),
                 content=request.content, max_price=self.limits.max_price,
                 idempotency_key=_idempotency_key(request), funding=self.limits.funding,
-                deposit=self.limits.deposit)
+                deposit=self.limits.deposit, created_at=_created_at(request))
         except VaultCallError as e:
-            _settle(self.limits, reservation, None, pending=e.reason == api.PAYMENT_PENDING)
+            _settle(self.limits, reservation, None, pending=e.reason in _MAY_BE_PAID)
             raise
         _settle(self.limits, reservation, result, pending=False)
         return _to_response(request, result)
@@ -110,15 +134,19 @@ class AsyncVaultTransport(httpx.AsyncBaseTransport):
                 str(request.url), method=request.method, headers=_call_headers(request),
                 content=request.content, max_price=self.limits.max_price,
                 idempotency_key=_idempotency_key(request), funding=self.limits.funding,
-                deposit=self.limits.deposit)
+                deposit=self.limits.deposit, created_at=_created_at(request))
         except VaultCallError as e:
-            _settle(self.limits, reservation, None, pending=e.reason == api.PAYMENT_PENDING)
+            _settle(self.limits, reservation, None, pending=e.reason in _MAY_BE_PAID)
             raise
         _settle(self.limits, reservation, result, pending=False)
         return _to_response(request, result)
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+#: Failures after which the call was paid, or may have been: the reservation stays.
+_MAY_BE_PAID = frozenset({api.PAYMENT_PENDING, api.REPLAYED_CALL})
 
 
 def _reserve(limits: _Limits) -> Any:

@@ -63,7 +63,7 @@ from a402.wire.a402 import HttpResponse
 from . import records
 from . import store as vault_store
 from .answers import Answers, client_key
-from .channels import Channels, NoUsableChannel, VaultError
+from .channels import Channels, NoUsableChannel, VaultError, refusal
 from .offers import Offer, OfferCache, OfferError, check_against_info, pick_offer
 from .tunnel import (
     PaidResponse,
@@ -362,10 +362,8 @@ class PaidCall:
             raise VaultError(409, api.CONFLICT, str(e), retryable=True) from None
         except ChannelsNeeded as e:
             raise VaultError(503, api.CHANNEL_RECOVERING, str(e), retryable=True) from None
-        except EnclaveError as e:  # the enclave refused the call: nothing was signed
-            status = {"price_above_maximum": 402, "replayed_call": 401, api.STALE_CALL: 401,
-                      api.WRONG_LIFE: 401, api.CLIENT_OUTDATED: 400}.get(e.reason, 403)
-            raise VaultError(status, e.reason, e.detail) from None
+        except EnclaveError as e:  # the enclave refused the call: nothing was signed for it
+            raise refusal(e) from None
         # ------------------------------------------------------------ 5. answer
         if self.answered is not None:  # recorded with the checkpoint that made it durable
             return 200, self.answered

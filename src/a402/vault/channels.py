@@ -109,20 +109,22 @@ class VaultError(Exception):
         return {"error": self.reason, "message": self.detail, **self.extra}
 
 
-#: The HTTP status of the enclave's refusals of a signed call (nothing was signed);
-#: any other refusal of an approval is the balance's (402).
-_REFUSALS = {"price_above_maximum": 402, "replayed_call": 401, api.STALE_CALL: 401,
-             api.WRONG_LIFE: 401, api.CLIENT_OUTDATED: 400, "bad_request": 400,
-             "unauthenticated": 401, "bad_signature": 401}
+#: The HTTP status of the enclave's refusals of a signed call (nothing was signed for it),
+#: each answered with its own reason; any other reason is answered 403 with its own name.
+_REFUSALS = {api.PRICE_ABOVE_MAXIMUM: 402, api.REPLAYED_CALL: 401, api.STALE_CALL: 401,
+             api.WRONG_LIFE: 401, api.CLIENT_OUTDATED: 400, api.BAD_REQUEST: 400,
+             api.CREATED_AFTER_SIGNATURE: 400, api.UNAUTHENTICATED: 401,
+             api.BAD_SIGNATURE: 401, "future_call": 400, "not_a_pool_channel": 400}
+#: Refusals the client may retry as they are (the same key, the same ``createdAt``).
+_RETRYABLE = frozenset({api.CREATED_AFTER_SIGNATURE, "future_call"})
 
 
 def refusal(e: EnclaveError) -> VaultError:
-    """The answer to the vault enclave refusing a client's call: its reason, as it says it
-    (each of its messages says first that nothing was paid)."""
-    status = _REFUSALS.get(e.reason)
-    if status is None:  # the balance (or the terms) refused the channel's deposit
-        return VaultError(402, api.INSUFFICIENT_BALANCE, f"{e.reason}: {e.detail}")
-    return VaultError(status, e.reason, e.detail)
+    """The answer to the vault enclave refusing a client's call: its own reason and status
+    (each of its messages says what was paid: nothing, or for ``replayed_call`` that the
+    call was paid, or may have been, already)."""
+    return VaultError(_REFUSALS.get(e.reason, 403), e.reason, e.detail,
+                      retryable=e.reason in _RETRYABLE)
 
 
 def hex_id(channel_id: bytes) -> str:
@@ -452,30 +454,42 @@ class Channels:
 
         * The manager's record of the id (at the head) is not NONE: it opened (by whomever):
           recorded OPEN, True.
-        * NONE in the chain's *finalized* block (:meth:`ASCManager.channel_at_final`), and
-          that block stamped after the latest deadline of the enclave's approvals to open
-          it: it never can, so it FAILED and a pool deposit comes back (host store and
-          enclave ledger; the enclave refuses to give it back before that deadline too, and
-          checks the channel's latest record, restored here, is untouched), False. Read at
-          the head instead, a reorg could still mine an open in a block before the
-          deadline after the deposit came back (the pool short by it); a node without
-          ``finalized`` or ``safe`` leaves that to the worker's sweep of FAILED channels
-          (:meth:`Worker._reclaim`), which force-closes such a channel to refill the pool.
+        * NONE at the head, read *after* the chain's finalized block
+          (:meth:`ASCManager.final_time`) was seen stamped after the latest deadline of
+          the enclave's approvals to open it: it never can open, so it FAILED, False. An
+          open is mined only in a block stamped by its deadline, so before that finalized
+          block: no reorg can undo it, and every head read after it shows it. (Only that
+          block's timestamp is read, not the contract's state at it: no archive node.)
+          The enclave refuses to write it off before that deadline too, and checks the
+          channel's latest record, restored here, is untouched; a record the enclave's
+          ledger never approved (written before a crash lost the approving ledger change)
+          is refused by the enclave: the row is only marked FAILED here. A node without
+          ``finalized`` or ``safe`` reads the head's time: a reorg could then still mine
+          an open after the write-off, which the worker's sweep of FAILED channels
+          (:meth:`Worker._reclaim`) force-closes to refill the pool.
         * Otherwise: not decided yet (an approval may still be mined, or the block past the
           deadline is not final yet), None; the row stays OPENING and the worker asks again.
         """
         channel_id = bytes.fromhex(row.cid[2:])
+        stamped, _ = await asyncio.to_thread(self.manager.final_time)
         onchain, _ = await asyncio.to_thread(self.manager.channel_at_head, channel_id)
         if onchain.status is not OnChainStatus.NONE:
             return await self._opened(row)
-        final, stamped, _ = await asyncio.to_thread(self.manager.channel_at_final, channel_id)
-        if final.status is not OnChainStatus.NONE or stamped <= self.vault.approved_until(
-                channel_id):
+        if stamped <= self.vault.approved_until(channel_id):
             return None
         if self.vault.channel(channel_id) is None:  # the enclave checks its latest record
             latest = await asyncio.to_thread(self.store.channel, row.cid)
             if latest is not None and latest.snapshot is not None:
-                self.vault.restore(channel_id, latest.snapshot)
+                try:
+                    self.vault.restore(channel_id, latest.snapshot)
+                except EnclaveError as e:
+                    if e.reason != "not_approved":
+                        raise
+                    # Not in the enclave's ledger (the change that approved it was never
+                    # stored, so no approval left): nothing to write off there, and its
+                    # record is not adopted. The row only.
+                    await asyncio.to_thread(self.store.fail_channel, row.cid)
+                    return False
         # The enclave's ledger first, then the host's: a crash (or a lost ledger race) in
         # between leaves the row OPENING, decided again, and the enclave credits it once.
         await self.ledger.achange(lambda: self.vault.open_failed(channel_id, now=stamped))

@@ -1,9 +1,10 @@
 """The vault enclave's ledger in the store: one row, written by compare-and-set on its version.
 
-The enclave's code keeps the client balances, credited deposits, the channels
-it approved and the withdrawals it signed (:mod:`a402.vault_enclave`) and
-seals them with a version number that grows with every change (by one
-between two exports). The
+The enclave's code keeps the channels it approved (owner, funding, deposit, the
+latest deadline of its approvals to open them, whether they were written off or
+settled), each client's newest call time, its clock and its life
+(:mod:`a402.vault_enclave`; pool balances are on-chain) and seals them with a
+version number that grows with every change (by one between two exports). The
 host stores that sealed ledger in one row, next to the version, and writes
 it only if the stored version is still the one its enclave last loaded or
 wrote (:meth:`VaultStore.put_ledger`). Every change goes through
@@ -15,15 +16,18 @@ wrote (:meth:`VaultStore.put_ledger`). Every change goes through
    loads that one (the enclave's unstored change is dropped with it) and runs the
    change again, a few times, then gives up with :class:`LedgerBusy` (retryable).
 
-So replicas sharing one database serialize on the ledger row: no replica's
-write drops another's credit, and two replicas cannot both spend one balance
-(the second's change runs again on the ledger that holds the first's debit,
-and is refused there). What a change approves or signs leaves the vault only
-after its ledger is stored. The enclave refuses a ledger older than the one it
-holds, so the host cannot move a running enclave back; what it cannot see is
-two live instances of one enclave identity that do not share this row: each
-keeps its own ledger, which is a rollback (the documented limit of sealed
-state, :mod:`a402.tee.sealing`).
+So ledger changes of replicas sharing one database serialize on the ledger row: no
+replica's write drops another's approval or write-off. What a change approves or
+signs leaves the vault only after its ledger is stored. The enclave refuses a
+ledger older than the one it holds, so the host cannot move a running enclave back.
+
+What the row does not hold is the once-rule's record of paid calls: it lives in each
+running instance's memory and in the sealed records of the channels that paid, and
+paying a call changes no ledger (no write per paid call). So two *live* instances of
+one enclave identity — sharing this row or not — can each sign σ_U for one signed
+call: the limit is one live instance per enclave identity. The fail-over lease
+(:mod:`a402.vault.lease`) keeps to it for an honest operator; a hostile host can break
+it, as it can roll back sealed state (the documented limit, :mod:`a402.tee.sealing`).
 """
 
 from __future__ import annotations

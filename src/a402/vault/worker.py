@@ -43,7 +43,8 @@ Per tick:
      in a *finalized* block stamped after the enclave's last approval to open
      it lapsed → FAILED, its pool deposit back; else ask again next tick;
    * FAILED pool channels (at start-up, then every ``_RECLAIM_EVERY`` ticks,
-     those failed in the last ``_RECLAIM_HORIZON``) that the chain shows
+     those failed in the last ``_RECLAIM_HORIZON``, and older ones whose
+     reclaim started, until it is final) that the chain shows
      open after all (a reorg below the block the decision was read at: their
      deposit left the pool, and the client has it back in its balance) →
      force-closed with their opening state by the enclave's order, then
@@ -274,7 +275,13 @@ class Worker:
         finalized once the dispute window is over (see the module docstring, 3)."""
         since = time.time() - _RECLAIM_HORIZON
         for row in await asyncio.to_thread(self.store.channels, phases=(vault_store.FAILED,)):
-            if row.funding != api.POOL or row.updated_at < since:
+            if row.funding != api.POOL:
+                continue
+            # Past the horizon, a row whose reclaim started is swept still, whatever its age,
+            # until its force close is final (the settlement moves it out of FAILED): a
+            # reclaim started late in the horizon is finished after it.
+            if row.updated_at < since and await asyncio.to_thread(
+                    self.store.tx, f"reclaim:{row.cid}") is None:
                 continue
             try:
                 await self._reclaim_one(row)

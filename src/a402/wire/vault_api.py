@@ -74,6 +74,14 @@ WRONG_LIFE: Final = "wrong_life"
 #: The vault enclave refused a call too old to pay: signed, or (an invoke) created, before
 #: the horizon its record of paid calls keeps. Nothing was paid by this call.
 STALE_CALL: Final = "stale_call"
+#: The vault enclave refused a call it has paid (σ_U signed) or is paying elsewhere, or an
+#: idempotency key it paid with another ``createdAt``: this call was paid already (or may
+#: have been): ask ``GET /v1/requests/<key>`` for its answer, never a new key blindly.
+REPLAYED_CALL: Final = "replayed_call"
+#: An invoke's ``createdAt`` is more than the auth window after its signature's timestamp
+#: (the signing machine's clock is behind the one that created the call). Nothing was
+#: paid; retry once the clock is right (this SDK signs no earlier than ``createdAt``).
+CREATED_AFTER_SIGNATURE: Final = "created_after_signature"
 BAD_REQUEST: Final = "bad_request"
 REQUEST_TOO_LARGE: Final = "request_too_large"
 TARGET_NOT_ALLOWED: Final = "target_not_allowed"  # not a public address (see targets.py)
