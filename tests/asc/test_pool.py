@@ -25,7 +25,7 @@ from a402.asc import (
     SignedState,
     pool_deposit_nonce,
     pool_withdrawal_digest,
-    sign_open_approval,
+    sign_pool_open_approval,
 )
 from a402.asc_manager import ASCManager, OnChainStatus
 from a402.chain.node import Chain
@@ -217,7 +217,7 @@ def test_only_the_vaults_approval_opens_a_pool_channel_and_only_within_the_clien
         restricted.create_from_pool(p.vault, bigger.terms)
     # The vault's signed approval, relayed by its gas payer, opens it once.
     deadline = now(asc_chain) + 600
-    approval = sign_open_approval(p.vault_signer, restricted.domain, p.terms, deadline)
+    approval = sign_pool_open_approval(p.vault_signer, restricted.domain, p.terms, deadline)
     restricted.create_from_pool(stranger, p.terms, approval, deadline)
     assert restricted.pooled(p.vault.address, p.client.address) == 0
     with reverts_with("ChannelExists(bytes32)"):
@@ -238,7 +238,7 @@ def test_a_pool_batch_with_one_member_short_of_balance_opens_the_others(
     ]
     escrow = balance(token, restricted.address)
     deadline = now(asc_chain) + 600
-    approvals = [sign_open_approval(m.vault_signer, restricted.domain, m.terms, deadline)
+    approvals = [sign_pool_open_approval(m.vault_signer, restricted.domain, m.terms, deadline)
                  for m in members]
     receipt = restricted.create_from_pool_batch(
         fresh_account(asc_chain), [m.terms for m in members], approvals, [deadline] * 4)

@@ -30,7 +30,7 @@ from a402.asc import (
     Reason,
     Status,
     force_close_digest,
-    open_approval_digest,
+    pool_open_approval_digest,
 )
 from a402.asc.errors import ASCError
 from a402.crypto import EVM, EcdsaSigner, PaymentDomain
@@ -143,7 +143,8 @@ def pool_channel(s: Setup, client: LocalAccount, deposit: int = 10 * PRICE) -> C
     """A pool channel for a call of ``client``'s, bound to the provider enclave's tunnel."""
     terms = ChannelTerms(client.address, s.vault.address, s.provider.address,
                          s.schnorr.public_key, deposit, s.vault.salt())
-    s.vault.approve_pool_channel(call(s.vault, client, key="needs-a-channel"), terms,
+    # One call opens at most one pool channel: each channel here is for a call of its own.
+    s.vault.approve_pool_channel(call(s.vault, client, key=f"opens-{terms.salt.hex()}"), terms,
                                  lock_timeout=10.0, now=NOW)
     s.vault.bind_tunnel(s.tunnel, terms.channel_id(DOMAIN))
     return terms
@@ -454,7 +455,7 @@ def test_an_open_approval_lapses_and_a_pool_channel_is_written_off_only_after_it
     approval = s.vault.approve_pool_channel(call(s.vault, alice), terms, lock_timeout=10.0,
                                            now=NOW)
     assert approval.deadline == NOW + OPEN_APPROVAL_LIFETIME == s.vault.approved_until(cid)
-    assert recover_signer(open_approval_digest(DOMAIN, cid, approval.deadline),
+    assert recover_signer(pool_open_approval_digest(DOMAIN, cid, approval.deadline),
                           approval.signature) == s.vault.address
     assert approval.calldata == approval.signature + approval.deadline.to_bytes(32, "big")
     # Asked again (a retry): a fresh deadline.

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from eth_account import Account
 
-from a402.asc import BalanceState, ChannelTerms, SignedState, sign_open_approval, sign_state
+from a402.asc import BalanceState, ChannelTerms, SignedState, sign_pool_open_approval, sign_state
 from a402.asc.snapshot import terms_from_json
 from a402.background import serve_in_thread
 from a402.chain.tx import TransactionFailed, transact
@@ -170,7 +170,7 @@ def test_a_host_that_invents_a_deposit_cannot_withdraw_the_pool(world: World) ->
         with pytest.raises(TransactionFailed):
             manager.create_from_pool(host, alices, approval.signature, approval.deadline)
         # 3. Open alice's pool channel without the enclave: its own key's approval.
-        forged = sign_open_approval(EcdsaSigner(bytes(host.key)), manager.domain, alices,
+        forged = sign_pool_open_approval(EcdsaSigner(bytes(host.key)), manager.domain, alices,
                                     manager.chain_time() + 600)
         with pytest.raises(TransactionFailed):
             manager.create_from_pool(host, alices, forged, manager.chain_time() + 600)
@@ -225,8 +225,8 @@ def test_a_host_cannot_open_a_pool_channel_beyond_a_balance_or_without_the_encla
         within = ChannelTerms(alice.address, vault.address, provider.address,
                               provider_key(provider), 3_000, enclave.salt())
         deadline = manager.chain_time() + 600
-        for signature in (b"", sign_open_approval(EcdsaSigner(bytes(host.key)), manager.domain,
-                                                  within, deadline)):
+        for signature in (b"", sign_pool_open_approval(EcdsaSigner(bytes(host.key)), manager.domain,
+                                                       within, deadline)):
             with pytest.raises(TransactionFailed):
                 manager.create_from_pool(host, within, signature, deadline)
         assert world.balance(manager.address) == escrow + 3_000

@@ -74,7 +74,14 @@ from a402.chain.tx import TransactionFailed
 from a402.evm.address import address_key
 from a402.evm.eip3009 import RECEIVE_WITH_AUTHORIZATION_TYPES
 from a402.tee import AttestationPolicy, AttestationVerifier, Enclave, EnclaveError
-from a402.vault_enclave import EnclaveChannel, OpenApproval, SignedCall, VaultEnclave
+from a402.vault_enclave import (
+    EnclaveChannel,
+    OpenApproval,
+    SignedCall,
+    VaultEnclave,
+    pool_deposit_cap,
+)
+from a402.wire import jsonstrict
 from a402.wire import vault_api as api
 
 from . import records
@@ -387,7 +394,15 @@ class Channels:
         # out on-chain itself (withdrawFromPool) is not offered a deposit the chain refuses.
         balance = min(await asyncio.to_thread(self.store.balance, client),
                       await asyncio.to_thread(self.manager.pooled, self.address, client))
-        deposit = self.deposit_for(price, balance)
+        # Within what the client's call allows: the enclave approves no more (one channel per
+        # call, its deposit at most the call's ``deposit`` or a fixed multiple of maxPrice).
+        cap = pool_deposit_cap(api.InvokeRequest.from_json(jsonstrict.loads_object(call.body)))
+        if cap < price:
+            raise VaultError(400, "deposit_too_small",
+                             f"nothing was paid: the call allows a channel deposit of {cap}, "
+                             f"less than the price {price}",
+                             extra={"deposit": str(cap), "price": str(price)})
+        deposit = min(self.deposit_for(price, balance), cap)
         if deposit < price:
             raise VaultError(402, api.INSUFFICIENT_BALANCE,
                              f"your pool balance ({balance}) cannot pay {price}",

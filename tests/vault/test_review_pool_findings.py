@@ -1,0 +1,281 @@
+"""Review s8-rev2: attacks on the on-chain pool (s8-pool) that currently succeed.
+
+Each test states the property the README claims ("How money stays safe") and is
+marked ``xfail(strict=True)`` because it FAILS on 0ae4238: run with ``--runxfail`` to
+see the failure. When the finding is fixed the test passes and the strict marker
+makes it fail, so remove the marker then.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+
+import pytest
+from eth_account.signers.local import LocalAccount
+
+from a402.asc import BalanceState, ChannelTerms, SignedState
+from a402.background import serve_in_thread
+from a402.chain.tx import TransactionFailed, transact
+from a402.client.vault import VaultClient
+from a402.vault_enclave import INVOKE_PATH, SignedCall
+from a402.wire import vault_api as api
+from tests.a402_exchange.helpers import DISPUTE_WINDOW, PRICES, World
+
+from .helpers import Vault, client_of, running_vault
+
+pytestmark = pytest.mark.anvil
+PRICE = PRICES["GET /weather"]
+
+
+def _provider_key(provider: object) -> bytes:
+    key: bytes = provider.enclave.signing_public_key[1:]  # type: ignore[attr-defined]
+    return key
+
+
+def _signed_invoke(vault: Vault, account: LocalAccount, url: str, key: str,
+                   max_price: int = PRICE, deposit: int | None = None) -> SignedCall:
+    body = json.dumps(api.InvokeRequest(url=url, method="GET", headers=(), body=b"",
+                                        max_price=max_price, idempotency_key=key,
+                                        deposit=deposit,
+                                        created_at=int(time.time())).to_json()
+                      ).encode()
+    headers = api.sign_request(account, vault.signed_as, "POST", INVOKE_PATH, body,
+                               life=vault.life)
+    return SignedCall.of(headers, "POST", INVOKE_PATH, body)
+
+
+def test_a_host_cannot_move_a_clients_pool_into_a_channel_without_a_call_she_signed(
+    world: World,
+) -> None:
+    """F1. The enclave's approval is A402Open(channelId, deadline) for both kinds of open,
+    and ``approve_wallet_channel`` signs it for any terms naming this vault (no client call
+    needed: the wallet path needs the client's own consent on-chain). ``createASCFromPool``
+    takes the same approval and needs no client consent, so the host opens a channel of
+    alice's whole pool balance, to a provider of its choosing, without any call of hers."""
+    provider = world.provider()
+    with serve_in_thread(provider.app), running_vault(world) as vault:
+        alice, _ = client_of(world, vault.url, funds=10_000, deposit=10_000)
+        enclave, manager, host = vault.service.vault, world.manager, vault.account
+        terms = ChannelTerms(alice.address, vault.address, provider.address,
+                             _provider_key(provider), 10_000, enclave.salt())
+        # No call of alice's: the "wallet" approval the 428 flow asks for before she signs.
+        approval = enclave.approve_wallet_channel(terms, 10.0, now=manager.chain_time())
+        with contextlib.suppress(TransactionFailed):
+            manager.create_from_pool(host, terms, approval.signature, approval.deadline)
+        assert manager.pooled(vault.address, alice.address) == 10_000, (
+            "alice's pool was moved into a channel she never asked for")
+
+
+def test_one_signed_call_opens_at_most_one_pool_channel_within_what_it_allows(
+    world: World,
+) -> None:
+    """F1b. One signed call (client, idempotencyKey, createdAt) approves at most ONE pool
+    channel (asked again for that channel: a fresh approval), whose deposit is at most what
+    the call allows: its ``deposit`` if it names one, else ``POOL_DEPOSIT_MULTIPLE`` × its
+    ``maxPrice``. The host asking for four channels of 2,500 with one call gets one."""
+    from a402.tee import EnclaveError
+    from a402.vault_enclave import POOL_DEPOSIT_MULTIPLE
+
+    provider = world.provider()
+    with serve_in_thread(provider.app), running_vault(world) as vault:
+        alice, _ = client_of(world, vault.url, funds=10_000, deposit=10_000)
+        enclave, manager, host = vault.service.vault, world.manager, vault.account
+
+        def terms_of(deposit: int) -> ChannelTerms:
+            return ChannelTerms(alice.address, vault.address, provider.address,
+                                _provider_key(provider), deposit, enclave.salt())
+
+        # A call naming its deposit: no channel beyond it.
+        capped = _signed_invoke(vault, alice, "https://api.example/weather", "capped",
+                                deposit=1_500)
+        with pytest.raises(EnclaveError, match="deposit_too_large"):
+            enclave.approve_pool_channel(capped, terms_of(2_500), 10.0,
+                                         now=manager.chain_time())
+        # Naming none: at most the fixed multiple of its maxPrice, a constant of the code.
+        bare = _signed_invoke(vault, alice, "https://api.example/weather", "bare")
+        with pytest.raises(EnclaveError, match="deposit_too_large"):
+            enclave.approve_pool_channel(bare, terms_of(POOL_DEPOSIT_MULTIPLE * PRICE + 1),
+                                         10.0, now=manager.chain_time())
+        call = _signed_invoke(vault, alice, "https://api.example/weather", "one-call")
+        refused: list[str] = []
+        first = terms_of(2_500)
+        for terms in [first] + [terms_of(2_500) for _ in range(3)]:
+            try:
+                approval = enclave.approve_pool_channel(call, terms, 10.0,
+                                                        now=manager.chain_time())
+                manager.create_from_pool(host, terms, approval.signature, approval.deadline)
+            except EnclaveError as e:
+                refused.append(e.reason)
+        assert refused == ["call_used"] * 3
+        assert manager.pooled(vault.address, alice.address) == 10_000 - 2_500
+        # The same channel again: a fresh approval (it is open already: ids are single-use).
+        again = enclave.approve_pool_channel(call, first, 10.0, now=manager.chain_time())
+        with pytest.raises(TransactionFailed):
+            manager.create_from_pool(host, first, again.signature, again.deadline)
+        assert manager.pooled(vault.address, alice.address) == 7_500
+
+
+def test_after_the_client_force_closes_the_host_cannot_lock_her_pool_again_without_a_new_call(
+    private_world: World,
+) -> None:
+    """F1c, closed by F1b. The client's exit from a channel the host opened for one of her
+    calls is her force close (version 0, a dispute window), which credits the pool, then
+    ``withdrawFromPool``: two transactions. In between the host would lock the pool again
+    with a fresh approval — but the call already approved its one channel, and a wallet
+    approval does not open from the pool: her withdrawal gets everything."""
+    from a402.tee import EnclaveError
+
+    world = private_world
+    provider = world.provider()
+    with serve_in_thread(provider.app), running_vault(world) as vault:
+        alice, _ = client_of(world, vault.url, funds=10_000, deposit=10_000)
+        transact(world.chain, world.chain.accounts[0], {"to": alice.address}, value=10**18)
+        enclave, manager, host = vault.service.vault, world.manager, vault.account
+        call = _signed_invoke(vault, alice, "https://api.example/weather", "locks",
+                              deposit=10_000)
+
+        def terms_now() -> ChannelTerms:
+            return ChannelTerms(alice.address, vault.address, provider.address,
+                                _provider_key(provider),
+                                manager.pooled(vault.address, alice.address), enclave.salt())
+
+        locked = terms_now()
+        approval = enclave.approve_pool_channel(call, locked, 10.0, now=manager.chain_time())
+        manager.create_from_pool(host, locked, approval.signature, approval.deadline)
+        assert manager.pooled(vault.address, alice.address) == 0
+        opening = SignedState(BalanceState(0, 10_000, 0, False), b"", b"")
+        manager.init_force_close(alice, locked, opening)  # her exit: the opening state
+        world.increase_time(DISPUTE_WINDOW + 1)
+        manager.final_force_close(host, locked)  # anyone may; the host does, and then
+        assert manager.pooled(vault.address, alice.address) == 10_000
+        again = terms_now()
+        with pytest.raises(EnclaveError, match="call_used"):  # ... the same call: no
+            enclave.approve_pool_channel(call, again, 10.0, now=manager.chain_time())
+        wallet = enclave.approve_wallet_channel(again, 10.0, now=manager.chain_time())
+        with pytest.raises(TransactionFailed):  # ... a wallet approval: not from the pool
+            manager.create_from_pool(host, again, wallet.signature, wallet.deadline)
+        manager.withdraw_from_pool(alice, vault.address, alice.address, 10_000)
+        assert world.balance(alice.address) == 10_000
+        assert manager.pooled(vault.address, alice.address) == 0
+
+
+def _withdrawal_during_an_open(world: World, vault: Vault, site: str
+                               ) -> tuple[LocalAccount, VaultClient]:
+    """F3's scenario: alice pooled 10,000; the host's pool open for her call is in flight
+    (its debit in the store) when she takes everything out with ``withdrawFromPool``; the
+    open never lands and is written off."""
+    import threading
+
+    from a402.vault import store as vault_store
+
+    from .helpers import wait_for
+
+    w3 = world.chain.w3
+    alice, client = client_of(world, vault.url, funds=10_000, deposit=10_000)
+    transact(world.chain, world.chain.accounts[0], {"to": alice.address}, value=10**18)
+    w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
+    outcome: list[object] = []
+    worker = threading.Thread(target=lambda: outcome.append(_attempt(
+        lambda: client.invoke(f"{site}/weather", max_price=PRICE))), daemon=True)
+    worker.start()
+    wait_for(lambda: [c for c in vault.store.channels(client=alice.address)
+                      if c.phase == vault_store.OPENING], what="an open in flight")
+    time.sleep(1.0)  # the open is broadcast
+    w3.provider.make_request("anvil_dropAllTransactions", [])  # type: ignore[arg-type]
+    w3.provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
+    world.manager.withdraw_from_pool(alice, vault.address, alice.address, 10_000)
+    assert world.manager.pooled(vault.address, alice.address) == 0
+    for _ in range(3):
+        world.increase_time(400)  # past the approval's deadline
+    wait_for(lambda: not [c for c in vault.store.channels(client=alice.address)
+                          if c.phase in vault_store.UNSETTLED], timeout=60,
+             what="the open written off")
+    worker.join(60)
+    assert world.balance(alice.address) == 10_000
+    return alice, client
+
+
+def test_a_withdrawal_during_an_open_in_flight_leaves_the_books_equal_to_the_chain(
+    private_world: World,
+) -> None:
+    """F3. The host debits its store for a pool open before sending it; the client takes its
+    whole pool out itself meanwhile (``withdrawFromPool``), so the open never lands. The
+    watch's ``mirror_withdrawal`` finds the store short (the open's debit) and only logs;
+    when the open is written off its debit comes back: the store shows the whole balance,
+    the chain none, for good."""
+    world = private_world
+    provider = world.provider()
+    with serve_in_thread(provider.app) as site, running_vault(world) as vault:
+        alice, _ = _withdrawal_during_an_open(world, vault, site)
+        assert vault.store.balance(alice.address) == world.manager.pooled(
+            vault.address, alice.address), "the host's books show money the chain does not hold"
+
+
+def test_after_it_a_refused_withdrawal_does_not_say_the_balance_is_still_in_the_pool(
+    private_world: World,
+) -> None:
+    world = private_world
+    provider = world.provider()
+    with serve_in_thread(provider.app) as site, running_vault(world) as vault:
+        _, client = _withdrawal_during_an_open(world, vault, site)
+        answer = client.withdraw(10_000)
+        assert "still in the pool" not in answer["message"], answer["message"]
+
+
+def _attempt(f: object) -> object:
+    try:
+        return f()  # type: ignore[operator]
+    except Exception as e:
+        return e
+
+
+def test_a_client_pools_only_with_the_vault_its_attestation_names(world: World) -> None:
+    """F2. ``VaultClient.deposit`` signs its EIP-3009 pool deposit for ``info["vault"]``
+    and ``info["ascManager"]`` as ``GET /v1/info`` (no authentication, no attestation to
+    check) returns them. A host that answers with its own gas key as ``vault`` gets a
+    deposit credited to ``pooled[hostKey][client]``, which that key — a plain EOA — moves
+    into a channel by *sending* ``createASCFromPool`` (no approval needed from the
+    sender-vault) and closes with a final state it signs as vault, paying a provider key
+    of its own: the client's whole deposit."""
+    import httpx
+
+    from a402.asc import sign_state
+    from a402.asc_manager import PoolDepositAuthorization
+    from a402.client.vault import VaultClient
+    from a402.crypto import EVM, EcdsaSigner
+    from tests.a402_exchange.helpers import fresh_account
+
+    with running_vault(world) as vault:
+        honest = httpx.get(vault.url + "/v1/info").json()
+        host, accomplice = vault.account, fresh_account(world.chain)
+        lying = {**honest, "vault": host.address}
+        relayed: list[dict[str, str]] = []
+
+        def fake_host(request: httpx.Request) -> httpx.Response:
+            if request.url.path.endswith("/info"):
+                return httpx.Response(200, json=lying)
+            relayed.append(json.loads(request.content)["authorization"])
+            return httpx.Response(202, json={"state": "pending"})
+
+        alice = world.client(10_000)
+        client = VaultClient(vault.url, alice, http=httpx.Client(
+            transport=httpx.MockTransport(fake_host)))
+        client.deposit(10_000)
+        [raw] = relayed
+        sig = bytes.fromhex(raw["signature"][2:])
+        manager = world.manager
+        manager.deposit_to_pool_with_authorization(host, PoolDepositAuthorization(
+            host.address, alice.address, alice.address, 10_000,
+            bytes.fromhex(raw["salt"][2:]), 0, int(raw["validBefore"]), sig[64],
+            sig[:32], sig[32:64]))
+        terms = ChannelTerms(alice.address, host.address, accomplice.address,
+                             EVM.generate_key().public_key, 10_000, b"\x01" * 32)
+        manager.create_from_pool(host, terms)  # the "vault" sends: no approval needed
+        cid = terms.channel_id(manager.domain)
+        final = BalanceState(1, 0, 10_000, True)
+        manager.close(host, terms, SignedState(
+            final, sign_state(EcdsaSigner(bytes(host.key)), manager.domain, cid, final),
+            sign_state(EcdsaSigner(bytes(accomplice.key)), manager.domain, cid, final)))
+        assert world.balance(accomplice.address) == 0, "the host took alice's whole deposit"
