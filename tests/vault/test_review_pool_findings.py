@@ -18,7 +18,7 @@ from eth_account.signers.local import LocalAccount
 from a402.asc import BalanceState, ChannelTerms, SignedState
 from a402.background import serve_in_thread
 from a402.chain.tx import TransactionFailed, transact
-from a402.client.vault import VaultClient
+from a402.client.vault import VaultCallError, VaultClient
 from a402.vault_enclave import INVOKE_PATH, SignedCall
 from a402.wire import vault_api as api
 from tests.a402_exchange.helpers import DISPUTE_WINDOW, PRICES, World
@@ -183,9 +183,21 @@ def _withdrawal_during_an_open(world: World, vault: Vault, site: str
     wait_for(lambda: [c for c in vault.store.channels(client=alice.address)
                       if c.phase == vault_store.OPENING], what="an open in flight")
     time.sleep(1.0)  # the open is broadcast
-    w3.provider.make_request("anvil_dropAllTransactions", [])  # type: ignore[arg-type]
+    # Her withdrawal goes into the pool first, the host's open is dropped, then one block:
+    # whatever the host sends again afterwards finds the pool empty.
+    withdrawal = world.manager.contract.functions.withdrawFromPool(
+        vault.address, alice.address, 10_000).build_transaction({
+            "from": alice.address, "nonce": w3.eth.get_transaction_count(alice.address),
+            "chainId": world.chain.chain_id, "gas": 300_000,
+            "maxFeePerGas": 10**11, "maxPriorityFeePerGas": 10**9})
+    w3.eth.send_raw_transaction(alice.sign_transaction(withdrawal).raw_transaction)
+    pending = w3.provider.make_request("txpool_content", [])["result"]["pending"]  # type: ignore[arg-type]
+    for sender, txs in pending.items():
+        if sender.lower() == vault.account.address.lower():
+            for tx in txs.values():
+                w3.provider.make_request("anvil_dropTransaction", [tx["hash"]])  # type: ignore[arg-type]
+    w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
     w3.provider.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
-    world.manager.withdraw_from_pool(alice, vault.address, alice.address, 10_000)
     assert world.manager.pooled(vault.address, alice.address) == 0
     for _ in range(3):
         world.increase_time(400)  # past the approval's deadline
@@ -202,9 +214,9 @@ def test_a_withdrawal_during_an_open_in_flight_leaves_the_books_equal_to_the_cha
 ) -> None:
     """F3. The host debits its store for a pool open before sending it; the client takes its
     whole pool out itself meanwhile (``withdrawFromPool``), so the open never lands. The
-    watch's ``mirror_withdrawal`` finds the store short (the open's debit) and only logs;
-    when the open is written off its debit comes back: the store shows the whole balance,
-    the chain none, for good."""
+    watch's ``mirror_withdrawal`` records the withdrawal all the same (the store goes below
+    zero by the open's debit); when the open is written off its debit comes back: the books
+    equal the chain, 0."""
     world = private_world
     provider = world.provider()
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
@@ -216,12 +228,15 @@ def test_a_withdrawal_during_an_open_in_flight_leaves_the_books_equal_to_the_cha
 def test_after_it_a_refused_withdrawal_does_not_say_the_balance_is_still_in_the_pool(
     private_world: World,
 ) -> None:
+    """F3b. The refusal is worded from the chain's balance: 0, not "still in the pool"."""
     world = private_world
     provider = world.provider()
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
         _, client = _withdrawal_during_an_open(world, vault, site)
-        answer = client.withdraw(10_000)
-        assert "still in the pool" not in answer["message"], answer["message"]
+        with pytest.raises(VaultCallError) as refused:
+            client.withdraw(10_000)
+        message = refused.value.body["message"]
+        assert "still in the pool" not in message and "is 0 on-chain" in message, message
 
 
 def _attempt(f: object) -> object:
@@ -243,7 +258,7 @@ def test_a_client_pools_only_with_the_vault_its_attestation_names(world: World) 
 
     from a402.asc import sign_state
     from a402.asc_manager import PoolDepositAuthorization
-    from a402.client.vault import VaultClient
+    from a402.client.vault import VaultCallError, VaultClient
     from a402.crypto import EVM, EcdsaSigner
     from tests.a402_exchange.helpers import fresh_account
 

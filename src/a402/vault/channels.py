@@ -392,8 +392,10 @@ class Channels:
                          call: SignedCall) -> EnclaveChannel:
         # The smaller of the store's mirror and the chain: a client that took its balance
         # out on-chain itself (withdrawFromPool) is not offered a deposit the chain refuses.
-        balance = min(await asyncio.to_thread(self.store.balance, client),
-                      await asyncio.to_thread(self.manager.pooled, self.address, client))
+        # (The store may be below zero while an open in flight and a withdrawal the chain
+        # made overlap: see Funds.mirror_withdrawal.)
+        pooled = await asyncio.to_thread(self.manager.pooled, self.address, client)
+        balance = max(0, min(await asyncio.to_thread(self.store.balance, client), pooled))
         # Within what the client's call allows: the enclave approves no more (one channel per
         # call, its deposit at most the call's ``deposit`` or a fixed multiple of maxPrice).
         cap = pool_deposit_cap(api.InvokeRequest.from_json(jsonstrict.loads_object(call.body)))
@@ -404,9 +406,13 @@ class Channels:
                              extra={"deposit": str(cap), "price": str(price)})
         deposit = min(self.deposit_for(price, balance), cap)
         if deposit < price:
+            opening = f" ({pooled - balance} of it in channels being opened)" \
+                if pooled > balance else ""
             raise VaultError(402, api.INSUFFICIENT_BALANCE,
-                             f"your pool balance ({balance}) cannot pay {price}",
-                             extra={"balance": str(balance), "price": str(price)})
+                             f"nothing was paid: your pool balance with this vault is {pooled} "
+                             f"on-chain{opening}, which cannot pay {price}",
+                             extra={"balance": str(balance), "pooled": str(pooled),
+                                    "price": str(price)})
         terms = tunnel.terms(client=client, deposit=deposit, salt=self.vault.salt())
         row = await self._claim(client, tunnel, terms, funding=api.POOL, debit=True)
         try:
