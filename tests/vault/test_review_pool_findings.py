@@ -258,7 +258,7 @@ def test_a_client_pools_only_with_the_vault_its_attestation_names(world: World) 
 
     from a402.asc import sign_state
     from a402.asc_manager import PoolDepositAuthorization
-    from a402.client.vault import VaultCallError, VaultClient
+    from a402.client.vault import VaultClient
     from a402.crypto import EVM, EcdsaSigner
     from tests.a402_exchange.helpers import fresh_account
 
