@@ -23,7 +23,7 @@ from a402.vault_enclave import INVOKE_PATH, SignedCall
 from a402.wire import vault_api as api
 from tests.a402_exchange.helpers import DISPUTE_WINDOW, PRICES, World
 
-from .helpers import Vault, client_of, running_vault
+from .helpers import Vault, client_of, expected, running_vault
 
 pytestmark = pytest.mark.anvil
 PRICE = PRICES["GET /weather"]
@@ -56,7 +56,7 @@ def test_a_host_cannot_move_a_clients_pool_into_a_channel_without_a_call_she_sig
     alice's whole pool balance, to a provider of its choosing, without any call of hers."""
     provider = world.provider()
     with serve_in_thread(provider.app), running_vault(world) as vault:
-        alice, _ = client_of(world, vault.url, funds=10_000, deposit=10_000)
+        alice, _ = client_of(world, vault, funds=10_000, deposit=10_000)
         enclave, manager, host = vault.service.vault, world.manager, vault.account
         terms = ChannelTerms(alice.address, vault.address, provider.address,
                              _provider_key(provider), 10_000, enclave.salt())
@@ -80,7 +80,7 @@ def test_one_signed_call_opens_at_most_one_pool_channel_within_what_it_allows(
 
     provider = world.provider()
     with serve_in_thread(provider.app), running_vault(world) as vault:
-        alice, _ = client_of(world, vault.url, funds=10_000, deposit=10_000)
+        alice, _ = client_of(world, vault, funds=10_000, deposit=10_000)
         enclave, manager, host = vault.service.vault, world.manager, vault.account
 
         def terms_of(deposit: int) -> ChannelTerms:
@@ -130,7 +130,7 @@ def test_after_the_client_force_closes_the_host_cannot_lock_her_pool_again_witho
     world = private_world
     provider = world.provider()
     with serve_in_thread(provider.app), running_vault(world) as vault:
-        alice, _ = client_of(world, vault.url, funds=10_000, deposit=10_000)
+        alice, _ = client_of(world, vault, funds=10_000, deposit=10_000)
         transact(world.chain, world.chain.accounts[0], {"to": alice.address}, value=10**18)
         enclave, manager, host = vault.service.vault, world.manager, vault.account
         call = _signed_invoke(vault, alice, "https://api.example/weather", "locks",
@@ -173,7 +173,7 @@ def _withdrawal_during_an_open(world: World, vault: Vault, site: str
     from .helpers import wait_for
 
     w3 = world.chain.w3
-    alice, client = client_of(world, vault.url, funds=10_000, deposit=10_000)
+    alice, client = client_of(world, vault, funds=10_000, deposit=10_000)
     transact(world.chain, world.chain.accounts[0], {"to": alice.address}, value=10**18)
     w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
     outcome: list[object] = []
@@ -246,51 +246,47 @@ def _attempt(f: object) -> object:
         return e
 
 
-def test_a_client_pools_only_with_the_vault_its_attestation_names(world: World) -> None:
-    """F2. ``VaultClient.deposit`` signs its EIP-3009 pool deposit for ``info["vault"]``
-    and ``info["ascManager"]`` as ``GET /v1/info`` (no authentication, no attestation to
-    check) returns them. A host that answers with its own gas key as ``vault`` gets a
-    deposit credited to ``pooled[hostKey][client]``, which that key — a plain EOA — moves
-    into a channel by *sending* ``createASCFromPool`` (no approval needed from the
-    sender-vault) and closes with a final state it signs as vault, paying a provider key
-    of its own: the client's whole deposit."""
+def test_a_client_pools_only_with_the_vault_it_expects_whatever_the_info_names(
+    world: World,
+) -> None:
+    """F2. ``GET /v1/info`` is unauthenticated: a host answering with its own gas key as
+    ``vault`` would get alice's EIP-3009 pool deposit credited to ``pooled[hostKey][alice]``,
+    which that plain key moves into a channel by *sending* ``createASCFromPool`` and pays
+    out to itself. The client knows the vault it expects (key, manager, token) and refuses
+    an info answer that differs, before it signs anything: nothing is relayed, nothing
+    moves. Trust on first use is there only when asked for, and pins the first answer."""
     import httpx
-
-    from a402.asc import sign_state
-    from a402.asc_manager import PoolDepositAuthorization
-    from a402.client.vault import VaultClient
-    from a402.crypto import EVM, EcdsaSigner
-    from tests.a402_exchange.helpers import fresh_account
 
     with running_vault(world) as vault:
         honest = httpx.get(vault.url + "/v1/info").json()
-        host, accomplice = vault.account, fresh_account(world.chain)
-        lying = {**honest, "vault": host.address}
-        relayed: list[dict[str, str]] = []
+        host = vault.account
+        answers = [{**honest, "vault": host.address},
+                   {**honest, "ascManager": host.address},
+                   {**honest, "token": {**honest["token"], "address": host.address}}]
+        relayed: list[object] = []
 
         def fake_host(request: httpx.Request) -> httpx.Response:
             if request.url.path.endswith("/info"):
-                return httpx.Response(200, json=lying)
-            relayed.append(json.loads(request.content)["authorization"])
+                return httpx.Response(200, json=answers[0])
+            relayed.append(request.content)
             return httpx.Response(202, json={"state": "pending"})
 
         alice = world.client(10_000)
-        client = VaultClient(vault.url, alice, http=httpx.Client(
-            transport=httpx.MockTransport(fake_host)))
-        client.deposit(10_000)
-        [raw] = relayed
-        sig = bytes.fromhex(raw["signature"][2:])
-        manager = world.manager
-        manager.deposit_to_pool_with_authorization(host, PoolDepositAuthorization(
-            host.address, alice.address, alice.address, 10_000,
-            bytes.fromhex(raw["salt"][2:]), 0, int(raw["validBefore"]), sig[64],
-            sig[:32], sig[32:64]))
-        terms = ChannelTerms(alice.address, host.address, accomplice.address,
-                             EVM.generate_key().public_key, 10_000, b"\x01" * 32)
-        manager.create_from_pool(host, terms)  # the "vault" sends: no approval needed
-        cid = terms.channel_id(manager.domain)
-        final = BalanceState(1, 0, 10_000, True)
-        manager.close(host, terms, SignedState(
-            final, sign_state(EcdsaSigner(bytes(host.key)), manager.domain, cid, final),
-            sign_state(EcdsaSigner(bytes(accomplice.key)), manager.domain, cid, final)))
-        assert world.balance(accomplice.address) == 0, "the host took alice's whole deposit"
+        for lie in list(answers):
+            answers[0] = lie
+            client = VaultClient(vault.url, alice, expect=expected(world, vault),
+                                 http=httpx.Client(transport=httpx.MockTransport(fake_host)))
+            with pytest.raises(VaultCallError) as refused:
+                client.deposit(10_000)
+            assert refused.value.reason == "vault_mismatch"
+            assert refused.value.body["message"].startswith("nothing was sent or paid")
+        assert relayed == [] and world.balance(alice.address) == 10_000
+        assert world.manager.pooled(host.address, alice.address) == 0
+        # No expectation at all: refused at once, unless trust on first use is asked for.
+        with pytest.raises(ValueError, match="give the vault you expect"):
+            VaultClient(vault.url, alice)
+        answers[0] = honest
+        tofu = VaultClient(vault.url, alice, trust_on_first_use=True,
+                           http=httpx.Client(transport=httpx.MockTransport(fake_host)))
+        assert tofu.info()["vault"] == vault.address
+        assert tofu.expect == expected(world, vault)  # pinned: a later answer must match

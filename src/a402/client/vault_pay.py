@@ -16,7 +16,7 @@ import httpx
 from a402.client.budget import Budget, asset_key
 from a402.client.errors import PaymentRefused
 from a402.client.limits import MaxAmount
-from a402.client.vault import VaultCallError, VaultClient
+from a402.client.vault import ExpectedVault, VaultCallError, VaultClient
 from a402.client.vault_transport import vault_limits
 from a402.client.wallet import Wallet
 from a402.wire import vault_api as api
@@ -34,7 +34,21 @@ def run_vault_pay(
         print(f"{PROG}: {message}", file=err)
         return code
 
-    with VaultClient(args.vault, key, timeout=args.timeout) as vault:
+    expect = None
+    if not args.trust_vault_info:
+        from a402.chain.locate import DEFAULT_MANIFEST, ChainNotFound, load_manifest
+
+        if not args.vault_address:
+            return fail(EXIT_REFUSED, "nothing was sent or paid: give --vault-address (the "
+                                      "vault's published address) so that its info can be "
+                                      "checked, or --trust-vault-info to take it unchecked")
+        try:
+            manifest = load_manifest(args.manifest or DEFAULT_MANIFEST)
+        except ChainNotFound as e:
+            return fail(EXIT_REFUSED, f"nothing was sent or paid: {e}")
+        expect = ExpectedVault.from_manifest(args.vault_address, manifest)
+    with VaultClient(args.vault, key, timeout=args.timeout, expect=expect,
+                     trust_on_first_use=args.trust_vault_info) as vault:
         try:
             info = vault.info()
             refusal = _allowed(wallet, info)
