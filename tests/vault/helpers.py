@@ -110,6 +110,12 @@ def expected(world: World, vault: Vault) -> ExpectedVault:
     return ExpectedVault(vault.address, world.manager.address, world.token.address)
 
 
+def vault_flags(world: World, vault: Vault) -> list[str]:
+    """``a402 pay``'s flags naming the vault, manager and token a client expects."""
+    return ["--vault-address", vault.address, "--vault-manager", world.manager.address,
+            "--vault-token", world.token.address]
+
+
 def client_of(world: World, vault: Vault, *, funds: int, deposit: int = 0
               ) -> tuple[LocalAccount, VaultClient]:
     """A fresh client holding ``funds`` tokens, ``deposit`` of them deposited in the vault."""

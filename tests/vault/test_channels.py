@@ -28,7 +28,14 @@ from a402.wire import vault_api as api
 from tests.a402_exchange.faulty import AckLosingProvider
 from tests.a402_exchange.helpers import Calls, World
 
-from .helpers import assert_conserved, client_of, expected, running_vault, wait_for
+from .helpers import (
+    assert_conserved,
+    client_of,
+    expected,
+    running_vault,
+    vault_flags,
+    wait_for,
+)
 
 pytestmark = pytest.mark.anvil
 
@@ -157,18 +164,47 @@ def test_a402_pay_with_a_vault(world: World, tmp_path: object, capsys: pytest.Ca
         key = key_file(tmp_path, account)
         out, err = io.BytesIO(), io.StringIO()
         code = pay_main([f"{site}/weather", "--key-file", str(key), "--vault", vault.url,
+                         *vault_flags(world, vault),
                          "--max", "0.001", "--idempotency-key", "cli-1"], stdout=out, stderr=err)
         out2, err2 = io.BytesIO(), io.StringIO()
         again = pay_main([f"{site}/weather", "--key-file", str(key), "--vault", vault.url,
+                         *vault_flags(world, vault),
                           "--max", "0.001", "--idempotency-key", "cli-1"], stdout=out2,
                          stderr=err2)
         cheap = pay_main([f"{site}/weather", "--key-file", str(key), "--vault", vault.url,
+                         *vault_flags(world, vault),
                           "--max", "0.0001"], stdout=io.BytesIO(), stderr=io.StringIO())
     assert (code, again, cheap) == (0, 0, 3)
     assert json.loads(out.getvalue())["weather"] == "sunny" and out2.getvalue() == out.getvalue()
     summary = json.loads(err.getvalue().strip().splitlines()[-1])
     assert summary["outcome"] == api.PAID and summary["payment"]["amount"] == str(PRICE)
     assert provider.calls["weather"] == 1
+
+
+def test_a402_pay_through_a_vault_whose_info_names_another_key_pays_nothing(
+    world: World, tmp_path: object,
+) -> None:
+    """F2, the CLI: ``a402 pay --vault`` needs the vault's address (or an explicit
+    ``--trust-vault-info``); a vault whose info names another key is refused before any
+    call is signed: nothing is paid, the pool is untouched."""
+    import io
+
+    provider = world.provider()
+    with serve_in_thread(provider.app) as site, running_vault(world) as vault:
+        account, _ = client_of(world, vault, funds=5_000, deposit=5_000)
+        key = key_file(tmp_path, account)
+        runs = []
+        for flags in ([], ["--vault-address", vault.account.address, "--vault-manager",
+                           world.manager.address, "--vault-token", world.token.address]):
+            err = io.StringIO()
+            code = pay_main([f"{site}/weather", "--key-file", str(key), "--vault", vault.url,
+                             *flags, "--max", "0.001"], stdout=io.BytesIO(), stderr=err)
+            runs.append((code, err.getvalue()))
+        assert world.manager.pooled(vault.address, account.address) == 5_000
+    assert [code for code, _ in runs] == [3, 3]
+    assert "nothing was sent or paid: give --vault-address" in runs[0][1]
+    assert "vault_mismatch" in runs[1][1] and "nothing was sent or paid" in runs[1][1]
+    assert provider.calls["weather"] == 0
 
 
 def test_a402_pay_with_a_vault_funds_a_channel_from_the_wallet(
@@ -184,6 +220,7 @@ def test_a402_pay_with_a_vault_funds_a_channel_from_the_wallet(
         key = key_file(tmp_path, account)
         out, err = io.BytesIO(), io.StringIO()
         code = pay_main([f"{site}/weather", "--key-file", str(key), "--vault", vault.url,
+                         *vault_flags(world, vault),
                          "--funding", "wallet", "--max", "0.001"], stdout=out, stderr=err)
         [channel] = vault.store.channels()
         assert_conserved(world, vault.store, vault.address, escrow)

@@ -109,6 +109,12 @@ def add_pay_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --vault: the vault's address (its attested enclave key, as "
                              "published): the vault's unauthenticated info must name it, the "
                              "manifest's ASCManager and token, or nothing is sent")
+    parser.add_argument("--vault-manager", metavar="ADDRESS",
+                        help="with --vault-address: the ASCManager the vault must name "
+                             "(default: the manifest's)")
+    parser.add_argument("--vault-token", metavar="ADDRESS",
+                        help="with --vault-address: the token the vault must name (default: "
+                             "the manifest's); with --vault-manager, no manifest is read")
     parser.add_argument("--trust-vault-info", action="store_true",
                         help="with --vault: take the vault, manager and token its info names "
                              "without checking them (a host could name its own key)")

@@ -42,11 +42,16 @@ def run_vault_pay(
             return fail(EXIT_REFUSED, "nothing was sent or paid: give --vault-address (the "
                                       "vault's published address) so that its info can be "
                                       "checked, or --trust-vault-info to take it unchecked")
-        try:
-            manifest = load_manifest(args.manifest or DEFAULT_MANIFEST)
-        except ChainNotFound as e:
-            return fail(EXIT_REFUSED, f"nothing was sent or paid: {e}")
-        expect = ExpectedVault.from_manifest(args.vault_address, manifest)
+        manager, token = args.vault_manager, args.vault_token
+        if not (manager and token):
+            try:
+                manifest = load_manifest(args.manifest or DEFAULT_MANIFEST)
+            except ChainNotFound as e:
+                return fail(EXIT_REFUSED, f"nothing was sent or paid: {e} (or give "
+                                          "--vault-manager and --vault-token)")
+            manager = manager or manifest.contracts.get("ASCManager")
+            token = token or manifest.token.address
+        expect = ExpectedVault(args.vault_address, str(manager), token)
     with VaultClient(args.vault, key, timeout=args.timeout, expect=expect,
                      trust_on_first_use=args.trust_vault_info) as vault:
         try:
