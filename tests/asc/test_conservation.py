@@ -1,7 +1,8 @@
-"""Review s8-rev2: conservation of the ASCManager over every path, pool and wallet mixed.
+"""Conservation of the ASCManager over every path, pool and wallet mixed (first written
+by a review, s8-rev2).
 
-``test_pool.py``'s random sequence only opens pool channels one by one and closes them with
-``closeASC`` (its ``exit_path`` parameter is unused). This one mixes, on one manager and
+``test_pool.py``'s random sequence opens pool channels one by one and closes them by the
+cooperative and client exits. This one mixes, on one manager and
 one blocklisting token: wallet opens (``createASC``, ``createASCBatch`` with members whose
 deposit cannot be pulled), pool opens (``createASCFromPool(Batch)`` with members short of
 balance and duplicates), and every exit of both kinds — ``closeASC``, ``closeASCBatch``
@@ -214,13 +215,12 @@ def test_a_wallet_open_approval_seen_in_the_mempool_does_not_open_from_the_pool(
     asc_chain: Chain, token: Any
 ) -> None:
     """The vault approved a *wallet* channel (the client consents on-chain by signing the
-    id and pays from its wallet). ``createASCFromPool`` takes the very same
-    A402Open(channelId, deadline) and needs no client consent: anyone who sees the
-    approval (calldata in the mempool, the host) opens the channel from the client's pool
-    instead, which the client never agreed to, and its own wallet open then fails
-    (ChannelExists). The fix: a pool open approval of its own type (or the funding
-    source in the channel id), and the client's consent to a pool open."""
-    from a402.asc import sign_open_approval
+    id and pays from its wallet). ``createASCFromPool`` needs no client consent, so were
+    it to take that A402Open, anyone who sees the approval (calldata in the mempool, the
+    host) would open the channel from the client's pool instead. It takes only an
+    A402PoolOpen, of its own type: the front-run reverts and the pool is untouched; the
+    vault's A402PoolOpen for the same terms does open it."""
+    from a402.asc import sign_open_approval, sign_pool_open_approval
 
     chain = asc_chain
     manager = ASCManager.deploy(chain, chain.accounts[0], token.address, DISPUTE_WINDOW)
@@ -237,3 +237,8 @@ def test_a_wallet_open_approval_seen_in_the_mempool_does_not_open_from_the_pool(
         manager.create_from_pool(stranger, terms, approval, deadline)  # the front-run
     assert manager.pooled(vault.address, client.address) == 1_000, (
         "a wallet channel's approval moved the client's pool")
+    pool_approval = sign_pool_open_approval(p.vault_signer, manager.domain, terms, deadline)
+    assert manager.pool_open_approval_digest(p.cid, deadline) != manager.open_approval_digest(
+        p.cid, deadline)
+    manager.create_from_pool(stranger, terms, pool_approval, deadline)
+    assert manager.pooled(vault.address, client.address) == 0

@@ -1,9 +1,14 @@
-"""Review s8-rev2: attacks on the on-chain pool (s8-pool) that currently succeed.
+"""The pool (ASCManager.pooled) against its vault's host: scenarios first found by a
+review (s8-rev2), each now holding.
 
-Each test states the property the README claims ("How money stays safe") and is
-marked ``xfail(strict=True)`` because it FAILS on 0ae4238: run with ``--runxfail`` to
-see the failure. When the finding is fixed the test passes and the strict marker
-makes it fail, so remove the marker then.
+* F1: no approval the enclave gives without a call of the client's (a wallet open's
+  A402Open) opens a channel from her pool: pool opens take an A402PoolOpen.
+* F1b/F1c: one signed call opens at most one pool channel, within what the call allows;
+  after the client force-closes it, the host cannot lock her pool again.
+* F2: the client pools and pays only with the vault, manager and token it expects,
+  whatever the unauthenticated ``GET /v1/info`` names.
+* F3: a client's own ``withdrawFromPool`` during an open in flight leaves the host's books
+  equal to the chain, and refusals are worded from the chain's balance.
 """
 
 from __future__ import annotations
