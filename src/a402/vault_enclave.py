@@ -91,7 +91,8 @@ can have a pool debit given back while the approval is in fact still good,
 but only for approvals already signed (every later one is dated from the
 later clock), and that costs liquidity, not money: if the channel then opens,
 the enclave no longer serves it (no σ_U, no state), and its deposit comes
-back whole to the vault's address through the opening-state force close.
+back whole to the client's pool balance (``pooled[vault][client]``, on-chain)
+through the opening-state force close.
 
 Tunnel frames are encrypted and decrypted by the host (the code is started
 with ``host_tunnels=True``). That moves no money: every message that can — σ_U,
