@@ -120,7 +120,10 @@ class VaultError(Exception):
 #: any other refusal of an approval is the balance's (402).
 _REFUSALS = {"price_above_maximum": 402, "replayed_call": 401, api.STALE_CALL: 401,
              api.WRONG_LIFE: 401, api.CLIENT_OUTDATED: 400, "bad_request": 400,
-             "unauthenticated": 401, "bad_signature": 401}
+             "unauthenticated": 401, "bad_signature": 401,
+             # One signed call opens at most one pool channel, within what it allows: a new
+             # call (a new idempotency key) opens the next one.
+             "call_used": 409, "deposit_too_large": 400}
 
 
 def refusal(e: EnclaveError) -> VaultError:
