@@ -213,7 +213,7 @@ def channel_run(stack: Stack, client: LocalAccount, count: int) -> dict[str, Any
     chain = stack.chain
     first = chain.w3.eth.block_number + 1
     latencies: list[float] = []
-    with VaultClient(stack.vault_url, client) as vault:
+    with VaultClient(stack.vault_url, client, trust_on_first_use=True) as vault:
         if vault.deposit(count * PRICE).get("state") != "credited":
             raise RuntimeError("deposit not credited")
         opened = vault.invoke(f"{stack.api_url}/data", max_price=PRICE)
@@ -247,7 +247,8 @@ async def many_channels(stack: Stack, clients: list[LocalAccount], each: int, ro
     timed rounds of ``each`` requests per channel (a round's rate is one sample: the
     median round is the figure, so that one slow moment of a shared host does not make it)."""
     vaults = [AsyncVaultClient(stack.vault_for(i), c, http=httpx.AsyncClient(
-        timeout=120, trust_env=False, limits=httpx.Limits(max_connections=4)))
+        timeout=120, trust_env=False, limits=httpx.Limits(max_connections=4)),
+        trust_on_first_use=True)  # the bench's own vaults, started just now
         for i, c in enumerate(clients)]
     leans = [loadgen.LeanVaultClient(stack.vault_for(i), c) for i, c in enumerate(clients)]
     url = f"{stack.api_url}/data"

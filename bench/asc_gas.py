@@ -59,6 +59,7 @@ from a402.asc import (
     force_close_digest,
     sign_channel_open,
     sign_open_approval,
+    sign_pool_open_approval,
 )
 from a402.asc_manager import ASCManager
 from a402.chain.node import Chain, start_anvil
@@ -300,7 +301,7 @@ def measure(chain: Chain) -> dict[str, int]:
         gas["createASCFromPool"] + gas["closeASC (pool channel)"])
     terms = s.terms()
     deadline = int(chain.w3.eth.get_block("latest")["timestamp"]) + 600
-    approval = sign_open_approval(vault_key, manager.domain, terms, deadline)
+    approval = sign_pool_open_approval(vault_key, manager.domain, terms, deadline)
     gas["createASCFromPool (vault signs, payer sends)"] = int(
         manager.create_from_pool(gas_payer, terms, approval, deadline)["gasUsed"]
     )

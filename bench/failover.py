@@ -83,7 +83,7 @@ def measure(world: World, db: str, workdir: Path, *, rounds: int, clients_n: int
         clients = []
         for _ in range(clients_n):
             client = VaultClient([p.url for p in procs], world.client(FUNDS),
-                                 failover_wait=60)
+                                 failover_wait=60, trust_on_first_use=True)
             assert client.deposit(FUNDS)["state"] == "credited"
             clients.append(client)
 

@@ -49,7 +49,9 @@ interface IERC3009Receive {
 ///      the transaction OR its signature is given; the vault's and the provider's are plain
 ///      ECDSA (see States), the client's consent to open may also be EIP-1271. The vault signs
 ///      * A402Open(channelId, deadline) to open a channel (`createASC`, `createASCBatch`,
-///        `createASCWithAuthorization`, `openApprovalDigest`): the id is the EIP-712 hash of
+///        `createASCWithAuthorization`, `openApprovalDigest`), and A402PoolOpen(channelId,
+///        deadline) to open one from the client's pool balance (`createASCFromPool(Batch)`,
+///        `poolOpenApprovalDigest`; neither type stands in for the other): the id is the EIP-712 hash of
 ///        every term and ids are single-use, so an approval opens that one channel once; and it
 ///        lapses at `deadline`, so an open that failed or was withheld cannot be replayed later
 ///        (from failed-transaction calldata, the mempool, a host that kept it) against an
@@ -104,7 +106,7 @@ interface IERC3009Receive {
 ///      Who may call what: createASC, createASCBatch, createASCWithAuthorization — anyone
 ///      carrying the vault's approval (the vault itself, or its signed A402Open of each id, before
 ///      its deadline) and the client's consent; createASCFromPool(Batch) — anyone carrying the
-///      vault's approval (the client consented by pooling with that vault); closeASC — anyone (with both approvals);
+///      vault's A402PoolOpen approval (the client consented by pooling with that vault); closeASC — anyone (with both approvals);
 ///      initForceClose — client or vault; initForceCloseFor — anyone carrying the vault's signed
 ///      force-close request, before its deadline;
 ///      challengeForceClose — anyone holding both approvals (a watchtower); finalForceClose —
@@ -278,6 +280,10 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
     );
     /// @notice The vault's approval to open a channel, good until `deadline` (`openApprovalDigest`).
     bytes32 public constant OPEN_TYPEHASH = keccak256("A402Open(bytes32 channelId,uint256 deadline)");
+    /// @notice The vault's approval to open a channel FROM THE CLIENT'S POOL BALANCE, good until
+    ///         `deadline` (`poolOpenApprovalDigest`): a type of its own, so that no approval of
+    ///         a wallet open (whose client consents on-chain) can open from the pool instead.
+    bytes32 public constant POOL_OPEN_TYPEHASH = keccak256("A402PoolOpen(bytes32 channelId,uint256 deadline)");
     /// @notice The vault's request to force-close a channel at a version, good until `deadline`
     ///         (`initForceCloseFor`, `forceCloseDigest`).
     bytes32 public constant FORCE_CLOSE_TYPEHASH =
@@ -479,7 +485,7 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
         bytes calldata vaultApproval
     ) external nonReentrant returns (bytes32 channelId_) {
         channelId_ = channelId(c);
-        if (c.client != c.vault) _raise(_vaultFailure(c, channelId_, vaultApproval));
+        if (c.client != c.vault) _raise(_vaultFailure(c, channelId_, vaultApproval, false));
         _raise(_termsFailure(c, channelId_));
         _open(c, channelId_);
         uint256 before = token.balanceOf(address(this));
@@ -528,9 +534,12 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
 
     /// @notice Open a channel funded from `c.client`'s pool balance with `c.vault` (no token
     ///         moves: the balance is debited, the escrow was already here). The vault approves
-    ///         exactly as for `createASC` (sending, or `vaultApproval` = its signed
-    ///         A402Open(id, deadline) ‖ deadline); the client gave its consent when it pooled
-    ///         its tokens with this vault. Every exit of the channel credits the client's share
+    ///         by sending, or with `vaultApproval` = its signed A402PoolOpen(id, deadline) ‖
+    ///         deadline — never an A402Open, which approves only wallet opens (whose client
+    ///         consents on-chain), so that an approval seen in the mempool for a wallet open
+    ///         cannot be turned into an open from the pool. The client gave its consent to the
+    ///         vault when it pooled its tokens with it: the vault's enclave signs a pool open
+    ///         only for a call the client signed. Every exit of the channel credits the client's share
     ///         back to that pool balance (see `_payout`). Reverts `InsufficientPool` beyond it.
     function createASCFromPool(Channel calldata c, bytes calldata vaultApproval)
         external
@@ -573,7 +582,7 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
         view
         returns (bytes memory failure)
     {
-        failure = _vaultFailure(c, cid, vaultApproval);
+        failure = _vaultFailure(c, cid, vaultApproval, true);
         if (failure.length == 0) failure = _termsFailure(c, cid);
         if (failure.length != 0) return failure;
         uint256 available = pooled[c.vault][c.client];
@@ -611,7 +620,7 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
         bytes calldata vaultApproval,
         bool capped
     ) private view returns (bytes memory) {
-        bytes memory failure = _vaultFailure(c, cid, vaultApproval);
+        bytes memory failure = _vaultFailure(c, cid, vaultApproval, false);
         if (failure.length == 0) failure = _termsFailure(c, cid);
         if (failure.length != 0) return failure;
         if (
@@ -627,7 +636,9 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
     ///      for a stranger calling; one that is not the vault's signature (a signature over the
     ///      bare id, over another id or deadline, of another kind, malformed) is
     ///      `BadSignature(vault)`; the vault's own, lapsed, is `ApprovalExpired(deadline)`.
-    function _vaultFailure(Channel calldata c, bytes32 cid, bytes calldata vaultApproval)
+    ///      With `pool` the approval must be an A402PoolOpen, else an A402Open: neither
+    ///      stands in for the other.
+    function _vaultFailure(Channel calldata c, bytes32 cid, bytes calldata vaultApproval, bool pool)
         private
         view
         returns (bytes memory)
@@ -636,7 +647,8 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
         if (vaultApproval.length == 0) return abi.encodeWithSelector(NotAuthorized.selector);
         if (vaultApproval.length != _APPROVAL_LENGTH) return abi.encodeWithSelector(BadSignature.selector, c.vault);
         uint256 deadline = uint256(bytes32(vaultApproval[_SIGNATURE_LENGTH:]));
-        return _approvalFailure(c.vault, openApprovalDigest(cid, deadline), deadline, vaultApproval);
+        bytes32 digest = pool ? poolOpenApprovalDigest(cid, deadline) : openApprovalDigest(cid, deadline);
+        return _approvalFailure(c.vault, digest, deadline, vaultApproval);
     }
 
     /// @dev Why an approval that lapses (`approval` = signature ‖ `deadline`, its length
@@ -1105,6 +1117,21 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
     ///      copy): it is on the path of every open a vault approves by signature.
     function openApprovalDigest(bytes32 cid, uint256 deadline) public view returns (bytes32) {
         bytes32 typeHash = OPEN_TYPEHASH;
+        bytes32 structHash;
+        assembly ("memory-safe") {
+            let ptr := mload(0x40)
+            mstore(ptr, typeHash)
+            mstore(add(ptr, 0x20), cid)
+            mstore(add(ptr, 0x40), deadline)
+            structHash := keccak256(ptr, 0x60)
+        }
+        return _hashTypedDataV4(structHash);
+    }
+
+    /// @notice The digest the vault signs to approve opening `cid` from the client's pool balance
+    ///         until `deadline` (`createASCFromPool`, `createASCFromPoolBatch` only).
+    function poolOpenApprovalDigest(bytes32 cid, uint256 deadline) public view returns (bytes32) {
+        bytes32 typeHash = POOL_OPEN_TYPEHASH;
         bytes32 structHash;
         assembly ("memory-safe") {
             let ptr := mload(0x40)

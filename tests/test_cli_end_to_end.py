@@ -25,7 +25,7 @@ from a402.asc_manager import ASCManager, OnChainStatus
 from a402.background import serve_in_thread
 from a402.chain.deploy import DEV_DISPUTE_WINDOW, Manifest, token_balance
 from a402.chain.node import connect, free_port
-from a402.client.vault import VaultClient
+from a402.client.vault import ExpectedVault, VaultClient
 from a402.tee.identity import load_platform
 from a402.wire.headers import decode_payment_required
 
@@ -162,7 +162,7 @@ def test_devnet_facilitator_gateway_and_pay_from_the_command_line(tmp_path: Path
 
 
 def leave_a_wallet_funded_channel_without_the_vault(
-    gateway: str, vault: str, manifest_path: Path, key_file: Path
+    gateway: str, vault: str, vault_address: str, manifest_path: Path, key_file: Path
 ) -> dict[str, str]:
     """``a402 pay --funding wallet`` opens a channel from the client's wallet and pays once;
     then the client force-closes it with ``a402 channels force-close`` (version 0: the
@@ -172,7 +172,8 @@ def leave_a_wallet_funded_channel_without_the_vault(
     Either way, after the window (anvil time travel) the client has paid exactly the one
     payment, whoever sent the last transaction."""
     where = ["--key-file", str(key_file), "--manifest", str(manifest_path)]
-    paid = subprocess.run([A402, "pay", f"{gateway}/quote", "--vault", vault, *where[:2],
+    paid = subprocess.run([A402, "pay", f"{gateway}/quote", "--vault", vault, *where,
+                           "--vault-address", vault_address,
                            "--max", "0.01", "--funding", "wallet"],
                           capture_output=True, text=True, timeout=90)
     assert paid.returncode == 0, paid.stderr
@@ -302,10 +303,16 @@ def test_a_gateway_with_a402_is_paid_through_a_vault_from_the_command_line(
                         assert token_balance(chain, token, vault_address) == 0
                         wait_until(lambda: httpx.get(f"{vault}/v1/info").status_code == 200,
                                    "vault")
-                        with VaultClient(vault, client.private_key) as account:
+                        # The client knows the vault's key beforehand (published, attested)
+                        # and the manifest's manager and token: its info must name them.
+                        with VaultClient(vault, client.private_key,
+                                         expect=ExpectedVault.from_manifest(
+                                             vault_address, manifest)) as account:
                             assert account.deposit(1_000_000)["state"] == "credited"
                             paid = subprocess.run(
                                 [A402, "pay", f"{gateway}/quote", "--vault", vault,
+                                 "--vault-address", vault_address,
+                                 "--manifest", str(manifest_path),
                                  "--key-file", str(tmp_path / "client.key"), "--max", "0.01"],
                                 capture_output=True, text=True, timeout=90)
                             assert paid.returncode == 0, paid.stderr
@@ -315,7 +322,8 @@ def test_a_gateway_with_a402_is_paid_through_a_vault_from_the_command_line(
                                        == "settled", "the cooperative close", timeout=60)
                             view = account.account_info()
                             left = leave_a_wallet_funded_channel_without_the_vault(
-                                gateway, vault, manifest_path, tmp_path / "client.key")
+                                gateway, vault, vault_address, manifest_path,
+                                tmp_path / "client.key")
                 # The identity survives a restart: the same enclave key, so the same channels.
                 # (The measurement is given: the package's may change under concurrent edits.)
                 restart_port = free_port()

@@ -37,6 +37,7 @@ from a402.chain.deploy import DEV_DISPUTE_WINDOW, Manifest, TokenInfo, deploy_de
 from a402.chain.node import Chain, free_port, start_anvil
 from a402.chain.tx import TransactionFailed, contract_at, deploy_contract, transact
 from a402.cli import main
+from a402.crypto import EVM
 from tests.asc.helpers import Parties, balance, fresh_account, increase_time, make_parties
 
 pytestmark = pytest.mark.anvil
@@ -245,6 +246,35 @@ def wallet_funded(d: Deployment) -> Parties:
     assert p.terms.client != p.terms.vault
     assert balance(d.token, p.client.address) == 0
     return p
+
+
+def test_a_pool_channels_force_close_says_the_refund_goes_back_to_the_pool(
+    usdc: Deployment, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A pool channel's client share goes back into the client's pool balance with its
+    vault, not to the client's address: the CLI says so at both steps (and the balances
+    agree: nothing paid to the address, all of it pooled)."""
+    d = usdc
+    client, vault, provider = (fresh_account(d.chain) for _ in range(3))
+    transact(d.chain, d.chain.accounts[0], d.token.functions.mint(client.address, DEPOSIT))
+    transact(d.chain, client, d.token.functions.approve(d.manager.address, DEPOSIT))
+    d.manager.deposit_to_pool(client, vault.address, client.address, DEPOSIT)
+    terms = ChannelTerms(client.address, vault.address, provider.address,
+                         EVM.generate_key().public_key, DEPOSIT, os.urandom(32))
+    d.manager.create_from_pool(vault, terms)
+    cid = "0x" + terms.channel_id(d.manager.domain).hex()
+    where = ("--key-file", key_file(tmp_path, client), "--manifest", str(d.manifest))
+    code, started, _ = a402(capsys, "channels", "force-close", cid, *where)
+    assert code == 0
+    increase_time(d.chain, DEV_DISPUTE_WINDOW)
+    code, done, _ = a402(capsys, "channels", "force-close", cid, *where)
+    assert code == 0
+    assert balance(d.token, client.address) == 0  # nothing was paid to the address ...
+    assert d.manager.pooled(vault.address, client.address) == DEPOSIT  # ... it is pooled
+    first = started.splitlines()[0]
+    assert f"your pool balance with vault {vault.address}" in first, first
+    assert "paid to the client" not in done, done
+    assert "credited to the client's pool balance" in done, done
 
 
 def test_a_wallet_funded_client_force_closes_without_the_vault_and_gets_its_deposit_back(

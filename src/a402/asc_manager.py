@@ -330,7 +330,9 @@ class ASCManager:
     ) -> TxReceipt:
         """``createASCFromPool``: open ``terms`` by debiting the client's pool balance with
         the vault; the vault approves by sending or with ``vault_signature`` until
-        ``vault_deadline`` (as for :meth:`create`)."""
+        ``vault_deadline``: its signature over A402PoolOpen(channel id, deadline)
+        (:func:`a402.asc.sign_pool_open_approval`), never an A402Open (that approves
+        wallet opens only)."""
         return transact(self.chain, sender, self.create_from_pool_call(
             [terms], [vault_signature], [vault_deadline], batch=False))
 
@@ -614,6 +616,11 @@ class ASCManager:
     def open_approval_digest(self, channel_id: bytes, deadline: int) -> bytes:
         """The contract's own ``openApprovalDigest`` (:func:`a402.asc.open_approval_digest`)."""
         return bytes(self.contract.functions.openApprovalDigest(channel_id, deadline).call())
+
+    def pool_open_approval_digest(self, channel_id: bytes, deadline: int) -> bytes:
+        """The contract's own ``poolOpenApprovalDigest``
+        (:func:`a402.asc.pool_open_approval_digest`)."""
+        return bytes(self.contract.functions.poolOpenApprovalDigest(channel_id, deadline).call())
 
     def force_close_digest(self, channel_id: bytes, version: int, deadline: int) -> bytes:
         """The contract's own ``forceCloseDigest`` (:func:`a402.asc.force_close_digest`)."""

@@ -58,12 +58,15 @@ What each signature requires (the safety argument):
 * **Channel states, closes** — only the machine's own: the state after a REVEAL
   whose ``t·G = T`` (paying exactly the request's δ), and the final state with
   the latest balances.
-* **Opening approvals** (the contract's ``A402Open(channelId, deadline)``) —
-  only for terms whose ``vault`` is this enclave; a pool-funded channel
-  (``createASCFromPool``, debiting ``pooled[vault][client]`` on-chain) only for
-  a fresh, unpaid invoke call its client signed (asking for pool funding),
-  with that client as the terms' ``client``, and never approved again once the
-  host reported it never opened. Each approval lapses
+* **Opening approvals** (the contract's ``A402Open(channelId, deadline)`` for a
+  wallet channel, whose client consents on-chain herself, and
+  ``A402PoolOpen(channelId, deadline)`` for a pool channel; the contract takes
+  neither for the other) — only for terms whose ``vault`` is this enclave; a
+  pool-funded channel (``createASCFromPool``, debiting ``pooled[vault][client]``
+  on-chain) only for a fresh, unpaid invoke call its client signed (asking for
+  pool funding), with that client as the terms' ``client``, at most one channel
+  per call and a deposit within what the call allows (:func:`pool_deposit_cap`),
+  and never approved again once the host reported it never opened. Each approval lapses
   ``OPEN_APPROVAL_LIFETIME`` seconds after the enclave's clock, and a pool
   channel is written off (:meth:`VaultEnclaveCode.open_failed`) only once that
   clock is past the latest deadline signed for it.
@@ -93,7 +96,8 @@ can have a pool debit given back while the approval is in fact still good,
 but only for approvals already signed (every later one is dated from the
 later clock), and that costs liquidity, not money: if the channel then opens,
 the enclave no longer serves it (no σ_U, no state), and its deposit comes
-back whole to the vault's address through the opening-state force close.
+back whole to the client's pool balance (``pooled[vault][client]``, on-chain)
+through the opening-state force close.
 
 Tunnel frames are encrypted and decrypted by the host (the code is started
 with ``host_tunnels=True``). That moves no money: every message that can — σ_U,
@@ -185,6 +189,7 @@ from a402.asc import (
     expiring_approval,
     force_close_digest,
     open_approval_digest,
+    pool_open_approval_digest,
 )
 from a402.asc.messages import Auth
 from a402.asc.messages import Message as AscMessage
@@ -215,6 +220,10 @@ INVOKE_PATH = api.API_PREFIX + "/invoke"
 #: How long the vault's approval to open a channel stays good (seconds of chain time):
 #: long enough to be mined, and the most a failed open's pool debit waits to come back.
 OPEN_APPROVAL_LIFETIME = 300
+#: A pool channel's deposit is at most this many times its call's ``maxPrice`` when the call
+#: names no ``deposit`` (:func:`pool_deposit_cap`): a constant of this code, not the host's
+#: configuration, so a host cannot widen what one signed call moves out of the pool.
+POOL_DEPOSIT_MULTIPLE = 100
 #: How long the vault's order to force-close a channel stays good.
 FORCE_CLOSE_LIFETIME = 600
 
@@ -279,7 +288,8 @@ class ChannelsNeeded(EnclaveError):
 @dataclass(frozen=True, slots=True)
 class OpenApproval:
     """The vault's approval to open a channel: its signature over ``A402Open(channelId,
-    deadline)``, good until ``deadline`` (chain time, inclusive)."""
+    deadline)`` (a wallet channel) or ``A402PoolOpen(channelId, deadline)`` (a pool
+    channel), good until ``deadline`` (chain time, inclusive)."""
 
     signature: bytes
     deadline: int
@@ -306,6 +316,16 @@ class _KernelSigner:
 
     def sign_digest(self, digest: bytes) -> bytes:
         return self._kernel.sign(self._purpose, digest)
+
+
+def pool_deposit_cap(invoke: api.InvokeRequest) -> int:
+    """The most a pool channel opened for ``invoke`` may escrow: the call's ``deposit`` if it
+    names one, else :data:`POOL_DEPOSIT_MULTIPLE` × its ``maxPrice``. The host's choice of
+    deposit (:meth:`a402.vault.channels.Channels.deposit_for`) stays within it; the
+    enclave refuses to approve more (:meth:`VaultEnclaveCode.approve_pool_channel`)."""
+    if invoke.deposit is not None:
+        return invoke.deposit
+    return POOL_DEPOSIT_MULTIPLE * invoke.max_price
 
 
 def _once(invoke: api.InvokeRequest) -> str:
@@ -748,7 +768,10 @@ class VaultEnclaveCode:
         if deadline > entry.approved_until:  # stored before the approval leaves
             entry.approved_until = deadline
             self._changed()
-        digest = open_approval_digest(self.domain, channel_id, deadline)
+        # A pool channel's approval is of its own type (A402PoolOpen), which only
+        # createASCFromPool(Batch) take and which no wallet open's approval stands in for.
+        digest = (pool_open_approval_digest if entry.funding == api.POOL
+                  else open_approval_digest)(self.domain, channel_id, deadline)
         return OpenApproval(self._kernel.sign(CHANNEL_APPROVAL, digest), deadline)
 
     def approve_pool_channel(self, call: SignedCall, terms: ChannelTerms, lock_timeout: float,
@@ -756,10 +779,19 @@ class VaultEnclaveCode:
         """The vault's approval of ``createASCFromPool`` for a pool channel of the client
         who signed ``call`` (the paid call that needs the channel: fresh, for pool funding,
         not paid already), whose terms name that client, good until
-        ``OPEN_APPROVAL_LIFETIME`` after ``now`` (chain time). Asked again for the same
-        channel: a fresh approval; never after it was written off. Without a call of the
-        client's the host cannot move the client's pool balance into a channel; the
-        contract debits ``pooled[vault][client]`` and refuses a deposit beyond it."""
+        ``OPEN_APPROVAL_LIFETIME`` after ``now`` (chain time), as an A402PoolOpen (which
+        ``createASCFromPool`` alone takes). Asked again for the same channel: a fresh
+        approval; never after it was written off.
+
+        Safety: without a call of the client's the host cannot move the client's pool
+        balance into a channel (:meth:`approve_wallet_channel` signs A402Open, which
+        ``createASCFromPool`` refuses). One call — ``(client, idempotencyKey, createdAt)``
+        — approves at most ONE pool channel, ever (the ledger keeps which: :attr:`_Entry.
+        admit`, also after a write-off), whose deposit is at most :func:`pool_deposit_cap`
+        of the call. So a host holding a signed call locks at most that much of the pool,
+        once: after the client force-closes that channel (its deposit back in her pool) the
+        host cannot lock it again without a new call of hers. The contract debits
+        ``pooled[vault][client]`` and refuses a deposit beyond it."""
         self._check_ready()
         signed = self._signed(call, "POST", INVOKE_PATH)
         owner = address_key(signed.client)
@@ -778,6 +810,16 @@ class VaultEnclaveCode:
         channel_id = terms.channel_id(self.domain)
         entry = self._channels.get(channel_id)
         if entry is None:
+            cap = pool_deposit_cap(invoke)
+            if terms.deposit > cap:
+                raise EnclaveError("deposit_too_large",
+                                   f"nothing was moved: a deposit of {terms.deposit} is more "
+                                   f"than the call allows ({cap})")
+            if any(self._channels[cid].admit == once and self._channels[cid].funding == api.POOL
+                   for cid in self._by_owner.get(owner, ())):
+                raise EnclaveError("call_used",
+                                   "nothing was moved: this call already approved a pool "
+                                   "channel; a new channel needs a new call")
             self._new_channel(terms, owner, api.POOL, lock_timeout)
             self._channels[channel_id].admit = once  # this call was fresh: see request
         elif (entry.owner, entry.funding) != (owner, api.POOL):

@@ -25,7 +25,7 @@ from a402.asc import (
     SignedState,
     pool_deposit_nonce,
     pool_withdrawal_digest,
-    sign_open_approval,
+    sign_pool_open_approval,
 )
 from a402.asc_manager import ASCManager, OnChainStatus
 from a402.chain.node import Chain
@@ -217,7 +217,7 @@ def test_only_the_vaults_approval_opens_a_pool_channel_and_only_within_the_clien
         restricted.create_from_pool(p.vault, bigger.terms)
     # The vault's signed approval, relayed by its gas payer, opens it once.
     deadline = now(asc_chain) + 600
-    approval = sign_open_approval(p.vault_signer, restricted.domain, p.terms, deadline)
+    approval = sign_pool_open_approval(p.vault_signer, restricted.domain, p.terms, deadline)
     restricted.create_from_pool(stranger, p.terms, approval, deadline)
     assert restricted.pooled(p.vault.address, p.client.address) == 0
     with reverts_with("ChannelExists(bytes32)"):
@@ -238,7 +238,7 @@ def test_a_pool_batch_with_one_member_short_of_balance_opens_the_others(
     ]
     escrow = balance(token, restricted.address)
     deadline = now(asc_chain) + 600
-    approvals = [sign_open_approval(m.vault_signer, restricted.domain, m.terms, deadline)
+    approvals = [sign_pool_open_approval(m.vault_signer, restricted.domain, m.terms, deadline)
                  for m in members]
     receipt = restricted.create_from_pool_batch(
         fresh_account(asc_chain), [m.terms for m in members], approvals, [deadline] * 4)
@@ -402,9 +402,11 @@ class Books:
 def test_the_manager_holds_exactly_the_pool_the_open_escrow_and_what_is_owed(
     asc_chain: Chain, token: Any, restore: list[str]
 ) -> None:
-    """A seeded random sequence of deposits, opens, closes (some to a blocklisted provider),
+    """A seeded random sequence of deposits, opens, closes by every exit path (``closeASC``,
+    ``closeASCBatch``, the client's force close; some to a blocklisted provider),
     withdrawals: after every step, the manager's token balance is Σ pooled + Σ open escrow +
-    Σ owed, each term read from the contract."""
+    Σ owed, each term read from the contract. (``test_review_conservation``-style mixing of
+    wallet channels and the provider's ``forceClose``: tests/asc/test_conservation.py.)"""
     manager = ASCManager.deploy(asc_chain, asc_chain.accounts[0], token.address, DISPUTE_WINDOW)
     rng = random.Random(402)
     vaults = [fresh_account(asc_chain) for _ in range(2)]
@@ -415,6 +417,7 @@ def test_the_manager_holds_exactly_the_pool_the_open_escrow_and_what_is_owed(
     books = Books()
     open_channels: list[tuple[Parties, int]] = []
     providers: list[str] = []
+    exits: set[str] = set()
 
     def check() -> None:
         for (v, c), amount in books.pooled.items():
@@ -423,7 +426,7 @@ def test_the_manager_holds_exactly_the_pool_the_open_escrow_and_what_is_owed(
             assert manager.owed(who) == books.owed.get(who, 0)
         assert balance(token, manager.address) == books.total()
 
-    for _ in range(24):
+    for _ in range(60):
         step = rng.choice(["deposit", "deposit", "open", "open", "close", "withdraw"])
         vault, client = rng.choice(vaults), rng.choice(clients)
         key = (vault.address, client.address)
@@ -452,8 +455,20 @@ def test_the_manager_holds_exactly_the_pool_the_open_escrow_and_what_is_owed(
                          token.functions.setBlocklisted(p.provider.address, True))
                 restore.append(p.provider.address)
                 books.owed[p.provider.address] = paid
-            manager.close(p.vault, p.terms,
-                          p.signed(BalanceState(1, deposit - paid, paid, True)))
+            exit_path = rng.choice(["closeASC", "closeASCBatch", "finalForceClose"])
+            if exit_path == "closeASC":
+                manager.close(p.vault, p.terms,
+                              p.signed(BalanceState(1, deposit - paid, paid, True)))
+            elif exit_path == "closeASCBatch":
+                manager.close_batch(p.vault, [(p.terms, p.signed(
+                    BalanceState(1, deposit - paid, paid, True)))])
+            else:  # the client's force close at the co-signed state, after the window
+                manager.init_force_close(p.client, p.terms,
+                                         p.signed(BalanceState(1, deposit - paid, paid)))
+                check()  # Closing: still escrowed
+                increase_time(asc_chain, DISPUTE_WINDOW)
+                manager.final_force_close(p.vault, p.terms)
+            exits.add(exit_path)
             del books.escrow[p.cid]
             pkey = (p.vault.address, p.client.address)
             books.pooled[pkey] = books.pooled.get(pkey, 0) + deposit - paid
@@ -463,6 +478,7 @@ def test_the_manager_holds_exactly_the_pool_the_open_escrow_and_what_is_owed(
             books.pooled[key] -= amount
         check()
     assert books.escrow or any(books.pooled.values())  # the sequence did something
+    assert len(exits) >= 2, exits  # and closed by more than one path
 
 
 def test_a_contract_wallets_pool_balance_leaves_by_its_eip1271_order(

@@ -22,7 +22,7 @@ from eth_account.signers.local import LocalAccount
 from sqlalchemy import create_engine, select
 
 from a402.background import serve_in_thread
-from a402.client.vault import VaultClient
+from a402.client.vault import ExpectedVault, VaultClient
 from a402.exact.eip3009 import Eip712Domain
 from a402.tee import AttestationPolicy
 from a402.vault import store as vault_store
@@ -105,11 +105,22 @@ def fresh_schema(url: str) -> str:
     return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{name}"
 
 
-def client_of(world: World, vault_url: str, *, funds: int, deposit: int = 0
+def expected(world: World, vault: Vault) -> ExpectedVault:
+    """What a client of ``vault`` knows beforehand: its key, the manager, the token."""
+    return ExpectedVault(vault.address, world.manager.address, world.token.address)
+
+
+def vault_flags(world: World, vault: Vault) -> list[str]:
+    """``a402 pay``'s flags naming the vault, manager and token a client expects."""
+    return ["--vault-address", vault.address, "--vault-manager", world.manager.address,
+            "--vault-token", world.token.address]
+
+
+def client_of(world: World, vault: Vault, *, funds: int, deposit: int = 0
               ) -> tuple[LocalAccount, VaultClient]:
     """A fresh client holding ``funds`` tokens, ``deposit`` of them deposited in the vault."""
     account = world.client(funds)
-    client = VaultClient(vault_url, account)
+    client = VaultClient(vault.url, account, expect=expected(world, vault))
     if deposit:
         answer = client.deposit(deposit)
         assert answer["state"] == "credited", answer

@@ -81,7 +81,7 @@ def test_a_vault_for_the_public_internet_refuses_private_targets(world: World) -
     escrow = world.balance(world.manager.address)
     with serve_in_thread(provider.app) as site, \
             running_vault(world, allow_private_targets=False) as vault:
-        account, client = client_of(world, vault.url, funds=20_000, deposit=20_000)
+        account, client = client_of(world, vault, funds=20_000, deposit=20_000)
         with pytest.raises(VaultCallError) as refused:
             client.invoke(f"{site}/weather", max_price=1_000, idempotency_key="ssrf")
         recorded = vault.store.request(f"{account.address.lower()}:ssrf")
@@ -96,8 +96,8 @@ def test_refusals_pay_nothing_and_say_why(world: World) -> None:
     provider = world.provider()
     escrow = world.balance(world.manager.address)
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
-        _, rich = client_of(world, vault.url, funds=20_000, deposit=20_000)
-        _, poor = client_of(world, vault.url, funds=500, deposit=500)
+        _, rich = client_of(world, vault, funds=20_000, deposit=20_000)
+        _, poor = client_of(world, vault, funds=500, deposit=500)
         cases = {
             "price": lambda: rich.invoke(f"{site}/weather", max_price=999),
             "balance": lambda: poor.invoke(f"{site}/weather", max_price=1_000),
@@ -132,7 +132,7 @@ def test_an_offer_the_vault_cannot_pay_is_refused(world: World) -> None:
     app = paid_app(pay_to=world.chain.accounts[1].address, manifest=manifest,
                    facilitator="http://127.0.0.1:9")
     with serve_in_thread(app) as site, running_vault(world) as vault:
-        _, client = client_of(world, vault.url, funds=5_000, deposit=5_000)
+        _, client = client_of(world, vault, funds=5_000, deposit=5_000)
         with pytest.raises(VaultCallError) as refused:
             client.invoke(f"{site}/weather", max_price=10_000)
     assert (refused.value.status, refused.value.reason) == (422, api.NO_ACCEPTABLE_OFFER)
@@ -141,7 +141,7 @@ def test_an_offer_the_vault_cannot_pay_is_refused(world: World) -> None:
 
 def test_deposits_count_once_by_either_route_and_withdrawals_pay_out(world: World) -> None:
     with running_vault(world) as vault:
-        account, client = client_of(world, vault.url, funds=10_000, deposit=3_000)
+        account, client = client_of(world, vault, funds=10_000, deposit=3_000)
         signed = client.deposit(2_000)
         # The same relayed deposit reported again is not credited twice …
         again = client.report_deposit(signed["transaction"])
@@ -177,7 +177,7 @@ def test_a_paid_call_replayed_byte_for_byte_is_refused_and_unknown_routes_answer
 ) -> None:
     provider = world.provider()
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
-        _, client = client_of(world, vault.url, funds=100_000, deposit=50_000)
+        _, client = client_of(world, vault, funds=100_000, deposit=50_000)
         body = json.dumps(api.InvokeRequest(
             url=f"{site}/weather", method="GET", headers=(), body=b"", max_price=1_000,
             idempotency_key="replayed-1", created_at=int(time.time())).to_json()).encode()
@@ -213,7 +213,7 @@ def test_a_clients_retry_keeps_its_creation_time_and_a_new_life_is_said_plainly(
     An older client (no createdAt, no life) is refused with a reason, nothing paid."""
     provider = world.provider()
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
-        account, client = client_of(world, vault.url, funds=100_000, deposit=50_000)
+        account, client = client_of(world, vault, funds=100_000, deposit=50_000)
         sent: list[httpx.Request] = []
         client.http.event_hooks["request"] = [
             lambda r: sent.append(r) if r.url.path == "/v1/invoke" else None]
@@ -265,7 +265,7 @@ def test_a_clients_retry_keeps_its_creation_time_and_a_new_life_is_said_plainly(
 def test_a_clients_own_pool_deposit_and_exit_are_mirrored_unreported_and_count_once(
         world: World) -> None:
     with running_vault(world) as vault:
-        account, client = client_of(world, vault.url, funds=10_000)
+        account, client = client_of(world, vault, funds=10_000)
         transact(world.chain, account, world.token.functions.approve(world.manager.address,
                                                                       4_000))
         tx = world.manager.deposit_to_pool(account, vault.address, account.address, 4_000)

@@ -28,7 +28,14 @@ from a402.wire import vault_api as api
 from tests.a402_exchange.faulty import AckLosingProvider
 from tests.a402_exchange.helpers import Calls, World
 
-from .helpers import assert_conserved, client_of, running_vault, wait_for
+from .helpers import (
+    assert_conserved,
+    client_of,
+    expected,
+    running_vault,
+    vault_flags,
+    wait_for,
+)
 
 pytestmark = pytest.mark.anvil
 
@@ -41,7 +48,7 @@ def test_concurrent_calls_on_one_channel_take_turns_and_never_double_spend(
     provider = world.provider()
     escrow = world.balance(world.manager.address)
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
-        _, client = client_of(world, vault.url, funds=50_000, deposit=50_000)
+        _, client = client_of(world, vault, funds=50_000, deposit=50_000)
         with ThreadPoolExecutor(8) as pool:
             results = list(pool.map(
                 lambda i: client.invoke(f"{site}/weather", max_price=PRICE,
@@ -59,7 +66,7 @@ def test_a_second_call_that_cannot_wait_is_refused_and_pays_nothing(world: World
     release = threading.Event()
     provider = world.provider(calls=Calls(slow_release=release))
     with serve_in_thread(provider.app) as site, running_vault(world, queue_timeout=0.1) as vault:
-        _, client = client_of(world, vault.url, funds=50_000, deposit=50_000)
+        _, client = client_of(world, vault, funds=50_000, deposit=50_000)
         client.invoke(f"{site}/weather", max_price=PRICE)  # the channel exists
         with ThreadPoolExecutor(1) as pool:
             try:
@@ -93,7 +100,7 @@ def test_a_channel_too_poor_for_the_next_call_is_closed_and_replaced(world: Worl
     escrow = world.balance(world.manager.address)
     with serve_in_thread(provider.app) as site, \
             running_vault(world, deposit_multiple=2) as vault:
-        _, client = client_of(world, vault.url, funds=10_000, deposit=10_000)
+        _, client = client_of(world, vault, funds=10_000, deposit=10_000)
         for _ in range(3):
             client.invoke(f"{site}/weather", max_price=PRICE)
         old, new = vault.store.channels()
@@ -109,7 +116,7 @@ def test_a_wallet_funded_channel_takes_one_signature_and_refunds_the_wallet(
     provider = world.provider()
     escrow = world.balance(world.manager.address)
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
-        account, client = client_of(world, vault.url, funds=8_000)
+        account, client = client_of(world, vault, funds=8_000)
         first = client.invoke(f"{site}/weather", max_price=PRICE, funding=api.WALLET,
                               deposit=5_000)
         second = client.invoke(f"{site}/weather", max_price=PRICE, funding=api.WALLET,
@@ -128,10 +135,10 @@ def test_a_wallet_funded_channel_takes_one_signature_and_refunds_the_wallet(
 def test_httpx_routes_through_the_vault_within_its_limits(world: World) -> None:
     provider = world.provider()
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
-        account, _ = client_of(world, vault.url, funds=20_000, deposit=20_000)
+        account, _ = client_of(world, vault, funds=20_000, deposit=20_000)
         budget = Budget({world.token.address: 2_500})
         with vault_paying_client(vault.url, account, max_per_request=PRICE,
-                                 budget=budget) as http:
+                                 budget=budget, expect=expected(world, vault)) as http:
             ok = http.get(f"{site}/weather")
             with pytest.raises(VaultCallError) as too_dear:
                 http.post(f"{site}/echo", content=b"x")  # 2500 > the per-request maximum
@@ -153,22 +160,51 @@ def test_a402_pay_with_a_vault(world: World, tmp_path: object, capsys: pytest.Ca
 
     provider = world.provider()
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
-        account, _ = client_of(world, vault.url, funds=20_000, deposit=20_000)
+        account, _ = client_of(world, vault, funds=20_000, deposit=20_000)
         key = key_file(tmp_path, account)
         out, err = io.BytesIO(), io.StringIO()
         code = pay_main([f"{site}/weather", "--key-file", str(key), "--vault", vault.url,
+                         *vault_flags(world, vault),
                          "--max", "0.001", "--idempotency-key", "cli-1"], stdout=out, stderr=err)
         out2, err2 = io.BytesIO(), io.StringIO()
         again = pay_main([f"{site}/weather", "--key-file", str(key), "--vault", vault.url,
+                         *vault_flags(world, vault),
                           "--max", "0.001", "--idempotency-key", "cli-1"], stdout=out2,
                          stderr=err2)
         cheap = pay_main([f"{site}/weather", "--key-file", str(key), "--vault", vault.url,
+                         *vault_flags(world, vault),
                           "--max", "0.0001"], stdout=io.BytesIO(), stderr=io.StringIO())
     assert (code, again, cheap) == (0, 0, 3)
     assert json.loads(out.getvalue())["weather"] == "sunny" and out2.getvalue() == out.getvalue()
     summary = json.loads(err.getvalue().strip().splitlines()[-1])
     assert summary["outcome"] == api.PAID and summary["payment"]["amount"] == str(PRICE)
     assert provider.calls["weather"] == 1
+
+
+def test_a402_pay_through_a_vault_whose_info_names_another_key_pays_nothing(
+    world: World, tmp_path: object,
+) -> None:
+    """F2, the CLI: ``a402 pay --vault`` needs the vault's address (or an explicit
+    ``--trust-vault-info``); a vault whose info names another key is refused before any
+    call is signed: nothing is paid, the pool is untouched."""
+    import io
+
+    provider = world.provider()
+    with serve_in_thread(provider.app) as site, running_vault(world) as vault:
+        account, _ = client_of(world, vault, funds=5_000, deposit=5_000)
+        key = key_file(tmp_path, account)
+        runs = []
+        for flags in ([], ["--vault-address", vault.account.address, "--vault-manager",
+                           world.manager.address, "--vault-token", world.token.address]):
+            err = io.StringIO()
+            code = pay_main([f"{site}/weather", "--key-file", str(key), "--vault", vault.url,
+                             *flags, "--max", "0.001"], stdout=io.BytesIO(), stderr=err)
+            runs.append((code, err.getvalue()))
+        assert world.manager.pooled(vault.address, account.address) == 5_000
+    assert [code for code, _ in runs] == [3, 3]
+    assert "nothing was sent or paid: give --vault-address" in runs[0][1]
+    assert "vault_mismatch" in runs[1][1] and "nothing was sent or paid" in runs[1][1]
+    assert provider.calls["weather"] == 0
 
 
 def test_a402_pay_with_a_vault_funds_a_channel_from_the_wallet(
@@ -180,10 +216,11 @@ def test_a402_pay_with_a_vault_funds_a_channel_from_the_wallet(
     provider = world.provider()
     escrow = world.balance(world.manager.address)
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
-        account, _ = client_of(world, vault.url, funds=20_000)
+        account, _ = client_of(world, vault, funds=20_000)
         key = key_file(tmp_path, account)
         out, err = io.BytesIO(), io.StringIO()
         code = pay_main([f"{site}/weather", "--key-file", str(key), "--vault", vault.url,
+                         *vault_flags(world, vault),
                          "--funding", "wallet", "--max", "0.001"], stdout=out, stderr=err)
         [channel] = vault.store.channels()
         assert_conserved(world, vault.store, vault.address, escrow)
@@ -196,7 +233,7 @@ def test_a402_pay_with_a_vault_funds_a_channel_from_the_wallet(
 def test_the_same_call_sent_four_times_at_once_is_paid_once(world: World) -> None:
     provider = world.provider()
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
-        _, client = client_of(world, vault.url, funds=20_000, deposit=20_000)
+        _, client = client_of(world, vault, funds=20_000, deposit=20_000)
         with ThreadPoolExecutor(4) as pool:
             results = list(pool.map(
                 lambda _: client.invoke(f"{site}/slow", max_price=2_000, idempotency_key="dup"),
@@ -214,7 +251,7 @@ def test_channels_opened_and_closed_together_share_one_transaction_each(world: W
     # A batch leaves when all four are in it (the window is only a backstop).
     with serve_in_thread(provider.app) as site, \
             running_vault(world, batch_window=30, batch_limit=4) as vault:
-        clients = [client_of(world, vault.url, funds=20_000, deposit=20_000)[1]
+        clients = [client_of(world, vault, funds=20_000, deposit=20_000)[1]
                    for _ in range(4)]
         with ThreadPoolExecutor(4) as pool:  # four clients' first calls: four new channels
             paid = list(pool.map(lambda c: c.invoke(f"{site}/weather", max_price=PRICE),
@@ -263,7 +300,7 @@ def test_a_call_refused_while_the_provider_awaits_our_ack_is_retryable_and_pays_
     provider = world.provider(runtime_cls=AckLosingProvider)
     escrow = world.balance(world.manager.address)
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
-        account, client = client_of(world, vault.url, funds=20_000, deposit=20_000)
+        account, client = client_of(world, vault, funds=20_000, deposit=20_000)
         client.invoke(f"{site}/weather", max_price=PRICE)  # its ACK waits for the next EXEC
         provider.runtime.lose = 1
         body = json.dumps(api.InvokeRequest(

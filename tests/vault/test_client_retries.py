@@ -109,7 +109,7 @@ def test_a_retry_of_ones_own_key_from_a_new_client_object_pays_at_most_once(
     transport = _lost_answers(s.vault)
 
     def attempt() -> VaultCallError:
-        with VaultClient("http://vault.test", alice,
+        with VaultClient("http://vault.test", alice, trust_on_first_use=True,
                          http=httpx.Client(transport=transport)) as client, \
                 pytest.raises(VaultCallError) as failed:
             client.invoke("https://api.example/weather", max_price=PRICE,
@@ -136,7 +136,7 @@ def test_a_generated_key_retried_from_a_new_client_object_is_the_same_call(
     s = setup
     alice: LocalAccount = Account.create()
     transport = _lost_answers(s.vault)
-    with VaultClient("http://vault.test", alice,
+    with VaultClient("http://vault.test", alice, trust_on_first_use=True,
                      http=httpx.Client(transport=transport)) as client, \
             pytest.raises(VaultCallError) as failed:
         client.invoke("https://api.example/weather", max_price=PRICE)
@@ -144,7 +144,7 @@ def test_a_generated_key_retried_from_a_new_client_object_is_the_same_call(
     assert created_at_of(key) == created
     real = time.time
     monkeypatch.setattr(time, "time", lambda: real() + 7)
-    with VaultClient("http://vault.test", alice,
+    with VaultClient("http://vault.test", alice, trust_on_first_use=True,
                      http=httpx.Client(transport=transport)) as client, \
             pytest.raises(VaultCallError):
         client.invoke("https://api.example/weather", max_price=PRICE, idempotency_key=key)
@@ -161,7 +161,8 @@ def test_the_httpx_transport_retries_with_the_created_at_it_is_given(setup: Setu
     s = setup
     alice: LocalAccount = Account.create()
     transport = _lost_answers(s.vault)
-    client = VaultClient("http://vault.test", alice, http=httpx.Client(transport=transport))
+    client = VaultClient("http://vault.test", alice, trust_on_first_use=True,
+                         http=httpx.Client(transport=transport))
     with httpx.Client(transport=VaultTransport(client, _Limits(PRICE))) as http, \
             pytest.raises(VaultCallError) as failed:
         http.get("https://api.example/weather",
@@ -180,7 +181,7 @@ def test_a_retry_from_a_machine_whose_clock_is_a_little_behind_is_paid(setup: Se
     alice: LocalAccount = Account.create()
     transport = _lost_answers(s.vault)
     created_on_a = int(time.time()) + 5
-    with VaultClient("http://vault.test", alice,
+    with VaultClient("http://vault.test", alice, trust_on_first_use=True,
                      http=httpx.Client(transport=transport)) as client, \
             pytest.raises(VaultCallError):
         client.invoke("https://api.example/weather", max_price=PRICE,
@@ -218,7 +219,7 @@ def test_a_key_signed_for_one_life_is_not_signed_again_for_another_without_being
 
     alice: LocalAccount = Account.create()
     reasons = []
-    with VaultClient("http://vault.test", alice,
+    with VaultClient("http://vault.test", alice, trust_on_first_use=True,
                      http=httpx.Client(transport=httpx.MockTransport(handle))) as client:
         for _ in range(3):
             with pytest.raises(VaultCallError) as failed:
@@ -275,7 +276,7 @@ def test_the_428_round_keeps_the_calls_created_at(monkeypatch: pytest.MonkeyPatc
                                 "validAfter": 0, "validBefore": 2**40, "nonce": cid}}})
         return httpx.Response(503, json={"error": "provider_unavailable"})
 
-    with VaultClient("http://vault.test", alice,
+    with VaultClient("http://vault.test", alice, trust_on_first_use=True,
                      http=httpx.Client(transport=httpx.MockTransport(handle))) as client, \
             pytest.raises(VaultCallError) as failed:
         client.invoke("https://api.example/weather", max_price=PRICE,
@@ -311,7 +312,7 @@ def test_a_call_answered_202_stays_paid_and_counted_whatever_its_poll_answers_ne
 
     budget = Budget({TOKEN_ADDRESS: PRICE})
     alice: LocalAccount = Account.create()
-    client = VaultClient("http://vault.test", alice, pending_wait=5.0,
+    client = VaultClient("http://vault.test", alice, trust_on_first_use=True, pending_wait=5.0,
                          http=httpx.Client(transport=httpx.MockTransport(handle)))
     with httpx.Client(transport=VaultTransport(
             client, _Limits(PRICE, budget, TOKEN_ADDRESS))) as http, \

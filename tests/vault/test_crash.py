@@ -84,7 +84,7 @@ def test_killed_mid_call_the_restarted_vault_answers_it_exactly_once(
     escrow = world.balance(world.manager.address)
     with serve_in_thread(provider.app) as site, \
             vault_process(world, fresh_account(world.chain), tmp_path) as vault:
-        account, client = client_of(world, vault.url, funds=20_000, deposit=20_000)
+        account, client = client_of(world, vault, funds=20_000, deposit=20_000)
         client.invoke(f"{site}/weather", max_price=PRICE)  # the channel exists, n = 1
         gate.armed = True
         key = f"{account.address.lower()}:crash"
@@ -119,7 +119,7 @@ def test_killed_while_closing_the_restarted_vault_settles_the_channel(
     escrow = world.balance(world.manager.address)
     with serve_in_thread(provider.app) as site, \
             vault_process(world, fresh_account(world.chain), tmp_path) as vault:
-        _, client = client_of(world, vault.url, funds=20_000, deposit=20_000)
+        _, client = client_of(world, vault, funds=20_000, deposit=20_000)
         for _ in range(2):
             client.invoke(f"{site}/weather", max_price=PRICE)
         [row] = vault.store().channels()
@@ -148,7 +148,7 @@ def test_killed_before_create_asc_is_mined_the_channel_opens_once(
     with serve_in_thread(provider.app) as site, \
             vault_process(world, fresh_account(world.chain), tmp_path,
                           "--chain-timeout", "60") as vault:
-        account, client = client_of(world, vault.url, funds=20_000, deposit=20_000)
+        account, client = client_of(world, vault, funds=20_000, deposit=20_000)
         w3.provider.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
         try:
             future = _in_background(lambda: client.invoke(f"{site}/weather", max_price=PRICE,
@@ -184,7 +184,7 @@ def test_a_claim_made_while_the_vault_was_down_is_recovered_at_restart(
     escrow = world.balance(world.manager.address)
     with serve_in_thread(provider.app) as site, \
             vault_process(world, fresh_account(world.chain), tmp_path) as vault:
-        account, client = client_of(world, vault.url, funds=20_000, deposit=20_000)
+        account, client = client_of(world, vault, funds=20_000, deposit=20_000)
         client.invoke(f"{site}/weather", max_price=PRICE)
         gate.armed = True
         key = f"{account.address.lower()}:claimed"
@@ -199,8 +199,8 @@ def test_a_claim_made_while_the_vault_was_down_is_recovered_at_restart(
                  timeout=60, what="the provider's claim")
 
         vault.start()
-        result = VaultClient(vault.url, account).invoke(f"{site}/weather", max_price=PRICE,
-                                                        idempotency_key="claimed")
+        client = VaultClient(vault.url, account, trust_on_first_use=True)
+        result = client.invoke(f"{site}/weather", max_price=PRICE, idempotency_key="claimed")
         store = vault.store()
         settled = store.channel(row.cid)
         assert_conserved(world, store, vault.address, escrow)
@@ -226,7 +226,7 @@ def test_killed_between_answer_and_ack_the_restarted_vault_acks_then_pays_the_ne
     escrow = world.balance(world.manager.address)
     with serve_in_thread(provider.app) as site, \
             vault_process(world, fresh_account(world.chain), tmp_path, db=db) as vault:
-        account, client = client_of(world, vault.url, funds=20_000, deposit=20_000)
+        account, client = client_of(world, vault, funds=20_000, deposit=20_000)
         client.invoke(f"{site}/weather", max_price=PRICE)  # the channel exists, n = 1
         answered = client.invoke(f"{site}/weather", max_price=PRICE, idempotency_key="answered")
         vault.kill()
@@ -270,7 +270,7 @@ def test_killed_between_answer_and_ack_the_restarted_vault_acks_once_the_provide
     escrow = world.balance(world.manager.address)
     with serve_in_thread(provider.app) as site, \
             vault_process(world, fresh_account(world.chain), tmp_path) as vault:
-        _, client = client_of(world, vault.url, funds=20_000, deposit=20_000)
+        _, client = client_of(world, vault, funds=20_000, deposit=20_000)
         client.invoke(f"{site}/weather", max_price=PRICE)
         client.invoke(f"{site}/weather", max_price=PRICE)
         vault.kill()

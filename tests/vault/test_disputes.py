@@ -47,7 +47,7 @@ def test_a_withheld_reveal_is_claimed_on_chain_and_the_vault_still_gets_the_resu
     provider = world.provider(runtime_cls=WithholdingProvider, ack_timeout=5.0)
     escrow = world.balance(world.manager.address)
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
-        _, client = client_of(world, vault.url, funds=20_000, deposit=20_000)
+        _, client = client_of(world, vault, funds=20_000, deposit=20_000)
         client.invoke(f"{site}/weather", max_price=PRICE)
         # The second request's REVEAL is withheld: the provider claims δ on-chain after
         # Δ_ack, which publishes s; the vault extracts t and opens the result.
@@ -67,7 +67,7 @@ def test_a_payment_stuck_pending_is_escalated_and_refunded(world: World) -> None
     escrow = world.balance(world.manager.address)
     with serve_in_thread(provider.app) as site, \
             running_vault(world, pending_escalation=1.0) as vault:
-        account, client = client_of(world, vault.url, funds=20_000, deposit=20_000)
+        account, client = client_of(world, vault, funds=20_000, deposit=20_000)
         client.pending_wait = 1.0
         client.invoke(f"{site}/weather", max_price=PRICE)
         _pending(client, f"{site}/weather", "stuck")
@@ -97,7 +97,7 @@ def test_a_stale_client_force_close_loses_to_the_watchtower(world: World) -> Non
     provider = world.provider(watch=False)
     escrow = world.balance(world.manager.address)
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
-        account, client = client_of(world, vault.url, funds=10_000)
+        account, client = client_of(world, vault, funds=10_000)
         paid = [client.invoke(f"{site}/weather", max_price=PRICE, funding=api.WALLET,
                               deposit=5_000) for _ in range(3)]
         receipts = [p.payment["receipt"] for p in paid if p.payment]

@@ -31,6 +31,7 @@ from a402.asc import (
     Status,
     force_close_digest,
     open_approval_digest,
+    pool_open_approval_digest,
 )
 from a402.asc.errors import ASCError
 from a402.crypto import EVM, EcdsaSigner, PaymentDomain
@@ -50,6 +51,7 @@ from a402.vault_enclave import (
     FORCE_CLOSE_LIFETIME,
     INVOKE_PATH,
     OPEN_APPROVAL_LIFETIME,
+    POOL_DEPOSIT_MULTIPLE,
     ChannelsNeeded,
     SignedCall,
     VaultEnclave,
@@ -148,7 +150,8 @@ def pool_channel(s: Setup, client: LocalAccount, deposit: int = 10 * PRICE) -> C
     """A pool channel for a call of ``client``'s, bound to the provider enclave's tunnel."""
     terms = ChannelTerms(client.address, s.vault.address, s.provider.address,
                          s.schnorr.public_key, deposit, s.vault.salt())
-    s.vault.approve_pool_channel(call(s.vault, client, key="needs-a-channel"), terms,
+    # One call opens at most one pool channel: each channel here is for a call of its own.
+    s.vault.approve_pool_channel(call(s.vault, client, key=f"opens-{terms.salt.hex()}"), terms,
                                  lock_timeout=10.0, now=NOW)
     s.vault.bind_tunnel(s.tunnel, terms.channel_id(DOMAIN))
     return terms
@@ -290,6 +293,46 @@ def test_a_request_whose_call_paid_elsewhere_gets_no_sigma_u(setup: Setup) -> No
         older.receive(reply_a, now=clock())
     assert older.pending_auth() is None and older.provider_balance == 0
     assert s.vault.channel(b.channel_id(DOMAIN)).provider_balance == PRICE  # type: ignore[union-attr]
+
+
+def test_one_call_approves_one_pool_channel_within_its_deposit_even_after_a_restart(
+    setup: Setup,
+) -> None:
+    """F1b: one signed call approves at most one pool channel (asked again for that
+    channel: a fresh approval), its deposit within the call's ``deposit`` or
+    ``POOL_DEPOSIT_MULTIPLE`` × its ``maxPrice``; the rule is in the sealed ledger, so a
+    restarted enclave keeps it. The approval is an A402PoolOpen, not an A402Open."""
+    s = setup
+    alice = funded(s)
+    one = call(s.vault, alice, key="one")
+    too_big = pool_terms(s, alice, POOL_DEPOSIT_MULTIPLE * PRICE + 1)
+    with pytest.raises(EnclaveError, match="deposit_too_large"):
+        s.vault.approve_pool_channel(one, too_big, lock_timeout=10.0, now=NOW)
+    first = pool_terms(s, alice, POOL_DEPOSIT_MULTIPLE * PRICE)
+    approval = s.vault.approve_pool_channel(one, first, lock_timeout=10.0, now=NOW)
+    cid = first.channel_id(DOMAIN)
+    assert recover_signer(pool_open_approval_digest(DOMAIN, cid, approval.deadline),
+                          approval.signature) == s.vault.address
+    assert recover_signer(open_approval_digest(DOMAIN, cid, approval.deadline),
+                          approval.signature) != s.vault.address
+    s.vault.approve_pool_channel(one, first, lock_timeout=10.0, now=NOW + 1)  # the same one
+    with pytest.raises(EnclaveError, match="call_used"):
+        s.vault.approve_pool_channel(one, pool_terms(s, alice, PRICE), lock_timeout=10.0,
+                                     now=NOW)
+    # A call naming its deposit: that, not the multiple, is the cap.
+    named = signed(s.vault, alice, api.InvokeRequest(
+        url="https://api.example/weather", method="GET", headers=(), body=b"",
+        max_price=PRICE, idempotency_key="named", deposit=2 * PRICE,
+        created_at=int(time.time())).to_json())
+    with pytest.raises(EnclaveError, match="deposit_too_large"):
+        s.vault.approve_pool_channel(named, pool_terms(s, alice, 2 * PRICE + 1),
+                                     lock_timeout=10.0, now=NOW)
+    ledger = s.vault.export_ledger()
+    again = VaultEnclaveCode.start(s.enclave, domain=DOMAIN, network=NETWORK, token=TOKEN)
+    again.restore_ledger(ledger)
+    with pytest.raises(EnclaveError, match="call_used"):
+        again.approve_pool_channel(one, pool_terms(s.restarted(again), alice, PRICE),
+                                   lock_timeout=10.0, now=NOW)
 
 
 def test_after_a_restart_a_clients_calls_wait_for_its_channels(setup: Setup) -> None:
@@ -459,7 +502,7 @@ def test_an_open_approval_lapses_and_a_pool_channel_is_written_off_only_after_it
     approval = s.vault.approve_pool_channel(call(s.vault, alice), terms, lock_timeout=10.0,
                                            now=NOW)
     assert approval.deadline == NOW + OPEN_APPROVAL_LIFETIME == s.vault.approved_until(cid)
-    assert recover_signer(open_approval_digest(DOMAIN, cid, approval.deadline),
+    assert recover_signer(pool_open_approval_digest(DOMAIN, cid, approval.deadline),
                           approval.signature) == s.vault.address
     assert approval.calldata == approval.signature + approval.deadline.to_bytes(32, "big")
     # Asked again (a retry): a fresh deadline.

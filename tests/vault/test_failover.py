@@ -68,7 +68,8 @@ def _clients(world: World, procs: list[VaultProcess], n: int, timeout: float = 1
     made = []
     for _ in range(n):
         account = world.client(FUNDS)
-        client = VaultClient(urls, account, failover_wait=60, timeout=timeout)
+        client = VaultClient(urls, account, failover_wait=60, timeout=timeout,
+                             trust_on_first_use=True)
         assert client.deposit(FUNDS)["state"] == "credited"
         made.append((account, client))
     return made
@@ -192,7 +193,8 @@ def test_a_paused_active_that_lost_the_lease_neither_answers_nor_writes_when_res
         client.invoke(f"{site}/weather", max_price=PRICE)
         old.signal(signal.SIGSTOP)
         stalled: list[httpx.Response | BaseException] = []
-        direct = VaultClient(old.url, account, timeout=60)  # no fail-over: the old one only
+        # No fail-over: the old one only.
+        direct = VaultClient(old.url, account, timeout=60, trust_on_first_use=True)
         direct._info = client._info
 
         def call_the_paused_one() -> None:
@@ -247,7 +249,7 @@ def test_a_standby_answers_503_with_the_active_replica_and_does_nothing(
     db = fresh_schema(postgres_url)
     with replicas(world, tmp_path, db, 2) as (active, standby):
         account = world.client(FUNDS)
-        client = VaultClient(standby.url, account)  # one URL: no fail-over
+        client = VaultClient(standby.url, account, trust_on_first_use=True)  # one URL: no fail-over
         info = client.info()  # info is the same on every replica
         with pytest.raises(Exception) as refused:
             client.deposit(FUNDS)

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from eth_account import Account
 
-from a402.asc import BalanceState, ChannelTerms, SignedState, sign_open_approval, sign_state
+from a402.asc import BalanceState, ChannelTerms, SignedState, sign_pool_open_approval, sign_state
 from a402.asc.snapshot import terms_from_json
 from a402.background import serve_in_thread
 from a402.chain.tx import TransactionFailed, transact
@@ -33,7 +33,7 @@ from a402.wire import vault_api as api
 from tests.a402_exchange.helpers import PRICES, World
 from tests.asc.helpers import selector
 
-from .helpers import Vault, assert_conserved, client_of, running_vault
+from .helpers import Vault, assert_conserved, client_of, expected, running_vault
 
 pytestmark = pytest.mark.anvil
 PRICE = PRICES["GET /weather"]
@@ -63,7 +63,7 @@ def test_a_vault_whose_host_holds_no_tokens_serves_paid_calls_and_withdrawals(
         assert vault.address != vault.account.address  # the enclave's key, not the host's
         info = httpx.get(vault.url + "/v1/info").json()
         assert info["vault"] == vault.address and info["deposit"]["vault"] == vault.address
-        account, client = client_of(world, vault.url, funds=60_000, deposit=50_000)
+        account, client = client_of(world, vault, funds=60_000, deposit=50_000)
         assert world.balances(vault.address, vault.account.address) == (0, 0)
         assert world.manager.pooled(vault.address, account.address) == 50_000
 
@@ -89,7 +89,7 @@ def test_a_host_cannot_pay_a_provider_for_a_call_no_client_signed_or_twice_for_o
 ) -> None:
     provider = world.provider()
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
-        account, client = client_of(world, vault.url, funds=20_000, deposit=20_000)
+        account, client = client_of(world, vault, funds=20_000, deposit=20_000)
         headers, body = _signed_invoke(vault, account, f"{site}/weather", "once")
         answer = httpx.post(vault.url + "/v1/invoke", content=body, headers=headers, timeout=30)
         assert answer.json()["outcome"] == api.PAID
@@ -134,8 +134,8 @@ def test_a_host_that_invents_a_deposit_cannot_withdraw_the_pool(world: World) ->
     every one of them: alice's and bob's pooled tokens do not move, to the unit."""
     provider = world.provider()
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
-        alice, alice_client = client_of(world, vault.url, funds=10_000, deposit=10_000)
-        bob, _ = client_of(world, vault.url, funds=5_000, deposit=5_000)
+        alice, alice_client = client_of(world, vault, funds=10_000, deposit=10_000)
+        bob, _ = client_of(world, vault, funds=5_000, deposit=5_000)
         manager, enclave, host = world.manager, vault.service.vault, vault.account
         # An honest withdrawal first, so there is an order to replay.
         paid_out = alice_client.withdraw(1_000)
@@ -146,7 +146,7 @@ def test_a_host_that_invents_a_deposit_cannot_withdraw_the_pool(world: World) ->
         # The host's full access: its own database says mallory deposited a million.
         assert vault.store.credit_deposit(f"pool:0x{'ee' * 32}:0", mallory.address, 10**6,
                                           "pool", "0x" + "ee" * 32)
-        mallorys = VaultClient(vault.url, mallory)
+        mallorys = VaultClient(vault.url, mallory, expect=expected(world, vault))
         assert mallorys.account_info()["balance"] == str(10**6)  # the host's books say so
         assert mallorys.account_info()["pooled"] == "0"  # the chain does not
         # 1. Withdraw it through the vault (the order is mallory's; the chain has nothing).
@@ -170,7 +170,7 @@ def test_a_host_that_invents_a_deposit_cannot_withdraw_the_pool(world: World) ->
         with pytest.raises(TransactionFailed):
             manager.create_from_pool(host, alices, approval.signature, approval.deadline)
         # 3. Open alice's pool channel without the enclave: its own key's approval.
-        forged = sign_open_approval(EcdsaSigner(bytes(host.key)), manager.domain, alices,
+        forged = sign_pool_open_approval(EcdsaSigner(bytes(host.key)), manager.domain, alices,
                                     manager.chain_time() + 600)
         with pytest.raises(TransactionFailed):
             manager.create_from_pool(host, alices, forged, manager.chain_time() + 600)
@@ -209,7 +209,7 @@ def test_a_host_cannot_open_a_pool_channel_beyond_a_balance_or_without_the_encla
     provider = world.provider()
     escrow = world.balance(world.manager.address)
     with serve_in_thread(provider.app), running_vault(world) as vault:
-        alice, _ = client_of(world, vault.url, funds=3_000, deposit=3_000)
+        alice, _ = client_of(world, vault, funds=3_000, deposit=3_000)
         enclave = vault.service.vault
         manager = world.manager
         host = vault.account
@@ -225,8 +225,8 @@ def test_a_host_cannot_open_a_pool_channel_beyond_a_balance_or_without_the_encla
         within = ChannelTerms(alice.address, vault.address, provider.address,
                               provider_key(provider), 3_000, enclave.salt())
         deadline = manager.chain_time() + 600
-        for signature in (b"", sign_open_approval(EcdsaSigner(bytes(host.key)), manager.domain,
-                                                  within, deadline)):
+        for signature in (b"", sign_pool_open_approval(EcdsaSigner(bytes(host.key)), manager.domain,
+                                                       within, deadline)):
             with pytest.raises(TransactionFailed):
                 manager.create_from_pool(host, within, signature, deadline)
         assert world.balance(manager.address) == escrow + 3_000
@@ -237,7 +237,7 @@ def test_a_host_cannot_open_a_pool_channel_beyond_a_balance_or_without_the_encla
 def test_a_host_cannot_sign_a_channel_state_or_read_sealed_records(world: World) -> None:
     provider = world.provider()
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
-        account, client = client_of(world, vault.url, funds=20_000, deposit=20_000)
+        account, client = client_of(world, vault, funds=20_000, deposit=20_000)
         assert client.invoke(f"{site}/weather", max_price=PRICE).outcome == api.PAID
         [row] = vault.store.channels(client=account.address)
         enclave = vault.service.config.enclave
@@ -272,7 +272,7 @@ def test_a_host_that_restarts_cannot_replay_a_call_it_received_before(world: Wor
     db = f"sqlite:///{world.tmp}/restarted-vault.db"
     with serve_in_thread(provider.app) as site:
         with running_vault(world, account=gas, db_url=db) as vault:
-            account, _ = client_of(world, vault.url, funds=20_000, deposit=20_000)
+            account, _ = client_of(world, vault, funds=20_000, deposit=20_000)
             headers, body = _signed_invoke(vault, account, f"{site}/weather", "before")
             answer = httpx.post(vault.url + "/v1/invoke", content=body, headers=headers,
                                 timeout=30)
@@ -299,7 +299,8 @@ def test_a_host_that_restarts_cannot_replay_a_call_it_received_before(world: Wor
                 channel.request(replay, PRICE, now=time.time())
             assert channel.provider_balance == PRICE
             # A new call of the client's pays as usual.
-            again = VaultClient(vault.url, account)  # the restarted vault's URL
+            # The restarted vault's URL.
+            again = VaultClient(vault.url, account, expect=expected(world, vault))
             assert again.invoke(f"{site}/weather", max_price=PRICE).outcome == api.PAID
             fresh = vault.store.channel(row.cid)
             assert fresh is not None and fresh.provider_balance == str(2 * PRICE)
@@ -312,11 +313,11 @@ def test_with_the_vault_gone_a_pool_client_takes_exactly_its_balance_out_itself(
     ``withdrawFromPool``, sent with its own key: exactly its balance, not a unit more."""
     provider = world.provider()
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
-        account, client = client_of(world, vault.url, funds=20_000, deposit=20_000)
+        account, client = client_of(world, vault, funds=20_000, deposit=20_000)
         assert client.invoke(f"{site}/weather", max_price=PRICE).outcome == api.PAID
         [channel] = client.account_info()["channels"]
         client.close_channel(channel["channelId"])
-        neighbour, _ = client_of(world, vault.url, funds=5_000, deposit=5_000)
+        neighbour, _ = client_of(world, vault, funds=5_000, deposit=5_000)
         address = vault.address
         client.close()
     # The vault is gone. Only the chain and the client's key are left.

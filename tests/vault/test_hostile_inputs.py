@@ -88,7 +88,7 @@ def test_hostile_bodies_and_headers_to_the_vault_are_answered_and_change_nothing
     """A real deposit's report replayed and mutated by a stranger, a withdrawal and a call
     shaped right but unfunded, and every other hostile body; some with hostile signatures."""
     with running_vault(world) as vault:
-        depositor, _ = client_of(world, vault.url, funds=5_000)
+        depositor, _ = client_of(world, vault, funds=5_000)
         transact(world.chain, depositor, world.token.functions.approve(world.manager.address,
                                                                         700))
         tx = world.manager.deposit_to_pool(depositor, vault.address, depositor.address, 700)

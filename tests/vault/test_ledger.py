@@ -180,7 +180,7 @@ def test_deposits_credited_by_two_vault_replicas_survive_a_restart(
     url = (fresh_schema(request.getfixturevalue("postgres_url")) if backend == "postgres"
            else f"sqlite:///{world.tmp}/shared.db")
     with running_vault(world, db_url=url) as vault:
-        alice, alice_client = client_of(world, vault.url, funds=6_000, deposit=5_000)
+        alice, alice_client = client_of(world, vault, funds=6_000, deposit=5_000)
         replica_store = VaultStore(url)
         replica = VaultService(vault_config(world, vault.account, replica_store))
         assert replica.address == vault.address
@@ -212,7 +212,7 @@ def test_a_vault_whose_ledger_row_is_gone_refuses_to_start(world: World) -> None
     url = f"sqlite:///{world.tmp}/lost.db"
     provider = world.provider()
     with serve_in_thread(provider.app) as site, running_vault(world, db_url=url) as vault:
-        account, client = client_of(world, vault.url, funds=50_000, deposit=50_000)
+        account, client = client_of(world, vault, funds=50_000, deposit=50_000)
         assert client.invoke(f"{site}/weather", max_price=1_000).outcome == api.PAID
         [channel] = client.account_info()["channels"]
         client.close()

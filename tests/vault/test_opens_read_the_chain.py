@@ -42,7 +42,7 @@ def test_a_copy_of_the_gas_payers_open_lands_first_and_the_channel_is_open_with_
     escrow = world.balance(world.manager.address)
     stranger = fresh_account(world.chain)
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
-        account, client = client_of(world, vault.url, funds=FUNDS, deposit=FUNDS)
+        account, client = client_of(world, vault, funds=FUNDS, deposit=FUNDS)
         journal = vault.service.journal
         send = journal.send
         copies: list[Any] = []
@@ -97,7 +97,7 @@ def test_a_withheld_open_keeps_the_debit_until_its_approval_lapses_then_fails_wi
 
     monkeypatch.setattr(ASCManager, "channel", no_archive)
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
-        account, client = client_of(world, vault.url, funds=FUNDS, deposit=FUNDS)
+        account, client = client_of(world, vault, funds=FUNDS, deposit=FUNDS)
         journal = vault.service.journal
         send = journal.send
         withheld: list[Any] = []
@@ -165,7 +165,7 @@ def test_an_open_mined_after_its_channel_failed_is_force_closed_and_the_pool_mad
     escrow = world.balance(world.manager.address)
     stranger = fresh_account(world.chain)
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
-        account, client = client_of(world, vault.url, funds=FUNDS, deposit=FUNDS)
+        account, client = client_of(world, vault, funds=FUNDS, deposit=FUNDS)
         journal = vault.service.journal
         send = journal.send
         withheld: list[Any] = []

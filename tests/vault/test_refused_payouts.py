@@ -67,7 +67,7 @@ def test_a_pool_refund_while_the_token_is_paused_is_back_in_the_pool_at_once(
     provider = world.provider()
     escrow = world.balance(world.manager.address)
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
-        account, client = client_of(world, vault.url, funds=100_000, deposit=50_000)
+        account, client = client_of(world, vault, funds=100_000, deposit=50_000)
         paid = client.invoke(f"{site}/weather", max_price=1_000)
         assert paid.amount == 1_000
         [channel] = client.account_info()["channels"]
@@ -94,7 +94,7 @@ def test_a_withdrawal_to_a_blocklisted_address_is_refused_nothing_moves_and_anot
     the balance is still in the pool; the client signs the same nonce to another address,
     which is paid; the first order can never go through after that."""
     with running_vault(world) as vault:
-        account, client = client_of(world, vault.url, funds=5_000, deposit=5_000)
+        account, client = client_of(world, vault, funds=5_000, deposit=5_000)
         blocked, elsewhere = fresh_account(world.chain), fresh_account(world.chain)
         nonce = int(client.account_info()["poolWithdrawalNonce"])
         with token_refusing(world, blocked=(blocked.address,)):
@@ -129,7 +129,7 @@ def test_a_withdrawal_to_a_blocklisted_address_is_refused_nothing_moves_and_anot
 def test_a_withdrawal_while_the_token_is_paused_is_refused_and_goes_through_signed_again(
         world: World) -> None:
     with running_vault(world) as vault:
-        account, client = client_of(world, vault.url, funds=5_000, deposit=5_000)
+        account, client = client_of(world, vault, funds=5_000, deposit=5_000)
         with token_refusing(world, paused=True):
             refused = client.withdraw(5_000)
             assert refused["state"] == vault_store.TX_FAILED, refused

@@ -29,7 +29,7 @@ def test_paid_calls_through_a_channel_then_a_cooperative_close(
     provider = world.provider()
     escrow = world.balance(world.manager.address)
     with serve_in_thread(provider.app) as site, running_vault(world, db_url=db_url) as vault:
-        _, client = client_of(world, vault.url, funds=100_000, deposit=50_000)
+        _, client = client_of(world, vault, funds=100_000, deposit=50_000)
         first = client.invoke(f"{site}/weather", max_price=1_000, idempotency_key="w-1")
         echo = client.invoke(f"{site}/echo?x=1", method="POST", content=b"hello",
                              headers=[(b"x-test", b"yes")], max_price=5_000)
@@ -69,7 +69,7 @@ def test_a_paid_call_on_an_open_channel_takes_three_commits(world: World) -> Non
     and nothing more is written on the way."""
     provider = world.provider()
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
-        _, client = client_of(world, vault.url, funds=100_000, deposit=50_000)
+        _, client = client_of(world, vault, funds=100_000, deposit=50_000)
         assert client.invoke(f"{site}/weather", max_price=1_000).outcome == api.PAID  # opens
         writes: list[list[tuple[str, str]]] = []
         submit = vault.store._submit
@@ -106,7 +106,7 @@ def test_a_call_whose_cached_price_went_up_is_recorded_once_and_paid_at_the_new_
     provider = world.provider()
     escrow = world.balance(world.manager.address)
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
-        _, client = client_of(world, vault.url, funds=100_000, deposit=50_000)
+        _, client = client_of(world, vault, funds=100_000, deposit=50_000)
         first = client.invoke(f"{site}/weather", max_price=2_000)  # opens; the offer is cached
         assert (first.outcome, first.amount) == (api.PAID, 1_000)
         table = provider.runtime.routes  # the middleware's table too: the 402 says 1 200

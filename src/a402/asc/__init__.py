@@ -49,9 +49,11 @@ from .terms import (
     force_close_digest,
     open_approval_digest,
     pool_deposit_nonce,
+    pool_open_approval_digest,
     pool_withdrawal_digest,
     sign_channel_open,
     sign_open_approval,
+    sign_pool_open_approval,
     sign_state,
     state_signer,
 )
@@ -98,9 +100,11 @@ __all__ = [
     "force_close_digest",
     "open_approval_digest",
     "pool_deposit_nonce",
+    "pool_open_approval_digest",
     "pool_withdrawal_digest",
     "sign_channel_open",
     "sign_open_approval",
+    "sign_pool_open_approval",
     "sign_state",
     "state_signer",
 ]

@@ -61,6 +61,7 @@ STATE_TYPE = (
     "uint256 providerBalance,bool isFinal)"
 )
 OPEN_TYPE = "A402Open(bytes32 channelId,uint256 deadline)"
+POOL_OPEN_TYPE = "A402PoolOpen(bytes32 channelId,uint256 deadline)"
 FORCE_CLOSE_TYPE = "A402ForceClose(bytes32 channelId,uint256 version,uint256 deadline)"
 POOL_DEPOSIT_TYPE = "A402PoolDeposit(address vault,address client,uint256 amount,bytes32 salt)"
 POOL_WITHDRAWAL_TYPE = (
@@ -72,6 +73,7 @@ POOL_WITHDRAWAL_TYPEHASH = keccak(POOL_WITHDRAWAL_TYPE.encode())
 CHANNEL_TYPEHASH = keccak(CHANNEL_TYPE.encode())
 STATE_TYPEHASH = keccak(STATE_TYPE.encode())
 OPEN_TYPEHASH = keccak(OPEN_TYPE.encode())
+POOL_OPEN_TYPEHASH = keccak(POOL_OPEN_TYPE.encode())
 FORCE_CLOSE_TYPEHASH = keccak(FORCE_CLOSE_TYPE.encode())
 
 #: The contract escrows at most this much per channel (balances are packed in 128 bits).
@@ -257,6 +259,21 @@ def open_approval_digest(domain: PaymentDomain, channel_id: bytes, deadline: int
     return _typed(domain, keccak(OPEN_TYPEHASH + channel_id + _word(deadline)))
 
 
+def pool_open_approval_digest(domain: PaymentDomain, channel_id: bytes, deadline: int) -> bytes:
+    """The EIP-712 digest of the vault's approval to open ``channel_id`` FROM THE CLIENT'S
+    POOL BALANCE until ``deadline``: what ``createASCFromPool(Batch)`` take, and only they.
+
+    A type of its own (``A402PoolOpen``): a pool open needs no consent of the client
+    on-chain (she gave it to the vault by pooling), so the vault's enclave signs one only
+    for a call the client signed; an :func:`open_approval_digest` approval, which the
+    enclave signs for wallet opens the client consents to on-chain herself, must not open
+    from the pool (the host, or anyone seeing it in the mempool, would move her pool).
+    Lapses exactly as :func:`open_approval_digest`.
+    """
+    _check_id_and_deadline(channel_id, deadline)
+    return _typed(domain, keccak(POOL_OPEN_TYPEHASH + channel_id + _word(deadline)))
+
+
 def force_close_digest(
     domain: PaymentDomain, channel_id: bytes, version: int, deadline: int
 ) -> bytes:
@@ -282,7 +299,8 @@ def expiring_approval(signature: bytes, deadline: int) -> bytes:
 
     What ``createASC``'s ``vaultApproval`` and ``initForceCloseFor``'s
     ``forceCloseRequest`` carry: the 65-byte ECDSA signature (``r ‖ s ‖ v``) over
-    :func:`open_approval_digest` or :func:`force_close_digest`, then the deadline
+    :func:`open_approval_digest`, :func:`pool_open_approval_digest` or
+    :func:`force_close_digest`, then the deadline
     it names as one 32-byte big-endian word.
     """
     if len(signature) != 65:
@@ -320,6 +338,16 @@ def sign_open_approval(
     """The vault's 65-byte approval to open ``terms`` until ``deadline``
     (:func:`open_approval_digest`), for a ``createASC`` it does not send itself."""
     return signer.sign_digest(open_approval_digest(domain, terms.channel_id(domain), deadline))
+
+
+def sign_pool_open_approval(
+    signer: DigestSigner, domain: PaymentDomain, terms: ChannelTerms, deadline: int
+) -> bytes:
+    """The vault's 65-byte approval to open ``terms`` from the client's pool balance until
+    ``deadline`` (:func:`pool_open_approval_digest`), for a ``createASCFromPool`` it does
+    not send itself."""
+    return signer.sign_digest(
+        pool_open_approval_digest(domain, terms.channel_id(domain), deadline))
 
 
 def pool_deposit_nonce(

@@ -46,6 +46,7 @@ from a402.client.records import (
 )
 from a402.client.vault import (
     AsyncVaultClient,
+    ExpectedVault,
     VaultCallError,
     VaultClient,
     VaultResult,
@@ -64,6 +65,7 @@ __all__ = [
     "AsyncVaultClient",
     "Budget",
     "BudgetExceeded",
+    "ExpectedVault",
     "MaxAmount",
     "Offer",
     "Payment",

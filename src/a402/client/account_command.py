@@ -337,12 +337,12 @@ def _detail(c: ChannelView, token: TokenUnits, now: int) -> str:
     if c.status == OnChainStatus.CLOSING:
         provider = c.onchain.provider_balance
         return (f"force-closing at version {c.onchain.version}: "
-                f"{token.show(c.terms.deposit - provider)} to the client, "
+                f"{token.show(c.terms.deposit - provider)} to {_client_side(c)}, "
                 f"{token.show(provider)} to the provider; the dispute window "
                 + (f"ends in {c.onchain.deadline - now} s" if now < c.onchain.deadline
                    else "has passed: pay out with `a402 channels force-close`"))
     if c.payouts is not None:
-        paid = (f"paid {token.show(c.payouts[0])} to the client, "
+        paid = (f"paid {token.show(c.payouts[0])} to {_client_side(c)}, "
                 f"{token.show(c.payouts[1])} to the provider")
         if c.credited:
             paid += " (credited, the token refused: " + ", ".join(
@@ -351,6 +351,15 @@ def _detail(c: ChannelView, token: TokenUnits, now: int) -> str:
     if c.status == OnChainStatus.OPEN:
         return f"client {c.client}" if c.role == "provider" else f"provider {c.provider}"
     return ""
+
+
+def _client_side(c: ChannelView) -> str:
+    """Where a channel's client share goes: a pool channel's back into the client's pool
+    balance with its vault (no token moves to the client's address), a wallet channel's
+    to the client's address."""
+    if c.pool_funded:
+        return f"the client's pool balance with vault {c.vault}"
+    return "the client"
 
 
 def _force_close(context: _Context, channel_text: str) -> int:
@@ -394,9 +403,11 @@ def _force_close(context: _Context, channel_text: str) -> int:
         deadline, now = started.deadline, _now(context)
         context.say([
             f"nothing paid out yet: force-close of {channel.id_hex} started; if no newer "
-            f"state is presented, {token.show(started.client_balance)} comes back to you "
-            f"({key.address}) and {token.show(started.provider_balance)} goes to the "
-            "provider",
+            f"state is presented, {token.show(started.client_balance)} comes back to "
+            + (f"your pool balance with vault {channel.vault} (not to {key.address}: take it "
+               f"out with `a402 pool withdraw --vault {channel.vault}`)" if channel.pool_funded
+               else f"you ({key.address})")
+            + f" and {token.show(started.provider_balance)} goes to the provider",
             f"the dispute window ends at {_when(deadline)} (chain time, {_window(deadline, now)})."
             " Until then the provider may still claim what it earned: a newer state you and "
             "it co-signed through the vault (challenge), or its pending payment (its own "
@@ -426,7 +437,11 @@ def _force_close(context: _Context, channel_text: str) -> int:
         for who, role, amount in ((channel.client, "client", done.client_payout),
                                   (channel.provider, "provider", done.provider_payout)):
             you = " (you)" if same_address(who, key.address) else ""
-            if who in done.credited:
+            if role == "client" and channel.pool_funded:
+                lines.append(f"{token.show(amount)} credited to the client's pool balance "
+                             f"with vault {channel.vault}{you} (no token moved to {who}: "
+                             f"`a402 pool withdraw --vault {channel.vault}` takes it out)")
+            elif who in done.credited:
                 lines.append(f"{token.show(amount)} credited to the {role} {who}{you}, "
                              "withdrawable: the token refused the transfer "
                              "(a402 payouts withdraw --to ADDRESS)")
@@ -434,6 +449,8 @@ def _force_close(context: _Context, channel_text: str) -> int:
                 lines.append(f"{token.show(amount)} paid to the {role} {who}{you}")
             data_paid[role] = {"address": who, "amount": token.plain(amount),
                                "credited": who in done.credited}
+            if role == "client" and channel.pool_funded:
+                data_paid[role]["pooledWith"] = channel.vault
         lines[0] += f": {channel.id_hex} closed at version {done.version}"
         lines.append(f"(tx {_tx(done.receipt)})")
         context.say(lines, {**context.where, "ok": True, "moved": True, "step": "finalized",
@@ -443,7 +460,7 @@ def _force_close(context: _Context, channel_text: str) -> int:
     if channel.status == OnChainStatus.CLOSED and channel.payouts is not None:
         raise CommandError(EXIT_NOTHING_TO_DO, "closed", (
             f"nothing moved: {channel.id_hex} is already closed ({channel.closed_by}): "
-            f"{token.show(channel.payouts[0])} to the client, "
+            f"{token.show(channel.payouts[0])} to {_client_side(channel)}, "
             f"{token.show(channel.payouts[1])} to the provider"))
     raise CommandError(EXIT_NOTHING_TO_DO, "closed",
                        f"nothing moved: {channel.id_hex} is {channel.status.name.lower()}")

@@ -106,6 +106,19 @@ def add_pay_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vault", metavar="URL",
                         help="pay through this Liquidity Vault (A402 channels, from the key's "
                              "vault balance) instead of signing an exact payment")
+    parser.add_argument("--vault-address", metavar="ADDRESS",
+                        help="with --vault: the vault's address (its attested enclave key, as "
+                             "published): the vault's unauthenticated info must name it, the "
+                             "manifest's ASCManager and token, or nothing is sent")
+    parser.add_argument("--vault-manager", metavar="ADDRESS",
+                        help="with --vault-address: the ASCManager the vault must name "
+                             "(default: the manifest's)")
+    parser.add_argument("--vault-token", metavar="ADDRESS",
+                        help="with --vault-address: the token the vault must name (default: "
+                             "the manifest's); with --vault-manager, no manifest is read")
+    parser.add_argument("--trust-vault-info", action="store_true",
+                        help="with --vault: take the vault, manager and token its info names "
+                             "without checking them (a host could name its own key)")
     parser.add_argument("--funding", choices=("pool", "wallet"), default="pool",
                         help="with --vault: fund a new channel from the vault balance (pool) "
                              "or from the key's own wallet by one signature (wallet)")
@@ -121,7 +134,8 @@ def add_pay_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --mandate: the owner's signed confirmation of this payment "
                              "(a402 mandate confirm), for amounts above the mandate's threshold")
     parser.add_argument("--manifest", default=None, metavar="PATH",
-                        help="with --mandate: devnet manifest naming the chain's RPC URL "
+                        help="with --mandate: devnet manifest naming the chain's RPC URL; "
+                             "with --vault: the ASCManager and token the vault must name "
                              "(default: .a402/devnet.json)")
     parser.add_argument("--idempotency-key", metavar="KEY",
                         help="with --vault: name this call, so that running the command again "

@@ -89,6 +89,39 @@ DEFAULT_FAILOVER_WAIT: Final = 30.0
 _FAILOVER_PAUSE: Final = 0.2
 
 
+@dataclass(frozen=True, slots=True)
+class ExpectedVault:
+    """The vault a client means to use, known before it asks the vault anything: its
+    address (the key of its attested enclave, which approves every channel), the ASCManager
+    its pool lives in, and the token. ``GET /v1/info`` is unauthenticated: a host could
+    name its own plain key as ``vault`` (then a pool deposit is credited to that key, which
+    can spend it alone) or another manager or token. So the client checks the info against
+    this and refuses any difference, before it signs or sends anything.
+
+    Where it comes from: configuration (the vault's published address, checked against its
+    attestation out of band) and the devnet manifest for the manager and token
+    (:meth:`from_manifest`). Attesting the vault's key from here is not built."""
+
+    vault: str
+    manager: str
+    token: str
+
+    @classmethod
+    def from_manifest(cls, vault: str, manifest: Any) -> ExpectedVault:
+        """``vault``, with the manager and token of an :class:`a402.chain.deploy.Manifest`."""
+        return cls(vault, manifest.contracts["ASCManager"], manifest.token.address)
+
+    def differences(self, info: dict[str, Any]) -> list[str]:
+        """What ``info`` names differently from this (empty: it matches)."""
+        named = {"vault": info.get("vault"), "ascManager": info.get("ascManager"),
+                 "token": (info.get("token") or {}).get("address")
+                 if isinstance(info.get("token"), dict) else None}
+        wanted = {"vault": self.vault, "ascManager": self.manager, "token": self.token}
+        return [f"{field} {named[field]} (expected {wanted[field]})"
+                for field in wanted
+                if str(named[field] or "").lower() != str(wanted[field]).lower()]
+
+
 class VaultCallError(PaymentError):
     """The vault refused or failed a call; ``reason`` is an :mod:`a402.wire.vault_api` reason.
 
@@ -161,7 +194,17 @@ Flow = Generator["httpx.Request | float", "httpx.Response | None", Any]
 class _Base:
     def __init__(self, url: str | Sequence[str], key: str | bytes | LocalAccount, *,
                  pending_wait: float = DEFAULT_PENDING_WAIT,
-                 failover_wait: float | None = None) -> None:
+                 failover_wait: float | None = None, expect: ExpectedVault | None = None,
+                 trust_on_first_use: bool = False) -> None:
+        if expect is None and not trust_on_first_use:
+            raise ValueError(
+                "give the vault you expect (expect=ExpectedVault(vault, manager, token)): its "
+                "GET /v1/info is unauthenticated, so this client pays and deposits only to a "
+                "vault, manager and token it knows beforehand; or trust_on_first_use=True to "
+                "take the first answer (a host could then name its own key)")
+        #: The vault, manager and token every info answer must name (with trust on first
+        #: use: the first answer's, pinned then).
+        self.expect = expect
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
             raise ValueError("give the vault's URL (or its replicas' URLs)")
@@ -240,7 +283,23 @@ class _Base:
             assert response is not None
             if response.status_code != 200:
                 raise VaultCallError(response.status_code, _json(response))
-            self._info = response.json()
+            info = response.json()
+            if not isinstance(info, dict):
+                raise VaultCallError(0, {"error": "vault_mismatch", "message": (
+                    f"nothing was sent or paid: the vault at {self.url} answered its info "
+                    "with something else than a JSON object")})
+            if self.expect is None:  # trust on first use, asked for: pinned from now on
+                token = info.get("token")
+                self.expect = ExpectedVault(
+                    str(info.get("vault")), str(info.get("ascManager")),
+                    str(token.get("address") if isinstance(token, dict) else None))
+            wrong = self.expect.differences(info)
+            if wrong:
+                raise VaultCallError(0, {"error": "vault_mismatch", "message": (
+                    f"nothing was sent or paid: the vault at {self.url} names "
+                    + ", ".join(wrong) + "; a vault that names another key, manager or token "
+                    "could take what you deposit or pay")})
+            self._info = info
         return self._info
 
     def _send(self, method: str, path: str, body: dict[str, Any] | None = None) -> Flow:
@@ -592,8 +651,10 @@ class VaultClient(_Base):
     def __init__(self, url: str | Sequence[str], key: str | bytes | LocalAccount, *,
                  http: httpx.Client | None = None, timeout: float = 120.0,
                  pending_wait: float = DEFAULT_PENDING_WAIT,
-                 failover_wait: float | None = None) -> None:
-        super().__init__(url, key, pending_wait=pending_wait, failover_wait=failover_wait)
+                 failover_wait: float | None = None, expect: ExpectedVault | None = None,
+                 trust_on_first_use: bool = False) -> None:
+        super().__init__(url, key, pending_wait=pending_wait, failover_wait=failover_wait,
+                         expect=expect, trust_on_first_use=trust_on_first_use)
         self._own = http is None
         self.http = http or httpx.Client(timeout=timeout, trust_env=False)
 
@@ -676,8 +737,10 @@ class AsyncVaultClient(_Base):
     def __init__(self, url: str | Sequence[str], key: str | bytes | LocalAccount, *,
                  http: httpx.AsyncClient | None = None, timeout: float = 120.0,
                  pending_wait: float = DEFAULT_PENDING_WAIT,
-                 failover_wait: float | None = None) -> None:
-        super().__init__(url, key, pending_wait=pending_wait, failover_wait=failover_wait)
+                 failover_wait: float | None = None, expect: ExpectedVault | None = None,
+                 trust_on_first_use: bool = False) -> None:
+        super().__init__(url, key, pending_wait=pending_wait, failover_wait=failover_wait,
+                         expect=expect, trust_on_first_use=trust_on_first_use)
         self._own = http is None
         self.http = http or httpx.AsyncClient(timeout=timeout, trust_env=False)
 

@@ -19,6 +19,7 @@ from a402.client.errors import PaymentRefused
 from a402.client.limits import MaxAmount
 from a402.client.vault import (
     KEY_OF_ANOTHER_LIFE,
+    ExpectedVault,
     VaultCallError,
     VaultClient,
     new_idempotency_key,
@@ -40,11 +41,30 @@ def run_vault_pay(
         print(f"{PROG}: {message}", file=err)
         return code
 
+    expect = None
+    if not args.trust_vault_info:
+        from a402.chain.locate import DEFAULT_MANIFEST, ChainNotFound, load_manifest
+
+        if not args.vault_address:
+            return fail(EXIT_REFUSED, "nothing was sent or paid: give --vault-address (the "
+                                      "vault's published address) so that its info can be "
+                                      "checked, or --trust-vault-info to take it unchecked")
+        manager, token = args.vault_manager, args.vault_token
+        if not (manager and token):
+            try:
+                manifest = load_manifest(args.manifest or DEFAULT_MANIFEST)
+            except ChainNotFound as e:
+                return fail(EXIT_REFUSED, f"nothing was sent or paid: {e} (or give "
+                                          "--vault-manager and --vault-token)")
+            manager = manager or manifest.contracts.get("ASCManager")
+            token = token or manifest.token.address
+        expect = ExpectedVault(args.vault_address, str(manager), token)
     created_at = getattr(args, "created_at", None)
     # Named here, so that every failure can print how to run the same call again.
     idempotency_key = args.idempotency_key or new_idempotency_key(
         created_at if created_at is not None else int(time.time()))
-    with VaultClient(args.vault, key, timeout=args.timeout) as vault:
+    with VaultClient(args.vault, key, timeout=args.timeout, expect=expect,
+                     trust_on_first_use=args.trust_vault_info) as vault:
         try:
             info = vault.info()
             refusal = _allowed(wallet, info)

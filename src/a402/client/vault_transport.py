@@ -28,6 +28,7 @@ from eth_account.signers.local import LocalAccount
 from a402.client.vault import (
     VAULT_EXTENSION,
     AsyncVaultClient,
+    ExpectedVault,
     VaultCallError,
     VaultClient,
     VaultResult,
@@ -190,16 +191,20 @@ def vault_limits(info: Mapping[str, Any], max_per_request: Any, *, budget: Any =
 def vault_paying_client(
     vault_url: str, key: str | bytes | LocalAccount, *, max_per_request: Any,
     budget: Any = None, funding: str = api.POOL, deposit: int | None = None,
-    timeout: float = 120.0, **httpx_kwargs: Any,
+    timeout: float = 120.0, expect: ExpectedVault | None = None,
+    trust_on_first_use: bool = False, **httpx_kwargs: Any,
 ) -> httpx.Client:
     """An ``httpx.Client`` whose every request is paid through the vault at ``vault_url``.
 
     The counterpart of :func:`a402.client.paying_client` (same ``max_per_request``
     forms, same ``Budget``); what was paid is on each response
     (:func:`vault_payment_of`). Set an ``Idempotency-Key`` header on a request
-    to make its retries safe across connection losses.
+    to make its retries safe across connection losses. ``expect`` is the vault, manager
+    and token the client knows beforehand (:class:`~a402.client.vault.ExpectedVault`):
+    required, unless ``trust_on_first_use`` is asked for.
     """
-    client = VaultClient(vault_url, key, timeout=timeout)
+    client = VaultClient(vault_url, key, timeout=timeout, expect=expect,
+                         trust_on_first_use=trust_on_first_use)
     try:
         limits = vault_limits(client.info(), max_per_request, budget=budget, funding=funding,
                               deposit=deposit)
@@ -213,11 +218,13 @@ def vault_paying_client(
 async def async_vault_paying_client(
     vault_url: str, key: str | bytes | LocalAccount, *, max_per_request: Any,
     budget: Any = None, funding: str = api.POOL, deposit: int | None = None,
-    timeout: float = 120.0, **httpx_kwargs: Any,
+    timeout: float = 120.0, expect: ExpectedVault | None = None,
+    trust_on_first_use: bool = False, **httpx_kwargs: Any,
 ) -> httpx.AsyncClient:
     """The ``httpx.AsyncClient`` twin of :func:`vault_paying_client` (a coroutine: it reads
     the vault's ``/v1/info`` first)."""
-    client = AsyncVaultClient(vault_url, key, timeout=timeout)
+    client = AsyncVaultClient(vault_url, key, timeout=timeout, expect=expect,
+                              trust_on_first_use=trust_on_first_use)
     try:
         limits = vault_limits(await client.info(), max_per_request, budget=budget,
                               funding=funding, deposit=deposit)

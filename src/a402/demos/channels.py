@@ -36,7 +36,7 @@ from a402.background import serve_in_thread
 from a402.chain.deploy import Manifest, deploy_dev_stack, token_balance
 from a402.chain.node import Chain, embedded_chain
 from a402.chain.tx import contract_at, transact
-from a402.client.vault import VaultClient
+from a402.client.vault import ExpectedVault, VaultClient
 from a402.demos.common import CITIES, PRICE, atomic_units, format_usdc, pay_weather, weather_api
 from a402.facilitator.app import create_app as facilitator_app
 from a402.facilitator.core import Facilitator
@@ -172,7 +172,9 @@ def run_channels_act(requests: int = 100, out: TextIO = sys.stdout,
                 mid = _balances(chain, manifest, watched)
 
                 first = chain.w3.eth.block_number + 1
-                run = _through_vault(say, client, vault_url, api_url, requests, price)
+                run = _through_vault(say, client, vault_url, api_url, requests, price,
+                                     ExpectedVault(vault.address, manager_address,
+                                                   manifest.token.address))
                 a402_txs = _mined(chain, [token, manager], first, chain.w3.eth.block_number)
         settlements.close()
         provider_store.close()
@@ -213,10 +215,10 @@ class VaultRun:
 
 
 def _through_vault(say: Say, client: LocalAccount, vault_url: str, api_url: str,
-                   requests: int, price: int) -> VaultRun:
+                   requests: int, price: int, expect: ExpectedVault) -> VaultRun:
     """Deposit, pay ``requests`` calls through the vault, then close the one channel."""
     run = VaultRun()
-    with VaultClient(vault_url, client) as vault:
+    with VaultClient(vault_url, client, expect=expect) as vault:
         deposited = vault.deposit(2 * requests * price)  # half stays in the pool
         if deposited.get("state") != "credited":
             say(f"deposit    not credited: {deposited}")

@@ -74,7 +74,14 @@ from a402.chain.tx import TransactionFailed
 from a402.evm.address import address_key
 from a402.evm.eip3009 import RECEIVE_WITH_AUTHORIZATION_TYPES
 from a402.tee import AttestationPolicy, AttestationVerifier, Enclave, EnclaveError
-from a402.vault_enclave import EnclaveChannel, OpenApproval, SignedCall, VaultEnclave
+from a402.vault_enclave import (
+    EnclaveChannel,
+    OpenApproval,
+    SignedCall,
+    VaultEnclave,
+    pool_deposit_cap,
+)
+from a402.wire import jsonstrict
 from a402.wire import vault_api as api
 
 from . import records
@@ -114,7 +121,10 @@ class VaultError(Exception):
 _REFUSALS = {api.PRICE_ABOVE_MAXIMUM: 402, api.REPLAYED_CALL: 401, api.STALE_CALL: 401,
              api.WRONG_LIFE: 401, api.CLIENT_OUTDATED: 400, api.BAD_REQUEST: 400,
              api.CREATED_AFTER_SIGNATURE: 400, api.UNAUTHENTICATED: 401,
-             api.BAD_SIGNATURE: 401, "future_call": 400, "not_a_pool_channel": 400}
+             api.BAD_SIGNATURE: 401, "future_call": 400, "not_a_pool_channel": 400,
+             # One signed call opens at most one pool channel, within what it allows: a
+             # new call (a new idempotency key) opens the next one.
+             "call_used": 409, "deposit_too_large": 400}
 #: Refusals the client may retry as they are (the same key, the same ``createdAt``).
 _RETRYABLE = frozenset({api.CREATED_AFTER_SIGNATURE, "future_call"})
 
@@ -387,13 +397,27 @@ class Channels:
                          call: SignedCall) -> EnclaveChannel:
         # The smaller of the store's mirror and the chain: a client that took its balance
         # out on-chain itself (withdrawFromPool) is not offered a deposit the chain refuses.
-        balance = min(await asyncio.to_thread(self.store.balance, client),
-                      await asyncio.to_thread(self.manager.pooled, self.address, client))
-        deposit = self.deposit_for(price, balance)
+        # (The store may be below zero while an open in flight and a withdrawal the chain
+        # made overlap: see Funds.mirror_withdrawal.)
+        pooled = await asyncio.to_thread(self.manager.pooled, self.address, client)
+        balance = max(0, min(await asyncio.to_thread(self.store.balance, client), pooled))
+        # Within what the client's call allows: the enclave approves no more (one channel per
+        # call, its deposit at most the call's ``deposit`` or a fixed multiple of maxPrice).
+        cap = pool_deposit_cap(api.InvokeRequest.from_json(jsonstrict.loads_object(call.body)))
+        if cap < price:
+            raise VaultError(400, "deposit_too_small",
+                             f"nothing was paid: the call allows a channel deposit of {cap}, "
+                             f"less than the price {price}",
+                             extra={"deposit": str(cap), "price": str(price)})
+        deposit = min(self.deposit_for(price, balance), cap)
         if deposit < price:
+            opening = f" ({pooled - balance} of it in channels being opened)" \
+                if pooled > balance else ""
             raise VaultError(402, api.INSUFFICIENT_BALANCE,
-                             f"your pool balance ({balance}) cannot pay {price}",
-                             extra={"balance": str(balance), "price": str(price)})
+                             f"nothing was paid: your pool balance with this vault is {pooled} "
+                             f"on-chain{opening}, which cannot pay {price}",
+                             extra={"balance": str(balance), "pooled": str(pooled),
+                                    "price": str(price)})
         terms = tunnel.terms(client=client, deposit=deposit, salt=self.vault.salt())
         row = await self._claim(client, tunnel, terms, funding=api.POOL, debit=True)
         try:

@@ -36,7 +36,8 @@ own ``withdrawFromPool`` is mirrored by the watch the same way
 amount, nonce, deadline)``; the host debits its store, journals and relays
 ``withdrawFromPoolWithSignature`` and answers with the truth: ``confirmed``
 with the transaction, or ``refused`` with the reason and "nothing moved, your
-balance is still in the pool" (the store's debit given back). A transfer the
+balance is still in the pool", worded from the chain's ``pooled`` balance (the store's
+debit given back). A transfer the
 token refuses (a blocklisted ``to``, a pause) reverts the whole call on-chain,
 so it never leaves money in between: the client signs another order, with the
 same nonce and another ``to`` (of two orders with one nonce at most one can go
@@ -75,7 +76,14 @@ _SIGNATURE: Final = re.compile(r"0x[0-9a-fA-F]{130}")
 
 log = logging.getLogger("a402.vault.funds")
 
-NOTHING_MOVED: Final = "nothing moved: your balance is still in the pool"
+def nothing_moved(pooled: int, amount: int) -> str:
+    """A refused withdrawal's message, worded from the chain's pool balance ``pooled``."""
+    if pooled == 0:
+        return (f"nothing moved: you cannot withdraw {amount}; your pool balance with this "
+                f"vault is 0 on-chain")
+    return (f"nothing moved: you cannot withdraw {amount} now; your pool balance with this "
+            f"vault is {pooled} on-chain and is still in the pool (any part of it in a "
+            f"channel being opened comes back if the open fails)")
 
 
 def _uint(body: dict[str, Any], name: str) -> int:
@@ -202,7 +210,7 @@ class Funds:
         balance = await asyncio.to_thread(self.store.balance, client)
         pooled = await asyncio.to_thread(self.manager.pooled, self.address, client)
         return 200, {"state": "credited", "transaction": tx_hash, "amount": str(credited),
-                     "balance": str(balance), "pooled": str(pooled)}
+                     "balance": str(max(balance, 0)), "pooled": str(pooled)}
 
     def credit_receipt(self, receipt: TxReceipt, client: str | None = None) -> int | None:
         """Credit the store with every ``PoolDeposited`` log of this vault in ``receipt``,
@@ -247,15 +255,12 @@ class Funds:
             return False
         key = f"chain:{tx_hash}:{entry['logIndex']}"
         owner, amount = args["owner"], int(args["amount"])
-        try:
-            created, _ = self.store.claim_withdrawal(key, client=owner,
-                                                     recipient=to_checksum_address(args["to"]),
-                                                     amount=amount)
-        except vault_store.InsufficientBalance as e:
-            log.warning("%s withdrew %d from its pool balance on-chain (tx %s) but the store "
-                        "mirrors only %d: the chain's balance is the one that counts", owner,
-                        amount, tx_hash, e.balance)
-            return False
+        # Recorded always, even when the store is short (an open in flight debited it): the
+        # chain made this withdrawal. The store goes below zero for as long as that open is
+        # in flight; written off, its debit comes back and the books equal the chain again.
+        created, _ = self.store.claim_withdrawal(key, client=owner,
+                                                 recipient=to_checksum_address(args["to"]),
+                                                 amount=amount, on_chain=True)
         if created:
             self.store.finish_withdrawal(key, ok=True, tx_hash=tx_hash)
         return created
@@ -282,9 +287,11 @@ class Funds:
             created, record = await asyncio.to_thread(
                 self.store.claim_withdrawal, key, client=client, recipient=to, amount=amount)
         except vault_store.InsufficientBalance as e:
+            # Worded from the chain's balance (what the client can count on), not the store's.
             pooled = await asyncio.to_thread(self.manager.pooled, self.address, client)
-            raise VaultError(402, api.INSUFFICIENT_BALANCE, f"{e}; {NOTHING_MOVED}",
-                             extra={"balance": str(e.balance), "pooled": str(pooled)}) from None
+            raise VaultError(402, api.INSUFFICIENT_BALANCE, nothing_moved(pooled, amount),
+                             extra={"balance": str(max(e.balance, 0)),
+                                    "pooled": str(pooled)}) from None
         if created:
             self._refusals.pop(key, None)
             await self._relay(key, self.manager.pool_withdrawal_call(
@@ -336,7 +343,12 @@ class Funds:
                                "is; ask again with the same order to see")
             return 202, body
         why = self._refusals.get(key, "the contract refused the order")
+        # Worded from the chain's balance: the client may have emptied it herself meanwhile.
+        pooled = self.manager.pooled(self.address, record.client)
+        where = ("still in the pool" if pooled else "nothing is left in the pool to withdraw")
         body.update(error=api.WITHDRAWAL_REFUSED, reason=api.WITHDRAWAL_REFUSED,
-                    message=f"refused ({why}); {NOTHING_MOVED}: sign another order (another "
+                    pooled=str(pooled),
+                    message=f"refused ({why}); nothing moved: your pool balance with this "
+                    f"vault is {pooled} on-chain, {where}: sign another order (another "
                     "`to`, the same nonce), or take it out yourself with withdrawFromPool")
         return 409, body

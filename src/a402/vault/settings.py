@@ -59,7 +59,10 @@ class Deposits:
     client's balance.
 
     A pool channel escrows ``deposit_multiple`` × the price, at least ``min_deposit``, at
-    most ``max_deposit`` (never less than the price), within the client's balance."""
+    most ``max_deposit`` (never less than the price), within the client's balance — and
+    within what the client's call allows, which the vault's enclave enforces whatever is
+    configured here: the call's ``deposit``, else
+    :data:`a402.vault_enclave.POOL_DEPOSIT_MULTIPLE` × its ``maxPrice``."""
 
     deposit_multiple: int = setting(
         100, help="a new pooled channel escrows this many times the price")

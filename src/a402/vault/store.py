@@ -358,12 +358,13 @@ class VaultStore:
             row = s.get(AccountRow, address_key(client))
             return 0 if row is None else int(row.balance)
 
-    def _add(self, s: Session, client: str, delta: int) -> int:
-        """Change a balance by compare-and-set; never below zero."""
+    def _add(self, s: Session, client: str, delta: int, *, floor: bool = True) -> int:
+        """Change a balance by compare-and-set; never below zero unless ``floor`` is False
+        (a debit the chain already made: see :meth:`claim_withdrawal`)."""
         address = address_key(client)
         row = s.execute(select(AccountRow.balance).where(AccountRow.address == address)).first()
         if row is None:
-            if delta < 0:
+            if delta < 0 and floor:
                 raise InsufficientBalance(0, -delta)
             try:
                 with s.begin_nested():
@@ -372,7 +373,7 @@ class VaultStore:
                 raise _Conflict from None
             return delta
         old = int(row[0])
-        if old + delta < 0:
+        if old + delta < 0 and floor:
             raise InsufficientBalance(old, -delta)
         done = s.execute(
             update(AccountRow)
@@ -623,11 +624,17 @@ class VaultStore:
     # -- withdrawals -------------------------------------------------------------------
 
     def claim_withdrawal(
-        self, key: str, *, client: str, recipient: str, amount: int
+        self, key: str, *, client: str, recipient: str, amount: int, on_chain: bool = False
     ) -> tuple[bool, Withdrawal]:
         """Debit ``amount`` and record the withdrawal, once per ``key``; a withdrawal that
         failed (nothing moved) under ``key`` is debited and recorded again (``True``): the
-        order it carries takes effect at most once on-chain, so sending it again is safe."""
+        order it carries takes effect at most once on-chain, so sending it again is safe.
+
+        ``on_chain``: a withdrawal the chain already made (the client's own
+        ``withdrawFromPool``): recorded whatever the store holds, even below zero — the
+        store is short only by debits of opens in flight, and when those are written off
+        their debits come back and the balance equals the chain's again (never refusing it
+        here is what keeps the books from showing money the chain does not hold)."""
 
         def work(s: Session) -> tuple[bool, Withdrawal]:
             row = s.get(WithdrawalRow, key)
@@ -639,7 +646,7 @@ class VaultStore:
             if row is not None:
                 return False, withdrawal_record(row)
             now = time.time()
-            self._add(s, client, -amount)
+            self._add(s, client, -amount, floor=not on_chain)
             row = WithdrawalRow(key=key, client=address_key(client), recipient=recipient,
                                 amount=str(amount), state=TX_SUBMITTED, created_at=now,
                                 updated_at=now)

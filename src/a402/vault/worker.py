@@ -46,10 +46,10 @@ Per tick:
      those failed in the last ``_RECLAIM_HORIZON``, and older ones whose
      reclaim started, until it is final) that the chain shows
      open after all (a reorg below the block the decision was read at: their
-     deposit left the pool, and the client has it back in its balance) →
-     force-closed with their opening state by the enclave's order, then
-     ``finalForceClose``: the whole deposit back to the vault's address,
-     credited to no one (it refills the pool);
+     deposit left the client's pool balance on-chain) → force-closed with their
+     opening state by the enclave's order, then ``finalForceClose``: the contract
+     credits the whole deposit back to ``pooled[vault][client]`` (no token moves,
+     nothing to the vault's address);
    * LOCKED → ``resume``: EXEC again (answered from the provider's record) →
      REPLY → AUTH → REVEAL; or, with the provider unreachable, let Δ_lock
      expire: no σ_U exists, so δ is released and nothing is paid;
