@@ -54,6 +54,9 @@ def _setup() -> Setup:
     return new_setup()
 
 
+_MANAGER, _TOKEN = "0x" + "4d" * 20, "0x" + "70" * 20  # pinned on first use
+
+
 def _lost_answers(vault: VaultEnclave) -> httpx.MockTransport:
     """The vault's HTTP face as a hostile host runs it: its real ``/v1/info`` (the
     enclave's account and life); every invoke answered "lost" (503), its signed body kept."""
@@ -63,7 +66,7 @@ def _lost_answers(vault: VaultEnclave) -> httpx.MockTransport:
         if request.url.path == "/v1/info":
             return httpx.Response(200, json={
                 "network": NETWORK, "vault": "0x" + vault.address.hex(),
-                "life": vault.life_id})
+                "life": vault.life_id, "ascManager": _MANAGER, "token": {"address": _TOKEN}})
         kept.append(request)
         return httpx.Response(503, json={"error": "provider_unavailable", "message": "lost"})
 
@@ -79,10 +82,10 @@ def _kept(transport: httpx.MockTransport) -> list[SignedCall]:
 
 def _two_channels(s: Setup, client: LocalAccount) -> list[ChannelTerms]:
     out = []
-    for _ in range(2):
+    for i in range(2):
         terms = ChannelTerms(client.address, s.vault.address, s.provider.address,
                              s.schnorr.public_key, 10 * PRICE, s.vault.salt())
-        s.vault.approve_pool_channel(call(s.vault, client, key="needs-a-channel"), terms,
+        s.vault.approve_pool_channel(call(s.vault, client, key=f"needs-a-channel-{i}"), terms,
                                      lock_timeout=10.0, now=NOW)
         s.vault.bind_tunnel(s.tunnel, terms.channel_id(DOMAIN))
         out.append(terms)
@@ -208,7 +211,8 @@ def test_a_key_signed_for_one_life_is_not_signed_again_for_another_without_being
     def handle(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/v1/info":
             return httpx.Response(200, json={"network": NETWORK, "vault": "0x" + "ab" * 20,
-                                             "life": shown["life"]})
+                                             "life": shown["life"], "ascManager": _MANAGER,
+                                             "token": {"address": _TOKEN}})
         seen.append(request.headers["a402-life"])
         if len(seen) == 1:
             shown["life"] = lives[1]
@@ -302,7 +306,8 @@ def test_a_call_answered_202_stays_paid_and_counted_whatever_its_poll_answers_ne
     def handle(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/v1/info":
             return httpx.Response(200, json={"network": NETWORK, "vault": "0x" + "ab" * 20,
-                                             "life": next(lives)})
+                                             "life": next(lives), "ascManager": _MANAGER,
+                                             "token": {"address": _TOKEN}})
         if request.method == "POST":
             return httpx.Response(202, json={"outcome": "pending", "idempotencyKey": "k",
                                              "state": "authorized"})
@@ -346,12 +351,13 @@ def test_the_cli_prints_the_key_and_created_at_to_run_the_same_call_again(
         if request.url.path == "/v1/info":
             return httpx.Response(200, json={
                 "network": NETWORK, "vault": "0x" + s.vault.address.hex(),
-                "life": s.vault.life_id, "token": {"address": TOKEN_ADDRESS, "decimals": 6}})
+                "life": s.vault.life_id, "ascManager": _MANAGER,
+                "token": {"address": TOKEN_ADDRESS, "decimals": 6}})
         return next(answers)
 
     real_client = vault_pay.VaultClient
-    monkeypatch.setattr(vault_pay, "VaultClient", lambda url, key, timeout: real_client(
-        url, key, http=httpx.Client(transport=httpx.MockTransport(handle))))
+    monkeypatch.setattr(vault_pay, "VaultClient", lambda url, key, timeout, **pin: real_client(
+        url, key, http=httpx.Client(transport=httpx.MockTransport(handle)), **pin))
 
     class _Wallet:
         networks = assets = None
@@ -360,7 +366,7 @@ def test_the_cli_prints_the_key_and_created_at_to_run_the_same_call_again(
         err = io.StringIO()
         args = Namespace(vault="http://vault.test", timeout=5.0, funding=api.POOL,
                          url="https://api.example/weather", idempotency_key=key,
-                         created_at=None)
+                         created_at=None, trust_vault_info=True)
         code = vault_pay.run_vault_pay(
             args, "0x" + bytes(alice.key).hex(), _Wallet(), method="GET",  # type: ignore[arg-type]
             headers=[], content=None, cap=as_max_amount(PRICE), budget=None,
