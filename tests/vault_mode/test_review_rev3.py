@@ -112,6 +112,41 @@ def test_a_providers_claim_in_the_last_second_of_its_window_kills_settlement_for
     assert balance(usdc, carol.address) == 30_000
 
 
+@pytest.mark.xfail(strict=True, raises=TransactionFailed,
+                   reason="F1: every payment the dead settlement resolved is stranded: the "
+                          "provider's statement counting it names the dead epoch, its claim "
+                          "window is shut, the client's statements no longer count it")
+def test_a_dead_settlement_strands_the_other_providers_payments_it_resolved(
+    host: Host,
+) -> None:
+    vm, vault, usdc = host.vm, host.vault, host.token
+    alice = client()
+    attacker, honest = vm.provider(), vm.provider()
+    _confirmed(host, alice.address, 20_000)
+    cid, pending, claim, sig = _pay_ack_lost(host, alice, attacker)
+    # Alice also pays an honest provider, normally (REVEAL and ACK), in the same minute.
+    hcid, side = vm.open(alice, honest, 5 * PRICE)
+    t0 = now(host.chain)
+    vm.pay(hcid, side, vm.call(alice, key="honest", ts=t0), now=t0)
+    gas_payer = funded(host.chain, usdc)
+    host.chain.w3.provider.make_request("evm_setNextBlockTimestamp", [pending.deadline])
+    vault.claim_payment(gas_payer, _terms(vm, cid), claim)
+    signed = vm.vault.settle([], now=pending.deadline + 30)  # resolves both payments
+    increase_time(host.chain, 60)
+    with reverts_with("ClaimInTail(uint64,uint64)"):
+        host.submit(signed.settlement)
+    host.report_claim(cid, pending.request_id, sig)
+    # The honest provider's only statement counting its 1,000 names the dead epoch, and its
+    # claim window is shut; Alice's usable statement no longer counts the payment either.
+    mine = vm.vault.statement(alice.address)
+    assert mine.statement.epoch == 1 and mine.statement.balance + mine.statement.locked == 18_000
+    st = vm.vault.statement(honest.address)
+    assert st.statement.balance == PRICE and st.statement.epoch == 2 > vault.last_epoch()
+    vault.init_force_settle(host.gas, st.statement, st.signature)  # StaleStatement
+    _leave(host, host.gas, honest.address)
+    assert balance(usdc, honest.address) == PRICE
+
+
 # ------------------------------------------------------ F2: unconfirmed deposit, dark vault
 
 
