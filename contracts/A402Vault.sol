@@ -97,7 +97,8 @@ import {IERC3009Receive} from "./ASCManager.sol";
 ///      provider (it revealed t) or back to the client (it did not), unless a claim landed,
 ///      in a settlement with `notBefore ≥ deadline` (see "Deposits and claims ...").
 ///      `claimPayment` (until `deadline`) pays δ to the provider and records (clientNonce, δ)
-///      against the client; the client's force-settle deducts, from its `locked`, every claim
+///      against the client; the client's force-settle deducts, from its `balance + locked` (a
+///      statement signed before the channel opened counts δ as free), every claim
 ///      with clientNonce ≥ its recorded statement's nonce (the statements that still count δ),
 ///      and a claim on a client whose force-settle already paid a statement counting δ is
 ///      refused. Each (channel, request) is claimed once.
@@ -551,7 +552,7 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     }
 
     /// @notice After the window, pay `participant` what its recorded statement says: balance
-    ///         + locked − claims against statements that counted them (at most `locked`) +
+    ///         + locked − claims against statements that counted them (down to zero) +
     ///         payouts withheld that the statement is net of. The account stays frozen for good.
     function finalForceSettle(address participant) external nonReentrant returns (uint256 payout) {
         Status current = _status[participant];
@@ -576,8 +577,10 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         for (uint256 i; i < claims.length; ++i) {
             if (claims[i] >> _TAG_SHIFT >= nonce) claimedAmount += claims[i] & _AMOUNT_MASK;
         }
-        uint256 locked = fs.locked;
-        uint256 payout = fs.balance + (claimedAmount >= locked ? 0 : locked - claimedAmount);
+        // A statement that still counts δ counts it in `balance` (signed before the channel
+        // opened) or in `locked`: the claims come off both (never below zero).
+        uint256 counted = fs.balance + fs.locked;
+        uint256 payout = claimedAmount >= counted ? 0 : counted - claimedAmount;
         uint256[] storage withheld = _withheld[participant];
         for (uint256 i; i < withheld.length; ++i) {
             if (withheld[i] >> _TAG_SHIFT <= epoch) payout += withheld[i] & _AMOUNT_MASK;

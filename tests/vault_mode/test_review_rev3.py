@@ -228,16 +228,14 @@ def test_with_the_vault_dark_a_stale_client_statement_is_unanswered_and_its_prov
 # ------------------------------------------- F4: a claim against a statement counting it free
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="F4: claims are deducted from the statement's locked only; a "
-                          "statement from before the channel opened counts δ in free")
 def test_a_landed_claim_is_deducted_from_a_stale_statement_that_counts_it_as_free(
     host: Host,
 ) -> None:
     """The contract's own double-pay rule for claims: a force-settle with a statement
-    that still counts δ (clientNonce ≥ its nonce) is paid less δ. It deducts from
+    that still counts δ (clientNonce ≥ its nonce) is paid less δ. It used to deduct from
     ``locked`` only (capped at it): Alice's statement from before she opened the channel
-    counts δ as free, so she is paid δ and so is the provider — out of Bob's money."""
+    counts δ as free, so she was paid δ and so was the provider, out of Bob's money. The
+    claims now come off ``balance + locked``."""
     vm, vault, usdc = host.vm, host.vault, host.token
     alice, bob = client(), client()
     provider = vm.provider()
@@ -245,13 +243,21 @@ def test_a_landed_claim_is_deducted_from_a_stale_statement_that_counts_it_as_fre
     _confirmed(host, alice.address, 20_000)
     before_channel = vm.vault.statement(alice.address)
     assert (before_channel.statement.balance, before_channel.statement.locked) == (20_000, 0)
-    cid, pending, claim, sig = _pay_ack_lost(host, alice, provider)
+    cid, pending, claim, _ = _pay_ack_lost(host, alice, provider)
     assert pending.client_nonce >= before_channel.statement.nonce  # it counts δ
     vault.claim_payment(funded(host.chain, usdc), _terms(vm, cid), claim)
     assert balance(usdc, provider.address) == PRICE
-    # Dark; Alice leaves with the statement from before her channel.
+    # Dark; Alice leaves with the statement from before her channel, Bob with his latest.
     vault.init_force_settle(host.gas, before_channel.statement, before_channel.signature)
-    assert vault.settlement_of(alice.address) == 20_000 - PRICE, "δ paid twice"
+    assert vault.settlement_of(alice.address) == 20_000 - PRICE
+    his = vm.vault.statement(bob.address)
+    vault.init_force_settle(host.gas, his.statement, his.signature)
+    increase_time(host.chain, SETTLE_WINDOW + 1)
+    vault.final_force_settle(host.gas, alice.address)
+    vault.final_force_settle(host.gas, bob.address)
+    assert balance(usdc, alice.address) == 20_000 - PRICE
+    assert balance(usdc, bob.address) == 10_000
+    assert balance(usdc, vault.address) == 0
 
 
 # --------------------------------------------------- F5: a pending record the host can void
