@@ -15,9 +15,10 @@ import pytest
 from eth_account.signers.local import LocalAccount
 
 from a402.asc import ForceCloseDue
-from a402.chain.tx import TransactionFailed
+from a402.chain.tx import TransactionFailed, transact
 from a402.crypto.vault_messages import VaultChannelTerms
 from a402.tee import EnclaveError
+from a402.vault.watchtower import VaultWatchtower
 from a402.vault_accounts import CLAIM_WINDOW, PendingRecord
 from a402.vault_contract import AccountStatus, PendingClaim
 
@@ -351,3 +352,56 @@ def test_only_the_participant_can_start_its_own_force_settle(host: Host) -> None
     assert vault.status(provider.address) is AccountStatus.SETTLED
     raise AssertionError("a third party settled the provider with a stale statement: "
                          "paid 2,000 of 5,000, 3,000 stranded, the address barred")
+
+
+# ------------------------------------------ F7: dust deposits front-run every settlement
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="F7: a settlement must match depositState exactly; one dust deposit "
+                          "mined before it reverts it, so a griefer stops the watchtower from "
+                          "landing the settlement its answer needs, and a stale statement wins")
+def test_dust_deposits_in_front_of_every_settlement_cannot_stop_the_watchtowers_answer(
+    host: Host,
+) -> None:
+    """Alice pays 2,000 and her latest statement names settlement 2, signed, not landed
+    yet (as in the watchtower's own test). She force-settles with her first statement;
+    the watchtower must land settlement 2 before it can challenge. A griefer (Alice
+    herself) watches the mempool and puts a 1-unit deposit in front of each settle: the
+    tail the watchtower computed is short by one record, DepositsMismatch, every time,
+    until the window closes."""
+    vm, vault, usdc = host.vm, host.vault, host.token
+    alice = client()
+    provider = vm.provider()
+    _confirmed(host, alice.address, 20_000)
+    stale = vm.vault.statement(alice.address)
+    cid, side = vm.open(alice, provider, 5 * PRICE)
+    t0 = now(host.chain)
+    for key in ("a", "b"):
+        vm.pay(cid, side, vm.call(alice, key=key, ts=t0), now=t0)
+    increase_time(host.chain, CLAIM_WINDOW + 1)
+    # Signed (it credits the provider and pays Alice 1,000); the scheduler has not sent it.
+    vm.vault.settle([(alice.address, 1_000)], now=now(host.chain))
+    assert vm.vault.statement(alice.address).statement.epoch == 2 > vault.last_epoch()
+    vault.init_force_settle(host.gas, stale.statement, stale.signature)
+
+    griefer = funded(host.chain, usdc, 100)
+    transact(host.chain, griefer, usdc.functions.approve(vault.address, 100))
+    honest_settle = vault.settle
+
+    def front_run(*args: Any, **kwargs: Any) -> Any:
+        vault.deposit(griefer, griefer.address, 1)  # mined first: the tail is stale
+        return honest_settle(*args, **kwargs)
+
+    vault.settle = front_run  # type: ignore[method-assign]
+    tower = VaultWatchtower(vault, vm.vault, funded(host.chain, usdc))
+    refusals = []
+    for _ in range(3):  # it polls, say, three times within the window
+        refusals += [a.refused for a in tower.poll() if a.refused]
+        increase_time(host.chain, SETTLE_WINDOW // 4)
+        tower.from_block = 0  # look at the same force-settle again
+    vault.settle = honest_settle  # type: ignore[method-assign]
+    increase_time(host.chain, SETTLE_WINDOW)
+    vault.final_force_settle(host.gas, alice.address)
+    assert balance(usdc, alice.address) == 20_000  # all of it, though she spent 2,000
+    assert refusals == [], refusals[0][:10]  # DepositsMismatch, at every poll
