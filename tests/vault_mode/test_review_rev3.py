@@ -40,15 +40,15 @@ def _confirmed(host: Host, who: str, amount: int) -> None:
     host.submit(host.vm.vault.settle([], now=now(host.chain)).settlement)
 
 
-def _pay_ack_lost(host: Host, alice: LocalAccount, provider: Any, capacity: int = 5 * PRICE
-                  ) -> tuple[bytes, PendingRecord, PendingClaim, bytes]:
+def _pay_ack_lost(host: Host, alice: LocalAccount, provider: Any, capacity: int = 5 * PRICE,
+                  key: str = "k") -> tuple[bytes, PendingRecord, PendingClaim, bytes]:
     """Alice pays the provider one PRICE; the enclave gets the REVEAL (it will credit the
     provider at the deadline) but its ACK is lost: the provider's machine says to claim.
     Returns the channel, the pending record, the claim (not sent) and ``e ‖ s``."""
     vm = host.vm
     cid, side = vm.open(alice, provider, capacity)
     t0 = now(host.chain)
-    exec_ = vm.vault.request(cid, vm.call(alice, key="k", ts=t0), PRICE, t0)
+    exec_ = vm.vault.request(cid, vm.call(alice, key=key, ts=t0), PRICE, t0)
     side.receive(exec_, now=t0)
     authorized = vm.vault.receive(cid, side.reply(exec_.request_id, b"the result"), t0)
     reveal = side.receive(authorized.step.send[0], now=t0).send[0]
@@ -281,7 +281,7 @@ def test_a_provider_can_claim_when_the_host_withholds_the_settlement_its_record_
     host.deposit(frank.address, 1)
     host.report_deposits()
     vm.vault.settle([], now=now(host.chain))  # signed, withheld by the host
-    cid, pending, claim, sig = _pay_ack_lost(host, alice, provider)
+    cid, pending, claim, _ = _pay_ack_lost(host, alice, provider)
     assert pending.epoch == 2 > vault.last_epoch()
     vault.claim_payment(funded(host.chain, usdc), _terms(vm, cid), claim)
     assert balance(usdc, provider.address) == PRICE
@@ -405,3 +405,41 @@ def test_dust_deposits_in_front_of_every_settlement_cannot_stop_the_watchtowers_
     vault.final_force_settle(host.gas, alice.address)
     assert balance(usdc, alice.address) == 20_000  # all of it, though she spent 2,000
     assert refusals == [], refusals[0][:10]  # DepositsMismatch, at every poll
+
+
+# ---------------------------------------- F8: the claims list grows with every claim, for good
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="F8: finalForceSettle loops over every claim ever made against the "
+                          "client (~2,300 gas each, cold): ~13,000 claims exceed a 30M block")
+def test_a_clients_exit_costs_the_same_however_many_claims_its_providers_made(
+    host: Host,
+) -> None:
+    """A provider that claims every payment on-chain (as F1 and F5 teach it to) grows the
+    client's ``_claims`` list by one per request; ``settlementOf`` reads all of them, old
+    or new, at every exit. With enough requests the client's exit no longer fits in a
+    block and its money is stuck in the pool."""
+    vm, vault, usdc = host.vm, host.vault, host.token
+    alice, bob = client(), client()
+    provider = vm.provider()
+    host.deposit(bob.address, 1_000)
+    _confirmed(host, alice.address, 40_000)
+    gas_payer = funded(host.chain, usdc)
+    n = 12
+    for i in range(n):
+        cid, _, claim, sig = _pay_ack_lost(host, alice, provider, PRICE, key=f"k{i}")
+        vault.claim_payment(gas_payer, _terms(vm, cid), claim)
+        host.report_claim(cid, claim.request_id, sig)
+    assert balance(usdc, provider.address) == n * PRICE
+    for who in (alice, bob):
+        st = vm.vault.statement(who.address)
+        vault.init_force_settle(host.gas, st.statement, st.signature)
+    increase_time(host.chain, SETTLE_WINDOW + 1)
+    fn = vault.contract.functions.finalForceSettle
+    base = fn(bob.address).estimate_gas({"from": host.gas.address})
+    heavy = fn(alice.address).estimate_gas({"from": host.gas.address})
+    per_claim = (heavy - base) / n
+    print(f"finalForceSettle: {base} gas with no claim, {heavy} with {n}: "
+          f"{per_claim:.0f} per claim; 30M gas at {30_000_000 / per_claim:.0f} claims")
+    assert per_claim < 100, f"{per_claim:.0f} gas per claim ever made, at every exit"
