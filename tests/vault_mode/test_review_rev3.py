@@ -264,16 +264,15 @@ def test_a_landed_claim_is_deducted_from_a_stale_statement_that_counts_it_as_fre
 # --------------------------------------------------- F5: a pending record the host can void
 
 
-@pytest.mark.xfail(strict=True, raises=TransactionFailed,
-                   reason="F5: pending records name the last epoch SIGNED; a host that "
-                          "withholds that settlement voids every claim signed since")
 def test_a_provider_can_claim_when_the_host_withholds_the_settlement_its_record_names(
     host: Host,
 ) -> None:
     """The enclave signs settlement 2 (it only confirms someone else's deposit); the host
-    keeps it. Alice's payment's pending record names epoch 2, so the provider's claim is
-    refused (EpochNotSettled) whatever happens next; Alice's last usable statement
-    (epoch 1) counts the payment. The provider delivered and is paid nothing."""
+    keeps it. Pending records used to name the last epoch signed (2), so the provider's
+    claim was refused (EpochNotSettled) for good, while Alice's last usable statement
+    counted the payment: the provider delivered and was paid nothing. Now statements and
+    records name the account's own epoch (the last settlement that changed its money):
+    Alice's is 1, landed, and the claim pays."""
     vm, vault, usdc = host.vm, host.vault, host.token
     alice, frank = client(), client()
     provider = vm.provider()
@@ -281,10 +280,18 @@ def test_a_provider_can_claim_when_the_host_withholds_the_settlement_its_record_
     host.deposit(frank.address, 1)
     host.report_deposits()
     vm.vault.settle([], now=now(host.chain))  # signed, withheld by the host
-    cid, pending, claim, _ = _pay_ack_lost(host, alice, provider)
-    assert pending.epoch == 2 > vault.last_epoch()
+    cid, pending, claim, sig = _pay_ack_lost(host, alice, provider)
+    assert pending.epoch == 1 == vault.last_epoch()
     vault.claim_payment(funded(host.chain, usdc), _terms(vm, cid), claim)
     assert balance(usdc, provider.address) == PRICE
+    # Alice leaves with her latest statement (usable: epoch 1), less what she paid.
+    changed = host.report_claim(cid, pending.request_id, sig)
+    mine = changed.statements[0] if changed.statements else vm.vault.statement(alice.address)
+    assert mine.statement.epoch == 1
+    vault.init_force_settle(host.gas, mine.statement, mine.signature)
+    _leave(host, host.gas, alice.address)
+    assert balance(usdc, alice.address) == 20_000 - PRICE
+    assert balance(usdc, vault.address) == 1  # Frank's, unconfirmed (F2)
 
 
 @pytest.mark.xfail(strict=True, raises=TransactionFailed,
