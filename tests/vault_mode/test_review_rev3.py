@@ -419,7 +419,7 @@ def test_dust_deposits_in_front_of_every_settlement_cannot_stop_the_watchtowers_
 
 @pytest.mark.xfail(strict=True, raises=AssertionError,
                    reason="F8: finalForceSettle loops over every claim ever made against the "
-                          "client (~2,300 gas each, cold): ~13,000 claims exceed a 30M block")
+                          "client (~2,460 gas each, cold): ~12,200 claims exceed a 30M block")
 def test_a_clients_exit_costs_the_same_however_many_claims_its_providers_made(
     host: Host,
 ) -> None:
