@@ -64,9 +64,12 @@ import {IERC3009Receive} from "./ASCManager.sol";
 ///      * `balance` (free) and `locked` (in the participant's open channels, as client) are what
 ///        the vault owes it if it stopped now, counting only deposits confirmed by a settlement
 ///        with epoch ≤ `epoch` (see "Deposits and claims are the chain's word"), NET of its
-///        payouts in every settlement with epoch ≤ `epoch`, and gross of every settlement after; `epoch` is the last settlement the
-///        enclave had signed when it signed the statement (the enclave debits a payee when it
-///        signs the settlement);
+///        payouts in every settlement with epoch ≤ `epoch`, and gross of every settlement after;
+///        `epoch` is at least the last settlement that changed the participant's money
+///        (confirmed a deposit of its, credited it a pending payment, or paid it: the enclave
+///        debits a payee when it signs the settlement) and at most the last one signed (the
+///        enclave names the first: a settlement that never lands then voids only the later
+///        statements of the participants it touched);
 ///      * `nonce` increases with every change; of two statements, the higher nonce is newer and
 ///        has an epoch at least as high.
 ///      The double-pay rule between settlements and statements. A statement is usable on-chain
@@ -91,13 +94,14 @@ import {IERC3009Receive} from "./ASCManager.sol";
 ///      m = A402Payment(channelId, requestId, δ, resultHash)), the enclave moves δ out of the
 ///      client's statement (it is in no statement of the client with a higher nonce) and signs
 ///      A402VaultPending(channelId, requestId, clientNonce, epoch, deadline), `clientNonce` =
-///      the nonce of the client's last statement that still counts δ, `epoch` the last
-///      settlement it had signed (claimable only once that one landed). The provider's statements
+///      the nonce of the client's last statement that still counts δ, `epoch` the client's
+///      statement epoch (claimable only once that settlement landed). The provider's statements
 ///      never count a pending δ before `deadline`; after it, the enclave credits δ to the
 ///      provider (it revealed t) or back to the client (it did not), unless a claim landed,
 ///      in a settlement with `notBefore ≥ deadline` (see "Deposits and claims ...").
 ///      `claimPayment` (until `deadline`) pays δ to the provider and records (clientNonce, δ)
-///      against the client; the client's force-settle deducts, from its `locked`, every claim
+///      against the client; the client's force-settle deducts, from its `balance + locked` (a
+///      statement signed before the channel opened counts δ as free), every claim
 ///      with clientNonce ≥ its recorded statement's nonce (the statements that still count δ),
 ///      and a claim on a client whose force-settle already paid a statement counting δ is
 ///      refused. Each (channel, request) is claimed once.
@@ -551,7 +555,7 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     }
 
     /// @notice After the window, pay `participant` what its recorded statement says: balance
-    ///         + locked − claims against statements that counted them (at most `locked`) +
+    ///         + locked − claims against statements that counted them (down to zero) +
     ///         payouts withheld that the statement is net of. The account stays frozen for good.
     function finalForceSettle(address participant) external nonReentrant returns (uint256 payout) {
         Status current = _status[participant];
@@ -576,8 +580,10 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         for (uint256 i; i < claims.length; ++i) {
             if (claims[i] >> _TAG_SHIFT >= nonce) claimedAmount += claims[i] & _AMOUNT_MASK;
         }
-        uint256 locked = fs.locked;
-        uint256 payout = fs.balance + (claimedAmount >= locked ? 0 : locked - claimedAmount);
+        // A statement that still counts δ counts it in `balance` (signed before the channel
+        // opened) or in `locked`: the claims come off both (never below zero).
+        uint256 counted = fs.balance + fs.locked;
+        uint256 payout = claimedAmount >= counted ? 0 : counted - claimedAmount;
         uint256[] storage withheld = _withheld[participant];
         for (uint256 i; i < withheld.length; ++i) {
             if (withheld[i] >> _TAG_SHIFT <= epoch) payout += withheld[i] & _AMOUNT_MASK;

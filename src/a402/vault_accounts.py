@@ -43,11 +43,18 @@ pooled money; ``available()`` bounds only the total. So:
    state; ``settle`` lands only if that state, extended by the deposits mined
    since, is the contract's ``depositState`` — so every deposit the enclave
    counted was made, for that participant and that amount, once.
-3. Everything signed on the strength of confirmed money names the last epoch
-   signed: a statement is usable on-chain only if ``epoch ≤ lastEpoch``, a
-   pending record only if its ``epoch ≤ lastEpoch``, a payout only inside its
-   settlement. So nothing pays before the settlement that proved the deposits
-   behind it has landed. A host that lies about a deposit forks the enclave's
+3. Everything signed on the strength of confirmed money names a settlement epoch
+   no earlier than the one that confirmed it: a statement is usable on-chain only
+   if ``epoch ≤ lastEpoch``, a pending record only if its ``epoch ≤ lastEpoch``, a
+   payout only inside its settlement. So nothing pays before the settlement that
+   proved the deposits behind it has landed. That epoch is the *account's* (the
+   last settlement that changed its money: confirmed a deposit of its, credited it a
+   pending payment, or paid it), not the last one signed: a statement is net of
+   every payout up to the account's epoch and no later settlement pays it, so it is
+   gross of them too, and the double-pay rule (``lastPaidEpoch ≤ epoch``) holds as
+   with the global epoch. What it buys: a settlement withheld or made unlandable
+   voids the later statements and pending records of the accounts it touched only,
+   not everybody's. A host that lies about a deposit forks the enclave's
    chain: no later settlement lands, no later statement or claim is usable, and
    the participants leave with their last usable statements (force-settle),
    which count real money only.
@@ -244,14 +251,21 @@ class _Account:
     unconfirmed: int = 0
     nonce: int = 0
     exiting: bool = False
+    #: The last settlement that changed this account's money (confirmed a deposit of its,
+    #: credited it a pending payment, paid it): what its statements and the pending records
+    #: of its payments name (module docstring, 3).
+    epoch: int = 0
 
     def to_json(self) -> list[Any]:
         return [self.participant, self.index, str(self.free), str(self.locked),
-                str(self.unconfirmed), self.nonce, self.exiting]
+                str(self.unconfirmed), self.nonce, self.exiting, self.epoch]
 
     @classmethod
-    def from_json(cls, v: list[Any]) -> _Account:
-        return cls(str(v[0]), int(v[1]), int(v[2]), int(v[3]), int(v[4]), int(v[5]), bool(v[6]))
+    def from_json(cls, v: list[Any], epoch: int) -> _Account:
+        """``epoch``: the ledger's last signed epoch, for a ledger written before accounts
+        had their own (the conservative choice: never earlier than the true one)."""
+        return cls(str(v[0]), int(v[1]), int(v[2]), int(v[3]), int(v[4]), int(v[5]), bool(v[6]),
+                   int(v[7]) if len(v) > 7 else epoch)
 
 
 @dataclass(slots=True)
@@ -369,7 +383,7 @@ class VaultAccountsCode:
         for account in sorted({a.index: a for a in accounts}.values(), key=lambda a: a.index):
             account.nonce += 1
             st = BalanceStatement(account.participant, account.index, account.free,
-                                  account.locked, self._epoch, account.nonce)
+                                  account.locked, account.epoch, account.nonce)
             signed = SignedStatement(
                 st, self._kernel.sign(VAULT_ACCOUNTS, statement_digest(self.domain, st)))
             self._statements[address_key(account.participant)] = signed
@@ -499,6 +513,8 @@ class VaultAccountsCode:
             self._paid_out += amount
             touched.append(account)
             records.append((account.participant, account.index, amount))
+        for account in touched:  # their money now rests on this settlement
+            account.epoch = self._epoch
         packed = pack_payouts(sorted(records, key=lambda r: r[1]))
         digest = settlement_digest(self.domain, self._epoch, packed, self._confirmed, not_before)
         signed = SignedSettlement(self._epoch, packed, self._confirmed,
@@ -665,10 +681,12 @@ class VaultAccountsCode:
         deadline = self._tick(now) + CLAIM_WINDOW
         self._pending[(channel_id, event.request_id)] = _Pending(
             held.client, held.provider, event.amount, client_nonce, deadline)
+        # The client's money here rests on settlements up to its account's epoch: the record
+        # is claimable once that one landed, whatever later settlement is withheld.
         digest = pending_digest(self.domain, channel_id, event.request_id, client_nonce,
-                                self._epoch, deadline)
+                                client.epoch, deadline)
         record = PendingRecord(channel_id, event.request_id, event.amount, client_nonce,
-                               self._epoch, deadline, self._kernel.sign(VAULT_ACCOUNTS, digest))
+                               client.epoch, deadline, self._kernel.sign(VAULT_ACCOUNTS, digest))
         return record, self._sign_statements([client])
 
     def claim_landed(self, channel_id: bytes, request_id: int, signature: bytes, *,
@@ -788,7 +806,7 @@ class VaultAccountsCode:
             if r.get("format") != _LEDGER_FORMAT:
                 raise ValueError("not a vault-mode ledger")
             version = int(r["version"])
-            accounts = {k: _Account.from_json(v) for k, v in r["accounts"].items()}
+            accounts = {k: _Account.from_json(v, int(r["epoch"])) for k, v in r["accounts"].items()}
             settlements = {int(e): SignedSettlement(int(e), bytes.fromhex(v[0]), int(v[1]),
                                                     bytes.fromhex(v[2]), int(v[3]))
                            for e, v in r["settlements"].items()}

@@ -1,0 +1,452 @@
+"""Adversarial review of vault mode (session 8, rev3): each test plays one attack or
+failure on anvil against the real ``A402Vault`` and the enclave's accounts, and asserts
+what a participant should get. The ones marked ``xfail(strict=True)`` FAIL today: the
+assertion they stop at is the property that does not hold (see the review report). When
+a fix lands, the strict xfail turns into an error and the marker must go.
+
+Every scenario keeps the host honest unless it says otherwise: the point of most of them
+is that the vault going dark, or one provider, is enough."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from eth_account.signers.local import LocalAccount
+
+from a402.asc import ForceCloseDue
+from a402.chain.tx import TransactionFailed, transact
+from a402.crypto.vault_messages import VaultChannelTerms
+from a402.tee import EnclaveError
+from a402.vault.watchtower import VaultWatchtower
+from a402.vault_accounts import CLAIM_WINDOW, PendingRecord
+from a402.vault_contract import AccountStatus, PendingClaim
+
+from .accounts_setup import PRICE, Host, VaultMode, client
+from .helpers import SETTLE_WINDOW, balance, funded, increase_time, now, reverts_with
+
+pytestmark = pytest.mark.anvil
+
+
+def _terms(vm: VaultMode, cid: bytes) -> VaultChannelTerms:
+    t = vm.vault.terms(cid)
+    return VaultChannelTerms("0x" + t.client.hex(), "0x" + t.provider.hex(), t.provider_key,
+                             t.deposit, t.salt)
+
+
+def _confirmed(host: Host, who: str, amount: int) -> None:
+    host.deposit(who, amount)
+    host.report_deposits()
+    host.submit(host.vm.vault.settle([], now=now(host.chain)).settlement)
+
+
+def _pay_ack_lost(host: Host, alice: LocalAccount, provider: Any, capacity: int = 5 * PRICE,
+                  key: str = "k") -> tuple[bytes, PendingRecord, PendingClaim, bytes]:
+    """Alice pays the provider one PRICE; the enclave gets the REVEAL (it will credit the
+    provider at the deadline) but its ACK is lost: the provider's machine says to claim.
+    Returns the channel, the pending record, the claim (not sent) and ``e ‖ s``."""
+    vm = host.vm
+    cid, side = vm.open(alice, provider, capacity)
+    t0 = now(host.chain)
+    exec_ = vm.vault.request(cid, vm.call(alice, key=key, ts=t0), PRICE, t0)
+    side.receive(exec_, now=t0)
+    authorized = vm.vault.receive(cid, side.reply(exec_.request_id, b"the result"), t0)
+    reveal = side.receive(authorized.step.send[0], now=t0).send[0]
+    vm.vault.receive(cid, reveal, t0)  # the ACK is dropped
+    (due,) = side.poll(now=t0 + 31).events
+    assert isinstance(due, ForceCloseDue)
+    p = authorized.pending
+    assert p is not None
+    c = due.claim
+    return cid, p, PendingClaim(c.request_id, c.amount, c.result_hash, c.e, c.s,
+                                p.client_nonce, p.epoch, p.deadline, c.authorization,
+                                p.signature), c.signature
+
+
+def _leave(host: Host, sender: LocalAccount, participant: str) -> None:
+    increase_time(host.chain, SETTLE_WINDOW + 1)
+    host.vault.final_force_settle(sender, participant)
+
+
+# ---------------------------------------------------------------- F1: settlement_dead
+
+
+@pytest.mark.xfail(strict=True, raises=TransactionFailed,
+                   reason="F1: a claim at the end of its window kills the settlement signed "
+                          "a second later; the deposits it confirmed are stranded for good")
+def test_a_providers_claim_in_the_last_second_of_its_window_kills_settlement_for_everyone(
+    host: Host,
+) -> None:
+    """Honest host, honest enclave, one provider whose ACK was lost and which claims at
+    the last second of its window (it was offline; or it means harm). The host's clock
+    reads one second later, the claim's block is not reported yet (a host that waits for
+    one confirmation), and the scheduler asks for a settlement: the enclave credits the
+    revealed payment to the provider and confirms Carol's deposit. That settlement can
+    never land (ClaimInTail), the enclave then refuses every later one
+    (settlement_dead), and Carol, whose only statement names it, cannot leave."""
+    vm, vault, usdc = host.vm, host.vault, host.token
+    alice, carol = client(), client()
+    provider = vm.provider()
+    _confirmed(host, alice.address, 20_000)
+    cid, pending, claim, sig = _pay_ack_lost(host, alice, provider)
+    host.deposit(carol.address, 30_000)
+    host.report_deposits()
+    # The provider's claim lands in the block stamped exactly at its deadline.
+    gas_payer = funded(host.chain, usdc)
+    host.chain.w3.provider.make_request("evm_setNextBlockTimestamp", [pending.deadline])
+    vault.claim_payment(gas_payer, _terms(vm, cid), claim)
+    assert balance(usdc, provider.address) == PRICE
+    # One second later, before the host has reported that block, a settlement is due.
+    signed = vm.vault.settle([], now=pending.deadline + 1)
+    assert signed.settlement.not_before == pending.deadline
+    increase_time(host.chain, 12)  # it may land from the next block on
+    with reverts_with("ClaimInTail(uint64,uint64)"):
+        host.submit(signed.settlement)
+    host.report_claim(cid, pending.request_id, sig)
+    with pytest.raises(EnclaveError, match="settlement_dead"):
+        vm.vault.settle([], now=now(host.chain) + 10)
+    # No settlement will ever land again. Carol's only statement names the dead epoch.
+    st = vm.vault.statement(carol.address)
+    assert st.statement.epoch == 2 > vault.last_epoch() == 1
+    vault.init_force_settle(host.gas, st.statement, st.signature)  # StaleStatement: stuck
+    _leave(host, host.gas, carol.address)
+    assert balance(usdc, carol.address) == 30_000
+
+
+@pytest.mark.xfail(strict=True, raises=TransactionFailed,
+                   reason="F1: every payment the dead settlement resolved is stranded: the "
+                          "provider's statement counting it names the dead epoch, its claim "
+                          "window is shut, the client's statements no longer count it")
+def test_a_dead_settlement_strands_the_other_providers_payments_it_resolved(
+    host: Host,
+) -> None:
+    vm, vault, usdc = host.vm, host.vault, host.token
+    alice = client()
+    attacker, honest = vm.provider(), vm.provider()
+    _confirmed(host, alice.address, 20_000)
+    cid, pending, claim, sig = _pay_ack_lost(host, alice, attacker)
+    # Alice also pays an honest provider, normally (REVEAL and ACK), in the same minute.
+    hcid, side = vm.open(alice, honest, 5 * PRICE)
+    t0 = now(host.chain)
+    vm.pay(hcid, side, vm.call(alice, key="honest", ts=t0), now=t0)
+    gas_payer = funded(host.chain, usdc)
+    host.chain.w3.provider.make_request("evm_setNextBlockTimestamp", [pending.deadline])
+    vault.claim_payment(gas_payer, _terms(vm, cid), claim)
+    signed = vm.vault.settle([], now=pending.deadline + 30)  # resolves both payments
+    increase_time(host.chain, 60)
+    with reverts_with("ClaimInTail(uint64,uint64)"):
+        host.submit(signed.settlement)
+    host.report_claim(cid, pending.request_id, sig)
+    # The honest provider's only statement counting its 1,000 names the dead epoch, and its
+    # claim window is shut; Alice's usable statement no longer counts the payment either.
+    mine = vm.vault.statement(alice.address)
+    assert mine.statement.epoch == 1 and mine.statement.balance + mine.statement.locked == 18_000
+    st = vm.vault.statement(honest.address)
+    assert st.statement.balance == PRICE and st.statement.epoch == 2 > vault.last_epoch()
+    vault.init_force_settle(host.gas, st.statement, st.signature)  # StaleStatement
+    _leave(host, host.gas, honest.address)
+    assert balance(usdc, honest.address) == PRICE
+
+
+# ------------------------------------------------------ F2: unconfirmed deposit, dark vault
+
+
+@pytest.mark.xfail(strict=True, raises=EnclaveError,
+                   reason="F2: a deposit no settlement confirmed has no exit when the vault "
+                          "goes dark (no statement counts it; the contract pays deposits "
+                          "only through statements)")
+def test_a_deposit_made_just_before_the_vault_goes_dark_can_be_taken_back(host: Host) -> None:
+    """Dave deposits; the host reports it; then the vault goes dark before any settlement
+    confirms it. Dave holds no statement (none is ever signed for unconfirmed money), the
+    contract has no other exit for a deposit: 40,000 stay in the pool for good."""
+    vm, vault, usdc = host.vm, host.vault, host.token
+    dave = client()
+    host.deposit(dave.address, 40_000)
+    host.report_deposits()
+    assert vm.vault.balance(dave.address) == (0, 0, 40_000)
+    # The vault is dark from here on. What could Dave force-settle with?
+    st = vm.vault.statement(dave.address)  # no_statement: there is none, anywhere
+    vault.init_force_settle(host.gas, st.statement, st.signature)
+    _leave(host, host.gas, dave.address)
+    assert balance(usdc, dave.address) == 40_000
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="F2: an existing participant's top-up, unconfirmed when the vault "
+                          "goes dark, is not paid by its force-settle")
+def test_a_top_up_made_just_before_the_vault_goes_dark_is_paid_by_the_force_settle(
+    host: Host,
+) -> None:
+    vm, vault, usdc = host.vm, host.vault, host.token
+    erin = client()
+    _confirmed(host, erin.address, 10_000)
+    host.deposit(erin.address, 5_000)  # the vault goes dark before confirming it
+    st = vm.vault.statement(erin.address)
+    vault.init_force_settle(host.gas, st.statement, st.signature)
+    _leave(host, host.gas, erin.address)
+    assert balance(usdc, vault.address) == 0, "5,000 stranded in the pool"
+    assert balance(usdc, erin.address) == 15_000
+
+
+# ----------------------------------------------- F3: stale statement with the vault dark
+
+
+@pytest.mark.xfail(strict=True, raises=TransactionFailed,
+                   reason="F3: with the vault dark nobody holds the newer statement to "
+                          "challenge with; the client leaves with what it spent, the pool "
+                          "cannot pay the provider")
+def test_with_the_vault_dark_a_stale_client_statement_is_unanswered_and_its_provider_unpaid(
+    host: Host,
+) -> None:
+    """Alice pays a provider 2,000; a landed settlement credits them to the provider.
+    The vault goes dark (host and its watchtower with it). Alice force-settles with her
+    first statement (20,000 free): lastPaidEpoch of her lane is 0, so it is usable; no
+    one else holds her newer statements, so no one can challenge. She takes 20,000, and
+    the provider's force-settle with its latest statement finds an empty pool."""
+    vm, vault, usdc = host.vm, host.vault, host.token
+    alice = client()
+    provider = vm.provider()
+    _confirmed(host, alice.address, 20_000)
+    stale = vm.vault.statement(alice.address)
+    cid, side = vm.open(alice, provider, 5 * PRICE)
+    t0 = now(host.chain)
+    for key in ("a", "b"):
+        vm.pay(cid, side, vm.call(alice, key=key, ts=t0), now=t0)
+    increase_time(host.chain, CLAIM_WINDOW + 1)
+    host.submit(vm.vault.settle([], now=now(host.chain)).settlement)  # credits the provider
+    theirs = vm.vault.statement(provider.address)
+    assert theirs.statement.balance == 2 * PRICE and vault.last_epoch() == 2
+    # Dark. Alice and the provider each start their exit.
+    vault.init_force_settle(host.gas, stale.statement, stale.signature)
+    vault.init_force_settle(host.gas, theirs.statement, theirs.signature)
+    increase_time(host.chain, SETTLE_WINDOW + 1)
+    vault.final_force_settle(host.gas, alice.address)
+    assert balance(usdc, alice.address) == 20_000  # all she ever deposited
+    vault.final_force_settle(host.gas, provider.address)  # InsufficientFunds
+    assert balance(usdc, provider.address) == 2 * PRICE
+
+
+# ------------------------------------------- F4: a claim against a statement counting it free
+
+
+def test_a_landed_claim_is_deducted_from_a_stale_statement_that_counts_it_as_free(
+    host: Host,
+) -> None:
+    """The contract's own double-pay rule for claims: a force-settle with a statement
+    that still counts δ (clientNonce ≥ its nonce) is paid less δ. It used to deduct from
+    ``locked`` only (capped at it): Alice's statement from before she opened the channel
+    counts δ as free, so she was paid δ and so was the provider, out of Bob's money. The
+    claims now come off ``balance + locked``."""
+    vm, vault, usdc = host.vm, host.vault, host.token
+    alice, bob = client(), client()
+    provider = vm.provider()
+    host.deposit(bob.address, 10_000)
+    _confirmed(host, alice.address, 20_000)
+    before_channel = vm.vault.statement(alice.address)
+    assert (before_channel.statement.balance, before_channel.statement.locked) == (20_000, 0)
+    cid, pending, claim, _ = _pay_ack_lost(host, alice, provider)
+    assert pending.client_nonce >= before_channel.statement.nonce  # it counts δ
+    vault.claim_payment(funded(host.chain, usdc), _terms(vm, cid), claim)
+    assert balance(usdc, provider.address) == PRICE
+    # Dark; Alice leaves with the statement from before her channel, Bob with his latest.
+    vault.init_force_settle(host.gas, before_channel.statement, before_channel.signature)
+    assert vault.settlement_of(alice.address) == 20_000 - PRICE
+    his = vm.vault.statement(bob.address)
+    vault.init_force_settle(host.gas, his.statement, his.signature)
+    increase_time(host.chain, SETTLE_WINDOW + 1)
+    vault.final_force_settle(host.gas, alice.address)
+    vault.final_force_settle(host.gas, bob.address)
+    assert balance(usdc, alice.address) == 20_000 - PRICE
+    assert balance(usdc, bob.address) == 10_000
+    assert balance(usdc, vault.address) == 0
+
+
+# --------------------------------------------------- F5: a pending record the host can void
+
+
+def test_a_provider_can_claim_when_the_host_withholds_the_settlement_its_record_names(
+    host: Host,
+) -> None:
+    """The enclave signs settlement 2 (it only confirms someone else's deposit); the host
+    keeps it. Pending records used to name the last epoch signed (2), so the provider's
+    claim was refused (EpochNotSettled) for good, while Alice's last usable statement
+    counted the payment: the provider delivered and was paid nothing. Now statements and
+    records name the account's own epoch (the last settlement that changed its money):
+    Alice's is 1, landed, and the claim pays."""
+    vm, vault, usdc = host.vm, host.vault, host.token
+    alice, frank = client(), client()
+    provider = vm.provider()
+    _confirmed(host, alice.address, 20_000)
+    host.deposit(frank.address, 1)
+    host.report_deposits()
+    vm.vault.settle([], now=now(host.chain))  # signed, withheld by the host
+    cid, pending, claim, sig = _pay_ack_lost(host, alice, provider)
+    assert pending.epoch == 1 == vault.last_epoch()
+    vault.claim_payment(funded(host.chain, usdc), _terms(vm, cid), claim)
+    assert balance(usdc, provider.address) == PRICE
+    # Alice leaves with her latest statement (usable: epoch 1), less what she paid.
+    changed = host.report_claim(cid, pending.request_id, sig)
+    mine = changed.statements[0] if changed.statements else vm.vault.statement(alice.address)
+    assert mine.statement.epoch == 1
+    vault.init_force_settle(host.gas, mine.statement, mine.signature)
+    _leave(host, host.gas, alice.address)
+    assert balance(usdc, alice.address) == 20_000 - PRICE
+    assert balance(usdc, vault.address) == 1  # Frank's, unconfirmed (F2)
+
+
+@pytest.mark.xfail(strict=True, raises=TransactionFailed,
+                   reason="F5: the pending deadline is the host's clock + CLAIM_WINDOW; a "
+                          "host whose clock lags hands out records already expired on-chain")
+def test_a_provider_can_claim_when_the_hosts_clock_lags_the_chain(host: Host) -> None:
+    vm, vault, usdc = host.vm, host.vault, host.token
+    alice = client()
+    provider = vm.provider()
+    _confirmed(host, alice.address, 20_000)
+    # The host's clock is an hour and a half behind the chain (the enclave's clock only
+    # ever moves forward with what the host says; it has no other source).
+    increase_time(host.chain, CLAIM_WINDOW + 1_800)
+    lagging = now(host.chain) - CLAIM_WINDOW - 1_800
+    cid, side = vm.open(alice, provider, 5 * PRICE)
+    exec_ = vm.vault.request(cid, vm.call(alice, key="k", ts=lagging), PRICE, lagging)
+    side.receive(exec_, now=lagging)
+    authorized = vm.vault.receive(cid, side.reply(exec_.request_id, b"r"), lagging)
+    p = authorized.pending
+    assert p is not None and p.deadline < now(host.chain)  # expired when handed out
+    side.receive(authorized.step.send[0], now=lagging)  # the provider reveals: nothing checks
+    (due,) = side.poll(now=lagging + 31).events
+    assert isinstance(due, ForceCloseDue)
+    c = due.claim
+    vault.claim_payment(funded(host.chain, usdc), _terms(vm, cid),
+                        PendingClaim(c.request_id, c.amount, c.result_hash, c.e, c.s,
+                                     p.client_nonce, p.epoch, p.deadline, c.authorization,
+                                     p.signature))
+    assert balance(usdc, provider.address) == PRICE
+
+
+# ------------------------------------------------- F6: anyone starts someone else's exit
+
+
+@pytest.mark.xfail(strict=True, reason="F6: anyone holding an old statement of a "
+                   "participant (the host holds them all) can start its exit")
+def test_only_the_participant_can_start_its_own_force_settle(host: Host) -> None:
+    """The host (it sees every statement pass) force-settles a provider with its first
+    statement. If the provider is away for the window, it is paid 2,000 of its 5,000,
+    the rest stays in the pool, and its address can never deposit again."""
+    vm, vault, usdc = host.vm, host.vault, host.token
+    alice = client()
+    provider = vm.provider()
+    _confirmed(host, alice.address, 20_000)
+    cid, side = vm.open(alice, provider, 5 * PRICE)
+    t0 = now(host.chain)
+    for key in ("a", "b"):
+        vm.pay(cid, side, vm.call(alice, key=key, ts=t0), now=t0)
+    increase_time(host.chain, CLAIM_WINDOW + 1)
+    host.submit(vm.vault.settle([], now=now(host.chain)).settlement)
+    first = vm.vault.statement(provider.address)
+    t1 = now(host.chain)
+    for key in ("c", "d", "e"):
+        vm.pay(cid, side, vm.call(alice, key=key, ts=t1), now=t1)
+    increase_time(host.chain, CLAIM_WINDOW + 1)
+    host.submit(vm.vault.settle([], now=now(host.chain)).settlement)
+    assert vm.vault.statement(provider.address).statement.balance == 5 * PRICE
+    mallory = funded(host.chain, usdc)
+    try:
+        vault.init_force_settle(mallory, first.statement, first.signature)
+    except TransactionFailed:
+        return  # the property holds
+    _leave(host, mallory, provider.address)
+    assert balance(usdc, provider.address) == 2 * PRICE
+    assert vault.status(provider.address) is AccountStatus.SETTLED
+    raise AssertionError("a third party settled the provider with a stale statement: "
+                         "paid 2,000 of 5,000, 3,000 stranded, the address barred")
+
+
+# ------------------------------------------ F7: dust deposits front-run every settlement
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="F7: a settlement must match depositState exactly; one dust deposit "
+                          "mined before it reverts it, so a griefer stops the watchtower from "
+                          "landing the settlement its answer needs, and a stale statement wins")
+def test_dust_deposits_in_front_of_every_settlement_cannot_stop_the_watchtowers_answer(
+    host: Host,
+) -> None:
+    """Alice pays 2,000 and her latest statement names settlement 2, signed, not landed
+    yet (as in the watchtower's own test). She force-settles with her first statement;
+    the watchtower must land settlement 2 before it can challenge. A griefer (Alice
+    herself) watches the mempool and puts a 1-unit deposit in front of each settle: the
+    tail the watchtower computed is short by one record, DepositsMismatch, every time,
+    until the window closes."""
+    vm, vault, usdc = host.vm, host.vault, host.token
+    alice = client()
+    provider = vm.provider()
+    _confirmed(host, alice.address, 20_000)
+    stale = vm.vault.statement(alice.address)
+    cid, side = vm.open(alice, provider, 5 * PRICE)
+    t0 = now(host.chain)
+    for key in ("a", "b"):
+        vm.pay(cid, side, vm.call(alice, key=key, ts=t0), now=t0)
+    increase_time(host.chain, CLAIM_WINDOW + 1)
+    # Signed (it credits the provider and pays Alice 1,000); the scheduler has not sent it.
+    vm.vault.settle([(alice.address, 1_000)], now=now(host.chain))
+    assert vm.vault.statement(alice.address).statement.epoch == 2 > vault.last_epoch()
+    vault.init_force_settle(host.gas, stale.statement, stale.signature)
+
+    griefer = funded(host.chain, usdc, 100)
+    transact(host.chain, griefer, usdc.functions.approve(vault.address, 100))
+    honest_settle = vault.settle
+
+    def front_run(*args: Any, **kwargs: Any) -> Any:
+        vault.deposit(griefer, griefer.address, 1)  # mined first: the tail is stale
+        return honest_settle(*args, **kwargs)
+
+    vault.settle = front_run  # type: ignore[method-assign]
+    tower = VaultWatchtower(vault, vm.vault, funded(host.chain, usdc))
+    refusals = []
+    for _ in range(3):  # it polls, say, three times within the window
+        refusals += [a.refused for a in tower.poll() if a.refused]
+        increase_time(host.chain, SETTLE_WINDOW // 4)
+        tower.from_block = 0  # look at the same force-settle again
+    vault.settle = honest_settle  # type: ignore[method-assign]
+    increase_time(host.chain, SETTLE_WINDOW)
+    vault.final_force_settle(host.gas, alice.address)
+    assert balance(usdc, alice.address) == 20_000  # all of it, though she spent 2,000
+    assert refusals == [], refusals[0][:10]  # DepositsMismatch, at every poll
+
+
+# ---------------------------------------- F8: the claims list grows with every claim, for good
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="F8: finalForceSettle loops over every claim ever made against the "
+                          "client (~2,460 gas each, cold): ~12,200 claims exceed a 30M block")
+def test_a_clients_exit_costs_the_same_however_many_claims_its_providers_made(
+    host: Host,
+) -> None:
+    """A provider that claims every payment on-chain (as F1 and F5 teach it to) grows the
+    client's ``_claims`` list by one per request; ``settlementOf`` reads all of them, old
+    or new, at every exit. With enough requests the client's exit no longer fits in a
+    block and its money is stuck in the pool."""
+    vm, vault, usdc = host.vm, host.vault, host.token
+    alice, bob = client(), client()
+    provider = vm.provider()
+    host.deposit(bob.address, 1_000)
+    _confirmed(host, alice.address, 40_000)
+    gas_payer = funded(host.chain, usdc)
+    n = 12
+    for i in range(n):
+        cid, _, claim, sig = _pay_ack_lost(host, alice, provider, PRICE, key=f"k{i}")
+        vault.claim_payment(gas_payer, _terms(vm, cid), claim)
+        host.report_claim(cid, claim.request_id, sig)
+    assert balance(usdc, provider.address) == n * PRICE
+    for who in (alice, bob):
+        st = vm.vault.statement(who.address)
+        vault.init_force_settle(host.gas, st.statement, st.signature)
+    increase_time(host.chain, SETTLE_WINDOW + 1)
+    fn = vault.contract.functions.finalForceSettle
+    base = fn(bob.address).estimate_gas({"from": host.gas.address})
+    heavy = fn(alice.address).estimate_gas({"from": host.gas.address})
+    per_claim = (heavy - base) / n
+    print(f"finalForceSettle: {base} gas with no claim, {heavy} with {n}: "
+          f"{per_claim:.0f} per claim; 30M gas at {30_000_000 / per_claim:.0f} claims")
+    assert per_claim < 100, f"{per_claim:.0f} gas per claim ever made, at every exit"
