@@ -245,7 +245,7 @@ def test_a_reclaim_started_late_in_the_sweeps_day_is_finalized_and_the_pool_made
     escrow = world.balance(world.manager.address)
     stranger = fresh_account(world.chain)
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
-        account, client = client_of(world, vault.url, funds=FUNDS, deposit=FUNDS)
+        account, client = client_of(world, vault, funds=FUNDS, deposit=FUNDS)
         journal = vault.service.journal
         send = journal.send
         withheld: list[Any] = []
