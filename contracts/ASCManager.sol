@@ -1113,25 +1113,24 @@ contract ASCManager is EIP712, ReentrancyGuardTransient {
     }
 
     /// @notice The digest the vault signs to approve opening `cid` until `deadline`.
-    /// @dev Hashes the struct at the free memory pointer without allocating (no `abi.encode`
-    ///      copy): it is on the path of every open a vault approves by signature.
     function openApprovalDigest(bytes32 cid, uint256 deadline) public view returns (bytes32) {
-        bytes32 typeHash = OPEN_TYPEHASH;
-        bytes32 structHash;
-        assembly ("memory-safe") {
-            let ptr := mload(0x40)
-            mstore(ptr, typeHash)
-            mstore(add(ptr, 0x20), cid)
-            mstore(add(ptr, 0x40), deadline)
-            structHash := keccak256(ptr, 0x60)
-        }
-        return _hashTypedDataV4(structHash);
+        return _approvalDigest(OPEN_TYPEHASH, cid, deadline);
     }
 
     /// @notice The digest the vault signs to approve opening `cid` from the client's pool balance
     ///         until `deadline` (`createASCFromPool`, `createASCFromPoolBatch` only).
     function poolOpenApprovalDigest(bytes32 cid, uint256 deadline) public view returns (bytes32) {
-        bytes32 typeHash = POOL_OPEN_TYPEHASH;
+        return _approvalDigest(POOL_OPEN_TYPEHASH, cid, deadline);
+    }
+
+    /// @dev The EIP-712 digest of a `typeHash(bytes32 channelId, uint256 deadline)` approval,
+    ///      hashing the struct at the free memory pointer without allocating (no `abi.encode`
+    ///      copy): it is on the path of every open a vault approves by signature.
+    function _approvalDigest(bytes32 typeHash, bytes32 cid, uint256 deadline)
+        private
+        view
+        returns (bytes32)
+    {
         bytes32 structHash;
         assembly ("memory-safe") {
             let ptr := mload(0x40)
