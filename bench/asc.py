@@ -216,7 +216,9 @@ def channel_run(stack: Stack, client: LocalAccount, count: int) -> dict[str, Any
     with VaultClient(stack.vault_url, client, trust_on_first_use=True) as vault:
         if vault.deposit(count * PRICE).get("state") != "credited":
             raise RuntimeError("deposit not credited")
-        opened = vault.invoke(f"{stack.api_url}/data", max_price=PRICE)
+        # The call allows the whole run's channel: without ``deposit`` the enclave caps a
+        # pool channel at 100 times the call's price.
+        opened = vault.invoke(f"{stack.api_url}/data", max_price=PRICE, deposit=count * PRICE)
         if (opened.outcome, opened.status) != ("paid", 200):
             raise RuntimeError(f"first paid request failed: {opened}")
         cpu_before = stack.cpu_seconds()
@@ -254,8 +256,8 @@ async def many_channels(stack: Stack, clients: list[LocalAccount], each: int, ro
     url = f"{stack.api_url}/data"
     latencies: list[float] = []
 
-    async def one(vault: AsyncVaultClient) -> None:
-        result = await vault.invoke(url, max_price=PRICE)
+    async def one(vault: AsyncVaultClient) -> None:  # the channel for the whole run
+        result = await vault.invoke(url, max_price=PRICE, deposit=(each * rounds + 1) * PRICE)
         if (result.outcome, result.status, result.amount) != ("paid", 200, PRICE):
             raise RuntimeError(f"paid request failed: {result}")
 
