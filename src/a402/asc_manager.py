@@ -19,7 +19,6 @@ from enum import IntEnum
 from typing import Any, Literal
 
 from eth_abi import decode
-from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress, Hash32
 from hexbytes import HexBytes
@@ -40,7 +39,7 @@ from a402.chain.node import Chain
 from a402.chain.tx import contract_at, deploy_contract, transact
 from a402.crypto import PaymentDomain
 from a402.evm.address import to_checksum
-from a402.evm.eip3009 import RECEIVE_WITH_AUTHORIZATION_TYPES
+from a402.evm.eip3009 import ReceiveAuthorization, sign_receive_authorization
 from a402.evm.keccak import keccak256
 from a402.evm.permit import permit_digest
 
@@ -67,17 +66,6 @@ class OnChainChannel:
 
 
 @dataclass(frozen=True, slots=True)
-class ReceiveAuthorization:
-    """An EIP-3009 ``receiveWithAuthorization`` whose nonce is the channel id."""
-
-    valid_after: int
-    valid_before: int
-    v: int
-    r: bytes
-    s: bytes
-
-
-@dataclass(frozen=True, slots=True)
 class PoolDepositAuthorization:
     """A payer's EIP-3009 ``receiveWithAuthorization`` crediting ``client``'s pool balance with
     ``vault`` by ``amount`` (nonce: :func:`a402.asc.pool_deposit_nonce` of these and ``salt``)."""
@@ -87,14 +75,7 @@ class PoolDepositAuthorization:
     payer: str
     amount: int
     salt: bytes
-    valid_after: int
-    valid_before: int
-    v: int
-    r: bytes
-    s: bytes
-
-    def auth_tuple(self) -> tuple[int, int, int, bytes, bytes]:
-        return (self.valid_after, self.valid_before, self.v, self.r, self.s)
+    authorization: ReceiveAuthorization
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,32 +217,11 @@ class ASCManager:
         valid_before: int,
     ) -> ReceiveAuthorization:
         """The client's EIP-3009 authorization to move the deposit into this channel."""
-        signed = client.sign_message(
-            encode_typed_data(
-                domain_data={
-                    "name": token_name,
-                    "version": token_version,
-                    "chainId": self.chain.chain_id,
-                    "verifyingContract": self.token,
-                },
-                message_types=RECEIVE_WITH_AUTHORIZATION_TYPES,
-                message_data={
-                    "from": client.address,
-                    "to": self.address,
-                    "value": terms.deposit,
-                    "validAfter": valid_after,
-                    "validBefore": valid_before,
-                    "nonce": terms.channel_id(self.domain),
-                },
-            )
-        )
-        return ReceiveAuthorization(
-            valid_after,
-            valid_before,
-            signed.v,
-            signed.r.to_bytes(32, "big"),
-            signed.s.to_bytes(32, "big"),
-        )
+        return sign_receive_authorization(
+            client, token_name=token_name, token_version=token_version,
+            chain_id=self.chain.chain_id, token=self.token, to=self.address,
+            value=terms.deposit, valid_after=valid_after, valid_before=valid_before,
+            nonce=terms.channel_id(self.domain))
 
     def create_with_authorization(
         self,
@@ -322,7 +282,7 @@ class ASCManager:
         """The unsent ``depositToPoolWithAuthorization`` call (for a journal to send)."""
         return self.contract.functions.depositToPoolWithAuthorization(
             to_checksum(auth.vault), to_checksum(auth.client), to_checksum(auth.payer),
-            auth.amount, auth.salt, auth.auth_tuple())
+            auth.amount, auth.salt, auth.authorization.as_tuple())
 
     def create_from_pool(
         self, sender: LocalAccount, terms: ChannelTerms, vault_signature: bytes = b"",
@@ -704,14 +664,10 @@ def sign_pool_deposit(
     """``payer``'s EIP-3009 ``receiveWithAuthorization`` to ``manager`` (the only contract
     that can use it) whose nonce is :func:`a402.asc.pool_deposit_nonce`: a pool deposit of
     ``amount`` crediting ``client`` with ``vault``, and nothing else."""
-    signed = payer.sign_message(encode_typed_data(
-        domain_data={"name": token_name, "version": token_version, "chainId": chain_id,
-                     "verifyingContract": to_checksum(token)},
-        message_types=RECEIVE_WITH_AUTHORIZATION_TYPES,
-        message_data={"from": payer.address, "to": to_checksum(manager), "value": amount,
-                      "validAfter": valid_after, "validBefore": valid_before,
-                      "nonce": pool_deposit_nonce(domain, vault, client, amount, salt)},
-    ))
     return PoolDepositAuthorization(
-        to_checksum(vault), to_checksum(client), payer.address, amount, salt, valid_after,
-        valid_before, signed.v, signed.r.to_bytes(32, "big"), signed.s.to_bytes(32, "big"))
+        to_checksum(vault), to_checksum(client), payer.address, amount, salt,
+        sign_receive_authorization(
+            payer, token_name=token_name, token_version=token_version, chain_id=chain_id,
+            token=token, to=manager, value=amount, valid_after=valid_after,
+            valid_before=valid_before,
+            nonce=pool_deposit_nonce(domain, vault, client, amount, salt)))

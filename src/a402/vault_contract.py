@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress, Hash32
 from web3.contract import Contract
@@ -37,7 +36,7 @@ from a402.crypto.vault_messages import (
     pack_tail,
 )
 from a402.evm.address import to_checksum
-from a402.evm.eip3009 import RECEIVE_WITH_AUTHORIZATION_TYPES
+from a402.evm.eip3009 import ReceiveAuthorization, sign_receive_authorization
 from a402.evm.keccak import keccak256
 
 
@@ -76,14 +75,7 @@ class DepositAuthorization:
     sender: str
     amount: int
     salt: bytes
-    valid_after: int
-    valid_before: int
-    v: int
-    r: bytes
-    s: bytes
-
-    def auth_tuple(self) -> tuple[int, int, int, bytes, bytes]:
-        return (self.valid_after, self.valid_before, self.v, self.r, self.s)
+    authorization: ReceiveAuthorization
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,24 +133,19 @@ class A402Vault:
     ) -> DepositAuthorization:
         """``depositor``'s EIP-3009 signature moving ``amount`` into the vault for
         ``participant``; the nonce (:func:`deposit_nonce`) binds both."""
-        nonce = deposit_nonce(self.domain, participant, amount, salt)
-        signed = depositor.sign_message(encode_typed_data(
-            domain_data={"name": token_name, "version": token_version,
-                         "chainId": self.chain.chain_id, "verifyingContract": self.token},
-            message_types=RECEIVE_WITH_AUTHORIZATION_TYPES,
-            message_data={"from": depositor.address, "to": self.address, "value": amount,
-                          "validAfter": valid_after, "validBefore": valid_before,
-                          "nonce": nonce},
-        ))
         return DepositAuthorization(
-            to_checksum(participant), depositor.address, amount, salt, valid_after,
-            valid_before, signed.v, signed.r.to_bytes(32, "big"), signed.s.to_bytes(32, "big"))
+            to_checksum(participant), depositor.address, amount, salt,
+            sign_receive_authorization(
+                depositor, token_name=token_name, token_version=token_version,
+                chain_id=self.chain.chain_id, token=self.token, to=self.address, value=amount,
+                valid_after=valid_after, valid_before=valid_before,
+                nonce=deposit_nonce(self.domain, participant, amount, salt)))
 
     def deposit_with_authorization(self, sender: LocalAccount, auth: DepositAuthorization
                                    ) -> TxReceipt:
         """Submit a gasless deposit (``sender`` only pays gas)."""
         call = self.contract.functions.depositWithAuthorization(
-            auth.participant, auth.sender, auth.amount, auth.salt, auth.auth_tuple())
+            auth.participant, auth.sender, auth.amount, auth.salt, auth.authorization.as_tuple())
         return transact(self.chain, sender, call)
 
     # -- settlement ----------------------------------------------------------------

@@ -64,6 +64,7 @@ from a402.chain.deploy import TokenInfo
 from a402.chain.node import Chain
 from a402.chain.tx import TransactionFailed
 from a402.evm.address import address_key
+from a402.evm.eip3009 import ReceiveAuthorization
 from a402.wire import vault_api as api
 
 from . import store as vault_store
@@ -157,10 +158,9 @@ class Funds:
             raise VaultError(400, api.BAD_REQUEST, str(e)) from None
         if amount <= 0:
             raise VaultError(400, api.BAD_REQUEST, "a deposit is a positive amount")
-        v = signature[64] if signature[64] >= 27 else signature[64] + 27
         return PoolDepositAuthorization(
-            self.address, to_checksum_address(client), payer, amount, salt, valid_after,
-            valid_before, v, signature[:32], signature[32:64])
+            self.address, to_checksum_address(client), payer, amount, salt,
+            ReceiveAuthorization.of_signature(valid_after, valid_before, signature))
 
     async def _deposit_authorization(self, client: str, raw: dict[str, Any]
                                      ) -> tuple[int, dict[str, Any]]:
