@@ -343,7 +343,7 @@ class _Base:
         info = yield from self._info_flow()
         from a402.asc import pool_deposit_nonce
         from a402.crypto import PaymentDomain
-        from a402.evm.eip3009 import RECEIVE_WITH_AUTHORIZATION_TYPES
+        from a402.evm.eip3009 import sign_receive_authorization
 
         if amount <= 0:
             raise ValueError("a deposit is a positive amount")
@@ -352,16 +352,14 @@ class _Base:
         nonce = pool_deposit_nonce(PaymentDomain(int(info["chainId"]), manager),
                                    info["vault"], self.address, amount, salt)
         valid_before = int(time.time()) + validity
-        signed = self.account.sign_message(encode_typed_data(
-            domain_data={"name": token["name"], "version": token["version"],
-                         "chainId": int(info["chainId"]), "verifyingContract": token["address"]},
-            message_types=RECEIVE_WITH_AUTHORIZATION_TYPES,
-            message_data={"from": self.address, "to": manager, "value": amount,
-                          "validAfter": 0, "validBefore": valid_before, "nonce": nonce}))
+        signed = sign_receive_authorization(
+            self.account, token_name=token["name"], token_version=token["version"],
+            chain_id=int(info["chainId"]), token=token["address"], to=manager, value=amount,
+            valid_after=0, valid_before=valid_before, nonce=nonce)
         authorization = {"from": self.address, "amount": str(amount),
                          "salt": "0x" + salt.hex(), "validAfter": "0",
                          "validBefore": str(valid_before),
-                         "signature": "0x" + bytes(signed.signature).hex()}
+                         "signature": "0x" + (signed.r + signed.s + bytes([signed.v])).hex()}
         _, data = yield from self._call_flow("POST", "/deposits",
                                              {"authorization": authorization}, ok=(200, 202))
         return data
