@@ -223,9 +223,10 @@ def test_a_refused_transfer_is_credited_to_owed_and_the_others_are_paid(
     # Owed money is backed: it is not available to pay anything else.
     assert rvault.available() == 10_000 - 2_000 - 3_000
     elsewhere = funded(vault_chain, token, eth=0)
-    order = rvault.withdrawal_order(blocked, elsewhere.address, 1_000, now(vault_chain) + 600)
+    deadline = now(vault_chain) + 600
+    order = rvault.withdrawal_order(blocked, elsewhere.address, 1_000, deadline)
     rvault.withdraw_for(funded(vault_chain, token), blocked.address, elsewhere.address, 1_000,
-                        now(vault_chain) + 600, order)
+                        deadline, order)
     rvault.withdraw(blocked, elsewhere.address)
     assert balance(token, elsewhere.address) == 3_000
     assert rvault.owed(blocked.address) == 0
