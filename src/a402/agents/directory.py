@@ -63,8 +63,11 @@ SUITE_CONTRACTS: Final = {
     "curated_registry": "CuratedAgentRegistry",
     "identity": "IdentityRegistry",
     "reputation": "ReputationRegistry",
+    "validation": "ValidationRegistry",
 }
-"""Where each suite address lives in a manifest's ``contracts`` (named like ``TestUSDC``)."""
+"""Where each suite address lives in a manifest's ``contracts`` (named like ``TestUSDC``);
+a manifest written before the ValidationRegistry existed may lack that one."""
+OPTIONAL_SUITE_CONTRACTS: Final = frozenset({"ValidationRegistry"})
 
 PAYMENT_DESCRIPTION: Final = "Payment per task with x402 (exact, EIP-3009) in task metadata."
 """What ``PaidAgent`` says about its x402 extension; a card registered from flags uses the
@@ -88,19 +91,22 @@ class NoAgentSuite(LookupError):
 
 
 def suite_addresses(manifest: Manifest) -> SuiteAddresses:
-    missing = [name for name in SUITE_CONTRACTS.values() if name not in manifest.contracts]
+    missing = [name for name in SUITE_CONTRACTS.values()
+               if name not in manifest.contracts and name not in OPTIONAL_SUITE_CONTRACTS]
     if missing:
         raise NoAgentSuite(f"the manifest has no {', '.join(missing)}: "
                            "deploy the agent contracts with `a402 agents deploy`")
     return SuiteAddresses.from_dict(
-        {field: manifest.contracts[name] for field, name in SUITE_CONTRACTS.items()})
+        {field: manifest.contracts[name] for field, name in SUITE_CONTRACTS.items()
+         if name in manifest.contracts})
 
 
 def with_suite(manifest: Manifest, addresses: SuiteAddresses) -> Manifest:
     """``manifest`` with the suite's addresses added to its ``contracts`` (others kept)."""
     contracts = dict(manifest.contracts)
     for field, name in SUITE_CONTRACTS.items():
-        contracts[name] = getattr(addresses, field)
+        if getattr(addresses, field):
+            contracts[name] = getattr(addresses, field)
     return dataclasses.replace(manifest, contracts=contracts)
 
 

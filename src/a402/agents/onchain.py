@@ -16,6 +16,8 @@ Contracts (``contracts/``):
   tells genuine agents apart.
 - ``AgentRegistry`` (open) and ``CuratedAgentRegistry`` (a consortium approves).
 - ``IdentityRegistry`` / ``ReputationRegistry`` — ERC-8004, 2026-01 revision.
+- ``ValidationRegistry`` — ERC-8004 validation requests and responses
+  (binding in :mod:`a402.agents.validation`).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ DEFAULT_ACTIVITY_WINDOW = 86_400
 
 CONTRACTS = (
     "Agent", "AgentCardRenderer", "AgentFactory", "AgentRegistry", "CuratedAgentRegistry",
-    "IdentityRegistry", "ReputationRegistry",
+    "IdentityRegistry", "ReputationRegistry", "ValidationRegistry",
 )
 
 
@@ -148,13 +150,17 @@ class SuiteAddresses:
     curated_registry: str
     identity: str
     reputation: str
+    #: ERC-8004 ValidationRegistry; "" in a manifest written before it was deployed.
+    validation: str = ""
 
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, str]) -> SuiteAddresses:
-        return cls(**{k: _addr(data[k]) for k in cls.__dataclass_fields__})
+        values = {k: _addr(data[k]) for k in cls.__dataclass_fields__ if k != "validation"}
+        validation = data.get("validation")
+        return cls(**values, validation=_addr(validation) if validation else "")
 
 
 @dataclass(frozen=True)
@@ -185,10 +191,12 @@ class AgentSuite:
         )
         identity = deploy_contract(chain, deployer, "IdentityRegistry")
         reputation = deploy_contract(chain, deployer, "ReputationRegistry", identity.address)
+        validation = deploy_contract(chain, deployer, "ValidationRegistry", identity.address)
         return cls(chain, SuiteAddresses(
             renderer=renderer.address, implementation=implementation.address,
             factory=factory.address, registry=registry.address, curated_registry=curated.address,
             identity=identity.address, reputation=reputation.address,
+            validation=validation.address,
         ))
 
     @property

@@ -11,7 +11,7 @@ canonical form; the API checksums on the way out), integers as ``int``,
 hash is logged) as that hash.
 
 A "source" is the kind of contract that emitted the log; the sync loop knows it
-from the log's address (the factory, a registry, the ERC-8004 pair, or an
+from the log's address (the factory, a registry, the ERC-8004 registries, or an
 agent clone). Two sources may share a topic (``OwnershipTransferred`` of an
 agent and of the curated registry): the source decides.
 """
@@ -41,6 +41,7 @@ FOLLOWED: Final[Mapping[str, tuple[str, frozenset[str]]]] = {
         "Registered", "URIUpdated", "MetadataSet", "Transfer"})),
     "reputation": ("ReputationRegistry", frozenset({
         "NewFeedback", "FeedbackRevoked", "ResponseAppended"})),
+    "validation": ("ValidationRegistry", frozenset({"ValidationRequest", "ValidationResponse"})),
 }
 
 

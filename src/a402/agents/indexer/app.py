@@ -3,7 +3,8 @@
 - ``GET /agents?skill=&q=&max_price=&asset=&network=&min_reputation=&active=&registry=``
   ``&limit=&cursor=`` — agents, best reputation first; ``next_cursor`` pages on.
 - ``GET /agents/{address}`` — card (as the contract renders it, with its hash),
-  terms, activity, listings, linked ERC-8004 identities, payment and rating
+  terms, activity, listings, linked ERC-8004 identities (each with its validation
+  requests and their latest answers), payment and rating
   counts, and the reputation with every input, weight and exclusion.
 - ``GET /healthz`` — cursor (block, hash, time), chain head, lag; 503 before the
   first block is indexed or when the indexer has not polled for ``stale_after``

@@ -28,13 +28,14 @@ def add_indexer_arguments(parser: argparse.ArgumentParser) -> None:
                         help="SQLAlchemy URL of the index (default: %(default)s)")
     parser.add_argument("--schema", help="PostgreSQL schema to keep the tables in")
     parser.add_argument("--suite", help="JSON file with the AgentSuite addresses (factory, "
-                        "registry, curated_registry, identity, reputation)")
+                        "registry, curated_registry, identity, reputation, validation)")
     parser.add_argument("--factory", action="append", default=[],
                         help="an AgentFactory whose agents to follow (repeatable)")
     parser.add_argument("--registry", action="append", default=[], metavar="ADDRESS[=LABEL]",
                         help="an agent registry to follow, optionally labelled (repeatable)")
     parser.add_argument("--identity", help="ERC-8004 IdentityRegistry")
     parser.add_argument("--reputation", help="ERC-8004 ReputationRegistry")
+    parser.add_argument("--validation", help="ERC-8004 ValidationRegistry")
     parser.add_argument("--start-block", type=int, default=0,
                         help="first block to read: at or before the contracts' deployment")
     parser.add_argument("--confirmations", type=int, default=0,
@@ -68,7 +69,8 @@ def contracts_from_args(args: argparse.Namespace) -> Contracts:
         registries[address] = label or "registry"
     contracts = Contracts(
         factories=(*base.factories, *args.factory), registries=registries,
-        identity=args.identity or base.identity, reputation=args.reputation or base.reputation)
+        identity=args.identity or base.identity, reputation=args.reputation or base.reputation,
+        validation=args.validation or base.validation)
     if not contracts.factories:
         raise SystemExit("error: give --suite or at least one --factory")
     return contracts

@@ -237,6 +237,8 @@ class Search:
                 .order_by(ratings_t.c.block_number, ratings_t.c.log_index)).all()
             detail = conn.execute(select(reputation_t.c.detail).where(
                 reputation_t.c.agent == address)).scalar()
+            validations = {i.agent_id: self.store.validations(i.agent_id, conn)
+                           for i in identities}
             computed = self.store.get_meta("reputation", conn) or {}
         live = {rater: score for rater, score in ratings}
         live = {k: v for k, v in live.items() if v is not None}
@@ -266,6 +268,8 @@ class Search:
                 "agent_id": i.agent_id, "uri": i.uri, "owner": _cs(i.owner),
                 "wallet": _cs(i.wallet),
                 "verified": i.owner is not None and i.owner == r.owner,
+                "validations": [{**v, "validator": _cs(v["validator"])}
+                                for v in validations[i.agent_id]],
             } for i in identities],
             "payments": {"count": count, "paying_addresses": senders,
                          "paying_agents": agents, "last_payment": last_paid},

@@ -3,8 +3,9 @@
 Layout, and why:
 
 - **Facts** — ``payments``, ``ratings``, ``feedback``, ``feedback_revocations``,
-  ``feedback_responses``: one row per log, keyed by ``(block_number,
-  log_index)``, never updated. Undoing blocks is deleting rows above a height.
+  ``feedback_responses``, ``validation_requests``, ``validation_responses``: one
+  row per log, keyed by ``(block_number, log_index)``, never updated. Undoing
+  blocks is deleting rows above a height.
 - **State logs** — every event that overwrites something (card, owner,
   liveness, listing, ERC-8004 identity), keyed the same way, with its decoded
   arguments; the profile text a ``ProfileUpdated`` points to is fetched once
@@ -164,6 +165,25 @@ responses_t = _facts(
     Column("uri", Text, nullable=False),
     Column("hash", String(66), nullable=False),
 )
+validation_requests_t = _facts(
+    "validation_requests",
+    Column("agent_id", String(80), nullable=False, index=True),
+    Column("validator", String(42), nullable=False),
+    Column("request_hash", String(66), nullable=False, index=True),
+    Column("uri", Text, nullable=False),
+    Column("ts", BigInteger, nullable=False),
+)
+validation_responses_t = _facts(
+    "validation_responses",
+    Column("agent_id", String(80), nullable=False, index=True),
+    Column("validator", String(42), nullable=False),
+    Column("request_hash", String(66), nullable=False, index=True),
+    Column("response", Integer, nullable=False),
+    Column("uri", Text, nullable=False),
+    Column("response_hash", String(66), nullable=False),
+    Column("tag", Text, nullable=False),
+    Column("ts", BigInteger, nullable=False),
+)
 agents_t = Table(
     PREFIX + "agents", metadata,
     Column("address", String(42), primary_key=True),
@@ -244,7 +264,7 @@ assets_t = Table(PREFIX + "assets", metadata, Column("address", String(42), prim
                  Column("decimals", Integer, nullable=False))
 
 FACT_TABLES: Final = (state_logs_t, payments_t, ratings_t, feedback_t, revocations_t,
-                      responses_t, blocks_t)
+                      responses_t, validation_requests_t, validation_responses_t, blocks_t)
 
 
 # --------------------------------------------------------------------------- values
@@ -435,6 +455,17 @@ class IndexStore:
                 else:
                     facts[responses_t].append({**common, "responder": a["responder"],
                                                "uri": a["responseURI"], "hash": a["responseHash"]})
+                continue
+            elif e.source == "validation":
+                common = {**key, "agent_id": str(a["agentId"]),
+                          "validator": a["validatorAddress"], "request_hash": a["requestHash"],
+                          "ts": e.ts}
+                if e.name == "ValidationRequest":
+                    facts[validation_requests_t].append({**common, "uri": a["requestURI"]})
+                else:
+                    facts[validation_responses_t].append({
+                        **common, "response": int(a["response"]), "uri": a["responseURI"],
+                        "response_hash": a["responseHash"], "tag": a["tag"]})
                 continue
             if entity is None:
                 continue
@@ -689,6 +720,33 @@ class IndexStore:
             decimals_map = {a: int(d) for a, d in conn.execute(
                 select(assets_t.c.address, assets_t.c.decimals))}
         return Inputs(agents, payments, opinions, decimals_map)
+
+    def validations(self, agent_id: int | str, conn: Connection | None = None
+                    ) -> list[dict[str, Any]]:
+        """ERC-8004 validation requests of one identity, oldest first, each with its latest
+        answer (None until the validator answers; a later answer replaces an earlier one)."""
+        if conn is None:
+            with self.read() as c:
+                return self.validations(agent_id, c)
+        q, r = validation_requests_t.c, validation_responses_t.c
+        out: dict[str, dict[str, Any]] = {}
+        for row in conn.execute(select(q.request_hash, q.validator, q.uri, q.block_number, q.ts)
+                                .where(q.agent_id == str(agent_id))
+                                .order_by(q.block_number, q.log_index)):
+            out[row.request_hash] = {
+                "request_hash": row.request_hash, "validator": row.validator,
+                "request_uri": row.uri, "requested_block": row.block_number,
+                "requested_at": row.ts, "response": None}
+        for answer in conn.execute(select(r.request_hash, r.response, r.uri, r.response_hash,
+                                          r.tag, r.block_number, r.ts)
+                                   .where(r.agent_id == str(agent_id))
+                                   .order_by(r.block_number, r.log_index)):
+            if answer.request_hash in out:
+                out[answer.request_hash]["response"] = {
+                    "response": answer.response, "response_uri": answer.uri,
+                    "response_hash": answer.response_hash, "tag": answer.tag,
+                    "block": answer.block_number, "timestamp": answer.ts}
+        return list(out.values())
 
     def reputation_details(self) -> dict[str, str]:
         with self.read() as conn:

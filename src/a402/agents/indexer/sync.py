@@ -115,18 +115,19 @@ class JsonRpc:
 @dataclass(frozen=True)
 class Contracts:
     """What to follow: factories (whose agents are followed), registries (address → label),
-    the ERC-8004 identity and reputation registries."""
+    the ERC-8004 identity, reputation and validation registries."""
 
     factories: tuple[str, ...]
     registries: Mapping[str, str] = field(default_factory=dict)
     identity: str | None = None
     reputation: str | None = None
+    validation: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "factories", tuple(address_key(a) for a in self.factories))
         object.__setattr__(self, "registries",
                            {address_key(a): label for a, label in self.registries.items()})
-        for name in ("identity", "reputation"):
+        for name in ("identity", "reputation", "validation"):
             value = getattr(self, name)
             object.__setattr__(self, name, address_key(value) if value else None)
 
@@ -136,7 +137,8 @@ class Contracts:
         d = addresses if isinstance(addresses, Mapping) else addresses.to_dict()
         return cls(factories=(d["factory"],),
                    registries={d["registry"]: "open", d["curated_registry"]: "curated"},
-                   identity=d.get("identity"), reputation=d.get("reputation"))
+                   identity=d.get("identity"), reputation=d.get("reputation"),
+                   validation=d.get("validation") or None)
 
     def sources(self) -> dict[str, str]:
         out = {a: "factory" for a in self.factories}
@@ -145,11 +147,16 @@ class Contracts:
             out[self.identity] = "identity"
         if self.reputation:
             out[self.reputation] = "reputation"
+        if self.validation:
+            out[self.validation] = "validation"
         return out
 
     def to_config(self) -> dict[str, Any]:
-        return {"factories": sorted(self.factories), "registries": dict(sorted(
+        config = {"factories": sorted(self.factories), "registries": dict(sorted(
             self.registries.items())), "identity": self.identity, "reputation": self.reputation}
+        if self.validation:  # absent, an index made before validation keeps its config
+            config["validation"] = self.validation
+        return config
 
 
 @dataclass

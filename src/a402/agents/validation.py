@@ -1,0 +1,206 @@
+"""ERC-8004 validation of delivered A402 results: the registry binding and a receipt validator.
+
+The ``ValidationRegistry`` contract (``contracts/ValidationRegistry.sol``, deployed
+with the other agent contracts by :meth:`a402.agents.onchain.AgentSuite.deploy`;
+:func:`suite_validation` binds it)
+records two things: an agent owner's *request* that a named validator check one
+piece of work, and that validator's *response* (a 0..100 score, a hash of its
+evidence, a tag).
+
+For A402 the piece of work is one paid request inside a channel, and the
+evidence is the vault's receipt for it (the ASC ``ACK``: the vault's signature
+on the balance state that paid request ``rid``):
+
+1. the provider (the agent's owner) commits to what it delivered,
+   :class:`DeliveredResult` ``(channel id, rid, amount, h = H(result))``, whose
+   :meth:`~DeliveredResult.request_hash` it sends as ``validationRequest``
+   to a validator of its choice — its own attested enclave, or anyone;
+2. the validator, holding the receipt, calls :func:`answer_with_receipt`: it
+   checks the receipt (see :func:`check_receipt`) and answers
+   ``validationResponse(requestHash, 100, "", keccak256(receipt bytes), "a402-receipt")``.
+
+A reader then has, on-chain and for good: who vouched, for which delivery
+(the request hash commits to the result's hash and the amount), and the hash
+of the exact receipt bytes, which anyone holding the receipt can match
+(:func:`receipt_hash`) in a dispute.
+
+Safety: the validator answers only after the receipt verifies against the
+channel's vault key and names the very channel and request of the delivery;
+a receipt that does not is refused with :class:`ValidationRefused` and nothing
+is sent. The contract accepts a request hash once and an answer only from the
+validator the request names, so an answer cannot be moved to other work. A
+score says nothing about the result's *content*: it says the vault signed the
+state that paid for the delivery committed to by ``h``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from eth_account.signers.local import LocalAccount
+from eth_utils import to_checksum_address
+from web3.exceptions import ContractLogicError
+from web3.types import TxReceipt
+
+from a402.agents.onchain import AgentSuite, _Bound, _events
+from a402.asc import Ack, encode, state_signer
+from a402.crypto import PaymentDomain
+from a402.evm.address import address_bytes
+from a402.evm.keccak import keccak256
+
+RECEIPT_TAG: Final = "a402-receipt"
+"""The tag a receipt validator answers with (ERC-8004 tags are free text)."""
+REQUEST_DOMAIN: Final = b"a402.validation.delivered-result.v1"
+
+ZERO32: Final = bytes(32)
+
+
+class ValidationRefused(ValueError):
+    """The validator will not vouch: ``reason`` is a stable code, nothing was sent."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class DeliveredResult:
+    """One delivered A402 result, as the provider commits to it."""
+
+    channel_id: bytes
+    request_id: int
+    amount: int
+    result_hash: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.channel_id) != 32 or len(self.result_hash) != 32:
+            raise ValueError("channel id and result hash are 32 bytes")
+        if not (0 <= self.request_id < 1 << 64 and 0 <= self.amount < 1 << 128):
+            raise ValueError("request id is a uint64 and amount a uint128")
+
+    def request_hash(self) -> bytes:
+        """``keccak256(domain ‖ cid ‖ rid (8 bytes) ‖ amount (16 bytes) ‖ h)``: what is asked."""
+        return keccak256(REQUEST_DOMAIN + self.channel_id + self.request_id.to_bytes(8, "big")
+                         + self.amount.to_bytes(16, "big") + self.result_hash)
+
+
+def receipt_hash(ack: Ack | bytes) -> bytes:
+    """The hash a validator publishes: keccak256 of the receipt's canonical wire bytes."""
+    return keccak256(ack if isinstance(ack, bytes) else encode(ack))
+
+
+def check_receipt(ack: Ack, delivered: DeliveredResult, *, vault: str,
+                  domain: PaymentDomain) -> None:
+    """Raise :class:`ValidationRefused` unless ``ack`` is the vault's receipt for ``delivered``.
+
+    The receipt must name the delivery's channel and request, its state must
+    account for that request (``version > rid``), and its signature must recover
+    to ``vault`` over the channel state's EIP-712 digest in ``domain``.
+    """
+    if ack.channel_id != delivered.channel_id:
+        raise ValidationRefused("receipt_wrong_channel", "the receipt is for another channel")
+    if ack.request_id != delivered.request_id:
+        raise ValidationRefused("receipt_wrong_request",
+                                f"the receipt is for request {ack.request_id}, "
+                                f"not {delivered.request_id}")
+    if ack.state.version <= delivered.request_id:
+        raise ValidationRefused("receipt_not_paid",
+                                "the receipt's state does not account for the request")
+    signer = state_signer(domain, ack.channel_id, ack.state, ack.signature)
+    if signer is None or signer != address_bytes(vault):
+        raise ValidationRefused("receipt_bad_signature",
+                                "the receipt is not signed by the channel's vault")
+
+
+@dataclass(frozen=True)
+class ValidationStatus:
+    validator: str
+    agent_id: int
+    response: int
+    response_hash: bytes
+    tag: str
+    last_update: int
+
+    @property
+    def answered(self) -> bool:
+        return self.last_update != 0
+
+
+class ValidationRegistry(_Bound):
+    """ERC-8004 validation: requests by an agent's owner, answers by the named validator."""
+
+    NAME = "ValidationRegistry"
+
+    def request(self, owner: LocalAccount, validator: str, agent_id: int, request_hash: bytes,
+                request_uri: str = "") -> TxReceipt:
+        return self._send(owner, self.contract.functions.validationRequest(
+            to_checksum_address(validator), agent_id, request_uri, request_hash))
+
+    def respond(self, validator: LocalAccount, request_hash: bytes, response: int, *,
+                response_hash: bytes = ZERO32, response_uri: str = "", tag: str = ""
+                ) -> TxReceipt:
+        receipt = self._send(validator, self.contract.functions.validationResponse(
+            request_hash, response, response_uri, response_hash, tag))
+        (_event,) = _events(self.contract, "ValidationResponse", receipt)
+        return receipt
+
+    def status(self, request_hash: bytes) -> ValidationStatus:
+        validator, agent_id, response, response_hash, tag, last = (
+            self.contract.functions.getValidationStatus(request_hash).call())
+        return ValidationStatus(to_checksum_address(validator), int(agent_id), int(response),
+                                bytes(response_hash), str(tag), int(last))
+
+    def summary(self, agent_id: int, validators: Sequence[str] = (), tag: str = ""
+                ) -> tuple[int, int]:
+        """(count, average response) of answered requests; name the validators you trust."""
+        count, average = self.contract.functions.getSummary(
+            agent_id, [to_checksum_address(v) for v in validators], tag).call()
+        return int(count), int(average)
+
+    def agent_validations(self, agent_id: int) -> list[bytes]:
+        return [bytes(h) for h in self.contract.functions.getAgentValidations(agent_id).call()]
+
+    def validator_requests(self, validator: str) -> list[bytes]:
+        return [bytes(h) for h in self.contract.functions.getValidatorRequests(
+            to_checksum_address(validator)).call()]
+
+
+def suite_validation(suite: AgentSuite) -> ValidationRegistry:
+    """The ValidationRegistry deployed with ``suite`` (LookupError: an older suite has none)."""
+    if not suite.addresses.validation:
+        raise LookupError("this agent suite was deployed without a ValidationRegistry")
+    return ValidationRegistry(suite.chain, suite.addresses.validation)
+
+
+def answer_with_receipt(
+    registry: ValidationRegistry, validator: LocalAccount, delivered: DeliveredResult,
+    ack: Ack, *, vault: str, domain: PaymentDomain, response_uri: str = "",
+) -> bytes:
+    """Vouch for ``delivered`` with its receipt; returns the receipt hash published.
+
+    Refuses (:class:`ValidationRefused`, nothing sent) a request that was never
+    made or names another validator, and a receipt :func:`check_receipt` refuses.
+    """
+    request_hash = delivered.request_hash()
+    try:
+        status = registry.status(request_hash)
+    except ContractLogicError as e:  # the view's only revert: UnknownRequest
+        raise ValidationRefused("validation_unknown_request",
+                                "no validation request for this delivery") from e
+    if address_bytes(status.validator) != address_bytes(validator.address):
+        raise ValidationRefused("validation_not_requested_of_us",
+                                f"the request names validator {status.validator}")
+    check_receipt(ack, delivered, vault=vault, domain=domain)
+    digest = receipt_hash(ack)
+    registry.respond(validator, request_hash, 100, response_hash=digest,
+                     response_uri=response_uri, tag=RECEIPT_TAG)
+    return digest
+
+
+__all__ = [
+    "RECEIPT_TAG", "DeliveredResult", "ValidationRefused", "ValidationRegistry",
+    "ValidationStatus", "answer_with_receipt", "check_receipt", "receipt_hash",
+    "suite_validation",
+]
