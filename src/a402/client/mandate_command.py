@@ -1,4 +1,4 @@
-"""``a402 mandate create|show|verify|revoke|confirm|list``.
+"""``a402 mandate create|show|verify|revoke|confirm|list|export|import``.
 
 ``create`` signs a mandate with the owner's key file and writes it as JSON (the file
 the agent is given); ``confirm`` signs the owner's approval of one payment above the
@@ -6,7 +6,12 @@ mandate's threshold (``a402 pay --confirmation``); ``show`` prints its limits (t
 signature is checked on reading); ``verify`` also asks the chain whether it is
 revoked and whether it is valid now; ``revoke`` revokes it on-chain (the owner pays
 the gas, or signs a revocation that ``--relayer-key-file`` submits); ``list`` prints
-what a spend store recorded under each mandate. Every command takes ``--json``.
+what a spend store recorded under each mandate; ``export --ap2`` writes a mandate as
+an AP2 v0.2 open payment mandate (SD-JWT, signed by the owner) for an AP2 agent, and
+``import --ap2`` verifies one and shows the a402 limits it maps to (with the owner's
+key, it also writes them as an a402 mandate of the same hash). An AP2 SD-JWT file is
+itself a mandate ``a402 pay --mandate`` and the other actions read (field mapping:
+:mod:`a402.mandate.ap2`). Every command takes ``--json``.
 
 Amounts are token units (``--decimals``, 6 by default, as for USDC) converted
 exactly; the document stores atomic units. The chain, the registry, the network
@@ -180,6 +185,37 @@ def add_mandate_arguments(parser: argparse.ArgumentParser) -> None:
     confirm.add_argument("--out", metavar="FILE", help="default: stdout")
     common(confirm)
 
+    export = sub.add_parser("export", help="write a mandate as an AP2 open payment mandate "
+                                           "(SD-JWT VC) for an AP2 agent")
+    export.add_argument("file")
+    export.add_argument("--ap2", action="store_true", required=True,
+                        help="AP2 v0.2 mandate.payment.open.1 (the one export format)")
+    export.add_argument("--owner-key-file", required=True, metavar="F",
+                        help="the owner signs the SD-JWT (ES256K) with the key that signed "
+                        "the mandate")
+    export.add_argument("--currency", default="USDC",
+                        help="the AP2 currency code of the token (default: %(default)s)")
+    export.add_argument("--decimals", type=int, default=6,
+                        help="the token's decimals: AP2 budgets are in major units "
+                        "(default: 6)")
+    export.add_argument("--out", metavar="FILE", help="default: stdout")
+    common(export)
+
+    imp = sub.add_parser("import", help="verify an AP2 open payment mandate and show the "
+                                        "a402 limits it maps to")
+    imp.add_argument("file")
+    imp.add_argument("--ap2", action="store_true", required=True,
+                     help="the file is an AP2 v0.2 open payment mandate (SD-JWT)")
+    imp.add_argument("--registry", metavar="ADDRESS",
+                     help="the MandateRegistry, if the mandate names none (a402_registry)")
+    imp.add_argument("--owner-key-file", metavar="F",
+                     help="also sign the same limits as an a402 (EIP-712) mandate: the key "
+                     "must be the AP2 issuer's")
+    imp.add_argument("--out", metavar="FILE",
+                     help="where the a402 mandate goes (with --owner-key-file; default: "
+                     "stdout)")
+    common(imp)
+
     listing = sub.add_parser("list", help="mandates a spend store has seen, with their spend")
     listing.add_argument("--spend-db", default=DEFAULT_SPEND_DB, metavar="URL",
                          help="the spend store (default: %(default)s)")
@@ -191,7 +227,8 @@ def run_mandate(args: argparse.Namespace, *, out: TextIO | None = None,
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
     action = {"create": _create, "show": _show, "verify": _verify, "revoke": _revoke,
-              "confirm": _confirm, "list": _list}[args.mandate_command]
+              "confirm": _confirm, "list": _list, "export": _export,
+              "import": _import}[args.mandate_command]
     try:
         return action(args, out, err)
     except UsageError as e:
@@ -420,4 +457,66 @@ def _list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
               f"{r['state']}", file=out)
     print(f"{len(rows)} mandate{'s' if len(rows) != 1 else ''} (revocation is not read "
           "here: `a402 mandate verify FILE`)", file=out)
+    return EXIT_OK
+
+
+def _export(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from a402.evm.address import address_key
+    from a402.mandate.ap2 import export_open
+
+    signed = read_mandate(args.file)
+    owner = _key(args.owner_key_file)
+    if address_key(owner.address) != address_key(signed.mandate.owner):
+        raise UsageError(f"{args.owner_key_file} is {owner.address}, the mandate's owner is "
+                         f"{signed.mandate.owner}: only the owner signs its AP2 form")
+    try:
+        token = export_open(signed.mandate, signed.domain, bytes(owner.key),
+                            currency=args.currency, decimals=args.decimals)
+    except MandateError as e:
+        raise UsageError(f"{e.reason}: {e.message}") from None
+    if args.out:
+        Path(args.out).write_text(token + "\n")
+    if args.json:
+        print(json.dumps({"format": "ap2/mandate.payment.open.1", "sdJwt": token,
+                          "hash": signed.hash_hex}, indent=2), file=out)
+    elif args.out:
+        print(f"AP2 open payment mandate (SD-JWT, same limits, hash {signed.hash_hex}) "
+              f"written to {args.out}", file=out)
+    else:
+        print(token, file=out)
+    return EXIT_OK
+
+
+def _import(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from a402.crypto.authorization import EcdsaSigner
+    from a402.evm.address import address_key
+    from a402.mandate.document import describe, sign_mandate
+
+    signed = read_mandate(args.file, registry=args.registry)
+    rows = [*describe(signed), ("signature", "valid SD-JWT (ES256K) by the owner")]
+    converted = None
+    if args.owner_key_file:
+        owner = _key(args.owner_key_file)
+        if address_key(owner.address) != address_key(signed.mandate.owner):
+            raise UsageError(f"{args.owner_key_file} is {owner.address}, the AP2 issuer is "
+                             f"{signed.mandate.owner}: only the owner re-signs its limits")
+        converted = sign_mandate(signed.mandate, signed.domain,
+                                 EcdsaSigner(bytes(owner.key)).sign_digest)
+        assert converted.hash == signed.hash  # one mandate, two encodings
+        if args.out:
+            Path(args.out).write_text(converted.dumps() + "\n")
+    if args.json:
+        print(json.dumps({**signed.to_json(), "signatureValid": True,
+                          "a402": converted.to_json() if converted else None}, indent=2),
+              file=out)
+        return EXIT_OK
+    if converted is not None and not args.out:
+        print(converted.dumps(), file=out)
+        _rows(rows, err)
+        return EXIT_OK
+    _rows(rows, out)
+    if converted is not None:
+        print(f"a402 mandate (same hash) written to {args.out}", file=out)
+    else:
+        print("the SD-JWT file itself pays: `a402 pay --mandate FILE`", file=out)
     return EXIT_OK

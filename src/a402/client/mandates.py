@@ -19,12 +19,18 @@ class UsageError(Exception):
     """A bad mandate file or argument: the message says which."""
 
 
-def read_mandate(path: str) -> SignedMandate:
+def read_mandate(path: str, *, registry: str | None = None) -> SignedMandate:
+    """An a402 mandate (EIP-712 JSON) or an AP2 open payment mandate (SD-JWT, see
+    :mod:`a402.mandate.ap2`; ``registry`` if it names no ``a402_registry``)."""
     try:
         text = Path(path).read_text()
     except OSError as e:
         raise UsageError(f"cannot read mandate {path}: {e.strerror or e}") from None
     try:
+        from a402.mandate.ap2 import load_sd_jwt, looks_like_sd_jwt
+
+        if looks_like_sd_jwt(text):
+            return load_sd_jwt(text, registry=registry)
         return load_signed(text)
     except MandateError as e:
         raise UsageError(f"mandate {path} refused ({e.reason}): {e.message}") from None

@@ -289,6 +289,13 @@ class SpendStore:
             for (mandate_hash,) in conn.execute(select(reservations.c.mandate).where(
                     reservations.c.state != RELEASED)):
                 counts[mandate_hash] = counts.get(mandate_hash, 0) + 1
-        return [MandateSpend(load_signed(r.document), int(r.spent_total), int(r.period_index),
+        return [MandateSpend(_load_document(r.document), int(r.spent_total), int(r.period_index),
                              int(r.spent_period), counts.get(r.hash, 0), float(r.updated_at))
                 for r in rows]
+
+
+def _load_document(text: str) -> SignedMandate:
+    """A stored mandate document: a402 JSON, or the SD-JWT of an AP2 mandate."""
+    from a402.mandate.ap2 import load_sd_jwt, looks_like_sd_jwt
+
+    return load_sd_jwt(text) if looks_like_sd_jwt(text) else load_signed(text)
