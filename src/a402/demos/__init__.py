@@ -4,6 +4,8 @@
   of the whole demo, :func:`a402.demos.exact.run_demo`);
 - :mod:`a402.demos.channels`: the same service paid through a vault's Atomic Service Channels;
 - :mod:`a402.demos.agents`: paid A2A agents found through on-chain AgentCards;
+- :mod:`a402.demos.mandates`: an owner's mandate bounds the agent (a 100x 402 and a
+  revoked mandate are refused);
 - :mod:`a402.demos.common`: what the exact and channels acts share (the paid weather API,
   its price, paying it with ``exact``).
 

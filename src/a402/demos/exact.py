@@ -26,13 +26,14 @@ from a402.facilitator.core import Facilitator
 from a402.facilitator.store import SettlementStore
 from a402.provider.middleware import PaymentMiddleware
 
-ACTS = ("all", "exact", "channels", "agents")
+ACTS = ("all", "exact", "channels", "agents", "mandates")
 
 
 def run_demo(requests: int = 5, out: TextIO = sys.stdout, act: str = "all",
              channel_requests: int = 100) -> int:
-    """Run the acts asked for (``all``, ``exact``, ``channels``, ``agents``), each on its own
-    fresh chain, so each stands alone; 0 only if every act ran and checked out."""
+    """Run the acts asked for (``all``, ``exact``, ``channels``, ``agents``, ``mandates``),
+    each on its own fresh chain, so each stands alone; 0 only if every act ran and checked
+    out."""
     if act not in ACTS:
         raise ValueError(f"unknown act {act!r}")
     status = 0
@@ -50,6 +51,12 @@ def run_demo(requests: int = 5, out: TextIO = sys.stdout, act: str = "all",
         if act == "all":
             print(file=out)
         status |= run_agents_act(out)
+    if act in ("all", "mandates"):
+        from a402.demos.mandates import run_mandates_act
+
+        if act == "all":
+            print(file=out)
+        status |= run_mandates_act(out)
     return status
 
 
