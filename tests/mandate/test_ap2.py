@@ -24,7 +24,9 @@ from a402.mandate.ap2 import (
     issue,
     load_sd_jwt,
     open_claims,
+    read_closed,
     read_open,
+    write_closed,
 )
 from a402.mandate.spend import SpendStore
 
@@ -245,3 +247,69 @@ def test_the_twin_cannot_be_built_with_limits_its_sd_jwt_does_not_state() -> Non
         Ap2SignedMandate(wider, original.domain, b"", sd_jwt=token)
     assert e.value.reason == "mandate_bad_signature"
     assert os.environ.get("SD_JWT_HEADER") is None  # the package's typ default is not used
+
+
+# ---------------------------------------------------------------- closed mandates
+
+
+def closed_setup(keys: Keys) -> tuple[Any, str, ProposedPayment]:
+    original = signed(keys, max_per_payment=10_000, budget=50_000, payees=(PAYEE,))
+    token = export_open(original.mandate, original.domain, owner_key(keys))
+    payment = ProposedPayment(agent=keys.agent.address, payee=PAYEE, network=NETWORK,
+                              asset=USDC, scheme="exact", amount=7_500,
+                              url="https://api.example.com/v1/report")
+    return original, token, payment
+
+
+def test_the_agent_writes_a_closed_mandate_a_verifier_reads_back_and_decides_on() -> None:
+    keys = Keys()
+    original, token, payment = closed_setup(keys)
+    chain = write_closed(token, bytes(keys.agent.key), payment, aud="api.example.com",
+                         nonce="n-1")
+    assert chain.startswith(token) and chain.count("~~") == 1
+    closed = read_closed(chain, expected_aud="api.example.com", expected_nonce="n-1")
+    assert closed.payment == payment
+    assert closed.open.hash == original.hash
+    assert closed.claims["vct"] == "mandate.payment.1"
+    assert closed.claims["payment_amount"] == {"amount": 7_500, "currency": "USDC"}
+    assert len(closed.reference) == 43  # base64url sha-256 of the leaf
+    now = int(time.time())
+    assert decide(closed.open, closed.payment, decide_spent(), now=now).allowed
+    greedy = write_closed(token, bytes(keys.agent.key),
+                          ProposedPayment(**{**payment.__dict__, "amount": 100 * 10_000}),
+                          aud="api.example.com", nonce="n-2")
+    judged = decide(read_closed(greedy).open, read_closed(greedy).payment, decide_spent(),
+                    now=now)
+    assert judged.reason == "mandate_cap_exceeded"
+
+
+def test_a_closed_mandate_not_by_the_agent_for_another_open_mandate_or_audience_is_refused(
+) -> None:
+    keys = Keys()
+    _original, token, payment = closed_setup(keys)
+    chain = write_closed(token, bytes(keys.agent.key), payment, aud="a", nonce="n")
+    with pytest.raises(MandateError) as e:
+        write_closed(token, bytes(keys.owner.key), payment, aud="a", nonce="n")
+    assert e.value.reason == "mandate_wrong_agent"
+    # A leaf signed by another key, spliced onto this open mandate.
+    stranger = Keys()
+    s2 = signed(stranger, payees=(PAYEE,))
+    other_token = export_open(s2.mandate, s2.domain, owner_key(stranger))
+    other_payment = ProposedPayment(**{**payment.__dict__, "agent": stranger.agent.address})
+    other_leaf = write_closed(other_token, bytes(stranger.agent.key), other_payment,
+                              aud="a", nonce="n").split("~~")[1]
+    reasons = []
+    for bad in (f"{token}~{other_leaf}",  # not our agent's signature
+                chain.replace("~~", "~~x", 1)):  # a mangled leaf
+        with pytest.raises(MandateError) as e:
+            read_closed(bad)
+        reasons.append(e.value.reason)
+    assert reasons[0] == "mandate_bad_signature"
+    assert reasons[1] in ("mandate_bad_signature", "mandate_ap2_invalid")
+    for kw in ({"expected_aud": "b"}, {"expected_nonce": "m"}):
+        with pytest.raises(MandateError) as e:
+            read_closed(chain, **kw)
+        assert e.value.reason == "mandate_ap2_invalid"
+    with pytest.raises(MandateError) as e:
+        read_closed(chain + "~" + chain.split("~~")[1])  # a further delegation hop
+    assert e.value.reason == "mandate_ap2_unresolved_constraint"

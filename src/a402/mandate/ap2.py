@@ -11,6 +11,17 @@ a :class:`Ap2SignedMandate`, a :class:`~a402.mandate.document.SignedMandate` who
 proof is the owner's SD-JWT signature instead of an EIP-712 one: it drives the
 paying client (``a402 pay --mandate mandate.sd-jwt``) like any mandate.
 
+Per payment, the agent can also write AP2's *closed* payment mandate
+(``mandate.payment.1``, :func:`write_closed`): a KB-SD-JWT leaf (``typ``
+``kb+sd-jwt``) it signs on top of the open one (``<open>~~<leaf>~``), bound by
+``sd_hash``, ``aud`` and ``nonce``, whose ``delegate_payload`` names payee,
+amount, instrument and (``a402_resource``) the URL or skill. A verifier reads it
+(:func:`read_closed`) into the open mandate and the :class:`ProposedPayment`,
+and judges it with :func:`~a402.mandate.policy.decide`. The agent's key is
+named in ``cnf`` by its did:pkh address, so the leaf's ES256K signature is
+checked by recovering the signer's address (low ``s`` only: one encoding per
+closed mandate, one receipt reference). Intermediate delegation hops are refused.
+
 SD-JWT is verified and issued with the ``sd-jwt`` package (the IETF reference
 implementation from the OpenWallet Foundation, which AP2's own SDK also depends
 on), over ``jwcrypto``. The owner signs with the same secp256k1 key that owns the
@@ -93,12 +104,15 @@ from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwcrypto.jwk import JWK
+from jwcrypto.jws import JWS
 from sd_jwt.issuer import SDJWTIssuer
 from sd_jwt.verifier import SDJWTVerifier
 
 from a402.evm.address import address_bytes, is_address, to_checksum
+from a402.evm.ecdsa import OPENZEPPELIN, SECP256K1_HALF_N, SECP256K1_N, recover_address
 from a402.evm.keccak import keccak256
 from a402.mandate.document import Domain, Mandate, MandateError, SignedMandate
+from a402.mandate.policy import ProposedPayment
 
 VCT_OPEN: Final = "mandate.payment.open.1"
 VCT_CLOSED: Final = "mandate.payment.1"
@@ -691,13 +705,197 @@ def load_sd_jwt(token: str, *, registry: str | None = None) -> Ap2SignedMandate:
     return Ap2SignedMandate(read.mandate, read.domain, b"", sd_jwt=token)
 
 
+# ------------------------------------------------------------------ closed mandates
+
+
+@dataclass(frozen=True)
+class ClosedPayment:
+    """A verified AP2 closed payment mandate (``mandate.payment.1``): one payment the agent
+    signed on top of its open mandate, as the :class:`ProposedPayment` a402 decides on."""
+
+    open: Ap2SignedMandate
+    payment: ProposedPayment
+    claims: dict[str, Any] = field(repr=False)
+    leaf: str = field(repr=False)
+
+    @property
+    def reference(self) -> str:
+        """AP2's receipt reference: base64url(sha256(closed mandate JWT))."""
+        return _b64(hashlib.sha256(self.leaf.encode("ascii")).digest())
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def _root(token: str) -> str:
+    token = token.strip()
+    return token if token.endswith("~") else token + "~"
+
+
+def write_closed(open_token: str, agent_key: bytes, payment: ProposedPayment, *, aud: str,
+                 nonce: str, transaction_id: str | None = None, registry: str | None = None,
+                 issued_at: int | None = None) -> str:
+    """The agent's closed payment mandate for ``payment`` on top of ``open_token``: the AP2
+    chain ``<open SD-JWT>~~<KB-SD-JWT>~``. The leaf (``typ`` ``kb+sd-jwt``, ES256K by the
+    agent's key) binds to the open mandate by ``sd_hash`` and to the verifier by ``aud``
+    and ``nonce``; its ``delegate_payload`` is the ``mandate.payment.1`` claims. The
+    payment's URL or A2A skill rides in ``a402_resource`` (AP2 has no field for it).
+    """
+    root = _root(open_token)
+    read = read_open(root, registry=registry)
+    jwk = _private_jwk(agent_key)
+    agent = jwk_address(jwk.export_public(as_dict=True))
+    if agent != read.mandate.agent or address_bytes(payment.agent) != address_bytes(agent):
+        raise _err("mandate_wrong_agent", f"the open mandate is for {read.mandate.agent}, "
+                   f"the key is {agent}")
+    now = int(time.time()) if issued_at is None else issued_at
+    resource = {"skill": payment.skill} if payment.skill is not None else {"url": payment.url}
+    closed = {
+        "vct": VCT_CLOSED,
+        "transaction_id": transaction_id or _b64(hashlib.sha256(
+            json.dumps(resource, sort_keys=True).encode()).digest()),
+        "payee": {"id": f"{payment.network}:{to_checksum(payment.payee)}",
+                  "name": to_checksum(payment.payee)},
+        "payment_amount": {"amount": payment.amount, "currency": read.currency},
+        "payment_instrument": {"id": f"{payment.network}/erc20:{to_checksum(payment.asset)}",
+                               "type": INSTRUMENT_TYPE, "scheme": payment.scheme,
+                               "decimals": read.decimals},
+        "iat": now,
+        "a402_resource": resource,
+    }
+    body = {"iat": now, "aud": aud, "nonce": nonce,
+            "sd_hash": _b64(hashlib.sha256(root.encode("ascii")).digest()),
+            "delegate_payload": [closed]}
+    jws = JWS(json.dumps(body).encode())
+    jws.add_signature(jwk, alg=ALG, protected=json.dumps({"alg": ALG, "typ": "kb+sd-jwt"}))
+    header, payload, signature = str(jws.serialize(compact=True)).split(".")
+    raw = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+    r, s_ = raw[:32], int.from_bytes(raw[32:], "big")
+    if s_ > SECP256K1_HALF_N:  # the same signature in its one low-s form (EIP-2)
+        s_ = SECP256K1_N - s_
+    leaf = f"{header}.{payload}.{_b64(r + s_.to_bytes(32, 'big'))}"
+    return f"{root}~{leaf}~"
+
+
+def _leaf_signers(leaf: str) -> set[str]:
+    """The addresses that may have made the ES256K signature of a compact JWS: the keys
+    recovered from it with either recovery id (did:pkh style). Only the holder of a key
+    can make a signature from which that key's address is recovered. High ``s`` is
+    refused, so each closed mandate has one encoding and one receipt reference."""
+    header, payload, signature = leaf.split(".")
+    try:
+        raw = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+    except ValueError:
+        return set()
+    if len(raw) != 64:
+        return set()
+    digest = hashlib.sha256(f"{header}.{payload}".encode("ascii")).digest()
+    out: set[str] = set()
+    for v in (27, 28):
+        found = recover_address(digest, raw + bytes([v]), policy=OPENZEPPELIN)
+        if found is not None:
+            out.add(to_checksum(found))
+    return out
+
+
+CLOSED_FIELDS: Final = frozenset({
+    "vct", "transaction_id", "payee", "payment_amount", "payment_instrument", "iat", "exp",
+    "execution_date", "risk_data", "a402_resource"})
+
+
+def read_closed(chain: str, *, registry: str | None = None, expected_aud: str | None = None,
+                expected_nonce: str | None = None) -> ClosedPayment:
+    """Verify an AP2 chain open mandate ~~ closed mandate and read the payment it states.
+
+    Checked: the open mandate (:func:`read_open`); exactly one hop (a402 follows no
+    further delegation); the leaf is ``kb+sd-jwt``, signed ES256K by the open mandate's
+    agent, bound to that open mandate by ``sd_hash`` and, when given, to ``aud`` and
+    ``nonce``; the closed claims are known ones, in the open mandate's currency. The
+    payment is *not* judged here: run :func:`a402.mandate.policy.decide` on
+    ``(result.open, result.payment, spent)``.
+    """
+    parts = chain.strip().split("~~")
+    if len(parts) != 2:
+        raise _err(UNRESOLVED, f"a chain of {len(parts)} tokens: a402 reads an open mandate "
+                   "and the agent's closed mandate, no further delegation")
+    root, leaf = parts[0] + "~", parts[1]
+    if not leaf.endswith("~") or leaf.count("~") != 1 or leaf.count(".") != 2:
+        raise _err(INVALID, "the closed mandate is one compact JWS followed by ~")
+    leaf = leaf[:-1]
+    open_ = load_sd_jwt(root, registry=registry)
+    header = _b64json(leaf.split(".")[0], "closed mandate header")
+    body = _b64json(leaf.split(".")[1], "closed mandate payload")
+    if not isinstance(header, dict) or header.get("alg") != ALG \
+            or header.get("typ") != "kb+sd-jwt":
+        raise _err(BAD_SIGNATURE, f"the closed mandate must be a kb+sd-jwt signed {ALG}")
+    if open_.mandate.agent not in _leaf_signers(leaf):
+        raise _err(BAD_SIGNATURE, "the closed mandate is not signed by the open mandate's "
+                   f"agent {open_.mandate.agent}")
+    if not isinstance(body, dict):
+        raise _err(INVALID, "the closed mandate's payload is not an object")
+    if body.get("sd_hash") != _b64(hashlib.sha256(root.encode("ascii")).digest()):
+        raise _err(BAD_SIGNATURE, "the closed mandate is bound to another open mandate")
+    if "cnf" in body:
+        raise _err(UNRESOLVED, "the closed mandate delegates further (cnf)")
+    if expected_aud is not None and body.get("aud") != expected_aud:
+        raise _err(INVALID, f"the closed mandate is for audience {body.get('aud')!r:.60}")
+    if expected_nonce is not None and body.get("nonce") != expected_nonce:
+        raise _err(INVALID, "the closed mandate answers another nonce")
+    delegated = body.get("delegate_payload")
+    if not isinstance(delegated, list) or len(delegated) != 1 \
+            or not isinstance(delegated[0], dict):
+        raise _err(INVALID, "delegate_payload holds one payment mandate")
+    claims = delegated[0]
+    if claims.get("vct") != VCT_CLOSED:
+        raise _err(INVALID, f"vct {claims.get('vct')!r:.40} is not {VCT_CLOSED!r}")
+    unknown = set(claims) - CLOSED_FIELDS
+    if unknown:
+        raise _err(UNKNOWN_CONSTRAINT, f"closed mandate fields {sorted(unknown)} are unknown")
+    read = read_open(open_.sd_jwt, registry=open_.domain.registry)
+    amount = claims.get("payment_amount")
+    if not isinstance(amount, dict) or amount.get("currency") != read.currency:
+        raise _err(INVALID, f"the payment is not in the mandate's currency {read.currency}")
+    payee_claim = claims.get("payee")
+    payee: dict[str, Any] = payee_claim if isinstance(payee_claim, dict) else {}
+    network, _, address = str(payee.get("id", "")).rpartition(":")
+    instrument = claims.get("payment_instrument")
+    if not isinstance(instrument, dict) or instrument.get("type") != INSTRUMENT_TYPE:
+        raise _err(UNRESOLVED, "the payment instrument is not an x402 token")
+    inet, _, asset = str(instrument.get("id", "")).partition("/erc20:")
+    if not is_address(address) or not is_address(asset) or inet != network:
+        raise _err(INVALID, "payee and instrument name <network>:<address> on one network")
+    resource = claims.get("a402_resource") or {}
+    if not isinstance(resource, dict) or set(resource) - {"url", "skill"}:
+        raise _err(INVALID, "a402_resource is {\"url\": ...} or {\"skill\": ...}")
+    payment = ProposedPayment(
+        agent=open_.mandate.agent, payee=to_checksum(address), network=network,
+        asset=to_checksum(asset), scheme=str(instrument.get("scheme", "exact")),
+        amount=_uint_claim(amount.get("amount"), "payment_amount.amount"),
+        url=resource.get("url"), skill=resource.get("skill"))
+    return ClosedPayment(open_, payment, claims, leaf)
+
+
 def looks_like_sd_jwt(text: str) -> bool:
     stripped = text.strip()
     return not stripped.startswith("{") and "~" in stripped and stripped.count(".") >= 2
 
 
 __all__ = [
-    "VCT_CLOSED", "VCT_OPEN", "Ap2Read", "Ap2SignedMandate", "did_pkh", "export_open", "issue",
-    "jwk_address", "load_sd_jwt", "looks_like_sd_jwt", "open_claims",
-    "read_open", "verify_sd_jwt",
+    "VCT_CLOSED",
+    "VCT_OPEN",
+    "Ap2Read",
+    "Ap2SignedMandate",
+    "ClosedPayment",
+    "did_pkh",
+    "export_open",
+    "issue",
+    "jwk_address",
+    "load_sd_jwt",
+    "looks_like_sd_jwt",
+    "open_claims",
+    "read_closed",
+    "read_open",
+    "verify_sd_jwt",
+    "write_closed",
 ]
