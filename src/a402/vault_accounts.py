@@ -419,6 +419,10 @@ class VaultAccountsCode:
             "paid_out": self._paid_out,
         }
 
+    def participants(self) -> list[str]:
+        """Every participant with an account, by index (for the operator's status)."""
+        return [a.participant for a in sorted(self._accounts.values(), key=lambda a: a.index)]
+
     def channels(self) -> list[tuple[bytes, str, str, Status, int]]:
         """Every channel held: ``(id, client, provider, status, client's balance in it)``
         (for the operator's status; no money moves)."""
@@ -871,7 +875,8 @@ class VaultAccounts:
 
 _HOST_SURFACE = frozenset({
     "address", "account", "domain", "epoch", "life_id", "deposit_state", "ledger_version",
-    "balance", "index_of", "statement", "totals", "channels", "settlement", "credit_deposit",
+    "balance", "index_of", "statement", "totals", "channels", "participants",
+    "settlement", "credit_deposit",
     "settle",
     "open_channel", "terms", "channel_status", "bind_tunnel", "request", "receive", "poll",
     "abandon", "claim_landed", "close_channel", "exiting", "export_ledger", "restore_ledger",

@@ -52,7 +52,7 @@ class Harness:
             chain=self.chain, account=self.operator, contract=self.contract.address,
             store=VaultStore(self.url), enclave=self.enclave,
             schedule=SchedulePolicy(window=0, jitter=0, min_participants=2, max_per_tx=10),
-            rng=random.Random(7)))
+            rng=random.Random(7), poll_interval=0.2))
 
     def deposit(self, participant: str, amount: int) -> None:
         depositor = funded(self.chain, self.usdc, amount)

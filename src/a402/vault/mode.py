@@ -46,7 +46,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -167,6 +169,8 @@ class VaultModeService:
         self.watchtower = VaultWatchtower(self.contract, self.accounts, config.account)
         self.landed: list[Landed] = self._load_landed()
         self.answers: list[Answer] = []
+        #: Who serves: this process (vault mode is one process, under the store's lock).
+        self.holder = f"{socket.gethostname()}:{os.getpid()}"
 
     # ------------------------------------------------------------------ durability
 
@@ -257,6 +261,8 @@ class VaultModeService:
             "vault": self.address, "a402Vault": self.contract.address,
             "epoch": self.accounts.epoch, "landedEpoch": self.contract.last_epoch(),
             "totals": {k: str(v) for k, v in totals.items()},
+            "accounts": [self._account_json(p) for p in self.accounts.participants()],
+            "leaseHolder": self.holder,
             "onChain": str(self.contract.available()),
             "channels": [{"channelId": "0x" + cid.hex(), "client": client, "provider": provider,
                           "status": st.value, "balance": str(bal)}
@@ -268,6 +274,11 @@ class VaultModeService:
                 "block": last.block},
             "broken": self.broken,
         }
+
+    def _account_json(self, participant: str) -> dict[str, str]:
+        free, locked, unconfirmed = self.accounts.balance(participant)
+        return {"participant": participant, "free": str(free), "locked": str(locked),
+                "unconfirmed": str(unconfirmed)}
 
     # ------------------------------------------------------------------ deposits
 
@@ -365,7 +376,7 @@ class VaultModeService:
                 self.config.account, signed.payouts, epoch, signed.deposits, signed.signature,
                 self.contract.deposits_since(signed.deposits), signed.not_before)
             tx = receipt["transactionHash"]
-            landed = Landed(epoch, tx.hex() if isinstance(tx, bytes | bytearray) else str(tx),
+            landed = Landed(epoch, _hex(tx),
                             len(signed.payouts) // 32, int(receipt["blockNumber"]))
             self._record_landed(landed)
             out.append(landed)
@@ -406,6 +417,11 @@ class VaultModeService:
             self._sign(batch)
         say("landing on-chain")
         return self.land()
+
+
+def _hex(value: Any) -> str:
+    text = bytes(value).hex() if isinstance(value, bytes | bytearray) else str(value)
+    return text if text.startswith("0x") else "0x" + text
 
 
 class VaultModeWorker:
