@@ -35,8 +35,11 @@ pytestmark = pytest.mark.anvil
 class Harness:
     """A deployed A402Vault, its enclave, and the vault-mode service over a SQLite store."""
 
-    def __init__(self, chain: Chain, usdc: Any, tmp: Path) -> None:
+    def __init__(self, chain: Chain, usdc: Any, tmp: Path,
+                 schedule: SchedulePolicy | None = None) -> None:
         self.chain, self.usdc, self.tmp = chain, usdc, tmp
+        self.schedule = schedule or SchedulePolicy(window=0, jitter=0, min_participants=2,
+                                                   max_per_tx=10)
         self.platform, self.enclave = launch()
         self.contract = A402Vault.deploy(chain, chain.accounts[0], usdc.address,
                                          enclave_address(self.enclave), SETTLE_WINDOW)
@@ -51,7 +54,7 @@ class Harness:
         return VaultModeService(VaultModeConfig(
             chain=self.chain, account=self.operator, contract=self.contract.address,
             store=VaultStore(self.url), enclave=self.enclave,
-            schedule=SchedulePolicy(window=0, jitter=0, min_participants=2, max_per_tx=10),
+            schedule=self.schedule,
             rng=random.Random(7), poll_interval=0.2))
 
     def deposit(self, participant: str, amount: int) -> None:
