@@ -231,3 +231,61 @@ def test_with_the_vault_stopped_client_and_provider_force_settle_and_get_exactly
     assert h.paid_to(client.address) == 7_000
     assert h.paid_to(provider.address) == 3_000
     assert balance(usdc, h.contract.address) == 0
+
+
+def test_the_worker_answers_a_stale_force_settle_and_each_side_gets_exactly_its_money(
+    h: Harness, vault_chain: Chain, usdc: Any
+) -> None:
+    client = funded(vault_chain, usdc)
+    provider = h.vm.provider()
+    h.deposit(client.address, 10_000)
+    h.service.tick()
+    stale = h.service.statement(client.address)  # 10 000 free, before it spent
+    cid, side, _ = h.open(client, provider, 5 * PRICE)
+    for i in range(2):
+        h.pay(cid, side, client, f"s{i}")
+    h.service.close(cid)
+    assert h.service.balance(client.address)["free"] == "8000"
+    # The client tries to leave with the statement from before it paid.
+    h.contract.init_force_settle(client, stale.statement, stale.signature)
+    h.service.tick()  # the watchtower, in the worker's round, answers with the latest
+    (answer,) = h.service.answers
+    assert answer.answered_nonce == h.service.statement(client.address).statement.nonce
+    assert h.contract.force_settle(client.address).balance == 8_000
+    with pytest.raises(VaultModeError) as refused:  # nothing moves an exiting account
+        h.service.open_channel(client.address, provider.address,
+                               provider.schnorr.public_key, 1_000)
+    assert refused.value.reason == "participant_exiting"
+    increase_time(vault_chain, max(SETTLE_WINDOW, 3_601))
+    h.contract.final_force_settle(client, client.address)
+    assert h.paid_to(client.address) == 8_000
+    h.service.tick()  # the provider's two payments resolve to its account
+    h.service.withdraw(provider.address, 2_000)
+    (landed,) = h.service.settle_now()  # the operator's override: a batch of one
+    assert landed.payees == 1
+    assert h.paid_to(provider.address) == 2_000
+    assert balance(usdc, h.contract.address) == 0
+
+
+def test_a_change_whose_ledger_cannot_be_stored_is_not_acknowledged_and_a_restart_forgets_it(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = Account.create()
+    provider = h.vm.provider()
+    h.deposit(client.address, 3_000)
+    h.service.tick()
+
+    def disk_full(*_: Any, **__: Any) -> bytes:
+        raise OSError("disk full")
+    monkeypatch.setattr(h.service.store, "put_meta", disk_full)
+    with pytest.raises(OSError):  # no channel id, no statement handed out
+        h.service.open_channel(client.address, provider.address,
+                               provider.schnorr.public_key, 1_000)
+    with pytest.raises(VaultModeError) as broken:
+        h.service.open_channel(client.address, provider.address,
+                               provider.schnorr.public_key, 1_000)
+    assert broken.value.status == 503 and broken.value.reason == "vault_broken"
+    monkeypatch.undo()
+    again = h.start()  # from what was stored: the open never happened
+    assert again.balance(client.address)["free"] == "3000"
+    assert again.balance(client.address)["locked"] == "0"
