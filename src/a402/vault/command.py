@@ -34,6 +34,7 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from a402.settings import add_flags, from_args, setting
 from a402.vault.settings import Batching, Connections, Deposits, Mode, Timing
@@ -222,11 +223,7 @@ def _run_vault_mode(args: argparse.Namespace, where: ChainOptions, serve: ServeO
     from a402.vault.mode_app import create_mode_app
     from a402.vault.store import VaultBusy, VaultStore
 
-    address = mode.a402_vault
-    if address is None and where.manifest:
-        address = Manifest.load(where.manifest).contracts.get("A402Vault")
-    if address is None:
-        return fail("vault mode: give --a402-vault (or a --manifest naming an A402Vault)")
+    manifest = Manifest.load(where.manifest) if where.manifest else None
     try:
         account = load_key_file(where.key_file)
         schedule = mode.schedule()
@@ -252,6 +249,18 @@ def _run_vault_mode(args: argparse.Namespace, where: ChainOptions, serve: ServeO
     measurement = (bytes.fromhex(trust.measurement.removeprefix("0x")) if trust.measurement
                    else measure_package())
     enclave = vault_enclave(platform, measurement, store)
+    recorded = store.get_meta(_A402_VAULT)
+    address = mode.a402_vault or (recorded.decode() if recorded else None)
+    if address is None and manifest is not None and not mode.deploy_a402_vault:
+        address = manifest.contracts.get("A402Vault")
+    if address is None and mode.deploy_a402_vault:
+        if manifest is None:
+            return fail("--deploy-a402-vault needs --manifest (for the token)")
+        address = _deploy_a402_vault(chain, account, manifest.token.address, enclave)
+        store.put_meta(_A402_VAULT, address.encode(), only_if_absent=True)
+    if address is None:
+        return fail("vault mode: give --a402-vault (an A402Vault whose vault signer is this "
+                    "enclave's key), or --deploy-a402-vault on a development chain")
     try:
         service = VaultModeService(VaultModeConfig(
             chain=chain, account=account, contract=address, store=store, enclave=enclave,
@@ -266,6 +275,21 @@ def _run_vault_mode(args: argparse.Namespace, where: ChainOptions, serve: ServeO
                       "measurement": "0x" + measurement.hex()}), file=sys.stderr, flush=True)
     serving.run(create_mode_app(service), host=serve.host, port=serve.port)
     return 0
+
+
+_A402_VAULT = "vault-mode/a402-vault"
+
+
+def _deploy_a402_vault(chain: Any, account: Any, token: str, enclave: Any) -> str:
+    """An A402Vault on ``token`` whose vault signer is ``enclave``'s key, deployed by the gas
+    key (development chains; force-settles wait one hour)."""
+    from coincurve import PublicKey
+
+    from a402.evm.ecdsa import public_key_address
+    from a402.vault_contract import A402Vault
+
+    signer = "0x" + public_key_address(PublicKey(enclave.signing_public_key)).hex()
+    return str(A402Vault.deploy(chain, account, token, signer, 3_600).address)
 
 
 def _exit_on_lost(why: str) -> None:

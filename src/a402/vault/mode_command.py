@@ -257,7 +257,8 @@ def _settle_now(flags: ParticipantFlags, out: TextIO, err: TextIO) -> int:
         r = vault.post("/v1/vault/settle-now")
     rows = [(x["epoch"], x["payees"], x["tx"]) for x in r["landed"]]
     head = (f"{len(rows)} settlement(s) landed, paying {sum(x[1] for x in rows)} payee(s)"
-            if rows else "nothing moved: nothing was due")
+            if rows else "no settlement sent: no payout was queued and no deposit or payment "
+                         "was due (the worker may just have settled them: see `status`)")
     return _say(flags, out, head + ("\n" + table(("epoch", "payees", "transaction"), rows)
                                     if rows else ""), r)
 

@@ -1,5 +1,6 @@
 """What an operator may tune in a vault, in four groups: timing, deposits, batching and
-connections.
+connections; and a fifth, :class:`Mode`, that picks the funding mode (standard, or vault
+mode's :mod:`a402.vault.mode`) and vault mode's settlement schedule.
 
 :class:`~a402.vault.service.VaultConfig` holds one of each; the vault's parts take the
 groups they need as they are (:class:`~a402.vault.channels.Channels` reads all four), and
@@ -117,6 +118,10 @@ class Mode:
     a402_vault: str | None = setting(None, metavar="ADDRESS",
                                      help="vault mode: the A402Vault whose vault signer is "
                                           "this enclave's key (default: the manifest's)")
+    deploy_a402_vault: bool = setting(
+        False, help="vault mode, development chains: deploy an A402Vault for this enclave's "
+                    "key on the manifest's token at first start (then reused from the "
+                    "database)")
     settle_window: float = setting(
         120.0, help="vault mode: seconds a payout request waits before it may be settled")
     settle_jitter: float = setting(
