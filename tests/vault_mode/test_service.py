@@ -289,3 +289,49 @@ def test_a_change_whose_ledger_cannot_be_stored_is_not_acknowledged_and_a_restar
     again = h.start()  # from what was stored: the open never happened
     assert again.balance(client.address)["free"] == "3000"
     assert again.balance(client.address)["locked"] == "0"
+
+
+def test_a_provider_claims_while_the_vault_withholds_its_ack_and_the_worker_pays_nobody_twice(
+    h: Harness, vault_chain: Chain, usdc: Any
+) -> None:
+    from a402.asc import ForceCloseDue
+    from a402.crypto.vault_messages import VaultChannelTerms
+    from a402.vault_contract import PendingClaim
+
+    client = Account.create()
+    provider = h.vm.provider()
+    h.deposit(client.address, 20_000)
+    h.service.tick()
+    cid, side, _ = h.open(client, provider, 5 * PRICE)
+    h.pay(cid, side, client, "paid-and-acked")
+    call = h.vm.call(client, key="never-acked")
+    t0 = _now()
+    exec_ = h.service.request(cid, call, PRICE, t0)
+    side.receive(exec_, now=t0)
+    authorized = h.service.receive(cid, side.reply(exec_.request_id, b"result"), t0)
+    side.receive(authorized.step.send[0], now=t0)  # the provider reveals; no ACK comes back
+    pending = authorized.pending
+    assert pending is not None
+    (due,) = side.poll(now=t0 + 31).events
+    assert isinstance(due, ForceCloseDue)
+    c = due.claim
+    t = h.service.accounts.terms(cid)
+    h.contract.claim_payment(
+        funded(vault_chain, usdc),
+        VaultChannelTerms("0x" + t.client.hex(), "0x" + t.provider.hex(), t.provider_key,
+                          t.deposit, t.salt),
+        PendingClaim(c.request_id, c.amount, c.result_hash, c.e, c.s, pending.client_nonce,
+                     pending.epoch, pending.deadline, c.authorization, pending.signature))
+    assert balance(usdc, provider.address) == PRICE  # paid on-chain for the claimed request
+    h.service.tick()  # the worker reports the claim: the channel ends, the rest goes back
+    assert h.service.balance(client.address) == {
+        **h.service.balance(client.address), "free": str(20_000 - 2 * PRICE), "locked": "0"}
+    increase_time(vault_chain, 3_601)
+    h.service.tick()  # the acked payment resolves to the provider's account, only that one
+    assert h.service.balance(provider.address)["free"] == str(PRICE)
+    h.service.withdraw(provider.address, PRICE)
+    h.service.withdraw(client.address, 20_000 - 2 * PRICE)
+    h.service.tick()
+    assert h.paid_to(provider.address) == 2 * PRICE
+    assert h.paid_to(client.address) == 20_000 - 2 * PRICE
+    assert balance(usdc, h.contract.address) == 0

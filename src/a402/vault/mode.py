@@ -53,6 +53,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 from eth_account.signers.local import LocalAccount
@@ -159,6 +160,7 @@ class VaultModeService:
         self._lock = threading.RLock()
         self.broken: str | None = None
         self._saved: int | None = None  # the ledger version last stored
+        self._scan_from = 0  # the block of the last chain record reported (this process)
         if stored is not None:
             self.accounts.restore_ledger(stored)
             self._saved = self.accounts.ledger_version
@@ -283,17 +285,35 @@ class VaultModeService:
     # ------------------------------------------------------------------ deposits
 
     def observe_deposits(self) -> int:
-        """Report the contract's deposits the enclave has not seen, in chain order; returns
-        how many were new."""
+        """Report what the contract's deposit chain folded that the enclave has not seen, in
+        chain order: ``Deposited`` (credited, unconfirmed until the next settlement) and
+        ``PaymentClaimed`` (a provider paid on-chain with its pending record: the enclave
+        credits that payment to nobody again, extracts ``t`` and ends the channel). Returns
+        how many records were new."""
         known = deposit_count(self.accounts.deposit_state)
+        events = self.contract.contract.events
+        found: list[tuple[tuple[int, int], Any]] = []
+        for name in ("Deposited", "PaymentClaimed"):
+            for ev in getattr(events, name)().get_logs(from_block=self._scan_from):
+                found.append(((int(ev["blockNumber"]), int(ev["logIndex"])), ev))
+        found.sort(key=lambda f: f[0])
         new = 0
-        for participant, amount, state in self.contract.deposits():
+        for (block, _), ev in found:
+            a = ev["args"]
+            state = int(a["depositState"])
             if deposit_count(state) <= known:
                 continue
-            if self.change(lambda p=participant, a=amount, s=state:  # type: ignore[misc]
-                           self.accounts.credit_deposit(p, a, s)):
-                new += 1
+            if ev["event"] == "Deposited":
+                self.change(partial(self.accounts.credit_deposit, str(a["participant"]),
+                                    int(a["amount"]), state))
+            else:
+                signature = bytes(a["e"]) + int(a["s"]).to_bytes(32, "big")
+                self.change(partial(self.accounts.claim_landed, bytes(a["channelId"]),
+                                    int(a["requestId"]), signature, deadline=int(a["deadline"]),
+                                    state_after=state))
             known = deposit_count(state)
+            self._scan_from = block  # later records are in this block or after
+            new += 1
         return new
 
     # ------------------------------------------------------------------ channels
