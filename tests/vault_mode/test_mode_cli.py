@@ -121,3 +121,17 @@ def test_participants_and_the_operator_use_the_vault_commands_with_tables_and_js
         capsys.readouterr()
         assert cli.main(["vault", "balance", *common, "--key-file", kb, "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["free"] == "1500"
+
+
+def test_a_settlement_slower_than_a_second_shows_a_progress_line_and_a_fast_one_none() -> None:
+    from a402.vault.mode_command import Progress
+
+    slow = io.StringIO()
+    with Progress(slow, "settling", after=0.05):
+        time.sleep(0.5)
+    assert slow.getvalue().startswith("\rsettling ")
+    assert "settling: done in 0." in slow.getvalue()
+    fast = io.StringIO()
+    with Progress(fast, "settling", after=1.0):
+        time.sleep(0.01)
+    assert fast.getvalue() == ""

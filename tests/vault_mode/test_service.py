@@ -335,3 +335,25 @@ def test_a_provider_claims_while_the_vault_withholds_its_ack_and_the_worker_pays
     assert h.paid_to(provider.address) == 2 * PRICE
     assert h.paid_to(client.address) == 20_000 - 2 * PRICE
     assert balance(usdc, h.contract.address) == 0
+
+
+def test_a_replayed_signed_call_to_the_vault_mode_api_is_refused(h: Harness) -> None:
+    client = Account.create()
+    h.deposit(client.address, 1_000)
+    h.service.tick()
+    app = create_mode_app(h.service, worker=False)
+    vault = api.vault_account(h.chain.network, h.service.address)
+    body = b'{"amount": "400"}'
+    headers = api.sign_request(client, vault, "POST", "/v1/vault/withdraw", body,
+                               life=h.service.accounts.life_id)
+
+    async def twice() -> list[httpx.Response]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://vault") as http:
+            return [await http.post("/v1/vault/withdraw", content=body, headers=headers)
+                    for _ in range(2)]
+
+    first, again = asyncio.run(twice())
+    assert first.status_code == 202 and first.json()["queued"] == "400"
+    assert again.status_code == 401 and again.json()["error"] == api.REPLAYED_REQUEST
+    assert h.service.balance(client.address)["payoutRequested"] == "400"  # queued once
