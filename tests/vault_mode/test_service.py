@@ -357,3 +357,25 @@ def test_a_replayed_signed_call_to_the_vault_mode_api_is_refused(h: Harness) -> 
     assert first.status_code == 202 and first.json()["queued"] == "400"
     assert again.status_code == 401 and again.json()["error"] == api.REPLAYED_REQUEST
     assert h.service.balance(client.address)["payoutRequested"] == "400"  # queued once
+
+
+def test_a_payout_its_participant_spent_since_is_dropped_and_the_others_are_still_paid(
+    h: Harness
+) -> None:
+    alice, bob, carol = (Account.create() for _ in range(3))
+    provider = h.vm.provider()
+    for who in (alice, bob, carol):
+        h.deposit(who.address, 5_000)
+    h.service.tick()
+    h.service.withdraw(alice.address, 5_000)
+    h.service.withdraw(bob.address, 1_000)
+    h.service.withdraw(carol.address, 2_000)
+    h.open(alice, provider, 3_000)  # alice spends what she asked to take out
+    landed = h.service.tick()
+    assert [x.payees for x in landed] == [2]
+    assert (h.paid_to(alice.address), h.paid_to(bob.address), h.paid_to(carol.address)) == (
+        0, 1_000, 2_000)
+    assert h.service.status()["droppedPayouts"] == [
+        {"participant": alice.address, "amount": "5000",
+         "reason": "5000 asked, 2000 free now"}]
+    assert h.service.balance(alice.address)["payoutRequested"] == "0"

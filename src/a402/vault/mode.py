@@ -72,7 +72,7 @@ from a402.vault_accounts import (
     VaultAccounts,
     VaultAccountsCode,
 )
-from a402.vault_contract import A402Vault
+from a402.vault_contract import A402Vault, AccountStatus
 from a402.vault_enclave import SignedCall
 from a402.wire import vault_api as api
 
@@ -171,6 +171,8 @@ class VaultModeService:
         self.watchtower = VaultWatchtower(self.contract, self.accounts, config.account)
         self.landed: list[Landed] = self._load_landed()
         self.answers: list[Answer] = []
+        #: Payout requests dropped unpaid, and why (:meth:`_payable`).
+        self.dropped: list[dict[str, str]] = []
         #: Who serves: this process (vault mode is one process, under the store's lock).
         self.holder = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -274,6 +276,7 @@ class VaultModeService:
             "lastSettlement": None if last is None else {
                 "epoch": last.epoch, "tx": last.tx_hash, "payees": last.payees,
                 "block": last.block},
+            "droppedPayouts": self.dropped[-20:],
             "broken": self.broken,
         }
 
@@ -368,7 +371,7 @@ class VaultModeService:
     def _sign(self, batch: Batch | None) -> SignedSettlement | None:
         """Have the enclave sign a settlement paying ``batch`` (and confirming deposits,
         resolving pending payments past their deadline)."""
-        pairs = [] if batch is None else batch.pairs()
+        pairs = [] if batch is None else self._payable(batch)
         try:
             settled = self.change(lambda: self.accounts.settle(pairs, now=self.chain_time()))
         except VaultModeError as e:
@@ -384,6 +387,27 @@ class VaultModeService:
                 self.scheduler.done(batch)
                 self._save_payouts()
         return settled.settlement
+
+    def _payable(self, batch: Batch) -> list[tuple[str, int]]:
+        """The batch's payouts the enclave can sign now. A request above what its participant
+        has free now (it spent the money in a channel since it asked), or of a participant
+        that is force-settling, is dropped with its reason in :attr:`dropped` (nothing was
+        paid for it): one such request must not hold back everybody else's payout."""
+        out = []
+        for p in batch.payouts:
+            free, _, unconfirmed = self.accounts.balance(p.participant)
+            why = None
+            if p.amount > free + unconfirmed:
+                why = f"{p.amount} asked, {free + unconfirmed} free now"
+            elif self.contract.status(p.participant) is not AccountStatus.ACTIVE:
+                why = "the participant is force-settling"
+            if why is None:
+                out.append((p.participant, p.amount))
+            else:
+                log.warning("payout to %s dropped: %s", p.participant, why)
+                self.dropped.append({"participant": p.participant, "amount": str(p.amount),
+                                     "reason": why})
+        return out
 
     def land(self) -> list[Landed]:
         """Send every settlement the enclave signed that the chain does not have yet, in

@@ -287,6 +287,11 @@ def _status(flags: ParticipantFlags, out: TextIO, _: TextIO) -> int:
               [(p["participant"], p["amount"]) for p in s["pendingPayouts"]])
         if s["pendingPayouts"] else "(none)",
     ]
+    if s.get("droppedPayouts"):
+        parts += ["", "payout requests dropped unpaid (nothing moved for them)",
+                  table(("participant", "amount", "why"),
+                        [(d["participant"], d["amount"], d["reason"])
+                         for d in s["droppedPayouts"]])]
     return _say(flags, out, "\n".join(parts), s)
 
 
