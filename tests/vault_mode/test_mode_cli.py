@@ -135,3 +135,50 @@ def test_a_settlement_slower_than_a_second_shows_a_progress_line_and_a_fast_one_
     with Progress(fast, "settling", after=1.0):
         time.sleep(0.01)
     assert fast.getvalue() == ""
+
+
+def test_with_the_vault_stopped_a402_vault_exit_pays_each_side_its_statement(
+    h: Harness, vault_chain: Chain, usdc: Any, tmp_path: Path
+) -> None:
+    from a402.vault.mode import statement_json
+
+    from .helpers import SETTLE_WINDOW, increase_time
+    from .test_service import PRICE
+
+    client = funded(vault_chain, usdc)
+    provider = h.vm.provider()
+    gas = funded(vault_chain, usdc)
+    h.deposit(client.address, 9_000)
+    with serve(create_mode_app(h.service, worker=False)) as url:
+        h.service.tick()
+        cid, side, _ = h.open(client, provider, 4 * PRICE)
+        for i in range(3):
+            h.pay(cid, side, client, f"e{i}")
+        h.service.close(cid)
+        increase_time(vault_chain, 3_601)
+        h.service.tick()  # the provider's earnings are in its account and statement
+        mine = tmp_path / "client-statement.json"
+        code, _, _ = run("statement", "--vault", url, "--key-file", key_file(tmp_path, client),
+                         "--out", str(mine))
+        assert code == 0
+    # The vault is gone. The provider kept the statement handed to it after the change.
+    theirs = tmp_path / "provider-statement.json"
+    theirs.write_text(json.dumps({**statement_json(h.service.statement(provider.address)),
+                                  "a402Vault": h.contract.address}))
+    del h.service
+    for path, payer in ((mine, client), (theirs, gas)):  # anyone may pay the gas
+        code, out, err = run("exit", "--key-file", key_file(tmp_path, payer), "--rpc",
+                             vault_chain.rpc_url, "--statement", str(path))
+        assert code == 0 and out.startswith("nothing moved yet: force-settle started"), err
+    code, out, err = run("exit", "--key-file", key_file(tmp_path, client), "--rpc",
+                         vault_chain.rpc_url, "--statement", str(mine))
+    assert code == 4 and "the dispute window closes at" in err
+    increase_time(vault_chain, SETTLE_WINDOW)
+    code, out, _ = run("exit", "--key-file", key_file(tmp_path, client), "--rpc",
+                       vault_chain.rpc_url, "--statement", str(mine), "--json")
+    assert code == 0 and json.loads(out)["paid"] == "6000"
+    code, out, _ = run("exit", "--key-file", key_file(tmp_path, gas), "--rpc",
+                       vault_chain.rpc_url, "--statement", str(theirs))
+    assert code == 0 and out.startswith(f"3000 paid out to {provider.address}")
+    assert h.paid_to(client.address) == 6_000 and h.paid_to(provider.address) == 3_000
+    assert balance(usdc, h.contract.address) == 0

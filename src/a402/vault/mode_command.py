@@ -7,11 +7,14 @@ the operator's commands for a vault in vault mode (``a402 vault --mode vault``).
     a402 vault withdraw --key-file K --amount 2000000              # queued for the next batch
     a402 vault settle-now --key-file OPERATOR.key                  # operator: settle the queue now
     a402 vault status --key-file OPERATOR.key                      # operator: the whole vault
+    a402 vault exit --key-file K --rpc URL --statement statement.json   # no vault needed
 
 Amounts are in the token's atomic units. Each prints a table (``--json``: one JSON object).
 The first line says where the money stands. Calls to the vault are signed by the key
-(:mod:`a402.wire.vault_api`); ``deposit`` talks to the chain only. Exit codes: 0 done,
-1 the vault or the chain refused or failed, 2 usage, 3 nothing signed yet (no statement).
+(:mod:`a402.wire.vault_api`); ``deposit`` and ``exit`` talk to the chain only (``exit``:
+the escape hatch with a statement file; run it again after the dispute window). Exit
+codes: 0 done, 1 the vault or the chain refused or failed, 2 usage, 3 nothing signed yet
+(no statement), 4 nothing to do now (dispute window open, already left).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import httpx
 
 from a402.settings import add_flags, from_args, setting
 
-ACTIONS = ("deposit", "balance", "statement", "withdraw", "settle-now", "status")
+ACTIONS = ("deposit", "balance", "statement", "withdraw", "settle-now", "status", "exit")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,6 +52,11 @@ class ParticipantFlags:
                                       help="deposit: credit this participant (default: the key)")
     out: str | None = setting(None, metavar="FILE",
                               help="statement: also write it to FILE (keep it: it is your exit)")
+    statement: str | None = setting(None, metavar="FILE",
+                                    help="exit: the statement file `statement --out` wrote")
+    a402_vault: str | None = setting(None, metavar="ADDRESS",
+                                     help="exit: the A402Vault (default: the statement "
+                                          "file's, else the vault's GET /v1/info)")
 
 
 class CommandError(Exception):
@@ -228,7 +236,8 @@ def _balance(flags: ParticipantFlags, out: TextIO, _: TextIO) -> int:
 
 
 def _statement(flags: ParticipantFlags, out: TextIO, _: TextIO) -> int:
-    s = _Vault(flags).get("/v1/vault/statement")
+    vault = _Vault(flags)
+    s = {**vault.get("/v1/vault/statement"), "a402Vault": vault.info["a402Vault"]}
     if flags.out:
         try:
             with open(flags.out, "w") as f:
@@ -295,6 +304,69 @@ def _status(flags: ParticipantFlags, out: TextIO, _: TextIO) -> int:
     return _say(flags, out, "\n".join(parts), s)
 
 
+def _exit(flags: ParticipantFlags, out: TextIO, err: TextIO) -> int:
+    """The escape hatch, vault or no vault: ``initForceSettle`` with the statement file;
+    run again after the dispute window: ``finalForceSettle`` pays the statement out."""
+    from a402.chain.node import connect
+    from a402.chain.tx import TransactionFailed
+    from a402.crypto.vault_messages import BalanceStatement
+    from a402.keys import load_key_file
+    from a402.vault_contract import A402Vault, AccountStatus
+
+    if not flags.rpc or not flags.statement:
+        raise CommandError(2, "usage", "nothing moved: exit needs --rpc and --statement FILE")
+    try:
+        key = load_key_file(flags.key_file)
+        with open(flags.statement) as f:
+            kept = json.load(f)
+        st = BalanceStatement(str(kept["participant"]), int(kept["index"]),
+                              int(kept["balance"]), int(kept["locked"]), int(kept["epoch"]),
+                              int(kept["nonce"]))
+        signature = bytes.fromhex(str(kept["signature"]).removeprefix("0x"))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CommandError(2, "usage", f"nothing moved: {e}") from None
+    address = flags.a402_vault or kept.get("a402Vault")
+    if address is None:
+        address = _Vault(flags).info["a402Vault"]
+    chain = connect(flags.rpc, [key.key])
+    contract = A402Vault(chain, str(address))
+    now = int(chain.w3.eth.get_block("latest")["timestamp"])
+    status = contract.status(st.participant)
+    try:
+        if status is AccountStatus.ACTIVE:
+            with Progress(err, "force-settling"):
+                receipt = contract.init_force_settle(key, st, signature)
+            deadline = contract.force_settle(st.participant).deadline
+            data = {"ok": True, "moved": False, "step": "initiated", "deadline": deadline,
+                    "balance": str(st.balance + st.locked), "transaction":
+                    _hex(receipt["transactionHash"])}
+            return _say(flags, out, f"nothing moved yet: force-settle started for "
+                        f"{st.participant} with {st.balance + st.locked} (statement nonce "
+                        f"{st.nonce}); run `a402 vault exit` again after {deadline} (chain "
+                        f"time; now {now}); a newer statement may replace it until then", data)
+        if status is AccountStatus.SETTLING:
+            recorded = contract.force_settle(st.participant)
+            if now < recorded.deadline:
+                raise CommandError(4, "window_open", f"nothing moved: the dispute window "
+                                   f"closes at {recorded.deadline} (chain time now {now})")
+            before = contract.owed(st.participant)
+            with Progress(err, "paying out"):
+                receipt = contract.final_force_settle(key, st.participant)
+            paid = sum(int(e["payout"]) for e in contract.events("ForceSettleFinalized",
+                                                                    receipt))
+            data = {"ok": True, "moved": True, "step": "finalized", "paid": str(paid),
+                    "owedOnChain": str(contract.owed(st.participant) - before),
+                    "transaction": _hex(receipt["transactionHash"])}
+            return _say(flags, out, f"{paid} paid out to {st.participant} by A402Vault "
+                        f"{contract.address}\n" + table(
+                            ("participant", "paid", "transaction"),
+                            [(st.participant, paid, data["transaction"])]), data)
+    except TransactionFailed as e:
+        raise CommandError(1, "reverted", f"nothing moved: the contract refused ({e})") from None
+    raise CommandError(4, "already_settled", f"nothing moved: {st.participant} has already "
+                                             "left this vault")
+
+
 def _hex(value: Any) -> str:
     if isinstance(value, bytes | bytearray):
         return "0x" + bytes(value).hex().removeprefix("0x")
@@ -303,6 +375,7 @@ def _hex(value: Any) -> str:
 
 
 _ACTIONS = {"deposit": _deposit, "balance": _balance, "statement": _statement,
-            "withdraw": _withdraw, "settle-now": _settle_now, "status": _status}
+            "withdraw": _withdraw, "settle-now": _settle_now, "status": _status,
+            "exit": _exit}
 
 __all__ = ["ACTIONS", "main", "table"]
