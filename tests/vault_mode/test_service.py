@@ -379,3 +379,19 @@ def test_a_payout_its_participant_spent_since_is_dropped_and_the_others_are_stil
         {"participant": alice.address, "amount": "5000",
          "reason": "5000 asked, 2000 free now"}]
     assert h.service.balance(alice.address)["payoutRequested"] == "0"
+
+
+def test_a_queued_payout_survives_a_restart_sealed_and_is_paid_once(h: Harness) -> None:
+    alice, bob = Account.create(), Account.create()
+    for who in (alice, bob):
+        h.deposit(who.address, 2_000)
+    h.service.tick()
+    h.service.withdraw(alice.address, 700)  # acknowledged: stored before the answer
+    stored = h.service.store.get_meta("vault-mode/payouts")
+    assert stored is not None and alice.address[2:].lower().encode() not in stored.lower()
+    again = h.start()  # the first process is gone
+    assert again.balance(alice.address)["payoutRequested"] == "700"
+    again.withdraw(bob.address, 300)
+    assert [x.payees for x in again.tick()] == [2]
+    assert (h.paid_to(alice.address), h.paid_to(bob.address)) == (700, 300)
+    assert again.tick() == [] and h.start().balance(alice.address)["payoutRequested"] == "0"

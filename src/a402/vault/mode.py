@@ -202,7 +202,10 @@ class VaultModeService:
             return result
 
     def _save_payouts(self) -> None:
-        queue = [[p.participant, str(p.amount), p.asked] for p in self.scheduler.unsettled()]
+        """Store the waiting payout requests (sealed). A batch leaves the stored queue before
+        the enclave signs it: a crash in between loses those requests (nothing is paid;
+        the participant asks again) rather than paying them a second time after a restart."""
+        queue = [[p.participant, str(p.amount), p.asked] for p in self.scheduler.pending()]
         blob = self.config.enclave.seal(_PAYOUTS_LABEL, json.dumps(queue).encode())
         self.store.put_meta(PAYOUTS_KEY, blob)
 
@@ -433,11 +436,14 @@ class VaultModeService:
         self.observe_deposits()
         with self._lock:
             batch = self.scheduler.due(now=at)
+            if batch is not None:
+                self._save_payouts()  # out of the stored queue before it is signed
         totals = self.accounts.totals()
         if batch is not None or totals["unconfirmed"] or totals["pending"]:
             self._sign(batch)  # nothing_to_settle (payments not due yet): nothing signed
         landed = self._land_quietly()
-        self.answers += self.watchtower.poll()
+        # exiting() marks accounts in the enclave: stored like every other change
+        self.answers += self.change(self.watchtower.poll)
         return landed
 
     def _land_quietly(self) -> list[Landed]:
@@ -456,6 +462,7 @@ class VaultModeService:
         self.observe_deposits()
         with self._lock:
             batches: list[Batch | None] = [*self.scheduler.take_all(now=time.time())] or [None]
+            self._save_payouts()  # out of the stored queue before they are signed
         for n, batch in enumerate(batches, 1):
             say(f"the enclave signs settlement {n} of {len(batches)}")
             self._sign(batch)

@@ -170,11 +170,6 @@ class SettlementScheduler:
         """The waiting requests, oldest first (to show, and to store)."""
         return sorted(self._waiting.values(), key=lambda p: (p.asked, p.participant.lower()))
 
-    def unsettled(self) -> list[Payout]:
-        """Every request not settled yet, waiting or in flight (what a host stores, so that
-        a restart asks for each again; the enclave refuses a payout above the balance)."""
-        return [*self._in_flight.values(), *self._waiting.values()]
-
     def take_all(self, *, now: float) -> list[Batch]:
         """Every waiting request at once, in batches of at most ``max_per_tx``, ignoring the
         window, the jitter and the minimum (the operator's settle-now: fewer payees per
