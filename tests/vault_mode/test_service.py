@@ -89,6 +89,15 @@ class Harness:
         return balance(self.usdc, who) + self.contract.owed(who)
 
 
+def conserved(h: Harness) -> None:
+    """Every landed unit is in an account: on-chain funds = Σ free + locked + pending +
+    unconfirmed, once the enclave's settlements have all landed."""
+    t = h.service.accounts.totals()
+    assert h.contract.last_epoch() == h.service.accounts.epoch
+    assert balance(h.usdc, h.contract.address) == (
+        t["free"] + t["locked"] + t["pending"] + t["unconfirmed"])
+
+
 def _now() -> float:
     import time
     return time.time()
@@ -128,6 +137,7 @@ def test_a_client_pays_a_provider_five_times_with_no_transaction_and_settlement_
     handed += closed
     # zero chain transactions for the open, five paid calls and the close
     assert vault_chain.w3.eth.block_number == block
+    conserved(h)
     assert all(verifies(h, s) for s in handed)
     nonces = [s.statement.nonce for s in handed if s.statement.participant == client.address]
     assert nonces == sorted(nonces) and len(set(nonces)) == len(nonces)
@@ -142,6 +152,7 @@ def test_a_client_pays_a_provider_five_times_with_no_transaction_and_settlement_
     h.service.tick()  # resolves the five payments to the provider in settlement 2
     assert h.contract.last_epoch() == 2
     assert h.service.balance(provider.address)["free"] == "5000"
+    conserved(h)
     latest = h.service.statement(provider.address)
     assert latest.statement.balance == 5_000 and verifies(h, latest)
 
@@ -152,6 +163,7 @@ def test_a_client_pays_a_provider_five_times_with_no_transaction_and_settlement_
     assert h.paid_to(provider.address) == 5_000
     assert h.paid_to(client.address) == 2_000
     assert balance(h.usdc, h.contract.address) == 3_000
+    conserved(h)
     assert h.service.balance(client.address)["free"] == "3000"
     totals = h.service.accounts.totals()
     assert totals["free"] + totals["locked"] + totals["pending"] == 3_000

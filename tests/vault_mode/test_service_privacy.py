@@ -20,7 +20,7 @@ from a402.vault_accounts import CLAIM_WINDOW
 
 from .helpers import balance, increase_time
 from .test_privacy import observe
-from .test_service import Harness
+from .test_service import Harness, conserved
 
 pytestmark = pytest.mark.anvil
 
@@ -70,6 +70,7 @@ def test_twenty_clients_five_providers_through_the_service_leave_no_pair_on_chai
                 calls += 1
             service.close(cid)
     assert vault_chain.w3.eth.block_number == block, "a paid call touched the chain"
+    conserved(h)
     increase_time(vault_chain, CLAIM_WINDOW + 1)
     service.tick()  # the payments resolve to the providers' accounts
     for p in providers:
@@ -85,6 +86,7 @@ def test_twenty_clients_five_providers_through_the_service_leave_no_pair_on_chai
         landed = service.tick(now=later)
         assert landed, "a due batch was not settled"
         settlements += len(landed)
+        conserved(h)
     assert settlements >= 3  # 25 payees, 5 to 10 a batch
 
     for c in clients:
