@@ -108,10 +108,12 @@ def test_participants_and_the_operator_use_the_vault_commands_with_tables_and_js
         assert "accounts hold 5500 free, 0 locked" in out
         assert alice.address in out and bob.address in out
         assert h.service.landed[-1].tx_hash in out
+        assert "pending settlements: signed, not landed yet\n(none)" in out
         code, out, _ = run("status", *common, "--key-file", kop, "--json")
         status = json.loads(out)
         assert status["landedEpoch"] == status["epoch"] >= 2
         assert status["leaseHolder"] and status["pendingPayouts"] == []
+        assert status["unlanded"] == []
 
         code, out, _ = run("withdraw", *common, "--key-file", kb, "--amount", "500")
         code, out, err = run("settle-now", *common, "--key-file", kop)

@@ -86,8 +86,10 @@ def test_twenty_clients_five_providers_through_the_service_leave_no_pair_on_chai
         landed = service.tick(now=later)
         assert landed, "a due batch was not settled"
         settlements += len(landed)
+        assert all(5 <= x.payees <= 10 for x in landed)
         conserved(h)
     assert settlements >= 3  # 25 payees, 5 to 10 a batch
+    assert sum(x.payees for x in service.landed) == 25
 
     for c in clients:
         spent = sum(v for (cc, _), v in spend.items() if cc == c.address)

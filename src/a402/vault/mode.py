@@ -62,7 +62,7 @@ from a402.asc import Exec
 from a402.asc.messages import Message as AscMessage
 from a402.chain.node import Chain
 from a402.chain.tx import TransactionFailed
-from a402.crypto.vault_messages import deposit_count
+from a402.crypto.vault_messages import deposit_count, unpack_payouts
 from a402.evm.address import address_key, to_checksum
 from a402.tee import Enclave, EnclaveError
 from a402.vault_accounts import (
@@ -158,6 +158,7 @@ class VaultModeService:
             raise ValueError(f"the A402Vault's vault signer is {self.contract.vault_signer}, "
                              "not this enclave's key")
         self._lock = threading.RLock()
+        self._landing = threading.Lock()
         self.broken: str | None = None
         self._saved: int | None = None  # the ledger version last stored
         self._scan_from = 0  # the block of the last chain record reported (this process)
@@ -264,9 +265,12 @@ class VaultModeService:
         """What the operator sees: totals, open channels, queued payouts, last settlement."""
         totals = self.accounts.totals()
         last = self.landed[-1] if self.landed else None
+        landed_epoch = self.contract.last_epoch()
         return {
             "vault": self.address, "a402Vault": self.contract.address,
-            "epoch": self.accounts.epoch, "landedEpoch": self.contract.last_epoch(),
+            "epoch": self.accounts.epoch, "landedEpoch": landed_epoch,
+            "unlanded": [self._unlanded_json(e)
+                         for e in range(landed_epoch + 1, self.accounts.epoch + 1)],
             "totals": {k: str(v) for k, v in totals.items()},
             "accounts": [self._account_json(p) for p in self.accounts.participants()],
             "leaseHolder": self.holder,
@@ -282,6 +286,11 @@ class VaultModeService:
             "droppedPayouts": self.dropped[-20:],
             "broken": self.broken,
         }
+
+    def _unlanded_json(self, epoch: int) -> dict[str, Any]:
+        signed = self.accounts.settlement(epoch)
+        return {"epoch": epoch, "payees": len(unpack_payouts(signed.payouts)),
+                "notBefore": signed.not_before}
 
     def _account_json(self, participant: str) -> dict[str, str]:
         free, locked, unconfirmed = self.accounts.balance(participant)
@@ -416,18 +425,21 @@ class VaultModeService:
         """Send every settlement the enclave signed that the chain does not have yet, in
         epoch order (idempotent: the chain takes each epoch once)."""
         out: list[Landed] = []
-        while self.contract.last_epoch() < self.accounts.epoch:
-            epoch = self.contract.last_epoch() + 1
-            signed = self.accounts.settlement(epoch)
-            receipt = self.contract.settle(
-                self.config.account, signed.payouts, epoch, signed.deposits, signed.signature,
-                self.contract.deposits_since(signed.deposits), signed.not_before)
-            tx = receipt["transactionHash"]
-            landed = Landed(epoch, _hex(tx),
-                            len(signed.payouts) // 32, int(receipt["blockNumber"]))
-            self._record_landed(landed)
-            out.append(landed)
+        with self._landing:  # the worker and settle-now: one sender at a time
+            while self.contract.last_epoch() < self.accounts.epoch:
+                out.append(self._land_next())
         return out
+
+    def _land_next(self) -> Landed:
+        epoch = self.contract.last_epoch() + 1
+        signed = self.accounts.settlement(epoch)
+        receipt = self.contract.settle(
+            self.config.account, signed.payouts, epoch, signed.deposits, signed.signature,
+            self.contract.deposits_since(signed.deposits), signed.not_before)
+        landed = Landed(epoch, _hex(receipt["transactionHash"]),
+                        len(unpack_payouts(signed.payouts)), int(receipt["blockNumber"]))
+        self._record_landed(landed)
+        return landed
 
     def tick(self, now: float | None = None) -> list[Landed]:
         """One worker round: deposits, a due batch (or a settlement that only confirms
@@ -442,8 +454,11 @@ class VaultModeService:
         if batch is not None or totals["unconfirmed"] or totals["pending"]:
             self._sign(batch)  # nothing_to_settle (payments not due yet): nothing signed
         landed = self._land_quietly()
-        # exiting() marks accounts in the enclave: stored like every other change
-        self.answers += self.change(self.watchtower.poll)
+        # exiting() marks accounts in the enclave: stored like every other change; and the
+        # watchtower may land settlements itself: one sender at a time (lock order: landing,
+        # then the ledger's)
+        with self._landing:
+            self.answers += self.change(self.watchtower.poll)
         return landed
 
     def _land_quietly(self) -> list[Landed]:

@@ -291,7 +291,11 @@ def _status(flags: ParticipantFlags, out: TextIO, _: TextIO) -> int:
         table(("channel", "client", "provider", "status", "balance"),
               [(c["channelId"][:18] + "…", c["client"], c["provider"], c["status"],
                 c["balance"]) for c in s["channels"]]) if s["channels"] else "(none)",
-        "", "pending settlements (payouts queued)",
+        "", "pending settlements: signed, not landed yet",
+        table(("epoch", "payees", "not before (chain time)"),
+              [(u["epoch"], u["payees"], u["notBefore"]) for u in s["unlanded"]])
+        if s["unlanded"] else "(none)",
+        "", "payouts queued for the next batch",
         table(("participant", "amount"),
               [(p["participant"], p["amount"]) for p in s["pendingPayouts"]])
         if s["pendingPayouts"] else "(none)",
