@@ -205,6 +205,10 @@ class _Base:
         #: The vault, manager and token every info answer must name (with trust on first
         #: use: the first answer's, pinned then).
         self.expect = expect
+        #: The owner's signed mandate this client pays under (``SignedMandate.to_json()``),
+        #: signed into every call: the vault enclave pays only within it, and once it saw
+        #: one for this key, pays no call of this key without one.
+        self.mandate: dict[str, Any] | None = None
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
             raise ValueError("give the vault's URL (or its replicas' URLs)")
@@ -428,7 +432,7 @@ class _Base:
         call = api.InvokeRequest(
             url=url, method=method.upper(), headers=tuple(headers), body=content,
             max_price=max_price, idempotency_key=key, funding=funding, deposit=deposit,
-            created_at=created)
+            created_at=created, mandate=self.mandate)
         body = call.to_json()
         for _ in range(2):  # at most one 428 to answer
             response = yield from self._send("POST", api.API_PREFIX + "/invoke", body)
