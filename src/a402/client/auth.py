@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import threading
 import time
 import uuid
@@ -67,6 +68,8 @@ from a402.wire.x402 import AnyPaymentPayload, AnyPaymentRequired, PaymentPayload
 
 if TYPE_CHECKING:
     from a402.mandate.guard import MandateGuard
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "PAYMENT_EXTENSION",
@@ -329,6 +332,27 @@ class X402Auth(httpx.Auth):
             raise
         conclude(payment, response)
         response.extensions[PAYMENT_EXTENSION] = payment
+        if self.mandate is not None:
+            self._evidence(request, payment, response)
+
+    def _evidence(self, request: httpx.Request, payment: Payment,
+                  response: httpx.Response) -> None:
+        """The payment's record in the mandate's evidence chain (:mod:`a402.client.audit`).
+        The payment was signed and sent whatever is written here, so a failure to write is
+        logged, never raised over the paid response."""
+        from a402.client.audit import exact_record  # loads the store's SQLAlchemy tables
+
+        assert self.mandate is not None
+        try:
+            fields = exact_record(
+                mandate=self.mandate.mandate_hash, agent=self.wallet.address, request=request,
+                header_value=payment.header_value, amount=payment.amount,
+                payee=payment.pay_to, network=payment.network, asset=payment.asset,
+                response=response)
+            self.mandate.evidence.append(fields, self.wallet.sign_evidence)
+        except Exception as e:
+            log.error("a payment of %s to %s was made, but its evidence record could not be "
+                      "written (%s: %s)", payment.amount, payment.pay_to, type(e).__name__, e)
 
     def _take_unresolved(self, key: str) -> Payment | None:
         """An earlier, unanswered payment for this request that could still settle.

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from a402.evm.address import address_key
 from a402.mandate.document import Confirmation, SignedMandate
+from a402.mandate.evidence import EvidenceLog
 from a402.mandate.policy import MANDATE_WRONG_AGENT, Decision, ProposedPayment, decide
 from a402.mandate.registry import RevocationCheck, RevocationUnknown
 from a402.mandate.spend import MandateRefused, Reservation, SpendStore
@@ -59,6 +60,14 @@ class MandateGuard:
         self.revocation = revocation
         self.confirm = confirm
         self.clock = clock
+        self._evidence: EvidenceLog | None = None
+
+    @property
+    def evidence(self) -> EvidenceLog:
+        """The evidence chain next to the spend store (:mod:`a402.mandate.evidence`)."""
+        if self._evidence is None:
+            self._evidence = EvidenceLog(self.store.engine)
+        return self._evidence
 
     @property
     def mandate_hash(self) -> str:

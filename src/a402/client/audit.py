@@ -1,0 +1,172 @@
+"""Writing and checking the evidence chain of mandated payments (:mod:`a402.mandate.evidence`).
+
+:func:`exact_record` builds the record of one ``exact`` payment (the paying
+client writes it once the paid response came back, settled or not: the payment
+was signed, so it is evidence either way); :func:`audit` checks every record
+offline, in chain order, and says for each what holds and, for the first broken
+link, which record broke it:
+
+1. the record's hash is recomputed from its stored text, and the stored hash
+   column must equal it (``hash_mismatch``);
+2. the text is a record of this format whose ``seq`` is its row's and whose
+   ``prev`` is the previous record's stored hash (``chain_broken``: a record
+   deleted, inserted or reordered; the stored hash is itself checked by 1);
+3. the agent's signature over the hash recovers to the record's ``agent``
+   (``bad_record_signature``);
+4. the mandate it names is in the spend store, signed by its owner, for this
+   agent (``bad_mandate``);
+5. the payment payload's EIP-3009 signature recovers to the agent, and the
+   authorization pays the record's payee the record's amount
+   (``bad_payment_signature``).
+
+No node is asked: a settlement transaction is shown, not looked up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import httpx
+
+from a402.client.records import receipt_header
+from a402.evm.address import address_bytes, address_key
+from a402.evm.ecdsa import OPENZEPPELIN, recover_address
+from a402.exact.eip3009 import Authorization, authorization_digest, domain_from_requirements
+from a402.exact.eip3009 import recover_signer as recover_payment_signer
+from a402.mandate.document import MandateError, SignedMandate
+from a402.mandate.evidence import FORMAT, GENESIS, EvidenceRow, record_hash
+from a402.wire.errors import WireError
+from a402.wire.headers import decode_header
+from a402.wire.x402 import PaymentPayload, parse_payment_payload
+
+HASH_MISMATCH: Final = "hash_mismatch"
+CHAIN_BROKEN: Final = "chain_broken"
+BAD_RECORD_SIGNATURE: Final = "bad_record_signature"
+BAD_MANDATE: Final = "bad_mandate"
+BAD_PAYMENT_SIGNATURE: Final = "bad_payment_signature"
+MALFORMED: Final = "malformed_record"
+
+
+def sha256_hex(data: bytes) -> str:
+    return "0x" + hashlib.sha256(data).hexdigest()
+
+
+def request_hash(request: httpx.Request) -> str:
+    """The request as the agent sent it: method, URL and body (headers left out: the
+    payment header is recorded on its own)."""
+    return sha256_hex(request.method.encode() + b"\x00" + str(request.url).encode() + b"\x00"
+                      + request.content)
+
+
+def exact_record(*, mandate: str, agent: str, request: httpx.Request, header_value: str,
+                 amount: int, payee: str, network: str, asset: str,
+                 response: httpx.Response) -> dict[str, Any]:
+    """The fields of one ``exact`` payment's record (the payload as sent, decoded)."""
+    settlement = None
+    value = receipt_header(response.headers)
+    if value:
+        try:
+            settlement = decode_header(value)
+        except WireError:
+            settlement = {"malformed": value[:512]}
+    return {
+        "mandate": mandate, "agent": agent, "scheme": "exact",
+        "request": {"method": request.method, "url": str(request.url),
+                    "hash": request_hash(request)},
+        "payment": {"payload": decode_header(header_value), "amount": str(amount),
+                    "payee": payee, "network": network, "asset": asset},
+        "settlement": settlement, "status": response.status_code,
+        "result": sha256_hex(response.content),
+    }
+
+
+@dataclass
+class AuditLine:
+    """One record, as checked: ``problems`` empty when every check held."""
+
+    seq: int
+    record: dict[str, Any] = field(default_factory=dict)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def name(self) -> str:
+        return f"record #{self.seq}"
+
+
+def _check_payment(record: dict[str, Any], agent: str) -> str | None:
+    payment = record.get("payment")
+    if not isinstance(payment, dict):
+        return "no payment in the record"
+    try:
+        payload = parse_payment_payload(payment["payload"])
+        if not isinstance(payload, PaymentPayload):
+            return "not an x402 v2 payment payload"
+        auth = Authorization.model_validate(payload.payload["authorization"])
+        digest = authorization_digest(domain_from_requirements(payload.accepted), auth)
+        signer = recover_payment_signer(digest, payload.payload["signature"])
+    except (WireError, KeyError, TypeError, ValueError) as e:
+        return f"the payment payload cannot be read: {e}"
+    if signer is None or address_key(signer) != address_key(agent):
+        return f"the EIP-3009 signature is {signer}'s, not the agent's"
+    if int(auth.value) != int(payment["amount"]) or \
+            address_key(auth.to) != address_key(payment["payee"]):
+        return "the signed authorization pays another amount or payee than recorded"
+    return None
+
+
+def audit(rows: Sequence[EvidenceRow], mandates: dict[str, SignedMandate | MandateError]
+          ) -> list[AuditLine]:
+    """Check ``rows`` (the whole chain, in order) against the spend store's ``mandates``
+    (hash → the verified document, or why it failed); one line per record."""
+    lines: list[AuditLine] = []
+    prev = GENESIS
+    for row in rows:
+        line = AuditLine(row.seq)
+        lines.append(line)
+        digest = record_hash(row.record)
+        if "0x" + digest.hex() != row.hash:
+            line.problems.append((HASH_MISMATCH, "its stored hash is not its text's"))
+        try:
+            record = json.loads(row.record)
+            if not isinstance(record, dict) or record.get("format") != FORMAT:
+                raise ValueError("not an evidence record")
+        except ValueError as e:
+            line.problems.append((MALFORMED, str(e)[:120]))
+            prev = row.hash
+            continue
+        line.record = record
+        if record.get("seq") != row.seq or record.get("prev") != prev:
+            line.problems.append((CHAIN_BROKEN, f"it does not follow the record before "
+                                                f"(prev {str(record.get('prev'))[:18]}…)"))
+        # The next record links to this one's stored hash: an altered text fails here
+        # (its hash and signature), not again at the next record.
+        prev = row.hash
+        agent = str(record.get("agent", ""))
+        try:
+            signature = bytes.fromhex(row.signature[2:])
+            signer = recover_address(digest, signature, policy=OPENZEPPELIN)
+        except ValueError:
+            signer = None
+        if signer is None or not agent or signer != address_bytes(agent):
+            line.problems.append((BAD_RECORD_SIGNATURE, "the agent's signature does not "
+                                                        "cover this text"))
+        mandate = record.get("mandate")
+        known = mandates.get(str(mandate))
+        if isinstance(known, MandateError) or known is None:
+            line.problems.append((BAD_MANDATE, f"mandate {str(mandate)[:18]}… is "
+                                  + ("not in the spend store" if known is None
+                                     else f"invalid ({known.reason})")))
+        elif address_key(known.mandate.agent) != address_key(agent or "0x" + "00" * 20):
+            line.problems.append((BAD_MANDATE, "the mandate is for another agent"))
+        problem = _check_payment(record, agent) if agent else "no agent"
+        if problem is not None:
+            line.problems.append((BAD_PAYMENT_SIGNATURE, problem))
+    return lines
