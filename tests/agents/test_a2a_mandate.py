@@ -20,8 +20,11 @@ from a402.agents.a2a_client import SKILL_NOT_ON_CARD, PayingAgentClient, discove
 from a402.chain.deploy import Manifest
 from a402.chain.node import Chain
 from a402.client import PaymentRefused
+from a402.client.audit import audit, sha256_hex
+from a402.client.mandate_command import stored_mandates
 from a402.crypto import EcdsaSigner
 from a402.mandate import Domain, Mandate, MandateGuard, sign_mandate
+from a402.mandate.evidence import EvidenceLog
 from a402.mandate.registry import RevocationCheck
 from a402.mandate.spend import SpendStore
 from tests.agents.conftest import A2A_PRICE_ATOMIC, A2AServedAgent, a2a_balance
@@ -84,4 +87,13 @@ async def test_a_task_outside_the_mandates_skills_is_refused_before_anything_is_
     assert store.spent(wide.signed_mandate).total == A2A_PRICE_ATOMIC
     assert a2a_balance(anvil_chain, dev_stack, payer.address) == 1_000_000 - A2A_PRICE_ATOMIC
     assert a2a_balance(anvil_chain, dev_stack, served.pay_to) == A2A_PRICE_ATOMIC
+
+    # The paid task left one record in the evidence chain, and it verifies offline.
+    lines = audit(EvidenceLog(store.engine).rows(), stored_mandates(store.engine))
+    assert [line.problems for line in lines] == [[]]
+    [line] = lines
+    assert line.record["mandate"] == wide.mandate_hash
+    assert line.record["request"]["skill"] == "task"
+    assert line.record["result"] == sha256_hex(b"HELLO")
+    assert line.record["settlement"]["transaction"] == result.receipt.transaction
     store.close()

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
+import logging
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -74,17 +76,20 @@ from a402.client.limits import MaxAmount, as_max_amount
 from a402.client.wallet import Wallet
 from a402.evm.address import address_key
 from a402.wire.errors import WireError
+from a402.wire.jsonstrict import loads_object
+from a402.wire.x402 import PaymentPayload, PaymentRequired, SettleResponse, parse_payment_required
 
 if TYPE_CHECKING:  # the guard loads the spend store (SQLAlchemy): only a mandate needs it
     from a402.mandate.guard import MandateGuard
-from a402.wire.jsonstrict import loads_object
-from a402.wire.x402 import PaymentPayload, PaymentRequired, SettleResponse, parse_payment_required
+
+log = logging.getLogger(__name__)
 
 WireVersion = Literal["1.0", "0.3"]
 
 OFFER_NOT_ON_CARD: Final = "offer_not_on_card"
-SKILL_NOT_ON_CARD: Final = "skill_not_on_card"
 """``PaymentRefused`` reason: the agent asked for terms its on-chain card does not state."""
+SKILL_NOT_ON_CARD: Final = "skill_not_on_card"
+"""``PaymentRefused`` reason: the task names a skill the agent's card does not declare."""
 DEFAULT_TIMEOUT: Final = 60.0
 """The paid answer waits for an on-chain settlement; httpx's 5 s default is too short."""
 MAX_CARD_BYTES: Final = 1 << 20
@@ -315,7 +320,34 @@ class _PaidTask:
         except PaymentRefused:
             await self._decline(task)
             raise
-        return await self._submit(task, payload)
+        try:
+            result = await self._submit(task, payload)
+        except PaymentError as e:
+            self._evidence(text, payload, None, f"failed: {e}", None)
+            raise
+        receipt = None if result.receipt is None else json.loads(
+            result.receipt.model_dump_json(by_alias=True, exclude_none=True))
+        self._evidence(text, payload, receipt, "completed", result.text)
+        return result
+
+    def _evidence(self, text: str, payload: PaymentPayload, settlement: dict[str, Any] | None,
+                  status: str, result: str | None) -> None:
+        """The task's record in the mandate's evidence chain (:mod:`a402.client.audit`):
+        the payment was signed and submitted, so a failure to write is logged, not raised."""
+        mandate = self.owner.mandate
+        if mandate is None:
+            return
+        from a402.client.audit import a2a_record  # loads the store's SQLAlchemy tables
+
+        try:
+            fields = a2a_record(
+                mandate=mandate.mandate_hash, agent=self.owner.wallet.address,
+                card_url=self.agent.card_url, skill=self.skill, text=text, payload=payload,
+                settlement=settlement, status=status[:200], result=result)
+            mandate.evidence.append(fields, self.owner.wallet.sign_evidence)
+        except Exception as e:
+            log.error("a paid task's payment was signed and sent, but its evidence record "
+                      "could not be written (%s: %s)", type(e).__name__, e)
 
     # --- paying
 

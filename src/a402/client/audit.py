@@ -84,6 +84,25 @@ def exact_record(*, mandate: str, agent: str, request: httpx.Request, header_val
     }
 
 
+def a2a_record(*, mandate: str, agent: str, card_url: str, skill: str | None, text: str,
+               payload: PaymentPayload, settlement: dict[str, Any] | None, status: str,
+               result: str | None) -> dict[str, Any]:
+    """The fields of one paid A2A task's record: the request is the task's text sent to
+    the agent at ``card_url`` for ``skill``; the result the task's result text."""
+    auth = payload.payload.get("authorization", {})
+    return {
+        "mandate": mandate, "agent": agent, "scheme": "exact",
+        "request": {"method": "A2A", "url": card_url, "skill": skill,
+                    "hash": sha256_hex(text.encode())},
+        "payment": {"payload": json.loads(payload.model_dump_json(by_alias=True,
+                                                                  exclude_none=True)),
+                    "amount": str(auth.get("value")), "payee": auth.get("to"),
+                    "network": payload.accepted.network, "asset": payload.accepted.asset},
+        "settlement": settlement, "status": status,
+        "result": None if result is None else sha256_hex(result.encode()),
+    }
+
+
 @dataclass
 class AuditLine:
     """One record, as checked: ``problems`` empty when every check held."""

@@ -437,7 +437,7 @@ def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-def _stored_mandates(engine: Any) -> dict[str, Any]:
+def stored_mandates(engine: Any) -> dict[str, Any]:
     """hash → the verified document, or the MandateError it fails with (a mandate whose
     stored document was altered is named, not skipped)."""
     from sqlalchemy import select
@@ -477,7 +477,7 @@ def run_audit(args: argparse.Namespace, *, out: TextIO | None = None,
         return EXIT_USAGE
     store = SpendStore(url)
     try:
-        lines = audit(EvidenceLog(store.engine).rows(), _stored_mandates(store.engine))
+        lines = audit(EvidenceLog(store.engine).rows(), stored_mandates(store.engine))
     finally:
         store.close()
     shown = [x for x in lines if args.mandate is None
