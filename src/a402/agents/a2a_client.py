@@ -293,6 +293,7 @@ class _PaidTask:
     def __init__(self, owner: PayingAgentClient, agent: DiscoveredAgent,
                  skill: str | None = None) -> None:
         self.owner, self.agent, self.skill = owner, agent, skill
+        self.held: Any = None  # the mandate's reservation for this task's payment
         config = ClientConfig(streaming=False, httpx_client=owner.http,
                               supported_protocol_bindings=[TransportProtocol.JSONRPC])
         self.client = ClientFactory(config).create(card_for_wire(agent.card, owner.wire))
@@ -344,7 +345,8 @@ class _PaidTask:
                 mandate=mandate.mandate_hash, agent=self.owner.wallet.address,
                 card_url=self.agent.card_url, skill=self.skill, text=text, payload=payload,
                 settlement=settlement, status=status[:200], result=result)
-            mandate.evidence.append(fields, self.owner.wallet.sign_evidence)
+            mandate.record(fields, self.owner.wallet.sign_evidence, reservation=self.held,
+                           payment_ref=str(payload.payload["authorization"]["nonce"]))
         except Exception as e:
             log.error("a paid task's payment was signed and sent, but its evidence record "
                       "could not be written (%s: %s)", type(e).__name__, e)
@@ -391,17 +393,9 @@ class _PaidTask:
             raise PaymentRefused(client_errors.SIGNING_FAILED, f"{type(e).__name__}: {e}",
                                  offered=required.accepts) from e
         assert isinstance(payload, PaymentPayload)
-        if held is not None and owner.mandate is not None:
-            # Signed: its amount never comes back. Should this write fail, the payload is
-            # not sent, and the reservation (still counted) errs on the safe side.
-            try:
-                owner.mandate.signed(held, str(payload.payload["authorization"]["nonce"]))
-            except Exception as e:
-                raise PaymentRefused(
-                    client_errors.MANDATE_SPEND_UNAVAILABLE,
-                    f"the mandate's spend store failed ({type(e).__name__}: {e}); the "
-                    "authorization was signed but never sent, so nothing was paid",
-                    offered=required.accepts) from e
+        # Signed: its amount never comes back. The mandate's reservation stays counted and
+        # is marked signed with the task's evidence record, in one commit (_evidence).
+        self.held = held
         return payload
 
     async def _submit(self, task: Task, payload: PaymentPayload) -> PaidResult:

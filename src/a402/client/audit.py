@@ -64,10 +64,11 @@ def request_hash(request: httpx.Request) -> str:
 
 def exact_record(*, mandate: str, agent: str, request: httpx.Request, header_value: str,
                  amount: int, payee: str, network: str, asset: str,
-                 response: httpx.Response) -> dict[str, Any]:
-    """The fields of one ``exact`` payment's record (the payload as sent, decoded)."""
+                 response: httpx.Response | None) -> dict[str, Any]:
+    """The fields of one ``exact`` payment's record (the payload as sent, decoded);
+    ``response`` None: the paid attempt got no answer (it may still settle)."""
     settlement = None
-    value = receipt_header(response.headers)
+    value = None if response is None else receipt_header(response.headers)
     if value:
         try:
             settlement = decode_header(value)
@@ -79,8 +80,9 @@ def exact_record(*, mandate: str, agent: str, request: httpx.Request, header_val
                     "hash": request_hash(request)},
         "payment": {"payload": decode_header(header_value), "amount": str(amount),
                     "payee": payee, "network": network, "asset": asset},
-        "settlement": settlement, "status": response.status_code,
-        "result": sha256_hex(response.content),
+        "settlement": settlement,
+        "status": "no_answer" if response is None else response.status_code,
+        "result": None if response is None else sha256_hex(response.content),
     }
 
 

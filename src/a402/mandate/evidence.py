@@ -33,7 +33,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy import BigInteger, Column, Engine, Float, MetaData, String, Table, Text, select
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Engine,
+    Float,
+    MetaData,
+    String,
+    Table,
+    Text,
+    select,
+)
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from a402.evm.keccak import keccak256
@@ -87,28 +98,34 @@ class EvidenceLog:
         with contextlib.suppress(OperationalError, IntegrityError):
             metadata.create_all(engine)
 
-    def append(self, fields: dict[str, Any], sign_digest: Callable[[bytes], bytes]) -> int:
+    def append(self, fields: dict[str, Any], sign_digest: Callable[[bytes], bytes], *,
+               also: Callable[[Connection], None] | None = None) -> int:
         """Add a record of ``fields`` (seq, prev and format are set here), signed with
         ``sign_digest`` (the agent's key); its sequence number. Concurrent writers each
         get their own place in the chain (the sequence number is the primary key: a
-        writer that lost the race reads the new tail and tries again)."""
+        writer that lost the race reads the new tail and tries again). ``also`` runs in
+        the same transaction (marking the payment's reservation signed)."""
         for _ in range(_ATTEMPTS):
-            with self.engine.connect() as conn:
-                tail = conn.execute(select(evidence.c.seq, evidence.c.hash)
-                                    .order_by(evidence.c.seq.desc()).limit(1)).first()
-            seq, prev = (1, GENESIS) if tail is None else (int(tail.seq) + 1, str(tail.hash))
-            record = {**fields, "format": FORMAT, "seq": seq, "prev": prev}
-            text = canonical(record)
-            digest = record_hash(text)
-            signature = bytes(sign_digest(digest))
             try:
+                # One write transaction: reading the tail inside it (SQLite's BEGIN
+                # IMMEDIATE holds the write lock already) makes the insert follow it.
                 with self.engine.begin() as conn:
+                    tail = conn.execute(select(evidence.c.seq, evidence.c.hash)
+                                        .order_by(evidence.c.seq.desc()).limit(1)).first()
+                    seq, prev = ((1, GENESIS) if tail is None
+                                 else (int(tail.seq) + 1, str(tail.hash)))
+                    record = {**fields, "format": FORMAT, "seq": seq, "prev": prev}
+                    text = canonical(record)
+                    digest = record_hash(text)
+                    signature = bytes(sign_digest(digest))
+                    if also is not None:
+                        also(conn)
                     conn.execute(evidence.insert().values(
                         seq=seq, hash="0x" + digest.hex(), mandate=fields.get("mandate"),
                         record=text, signature="0x" + signature.hex(),
                         created_at=time.time()))
                 return seq
-            except IntegrityError:
+            except IntegrityError:  # (PostgreSQL) another writer took this place first
                 continue
         raise RuntimeError("the evidence chain kept moving under this writer")
 

@@ -232,14 +232,21 @@ class SpendStore:
         """The payment was signed: its amount never comes back (``payment_ref``: e.g. the
         authorization's nonce, for the record)."""
         with self._tx() as conn:
-            done = conn.execute(update(reservations).where(
-                reservations.c.id == reservation.id, reservations.c.state == RESERVED,
-            ).values(state=SIGNED, payment_ref=payment_ref, updated_at=time.time()))
-            if done.rowcount != 1:
-                state = conn.execute(select(reservations.c.state).where(
-                    reservations.c.id == reservation.id)).scalar()
-                if state != SIGNED:
-                    raise ValueError(f"reservation {reservation.id} is {state}, not reserved")
+            self.mark_signed(conn, reservation, payment_ref)
+
+    @staticmethod
+    def mark_signed(conn: Connection, reservation: Reservation,
+                    payment_ref: str | None = None) -> None:
+        """:meth:`signed` inside the caller's transaction ``conn`` (the evidence record
+        of the payment commits with it: one commit per payment fewer). Idempotent."""
+        done = conn.execute(update(reservations).where(
+            reservations.c.id == reservation.id, reservations.c.state == RESERVED,
+        ).values(state=SIGNED, payment_ref=payment_ref, updated_at=time.time()))
+        if done.rowcount != 1:
+            state = conn.execute(select(reservations.c.state).where(
+                reservations.c.id == reservation.id)).scalar()
+            if state != SIGNED:
+                raise ValueError(f"reservation {reservation.id} is {state}, not reserved")
 
     def release(self, reservation: Reservation) -> bool:
         """Give back a reservation nothing was signed for. True if released now, False if

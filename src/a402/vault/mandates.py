@@ -16,6 +16,8 @@ import asyncio
 import logging
 from typing import Any
 
+from web3.types import RPCEndpoint
+
 from a402.chain.node import Chain
 from a402.mandate.document import MandateError, load_signed
 from a402.mandate.enclave import RegistryRead
@@ -37,8 +39,9 @@ def read_registry(chain: Chain, vault: VaultEnclave, document: dict[str, Any]) -
             log.warning("mandate %s is for chain %s, this vault's is %s: not read",
                         signed.hash_hex, signed.domain.chain_id, chain.chain_id)
             return False
-        block = chain.w3.eth.get_block("latest")
-        number, timestamp = int(block["number"]), int(block["timestamp"])
+        block = chain.w3.provider.make_request(RPCEndpoint("eth_getBlockByNumber"),
+                                               ["latest", False])["result"]
+        number, timestamp = int(block["number"], 16), int(block["timestamp"], 16)
         registry = MandateRegistry(chain, signed.domain.registry)
         revoked = registry.is_revoked(signed.mandate.owner, signed.hash, number)
     except Exception as e:  # the enclave then has no fresh read: it refuses
