@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -207,7 +206,7 @@ def a402_path(chain: Chain, stack: Manifest, count: int) -> dict[str, Any]:
     # process_time has a coarse clock on some kernels: the mean over many calls is exact
     # even when single samples are quantized, so report both.
     reps = 2_000
-    totals = {}
+    totals: dict[str, float] = {}
     for label, index in (("without", 0), ("with", 1)):
         book = book_with if index else book_without
         start = time.process_time_ns()
@@ -282,4 +281,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
