@@ -16,8 +16,8 @@ import pytest
 from eth_account import Account
 
 from a402.background import serve_in_thread
-from a402.chain.tx import deploy_contract
-from a402.client.vault import VaultCallError
+from a402.chain.tx import deploy_contract, transact
+from a402.client.vault import VaultCallError, VaultClient
 from a402.crypto import EcdsaSigner
 from a402.mandate import Domain, Mandate, SignedMandate, revocation_digest, sign_mandate
 from a402.mandate.enclave import MAX_READ_AGE, RegistryRead
@@ -27,7 +27,7 @@ from a402.vault_enclave import INVOKE_PATH, SignedCall
 from a402.wire import vault_api as api
 from tests.a402_exchange.helpers import PRICES, World
 
-from .helpers import client_of, running_vault
+from .helpers import client_of, expected, running_vault
 
 pytestmark = pytest.mark.anvil
 PRICE = PRICES["GET /weather"]  # 1_000; POST /echo costs 2_500
@@ -161,3 +161,31 @@ def test_a_stale_registry_read_does_not_pay(world: World) -> None:
         vault.service.vault.mandate_read(RegistryRead(signed.hash, 0, later, True))
         assert channel.provider_balance == PRICE and channel.locked == 0
         assert world.balance(provider.address) == 0
+
+
+def test_a_restarted_vault_keeps_the_mandates_spend_and_binding(world: World) -> None:
+    """The book is in the sealed ledger, stored before the request it reserved for goes out:
+    a restart (the same enclave, restored from its store) neither resets the budget nor
+    forgets that the agent pays only under its owner's mandate."""
+    chain = world.chain
+    registry = deploy_contract(chain, chain.accounts[0], "MandateRegistry").address
+    owner, provider = Account.create(), world.provider()
+    gas = Account.create()
+    transact(chain, chain.accounts[0], {"to": gas.address}, value=10**18)
+    db = f"sqlite:///{world.tmp}/mandated-vault.db"
+    with serve_in_thread(provider.app) as site:
+        with running_vault(world, account=gas, db_url=db) as vault:
+            agent, client = client_of(world, vault, funds=20_000, deposit=20_000)
+            signed = _mandate(world, registry, owner, agent.address)  # budget 3 x PRICE
+            client.mandate = signed.to_json()
+            for _ in range(2):
+                assert client.invoke(f"{site}/weather", max_price=PRICE).outcome == api.PAID
+        with running_vault(world, account=gas, db_url=db) as vault:
+            again = VaultClient(vault.url, agent, expect=expected(world, vault))
+            _refused(again, f"{site}/weather", "mandate_required")
+            again.mandate = signed.to_json()
+            assert again.invoke(f"{site}/weather", max_price=PRICE).outcome == api.PAID
+            _refused(again, f"{site}/weather", "mandate_budget_exhausted")
+            [row] = vault.store.channels(client=agent.address)
+            assert row.provider_balance == str(3 * PRICE)
+            assert provider.calls["weather"] == 3
