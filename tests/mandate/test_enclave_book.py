@@ -75,3 +75,19 @@ def test_an_agent_never_bound_pays_as_before_and_a_bad_signature_is_refused() ->
     with pytest.raises(MandateRefused, match="mandate_bad_signature"):
         _check(book, keys, doc, 5, "b")
     assert book.bound == {}
+
+
+def test_a_retry_of_one_call_at_another_price_is_decided_again_not_added_twice() -> None:
+    keys = Keys()
+    s = signed(keys, max_per_payment=600, budget=1_000)
+    doc, now = s.to_json(), int(time.time())
+    book = MandateBook()
+    book.read(RegistryRead(s.hash, 10, now, False))
+    assert _check(book, keys, doc, 400, "a") == s.hash_hex
+    assert _check(book, keys, doc, 400, "a") == s.hash_hex  # the same: counted once
+    assert book.spend[s.hash_hex].total == 400
+    assert _check(book, keys, doc, 600, "a") == s.hash_hex  # a fresh offer, dearer
+    assert book.spend[s.hash_hex].total == 600
+    assert _check(book, keys, doc, 400, "b") == s.hash_hex
+    with pytest.raises(MandateRefused, match="mandate_budget_exhausted"):
+        _check(book, keys, doc, 1, "c")

@@ -197,6 +197,11 @@ class MandateBook:
                 owner_ok = Confirmation.from_json(confirmation)
             except (MandateError, KeyError, TypeError, ValueError) as e:
                 raise MandateRefused(MANDATE_INVALID, f"mandateConfirmation: {e}") from None
+        held = None if key is None else self.reserved.get(key)
+        if key is not None and held is not None:
+            if held.amount == payment.amount or held.signed:
+                return mandate  # this call's reservation stands (a retry on the same channel)
+            self.release(key)  # another amount (a fresh offer): decided again from scratch
         at = max(now, signed_at)
         index = period_index(signed.mandate, at)
         spend = self.spend.get(mandate, _Spend())
@@ -208,8 +213,6 @@ class MandateBook:
             raise MandateRefused.of(decision)
         if key is None:
             return mandate
-        if key in self.reserved:
-            return mandate  # this call's reservation stands (a retry on the same channel)
         nonce = None
         if owner_ok is not None and signed.mandate.confirm_above \
                 and payment.amount > signed.mandate.confirm_above:
