@@ -7,9 +7,11 @@ it: the provider earns nothing, the client's pool and channel balances stay put.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +19,7 @@ from eth_account import Account
 
 from a402.background import serve_in_thread
 from a402.chain.tx import deploy_contract, transact
+from a402.client.pay import pay_main
 from a402.client.vault import VaultCallError, VaultClient
 from a402.crypto import EcdsaSigner
 from a402.mandate import Domain, Mandate, SignedMandate, revocation_digest, sign_mandate
@@ -27,7 +30,8 @@ from a402.vault_enclave import INVOKE_PATH, SignedCall
 from a402.wire import vault_api as api
 from tests.a402_exchange.helpers import PRICES, World
 
-from .helpers import client_of, expected, running_vault
+from .helpers import client_of, expected, running_vault, vault_flags
+from .test_channels import key_file
 
 pytestmark = pytest.mark.anvil
 PRICE = PRICES["GET /weather"]  # 1_000; POST /echo costs 2_500
@@ -189,3 +193,38 @@ def test_a_restarted_vault_keeps_the_mandates_spend_and_binding(world: World) ->
             [row] = vault.store.channels(client=agent.address)
             assert row.provider_balance == str(3 * PRICE)
             assert provider.calls["weather"] == 3
+
+
+def test_a402_pay_through_a_vault_under_a_mandate(world: World, tmp_path: Path) -> None:
+    """``a402 pay --vault --mandate``: the mandate is signed into the call and the enclave
+    enforces it: inside it pays; a provider outside its payees exits 3, nothing paid."""
+    chain = world.chain
+    registry = deploy_contract(chain, chain.accounts[0], "MandateRegistry").address
+    owner, provider, stranger = Account.create(), world.provider(), world.provider()
+    with serve_in_thread(provider.app) as site, serve_in_thread(stranger.app) as other, \
+            running_vault(world) as vault:
+        agent, _ = client_of(world, vault, funds=20_000, deposit=20_000)
+        key = key_file(tmp_path, agent)
+        mandate = tmp_path / "mandate.json"
+        mandate.write_text(_mandate(world, registry, owner, agent.address,
+                                    payees=(provider.address,)).dumps())
+
+        def pay(url: str) -> tuple[int, str]:
+            err = io.StringIO()
+            code = pay_main([url, "--key-file", str(key), "--vault", vault.url,
+                             *vault_flags(world, vault), "--mandate", str(mandate)],
+                            stdout=io.BytesIO(), stderr=err)
+            return code, err.getvalue()
+
+        assert pay(f"{site}/weather")[0] == 0
+        code, err = pay(f"{other}/weather")
+        assert code == 3 and "mandate_payee_not_allowed" in err and "nothing was paid" in err
+        balances = {r.provider.lower(): (r.phase, r.provider_balance)
+                    for r in vault.store.channels(client=agent.address)}
+        assert balances[provider.address.lower()][1] == str(PRICE)
+        # The stranger's channel was never approved (the pool debit came back): unpaid.
+        assert balances.get(stranger.address.lower(), ("-", "0"))[1] == "0", balances
+        assert world.manager.pooled(vault.address, agent.address) == 20_000 - int(
+            next(r.deposit for r in vault.store.channels(client=agent.address)
+                 if r.provider.lower() == provider.address.lower()))
+        assert (provider.calls["weather"], stranger.calls["weather"]) == (1, 0)
