@@ -7,6 +7,7 @@ it: the provider earns nothing, the client's pool and channel balances stay put.
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
@@ -16,15 +17,20 @@ from typing import Any
 
 import pytest
 from eth_account import Account
+from sqlalchemy import select, update
 
 from a402.background import serve_in_thread
 from a402.chain.tx import deploy_contract, transact
+from a402.client.audit import BAD_PAYMENT_SIGNATURE, BAD_RECORD_SIGNATURE, HASH_MISMATCH, audit
+from a402.client.mandate_command import add_audit_arguments, run_audit, stored_mandates
 from a402.client.pay import pay_main
 from a402.client.vault import VaultCallError, VaultClient
 from a402.crypto import EcdsaSigner
 from a402.mandate import Domain, Mandate, SignedMandate, revocation_digest, sign_mandate
 from a402.mandate.enclave import MAX_READ_AGE, RegistryRead
+from a402.mandate.evidence import EvidenceLog, evidence
 from a402.mandate.registry import MandateRegistry
+from a402.mandate.spend import SpendStore
 from a402.tee import EnclaveError
 from a402.vault_enclave import INVOKE_PATH, SignedCall
 from a402.wire import vault_api as api
@@ -206,14 +212,15 @@ def test_a402_pay_through_a_vault_under_a_mandate(world: World, tmp_path: Path) 
         agent, _ = client_of(world, vault, funds=20_000, deposit=20_000)
         key = key_file(tmp_path, agent)
         mandate = tmp_path / "mandate.json"
+        spend_db = f"sqlite:///{tmp_path}/cli-spend.db"
         mandate.write_text(_mandate(world, registry, owner, agent.address,
                                     payees=(provider.address,)).dumps())
 
         def pay(url: str) -> tuple[int, str]:
             err = io.StringIO()
             code = pay_main([url, "--key-file", str(key), "--vault", vault.url,
-                             *vault_flags(world, vault), "--mandate", str(mandate)],
-                            stdout=io.BytesIO(), stderr=err)
+                             *vault_flags(world, vault), "--mandate", str(mandate),
+                             "--spend-db", spend_db], stdout=io.BytesIO(), stderr=err)
             return code, err.getvalue()
 
         assert pay(f"{site}/weather")[0] == 0
@@ -228,3 +235,45 @@ def test_a402_pay_through_a_vault_under_a_mandate(world: World, tmp_path: Path) 
             next(r.deposit for r in vault.store.channels(client=agent.address)
                  if r.provider.lower() == provider.address.lower()))
         assert (provider.calls["weather"], stranger.calls["weather"]) == (1, 0)
+    # The paid call's record, next to the spend store, verified by a402 audit.
+    out, err = io.StringIO(), io.StringIO()
+    parser = argparse.ArgumentParser()
+    add_audit_arguments(parser)
+    assert run_audit(parser.parse_args(["--spend-db", spend_db]), out=out, err=err) == 0, \
+        err.getvalue()
+    assert "1 record(s), every signature and link verified" in err.getvalue()
+
+
+def test_paid_vault_calls_leave_evidence_whose_channel_receipts_verify_offline(
+    world: World, tmp_path: Path,
+) -> None:
+    chain = world.chain
+    registry = deploy_contract(chain, chain.accounts[0], "MandateRegistry").address
+    owner, provider = Account.create(), world.provider()
+    store = SpendStore(f"sqlite:///{tmp_path}/agent-spend.db")
+    with serve_in_thread(provider.app) as site, running_vault(world) as vault:
+        agent, client = client_of(world, vault, funds=20_000, deposit=20_000)
+        signed = _mandate(world, registry, owner, agent.address)
+        client.mandate, client.evidence = signed.to_json(), EvidenceLog(store.engine)
+        for _ in range(2):
+            assert client.invoke(f"{site}/weather", max_price=PRICE).outcome == api.PAID
+        _refused(client, f"{site}/echo", "mandate_cap_exceeded", method="POST")
+    store.register(signed)  # the document the audit checks the owner's signature on
+    rows = EvidenceLog(store.engine).rows()
+    lines = audit(rows, stored_mandates(store.engine))
+    assert [line.problems for line in lines] == [[], []]  # the refused call left none
+    receipts = [line.record["settlement"]["receipt"] for line in lines]
+    assert [r["providerBalance"] for r in receipts] == [str(PRICE), str(2 * PRICE)]
+    assert all(line.record["payment"]["payee"] == provider.address for line in lines)
+
+    # One byte of the second receipt's provider balance, re-signed by nobody: named.
+    with store.engine.begin() as conn:
+        text = conn.execute(select(evidence.c.record).where(evidence.c.seq == 2)).scalar_one()
+        old = f'"providerBalance":"{2 * PRICE}"'
+        conn.execute(update(evidence).where(evidence.c.seq == 2).values(
+            record=text.replace(old, old.replace("2", "3", 1))))
+    lines = audit(EvidenceLog(store.engine).rows(), stored_mandates(store.engine))
+    assert lines[0].ok and not lines[1].ok
+    assert {code for code, _ in lines[1].problems} >= {HASH_MISMATCH, BAD_RECORD_SIGNATURE,
+                                                       BAD_PAYMENT_SIGNATURE}
+    store.close()

@@ -86,6 +86,57 @@ def exact_record(*, mandate: str, agent: str, request: httpx.Request, header_val
     }
 
 
+def vault_record(*, mandate: str, agent: str, method: str, url: str, content: bytes,
+                 result: Any, info: dict[str, Any]) -> dict[str, Any]:
+    """The fields of one call paid through a vault (``a402``): the payment is the vault's
+    account of it, the settlement the channel's state co-signed by the vault's enclave and
+    the provider (the receipt), in the ASCManager's domain named here."""
+    payment = dict(result.payment)
+    return {
+        "mandate": mandate, "agent": agent, "scheme": "a402",
+        "request": {"method": method.upper(), "url": url,
+                    "hash": sha256_hex(method.upper().encode() + b"\x00" + url.encode()
+                                       + b"\x00" + content),
+                    "idempotencyKey": result.idempotency_key},
+        "payment": {"amount": str(payment.get("amount")), "payee": payment.get("provider"),
+                    "network": payment.get("network"), "asset": payment.get("asset"),
+                    "channelId": payment.get("channelId"),
+                    "requestId": payment.get("requestId")},
+        "settlement": {"receipt": payment.get("receipt"), "vault": info.get("vault"),
+                       "chainId": int(info["chainId"]), "ascManager": info.get("ascManager"),
+                       "transaction": payment.get("transaction")},
+        "status": result.status, "result": sha256_hex(result.content),
+    }
+
+
+def _check_receipt(record: dict[str, Any]) -> str | None:
+    """An ``a402`` record: the receipt's state is signed by the vault it names and by the
+    payee, in the named ASCManager's domain."""
+    from a402.asc.terms import BalanceState, state_signer
+    from a402.crypto import PaymentDomain
+
+    try:
+        settlement, payment = record["settlement"], record["payment"]
+        receipt = settlement["receipt"]
+        domain = PaymentDomain(int(settlement["chainId"]), settlement["ascManager"])
+        channel = bytes.fromhex(str(receipt["channelId"])[2:])
+        state = BalanceState(int(receipt["version"]), int(receipt["clientBalance"]),
+                             int(receipt["providerBalance"]), bool(receipt["isFinal"]))
+        vault = state_signer(domain, channel, state,
+                             bytes.fromhex(receipt["vaultSignature"][2:]))
+        provider = state_signer(domain, channel, state,
+                                bytes.fromhex(receipt["providerSignature"][2:]))
+    except (KeyError, TypeError, ValueError) as e:
+        return f"the channel receipt cannot be read: {e}"
+    if vault is None or vault != address_bytes(str(settlement["vault"])):
+        return "the receipt is not signed by the vault it names"
+    if provider is None or provider != address_bytes(str(payment["payee"])):
+        return "the receipt is not signed by the payee"
+    if str(receipt["channelId"]).lower() != str(payment.get("channelId", "")).lower():
+        return "the receipt is for another channel than the payment"
+    return None
+
+
 def a2a_record(*, mandate: str, agent: str, card_url: str, skill: str | None, text: str,
                payload: PaymentPayload, settlement: dict[str, Any] | None, status: str,
                result: str | None) -> dict[str, Any]:
@@ -187,7 +238,12 @@ def audit(rows: Sequence[EvidenceRow], mandates: dict[str, SignedMandate | Manda
                                      else f"invalid ({known.reason})")))
         elif address_key(known.mandate.agent) != address_key(agent or "0x" + "00" * 20):
             line.problems.append((BAD_MANDATE, "the mandate is for another agent"))
-        problem = _check_payment(record, agent) if agent else "no agent"
+        if not agent:
+            problem: str | None = "no agent"
+        elif record.get("scheme") == "a402":
+            problem = _check_receipt(record)
+        else:
+            problem = _check_payment(record, agent)
         if problem is not None:
             line.problems.append((BAD_PAYMENT_SIGNATURE, problem))
     return lines

@@ -246,18 +246,35 @@ def run_pay(
     if mandate_given and args.vault:
         # The vault's enclave enforces the mandate (it is signed into the call): this
         # client sends the document; without --max the mandate's cap is the call's maximum.
+        from a402.client.mandates import DEFAULT_SPEND_DB
         from a402.client.vault_pay import run_vault_pay
         from a402.mandate.document import MandateError, load_signed
+        from a402.mandate.evidence import EvidenceLog
+        from a402.mandate.spend import SpendStore
 
         try:
             signed = load_signed(Path(args.mandate).read_text())
         except (OSError, MandateError) as e:
             return fail(EXIT_USAGE, f"--mandate {args.mandate}: {e}")
-        return run_vault_pay(args, read_key_file(args.key_file), wallet, method=method,
-                             headers=headers, content=content,
-                             cap=cap if cap is not None
-                             else as_max_amount(signed.mandate.max_per_payment),
-                             budget=budget, out=out, err=err, mandate=signed.to_json())
+        # The evidence of each paid call goes next to the spend store (a402 audit).
+        spend_db = args.spend_db or DEFAULT_SPEND_DB
+        try:
+            if spend_db.startswith("sqlite:///"):
+                Path(spend_db[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            store = SpendStore(spend_db)
+            store.register(signed)
+        except Exception as e:
+            return fail(EXIT_USAGE, f"cannot open the spend store {spend_db}: "
+                                    f"{type(e).__name__}: {e}")
+        try:
+            return run_vault_pay(args, read_key_file(args.key_file), wallet, method=method,
+                                 headers=headers, content=content,
+                                 cap=cap if cap is not None
+                                 else as_max_amount(signed.mandate.max_per_payment),
+                                 budget=budget, out=out, err=err, mandate=signed.to_json(),
+                                 evidence=EvidenceLog(store.engine))
+        finally:
+            store.close()
     if mandate_given:
         from a402.chain.locate import DEFAULT_MANIFEST, ChainNotFound
         from a402.client.mandates import DEFAULT_SPEND_DB, open_guard
