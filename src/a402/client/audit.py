@@ -15,9 +15,10 @@ link, which record broke it:
    (``bad_record_signature``);
 4. the mandate it names is in the spend store, signed by its owner, for this
    agent (``bad_mandate``);
-5. the payment payload's EIP-3009 signature recovers to the agent, and the
-   authorization pays the record's payee the record's amount
-   (``bad_payment_signature``).
+5. for ``exact``, the payment payload's EIP-3009 signature recovers to the agent,
+   and the authorization pays the record's payee the record's amount; for ``a402``
+   (through a vault), the channel receipt's state is signed by the vault the record
+   names and by the payee, in the ASCManager's domain (``bad_payment_signature``).
 
 No node is asked: a settlement transaction is shown, not looked up.
 """
