@@ -75,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_mandate_arguments(mandate)
     mandate.set_defaults(run=run_mandate)
 
+    from a402.client.mandate_command import add_audit_arguments, run_audit
+
+    audit = commands.add_parser(
+        "audit", help="print the evidence chain of mandated payments and verify every "
+                      "signature in it, offline")
+    add_audit_arguments(audit)
+    audit.set_defaults(run=run_audit)
+
     from a402.agents.cli import add_agents_arguments, run_agents
 
     agents = commands.add_parser("agents", help="register, update, show, search and rate "
