@@ -1,6 +1,7 @@
-"""A vault's operator sees its calls: one JSON log line per ``/v1/invoke``, ``/metrics``
-counting exactly the paid calls, and ``/operator/payments`` behind the operator token,
-read also by ``a402 payments --vault``."""
+"""A vault's operator sees its calls: one JSON log line per ``/v1/invoke`` (and the
+provider's gateway one per EXEC it ran), ``/metrics`` counting exactly the paid calls,
+and ``/operator/payments`` behind the operator token, read also by ``a402 payments
+--vault``."""
 
 from __future__ import annotations
 
@@ -76,6 +77,11 @@ def test_a_vaults_paid_calls_are_logged_counted_and_listed_for_its_operator_only
     assert all(line["outcome"] == "paid" and line["amount"] == str(PRICE)
                and line["payer"].lower() == account.address.lower()
                and line["scheme"] == "a402" and line["latencyMs"] > 0 for line in vault_lines)
+    # The provider's side (a gateway taking A402 channel payments) logs each EXEC it ran.
+    executed = [line for line in logged if line["service"] == "gateway"]
+    assert [line["outcome"] for line in executed] == ["executed"] * 3
+    assert all(line["scheme"] == "a402" and line["amount"] == str(PRICE)
+               and line["payee"].lower() == provider.address.lower() for line in executed)
     assert (none.status_code, none.json()["error"]) == (401, "operator_token_required")
     assert (wrong.status_code, wrong.json()["error"]) == (401, "operator_token_invalid")
     records = listed.json()["payments"]
