@@ -62,9 +62,15 @@ def run_facilitator(args: argparse.Namespace) -> int:
     from a402.facilitator.core import Facilitator
     from a402.facilitator.store import SettlementStore
     from a402.keys import load_key_file
+    from a402.observe import Observer
 
     where = from_args(ChainOptions, args)
     serve = from_args(ServeOptions, args)
+    try:
+        observer = Observer("facilitator", operator_token=serve.operator_token)
+    except ValueError as e:
+        print(f"error: --operator-token: {e}", file=sys.stderr)
+        return 2
     signer = load_key_file(where.key_file)
     chain = connect(where.rpc, [signer.key])
     if where.network and where.network != chain.network:
@@ -74,12 +80,5 @@ def run_facilitator(args: argparse.Namespace) -> int:
                               from_args(FacilitatorConfig, args))
     print(json.dumps({"facilitator": f"http://{serve.host}:{serve.port}",
                       "network": chain.network, "signer": signer.address}), file=sys.stderr)
-    from a402.observe import Observer
-
-    try:
-        observer = Observer("facilitator", operator_token=serve.operator_token)
-    except ValueError as e:
-        print(f"error: --operator-token: {e}", file=sys.stderr)
-        return 2
     serving.run(create_app(facilitator, observer=observer), host=serve.host, port=serve.port)
     return 0
