@@ -79,6 +79,26 @@ def record_payment(payment: Payment, *, method: str, url: str,
         "validBefore": payment.valid_before, "method": method, "url": url,
         "reason": payment.reason,
     }
+    _append(record, path)
+
+
+def record_vault_call(summary: dict[str, Any], *, payer: str, vault: str, method: str,
+                      url: str, path: Path | None = None) -> None:
+    """Append a call paid through a vault (``a402 pay --vault``) to the local records:
+    its idempotency key is its id, the provider its payee; the payment settles with its
+    channel, so ``transaction`` is the channel's settlement once there is one."""
+    payment = summary.get("payment") or {}
+    _append({
+        "source": "client", "id": summary.get("idempotencyKey"), "time": time.time(),
+        "payer": payer, "payee": payment.get("provider"), "amount": payment.get("amount"),
+        "asset": payment.get("asset"), "network": payment.get("network"), "scheme": "a402",
+        "status": summary.get("outcome"), "transaction": payment.get("transaction"),
+        "channelId": payment.get("channelId"), "requestId": payment.get("requestId"),
+        "vault": vault, "method": method, "url": url, "reason": summary.get("reason"),
+    }, path)
+
+
+def _append(record: dict[str, Any], path: Path | None) -> None:
     target = path or history_path()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -348,17 +368,32 @@ def _receipt(args: argparse.Namespace, out: TextIO) -> int:
     amount = expect.amount or (record or {}).get("amount")
     asset = (record or {}).get("asset")
     nonce = (record or {}).get("nonce") or _nonce_of(record)
+    channel = (record or {}).get("scheme") == "a402"
     if tx is None:
         status = (record or {}).get("status")
+        if channel:
+            raise HistoryError(EXIT_NOT_FOUND, "no_transaction",
+                               f"payment {args.what} (status {status}) was made inside "
+                               f"channel {record.get('channelId') if record else None}: it "
+                               "settles with the channel, which has no transaction yet; "
+                               "nothing to check on-chain")
         raise HistoryError(EXIT_NOT_FOUND, "no_transaction",
                            f"payment {args.what} has no transaction (status {status}): "
                            "nothing to check on-chain")
     onchain = _read_tx(args, tx)
-    checks = check_transfer(onchain, payer=payer, payee=payee, amount=amount, asset=asset,
-                            nonce=nonce)
+    if channel:  # one settlement for many payments: no Transfer of this one to match
+        checks = check_transfer(onchain, payer=None, payee=None, amount=None, asset=None,
+                                nonce=None)[:1]
+    else:
+        checks = check_transfer(onchain, payer=payer, payee=payee, amount=amount,
+                                asset=asset, nonce=nonce)
     ok = all(c["ok"] for c in checks)
     data = {"ok": ok, "transaction": tx, "record": record, "onChain": onchain,
             "checks": checks}
+    note = ("a channel payment: this transaction settles the whole channel at once, so "
+            "only its success is checked, not a Transfer of this payment" if channel else None)
+    if note:
+        data["note"] = note
     if source.json:
         print(json.dumps(data, indent=2, default=str), file=out)
     else:
@@ -366,6 +401,8 @@ def _receipt(args: argparse.Namespace, out: TextIO) -> int:
                 else "the chain does NOT confirm this payment as recorded")
         print(f"{head}: transaction {tx} (block {onchain['block']}, "
               f"{'succeeded' if onchain['status'] == 1 else 'REVERTED'})", file=out)
+        if note:
+            print(f"note: {note}", file=out)
         if record:
             print(f"record: {record.get('source')} {record.get('id')} status "
                   f"{record.get('status')} amount {record.get('amount')} "
