@@ -318,3 +318,41 @@ def test_balance_shows_the_wallet_and_the_pool_from_the_chain(
     assert re.search(r"^wallet USDC +0\.997000 USDC$", table, re.M)
     code, _, err = cli("balance", "--manifest", manifest_file)
     assert code == 2 and "give --key-file" in err
+
+
+def test_a_restarted_gateway_still_lists_what_its_ledger_sold_and_receipt_confirms_it(
+        stack: Manifest, facilitator_url: str, payer: LocalAccount, manifest_file: str,
+        tmp_path: Path) -> None:
+    ledger = f"sqlite:///{tmp_path / 'ledger.db'}"
+    key = tmp_path / "payer.key"
+    key.write_text(payer.key.hex())
+    key.chmod(0o600)
+
+    def gateway() -> Any:
+        return create_gateway(
+            "http://127.0.0.1:9", ["GET /paid/*=0.0015"],
+            pay_to=stack.account("provider").address, token=stack.token,
+            network=stack.network, facilitator_url=facilitator_url, ledger=ledger,
+            settle_before_serve=True, observer=Observer("gateway", operator_token=TOKEN))
+
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with serve_in_thread(gateway()) as url:
+        err = io.StringIO()
+        # The upstream is down: settled first, then 502 from the proxy (paid, not served).
+        pay_main([f"{url}/paid/report", "--key-file", str(key), "--max", "0.01",
+                  "--network", stack.network], stdout=io.BytesIO(), stderr=err)
+        before = httpx.get(f"{url}/operator/payments", headers=auth,
+                           params={"payer": payer.address}).json()["payments"]
+    with serve_in_thread(gateway()) as url:  # a new process: nothing in memory
+        after = httpx.get(f"{url}/operator/payments", headers=auth,
+                          params={"payer": payer.address, "status": "settled"}
+                          ).json()["payments"]
+        [entry] = after
+        code, table, _ = cli("receipt", entry["nonce"], "--gateway", url, "--operator-token",
+                             TOKEN, "--manifest", manifest_file)
+    [seen] = before
+    assert (seen["status"], seen["amount"], seen["ledger"]) == ("settled", str(PRICE), True)
+    assert entry["transaction"] == seen["transaction"] and entry["transaction"]
+    assert entry["amount"] is None and entry["payee"] is None  # the ledger keeps neither
+    assert code == 0, table
+    assert "[ok] the payer's authorization was used" in table

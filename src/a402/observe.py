@@ -128,7 +128,7 @@ def _lower(value: Any) -> str | None:
     return None if value is None else str(value).lower()
 
 
-def payment_record(*, source: str, id: str, time: float, payer: str | None,
+def payment_record(*, source: str, id: str, time: float | None, payer: str | None,
                    payee: str | None, amount: int | str | None, scheme: str, status: str,
                    network: str | None = None, asset: str | None = None,
                    transaction: str | None = None, **extra: Any) -> dict[str, Any]:

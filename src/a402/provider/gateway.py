@@ -17,6 +17,8 @@ gateways paid to the same ``payTo`` through one facilitator, must share one
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Unpack
@@ -25,7 +27,7 @@ from starlette.types import ASGIApp
 
 from a402.chain.deploy import TokenInfo
 from a402.facilitator.client import FacilitatorClient
-from a402.observe import Observer, OperatorRoutes, PaymentFilter, payment_record
+from a402.observe import MAX_LIMIT, Observer, OperatorRoutes, PaymentFilter, payment_record
 from a402.provider.ledger import PaymentLedger
 from a402.provider.middleware import PaymentMiddleware
 from a402.provider.proxy import ReverseProxy
@@ -117,24 +119,64 @@ def create_gateway(
         **settings,
     )
     if a402 is None:
-        return operator_routes(payments, observer)
+        return operator_routes(payments, observer, payments.ledger)
     from a402.provider.a402_payments import A402Payments
 
-    return operator_routes(A402Payments(payments, a402), observer)
+    return operator_routes(A402Payments(payments, a402), observer, payments.ledger)
 
 
-def operator_routes(app: ASGIApp, observer: Observer) -> OperatorRoutes:
-    """``app`` with the gateway's ``/metrics`` and ``/operator/payments`` in front: the
-    paid requests ``observer`` saw, as :func:`a402.observe.payment_record`s."""
+def operator_routes(app: ASGIApp, observer: Observer,
+                    ledger: PaymentLedger | None = None) -> OperatorRoutes:
+    """``app`` with the gateway's ``/metrics`` and ``/operator/payments`` in front.
 
-    def records() -> list[dict[str, Any]]:
-        return [_record(line) for line in reversed(observer.recent)]
+    The records are the replay ledger's entries (durable: which payments bought a
+    response, and their transactions; a :class:`SqlLedger` only) joined with the paid
+    requests ``observer`` saw since the process started (the amount, the payee, the
+    latency, the request id: the ledger keeps none of them), plus those requests whose
+    entry was released (refused or failed: nothing moved). A ledger entry this process
+    did not see (before a restart, or a replica's) says ``amount: null``: check its
+    transaction with ``a402 receipt``.
+    """
+    entries = getattr(ledger, "entries", None)
+
+    async def records(wanted: PaymentFilter) -> list[dict[str, Any]]:
+        seen = [_record(line) for line in reversed(observer.recent)]
+        if entries is None:
+            return seen
+        rows = await asyncio.to_thread(entries, since=wanted.since, until=wanted.until,
+                                       payer=wanted.payer, limit=MAX_LIMIT)
+        by_nonce: dict[tuple[str, str], dict[str, Any]] = {}
+        for record in seen:  # newest first: the latest request for a nonce wins
+            by_nonce.setdefault((str(record["payer"]).lower(),
+                                 str(record["nonce"]).lower()), record)
+        out, joined = [], set()
+        for row in rows:
+            key = (row["payer"].lower(), row["nonce"].lower())
+            request = by_nonce.get(key)
+            joined.add(key)
+            settlement = json.loads(row["settlement"]) if row["settlement"] else {}
+            out.append(payment_record(
+                source="gateway", id=request["id"] if request else row["nonce"],
+                time=row["createdAt"], payer=row["payer"],
+                payee=request["payee"] if request else None,
+                amount=request["amount"] if request else None, scheme="exact",
+                status=row["state"], network=row["network"], asset=row["asset"],
+                transaction=settlement.get("transaction"), nonce=row["nonce"],
+                expiresAt=row["expiresAt"], ledger=True,
+                **({k: request[k] for k in ("latencyMs", "method", "path")} if request
+                   else {})))
+        out += [r for r in seen if (str(r["payer"]).lower(), str(r["nonce"]).lower())
+                not in joined]
+        return sorted(out, key=lambda r: r["time"] or 0.0, reverse=True)
 
     async def list_payments(wanted: PaymentFilter) -> list[dict[str, Any]]:
-        return [r for r in records() if wanted.admits(r)][:wanted.limit]
+        return [r for r in await records(wanted) if wanted.admits(r)][:wanted.limit]
 
     async def get_payment(id: str) -> dict[str, Any] | None:
-        return next((r for r in records() if id in (r["id"], r["transaction"])), None)
+        wanted = id.lower()
+        return next((r for r in await records(PaymentFilter())
+                     if wanted in (str(r["id"]).lower(), str(r["nonce"]).lower(),
+                                   str(r["transaction"]).lower())), None)
 
     return OperatorRoutes(app, observer, list_payments=list_payments,
                           get_payment=get_payment)
