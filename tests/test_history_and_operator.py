@@ -235,13 +235,16 @@ def test_a_service_without_an_operator_token_serves_no_payment_data(stack: Manif
 
 
 def test_payments_lists_the_local_records_as_a_table_and_as_json(
-        paid: dict[str, Any], payer: LocalAccount, stack: Manifest) -> None:
+        paid: dict[str, Any], payer: LocalAccount, stack: Manifest, manifest_file: str) -> None:
     history = str(paid["history"])
-    code, table, _ = cli("payments", "--history", history)
+    code, table, _ = cli("payments", "--history", history, "--manifest", manifest_file)
     assert code == 0
-    assert table.splitlines()[0].startswith(f"{PAID} payments from {history}")
+    assert table.splitlines()[0] == f"{PAID} payments from {history}, newest first"
     assert table.splitlines()[1].split()[:3] == ["TIME", "(UTC)", "STATUS"]
-    assert sum(" settled " in line for line in table.splitlines()) == PAID
+    assert sum(" settled " in line and " 0.001500 USDC " in line
+               for line in table.splitlines()) == PAID
+    code, table, _ = cli("payments", "--history", history, "--manifest", "/nonexistent")
+    assert sum(f" {PRICE} units " in line for line in table.splitlines()) == PAID
     code, text, _ = cli("payments", "--history", history, "--json", "--status", "settled",
                         "--payee", stack.account("provider").address)
     records = json.loads(text)["payments"]

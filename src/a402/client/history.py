@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
-from a402.chain.locate import ChainFlags
+from a402.chain.locate import DEFAULT_MANIFEST, ChainFlags
 from a402.settings import add_flags, from_args, setting
 
 if TYPE_CHECKING:
@@ -178,9 +178,19 @@ class Expect:
                                  help="the amount the Transfer must carry (atomic units)")
 
 
+@dataclass(frozen=True, kw_only=True)
+class Units:
+    """How amounts are shown: in the manifest token's units, else in atomic units."""
+
+    manifest: str = setting(DEFAULT_MANIFEST, metavar="PATH",
+                            help="show amounts of this manifest's token in its units (default: "
+                                 "%(default)s, if it exists); others stay atomic")
+
+
 def add_payments_arguments(parser: argparse.ArgumentParser) -> None:
     add_flags(parser, Source, "source")
     add_flags(parser, Filters, "filters")
+    add_flags(parser, Units, "units")
 
 
 def add_receipt_arguments(parser: argparse.ArgumentParser) -> None:
@@ -315,19 +325,48 @@ def _payments(args: argparse.Namespace, out: TextIO) -> int:
     if source.json:
         print(json.dumps({"source": where, "payments": records}, indent=2), file=out)
         return EXIT_OK
-    print(f"{len(records)} payment{'' if len(records) == 1 else 's'} from {where}"
-          " (amounts in the token's atomic units; newest first)", file=out)
+    token = _manifest_token(from_args(Units, args).manifest)
+    print(f"{len(records)} payment{'' if len(records) == 1 else 's'} from {where}, newest "
+          "first", file=out)
     if records:
-        print(payments_table(records), file=out)
+        print(payments_table(records, token), file=out)
     return EXIT_OK
 
 
-def payments_table(records: list[dict[str, Any]]) -> str:
+def _manifest_token(path: str) -> tuple[str, str, int] | None:
+    """(address, symbol, decimals) of the manifest's token, or None if there is none."""
+    from a402.chain.locate import ChainNotFound, load_manifest
+
+    if not Path(path).exists():
+        return None
+    try:
+        token = load_manifest(path).token
+    except ChainNotFound:
+        return None
+    return token.address.lower(), token.symbol, token.decimals
+
+
+def _amount(record: dict[str, Any], token: tuple[str, str, int] | None) -> str:
+    """An amount as a person reads it: in the token's units if it is the manifest's
+    token (every decimal, never rounded), else in atomic units, said so."""
+    from decimal import Decimal
+
+    amount = record.get("amount")
+    if amount is None:
+        return "unknown"
+    asset = str(record.get("asset") or "").lower()
+    if token is not None and asset == token[0]:
+        return f"{Decimal(int(amount)).scaleb(-token[2]):.{token[2]}f} {token[1]}"
+    return f"{amount} units"
+
+
+def payments_table(records: list[dict[str, Any]],
+                   token: tuple[str, str, int] | None = None) -> str:
     rows = [("TIME (UTC)", "STATUS", "AMOUNT", "PAYER", "PAYEE", "TRANSACTION", "ID")]
     for r in records:
-        when = datetime.fromtimestamp(float(r.get("time") or 0), UTC).strftime(
-            "%Y-%m-%d %H:%M:%S")
-        rows.append((when, str(r.get("status") or ""), str(r.get("amount") or "-"),
+        when = ("unknown" if not r.get("time") else datetime.fromtimestamp(
+            float(r["time"]), UTC).strftime("%Y-%m-%d %H:%M:%S"))
+        rows.append((when, str(r.get("status") or ""), _amount(r, token),
                      str(r.get("payer") or "-"), str(r.get("payee") or "-"),
                      str(r.get("transaction") or "-"), str(r.get("id") or "")))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

@@ -250,11 +250,13 @@ def create_app(service: VaultService, *, observer: Observer | None = None) -> AS
         rows = await run_in_threadpool(lambda: service.store.calls(
             since=wanted.since, until=wanted.until, client=wanted.payer,
             provider=wanted.payee, status=wanted.status, limit=wanted.limit))
-        return [_call_record(row, service.chain.network) for row in rows]
+        return [_call_record(row, service.chain.network, service.token.address)
+                for row in rows]
 
     async def get_payment(key: str) -> dict[str, Any] | None:
         rows = await run_in_threadpool(lambda: service.store.calls(key=key, limit=1))
-        return _call_record(rows[0], service.chain.network) if rows else None
+        return (_call_record(rows[0], service.chain.network, service.token.address)
+                if rows else None)
 
     def observed(inner: ASGIApp) -> ASGIApp:
         return OperatorRoutes(inner, observer, list_payments=list_payments,
@@ -265,11 +267,11 @@ def create_app(service: VaultService, *, observer: Observer | None = None) -> AS
     return observed(_active_only(service, routed))
 
 
-def _call_record(row: dict[str, Any], network: str) -> dict[str, Any]:
+def _call_record(row: dict[str, Any], network: str, asset: str) -> dict[str, Any]:
     return payment_record(
         source="vault", id=row["key"], time=row["created_at"], payer=row["client"],
         payee=row["provider"], amount=row["amount"], scheme="a402",
-        status=row["outcome"] or row["state"], network=network,
+        status=row["outcome"] or row["state"], network=network, asset=asset,
         transaction=row["transaction"], updated=row["updated_at"], reason=row["reason"],
         url=row["url"], method=row["method"], channelId=row["channel_id"],
         requestId=row["request_id"])
