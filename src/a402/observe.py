@@ -57,12 +57,25 @@ MAX_LIMIT: Final = 1000
 LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
+class _Stderr(logging.StreamHandler[Any]):
+    """Writes to whatever ``sys.stderr`` is when a line is written (not when the handler
+    was made), as :data:`logging.lastResort` does: a process that swaps its stderr (a
+    test runner, a daemon redirecting it) still gets every line."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: Any) -> None:
+        pass
+
+
 def _paid_logger() -> logging.Logger:
     logger = logging.getLogger(PAID_LOGGER)
-    if not any(getattr(h, "_a402_paid", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _Stderr) for h in logger.handlers):
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
-        handler._a402_paid = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
