@@ -359,3 +359,23 @@ def test_a_restarted_gateway_still_lists_what_its_ledger_sold_and_receipt_confir
     assert entry["amount"] is None and entry["payee"] is None  # the ledger keeps neither
     assert code == 0, table
     assert "[ok] the payer's authorization was used" in table
+
+
+def test_a_settle_that_moves_nothing_is_logged_as_such_with_bounded_labels(
+        facilitator_url: str, lines: Lines) -> None:
+    before = scrape(facilitator_url)
+    start = len(lines.lines)
+    junk = httpx.post(f"{facilitator_url}/settle", content=b"{not json")
+    odd = httpx.post(f"{facilitator_url}/settle", json={
+        "x402Version": 2, "paymentPayload": {}, "paymentRequirements": {
+            "scheme": "s" * 1000, "payTo": "p" * 1000, "amount": "1"}})
+    after = scrape(facilitator_url)
+    assert junk.status_code == 400 and odd.status_code in (200, 400)
+    new = Lines()
+    new.lines = lines.lines[start:]
+    logged = new.of("facilitator")
+    assert [line["outcome"] for line in logged] in (["error", "error"], ["error", "failed"])
+    assert logged[1]["payee"] is None and logged[1]["amount"] == "1"  # over 80: not logged
+    assert metric(after, "facilitator", "settled") == metric(before, "facilitator", "settled")
+    assert "s" * 100 not in after  # the label is "other", not the caller's string
+    assert 'scheme="other"' in after

@@ -121,29 +121,29 @@ def create_app(facilitator: Facilitator, *, reconcile_every: float = 5.0,
         return response
 
     def _failure(error: Exception) -> JSONResponse:
-        try:
-            raise error
-        except JsonLimitError as e:
-            return JSONResponse({"error": e.reason, "message": e.message}, status_code=e.status)
-        except WireError as e:
-            return JSONResponse({"error": e.reason, "message": e.message}, status_code=400)
-        except (ChainUnavailable, RpcError) as e:
+        if isinstance(error, JsonLimitError):
+            return JSONResponse({"error": error.reason, "message": error.message},
+                                status_code=error.status)
+        if isinstance(error, WireError):
+            return JSONResponse({"error": error.reason, "message": error.message},
+                                status_code=400)
+        if isinstance(error, ChainUnavailable | RpcError):
             return JSONResponse(
                 {"error": "chain_unavailable",
-                 "message": f"the chain RPC failed ({e}); this request moved no funds: retry it"},
+                 "message": f"the chain RPC failed ({error}); this request moved no funds: "
+                            "retry it"},
                 status_code=503, headers={"Retry-After": "2"},
             )
-        except JOURNAL_UNREACHABLE as e:
-            # Unlike the chain's, this failure may come after a transaction was
-            # journaled and sent: the message must not say that nothing moved.
-            log.warning("journal unreachable: %s", e)
-            return JSONResponse(
-                {"error": "journal_unavailable",
-                 "message": "the facilitator's journal (its database) did not answer in "
-                            "time; a settlement already under way goes on: repeat the same "
-                            "request for its outcome"},
-                status_code=503, headers={"Retry-After": "2"},
-            )
+        # The journal did not answer. Unlike the chain's, this failure may come after a
+        # transaction was journaled and sent: the message must not say that nothing moved.
+        log.warning("journal unreachable: %s", error)
+        return JSONResponse(
+            {"error": "journal_unavailable",
+             "message": "the facilitator's journal (its database) did not answer in "
+                        "time; a settlement already under way goes on: repeat the same "
+                        "request for its outcome"},
+            status_code=503, headers={"Retry-After": "2"},
+        )
 
     @app.post("/verify")
     async def verify(request: Request) -> JSONResponse:
@@ -191,9 +191,11 @@ def _log_settle(observer: Observer, request: Request, body: dict[str, Any] | Non
     answer: a bad body, or the chain or journal unreachable)."""
     requirements = (body or {}).get("paymentRequirements")
     terms = requirements if isinstance(requirements, dict) else {}
-    amount = terms.get("amount", terms.get("maxAmountRequired"))
-    scheme = str(terms.get("scheme") or "exact")[:32]
-    fields: dict[str, Any] = {"payee": terms.get("payTo"), "status": response.status_code}
+    amount = _short(terms.get("amount", terms.get("maxAmountRequired")))
+    # A metrics label takes a bounded set of values, whatever a caller sends.
+    scheme = "exact" if terms.get("scheme") in (None, "exact") else "other"
+    fields: dict[str, Any] = {"payee": _short(terms.get("payTo")),
+                              "status": response.status_code}
     if result is not None and hasattr(result, "success"):
         outcome = ("settled" if result.success else
                    "pending" if result.error_reason == "settlement_pending" else "failed")
@@ -205,6 +207,14 @@ def _log_settle(observer: Observer, request: Request, body: dict[str, Any] | Non
         outcome, payer = "error", None
         with contextlib.suppress(ValueError, AttributeError):
             fields["reason"] = json.loads(bytes(response.body)).get("error")
-    observer.paid(request_id=new_request_id(request.scope), payer=payer,
-                  amount=amount if isinstance(amount, str | int) else None,
+    observer.paid(request_id=new_request_id(request.scope), payer=payer, amount=amount,
                   scheme=scheme, outcome=outcome, latency=latency, **fields)
+
+
+def _short(value: Any) -> str | None:
+    """A caller's value fit for a log line: a string or integer of at most 80 characters
+    (an amount, an address), else None."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    text = str(value)
+    return text if len(text) <= 80 else None
