@@ -379,3 +379,11 @@ def test_a_settle_that_moves_nothing_is_logged_as_such_with_bounded_labels(
     assert metric(after, "facilitator", "settled") == metric(before, "facilitator", "settled")
     assert "s" * 100 not in after  # the label is "other", not the caller's string
     assert 'scheme="other"' in after
+
+
+def test_receipt_of_a_transaction_the_chain_never_mined_says_so(
+        manifest_file: str, paid: dict[str, Any]) -> None:
+    code, text, err = cli("receipt", "0x" + "ab" * 32, "--history", str(paid["history"]),
+                          "--manifest", manifest_file, "--json")
+    assert code == 3 and json.loads(text)["reason"] == "tx_not_found"
+    assert "no mined transaction" in err

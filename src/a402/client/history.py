@@ -462,6 +462,8 @@ def _nonce_of(record: dict[str, Any] | None) -> str | None:
 
 
 def _read_tx(args: argparse.Namespace, tx: str) -> dict[str, Any]:
+    from web3.exceptions import TransactionNotFound
+
     from a402.chain.locate import ChainNotFound, ChainUnreachable, connect_checked, load_manifest
     from a402.chain.rpc import ChainUnavailable, RpcError, node_errors
 
@@ -481,12 +483,10 @@ def _read_tx(args: argparse.Namespace, tx: str) -> dict[str, Any]:
     except (ChainUnavailable, RpcError) as e:
         raise HistoryError(EXIT_FAILED, "chain_unavailable",
                            f"the chain did not answer ({e})") from None
-    except Exception as e:  # web3's TransactionNotFound
-        if type(e).__name__ == "TransactionNotFound":
-            raise HistoryError(EXIT_NOT_FOUND, "tx_not_found",
-                               f"no mined transaction {tx} on {chain.network}: not "
-                               "(yet) on this chain") from None
-        raise
+    except TransactionNotFound:
+        raise HistoryError(EXIT_NOT_FOUND, "tx_not_found",
+                           f"no mined transaction {tx} on {url}: not (yet) on this "
+                           "chain") from None
     return decode_logs(receipt)
 
 
