@@ -305,22 +305,37 @@ def test_receipt_checks_a_payment_on_chain_and_says_when_the_record_does_not_mat
 def test_balance_shows_the_wallet_and_the_pool_from_the_chain(
         paid: dict[str, Any], payer: LocalAccount, manifest_file: str, anvil_chain: Chain,
         stack: Manifest) -> None:
+    from a402.asc_manager import ASCManager
+
+    vault = stack.account("client", 1).address
+    manager = ASCManager(anvil_chain, stack.contracts["ASCManager"])
+    funder = anvil_chain.accounts[0]  # has gas: pools 0.005 for the payer with the vault
+    token = contract_at(anvil_chain, "TestUSDC", stack.token.address)
+    transact(anvil_chain, funder, token.functions.mint(funder.address, 5_000))
+    transact(anvil_chain, funder, token.functions.approve(manager.address, 5_000))
+    manager.deposit_to_pool(funder, vault, payer.address, 5_000)
     wallet = token_balance(anvil_chain, stack.token.address, payer.address)
     assert wallet == 10**6 - PAID * PRICE
-    vault = stack.account("client", 1).address
     code, text, _ = cli("balance", "--address", payer.address, "--manifest", manifest_file,
                         "--vault", vault, "--json")
     data = json.loads(text)
     assert code == 0
     assert data["walletAtomic"] == str(wallet) and data["ethWei"] == "0"
-    assert data["pools"] == [{"vault": vault, "pooled": "0.000000", "pooledAtomic": "0"}]
-    assert data["total"] == "0.997000" and data["channels"] == []
-    code, table, _ = cli("balance", "--key-file", paid["key"], "--manifest", manifest_file)
+    assert data["pools"] == [{"vault": vault, "pooled": "0.005000", "pooledAtomic": "5000"}]
+    assert data["total"] == "1.002000" and data["channels"] == []
+    code, table, _ = cli("balance", "--key-file", paid["key"], "--manifest", manifest_file,
+                         "--vault", vault)
     assert code == 0
-    assert table.splitlines()[0].startswith(f"0.997000 USDC in all for {payer.address}")
+    assert table.splitlines()[0].startswith(f"1.002000 USDC in all for {payer.address}: "
+                                            "0.997000 USDC in the wallet, 0.005000 USDC "
+                                            "pooled")
     assert re.search(r"^wallet USDC +0\.997000 USDC$", table, re.M)
+    assert re.search(rf"^pool with vault {vault} +0\.005000 USDC$", table, re.M)
     code, _, err = cli("balance", "--manifest", manifest_file)
     assert code == 2 and "give --key-file" in err
+    code, _, err = cli("balance", "--address", payer.address, "--manifest", manifest_file,
+                       "--vault", "0x1234")
+    assert code == 2 and err.startswith("a402 balance: nothing moved:")
 
 
 def test_a_restarted_gateway_still_lists_what_its_ledger_sold_and_receipt_confirms_it(
