@@ -251,7 +251,7 @@ class OperatorRoutes:
         if not ours:
             await self.app(scope, receive, send)
             return
-        if scope["method"] not in ("GET", "HEAD"):
+        if scope["method"] != "GET":
             await _json(send, 405, {"error": "method_not_allowed",
                                     "message": "the operator endpoints are read-only (GET)"})
             return
