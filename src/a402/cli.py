@@ -124,6 +124,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_pool_arguments(pool)
     pool.set_defaults(run=run_pool)
 
+    from a402.client.history import add_balance_arguments, run_balance
+
+    balance = commands.add_parser("balance", help="a key's money: wallet, pools, channels")
+    add_balance_arguments(balance)
+    balance.set_defaults(run=run_balance)
+
+    from a402.client.history import add_payments_arguments, run_payments
+
+    payments = commands.add_parser("payments", help="list payments: this machine's, or a "
+                                   "facilitator's, gateway's or vault's (operator token)")
+    add_payments_arguments(payments)
+    payments.set_defaults(run=run_payments)
+
+    from a402.client.history import add_receipt_arguments, run_receipt
+
+    receipt = commands.add_parser("receipt", help="one payment end to end, checked on-chain")
+    add_receipt_arguments(receipt)
+    receipt.set_defaults(run=run_receipt)
+
     vault = commands.add_parser(
         "vault", help="run the Liquidity Vault (pays A402 for clients); vault mode: "
                       "`a402 vault deposit|balance|statement|withdraw|settle-now|status`",

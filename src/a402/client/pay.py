@@ -53,6 +53,7 @@ import httpx
 from a402.client.auth import DEFAULT_TIMEOUT, paying_auth
 from a402.client.budget import Budget
 from a402.client.errors import PaymentRefused
+from a402.client.history import record_payment
 from a402.client.limits import (
     DEFAULT_DECIMALS,
     as_max_amount,
@@ -310,6 +311,7 @@ def run_pay(
         return fail(EXIT_USAGE, f"invalid URL: {e}")
     except httpx.HTTPError as e:
         for sent in auth.payments:  # signed, then no answer: say so, it may settle
+            record_payment(sent, method=method, url=args.url)
             print(json.dumps(sent.summary()), file=err)
             return fail(EXIT_NOT_SETTLED,
                         f"payment sent but no answer ({type(e).__name__}); it may still "
@@ -320,6 +322,7 @@ def run_pay(
     out.flush()
     payment = payment_of(response)
     if payment is not None:
+        record_payment(payment, method=method, url=args.url)
         print(json.dumps(payment.summary()), file=err)
         if payment.status != PaymentStatus.SETTLED:
             return fail(EXIT_NOT_SETTLED,

@@ -16,6 +16,7 @@ import httpx
 
 from a402.client.budget import Budget, asset_key
 from a402.client.errors import PaymentRefused
+from a402.client.history import record_vault_call
 from a402.client.limits import MaxAmount
 from a402.client.vault import (
     KEY_OF_ANOTHER_LIFE,
@@ -110,6 +111,8 @@ def run_vault_pay(
                                              f"{again} to get its answer")
     out.write(result.content)
     out.flush()
+    record_vault_call(result.summary(), payer=wallet.address, vault=args.vault, method=method,
+                      url=args.url)
     print(json.dumps(result.summary()), file=err)
     if result.status >= 400:
         return fail(EXIT_HTTP_ERROR, f"HTTP {result.status} ({result.outcome})")
