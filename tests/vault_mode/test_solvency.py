@@ -28,6 +28,7 @@ from .helpers import (
     funded,
     increase_time,
     index_of,
+    leave,
     reverts_with,
     settle,
     statement,
@@ -42,6 +43,7 @@ class Participant:
     free: int = 0          # the enclave's ledger: what the vault owes it now
     credited: int = 0      # everything ever credited to it (deposits + earnings - spending)
     nonce: int = 0
+    deposited: int = 0     # on-chain, and counted by its statements from the next one on
     statements: list[tuple[BalanceStatement, bytes]] | None = None
     exiting: bool = False
     exited: bool = False
@@ -67,7 +69,7 @@ def test_no_sequence_of_settlements_and_force_settles_pays_more_than_was_deposit
         p.nonce += 1
         assert p.statements is not None
         p.statements.append(statement(vault_key, vault, p.address, p.free, epoch=epoch,
-                                      nonce=p.nonce))
+                                      nonce=p.nonce, deposited=p.deposited))
 
     def check() -> None:
         held = balance(usdc, vault.address)
@@ -87,6 +89,7 @@ def test_no_sequence_of_settlements_and_force_settles_pays_more_than_was_deposit
             p, amount = rng.choice(active), rng.randint(1, 5_000)
             vault.deposit(funder, p.address, amount)
             deposited += amount
+            p.deposited += amount
             p.free += amount
             p.credited += amount
             sign(p)
@@ -123,9 +126,9 @@ def test_no_sequence_of_settlements_and_force_settles_pays_more_than_was_deposit
             paid_at = vault.lane(index_of(p.address)).last_paid_epoch
             if old_st.epoch < paid_at:  # it predates a settlement that paid p
                 with reverts_with("StaleStatement(uint64,uint64,uint64)"):
-                    vault.init_force_settle(gas, old_st, old_sig)
+                    leave(vault, gas, old_st, old_sig)
                 old_st, old_sig = p.statements[-1]
-            vault.init_force_settle(gas, old_st, old_sig)
+            leave(vault, gas, old_st, old_sig)
             latest = p.statements[-1]
             if latest[0].nonce > old_st.nonce:  # the watchtower answers with the newest
                 vault.challenge_force_settle(gas, *latest)
@@ -148,7 +151,7 @@ def test_no_sequence_of_settlements_and_force_settles_pays_more_than_was_deposit
 
     # The backstop: a statement for more than the pool holds is never paid from nothing.
     rich = Participant(funded(vault_chain, usdc, eth=0))
-    vault.init_force_settle(gas, *statement(vault_key, vault, rich.address,
+    leave(vault, gas, *statement(vault_key, vault, rich.address,
                                             balance(usdc, vault.address) + 1, epoch=epoch))
     increase_time(vault_chain, SETTLE_WINDOW)
     with pytest.raises(TransactionFailed):

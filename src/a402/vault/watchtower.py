@@ -19,7 +19,8 @@ rest is reading events and sending two kinds of transactions.
 
 Limits: it must run (poll) within every dispute window; if the settlements it needs
 cannot land (a host that forked the deposit chain), it cannot answer with statements that
-name them, and says so in :attr:`Answer.refused`.
+name them, and says so in :attr:`Answer.refused`. A deposit mined in front of its
+settlement cannot stop it (the contract checks deposits per participant, monotonically).
 """
 
 from __future__ import annotations
@@ -99,12 +100,12 @@ class VaultWatchtower:
         landed: list[int] = []
         try:
             while self.vault.last_epoch() < latest.statement.epoch:
-                epoch = self.vault.last_epoch() + 1
-                signed = self.accounts.settlement(epoch)
-                self.vault.settle(self.sender, signed.payouts, epoch, signed.deposits,
-                                  signed.signature, self.vault.deposits_since(signed.deposits),
-                                  signed.not_before)
-                landed.append(epoch)
+                signed = self.accounts.settlement_after(self.vault.last_epoch())
+                self.vault.settle(self.sender, signed.payouts, signed.epoch, signed.claims,
+                                  signed.signature, self.vault.claims_since(signed.claims),
+                                  signed.not_before, prev_epoch=signed.prev,
+                                  packed_confirms=signed.confirms)
+                landed.append(signed.epoch)
             receipt = self.vault.challenge_force_settle(self.sender, latest.statement,
                                                         latest.signature)
         except (TransactionFailed, ValueError) as e:
