@@ -32,17 +32,19 @@ reported an invented deposit (for a key of its own) would, in a naive ledger,
 have the enclave sign statements, payments and payouts out of everybody else's
 pooled money; ``available()`` bounds only the total. So:
 
-1. The enclave folds every reported deposit (and claim) into the contract's own
-   deposit chain (:func:`~a402.crypto.vault_messages.fold_deposit`, ``count ‖
-   head``) and takes a report only if it names the chain state it produced (the
-   events carry it): reports come in chain order, once each.
-   That check is for the host's own mistakes; the safety is the next step.
+1. The contract keeps each participant's cumulative ``deposited``; every
+   ``Deposited`` event carries the total after it, and the enclave takes a report
+   only if it extends the total it holds for that participant by the amount
+   (reports come in order per participant, once each). That check is for the
+   host's own mistakes; the safety is the next step.
 2. A reported deposit is *unconfirmed*: it is in no statement, funds no channel
    and is paid to nobody. It is *confirmed* when the enclave signs a settlement
-   (with no payouts if need be), whose signature names the enclave's deposit
-   state; ``settle`` lands only if that state, extended by the deposits mined
-   since, is the contract's ``depositState`` — so every deposit the enclave
-   counted was made, for that participant and that amount, once.
+   (with no payouts if need be) that lists ``(participant, confirmed total)``;
+   ``settle`` lands only if each total is at most the contract's ``deposited`` —
+   so every deposit the enclave counted was made, for that participant, and no
+   unit of it twice. The check is a lower bound on a total that only grows: a
+   deposit mined in front of the settlement (dust, by anyone) cannot make it fail
+   (review F7).
 3. Everything signed on the strength of confirmed money names a settlement epoch
    no earlier than the one that confirmed it: a statement is usable on-chain only
    if ``epoch ≤ lastEpoch``, a pending record only if its ``epoch ≤ lastEpoch``, a
@@ -54,43 +56,63 @@ pooled money; ``available()`` bounds only the total. So:
    gross of them too, and the double-pay rule (``lastPaidEpoch ≤ epoch``) holds as
    with the global epoch. What it buys: a settlement withheld or made unlandable
    voids the later statements and pending records of the accounts it touched only,
-   not everybody's. A host that lies about a deposit forks the enclave's
-   chain: no later settlement lands, no later statement or claim is usable, and
-   the participants leave with their last usable statements (force-settle),
-   which count real money only.
+   not everybody's. A host that lies about a deposit makes the settlement that
+   confirms it unlandable, and with it every later one: no later statement or claim
+   is usable, and the participants leave with their last usable statements
+   (force-settle), which count real money only.
+4. Every statement names ``deposited``, the confirmed total it counts, and a
+   force-settle pays ``deposited`` on-chain minus that on top of the statement: a
+   deposit no statement counts yet (made or reported just before the vault went
+   dark) is paid back to its participant, and a participant with unconfirmed
+   deposits only gets an empty statement on demand (:meth:`VaultAccountsCode.
+   statement`) to exit with (review F2).
 
 Conservation inside: every operation moves amounts between ``free``,
 ``locked``, pending payments and the payouts of signed settlements, and
-:meth:`VaultAccountsCode.totals` checks, in the tests, that confirmed deposits
-= Σ free + Σ locked + Σ pending + Σ paid out.
+:meth:`VaultAccountsCode.totals` checks, in the tests, that deposits = Σ free +
+Σ locked + Σ unconfirmed + Σ pending + Σ paid out − Σ debt (a debt is a claimed
+payment a voided settlement had credited and its account had spent, below).
 
 Pending payments. When σ_U is signed for δ, δ leaves the client's ``locked``
 (its new statement, nonce n+1, no longer counts it; the pending record names
 ``clientNonce = n``, the last statement that did) and is held pending, in no
 statement, until its ``deadline`` (``CLAIM_WINDOW`` after the host's ``now``)
-is behind the enclave's clock: then, at the next settlement the enclave signs
-(whose ``notBefore`` is that deadline: it lands only once the claim window is shut
-on-chain), it is credited to the provider if it revealed ``t`` (REVEAL), back to
-the client if not — unless the host reported a claim that landed
-(:meth:`VaultAccountsCode.claim_landed`), which paid the provider on-chain. A
-provider credited at REVEAL could also claim: hence the wait.
+is behind the enclave's clock: then, in the next settlement the enclave signs
+(whose ``notBefore`` is that deadline), it is credited to the provider if it
+revealed ``t`` (REVEAL), back to the client if not — unless the host reported a
+claim that landed (:meth:`VaultAccountsCode.claim_landed`), which paid the
+provider on-chain. The claim window is the chain's, not the host's clock (review
+F5): the contract refuses a claim only once a landed settlement's ``notBefore``
+reaches its deadline (``resolvedUntil``), i.e. once a settlement that resolved
+it landed — pending payments resolve in deadline order, since deadlines follow
+the enclave's monotone clock — so a host whose clock lags hands out records that
+stay claimable; and ``settle`` lands only after ``notBefore`` on the chain's
+clock, so a host whose clock runs ahead cannot shorten the window either.
 
 What the host can and cannot do besides (stated, not hidden):
 
-* **Claims and time** are the chain's word too. Claims fold the same chain, and a settlement that
-  resolves pending payments names ``notBefore`` (their latest deadline), which the
-  contract checks against ``block.timestamp``: a claim hidden from the enclave, or a time
-  reported ahead of the chain, makes that settlement unlandable (``ClaimInTail``,
-  ``TooEarly``) instead of paying twice. The price is liveness: once a claim of a
-  payment a signed settlement resolved lands, that settlement is dead and this code signs
-  no more (``settlement_dead``; signing the epoch again, with the same payouts, is not
-  built). A host that reports a claim that never landed forks the chain (nothing lands).
+* **Claims** are the chain's word too. Claims fold the contract's claim chain, and
+  a settlement names the chain state it saw: a claim that landed before a settlement
+  resolving the same payment makes that settlement unlandable (``ClaimInTail``)
+  instead of paying twice. Liveness is kept (review F1): told of the claim, the
+  enclave voids that settlement and every later one it signed, debits the account it
+  had credited δ (down to a debt taken from its next money), and its next
+  :meth:`~VaultAccountsCode.settle` is their *replacement* — it follows the last
+  epoch before them, carries their payouts, confirmations and resolutions, and pays
+  the over-credited account a zero (or reduced) payout that moves its lane past its
+  statements naming the voided epochs. A host that reports a claim that never landed
+  forks the claim chain (nothing lands). A claim of a payment never pending here is
+  such a fork: settlements stop (``settlement_dead``).
 * **Signed calls** are checked against the host's ``now`` (± the auth window) and each
   idempotency key pays once, for good; the standard vault's stricter freshness (a call
   withheld then paid days later, :mod:`a402.vault_enclave`) is not carried over yet.
-* **Force-settles.** The host reports them (:meth:`exiting`); the contract
-  withholds settlements from a frozen participant, and the watchtower
-  (:mod:`a402.vault.watchtower`) answers a stale statement with the latest.
+* **Force-settles.** Only the participant (or its signed exit order) can start one
+  (review F6). The host reports them (:meth:`exiting`); the contract withholds
+  settlements from a frozen participant, and the watchtower
+  (:mod:`a402.vault.watchtower`) answers a stale statement with the latest. With the
+  vault dark, a provider answers a client's stale statement itself: the pending record,
+  σ_U and its completed adaptor signature of each payment the statement still counts
+  (``contestForceSettle``, review F3).
 * **Liveness.** The host can stop, withhold settlements (then the statements
   that name them stay unusable, and participants use earlier ones) or drop
   messages; it cannot make the enclave sign money that is not there.
@@ -104,7 +126,8 @@ What the host can and cannot do besides (stated, not hidden):
 
 Not built here yet: the host (service, store, scheduler and watchtower wiring),
 per-channel sealed records (channels are sealed inside the one ledger), and the
-once-rule's pruning (consumed idempotency keys are kept for good).
+once-rule's pruning (consumed idempotency keys are kept for good, and so are the records
+of resolved payments, which a claim would void).
 """
 
 from __future__ import annotations

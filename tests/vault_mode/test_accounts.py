@@ -197,6 +197,48 @@ def test_a_claim_that_landed_pays_the_provider_on_chain_and_nobody_off_chain(
     conserved(vm, 20_000)
 
 
+def test_a_claim_of_a_payment_a_signed_settlement_credited_voids_it_and_the_replacement_pays_once(
+    vm: VaultMode,
+) -> None:
+    """The provider's claim lands after the enclave signed the settlements that credited
+    the payment to it (epoch 2) and paid it out (epoch 3); neither can land now. The next
+    settlement replaces both: it follows epoch 1, carries epoch 3's payout less what the
+    claim paid (nothing is left: a zero payout, which moves the provider's lane), and the
+    books balance at every step."""
+    alice = client()
+    vm.deposit(alice.address, 20_000)
+    vm.vault.settle([], now=clock())
+    provider = vm.provider()
+    cid, side = vm.open(alice, provider, 5 * PRICE)
+    now = clock()
+    authorized = vm.pay(cid, side, vm.call(alice, key="k"), now=now)
+    pending = authorized.pending
+    assert pending is not None
+    credited = vm.vault.settle([], now=now + CLAIM_WINDOW + 1).settlement
+    paid = vm.vault.settle([(provider.address, PRICE)], now=now + CLAIM_WINDOW + 2).settlement
+    assert (credited.epoch, paid.epoch, paid.prev) == (2, 3, 2)
+    conserved(vm, 20_000)
+    vm.claim(cid, pending.request_id, b"", pending.deadline)
+    assert vm.vault.totals()["debt"] == PRICE  # credited, paid out, and claimed
+    conserved(vm, 20_000)
+    replacement = vm.vault.settle([], now=now + CLAIM_WINDOW + 3)
+    s = replacement.settlement
+    assert (s.prev, s.epoch, s.not_before) == (1, 4, pending.deadline)
+    assert unpack_payouts(s.payouts) == [
+        (bytes.fromhex(provider.address[2:]), vm.vault.index_of(provider.address), 0)]
+    assert vm.vault.totals()["debt"] == 0 and vm.vault.totals()["paid_out"] == PRICE
+    conserved(vm, 20_000)
+    theirs = vm.vault.statement(provider.address).statement
+    assert (theirs.balance, theirs.epoch) == (0, 4)
+    assert signed_by_vault(vm, settlement_digest(DOMAIN, 4, s.payouts, s.claims, s.not_before,
+                                                 prev_epoch=1, packed_confirms=s.confirms),
+                           s.signature)
+    assert vm.vault.settlement_after(1) == s  # what a watchtower lands after epoch 1
+    # The next one follows the replacement.
+    vm.deposit(alice.address, 1)
+    assert vm.vault.settle([], now=now + CLAIM_WINDOW + 4).settlement.prev == 4
+
+
 def test_the_host_cannot_pay_without_the_clients_signed_call_nor_twice_with_one(
     vm: VaultMode,
 ) -> None:

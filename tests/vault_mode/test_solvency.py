@@ -43,7 +43,8 @@ class Participant:
     free: int = 0          # the enclave's ledger: what the vault owes it now
     credited: int = 0      # everything ever credited to it (deposits + earnings - spending)
     nonce: int = 0
-    deposited: int = 0     # on-chain, and counted by its statements from the next one on
+    deposited: int = 0     # counted by its statements from the next one on
+    onchain: int = 0       # its ``deposited`` on-chain (more if a deposit is not counted yet)
     statements: list[tuple[BalanceStatement, bytes]] | None = None
     exiting: bool = False
     exited: bool = False
@@ -80,19 +81,32 @@ def test_no_sequence_of_settlements_and_force_settles_pays_more_than_was_deposit
             if p.exited:
                 assert balance(usdc, p.address) == p.credited
             elif not p.exiting:
-                assert balance(usdc, p.address) + p.free == p.credited
+                unconfirmed = p.onchain - p.deposited
+                assert vault.deposited(p.address) == p.onchain
+                assert balance(usdc, p.address) + p.free + unconfirmed == p.credited
 
     for _ in range(70):
         active = [p for p in people if not p.exiting]
-        op = rng.choice(["deposit", "deposit", "pay", "pay", "settle", "settle", "exit", "final"])
+        op = rng.choice(["deposit", "deposit", "unconfirmed", "pay", "pay", "settle", "settle",
+                         "exit", "final"])
         if op == "deposit" and active:
+            # Confirmed: its statements count it from now on (with any earlier one not yet).
             p, amount = rng.choice(active), rng.randint(1, 5_000)
             vault.deposit(funder, p.address, amount)
             deposited += amount
-            p.deposited += amount
-            p.free += amount
+            p.onchain += amount
             p.credited += amount
+            p.free += p.onchain - p.deposited
+            p.deposited = p.onchain
             sign(p)
+        elif op == "unconfirmed" and active:
+            # A deposit no statement counts yet (the vault went dark, or has not confirmed it):
+            # the exit pays it on top of whatever statement wins (review F2).
+            p, amount = rng.choice(active), rng.randint(1, 5_000)
+            vault.deposit(funder, p.address, amount)
+            deposited += amount
+            p.onchain += amount
+            p.credited += amount
         elif op == "pay" and len(active) >= 2:
             c, s = rng.sample(active, 2)
             x = rng.randint(0, c.free)
@@ -148,6 +162,7 @@ def test_no_sequence_of_settlements_and_force_settles_pays_more_than_was_deposit
                 p.free = 0
         check()
     assert any(p.exited for p in people) and epoch > 3 and withheld_counted
+    assert any(p.exited and p.onchain > p.deposited for p in people)  # an unconfirmed one paid
 
     # The backstop: a statement for more than the pool holds is never paid from nothing.
     rich = Participant(funded(vault_chain, usdc, eth=0))
