@@ -101,12 +101,15 @@ import {IERC3009Receive} from "./ASCManager.sol";
 ///      lands, nor any later one (each names its predecessor). The enclave, told of the claim,
 ///      signs a replacement with `prevEpoch` = the last epoch before the refused one and a new
 ///      `epoch` above every epoch it signed: it carries every payout, confirmation and
-///      resolution of the settlements it replaces (so every statement naming a replaced epoch
-///      is right once it lands) except the claimed payment, whose off-chain beneficiary it
-///      debits; that beneficiary's statements naming the replaced epochs over-count δ, so the
-///      replacement lists it with a zero payout: its lane moves to the new epoch and those
-///      statements become unusable. Payees of the replaced settlements are in the replacement
-///      too (their lanes move past the statements net of the replaced payouts).
+///      resolution of the settlements it replaces except the claimed payment, whose off-chain
+///      beneficiary it debits (and whose carried payout it cuts by what the claim paid). The
+///      epochs it skips are recorded as void: no statement naming one is usable (`VoidedEpoch`),
+///      so a statement that counted the claimed payment off-chain (or is net of a replaced
+///      payout) never pays, not even in a challenge by a participant already frozen; the
+///      enclave hands every account those settlements touched a statement naming the
+///      replacement's epoch. The over-credited account also gets a zero payout (its lane moves).
+///      Pending records naming a void epoch stay claimable: the deposits behind them are
+///      confirmed again by the replacement, and their clientNonce rule is about statements.
 ///
 ///      Claims against a client's exit, in O(1) (review F3, F8). Each claim (or contest) adds
 ///      δ to the client's running sum and widens its [minNonce, maxNonce] of clientNonces. A
@@ -268,6 +271,8 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     mapping(address participant => uint256[]) private _withheld;
     mapping(address client => ClaimSum) private _claimSums;
     mapping(bytes32 paymentKey => bool) public claimed;
+    // Epochs a replacement settlement skipped (void: never landed), 256 per word.
+    mapping(uint256 word => uint256 bits) private _voided;
 
     /// @notice Payouts the token refused to transfer when due, by receiver.
     mapping(address account => uint256 amount) public owed;
@@ -319,6 +324,8 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     error WrongStatus(address participant, Status status);
     /// @notice The statement's epoch is outside [lastPaidEpoch, lastEpoch].
     error StaleStatement(uint64 epoch, uint64 lastPaidEpoch, uint64 lastEpoch);
+    /// @notice The statement names an epoch a replacement settlement voided.
+    error VoidedEpoch(uint64 epoch);
     /// @notice The statement counts deposits the chain has not seen for that participant.
     error DepositsNotMade(address participant, uint256 counted, uint256 deposited);
     error NotNewer(uint64 nonce, uint64 recordedNonce);
@@ -415,6 +422,9 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         _checkClaims(h.claims, claimTail, h.notBefore);
         _checkConfirms(confirms);
         lastEpoch = h.epoch;
+        for (uint256 e = uint256(last) + 1; e < h.epoch; ++e) {
+            _voided[e >> 8] |= 1 << (e & 255);
+        }
         if (h.notBefore > resolvedUntil) resolvedUntil = h.notBefore;
 
         uint256 available_ = available();
@@ -629,6 +639,7 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     {
         uint64 last = lastEpoch;
         if (st.epoch < lastPaid || st.epoch > last) revert StaleStatement(st.epoch, lastPaid, last);
+        if (_voided[st.epoch >> 8] & (1 << (st.epoch & 255)) != 0) revert VoidedEpoch(st.epoch);
         if (st.deposited > deposited) revert DepositsNotMade(st.participant, st.deposited, deposited);
         _requireVault(statementDigest(st), signature);
     }
@@ -760,6 +771,11 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     /// @notice A participant's exit status (Active until a force-settle starts).
     function statusOf(address participant) external view returns (Status) {
         return _participants[participant].status;
+    }
+
+    /// @notice Whether a replacement settlement skipped `epoch` (its statements are void).
+    function isVoided(uint64 epoch) external view returns (bool) {
+        return _voided[epoch >> 8] & (1 << (epoch & 255)) != 0;
     }
 
     /// @notice Everything ever deposited for `participant` (what its statements' `deposited`

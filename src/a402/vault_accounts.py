@@ -98,9 +98,12 @@ What the host can and cannot do besides (stated, not hidden):
   enclave voids that settlement and every later one it signed, debits the account it
   had credited δ (down to a debt taken from its next money), and its next
   :meth:`~VaultAccountsCode.settle` is their *replacement* — it follows the last
-  epoch before them, carries their payouts, confirmations and resolutions, and pays
-  the over-credited account a zero (or reduced) payout that moves its lane past its
-  statements naming the voided epochs. A host that reports a claim that never landed
+  epoch before them, carries their payouts, confirmations and resolutions (the
+  over-credited account's payout cut by what the claim paid), and the contract records
+  the epochs it skips as void: no statement naming one is usable, so none that counted
+  the claimed payment off-chain ever pays (even in a challenge by a participant already
+  frozen), and every account whose statements named one gets a new statement naming
+  the replacement. A host that reports a claim that never landed
   forks the claim chain (nothing lands). A claim of a payment never pending here is
   such a fork: settlements stop (``settlement_dead``).
 * **Signed calls** are checked against the host's ``now`` (± the auth window) and each
@@ -573,9 +576,10 @@ class VaultAccountsCode:
 
         After a claim made signed settlements unlandable (:meth:`claim_landed`), this is
         their *replacement*: it follows the last epoch before them (``prev_epoch``), takes a
-        new epoch above every one signed, and carries all their payouts, confirmations and
-        resolutions, plus a zero payout to every account whose statements naming them
-        over-count the claimed payment (contract docs, "Replacing a settlement")."""
+        new epoch above every one signed (the contract voids those it skips), and carries all
+        their payouts, confirmations and resolutions, plus a zero payout to every account
+        that had been credited the claimed payment; every account whose statements name a
+        voided epoch gets a new one (contract docs, "Replacing a settlement")."""
         self._check_ready()
         if self._dead is not None:
             raise EnclaveError("settlement_dead", self._dead)
@@ -605,10 +609,13 @@ class VaultAccountsCode:
         if not wanted and not touched and not resolved and not voided:
             raise EnclaveError("nothing_to_settle", "no payout, no deposit, no payment due")
         prev = self._epoch if not voided else voided[0].prev
+        # Every account whose statements name a voided epoch gets one naming this settlement
+        # (the contract refuses statements naming a voided epoch).
+        renamed = [a for a in self._accounts.values() if voided and a.epoch >= voided[0].epoch]
         self._epoch += 1
         not_before = max([self._pending[k].deadline for k in resolved]
                          + [v.not_before for v in voided], default=0)
-        touched += self._resolve(resolved)
+        touched += self._resolve(resolved) + renamed
         confirmed: dict[str, _Account] = {}
         for account in touched:
             if account.unconfirmed:

@@ -309,6 +309,10 @@ class A402Vault:
         record = self.contract.functions.forceSettle(to_checksum(participant)).call()
         return RecordedForceSettle(*(int(x) for x in record))
 
+    def is_voided(self, epoch: int) -> bool:
+        """Whether a replacement settlement skipped ``epoch`` (statements naming it are void)."""
+        return bool(self.contract.functions.isVoided(epoch).call())
+
     def deposited(self, participant: str) -> int:
         """Everything ever deposited for ``participant``."""
         return int(self.contract.functions.depositedOf(to_checksum(participant)).call())

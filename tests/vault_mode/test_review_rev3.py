@@ -78,13 +78,15 @@ def test_a_providers_claim_in_the_last_second_of_its_window_does_not_kill_settle
     one confirmation), and the scheduler asks for a settlement: the enclave credits the
     revealed payment to the provider and confirms Carol's deposit. That settlement can
     never land (ClaimInTail). Told of the claim, the enclave signs its replacement (it
-    follows epoch 1, skips epoch 2): Carol's deposit is confirmed, the provider is not
-    credited twice, and Carol leaves with her statement."""
+    follows epoch 1; epoch 2 is void): Carol's deposit is confirmed, the provider is not
+    credited twice, not even by a challenge with its epoch-2 statement after it froze
+    its own lane, and Carol leaves with her new statement."""
     vm, vault, usdc = host.vm, host.vault, host.token
     alice, carol = client(), client()
     provider = vm.provider()
     _confirmed(host, alice.address, 20_000)
     cid, pending, claim, sig = _pay_ack_lost(host, alice, provider)
+    empty = vm.vault.statement(provider.address)  # nothing credited yet
     host.deposit(carol.address, 30_000)
     host.report_deposits()
     # The provider's claim lands in the block stamped exactly at its deadline.
@@ -95,23 +97,30 @@ def test_a_providers_claim_in_the_last_second_of_its_window_does_not_kill_settle
     # One second later, before the host has reported that block, a settlement is due.
     signed = vm.vault.settle([], now=pending.deadline + 1)
     assert signed.settlement.not_before == pending.deadline
+    credited = vm.vault.statement(provider.address)  # counts the claimed payment
+    carol_v1 = vm.vault.statement(carol.address)
+    assert (credited.statement.balance, credited.statement.epoch) == (PRICE, 2)
     increase_time(host.chain, 12)  # it may land from the next block on
     with reverts_with("ClaimInTail(uint64,uint64)"):
         host.submit(signed.settlement)
     host.report_claim(cid, pending.request_id, sig)
+    # The provider freezes its lane first (its empty statement), hoping to challenge later.
+    leave(vault, host.gas, empty.statement, empty.signature)
     replacement = vm.vault.settle([], now=now(host.chain) + 10).settlement
     assert (replacement.prev, replacement.epoch) == (1, 3)
     host.submit(replacement)
-    assert vault.last_epoch() == 3
-    # Carol's statement names the replaced epoch 2: usable now (her lane never moved).
+    assert vault.last_epoch() == 3 and vault.is_voided(2) and not vault.is_voided(3)
+    with reverts_with("VoidedEpoch(uint64)"):
+        vault.challenge_force_settle(host.gas, credited.statement, credited.signature)
+    with reverts_with("VoidedEpoch(uint64)"):
+        leave(vault, host.gas, carol_v1.statement, carol_v1.signature)
+    # Carol's new statement names the replacement.
     st = vm.vault.statement(carol.address)
-    assert (st.statement.balance, st.statement.epoch) == (30_000, 2)
+    assert (st.statement.balance, st.statement.epoch) == (30_000, 3)
     leave(vault, host.gas, st.statement, st.signature)
-    # The provider's statement from epoch 2 counted the claimed payment: its lane moved past.
-    assert vault.lane(vm.vault.index_of(provider.address)).last_paid_epoch == 3
     theirs = vm.vault.statement(provider.address)
-    assert theirs.statement.balance == 0
-    leave(vault, host.gas, theirs.statement, theirs.signature)
+    assert (theirs.statement.balance, theirs.statement.epoch) == (0, 3)
+    vault.challenge_force_settle(host.gas, theirs.statement, theirs.signature)
     _leave(host, host.gas, carol.address)
     vault.final_force_settle(host.gas, provider.address)
     assert balance(usdc, carol.address) == 30_000
@@ -140,11 +149,11 @@ def test_a_voided_settlement_strands_none_of_the_other_providers_payments_it_res
         host.submit(signed.settlement)
     host.report_claim(cid, pending.request_id, sig)
     host.submit(vm.vault.settle([], now=now(host.chain)).settlement)  # the replacement
-    # The honest provider's statement counting its 1,000 names the replaced epoch: usable.
+    # The honest provider's statement counting its 1,000 names the replacement.
     mine = vm.vault.statement(alice.address)
     assert mine.statement.balance + mine.statement.locked == 18_000
     st = vm.vault.statement(honest.address)
-    assert st.statement.balance == PRICE and st.statement.epoch == 2 < vault.last_epoch()
+    assert st.statement.balance == PRICE and st.statement.epoch == 3 == vault.last_epoch()
     leave(vault, host.gas, st.statement, st.signature)
     leave(vault, host.gas, mine.statement, mine.signature)
     _leave(host, host.gas, honest.address)
