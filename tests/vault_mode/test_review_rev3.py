@@ -322,6 +322,9 @@ def test_a_provider_can_claim_when_the_host_withholds_the_settlement_its_record_
 
 
 def test_a_provider_can_claim_when_the_hosts_clock_lags_the_chain(host: Host) -> None:
+    """The record's deadline comes from the host's clock, so it can be in the chain's past
+    when handed out. The claim window is the chain's: a claim is refused only once a landed
+    settlement resolved the payment (deadline ≤ resolvedUntil), so this one pays."""
     vm, vault, usdc = host.vm, host.vault, host.token
     alice = client()
     provider = vm.provider()
@@ -345,6 +348,7 @@ def test_a_provider_can_claim_when_the_hosts_clock_lags_the_chain(host: Host) ->
                                      p.client_nonce, p.epoch, p.deadline, c.authorization,
                                      p.signature))
     assert balance(usdc, provider.address) == PRICE
+    assert vault.resolved_until() == 0 < p.deadline
 
 
 # ------------------------------------------------- F6: anyone starts someone else's exit
