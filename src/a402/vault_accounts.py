@@ -17,11 +17,12 @@ the machines sign as in standard mode), each in the exact format
 ``A402Vault.sol`` checks (:mod:`a402.crypto.vault_messages`):
 
 * a **balance statement** ``(participant, index, balance = free, locked, epoch,
-  nonce)`` for every participant an operation changed, after the change (what
-  ``initForceSettle``/``challengeForceSettle`` take); the latest one is kept and
+  nonce, deposited)`` for every participant an operation changed, after the change
+  (what ``initForceSettle``/``challengeForceSettle`` take); the latest one is kept and
   handed out again on demand (:meth:`VaultAccountsCode.statement`);
-* a **settlement** ``(epoch, keccak(payouts), deposits, notBefore)``, epochs
-  consecutive, each payee debited when it is signed;
+* a **settlement** ``(prevEpoch, epoch, keccak(payouts), keccak(confirms), claims,
+  notBefore)``, each following the one before (a replacement follows the last one that
+  can still land), each payee debited when it is signed;
 * a **pending record** ``(channelId, requestId, clientNonce, epoch, deadline)``
   with each σ_U, so that the provider can ``claimPayment`` if the vault goes dark.
 

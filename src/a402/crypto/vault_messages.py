@@ -156,7 +156,7 @@ def claim_key(channel_id: bytes, request_id: int) -> bytes:
 
 
 def fold_claim(state: int, key: bytes, deadline: int) -> int:
-    """The deposit chain after a ``claimPayment`` of the payment ``key`` (:func:`claim_key`)
+    """The claim chain after a ``claimPayment`` of the payment ``key`` (:func:`claim_key`)
     whose pending record has ``deadline``: ``count + 1 ‖ low224(keccak(state ‖ 0x01 ‖ key ‖
     uint64 deadline))``."""
     if not 0 <= state < _UINT256:

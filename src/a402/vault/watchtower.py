@@ -13,12 +13,13 @@ sends the challenge when the recorded nonce is older.
 
 The latest statement may name a settlement that was signed but has not landed yet (a
 statement is usable only with ``epoch ≤ lastEpoch``): the watchtower first lands those
-settlements itself (they are signed; anyone may send them, with the deposits mined since
-as their tail), then challenges. What it decides is pure (:func:`answer_needed`); the
+settlements itself (they are signed; anyone may send them, with the claims mined since
+as their tail; after a replacement, the one that follows the chain's last epoch), then
+challenges. What it decides is pure (:func:`answer_needed`); the
 rest is reading events and sending two kinds of transactions.
 
 Limits: it must run (poll) within every dispute window; if the settlements it needs
-cannot land (a host that forked the deposit chain), it cannot answer with statements that
+cannot land (a host that lied about a deposit or a claim), it cannot answer with statements that
 name them, and says so in :attr:`Answer.refused`. A deposit mined in front of its
 settlement cannot stop it (the contract checks deposits per participant, monotonically).
 """
