@@ -221,6 +221,11 @@ def test_a_claim_of_a_payment_a_signed_settlement_credited_voids_it_and_the_repl
     vm.claim(cid, pending.request_id, b"", pending.deadline)
     assert vm.vault.totals()["debt"] == PRICE  # credited, paid out, and claimed
     conserved(vm, 20_000)
+    # The void and what it owes survive a restart (sealed with the ledger).
+    blob = vm.vault.export_ledger()
+    again = VaultAccountsCode.start(vm.enclave, domain=DOMAIN, network="eip155:31337")
+    again.restore_ledger(blob)
+    vm.vault = again
     replacement = vm.vault.settle([], now=now + CLAIM_WINDOW + 3)
     s = replacement.settlement
     assert (s.prev, s.epoch, s.not_before) == (1, 4, pending.deadline)
