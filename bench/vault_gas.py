@@ -109,20 +109,22 @@ class Bench:
         return account
 
     def settle(self, payouts: list[tuple[str, int]],
-               confirms: list[tuple[str, int]] | None = None) -> int:
+               confirms: list[tuple[str, int]] | None = None, not_before: int = 0) -> int:
         epoch = self.vault.last_epoch() + 1
         packed = pack_payouts([(a, self.index[a], x) for a, x in payouts])
         packed_confirms = pack_confirms(confirms or [])
         claims = self.vault.claim_state()
         signature = self.key.sign_digest(settlement_digest(
-            self.vault.domain, epoch, packed, claims, packed_confirms=packed_confirms))
+            self.vault.domain, epoch, packed, claims, not_before,
+            packed_confirms=packed_confirms))
         return int(self.vault.settle(self.gas_payer, packed, epoch, claims, signature,
+                                     b"", not_before,
                                      packed_confirms=packed_confirms)["gasUsed"])
 
     def payees(self, n: int) -> list[str]:
         """``n`` fresh participants that already hold tokens (never paid by the vault), with
         the next indices (a fresh lane word: the enclave numbers participants in order)."""
-        start = -(-len(self.index) // 8) * 8
+        start = -(-(max(self.index.values(), default=-1) + 1) // 8) * 8
         accounts = [self.funded(1, eth=0) for _ in range(n)]
         fresh: list[str] = [a.address for a in accounts]
         for i, account in enumerate(accounts):
@@ -196,6 +198,24 @@ def measure_entry_points(b: Bench) -> dict[str, int]:
                          b.key.sign_digest(pending_digest(vault.domain, cid, 3, 7, 0, deadline)))
     gas["claimPayment (provider, vault dark)"] = int(
         vault.claim_payment(b.gas_payer, terms, claim)["gasUsed"])
+
+    # A provider contests a client's stale exit with a payment resolved off-chain.
+    client2, provider2 = b.payees(2)
+    st, sig = b.statement(client2, 5_000, 1)
+    vault.init_force_settle(b.gas_payer, st, sig, vault.exit_order(b.keys[client2], st))
+    deadline = int(chain.w3.eth.get_block("latest")["timestamp"]) - 10
+    b.settle([], not_before=deadline)  # resolves it: no longer claimable
+    terms = VaultChannelTerms(client2, provider2, schnorr.public_key, 10**6, os.urandom(32))
+    cid = vault_channel_id(vault.domain, terms)
+    m = payment_message(vault.domain, cid, 1, 1_000, h)
+    presig = EVM.pre_sign(schnorr, m, big_t)
+    signature = EVM.adapt(presig, t)
+    contest = PendingClaim(1, 1_000, h, signature[:32], int.from_bytes(signature[32:], "big"), 1,
+                           0, deadline,
+                           sign_authorization(b.key, vault.domain, m, 1_000, presig.r),
+                           b.key.sign_digest(pending_digest(vault.domain, cid, 1, 1, 0, deadline)))
+    gas["contestForceSettle (provider, vault dark)"] = int(
+        vault.contest_force_settle(b.gas_payer, terms, contest)["gasUsed"])
     return gas
 
 

@@ -52,6 +52,7 @@ def test_settlement_gas_per_participant_meets_the_issues_targets(vault_chain: Ch
     assert gas["initForceSettle"] <= 133_000  # with the participant's signed exit order
     assert gas["finalForceSettle"] <= 63_000
     assert gas["claimPayment (provider, vault dark)"] <= 146_000
+    assert gas["contestForceSettle (provider, vault dark)"] <= 126_000
     lifecycle = result["lifecycle"]
     assert lifecycle["(reference) plain transfer + share of a first settlement"] < bench.PAPER[
         "lifecycle"]
