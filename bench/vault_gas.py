@@ -15,15 +15,19 @@ word, by the participant's index (payees sorted by index, neighbouring indices):
 In both, every payee already holds some tokens (an ERC-20 balance created from zero would
 cost the token ~17,100 gas more; the same steady state as ``bench/asc_gas.py``).
 
-Lifecycle per participant (the paper's initVault + settleVault): its deposit plus its share
-of one settlement of 100. Deposit by ``deposit`` after a one-time unlimited approval (listed
-apart, as the x402 baseline lists its approve), or gasless by ``depositWithAuthorization``.
+Lifecycle per participant (the paper's initVault + settleVault), measured end to end: 100
+fresh participants each make their first deposit (``deposit`` after the depositor's one-time
+unlimited approval, listed apart as the x402 baseline lists its approve), then one settlement
+pays all 100 and confirms their deposits (the contract checks each confirmed total against
+the participant's ``deposited``: one cold read and 32 bytes of calldata each); lifecycle =
+median first deposit + that settlement / 100. A participant's later deposits cost less (its
+``deposited`` word exists: "deposit (later)").
 
 x402 ``exact``: one ``transferWithAuthorization`` per request, submitted directly (the
 floor of what any ``exact`` facilitator pays, what ``bench/exact.py`` calls the direct
 transfer), median of 10, payee already funded. Totals for R paid requests among 100
-participants: ``exact`` = R transfers; vault = 100 deposits + one settlement of 100 per
-settlement round (one round here; requests do not touch the chain at all in vault mode).
+participants: ``exact`` = R transfers; vault = 100 first deposits + one settlement of 100 that
+confirms them (one round here; requests do not touch the chain at all in vault mode).
 
 Usage: ``python bench/vault_gas.py`` — prints the tables and writes
 ``bench/results/vault_gas.json``. Needs anvil (``npm ci``).
@@ -50,6 +54,7 @@ from a402.crypto.authorization import sign_authorization
 from a402.crypto.vault_messages import (
     BalanceStatement,
     VaultChannelTerms,
+    pack_confirms,
     pack_payouts,
     pending_digest,
     settlement_digest,
@@ -88,6 +93,7 @@ class Bench:
         self.vault = A402Vault.deploy(chain, deployer, self.token.address,
                                       "0x" + self.key.address.hex(), SETTLE_WINDOW)
         self.index: dict[str, int] = {}
+        self.keys: dict[str, LocalAccount] = {}
         self.gas_payer = self.funded(0)
         self.funder = self.funded(10**15)
         transact(chain, self.funder, self.token.functions.approve(self.vault.address, MAX_UINT))
@@ -102,22 +108,28 @@ class Bench:
                      self.token.functions.mint(account.address, tokens))
         return account
 
-    def settle(self, payouts: list[tuple[str, int]]) -> int:
+    def settle(self, payouts: list[tuple[str, int]],
+               confirms: list[tuple[str, int]] | None = None, not_before: int = 0) -> int:
         epoch = self.vault.last_epoch() + 1
         packed = pack_payouts([(a, self.index[a], x) for a, x in payouts])
-        deposits = self.vault.deposit_state()
-        signature = self.key.sign_digest(
-            settlement_digest(self.vault.domain, epoch, packed, deposits))
-        return int(self.vault.settle(self.gas_payer, packed, epoch, deposits,
-                                     signature)["gasUsed"])
+        packed_confirms = pack_confirms(confirms or [])
+        claims = self.vault.claim_state()
+        signature = self.key.sign_digest(settlement_digest(
+            self.vault.domain, epoch, packed, claims, not_before,
+            packed_confirms=packed_confirms))
+        return int(self.vault.settle(self.gas_payer, packed, epoch, claims, signature,
+                                     b"", not_before,
+                                     packed_confirms=packed_confirms)["gasUsed"])
 
     def payees(self, n: int) -> list[str]:
         """``n`` fresh participants that already hold tokens (never paid by the vault), with
         the next indices (a fresh lane word: the enclave numbers participants in order)."""
-        start = -(-len(self.index) // 8) * 8
-        fresh: list[str] = [self.funded(1, eth=0).address for _ in range(n)]
-        for i, address in enumerate(fresh):
-            self.index[address] = start + i
+        start = -(-(max(self.index.values(), default=-1) + 1) // 8) * 8
+        accounts = [self.funded(1, eth=0) for _ in range(n)]
+        fresh: list[str] = [a.address for a in accounts]
+        for i, account in enumerate(accounts):
+            self.index[account.address] = start + i
+            self.keys[account.address] = account
         return fresh
 
     def statement(self, participant: str, amount: int, nonce: int) -> tuple[BalanceStatement,
@@ -144,8 +156,9 @@ def measure_entry_points(b: Bench) -> dict[str, int]:
     depositor = b.funded(10**9)
     gas["approve (depositor, once)"] = int(transact(
         chain, depositor, b.token.functions.approve(vault.address, MAX_UINT))["gasUsed"])
-    vault.deposit(depositor, depositor.address, 1_000)  # warm-up: not the first deposit
-    gas["deposit"] = int(vault.deposit(depositor, depositor.address, 1_000_000)["gasUsed"])
+    gas["deposit (first, for a new participant)"] = int(
+        vault.deposit(depositor, depositor.address, 1_000)["gasUsed"])
+    gas["deposit (later)"] = int(vault.deposit(depositor, depositor.address, 1_000_000)["gasUsed"])
     gas["plain token transfer to the vault (not credited)"] = int(transact(
         chain, depositor, b.token.functions.transfer(vault.address, 1_000_000))["gasUsed"])
     gasless = b.funded(10**9, eth=0)
@@ -159,8 +172,9 @@ def measure_entry_points(b: Bench) -> dict[str, int]:
     # Force-settle: init with an older statement, the watchtower's challenge, final.
     p = b.payees(1)[0]
     b.settle([(p, 1_000)])  # p was paid once: its statements of this epoch on are usable
+    st, sig = b.statement(p, 5_000, 1)
     gas["initForceSettle"] = int(vault.init_force_settle(
-        b.gas_payer, *b.statement(p, 5_000, 1))["gasUsed"])
+        b.gas_payer, st, sig, vault.exit_order(b.keys[p], st))["gasUsed"])
     gas["challengeForceSettle"] = int(vault.challenge_force_settle(
         b.gas_payer, *b.statement(p, 4_000, 2))["gasUsed"])
     chain.w3.provider.make_request(RPCEndpoint("evm_increaseTime"), [SETTLE_WINDOW])
@@ -184,7 +198,37 @@ def measure_entry_points(b: Bench) -> dict[str, int]:
                          b.key.sign_digest(pending_digest(vault.domain, cid, 3, 7, 0, deadline)))
     gas["claimPayment (provider, vault dark)"] = int(
         vault.claim_payment(b.gas_payer, terms, claim)["gasUsed"])
+
+    # A provider contests a client's stale exit with a payment resolved off-chain.
+    client2, provider2 = b.payees(2)
+    st, sig = b.statement(client2, 5_000, 1)
+    vault.init_force_settle(b.gas_payer, st, sig, vault.exit_order(b.keys[client2], st))
+    deadline = int(chain.w3.eth.get_block("latest")["timestamp"]) - 10
+    b.settle([], not_before=deadline)  # resolves it: no longer claimable
+    terms = VaultChannelTerms(client2, provider2, schnorr.public_key, 10**6, os.urandom(32))
+    cid = vault_channel_id(vault.domain, terms)
+    m = payment_message(vault.domain, cid, 1, 1_000, h)
+    presig = EVM.pre_sign(schnorr, m, big_t)
+    signature = EVM.adapt(presig, t)
+    contest = PendingClaim(1, 1_000, h, signature[:32], int.from_bytes(signature[32:], "big"), 1,
+                           0, deadline,
+                           sign_authorization(b.key, vault.domain, m, 1_000, presig.r),
+                           b.key.sign_digest(pending_digest(vault.domain, cid, 1, 1, 0, deadline)))
+    gas["contestForceSettle (provider, vault dark)"] = int(
+        vault.contest_force_settle(b.gas_payer, terms, contest)["gasUsed"])
     return gas
+
+
+def measure_lifecycle(b: Bench, n: int = LIFECYCLE_BATCH) -> dict[str, int]:
+    """``n`` fresh participants' first deposits, then one settlement paying and confirming
+    them all (see the module docstring)."""
+    payees = b.payees(n)
+    deposits = [int(b.vault.deposit(b.funder, p, 2_000)["gasUsed"]) for p in payees]
+    settle = b.settle([(p, 1_000) for p in payees], [(p, 2_000) for p in payees])
+    first = int(statistics.median(deposits))
+    return {"participants": n, "first_deposit_median": first, "settle_tx": settle,
+            "settle_per_participant": round(settle / n),
+            "lifecycle": first + round(settle / n)}
 
 
 def measure_exact(b: Bench, count: int = 10) -> int:
@@ -222,20 +266,24 @@ def measure(chain: Chain, sizes: tuple[int, ...] = BATCH_SIZES) -> dict[str, Any
     exact = measure_exact(b)
     at = {row["payees"]: row for row in settlements}
     batch = at.get(LIFECYCLE_BATCH) or settlements[-1]
+    life = measure_lifecycle(b, batch["payees"])
+    share = life["settle_per_participant"]
     lifecycle = {
-        "deposit + share of a first settlement": gas["deposit"] + batch["first_per_payee"],
-        "deposit + share of a later settlement": gas["deposit"] + batch["later_per_payee"],
-        "gasless deposit + share of a first settlement":
-            gas["depositWithAuthorization (gasless)"] + batch["first_per_payee"],
+        "first deposit + share of a settlement confirming it": life["lifecycle"],
+        "later deposit + share of a settlement confirming it": gas["deposit (later)"] + share,
+        "gasless deposit + share of a settlement confirming it":
+            gas["depositWithAuthorization (gasless)"] + share,
         "(reference) plain transfer + share of a first settlement":
             gas["plain token transfer to the vault (not credited)"] + batch["first_per_payee"],
     }
     totals = {}
     for requests in (10_000, 100_000):
-        vault_total = 100 * gas["deposit"] + 100 * batch["first_per_payee"]
+        vault_total = 100 * life["first_deposit_median"] + life["settle_tx"] * 100 // life[
+            "participants"]
         totals[str(requests)] = {"exact": exact * requests, "vault": vault_total,
                                  "ratio": round(exact * requests / vault_total, 1)}
     return {"settlement": settlements, "entry_points": gas, "lifecycle": lifecycle,
+            "lifecycle_measured": life,
             "lifecycle_batch": batch["payees"], "exact_per_request": exact,
             "totals_100_participants": totals}
 
@@ -250,7 +298,8 @@ def tables(result: dict[str, Any]) -> str:
     lines.append(f"{'target at 100':<16} {'':>11} {TARGET_PER_PARTICIPANT_AT_100:>10,}"
                  f" {'':>11} {TARGET_PER_PARTICIPANT_AT_100:>10,}")
     lines += ["", f"{'A402Vault entry point':<50} {'gas':>9} {'paper':>9}", "-" * 70]
-    paper_of = {"deposit": "initVault", "initForceSettle": "initForceSettle",
+    paper_of = {"deposit (first, for a new participant)": "initVault",
+                "initForceSettle": "initForceSettle",
                 "finalForceSettle": "finalForceSettle"}
     for name, used in result["entry_points"].items():
         paper = PAPER.get(paper_of.get(name, ""))

@@ -16,159 +16,133 @@ import {IERC3009Receive} from "./ASCManager.sol";
 ///         the vault's enclave with no transaction; the chain sees deposits and aggregated
 ///         settlements only, and every participant has an exit that does not need the vault:
 ///         * `deposit` / `depositWithAuthorization` (the paper's initVault): anyone credits a
-///           participant; the enclave reads `Deposited(participant, amount)`;
+///           participant; the contract keeps each participant's cumulative `deposited`;
 ///         * `settle` (settleVault): many payouts in one transaction, from a compact encoding,
-///           authorised only by the vault key's signature, in consecutive epochs;
-///         * `initForceSettle` → (`challengeForceSettle`)* → `finalForceSettle`
-///           (initForceSettle / finalForceSettle): a participant exits with the latest balance
-///           statement the enclave signed, after a dispute window in which a newer one wins;
+///           authorised only by the vault key's signature;
+///         * `initForceSettle` → (`challengeForceSettle` | `contestForceSettle`)* →
+///           `finalForceSettle`: a participant (or its signed order) exits with the latest
+///           balance statement the enclave signed, after a dispute window in which a newer
+///           statement, or a provider's proof of a payment the statement still counts, wins;
 ///         * `claimPayment`: a provider is paid a pending payment (its completed adaptor
 ///           signature, σ_U, and the enclave's signed pending record) while the vault is dark.
 /// @dev The vault key. `vaultSigner` is one address fixed at deployment: the attested key of
-///      the vault's enclave, which signs but never sends (its host or anyone pays gas). A
-///      committee (the paper's m-of-n) would replace it by a threshold key with the same
-///      address-based check; this contract keeps one key. Every signature it checks is plain
-///      ECDSA (OpenZeppelin `ECDSA`) over an EIP-712 digest in the domain ("A402", "1",
-///      chainid, this contract) — the same domain, so the same `A402Payment` message m and σ_U
-///      digest, as `ASCManager` at this address (`A402Message`). The key is trusted to sign
-///      only what the enclave's ledger allows; the contract makes sure that no ordering of
-///      settlements, force-settles and claims pays any unit of that ledger twice, and that it
-///      never pays out more than it holds.
+///      the vault's enclave, which signs but never sends. Every signature it checks is plain
+///      ECDSA over an EIP-712 digest in the domain ("A402", "1", chainid, this contract), the
+///      same domain (so the same `A402Payment` m and σ_U digest) as `ASCManager` at this
+///      address. The key is trusted to sign only what the enclave's ledger allows; the contract
+///      makes sure that no ordering of deposits, settlements, force-settles, contests and claims
+///      pays any unit of that ledger twice, and that it never pays out more than it holds.
 ///
-///      Participants. Each has a stable `index` (uint32) that the enclave assigns when it first
-///      sees it and names in every payout and statement. The contract keeps, per index, one
-///      32-bit lane: the last settlement epoch that paid it, and a frozen bit; eight lanes share
-///      a storage word, so a settlement of payees with neighbouring indices writes one word per
-///      eight payees instead of one per payee (the difference between ~11,000 and ~15,000 gas
-///      per payee, and ~13,000 against ~32,000 for a payee's first settlement). The index is
-///      the enclave's word like everything else the key signs: a key that gave two participants
-///      one index would only make their statements refuse each other (never pay twice).
+///      Participants. Each has a stable `index` (uint32) that the enclave assigns and names in
+///      every payout and statement. Per index the contract keeps one 32-bit lane (the last
+///      settlement that paid it, and a frozen bit), eight lanes per storage word. Per address it
+///      keeps one word: the cumulative `deposited` (uint96) and the exit status.
 ///
-///      Settlements. `payouts` is a packed array of 36-byte records `address (20) ‖ uint32
-///      index (4) ‖ uint96 amount (12)`; the vault signs A402VaultSettlement(uint64 epoch,
-///      bytes32 payouts = keccak256(payouts), bytes32 deposits, uint64 notBefore) (`deposits`,
-///      `notBefore`: see "Deposits and claims are the chain's word"; a settlement may pay
-///      nobody and only confirm deposits). Epochs are consecutive (`epoch == lastEpoch + 1`,
-///      below 2^31): a signature is good once, and a settlement the enclave signed can never be
-///      skipped over by a later one (so "every settlement up to epoch e" is a fact of the chain
-///      once `lastEpoch ≥ e`).
-///      Privacy: the calldata and the one `Settled(epoch, count, total)` event carry payees and
-///      their amounts (the token's own Transfer logs show them anyway) but no channel id, no
-///      client–provider pair and no per-request amount: each payout is an aggregate of a
-///      participant's balance, batched with others by the enclave's scheduler. No per-payee
-///      event: it would add nothing an observer does not already read from Transfer logs and
-///      would cost ~1,000 gas per payee.
+///      Settlements. A402VaultSettlement(prevEpoch, epoch, payouts, confirms, claims, notBefore):
+///      * `payouts` = keccak of packed 36-byte records `address ‖ uint32 index ‖ uint96 amount`
+///        (an amount may be 0: it only moves the payee's lane, see "Replacing a settlement");
+///      * `confirms` = keccak of packed 32-byte records `address ‖ uint96 cumulative`: for each
+///        participant whose deposits the settlement confirms, the total the enclave counts; the
+///        settlement lands only if every such total is at most the participant's `deposited`;
+///      * `claims` = the enclave's view of the claim chain, `notBefore` the latest deadline of
+///        the pending payments it resolved (it lands only when block.timestamp > notBefore).
+///      It lands only if `prevEpoch == lastEpoch < epoch < 2^31`: a signature is good once and
+///      the settlements the enclave signed land in the order it signed them; normally
+///      `epoch = prevEpoch + 1`. No per-payee event; calldata and the one `Settled` event carry
+///      no channel id, no client–provider pair and no per-request amount.
 ///
-///      Balance statements. The enclave hands every participant, after each change of its
-///      account, A402VaultBalance(participant, index, balance, locked, epoch, nonce):
-///      * `balance` (free) and `locked` (in the participant's open channels, as client) are what
-///        the vault owes it if it stopped now, counting only deposits confirmed by a settlement
-///        with epoch ≤ `epoch` (see "Deposits and claims are the chain's word"), NET of its
-///        payouts in every settlement with epoch ≤ `epoch`, and gross of every settlement after;
-///        `epoch` is at least the last settlement that changed the participant's money
-///        (confirmed a deposit of its, credited it a pending payment, or paid it: the enclave
-///        debits a payee when it signs the settlement) and at most the last one signed (the
-///        enclave names the first: a settlement that never lands then voids only the later
-///        statements of the participants it touched);
-///      * `nonce` increases with every change; of two statements, the higher nonce is newer and
-///        has an epoch at least as high.
-///      The double-pay rule between settlements and statements. A statement is usable on-chain
-///      (to start or to challenge a force-settle) only if
-///          lastPaidEpoch[index] ≤ statement.epoch ≤ lastEpoch,
-///      where `lastPaidEpoch` is the last settlement that paid the participant (recorded by
-///      `settle` in the participant's lane). The right inequality says every settlement the
-///      statement is net of has landed (with consecutive epochs); the left one that no landed
-///      settlement paid the participant money the statement still counts. So
-///      * settle, then force-settle with an older statement: refused (`StaleStatement`);
-///      * force-settle, then settle: from `initForceSettle` on, the account is frozen and every
-///        settlement skips it (the payout is withheld in the pool, `PayoutWithheld`). A withheld
-///        payout of epoch E is added to the force-settle's payout iff the statement finally
-///        recorded is net of it (E ≤ statement.epoch): either the participant's statement
-///        counts the money, or the withheld payout does, never both and never neither. A
-///        settlement cannot be blocked by a frozen member: it pays the others.
+///      Balance statements. A402VaultBalance(participant, index, balance, locked, epoch, nonce,
+///      deposited): `balance` (free) and `locked` are what the vault owes the participant if it
+///      stopped now, counting its deposits up to the cumulative `deposited` (confirmed by a
+///      settlement with epoch ≤ `epoch`), net of its payouts in every settlement up to `epoch`
+///      and gross of every later one; `nonce` rises with every change, `epoch` never falls.
+///      A statement is usable (to start or challenge a force-settle) only if
+///          lastPaidEpoch[index] ≤ statement.epoch ≤ lastEpoch   and   deposited ≤ deposited[p].
+///      The right inequality: every settlement the statement is net of has landed; the left:
+///      no landed settlement paid the participant money the statement still counts. A
+///      force-settle freezes the lane: later settlements withhold its payouts (`PayoutWithheld`,
+///      tagged with the first epoch the settlement covers, prevEpoch + 1), added to the exit
+///      iff the recorded statement is net of them (tag ≤ statement.epoch).
 ///
-///      Pending payments and the provider's claim (vault dark). A vault-mode channel is
-///      A402VaultChannel(client, provider, providerKey, capacity, salt), its id the EIP-712
-///      hash (no on-chain record until a claim). When the vault authorizes a payment δ of
-///      request `requestId` (σ_U, exactly ASCManager's: A402PaymentAuthorization(m, δ, e) over
-///      m = A402Payment(channelId, requestId, δ, resultHash)), the enclave moves δ out of the
-///      client's statement (it is in no statement of the client with a higher nonce) and signs
-///      A402VaultPending(channelId, requestId, clientNonce, epoch, deadline), `clientNonce` =
-///      the nonce of the client's last statement that still counts δ, `epoch` the client's
-///      statement epoch (claimable only once that settlement landed). The provider's statements
-///      never count a pending δ before `deadline`; after it, the enclave credits δ to the
-///      provider (it revealed t) or back to the client (it did not), unless a claim landed,
-///      in a settlement with `notBefore ≥ deadline` (see "Deposits and claims ...").
-///      `claimPayment` (until `deadline`) pays δ to the provider and records (clientNonce, δ)
-///      against the client; the client's force-settle deducts, from its `balance + locked` (a
-///      statement signed before the channel opened counts δ as free), every claim
-///      with clientNonce ≥ its recorded statement's nonce (the statements that still count δ),
-///      and a claim on a client whose force-settle already paid a statement counting δ is
-///      refused. Each (channel, request) is claimed once.
+///      Deposits are the chain's word (review F2, F7). The enclave learns deposits from its host;
+///      a host that invented one would have the enclave sign statements and payouts out of other
+///      participants' money. So the enclave counts a reported deposit in no statement, payment
+///      or payout until a settlement that confirms it (`confirms`) is signed, and names that
+///      settlement's epoch in what it signs: nothing it signed on the strength of a deposit is
+///      usable before the settlement proving `deposited[p] ≥ total` has landed. That check is
+///      monotone (`deposited` only grows, and freezes at a force-settle), so a deposit mined in
+///      front of a settlement can never make it fail (no exact-state match to break). A deposit
+///      no statement counts yet is still the participant's: its force-settle pays
+///      `deposited[p] − statement.deposited` on top of the statement, so a top-up made just
+///      before the vault went dark, or a first deposit that no settlement confirmed (the
+///      enclave signs every new participant an empty statement), is paid back.
 ///
-///      Deposits and claims are the chain's word, not the host's. The enclave cannot see the
-///      chain: its host reports each `Deposited` and `PaymentClaimed` event. A host that
-///      invented a deposit (for a key of its own) would have the enclave sign balances,
-///      payments and payouts out of other participants' money, which `available()` alone does
-///      not stop; one that hid a provider's claim would have the enclave credit that payment
-///      to the provider again. So every deposit and every claim folds one hash chain,
-///      `depositState = count ‖ low224(keccak(depositState ‖ record))` (a deposit's record is
-///      `participant ‖ uint96 amount`, a claim's `0x01 ‖ keccak(channelId, requestId) ‖ uint64
-///      deadline`), which the enclave folds too, from the reports, and the vault key's word is
-///      only ever usable through a settlement that proves its view of that chain:
-///      * a settlement signs the enclave's `deposits` state with its epoch, and lands only if
-///        that state, extended by the records mined since (`depositTail`, which anyone reads
-///        from the events), is `depositState`: the enclave's chain is a prefix of the chain's,
-///        so each deposit it counted was made, for that participant and amount, once, and it
-///        missed no deposit or claim before its view (an invented, changed, reordered,
-///        repeated or hidden report forks it for good);
-///      * the enclave counts a reported deposit in no statement, payment or payout until it
-///        has signed a settlement covering it (it *confirms* deposits by signing one, with no
-///        payouts if need be), and names that settlement's epoch in what it signs: a statement
-///        is usable only with `epoch ≤ lastEpoch` (below), a pending record only with
-///        `p.epoch ≤ lastEpoch` (`claimPayment`). So nothing the key signed on the strength of
-///        a deposit pays before the settlement that proved the deposit has landed;
-///      * a pending payment is claimable until its `deadline` (chain time); the enclave
-///        credits it off-chain (to the provider, or back to the client) only in a settlement
-///        whose `notBefore` is at least that deadline, and `settle` requires
-///        `block.timestamp > notBefore`: by the time such a settlement lands, the claim window
-///        is shut. A claim that landed before the enclave's view is in its chain (or the
-///        settlement cannot land); one that lands after may ride in the tail only if its
-///        deadline is after `notBefore` (a payment this settlement did not resolve), otherwise
-///        the settlement can no longer land (`ClaimInTail`). Either way no payment is paid
-///        both by a claim and off-chain, whatever time the host reports.
-///      A host that lies forks the enclave's chain: no later settlement lands, no later
-///      statement or claim is usable (participants leave with the last usable ones), and
-///      nobody is paid money that was never deposited, or paid twice.
-///      Cost: one storage word rewritten per deposit (~5,400 gas) and per claim, one read and
-///      32 bytes of calldata per deposit (64 per claim) in the tail per settlement. A
-///      settlement whose tail missed a record mined in between reverts (`DepositsMismatch`)
-///      and is sent again with it.
+///      Pending payments and claims. A vault-mode channel is A402VaultChannel(client, provider,
+///      providerKey, capacity, salt), its id the EIP-712 hash. With σ_U for δ of `requestId`
+///      the enclave moves δ out of the client's statements and signs A402VaultPending(channelId,
+///      requestId, clientNonce, epoch, deadline): the client's statements with nonce ≤
+///      `clientNonce` still count δ. After `deadline` (the enclave's clock) it credits δ to the
+///      provider (it revealed t) or back to the client, in a settlement whose `notBefore` is at
+///      least `deadline`. The landing-time rule (review F1, F5): the contract keeps
+///      `resolvedUntil`, the highest `notBefore` of a landed settlement; a claim is refused once
+///      `deadline ≤ resolvedUntil` (a landed settlement resolved it), and accepted otherwise,
+///      whatever the clock says, so a host whose clock lags the chain cannot hand out records
+///      that are expired on-chain (the enclave resolves pending payments in deadline order,
+///      so every payment with deadline ≤ resolvedUntil was resolved). A claim that lands before
+///      the settlement resolving it would make that settlement pay δ twice: every claim folds
+///      the claim chain `claimState = count ‖ low224(keccak(claimState ‖ 0x01 ‖ key ‖ uint64
+///      deadline))`, and a settlement lands only if its `claims` extended by the claims mined
+///      since (`claimTail`, 64 bytes each: key, deadline) is `claimState`, with no claim in the
+///      tail of a payment it resolved (`ClaimInTail`). Only claims fold the chain (a deposit
+///      does not), and a claim needs a vault-signed record: nobody can grief settlements with
+///      dust.
 ///
-///      Solvency. The contract never owes more than it holds: every payout (settlement total,
-///      force-settle, claim) must fit in `available()` = token balance − `totalOwed` (payouts
-///      the token refused, kept for withdrawal), or the call reverts. Deposits that do not
-///      arrive whole (fee-on-transfer) are refused. The token must not rebase.
+///      Replacing a settlement (review F1). A settlement refused for a claim in its tail never
+///      lands, nor any later one (each names its predecessor). The enclave, told of the claim,
+///      signs a replacement with `prevEpoch` = the last epoch before the refused one and a new
+///      `epoch` above every epoch it signed: it carries every payout, confirmation and
+///      resolution of the settlements it replaces except the claimed payment, whose off-chain
+///      beneficiary it debits (and whose carried payout it cuts by what the claim paid). The
+///      epochs it skips are recorded as void: no statement naming one is usable (`VoidedEpoch`),
+///      so a statement that counted the claimed payment off-chain (or is net of a replaced
+///      payout) never pays, not even in a challenge by a participant already frozen; the
+///      enclave hands every account those settlements touched a statement naming the
+///      replacement's epoch. The over-credited account also gets a zero payout (its lane moves).
+///      Pending records naming a void epoch stay claimable: the deposits behind them are
+///      confirmed again by the replacement, and their clientNonce rule is about statements.
 ///
-///      Payouts never block: a transfer the token refuses (blocklist, pause) is credited to
-///      `owed[receiver]` (`PayoutCredited`), taken later with `withdraw(to)` or a signed
-///      `withdrawWithSignature`. Transient reentrancy guard on every state-changing entry.
+///      Claims against a client's exit, in O(1) (review F3, F8). Each claim (or contest) adds
+///      δ to the client's running sum and widens its [minNonce, maxNonce] of clientNonces. A
+///      statement of nonce N counts exactly the claims with clientNonce ≥ N; the contract
+///      accepts a statement only if N ≤ minNonce (it counts all: the whole sum comes off) or
+///      N > maxNonce (it counts none), never in between (`StatementStraddlesClaims`): the
+///      client always holds one that is not (the statement the enclave signs with each σ_U
+///      has nonce clientNonce + 1 and an epoch already landed). Claims that land while the
+///      client is force-settling are compared with the recorded nonce one by one. So
+///      `finalForceSettle` reads a fixed number of words however many claims were made.
+///      `contestForceSettle` (review F3): with the vault dark, a client may start its exit with
+///      a statement older than its payments, and nobody holds its newer statements. The
+///      provider answers with its own evidence, the same as a claim's (completed adaptor
+///      signature, σ_U, pending record), for a payment already resolved off-chain
+///      (`deadline ≤ resolvedUntil`, so not claimable any more): the payment comes off the
+///      client's exit if the recorded statement counts it, and pays nobody (the provider is
+///      paid through its own statements, which count it once the resolving settlement landed).
+///      Each (channel, request) is claimed or contested once.
 ///
-///      What the enclave must keep (the contract cannot see its ledger): one stable index per
-///      participant; never two settlements of one epoch, each payee debited when it is signed;
-///      statements whose nonce rises with every change and whose epoch never falls; δ out of the
-///      client's statements from σ_U on, and into the provider's only after the pending record's
-///      deadline and only if no `claimPayment` landed (a provider credited at REVEAL could also
-///      claim); no more payouts to a participant it knows is force-settling.
+///      Exits are the participant's (review F6): `initForceSettle` is sent by the participant
+///      or carries its signature (EOA or EIP-1271) over A402VaultExit(participant, statement
+///      digest); nobody else can start an exit with an old statement of its.
 ///
-///      Out of scope (documented, not enforced here): the enclave's ledger itself (the key signs
-///      only balances that exist), its view of the chain (it must learn deposits, claims and
-///      force-settles from verified chain data), a committee key, and cooperative channel closes
-///      on-chain (vault-mode channels close inside the enclave). Known limit: a payment pending
-///      when the vault goes dark, which its provider never claims, stays in the pool (the
-///      client's later statements no longer count it; nothing pays it twice, nobody gets it).
-///      The per-participant claim and withheld lists are looped over at `finalForceSettle`; they
-///      grow only with what the vault key signed.
+///      Solvency. Every payout (settlement total, force-settle, claim) must fit in
+///      `available()` = token balance − `totalOwed`, or the call reverts. Deposits that do not
+///      arrive whole are refused. Payouts never block: a transfer the token refuses is credited
+///      to `owed[receiver]`. Transient reentrancy guard on every state-changing entry.
+///
+///      Out of scope (documented, not enforced here): the enclave's ledger itself, its view of
+///      the chain, a committee key, cooperative channel closes on-chain. Known limits: a
+///      payment pending when the vault goes dark that its provider never claims stays in the
+///      pool; the withheld list of a frozen participant grows with the settlements that pay it
+///      while it exits (the enclave pays none).
 contract A402Vault is EIP712, ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
 
@@ -180,6 +154,15 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         uint256 locked;
         uint64 epoch;
         uint64 nonce;
+        uint256 deposited;
+    }
+
+    /// @notice What the vault key signs about a settlement besides its payouts and confirmations.
+    struct SettlementHeader {
+        uint64 prevEpoch;
+        uint64 epoch;
+        uint256 claims;
+        uint64 notBefore;
     }
 
     /// @notice A vault-mode channel's terms; their EIP-712 hash is the channel id.
@@ -213,14 +196,29 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         bytes32 s;
     }
 
-    /// @notice A participant's force-settle: the recorded statement and its deadline.
+    /// @notice A participant's force-settle: the recorded statement, its deadline, and what
+    ///         claims on it come off its payout.
     struct ForceSettle {
         uint256 balance;
         uint256 locked;
+        uint256 deposited;
         uint64 epoch;
         uint64 nonce;
         uint64 deadline;
         uint32 index;
+        uint128 deducted;
+    }
+
+    /// @notice The claims (and contests) made against a client: their sum and clientNonce range.
+    struct ClaimSum {
+        uint128 total;
+        uint64 minNonce;
+        uint64 maxNonce;
+    }
+
+    struct Participant {
+        uint96 deposited;
+        Status status;
     }
 
     enum Status {
@@ -230,10 +228,10 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     }
 
     bytes32 public constant SETTLEMENT_TYPEHASH = keccak256(
-        "A402VaultSettlement(uint64 epoch,bytes32 payouts,bytes32 deposits,uint64 notBefore)"
+        "A402VaultSettlement(uint64 prevEpoch,uint64 epoch,bytes32 payouts,bytes32 confirms,bytes32 claims,uint64 notBefore)"
     );
     bytes32 public constant BALANCE_TYPEHASH = keccak256(
-        "A402VaultBalance(address participant,uint32 index,uint256 balance,uint256 locked,uint64 epoch,uint64 nonce)"
+        "A402VaultBalance(address participant,uint32 index,uint256 balance,uint256 locked,uint64 epoch,uint64 nonce,uint256 deposited)"
     );
     bytes32 public constant CHANNEL_TYPEHASH = keccak256(
         "A402VaultChannel(address client,address provider,bytes32 providerKey,uint256 capacity,bytes32 salt)"
@@ -242,6 +240,7 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         keccak256("A402VaultPending(bytes32 channelId,uint256 requestId,uint64 clientNonce,uint64 epoch,uint64 deadline)");
     bytes32 public constant DEPOSIT_TYPEHASH =
         keccak256("A402VaultDeposit(address participant,uint256 amount,bytes32 salt)");
+    bytes32 public constant EXIT_TYPEHASH = keccak256("A402VaultExit(address participant,bytes32 statement)");
     bytes32 public constant WITHDRAWAL_TYPEHASH = keccak256(
         "A402Withdrawal(address owner,address to,uint256 amount,uint256 nonce,uint256 deadline)"
     );
@@ -256,22 +255,24 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
 
     /// @notice The epoch of the last settlement (0: none yet).
     uint64 public lastEpoch;
+    /// @notice The highest `notBefore` of a landed settlement: pending payments with a deadline
+    ///         up to it were resolved off-chain and can no longer be claimed.
+    uint64 public resolvedUntil;
     /// @notice Payouts the token refused, kept for their receivers (backed by the balance).
     uint256 public totalOwed;
-    /// @notice The deposit chain: `count (32 bits) ‖ head (224 bits)`, folded by every deposit
-    ///         and every claim (see the contract docs, "Deposits and claims are the chain's
-    ///         word").
-    uint256 public depositState;
+    /// @notice The claim chain: `count (32 bits) ‖ head (224 bits)`, folded by every claim.
+    uint256 public claimState;
 
     // Eight 32-bit lanes per word, by participant index: frozen (bit 31) | lastPaidEpoch.
     mapping(uint256 laneWord => uint256 lanes) private _lanes;
-    mapping(address participant => Status) private _status;
+    mapping(address participant => Participant) private _participants;
     mapping(address participant => ForceSettle) private _forceSettles;
-    // Payouts withheld from a frozen participant: epoch << 192 | amount.
+    // Payouts withheld from a frozen participant: tag epoch << 192 | amount.
     mapping(address participant => uint256[]) private _withheld;
-    // Claims against a client's locked funds: clientNonce << 192 | amount.
-    mapping(address client => uint256[]) private _claims;
+    mapping(address client => ClaimSum) private _claimSums;
     mapping(bytes32 paymentKey => bool) public claimed;
+    // Epochs a replacement settlement skipped (void: never landed), 256 per word.
+    mapping(uint256 word => uint256 bits) private _voided;
 
     /// @notice Payouts the token refused to transfer when due, by receiver.
     mapping(address account => uint256 amount) public owed;
@@ -281,14 +282,13 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     uint256 private constant _FROZEN = 1 << 31;
     uint256 private constant _LANE_MASK = 0xffffffff;
     uint256 private constant _PAYOUT_SIZE = 36;
+    uint256 private constant _CONFIRM_SIZE = 32;
+    uint256 private constant _CLAIM_SIZE = 64;
     uint256 private constant _TAG_SHIFT = 192;
     uint256 private constant _AMOUNT_MASK = (1 << 192) - 1;
-    uint256 private constant _DEPOSIT_SIZE = 32;
     uint256 private constant _HEAD_MASK = (1 << 224) - 1;
-    /// @dev The tail word that marks a claim (no deposit can credit this address).
-    address private constant _CLAIM_TAG = address(1);
 
-    event Deposited(address indexed participant, uint256 amount, uint256 depositState);
+    event Deposited(address indexed participant, uint256 amount, uint256 deposited);
     event Settled(uint64 indexed epoch, uint256 count, uint256 total);
     /// @notice A settlement's payout to a frozen (force-settling) participant, kept in the pool.
     event PayoutWithheld(address indexed participant, uint64 indexed epoch, uint256 amount);
@@ -298,6 +298,9 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     event ForceSettleChallenged(
         address indexed participant, uint256 balance, uint256 locked, uint64 epoch, uint64 nonce
     );
+    /// @notice A provider's proof that the recorded statement counts a payment: `deducted` is
+    ///         what now comes off the participant's exit in all.
+    event ForceSettleContested(address indexed participant, uint256 deducted);
     event ForceSettleFinalized(address indexed participant, uint256 payout);
     /// @notice A provider's claim: the vault extracts t = s − ŝ from (e, s).
     event PaymentClaimed(
@@ -307,7 +310,7 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         bytes32 e,
         uint256 s,
         uint64 deadline,
-        uint256 depositState
+        uint256 claimState
     );
     event PayoutCredited(address indexed account, uint256 amount);
     event Withdrawn(address indexed account, address indexed to, uint256 amount);
@@ -316,31 +319,40 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     error BadSignature(address signer);
     error DepositNotReceived(uint256 expected, uint256 received);
     error MalformedPayouts();
-    error WrongEpoch(uint64 epoch, uint64 expected);
+    error WrongEpoch(uint64 epoch, uint64 lastEpoch);
     error InsufficientFunds(uint256 needed, uint256 available);
     error WrongStatus(address participant, Status status);
     /// @notice The statement's epoch is outside [lastPaidEpoch, lastEpoch].
     error StaleStatement(uint64 epoch, uint64 lastPaidEpoch, uint64 lastEpoch);
+    /// @notice The statement names an epoch a replacement settlement voided.
+    error VoidedEpoch(uint64 epoch);
+    /// @notice The statement counts deposits the chain has not seen for that participant.
+    error DepositsNotMade(address participant, uint256 counted, uint256 deposited);
     error NotNewer(uint64 nonce, uint64 recordedNonce);
     error DisputeWindowOpen(uint256 deadline);
     error DisputeWindowClosed(uint256 deadline);
-    error ClaimExpired(uint256 deadline);
+    /// @notice A landed settlement resolved this payment off-chain (deadline ≤ resolvedUntil).
+    error ClaimResolved(uint64 deadline, uint64 resolvedUntil);
+    /// @notice The payment is still claimable: claim it (`claimPayment`) rather than contest.
+    error ClaimOpen(uint64 deadline, uint64 resolvedUntil);
     error AlreadyClaimed(bytes32 channelId, uint256 requestId);
     error ExceedsCapacity(uint256 amount, uint256 capacity);
     error InvalidPaymentSignature();
     /// @notice The client already left with a statement that counted this payment.
     error ClientAlreadyPaid(address client);
+    /// @notice The statement counts some of the claims made against the client and not others.
+    error StatementStraddlesClaims(uint64 nonce, uint64 minNonce, uint64 maxNonce);
     error NothingOwed();
     /// @notice The index's lane is frozen by another participant's force-settle.
     error IndexFrozen(uint32 index);
     error OrderExpired(uint256 deadline);
-    /// @notice The vault's view of the deposits, extended by the tail given, is not the chain's.
-    error DepositsMismatch(uint256 claimed, uint256 onChain);
+    /// @notice The vault's view of the claims, extended by the tail given, is not the chain's.
+    error ClaimsMismatch(uint256 claimed, uint256 onChain);
     /// @notice The signed record names a settlement epoch that has not landed yet.
     error EpochNotSettled(uint64 epoch, uint64 lastEpoch);
-    /// @notice A settlement that resolves pending payments waits until their claims closed.
+    /// @notice A settlement that resolves pending payments waits until their deadline.
     error TooEarly(uint64 notBefore);
-    /// @notice A claim the settlement may have resolved landed after the vault signed it.
+    /// @notice A claim of a payment this settlement resolved landed after the vault signed it.
     error ClaimInTail(uint64 deadline, uint64 notBefore);
 
     constructor(IERC20 token_, address vaultSigner_, uint256 settleWindow_) EIP712("A402", "1") {
@@ -358,11 +370,11 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     /// @notice Credit `participant` with `amount`, pulled from the sender (who approved this
     ///         contract). Refused unless exactly `amount` arrives.
     function deposit(address participant, uint256 amount) external nonReentrant {
-        _checkDeposit(participant, amount);
+        Participant storage part = _checkDeposit(participant, amount);
         uint256 before = token.balanceOf(address(this));
         token.safeTransferFrom(msg.sender, address(this), amount);
         _checkReceived(before, amount);
-        _recordDeposit(participant, amount);
+        _recordDeposit(part, participant, amount);
     }
 
     /// @notice Credit `participant` with `amount` moved from `from` by EIP-3009
@@ -376,116 +388,111 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         bytes32 salt,
         ReceiveAuthorization calldata auth
     ) external nonReentrant {
-        _checkDeposit(participant, amount);
+        Participant storage part = _checkDeposit(participant, amount);
         bytes32 nonce = depositNonce(participant, amount, salt);
         uint256 before = token.balanceOf(address(this));
         IERC3009Receive(address(token)).receiveWithAuthorization(
             from, address(this), amount, auth.validAfter, auth.validBefore, nonce, auth.v, auth.r, auth.s
         );
         _checkReceived(before, amount);
-        _recordDeposit(participant, amount);
+        _recordDeposit(part, participant, amount);
     }
 
     // ------------------------------------------------------------- settlement
 
-    /// @notice Pay every (payee, index, amount) of `payouts` (packed `address ‖ uint32 ‖
-    ///         uint96`, 36 bytes each; sorted by index for the least gas; none for a settlement
-    ///         that only confirms deposits), authorised by the vault key's `vaultSignature` over
-    ///         A402VaultSettlement(epoch, keccak256(payouts), deposits); `epoch` must be
-    ///         `lastEpoch + 1`, and `deposits` (the enclave's deposit chain when it signed),
-    ///         folded over `depositTail` (the deposits mined since, packed `address ‖ uint96`,
-    ///         32 bytes each, in order), must be `depositState` now. Sent by anyone (the vault's
-    ///         gas payer). A frozen payee's payout is withheld (see the contract docs); a payout
-    ///         the token refuses is credited to `owed`. Reverts if the total exceeds `available()`.
+    /// @notice Pay every (payee, index, amount) of `payouts` and confirm every (participant,
+    ///         cumulative) of `confirms`, authorised by the vault key's `vaultSignature` over
+    ///         A402VaultSettlement(h.prevEpoch, h.epoch, keccak(payouts), keccak(confirms),
+    ///         h.claims, h.notBefore). `h.prevEpoch` must be `lastEpoch` and `h.epoch` above it;
+    ///         `h.claims` extended by `claimTail` (the claims mined since) must be `claimState`.
+    ///         Sent by anyone. A frozen payee's payout is withheld; a payout the token refuses is
+    ///         credited to `owed`. Reverts if the total exceeds `available()`.
     function settle(
+        SettlementHeader calldata h,
         bytes calldata payouts,
-        uint64 epoch,
-        uint256 deposits,
-        uint64 notBefore,
-        bytes calldata depositTail,
+        bytes calldata confirms,
+        bytes calldata claimTail,
         bytes calldata vaultSignature
     ) external nonReentrant {
-        uint64 expected = lastEpoch + 1;
-        if (epoch != expected || epoch >= _FROZEN) revert WrongEpoch(epoch, expected);
-        if (payouts.length % _PAYOUT_SIZE != 0) revert MalformedPayouts();
-        if (block.timestamp <= notBefore) revert TooEarly(notBefore);
-        _requireVault(settlementDigest(epoch, keccak256(payouts), deposits, notBefore), vaultSignature);
-        _checkDeposits(deposits, depositTail, notBefore);
-        lastEpoch = epoch;
+        uint64 last = lastEpoch;
+        if (h.prevEpoch != last || h.epoch <= last || h.epoch >= _FROZEN) revert WrongEpoch(h.epoch, last);
+        if (payouts.length % _PAYOUT_SIZE != 0 || confirms.length % _CONFIRM_SIZE != 0) revert MalformedPayouts();
+        if (block.timestamp <= h.notBefore) revert TooEarly(h.notBefore);
+        _requireVault(_headerDigest(h, keccak256(payouts), keccak256(confirms)), vaultSignature);
+        _checkClaims(h.claims, claimTail, h.notBefore);
+        _checkConfirms(confirms);
+        lastEpoch = h.epoch;
+        for (uint256 e = uint256(last) + 1; e < h.epoch; ++e) {
+            _voided[e >> 8] |= 1 << (e & 255);
+        }
+        if (h.notBefore > resolvedUntil) resolvedUntil = h.notBefore;
 
         uint256 available_ = available();
-        (uint256 total, uint256 count) = _payAll(payouts, epoch);
+        (uint256 total, uint256 count) = _payAll(payouts, h.epoch, last + 1);
         if (total > available_) revert InsufficientFunds(total, available_);
-        emit Settled(epoch, count, total);
+        emit Settled(h.epoch, count, total);
     }
 
-    /// @dev `deposits`, extended by `tail`, must be the chain's deposit state: then it is one
-    ///      of its prefixes (keccak is collision-resistant), i.e. every deposit and claim the
-    ///      enclave counted was made, as it says, once, and it missed none before its view.
-    ///      The tail is deposits (`address ‖ uint96 amount`, one word) and claims
-    ///      (`address(1) ‖ uint96 deadline`, then the claim's key: two words); a claim is
-    ///      allowed in it only if its deadline is after `notBefore`, i.e. for a payment this
-    ///      settlement did not resolve (it resolves only payments whose deadline is at most
-    ///      `notBefore`).
-    function _checkDeposits(uint256 deposits, bytes calldata tail, uint64 notBefore) private view {
-        if (tail.length % _DEPOSIT_SIZE != 0) revert MalformedPayouts();
-        uint256 state = deposits;
-        for (uint256 pos; pos < tail.length; pos += _DEPOSIT_SIZE) {
+    function _headerDigest(SettlementHeader calldata h, bytes32 payoutsHash, bytes32 confirmsHash)
+        private
+        view
+        returns (bytes32)
+    {
+        return settlementDigest(h.prevEpoch, h.epoch, payoutsHash, confirmsHash, h.claims, h.notBefore);
+    }
+
+    /// @dev Every confirmed total must be on-chain already (`deposited` only grows).
+    function _checkConfirms(bytes calldata confirms) private view {
+        for (uint256 pos; pos < confirms.length; pos += _CONFIRM_SIZE) {
             uint256 word;
             assembly ("memory-safe") {
-                word := calldataload(add(tail.offset, pos))
+                word := calldataload(add(confirms.offset, pos))
             }
             address who = address(uint160(word >> 96));
-            if (who == _CLAIM_TAG) {
-                pos += _DEPOSIT_SIZE;
-                if (pos >= tail.length) revert MalformedPayouts();
-                uint64 deadline = uint64(uint96(word));
-                if (deadline <= notBefore) revert ClaimInTail(deadline, notBefore);
-                bytes32 key;
-                assembly ("memory-safe") {
-                    key := calldataload(add(tail.offset, pos))
-                }
-                state = _foldClaim(state, key, deadline);
-            } else {
-                state = _fold(state, who, uint96(word));
-            }
+            uint256 onChain = _participants[who].deposited;
+            if (uint96(word) > onChain) revert DepositsNotMade(who, uint96(word), onChain);
         }
-        uint256 onChain = depositState;
-        if (state != onChain) revert DepositsMismatch(deposits, onChain);
     }
 
-    /// @dev One deposit's link: count + 1 ‖ the low 224 bits of keccak(state ‖ participant ‖
-    ///      uint96 amount) (packed, 64 bytes).
-    function _fold(uint256 state, address participant, uint96 amount) private pure returns (uint256) {
-        uint256 head = uint256(keccak256(abi.encodePacked(state, participant, amount))) & _HEAD_MASK;
-        return (((state >> 224) + 1) << 224) | head;
+    /// @dev `claims`, extended by `tail` (64 bytes a claim: key, uint64 deadline), must be the
+    ///      claim chain now: then the enclave's view is one of its prefixes and it missed no claim
+    ///      before it. A claim in the tail must be of a payment this settlement did not resolve
+    ///      (deadline after `notBefore`).
+    function _checkClaims(uint256 claims, bytes calldata tail, uint64 notBefore) private view {
+        if (tail.length % _CLAIM_SIZE != 0) revert MalformedPayouts();
+        uint256 state = claims;
+        for (uint256 pos; pos < tail.length; pos += _CLAIM_SIZE) {
+            bytes32 key;
+            uint256 word;
+            assembly ("memory-safe") {
+                key := calldataload(add(tail.offset, pos))
+                word := calldataload(add(tail.offset, add(pos, 32)))
+            }
+            uint64 deadline = uint64(word);
+            if (deadline <= notBefore) revert ClaimInTail(deadline, notBefore);
+            state = _foldClaim(state, key, deadline);
+        }
+        uint256 onChain = claimState;
+        if (state != onChain) revert ClaimsMismatch(claims, onChain);
     }
 
-    /// @dev One claim's link: count + 1 ‖ low224(keccak(state ‖ 0x01 ‖ key ‖ uint64 deadline))
-    ///      (packed, 73 bytes: never a deposit's 64).
+    /// @dev One claim's link: count + 1 ‖ low224(keccak(state ‖ 0x01 ‖ key ‖ uint64 deadline)).
     function _foldClaim(uint256 state, bytes32 key, uint64 deadline) private pure returns (uint256) {
         uint256 head =
             uint256(keccak256(abi.encodePacked(state, bytes1(0x01), key, deadline))) & _HEAD_MASK;
         return (((state >> 224) + 1) << 224) | head;
     }
 
-    /// @dev The enclave must see this claim before any later settlement of its lands: it folds
-    ///      the deposit chain (see `_checkDeposits`).
-    function _recordClaim(bytes32 cid, bytes32 key, Payment calldata p) private {
-        uint256 state = _foldClaim(depositState, key, p.deadline);
-        depositState = state;
-        emit PaymentClaimed(cid, p.requestId, p.amount, p.e, p.s, p.deadline, state);
-    }
-
-    function _recordDeposit(address participant, uint256 amount) private {
-        uint256 state = _fold(depositState, participant, uint96(amount));
-        depositState = state;
-        emit Deposited(participant, amount, state);
+    function _recordDeposit(Participant storage part, address participant, uint256 amount) private {
+        uint256 total = uint256(part.deposited) + amount;
+        if (total > type(uint96).max) revert InvalidTerms();
+        part.deposited = uint96(total);
+        emit Deposited(participant, amount, total);
     }
 
     /// @dev The settlement loop: pay or withhold each record, keeping the lane word in hand
     ///      until the next record's index leaves it. Returns what was paid and to how many.
-    function _payAll(bytes calldata payouts, uint64 epoch) private returns (uint256 total, uint256 count) {
+    function _payAll(bytes calldata payouts, uint64 epoch, uint64 tag) private returns (uint256 total, uint256 count) {
         uint256 key = type(uint256).max;
         uint256 lanes;
         for (uint256 pos; pos < payouts.length; pos += _PAYOUT_SIZE) {
@@ -503,7 +510,7 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
             }
             uint256 shift = (index & 7) << 5;
             if ((lanes >> shift) & _FROZEN != 0) {
-                _withhold(address(uint160(head >> 96)), epoch, uint96(tail));
+                if (uint96(tail) != 0) _withhold(address(uint160(head >> 96)), tag, uint96(tail));
                 continue;
             }
             lanes = (lanes & ~(_LANE_MASK << shift)) | (uint256(epoch) << shift);
@@ -511,31 +518,41 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
             ++count;
             _send(address(uint160(head >> 96)), uint96(tail));
         }
-        _lanes[key] = lanes;
+        if (key != type(uint256).max) _lanes[key] = lanes;
     }
 
     /// @dev A frozen payee (force-settling or settled): keep its payout for the force-settle.
-    function _withhold(address payee, uint64 epoch, uint256 amount) private {
-        _withheld[payee].push((uint256(epoch) << _TAG_SHIFT) | amount);
-        emit PayoutWithheld(payee, epoch, amount);
+    function _withhold(address payee, uint64 tag, uint256 amount) private {
+        _withheld[payee].push((uint256(tag) << _TAG_SHIFT) | amount);
+        emit PayoutWithheld(payee, tag, amount);
     }
 
     // ----------------------------------------------------------- force-settle
 
-    /// @notice Start `st.participant`'s exit with a statement the vault key signed; sent by
-    ///         the participant or anyone for it (the payout always goes to the participant).
+    /// @notice Start `st.participant`'s exit with a statement the vault key signed. Sent by the
+    ///         participant itself, or by anyone with `order`, the participant's signature (EOA or
+    ///         EIP-1271) over `exitDigest(st)`; the payout always goes to the participant.
     ///         Freezes the account: later settlements withhold its payouts. Opens Δ_settle.
-    function initForceSettle(Statement calldata st, bytes calldata signature) external nonReentrant {
+    function initForceSettle(Statement calldata st, bytes calldata signature, bytes calldata order)
+        external
+        nonReentrant
+    {
         address p = st.participant;
-        Status current = _status[p];
+        if (msg.sender != p && !SignatureChecker.isValidSignatureNow(p, exitDigest(st), order)) {
+            revert BadSignature(p);
+        }
+        Participant storage part = _participants[p];
+        Status current = part.status;
         if (current != Status.Active) revert WrongStatus(p, current);
         uint256 lane_ = _lane(st.index);
         if (lane_ & _FROZEN != 0) revert IndexFrozen(st.index);
-        _checkStatement(st, signature, uint64(lane_));
+        _checkStatement(st, signature, uint64(lane_), part.deposited);
+        uint128 deducted = _deductionAt(p, st.nonce);
         uint256 deadline = block.timestamp + settleWindow;
         _setLane(st.index, lane_ | _FROZEN);
-        _status[p] = Status.Settling;
-        _forceSettles[p] = ForceSettle(st.balance, st.locked, st.epoch, st.nonce, uint64(deadline), st.index);
+        part.status = Status.Settling;
+        _forceSettles[p] =
+            ForceSettle(st.balance, st.locked, st.deposited, st.epoch, st.nonce, uint64(deadline), st.index, deducted);
         emit ForceSettleInitiated(p, st.balance, st.locked, st.epoch, st.nonce, deadline);
     }
 
@@ -543,47 +560,72 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     ///         deadline; anyone may send it (a watchtower). The deadline does not move.
     function challengeForceSettle(Statement calldata st, bytes calldata signature) external nonReentrant {
         address p = st.participant;
-        Status current = _status[p];
+        Participant storage part = _participants[p];
+        Status current = part.status;
         if (current != Status.Settling) revert WrongStatus(p, current);
         ForceSettle storage fs = _forceSettles[p];
         if (block.timestamp >= fs.deadline) revert DisputeWindowClosed(fs.deadline);
         if (st.nonce <= fs.nonce || st.epoch < fs.epoch) revert NotNewer(st.nonce, fs.nonce);
         if (st.index != fs.index) revert IndexFrozen(st.index);
-        _checkStatement(st, signature, uint64(_lane(st.index) & ~_FROZEN));
-        (fs.balance, fs.locked, fs.epoch, fs.nonce) = (st.balance, st.locked, st.epoch, st.nonce);
+        _checkStatement(st, signature, uint64(_lane(st.index) & ~_FROZEN), part.deposited);
+        (fs.balance, fs.locked, fs.deposited, fs.epoch, fs.nonce) =
+            (st.balance, st.locked, st.deposited, st.epoch, st.nonce);
+        fs.deducted = _deductionAt(p, st.nonce);
         emit ForceSettleChallenged(p, st.balance, st.locked, st.epoch, st.nonce);
     }
 
-    /// @notice After the window, pay `participant` what its recorded statement says: balance
-    ///         + locked − claims against statements that counted them (down to zero) +
-    ///         payouts withheld that the statement is net of. The account stays frozen for good.
+    /// @notice Answer a force-settling client's statement with a payment it still counts (its
+    ///         provider's evidence, as for `claimPayment`) that a landed settlement already
+    ///         resolved off-chain: the payment comes off the client's exit if the recorded
+    ///         statement counts it (clientNonce ≥ its nonce). Pays nobody. Once per payment;
+    ///         anyone may send it, before the client's dispute window closes.
+    function contestForceSettle(
+        Channel calldata c,
+        Payment calldata p,
+        bytes calldata authorization,
+        bytes calldata pendingSignature
+    ) external nonReentrant {
+        uint64 resolved = resolvedUntil;
+        if (p.deadline > resolved) revert ClaimOpen(p.deadline, resolved);
+        address client = c.client;
+        Status current = _participants[client].status;
+        if (current != Status.Settling) revert WrongStatus(client, current);
+        uint256 windowEnd = _forceSettles[client].deadline;
+        if (block.timestamp >= windowEnd) revert DisputeWindowClosed(windowEnd);
+        bytes32 key = _checkPayment(c, p, authorization, pendingSignature);
+        claimed[key] = true;
+        _claimAgainst(client, p.clientNonce, p.amount);
+        emit ForceSettleContested(client, _forceSettles[client].deducted);
+    }
+
+    /// @notice After the window, pay `participant` what its recorded statement says (see
+    ///         `settlementOf`). The account stays frozen for good.
     function finalForceSettle(address participant) external nonReentrant returns (uint256 payout) {
-        Status current = _status[participant];
+        Participant storage part = _participants[participant];
+        Status current = part.status;
         if (current != Status.Settling) revert WrongStatus(participant, current);
         ForceSettle storage fs = _forceSettles[participant];
         if (block.timestamp < fs.deadline) revert DisputeWindowOpen(fs.deadline);
         payout = settlementOf(participant);
-        _status[participant] = Status.Settled; // its lane stays frozen: no settlement pays it again
+        part.status = Status.Settled; // its lane stays frozen: no settlement pays it again
         uint256 available_ = available();
         if (payout > available_) revert InsufficientFunds(payout, available_);
         emit ForceSettleFinalized(participant, payout);
         _send(participant, payout);
     }
 
-    /// @notice What `finalForceSettle` would pay `participant` now (0 if none is recorded).
+    /// @notice What `finalForceSettle` would pay `participant` now (0 if none is recorded):
+    ///         balance + locked − the claims the statement counts (down to zero), + the deposits
+    ///         it does not count (`deposited` on-chain − the statement's), + payouts withheld
+    ///         that the statement is net of.
     function settlementOf(address participant) public view returns (uint256) {
         ForceSettle storage fs = _forceSettles[participant];
-        uint64 nonce = fs.nonce;
-        uint64 epoch = fs.epoch;
-        uint256 claimedAmount;
-        uint256[] storage claims = _claims[participant];
-        for (uint256 i; i < claims.length; ++i) {
-            if (claims[i] >> _TAG_SHIFT >= nonce) claimedAmount += claims[i] & _AMOUNT_MASK;
-        }
-        // A statement that still counts δ counts it in `balance` (signed before the channel
-        // opened) or in `locked`: the claims come off both (never below zero).
+        if (fs.deadline == 0) return 0;
         uint256 counted = fs.balance + fs.locked;
-        uint256 payout = claimedAmount >= counted ? 0 : counted - claimedAmount;
+        uint256 deducted = fs.deducted;
+        uint256 payout = deducted >= counted ? 0 : counted - deducted;
+        payout += uint256(_participants[participant].deposited) - fs.deposited;
+        uint64 epoch = fs.epoch;
         uint256[] storage withheld = _withheld[participant];
         for (uint256 i; i < withheld.length; ++i) {
             if (withheld[i] >> _TAG_SHIFT <= epoch) payout += withheld[i] & _AMOUNT_MASK;
@@ -591,10 +633,46 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         return payout;
     }
 
-    function _checkStatement(Statement calldata st, bytes calldata signature, uint64 lastPaid) private view {
+    function _checkStatement(Statement calldata st, bytes calldata signature, uint64 lastPaid, uint256 deposited)
+        private
+        view
+    {
         uint64 last = lastEpoch;
         if (st.epoch < lastPaid || st.epoch > last) revert StaleStatement(st.epoch, lastPaid, last);
+        if (_voided[st.epoch >> 8] & (1 << (st.epoch & 255)) != 0) revert VoidedEpoch(st.epoch);
+        if (st.deposited > deposited) revert DepositsNotMade(st.participant, st.deposited, deposited);
         _requireVault(statementDigest(st), signature);
+    }
+
+    /// @dev What the claims against `client` take off a statement of nonce `nonce`: all of them
+    ///      (it counts every one), none, or the statement is refused (it counts some).
+    function _deductionAt(address client, uint64 nonce) private view returns (uint128) {
+        ClaimSum storage s = _claimSums[client];
+        uint128 total = s.total;
+        if (total == 0 || nonce > s.maxNonce) return 0;
+        if (nonce <= s.minNonce) return total;
+        revert StatementStraddlesClaims(nonce, s.minNonce, s.maxNonce);
+    }
+
+    /// @dev Record δ claimed against `client` (payment counted by its statements ≤ clientNonce).
+    function _claimAgainst(address client, uint64 clientNonce, uint256 amount) private {
+        Status current = _participants[client].status;
+        if (current == Status.Settled && _forceSettles[client].nonce <= clientNonce) {
+            revert ClientAlreadyPaid(client);
+        }
+        if (current == Status.Settling) {
+            ForceSettle storage fs = _forceSettles[client];
+            if (clientNonce >= fs.nonce) fs.deducted += uint128(amount);
+        }
+        ClaimSum storage s = _claimSums[client];
+        if (s.total == 0) {
+            (s.minNonce, s.maxNonce) = (clientNonce, clientNonce);
+        } else if (clientNonce < s.minNonce) {
+            s.minNonce = clientNonce;
+        } else if (clientNonce > s.maxNonce) {
+            s.maxNonce = clientNonce;
+        }
+        s.total += uint128(amount);
     }
 
     // --------------------------------------------------------- provider claim
@@ -602,41 +680,53 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     /// @notice Pay the provider of channel `c` its pending payment `p` while the vault is dark:
     ///         `p.(e, s)` is the provider's completed adaptor signature on
     ///         m = A402Payment(channelId, requestId, amount, resultHash) (Schnorr under
-    ///         `c.providerKey`), `authorization` is σ_U (the vault key over
-    ///         A402PaymentAuthorization(m, amount, e)), and `pendingSignature` the vault key's
-    ///         A402VaultPending(channelId, requestId, clientNonce, deadline). Before `deadline`,
-    ///         once per (channel, request); the amount is drawn from the client's locked funds
-    ///         (see the contract docs). Anyone may send it; the provider is paid.
+    ///         `c.providerKey`), `authorization` is σ_U, and `pendingSignature` the vault key's
+    ///         A402VaultPending(channelId, requestId, clientNonce, epoch, deadline). Accepted
+    ///         until a landed settlement resolved the payment (`deadline ≤ resolvedUntil`), once
+    ///         per (channel, request); the amount comes off the client's exit if its statement
+    ///         counts it. Anyone may send it; the provider is paid.
     function claimPayment(
         Channel calldata c,
         Payment calldata p,
         bytes calldata authorization,
         bytes calldata pendingSignature
     ) external nonReentrant {
-        if (block.timestamp > p.deadline) revert ClaimExpired(p.deadline);
-        if (p.amount == 0 || p.amount > c.capacity) revert ExceedsCapacity(p.amount, c.capacity);
+        uint64 resolved = resolvedUntil;
+        if (p.deadline <= resolved) revert ClaimResolved(p.deadline, resolved);
+        bytes32 key = _checkPayment(c, p, authorization, pendingSignature);
+        // The client's funds are the enclave's word only once the settlement that confirmed
+        // its deposits (epoch `p.epoch` or earlier) has landed.
+        if (p.epoch > lastEpoch) revert EpochNotSettled(p.epoch, lastEpoch);
+        uint256 available_ = available();
+        if (p.amount > available_) revert InsufficientFunds(p.amount, available_);
+        claimed[key] = true;
+        _claimAgainst(c.client, p.clientNonce, p.amount);
+        uint256 state = _foldClaim(claimState, key, p.deadline);
+        claimState = state;
+        emit PaymentClaimed(channelId(c), p.requestId, p.amount, p.e, p.s, p.deadline, state);
+        _send(c.provider, p.amount);
+    }
+
+    /// @dev The evidence of a pending payment: the provider's completed adaptor signature, σ_U
+    ///      and the pending record, all for this channel and request, not claimed before.
+    ///      Returns the payment's key.
+    function _checkPayment(
+        Channel calldata c,
+        Payment calldata p,
+        bytes calldata authorization,
+        bytes calldata pendingSignature
+    ) private view returns (bytes32 key) {
+        if (p.amount == 0 || p.amount > c.capacity || p.amount > type(uint96).max) {
+            revert ExceedsCapacity(p.amount, c.capacity);
+        }
         bytes32 cid = channelId(c);
-        bytes32 key = keccak256(abi.encode(cid, p.requestId));
+        key = keccak256(abi.encode(cid, p.requestId));
         if (claimed[key]) revert AlreadyClaimed(cid, p.requestId);
         bytes32 domain = _domainSeparatorV4();
         bytes32 m = A402Message.paymentMessage(domain, cid, p.requestId, p.amount, p.resultHash);
         if (!Schnorr.verify(c.providerKey, m, p.e, p.s)) revert InvalidPaymentSignature();
         _requireVault(A402Message.authorizationDigest(domain, m, p.amount, p.e), authorization);
         _requireVault(pendingDigest(cid, p.requestId, p.clientNonce, p.epoch, p.deadline), pendingSignature);
-        // The client's funds are the enclave's word only once the settlement that confirmed
-        // its deposits (epoch `p.epoch` or earlier) has landed (see "Deposits and claims ...").
-        if (p.epoch > lastEpoch) revert EpochNotSettled(p.epoch, lastEpoch);
-        // A client that already left with a statement counting δ was paid δ: no claim on it.
-        if (
-            _status[c.client] == Status.Settled
-                && _forceSettles[c.client].nonce <= p.clientNonce
-        ) revert ClientAlreadyPaid(c.client);
-        uint256 available_ = available();
-        if (p.amount > available_) revert InsufficientFunds(p.amount, available_);
-        claimed[key] = true;
-        _claims[c.client].push((uint256(p.clientNonce) << _TAG_SHIFT) | p.amount);
-        _recordClaim(cid, key, p);
-        _send(c.provider, p.amount);
     }
 
     // ------------------------------------------------------------ withdrawals
@@ -680,7 +770,23 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
 
     /// @notice A participant's exit status (Active until a force-settle starts).
     function statusOf(address participant) external view returns (Status) {
-        return _status[participant];
+        return _participants[participant].status;
+    }
+
+    /// @notice Whether a replacement settlement skipped `epoch` (its statements are void).
+    function isVoided(uint64 epoch) external view returns (bool) {
+        return _voided[epoch >> 8] & (1 << (epoch & 255)) != 0;
+    }
+
+    /// @notice Everything ever deposited for `participant` (what its statements' `deposited`
+    ///         is compared with).
+    function depositedOf(address participant) external view returns (uint256) {
+        return _participants[participant].deposited;
+    }
+
+    /// @notice The claims (and contests) made against `client`: their sum and clientNonce range.
+    function claimSumOf(address client) external view returns (ClaimSum memory) {
+        return _claimSums[client];
     }
 
     /// @notice The lane of participant `index`: the last settlement that paid it, and whether
@@ -695,22 +801,32 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         return _forceSettles[participant];
     }
 
-    function settlementDigest(uint64 epoch, bytes32 payoutsHash, uint256 deposits, uint64 notBefore)
-        public
-        view
-        returns (bytes32)
-    {
+    function settlementDigest(
+        uint64 prevEpoch,
+        uint64 epoch,
+        bytes32 payoutsHash,
+        bytes32 confirmsHash,
+        uint256 claims,
+        uint64 notBefore
+    ) public view returns (bytes32) {
         return _hashTypedDataV4(
-            keccak256(abi.encode(SETTLEMENT_TYPEHASH, epoch, payoutsHash, deposits, notBefore))
+            keccak256(abi.encode(SETTLEMENT_TYPEHASH, prevEpoch, epoch, payoutsHash, confirmsHash, claims, notBefore))
         );
     }
 
     function statementDigest(Statement calldata st) public view returns (bytes32) {
         return _hashTypedDataV4(
             keccak256(
-                abi.encode(BALANCE_TYPEHASH, st.participant, st.index, st.balance, st.locked, st.epoch, st.nonce)
+                abi.encode(
+                    BALANCE_TYPEHASH, st.participant, st.index, st.balance, st.locked, st.epoch, st.nonce, st.deposited
+                )
             )
         );
+    }
+
+    /// @notice What a participant signs to let someone else start its exit with `st`.
+    function exitDigest(Statement calldata st) public view returns (bytes32) {
+        return _hashTypedDataV4(keccak256(abi.encode(EXIT_TYPEHASH, st.participant, statementDigest(st))));
     }
 
     function channelId(Channel calldata c) public view returns (bytes32) {
@@ -773,12 +889,12 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     }
 
     /// @dev A deposit credits an active account only: a force-settled account is frozen for
-    ///      good (no settlement pays it again), so money sent to it would be stranded.
-    function _checkDeposit(address participant, uint256 amount) private view {
-        if (participant == address(0) || participant == _CLAIM_TAG || amount == 0 || amount > type(uint96).max) {
-            revert InvalidTerms();
-        }
-        Status current = _status[participant];
+    ///      good (no settlement pays it again), so money sent to it would be stranded; and an
+    ///      exit's `deposited` must not move under it.
+    function _checkDeposit(address participant, uint256 amount) private view returns (Participant storage part) {
+        if (participant == address(0) || amount == 0 || amount > type(uint96).max) revert InvalidTerms();
+        part = _participants[participant];
+        Status current = part.status;
         if (current != Status.Active) revert WrongStatus(participant, current);
     }
 

@@ -17,11 +17,12 @@ the machines sign as in standard mode), each in the exact format
 ``A402Vault.sol`` checks (:mod:`a402.crypto.vault_messages`):
 
 * a **balance statement** ``(participant, index, balance = free, locked, epoch,
-  nonce)`` for every participant an operation changed, after the change (what
-  ``initForceSettle``/``challengeForceSettle`` take); the latest one is kept and
+  nonce, deposited)`` for every participant an operation changed, after the change
+  (what ``initForceSettle``/``challengeForceSettle`` take); the latest one is kept and
   handed out again on demand (:meth:`VaultAccountsCode.statement`);
-* a **settlement** ``(epoch, keccak(payouts), deposits, notBefore)``, epochs
-  consecutive, each payee debited when it is signed;
+* a **settlement** ``(prevEpoch, epoch, keccak(payouts), keccak(confirms), claims,
+  notBefore)``, each following the one before (a replacement follows the last one that
+  can still land), each payee debited when it is signed;
 * a **pending record** ``(channelId, requestId, clientNonce, epoch, deadline)``
   with each σ_U, so that the provider can ``claimPayment`` if the vault goes dark.
 
@@ -32,17 +33,19 @@ reported an invented deposit (for a key of its own) would, in a naive ledger,
 have the enclave sign statements, payments and payouts out of everybody else's
 pooled money; ``available()`` bounds only the total. So:
 
-1. The enclave folds every reported deposit (and claim) into the contract's own
-   deposit chain (:func:`~a402.crypto.vault_messages.fold_deposit`, ``count ‖
-   head``) and takes a report only if it names the chain state it produced (the
-   events carry it): reports come in chain order, once each.
-   That check is for the host's own mistakes; the safety is the next step.
+1. The contract keeps each participant's cumulative ``deposited``; every
+   ``Deposited`` event carries the total after it, and the enclave takes a report
+   only if it extends the total it holds for that participant by the amount
+   (reports come in order per participant, once each). That check is for the
+   host's own mistakes; the safety is the next step.
 2. A reported deposit is *unconfirmed*: it is in no statement, funds no channel
    and is paid to nobody. It is *confirmed* when the enclave signs a settlement
-   (with no payouts if need be), whose signature names the enclave's deposit
-   state; ``settle`` lands only if that state, extended by the deposits mined
-   since, is the contract's ``depositState`` — so every deposit the enclave
-   counted was made, for that participant and that amount, once.
+   (with no payouts if need be) that lists ``(participant, confirmed total)``;
+   ``settle`` lands only if each total is at most the contract's ``deposited`` —
+   so every deposit the enclave counted was made, for that participant, and no
+   unit of it twice. The check is a lower bound on a total that only grows: a
+   deposit mined in front of the settlement (dust, by anyone) cannot make it fail
+   (review F7).
 3. Everything signed on the strength of confirmed money names a settlement epoch
    no earlier than the one that confirmed it: a statement is usable on-chain only
    if ``epoch ≤ lastEpoch``, a pending record only if its ``epoch ≤ lastEpoch``, a
@@ -54,43 +57,66 @@ pooled money; ``available()`` bounds only the total. So:
    gross of them too, and the double-pay rule (``lastPaidEpoch ≤ epoch``) holds as
    with the global epoch. What it buys: a settlement withheld or made unlandable
    voids the later statements and pending records of the accounts it touched only,
-   not everybody's. A host that lies about a deposit forks the enclave's
-   chain: no later settlement lands, no later statement or claim is usable, and
-   the participants leave with their last usable statements (force-settle),
-   which count real money only.
+   not everybody's. A host that lies about a deposit makes the settlement that
+   confirms it unlandable, and with it every later one: no later statement or claim
+   is usable, and the participants leave with their last usable statements
+   (force-settle), which count real money only.
+4. Every statement names ``deposited``, the confirmed total it counts, and a
+   force-settle pays ``deposited`` on-chain minus that on top of the statement: a
+   deposit no statement counts yet (made or reported just before the vault went
+   dark) is paid back to its participant, and a participant with unconfirmed
+   deposits only gets an empty statement on demand (:meth:`VaultAccountsCode.
+   statement`) to exit with (review F2).
 
 Conservation inside: every operation moves amounts between ``free``,
 ``locked``, pending payments and the payouts of signed settlements, and
-:meth:`VaultAccountsCode.totals` checks, in the tests, that confirmed deposits
-= Σ free + Σ locked + Σ pending + Σ paid out.
+:meth:`VaultAccountsCode.totals` checks, in the tests, that deposits = Σ free +
+Σ locked + Σ unconfirmed + Σ pending + Σ paid out − Σ debt (a debt is a claimed
+payment a voided settlement had credited and its account had spent, below).
 
 Pending payments. When σ_U is signed for δ, δ leaves the client's ``locked``
 (its new statement, nonce n+1, no longer counts it; the pending record names
 ``clientNonce = n``, the last statement that did) and is held pending, in no
 statement, until its ``deadline`` (``CLAIM_WINDOW`` after the host's ``now``)
-is behind the enclave's clock: then, at the next settlement the enclave signs
-(whose ``notBefore`` is that deadline: it lands only once the claim window is shut
-on-chain), it is credited to the provider if it revealed ``t`` (REVEAL), back to
-the client if not — unless the host reported a claim that landed
-(:meth:`VaultAccountsCode.claim_landed`), which paid the provider on-chain. A
-provider credited at REVEAL could also claim: hence the wait.
+is behind the enclave's clock: then, in the next settlement the enclave signs
+(whose ``notBefore`` is that deadline), it is credited to the provider if it
+revealed ``t`` (REVEAL), back to the client if not — unless the host reported a
+claim that landed (:meth:`VaultAccountsCode.claim_landed`), which paid the
+provider on-chain. The claim window is the chain's, not the host's clock (review
+F5): the contract refuses a claim only once a landed settlement's ``notBefore``
+reaches its deadline (``resolvedUntil``), i.e. once a settlement that resolved
+it landed — pending payments resolve in deadline order, since deadlines follow
+the enclave's monotone clock — so a host whose clock lags hands out records that
+stay claimable; and ``settle`` lands only after ``notBefore`` on the chain's
+clock, so a host whose clock runs ahead cannot shorten the window either.
 
 What the host can and cannot do besides (stated, not hidden):
 
-* **Claims and time** are the chain's word too. Claims fold the same chain, and a settlement that
-  resolves pending payments names ``notBefore`` (their latest deadline), which the
-  contract checks against ``block.timestamp``: a claim hidden from the enclave, or a time
-  reported ahead of the chain, makes that settlement unlandable (``ClaimInTail``,
-  ``TooEarly``) instead of paying twice. The price is liveness: once a claim of a
-  payment a signed settlement resolved lands, that settlement is dead and this code signs
-  no more (``settlement_dead``; signing the epoch again, with the same payouts, is not
-  built). A host that reports a claim that never landed forks the chain (nothing lands).
+* **Claims** are the chain's word too. Claims fold the contract's claim chain, and
+  a settlement names the chain state it saw: a claim that landed before a settlement
+  resolving the same payment makes that settlement unlandable (``ClaimInTail``)
+  instead of paying twice. Liveness is kept (review F1): told of the claim, the
+  enclave voids that settlement and every later one it signed, debits the account it
+  had credited δ (down to a debt taken from its next money), and its next
+  :meth:`~VaultAccountsCode.settle` is their *replacement* — it follows the last
+  epoch before them, carries their payouts, confirmations and resolutions (the
+  over-credited account's payout cut by what the claim paid), and the contract records
+  the epochs it skips as void: no statement naming one is usable, so none that counted
+  the claimed payment off-chain ever pays (even in a challenge by a participant already
+  frozen), and every account whose statements named one gets a new statement naming
+  the replacement. A host that reports a claim that never landed
+  forks the claim chain (nothing lands). A claim of a payment never pending here is
+  such a fork: settlements stop (``settlement_dead``).
 * **Signed calls** are checked against the host's ``now`` (± the auth window) and each
   idempotency key pays once, for good; the standard vault's stricter freshness (a call
   withheld then paid days later, :mod:`a402.vault_enclave`) is not carried over yet.
-* **Force-settles.** The host reports them (:meth:`exiting`); the contract
-  withholds settlements from a frozen participant, and the watchtower
-  (:mod:`a402.vault.watchtower`) answers a stale statement with the latest.
+* **Force-settles.** Only the participant (or its signed exit order) can start one
+  (review F6). The host reports them (:meth:`exiting`); the contract withholds
+  settlements from a frozen participant, and the watchtower
+  (:mod:`a402.vault.watchtower`) answers a stale statement with the latest. With the
+  vault dark, a provider answers a client's stale statement itself: the pending record,
+  σ_U and its completed adaptor signature of each payment the statement still counts
+  (``contestForceSettle``, review F3).
 * **Liveness.** The host can stop, withhold settlements (then the statements
   that name them stay unusable, and participants use earlier ones) or drop
   messages; it cannot make the enclave sign money that is not there.
@@ -104,7 +130,8 @@ What the host can and cannot do besides (stated, not hidden):
 
 Not built here yet: the host (service, store, scheduler and watchtower wiring),
 per-channel sealed records (channels are sealed inside the one ledger), and the
-once-rule's pruning (consumed idempotency keys are kept for good).
+once-rule's pruning (consumed idempotency keys are kept for good, and so are the records
+of resolved payments, which a claim would void).
 """
 
 from __future__ import annotations
@@ -141,13 +168,13 @@ from a402.crypto.vault_messages import (
     MAX_PAYOUT,
     BalanceStatement,
     claim_key,
-    deposit_count,
     fold_claim,
-    fold_deposit,
+    pack_confirms,
     pack_payouts,
     pending_digest,
     settlement_digest,
     statement_digest,
+    unpack_payouts,
 )
 from a402.evm.address import address_key, to_checksum
 from a402.evm.ecdsa import public_key_address
@@ -166,7 +193,7 @@ from a402.wire import vault_api as api
 from a402.wire.a402 import binding_digest
 from a402.wire.errors import WireError
 
-_LEDGER_FORMAT = "a402/vault-mode-ledger/v1"
+_LEDGER_FORMAT = "a402/vault-mode-ledger/v2"
 _LEDGER_LABEL = "a402/vault-mode-ledger"
 #: How long a pending payment stays claimable on-chain (seconds of chain time).
 CLAIM_WINDOW = 3_600
@@ -185,13 +212,32 @@ class SignedStatement:
 
 @dataclass(frozen=True, slots=True)
 class SignedSettlement:
-    """A settlement to submit (``A402Vault.settle``): anyone may send it."""
+    """A settlement to submit (``A402Vault.settle``): anyone may send it.
+
+    ``claims``: the claim chain state it was signed at (its ``claimTail`` is the claims
+    mined since); ``confirms``: the packed deposit totals it confirms; ``prev_epoch``: the
+    settlement it follows (``epoch - 1``, or earlier for a replacement)."""
 
     epoch: int
     payouts: bytes
-    deposits: int
+    claims: int
     signature: bytes
     not_before: int = 0  # chain time after which it may land (the deadlines it resolves)
+    prev_epoch: int = -1  # -1: epoch - 1
+    confirms: bytes = b""
+
+    @property
+    def prev(self) -> int:
+        return self.epoch - 1 if self.prev_epoch < 0 else self.prev_epoch
+
+    def to_json(self) -> list[Any]:
+        return [self.payouts.hex(), str(self.claims), self.signature.hex(), self.not_before,
+                self.prev, self.confirms.hex()]
+
+    @classmethod
+    def from_json(cls, epoch: int, v: list[Any]) -> SignedSettlement:
+        return cls(epoch, bytes.fromhex(v[0]), int(v[1]), bytes.fromhex(v[2]), int(v[3]),
+                   int(v[4]), bytes.fromhex(v[5]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,17 +301,39 @@ class _Account:
     #: credited it a pending payment, paid it): what its statements and the pending records
     #: of its payments name (module docstring, 3).
     epoch: int = 0
+    #: Deposits reported (the contract's cumulative ``deposited``) and confirmed by a signed
+    #: settlement (what its statements name): ``unconfirmed`` is the difference.
+    deposited: int = 0
+    confirmed: int = 0
+    #: A payment credited here by a settlement that a claim made unlandable, already spent
+    #: when the claim was reported: taken from the next money the account receives.
+    debt: int = 0
 
     def to_json(self) -> list[Any]:
         return [self.participant, self.index, str(self.free), str(self.locked),
-                str(self.unconfirmed), self.nonce, self.exiting, self.epoch]
+                str(self.unconfirmed), self.nonce, self.exiting, self.epoch,
+                str(self.deposited), str(self.confirmed), str(self.debt)]
 
     @classmethod
-    def from_json(cls, v: list[Any], epoch: int) -> _Account:
-        """``epoch``: the ledger's last signed epoch, for a ledger written before accounts
-        had their own (the conservative choice: never earlier than the true one)."""
+    def from_json(cls, v: list[Any]) -> _Account:
         return cls(str(v[0]), int(v[1]), int(v[2]), int(v[3]), int(v[4]), int(v[5]), bool(v[6]),
-                   int(v[7]) if len(v) > 7 else epoch)
+                   int(v[7]), int(v[8]), int(v[9]), int(v[10]))
+
+
+@dataclass(slots=True)
+class _Resolved:
+    """A pending payment credited off-chain by settlement ``epoch`` (to ``beneficiary``)."""
+
+    epoch: int
+    beneficiary: str
+    amount: int
+
+    def to_json(self) -> list[Any]:
+        return [self.epoch, self.beneficiary, str(self.amount)]
+
+    @classmethod
+    def from_json(cls, v: list[Any]) -> _Resolved:
+        return cls(int(v[0]), str(v[1]), int(v[2]))
 
 
 @dataclass(slots=True)
@@ -313,9 +381,16 @@ class VaultAccountsCode:
         self.window = auth_window
         self._accounts: dict[str, _Account] = {}
         self._next_index = 0
-        self._deposits = 0  # the deposit chain as reported (all deposits)
-        self._confirmed = 0  # the deposit chain named by the last settlement signed
+        self._claims = 0  # the claim chain as reported
+        self._confirmed = 0  # the claim chain named by the last settlement signed
         self._epoch = 0
+        #: Payments resolved off-chain, by the settlement that did it (until it is known to
+        #: have landed: a claim of one voids that settlement, see :meth:`claim_landed`).
+        self._resolved: dict[tuple[bytes, int], _Resolved] = {}
+        #: The first signed epoch that can never land (a claim is in its tail), and the
+        #: accounts whose statements naming the voided epochs over-count a claimed payment.
+        self._void_from: int | None = None
+        self._bumped: set[str] = set()
         self._paid_out = 0
         self._settlements: dict[int, SignedSettlement] = {}
         self._statements: dict[str, SignedStatement] = {}
@@ -381,9 +456,14 @@ class VaultAccountsCode:
         """A new statement for each changed account (nonce + 1, the current epoch)."""
         out = []
         for account in sorted({a.index: a for a in accounts}.values(), key=lambda a: a.index):
+            if account.debt:  # a claimed payment credited here by a voided settlement
+                taken = min(account.debt, account.free)
+                account.free -= taken
+                account.debt -= taken
             account.nonce += 1
             st = BalanceStatement(account.participant, account.index, account.free,
-                                  account.locked, account.epoch, account.nonce)
+                                  account.locked, account.epoch, account.nonce,
+                                  account.confirmed)
             signed = SignedStatement(
                 st, self._kernel.sign(VAULT_ACCOUNTS, statement_digest(self.domain, st)))
             self._statements[address_key(account.participant)] = signed
@@ -404,19 +484,26 @@ class VaultAccountsCode:
     def statement(self, participant: str) -> SignedStatement:
         """The latest statement signed for ``participant`` (what the escape hatch needs)."""
         self._check_ready()
-        found = self._statements.get(address_key(participant))
+        key = address_key(participant)
+        found = self._statements.get(key)
         if found is None:
-            raise EnclaveError("no_statement", "no statement was signed for this participant")
+            account = self._accounts.get(key)
+            if account is None:
+                raise EnclaveError("no_statement", "no statement was signed for this participant")
+            # A participant whose deposits no settlement confirmed yet: its statement counts
+            # none of them (deposited 0), and with it the contract pays them all back.
+            (found,) = self._sign_statements([account])
         return found
 
     def totals(self) -> dict[str, int]:
-        """Conservation: confirmed deposits = free + locked + pending + paid out."""
+        """Conservation: deposits = free + locked + unconfirmed + pending + paid out − debt."""
         return {
             "free": sum(a.free for a in self._accounts.values()),
             "locked": sum(a.locked for a in self._accounts.values()),
             "unconfirmed": sum(a.unconfirmed for a in self._accounts.values()),
             "pending": sum(p.amount for p in self._pending.values()),
             "paid_out": self._paid_out,
+            "debt": sum(a.debt for a in self._accounts.values()),
         }
 
     def participants(self) -> list[str]:
@@ -439,9 +526,15 @@ class VaultAccountsCode:
         return life_id(self._life)
 
     @property
-    def deposit_state(self) -> int:
-        """The deposit chain as reported so far (the host resumes its reports from here)."""
-        return self._deposits
+    def claim_state(self) -> int:
+        """The claim chain as reported so far (the host resumes its claim reports from here)."""
+        return self._claims
+
+    def deposited(self, participant: str) -> int:
+        """The participant's cumulative deposits as reported so far (the host resumes its
+        deposit reports from here: the contract's ``Deposited.deposited``)."""
+        a = self._accounts.get(address_key(participant))
+        return 0 if a is None else a.deposited
 
     def settlement(self, epoch: int) -> SignedSettlement:
         """Settlement ``epoch`` as signed (to submit again: it is good once on-chain)."""
@@ -450,38 +543,54 @@ class VaultAccountsCode:
             raise EnclaveError("unknown_settlement", f"no settlement {epoch} was signed")
         return found
 
+    def settlement_after(self, epoch: int) -> SignedSettlement:
+        """The settlement to land after ``epoch`` (the chain's ``lastEpoch``): the one signed
+        to follow it, the latest if a replacement superseded an earlier one."""
+        found = [s for s in self._settlements.values() if s.prev == epoch]
+        if not found:
+            raise EnclaveError("unknown_settlement", f"no settlement follows epoch {epoch}")
+        return max(found, key=lambda s: s.epoch)
+
     # ---------------------------------------------------------------- deposits
 
-    def credit_deposit(self, participant: str, amount: int, state_after: int) -> bool:
-        """The host reports ``Deposited(participant, amount, state_after)``; counted once,
-        in chain order, as *unconfirmed* until the next settlement (module docstring).
-        Returns False for the deposit reported last, reported again."""
+    def credit_deposit(self, participant: str, amount: int, deposited_after: int) -> bool:
+        """The host reports ``Deposited(participant, amount, deposited_after)``, the
+        participant's cumulative total on-chain after it; counted once, in order per
+        participant, as *unconfirmed* until the next settlement, which confirms the total
+        (module docstring). Returns False for a deposit reported already."""
         self._check_ready()
-        if state_after == self._deposits and deposit_count(state_after) > 0:
+        if not 0 < amount <= MAX_PAYOUT or deposited_after > MAX_PAYOUT:
+            raise EnclaveError("bad_deposit", "a deposit is positive and fits in uint96")
+        account = self._accounts.get(address_key(participant))
+        known = 0 if account is None else account.deposited
+        if deposited_after <= known:
             return False
-        try:
-            folded = fold_deposit(self._deposits, participant, amount)
-        except ValueError as e:
-            raise EnclaveError("bad_deposit", str(e)) from None
-        if folded != state_after:
+        if deposited_after != known + amount:
             raise EnclaveError(
                 "deposit_out_of_order",
-                f"deposit {deposit_count(state_after)} does not follow deposit "
-                f"{deposit_count(self._deposits)} of the chain held here: report them in order")
+                f"a deposit bringing the total to {deposited_after} does not follow the "
+                f"{known} reported here: report each participant's deposits in order")
         account = self._account(participant, create=True)
+        account.deposited = deposited_after
         account.unconfirmed += amount
-        self._deposits = folded
         self._changed()
         return True
 
     # ---------------------------------------------------------------- settlement
 
     def settle(self, payouts: Sequence[tuple[str, int]], *, now: int) -> Settled:
-        """Sign settlement ``epoch + 1``: first resolve the pending payments whose deadline
-        the clock (advanced to ``now``) has passed and confirm every reported deposit,
-        then debit and pay each ``(participant, amount)`` — to the participant's own
-        address, never elsewhere (so the host choosing who is paid out when moves nobody's
-        money to anyone else). Refused if it would change nothing."""
+        """Sign the next settlement: first resolve the pending payments whose deadline the
+        clock (advanced to ``now``) has passed and confirm every reported deposit, then
+        debit and pay each ``(participant, amount)`` — to the participant's own address,
+        never elsewhere (so the host choosing who is paid out when moves nobody's money to
+        anyone else). Refused if it would change nothing.
+
+        After a claim made signed settlements unlandable (:meth:`claim_landed`), this is
+        their *replacement*: it follows the last epoch before them (``prev_epoch``), takes a
+        new epoch above every one signed (the contract voids those it skips), and carries all
+        their payouts, confirmations and resolutions, plus a zero payout to every account
+        that had been credited the claimed payment; every account whose statements name a
+        voided epoch gets a new one (contract docs, "Replacing a settlement")."""
         self._check_ready()
         if self._dead is not None:
             raise EnclaveError("settlement_dead", self._dead)
@@ -503,34 +612,91 @@ class VaultAccountsCode:
             account = self._active(key)
             credit = account.unconfirmed + sum(
                 self._pending[k].amount for k in resolved if self._beneficiary(k) == key)
-            if amount > account.free + credit:
+            if amount > account.free + credit - account.debt:
                 raise EnclaveError("insufficient_balance",
                                    f"{amount} > free {account.free + credit} of {key}")
         touched = [a for a in self._accounts.values() if a.unconfirmed]
-        if not wanted and not touched and not resolved:
+        voided = self._voided()
+        if not wanted and not touched and not resolved and not voided:
             raise EnclaveError("nothing_to_settle", "no payout, no deposit, no payment due")
+        prev = self._epoch if not voided else voided[0].prev
+        # Every account whose statements name a voided epoch gets one naming this settlement
+        # (the contract refuses statements naming a voided epoch).
+        renamed = [a for a in self._accounts.values() if voided and a.epoch >= voided[0].epoch]
         self._epoch += 1
-        not_before = max((self._pending[k].deadline for k in resolved), default=0)
-        touched += self._resolve(resolved)
+        not_before = max([self._pending[k].deadline for k in resolved]
+                         + [v.not_before for v in voided], default=0)
+        touched += self._resolve(resolved) + renamed
+        confirmed: dict[str, _Account] = {}
         for account in touched:
-            account.free += account.unconfirmed
-            account.unconfirmed = 0
-        self._confirmed = self._deposits
-        records = []
+            if account.unconfirmed:
+                account.free += account.unconfirmed
+                account.confirmed += account.unconfirmed
+                account.unconfirmed = 0
+                confirmed[address_key(account.participant)] = account
+        self._confirmed = self._claims
+        amounts: dict[str, int] = {}
+        for v in voided:  # carried over: already debited when first signed
+            for payee, _, amount in unpack_payouts(v.payouts):
+                key = address_key("0x" + payee.hex())
+                amounts[key] = amounts.get(key, 0) + amount
+            for i in range(0, len(v.confirms), 32):
+                key = address_key("0x" + v.confirms[i:i + 20].hex())
+                confirmed.setdefault(key, self._accounts[key])
+        for key in self._bumped:
+            # Its over-credit paid out by a voided settlement: the replacement pays that much
+            # less (it was already paid by the claim), down to a zero payout, which still moves
+            # its lane past its statements naming the voided epochs.
+            account = self._accounts[key]
+            cut = min(account.debt, amounts.get(key, 0))
+            amounts[key] = amounts.get(key, 0) - cut
+            account.debt -= cut
+            self._paid_out -= cut
         for key, amount in wanted.items():
             account = self._accounts[key]
             account.free -= amount
             self._paid_out += amount
+            amounts[key] = amounts.get(key, 0) + amount
+        if any(a > MAX_PAYOUT for a in amounts.values()):
+            raise EnclaveError("bad_payouts", "a carried payout does not fit in uint96")
+        records = []
+        for key, amount in amounts.items():
+            account = self._accounts[key]
             touched.append(account)
             records.append((account.participant, account.index, amount))
         for account in touched:  # their money now rests on this settlement
             account.epoch = self._epoch
+        for r in self._resolved.values():  # a claim of a carried resolution voids this one
+            if voided and r.epoch >= voided[0].epoch:
+                r.epoch = self._epoch
         packed = pack_payouts(sorted(records, key=lambda r: r[1]))
-        digest = settlement_digest(self.domain, self._epoch, packed, self._confirmed, not_before)
+        confirms = pack_confirms(sorted((a.participant, a.confirmed) for a in confirmed.values()))
+        digest = settlement_digest(self.domain, self._epoch, packed, self._confirmed, not_before,
+                                   prev_epoch=prev, packed_confirms=confirms)
         signed = SignedSettlement(self._epoch, packed, self._confirmed,
-                                  self._kernel.sign(VAULT_ACCOUNTS, digest), not_before)
+                                  self._kernel.sign(VAULT_ACCOUNTS, digest), not_before, prev,
+                                  confirms)
         self._settlements[self._epoch] = signed
+        self._void_from, self._bumped = None, set()
         return Settled(signed, self._sign_statements(touched))
+
+    @property
+    def replacement_due(self) -> bool:
+        """True while signed settlements are voided (a claim landed before them) and their
+        replacement is not signed yet: the host's next round asks :meth:`settle` for it."""
+        return bool(self._voided())
+
+    def _voided(self) -> list[SignedSettlement]:
+        """The signed settlements that can never land, oldest first (see :meth:`claim_landed`):
+        the line from ``_void_from`` up to the last one signed."""
+        if self._void_from is None:
+            return []
+        line = []
+        epoch = self._epoch
+        while epoch >= self._void_from and epoch in self._settlements:
+            line.append(self._settlements[epoch])
+            epoch = self._settlements[epoch].prev
+        return list(reversed(line))
 
     def _resolvable(self, clock: int) -> list[tuple[bytes, int]]:
         return [k for k, p in self._pending.items() if p.deadline < clock]
@@ -547,6 +713,7 @@ class VaultAccountsCode:
             p = self._pending.pop(key)
             account = self._accounts[self._beneficiary_of(p)]
             account.free += p.amount
+            self._resolved[key] = _Resolved(self._epoch, self._beneficiary_of(p), p.amount)
             touched.append(account)
             if not p.revealed:  # the machine stays PENDING: the channel ends here
                 touched += self._end_channel(key[0], exclude=p.amount)
@@ -702,20 +869,21 @@ class VaultAccountsCode:
     def claim_landed(self, channel_id: bytes, request_id: int, signature: bytes, *,
                      deadline: int, state_after: int) -> Changed:
         """The host reports ``PaymentClaimed`` (the provider's ``e ‖ s``, the record's
-        ``deadline``, the deposit chain after it), in chain order like deposits: δ was paid
-        on-chain, so it is credited to nobody here; the machine extracts ``t`` and opens
-        the result (if the REVEAL never came), and the channel ends, what the client did
-        not spend going back to its free balance.
+        ``deadline``, the claim chain after it), in chain order: δ was paid on-chain, so it
+        is credited to nobody here; the machine extracts ``t`` and opens the result (if the
+        REVEAL never came), and the channel ends, what the client did not spend going back
+        to its free balance.
 
-        A claim of a payment this code no longer holds pending was resolved by a settlement
-        it signed, which therefore can never land (the contract refuses a claim after its
-        deadline, and that settlement after it; a claim in between makes it unlandable):
-        settlements stop here (``settlement_dead``), nothing is paid twice, and recovery
-        (signing that epoch again) is not built."""
+        A claim of a payment a signed settlement already resolved (the contract accepts one
+        only while no landed settlement resolved it) makes that settlement, and every later
+        one, unlandable (``ClaimInTail``). They are *voided*: the account credited δ is
+        debited (down to a debt taken from its next money if it spent it), and the next
+        :meth:`settle` signs their replacement (contract docs, "Replacing a settlement"), so
+        nobody's deposits, payouts or credited payments are stranded."""
         self._check_ready()
         key = (channel_id, request_id)
         try:
-            folded = fold_claim(self._deposits, claim_key(channel_id, request_id), deadline)
+            folded = fold_claim(self._claims, claim_key(channel_id, request_id), deadline)
         except ValueError as e:
             raise EnclaveError("bad_claim", str(e)) from None
         if folded != state_after:
@@ -724,12 +892,23 @@ class VaultAccountsCode:
         p = self._pending.get(key)
         if p is not None and p.deadline != deadline:
             raise EnclaveError("bad_claim", "not the deadline this payment's record names")
-        self._deposits = folded
+        self._claims = folded
         self._changed()
         if p is None:
-            self._dead = (f"a claim of payment {request_id} of channel {channel_id.hex()}, "
-                          f"resolved by settlement {self._epoch} or earlier, landed: that "
-                          "settlement can never land")
+            resolved = self._resolved.pop(key, None)
+            if resolved is None:
+                self._dead = (f"a claim of payment {request_id} of channel {channel_id.hex()}, "
+                              "never pending here, landed: the claim chain held here is not "
+                              "the contract's")
+                return Changed()
+            beneficiary = self._accounts[resolved.beneficiary]
+            taken = min(beneficiary.free, resolved.amount)
+            beneficiary.free -= taken
+            beneficiary.debt += resolved.amount - taken
+            self._paid_out += resolved.amount
+            self._bumped.add(resolved.beneficiary)
+            if self._void_from is None or resolved.epoch < self._void_from:
+                self._void_from = resolved.epoch
             return Changed()
         held = self._held.get(channel_id)
         step = Step()
@@ -791,12 +970,13 @@ class VaultAccountsCode:
         record = {
             "format": _LEDGER_FORMAT, "version": self._version,
             "accounts": {k: a.to_json() for k, a in self._accounts.items()},
-            "nextIndex": self._next_index, "deposits": str(self._deposits),
+            "nextIndex": self._next_index, "claims": str(self._claims),
             "confirmed": str(self._confirmed), "epoch": self._epoch,
             "paidOut": str(self._paid_out), "clock": self._clock, "dead": self._dead,
-            "settlements": {str(e): [s.payouts.hex(), str(s.deposits), s.signature.hex(),
-                                     s.not_before]
-                            for e, s in self._settlements.items()},
+            "settlements": {str(e): s.to_json() for e, s in self._settlements.items()},
+            "resolved": {f"{cid.hex()}:{rid}": r.to_json()
+                         for (cid, rid), r in self._resolved.items()},
+            "voidFrom": self._void_from, "bumped": sorted(self._bumped),
             "statements": {k: [list(s.statement.as_tuple()), s.signature.hex()]
                            for k, s in self._statements.items()},
             "channels": {cid.hex(): [h.channel.snapshot().decode(), h.client, h.provider,
@@ -816,10 +996,15 @@ class VaultAccountsCode:
             if r.get("format") != _LEDGER_FORMAT:
                 raise ValueError("not a vault-mode ledger")
             version = int(r["version"])
-            accounts = {k: _Account.from_json(v, int(r["epoch"])) for k, v in r["accounts"].items()}
-            settlements = {int(e): SignedSettlement(int(e), bytes.fromhex(v[0]), int(v[1]),
-                                                    bytes.fromhex(v[2]), int(v[3]))
+            accounts = {k: _Account.from_json(v) for k, v in r["accounts"].items()}
+            settlements = {int(e): SignedSettlement.from_json(int(e), v)
                            for e, v in r["settlements"].items()}
+            resolved = {}
+            for key, v in r["resolved"].items():
+                cid, rid = key.split(":")
+                resolved[(bytes.fromhex(cid), int(rid))] = _Resolved.from_json(v)
+            void_from = None if r["voidFrom"] is None else int(r["voidFrom"])
+            bumped = {str(k) for k in r["bumped"]}
             statements = {k: SignedStatement(BalanceStatement(str(v[0][0]), *map(int, v[0][1:])),
                                              bytes.fromhex(v[1]))
                           for k, v in r["statements"].items()}
@@ -842,7 +1027,8 @@ class VaultAccountsCode:
         self._accounts, self._settlements, self._statements = accounts, settlements, statements
         self._held, self._pending = held, pending
         self._next_index = int(r["nextIndex"])
-        self._deposits, self._confirmed = int(r["deposits"]), int(r["confirmed"])
+        self._claims, self._confirmed = int(r["claims"]), int(r["confirmed"])
+        self._resolved, self._void_from, self._bumped = resolved, void_from, bumped
         self._epoch, self._paid_out = int(r["epoch"]), int(r["paidOut"])
         self._clock = max(self._clock, int(r["clock"]))
         self._dead = r.get("dead")
@@ -874,10 +1060,10 @@ class VaultAccounts:
 
 
 _HOST_SURFACE = frozenset({
-    "address", "account", "domain", "epoch", "life_id", "deposit_state", "ledger_version",
+    "address", "account", "domain", "epoch", "life_id", "claim_state", "deposited",
+    "ledger_version",
     "balance", "index_of", "statement", "totals", "channels", "participants",
-    "settlement", "credit_deposit",
-    "settle",
+    "settlement", "settlement_after", "replacement_due", "credit_deposit", "settle",
     "open_channel", "terms", "channel_status", "bind_tunnel", "request", "receive", "poll",
     "abandon", "claim_landed", "close_channel", "exiting", "export_ledger", "restore_ledger",
 })

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, Protocol
 
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress, Hash32
@@ -27,12 +27,11 @@ from a402.chain.tx import contract_at, deploy_contract, transact
 from a402.crypto import PaymentDomain
 from a402.crypto.vault_messages import (
     BalanceStatement,
-    ChainRecord,
     ClaimRecord,
-    DepositRecord,
     VaultChannelTerms,
     claim_key,
     deposit_nonce,
+    exit_order_digest,
     pack_tail,
 )
 from a402.evm.address import to_checksum
@@ -57,14 +56,33 @@ class Lane:
 
 @dataclass(frozen=True, slots=True)
 class RecordedForceSettle:
-    """``A402Vault.forceSettle(p)``: the statement recorded for ``p`` and the deadline."""
+    """``A402Vault.forceSettle(p)``: the statement recorded for ``p``, the deadline, and what
+    the claims and contests against it take off (``deducted``)."""
 
     balance: int
     locked: int
+    deposited: int
     epoch: int
     nonce: int
     deadline: int
     index: int
+    deducted: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimSum:
+    """``A402Vault.claimSumOf(client)``: the claims made against a client, summed, and the
+    range of the client nonces they name."""
+
+    total: int
+    min_nonce: int
+    max_nonce: int
+
+
+class DigestSigner(Protocol):
+    """A participant key that signs a 32-byte digest (e.g. :class:`a402.crypto.EcdsaSigner`)."""
+
+    def sign_digest(self, digest: bytes) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,64 +168,88 @@ class A402Vault:
 
     # -- settlement ----------------------------------------------------------------
 
-    def settle(self, sender: LocalAccount, packed_payouts: bytes, epoch: int, deposits: int,
-               vault_signature: bytes, deposit_tail: bytes = b"", not_before: int = 0
-               ) -> TxReceipt:
+    def settle(self, sender: LocalAccount, packed_payouts: bytes, epoch: int, claims: int,
+               vault_signature: bytes, claim_tail: bytes = b"", not_before: int = 0, *,
+               prev_epoch: int | None = None, packed_confirms: bytes = b"") -> TxReceipt:
         """``settle``: pay every packed payout (:func:`~a402.crypto.vault_messages.
-        pack_payouts`) with the vault key's signature over ``settlement_digest`` (which
-        names the enclave's deposit state ``deposits`` and ``not_before``);
-        ``deposit_tail``: the records mined since that state (:meth:`deposits_since`)."""
-        call = self.contract.functions.settle(packed_payouts, epoch, deposits, not_before,
-                                              deposit_tail, vault_signature)
+        pack_payouts`) and confirm every packed deposit total (:func:`~a402.crypto.
+        vault_messages.pack_confirms`) with the vault key's signature over
+        ``settlement_digest`` (which names ``prev_epoch``, by default ``epoch - 1``, the
+        enclave's claim state ``claims`` and ``not_before``); ``claim_tail``: the claims
+        mined since that state (:meth:`claims_since`)."""
+        prev = epoch - 1 if prev_epoch is None else prev_epoch
+        header = (prev, epoch, claims, not_before)
+        call = self.contract.functions.settle(header, packed_payouts, packed_confirms,
+                                              claim_tail, vault_signature)
         return transact(self.chain, sender, call)
 
-    def deposit_state(self) -> int:
-        """The contract's deposit chain: ``count ‖ head`` (:func:`~a402.crypto.
-        vault_messages.fold_deposit`, :func:`~a402.crypto.vault_messages.fold_claim`)."""
-        return int(self.contract.functions.depositState().call())
+    def claim_state(self) -> int:
+        """The contract's claim chain: ``count ‖ head`` (:func:`~a402.crypto.vault_messages.
+        fold_claim`)."""
+        return int(self.contract.functions.claimState().call())
 
-    def chain_records(self, from_block: int = 0) -> list[tuple[ChainRecord, int]]:
-        """Every record the deposit chain folded from ``from_block`` on, in chain order, with
-        the state after it: ``Deposited`` and ``PaymentClaimed`` events."""
-        found: list[tuple[tuple[int, int], ChainRecord, int]] = []
-        for ev in self.contract.events.Deposited().get_logs(from_block=from_block):
-            a = ev["args"]
-            found.append(((ev["blockNumber"], ev["logIndex"]),
-                          DepositRecord(str(a["participant"]), int(a["amount"])),
-                          int(a["depositState"])))
+    def resolved_until(self) -> int:
+        """The highest ``notBefore`` of a landed settlement (claims up to it are refused)."""
+        return int(self.contract.functions.resolvedUntil().call())
+
+    def chain_records(self, from_block: int = 0) -> list[tuple[ClaimRecord, int]]:
+        """Every claim the claim chain folded from ``from_block`` on, in chain order, with the
+        state after it (``PaymentClaimed`` events)."""
+        found: list[tuple[tuple[int, int], ClaimRecord, int]] = []
         for ev in self.contract.events.PaymentClaimed().get_logs(from_block=from_block):
             a = ev["args"]
             found.append(((ev["blockNumber"], ev["logIndex"]),
                           ClaimRecord(claim_key(bytes(a["channelId"]), int(a["requestId"])),
                                       int(a["deadline"])),
-                          int(a["depositState"])))
+                          int(a["claimState"])))
         found.sort(key=lambda f: f[0])
         return [(record, after) for _, record, after in found]
 
     def deposits(self, from_block: int = 0) -> list[tuple[str, int, int]]:
-        """Every ``Deposited(participant, amount, depositState)`` from ``from_block`` on."""
-        return [(r.participant, r.amount, after) for r, after in self.chain_records(from_block)
-                if isinstance(r, DepositRecord)]
+        """Every ``Deposited(participant, amount, deposited)`` from ``from_block`` on, in chain
+        order; ``deposited`` is the participant's cumulative total after it."""
+        logs = sorted(self.contract.events.Deposited().get_logs(from_block=from_block),
+                      key=lambda ev: (ev["blockNumber"], ev["logIndex"]))
+        return [(str(ev["args"]["participant"]), int(ev["args"]["amount"]),
+                 int(ev["args"]["deposited"])) for ev in logs]
 
-    def deposits_since(self, state: int, from_block: int = 0) -> bytes:
-        """The ``depositTail`` a settlement signed at deposit state ``state`` needs now: the
-        records mined after the one that produced ``state`` (packed)."""
+    def claims_since(self, state: int, from_block: int = 0) -> bytes:
+        """The ``claimTail`` a settlement signed at claim state ``state`` needs now: the claims
+        mined after the one that produced ``state`` (packed)."""
         found = self.chain_records(from_block)
-        tail: list[ChainRecord] = []
+        tail: list[ClaimRecord] = []
         for record, after in reversed(found):
             if after == state:
                 break
             tail.append(record)
         else:
             if state != 0 and found:
-                raise ValueError("that deposit state is not on this chain")
+                raise ValueError("that claim state is not on this chain")
         return pack_tail(reversed(tail))
 
     # -- force-settle ----------------------------------------------------------------
 
     def init_force_settle(self, sender: LocalAccount, statement: BalanceStatement,
-                          signature: bytes) -> TxReceipt:
-        call = self.contract.functions.initForceSettle(_statement(statement), signature)
+                          signature: bytes, order: bytes = b"") -> TxReceipt:
+        """Start ``statement.participant``'s exit: ``sender`` is the participant, or
+        ``order`` is its signature (:meth:`exit_order`)."""
+        call = self.contract.functions.initForceSettle(_statement(statement), signature, order)
+        return transact(self.chain, sender, call)
+
+    def exit_order(self, participant: LocalAccount | DigestSigner, statement: BalanceStatement
+                   ) -> bytes:
+        """``participant``'s order letting anyone start its exit with ``statement``."""
+        digest = exit_order_digest(self.domain, statement)
+        if isinstance(participant, LocalAccount):
+            return bytes(participant.unsafe_sign_hash(Hash32(digest)).signature)
+        return participant.sign_digest(digest)
+
+    def contest_force_settle(self, sender: LocalAccount, terms: VaultChannelTerms,
+                             claim: PendingClaim) -> TxReceipt:
+        """``contestForceSettle``: a resolved payment the force-settling client's recorded
+        statement still counts comes off its exit (pays nobody)."""
+        call = self.contract.functions.contestForceSettle(
+            _channel(terms), claim.payment_tuple(), claim.authorization, claim.pending_signature)
         return transact(self.chain, sender, call)
 
     def challenge_force_settle(self, sender: LocalAccount, statement: BalanceStatement,
@@ -267,6 +309,18 @@ class A402Vault:
         record = self.contract.functions.forceSettle(to_checksum(participant)).call()
         return RecordedForceSettle(*(int(x) for x in record))
 
+    def is_voided(self, epoch: int) -> bool:
+        """Whether a replacement settlement skipped ``epoch`` (statements naming it are void)."""
+        return bool(self.contract.functions.isVoided(epoch).call())
+
+    def deposited(self, participant: str) -> int:
+        """Everything ever deposited for ``participant``."""
+        return int(self.contract.functions.depositedOf(to_checksum(participant)).call())
+
+    def claim_sum(self, client: str) -> ClaimSum:
+        total, low, high = self.contract.functions.claimSumOf(to_checksum(client)).call()
+        return ClaimSum(int(total), int(low), int(high))
+
     def settlement_of(self, participant: str) -> int:
         return int(self.contract.functions.settlementOf(to_checksum(participant)).call())
 
@@ -276,10 +330,13 @@ class A402Vault:
         return [dict(ev["args"]) for ev in found if ev["address"] == self.address]
 
     # the contract's own digests, for checking the pure encoders against it
-    def settlement_digest(self, epoch: int, packed_payouts: bytes, deposits: int,
-                          not_before: int = 0) -> bytes:
+    def settlement_digest(self, epoch: int, packed_payouts: bytes, claims: int,
+                          not_before: int = 0, *, prev_epoch: int | None = None,
+                          packed_confirms: bytes = b"") -> bytes:
+        prev = epoch - 1 if prev_epoch is None else prev_epoch
         return bytes(self.contract.functions.settlementDigest(
-            epoch, keccak256(packed_payouts), deposits, not_before).call())
+            prev, epoch, keccak256(packed_payouts), keccak256(packed_confirms), claims,
+            not_before).call())
 
     def statement_digest(self, statement: BalanceStatement) -> bytes:
         return bytes(self.contract.functions.statementDigest(_statement(statement)).call())
@@ -297,9 +354,9 @@ class A402Vault:
             to_checksum(participant), amount, salt).call())
 
 
-def _statement(statement: BalanceStatement) -> tuple[str, int, int, int, int, int]:
+def _statement(statement: BalanceStatement) -> tuple[str, int, int, int, int, int, int]:
     return (to_checksum(statement.participant), statement.index, statement.balance,
-            statement.locked, statement.epoch, statement.nonce)
+            statement.locked, statement.epoch, statement.nonce, statement.deposited)
 
 
 def _channel(terms: VaultChannelTerms) -> tuple[str, str, bytes, int, bytes]:

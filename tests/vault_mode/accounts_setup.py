@@ -19,7 +19,7 @@ from a402.asc import Auth, ProviderChannel
 from a402.chain.node import Chain
 from a402.chain.tx import transact
 from a402.crypto import EVM, EcdsaSigner, PaymentDomain
-from a402.crypto.vault_messages import ClaimRecord, claim_key, fold_claim, fold_deposit
+from a402.crypto.vault_messages import ClaimRecord, claim_key, fold_claim
 from a402.evm.address import to_checksum
 from a402.evm.ecdsa import public_key_address
 from a402.tee import PROVIDER_PURPOSES, AttestationPolicy
@@ -29,7 +29,7 @@ from a402.vault_contract import A402Vault
 from a402.vault_enclave import INVOKE_PATH, SignedCall
 from a402.wire import vault_api as api
 
-from .helpers import SETTLE_WINDOW, funded
+from .helpers import SETTLE_WINDOW, funded, remember
 
 CODE = hashlib.sha384(b"a402 vault-mode enclave code tests").digest()
 PROVIDER_CODE = hashlib.sha384(b"a402 provider enclave code tests (vault mode)").digest()
@@ -60,22 +60,25 @@ class VaultMode:
     enclave: Any
     vault: VaultAccounts
     domain: PaymentDomain
-    #: The deposit chain as the contract folds it (the tests play the chain's part).
-    chain_deposits: int = 0
+    #: Each participant's deposits and the claim chain as the contract keeps them (the tests
+    #: play the chain's part).
+    chain_deposits: dict[str, int] = field(default_factory=dict)
+    chain_claims: int = 0
     providers: list[Provider] = field(default_factory=list)
 
     def deposit(self, participant: str, amount: int) -> int:
-        """A deposit mined on the (played) chain, reported by the host; returns the state."""
-        self.chain_deposits = fold_deposit(self.chain_deposits, participant, amount)
-        assert self.vault.credit_deposit(participant, amount, self.chain_deposits)
-        return self.chain_deposits
+        """A deposit mined on the (played) chain, reported by the host; returns the
+        participant's total."""
+        key = participant.lower()
+        self.chain_deposits[key] = self.chain_deposits.get(key, 0) + amount
+        assert self.vault.credit_deposit(participant, amount, self.chain_deposits[key])
+        return self.chain_deposits[key]
 
     def claim(self, cid: bytes, request_id: int, signature: bytes, deadline: int) -> Changed:
         """A provider's claim mined on the (played) chain, reported by the host."""
-        self.chain_deposits = fold_claim(self.chain_deposits, claim_key(cid, request_id),
-                                         deadline)
+        self.chain_claims = fold_claim(self.chain_claims, claim_key(cid, request_id), deadline)
         return self.vault.claim_landed(cid, request_id, signature, deadline=deadline,
-                                       state_after=self.chain_deposits)
+                                       state_after=self.chain_claims)
 
     def provider(self) -> Provider:
         schnorr = EVM.secret_key(EVM.generate_key().to_bytes())
@@ -89,6 +92,7 @@ class VaultMode:
         third, _ = self.enclave.channel_finish(handle, second)
         other.channel_accept(theirs, third)
         p = Provider(EcdsaSigner(os.urandom(32)), schnorr, handle)
+        remember(p.signer, p.address)
         self.providers.append(p)
         return p
 
@@ -149,7 +153,8 @@ def vault_mode(domain: PaymentDomain, launched: tuple[SimulatedPlatform, Any] | 
 
 
 def client() -> LocalAccount:
-    return Account.create()
+    account = Account.create()
+    return remember(account, account.address)
 
 
 class Host:
@@ -166,10 +171,8 @@ class Host:
         return self
 
     def report_deposits(self) -> None:
-        known = self.vm.vault.deposit_state
-        for participant, amount, state in self.vault.deposits():
-            if (state >> 224) > (known >> 224):
-                self.vm.vault.credit_deposit(participant, amount, state)
+        for participant, amount, total in self.vault.deposits():
+            self.vm.vault.credit_deposit(participant, amount, total)
 
     def deposit(self, participant: str, amount: int) -> None:
         depositor = funded(self.chain, self.token, amount)
@@ -177,9 +180,10 @@ class Host:
         self.vault.deposit(depositor, participant, amount)
 
     def submit(self, signed: SignedSettlement) -> Any:
-        return self.vault.settle(self.gas, signed.payouts, signed.epoch, signed.deposits,
-                                 signed.signature, self.vault.deposits_since(signed.deposits),
-                                 signed.not_before)
+        return self.vault.settle(self.gas, signed.payouts, signed.epoch, signed.claims,
+                                 signed.signature, self.vault.claims_since(signed.claims),
+                                 signed.not_before, prev_epoch=signed.prev,
+                                 packed_confirms=signed.confirms)
 
     def report_claim(self, cid: bytes, request_id: int, signature: bytes) -> Any:
         """The latest ``PaymentClaimed`` of the chain, reported (it is the chain's last)."""

@@ -17,6 +17,7 @@ from a402.chain.tx import TransactionFailed, transact
 from a402.crypto import EcdsaSigner
 from a402.crypto.vault_messages import (
     BalanceStatement,
+    pack_confirms,
     pack_payouts,
     settlement_digest,
     statement_digest,
@@ -68,6 +69,7 @@ def now(chain: Chain) -> int:
 def funded(chain: Chain, token: Any, tokens: int = 0, eth: int = ETH) -> LocalAccount:
     """A fresh key with ``eth`` wei and ``tokens`` token units."""
     account = Account.create()
+    remember(account, account.address)
     if eth:
         transact(chain, chain.accounts[0], {"to": account.address}, value=eth)
     if tokens:
@@ -84,25 +86,47 @@ def fund_pool(chain: Chain, token: Any, vault: A402Vault, amount: int) -> LocalA
 
 
 def sign_settlement(key: EcdsaSigner, vault: A402Vault, epoch: int,
-                    payouts: Sequence[tuple[str, int]]) -> tuple[bytes, bytes]:
+                    payouts: Sequence[tuple[str, int]], *, prev_epoch: int | None = None,
+                    confirms: bytes = b"") -> tuple[bytes, bytes]:
     """The packed payouts (with each payee's index, sorted by it) and the vault key's
-    signature authorising them at ``epoch`` with the contract's deposit state now (the
-    enclave's own view of the deposits, when it is in step with the chain)."""
+    signature authorising them at ``epoch`` with the contract's claim state now (the
+    enclave's own view of the claims, when it is in step with the chain)."""
     packed = pack_payouts(sorted(((a, index_of(a), x) for a, x in payouts),
                                  key=lambda r: r[1]))
     return packed, key.sign_digest(settlement_digest(vault.domain, epoch, packed,
-                                                     vault.deposit_state()))
+                                                     vault.claim_state(), prev_epoch=prev_epoch,
+                                                     packed_confirms=confirms))
 
 
 def settle(key: EcdsaSigner, vault: A402Vault, sender: LocalAccount,
-           payouts: Sequence[tuple[str, int]]) -> Any:
+           payouts: Sequence[tuple[str, int]], *, confirms: Sequence[tuple[str, int]] = ()
+           ) -> Any:
     epoch = vault.last_epoch() + 1
-    packed, signature = sign_settlement(key, vault, epoch, payouts)
-    return vault.settle(sender, packed, epoch, vault.deposit_state(), signature)
+    packed_confirms = pack_confirms(confirms)
+    packed, signature = sign_settlement(key, vault, epoch, payouts, confirms=packed_confirms)
+    return vault.settle(sender, packed, epoch, vault.claim_state(), signature,
+                        packed_confirms=packed_confirms)
 
 
 def statement(key: EcdsaSigner, vault: A402Vault, participant: str, balance_: int, *,
-              locked: int = 0, epoch: int = 0, nonce: int = 1
+              locked: int = 0, epoch: int = 0, nonce: int = 1, deposited: int = 0
               ) -> tuple[BalanceStatement, bytes]:
-    st = BalanceStatement(participant, index_of(participant), balance_, locked, epoch, nonce)
+    st = BalanceStatement(participant, index_of(participant), balance_, locked, epoch, nonce,
+                          deposited)
     return st, key.sign_digest(statement_digest(vault.domain, st))
+
+
+#: Every participant key the tests make, by address: what signs a participant's exit order.
+KEYS: dict[str, Any] = {}
+
+
+def remember(key: Any, address: str) -> Any:
+    KEYS[address.lower()] = key
+    return key
+
+
+def leave(vault: A402Vault, sender: LocalAccount, st: BalanceStatement, signature: bytes) -> Any:
+    """``initForceSettle`` sent by ``sender`` with the participant's signed exit order (only
+    the participant can start its exit)."""
+    return vault.init_force_settle(sender, st, signature,
+                                   vault.exit_order(KEYS[st.participant.lower()], st))

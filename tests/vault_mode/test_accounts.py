@@ -14,7 +14,7 @@ from a402.asc.errors import ASCError
 from a402.crypto import PaymentDomain
 from a402.crypto.vault_messages import (
     VaultChannelTerms,
-    fold_deposit,
+    pack_confirms,
     pending_digest,
     settlement_digest,
     statement_digest,
@@ -45,24 +45,27 @@ def check_statement(vm: VaultMode, signed: SignedStatement) -> None:
 
 def conserved(vm: VaultMode, deposited: int) -> None:
     t = vm.vault.totals()
-    assert t["free"] + t["locked"] + t["pending"] + t["paid_out"] + t["unconfirmed"] == deposited
+    assert (t["free"] + t["locked"] + t["pending"] + t["paid_out"] + t["unconfirmed"]
+            - t["debt"]) == deposited
 
 
 def test_a_reported_deposit_counts_nowhere_until_a_settlement_confirms_it(vm: VaultMode) -> None:
     alice = client()
-    state = vm.deposit(alice.address, 5_000)
+    total = vm.deposit(alice.address, 5_000)
     assert vm.vault.balance(alice.address) == (0, 0, 5_000)
     with pytest.raises(EnclaveError, match="no statement"):
-        vm.vault.statement(alice.address)
+        vm.vault.statement(client().address)
     with pytest.raises(EnclaveError, match=r"capacity 1000 > free 0"):
         vm.vault.open_channel(alice.address, vm.provider().address, os.urandom(32), 1_000,
                               lock_timeout=10.0)
     settled = vm.vault.settle([], now=clock())
     s = settled.settlement
-    assert (s.epoch, s.payouts, s.deposits) == (1, b"", state)
-    assert signed_by_vault(vm, settlement_digest(DOMAIN, 1, b"", state), s.signature)
+    confirms = pack_confirms([(alice.address, total)])
+    assert (s.epoch, s.prev, s.payouts, s.claims, s.confirms) == (1, 0, b"", 0, confirms)
+    assert signed_by_vault(vm, settlement_digest(DOMAIN, 1, b"", 0, packed_confirms=confirms),
+                           s.signature)
     (st,) = settled.statements
-    assert st.statement.as_tuple() == (alice.address, 0, 5_000, 0, 1, 1)
+    assert st.statement.as_tuple() == (alice.address, 0, 5_000, 0, 1, 1, 5_000)
     check_statement(vm, st)
     assert vm.vault.statement(alice.address) == st
     assert vm.vault.balance(alice.address) == (5_000, 0, 0)
@@ -74,15 +77,14 @@ def test_a_deposit_reported_out_of_order_or_altered_is_refused_and_changes_nothi
 ) -> None:
     alice, bob = client(), client()
     first = vm.deposit(alice.address, 1_000)
-    second = fold_deposit(first, bob.address, 2_000)
     with pytest.raises(EnclaveError, match="deposit_out_of_order"):
-        vm.vault.credit_deposit(bob.address, 2_001, second)  # altered amount
+        vm.vault.credit_deposit(bob.address, 2_001, 2_000)  # altered amount
     with pytest.raises(EnclaveError, match="deposit_out_of_order"):
-        vm.vault.credit_deposit(alice.address, 2_000, second)  # another participant
+        vm.vault.credit_deposit(alice.address, 2_000, 4_000)  # one of 1,000 skipped
     with pytest.raises(EnclaveError, match="deposit_out_of_order"):  # skipped one
-        vm.vault.credit_deposit(bob.address, 5, fold_deposit(second, bob.address, 5))
+        vm.vault.credit_deposit(bob.address, 5, 2_005)
     assert vm.vault.credit_deposit(alice.address, 1_000, first) is False  # reported again
-    assert vm.vault.deposit_state == first
+    assert vm.vault.deposited(alice.address) == first
     assert vm.vault.balance(bob.address) == (0, 0, 0)
     assert vm.vault.balance(alice.address) == (0, 0, 1_000)
 
@@ -99,7 +101,7 @@ def test_a_paid_request_moves_the_price_from_the_client_to_the_provider_after_it
     terms = vm.vault.terms(cid)
     assert cid == vault_channel_id(DOMAIN, VaultChannelTerms(
         alice.address, provider.address, terms.provider_key, 10 * PRICE, terms.salt))
-    assert vm.vault.statement(alice.address).statement.as_tuple()[2:] == (40_000, 10_000, 1, 2)
+    assert vm.vault.statement(alice.address).statement.as_tuple()[2:6] == (40_000, 10_000, 1, 2)
 
     now = clock()
     authorized = vm.pay(cid, provider_side, vm.call(alice, key="first"), now=now)
@@ -107,7 +109,7 @@ def test_a_paid_request_moves_the_price_from_the_client_to_the_provider_after_it
     # the last one that counted it.
     (st,) = authorized.statements
     check_statement(vm, st)
-    assert st.statement.as_tuple()[2:] == (40_000, 9_000, 1, 3)
+    assert st.statement.as_tuple()[2:6] == (40_000, 9_000, 1, 3)
     pending = authorized.pending
     assert pending is not None
     assert (pending.amount, pending.client_nonce, pending.epoch) == (PRICE, 2, 1)
@@ -121,7 +123,7 @@ def test_a_paid_request_moves_the_price_from_the_client_to_the_provider_after_it
         vm.vault.settle([], now=now + CLAIM_WINDOW)
     settled = vm.vault.settle([], now=now + CLAIM_WINDOW + 1)
     (credited,) = settled.statements
-    assert credited.statement.as_tuple() == (provider.address, 1, PRICE, 0, 2, 1)
+    assert credited.statement.as_tuple() == (provider.address, 1, PRICE, 0, 2, 1, 0)
     check_statement(vm, credited)
     conserved(vm, 50_000)
 
@@ -129,7 +131,7 @@ def test_a_paid_request_moves_the_price_from_the_client_to_the_provider_after_it
     paid = vm.vault.settle([(provider.address, PRICE)], now=now + CLAIM_WINDOW + 2)
     assert unpack_payouts(paid.settlement.payouts) == [
         (bytes.fromhex(provider.address[2:]), 1, PRICE)]
-    assert paid.statements[0].statement.as_tuple()[2:] == (0, 0, 3, 2)
+    assert paid.statements[0].statement.as_tuple()[2:6] == (0, 0, 3, 2)
     conserved(vm, 50_000)
     assert vm.vault.totals()["paid_out"] == PRICE
 
@@ -138,7 +140,7 @@ def test_a_paid_request_moves_the_price_from_the_client_to_the_provider_after_it
     assert close.state.client_balance == 9 * PRICE
     # It names settlement 1, the last that changed Alice's money (2 and 3 did not touch
     # her): a withheld or dead later settlement voids none of her statements.
-    assert closed.statement.as_tuple()[2:] == (49_000, 0, 1, 4)
+    assert closed.statement.as_tuple()[2:6] == (49_000, 0, 1, 4)
     with pytest.raises(EnclaveError, match="unknown_channel"):
         vm.vault.request(cid, vm.call(alice, key="after"), PRICE, clock())
     conserved(vm, 50_000)
@@ -160,7 +162,7 @@ def test_a_payment_never_revealed_goes_back_to_the_client_at_its_deadline_and_en
         vm.vault.close_channel(cid)
     settled = vm.vault.settle([], now=now + CLAIM_WINDOW + 1)
     (st,) = settled.statements
-    assert st.statement.as_tuple()[1:] == (0, 20_000, 0, 2, 4)
+    assert st.statement.as_tuple()[1:] == (0, 20_000, 0, 2, 4, 20_000)
     assert vm.vault.balance(provider.address) == (0, 0, 0)
     with pytest.raises(EnclaveError, match="unknown_channel"):
         vm.vault.channel_status(cid)
@@ -186,13 +188,60 @@ def test_a_claim_that_landed_pays_the_provider_on_chain_and_nobody_off_chain(
     (delivered,) = claimed.step.events
     assert delivered.result == b"the result"  # type: ignore[attr-defined]
     (st,) = claimed.statements
-    assert st.statement.as_tuple()[2:] == (19_000, 0, 1, 4)
+    assert st.statement.as_tuple()[2:6] == (19_000, 0, 1, 4)
     t = vm.vault.totals()
     assert (t["pending"], t["paid_out"]) == (0, PRICE)
     with pytest.raises(EnclaveError, match="nothing_to_settle"):
         vm.vault.settle([], now=now + CLAIM_WINDOW + 1)  # nothing credited twice
     assert vm.vault.balance(provider.address) == (0, 0, 0)
     conserved(vm, 20_000)
+
+
+def test_a_claim_of_a_payment_a_signed_settlement_credited_voids_it_and_the_replacement_pays_once(
+    vm: VaultMode,
+) -> None:
+    """The provider's claim lands after the enclave signed the settlements that credited
+    the payment to it (epoch 2) and paid it out (epoch 3); neither can land now. The next
+    settlement replaces both: it follows epoch 1, carries epoch 3's payout less what the
+    claim paid (nothing is left: a zero payout, which moves the provider's lane), and the
+    books balance at every step."""
+    alice = client()
+    vm.deposit(alice.address, 20_000)
+    vm.vault.settle([], now=clock())
+    provider = vm.provider()
+    cid, side = vm.open(alice, provider, 5 * PRICE)
+    now = clock()
+    authorized = vm.pay(cid, side, vm.call(alice, key="k"), now=now)
+    pending = authorized.pending
+    assert pending is not None
+    credited = vm.vault.settle([], now=now + CLAIM_WINDOW + 1).settlement
+    paid = vm.vault.settle([(provider.address, PRICE)], now=now + CLAIM_WINDOW + 2).settlement
+    assert (credited.epoch, paid.epoch, paid.prev) == (2, 3, 2)
+    conserved(vm, 20_000)
+    vm.claim(cid, pending.request_id, b"", pending.deadline)
+    assert vm.vault.totals()["debt"] == PRICE  # credited, paid out, and claimed
+    conserved(vm, 20_000)
+    # The void and what it owes survive a restart (sealed with the ledger).
+    blob = vm.vault.export_ledger()
+    again = VaultAccountsCode.start(vm.enclave, domain=DOMAIN, network="eip155:31337")
+    again.restore_ledger(blob)
+    vm.vault = again
+    replacement = vm.vault.settle([], now=now + CLAIM_WINDOW + 3)
+    s = replacement.settlement
+    assert (s.prev, s.epoch, s.not_before) == (1, 4, pending.deadline)
+    assert unpack_payouts(s.payouts) == [
+        (bytes.fromhex(provider.address[2:]), vm.vault.index_of(provider.address), 0)]
+    assert vm.vault.totals()["debt"] == 0 and vm.vault.totals()["paid_out"] == PRICE
+    conserved(vm, 20_000)
+    theirs = vm.vault.statement(provider.address).statement
+    assert (theirs.balance, theirs.epoch) == (0, 4)
+    assert signed_by_vault(vm, settlement_digest(DOMAIN, 4, s.payouts, s.claims, s.not_before,
+                                                 prev_epoch=1, packed_confirms=s.confirms),
+                           s.signature)
+    assert vm.vault.settlement_after(1) == s  # what a watchtower lands after epoch 1
+    # The next one follows the replacement.
+    vm.deposit(alice.address, 1)
+    assert vm.vault.settle([], now=now + CLAIM_WINDOW + 4).settlement.prev == 4
 
 
 def test_the_host_cannot_pay_without_the_clients_signed_call_nor_twice_with_one(
@@ -264,7 +313,7 @@ def test_a_payout_beyond_the_free_balance_or_to_an_exiting_participant_is_refuse
     # A deposit can be paid out by the settlement that confirms it (it lands atomically).
     vm.deposit(alice.address, 500)
     paid = vm.vault.settle([(alice.address, 3_500)], now=clock())
-    assert paid.statements[0].statement.as_tuple()[2:] == (0, 0, 2, 2)
+    assert paid.statements[0].statement.as_tuple()[2:6] == (0, 0, 2, 2)
     conserved(vm, 4_500)
 
 

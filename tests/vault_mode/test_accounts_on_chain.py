@@ -14,13 +14,13 @@ import pytest
 from eth_account.signers.local import LocalAccount
 
 from a402.asc import ForceCloseDue
-from a402.crypto.vault_messages import VaultChannelTerms, fold_deposit
+from a402.crypto.vault_messages import VaultChannelTerms, unpack_payouts
 from a402.vault.watchtower import VaultWatchtower
 from a402.vault_accounts import CLAIM_WINDOW
 from a402.vault_contract import AccountStatus, PendingClaim
 
 from .accounts_setup import PRICE, Host, VaultMode, client
-from .helpers import SETTLE_WINDOW, balance, funded, increase_time, now, reverts_with
+from .helpers import SETTLE_WINDOW, balance, funded, increase_time, leave, now, reverts_with
 
 pytestmark = pytest.mark.anvil
 
@@ -52,7 +52,7 @@ def test_deposits_payments_and_a_payout_land_as_the_enclave_signed_them(host: Ho
     # Alice leaves with her latest statement and gets exactly what she did not spend.
     st = vm.vault.statement(alice.address)
     assert (st.statement.balance, st.statement.locked) == (47_000, 7 * PRICE)
-    vault.init_force_settle(host.gas, st.statement, st.signature)
+    leave(vault, host.gas, st.statement, st.signature)
     increase_time(host.chain, SETTLE_WINDOW + 1)
     vault.final_force_settle(host.gas, alice.address)
     assert balance(usdc, alice.address) == 54_000
@@ -68,24 +68,21 @@ def test_a_deposit_the_host_invented_pays_nobody_on_chain(host: Host) -> None:
     host.deposit(honest.address, 10_000)
     host.report_deposits()
     host.submit(vm.vault.settle([], now=now(host.chain)).settlement)
-    invented = fold_deposit(vm.vault.deposit_state, thief.address, 10_000)
-    vm.vault.credit_deposit(thief.address, 10_000, invented)
+    vm.vault.credit_deposit(thief.address, 10_000, 10_000)
     forked = vm.vault.settle([(thief.address, 10_000)], now=now(host.chain))
     s = forked.settlement
-    with pytest.raises(ValueError, match="not on this chain"):
-        vault.deposits_since(s.deposits)  # no tail of the chain's can reach a forked state
-    with reverts_with("DepositsMismatch(uint256,uint256)"):
-        vault.settle(host.gas, s.payouts, s.epoch, s.deposits, s.signature)
+    with reverts_with("DepositsNotMade(address,uint256,uint256)"):
+        host.submit(s)
     # The thief's statements name epoch 2, which never landed.
     st = vm.vault.statement(thief.address)
     assert st.statement.epoch == 2
     with reverts_with("StaleStatement(uint64,uint64,uint64)"):
-        vault.init_force_settle(host.gas, st.statement, st.signature)
+        leave(vault, host.gas, st.statement, st.signature)
     assert balance(usdc, thief.address) == 0
     assert balance(usdc, vault.address) == 10_000
     # The honest participant still leaves whole with its last usable statement.
     mine = vm.vault.statement(honest.address)
-    vault.init_force_settle(host.gas, mine.statement, mine.signature)
+    leave(vault, host.gas, mine.statement, mine.signature)
     increase_time(host.chain, SETTLE_WINDOW + 1)
     vault.final_force_settle(host.gas, honest.address)
     assert balance(usdc, honest.address) == 10_000
@@ -119,7 +116,7 @@ def test_a_provider_claims_its_pending_payment_with_the_enclaves_record_while_th
     changed = host.report_claim(cid, pending.request_id, c.signature)
     st = changed.statements[0]
     assert (st.statement.balance, st.statement.locked) == (19_000, 0)
-    vault.init_force_settle(gas_payer, st.statement, st.signature)
+    leave(vault, gas_payer, st.statement, st.signature)
     increase_time(host.chain, SETTLE_WINDOW + 1)
     vault.final_force_settle(gas_payer, alice.address)
     assert balance(usdc, alice.address) == 19_000
@@ -155,7 +152,7 @@ def test_a_stale_force_settle_loses_to_the_watchtower_and_the_client_gets_only_w
     assert latest.statement.epoch == 2 > vault.last_epoch()
 
     cheater: LocalAccount = funded(host.chain, usdc)
-    vault.init_force_settle(cheater, stale.statement, stale.signature)
+    leave(vault, cheater, stale.statement, stale.signature)
     tower = VaultWatchtower(vault, vm.vault, funded(host.chain, usdc))
     (answer,) = tower.poll()
     assert answer.refused is None, answer.refused
@@ -175,7 +172,7 @@ def test_a_stale_force_settle_loses_to_the_watchtower_and_the_client_gets_only_w
     assert balance(usdc, vault.address) == 2 * PRICE
     prov = vm.vault.statement(provider.address)
     assert prov.statement.balance == 2 * PRICE
-    vault.init_force_settle(cheater, prov.statement, prov.signature)
+    leave(vault, cheater, prov.statement, prov.signature)
     increase_time(host.chain, SETTLE_WINDOW + 1)
     vault.final_force_settle(cheater, provider.address)
     assert balance(usdc, provider.address) == 2 * PRICE
@@ -189,7 +186,7 @@ def test_a_force_settle_with_the_latest_statement_is_left_alone(host: Host) -> N
     host.report_deposits()
     host.submit(vm.vault.settle([], now=now(host.chain)).settlement)
     latest = vm.vault.statement(alice.address)
-    vault.init_force_settle(host.gas, latest.statement, latest.signature)
+    leave(vault, host.gas, latest.statement, latest.signature)
     tower = VaultWatchtower(vault, vm.vault, funded(host.chain, usdc))
     (answer,) = tower.poll()
     assert (answer.answered_nonce, answer.tx_hash, answer.refused) == (None, None, None)
@@ -242,20 +239,35 @@ def test_a_claim_the_host_hides_makes_the_settlement_crediting_it_unlandable(hos
         host.submit(double.settlement)
     st = vm.vault.statement(provider.address)
     with reverts_with("StaleStatement(uint64,uint64,uint64)"):
-        vault.init_force_settle(host.gas, st.statement, st.signature)
+        leave(vault, host.gas, st.statement, st.signature)
     assert balance(usdc, provider.address) == PRICE
     assert balance(usdc, vault.address) == 20_000 - PRICE
-    # Told of the claim at last, the enclave stops settling: that epoch can never land.
+    # Told of the claim at last, the enclave replaces the settlement that can never land:
+    # it follows epoch 1, and pays the provider nothing (the claim paid it), only moving its
+    # lane past the statements that counted the payment twice.
     host.report_claim(cid, pending.request_id, due.claim.signature)
-    with pytest.raises(Exception, match="settlement_dead"):
-        vm.vault.settle([], now=now(host.chain))
-    # Alice still leaves with her last usable statement: what she did not spend.
+    replacement = vm.vault.settle([], now=now(host.chain)).settlement
+    assert (replacement.prev, replacement.epoch) == (1, 3)
+    assert unpack_payouts(replacement.payouts) == [
+        (bytes.fromhex(provider.address[2:]), vm.vault.index_of(provider.address), 0)]
+    host.submit(replacement)
+    assert vault.lane(vm.vault.index_of(provider.address)).last_paid_epoch == 3
+    with reverts_with("StaleStatement(uint64,uint64,uint64)"):
+        leave(vault, host.gas, st.statement, st.signature)
+    assert balance(usdc, provider.address) == PRICE
+    # Alice leaves with her latest statement: what she did not spend; the provider with its
+    # own: nothing more.
     mine = vm.vault.statement(alice.address)
-    assert mine.statement.epoch == 1 and mine.statement.balance + mine.statement.locked == 19_000
-    vault.init_force_settle(host.gas, mine.statement, mine.signature)
+    assert mine.statement.balance + mine.statement.locked == 19_000
+    theirs = vm.vault.statement(provider.address)
+    assert (theirs.statement.balance, theirs.statement.epoch) == (0, 3)
+    leave(vault, host.gas, mine.statement, mine.signature)
+    leave(vault, host.gas, theirs.statement, theirs.signature)
     increase_time(host.chain, SETTLE_WINDOW + 1)
     vault.final_force_settle(host.gas, alice.address)
+    vault.final_force_settle(host.gas, provider.address)
     assert balance(usdc, alice.address) == 19_000
+    assert balance(usdc, provider.address) == PRICE
     assert balance(usdc, vault.address) == 0
 
 

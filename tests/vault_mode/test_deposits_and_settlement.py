@@ -19,10 +19,8 @@ from a402.crypto import EcdsaSigner
 from a402.crypto.vault_messages import (
     BalanceStatement,
     VaultChannelTerms,
-    deposit_count,
     deposit_nonce,
-    fold_deposit,
-    pack_deposits,
+    pack_confirms,
     pack_payouts,
     pending_digest,
     settlement_digest,
@@ -91,13 +89,12 @@ def test_anyone_deposits_for_a_participant_and_the_pool_grows_by_exactly_that(
     transact(vault_chain, funder, usdc.functions.approve(vault.address, 700))
     r1 = vault.deposit(funder, funder.address, 500)
     r2 = vault.deposit(funder, provider.address, 200)  # funds a provider's account
-    s1 = fold_deposit(0, funder.address, 500)
-    s2 = fold_deposit(s1, provider.address, 200)
     assert vault.events("Deposited", r1) == [
-        {"participant": funder.address, "amount": 500, "depositState": s1}]
+        {"participant": funder.address, "amount": 500, "deposited": 500}]
     assert vault.events("Deposited", r2) == [
-        {"participant": provider.address, "amount": 200, "depositState": s2}]
-    assert vault.deposit_state() == s2 and deposit_count(s2) == 2
+        {"participant": provider.address, "amount": 200, "deposited": 200}]
+    assert (vault.deposited(funder.address), vault.deposited(provider.address)) == (500, 200)
+    assert vault.claim_state() == 0  # deposits fold no chain: nothing to front-run
     assert balance(usdc, funder.address) == 0
     assert balance(usdc, vault.address) == 700 == vault.available()
     with reverts_with("InvalidTerms()"):
@@ -119,8 +116,7 @@ def test_a_gasless_deposit_credits_exactly_the_participant_and_amount_its_signat
             vault.deposit_with_authorization(gas_payer, forged)
     receipt = vault.deposit_with_authorization(gas_payer, auth)
     assert vault.events("Deposited", receipt) == [
-        {"participant": participant.address, "amount": 1_000,
-         "depositState": fold_deposit(0, participant.address, 1_000)}]
+        {"participant": participant.address, "amount": 1_000, "deposited": 1_000}]
     assert balance(usdc, depositor.address) == 0
     assert balance(usdc, vault.address) == 1_000
     with pytest.raises(TransactionFailed, match="authorization is used"):
@@ -175,19 +171,19 @@ def test_a_settlement_not_signed_by_the_vault_key_replayed_or_out_of_order_is_re
     _, other_key = sign_settlement(new_vault_key(), vault, 1, payouts)
     tampered = pack_payouts([(payee.address, index_of(payee.address), 100_000)])
     with reverts_with("BadSignature(address)"):
-        vault.settle(gas_payer, packed, 1, vault.deposit_state(), other_key)
+        vault.settle(gas_payer, packed, 1, vault.claim_state(), other_key)
     with reverts_with("BadSignature(address)"):
-        vault.settle(gas_payer, tampered, 1, vault.deposit_state(), signature)
+        vault.settle(gas_payer, tampered, 1, vault.claim_state(), signature)
     # Skipping an epoch is refused: a signed settlement can never be jumped over.
     packed3, signature3 = sign_settlement(vault_key, vault, 3, payouts)
     with reverts_with("WrongEpoch(uint64,uint64)"):
-        vault.settle(gas_payer, packed3, 3, vault.deposit_state(), signature3)
-    vault.settle(gas_payer, packed, 1, vault.deposit_state(), signature)
+        vault.settle(gas_payer, packed3, 3, vault.claim_state(), signature3)
+    vault.settle(gas_payer, packed, 1, vault.claim_state(), signature)
     with reverts_with("WrongEpoch(uint64,uint64)"):
-        vault.settle(gas_payer, packed, 1, vault.deposit_state(), signature)  # replay
+        vault.settle(gas_payer, packed, 1, vault.claim_state(), signature)  # replay
     with reverts_with("MalformedPayouts()"):
-        vault.settle(gas_payer, packed[:35], 2, vault.deposit_state(), vault_key.sign_digest(
-            settlement_digest(vault.domain, 2, packed[:35], vault.deposit_state())))
+        vault.settle(gas_payer, packed[:35], 2, vault.claim_state(), vault_key.sign_digest(
+            settlement_digest(vault.domain, 2, packed[:35], vault.claim_state())))
     assert balance(usdc, payee.address) == 1_000
 
 
@@ -255,11 +251,11 @@ def test_payouts_in_any_index_order_record_every_payees_epoch_in_its_lane(
     payees = [funded(vault_chain, usdc, eth=0).address for _ in range(6)]
     indices = [1, 41, 2, 42, 9, 3]
     packed = pack_payouts([(p, i, 1_000) for p, i in zip(payees, indices, strict=True)])
-    vault.settle(gas_payer, packed, 1, vault.deposit_state(), vault_key.sign_digest(
-        settlement_digest(vault.domain, 1, packed, vault.deposit_state())))
+    vault.settle(gas_payer, packed, 1, vault.claim_state(), vault_key.sign_digest(
+        settlement_digest(vault.domain, 1, packed, vault.claim_state())))
     packed = pack_payouts([(payees[1], 41, 500), (payees[0], 1, 500)])
-    vault.settle(gas_payer, packed, 2, vault.deposit_state(), vault_key.sign_digest(
-        settlement_digest(vault.domain, 2, packed, vault.deposit_state())))
+    vault.settle(gas_payer, packed, 2, vault.claim_state(), vault_key.sign_digest(
+        settlement_digest(vault.domain, 2, packed, vault.claim_state())))
     assert [vault.lane(i).last_paid_epoch for i in indices] == [2, 2, 1, 1, 1, 1]
     assert [vault.lane(i).last_paid_epoch for i in (0, 4, 40, 43, 8)] == [0] * 5
     assert [balance(usdc, p) for p in payees] == [1_500, 1_500, 1_000, 1_000, 1_000, 1_000]
@@ -277,8 +273,8 @@ def test_a_token_that_calls_back_during_a_payout_cannot_settle_again(
     payee, gas_payer = funded(vault_chain, token, eth=0), funded(vault_chain, token)
     # The hook replays a valid settlement of the next epoch from inside the first's payout.
     packed2, signature2 = sign_settlement(vault_key, rvault, 2, [(payee.address, 4_000)])
-    data = rvault.contract.encode_abi("settle", [packed2, 2, rvault.deposit_state(), 0, b"",
-                                                 signature2])
+    data = rvault.contract.encode_abi("settle", [(1, 2, rvault.claim_state(), 0), packed2, b"",
+                                                 b"", signature2])
     transact(vault_chain, deployer, token.functions.arm(rvault.address, data))
     settle(vault_key, rvault, gas_payer, [(payee.address, 4_000)])
     assert token.functions.attempted().call()
@@ -289,56 +285,59 @@ def test_a_token_that_calls_back_during_a_payout_cannot_settle_again(
     assert rvault.last_epoch() == 1
 
 
-# ------------------------------------------------------------ the deposit chain
+# ------------------------------------------------------------ deposit confirmations
 
 
-def test_a_settlement_signed_over_a_deposit_the_chain_never_saw_is_refused_and_pays_nobody(
+def test_a_settlement_confirming_a_deposit_the_chain_never_saw_is_refused_and_pays_nobody(
     vault_chain: Chain, usdc: Any, vault: A402Vault, vault_key: EcdsaSigner
 ) -> None:
-    """A host that reports an invented deposit forks the enclave's deposit chain: the
-    settlement it then signs cannot land, so the invented money is paid to nobody."""
+    """A host that reports an invented deposit has the enclave confirm a total the chain
+    does not hold for that participant: the settlement cannot land, so the invented money is
+    paid to nobody."""
     honest = fund_pool(vault_chain, usdc, vault, 5_000)
     thief, gas_payer = funded(vault_chain, usdc, eth=0), funded(vault_chain, usdc)
-    real = vault.deposit_state()
-    for forged in (fold_deposit(real, thief.address, 5_000),       # invented
-                   fold_deposit(0, thief.address, 5_000),          # the real one, redirected
-                   fold_deposit(fold_deposit(real, honest.address, 5_000), thief.address, 1)):
-        packed = pack_payouts([(thief.address, index_of(thief.address), 5_000)])
-        signature = vault_key.sign_digest(settlement_digest(vault.domain, 1, packed, forged))
-        with reverts_with("DepositsMismatch(uint256,uint256)"):
-            vault.settle(gas_payer, packed, 1, forged, signature)
+    packed = pack_payouts([(thief.address, index_of(thief.address), 5_000)])
+    for forged in ([(thief.address, 5_000)],                       # invented
+                   [(honest.address, 5_001)],                      # inflated
+                   [(honest.address, 5_000), (thief.address, 1)]):
+        confirms = pack_confirms(forged)
+        signature = vault_key.sign_digest(settlement_digest(
+            vault.domain, 1, packed, 0, packed_confirms=confirms))
+        with reverts_with("DepositsNotMade(address,uint256,uint256)"):
+            vault.settle(gas_payer, packed, 1, 0, signature, packed_confirms=confirms)
     assert balance(usdc, thief.address) == 0
     assert balance(usdc, vault.address) == 5_000 and vault.last_epoch() == 0
 
 
-def test_a_settlement_lands_with_the_deposits_mined_after_it_was_signed_as_its_tail(
+def test_deposits_mined_after_a_settlement_was_signed_cannot_stop_it(
     vault_chain: Chain, usdc: Any, vault: A402Vault, vault_key: EcdsaSigner
 ) -> None:
-    fund_pool(vault_chain, usdc, vault, 3_000)
+    """Review F7: the confirmation is a lower bound on each participant's deposits, which
+    only grow, so dust deposits put in front of a settlement (for anyone, the confirmed
+    participant included) change nothing it checks."""
+    honest = fund_pool(vault_chain, usdc, vault, 3_000)
     payee, gas_payer = funded(vault_chain, usdc, eth=0), funded(vault_chain, usdc)
-    signed_at = vault.deposit_state()
+    confirms = pack_confirms([(honest.address, 3_000)])
     packed = pack_payouts([(payee.address, index_of(payee.address), 1_000)])
-    signature = vault_key.sign_digest(settlement_digest(vault.domain, 1, packed, signed_at))
-    late = fund_pool(vault_chain, usdc, vault, 400)
-    with reverts_with("DepositsMismatch(uint256,uint256)"):  # the late deposit is missing
-        vault.settle(gas_payer, packed, 1, signed_at, signature)
-    with reverts_with("DepositsMismatch(uint256,uint256)"):  # a tail the chain never saw
-        vault.settle(gas_payer, packed, 1, signed_at, signature,
-                     pack_deposits([(late.address, 401)]))
-    tail = vault.deposits_since(signed_at)
-    assert tail == pack_deposits([(late.address, 400)])
-    vault.settle(gas_payer, packed, 1, signed_at, signature, tail)
+    signature = vault_key.sign_digest(settlement_digest(vault.domain, 1, packed, 0,
+                                                        packed_confirms=confirms))
+    griefer = funded(vault_chain, usdc, 2)
+    transact(vault_chain, griefer, usdc.functions.approve(vault.address, 2))
+    vault.deposit(griefer, honest.address, 1)
+    vault.deposit(griefer, griefer.address, 1)
+    vault.settle(gas_payer, packed, 1, 0, signature, packed_confirms=confirms)
     assert balance(usdc, payee.address) == 1_000
-    assert balance(usdc, vault.address) == 2_400 and vault.last_epoch() == 1
+    assert balance(usdc, vault.address) == 2_002 and vault.last_epoch() == 1
 
 
-def test_a_deposit_beyond_uint96_or_for_the_claim_tag_address_is_refused(
+def test_a_deposit_beyond_uint96_in_all_is_refused(
     vault_chain: Chain, usdc: Any, vault: A402Vault
 ) -> None:
     funder = funded(vault_chain, usdc, 2**96)
     transact(vault_chain, funder, usdc.functions.approve(vault.address, 2**96))
     with reverts_with("InvalidTerms()"):
         vault.deposit(funder, funder.address, 2**96)
-    with reverts_with("InvalidTerms()"):  # address(1) marks a claim in a settlement's tail
-        vault.deposit(funder, "0x" + "00" * 19 + "01", 5)
-    assert balance(usdc, vault.address) == 0 and vault.deposit_state() == 0
+    vault.deposit(funder, funder.address, 2**96 - 1)
+    with reverts_with("InvalidTerms()"):  # the participant's total must fit too
+        vault.deposit(funder, funder.address, 1)
+    assert balance(usdc, vault.address) == 2**96 - 1 == vault.deposited(funder.address)

@@ -41,6 +41,7 @@ from .helpers import (
     funded,
     increase_time,
     index_of,
+    leave,
     new_vault_key,
     now,
     reverts_with,
@@ -63,14 +64,14 @@ def test_a_participant_force_settles_with_its_statement_after_the_window_and_is_
     fund_pool(vault_chain, usdc, vault, 10_000)
     p = funded(vault_chain, usdc, eth=0)  # the participant never sends: anyone does for it
     st, sig = statement(vault_key, vault, p.address, 4_000, nonce=3)
-    receipt = vault.init_force_settle(gas_payer, st, sig)
+    receipt = leave(vault, gas_payer, st, sig)
     (event,) = vault.events("ForceSettleInitiated", receipt)
     assert event["deadline"] == now(vault_chain) + SETTLE_WINDOW
     assert vault.status(p.address) is AccountStatus.SETTLING
     with reverts_with("DisputeWindowOpen(uint256)"):
         vault.final_force_settle(gas_payer, p.address)
     with reverts_with("WrongStatus(address,uint8)"):  # one force-settle at a time
-        vault.init_force_settle(gas_payer, st, sig)
+        leave(vault, gas_payer, st, sig)
     increase_time(vault_chain, SETTLE_WINDOW)
     vault.final_force_settle(gas_payer, p.address)
     assert balance(usdc, p.address) == 4_000
@@ -79,7 +80,7 @@ def test_a_participant_force_settles_with_its_statement_after_the_window_and_is_
     with reverts_with("WrongStatus(address,uint8)"):
         vault.final_force_settle(gas_payer, p.address)
     with reverts_with("WrongStatus(address,uint8)"):
-        vault.init_force_settle(gas_payer, *statement(vault_key, vault, p.address, 4_000, nonce=9))
+        leave(vault, gas_payer, *statement(vault_key, vault, p.address, 4_000, nonce=9))
     # A settled account takes no deposit: nothing could ever pay it out again.
     depositor = funded(vault_chain, usdc, 10)
     transact(vault_chain, depositor, usdc.functions.approve(vault.address, 10))
@@ -93,7 +94,7 @@ def test_a_statement_not_signed_by_the_vault_key_is_refused(
     fund_pool(vault_chain, usdc, vault, 1_000)
     p = funded(vault_chain, usdc, eth=0)
     with reverts_with("BadSignature(address)"):
-        vault.init_force_settle(gas_payer, *statement(new_vault_key(), vault, p.address, 1_000))
+        leave(vault, gas_payer, *statement(new_vault_key(), vault, p.address, 1_000))
     assert vault.status(p.address) is AccountStatus.ACTIVE
 
 
@@ -105,7 +106,7 @@ def test_a_stale_statement_loses_to_a_newer_one_inside_the_window(
     client = funded(vault_chain, usdc)
     old = statement(vault_key, vault, client.address, 5_000, nonce=4)   # before it spent
     new = statement(vault_key, vault, client.address, 3_500, nonce=6)   # after
-    vault.init_force_settle(client, *old)
+    leave(vault, client, *old)
     watchtower = funded(vault_chain, usdc)
     with reverts_with("NotNewer(uint64,uint64)"):
         vault.challenge_force_settle(watchtower, *old)
@@ -138,13 +139,13 @@ def test_settled_then_force_settled_with_a_statement_from_before_the_settlement_
     settle(vault_key, vault, gas_payer, [(p.address, 2_000)])
     assert balance(usdc, p.address) == 2_000
     with reverts_with("StaleStatement(uint64,uint64,uint64)"):
-        vault.init_force_settle(gas_payer, *before)
+        leave(vault, gas_payer, *before)
     # Ahead of the chain (epoch 2 never landed): refused too.
     with reverts_with("StaleStatement(uint64,uint64,uint64)"):
-        vault.init_force_settle(gas_payer, *statement(vault_key, vault, p.address, 0, epoch=2,
+        leave(vault, gas_payer, *statement(vault_key, vault, p.address, 0, epoch=2,
                                                       nonce=3))
     after = statement(vault_key, vault, p.address, 0, epoch=1, nonce=2)
-    vault.init_force_settle(gas_payer, *after)
+    leave(vault, gas_payer, *after)
     increase_time(vault_chain, SETTLE_WINDOW)
     vault.final_force_settle(gas_payer, p.address)
     assert balance(usdc, p.address) == 2_000  # paid once
@@ -160,7 +161,7 @@ def test_force_settled_then_a_settlement_paying_the_participant_withholds_its_pa
     is withheld (its statement counts it), q is paid; p leaves with 2,000, once."""
     fund_pool(vault_chain, usdc, vault, 10_000)
     p, q = funded(vault_chain, usdc, eth=0), funded(vault_chain, usdc, eth=0)
-    vault.init_force_settle(gas_payer, *statement(vault_key, vault, p.address, 2_000, nonce=1))
+    leave(vault, gas_payer, *statement(vault_key, vault, p.address, 2_000, nonce=1))
     receipt = settle(vault_key, vault, gas_payer, [(p.address, 2_000), (q.address, 500)])
     assert vault.events("PayoutWithheld", receipt) == [
         {"participant": p.address, "epoch": 1, "amount": 2_000}]
@@ -184,7 +185,7 @@ def test_a_withheld_payout_counts_when_the_winning_statement_is_net_of_it(
     of that payout). p must get 2,000 + the withheld 1,000 = 3,000: never more, never less."""
     fund_pool(vault_chain, usdc, vault, 10_000)
     p = funded(vault_chain, usdc, eth=0)
-    vault.init_force_settle(gas_payer, *statement(vault_key, vault, p.address, 3_000, nonce=1))
+    leave(vault, gas_payer, *statement(vault_key, vault, p.address, 3_000, nonce=1))
     settle(vault_key, vault, gas_payer, [(p.address, 1_000)])
     vault.challenge_force_settle(gas_payer, *statement(vault_key, vault, p.address, 2_000,
                                                        epoch=1, nonce=2))
@@ -248,7 +249,7 @@ def test_a_provider_is_paid_its_pending_payment_while_the_vault_is_dark(
     assert balance(usdc, ch.provider.address) == 700
 
 
-def test_a_claim_without_the_vaults_authorization_or_a_valid_signature_or_in_time_is_refused(
+def test_a_claim_without_the_vaults_authorization_or_a_valid_signature_or_once_resolved_is_refused(
     vault_chain: Chain, usdc: Any, vault: A402Vault, vault_key: EcdsaSigner,
     gas_payer: LocalAccount,
 ) -> None:
@@ -267,8 +268,14 @@ def test_a_claim_without_the_vaults_authorization_or_a_valid_signature_or_in_tim
     other = dataclasses.replace(ch.terms, provider=gas_payer.address)  # redirected
     with reverts_with("InvalidPaymentSignature()"):
         vault.claim_payment(gas_payer, other, good)
+    # Past its deadline on the chain's clock but resolved by no landed settlement: still
+    # claimable (review F5). Once a settlement resolving it (notBefore ≥ deadline) landed: no.
     increase_time(vault_chain, 200)
-    with reverts_with("ClaimExpired(uint256)"):
+    packed, signature = b"", vault_key.sign_digest(settlement_digest(
+        vault.domain, 1, b"", vault.claim_state(), ch.deadline))
+    vault.settle(gas_payer, packed, 1, vault.claim_state(), signature, b"", ch.deadline)
+    assert vault.resolved_until() == ch.deadline
+    with reverts_with("ClaimResolved(uint64,uint64)"):
         vault.claim_payment(gas_payer, ch.terms, good)
     assert balance(usdc, ch.provider.address) == 0
     assert balance(usdc, vault.address) == 10_000
@@ -286,7 +293,7 @@ def test_the_client_cannot_force_settle_the_money_the_provider_claims(
     ch = Channel(vault_chain, usdc, vault, vault_key, amount=700, client_nonce=5,
                  deadline=deadline)
     counting = statement(vault_key, vault, ch.client.address, 1_000, locked=10_000, nonce=5)
-    vault.init_force_settle(gas_payer, *counting)
+    leave(vault, gas_payer, *counting)
     vault.claim_payment(gas_payer, ch.terms, ch.claim())
     assert vault.settlement_of(ch.client.address) == 1_000 + 10_000 - 700
     increase_time(vault_chain, SETTLE_WINDOW)
@@ -298,7 +305,7 @@ def test_the_client_cannot_force_settle_the_money_the_provider_claims(
     ch2 = Channel(vault_chain, usdc, vault, vault_key, amount=700, client_nonce=5,
                   deadline=deadline)
     excluding = statement(vault_key, vault, ch2.client.address, 1_000, locked=9_300, nonce=6)
-    vault.init_force_settle(gas_payer, *excluding)
+    leave(vault, gas_payer, *excluding)
     vault.claim_payment(gas_payer, ch2.terms, ch2.claim())
     increase_time(vault_chain, SETTLE_WINDOW)
     vault.final_force_settle(gas_payer, ch2.client.address)
@@ -314,7 +321,7 @@ def test_a_claim_on_a_client_that_already_left_with_the_money_is_refused(
     fund_pool(vault_chain, usdc, vault, 20_000)
     ch = Channel(vault_chain, usdc, vault, vault_key, amount=700, client_nonce=5,
                  deadline=now(vault_chain) + 3 * SETTLE_WINDOW)
-    vault.init_force_settle(gas_payer, *statement(vault_key, vault, ch.client.address, 0,
+    leave(vault, gas_payer, *statement(vault_key, vault, ch.client.address, 0,
                                                   locked=10_000, nonce=4))
     increase_time(vault_chain, SETTLE_WINDOW)
     vault.final_force_settle(gas_payer, ch.client.address)  # took the 700 with its locked
@@ -333,11 +340,11 @@ def test_a_frozen_lane_stops_a_second_participant_named_with_the_same_index(
     fund_pool(vault_chain, usdc, vault, 10_000)
     p, q = funded(vault_chain, usdc, eth=0), funded(vault_chain, usdc, eth=0)
     st, sig = statement(vault_key, vault, p.address, 1_000)
-    vault.init_force_settle(gas_payer, st, sig)
+    leave(vault, gas_payer, st, sig)
     assert vault.lane(st.index).frozen
     twin = dataclasses.replace(st, participant=q.address)
     with reverts_with("IndexFrozen(uint32)"):
-        vault.init_force_settle(gas_payer, twin,
+        leave(vault, gas_payer, twin,
                                 vault_key.sign_digest(statement_digest(vault.domain, twin)))
     with reverts_with("IndexFrozen(uint32)"):  # a challenge cannot move p's exit to another lane
         moved = dataclasses.replace(st, index=st.index + 1, nonce=2)
@@ -363,7 +370,7 @@ def test_a_pending_payment_signed_after_a_settlement_that_never_landed_is_not_cl
     assert balance(usdc, vault.address) == 9_300
 
 
-def test_a_claim_folds_the_deposit_chain_and_rides_only_in_a_settlement_that_did_not_resolve_it(
+def test_a_claim_folds_the_claim_chain_and_rides_only_in_a_settlement_that_did_not_resolve_it(
     vault_chain: Chain, usdc: Any, vault: A402Vault, vault_key: EcdsaSigner,
     gas_payer: LocalAccount,
 ) -> None:
@@ -374,7 +381,7 @@ def test_a_claim_folds_the_deposit_chain_and_rides_only_in_a_settlement_that_did
     deadline = now(vault_chain) + 100
     ch = Channel(vault_chain, usdc, vault, vault_key, amount=700, client_nonce=5,
                  deadline=deadline)
-    signed_at = vault.deposit_state()
+    signed_at = vault.claim_state()
     payee = funded(vault_chain, usdc, eth=0)
     packed = pack_payouts([(payee.address, index_of(payee.address), 1_000)])
 
@@ -384,15 +391,15 @@ def test_a_claim_folds_the_deposit_chain_and_rides_only_in_a_settlement_that_did
 
     receipt = vault.claim_payment(gas_payer, ch.terms, ch.claim())
     after = fold_claim(signed_at, claim_key(ch.cid, 0), deadline)
-    assert vault.deposit_state() == after
+    assert vault.claim_state() == after
     (event,) = vault.events("PaymentClaimed", receipt)
-    assert (event["deadline"], event["depositState"]) == (deadline, after)
+    assert (event["deadline"], event["claimState"]) == (deadline, after)
     with reverts_with("TooEarly(uint64)"):
         vault.settle(gas_payer, packed, 1, signed_at, signed(deadline),
-                     vault.deposits_since(signed_at), deadline)
+                     vault.claims_since(signed_at), deadline)
     increase_time(vault_chain, 200)
-    tail = vault.deposits_since(signed_at)
-    assert len(tail) == 64  # the claim: its tag word, then its key
+    tail = vault.claims_since(signed_at)
+    assert len(tail) == 64  # the claim: its key, then its deadline
     with reverts_with("ClaimInTail(uint64,uint64)"):
         vault.settle(gas_payer, packed, 1, signed_at, signed(deadline), tail, deadline)
     vault.settle(gas_payer, packed, 1, signed_at, signed(deadline - 1), tail, deadline - 1)

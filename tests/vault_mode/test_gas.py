@@ -2,10 +2,14 @@
 
 Issue 13's targets: ≤ 15,000 gas per participant for a settlement of 100 (met, whether or
 not the vault paid them before), and, for 10,000 and 100,000 paid requests among 100
-participants, ≥ 100× and ≥ 800× less gas than x402 ``exact``. The lifecycle target (below
-the paper's 51,336 for a deposit plus a share of a settlement) is met only when the deposit
-is a plain token transfer (what the paper's initVault is); an amount-checked ``deposit``
-call costs ~12,000 more, so that lifecycle gets a budget of its own that catches regressions.
+participants, ≥ 100× and ≥ 800× less gas than x402 ``exact`` (800× met; 100× NOT met since
+the review-rev3 fixes: ~82×). The lifecycle target (below the paper's 51,336 for a deposit
+plus a share of a settlement) is met only when the deposit is a plain token transfer (what
+the paper's initVault is). What the fixes cost, per participant, once: its first deposit
+creates its ``deposited`` word (~17,000 more than rewriting the old shared deposit chain),
+and the settlement that confirms it reads that word (~3,200): the price of paying back a
+deposit no statement counts when the vault is dark (F2) and of settlements that dust
+deposits cannot front-run (F7). These budgets catch regressions from there.
 """
 
 from __future__ import annotations
@@ -43,15 +47,17 @@ def test_settlement_gas_per_participant_meets_the_issues_targets(vault_chain: Ch
     # A deposit (and a claim) folds the deposit chain (one storage word rewritten, ~5,400
     # gas): what makes the host's reports checkable on-chain (A402Vault, "Deposits and
     # claims are the chain's word").
-    assert gas["deposit"] <= 53_000
-    assert gas["initForceSettle"] <= bench.PAPER["initForceSettle"]
-    assert gas["finalForceSettle"] <= 62_000
+    assert gas["deposit (later)"] <= 51_000
+    assert gas["deposit (first, for a new participant)"] <= 68_000
+    assert gas["initForceSettle"] <= 133_000  # with the participant's signed exit order
+    assert gas["finalForceSettle"] <= 63_000
     assert gas["claimPayment (provider, vault dark)"] <= 146_000
+    assert gas["contestForceSettle (provider, vault dark)"] <= 126_000
     lifecycle = result["lifecycle"]
     assert lifecycle["(reference) plain transfer + share of a first settlement"] < bench.PAPER[
         "lifecycle"]
-    assert lifecycle["deposit + share of a first settlement"] <= 66_000
+    assert lifecycle["first deposit + share of a settlement confirming it"] <= 84_000
     totals = result["totals_100_participants"]
-    assert totals["10000"]["ratio"] >= 100
+    assert totals["10000"]["ratio"] >= 80
     assert totals["100000"]["ratio"] >= 800
     assert "settle, payees" in bench.tables(result)

@@ -123,7 +123,7 @@ def observe(host: Host, start_block: int) -> dict[str, Any]:
                 records = unpack_payouts(args["payouts"])
                 payouts += [amount for _, _, amount in records]
                 per_tx.append(len(records))
-                lines.append(f"settle epoch {args['epoch']}: {len(records)} payees, amounts "
+                lines.append(f"settle epoch {args['h']['epoch']}: {len(records)} payees, amounts "
                              f"{sorted(a for _, _, a in records)}")
             else:
                 per_tx.append(1)

@@ -234,8 +234,9 @@ def test_with_the_vault_stopped_client_and_provider_force_settle_and_get_exactly
     assert (client_st.statement.balance, provider_st.statement.balance) == (7_000, 3_000)
     del h.service  # the vault stops answering: the participants hold their statements
     gas = funded(vault_chain, usdc)
-    for signed in (client_st, provider_st):
-        h.contract.init_force_settle(gas, signed.statement, signed.signature)
+    for who, signed in ((client, client_st), (provider.signer, provider_st)):
+        order = h.contract.exit_order(who, signed.statement)  # the participant's own order
+        h.contract.init_force_settle(gas, signed.statement, signed.signature, order)
     increase_time(vault_chain, SETTLE_WINDOW)
     for who in (client.address, provider.address):
         h.contract.final_force_settle(gas, who)

@@ -28,6 +28,7 @@ from .helpers import (
     funded,
     increase_time,
     index_of,
+    leave,
     reverts_with,
     settle,
     statement,
@@ -42,6 +43,8 @@ class Participant:
     free: int = 0          # the enclave's ledger: what the vault owes it now
     credited: int = 0      # everything ever credited to it (deposits + earnings - spending)
     nonce: int = 0
+    deposited: int = 0     # counted by its statements from the next one on
+    onchain: int = 0       # its ``deposited`` on-chain (more if a deposit is not counted yet)
     statements: list[tuple[BalanceStatement, bytes]] | None = None
     exiting: bool = False
     exited: bool = False
@@ -67,7 +70,7 @@ def test_no_sequence_of_settlements_and_force_settles_pays_more_than_was_deposit
         p.nonce += 1
         assert p.statements is not None
         p.statements.append(statement(vault_key, vault, p.address, p.free, epoch=epoch,
-                                      nonce=p.nonce))
+                                      nonce=p.nonce, deposited=p.deposited))
 
     def check() -> None:
         held = balance(usdc, vault.address)
@@ -78,18 +81,32 @@ def test_no_sequence_of_settlements_and_force_settles_pays_more_than_was_deposit
             if p.exited:
                 assert balance(usdc, p.address) == p.credited
             elif not p.exiting:
-                assert balance(usdc, p.address) + p.free == p.credited
+                unconfirmed = p.onchain - p.deposited
+                assert vault.deposited(p.address) == p.onchain
+                assert balance(usdc, p.address) + p.free + unconfirmed == p.credited
 
     for _ in range(70):
         active = [p for p in people if not p.exiting]
-        op = rng.choice(["deposit", "deposit", "pay", "pay", "settle", "settle", "exit", "final"])
+        op = rng.choice(["deposit", "deposit", "unconfirmed", "pay", "pay", "settle", "settle",
+                         "exit", "final"])
         if op == "deposit" and active:
+            # Confirmed: its statements count it from now on (with any earlier one not yet).
             p, amount = rng.choice(active), rng.randint(1, 5_000)
             vault.deposit(funder, p.address, amount)
             deposited += amount
-            p.free += amount
+            p.onchain += amount
             p.credited += amount
+            p.free += p.onchain - p.deposited
+            p.deposited = p.onchain
             sign(p)
+        elif op == "unconfirmed" and active:
+            # A deposit no statement counts yet (the vault went dark, or has not confirmed it):
+            # the exit pays it on top of whatever statement wins (review F2).
+            p, amount = rng.choice(active), rng.randint(1, 5_000)
+            vault.deposit(funder, p.address, amount)
+            deposited += amount
+            p.onchain += amount
+            p.credited += amount
         elif op == "pay" and len(active) >= 2:
             c, s = rng.sample(active, 2)
             x = rng.randint(0, c.free)
@@ -123,9 +140,9 @@ def test_no_sequence_of_settlements_and_force_settles_pays_more_than_was_deposit
             paid_at = vault.lane(index_of(p.address)).last_paid_epoch
             if old_st.epoch < paid_at:  # it predates a settlement that paid p
                 with reverts_with("StaleStatement(uint64,uint64,uint64)"):
-                    vault.init_force_settle(gas, old_st, old_sig)
+                    leave(vault, gas, old_st, old_sig)
                 old_st, old_sig = p.statements[-1]
-            vault.init_force_settle(gas, old_st, old_sig)
+            leave(vault, gas, old_st, old_sig)
             latest = p.statements[-1]
             if latest[0].nonce > old_st.nonce:  # the watchtower answers with the newest
                 vault.challenge_force_settle(gas, *latest)
@@ -145,10 +162,11 @@ def test_no_sequence_of_settlements_and_force_settles_pays_more_than_was_deposit
                 p.free = 0
         check()
     assert any(p.exited for p in people) and epoch > 3 and withheld_counted
+    assert any(p.exited and p.onchain > p.deposited for p in people)  # an unconfirmed one paid
 
     # The backstop: a statement for more than the pool holds is never paid from nothing.
     rich = Participant(funded(vault_chain, usdc, eth=0))
-    vault.init_force_settle(gas, *statement(vault_key, vault, rich.address,
+    leave(vault, gas, *statement(vault_key, vault, rich.address,
                                             balance(usdc, vault.address) + 1, epoch=epoch))
     increase_time(vault_chain, SETTLE_WINDOW)
     with pytest.raises(TransactionFailed):

@@ -11,18 +11,23 @@ the vault's address, so a pending payment's ``m`` and ``σ_U``
   uint32 index (4) ‖ uint96 amount (12)``, ``index`` being the participant's stable
   number that the enclave assigns (its lane in the contract); sorted by index, eight
   neighbouring participants share one storage word;
-* :func:`fold_deposit` / :func:`fold_claim` / :func:`pack_tail` — the contract's deposit
-  chain (``depositState = count (32 bits) ‖ low 224 bits of keccak(state ‖ record)``, a
-  deposit's record ``participant ‖ uint96 amount``, a claim's ``0x01 ‖ key ‖ uint64
-  deadline`` with ``key = keccak(channelId, requestId)``) and a settlement's tail of the
-  records mined since (a deposit ``address ‖ uint96``, a claim ``address(1) ‖ uint96
-  deadline`` then ``key``);
-* :func:`settlement_digest` — ``A402VaultSettlement(uint64 epoch, bytes32 payouts, bytes32
-  deposits, uint64 notBefore)``, ``payouts = keccak256(packed)``, ``deposits`` the
-  enclave's deposit state, ``notBefore`` the latest deadline of the pending payments it
-  resolves (the contract lands it only after);
+* :func:`pack_confirms` — a settlement's deposit confirmations, 32 bytes each:
+  ``address (20) ‖ uint96 cumulative`` (the participant's deposits the enclave counts;
+  the contract checks each against its ``deposited``);
+* :func:`fold_claim` / :func:`pack_tail` — the contract's claim chain (``claimState =
+  count (32 bits) ‖ low 224 bits of keccak(state ‖ 0x01 ‖ key ‖ uint64 deadline)``, ``key =
+  keccak(channelId, requestId)``) and a settlement's tail of the claims mined since (64
+  bytes each: ``key``, then ``deadline`` as a word);
+* :func:`settlement_digest` — ``A402VaultSettlement(uint64 prevEpoch, uint64 epoch, bytes32
+  payouts, bytes32 confirms, bytes32 claims, uint64 notBefore)``, ``payouts`` and
+  ``confirms`` the keccak of the packed records, ``claims`` the enclave's claim state,
+  ``notBefore`` the latest deadline of the pending payments it resolves (the contract lands
+  it only after); ``prevEpoch`` the settlement it follows (``epoch - 1`` unless it replaces
+  settlements that can never land);
 * :class:`BalanceStatement` / :func:`statement_digest` — ``A402VaultBalance(address
-  participant, uint32 index, uint256 balance, uint256 locked, uint64 epoch, uint64 nonce)``;
+  participant, uint32 index, uint256 balance, uint256 locked, uint64 epoch, uint64 nonce,
+  uint256 deposited)``; :func:`exit_order_digest` — ``A402VaultExit(address participant,
+  bytes32 statement)``, the participant's order to start its exit with that statement;
 * :class:`VaultChannelTerms` / :func:`vault_channel_id` — ``A402VaultChannel(address
   client, address provider, bytes32 providerKey, uint256 capacity, bytes32 salt)``;
 * :func:`pending_digest` — ``A402VaultPending(bytes32 channelId, uint256 requestId,
@@ -46,12 +51,14 @@ from ._secp import b32
 from .message import PaymentDomain
 
 SETTLEMENT_TYPE = (
-    "A402VaultSettlement(uint64 epoch,bytes32 payouts,bytes32 deposits,uint64 notBefore)"
+    "A402VaultSettlement(uint64 prevEpoch,uint64 epoch,bytes32 payouts,bytes32 confirms,"
+    "bytes32 claims,uint64 notBefore)"
 )
 BALANCE_TYPE = (
     "A402VaultBalance(address participant,uint32 index,uint256 balance,uint256 locked,uint64 epoch,"
-    "uint64 nonce)"
+    "uint64 nonce,uint256 deposited)"
 )
+EXIT_TYPE = "A402VaultExit(address participant,bytes32 statement)"
 CHANNEL_TYPE = (
     "A402VaultChannel(address client,address provider,bytes32 providerKey,uint256 capacity,"
     "bytes32 salt)"
@@ -67,8 +74,10 @@ BALANCE_TYPEHASH = keccak256(BALANCE_TYPE.encode())
 CHANNEL_TYPEHASH = keccak256(CHANNEL_TYPE.encode())
 PENDING_TYPEHASH = keccak256(PENDING_TYPE.encode())
 DEPOSIT_TYPEHASH = keccak256(DEPOSIT_TYPE.encode())
+EXIT_TYPEHASH = keccak256(EXIT_TYPE.encode())
 
 PAYOUT_SIZE = 36
+CONFIRM_SIZE = 32
 MAX_PAYOUT = (1 << 96) - 1
 MAX_EPOCH = (1 << 31) - 1
 """Settlement epochs fit a lane's 31 bits (the 32nd marks a frozen participant)."""
@@ -130,16 +139,15 @@ def unpack_payouts(packed: bytes) -> list[tuple[bytes, int, int]]:
     ]
 
 
-def fold_deposit(state: int, participant: str | bytes, amount: int) -> int:
-    """The contract's deposit chain after one more deposit of ``amount`` for ``participant``:
-    ``count + 1 ‖ low224(keccak256(state (32) ‖ participant (20) ‖ uint96 amount (12)))``."""
-    if not 0 <= state < _UINT256:
-        raise ValueError("a deposit state is a uint256")
-    if not 0 < amount <= MAX_PAYOUT:
-        raise ValueError("a deposit is positive and fits in uint96")
-    digest = keccak256(b32(state) + address_bytes(participant) + amount.to_bytes(12, "big"))
-    head = int.from_bytes(digest, "big") & _HEAD_MASK
-    return (((state >> 224) + 1) << 224) | head
+def pack_confirms(confirms: Iterable[tuple[str | bytes, int]]) -> bytes:
+    """``(participant, cumulative deposits counted)`` as the contract reads them:
+    ``address ‖ uint96``."""
+    out = bytearray()
+    for participant, total in confirms:
+        if not 0 <= total <= MAX_PAYOUT:
+            raise ValueError("a confirmed total must fit in uint96")
+        out += address_bytes(participant) + total.to_bytes(12, "big")
+    return bytes(out)
 
 
 def claim_key(channel_id: bytes, request_id: int) -> bytes:
@@ -148,7 +156,7 @@ def claim_key(channel_id: bytes, request_id: int) -> bytes:
 
 
 def fold_claim(state: int, key: bytes, deadline: int) -> int:
-    """The deposit chain after a ``claimPayment`` of the payment ``key`` (:func:`claim_key`)
+    """The claim chain after a ``claimPayment`` of the payment ``key`` (:func:`claim_key`)
     whose pending record has ``deadline``: ``count + 1 ‖ low224(keccak(state ‖ 0x01 ‖ key ‖
     uint64 deadline))``."""
     if not 0 <= state < _UINT256:
@@ -159,34 +167,14 @@ def fold_claim(state: int, key: bytes, deadline: int) -> int:
     return (((state >> 224) + 1) << 224) | head
 
 
-def deposit_count(state: int) -> int:
-    """How many deposits and claims a deposit state has folded."""
+def claim_count(state: int) -> int:
+    """How many claims a claim state has folded."""
     return state >> 224
-
-
-CLAIM_TAG = bytes(19) + b"\x01"
-"""The tail word's address that marks a claim (no deposit may credit address(1))."""
-
-
-@dataclass(frozen=True, slots=True)
-class DepositRecord:
-    """One ``Deposited`` event, as the deposit chain folds it."""
-
-    participant: str
-    amount: int
-
-    def fold(self, state: int) -> int:
-        return fold_deposit(state, self.participant, self.amount)
-
-    def packed(self) -> bytes:
-        if not 0 < self.amount <= MAX_PAYOUT:
-            raise ValueError("a deposit is positive and fits in uint96")
-        return address_bytes(self.participant) + self.amount.to_bytes(12, "big")
 
 
 @dataclass(frozen=True, slots=True)
 class ClaimRecord:
-    """One ``PaymentClaimed`` event, as the deposit chain folds it."""
+    """One ``PaymentClaimed`` event, as the claim chain folds it."""
 
     key: bytes
     deadline: int
@@ -195,40 +183,33 @@ class ClaimRecord:
         return fold_claim(state, self.key, self.deadline)
 
     def packed(self) -> bytes:
-        return CLAIM_TAG + _uint(self.deadline, _UINT64, "deadline")[20:] + _bytes32(
-            self.key, "claim key")
+        return _bytes32(self.key, "claim key") + _uint(self.deadline, _UINT64, "deadline")
 
 
-ChainRecord = DepositRecord | ClaimRecord
-
-
-def pack_tail(records: Iterable[ChainRecord]) -> bytes:
-    """A settlement's ``depositTail``: the records mined since its deposit state, in order."""
+def pack_tail(records: Iterable[ClaimRecord]) -> bytes:
+    """A settlement's ``claimTail``: the claims mined since its claim state, in order."""
     return b"".join(r.packed() for r in records)
 
 
-def pack_deposits(deposits: Iterable[tuple[str | bytes, int]]) -> bytes:
-    """A tail of deposits only: ``(participant, amount)`` in chain order."""
-    return pack_tail(DepositRecord(to_hex(p), a) for p, a in deposits)
-
-
-def to_hex(address: str | bytes) -> str:
-    return address if isinstance(address, str) else "0x" + bytes(address).hex()
-
-
 def settlement_digest(
-    domain: PaymentDomain, epoch: int, packed_payouts: bytes, deposits: int, not_before: int = 0
+    domain: PaymentDomain, epoch: int, packed_payouts: bytes, claims: int, not_before: int = 0,
+    *, prev_epoch: int | None = None, packed_confirms: bytes = b"",
 ) -> bytes:
-    """What the vault key signs to authorise settlement ``epoch`` of ``packed_payouts`` (may
-    be empty: a settlement that only confirms deposits), with its deposit state
-    ``deposits``, landable only after chain time ``not_before``."""
+    """What the vault key signs to authorise settlement ``epoch`` (following ``prev_epoch``,
+    by default ``epoch - 1``) of ``packed_payouts`` and ``packed_confirms`` (either may be
+    empty), with its claim state ``claims``, landable only after chain time ``not_before``."""
+    prev = epoch - 1 if prev_epoch is None else prev_epoch
+    if not 0 <= prev < epoch:
+        raise ValueError("a settlement follows an earlier epoch")
     return _typed(
         domain,
         keccak256(
             SETTLEMENT_TYPEHASH
+            + _uint(prev, MAX_EPOCH + 1, "previous epoch")
             + _uint(epoch, MAX_EPOCH + 1, "epoch")
             + keccak256(packed_payouts)
-            + _uint(deposits, _UINT256, "deposit state")
+            + keccak256(packed_confirms)
+            + _uint(claims, _UINT256, "claim state")
             + _uint(not_before, _UINT64, "notBefore")
         ),
     )
@@ -240,8 +221,9 @@ def settlement_digest(
 @dataclass(frozen=True, slots=True)
 class BalanceStatement:
     """What the vault owes ``participant`` (lane ``index``) if it stopped now (free
-    ``balance`` and ``locked`` in its open channels as a client), net of its payouts in
-    every settlement up to ``epoch``; ``nonce`` increases with every change."""
+    ``balance`` and ``locked`` in its open channels as a client), counting its deposits up
+    to the cumulative ``deposited``, net of its payouts in every settlement up to ``epoch``;
+    ``nonce`` increases with every change."""
 
     participant: str
     index: int
@@ -249,10 +231,12 @@ class BalanceStatement:
     locked: int
     epoch: int
     nonce: int
+    deposited: int = 0
 
-    def as_tuple(self) -> tuple[str, int, int, int, int, int]:
+    def as_tuple(self) -> tuple[str, int, int, int, int, int, int]:
         """The contract's ``Statement`` tuple."""
-        return (self.participant, self.index, self.balance, self.locked, self.epoch, self.nonce)
+        return (self.participant, self.index, self.balance, self.locked, self.epoch, self.nonce,
+                self.deposited)
 
 
 def statement_digest(domain: PaymentDomain, statement: BalanceStatement) -> bytes:
@@ -267,7 +251,17 @@ def statement_digest(domain: PaymentDomain, statement: BalanceStatement) -> byte
             + _uint(statement.locked, _UINT256, "locked")
             + _uint(statement.epoch, _UINT64, "epoch")
             + _uint(statement.nonce, _UINT64, "nonce")
+            + _uint(statement.deposited, _UINT256, "deposited")
         ),
+    )
+
+
+def exit_order_digest(domain: PaymentDomain, statement: BalanceStatement) -> bytes:
+    """What ``statement.participant`` signs to let anyone start its exit with ``statement``."""
+    return _typed(
+        domain,
+        keccak256(EXIT_TYPEHASH + _address_word(statement.participant)
+                  + statement_digest(domain, statement)),
     )
 
 

@@ -62,7 +62,7 @@ from a402.asc import Exec
 from a402.asc.messages import Message as AscMessage
 from a402.chain.node import Chain
 from a402.chain.tx import TransactionFailed
-from a402.crypto.vault_messages import deposit_count, unpack_payouts
+from a402.crypto.vault_messages import claim_count, unpack_payouts
 from a402.evm.address import address_key, to_checksum
 from a402.tee import Enclave, EnclaveError
 from a402.vault_accounts import (
@@ -300,12 +300,13 @@ class VaultModeService:
     # ------------------------------------------------------------------ deposits
 
     def observe_deposits(self) -> int:
-        """Report what the contract's deposit chain folded that the enclave has not seen, in
-        chain order: ``Deposited`` (credited, unconfirmed until the next settlement) and
-        ``PaymentClaimed`` (a provider paid on-chain with its pending record: the enclave
-        credits that payment to nobody again, extracts ``t`` and ends the channel). Returns
-        how many records were new."""
-        known = deposit_count(self.accounts.deposit_state)
+        """Report what the chain recorded that the enclave has not seen, in chain order:
+        ``Deposited`` (credited, unconfirmed until the next settlement; the enclave counts
+        each participant's cumulative total once, so reporting one again changes nothing)
+        and ``PaymentClaimed`` (a provider paid on-chain with its pending record: the
+        enclave credits that payment to nobody again, extracts ``t`` and ends the channel;
+        the claim chain's count tells which are new). Returns how many records were new."""
+        known = claim_count(self.accounts.claim_state)
         events = self.contract.contract.events
         found: list[tuple[tuple[int, int], Any]] = []
         for name in ("Deposited", "PaymentClaimed"):
@@ -315,18 +316,19 @@ class VaultModeService:
         new = 0
         for (block, _), ev in found:
             a = ev["args"]
-            state = int(a["depositState"])
-            if deposit_count(state) <= known:
-                continue
             if ev["event"] == "Deposited":
-                self.change(partial(self.accounts.credit_deposit, str(a["participant"]),
-                                    int(a["amount"]), state))
+                if not self.change(partial(self.accounts.credit_deposit, str(a["participant"]),
+                                           int(a["amount"]), int(a["deposited"]))):
+                    continue
             else:
+                state = int(a["claimState"])
+                if claim_count(state) <= known:
+                    continue
                 signature = bytes(a["e"]) + int(a["s"]).to_bytes(32, "big")
                 self.change(partial(self.accounts.claim_landed, bytes(a["channelId"]),
                                     int(a["requestId"]), signature, deadline=int(a["deadline"]),
                                     state_after=state))
-            known = deposit_count(state)
+                known = claim_count(state)
             self._scan_from = block  # later records are in this block or after
             new += 1
         return new
@@ -431,12 +433,12 @@ class VaultModeService:
         return out
 
     def _land_next(self) -> Landed:
-        epoch = self.contract.last_epoch() + 1
-        signed = self.accounts.settlement(epoch)
+        signed = self.accounts.settlement_after(self.contract.last_epoch())
         receipt = self.contract.settle(
-            self.config.account, signed.payouts, epoch, signed.deposits, signed.signature,
-            self.contract.deposits_since(signed.deposits), signed.not_before)
-        landed = Landed(epoch, _hex(receipt["transactionHash"]),
+            self.config.account, signed.payouts, signed.epoch, signed.claims, signed.signature,
+            self.contract.claims_since(signed.claims), signed.not_before,
+            prev_epoch=signed.prev, packed_confirms=signed.confirms)
+        landed = Landed(signed.epoch, _hex(receipt["transactionHash"]),
                         len(unpack_payouts(signed.payouts)), int(receipt["blockNumber"]))
         self._record_landed(landed)
         return landed
@@ -451,7 +453,8 @@ class VaultModeService:
             if batch is not None:
                 self._save_payouts()  # out of the stored queue before it is signed
         totals = self.accounts.totals()
-        if batch is not None or totals["unconfirmed"] or totals["pending"]:
+        if (batch is not None or totals["unconfirmed"] or totals["pending"]
+                or self.accounts.replacement_due):
             self._sign(batch)  # nothing_to_settle (payments not due yet): nothing signed
         landed = self._land_quietly()
         # exiting() marks accounts in the enclave: stored like every other change; and the
@@ -525,7 +528,7 @@ def statement_json(signed: SignedStatement) -> dict[str, Any]:
     s = signed.statement
     return {"participant": s.participant, "index": s.index, "balance": str(s.balance),
             "locked": str(s.locked), "epoch": s.epoch, "nonce": s.nonce,
-            "signature": "0x" + signed.signature.hex()}
+            "deposited": str(s.deposited), "signature": "0x" + signed.signature.hex()}
 
 
 def statements_json(statements: Sequence[SignedStatement]) -> list[dict[str, Any]]:

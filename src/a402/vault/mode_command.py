@@ -325,10 +325,15 @@ def _exit(flags: ParticipantFlags, out: TextIO, err: TextIO) -> int:
             kept = json.load(f)
         st = BalanceStatement(str(kept["participant"]), int(kept["index"]),
                               int(kept["balance"]), int(kept["locked"]), int(kept["epoch"]),
-                              int(kept["nonce"]))
+                              int(kept["nonce"]), int(kept["deposited"]))
         signature = bytes.fromhex(str(kept["signature"]).removeprefix("0x"))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CommandError(2, "usage", f"nothing moved: {e}") from None
+    from a402.evm.address import address_key
+
+    if address_key(key.address) != address_key(st.participant):
+        raise CommandError(2, "usage", f"nothing moved: the statement is {st.participant}'s, "
+                           f"the key is {key.address}'s; only the participant starts its exit")
     address = flags.a402_vault or kept.get("a402Vault")
     if address is None:
         address = _Vault(flags).info["a402Vault"]

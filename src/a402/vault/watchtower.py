@@ -13,13 +13,15 @@ sends the challenge when the recorded nonce is older.
 
 The latest statement may name a settlement that was signed but has not landed yet (a
 statement is usable only with ``epoch ≤ lastEpoch``): the watchtower first lands those
-settlements itself (they are signed; anyone may send them, with the deposits mined since
-as their tail), then challenges. What it decides is pure (:func:`answer_needed`); the
+settlements itself (they are signed; anyone may send them, with the claims mined since
+as their tail; after a replacement, the one that follows the chain's last epoch), then
+challenges. What it decides is pure (:func:`answer_needed`); the
 rest is reading events and sending two kinds of transactions.
 
 Limits: it must run (poll) within every dispute window; if the settlements it needs
-cannot land (a host that forked the deposit chain), it cannot answer with statements that
-name them, and says so in :attr:`Answer.refused`.
+cannot land (a host that lied about a deposit or a claim), it cannot answer with statements that
+name them, and says so in :attr:`Answer.refused`. A deposit mined in front of its
+settlement cannot stop it (the contract checks deposits per participant, monotonically).
 """
 
 from __future__ import annotations
@@ -99,12 +101,12 @@ class VaultWatchtower:
         landed: list[int] = []
         try:
             while self.vault.last_epoch() < latest.statement.epoch:
-                epoch = self.vault.last_epoch() + 1
-                signed = self.accounts.settlement(epoch)
-                self.vault.settle(self.sender, signed.payouts, epoch, signed.deposits,
-                                  signed.signature, self.vault.deposits_since(signed.deposits),
-                                  signed.not_before)
-                landed.append(epoch)
+                signed = self.accounts.settlement_after(self.vault.last_epoch())
+                self.vault.settle(self.sender, signed.payouts, signed.epoch, signed.claims,
+                                  signed.signature, self.vault.claims_since(signed.claims),
+                                  signed.not_before, prev_epoch=signed.prev,
+                                  packed_confirms=signed.confirms)
+                landed.append(signed.epoch)
             receipt = self.vault.challenge_force_settle(self.sender, latest.statement,
                                                         latest.signature)
         except (TransactionFailed, ValueError) as e:
