@@ -15,10 +15,9 @@ from eth_account.signers.local import LocalAccount
 
 from a402 import cli
 from a402.chain.node import Chain
-from a402.crypto.vault_messages import BalanceStatement
+from a402.vault.mode import statement_from_json
 from a402.vault.mode_app import create_mode_app
 from a402.vault.mode_command import main as vault_action
-from a402.vault_accounts import SignedStatement
 
 from ..servers import serve
 from .helpers import balance, funded
@@ -84,9 +83,7 @@ def test_participants_and_the_operator_use_the_vault_commands_with_tables_and_js
         code, out, _ = run("statement", *common, "--key-file", ka, "--out", str(saved))
         assert code == 0 and "6000 free + 0 locked" in out
         kept = json.loads(saved.read_text())
-        signed = SignedStatement(BalanceStatement(
-            kept["participant"], kept["index"], int(kept["balance"]), int(kept["locked"]),
-            kept["epoch"], kept["nonce"]), bytes.fromhex(kept["signature"][2:]))
+        signed = statement_from_json(kept)
         assert verifies(h, signed) and signed.statement.balance == 6_000
 
         code, out, _ = run("withdraw", *common, "--key-file", ka, "--amount", "2500")
@@ -168,10 +165,17 @@ def test_with_the_vault_stopped_a402_vault_exit_pays_each_side_its_statement(
     theirs.write_text(json.dumps({**statement_json(h.service.statement(provider.address)),
                                   "a402Vault": h.contract.address}))
     del h.service
-    for path, payer in ((mine, client), (theirs, gas)):  # anyone may pay the gas
-        code, out, err = run("exit", "--key-file", key_file(tmp_path, payer), "--rpc",
-                             vault_chain.rpc_url, "--statement", str(path))
-        assert code == 0 and out.startswith("nothing moved yet: force-settle started"), err
+    code, out, err = run("exit", "--key-file", key_file(tmp_path, gas), "--rpc",
+                         vault_chain.rpc_url, "--statement", str(mine))
+    assert code == 2 and "only the participant starts its exit" in err, err
+    # The participant signs its exit order; another account may send it and pay the gas.
+    code, out, err = run("exit", "--key-file", key_file(tmp_path, client), "--gas-key-file",
+                         key_file(tmp_path, gas), "--rpc", vault_chain.rpc_url,
+                         "--statement", str(mine))
+    assert code == 0 and out.startswith("nothing moved yet: force-settle started"), err
+    st = statement_from_json(json.loads(theirs.read_text()))
+    h.contract.init_force_settle(gas, st.statement, st.signature,
+                                 h.contract.exit_order(provider.signer, st.statement))
     code, out, err = run("exit", "--key-file", key_file(tmp_path, client), "--rpc",
                          vault_chain.rpc_url, "--statement", str(mine))
     assert code == 4 and "the dispute window closes at" in err

@@ -51,7 +51,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -62,7 +62,7 @@ from a402.asc import Exec
 from a402.asc.messages import Message as AscMessage
 from a402.chain.node import Chain
 from a402.chain.tx import TransactionFailed
-from a402.crypto.vault_messages import claim_count, unpack_payouts
+from a402.crypto.vault_messages import BalanceStatement, claim_count, unpack_payouts
 from a402.evm.address import address_key, to_checksum
 from a402.tee import Enclave, EnclaveError
 from a402.vault_accounts import (
@@ -529,6 +529,16 @@ def statement_json(signed: SignedStatement) -> dict[str, Any]:
     return {"participant": s.participant, "index": s.index, "balance": str(s.balance),
             "locked": str(s.locked), "epoch": s.epoch, "nonce": s.nonce,
             "deposited": str(s.deposited), "signature": "0x" + signed.signature.hex()}
+
+
+def statement_from_json(kept: Mapping[str, Any]) -> SignedStatement:
+    """A statement as :func:`statement_json` wrote it (``KeyError``, ``ValueError`` or
+    ``TypeError`` for anything else)."""
+    return SignedStatement(
+        BalanceStatement(str(kept["participant"]), int(kept["index"]), int(kept["balance"]),
+                         int(kept["locked"]), int(kept["epoch"]), int(kept["nonce"]),
+                         int(kept["deposited"])),
+        bytes.fromhex(str(kept["signature"]).removeprefix("0x")))
 
 
 def statements_json(statements: Sequence[SignedStatement]) -> list[dict[str, Any]]:

@@ -54,6 +54,10 @@ class ParticipantFlags:
                               help="statement: also write it to FILE (keep it: it is your exit)")
     statement: str | None = setting(None, metavar="FILE",
                                     help="exit: the statement file `statement --out` wrote")
+    gas_key_file: str | None = setting(None, metavar="F",
+                                       help="exit: the account that sends and pays the gas "
+                                            "(default: --key-file); the participant's key "
+                                            "signs its exit order")
     a402_vault: str | None = setting(None, metavar="ADDRESS",
                                      help="exit: the A402Vault (default: the statement "
                                           "file's, else the vault's GET /v1/info)")
@@ -313,8 +317,8 @@ def _exit(flags: ParticipantFlags, out: TextIO, err: TextIO) -> int:
     run again after the dispute window: ``finalForceSettle`` pays the statement out."""
     from a402.chain.node import connect
     from a402.chain.tx import TransactionFailed
-    from a402.crypto.vault_messages import BalanceStatement
     from a402.keys import load_key_file
+    from a402.vault.mode import statement_from_json
     from a402.vault_contract import A402Vault, AccountStatus
 
     if not flags.rpc or not flags.statement:
@@ -323,28 +327,30 @@ def _exit(flags: ParticipantFlags, out: TextIO, err: TextIO) -> int:
         key = load_key_file(flags.key_file)
         with open(flags.statement) as f:
             kept = json.load(f)
-        st = BalanceStatement(str(kept["participant"]), int(kept["index"]),
-                              int(kept["balance"]), int(kept["locked"]), int(kept["epoch"]),
-                              int(kept["nonce"]), int(kept["deposited"]))
-        signature = bytes.fromhex(str(kept["signature"]).removeprefix("0x"))
+        signed = statement_from_json(kept)
+        st, signature = signed.statement, signed.signature
+        gas = load_key_file(flags.gas_key_file) if flags.gas_key_file else key
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CommandError(2, "usage", f"nothing moved: {e}") from None
     from a402.evm.address import address_key
 
-    if address_key(key.address) != address_key(st.participant):
-        raise CommandError(2, "usage", f"nothing moved: the statement is {st.participant}'s, "
-                           f"the key is {key.address}'s; only the participant starts its exit")
+    mine = address_key(key.address) == address_key(st.participant)
     address = flags.a402_vault or kept.get("a402Vault")
     if address is None:
         address = _Vault(flags).info["a402Vault"]
-    chain = connect(flags.rpc, [key.key])
+    chain = connect(flags.rpc, [gas.key])
     contract = A402Vault(chain, str(address))
     now = int(chain.w3.eth.get_block("latest")["timestamp"])
     status = contract.status(st.participant)
     try:
         if status is AccountStatus.ACTIVE:
+            if not mine:
+                raise CommandError(2, "usage", f"nothing moved: the statement is "
+                                   f"{st.participant}'s, the key is {key.address}'s; only the "
+                                   "participant starts its exit (--gas-key-file pays its gas)")
+            order = b"" if gas is key else contract.exit_order(key, st)
             with Progress(err, "force-settling"):
-                receipt = contract.init_force_settle(key, st, signature)
+                receipt = contract.init_force_settle(gas, st, signature, order)
             deadline = contract.force_settle(st.participant).deadline
             data = {"ok": True, "moved": False, "step": "initiated", "deadline": deadline,
                     "balance": str(st.balance + st.locked), "transaction":
@@ -360,7 +366,7 @@ def _exit(flags: ParticipantFlags, out: TextIO, err: TextIO) -> int:
                                    f"closes at {recorded.deadline} (chain time now {now})")
             before = contract.owed(st.participant)
             with Progress(err, "paying out"):
-                receipt = contract.final_force_settle(key, st.participant)
+                receipt = contract.final_force_settle(gas, st.participant)
             paid = sum(int(e["payout"]) for e in contract.events("ForceSettleFinalized",
                                                                     receipt))
             data = {"ok": True, "moved": True, "step": "finalized", "paid": str(paid),
