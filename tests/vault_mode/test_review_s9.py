@@ -8,20 +8,26 @@ Not repeated here: rev3's F1-F8 (``test_review_rev3.py``)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from eth_account.signers.local import LocalAccount
 
 from a402.asc import LocalProtocolError
 from a402.tee import EnclaveError
+from a402.vault.mode_app import create_mode_app
 from a402.vault.watchtower import VaultWatchtower
 from a402.vault_accounts import CLAIM_WINDOW
 from a402.vault_contract import AccountStatus
+from a402.wire import vault_api as api
 
 from .accounts_setup import PRICE, Host, VaultMode, client
 from .helpers import SETTLE_WINDOW, balance, funded, increase_time, now
+from .test_service import Harness
 
 pytestmark = pytest.mark.anvil
 
@@ -184,3 +190,40 @@ def test_the_host_cannot_spend_a_clients_signed_call_at_a_provider_of_its_own(
 
 def _host_opens(vm: VaultMode, alice: LocalAccount, provider: Any) -> tuple[bytes, Any]:
     return vm.open(alice, provider, 5 * PRICE)
+
+
+# ------------------------------------------ S9-4: hostile JSON to the vault-mode API: a 500
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="S9-4: a signed withdraw whose body is not strict JSON (NaN, a "
+                          "duplicate key, bad UTF-8, not an object) gets 500 internal_error, "
+                          "not 400 with its reason (mode_app catches JsonLimitError, not "
+                          "WireError)")
+def test_a_withdraw_with_a_body_that_is_not_strict_json_gets_a_400_with_its_reason(
+    vault_chain: Any, usdc: Any, tmp_path: Path,
+) -> None:
+    h = Harness(vault_chain, usdc, tmp_path)
+    alice = client()
+    h.deposit(alice.address, 1_000)
+    h.service.tick()
+    app = create_mode_app(h.service, worker=False)
+    vault = api.vault_account(h.chain.network, h.service.address)
+    bodies = [b'{"amount": NaN}', b'{"amount": "1", "amount": "900"}', b'\xff\xfe',
+              b'["amount", "5"]']
+
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://vault") as http:
+            out = []
+            for body in bodies:
+                headers = api.sign_request(alice, vault, "POST", "/v1/vault/withdraw", body,
+                                           life=h.service.accounts.life_id)
+                out.append(await http.post("/v1/vault/withdraw", content=body,
+                                           headers=headers))
+            return out
+
+    answers = asyncio.run(run())
+    assert h.service.balance(alice.address)["payoutRequested"] == "0"  # nothing queued
+    got = [(r.status_code, r.json()["error"]) for r in answers]
+    assert all(status == 400 and reason != "internal_error" for status, reason in got), got
