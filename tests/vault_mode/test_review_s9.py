@@ -18,6 +18,7 @@ import pytest
 from eth_account.signers.local import LocalAccount
 
 from a402.asc import LocalProtocolError
+from a402.chain.tx import TransactionFailed
 from a402.tee import EnclaveError
 from a402.vault.mode_app import create_mode_app
 from a402.vault.watchtower import VaultWatchtower
@@ -25,7 +26,7 @@ from a402.vault_accounts import CLAIM_WINDOW
 from a402.vault_contract import AccountStatus
 from a402.wire import vault_api as api
 
-from .accounts_setup import PRICE, Host, VaultMode, client
+from .accounts_setup import PRICE, Host, VaultMode, client, vault_mode
 from .helpers import SETTLE_WINDOW, balance, funded, increase_time, now
 from .test_service import Harness
 
@@ -227,3 +228,59 @@ def test_a_withdraw_with_a_body_that_is_not_strict_json_gets_a_400_with_its_reas
     assert h.service.balance(alice.address)["payoutRequested"] == "0"  # nothing queued
     got = [(r.status_code, r.json()["error"]) for r in answers]
     assert all(status == 400 and reason != "internal_error" for status, reason in got), got
+
+
+# --------------------------- S9-5: a wiped store makes a fresh ledger under the same key
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="S9-5: a first boot (the host deleted the stored ledger) signs "
+                          "statements with epochs 1, 2, ... under the same key; the contract "
+                          "takes them (epoch ≤ lastEpoch): a client that spent its deposit "
+                          "leaves with all of it again")
+def test_a_host_that_wipes_the_stored_ledger_cannot_give_a_client_its_spent_deposit_again(
+    host: Host,
+) -> None:
+    """Alice (the host's own client key) deposits 10,000 and pays Mallory (the host's
+    provider) 2,000, which Mallory takes out in settlement 2; Bob deposits 10,000. The host
+    deletes the ``vault-mode/ledger`` row and restarts: the service sees no ledger, the
+    enclave code starts on a first boot (same enclave, same key: it cannot tell), the
+    host reports the chain's deposits from the start, and the enclave signs a settlement
+    "epoch 1" confirming them (it never lands: the chain is at epoch 2) and a statement of
+    Alice's: 10,000, epoch 1. Her lane was never paid (lastPaidEpoch 0 ≤ 1 ≤ lastEpoch 2):
+    the contract takes it, nobody holds a newer one to answer with, she leaves with
+    10,000, and Bob is 2,000 short."""
+    vm, vault, usdc = host.vm, host.vault, host.token
+    alice, bob = client(), client()
+    mallory = vm.provider()
+    host.deposit(bob.address, 10_000)
+    _confirmed(host, alice.address, 10_000)
+    cid, side = vm.open(alice, mallory, 5 * PRICE)
+    t0 = now(host.chain)
+    for key in ("a", "b"):
+        vm.pay(cid, side, vm.call(alice, key=key, ts=t0), now=t0)
+    vm.vault.close_channel(cid)
+    increase_time(host.chain, CLAIM_WINDOW + 1)
+    host.submit(vm.vault.settle([(mallory.address, 2 * PRICE)],
+                                now=now(host.chain)).settlement)
+    assert balance(usdc, mallory.address) == 2 * PRICE and vault.last_epoch() == 2
+    hers = vm.vault.statement(alice.address)
+    assert hers.statement.balance + hers.statement.locked == 8_000
+    # The wipe: a first boot of the vault-mode code in the same enclave.
+    fresh = vault_mode(vault.domain, (vm.platform, vm.enclave))
+    host.vm = fresh
+    host.report_deposits()
+    fresh.vault.settle([], now=now(host.chain))  # "epoch 1": never lands
+    forged = fresh.vault.statement(alice.address)
+    assert forged.statement.balance == 10_000 and forged.statement.epoch == 1
+    try:
+        vault.init_force_settle(host.gas, forged.statement, forged.signature)
+    except TransactionFailed:  # the property: a statement of another ledger history
+        vault.init_force_settle(host.gas, hers.statement, hers.signature)
+    his = vm.vault.statement(bob.address)
+    vault.init_force_settle(host.gas, his.statement, his.signature)
+    increase_time(host.chain, SETTLE_WINDOW + 1)
+    vault.final_force_settle(host.gas, alice.address)
+    assert balance(usdc, alice.address) == 8_000, "Alice spent 2,000 and leaves with 10,000"
+    vault.final_force_settle(host.gas, bob.address)
+    assert balance(usdc, bob.address) == 10_000
