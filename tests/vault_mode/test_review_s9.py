@@ -284,3 +284,46 @@ def test_a_host_that_wipes_the_stored_ledger_cannot_give_a_client_its_spent_depo
     assert balance(usdc, alice.address) == 8_000, "Alice spent 2,000 and leaves with 10,000"
     vault.final_force_settle(host.gas, bob.address)
     assert balance(usdc, bob.address) == 10_000
+
+
+# ---------------- S9-6: money the enclave credits to an exiting account after the answer
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="S9-6: after a participant's exit is reported the enclave still "
+                          "credits it (a pending payment resolved to the provider), signs a "
+                          "newer statement nobody posts, and can pay it no other way: stranded")
+def test_a_provider_that_exits_with_a_payment_pending_is_paid_that_payment(host: Host) -> None:
+    """Pat, an honest provider, has 1,000 settled and a second 1,000 pending
+    (delivered, REVEAL and ACK done, claim window open) when she leaves the vault with her
+    latest statement (1,000: a provider's statement never counts a pending payment). The
+    watchtower marks her exiting; her statement is the latest, nothing to answer. At the
+    deadline the enclave credits the pending 1,000 to her account (it never checks that she
+    is exiting) and signs a newer statement; nothing posts it and no payout may pay her
+    (frozen): she leaves with 1,000 of her 2,000 and the other 1,000 stays in the pool."""
+    vm, vault, usdc = host.vm, host.vault, host.token
+    alice = client()
+    pat = vm.provider()
+    _confirmed(host, alice.address, 10_000)
+    cid, side = vm.open(alice, pat, 5 * PRICE)
+    t0 = now(host.chain)
+    vm.pay(cid, side, vm.call(alice, key="a", ts=t0), now=t0)
+    increase_time(host.chain, CLAIM_WINDOW + 1)
+    host.submit(vm.vault.settle([], now=now(host.chain)).settlement)  # credits Pat 1,000
+    t1 = now(host.chain)
+    vm.pay(cid, side, vm.call(alice, key="b", ts=t1), now=t1)  # pending until t1 + window
+    _exit(host, pat)
+    tower = VaultWatchtower(vault, vm.vault, funded(host.chain, usdc))
+    (answer,) = tower.poll()
+    assert answer.refused is None and answer.answered_nonce is None
+    increase_time(host.chain, CLAIM_WINDOW + 1)
+    host.submit(vm.vault.settle([], now=now(host.chain)).settlement)  # resolves "b" to Pat
+    assert vm.vault.balance(pat.address)[0] == 2 * PRICE  # the enclave owes her 2,000
+    tower.poll()
+    _exit(host, alice)
+    increase_time(host.chain, SETTLE_WINDOW + 1)
+    vault.final_force_settle(host.gas, alice.address)
+    vault.final_force_settle(host.gas, pat.address)
+    assert balance(usdc, alice.address) == 8_000
+    assert balance(usdc, pat.address) == 2 * PRICE, (
+        f"Pat paid {balance(usdc, pat.address)}; {balance(usdc, vault.address)} left in the pool")
