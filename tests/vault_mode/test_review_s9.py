@@ -125,7 +125,7 @@ def test_a_watchtower_whose_first_answer_failed_answers_at_its_next_poll(host: H
     vault.init_force_settle(host.gas, stale.statement, stale.signature)
 
     honest_settle = vault.settle
-    raced = []
+    raced: list[bool] = []
 
     def one_race(*args: Any, **kwargs: Any) -> Any:
         if not raced:  # somebody's deposit is mined first, once
@@ -327,3 +327,38 @@ def test_a_provider_that_exits_with_a_payment_pending_is_paid_that_payment(host:
     assert balance(usdc, alice.address) == 8_000
     assert balance(usdc, pat.address) == 2 * PRICE, (
         f"Pat paid {balance(usdc, pat.address)}; {balance(usdc, vault.address)} left in the pool")
+
+
+# ------------------------------- S9-7: deposits reported at 0 confirmations, then a reorg
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="S9-7: the host reports Deposited events at 0 confirmations; a reorg "
+                          "that drops one forks the enclave's deposit chain for good: no "
+                          "settlement lands again, later deposits have no exit")
+def test_a_reorg_that_drops_a_reported_deposit_does_not_stop_settlement_for_good(
+    vault_chain: Any, usdc: Any, tmp_path: Path,
+) -> None:
+    """Alice's 10,000 are confirmed (epoch 1). Bob's 5,000 deposit is mined and the worker
+    reports it at once (``observe_deposits`` reads to the latest block); a one-block reorg
+    drops it (its transaction is not mined again). Carol then deposits 7,000. The enclave,
+    which folded Bob's, refuses Carol's report (out of order), and every settlement it
+    signs names a deposit chain the contract never had (DepositsMismatch). Nothing lands
+    again; Carol's 7,000 are confirmed by no settlement and no statement counts them."""
+    h = Harness(vault_chain, usdc, tmp_path)
+    alice, bob, carol = client(), client(), client()
+    h.deposit(alice.address, 10_000)
+    h.service.tick()
+    assert h.contract.last_epoch() == 1
+    snapshot = vault_chain.w3.provider.make_request("evm_snapshot", [])["result"]
+    h.deposit(bob.address, 5_000)
+    h.service.observe_deposits()  # the worker's round sees it in the latest block
+    assert h.service.balance(bob.address)["unconfirmed"] == "5000"
+    vault_chain.w3.provider.make_request("evm_revert", [snapshot])  # the reorg
+    h.deposit(carol.address, 7_000)
+    for _ in range(3):  # the worker's next rounds (it logs and goes on)
+        with contextlib.suppress(Exception):
+            h.service.tick()
+    assert balance(usdc, h.contract.address) == 17_000  # Bob's deposit is gone
+    assert h.contract.last_epoch() == 2, "no settlement lands any more"
+    assert h.service.statement(carol.address).statement.balance == 7_000
