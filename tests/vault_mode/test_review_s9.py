@@ -20,6 +20,7 @@ from eth_account.signers.local import LocalAccount
 from a402.asc import LocalProtocolError
 from a402.chain.tx import TransactionFailed
 from a402.tee import EnclaveError
+from a402.vault.mode import VaultModeError
 from a402.vault.mode_app import create_mode_app
 from a402.vault.watchtower import VaultWatchtower
 from a402.vault_accounts import CLAIM_WINDOW
@@ -362,3 +363,31 @@ def test_a_reorg_that_drops_a_reported_deposit_does_not_stop_settlement_for_good
     assert balance(usdc, h.contract.address) == 17_000  # Bob's deposit is gone
     assert h.contract.last_epoch() == 2, "no settlement lands any more"
     assert h.service.statement(carol.address).statement.balance == 7_000
+
+
+# ------------------------------ S9-8: a provider that never answers locks a channel for good
+
+
+@pytest.mark.xfail(strict=True, raises=VaultModeError,
+                   reason="S9-8: the service never polls its channels (no RequestExpired): a "
+                          "provider that never answers an EXEC keeps the client's capacity "
+                          "LOCKED for good; only a force-settle (leaving the vault) frees it")
+def test_a_client_closes_its_channel_after_a_provider_never_answered_its_request(
+    vault_chain: Any, usdc: Any, tmp_path: Path,
+) -> None:
+    """Alice opens a 5,000 channel through the service and signs a call; the EXEC goes to
+    the provider, which never replies. Well past the lock timeout (30 s) Alice closes the
+    channel: refused, ``channel_busy``, today and forever (nothing in the service, the
+    worker or the API calls the machine's poll or abandon)."""
+    h = Harness(vault_chain, usdc, tmp_path)
+    alice = client()
+    silent = h.vm.provider()
+    h.deposit(alice.address, 10_000)
+    h.service.tick()
+    cid, _, _ = h.open(alice, silent, 5 * PRICE)
+    t0 = now(vault_chain)
+    h.service.request(cid, h.vm.call(alice, key="k", ts=t0), PRICE, now=t0)
+    increase_time(vault_chain, 3_600)
+    h.service.tick()  # the worker's rounds go by
+    h.service.close(cid)  # channel_busy (LOCKED)
+    assert h.service.balance(alice.address)["free"] == "10000"
