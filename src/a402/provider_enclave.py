@@ -101,6 +101,17 @@ _RECORD_FORMAT = "a402/provider-enclave-channel/v1"
 PriceOf = Callable[[str, str], "int | None"]
 
 
+@dataclass(frozen=True, slots=True)
+class VaultModeDomain:
+    """The one ``A402Vault`` whose vault-mode channels this provider admits: the contract's
+    payment domain (every vault-mode channel id and state is signed in it, and its
+    ``claimPayment`` recomputes them) and its vault signer, read from the contract (the
+    vault enclave's attested key: only it opens such a channel, with no transaction)."""
+
+    domain: PaymentDomain
+    vault: bytes
+
+
 # ------------------------------------------------------------ what the host sees
 
 
@@ -305,6 +316,7 @@ class _Refused(Exception):
 class _Opening:
     channel_id: bytes
     terms: ChannelTerms
+    domain: PaymentDomain
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,8 +359,10 @@ class ProviderEnclaveCode:
         clock: Callable[[], float],
         ack_timeout: float,
         lock_timeout: float,
+        vault_mode: VaultModeDomain | None = None,
     ) -> None:
         self._kernel = kernel
+        self._vault_mode = vault_mode
         self._presigner = _KernelPreSigner(kernel)
         self._domain = domain
         self._signer = signer
@@ -365,12 +379,13 @@ class ProviderEnclaveCode:
     def start(
         cls, enclave: Enclave, *, domain: PaymentDomain, signer: DigestSigner, price: PriceOf,
         closing: Callable[[bytes], bool], clock: Callable[[], float], ack_timeout: float,
-        lock_timeout: float,
+        lock_timeout: float, vault_mode: VaultModeDomain | None = None,
     ) -> ProviderEnclaveBoundary:
-        """Run this code in ``enclave``; the host gets only the boundary."""
+        """Run this code in ``enclave``; the host gets only the boundary. ``vault_mode``:
+        also admit the vault-mode channels of that ``A402Vault``."""
         return enclave.start(lambda kernel: ProviderEnclaveBoundary(cls(
             kernel, domain=domain, signer=signer, price=price, closing=closing, clock=clock,
-            ack_timeout=ack_timeout, lock_timeout=lock_timeout,
+            ack_timeout=ack_timeout, lock_timeout=lock_timeout, vault_mode=vault_mode,
         )))
 
     @property
@@ -412,9 +427,15 @@ class ProviderEnclaveCode:
         self._pending.pop(handle, None)
 
     def _on_open(self, handle: str, request: OpenChannel) -> Outcome:
+        # A channel whose vault is the A402Vault's vault signer is a vault-mode channel of
+        # that contract (its id and states in the contract's domain); any other is a
+        # standard channel of the ASCManager, admitted only once it is OPEN on-chain.
+        vault_mode = self._vault_mode is not None and request.vault == self._vault_mode.vault
+        domain = self._vault_mode.domain if vault_mode and self._vault_mode else self._domain
         try:
             terms = ChannelTerms(request.client, request.vault, request.provider,
-                                 request.provider_key, request.deposit, request.salt)
+                                 request.provider_key, request.deposit, request.salt,
+                                 vault_mode=vault_mode)
         except ValueError as e:
             return self._answer(handle, Refusal("bad_terms", str(e)).envelope())
         if terms.provider != self._signer.address:
@@ -423,12 +444,12 @@ class ProviderEnclaveCode:
         if terms.provider_key != self.provider_key:
             return self._answer(handle, Refusal(
                 "wrong_provider_key", "the channel names another key").envelope())
-        channel_id = terms.channel_id(self._domain)
+        channel_id = terms.channel_id(domain)
         digest = binding_digest(self._kernel.channel_binding(handle), channel_id)
         if recover_signer(digest, request.signature) != terms.vault:
             return self._answer(handle, Refusal(
                 "bad_binding_signature", "not signed by the channel's vault").envelope())
-        self._pending[handle] = _Opening(channel_id, terms)
+        self._pending[handle] = _Opening(channel_id, terms, domain)
         return ChannelNeeded(channel_id, opening=True)
 
     def _on_asc(self, handle: str, body: bytes, ack: bytes | None) -> Outcome:
@@ -462,13 +483,20 @@ class ProviderEnclaveCode:
         return self._on_message_for(handle, held, pending)
 
     def _admit(self, handle: str, opening: _Opening, on_chain: str | None) -> Answer:
+        """Admit a channel stored nowhere: a standard one only once it is OPEN on-chain; a
+        vault-mode one has no on-chain record (it is funded by the client's account in the
+        vault enclave): it is admitted on the vault's signature over this tunnel's binding
+        (checked in :meth:`_on_open`), the vault being the ``A402Vault``'s own signer. That
+        is what makes it payable: every σ_U of the channel is checked against that key, and
+        ``claimPayment`` of that contract pays a payment it authorised even if the vault
+        goes dark (with the pending record that came with the AUTH)."""
         channel_id, persist = opening.channel_id, False
         if channel_id not in self._held:
-            if on_chain != "OPEN":
+            if on_chain != "OPEN" and not opening.terms.vault_mode:
                 return self._answer(handle, Refusal(
                     "channel_not_open", f"on-chain status is {on_chain}").envelope())
             self._held[channel_id] = HeldChannel(ProviderChannel(
-                opening.terms, self._domain, self._signer, self._presigner,
+                opening.terms, opening.domain, self._signer, self._presigner,
                 ack_timeout=self._ack_timeout, lock_timeout=self._lock_timeout,
             ))
             persist = True
