@@ -22,14 +22,15 @@ AUTH → REVEAL → ACK). One call, in a straight line:
    and checked to answer this request, ACK; the answer carries the client's latest
    signed statement (what ``a402 vault exit`` needs).
 
-Safety argument: this host signs nothing and moves no money. Whatever it does, the
-enclave signs σ_U only for a call the client signed, on a REPLY whose pre-signature is
-by the attested provider key of the channel
+Safety argument: this host signs nothing and moves no money. Whatever it does, the enclave
+signs σ_U only for a call the client signed, on a REPLY whose pre-signature is by the
+attested provider key of the channel
 (:meth:`~a402.vault_accounts.VaultAccountsCode.bind_tunnel`), and every change is stored
 sealed before anything leaves (:meth:`~a402.vault.mode.VaultModeService.change`). A
-failure before σ_U releases the locked price (:meth:`abandon`); after σ_U the payment
-is pending and settles by the enclave's rules (REVEAL later, the provider's on-chain
-claim, or back to the client after the claim window): the call answers 202 ``payment_pending`` and nothing is retried here.
+failure before σ_U releases the locked price (:meth:`abandon`); after σ_U the payment is
+pending and settles by the enclave's rules (REVEAL later, the provider's on-chain claim,
+or back to the client after the claim window): the call answers 202 ``payment_pending``
+and nothing is retried here.
 
 Not built (stated): answers are kept in this process's memory only (a retry of a paid
 call after a restart is refused ``replayed_call``, it is never paid twice); the ACK is sent
