@@ -59,6 +59,7 @@ from a402 import jsonbytes
 from a402.asc import (
     Ack,
     ASCError,
+    Auth,
     CloseReady,
     Exec,
     ForceCloseClaim,
@@ -77,6 +78,7 @@ from a402.asc.snapshot import hx, state_from_json, state_to_json, unhex
 from a402.asc.terms import BalanceState, ChannelTerms, DigestSigner
 from a402.crypto import EVM, PaymentDomain, PreSignature
 from a402.crypto.authorization import recover_signer
+from a402.crypto.vault_messages import pending_digest
 from a402.tee import Enclave, EnclaveError, EnclaveKernel
 from a402.wire.a402 import (
     REQUEST_AD,
@@ -88,6 +90,7 @@ from a402.wire.a402 import (
     HttpResult,
     Kind,
     OpenChannel,
+    PendingNote,
     Refusal,
     binding_digest,
     request_digest,
@@ -191,6 +194,12 @@ class ChannelView:
     @property
     def closed_at(self) -> float | None:
         return self._held.closed_at
+
+    @property
+    def pending_note(self) -> PendingNote | None:
+        """Vault mode: the vault's signed pending record of the payment whose AUTH the
+        channel answered last (what ``A402Vault.claimPayment`` takes besides the claim)."""
+        return self._held.pending_note
 
 
 class ProviderEnclave(Protocol):
@@ -301,6 +310,7 @@ class HeldChannel:
     last_out: bytes = b""
     final: SignedState | None = None
     closed_at: float | None = None
+    pending_note: PendingNote | None = None
 
 
 class _Refused(Exception):
@@ -325,6 +335,7 @@ class _Message:
     body: bytes
     message: AscMessage
     acked: Ack | None
+    pending: PendingNote | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,6 +426,9 @@ class ProviderEnclaveCode:
             if envelope.kind is Kind.ASC_ACKED:
                 ack, body = envelope.ack_and_message()
                 return self._on_asc(handle, body, ack)
+            if envelope.kind is Kind.ASC_PENDING:
+                note, body = envelope.pending_and_message()
+                return self._on_asc(handle, body, None, note)
             return self._answer(handle, Refusal(
                 "unexpected_envelope", f"a provider does not take {envelope.kind.name}"
             ).envelope())
@@ -452,7 +466,8 @@ class ProviderEnclaveCode:
         self._pending[handle] = _Opening(channel_id, terms, domain)
         return ChannelNeeded(channel_id, opening=True)
 
-    def _on_asc(self, handle: str, body: bytes, ack: bytes | None) -> Outcome:
+    def _on_asc(self, handle: str, body: bytes, ack: bytes | None,
+                pending: PendingNote | None = None) -> Outcome:
         try:
             message = decode(body)
             acked = None if ack is None else decode(ack)
@@ -465,7 +480,7 @@ class ProviderEnclaveCode:
         if message.channel_id not in self._bound.get(handle, ()):
             return self._answer(handle, Refusal(
                 "channel_not_bound", "send OPEN for this channel first").envelope())
-        self._pending[handle] = _Message(message.channel_id, body, message, acked)
+        self._pending[handle] = _Message(message.channel_id, body, message, acked, pending)
         return ChannelNeeded(message.channel_id, opening=False)
 
     def found(self, handle: str, *, on_chain: str | None = None) -> Outcome:
@@ -522,7 +537,10 @@ class ProviderEnclaveCode:
         try:
             if isinstance(message, Exec):
                 return self._on_exec(handle, held, pending, message)
+            note = self._pending_note(held, message, pending.pending)
             answer = self._on_message(held, message)
+            if note is not None:
+                held.pending_note = note
         except _Refused as refused:
             # the message is refused, but a payment its ACK acknowledged stands
             return self._answer(handle, refused.envelope, channel_id, persist=took_ack)
@@ -535,6 +553,26 @@ class ProviderEnclaveCode:
         held.last_in, held.last_out = body, answer.encode()
         return self._answer(handle, answer, held.channel.channel_id, persist=True,
                             incoming=type(message).__name__)
+
+    def _pending_note(self, held: HeldChannel, message: AscMessage,
+                      note: PendingNote | None) -> PendingNote | None:
+        """Vault mode: an AUTH is taken (and ``t`` revealed) only with the vault's pending
+        record of that payment, signed by the channel's vault in the contract's domain:
+        without it a provider that revealed could not claim on-chain if the vault went dark
+        (``claimPayment`` checks the same signature)."""
+        terms = held.channel.terms
+        if not terms.vault_mode or not isinstance(message, Auth):
+            return None
+        if note is None:
+            raise _Refused("pending_record_required",
+                           "a vault-mode AUTH comes with its signed pending record")
+        if (note.channel_id, note.request_id) != (message.channel_id, message.request_id):
+            raise _Refused("bad_pending_record", "the record names another payment")
+        digest = pending_digest(held.channel.domain, note.channel_id, note.request_id,
+                                note.client_nonce, note.epoch, note.deadline)
+        if recover_signer(digest, note.signature) != terms.vault:
+            raise _Refused("bad_pending_record", "not signed by the channel's vault")
+        return note
 
     def on_piggybacked_ack(self, held: HeldChannel, ack: Ack) -> bool:
         """Take an ACK that rode on the next message; whether it changed the channel. As on
@@ -671,6 +709,7 @@ class ProviderEnclaveCode:
                 hx(held.final.provider_signature),
             ],
             "closedAt": held.closed_at,
+            "pendingNote": None if held.pending_note is None else hx(held.pending_note.encode()),
         }
         return self._kernel.seal(self._label(channel_id), jsonbytes.dumps(record))
 
@@ -695,4 +734,6 @@ class ProviderEnclaveCode:
                 state_from_json(final[0]), unhex(final[1]), unhex(final[2])
             ),
             closed_at=record["closedAt"],
+            pending_note=None if record.get("pendingNote") is None
+            else PendingNote.decode(unhex(record["pendingNote"])),
         )

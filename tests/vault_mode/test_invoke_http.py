@@ -46,6 +46,7 @@ from tests.a402_exchange.helpers import (
     Calls,
     service_app,
 )
+from tests.vault.helpers import wait_for
 
 from .accounts_setup import enclave_address
 from .helpers import SETTLE_WINDOW, balance, funded, increase_time
@@ -95,8 +96,23 @@ class Setup:
         return code, summary, out.getvalue()
 
 
+class AckWithholdingInvoker(ModeInvoker):
+    """A vault host that does not send its first ACK (it has the result): the provider's
+    Δ_ack passes and it claims on-chain. Later ACKs go out as usual."""
+
+    withheld = 0
+
+    async def send_ack(self, tunnel: Any, ack: Any) -> None:
+        if self.withheld == 0:
+            self.withheld = 1
+            return
+        await super().send_ack(tunnel, ack)
+
+
 @contextlib.contextmanager
-def running(chain: Chain, usdc: Any, tmp: Path) -> Iterator[tuple[Setup, str, str]]:
+def running(chain: Chain, usdc: Any, tmp: Path, *, ack_timeout: float = 30.0,
+            invoker_cls: type[ModeInvoker] = ModeInvoker
+            ) -> Iterator[tuple[Setup, str, str]]:
     """A vault in vault mode (its API served; the test runs the worker's rounds) and a
     provider gateway that also admits that A402Vault's channels, both on loopback."""
     platform = SimulatedPlatform.generate()
@@ -109,7 +125,7 @@ def running(chain: Chain, usdc: Any, tmp: Path) -> Iterator[tuple[Setup, str, st
         store=VaultStore(f"sqlite:///{tmp / 'vault-mode.db'}"), enclave=enclave,
         schedule=SchedulePolicy(window=0, jitter=0, min_participants=1, max_per_tx=10),
         rng=random.Random(3), poll_interval=0.2))
-    invoker = ModeInvoker(service, verifiers=[verifier],
+    invoker = invoker_cls(service, verifiers=[verifier],
                           policy=AttestationPolicy(frozenset({PROVIDER_CODE})),
                           allow_private_targets=True)
     # The provider: standard mode's ASCManager, and the A402Vault's channels too.
@@ -121,7 +137,7 @@ def running(chain: Chain, usdc: Any, tmp: Path) -> Iterator[tuple[Setup, str, st
         operator=operator, chain=chain, manager=manager.address,
         vault_policy=AttestationPolicy(frozenset({VAULT_CODE})), verifiers=[verifier],
         store=SqlChannelStore(f"sqlite:///{tmp / 'provider.db'}"),
-        timeouts=ChannelTimeouts(ack_timeout=30.0, lock_timeout=PROVIDER_LOCK),
+        timeouts=ChannelTimeouts(ack_timeout=ack_timeout, lock_timeout=PROVIDER_LOCK),
         watching=Watching(poll_interval=0.1), vault_contract=contract.address)
     payments = PaymentMiddleware(
         service_app(calls), routes=dict(PRICES), pay_to=operator.address,
@@ -169,6 +185,44 @@ def test_a402_pay_through_a_vault_in_vault_mode_pays_n_times_with_no_transaction
         assert [x.payees for x in landed] == [1]
         assert balance(usdc, s.provider.address) == provider_before + n * PRICE
         assert s.account(client.address) == 20_000 - n * PRICE
+        t = s.service.accounts.totals()
+        assert balance(usdc, s.contract.address) == (
+            t["free"] + t["locked"] + t["pending"] + t["unconfirmed"])
+
+
+def test_a_provider_whose_ack_the_vault_withholds_claims_on_chain_and_is_paid_exactly_once(
+    vault_chain: Chain, usdc: Any, tmp_path: Path
+) -> None:
+    with running(vault_chain, usdc, tmp_path, ack_timeout=1.0,
+                 invoker_cls=AckWithholdingInvoker) as (s, site, vault):
+        client = Account.create()
+        s.deposit(client.address, 20_000)
+        s.service.tick()
+        provider_before = balance(usdc, s.provider.address)
+        code, summary, output = s.pay(site, vault, client, "withheld")
+        assert code == 0 and summary["outcome"] == api.PAID, summary
+        assert json.loads(output)["weather"] == "sunny"
+        assert isinstance(s.invoker, AckWithholdingInvoker) and s.invoker.withheld == 1
+        # No ACK within Δ_ack: the provider's watcher claims with the pending record.
+        wait_for(lambda: balance(usdc, s.provider.address) == provider_before + PRICE,
+                 timeout=20, what="the provider's claimPayment")
+        s.service.tick()  # the worker reads PaymentClaimed: that payment is nobody's again
+        increase_time(vault_chain, 3_601)
+        s.service.tick()  # the claim window of the payment is shut: nothing left pending
+        assert s.service.balance(s.provider.address)["free"] == "0"
+        assert s.account(client.address) == 20_000 - PRICE
+        assert s.service.accounts.totals()["pending"] == 0
+        # The provider ended its side of the channel: the next call opens a new one.
+        code, summary, _ = s.pay(site, vault, client, "after-claim")
+        assert code == 0 and summary["outcome"] == api.PAID, summary
+        assert s.account(client.address) == 20_000 - 2 * PRICE
+        increase_time(vault_chain, 3_601)
+        s.service.tick()
+        assert s.service.balance(s.provider.address)["free"] == str(PRICE)
+        s.service.withdraw(s.provider.address, PRICE)
+        s.service.tick()
+        # two calls, each paid once: one by the claim, one by the settlement
+        assert balance(usdc, s.provider.address) == provider_before + 2 * PRICE
         t = s.service.accounts.totals()
         assert balance(usdc, s.contract.address) == (
             t["free"] + t["locked"] + t["pending"] + t["unconfirmed"])

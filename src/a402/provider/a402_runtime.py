@@ -117,7 +117,8 @@ class ProviderRuntime:
         )
         self.channels = Channels(self.provider_enclave, config.store)
         self.tunnels = Tunnels(config, self.provider_enclave)
-        self.onchain = OnChain(self.manager, self.operator, self.provider_enclave, self.channels)
+        self.onchain = OnChain(self.manager, self.operator, self.provider_enclave, self.channels,
+                               self.vault_contract)
         self.driver = self.driver_cls(
             self.provider_enclave, tunnels=self.tunnels, channels=self.channels,
             executor=Executor(app, budget=timeouts.lock_timeout * _EXECUTION_SHARE),

@@ -51,6 +51,7 @@ from a402.asc import (
     Ack,
     ASCError,
     Auth,
+    Reason,
     Reply,
     ResultDelivered,
     Reveal,
@@ -61,6 +62,7 @@ from a402.asc.terms import ChannelTerms
 from a402.crypto import PaymentDomain
 from a402.evm.address import address_key, to_checksum
 from a402.tee import AttestationError, AttestationPolicy, AttestationVerifier
+from a402.vault_accounts import PendingRecord
 from a402.vault_enclave import SignedCall, request_headers
 from a402.wire import vault_api as api
 from a402.wire.a402 import (
@@ -70,6 +72,7 @@ from a402.wire.a402 import (
     HttpResult,
     Kind,
     OpenChannel,
+    PendingNote,
     Refusal,
     request_digest,
 )
@@ -128,6 +131,10 @@ class ModeRefused(VaultModeError):
     """A refused call: nothing was paid (``status``, machine-readable ``reason``)."""
 
 
+class _ChannelEnded(Exception):
+    """The provider refused EXEC: its side of the channel is closed (nothing was paid)."""
+
+
 class ModeInvoker:
     """Runs vault-mode ``/v1/invoke`` calls for one :class:`VaultModeService`."""
 
@@ -177,7 +184,16 @@ class ModeInvoker:
         lock = self._locks.setdefault(pair, asyncio.Lock())
         async with lock:
             cid = await self._channel(client, call, offer, tunnel)
-            answer = await self._exchange(client, call, signed, offer, tunnel, cid)
+            try:
+                answer = await self._exchange(client, call, signed, offer, tunnel, cid)
+            except _ChannelEnded:
+                # The provider ended the channel (it claimed a payment on-chain): nothing was
+                # paid for this call; close ours (the rest goes back to the client's free
+                # balance) and pay through a new one.
+                await asyncio.to_thread(self.service.close, cid)
+                self._channels.pop(pair, None)
+                cid = await self._channel(client, call, offer, tunnel)
+                answer = await self._exchange(client, call, signed, offer, tunnel, cid)
         self._answers[once] = answer
         return answer
 
@@ -337,9 +353,14 @@ class ModeInvoker:
 
     # ------------------------------------------------------------------ seams
 
-    def auth_envelope(self, auth: Auth, pending: Any) -> Envelope:
-        """AUTH as it leaves (a seam)."""
-        return Envelope.asc(auth.encode())
+    def auth_envelope(self, auth: Auth, pending: PendingRecord | None) -> Envelope:
+        """AUTH as it leaves, with the enclave's signed pending record of the payment: the
+        provider reveals only with it (its on-chain claim if this vault goes dark)."""
+        if pending is None:  # the enclave signs one with every σ_U
+            raise ModeRefused(500, "internal_error", "σ_U came without its pending record")
+        return Envelope.with_pending(PendingNote(
+            pending.channel_id, pending.request_id, pending.client_nonce, pending.epoch,
+            pending.deadline, pending.signature), auth.encode())
 
     async def send_ack(self, tunnel: ModeTunnel, ack: Ack) -> None:
         """Send the ACK (a seam: a test's vault withholds it). Best effort: a lost ACK
@@ -355,6 +376,8 @@ class ModeInvoker:
         answer = await tunnel.exchange(envelope)
         if answer.kind is Kind.ERROR:
             refusal = _refusal(answer)
+            if refusal.reason == Reason.CHANNEL_CLOSED.value and kind is Reply:
+                raise _ChannelEnded(refusal.detail)
             raise ModeRefused(502, api.PROVIDER_REFUSED, f"nothing was paid: {refusal.reason}: "
                               f"{refusal.detail}")
         if answer.kind is not Kind.ASC:
