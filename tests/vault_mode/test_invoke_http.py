@@ -24,6 +24,7 @@ from a402.chain.deploy import TokenInfo
 from a402.chain.node import Chain
 from a402.chain.tx import transact
 from a402.client.pay import pay_main
+from a402.evm.address import address_key
 from a402.provider.a402_config import A402Config
 from a402.provider.a402_payments import A402Payments
 from a402.provider.a402_store import SqlChannelStore
@@ -37,6 +38,7 @@ from a402.vault.settlement_schedule import SchedulePolicy
 from a402.vault.store import VaultStore
 from a402.vault_contract import A402Vault
 from a402.wire import vault_api as api
+from a402.wire.a402 import Envelope
 from tests.a402_exchange.helpers import (
     PRICES,
     PROVIDER_CODE,
@@ -91,9 +93,9 @@ class Setup:
                          "--vault-token", self.usdc.address,
                          "--max", "0.001", "--idempotency-key", key], stdout=out, stderr=err)
         lines = err.getvalue().strip().splitlines()
-        summary = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {
-            "stderr": err.getvalue()}
-        return code, summary, out.getvalue()
+        summary = next((json.loads(line) for line in reversed(lines) if line.startswith("{")),
+                       {})
+        return code, {**summary, "stderr": err.getvalue()}, out.getvalue()
 
 
 class AckWithholdingInvoker(ModeInvoker):
@@ -226,3 +228,52 @@ def test_a_provider_whose_ack_the_vault_withholds_claims_on_chain_and_is_paid_ex
         t = s.service.accounts.totals()
         assert balance(usdc, s.contract.address) == (
             t["free"] + t["locked"] + t["pending"] + t["unconfirmed"])
+
+
+class NoRecordInvoker(ModeInvoker):
+    """A vault host that sends AUTH without the enclave's pending record."""
+
+    def auth_envelope(self, auth: Any, pending: Any) -> Envelope:
+        return Envelope.asc(auth.encode())
+
+
+def test_a_provider_reveals_nothing_for_a_vault_mode_auth_without_its_pending_record(
+    vault_chain: Chain, usdc: Any, tmp_path: Path
+) -> None:
+    with running(vault_chain, usdc, tmp_path, invoker_cls=NoRecordInvoker) as (s, site, vault):
+        client = Account.create()
+        s.deposit(client.address, 20_000)
+        s.service.tick()
+        code, summary, output = s.pay(site, vault, client, "no-record")
+        # σ_U is out, so the vault says "may have been paid"; the provider kept t.
+        assert code != 0 and output == b""
+        assert summary["error"] == api.PAYMENT_PENDING, summary
+        assert "may have been paid" in summary["stderr"]
+        status, body = s.invoker._answers[(address_key(client.address), "no-record")]
+        assert (status, body["providerReason"]) == (202, "pending_record_required")
+        assert s.account(client.address) == 20_000 - PRICE  # pending, in no statement
+        increase_time(vault_chain, 3_601)
+        s.service.tick()  # not revealed: the payment goes back to the client
+        assert s.account(client.address) == 20_000
+        assert s.service.balance(s.provider.address)["free"] == "0"
+        assert s.service.accounts.totals()["pending"] == 0
+
+
+def test_a402_pay_refuses_a_vault_mode_vault_that_names_another_a402vault(
+    vault_chain: Chain, usdc: Any, tmp_path: Path
+) -> None:
+    with running(vault_chain, usdc, tmp_path) as (s, site, vault):
+        client = Account.create()
+        s.deposit(client.address, 5_000)
+        s.service.tick()
+        key_file = tmp_path / "client.key"
+        key_file.write_text(bytes(client.key).hex())
+        key_file.chmod(0o600)
+        err = io.StringIO()
+        code = pay_main([f"{site}/weather", "--key-file", str(key_file), "--vault", vault,
+                         "--vault-address", s.service.address,
+                         "--vault-manager", "0x" + "22" * 20, "--vault-token", usdc.address,
+                         "--max", "0.001"], stdout=io.BytesIO(), stderr=err)
+        assert code == 3
+        assert "vault_mismatch" in err.getvalue() and "nothing was sent or paid" in err.getvalue()
+        assert s.calls["weather"] == 0 and s.account(client.address) == 5_000

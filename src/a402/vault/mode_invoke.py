@@ -128,7 +128,14 @@ class ModeTunnel(ProviderTunnel):
 
 
 class ModeRefused(VaultModeError):
-    """A refused call: nothing was paid (``status``, machine-readable ``reason``)."""
+    """A refused call (``status``, machine-readable ``reason``; ``provider_reason``: the
+    provider's, when it refused). Nothing was paid, unless raised after σ_U (AUTH):
+    :meth:`ModeInvoker._exchange` then answers 202 ``payment_pending``."""
+
+    def __init__(self, status: int, reason: str, detail: str = "", *,
+                 provider_reason: str | None = None) -> None:
+        super().__init__(status, reason, detail)
+        self.provider_reason = provider_reason
 
 
 class _ChannelEnded(Exception):
@@ -317,8 +324,10 @@ class ModeInvoker:
             delivered = await asyncio.to_thread(service.receive, cid, reveal)
         except (VaultModeError, TunnelError, ASCError) as e:
             log.warning("payment %d of %s pending: %s", exec_.request_id, cid.hex(), e)
+            why = e.provider_reason if isinstance(e, ModeRefused) else None
             return 202, {"outcome": api.PAYMENT_PENDING, "error": api.PAYMENT_PENDING,
-                         "idempotencyKey": call.idempotency_key, "message": (
+                         "idempotencyKey": call.idempotency_key,
+                         **({"providerReason": why} if why else {}), "message": (
                              "paid, or may have been paid (σ_U is out), but the result is "
                              f"not in: {e}; the payment settles by the vault's rules (the "
                              "provider's REVEAL or claim, or back to you after the claim "
@@ -378,8 +387,11 @@ class ModeInvoker:
             refusal = _refusal(answer)
             if refusal.reason == Reason.CHANNEL_CLOSED.value and kind is Reply:
                 raise _ChannelEnded(refusal.detail)
-            raise ModeRefused(502, api.PROVIDER_REFUSED, f"nothing was paid: {refusal.reason}: "
-                              f"{refusal.detail}")
+            # Before σ_U (EXEC refused) nothing was paid; after it, the caller says so.
+            said = "nothing was paid: " if kind is Reply else ""
+            raise ModeRefused(502, api.PROVIDER_REFUSED,
+                              f"{said}{refusal.reason}: {refusal.detail}",
+                              provider_reason=refusal.reason)
         if answer.kind is not Kind.ASC:
             raise ProtocolViolation("unexpected_answer", answer.kind.name)
         try:
