@@ -277,3 +277,25 @@ def test_a402_pay_refuses_a_vault_mode_vault_that_names_another_a402vault(
         assert code == 3
         assert "vault_mismatch" in err.getvalue() and "nothing was sent or paid" in err.getvalue()
         assert s.calls["weather"] == 0 and s.account(client.address) == 5_000
+
+
+def test_a_restarted_vault_pays_through_the_channel_its_enclave_still_holds(
+    vault_chain: Chain, usdc: Any, tmp_path: Path
+) -> None:
+    with running(vault_chain, usdc, tmp_path) as (s, site, vault):
+        client = Account.create()
+        s.deposit(client.address, 20_000)
+        s.service.tick()
+        assert s.pay(site, vault, client, "before")[0] == 0
+        (channel,) = s.service.accounts.channels()
+        # A new process: the service from the stored sealed ledger, a new invoker and API.
+        again = VaultModeService(s.service.config)
+        invoker = ModeInvoker(again, verifiers=s.invoker.verifiers, policy=s.invoker.policy,
+                              allow_private_targets=True)
+        with serve_in_thread(create_mode_app(again, worker=False, invoker=invoker)) as url:
+            s.service = again
+            code, summary, _ = s.pay(site, url, client, "after")
+        assert code == 0 and summary["payment"]["channelId"] == "0x" + channel[0].hex()
+        assert [c[0] for c in again.accounts.channels()] == [channel[0]]
+        assert s.account(client.address) == 20_000 - 2 * PRICE
+        assert s.calls["weather"] == 2

@@ -55,6 +55,7 @@ from a402.asc import (
     Reply,
     ResultDelivered,
     Reveal,
+    Status,
     decode,
 )
 from a402.asc.errors import MessageError
@@ -157,8 +158,6 @@ class ModeInvoker:
         self.authority = _Authority(service)
         self.tunnel_timeout = tunnel_timeout
         self._tunnels: dict[str, ModeTunnel] = {}
-        #: The client's open channel with each provider (client key, provider key) → id.
-        self._channels: dict[tuple[str, str], bytes] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._tunnel_lock = asyncio.Lock()
         #: Answers of the calls paid here, by (client key, idempotency key).
@@ -198,7 +197,6 @@ class ModeInvoker:
                 # paid for this call; close ours (the rest goes back to the client's free
                 # balance) and pay through a new one.
                 await asyncio.to_thread(self.service.close, cid)
-                self._channels.pop(pair, None)
                 cid = await self._channel(client, call, offer, tunnel)
                 answer = await self._exchange(client, call, signed, offer, tunnel, cid)
         self._answers[once] = answer
@@ -273,15 +271,23 @@ class ModeInvoker:
 
     async def _channel(self, client: str, call: api.InvokeRequest, offer: Offer,
                        tunnel: ModeTunnel) -> bytes:
-        """The client's open channel with the offer's provider, or a new one, bound."""
+        """The client's OPEN channel with the offer's provider (as the enclave holds them:
+        found again after a restart) that can pay the price, else a new one; bound to the
+        tunnel. An OPEN channel left with less than the price is closed first (its rest
+        goes back to the client's free balance)."""
+        assert tunnel.info is not None
         pair = (address_key(client), address_key(offer.pay_to))
-        known = self._channels.get(pair)
-        if known is not None and known in {c[0] for c in self.service.accounts.channels()}:
-            cid = known
-            if cid in tunnel._bound:
-                return cid
-        else:
-            assert tunnel.info is not None
+        cid: bytes | None = None
+        for found, who, payee, status, left in self.service.accounts.channels():
+            if (address_key(who), address_key(payee)) != pair or status is not Status.OPEN:
+                continue
+            if self.service.accounts.terms(found).provider_key != tunnel.info.provider_key:
+                continue
+            if left >= offer.amount and cid is None:
+                cid = found
+            elif left < offer.amount:
+                await asyncio.to_thread(self.service.close, found)
+        if cid is None:
             free = int(self.service.balance(client)["free"])
             capacity = call.deposit or min(free, DEFAULT_CHANNEL_CALLS * offer.amount)
             if capacity < offer.amount:
@@ -292,18 +298,23 @@ class ModeInvoker:
             cid, _ = await asyncio.to_thread(
                 self.service.open_channel, to_checksum(client), to_checksum(offer.pay_to),
                 tunnel.info.provider_key, capacity)
-            self._channels[pair] = cid
-        try:
-            await tunnel.bind(self.service.accounts.terms(cid))
-        except TunnelError as e:
-            raise ModeRefused(503, api.PROVIDER_UNAVAILABLE, f"nothing was paid: {e}") from None
+        assert cid is not None
+        if cid not in tunnel._bound:
+            try:
+                await tunnel.bind(self.service.accounts.terms(cid))
+            except TunnelError as e:
+                raise ModeRefused(503, api.PROVIDER_UNAVAILABLE, f"nothing was paid: {e}"
+                                  ) from None
         return cid
 
     async def _exchange(self, client: str, call: api.InvokeRequest, signed: SignedCall,
                         offer: Offer, tunnel: ModeTunnel, cid: bytes
                         ) -> tuple[int, dict[str, Any]]:
         service = self.service
-        exec_ = await asyncio.to_thread(service.request, cid, signed, offer.amount)
+        try:
+            exec_ = await asyncio.to_thread(service.request, cid, signed, offer.amount)
+        except ASCError as e:  # the machine holds an earlier payment still: nothing moved
+            raise ModeRefused(409, api.CHANNEL_BUSY, f"nothing was paid: {e.detail}") from None
         try:
             reply = await self._ask(tunnel, Envelope.asc(exec_.encode()), Reply)
             authorized = await asyncio.to_thread(service.receive, cid, reply)
