@@ -59,6 +59,7 @@ from a402 import jsonbytes
 from a402.asc import (
     Ack,
     ASCError,
+    Auth,
     CloseReady,
     Exec,
     ForceCloseClaim,
@@ -77,6 +78,7 @@ from a402.asc.snapshot import hx, state_from_json, state_to_json, unhex
 from a402.asc.terms import BalanceState, ChannelTerms, DigestSigner
 from a402.crypto import EVM, PaymentDomain, PreSignature
 from a402.crypto.authorization import recover_signer
+from a402.crypto.vault_messages import pending_digest
 from a402.tee import Enclave, EnclaveError, EnclaveKernel
 from a402.wire.a402 import (
     REQUEST_AD,
@@ -88,6 +90,7 @@ from a402.wire.a402 import (
     HttpResult,
     Kind,
     OpenChannel,
+    PendingNote,
     Refusal,
     binding_digest,
     request_digest,
@@ -99,6 +102,17 @@ _RECORD_FORMAT = "a402/provider-enclave-channel/v1"
 
 #: The host's price for a paid request: the amount for ``(method, path)``, or None.
 PriceOf = Callable[[str, str], "int | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class VaultModeDomain:
+    """The one ``A402Vault`` whose vault-mode channels this provider admits: the contract's
+    payment domain (every vault-mode channel id and state is signed in it, and its
+    ``claimPayment`` recomputes them) and its vault signer, read from the contract (the
+    vault enclave's attested key: only it opens such a channel, with no transaction)."""
+
+    domain: PaymentDomain
+    vault: bytes
 
 
 # ------------------------------------------------------------ what the host sees
@@ -180,6 +194,12 @@ class ChannelView:
     @property
     def closed_at(self) -> float | None:
         return self._held.closed_at
+
+    @property
+    def pending_note(self) -> PendingNote | None:
+        """Vault mode: the vault's signed pending record of the payment whose AUTH the
+        channel answered last (what ``A402Vault.claimPayment`` takes besides the claim)."""
+        return self._held.pending_note
 
 
 class ProviderEnclave(Protocol):
@@ -290,6 +310,7 @@ class HeldChannel:
     last_out: bytes = b""
     final: SignedState | None = None
     closed_at: float | None = None
+    pending_note: PendingNote | None = None
 
 
 class _Refused(Exception):
@@ -305,6 +326,7 @@ class _Refused(Exception):
 class _Opening:
     channel_id: bytes
     terms: ChannelTerms
+    domain: PaymentDomain
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,6 +335,7 @@ class _Message:
     body: bytes
     message: AscMessage
     acked: Ack | None
+    pending: PendingNote | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,8 +370,10 @@ class ProviderEnclaveCode:
         clock: Callable[[], float],
         ack_timeout: float,
         lock_timeout: float,
+        vault_mode: VaultModeDomain | None = None,
     ) -> None:
         self._kernel = kernel
+        self._vault_mode = vault_mode
         self._presigner = _KernelPreSigner(kernel)
         self._domain = domain
         self._signer = signer
@@ -365,12 +390,13 @@ class ProviderEnclaveCode:
     def start(
         cls, enclave: Enclave, *, domain: PaymentDomain, signer: DigestSigner, price: PriceOf,
         closing: Callable[[bytes], bool], clock: Callable[[], float], ack_timeout: float,
-        lock_timeout: float,
+        lock_timeout: float, vault_mode: VaultModeDomain | None = None,
     ) -> ProviderEnclaveBoundary:
-        """Run this code in ``enclave``; the host gets only the boundary."""
+        """Run this code in ``enclave``; the host gets only the boundary. ``vault_mode``:
+        also admit the vault-mode channels of that ``A402Vault``."""
         return enclave.start(lambda kernel: ProviderEnclaveBoundary(cls(
             kernel, domain=domain, signer=signer, price=price, closing=closing, clock=clock,
-            ack_timeout=ack_timeout, lock_timeout=lock_timeout,
+            ack_timeout=ack_timeout, lock_timeout=lock_timeout, vault_mode=vault_mode,
         )))
 
     @property
@@ -400,6 +426,9 @@ class ProviderEnclaveCode:
             if envelope.kind is Kind.ASC_ACKED:
                 ack, body = envelope.ack_and_message()
                 return self._on_asc(handle, body, ack)
+            if envelope.kind is Kind.ASC_PENDING:
+                note, body = envelope.pending_and_message()
+                return self._on_asc(handle, body, None, note)
             return self._answer(handle, Refusal(
                 "unexpected_envelope", f"a provider does not take {envelope.kind.name}"
             ).envelope())
@@ -412,9 +441,15 @@ class ProviderEnclaveCode:
         self._pending.pop(handle, None)
 
     def _on_open(self, handle: str, request: OpenChannel) -> Outcome:
+        # A channel whose vault is the A402Vault's vault signer is a vault-mode channel of
+        # that contract (its id and states in the contract's domain); any other is a
+        # standard channel of the ASCManager, admitted only once it is OPEN on-chain.
+        vault_mode = self._vault_mode is not None and request.vault == self._vault_mode.vault
+        domain = self._vault_mode.domain if vault_mode and self._vault_mode else self._domain
         try:
             terms = ChannelTerms(request.client, request.vault, request.provider,
-                                 request.provider_key, request.deposit, request.salt)
+                                 request.provider_key, request.deposit, request.salt,
+                                 vault_mode=vault_mode)
         except ValueError as e:
             return self._answer(handle, Refusal("bad_terms", str(e)).envelope())
         if terms.provider != self._signer.address:
@@ -423,15 +458,16 @@ class ProviderEnclaveCode:
         if terms.provider_key != self.provider_key:
             return self._answer(handle, Refusal(
                 "wrong_provider_key", "the channel names another key").envelope())
-        channel_id = terms.channel_id(self._domain)
+        channel_id = terms.channel_id(domain)
         digest = binding_digest(self._kernel.channel_binding(handle), channel_id)
         if recover_signer(digest, request.signature) != terms.vault:
             return self._answer(handle, Refusal(
                 "bad_binding_signature", "not signed by the channel's vault").envelope())
-        self._pending[handle] = _Opening(channel_id, terms)
+        self._pending[handle] = _Opening(channel_id, terms, domain)
         return ChannelNeeded(channel_id, opening=True)
 
-    def _on_asc(self, handle: str, body: bytes, ack: bytes | None) -> Outcome:
+    def _on_asc(self, handle: str, body: bytes, ack: bytes | None,
+                pending: PendingNote | None = None) -> Outcome:
         try:
             message = decode(body)
             acked = None if ack is None else decode(ack)
@@ -444,7 +480,7 @@ class ProviderEnclaveCode:
         if message.channel_id not in self._bound.get(handle, ()):
             return self._answer(handle, Refusal(
                 "channel_not_bound", "send OPEN for this channel first").envelope())
-        self._pending[handle] = _Message(message.channel_id, body, message, acked)
+        self._pending[handle] = _Message(message.channel_id, body, message, acked, pending)
         return ChannelNeeded(message.channel_id, opening=False)
 
     def found(self, handle: str, *, on_chain: str | None = None) -> Outcome:
@@ -462,13 +498,20 @@ class ProviderEnclaveCode:
         return self._on_message_for(handle, held, pending)
 
     def _admit(self, handle: str, opening: _Opening, on_chain: str | None) -> Answer:
+        """Admit a channel stored nowhere: a standard one only once it is OPEN on-chain; a
+        vault-mode one has no on-chain record (it is funded by the client's account in the
+        vault enclave): it is admitted on the vault's signature over this tunnel's binding
+        (checked in :meth:`_on_open`), the vault being the ``A402Vault``'s own signer. That
+        is what makes it payable: every σ_U of the channel is checked against that key, and
+        ``claimPayment`` of that contract pays a payment it authorised even if the vault
+        goes dark (with the pending record that came with the AUTH)."""
         channel_id, persist = opening.channel_id, False
         if channel_id not in self._held:
-            if on_chain != "OPEN":
+            if on_chain != "OPEN" and not opening.terms.vault_mode:
                 return self._answer(handle, Refusal(
                     "channel_not_open", f"on-chain status is {on_chain}").envelope())
             self._held[channel_id] = HeldChannel(ProviderChannel(
-                opening.terms, self._domain, self._signer, self._presigner,
+                opening.terms, opening.domain, self._signer, self._presigner,
                 ack_timeout=self._ack_timeout, lock_timeout=self._lock_timeout,
             ))
             persist = True
@@ -494,7 +537,10 @@ class ProviderEnclaveCode:
         try:
             if isinstance(message, Exec):
                 return self._on_exec(handle, held, pending, message)
+            note = self._pending_note(held, message, pending.pending)
             answer = self._on_message(held, message)
+            if note is not None:
+                held.pending_note = note
         except _Refused as refused:
             # the message is refused, but a payment its ACK acknowledged stands
             return self._answer(handle, refused.envelope, channel_id, persist=took_ack)
@@ -507,6 +553,26 @@ class ProviderEnclaveCode:
         held.last_in, held.last_out = body, answer.encode()
         return self._answer(handle, answer, held.channel.channel_id, persist=True,
                             incoming=type(message).__name__)
+
+    def _pending_note(self, held: HeldChannel, message: AscMessage,
+                      note: PendingNote | None) -> PendingNote | None:
+        """Vault mode: an AUTH is taken (and ``t`` revealed) only with the vault's pending
+        record of that payment, signed by the channel's vault in the contract's domain:
+        without it a provider that revealed could not claim on-chain if the vault went dark
+        (``claimPayment`` checks the same signature)."""
+        terms = held.channel.terms
+        if not terms.vault_mode or not isinstance(message, Auth):
+            return None
+        if note is None:
+            raise _Refused("pending_record_required",
+                           "a vault-mode AUTH comes with its signed pending record")
+        if (note.channel_id, note.request_id) != (message.channel_id, message.request_id):
+            raise _Refused("bad_pending_record", "the record names another payment")
+        digest = pending_digest(held.channel.domain, note.channel_id, note.request_id,
+                                note.client_nonce, note.epoch, note.deadline)
+        if recover_signer(digest, note.signature) != terms.vault:
+            raise _Refused("bad_pending_record", "not signed by the channel's vault")
+        return note
 
     def on_piggybacked_ack(self, held: HeldChannel, ack: Ack) -> bool:
         """Take an ACK that rode on the next message; whether it changed the channel. As on
@@ -643,6 +709,7 @@ class ProviderEnclaveCode:
                 hx(held.final.provider_signature),
             ],
             "closedAt": held.closed_at,
+            "pendingNote": None if held.pending_note is None else hx(held.pending_note.encode()),
         }
         return self._kernel.seal(self._label(channel_id), jsonbytes.dumps(record))
 
@@ -667,4 +734,6 @@ class ProviderEnclaveCode:
                 state_from_json(final[0]), unhex(final[1]), unhex(final[2])
             ),
             closed_at=record["closedAt"],
+            pending_note=None if record.get("pendingNote") is None
+            else PendingNote.decode(unhex(record["pendingNote"])),
         )

@@ -114,14 +114,21 @@ class ExpectedVault:
         return cls(vault, manifest.contracts["ASCManager"], manifest.token.address)
 
     def differences(self, info: dict[str, Any]) -> list[str]:
-        """What ``info`` names differently from this (empty: it matches)."""
-        named = {"vault": info.get("vault"), "ascManager": info.get("ascManager"),
+        """What ``info`` names differently from this (empty: it matches). A vault in vault
+        mode (``"mode": "vault"``) pools in an ``A402Vault``: ``manager`` is that contract."""
+        named = {"vault": info.get("vault"), "ascManager": _pool_contract(info),
                  "token": (info.get("token") or {}).get("address")
                  if isinstance(info.get("token"), dict) else None}
         wanted = {"vault": self.vault, "ascManager": self.manager, "token": self.token}
         return [f"{field} {named[field]} (expected {wanted[field]})"
                 for field in wanted
                 if str(named[field] or "").lower() != str(wanted[field]).lower()]
+
+
+def _pool_contract(info: dict[str, Any]) -> Any:
+    """The contract a vault's info names for its pool: its ASCManager, or in vault mode
+    its A402Vault (the client's account is there; paid calls are the same either way)."""
+    return info.get("a402Vault") if info.get("mode") == "vault" else info.get("ascManager")
 
 
 class VaultCallError(PaymentError):
@@ -321,7 +328,7 @@ class _Base:
             if self.expect is None:  # trust on first use, asked for: pinned from now on
                 token = info.get("token")
                 self.expect = ExpectedVault(
-                    str(info.get("vault")), str(info.get("ascManager")),
+                    str(info.get("vault")), str(_pool_contract(info)),
                     str(token.get("address") if isinstance(token, dict) else None))
             wrong = self.expect.differences(info)
             if wrong:

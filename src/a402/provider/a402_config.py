@@ -42,6 +42,10 @@ class A402Config:
       ``watch``: whether the watcher runs at all.
     - ``limits``: how many tunnels, idle for how long (:class:`~a402.provider.settings.Limits`).
     - ``clock``: Unix time (a seam for tests).
+    - ``vault_contract``: an ``A402Vault`` (Liquidity Vault mode) whose vault-mode channels
+      the provider also admits: opened inside that vault's enclave against a client's
+      pooled account, with no transaction; the earnings accrue to the provider's account
+      there (``a402 vault withdraw`` pays them out). Its token must be the middleware's.
     """
 
     enclave: Enclave
@@ -56,6 +60,7 @@ class A402Config:
     limits: Limits = field(default_factory=Limits)
     watch: bool = True
     clock: Callable[[], float] = time.time
+    vault_contract: str | None = None
 
 
 __all__ = ["A402Config"]

@@ -55,7 +55,7 @@ class A402Offer:
     def _extra(self, base_url: str) -> dict[str, Any]:
         runtime = self.runtime
         endpoint = base_url.rstrip("/") + WELL_KNOWN_PREFIX
-        return {
+        extra = {
             "endpoint": endpoint,
             "ascManager": runtime.manager.address,
             "providerKey": "0x" + runtime.provider_key.hex(),
@@ -68,6 +68,9 @@ class A402Offer:
                 "evidence": endpoint + "/info?nonce=<hex>",
             },
         }
+        if runtime.vault_contract is not None:  # vault-mode channels of this A402Vault too
+            extra["a402Vault"] = runtime.vault_contract.address
+        return extra
 
 
 __all__ = ["A402Offer"]

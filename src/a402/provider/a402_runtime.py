@@ -56,8 +56,9 @@ from a402.provider.a402_execute import Executor
 from a402.provider.a402_tunnels import Tunnels
 from a402.provider.a402_watch import ChannelWatcher, OnChain
 from a402.provider.routes import RouteTable
-from a402.provider_enclave import ProviderEnclave, ProviderEnclaveCode
+from a402.provider_enclave import ProviderEnclave, ProviderEnclaveCode, VaultModeDomain
 from a402.tee.chains import check_backends
+from a402.vault_contract import A402Vault
 from a402.wire.a402 import PricedRoute, ProviderInfo, provider_user_data
 
 _MAX_NONCE = 64
@@ -97,16 +98,27 @@ class ProviderRuntime:
         if timeouts.lock_timeout <= 0 or timeouts.ack_timeout <= 0:
             raise ValueError("timeouts must be positive")
         self.network = network
+        #: The A402Vault whose vault-mode channels are admitted too (None: standard only).
+        self.vault_contract: A402Vault | None = None
+        vault_mode = None
+        if config.vault_contract is not None:
+            self.vault_contract = A402Vault(config.chain, config.vault_contract)
+            if self.vault_contract.token.lower() != token.lower():
+                raise ValueError(f"the A402Vault pools {self.vault_contract.token}, not {token}")
+            vault_mode = VaultModeDomain(self.vault_contract.domain, bytes.fromhex(
+                self.vault_contract.vault_signer.removeprefix("0x")))
         self.operator = config.operator
         self.signer = EcdsaSigner(bytes(config.operator.key))
         self.provider_enclave: ProviderEnclave = self.enclave_code.start(
             config.enclave, domain=self.domain, signer=self.signer, price=self._price,
             closing=lambda channel_id: self.channels.closing(channel_id), clock=config.clock,
             ack_timeout=timeouts.ack_timeout, lock_timeout=timeouts.lock_timeout,
+            vault_mode=vault_mode,
         )
         self.channels = Channels(self.provider_enclave, config.store)
         self.tunnels = Tunnels(config, self.provider_enclave)
-        self.onchain = OnChain(self.manager, self.operator, self.provider_enclave, self.channels)
+        self.onchain = OnChain(self.manager, self.operator, self.provider_enclave, self.channels,
+                               self.vault_contract)
         self.driver = self.driver_cls(
             self.provider_enclave, tunnels=self.tunnels, channels=self.channels,
             executor=Executor(app, budget=timeouts.lock_timeout * _EXECUTION_SHARE),

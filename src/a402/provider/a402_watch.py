@@ -54,9 +54,11 @@ from eth_utils import event_abi_to_log_topic, filter_abi_by_type
 
 from a402.asc import ForceCloseClaim, Status
 from a402.asc_manager import ASCManager, OnChainStatus
+from a402.crypto.vault_messages import VaultChannelTerms
 from a402.provider.a402_channels import Channels, Slot
 from a402.provider.settings import Watching
 from a402.provider_enclave import ProviderEnclave
+from a402.vault_contract import A402Vault, PendingClaim
 
 log = logging.getLogger("a402.provider.a402")
 
@@ -71,8 +73,11 @@ class OnChain:
     """
 
     def __init__(self, manager: ASCManager, operator: LocalAccount,
-                 provider_enclave: ProviderEnclave, channels: Channels) -> None:
+                 provider_enclave: ProviderEnclave, channels: Channels,
+                 vault_contract: A402Vault | None = None) -> None:
         self.manager = manager
+        #: The A402Vault of the vault-mode channels (their claim path: ``claimPayment``).
+        self.vault_contract = vault_contract
         self.operator = operator
         self.provider_enclave = provider_enclave
         self.channels = channels
@@ -95,6 +100,8 @@ class OnChain:
         if slot.channel.status is not Status.PENDING:
             slot.force_close_due = False
             return False
+        if slot.channel.terms.vault_mode:
+            return await self.claim_vault_payment(slot)
         claim = self.provider_enclave.claim(slot.channel_id)
         try:
             receipt = await asyncio.to_thread(
@@ -105,6 +112,40 @@ class OnChain:
             return await self.reconcile(slot)
         slot.close_tx = receipt["transactionHash"].to_0x_hex()
         log.info("forceClose of %s for request %d: %s", slot.channel_id.hex(),
+                 claim.request_id, slot.close_tx)
+        await self.mark_closed(slot)
+        return True
+
+    async def claim_vault_payment(self, slot: Slot) -> bool:
+        """Vault mode's Δ_ack: ``A402Vault.claimPayment`` with the enclave's completed
+        adaptor signature, σ_U and the vault's signed pending record that came with the AUTH
+        (the provider revealed only with it). It pays the provider on-chain whether or not
+        the vault answers, once the record's epoch has landed and before its deadline; the
+        vault's worker reads the claim and credits that payment to nobody again. A claim
+        the contract refuses is retried on the next tick (say, before the epoch lands)."""
+        note = slot.channel.pending_note
+        claim = self.provider_enclave.claim(slot.channel_id)
+        if self.vault_contract is None or note is None or note.request_id != claim.request_id:
+            log.error("vault-mode channel %s: no A402Vault or pending record to claim "
+                      "request %d with", slot.channel_id.hex(), claim.request_id)
+            slot.force_close_due = False
+            await self.channels.persist(slot)
+            return False
+        t = slot.channel.terms
+        terms = VaultChannelTerms("0x" + t.client.hex(), "0x" + t.provider.hex(),
+                                  t.provider_key, t.deposit, t.salt)
+        pending = PendingClaim(claim.request_id, claim.amount, claim.result_hash, claim.e,
+                               claim.s, note.client_nonce, note.epoch, note.deadline,
+                               claim.authorization, note.signature)
+        try:
+            receipt = await asyncio.to_thread(
+                self.vault_contract.claim_payment, self.operator, terms, pending)
+        except Exception as e:  # reverted (not yet, or too late) or the node failed
+            log.warning("claimPayment of %s request %d failed: %s", slot.channel_id.hex(),
+                        claim.request_id, e)
+            return False
+        slot.close_tx = receipt["transactionHash"].to_0x_hex()
+        log.info("claimPayment of %s request %d: %s", slot.channel_id.hex(),
                  claim.request_id, slot.close_tx)
         await self.mark_closed(slot)
         return True
@@ -136,6 +177,8 @@ class OnChain:
 
     async def submit_close(self, slot: Slot) -> None:
         """``closeASC`` with the co-signed final state, unless the channel settled already."""
+        if slot.channel.terms.vault_mode:  # closed inside the vault: nothing to submit
+            return
         if slot.onchain_closed or slot.final is None or await self.reconcile(slot):
             return
         try:

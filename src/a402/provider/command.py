@@ -108,6 +108,10 @@ class A402Options:
     channel_db: str = setting(
         "sqlite:///a402-provider-channels.db", metavar="URL",
         help="SQLAlchemy URL of the sealed channel records (default: %(default)s)")
+    a402_vault: str | None = setting(
+        None, metavar="ADDRESS",
+        help="also admit the vault-mode channels of this A402Vault (a vault run with "
+             "--mode vault; earnings accrue to the provider's account there)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -358,10 +362,19 @@ def a402_gateway(args: argparse.Namespace, *, token: str, network: str,
     if len(roots) > 1:
         print("a402 gateway: only the first --trust-root is used (one verifier per kind)",
               file=sys.stderr)
+    vault_contract = None
+    if options.a402_vault:
+        try:
+            vault_contract = chain.w3.to_checksum_address(options.a402_vault)
+        except ValueError:
+            raise GatewayUsageError(f"--a402-vault {options.a402_vault} is not an address"
+                                    ) from None
+        if not chain.w3.eth.get_code(vault_contract):
+            raise GatewayUsageError(f"no contract at {vault_contract} on {chain.network}")
     config = A402Config(
         enclave=enclave, operator=operator, chain=chain, manager=manager, vault_policy=policy,
         verifiers=verifiers, store=SqlChannelStore(options.channel_db),
-        timeouts=timeouts,
+        timeouts=timeouts, vault_contract=vault_contract,
     )
     return A402Gateway(config, {
         "provider": operator.address,

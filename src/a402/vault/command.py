@@ -226,12 +226,14 @@ def _run_vault_mode(args: argparse.Namespace, where: ChainOptions, serve: ServeO
     from a402.chain.deploy import Manifest
     from a402.chain.node import connect
     from a402.keys import load_key_file
-    from a402.tee import measure_package
+    from a402.tee import AttestationPolicy, measure_package
     from a402.tee.chains import require_development_chain
     from a402.tee.errors import AttestationError
+    from a402.tee.identity import peer_verifiers
     from a402.vault.identity import load_platform, vault_enclave
     from a402.vault.mode import VaultModeConfig, VaultModeService
     from a402.vault.mode_app import create_mode_app
+    from a402.vault.mode_invoke import ModeInvoker
     from a402.vault.store import VaultBusy, VaultStore
 
     manifest = Manifest.load(where.manifest) if where.manifest else None
@@ -245,8 +247,12 @@ def _run_vault_mode(args: argparse.Namespace, where: ChainOptions, serve: ServeO
         return fail(f"{where.rpc} is {chain.network}, not {where.network}")
     try:
         require_development_chain(chain.chain_id)  # this vault's enclave is simulated
+        policy = AttestationPolicy(frozenset(
+            bytes.fromhex(m.removeprefix("0x")) for m in trust.provider_measurement))
     except AttestationError as e:
         return fail(str(e))
+    except ValueError as e:
+        return fail(f"--provider-measurement: {e}")
     store = VaultStore(serve.db)
     if store.engine.dialect.name != "sqlite":
         return fail("vault mode runs on SQLite for now (one process; fail-over over "
@@ -284,7 +290,18 @@ def _run_vault_mode(args: argparse.Namespace, where: ChainOptions, serve: ServeO
                       "address": service.address, "a402Vault": service.contract.address,
                       "gasAccount": account.address, "network": chain.network,
                       "measurement": "0x" + measurement.hex()}), file=sys.stderr, flush=True)
-    serving.run(create_mode_app(service), host=serve.host, port=serve.port)
+    roots = [bytes.fromhex(r.removeprefix("0x")) for r in trust.trust_root]
+    try:
+        verifiers = peer_verifiers(platform, roots, trust.nitro_root, chain_id=chain.chain_id)
+    except AttestationError as e:
+        return fail(str(e))
+    except (OSError, ValueError) as e:
+        return fail(f"--nitro-root {trust.nitro_root}: {e}")
+    connections = from_args(Connections, args)
+    invoker = ModeInvoker(service, verifiers=verifiers, policy=policy,
+                          allow_private_targets=connections.allow_private_targets,
+                          tunnel_timeout=connections.http_timeout)
+    serving.run(create_mode_app(service, invoker=invoker), host=serve.host, port=serve.port)
     return 0
 
 

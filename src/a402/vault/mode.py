@@ -35,9 +35,8 @@ before a withdrawal is acknowledged. The host moves no money: what it can do wit
 enclave is in :mod:`a402.vault_accounts` (it cannot make it sign money that is not there),
 and its gas key pays for transactions that anyone may send.
 
-Not wired (see the README): a provider's gateway admits only channels opened on an
-``ASCManager``, so the vault's ``/v1/invoke`` proxy and the provider tunnel still run
-standard mode only; vault-mode exchanges are driven through this class's methods.
+Paid calls over HTTP (``POST /v1/invoke``) run through :mod:`a402.vault.mode_invoke`, which
+opens channels and pays requests with this class's methods over the standard tunnel.
 """
 
 from __future__ import annotations
@@ -89,6 +88,8 @@ LEDGER_KEY = "vault-mode/ledger"
 PAYOUTS_KEY = "vault-mode/payouts"
 LANDED_KEY = "vault-mode/landed"
 _PAYOUTS_LABEL = "a402/vault-mode-payouts"
+_DECIMALS_ABI = [{"type": "function", "name": "decimals", "stateMutability": "view",
+                  "inputs": [], "outputs": [{"name": "", "type": "uint8"}]}]
 
 
 class VaultModeError(Exception):
@@ -176,6 +177,7 @@ class VaultModeService:
         self.dropped: list[dict[str, str]] = []
         #: Who serves: this process (vault mode is one process, under the store's lock).
         self.holder = f"{socket.gethostname()}:{os.getpid()}"
+        self._decimals: int | None = None
 
     # ------------------------------------------------------------------ durability
 
@@ -238,9 +240,16 @@ class VaultModeService:
         return int(self.chain.w3.eth.get_block("latest")["timestamp"])
 
     def info(self) -> dict[str, Any]:
+        """``GET /v1/info``: ``mode`` tells a client it pays from its account here; the
+        token as the standard vault names it (address, decimals)."""
+        if self._decimals is None:
+            self._decimals = int(self.chain.w3.eth.contract(
+                address=self.chain.w3.to_checksum_address(self.contract.token), abi=_DECIMALS_ABI
+            ).functions.decimals().call())
         return {"vault": self.address, "mode": "vault", "network": self.chain.network,
                 "chainId": self.chain.chain_id, "a402Vault": self.contract.address,
-                "token": self.contract.token, "settleWindow": self.contract.settle_window,
+                "token": {"address": self.contract.token, "decimals": self._decimals},
+                "settleWindow": self.contract.settle_window,
                 "life": self.accounts.life_id, "authWindow": self.config.auth_window,
                 "operator": self.config.account.address}
 

@@ -4,6 +4,8 @@ status and settle-now. Every ``/v1/vault`` call is signed like the standard vaul
 
 =====================================  =====================================================
 ``GET  /v1/info``                      the vault's key, its A402Vault, chain, life
+``POST /v1/invoke``                    a paid call from the signer's account (as in
+                                       standard mode; :mod:`a402.vault.mode_invoke`)
 ``GET  /v1/vault/balance``             the signer's free, locked, unconfirmed, queued payout
 ``GET  /v1/vault/statement``           the signer's latest enclave-signed balance statement
 ``POST /v1/vault/withdraw``            ``{"amount"}``: queue a payout to the signer's address
@@ -32,19 +34,25 @@ from starlette.routing import Route
 from a402.chain.rpc import ChainUnavailable
 from a402.evm.address import address_key
 from a402.serving import request_body
+from a402.vault_enclave import SignedCall
 from a402.wire import vault_api as api
 from a402.wire.jsonstrict import JsonLimitError, loads_object
 
 from .mode import VaultModeError, VaultModeService, VaultModeWorker, statement_json
+from .mode_invoke import ModeInvoker
+from .tunnel import TunnelError
 
 log = logging.getLogger("a402.vault.mode")
 
-Handler = Callable[[api.Authenticated, dict[str, Any]], Awaitable[tuple[int, Any]]]
+Handler = Callable[[api.Authenticated, dict[str, Any], SignedCall],
+                   Awaitable[tuple[int, Any]]]
 
 
-def create_mode_app(service: VaultModeService, *, worker: bool = True) -> Starlette:
+def create_mode_app(service: VaultModeService, *, worker: bool = True,
+                    invoker: ModeInvoker | None = None) -> Starlette:
     """The vault-mode API; with ``worker``, the app's lifespan runs :class:`VaultModeWorker`
-    (deposits, settlement scheduler, watchtower)."""
+    (deposits, settlement scheduler, watchtower). ``invoker``: pays ``/v1/invoke`` calls
+    (without one, the route answers 501 ``not_configured``)."""
     runner = VaultModeWorker(service)
 
     @contextlib.asynccontextmanager
@@ -53,6 +61,8 @@ def create_mode_app(service: VaultModeService, *, worker: bool = True) -> Starle
             await runner.start()
         yield
         await runner.stop()
+        if invoker is not None:
+            await invoker.aclose()
 
     vault = api.vault_account(service.chain.network, service.address)
 
@@ -68,7 +78,8 @@ def create_mode_app(service: VaultModeService, *, worker: bool = True) -> Starle
                     signed.client, signed.nonce, now=now, keep=2 * service.config.auth_window):
                 raise api.AuthError(api.REPLAYED_REQUEST, "this nonce was already used")
             parsed = loads_object(body) if body else {}
-            status, out = await handler(signed, parsed)
+            call = SignedCall.of(request.headers, request.method, path, body)
+            status, out = await handler(signed, parsed, call)
         except api.AuthError as e:
             return JSONResponse({"error": e.reason, "message": e.detail}, status_code=401)
         except JsonLimitError as e:
@@ -78,6 +89,10 @@ def create_mode_app(service: VaultModeService, *, worker: bool = True) -> Starle
         except ChainUnavailable as e:
             return JSONResponse({"error": api.CHAIN_UNAVAILABLE, "message": str(e)},
                                 status_code=503, headers={"Retry-After": "2"})
+        except TunnelError as e:  # before σ_U (after it, the call answers 202)
+            return JSONResponse({"error": api.PROVIDER_UNAVAILABLE,
+                                 "message": f"nothing was paid: {e}"},
+                                status_code=503, headers={"Retry-After": "1"})
         except ValueError as e:
             return JSONResponse({"error": "bad_request", "message": str(e)}, status_code=400)
         except Exception as e:
@@ -94,17 +109,20 @@ def create_mode_app(service: VaultModeService, *, worker: bool = True) -> Starle
         return JSONResponse(service.info())
 
     async def balance(request: Request) -> JSONResponse:
-        async def h(signed: api.Authenticated, _: dict[str, Any]) -> tuple[int, Any]:
+        async def h(signed: api.Authenticated, _: dict[str, Any], _call: SignedCall
+                    ) -> tuple[int, Any]:
             return 200, service.balance(signed.client)
         return await answer(request, h)
 
     async def statement(request: Request) -> JSONResponse:
-        async def h(signed: api.Authenticated, _: dict[str, Any]) -> tuple[int, Any]:
+        async def h(signed: api.Authenticated, _: dict[str, Any], _call: SignedCall
+                    ) -> tuple[int, Any]:
             return 200, statement_json(service.statement(signed.client))
         return await answer(request, h)
 
     async def withdraw(request: Request) -> JSONResponse:
-        async def h(signed: api.Authenticated, body: dict[str, Any]) -> tuple[int, Any]:
+        async def h(signed: api.Authenticated, body: dict[str, Any], _call: SignedCall
+                    ) -> tuple[int, Any]:
             raw = body.get("amount")
             if not isinstance(raw, str | int) or not str(raw).isdigit():
                 raise VaultModeError(400, "bad_request", "amount: a decimal string of atomic units")
@@ -112,7 +130,8 @@ def create_mode_app(service: VaultModeService, *, worker: bool = True) -> Starle
         return await answer(request, h)
 
     async def settle_now(request: Request) -> JSONResponse:
-        async def h(signed: api.Authenticated, _: dict[str, Any]) -> tuple[int, Any]:
+        async def h(signed: api.Authenticated, _: dict[str, Any], _call: SignedCall
+                    ) -> tuple[int, Any]:
             operator(signed)
             landed = await _thread(service.settle_now)
             return 200, {"landed": [{"epoch": x.epoch, "tx": x.tx_hash, "payees": x.payees}
@@ -120,9 +139,23 @@ def create_mode_app(service: VaultModeService, *, worker: bool = True) -> Starle
         return await answer(request, h)
 
     async def status(request: Request) -> JSONResponse:
-        async def h(signed: api.Authenticated, _: dict[str, Any]) -> tuple[int, Any]:
+        async def h(signed: api.Authenticated, _: dict[str, Any], _call: SignedCall
+                    ) -> tuple[int, Any]:
             operator(signed)
             return 200, await _thread(service.status)
+        return await answer(request, h)
+
+    async def invoke(request: Request) -> JSONResponse:
+        async def h(signed: api.Authenticated, body: dict[str, Any], call: SignedCall
+                    ) -> tuple[int, Any]:
+            if invoker is None:
+                raise VaultModeError(501, "not_configured",
+                                     "this vault pays no calls (no attestation configured)")
+            try:
+                parsed = api.InvokeRequest.from_json(body)
+            except ValueError as e:
+                raise VaultModeError(400, api.BAD_REQUEST, str(e)) from None
+            return await invoker.invoke(signed.client, parsed, call)
         return await answer(request, h)
 
     async def healthz(_: Request) -> JSONResponse:
@@ -132,6 +165,7 @@ def create_mode_app(service: VaultModeService, *, worker: bool = True) -> Starle
 
     return Starlette(lifespan=lifespan, routes=[
         Route("/v1/info", info, methods=["GET"]),
+        Route("/v1/invoke", invoke, methods=["POST"]),
         Route("/v1/vault/balance", balance, methods=["GET"]),
         Route("/v1/vault/statement", statement, methods=["GET"]),
         Route("/v1/vault/withdraw", withdraw, methods=["POST"]),

@@ -60,9 +60,12 @@ def origin(url: str) -> str:
 
 
 def pick_offer(
-    response: httpx.Response, url: str, *, network: str, manager: str, token: str
+    response: httpx.Response, url: str, *, network: str, manager: str, token: str,
+    contract_field: str = "ascManager",
 ) -> Offer:
-    """The ``a402`` offer of a 402 this vault can pay, or :class:`OfferError`."""
+    """The ``a402`` offer of a 402 this vault can pay, or :class:`OfferError`.
+    ``contract_field``: the ``extra`` entry that must name ``manager`` (``"a402Vault"``
+    for a vault in vault mode: the provider admits that A402Vault's channels)."""
     try:
         required = read_payment_required(response.headers.get(PAYMENT_REQUIRED),
                                          response.content)
@@ -81,17 +84,17 @@ def pick_offer(
             continue
         extra = req.extra or {}
         endpoint, key, their_manager = (
-            extra.get("endpoint"), extra.get("providerKey"), extra.get("ascManager")
+            extra.get("endpoint"), extra.get("providerKey"), extra.get(contract_field)
         )
         if not all(isinstance(v, str) for v in (endpoint, key, their_manager)):
-            seen.append("a402 without endpoint/providerKey/ascManager")
+            seen.append(f"a402 without endpoint/providerKey/{contract_field}")
             continue
         assert isinstance(endpoint, str) and isinstance(key, str)
         assert isinstance(their_manager, str)
         problems = [
             what for what, ok in (
                 (f"network {network_of}", network_of == network),
-                (f"ASCManager {their_manager}", their_manager.lower() == manager.lower()),
+                (f"{contract_field} {their_manager}", their_manager.lower() == manager.lower()),
                 (f"asset {req.asset}", req.asset.lower() == token.lower()),
                 ("an endpoint on another origin",
                  origin(endpoint) == origin(url) and endpoint.rstrip("/").endswith(

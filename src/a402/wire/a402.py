@@ -72,7 +72,7 @@ import base64
 import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import Any, ClassVar
 
 from a402.evm.keccak import keccak256 as keccak
 
@@ -120,6 +120,8 @@ class Kind(IntEnum):
     OK = 3
     ERROR = 4
     ASC_ACKED = 5
+    #: Vault mode: AUTH with the vault's signed pending record (:class:`PendingNote`).
+    ASC_PENDING = 6
 
 
 # ---------------------------------------------------------------- primitives
@@ -353,6 +355,18 @@ class Envelope:
         """ASC_ACKED: the previous request's ACK riding on the next message."""
         return cls(Kind.ASC_ACKED, _Writer(b"").lp(ack_bytes, 4, "ACK").raw(message_bytes).done())
 
+    @classmethod
+    def with_pending(cls, note: PendingNote, message_bytes: bytes) -> Envelope:
+        """ASC_PENDING: a vault-mode AUTH with the pending record signed with its σ_U."""
+        return cls(Kind.ASC_PENDING, note.encode() + bytes(message_bytes))
+
+    def pending_and_message(self) -> tuple[PendingNote, bytes]:
+        """The (pending record, AUTH) of an ASC_PENDING envelope."""
+        if self.kind is not Kind.ASC_PENDING or len(self.body) <= PendingNote.SIZE:
+            raise FrameError("ASC_PENDING carries a pending record and a message")
+        return (PendingNote.decode(self.body[:PendingNote.SIZE]),
+                self.body[PendingNote.SIZE:])
+
     def ack_and_message(self) -> tuple[bytes, bytes]:
         """The (ACK, message) of an ASC_ACKED envelope."""
         if self.kind is not Kind.ASC_ACKED:
@@ -363,6 +377,38 @@ class Envelope:
         if not ack or not message:
             raise FrameError("ASC_ACKED carries an ACK and a message")
         return ack, message
+
+
+@dataclass(frozen=True, slots=True)
+class PendingNote:
+    """A vault-mode pending record as the provider gets it with AUTH: payment ``request_id``
+    of ``channel_id`` is pending, counted by the client's statements up to ``client_nonce``,
+    claimable with ``A402Vault.claimPayment`` once settlement ``epoch`` has landed and until
+    ``deadline``; ``signature`` is the vault key's over
+    :func:`~a402.crypto.vault_messages.pending_digest`."""
+
+    channel_id: bytes
+    request_id: int
+    client_nonce: int
+    epoch: int
+    deadline: int
+    signature: bytes
+
+    SIZE: ClassVar[int] = 32 + 8 * 4 + _SIGNATURE_SIZE
+
+    def encode(self) -> bytes:
+        if len(self.channel_id) != 32 or len(self.signature) != _SIGNATURE_SIZE:
+            raise ValueError("malformed pending record")
+        return (self.channel_id + self.request_id.to_bytes(8, "big")
+                + self.client_nonce.to_bytes(8, "big") + self.epoch.to_bytes(8, "big")
+                + self.deadline.to_bytes(8, "big") + self.signature)
+
+    @classmethod
+    def decode(cls, data: bytes) -> PendingNote:
+        if len(data) != cls.SIZE:
+            raise FrameError(f"a pending record is {cls.SIZE} bytes")
+        n = [int.from_bytes(data[32 + 8 * i: 40 + 8 * i], "big") for i in range(4)]
+        return cls(data[:32], n[0], n[1], n[2], n[3], data[64:])
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,425 @@
+"""``POST /v1/invoke`` in vault mode: a client's signed call, paid from its pooled account.
+
+The same exchange as standard mode, with the other funding: the channel is opened
+inside the vault enclave against the client's account in the ``A402Vault``
+(:meth:`VaultModeService.open_channel <a402.vault.mode.VaultModeService.open_channel>`,
+no transaction), and each paid request runs the one machine
+(:class:`~a402.asc.VaultChannel`, in the enclave's :mod:`a402.vault_accounts`) over the
+same attested tunnel and frames as standard mode (:class:`~a402.vault.tunnel.ProviderTunnel`:
+``…/info`` attested, Noise XX, OPEN with the vault's binding signature, EXEC → REPLY →
+AUTH → REVEAL → ACK). One call, in a straight line:
+
+1. the target's 402 names an ``a402`` offer whose ``extra.a402Vault`` is this vault's
+   contract (the provider admits its vault-mode channels), on this chain and token, with
+   an endpoint on the target's origin; its price within the call's ``maxPrice``;
+2. the provider is attested (its key and address, as in standard mode) and the tunnel
+   opened; the client's open channel with that provider is reused, or one is opened
+   with ``deposit`` (the call's, else :data:`DEFAULT_CHANNEL_CALLS` × the price, at most
+   the client's free balance) and bound to the tunnel (OPEN);
+3. EXEC for the call *as the client signed it* (the enclave checks the signature, the
+   price against ``maxPrice``, the channel's owner, and pays each idempotency key once),
+   REPLY checked by the machine in the enclave, AUTH with σ_U, REVEAL, the result opened
+   and checked to answer this request, ACK; the answer carries the client's latest
+   signed statement (what ``a402 vault exit`` needs).
+
+Safety argument: this host signs nothing and moves no money. Whatever it does, the enclave
+signs σ_U only for a call the client signed, on a REPLY whose pre-signature is by the
+attested provider key of the channel
+(:meth:`~a402.vault_accounts.VaultAccountsCode.bind_tunnel`), and every change is stored
+sealed before anything leaves (:meth:`~a402.vault.mode.VaultModeService.change`). A
+failure before σ_U releases the locked price (:meth:`abandon`); after σ_U the payment is
+pending and settles by the enclave's rules (REVEAL later, the provider's on-chain claim,
+or back to the client after the claim window): the call answers 202 ``payment_pending``
+and nothing is retried here.
+
+Not built (stated): answers are kept in this process's memory only (a retry of a paid
+call after a restart is refused ``replayed_call``, it is never paid twice); the ACK is sent
+on its own right after the result is checked (it does not ride on the next EXEC).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from a402.asc import (
+    Ack,
+    ASCError,
+    Auth,
+    Reason,
+    Reply,
+    ResultDelivered,
+    Reveal,
+    Status,
+    decode,
+)
+from a402.asc.errors import MessageError
+from a402.asc.terms import ChannelTerms
+from a402.crypto import PaymentDomain
+from a402.evm.address import address_key, to_checksum
+from a402.tee import AttestationError, AttestationPolicy, AttestationVerifier
+from a402.vault_accounts import PendingRecord
+from a402.vault_enclave import SignedCall, request_headers
+from a402.wire import vault_api as api
+from a402.wire.a402 import (
+    Envelope,
+    FrameError,
+    HttpResponse,
+    HttpResult,
+    Kind,
+    OpenChannel,
+    PendingNote,
+    Refusal,
+    request_digest,
+)
+
+from . import records
+from .mode import VaultModeError, VaultModeService, statement_json
+from .offers import Offer, OfferCache, OfferError, origin, pick_offer
+from .targets import TargetCheck, TargetRefused, TargetUnresolved
+from .tunnel import ProtocolViolation, ProviderTunnel, ProviderUnavailable, TunnelError
+
+log = logging.getLogger("a402.vault.mode")
+
+#: A new channel's capacity, in calls at the offer's price, when the call names no deposit.
+DEFAULT_CHANNEL_CALLS = 100
+
+
+class _Authority:
+    """The vault (its enclave's key) as the tunnel's authority: OPEN's binding is signed
+    by the enclave's accounts code, only for a channel it holds with that attested peer."""
+
+    def __init__(self, service: VaultModeService) -> None:
+        self.service = service
+        self.address = bytes.fromhex(service.address.removeprefix("0x"))
+
+    def bind_tunnel(self, handle: str, channel_id: bytes) -> bytes:
+        return self.service.bind_tunnel(handle, channel_id)
+
+
+class ModeTunnel(ProviderTunnel):
+    """The standard tunnel, whose OPEN names a vault-mode channel by its id in the
+    ``A402Vault``'s domain (the provider recomputes it there: it knows that contract)."""
+
+    def __init__(self, endpoint: str, *, contract_domain: PaymentDomain, **kwargs: Any
+                 ) -> None:
+        super().__init__(endpoint, **kwargs)
+        self.contract_domain = contract_domain
+
+    async def _open(self, terms: ChannelTerms) -> None:
+        assert self._handle is not None
+        cid = terms.channel_id(self.contract_domain)
+        signature = self.vault.bind_tunnel(self._handle, cid)
+        answer = await self._exchange_once(OpenChannel(
+            terms.client, terms.vault, terms.provider, terms.provider_key, terms.deposit,
+            terms.salt, signature).envelope())
+        if answer.kind is not Kind.OK:
+            refusal = _refusal(answer)
+            raise ModeRefused(502, api.PROVIDER_REFUSED, f"{refusal.reason}: {refusal.detail}")
+
+    async def bind(self, terms: ChannelTerms) -> None:
+        """OPEN for ``terms`` (again after a new handshake: the tunnel remembers it)."""
+        await self._open(terms)
+        self._bound[terms.channel_id(self.contract_domain)] = terms
+
+
+class ModeRefused(VaultModeError):
+    """A refused call (``status``, machine-readable ``reason``; ``provider_reason``: the
+    provider's, when it refused). Nothing was paid, unless raised after σ_U (AUTH):
+    :meth:`ModeInvoker._exchange` then answers 202 ``payment_pending``."""
+
+    def __init__(self, status: int, reason: str, detail: str = "", *,
+                 provider_reason: str | None = None) -> None:
+        super().__init__(status, reason, detail)
+        self.provider_reason = provider_reason
+
+
+class _ChannelEnded(Exception):
+    """The provider refused EXEC: its side of the channel is closed (nothing was paid)."""
+
+
+class ModeInvoker:
+    """Runs vault-mode ``/v1/invoke`` calls for one :class:`VaultModeService`."""
+
+    def __init__(self, service: VaultModeService, *, verifiers: Sequence[AttestationVerifier],
+                 policy: AttestationPolicy, http: httpx.AsyncClient | None = None,
+                 allow_private_targets: bool = False, tunnel_timeout: float = 30.0) -> None:
+        self.service = service
+        self.verifiers = list(verifiers)
+        self.policy = policy
+        self.http = http or httpx.AsyncClient(timeout=30.0)
+        self.targets = TargetCheck(allow_private=allow_private_targets)
+        self.offers = OfferCache()
+        self.authority = _Authority(service)
+        self.tunnel_timeout = tunnel_timeout
+        self._tunnels: dict[str, ModeTunnel] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._tunnel_lock = asyncio.Lock()
+        #: Answers of the calls paid here, by (client key, idempotency key).
+        self._answers: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
+
+    async def aclose(self) -> None:
+        for tunnel in self._tunnels.values():
+            await tunnel.aclose()
+        self._tunnels.clear()
+
+    # ------------------------------------------------------------------ the call
+
+    async def invoke(self, client: str, call: api.InvokeRequest, signed: SignedCall
+                     ) -> tuple[int, dict[str, Any]]:
+        """Pay for ``call`` (signed by ``client``) from the client's account; the answer."""
+        once = (address_key(client), call.idempotency_key)
+        if once in self._answers:
+            return self._answers[once]
+        await self._check_target(call.url)
+        offer = await self._offer(call)
+        if isinstance(offer, tuple):
+            return offer
+        await self._check_target(offer.endpoint)
+        if offer.amount > call.max_price:
+            raise ModeRefused(402, api.PRICE_ABOVE_MAXIMUM,
+                              f"nothing was paid: the price is {offer.amount}, the maximum "
+                              f"{call.max_price}")
+        tunnel = await self._tunnel(offer)
+        pair = (address_key(client), address_key(offer.pay_to))
+        lock = self._locks.setdefault(pair, asyncio.Lock())
+        async with lock:
+            cid = await self._channel(client, call, offer, tunnel)
+            try:
+                answer = await self._exchange(client, call, signed, offer, tunnel, cid)
+            except _ChannelEnded:
+                # The provider ended the channel (it claimed a payment on-chain): nothing was
+                # paid for this call; close ours (the rest goes back to the client's free
+                # balance) and pay through a new one.
+                await asyncio.to_thread(self.service.close, cid)
+                cid = await self._channel(client, call, offer, tunnel)
+                answer = await self._exchange(client, call, signed, offer, tunnel, cid)
+        self._answers[once] = answer
+        return answer
+
+    async def _check_target(self, url: str) -> None:
+        try:
+            await self.targets(url)
+        except TargetRefused as e:
+            raise ModeRefused(403, api.TARGET_NOT_ALLOWED, str(e)) from None
+        except TargetUnresolved as e:
+            raise ModeRefused(503, api.PROVIDER_UNAVAILABLE, str(e)) from None
+
+    async def _offer(self, call: api.InvokeRequest) -> Offer | tuple[int, dict[str, Any]]:
+        cached = self.offers.get(call.method, call.url)
+        if cached is not None:
+            return cached
+        try:
+            response = await self.http.request(
+                call.method, call.url, headers=list(request_headers(call.headers)),
+                content=call.body)
+        except httpx.HTTPError as e:
+            raise ModeRefused(503, api.PROVIDER_UNAVAILABLE,
+                              f"nothing was paid: {type(e).__name__}: {e}") from None
+        if response.status_code != 402:  # nothing to pay: the answer is the answer
+            free = HttpResponse(response.status_code, tuple(response.headers.raw),
+                                response.content)
+            return 200, records.answer_json(api.FREE, call.idempotency_key, response=free)
+        contract = self.service.contract
+        try:
+            offer = pick_offer(response, call.url, network=self.service.chain.network,
+                               manager=contract.address, token=contract.token,
+                               contract_field="a402Vault")
+        except OfferError as e:
+            raise ModeRefused(422, e.reason, "nothing was paid: " + e.detail) from None
+        self.offers.put(call.method, call.url, offer)
+        return offer
+
+    async def _tunnel(self, offer: Offer) -> ModeTunnel:
+        key = origin(offer.endpoint)
+        async with self._tunnel_lock:
+            tunnel = self._tunnels.get(key)
+            if tunnel is not None:
+                return tunnel
+            tunnel = ModeTunnel(
+                offer.endpoint, contract_domain=self.service.contract.domain,
+                enclave=self.service.config.enclave, verifiers=self.verifiers,
+                policy=self.policy, vault=self.authority, network=self.service.chain.network,
+                timeout=self.tunnel_timeout)
+            try:
+                info = await tunnel.connect()
+            except AttestationError as e:
+                await tunnel.aclose()
+                raise ModeRefused(502, api.ATTESTATION_FAILED, f"nothing was paid: {e}"
+                                  ) from None
+            except (TunnelError, httpx.HTTPError) as e:
+                await tunnel.aclose()
+                raise ModeRefused(503, api.PROVIDER_UNAVAILABLE, f"nothing was paid: {e}"
+                                  ) from None
+            wrong = [what for what, ok in (
+                ("payTo", address_key(offer.pay_to) == address_key("0x" + info.provider.hex())),
+                ("providerKey", offer.provider_key.lower() == "0x" + info.provider_key.hex()),
+                ("asset", address_key(offer.asset) == address_key("0x" + info.token.hex())),
+            ) if not ok]
+            if wrong:
+                await tunnel.aclose()
+                self.offers.drop("GET", offer.endpoint)
+                raise ModeRefused(502, api.OFFER_MISMATCH, "nothing was paid: the 402 "
+                                  "disagrees with the attested provider on " + ", ".join(wrong))
+            self._tunnels[key] = tunnel
+            return tunnel
+
+    async def _channel(self, client: str, call: api.InvokeRequest, offer: Offer,
+                       tunnel: ModeTunnel) -> bytes:
+        """The client's OPEN channel with the offer's provider (as the enclave holds them:
+        found again after a restart) that can pay the price, else a new one; bound to the
+        tunnel. An OPEN channel left with less than the price is closed first (its rest
+        goes back to the client's free balance)."""
+        assert tunnel.info is not None
+        pair = (address_key(client), address_key(offer.pay_to))
+        cid: bytes | None = None
+        for found, who, payee, status, left in self.service.accounts.channels():
+            if (address_key(who), address_key(payee)) != pair or status is not Status.OPEN:
+                continue
+            if self.service.accounts.terms(found).provider_key != tunnel.info.provider_key:
+                continue
+            if left >= offer.amount and cid is None:
+                cid = found
+            elif left < offer.amount:
+                await asyncio.to_thread(self.service.close, found)
+        if cid is None:
+            free = int(self.service.balance(client)["free"])
+            capacity = call.deposit or min(free, DEFAULT_CHANNEL_CALLS * offer.amount)
+            if capacity < offer.amount:
+                raise ModeRefused(
+                    402, api.INSUFFICIENT_BALANCE,
+                    f"nothing was paid: {free} free in your vault account (confirmed "
+                    f"deposits), {offer.amount} needed")
+            cid, _ = await asyncio.to_thread(
+                self.service.open_channel, to_checksum(client), to_checksum(offer.pay_to),
+                tunnel.info.provider_key, capacity)
+        assert cid is not None
+        if cid not in tunnel._bound:
+            try:
+                await tunnel.bind(self.service.accounts.terms(cid))
+            except TunnelError as e:
+                raise ModeRefused(503, api.PROVIDER_UNAVAILABLE, f"nothing was paid: {e}"
+                                  ) from None
+        return cid
+
+    async def _exchange(self, client: str, call: api.InvokeRequest, signed: SignedCall,
+                        offer: Offer, tunnel: ModeTunnel, cid: bytes
+                        ) -> tuple[int, dict[str, Any]]:
+        service = self.service
+        try:
+            exec_ = await asyncio.to_thread(service.request, cid, signed, offer.amount)
+        except ASCError as e:  # the machine holds an earlier payment still: nothing moved
+            raise ModeRefused(409, api.CHANNEL_BUSY, f"nothing was paid: {e.detail}") from None
+        try:
+            reply = await self._ask(tunnel, Envelope.asc(exec_.encode()), Reply)
+            authorized = await asyncio.to_thread(service.receive, cid, reply)
+        except BaseException as e:  # no σ_U exists: the locked price goes back to the channel
+            await asyncio.to_thread(self._abandon, cid)
+            if isinstance(e, ASCError):  # a REPLY the machine refused (e.g. a bad σ̂)
+                raise ModeRefused(502, api.PROTOCOL_VIOLATION,
+                                  f"nothing was paid: {e.reason}: {e.detail}") from None
+            if isinstance(e, TunnelError):
+                raise ModeRefused(503, api.PROVIDER_UNAVAILABLE,
+                                  f"nothing was paid: {e}") from None
+            raise
+        (auth,) = authorized.step.send
+        assert isinstance(auth, Auth)
+        try:
+            reveal = await self._ask(tunnel, self.auth_envelope(auth, authorized.pending),
+                                     Reveal)
+            delivered = await asyncio.to_thread(service.receive, cid, reveal)
+        except (VaultModeError, TunnelError, ASCError) as e:
+            log.warning("payment %d of %s pending: %s", exec_.request_id, cid.hex(), e)
+            why = e.provider_reason if isinstance(e, ModeRefused) else None
+            return 202, {"outcome": api.PAYMENT_PENDING, "error": api.PAYMENT_PENDING,
+                         "idempotencyKey": call.idempotency_key,
+                         **({"providerReason": why} if why else {}), "message": (
+                             "paid, or may have been paid (σ_U is out), but the result is "
+                             f"not in: {e}; the payment settles by the vault's rules (the "
+                             "provider's REVEAL or claim, or back to you after the claim "
+                             "window)")}
+        event = next(e for e in delivered.step.events if isinstance(e, ResultDelivered))
+        (ack,) = delivered.step.send
+        assert isinstance(ack, Ack)
+        await self.send_ack(tunnel, ack)
+        try:
+            result = HttpResult.decode(event.result)
+        except FrameError as e:
+            raise ModeRefused(502, api.PROTOCOL_VIOLATION,
+                              f"paid, but the result is malformed: {e}") from None
+        matches = result.request_digest == request_digest(exec_.request)
+        payment = records.Payment(offer.amount, service.contract.token, service.chain.network,
+                                  to_checksum(offer.pay_to), cid, exec_.request_id, None)
+        body = records.answer_json(api.PAID, call.idempotency_key, response=result.response,
+                                   payment=payment,
+                                   reason=None if matches else api.RESULT_MISMATCH,
+                                   detail="" if matches else "paid; the sealed result is for "
+                                   "another request")
+        body["mode"] = "vault"
+        body["statement"] = statement_json(service.statement(client))
+        return 200, body
+
+    def _abandon(self, cid: bytes) -> None:
+        """Release the request in flight if no σ_U exists for it (else: nothing to do)."""
+        def op() -> None:
+            with contextlib.suppress(ASCError):  # not LOCKED: σ_U is out, or nothing was
+                self.service.accounts.abandon(cid)
+        self.service.change(op)
+
+    # ------------------------------------------------------------------ seams
+
+    def auth_envelope(self, auth: Auth, pending: PendingRecord | None) -> Envelope:
+        """AUTH as it leaves, with the enclave's signed pending record of the payment: the
+        provider reveals only with it (its on-chain claim if this vault goes dark)."""
+        if pending is None:  # the enclave signs one with every σ_U
+            raise ModeRefused(500, "internal_error", "σ_U came without its pending record")
+        return Envelope.with_pending(PendingNote(
+            pending.channel_id, pending.request_id, pending.client_nonce, pending.epoch,
+            pending.deadline, pending.signature), auth.encode())
+
+    async def send_ack(self, tunnel: ModeTunnel, ack: Ack) -> None:
+        """Send the ACK (a seam: a test's vault withholds it). Best effort: a lost ACK
+        leaves the provider to claim the payment on-chain, which pays it once."""
+        try:
+            answer = await tunnel.exchange(Envelope.asc(ack.encode()))
+            if answer.kind is Kind.ERROR:
+                log.warning("ACK refused: %s", _refusal(answer).reason)
+        except TunnelError as e:
+            log.warning("ACK not delivered: %s", e)
+
+    async def _ask(self, tunnel: ModeTunnel, envelope: Envelope, kind: type[Any]) -> Any:
+        answer = await tunnel.exchange(envelope)
+        if answer.kind is Kind.ERROR:
+            refusal = _refusal(answer)
+            if refusal.reason == Reason.CHANNEL_CLOSED.value and kind is Reply:
+                raise _ChannelEnded(refusal.detail)
+            # Before σ_U (EXEC refused) nothing was paid; after it, the caller says so.
+            said = "nothing was paid: " if kind is Reply else ""
+            raise ModeRefused(502, api.PROVIDER_REFUSED,
+                              f"{said}{refusal.reason}: {refusal.detail}",
+                              provider_reason=refusal.reason)
+        if answer.kind is not Kind.ASC:
+            raise ProtocolViolation("unexpected_answer", answer.kind.name)
+        try:
+            message = decode(answer.body)
+        except MessageError as e:
+            raise ProtocolViolation("malformed", str(e)) from None
+        if not isinstance(message, kind):
+            raise ProtocolViolation("unexpected_message", type(message).__name__)
+        return message
+
+
+def _refusal(answer: Envelope) -> Refusal:
+    try:
+        return Refusal.from_body(answer.body)
+    except FrameError as e:
+        return Refusal("malformed", str(e))
+
+
+__all__ = ["DEFAULT_CHANNEL_CALLS", "ModeInvoker", "ModeRefused", "ModeTunnel",
+           "ProviderUnavailable"]

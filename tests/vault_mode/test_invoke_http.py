@@ -1,0 +1,301 @@
+"""Vault mode over real HTTP on anvil: ``a402 pay --vault`` pays a provider's gateway from the
+client's account in the A402Vault, through the vault's ``/v1/invoke`` and the standard
+attested tunnel; the provider admits the vault-mode channel (no chain record) and is paid by
+a settlement."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+
+from a402.asc_manager import ASCManager
+from a402.background import serve_in_thread
+from a402.chain.deploy import TokenInfo
+from a402.chain.node import Chain
+from a402.chain.tx import transact
+from a402.client.pay import pay_main
+from a402.evm.address import address_key
+from a402.provider.a402_config import A402Config
+from a402.provider.a402_payments import A402Payments
+from a402.provider.a402_store import SqlChannelStore
+from a402.provider.middleware import PaymentMiddleware
+from a402.provider.settings import ChannelTimeouts, Watching
+from a402.tee import PROVIDER_PURPOSES, AttestationPolicy, SimulatedPlatform, SimulatedVerifier
+from a402.vault.mode import VaultModeConfig, VaultModeService
+from a402.vault.mode_app import create_mode_app
+from a402.vault.mode_invoke import ModeInvoker
+from a402.vault.settlement_schedule import SchedulePolicy
+from a402.vault.store import VaultStore
+from a402.vault_contract import A402Vault
+from a402.wire import vault_api as api
+from a402.wire.a402 import Envelope
+from tests.a402_exchange.helpers import (
+    PRICES,
+    PROVIDER_CODE,
+    PROVIDER_LOCK,
+    UNUSED_FACILITATOR,
+    VAULT_CODE,
+    Calls,
+    service_app,
+)
+from tests.vault.helpers import wait_for
+
+from .accounts_setup import enclave_address
+from .helpers import SETTLE_WINDOW, balance, funded, increase_time
+
+pytestmark = pytest.mark.anvil
+
+PRICE = PRICES["GET /weather"]
+
+
+@dataclass
+class Setup:
+    chain: Chain
+    usdc: Any
+    contract: A402Vault
+    service: VaultModeService
+    invoker: ModeInvoker
+    provider: LocalAccount
+    calls: Calls
+    tmp: Path
+
+    def deposit(self, participant: str, amount: int) -> None:
+        depositor = funded(self.chain, self.usdc, amount)
+        transact(self.chain, depositor,
+                 self.usdc.functions.approve(self.contract.address, amount))
+        self.contract.deposit(depositor, participant, amount)
+
+    def account(self, who: str) -> int:
+        """What ``who`` has in its vault account: free + locked (confirmed)."""
+        b = self.service.balance(who)
+        return int(b["free"]) + int(b["locked"])
+
+    def pay(self, site: str, vault: str, client: LocalAccount, key: str
+            ) -> tuple[int, dict[str, Any], bytes]:
+        """``a402 pay URL --vault VAULT``: its exit code, its summary line, its output."""
+        key_file = self.tmp / f"{client.address}.key"
+        key_file.write_text(bytes(client.key).hex())
+        key_file.chmod(0o600)
+        out, err = io.BytesIO(), io.StringIO()
+        code = pay_main([f"{site}/weather", "--key-file", str(key_file), "--vault", vault,
+                         "--vault-address", self.service.address,
+                         "--vault-manager", self.contract.address,
+                         "--vault-token", self.usdc.address,
+                         "--max", "0.001", "--idempotency-key", key], stdout=out, stderr=err)
+        lines = err.getvalue().strip().splitlines()
+        summary = next((json.loads(line) for line in reversed(lines) if line.startswith("{")),
+                       {})
+        return code, {**summary, "stderr": err.getvalue()}, out.getvalue()
+
+
+class AckWithholdingInvoker(ModeInvoker):
+    """A vault host that does not send its first ACK (it has the result): the provider's
+    Δ_ack passes and it claims on-chain. Later ACKs go out as usual."""
+
+    withheld = 0
+
+    async def send_ack(self, tunnel: Any, ack: Any) -> None:
+        if self.withheld == 0:
+            self.withheld = 1
+            return
+        await super().send_ack(tunnel, ack)
+
+
+@contextlib.contextmanager
+def running(chain: Chain, usdc: Any, tmp: Path, *, ack_timeout: float = 30.0,
+            invoker_cls: type[ModeInvoker] = ModeInvoker
+            ) -> Iterator[tuple[Setup, str, str]]:
+    """A vault in vault mode (its API served; the test runs the worker's rounds) and a
+    provider gateway that also admits that A402Vault's channels, both on loopback."""
+    platform = SimulatedPlatform.generate()
+    verifier = SimulatedVerifier(platform.root.public_key, allow_simulated=True)
+    enclave = platform.launch(VAULT_CODE)
+    contract = A402Vault.deploy(chain, chain.accounts[0], usdc.address,
+                                enclave_address(enclave), SETTLE_WINDOW)
+    service = VaultModeService(VaultModeConfig(
+        chain=chain, account=funded(chain, usdc), contract=contract.address,
+        store=VaultStore(f"sqlite:///{tmp / 'vault-mode.db'}"), enclave=enclave,
+        schedule=SchedulePolicy(window=0, jitter=0, min_participants=1, max_per_tx=10),
+        rng=random.Random(3), poll_interval=0.2))
+    invoker = invoker_cls(service, verifiers=[verifier],
+                          policy=AttestationPolicy(frozenset({PROVIDER_CODE})),
+                          allow_private_targets=True)
+    # The provider: standard mode's ASCManager, and the A402Vault's channels too.
+    manager = ASCManager.deploy(chain, chain.accounts[0], usdc.address, 600)
+    operator = funded(chain, usdc)
+    calls = Calls()
+    config = A402Config(
+        enclave=platform.launch(PROVIDER_CODE, allowed_purposes=PROVIDER_PURPOSES),
+        operator=operator, chain=chain, manager=manager.address,
+        vault_policy=AttestationPolicy(frozenset({VAULT_CODE})), verifiers=[verifier],
+        store=SqlChannelStore(f"sqlite:///{tmp / 'provider.db'}"),
+        timeouts=ChannelTimeouts(ack_timeout=ack_timeout, lock_timeout=PROVIDER_LOCK),
+        watching=Watching(poll_interval=0.1), vault_contract=contract.address)
+    payments = PaymentMiddleware(
+        service_app(calls), routes=dict(PRICES), pay_to=operator.address,
+        token=TokenInfo(usdc.address, "USD Coin", "USDC", "2", 6), network=chain.network,
+        facilitator=UNUSED_FACILITATOR)
+    setup = Setup(chain, usdc, contract, service, invoker, operator, calls, tmp)
+    with serve_in_thread(A402Payments(payments, config)) as site, \
+            serve_in_thread(create_mode_app(service, worker=False, invoker=invoker)) as vault:
+        yield setup, site, vault
+
+
+def test_a402_pay_through_a_vault_in_vault_mode_pays_n_times_with_no_transaction_and_settles(
+    vault_chain: Chain, usdc: Any, tmp_path: Path
+) -> None:
+    n = 5
+    with running(vault_chain, usdc, tmp_path) as (s, site, vault):
+        client = Account.create()
+        s.deposit(client.address, 20_000)
+        s.service.tick()  # reads the deposit and confirms it in settlement 1
+        assert s.account(client.address) == 20_000
+        provider_before = balance(usdc, s.provider.address)
+        block = vault_chain.w3.eth.block_number
+        outcomes = [s.pay(site, vault, client, f"vm-{i}") for i in range(n)]
+        # n paid calls, the channel opened in the enclave: not one transaction
+        assert vault_chain.w3.eth.block_number == block
+        for code, summary, output in outcomes:
+            assert code == 0, summary
+            assert summary["outcome"] == api.PAID
+            assert summary["payment"]["amount"] == str(PRICE)
+            assert json.loads(output)["weather"] == "sunny"
+        assert s.calls["weather"] == n
+        assert s.account(client.address) == 20_000 - n * PRICE
+        # the same key again pays nothing more
+        again = s.pay(site, vault, client, "vm-0")
+        assert again[0] == 0 and s.calls["weather"] == n
+        assert s.account(client.address) == 20_000 - n * PRICE
+
+        # The provider's earnings resolve once the claim window has passed; its payout
+        # is settled in the next round.
+        increase_time(vault_chain, 3_601)
+        s.service.tick()
+        assert int(s.service.balance(s.provider.address)["free"]) == n * PRICE
+        s.service.withdraw(s.provider.address, n * PRICE)
+        landed = s.service.tick()
+        assert [x.payees for x in landed] == [1]
+        assert balance(usdc, s.provider.address) == provider_before + n * PRICE
+        assert s.account(client.address) == 20_000 - n * PRICE
+        t = s.service.accounts.totals()
+        assert balance(usdc, s.contract.address) == (
+            t["free"] + t["locked"] + t["pending"] + t["unconfirmed"])
+
+
+def test_a_provider_whose_ack_the_vault_withholds_claims_on_chain_and_is_paid_exactly_once(
+    vault_chain: Chain, usdc: Any, tmp_path: Path
+) -> None:
+    with running(vault_chain, usdc, tmp_path, ack_timeout=1.0,
+                 invoker_cls=AckWithholdingInvoker) as (s, site, vault):
+        client = Account.create()
+        s.deposit(client.address, 20_000)
+        s.service.tick()
+        provider_before = balance(usdc, s.provider.address)
+        code, summary, output = s.pay(site, vault, client, "withheld")
+        assert code == 0 and summary["outcome"] == api.PAID, summary
+        assert json.loads(output)["weather"] == "sunny"
+        assert isinstance(s.invoker, AckWithholdingInvoker) and s.invoker.withheld == 1
+        # No ACK within Δ_ack: the provider's watcher claims with the pending record.
+        wait_for(lambda: balance(usdc, s.provider.address) == provider_before + PRICE,
+                 timeout=20, what="the provider's claimPayment")
+        s.service.tick()  # the worker reads PaymentClaimed: that payment is nobody's again
+        increase_time(vault_chain, 3_601)
+        s.service.tick()  # the claim window of the payment is shut: nothing left pending
+        assert s.service.balance(s.provider.address)["free"] == "0"
+        assert s.account(client.address) == 20_000 - PRICE
+        assert s.service.accounts.totals()["pending"] == 0
+        # The provider ended its side of the channel: the next call opens a new one.
+        code, summary, _ = s.pay(site, vault, client, "after-claim")
+        assert code == 0 and summary["outcome"] == api.PAID, summary
+        assert s.account(client.address) == 20_000 - 2 * PRICE
+        increase_time(vault_chain, 3_601)
+        s.service.tick()
+        assert s.service.balance(s.provider.address)["free"] == str(PRICE)
+        s.service.withdraw(s.provider.address, PRICE)
+        s.service.tick()
+        # two calls, each paid once: one by the claim, one by the settlement
+        assert balance(usdc, s.provider.address) == provider_before + 2 * PRICE
+        t = s.service.accounts.totals()
+        assert balance(usdc, s.contract.address) == (
+            t["free"] + t["locked"] + t["pending"] + t["unconfirmed"])
+
+
+class NoRecordInvoker(ModeInvoker):
+    """A vault host that sends AUTH without the enclave's pending record."""
+
+    def auth_envelope(self, auth: Any, pending: Any) -> Envelope:
+        return Envelope.asc(auth.encode())
+
+
+def test_a_provider_reveals_nothing_for_a_vault_mode_auth_without_its_pending_record(
+    vault_chain: Chain, usdc: Any, tmp_path: Path
+) -> None:
+    with running(vault_chain, usdc, tmp_path, invoker_cls=NoRecordInvoker) as (s, site, vault):
+        client = Account.create()
+        s.deposit(client.address, 20_000)
+        s.service.tick()
+        code, summary, output = s.pay(site, vault, client, "no-record")
+        # σ_U is out, so the vault says "may have been paid"; the provider kept t.
+        assert code != 0 and output == b""
+        assert summary["error"] == api.PAYMENT_PENDING, summary
+        assert "may have been paid" in summary["stderr"]
+        status, body = s.invoker._answers[(address_key(client.address), "no-record")]
+        assert (status, body["providerReason"]) == (202, "pending_record_required")
+        assert s.account(client.address) == 20_000 - PRICE  # pending, in no statement
+        increase_time(vault_chain, 3_601)
+        s.service.tick()  # not revealed: the payment goes back to the client
+        assert s.account(client.address) == 20_000
+        assert s.service.balance(s.provider.address)["free"] == "0"
+        assert s.service.accounts.totals()["pending"] == 0
+
+
+def test_a402_pay_refuses_a_vault_mode_vault_that_names_another_a402vault(
+    vault_chain: Chain, usdc: Any, tmp_path: Path
+) -> None:
+    with running(vault_chain, usdc, tmp_path) as (s, site, vault):
+        client = Account.create()
+        s.deposit(client.address, 5_000)
+        s.service.tick()
+        key_file = tmp_path / "client.key"
+        key_file.write_text(bytes(client.key).hex())
+        key_file.chmod(0o600)
+        err = io.StringIO()
+        code = pay_main([f"{site}/weather", "--key-file", str(key_file), "--vault", vault,
+                         "--vault-address", s.service.address,
+                         "--vault-manager", "0x" + "22" * 20, "--vault-token", usdc.address,
+                         "--max", "0.001"], stdout=io.BytesIO(), stderr=err)
+        assert code == 3
+        assert "vault_mismatch" in err.getvalue() and "nothing was sent or paid" in err.getvalue()
+        assert s.calls["weather"] == 0 and s.account(client.address) == 5_000
+
+
+def test_a_restarted_vault_pays_through_the_channel_its_enclave_still_holds(
+    vault_chain: Chain, usdc: Any, tmp_path: Path
+) -> None:
+    with running(vault_chain, usdc, tmp_path) as (s, site, vault):
+        client = Account.create()
+        s.deposit(client.address, 20_000)
+        s.service.tick()
+        assert s.pay(site, vault, client, "before")[0] == 0
+        (channel,) = s.service.accounts.channels()
+        # A new process: the service from the stored sealed ledger, a new invoker and API.
+        again = VaultModeService(s.service.config)
+        invoker = ModeInvoker(again, verifiers=s.invoker.verifiers, policy=s.invoker.policy,
+                              allow_private_targets=True)
+        with serve_in_thread(create_mode_app(again, worker=False, invoker=invoker)) as url:
+            s.service = again
+            code, summary, _ = s.pay(site, url, client, "after")
+        assert code == 0 and summary["payment"]["channelId"] == "0x" + channel[0].hex()
+        assert [c[0] for c in again.accounts.channels()] == [channel[0]]
+        assert s.account(client.address) == 20_000 - 2 * PRICE
+        assert s.calls["weather"] == 2
