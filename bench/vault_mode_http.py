@@ -4,10 +4,13 @@ standard vault (ASCManager channel, deposit 1000x the price) and through a vault
 mode (the client's A402Vault account), and the blocks mined during the calls.
 
     PYTHONPATH=src python bench/vault_mode_http.py [N]
+
+Prints the figures and writes ``bench/results/vault_mode_http.json``.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 import time
@@ -42,7 +45,7 @@ with start_anvil(accounts=4) as chain, tempfile.TemporaryDirectory() as tmp:
     provider = world.provider()
     with serve_in_thread(provider.app) as site, \
             running_vault(world, deposit_multiple=1000) as vault:
-        _, client = client_of(world, vault, funds=10**6, deposit=10**6)
+        _owner, client = client_of(world, vault, funds=10**6, deposit=10**6)
         client.invoke(f"{site}/weather", max_price=PRICE)  # opens the channel
         b0 = chain.w3.eth.block_number
         t0 = time.perf_counter()
@@ -69,3 +72,8 @@ with start_anvil(accounts=4) as chain, tempfile.TemporaryDirectory() as tmp:
     print(f"standard: {std*1000:.1f} ms/call, {std_tx} blocks for {N} calls")
     print(f"vault mode: {vm*1000:.1f} ms/call, {vm_tx} blocks for {N} calls")
     print(f"vault mode / standard latency ratio: {vm/std:.2f}")
+    out = Path(__file__).resolve().parent / "results" / "vault_mode_http.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({
+        "calls": N, "standard_ms_per_call": std * 1000, "vault_mode_ms_per_call": vm * 1000,
+        "standard_blocks": std_tx, "vault_mode_blocks": vm_tx, "ratio": vm / std}, indent=2))

@@ -114,8 +114,10 @@ def test_participants_and_the_operator_use_the_vault_commands_with_tables_and_js
 
         code, out, _ = run("withdraw", *common, "--key-file", kb, "--amount", "500")
         code, out, err = run("settle-now", *common, "--key-file", kop)
-        assert code == 0 and out.startswith("1 settlement(s) landed, paying 1 payee(s)")
-        assert balance(usdc, bob.address) == 1_500
+        # the background worker (window 0) may land it first: then settle-now says so
+        assert code == 0 and (out.startswith("1 settlement(s) landed, paying 1 payee(s)")
+                              or out.startswith("no settlement sent")), out
+        wait_for(lambda: balance(usdc, bob.address) == 1_500)
         # through the `a402` entry point too
         capsys.readouterr()
         assert cli.main(["vault", "balance", *common, "--key-file", kb, "--json"]) == 0
