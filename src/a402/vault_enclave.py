@@ -213,7 +213,10 @@ from a402.wire import vault_api as api
 from a402.wire.a402 import HttpRequest, binding_digest
 from a402.wire.errors import WireError
 
-_CHANNEL_FORMAT = "a402/vault-enclave-channel/v1"
+_CHANNEL_FORMAT = "a402/vault-enclave-channel/v2"
+#: Records sealed by earlier code: the consumed calls listed in the record itself.
+_CHANNEL_FORMAT_V1 = "a402/vault-enclave-channel/v1"
+_LOG_GENESIS = b"a402/vault-consumed-log/v1\x00"
 _LEDGER_FORMAT = "a402/vault-enclave-ledger/v1"
 _LEDGER_LABEL = "a402/vault-ledger"
 INVOKE_PATH = api.API_PREFIX + "/invoke"
@@ -365,6 +368,38 @@ class _Binding:
     timestamp: int
 
 
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One entry of a channel's log of consumed calls, for the host to store with the
+    checkpoint that carries it (its bytes are the entry; see :meth:`VaultEnclaveCode.export`)."""
+
+    seq: int
+    #: The entry's ``newest`` (see :func:`_log_entry`): the host may use it to read only
+    #: recent entries, never to make the enclave accept a shorter log.
+    newest: int
+    entry: bytes
+
+
+def _log_digest(channel_id: bytes, entry: bytes) -> bytes:
+    """What a log entry's successor (or the sealed record, for the last one) names it by."""
+    return hashlib.sha256(_LOG_GENESIS + channel_id + entry).digest()
+
+
+def _log_entry(seq: int, prev: bytes, client: str | None, once: str, timestamp: int,
+               newest: int) -> bytes:
+    """The bytes of entry ``seq`` of a channel's consumed-call log: the call (``client``
+    only when it is not the channel's owner: a legacy record's), its creation time, the
+    digest of entry ``seq - 1`` (the channel's genesis for the first) and ``newest``: the
+    newest signature timestamp of the channel's owner when it was consumed, never less
+    than the previous entry's. Every call consumed in this entry or before it was signed
+    no later than ``newest``, so created no later than ``newest`` plus the window."""
+    record: dict[str, Any] = {"seq": seq, "prev": prev.hex(), "once": once,
+                              "createdAt": timestamp, "newest": newest}
+    if client is not None:
+        record["client"] = client
+    return jsonbytes.dumps(record)
+
+
 @dataclass(slots=True)
 class _Held:
     channel: VaultChannel
@@ -372,6 +407,13 @@ class _Held:
     funding: str
     call: _Binding | None = None
     consumed: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: The log of consumed calls (see :meth:`VaultEnclaveCode.export`): how many entries,
+    #: the digest of the last one (the genesis digest before the first), its ``newest``,
+    #: and the entries not yet handed to the host (:meth:`VaultEnclaveCode.take_log`).
+    log_count: int = 0
+    log_head: bytes = b""
+    log_newest: int = 0
+    log_unsaved: list[LogEntry] = field(default_factory=list)
     #: The provider key was seen here as an attested enclave's (a tunnel's peer, verified
     #: in the handshake): σ_U only then.
     attested: bool = False
@@ -711,11 +753,31 @@ class VaultEnclaveCode:
                     "this idempotency key is paying on another channel: it may have been "
                     "paid; ask GET /v1/requests/<key> for its answer"))
 
-    def _consume(self, held: _Held, binding: _Binding) -> None:
+    def _consume(self, held: _Held, binding: _Binding, *, log: bool = True) -> None:
+        """Record ``binding`` as paid (σ_U signed): here, and, with ``log``, in a new entry
+        of the channel's log, which the host stores with the next checkpoint (the sealed
+        record names the log's last entry, so it cannot be left out)."""
         k = (binding.client, binding.once)
         held.consumed[k] = self._consumed[k] = binding.timestamp
         key, created = _key_of(binding.once)
         self._paid_keys[(binding.client, key)] = created
+        if log:
+            channel_id = held.channel.channel_id
+            newest = max(self._newest.get(held.owner, 0), held.log_newest)
+            entry = _log_entry(held.log_count, held.log_head or _log_digest(channel_id, b""),
+                               None if binding.client == held.owner else binding.client,
+                               binding.once, binding.timestamp, newest)
+            held.log_unsaved.append(LogEntry(held.log_count, newest, entry))
+            held.log_count += 1
+            held.log_head = _log_digest(channel_id, entry)
+            held.log_newest = newest
+
+    def take_log(self, channel_id: bytes) -> list[LogEntry]:
+        """The log entries made since the last call, for the host to store in the same
+        transaction as the channel's next record (:meth:`export`)."""
+        held = self._get(channel_id)
+        taken, held.log_unsaved = held.log_unsaved, []
+        return taken
 
     # ---------------------------------------------------------------- channels
 
@@ -1037,24 +1099,75 @@ class VaultEnclaveCode:
         return f"a402/vault-channel/{channel_id.hex()}"
 
     def export(self, channel_id: bytes) -> bytes:
-        """The channel's state, sealed (the host's ``unseal`` cannot open it)."""
+        """The channel's state, sealed (the host's ``unseal`` cannot open it).
+
+        Its size does not grow with the calls the channel paid: those are in the
+        channel's *log* (one entry per σ_U, :meth:`take_log`), which the host stores
+        next to the record, in the same transaction. The record names the log's length
+        and the digest of its last entry, and every entry the digest of the one before
+        (a hash chain from a genesis bound to the channel id), so a host can neither
+        leave an entry out nor change one when it hands the log back to :meth:`restore`
+        (which then refuses the record): it can only hand back the whole log or have the
+        channel not run at all. The entries hold what the host saw anyway (idempotency
+        key and creation time of a call it relayed), so they need integrity, not secrecy.
+        """
         held = self._get(channel_id)
-        horizon = self._horizon(held.owner) - self.slack
         call = held.call
         record = {
             "format": _CHANNEL_FORMAT,
             "channel": held.channel.snapshot().decode(),
             "owner": held.owner, "funding": held.funding,
             "call": None if call is None else [call.client, call.once, call.timestamp],
-            "consumed": [[c, n, t] for (c, n), t in held.consumed.items() if t >= horizon],
+            "log": [held.log_count, held.log_head.hex(), held.log_newest],
             "attested": held.attested, "life": self._life.hex(),
-            # What pruned ``consumed``: restored with it, so a pruned nonce stays stale.
+            # What prunes the log at a restore: restored with it, so a pruned call stays stale.
             "newest": self._newest.get(held.owner, 0),
         }
         return self._kernel.seal(self._label(channel_id), jsonbytes.dumps(record))
 
-    def restore(self, channel_id: bytes, blob: bytes) -> None:
-        """Run a channel again from :meth:`export` (a no-op if it runs already). Refused
+    def _restore_log(self, held: _Held, channel_id: bytes, count: int, head: bytes,
+                     entries: Mapping[int, bytes]) -> None:
+        """Load the consumed calls of the log ending at entry ``count - 1`` (digest ``head``),
+        from the last entry back to the first one whose ``newest`` shows that it and every
+        entry before it were created before the owner's horizon less the slack (calls
+        :meth:`_fresh` refuses anyway). An entry missing or not matching its successor's
+        digest (or the record's) refuses the record: ``log_incomplete``."""
+        cutoff = self._horizon(held.owner) - self.slack
+        expect, seq = head, count
+        loaded: list[tuple[str, str, int]] = []
+        while seq > 0:
+            raw = entries.get(seq - 1)
+            if raw is None:
+                raise EnclaveError("log_incomplete",
+                                   f"the channel's log of paid calls lacks entry {seq - 1}")
+            if not hmac.compare_digest(_log_digest(channel_id, raw), expect):
+                raise EnclaveError("log_incomplete",
+                                   f"entry {seq - 1} of the channel's log is not the one sealed")
+            try:
+                e = json.loads(raw)
+                if int(e["seq"]) != seq - 1:
+                    raise ValueError("an entry out of place")
+                newest = int(e["newest"])
+                once, created = str(e["once"]), int(e["createdAt"])
+                client = str(e.get("client", held.owner))
+                prev = bytes.fromhex(e["prev"])
+            except (ValueError, KeyError, TypeError) as err:
+                raise EnclaveError("malformed", f"the channel's log: {err}") from None
+            if newest + self.window < cutoff:
+                break  # this call and every earlier one are stale: nothing to keep
+            loaded.append((client, once, created))
+            expect, seq = prev, seq - 1
+        if seq == 0 and count and not hmac.compare_digest(expect, _log_digest(channel_id, b"")):
+            raise EnclaveError("log_incomplete", "the channel's log does not start at its genesis")
+        for client, once, created in loaded:
+            self._consume(held, _Binding(client, once, created), log=False)
+            self._advance(client, created)
+
+    def restore(self, channel_id: bytes, blob: bytes,
+                log: Mapping[int, bytes] | None = None) -> None:
+        """Run a channel again from :meth:`export` (a no-op if it runs already), with its
+        log of consumed calls (``log``: entry bytes by their number, as :meth:`take_log`
+        gave them; at least the recent ones, see :meth:`_restore_log`). Refused
         before the ledger is restored, after a first boot for a channel this life of the
         code did not approve (it was sealed by an earlier one, whose ledger is gone), and
         for any channel this ledger does not have (``not_approved``: the host wrote its
@@ -1074,9 +1187,12 @@ class VaultEnclaveCode:
                                "this vault's ledger never approved the channel")
         try:
             record = json.loads(self._kernel.unseal(self._label(channel_id), blob))
-            if record.get("format") != _CHANNEL_FORMAT:
+            if record.get("format") not in (_CHANNEL_FORMAT, _CHANNEL_FORMAT_V1):
                 raise ValueError("not a vault channel record")
             channel = VaultChannel.restore(record["channel"].encode(), self._signer)
+            count, head, log_newest = (
+                (int(record["log"][0]), bytes.fromhex(record["log"][1]), int(record["log"][2]))
+                if record["format"] == _CHANNEL_FORMAT else (0, b"", 0))
         except (ValueError, KeyError) as e:
             raise EnclaveError("malformed", str(e)) from None
         if channel.channel_id != channel_id:
@@ -1089,14 +1205,21 @@ class VaultEnclaveCode:
                                "a channel record from an earlier life of this vault")
         held = _Held(channel, record["owner"], record["funding"],
                      attested=record.get("attested") is True)
+        self._advance(held.owner, int(record.get("newest", record.get("highWater", 0))))
+        if record["format"] == _CHANNEL_FORMAT:
+            self._restore_log(held, channel_id, count, head, log or {})
+            held.log_count, held.log_head, held.log_newest = count, head, log_newest
+        else:
+            # An earlier code's record lists its consumed calls: each goes into the log
+            # (entries the host stores with this channel's next record, which names them).
+            for client, _, timestamp in record["consumed"]:
+                self._advance(client, int(timestamp))
+            for client, nonce, timestamp in record["consumed"]:
+                self._consume(held, _Binding(client, nonce, int(timestamp)))
         call = record["call"]
         if call is not None:
             held.call = _Binding(call[0], call[1], int(call[2]))
             self._reserved[(call[0], call[1])] = channel_id
-        self._advance(held.owner, int(record.get("newest", record.get("highWater", 0))))
-        for client, nonce, timestamp in record["consumed"]:
-            self._consume(held, _Binding(client, nonce, int(timestamp)))
-            self._advance(client, int(timestamp))
         self._held[channel_id] = held
         if self._ended(channel_id):  # refunded or settled: an older record runs no more
             channel.closed_on_chain()
@@ -1225,6 +1348,13 @@ class EnclaveChannel:
         with self._code.lock:
             return self._code.export(self.channel_id)
 
+    def checkpoint(self) -> tuple[bytes, list[LogEntry]]:
+        """The channel's record (:meth:`snapshot`) and the entries of its log of consumed
+        calls made since the last checkpoint, taken together: the host stores both in one
+        transaction (the record names the entries; without them it does not restore)."""
+        with self._code.lock:
+            return self._code.export(self.channel_id), self._code.take_log(self.channel_id)
+
 
 class VaultEnclave:
     """The vault enclave as its host sees it, once its code runs.
@@ -1309,9 +1439,12 @@ class VaultEnclave:
             return None
         return EnclaveChannel(self._code, channel_id)
 
-    def restore(self, channel_id: bytes, blob: bytes) -> EnclaveChannel:
+    def restore(self, channel_id: bytes, blob: bytes,
+                log: Mapping[int, bytes] | None = None) -> EnclaveChannel:
+        """Run a channel again from its record and its log of consumed calls (entry bytes
+        by number, as :meth:`EnclaveChannel.take_log` gave them)."""
         with self._code.lock:
-            self._code.restore(channel_id, blob)
+            self._code.restore(channel_id, blob, log)
         return EnclaveChannel(self._code, channel_id)
 
     def missing(self, client: str) -> list[bytes]:
@@ -1343,6 +1476,7 @@ __all__ = [
     "OPEN_APPROVAL_LIFETIME",
     "ChannelsNeeded",
     "EnclaveChannel",
+    "LogEntry",
     "OpenApproval",
     "SignedCall",
     "VaultEnclave",

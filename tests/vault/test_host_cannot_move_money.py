@@ -293,7 +293,12 @@ def test_a_host_that_restarts_cannot_replay_a_call_it_received_before(world: Wor
             assert enclave.missing(account.address) == [cid]
             assert world.manager.pooled(vault.address, account.address) == (
                 20_000 - int(row.deposit))
-            channel = enclave.restore(cid, row.snapshot)
+            # Nor without the log of the calls it paid, stored with that record: a host
+            # that withholds it (to have a call paid again) gets no channel.
+            with pytest.raises(EnclaveError, match="log_incomplete"):
+                enclave.restore(cid, row.snapshot)
+            assert enclave.channel(cid) is None
+            channel = enclave.restore(cid, row.snapshot, vault.store.consumed_log(row.cid))
             assert channel is not None
             with pytest.raises(EnclaveError, match="replayed_call"):
                 channel.request(replay, PRICE, now=time.time())
