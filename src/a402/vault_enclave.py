@@ -220,6 +220,9 @@ _LOG_GENESIS = b"a402/vault-consumed-log/v1\x00"
 _LEDGER_FORMAT = "a402/vault-enclave-ledger/v1"
 _LEDGER_LABEL = "a402/vault-ledger"
 INVOKE_PATH = api.API_PREFIX + "/invoke"
+#: How many authenticated calls the enclave remembers (:meth:`VaultEnclaveCode.authenticate`):
+#: enough for the calls in flight; one dropped is only recovered again.
+_AUTHENTICATED_KEPT = 4096
 #: How long the vault's approval to open a channel stays good (seconds of chain time):
 #: long enough to be mined, and the most a failed open's pool debit waits to come back.
 OPEN_APPROVAL_LIFETIME = 300
@@ -504,6 +507,10 @@ class VaultEnclaveCode:
         #: earlier life's channel again, nor restore one of its records, nor have a call
         #: signed for the earlier life paid (the new life has no record of what it paid).
         self._life = os.urandom(32) if first_boot else b""
+        self._life_name = (b"", life_id(b""))
+        #: Calls whose signature this code recovered (:meth:`authenticate`), by digest:
+        #: the most recent :data:`_AUTHENTICATED_KEPT`, oldest dropped first.
+        self._authenticated: dict[bytes, api.Authenticated] = {}
         #: One call at a time: the host calls from its event loop and from threads.
         self.lock = threading.RLock()
 
@@ -529,7 +536,9 @@ class VaultEnclaveCode:
     @property
     def life_id(self) -> str:
         """This life's public name (:func:`life_id`): every call must be signed for it."""
-        return life_id(self._life)
+        if self._life_name[0] != self._life:
+            self._life_name = (self._life, life_id(self._life))
+        return self._life_name[1]
 
     def _check_ready(self) -> None:
         if not self._ready:
@@ -657,11 +666,42 @@ class VaultEnclaveCode:
             timestamp = int(call.headers[api.TIMESTAMP_HEADER])
         except (KeyError, ValueError):
             raise EnclaveError("unauthenticated", "the call is not signed") from None
+        known = self._authenticated.get(self._call_digest(call))
+        if known is not None:  # recovered here already (:meth:`authenticate`)
+            return known
         try:  # freshness is judged by _fresh, against the newest call seen, not a clock
             return api.verify_request(call.headers, self.account, call.method, call.path,
                                       call.body, life=self.life_id, now=timestamp, window=0)
         except api.AuthError as e:
             raise EnclaveError(e.reason, e.detail) from None
+
+    def _call_digest(self, call: SignedCall) -> bytes:
+        """A digest of everything a call's signature check reads: its authentication
+        headers, method, path and body, and the life it must be signed for."""
+        h = hashlib.sha256(self.life_id.encode())
+        for name in _AUTH_HEADERS:
+            value = call.headers.get(name)
+            h.update(b"\x00-" if value is None else b"\x00+" + value.encode())
+        for part in (call.method.encode(), call.path.encode()):
+            h.update(len(part).to_bytes(4, "big") + part)
+        h.update(call.body)
+        return h.digest()
+
+    def authenticate(self, call: SignedCall, now: float, window: int) -> api.Authenticated:
+        """The host API's check of a call (:func:`~a402.wire.vault_api.verify_request`:
+        signed by the named client for this vault and life, within ``window`` of ``now``;
+        :class:`~a402.wire.vault_api.AuthError` otherwise), made here so that the call's
+        signature is recovered once per call: the enclave keeps what it recovered, keyed
+        by a digest of everything the check read (:meth:`_call_digest`), and its own
+        check of the same call (:meth:`_signed`, before it approves or pays anything)
+        takes it from there. The memory is the enclave's: the host can neither add to it
+        nor change it, so a call it names was verified here, byte for byte."""
+        signed = api.verify_request(call.headers, self.account, call.method, call.path,
+                                    call.body, life=self.life_id, now=now, window=window)
+        self._authenticated[self._call_digest(call)] = signed
+        while len(self._authenticated) > _AUTHENTICATED_KEPT:
+            del self._authenticated[next(iter(self._authenticated))]
+        return signed
 
     def _fresh(self, signed: api.Authenticated, now: float | None, *,
                created_at: int | None = None, slack: int = 0) -> None:
@@ -1438,6 +1478,13 @@ class VaultEnclave:
         if channel_id not in self._code._held:
             return None
         return EnclaveChannel(self._code, channel_id)
+
+    def authenticate(self, call: SignedCall, *, now: float, window: int) -> api.Authenticated:
+        """The vault API's check of a signed call (``verify_request``, with the host's
+        ``now`` and ``window``), made in the enclave, which then needs no second recovery
+        of the signature when the call comes to pay or approve."""
+        with self._code.lock:
+            return self._code.authenticate(call, now, window)
 
     def restore(self, channel_id: bytes, blob: bytes,
                 log: Mapping[int, bytes] | None = None) -> EnclaveChannel:

@@ -1274,3 +1274,38 @@ def test_a_record_sealed_by_earlier_code_brings_its_paid_calls_into_the_log(
         with pytest.raises(EnclaveError, match="replayed_call"):
             third.request(c, PRICE, now=clock())
     assert third.provider_balance == 3 * PRICE
+
+
+def test_a_call_the_api_authenticated_is_recovered_once_and_only_as_signed(
+        setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host's API check runs in the enclave (``authenticate``), which keeps what it
+    recovered: the same call, paying, needs no second recovery. The same headers over
+    another body (or another path) are recovered anew, and refused."""
+    s = setup
+    alice = funded(s)
+    terms = pool_channel(s, alice)
+    recoveries = []
+    verify = api.verify_request
+
+    def counted(*args: Any, **kwargs: Any) -> api.Authenticated:
+        recoveries.append(args[3:5])
+        return verify(*args, **kwargs)
+
+    monkeypatch.setattr(api, "verify_request", counted)
+    one = call(s.vault, alice, key="order-1")
+    signed = s.vault.authenticate(one, now=clock(), window=api.DEFAULT_AUTH_WINDOW)
+    assert address_key(signed.client) == address_key(alice.address)
+    channel = s.vault.channel(terms.channel_id(DOMAIN))
+    assert channel is not None
+    channel.request(one, PRICE, now=clock())
+    assert len(recoveries) == 1
+    channel.abandon()
+    body = json.loads(one.body)
+    body["maxPrice"] = str(10 * PRICE)
+    forged = SignedCall(one.headers, one.method, one.path, json.dumps(body).encode())
+    with pytest.raises(EnclaveError, match="bad_signature"):
+        channel.request(forged, PRICE, now=clock())
+    assert len(recoveries) == 2 and channel.locked == 0
+    with pytest.raises(api.AuthError, match="stale_request"):  # the API's own window
+        s.vault.authenticate(one, now=clock() + 10 * api.DEFAULT_AUTH_WINDOW,
+                             window=api.DEFAULT_AUTH_WINDOW)
