@@ -45,7 +45,8 @@ What each signature requires (the safety argument):
   wall (the host's ``now`` as verified calls vouch for it: a call the host
   withheld cannot be paid days later), or more than a window after ``now``;
   and a client's calls signed before its horizon too. Consumed keys are kept
-  in the sealed records of the channels that consumed them, each client's
+  in the logs of the channels that consumed them (one entry per σ_U, hash-chained,
+  the chain's head in the channel's sealed record: see *Persistence*), each client's
   newest timestamp in the ledger too, and a client's calls are refused until
   every channel of that client that may hold one is loaded
   (:class:`ChannelsNeeded`). Every call must name this enclave's life
@@ -108,16 +109,22 @@ sees ``t`` and the sealed result, which it must deliver to the client anyway.
 
 Persistence. Everything leaves sealed under the code's own key (the host's
 ``unseal`` cannot open it): each channel's record (its machine, owner, the
-signed call in flight and the nonces it consumed, and the high-water timestamp
-that pruned them), and the ledger (the channels it approved and their owners,
-per-client freshness, the clock, the life, and a version that grows with every
-change). The host stores the ledger before anything the enclave approved leaves
-the vault, by compare-and-set on that version (:mod:`a402.vault.ledger`: replicas
+signed call in flight, the length and head digest of its log of consumed calls,
+and the high-water timestamp that prunes that log), and the ledger (the channels
+it approved and their owners, per-client freshness, the clock, the life, and a
+version that grows with every change). The host stores the ledger before anything
+the enclave approved leaves the vault, by compare-and-set on that version (:mod:`a402.vault.ledger`: replicas
 sharing the database serialize their ledger changes on it), and hands a running
 enclave a newer one when another replica stored it; an older one is refused. A
 channel's record goes with the host's checkpoint of that channel, before its next
-message (no extra write per paid call); a record of a channel the ledger does not
-have (its approving change was never stored) is refused (``not_approved``). Until
+message (no extra write per paid call), and so do the entries its log gained since
+the last checkpoint, in the same transaction (:meth:`VaultEnclaveCode.export`): the
+record stays the same size however many calls the channel paid, and a record restores
+only with every entry of its log that a call still fresh could match (a host that
+withholds or alters one gets ``log_incomplete``, not a replay; the entries hold only
+what the host relayed anyway, so they are chained, not sealed); a record of a channel
+the ledger does not have (its approving change was never stored) is refused
+(``not_approved``). Until
 the host restores the ledger the code refuses every call on channels and signed
 calls, unless it was started as a first boot
 (``first_boot``), which starts from an empty ledger and a new *life*: a random
