@@ -108,13 +108,15 @@ reading or writing tunnel plaintext can only drop, delay or garble frames
 sees ``t`` and the sealed result, which it must deliver to the client anyway.
 
 Persistence. Everything leaves sealed under the code's own key (the host's
-``unseal`` cannot open it): each channel's record (its machine, owner, the
+``unseal`` cannot open it), but the entries of the channels' logs (below, bound by a
+digest chain to a sealed record instead): each channel's record (its machine, owner, the
 signed call in flight, the length and head digest of its log of consumed calls,
 and the high-water timestamp that prunes that log), and the ledger (the channels
 it approved and their owners, per-client freshness, the clock, the life, and a
 version that grows with every change). The host stores the ledger before anything
-the enclave approved leaves the vault, by compare-and-set on that version (:mod:`a402.vault.ledger`: replicas
-sharing the database serialize their ledger changes on it), and hands a running
+the enclave approved leaves the vault, by compare-and-set on that version
+(:mod:`a402.vault.ledger`: replicas sharing the database serialize their ledger
+changes on it), and hands a running
 enclave a newer one when another replica stored it; an older one is refused. A
 channel's record goes with the host's checkpoint of that channel, before its next
 message (no extra write per paid call), and so do the entries its log gained since
