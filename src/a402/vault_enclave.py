@@ -45,7 +45,8 @@ What each signature requires (the safety argument):
   wall (the host's ``now`` as verified calls vouch for it: a call the host
   withheld cannot be paid days later), or more than a window after ``now``;
   and a client's calls signed before its horizon too. Consumed keys are kept
-  in the sealed records of the channels that consumed them, each client's
+  in the logs of the channels that consumed them (one entry per σ_U, hash-chained,
+  the chain's head in the channel's sealed record: see *Persistence*), each client's
   newest timestamp in the ledger too, and a client's calls are refused until
   every channel of that client that may hold one is loaded
   (:class:`ChannelsNeeded`). Every call must name this enclave's life
@@ -113,17 +114,25 @@ reading or writing tunnel plaintext can only drop, delay or garble frames
 sees ``t`` and the sealed result, which it must deliver to the client anyway.
 
 Persistence. Everything leaves sealed under the code's own key (the host's
-``unseal`` cannot open it): each channel's record (its machine, owner, the
-signed call in flight and the nonces it consumed, and the high-water timestamp
-that pruned them), and the ledger (the channels it approved and their owners,
-per-client freshness, the clock, the life, and a version that grows with every
-change). The host stores the ledger before anything the enclave approved leaves
-the vault, by compare-and-set on that version (:mod:`a402.vault.ledger`: replicas
-sharing the database serialize their ledger changes on it), and hands a running
+``unseal`` cannot open it), but the entries of the channels' logs (below, bound by a
+digest chain to a sealed record instead): each channel's record (its machine, owner, the
+signed call in flight, the length and head digest of its log of consumed calls,
+and the high-water timestamp that prunes that log), and the ledger (the channels
+it approved and their owners, per-client freshness, the clock, the life, and a
+version that grows with every change). The host stores the ledger before anything
+the enclave approved leaves the vault, by compare-and-set on that version
+(:mod:`a402.vault.ledger`: replicas sharing the database serialize their ledger
+changes on it), and hands a running
 enclave a newer one when another replica stored it; an older one is refused. A
 channel's record goes with the host's checkpoint of that channel, before its next
-message (no extra write per paid call); a record of a channel the ledger does not
-have (its approving change was never stored) is refused (``not_approved``). Until
+message (no extra write per paid call), and so do the entries its log gained since
+the last checkpoint, in the same transaction (:meth:`VaultEnclaveCode.export`): the
+record stays the same size however many calls the channel paid, and a record restores
+only with every entry of its log that a call still fresh could match (a host that
+withholds or alters one gets ``log_incomplete``, not a replay; the entries hold only
+what the host relayed anyway, so they are chained, not sealed); a record of a channel
+the ledger does not have (its approving change was never stored) is refused
+(``not_approved``). Until
 the host restores the ledger the code refuses every call on channels and signed
 calls, unless it was started as a first boot
 (``first_boot``), which starts from an empty ledger and a new *life*: a random
@@ -221,10 +230,16 @@ from a402.wire import vault_api as api
 from a402.wire.a402 import HttpRequest, binding_digest
 from a402.wire.errors import WireError
 
-_CHANNEL_FORMAT = "a402/vault-enclave-channel/v1"
+_CHANNEL_FORMAT = "a402/vault-enclave-channel/v2"
+#: Records sealed by earlier code: the consumed calls listed in the record itself.
+_CHANNEL_FORMAT_V1 = "a402/vault-enclave-channel/v1"
+_LOG_GENESIS = b"a402/vault-consumed-log/v1\x00"
 _LEDGER_FORMAT = "a402/vault-enclave-ledger/v1"
 _LEDGER_LABEL = "a402/vault-ledger"
 INVOKE_PATH = api.API_PREFIX + "/invoke"
+#: How many authenticated calls the enclave remembers (:meth:`VaultEnclaveCode.authenticate`):
+#: enough for the calls in flight; one dropped is only recovered again.
+_AUTHENTICATED_KEPT = 4096
 #: How long the vault's approval to open a channel stays good (seconds of chain time):
 #: long enough to be mined, and the most a failed open's pool debit waits to come back.
 OPEN_APPROVAL_LIFETIME = 300
@@ -373,6 +388,38 @@ class _Binding:
     timestamp: int
 
 
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One entry of a channel's log of consumed calls, for the host to store with the
+    checkpoint that carries it (its bytes are the entry; see :meth:`VaultEnclaveCode.export`)."""
+
+    seq: int
+    #: The entry's ``newest`` (see :func:`_log_entry`): the host may use it to read only
+    #: recent entries, never to make the enclave accept a shorter log.
+    newest: int
+    entry: bytes
+
+
+def _log_digest(channel_id: bytes, entry: bytes) -> bytes:
+    """What a log entry's successor (or the sealed record, for the last one) names it by."""
+    return hashlib.sha256(_LOG_GENESIS + channel_id + entry).digest()
+
+
+def _log_entry(seq: int, prev: bytes, client: str | None, once: str, timestamp: int,
+               newest: int) -> bytes:
+    """The bytes of entry ``seq`` of a channel's consumed-call log: the call (``client``
+    only when it is not the channel's owner: a legacy record's), its creation time, the
+    digest of entry ``seq - 1`` (the channel's genesis for the first) and ``newest``: the
+    newest signature timestamp of the channel's owner when it was consumed, never less
+    than the previous entry's. Every call consumed in this entry or before it was signed
+    no later than ``newest``, so created no later than ``newest`` plus the window."""
+    record: dict[str, Any] = {"seq": seq, "prev": prev.hex(), "once": once,
+                              "createdAt": timestamp, "newest": newest}
+    if client is not None:
+        record["client"] = client
+    return jsonbytes.dumps(record)
+
+
 @dataclass(slots=True)
 class _Held:
     channel: VaultChannel
@@ -380,6 +427,13 @@ class _Held:
     funding: str
     call: _Binding | None = None
     consumed: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: The log of consumed calls (see :meth:`VaultEnclaveCode.export`): how many entries,
+    #: the digest of the last one (the genesis digest before the first), its ``newest``,
+    #: and the entries not yet handed to the host (:meth:`VaultEnclaveCode.take_log`).
+    log_count: int = 0
+    log_head: bytes = b""
+    log_newest: int = 0
+    log_unsaved: list[LogEntry] = field(default_factory=list)
     #: The provider key was seen here as an attested enclave's (a tunnel's peer, verified
     #: in the handshake): σ_U only then.
     attested: bool = False
@@ -472,6 +526,10 @@ class VaultEnclaveCode:
         #: earlier life's channel again, nor restore one of its records, nor have a call
         #: signed for the earlier life paid (the new life has no record of what it paid).
         self._life = os.urandom(32) if first_boot else b""
+        self._life_name = (b"", life_id(b""))
+        #: Calls whose signature this code recovered (:meth:`authenticate`), by digest:
+        #: the most recent :data:`_AUTHENTICATED_KEPT`, oldest dropped first.
+        self._authenticated: dict[bytes, api.Authenticated] = {}
         #: One call at a time: the host calls from its event loop and from threads.
         self.lock = threading.RLock()
 
@@ -497,7 +555,9 @@ class VaultEnclaveCode:
     @property
     def life_id(self) -> str:
         """This life's public name (:func:`life_id`): every call must be signed for it."""
-        return life_id(self._life)
+        if self._life_name[0] != self._life:
+            self._life_name = (self._life, life_id(self._life))
+        return self._life_name[1]
 
     def _check_ready(self) -> None:
         if not self._ready:
@@ -628,11 +688,42 @@ class VaultEnclaveCode:
             timestamp = int(call.headers[api.TIMESTAMP_HEADER])
         except (KeyError, ValueError):
             raise EnclaveError("unauthenticated", "the call is not signed") from None
+        known = self._authenticated.get(self._call_digest(call))
+        if known is not None:  # recovered here already (:meth:`authenticate`)
+            return known
         try:  # freshness is judged by _fresh, against the newest call seen, not a clock
             return api.verify_request(call.headers, self.account, call.method, call.path,
                                       call.body, life=self.life_id, now=timestamp, window=0)
         except api.AuthError as e:
             raise EnclaveError(e.reason, e.detail) from None
+
+    def _call_digest(self, call: SignedCall) -> bytes:
+        """A digest of everything a call's signature check reads: its authentication
+        headers, method, path and body, and the life it must be signed for."""
+        h = hashlib.sha256(self.life_id.encode())
+        for name in _AUTH_HEADERS:
+            value = call.headers.get(name)
+            h.update(b"\x00-" if value is None else b"\x00+" + value.encode())
+        for part in (call.method.encode(), call.path.encode()):
+            h.update(len(part).to_bytes(4, "big") + part)
+        h.update(call.body)
+        return h.digest()
+
+    def authenticate(self, call: SignedCall, now: float, window: int) -> api.Authenticated:
+        """The host API's check of a call (:func:`~a402.wire.vault_api.verify_request`:
+        signed by the named client for this vault and life, within ``window`` of ``now``;
+        :class:`~a402.wire.vault_api.AuthError` otherwise), made here so that the call's
+        signature is recovered once per call: the enclave keeps what it recovered, keyed
+        by a digest of everything the check read (:meth:`_call_digest`), and its own
+        check of the same call (:meth:`_signed`, before it approves or pays anything)
+        takes it from there. The memory is the enclave's: the host can neither add to it
+        nor change it, so a call it names was verified here, byte for byte."""
+        signed = api.verify_request(call.headers, self.account, call.method, call.path,
+                                    call.body, life=self.life_id, now=now, window=window)
+        self._authenticated[self._call_digest(call)] = signed
+        while len(self._authenticated) > _AUTHENTICATED_KEPT:
+            del self._authenticated[next(iter(self._authenticated))]
+        return signed
 
     def _fresh(self, signed: api.Authenticated, now: float | None, *,
                created_at: int | None = None, slack: int = 0) -> None:
@@ -724,11 +815,31 @@ class VaultEnclaveCode:
                     "this idempotency key is paying on another channel: it may have been "
                     "paid; ask GET /v1/requests/<key> for its answer"))
 
-    def _consume(self, held: _Held, binding: _Binding) -> None:
+    def _consume(self, held: _Held, binding: _Binding, *, log: bool = True) -> None:
+        """Record ``binding`` as paid (σ_U signed): here, and, with ``log``, in a new entry
+        of the channel's log, which the host stores with the next checkpoint (the sealed
+        record names the log's last entry, so it cannot be left out)."""
         k = (binding.client, binding.once)
         held.consumed[k] = self._consumed[k] = binding.timestamp
         key, created = _key_of(binding.once)
         self._paid_keys[(binding.client, key)] = created
+        if log:
+            channel_id = held.channel.channel_id
+            newest = max(self._newest.get(held.owner, 0), held.log_newest)
+            entry = _log_entry(held.log_count, held.log_head or _log_digest(channel_id, b""),
+                               None if binding.client == held.owner else binding.client,
+                               binding.once, binding.timestamp, newest)
+            held.log_unsaved.append(LogEntry(held.log_count, newest, entry))
+            held.log_count += 1
+            held.log_head = _log_digest(channel_id, entry)
+            held.log_newest = newest
+
+    def take_log(self, channel_id: bytes) -> list[LogEntry]:
+        """The log entries made since the last call, for the host to store in the same
+        transaction as the channel's next record (:meth:`export`)."""
+        held = self._get(channel_id)
+        taken, held.log_unsaved = held.log_unsaved, []
+        return taken
 
     # ---------------------------------------------------------------- channels
 
@@ -1104,24 +1215,75 @@ class VaultEnclaveCode:
         return f"a402/vault-channel/{channel_id.hex()}"
 
     def export(self, channel_id: bytes) -> bytes:
-        """The channel's state, sealed (the host's ``unseal`` cannot open it)."""
+        """The channel's state, sealed (the host's ``unseal`` cannot open it).
+
+        Its size does not grow with the calls the channel paid: those are in the
+        channel's *log* (one entry per σ_U, :meth:`take_log`), which the host stores
+        next to the record, in the same transaction. The record names the log's length
+        and the digest of its last entry, and every entry the digest of the one before
+        (a hash chain from a genesis bound to the channel id), so a host can neither
+        leave an entry out nor change one when it hands the log back to :meth:`restore`
+        (which then refuses the record): it can only hand back the whole log or have the
+        channel not run at all. The entries hold what the host saw anyway (idempotency
+        key and creation time of a call it relayed), so they need integrity, not secrecy.
+        """
         held = self._get(channel_id)
-        horizon = self._horizon(held.owner) - self.slack
         call = held.call
         record = {
             "format": _CHANNEL_FORMAT,
             "channel": held.channel.snapshot().decode(),
             "owner": held.owner, "funding": held.funding,
             "call": None if call is None else [call.client, call.once, call.timestamp],
-            "consumed": [[c, n, t] for (c, n), t in held.consumed.items() if t >= horizon],
+            "log": [held.log_count, held.log_head.hex(), held.log_newest],
             "attested": held.attested, "life": self._life.hex(),
-            # What pruned ``consumed``: restored with it, so a pruned nonce stays stale.
+            # What prunes the log at a restore: restored with it, so a pruned call stays stale.
             "newest": self._newest.get(held.owner, 0),
         }
         return self._kernel.seal(self._label(channel_id), jsonbytes.dumps(record))
 
-    def restore(self, channel_id: bytes, blob: bytes) -> None:
-        """Run a channel again from :meth:`export` (a no-op if it runs already). Refused
+    def _restore_log(self, held: _Held, channel_id: bytes, count: int, head: bytes,
+                     entries: Mapping[int, bytes]) -> None:
+        """Load the consumed calls of the log ending at entry ``count - 1`` (digest ``head``),
+        from the last entry back to the first one whose ``newest`` shows that it and every
+        entry before it were created before the owner's horizon less the slack (calls
+        :meth:`_fresh` refuses anyway). An entry missing or not matching its successor's
+        digest (or the record's) refuses the record: ``log_incomplete``."""
+        cutoff = self._horizon(held.owner) - self.slack
+        expect, seq = head, count
+        loaded: list[tuple[str, str, int]] = []
+        while seq > 0:
+            raw = entries.get(seq - 1)
+            if raw is None:
+                raise EnclaveError("log_incomplete",
+                                   f"the channel's log of paid calls lacks entry {seq - 1}")
+            if not hmac.compare_digest(_log_digest(channel_id, raw), expect):
+                raise EnclaveError("log_incomplete",
+                                   f"entry {seq - 1} of the channel's log is not the one sealed")
+            try:
+                e = json.loads(raw)
+                if int(e["seq"]) != seq - 1:
+                    raise ValueError("an entry out of place")
+                newest = int(e["newest"])
+                once, created = str(e["once"]), int(e["createdAt"])
+                client = str(e.get("client", held.owner))
+                prev = bytes.fromhex(e["prev"])
+            except (ValueError, KeyError, TypeError) as err:
+                raise EnclaveError("malformed", f"the channel's log: {err}") from None
+            if newest + self.window < cutoff:
+                break  # this call and every earlier one are stale: nothing to keep
+            loaded.append((client, once, created))
+            expect, seq = prev, seq - 1
+        if seq == 0 and count and not hmac.compare_digest(expect, _log_digest(channel_id, b"")):
+            raise EnclaveError("log_incomplete", "the channel's log does not start at its genesis")
+        for client, once, created in loaded:
+            self._consume(held, _Binding(client, once, created), log=False)
+            self._advance(client, created)
+
+    def restore(self, channel_id: bytes, blob: bytes,
+                log: Mapping[int, bytes] | None = None) -> None:
+        """Run a channel again from :meth:`export` (a no-op if it runs already), with its
+        log of consumed calls (``log``: entry bytes by their number, as :meth:`take_log`
+        gave them; at least the recent ones, see :meth:`_restore_log`). Refused
         before the ledger is restored, after a first boot for a channel this life of the
         code did not approve (it was sealed by an earlier one, whose ledger is gone), and
         for any channel this ledger does not have (``not_approved``: the host wrote its
@@ -1141,9 +1303,12 @@ class VaultEnclaveCode:
                                "this vault's ledger never approved the channel")
         try:
             record = json.loads(self._kernel.unseal(self._label(channel_id), blob))
-            if record.get("format") != _CHANNEL_FORMAT:
+            if record.get("format") not in (_CHANNEL_FORMAT, _CHANNEL_FORMAT_V1):
                 raise ValueError("not a vault channel record")
             channel = VaultChannel.restore(record["channel"].encode(), self._signer)
+            count, head, log_newest = (
+                (int(record["log"][0]), bytes.fromhex(record["log"][1]), int(record["log"][2]))
+                if record["format"] == _CHANNEL_FORMAT else (0, b"", 0))
         except (ValueError, KeyError) as e:
             raise EnclaveError("malformed", str(e)) from None
         if channel.channel_id != channel_id:
@@ -1156,16 +1321,23 @@ class VaultEnclaveCode:
                                "a channel record from an earlier life of this vault")
         held = _Held(channel, record["owner"], record["funding"],
                      attested=record.get("attested") is True)
+        self._advance(held.owner, int(record.get("newest", record.get("highWater", 0))))
+        if record["format"] == _CHANNEL_FORMAT:
+            self._restore_log(held, channel_id, count, head, log or {})
+            held.log_count, held.log_head, held.log_newest = count, head, log_newest
+        else:
+            # An earlier code's record lists its consumed calls: each goes into the log
+            # (entries the host stores with this channel's next record, which names them).
+            for client, _, timestamp in record["consumed"]:
+                self._advance(client, int(timestamp))
+            for client, nonce, timestamp in record["consumed"]:
+                self._consume(held, _Binding(client, nonce, int(timestamp)))
         call = record["call"]
         if call is not None:
             held.call = _Binding(call[0], call[1], int(call[2]))
             self._reserved[(call[0], call[1])] = channel_id
             if channel.status is Status.PENDING:  # σ_U was signed: its δ stays spent
                 self._book(held, spent=True)
-        self._advance(held.owner, int(record.get("newest", record.get("highWater", 0))))
-        for client, nonce, timestamp in record["consumed"]:
-            self._consume(held, _Binding(client, nonce, int(timestamp)))
-            self._advance(client, int(timestamp))
         self._held[channel_id] = held
         if self._ended(channel_id):  # refunded or settled: an older record runs no more
             channel.closed_on_chain()
@@ -1294,6 +1466,13 @@ class EnclaveChannel:
         with self._code.lock:
             return self._code.export(self.channel_id)
 
+    def checkpoint(self) -> tuple[bytes, list[LogEntry]]:
+        """The channel's record (:meth:`snapshot`) and the entries of its log of consumed
+        calls made since the last checkpoint, taken together: the host stores both in one
+        transaction (the record names the entries; without them it does not restore)."""
+        with self._code.lock:
+            return self._code.export(self.channel_id), self._code.take_log(self.channel_id)
+
 
 class VaultEnclave:
     """The vault enclave as its host sees it, once its code runs.
@@ -1384,9 +1563,19 @@ class VaultEnclave:
             return None
         return EnclaveChannel(self._code, channel_id)
 
-    def restore(self, channel_id: bytes, blob: bytes) -> EnclaveChannel:
+    def authenticate(self, call: SignedCall, *, now: float, window: int) -> api.Authenticated:
+        """The vault API's check of a signed call (``verify_request``, with the host's
+        ``now`` and ``window``), made in the enclave, which then needs no second recovery
+        of the signature when the call comes to pay or approve."""
         with self._code.lock:
-            self._code.restore(channel_id, blob)
+            return self._code.authenticate(call, now, window)
+
+    def restore(self, channel_id: bytes, blob: bytes,
+                log: Mapping[int, bytes] | None = None) -> EnclaveChannel:
+        """Run a channel again from its record and its log of consumed calls (entry bytes
+        by number, as :meth:`EnclaveChannel.take_log` gave them)."""
+        with self._code.lock:
+            self._code.restore(channel_id, blob, log)
         return EnclaveChannel(self._code, channel_id)
 
     def missing(self, client: str) -> list[bytes]:
@@ -1418,6 +1607,7 @@ __all__ = [
     "OPEN_APPROVAL_LIFETIME",
     "ChannelsNeeded",
     "EnclaveChannel",
+    "LogEntry",
     "OpenApproval",
     "SignedCall",
     "VaultEnclave",

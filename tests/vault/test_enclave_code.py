@@ -53,6 +53,7 @@ from a402.vault_enclave import (
     OPEN_APPROVAL_LIFETIME,
     POOL_DEPOSIT_MULTIPLE,
     ChannelsNeeded,
+    EnclaveChannel,
     SignedCall,
     VaultEnclave,
     VaultEnclaveCode,
@@ -171,6 +172,16 @@ def clock() -> int:
     """The host's ``now``: signed calls carry the wall clock, and the enclave refuses one
     signed more than the auth window after ``now``."""
     return int(time.time())
+
+
+def stored(channel: EnclaveChannel, log: dict[int, bytes] | None = None
+           ) -> tuple[bytes, dict[int, bytes]]:
+    """What a host stores at a checkpoint: the channel's sealed record, and its log of
+    consumed calls (``log``, the entries stored before, plus the new ones)."""
+    record, entries = channel.checkpoint()
+    log = dict(log or {})
+    log.update({e.seq: e.entry for e in entries})
+    return record, log
 
 
 def pay(s: Setup, terms: ChannelTerms, provider: ProviderChannel, signed_call: SignedCall,
@@ -344,7 +355,7 @@ def test_after_a_restart_a_clients_calls_wait_for_its_channels(setup: Setup) -> 
     cid = terms.channel_id(DOMAIN)
     channel = s.vault.channel(cid)
     assert channel is not None
-    record, ledger = channel.snapshot(), s.vault.export_ledger()
+    (record, log), ledger = stored(channel), s.vault.export_ledger()
     # the host restarts the code and "forgets" the channel that consumed the nonce
     again = VaultEnclaveCode.start(s.enclave, domain=DOMAIN, network=NETWORK, token=TOKEN)
     with pytest.raises(EnclaveError, match="restarted"):  # the old code signs nothing more
@@ -356,7 +367,9 @@ def test_after_a_restart_a_clients_calls_wait_for_its_channels(setup: Setup) -> 
     with pytest.raises(ChannelsNeeded) as needed:
         replay.request(one, PRICE, now=clock())
     assert needed.value.channel_ids == [cid]
-    again.restore(cid, record)
+    with pytest.raises(EnclaveError, match="log_incomplete"):  # its log withheld: refused
+        again.restore(cid, record)
+    again.restore(cid, record, log)
     with pytest.raises(EnclaveError, match="replayed_call"):
         replay.request(one, PRICE, now=clock())
 
@@ -582,10 +595,10 @@ def test_a_nonce_pruned_from_a_record_stays_stale_after_a_restart(setup: Setup) 
     cid = terms.channel_id(DOMAIN)
     channel = s.vault.channel(cid)
     assert channel is not None
-    record = channel.snapshot()  # "first" is pruned from it: older than "later" − 2 × 60
+    record, log = stored(channel)  # "first" is pruned at restore: older than "later" − 2 × 60
     again = VaultEnclaveCode.start(s.enclave, domain=DOMAIN, network=NETWORK, token=TOKEN)
     again.restore_ledger(ledger)
-    restored = again.restore(cid, record)
+    restored = again.restore(cid, record, log)
     with pytest.raises(EnclaveError, match="stale_call"):
         restored.request(first, PRICE, now=clock())
 
@@ -1049,14 +1062,14 @@ def test_a_key_paid_with_one_created_at_pays_nothing_with_another_while_its_reco
     with pytest.raises(EnclaveError, match="replayed_call"):  # nor a channel opened for it
         s.vault.approve_pool_channel(retry, pool_terms(s, alice), lock_timeout=10.0, now=NOW)
     # After a restart the record of the paying channel brings the key's creation time back.
-    records = {t.channel_id(DOMAIN): s.vault.channel(t.channel_id(DOMAIN)).snapshot()  # type: ignore[union-attr]
+    records = {t.channel_id(DOMAIN): stored(s.vault.channel(t.channel_id(DOMAIN)))  # type: ignore[arg-type]
                for t in (first, second)}
     ledger = s.vault.export_ledger()
     again = VaultEnclaveCode.start(s.platform.restore(CODE, s.enclave.export_sealed()),
                                    domain=DOMAIN, network=NETWORK, token=TOKEN)
     again.restore_ledger(ledger)
-    for cid, record in records.items():
-        again.restore(cid, record)
+    for cid, (record, log) in records.items():
+        again.restore(cid, record, log)
     channel = again.channel(second.channel_id(DOMAIN))
     assert channel is not None
     with pytest.raises(EnclaveError, match="replayed_call"):
@@ -1137,3 +1150,162 @@ def test_a_channel_whose_approving_ledger_change_was_never_stored_is_not_adopted
         again.restore(cid, record)
     assert again.channel(cid) is None and again.missing(alice.address) == []
     assert again.open_failed(cid, now=approval.deadline + 1) == 0  # nothing to write off
+
+
+def _restarted(s: Setup) -> VaultEnclaveCode:
+    again = VaultEnclaveCode.start(s.platform.restore(CODE, s.enclave.export_sealed()),
+                                   domain=DOMAIN, network=NETWORK, token=TOKEN)
+    again.restore_ledger(s.vault.export_ledger())
+    return again
+
+
+def test_a_channels_record_stays_the_same_size_however_many_calls_it_paid(
+        setup: Setup) -> None:
+    """Each paid call adds one entry to the channel's log (stored next to the record, in
+    the same transaction); the sealed record itself does not grow with the calls."""
+    s = setup
+    alice = funded(s)
+    terms = pool_channel(s, alice, deposit=40 * PRICE)
+    provider = provider_side(s, terms)
+    channel = s.vault.channel(terms.channel_id(DOMAIN))
+    assert channel is not None
+    sizes, per_call = [], []
+    for i in range(30):
+        pay(s, terms, provider, call(s.vault, alice, key=f"order-{i}"))
+        record, entries = channel.checkpoint()
+        sizes.append(len(record))
+        per_call.append([e.seq for e in entries])
+    assert per_call == [[i] for i in range(30)]  # one entry per paid call, taken once
+    assert max(sizes) - min(sizes) <= 8  # (a version number's digits, not the calls)
+    assert channel.provider_balance == 30 * PRICE
+
+
+def test_after_a_restart_no_call_a_channel_paid_pays_again(setup: Setup) -> None:
+    """N calls paid, each checkpoint stored as a host does (record + new log entries), the
+    code restarted: every one of the N calls, replayed, is refused; a new one pays."""
+    s = setup
+    alice = funded(s)
+    terms = pool_channel(s, alice, deposit=40 * PRICE)
+    provider = provider_side(s, terms)
+    cid = terms.channel_id(DOMAIN)
+    channel = s.vault.channel(cid)
+    assert channel is not None
+    calls = [call(s.vault, alice, key=f"order-{i}") for i in range(12)]
+    record, log = stored(channel)
+    for c in calls:
+        pay(s, terms, provider, c)
+        record, log = stored(channel, log)
+    again = _restarted(s)
+    restored = again.restore(cid, record, log)
+    for c in calls:
+        with pytest.raises(EnclaveError, match="replayed_call"):
+            restored.request(c, PRICE, now=clock())
+    assert restored.provider_balance == 12 * PRICE and restored.pending_request() is None
+    restored.request(call(again, alice, key="order-new"), PRICE, now=clock())
+    assert restored.locked == PRICE
+
+
+def test_a_host_that_leaves_out_or_alters_an_entry_of_the_log_gets_no_channel(
+        setup: Setup) -> None:
+    """The sealed record names its log's last entry, and each entry the one before: a
+    host that withholds an entry (to have that call paid again), changes one, or hands
+    another channel's log gets the record refused (``log_incomplete``), not a replay."""
+    s = setup
+    alice = funded(s)
+    terms = pool_channel(s, alice, deposit=40 * PRICE)
+    other = pool_channel(s, alice, deposit=40 * PRICE)
+    provider = provider_side(s, terms)
+    cid = terms.channel_id(DOMAIN)
+    channel = s.vault.channel(cid)
+    assert channel is not None
+    for i in range(5):
+        pay(s, terms, provider, call(s.vault, alice, key=f"order-{i}"))
+    pay(s, other, provider_side(s, other), call(s.vault, alice, key="elsewhere"))
+    record, log = stored(channel)
+    _, other_log = stored(s.vault.channel(other.channel_id(DOMAIN)))  # type: ignore[arg-type]
+    entry = json.loads(log[2])
+    entry["createdAt"] -= 1
+    altered = {**log, 2: json.dumps(entry).encode()}
+    without = {k: v for k, v in log.items() if k != 2}
+    for bad in (without, altered, {}, other_log, {**log, 4: other_log[0]}):
+        again = _restarted(s)
+        with pytest.raises(EnclaveError, match="log_incomplete"):
+            again.restore(cid, record, bad)
+        assert again.channel(cid) is None
+        assert cid in again.missing(alice.address)  # its client's calls wait for it
+    assert _restarted(s).restore(cid, record, log).provider_balance == 5 * PRICE
+
+
+def test_a_record_sealed_by_earlier_code_brings_its_paid_calls_into_the_log(
+        setup: Setup) -> None:
+    """A record of the earlier format lists its consumed calls itself: restored, they stay
+    paid, and they become log entries the host stores with the next checkpoint, after
+    which the new record (with its log) keeps them paid across another restart."""
+    s = setup
+    alice = funded(s)
+    terms = pool_channel(s, alice, deposit=40 * PRICE)
+    provider = provider_side(s, terms)
+    cid = terms.channel_id(DOMAIN)
+    channel = s.vault.channel(cid)
+    assert channel is not None
+    calls = [call(s.vault, alice, key=f"order-{i}") for i in range(3)]
+    for c in calls:
+        pay(s, terms, provider, c)
+    code = s.vault._code
+    label = f"a402/vault-channel/{cid.hex()}"
+    record = json.loads(code._kernel.unseal(label, channel.snapshot()))
+    record["format"] = "a402/vault-enclave-channel/v1"
+    del record["log"]
+    record["consumed"] = [[address_key(alice.address), f"call:{c_at}:order-{i}", c_at]
+                          for i, c_at in enumerate(
+                              json.loads(c.body)["createdAt"] for c in calls)]
+    legacy = code._kernel.seal(label, json.dumps(record).encode())
+    again = _restarted(s)
+    restored = again.restore(cid, legacy)
+    for c in calls:
+        with pytest.raises(EnclaveError, match="replayed_call"):
+            restored.request(c, PRICE, now=clock())
+    new_record, log = stored(restored)
+    assert sorted(log) == [0, 1, 2]
+    with pytest.raises(EnclaveError, match="log_incomplete"):
+        _restarted(s).restore(cid, new_record)
+    third = _restarted(s).restore(cid, new_record, log)
+    for c in calls:
+        with pytest.raises(EnclaveError, match="replayed_call"):
+            third.request(c, PRICE, now=clock())
+    assert third.provider_balance == 3 * PRICE
+
+
+def test_a_call_the_api_authenticated_is_recovered_once_and_only_as_signed(
+        setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host's API check runs in the enclave (``authenticate``), which keeps what it
+    recovered: the same call, paying, needs no second recovery. The same headers over
+    another body (or another path) are recovered anew, and refused."""
+    s = setup
+    alice = funded(s)
+    terms = pool_channel(s, alice)
+    recoveries = []
+    verify = api.verify_request
+
+    def counted(*args: Any, **kwargs: Any) -> api.Authenticated:
+        recoveries.append(args[3:5])
+        return verify(*args, **kwargs)
+
+    monkeypatch.setattr(api, "verify_request", counted)
+    one = call(s.vault, alice, key="order-1")
+    signed = s.vault.authenticate(one, now=clock(), window=api.DEFAULT_AUTH_WINDOW)
+    assert address_key(signed.client) == address_key(alice.address)
+    channel = s.vault.channel(terms.channel_id(DOMAIN))
+    assert channel is not None
+    channel.request(one, PRICE, now=clock())
+    assert len(recoveries) == 1
+    channel.abandon()
+    body = json.loads(one.body)
+    body["maxPrice"] = str(10 * PRICE)
+    forged = SignedCall(one.headers, one.method, one.path, json.dumps(body).encode())
+    with pytest.raises(EnclaveError, match="bad_signature"):
+        channel.request(forged, PRICE, now=clock())
+    assert len(recoveries) == 2 and channel.locked == 0
+    with pytest.raises(api.AuthError, match="stale_request"):  # the API's own window
+        s.vault.authenticate(one, now=clock() + 10 * api.DEFAULT_AUTH_WINDOW,
+                             window=api.DEFAULT_AUTH_WINDOW)

@@ -264,8 +264,8 @@ def test_a_host_cannot_sign_a_channel_state_or_read_sealed_records(world: World)
 
 def test_a_host_that_restarts_cannot_replay_a_call_it_received_before(world: World) -> None:
     """After a restart the enclave knows no nonce until the client's channels are loaded
-    from their sealed records: it refuses the client's calls until then, and then the
-    replay."""
+    from their sealed records and logs of paid calls: it refuses the client's calls until
+    then, and then every replay of the calls paid before the restart."""
     provider = world.provider()
     gas = Account.create()
     transact(world.chain, world.chain.accounts[0], {"to": gas.address}, value=10**18)
@@ -273,17 +273,20 @@ def test_a_host_that_restarts_cannot_replay_a_call_it_received_before(world: Wor
     with serve_in_thread(provider.app) as site:
         with running_vault(world, account=gas, db_url=db) as vault:
             account, _ = client_of(world, vault, funds=20_000, deposit=20_000)
-            headers, body = _signed_invoke(vault, account, f"{site}/weather", "before")
-            answer = httpx.post(vault.url + "/v1/invoke", content=body, headers=headers,
-                                timeout=30)
-            assert answer.json()["outcome"] == api.PAID
+            calls = []
+            for i in range(4):
+                headers, body = _signed_invoke(vault, account, f"{site}/weather", f"before-{i}")
+                answer = httpx.post(vault.url + "/v1/invoke", content=body, headers=headers,
+                                    timeout=30)
+                assert answer.json()["outcome"] == api.PAID
+                calls.append((headers, body))
             address = vault.address
         with running_vault(world, account=gas, db_url=db) as vault:
             assert vault.address == address  # the same enclave, restored from its store
             [row] = vault.store.channels(client=account.address)
             enclave = vault.service.vault
             cid = bytes.fromhex(row.cid[2:])
-            replay = SignedCall.of(headers, "POST", INVOKE_PATH, body)
+            replays = [SignedCall.of(h, "POST", INVOKE_PATH, b) for h, b in calls]
             # Recovery may have loaded the channel; the host can unload it at will. The
             # restarted enclave knows (from the ledger) that the client's calls wait for
             # it, and the host can load it only from its sealed record, which carries the
@@ -293,17 +296,23 @@ def test_a_host_that_restarts_cannot_replay_a_call_it_received_before(world: Wor
             assert enclave.missing(account.address) == [cid]
             assert world.manager.pooled(vault.address, account.address) == (
                 20_000 - int(row.deposit))
-            channel = enclave.restore(cid, row.snapshot)
+            # Nor without the log of the calls it paid, stored with that record: a host
+            # that withholds it (to have a call paid again) gets no channel.
+            with pytest.raises(EnclaveError, match="log_incomplete"):
+                enclave.restore(cid, row.snapshot)
+            assert enclave.channel(cid) is None
+            channel = enclave.restore(cid, row.snapshot, vault.store.consumed_log(row.cid))
             assert channel is not None
-            with pytest.raises(EnclaveError, match="replayed_call"):
-                channel.request(replay, PRICE, now=time.time())
-            assert channel.provider_balance == PRICE
+            for replay in replays:
+                with pytest.raises(EnclaveError, match="replayed_call"):
+                    channel.request(replay, PRICE, now=time.time())
+            assert channel.provider_balance == 4 * PRICE
             # A new call of the client's pays as usual.
             # The restarted vault's URL.
             again = VaultClient(vault.url, account, expect=expected(world, vault))
             assert again.invoke(f"{site}/weather", max_price=PRICE).outcome == api.PAID
             fresh = vault.store.channel(row.cid)
-            assert fresh is not None and fresh.provider_balance == str(2 * PRICE)
+            assert fresh is not None and fresh.provider_balance == str(5 * PRICE)
 
 
 def test_with_the_vault_gone_a_pool_client_takes_exactly_its_balance_out_itself(

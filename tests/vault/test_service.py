@@ -83,10 +83,13 @@ def test_a_paid_call_on_an_open_channel_takes_three_commits(world: World) -> Non
         paid = client.invoke(f"{site}/weather", max_price=1_000, idempotency_key="w-2")
         assert (paid.outcome, paid.amount) == (api.PAID, 1_000)
         checkpoint = [("UPDATE", "a402_vault_channels"), ("UPDATE", "a402_vault_requests")]
+        # σ_U signed: the channel's log of paid calls gets its entry in the same commit.
+        authorized = [("UPDATE", "a402_vault_channels"), ("INSERT", "a402_vault_consumed"),
+                      ("UPDATE", "a402_vault_requests")]
         assert writes == [
             [("INSERT", "a402_vault_nonces"), ("INSERT", "a402_vault_requests"),
              ("UPDATE", "a402_vault_channels")],  # LOCKED, with the call's record
-            checkpoint,  # AUTHORIZED
+            authorized,  # AUTHORIZED
             checkpoint,  # DELIVERED, with the call's answer
         ]
         record = vault.store.request(f"{client.account.address.lower()}:w-2")
@@ -132,7 +135,8 @@ def test_a_call_whose_cached_price_went_up_is_recorded_once_and_paid_at_the_new_
              ("UPDATE", "a402_vault_channels")],  # LOCKED at 1 000, with the call's record
             checkpoint,  # EXPIRED: refused at the old price, the call RELEASED
             checkpoint,  # LOCKED at 1 200: the call is recorded, not claimed again
-            checkpoint,  # AUTHORIZED
+            [("UPDATE", "a402_vault_channels"), ("INSERT", "a402_vault_consumed"),
+             ("UPDATE", "a402_vault_requests")],  # AUTHORIZED, with the log's entry
             checkpoint,  # DELIVERED, with the call's answer
         ]
         [channel] = client.account_info()["channels"]

@@ -101,14 +101,15 @@ def create_app(service: VaultService, *, observer: Observer | None = None) -> AS
         body = await request_body(request, api.MAX_CALL_BODY)
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         now = time.time()
-        signed = api.verify_request(request.headers, vault, request.method, path, body,
-                                    life=service.vault.life_id, now=now,
-                                    window=service.config.timing.auth_window)
+        # The call as signed, checked in the enclave (which recovers its signature once for
+        # this check and its own, before it pays or approves anything: invoke, withdraw).
+        call = SignedCall.of(request.headers, request.method, path, body)
+        signed = service.vault.authenticate(call, now=now,
+                                            window=service.config.timing.auth_window)
         if remember and not await service.store.remember_nonce(
                 signed.client, signed.nonce, now=now, keep=2 * service.config.timing.auth_window):
             raise api.AuthError(api.REPLAYED_REQUEST, "this nonce was already used")
-        # The call as signed, for the enclave to check itself (invoke, withdraw).
-        return signed, body, SignedCall.of(request.headers, request.method, path, body)
+        return signed, body, call
 
     async def answer(request: Request, handler: Handler, *, remember_nonce: bool = True
                      ) -> JSONResponse:

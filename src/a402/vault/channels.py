@@ -260,7 +260,9 @@ class Channels:
         if channel is None:
             if row.snapshot is None:
                 raise EnclaveError("unknown_channel", f"no record of {row.cid} to restore")
-            channel = self.vault.restore(channel_id, row.snapshot)
+            log = await asyncio.to_thread(self.store.consumed_log, row.cid)
+            channel = self.vault.channel(channel_id) or self.vault.restore(
+                channel_id, row.snapshot, log)
         self.live[channel_id] = channel
         return channel
 
@@ -272,7 +274,8 @@ class Channels:
             if row is None or row.snapshot is None:
                 raise VaultError(503, api.CHANNEL_RECOVERING,
                                  f"channel {hex_id(channel_id)} has no record to restore")
-            self.vault.restore(channel_id, row.snapshot)
+            log = await asyncio.to_thread(self.store.consumed_log, row.cid)
+            self.vault.restore(channel_id, row.snapshot, log)
 
     async def persist(self, checkpoint: Checkpoint) -> None:
         """Every tunnel's ``persist``: sealed snapshot + request progress, one transaction.
@@ -329,7 +332,9 @@ class Channels:
         elif reason is CheckpointReason.FORCE_CLOSED:
             values.update(request_key=None, pending_since=None)
         try:
-            await self.store.save_checkpoint(cid, values, key, request, claim=claim)
+            await self.store.save_checkpoint(
+                cid, values, key, request, claim=claim,
+                log=[(e.seq, e.newest, e.entry) for e in checkpoint.log])
         except BaseException:
             # Not durable, so not sent: forget the machine that ran ahead of the database
             # (here and in the enclave); the next use restores the last durable state.
@@ -508,8 +513,9 @@ class Channels:
         if self.vault.channel(channel_id) is None:  # the enclave checks its latest record
             latest = await asyncio.to_thread(self.store.channel, row.cid)
             if latest is not None and latest.snapshot is not None:
+                log = await asyncio.to_thread(self.store.consumed_log, row.cid)
                 try:
-                    self.vault.restore(channel_id, latest.snapshot)
+                    self.vault.restore(channel_id, latest.snapshot, log)
                 except EnclaveError as e:
                     if e.reason != "not_approved":
                         raise
@@ -774,10 +780,11 @@ class Channels:
             # durable before the host's record says "settled". The pool refund itself was
             # credited on-chain by the contract: the store below only mirrors it.
             snapshot = row.snapshot
+            entries = await asyncio.to_thread(self.store.consumed_log, cid)
 
             def change() -> int:
                 if self.vault.channel(channel_id) is None:
-                    self.vault.restore(channel_id, snapshot)
+                    self.vault.restore(channel_id, snapshot, entries)
                 return self.vault.settled(channel_id, client_payout)
 
             await self.ledger.achange(change)

@@ -62,6 +62,7 @@ from .tables import (
     Base,
     Channel,
     ChannelRow,
+    ConsumedRow,
     DepositRow,
     LedgerRow,
     MetaRow,
@@ -483,14 +484,20 @@ class VaultStore:
     async def save_checkpoint(
         self, cid: str, channel_values: dict[str, Any], request_key: str | None,
         request_values: dict[str, Any] | None, *, claim: Claim | None = None,
+        log: Sequence[tuple[int, int, bytes]] = (),
     ) -> None:
-        """One checkpoint: the channel's sealed state and its request's progress, atomically.
+        """One checkpoint: the channel's sealed state, the new entries of its log of consumed
+        calls (``log``: number, newest, bytes; the sealed state names them) and its
+        request's progress, atomically.
 
         With ``claim``, the request's row is created here (with ``request_values``) and its
         nonce remembered, all or nothing: :class:`ClaimTaken` if either was there before.
         """
         now = time.time()
         statements = [_update(ChannelRow, "cid", cid, {**channel_values, "updated_at": now})]
+        statements += [_insert(ConsumedRow, {"cid": cid, "seq": seq, "newest": newest,
+                                             "entry": entry})
+                       for seq, newest, entry in log]
         if claim is not None:
             statements[:0] = self._claim_statements(claim, now, request_values or {},
                                                     unless_present=False)
@@ -541,6 +548,14 @@ class VaultStore:
         with self._read() as s:
             row = s.get(ChannelRow, cid)
             return None if row is None else channel_record(row)
+
+    def consumed_log(self, cid: str) -> dict[int, bytes]:
+        """The stored entries of ``cid``'s log of consumed calls, by number (what the vault
+        enclave's ``restore`` takes with the channel's record)."""
+        with self._read() as s:
+            rows = s.execute(select(ConsumedRow.seq, ConsumedRow.entry)
+                             .where(ConsumedRow.cid == cid))
+            return {int(seq): bytes(entry) for seq, entry in rows}
 
     def channels(
         self, *, client: str | None = None, provider: str | None = None,

@@ -136,6 +136,18 @@ class RequestRow(Base):
     updated_at: Mapped[float] = mapped_column(Float)
 
 
+class ConsumedRow(Base):
+    """One entry of a channel's log of consumed calls (the vault enclave's
+    :class:`~a402.vault_enclave.LogEntry`), written with the checkpoint whose sealed record
+    names it; handed back with that record when the channel is restored."""
+
+    __tablename__ = "a402_vault_consumed"
+    cid: Mapped[str] = mapped_column(String(66), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    newest: Mapped[int] = mapped_column(BigInteger)
+    entry: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class NonceRow(Base):
     __tablename__ = "a402_vault_nonces"
     client: Mapped[str] = mapped_column(String(42), primary_key=True)

@@ -103,7 +103,7 @@ from a402.asc_manager import ASCManager, PublishedSignature
 from a402.crypto import PaymentDomain
 from a402.tee import AttestationError, AttestationPolicy, AttestationVerifier, Enclave
 from a402.tee.errors import ChannelError
-from a402.vault_enclave import EnclaveChannel, SignedCall
+from a402.vault_enclave import EnclaveChannel, LogEntry, SignedCall
 from a402.wire.a402 import (
     PROLOGUE,
     REQUEST_AD,
@@ -228,17 +228,25 @@ class Checkpoint:
     paid: PaidResponse | None = None
     #: The call the channel's request pays for (None: no request, or a bare use).
     call: CallRecord | None = None
+    #: New entries of the channel's log of consumed calls (an enclave channel's, see
+    #: :meth:`EnclaveChannel.checkpoint`): stored in the same transaction as ``snapshot``,
+    #: which names them.
+    log: tuple[LogEntry, ...] = ()
 
     @classmethod
     def of(cls, channel: AnyChannel, reason: CheckpointReason,
            paid: PaidResponse | None = None, call: CallRecord | None = None) -> Checkpoint:
         reply = channel.pending_reply() if reason is CheckpointReason.AUTHORIZED else None
         reveal = channel.last_reveal() if reason is CheckpointReason.DELIVERED else None
+        if isinstance(channel, EnclaveChannel):
+            snapshot, log = channel.checkpoint()
+        else:
+            snapshot, log = channel.snapshot(), []
         return cls(
             channel.channel_id, reason, channel.status, channel.version,
             channel.next_request_id, channel.free, channel.locked, channel.provider_balance,
-            channel.snapshot(), reply, None if reveal is None else reveal.adaptor_secret,
-            None if reveal is None else channel.latest_state(), paid, call,
+            snapshot, reply, None if reveal is None else reveal.adaptor_secret,
+            None if reveal is None else channel.latest_state(), paid, call, tuple(log),
         )
 
 
