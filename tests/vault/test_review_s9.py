@@ -1,0 +1,69 @@
+"""Adversarial review, session 9 (issue 14 mandates): what a vault host can make the enclave do.
+
+Each test states the money rule it expects and is marked ``xfail(strict=True)`` while the
+finding stands, so it turns red the day the fix lands and the mark must go. On anvil.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from eth_account import Account
+
+from a402.asc.errors import LocalProtocolError
+from a402.background import serve_in_thread
+from a402.chain.tx import deploy_contract
+from a402.vault_enclave import INVOKE_PATH, SignedCall
+from a402.wire import vault_api as api
+from tests.a402_exchange.helpers import PRICES, World
+
+from .helpers import client_of, running_vault
+from .test_mandate import _mandate
+
+pytestmark = pytest.mark.anvil
+PRICE = PRICES["GET /weather"]
+
+
+@pytest.mark.xfail(strict=True, reason="S9-V1: a host re-submitting an in-flight call at "
+                   "another amount erases its mandate reservation")
+def test_a_host_cannot_erase_the_reservation_of_a_request_in_flight(world: World) -> None:
+    """The host holds the agent's signed call; the enclave sent it on the channel (δ = PRICE
+    reserved under the mandate). The host plays the same call again on that busy channel at
+    a lower price: the book gives the PRICE back and reserves the new amount, then the
+    channel refuses (a request is in flight) and the enclave releases the new amount too.
+    The request in flight can still get σ_U for PRICE, and the book no longer counts it:
+    repeated, the mandate's budget bounds nothing. Expected: the budget still counts the
+    in-flight PRICE after the refused second submission."""
+    chain = world.chain
+    registry = deploy_contract(chain, chain.accounts[0], "MandateRegistry").address
+    owner, provider = Account.create(), world.provider()
+    with serve_in_thread(provider.app) as site, running_vault(world) as vault:
+        agent, client = client_of(world, vault, funds=20_000, deposit=20_000)
+        signed = _mandate(world, registry, owner, agent.address)  # budget 3 x PRICE
+        client.mandate = signed.to_json()
+        assert client.invoke(f"{site}/weather", max_price=PRICE).outcome == api.PAID
+        [row] = vault.store.channels(client=agent.address)
+        enclave = vault.service.vault
+        channel = enclave.channel(bytes.fromhex(row.cid[2:]))
+        assert channel is not None
+        book = enclave._code._mandates  # noqa: SLF001 - the sealed ledger's mandate book
+        assert book.spend[signed.hash_hex].total == PRICE
+
+        body = json.dumps(api.InvokeRequest(
+            url=f"{site}/weather", method="GET", headers=(), body=b"", max_price=PRICE,
+            idempotency_key="in-flight", created_at=int(time.time()),
+            mandate=signed.to_json()).to_json()).encode()
+        headers = api.sign_request(agent, vault.signed_as, "POST", INVOKE_PATH, body,
+                                   life=vault.life)
+        call = SignedCall.of(headers, "POST", INVOKE_PATH, body)
+        exec_ = channel.request(call, PRICE, now=time.time())  # sent: σ_U may follow
+        assert exec_.amount == PRICE and channel.locked == PRICE
+        assert book.spend[signed.hash_hex].total == 2 * PRICE
+        with pytest.raises(LocalProtocolError):  # the channel is busy with the first one
+            channel.request(call, 1, now=time.time())
+        assert channel.locked == PRICE  # the PRICE request is still out, σ_U-able
+        assert book.spend[signed.hash_hex].total == 2 * PRICE, (
+            f"the book counts {book.spend[signed.hash_hex].total} while "
+            f"{2 * PRICE} is paid or payable")
