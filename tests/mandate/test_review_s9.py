@@ -1,0 +1,148 @@
+"""Adversarial review, session 9 (issue 14 mandates): findings that need no chain.
+
+Each test states the rule it expects and is marked ``xfail(strict=True)`` while the finding
+stands, so it turns red the day the fix lands and the mark must go.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+from pathlib import Path
+
+import httpx
+import pytest
+
+from a402.client.audit import exact_record
+from a402.client.mandate_command import EXIT_AUDIT_FAILED, add_audit_arguments, run_audit
+from a402.client.wallet import Wallet
+from a402.mandate import ProposedPayment
+from a402.mandate.evidence import evidence
+from a402.mandate.guard import MandateGuard
+from a402.mandate.spend import SpendStore
+from a402.wire.headers import encode_header
+from a402.wire.x402 import PaymentRequirements
+from tests.mandate.helpers import NETWORK, PAYEE, USDC, Keys, signed
+
+PRICE = 1_000
+
+
+def _audit(db: str) -> tuple[int, str]:
+    parser = argparse.ArgumentParser()
+    add_audit_arguments(parser)
+    out, err = io.StringIO(), io.StringIO()
+    code = run_audit(parser.parse_args(["--spend-db", db]), out=out, err=err)
+    return code, err.getvalue()
+
+
+def _pay_with_evidence(guard: MandateGuard, wallet: Wallet, n: int) -> None:
+    """``n`` payments as X402Auth makes them: reserve, sign the EIP-3009 payload (real
+    secp256k1), then the evidence record that also marks the reservation signed."""
+    req = PaymentRequirements(scheme="exact", network=NETWORK, amount=str(PRICE), asset=USDC,
+                              pay_to=PAYEE, max_timeout_seconds=60,
+                              extra={"name": "USDC", "version": "2"})
+    for i in range(n):
+        url = f"https://api.example.com/paid?n={i}"
+        held = guard.reserve(ProposedPayment(agent=wallet.address, payee=PAYEE,
+                                             network=NETWORK, asset=USDC, scheme="exact",
+                                             amount=PRICE, url=url))
+        payload = wallet.sign(req, valid_for=60)
+        request = httpx.Request("GET", url)
+        response = httpx.Response(200, content=b"paid result", request=request)
+        fields = exact_record(mandate=guard.mandate_hash, agent=wallet.address,
+                              request=request, header_value=encode_header(payload),
+                              amount=PRICE, payee=PAYEE, network=NETWORK, asset=USDC,
+                              response=response)
+        guard.record(fields, wallet.sign_evidence, reservation=held,
+                     payment_ref=payload.payload["authorization"]["nonce"])
+
+
+@pytest.mark.xfail(strict=True, reason="S9-E1: deleting the newest evidence records (the "
+                   "tail) passes a402 audit")
+def test_the_audit_names_payments_whose_records_were_cut_off_the_tail(tmp_path: Path) -> None:
+    """Three payments signed, three records. Whoever can write the database deletes the
+    last two: the chain that is left links perfectly, and the audit says "1 record(s),
+    every signature and link verified" while the spend store itself still counts three
+    signed payments (3 x PRICE spent). Expected: the audit fails (exit 4) naming the
+    missing payments (e.g. signed reservations with no record, or a tail anchor)."""
+    keys = Keys()
+    db = f"sqlite:///{tmp_path / 'spend.db'}"
+    store = SpendStore(db)
+    s = signed(keys)
+    guard = MandateGuard(s, agent=keys.agent.address, store=store, revocation=None)
+    wallet = Wallet(bytes(keys.agent.key))
+    _pay_with_evidence(guard, wallet, 3)
+    assert _audit(db)[0] == 0
+    with store.engine.begin() as conn:
+        conn.execute(evidence.delete().where(evidence.c.seq >= 2))
+    assert store.spent(s).total == 3 * PRICE and store.count(s, "signed") == 3
+    code, err = _audit(db)
+    store.close()
+    assert code == EXIT_AUDIT_FAILED, err
+
+
+@pytest.mark.xfail(strict=True, reason="S9-E2: an emptied evidence table passes a402 audit "
+                   "(0 records, exit 0) although payments were signed")
+def test_the_audit_fails_when_every_record_was_deleted(tmp_path: Path) -> None:
+    keys = Keys()
+    db = f"sqlite:///{tmp_path / 'spend.db'}"
+    store = SpendStore(db)
+    s = signed(keys)
+    guard = MandateGuard(s, agent=keys.agent.address, store=store, revocation=None)
+    _pay_with_evidence(guard, Wallet(bytes(keys.agent.key)), 2)
+    with store.engine.begin() as conn:
+        conn.execute(evidence.delete())
+    assert store.spent(s).total == 2 * PRICE
+    code, err = _audit(db)
+    store.close()
+    assert code == EXIT_AUDIT_FAILED, err
+
+
+def _delivery(price: int) -> tuple[object, object, str, object]:
+    """One real paid request through both channel machines (real secp256k1): the delivered
+    result as committed, the vault's ACK (the receipt), the vault's address, the domain."""
+    from a402.agents.validation import DeliveredResult
+    from a402.asc import Ack, ChannelTerms, ProviderChannel, VaultChannel, decode, encode
+    from a402.crypto import EVM, EcdsaSigner, PaymentDomain
+
+    domain = PaymentDomain(31337, os.urandom(20))
+    vault_key, provider_key, client_key = (EcdsaSigner(os.urandom(32)) for _ in range(3))
+    schnorr = EVM.generate_key()
+    terms = ChannelTerms(client_key.address, vault_key.address, provider_key.address,
+                         schnorr.public_key, 1_000_000, os.urandom(32))
+    vault = VaultChannel(terms, domain, vault_key, lock_timeout=30)
+    provider = ProviderChannel(terms, domain, provider_key, schnorr, ack_timeout=10,
+                               lock_timeout=29)
+    exec_ = vault.request(b"translate: hello", price, now=0)
+    provider.receive(decode(encode(exec_)), now=0)
+    reply = provider.reply(exec_.request_id, b"hola")
+    auth = vault.receive(decode(encode(reply)), now=1).send[0]
+    reveal = provider.receive(decode(encode(auth)), now=2).send[0]
+    ack = vault.receive(decode(encode(reveal)), now=3).send[0]
+    assert isinstance(ack, Ack)
+    delivered = DeliveredResult(vault.channel_id, exec_.request_id, price, reply.result_hash)
+    return delivered, ack, vault_key.address, domain
+
+
+@pytest.mark.xfail(strict=True, reason="S9-R1: the receipt validator vouches for a delivery's "
+                   "amount and result hash that the receipt never states")
+@pytest.mark.parametrize("claim", ["amount", "result_hash"])
+def test_a_validator_does_not_vouch_for_an_amount_or_result_the_receipt_does_not_show(
+    claim: str,
+) -> None:
+    """The provider (the agent's owner) chooses what it asks the validator about: the real
+    receipt of a 2_500 request, but a DeliveredResult claiming 2_500 x 10^6 paid (or another
+    result's hash). check_receipt compares only channel, request id, version and the vault's
+    signature, so answer_with_receipt would publish a score of 100 "for the delivery committed
+    to by h and amount" that no receipt supports. Expected: ValidationRefused."""
+    import dataclasses
+
+    from a402.agents.validation import ValidationRefused, check_receipt
+
+    delivered, ack, vault, domain = _delivery(2_500)
+    check_receipt(ack, delivered, vault=vault, domain=domain)  # the honest claim holds
+    lie = (dataclasses.replace(delivered, amount=2_500 * 10**6) if claim == "amount"
+           else dataclasses.replace(delivered, result_hash=os.urandom(32)))
+    with pytest.raises(ValidationRefused):
+        check_receipt(ack, lie, vault=vault, domain=domain)  # type: ignore[arg-type]
