@@ -67,3 +67,44 @@ def test_a_host_cannot_erase_the_reservation_of_a_request_in_flight(world: World
         assert book.spend[signed.hash_hex].total == 2 * PRICE, (
             f"the book counts {book.spend[signed.hash_hex].total} while "
             f"{2 * PRICE} is paid or payable")
+
+
+@pytest.mark.xfail(strict=True, reason="S9-V2: a mandate's origins do not bind the payee: the "
+                   "host routes an allowed-origin call into another provider's channel")
+def test_a_host_cannot_pay_another_provider_for_a_call_to_an_allowed_origin(
+    world: World,
+) -> None:
+    """The owner limits the agent to one origin (README's own example: ``--origin`` and no
+    ``--payee``). The signed call names only a URL; the host chooses the channel. Played into
+    the agent's channel with another provider (the host's friend, whose attested enclave
+    serves any path), the enclave judges the URL (allowed) and the payee (any) and sends the
+    request: the friend is paid under a mandate that allows only the origin's service.
+    Expected: refused (the channel's provider is not the origin's), nothing locked."""
+    from a402.tee import EnclaveError
+
+    chain = world.chain
+    registry = deploy_contract(chain, chain.accounts[0], "MandateRegistry").address
+    owner, provider, friend = Account.create(), world.provider(), world.provider()
+    with serve_in_thread(provider.app) as site, serve_in_thread(friend.app) as other, \
+            running_vault(world) as vault:
+        agent, client = client_of(world, vault, funds=20_000, deposit=20_000)
+        # Before any mandate: the agent once paid the friend (a channel to it exists).
+        assert client.invoke(f"{other}/weather", max_price=PRICE).outcome == api.PAID
+        signed = _mandate(world, registry, owner, agent.address, origins=(site,))
+        client.mandate = signed.to_json()
+        assert client.invoke(f"{site}/weather", max_price=PRICE).outcome == api.PAID
+        rows = {r.provider.lower(): r for r in vault.store.channels(client=agent.address)}
+        friends = vault.service.vault.channel(
+            bytes.fromhex(rows[friend.address.lower()].cid[2:]))
+        assert friends is not None and friends.provider_balance == PRICE
+
+        body = json.dumps(api.InvokeRequest(
+            url=f"{site}/weather", method="GET", headers=(), body=b"", max_price=PRICE,
+            idempotency_key="rerouted", created_at=int(time.time()),
+            mandate=signed.to_json()).to_json()).encode()
+        headers = api.sign_request(agent, vault.signed_as, "POST", INVOKE_PATH, body,
+                                   life=vault.life)
+        with pytest.raises(EnclaveError):
+            friends.request(SignedCall.of(headers, "POST", INVOKE_PATH, body), PRICE,
+                            now=time.time())
+        assert friends.locked == 0
