@@ -26,6 +26,7 @@ from a402.wire.x402 import PaymentRequirements
 from tests.mandate.helpers import NETWORK, PAYEE, USDC, Keys, signed
 
 PRICE = 1_000
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 def _audit(db: str) -> tuple[int, str]:
@@ -146,3 +147,59 @@ def test_a_validator_does_not_vouch_for_an_amount_or_result_the_receipt_does_not
            else dataclasses.replace(delivered, result_hash=os.urandom(32)))
     with pytest.raises(ValidationRefused):
         check_receipt(ack, lie, vault=vault, domain=domain)  # type: ignore[arg-type]
+
+
+@pytest.mark.xfail(strict=True, reason="S9-E3: a record rewritten as deeply nested JSON "
+                   "crashes a402 audit (segfault) instead of being named")
+def test_a_record_rewritten_as_deeply_nested_json_is_named_not_a_crash(tmp_path: Path) -> None:
+    """eth_account raises the interpreter's recursion limit to 100_000, so json.loads of a
+    record nested 100_000 deep overflows the C stack: ``a402 audit`` dies (SIGSEGV) and names
+    no record, and a script that treats "not exit 4" as "not tampered" is fooled. Expected:
+    exit 4 naming record #2 (the evidence text bounded like every wire body,
+    :mod:`a402.wire.jsonstrict`)."""
+    import subprocess
+    import sys
+
+    from sqlalchemy import update
+
+    keys = Keys()
+    db = f"sqlite:///{tmp_path / 'spend.db'}"
+    store = SpendStore(db)
+    s = signed(keys)
+    guard = MandateGuard(s, agent=keys.agent.address, store=store, revocation=None)
+    _pay_with_evidence(guard, Wallet(bytes(keys.agent.key)), 2)
+    with store.engine.begin() as conn:
+        conn.execute(update(evidence).where(evidence.c.seq == 2).values(
+            record="[" * 100_000 + "]" * 100_000))
+    store.close()
+    run = subprocess.run([sys.executable, "-m", "a402.cli", "audit", "--spend-db", db],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert run.returncode == EXIT_AUDIT_FAILED, (run.returncode, run.stderr[-300:])
+    assert "record #2" in run.stderr
+
+
+@pytest.mark.xfail(strict=True, reason="S9-A1: AP2 claims a402 does not know (status list, "
+                   "aud) are ignored, not refused")
+@pytest.mark.parametrize("claim", [
+    # The IETF token status list: how an SD-JWT VC issuer revokes it (index 7 of the list).
+    ("status", {"status_list": {"idx": 7, "uri": "https://owner.example/status/1"}}),
+    # An audience: the credential is for one verifier only.
+    ("aud", "https://only-this-merchant.example"),
+])
+def test_an_ap2_mandate_with_a_claim_a402_cannot_enforce_is_refused(claim: tuple) -> None:
+    """The README: "a limit it cannot read is a limit it would not enforce". read_open checks
+    every constraint but no top-level claim besides the ones it maps, so an owner's status
+    list (revoke by flipping a bit, never read by a402) or audience restriction is silently
+    dropped and the mandate pays. Expected: ``mandate_ap2_*`` refusal."""
+    from a402.mandate import MandateError
+    from a402.mandate.ap2 import issue, open_claims, read_open
+
+    keys = Keys()
+    s = signed(keys, payees=(PAYEE,))
+    claims = open_claims(s.mandate, s.domain)
+    name, value = claim
+    claims[name] = value
+    with pytest.raises(MandateError) as refused:
+        read_open(issue(claims, bytes(keys.owner.key)))
+    assert refused.value.reason.startswith("mandate_ap2_")

@@ -48,7 +48,7 @@ def test_a_host_cannot_erase_the_reservation_of_a_request_in_flight(world: World
         enclave = vault.service.vault
         channel = enclave.channel(bytes.fromhex(row.cid[2:]))
         assert channel is not None
-        book = enclave._code._mandates  # noqa: SLF001 - the sealed ledger's mandate book
+        book = enclave._code._mandates  # the sealed ledger's mandate book
         assert book.spend[signed.hash_hex].total == PRICE
 
         body = json.dumps(api.InvokeRequest(
