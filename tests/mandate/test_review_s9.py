@@ -10,6 +10,7 @@ import argparse
 import io
 import os
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -203,3 +204,41 @@ def test_an_ap2_mandate_with_a_claim_a402_cannot_enforce_is_refused(claim: tuple
     with pytest.raises(MandateError) as refused:
         read_open(issue(claims, bytes(keys.owner.key)))
     assert refused.value.reason.startswith("mandate_ap2_")
+
+
+@pytest.fixture(scope="module")
+def agent_suite(anvil_chain: Any) -> Any:
+    from a402.agents.onchain import AgentSuite
+
+    return AgentSuite.deploy(anvil_chain, anvil_chain.accounts[0])
+
+
+@pytest.mark.anvil
+@pytest.mark.xfail(strict=True, reason="S9-R2: a validation request hash is global, not bound "
+                   "to the agent: another agent's owner front-runs it and takes the delivery")
+def test_another_agents_owner_cannot_take_a_providers_delivery_for_its_own_agent(
+    anvil_chain: Any, agent_suite: Any,
+) -> None:
+    """The request hash commits to (channel, rid, amount, h) but not to the agent. Seen in
+    the mempool (or computed from a receipt), it is filed first by a stranger for the
+    stranger's own agent and validator: the provider's own request then reverts
+    (RequestExists) for good, and the stranger's validator answers 100 for work the
+    stranger's agent never did (its getSummary counts it). Expected: the provider can still
+    ask for its own delivery (the hash namespaced by agent, or the request bound to the
+    channel's provider)."""
+    from a402.agents.validation import suite_validation
+    from tests.agents.onchain_helpers import fresh_account
+    from tests.agents.test_validation import deliver, provider_identity
+
+    suite = agent_suite
+    owner, agent_id = provider_identity(anvil_chain, suite)
+    thief, thief_agent = provider_identity(anvil_chain, suite)
+    enclave, thiefs_validator = fresh_account(anvil_chain), fresh_account(anvil_chain)
+    d = deliver(anvil_chain, b"hola")
+    registry = suite_validation(suite)
+    h = d.delivered.request_hash()
+    registry.request(thief, thiefs_validator.address, thief_agent, h)  # front-run
+    registry.respond(thiefs_validator, h, 100, tag="a402-receipt")
+    assert registry.summary(thief_agent, [], "a402-receipt") == (1, 100)
+    registry.request(owner, enclave.address, agent_id, h)  # reverts today: RequestExists
+    assert registry.status(h).agent_id == agent_id
