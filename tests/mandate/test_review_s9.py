@@ -242,3 +242,33 @@ def test_another_agents_owner_cannot_take_a_providers_delivery_for_its_own_agent
     assert registry.summary(thief_agent, [], "a402-receipt") == (1, 100)
     registry.request(owner, enclave.address, agent_id, h)  # reverts today: RequestExists
     assert registry.status(h).agent_id == agent_id
+
+
+@pytest.mark.xfail(strict=True, reason="S9-V3: one forged registry read from the far future "
+                   "makes the enclave ignore every later honest revocation")
+def test_one_forged_future_read_does_not_hide_later_honest_revocations() -> None:
+    """The enclave keeps the read of the highest block and ignores any lower one. A host that
+    lies once (a read at block 10^12, timestamped a year ahead, "not revoked") leaves that
+    read standing: fresh for every call for a year, and the honest host that later reports
+    the owner's revocation at the real block is ignored. The README bounds a lying host to
+    hiding a revocation while it lies; here one lie hides it until the enclave restarts.
+    Expected: a revoked read is final whatever its block (a revocation is never undone
+    on-chain), and a read's time is bounded by the enclave's wall."""
+    import time
+
+    from a402.mandate import MandateRefused
+    from a402.mandate.enclave import MandateBook, RegistryRead
+
+    keys = Keys()
+    s = signed(keys)
+    doc, now = s.to_json(), int(time.time())
+    book = MandateBook()
+    book.read(RegistryRead(s.hash, 10**12, now + 365 * 86_400, False))  # the one lie
+    book.read(RegistryRead(s.hash, 1_000, now, True))  # honest: the owner revoked
+    payment = ProposedPayment(agent=keys.agent.address, payee=PAYEE, network=NETWORK,
+                              asset=USDC, scheme="a402", amount=PRICE,
+                              url="https://api.example/x")
+    with pytest.raises(MandateRefused, match="mandate_revoked"):
+        book.check(agent=keys.agent.address, document=doc, confirmation=None,
+                   payment=payment, now=now, signed_at=now, key="call-1")
+    assert book.reserved == {}
