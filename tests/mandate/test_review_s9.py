@@ -101,7 +101,7 @@ def test_the_audit_fails_when_every_record_was_deleted(tmp_path: Path) -> None:
     assert code == EXIT_AUDIT_FAILED, err
 
 
-def _delivery(price: int) -> tuple[object, object, str, object]:
+def _delivery(price: int) -> tuple[Any, Any, Any, Any]:
     """One real paid request through both channel machines (real secp256k1): the delivered
     result as committed, the vault's ACK (the receipt), the vault's address, the domain."""
     from a402.agents.validation import DeliveredResult
@@ -147,7 +147,7 @@ def test_a_validator_does_not_vouch_for_an_amount_or_result_the_receipt_does_not
     lie = (dataclasses.replace(delivered, amount=2_500 * 10**6) if claim == "amount"
            else dataclasses.replace(delivered, result_hash=os.urandom(32)))
     with pytest.raises(ValidationRefused):
-        check_receipt(ack, lie, vault=vault, domain=domain)  # type: ignore[arg-type]
+        check_receipt(ack, lie, vault=vault, domain=domain)
 
 
 @pytest.mark.xfail(strict=True, reason="S9-E3: a record rewritten as deeply nested JSON "
