@@ -1,0 +1,110 @@
+"""Adversarial review, session 9 (issue 14 mandates): what a vault host can make the enclave do.
+
+Each test states the money rule it expects and is marked ``xfail(strict=True)`` while the
+finding stands, so it turns red the day the fix lands and the mark must go. On anvil.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from eth_account import Account
+
+from a402.asc.errors import LocalProtocolError
+from a402.background import serve_in_thread
+from a402.chain.tx import deploy_contract
+from a402.vault_enclave import INVOKE_PATH, SignedCall
+from a402.wire import vault_api as api
+from tests.a402_exchange.helpers import PRICES, World
+
+from .helpers import client_of, running_vault
+from .test_mandate import _mandate
+
+pytestmark = pytest.mark.anvil
+PRICE = PRICES["GET /weather"]
+
+
+@pytest.mark.xfail(strict=True, reason="S9-V1: a host re-submitting an in-flight call at "
+                   "another amount erases its mandate reservation")
+def test_a_host_cannot_erase_the_reservation_of_a_request_in_flight(world: World) -> None:
+    """The host holds the agent's signed call; the enclave sent it on the channel (δ = PRICE
+    reserved under the mandate). The host plays the same call again on that busy channel at
+    a lower price: the book gives the PRICE back and reserves the new amount, then the
+    channel refuses (a request is in flight) and the enclave releases the new amount too.
+    The request in flight can still get σ_U for PRICE, and the book no longer counts it:
+    repeated, the mandate's budget bounds nothing. Expected: the budget still counts the
+    in-flight PRICE after the refused second submission."""
+    chain = world.chain
+    registry = deploy_contract(chain, chain.accounts[0], "MandateRegistry").address
+    owner, provider = Account.create(), world.provider()
+    with serve_in_thread(provider.app) as site, running_vault(world) as vault:
+        agent, client = client_of(world, vault, funds=20_000, deposit=20_000)
+        signed = _mandate(world, registry, owner, agent.address)  # budget 3 x PRICE
+        client.mandate = signed.to_json()
+        assert client.invoke(f"{site}/weather", max_price=PRICE).outcome == api.PAID
+        [row] = vault.store.channels(client=agent.address)
+        enclave = vault.service.vault
+        channel = enclave.channel(bytes.fromhex(row.cid[2:]))
+        assert channel is not None
+        book = enclave._code._mandates  # the sealed ledger's mandate book
+        assert book.spend[signed.hash_hex].total == PRICE
+
+        body = json.dumps(api.InvokeRequest(
+            url=f"{site}/weather", method="GET", headers=(), body=b"", max_price=PRICE,
+            idempotency_key="in-flight", created_at=int(time.time()),
+            mandate=signed.to_json()).to_json()).encode()
+        headers = api.sign_request(agent, vault.signed_as, "POST", INVOKE_PATH, body,
+                                   life=vault.life)
+        call = SignedCall.of(headers, "POST", INVOKE_PATH, body)
+        exec_ = channel.request(call, PRICE, now=time.time())  # sent: σ_U may follow
+        assert exec_.amount == PRICE and channel.locked == PRICE
+        assert book.spend[signed.hash_hex].total == 2 * PRICE
+        with pytest.raises(LocalProtocolError):  # the channel is busy with the first one
+            channel.request(call, 1, now=time.time())
+        assert channel.locked == PRICE  # the PRICE request is still out, σ_U-able
+        assert book.spend[signed.hash_hex].total == 2 * PRICE, (
+            f"the book counts {book.spend[signed.hash_hex].total} while "
+            f"{2 * PRICE} is paid or payable")
+
+
+@pytest.mark.xfail(strict=True, reason="S9-V2: a mandate's origins do not bind the payee: the "
+                   "host routes an allowed-origin call into another provider's channel")
+def test_a_host_cannot_pay_another_provider_for_a_call_to_an_allowed_origin(
+    world: World,
+) -> None:
+    """The owner limits the agent to one origin (README's own example: ``--origin`` and no
+    ``--payee``). The signed call names only a URL; the host chooses the channel. Played into
+    the agent's channel with another provider (the host's friend, whose attested enclave
+    serves any path), the enclave judges the URL (allowed) and the payee (any) and sends the
+    request: the friend is paid under a mandate that allows only the origin's service.
+    Expected: refused (the channel's provider is not the origin's), nothing locked."""
+    from a402.tee import EnclaveError
+
+    chain = world.chain
+    registry = deploy_contract(chain, chain.accounts[0], "MandateRegistry").address
+    owner, provider, friend = Account.create(), world.provider(), world.provider()
+    with serve_in_thread(provider.app) as site, serve_in_thread(friend.app) as other, \
+            running_vault(world) as vault:
+        agent, client = client_of(world, vault, funds=20_000, deposit=20_000)
+        # Before any mandate: the agent once paid the friend (a channel to it exists).
+        assert client.invoke(f"{other}/weather", max_price=PRICE).outcome == api.PAID
+        signed = _mandate(world, registry, owner, agent.address, origins=(site,))
+        client.mandate = signed.to_json()
+        assert client.invoke(f"{site}/weather", max_price=PRICE).outcome == api.PAID
+        rows = {r.provider.lower(): r for r in vault.store.channels(client=agent.address)}
+        friends = vault.service.vault.channel(
+            bytes.fromhex(rows[friend.address.lower()].cid[2:]))
+        assert friends is not None and friends.provider_balance == PRICE
+
+        body = json.dumps(api.InvokeRequest(
+            url=f"{site}/weather", method="GET", headers=(), body=b"", max_price=PRICE,
+            idempotency_key="rerouted", created_at=int(time.time()),
+            mandate=signed.to_json()).to_json()).encode()
+        headers = api.sign_request(agent, vault.signed_as, "POST", INVOKE_PATH, body,
+                                   life=vault.life)
+        with pytest.raises(EnclaveError):
+            friends.request(SignedCall.of(headers, "POST", INVOKE_PATH, body), PRICE,
+                            now=time.time())
+        assert friends.locked == 0
