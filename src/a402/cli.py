@@ -1,31 +1,115 @@
 """The ``a402`` command: one entry point, one sub-command per role.
 
-Sub-commands import their modules lazily so that ``a402 pay`` does not pay for
-loading the facilitator's database layer, and a missing optional dependency
-only breaks the command that needs it.
+Only the chosen sub-command's module is imported: the parser lists every command
+from the table :data:`COMMANDS` (name, help, and where its arguments and runner
+live), and loads the arguments of the one on the command line alone, so that
+``a402 --help`` and ``a402 pay`` do not pay for web3, the indexer or a database
+layer, and a missing optional dependency only breaks the command that needs it.
+
+To add a command, add one :class:`Command` line to :data:`COMMANDS`; its module
+defines ``add_<x>_arguments(parser)`` and ``run_<x>(args) -> int``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import signal
 import sys
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from a402 import __version__
-from a402.chain.locate import DEFAULT_MANIFEST
+
+_GLOBAL_FLAGS = frozenset({"-h", "--help", "--version", "-v", "--verbose"})
 
 
-def build_parser() -> argparse.ArgumentParser:
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One sub-command: its name, its one-line help, the module that declares its
+    arguments (``add``) and runs it (``run``), both named as attributes of ``module``."""
+
+    name: str
+    help: str
+    module: str
+    add: str
+    run: str
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("demo", "run the end-to-end demo on an embedded chain",
+            "a402.cli", "add_demo_arguments", "run_demo"),
+    Command("devnet", "run anvil with the contracts deployed",
+            "a402.cli", "add_devnet_arguments", "run_devnet"),
+    Command("facilitator", "verify and settle x402 `exact` payments",
+            "a402.facilitator.command", "add_facilitator_arguments", "run_facilitator"),
+    Command("gateway", "put an x402 paywall in front of any HTTP API",
+            "a402.provider.command", "add_gateway_arguments", "run_gateway_command"),
+    Command("pay", "fetch a paid URL, paying with x402 `exact`",
+            "a402.client.pay", "add_pay_arguments", "run_pay"),
+    Command("mandate", "what an owner lets an agent spend: create (sign), show, verify, "
+                       "revoke on-chain, list spending",
+            "a402.client.mandate_command", "add_mandate_arguments", "run_mandate"),
+    Command("agents", "register, update, show, search and rate agents on-chain",
+            "a402.agents.cli", "add_agents_arguments", "run_agents"),
+    Command("indexer", "index agents, payments and ERC-8004 events and serve a search API",
+            "a402.agents.indexer.command", "add_indexer_arguments", "run_indexer"),
+    Command("channels", "a key's A402 channels from the chain; force-close one as its "
+                        "client without the vault",
+            "a402.client.account_command", "add_channels_arguments", "run_channels"),
+    Command("payouts", "payouts the token refused, owed to a key by the ASCManager: show, "
+                       "withdraw (to any address), relay a signed order",
+            "a402.client.account_command", "add_payouts_arguments", "run_payouts"),
+    Command("pool", "a key's pool balance with a vault, from the chain; take it out without "
+                    "the vault",
+            "a402.client.account_command", "add_pool_arguments", "run_pool"),
+    Command("vault", "run the Liquidity Vault (pays A402 for clients)",
+            "a402.vault.command", "add_vault_arguments", "run_vault"),
+)
+
+
+def chosen_command(argv: Sequence[str]) -> str | None:
+    """The sub-command named on the command line ``argv`` (the first word that is not a
+    global flag), or None (``a402 --help``, or no command)."""
+    for word in argv:
+        if word not in _GLOBAL_FLAGS:
+            return None if word.startswith("-") else word
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``a402`` parser. Given the command line ``argv``, only the arguments of the
+    command it names are declared (the others are listed, with their help); without it,
+    every command's are (for tests and documentation)."""
     parser = argparse.ArgumentParser(prog="a402", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"a402 {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    wanted = None if argv is None else chosen_command(argv)
+    for command in COMMANDS:
+        sub = commands.add_parser(command.name, help=command.help)
+        if argv is None or command.name == wanted:
+            module = importlib.import_module(command.module)
+            getattr(module, command.add)(sub)
+            sub.set_defaults(run=getattr(module, command.run))
+    return parser
 
-    demo = commands.add_parser("demo", help="run the end-to-end demo on an embedded chain")
+
+def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(words).parse_args(words)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+def add_demo_arguments(demo: argparse.ArgumentParser) -> None:
     demo.add_argument("--requests", type=int, default=5, help="paid requests to make")
     demo.add_argument("--act", choices=("all", "exact", "channels", "agents"), default="all",
                       help="exact: paid HTTP requests; channels: the same API paid through "
@@ -33,9 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "each other over A2A (default: all three)")
     demo.add_argument("--channel-requests", type=int, default=100,
                       help="paid requests through the channel (act channels)")
-    demo.set_defaults(run=_demo)
 
-    devnet = commands.add_parser("devnet", help="run anvil with the contracts deployed")
+
+def add_devnet_arguments(devnet: argparse.ArgumentParser) -> None:
+    from a402.chain.locate import DEFAULT_MANIFEST
+
     devnet.add_argument("--port", type=int, default=8545)
     devnet.add_argument("--block-time", type=float, default=None,
                         help="seconds between blocks (default: mine on every transaction)")
@@ -45,102 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "know v1 network names, be tried locally, with a loud warning")
     devnet.add_argument("--manifest-out", default=DEFAULT_MANIFEST,
                         help="where to write the manifest (default: %(default)s)")
-    devnet.set_defaults(run=_devnet)
-
-    from a402.facilitator.command import add_facilitator_arguments, run_facilitator
-
-    fac = commands.add_parser("facilitator", help="verify and settle x402 `exact` payments")
-    add_facilitator_arguments(fac)
-    fac.set_defaults(run=run_facilitator)
-
-    from a402.provider.command import add_gateway_arguments, run_gateway_command
-
-    gw = commands.add_parser("gateway", help="put an x402 paywall in front of any HTTP API")
-    add_gateway_arguments(gw)
-    gw.set_defaults(run=run_gateway_command)
-
-    from a402.client.pay import add_pay_arguments, run_pay
-
-    pay = commands.add_parser("pay", help="fetch a paid URL, paying with x402 `exact`")
-    add_pay_arguments(pay)
-    pay.set_defaults(run=run_pay)
-
-    from a402.client.mandate_command import add_mandate_arguments, run_mandate
-
-    mandate = commands.add_parser(
-        "mandate", help="what an owner lets an agent spend: create (sign), show, verify, "
-                        "revoke on-chain, list spending")
-    add_mandate_arguments(mandate)
-    mandate.set_defaults(run=run_mandate)
-
-    from a402.agents.cli import add_agents_arguments, run_agents
-
-    agents = commands.add_parser("agents", help="register, update, show, search and rate "
-                                                "agents on-chain")
-    add_agents_arguments(agents)
-    agents.set_defaults(run=run_agents)
-
-    from a402.agents.indexer.command import add_indexer_arguments, run_indexer
-
-    indexer = commands.add_parser("indexer", help="index agents, payments and ERC-8004 events "
-                                                  "and serve a search API")
-    add_indexer_arguments(indexer)
-    indexer.set_defaults(run=run_indexer)
-
-    from a402.client.account_command import (
-        add_channels_arguments,
-        add_payouts_arguments,
-        add_pool_arguments,
-        run_channels,
-        run_payouts,
-        run_pool,
-    )
-
-    channels = commands.add_parser(
-        "channels", help="a key's A402 channels from the chain; force-close one as its "
-                         "client without the vault")
-    add_channels_arguments(channels)
-    channels.set_defaults(run=run_channels)
-
-    payouts = commands.add_parser(
-        "payouts", help="payouts the token refused, owed to a key by the ASCManager: show, "
-                        "withdraw (to any address), relay a signed order")
-    add_payouts_arguments(payouts)
-    payouts.set_defaults(run=run_payouts)
-
-    pool = commands.add_parser(
-        "pool", help="a key's pool balance with a vault, from the chain; take it out without "
-                     "the vault")
-    add_pool_arguments(pool)
-    pool.set_defaults(run=run_pool)
-
-    vault = commands.add_parser("vault", help="run the Liquidity Vault (pays A402 for clients)")
-    from a402.vault.command import add_vault_arguments, run_vault
-
-    add_vault_arguments(vault)
-    vault.set_defaults(run=run_vault)
-
-    return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        return int(args.run(args) or 0)
-    except KeyboardInterrupt:
-        return 130
+def run_demo(args: argparse.Namespace) -> int:
+    from a402.demos.exact import run_demo as demo
 
-
-def _demo(args: argparse.Namespace) -> int:
-    from a402.demos.exact import run_demo
-
-    return run_demo(requests=args.requests, act=args.act,
+    return demo(requests=args.requests, act=args.act,
                     channel_requests=args.channel_requests)
 
 
-def _devnet(args: argparse.Namespace) -> int:
+def run_devnet(args: argparse.Namespace) -> int:
     from a402.chain.deploy import deploy_dev_stack
     from a402.chain.node import MAX_CHAIN_ID, public_chain_id_warning, start_anvil
 
