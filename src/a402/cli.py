@@ -107,6 +107,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except Exception as error:  # an expected failure is one line; anything else a traceback
+        from a402.failure import EXIT_FAILED, expected_failure
+
+        failure = expected_failure(error)
+        if failure is None:
+            raise
+        print(failure.line(args.command), file=sys.stderr)
+        return EXIT_FAILED
 
 
 def add_demo_arguments(demo: argparse.ArgumentParser) -> None:
@@ -143,17 +151,21 @@ def run_demo(args: argparse.Namespace) -> int:
 def run_devnet(args: argparse.Namespace) -> int:
     from a402.chain.deploy import deploy_dev_stack
     from a402.chain.node import MAX_CHAIN_ID, public_chain_id_warning, start_anvil
+    from a402.failure import ensure_port_free
 
     if not 1 <= args.chain_id <= MAX_CHAIN_ID:
         print(f"a402 devnet: --chain-id must be in 1..{MAX_CHAIN_ID}", file=sys.stderr)
         return 2
+    out = Path(args.manifest_out)
+    _refuse_a_live_manifest(out)
+    ensure_port_free("127.0.0.1", args.port)  # else anvil fails and we would deploy to
+    #                                           whatever chain already answers there
     warning = public_chain_id_warning(args.chain_id)
     if warning:
         _shout(warning)
     with start_anvil(port=args.port, block_time=args.block_time,
                      chain_id=args.chain_id) as chain:
         manifest = deploy_dev_stack(chain, asc_manager=True)
-        out = Path(args.manifest_out)
         out.parent.mkdir(parents=True, exist_ok=True)
         _write_secret(out, manifest.to_json())  # it holds (public, development) keys
         keys = {role: manifest.account(role) for role in ("facilitator", "provider", "client")}
@@ -168,6 +180,28 @@ def run_devnet(args: argparse.Namespace) -> int:
             _shout(warning)  # again, below the manifest, where it is read
         _wait_for_signal()
     return 0
+
+
+def _refuse_a_live_manifest(path: Path) -> None:
+    """Refuse to write over a manifest whose chain still answers: services started from it
+    (and their key files next to it) are running against that chain."""
+    import json
+    from urllib.parse import urlsplit
+
+    from a402.failure import CommandFailed, port_answers
+
+    try:
+        rpc = json.loads(path.read_text()).get("rpcUrl")
+    except (OSError, ValueError, AttributeError):
+        return  # no manifest, or not one: nothing running can be using it
+    if not isinstance(rpc, str):
+        return
+    where = urlsplit(rpc)
+    if where.hostname and where.port and port_answers(where.hostname, where.port):
+        raise CommandFailed(
+            "manifest_in_use", f"{path} belongs to the devnet still running at {rpc}, which "
+                               "services may be using; stop that devnet first, or write this "
+                               "one elsewhere with --manifest-out DIR/devnet.json")
 
 
 def _shout(warning: str) -> None:

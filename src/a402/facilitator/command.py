@@ -56,15 +56,17 @@ def run_facilitator(args: argparse.Namespace) -> int:
     from a402.facilitator.app import create_app
     from a402.facilitator.core import Facilitator
     from a402.facilitator.store import SettlementStore
+    from a402.failure import CommandFailed, ensure_port_free, reach_chain
     from a402.keys import load_key_file
 
     where = from_args(ChainOptions, args)
     serve = from_args(ServeOptions, args)
-    signer = load_key_file(where.key_file)
+    signer = load_key_file(where.key_file)  # KeyFileError: key_file_unreadable
+    ensure_port_free(serve.host, serve.port)
     chain = connect(where.rpc, [signer.key])
-    if where.network and where.network != chain.network:
-        print(f"error: {where.rpc} is {chain.network}, not {where.network}", file=sys.stderr)
-        return 2
+    network = reach_chain(chain)
+    if where.network and where.network != network:
+        raise CommandFailed("wrong_network", f"{where.rpc} is {network}, not {where.network}")
     facilitator = Facilitator(chain, signer, SettlementStore(serve.db),
                               from_args(FacilitatorConfig, args))
     print(json.dumps({"facilitator": f"http://{serve.host}:{serve.port}",

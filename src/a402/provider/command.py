@@ -166,7 +166,8 @@ def a402_only_flags_given(args: argparse.Namespace) -> list[str]:
 
 
 def run_gateway_command(args: argparse.Namespace) -> int:
-    from a402.chain.deploy import Manifest, TokenInfo
+    from a402.chain.deploy import TokenInfo
+    from a402.failure import CommandFailed, ensure_port_free, load_manifest
     from a402.provider.gateway import run_gateway
 
     def fail(message: str) -> int:
@@ -179,7 +180,15 @@ def run_gateway_command(args: argparse.Namespace) -> int:
     paywall = from_args(Paywall, args)
     contracts = None
     if charge.manifest:
-        manifest = Manifest.load(charge.manifest)
+        manifest = load_manifest(charge.manifest)
+        conflicts = [f"--{flag} {given} (the manifest's is {own})" for flag, given, own in (
+            ("network", charge.network, manifest.network),
+            ("asset", charge.asset, manifest.token.address),
+        ) if given is not None and given.lower() != own.lower()]
+        if conflicts:
+            raise CommandFailed("conflicting_options",
+                                f"{charge.manifest} names the chain and token, which "
+                                f"{'; '.join(conflicts)} contradict: drop them or --manifest")
         token, network = manifest.token, manifest.network
         pay_to = charge.pay_to or manifest.account("provider").address
         contracts = manifest.contracts
@@ -200,6 +209,7 @@ def run_gateway_command(args: argparse.Namespace) -> int:
         stray = a402_only_flags_given(args)
         if stray:
             return fail(f"{', '.join(stray)}: only with --a402")
+    ensure_port_free(serve.host, serve.port)
     url = f"http://{serve.host}:{serve.port}"
     started = False
 

@@ -105,8 +105,8 @@ def add_vault_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_vault(args: argparse.Namespace) -> int:
     from a402 import serving
-    from a402.chain.deploy import Manifest
     from a402.chain.node import connect
+    from a402.failure import ensure_port_free, load_manifest, reach_chain
     from a402.keys import load_key_file
     from a402.tee import (
         AttestationPolicy,
@@ -134,7 +134,7 @@ def run_vault(args: argparse.Namespace) -> int:
     if where.manager:
         manager = where.manager
     elif where.manifest:
-        contracts = Manifest.load(where.manifest).contracts
+        contracts = load_manifest(where.manifest).contracts
         if "ASCManager" not in contracts:
             return fail(f"{where.manifest} names no ASCManager; give --manager")
         manager = contracts["ASCManager"]
@@ -146,9 +146,11 @@ def run_vault(args: argparse.Namespace) -> int:
             bytes.fromhex(m.removeprefix("0x")) for m in trust.provider_measurement))
     except ValueError as e:
         return fail(str(e))
+    ensure_port_free(serve.host, serve.port)
     chain = connect(where.rpc, [account.key])
-    if where.network and where.network != chain.network:
-        return fail(f"{where.rpc} is {chain.network}, not {where.network}")
+    network = reach_chain(chain)  # CommandFailed(chain_unavailable): a node that is down
+    if where.network and where.network != network:
+        return fail(f"{where.rpc} is {network}, not {where.network}")
     store = VaultStore(serve.db)
     lease: Lease | None = None
     try:
