@@ -201,8 +201,11 @@ def run_agents(args: argparse.Namespace) -> int:
     except NotFound as e:
         return _fail(EXIT_NOT_FOUND, str(e))
     except TransactionFailed as e:
-        where = f" (transaction {e.tx_hash})" if e.tx_hash else ""
-        return _fail(EXIT_FAILED, f"the chain refused it{where}: {e.reason}")
+        if e.tx_hash:
+            return _fail(EXIT_FAILED, f"nothing changed but the gas paid: the chain refused it "
+                                      f"(transaction {e.tx_hash} reverted): {e.reason}")
+        return _fail(EXIT_FAILED, f"nothing was sent, nothing was paid: the chain refused it "
+                                  f"(the call was simulated first): {e.reason}")
     except IndexerError as e:
         return _fail(EXIT_FAILED, str(e))
 
