@@ -64,7 +64,7 @@ from a402.client.errors import PaymentRefused
 from a402.client.limits import DEFAULT_DECIMALS, to_atomic_exact, token_units_max
 from a402.client.outcome import NOT_PAID, PENDING, outcome_of
 from a402.client.records import payment_of
-from a402.client.wallet import Wallet, load_account
+from a402.client.wallet import Wallet, private_key_bytes
 from a402.wire.errors import WireError
 
 EXIT_OK: Final = 0
@@ -178,7 +178,7 @@ def read_key_file(path: str | Path) -> str:
     except UnicodeDecodeError:
         raise UsageError(f"key file {p} is not a hex private key") from None
     try:
-        load_account(text)
+        private_key_bytes(text)
     except ValueError as e:
         raise UsageError(f"key file {p}: {e}") from None
     return text
