@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from a402 import __version__
+from a402.settings import ConfigError, configure
 
 _GLOBAL_FLAGS = frozenset({"-h", "--help", "--version", "-v", "--verbose"})
 
@@ -68,6 +69,9 @@ COMMANDS: tuple[Command, ...] = (
             "a402.client.account_command", "add_pool_arguments", "run_pool"),
     Command("vault", "run the Liquidity Vault (pays A402 for clients)",
             "a402.vault.command", "add_vault_arguments", "run_vault"),
+    Command("config", "show every command's settings and where each comes from (flags > "
+                      "A402_* environment > config file > defaults)",
+            "a402.cli", "add_config_arguments", "run_config"),
 )
 
 
@@ -83,7 +87,9 @@ def chosen_command(argv: Sequence[str]) -> str | None:
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The ``a402`` parser. Given the command line ``argv``, only the arguments of the
     command it names are declared (the others are listed, with their help); without it,
-    every command's are (for tests and documentation)."""
+    every command's are (for tests and documentation). Each declared flag takes its
+    default from the ``A402_*`` environment or the config file if they set it
+    (:func:`a402.settings.configure`; ConfigError if they set it wrong)."""
     parser = argparse.ArgumentParser(prog="a402", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"a402 {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -95,18 +101,30 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
             module = importlib.import_module(command.module)
             getattr(module, command.add)(sub)
             sub.set_defaults(run=getattr(module, command.run))
+            if command.name != "config":
+                configure(sub, command.name)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(words).parse_args(words)
+    try:
+        parser = build_parser(words)
+    except ConfigError as e:
+        print(f"a402: nothing was run (config_invalid): {e}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(words)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `a402 ... | head`: the reader has all it wanted
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        return 141
     except Exception as error:  # an expected failure is one line; anything else a traceback
         from a402.failure import EXIT_FAILED, expected_failure
 
@@ -139,6 +157,65 @@ def add_devnet_arguments(devnet: argparse.ArgumentParser) -> None:
                              "know v1 network names, be tried locally, with a loud warning")
     devnet.add_argument("--manifest-out", default=DEFAULT_MANIFEST,
                         help="where to write the manifest (default: %(default)s)")
+
+
+def add_config_arguments(config: argparse.ArgumentParser) -> None:
+    config.add_argument("action", choices=("show",), help="show: the settings in effect")
+    config.add_argument("name", nargs="?", metavar="COMMAND",
+                        help="one command: all its flags (default: every command, only the "
+                             "settings the environment or the file set)")
+    config.add_argument("--json", action="store_true", help="JSON instead of a table")
+
+
+def run_config(args: argparse.Namespace) -> int:
+    """``a402 config show [COMMAND]``: each flag's value when not given on the command line,
+    and where it comes from (``env A402_...``, ``file PATH`` or ``default``). Passwords in
+    URLs are masked; key files are paths, never keys."""
+    import json
+
+    from a402.failure import CommandFailed
+    from a402.settings import load_config
+
+    names = [c.name for c in COMMANDS if c.name != "config"]
+    if args.name is not None and args.name not in names:
+        raise CommandFailed("usage", f"no command {args.name!r}; one of {', '.join(names)}",
+                            nothing_paid=True)
+    rows = []
+    for command in COMMANDS:
+        if command.name == "config" or args.name not in (None, command.name):
+            continue
+        sub = argparse.ArgumentParser(prog=f"a402 {command.name}")
+        getattr(importlib.import_module(command.module), command.add)(sub)
+        for source in configure(sub, command.name):
+            if args.name is None and source.origin == "default":
+                continue
+            rows.append({"command": source.section.replace(".", " "), "flag": source.flag,
+                         "value": _masked(source.value), "from": source.origin})
+    path = load_config().path
+    if args.json:
+        print(json.dumps({"configFile": str(path) if path else None, "settings": rows},
+                         indent=2))
+        return 0
+    print(f"config file: {path or 'none (a402.toml or .a402/config.toml, or $A402_CONFIG)'}")
+    if not rows:
+        print("no setting comes from the environment or a config file")
+        return 0
+    widths = [max(len(str(r[k])) for r in rows) for k in ("command", "flag", "value")]
+    for r in rows:
+        print(f"{r['command']:<{widths[0]}}  {r['flag']:<{widths[1]}}  "
+              f"{r['value']!s:<{widths[2]}}  {r['from']}")
+    return 0
+
+
+def _masked(value: object) -> object:
+    """``value`` with the password of any URL in it replaced by ``***``."""
+    import re
+
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    if isinstance(value, str):
+        return re.sub(r"(://[^:/@\s]+):[^@/\s]+@", r"\1:***@", value)
+    return value
 
 
 def run_demo(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 
 from a402.facilitator.settings import FacilitatorConfig
-from a402.settings import add_flags, from_args, setting
+from a402.settings import add_flags, chain_data_default, chain_data_url, from_args, setting
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,8 +33,9 @@ class ChainOptions:
 class ServeOptions:
     """Where the facilitator keeps its journal and serves its API."""
 
-    db: str = setting("sqlite:///a402-facilitator.db",
-                      help="SQLAlchemy URL of the journal (default: %(default)s)")
+    db: str = setting(chain_data_default("facilitator.db"),
+                      help="SQLAlchemy URL of the journal; {chain_id} is the chain's id "
+                           "(default: %(default)s)")
     host: str = setting("127.0.0.1", help="address to serve on (default: %(default)s)")
     port: int = setting(4021, help="port to serve on (default: %(default)s)")
 
@@ -67,7 +68,9 @@ def run_facilitator(args: argparse.Namespace) -> int:
     network = reach_chain(chain)
     if where.network and where.network != network:
         raise CommandFailed("wrong_network", f"{where.rpc} is {network}, not {where.network}")
-    facilitator = Facilitator(chain, signer, SettlementStore(serve.db),
+    db = chain_data_url(serve.db, chain.chain_id, legacy="sqlite:///a402-facilitator.db",
+                        warn=lambda m: print(f"a402 facilitator: {m}", file=sys.stderr))
+    facilitator = Facilitator(chain, signer, SettlementStore(db),
                               from_args(FacilitatorConfig, args))
     print(json.dumps({"facilitator": f"http://{serve.host}:{serve.port}",
                       "network": chain.network, "signer": signer.address}), file=sys.stderr)

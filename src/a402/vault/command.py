@@ -34,7 +34,7 @@ import json
 import sys
 from dataclasses import dataclass
 
-from a402.settings import add_flags, from_args, setting
+from a402.settings import add_flags, chain_data_default, chain_data_url, from_args, setting
 from a402.vault.settings import Batching, Connections, Deposits, Timing
 
 DEFAULT_PLATFORM = ".a402/vault-platform.json"
@@ -56,8 +56,9 @@ class ChainOptions:
 class ServeOptions:
     """Where the vault keeps its state and serves its API."""
 
-    db: str = setting("sqlite:///a402-vault.db",
-                      help="SQLAlchemy URL of the vault's database (default: %(default)s)")
+    db: str = setting(chain_data_default("vault.db"),
+                      help="SQLAlchemy URL of the vault's database; {chain_id} is the "
+                           "chain's id (default: %(default)s)")
     host: str = setting("127.0.0.1", help="address to serve on (default: %(default)s)")
     port: int = setting(4030, help="port to serve on (default: %(default)s)")
     public_url: str | None = setting(
@@ -151,7 +152,9 @@ def run_vault(args: argparse.Namespace) -> int:
     network = reach_chain(chain)  # CommandFailed(chain_unavailable): a node that is down
     if where.network and where.network != network:
         return fail(f"{where.rpc} is {network}, not {where.network}")
-    store = VaultStore(serve.db)
+    store = VaultStore(chain_data_url(
+        serve.db, chain.chain_id, legacy="sqlite:///a402-vault.db",
+        warn=lambda m: print(f"a402 vault: {m}", file=sys.stderr)))
     lease: Lease | None = None
     try:
         store.claim_for(account.address)

@@ -19,14 +19,16 @@ from pathlib import Path
 
 from a402.agents.indexer.sync import Contracts, Indexer
 from a402.failure import CommandFailed
+from a402.settings import chain_data_default, chain_data_url
 
 log = logging.getLogger(__name__)
 
 
 def add_indexer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rpc", required=True, help="JSON-RPC URL of the chain")
-    parser.add_argument("--db", default="sqlite:///a402-indexer.db",
-                        help="SQLAlchemy URL of the index (default: %(default)s)")
+    parser.add_argument("--db", default=chain_data_default("indexer.db"),
+                        help="SQLAlchemy URL of the index; {chain_id} is the chain's id "
+                             "(default: %(default)s)")
     parser.add_argument("--schema", help="PostgreSQL schema to keep the tables in")
     parser.add_argument("--suite", help="JSON file with the AgentSuite addresses (factory, "
                         "registry, curated_registry, identity, reputation)")
@@ -104,8 +106,11 @@ def run_indexer(args: argparse.Namespace) -> int:
     contracts = contracts_from_args(args)
     if not (args.once or args.no_api):
         ensure_port_free(args.host, args.port)
-    reach_chain(connect(args.rpc))
-    store = IndexStore(args.db, schema=args.schema)
+    chain = connect(args.rpc)
+    reach_chain(chain)
+    db = chain_data_url(args.db, chain.chain_id, legacy="sqlite:///a402-indexer.db",
+                        warn=lambda m: print(f"a402 indexer: {m}", file=sys.stderr))
+    store = IndexStore(db, schema=args.schema)
     indexer = Indexer(
         store, args.rpc, contracts, start_block=args.start_block,
         confirmations=args.confirmations, batch_blocks=args.batch_blocks,
@@ -121,7 +126,7 @@ def run_indexer(args: argparse.Namespace) -> int:
     worker.start()
     try:
         if args.no_api:
-            print(json.dumps({"indexing": args.rpc, "db": args.db}), file=sys.stderr)
+            print(json.dumps({"indexing": args.rpc, "db": db}), file=sys.stderr)
             while worker.is_alive():
                 worker.join(1.0)
         else:
