@@ -568,3 +568,12 @@ def reserved() -> Iterator[int]:
     """A port named in a card before its server starts: nothing else may take it meanwhile."""
     with reserved_port() as port:
         yield port
+
+
+@pytest.mark.parametrize("price", ["0.0000001", "0.0010001"])
+def test_search_refuses_a_max_price_finer_than_the_token_instead_of_reading_zero(
+    cli: Callable[..., Any], price: str,
+) -> None:
+    code, out, err = cli("search", "--json", "--max-price", price)
+    assert code == 2 and out == ""
+    assert err.startswith("a402 agents: --max-price: ") and "more than 6 decimals" in err
