@@ -1,43 +1,171 @@
 """The ``a402`` command: one entry point, one sub-command per role.
 
-Sub-commands import their modules lazily so that ``a402 pay`` does not pay for
-loading the facilitator's database layer, and a missing optional dependency
-only breaks the command that needs it.
+Only the chosen sub-command's module is imported: the parser lists every command
+from the table :data:`COMMANDS` (name, help, and where its arguments and runner
+live), and loads the arguments of the one on the command line alone, so that
+``a402 --help`` and ``a402 pay`` do not pay for web3, the indexer or a database
+layer, and a missing optional dependency only breaks the command that needs it.
+
+To add a command, add one :class:`Command` line to :data:`COMMANDS`; its module
+defines ``add_<x>_arguments(parser)`` and ``run_<x>(args) -> int``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import signal
 import sys
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from a402 import __version__
-from a402.chain.locate import DEFAULT_MANIFEST
+from a402.settings import ConfigError, configure
+
+_GLOBAL_FLAGS = frozenset({"-h", "--help", "--version", "-v", "--verbose"})
 
 
-def build_parser() -> argparse.ArgumentParser:
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One sub-command: its name, its one-line help, the module that declares its
+    arguments (``add``) and runs it (``run``), both named as attributes of ``module``."""
+
+    name: str
+    help: str
+    module: str
+    add: str
+    run: str
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("demo", "run the end-to-end demo on an embedded chain",
+            "a402.cli", "add_demo_arguments", "run_demo"),
+    Command("devnet", "run anvil with the contracts deployed",
+            "a402.cli", "add_devnet_arguments", "run_devnet"),
+    Command("facilitator", "verify and settle x402 `exact` payments",
+            "a402.facilitator.command", "add_facilitator_arguments", "run_facilitator"),
+    Command("gateway", "put an x402 paywall in front of any HTTP API",
+            "a402.provider.command", "add_gateway_arguments", "run_gateway_command"),
+    Command("pay", "fetch a paid URL, paying with x402 `exact`",
+            "a402.client.pay", "add_pay_arguments", "run_pay"),
+    Command("mandate", "what an owner lets an agent spend: create (sign), show, verify, "
+                       "revoke on-chain, list spending",
+            "a402.client.mandate_command", "add_mandate_arguments", "run_mandate"),
+    Command("audit", "print the evidence chain of mandated payments and verify every "
+                     "signature in it, offline",
+            "a402.client.mandate_command", "add_audit_arguments", "run_audit"),
+    Command("agents", "register, update, show, search and rate agents on-chain",
+            "a402.agents.cli", "add_agents_arguments", "run_agents"),
+    Command("indexer", "index agents, payments and ERC-8004 events and serve a search API",
+            "a402.agents.indexer.command", "add_indexer_arguments", "run_indexer"),
+    Command("channels", "a key's A402 channels from the chain; force-close one as its "
+                        "client without the vault",
+            "a402.client.account_command", "add_channels_arguments", "run_channels"),
+    Command("payouts", "payouts the token refused, owed to a key by the ASCManager: show, "
+                       "withdraw (to any address), relay a signed order",
+            "a402.client.account_command", "add_payouts_arguments", "run_payouts"),
+    Command("pool", "a key's pool balance with a vault, from the chain; take it out without "
+                    "the vault",
+            "a402.client.account_command", "add_pool_arguments", "run_pool"),
+    Command("balance", "a key's money: wallet, pools, channels",
+            "a402.client.history", "add_balance_arguments", "run_balance"),
+    Command("payments", "list payments: this machine's, or a facilitator's, gateway's or "
+                        "vault's (operator token)",
+            "a402.client.history", "add_payments_arguments", "run_payments"),
+    Command("receipt", "one payment end to end, checked on-chain",
+            "a402.client.history", "add_receipt_arguments", "run_receipt"),
+    Command("vault", "run the Liquidity Vault (pays A402 for clients); vault mode: "
+                     "`a402 vault deposit|balance|statement|withdraw|settle-now|status|exit "
+                     "--help`",
+            "a402.vault.command", "add_vault_arguments", "run_vault"),
+    Command("config", "show every command's settings and where each comes from (flags > "
+                      "A402_* environment > config file > defaults)",
+            "a402.cli", "add_config_arguments", "run_config"),
+)
+
+
+def chosen_command(argv: Sequence[str]) -> str | None:
+    """The sub-command named on the command line ``argv`` (the first word that is not a
+    global flag), or None (``a402 --help``, or no command)."""
+    for word in argv:
+        if word not in _GLOBAL_FLAGS:
+            return None if word.startswith("-") else word
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``a402`` parser. Given the command line ``argv``, only the arguments of the
+    command it names are declared (the others are listed, with their help); without it,
+    every command's are (for tests and documentation). Each declared flag takes its
+    default from the ``A402_*`` environment or the config file if they set it
+    (:func:`a402.settings.configure`; ConfigError if they set it wrong)."""
     parser = argparse.ArgumentParser(prog="a402", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"a402 {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    wanted = None if argv is None else chosen_command(argv)
+    for command in COMMANDS:
+        sub = commands.add_parser(command.name, help=command.help)
+        if argv is None or command.name == wanted:
+            module = importlib.import_module(command.module)
+            getattr(module, command.add)(sub)
+            sub.set_defaults(run=getattr(module, command.run))
+            if command.name != "config":
+                configure(sub, command.name)
+    return parser
 
-    demo = commands.add_parser("demo", help="run the end-to-end demo on an embedded chain")
+
+def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    if len(words) > 1 and words[0] == "vault":
+        from a402.vault.mode_command import ACTIONS
+        from a402.vault.mode_command import main as vault_action
+
+        if words[1] in ACTIONS:  # a participant's or the operator's vault-mode command
+            return vault_action(words[1:])
+    try:
+        parser = build_parser(words)
+    except ConfigError as e:
+        print(f"a402: nothing was run (config_invalid): {e}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(words)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `a402 ... | head`: the reader has all it wanted
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        return 141
+    except Exception as error:  # an expected failure is one line; anything else a traceback
+        from a402.failure import EXIT_FAILED, expected_failure
+
+        failure = expected_failure(error)
+        if failure is None:
+            raise
+        print(failure.line(args.command), file=sys.stderr)
+        return EXIT_FAILED
+
+
+def add_demo_arguments(demo: argparse.ArgumentParser) -> None:
     demo.add_argument("--requests", type=int, default=5, help="paid requests to make")
-    demo.add_argument("--act", choices=("all", "exact", "channels", "agents", "mandates"),
-                      default="all",
+    demo.add_argument("--act", choices=("all", "exact", "channels", "agents"), default="all",
                       help="exact: paid HTTP requests; channels: the same API paid through "
                            "one A402 channel via a vault; agents: agents find, pay and rate "
-                           "each other over A2A; mandates: an owner's mandate bounds the "
-                           "agent (default: all four)")
+                           "each other over A2A (default: all three)")
     demo.add_argument("--channel-requests", type=int, default=100,
                       help="paid requests through the channel (act channels)")
-    demo.set_defaults(run=_demo)
 
-    devnet = commands.add_parser("devnet", help="run anvil with the contracts deployed")
+
+def add_devnet_arguments(devnet: argparse.ArgumentParser) -> None:
+    from a402.chain.locate import DEFAULT_MANIFEST
+
     devnet.add_argument("--port", type=int, default=8545)
     devnet.add_argument("--block-time", type=float, default=None,
                         help="seconds between blocks (default: mine on every transaction)")
@@ -47,154 +175,92 @@ def build_parser() -> argparse.ArgumentParser:
                              "know v1 network names, be tried locally, with a loud warning")
     devnet.add_argument("--manifest-out", default=DEFAULT_MANIFEST,
                         help="where to write the manifest (default: %(default)s)")
-    devnet.set_defaults(run=_devnet)
-
-    from a402.facilitator.command import add_facilitator_arguments, run_facilitator
-
-    fac = commands.add_parser("facilitator", help="verify and settle x402 `exact` payments")
-    add_facilitator_arguments(fac)
-    fac.set_defaults(run=run_facilitator)
-
-    from a402.provider.command import add_gateway_arguments, run_gateway_command
-
-    gw = commands.add_parser("gateway", help="put an x402 paywall in front of any HTTP API")
-    add_gateway_arguments(gw)
-    gw.set_defaults(run=run_gateway_command)
-
-    from a402.client.pay import add_pay_arguments, run_pay
-
-    pay = commands.add_parser("pay", help="fetch a paid URL, paying with x402 `exact`")
-    add_pay_arguments(pay)
-    pay.set_defaults(run=run_pay)
-
-    from a402.client.mandate_command import add_mandate_arguments, run_mandate
-
-    mandate = commands.add_parser(
-        "mandate", help="what an owner lets an agent spend: create (sign), show, verify, "
-                        "revoke on-chain, list spending")
-    add_mandate_arguments(mandate)
-    mandate.set_defaults(run=run_mandate)
-
-    from a402.client.mandate_command import add_audit_arguments, run_audit
-
-    audit = commands.add_parser(
-        "audit", help="print the evidence chain of mandated payments and verify every "
-                      "signature in it, offline")
-    add_audit_arguments(audit)
-    audit.set_defaults(run=run_audit)
-
-    from a402.agents.cli import add_agents_arguments, run_agents
-
-    agents = commands.add_parser("agents", help="register, update, show, search and rate "
-                                                "agents on-chain")
-    add_agents_arguments(agents)
-    agents.set_defaults(run=run_agents)
-
-    from a402.agents.indexer.command import add_indexer_arguments, run_indexer
-
-    indexer = commands.add_parser("indexer", help="index agents, payments and ERC-8004 events "
-                                                  "and serve a search API")
-    add_indexer_arguments(indexer)
-    indexer.set_defaults(run=run_indexer)
-
-    from a402.client.account_command import (
-        add_channels_arguments,
-        add_payouts_arguments,
-        add_pool_arguments,
-        run_channels,
-        run_payouts,
-        run_pool,
-    )
-
-    channels = commands.add_parser(
-        "channels", help="a key's A402 channels from the chain; force-close one as its "
-                         "client without the vault")
-    add_channels_arguments(channels)
-    channels.set_defaults(run=run_channels)
-
-    payouts = commands.add_parser(
-        "payouts", help="payouts the token refused, owed to a key by the ASCManager: show, "
-                        "withdraw (to any address), relay a signed order")
-    add_payouts_arguments(payouts)
-    payouts.set_defaults(run=run_payouts)
-
-    pool = commands.add_parser(
-        "pool", help="a key's pool balance with a vault, from the chain; take it out without "
-                     "the vault")
-    add_pool_arguments(pool)
-    pool.set_defaults(run=run_pool)
-
-    from a402.client.history import add_balance_arguments, run_balance
-
-    balance = commands.add_parser("balance", help="a key's money: wallet, pools, channels")
-    add_balance_arguments(balance)
-    balance.set_defaults(run=run_balance)
-
-    from a402.client.history import add_payments_arguments, run_payments
-
-    payments = commands.add_parser("payments", help="list payments: this machine's, or a "
-                                   "facilitator's, gateway's or vault's (operator token)")
-    add_payments_arguments(payments)
-    payments.set_defaults(run=run_payments)
-
-    from a402.client.history import add_receipt_arguments, run_receipt
-
-    receipt = commands.add_parser("receipt", help="one payment end to end, checked on-chain")
-    add_receipt_arguments(receipt)
-    receipt.set_defaults(run=run_receipt)
-
-    vault = commands.add_parser(
-        "vault", help="run the Liquidity Vault (pays A402 for clients); vault mode: "
-                      "`a402 vault deposit|balance|statement|withdraw|settle-now|status`",
-        epilog="Vault mode (--mode vault) participants and operator: a402 vault ACTION "
-               "--help, ACTION one of deposit, balance, statement, withdraw, settle-now, "
-               "status.")
-    from a402.vault.command import add_vault_arguments, run_vault
-
-    add_vault_arguments(vault)
-    vault.set_defaults(run=run_vault)
-
-    return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) > 1 and argv[0] == "vault":
-        from a402.vault.mode_command import ACTIONS
-        from a402.vault.mode_command import main as vault_action
-
-        if argv[1] in ACTIONS:  # a participant's or the operator's vault-mode command
-            return vault_action(argv[1:])
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        return int(args.run(args) or 0)
-    except KeyboardInterrupt:
-        return 130
+def add_config_arguments(config: argparse.ArgumentParser) -> None:
+    config.add_argument("action", choices=("show",), help="show: the settings in effect")
+    config.add_argument("name", nargs="?", metavar="COMMAND",
+                        help="one command: all its flags (default: every command, only the "
+                             "settings the environment or the file set)")
+    config.add_argument("--json", action="store_true", help="JSON instead of a table")
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from a402.demos.exact import run_demo
+def run_config(args: argparse.Namespace) -> int:
+    """``a402 config show [COMMAND]``: each flag's value when not given on the command line,
+    and where it comes from (``env A402_...``, ``file PATH`` or ``default``). Passwords in
+    URLs are masked; key files are paths, never keys."""
+    import json
 
-    return run_demo(requests=args.requests, act=args.act,
+    from a402.failure import CommandFailed
+    from a402.settings import load_config
+
+    names = [c.name for c in COMMANDS if c.name != "config"]
+    if args.name is not None and args.name not in names:
+        raise CommandFailed("usage", f"no command {args.name!r}; one of {', '.join(names)}",
+                            nothing_paid=True)
+    rows = []
+    for command in COMMANDS:
+        if command.name == "config" or args.name not in (None, command.name):
+            continue
+        sub = argparse.ArgumentParser(prog=f"a402 {command.name}")
+        getattr(importlib.import_module(command.module), command.add)(sub)
+        for source in configure(sub, command.name):
+            if args.name is None and source.origin == "default":
+                continue
+            rows.append({"command": source.section.replace(".", " "), "flag": source.flag,
+                         "value": _masked(source.value), "from": source.origin})
+    path = load_config().path
+    if args.json:
+        print(json.dumps({"configFile": str(path) if path else None, "settings": rows},
+                         indent=2))
+        return 0
+    print(f"config file: {path or 'none (a402.toml or .a402/config.toml, or $A402_CONFIG)'}")
+    if not rows:
+        print("no setting comes from the environment or a config file")
+        return 0
+    widths = [max(len(str(r[k])) for r in rows) for k in ("command", "flag", "value")]
+    for r in rows:
+        print(f"{r['command']:<{widths[0]}}  {r['flag']:<{widths[1]}}  "
+              f"{r['value']!s:<{widths[2]}}  {r['from']}")
+    return 0
+
+
+def _masked(value: object) -> object:
+    """``value`` with the password of any URL in it replaced by ``***``."""
+    import re
+
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    if isinstance(value, str):
+        return re.sub(r"(://[^:/@\s]+):[^@/\s]+@", r"\1:***@", value)
+    return value
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from a402.demos.exact import run_demo as demo
+
+    return demo(requests=args.requests, act=args.act,
                     channel_requests=args.channel_requests)
 
 
-def _devnet(args: argparse.Namespace) -> int:
+def run_devnet(args: argparse.Namespace) -> int:
     from a402.chain.deploy import deploy_dev_stack
     from a402.chain.node import MAX_CHAIN_ID, public_chain_id_warning, start_anvil
+    from a402.failure import ensure_port_free
 
     if not 1 <= args.chain_id <= MAX_CHAIN_ID:
         print(f"a402 devnet: --chain-id must be in 1..{MAX_CHAIN_ID}", file=sys.stderr)
         return 2
+    out = Path(args.manifest_out)
+    _refuse_a_live_manifest(out)
+    ensure_port_free("127.0.0.1", args.port)  # else anvil fails and we would deploy to
+    #                                           whatever chain already answers there
     warning = public_chain_id_warning(args.chain_id)
     if warning:
         _shout(warning)
     with start_anvil(port=args.port, block_time=args.block_time,
                      chain_id=args.chain_id) as chain:
         manifest = deploy_dev_stack(chain, asc_manager=True)
-        out = Path(args.manifest_out)
         out.parent.mkdir(parents=True, exist_ok=True)
         _write_secret(out, manifest.to_json())  # it holds (public, development) keys
         keys = {role: manifest.account(role) for role in ("facilitator", "provider", "client")}
@@ -209,6 +275,28 @@ def _devnet(args: argparse.Namespace) -> int:
             _shout(warning)  # again, below the manifest, where it is read
         _wait_for_signal()
     return 0
+
+
+def _refuse_a_live_manifest(path: Path) -> None:
+    """Refuse to write over a manifest whose chain still answers: services started from it
+    (and their key files next to it) are running against that chain."""
+    import json
+    from urllib.parse import urlsplit
+
+    from a402.failure import CommandFailed, port_answers
+
+    try:
+        rpc = json.loads(path.read_text()).get("rpcUrl")
+    except (OSError, ValueError, AttributeError):
+        return  # no manifest, or not one: nothing running can be using it
+    if not isinstance(rpc, str):
+        return
+    where = urlsplit(rpc)
+    if where.hostname and where.port and port_answers(where.hostname, where.port):
+        raise CommandFailed(
+            "manifest_in_use", f"{path} belongs to the devnet still running at {rpc}, which "
+                               "services may be using; stop that devnet first, or write this "
+                               "one elsewhere with --manifest-out DIR/devnet.json")
 
 
 def _shout(warning: str) -> None:

@@ -448,6 +448,23 @@ def test_search_through_the_a402_indexer_configured_from_the_same_manifest(
 # -------------------------------------------------------------------------------- rate
 
 
+def test_an_agent_rating_itself_is_refused_with_the_reason_decoded_and_nothing_sent(
+    cli: Callable[..., Any], suite: AgentSuite, anvil_chain: Chain,
+    key_file: Callable[[LocalAccount], str],
+) -> None:
+    owner = fresh_account(anvil_chain)
+    agent = register(cli, key_file(owner), name="Narcissus")["agent"]
+    nonce = anvil_chain.w3.eth.get_transaction_count(owner.address)
+    code, _, err = cli("rate", agent, "100", "--rater", agent, "--key-file", key_file(owner))
+    assert code == 1
+    assert err.startswith("a402 agents: nothing was sent, nothing was paid: the chain refused "
+                          "it (the call was simulated first): SelfDealing(): an agent cannot "
+                          "pay or rate itself"), err
+    assert "(revert data 0x74ca9bd8)" in err and "Traceback" not in err
+    assert anvil_chain.w3.eth.get_transaction_count(owner.address) == nonce  # nothing sent
+    assert suite.agent(agent).rating_summary() == (0, 0)
+
+
 def test_only_an_agent_that_paid_may_rate_and_the_rating_feeds_show_and_search(
     cli: Callable[..., Any], suite: AgentSuite, anvil_chain: Chain,
     key_file: Callable[[LocalAccount], str],
@@ -461,7 +478,7 @@ def test_only_an_agent_that_paid_may_rate_and_the_rating_feeds_show_and_search(
             "--comment", "quick and right")
 
     code, _, err = cli(*rate)
-    assert code == 1 and "NotAPayer" in err
+    assert code == 1 and "NotAPayer" in err and "only an agent that has paid" in err
     assert suite.agent(payee).rating_summary() == (0, 0)
 
     suite.agent(payee).pay(rater_owner, 10**12, payer_agent=rater)  # through the till
@@ -551,3 +568,12 @@ def reserved() -> Iterator[int]:
     """A port named in a card before its server starts: nothing else may take it meanwhile."""
     with reserved_port() as port:
         yield port
+
+
+@pytest.mark.parametrize("price", ["0.0000001", "0.0010001"])
+def test_search_refuses_a_max_price_finer_than_the_token_instead_of_reading_zero(
+    cli: Callable[..., Any], price: str,
+) -> None:
+    code, out, err = cli("search", "--json", "--max-price", price)
+    assert code == 2 and out == ""
+    assert err.startswith("a402 agents: --max-price: ") and "more than 6 decimals" in err

@@ -11,6 +11,7 @@ from eth_account.signers.local import LocalAccount
 
 from a402.client.pay import (
     EXIT_HTTP_ERROR,
+    EXIT_NOT_PAID,
     EXIT_NOT_SETTLED,
     EXIT_OK,
     EXIT_REFUSED,
@@ -90,7 +91,7 @@ def test_settlement_failure_is_reported(stack: Stack, served, tmp_path: Path) ->
     broke = stack.new_payer(0)  # signs fine, cannot pay
     url = served(stack.server(PRICE))
     code, _, err = run(f"{url}/paid", "--key-file", key_file(tmp_path, broke))
-    assert code == EXIT_NOT_SETTLED
+    assert code == EXIT_NOT_PAID and err.startswith("a402 pay: nothing was paid")
     summary = receipt_line(err)
     assert summary["success"] is False and summary["status"] == "rejected"
     assert "insufficient" in str(summary["reason"])

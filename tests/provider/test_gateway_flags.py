@@ -62,7 +62,7 @@ def test_the_defaults_are_todays() -> None:
         manifest=None, pay_to=None, network=None, asset=None, asset_name="USD Coin",
         asset_version="2", decimals=6)
     assert from_args(ServeOptions, args) == ServeOptions(
-        ledger_db="sqlite:///a402-provider-ledger.db", host="127.0.0.1", port=4402)
+        ledger_db="sqlite:///.a402/{chain_id}/gateway-ledger.db", host="127.0.0.1", port=4402)
     assert from_args(Paywall, args) == Paywall(settle_before_serve=False, public_url=None)
     assert from_args(A402Options, args) == A402Options(
         a402=False, rpc=None, operator_key_file=None, manager=None,

@@ -374,7 +374,8 @@ def test_the_cli_prints_the_key_and_created_at_to_run_the_same_call_again(
         return code, err.getvalue()
 
     code, said = run()
-    line = json.loads(said.splitlines()[0])
+    assert said.startswith("a402 pay: nothing was paid by this attempt")  # the money first
+    line = json.loads(next(text for text in said.splitlines() if text.startswith("{")))
     key, created = line["idempotencyKey"], line["createdAt"]
     assert code == vault_pay.EXIT_REQUEST_FAILED
     assert f"--idempotency-key {key} --created-at {created}" in said

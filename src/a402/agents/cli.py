@@ -201,8 +201,11 @@ def run_agents(args: argparse.Namespace) -> int:
     except NotFound as e:
         return _fail(EXIT_NOT_FOUND, str(e))
     except TransactionFailed as e:
-        where = f" (transaction {e.tx_hash})" if e.tx_hash else ""
-        return _fail(EXIT_FAILED, f"the chain refused it{where}: {e.reason}")
+        if e.tx_hash:
+            return _fail(EXIT_FAILED, f"nothing changed but the gas paid: the chain refused it "
+                                      f"(transaction {e.tx_hash} reverted): {e.reason}")
+        return _fail(EXIT_FAILED, f"nothing was sent, nothing was paid: the chain refused it "
+                                  f"(the call was simulated first): {e.reason}")
     except IndexerError as e:
         return _fail(EXIT_FAILED, str(e))
 
@@ -500,14 +503,14 @@ def _price(card: OnchainCard, manifest: Manifest) -> str | None:
 
 def _search(args: argparse.Namespace) -> int:
     from a402.agents.directory import Query, indexer_addresses, search_chain, verify_hits
-    from a402.client.limits import to_atomic
+    from a402.client.limits import to_atomic_exact
 
     manifest = _manifest(args.manifest)
     max_price = None
     if args.max_price is not None:
         decimals = args.decimals if args.decimals is not None else manifest.token.decimals
         try:
-            max_price = to_atomic(args.max_price, decimals)
+            max_price = to_atomic_exact(args.max_price, decimals)
         except ValueError as e:
             raise UsageError(f"--max-price: {e}") from None
     if args.min_rating is not None and not 0 <= args.min_rating <= 100:

@@ -28,7 +28,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from decimal import Decimal
 from functools import cache
-from typing import Any
+from typing import Any, Final
 
 from eth_abi import decode as abi_decode
 from eth_account.messages import encode_typed_data
@@ -81,7 +81,56 @@ def _error_table() -> dict[bytes, tuple[str, list[str], list[str]]]:
     return table
 
 
+#: What the agent contracts' custom errors mean, for the person who sent the call.
+_MEANING: Final[dict[str, str]] = {
+    "SelfDealing": "an agent cannot pay or rate itself, nor rate an agent of its own owner",
+    "NotAPayer": "only an agent that has paid this agent (through its till) may rate it",
+    "InvalidScore": "a score is a whole number from 0 to 100",
+    "NoRating": "that agent has no rating of this one to withdraw",
+    "NotActingFor": "this key neither owns nor operates that agent",
+    "NotAnAgent": "that address is not an agent of this suite",
+    "NotAgentOwner": "only the agent's owner may do this",
+    "TokenNotAccepted": "the agent does not take payment in this token",
+    "ZeroAmount": "the amount is zero",
+    "ZeroAddress": "an address is the zero address",
+    "InvalidActivityWindow": "the activity window is out of range",
+    "RenounceDisabled": "an agent's ownership cannot be renounced",
+    "ProfileTooLarge": "the agent's card is larger than the contract stores",
+    "MissingField": "the agent's card lacks a required field",
+    "InvalidPaymentTerms": "the card's price or payment terms are not valid",
+    "InvalidUtf8": "the card holds text that is not UTF-8",
+    "AlreadyListed": "the agent is already in this registry",
+    "NotListed": "the agent is not in this registry",
+    "NotMember": "this key is not a curator of the registry",
+    "AlreadyMember": "that account is a curator already",
+    "NoRequest": "that agent has not asked to be listed",
+    "RequestPending": "that agent's request to be listed is pending already",
+    "AlreadyApproved": "this curator has approved that agent already",
+    "NotEnoughApprovals": "not enough curators have approved that agent yet",
+    "NotAuthorized": "this key is neither the identity's owner nor an approved operator",
+    "SelfFeedback": "ERC-8004 forbids rating one's own agent",
+    "DeadlineExpired": "the signature's deadline has passed",
+    "DeadlineTooFar": "the signature's deadline is too far ahead",
+    "InvalidWalletSignature": "the wallet's signature does not match",
+    "ValueOutOfRange": "the feedback value is out of range",
+    "FeedbackNotFound": "there is no such feedback",
+    "AlreadyRevoked": "that feedback is revoked already",
+}
+
+
 def explain_revert(reason: str) -> str:
+    """``reason`` with any custom-error revert data in it decoded by name and what it means
+    (``SelfDealing(): an agent cannot pay or rate itself, ... (revert data 0x74ca9bd8)``)."""
+    decoded = _decode_revert(reason)
+    name = decoded.split("(", 1)[0]
+    meaning = _MEANING.get(name)
+    if decoded == reason or meaning is None:
+        return decoded
+    call, _, data = decoded.rpartition(" ")
+    return f"{call}: {meaning} (revert data {data})"
+
+
+def _decode_revert(reason: str) -> str:
     """``reason`` with any custom-error revert data in it decoded by name (data kept after it)."""
     match = re.fullmatch(r"\s*0x([0-9a-fA-F]{8})([0-9a-fA-F]*)\s*", reason)
     if not match:

@@ -45,7 +45,6 @@ from collections.abc import AsyncGenerator, Generator, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import httpx
-from eth_account.signers.local import LocalAccount
 
 from a402.client import errors
 from a402.client.budget import Budget
@@ -67,6 +66,8 @@ from a402.wire.headers import PAYMENT_SIGNATURE, X_PAYMENT, encode_header
 from a402.wire.x402 import AnyPaymentPayload, AnyPaymentRequired, PaymentPayloadV1, PaymentRequired
 
 if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
+
     from a402.mandate.guard import MandateGuard
 
 log = logging.getLogger(__name__)

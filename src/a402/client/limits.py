@@ -50,6 +50,18 @@ def to_atomic(amount: str | Decimal, decimals: int) -> int:
     return int(value.to_integral_value(rounding=ROUND_FLOOR))
 
 
+def to_atomic_exact(amount: str | Decimal, decimals: int) -> int:
+    """``amount × 10**decimals``, refused (ValueError) unless it is a whole number of atomic
+    units: an amount a user types with more decimals than the token has is a mistake, and
+    flooring it would turn ``0.0000001`` of a 6-decimal token into a silent 0."""
+    value = parse_token_amount(amount)
+    atomic = to_atomic(value, decimals)
+    if Decimal(atomic) != value.scaleb(decimals):
+        raise ValueError(f"{str(amount).strip()!r} has more than {decimals} decimals "
+                         f"(the token's); the smallest amount is {Decimal(1).scaleb(-decimals)}")
+    return atomic
+
+
 def _atomic(value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"maximum must be a non-negative int of atomic units, got {value!r}")

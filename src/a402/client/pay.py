@@ -10,9 +10,18 @@ stable so scripts and agents can branch on them:
     2  usage or configuration error (bad arguments, unreadable key file)
     3  payment refused by this client (price above --max, budget, no acceptable
        requirement, malformed 402); nothing was signed
-    4  paid, but the server did not confirm settlement (402 to the payment,
-       failed or missing receipt); the money may still move
-    5  the server answered an HTTP error (>= 400) with no payment involved
+    4  paid, settlement pending: the server did not confirm the settlement (pending
+       transaction, no answer, missing receipt); the money may still move
+    5  the server answered an HTTP error (>= 400) with no payment involved, or after a
+       payment that settled
+    6  signed, but nothing was paid: the server refused the payment (invalid,
+       insufficient funds, settlement failed) or failed before settling (facilitator
+       unreachable, upstream error), and said so
+
+The first line on stderr says what happened to the money ("nothing was paid",
+"paid, settlement pending", "paid and settled"); the JSON line after it carries
+``moneyState`` (``not_paid``, ``pending``, ``settled``) and ``reason`` (see the
+README's error catalogue and :mod:`a402.client.outcome`).
 
 With ``--mandate FILE`` the payment must also fit the owner's signed mandate
 (:mod:`a402.mandate`): its registry is read on the mandate's chain (``--mandate-rpc``,
@@ -57,12 +66,12 @@ from a402.client.history import record_payment
 from a402.client.limits import (
     DEFAULT_DECIMALS,
     as_max_amount,
-    parse_token_amount,
-    to_atomic,
+    to_atomic_exact,
     token_units_max,
 )
-from a402.client.records import PaymentStatus, payment_of
-from a402.client.wallet import Wallet, load_account
+from a402.client.outcome import NOT_PAID, PENDING, outcome_of
+from a402.client.records import payment_of
+from a402.client.wallet import Wallet, private_key_bytes
 from a402.wire.errors import WireError
 
 EXIT_OK: Final = 0
@@ -71,6 +80,7 @@ EXIT_USAGE: Final = 2
 EXIT_REFUSED: Final = 3
 EXIT_NOT_SETTLED: Final = 4
 EXIT_HTTP_ERROR: Final = 5
+EXIT_NOT_PAID: Final = 6
 
 DEFAULT_MAX: Final = "0.01"
 PROG: Final = "a402 pay"
@@ -175,7 +185,7 @@ def read_key_file(path: str | Path) -> str:
     except UnicodeDecodeError:
         raise UsageError(f"key file {p} is not a hex private key") from None
     try:
-        load_account(text)
+        private_key_bytes(text)
     except ValueError as e:
         raise UsageError(f"key file {p}: {e}") from None
     return text
@@ -206,7 +216,7 @@ def _body(data: str | None) -> bytes | None:
 
 def _amount(text: str, decimals: int, what: str) -> int:
     try:
-        return to_atomic(parse_token_amount(text), decimals)
+        return to_atomic_exact(text, decimals)
     except (ValueError, TypeError) as e:
         raise UsageError(f"{what}: {e}") from None
 
@@ -241,7 +251,7 @@ def run_pay(
             headers.append(("Content-Type", "application/x-www-form-urlencoded"))  # as curl
         method = (args.method or ("POST" if content is not None else "GET")).upper()
     except (UsageError, ValueError, WireError) as e:  # WireError: e.g. a --network typo
-        return fail(EXIT_USAGE, str(e))
+        return fail(EXIT_USAGE, f"nothing was paid: {e}")
 
     guard = None
     if mandate_given and args.vault:
@@ -289,7 +299,8 @@ def run_pay(
         except MandateUsage as e:
             return fail(EXIT_USAGE, str(e))
         except ChainNotFound as e:
-            return fail(EXIT_REFUSED, f"payment refused (mandate_revocation_unknown): {e}; "
+            return fail(EXIT_REFUSED, f"nothing was paid: payment refused "
+                                      f"(mandate_revocation_unknown): {e}; "
                                       "nothing was signed, nothing was paid")
     if args.vault:
         assert cap is not None
@@ -303,33 +314,41 @@ def run_pay(
         with httpx.Client(auth=auth, timeout=args.timeout, follow_redirects=args.location) as http:
             response = http.request(method, args.url, headers=headers, content=content)
     except PaymentRefused as e:
-        print(json.dumps({"success": False, "refused": e.reason, "message": e.message,
+        print(f"{PROG}: nothing was paid: payment refused ({e.reason}: {e.message}); "
+              "nothing was signed, nothing was paid", file=err)
+        print(json.dumps({"success": False, "moneyState": NOT_PAID, "refused": e.reason,
+                          "message": e.message,
                           "offered": [r.to_wire() for r in e.offered]}), file=err)
-        return fail(EXIT_REFUSED,
-                    f"payment refused ({e.reason}); nothing was signed, nothing was paid")
+        return EXIT_REFUSED
     except httpx.InvalidURL as e:
-        return fail(EXIT_USAGE, f"invalid URL: {e}")
+        return fail(EXIT_USAGE, f"nothing was paid: invalid URL: {e}")
     except httpx.HTTPError as e:
         for sent in auth.payments:  # signed, then no answer: say so, it may settle
             record_payment(sent, method=method, url=args.url)
-            print(json.dumps(sent.summary()), file=err)
-            return fail(EXIT_NOT_SETTLED,
-                        f"payment sent but no answer ({type(e).__name__}); it may still "
-                        f"settle until {sent.valid_before} (unix time)")
-        return fail(EXIT_REQUEST_FAILED, f"request failed: {type(e).__name__}: {e}")
+            outcome = outcome_of(sent, None)
+            print(f"{PROG}: {outcome.headline} ({type(e).__name__})", file=err)
+            print(json.dumps({**sent.summary(), "moneyState": outcome.state}), file=err)
+            return EXIT_NOT_SETTLED
+        return fail(EXIT_REQUEST_FAILED, f"nothing was paid: request failed: "
+                                         f"{type(e).__name__}: {e}")
 
     out.write(response.content)
     out.flush()
     payment = payment_of(response)
     if payment is not None:
         record_payment(payment, method=method, url=args.url)
-        print(json.dumps(payment.summary()), file=err)
-        if payment.status != PaymentStatus.SETTLED:
-            return fail(EXIT_NOT_SETTLED,
-                        f"paid but not settled ({payment.status}: {payment.reason}); "
-                        f"HTTP {response.status_code}")
+        outcome = outcome_of(payment, response)
+        print(f"{PROG}: {outcome.headline}", file=err)
+        print(json.dumps({**payment.summary(), "moneyState": outcome.state,
+                          "reason": outcome.reason}), file=err)
+        if outcome.state == NOT_PAID:
+            return EXIT_NOT_PAID
+        if outcome.state == PENDING:
+            return EXIT_NOT_SETTLED
     if response.status_code >= 400:
-        return fail(EXIT_HTTP_ERROR, f"HTTP {response.status_code} {response.reason_phrase}")
+        paid = "paid and settled, but " if payment is not None else "nothing was paid: "
+        return fail(EXIT_HTTP_ERROR,
+                    f"{paid}HTTP {response.status_code} {response.reason_phrase}")
     return EXIT_OK
 
 

@@ -75,7 +75,8 @@ def run_vault_pay(
             info = vault.info()
             refusal = _allowed(wallet, info)
             if refusal:
-                return fail(EXIT_REFUSED, f"payment refused ({refusal}); nothing was signed")
+                return fail(EXIT_REFUSED, f"nothing was paid: payment refused ({refusal}); "
+                                          "nothing was signed")
             limits = vault_limits(info, cap, budget=budget, funding=args.funding)
             result = vault.invoke(
                 args.url, method=method,
@@ -83,32 +84,20 @@ def run_vault_pay(
                 content=content or b"", max_price=limits.max_price,
                 idempotency_key=idempotency_key, funding=args.funding, created_at=created_at)
         except PaymentRefused as e:
-            return fail(EXIT_REFUSED, f"payment refused ({e.reason}); nothing was signed")
+            return fail(EXIT_REFUSED, f"nothing was paid: payment refused ({e.reason}); "
+                                      "nothing was signed")
         except VaultCallError as e:
+            code, line = _call_failed(e)
+            print(f"a402 pay: {line}", file=err)
             print(json.dumps({"success": False, "status": e.status, **e.body}), file=err)
-            again = _retry_advice(e.body)
-            if e.reason == api.PAYMENT_PENDING:
-                return fail(EXIT_NOT_SETTLED, "paid, or may have been paid, but the result is "
-                                              f"not in yet; {again} to get it")
-            if e.reason == api.REPLAYED_CALL:
-                return fail(EXIT_NOT_SETTLED, "this call was paid already, or may have been "
-                                              f"(replayed_call); {again} to get its answer")
-            if e.reason == KEY_OF_ANOTHER_LIFE:
-                return fail(EXIT_REFUSED, "not sent: an earlier attempt of this key may have "
-                                          "been paid in the vault's old life (key_of_another_"
-                                          "life); find out before paying it again")
-            if e.status >= 500 or e.status in (409, 428) or e.body.get("retryable"):
-                return fail(EXIT_REQUEST_FAILED, f"the vault could not pay ({e.reason}); "
-                                                 f"nothing was paid by this attempt; {again} "
-                                                 "to retry it")
-            return fail(EXIT_REFUSED, f"the vault refused ({e.reason}); nothing was paid by "
-                                      "this attempt")
+            return code
         except httpx.HTTPError as e:
             created = vault.created_at(idempotency_key)
             again = _retry_advice({"idempotencyKey": idempotency_key, "createdAt": created})
-            return fail(EXIT_REQUEST_FAILED, f"vault unreachable: {type(e).__name__}: {e}; if "
-                                             "the call reached it, it may have been paid: "
-                                             f"{again} to get its answer")
+            return fail(EXIT_REQUEST_FAILED, f"payment unknown: vault unreachable "
+                                             f"({type(e).__name__}: {e}); if the call reached "
+                                             f"it, it may have been paid: {again} to get its "
+                                             "answer")
     out.write(result.content)
     out.flush()
     record_vault_call(result.summary(), payer=wallet.address, vault=args.vault, method=method,
@@ -117,6 +106,27 @@ def run_vault_pay(
     if result.status >= 400:
         return fail(EXIT_HTTP_ERROR, f"HTTP {result.status} ({result.outcome})")
     return EXIT_OK
+
+
+def _call_failed(e: VaultCallError) -> tuple[int, str]:
+    """The exit code and first line for a vault's refusal: what happened to the money first
+    (the vault's reasons say it: see :class:`~a402.client.vault.VaultCallError`)."""
+    again = _retry_advice(e.body)
+    detail = f": {e.message}" if e.message else ""
+    if e.reason == api.PAYMENT_PENDING:
+        return EXIT_NOT_SETTLED, ("payment pending: paid, or may have been, but the result is "
+                                  f"not in yet; {again} to get it")
+    if e.reason == api.REPLAYED_CALL:
+        return EXIT_NOT_SETTLED, ("payment pending: this call was paid already, or may have "
+                                  f"been (replayed_call); {again} to get its answer")
+    if e.reason == KEY_OF_ANOTHER_LIFE:
+        return EXIT_REFUSED, ("payment unknown: not sent, but an earlier attempt of this key "
+                              "may have been paid in the vault's old life (key_of_another_"
+                              "life); find out before paying it again")
+    if e.status >= 500 or e.status in (409, 428) or e.body.get("retryable"):
+        return EXIT_REQUEST_FAILED, (f"nothing was paid by this attempt: the vault could not "
+                                     f"pay ({e.reason}{detail}); {again} to retry it")
+    return EXIT_REFUSED, f"nothing was paid by this attempt: the vault refused ({e.reason}{detail})"
 
 
 def _retry_advice(body: dict[str, Any]) -> str:

@@ -10,10 +10,7 @@ route around the check by signing directly.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Final
-
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
+from typing import TYPE_CHECKING, Any, Final
 
 from a402.client import errors
 from a402.client.budget import asset_key
@@ -21,6 +18,7 @@ from a402.evm.address import is_address
 from a402.exact.eip3009 import (
     SCHEME_EXACT,
     TRANSFER_METHOD_EIP3009,
+    address_of,
     build_payment_payload,
     build_payment_payload_v1,
 )
@@ -35,16 +33,19 @@ from a402.wire.x402 import (
     ResourceInfo,
 )
 
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
+
 KNOWN_PAYMENT_FLOWS: Final = (None, "authorization", "upfront", "escrow")
 """``extra.paymentFlow`` values whose payload is the plain EIP-3009 authorization
 (they only change *when* the server settles). ``None`` and ``"authorization"``
 settle after the resource is served, which is what a payer wants."""
 
 
-def load_account(key: str | bytes | LocalAccount) -> LocalAccount:
-    """A LocalAccount from a hex key (``0x`` optional, whitespace ignored) or raw bytes."""
-    if isinstance(key, LocalAccount):
-        return key
+def private_key_bytes(key: str | bytes | LocalAccount) -> bytes:
+    """The 32 bytes of a hex key (``0x`` optional, whitespace ignored), of raw bytes, or of
+    an eth_account LocalAccount; ValueError otherwise. (No eth_account needed: signing an
+    ``exact`` payment is coincurve's, see :func:`a402.exact.eip3009.sign_authorization`.)"""
     if isinstance(key, str):
         text = "".join(key.split()).removeprefix("0x")
         if len(text) != 64:
@@ -53,10 +54,24 @@ def load_account(key: str | bytes | LocalAccount) -> LocalAccount:
             raw = bytes.fromhex(text)
         except ValueError:
             raise ValueError("private key is not hex") from None
-        return Account.from_key(raw)
-    if isinstance(key, bytes | bytearray) and len(key) == 32:
-        return Account.from_key(bytes(key))
-    raise ValueError("private key must be 32 bytes, 64 hex digits, or a LocalAccount")
+    elif isinstance(key, bytes | bytearray) and len(key) == 32:
+        raw = bytes(key)
+    elif isinstance(getattr(key, "key", None), bytes | bytearray):  # a LocalAccount
+        raw = bytes(key.key)  # type: ignore[union-attr]
+    else:
+        raise ValueError("private key must be 32 bytes, 64 hex digits, or a LocalAccount")
+    address_of(raw)  # ValueError if it is not a valid secp256k1 secret (0, or >= N)
+    return raw
+
+
+def load_account(key: str | bytes | LocalAccount) -> LocalAccount:
+    """A LocalAccount from a hex key (``0x`` optional, whitespace ignored) or raw bytes."""
+    from eth_account import Account
+    from eth_account.signers.local import LocalAccount
+
+    if isinstance(key, LocalAccount):
+        return key
+    return Account.from_key(private_key_bytes(key))
 
 
 class Wallet:
@@ -74,20 +89,21 @@ class Wallet:
         networks: Iterable[str] | None = None,
         assets: Iterable[str] | None = None,
     ) -> None:
-        self._account = load_account(key)
+        self._key = private_key_bytes(key)
+        self._address = address_of(self._key)
         self.networks = None if networks is None else frozenset(to_caip2(n) for n in networks)
         self.assets = None if assets is None else frozenset(asset_key(a) for a in assets)
 
     @property
     def address(self) -> str:
-        return self._account.address
+        return self._address
 
     def sign_evidence(self, digest: bytes) -> bytes:
         """Sign an evidence record's hash (:func:`a402.mandate.evidence.record_hash`: a
         domain-separated keccak, never a transaction's or typed data's digest)."""
         from a402.crypto.authorization import EcdsaSigner
 
-        return EcdsaSigner(bytes(self._account.key)).sign_digest(digest)
+        return EcdsaSigner(self._key).sign_digest(digest)
 
     def __repr__(self) -> str:  # never the key
         return f"Wallet({self.address}, networks={self.networks}, assets={self.assets})"
@@ -124,9 +140,9 @@ class Wallet:
         if (refused := self.refusal(req)) is not None:
             raise errors.PaymentRefused(refused[0], refused[1], offered=[req])
         if isinstance(req, PaymentRequirementsV1):
-            return build_payment_payload_v1(req, self._account, valid_for=valid_for)
+            return build_payment_payload_v1(req, self._key, valid_for=valid_for)
         return build_payment_payload(
-            req, self._account, resource=resource, extensions=extensions, valid_for=valid_for
+            req, self._key, resource=resource, extensions=extensions, valid_for=valid_for
         )
 
 

@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 
 from a402.facilitator.settings import FacilitatorConfig
-from a402.settings import add_flags, from_args, setting
+from a402.settings import add_flags, chain_data_default, chain_data_url, from_args, setting
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,8 +33,9 @@ class ChainOptions:
 class ServeOptions:
     """Where the facilitator keeps its journal and serves its API."""
 
-    db: str = setting("sqlite:///a402-facilitator.db",
-                      help="SQLAlchemy URL of the journal (default: %(default)s)")
+    db: str = setting(chain_data_default("facilitator.db"),
+                      help="SQLAlchemy URL of the journal; {chain_id} is the chain's id "
+                           "(default: %(default)s)")
     host: str = setting("127.0.0.1", help="address to serve on (default: %(default)s)")
     port: int = setting(4021, help="port to serve on (default: %(default)s)")
     operator_token: str | None = setting(
@@ -61,6 +62,7 @@ def run_facilitator(args: argparse.Namespace) -> int:
     from a402.facilitator.app import create_app
     from a402.facilitator.core import Facilitator
     from a402.facilitator.store import SettlementStore
+    from a402.failure import CommandFailed, ensure_port_free, reach_chain
     from a402.keys import load_key_file
     from a402.observe import Observer
 
@@ -71,12 +73,15 @@ def run_facilitator(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: --operator-token: {e}", file=sys.stderr)
         return 2
-    signer = load_key_file(where.key_file)
+    signer = load_key_file(where.key_file)  # KeyFileError: key_file_unreadable
+    ensure_port_free(serve.host, serve.port)
     chain = connect(where.rpc, [signer.key])
-    if where.network and where.network != chain.network:
-        print(f"error: {where.rpc} is {chain.network}, not {where.network}", file=sys.stderr)
-        return 2
-    facilitator = Facilitator(chain, signer, SettlementStore(serve.db),
+    network = reach_chain(chain)
+    if where.network and where.network != network:
+        raise CommandFailed("wrong_network", f"{where.rpc} is {network}, not {where.network}")
+    db = chain_data_url(serve.db, chain.chain_id, legacy="sqlite:///a402-facilitator.db",
+                        warn=lambda m: print(f"a402 facilitator: {m}", file=sys.stderr))
+    facilitator = Facilitator(chain, signer, SettlementStore(db),
                               from_args(FacilitatorConfig, args))
     print(json.dumps({"facilitator": f"http://{serve.host}:{serve.port}",
                       "network": chain.network, "signer": signer.address}), file=sys.stderr)

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from a402.evm.address import address_key
 from a402.provider.gateway import DEFAULT_LEDGER_DB
 from a402.provider.settings import ChannelTimeouts, Paywall
-from a402.settings import add_flags, from_args, setting
+from a402.settings import add_flags, chain_data_default, chain_data_url, from_args, setting
 
 if TYPE_CHECKING:  # the A402 code loads only for a gateway that takes A402 payments
     from a402.provider.a402_config import A402Config
@@ -77,10 +77,11 @@ class ServeOptions:
     """Where the gateway keeps its replay ledger and serves."""
 
     ledger_db: str = setting(
-        DEFAULT_LEDGER_DB, metavar="URL",
+        chain_data_default("gateway-ledger.db"), metavar="URL",
         help="SQLAlchemy URL of the replay ledger (which payments bought a response); "
              "replicas, and gateways paid to the same --pay-to, must share one PostgreSQL "
-             "database (default: %(default)s)")
+             "database; {chain_id} is the id of the chain it charges on "
+             "(default: %(default)s)")
     host: str = setting("127.0.0.1", help="address to serve on (default: %(default)s)")
     port: int = setting(4402, help="port to serve on (default: %(default)s)")
     operator_token: str | None = setting(
@@ -175,8 +176,11 @@ def a402_only_flags_given(args: argparse.Namespace) -> list[str]:
 
 
 def run_gateway_command(args: argparse.Namespace) -> int:
-    from a402.chain.deploy import Manifest, TokenInfo
+    from a402.chain.deploy import TokenInfo
+    from a402.failure import CommandFailed, ensure_port_free, load_manifest
     from a402.provider.gateway import run_gateway
+    from a402.wire.errors import WireError
+    from a402.wire.networks import evm_chain_id
 
     def fail(message: str) -> int:
         print(f"a402 gateway: {message}", file=sys.stderr)
@@ -188,7 +192,15 @@ def run_gateway_command(args: argparse.Namespace) -> int:
     paywall = from_args(Paywall, args)
     contracts = None
     if charge.manifest:
-        manifest = Manifest.load(charge.manifest)
+        manifest = load_manifest(charge.manifest)
+        conflicts = [f"--{flag} {given} (the manifest's is {own})" for flag, given, own in (
+            ("network", charge.network, manifest.network),
+            ("asset", charge.asset, manifest.token.address),
+        ) if given is not None and given.lower() != own.lower()]
+        if conflicts:
+            raise CommandFailed("conflicting_options",
+                                f"{charge.manifest} names the chain and token, which "
+                                f"{'; '.join(conflicts)} contradict: drop them or --manifest")
         token, network = manifest.token, manifest.network
         pay_to = charge.pay_to or manifest.account("provider").address
         contracts = manifest.contracts
@@ -215,6 +227,13 @@ def run_gateway_command(args: argparse.Namespace) -> int:
         observer = Observer("gateway", operator_token=serve.operator_token)
     except ValueError as e:
         return fail(f"--operator-token: {e}")
+    ensure_port_free(serve.host, serve.port)
+    try:
+        chain_id = evm_chain_id(network)
+    except WireError as e:
+        return fail(f"--network {network}: {e.message or e.reason}")
+    ledger_db = chain_data_url(serve.ledger_db, chain_id, legacy=DEFAULT_LEDGER_DB,
+                               warn=lambda m: print(f"a402 gateway: {m}", file=sys.stderr))
     url = f"http://{serve.host}:{serve.port}"
     started = False
 
@@ -231,7 +250,7 @@ def run_gateway_command(args: argparse.Namespace) -> int:
         run_gateway(
             upstream=upstream.upstream, routes=list(upstream.route), pay_to=pay_to,
             token=token, network=network, facilitator_url=upstream.facilitator,
-            host=serve.host, port=serve.port, paywall=paywall, ledger_db=serve.ledger_db,
+            host=serve.host, port=serve.port, paywall=paywall, ledger_db=ledger_db,
             log_level="info" if args.verbose else "warning",
             a402=channels.config if channels else None, on_start=announce,
             observer=observer,

@@ -70,8 +70,9 @@ from a402.asc import ChannelTerms, SignedState, Status
 from a402.asc import snapshot as snap
 from a402.asc_manager import ASCManager, OnChainStatus, terms_tuple
 from a402.chain.deploy import TokenInfo
-from a402.chain.tx import TransactionFailed
-from a402.evm.address import address_key
+from a402.chain.rpc import ChainUnavailable, node_errors
+from a402.chain.tx import TransactionFailed, contract_at
+from a402.evm.address import address_key, to_checksum
 from a402.evm.eip3009 import RECEIVE_WITH_AUTHORIZATION_TYPES
 from a402.tee import AttestationPolicy, AttestationVerifier, Enclave, EnclaveError
 from a402.vault_enclave import (
@@ -555,7 +556,8 @@ class Channels:
             # chain says which (settle_open), never the revert alone.
             failed = VaultError(502, api.CHAIN_UNAVAILABLE, f"createASC would revert: {e.reason}",
                                 retryable=True)
-            return [None if await self.settle_open(row) else failed for row in rows]
+            return [None if await self.settle_open(row) else
+                    (await self._wallet_shortfall(row) or failed) for row in rows]
         outcome = await asyncio.to_thread(self.journal.wait, tx, self.timing.chain_timeout)
         if not outcome.final:
             return [VaultError(503, api.CHAIN_UNAVAILABLE,
@@ -563,6 +565,27 @@ class Channels:
         failed = VaultError(502, api.CHAIN_UNAVAILABLE, f"createASC {tx.tx_hash} failed",
                             retryable=True)
         return [None if await self.settle_open(row) else failed for row in rows]
+
+    async def _wallet_shortfall(self, row: vault_store.Channel) -> VaultError | None:
+        """For a wallet-funded channel whose opening would revert: ``insufficient_balance``
+        if the client's wallet holds less than the deposit (read from the token now), else
+        None. Safe to say "nothing was paid": the opening was refused in estimation, so no
+        transaction was sent, and :meth:`settle_open` has just found it not opened."""
+        if row.funding != api.WALLET:
+            return None
+        token = contract_at(self.manager.chain, "TestUSDC", self.manager.token)
+        try:
+            with node_errors("reading the client's wallet balance"):
+                held = int(await asyncio.to_thread(
+                    token.functions.balanceOf(to_checksum(row.client)).call))
+        except ChainUnavailable:
+            return None
+        if held >= int(row.deposit):
+            return None
+        return VaultError(402, api.INSUFFICIENT_BALANCE,
+                          f"nothing was paid: your wallet {to_checksum(row.client)} holds "
+                          f"{held}, less than the channel deposit {row.deposit}; no channel "
+                          "was opened", extra={"balance": str(held), "deposit": row.deposit})
 
     async def _send_opens(
         self, items: Sequence[tuple[vault_store.Channel, ChannelTerms, OpenApproval]]

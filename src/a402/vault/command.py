@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from a402.settings import add_flags, from_args, setting
+from a402.settings import add_flags, chain_data_default, chain_data_url, from_args, setting
 from a402.vault.settings import Batching, Connections, Deposits, Mode, Timing
 
 DEFAULT_PLATFORM = ".a402/vault-platform.json"
@@ -58,8 +58,9 @@ class ChainOptions:
 class ServeOptions:
     """Where the vault keeps its state and serves its API."""
 
-    db: str = setting("sqlite:///a402-vault.db",
-                      help="SQLAlchemy URL of the vault's database (default: %(default)s)")
+    db: str = setting(chain_data_default("vault.db"),
+                      help="SQLAlchemy URL of the vault's database; {chain_id} is the "
+                           "chain's id (default: %(default)s)")
     host: str = setting("127.0.0.1", help="address to serve on (default: %(default)s)")
     port: int = setting(4030, help="port to serve on (default: %(default)s)")
     operator_token: str | None = setting(
@@ -112,8 +113,8 @@ def add_vault_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_vault(args: argparse.Namespace) -> int:
     from a402 import serving
-    from a402.chain.deploy import Manifest
     from a402.chain.node import connect
+    from a402.failure import ensure_port_free, load_manifest, reach_chain
     from a402.keys import load_key_file
     from a402.tee import (
         AttestationPolicy,
@@ -152,7 +153,7 @@ def run_vault(args: argparse.Namespace) -> int:
     if where.manager:
         manager = where.manager
     elif where.manifest:
-        contracts = Manifest.load(where.manifest).contracts
+        contracts = load_manifest(where.manifest).contracts
         if "ASCManager" not in contracts:
             return fail(f"{where.manifest} names no ASCManager; give --manager")
         manager = contracts["ASCManager"]
@@ -164,10 +165,14 @@ def run_vault(args: argparse.Namespace) -> int:
             bytes.fromhex(m.removeprefix("0x")) for m in trust.provider_measurement))
     except ValueError as e:
         return fail(str(e))
+    ensure_port_free(serve.host, serve.port)
     chain = connect(where.rpc, [account.key])
-    if where.network and where.network != chain.network:
-        return fail(f"{where.rpc} is {chain.network}, not {where.network}")
-    store = VaultStore(serve.db)
+    network = reach_chain(chain)  # CommandFailed(chain_unavailable): a node that is down
+    if where.network and where.network != network:
+        return fail(f"{where.rpc} is {network}, not {where.network}")
+    store = VaultStore(chain_data_url(
+        serve.db, chain.chain_id, legacy="sqlite:///a402-vault.db",
+        warn=lambda m: print(f"a402 vault: {m}", file=sys.stderr)))
     lease: Lease | None = None
     try:
         store.claim_for(account.address)

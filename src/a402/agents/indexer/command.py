@@ -18,14 +18,17 @@ import threading
 from pathlib import Path
 
 from a402.agents.indexer.sync import Contracts, Indexer
+from a402.failure import CommandFailed
+from a402.settings import chain_data_default, chain_data_url
 
 log = logging.getLogger(__name__)
 
 
 def add_indexer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rpc", required=True, help="JSON-RPC URL of the chain")
-    parser.add_argument("--db", default="sqlite:///a402-indexer.db",
-                        help="SQLAlchemy URL of the index (default: %(default)s)")
+    parser.add_argument("--db", default=chain_data_default("indexer.db"),
+                        help="SQLAlchemy URL of the index; {chain_id} is the chain's id "
+                             "(default: %(default)s)")
     parser.add_argument("--schema", help="PostgreSQL schema to keep the tables in")
     parser.add_argument("--suite", help="JSON file with the AgentSuite addresses (factory, "
                         "registry, curated_registry, identity, reputation, validation)")
@@ -58,11 +61,7 @@ def add_indexer_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def contracts_from_args(args: argparse.Namespace) -> Contracts:
-    if args.suite:
-        suite = json.loads(Path(args.suite).read_text())
-        base = Contracts.from_suite(suite.get("agents", suite))
-    else:
-        base = Contracts(factories=())
+    base = Contracts.from_suite(_suite(args.suite)) if args.suite else Contracts(factories=())
     registries = dict(base.registries)
     for item in args.registry:
         address, _, label = item.partition("=")
@@ -72,8 +71,29 @@ def contracts_from_args(args: argparse.Namespace) -> Contracts:
         identity=args.identity or base.identity, reputation=args.reputation or base.reputation,
         validation=args.validation or base.validation)
     if not contracts.factories:
-        raise SystemExit("error: give --suite or at least one --factory")
+        raise CommandFailed("usage", "give --suite or at least one --factory")
     return contracts
+
+
+def _suite(path: str) -> dict[str, str]:
+    """The AgentSuite addresses in ``path`` (a manifest after ``a402 agents deploy``, or the
+    suite itself), or CommandFailed saying what is missing and how to get it."""
+    try:
+        suite = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise CommandFailed("manifest_not_found", f"--suite {path}: no such file") from None
+    except (OSError, ValueError) as e:
+        raise CommandFailed("manifest_invalid", f"--suite {path}: {e}") from None
+    addresses = suite.get("agents", suite) if isinstance(suite, dict) else None
+    missing = [k for k in ("factory", "registry", "curated_registry")
+               if not isinstance(addresses, dict) or k not in addresses]
+    if missing:
+        raise CommandFailed(
+            "agents_not_deployed",
+            f"--suite {path} names no agent contracts ({', '.join(missing)} missing): run "
+            f"`a402 agents deploy --manifest {path}` first")
+    assert isinstance(addresses, dict)
+    return addresses
 
 
 def run_indexer(args: argparse.Namespace) -> int:
@@ -82,10 +102,19 @@ def run_indexer(args: argparse.Namespace) -> int:
     from a402.agents.indexer.app import create_app
     from a402.agents.indexer.search import Search
     from a402.agents.indexer.store import IndexStore
+    from a402.chain.node import connect
+    from a402.failure import ensure_port_free, reach_chain
 
-    store = IndexStore(args.db, schema=args.schema)
+    contracts = contracts_from_args(args)
+    if not (args.once or args.no_api):
+        ensure_port_free(args.host, args.port)
+    chain = connect(args.rpc)
+    reach_chain(chain)
+    db = chain_data_url(args.db, chain.chain_id, legacy="sqlite:///a402-indexer.db",
+                        warn=lambda m: print(f"a402 indexer: {m}", file=sys.stderr))
+    store = IndexStore(db, schema=args.schema)
     indexer = Indexer(
-        store, args.rpc, contracts_from_args(args), start_block=args.start_block,
+        store, args.rpc, contracts, start_block=args.start_block,
         confirmations=args.confirmations, batch_blocks=args.batch_blocks,
         agent_filter=args.agent_filter, reputation_interval=args.reputation_interval,
         reputation_pause=args.reputation_pause)
@@ -99,7 +128,7 @@ def run_indexer(args: argparse.Namespace) -> int:
     worker.start()
     try:
         if args.no_api:
-            print(json.dumps({"indexing": args.rpc, "db": args.db}), file=sys.stderr)
+            print(json.dumps({"indexing": args.rpc, "db": db}), file=sys.stderr)
             while worker.is_alive():
                 worker.join(1.0)
         else:
