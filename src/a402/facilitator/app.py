@@ -63,7 +63,9 @@ def create_app(facilitator: Facilitator, *, reconcile_every: float = 5.0) -> Fas
         stop.set()
         worker.join(timeout=reconcile_every + 1)
 
-    app = FastAPI(title="a402 facilitator", version="1", lifespan=lifespan)
+    # No /docs or /redoc: FastAPI's pages load their scripts from a CDN. /openapi.json stays.
+    app = FastAPI(title="a402 facilitator", version="1", lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
     app.add_middleware(JsonErrors)
 
     async def answer(request: Request, handler: Any) -> JSONResponse:
