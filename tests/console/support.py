@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from a402.console import Console, ConsoleData, Table
+from a402.console import Console, ConsoleData, Table, token_check
 
 TOKEN = "operator-token-for-tests-0123456789"
 HOSTILE = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>&amp;"\''
@@ -43,4 +43,4 @@ class Records:
 
 
 def console(records: Records) -> Console:
-    return Console(inner, service="test", token=TOKEN, read=records.read)
+    return Console(inner, service="test", check_token=token_check(TOKEN), read=records.read)

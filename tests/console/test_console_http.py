@@ -8,7 +8,7 @@ import re
 import pytest
 from starlette.testclient import TestClient
 
-from a402.console import Console
+from a402.console import Console, token_check
 from a402.console.app import COOKIE, CSP
 from a402.console.charts import volume_and_latency
 from tests.console.support import HOSTILE, TOKEN, Records, console, inner
@@ -112,7 +112,7 @@ def test_a_login_body_over_the_limit_is_refused(client) -> None:
 
 def test_a_console_needs_an_operator_token_of_16_characters() -> None:
     with pytest.raises(ValueError, match="16"):
-        Console(inner, service="test", token="short", read=Records().read)
+        Console(inner, service="test", check_token=token_check("short"), read=Records().read)
 
 
 def test_volume_and_latency_land_in_their_minute() -> None:
@@ -144,3 +144,14 @@ def test_no_service_page_loads_code_from_a_cdn() -> None:
         assert client.get("/docs").status_code == 404
         assert client.get("/redoc").status_code == 404
         assert client.get("/openapi.json").status_code == 200
+
+
+def test_a_session_cookie_is_good_for_its_own_process_only(records: Records) -> None:
+    first, second = (TestClient(console(records)) for _ in range(2))
+    sign_in(first)
+    cookie = first.cookies.get(COOKIE)
+    assert cookie and len(cookie) == 64
+    second.cookies.set(COOKIE, cookie, path="/console")
+    assert PAYER not in second.get("/console").text
+    assert second.get("/console/panel").status_code == 401
+    assert sign_in(first, " ").status_code == 401

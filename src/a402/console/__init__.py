@@ -8,7 +8,7 @@ Nothing on the page is fetched from another origin; see :mod:`a402.console.app` 
 safety argument (token, cookie, CSP, escaping).
 """
 
-from a402.console.app import Console
+from a402.console.app import Console, token_check
 from a402.console.page import ConsoleData, Table
 
-__all__ = ["Console", "ConsoleData", "Table"]
+__all__ = ["Console", "ConsoleData", "Table", "token_check"]

@@ -7,12 +7,13 @@ Safety argument:
   out); every page is rendered from what the service's :data:`Reader` returns.
 - **The operator token never travels in a URL.** It is typed into a form that POSTs it
   in the body to ``/console/login`` (so no query string, history entry, access log line
-  or Referer holds it). The answer sets a cookie that is not the token but an HMAC of a
-  fixed label under it (a stolen cookie does not reveal the token, and reads only this
-  console), ``HttpOnly`` (no script reads it), ``SameSite=Strict`` (no other site's page
-  sends it), ``Path`` the console's prefix, ``Secure`` over HTTPS. Both are compared in
-  constant time (:func:`hmac.compare_digest`). A request without the right cookie gets
-  the sign-in form (GET) or 401 and no data.
+  or Referer holds it), and checked by the service's own check (the operator API's,
+  constant time). The answer sets a cookie that is not the token but a random session
+  value drawn when the process started (a stolen cookie does not reveal the token, reads
+  only this console, and dies with the process), ``HttpOnly`` (no script reads it),
+  ``SameSite=Strict`` (no other site's page sends it), ``Path`` the console's prefix,
+  ``Secure`` over HTTPS; it is compared in constant time (:func:`hmac.compare_digest`).
+  A request without the right cookie gets the sign-in form (GET) or 401 and no data.
 - **No foreign code, no inline code.** Every answer carries ``Content-Security-Policy:
   default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src
   'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'``: the page can run
@@ -23,9 +24,9 @@ Safety argument:
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Final
@@ -40,6 +41,7 @@ from a402.wire.jsonstrict import JsonLimitError
 log = logging.getLogger("a402.console")
 
 Reader = Callable[[], Awaitable[ConsoleData]]
+TokenCheck = Callable[[str], bool]
 
 PREFIX: Final = "/console"
 COOKIE: Final = "a402_console"
@@ -64,23 +66,30 @@ def _asset(name: str) -> bytes:
     return resources.files("a402.console").joinpath(name).read_bytes()
 
 
+def token_check(token: str) -> TokenCheck:
+    """A check against one operator token (16+ characters), in constant time."""
+    if not token or len(token) < MIN_TOKEN:
+        raise ValueError(f"the console needs an operator token of {MIN_TOKEN}+ characters")
+    expected = token.encode()
+    return lambda given: hmac.compare_digest(given.encode(), expected)
+
+
 class Console:
     """``app`` with the operator console at ``/console``.
 
-    ``token`` is the service's operator token (16+ characters, the one its operator API
-    asks for); ``read`` returns what the page shows, and is called once per page or
-    refresh by a signed-in operator only.
+    ``check_token`` says whether a typed token is the service's operator token (the one
+    its operator API asks for: :func:`token_check`, or the operator API's own check);
+    ``read`` returns what the page shows, and is called once per page or refresh by a
+    signed-in operator only.
     """
 
-    def __init__(self, app: ASGIApp, *, service: str, token: str, read: Reader) -> None:
-        if not token or len(token) < MIN_TOKEN:
-            raise ValueError(f"the console needs an operator token of {MIN_TOKEN}+ characters")
+    def __init__(self, app: ASGIApp, *, service: str, check_token: TokenCheck,
+                 read: Reader) -> None:
         self.app = app
         self.service = service
         self.read = read
-        self._token = token.encode()
-        self._session = hmac.new(self._token, b"a402 console session v1",
-                                 hashlib.sha256).hexdigest().encode()
+        self.check_token = check_token
+        self._session = secrets.token_hex(32).encode()
         self._assets = {name: _asset(name) for name in ASSETS}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -130,7 +139,7 @@ class Console:
         except ConnectionError:
             return
         given = dict(parse_qsl(raw.decode("utf-8", "replace"))).get("token", "")
-        if not hmac.compare_digest(given.strip().encode(), self._token):
+        if not given.strip() or not self.check_token(given.strip()):
             log.warning("console sign-in refused (wrong operator token)")
             await _html(send, 401, login_page(
                 self.service, PREFIX, error="That is not this service's operator token."))
