@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from a402.cli import build_parser
+from a402.vault.mode_command import ACTIONS as VAULT_ACTIONS
+from a402.vault.mode_command import build_parser as vault_action_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -49,7 +51,11 @@ def test_python_examples_use_only_the_public_api_of_package_roots(code: str) -> 
 
 @pytest.mark.parametrize("command", [c for c in commands() if c.startswith("a402 ")])
 def test_cli_examples_parse(command: str) -> None:
-    build_parser().parse_args(shlex.split(command)[1:])
+    argv = shlex.split(command)[1:]
+    if argv[:1] == ["vault"] and argv[1:2] and argv[1] in VAULT_ACTIONS:  # a402.cli.main
+        vault_action_parser().parse_args(argv[1:])
+    else:
+        build_parser().parse_args(argv)
 
 
 def test_make_targets_named_in_the_readme_exist() -> None:

@@ -116,7 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_pool_arguments(pool)
     pool.set_defaults(run=run_pool)
 
-    vault = commands.add_parser("vault", help="run the Liquidity Vault (pays A402 for clients)")
+    vault = commands.add_parser(
+        "vault", help="run the Liquidity Vault (pays A402 for clients); vault mode: "
+                      "`a402 vault deposit|balance|statement|withdraw|settle-now|status`",
+        epilog="Vault mode (--mode vault) participants and operator: a402 vault ACTION "
+               "--help, ACTION one of deposit, balance, statement, withdraw, settle-now, "
+               "status.")
     from a402.vault.command import add_vault_arguments, run_vault
 
     add_vault_arguments(vault)
@@ -126,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) > 1 and argv[0] == "vault":
+        from a402.vault.mode_command import ACTIONS
+        from a402.vault.mode_command import main as vault_action
+
+        if argv[1] in ACTIONS:  # a participant's or the operator's vault-mode command
+            return vault_action(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")

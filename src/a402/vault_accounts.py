@@ -419,6 +419,16 @@ class VaultAccountsCode:
             "paid_out": self._paid_out,
         }
 
+    def participants(self) -> list[str]:
+        """Every participant with an account, by index (for the operator's status)."""
+        return [a.participant for a in sorted(self._accounts.values(), key=lambda a: a.index)]
+
+    def channels(self) -> list[tuple[bytes, str, str, Status, int]]:
+        """Every channel held: ``(id, client, provider, status, client's balance in it)``
+        (for the operator's status; no money moves)."""
+        return [(cid, to_checksum(h.client), to_checksum(h.provider), h.channel.status,
+                 h.channel.state.client_balance) for cid, h in self._held.items()]
+
     @property
     def epoch(self) -> int:
         return self._epoch
@@ -865,7 +875,9 @@ class VaultAccounts:
 
 _HOST_SURFACE = frozenset({
     "address", "account", "domain", "epoch", "life_id", "deposit_state", "ledger_version",
-    "balance", "index_of", "statement", "totals", "settlement", "credit_deposit", "settle",
+    "balance", "index_of", "statement", "totals", "channels", "participants",
+    "settlement", "credit_deposit",
+    "settle",
     "open_channel", "terms", "channel_status", "bind_tunnel", "request", "receive", "poll",
     "abandon", "claim_landed", "close_channel", "exiting", "export_ledger", "restore_ledger",
 })

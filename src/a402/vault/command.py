@@ -32,10 +32,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from a402.settings import add_flags, from_args, setting
-from a402.vault.settings import Batching, Connections, Deposits, Timing
+from a402.vault.settings import Batching, Connections, Deposits, Mode, Timing
 
 DEFAULT_PLATFORM = ".a402/vault-platform.json"
 
@@ -94,7 +96,7 @@ class AttestationOptions:
 FLAG_GROUPS: tuple[tuple[str, type], ...] = (
     ("chain", ChainOptions), ("serving", ServeOptions), ("attestation", AttestationOptions),
     ("timing", Timing), ("deposits", Deposits), ("batching", Batching),
-    ("connections", Connections),
+    ("connections", Connections), ("mode", Mode),
 )
 
 
@@ -128,9 +130,14 @@ def run_vault(args: argparse.Namespace) -> int:
     where = from_args(ChainOptions, args)
     serve = from_args(ServeOptions, args)
     trust = from_args(AttestationOptions, args)
+    mode = from_args(Mode, args)
     if not trust.allow_simulated_attestation:
         return fail("the only enclave backend here is simulated; pass "
                     "--allow-simulated-attestation to run it (development only)")
+    if mode.mode == "vault":
+        return _run_vault_mode(args, where, serve, trust, mode, fail)
+    if mode.mode != "standard":
+        return fail(f"--mode {mode.mode}: standard or vault")
     if where.manager:
         manager = where.manager
     elif where.manifest:
@@ -197,6 +204,92 @@ def run_vault(args: argparse.Namespace) -> int:
     }), file=sys.stderr, flush=True)
     serving.run(create_app(service), host=serve.host, port=serve.port)
     return 0
+
+
+def _run_vault_mode(args: argparse.Namespace, where: ChainOptions, serve: ServeOptions,
+                    trust: AttestationOptions, mode: Mode, fail: Callable[[str], int]) -> int:
+    """``a402 vault --mode vault``: the Liquidity Vault mode service (:mod:`a402.vault.mode`)
+    on ``--a402-vault`` (or the manifest's A402Vault), SQLite only (one process: the file
+    lock; PostgreSQL fail-over is standard mode's only, for now)."""
+    from a402 import serving
+    from a402.chain.deploy import Manifest
+    from a402.chain.node import connect
+    from a402.keys import load_key_file
+    from a402.tee import measure_package
+    from a402.tee.chains import require_development_chain
+    from a402.tee.errors import AttestationError
+    from a402.vault.identity import load_platform, vault_enclave
+    from a402.vault.mode import VaultModeConfig, VaultModeService
+    from a402.vault.mode_app import create_mode_app
+    from a402.vault.store import VaultBusy, VaultStore
+
+    manifest = Manifest.load(where.manifest) if where.manifest else None
+    try:
+        account = load_key_file(where.key_file)
+        schedule = mode.schedule()
+    except ValueError as e:
+        return fail(str(e))
+    chain = connect(where.rpc, [account.key])
+    if where.network and where.network != chain.network:
+        return fail(f"{where.rpc} is {chain.network}, not {where.network}")
+    try:
+        require_development_chain(chain.chain_id)  # this vault's enclave is simulated
+    except AttestationError as e:
+        return fail(str(e))
+    store = VaultStore(serve.db)
+    if store.engine.dialect.name != "sqlite":
+        return fail("vault mode runs on SQLite for now (one process; fail-over over "
+                    "PostgreSQL is not wired for vault mode)")
+    try:
+        store.claim_for(account.address)
+        store.lock_for(account.address)
+    except (ValueError, VaultBusy) as e:
+        return fail(str(e))
+    platform = load_platform(trust.platform_file)
+    measurement = (bytes.fromhex(trust.measurement.removeprefix("0x")) if trust.measurement
+                   else measure_package())
+    enclave = vault_enclave(platform, measurement, store)
+    recorded = store.get_meta(_A402_VAULT)
+    address = mode.a402_vault or (recorded.decode() if recorded else None)
+    if address is None and manifest is not None and not mode.deploy_a402_vault:
+        address = manifest.contracts.get("A402Vault")
+    if address is None and mode.deploy_a402_vault:
+        if manifest is None:
+            return fail("--deploy-a402-vault needs --manifest (for the token)")
+        address = _deploy_a402_vault(chain, account, manifest.token.address, enclave)
+        store.put_meta(_A402_VAULT, address.encode(), only_if_absent=True)
+    if address is None:
+        return fail("vault mode: give --a402-vault (an A402Vault whose vault signer is this "
+                    "enclave's key), or --deploy-a402-vault on a development chain")
+    try:
+        service = VaultModeService(VaultModeConfig(
+            chain=chain, account=account, contract=address, store=store, enclave=enclave,
+            schedule=schedule, poll_interval=from_args(Timing, args).poll_interval,
+            auth_window=from_args(Timing, args).auth_window,
+            lock_timeout=from_args(Timing, args).lock_timeout))
+    except ValueError as e:
+        return fail(str(e))
+    print(json.dumps({"vault": f"http://{serve.host}:{serve.port}", "mode": "vault",
+                      "address": service.address, "a402Vault": service.contract.address,
+                      "gasAccount": account.address, "network": chain.network,
+                      "measurement": "0x" + measurement.hex()}), file=sys.stderr, flush=True)
+    serving.run(create_mode_app(service), host=serve.host, port=serve.port)
+    return 0
+
+
+_A402_VAULT = "vault-mode/a402-vault"
+
+
+def _deploy_a402_vault(chain: Any, account: Any, token: str, enclave: Any) -> str:
+    """An A402Vault on ``token`` whose vault signer is ``enclave``'s key, deployed by the gas
+    key (development chains; force-settles wait one hour)."""
+    from coincurve import PublicKey
+
+    from a402.evm.ecdsa import public_key_address
+    from a402.vault_contract import A402Vault
+
+    signer = "0x" + public_key_address(PublicKey(enclave.signing_public_key)).hex()
+    return str(A402Vault.deploy(chain, account, token, signer, 3_600).address)
 
 
 def _exit_on_lost(why: str) -> None:

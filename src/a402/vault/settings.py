@@ -1,5 +1,6 @@
 """What an operator may tune in a vault, in four groups: timing, deposits, batching and
-connections.
+connections; and a fifth, :class:`Mode`, that picks the funding mode (standard, or vault
+mode's :mod:`a402.vault.mode`) and vault mode's settlement schedule.
 
 :class:`~a402.vault.service.VaultConfig` holds one of each; the vault's parts take the
 groups they need as they are (:class:`~a402.vault.channels.Channels` reads all four), and
@@ -20,7 +21,9 @@ from dataclasses import dataclass
 from a402.settings import setting
 from a402.wire import vault_api as api
 
-__all__ = ["Batching", "Connections", "Deposits", "Timing"]
+from .settlement_schedule import SchedulePolicy
+
+__all__ = ["Batching", "Connections", "Deposits", "Mode", "Timing"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,3 +104,35 @@ class Connections:
     allow_private_targets: bool = setting(
         False, help="also pay URLs on loopback, private and link-local addresses "
                     "(development: every party on one machine)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Mode:
+    """Which funding mode the vault runs: ``standard`` (one ASCManager channel per client
+    and provider, opened and closed on-chain) or ``vault`` (Liquidity Vault mode: every
+    participant's balance in the enclave over an A402Vault, channels with no transaction,
+    aggregated settlements batched by the scheduler below)."""
+
+    mode: str = setting("standard", help="standard (ASCManager channels) or vault (A402Vault "
+                                         "accounts; default: %(default)s)")
+    a402_vault: str | None = setting(None, metavar="ADDRESS",
+                                     help="vault mode: the A402Vault whose vault signer is "
+                                          "this enclave's key (default: the manifest's)")
+    deploy_a402_vault: bool = setting(
+        False, help="vault mode, development chains: deploy an A402Vault for this enclave's "
+                    "key on the manifest's token at first start (then reused from the "
+                    "database)")
+    settle_window: float = setting(
+        120.0, help="vault mode: seconds a payout request waits before it may be settled")
+    settle_jitter: float = setting(
+        30.0, help="vault mode: a batch waits a random 0..this many more seconds")
+    settle_min_participants: int = setting(
+        2, help="vault mode: a batch pays at least this many participants, or waits")
+    settle_max_per_tx: int = setting(
+        100, help="vault mode: at most this many payees per settlement transaction")
+
+    def schedule(self) -> SchedulePolicy:
+        """The settlement scheduler's policy these settings give."""
+        return SchedulePolicy(window=self.settle_window, jitter=self.settle_jitter,
+                              min_participants=self.settle_min_participants,
+                              max_per_tx=self.settle_max_per_tx)

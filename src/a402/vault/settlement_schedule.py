@@ -159,6 +159,32 @@ class SettlementScheduler:
         """How many participants wait for a payout."""
         return len(self._waiting)
 
+    def queued(self, participant: str) -> int:
+        """What ``participant`` asked to be paid and was not settled yet (waiting or in a
+        batch being signed)."""
+        key = participant.lower()
+        return sum(p.amount for q in (self._waiting, self._in_flight)
+                   for k, p in q.items() if k == key)
+
+    def pending(self) -> list[Payout]:
+        """The waiting requests, oldest first (to show, and to store)."""
+        return sorted(self._waiting.values(), key=lambda p: (p.asked, p.participant.lower()))
+
+    def take_all(self, *, now: float) -> list[Batch]:
+        """Every waiting request at once, in batches of at most ``max_per_tx``, ignoring the
+        window, the jitter and the minimum (the operator's settle-now: fewer payees per
+        batch, weaker privacy). The batches are in flight until :meth:`done` or
+        :meth:`failed`, like :meth:`due`'s."""
+        ready = self._ready()
+        limit = self.policy.max_per_tx
+        batches = [Batch(tuple(ready[i:i + limit]), now) for i in range(0, len(ready), limit)]
+        for payout in ready:
+            key = payout.participant.lower()
+            del self._waiting[key]
+            self._in_flight[key] = payout
+        self._jitter = None
+        return batches
+
     # ------------------------------------------------------------------ inside
 
     def _ready(self) -> list[Payout]:

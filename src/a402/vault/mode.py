@@ -1,0 +1,542 @@
+"""Vault mode's host: the enclave's accounts, durable and sealed, fed by the chain, settled
+in batches, watched.
+
+:class:`VaultModeService` is what runs around :mod:`a402.vault_accounts` (the enclave code
+that holds every participant's ``(free, locked)``, the channels and the statements) on an
+``A402Vault`` contract (:mod:`a402.vault_contract`):
+
+* **Deposits** are read from the contract's ``Deposited`` events and reported to the
+  enclave in chain order (:meth:`VaultModeService.observe_deposits`); the enclave counts
+  them as unconfirmed until a settlement it signs names the chain state they produced.
+* **Channels** open and close against accounts inside the enclave with no transaction,
+  and run the one A402 exchange (:class:`~a402.asc.VaultChannel`, the machine standard
+  mode runs too): :meth:`open_channel`, :meth:`request`, :meth:`receive`, :meth:`close`.
+  A provider's earnings accrue to its account.
+* **Settlement**: participants ask for payouts (:meth:`withdraw`); the
+  :class:`~a402.vault.settlement_schedule.SettlementScheduler` decides the batches (window,
+  jitter, minimum participants, maximum per transaction); the worker
+  (:meth:`tick`, :class:`VaultModeWorker`) has the enclave sign each and lands it, and
+  lands every signed settlement the chain does not have yet, in epoch order.
+  :meth:`settle_now` is the operator's override (it ignores the window and the minimum).
+* **Watchtower**: :class:`~a402.vault.watchtower.VaultWatchtower` polls in the same tick.
+* **Statements**: every change returns the signed statements of the participants it
+  changed (what the participant keeps for the escape hatch); the latest one is also
+  retrievable on demand (:meth:`statement`, ``GET /v1/vault/statement``).
+
+Safety argument (host side): *durable before acknowledged*. Every call that changes the
+enclave's ledger runs under one lock and returns only after the ledger the enclave sealed
+(:meth:`~a402.vault_accounts.VaultAccountsCode.export_ledger`, encrypted and authenticated
+under the enclave's key: the host cannot read it) is written to the store; a statement, a
+σ_U or a settlement therefore never leaves before the state that produced it is on disk.
+If that write fails the service stops taking calls (``broken``): the enclave ran ahead of
+the store, and only a restart from the stored ledger is consistent. The payout queue is
+sealed too (under the host's seal with the enclave, :meth:`Enclave.seal`) and stored
+before a withdrawal is acknowledged. The host moves no money: what it can do with the
+enclave is in :mod:`a402.vault_accounts` (it cannot make it sign money that is not there),
+and its gas key pays for transactions that anyone may send.
+
+Not wired (see the README): a provider's gateway admits only channels opened on an
+``ASCManager``, so the vault's ``/v1/invoke`` proxy and the provider tunnel still run
+standard mode only; vault-mode exchanges are driven through this class's methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeVar
+
+from eth_account.signers.local import LocalAccount
+
+from a402.asc import Exec
+from a402.asc.messages import Message as AscMessage
+from a402.chain.node import Chain
+from a402.chain.tx import TransactionFailed
+from a402.crypto.vault_messages import deposit_count, unpack_payouts
+from a402.evm.address import address_key, to_checksum
+from a402.tee import Enclave, EnclaveError
+from a402.vault_accounts import (
+    Changed,
+    SignedSettlement,
+    SignedStatement,
+    VaultAccounts,
+    VaultAccountsCode,
+)
+from a402.vault_contract import A402Vault, AccountStatus
+from a402.vault_enclave import SignedCall
+from a402.wire import vault_api as api
+
+from .settlement_schedule import Batch, SchedulePolicy, SettlementScheduler
+from .store import VaultStore
+from .watchtower import Answer, VaultWatchtower
+
+log = logging.getLogger("a402.vault.mode")
+T = TypeVar("T")
+
+#: The store's meta rows: the enclave's sealed ledger, the sealed payout queue, the
+#: host's own record of what it landed (no secret: transaction hashes and epochs).
+LEDGER_KEY = "vault-mode/ledger"
+PAYOUTS_KEY = "vault-mode/payouts"
+LANDED_KEY = "vault-mode/landed"
+_PAYOUTS_LABEL = "a402/vault-mode-payouts"
+
+
+class VaultModeError(Exception):
+    """A call vault mode refuses: ``status`` (HTTP) and a machine-readable ``reason``."""
+
+    def __init__(self, status: int, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.status, self.reason, self.detail = status, reason, detail
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.reason, "message": self.detail}
+
+
+_STATUS_OF = {"insufficient_balance": 402, "unknown_participant": 404, "no_statement": 404,
+              "unknown_channel": 404, "participant_exiting": 409, "channel_busy": 409,
+              "nothing_to_settle": 409, "settlement_dead": 503, "replayed_call": 401,
+              "stale_call": 401, "wrong_life": 401, "bad_signature": 401}
+
+
+def refused(e: EnclaveError) -> VaultModeError:
+    """The enclave's refusal, with its own reason (nothing moved)."""
+    return VaultModeError(_STATUS_OF.get(e.reason, 400), e.reason, e.detail)
+
+
+@dataclass(frozen=True, kw_only=True)
+class VaultModeConfig:
+    """``contract``: the ``A402Vault`` whose vault signer is ``enclave``'s key;
+    ``account``: the host's gas key (moves no money; also the operator's identity for
+    ``settle-now`` and ``status``); ``store``: where the sealed ledger lives."""
+
+    chain: Chain
+    account: LocalAccount
+    contract: str
+    store: VaultStore
+    enclave: Enclave
+    schedule: SchedulePolicy = field(default_factory=SchedulePolicy)
+    poll_interval: float = 1.0
+    auth_window: int = api.DEFAULT_AUTH_WINDOW
+    lock_timeout: float = 30.0
+    rng: random.Random | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Landed:
+    """A settlement this host landed: its epoch, transaction, and how many it paid."""
+
+    epoch: int
+    tx_hash: str
+    payees: int
+    block: int
+
+
+class VaultModeService:
+    """One vault-mode vault: the enclave's accounts and everything its host does."""
+
+    def __init__(self, config: VaultModeConfig) -> None:
+        self.config = config
+        self.chain = config.chain
+        self.store = config.store
+        self.contract = A402Vault(config.chain, config.contract)
+        stored = config.store.get_meta(LEDGER_KEY)
+        self.accounts: VaultAccounts = VaultAccountsCode.start(
+            config.enclave, domain=self.contract.domain, network=config.chain.network,
+            auth_window=config.auth_window, first_boot=stored is None)
+        if address_key("0x" + bytes(self.accounts.address).hex()) != address_key(
+                self.contract.vault_signer):
+            raise ValueError(f"the A402Vault's vault signer is {self.contract.vault_signer}, "
+                             "not this enclave's key")
+        self._lock = threading.RLock()
+        self._landing = threading.Lock()
+        self.broken: str | None = None
+        self._saved: int | None = None  # the ledger version last stored
+        self._scan_from = 0  # the block of the last chain record reported (this process)
+        if stored is not None:
+            self.accounts.restore_ledger(stored)
+            self._saved = self.accounts.ledger_version
+        else:  # first boot: this life is stored before anything is issued under it
+            self._save()
+        self.scheduler = SettlementScheduler(config.schedule, config.rng or random.SystemRandom())
+        self._load_payouts()
+        self.watchtower = VaultWatchtower(self.contract, self.accounts, config.account)
+        self.landed: list[Landed] = self._load_landed()
+        self.answers: list[Answer] = []
+        #: Payout requests dropped unpaid, and why (:meth:`_payable`).
+        self.dropped: list[dict[str, str]] = []
+        #: Who serves: this process (vault mode is one process, under the store's lock).
+        self.holder = f"{socket.gethostname()}:{os.getpid()}"
+
+    # ------------------------------------------------------------------ durability
+
+    def _save(self) -> None:
+        try:
+            blob = self.accounts.export_ledger()
+            self.store.put_meta(LEDGER_KEY, blob)
+            self._saved = self.accounts.ledger_version
+        except Exception as e:
+            self.broken = f"the sealed ledger could not be stored: {type(e).__name__}: {e}"
+            raise
+
+    def change(self, op: Callable[[], T]) -> T:
+        """Run ``op`` in the enclave and store the sealed ledger before returning its
+        result (durable before acknowledged). An enclave refusal changes nothing."""
+        with self._lock:
+            if self.broken is not None:
+                raise VaultModeError(503, "vault_broken", self.broken + "; restart the vault")
+            try:
+                result = op()
+            except EnclaveError as e:
+                raise refused(e) from None
+            if self.accounts.ledger_version != self._saved:
+                self._save()
+            return result
+
+    def _save_payouts(self) -> None:
+        """Store the waiting payout requests (sealed). A batch leaves the stored queue before
+        the enclave signs it: a crash in between loses those requests (nothing is paid;
+        the participant asks again) rather than paying them a second time after a restart."""
+        queue = [[p.participant, str(p.amount), p.asked] for p in self.scheduler.pending()]
+        blob = self.config.enclave.seal(_PAYOUTS_LABEL, json.dumps(queue).encode())
+        self.store.put_meta(PAYOUTS_KEY, blob)
+
+    def _load_payouts(self) -> None:
+        blob = self.store.get_meta(PAYOUTS_KEY)
+        if blob is None:
+            return
+        for participant, amount, asked in json.loads(self.config.enclave.unseal(
+                _PAYOUTS_LABEL, blob)):
+            self.scheduler.request(participant, int(amount), now=float(asked))
+
+    def _load_landed(self) -> list[Landed]:
+        raw = self.store.get_meta(LANDED_KEY)
+        return [] if raw is None else [Landed(*row) for row in json.loads(raw)]
+
+    def _record_landed(self, landed: Landed) -> None:
+        self.landed.append(landed)
+        self.store.put_meta(LANDED_KEY, json.dumps(
+            [[x.epoch, x.tx_hash, x.payees, x.block] for x in self.landed[-100:]]).encode())
+
+    # ------------------------------------------------------------------ facts
+
+    @property
+    def address(self) -> str:
+        """The vault's address: the enclave's key, the contract's vault signer."""
+        return to_checksum(self.contract.vault_signer)
+
+    def chain_time(self) -> int:
+        return int(self.chain.w3.eth.get_block("latest")["timestamp"])
+
+    def info(self) -> dict[str, Any]:
+        return {"vault": self.address, "mode": "vault", "network": self.chain.network,
+                "chainId": self.chain.chain_id, "a402Vault": self.contract.address,
+                "token": self.contract.token, "settleWindow": self.contract.settle_window,
+                "life": self.accounts.life_id, "authWindow": self.config.auth_window,
+                "operator": self.config.account.address}
+
+    def balance(self, participant: str) -> dict[str, Any]:
+        free, locked, unconfirmed = self.accounts.balance(participant)
+        return {"participant": to_checksum(participant), "free": str(free),
+                "locked": str(locked), "unconfirmed": str(unconfirmed),
+                "payoutRequested": str(self._queued(participant)),
+                "owedOnChain": str(self.contract.owed(participant))}
+
+    def _queued(self, participant: str) -> int:
+        return self.scheduler.queued(participant)
+
+    def statement(self, participant: str) -> SignedStatement:
+        """The latest statement the enclave signed for ``participant``."""
+        try:
+            return self.accounts.statement(participant)
+        except EnclaveError as e:
+            raise refused(e) from None
+
+    def status(self) -> dict[str, Any]:
+        """What the operator sees: totals, open channels, queued payouts, last settlement."""
+        totals = self.accounts.totals()
+        last = self.landed[-1] if self.landed else None
+        landed_epoch = self.contract.last_epoch()
+        return {
+            "vault": self.address, "a402Vault": self.contract.address,
+            "epoch": self.accounts.epoch, "landedEpoch": landed_epoch,
+            "unlanded": [self._unlanded_json(e)
+                         for e in range(landed_epoch + 1, self.accounts.epoch + 1)],
+            "totals": {k: str(v) for k, v in totals.items()},
+            "accounts": [self._account_json(p) for p in self.accounts.participants()],
+            "leaseHolder": self.holder,
+            "onChain": str(self.contract.available()),
+            "channels": [{"channelId": "0x" + cid.hex(), "client": client, "provider": provider,
+                          "status": st.value, "balance": str(bal)}
+                         for cid, client, provider, st, bal in self.accounts.channels()],
+            "pendingPayouts": [{"participant": p.participant, "amount": str(p.amount)}
+                               for p in self.scheduler.pending()],
+            "lastSettlement": None if last is None else {
+                "epoch": last.epoch, "tx": last.tx_hash, "payees": last.payees,
+                "block": last.block},
+            "droppedPayouts": self.dropped[-20:],
+            "broken": self.broken,
+        }
+
+    def _unlanded_json(self, epoch: int) -> dict[str, Any]:
+        signed = self.accounts.settlement(epoch)
+        return {"epoch": epoch, "payees": len(unpack_payouts(signed.payouts)),
+                "notBefore": signed.not_before}
+
+    def _account_json(self, participant: str) -> dict[str, str]:
+        free, locked, unconfirmed = self.accounts.balance(participant)
+        return {"participant": participant, "free": str(free), "locked": str(locked),
+                "unconfirmed": str(unconfirmed)}
+
+    # ------------------------------------------------------------------ deposits
+
+    def observe_deposits(self) -> int:
+        """Report what the contract's deposit chain folded that the enclave has not seen, in
+        chain order: ``Deposited`` (credited, unconfirmed until the next settlement) and
+        ``PaymentClaimed`` (a provider paid on-chain with its pending record: the enclave
+        credits that payment to nobody again, extracts ``t`` and ends the channel). Returns
+        how many records were new."""
+        known = deposit_count(self.accounts.deposit_state)
+        events = self.contract.contract.events
+        found: list[tuple[tuple[int, int], Any]] = []
+        for name in ("Deposited", "PaymentClaimed"):
+            for ev in getattr(events, name)().get_logs(from_block=self._scan_from):
+                found.append(((int(ev["blockNumber"]), int(ev["logIndex"])), ev))
+        found.sort(key=lambda f: f[0])
+        new = 0
+        for (block, _), ev in found:
+            a = ev["args"]
+            state = int(a["depositState"])
+            if deposit_count(state) <= known:
+                continue
+            if ev["event"] == "Deposited":
+                self.change(partial(self.accounts.credit_deposit, str(a["participant"]),
+                                    int(a["amount"]), state))
+            else:
+                signature = bytes(a["e"]) + int(a["s"]).to_bytes(32, "big")
+                self.change(partial(self.accounts.claim_landed, bytes(a["channelId"]),
+                                    int(a["requestId"]), signature, deadline=int(a["deadline"]),
+                                    state_after=state))
+            known = deposit_count(state)
+            self._scan_from = block  # later records are in this block or after
+            new += 1
+        return new
+
+    # ------------------------------------------------------------------ channels
+
+    def open_channel(self, client: str, provider: str, provider_key: bytes, capacity: int
+                     ) -> tuple[bytes, tuple[SignedStatement, ...]]:
+        """Open a channel of ``client``'s to ``provider`` inside the enclave: ``capacity``
+        moves from the client's free balance to its locked. No transaction."""
+        return self.change(lambda: self.accounts.open_channel(
+            client, provider, provider_key, capacity, lock_timeout=self.config.lock_timeout))
+
+    def bind_tunnel(self, handle: str, channel_id: bytes) -> bytes:
+        return self.change(lambda: self.accounts.bind_tunnel(handle, channel_id))
+
+    def request(self, channel_id: bytes, call: SignedCall, amount: int,
+                now: float | None = None) -> Exec:
+        """Step ① for a call the client signed (EXEC to send the provider)."""
+        at = time.time() if now is None else now
+        return self.change(lambda: self.accounts.request(channel_id, call, amount, at))
+
+    def receive(self, channel_id: bytes, message: AscMessage, now: float | None = None
+                ) -> Changed:
+        """The provider's REPLY / REVEAL / CLOSE_ACK; the result carries the statements."""
+        at = time.time() if now is None else now
+        return self.change(lambda: self.accounts.receive(channel_id, message, at))
+
+    def close(self, channel_id: bytes) -> tuple[Any, tuple[SignedStatement, ...]]:
+        """Close a channel inside the enclave: the unspent rest back to the client's free."""
+        return self.change(lambda: self.accounts.close_channel(channel_id))
+
+    # ------------------------------------------------------------------ settlement
+
+    def withdraw(self, participant: str, amount: int) -> dict[str, Any]:
+        """Queue a payout of ``amount`` to ``participant`` (paid to its own address in the
+        next batch). Refused if it is above the free balance (confirmed or about to be)."""
+        if amount <= 0:
+            raise VaultModeError(400, "bad_request", "the amount is positive")
+        with self._lock:
+            free, _, unconfirmed = self.accounts.balance(participant)
+            have = free + unconfirmed - self._queued(participant)
+            if amount > have:
+                raise VaultModeError(
+                    402, "insufficient_balance",
+                    f"nothing was queued: {amount} asked, {have} free to pay out (earnings "
+                    "of a payment are free once its claim window has passed and a "
+                    "settlement resolved it)")
+            self.scheduler.request(to_checksum(participant), amount, now=time.time())
+            self._save_payouts()
+        return {"participant": to_checksum(participant), "queued": str(amount),
+                "wakeup": self.scheduler.next_wakeup()}
+
+    def _sign(self, batch: Batch | None) -> SignedSettlement | None:
+        """Have the enclave sign a settlement paying ``batch`` (and confirming deposits,
+        resolving pending payments past their deadline)."""
+        pairs = [] if batch is None else self._payable(batch)
+        try:
+            settled = self.change(lambda: self.accounts.settle(pairs, now=self.chain_time()))
+        except VaultModeError as e:
+            if batch is not None:
+                with self._lock:
+                    self.scheduler.failed(batch)
+                    self._save_payouts()
+            if e.reason == "nothing_to_settle":
+                return None
+            raise
+        if batch is not None:
+            with self._lock:
+                self.scheduler.done(batch)
+                self._save_payouts()
+        return settled.settlement
+
+    def _payable(self, batch: Batch) -> list[tuple[str, int]]:
+        """The batch's payouts the enclave can sign now. A request above what its participant
+        has free now (it spent the money in a channel since it asked), or of a participant
+        that is force-settling, is dropped with its reason in :attr:`dropped` (nothing was
+        paid for it): one such request must not hold back everybody else's payout."""
+        out = []
+        for p in batch.payouts:
+            free, _, unconfirmed = self.accounts.balance(p.participant)
+            why = None
+            if p.amount > free + unconfirmed:
+                why = f"{p.amount} asked, {free + unconfirmed} free now"
+            elif self.contract.status(p.participant) is not AccountStatus.ACTIVE:
+                why = "the participant is force-settling"
+            if why is None:
+                out.append((p.participant, p.amount))
+            else:
+                log.warning("payout to %s dropped: %s", p.participant, why)
+                self.dropped.append({"participant": p.participant, "amount": str(p.amount),
+                                     "reason": why})
+        return out
+
+    def land(self) -> list[Landed]:
+        """Send every settlement the enclave signed that the chain does not have yet, in
+        epoch order (idempotent: the chain takes each epoch once)."""
+        out: list[Landed] = []
+        with self._landing:  # the worker and settle-now: one sender at a time
+            while self.contract.last_epoch() < self.accounts.epoch:
+                out.append(self._land_next())
+        return out
+
+    def _land_next(self) -> Landed:
+        epoch = self.contract.last_epoch() + 1
+        signed = self.accounts.settlement(epoch)
+        receipt = self.contract.settle(
+            self.config.account, signed.payouts, epoch, signed.deposits, signed.signature,
+            self.contract.deposits_since(signed.deposits), signed.not_before)
+        landed = Landed(epoch, _hex(receipt["transactionHash"]),
+                        len(unpack_payouts(signed.payouts)), int(receipt["blockNumber"]))
+        self._record_landed(landed)
+        return landed
+
+    def tick(self, now: float | None = None) -> list[Landed]:
+        """One worker round: deposits, a due batch (or a settlement that only confirms
+        deposits / resolves payments past their deadline), landing, the watchtower."""
+        at = time.time() if now is None else now
+        self.observe_deposits()
+        with self._lock:
+            batch = self.scheduler.due(now=at)
+            if batch is not None:
+                self._save_payouts()  # out of the stored queue before it is signed
+        totals = self.accounts.totals()
+        if batch is not None or totals["unconfirmed"] or totals["pending"]:
+            self._sign(batch)  # nothing_to_settle (payments not due yet): nothing signed
+        landed = self._land_quietly()
+        # exiting() marks accounts in the enclave: stored like every other change; and the
+        # watchtower may land settlements itself: one sender at a time (lock order: landing,
+        # then the ledger's)
+        with self._landing:
+            self.answers += self.change(self.watchtower.poll)
+        return landed
+
+    def _land_quietly(self) -> list[Landed]:
+        try:
+            return self.land()
+        except (TransactionFailed, ValueError) as e:  # too early (notBefore) or a fork
+            log.warning("settlement not landed yet: %s", e)
+            return []
+
+    def settle_now(self, progress: Callable[[str], None] | None = None) -> list[Landed]:
+        """The operator's override: every queued payout (and deposit, and payment past its
+        deadline) in settlements now, ignoring the window, the jitter and the minimum (fewer
+        payees per batch: weaker privacy, the operator's choice); landed before returning."""
+        say = progress or (lambda _: None)
+        say("reading deposits")
+        self.observe_deposits()
+        with self._lock:
+            batches: list[Batch | None] = [*self.scheduler.take_all(now=time.time())] or [None]
+            self._save_payouts()  # out of the stored queue before they are signed
+        for n, batch in enumerate(batches, 1):
+            say(f"the enclave signs settlement {n} of {len(batches)}")
+            self._sign(batch)
+        say("landing on-chain")
+        return self.land()
+
+
+def _hex(value: Any) -> str:
+    text = bytes(value).hex() if isinstance(value, bytes | bytearray) else str(value)
+    return text if text.startswith("0x") else "0x" + text
+
+
+class VaultModeWorker:
+    """Runs :meth:`VaultModeService.tick` every ``poll_interval`` seconds."""
+
+    def __init__(self, service: VaultModeService) -> None:
+        self.service = service
+        self._task: asyncio.Task[None] | None = None
+        self.last_tick: float | None = None
+        self.errors = 0
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="a402-vault-mode-worker")
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.service.tick)
+                self.last_tick = time.time()
+            except Exception:  # logged; the next round tries again
+                self.errors += 1
+                log.exception("vault-mode worker round failed")
+            await asyncio.sleep(self.service.config.poll_interval)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
+def statement_json(signed: SignedStatement) -> dict[str, Any]:
+    """A statement as handed to its participant (what ``initForceSettle`` takes)."""
+    s = signed.statement
+    return {"participant": s.participant, "index": s.index, "balance": str(s.balance),
+            "locked": str(s.locked), "epoch": s.epoch, "nonce": s.nonce,
+            "signature": "0x" + signed.signature.hex()}
+
+
+def statements_json(statements: Sequence[SignedStatement]) -> list[dict[str, Any]]:
+    return [statement_json(s) for s in statements]
+
+
+__all__ = [
+    "Landed",
+    "VaultModeConfig",
+    "VaultModeError",
+    "VaultModeService",
+    "VaultModeWorker",
+    "statement_json",
+]

@@ -1,0 +1,150 @@
+"""Vault mode's HTTP API: a participant's balance, statement and payouts; the operator's
+status and settle-now. Every ``/v1/vault`` call is signed like the standard vault's
+(:mod:`a402.wire.vault_api`: the signer is the participant, fresh, its nonce used once).
+
+=====================================  =====================================================
+``GET  /v1/info``                      the vault's key, its A402Vault, chain, life
+``GET  /v1/vault/balance``             the signer's free, locked, unconfirmed, queued payout
+``GET  /v1/vault/statement``           the signer's latest enclave-signed balance statement
+``POST /v1/vault/withdraw``            ``{"amount"}``: queue a payout to the signer's address
+``POST /v1/vault/settle-now``          operator only: settle every queued payout now
+``GET  /v1/vault/status``              operator only: totals, channels, queue, last settlement
+``GET  /healthz``                      the worker's last round
+=====================================  =====================================================
+
+Errors are ``{"error": reason, "message": …}``: 400 the call, 401 its signature, 402 the
+balance, 403 not the operator, 404 nothing signed yet, 409 a conflict, 503 the vault.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from a402.chain.rpc import ChainUnavailable
+from a402.evm.address import address_key
+from a402.serving import request_body
+from a402.wire import vault_api as api
+from a402.wire.jsonstrict import JsonLimitError, loads_object
+
+from .mode import VaultModeError, VaultModeService, VaultModeWorker, statement_json
+
+log = logging.getLogger("a402.vault.mode")
+
+Handler = Callable[[api.Authenticated, dict[str, Any]], Awaitable[tuple[int, Any]]]
+
+
+def create_mode_app(service: VaultModeService, *, worker: bool = True) -> Starlette:
+    """The vault-mode API; with ``worker``, the app's lifespan runs :class:`VaultModeWorker`
+    (deposits, settlement scheduler, watchtower)."""
+    runner = VaultModeWorker(service)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        if worker:
+            await runner.start()
+        yield
+        await runner.stop()
+
+    vault = api.vault_account(service.chain.network, service.address)
+
+    async def answer(request: Request, handler: Handler) -> JSONResponse:
+        try:
+            body = await request_body(request, api.MAX_CALL_BODY)
+            path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            now = time.time()
+            signed = api.verify_request(request.headers, vault, request.method, path, body,
+                                        life=service.accounts.life_id, now=now,
+                                        window=service.config.auth_window)
+            if not await service.store.remember_nonce(
+                    signed.client, signed.nonce, now=now, keep=2 * service.config.auth_window):
+                raise api.AuthError(api.REPLAYED_REQUEST, "this nonce was already used")
+            parsed = loads_object(body) if body else {}
+            status, out = await handler(signed, parsed)
+        except api.AuthError as e:
+            return JSONResponse({"error": e.reason, "message": e.detail}, status_code=401)
+        except JsonLimitError as e:
+            return JSONResponse({"error": e.reason, "message": e.message}, status_code=e.status)
+        except VaultModeError as e:
+            return JSONResponse(e.body(), status_code=e.status)
+        except ChainUnavailable as e:
+            return JSONResponse({"error": api.CHAIN_UNAVAILABLE, "message": str(e)},
+                                status_code=503, headers={"Retry-After": "2"})
+        except ValueError as e:
+            return JSONResponse({"error": "bad_request", "message": str(e)}, status_code=400)
+        except Exception as e:
+            log.exception("%s %s failed", request.method, request.url.path)
+            return JSONResponse({"error": "internal_error", "message": type(e).__name__},
+                                status_code=500)
+        return JSONResponse(out, status_code=status)
+
+    def operator(signed: api.Authenticated) -> None:
+        if address_key(signed.client) != address_key(service.config.account.address):
+            raise VaultModeError(403, "not_operator", "only the vault's operator key may")
+
+    async def info(_: Request) -> JSONResponse:
+        return JSONResponse(service.info())
+
+    async def balance(request: Request) -> JSONResponse:
+        async def h(signed: api.Authenticated, _: dict[str, Any]) -> tuple[int, Any]:
+            return 200, service.balance(signed.client)
+        return await answer(request, h)
+
+    async def statement(request: Request) -> JSONResponse:
+        async def h(signed: api.Authenticated, _: dict[str, Any]) -> tuple[int, Any]:
+            return 200, statement_json(service.statement(signed.client))
+        return await answer(request, h)
+
+    async def withdraw(request: Request) -> JSONResponse:
+        async def h(signed: api.Authenticated, body: dict[str, Any]) -> tuple[int, Any]:
+            raw = body.get("amount")
+            if not isinstance(raw, str | int) or not str(raw).isdigit():
+                raise VaultModeError(400, "bad_request", "amount: a decimal string of atomic units")
+            return 202, await _thread(service.withdraw, signed.client, int(raw))
+        return await answer(request, h)
+
+    async def settle_now(request: Request) -> JSONResponse:
+        async def h(signed: api.Authenticated, _: dict[str, Any]) -> tuple[int, Any]:
+            operator(signed)
+            landed = await _thread(service.settle_now)
+            return 200, {"landed": [{"epoch": x.epoch, "tx": x.tx_hash, "payees": x.payees}
+                                    for x in landed]}
+        return await answer(request, h)
+
+    async def status(request: Request) -> JSONResponse:
+        async def h(signed: api.Authenticated, _: dict[str, Any]) -> tuple[int, Any]:
+            operator(signed)
+            return 200, await _thread(service.status)
+        return await answer(request, h)
+
+    async def healthz(_: Request) -> JSONResponse:
+        ok = service.broken is None
+        return JSONResponse({"ok": ok, "lastTick": runner.last_tick, "broken": service.broken},
+                            status_code=200 if ok else 503)
+
+    return Starlette(lifespan=lifespan, routes=[
+        Route("/v1/info", info, methods=["GET"]),
+        Route("/v1/vault/balance", balance, methods=["GET"]),
+        Route("/v1/vault/statement", statement, methods=["GET"]),
+        Route("/v1/vault/withdraw", withdraw, methods=["POST"]),
+        Route("/v1/vault/settle-now", settle_now, methods=["POST"]),
+        Route("/v1/vault/status", status, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+    ])
+
+
+async def _thread(fn: Callable[..., Any], *args: Any) -> Any:
+    import asyncio
+
+    return await asyncio.to_thread(fn, *args)
+
+
+__all__ = ["create_mode_app"]

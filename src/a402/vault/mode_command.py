@@ -1,0 +1,385 @@
+"""``a402 vault deposit|balance|statement|withdraw|settle-now|status``: a participant's and
+the operator's commands for a vault in vault mode (``a402 vault --mode vault``).
+
+    a402 vault deposit --rpc URL --key-file K --amount 5000000     # on-chain, no vault needed
+    a402 vault balance --key-file K                                # signed GET to the vault
+    a402 vault statement --key-file K --out statement.json         # what the escape hatch takes
+    a402 vault withdraw --key-file K --amount 2000000              # queued for the next batch
+    a402 vault settle-now --key-file OPERATOR.key                  # operator: settle the queue now
+    a402 vault status --key-file OPERATOR.key                      # operator: the whole vault
+    a402 vault exit --key-file K --rpc URL --statement statement.json   # no vault needed
+
+Amounts are in the token's atomic units. Each prints a table (``--json``: one JSON object).
+The first line says where the money stands. Calls to the vault are signed by the key
+(:mod:`a402.wire.vault_api`); ``deposit`` and ``exit`` talk to the chain only (``exit``:
+the escape hatch with a statement file; run it again after the dispute window). Exit
+codes: 0 done, 1 the vault or the chain refused or failed, 2 usage, 3 nothing signed yet
+(no statement), 4 nothing to do now (dispute window open, already left).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import httpx
+
+from a402.settings import add_flags, from_args, setting
+
+ACTIONS = ("deposit", "balance", "statement", "withdraw", "settle-now", "status", "exit")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParticipantFlags:
+    """Which vault, whose key, how to print."""
+
+    vault: str = setting("http://127.0.0.1:4030", metavar="URL",
+                         help="the vault's API (default: %(default)s)")
+    key_file: str = setting(metavar="F", help="file holding the key (hex): the participant's, "
+                                              "or the operator's for settle-now and status")
+    json: bool = setting(False, help="print one JSON object instead of tables")
+    amount: int | None = setting(None, metavar="ATOMIC",
+                                 help="deposit, withdraw: how much, in atomic units")
+    rpc: str | None = setting(None, metavar="URL",
+                              help="deposit: the chain's JSON-RPC URL")
+    beneficiary: str | None = setting(None, metavar="ADDRESS",
+                                      help="deposit: credit this participant (default: the key)")
+    out: str | None = setting(None, metavar="FILE",
+                              help="statement: also write it to FILE (keep it: it is your exit)")
+    statement: str | None = setting(None, metavar="FILE",
+                                    help="exit: the statement file `statement --out` wrote")
+    a402_vault: str | None = setting(None, metavar="ADDRESS",
+                                     help="exit: the A402Vault (default: the statement "
+                                          "file's, else the vault's GET /v1/info)")
+
+
+class CommandError(Exception):
+    def __init__(self, code: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.reason, self.message = code, reason, message
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="a402 vault ACTION",
+        description="a participant's and the operator's commands for a vault in vault mode")
+    parser.add_argument("action", choices=ACTIONS)
+    add_flags(parser, ParticipantFlags, "participant")
+    return parser
+
+
+def main(argv: Sequence[str], *, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    flags = from_args(ParticipantFlags, args)
+    try:
+        return _ACTIONS[args.action](flags, out, err)
+    except CommandError as e:
+        if flags.json:
+            print(json.dumps({"ok": False, "reason": e.reason, "message": e.message}), file=out)
+        print(f"a402 vault {args.action}: {e.message}", file=err)
+        return e.code
+
+
+# ------------------------------------------------------------------------ plumbing
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain text table, columns as wide as their widest cell."""
+    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+             for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+class _Vault:
+    """Signed calls to the vault with one key."""
+
+    def __init__(self, flags: ParticipantFlags, *, timeout: float = 120.0) -> None:
+        from a402.keys import load_key_file
+
+        try:
+            self.key = load_key_file(flags.key_file)
+        except (OSError, ValueError) as e:
+            raise CommandError(2, "usage", f"nothing moved: {e}") from None
+        self.http = httpx.Client(base_url=flags.vault.rstrip("/"), timeout=timeout,
+                                 trust_env=False)
+        self.info = self._send("GET", "/v1/info", signed=False)
+        if self.info.get("mode") != "vault":
+            raise CommandError(2, "not_vault_mode",
+                               f"nothing moved: {flags.vault} is not a vault in vault mode")
+
+    def _send(self, method: str, path: str, body: dict[str, Any] | None = None, *,
+              signed: bool = True) -> Any:
+        from a402.wire import vault_api as api
+
+        raw = b"" if body is None else json.dumps(body).encode()
+        headers = {"content-type": "application/json"} if raw else {}
+        if signed:
+            account = api.vault_account(self.info["network"], self.info["vault"])
+            headers.update(api.sign_request(self.key, account, method, path, raw,
+                                            life=self.info["life"]))
+        try:
+            response = self.http.request(method, path, content=raw, headers=headers)
+        except httpx.HTTPError as e:
+            raise CommandError(1, "vault_unreachable",
+                               f"nothing moved: the vault did not answer ({e})") from None
+        try:
+            data = response.json()
+        except ValueError:
+            data = {"error": "bad_answer", "message": response.text[:200]}
+        if response.status_code >= 400:
+            code = 3 if response.status_code == 404 else 1
+            raise CommandError(code, str(data.get("error")),
+                               f"nothing moved: the vault refused ({response.status_code} "
+                               f"{data.get('error')}: {data.get('message', '')})")
+        return data
+
+    def get(self, path: str) -> Any:
+        return self._send("GET", path)
+
+    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        return self._send("POST", path, body or {})
+
+
+def _say(flags: ParticipantFlags, out: TextIO, text: str, data: Any) -> int:
+    print(json.dumps(data, indent=2) if flags.json else text, file=out)
+    return 0
+
+
+class Progress:
+    """A line on ``err`` that counts seconds while a slow call runs, shown only once it has
+    taken more than ``after`` seconds (a fast settlement prints nothing)."""
+
+    def __init__(self, err: TextIO, what: str, *, after: float = 1.0) -> None:
+        self.err, self.what, self.after = err, what, after
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.shown = False
+
+    def __enter__(self) -> Progress:
+        self._start = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self._done.set()
+        self._thread.join()
+        if self.shown:
+            print(f"\r{self.what}: done in {time.monotonic() - self._start:.1f}s", file=self.err)
+
+    def _run(self) -> None:
+        if self._done.wait(self.after):
+            return
+        spinner = "|/-\\"
+        n = 0
+        while not self._done.wait(0.25):
+            self.shown = True
+            print(f"\r{self.what} {spinner[n % 4]} {time.monotonic() - self._start:.1f}s",
+                  end="", file=self.err, flush=True)
+            n += 1
+
+
+# ------------------------------------------------------------------------ actions
+
+
+def _deposit(flags: ParticipantFlags, out: TextIO, err: TextIO) -> int:
+    from a402.chain.node import connect
+    from a402.chain.tx import TransactionFailed, contract_at, transact
+    from a402.evm.address import to_checksum
+    from a402.vault_contract import A402Vault
+
+    if not flags.amount or flags.amount <= 0:
+        raise CommandError(2, "usage", "nothing moved: deposit needs --amount (atomic units)")
+    if not flags.rpc:
+        raise CommandError(2, "usage", "nothing moved: deposit needs --rpc (it is on-chain)")
+    vault = _Vault(flags)
+    key = vault.key
+    try:
+        participant = to_checksum(flags.beneficiary or key.address)
+    except ValueError as e:
+        raise CommandError(2, "usage", f"nothing moved: --beneficiary: {e}") from None
+    chain = connect(flags.rpc, [key.key])
+    contract = A402Vault(chain, vault.info["a402Vault"])
+    token = contract_at(chain, "TestUSDC", contract.token)
+    try:
+        with Progress(err, "depositing"):
+            transact(chain, key, token.functions.approve(contract.address, flags.amount))
+            receipt = contract.deposit(key, participant, flags.amount)
+    except TransactionFailed as e:
+        raise CommandError(1, "reverted", f"nothing moved: the deposit reverted ({e})") from None
+    tx = _hex(receipt["transactionHash"])
+    data = {"ok": True, "moved": True, "participant": participant, "amount": str(flags.amount),
+            "a402Vault": contract.address, "transaction": tx}
+    return _say(flags, out, f"{flags.amount} deposited into A402Vault {contract.address} for "
+                f"{participant}: unconfirmed until the vault's next settlement, then free\n"
+                + table(("participant", "amount", "transaction"),
+                        [(participant, flags.amount, tx)]), data)
+
+
+def _balance(flags: ParticipantFlags, out: TextIO, _: TextIO) -> int:
+    b = _Vault(flags).get("/v1/vault/balance")
+    return _say(flags, out, f"{b['free']} free in the vault for {b['participant']} "
+                "(yours to spend or pay out)\n" + table(
+                    ("free", "locked", "unconfirmed", "payout queued", "owed on-chain"),
+                    [(b["free"], b["locked"], b["unconfirmed"], b["payoutRequested"],
+                      b["owedOnChain"])]), b)
+
+
+def _statement(flags: ParticipantFlags, out: TextIO, _: TextIO) -> int:
+    vault = _Vault(flags)
+    s = {**vault.get("/v1/vault/statement"), "a402Vault": vault.info["a402Vault"]}
+    if flags.out:
+        try:
+            with open(flags.out, "w") as f:
+                json.dump(s, f, indent=2)
+        except OSError as e:
+            raise CommandError(2, "usage", f"cannot write {flags.out}: {e}") from None
+    return _say(flags, out, f"your latest statement: {s['balance']} free + {s['locked']} locked,"
+                " signed by the vault's enclave (force-settle with it if the vault goes dark)\n"
+                + table(("participant", "index", "balance", "locked", "epoch", "nonce"),
+                        [(s["participant"], s["index"], s["balance"], s["locked"], s["epoch"],
+                          s["nonce"])]), s)
+
+
+def _withdraw(flags: ParticipantFlags, out: TextIO, _: TextIO) -> int:
+    if not flags.amount or flags.amount <= 0:
+        raise CommandError(2, "usage", "nothing moved: withdraw needs --amount (atomic units)")
+    w = _Vault(flags).post("/v1/vault/withdraw", {"amount": str(flags.amount)})
+    return _say(flags, out, f"nothing moved yet: {w['queued']} queued for payout to "
+                f"{w['participant']} in the next settlement batch\n"
+                + table(("participant", "queued"), [(w["participant"], w["queued"])]), w)
+
+
+def _settle_now(flags: ParticipantFlags, out: TextIO, err: TextIO) -> int:
+    vault = _Vault(flags)
+    with Progress(err, "settling"):
+        r = vault.post("/v1/vault/settle-now")
+    rows = [(x["epoch"], x["payees"], x["tx"]) for x in r["landed"]]
+    head = (f"{len(rows)} settlement(s) landed, paying {sum(x[1] for x in rows)} payee(s)"
+            if rows else "no settlement sent: no payout was queued and no deposit or payment "
+                         "was due (the worker may just have settled them: see `status`)")
+    return _say(flags, out, head + ("\n" + table(("epoch", "payees", "transaction"), rows)
+                                    if rows else ""), r)
+
+
+def _status(flags: ParticipantFlags, out: TextIO, _: TextIO) -> int:
+    s = _Vault(flags).get("/v1/vault/status")
+    t = s["totals"]
+    last = s["lastSettlement"]
+    parts = [
+        f"vault {s['vault']} on A402Vault {s['a402Vault']}: {s['onChain']} held on-chain; "
+        f"accounts hold {t['free']} free, {t['locked']} locked, {t['pending']} pending, "
+        f"{t['unconfirmed']} unconfirmed",
+        table(("epoch signed", "epoch landed", "lease holder", "last settlement tx"),
+              [(s["epoch"], s["landedEpoch"], s.get("leaseHolder") or "-",
+                "-" if last is None else last["tx"])]),
+        "", "accounts",
+        table(("participant", "free", "locked", "unconfirmed"),
+              [(a["participant"], a["free"], a["locked"], a["unconfirmed"])
+               for a in s["accounts"]]) if s["accounts"] else "(none)",
+        "", "open channels",
+        table(("channel", "client", "provider", "status", "balance"),
+              [(c["channelId"][:18] + "…", c["client"], c["provider"], c["status"],
+                c["balance"]) for c in s["channels"]]) if s["channels"] else "(none)",
+        "", "pending settlements: signed, not landed yet",
+        table(("epoch", "payees", "not before (chain time)"),
+              [(u["epoch"], u["payees"], u["notBefore"]) for u in s["unlanded"]])
+        if s["unlanded"] else "(none)",
+        "", "payouts queued for the next batch",
+        table(("participant", "amount"),
+              [(p["participant"], p["amount"]) for p in s["pendingPayouts"]])
+        if s["pendingPayouts"] else "(none)",
+    ]
+    if s.get("droppedPayouts"):
+        parts += ["", "payout requests dropped unpaid (nothing moved for them)",
+                  table(("participant", "amount", "why"),
+                        [(d["participant"], d["amount"], d["reason"])
+                         for d in s["droppedPayouts"]])]
+    return _say(flags, out, "\n".join(parts), s)
+
+
+def _exit(flags: ParticipantFlags, out: TextIO, err: TextIO) -> int:
+    """The escape hatch, vault or no vault: ``initForceSettle`` with the statement file;
+    run again after the dispute window: ``finalForceSettle`` pays the statement out."""
+    from a402.chain.node import connect
+    from a402.chain.tx import TransactionFailed
+    from a402.crypto.vault_messages import BalanceStatement
+    from a402.keys import load_key_file
+    from a402.vault_contract import A402Vault, AccountStatus
+
+    if not flags.rpc or not flags.statement:
+        raise CommandError(2, "usage", "nothing moved: exit needs --rpc and --statement FILE")
+    try:
+        key = load_key_file(flags.key_file)
+        with open(flags.statement) as f:
+            kept = json.load(f)
+        st = BalanceStatement(str(kept["participant"]), int(kept["index"]),
+                              int(kept["balance"]), int(kept["locked"]), int(kept["epoch"]),
+                              int(kept["nonce"]))
+        signature = bytes.fromhex(str(kept["signature"]).removeprefix("0x"))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CommandError(2, "usage", f"nothing moved: {e}") from None
+    address = flags.a402_vault or kept.get("a402Vault")
+    if address is None:
+        address = _Vault(flags).info["a402Vault"]
+    chain = connect(flags.rpc, [key.key])
+    contract = A402Vault(chain, str(address))
+    now = int(chain.w3.eth.get_block("latest")["timestamp"])
+    status = contract.status(st.participant)
+    try:
+        if status is AccountStatus.ACTIVE:
+            with Progress(err, "force-settling"):
+                receipt = contract.init_force_settle(key, st, signature)
+            deadline = contract.force_settle(st.participant).deadline
+            data = {"ok": True, "moved": False, "step": "initiated", "deadline": deadline,
+                    "balance": str(st.balance + st.locked), "transaction":
+                    _hex(receipt["transactionHash"])}
+            return _say(flags, out, f"nothing moved yet: force-settle started for "
+                        f"{st.participant} with {st.balance + st.locked} (statement nonce "
+                        f"{st.nonce}); run `a402 vault exit` again after {deadline} (chain "
+                        f"time; now {now}); a newer statement may replace it until then", data)
+        if status is AccountStatus.SETTLING:
+            recorded = contract.force_settle(st.participant)
+            if now < recorded.deadline:
+                raise CommandError(4, "window_open", f"nothing moved: the dispute window "
+                                   f"closes at {recorded.deadline} (chain time now {now})")
+            before = contract.owed(st.participant)
+            with Progress(err, "paying out"):
+                receipt = contract.final_force_settle(key, st.participant)
+            paid = sum(int(e["payout"]) for e in contract.events("ForceSettleFinalized",
+                                                                    receipt))
+            data = {"ok": True, "moved": True, "step": "finalized", "paid": str(paid),
+                    "owedOnChain": str(contract.owed(st.participant) - before),
+                    "transaction": _hex(receipt["transactionHash"])}
+            return _say(flags, out, f"{paid} paid out to {st.participant} by A402Vault "
+                        f"{contract.address}\n" + table(
+                            ("participant", "paid", "transaction"),
+                            [(st.participant, paid, data["transaction"])]), data)
+    except TransactionFailed as e:
+        raise CommandError(1, "reverted", f"nothing moved: the contract refused ({e})") from None
+    raise CommandError(4, "already_settled", f"nothing moved: {st.participant} has already "
+                                             "left this vault")
+
+
+def _hex(value: Any) -> str:
+    if isinstance(value, bytes | bytearray):
+        return "0x" + bytes(value).hex().removeprefix("0x")
+    text = str(value)
+    return text if text.startswith("0x") else "0x" + text
+
+
+_ACTIONS = {"deposit": _deposit, "balance": _balance, "statement": _statement,
+            "withdraw": _withdraw, "settle-now": _settle_now, "status": _status,
+            "exit": _exit}
+
+__all__ = ["ACTIONS", "main", "table"]

@@ -1,0 +1,186 @@
+"""``a402 vault deposit|balance|statement|withdraw|settle-now|status`` against a vault-mode
+vault served over HTTP (its worker reading deposits and settling), on anvil."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from eth_account.signers.local import LocalAccount
+
+from a402 import cli
+from a402.chain.node import Chain
+from a402.crypto.vault_messages import BalanceStatement
+from a402.vault.mode_app import create_mode_app
+from a402.vault.mode_command import main as vault_action
+from a402.vault_accounts import SignedStatement
+
+from ..servers import serve
+from .helpers import balance, funded
+from .test_service import Harness, h, verifies
+
+pytestmark = pytest.mark.anvil
+__all__ = ["h"]
+
+
+def key_file(tmp: Path, account: LocalAccount) -> str:
+    path = tmp / f"{account.address}.key"
+    path.write_text(account.key.hex())
+    path.chmod(0o600)
+    return str(path)
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = vault_action(list(argv), out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError("the worker did not get there in time")
+
+
+def test_participants_and_the_operator_use_the_vault_commands_with_tables_and_json(
+    h: Harness, vault_chain: Chain, usdc: Any, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    alice, bob = funded(vault_chain, usdc, 6_000), funded(vault_chain, usdc, 3_000)
+    ka, kb, kop = (key_file(tmp_path, a) for a in (alice, bob, h.operator))
+    with serve(create_mode_app(h.service)) as url:
+        common = ("--vault", url)
+        code, out, _ = run("deposit", *common, "--key-file", ka, "--rpc", vault_chain.rpc_url,
+                           "--amount", "6000")
+        assert code == 0 and out.startswith("6000 deposited into A402Vault")
+        assert "participant" in out and alice.address in out
+        code, out, _ = run("deposit", *common, "--key-file", kb, "--rpc", vault_chain.rpc_url,
+                           "--amount", "3000", "--json")
+        assert code == 0 and json.loads(out)["amount"] == "3000"
+        assert balance(usdc, h.contract.address) == 9_000
+
+        # the worker reads both deposits and confirms them in a settlement
+        def free(key: str) -> str:
+            code, out, _ = run("balance", *common, "--key-file", key, "--json")
+            assert code == 0
+            return str(json.loads(out)["free"])
+        wait_for(lambda: free(ka) == "6000" and free(kb) == "3000")
+        code, out, _ = run("balance", *common, "--key-file", ka)
+        assert out.splitlines()[0] == f"6000 free in the vault for {alice.address} (yours to " \
+                                      "spend or pay out)"
+        assert out.splitlines()[1].split() == ["free", "locked", "unconfirmed", "payout",
+                                               "queued", "owed", "on-chain"]
+
+        saved = tmp_path / "statement.json"
+        code, out, _ = run("statement", *common, "--key-file", ka, "--out", str(saved))
+        assert code == 0 and "6000 free + 0 locked" in out
+        kept = json.loads(saved.read_text())
+        signed = SignedStatement(BalanceStatement(
+            kept["participant"], kept["index"], int(kept["balance"]), int(kept["locked"]),
+            kept["epoch"], kept["nonce"]), bytes.fromhex(kept["signature"][2:]))
+        assert verifies(h, signed) and signed.statement.balance == 6_000
+
+        code, out, _ = run("withdraw", *common, "--key-file", ka, "--amount", "2500")
+        assert code == 0 and out.startswith("nothing moved yet: 2500 queued")
+        code, out, err = run("withdraw", *common, "--key-file", kb, "--amount", "9999")
+        assert code == 1 and "insufficient_balance" in err and out == ""
+        code, out, _ = run("withdraw", *common, "--key-file", kb, "--amount", "1000")
+        assert code == 0
+        # the scheduler's batch (two participants, window 0) lands from the worker
+        wait_for(lambda: balance(usdc, alice.address) == 2_500
+                 and balance(usdc, bob.address) == 1_000)
+        assert balance(usdc, h.contract.address) == 5_500
+
+        code, out, err = run("status", *common, "--key-file", ka)
+        assert code == 1 and "not_operator" in err
+        code, out, _ = run("status", *common, "--key-file", kop)
+        assert code == 0
+        print(out)
+        assert "accounts hold 5500 free, 0 locked" in out
+        assert alice.address in out and bob.address in out
+        assert h.service.landed[-1].tx_hash in out
+        assert "pending settlements: signed, not landed yet\n(none)" in out
+        code, out, _ = run("status", *common, "--key-file", kop, "--json")
+        status = json.loads(out)
+        assert status["landedEpoch"] == status["epoch"] >= 2
+        assert status["leaseHolder"] and status["pendingPayouts"] == []
+        assert status["unlanded"] == []
+
+        code, out, _ = run("withdraw", *common, "--key-file", kb, "--amount", "500")
+        code, out, err = run("settle-now", *common, "--key-file", kop)
+        assert code == 0 and out.startswith("1 settlement(s) landed, paying 1 payee(s)")
+        assert balance(usdc, bob.address) == 1_500
+        # through the `a402` entry point too
+        capsys.readouterr()
+        assert cli.main(["vault", "balance", *common, "--key-file", kb, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["free"] == "1500"
+
+
+def test_a_settlement_slower_than_a_second_shows_a_progress_line_and_a_fast_one_none() -> None:
+    from a402.vault.mode_command import Progress
+
+    slow = io.StringIO()
+    with Progress(slow, "settling", after=0.05):
+        time.sleep(0.5)
+    assert slow.getvalue().startswith("\rsettling ")
+    assert "settling: done in 0." in slow.getvalue()
+    fast = io.StringIO()
+    with Progress(fast, "settling", after=1.0):
+        time.sleep(0.01)
+    assert fast.getvalue() == ""
+
+
+def test_with_the_vault_stopped_a402_vault_exit_pays_each_side_its_statement(
+    h: Harness, vault_chain: Chain, usdc: Any, tmp_path: Path
+) -> None:
+    from a402.vault.mode import statement_json
+
+    from .helpers import SETTLE_WINDOW, increase_time
+    from .test_service import PRICE
+
+    client = funded(vault_chain, usdc)
+    provider = h.vm.provider()
+    gas = funded(vault_chain, usdc)
+    h.deposit(client.address, 9_000)
+    with serve(create_mode_app(h.service, worker=False)) as url:
+        h.service.tick()
+        cid, side, _ = h.open(client, provider, 4 * PRICE)
+        for i in range(3):
+            h.pay(cid, side, client, f"e{i}")
+        h.service.close(cid)
+        increase_time(vault_chain, 3_601)
+        h.service.tick()  # the provider's earnings are in its account and statement
+        mine = tmp_path / "client-statement.json"
+        code, _, _ = run("statement", "--vault", url, "--key-file", key_file(tmp_path, client),
+                         "--out", str(mine))
+        assert code == 0
+    # The vault is gone. The provider kept the statement handed to it after the change.
+    theirs = tmp_path / "provider-statement.json"
+    theirs.write_text(json.dumps({**statement_json(h.service.statement(provider.address)),
+                                  "a402Vault": h.contract.address}))
+    del h.service
+    for path, payer in ((mine, client), (theirs, gas)):  # anyone may pay the gas
+        code, out, err = run("exit", "--key-file", key_file(tmp_path, payer), "--rpc",
+                             vault_chain.rpc_url, "--statement", str(path))
+        assert code == 0 and out.startswith("nothing moved yet: force-settle started"), err
+    code, out, err = run("exit", "--key-file", key_file(tmp_path, client), "--rpc",
+                         vault_chain.rpc_url, "--statement", str(mine))
+    assert code == 4 and "the dispute window closes at" in err
+    increase_time(vault_chain, SETTLE_WINDOW)
+    code, out, _ = run("exit", "--key-file", key_file(tmp_path, client), "--rpc",
+                       vault_chain.rpc_url, "--statement", str(mine), "--json")
+    assert code == 0 and json.loads(out)["paid"] == "6000"
+    code, out, _ = run("exit", "--key-file", key_file(tmp_path, gas), "--rpc",
+                       vault_chain.rpc_url, "--statement", str(theirs))
+    assert code == 0 and out.startswith(f"3000 paid out to {provider.address}")
+    assert h.paid_to(client.address) == 6_000 and h.paid_to(provider.address) == 3_000
+    assert balance(usdc, h.contract.address) == 0
