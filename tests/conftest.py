@@ -36,6 +36,21 @@ authorizations against its clock, so a test that needs these starts its own
 anvil (``start_anvil()``) instead."""
 
 
+@pytest.fixture(scope="session", autouse=True)
+def payment_history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``a402 pay`` records each payment (``a402.client.history``); in the tests, in a
+    file of the session's, for in-process runs and child processes alike, never in the
+    working directory."""
+    path = str(tmp_path_factory.mktemp("history") / "payments.jsonl")
+    before = os.environ.get("A402_HISTORY")
+    os.environ["A402_HISTORY"] = path
+    yield path
+    if before is None:
+        os.environ.pop("A402_HISTORY", None)
+    else:
+        os.environ["A402_HISTORY"] = before
+
+
 @pytest.fixture(scope="session")
 def anvil_chain() -> Iterator[Chain]:
     with start_anvil(accounts=12) as chain:

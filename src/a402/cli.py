@@ -75,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_mandate_arguments(mandate)
     mandate.set_defaults(run=run_mandate)
 
+    from a402.client.mandate_command import add_audit_arguments, run_audit
+
+    audit = commands.add_parser(
+        "audit", help="print the evidence chain of mandated payments and verify every "
+                      "signature in it, offline")
+    add_audit_arguments(audit)
+    audit.set_defaults(run=run_audit)
+
     from a402.agents.cli import add_agents_arguments, run_agents
 
     agents = commands.add_parser("agents", help="register, update, show, search and rate "
@@ -115,6 +123,25 @@ def build_parser() -> argparse.ArgumentParser:
                      "the vault")
     add_pool_arguments(pool)
     pool.set_defaults(run=run_pool)
+
+    from a402.client.history import add_balance_arguments, run_balance
+
+    balance = commands.add_parser("balance", help="a key's money: wallet, pools, channels")
+    add_balance_arguments(balance)
+    balance.set_defaults(run=run_balance)
+
+    from a402.client.history import add_payments_arguments, run_payments
+
+    payments = commands.add_parser("payments", help="list payments: this machine's, or a "
+                                   "facilitator's, gateway's or vault's (operator token)")
+    add_payments_arguments(payments)
+    payments.set_defaults(run=run_payments)
+
+    from a402.client.history import add_receipt_arguments, run_receipt
+
+    receipt = commands.add_parser("receipt", help="one payment end to end, checked on-chain")
+    add_receipt_arguments(receipt)
+    receipt.set_defaults(run=run_receipt)
 
     vault = commands.add_parser(
         "vault", help="run the Liquidity Vault (pays A402 for clients); vault mode: "

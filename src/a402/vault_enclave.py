@@ -55,6 +55,12 @@ What each signature requires (the safety argument):
   also needs the channel's provider key to have been seen here as the
   attested key of a tunnel's peer (see *Tunnel binding*), and a channel the
   ledger has as refunded or settled gets none.
+* **Mandates** — a client bound to an owner's mandate gets no request sent (so no
+  σ_U) outside it: :meth:`VaultEnclaveCode._mandate` asks the sealed
+  :class:`~a402.mandate.enclave.MandateBook` (owner's signature, agent = the
+  call's signer, cap, payees, origins, validity, schemes, networks, assets and the
+  budget, reserved before EXEC and spent with σ_U), whose docstring states what the
+  host can still do (withhold a revocation, within its bounds).
 * **Channel states, closes** — only the machine's own: the state after a REVEAL
   whose ``t·G = T`` (paying exactly the request's δ), and the final state with
   the latest balances.
@@ -198,6 +204,8 @@ from a402.crypto import PaymentDomain
 from a402.evm.address import address_key, to_checksum
 from a402.evm.ecdsa import public_key_address
 from a402.exact.eip3009 import Eip712Domain
+from a402.mandate.enclave import MandateBook, RegistryRead
+from a402.mandate.policy import MandateRefused, ProposedPayment
 from a402.tee import (
     CHANNEL_APPROVAL,
     CHANNEL_STATE,
@@ -445,6 +453,8 @@ class VaultEnclaveCode:
         #: first ``createdAt`` signs another, and must not pay the key twice.
         self._paid_keys: dict[tuple[str, str], int] = {}
         self._reserved: dict[tuple[str, str], bytes] = {}
+        #: The owners' mandates the clients pay under (sealed with the ledger).
+        self._mandates = MandateBook()
         #: The ledger's version, sealed with it: one more on its first change after each
         #: export (see :meth:`restore_ledger`); ``_unsaved``: changed since the export.
         self._version = 0
@@ -525,6 +535,7 @@ class VaultEnclaveCode:
                          for cid, e in self._channels.items()},
             "newest": {k: v for k, v in self._newest.items()},
             "clock": self._clock, "wall": self._wall, "life": self._life.hex(),
+            "mandates": self._mandates.to_json(),
         }
         return self._kernel.seal(_LEDGER_LABEL, jsonbytes.dumps(record))
 
@@ -567,6 +578,7 @@ class VaultEnclaveCode:
             clock = int(record.get("clock", 0))
             wall = int(record.get("wall", 0))
             life = bytes.fromhex(record.get("life", ""))
+            mandates = MandateBook.from_json(record.get("mandates"))
         except (ValueError, KeyError, TypeError, IndexError) as e:
             raise EnclaveError("malformed", str(e)) from None
         if version < self._version:
@@ -583,6 +595,7 @@ class VaultEnclaveCode:
         self._clock = max(self._clock, clock)
         self._wall = max(self._wall, wall)
         self._life = life
+        self._mandates = mandates
         self._ready, self._first_boot = True, False
         if not life:  # a legacy ledger: this vault's life starts now (see above)
             self._life = os.urandom(32)
@@ -807,6 +820,7 @@ class VaultEnclaveCode:
         if address_key("0x" + terms.client.hex()) != owner:
             raise EnclaveError("not_your_channel",
                                "a pool channel's client is the client who signed the call")
+        self._mandate(signed, invoke, terms, 0, None)
         channel_id = terms.channel_id(self.domain)
         entry = self._channels.get(channel_id)
         if entry is None:
@@ -975,12 +989,61 @@ class VaultEnclaveCode:
         if invoke.max_price < amount:
             raise EnclaveError("price_above_maximum",
                                f"{amount} > the call's maximum {invoke.max_price}")
-        exec_ = held.channel.request(paid_request(invoke).encode(), amount, now=now)
+        book_key = self._mandate(signed, invoke, held.channel.terms, amount, once)
+        try:
+            exec_ = held.channel.request(paid_request(invoke).encode(), amount, now=now)
+        except BaseException:
+            if book_key is not None:
+                self._mandates.release(book_key)
+            raise
         assert invoke.created_at is not None  # _once refuses a call without it
         held.call = _Binding(client, key[1], invoke.created_at)
         self._reserved[key] = channel_id
         self._advance(client, signed.timestamp)
         return exec_
+
+    def _mandate(self, signed: api.Authenticated, invoke: api.InvokeRequest,
+                 terms: ChannelTerms, amount: int, once: str | None) -> str | None:
+        """The one mandate check (:mod:`a402.mandate.enclave`): the payment as this code
+        sees it (payee = the channel's provider, asset = its token, this chain, scheme
+        ``a402``, δ, the call's URL) within the client's mandate, else ``EnclaveError``
+        with the ``mandate_*`` reason and nothing reserved or signed. With ``once`` (a
+        request about to go out) δ is reserved under the call's key, which it returns."""
+        client = address_key(signed.client)
+        key = None if once is None else f"{client}|{once}"
+        payment = ProposedPayment(
+            agent=client, payee="0x" + terms.provider.hex(), network=self.network,
+            asset=self.token.verifying_contract, scheme="a402", amount=amount, url=invoke.url)
+        try:
+            mandate = self._mandates.check(
+                agent=client, document=invoke.mandate, confirmation=invoke.mandate_confirmation,
+                payment=payment, now=self._wall, signed_at=signed.timestamp, key=key)
+        except MandateRefused as e:
+            raise EnclaveError(e.reason, f"nothing was paid: {e.detail or e.reason}") from None
+        finally:
+            if self._mandates.changed:
+                self._mandates.changed = False
+                self._changed()
+        return None if mandate is None else key
+
+    def mandate_read(self, read: RegistryRead) -> None:
+        """The host's read of a mandate's registry (see :mod:`a402.mandate.enclave`)."""
+        self._mandates.read(read)
+        if self._mandates.changed:
+            self._mandates.changed = False
+            self._changed()
+
+    def _book(self, held: _Held, spent: bool) -> None:
+        """σ_U was signed for the call in flight (``spent``), or it ended without."""
+        if held.call is not None:
+            key = f"{held.call.client}|{held.call.once}"
+            if spent:
+                self._mandates.spent(key)
+            else:
+                self._mandates.release(key)
+            if self._mandates.changed:
+                self._mandates.changed = False
+                self._changed()
 
     def _release(self, held: _Held) -> None:
         if held.call is not None:
@@ -991,7 +1054,11 @@ class VaultEnclaveCode:
         for event in step.events:
             if isinstance(event, PaymentAuthorized) and held.call is not None:
                 self._consume(held, held.call)
+                self._book(held, spent=True)
             elif isinstance(event, RequestExpired | RequestAbandoned | ResultDelivered):
+                if isinstance(event, ResultDelivered):
+                    self._book(held, spent=True)
+                self._book(held, spent=False)  # released: given back only if never signed
                 self._release(held)
         return step
 
@@ -1093,6 +1160,8 @@ class VaultEnclaveCode:
         if call is not None:
             held.call = _Binding(call[0], call[1], int(call[2]))
             self._reserved[(call[0], call[1])] = channel_id
+            if channel.status is Status.PENDING:  # σ_U was signed: its δ stays spent
+                self._book(held, spent=True)
         self._advance(held.owner, int(record.get("newest", record.get("highWater", 0))))
         for client, nonce, timestamp in record["consumed"]:
             self._consume(held, _Binding(client, nonce, int(timestamp)))
@@ -1303,6 +1372,12 @@ class VaultEnclave:
     def settled(self, channel_id: bytes, client_payout: int) -> int:
         with self._code.lock:
             return self._code.settled(channel_id, client_payout)
+
+    def mandate_read(self, read: RegistryRead) -> None:
+        """Hand the enclave a read of a mandate's registry (``isRevoked`` at a block): a
+        call under that mandate pays only with a fresh one (:mod:`a402.mandate.enclave`)."""
+        with self._code.lock:
+            self._code.mandate_read(read)
 
     def channel(self, channel_id: bytes) -> EnclaveChannel | None:
         if channel_id not in self._code._held:

@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from a402.asc import Status, VaultChannel
 from a402.background import serve_in_thread
+from a402.observe import OperatorRoutes
 from a402.provider import a402_app, create_gateway
 from a402.provider.a402_payments import A402Payments
 from a402.provider.a402_runtime import ProviderRuntime
@@ -430,5 +431,6 @@ async def test_the_gateway_routes_the_stream_to_the_a402_endpoint(world: World) 
     assert calls["weather"] == 1
     assert gateway.streams[0][0] == STREAM_PATH and gateway.posts(MESSAGE_PATH) == 0
     assert gateway.answers == ["frame"] * len(gateway.frames) + ["close:1003"]  # the proxy's
-    assert isinstance(gateway.app, A402Payments)
-    conserved(channel, gateway.app.runtime)
+    operator = gateway.app  # /metrics and /operator/… in front (a402.observe)
+    assert isinstance(operator, OperatorRoutes) and isinstance(operator.app, A402Payments)
+    conserved(channel, operator.app.runtime)

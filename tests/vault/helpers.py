@@ -24,6 +24,7 @@ from sqlalchemy import create_engine, select
 from a402.background import serve_in_thread
 from a402.client.vault import ExpectedVault, VaultClient
 from a402.exact.eip3009 import Eip712Domain
+from a402.observe import Observer
 from a402.tee import AttestationPolicy
 from a402.vault import store as vault_store
 from a402.vault.app import create_app
@@ -86,11 +87,12 @@ _SETTINGS_GROUPS: dict[str, type[Any]] = {
 
 @contextlib.contextmanager
 def running_vault(world: World, *, db_url: str | None = None,
-                  account: LocalAccount | None = None, **overrides: Any) -> Iterator[Vault]:
+                  account: LocalAccount | None = None, observer: Observer | None = None,
+                  **overrides: Any) -> Iterator[Vault]:
     account = account or fresh_account(world.chain)
     store = VaultStore(db_url or f"sqlite:///{world.tmp}/vault-{account.address}.db")
     service = VaultService(vault_config(world, account, store, **overrides))
-    with serve_in_thread(create_app(service)) as url:
+    with serve_in_thread(create_app(service, observer=observer)) as url:
         yield Vault(service, url, account, store)
     store.close()
 

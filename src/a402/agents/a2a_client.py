@@ -15,6 +15,12 @@ What is trusted, and why:
   rules apply (wallet allow-lists, per-request maximum, budget: ``a402.client``).
   A refusal is answered with ``payment-rejected`` so the agent can close the task,
   and raised as ``PaymentRefused``; nothing was signed.
+- With an owner's mandate (``mandate=MandateGuard(...)``), every offer is also judged
+  by it, as an ``exact`` payment for the task's skill (``send(..., skill=...)``) at
+  the card's URL: a task whose skill the mandate does not allow (or that names
+  none when the mandate lists skills) is refused with ``mandate_skill_not_allowed``
+  before anything is signed, and so is any offer outside the mandate's other
+  limits; the mandate's budget is reserved durably before signing.
 - One task gets at most one signature. When the agent says "try again"
   (``facilitator_unavailable``, ``settlement_pending``) or the connection drops
   after submitting, the *same* payload is resent: a second authorization could
@@ -25,10 +31,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
+import logging
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import urlsplit
 
 import anyio
@@ -62,7 +70,7 @@ from a402.agents.a2a_card import (
 )
 from a402.client import errors as client_errors
 from a402.client.budget import Budget
-from a402.client.choose import choose
+from a402.client.choose import choose_within
 from a402.client.errors import PaymentError, PaymentRefused
 from a402.client.limits import MaxAmount, as_max_amount
 from a402.client.wallet import Wallet
@@ -71,10 +79,17 @@ from a402.wire.errors import WireError
 from a402.wire.jsonstrict import loads_object
 from a402.wire.x402 import PaymentPayload, PaymentRequired, SettleResponse, parse_payment_required
 
+if TYPE_CHECKING:  # the guard loads the spend store (SQLAlchemy): only a mandate needs it
+    from a402.mandate.guard import MandateGuard
+
+log = logging.getLogger(__name__)
+
 WireVersion = Literal["1.0", "0.3"]
 
 OFFER_NOT_ON_CARD: Final = "offer_not_on_card"
 """``PaymentRefused`` reason: the agent asked for terms its on-chain card does not state."""
+SKILL_NOT_ON_CARD: Final = "skill_not_on_card"
+"""``PaymentRefused`` reason: the task names a skill the agent's card does not declare."""
 DEFAULT_TIMEOUT: Final = 60.0
 """The paid answer waits for an on-chain settlement; httpx's 5 s default is too short."""
 MAX_CARD_BYTES: Final = 1 << 20
@@ -204,15 +219,17 @@ class PayingAgentClient:
     """Sends tasks to discovered agents over a2a-sdk, paying ``payment-required`` with x402.
 
     ``max_per_request`` / ``budget`` / the wallet's allow-lists are the paying
-    client's (``a402.client``); ``wire`` picks the A2A protocol version spoken
-    on the wire (``"1.0"``, or ``"0.3"`` for agents that only speak that).
+    client's (``a402.client``); ``mandate``: the owner's mandate every payment must
+    also fit (then ``max_per_request`` may be left out: the mandate's cap is the cap);
+    ``wire`` picks the A2A protocol version spoken on the wire (``"1.0"``, or ``"0.3"``
+    for agents that only speak that).
     """
 
     def __init__(
         self,
         wallet: Wallet | str | bytes | LocalAccount,
         *,
-        max_per_request: int | Mapping[str, int] | MaxAmount,
+        max_per_request: int | Mapping[str, int] | MaxAmount | None = None,
         budget: Budget | None = None,
         wire: WireVersion = "1.0",
         timeout: float = DEFAULT_TIMEOUT,
@@ -220,10 +237,21 @@ class PayingAgentClient:
         retries: int = 5,
         retry_delay: float = 1.0,
         http: httpx.AsyncClient | None = None,
+        mandate: MandateGuard | None = None,
     ) -> None:
         if wire not in ("1.0", "0.3"):
             raise ValueError(f"wire must be '1.0' or '0.3', not {wire!r}")
         self.wallet = wallet if isinstance(wallet, Wallet) else Wallet(wallet)
+        if mandate is not None and address_key(mandate.agent) != address_key(
+                self.wallet.address):
+            raise ValueError(f"the mandate is for {mandate.agent}, the wallet is "
+                             f"{self.wallet.address}")
+        self.mandate = mandate
+        if max_per_request is None:
+            if mandate is None:
+                raise TypeError("max_per_request is required (or a mandate, whose cap it "
+                                "then is)")
+            max_per_request = 1 << 256  # the mandate's cap judges (mandate_cap_exceeded)
         self.max_amount = as_max_amount(max_per_request)
         self.budget = budget
         self.wire = wire
@@ -243,9 +271,16 @@ class PayingAgentClient:
         if self._own_http:
             await self.http.aclose()
 
-    async def send(self, agent: DiscoveredAgent, text: str) -> PaidResult:
-        """Run one task: send ``text``, pay what the on-chain card says, return result + receipt."""
-        paid_task = _PaidTask(self, agent)
+    async def send(self, agent: DiscoveredAgent, text: str, *, skill: str | None = None
+                   ) -> PaidResult:
+        """Run one task: send ``text``, pay what the on-chain card says, return result + receipt.
+        ``skill``: the card's skill the task is for (what a mandate's skill list judges); a
+        skill the card does not declare is refused before anything is sent."""
+        if skill is not None and skill not in {s.id for s in agent.card.skills}:
+            raise PaymentRefused(SKILL_NOT_ON_CARD, f"the agent's card declares no skill "
+                                 f"{skill!r:.60}; nothing was sent, signed or paid",
+                                 url=agent.card_url)
+        paid_task = _PaidTask(self, agent, skill)
         try:
             return await paid_task.run(text)
         finally:
@@ -255,8 +290,10 @@ class PayingAgentClient:
 class _PaidTask:
     """One task with one agent: the a2a-sdk client and the per-task payment state."""
 
-    def __init__(self, owner: PayingAgentClient, agent: DiscoveredAgent) -> None:
-        self.owner, self.agent = owner, agent
+    def __init__(self, owner: PayingAgentClient, agent: DiscoveredAgent,
+                 skill: str | None = None) -> None:
+        self.owner, self.agent, self.skill = owner, agent, skill
+        self.held: Any = None  # the mandate's reservation for this task's payment
         config = ClientConfig(streaming=False, httpx_client=owner.http,
                               supported_protocol_bindings=[TransportProtocol.JSONRPC])
         self.client = ClientFactory(config).create(card_for_wire(agent.card, owner.wire))
@@ -284,7 +321,35 @@ class _PaidTask:
         except PaymentRefused:
             await self._decline(task)
             raise
-        return await self._submit(task, payload)
+        try:
+            result = await self._submit(task, payload)
+        except PaymentError as e:
+            self._evidence(text, payload, None, f"failed: {e}", None)
+            raise
+        receipt = None if result.receipt is None else json.loads(
+            result.receipt.model_dump_json(by_alias=True, exclude_none=True))
+        self._evidence(text, payload, receipt, "completed", result.text)
+        return result
+
+    def _evidence(self, text: str, payload: PaymentPayload, settlement: dict[str, Any] | None,
+                  status: str, result: str | None) -> None:
+        """The task's record in the mandate's evidence chain (:mod:`a402.client.audit`):
+        the payment was signed and submitted, so a failure to write is logged, not raised."""
+        mandate = self.owner.mandate
+        if mandate is None:
+            return
+        from a402.client.audit import a2a_record  # loads the store's SQLAlchemy tables
+
+        try:
+            fields = a2a_record(
+                mandate=mandate.mandate_hash, agent=self.owner.wallet.address,
+                card_url=self.agent.card_url, skill=self.skill, text=text, payload=payload,
+                settlement=settlement, status=status[:200], result=result)
+            mandate.record(fields, self.owner.wallet.sign_evidence, reservation=self.held,
+                           payment_ref=str(payload.payload["authorization"]["nonce"]))
+        except Exception as e:
+            log.error("a paid task's payment was signed and sent, but its evidence record "
+                      "could not be written (%s: %s)", type(e).__name__, e)
 
     # --- paying
 
@@ -306,8 +371,9 @@ class _PaidTask:
                 url=self.agent.card_url, offered=required.accepts,
             )
         required = required.model_copy(update={"accepts": on_card})
-        offer, reservation = choose(required, owner.wallet, owner.max_amount, owner.budget,
-                                    url=self.agent.card_url)
+        offer, reservation, held = choose_within(
+            required, owner.wallet, owner.max_amount, owner.budget, owner.mandate,
+            url=self.agent.card_url, skill=self.skill)
         try:
             payload = owner.wallet.sign(
                 offer.requirements, resource=required.resource,
@@ -319,12 +385,17 @@ class _PaidTask:
                     or address_key(auth["to"]) != address_key(offer.pay_to)):
                 raise ValueError("signed value/recipient differ from the offer")
         except Exception as e:
-            # Nothing left this process, so the reservation may go back.
+            # Nothing left this process, so the reservations may go back.
             if reservation is not None and owner.budget is not None:
                 owner.budget.release(reservation)
+            if held is not None and owner.mandate is not None:
+                owner.mandate.release(held)
             raise PaymentRefused(client_errors.SIGNING_FAILED, f"{type(e).__name__}: {e}",
                                  offered=required.accepts) from e
         assert isinstance(payload, PaymentPayload)
+        # Signed: its amount never comes back. The mandate's reservation stays counted and
+        # is marked signed with the task's evidence record, in one commit (_evidence).
+        self.held = held
         return payload
 
     async def _submit(self, task: Task, payload: PaymentPayload) -> PaidResult:

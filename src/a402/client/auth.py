@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import threading
 import time
 import uuid
@@ -67,6 +68,8 @@ from a402.wire.x402 import AnyPaymentPayload, AnyPaymentRequired, PaymentPayload
 
 if TYPE_CHECKING:
     from a402.mandate.guard import MandateGuard
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "PAYMENT_EXTENSION",
@@ -294,23 +297,14 @@ class X402Auth(httpx.Auth):
             raise PaymentRefused(errors.SIGNING_FAILED,
                                  "signed value/recipient differ from the offer",
                                  url=url, offered=required.accepts)
-        if held is not None and self.mandate is not None:
-            # Signed: from here its amount never comes back. Should this write fail the
-            # payload is not sent, and the reservation (still counted) errs on the safe side.
-            try:
-                self.mandate.signed(held, auth["nonce"])
-            except Exception as e:
-                raise PaymentRefused(
-                    errors.MANDATE_SPEND_UNAVAILABLE,
-                    f"the mandate's spend store failed ({type(e).__name__}: {e}); the "
-                    "authorization was signed but never sent, so nothing was paid (its "
-                    "amount stays counted in the mandate's spend)",
-                    url=url, offered=required.accepts) from e
+        # Signed: from here its amount never comes back. The mandate's reservation (held)
+        # stays counted; it is marked signed with the payment's evidence record, in one
+        # commit, once the answer came (:meth:`_evidence`), and nothing releases it.
         payment = Payment(
             method=request.method, url=url, offer=offer, payer=self.wallet.address,
             nonce=auth["nonce"], valid_before=int(auth["validBefore"]),
             header_name=_header_for(payload), header_value=encode_header(payload),
-            reservation=reservation,
+            reservation=reservation, mandate_reservation=held,
         )
         with self._lock:
             self._payments.append(payment)
@@ -324,11 +318,36 @@ class X402Auth(httpx.Auth):
             response = yield _with_header(request, payment.header_name, payment.header_value)
         except GeneratorExit:  # the attempt died without an answer
             payment.status = PaymentStatus.UNKNOWN
+            if self.mandate is not None:  # signed and sent: evidence, with no answer
+                self._evidence(request, payment, None)
             with self._lock:
                 self._unresolved[key] = payment
             raise
         conclude(payment, response)
         response.extensions[PAYMENT_EXTENSION] = payment
+        if self.mandate is not None:
+            self._evidence(request, payment, response)
+
+    def _evidence(self, request: httpx.Request, payment: Payment,
+                  response: httpx.Response | None) -> None:
+        """The payment's record in the mandate's evidence chain (:mod:`a402.client.audit`).
+        The payment was signed and sent whatever is written here, so a failure to write is
+        logged, never raised over the paid response."""
+        from a402.client.audit import exact_record  # loads the store's SQLAlchemy tables
+
+        assert self.mandate is not None
+        try:
+            fields = exact_record(
+                mandate=self.mandate.mandate_hash, agent=self.wallet.address, request=request,
+                header_value=payment.header_value, amount=payment.amount,
+                payee=payment.pay_to, network=payment.network, asset=payment.asset,
+                response=response)
+            self.mandate.record(fields, self.wallet.sign_evidence,
+                                reservation=payment.mandate_reservation,
+                                payment_ref=payment.nonce)
+        except Exception as e:
+            log.error("a payment of %s to %s was made, but its evidence record could not be "
+                      "written (%s: %s)", payment.amount, payment.pay_to, type(e).__name__, e)
 
     def _take_unresolved(self, key: str) -> Payment | None:
         """An earlier, unanswered payment for this request that could still settle.

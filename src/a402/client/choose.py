@@ -114,10 +114,13 @@ def overall_reason(rejections: list[Rejection]) -> str:
     return errors.NO_ACCEPTABLE_REQUIREMENT
 
 
-def proposed(offer: Offer, wallet: Wallet, url: str | None) -> ProposedPayment:
-    """The payment a mandate judges: an ``exact`` transfer of this offer, signed by the wallet."""
+def proposed(offer: Offer, wallet: Wallet, url: str | None, skill: str | None = None
+             ) -> ProposedPayment:
+    """The payment a mandate judges: an ``exact`` transfer of this offer, signed by the wallet
+    (``skill``: the A2A skill the task is for, None for HTTP)."""
     return ProposedPayment(agent=wallet.address, payee=offer.pay_to, network=offer.network,
-                           asset=offer.asset, scheme="exact", amount=offer.amount, url=url)
+                           asset=offer.asset, scheme="exact", amount=offer.amount, url=url,
+                           skill=skill)
 
 
 def choose(
@@ -154,6 +157,7 @@ def choose_within(
     mandate: MandateGuard | None,
     *,
     url: str | None = None,
+    skill: str | None = None,
 ) -> tuple[Offer, Reservation | None, MandateReservation | None]:
     """``choose``, and inside the owner's ``mandate`` too: its durable reservation is
     taken after the budget's and before anything is signed; an offer the mandate
@@ -164,7 +168,7 @@ def choose_within(
         allowed = []
         for offer in offers:
             try:
-                decision = mandate.precheck(proposed(offer, wallet, url))
+                decision = mandate.precheck(proposed(offer, wallet, url, skill))
             except Exception as e:  # the store cannot be read: refuse, never pay unrecorded
                 raise _unavailable(e, required, url) from e
             if decision or decision.reason == MANDATE_NEEDS_CONFIRMATION:
@@ -188,7 +192,7 @@ def choose_within(
         if mandate is None:
             return offer, reservation, None
         try:
-            return offer, reservation, mandate.reserve(proposed(offer, wallet, url))
+            return offer, reservation, mandate.reserve(proposed(offer, wallet, url, skill))
         except MandateRefused as e:
             if reservation is not None and budget is not None:
                 budget.release(reservation)  # nothing was signed for it

@@ -520,3 +520,96 @@ def _import(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     else:
         print("the SD-JWT file itself pays: `a402 pay --mandate FILE`", file=out)
     return EXIT_OK
+
+
+# ---------------------------------------------------------------- a402 audit
+
+EXIT_AUDIT_FAILED: Final = 4
+
+
+def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--spend-db", default=DEFAULT_SPEND_DB, metavar="URL",
+                        help="the spend store whose evidence chain to check "
+                             "(default: %(default)s)")
+    parser.add_argument("--mandate", metavar="HASH", help="show only this mandate's records "
+                        "(the whole chain is checked all the same)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def stored_mandates(engine: Any) -> dict[str, Any]:
+    """hash → the verified document, or the MandateError it fails with (a mandate whose
+    stored document was altered is named, not skipped)."""
+    from sqlalchemy import select
+
+    from a402.mandate.spend import load_document, mandates
+
+    found: dict[str, Any] = {}
+    with engine.connect() as conn:
+        for row in conn.execute(select(mandates.c.hash, mandates.c.document)):
+            try:
+                signed = load_document(row.document)
+                if signed.hash_hex != row.hash:
+                    raise MandateError("mandate_invalid", "the stored document is another "
+                                       "mandate than its hash")
+                found[row.hash] = signed
+            except MandateError as e:
+                found[row.hash] = e
+    return found
+
+
+def run_audit(args: argparse.Namespace, *, out: TextIO | None = None,
+              err: TextIO | None = None) -> int:
+    """Print the evidence chain as a table and check every signature in it, offline
+    (:mod:`a402.client.audit`). Exit 0 if every record holds, 4 naming the first that
+    does not."""
+    from a402.client.audit import audit
+    from a402.mandate.evidence import EvidenceLog
+    from a402.mandate.spend import SpendStore
+
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    url = args.spend_db
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+        print(f"a402 audit: no spend store at {url} (nothing was paid under a mandate there)",
+              file=err)
+        return EXIT_USAGE
+    store = SpendStore(url)
+    try:
+        lines = audit(EvidenceLog(store.engine).rows(), stored_mandates(store.engine))
+    finally:
+        store.close()
+    shown = [x for x in lines if args.mandate is None
+             or str(x.record.get("mandate", "")).lower() == args.mandate.lower()]
+    rows: list[dict[str, Any]] = []
+    for line in shown:
+        r, payment = line.record, line.record.get("payment") or {}
+        settlement = r.get("settlement") or {}
+        rows.append({
+            "seq": line.seq, "mandate": r.get("mandate"), "amount": payment.get("amount"),
+            "payee": payment.get("payee"),
+            "settlement": settlement.get("transaction") if isinstance(settlement, dict)
+            else None,
+            "request": (r.get("request") or {}).get("hash"), "result": r.get("result"),
+            "ok": line.ok, "problems": [f"{code}: {why}" for code, why in line.problems],
+        })
+    if args.json:
+        print(json.dumps(rows, indent=2), file=out)
+    else:
+        print(f"{'#':>4}  {'mandate':<14} {'amount':>10}  {'payee':<14} {'settlement':<14} "
+              f"{'request':<14} {'result':<14} check", file=out)
+        for row in rows:
+            def short(v: object) -> str:
+                return f"{str(v)[:12]}.." if v else "-"
+            check = "ok" if row["ok"] else "FAILED " + "; ".join(row["problems"])
+            print(f"{row['seq']:>4}  {short(row['mandate']):<14} {row['amount'] or '-':>10}  "
+                  f"{short(row['payee']):<14} {short(row['settlement']):<14} "
+                  f"{short(row['request']):<14} {short(row['result']):<14} {check}", file=out)
+    bad = [x for x in lines if not x.ok]
+    if bad:
+        first = bad[0]
+        print(f"a402 audit: {first.name} fails: "
+              + "; ".join(f"{c}: {w}" for c, w in first.problems)
+              + (f" ({len(bad)} record(s) fail in all)" if len(bad) > 1 else ""), file=err)
+        return EXIT_AUDIT_FAILED
+    print(f"a402 audit: {len(lines)} record(s), every signature and link verified", file=err)
+    return EXIT_OK

@@ -20,8 +20,9 @@ else the devnet manifest's), and the spend is reserved durably in ``--spend-db``
 (``sqlite:///.a402/mandates.db`` by default, so the budget spans invocations)
 before anything is signed. A payment outside it exits 3 with the mandate's reason
 (``mandate_cap_exceeded``...). ``--max`` then defaults to none (the mandate's
-per-payment maximum is the cap). Mandates are not yet enforced with ``--vault``,
-so the two are refused together.
+per-payment maximum is the cap). With ``--vault`` the mandate is signed into the
+vault call and the vault's enclave enforces it (its spend is the enclave's, sealed in
+the vault's ledger, not ``--spend-db``'s); a refusal exits 3 with its reason.
 
 With ``--vault URL`` the request goes through a Liquidity Vault, which pays
 the provider inside an A402 channel from the key's vault balance; the same
@@ -52,7 +53,14 @@ import httpx
 from a402.client.auth import DEFAULT_TIMEOUT, paying_auth
 from a402.client.budget import Budget
 from a402.client.errors import PaymentRefused
-from a402.client.limits import DEFAULT_DECIMALS, parse_token_amount, to_atomic, token_units_max
+from a402.client.history import record_payment
+from a402.client.limits import (
+    DEFAULT_DECIMALS,
+    as_max_amount,
+    parse_token_amount,
+    to_atomic,
+    token_units_max,
+)
 from a402.client.records import PaymentStatus, payment_of
 from a402.client.wallet import Wallet, load_account
 from a402.wire.errors import WireError
@@ -218,9 +226,6 @@ def run_pay(
     try:
         if not 0 <= args.decimals <= 36:
             raise UsageError("--decimals must be between 0 and 36")
-        if mandate_given and args.vault:
-            raise UsageError("--mandate is not enforced on the --vault path yet; refusing "
-                             "rather than paying outside it")
         cap = None
         if args.max is not None or not mandate_given:
             amount = args.max if args.max is not None else DEFAULT_MAX
@@ -239,6 +244,38 @@ def run_pay(
         return fail(EXIT_USAGE, str(e))
 
     guard = None
+    if mandate_given and args.vault:
+        # The vault's enclave enforces the mandate (it is signed into the call): this
+        # client sends the document; without --max the mandate's cap is the call's maximum.
+        from a402.client.mandates import DEFAULT_SPEND_DB
+        from a402.client.vault_pay import run_vault_pay
+        from a402.mandate.document import MandateError, load_signed
+        from a402.mandate.evidence import EvidenceLog
+        from a402.mandate.spend import SpendStore
+
+        try:
+            signed = load_signed(Path(args.mandate).read_text())
+        except (OSError, MandateError) as e:
+            return fail(EXIT_USAGE, f"--mandate {args.mandate}: {e}")
+        # The evidence of each paid call goes next to the spend store (a402 audit).
+        spend_db = args.spend_db or DEFAULT_SPEND_DB
+        try:
+            if spend_db.startswith("sqlite:///"):
+                Path(spend_db[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            store = SpendStore(spend_db)
+            store.register(signed)
+        except Exception as e:
+            return fail(EXIT_USAGE, f"cannot open the spend store {spend_db}: "
+                                    f"{type(e).__name__}: {e}")
+        try:
+            return run_vault_pay(args, read_key_file(args.key_file), wallet, method=method,
+                                 headers=headers, content=content,
+                                 cap=cap if cap is not None
+                                 else as_max_amount(signed.mandate.max_per_payment),
+                                 budget=budget, out=out, err=err, mandate=signed.to_json(),
+                                 evidence=EvidenceLog(store.engine))
+        finally:
+            store.close()
     if mandate_given:
         from a402.chain.locate import DEFAULT_MANIFEST, ChainNotFound
         from a402.client.mandates import DEFAULT_SPEND_DB, open_guard
@@ -274,6 +311,7 @@ def run_pay(
         return fail(EXIT_USAGE, f"invalid URL: {e}")
     except httpx.HTTPError as e:
         for sent in auth.payments:  # signed, then no answer: say so, it may settle
+            record_payment(sent, method=method, url=args.url)
             print(json.dumps(sent.summary()), file=err)
             return fail(EXIT_NOT_SETTLED,
                         f"payment sent but no answer ({type(e).__name__}); it may still "
@@ -284,6 +322,7 @@ def run_pay(
     out.flush()
     payment = payment_of(response)
     if payment is not None:
+        record_payment(payment, method=method, url=args.url)
         print(json.dumps(payment.summary()), file=err)
         if payment.status != PaymentStatus.SETTLED:
             return fail(EXIT_NOT_SETTLED,

@@ -60,6 +60,8 @@ class Payment:
     header_name: str
     header_value: str = field(repr=False)
     reservation: Reservation | None = field(default=None, repr=False)
+    mandate_reservation: Any = field(default=None, repr=False)
+    """The mandate's durable reservation (``a402.mandate.spend.Reservation``), if any."""
     status: str = PaymentStatus.SENT
     receipt: SettleResponse | None = None
     reason: str | None = None

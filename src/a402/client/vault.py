@@ -60,6 +60,7 @@ standby), pass ``failover_wait`` to ride out the switch.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import time
@@ -87,6 +88,7 @@ REMEMBERED_CALLS: Final = 4096
 DEFAULT_FAILOVER_WAIT: Final = 30.0
 """With several replica URLs: how long a call keeps trying them for an active one."""
 _FAILOVER_PAUSE: Final = 0.2
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +207,15 @@ class _Base:
         #: The vault, manager and token every info answer must name (with trust on first
         #: use: the first answer's, pinned then).
         self.expect = expect
+        #: The owner's signed mandate this client pays under (``SignedMandate.to_json()``),
+        #: signed into every call: the vault enclave pays only within it, and once it saw
+        #: one for this key, pays no call of this key without one.
+        self.mandate: dict[str, Any] | None = None
+        #: Where each paid call under :attr:`mandate` leaves its evidence record
+        #: (:mod:`a402.mandate.evidence`; e.g. ``EvidenceLog(SpendStore(url).engine)``),
+        #: with the channel's co-signed receipt, checked offline by ``a402 audit``.
+        self.evidence: Any = None
+
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
             raise ValueError("give the vault's URL (or its replicas' URLs)")
@@ -221,6 +232,25 @@ class _Base:
         self._created: OrderedDict[str, int] = OrderedDict()
         #: The vault life each of those keys was first signed for (see ``allow_new_life``).
         self._lives: OrderedDict[str, str] = OrderedDict()
+
+    def _record(self, url: str, method: str, content: bytes, result: VaultResult) -> None:
+        """The paid call's evidence record, if :attr:`evidence` and :attr:`mandate` are set.
+        The call was paid whatever is written here: a failure is logged, not raised."""
+        if self.evidence is None or self.mandate is None or result.payment is None \
+                or self._info is None or result.outcome != api.PAID:
+            return
+        from a402.client.audit import vault_record
+        from a402.crypto.authorization import EcdsaSigner
+        from a402.mandate.document import load_signed
+
+        try:
+            fields = vault_record(mandate=load_signed(self.mandate).hash_hex,
+                                  agent=self.account.address, method=method, url=url,
+                                  content=content, result=result, info=self._info)
+            self.evidence.append(fields, EcdsaSigner(bytes(self.account.key)).sign_digest)
+        except Exception as e:
+            log.error("a vault call was paid, but its evidence record could not be written "
+                      "(%s: %s)", type(e).__name__, e)
 
     @property
     def address(self) -> str:
@@ -428,7 +458,7 @@ class _Base:
         call = api.InvokeRequest(
             url=url, method=method.upper(), headers=tuple(headers), body=content,
             max_price=max_price, idempotency_key=key, funding=funding, deposit=deposit,
-            created_at=created)
+            created_at=created, mandate=self.mandate)
         body = call.to_json()
         for _ in range(2):  # at most one 428 to answer
             response = yield from self._send("POST", api.API_PREFIX + "/invoke", body)
@@ -726,6 +756,7 @@ class VaultClient(_Base):
                                  funding=funding, deposit=deposit, created_at=created_at,
                                  allow_new_life=allow_new_life)
         result: VaultResult = _drive(flow, self.http, self)
+        self._record(url, method, content, result)
         return result
 
 
@@ -794,6 +825,7 @@ class AsyncVaultClient(_Base):
                                  funding=funding, deposit=deposit, created_at=created_at,
                                  allow_new_life=allow_new_life)
         result: VaultResult = await _adrive(flow, self.http, self)
+        self._record(url, method, content, result)
         return result
 
 

@@ -16,6 +16,7 @@ import httpx
 
 from a402.client.budget import Budget, asset_key
 from a402.client.errors import PaymentRefused
+from a402.client.history import record_vault_call
 from a402.client.limits import MaxAmount
 from a402.client.vault import (
     KEY_OF_ANOTHER_LIFE,
@@ -36,7 +37,11 @@ def run_vault_pay(
     args: argparse.Namespace, key: str, wallet: Wallet, *, method: str,
     headers: list[tuple[str, str]], content: bytes | None, cap: MaxAmount,
     budget: Budget | None, out: BinaryIO, err: TextIO,
+    mandate: dict[str, Any] | None = None, evidence: Any = None,
 ) -> int:
+    """``mandate``: the owner's signed mandate, signed into the call: the vault's enclave
+    pays only within it (``mandate_*`` refusals exit 3, nothing paid); ``evidence``: where
+    the paid call's record goes (an :class:`~a402.mandate.evidence.EvidenceLog`)."""
     def fail(code: int, message: str) -> int:
         print(f"{PROG}: {message}", file=err)
         return code
@@ -65,6 +70,7 @@ def run_vault_pay(
         created_at if created_at is not None else int(time.time()))
     with VaultClient(args.vault, key, timeout=args.timeout, expect=expect,
                      trust_on_first_use=args.trust_vault_info) as vault:
+        vault.mandate, vault.evidence = mandate, evidence
         try:
             info = vault.info()
             refusal = _allowed(wallet, info)
@@ -105,6 +111,8 @@ def run_vault_pay(
                                              f"{again} to get its answer")
     out.write(result.content)
     out.flush()
+    record_vault_call(result.summary(), payer=wallet.address, vault=args.vault, method=method,
+                      url=args.url)
     print(json.dumps(result.summary()), file=err)
     if result.status >= 400:
         return fail(EXIT_HTTP_ERROR, f"HTTP {result.status} ({result.outcome})")

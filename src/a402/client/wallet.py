@@ -82,6 +82,13 @@ class Wallet:
     def address(self) -> str:
         return self._account.address
 
+    def sign_evidence(self, digest: bytes) -> bytes:
+        """Sign an evidence record's hash (:func:`a402.mandate.evidence.record_hash`: a
+        domain-separated keccak, never a transaction's or typed data's digest)."""
+        from a402.crypto.authorization import EcdsaSigner
+
+        return EcdsaSigner(bytes(self._account.key)).sign_digest(digest)
+
     def __repr__(self) -> str:  # never the key
         return f"Wallet({self.address}, networks={self.networks}, assets={self.assets})"
 

@@ -37,6 +37,11 @@ class ServeOptions:
                       help="SQLAlchemy URL of the journal (default: %(default)s)")
     host: str = setting("127.0.0.1", help="address to serve on (default: %(default)s)")
     port: int = setting(4021, help="port to serve on (default: %(default)s)")
+    operator_token: str | None = setting(
+        None, metavar="TOKEN",
+        help="serve the journal read-only at /operator/payments to requests with "
+             "'Authorization: Bearer TOKEN' (16+ characters; default: the operator API is "
+             "off); /metrics then asks for it too")
 
 
 #: ``a402 facilitator``'s flags, one group each: the command's own, then the settings.
@@ -57,9 +62,15 @@ def run_facilitator(args: argparse.Namespace) -> int:
     from a402.facilitator.core import Facilitator
     from a402.facilitator.store import SettlementStore
     from a402.keys import load_key_file
+    from a402.observe import Observer
 
     where = from_args(ChainOptions, args)
     serve = from_args(ServeOptions, args)
+    try:
+        observer = Observer("facilitator", operator_token=serve.operator_token)
+    except ValueError as e:
+        print(f"error: --operator-token: {e}", file=sys.stderr)
+        return 2
     signer = load_key_file(where.key_file)
     chain = connect(where.rpc, [signer.key])
     if where.network and where.network != chain.network:
@@ -69,5 +80,5 @@ def run_facilitator(args: argparse.Namespace) -> int:
                               from_args(FacilitatorConfig, args))
     print(json.dumps({"facilitator": f"http://{serve.host}:{serve.port}",
                       "network": chain.network, "signer": signer.address}), file=sys.stderr)
-    serving.run(create_app(facilitator), host=serve.host, port=serve.port)
+    serving.run(create_app(facilitator, observer=observer), host=serve.host, port=serve.port)
     return 0

@@ -43,6 +43,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    func,
     inspect,
     select,
     text,
@@ -293,6 +294,33 @@ class SettlementStore:
             rows = s.scalars(select(SettlementRow).where(
                 SettlementRow.state.in_([State.CLAIMED, State.SUBMITTED])))
             return [Settlement.of(r) for r in rows]
+
+    def journal(self, *, since: float | None = None, until: float | None = None,
+                payer: str | None = None, pay_to: str | None = None,
+                state: str | None = None, limit: int = 100
+                ) -> list[tuple[Settlement, float]]:
+        """Journal rows, newest first, each with its creation time (read-only: what the
+        operator API and ``a402 payments --facilitator`` show). Addresses match in any
+        case."""
+        query = select(SettlementRow)
+        if since is not None:
+            query = query.where(SettlementRow.created_at >= since)
+        if until is not None:
+            query = query.where(SettlementRow.created_at < until)
+        if payer is not None:
+            query = query.where(func.lower(SettlementRow.payer) == payer.lower())
+        if pay_to is not None:
+            query = query.where(func.lower(SettlementRow.pay_to) == pay_to.lower())
+        if state is not None:
+            query = query.where(SettlementRow.state == state)
+        query = query.order_by(SettlementRow.created_at.desc()).limit(limit)
+        with self._tx() as s:
+            return [(Settlement.of(r), r.created_at) for r in s.scalars(query)]
+
+    def created_at(self, key: str) -> float | None:
+        with self._tx() as s:
+            row = s.get(SettlementRow, key)
+            return None if row is None else row.created_at
 
     def count_by_state(self) -> dict[str, int]:
         with self._tx() as s:

@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Connection
 
 from a402.evm.address import address_key
 from a402.mandate.document import Confirmation, SignedMandate
+from a402.mandate.evidence import EvidenceLog
 from a402.mandate.policy import MANDATE_WRONG_AGENT, Decision, ProposedPayment, decide
 from a402.mandate.registry import RevocationCheck, RevocationUnknown
 from a402.mandate.spend import MandateRefused, Reservation, SpendStore
@@ -59,6 +63,14 @@ class MandateGuard:
         self.revocation = revocation
         self.confirm = confirm
         self.clock = clock
+        self._evidence: EvidenceLog | None = None
+
+    @property
+    def evidence(self) -> EvidenceLog:
+        """The evidence chain next to the spend store (:mod:`a402.mandate.evidence`)."""
+        if self._evidence is None:
+            self._evidence = EvidenceLog(self.store.engine)
+        return self._evidence
 
     @property
     def mandate_hash(self) -> str:
@@ -93,6 +105,21 @@ class MandateGuard:
 
     def signed(self, reservation: Reservation, payment_ref: str | None = None) -> None:
         self.store.signed(reservation, payment_ref)
+
+    def record(self, fields: dict[str, Any], sign_digest: Callable[[bytes], bytes], *,
+               reservation: Reservation | None = None, payment_ref: str | None = None) -> int:
+        """Append the payment's evidence record (:mod:`a402.mandate.evidence`) and, in
+        the same transaction, mark its ``reservation`` signed (step 2 above, done here
+        after sending instead of before: until this commits the reservation is
+        ``reserved``, whose amount counts all the same, and nothing releases it once
+        the payment left)."""
+        also = None
+        if reservation is not None:
+            held = reservation
+
+            def also(conn: Connection) -> None:
+                self.store.mark_signed(conn, held, payment_ref)
+        return self.evidence.append(fields, sign_digest, also=also)
 
     def release(self, reservation: Reservation) -> bool:
         return self.store.release(reservation)

@@ -232,14 +232,21 @@ class SpendStore:
         """The payment was signed: its amount never comes back (``payment_ref``: e.g. the
         authorization's nonce, for the record)."""
         with self._tx() as conn:
-            done = conn.execute(update(reservations).where(
-                reservations.c.id == reservation.id, reservations.c.state == RESERVED,
-            ).values(state=SIGNED, payment_ref=payment_ref, updated_at=time.time()))
-            if done.rowcount != 1:
-                state = conn.execute(select(reservations.c.state).where(
-                    reservations.c.id == reservation.id)).scalar()
-                if state != SIGNED:
-                    raise ValueError(f"reservation {reservation.id} is {state}, not reserved")
+            self.mark_signed(conn, reservation, payment_ref)
+
+    @staticmethod
+    def mark_signed(conn: Connection, reservation: Reservation,
+                    payment_ref: str | None = None) -> None:
+        """:meth:`signed` inside the caller's transaction ``conn`` (the evidence record
+        of the payment commits with it: one commit per payment fewer). Idempotent."""
+        done = conn.execute(update(reservations).where(
+            reservations.c.id == reservation.id, reservations.c.state == RESERVED,
+        ).values(state=SIGNED, payment_ref=payment_ref, updated_at=time.time()))
+        if done.rowcount != 1:
+            state = conn.execute(select(reservations.c.state).where(
+                reservations.c.id == reservation.id)).scalar()
+            if state != SIGNED:
+                raise ValueError(f"reservation {reservation.id} is {state}, not reserved")
 
     def release(self, reservation: Reservation) -> bool:
         """Give back a reservation nothing was signed for. True if released now, False if
@@ -289,12 +296,12 @@ class SpendStore:
             for (mandate_hash,) in conn.execute(select(reservations.c.mandate).where(
                     reservations.c.state != RELEASED)):
                 counts[mandate_hash] = counts.get(mandate_hash, 0) + 1
-        return [MandateSpend(_load_document(r.document), int(r.spent_total), int(r.period_index),
+        return [MandateSpend(load_document(r.document), int(r.spent_total), int(r.period_index),
                              int(r.spent_period), counts.get(r.hash, 0), float(r.updated_at))
                 for r in rows]
 
 
-def _load_document(text: str) -> SignedMandate:
+def load_document(text: str) -> SignedMandate:
     """A stored mandate document: a402 JSON, or the SD-JWT of an AP2 mandate."""
     from a402.mandate.ap2 import load_sd_jwt, looks_like_sd_jwt
 

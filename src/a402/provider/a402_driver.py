@@ -37,9 +37,11 @@ every recorded answer (as ciphertext) before it is stored and sent.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from a402.observe import Observer
 from a402.provider.a402_channels import Channels, Slot
 from a402.provider.a402_execute import Executor, ServiceFailed
 from a402.provider.a402_tunnels import Tunnels
@@ -70,6 +72,10 @@ class FrameDriver:
         self.executor = executor
         self.chain_status = chain_status
         self.clock = clock
+        #: Where each EXEC's log line and metrics go (set by ``A402Payments``), and the
+        #: price of a route (what the EXEC locked).
+        self.observer: Observer | None = None
+        self.price: Callable[[str, str], int | None] = lambda method, path: None
 
     async def handle_frame(
         self, tunnel_id: str, frame: bytes, scope: Mapping[str, Any] | None = None
@@ -121,16 +127,38 @@ class FrameDriver:
         async with slot.lock:
             outcome = self.provider_enclave.found(handle)
             if isinstance(outcome, Execute):
-                outcome = await self._execute(handle, outcome, scope)
+                started = time.perf_counter()
+                paid = outcome
+                outcome, failed = await self._execute(handle, paid, scope)
+                self._observe(slot, paid, failed, time.perf_counter() - started)
             return await self.relay(slot, outcome)
 
-    async def _execute(self, handle: str, paid: Execute,
-                       scope: Mapping[str, Any] | None) -> Answer:
-        """Run the paid request; the enclave turns the response into a REPLY (or a refusal)."""
+    def _observe(self, slot: Slot, paid: Execute, failed: str | None, latency: float
+                 ) -> None:
+        """An EXEC's log line: ``executed`` means the service ran and its REPLY went back
+        (the payment completes with the vault's AUTH and the REVEAL, not before);
+        ``service_failed`` that the service did not answer and the enclave refused the
+        EXEC (nothing is paid for it)."""
+        if self.observer is None:
+            return
+        terms = slot.channel.terms
+        request = paid.request
+        self.observer.paid(
+            request_id=f"0x{paid.channel_id.hex()}:{paid.request_id}",
+            payer="0x" + terms.client.hex(), amount=self.price(request.method, request.path),
+            scheme="a402", outcome="executed" if failed is None else "service_failed",
+            latency=latency, payee="0x" + terms.provider.hex(), reason=failed,
+            channelId="0x" + paid.channel_id.hex(), method=request.method, path=request.path)
+
+    async def _execute(self, handle: str, paid: Execute, scope: Mapping[str, Any] | None
+                       ) -> tuple[Answer, str | None]:
+        """Run the paid request; the enclave turns the response into a REPLY (or a
+        refusal, with the service's failure reason beside it)."""
         response = await self.executor.run(paid, scope)
         if isinstance(response, ServiceFailed):
-            return self.provider_enclave.failed(handle, response.reason, response.detail)
-        return self.provider_enclave.executed(handle, response)
+            return (self.provider_enclave.failed(handle, response.reason, response.detail),
+                    response.reason)
+        return self.provider_enclave.executed(handle, response), None
 
     async def relay(self, slot: Slot | None, outcome: Outcome) -> bytes:
         """Store what the enclave sealed (if the answer changed the channel), then relay."""

@@ -58,6 +58,8 @@ class A402Payments:
             config, app=app.app, routes=app.routes, token=app.asset, network=app.network
         ))
         self._watcher: ChannelWatcher | None = None
+        driver = self.endpoint.runtime.driver
+        driver.observer, driver.price = app.observer, self.endpoint.runtime._price
         app.offer_also(self)
 
     @property

@@ -83,6 +83,11 @@ class ServeOptions:
              "database (default: %(default)s)")
     host: str = setting("127.0.0.1", help="address to serve on (default: %(default)s)")
     port: int = setting(4402, help="port to serve on (default: %(default)s)")
+    operator_token: str | None = setting(
+        None, metavar="TOKEN",
+        help="serve the paid requests read-only at /operator/payments to requests with "
+             "'Authorization: Bearer TOKEN' (16+ characters; default: the operator API is "
+             "off); /metrics then asks for it too")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -200,6 +205,12 @@ def run_gateway_command(args: argparse.Namespace) -> int:
         stray = a402_only_flags_given(args)
         if stray:
             return fail(f"{', '.join(stray)}: only with --a402")
+    from a402.observe import Observer
+
+    try:
+        observer = Observer("gateway", operator_token=serve.operator_token)
+    except ValueError as e:
+        return fail(f"--operator-token: {e}")
     url = f"http://{serve.host}:{serve.port}"
     started = False
 
@@ -219,6 +230,7 @@ def run_gateway_command(args: argparse.Namespace) -> int:
             host=serve.host, port=serve.port, paywall=paywall, ledger_db=serve.ledger_db,
             log_level="info" if args.verbose else "warning",
             a402=channels.config if channels else None, on_start=announce,
+            observer=observer,
         )
     except ValueError as e:  # bad routes, a config the runtime refuses: before any port
         if started:

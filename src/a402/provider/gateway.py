@@ -17,14 +17,17 @@ gateways paid to the same ``payTo`` through one facilitator, must share one
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Unpack
+from typing import TYPE_CHECKING, Any, Unpack
 
 from starlette.types import ASGIApp
 
 from a402.chain.deploy import TokenInfo
 from a402.facilitator.client import FacilitatorClient
+from a402.observe import MAX_LIMIT, Observer, OperatorRoutes, PaymentFilter, payment_record
 from a402.provider.ledger import PaymentLedger
 from a402.provider.middleware import PaymentMiddleware
 from a402.provider.proxy import ReverseProxy
@@ -80,9 +83,15 @@ def create_gateway(
     a402: A402Config | None = None,
     paywall: Paywall | None = None,
     timing: PaymentTiming | None = None,
+    observer: Observer | None = None,
     **settings: Unpack[PaymentSettings],
 ) -> ASGIApp:
     """The gateway as an ASGI app; ``routes`` are CLI specs or a ``{pattern: price}`` map.
+
+    ``observer`` (default: one with the operator API off) logs one JSON line per paid
+    request and answers ``/metrics`` and ``/operator/payments`` ahead of the upstream
+    (see :mod:`a402.observe`): the paid requests this process answered, newest first
+    (kept in memory: the last 1,000 since it started; the replay ledger keeps no amounts).
 
     Give either ``facilitator_url`` or a ``facilitator`` client. ``ledger`` is a
     :class:`PaymentLedger` or the SQLAlchemy URL of a shared one (see
@@ -95,6 +104,7 @@ def create_gateway(
     if (facilitator_url is None) == (facilitator is None):
         raise ValueError("give exactly one of facilitator_url and facilitator")
     table = _route_table(routes, token.decimals)
+    observer = observer if observer is not None else Observer("gateway")
     payments = PaymentMiddleware(
         ReverseProxy(upstream_url, timeout=upstream_timeout),
         routes=table,
@@ -105,13 +115,80 @@ def create_gateway(
         ledger=ledger,
         paywall=paywall,
         timing=timing,
+        observer=observer,
         **settings,
     )
     if a402 is None:
-        return payments
+        return operator_routes(payments, observer, payments.ledger)
     from a402.provider.a402_payments import A402Payments
 
-    return A402Payments(payments, a402)
+    return operator_routes(A402Payments(payments, a402), observer, payments.ledger)
+
+
+def operator_routes(app: ASGIApp, observer: Observer,
+                    ledger: PaymentLedger | None = None) -> OperatorRoutes:
+    """``app`` with the gateway's ``/metrics`` and ``/operator/payments`` in front.
+
+    The records are the replay ledger's entries (durable: which payments bought a
+    response, and their transactions; a :class:`SqlLedger` only) joined with the paid
+    requests ``observer`` saw since the process started (the amount, the payee, the
+    latency, the request id: the ledger keeps none of them), plus those requests whose
+    entry was released (refused or failed: nothing moved). A ledger entry this process
+    did not see (before a restart, or a replica's) says ``amount: null``: check its
+    transaction with ``a402 receipt``.
+    """
+    entries = getattr(ledger, "entries", None)
+
+    async def records(wanted: PaymentFilter) -> list[dict[str, Any]]:
+        seen = [_record(line) for line in reversed(observer.recent)]
+        if entries is None:
+            return seen
+        rows = await asyncio.to_thread(entries, since=wanted.since, until=wanted.until,
+                                       payer=wanted.payer, limit=MAX_LIMIT)
+        by_nonce: dict[tuple[str, str], dict[str, Any]] = {}
+        for record in seen:  # newest first: the latest request for a nonce wins
+            by_nonce.setdefault((str(record["payer"]).lower(),
+                                 str(record["nonce"]).lower()), record)
+        out, joined = [], set()
+        for row in rows:
+            key = (row["payer"].lower(), row["nonce"].lower())
+            request = by_nonce.get(key)
+            joined.add(key)
+            settlement = json.loads(row["settlement"]) if row["settlement"] else {}
+            out.append(payment_record(
+                source="gateway", id=request["id"] if request else row["nonce"],
+                time=row["createdAt"], payer=row["payer"],
+                payee=request["payee"] if request else None,
+                amount=request["amount"] if request else None, scheme="exact",
+                status=row["state"], network=row["network"], asset=row["asset"],
+                transaction=settlement.get("transaction"), nonce=row["nonce"],
+                expiresAt=row["expiresAt"], ledger=True,
+                **({k: request[k] for k in ("latencyMs", "method", "path")} if request
+                   else {})))
+        out += [r for r in seen if (str(r["payer"]).lower(), str(r["nonce"]).lower())
+                not in joined]
+        return sorted(out, key=lambda r: r["time"] or 0.0, reverse=True)
+
+    async def list_payments(wanted: PaymentFilter) -> list[dict[str, Any]]:
+        return [r for r in await records(wanted) if wanted.admits(r)][:wanted.limit]
+
+    async def get_payment(id: str) -> dict[str, Any] | None:
+        wanted = id.lower()
+        return next((r for r in await records(PaymentFilter())
+                     if wanted in (str(r["id"]).lower(), str(r["nonce"]).lower(),
+                                   str(r["transaction"]).lower())), None)
+
+    return OperatorRoutes(app, observer, list_payments=list_payments,
+                          get_payment=get_payment)
+
+
+def _record(line: dict[str, Any]) -> dict[str, Any]:
+    return payment_record(
+        source=line["service"], id=line["requestId"], time=line["time"], payer=line["payer"],
+        payee=line.get("payee"), amount=line["amount"], scheme=line["scheme"],
+        status=line["outcome"], network=line.get("network"), asset=line.get("asset"),
+        transaction=line.get("transaction"), latencyMs=line["latencyMs"],
+        method=line.get("method"), path=line.get("path"), nonce=line.get("nonce"))
 
 
 def run_gateway(
@@ -130,6 +207,7 @@ def run_gateway(
     on_start: Callable[[], None] | None = None,
     paywall: Paywall | None = None,
     timing: PaymentTiming | None = None,
+    observer: Observer | None = None,
     **settings: Unpack[PaymentSettings],
 ) -> None:
     """Serve the gateway until interrupted (blocking); ``paywall``, ``timing`` and
@@ -141,7 +219,7 @@ def run_gateway(
     app = create_gateway(
         upstream, routes, pay_to=pay_to, token=token, network=network,
         facilitator_url=facilitator_url, a402=a402, ledger=ledger_db,
-        paywall=paywall, timing=timing, **settings,
+        paywall=paywall, timing=timing, observer=observer, **settings,
     )
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     for spec in routes:

@@ -55,7 +55,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-from sqlalchemy import Float, String, Text
+from sqlalchemy import Engine, Float, String, Text, func, inspect, select
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from a402.exact.replay import Admission as Admission
@@ -200,6 +201,9 @@ class _LedgerRow(_Base):
     terms: Mapped[str] = mapped_column(String(64))
     expires_at: Mapped[float] = mapped_column(Float, index=True)
     settlement: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Added after the first release (what the operator API lists; no decision reads it):
+    # nullable, so entries of older ledgers read as of an unknown time.
+    created_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 _KEY: Final = "network = :network AND asset = :asset AND payer = :payer AND nonce = :nonce"
@@ -207,8 +211,8 @@ _TABLE: Final = _LedgerRow.__tablename__
 _DROP_EXPIRED: Final = f"DELETE FROM {_TABLE} WHERE {_KEY} AND expires_at <= :now"
 _INSERT: Final = (
     f"INSERT INTO {_TABLE} (network, asset, payer, nonce, state, fingerprint, terms, "
-    "expires_at, settlement) VALUES (:network, :asset, :payer, :nonce, 'in_flight', "
-    ":fingerprint, :terms, :expires_at, NULL) "
+    "expires_at, settlement, created_at) VALUES (:network, :asset, :payer, :nonce, "
+    "'in_flight', :fingerprint, :terms, :expires_at, NULL, :now) "
     "ON CONFLICT (network, asset, payer, nonce) DO NOTHING"
 )
 _RESUME: Final = (
@@ -258,6 +262,7 @@ class SqlLedger:
         self.url = url
         self.engine = make_engine(url)
         _Base.metadata.create_all(self.engine)
+        _add_created_at(self.engine)
         self._readers = readers(self.engine)
         self._writes = writes(url, sessionmaker(self.engine, expire_on_commit=False),
                               name="provider-ledger")
@@ -276,7 +281,7 @@ class SqlLedger:
                       "expires_at": expires_at, "now": now}
             statements: list[Statement] = [
                 (self._drop_expired, _only(params, "now")),
-                (_INSERT, _only(params, "fingerprint", "terms", "expires_at")),
+                (_INSERT, _only(params, "fingerprint", "terms", "expires_at", "now")),
                 (_RESUME, _only(params, "fingerprint", "terms")),
             ]
             if now >= self._next_purge:
@@ -309,6 +314,28 @@ class SqlLedger:
         row = self._read(key)
         return None if row is None else row[0]
 
+    def entries(self, *, since: float | None = None, until: float | None = None,
+                payer: str | None = None, state: str | None = None, limit: int = 100
+                ) -> list[dict[str, Any]]:
+        """Entries still held (an entry is dropped once its authorization has expired and
+        its retention passed), newest first: read-only, for the operator API. An entry
+        from an older ledger has no ``created_at`` and sorts last."""
+        query = select(_LedgerRow)
+        if since is not None:
+            query = query.where(_LedgerRow.created_at >= since)
+        if until is not None:
+            query = query.where(_LedgerRow.created_at < until)
+        if payer is not None:
+            query = query.where(func.lower(_LedgerRow.payer) == payer.lower())
+        if state is not None:
+            query = query.where(_LedgerRow.state == state)
+        query = query.order_by(_LedgerRow.created_at.desc().nulls_last()).limit(limit)
+        with self._readers() as session:
+            return [{"network": r.network, "asset": r.asset, "payer": r.payer,
+                     "nonce": r.nonce, "state": r.state, "expiresAt": r.expires_at,
+                     "createdAt": r.created_at, "settlement": r.settlement}
+                    for r in session.scalars(query)]
+
     def close(self) -> None:
         self._writes.close()
         self.engine.dispose()
@@ -322,6 +349,20 @@ class SqlLedger:
             settlement = (SettleResponse.model_validate_json(row.settlement)
                           if row.settlement is not None else None)
             return LedgerState(row.state), row.fingerprint, row.terms, settlement
+
+
+def _add_created_at(engine: Engine) -> None:
+    """Bring a ledger made before ``created_at`` up to this schema. Two processes opening
+    one old ledger together may both try: the loser's error is checked for and ignored."""
+    if "created_at" in {c["name"] for c in inspect(engine).get_columns(_TABLE)}:
+        return
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(
+                f"ALTER TABLE {_TABLE} ADD COLUMN created_at DOUBLE PRECISION")
+    except (OperationalError, ProgrammingError):
+        if "created_at" not in {c["name"] for c in inspect(engine).get_columns(_TABLE)}:
+            raise
 
 
 def _key(key: PaymentKey) -> dict[str, Any]:

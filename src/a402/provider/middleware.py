@@ -57,7 +57,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Literal, Unpack
+from typing import Any, Final, Literal, Unpack
 
 from starlette.datastructures import URL
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -91,6 +91,7 @@ from a402.exact.serve import (
     exact_flow,
 )
 from a402.facilitator.client import FacilitatorClient, FacilitatorError
+from a402.observe import Observer, new_request_id
 from a402.provider import responses
 from a402.provider.alternatives import AlternativeScheme
 from a402.provider.asgi import BufferedResponse, adding_headers, header_values, run_buffered
@@ -182,9 +183,12 @@ class PaymentMiddleware:
         ledger: PaymentLedger | str | None = None,
         paywall: Paywall | None = None,
         timing: PaymentTiming | None = None,
+        observer: Observer | None = None,
         **settings: Unpack[PaymentSettings],
     ) -> None:
         self.app = app
+        #: One JSON log line and metrics per paid request (:mod:`a402.observe`).
+        self.observer = observer if observer is not None else Observer("gateway")
         self.paywall, self.timing = payment_settings(paywall, timing, settings)
         settle_before_serve = self.paywall.settle_before_serve
         public_url = self.paywall.public_url
@@ -374,6 +378,7 @@ class PaymentMiddleware:
     ) -> None:
         """Drive the one server-side ``exact`` flow (:mod:`a402.exact.serve`) with this
         middleware's ledger, facilitator and app, then answer what it decided."""
+        started = time.perf_counter()
         flow = exact_flow(
             ExactPayment(p.key, p.fingerprint, p.valid_before, p.terms),
             now=time.time(), retention=self.retention, settle_first=self.settle_before_serve,
@@ -455,6 +460,21 @@ class PaymentMiddleware:
                     await self.app(scope, receive, paid)
                 else:
                     await self._serve_paid(send, buffered[0], settlement, p.version)
+        self._observe(scope, p, outcome, time.perf_counter() - started)
+
+    def _observe(self, scope: Scope, p: _Payment, outcome: Any, latency: float) -> None:
+        """The paid request's log line and metrics: its outcome names what became of the
+        money (``settled``: charged; ``pending``: may be charged; every other: nothing
+        moved)."""
+        settlement = getattr(outcome, "settlement", None)
+        self.observer.paid(
+            request_id=new_request_id(scope), payer=p.key.payer,
+            amount=p.requirements.amount if isinstance(p.requirements, PaymentRequirements)
+            else p.requirements.max_amount_required,
+            scheme=p.requirements.scheme, outcome=_OUTCOMES.get(type(outcome).__name__, "error"),
+            latency=latency, payee=self.pay_to, asset=p.key.asset, network=p.key.network,
+            nonce=p.key.nonce, method=scope.get("method"), path=scope.get("path"),
+            transaction=(settlement.transaction or None) if settlement is not None else None)
 
     # ------------------------------------------------------------------- answers
 
@@ -538,6 +558,15 @@ class PaymentMiddleware:
             status, error, message, retry_after=self.retry_after,
             settle_attempted=settle_attempted,
         ).send(send)
+
+
+_OUTCOMES: Final = {
+    "Paid": "settled", "SettlePending": "pending", "SettleFailed": "failed",
+    "Rejected": "rejected", "Reused": "refused", "OtherTerms": "refused",
+    "NotResumable": "refused", "NotServed": "not_served", "RequestRefused": "error",
+    "Unanswered": "error",
+}
+"""Each outcome of :func:`a402.exact.serve.exact_flow` as a log and metrics label."""
 
 
 def _match_v2(accepted: PaymentRequirements, offered: PaymentRequirements) -> None:

@@ -40,6 +40,7 @@ every error itself).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -55,6 +56,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from a402 import jsonbytes
 from a402.chain.rpc import ChainUnavailable
 from a402.evm.address import address_key
+from a402.observe import Observer, OperatorRoutes, PaymentFilter, new_request_id, payment_record
 from a402.serving import JsonErrors, request_body
 from a402.vault_enclave import SignedCall
 from a402.wire import vault_api as api
@@ -81,7 +83,11 @@ Handler = Callable[[api.Authenticated, dict[str, Any], SignedCall],
                    Awaitable[tuple[int, dict[str, Any]]]]
 
 
-def create_app(service: VaultService) -> ASGIApp:
+def create_app(service: VaultService, *, observer: Observer | None = None) -> ASGIApp:
+    """The vault's app. ``observer`` (default: one with the operator API off) logs one
+    JSON line per ``/v1/invoke`` and serves ``/metrics`` and ``/operator/payments`` (the
+    calls, read-only, nothing sealed; see :mod:`a402.observe`), on standbys too."""
+    observer = observer if observer is not None else Observer("vault")
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await service.start()
@@ -149,8 +155,16 @@ def create_app(service: VaultService) -> ASGIApp:
             signed.client, body))
 
     async def invoke(request: Request) -> JSONResponse:
+        started = time.perf_counter()
+        seen: dict[str, Any] = {}
+        response = await _invoke(request, seen)
+        _log_invoke(observer, request, seen, response, time.perf_counter() - started)
+        return response
+
+    async def _invoke(request: Request, seen: dict[str, Any]) -> JSONResponse:
         async def handler(signed: api.Authenticated, body: dict[str, Any], raw: SignedCall
                           ) -> tuple[int, dict[str, Any]]:
+            seen["payer"] = signed.client
             try:
                 call = api.InvokeRequest.from_json(body)
             except ValueError as e:
@@ -160,8 +174,10 @@ def create_app(service: VaultService) -> ASGIApp:
                                  "nothing was paid: sign the call's createdAt (its creation "
                                  "time, kept across retries); this client is older than the "
                                  "vault")
-            return await service.invoker.invoke(signed.client, call, nonce=signed.nonce,
-                                                signed=raw)
+            status, out = await service.invoker.invoke(signed.client, call,
+                                                       nonce=signed.nonce, signed=raw)
+            seen["out"] = out
+            return status, out
         # The call's claim records the nonce in the same write: one commit fewer per call.
         return await answer(request, handler, remember_nonce=False)
 
@@ -230,9 +246,57 @@ def create_app(service: VaultService) -> ASGIApp:
         else:
             await app(scope, receive, send)
 
+    async def list_payments(wanted: PaymentFilter) -> list[dict[str, Any]]:
+        rows = await run_in_threadpool(lambda: service.store.calls(
+            since=wanted.since, until=wanted.until, client=wanted.payer,
+            provider=wanted.payee, status=wanted.status, limit=wanted.limit))
+        return [_call_record(row, service.chain.network, service.token.address)
+                for row in rows]
+
+    async def get_payment(key: str) -> dict[str, Any] | None:
+        rows = await run_in_threadpool(lambda: service.store.calls(key=key, limit=1))
+        return (_call_record(rows[0], service.chain.network, service.token.address)
+                if rows else None)
+
+    def observed(inner: ASGIApp) -> ASGIApp:
+        return OperatorRoutes(inner, observer, list_payments=list_payments,
+                              get_payment=get_payment)
+
     if service.lease is None:
-        return routed
-    return _active_only(service, routed)
+        return observed(routed)
+    return observed(_active_only(service, routed))
+
+
+def _call_record(row: dict[str, Any], network: str, asset: str) -> dict[str, Any]:
+    return payment_record(
+        source="vault", id=row["key"], time=row["created_at"], payer=row["client"],
+        payee=row["provider"], amount=row["amount"], scheme="a402",
+        status=row["outcome"] or row["state"], network=network, asset=asset,
+        transaction=row["transaction"], updated=row["updated_at"], reason=row["reason"],
+        url=row["url"], method=row["method"], channelId=row["channel_id"],
+        requestId=row["request_id"])
+
+
+def _log_invoke(observer: Observer, request: Request, seen: dict[str, Any],
+                response: JSONResponse, latency: float) -> None:
+    """One ``/v1/invoke``'s log line and metrics. The outcome is the call's recorded
+    outcome (``paid`` means the client paid) or, for a call refused before it was
+    recorded, the refusal's reason as ``refused`` (nothing was paid)."""
+    out = seen.get("out") or {}
+    payment = out.get("payment") or {}
+    fields: dict[str, Any] = {"status": response.status_code}
+    if out:
+        outcome = str(out.get("outcome") or "accepted")
+        fields.update(idempotencyKey=out.get("idempotencyKey"), reason=out.get("reason"),
+                      payee=payment.get("provider"), channelId=payment.get("channelId"),
+                      transaction=payment.get("transaction"))
+    else:
+        outcome = "refused" if response.status_code < 500 else "error"
+        with contextlib.suppress(ValueError, AttributeError):
+            fields["reason"] = json.loads(bytes(response.body)).get("error")
+    observer.paid(request_id=new_request_id(request.scope), payer=seen.get("payer"),
+                  amount=payment.get("amount"), scheme="a402", outcome=outcome,
+                  latency=latency, **fields)
 
 
 def _active_only(service: VaultService, inner: ASGIApp) -> ASGIApp:

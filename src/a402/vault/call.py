@@ -64,6 +64,7 @@ from . import records
 from . import store as vault_store
 from .answers import Answers, client_key
 from .channels import Channels, NoUsableChannel, VaultError, refusal
+from .mandates import aread_registry
 from .offers import Offer, OfferCache, OfferError, check_against_info, pick_offer
 from .tunnel import (
     PaidResponse,
@@ -308,6 +309,8 @@ class PaidCall:
     async def _exchange(self, offer: Offer, fresh_offer: bool) -> Answer:
         """Steps 3–5, with the pair's lock held."""
         channels, call = self.context.channels, self.request
+        if call.mandate is not None:  # the enclave pays under it only with a fresh read
+            await aread_registry(channels.manager.chain, channels.vault, call.mandate)
         try:
             tunnel = await channels.tunnel(offer.endpoint)
             channel = await channels.find_or_open(

@@ -294,6 +294,10 @@ class Channels:
         }
         request: dict[str, Any] | None = None
         claim: vault_store.Claim | None = None
+        if self.vault.ledger_unsaved:
+            # The enclave's ledger changed with this step (a mandate's budget reserved or
+            # spent): stored before the step's message leaves, like the channel's record.
+            await self.ledger.achange(lambda: None)
         if reason is CheckpointReason.LOCKED:
             claim = None if call is None else call.claim
             values["request_key"] = key

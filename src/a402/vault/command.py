@@ -62,6 +62,11 @@ class ServeOptions:
                       help="SQLAlchemy URL of the vault's database (default: %(default)s)")
     host: str = setting("127.0.0.1", help="address to serve on (default: %(default)s)")
     port: int = setting(4030, help="port to serve on (default: %(default)s)")
+    operator_token: str | None = setting(
+        None, metavar="TOKEN",
+        help="serve the calls read-only at /operator/payments to requests with "
+             "'Authorization: Bearer TOKEN' (16+ characters; default: the operator API is "
+             "off); /metrics then asks for it too")
     public_url: str | None = setting(
         None, help="this replica's URL as clients reach it (a standby names the active "
                    "one's in its 503s; default: http://HOST:PORT)")
@@ -131,6 +136,12 @@ def run_vault(args: argparse.Namespace) -> int:
     serve = from_args(ServeOptions, args)
     trust = from_args(AttestationOptions, args)
     mode = from_args(Mode, args)
+    from a402.observe import Observer
+
+    try:
+        observer = Observer("vault", operator_token=serve.operator_token)
+    except ValueError as e:
+        return fail(f"--operator-token: {e}")
     if not trust.allow_simulated_attestation:
         return fail("the only enclave backend here is simulated; pass "
                     "--allow-simulated-attestation to run it (development only)")
@@ -202,7 +213,7 @@ def run_vault(args: argparse.Namespace) -> int:
         **({} if lease is None else {"replica": lease.holder,
                                      "role": "standby until it holds the lease"}),
     }), file=sys.stderr, flush=True)
-    serving.run(create_app(service), host=serve.host, port=serve.port)
+    serving.run(create_app(service, observer=observer), host=serve.host, port=serve.port)
     return 0
 
 

@@ -50,7 +50,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -563,6 +563,35 @@ class VaultStore:
             return [channel_record(r) for r in s.scalars(query)]
 
     # -- requests ----------------------------------------------------------------------
+
+    def calls(self, *, since: float | None = None, until: float | None = None,
+              client: str | None = None, provider: str | None = None,
+              status: str | None = None, key: str | None = None, limit: int = 100
+              ) -> list[dict[str, Any]]:
+        """Paid calls, newest first, with the provider of their channel (read-only: the
+        operator API). ``status`` is the call's outcome once it has one, else its state;
+        nothing sealed (result, secret, answer) is read."""
+        query = (select(RequestRow.key, RequestRow.client, RequestRow.state,
+                        RequestRow.outcome, RequestRow.reason, RequestRow.url,
+                        RequestRow.method, RequestRow.channel_id, RequestRow.request_id,
+                        RequestRow.amount, RequestRow.transaction, RequestRow.created_at,
+                        RequestRow.updated_at, ChannelRow.provider)
+                 .outerjoin(ChannelRow, ChannelRow.cid == RequestRow.channel_id))
+        if key is not None:
+            query = query.where(RequestRow.key == key)
+        if since is not None:
+            query = query.where(RequestRow.created_at >= since)
+        if until is not None:
+            query = query.where(RequestRow.created_at < until)
+        if client is not None:
+            query = query.where(RequestRow.client == address_key(client))
+        if provider is not None:
+            query = query.where(ChannelRow.provider == address_key(provider))
+        if status is not None:
+            query = query.where(func.coalesce(RequestRow.outcome, RequestRow.state) == status)
+        query = query.order_by(RequestRow.created_at.desc()).limit(limit)
+        with self._read() as s:
+            return [dict(row._mapping) for row in s.execute(query)]
 
     async def claim_request(self, claim: Claim) -> tuple[bool, Request]:
         """Take ``claim.key`` for a new call, in a write of its own; ``(False, existing)``

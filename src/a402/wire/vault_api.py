@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import secrets
 import time
 import urllib.parse
@@ -316,7 +317,10 @@ class InvokeRequest:
     (:data:`CLIENT_OUTDATED`). ``funding`` is how a *new* channel is
     funded (:data:`POOL` or :data:`WALLET`); ``deposit`` caps the deposit of a
     wallet-funded channel. ``channel_authorization`` answers a 428
-    (:data:`AUTHORIZATION_REQUIRED`).
+    (:data:`AUTHORIZATION_REQUIRED`). ``mandate`` is the owner's signed mandate the
+    client pays under (the JSON object of :mod:`a402.mandate`), ``mandate_confirmation``
+    the owner's signed approval of a payment above its threshold: the vault enclave
+    checks both (:mod:`a402.mandate.enclave`) before anything is signed.
     """
 
     url: str
@@ -329,6 +333,8 @@ class InvokeRequest:
     deposit: int | None = None
     channel_authorization: dict[str, str] | None = None
     created_at: int | None = None
+    mandate: dict[str, Any] | None = None
+    mandate_confirmation: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -342,6 +348,10 @@ class InvokeRequest:
             out["createdAt"] = self.created_at
         if self.channel_authorization is not None:
             out["channelAuthorization"] = dict(self.channel_authorization)
+        if self.mandate is not None:
+            out["mandate"] = self.mandate
+        if self.mandate_confirmation is not None:
+            out["mandateConfirmation"] = self.mandate_confirmation
         return out
 
     @classmethod
@@ -369,6 +379,11 @@ class InvokeRequest:
             raise ValueError("channelAuthorization is an object of strings")
         deposit = data.get("deposit")
         created_at = data.get("createdAt")
+        mandate, confirmation = data.get("mandate"), data.get("mandateConfirmation")
+        if mandate is not None and not isinstance(mandate, dict):
+            raise ValueError("mandate is the owner's signed mandate, a JSON object")
+        if confirmation is not None and not isinstance(confirmation, dict):
+            raise ValueError("mandateConfirmation is a JSON object")
         return cls(
             url=url, method=method.upper(), headers=headers_from_json(data.get("headers", [])),
             body=unb64(data.get("body", "")), max_price=_amount(data.get("maxPrice"), "maxPrice"),
@@ -376,6 +391,7 @@ class InvokeRequest:
             deposit=None if deposit is None else _amount(deposit, "deposit"),
             channel_authorization=authorization,
             created_at=None if created_at is None else _unix_seconds(created_at),
+            mandate=mandate, mandate_confirmation=confirmation,
         )
 
     def fingerprint(self) -> str:
@@ -387,6 +403,9 @@ class InvokeRequest:
         for name, value in self.headers:
             digest.update(name + b"\x00" + value + b"\x00")
         digest.update(self.body)
+        if self.mandate is not None or self.mandate_confirmation is not None:
+            digest.update(json.dumps([self.mandate, self.mandate_confirmation],
+                                     sort_keys=True).encode())
         return digest.hexdigest()
 
 

@@ -1,0 +1,250 @@
+"""Writing and checking the evidence chain of mandated payments (:mod:`a402.mandate.evidence`).
+
+:func:`exact_record` builds the record of one ``exact`` payment (the paying
+client writes it once the paid response came back, settled or not: the payment
+was signed, so it is evidence either way); :func:`audit` checks every record
+offline, in chain order, and says for each what holds and, for the first broken
+link, which record broke it:
+
+1. the record's hash is recomputed from its stored text, and the stored hash
+   column must equal it (``hash_mismatch``);
+2. the text is a record of this format whose ``seq`` is its row's and whose
+   ``prev`` is the previous record's stored hash (``chain_broken``: a record
+   deleted, inserted or reordered; the stored hash is itself checked by 1);
+3. the agent's signature over the hash recovers to the record's ``agent``
+   (``bad_record_signature``);
+4. the mandate it names is in the spend store, signed by its owner, for this
+   agent (``bad_mandate``);
+5. for ``exact``, the payment payload's EIP-3009 signature recovers to the agent,
+   and the authorization pays the record's payee the record's amount; for ``a402``
+   (through a vault), the channel receipt's state is signed by the vault the record
+   names and by the payee, in the ASCManager's domain (``bad_payment_signature``).
+
+No node is asked: a settlement transaction is shown, not looked up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import httpx
+
+from a402.client.records import receipt_header
+from a402.evm.address import address_bytes, address_key
+from a402.evm.ecdsa import OPENZEPPELIN, recover_address
+from a402.exact.eip3009 import Authorization, authorization_digest, domain_from_requirements
+from a402.exact.eip3009 import recover_signer as recover_payment_signer
+from a402.mandate.document import MandateError, SignedMandate
+from a402.mandate.evidence import FORMAT, GENESIS, EvidenceRow, record_hash
+from a402.wire.errors import WireError
+from a402.wire.headers import decode_header
+from a402.wire.x402 import PaymentPayload, parse_payment_payload
+
+HASH_MISMATCH: Final = "hash_mismatch"
+CHAIN_BROKEN: Final = "chain_broken"
+BAD_RECORD_SIGNATURE: Final = "bad_record_signature"
+BAD_MANDATE: Final = "bad_mandate"
+BAD_PAYMENT_SIGNATURE: Final = "bad_payment_signature"
+MALFORMED: Final = "malformed_record"
+
+
+def sha256_hex(data: bytes) -> str:
+    return "0x" + hashlib.sha256(data).hexdigest()
+
+
+def request_hash(request: httpx.Request) -> str:
+    """The request as the agent sent it: method, URL and body (headers left out: the
+    payment header is recorded on its own)."""
+    return sha256_hex(request.method.encode() + b"\x00" + str(request.url).encode() + b"\x00"
+                      + request.content)
+
+
+def exact_record(*, mandate: str, agent: str, request: httpx.Request, header_value: str,
+                 amount: int, payee: str, network: str, asset: str,
+                 response: httpx.Response | None) -> dict[str, Any]:
+    """The fields of one ``exact`` payment's record (the payload as sent, decoded);
+    ``response`` None: the paid attempt got no answer (it may still settle)."""
+    settlement = None
+    value = None if response is None else receipt_header(response.headers)
+    if value:
+        try:
+            settlement = decode_header(value)
+        except WireError:
+            settlement = {"malformed": value[:512]}
+    return {
+        "mandate": mandate, "agent": agent, "scheme": "exact",
+        "request": {"method": request.method, "url": str(request.url),
+                    "hash": request_hash(request)},
+        "payment": {"payload": decode_header(header_value), "amount": str(amount),
+                    "payee": payee, "network": network, "asset": asset},
+        "settlement": settlement,
+        "status": "no_answer" if response is None else response.status_code,
+        "result": None if response is None else sha256_hex(response.content),
+    }
+
+
+def vault_record(*, mandate: str, agent: str, method: str, url: str, content: bytes,
+                 result: Any, info: dict[str, Any]) -> dict[str, Any]:
+    """The fields of one call paid through a vault (``a402``): the payment is the vault's
+    account of it, the settlement the channel's state co-signed by the vault's enclave and
+    the provider (the receipt), in the ASCManager's domain named here."""
+    payment = dict(result.payment)
+    return {
+        "mandate": mandate, "agent": agent, "scheme": "a402",
+        "request": {"method": method.upper(), "url": url,
+                    "hash": sha256_hex(method.upper().encode() + b"\x00" + url.encode()
+                                       + b"\x00" + content),
+                    "idempotencyKey": result.idempotency_key},
+        "payment": {"amount": str(payment.get("amount")), "payee": payment.get("provider"),
+                    "network": payment.get("network"), "asset": payment.get("asset"),
+                    "channelId": payment.get("channelId"),
+                    "requestId": payment.get("requestId")},
+        "settlement": {"receipt": payment.get("receipt"), "vault": info.get("vault"),
+                       "chainId": int(info["chainId"]), "ascManager": info.get("ascManager"),
+                       "transaction": payment.get("transaction")},
+        "status": result.status, "result": sha256_hex(result.content),
+    }
+
+
+def _check_receipt(record: dict[str, Any]) -> str | None:
+    """An ``a402`` record: the receipt's state is signed by the vault it names and by the
+    payee, in the named ASCManager's domain."""
+    from a402.asc.terms import BalanceState, state_signer
+    from a402.crypto import PaymentDomain
+
+    try:
+        settlement, payment = record["settlement"], record["payment"]
+        receipt = settlement["receipt"]
+        domain = PaymentDomain(int(settlement["chainId"]), settlement["ascManager"])
+        channel = bytes.fromhex(str(receipt["channelId"])[2:])
+        state = BalanceState(int(receipt["version"]), int(receipt["clientBalance"]),
+                             int(receipt["providerBalance"]), bool(receipt["isFinal"]))
+        vault = state_signer(domain, channel, state,
+                             bytes.fromhex(receipt["vaultSignature"][2:]))
+        provider = state_signer(domain, channel, state,
+                                bytes.fromhex(receipt["providerSignature"][2:]))
+    except (KeyError, TypeError, ValueError) as e:
+        return f"the channel receipt cannot be read: {e}"
+    if vault is None or vault != address_bytes(str(settlement["vault"])):
+        return "the receipt is not signed by the vault it names"
+    if provider is None or provider != address_bytes(str(payment["payee"])):
+        return "the receipt is not signed by the payee"
+    if str(receipt["channelId"]).lower() != str(payment.get("channelId", "")).lower():
+        return "the receipt is for another channel than the payment"
+    return None
+
+
+def a2a_record(*, mandate: str, agent: str, card_url: str, skill: str | None, text: str,
+               payload: PaymentPayload, settlement: dict[str, Any] | None, status: str,
+               result: str | None) -> dict[str, Any]:
+    """The fields of one paid A2A task's record: the request is the task's text sent to
+    the agent at ``card_url`` for ``skill``; the result the task's result text."""
+    auth = payload.payload.get("authorization", {})
+    return {
+        "mandate": mandate, "agent": agent, "scheme": "exact",
+        "request": {"method": "A2A", "url": card_url, "skill": skill,
+                    "hash": sha256_hex(text.encode())},
+        "payment": {"payload": json.loads(payload.model_dump_json(by_alias=True,
+                                                                  exclude_none=True)),
+                    "amount": str(auth.get("value")), "payee": auth.get("to"),
+                    "network": payload.accepted.network, "asset": payload.accepted.asset},
+        "settlement": settlement, "status": status,
+        "result": None if result is None else sha256_hex(result.encode()),
+    }
+
+
+@dataclass
+class AuditLine:
+    """One record, as checked: ``problems`` empty when every check held."""
+
+    seq: int
+    record: dict[str, Any] = field(default_factory=dict)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def name(self) -> str:
+        return f"record #{self.seq}"
+
+
+def _check_payment(record: dict[str, Any], agent: str) -> str | None:
+    payment = record.get("payment")
+    if not isinstance(payment, dict):
+        return "no payment in the record"
+    try:
+        payload = parse_payment_payload(payment["payload"])
+        if not isinstance(payload, PaymentPayload):
+            return "not an x402 v2 payment payload"
+        auth = Authorization.model_validate(payload.payload["authorization"])
+        digest = authorization_digest(domain_from_requirements(payload.accepted), auth)
+        signer = recover_payment_signer(digest, payload.payload["signature"])
+    except (WireError, KeyError, TypeError, ValueError) as e:
+        return f"the payment payload cannot be read: {e}"
+    if signer is None or address_key(signer) != address_key(agent):
+        return f"the EIP-3009 signature is {signer}'s, not the agent's"
+    if int(auth.value) != int(payment["amount"]) or \
+            address_key(auth.to) != address_key(payment["payee"]):
+        return "the signed authorization pays another amount or payee than recorded"
+    return None
+
+
+def audit(rows: Sequence[EvidenceRow], mandates: dict[str, SignedMandate | MandateError]
+          ) -> list[AuditLine]:
+    """Check ``rows`` (the whole chain, in order) against the spend store's ``mandates``
+    (hash → the verified document, or why it failed); one line per record."""
+    lines: list[AuditLine] = []
+    prev = GENESIS
+    for row in rows:
+        line = AuditLine(row.seq)
+        lines.append(line)
+        digest = record_hash(row.record)
+        if "0x" + digest.hex() != row.hash:
+            line.problems.append((HASH_MISMATCH, "its stored hash is not its text's"))
+        try:
+            record = json.loads(row.record)
+            if not isinstance(record, dict) or record.get("format") != FORMAT:
+                raise ValueError("not an evidence record")
+        except ValueError as e:
+            line.problems.append((MALFORMED, str(e)[:120]))
+            prev = row.hash
+            continue
+        line.record = record
+        if record.get("seq") != row.seq or record.get("prev") != prev:
+            line.problems.append((CHAIN_BROKEN, f"it does not follow the record before "
+                                                f"(prev {str(record.get('prev'))[:18]}…)"))
+        # The next record links to this one's stored hash: an altered text fails here
+        # (its hash and signature), not again at the next record.
+        prev = row.hash
+        agent = str(record.get("agent", ""))
+        try:
+            signature = bytes.fromhex(row.signature[2:])
+            signer = recover_address(digest, signature, policy=OPENZEPPELIN)
+        except ValueError:
+            signer = None
+        if signer is None or not agent or signer != address_bytes(agent):
+            line.problems.append((BAD_RECORD_SIGNATURE, "the agent's signature does not "
+                                                        "cover this text"))
+        mandate = record.get("mandate")
+        known = mandates.get(str(mandate))
+        if isinstance(known, MandateError) or known is None:
+            line.problems.append((BAD_MANDATE, f"mandate {str(mandate)[:18]}… is "
+                                  + ("not in the spend store" if known is None
+                                     else f"invalid ({known.reason})")))
+        elif address_key(known.mandate.agent) != address_key(agent or "0x" + "00" * 20):
+            line.problems.append((BAD_MANDATE, "the mandate is for another agent"))
+        if not agent:
+            problem: str | None = "no agent"
+        elif record.get("scheme") == "a402":
+            problem = _check_receipt(record)
+        else:
+            problem = _check_payment(record, agent)
+        if problem is not None:
+            line.problems.append((BAD_PAYMENT_SIGNATURE, problem))
+    return lines

@@ -1,0 +1,139 @@
+"""The evidence chain: one signed record per payment made under a mandate, next to its spend.
+
+Every payment a mandated payer makes leaves one record in the table
+``a402_evidence`` of the spend store's database (so the budget and its evidence
+live and are backed up together). A record says, in canonical JSON (sorted keys,
+no spaces): its sequence number and the hash of the record before it
+(``prev``), the mandate's hash, the agent, the request (method, URL and the
+hash of the request), the payment payload exactly as sent, the settlement (the
+transaction) or the channel receipt, and the hash of the result received.
+
+Why altering one byte is caught: each record's hash is
+``keccak256("a402/evidence/v1\\0" ‖ its stored text)``, and the agent signs that
+hash with its key (the key the mandate names), so changing any byte of the
+text breaks the agent's signature; the next record names this hash as its
+``prev``, so deleting or reordering records breaks the chain; the stored hash
+and signature columns are recomputed, not trusted. The payment payload is
+verified on its own (the EIP-3009 signature by the agent), and so is the
+mandate (the owner's signature over its document, from the spend store).
+Verification needs no node: :mod:`a402.client.audit` does it offline.
+
+What it does not prove: that the request and result hashes are the bytes the
+service saw and sent (only the agent vouches for them; a provider-signed
+receipt does that on the ``a402`` path), nor that a settlement transaction was
+mined (that takes a node).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Engine,
+    Float,
+    MetaData,
+    String,
+    Table,
+    Text,
+    select,
+)
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from a402.evm.keccak import keccak256
+
+FORMAT: Final = "a402-evidence/1"
+PREFIX: Final = b"a402/evidence/v1\x00"
+GENESIS: Final = "0x" + "00" * 32
+_ATTEMPTS: Final = 20
+
+metadata = MetaData()
+evidence = Table(
+    "a402_evidence", metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", String(66), nullable=False),
+    Column("mandate", String(66), nullable=True, index=True),
+    Column("record", Text, nullable=False),
+    Column("signature", String(132), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+
+def canonical(value: Any) -> str:
+    """The one text of a JSON value: sorted keys, no spaces, UTF-8 as is."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def record_hash(text: str) -> bytes:
+    """What the agent signs for the record stored as ``text``."""
+    return keccak256(PREFIX + text.encode())
+
+
+@dataclass(frozen=True)
+class EvidenceRow:
+    """One stored record, as read (nothing in it is trusted until :mod:`a402.client.audit`
+    checked it)."""
+
+    seq: int
+    hash: str
+    mandate: str | None
+    record: str
+    signature: str
+    created_at: float
+
+
+class EvidenceLog:
+    """The records in the database behind ``engine`` (the spend store's)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        # (Another process may create it between the check and the create: that is fine.)
+        with contextlib.suppress(OperationalError, IntegrityError):
+            metadata.create_all(engine)
+
+    def append(self, fields: dict[str, Any], sign_digest: Callable[[bytes], bytes], *,
+               also: Callable[[Connection], None] | None = None) -> int:
+        """Add a record of ``fields`` (seq, prev and format are set here), signed with
+        ``sign_digest`` (the agent's key); its sequence number. Concurrent writers each
+        get their own place in the chain (the sequence number is the primary key: a
+        writer that lost the race reads the new tail and tries again). ``also`` runs in
+        the same transaction (marking the payment's reservation signed)."""
+        for _ in range(_ATTEMPTS):
+            try:
+                # One write transaction: reading the tail inside it (SQLite's BEGIN
+                # IMMEDIATE holds the write lock already) makes the insert follow it.
+                with self.engine.begin() as conn:
+                    tail = conn.execute(select(evidence.c.seq, evidence.c.hash)
+                                        .order_by(evidence.c.seq.desc()).limit(1)).first()
+                    seq, prev = ((1, GENESIS) if tail is None
+                                 else (int(tail.seq) + 1, str(tail.hash)))
+                    record = {**fields, "format": FORMAT, "seq": seq, "prev": prev}
+                    text = canonical(record)
+                    digest = record_hash(text)
+                    signature = bytes(sign_digest(digest))
+                    if also is not None:
+                        also(conn)
+                    conn.execute(evidence.insert().values(
+                        seq=seq, hash="0x" + digest.hex(), mandate=fields.get("mandate"),
+                        record=text, signature="0x" + signature.hex(),
+                        created_at=time.time()))
+                return seq
+            except IntegrityError:  # (PostgreSQL) another writer took this place first
+                continue
+        raise RuntimeError("the evidence chain kept moving under this writer")
+
+    def rows(self, mandate: str | None = None) -> list[EvidenceRow]:
+        """Every record in chain order (``mandate``: only the records naming it; the
+        chain is then checked through the records between them as well)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(evidence).order_by(evidence.c.seq)).all()
+        return [EvidenceRow(int(r.seq), r.hash, r.mandate, r.record, r.signature,
+                            float(r.created_at)) for r in rows
+                if mandate is None or r.mandate == mandate]
