@@ -42,6 +42,10 @@ class ServeOptions:
         help="serve the journal read-only at /operator/payments to requests with "
              "'Authorization: Bearer TOKEN' (16+ characters; default: the operator API is "
              "off); /metrics then asks for it too")
+    console: bool = setting(
+        False, help="serve the operator console (the journal's settlements and their "
+                    "transactions, charts of volume and latency) at /console, signed in "
+                    "with --operator-token (required with it)")
 
 
 #: ``a402 facilitator``'s flags, one group each: the command's own, then the settings.
@@ -71,6 +75,10 @@ def run_facilitator(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: --operator-token: {e}", file=sys.stderr)
         return 2
+    if serve.console and not observer.operator_enabled:
+        print("error: --console needs --operator-token (the console signs in with it)",
+              file=sys.stderr)
+        return 2
     signer = load_key_file(where.key_file)
     chain = connect(where.rpc, [signer.key])
     if where.network and where.network != chain.network:
@@ -78,7 +86,10 @@ def run_facilitator(args: argparse.Namespace) -> int:
         return 2
     facilitator = Facilitator(chain, signer, SettlementStore(serve.db),
                               from_args(FacilitatorConfig, args))
-    print(json.dumps({"facilitator": f"http://{serve.host}:{serve.port}",
-                      "network": chain.network, "signer": signer.address}), file=sys.stderr)
-    serving.run(create_app(facilitator, observer=observer), host=serve.host, port=serve.port)
+    url = f"http://{serve.host}:{serve.port}"
+    print(json.dumps({"facilitator": url, "network": chain.network, "signer": signer.address,
+                      **({"console": f"{url}/console"} if serve.console else {})}),
+          file=sys.stderr)
+    serving.run(create_app(facilitator, observer=observer, console=serve.console),
+                host=serve.host, port=serve.port)
     return 0
