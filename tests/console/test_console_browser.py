@@ -15,12 +15,17 @@ from tests.console.support import HOSTILE, TOKEN, Records, console
 PAYER = "0x" + "ab" * 20
 
 
-def payment_rows(driver: Any) -> list[dict[str, str]]:
-    from selenium.webdriver.common.by import By
+ROWS_JS = """
+return Array.from(document.querySelectorAll("#payments tr.payment")).map(
+  (row) => Object.fromEntries(Array.from(row.cells).map((c) => [c.className, c.textContent])));
+"""
 
-    rows = driver.find_elements(By.CSS_SELECTOR, "#payments tr.payment")
-    return [{cell.get_attribute("class"): cell.text
-             for cell in row.find_elements(By.TAG_NAME, "td")} for row in rows]
+
+def payment_rows(driver: Any) -> list[dict[str, str]]:
+    """The payment rows as the page shows them, read in one script call (the page
+    replaces its rows every two seconds, so element handles can go stale)."""
+    rows: list[dict[str, str]] = driver.execute_script(ROWS_JS)
+    return rows
 
 
 def csp_violations(driver: Any) -> list[str]:

@@ -112,8 +112,11 @@ def test_a_payment_through_the_gateway_appears_in_its_console(
         settled = wait_for(driver, row)
         assert (settled["amount"], settled["status"]) == (str(PRICE), "confirmed")
         assert settled["transaction"].lower() == tx.lower()
-        assert "confirmed" in driver.find_element("xpath", "//h2[text()='Settlements by state']"
-                                                "/following-sibling::table").text
+        states = driver.execute_script(
+            "const h = Array.from(document.querySelectorAll('h2'))"
+            ".find((e) => e.textContent === 'Settlements by state');"
+            "return h ? h.nextElementSibling.textContent : '';")
+        assert "confirmed" in states
     assert_mined_transfer(anvil_chain, tx)
     assert balances.delta(payer.address) == -PRICE
     assert balances.delta(payee) == PRICE

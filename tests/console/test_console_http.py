@@ -155,3 +155,20 @@ def test_a_session_cookie_is_good_for_its_own_process_only(records: Records) -> 
     assert PAYER not in second.get("/console").text
     assert second.get("/console/panel").status_code == 401
     assert sign_in(first, " ").status_code == 401
+
+
+def test_another_sites_form_cannot_sign_in_or_out(client) -> None:
+    for path in ("/console/login", "/console/logout"):
+        for origin in ("https://evil.example", "null", "http://testserver.evil"):
+            answer = client.post(path, data={"token": TOKEN}, follow_redirects=False,
+                                 headers={"origin": origin})
+            assert answer.status_code == 403, (path, origin)
+            assert "set-cookie" not in answer.headers
+    same = client.post("/console/login", data={"token": TOKEN}, follow_redirects=False,
+                       headers={"origin": "http://testserver"})
+    assert same.status_code == 303
+
+
+def test_head_asks_like_get(client) -> None:
+    assert client.head("/console/console.js").status_code == 200
+    assert client.head("/console/panel").status_code == 401

@@ -19,7 +19,9 @@ Safety argument:
   'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'``: the page can run
   only the console's own script file, load nothing from another origin, and not be
   framed. Values are escaped where they are written (:mod:`a402.console.page`).
-- Bodies are bounded (:func:`a402.serving.read_body`, 4 KiB) and answers are not cached.
+- A sign-in or sign-out POST whose ``Origin`` is another site's is refused (403), so no
+  page elsewhere can sign an operator in or out. Bodies are bounded
+  (:func:`a402.serving.read_body`, 4 KiB) and answers are not cached.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ SECURITY_HEADERS: Final = [
     (b"content-security-policy", CSP.encode()),
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"),
+    (b"referrer-policy", b"same-origin"),
     (b"cache-control", b"no-store"),
 ]
 ASSETS: Final = {"console.js": b"text/javascript; charset=utf-8",
@@ -104,6 +106,10 @@ class Console:
         name = sub.lstrip("/")
         if name in ASSETS and method in ("GET", "HEAD"):
             await _send(send, 200, self._assets[name], ASSETS[name])
+            return
+        if method == "POST" and sub in ("/login", "/logout") and not _same_origin(scope):
+            await _send(send, 403, b"a form of another site cannot sign in or out here",
+                        b"text/plain; charset=utf-8")
             return
         if sub == "/login" and method == "POST":
             await self._login(scope, receive, send)
@@ -164,6 +170,17 @@ class Console:
             if name == COOKIE and hmac.compare_digest(value.encode(), self._session):
                 return True
         return False
+
+
+def _same_origin(scope: Scope) -> bool:
+    """Does a POST come from this console's own page? Browsers send ``Origin`` with every
+    form POST; one naming another host (or ``null``) is another site's form. A request
+    without it (a script, curl) is not a browser that another site drives."""
+    origin = _header(scope, b"origin")
+    if origin is None:
+        return True
+    host = _header(scope, b"host")
+    return host is not None and origin.partition("://")[2] == host
 
 
 def _header(scope: Scope, wanted: bytes) -> str | None:
