@@ -44,10 +44,18 @@ def _bucket_of(t: float, first: float, width: float, count: int) -> int | None:
     return index if 0 <= index < count else None
 
 
+#: The statuses under which a record's amount was paid: a gateway's ``settled``, a
+#: facilitator journal's ``confirmed`` (mined), a vault call's ``paid``, and an A402
+#: EXEC the gateway ran (``executed``). Pending, failed and refused payments moved no
+#: money (or none yet) and are not volume.
+PAID_STATUSES = frozenset({"settled", "confirmed", "paid", "executed"})
+
+
 def volume_and_latency(records: Sequence[Mapping[str, Any]], *, now: float | None = None,
                        count: int = BUCKETS) -> tuple[Series, Series]:
-    """Per bucket: the sum of the amounts paid (atomic units), and the mean latency in
-    milliseconds of the requests that report one (None: no request in that bucket)."""
+    """Per bucket: the sum of the amounts paid (atomic units, :data:`PAID_STATUSES`
+    only), and the mean latency in milliseconds of every request that reports one
+    (None: no such request in that bucket)."""
     timed = [r for r in records if isinstance(r.get("time"), int | float)]
     first, width = buckets((float(r["time"]) for r in timed), now=now, count=count)
     volume = [0.0] * count
@@ -58,7 +66,8 @@ def volume_and_latency(records: Sequence[Mapping[str, Any]], *, now: float | Non
         if i is None:
             continue
         amount = r.get("amount")
-        if isinstance(amount, int | str) and str(amount).isdigit():
+        if r.get("status") in PAID_STATUSES and isinstance(amount, int | str) \
+                and str(amount).isdigit():
             volume[i] += int(amount)
         ms = r.get("latencyMs")
         if isinstance(ms, int | float) and math.isfinite(ms):

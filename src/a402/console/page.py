@@ -84,13 +84,14 @@ def table(section: Table) -> str:
 def live(service: str, data: ConsoleData, *, now: float | None = None) -> str:
     """The part of the page that the script refreshes: charts and tables."""
     volume, latency = volume_and_latency(data.payments, now=now)
-    paid = sum(1 for r in data.payments)
+    paid = len(data.payments)
     note = f'<p class="note">{cell(data.note)}</p>' if data.note else ""
     return (
         f'<p class="summary">{cell(service)}: {paid} payment record(s) shown; refreshed '
         f"{when(clock.time() if now is None else now)} UTC</p>{note}"
         '<section class="charts"><h2>Volume and latency</h2>'
-        + svg(volume, title="volume paid per interval", unit="atomic", kind="bars")
+        + svg(volume, title="volume paid per interval (settled, confirmed or paid only)",
+              unit="atomic", kind="bars")
         + svg(latency, title="mean latency per interval", unit="ms", kind="points")
         + "</section><section><h2>Payments</h2>" + payments_table(data.payments)
         + "</section>" + "".join(table(t) for t in data.tables)
