@@ -9,12 +9,12 @@ RUNTIME_STAMP := $(VENV)/.a402-runtime
 TEST_STAMP    := $(VENV)/.a402-test
 NODE_STAMP    := node_modules/.a402-installed
 
-.PHONY: demo test lint format contracts devnet bench clean
+.PHONY: demo test lint format contracts devnet bench clean browser
 
 demo: $(RUNTIME_STAMP)
 	$(BIN)/a402 demo
 
-test: $(TEST_STAMP) $(NODE_STAMP)
+test: $(TEST_STAMP) $(NODE_STAMP) browser
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
@@ -55,6 +55,19 @@ $(TEST_STAMP): pyproject.toml | $(BIN)/python
 $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund
 	@touch $@
+
+# The console's browser tests drive Debian's chromium through chromedriver. As root with
+# apt (CI), a missing browser is installed; elsewhere `make test` says how and the browser
+# tests skip, unless A402_REQUIRE_BROWSER is set (CI sets it), and then they fail.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	  else \
+	    echo "note: no chromium/chromedriver: the console's browser tests will skip" \
+	         "(install them: apt-get install chromium chromium-driver)"; \
+	  fi; \
+	fi
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache .mypy_cache .hypothesis

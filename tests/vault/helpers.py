@@ -88,11 +88,11 @@ _SETTINGS_GROUPS: dict[str, type[Any]] = {
 @contextlib.contextmanager
 def running_vault(world: World, *, db_url: str | None = None,
                   account: LocalAccount | None = None, observer: Observer | None = None,
-                  **overrides: Any) -> Iterator[Vault]:
+                  console: bool = False, **overrides: Any) -> Iterator[Vault]:
     account = account or fresh_account(world.chain)
     store = VaultStore(db_url or f"sqlite:///{world.tmp}/vault-{account.address}.db")
     service = VaultService(vault_config(world, account, store, **overrides))
-    with serve_in_thread(create_app(service, observer=observer)) as url:
+    with serve_in_thread(create_app(service, observer=observer, console=console)) as url:
         yield Vault(service, url, account, store)
     store.close()
 

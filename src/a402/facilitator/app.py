@@ -51,10 +51,12 @@ BODY_LIMITS = JsonLimits(max_bytes=256 * 1024)
 
 
 def create_app(facilitator: Facilitator, *, reconcile_every: float = 5.0,
-               observer: Observer | None = None) -> FastAPI:
+               observer: Observer | None = None, console: bool = False) -> FastAPI:
     """The facilitator's app. ``observer`` (default: one with the operator API off) logs
     one JSON line per ``/settle`` and serves ``/metrics`` and ``/operator/payments`` (the
-    journal, read-only; see :mod:`a402.observe`)."""
+    journal, read-only; see :mod:`a402.observe`). With ``console``, the operator console
+    at ``/console`` shows the journal (settlements and their transactions) and the
+    settlements by state, signed in with the operator token (ValueError without one)."""
     stop = threading.Event()
     observer = observer if observer is not None else Observer("facilitator")
 
@@ -75,7 +77,9 @@ def create_app(facilitator: Facilitator, *, reconcile_every: float = 5.0,
         stop.set()
         worker.join(timeout=reconcile_every + 1)
 
-    app = FastAPI(title="a402 facilitator", version="1", lifespan=lifespan)
+    # No /docs or /redoc: FastAPI's pages load their scripts from a CDN. /openapi.json stays.
+    app = FastAPI(title="a402 facilitator", version="1", lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
     app.add_middleware(JsonErrors)
 
     async def list_payments(wanted: PaymentFilter) -> list[dict[str, Any]]:
@@ -95,6 +99,18 @@ def create_app(facilitator: Facilitator, *, reconcile_every: float = 5.0,
 
     app.add_middleware(OperatorRoutes, observer=observer, list_payments=list_payments,
                        get_payment=get_payment)
+    if console:
+        from a402.console import Console, Table
+        from a402.console.operator import operator_check, operator_reader
+
+        async def tables() -> list[Table]:
+            counts = await run_in_threadpool(facilitator.store.count_by_state)
+            return [Table("Settlements by state", ("state", "settlements"),
+                          sorted(counts.items()))]
+
+        app.add_middleware(Console, service="facilitator",  # outermost: added last
+                           check_token=operator_check(observer),
+                           read=operator_reader(list_payments, tables))
     app.state.observer = observer
 
     async def answer(request: Request, handler: Any, *, logged: bool = False

@@ -43,6 +43,10 @@ class ServeOptions:
         help="serve the journal read-only at /operator/payments to requests with "
              "'Authorization: Bearer TOKEN' (16+ characters; default: the operator API is "
              "off); /metrics then asks for it too")
+    console: bool = setting(
+        False, help="serve the operator console (the journal's settlements and their "
+                    "transactions, charts of volume and latency) at /console, signed in "
+                    "with --operator-token (required with it)")
 
 
 #: ``a402 facilitator``'s flags, one group each: the command's own, then the settings.
@@ -73,6 +77,10 @@ def run_facilitator(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: --operator-token: {e}", file=sys.stderr)
         return 2
+    if serve.console and not observer.operator_enabled:
+        print("error: --console needs --operator-token (the console signs in with it)",
+              file=sys.stderr)
+        return 2
     signer = load_key_file(where.key_file)  # KeyFileError: key_file_unreadable
     ensure_port_free(serve.host, serve.port)
     chain = connect(where.rpc, [signer.key])
@@ -83,7 +91,10 @@ def run_facilitator(args: argparse.Namespace) -> int:
                         warn=lambda m: print(f"a402 facilitator: {m}", file=sys.stderr))
     facilitator = Facilitator(chain, signer, SettlementStore(db),
                               from_args(FacilitatorConfig, args))
-    print(json.dumps({"facilitator": f"http://{serve.host}:{serve.port}",
-                      "network": chain.network, "signer": signer.address}), file=sys.stderr)
-    serving.run(create_app(facilitator, observer=observer), host=serve.host, port=serve.port)
+    url = f"http://{serve.host}:{serve.port}"
+    print(json.dumps({"facilitator": url, "network": chain.network, "signer": signer.address,
+                      **({"console": f"{url}/console"} if serve.console else {})}),
+          file=sys.stderr)
+    serving.run(create_app(facilitator, observer=observer, console=serve.console),
+                host=serve.host, port=serve.port)
     return 0

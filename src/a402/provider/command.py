@@ -89,6 +89,9 @@ class ServeOptions:
         help="serve the paid requests read-only at /operator/payments to requests with "
              "'Authorization: Bearer TOKEN' (16+ characters; default: the operator API is "
              "off); /metrics then asks for it too")
+    console: bool = setting(
+        False, help="serve the operator console (payments, charts of volume and latency) "
+                    "at /console, signed in with --operator-token (required with it)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -227,6 +230,8 @@ def run_gateway_command(args: argparse.Namespace) -> int:
         observer = Observer("gateway", operator_token=serve.operator_token)
     except ValueError as e:
         return fail(f"--operator-token: {e}")
+    if serve.console and not observer.operator_enabled:
+        return fail("--console needs --operator-token (the console signs in with it)")
     ensure_port_free(serve.host, serve.port)
     try:
         chain_id = evm_chain_id(network)
@@ -242,6 +247,8 @@ def run_gateway_command(args: argparse.Namespace) -> int:
         started = True
         announcement = {"gateway": url, "network": network, "asset": token.address,
                         "payTo": pay_to, **(channels.announcement if channels else {})}
+        if serve.console:
+            announcement["console"] = f"{url}/console"
         if paywall.public_url is None:
             announcement["warning"] = _HOST_NAMES_THE_RESOURCE
         print(json.dumps(announcement), file=sys.stderr, flush=True)
@@ -253,7 +260,7 @@ def run_gateway_command(args: argparse.Namespace) -> int:
             host=serve.host, port=serve.port, paywall=paywall, ledger_db=ledger_db,
             log_level="info" if args.verbose else "warning",
             a402=channels.config if channels else None, on_start=announce,
-            observer=observer,
+            observer=observer, console=serve.console,
         )
     except ValueError as e:  # bad routes, a config the runtime refuses: before any port
         if started:

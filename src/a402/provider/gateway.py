@@ -84,6 +84,7 @@ def create_gateway(
     paywall: Paywall | None = None,
     timing: PaymentTiming | None = None,
     observer: Observer | None = None,
+    console: bool = False,
     **settings: Unpack[PaymentSettings],
 ) -> ASGIApp:
     """The gateway as an ASGI app; ``routes`` are CLI specs or a ``{pattern: price}`` map.
@@ -92,6 +93,9 @@ def create_gateway(
     request and answers ``/metrics`` and ``/operator/payments`` ahead of the upstream
     (see :mod:`a402.observe`): the paid requests this process answered, newest first
     (kept in memory: the last 1,000 since it started; the replay ledger keeps no amounts).
+    With ``console`` it also serves the operator console at ``/console`` (the same records
+    in a browser, signed in with the same token: :mod:`a402.console`; ValueError if the
+    observer has no operator token).
 
     Give either ``facilitator_url`` or a ``facilitator`` client. ``ledger`` is a
     :class:`PaymentLedger` or the SQLAlchemy URL of a shared one (see
@@ -119,10 +123,16 @@ def create_gateway(
         **settings,
     )
     if a402 is None:
-        return operator_routes(payments, observer, payments.ledger)
-    from a402.provider.a402_payments import A402Payments
+        observed = operator_routes(payments, observer, payments.ledger)
+    else:
+        from a402.provider.a402_payments import A402Payments
 
-    return operator_routes(A402Payments(payments, a402), observer, payments.ledger)
+        observed = operator_routes(A402Payments(payments, a402), observer, payments.ledger)
+    if not console:
+        return observed
+    from a402.console.operator import with_console
+
+    return with_console(observed)
 
 
 def operator_routes(app: ASGIApp, observer: Observer,
@@ -208,6 +218,7 @@ def run_gateway(
     paywall: Paywall | None = None,
     timing: PaymentTiming | None = None,
     observer: Observer | None = None,
+    console: bool = False,
     **settings: Unpack[PaymentSettings],
 ) -> None:
     """Serve the gateway until interrupted (blocking); ``paywall``, ``timing`` and
@@ -219,7 +230,7 @@ def run_gateway(
     app = create_gateway(
         upstream, routes, pay_to=pay_to, token=token, network=network,
         facilitator_url=facilitator_url, a402=a402, ledger=ledger_db,
-        paywall=paywall, timing=timing, observer=observer, **settings,
+        paywall=paywall, timing=timing, observer=observer, console=console, **settings,
     )
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     for spec in routes:

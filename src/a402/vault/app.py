@@ -83,10 +83,14 @@ Handler = Callable[[api.Authenticated, dict[str, Any], SignedCall],
                    Awaitable[tuple[int, dict[str, Any]]]]
 
 
-def create_app(service: VaultService, *, observer: Observer | None = None) -> ASGIApp:
+def create_app(service: VaultService, *, observer: Observer | None = None,
+               console: bool = False) -> ASGIApp:
     """The vault's app. ``observer`` (default: one with the operator API off) logs one
     JSON line per ``/v1/invoke`` and serves ``/metrics`` and ``/operator/payments`` (the
-    calls, read-only, nothing sealed; see :mod:`a402.observe`), on standbys too."""
+    calls, read-only, nothing sealed; see :mod:`a402.observe`), on standbys too. With
+    ``console``, the operator console at ``/console`` shows the calls, balances, channels
+    and their states and the settlement transactions (:mod:`a402.vault.console_view`),
+    signed in with the operator token (ValueError without one)."""
     observer = observer if observer is not None else Observer("vault")
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -260,8 +264,14 @@ def create_app(service: VaultService, *, observer: Observer | None = None) -> AS
                 if rows else None)
 
     def observed(inner: ASGIApp) -> ASGIApp:
-        return OperatorRoutes(inner, observer, list_payments=list_payments,
-                              get_payment=get_payment)
+        routes = OperatorRoutes(inner, observer, list_payments=list_payments,
+                                get_payment=get_payment)
+        if not console:
+            return routes
+        from a402.console.operator import with_console
+        from a402.vault import console_view
+
+        return with_console(routes, tables=lambda: console_view.tables(service.store))
 
     if service.lease is None:
         return observed(routed)

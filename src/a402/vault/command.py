@@ -68,6 +68,11 @@ class ServeOptions:
         help="serve the calls read-only at /operator/payments to requests with "
              "'Authorization: Bearer TOKEN' (16+ characters; default: the operator API is "
              "off); /metrics then asks for it too")
+    console: bool = setting(
+        False, help="serve the operator console (calls, balances, channels and their "
+                    "states, settlement transactions, charts of volume and latency) at "
+                    "/console, signed in with --operator-token (required with it; standard "
+                    "mode)")
     public_url: str | None = setting(
         None, help="this replica's URL as clients reach it (a standby names the active "
                    "one's in its 503s; default: http://HOST:PORT)")
@@ -143,6 +148,11 @@ def run_vault(args: argparse.Namespace) -> int:
         observer = Observer("vault", operator_token=serve.operator_token)
     except ValueError as e:
         return fail(f"--operator-token: {e}")
+    if serve.console and not observer.operator_enabled:
+        return fail("--console needs --operator-token (the console signs in with it)")
+    if serve.console and mode.mode == "vault":
+        return fail("--console: vault mode has no operator API yet; the console serves "
+                    "standard mode only")
     if not trust.allow_simulated_attestation:
         return fail("the only enclave backend here is simulated; pass "
                     "--allow-simulated-attestation to run it (development only)")
@@ -217,8 +227,10 @@ def run_vault(args: argparse.Namespace) -> int:
         "rootPublicKey": platform.root.public_key.hex(),
         **({} if lease is None else {"replica": lease.holder,
                                      "role": "standby until it holds the lease"}),
+        **({"console": f"http://{serve.host}:{serve.port}/console"} if serve.console else {}),
     }), file=sys.stderr, flush=True)
-    serving.run(create_app(service, observer=observer), host=serve.host, port=serve.port)
+    serving.run(create_app(service, observer=observer, console=serve.console),
+                host=serve.host, port=serve.port)
     return 0
 
 

@@ -359,6 +359,12 @@ class VaultStore:
             row = s.get(AccountRow, address_key(client))
             return 0 if row is None else int(row.balance)
 
+    def accounts(self, limit: int = 500) -> list[tuple[str, int, float]]:
+        """``(address, balance, updated_at)`` of the accounts changed most recently."""
+        query = select(AccountRow).order_by(AccountRow.updated_at.desc()).limit(limit)
+        with self._read() as s:
+            return [(r.address, int(r.balance), r.updated_at) for r in s.scalars(query)]
+
     def _add(self, s: Session, client: str, delta: int, *, floor: bool = True) -> int:
         """Change a balance by compare-and-set; never below zero unless ``floor`` is False
         (a debit the chain already made: see :meth:`claim_withdrawal`)."""

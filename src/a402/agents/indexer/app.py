@@ -23,7 +23,8 @@ from a402.agents.indexer.search import MAX_LIMIT, BadQuery, Query, Search
 
 
 def create_app(search: Search, *, stale_after: float | None = None) -> FastAPI:
-    app = FastAPI(title="a402 agent index", version="1")
+    # No /docs or /redoc: FastAPI's pages load their scripts from a CDN. /openapi.json stays.
+    app = FastAPI(title="a402 agent index", version="1", docs_url=None, redoc_url=None)
 
     @app.get("/agents")
     def agents(
