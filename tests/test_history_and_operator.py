@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -164,7 +165,13 @@ def cli(*argv: str) -> tuple[int, str, str]:
 def test_each_paid_request_is_one_json_log_line_on_the_gateway_and_the_facilitator(
         paid: dict[str, Any], lines: Lines, payer: LocalAccount, stack: Manifest) -> None:
     new = Lines()
-    new.lines = lines.lines[paid["before"]["lines"]:]
+
+    def logged_all() -> bool:  # a service logs a request once it has answered it
+        new.lines = lines.lines[paid["before"]["lines"]:]
+        return all(len(new.of(s)) >= PAID for s in ("gateway", "facilitator"))
+    deadline = time.monotonic() + 10
+    while not logged_all() and time.monotonic() < deadline:
+        time.sleep(0.02)
     for service in ("gateway", "facilitator"):
         logged = new.of(service)
         assert len(logged) == PAID, new.lines
