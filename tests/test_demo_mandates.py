@@ -15,6 +15,8 @@ def test_the_mandate_act_pays_inside_refuses_a_100x_402_and_a_revoked_mandate() 
     assert "refused: mandate_cap_exceeded; nothing was signed" in text
     assert "refused: mandate_revoked; nothing was signed" in text
     assert "same hash: True" in text
+    assert "a402 audit: 3 record(s), every signature and link verified" in text
+    assert "a402 audit: record #1 fails: hash_mismatch" in text
     assert re.search(r"agent +1,000\.000000 +999\.997000 +-0\.003000", text)
     assert re.search(r"provider +0\.000000 +0\.003000 +\+0\.003000", text)
     assert "spent under the mandate (spend store): 0.003000 of 0.010000" in text

@@ -5,7 +5,9 @@ fund owner signs an EIP-712 mandate for the demo's client key: at most the
 weather API's price per payment, a small budget, one payee. The agent pays
 inside it; a malicious API whose 402 asks 100× the cap is refused before
 anything is signed; the owner revokes the mandate on-chain and the agent's next
-payment is refused. The same mandate is also written as an AP2 open payment
+payment is refused; ``a402 audit``'s check verifies the evidence chain of the
+payments and names the record in which one byte was then altered. The same
+mandate is also written as an AP2 open payment
 mandate (SD-JWT) to show that both encodings name one hash. Every claim is
 checked against balances read from the chain and the durable spend store.
 """
@@ -29,6 +31,8 @@ from a402.chain.deploy import deploy_dev_stack, token_balance
 from a402.chain.node import embedded_chain
 from a402.chain.tx import transact
 from a402.client import PaymentRefused, paying_client, receipt_of
+from a402.client.audit import audit
+from a402.client.mandate_command import stored_mandates
 from a402.crypto.authorization import EcdsaSigner
 from a402.demos.common import PRICE, atomic_units, format_usdc, weather_api
 from a402.facilitator.app import create_app
@@ -36,6 +40,7 @@ from a402.facilitator.core import Facilitator
 from a402.facilitator.store import SettlementStore
 from a402.mandate import Domain, Mandate, sign_mandate
 from a402.mandate.ap2 import export_open, load_sd_jwt
+from a402.mandate.evidence import EvidenceLog, EvidenceRow, evidence
 from a402.mandate.guard import MandateGuard
 from a402.mandate.registry import MandateRegistry, RevocationCheck
 from a402.mandate.spend import SpendStore
@@ -119,6 +124,11 @@ def run_mandates_act(out: TextIO = sys.stdout) -> int:
                 steps["revoked refused"] = _refused(
                     say, lambda: http.get(f"{honest}/weather/perth"), "mandate_revoked")
         spent = spend.spent(signed).total
+        say("\n4. a402 audit checks the evidence chain offline, then one altered byte")
+        steps["audit verifies"] = _audit(say, spend) == (len(evidence_of(spend)), None)
+        seq, altered = _alter_one_byte(spend)
+        steps["altered byte named"] = _audit(say, spend)[1] == seq
+        say(f"   (record #{seq} had one byte changed: {altered})")
         spend.close()
         journal.close()
 
@@ -135,9 +145,42 @@ def run_mandates_act(out: TextIO = sys.stdout) -> int:
     failed = [name for name, ok in steps.items() if not ok]
     say(f"\nran in {time.perf_counter() - started:.1f} s on {manifest.network}")
     say("\nresult     " + ("OK: paid inside the mandate, a 100x 402 and a revoked mandate "
-                          "refused before signing, balances agree" if not failed
+                          "refused before signing, the audit trail verified and one altered "
+                          "byte named, balances agree" if not failed
                           else f"FAILED: {', '.join(failed)}"))
     return 0 if not failed else 1
+
+
+def evidence_of(spend: SpendStore) -> list[EvidenceRow]:
+    return EvidenceLog(spend.engine).rows()
+
+
+def _audit(say: Callable[[str], None], spend: SpendStore) -> tuple[int, int | None]:
+    """What ``a402 audit`` checks, on the demo's spend store: (records, the first failing
+    record's number or None), printed."""
+    lines = audit(evidence_of(spend), stored_mandates(spend.engine))
+    bad = [line for line in lines if not line.ok]
+    if not bad:
+        say(f"   a402 audit: {len(lines)} record(s), every signature and link verified")
+        return len(lines), None
+    say(f"   a402 audit: {bad[0].name} fails: "
+        + "; ".join(f"{code}: {why}" for code, why in bad[0].problems)[:160])
+    return len(lines), bad[0].seq
+
+
+def _alter_one_byte(spend: SpendStore) -> tuple[int, str]:
+    """Change one byte of the first record's amount, as a tamperer with the database
+    would; returns (its number, what changed)."""
+    from sqlalchemy import update
+
+    row = evidence_of(spend)[0]
+    text = row.record
+    at = text.index(str(atomic_units(PRICE)))
+    digit = text[at]
+    changed = text[:at] + ("1" if digit != "1" else "2") + text[at + 1:]
+    with spend.engine.begin() as conn:
+        conn.execute(update(evidence).where(evidence.c.seq == row.seq).values(record=changed))
+    return row.seq, f"amount {text[at:at + 4]}.. -> {changed[at:at + 4]}.."
 
 
 def _refused(say: Callable[[str], None], call: Callable[[], httpx.Response],
