@@ -26,8 +26,6 @@ pytestmark = pytest.mark.anvil
 PRICE = PRICES["GET /weather"]
 
 
-@pytest.mark.xfail(strict=True, reason="S9-V1: a host re-submitting an in-flight call at "
-                   "another amount erases its mandate reservation")
 def test_a_host_cannot_erase_the_reservation_of_a_request_in_flight(world: World) -> None:
     """The host holds the agent's signed call; the enclave sent it on the channel (δ = PRICE
     reserved under the mandate). The host plays the same call again on that busy channel at
