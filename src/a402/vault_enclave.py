@@ -1152,7 +1152,7 @@ class VaultEnclaveCode:
 
     def mandate_read(self, read: RegistryRead) -> None:
         """The host's read of a mandate's registry (see :mod:`a402.mandate.enclave`)."""
-        self._mandates.read(read)
+        self._mandates.read(read, now=self._wall or None)
         if self._mandates.changed:
             self._mandates.changed = False
             self._changed()

@@ -244,8 +244,6 @@ def test_another_agents_owner_cannot_take_a_providers_delivery_for_its_own_agent
     assert registry.status(h).agent_id == agent_id
 
 
-@pytest.mark.xfail(strict=True, reason="S9-V3: one forged registry read from the far future "
-                   "makes the enclave ignore every later honest revocation")
 def test_one_forged_future_read_does_not_hide_later_honest_revocations() -> None:
     """The enclave keeps the read of the highest block and ignores any lower one. A host that
     lies once (a read at block 10^12, timestamped a year ahead, "not revoked") leaves that
@@ -316,3 +314,29 @@ def test_150_payments_answered_at_once_on_postgresql_leave_150_records(
     assert store.spent(s).total == 150 * PRICE  # the budget itself holds
     store.close()
     assert (records, signed_count, lost[0]) == (150, 150, 0)
+
+
+def test_a_read_from_the_future_alone_is_no_fresh_read_and_honest_reads_replace_it() -> None:
+    """The lie alone (a year ahead, "not revoked") pays nothing: the enclave's clock caps a
+    read's time. The honest read that follows at the real, lower block replaces it."""
+    import time
+
+    from a402.mandate import MandateRefused
+    from a402.mandate.enclave import MandateBook, RegistryRead
+
+    keys = Keys()
+    s = signed(keys)
+    doc, now = s.to_json(), int(time.time())
+    book = MandateBook()
+    book.read(RegistryRead(s.hash, 10**12, now + 365 * 86_400, False), now=now)
+    payment = ProposedPayment(agent=keys.agent.address, payee=PAYEE, network=NETWORK,
+                              asset=USDC, scheme="a402", amount=PRICE,
+                              url="https://api.example/x")
+    with pytest.raises(MandateRefused, match="mandate_revocation_unknown"):
+        book.check(agent=keys.agent.address, document=doc, confirmation=None,
+                   payment=payment, now=now, signed_at=now, key="call-1")
+    assert book.reserved == {} and s.hash_hex not in book.spend
+    book.read(RegistryRead(s.hash, 1_000, now, False), now=now)
+    assert book.check(agent=keys.agent.address, document=doc, confirmation=None,
+                      payment=payment, now=now, signed_at=now, key="call-1") == s.hash_hex
+    assert book.spend[s.hash_hex].total == PRICE

@@ -35,8 +35,9 @@ own: the host reads ``MandateRegistry.isRevoked`` and hands the enclave the
 answer with the block's number and timestamp (:class:`RegistryRead`). The book
 refuses to pay under a mandate without a read, with a read whose block is older
 than one it already saw for that mandate, or whose block timestamp is more than
-:data:`MAX_READ_AGE` seconds before the call's signature; a revoked answer is
-final (so is revocation on-chain). That bounds an honest host's lag to
+:data:`MAX_READ_AGE` seconds before the call's signature or after the enclave's
+clock; a revoked answer is taken whatever its block and is final (so is
+revocation on-chain), so one lying read cannot shadow a later honest revocation. That bounds an honest host's lag to
 :data:`MAX_READ_AGE`, but a host that lies about the registry (claims "not
 revoked" at a fresh block) is not caught: without a light client the enclave
 cannot tell, so withholding a revocation is the one limit a dishonest host can
@@ -152,12 +153,19 @@ class MandateBook:
             raise MandateRefused(MANDATE_WRONG_AGENT, f"this agent is bound to the mandates "
                                  f"of another owner ({bound})")
 
-    def read(self, read: RegistryRead) -> None:
-        """Take the host's registry read; an older block than one already taken is ignored
-        (the newer stands), and a revocation is never undone."""
+    def read(self, read: RegistryRead, *, now: int | None = None) -> None:
+        """Take the host's registry read. A revoked read is taken whatever its block (a
+        revocation is never undone on-chain, so no earlier or later block can make it
+        wrong) and is final. A not-revoked read at an older block than one already taken is
+        ignored (the newer stands), unless the one taken claims a time beyond the enclave's
+        clock ``now`` (plus :data:`MAX_READ_AGE`): such a read is a lie or a broken node,
+        and must not shadow the honest reads that follow it (review S9-V3)."""
         key = "0x" + read.mandate.hex()
         known = self.reads.get(key)
-        if known is not None and (known[2] or read.block < known[0]):
+        if known is not None and known[2]:
+            return
+        if known is not None and not read.revoked and read.block < known[0] and not (
+                now is not None and known[1] > now + MAX_READ_AGE):
             return
         self.reads[key] = (read.block, read.timestamp, read.revoked)
         if read.revoked:
@@ -191,6 +199,12 @@ class MandateBook:
         if read is None or read[1] < signed_at - MAX_READ_AGE:
             raise MandateRefused(MANDATE_REVOCATION_UNKNOWN, "the vault has no fresh read of "
                                  "the mandate's registry, so it is treated as revoked")
+        if read[1] > max(now, signed_at) + MAX_READ_AGE:
+            # A read's time is capped by the enclave's clock: one from the future would
+            # otherwise stay "fresh" for as long as the host's lie reaches.
+            raise MandateRefused(MANDATE_REVOCATION_UNKNOWN, "the vault's read of the "
+                                 "mandate's registry claims a block from the future, so it "
+                                 "is treated as revoked")
         owner_ok = None
         if confirmation is not None:
             try:
