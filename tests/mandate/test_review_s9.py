@@ -180,8 +180,6 @@ def test_a_record_rewritten_as_deeply_nested_json_is_named_not_a_crash(tmp_path:
     assert "record #2" in run.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="S9-A1: AP2 claims a402 does not know (status list, "
-                   "aud) are ignored, not refused")
 @pytest.mark.parametrize("claim", [
     # The IETF token status list: how an SD-JWT VC issuer revokes it (index 7 of the list).
     ("status", {"status_list": {"idx": 7, "uri": "https://owner.example/status/1"}}),
