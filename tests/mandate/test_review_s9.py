@@ -60,8 +60,6 @@ def _pay_with_evidence(guard: MandateGuard, wallet: Wallet, n: int) -> None:
                      payment_ref=payload.payload["authorization"]["nonce"])
 
 
-@pytest.mark.xfail(strict=True, reason="S9-E1: deleting the newest evidence records (the "
-                   "tail) passes a402 audit")
 def test_the_audit_names_payments_whose_records_were_cut_off_the_tail(tmp_path: Path) -> None:
     """Three payments signed, three records. Whoever can write the database deletes the
     last two: the chain that is left links perfectly, and the audit says "1 record(s),
@@ -82,10 +80,9 @@ def test_the_audit_names_payments_whose_records_were_cut_off_the_tail(tmp_path: 
     code, err = _audit(db)
     store.close()
     assert code == EXIT_AUDIT_FAILED, err
+    assert "chain_cut: the signed head names record #3, the last one left is #1" in err
 
 
-@pytest.mark.xfail(strict=True, reason="S9-E2: an emptied evidence table passes a402 audit "
-                   "(0 records, exit 0) although payments were signed")
 def test_the_audit_fails_when_every_record_was_deleted(tmp_path: Path) -> None:
     keys = Keys()
     db = f"sqlite:///{tmp_path / 'spend.db'}"
@@ -99,6 +96,7 @@ def test_the_audit_fails_when_every_record_was_deleted(tmp_path: Path) -> None:
     code, err = _audit(db)
     store.close()
     assert code == EXIT_AUDIT_FAILED, err
+    assert "chain_cut" in err and "record_missing: 2 payment(s)" in err
 
 
 def _delivery(price: int) -> tuple[Any, Any, Any, Any]:
@@ -150,8 +148,6 @@ def test_a_validator_does_not_vouch_for_an_amount_or_result_the_receipt_does_not
         check_receipt(ack, lie, vault=vault, domain=domain)
 
 
-@pytest.mark.xfail(strict=True, reason="S9-E3: a record rewritten as deeply nested JSON "
-                   "crashes a402 audit (segfault) instead of being named")
 def test_a_record_rewritten_as_deeply_nested_json_is_named_not_a_crash(tmp_path: Path) -> None:
     """eth_account raises the interpreter's recursion limit to 100_000, so json.loads of a
     record nested 100_000 deep overflows the C stack: ``a402 audit`` dies (SIGSEGV) and names
@@ -270,8 +266,6 @@ def test_one_forged_future_read_does_not_hide_later_honest_revocations() -> None
     assert book.reserved == {}
 
 
-@pytest.mark.xfail(strict=True, reason="S9-E4: on PostgreSQL, concurrent payers lose evidence "
-                   "records (the append gives up after 20 tries); the audit cannot see it")
 def test_150_payments_answered_at_once_on_postgresql_leave_150_records(
     postgres_url: str,
 ) -> None:
@@ -338,3 +332,27 @@ def test_a_read_from_the_future_alone_is_no_fresh_read_and_honest_reads_replace_
     assert book.check(agent=keys.agent.address, document=doc, confirmation=None,
                       payment=payment, now=now, signed_at=now, key="call-1") == s.hash_hex
     assert book.spend[s.hash_hex].total == PRICE
+
+
+def test_a_tail_cut_with_its_signed_head_deleted_is_named_by_the_signed_payments(
+    tmp_path: Path,
+) -> None:
+    """The writer also deletes the chain's signed head: the spend store still counts three
+    signed payments (3 x PRICE) and two of them have no record naming them."""
+    from a402.client.audit import CHAIN_CUT, RECORD_MISSING
+    from a402.mandate.evidence import evidence_head
+
+    keys = Keys()
+    db = f"sqlite:///{tmp_path / 'spend.db'}"
+    store = SpendStore(db)
+    s = signed(keys)
+    guard = MandateGuard(s, agent=keys.agent.address, store=store, revocation=None)
+    _pay_with_evidence(guard, Wallet(bytes(keys.agent.key)), 3)
+    with store.engine.begin() as conn:
+        conn.execute(evidence.delete().where(evidence.c.seq >= 2))
+        conn.execute(evidence_head.delete())
+    assert store.spent(s).total == 3 * PRICE and store.count(s, "signed") == 3
+    code, err = _audit(db)
+    store.close()
+    assert code == EXIT_AUDIT_FAILED
+    assert f"{RECORD_MISSING}: 2 payment(s)" in err and CHAIN_CUT in err
