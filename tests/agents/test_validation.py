@@ -28,8 +28,10 @@ from a402.agents.validation import (
 )
 from a402.asc import (
     Ack,
+    Auth,
     ChannelTerms,
     ProviderChannel,
+    Reply,
     VaultChannel,
     decode,
     encode,
@@ -52,6 +54,8 @@ class Delivery:
     ack: Ack
     vault: str
     domain: PaymentDomain
+    auth: Auth
+    reply: Reply
 
 
 def deliver(chain: Chain, result: bytes) -> Delivery:
@@ -70,11 +74,11 @@ def deliver(chain: Chain, result: bytes) -> Delivery:
     auth = vault.receive(decode(encode(reply)), now=1).send[0]
     reveal = provider.receive(decode(encode(auth)), now=2).send[0]
     ack = vault.receive(decode(encode(reveal)), now=3).send[0]
-    assert isinstance(ack, Ack)
+    assert isinstance(ack, Ack) and isinstance(auth, Auth)
     provider.receive(decode(encode(ack)), now=3)
     assert reply.result_hash == result_hash(result)
     return Delivery(DeliveredResult(vault.channel_id, exec_.request_id, PRICE, reply.result_hash),
-                    ack, vault_key.address, domain)
+                    ack, vault_key.address, domain, auth, reply)
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +116,7 @@ def test_a_provider_enclave_vouches_for_a_delivered_result_with_the_receipts_has
         enclave.address, agent_id, False)
 
     published = answer_with_receipt(registry, enclave, d.delivered, d.ack, vault=d.vault,
-                                    domain=d.domain)
+                                    domain=d.domain, auth=d.auth, reply=d.reply)
 
     assert published == keccak256(encode(d.ack)) == receipt_hash(d.ack)
     after = registry.status(request)
@@ -157,20 +161,21 @@ def test_a_receipt_for_other_work_or_not_signed_by_the_vault_is_refused_and_noth
     for reason, (ack, vault) in cases.items():
         with pytest.raises(ValidationRefused) as info:
             answer_with_receipt(registry, enclave, d.delivered, ack, vault=vault,
-                                domain=d.domain)
+                                domain=d.domain, auth=d.auth, reply=d.reply)
         assert info.value.reason == reason
     forged = dataclasses.replace(d.ack, signature=bytes(65))
     with pytest.raises(ValidationRefused, match="receipt_bad_signature"):
         answer_with_receipt(registry, enclave, d.delivered, forged, vault=d.vault,
-                            domain=d.domain)
+                            domain=d.domain, auth=d.auth, reply=d.reply)
     # A delivery claiming a different amount is a different request: never asked.
     inflated = dataclasses.replace(d.delivered, amount=PRICE * 100)
     with pytest.raises(ValidationRefused, match="validation_unknown_request"):
-        answer_with_receipt(registry, enclave, inflated, d.ack, vault=d.vault, domain=d.domain)
+        answer_with_receipt(registry, enclave, inflated, d.ack, vault=d.vault, domain=d.domain,
+                            auth=d.auth, reply=d.reply)
     stranger = fresh_account(anvil_chain)
     with pytest.raises(ValidationRefused, match="validation_not_requested_of_us"):
         answer_with_receipt(registry, stranger, d.delivered, d.ack, vault=d.vault,
-                            domain=d.domain)
+                            domain=d.domain, auth=d.auth, reply=d.reply)
     assert not registry.status(d.delivered.request_hash()).answered
 
 

@@ -99,9 +99,10 @@ def test_the_audit_fails_when_every_record_was_deleted(tmp_path: Path) -> None:
     assert "chain_cut" in err and "record_missing: 2 payment(s)" in err
 
 
-def _delivery(price: int) -> tuple[Any, Any, Any, Any]:
+def _delivery(price: int) -> tuple[Any, Any, Any, Any, Any, Any]:
     """One real paid request through both channel machines (real secp256k1): the delivered
-    result as committed, the vault's ACK (the receipt), the vault's address, the domain."""
+    result as committed, the vault's ACK (the receipt), the vault's address, the domain, and
+    the request's AUTH (the vault's σ_U) and REPLY (the provider's commitment)."""
     from a402.agents.validation import DeliveredResult
     from a402.asc import Ack, ChannelTerms, ProviderChannel, VaultChannel, decode, encode
     from a402.crypto import EVM, EcdsaSigner, PaymentDomain
@@ -122,11 +123,9 @@ def _delivery(price: int) -> tuple[Any, Any, Any, Any]:
     ack = vault.receive(decode(encode(reveal)), now=3).send[0]
     assert isinstance(ack, Ack)
     delivered = DeliveredResult(vault.channel_id, exec_.request_id, price, reply.result_hash)
-    return delivered, ack, vault_key.address, domain
+    return delivered, ack, vault_key.address, domain, auth, reply
 
 
-@pytest.mark.xfail(strict=True, reason="S9-R1: the receipt validator vouches for a delivery's "
-                   "amount and result hash that the receipt never states")
 @pytest.mark.parametrize("claim", ["amount", "result_hash"])
 def test_a_validator_does_not_vouch_for_an_amount_or_result_the_receipt_does_not_show(
     claim: str,
@@ -140,12 +139,18 @@ def test_a_validator_does_not_vouch_for_an_amount_or_result_the_receipt_does_not
 
     from a402.agents.validation import ValidationRefused, check_receipt
 
-    delivered, ack, vault, domain = _delivery(2_500)
-    check_receipt(ack, delivered, vault=vault, domain=domain)  # the honest claim holds
+    delivered, ack, vault, domain, auth, reply = _delivery(2_500)
+    # the honest claim holds
+    check_receipt(ack, delivered, vault=vault, domain=domain, auth=auth, reply=reply)
     lie = (dataclasses.replace(delivered, amount=2_500 * 10**6) if claim == "amount"
            else dataclasses.replace(delivered, result_hash=os.urandom(32)))
-    with pytest.raises(ValidationRefused):
-        check_receipt(ack, lie, vault=vault, domain=domain)
+    with pytest.raises(ValidationRefused) as refused:
+        check_receipt(ack, lie, vault=vault, domain=domain, auth=auth, reply=reply)
+    assert refused.value.reason == "receipt_wrong_amount_or_result"
+    if claim == "result_hash":  # a REPLY rewritten to match the lie breaks the vault's σ_U
+        forged = dataclasses.replace(reply, result_hash=lie.result_hash)
+        with pytest.raises(ValidationRefused, match="receipt_wrong_amount_or_result"):
+            check_receipt(ack, lie, vault=vault, domain=domain, auth=auth, reply=forged)
 
 
 def test_a_record_rewritten_as_deeply_nested_json_is_named_not_a_crash(tmp_path: Path) -> None:

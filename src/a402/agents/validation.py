@@ -15,8 +15,9 @@ on the balance state that paid request ``rid``):
    :class:`DeliveredResult` ``(channel id, rid, amount, h = H(result))``, whose
    :meth:`~DeliveredResult.request_hash` it sends as ``validationRequest``
    to a validator of its choice — its own attested enclave, or anyone;
-2. the validator, holding the receipt, calls :func:`answer_with_receipt`: it
-   checks the receipt (see :func:`check_receipt`) and answers
+2. the validator, holding the receipt (and the request's AUTH and REPLY, which
+   bind the amount and the result hash: the ACK states neither), calls
+   :func:`answer_with_receipt`: it checks them (see :func:`check_receipt`) and answers
    ``validationResponse(requestHash, 100, "", keccak256(receipt bytes), "a402-receipt")``.
 
 A reader then has, on-chain and for good: who vouched, for which delivery
@@ -45,8 +46,9 @@ from web3.exceptions import ContractLogicError
 from web3.types import TxReceipt
 
 from a402.agents.onchain import AgentSuite, _Bound, _events
-from a402.asc import Ack, encode, state_signer
-from a402.crypto import PaymentDomain
+from a402.asc import Ack, Auth, Reply, encode, state_signer
+from a402.crypto import EVM, CryptoError, PaymentDomain, payment_message
+from a402.crypto.authorization import authorization_signer
 from a402.evm.address import address_bytes
 from a402.evm.keccak import keccak256
 
@@ -92,12 +94,21 @@ def receipt_hash(ack: Ack | bytes) -> bytes:
 
 
 def check_receipt(ack: Ack, delivered: DeliveredResult, *, vault: str,
-                  domain: PaymentDomain) -> None:
+                  domain: PaymentDomain, auth: Auth, reply: Reply) -> None:
     """Raise :class:`ValidationRefused` unless ``ack`` is the vault's receipt for ``delivered``.
 
     The receipt must name the delivery's channel and request, its state must
     account for that request (``version > rid``), and its signature must recover
     to ``vault`` over the channel state's EIP-712 digest in ``domain``.
+
+    The ACK states neither the amount nor the result's hash, so the claim's
+    ``amount`` and ``result_hash`` are bound by the vault's own ``σ_U`` (``auth``,
+    the AUTH of that request): the vault signed ``authorization_digest(m, δ, e)``
+    where ``m = payment_message(cid, rid, δ, h)`` and ``e`` is the challenge of the
+    provider's pre-signature (``reply``, the REPLY of that request). Recomputed here
+    from the *claimed* δ and h, it recovers to the vault only if the vault paid that
+    amount for that result hash; a provider cannot make it vouch for more, or for
+    another result (``receipt_wrong_amount_or_result``).
     """
     if ack.channel_id != delivered.channel_id:
         raise ValidationRefused("receipt_wrong_channel", "the receipt is for another channel")
@@ -112,6 +123,26 @@ def check_receipt(ack: Ack, delivered: DeliveredResult, *, vault: str,
     if signer is None or signer != address_bytes(vault):
         raise ValidationRefused("receipt_bad_signature",
                                 "the receipt is not signed by the channel's vault")
+    if (auth.channel_id, auth.request_id) != (delivered.channel_id, delivered.request_id) \
+            or (reply.channel_id, reply.request_id) != (delivered.channel_id,
+                                                         delivered.request_id):
+        raise ValidationRefused("receipt_wrong_request", "the vault's AUTH or the provider's "
+                                "REPLY is for another request than the delivery")
+    if reply.result_hash != delivered.result_hash:
+        raise ValidationRefused("receipt_wrong_amount_or_result",
+                                "the REPLY commits to another result than the delivery claims")
+    try:
+        challenge = EVM.presignature_from_bytes(reply.presignature).r
+        m = payment_message(domain, delivered.channel_id, delivered.request_id,
+                            delivered.amount, delivered.result_hash)
+        paid_by = authorization_signer(domain, m, delivered.amount, challenge,
+                                       auth.authorization)
+    except (ValueError, CryptoError):
+        paid_by = None
+    if paid_by is None or paid_by != address_bytes(vault):
+        raise ValidationRefused("receipt_wrong_amount_or_result",
+                                "the vault's σ_U does not pay the claimed amount for the "
+                                "claimed result hash")
 
 
 @dataclass(frozen=True)
@@ -176,7 +207,8 @@ def suite_validation(suite: AgentSuite) -> ValidationRegistry:
 
 def answer_with_receipt(
     registry: ValidationRegistry, validator: LocalAccount, delivered: DeliveredResult,
-    ack: Ack, *, vault: str, domain: PaymentDomain, response_uri: str = "",
+    ack: Ack, *, vault: str, domain: PaymentDomain, auth: Auth, reply: Reply,
+    response_uri: str = "",
 ) -> bytes:
     """Vouch for ``delivered`` with its receipt; returns the receipt hash published.
 
@@ -192,7 +224,7 @@ def answer_with_receipt(
     if address_bytes(status.validator) != address_bytes(validator.address):
         raise ValidationRefused("validation_not_requested_of_us",
                                 f"the request names validator {status.validator}")
-    check_receipt(ack, delivered, vault=vault, domain=domain)
+    check_receipt(ack, delivered, vault=vault, domain=domain, auth=auth, reply=reply)
     digest = receipt_hash(ack)
     registry.respond(validator, request_hash, 100, response_hash=digest,
                      response_uri=response_uri, tag=RECEIPT_TAG)
