@@ -213,8 +213,6 @@ def agent_suite(anvil_chain: Any) -> Any:
 
 
 @pytest.mark.anvil
-@pytest.mark.xfail(strict=True, reason="S9-R2: a validation request hash is global, not bound "
-                   "to the agent: another agent's owner front-runs it and takes the delivery")
 def test_another_agents_owner_cannot_take_a_providers_delivery_for_its_own_agent(
     anvil_chain: Any, agent_suite: Any,
 ) -> None:
@@ -225,7 +223,7 @@ def test_another_agents_owner_cannot_take_a_providers_delivery_for_its_own_agent
     stranger's agent never did (its getSummary counts it). Expected: the provider can still
     ask for its own delivery (the hash namespaced by agent, or the request bound to the
     channel's provider)."""
-    from a402.agents.validation import suite_validation
+    from a402.agents.validation import answer_with_receipt, suite_validation
     from tests.agents.onchain_helpers import fresh_account
     from tests.agents.test_validation import deliver, provider_identity
 
@@ -237,10 +235,16 @@ def test_another_agents_owner_cannot_take_a_providers_delivery_for_its_own_agent
     registry = suite_validation(suite)
     h = d.delivered.request_hash()
     registry.request(thief, thiefs_validator.address, thief_agent, h)  # front-run
-    registry.respond(thiefs_validator, h, 100, tag="a402-receipt")
+    registry.respond(thiefs_validator, h, 100, agent_id=thief_agent, tag="a402-receipt")
     assert registry.summary(thief_agent, [], "a402-receipt") == (1, 100)
-    registry.request(owner, enclave.address, agent_id, h)  # reverts today: RequestExists
-    assert registry.status(h).agent_id == agent_id
+    registry.request(owner, enclave.address, agent_id, h)  # reverted (RequestExists) before
+    mine = registry.status(h, agent_id)
+    assert (mine.agent_id, mine.validator, mine.answered) == (agent_id, enclave.address, False)
+    assert registry.summary(agent_id, [], "a402-receipt") == (0, 0)  # nothing of the thief's
+    published = answer_with_receipt(registry, enclave, d.delivered, d.ack, agent_id=agent_id,
+                                    vault=d.vault, domain=d.domain, auth=d.auth, reply=d.reply)
+    assert registry.status(h, agent_id).response_hash == published
+    assert registry.summary(agent_id, [enclave.address], "a402-receipt") == (1, 100)
 
 
 def test_one_forged_future_read_does_not_hide_later_honest_revocations() -> None:

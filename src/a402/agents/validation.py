@@ -14,11 +14,12 @@ on the balance state that paid request ``rid``):
 1. the provider (the agent's owner) commits to what it delivered,
    :class:`DeliveredResult` ``(channel id, rid, amount, h = H(result))``, whose
    :meth:`~DeliveredResult.request_hash` it sends as ``validationRequest``
-   to a validator of its choice — its own attested enclave, or anyone;
+   to a validator of its choice — its own attested enclave, or anyone — for its
+   agent: the registry files it under :func:`request_key` ``(agentId, hash)``;
 2. the validator, holding the receipt (and the request's AUTH and REPLY, which
    bind the amount and the result hash: the ACK states neither), calls
    :func:`answer_with_receipt`: it checks them (see :func:`check_receipt`) and answers
-   ``validationResponse(requestHash, 100, "", keccak256(receipt bytes), "a402-receipt")``.
+   ``validationResponse(requestKey, 100, "", keccak256(receipt bytes), "a402-receipt")``.
 
 A reader then has, on-chain and for good: who vouched, for which delivery
 (the request hash commits to the result's hash and the amount), and the hash
@@ -29,7 +30,9 @@ Safety: the validator answers only after the receipt verifies against the
 channel's vault key and names the very channel and request of the delivery;
 a receipt that does not is refused with :class:`ValidationRefused` and nothing
 is sent. The contract accepts a request hash once and an answer only from the
-validator the request names, so an answer cannot be moved to other work. A
+validator the request names, so an answer cannot be moved to other work; and
+the request is filed per agent, so nobody can file it first for another agent
+and leave the provider's own request reverting. A
 score says nothing about the result's *content*: it says the vault signed the
 state that paid for the delivery committed to by ``h``.
 """
@@ -86,6 +89,16 @@ class DeliveredResult:
         """``keccak256(domain ‖ cid ‖ rid (8 bytes) ‖ amount (16 bytes) ‖ h)``: what is asked."""
         return keccak256(REQUEST_DOMAIN + self.channel_id + self.request_id.to_bytes(8, "big")
                          + self.amount.to_bytes(16, "big") + self.result_hash)
+
+
+def request_key(agent_id: int, request_hash: bytes) -> bytes:
+    """The key the ValidationRegistry files a request under: ``keccak256(abi.encode(agentId,
+    requestHash))``. Namespaced by the agent, so another agent's owner who files the same
+    work first (front-running) files it for its own agent only and takes nothing from this
+    one; events, agent and validator lists name requests by this key."""
+    if len(request_hash) != 32 or not 0 <= agent_id < 1 << 256:
+        raise ValueError("a request hash is 32 bytes and an agent id a uint256")
+    return keccak256(agent_id.to_bytes(32, "big") + request_hash)
 
 
 def receipt_hash(ack: Ack | bytes) -> bytes:
@@ -170,16 +183,20 @@ class ValidationRegistry(_Bound):
             to_checksum_address(validator), agent_id, request_uri, request_hash))
 
     def respond(self, validator: LocalAccount, request_hash: bytes, response: int, *,
-                response_hash: bytes = ZERO32, response_uri: str = "", tag: str = ""
-                ) -> TxReceipt:
+                agent_id: int, response_hash: bytes = ZERO32, response_uri: str = "",
+                tag: str = "") -> TxReceipt:
+        """Answer the request for ``agent_id`` of the work ``request_hash`` (its key,
+        :func:`request_key`, is what the contract answers)."""
         receipt = self._send(validator, self.contract.functions.validationResponse(
-            request_hash, response, response_uri, response_hash, tag))
+            request_key(agent_id, request_hash), response, response_uri, response_hash, tag))
         (_event,) = _events(self.contract, "ValidationResponse", receipt)
         return receipt
 
-    def status(self, request_hash: bytes) -> ValidationStatus:
+    def status(self, request_hash: bytes, agent_id: int) -> ValidationStatus:
+        """The request for ``agent_id`` of the work ``request_hash``."""
         validator, agent_id, response, response_hash, tag, last = (
-            self.contract.functions.getValidationStatus(request_hash).call())
+            self.contract.functions.getValidationStatus(
+                request_key(agent_id, request_hash)).call())
         return ValidationStatus(to_checksum_address(validator), int(agent_id), int(response),
                                 bytes(response_hash), str(tag), int(last))
 
@@ -207,7 +224,7 @@ def suite_validation(suite: AgentSuite) -> ValidationRegistry:
 
 def answer_with_receipt(
     registry: ValidationRegistry, validator: LocalAccount, delivered: DeliveredResult,
-    ack: Ack, *, vault: str, domain: PaymentDomain, auth: Auth, reply: Reply,
+    ack: Ack, *, agent_id: int, vault: str, domain: PaymentDomain, auth: Auth, reply: Reply,
     response_uri: str = "",
 ) -> bytes:
     """Vouch for ``delivered`` with its receipt; returns the receipt hash published.
@@ -217,7 +234,7 @@ def answer_with_receipt(
     """
     request_hash = delivered.request_hash()
     try:
-        status = registry.status(request_hash)
+        status = registry.status(request_hash, agent_id)
     except ContractLogicError as e:  # the view's only revert: UnknownRequest
         raise ValidationRefused("validation_unknown_request",
                                 "no validation request for this delivery") from e
@@ -226,7 +243,7 @@ def answer_with_receipt(
                                 f"the request names validator {status.validator}")
     check_receipt(ack, delivered, vault=vault, domain=domain, auth=auth, reply=reply)
     digest = receipt_hash(ack)
-    registry.respond(validator, request_hash, 100, response_hash=digest,
+    registry.respond(validator, request_hash, 100, agent_id=agent_id, response_hash=digest,
                      response_uri=response_uri, tag=RECEIPT_TAG)
     return digest
 
@@ -234,5 +251,5 @@ def answer_with_receipt(
 __all__ = [
     "RECEIPT_TAG", "DeliveredResult", "ValidationRefused", "ValidationRegistry",
     "ValidationStatus", "answer_with_receipt", "check_receipt", "receipt_hash",
-    "suite_validation",
+    "request_key", "suite_validation",
 ]
