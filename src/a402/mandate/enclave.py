@@ -46,6 +46,12 @@ checked here, and no host can widen it. Like the rest of the sealed ledger, the
 book has no rollback protection (see :mod:`a402.vault_enclave`): a host that
 restarts the enclave on an older ledger can restore an older spend.
 
+Who is paid. A call names a URL; which channel, so which provider, serves it is
+the host's choice, and no provider's attestation names an origin. So a URL
+limit (origins, URL patterns) binds the payee only together with the payees
+list, and a mandate that limits URLs without naming payees is refused here
+(``mandate_payees_required``) rather than enforced as if it bound the payee.
+
 The book's clock is the enclave's ``wall`` (the time as signed calls vouch for
 it), never earlier than the call's signature, so a host cannot move a mandate
 back into its validity window; moving it forward only ends the mandate sooner.
@@ -78,6 +84,7 @@ MANDATE_REQUIRED: Final = "mandate_required"
 MANDATE_REVOCATION_UNKNOWN: Final = "mandate_revocation_unknown"
 MANDATE_CONFIRMATION_USED: Final = "mandate_confirmation_used"
 MANDATE_INVALID: Final = "mandate_invalid"
+MANDATE_PAYEES_REQUIRED: Final = "mandate_payees_required"
 _CACHE: Final = 256
 _MAX_CONFIRMATIONS: Final = 100_000
 
@@ -192,6 +199,16 @@ class MandateBook:
             raise MandateRefused(MANDATE_WRONG_AGENT, f"the mandate is for "
                                  f"{signed.mandate.agent}, the call is signed by {agent}")
         self.bind(signed)
+        m = signed.mandate
+        if (m.origins or m.url_patterns) and not m.payees:
+            # In a vault the host picks which channel (so which provider) serves a URL, and
+            # no provider attests an origin: a URL limit alone would not limit who is paid.
+            # (The agent is bound all the same: it pays nothing until a mandate that names
+            # its payees comes.)
+            raise MandateRefused(MANDATE_PAYEES_REQUIRED, "through a vault a mandate that "
+                                 "limits origins or URLs must also name its payees (the "
+                                 "providers' addresses): the host chooses the channel, so a "
+                                 "URL alone does not bind who is paid")
         mandate = signed.hash_hex
         read = self.reads.get(mandate)
         if read is not None and read[2]:
