@@ -37,8 +37,8 @@ refuses to pay under a mandate without a read, with a read whose block is older
 than one it already saw for that mandate, or whose block timestamp is more than
 :data:`MAX_READ_AGE` seconds before the call's signature or after the enclave's
 clock; a revoked answer is taken whatever its block and is final (so is
-revocation on-chain), so one lying read cannot shadow a later honest revocation. That bounds an honest host's lag to
-:data:`MAX_READ_AGE`, but a host that lies about the registry (claims "not
+revocation on-chain), so one lying read cannot shadow a later honest
+revocation. That bounds an honest host's lag to :data:`MAX_READ_AGE`, but a host that lies about the registry (claims "not
 revoked" at a fresh block) is not caught: without a light client the enclave
 cannot tell, so withholding a revocation is the one limit a dishonest host can
 take away. Every other limit is the owner's signature and the client's,
