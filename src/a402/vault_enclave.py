@@ -1104,6 +1104,9 @@ class VaultEnclaveCode:
             # Refused before the mandate book is asked: a call replayed (at any amount) on a
             # channel whose request is in flight must not touch that request's reservation,
             # which still stands for the δ that may yet be σ_U-signed (review S9-V1).
+            # (The very refusal the channel machine would give, asked before the book.)
+            if held.channel.status is Status.CLOSED:
+                raise LocalProtocolError(Reason.CHANNEL_CLOSED)
             raise LocalProtocolError(Reason.REQUEST_IN_FLIGHT,
                                      f"the channel is {held.channel.status}: a request is in "
                                      "flight on it; nothing new was reserved or sent")

@@ -38,8 +38,9 @@ than one it already saw for that mandate, or whose block timestamp is more than
 :data:`MAX_READ_AGE` seconds before the call's signature or after the enclave's
 clock; a revoked answer is taken whatever its block and is final (so is
 revocation on-chain), so one lying read cannot shadow a later honest
-revocation. That bounds an honest host's lag to :data:`MAX_READ_AGE`, but a host that lies about the registry (claims "not
-revoked" at a fresh block) is not caught: without a light client the enclave
+revocation. That bounds an honest host's lag to :data:`MAX_READ_AGE`, but a
+host that lies about the registry (claims "not revoked" at a fresh block) while
+it lies is not caught: without a light client the enclave
 cannot tell, so withholding a revocation is the one limit a dishonest host can
 take away. Every other limit is the owner's signature and the client's,
 checked here, and no host can widen it. Like the rest of the sealed ledger, the
