@@ -1,7 +1,7 @@
 """Adversarial review, session 9 (issue 14 mandates): findings that need no chain.
 
-Each test states the rule it expects and is marked ``xfail(strict=True)`` while the finding
-stands, so it turns red the day the fix lands and the mark must go.
+Each test states the rule it expects; each was ``xfail(strict=True)`` while its finding
+stood and is a plain test since the fix (the docstrings say what the finding was).
 """
 
 from __future__ import annotations
@@ -365,3 +365,23 @@ def test_a_tail_cut_with_its_signed_head_deleted_is_named_by_the_signed_payments
     store.close()
     assert code == EXIT_AUDIT_FAILED
     assert f"{RECORD_MISSING}: 2 payment(s)" in err and CHAIN_CUT in err
+
+
+def test_an_ap2_token_whose_payload_is_deeply_nested_is_refused_not_a_crash() -> None:
+    """The SD-JWT's parts are bounded like every wire body before any parser sees them: a
+    payload nested 100_000 deep is ``mandate_ap2_invalid``, not a C stack overflow."""
+    import base64
+    import json
+
+    from a402.mandate import MandateError
+    from a402.mandate.ap2 import read_open
+
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    header = b64(json.dumps({"alg": "ES256K", "typ": "dc+sd-jwt"}).encode())
+    payload = b64(("[" * 100_000 + "]" * 100_000).encode())
+    with pytest.raises(MandateError) as refused:
+        read_open(f"{header}.{payload}.{b64(bytes(64))}~")
+    assert refused.value.reason == "mandate_ap2_invalid"
+    assert "nested deeper than 64 levels" in str(refused.value)

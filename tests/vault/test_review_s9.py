@@ -1,7 +1,7 @@
 """Adversarial review, session 9 (issue 14 mandates): what a vault host can make the enclave do.
 
-Each test states the money rule it expects and is marked ``xfail(strict=True)`` while the
-finding stands, so it turns red the day the fix lands and the mark must go. On anvil.
+Each test states the money rule it expects; each was ``xfail(strict=True)`` while its
+finding stood and is a plain test since the fix (S9-V1, S9-V2). On anvil.
 """
 
 from __future__ import annotations
@@ -29,11 +29,10 @@ PRICE = PRICES["GET /weather"]
 def test_a_host_cannot_erase_the_reservation_of_a_request_in_flight(world: World) -> None:
     """The host holds the agent's signed call; the enclave sent it on the channel (δ = PRICE
     reserved under the mandate). The host plays the same call again on that busy channel at
-    a lower price: the book gives the PRICE back and reserves the new amount, then the
-    channel refuses (a request is in flight) and the enclave releases the new amount too.
-    The request in flight can still get σ_U for PRICE, and the book no longer counts it:
-    repeated, the mandate's budget bounds nothing. Expected: the budget still counts the
-    in-flight PRICE after the refused second submission."""
+    a lower price. Before the fix the book gave the PRICE back and reserved the new amount,
+    then the channel refused and the enclave released the new amount too, so the request in
+    flight could still get σ_U for PRICE uncounted. Now the busy channel is refused before
+    the book is asked: the budget still counts the in-flight PRICE."""
     chain = world.chain
     registry = deploy_contract(chain, chain.accounts[0], "MandateRegistry").address
     owner, provider = Account.create(), world.provider()
