@@ -385,3 +385,29 @@ def test_an_ap2_token_whose_payload_is_deeply_nested_is_refused_not_a_crash() ->
         read_open(f"{header}.{payload}.{b64(bytes(64))}~")
     assert refused.value.reason == "mandate_ap2_invalid"
     assert "nested deeper than 64 levels" in str(refused.value)
+
+
+def test_a_tail_cut_before_the_next_payment_shows_as_a_gap_at_that_payments_record(
+    tmp_path: Path,
+) -> None:
+    """The next record follows the signed head, not the table's tail: after records #2 and
+    #3 are cut, payment four's record is #4 and names #3 as its prev, so the audit finds
+    the gap there (and the two payments with no record)."""
+    from a402.client.audit import CHAIN_BROKEN
+
+    keys = Keys()
+    db = f"sqlite:///{tmp_path / 'spend.db'}"
+    store = SpendStore(db)
+    s = signed(keys)
+    guard = MandateGuard(s, agent=keys.agent.address, store=store, revocation=None)
+    wallet = Wallet(bytes(keys.agent.key))
+    _pay_with_evidence(guard, wallet, 3)
+    with store.engine.begin() as conn:
+        conn.execute(evidence.delete().where(evidence.c.seq >= 2))
+    _pay_with_evidence(guard, wallet, 1)
+    assert [row.seq for row in guard.evidence.rows()] == [1, 4]
+    assert store.spent(s).total == 4 * PRICE and store.count(s, "signed") == 4
+    code, err = _audit(db)
+    store.close()
+    assert code == EXIT_AUDIT_FAILED
+    assert f"record #4 fails: {CHAIN_BROKEN}" in err and "record_missing: 2 payment(s)" in err

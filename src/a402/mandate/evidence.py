@@ -137,53 +137,72 @@ class EvidenceLog:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._head_ready = False
         # (Another process may create it between the check and the create: that is fine.)
         with contextlib.suppress(OperationalError, IntegrityError):
             metadata.create_all(engine)
 
     def _ensure_head(self) -> None:
-        """The head row exists (seq 0: no record yet); concurrent creators: one wins."""
-        with self.engine.connect() as conn:
-            if conn.execute(select(evidence_head.c.id)).first() is not None:
-                return
+        """The head row exists, so appenders have a row to queue on. Made (once; concurrent
+        creators: one wins) naming the current tail: seq 0 for an empty chain, and for a
+        chain written before heads existed its last record, unsigned until the next append
+        signs a head. Once seen it is not looked for again here."""
+        if self._head_ready:
+            return
         with contextlib.suppress(IntegrityError), self.engine.begin() as conn:
-            conn.execute(evidence_head.insert().values(id=1, seq=0, hash=GENESIS,
-                                                       signature=""))
+            if conn.execute(select(evidence_head.c.id)).first() is None:
+                tail = self._tail(conn)
+                conn.execute(evidence_head.insert().values(
+                    id=1, seq=0 if tail is None else int(tail.seq),
+                    hash=GENESIS if tail is None else str(tail.hash), signature=""))
+        self._head_ready = True
+
+    @staticmethod
+    def _tail(conn: Connection) -> Any:
+        return conn.execute(select(evidence.c.seq, evidence.c.hash)
+                            .order_by(evidence.c.seq.desc()).limit(1)).first()
 
     def append(self, fields: dict[str, Any], sign_digest: Callable[[bytes], bytes], *,
                also: Callable[[Connection], None] | None = None) -> int:
         """Add a record of ``fields`` (seq, prev and format are set here), signed with
         ``sign_digest`` (the agent's key); its sequence number. Concurrent writers queue
         on the head row's lock (module doc), so each gets its own place and none is
-        dropped; the head is re-signed in the same transaction. ``also`` runs in that
-        transaction too (marking the payment's reservation signed)."""
+        dropped; the head is re-signed in the same transaction. The new record follows
+        the *head*, not whatever tail the table shows: after a tail was cut, the next
+        record names the missing one as ``prev`` and the audit sees the gap. ``also``
+        runs in the same transaction (marking the payment's reservation signed)."""
         self._ensure_head()
         locking = self.engine.dialect.name != "sqlite"
         for _ in range(_ATTEMPTS):
             try:
                 # One write transaction: the head row locked (PostgreSQL) or the write
-                # lock held (SQLite's BEGIN IMMEDIATE) before the tail is read.
+                # lock held (SQLite's BEGIN IMMEDIATE) before the head is read.
                 with self.engine.begin() as conn:
-                    head_q = select(evidence_head.c.seq).where(evidence_head.c.id == 1)
-                    conn.execute(head_q.with_for_update() if locking else head_q).first()
-                    tail = conn.execute(select(evidence.c.seq, evidence.c.hash)
-                                        .order_by(evidence.c.seq.desc()).limit(1)).first()
-                    seq, prev = ((1, GENESIS) if tail is None
-                                 else (int(tail.seq) + 1, str(tail.hash)))
+                    head_q = select(evidence_head.c.seq, evidence_head.c.hash).where(
+                        evidence_head.c.id == 1)
+                    head = conn.execute(head_q.with_for_update() if locking
+                                        else head_q).first()
+                    last = head if head is not None else self._tail(conn)
+                    seq, prev = ((1, GENESIS) if last is None or int(last.seq) == 0
+                                 else (int(last.seq) + 1, str(last.hash)))
                     record = {**fields, "format": FORMAT, "seq": seq, "prev": prev}
                     text = canonical(record)
                     digest = record_hash(text)
                     signature = bytes(sign_digest(digest))
                     hash_hex = "0x" + digest.hex()
-                    head_signature = bytes(sign_digest(head_hash(seq, hash_hex)))
+                    head_signature = "0x" + bytes(sign_digest(head_hash(seq, hash_hex))).hex()
                     if also is not None:
                         also(conn)
                     conn.execute(evidence.insert().values(
                         seq=seq, hash=hash_hex, mandate=fields.get("mandate"),
                         record=text, signature="0x" + signature.hex(),
                         created_at=time.time()))
-                    conn.execute(update(evidence_head).where(evidence_head.c.id == 1).values(
-                        seq=seq, hash=hash_hex, signature="0x" + head_signature.hex()))
+                    if head is None:  # the head row was deleted: written again
+                        conn.execute(evidence_head.insert().values(
+                            id=1, seq=seq, hash=hash_hex, signature=head_signature))
+                    else:
+                        conn.execute(update(evidence_head).where(evidence_head.c.id == 1)
+                                     .values(seq=seq, hash=hash_hex, signature=head_signature))
                 return seq
             except IntegrityError:  # a writer of code without the head lock got there first
                 continue
