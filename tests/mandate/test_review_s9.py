@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -411,3 +412,46 @@ def test_a_tail_cut_before_the_next_payment_shows_as_a_gap_at_that_payments_reco
     store.close()
     assert code == EXIT_AUDIT_FAILED
     assert f"record #4 fails: {CHAIN_BROKEN}" in err and "record_missing: 2 payment(s)" in err
+
+
+def test_records_from_before_they_named_their_reservation_are_matched_by_the_payment_nonce(
+    tmp_path: Path,
+) -> None:
+    """A store written before records named their reservation: the audit matches a signed
+    reservation by its payment_ref (the EIP-3009 nonce in the record) and passes; cutting
+    such a record is still named."""
+    from sqlalchemy import update
+
+    from a402.mandate.evidence import evidence_head
+
+    keys = Keys()
+    db = f"sqlite:///{tmp_path / 'spend.db'}"
+    store = SpendStore(db)
+    s = signed(keys)
+    guard = MandateGuard(s, agent=keys.agent.address, store=store, revocation=None)
+    _pay_with_evidence(guard, Wallet(bytes(keys.agent.key)), 2)
+    # Rewrite the store as older code left it: no reservation in the records (re-signed
+    # by the agent, as that code signed them), so only the nonce links them.
+    from a402.mandate.evidence import canonical, head_hash, record_hash
+    wallet = Wallet(bytes(keys.agent.key))
+    prev = "0x" + "00" * 32
+    for row in guard.evidence.rows():
+        record = json.loads(row.record)
+        del record["reservation"]
+        record["prev"] = prev
+        text = canonical(record)
+        digest = record_hash(text)
+        prev = "0x" + digest.hex()
+        with store.engine.begin() as conn:
+            conn.execute(update(evidence).where(evidence.c.seq == row.seq).values(
+                record=text, hash=prev, signature="0x" + wallet.sign_evidence(digest).hex()))
+    with store.engine.begin() as conn:
+        conn.execute(update(evidence_head).values(
+            hash=prev, signature="0x" + wallet.sign_evidence(head_hash(2, prev)).hex()))
+    assert _audit(db)[0] == 0
+    assert store.spent(s).total == 2 * PRICE
+    with store.engine.begin() as conn:
+        conn.execute(evidence.delete().where(evidence.c.seq == 1))
+    code, err = _audit(db)
+    store.close()
+    assert code == EXIT_AUDIT_FAILED and "record_missing: 1 payment(s)" in err

@@ -269,12 +269,23 @@ def audit(rows: Sequence[EvidenceRow], mandates: dict[str, SignedMandate | Manda
     return lines
 
 
+def _nonce_of(record: dict[str, Any]) -> str | None:
+    """The EIP-3009 nonce of an ``exact`` record's payment (lowercase), if it has one."""
+    payment = record.get("payment")
+    payload = payment.get("payload") if isinstance(payment, dict) else None
+    inner = payload.get("payload") if isinstance(payload, dict) else None
+    auth = inner.get("authorization") if isinstance(inner, dict) else None
+    nonce = auth.get("nonce") if isinstance(auth, dict) else None
+    return nonce.lower() if isinstance(nonce, str) else None
+
+
 def audit_chain(lines: Sequence[AuditLine], rows: Sequence[EvidenceRow],
-                head: EvidenceHead | None, signed_reservations: Sequence[tuple[str, str]]
+                head: EvidenceHead | None,
+                signed_reservations: Sequence[tuple[str, str, str | None]]
                 ) -> list[tuple[str, str]]:
     """The chain as a whole (module doc): problems, empty when it holds. ``lines`` are
     :func:`audit`'s for ``rows``; ``signed_reservations`` the spend store's reservations
-    marked signed, as (reservation id, mandate hash)."""
+    marked signed, as (reservation id, mandate hash, payment_ref)."""
     problems: list[tuple[str, str]] = []
     last = rows[-1] if rows else None
     if last is None:
@@ -299,7 +310,11 @@ def audit_chain(lines: Sequence[AuditLine], rows: Sequence[EvidenceRow],
                              "its last record"))
     named = {str(line.record.get("reservation")) for line in lines
              if line.record.get("reservation") is not None}
-    missing = [(rid, mandate) for rid, mandate in signed_reservations if rid not in named]
+    # Records written before they named their reservation: matched by the payment's
+    # reference (the EIP-3009 nonce the spend store keeps as ``payment_ref``).
+    refs = {_nonce_of(line.record) for line in lines} - {None}
+    missing = [(rid, mandate) for rid, mandate, ref in signed_reservations
+               if rid not in named and (ref is None or ref.lower() not in refs)]
     if missing:
         listed = ", ".join(f"{rid} (mandate {mandate[:10]}…)" for rid, mandate in missing[:5])
         problems.append((RECORD_MISSING, f"{len(missing)} payment(s) the spend store counts "

@@ -557,15 +557,16 @@ def stored_mandates(engine: Any) -> dict[str, Any]:
     return found
 
 
-def signed_reservations(engine: Any) -> list[tuple[str, str]]:
-    """(id, mandate hash) of every reservation the spend store marks signed."""
+def signed_reservations(engine: Any) -> list[tuple[str, str, str | None]]:
+    """(id, mandate hash, payment_ref) of every reservation the spend store marks signed."""
     from sqlalchemy import select
 
     from a402.mandate.spend import SIGNED, reservations
 
     with engine.connect() as conn:
-        return [(str(r.id), str(r.mandate)) for r in conn.execute(
-            select(reservations.c.id, reservations.c.mandate)
+        return [(str(r.id), str(r.mandate), None if r.payment_ref is None
+                 else str(r.payment_ref)) for r in conn.execute(
+            select(reservations.c.id, reservations.c.mandate, reservations.c.payment_ref)
             .where(reservations.c.state == SIGNED).order_by(reservations.c.created_at))]
 
 
