@@ -13,7 +13,14 @@ interface IIdentityRegistryForValidation {
 ///         `tag`; it may answer again (a progressive check, a correction), the last answer
 ///         stands and `lastUpdate` says when it was given.
 ///
-///         Safety: a request hash is used once, ever (so a validator's answer can never be
+///         A request is filed under its key `requestKey(agentId, requestHash)` =
+///         keccak256(abi.encode(agentId, requestHash)): the work's commitment namespaced by the
+///         agent it is asked for. Answers, status and the `requestHash` of both events are that
+///         key. So the owner of another agent who sees a commitment (in the mempool, or
+///         recomputed from a receipt) and files it first for its own agent takes nothing: the
+///         agent's own owner still files it under its agent's key.
+///
+///         Safety: a request key is used once, ever (so a validator's answer can never be
 ///         re-attached to other work); nobody but the named validator can write an answer;
 ///         nothing here moves value. `getSummary` averages the answered requests of one agent,
 ///         filtered by validator and tag: a reader should name the validators it trusts, since
@@ -87,15 +94,23 @@ contract ValidationRegistry {
         if (requestHash == bytes32(0)) revert ZeroRequestHash();
         // Reverts for an agent that does not exist.
         if (!_identity.isAuthorizedOrOwner(msg.sender, agentId)) revert NotAuthorized(msg.sender, agentId);
-        Status storage s = _status[requestHash];
-        if (s.validatorAddress != address(0)) revert RequestExists(requestHash);
+        bytes32 key = requestKey(agentId, requestHash);
+        Status storage s = _status[key];
+        if (s.validatorAddress != address(0)) revert RequestExists(key);
         s.validatorAddress = validatorAddress;
         s.agentId = agentId;
-        _agentRequests[agentId].push(requestHash);
-        _validatorRequests[validatorAddress].push(requestHash);
-        emit ValidationRequest(validatorAddress, agentId, requestURI, requestHash);
+        _agentRequests[agentId].push(key);
+        _validatorRequests[validatorAddress].push(key);
+        emit ValidationRequest(validatorAddress, agentId, requestURI, key);
     }
 
+    /// @notice The key a request for `agentId` of the work committed to by `requestHash` is
+    ///         filed, answered and read under.
+    function requestKey(uint256 agentId, bytes32 requestHash) public pure returns (bytes32) {
+        return keccak256(abi.encode(agentId, requestHash));
+    }
+
+    /// @param requestHash the request's key (`requestKey`).
     function validationResponse(
         bytes32 requestHash,
         uint8 response,
@@ -117,8 +132,8 @@ contract ValidationRegistry {
 
     // ---------------------------------------------------------------- reading
 
-    /// @notice A request that was never made reverts (`UnknownRequest`); an unanswered one has
-    ///         `lastUpdate` 0.
+    /// @notice By the request's key (`requestKey`). A request that was never made reverts
+    ///         (`UnknownRequest`); an unanswered one has `lastUpdate` 0.
     function getValidationStatus(bytes32 requestHash)
         external
         view

@@ -1100,12 +1100,28 @@ class VaultEnclaveCode:
         if invoke.max_price < amount:
             raise EnclaveError("price_above_maximum",
                                f"{amount} > the call's maximum {invoke.max_price}")
+        if held.channel.status is not Status.OPEN:
+            # Refused before the mandate book is asked: a call replayed (at any amount) on a
+            # channel whose request is in flight must not touch that request's reservation,
+            # which still stands for the δ that may yet be σ_U-signed (review S9-V1).
+            # (The very refusal the channel machine would give, asked before the book.)
+            if held.channel.status is Status.CLOSED:
+                raise LocalProtocolError(Reason.CHANNEL_CLOSED)
+            raise LocalProtocolError(Reason.REQUEST_IN_FLIGHT,
+                                     f"the channel is {held.channel.status}: a request is in "
+                                     "flight on it; nothing new was reserved or sent")
+        before = self._mandates.reserved.get(f"{client}|{once}")
         book_key = self._mandate(signed, invoke, held.channel.terms, amount, once)
         try:
             exec_ = held.channel.request(paid_request(invoke).encode(), amount, now=now)
         except BaseException:
-            if book_key is not None:
+            # Only what this attempt reserved goes back: a reservation that stood before it
+            # (the same call retried at the same amount) is left as it was.
+            if book_key is not None and self._mandates.reserved.get(book_key) is not before:
                 self._mandates.release(book_key)
+                if self._mandates.changed:
+                    self._mandates.changed = False
+                    self._changed()
             raise
         assert invoke.created_at is not None  # _once refuses a call without it
         held.call = _Binding(client, key[1], invoke.created_at)
@@ -1139,7 +1155,7 @@ class VaultEnclaveCode:
 
     def mandate_read(self, read: RegistryRead) -> None:
         """The host's read of a mandate's registry (see :mod:`a402.mandate.enclave`)."""
-        self._mandates.read(read)
+        self._mandates.read(read, now=self._wall or None)
         if self._mandates.changed:
             self._mandates.changed = False
             self._changed()

@@ -24,12 +24,15 @@ from a402.agents.validation import (
     ValidationRefused,
     answer_with_receipt,
     receipt_hash,
+    request_key,
     suite_validation,
 )
 from a402.asc import (
     Ack,
+    Auth,
     ChannelTerms,
     ProviderChannel,
+    Reply,
     VaultChannel,
     decode,
     encode,
@@ -52,6 +55,8 @@ class Delivery:
     ack: Ack
     vault: str
     domain: PaymentDomain
+    auth: Auth
+    reply: Reply
 
 
 def deliver(chain: Chain, result: bytes) -> Delivery:
@@ -70,11 +75,11 @@ def deliver(chain: Chain, result: bytes) -> Delivery:
     auth = vault.receive(decode(encode(reply)), now=1).send[0]
     reveal = provider.receive(decode(encode(auth)), now=2).send[0]
     ack = vault.receive(decode(encode(reveal)), now=3).send[0]
-    assert isinstance(ack, Ack)
+    assert isinstance(ack, Ack) and isinstance(auth, Auth)
     provider.receive(decode(encode(ack)), now=3)
     assert reply.result_hash == result_hash(result)
     return Delivery(DeliveredResult(vault.channel_id, exec_.request_id, PRICE, reply.result_hash),
-                    ack, vault_key.address, domain)
+                    ack, vault_key.address, domain, auth, reply)
 
 
 @pytest.fixture(scope="module")
@@ -107,21 +112,22 @@ def test_a_provider_enclave_vouches_for_a_delivered_result_with_the_receipts_has
     request = d.delivered.request_hash()
 
     registry.request(owner, enclave.address, agent_id, request, "a402://receipt")
-    before = registry.status(request)
+    before = registry.status(request, agent_id)
     assert (before.validator, before.agent_id, before.answered) == (
         enclave.address, agent_id, False)
 
-    published = answer_with_receipt(registry, enclave, d.delivered, d.ack, vault=d.vault,
-                                    domain=d.domain)
+    published = answer_with_receipt(registry, enclave, d.delivered, d.ack, agent_id=agent_id,
+                                    vault=d.vault, domain=d.domain, auth=d.auth, reply=d.reply)
 
     assert published == keccak256(encode(d.ack)) == receipt_hash(d.ack)
-    after = registry.status(request)
+    after = registry.status(request, agent_id)
     assert (after.response, after.response_hash, after.tag) == (100, published, RECEIPT_TAG)
     assert after.last_update > 0
     assert registry.summary(agent_id, [enclave.address]) == (1, 100)
     assert registry.summary(agent_id, [owner.address]) == (0, 0)  # only the named validators
-    assert registry.agent_validations(agent_id) == [request]
-    assert registry.validator_requests(enclave.address) == [request]
+    key = request_key(agent_id, request)  # the request as filed: namespaced by the agent
+    assert registry.agent_validations(agent_id) == [key]
+    assert registry.validator_requests(enclave.address) == [key]
 
     # A feedback next to it, so the index shows both side by side.
     client = fresh_account(anvil_chain)
@@ -130,7 +136,7 @@ def test_a_provider_enclave_vouches_for_a_delivered_result_with_the_receipts_has
     Indexer(store, anvil_chain.rpc_url or "", Contracts.from_suite(suite.addresses),
             start_block=start).sync()
     (row,) = store.validations(agent_id)
-    assert row["request_hash"] == "0x" + request.hex()
+    assert row["request_hash"] == "0x" + key.hex()
     assert row["validator"] == enclave.address.lower()
     assert row["request_uri"] == "a402://receipt"
     assert row["response"]["response"] == 100
@@ -156,22 +162,23 @@ def test_a_receipt_for_other_work_or_not_signed_by_the_vault_is_refused_and_noth
     }
     for reason, (ack, vault) in cases.items():
         with pytest.raises(ValidationRefused) as info:
-            answer_with_receipt(registry, enclave, d.delivered, ack, vault=vault,
-                                domain=d.domain)
+            answer_with_receipt(registry, enclave, d.delivered, ack, agent_id=agent_id,
+                                vault=vault, domain=d.domain, auth=d.auth, reply=d.reply)
         assert info.value.reason == reason
     forged = dataclasses.replace(d.ack, signature=bytes(65))
     with pytest.raises(ValidationRefused, match="receipt_bad_signature"):
-        answer_with_receipt(registry, enclave, d.delivered, forged, vault=d.vault,
-                            domain=d.domain)
+        answer_with_receipt(registry, enclave, d.delivered, forged, agent_id=agent_id,
+                            vault=d.vault, domain=d.domain, auth=d.auth, reply=d.reply)
     # A delivery claiming a different amount is a different request: never asked.
     inflated = dataclasses.replace(d.delivered, amount=PRICE * 100)
     with pytest.raises(ValidationRefused, match="validation_unknown_request"):
-        answer_with_receipt(registry, enclave, inflated, d.ack, vault=d.vault, domain=d.domain)
+        answer_with_receipt(registry, enclave, inflated, d.ack, agent_id=agent_id,
+                            vault=d.vault, domain=d.domain, auth=d.auth, reply=d.reply)
     stranger = fresh_account(anvil_chain)
     with pytest.raises(ValidationRefused, match="validation_not_requested_of_us"):
-        answer_with_receipt(registry, stranger, d.delivered, d.ack, vault=d.vault,
-                            domain=d.domain)
-    assert not registry.status(d.delivered.request_hash()).answered
+        answer_with_receipt(registry, stranger, d.delivered, d.ack, agent_id=agent_id,
+                            vault=d.vault, domain=d.domain, auth=d.auth, reply=d.reply)
+    assert not registry.status(d.delivered.request_hash(), agent_id).answered
 
 
 def test_only_the_owner_asks_only_the_named_validator_answers_and_a_request_is_made_once(
@@ -189,15 +196,15 @@ def test_only_the_owner_asks_only_the_named_validator_answers_and_a_request_is_m
     with reverts_with("RequestExists(bytes32)"):
         registry.request(owner, stranger.address, agent_id, request)
     with reverts_with("NotTheValidator(address,address)"):
-        registry.respond(stranger, request, 100)
+        registry.respond(stranger, request, 100, agent_id=agent_id)
     with reverts_with("ResponseOutOfRange(uint8)"):
-        registry.respond(validator, request, 101)
+        registry.respond(validator, request, 101, agent_id=agent_id)
     with reverts_with("UnknownRequest(bytes32)"):
-        registry.respond(validator, os.urandom(32), 50)
+        registry.respond(validator, os.urandom(32), 50, agent_id=agent_id)
     # The validator may answer again; the last answer stands.
-    registry.respond(validator, request, 40, tag="progress")
-    registry.respond(validator, request, 80, tag="final")
-    status = registry.status(request)
+    registry.respond(validator, request, 40, agent_id=agent_id, tag="progress")
+    registry.respond(validator, request, 80, agent_id=agent_id, tag="final")
+    status = registry.status(request, agent_id)
     assert (status.response, status.tag) == (80, "final")
     assert registry.summary(agent_id, [], "final") == (1, 80)
     assert registry.summary(agent_id, [], "progress") == (0, 0)

@@ -1,13 +1,14 @@
 """Adversarial review, session 9 (issue 14 mandates): findings that need no chain.
 
-Each test states the rule it expects and is marked ``xfail(strict=True)`` while the finding
-stands, so it turns red the day the fix lands and the mark must go.
+Each test states the rule it expects; each was ``xfail(strict=True)`` while its finding
+stood and is a plain test since the fix (the docstrings say what the finding was).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,6 @@ def _pay_with_evidence(guard: MandateGuard, wallet: Wallet, n: int) -> None:
                      payment_ref=payload.payload["authorization"]["nonce"])
 
 
-@pytest.mark.xfail(strict=True, reason="S9-E1: deleting the newest evidence records (the "
-                   "tail) passes a402 audit")
 def test_the_audit_names_payments_whose_records_were_cut_off_the_tail(tmp_path: Path) -> None:
     """Three payments signed, three records. Whoever can write the database deletes the
     last two: the chain that is left links perfectly, and the audit says "1 record(s),
@@ -82,10 +81,9 @@ def test_the_audit_names_payments_whose_records_were_cut_off_the_tail(tmp_path: 
     code, err = _audit(db)
     store.close()
     assert code == EXIT_AUDIT_FAILED, err
+    assert "chain_cut: the signed head names record #3, the last one left is #1" in err
 
 
-@pytest.mark.xfail(strict=True, reason="S9-E2: an emptied evidence table passes a402 audit "
-                   "(0 records, exit 0) although payments were signed")
 def test_the_audit_fails_when_every_record_was_deleted(tmp_path: Path) -> None:
     keys = Keys()
     db = f"sqlite:///{tmp_path / 'spend.db'}"
@@ -99,11 +97,13 @@ def test_the_audit_fails_when_every_record_was_deleted(tmp_path: Path) -> None:
     code, err = _audit(db)
     store.close()
     assert code == EXIT_AUDIT_FAILED, err
+    assert "chain_cut" in err and "record_missing: 2 payment(s)" in err
 
 
-def _delivery(price: int) -> tuple[Any, Any, Any, Any]:
+def _delivery(price: int) -> tuple[Any, Any, Any, Any, Any, Any]:
     """One real paid request through both channel machines (real secp256k1): the delivered
-    result as committed, the vault's ACK (the receipt), the vault's address, the domain."""
+    result as committed, the vault's ACK (the receipt), the vault's address, the domain, and
+    the request's AUTH (the vault's σ_U) and REPLY (the provider's commitment)."""
     from a402.agents.validation import DeliveredResult
     from a402.asc import Ack, ChannelTerms, ProviderChannel, VaultChannel, decode, encode
     from a402.crypto import EVM, EcdsaSigner, PaymentDomain
@@ -124,11 +124,9 @@ def _delivery(price: int) -> tuple[Any, Any, Any, Any]:
     ack = vault.receive(decode(encode(reveal)), now=3).send[0]
     assert isinstance(ack, Ack)
     delivered = DeliveredResult(vault.channel_id, exec_.request_id, price, reply.result_hash)
-    return delivered, ack, vault_key.address, domain
+    return delivered, ack, vault_key.address, domain, auth, reply
 
 
-@pytest.mark.xfail(strict=True, reason="S9-R1: the receipt validator vouches for a delivery's "
-                   "amount and result hash that the receipt never states")
 @pytest.mark.parametrize("claim", ["amount", "result_hash"])
 def test_a_validator_does_not_vouch_for_an_amount_or_result_the_receipt_does_not_show(
     claim: str,
@@ -142,16 +140,20 @@ def test_a_validator_does_not_vouch_for_an_amount_or_result_the_receipt_does_not
 
     from a402.agents.validation import ValidationRefused, check_receipt
 
-    delivered, ack, vault, domain = _delivery(2_500)
-    check_receipt(ack, delivered, vault=vault, domain=domain)  # the honest claim holds
+    delivered, ack, vault, domain, auth, reply = _delivery(2_500)
+    # the honest claim holds
+    check_receipt(ack, delivered, vault=vault, domain=domain, auth=auth, reply=reply)
     lie = (dataclasses.replace(delivered, amount=2_500 * 10**6) if claim == "amount"
            else dataclasses.replace(delivered, result_hash=os.urandom(32)))
-    with pytest.raises(ValidationRefused):
-        check_receipt(ack, lie, vault=vault, domain=domain)
+    with pytest.raises(ValidationRefused) as refused:
+        check_receipt(ack, lie, vault=vault, domain=domain, auth=auth, reply=reply)
+    assert refused.value.reason == "receipt_wrong_amount_or_result"
+    if claim == "result_hash":  # a REPLY rewritten to match the lie breaks the vault's σ_U
+        forged = dataclasses.replace(reply, result_hash=lie.result_hash)
+        with pytest.raises(ValidationRefused, match="receipt_wrong_amount_or_result"):
+            check_receipt(ack, lie, vault=vault, domain=domain, auth=auth, reply=forged)
 
 
-@pytest.mark.xfail(strict=True, reason="S9-E3: a record rewritten as deeply nested JSON "
-                   "crashes a402 audit (segfault) instead of being named")
 def test_a_record_rewritten_as_deeply_nested_json_is_named_not_a_crash(tmp_path: Path) -> None:
     """eth_account raises the interpreter's recursion limit to 100_000, so json.loads of a
     record nested 100_000 deep overflows the C stack: ``a402 audit`` dies (SIGSEGV) and names
@@ -180,8 +182,6 @@ def test_a_record_rewritten_as_deeply_nested_json_is_named_not_a_crash(tmp_path:
     assert "record #2" in run.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="S9-A1: AP2 claims a402 does not know (status list, "
-                   "aud) are ignored, not refused")
 @pytest.mark.parametrize("claim", [
     # The IETF token status list: how an SD-JWT VC issuer revokes it (index 7 of the list).
     ("status", {"status_list": {"idx": 7, "uri": "https://owner.example/status/1"}}),
@@ -214,8 +214,6 @@ def agent_suite(anvil_chain: Any) -> Any:
 
 
 @pytest.mark.anvil
-@pytest.mark.xfail(strict=True, reason="S9-R2: a validation request hash is global, not bound "
-                   "to the agent: another agent's owner front-runs it and takes the delivery")
 def test_another_agents_owner_cannot_take_a_providers_delivery_for_its_own_agent(
     anvil_chain: Any, agent_suite: Any,
 ) -> None:
@@ -226,7 +224,7 @@ def test_another_agents_owner_cannot_take_a_providers_delivery_for_its_own_agent
     stranger's agent never did (its getSummary counts it). Expected: the provider can still
     ask for its own delivery (the hash namespaced by agent, or the request bound to the
     channel's provider)."""
-    from a402.agents.validation import suite_validation
+    from a402.agents.validation import answer_with_receipt, suite_validation
     from tests.agents.onchain_helpers import fresh_account
     from tests.agents.test_validation import deliver, provider_identity
 
@@ -238,14 +236,18 @@ def test_another_agents_owner_cannot_take_a_providers_delivery_for_its_own_agent
     registry = suite_validation(suite)
     h = d.delivered.request_hash()
     registry.request(thief, thiefs_validator.address, thief_agent, h)  # front-run
-    registry.respond(thiefs_validator, h, 100, tag="a402-receipt")
+    registry.respond(thiefs_validator, h, 100, agent_id=thief_agent, tag="a402-receipt")
     assert registry.summary(thief_agent, [], "a402-receipt") == (1, 100)
-    registry.request(owner, enclave.address, agent_id, h)  # reverts today: RequestExists
-    assert registry.status(h).agent_id == agent_id
+    registry.request(owner, enclave.address, agent_id, h)  # reverted (RequestExists) before
+    mine = registry.status(h, agent_id)
+    assert (mine.agent_id, mine.validator, mine.answered) == (agent_id, enclave.address, False)
+    assert registry.summary(agent_id, [], "a402-receipt") == (0, 0)  # nothing of the thief's
+    published = answer_with_receipt(registry, enclave, d.delivered, d.ack, agent_id=agent_id,
+                                    vault=d.vault, domain=d.domain, auth=d.auth, reply=d.reply)
+    assert registry.status(h, agent_id).response_hash == published
+    assert registry.summary(agent_id, [enclave.address], "a402-receipt") == (1, 100)
 
 
-@pytest.mark.xfail(strict=True, reason="S9-V3: one forged registry read from the far future "
-                   "makes the enclave ignore every later honest revocation")
 def test_one_forged_future_read_does_not_hide_later_honest_revocations() -> None:
     """The enclave keeps the read of the highest block and ignores any lower one. A host that
     lies once (a read at block 10^12, timestamped a year ahead, "not revoked") leaves that
@@ -274,8 +276,6 @@ def test_one_forged_future_read_does_not_hide_later_honest_revocations() -> None
     assert book.reserved == {}
 
 
-@pytest.mark.xfail(strict=True, reason="S9-E4: on PostgreSQL, concurrent payers lose evidence "
-                   "records (the append gives up after 20 tries); the audit cannot see it")
 def test_150_payments_answered_at_once_on_postgresql_leave_150_records(
     postgres_url: str,
 ) -> None:
@@ -316,3 +316,142 @@ def test_150_payments_answered_at_once_on_postgresql_leave_150_records(
     assert store.spent(s).total == 150 * PRICE  # the budget itself holds
     store.close()
     assert (records, signed_count, lost[0]) == (150, 150, 0)
+
+
+def test_a_read_from_the_future_alone_is_no_fresh_read_and_honest_reads_replace_it() -> None:
+    """The lie alone (a year ahead, "not revoked") pays nothing: the enclave's clock caps a
+    read's time. The honest read that follows at the real, lower block replaces it."""
+    import time
+
+    from a402.mandate import MandateRefused
+    from a402.mandate.enclave import MandateBook, RegistryRead
+
+    keys = Keys()
+    s = signed(keys)
+    doc, now = s.to_json(), int(time.time())
+    book = MandateBook()
+    book.read(RegistryRead(s.hash, 10**12, now + 365 * 86_400, False), now=now)
+    payment = ProposedPayment(agent=keys.agent.address, payee=PAYEE, network=NETWORK,
+                              asset=USDC, scheme="a402", amount=PRICE,
+                              url="https://api.example/x")
+    with pytest.raises(MandateRefused, match="mandate_revocation_unknown"):
+        book.check(agent=keys.agent.address, document=doc, confirmation=None,
+                   payment=payment, now=now, signed_at=now, key="call-1")
+    assert book.reserved == {} and s.hash_hex not in book.spend
+    book.read(RegistryRead(s.hash, 1_000, now, False), now=now)
+    assert book.check(agent=keys.agent.address, document=doc, confirmation=None,
+                      payment=payment, now=now, signed_at=now, key="call-1") == s.hash_hex
+    assert book.spend[s.hash_hex].total == PRICE
+
+
+def test_a_tail_cut_with_its_signed_head_deleted_is_named_by_the_signed_payments(
+    tmp_path: Path,
+) -> None:
+    """The writer also deletes the chain's signed head: the spend store still counts three
+    signed payments (3 x PRICE) and two of them have no record naming them."""
+    from a402.client.audit import CHAIN_CUT, RECORD_MISSING
+    from a402.mandate.evidence import evidence_head
+
+    keys = Keys()
+    db = f"sqlite:///{tmp_path / 'spend.db'}"
+    store = SpendStore(db)
+    s = signed(keys)
+    guard = MandateGuard(s, agent=keys.agent.address, store=store, revocation=None)
+    _pay_with_evidence(guard, Wallet(bytes(keys.agent.key)), 3)
+    with store.engine.begin() as conn:
+        conn.execute(evidence.delete().where(evidence.c.seq >= 2))
+        conn.execute(evidence_head.delete())
+    assert store.spent(s).total == 3 * PRICE and store.count(s, "signed") == 3
+    code, err = _audit(db)
+    store.close()
+    assert code == EXIT_AUDIT_FAILED
+    assert f"{RECORD_MISSING}: 2 payment(s)" in err and CHAIN_CUT in err
+
+
+def test_an_ap2_token_whose_payload_is_deeply_nested_is_refused_not_a_crash() -> None:
+    """The SD-JWT's parts are bounded like every wire body before any parser sees them: a
+    payload nested 100_000 deep is ``mandate_ap2_invalid``, not a C stack overflow."""
+    import base64
+    import json
+
+    from a402.mandate import MandateError
+    from a402.mandate.ap2 import read_open
+
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    header = b64(json.dumps({"alg": "ES256K", "typ": "dc+sd-jwt"}).encode())
+    payload = b64(("[" * 100_000 + "]" * 100_000).encode())
+    with pytest.raises(MandateError) as refused:
+        read_open(f"{header}.{payload}.{b64(bytes(64))}~")
+    assert refused.value.reason == "mandate_ap2_invalid"
+    assert "nested deeper than 64 levels" in str(refused.value)
+
+
+def test_a_tail_cut_before_the_next_payment_shows_as_a_gap_at_that_payments_record(
+    tmp_path: Path,
+) -> None:
+    """The next record follows the signed head, not the table's tail: after records #2 and
+    #3 are cut, payment four's record is #4 and names #3 as its prev, so the audit finds
+    the gap there (and the two payments with no record)."""
+    from a402.client.audit import CHAIN_BROKEN
+
+    keys = Keys()
+    db = f"sqlite:///{tmp_path / 'spend.db'}"
+    store = SpendStore(db)
+    s = signed(keys)
+    guard = MandateGuard(s, agent=keys.agent.address, store=store, revocation=None)
+    wallet = Wallet(bytes(keys.agent.key))
+    _pay_with_evidence(guard, wallet, 3)
+    with store.engine.begin() as conn:
+        conn.execute(evidence.delete().where(evidence.c.seq >= 2))
+    _pay_with_evidence(guard, wallet, 1)
+    assert [row.seq for row in guard.evidence.rows()] == [1, 4]
+    assert store.spent(s).total == 4 * PRICE and store.count(s, "signed") == 4
+    code, err = _audit(db)
+    store.close()
+    assert code == EXIT_AUDIT_FAILED
+    assert f"record #4 fails: {CHAIN_BROKEN}" in err and "record_missing: 2 payment(s)" in err
+
+
+def test_records_from_before_they_named_their_reservation_are_matched_by_the_payment_nonce(
+    tmp_path: Path,
+) -> None:
+    """A store written before records named their reservation: the audit matches a signed
+    reservation by its payment_ref (the EIP-3009 nonce in the record) and passes; cutting
+    such a record is still named."""
+    from sqlalchemy import update
+
+    from a402.mandate.evidence import evidence_head
+
+    keys = Keys()
+    db = f"sqlite:///{tmp_path / 'spend.db'}"
+    store = SpendStore(db)
+    s = signed(keys)
+    guard = MandateGuard(s, agent=keys.agent.address, store=store, revocation=None)
+    _pay_with_evidence(guard, Wallet(bytes(keys.agent.key)), 2)
+    # Rewrite the store as older code left it: no reservation in the records (re-signed
+    # by the agent, as that code signed them), so only the nonce links them.
+    from a402.mandate.evidence import canonical, head_hash, record_hash
+    wallet = Wallet(bytes(keys.agent.key))
+    prev = "0x" + "00" * 32
+    for row in guard.evidence.rows():
+        record = json.loads(row.record)
+        del record["reservation"]
+        record["prev"] = prev
+        text = canonical(record)
+        digest = record_hash(text)
+        prev = "0x" + digest.hex()
+        with store.engine.begin() as conn:
+            conn.execute(update(evidence).where(evidence.c.seq == row.seq).values(
+                record=text, hash=prev, signature="0x" + wallet.sign_evidence(digest).hex()))
+    with store.engine.begin() as conn:
+        conn.execute(update(evidence_head).values(
+            hash=prev, signature="0x" + wallet.sign_evidence(head_hash(2, prev)).hex()))
+    assert _audit(db)[0] == 0
+    assert store.spent(s).total == 2 * PRICE
+    with store.engine.begin() as conn:
+        conn.execute(evidence.delete().where(evidence.c.seq == 1))
+    code, err = _audit(db)
+    store.close()
+    assert code == EXIT_AUDIT_FAILED and "record_missing: 1 payment(s)" in err

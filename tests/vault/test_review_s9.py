@@ -1,7 +1,7 @@
 """Adversarial review, session 9 (issue 14 mandates): what a vault host can make the enclave do.
 
-Each test states the money rule it expects and is marked ``xfail(strict=True)`` while the
-finding stands, so it turns red the day the fix lands and the mark must go. On anvil.
+Each test states the money rule it expects; each was ``xfail(strict=True)`` while its
+finding stood and is a plain test since the fix (S9-V1, S9-V2). On anvil.
 """
 
 from __future__ import annotations
@@ -26,16 +26,13 @@ pytestmark = pytest.mark.anvil
 PRICE = PRICES["GET /weather"]
 
 
-@pytest.mark.xfail(strict=True, reason="S9-V1: a host re-submitting an in-flight call at "
-                   "another amount erases its mandate reservation")
 def test_a_host_cannot_erase_the_reservation_of_a_request_in_flight(world: World) -> None:
     """The host holds the agent's signed call; the enclave sent it on the channel (δ = PRICE
     reserved under the mandate). The host plays the same call again on that busy channel at
-    a lower price: the book gives the PRICE back and reserves the new amount, then the
-    channel refuses (a request is in flight) and the enclave releases the new amount too.
-    The request in flight can still get σ_U for PRICE, and the book no longer counts it:
-    repeated, the mandate's budget bounds nothing. Expected: the budget still counts the
-    in-flight PRICE after the refused second submission."""
+    a lower price. Before the fix the book gave the PRICE back and reserved the new amount,
+    then the channel refused and the enclave released the new amount too, so the request in
+    flight could still get σ_U for PRICE uncounted. Now the busy channel is refused before
+    the book is asked: the budget still counts the in-flight PRICE."""
     chain = world.chain
     registry = deploy_contract(chain, chain.accounts[0], "MandateRegistry").address
     owner, provider = Account.create(), world.provider()
@@ -69,18 +66,19 @@ def test_a_host_cannot_erase_the_reservation_of_a_request_in_flight(world: World
             f"{2 * PRICE} is paid or payable")
 
 
-@pytest.mark.xfail(strict=True, reason="S9-V2: a mandate's origins do not bind the payee: the "
-                   "host routes an allowed-origin call into another provider's channel")
 def test_a_host_cannot_pay_another_provider_for_a_call_to_an_allowed_origin(
     world: World,
 ) -> None:
-    """The owner limits the agent to one origin (README's own example: ``--origin`` and no
-    ``--payee``). The signed call names only a URL; the host chooses the channel. Played into
-    the agent's channel with another provider (the host's friend, whose attested enclave
-    serves any path), the enclave judges the URL (allowed) and the payee (any) and sends the
-    request: the friend is paid under a mandate that allows only the origin's service.
-    Expected: refused (the channel's provider is not the origin's), nothing locked."""
+    """The owner limits the agent to one origin (``--origin``). The signed call names only a
+    URL; the host chooses the channel, and no provider attests an origin. So, through a
+    vault, an origin limit without payees would not limit who is paid: played into the
+    agent's channel with another provider (the host's friend, whose attested enclave serves
+    any path), the friend would be paid. Such a mandate is refused outright
+    (``mandate_payees_required``, nothing paid); with the payees named, the call played into
+    the friend's channel is refused (``mandate_payee_not_allowed``) and nothing is locked."""
     from a402.tee import EnclaveError
+
+    from .test_mandate import _refused
 
     chain = world.chain
     registry = deploy_contract(chain, chain.accounts[0], "MandateRegistry").address
@@ -90,13 +88,23 @@ def test_a_host_cannot_pay_another_provider_for_a_call_to_an_allowed_origin(
         agent, client = client_of(world, vault, funds=20_000, deposit=20_000)
         # Before any mandate: the agent once paid the friend (a channel to it exists).
         assert client.invoke(f"{other}/weather", max_price=PRICE).outcome == api.PAID
-        signed = _mandate(world, registry, owner, agent.address, origins=(site,))
-        client.mandate = signed.to_json()
-        assert client.invoke(f"{site}/weather", max_price=PRICE).outcome == api.PAID
         rows = {r.provider.lower(): r for r in vault.store.channels(client=agent.address)}
         friends = vault.service.vault.channel(
             bytes.fromhex(rows[friend.address.lower()].cid[2:]))
         assert friends is not None and friends.provider_balance == PRICE
+
+        origin_only = _mandate(world, registry, owner, agent.address, origins=(site,))
+        client.mandate = origin_only.to_json()
+        _refused(client, f"{site}/weather", "mandate_payees_required")
+        book = vault.service.vault._code._mandates
+        assert origin_only.hash_hex not in book.spend  # nothing reserved, nothing paid
+        assert friends.provider_balance == PRICE and friends.locked == 0
+
+        signed = _mandate(world, registry, owner, agent.address, origins=(site,),
+                          payees=(provider.address,))
+        client.mandate = signed.to_json()
+        assert client.invoke(f"{site}/weather", max_price=PRICE).outcome == api.PAID
+        assert book.spend[signed.hash_hex].total == PRICE
 
         body = json.dumps(api.InvokeRequest(
             url=f"{site}/weather", method="GET", headers=(), body=b"", max_price=PRICE,
@@ -104,7 +112,9 @@ def test_a_host_cannot_pay_another_provider_for_a_call_to_an_allowed_origin(
             mandate=signed.to_json()).to_json()).encode()
         headers = api.sign_request(agent, vault.signed_as, "POST", INVOKE_PATH, body,
                                    life=vault.life)
-        with pytest.raises(EnclaveError):
+        with pytest.raises(EnclaveError) as refused:
             friends.request(SignedCall.of(headers, "POST", INVOKE_PATH, body), PRICE,
                             now=time.time())
-        assert friends.locked == 0
+        assert refused.value.reason == "mandate_payee_not_allowed"
+        assert friends.locked == 0 and friends.provider_balance == PRICE
+        assert book.spend[signed.hash_hex].total == PRICE

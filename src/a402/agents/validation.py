@@ -14,10 +14,12 @@ on the balance state that paid request ``rid``):
 1. the provider (the agent's owner) commits to what it delivered,
    :class:`DeliveredResult` ``(channel id, rid, amount, h = H(result))``, whose
    :meth:`~DeliveredResult.request_hash` it sends as ``validationRequest``
-   to a validator of its choice — its own attested enclave, or anyone;
-2. the validator, holding the receipt, calls :func:`answer_with_receipt`: it
-   checks the receipt (see :func:`check_receipt`) and answers
-   ``validationResponse(requestHash, 100, "", keccak256(receipt bytes), "a402-receipt")``.
+   to a validator of its choice — its own attested enclave, or anyone — for its
+   agent: the registry files it under :func:`request_key` ``(agentId, hash)``;
+2. the validator, holding the receipt (and the request's AUTH and REPLY, which
+   bind the amount and the result hash: the ACK states neither), calls
+   :func:`answer_with_receipt`: it checks them (see :func:`check_receipt`) and answers
+   ``validationResponse(requestKey, 100, "", keccak256(receipt bytes), "a402-receipt")``.
 
 A reader then has, on-chain and for good: who vouched, for which delivery
 (the request hash commits to the result's hash and the amount), and the hash
@@ -28,7 +30,9 @@ Safety: the validator answers only after the receipt verifies against the
 channel's vault key and names the very channel and request of the delivery;
 a receipt that does not is refused with :class:`ValidationRefused` and nothing
 is sent. The contract accepts a request hash once and an answer only from the
-validator the request names, so an answer cannot be moved to other work. A
+validator the request names, so an answer cannot be moved to other work; and
+the request is filed per agent, so nobody can file it first for another agent
+and leave the provider's own request reverting. A
 score says nothing about the result's *content*: it says the vault signed the
 state that paid for the delivery committed to by ``h``.
 """
@@ -45,8 +49,9 @@ from web3.exceptions import ContractLogicError
 from web3.types import TxReceipt
 
 from a402.agents.onchain import AgentSuite, _Bound, _events
-from a402.asc import Ack, encode, state_signer
-from a402.crypto import PaymentDomain
+from a402.asc import Ack, Auth, Reply, encode, state_signer
+from a402.crypto import EVM, CryptoError, PaymentDomain, payment_message
+from a402.crypto.authorization import authorization_signer
 from a402.evm.address import address_bytes
 from a402.evm.keccak import keccak256
 
@@ -86,18 +91,37 @@ class DeliveredResult:
                          + self.amount.to_bytes(16, "big") + self.result_hash)
 
 
+def request_key(agent_id: int, request_hash: bytes) -> bytes:
+    """The key the ValidationRegistry files a request under: ``keccak256(abi.encode(agentId,
+    requestHash))``. Namespaced by the agent, so another agent's owner who files the same
+    work first (front-running) files it for its own agent only and takes nothing from this
+    one; events, agent and validator lists name requests by this key."""
+    if len(request_hash) != 32 or not 0 <= agent_id < 1 << 256:
+        raise ValueError("a request hash is 32 bytes and an agent id a uint256")
+    return keccak256(agent_id.to_bytes(32, "big") + request_hash)
+
+
 def receipt_hash(ack: Ack | bytes) -> bytes:
     """The hash a validator publishes: keccak256 of the receipt's canonical wire bytes."""
     return keccak256(ack if isinstance(ack, bytes) else encode(ack))
 
 
 def check_receipt(ack: Ack, delivered: DeliveredResult, *, vault: str,
-                  domain: PaymentDomain) -> None:
+                  domain: PaymentDomain, auth: Auth, reply: Reply) -> None:
     """Raise :class:`ValidationRefused` unless ``ack`` is the vault's receipt for ``delivered``.
 
     The receipt must name the delivery's channel and request, its state must
     account for that request (``version > rid``), and its signature must recover
     to ``vault`` over the channel state's EIP-712 digest in ``domain``.
+
+    The ACK states neither the amount nor the result's hash, so the claim's
+    ``amount`` and ``result_hash`` are bound by the vault's own ``σ_U`` (``auth``,
+    the AUTH of that request): the vault signed ``authorization_digest(m, δ, e)``
+    where ``m = payment_message(cid, rid, δ, h)`` and ``e`` is the challenge of the
+    provider's pre-signature (``reply``, the REPLY of that request). Recomputed here
+    from the *claimed* δ and h, it recovers to the vault only if the vault paid that
+    amount for that result hash; a provider cannot make it vouch for more, or for
+    another result (``receipt_wrong_amount_or_result``).
     """
     if ack.channel_id != delivered.channel_id:
         raise ValidationRefused("receipt_wrong_channel", "the receipt is for another channel")
@@ -112,6 +136,26 @@ def check_receipt(ack: Ack, delivered: DeliveredResult, *, vault: str,
     if signer is None or signer != address_bytes(vault):
         raise ValidationRefused("receipt_bad_signature",
                                 "the receipt is not signed by the channel's vault")
+    if (auth.channel_id, auth.request_id) != (delivered.channel_id, delivered.request_id) \
+            or (reply.channel_id, reply.request_id) != (delivered.channel_id,
+                                                         delivered.request_id):
+        raise ValidationRefused("receipt_wrong_request", "the vault's AUTH or the provider's "
+                                "REPLY is for another request than the delivery")
+    if reply.result_hash != delivered.result_hash:
+        raise ValidationRefused("receipt_wrong_amount_or_result",
+                                "the REPLY commits to another result than the delivery claims")
+    try:
+        challenge = EVM.presignature_from_bytes(reply.presignature).r
+        m = payment_message(domain, delivered.channel_id, delivered.request_id,
+                            delivered.amount, delivered.result_hash)
+        paid_by = authorization_signer(domain, m, delivered.amount, challenge,
+                                       auth.authorization)
+    except (ValueError, CryptoError):
+        paid_by = None
+    if paid_by is None or paid_by != address_bytes(vault):
+        raise ValidationRefused("receipt_wrong_amount_or_result",
+                                "the vault's σ_U does not pay the claimed amount for the "
+                                "claimed result hash")
 
 
 @dataclass(frozen=True)
@@ -139,16 +183,20 @@ class ValidationRegistry(_Bound):
             to_checksum_address(validator), agent_id, request_uri, request_hash))
 
     def respond(self, validator: LocalAccount, request_hash: bytes, response: int, *,
-                response_hash: bytes = ZERO32, response_uri: str = "", tag: str = ""
-                ) -> TxReceipt:
+                agent_id: int, response_hash: bytes = ZERO32, response_uri: str = "",
+                tag: str = "") -> TxReceipt:
+        """Answer the request for ``agent_id`` of the work ``request_hash`` (its key,
+        :func:`request_key`, is what the contract answers)."""
         receipt = self._send(validator, self.contract.functions.validationResponse(
-            request_hash, response, response_uri, response_hash, tag))
+            request_key(agent_id, request_hash), response, response_uri, response_hash, tag))
         (_event,) = _events(self.contract, "ValidationResponse", receipt)
         return receipt
 
-    def status(self, request_hash: bytes) -> ValidationStatus:
+    def status(self, request_hash: bytes, agent_id: int) -> ValidationStatus:
+        """The request for ``agent_id`` of the work ``request_hash``."""
         validator, agent_id, response, response_hash, tag, last = (
-            self.contract.functions.getValidationStatus(request_hash).call())
+            self.contract.functions.getValidationStatus(
+                request_key(agent_id, request_hash)).call())
         return ValidationStatus(to_checksum_address(validator), int(agent_id), int(response),
                                 bytes(response_hash), str(tag), int(last))
 
@@ -176,7 +224,8 @@ def suite_validation(suite: AgentSuite) -> ValidationRegistry:
 
 def answer_with_receipt(
     registry: ValidationRegistry, validator: LocalAccount, delivered: DeliveredResult,
-    ack: Ack, *, vault: str, domain: PaymentDomain, response_uri: str = "",
+    ack: Ack, *, agent_id: int, vault: str, domain: PaymentDomain, auth: Auth, reply: Reply,
+    response_uri: str = "",
 ) -> bytes:
     """Vouch for ``delivered`` with its receipt; returns the receipt hash published.
 
@@ -185,16 +234,16 @@ def answer_with_receipt(
     """
     request_hash = delivered.request_hash()
     try:
-        status = registry.status(request_hash)
+        status = registry.status(request_hash, agent_id)
     except ContractLogicError as e:  # the view's only revert: UnknownRequest
         raise ValidationRefused("validation_unknown_request",
                                 "no validation request for this delivery") from e
     if address_bytes(status.validator) != address_bytes(validator.address):
         raise ValidationRefused("validation_not_requested_of_us",
                                 f"the request names validator {status.validator}")
-    check_receipt(ack, delivered, vault=vault, domain=domain)
+    check_receipt(ack, delivered, vault=vault, domain=domain, auth=auth, reply=reply)
     digest = receipt_hash(ack)
-    registry.respond(validator, request_hash, 100, response_hash=digest,
+    registry.respond(validator, request_hash, 100, agent_id=agent_id, response_hash=digest,
                      response_uri=response_uri, tag=RECEIPT_TAG)
     return digest
 
@@ -202,5 +251,5 @@ def answer_with_receipt(
 __all__ = [
     "RECEIPT_TAG", "DeliveredResult", "ValidationRefused", "ValidationRegistry",
     "ValidationStatus", "answer_with_receipt", "check_receipt", "receipt_hash",
-    "suite_validation",
+    "request_key", "suite_validation",
 ]

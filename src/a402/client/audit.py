@@ -20,6 +20,15 @@ link, which record broke it:
    (through a vault), the channel receipt's state is signed by the vault the record
    names and by the payee, in the ASCManager's domain (``bad_payment_signature``).
 
+Then the chain as a whole (:func:`audit_chain`): the signed head names the last
+record, signed by its agent (``chain_cut``: records cut off the tail, or the
+table emptied), and every reservation the spend store marks signed has a record
+naming it (``record_missing``).
+
+A record's text is parsed bounded (:mod:`a402.wire.jsonstrict`: size, depth,
+duplicate keys), so a record rewritten as deeply nested JSON is named, not a
+crash of the auditor.
+
 No node is asked: a settlement transaction is shown, not looked up.
 """
 
@@ -39,7 +48,15 @@ from a402.evm.ecdsa import OPENZEPPELIN, recover_address
 from a402.exact.eip3009 import Authorization, authorization_digest, domain_from_requirements
 from a402.exact.eip3009 import recover_signer as recover_payment_signer
 from a402.mandate.document import MandateError, SignedMandate
-from a402.mandate.evidence import FORMAT, GENESIS, EvidenceRow, record_hash
+from a402.mandate.evidence import (
+    FORMAT,
+    GENESIS,
+    EvidenceHead,
+    EvidenceRow,
+    head_hash,
+    record_hash,
+)
+from a402.wire import jsonstrict
 from a402.wire.errors import WireError
 from a402.wire.headers import decode_header
 from a402.wire.x402 import PaymentPayload, parse_payment_payload
@@ -50,6 +67,8 @@ BAD_RECORD_SIGNATURE: Final = "bad_record_signature"
 BAD_MANDATE: Final = "bad_mandate"
 BAD_PAYMENT_SIGNATURE: Final = "bad_payment_signature"
 MALFORMED: Final = "malformed_record"
+CHAIN_CUT: Final = "chain_cut"
+RECORD_MISSING: Final = "record_missing"
 
 
 def sha256_hex(data: bytes) -> str:
@@ -208,10 +227,10 @@ def audit(rows: Sequence[EvidenceRow], mandates: dict[str, SignedMandate | Manda
         if "0x" + digest.hex() != row.hash:
             line.problems.append((HASH_MISMATCH, "its stored hash is not its text's"))
         try:
-            record = json.loads(row.record)
-            if not isinstance(record, dict) or record.get("format") != FORMAT:
+            record = jsonstrict.loads_object(row.record)
+            if record.get("format") != FORMAT:
                 raise ValueError("not an evidence record")
-        except ValueError as e:
+        except (WireError, ValueError) as e:
             line.problems.append((MALFORMED, str(e)[:120]))
             prev = row.hash
             continue
@@ -248,3 +267,56 @@ def audit(rows: Sequence[EvidenceRow], mandates: dict[str, SignedMandate | Manda
         if problem is not None:
             line.problems.append((BAD_PAYMENT_SIGNATURE, problem))
     return lines
+
+
+def _nonce_of(record: dict[str, Any]) -> str | None:
+    """The EIP-3009 nonce of an ``exact`` record's payment (lowercase), if it has one."""
+    payment = record.get("payment")
+    payload = payment.get("payload") if isinstance(payment, dict) else None
+    inner = payload.get("payload") if isinstance(payload, dict) else None
+    auth = inner.get("authorization") if isinstance(inner, dict) else None
+    nonce = auth.get("nonce") if isinstance(auth, dict) else None
+    return nonce.lower() if isinstance(nonce, str) else None
+
+
+def audit_chain(lines: Sequence[AuditLine], rows: Sequence[EvidenceRow],
+                head: EvidenceHead | None,
+                signed_reservations: Sequence[tuple[str, str, str | None]]
+                ) -> list[tuple[str, str]]:
+    """The chain as a whole (module doc): problems, empty when it holds. ``lines`` are
+    :func:`audit`'s for ``rows``; ``signed_reservations`` the spend store's reservations
+    marked signed, as (reservation id, mandate hash, payment_ref)."""
+    problems: list[tuple[str, str]] = []
+    last = rows[-1] if rows else None
+    if last is None:
+        if head is not None and head.seq != 0:
+            problems.append((CHAIN_CUT, f"the signed head names record #{head.seq}, and "
+                             "there is no record: the evidence was deleted"))
+    elif head is None or head.seq == 0:
+        problems.append((CHAIN_CUT, "there is no signed head of the chain: records may "
+                         "have been cut off its tail"))
+    elif head.seq != last.seq or head.hash.lower() != last.hash.lower():
+        problems.append((CHAIN_CUT, f"the signed head names record #{head.seq}, the last "
+                         f"one left is #{last.seq}: records were cut off the tail"))
+    elif lines and lines[-1].ok:  # (a last record that fails is named on its own)
+        agent = str(lines[-1].record.get("agent", ""))
+        try:
+            signer = recover_address(head_hash(head.seq, head.hash),
+                                     bytes.fromhex(head.signature[2:]), policy=OPENZEPPELIN)
+        except ValueError:
+            signer = None
+        if signer is None or not agent or signer != address_bytes(agent):
+            problems.append((CHAIN_CUT, "the chain's head is not signed by the agent of "
+                             "its last record"))
+    named = {str(line.record.get("reservation")) for line in lines
+             if line.record.get("reservation") is not None}
+    # Records written before they named their reservation: matched by the payment's
+    # reference (the EIP-3009 nonce the spend store keeps as ``payment_ref``).
+    refs = {_nonce_of(line.record) for line in lines} - {None}
+    missing = [(rid, mandate) for rid, mandate, ref in signed_reservations
+               if rid not in named and (ref is None or ref.lower() not in refs)]
+    if missing:
+        listed = ", ".join(f"{rid} (mandate {mandate[:10]}…)" for rid, mandate in missing[:5])
+        problems.append((RECORD_MISSING, f"{len(missing)} payment(s) the spend store counts "
+                         f"as signed have no record: {listed}"))
+    return problems

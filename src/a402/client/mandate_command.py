@@ -557,12 +557,25 @@ def stored_mandates(engine: Any) -> dict[str, Any]:
     return found
 
 
+def signed_reservations(engine: Any) -> list[tuple[str, str, str | None]]:
+    """(id, mandate hash, payment_ref) of every reservation the spend store marks signed."""
+    from sqlalchemy import select
+
+    from a402.mandate.spend import SIGNED, reservations
+
+    with engine.connect() as conn:
+        return [(str(r.id), str(r.mandate), None if r.payment_ref is None
+                 else str(r.payment_ref)) for r in conn.execute(
+            select(reservations.c.id, reservations.c.mandate, reservations.c.payment_ref)
+            .where(reservations.c.state == SIGNED).order_by(reservations.c.created_at))]
+
+
 def run_audit(args: argparse.Namespace, *, out: TextIO | None = None,
               err: TextIO | None = None) -> int:
     """Print the evidence chain as a table and check every signature in it, offline
     (:mod:`a402.client.audit`). Exit 0 if every record holds, 4 naming the first that
     does not."""
-    from a402.client.audit import audit
+    from a402.client.audit import audit, audit_chain
     from a402.mandate.evidence import EvidenceLog
     from a402.mandate.spend import SpendStore
 
@@ -575,7 +588,10 @@ def run_audit(args: argparse.Namespace, *, out: TextIO | None = None,
         return EXIT_USAGE
     store = SpendStore(url)
     try:
-        lines = audit(EvidenceLog(store.engine).rows(), stored_mandates(store.engine))
+        log = EvidenceLog(store.engine)
+        rows_read = log.rows()
+        lines = audit(rows_read, stored_mandates(store.engine))
+        chain = audit_chain(lines, rows_read, log.head(), signed_reservations(store.engine))
     finally:
         store.close()
     shown = [x for x in lines if args.mandate is None
@@ -610,6 +626,10 @@ def run_audit(args: argparse.Namespace, *, out: TextIO | None = None,
         print(f"a402 audit: {first.name} fails: "
               + "; ".join(f"{c}: {w}" for c, w in first.problems)
               + (f" ({len(bad)} record(s) fail in all)" if len(bad) > 1 else ""), file=err)
+    if chain:
+        print("a402 audit: the chain fails: " + "; ".join(f"{c}: {w}" for c, w in chain),
+              file=err)
+    if bad or chain:
         return EXIT_AUDIT_FAILED
     print(f"a402 audit: {len(lines)} record(s), every signature and link verified", file=err)
     return EXIT_OK

@@ -77,6 +77,9 @@ Fail closed, on reading:
   ``payment_instrument`` / ``pisp`` / ``execution_date`` claims;
 * a credential whose every limit a402 needs is not there is refused
   (``mandate_ap2_incomplete``): no budget, no instrument, no expiry;
+* a top-level claim it does not know (a ``status`` list, an ``aud``) is refused
+  (``mandate_ap2_unknown_claim``): the owner's revocation bit or audience would
+  otherwise be dropped silently;
 * a withheld disclosure (an ``_sd`` digest or array element whose disclosure is
   not presented) is refused (``mandate_ap2_withheld``): a hidden constraint
   is a limit the agent would not enforce, and an allow-list shown in part would
@@ -113,6 +116,8 @@ from a402.evm.ecdsa import OPENZEPPELIN, SECP256K1_HALF_N, SECP256K1_N, recover_
 from a402.evm.keccak import keccak256
 from a402.mandate.document import Domain, Mandate, MandateError, SignedMandate
 from a402.mandate.policy import ProposedPayment
+from a402.wire import jsonstrict
+from a402.wire.errors import WireError
 
 VCT_OPEN: Final = "mandate.payment.open.1"
 VCT_CLOSED: Final = "mandate.payment.1"
@@ -146,6 +151,13 @@ KNOWN: Final = frozenset({
 #: express them as limits, so a mandate carrying one is refused.
 PRESET: Final = ("payee", "payment_amount", "payment_instrument", "pisp", "execution_date")
 
+#: The top-level claims of an open payment mandate this module reads (or that carry no
+#: limit: ``iat``, ``jti``, the SD-JWT's ``_sd_alg``). Any other claim is refused: an
+#: owner's ``status`` list or ``aud`` restriction a402 cannot enforce must not be dropped.
+OPEN_CLAIMS: Final = frozenset({
+    "iss", "iat", "exp", "nbf", "vct", "cnf", "constraints", "jti", "_sd_alg",
+})
+UNKNOWN_CLAIM: Final = "mandate_ap2_unknown_claim"
 UNKNOWN_CONSTRAINT: Final = "mandate_ap2_unknown_constraint"
 UNRESOLVED: Final = "mandate_ap2_unresolved_constraint"
 INCOMPLETE: Final = "mandate_ap2_incomplete"
@@ -366,10 +378,18 @@ def _split(token: str) -> tuple[str, list[str], str]:
 
 
 def _b64json(part: str, what: str) -> Any:
+    """A base64url JSON part, bounded like every wire body (:mod:`a402.wire.jsonstrict`:
+    size, depth, duplicate keys) before any parser or recursive walk sees it."""
     try:
-        return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+        raw = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
     except ValueError:
-        raise _err(INVALID, f"the {what} is not base64url JSON") from None
+        raise _err(INVALID, f"the {what} is not base64url") from None
+    try:
+        if what == "disclosure":  # a JSON array: bounded here, parsed by the sd-jwt package
+            return jsonstrict.check_bounds(raw)
+        return jsonstrict.loads_object(raw)
+    except WireError as e:
+        raise _err(INVALID, f"the {what} is refused: {e.message}") from None
 
 
 def _digests(node: Any) -> set[str]:
@@ -395,6 +415,9 @@ def verify_sd_jwt(token: str) -> dict[str, Any]:
     jwt, disclosures, _kb = _split(token)
     header = _b64json(jwt.split(".")[0], "JWS header")
     payload = _b64json(jwt.split(".")[1], "JWS payload")
+    for d in disclosures:  # bounded before the sd-jwt package parses them
+        if d:
+            _b64json(d, "disclosure")
     if not isinstance(header, dict) or header.get("alg") != ALG:
         alg = header.get("alg") if isinstance(header, dict) else None
         raise _err(BAD_SIGNATURE, f"the mandate must be signed {ALG} (the owner's "
@@ -461,6 +484,11 @@ def read_open(token: str, *, registry: str | None = None, now: int | None = None
         if name in claims:
             raise _err(UNRESOLVED, f"the pre-set claim {name!r} fixes the payment; a402 "
                        "mandates state limits only")
+    unknown = set(claims) - OPEN_CLAIMS - {REGISTRY_CLAIM}
+    if unknown:
+        raise _err(UNKNOWN_CLAIM, f"claim(s) {sorted(unknown)!r:.120} are unknown to this "
+                   "version; a limit it cannot read (a status list, an audience) is a limit "
+                   "it would not enforce")
     agent = _agent(claims.get("cnf"), chain_id)
     named = claims.get(REGISTRY_CLAIM)
     if named is not None:

@@ -35,15 +35,23 @@ own: the host reads ``MandateRegistry.isRevoked`` and hands the enclave the
 answer with the block's number and timestamp (:class:`RegistryRead`). The book
 refuses to pay under a mandate without a read, with a read whose block is older
 than one it already saw for that mandate, or whose block timestamp is more than
-:data:`MAX_READ_AGE` seconds before the call's signature; a revoked answer is
-final (so is revocation on-chain). That bounds an honest host's lag to
-:data:`MAX_READ_AGE`, but a host that lies about the registry (claims "not
-revoked" at a fresh block) is not caught: without a light client the enclave
+:data:`MAX_READ_AGE` seconds before the call's signature or after the enclave's
+clock; a revoked answer is taken whatever its block and is final (so is
+revocation on-chain), so one lying read cannot shadow a later honest
+revocation. That bounds an honest host's lag to :data:`MAX_READ_AGE`, but a
+host that lies about the registry (claims "not revoked" at a fresh block) while
+it lies is not caught: without a light client the enclave
 cannot tell, so withholding a revocation is the one limit a dishonest host can
 take away. Every other limit is the owner's signature and the client's,
 checked here, and no host can widen it. Like the rest of the sealed ledger, the
 book has no rollback protection (see :mod:`a402.vault_enclave`): a host that
 restarts the enclave on an older ledger can restore an older spend.
+
+Who is paid. A call names a URL; which channel, so which provider, serves it is
+the host's choice, and no provider's attestation names an origin. So a URL
+limit (origins, URL patterns) binds the payee only together with the payees
+list, and a mandate that limits URLs without naming payees is refused here
+(``mandate_payees_required``) rather than enforced as if it bound the payee.
 
 The book's clock is the enclave's ``wall`` (the time as signed calls vouch for
 it), never earlier than the call's signature, so a host cannot move a mandate
@@ -77,6 +85,7 @@ MANDATE_REQUIRED: Final = "mandate_required"
 MANDATE_REVOCATION_UNKNOWN: Final = "mandate_revocation_unknown"
 MANDATE_CONFIRMATION_USED: Final = "mandate_confirmation_used"
 MANDATE_INVALID: Final = "mandate_invalid"
+MANDATE_PAYEES_REQUIRED: Final = "mandate_payees_required"
 _CACHE: Final = 256
 _MAX_CONFIRMATIONS: Final = 100_000
 
@@ -152,12 +161,19 @@ class MandateBook:
             raise MandateRefused(MANDATE_WRONG_AGENT, f"this agent is bound to the mandates "
                                  f"of another owner ({bound})")
 
-    def read(self, read: RegistryRead) -> None:
-        """Take the host's registry read; an older block than one already taken is ignored
-        (the newer stands), and a revocation is never undone."""
+    def read(self, read: RegistryRead, *, now: int | None = None) -> None:
+        """Take the host's registry read. A revoked read is taken whatever its block (a
+        revocation is never undone on-chain, so no earlier or later block can make it
+        wrong) and is final. A not-revoked read at an older block than one already taken is
+        ignored (the newer stands), unless the one taken claims a time beyond the enclave's
+        clock ``now`` (plus :data:`MAX_READ_AGE`): such a read is a lie or a broken node,
+        and must not shadow the honest reads that follow it (review S9-V3)."""
         key = "0x" + read.mandate.hex()
         known = self.reads.get(key)
-        if known is not None and (known[2] or read.block < known[0]):
+        if known is not None and known[2]:
+            return
+        if known is not None and not read.revoked and read.block < known[0] and not (
+                now is not None and known[1] > now + MAX_READ_AGE):
             return
         self.reads[key] = (read.block, read.timestamp, read.revoked)
         if read.revoked:
@@ -184,6 +200,16 @@ class MandateBook:
             raise MandateRefused(MANDATE_WRONG_AGENT, f"the mandate is for "
                                  f"{signed.mandate.agent}, the call is signed by {agent}")
         self.bind(signed)
+        m = signed.mandate
+        if (m.origins or m.url_patterns) and not m.payees:
+            # In a vault the host picks which channel (so which provider) serves a URL, and
+            # no provider attests an origin: a URL limit alone would not limit who is paid.
+            # (The agent is bound all the same: it pays nothing until a mandate that names
+            # its payees comes.)
+            raise MandateRefused(MANDATE_PAYEES_REQUIRED, "through a vault a mandate that "
+                                 "limits origins or URLs must also name its payees (the "
+                                 "providers' addresses): the host chooses the channel, so a "
+                                 "URL alone does not bind who is paid")
         mandate = signed.hash_hex
         read = self.reads.get(mandate)
         if read is not None and read[2]:
@@ -191,6 +217,12 @@ class MandateBook:
         if read is None or read[1] < signed_at - MAX_READ_AGE:
             raise MandateRefused(MANDATE_REVOCATION_UNKNOWN, "the vault has no fresh read of "
                                  "the mandate's registry, so it is treated as revoked")
+        if read[1] > max(now, signed_at) + MAX_READ_AGE:
+            # A read's time is capped by the enclave's clock: one from the future would
+            # otherwise stay "fresh" for as long as the host's lie reaches.
+            raise MandateRefused(MANDATE_REVOCATION_UNKNOWN, "the vault's read of the "
+                                 "mandate's registry claims a block from the future, so it "
+                                 "is treated as revoked")
         owner_ok = None
         if confirmation is not None:
             try:

@@ -18,6 +18,23 @@ verified on its own (the EIP-3009 signature by the agent), and so is the
 mandate (the owner's signature over its document, from the spend store).
 Verification needs no node: :mod:`a402.client.audit` does it offline.
 
+Why cutting records off is caught. One row of ``a402_evidence_head`` names the
+newest record (its sequence number and hash), signed by that record's agent
+over ``keccak256("a402/evidence-head/v1\\0" ‖ "<seq>:<hash>")``; it is written in
+the transaction that appends the record. A tail cut or an emptied table leaves
+a head naming a record that is gone, and a head cannot be re-signed for the
+shorter chain without the agent's key. Each record of a payment also names its
+spend-store reservation (``reservation``), and :mod:`a402.client.audit` asks
+that every reservation marked signed has its record: deleting the head as well
+leaves signed payments with no record. (A writer who kept an old signed head
+and deletes the reservations and edits the totals in step is not caught: the
+database is then rewritten wholesale, which only a copy kept elsewhere shows.)
+
+Concurrency. The head row is also the chain's lock: an append reads it ``SELECT
+... FOR UPDATE`` (PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` serialises writers
+already) before it reads the tail, so concurrent payers queue for their place
+instead of racing for the same sequence number, and no record is dropped.
+
 What it does not prove: that the request and result hashes are the bytes the
 service saw and sent (only the agent vouches for them; a provider-signed
 receipt does that on the ``a402`` path), nor that a settlement transaction was
@@ -39,11 +56,13 @@ from sqlalchemy import (
     Connection,
     Engine,
     Float,
+    Integer,
     MetaData,
     String,
     Table,
     Text,
     select,
+    update,
 )
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -64,6 +83,30 @@ evidence = Table(
     Column("signature", String(132), nullable=False),
     Column("created_at", Float, nullable=False),
 )
+
+#: The signed head of the chain (module doc): one row, ``id`` 1.
+evidence_head = Table(
+    "a402_evidence_head", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(66), nullable=False),
+    Column("signature", String(132), nullable=False),
+)
+HEAD_PREFIX: Final = b"a402/evidence-head/v1\x00"
+
+
+def head_hash(seq: int, record: str) -> bytes:
+    """What the agent signs for a head naming record ``seq`` whose hash is ``record``."""
+    return keccak256(HEAD_PREFIX + f"{seq}:{record.lower()}".encode())
+
+
+@dataclass(frozen=True)
+class EvidenceHead:
+    """The stored head, as read (checked by :mod:`a402.client.audit`)."""
+
+    seq: int
+    hash: str
+    signature: str
 
 
 def canonical(value: Any) -> str:
@@ -94,40 +137,84 @@ class EvidenceLog:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._head_ready = False
         # (Another process may create it between the check and the create: that is fine.)
         with contextlib.suppress(OperationalError, IntegrityError):
             metadata.create_all(engine)
 
+    def _ensure_head(self) -> None:
+        """The head row exists, so appenders have a row to queue on. Made (once; concurrent
+        creators: one wins) naming the current tail: seq 0 for an empty chain, and for a
+        chain written before heads existed its last record, unsigned until the next append
+        signs a head. Once seen it is not looked for again here."""
+        if self._head_ready:
+            return
+        with contextlib.suppress(IntegrityError), self.engine.begin() as conn:
+            if conn.execute(select(evidence_head.c.id)).first() is None:
+                tail = self._tail(conn)
+                conn.execute(evidence_head.insert().values(
+                    id=1, seq=0 if tail is None else int(tail.seq),
+                    hash=GENESIS if tail is None else str(tail.hash), signature=""))
+        self._head_ready = True
+
+    @staticmethod
+    def _tail(conn: Connection) -> Any:
+        return conn.execute(select(evidence.c.seq, evidence.c.hash)
+                            .order_by(evidence.c.seq.desc()).limit(1)).first()
+
     def append(self, fields: dict[str, Any], sign_digest: Callable[[bytes], bytes], *,
                also: Callable[[Connection], None] | None = None) -> int:
         """Add a record of ``fields`` (seq, prev and format are set here), signed with
-        ``sign_digest`` (the agent's key); its sequence number. Concurrent writers each
-        get their own place in the chain (the sequence number is the primary key: a
-        writer that lost the race reads the new tail and tries again). ``also`` runs in
-        the same transaction (marking the payment's reservation signed)."""
+        ``sign_digest`` (the agent's key); its sequence number. Concurrent writers queue
+        on the head row's lock (module doc), so each gets its own place and none is
+        dropped; the head is re-signed in the same transaction. The new record follows
+        the *head*, not whatever tail the table shows: after a tail was cut, the next
+        record names the missing one as ``prev`` and the audit sees the gap. ``also``
+        runs in the same transaction (marking the payment's reservation signed)."""
+        self._ensure_head()
+        locking = self.engine.dialect.name != "sqlite"
         for _ in range(_ATTEMPTS):
             try:
-                # One write transaction: reading the tail inside it (SQLite's BEGIN
-                # IMMEDIATE holds the write lock already) makes the insert follow it.
+                # One write transaction: the head row locked (PostgreSQL) or the write
+                # lock held (SQLite's BEGIN IMMEDIATE) before the head is read.
                 with self.engine.begin() as conn:
-                    tail = conn.execute(select(evidence.c.seq, evidence.c.hash)
-                                        .order_by(evidence.c.seq.desc()).limit(1)).first()
-                    seq, prev = ((1, GENESIS) if tail is None
-                                 else (int(tail.seq) + 1, str(tail.hash)))
+                    head_q = select(evidence_head.c.seq, evidence_head.c.hash).where(
+                        evidence_head.c.id == 1)
+                    head = conn.execute(head_q.with_for_update() if locking
+                                        else head_q).first()
+                    last = head if head is not None else self._tail(conn)
+                    seq, prev = ((1, GENESIS) if last is None or int(last.seq) == 0
+                                 else (int(last.seq) + 1, str(last.hash)))
                     record = {**fields, "format": FORMAT, "seq": seq, "prev": prev}
                     text = canonical(record)
                     digest = record_hash(text)
                     signature = bytes(sign_digest(digest))
+                    hash_hex = "0x" + digest.hex()
+                    head_signature = "0x" + bytes(sign_digest(head_hash(seq, hash_hex))).hex()
                     if also is not None:
                         also(conn)
                     conn.execute(evidence.insert().values(
-                        seq=seq, hash="0x" + digest.hex(), mandate=fields.get("mandate"),
+                        seq=seq, hash=hash_hex, mandate=fields.get("mandate"),
                         record=text, signature="0x" + signature.hex(),
                         created_at=time.time()))
+                    if head is None:  # the head row was deleted: written again
+                        conn.execute(evidence_head.insert().values(
+                            id=1, seq=seq, hash=hash_hex, signature=head_signature))
+                    else:
+                        conn.execute(update(evidence_head).where(evidence_head.c.id == 1)
+                                     .values(seq=seq, hash=hash_hex, signature=head_signature))
                 return seq
-            except IntegrityError:  # (PostgreSQL) another writer took this place first
+            except IntegrityError:  # a writer of code without the head lock got there first
                 continue
-        raise RuntimeError("the evidence chain kept moving under this writer")
+        raise RuntimeError("the evidence chain kept moving under this writer: the payment "
+                           "was made, its record is NOT written")
+
+    def head(self) -> EvidenceHead | None:
+        """The stored head (None: no head row)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(evidence_head).where(evidence_head.c.id == 1)).first()
+        return None if row is None else EvidenceHead(int(row.seq), str(row.hash),
+                                                     str(row.signature))
 
     def rows(self, mandate: str | None = None) -> list[EvidenceRow]:
         """Every record in chain order (``mandate``: only the records naming it; the

@@ -116,6 +116,9 @@ class MandateGuard:
         also = None
         if reservation is not None:
             held = reservation
+            # The record names its reservation: the audit finds a signed payment whose
+            # record was deleted (:mod:`a402.mandate.evidence`).
+            fields = {**fields, "reservation": held.id}
 
             def also(conn: Connection) -> None:
                 self.store.mark_signed(conn, held, payment_ref)
