@@ -1,4 +1,5 @@
-"""``a402 agents deploy|register|update|show|search|rate``: the on-chain agent directory by hand.
+"""``a402 agents deploy|register|update|show|search|rate|serve``: the on-chain agent directory
+by hand, and a paid agent served in front of any endpoint (``serve``).
 
 Every action reads the chain and the contract addresses from a manifest
 (``--manifest``, default ``.a402/devnet.json``, as ``a402 devnet`` writes it;
@@ -140,6 +141,13 @@ def add_agents_arguments(parser: argparse.ArgumentParser) -> None:
                              "listed in the open or the curated registry")
     search.add_argument("--limit", type=int, metavar="N", help="stop after N hits")
     search.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    serve = actions.add_parser(
+        "serve", parents=[chain],
+        help="serve a paid A2A agent in front of an HTTP endpoint or a Python function")
+    from a402.agents.serve_command import add_serve_arguments
+
+    add_serve_arguments(serve)
 
     rate = actions.add_parser(
         "rate", parents=[chain], help="rate an agent: as a paying agent, and/or with ERC-8004")
@@ -604,6 +612,45 @@ def _rate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---- serve
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """``a402 agents serve`` (:mod:`a402.agents.serve_command`): the chain side is here,
+    with the other actions' manifest, key and chain checks."""
+    from a402.agents.serve_command import ServeUsage, run_serve
+
+    manifest = _manifest(args.manifest)
+    if args.list and not args.register:
+        raise UsageError("--list needs --register")
+    if args.register and not args.key_file:
+        raise UsageError("--register needs --key-file (the agent's owner, who pays the gas)")
+    owner = _key(args.key_file) if args.key_file else None
+    if args.pay_to:
+        pay_to = _address(args.pay_to)
+    elif owner is not None:
+        pay_to = owner.address
+    else:
+        try:
+            pay_to = manifest.account("provider").address
+        except KeyError:
+            raise UsageError("give --pay-to (the manifest has no provider account)") from None
+
+    def register(card: OnchainCard) -> dict[str, Any]:
+        assert owner is not None
+        suite = _suite(_chain(args, manifest, owner), manifest)
+        agent = suite.factory.create(owner, card, owner=owner.address)
+        if args.list:
+            suite.registry.enroll(owner, agent.address)
+        return {"agent": agent.address, "owner": owner.address, "listed": bool(args.list)}
+
+    try:
+        return run_serve(args, manifest, pay_to=pay_to,
+                         register=register if args.register else None)
+    except ServeUsage as e:
+        raise UsageError(str(e)) from None
+
+
 # ---------------------------------------------------------------------------- helpers
 
 
@@ -664,5 +711,5 @@ def _address(text: str) -> str:
 
 _ACTIONS = {
     "deploy": _deploy, "register": _register, "update": _update, "show": _show,
-    "search": _search, "rate": _rate,
+    "search": _search, "rate": _rate, "serve": _serve,
 }
