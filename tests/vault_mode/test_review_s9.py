@@ -28,7 +28,7 @@ from a402.vault_contract import AccountStatus
 from a402.wire import vault_api as api
 
 from .accounts_setup import PRICE, Host, VaultMode, client, vault_mode
-from .helpers import SETTLE_WINDOW, balance, funded, increase_time, now
+from .helpers import SETTLE_WINDOW, balance, funded, increase_time, leave, now
 from .test_service import Harness
 
 pytestmark = pytest.mark.anvil
@@ -42,7 +42,7 @@ def _confirmed(host: Host, who: str, amount: int) -> None:
 
 def _exit(host: Host, who: LocalAccount | Any) -> None:
     st = host.vm.vault.statement(who.address)
-    host.vault.init_force_settle(host.gas, st.statement, st.signature)
+    leave(host.vault, host.gas, st.statement, st.signature)  # its signed exit order
 
 
 # ------------------------------------- S9-1: σ_U after the client's exit was reported
@@ -100,16 +100,16 @@ def test_a_request_in_flight_when_its_client_exits_is_not_paid_twice(host: Host)
 
 @pytest.mark.xfail(strict=True, raises=AssertionError,
                    reason="S9-2: the watchtower advances from_block before answering and never "
-                          "retries: one failed challenge (a deposit racing its settle, an RPC "
-                          "error) and a stale statement wins")
+                          "retries: one failed challenge (an RPC error) and a stale statement "
+                          "wins")
 def test_a_watchtower_whose_first_answer_failed_answers_at_its_next_poll(host: Host) -> None:
     """Alice spends 2,000 and asks for 1,000; settlement 2 (crediting the provider, paying
     her) is signed, not landed yet. She force-settles with her first statement (20,000).
-    The watchtower must land settlement 2 before it can challenge; an honest deposit is
-    mined between its reading the deposit tail and its settle (one race, not a griefer):
-    DepositsMismatch, ``refused``. Settlement 2 then lands (the worker's next round). The
-    watchtower polls again and again within the window: it never looks at Alice's
-    force-settle again (``from_block`` moved past it), and she leaves with 20,000."""
+    The watchtower must land settlement 2 before it can challenge; its settle fails once
+    (an RPC error: the node drops the connection): ``refused``. Settlement 2 then lands
+    (the worker's next round). The watchtower polls again and again within the window:
+    it never looks at Alice's force-settle again (``from_block`` moved past it), and she
+    leaves with 20,000."""
     vm, vault, usdc = host.vm, host.vault, host.token
     alice, bob = client(), client()
     provider = vm.provider()
@@ -123,22 +123,22 @@ def test_a_watchtower_whose_first_answer_failed_answers_at_its_next_poll(host: H
     increase_time(host.chain, CLAIM_WINDOW + 1)
     second = vm.vault.settle([(alice.address, 1_000)], now=now(host.chain)).settlement
     assert vm.vault.statement(alice.address).statement.epoch == 2 > vault.last_epoch()
-    vault.init_force_settle(host.gas, stale.statement, stale.signature)
+    leave(vault, host.gas, stale.statement, stale.signature)
 
     honest_settle = vault.settle
     raced: list[bool] = []
 
     def one_race(*args: Any, **kwargs: Any) -> Any:
-        if not raced:  # somebody's deposit is mined first, once
-            raced.append(True)
-            host.deposit(client().address, 1)
+        if not raced:  # the RPC node drops the watchtower's settle once (a deposit racing
+            raced.append(True)  # it no longer can: the contract checks deposits monotonically)
+            raise TransactionFailed("connection reset by peer")
         return honest_settle(*args, **kwargs)
 
     vault.settle = one_race  # type: ignore[method-assign]
     tower = VaultWatchtower(vault, vm.vault, funded(host.chain, usdc))
     (first,) = tower.poll()
     vault.settle = honest_settle  # type: ignore[method-assign]
-    assert first.refused is not None and first.answered_nonce is None  # DepositsMismatch
+    assert first.refused is not None and first.answered_nonce is None  # the RPC error
     host.submit(second)  # the worker's next round lands it: nothing stands in the way now
     answers = []
     for _ in range(3):  # three more polls inside the window
@@ -183,7 +183,7 @@ def test_the_host_cannot_spend_a_clients_signed_call_at_a_provider_of_its_own(
     theirs = vm.vault.statement(mallory.address) if vm.vault.balance(
         mallory.address)[0] else None
     if theirs is not None:
-        vault.init_force_settle(host.gas, theirs.statement, theirs.signature)
+        leave(vault, host.gas, theirs.statement, theirs.signature)
         increase_time(host.chain, SETTLE_WINDOW + 1)
         vault.final_force_settle(host.gas, mallory.address)
         assert vault.status(mallory.address) is AccountStatus.SETTLED
@@ -275,11 +275,11 @@ def test_a_host_that_wipes_the_stored_ledger_cannot_give_a_client_its_spent_depo
     forged = fresh.vault.statement(alice.address)
     assert forged.statement.balance == 10_000 and forged.statement.epoch == 1
     try:
-        vault.init_force_settle(host.gas, forged.statement, forged.signature)
+        leave(vault, host.gas, forged.statement, forged.signature)
     except TransactionFailed:  # the property: a statement of another ledger history
-        vault.init_force_settle(host.gas, hers.statement, hers.signature)
+        leave(vault, host.gas, hers.statement, hers.signature)
     his = vm.vault.statement(bob.address)
-    vault.init_force_settle(host.gas, his.statement, his.signature)
+    leave(vault, host.gas, his.statement, his.signature)
     increase_time(host.chain, SETTLE_WINDOW + 1)
     vault.final_force_settle(host.gas, alice.address)
     assert balance(usdc, alice.address) == 8_000, "Alice spent 2,000 and leaves with 10,000"
