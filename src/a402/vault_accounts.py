@@ -166,6 +166,7 @@ from a402.crypto import PaymentDomain
 from a402.crypto.vault_messages import (
     MAX_EPOCH,
     MAX_PAYOUT,
+    NO_LEDGER,
     BalanceStatement,
     claim_key,
     fold_claim,
@@ -225,6 +226,7 @@ class SignedSettlement:
     not_before: int = 0  # chain time after which it may land (the deadlines it resolves)
     prev_epoch: int = -1  # -1: epoch - 1
     confirms: bytes = b""
+    ledger: bytes = NO_LEDGER  # the ledger life that signed it (the first landed one pins it)
 
     @property
     def prev(self) -> int:
@@ -232,12 +234,12 @@ class SignedSettlement:
 
     def to_json(self) -> list[Any]:
         return [self.payouts.hex(), str(self.claims), self.signature.hex(), self.not_before,
-                self.prev, self.confirms.hex()]
+                self.prev, self.confirms.hex(), self.ledger.hex()]
 
     @classmethod
     def from_json(cls, epoch: int, v: list[Any]) -> SignedSettlement:
         return cls(epoch, bytes.fromhex(v[0]), int(v[1]), bytes.fromhex(v[2]), int(v[3]),
-                   int(v[4]), bytes.fromhex(v[5]))
+                   int(v[4]), bytes.fromhex(v[5]), bytes.fromhex(v[6]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -465,7 +467,8 @@ class VaultAccountsCode:
                                   account.locked, account.epoch, account.nonce,
                                   account.confirmed)
             signed = SignedStatement(
-                st, self._kernel.sign(VAULT_ACCOUNTS, statement_digest(self.domain, st)))
+                st, self._kernel.sign(VAULT_ACCOUNTS,
+                                      statement_digest(self.domain, st, self.ledger)))
             self._statements[address_key(account.participant)] = signed
             out.append(signed)
         self._changed()
@@ -524,6 +527,14 @@ class VaultAccountsCode:
     def life_id(self) -> str:
         """This life's public name: every client call must be signed for it."""
         return life_id(self._life)
+
+    @property
+    def ledger(self) -> bytes:
+        """This ledger life's 16-byte name (the public life id): every settlement, every
+        statement of epoch > 0 and every pending record names it, and the contract pins the
+        first landed settlement's, so a ledger the host deleted and started afresh (a first
+        boot under the same key) signs nothing the contract takes (review S9-5)."""
+        return bytes.fromhex(self.life_id[2:])
 
     @property
     def claim_state(self) -> int:
@@ -672,10 +683,11 @@ class VaultAccountsCode:
         packed = pack_payouts(sorted(records, key=lambda r: r[1]))
         confirms = pack_confirms(sorted((a.participant, a.confirmed) for a in confirmed.values()))
         digest = settlement_digest(self.domain, self._epoch, packed, self._confirmed, not_before,
-                                   prev_epoch=prev, packed_confirms=confirms)
+                                   prev_epoch=prev, packed_confirms=confirms,
+                                   ledger=self.ledger)
         signed = SignedSettlement(self._epoch, packed, self._confirmed,
                                   self._kernel.sign(VAULT_ACCOUNTS, digest), not_before, prev,
-                                  confirms)
+                                  confirms, self.ledger)
         self._settlements[self._epoch] = signed
         self._void_from, self._bumped = None, set()
         return Settled(signed, self._sign_statements(touched))
@@ -861,7 +873,7 @@ class VaultAccountsCode:
         # The client's money here rests on settlements up to its account's epoch: the record
         # is claimable once that one landed, whatever later settlement is withheld.
         digest = pending_digest(self.domain, channel_id, event.request_id, client_nonce,
-                                client.epoch, deadline)
+                                client.epoch, deadline, self.ledger)
         record = PendingRecord(channel_id, event.request_id, event.amount, client_nonce,
                                client.epoch, deadline, self._kernel.sign(VAULT_ACCOUNTS, digest))
         return record, self._sign_statements([client])
@@ -1060,7 +1072,7 @@ class VaultAccounts:
 
 
 _HOST_SURFACE = frozenset({
-    "address", "account", "domain", "epoch", "life_id", "claim_state", "deposited",
+    "address", "account", "domain", "epoch", "life_id", "ledger", "claim_state", "deposited",
     "ledger_version",
     "balance", "index_of", "statement", "totals", "channels", "participants",
     "settlement", "settlement_after", "replacement_due", "credit_deposit", "settle",

@@ -183,7 +183,7 @@ class Host:
         return self.vault.settle(self.gas, signed.payouts, signed.epoch, signed.claims,
                                  signed.signature, self.vault.claims_since(signed.claims),
                                  signed.not_before, prev_epoch=signed.prev,
-                                 packed_confirms=signed.confirms)
+                                 packed_confirms=signed.confirms, ledger=signed.ledger)
 
     def report_claim(self, cid: bytes, request_id: int, signature: bytes) -> Any:
         """The latest ``PaymentClaimed`` of the chain, reported (it is the chain's last)."""

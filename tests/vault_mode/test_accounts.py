@@ -40,7 +40,8 @@ def signed_by_vault(vm: VaultMode, digest: bytes, signature: bytes) -> bool:
 
 
 def check_statement(vm: VaultMode, signed: SignedStatement) -> None:
-    assert signed_by_vault(vm, statement_digest(DOMAIN, signed.statement), signed.signature)
+    assert signed_by_vault(vm, statement_digest(DOMAIN, signed.statement, vm.vault.ledger),
+                           signed.signature)
 
 
 def conserved(vm: VaultMode, deposited: int) -> None:
@@ -62,7 +63,8 @@ def test_a_reported_deposit_counts_nowhere_until_a_settlement_confirms_it(vm: Va
     s = settled.settlement
     confirms = pack_confirms([(alice.address, total)])
     assert (s.epoch, s.prev, s.payouts, s.claims, s.confirms) == (1, 0, b"", 0, confirms)
-    assert signed_by_vault(vm, settlement_digest(DOMAIN, 1, b"", 0, packed_confirms=confirms),
+    assert signed_by_vault(vm, settlement_digest(DOMAIN, 1, b"", 0, packed_confirms=confirms,
+                                                 ledger=vm.vault.ledger),
                            s.signature)
     (st,) = settled.statements
     assert st.statement.as_tuple() == (alice.address, 0, 5_000, 0, 1, 1, 5_000)
@@ -115,7 +117,8 @@ def test_a_paid_request_moves_the_price_from_the_client_to_the_provider_after_it
     assert (pending.amount, pending.client_nonce, pending.epoch) == (PRICE, 2, 1)
     assert pending.deadline == now + CLAIM_WINDOW
     assert signed_by_vault(vm, pending_digest(DOMAIN, cid, pending.request_id, 2, 1,
-                                              pending.deadline), pending.signature)
+                                              pending.deadline, vm.vault.ledger),
+                           pending.signature)
     # Revealed and acknowledged, but not yet credited: the provider could still claim it.
     assert vm.vault.balance(provider.address) == (0, 0, 0)
     conserved(vm, 50_000)
@@ -236,7 +239,8 @@ def test_a_claim_of_a_payment_a_signed_settlement_credited_voids_it_and_the_repl
     theirs = vm.vault.statement(provider.address).statement
     assert (theirs.balance, theirs.epoch) == (0, 4)
     assert signed_by_vault(vm, settlement_digest(DOMAIN, 4, s.payouts, s.claims, s.not_before,
-                                                 prev_epoch=1, packed_confirms=s.confirms),
+                                                 prev_epoch=1, packed_confirms=s.confirms,
+                                                 ledger=vm.vault.ledger),
                            s.signature)
     assert vm.vault.settlement_after(1) == s  # what a watchtower lands after epoch 1
     # The next one follows the replacement.

@@ -38,7 +38,7 @@ def test_a_long_random_run_creates_and_loses_nothing(seed: int) -> None:
     def handed(statements: tuple[SignedStatement, ...]) -> None:
         for st in statements:
             s = st.statement
-            assert recover_address(statement_digest(DOMAIN, s), st.signature,
+            assert recover_address(statement_digest(DOMAIN, s, vm.vault.ledger), st.signature,
                                    policy=OPENZEPPELIN) == vm.vault.address
             assert s.nonce > nonces.get(s.participant, 0)
             assert s.epoch <= vm.vault.epoch

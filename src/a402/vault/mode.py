@@ -437,7 +437,8 @@ class VaultModeService:
         receipt = self.contract.settle(
             self.config.account, signed.payouts, signed.epoch, signed.claims, signed.signature,
             self.contract.claims_since(signed.claims), signed.not_before,
-            prev_epoch=signed.prev, packed_confirms=signed.confirms)
+            prev_epoch=signed.prev, packed_confirms=signed.confirms,
+            ledger=signed.ledger)
         landed = Landed(signed.epoch, _hex(receipt["transactionHash"]),
                         len(unpack_payouts(signed.payouts)), int(receipt["blockNumber"]))
         self._record_landed(landed)

@@ -105,7 +105,7 @@ class VaultWatchtower:
                 self.vault.settle(self.sender, signed.payouts, signed.epoch, signed.claims,
                                   signed.signature, self.vault.claims_since(signed.claims),
                                   signed.not_before, prev_epoch=signed.prev,
-                                  packed_confirms=signed.confirms)
+                                  packed_confirms=signed.confirms, ledger=signed.ledger)
                 landed.append(signed.epoch)
             receipt = self.vault.challenge_force_settle(self.sender, latest.statement,
                                                         latest.signature)
