@@ -825,13 +825,20 @@ class VaultAccountsCode:
 
     def receive(self, channel_id: bytes, message: AscMessage, now: float) -> Changed:
         """A provider message (REPLY, REVEAL, CLOSE_ACK) for the channel's machine. On σ_U,
-        δ leaves the client's statements and a pending record is signed."""
+        δ leaves the client's statements and a pending record is signed. A REPLY for a
+        client whose exit was reported is refused (``participant_exiting``): its exit
+        statement still counts δ, so σ_U would pay δ twice."""
         self._check_ready()
         held = self._get(channel_id)
         if isinstance(message, Reply):
             if held.channel.status is Status.LOCKED and (held.call is None or not held.attested):
                 raise LocalProtocolError(Reason.NOT_ALLOWED,
                                          "no signed call, or the provider key was not attested")
+            if held.channel.status is Status.LOCKED:
+                # S9-1: σ_U moves δ out of the client's statements; once its exit is reported
+                # the statement it exits with still counts δ, so δ would be paid twice (to it
+                # and, at the deadline, to the provider). The request ends unpaid instead.
+                self._active(held.client)
             if held.call is not None and held.call in self._consumed:
                 raise LocalProtocolError(Reason.NOT_ALLOWED, "this signed call has paid already")
         return self._after(channel_id, held, held.channel.receive(message, now=now), now)

@@ -48,10 +48,6 @@ def _exit(host: Host, who: LocalAccount | Any) -> None:
 # ------------------------------------- S9-1: σ_U after the client's exit was reported
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="S9-1: σ_U is still signed for a client the enclave knows is "
-                          "force-settling; the recorded statement counts δ and the enclave "
-                          "credits δ to the provider too: δ paid twice out of the pool")
 def test_a_request_in_flight_when_its_client_exits_is_not_paid_twice(host: Host) -> None:
     """Alice (20,000) signs a call; the EXEC is out. She then starts her exit with her
     latest statement (it counts the channel's 5,000 as locked); the watchtower sees it,
