@@ -94,10 +94,6 @@ def test_a_request_in_flight_when_its_client_exits_is_not_paid_twice(host: Host)
 # ------------------------------------------ S9-2: the watchtower answers a force-settle once
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="S9-2: the watchtower advances from_block before answering and never "
-                          "retries: one failed challenge (an RPC error) and a stale statement "
-                          "wins")
 def test_a_watchtower_whose_first_answer_failed_answers_at_its_next_poll(host: Host) -> None:
     """Alice spends 2,000 and asks for 1,000; settlement 2 (crediting the provider, paying
     her) is signed, not landed yet. She force-settles with her first statement (20,000).
