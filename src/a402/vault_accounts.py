@@ -794,8 +794,8 @@ class VaultAccountsCode:
 
     def request(self, channel_id: bytes, call: SignedCall, amount: int, now: float) -> Exec:
         """Step ① for a call the channel's client signed (``POST /v1/invoke`` to this
-        vault, fresh within the auth window of ``now``, ``maxPrice ≥ amount``); each
-        ``(client, idempotency key)`` pays at most once."""
+        vault, fresh within the auth window of ``now``, ``maxPrice ≥ amount``, ``payTo``
+        the channel's provider); each ``(client, idempotency key)`` pays at most once."""
         self._check_ready()
         held = self._get(channel_id)
         self._active(held.client)
@@ -819,6 +819,16 @@ class VaultAccountsCode:
         if invoke.max_price < amount:
             raise EnclaveError("price_above_maximum",
                                f"{amount} > the call's maximum {invoke.max_price}")
+        # S9-3: the host opens channels (the client signs none) and relays every call; the
+        # call itself names whom the client pays, so the host cannot spend it at a
+        # provider of its own choosing.
+        if invoke.pay_to is None:
+            raise EnclaveError("payee_unsigned",
+                               "a vault-mode call must name its payee (payTo); nothing paid")
+        if address_key(invoke.pay_to) != held.provider:
+            raise EnclaveError("wrong_payee",
+                               "the call names another payee than this channel's provider; "
+                               "nothing paid")
         exec_ = held.channel.request(paid_request(invoke).encode(), amount, now=now)
         held.call = once
         return exec_

@@ -290,7 +290,7 @@ def test_a_reply_before_the_provider_key_was_seen_attested_gets_no_authorization
     side = ProviderChannel(vm.vault.terms(cid), DOMAIN, provider.signer, provider.schnorr,
                            ack_timeout=30.0, lock_timeout=10.0)
     now = clock()
-    exec_ = vm.vault.request(cid, vm.call(alice, key="k"), PRICE, now)
+    exec_ = vm.vault.request(cid, vm.call(alice, key="k", pay_to=provider.address), PRICE, now)
     side.receive(exec_, now=now)
     with pytest.raises(ASCError, match="attested"):
         vm.vault.receive(cid, side.reply(exec_.request_id, b"r"), now)

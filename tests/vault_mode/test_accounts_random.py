@@ -82,7 +82,8 @@ def test_a_long_random_run_creates_and_loses_nothing(seed: int) -> None:
             if status is Status.OPEN:
                 reveal = rng.random() < 0.8
                 try:
-                    changed = vm.pay(cid, side, vm.call(c, key=f"k{next(keys)}", ts=t),
+                    changed = vm.pay(cid, side, vm.call(c, key=f"k{next(keys)}", ts=t,
+                                                      pay_to=vm.vault.terms(cid).provider),
                                      reveal=reveal, now=t)
                 except Exception as e:
                     assert "insufficient" in str(e).lower() or "INSUFFICIENT" in str(e), e

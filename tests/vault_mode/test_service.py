@@ -68,6 +68,7 @@ class Harness:
         cid, statements = self.service.open_channel(client.address, provider.address,
                                                     provider.schnorr.public_key, capacity)
         self.service.bind_tunnel(provider.tunnel, cid)
+        self.vm.payees[client.address.lower()] = provider.address
         terms = self.service.accounts.terms(cid)
         return cid, ProviderChannel(terms, self.contract.domain, provider.signer,
                                     provider.schnorr, ack_timeout=30.0, lock_timeout=10.0
