@@ -319,30 +319,37 @@ def test_a_provider_that_exits_with_a_payment_pending_is_paid_that_payment(host:
 # ------------------------------- S9-7: deposits reported at 0 confirmations, then a reorg
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="S9-7: the host reports Deposited events at 0 confirmations; a reorg "
-                          "that drops one forks the enclave's deposit chain for good: no "
-                          "settlement lands again, later deposits have no exit")
 def test_a_reorg_that_drops_a_reported_deposit_does_not_stop_settlement_for_good(
     vault_chain: Any, usdc: Any, tmp_path: Path,
 ) -> None:
     """Alice's 10,000 are confirmed (epoch 1). Bob's 5,000 deposit is mined and the worker
-    reports it at once (``observe_deposits`` reads to the latest block); a one-block reorg
-    drops it (its transaction is not mined again). Carol then deposits 7,000. The enclave,
-    which folded Bob's, refuses Carol's report (out of order), and every settlement it
-    signs names a deposit chain the contract never had (DepositsMismatch). Nothing lands
-    again; Carol's 7,000 are confirmed by no settlement and no statement counts them."""
-    h = Harness(vault_chain, usdc, tmp_path)
+    looks at once; a one-block reorg then drops it (its transaction is not mined again).
+    Carol deposits 7,000. Before S9-7's fix the worker reported Bob's deposit at 0
+    confirmations and the enclave, which folded it, refused Carol's report and signed only
+    settlements naming deposits the contract never had: nothing landed again. The service
+    runs with its default (records are reported once in the ``finalized`` block; anvil
+    finalizes two blocks behind its head), so Bob's deposit was never reported: Carol's is
+    confirmed by the next settlement and counted by her statement."""
+    h = Harness(vault_chain, usdc, tmp_path, confirmations=None)  # the safe default
+
+    def blocks_go_by(n: int = 2) -> None:
+        for _ in range(n):
+            vault_chain.w3.provider.make_request("evm_mine", [])
+
     alice, bob, carol = client(), client(), client()
     h.deposit(alice.address, 10_000)
+    h.service.tick()
+    assert h.contract.last_epoch() == 0  # not final yet: not reported, nothing to confirm
+    blocks_go_by()
     h.service.tick()
     assert h.contract.last_epoch() == 1
     snapshot = vault_chain.w3.provider.make_request("evm_snapshot", [])["result"]
     h.deposit(bob.address, 5_000)
-    h.service.observe_deposits()  # the worker's round sees it in the latest block
-    assert h.service.balance(bob.address)["unconfirmed"] == "5000"
+    h.service.observe_deposits()  # the worker's round sees it in the latest block only
+    assert bob.address not in h.service.accounts.participants()  # not reported
     vault_chain.w3.provider.make_request("evm_revert", [snapshot])  # the reorg
     h.deposit(carol.address, 7_000)
+    blocks_go_by()
     for _ in range(3):  # the worker's next rounds (it logs and goes on)
         with contextlib.suppress(Exception):
             h.service.tick()

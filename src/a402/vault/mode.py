@@ -57,6 +57,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from eth_account.signers.local import LocalAccount
+from web3.exceptions import BlockNotFound, Web3RPCError
 
 from a402.asc import Exec
 from a402.asc.messages import Message as AscMessage
@@ -129,6 +130,12 @@ class VaultModeConfig:
     auth_window: int = api.DEFAULT_AUTH_WINDOW
     lock_timeout: float = 30.0
     rng: random.Random | None = None
+    #: How deep a chain record must be before it is reported to the enclave (review S9-7):
+    #: ``None`` (the default) reads up to the chain's ``finalized`` block (``safe`` on a node
+    #: without that tag); ``n`` up to ``n`` blocks behind the head (0: the head, for dev
+    #: chains whose blocks nobody reorganises). A deposit reported and then dropped by a
+    #: reorg would fork the enclave's deposit chain from the contract's for good.
+    confirmations: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,8 +316,12 @@ class VaultModeService:
         known = claim_count(self.accounts.claim_state)
         events = self.contract.contract.events
         found: list[tuple[tuple[int, int], Any]] = []
+        to_block = self._reported_head()  # no reorg undoes what is reported (S9-7)
+        if to_block < self._scan_from:
+            return 0
         for name in ("Deposited", "PaymentClaimed"):
-            for ev in getattr(events, name)().get_logs(from_block=self._scan_from):
+            for ev in getattr(events, name)().get_logs(from_block=self._scan_from,
+                                                        to_block=to_block):
                 found.append(((int(ev["blockNumber"]), int(ev["logIndex"])), ev))
         found.sort(key=lambda f: f[0])
         new = 0
@@ -332,6 +343,20 @@ class VaultModeService:
             self._scan_from = block  # later records are in this block or after
             new += 1
         return new
+
+    def _reported_head(self) -> int:
+        """The last block whose records may be reported (``config.confirmations``)."""
+        w3 = self.chain.w3
+        depth = self.config.confirmations
+        if depth is not None:
+            return int(w3.eth.block_number) - depth
+        for tag in ("finalized", "safe"):
+            try:
+                return int(w3.eth.get_block(tag)["number"])
+            except (Web3RPCError, BlockNotFound, ValueError):
+                continue  # a node without this tag: the next one
+        raise VaultModeError(503, "chain_unsafe", "the node knows no finalized or safe block: "
+                             "set confirmations to read deposits at a depth")
 
     # ------------------------------------------------------------------ channels
 
