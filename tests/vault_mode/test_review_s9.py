@@ -20,7 +20,6 @@ from eth_account.signers.local import LocalAccount
 from a402.asc import LocalProtocolError
 from a402.chain.tx import TransactionFailed
 from a402.tee import EnclaveError
-from a402.vault.mode import VaultModeError
 from a402.vault.mode_app import create_mode_app
 from a402.vault.watchtower import VaultWatchtower
 from a402.vault_accounts import CLAIM_WINDOW
@@ -361,17 +360,14 @@ def test_a_reorg_that_drops_a_reported_deposit_does_not_stop_settlement_for_good
 # ------------------------------ S9-8: a provider that never answers locks a channel for good
 
 
-@pytest.mark.xfail(strict=True, raises=VaultModeError,
-                   reason="S9-8: the service never polls its channels (no RequestExpired): a "
-                          "provider that never answers an EXEC keeps the client's capacity "
-                          "LOCKED for good; only a force-settle (leaving the vault) frees it")
 def test_a_client_closes_its_channel_after_a_provider_never_answered_its_request(
     vault_chain: Any, usdc: Any, tmp_path: Path,
 ) -> None:
     """Alice opens a 5,000 channel through the service and signs a call; the EXEC goes to
     the provider, which never replies. Well past the lock timeout (30 s) Alice closes the
-    channel: refused, ``channel_busy``, today and forever (nothing in the service, the
-    worker or the API calls the machine's poll or abandon)."""
+    channel. Before S9-8's fix: refused, ``channel_busy``, for good (nothing in the
+    service, the worker or the API called the machine's poll); now the worker's round
+    expires the request (no σ_U was signed) and the close gives her all 10,000 back."""
     h = Harness(vault_chain, usdc, tmp_path)
     alice = client()
     silent = h.vm.provider()
@@ -381,6 +377,7 @@ def test_a_client_closes_its_channel_after_a_provider_never_answered_its_request
     t0 = now(vault_chain)
     h.service.request(cid, h.vm.call(alice, key="k", ts=t0), PRICE, now=t0)
     increase_time(vault_chain, 3_600)
-    h.service.tick()  # the worker's rounds go by
-    h.service.close(cid)  # channel_busy (LOCKED)
+    h.service.tick(now=t0 + 3_600)  # the worker's rounds go by (its clock an hour on)
+    h.service.close(cid)  # was channel_busy (LOCKED) for good before S9-8's fix
     assert h.service.balance(alice.address)["free"] == "10000"
+    assert h.service.balance(alice.address)["locked"] == "0"

@@ -59,7 +59,7 @@ from typing import Any, TypeVar
 from eth_account.signers.local import LocalAccount
 from web3.exceptions import BlockNotFound, Web3RPCError
 
-from a402.asc import Exec
+from a402.asc import ASCError, Exec, Status
 from a402.asc.messages import Message as AscMessage
 from a402.chain.node import Chain
 from a402.chain.tx import TransactionFailed
@@ -474,6 +474,7 @@ class VaultModeService:
         deposits / resolves payments past their deadline), landing, the watchtower."""
         at = time.time() if now is None else now
         self.observe_deposits()
+        self._expire_requests(at)
         with self._lock:
             batch = self.scheduler.due(now=at)
             if batch is not None:
@@ -489,6 +490,17 @@ class VaultModeService:
         with self._landing:
             self.answers += self.change(self.watchtower.poll)
         return landed
+
+    def _expire_requests(self, now: float) -> None:
+        """Apply Δ_lock to every LOCKED channel (review S9-8): a request whose provider never
+        replied expires (no σ_U was signed, nothing can be claimed for it) and the channel
+        is OPEN again, so its client can pay on it or close it."""
+        for channel_id, _, _, status, _ in self.accounts.channels():
+            if status is Status.LOCKED:
+                try:
+                    self.change(partial(self.accounts.poll, channel_id, now))
+                except (EnclaveError, ASCError) as e:  # logged; the next round tries again
+                    log.warning("vault mode: Δ_lock of channel %s: %s", channel_id.hex(), e)
 
     def _land_quietly(self) -> list[Landed]:
         try:
