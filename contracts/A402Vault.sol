@@ -52,6 +52,14 @@ import {IERC3009Receive} from "./ASCManager.sol";
 ///      `epoch = prevEpoch + 1`. No per-payee event; calldata and the one `Settled` event carry
 ///      no channel id, no client–provider pair and no per-request amount.
 ///
+///      Exit credits (review S9-6). A payout record whose index has bit 31 set is an exit
+///      credit: money the enclave credited a participant after it learned of its exit (a
+///      pending payment resolved to an exiting provider, or back to an exiting client), which
+///      it counts in none of that participant's statements (it signs it none counting it) and
+///      so no force-settle pays. It is paid to the payee at once, whatever its lane, and moves
+///      no lane (the participant's statements stay as usable as before). Without it, that money
+///      would be credited to a frozen account whose recorded statement predates it: stranded.
+///
 ///      Balance statements. A402VaultBalance(participant, index, balance, locked, epoch, nonce,
 ///      deposited): `balance` (free) and `locked` are what the vault owes the participant if it
 ///      stopped now, counting its deposits up to the cumulative `deposited` (confirmed by a
@@ -535,6 +543,14 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
                 tail := calldataload(add(payouts.offset, add(pos, 4)))
             }
             uint256 index = (tail >> 96) & _LANE_MASK;
+            if (index & _FROZEN != 0) {
+                // An exit credit (review S9-6): paid to the payee now, its lane untouched.
+                uint256 credit = uint96(tail);
+                total += credit;
+                ++count;
+                _send(address(uint160(head >> 96)), credit);
+                continue;
+            }
             if (index >> 3 != key) {
                 if (key != type(uint256).max) _lanes[key] = lanes;
                 key = index >> 3;

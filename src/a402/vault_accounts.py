@@ -164,6 +164,7 @@ from a402.asc import (
 from a402.asc.messages import Message as AscMessage
 from a402.crypto import PaymentDomain
 from a402.crypto.vault_messages import (
+    EXIT_CREDIT,
     MAX_EPOCH,
     MAX_PAYOUT,
     NO_LEDGER,
@@ -329,13 +330,14 @@ class _Resolved:
     epoch: int
     beneficiary: str
     amount: int
+    exit: bool = False  # paid as an exit credit (the beneficiary was exiting)
 
     def to_json(self) -> list[Any]:
-        return [self.epoch, self.beneficiary, str(self.amount)]
+        return [self.epoch, self.beneficiary, str(self.amount), self.exit]
 
     @classmethod
     def from_json(cls, v: list[Any]) -> _Resolved:
-        return cls(int(v[0]), str(v[1]), int(v[2]))
+        return cls(int(v[0]), str(v[1]), int(v[2]), bool(v[3]) if len(v) > 3 else False)
 
 
 @dataclass(slots=True)
@@ -393,6 +395,8 @@ class VaultAccountsCode:
         #: accounts whose statements naming the voided epochs over-count a claimed payment.
         self._void_from: int | None = None
         self._bumped: set[str] = set()
+        #: Exit credits a claim made unlandable, by account: cut from the carried exit credit.
+        self._exit_cuts: dict[str, int] = {}
         self._paid_out = 0
         self._settlements: dict[int, SignedSettlement] = {}
         self._statements: dict[str, SignedStatement] = {}
@@ -441,6 +445,8 @@ class VaultAccountsCode:
         if found is None:
             if not create:
                 raise EnclaveError("unknown_participant", "no account for this participant")
+            if self._next_index >= EXIT_CREDIT:
+                raise EnclaveError("participants_exhausted", "no participant index is left")
             found = _Account(to_checksum(key), self._next_index)
             self._next_index += 1
             self._accounts[key] = found
@@ -637,7 +643,8 @@ class VaultAccountsCode:
         self._epoch += 1
         not_before = max([self._pending[k].deadline for k in resolved]
                          + [v.not_before for v in voided], default=0)
-        touched += self._resolve(resolved) + renamed
+        exits: dict[str, int] = {}
+        touched += self._resolve(resolved, exits) + renamed
         confirmed: dict[str, _Account] = {}
         for account in touched:
             if account.unconfirmed:
@@ -648,9 +655,14 @@ class VaultAccountsCode:
         self._confirmed = self._claims
         amounts: dict[str, int] = {}
         for v in voided:  # carried over: already debited when first signed
-            for payee, _, amount in unpack_payouts(v.payouts):
+            for payee, index, amount in unpack_payouts(v.payouts):
                 key = address_key("0x" + payee.hex())
-                amounts[key] = amounts.get(key, 0) + amount
+                into = exits if index & EXIT_CREDIT else amounts
+                into[key] = into.get(key, 0) + amount
+        for key, owed in self._exit_cuts.items():  # an exit credit a claim paid already
+            cut = min(owed, exits.get(key, 0))
+            exits[key] = exits.get(key, 0) - cut
+            self._paid_out -= cut
             for i in range(0, len(v.confirms), 32):
                 key = address_key("0x" + v.confirms[i:i + 20].hex())
                 confirmed.setdefault(key, self._accounts[key])
@@ -668,13 +680,17 @@ class VaultAccountsCode:
             account.free -= amount
             self._paid_out += amount
             amounts[key] = amounts.get(key, 0) + amount
-        if any(a > MAX_PAYOUT for a in amounts.values()):
+        if any(a > MAX_PAYOUT for a in (*amounts.values(), *exits.values())):
             raise EnclaveError("bad_payouts", "a carried payout does not fit in uint96")
         records = []
         for key, amount in amounts.items():
             account = self._accounts[key]
             touched.append(account)
             records.append((account.participant, account.index, amount))
+        for key, amount in exits.items():  # no lane moves, no statement counts them
+            if amount:
+                account = self._accounts[key]
+                records.append((account.participant, account.index | EXIT_CREDIT, amount))
         for account in touched:  # their money now rests on this settlement
             account.epoch = self._epoch
         for r in self._resolved.values():  # a claim of a carried resolution voids this one
@@ -689,7 +705,7 @@ class VaultAccountsCode:
                                   self._kernel.sign(VAULT_ACCOUNTS, digest), not_before, prev,
                                   confirms, self.ledger)
         self._settlements[self._epoch] = signed
-        self._void_from, self._bumped = None, set()
+        self._void_from, self._bumped, self._exit_cuts = None, set(), {}
         return Settled(signed, self._sign_statements(touched))
 
     @property
@@ -717,16 +733,28 @@ class VaultAccountsCode:
         p = self._pending[key]
         return p.provider if p.revealed else p.client
 
-    def _resolve(self, keys: Sequence[tuple[bytes, int]]) -> list[_Account]:
+    def _resolve(self, keys: Sequence[tuple[bytes, int]], exits: dict[str, int]
+                 ) -> list[_Account]:
         """Credit each pending payment past its deadline: to the provider if it revealed,
-        back to the client if not (its channel then ends: its machine stays PENDING)."""
+        back to the client if not (its channel then ends: its machine stays PENDING).
+
+        A beneficiary whose exit was reported (review S9-6) is credited nothing here: its
+        recorded statement predates the credit and no settlement may pay its frozen lane,
+        so δ goes into ``exits`` and this settlement pays it as an exit credit (paid at
+        once, counted by none of its statements)."""
         touched = []
         for key in keys:
             p = self._pending.pop(key)
-            account = self._accounts[self._beneficiary_of(p)]
-            account.free += p.amount
-            self._resolved[key] = _Resolved(self._epoch, self._beneficiary_of(p), p.amount)
-            touched.append(account)
+            beneficiary = self._beneficiary_of(p)
+            account = self._accounts[beneficiary]
+            if account.exiting:
+                exits[beneficiary] = exits.get(beneficiary, 0) + p.amount
+                self._paid_out += p.amount
+                self._resolved[key] = _Resolved(self._epoch, beneficiary, p.amount, exit=True)
+            else:
+                account.free += p.amount
+                self._resolved[key] = _Resolved(self._epoch, beneficiary, p.amount)
+                touched.append(account)
             if not p.revealed:  # the machine stays PENDING: the channel ends here
                 touched += self._end_channel(key[0], exclude=p.amount)
         return touched
@@ -930,12 +958,16 @@ class VaultAccountsCode:
                               "never pending here, landed: the claim chain held here is not "
                               "the contract's")
                 return Changed()
-            beneficiary = self._accounts[resolved.beneficiary]
-            taken = min(beneficiary.free, resolved.amount)
-            beneficiary.free -= taken
-            beneficiary.debt += resolved.amount - taken
             self._paid_out += resolved.amount
-            self._bumped.add(resolved.beneficiary)
+            if resolved.exit:  # paid as an exit credit: the replacement carries it less δ
+                key_ = address_key(resolved.beneficiary)
+                self._exit_cuts[key_] = self._exit_cuts.get(key_, 0) + resolved.amount
+            else:
+                beneficiary = self._accounts[resolved.beneficiary]
+                taken = min(beneficiary.free, resolved.amount)
+                beneficiary.free -= taken
+                beneficiary.debt += resolved.amount - taken
+                self._bumped.add(resolved.beneficiary)
             if self._void_from is None or resolved.epoch < self._void_from:
                 self._void_from = resolved.epoch
             return Changed()
@@ -1006,6 +1038,7 @@ class VaultAccountsCode:
             "resolved": {f"{cid.hex()}:{rid}": r.to_json()
                          for (cid, rid), r in self._resolved.items()},
             "voidFrom": self._void_from, "bumped": sorted(self._bumped),
+            "exitCuts": {k: str(v) for k, v in self._exit_cuts.items()},
             "statements": {k: [list(s.statement.as_tuple()), s.signature.hex()]
                            for k, s in self._statements.items()},
             "channels": {cid.hex(): [h.channel.snapshot().decode(), h.client, h.provider,
@@ -1034,6 +1067,7 @@ class VaultAccountsCode:
                 resolved[(bytes.fromhex(cid), int(rid))] = _Resolved.from_json(v)
             void_from = None if r["voidFrom"] is None else int(r["voidFrom"])
             bumped = {str(k) for k in r["bumped"]}
+            exit_cuts = {str(k): int(v) for k, v in r.get("exitCuts", {}).items()}
             statements = {k: SignedStatement(BalanceStatement(str(v[0][0]), *map(int, v[0][1:])),
                                              bytes.fromhex(v[1]))
                           for k, v in r["statements"].items()}
@@ -1058,6 +1092,7 @@ class VaultAccountsCode:
         self._next_index = int(r["nextIndex"])
         self._claims, self._confirmed = int(r["claims"]), int(r["confirmed"])
         self._resolved, self._void_from, self._bumped = resolved, void_from, bumped
+        self._exit_cuts = exit_cuts
         self._epoch, self._paid_out = int(r["epoch"]), int(r["paidOut"])
         self._clock = max(self._clock, int(r["clock"]))
         self._dead = r.get("dead")

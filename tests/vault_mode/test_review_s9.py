@@ -270,18 +270,14 @@ def test_a_host_that_wipes_the_stored_ledger_cannot_give_a_client_its_spent_depo
 # ---------------- S9-6: money the enclave credits to an exiting account after the answer
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="S9-6: after a participant's exit is reported the enclave still "
-                          "credits it (a pending payment resolved to the provider), signs a "
-                          "newer statement nobody posts, and can pay it no other way: stranded")
 def test_a_provider_that_exits_with_a_payment_pending_is_paid_that_payment(host: Host) -> None:
     """Pat, an honest provider, has 1,000 settled and a second 1,000 pending
     (delivered, REVEAL and ACK done, claim window open) when she leaves the vault with her
     latest statement (1,000: a provider's statement never counts a pending payment). The
-    watchtower marks her exiting; her statement is the latest, nothing to answer. At the
-    deadline the enclave credits the pending 1,000 to her account (it never checks that she
-    is exiting) and signs a newer statement; nothing posts it and no payout may pay her
-    (frozen): she leaves with 1,000 of her 2,000 and the other 1,000 stays in the pool."""
+    watchtower marks her exiting; her statement is the latest, nothing to answer. Before
+    S9-6's fix, at the deadline the enclave credited the pending 1,000 to her frozen account
+    and signed a newer statement nobody posted: she left with 1,000 of her 2,000. Now the
+    settlement that resolves it pays it to her as an exit credit."""
     vm, vault, usdc = host.vm, host.vault, host.token
     alice = client()
     pat = vm.provider()
@@ -299,7 +295,10 @@ def test_a_provider_that_exits_with_a_payment_pending_is_paid_that_payment(host:
     assert answer.refused is None and answer.answered_nonce is None
     increase_time(host.chain, CLAIM_WINDOW + 1)
     host.submit(vm.vault.settle([], now=now(host.chain)).settlement)  # resolves "b" to Pat
-    assert vm.vault.balance(pat.address)[0] == 2 * PRICE  # the enclave owes her 2,000
+    # S9-6's fix: "b" is paid to her at once as an exit credit (her statements never count
+    # it, her lane does not move); her account keeps the 1,000 her recorded statement has.
+    assert balance(usdc, pat.address) == PRICE
+    assert vm.vault.balance(pat.address)[0] == PRICE
     tower.poll()
     _exit(host, alice)
     increase_time(host.chain, SETTLE_WINDOW + 1)

@@ -81,6 +81,10 @@ EXIT_TYPEHASH = keccak256(EXIT_TYPE.encode())
 PAYOUT_SIZE = 36
 CONFIRM_SIZE = 32
 MAX_PAYOUT = (1 << 96) - 1
+EXIT_CREDIT = 1 << 31
+"""Set in a payout record's index: an exit credit, paid at once and moving no lane (money
+credited to a participant after its exit was reported, counted by none of its statements);
+participant indices stay below it."""
 MAX_EPOCH = (1 << 31) - 1
 """Settlement epochs fit a lane's 31 bits (the 32nd marks a frozen participant)."""
 _UINT32 = 1 << 32
