@@ -660,9 +660,7 @@ class VaultAccountsCode:
                 into = exits if index & EXIT_CREDIT else amounts
                 into[key] = into.get(key, 0) + amount
         for key, owed in self._exit_cuts.items():  # an exit credit a claim paid already
-            cut = min(owed, exits.get(key, 0))
-            exits[key] = exits.get(key, 0) - cut
-            self._paid_out -= cut
+            exits[key] = exits.get(key, 0) - min(owed, exits.get(key, 0))
             for i in range(0, len(v.confirms), 32):
                 key = address_key("0x" + v.confirms[i:i + 20].hex())
                 confirmed.setdefault(key, self._accounts[key])
@@ -958,11 +956,13 @@ class VaultAccountsCode:
                               "never pending here, landed: the claim chain held here is not "
                               "the contract's")
                 return Changed()
-            self._paid_out += resolved.amount
-            if resolved.exit:  # paid as an exit credit: the replacement carries it less δ
+            if resolved.exit:
+                # Paid as an exit credit (counted paid out when signed): the claim pays it
+                # instead, and the replacement carries that credit less δ.
                 key_ = address_key(resolved.beneficiary)
                 self._exit_cuts[key_] = self._exit_cuts.get(key_, 0) + resolved.amount
             else:
+                self._paid_out += resolved.amount
                 beneficiary = self._accounts[resolved.beneficiary]
                 taken = min(beneficiary.free, resolved.amount)
                 beneficiary.free -= taken

@@ -13,6 +13,7 @@ from a402.asc import Status
 from a402.asc.errors import ASCError
 from a402.crypto import PaymentDomain
 from a402.crypto.vault_messages import (
+    EXIT_CREDIT,
     VaultChannelTerms,
     pack_confirms,
     pending_digest,
@@ -371,3 +372,41 @@ def test_vault_mode_terms_keep_their_mode_in_a_snapshot_and_standard_ones_are_un
     assert pooled.channel_id(DOMAIN) != standard.channel_id(DOMAIN)
     assert pooled.channel_id(DOMAIN) == vault_channel_id(DOMAIN, VaultChannelTerms(
         "0x" + args[0].hex(), "0x" + args[2].hex(), args[3], 5_000, args[5]))
+
+
+def test_a_payment_resolved_to_an_exiting_provider_is_an_exit_credit_and_a_claim_voids_it(
+    vm: VaultMode,
+) -> None:
+    """Pat has a revealed payment pending when her exit is reported. The settlement past
+    its deadline pays it to her as an exit credit (index | EXIT_CREDIT: paid at once, no
+    lane, no statement) and credits her account nothing. She claims it on-chain before
+    that settlement lands: the replacement carries no credit for it (paid once, by the
+    claim), and the books balance at every step, across a restart."""
+    alice = client()
+    vm.deposit(alice.address, 20_000)
+    vm.vault.settle([], now=clock())
+    pat = vm.provider()
+    cid, side = vm.open(alice, pat, 5 * PRICE)
+    now = clock()
+    pending = vm.pay(cid, side, vm.call(alice, key="k"), now=now).pending
+    assert pending is not None
+    before = vm.vault.statement(pat.address).statement
+    vm.vault.exiting(pat.address)
+    settled = vm.vault.settle([], now=now + CLAIM_WINDOW + 1)
+    index = vm.vault.index_of(pat.address)
+    assert unpack_payouts(settled.settlement.payouts) == [
+        (bytes.fromhex(pat.address[2:]), index | EXIT_CREDIT, PRICE)]
+    assert vm.vault.balance(pat.address)[0] == 0
+    assert vm.vault.statement(pat.address).statement == before  # nothing signed for her
+    conserved(vm, 20_000)
+    vm.claim(cid, pending.request_id, b"", pending.deadline)
+    conserved(vm, 20_000)  # the claim paid δ; the voided credit is owed back by the cut
+    blob = vm.vault.export_ledger()
+    again = VaultAccountsCode.start(vm.enclave, domain=DOMAIN, network="eip155:31337")
+    again.restore_ledger(blob)
+    vm.vault = again
+    replacement = vm.vault.settle([], now=now + CLAIM_WINDOW + 2).settlement
+    assert (replacement.prev, replacement.epoch) == (1, 3)
+    assert all(i & EXIT_CREDIT == 0 for _, i, _ in unpack_payouts(replacement.payouts))
+    assert vm.vault.totals()["paid_out"] == PRICE
+    conserved(vm, 20_000)
