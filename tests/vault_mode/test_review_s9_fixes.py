@@ -4,6 +4,8 @@ payee (S9-3). The attacks themselves are played in ``test_review_s9.py``."""
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,6 +34,7 @@ from .helpers import (
     now,
     reverts_with,
 )
+from .test_service import Harness
 
 pytestmark = pytest.mark.anvil
 
@@ -125,3 +128,21 @@ def test_a_call_that_names_no_payee_or_another_pays_nothing(host: Host) -> None:
     exec_ = vm.vault.request(cid, vm.call(alice, key="ok", ts=t0, pay_to=honest.address),
                              PRICE, t0)
     assert exec_.amount == PRICE
+
+
+def test_a_service_whose_stored_ledger_is_gone_refuses_a_first_boot_once_a_settlement_landed(
+    vault_chain: Any, usdc: Any, tmp_path: Path,
+) -> None:
+    """The host's database lost the sealed ledger (or the host deleted it) after epoch 1
+    landed: the service refuses to start a new ledger life (nothing it signed would land,
+    the contract is pinned to the first life) and says so; the chain is untouched."""
+    h = Harness(vault_chain, usdc, tmp_path)
+    alice = client()
+    h.deposit(alice.address, 1_000)
+    h.service.tick()
+    assert h.contract.last_epoch() == 1
+    with sqlite3.connect(tmp_path / "vault-mode.db") as db:
+        db.execute("DELETE FROM a402_vault_meta WHERE key = ?", ("vault-mode/ledger",))
+    with pytest.raises(ValueError, match="ledger is missing"):
+        h.start()
+    assert h.contract.last_epoch() == 1 and h.contract.deposited(alice.address) == 1_000

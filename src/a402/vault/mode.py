@@ -157,6 +157,13 @@ class VaultModeService:
         self.store = config.store
         self.contract = A402Vault(config.chain, config.contract)
         stored = config.store.get_meta(LEDGER_KEY)
+        if stored is None and self.contract.last_epoch() > 0:
+            # S9-5: a first boot now would start a new ledger life, which the contract
+            # (pinned to the first one) refuses: nothing it signed would land or verify.
+            raise ValueError(
+                "the stored vault-mode ledger is missing but the A402Vault has settlements "
+                f"(epoch {self.contract.last_epoch()}): restore the ledger; a new one could "
+                "sign nothing the contract takes (participants can exit with their statements)")
         self.accounts: VaultAccounts = VaultAccountsCode.start(
             config.enclave, domain=self.contract.domain, network=config.chain.network,
             auth_window=config.auth_window, first_boot=stored is None)
