@@ -109,17 +109,32 @@ What the host can and cannot do besides (stated, not hidden):
   such a fork: settlements stop (``settlement_dead``).
 * **Signed calls** are checked against the host's ``now`` (± the auth window) and each
   idempotency key pays once, for good; the standard vault's stricter freshness (a call
-  withheld then paid days later, :mod:`a402.vault_enclave`) is not carried over yet.
+  withheld then paid days later, :mod:`a402.vault_enclave`) is not carried over yet. The
+  host opens channels (the client signs none), so a call names its payee (``payTo``) and
+  pays only on a channel to that provider (review S9-3): the host cannot spend it at a
+  provider of its own.
 * **Force-settles.** Only the participant (or its signed exit order) can start one
   (review F6). The host reports them (:meth:`exiting`); the contract withholds
   settlements from a frozen participant, and the watchtower
   (:mod:`a402.vault.watchtower`) answers a stale statement with the latest. With the
   vault dark, a provider answers a client's stale statement itself: the pending record,
   σ_U and its completed adaptor signature of each payment the statement still counts
-  (``contestForceSettle``, review F3).
+  (``contestForceSettle``, review F3). Once a participant's exit is reported nothing
+  moves its money: no σ_U for a request of its in flight (review S9-1: its exit
+  statement still counts δ), and a pending payment resolved to it after that is paid
+  at once as an *exit credit* (a payout record whose index has bit 31 set: no lane
+  moves, none of its statements counts it; review S9-6), not credited to its frozen
+  account.
 * **Liveness.** The host can stop, withhold settlements (then the statements
   that name them stay unusable, and participants use earlier ones) or drop
   messages; it cannot make the enclave sign money that is not there.
+* **Ledger life** (review S9-5). Each ledger draws a random life at its first boot
+  (sealed with it); its 16-byte public name (:attr:`VaultAccountsCode.ledger`) is in
+  every settlement, statement of epoch > 0 and pending record, and the contract pins
+  the first landed settlement's. A host that deletes the ledger and starts the code on
+  a first boot under the same key gets a new life: nothing it signs lands or verifies.
+  (It still loses the newer statements the watchtower answers with: as if the vault
+  had gone dark.)
 * **Sealing** has no rollback protection (:mod:`a402.tee.sealing`): the ledger
   carries a version, and a running instance refuses an older one, as in
   :mod:`a402.vault_enclave`; but a host that restarts the code on a ledger from
