@@ -1,8 +1,9 @@
 """Adversarial review of vault mode (session 9, rev1), after the host wiring merged: each
 test plays one attack or failure on anvil against the real ``A402Vault`` and the
-enclave's accounts, and asserts what each participant ends up with on-chain. The ones
-marked ``xfail(strict=True)`` FAIL today at the assertion that states the property; when
-a fix lands the strict xfail turns into an error and the marker must go.
+enclave's accounts, and asserts what each participant ends up with on-chain. Each was a
+strict xfail failing at the assertion that states the property; all eight are fixed now
+(the fixes at their own interfaces: ``test_review_s9_fixes.py``), and each test's
+docstring says what happened before its fix.
 
 Not repeated here: rev3's F1-F8 (``test_review_rev3.py``)."""
 
