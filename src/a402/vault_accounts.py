@@ -255,7 +255,8 @@ class SignedSettlement:
     @classmethod
     def from_json(cls, epoch: int, v: list[Any]) -> SignedSettlement:
         return cls(epoch, bytes.fromhex(v[0]), int(v[1]), bytes.fromhex(v[2]), int(v[3]),
-                   int(v[4]), bytes.fromhex(v[5]), bytes.fromhex(v[6]))
+                   int(v[4]), bytes.fromhex(v[5]),
+                   bytes.fromhex(v[6]) if len(v) > 6 else NO_LEDGER)
 
 
 @dataclass(frozen=True, slots=True)
