@@ -495,7 +495,8 @@ class VaultModeService:
         # watchtower may land settlements itself: one sender at a time (lock order: landing,
         # then the ledger's)
         with self._landing:
-            self.answers += self.change(self.watchtower.poll)
+            # the last 100 (a force-settle it cannot answer yet is retried every round)
+            self.answers = (self.answers + self.change(self.watchtower.poll))[-100:]
         return landed
 
     def _expire_requests(self, now: float) -> None:
