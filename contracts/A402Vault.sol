@@ -38,7 +38,8 @@ import {IERC3009Receive} from "./ASCManager.sol";
 ///      settlement that paid it, and a frozen bit), eight lanes per storage word. Per address it
 ///      keeps one word: the cumulative `deposited` (uint96) and the exit status.
 ///
-///      Settlements. A402VaultSettlement(prevEpoch, epoch, payouts, confirms, claims, notBefore):
+///      Settlements. A402VaultSettlement(prevEpoch, epoch, payouts, confirms, claims, notBefore,
+///      ledger):
 ///      * `payouts` = keccak of packed 36-byte records `address ‖ uint32 index ‖ uint96 amount`
 ///        (an amount may be 0: it only moves the payee's lane, see "Replacing a settlement");
 ///      * `confirms` = keccak of packed 32-byte records `address ‖ uint96 cumulative`: for each
@@ -50,6 +51,14 @@ import {IERC3009Receive} from "./ASCManager.sol";
 ///      the settlements the enclave signed land in the order it signed them; normally
 ///      `epoch = prevEpoch + 1`. No per-payee event; calldata and the one `Settled` event carry
 ///      no channel id, no client–provider pair and no per-request amount.
+///
+///      Exit credits (review S9-6). A payout record whose index has bit 31 set is an exit
+///      credit: money the enclave credited a participant after it learned of its exit (a
+///      pending payment resolved to an exiting provider, or back to an exiting client), which
+///      it counts in none of that participant's statements (it signs it none counting it) and
+///      so no force-settle pays. It is paid to the payee at once, whatever its lane, and moves
+///      no lane (the participant's statements stay as usable as before). Without it, that money
+///      would be credited to a frozen account whose recorded statement predates it: stranded.
 ///
 ///      Balance statements. A402VaultBalance(participant, index, balance, locked, epoch, nonce,
 ///      deposited): `balance` (free) and `locked` are what the vault owes the participant if it
@@ -129,6 +138,23 @@ import {IERC3009Receive} from "./ASCManager.sol";
 ///      paid through its own statements, which count it once the resolving settlement landed).
 ///      Each (channel, request) is claimed or contested once.
 ///
+///      Ledger life (review S9-5). The enclave's ledger is sealed by its host, who can delete
+///      it: the same enclave (same key) then starts on a first boot with an empty ledger and
+///      would sign settlements "epoch 1, 2, ..." and statements naming epochs that the old
+///      ledger's settlements already used; a client that spent its deposit under the old ledger
+///      would get a statement counting all of it, usable since its epoch has "landed". So every
+///      ledger draws a random life at its first boot (sealed with it; its public 16-byte name is
+///      `ledger`), every settlement names it, the first landed settlement pins it here, and
+///      every later settlement, every statement of epoch > 0 and every pending record is checked
+///      against the pinned life (the digest is computed with it: a signature of another life
+///      does not verify). A wiped ledger's settlements never land and its statements and
+///      pending records never verify: a first boot after the chain has a settlement can sign
+///      nothing that moves money. A statement of epoch 0 is empty (no deposit is counted before
+///      a settlement confirms it) and pays only the chain's own `deposited`, so it names no life.
+///      Not covered (the dark-vault limit): the wipe also loses the newer statements a
+///      watchtower answers stale ones with, so a participant whose counterparties do not contest
+///      can exit with an old statement of the pinned life, as if the vault had gone dark.
+///
 ///      Exits are the participant's (review F6): `initForceSettle` is sent by the participant
 ///      or carries its signature (EOA or EIP-1271) over A402VaultExit(participant, statement
 ///      digest); nobody else can start an exit with an old statement of its.
@@ -163,6 +189,7 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         uint64 epoch;
         uint256 claims;
         uint64 notBefore;
+        bytes16 ledger;
     }
 
     /// @notice A vault-mode channel's terms; their EIP-712 hash is the channel id.
@@ -228,16 +255,18 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     }
 
     bytes32 public constant SETTLEMENT_TYPEHASH = keccak256(
-        "A402VaultSettlement(uint64 prevEpoch,uint64 epoch,bytes32 payouts,bytes32 confirms,bytes32 claims,uint64 notBefore)"
+        "A402VaultSettlement(uint64 prevEpoch,uint64 epoch,bytes32 payouts,bytes32 confirms,bytes32 claims,uint64 notBefore,bytes16 ledger)"
     );
     bytes32 public constant BALANCE_TYPEHASH = keccak256(
-        "A402VaultBalance(address participant,uint32 index,uint256 balance,uint256 locked,uint64 epoch,uint64 nonce,uint256 deposited)"
+        "A402VaultBalance(address participant,uint32 index,uint256 balance,uint256 locked,uint64 epoch,uint64 nonce,uint256 deposited,bytes16 ledger)"
     );
     bytes32 public constant CHANNEL_TYPEHASH = keccak256(
         "A402VaultChannel(address client,address provider,bytes32 providerKey,uint256 capacity,bytes32 salt)"
     );
     bytes32 public constant PENDING_TYPEHASH =
-        keccak256("A402VaultPending(bytes32 channelId,uint256 requestId,uint64 clientNonce,uint64 epoch,uint64 deadline)");
+        keccak256(
+        "A402VaultPending(bytes32 channelId,uint256 requestId,uint64 clientNonce,uint64 epoch,uint64 deadline,bytes16 ledger)"
+    );
     bytes32 public constant DEPOSIT_TYPEHASH =
         keccak256("A402VaultDeposit(address participant,uint256 amount,bytes32 salt)");
     bytes32 public constant EXIT_TYPEHASH = keccak256("A402VaultExit(address participant,bytes32 statement)");
@@ -258,6 +287,10 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     /// @notice The highest `notBefore` of a landed settlement: pending payments with a deadline
     ///         up to it were resolved off-chain and can no longer be claimed.
     uint64 public resolvedUntil;
+    /// @notice The ledger life the first landed settlement named (0: none landed yet): every
+    ///         later settlement, every statement of epoch > 0 and every pending record must
+    ///         name it (see "Ledger life" in the contract docs). Packed with the two above.
+    bytes16 public ledger;
     /// @notice Payouts the token refused, kept for their receivers (backed by the balance).
     uint256 public totalOwed;
     /// @notice The claim chain: `count (32 bits) ‖ head (224 bits)`, folded by every claim.
@@ -354,6 +387,8 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     error TooEarly(uint64 notBefore);
     /// @notice A claim of a payment this settlement resolved landed after the vault signed it.
     error ClaimInTail(uint64 deadline, uint64 notBefore);
+    /// @notice The settlement names another ledger life than the one the first settlement pinned.
+    error WrongLedger(bytes16 ledger, bytes16 pinned);
 
     constructor(IERC20 token_, address vaultSigner_, uint256 settleWindow_) EIP712("A402", "1") {
         if (
@@ -418,6 +453,11 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         if (h.prevEpoch != last || h.epoch <= last || h.epoch >= _FROZEN) revert WrongEpoch(h.epoch, last);
         if (payouts.length % _PAYOUT_SIZE != 0 || confirms.length % _CONFIRM_SIZE != 0) revert MalformedPayouts();
         if (block.timestamp <= h.notBefore) revert TooEarly(h.notBefore);
+        if (last == 0) {
+            ledger = h.ledger; // the first settlement pins the ledger life
+        } else if (h.ledger != ledger) {
+            revert WrongLedger(h.ledger, ledger);
+        }
         _requireVault(_headerDigest(h, keccak256(payouts), keccak256(confirms)), vaultSignature);
         _checkClaims(h.claims, claimTail, h.notBefore);
         _checkConfirms(confirms);
@@ -438,7 +478,7 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         view
         returns (bytes32)
     {
-        return settlementDigest(h.prevEpoch, h.epoch, payoutsHash, confirmsHash, h.claims, h.notBefore);
+        return settlementDigest(h.prevEpoch, h.epoch, payoutsHash, confirmsHash, h.claims, h.notBefore, h.ledger);
     }
 
     /// @dev Every confirmed total must be on-chain already (`deposited` only grows).
@@ -503,6 +543,14 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
                 tail := calldataload(add(payouts.offset, add(pos, 4)))
             }
             uint256 index = (tail >> 96) & _LANE_MASK;
+            if (index & _FROZEN != 0) {
+                // An exit credit (review S9-6): paid to the payee now, its lane untouched.
+                uint256 credit = uint96(tail);
+                total += credit;
+                ++count;
+                _send(address(uint160(head >> 96)), credit);
+                continue;
+            }
             if (index >> 3 != key) {
                 if (key != type(uint256).max) _lanes[key] = lanes;
                 key = index >> 3;
@@ -807,18 +855,32 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         bytes32 payoutsHash,
         bytes32 confirmsHash,
         uint256 claims,
-        uint64 notBefore
+        uint64 notBefore,
+        bytes16 ledger_
     ) public view returns (bytes32) {
         return _hashTypedDataV4(
-            keccak256(abi.encode(SETTLEMENT_TYPEHASH, prevEpoch, epoch, payoutsHash, confirmsHash, claims, notBefore))
+            keccak256(
+                abi.encode(SETTLEMENT_TYPEHASH, prevEpoch, epoch, payoutsHash, confirmsHash, claims, notBefore, ledger_)
+            )
         );
     }
 
+    /// @notice The digest the vault key signed for `st`: it names the pinned ledger life, or
+    ///         none (0) for a statement of epoch 0 (empty: it counts no deposit).
     function statementDigest(Statement calldata st) public view returns (bytes32) {
+        bytes16 life = st.epoch == 0 ? bytes16(0) : ledger;
         return _hashTypedDataV4(
             keccak256(
                 abi.encode(
-                    BALANCE_TYPEHASH, st.participant, st.index, st.balance, st.locked, st.epoch, st.nonce, st.deposited
+                    BALANCE_TYPEHASH,
+                    st.participant,
+                    st.index,
+                    st.balance,
+                    st.locked,
+                    st.epoch,
+                    st.nonce,
+                    st.deposited,
+                    life
                 )
             )
         );
@@ -841,7 +903,7 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         returns (bytes32)
     {
         return _hashTypedDataV4(
-            keccak256(abi.encode(PENDING_TYPEHASH, cid, requestId, clientNonce, epoch, deadline))
+            keccak256(abi.encode(PENDING_TYPEHASH, cid, requestId, clientNonce, epoch, deadline, ledger))
         );
     }
 

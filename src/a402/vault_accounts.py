@@ -109,17 +109,32 @@ What the host can and cannot do besides (stated, not hidden):
   such a fork: settlements stop (``settlement_dead``).
 * **Signed calls** are checked against the host's ``now`` (± the auth window) and each
   idempotency key pays once, for good; the standard vault's stricter freshness (a call
-  withheld then paid days later, :mod:`a402.vault_enclave`) is not carried over yet.
+  withheld then paid days later, :mod:`a402.vault_enclave`) is not carried over yet. The
+  host opens channels (the client signs none), so a call names its payee (``payTo``) and
+  pays only on a channel to that provider (review S9-3): the host cannot spend it at a
+  provider of its own.
 * **Force-settles.** Only the participant (or its signed exit order) can start one
   (review F6). The host reports them (:meth:`exiting`); the contract withholds
   settlements from a frozen participant, and the watchtower
   (:mod:`a402.vault.watchtower`) answers a stale statement with the latest. With the
   vault dark, a provider answers a client's stale statement itself: the pending record,
   σ_U and its completed adaptor signature of each payment the statement still counts
-  (``contestForceSettle``, review F3).
+  (``contestForceSettle``, review F3). Once a participant's exit is reported nothing
+  moves its money: no σ_U for a request of its in flight (review S9-1: its exit
+  statement still counts δ), and a pending payment resolved to it after that is paid
+  at once as an *exit credit* (a payout record whose index has bit 31 set: no lane
+  moves, none of its statements counts it; review S9-6), not credited to its frozen
+  account.
 * **Liveness.** The host can stop, withhold settlements (then the statements
   that name them stay unusable, and participants use earlier ones) or drop
   messages; it cannot make the enclave sign money that is not there.
+* **Ledger life** (review S9-5). Each ledger draws a random life at its first boot
+  (sealed with it); its 16-byte public name (:attr:`VaultAccountsCode.ledger`) is in
+  every settlement, statement of epoch > 0 and pending record, and the contract pins
+  the first landed settlement's. A host that deletes the ledger and starts the code on
+  a first boot under the same key gets a new life: nothing it signs lands or verifies.
+  (It still loses the newer statements the watchtower answers with: as if the vault
+  had gone dark.)
 * **Sealing** has no rollback protection (:mod:`a402.tee.sealing`): the ledger
   carries a version, and a running instance refuses an older one, as in
   :mod:`a402.vault_enclave`; but a host that restarts the code on a ledger from
@@ -164,8 +179,10 @@ from a402.asc import (
 from a402.asc.messages import Message as AscMessage
 from a402.crypto import PaymentDomain
 from a402.crypto.vault_messages import (
+    EXIT_CREDIT,
     MAX_EPOCH,
     MAX_PAYOUT,
+    NO_LEDGER,
     BalanceStatement,
     claim_key,
     fold_claim,
@@ -225,6 +242,7 @@ class SignedSettlement:
     not_before: int = 0  # chain time after which it may land (the deadlines it resolves)
     prev_epoch: int = -1  # -1: epoch - 1
     confirms: bytes = b""
+    ledger: bytes = NO_LEDGER  # the ledger life that signed it (the first landed one pins it)
 
     @property
     def prev(self) -> int:
@@ -232,12 +250,13 @@ class SignedSettlement:
 
     def to_json(self) -> list[Any]:
         return [self.payouts.hex(), str(self.claims), self.signature.hex(), self.not_before,
-                self.prev, self.confirms.hex()]
+                self.prev, self.confirms.hex(), self.ledger.hex()]
 
     @classmethod
     def from_json(cls, epoch: int, v: list[Any]) -> SignedSettlement:
         return cls(epoch, bytes.fromhex(v[0]), int(v[1]), bytes.fromhex(v[2]), int(v[3]),
-                   int(v[4]), bytes.fromhex(v[5]))
+                   int(v[4]), bytes.fromhex(v[5]),
+                   bytes.fromhex(v[6]) if len(v) > 6 else NO_LEDGER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,13 +346,14 @@ class _Resolved:
     epoch: int
     beneficiary: str
     amount: int
+    exit: bool = False  # paid as an exit credit (the beneficiary was exiting)
 
     def to_json(self) -> list[Any]:
-        return [self.epoch, self.beneficiary, str(self.amount)]
+        return [self.epoch, self.beneficiary, str(self.amount), self.exit]
 
     @classmethod
     def from_json(cls, v: list[Any]) -> _Resolved:
-        return cls(int(v[0]), str(v[1]), int(v[2]))
+        return cls(int(v[0]), str(v[1]), int(v[2]), bool(v[3]) if len(v) > 3 else False)
 
 
 @dataclass(slots=True)
@@ -391,6 +411,8 @@ class VaultAccountsCode:
         #: accounts whose statements naming the voided epochs over-count a claimed payment.
         self._void_from: int | None = None
         self._bumped: set[str] = set()
+        #: Exit credits a claim made unlandable, by account: cut from the carried exit credit.
+        self._exit_cuts: dict[str, int] = {}
         self._paid_out = 0
         self._settlements: dict[int, SignedSettlement] = {}
         self._statements: dict[str, SignedStatement] = {}
@@ -439,6 +461,8 @@ class VaultAccountsCode:
         if found is None:
             if not create:
                 raise EnclaveError("unknown_participant", "no account for this participant")
+            if self._next_index >= EXIT_CREDIT:
+                raise EnclaveError("participants_exhausted", "no participant index is left")
             found = _Account(to_checksum(key), self._next_index)
             self._next_index += 1
             self._accounts[key] = found
@@ -465,7 +489,8 @@ class VaultAccountsCode:
                                   account.locked, account.epoch, account.nonce,
                                   account.confirmed)
             signed = SignedStatement(
-                st, self._kernel.sign(VAULT_ACCOUNTS, statement_digest(self.domain, st)))
+                st, self._kernel.sign(VAULT_ACCOUNTS,
+                                      statement_digest(self.domain, st, self.ledger)))
             self._statements[address_key(account.participant)] = signed
             out.append(signed)
         self._changed()
@@ -524,6 +549,14 @@ class VaultAccountsCode:
     def life_id(self) -> str:
         """This life's public name: every client call must be signed for it."""
         return life_id(self._life)
+
+    @property
+    def ledger(self) -> bytes:
+        """This ledger life's 16-byte name (the public life id): every settlement, every
+        statement of epoch > 0 and every pending record names it, and the contract pins the
+        first landed settlement's, so a ledger the host deleted and started afresh (a first
+        boot under the same key) signs nothing the contract takes (review S9-5)."""
+        return bytes.fromhex(self.life_id[2:])
 
     @property
     def claim_state(self) -> int:
@@ -626,7 +659,8 @@ class VaultAccountsCode:
         self._epoch += 1
         not_before = max([self._pending[k].deadline for k in resolved]
                          + [v.not_before for v in voided], default=0)
-        touched += self._resolve(resolved) + renamed
+        exits: dict[str, int] = {}
+        touched += self._resolve(resolved, exits) + renamed
         confirmed: dict[str, _Account] = {}
         for account in touched:
             if account.unconfirmed:
@@ -637,9 +671,12 @@ class VaultAccountsCode:
         self._confirmed = self._claims
         amounts: dict[str, int] = {}
         for v in voided:  # carried over: already debited when first signed
-            for payee, _, amount in unpack_payouts(v.payouts):
+            for payee, index, amount in unpack_payouts(v.payouts):
                 key = address_key("0x" + payee.hex())
-                amounts[key] = amounts.get(key, 0) + amount
+                into = exits if index & EXIT_CREDIT else amounts
+                into[key] = into.get(key, 0) + amount
+        for key, owed in self._exit_cuts.items():  # an exit credit a claim paid already
+            exits[key] = exits.get(key, 0) - min(owed, exits.get(key, 0))
             for i in range(0, len(v.confirms), 32):
                 key = address_key("0x" + v.confirms[i:i + 20].hex())
                 confirmed.setdefault(key, self._accounts[key])
@@ -657,13 +694,17 @@ class VaultAccountsCode:
             account.free -= amount
             self._paid_out += amount
             amounts[key] = amounts.get(key, 0) + amount
-        if any(a > MAX_PAYOUT for a in amounts.values()):
+        if any(a > MAX_PAYOUT for a in (*amounts.values(), *exits.values())):
             raise EnclaveError("bad_payouts", "a carried payout does not fit in uint96")
         records = []
         for key, amount in amounts.items():
             account = self._accounts[key]
             touched.append(account)
             records.append((account.participant, account.index, amount))
+        for key, amount in exits.items():  # no lane moves, no statement counts them
+            if amount:
+                account = self._accounts[key]
+                records.append((account.participant, account.index | EXIT_CREDIT, amount))
         for account in touched:  # their money now rests on this settlement
             account.epoch = self._epoch
         for r in self._resolved.values():  # a claim of a carried resolution voids this one
@@ -672,12 +713,13 @@ class VaultAccountsCode:
         packed = pack_payouts(sorted(records, key=lambda r: r[1]))
         confirms = pack_confirms(sorted((a.participant, a.confirmed) for a in confirmed.values()))
         digest = settlement_digest(self.domain, self._epoch, packed, self._confirmed, not_before,
-                                   prev_epoch=prev, packed_confirms=confirms)
+                                   prev_epoch=prev, packed_confirms=confirms,
+                                   ledger=self.ledger)
         signed = SignedSettlement(self._epoch, packed, self._confirmed,
                                   self._kernel.sign(VAULT_ACCOUNTS, digest), not_before, prev,
-                                  confirms)
+                                  confirms, self.ledger)
         self._settlements[self._epoch] = signed
-        self._void_from, self._bumped = None, set()
+        self._void_from, self._bumped, self._exit_cuts = None, set(), {}
         return Settled(signed, self._sign_statements(touched))
 
     @property
@@ -705,16 +747,28 @@ class VaultAccountsCode:
         p = self._pending[key]
         return p.provider if p.revealed else p.client
 
-    def _resolve(self, keys: Sequence[tuple[bytes, int]]) -> list[_Account]:
+    def _resolve(self, keys: Sequence[tuple[bytes, int]], exits: dict[str, int]
+                 ) -> list[_Account]:
         """Credit each pending payment past its deadline: to the provider if it revealed,
-        back to the client if not (its channel then ends: its machine stays PENDING)."""
+        back to the client if not (its channel then ends: its machine stays PENDING).
+
+        A beneficiary whose exit was reported (review S9-6) is credited nothing here: its
+        recorded statement predates the credit and no settlement may pay its frozen lane,
+        so δ goes into ``exits`` and this settlement pays it as an exit credit (paid at
+        once, counted by none of its statements)."""
         touched = []
         for key in keys:
             p = self._pending.pop(key)
-            account = self._accounts[self._beneficiary_of(p)]
-            account.free += p.amount
-            self._resolved[key] = _Resolved(self._epoch, self._beneficiary_of(p), p.amount)
-            touched.append(account)
+            beneficiary = self._beneficiary_of(p)
+            account = self._accounts[beneficiary]
+            if account.exiting:
+                exits[beneficiary] = exits.get(beneficiary, 0) + p.amount
+                self._paid_out += p.amount
+                self._resolved[key] = _Resolved(self._epoch, beneficiary, p.amount, exit=True)
+            else:
+                account.free += p.amount
+                self._resolved[key] = _Resolved(self._epoch, beneficiary, p.amount)
+                touched.append(account)
             if not p.revealed:  # the machine stays PENDING: the channel ends here
                 touched += self._end_channel(key[0], exclude=p.amount)
         return touched
@@ -782,8 +836,8 @@ class VaultAccountsCode:
 
     def request(self, channel_id: bytes, call: SignedCall, amount: int, now: float) -> Exec:
         """Step ① for a call the channel's client signed (``POST /v1/invoke`` to this
-        vault, fresh within the auth window of ``now``, ``maxPrice ≥ amount``); each
-        ``(client, idempotency key)`` pays at most once."""
+        vault, fresh within the auth window of ``now``, ``maxPrice ≥ amount``, ``payTo``
+        the channel's provider); each ``(client, idempotency key)`` pays at most once."""
         self._check_ready()
         held = self._get(channel_id)
         self._active(held.client)
@@ -807,19 +861,36 @@ class VaultAccountsCode:
         if invoke.max_price < amount:
             raise EnclaveError("price_above_maximum",
                                f"{amount} > the call's maximum {invoke.max_price}")
+        # S9-3: the host opens channels (the client signs none) and relays every call; the
+        # call itself names whom the client pays, so the host cannot spend it at a
+        # provider of its own choosing.
+        if invoke.pay_to is None:
+            raise EnclaveError("payee_unsigned",
+                               "a vault-mode call must name its payee (payTo); nothing paid")
+        if address_key(invoke.pay_to) != held.provider:
+            raise EnclaveError("wrong_payee",
+                               "the call names another payee than this channel's provider; "
+                               "nothing paid")
         exec_ = held.channel.request(paid_request(invoke).encode(), amount, now=now)
         held.call = once
         return exec_
 
     def receive(self, channel_id: bytes, message: AscMessage, now: float) -> Changed:
         """A provider message (REPLY, REVEAL, CLOSE_ACK) for the channel's machine. On σ_U,
-        δ leaves the client's statements and a pending record is signed."""
+        δ leaves the client's statements and a pending record is signed. A REPLY for a
+        client whose exit was reported is refused (``participant_exiting``): its exit
+        statement still counts δ, so σ_U would pay δ twice."""
         self._check_ready()
         held = self._get(channel_id)
         if isinstance(message, Reply):
             if held.channel.status is Status.LOCKED and (held.call is None or not held.attested):
                 raise LocalProtocolError(Reason.NOT_ALLOWED,
                                          "no signed call, or the provider key was not attested")
+            if held.channel.status is Status.LOCKED:
+                # S9-1: σ_U moves δ out of the client's statements; once its exit is reported
+                # the statement it exits with still counts δ, so δ would be paid twice (to it
+                # and, at the deadline, to the provider). The request ends unpaid instead.
+                self._active(held.client)
             if held.call is not None and held.call in self._consumed:
                 raise LocalProtocolError(Reason.NOT_ALLOWED, "this signed call has paid already")
         return self._after(channel_id, held, held.channel.receive(message, now=now), now)
@@ -861,7 +932,7 @@ class VaultAccountsCode:
         # The client's money here rests on settlements up to its account's epoch: the record
         # is claimable once that one landed, whatever later settlement is withheld.
         digest = pending_digest(self.domain, channel_id, event.request_id, client_nonce,
-                                client.epoch, deadline)
+                                client.epoch, deadline, self.ledger)
         record = PendingRecord(channel_id, event.request_id, event.amount, client_nonce,
                                client.epoch, deadline, self._kernel.sign(VAULT_ACCOUNTS, digest))
         return record, self._sign_statements([client])
@@ -901,12 +972,18 @@ class VaultAccountsCode:
                               "never pending here, landed: the claim chain held here is not "
                               "the contract's")
                 return Changed()
-            beneficiary = self._accounts[resolved.beneficiary]
-            taken = min(beneficiary.free, resolved.amount)
-            beneficiary.free -= taken
-            beneficiary.debt += resolved.amount - taken
-            self._paid_out += resolved.amount
-            self._bumped.add(resolved.beneficiary)
+            if resolved.exit:
+                # Paid as an exit credit (counted paid out when signed): the claim pays it
+                # instead, and the replacement carries that credit less δ.
+                key_ = address_key(resolved.beneficiary)
+                self._exit_cuts[key_] = self._exit_cuts.get(key_, 0) + resolved.amount
+            else:
+                self._paid_out += resolved.amount
+                beneficiary = self._accounts[resolved.beneficiary]
+                taken = min(beneficiary.free, resolved.amount)
+                beneficiary.free -= taken
+                beneficiary.debt += resolved.amount - taken
+                self._bumped.add(resolved.beneficiary)
             if self._void_from is None or resolved.epoch < self._void_from:
                 self._void_from = resolved.epoch
             return Changed()
@@ -977,6 +1054,7 @@ class VaultAccountsCode:
             "resolved": {f"{cid.hex()}:{rid}": r.to_json()
                          for (cid, rid), r in self._resolved.items()},
             "voidFrom": self._void_from, "bumped": sorted(self._bumped),
+            "exitCuts": {k: str(v) for k, v in self._exit_cuts.items()},
             "statements": {k: [list(s.statement.as_tuple()), s.signature.hex()]
                            for k, s in self._statements.items()},
             "channels": {cid.hex(): [h.channel.snapshot().decode(), h.client, h.provider,
@@ -1005,6 +1083,7 @@ class VaultAccountsCode:
                 resolved[(bytes.fromhex(cid), int(rid))] = _Resolved.from_json(v)
             void_from = None if r["voidFrom"] is None else int(r["voidFrom"])
             bumped = {str(k) for k in r["bumped"]}
+            exit_cuts = {str(k): int(v) for k, v in r.get("exitCuts", {}).items()}
             statements = {k: SignedStatement(BalanceStatement(str(v[0][0]), *map(int, v[0][1:])),
                                              bytes.fromhex(v[1]))
                           for k, v in r["statements"].items()}
@@ -1029,6 +1108,7 @@ class VaultAccountsCode:
         self._next_index = int(r["nextIndex"])
         self._claims, self._confirmed = int(r["claims"]), int(r["confirmed"])
         self._resolved, self._void_from, self._bumped = resolved, void_from, bumped
+        self._exit_cuts = exit_cuts
         self._epoch, self._paid_out = int(r["epoch"]), int(r["paidOut"])
         self._clock = max(self._clock, int(r["clock"]))
         self._dead = r.get("dead")
@@ -1060,7 +1140,7 @@ class VaultAccounts:
 
 
 _HOST_SURFACE = frozenset({
-    "address", "account", "domain", "epoch", "life_id", "claim_state", "deposited",
+    "address", "account", "domain", "epoch", "life_id", "ledger", "claim_state", "deposited",
     "ledger_version",
     "balance", "index_of", "statement", "totals", "channels", "participants",
     "settlement", "settlement_after", "replacement_due", "credit_deposit", "settle",

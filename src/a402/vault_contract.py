@@ -26,6 +26,7 @@ from a402.chain.node import Chain
 from a402.chain.tx import contract_at, deploy_contract, transact
 from a402.crypto import PaymentDomain
 from a402.crypto.vault_messages import (
+    NO_LEDGER,
     BalanceStatement,
     ClaimRecord,
     VaultChannelTerms,
@@ -170,15 +171,17 @@ class A402Vault:
 
     def settle(self, sender: LocalAccount, packed_payouts: bytes, epoch: int, claims: int,
                vault_signature: bytes, claim_tail: bytes = b"", not_before: int = 0, *,
-               prev_epoch: int | None = None, packed_confirms: bytes = b"") -> TxReceipt:
+               prev_epoch: int | None = None, packed_confirms: bytes = b"",
+               ledger: bytes = NO_LEDGER) -> TxReceipt:
         """``settle``: pay every packed payout (:func:`~a402.crypto.vault_messages.
         pack_payouts`) and confirm every packed deposit total (:func:`~a402.crypto.
         vault_messages.pack_confirms`) with the vault key's signature over
         ``settlement_digest`` (which names ``prev_epoch``, by default ``epoch - 1``, the
         enclave's claim state ``claims`` and ``not_before``); ``claim_tail``: the claims
-        mined since that state (:meth:`claims_since`)."""
+        mined since that state (:meth:`claims_since`); ``ledger``: the ledger life that
+        signed it (the first settlement pins it)."""
         prev = epoch - 1 if prev_epoch is None else prev_epoch
-        header = (prev, epoch, claims, not_before)
+        header = (prev, epoch, claims, not_before, ledger)
         call = self.contract.functions.settle(header, packed_payouts, packed_confirms,
                                               claim_tail, vault_signature)
         return transact(self.chain, sender, call)
@@ -239,7 +242,7 @@ class A402Vault:
     def exit_order(self, participant: LocalAccount | DigestSigner, statement: BalanceStatement
                    ) -> bytes:
         """``participant``'s order letting anyone start its exit with ``statement``."""
-        digest = exit_order_digest(self.domain, statement)
+        digest = exit_order_digest(self.domain, statement, self.ledger())
         if isinstance(participant, LocalAccount):
             return bytes(participant.unsafe_sign_hash(Hash32(digest)).signature)
         return participant.sign_digest(digest)
@@ -295,6 +298,10 @@ class A402Vault:
     def last_epoch(self) -> int:
         return int(self.contract.functions.lastEpoch().call())
 
+    def ledger(self) -> bytes:
+        """The ledger life the first landed settlement pinned (16 zero bytes: none yet)."""
+        return bytes(self.contract.functions.ledger().call())
+
     def available(self) -> int:
         return int(self.contract.functions.available().call())
 
@@ -332,11 +339,11 @@ class A402Vault:
     # the contract's own digests, for checking the pure encoders against it
     def settlement_digest(self, epoch: int, packed_payouts: bytes, claims: int,
                           not_before: int = 0, *, prev_epoch: int | None = None,
-                          packed_confirms: bytes = b"") -> bytes:
+                          packed_confirms: bytes = b"", ledger: bytes = NO_LEDGER) -> bytes:
         prev = epoch - 1 if prev_epoch is None else prev_epoch
         return bytes(self.contract.functions.settlementDigest(
             prev, epoch, keccak256(packed_payouts), keccak256(packed_confirms), claims,
-            not_before).call())
+            not_before, ledger).call())
 
     def statement_digest(self, statement: BalanceStatement) -> bytes:
         return bytes(self.contract.functions.statementDigest(_statement(statement)).call())

@@ -65,6 +65,8 @@ class VaultMode:
     chain_deposits: dict[str, int] = field(default_factory=dict)
     chain_claims: int = 0
     providers: list[Provider] = field(default_factory=list)
+    #: Each client's last channel's provider: whom its next call names (``payTo``).
+    payees: dict[str, str] = field(default_factory=dict)
 
     def deposit(self, participant: str, amount: int) -> int:
         """A deposit mined on the (played) chain, reported by the host; returns the
@@ -102,15 +104,22 @@ class VaultMode:
                                          provider.schnorr.public_key, capacity,
                                          lock_timeout=10.0)
         self.vault.bind_tunnel(provider.tunnel, cid)
+        self.payees[client.address.lower()] = provider.address
         terms = self.vault.terms(cid)
         return cid, ProviderChannel(terms, self.domain, provider.signer, provider.schnorr,
                                     ack_timeout=30.0, lock_timeout=10.0)
 
     def call(self, client: LocalAccount, *, key: str, max_price: int = PRICE,
-             ts: float | None = None, life: str | None = None) -> SignedCall:
+             ts: float | None = None, life: str | None = None,
+             pay_to: str | bytes | None = None) -> SignedCall:
+        """``client``'s signed call, naming ``pay_to`` (by default the provider of the
+        client's last channel) as its payee."""
+        if isinstance(pay_to, bytes):
+            pay_to = to_checksum(pay_to)
         invoke = api.InvokeRequest(url="https://api.example/weather", method="GET",
                                    headers=(), body=b"", max_price=max_price,
-                                   idempotency_key=key)
+                                   idempotency_key=key,
+                                   pay_to=pay_to or self.payees.get(client.address.lower()))
         raw = json.dumps(invoke.to_json()).encode()
         headers = api.sign_request(client, self.vault.account, "POST", INVOKE_PATH, raw,
                                    life=life or self.vault.life_id, now=ts)
@@ -183,7 +192,7 @@ class Host:
         return self.vault.settle(self.gas, signed.payouts, signed.epoch, signed.claims,
                                  signed.signature, self.vault.claims_since(signed.claims),
                                  signed.not_before, prev_epoch=signed.prev,
-                                 packed_confirms=signed.confirms)
+                                 packed_confirms=signed.confirms, ledger=signed.ledger)
 
     def report_claim(self, cid: bytes, request_id: int, signature: bytes) -> Any:
         """The latest ``PaymentClaimed`` of the chain, reported (it is the chain's last)."""

@@ -13,6 +13,7 @@ from a402.asc import Status
 from a402.asc.errors import ASCError
 from a402.crypto import PaymentDomain
 from a402.crypto.vault_messages import (
+    EXIT_CREDIT,
     VaultChannelTerms,
     pack_confirms,
     pending_digest,
@@ -40,7 +41,8 @@ def signed_by_vault(vm: VaultMode, digest: bytes, signature: bytes) -> bool:
 
 
 def check_statement(vm: VaultMode, signed: SignedStatement) -> None:
-    assert signed_by_vault(vm, statement_digest(DOMAIN, signed.statement), signed.signature)
+    assert signed_by_vault(vm, statement_digest(DOMAIN, signed.statement, vm.vault.ledger),
+                           signed.signature)
 
 
 def conserved(vm: VaultMode, deposited: int) -> None:
@@ -62,7 +64,8 @@ def test_a_reported_deposit_counts_nowhere_until_a_settlement_confirms_it(vm: Va
     s = settled.settlement
     confirms = pack_confirms([(alice.address, total)])
     assert (s.epoch, s.prev, s.payouts, s.claims, s.confirms) == (1, 0, b"", 0, confirms)
-    assert signed_by_vault(vm, settlement_digest(DOMAIN, 1, b"", 0, packed_confirms=confirms),
+    assert signed_by_vault(vm, settlement_digest(DOMAIN, 1, b"", 0, packed_confirms=confirms,
+                                                 ledger=vm.vault.ledger),
                            s.signature)
     (st,) = settled.statements
     assert st.statement.as_tuple() == (alice.address, 0, 5_000, 0, 1, 1, 5_000)
@@ -115,7 +118,8 @@ def test_a_paid_request_moves_the_price_from_the_client_to_the_provider_after_it
     assert (pending.amount, pending.client_nonce, pending.epoch) == (PRICE, 2, 1)
     assert pending.deadline == now + CLAIM_WINDOW
     assert signed_by_vault(vm, pending_digest(DOMAIN, cid, pending.request_id, 2, 1,
-                                              pending.deadline), pending.signature)
+                                              pending.deadline, vm.vault.ledger),
+                           pending.signature)
     # Revealed and acknowledged, but not yet credited: the provider could still claim it.
     assert vm.vault.balance(provider.address) == (0, 0, 0)
     conserved(vm, 50_000)
@@ -236,7 +240,8 @@ def test_a_claim_of_a_payment_a_signed_settlement_credited_voids_it_and_the_repl
     theirs = vm.vault.statement(provider.address).statement
     assert (theirs.balance, theirs.epoch) == (0, 4)
     assert signed_by_vault(vm, settlement_digest(DOMAIN, 4, s.payouts, s.claims, s.not_before,
-                                                 prev_epoch=1, packed_confirms=s.confirms),
+                                                 prev_epoch=1, packed_confirms=s.confirms,
+                                                 ledger=vm.vault.ledger),
                            s.signature)
     assert vm.vault.settlement_after(1) == s  # what a watchtower lands after epoch 1
     # The next one follows the replacement.
@@ -286,7 +291,7 @@ def test_a_reply_before_the_provider_key_was_seen_attested_gets_no_authorization
     side = ProviderChannel(vm.vault.terms(cid), DOMAIN, provider.signer, provider.schnorr,
                            ack_timeout=30.0, lock_timeout=10.0)
     now = clock()
-    exec_ = vm.vault.request(cid, vm.call(alice, key="k"), PRICE, now)
+    exec_ = vm.vault.request(cid, vm.call(alice, key="k", pay_to=provider.address), PRICE, now)
     side.receive(exec_, now=now)
     with pytest.raises(ASCError, match="attested"):
         vm.vault.receive(cid, side.reply(exec_.request_id, b"r"), now)
@@ -367,3 +372,41 @@ def test_vault_mode_terms_keep_their_mode_in_a_snapshot_and_standard_ones_are_un
     assert pooled.channel_id(DOMAIN) != standard.channel_id(DOMAIN)
     assert pooled.channel_id(DOMAIN) == vault_channel_id(DOMAIN, VaultChannelTerms(
         "0x" + args[0].hex(), "0x" + args[2].hex(), args[3], 5_000, args[5]))
+
+
+def test_a_payment_resolved_to_an_exiting_provider_is_an_exit_credit_and_a_claim_voids_it(
+    vm: VaultMode,
+) -> None:
+    """Pat has a revealed payment pending when her exit is reported. The settlement past
+    its deadline pays it to her as an exit credit (index | EXIT_CREDIT: paid at once, no
+    lane, no statement) and credits her account nothing. She claims it on-chain before
+    that settlement lands: the replacement carries no credit for it (paid once, by the
+    claim), and the books balance at every step, across a restart."""
+    alice = client()
+    vm.deposit(alice.address, 20_000)
+    vm.vault.settle([], now=clock())
+    pat = vm.provider()
+    cid, side = vm.open(alice, pat, 5 * PRICE)
+    now = clock()
+    pending = vm.pay(cid, side, vm.call(alice, key="k"), now=now).pending
+    assert pending is not None
+    before = vm.vault.statement(pat.address).statement
+    vm.vault.exiting(pat.address)
+    settled = vm.vault.settle([], now=now + CLAIM_WINDOW + 1)
+    index = vm.vault.index_of(pat.address)
+    assert unpack_payouts(settled.settlement.payouts) == [
+        (bytes.fromhex(pat.address[2:]), index | EXIT_CREDIT, PRICE)]
+    assert vm.vault.balance(pat.address)[0] == 0
+    assert vm.vault.statement(pat.address).statement == before  # nothing signed for her
+    conserved(vm, 20_000)
+    vm.claim(cid, pending.request_id, b"", pending.deadline)
+    conserved(vm, 20_000)  # the claim paid δ; the voided credit is owed back by the cut
+    blob = vm.vault.export_ledger()
+    again = VaultAccountsCode.start(vm.enclave, domain=DOMAIN, network="eip155:31337")
+    again.restore_ledger(blob)
+    vm.vault = again
+    replacement = vm.vault.settle([], now=now + CLAIM_WINDOW + 2).settlement
+    assert (replacement.prev, replacement.epoch) == (1, 3)
+    assert all(i & EXIT_CREDIT == 0 for _, i, _ in unpack_payouts(replacement.payouts))
+    assert vm.vault.totals()["paid_out"] == PRICE
+    conserved(vm, 20_000)

@@ -38,7 +38,7 @@ def test_a_long_random_run_creates_and_loses_nothing(seed: int) -> None:
     def handed(statements: tuple[SignedStatement, ...]) -> None:
         for st in statements:
             s = st.statement
-            assert recover_address(statement_digest(DOMAIN, s), st.signature,
+            assert recover_address(statement_digest(DOMAIN, s, vm.vault.ledger), st.signature,
                                    policy=OPENZEPPELIN) == vm.vault.address
             assert s.nonce > nonces.get(s.participant, 0)
             assert s.epoch <= vm.vault.epoch
@@ -82,7 +82,8 @@ def test_a_long_random_run_creates_and_loses_nothing(seed: int) -> None:
             if status is Status.OPEN:
                 reveal = rng.random() < 0.8
                 try:
-                    changed = vm.pay(cid, side, vm.call(c, key=f"k{next(keys)}", ts=t),
+                    changed = vm.pay(cid, side, vm.call(c, key=f"k{next(keys)}", ts=t,
+                                                      pay_to=vm.vault.terms(cid).provider),
                                      reveal=reveal, now=t)
                 except Exception as e:
                     assert "insufficient" in str(e).lower() or "INSUFFICIENT" in str(e), e

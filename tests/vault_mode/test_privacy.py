@@ -51,7 +51,8 @@ def test_the_chain_shows_no_channel_no_pair_and_no_payout_equal_to_one_clients_s
             channel_ids.append(cid)
             for k in range(rng.randrange(2, 5)):
                 price = rng.randrange(1, 10) * 100
-                vm.pay(cid, side, vm.call(c, key=f"{cid.hex()}-{k}", max_price=price, ts=t0),
+                vm.pay(cid, side, vm.call(c, key=f"{cid.hex()}-{k}", max_price=price, ts=t0,
+                                          pay_to=vm.vault.terms(cid).provider),
                        price, now=t0)
                 spend[(c.address, p.address)] += price
             vm.vault.close_channel(cid)

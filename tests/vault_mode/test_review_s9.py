@@ -1,8 +1,9 @@
 """Adversarial review of vault mode (session 9, rev1), after the host wiring merged: each
 test plays one attack or failure on anvil against the real ``A402Vault`` and the
-enclave's accounts, and asserts what each participant ends up with on-chain. The ones
-marked ``xfail(strict=True)`` FAIL today at the assertion that states the property; when
-a fix lands the strict xfail turns into an error and the marker must go.
+enclave's accounts, and asserts what each participant ends up with on-chain. Each was a
+strict xfail failing at the assertion that states the property; all eight are fixed now
+(the fixes at their own interfaces: ``test_review_s9_fixes.py``), and each test's
+docstring says what happened before its fix.
 
 Not repeated here: rev3's F1-F8 (``test_review_rev3.py``)."""
 
@@ -20,7 +21,6 @@ from eth_account.signers.local import LocalAccount
 from a402.asc import LocalProtocolError
 from a402.chain.tx import TransactionFailed
 from a402.tee import EnclaveError
-from a402.vault.mode import VaultModeError
 from a402.vault.mode_app import create_mode_app
 from a402.vault.watchtower import VaultWatchtower
 from a402.vault_accounts import CLAIM_WINDOW
@@ -28,7 +28,7 @@ from a402.vault_contract import AccountStatus
 from a402.wire import vault_api as api
 
 from .accounts_setup import PRICE, Host, VaultMode, client, vault_mode
-from .helpers import SETTLE_WINDOW, balance, funded, increase_time, now
+from .helpers import SETTLE_WINDOW, balance, funded, increase_time, leave, now
 from .test_service import Harness
 
 pytestmark = pytest.mark.anvil
@@ -42,16 +42,12 @@ def _confirmed(host: Host, who: str, amount: int) -> None:
 
 def _exit(host: Host, who: LocalAccount | Any) -> None:
     st = host.vm.vault.statement(who.address)
-    host.vault.init_force_settle(host.gas, st.statement, st.signature)
+    leave(host.vault, host.gas, st.statement, st.signature)  # its signed exit order
 
 
 # ------------------------------------- S9-1: σ_U after the client's exit was reported
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="S9-1: σ_U is still signed for a client the enclave knows is "
-                          "force-settling; the recorded statement counts δ and the enclave "
-                          "credits δ to the provider too: δ paid twice out of the pool")
 def test_a_request_in_flight_when_its_client_exits_is_not_paid_twice(host: Host) -> None:
     """Alice (20,000) signs a call; the EXEC is out. She then starts her exit with her
     latest statement (it counts the channel's 5,000 as locked); the watchtower sees it,
@@ -98,18 +94,14 @@ def test_a_request_in_flight_when_its_client_exits_is_not_paid_twice(host: Host)
 # ------------------------------------------ S9-2: the watchtower answers a force-settle once
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="S9-2: the watchtower advances from_block before answering and never "
-                          "retries: one failed challenge (a deposit racing its settle, an RPC "
-                          "error) and a stale statement wins")
 def test_a_watchtower_whose_first_answer_failed_answers_at_its_next_poll(host: Host) -> None:
     """Alice spends 2,000 and asks for 1,000; settlement 2 (crediting the provider, paying
     her) is signed, not landed yet. She force-settles with her first statement (20,000).
-    The watchtower must land settlement 2 before it can challenge; an honest deposit is
-    mined between its reading the deposit tail and its settle (one race, not a griefer):
-    DepositsMismatch, ``refused``. Settlement 2 then lands (the worker's next round). The
-    watchtower polls again and again within the window: it never looks at Alice's
-    force-settle again (``from_block`` moved past it), and she leaves with 20,000."""
+    The watchtower must land settlement 2 before it can challenge; its settle fails once
+    (an RPC error: the node drops the connection): ``refused``. Settlement 2 then lands
+    (the worker's next round). The watchtower polls again and again within the window:
+    it never looks at Alice's force-settle again (``from_block`` moved past it), and she
+    leaves with 20,000."""
     vm, vault, usdc = host.vm, host.vault, host.token
     alice, bob = client(), client()
     provider = vm.provider()
@@ -123,22 +115,22 @@ def test_a_watchtower_whose_first_answer_failed_answers_at_its_next_poll(host: H
     increase_time(host.chain, CLAIM_WINDOW + 1)
     second = vm.vault.settle([(alice.address, 1_000)], now=now(host.chain)).settlement
     assert vm.vault.statement(alice.address).statement.epoch == 2 > vault.last_epoch()
-    vault.init_force_settle(host.gas, stale.statement, stale.signature)
+    leave(vault, host.gas, stale.statement, stale.signature)
 
     honest_settle = vault.settle
     raced: list[bool] = []
 
     def one_race(*args: Any, **kwargs: Any) -> Any:
-        if not raced:  # somebody's deposit is mined first, once
-            raced.append(True)
-            host.deposit(client().address, 1)
+        if not raced:  # the RPC node drops the watchtower's settle once (a deposit racing
+            raced.append(True)  # it no longer can: the contract checks deposits monotonically)
+            raise TransactionFailed("connection reset by peer")
         return honest_settle(*args, **kwargs)
 
     vault.settle = one_race  # type: ignore[method-assign]
     tower = VaultWatchtower(vault, vm.vault, funded(host.chain, usdc))
     (first,) = tower.poll()
     vault.settle = honest_settle  # type: ignore[method-assign]
-    assert first.refused is not None and first.answered_nonce is None  # DepositsMismatch
+    assert first.refused is not None and first.answered_nonce is None  # the RPC error
     host.submit(second)  # the worker's next round lands it: nothing stands in the way now
     answers = []
     for _ in range(3):  # three more polls inside the window
@@ -154,9 +146,6 @@ def test_a_watchtower_whose_first_answer_failed_answers_at_its_next_poll(host: H
 # ------------------------------------ S9-3: the host sends a client's call to its own provider
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="S9-3: the host opens a channel for any client to any provider and "
-                          "spends any signed call on it: nothing binds a call to its payee")
 def test_the_host_cannot_spend_a_clients_signed_call_at_a_provider_of_its_own(
     host: Host,
 ) -> None:
@@ -179,11 +168,12 @@ def test_the_host_cannot_spend_a_clients_signed_call_at_a_provider_of_its_own(
     with contextlib.suppress(EnclaveError, LocalProtocolError):
         vm.pay(cid, side, call, PRICE, now=t0)
     increase_time(host.chain, CLAIM_WINDOW + 1)
-    host.submit(vm.vault.settle([], now=now(host.chain)).settlement)
+    with contextlib.suppress(EnclaveError):  # nothing_to_settle once the call was refused
+        host.submit(vm.vault.settle([], now=now(host.chain)).settlement)
     theirs = vm.vault.statement(mallory.address) if vm.vault.balance(
         mallory.address)[0] else None
     if theirs is not None:
-        vault.init_force_settle(host.gas, theirs.statement, theirs.signature)
+        leave(vault, host.gas, theirs.statement, theirs.signature)
         increase_time(host.chain, SETTLE_WINDOW + 1)
         vault.final_force_settle(host.gas, mallory.address)
         assert vault.status(mallory.address) is AccountStatus.SETTLED
@@ -197,11 +187,6 @@ def _host_opens(vm: VaultMode, alice: LocalAccount, provider: Any) -> tuple[byte
 # ------------------------------------------ S9-4: hostile JSON to the vault-mode API: a 500
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="S9-4: a signed withdraw whose body is not strict JSON (NaN, a "
-                          "duplicate key, bad UTF-8, not an object) gets 500 internal_error, "
-                          "not 400 with its reason (mode_app catches JsonLimitError, not "
-                          "WireError)")
 def test_a_withdraw_with_a_body_that_is_not_strict_json_gets_a_400_with_its_reason(
     vault_chain: Any, usdc: Any, tmp_path: Path,
 ) -> None:
@@ -212,7 +197,7 @@ def test_a_withdraw_with_a_body_that_is_not_strict_json_gets_a_400_with_its_reas
     app = create_mode_app(h.service, worker=False)
     vault = api.vault_account(h.chain.network, h.service.address)
     bodies = [b'{"amount": NaN}', b'{"amount": "1", "amount": "900"}', b'\xff\xfe',
-              b'["amount", "5"]']
+              b'["amount", "5"]', '{"amount": "\u0661\u0662"}'.encode()]  # Arabic-Indic 12
 
     async def run() -> list[httpx.Response]:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
@@ -234,11 +219,6 @@ def test_a_withdraw_with_a_body_that_is_not_strict_json_gets_a_400_with_its_reas
 # --------------------------- S9-5: a wiped store makes a fresh ledger under the same key
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="S9-5: a first boot (the host deleted the stored ledger) signs "
-                          "statements with epochs 1, 2, ... under the same key; the contract "
-                          "takes them (epoch ≤ lastEpoch): a client that spent its deposit "
-                          "leaves with all of it again")
 def test_a_host_that_wipes_the_stored_ledger_cannot_give_a_client_its_spent_deposit_again(
     host: Host,
 ) -> None:
@@ -274,12 +254,13 @@ def test_a_host_that_wipes_the_stored_ledger_cannot_give_a_client_its_spent_depo
     fresh.vault.settle([], now=now(host.chain))  # "epoch 1": never lands
     forged = fresh.vault.statement(alice.address)
     assert forged.statement.balance == 10_000 and forged.statement.epoch == 1
-    try:
-        vault.init_force_settle(host.gas, forged.statement, forged.signature)
-    except TransactionFailed:  # the property: a statement of another ledger history
-        vault.init_force_settle(host.gas, hers.statement, hers.signature)
+    # The property: a statement of another ledger life does not verify (S9-5's fix: the
+    # first landed settlement pinned the old life; the fresh one is another).
+    with pytest.raises(TransactionFailed):
+        leave(vault, host.gas, forged.statement, forged.signature)
+    leave(vault, host.gas, hers.statement, hers.signature)
     his = vm.vault.statement(bob.address)
-    vault.init_force_settle(host.gas, his.statement, his.signature)
+    leave(vault, host.gas, his.statement, his.signature)
     increase_time(host.chain, SETTLE_WINDOW + 1)
     vault.final_force_settle(host.gas, alice.address)
     assert balance(usdc, alice.address) == 8_000, "Alice spent 2,000 and leaves with 10,000"
@@ -290,18 +271,14 @@ def test_a_host_that_wipes_the_stored_ledger_cannot_give_a_client_its_spent_depo
 # ---------------- S9-6: money the enclave credits to an exiting account after the answer
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="S9-6: after a participant's exit is reported the enclave still "
-                          "credits it (a pending payment resolved to the provider), signs a "
-                          "newer statement nobody posts, and can pay it no other way: stranded")
 def test_a_provider_that_exits_with_a_payment_pending_is_paid_that_payment(host: Host) -> None:
     """Pat, an honest provider, has 1,000 settled and a second 1,000 pending
     (delivered, REVEAL and ACK done, claim window open) when she leaves the vault with her
     latest statement (1,000: a provider's statement never counts a pending payment). The
-    watchtower marks her exiting; her statement is the latest, nothing to answer. At the
-    deadline the enclave credits the pending 1,000 to her account (it never checks that she
-    is exiting) and signs a newer statement; nothing posts it and no payout may pay her
-    (frozen): she leaves with 1,000 of her 2,000 and the other 1,000 stays in the pool."""
+    watchtower marks her exiting; her statement is the latest, nothing to answer. Before
+    S9-6's fix, at the deadline the enclave credited the pending 1,000 to her frozen account
+    and signed a newer statement nobody posted: she left with 1,000 of her 2,000. Now the
+    settlement that resolves it pays it to her as an exit credit."""
     vm, vault, usdc = host.vm, host.vault, host.token
     alice = client()
     pat = vm.provider()
@@ -319,7 +296,10 @@ def test_a_provider_that_exits_with_a_payment_pending_is_paid_that_payment(host:
     assert answer.refused is None and answer.answered_nonce is None
     increase_time(host.chain, CLAIM_WINDOW + 1)
     host.submit(vm.vault.settle([], now=now(host.chain)).settlement)  # resolves "b" to Pat
-    assert vm.vault.balance(pat.address)[0] == 2 * PRICE  # the enclave owes her 2,000
+    # S9-6's fix: "b" is paid to her at once as an exit credit (her statements never count
+    # it, her lane does not move); her account keeps the 1,000 her recorded statement has.
+    assert balance(usdc, pat.address) == PRICE
+    assert vm.vault.balance(pat.address)[0] == PRICE
     tower.poll()
     _exit(host, alice)
     increase_time(host.chain, SETTLE_WINDOW + 1)
@@ -333,30 +313,37 @@ def test_a_provider_that_exits_with_a_payment_pending_is_paid_that_payment(host:
 # ------------------------------- S9-7: deposits reported at 0 confirmations, then a reorg
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="S9-7: the host reports Deposited events at 0 confirmations; a reorg "
-                          "that drops one forks the enclave's deposit chain for good: no "
-                          "settlement lands again, later deposits have no exit")
 def test_a_reorg_that_drops_a_reported_deposit_does_not_stop_settlement_for_good(
     vault_chain: Any, usdc: Any, tmp_path: Path,
 ) -> None:
     """Alice's 10,000 are confirmed (epoch 1). Bob's 5,000 deposit is mined and the worker
-    reports it at once (``observe_deposits`` reads to the latest block); a one-block reorg
-    drops it (its transaction is not mined again). Carol then deposits 7,000. The enclave,
-    which folded Bob's, refuses Carol's report (out of order), and every settlement it
-    signs names a deposit chain the contract never had (DepositsMismatch). Nothing lands
-    again; Carol's 7,000 are confirmed by no settlement and no statement counts them."""
-    h = Harness(vault_chain, usdc, tmp_path)
+    looks at once; a one-block reorg then drops it (its transaction is not mined again).
+    Carol deposits 7,000. Before S9-7's fix the worker reported Bob's deposit at 0
+    confirmations and the enclave, which folded it, refused Carol's report and signed only
+    settlements naming deposits the contract never had: nothing landed again. The service
+    runs with its default (records are reported once in the ``finalized`` block; anvil
+    finalizes two blocks behind its head), so Bob's deposit was never reported: Carol's is
+    confirmed by the next settlement and counted by her statement."""
+    h = Harness(vault_chain, usdc, tmp_path, confirmations=None)  # the safe default
+
+    def blocks_go_by(n: int = 2) -> None:
+        for _ in range(n):
+            vault_chain.w3.provider.make_request("evm_mine", [])
+
     alice, bob, carol = client(), client(), client()
     h.deposit(alice.address, 10_000)
+    h.service.tick()
+    assert h.contract.last_epoch() == 0  # not final yet: not reported, nothing to confirm
+    blocks_go_by()
     h.service.tick()
     assert h.contract.last_epoch() == 1
     snapshot = vault_chain.w3.provider.make_request("evm_snapshot", [])["result"]
     h.deposit(bob.address, 5_000)
-    h.service.observe_deposits()  # the worker's round sees it in the latest block
-    assert h.service.balance(bob.address)["unconfirmed"] == "5000"
+    h.service.observe_deposits()  # the worker's round sees it in the latest block only
+    assert bob.address not in h.service.accounts.participants()  # not reported
     vault_chain.w3.provider.make_request("evm_revert", [snapshot])  # the reorg
     h.deposit(carol.address, 7_000)
+    blocks_go_by()
     for _ in range(3):  # the worker's next rounds (it logs and goes on)
         with contextlib.suppress(Exception):
             h.service.tick()
@@ -368,17 +355,14 @@ def test_a_reorg_that_drops_a_reported_deposit_does_not_stop_settlement_for_good
 # ------------------------------ S9-8: a provider that never answers locks a channel for good
 
 
-@pytest.mark.xfail(strict=True, raises=VaultModeError,
-                   reason="S9-8: the service never polls its channels (no RequestExpired): a "
-                          "provider that never answers an EXEC keeps the client's capacity "
-                          "LOCKED for good; only a force-settle (leaving the vault) frees it")
 def test_a_client_closes_its_channel_after_a_provider_never_answered_its_request(
     vault_chain: Any, usdc: Any, tmp_path: Path,
 ) -> None:
     """Alice opens a 5,000 channel through the service and signs a call; the EXEC goes to
     the provider, which never replies. Well past the lock timeout (30 s) Alice closes the
-    channel: refused, ``channel_busy``, today and forever (nothing in the service, the
-    worker or the API calls the machine's poll or abandon)."""
+    channel. Before S9-8's fix: refused, ``channel_busy``, for good (nothing in the
+    service, the worker or the API called the machine's poll); now the worker's round
+    expires the request (no σ_U was signed) and the close gives her all 10,000 back."""
     h = Harness(vault_chain, usdc, tmp_path)
     alice = client()
     silent = h.vm.provider()
@@ -388,6 +372,7 @@ def test_a_client_closes_its_channel_after_a_provider_never_answered_its_request
     t0 = now(vault_chain)
     h.service.request(cid, h.vm.call(alice, key="k", ts=t0), PRICE, now=t0)
     increase_time(vault_chain, 3_600)
-    h.service.tick()  # the worker's rounds go by
-    h.service.close(cid)  # channel_busy (LOCKED)
+    h.service.tick(now=t0 + 3_600)  # the worker's rounds go by (its clock an hour on)
+    h.service.close(cid)  # was channel_busy (LOCKED) for good before S9-8's fix
     assert h.service.balance(alice.address)["free"] == "10000"
+    assert h.service.balance(alice.address)["locked"] == "0"

@@ -36,8 +36,10 @@ class Harness:
     """A deployed A402Vault, its enclave, and the vault-mode service over a SQLite store."""
 
     def __init__(self, chain: Chain, usdc: Any, tmp: Path,
-                 schedule: SchedulePolicy | None = None) -> None:
+                 schedule: SchedulePolicy | None = None, *, confirmations: int | None = 0
+                 ) -> None:
         self.chain, self.usdc, self.tmp = chain, usdc, tmp
+        self.confirmations = confirmations  # 0: records at the head (nothing reorganises)
         self.schedule = schedule or SchedulePolicy(window=0, jitter=0, min_participants=2,
                                                    max_per_tx=10)
         self.platform, self.enclave = launch()
@@ -54,7 +56,7 @@ class Harness:
         return VaultModeService(VaultModeConfig(
             chain=self.chain, account=self.operator, contract=self.contract.address,
             store=VaultStore(self.url), enclave=self.enclave,
-            schedule=self.schedule,
+            schedule=self.schedule, confirmations=self.confirmations,
             rng=random.Random(7), poll_interval=0.2))
 
     def deposit(self, participant: str, amount: int) -> None:
@@ -68,6 +70,7 @@ class Harness:
         cid, statements = self.service.open_channel(client.address, provider.address,
                                                     provider.schnorr.public_key, capacity)
         self.service.bind_tunnel(provider.tunnel, cid)
+        self.vm.payees[client.address.lower()] = provider.address
         terms = self.service.accounts.terms(cid)
         return cid, ProviderChannel(terms, self.contract.domain, provider.signer,
                                     provider.schnorr, ack_timeout=30.0, lock_timeout=10.0

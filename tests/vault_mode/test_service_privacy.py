@@ -59,7 +59,8 @@ def test_twenty_clients_five_providers_through_the_service_leave_no_pair_on_chai
             channel_ids.append(cid)
             for k in range(rng.randrange(2, 5)):
                 price = rng.randrange(1, 10) * 100
-                call = h.vm.call(c, key=f"{cid.hex()}-{k}", max_price=price)
+                call = h.vm.call(c, key=f"{cid.hex()}-{k}", max_price=price,
+                                 pay_to=h.service.accounts.terms(cid).provider)
                 exec_ = service.request(cid, call, price)
                 side.receive(exec_, now=time.time())
                 auth = service.receive(cid, side.reply(exec_.request_id, b"ok"))

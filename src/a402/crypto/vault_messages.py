@@ -23,15 +23,17 @@ the vault's address, so a pending payment's ``m`` and ``σ_U``
   ``confirms`` the keccak of the packed records, ``claims`` the enclave's claim state,
   ``notBefore`` the latest deadline of the pending payments it resolves (the contract lands
   it only after); ``prevEpoch`` the settlement it follows (``epoch - 1`` unless it replaces
-  settlements that can never land);
+  settlements that can never land); ``bytes16 ledger`` (last) the ledger life that signed it
+  (pinned by the first landed settlement);
 * :class:`BalanceStatement` / :func:`statement_digest` — ``A402VaultBalance(address
   participant, uint32 index, uint256 balance, uint256 locked, uint64 epoch, uint64 nonce,
-  uint256 deposited)``; :func:`exit_order_digest` — ``A402VaultExit(address participant,
-  bytes32 statement)``, the participant's order to start its exit with that statement;
+  uint256 deposited, bytes16 ledger)`` (ledger 0 for epoch 0); :func:`exit_order_digest` —
+  ``A402VaultExit(address participant, bytes32 statement)``, the participant's order to
+  start its exit with that statement;
 * :class:`VaultChannelTerms` / :func:`vault_channel_id` — ``A402VaultChannel(address
   client, address provider, bytes32 providerKey, uint256 capacity, bytes32 salt)``;
 * :func:`pending_digest` — ``A402VaultPending(bytes32 channelId, uint256 requestId,
-  uint64 clientNonce, uint64 epoch, uint64 deadline)``;
+  uint64 clientNonce, uint64 epoch, uint64 deadline, bytes16 ledger)``;
 * :func:`deposit_nonce` — the EIP-3009 nonce ``A402VaultDeposit(address participant,
   uint256 amount, bytes32 salt)`` that binds a gasless deposit to whom it credits.
 
@@ -52,11 +54,11 @@ from .message import PaymentDomain
 
 SETTLEMENT_TYPE = (
     "A402VaultSettlement(uint64 prevEpoch,uint64 epoch,bytes32 payouts,bytes32 confirms,"
-    "bytes32 claims,uint64 notBefore)"
+    "bytes32 claims,uint64 notBefore,bytes16 ledger)"
 )
 BALANCE_TYPE = (
     "A402VaultBalance(address participant,uint32 index,uint256 balance,uint256 locked,uint64 epoch,"
-    "uint64 nonce,uint256 deposited)"
+    "uint64 nonce,uint256 deposited,bytes16 ledger)"
 )
 EXIT_TYPE = "A402VaultExit(address participant,bytes32 statement)"
 CHANNEL_TYPE = (
@@ -65,7 +67,7 @@ CHANNEL_TYPE = (
 )
 PENDING_TYPE = (
     "A402VaultPending(bytes32 channelId,uint256 requestId,uint64 clientNonce,uint64 epoch,"
-    "uint64 deadline)"
+    "uint64 deadline,bytes16 ledger)"
 )
 DEPOSIT_TYPE = "A402VaultDeposit(address participant,uint256 amount,bytes32 salt)"
 
@@ -79,6 +81,10 @@ EXIT_TYPEHASH = keccak256(EXIT_TYPE.encode())
 PAYOUT_SIZE = 36
 CONFIRM_SIZE = 32
 MAX_PAYOUT = (1 << 96) - 1
+EXIT_CREDIT = 1 << 31
+"""Set in a payout record's index: an exit credit, paid at once and moving no lane (money
+credited to a participant after its exit was reported, counted by none of its statements);
+participant indices stay below it."""
 MAX_EPOCH = (1 << 31) - 1
 """Settlement epochs fit a lane's 31 bits (the 32nd marks a frozen participant)."""
 _UINT32 = 1 << 32
@@ -101,6 +107,18 @@ def _bytes32(value: bytes, what: str) -> bytes:
     if len(value) != 32:
         raise ValueError(f"{what} must be 32 bytes")
     return bytes(value)
+
+
+NO_LEDGER = bytes(16)
+"""The ledger life of nothing: what a statement of epoch 0 names (it is empty), and what
+the contract holds before its first settlement."""
+
+
+def _ledger(value: bytes) -> bytes:
+    """A ``bytes16`` EIP-712 word: the 16 bytes, left-aligned."""
+    if len(value) != 16:
+        raise ValueError("a ledger life is 16 bytes")
+    return bytes(value) + bytes(16)
 
 
 def _typed(domain: PaymentDomain, struct_hash: bytes) -> bytes:
@@ -193,7 +211,7 @@ def pack_tail(records: Iterable[ClaimRecord]) -> bytes:
 
 def settlement_digest(
     domain: PaymentDomain, epoch: int, packed_payouts: bytes, claims: int, not_before: int = 0,
-    *, prev_epoch: int | None = None, packed_confirms: bytes = b"",
+    *, prev_epoch: int | None = None, packed_confirms: bytes = b"", ledger: bytes = NO_LEDGER,
 ) -> bytes:
     """What the vault key signs to authorise settlement ``epoch`` (following ``prev_epoch``,
     by default ``epoch - 1``) of ``packed_payouts`` and ``packed_confirms`` (either may be
@@ -211,6 +229,7 @@ def settlement_digest(
             + keccak256(packed_confirms)
             + _uint(claims, _UINT256, "claim state")
             + _uint(not_before, _UINT64, "notBefore")
+            + _ledger(ledger)
         ),
     )
 
@@ -239,8 +258,10 @@ class BalanceStatement:
                 self.deposited)
 
 
-def statement_digest(domain: PaymentDomain, statement: BalanceStatement) -> bytes:
-    """What the vault key signs to hand ``statement`` to its participant."""
+def statement_digest(domain: PaymentDomain, statement: BalanceStatement,
+                     ledger: bytes = NO_LEDGER) -> bytes:
+    """What the vault key signs to hand ``statement`` to its participant: it names the
+    ledger life ``ledger`` unless its epoch is 0 (an empty statement names none)."""
     return _typed(
         domain,
         keccak256(
@@ -252,16 +273,19 @@ def statement_digest(domain: PaymentDomain, statement: BalanceStatement) -> byte
             + _uint(statement.epoch, _UINT64, "epoch")
             + _uint(statement.nonce, _UINT64, "nonce")
             + _uint(statement.deposited, _UINT256, "deposited")
+            + _ledger(ledger if statement.epoch else NO_LEDGER)
         ),
     )
 
 
-def exit_order_digest(domain: PaymentDomain, statement: BalanceStatement) -> bytes:
-    """What ``statement.participant`` signs to let anyone start its exit with ``statement``."""
+def exit_order_digest(domain: PaymentDomain, statement: BalanceStatement,
+                      ledger: bytes = NO_LEDGER) -> bytes:
+    """What ``statement.participant`` signs to let anyone start its exit with ``statement``
+    (of ledger life ``ledger``)."""
     return _typed(
         domain,
         keccak256(EXIT_TYPEHASH + _address_word(statement.participant)
-                  + statement_digest(domain, statement)),
+                  + statement_digest(domain, statement, ledger)),
     )
 
 
@@ -300,7 +324,7 @@ def vault_channel_id(domain: PaymentDomain, terms: VaultChannelTerms) -> bytes:
 
 def pending_digest(
     domain: PaymentDomain, channel_id: bytes, request_id: int, client_nonce: int, epoch: int,
-    deadline: int,
+    deadline: int, ledger: bytes = NO_LEDGER,
 ) -> bytes:
     """What the vault key signs with σ_U: payment ``request_id`` of ``channel_id`` is
     pending, counted by the client's statements up to ``client_nonce``, claimable on-chain
@@ -314,6 +338,7 @@ def pending_digest(
             + _uint(client_nonce, _UINT64, "client nonce")
             + _uint(epoch, _UINT64, "epoch")
             + _uint(deadline, _UINT64, "deadline")
+            + _ledger(ledger)
         ),
     )
 

@@ -300,7 +300,8 @@ def _run_vault_mode(args: argparse.Namespace, where: ChainOptions, serve: ServeO
             chain=chain, account=account, contract=address, store=store, enclave=enclave,
             schedule=schedule, poll_interval=from_args(Timing, args).poll_interval,
             auth_window=from_args(Timing, args).auth_window,
-            lock_timeout=from_args(Timing, args).lock_timeout))
+            lock_timeout=from_args(Timing, args).lock_timeout,
+            confirmations=mode.confirmations))
     except ValueError as e:
         return fail(str(e))
     print(json.dumps({"vault": f"http://{serve.host}:{serve.port}", "mode": "vault",

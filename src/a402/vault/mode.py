@@ -56,8 +56,9 @@ from functools import partial
 from typing import Any, TypeVar
 
 from eth_account.signers.local import LocalAccount
+from web3.exceptions import BlockNotFound, Web3RPCError
 
-from a402.asc import Exec
+from a402.asc import ASCError, Exec, Status
 from a402.asc.messages import Message as AscMessage
 from a402.chain.node import Chain
 from a402.chain.tx import TransactionFailed
@@ -130,6 +131,12 @@ class VaultModeConfig:
     auth_window: int = api.DEFAULT_AUTH_WINDOW
     lock_timeout: float = 30.0
     rng: random.Random | None = None
+    #: How deep a chain record must be before it is reported to the enclave (review S9-7):
+    #: ``None`` (the default) reads up to the chain's ``finalized`` block (``safe`` on a node
+    #: without that tag); ``n`` up to ``n`` blocks behind the head (0: the head, for dev
+    #: chains whose blocks nobody reorganises). A deposit reported and then dropped by a
+    #: reorg would fork the enclave's deposit chain from the contract's for good.
+    confirmations: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +158,13 @@ class VaultModeService:
         self.store = config.store
         self.contract = A402Vault(config.chain, config.contract)
         stored = config.store.get_meta(LEDGER_KEY)
+        if stored is None and self.contract.last_epoch() > 0:
+            # S9-5: a first boot now would start a new ledger life, which the contract
+            # (pinned to the first one) refuses: nothing it signed would land or verify.
+            raise ValueError(
+                "the stored vault-mode ledger is missing but the A402Vault has settlements "
+                f"(epoch {self.contract.last_epoch()}): restore the ledger; a new one could "
+                "sign nothing the contract takes (participants can exit with their statements)")
         self.accounts: VaultAccounts = VaultAccountsCode.start(
             config.enclave, domain=self.contract.domain, network=config.chain.network,
             auth_window=config.auth_window, first_boot=stored is None)
@@ -318,8 +332,12 @@ class VaultModeService:
         known = claim_count(self.accounts.claim_state)
         events = self.contract.contract.events
         found: list[tuple[tuple[int, int], Any]] = []
+        to_block = self._reported_head()  # no reorg undoes what is reported (S9-7)
+        if to_block < self._scan_from:
+            return 0
         for name in ("Deposited", "PaymentClaimed"):
-            for ev in getattr(events, name)().get_logs(from_block=self._scan_from):
+            for ev in getattr(events, name)().get_logs(from_block=self._scan_from,
+                                                        to_block=to_block):
                 found.append(((int(ev["blockNumber"]), int(ev["logIndex"])), ev))
         found.sort(key=lambda f: f[0])
         new = 0
@@ -341,6 +359,20 @@ class VaultModeService:
             self._scan_from = block  # later records are in this block or after
             new += 1
         return new
+
+    def _reported_head(self) -> int:
+        """The last block whose records may be reported (``config.confirmations``)."""
+        w3 = self.chain.w3
+        depth = self.config.confirmations
+        if depth is not None:
+            return int(w3.eth.block_number) - depth
+        for tag in ("finalized", "safe"):
+            try:
+                return int(w3.eth.get_block(tag)["number"])
+            except (Web3RPCError, BlockNotFound, ValueError):
+                continue  # a node without this tag: the next one
+        raise VaultModeError(503, "chain_unsafe", "the node knows no finalized or safe block: "
+                             "set confirmations to read deposits at a depth")
 
     # ------------------------------------------------------------------ channels
 
@@ -446,7 +478,8 @@ class VaultModeService:
         receipt = self.contract.settle(
             self.config.account, signed.payouts, signed.epoch, signed.claims, signed.signature,
             self.contract.claims_since(signed.claims), signed.not_before,
-            prev_epoch=signed.prev, packed_confirms=signed.confirms)
+            prev_epoch=signed.prev, packed_confirms=signed.confirms,
+            ledger=signed.ledger)
         landed = Landed(signed.epoch, _hex(receipt["transactionHash"]),
                         len(unpack_payouts(signed.payouts)), int(receipt["blockNumber"]))
         self._record_landed(landed)
@@ -457,6 +490,7 @@ class VaultModeService:
         deposits / resolves payments past their deadline), landing, the watchtower."""
         at = time.time() if now is None else now
         self.observe_deposits()
+        self._expire_requests(at)
         with self._lock:
             batch = self.scheduler.due(now=at)
             if batch is not None:
@@ -470,8 +504,20 @@ class VaultModeService:
         # watchtower may land settlements itself: one sender at a time (lock order: landing,
         # then the ledger's)
         with self._landing:
-            self.answers += self.change(self.watchtower.poll)
+            # the last 100 (a force-settle it cannot answer yet is retried every round)
+            self.answers = (self.answers + self.change(self.watchtower.poll))[-100:]
         return landed
+
+    def _expire_requests(self, now: float) -> None:
+        """Apply Δ_lock to every LOCKED channel (review S9-8): a request whose provider never
+        replied expires (no σ_U was signed, nothing can be claimed for it) and the channel
+        is OPEN again, so its client can pay on it or close it."""
+        for channel_id, _, _, status, _ in self.accounts.channels():
+            if status is Status.LOCKED:
+                try:
+                    self.change(partial(self.accounts.poll, channel_id, now))
+                except (EnclaveError, ASCError) as e:  # logged; the next round tries again
+                    log.warning("vault mode: Δ_lock of channel %s: %s", channel_id.hex(), e)
 
     def _land_quietly(self) -> list[Landed]:
         try:

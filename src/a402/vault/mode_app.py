@@ -36,6 +36,7 @@ from a402.evm.address import address_key
 from a402.serving import request_body
 from a402.vault_enclave import SignedCall
 from a402.wire import vault_api as api
+from a402.wire.errors import WireError
 from a402.wire.jsonstrict import JsonLimitError, loads_object
 
 from .mode import VaultModeError, VaultModeService, VaultModeWorker, statement_json
@@ -84,6 +85,9 @@ def create_mode_app(service: VaultModeService, *, worker: bool = True,
             return JSONResponse({"error": e.reason, "message": e.detail}, status_code=401)
         except JsonLimitError as e:
             return JSONResponse({"error": e.reason, "message": e.message}, status_code=e.status)
+        except WireError as e:  # not strict JSON (NaN, a duplicate key, bad UTF-8, no object)
+            return JSONResponse({"error": e.reason, "message": f"nothing was done: {e.message}"},
+                                status_code=400)
         except VaultModeError as e:
             return JSONResponse(e.body(), status_code=e.status)
         except ChainUnavailable as e:
@@ -124,9 +128,11 @@ def create_mode_app(service: VaultModeService, *, worker: bool = True,
         async def h(signed: api.Authenticated, body: dict[str, Any], _call: SignedCall
                     ) -> tuple[int, Any]:
             raw = body.get("amount")
-            if not isinstance(raw, str | int) or not str(raw).isdigit():
-                raise VaultModeError(400, "bad_request", "amount: a decimal string of atomic units")
-            return 202, await _thread(service.withdraw, signed.client, int(raw))
+            text = str(raw) if isinstance(raw, str | int) and not isinstance(raw, bool) else ""
+            if not (text.isascii() and text.isdigit() and len(text) <= 78):  # ASCII digits only
+                raise VaultModeError(400, "bad_request", "nothing was queued: amount is a "
+                                     "decimal string of atomic units (ASCII digits)")
+            return 202, await _thread(service.withdraw, signed.client, int(text))
         return await answer(request, h)
 
     async def settle_now(request: Request) -> JSONResponse:

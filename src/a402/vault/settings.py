@@ -130,6 +130,11 @@ class Mode:
         2, help="vault mode: a batch pays at least this many participants, or waits")
     settle_max_per_tx: int = setting(
         100, help="vault mode: at most this many payees per settlement transaction")
+    confirmations: int | None = setting(
+        None, metavar="BLOCKS",
+        help="vault mode: report deposits and claims this many blocks behind the head "
+             "(default: at the chain's finalized block, which no reorg undoes; 0 only on a "
+             "development chain that mines no blocks by itself)")
 
     def schedule(self) -> SchedulePolicy:
         """The settlement scheduler's policy these settings give."""

@@ -18,6 +18,10 @@ as their tail; after a replacement, the one that follows the chain's last epoch)
 challenges. What it decides is pure (:func:`answer_needed`); the
 rest is reading events and sending two kinds of transactions.
 
+Every force-settle it has seen stays watched until it is over or its window closes: each
+poll checks it again, so a failed answer (an RPC error, a settlement that could not land
+yet) is retried, and a newer statement signed later is still sent (review S9-2).
+
 Limits: it must run (poll) within every dispute window; if the settlements it needs
 cannot land (a host that lied about a deposit or a claim), it cannot answer with statements that
 name them, and says so in :attr:`Answer.refused`. A deposit mined in front of its
@@ -56,6 +60,7 @@ class Answer:
     landed: tuple[int, ...] = ()  # settlements it had to land first
     tx_hash: str | None = None
     refused: str | None = None
+    closed: bool = False  # the force-settle is over or its window closed: no longer watched
 
 
 @dataclass
@@ -68,34 +73,60 @@ class VaultWatchtower:
     sender: LocalAccount
     from_block: int = 0
     answered: dict[str, int] = field(default_factory=dict)
+    #: Force-settles seen and still open (status SETTLING, window not closed): each poll
+    #: checks them again, so one failed answer (an RPC error, a settlement that could not
+    #: land yet) is retried at the next poll, and a statement the enclave signs later (a
+    #: payment credited to an exiting provider) still answers (review S9-2).
+    watching: dict[str, None] = field(default_factory=dict)
+    #: Participants whose exit the enclave was told of (:meth:`VaultAccounts.exiting`).
+    reported: set[str] = field(default_factory=set)
 
     def poll(self) -> list[Answer]:
-        """Handle the force-settles started or challenged since the last poll."""
+        """Handle the force-settles started or challenged since the last poll, and check
+        again every one still open. Returns an answer for each force-settle seen for the
+        first time and for each it acted on or failed to act on (an open one with nothing
+        to answer is not repeated)."""
         head = int(self.vault.chain.w3.eth.block_number)
-        if head < self.from_block:
-            return []
-        seen: list[str] = []
-        for name in ("ForceSettleInitiated", "ForceSettleChallenged"):
-            logs = getattr(self.vault.contract.events, name)().get_logs(
-                from_block=self.from_block, to_block=head)
-            for log in logs:
-                participant = str(log["args"]["participant"])
-                if participant not in seen:
-                    seen.append(participant)
-        self.from_block = head + 1
-        return [self._answer(p) for p in seen]
+        new: list[str] = []
+        if head >= self.from_block:
+            for name in ("ForceSettleInitiated", "ForceSettleChallenged"):
+                logs = getattr(self.vault.contract.events, name)().get_logs(
+                    from_block=self.from_block, to_block=head)
+                for log in logs:
+                    participant = str(log["args"]["participant"])
+                    if participant not in new:
+                        new.append(participant)
+            self.from_block = head + 1
+        for participant in new:
+            self.watching[participant] = None
+        out = []
+        for participant in list(self.watching):
+            answer = self._answer(participant)
+            if answer.closed:
+                self.watching.pop(participant, None)
+            if participant in new or answer.tx_hash is not None or answer.refused is not None:
+                out.append(answer)
+        return out
 
     def _answer(self, participant: str) -> Answer:
         recorded = self.vault.force_settle(participant)
         try:
-            latest: SignedStatement | None = self.accounts.exiting(participant)
+            latest: SignedStatement | None
+            if participant in self.reported:
+                latest = self.accounts.statement(participant)
+            else:
+                latest = self.accounts.exiting(participant)
+                self.reported.add(participant)
         except EnclaveError as e:
             return Answer(participant, recorded.nonce, refused=str(e))
         if self.vault.status(participant) is not AccountStatus.SETTLING:
-            return Answer(participant, recorded.nonce, refused="not force-settling")
+            return Answer(participant, recorded.nonce, refused="not force-settling",
+                          closed=True)
         if latest is None:
             return Answer(participant, recorded.nonce, refused="no statement signed")
         now = int(self.vault.chain.w3.eth.get_block("latest")["timestamp"])
+        if now >= recorded.deadline:
+            return Answer(participant, recorded.nonce, closed=True)
         if not answer_needed(recorded, latest.statement, now=now):
             return Answer(participant, recorded.nonce)
         landed: list[int] = []
@@ -105,7 +136,7 @@ class VaultWatchtower:
                 self.vault.settle(self.sender, signed.payouts, signed.epoch, signed.claims,
                                   signed.signature, self.vault.claims_since(signed.claims),
                                   signed.not_before, prev_epoch=signed.prev,
-                                  packed_confirms=signed.confirms)
+                                  packed_confirms=signed.confirms, ledger=signed.ledger)
                 landed.append(signed.epoch)
             receipt = self.vault.challenge_force_settle(self.sender, latest.statement,
                                                         latest.signature)

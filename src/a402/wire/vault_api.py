@@ -320,7 +320,9 @@ class InvokeRequest:
     (:data:`AUTHORIZATION_REQUIRED`). ``mandate`` is the owner's signed mandate the
     client pays under (the JSON object of :mod:`a402.mandate`), ``mandate_confirmation``
     the owner's signed approval of a payment above its threshold: the vault enclave
-    checks both (:mod:`a402.mandate.enclave`) before anything is signed.
+    checks both (:mod:`a402.mandate.enclave`) before anything is signed. ``pay_to``
+    (``payTo``, a 0x address) is the provider the client agrees to pay: vault mode
+    requires it and pays the call only on a channel to that provider (review S9-3).
     """
 
     url: str
@@ -335,6 +337,7 @@ class InvokeRequest:
     created_at: int | None = None
     mandate: dict[str, Any] | None = None
     mandate_confirmation: dict[str, Any] | None = None
+    pay_to: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -352,6 +355,8 @@ class InvokeRequest:
             out["mandate"] = self.mandate
         if self.mandate_confirmation is not None:
             out["mandateConfirmation"] = self.mandate_confirmation
+        if self.pay_to is not None:
+            out["payTo"] = self.pay_to
         return out
 
     @classmethod
@@ -384,6 +389,12 @@ class InvokeRequest:
             raise ValueError("mandate is the owner's signed mandate, a JSON object")
         if confirmation is not None and not isinstance(confirmation, dict):
             raise ValueError("mandateConfirmation is a JSON object")
+        pay_to = data.get("payTo")
+        if pay_to is not None and not (
+            isinstance(pay_to, str) and len(pay_to) == 42 and pay_to[:2] in ("0x", "0X")
+            and all(c in "0123456789abcdefABCDEF" for c in pay_to[2:])
+        ):
+            raise ValueError("payTo is the payee's 0x address")
         return cls(
             url=url, method=method.upper(), headers=headers_from_json(data.get("headers", [])),
             body=unb64(data.get("body", "")), max_price=_amount(data.get("maxPrice"), "maxPrice"),
@@ -391,14 +402,14 @@ class InvokeRequest:
             deposit=None if deposit is None else _amount(deposit, "deposit"),
             channel_authorization=authorization,
             created_at=None if created_at is None else _unix_seconds(created_at),
-            mandate=mandate, mandate_confirmation=confirmation,
+            mandate=mandate, mandate_confirmation=confirmation, pay_to=pay_to,
         )
 
     def fingerprint(self) -> str:
         """What makes a retry "the same call": everything but the channel authorization."""
         digest = hashlib.sha256()
         for part in (self.method, self.url, str(self.max_price), self.funding,
-                     str(self.deposit)):
+                     str(self.deposit)) + (() if self.pay_to is None else (self.pay_to,)):
             digest.update(part.encode() + b"\x00")
         for name, value in self.headers:
             digest.update(name + b"\x00" + value + b"\x00")
