@@ -61,11 +61,12 @@ with start_anvil(accounts=4) as chain, tempfile.TemporaryDirectory() as tmp:
         s.service.tick()
         vc = VaultClient(vurl, acct, expect=ExpectedVault(s.service.address, s.contract.address,
                                                           usdc.address))
-        vc.invoke(f"{site}/weather", max_price=PRICE)  # opens the channel
+        payee = s.operator.address  # the provider's payTo, signed into each call
+        vc.invoke(f"{site}/weather", max_price=PRICE, pay_to=payee)  # opens the channel
         b0 = chain.w3.eth.block_number
         t0 = time.perf_counter()
         for _ in range(N):
-            vc.invoke(f"{site}/weather", max_price=PRICE)
+            vc.invoke(f"{site}/weather", max_price=PRICE, pay_to=payee)
         vm = (time.perf_counter() - t0) / N
         vm_tx = chain.w3.eth.block_number - b0
         vc.close()

@@ -569,7 +569,7 @@ class ProviderEnclaveCode:
         if (note.channel_id, note.request_id) != (message.channel_id, message.request_id):
             raise _Refused("bad_pending_record", "the record names another payment")
         digest = pending_digest(held.channel.domain, note.channel_id, note.request_id,
-                                note.client_nonce, note.epoch, note.deadline)
+                                note.client_nonce, note.epoch, note.deadline, note.ledger)
         if recover_signer(digest, note.signature) != terms.vault:
             raise _Refused("bad_pending_record", "not signed by the channel's vault")
         return note

@@ -126,7 +126,8 @@ def running(chain: Chain, usdc: Any, tmp: Path, *, ack_timeout: float = 30.0,
         chain=chain, account=funded(chain, usdc), contract=contract.address,
         store=VaultStore(f"sqlite:///{tmp / 'vault-mode.db'}"), enclave=enclave,
         schedule=SchedulePolicy(window=0, jitter=0, min_participants=1, max_per_tx=10),
-        rng=random.Random(3), poll_interval=0.2))
+        rng=random.Random(3), poll_interval=0.2,
+        confirmations=0))  # anvil mines on demand: records at the head (nothing reorganises)
     invoker = invoker_cls(service, verifiers=[verifier],
                           policy=AttestationPolicy(frozenset({PROVIDER_CODE})),
                           allow_private_targets=True)

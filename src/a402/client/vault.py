@@ -425,7 +425,7 @@ class _Base:
     def _invoke_flow(
         self, url: str, *, method: str, headers: Sequence[tuple[bytes, bytes]], content: bytes,
         max_price: int, idempotency_key: str | None, funding: str, deposit: int | None,
-        created_at: int | None = None, allow_new_life: bool = False,
+        created_at: int | None = None, allow_new_life: bool = False, pay_to: str | None = None,
     ) -> Flow:
         info = yield from self._info_flow()
         if idempotency_key is None:
@@ -438,7 +438,7 @@ class _Base:
             return (yield from self._invoke_once(
                 info, url, method=method, headers=headers, content=content,
                 max_price=max_price, key=key, created=created, funding=funding,
-                deposit=deposit, allow_new_life=allow_new_life))
+                deposit=deposit, allow_new_life=allow_new_life, pay_to=pay_to))
         except VaultCallError as e:  # what a retry (from anywhere) needs to sign the same call
             e.body.setdefault("idempotencyKey", key)
             e.body.setdefault("createdAt", created)
@@ -448,6 +448,7 @@ class _Base:
         self, info: dict[str, Any], url: str, *, method: str,
         headers: Sequence[tuple[bytes, bytes]], content: bytes, max_price: int, key: str,
         created: int, funding: str, deposit: int | None, allow_new_life: bool,
+        pay_to: str | None = None,
     ) -> Flow:
         life = str(info.get("life"))
         first = self._lives.setdefault(key, life)
@@ -462,10 +463,14 @@ class _Base:
         self._lives.move_to_end(key)
         while len(self._lives) > REMEMBERED_CALLS:
             self._lives.popitem(last=False)
+        if info.get("mode") == "vault" and pay_to is None:
+            raise VaultCallError(400, {"error": "payee_unsigned", "message": (
+                "nothing was sent: a vault in vault mode pays only the payee the call names; "
+                "pass pay_to (the provider's address: the payTo of its 402's a402 offer)")})
         call = api.InvokeRequest(
             url=url, method=method.upper(), headers=tuple(headers), body=content,
             max_price=max_price, idempotency_key=key, funding=funding, deposit=deposit,
-            created_at=created, mandate=self.mandate)
+            created_at=created, mandate=self.mandate, pay_to=pay_to)
         body = call.to_json()
         for _ in range(2):  # at most one 428 to answer
             response = yield from self._send("POST", api.API_PREFIX + "/invoke", body)
@@ -747,7 +752,7 @@ class VaultClient(_Base):
         self, url: str, *, method: str = "GET", headers: Sequence[tuple[bytes, bytes]] = (),
         content: bytes = b"", max_price: int, idempotency_key: str | None = None,
         funding: str = api.POOL, deposit: int | None = None, created_at: int | None = None,
-        allow_new_life: bool = False,
+        allow_new_life: bool = False, pay_to: str | None = None,
     ) -> VaultResult:
         """One paid request; raises :class:`VaultCallError` when nothing was delivered.
 
@@ -757,11 +762,13 @@ class VaultClient(_Base):
         attempt's, see :meth:`created_at` and the error's ``createdAt``). Without a key, one
         is generated (:func:`new_idempotency_key`). ``allow_new_life``: sign a key this
         client signed for an earlier life of the vault for its new one (an attempt may have
-        been paid in the old life: find out first)."""
+        been paid in the old life: find out first). ``pay_to``: the payee (the provider's
+        address), signed into the call; a vault in vault mode pays no call without it, and
+        only a channel to that provider."""
         flow = self._invoke_flow(url, method=method, headers=headers, content=content,
                                  max_price=max_price, idempotency_key=idempotency_key,
                                  funding=funding, deposit=deposit, created_at=created_at,
-                                 allow_new_life=allow_new_life)
+                                 allow_new_life=allow_new_life, pay_to=pay_to)
         result: VaultResult = _drive(flow, self.http, self)
         self._record(url, method, content, result)
         return result
@@ -824,13 +831,13 @@ class AsyncVaultClient(_Base):
         self, url: str, *, method: str = "GET", headers: Sequence[tuple[bytes, bytes]] = (),
         content: bytes = b"", max_price: int, idempotency_key: str | None = None,
         funding: str = api.POOL, deposit: int | None = None, created_at: int | None = None,
-        allow_new_life: bool = False,
+        allow_new_life: bool = False, pay_to: str | None = None,
     ) -> VaultResult:
         """See :meth:`VaultClient.invoke`."""
         flow = self._invoke_flow(url, method=method, headers=headers, content=content,
                                  max_price=max_price, idempotency_key=idempotency_key,
                                  funding=funding, deposit=deposit, created_at=created_at,
-                                 allow_new_life=allow_new_life)
+                                 allow_new_life=allow_new_life, pay_to=pay_to)
         result: VaultResult = await _adrive(flow, self.http, self)
         self._record(url, method, content, result)
         return result

@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from typing import Any, BinaryIO, TextIO
 
 import httpx
 
+from a402.client import errors
 from a402.client.budget import Budget, asset_key
 from a402.client.errors import PaymentRefused
 from a402.client.history import record_vault_call
@@ -78,11 +80,16 @@ def run_vault_pay(
                 return fail(EXIT_REFUSED, f"nothing was paid: payment refused ({refusal}); "
                                           "nothing was signed")
             limits = vault_limits(info, cap, budget=budget, funding=args.funding)
+            pay_to = None
+            if info.get("mode") == "vault":  # the call names its payee: the offer's payTo
+                pay_to = offered_payee(args.url, method, headers, content or b"",
+                                       str(info.get("a402Vault")), timeout=args.timeout)
             result = vault.invoke(
                 args.url, method=method,
                 headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
                 content=content or b"", max_price=limits.max_price,
-                idempotency_key=idempotency_key, funding=args.funding, created_at=created_at)
+                idempotency_key=idempotency_key, funding=args.funding, created_at=created_at,
+                pay_to=pay_to)
         except PaymentRefused as e:
             return fail(EXIT_REFUSED, f"nothing was paid: payment refused ({e.reason}); "
                                       "nothing was signed")
@@ -106,6 +113,32 @@ def run_vault_pay(
     if result.status >= 400:
         return fail(EXIT_HTTP_ERROR, f"HTTP {result.status} ({result.outcome})")
     return EXIT_OK
+
+
+def offered_payee(url: str, method: str, headers: Sequence[tuple[str, str]], content: bytes,
+                  a402_vault: str, *, timeout: float) -> str:
+    """The payee of ``url``'s ``a402`` offer for channels of ``a402_vault``, read from the
+    402 the provider answers an unpaid request with (nothing is signed or paid here):
+    the call signed for a vault in vault mode names it, so that its enclave pays only a
+    channel to that provider. ``PaymentRefused`` if the answer offers none."""
+    from a402.client.records import payment_required_of
+    from a402.evm.address import address_key
+    from a402.wire.a402 import SCHEME_A402
+    from a402.wire.convert import to_v2_requirements
+
+    response = httpx.request(method, url, headers=list(headers), content=content,
+                             timeout=timeout)
+    if response.status_code != 402:
+        raise PaymentRefused(errors.NO_ACCEPTABLE_REQUIREMENT, f"{url} answered "
+                             f"{response.status_code}, not a 402 with an a402 offer", url=url)
+    for raw in payment_required_of(response).accepts:
+        req = to_v2_requirements(raw)
+        named = (req.extra or {}).get("a402Vault")
+        if (req.scheme == SCHEME_A402 and isinstance(named, str)
+                and address_key(named) == address_key(a402_vault)):
+            return str(req.pay_to)
+    raise PaymentRefused(errors.NO_ACCEPTABLE_REQUIREMENT, f"{url} offers no a402 channel "
+                         f"of A402Vault {a402_vault}", url=url)
 
 
 def _call_failed(e: VaultCallError) -> tuple[int, str]:

@@ -380,7 +380,7 @@ class ModeInvoker:
             raise ModeRefused(500, "internal_error", "σ_U came without its pending record")
         return Envelope.with_pending(PendingNote(
             pending.channel_id, pending.request_id, pending.client_nonce, pending.epoch,
-            pending.deadline, pending.signature), auth.encode())
+            pending.deadline, pending.signature, self.service.accounts.ledger), auth.encode())
 
     async def send_ack(self, tunnel: ModeTunnel, ack: Ack) -> None:
         """Send the ACK (a seam: a test's vault withholds it). Best effort: a lost ACK

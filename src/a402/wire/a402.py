@@ -393,22 +393,28 @@ class PendingNote:
     epoch: int
     deadline: int
     signature: bytes
+    ledger: bytes
+    """The vault's ledger life (16 bytes) the record names: the one the A402Vault pinned
+    with its first settlement, or the claim fails (the provider's host checks it against
+    ``A402Vault.ledger()``)."""
 
-    SIZE: ClassVar[int] = 32 + 8 * 4 + _SIGNATURE_SIZE
+    SIZE: ClassVar[int] = 32 + 8 * 4 + _SIGNATURE_SIZE + 16
 
     def encode(self) -> bytes:
-        if len(self.channel_id) != 32 or len(self.signature) != _SIGNATURE_SIZE:
+        if (len(self.channel_id) != 32 or len(self.signature) != _SIGNATURE_SIZE
+                or len(self.ledger) != 16):
             raise ValueError("malformed pending record")
         return (self.channel_id + self.request_id.to_bytes(8, "big")
                 + self.client_nonce.to_bytes(8, "big") + self.epoch.to_bytes(8, "big")
-                + self.deadline.to_bytes(8, "big") + self.signature)
+                + self.deadline.to_bytes(8, "big") + self.signature + self.ledger)
 
     @classmethod
     def decode(cls, data: bytes) -> PendingNote:
         if len(data) != cls.SIZE:
             raise FrameError(f"a pending record is {cls.SIZE} bytes")
         n = [int.from_bytes(data[32 + 8 * i: 40 + 8 * i], "big") for i in range(4)]
-        return cls(data[:32], n[0], n[1], n[2], n[3], data[64:])
+        return cls(data[:32], n[0], n[1], n[2], n[3], data[64:64 + _SIGNATURE_SIZE],
+                   data[64 + _SIGNATURE_SIZE:])
 
 
 @dataclass(frozen=True, slots=True)
