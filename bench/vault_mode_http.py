@@ -61,7 +61,7 @@ with start_anvil(accounts=4) as chain, tempfile.TemporaryDirectory() as tmp:
         s.service.tick()
         vc = VaultClient(vurl, acct, expect=ExpectedVault(s.service.address, s.contract.address,
                                                           usdc.address))
-        payee = s.operator.address  # the provider's payTo, signed into each call
+        payee = s.provider.address  # the provider's payTo, signed into each call
         vc.invoke(f"{site}/weather", max_price=PRICE, pay_to=payee)  # opens the channel
         b0 = chain.w3.eth.block_number
         t0 = time.perf_counter()
