@@ -102,3 +102,60 @@ def test_an_unreadable_registry_counts_as_revoked(anvil_chain: Chain,
     object.__setattr__(other_chain.domain, "chain_id", 1)
     with pytest.raises(RevocationUnknown):
         RevocationCheck.for_mandate(anvil_chain, other_chain)
+
+
+def _count_round_trips(chain: Chain) -> list[str]:
+    calls: list[str] = []
+    provider = chain.w3.provider
+    make = provider.make_request
+
+    def counted(method, params):  # type: ignore[no-untyped-def]
+        calls.append(str(method))
+        return make(method, params)
+
+    provider.make_request = counted  # type: ignore[method-assign]
+    return calls
+
+
+def test_while_every_payment_sees_a_new_block_each_check_is_one_round_trip_and_sees_a_revocation(
+    anvil_chain: Chain, dev_stack: Manifest,
+) -> None:
+    assert anvil_chain.rpc_url is not None
+    keys = Funded(anvil_chain, -1)
+    signed = _signed(keys, dev_stack)
+    check = RevocationCheck.for_mandate(anvil_chain, signed)
+    calls = _count_round_trips(anvil_chain)
+    try:
+        assert check.revoked(signed) is False  # first read: the probe (block and answer)
+        anvil_chain.w3.provider.make_request("evm_mine", [])
+        assert check.revoked(signed) is False  # block moved: blockNumber, then the probe
+        checks_before = len(calls)
+        for _ in range(3):  # blocks keep coming: the probe alone, one call per check
+            anvil_chain.w3.provider.make_request("evm_mine", [])
+            mined = len(calls)
+            assert check.revoked(signed) is False
+            assert calls[mined:] == ["eth_call"]
+        assert checks_before == 4  # probe, blockNumber + probe, one evm_mine between
+        check.registry.revoke(keys.owner, signed.hash)  # its own block, the latest
+        assert check.revoked(signed) is True
+        assert check.revoked(signed) is True  # a probe that finds the block unchanged...
+        assert calls[-1] == "eth_call"
+        assert check.revoked(signed) is True  # ...lets the cache answer after blockNumber
+        assert calls[-1] == "eth_blockNumber"
+    finally:
+        del anvil_chain.w3.provider.make_request
+
+
+def test_a_mandate_naming_an_address_without_a_registry_counts_as_revoked(
+    anvil_chain: Chain, dev_stack: Manifest,
+) -> None:
+    assert anvil_chain.rpc_url is not None
+    keys = Keys()
+    nowhere = Account.create().address
+    signed = sign_mandate(make_mandate(keys, networks=(dev_stack.network,),
+                                       assets=(dev_stack.token.address,)),
+                          Domain(dev_stack.chain_id, nowhere), keys.owner_signer.sign_digest)
+    check = RevocationCheck(MandateRegistry(anvil_chain, nowhere))
+    with pytest.raises(RevocationUnknown, match="is a registry there"):
+        check.revoked(signed)
+    assert check.reads == 0
