@@ -159,3 +159,31 @@ def test_a_mandate_naming_an_address_without_a_registry_counts_as_revoked(
     with pytest.raises(RevocationUnknown, match="is a registry there"):
         check.revoked(signed)
     assert check.reads == 0
+
+
+def test_a_reservation_made_while_the_registry_says_revoked_is_given_back_and_refused(
+    anvil_chain: Chain, dev_stack: Manifest, tmp_path,
+) -> None:
+    from a402.mandate.guard import MandateGuard
+    from a402.mandate.policy import MandateRefused, ProposedPayment
+    from a402.mandate.spend import RELEASED, RESERVED, SpendStore
+
+    keys = Funded(anvil_chain, -1)
+    signed = _signed(keys, dev_stack)
+    store = SpendStore(f"sqlite:///{tmp_path / 'spend.db'}")
+    guard = MandateGuard(signed, agent=keys.agent.address, store=store,
+                         revocation=RevocationCheck.for_mandate(anvil_chain, signed))
+    payment = ProposedPayment(agent=keys.agent.address, payee=Account.create().address,
+                              network=dev_stack.network, asset=dev_stack.token.address,
+                              scheme="exact", amount=700, url="https://api.example.com/x")
+    held = guard.reserve(payment)  # registry says not revoked: reserved, may be signed
+    assert store.spent(signed).total == 700
+    guard.release(held)
+    guard.revocation.registry.revoke(keys.owner, signed.hash)  # type: ignore[union-attr]
+    with pytest.raises(MandateRefused) as e:
+        guard.reserve(payment)  # the store reserved meanwhile; the brake takes it back
+    assert e.value.reason == "mandate_revoked"
+    assert store.spent(signed).total == 0
+    assert store.count(signed, RESERVED) == 0
+    assert store.count(signed, RELEASED) == 2
+    store.close()
