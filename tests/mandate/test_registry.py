@@ -98,22 +98,27 @@ def test_an_unreadable_registry_counts_as_revoked(anvil_chain: Chain,
     with pytest.raises(RevocationUnknown) as e:
         check.revoked(signed)
     assert e.value.reason == "mandate_revocation_unknown"
+    over_http = Chain(dead.w3, [], rpc_url=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(RevocationUnknown, match="isRevoked failed"):
+        RevocationCheck(MandateRegistry(over_http, signed.domain.registry)).revoked(signed)
     other_chain = _signed(Keys(), dev_stack)
     object.__setattr__(other_chain.domain, "chain_id", 1)
     with pytest.raises(RevocationUnknown):
         RevocationCheck.for_mandate(anvil_chain, other_chain)
 
 
-def _count_round_trips(chain: Chain) -> list[str]:
+def _count_round_trips(check: RevocationCheck) -> list[str]:
+    """The check's requests to the node, by method, in order."""
     calls: list[str] = []
-    provider = chain.w3.provider
-    make = provider.make_request
+    rpc = check._rpc
+    assert rpc is not None  # an http node: the check's own JSON-RPC client
+    call = rpc.call
 
     def counted(method, params):  # type: ignore[no-untyped-def]
         calls.append(str(method))
-        return make(method, params)
+        return call(method, params)
 
-    provider.make_request = counted  # type: ignore[method-assign]
+    rpc.call = counted  # type: ignore[method-assign]
     return calls
 
 
@@ -124,26 +129,23 @@ def test_while_every_payment_sees_a_new_block_each_check_is_one_round_trip_and_s
     keys = Funded(anvil_chain, -1)
     signed = _signed(keys, dev_stack)
     check = RevocationCheck.for_mandate(anvil_chain, signed)
-    calls = _count_round_trips(anvil_chain)
-    try:
-        assert check.revoked(signed) is False  # first read: the probe (block and answer)
+    calls = _count_round_trips(check)
+    assert check.revoked(signed) is False  # first read: the probe (block and answer)
+    anvil_chain.w3.provider.make_request("evm_mine", [])
+    assert check.revoked(signed) is False  # block moved: blockNumber, then the probe
+    checks_before = len(calls)
+    for _ in range(3):  # blocks keep coming: the probe alone, one call per check
         anvil_chain.w3.provider.make_request("evm_mine", [])
-        assert check.revoked(signed) is False  # block moved: blockNumber, then the probe
-        checks_before = len(calls)
-        for _ in range(3):  # blocks keep coming: the probe alone, one call per check
-            anvil_chain.w3.provider.make_request("evm_mine", [])
-            mined = len(calls)
-            assert check.revoked(signed) is False
-            assert calls[mined:] == ["eth_call"]
-        assert checks_before == 4  # probe, blockNumber + probe, one evm_mine between
-        check.registry.revoke(keys.owner, signed.hash)  # its own block, the latest
-        assert check.revoked(signed) is True
-        assert check.revoked(signed) is True  # a probe that finds the block unchanged...
-        assert calls[-1] == "eth_call"
-        assert check.revoked(signed) is True  # ...lets the cache answer after blockNumber
-        assert calls[-1] == "eth_blockNumber"
-    finally:
-        del anvil_chain.w3.provider.make_request
+        mined = len(calls)
+        assert check.revoked(signed) is False
+        assert calls[mined:] == ["eth_call"]
+    assert checks_before == 3  # probe, then blockNumber + probe
+    check.registry.revoke(keys.owner, signed.hash)  # its own block, the latest
+    assert check.revoked(signed) is True
+    assert check.revoked(signed) is True  # a probe that finds the block unchanged...
+    assert calls[-1] == "eth_call"
+    assert check.revoked(signed) is True  # ...lets the cache answer after blockNumber
+    assert calls[-1] == "eth_blockNumber"
 
 
 def test_a_mandate_naming_an_address_without_a_registry_counts_as_revoked(

@@ -20,9 +20,13 @@ read is treated as pulled.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import json
 import threading
 from collections import OrderedDict
-from typing import Final
+from typing import Any, Final
+from urllib.parse import urlsplit
 
 from eth_account.signers.local import LocalAccount
 from hexbytes import HexBytes
@@ -91,6 +95,65 @@ class MandateRegistry:
         return bytes(HexBytes(self.contract.functions.domainSeparator().call()))
 
 
+class JsonRpc:
+    """A minimal JSON-RPC client over HTTP(S) keep-alive, one connection per thread.
+
+    The registry check is on every payment's path, and web3's provider costs about
+    ten times the node's own answer in Python (its middleware, its session, its
+    JSON handling), time that also holds the GIL the payer's other threads need.
+    Only reads go through here (``eth_blockNumber``, ``eth_call``): a request that
+    fails on a kept-alive connection the server closed is sent once more on a new
+    one, which a read allows. Any other failure raises (the check then fails
+    closed)."""
+
+    def __init__(self, url: str, timeout: float = 10.0) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or parts.hostname is None \
+                or parts.username is not None:
+            raise ValueError("only plain http(s) URLs without credentials")
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = parts.port
+        self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._timeout = timeout
+        self._local = threading.local()
+
+    def _connection(self) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            conn = kind(self._host, self._port, timeout=self._timeout)
+            self._local.conn = conn
+        return conn
+
+    def call(self, method: str, params: list[Any]) -> Any:
+        """The ``result`` of ``method``; ``ValueError`` for a JSON-RPC error."""
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+        for attempt in (1, 2):
+            conn = self._connection()
+            try:
+                conn.request("POST", self._path, body, {"Content-Type": "application/json"})
+                response = conn.getresponse()
+                raw = response.read()
+                break
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                conn.close()
+                self._local.conn = None
+                if attempt == 2:
+                    raise
+            except BaseException:
+                conn.close()
+                self._local.conn = None
+                raise
+        if response.status != 200:
+            raise ValueError(f"{method}: HTTP {response.status}")
+        answer = json.loads(raw)
+        if not isinstance(answer, dict) or "error" in answer or "result" not in answer:
+            error = answer.get("error") if isinstance(answer, dict) else answer
+            raise ValueError(f"{method} failed: {str(error)[:200]}")
+        return answer["result"]
+
+
 class RevocationCheck:
     """Is a mandate revoked, as of the node's latest block? Cached per block (module doc)."""
 
@@ -101,6 +164,10 @@ class RevocationCheck:
         self._answers: OrderedDict[bytes, bool] = OrderedDict()
         self._lock = threading.Lock()
         self._moving = False  # the last read found a newer block: expect another
+        self._rpc: JsonRpc | None = None
+        if registry.chain.rpc_url is not None:
+            with contextlib.suppress(ValueError):  # (credentials in the URL: web3's path)
+                self._rpc = JsonRpc(registry.chain.rpc_url)
         self.reads = 0
         """How many ``isRevoked`` calls reached the node (the cache's misses)."""
 
@@ -142,7 +209,8 @@ class RevocationCheck:
             if not cached:
                 return self._read_latest(signed)
         try:
-            block = _block_number(chain)
+            block = (_block_number(chain) if self._rpc is None
+                     else int(self._rpc.call("eth_blockNumber", []), 16))
         except Exception as e:
             raise RevocationUnknown(f"eth_blockNumber failed: {type(e).__name__}") from e
         with self._lock:
@@ -166,7 +234,8 @@ class RevocationCheck:
         """One probe (:func:`_read_at_latest`); ``moved``: the block just moved (else:
         whether it did is judged from the probe's block)."""
         try:
-            block, answer = _read_at_latest(self.registry, signed.mandate.owner, signed.hash)
+            block, answer = _read_at_latest(self.registry, signed.mandate.owner, signed.hash,
+                                            self._rpc)
         except Exception as e:
             raise RevocationUnknown(f"isRevoked failed: {type(e).__name__}: {e}") from e
         with self._lock:
@@ -188,20 +257,26 @@ class RevocationCheck:
                     self._answers.popitem(last=False)
 
 
-def _read_at_latest(registry: MandateRegistry, owner: str, mandate_hash: bytes
-                    ) -> tuple[int, bool]:
+def _read_at_latest(registry: MandateRegistry, owner: str, mandate_hash: bytes,
+                    rpc: JsonRpc | None = None) -> tuple[int, bool]:
     """``(block, isRevoked)`` from one ``eth_call`` at ``latest``: the call carries no
     ``to`` but creation code (:func:`_probe_code`) that calls the registry and returns
     ``block.number`` with its answer, so both come from the same execution on the same
     state, never a block number from one moment and an answer from another. Raises
     ``ValueError`` for an error, a failed call or an answer that is not one bool (no
     registry at the address)."""
-    answer = registry.chain.w3.provider.make_request(
-        RPCEndpoint("eth_call"),
-        [{"data": "0x" + _probe_code(registry.address, owner, mandate_hash).hex()}, "latest"])
-    if "error" in answer or not isinstance(answer.get("result"), str):
-        raise ValueError(f"eth_call failed: {str(answer.get('error'))[:200]}")
-    out = bytes.fromhex(answer["result"][2:])
+    params: list[Any] = [
+        {"data": "0x" + _probe_code(registry.address, owner, mandate_hash).hex()}, "latest"]
+    if rpc is not None:
+        result = rpc.call("eth_call", params)
+    else:
+        answer = registry.chain.w3.provider.make_request(RPCEndpoint("eth_call"), params)
+        if "error" in answer:
+            raise ValueError(f"eth_call failed: {str(answer.get('error'))[:200]}")
+        result = answer.get("result")
+    if not isinstance(result, str):
+        raise ValueError("eth_call answered no data")
+    out = bytes.fromhex(result[2:])
     if len(out) != 128:
         raise ValueError("the registry probe answered an unexpected length")
     block, word, success, size = (int.from_bytes(out[i:i + 32], "big") for i in range(0, 128, 32))
