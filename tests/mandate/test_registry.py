@@ -98,7 +98,94 @@ def test_an_unreadable_registry_counts_as_revoked(anvil_chain: Chain,
     with pytest.raises(RevocationUnknown) as e:
         check.revoked(signed)
     assert e.value.reason == "mandate_revocation_unknown"
+    over_http = Chain(dead.w3, [], rpc_url=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(RevocationUnknown, match="isRevoked failed"):
+        RevocationCheck(MandateRegistry(over_http, signed.domain.registry)).revoked(signed)
     other_chain = _signed(Keys(), dev_stack)
     object.__setattr__(other_chain.domain, "chain_id", 1)
     with pytest.raises(RevocationUnknown):
         RevocationCheck.for_mandate(anvil_chain, other_chain)
+
+
+def _count_round_trips(check: RevocationCheck) -> list[str]:
+    """The check's requests to the node, by method, in order."""
+    calls: list[str] = []
+    rpc = check._rpc
+    assert rpc is not None  # an http node: the check's own JSON-RPC client
+    call = rpc.call
+
+    def counted(method, params):  # type: ignore[no-untyped-def]
+        calls.append(str(method))
+        return call(method, params)
+
+    rpc.call = counted  # type: ignore[method-assign]
+    return calls
+
+
+def test_while_every_payment_sees_a_new_block_each_check_is_one_round_trip_and_sees_a_revocation(
+    anvil_chain: Chain, dev_stack: Manifest,
+) -> None:
+    assert anvil_chain.rpc_url is not None
+    keys = Funded(anvil_chain, -1)
+    signed = _signed(keys, dev_stack)
+    check = RevocationCheck.for_mandate(anvil_chain, signed)
+    calls = _count_round_trips(check)
+    assert check.revoked(signed) is False  # first read: the probe (block and answer)
+    anvil_chain.w3.provider.make_request("evm_mine", [])
+    assert check.revoked(signed) is False  # block moved: blockNumber, then the probe
+    checks_before = len(calls)
+    for _ in range(3):  # blocks keep coming: the probe alone, one call per check
+        anvil_chain.w3.provider.make_request("evm_mine", [])
+        mined = len(calls)
+        assert check.revoked(signed) is False
+        assert calls[mined:] == ["eth_call"]
+    assert checks_before == 3  # probe, then blockNumber + probe
+    check.registry.revoke(keys.owner, signed.hash)  # its own block, the latest
+    assert check.revoked(signed) is True
+    assert check.revoked(signed) is True  # a probe that finds the block unchanged...
+    assert calls[-1] == "eth_call"
+    assert check.revoked(signed) is True  # ...lets the cache answer after blockNumber
+    assert calls[-1] == "eth_blockNumber"
+
+
+def test_a_mandate_naming_an_address_without_a_registry_counts_as_revoked(
+    anvil_chain: Chain, dev_stack: Manifest,
+) -> None:
+    assert anvil_chain.rpc_url is not None
+    keys = Keys()
+    nowhere = Account.create().address
+    signed = sign_mandate(make_mandate(keys, networks=(dev_stack.network,),
+                                       assets=(dev_stack.token.address,)),
+                          Domain(dev_stack.chain_id, nowhere), keys.owner_signer.sign_digest)
+    check = RevocationCheck(MandateRegistry(anvil_chain, nowhere))
+    with pytest.raises(RevocationUnknown, match="is a registry there"):
+        check.revoked(signed)
+    assert check.reads == 0
+
+
+def test_a_reservation_made_while_the_registry_says_revoked_is_given_back_and_refused(
+    anvil_chain: Chain, dev_stack: Manifest, tmp_path,
+) -> None:
+    from a402.mandate.guard import MandateGuard
+    from a402.mandate.policy import MandateRefused, ProposedPayment
+    from a402.mandate.spend import RELEASED, RESERVED, SpendStore
+
+    keys = Funded(anvil_chain, -1)
+    signed = _signed(keys, dev_stack)
+    store = SpendStore(f"sqlite:///{tmp_path / 'spend.db'}")
+    guard = MandateGuard(signed, agent=keys.agent.address, store=store,
+                         revocation=RevocationCheck.for_mandate(anvil_chain, signed))
+    payment = ProposedPayment(agent=keys.agent.address, payee=Account.create().address,
+                              network=dev_stack.network, asset=dev_stack.token.address,
+                              scheme="exact", amount=700, url="https://api.example.com/x")
+    held = guard.reserve(payment)  # registry says not revoked: reserved, may be signed
+    assert store.spent(signed).total == 700
+    guard.release(held)
+    guard.revocation.registry.revoke(keys.owner, signed.hash)  # type: ignore[union-attr]
+    with pytest.raises(MandateRefused) as e:
+        guard.reserve(payment)  # the store reserved meanwhile; the brake takes it back
+    assert e.value.reason == "mandate_revoked"
+    assert store.spent(signed).total == 0
+    assert store.count(signed, RESERVED) == 0
+    assert store.count(signed, RELEASED) == 2
+    store.close()

@@ -62,8 +62,8 @@ from sqlalchemy import (
     Table,
     Text,
     select,
-    update,
 )
+from sqlalchemy import text as sql_text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from a402.evm.keccak import keccak256
@@ -93,6 +93,16 @@ evidence_head = Table(
     Column("signature", String(132), nullable=False),
 )
 HEAD_PREFIX: Final = b"a402/evidence-head/v1\x00"
+
+_HEAD: Final = sql_text("SELECT seq, hash FROM a402_evidence_head WHERE id = 1")
+_HEAD_FOR_UPDATE: Final = sql_text("SELECT seq, hash FROM a402_evidence_head WHERE id = 1 "
+                                   "FOR UPDATE")
+_APPEND: Final = sql_text(
+    "INSERT INTO a402_evidence (seq, hash, mandate, record, signature, created_at) "
+    "VALUES (:seq, :hash, :mandate, :record, :signature, :at)")
+_MOVE_HEAD: Final = sql_text(
+    "UPDATE a402_evidence_head SET seq = :seq, hash = :hash, signature = :signature "
+    "WHERE id = 1")
 
 
 def head_hash(seq: int, record: str) -> bytes:
@@ -178,10 +188,7 @@ class EvidenceLog:
                 # One write transaction: the head row locked (PostgreSQL) or the write
                 # lock held (SQLite's BEGIN IMMEDIATE) before the head is read.
                 with self.engine.begin() as conn:
-                    head_q = select(evidence_head.c.seq, evidence_head.c.hash).where(
-                        evidence_head.c.id == 1)
-                    head = conn.execute(head_q.with_for_update() if locking
-                                        else head_q).first()
+                    head = conn.execute(_HEAD_FOR_UPDATE if locking else _HEAD).first()
                     last = head if head is not None else self._tail(conn)
                     seq, prev = ((1, GENESIS) if last is None or int(last.seq) == 0
                                  else (int(last.seq) + 1, str(last.hash)))
@@ -193,16 +200,17 @@ class EvidenceLog:
                     head_signature = "0x" + bytes(sign_digest(head_hash(seq, hash_hex))).hex()
                     if also is not None:
                         also(conn)
-                    conn.execute(evidence.insert().values(
-                        seq=seq, hash=hash_hex, mandate=fields.get("mandate"),
-                        record=text, signature="0x" + signature.hex(),
-                        created_at=time.time()))
+                    # Statements prepared once (module level), bound here.
+                    conn.execute(_APPEND, {
+                        "seq": seq, "hash": hash_hex, "mandate": fields.get("mandate"),
+                        "record": text, "signature": "0x" + signature.hex(),
+                        "at": time.time()})
                     if head is None:  # the head row was deleted: written again
                         conn.execute(evidence_head.insert().values(
                             id=1, seq=seq, hash=hash_hex, signature=head_signature))
                     else:
-                        conn.execute(update(evidence_head).where(evidence_head.c.id == 1)
-                                     .values(seq=seq, hash=hash_hex, signature=head_signature))
+                        conn.execute(_MOVE_HEAD, {"seq": seq, "hash": hash_hex,
+                                                  "signature": head_signature})
                 return seq
             except IntegrityError:  # a writer of code without the head lock got there first
                 continue

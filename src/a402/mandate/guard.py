@@ -4,8 +4,8 @@ A payer (the httpx client, ``a402 pay``; later the vault and the A2A client)
 holds a :class:`MandateGuard` and, for every payment, in this order:
 
 1. :meth:`MandateGuard.reserve` before signing: the registry is read (a
-   revoked or unreadable mandate refuses), then the spend store decides and
-   reserves atomically. A refusal is :class:`MandateRefused` with a
+   revoked or unreadable mandate refuses) while the spend store decides and
+   reserves atomically; it returns once both answered. A refusal is :class:`MandateRefused` with a
    ``mandate_*`` reason, and nothing was reserved or signed.
 2. sign, then :meth:`MandateGuard.signed`;
 3. or, only if signing failed, :meth:`MandateGuard.release`.
@@ -17,8 +17,10 @@ first 402, not at it.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from sqlalchemy import Connection
@@ -26,9 +28,28 @@ from sqlalchemy import Connection
 from a402.evm.address import address_key
 from a402.mandate.document import Confirmation, SignedMandate
 from a402.mandate.evidence import EvidenceLog
-from a402.mandate.policy import MANDATE_WRONG_AGENT, Decision, ProposedPayment, decide
+from a402.mandate.policy import (
+    MANDATE_WRONG_AGENT,
+    Decision,
+    ProposedPayment,
+    Spent,
+    decide,
+)
 from a402.mandate.registry import RevocationCheck, RevocationUnknown
 from a402.mandate.spend import MandateRefused, Reservation, SpendStore
+
+_READS_LOCK = threading.Lock()
+_READS: ThreadPoolExecutor | None = None
+
+
+def _registry_reads() -> ThreadPoolExecutor:
+    """The workers that read registries while the spend store reserves (shared)."""
+    global _READS
+    with _READS_LOCK:
+        if _READS is None:
+            _READS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="mandate-registry")
+        return _READS
+
 
 Confirm = Callable[[ProposedPayment], Confirmation | None]
 """Asks the owner to confirm a payment above the threshold: their signed
@@ -92,16 +113,47 @@ class MandateGuard:
         return self.confirm(payment)
 
     def reserve(self, payment: ProposedPayment) -> Reservation:
-        """Reserve ``payment`` under the mandate or raise ``MandateRefused`` (module doc)."""
-        revoked = False
-        if self.revocation is not None:
-            try:
-                revoked = self.revocation.revoked(self.signed_mandate)
-            except RevocationUnknown as e:
-                raise MandateRefused(e.reason, f"the mandate's registry could not be read "
-                                     f"({e}), so it is treated as revoked") from e
-        return self.store.reserve(self.signed_mandate, payment, now=int(self.clock()),
-                                  revoked=revoked, confirmation=self._confirmation(payment))
+        """Reserve ``payment`` under the mandate or raise ``MandateRefused`` (module doc).
+
+        The registry read and the spend store's transaction run at the same time (the
+        read on a worker thread, from the moment this is called, as fresh as before),
+        and nothing is returned, so nothing can be signed, before both answered: a
+        reservation made while the registry says revoked or cannot be read is
+        released again (nothing was signed for it) and the payment refused as
+        ``mandate_revoked`` or ``mandate_revocation_unknown``. A crash between the two
+        leaves a ``reserved`` row that still counts: the budget errs toward less.
+        A refusal by the store is reported as the registry's when the registry
+        refuses too (the owner's brake is the reason that matters)."""
+        confirmation = self._confirmation(payment)
+        if self.revocation is None:
+            return self.store.reserve(self.signed_mandate, payment, now=int(self.clock()),
+                                      revoked=False, confirmation=confirmation)
+        read = _registry_reads().submit(self.revocation.revoked, self.signed_mandate)
+        try:
+            reservation = self.store.reserve(self.signed_mandate, payment,
+                                             now=int(self.clock()), revoked=False,
+                                             confirmation=confirmation)
+        except BaseException:
+            self._brake(read, payment)
+            raise
+        try:
+            self._brake(read, payment)
+        except BaseException:
+            self.store.release(reservation)
+            raise
+        return reservation
+
+    def _brake(self, read: Future[bool], payment: ProposedPayment) -> None:
+        """Raise ``MandateRefused`` if the registry read says revoked or failed."""
+        try:
+            revoked = read.result()
+        except RevocationUnknown as e:
+            raise MandateRefused(e.reason, f"the mandate's registry could not be read "
+                                 f"({e}), so it is treated as revoked") from e
+        if revoked:
+            decision = decide(self.signed_mandate, payment, Spent(), now=int(self.clock()),
+                              revoked=True)
+            raise MandateRefused.of(decision)
 
     def signed(self, reservation: Reservation, payment_ref: str | None = None) -> None:
         self.store.signed(reservation, payment_ref)

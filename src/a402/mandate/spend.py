@@ -52,6 +52,7 @@ from sqlalchemy import (
     Text,
     inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -101,6 +102,23 @@ reservations = Table(
 )
 
 
+_LOCK_ROW: Final = text(
+    "SELECT spent_total, period_index, spent_period FROM a402_mandates WHERE hash = :hash")
+_LOCK_ROW_FOR_UPDATE: Final = text(
+    "SELECT spent_total, period_index, spent_period FROM a402_mandates WHERE hash = :hash "
+    "FOR UPDATE")
+_RESERVE_TOTALS: Final = text(
+    "UPDATE a402_mandates SET spent_total = :total, period_index = :period, "
+    "spent_period = :in_period, updated_at = :at WHERE hash = :hash")
+_RESERVE_ROW: Final = text(
+    "INSERT INTO a402_mandate_reservations (id, mandate, state, amount, period_index, payee, "
+    "network, asset, scheme, resource, confirmation, created_at, updated_at) VALUES (:id, "
+    ":mandate, :state, :amount, :period, :payee, :network, :asset, :scheme, :resource, "
+    ":confirmation, :at, :at)")
+_MARK_SIGNED: Final = text(
+    "UPDATE a402_mandate_reservations SET state = 'signed', payment_ref = :ref, "
+    "updated_at = :at WHERE id = :id AND state = 'reserved'")
+
 __all__ = ["MandateRefused", "ReleaseRefused", "Reservation", "SpendStore"]
 
 
@@ -142,6 +160,8 @@ class SpendStore:
             names = set(inspect(self.engine).get_table_names())
             if not {mandates.name, reservations.name} <= names:
                 raise
+        self._lock_sql = _LOCK_ROW if self.engine.dialect.name == "sqlite" \
+            else _LOCK_ROW_FOR_UPDATE
         self._known: set[bytes] = set()
         self._known_lock = threading.Lock()
 
@@ -193,7 +213,7 @@ class SpendStore:
         at = int(time.time()) if now is None else now
         index = period_index(signed.mandate, at)
         with self._tx() as conn:
-            row = self._lock_row(conn, signed.hash_hex)
+            row = conn.execute(self._lock_sql, {"hash": signed.hash_hex}).first()
             assert row is not None
             total = int(row.spent_total)
             # A clock behind the stored period (another payer's clock ran ahead) counts
@@ -214,18 +234,21 @@ class SpendStore:
                     raise MandateRefused(MANDATE_CONFIRMATION_USED,
                                          "the owner's confirmation was already used once")
             stamp = time.time()
-            conn.execute(update(mandates).where(mandates.c.hash == signed.hash_hex).values(
-                spent_total=str(total + payment.amount), period_index=new_period,
-                spent_period=str(in_period + payment.amount), updated_at=stamp))
             reservation = Reservation(secrets.token_hex(16), signed.hash_hex, payment.amount,
                                       new_period)
-            conn.execute(reservations.insert().values(
-                id=reservation.id, mandate=signed.hash_hex, state=RESERVED,
-                amount=str(payment.amount), period_index=new_period,
-                payee=payment.payee.lower(), network=payment.network,
-                asset=payment.asset.lower(), scheme=payment.scheme,
-                resource=payment.resource, confirmation=confirmation_nonce,
-                created_at=stamp, updated_at=stamp))
+            # Prepared once (module level), bound here: the statements of the paid path
+            # skip SQLAlchemy's per-call construction and cache-key work.
+            conn.execute(_RESERVE_TOTALS, {
+                "hash": signed.hash_hex, "total": str(total + payment.amount),
+                "period": new_period, "in_period": str(in_period + payment.amount),
+                "at": stamp})
+            conn.execute(_RESERVE_ROW, {
+                "id": reservation.id, "mandate": signed.hash_hex, "state": RESERVED,
+                "amount": str(payment.amount), "period": new_period,
+                "payee": payment.payee.lower(), "network": payment.network,
+                "asset": payment.asset.lower(), "scheme": payment.scheme,
+                "resource": payment.resource, "confirmation": confirmation_nonce,
+                "at": stamp})
         return reservation
 
     def signed(self, reservation: Reservation, payment_ref: str | None = None) -> None:
@@ -239,9 +262,8 @@ class SpendStore:
                     payment_ref: str | None = None) -> None:
         """:meth:`signed` inside the caller's transaction ``conn`` (the evidence record
         of the payment commits with it: one commit per payment fewer). Idempotent."""
-        done = conn.execute(update(reservations).where(
-            reservations.c.id == reservation.id, reservations.c.state == RESERVED,
-        ).values(state=SIGNED, payment_ref=payment_ref, updated_at=time.time()))
+        done = conn.execute(_MARK_SIGNED, {"id": reservation.id, "ref": payment_ref,
+                                           "at": time.time()})
         if done.rowcount != 1:
             state = conn.execute(select(reservations.c.state).where(
                 reservations.c.id == reservation.id)).scalar()
