@@ -138,3 +138,36 @@ def test_killing_the_active_vault_mode_replica_under_load_the_standby_restores_t
             lost = sum(o.lost for o in outcomes[p.address])
             assert 0 <= extra <= PAYOUT * lost, (p.address, paid, answered, lost,
                                                   st["droppedPayouts"])
+
+
+def test_a_paused_active_vault_mode_replica_resumed_after_the_take_over_answers_nothing_and_exits(
+    vault_chain: Chain, usdc: Any, db: str, tmp_path: Path,
+) -> None:
+    with two_replicas(vault_chain, usdc, db, tmp_path) as (gas, vault, replicas):
+        old, new = replicas
+        alice = funded(vault_chain, usdc, DEPOSIT)
+        transact(vault_chain, alice, usdc.functions.approve(vault.address, DEPOSIT))
+        vault.deposit(alice, alice.address, DEPOSIT)
+        caller = FailoverCaller([old.url, new.url], alice)
+        deadline = time.monotonic() + 30
+        while int(caller.call("GET", "/v1/vault/balance").body["free"]) != DEPOSIT:
+            assert time.monotonic() < deadline, "deposit not confirmed in time"
+            time.sleep(0.2)
+        assert old.proc is not None
+        old.proc.send_signal(signal.SIGSTOP)  # its sockets stay open, its lease lapses
+        new.wait_role("active", 30)
+        got = caller.call("POST", "/v1/vault/withdraw", {"amount": "300"})
+        assert got.status == 202, got.body
+        old.proc.send_signal(signal.SIGCONT)
+        # the resumed one finds another token on the lease row: it exits 75, answering nothing
+        assert old.proc.wait(15) == 75
+        assert "lease lost" in old.log.read_text()
+        again = FailoverCaller([new.url], alice).call("GET", "/v1/vault/balance")
+        assert (again.body["free"], again.body["payoutRequested"]) == ("1000", "300")
+        operator = FailoverCaller([new.url], gas)
+        assert operator.call("POST", "/v1/vault/settle-now").status == 200
+        deadline = time.monotonic() + 30
+        while balance(usdc, alice.address) != 300:
+            assert time.monotonic() < deadline, "payout not landed"
+            time.sleep(0.2)
+        assert balance(usdc, vault.address) == DEPOSIT - 300
