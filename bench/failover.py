@@ -156,6 +156,122 @@ def measure(world: World, db: str, workdir: Path, *, rounds: int, clients_n: int
     }
 
 
+def measure_vault_mode(chain: Any, token: Any, db: str, workdir: Path, *, rounds: int,
+                       clients_n: int, ttl: float) -> dict[str, Any]:
+    """Vault mode (``a402 vault --mode vault``): the same rounds, with participants' signed
+    ``withdraw`` calls (a stored, fenced write each) as the load; each participant's
+    caller is given both replicas' URLs. After the last round the new active settles
+    every queued payout; the chain must hold exactly what the ledger owes and each
+    participant's payouts plus free balance must equal its deposit."""
+    from tests.vault_mode.helpers import balance, funded
+    from tests.vault_mode.replicas import FailoverCaller, two_replicas
+
+    from a402.chain.tx import transact
+
+    deposit, payout = 1_000_000, 1
+    results: list[dict[str, Any]] = []
+    answered: list[tuple[float, str, int]] = []
+    failures: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    with two_replicas(chain, token, db, workdir, ttl=ttl) as (gas, vault, procs):
+        people = [funded(chain, token, deposit) for _ in range(clients_n)]
+        for p in people:
+            transact(chain, p, token.functions.approve(vault.address, deposit))
+            vault.deposit(p, p.address, deposit)
+        urls = [r.url for r in procs]
+        callers = [FailoverCaller(urls, p) for p in people]
+        deadline = time.monotonic() + 60
+        while any(int(c.call("GET", "/v1/vault/balance").body["free"]) != deposit
+                  for c in callers):
+            assert time.monotonic() < deadline, "deposits not confirmed"
+            time.sleep(0.2)
+
+        def load(index: int, caller: FailoverCaller) -> None:
+            while not stop.is_set():
+                try:
+                    got = caller.call("POST", "/v1/vault/withdraw", {"amount": str(payout)})
+                except Exception as e:
+                    failures.append(f"p{index}: {type(e).__name__}: {e}")
+                    return
+                if got.status != 202:
+                    failures.append(f"p{index}: {got.status} {got.body}")
+                with lock:
+                    answered.append((time.monotonic(), f"p{index}", got.status))
+
+        threads = [threading.Thread(target=load, args=(i, c), daemon=True)
+                   for i, c in enumerate(callers)]
+        for t in threads:
+            t.start()
+        active, standby = procs
+        try:
+            for round_ in range(rounds):
+                time.sleep(2.0)
+                before = len(answered)
+                killed_at = time.monotonic()
+                assert active.proc is not None
+                active.proc.kill()
+                active.proc.wait(10)
+                standby.wait_role("active", 60)
+                takeover = time.monotonic() - killed_at
+                after: list[float] = []
+                while time.monotonic() - killed_at < 60:
+                    after = [at for at, _, _ in answered[before:] if at > killed_at]
+                    if after:
+                        break
+                    time.sleep(0.01)
+                first = min(after) - killed_at if after else None
+                results.append({"round": round_ + 1, "takeover_s": takeover,
+                                "first_answer_s": first})
+                print(f"vault mode round {round_ + 1}: take-over {takeover:.2f} s, first "
+                      f"answer {_s(first)} s", file=sys.stderr)
+                active.start("standby")
+                active, standby = standby, active
+            time.sleep(1.0)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(120)
+        operator = FailoverCaller([standby.url, active.url], gas)
+        operator.call("POST", "/v1/vault/settle-now")
+        deadline = time.monotonic() + 60
+        st = operator.call("GET", "/v1/vault/status").body
+        while (st["pendingPayouts"] or st["unlanded"]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            st = operator.call("GET", "/v1/vault/status").body
+        totals = {k: int(v) for k, v in st["totals"].items()}
+        on_chain = balance(token, vault.address)
+        free = {a["participant"].lower(): int(a["free"]) for a in st["accounts"]}
+        each = all(balance(token, p.address) + free[p.address.lower()] == deposit
+                   for p in people)
+    return {
+        "rounds": results, "calls_answered": len(answered),
+        "calls_answered_202": sum(1 for *_, status in answered if status == 202),
+        "conserved": on_chain == totals["free"] + totals["locked"] + totals["pending"]
+        + totals["unconfirmed"] and each,
+        "on_chain": on_chain, "totals": totals, "failures": failures[:10],
+    }
+
+
+def vault_mode_table(result: dict[str, Any]) -> str:
+    lines = [f"{'round':<8} {'take-over (s)':>14} {'kill → first answered call (s)':>32}",
+             "-" * 56]
+    for row in result["rounds"]:
+        lines.append(f"{row['round']:<8} {_s(row['takeover_s']):>14} "
+                     f"{_s(row['first_answer_s']):>32}")
+    firsts = [r["first_answer_s"] for r in result["rounds"] if r["first_answer_s"] is not None]
+    if firsts:
+        lines.append(f"{'median':<8} {'':>14} {statistics.median(firsts):>32.2f}")
+        lines.append(f"{'max':<8} {'':>14} {max(firsts):>32.2f}")
+    lines.append(f"{'target':<8} {'':>14} {'≤ ' + str(TARGET_FIRST_ANSWER_S):>32}")
+    lines += ["", f"withdraw calls answered {result['calls_answered']} (202: "
+              f"{result['calls_answered_202']}), conserved on-chain and per participant: "
+              f"{result['conserved']}"]
+    if result["failures"]:
+        lines.append(f"failures: {result['failures']}")
+    return "\n".join(lines)
+
+
 def fence_cost(db: str, runs: int, threads: int = 8, per_thread: int = 400
                ) -> dict[str, Any]:
     """Write transactions per second on ``db`` without and with the fencing check."""
@@ -225,11 +341,15 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--lease-ttl", type=float, default=3.0)
     parser.add_argument("--fence-runs", type=int, default=3)
+    parser.add_argument("--mode", choices=("standard", "vault"), default="standard",
+                        help="vault: the vault-mode replicas (withdraw calls as the load)")
     args = parser.parse_args()
     url = os.environ.get("A402_BENCH_POSTGRES_URL") or os.environ.get("A402_TEST_POSTGRES_URL")
     if not url:
         print("set A402_TEST_POSTGRES_URL (or A402_BENCH_POSTGRES_URL)", file=sys.stderr)
         return 2
+    if args.mode == "vault":
+        return _main_vault_mode(args, url)
     with start_anvil(accounts=2) as chain, tempfile.TemporaryDirectory() as tmp:
         deployer = chain.accounts[0]
         token = deploy_contract(chain, deployer, "TestUSDC", "USD Coin", "USDC", "2",
@@ -257,6 +377,32 @@ def main() -> int:
     }, indent=2) + "\n")
     shown = RESULTS.relative_to(Path.cwd()) if RESULTS.is_relative_to(Path.cwd()) else RESULTS
     print(f"\nwrote {shown}")
+    return 0
+
+
+def _main_vault_mode(args: argparse.Namespace, url: str) -> int:
+    with start_anvil(accounts=2) as chain, tempfile.TemporaryDirectory() as tmp:
+        deployer = chain.accounts[0]
+        token = deploy_contract(chain, deployer, "TestUSDC", "USD Coin", "USDC", "2",
+                                deployer.address)
+        result = measure_vault_mode(chain, token, fresh_schema(url), Path(tmp),
+                                    rounds=args.rounds, clients_n=args.clients,
+                                    ttl=args.lease_ttl)
+    print(vault_mode_table(result))
+    firsts = [r["first_answer_s"] for r in result["rounds"] if r["first_answer_s"] is not None]
+    out = RESULTS.with_name("failover_vault_mode.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "benchmark": "failover (vault mode)",
+        "scenario": f"2 vault-mode replicas over one PostgreSQL, {args.clients} participants "
+                    "sending signed withdraw calls in a loop, the active replica SIGKILLed "
+                    "each round", "lease_ttl_s": args.lease_ttl, "machine": machine(),
+        **result,
+        "first_answer_median_s": statistics.median(firsts) if firsts else None,
+        "first_answer_max_s": max(firsts) if firsts else None,
+        "target_first_answer_s": TARGET_FIRST_ANSWER_S,
+    }, indent=2) + "\n")
+    print(f"\nwrote {out}")
     return 0
 
 

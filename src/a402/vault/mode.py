@@ -195,18 +195,23 @@ class VaultModeService:
 
     # ------------------------------------------------------------------ durability
 
-    def _save(self) -> None:
+    def _save(self, signing: Batch | None = None) -> None:
         try:
             blob = self.accounts.export_ledger()
-            self.store.put_meta(LEDGER_KEY, blob)
+            if signing is None:
+                self.store.put_meta(LEDGER_KEY, blob)
+            else:  # the signed settlement and the queue without its batch: together
+                self.store.put_metas({LEDGER_KEY: blob, PAYOUTS_KEY: self._payouts_blob(signing)})
             self._saved = self.accounts.ledger_version
         except Exception as e:
             self.broken = f"the sealed ledger could not be stored: {type(e).__name__}: {e}"
             raise
 
-    def change(self, op: Callable[[], T]) -> T:
+    def change(self, op: Callable[[], T], signing: Batch | None = None) -> T:
         """Run ``op`` in the enclave and store the sealed ledger before returning its
-        result (durable before acknowledged). An enclave refusal changes nothing."""
+        result (durable before acknowledged). An enclave refusal changes nothing. With
+        ``signing`` (``op`` signs that batch's settlement), the payout queue without the
+        batch is stored in the same transaction as the ledger."""
         with self._lock:
             if self.broken is not None:
                 raise VaultModeError(503, "vault_broken", self.broken + "; restart the vault")
@@ -215,16 +220,23 @@ class VaultModeService:
             except EnclaveError as e:
                 raise refused(e) from None
             if self.accounts.ledger_version != self._saved:
-                self._save()
+                self._save(signing)
             return result
 
     def _save_payouts(self) -> None:
-        """Store the waiting payout requests (sealed). A batch leaves the stored queue before
-        the enclave signs it: a crash in between loses those requests (nothing is paid;
-        the participant asks again) rather than paying them a second time after a restart."""
-        queue = [[p.participant, str(p.amount), p.asked] for p in self.scheduler.pending()]
-        blob = self.config.enclave.seal(_PAYOUTS_LABEL, json.dumps(queue).encode())
-        self.store.put_meta(PAYOUTS_KEY, blob)
+        """Store the payout requests (sealed): the waiting ones and those in a batch not
+        signed yet. A batch leaves the stored queue only in the transaction that stores the
+        ledger with its signed settlement (:meth:`_sign`): a crash before it keeps the
+        requests (signed again after the restart), a crash after it keeps the settlement
+        (landed after the restart); neither loses a request nor pays one twice."""
+        self.store.put_meta(PAYOUTS_KEY, self._payouts_blob())
+
+    def _payouts_blob(self, signing: Batch | None = None) -> bytes:
+        skip = set() if signing is None else {p.participant.lower() for p in signing.payouts}
+        queue = [[p.participant, str(p.amount), p.asked] for p in (
+            *self.scheduler.pending(),
+            *(p for p in self.scheduler.in_flight() if p.participant.lower() not in skip))]
+        return self.config.enclave.seal(_PAYOUTS_LABEL, json.dumps(queue).encode())
 
     def _load_payouts(self) -> None:
         blob = self.store.get_meta(PAYOUTS_KEY)
@@ -428,7 +440,8 @@ class VaultModeService:
         resolving pending payments past their deadline)."""
         pairs = [] if batch is None else self._payable(batch)
         try:
-            settled = self.change(lambda: self.accounts.settle(pairs, now=self.chain_time()))
+            settled = self.change(lambda: self.accounts.settle(pairs, now=self.chain_time()),
+                                  signing=batch)
         except VaultModeError as e:
             if batch is not None:
                 with self._lock:
@@ -494,7 +507,7 @@ class VaultModeService:
         with self._lock:
             batch = self.scheduler.due(now=at)
             if batch is not None:
-                self._save_payouts()  # out of the stored queue before it is signed
+                self._save_payouts()  # kept in the stored queue (in flight) until signed
         totals = self.accounts.totals()
         if (batch is not None or totals["unconfirmed"] or totals["pending"]
                 or self.accounts.replacement_due):
@@ -535,7 +548,7 @@ class VaultModeService:
         self.observe_deposits()
         with self._lock:
             batches: list[Batch | None] = [*self.scheduler.take_all(now=time.time())] or [None]
-            self._save_payouts()  # out of the stored queue before they are signed
+            self._save_payouts()  # kept in the stored queue (in flight) until signed
         for n, batch in enumerate(batches, 1):
             say(f"the enclave signs settlement {n} of {len(batches)}")
             self._sign(batch)

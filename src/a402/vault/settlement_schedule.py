@@ -166,6 +166,11 @@ class SettlementScheduler:
         return sum(p.amount for q in (self._waiting, self._in_flight)
                    for k, p in q.items() if k == key)
 
+    def in_flight(self) -> list[Payout]:
+        """The requests taken into a batch whose settlement is not signed yet (to store with
+        the waiting ones: a crash before the signature is stored must not lose them)."""
+        return sorted(self._in_flight.values(), key=lambda p: (p.asked, p.participant.lower()))
+
     def pending(self) -> list[Payout]:
         """The waiting requests, oldest first (to show, and to store)."""
         return sorted(self._waiting.values(), key=lambda p: (p.asked, p.participant.lower()))

@@ -291,6 +291,16 @@ class VaultStore:
             return existing
         return value
 
+    def put_metas(self, values: dict[str, bytes]) -> None:
+        """Store every ``key: value`` in one transaction (all of them, or none)."""
+        with self._tx() as s:
+            for key, value in values.items():
+                row = s.get(MetaRow, key)
+                if row is None:
+                    s.add(MetaRow(key=key, value=value))
+                else:
+                    row.value = value
+
     # -- the enclave's ledger ------------------------------------------------------------
 
     def ledger(self) -> tuple[int, bytes] | None:
