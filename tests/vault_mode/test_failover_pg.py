@@ -163,7 +163,9 @@ def test_a_paused_active_vault_mode_replica_resumed_after_the_take_over_answers_
         assert old.proc.wait(15) == 75
         assert "lease lost" in old.log.read_text()
         again = FailoverCaller([new.url], alice).call("GET", "/v1/vault/balance")
-        assert (again.body["free"], again.body["payoutRequested"]) == ("1000", "300")
+        # queued (1000 free, 300 asked), or already settled by the new active's worker
+        assert (again.body["free"], again.body["payoutRequested"]) in (("1000", "300"),
+                                                                       ("700", "0"))
         operator = FailoverCaller([new.url], gas)
         assert operator.call("POST", "/v1/vault/settle-now").status == 200
         deadline = time.monotonic() + 30
