@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import parse_qsl
 
+import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 PAID_LOGGER: Final = "a402.paid"
@@ -178,6 +179,9 @@ class Observer:
             ["service", "scheme", "outcome"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.recent: deque[dict[str, Any]] = deque(maxlen=keep)
         self.log = _paid_logger()
+        #: (scheme, outcome) → that pair's counter and histogram children: looked up
+        #: once, not on every paid request (``labels`` validates and locks each time).
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     @property
     def operator_enabled(self) -> bool:
@@ -190,10 +194,16 @@ class Observer:
                 "requestId": request_id, "payer": payer,
                 "amount": None if amount is None else str(amount), "scheme": scheme,
                 "outcome": outcome, "latencyMs": round(latency * 1000, 3), **fields}
-        self.requests.labels(self.service, scheme, outcome).inc()
-        self.latency.labels(self.service, scheme, outcome).observe(latency)
+        children = self._children.get((scheme, outcome))
+        if children is None:
+            children = (self.requests.labels(self.service, scheme, outcome),
+                        self.latency.labels(self.service, scheme, outcome))
+            self._children[(scheme, outcome)] = children
+        children[0].inc()
+        children[1].observe(latency)
         self.recent.append(line)
-        self.log.info(json.dumps(line, separators=(",", ":"), default=str))
+        if self.log.isEnabledFor(logging.INFO):
+            self.log.info(_log_line(line))
         return line
 
     def metrics(self) -> bytes:
@@ -216,6 +226,20 @@ class Observer:
         if scheme.lower() != "bearer" or not ok:
             return 401, OPERATOR_TOKEN_INVALID, "the operator token is not this service's"
         return None
+
+
+#: Dataclasses and datetimes are written as their ``str``, as the standard library's
+#: ``default=str`` writes them.
+_AS_STR: Final = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+
+
+def _log_line(line: dict[str, Any]) -> str:
+    """``line`` as compact JSON, anything not JSON written as its ``str``: orjson, or the
+    standard library for an integer past 64 bits (so no amount is ever rounded)."""
+    try:
+        return orjson.dumps(line, default=str, option=_AS_STR).decode()
+    except TypeError:
+        return json.dumps(line, separators=(",", ":"), default=str)
 
 
 def new_request_id(scope: Scope) -> str:
