@@ -110,3 +110,10 @@ def facilitator_url(facilitator: Facilitator) -> Iterator[str]:
     """The same facilitator behind real HTTP on a loopback port."""
     with serve_in_thread(create_app(facilitator)) as url:
         yield url
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests run on asyncio: a402's services and vault are asyncio code (trio is
+    installed only as selenium's dependency, for the console's browser tests)."""
+    return "asyncio"
