@@ -253,7 +253,8 @@ def measure_vault_mode(chain: Any, token: Any, db: str, workdir: Path, *, rounds
     }
 
 
-def vault_mode_table(result: dict[str, Any]) -> str:
+def _rounds_table(result: dict[str, Any]) -> list[str]:
+    """The rounds' take-over and kill-to-first-answer times, their median, max, target."""
     lines = [f"{'round':<8} {'take-over (s)':>14} {'kill → first answered call (s)':>32}",
              "-" * 56]
     for row in result["rounds"]:
@@ -264,6 +265,11 @@ def vault_mode_table(result: dict[str, Any]) -> str:
         lines.append(f"{'median':<8} {'':>14} {statistics.median(firsts):>32.2f}")
         lines.append(f"{'max':<8} {'':>14} {max(firsts):>32.2f}")
     lines.append(f"{'target':<8} {'':>14} {'≤ ' + str(TARGET_FIRST_ANSWER_S):>32}")
+    return lines
+
+
+def vault_mode_table(result: dict[str, Any]) -> str:
+    lines = _rounds_table(result)
     lines += ["", f"withdraw calls answered {result['calls_answered']} (202: "
               f"{result['calls_answered_202']}), conserved on-chain and per participant: "
               f"{result['conserved']}"]
@@ -306,16 +312,7 @@ def fence_cost(db: str, runs: int, threads: int = 8, per_thread: int = 400
 
 
 def tables(result: dict[str, Any]) -> str:
-    lines = [f"{'round':<8} {'take-over (s)':>14} {'kill → first answered call (s)':>32}",
-             "-" * 56]
-    for row in result["rounds"]:
-        lines.append(f"{row['round']:<8} {_s(row['takeover_s']):>14} "
-                     f"{_s(row['first_answer_s']):>32}")
-    firsts = [r["first_answer_s"] for r in result["rounds"] if r["first_answer_s"] is not None]
-    if firsts:
-        lines.append(f"{'median':<8} {'':>14} {statistics.median(firsts):>32.2f}")
-        lines.append(f"{'max':<8} {'':>14} {max(firsts):>32.2f}")
-    lines.append(f"{'target':<8} {'':>14} {'≤ ' + str(TARGET_FIRST_ANSWER_S):>32}")
+    lines = _rounds_table(result)
     lines += ["", f"calls answered {result['calls_answered']}, answered twice "
               f"{result['calls_answered_twice']}, provider's service ran "
               f"{result['provider_service_runs']} times, every call paid once: "
