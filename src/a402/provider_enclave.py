@@ -78,7 +78,7 @@ from a402.asc.snapshot import hx, state_from_json, state_to_json, unhex
 from a402.asc.terms import BalanceState, ChannelTerms, DigestSigner
 from a402.crypto import EVM, PaymentDomain, PreSignature
 from a402.crypto.authorization import recover_signer
-from a402.crypto.vault_messages import pending_digest
+from a402.crypto.vault_messages import NO_LEDGER, pending_digest
 from a402.tee import Enclave, EnclaveError, EnclaveKernel
 from a402.wire.a402 import (
     REQUEST_AD,
@@ -109,10 +109,17 @@ class VaultModeDomain:
     """The one ``A402Vault`` whose vault-mode channels this provider admits: the contract's
     payment domain (every vault-mode channel id and state is signed in it, and its
     ``claimPayment`` recomputes them) and its vault signer, read from the contract (the
-    vault enclave's attested key: only it opens such a channel, with no transaction)."""
+    vault enclave's attested key: only it opens such a channel, with no transaction).
+
+    ``pinned_ledger``: the host's reading of ``A402Vault.ledger()``, the ledger life the
+    contract's first landed settlement pinned (16 zero bytes: none landed yet, or not read
+    yet). It never changes once non-zero, so the host caches it; the call does no I/O. A
+    host that lied here could only make its own provider reveal for a record it cannot
+    claim, or refuse payments: it harms nobody but the provider."""
 
     domain: PaymentDomain
     vault: bytes
+    pinned_ledger: Callable[[], bytes]
 
 
 # ------------------------------------------------------------ what the host sees
@@ -559,7 +566,19 @@ class ProviderEnclaveCode:
         """Vault mode: an AUTH is taken (and ``t`` revealed) only with the vault's pending
         record of that payment, signed by the channel's vault in the contract's domain:
         without it a provider that revealed could not claim on-chain if the vault went dark
-        (``claimPayment`` checks the same signature)."""
+        (``claimPayment`` checks the same signature).
+
+        The record must also name the ledger life the ``A402Vault`` pinned (issue 13):
+        ``claimPayment`` recomputes the digest with the contract's ``ledger``, not the
+        record's, so a record of another life (a vault enclave whose sealed ledger was wiped
+        and restarted under the same key signs for a fresh life) is signed by the vault but
+        never claimable: revealing for it would let the vault keep the result and withhold
+        the ACK, and the provider would have delivered unpaid. So nothing is revealed
+        (``wrong_ledger``). With no life pinned yet (no settlement landed) the provider
+        refuses too (``ledger_not_pinned``): such a record is not claimable either, since
+        ``claimPayment`` reverts ``EpochNotSettled`` unless the record's epoch (that of the
+        settlement that confirmed the client's deposits, ≥ 1) has landed, and the first
+        landed settlement is what pins the life."""
         terms = held.channel.terms
         if not terms.vault_mode or not isinstance(message, Auth):
             return None
@@ -572,6 +591,14 @@ class ProviderEnclaveCode:
                                 note.client_nonce, note.epoch, note.deadline, note.ledger)
         if recover_signer(digest, note.signature) != terms.vault:
             raise _Refused("bad_pending_record", "not signed by the channel's vault")
+        pinned = self._vault_mode.pinned_ledger() if self._vault_mode else NO_LEDGER
+        if pinned == NO_LEDGER:
+            raise _Refused("ledger_not_pinned", "no settlement of the A402Vault has landed "
+                           "yet: the record could not be claimed; nothing was revealed")
+        if note.ledger != pinned:
+            raise _Refused("wrong_ledger", f"the record names ledger {note.ledger.hex()}, "
+                           f"the A402Vault pinned {pinned.hex()}: it could not be claimed; "
+                           "nothing was revealed")
         return note
 
     def on_piggybacked_ack(self, held: HeldChannel, ack: Ack) -> bool:

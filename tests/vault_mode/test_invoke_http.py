@@ -9,8 +9,9 @@ import contextlib
 import io
 import json
 import random
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from a402.chain.deploy import TokenInfo
 from a402.chain.node import Chain
 from a402.chain.tx import transact
 from a402.client.pay import pay_main
+from a402.crypto.vault_messages import NO_LEDGER
 from a402.evm.address import address_key
 from a402.provider.a402_config import A402Config
 from a402.provider.a402_payments import A402Payments
@@ -300,3 +302,89 @@ def test_a_restarted_vault_pays_through_the_channel_its_enclave_still_holds(
         assert [c[0] for c in again.accounts.channels()] == [channel[0]]
         assert s.account(client.address) == 20_000 - 2 * PRICE
         assert s.calls["weather"] == 2
+
+
+def test_a_provider_reveals_nothing_to_a_vault_whose_enclave_ledger_is_not_the_pinned_one(
+    vault_chain: Chain, usdc: Any, tmp_path: Path
+) -> None:
+    """Issue 13. The vault's host wipes its sealed ledger and restarts: the same enclave (same
+    key) starts a fresh ledger life, re-reads the chain's deposits and confirms them in an
+    "epoch 1" that never lands (the A402Vault pinned the old life). Its pending records are
+    signed by the vault key but name the fresh life, and ``claimPayment`` recomputes the
+    digest with the pinned one: no claim could pay the provider. So the provider refuses
+    the AUTH (``wrong_ledger``) and reveals nothing, though this vault withholds ACKs: the
+    result stays sealed, no claim is tried, the provider's balance does not move."""
+    with running(vault_chain, usdc, tmp_path, ack_timeout=1.0,
+                 invoker_cls=AckWithholdingInvoker) as (s, site, _):
+        client = Account.create()
+        s.deposit(client.address, 20_000)
+        s.service.tick()  # settlement 1 lands and pins the ledger life
+        pinned = s.contract.ledger()
+        assert pinned == s.service.accounts.ledger != NO_LEDGER
+        # The host's own code refuses a first boot past a landed settlement (S9-5); this
+        # host runs code that skips that check.
+        with pytest.MonkeyPatch.context() as host_code:
+            host_code.setattr(A402Vault, "last_epoch", lambda self: 0)
+            wiped = VaultModeService(replace(
+                s.service.config, store=VaultStore(f"sqlite:///{tmp_path / 'wiped.db'}")))
+        assert wiped.accounts.ledger not in (pinned, NO_LEDGER)
+        wiped.tick()  # confirms the deposit again in its own "epoch 1": never lands
+        assert s.contract.last_epoch() == 1 and s.contract.ledger() == pinned
+        invoker = AckWithholdingInvoker(wiped, verifiers=s.invoker.verifiers,
+                                        policy=s.invoker.policy, allow_private_targets=True)
+        provider_before = balance(usdc, s.provider.address)
+        with serve_in_thread(create_mode_app(wiped, worker=False, invoker=invoker)) as url:
+            s.service = wiped
+            assert s.account(client.address) == 20_000
+            code, summary, output = s.pay(site, url, client, "wiped")
+            # σ_U is out, so the vault says "may have been paid"; the provider kept t.
+            assert code != 0 and output == b"", summary
+            assert summary["error"] == api.PAYMENT_PENDING, summary
+            status, body = invoker._answers[(address_key(client.address), "wiped")]
+            assert (status, body["providerReason"]) == (202, "wrong_ledger")
+            assert s.calls["weather"] == 1  # the service ran; its result stays sealed
+            assert invoker.withheld == 0  # no REVEAL, so no ACK to withhold
+            time.sleep(2.5)  # past Δ_ack: the provider has nothing to claim
+        assert balance(usdc, s.provider.address) == provider_before
+        assert s.account(client.address) == 20_000 - PRICE  # pending in the wiped ledger
+        increase_time(vault_chain, 3_601)
+        wiped.tick()  # not revealed: the payment goes back to the client
+        assert s.account(client.address) == 20_000
+        assert balance(usdc, s.provider.address) == provider_before
+
+
+def test_a_provider_reveals_nothing_before_the_a402vault_pinned_a_ledger_and_pays_once_it_has(
+    vault_chain: Chain, usdc: Any, tmp_path: Path
+) -> None:
+    """The vault confirms the client's deposit in settlement 1 but its host holds it back: no
+    ledger life is pinned, and no record could be claimed (``claimPayment`` reverts
+    ``EpochNotSettled`` until epoch 1 lands). The provider refuses to reveal
+    (``ledger_not_pinned``); once settlement 1 lands it reads the pinned life and the next
+    call is paid."""
+    with running(vault_chain, usdc, tmp_path) as (s, site, vault):
+        client = Account.create()
+        s.deposit(client.address, 20_000)
+        landing = s.service.land
+        s.service.land = lambda: []  # type: ignore[method-assign]  # the host holds it back
+        s.service.tick()  # confirms the deposit in settlement 1, which does not land
+        assert s.contract.last_epoch() == 0 and s.contract.ledger() == NO_LEDGER
+        provider_before = balance(usdc, s.provider.address)
+        code, summary, output = s.pay(site, vault, client, "unpinned")
+        assert code != 0 and output == b"" and summary["error"] == api.PAYMENT_PENDING
+        status, body = s.invoker._answers[(address_key(client.address), "unpinned")]
+        assert (status, body["providerReason"]) == (202, "ledger_not_pinned")
+        assert s.account(client.address) == 20_000 - PRICE  # pending, in no statement
+        s.service.land = landing  # type: ignore[method-assign]
+        increase_time(vault_chain, 3_601)
+        s.service.tick()  # settlement 1 lands and pins the life; the unrevealed payment
+        s.service.tick()  # goes back to the client
+        assert s.contract.ledger() == s.service.accounts.ledger != NO_LEDGER
+        assert s.account(client.address) == 20_000
+        code, summary, output = s.pay(site, vault, client, "pinned")
+        assert code == 0 and summary["outcome"] == api.PAID, summary
+        assert json.loads(output)["weather"] == "sunny"
+        assert s.account(client.address) == 20_000 - PRICE
+        increase_time(vault_chain, 3_601)
+        s.service.tick()
+        assert s.service.balance(s.provider.address)["free"] == str(PRICE)
+        assert balance(usdc, s.provider.address) == provider_before

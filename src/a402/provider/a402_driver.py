@@ -65,6 +65,7 @@ class FrameDriver:
         executor: Executor,
         chain_status: ChainStatus,
         clock: Callable[[], float],
+        read_ledger: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.provider_enclave = provider_enclave
         self.tunnels = tunnels
@@ -72,6 +73,9 @@ class FrameDriver:
         self.executor = executor
         self.chain_status = chain_status
         self.clock = clock
+        #: Reads the A402Vault's pinned ledger until it is pinned (vault mode; the enclave
+        #: reveals for a vault-mode AUTH only if its record names that life).
+        self.read_ledger = read_ledger
         #: Where each EXEC's log line and metrics go (set by ``A402Payments``), and the
         #: price of a route (what the EXEC locked).
         self.observer: Observer | None = None
@@ -124,6 +128,8 @@ class FrameDriver:
         slot = await self.channels.load(channel_id)
         if slot is None:
             return await self.relay(None, self.provider_enclave.found(handle))
+        if slot.channel.terms.vault_mode and self.read_ledger is not None:
+            await self.read_ledger()  # no I/O once pinned
         async with slot.lock:
             outcome = self.provider_enclave.found(handle)
             if isinstance(outcome, Execute):

@@ -106,7 +106,8 @@ class ProviderRuntime:
             if self.vault_contract.token.lower() != token.lower():
                 raise ValueError(f"the A402Vault pools {self.vault_contract.token}, not {token}")
             vault_mode = VaultModeDomain(self.vault_contract.domain, bytes.fromhex(
-                self.vault_contract.vault_signer.removeprefix("0x")))
+                self.vault_contract.vault_signer.removeprefix("0x")),
+                pinned_ledger=lambda: self.onchain.pinned_ledger())
         self.operator = config.operator
         self.signer = EcdsaSigner(bytes(config.operator.key))
         self.provider_enclave: ProviderEnclave = self.enclave_code.start(
@@ -123,6 +124,7 @@ class ProviderRuntime:
             self.provider_enclave, tunnels=self.tunnels, channels=self.channels,
             executor=Executor(app, budget=timeouts.lock_timeout * _EXECUTION_SHARE),
             chain_status=self.onchain.status, clock=config.clock,
+            read_ledger=self.onchain.read_ledger if self.vault_contract is not None else None,
         )
 
     def _price(self, method: str, path: str) -> int | None:

@@ -54,7 +54,7 @@ from eth_utils import event_abi_to_log_topic, filter_abi_by_type
 
 from a402.asc import ForceCloseClaim, Status
 from a402.asc_manager import ASCManager, OnChainStatus
-from a402.crypto.vault_messages import VaultChannelTerms
+from a402.crypto.vault_messages import NO_LEDGER, VaultChannelTerms
 from a402.provider.a402_channels import Channels, Slot
 from a402.provider.settings import Watching
 from a402.provider_enclave import ProviderEnclave
@@ -81,6 +81,23 @@ class OnChain:
         self.operator = operator
         self.provider_enclave = provider_enclave
         self.channels = channels
+        self._ledger = NO_LEDGER
+
+    def pinned_ledger(self) -> bytes:
+        """The ledger life the A402Vault pinned, as last read (zero: none yet); no I/O.
+        The provider enclave reveals for a vault-mode AUTH only if its record names it."""
+        return self._ledger
+
+    async def read_ledger(self) -> None:
+        """Read ``A402Vault.ledger()`` until it is pinned (the first landed settlement pins
+        it, and it never changes after): once non-zero it is never read again. A failed
+        read leaves it unknown, and the enclave refuses to reveal meanwhile."""
+        if self._ledger != NO_LEDGER or self.vault_contract is None:
+            return
+        try:
+            self._ledger = await asyncio.to_thread(self.vault_contract.ledger)
+        except Exception as e:  # the chain is unreachable: nothing is revealed meanwhile
+            log.warning("A402Vault.ledger() not read: %s", e)
 
     async def status(self, channel_id: bytes) -> str:
         """The channel's on-chain status name (``"OPEN"``, ``"CLOSING"``, …)."""

@@ -395,8 +395,9 @@ class PendingNote:
     signature: bytes
     ledger: bytes
     """The vault's ledger life (16 bytes) the record names: the one the A402Vault pinned
-    with its first settlement, or the claim fails (the provider's host checks it against
-    ``A402Vault.ledger()``)."""
+    with its first settlement, or the claim fails: the provider enclave reveals only if it
+    equals ``A402Vault.ledger()`` as its host read it (``wrong_ledger``, or
+    ``ledger_not_pinned`` before any settlement landed)."""
 
     SIZE: ClassVar[int] = 32 + 8 * 4 + _SIGNATURE_SIZE + 16
 
