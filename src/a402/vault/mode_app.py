@@ -8,7 +8,8 @@ status and settle-now. Every ``/v1/vault`` call is signed like the standard vaul
                                        standard mode; :mod:`a402.vault.mode_invoke`)
 ``GET  /v1/vault/balance``             the signer's free, locked, unconfirmed, queued payout
 ``GET  /v1/vault/statement``           the signer's latest enclave-signed balance statement
-``POST /v1/vault/withdraw``            ``{"amount"}``: queue a payout to the signer's address
+``POST /v1/vault/withdraw``            ``{"amount", "idempotencyKey"?}``: queue a payout to the
+                                       signer's address (a key used again: the first answer)
 ``POST /v1/vault/settle-now``          operator only: settle every queued payout now
 ``GET  /v1/vault/status``              operator only: totals, channels, queue, last settlement
 ``GET  /healthz``                      the worker's last round
@@ -132,7 +133,11 @@ def create_mode_app(service: VaultModeService, *, worker: bool = True,
             if not (text.isascii() and text.isdigit() and len(text) <= 78):  # ASCII digits only
                 raise VaultModeError(400, "bad_request", "nothing was queued: amount is a "
                                      "decimal string of atomic units (ASCII digits)")
-            return 202, await _thread(service.withdraw, signed.client, int(text))
+            key = body.get("idempotencyKey")
+            if key is not None and not isinstance(key, str):
+                raise VaultModeError(400, "bad_request", "nothing was queued: idempotencyKey "
+                                     "is a string")
+            return 202, await _thread(service.withdraw, signed.client, int(text), key)
         return await answer(request, h)
 
     async def settle_now(request: Request) -> JSONResponse:
