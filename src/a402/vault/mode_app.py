@@ -6,6 +6,7 @@ status and settle-now. Every ``/v1/vault`` call is signed like the standard vaul
 ``GET  /v1/info``                      the vault's key, its A402Vault, chain, life
 ``POST /v1/invoke``                    a paid call from the signer's account (as in
                                        standard mode; :mod:`a402.vault.mode_invoke`)
+``GET  /v1/requests/{key}``            the answer of the signer's paid call ``key`` (stored)
 ``GET  /v1/vault/balance``             the signer's free, locked, unconfirmed, queued payout
 ``GET  /v1/vault/statement``           the signer's latest enclave-signed balance statement
 ``POST /v1/vault/withdraw``            ``{"amount", "idempotencyKey"?}``: queue a payout to the
@@ -169,6 +170,19 @@ def create_mode_app(service: VaultModeService, *, worker: bool = True,
             return await invoker.invoke(signed.client, parsed, call)
         return await answer(request, h)
 
+    async def request_outcome(request: Request) -> JSONResponse:
+        key = request.path_params["key"]
+
+        async def h(signed: api.Authenticated, _: dict[str, Any], _call: SignedCall
+                    ) -> tuple[int, Any]:
+            got = None if invoker is None else await _thread(invoker.answer_of,
+                                                             signed.client, key)
+            if got is None:
+                raise VaultModeError(404, api.NOT_FOUND, "no paid call of yours with this "
+                                     "idempotency key is recorded here")
+            return got
+        return await answer(request, h)
+
     async def healthz(_: Request) -> JSONResponse:
         ok = service.broken is None
         return JSONResponse({"ok": ok, "lastTick": runner.last_tick, "broken": service.broken},
@@ -177,6 +191,7 @@ def create_mode_app(service: VaultModeService, *, worker: bool = True,
     return Starlette(lifespan=lifespan, routes=[
         Route("/v1/info", info, methods=["GET"]),
         Route("/v1/invoke", invoke, methods=["POST"]),
+        Route("/v1/requests/{key:path}", request_outcome, methods=["GET"]),
         Route("/v1/vault/balance", balance, methods=["GET"]),
         Route("/v1/vault/statement", statement, methods=["GET"]),
         Route("/v1/vault/withdraw", withdraw, methods=["POST"]),

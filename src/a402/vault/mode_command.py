@@ -280,7 +280,8 @@ def _withdraw(flags: ParticipantFlags, out: TextIO, _: TextIO) -> int:
                 "the withdrawal may or may not be queued: the vault did not answer; run "
                 f"again with --idempotency-key {key} (it is queued at most once)")) from None
     return _say(flags, out, f"nothing moved yet: {w['queued']} queued for payout to "
-                f"{w['participant']} in the next settlement batch\n"
+                f"{w['participant']} in the next settlement batch (idempotency key "
+                f"{w.get('idempotencyKey', key)}: a retry with it queues nothing more)\n"
                 + table(("participant", "queued"), [(w["participant"], w["queued"])]), w)
 
 
