@@ -295,10 +295,12 @@ class VaultModeService:
                 "operator": self.config.account.address}
 
     def balance(self, participant: str) -> dict[str, Any]:
-        free, locked, unconfirmed = self.accounts.balance(participant)
+        with self._lock:  # the ledger and the queue of one moment (see _sign)
+            free, locked, unconfirmed = self.accounts.balance(participant)
+            queued = self._queued(participant)
         return {"participant": to_checksum(participant), "free": str(free),
                 "locked": str(locked), "unconfirmed": str(unconfirmed),
-                "payoutRequested": str(self._queued(participant)),
+                "payoutRequested": str(queued),
                 "owedOnChain": str(self.contract.owed(participant))}
 
     def _queued(self, participant: str) -> int:
@@ -481,19 +483,21 @@ class VaultModeService:
         """Have the enclave sign a settlement paying ``batch`` (and confirming deposits,
         resolving pending payments past their deadline)."""
         pairs = [] if batch is None else self._payable(batch)
-        try:
-            settled = self.change(lambda: self.accounts.settle(pairs, now=self.chain_time()),
-                                  signing=batch)
-        except VaultModeError as e:
-            if batch is not None:
-                with self._lock:
+        now = self.chain_time()
+        # one hold of the lock from signing to the queue's update: nobody reads the ledger
+        # already paying the batch while the queue still lists it (counted twice)
+        with self._lock:
+            try:
+                settled = self.change(lambda: self.accounts.settle(pairs, now=now),
+                                      signing=batch)
+            except VaultModeError as e:
+                if batch is not None:
                     self.scheduler.failed(batch)
                     self._save_payouts()
-            if e.reason == "nothing_to_settle":
-                return None
-            raise
-        if batch is not None:
-            with self._lock:
+                if e.reason == "nothing_to_settle":
+                    return None
+                raise
+            if batch is not None:
                 self.scheduler.done(batch)
                 self._save_payouts()
         return settled.settlement
