@@ -188,9 +188,12 @@ def measure_vault_mode(chain: Any, token: Any, db: str, workdir: Path, *, rounds
             time.sleep(0.2)
 
         def load(index: int, caller: FailoverCaller) -> None:
+            n = 0
             while not stop.is_set():
-                try:
-                    got = caller.call("POST", "/v1/vault/withdraw", {"amount": str(payout)})
+                n += 1  # one idempotency key per withdrawal: a retry after a lost answer
+                try:   # reuses it (queued once)
+                    got = caller.call("POST", "/v1/vault/withdraw",
+                                      {"amount": str(payout), "idempotencyKey": f"w{n}"})
                 except Exception as e:
                     failures.append(f"p{index}: {type(e).__name__}: {e}")
                     return

@@ -75,8 +75,10 @@ def test_killing_the_active_vault_mode_replica_under_load_the_standby_restores_t
                 for n in range(CALLS):
                     if n == CALLS // 3:
                         half.wait(60)
+                    # one key per withdrawal: its retries after a lost answer reuse it
                     outcomes[p.address].append(callers[p.address].call(
-                        "POST", "/v1/vault/withdraw", {"amount": str(PAYOUT)}))
+                        "POST", "/v1/vault/withdraw",
+                        {"amount": str(PAYOUT), "idempotencyKey": f"w{n}"}))
             except BaseException as e:  # reported below
                 errors.append(e)
 
@@ -131,13 +133,11 @@ def test_killing_the_active_vault_mode_replica_under_load_the_standby_restores_t
             paid = balance(usdc, p.address)
             left = int(accounts[p.address.lower()]["free"])
             assert paid + left == DEPOSIT, (p.address, paid, left)
-            # each answered withdrawal paid once; a withdrawal whose answer the kill lost
-            # may have been queued by the dead replica too (paid at most once more)
-            answered = PAYOUT * len(outcomes[p.address])
-            extra = paid - answered
-            lost = sum(o.lost for o in outcomes[p.address])
-            assert 0 <= extra <= PAYOUT * lost, (p.address, paid, answered, lost,
-                                                  st["droppedPayouts"])
+            # each withdrawal paid exactly once, also one whose answer the kill lost (its
+            # retry, same key, on the new active: the first answer, nothing queued again)
+            assert paid == PAYOUT * CALLS, (p.address, paid, st["droppedPayouts"])
+            keys = {o.body["idempotencyKey"] for o in outcomes[p.address]}
+            assert keys == {f"w{n}" for n in range(CALLS)}
 
 
 def test_a_paused_active_vault_mode_replica_resumed_after_the_take_over_answers_nothing_and_exits(
@@ -156,7 +156,7 @@ def test_a_paused_active_vault_mode_replica_resumed_after_the_take_over_answers_
         assert old.proc is not None
         old.proc.send_signal(signal.SIGSTOP)  # its sockets stay open, its lease lapses
         new.wait_role("active", 30)
-        got = caller.call("POST", "/v1/vault/withdraw", {"amount": "300"})
+        got = caller.call("POST", "/v1/vault/withdraw", {"amount": "300", "idempotencyKey": "a"})
         assert got.status == 202, got.body
         old.proc.send_signal(signal.SIGCONT)
         # the resumed one finds another token on the lease row: it exits 75, answering nothing
@@ -172,4 +172,11 @@ def test_a_paused_active_vault_mode_replica_resumed_after_the_take_over_answers_
         while balance(usdc, alice.address) != 300:
             assert time.monotonic() < deadline, "payout not landed"
             time.sleep(0.2)
+        assert balance(usdc, vault.address) == DEPOSIT - 300
+        # the same withdrawal retried after it was paid, on the new active: answered, not paid
+        late = FailoverCaller([new.url], alice).call(
+            "POST", "/v1/vault/withdraw", {"amount": "300", "idempotencyKey": "a"})
+        assert late.status == 202 and late.body["replayed"] is True, late.body
+        assert operator.call("POST", "/v1/vault/settle-now").status == 200
+        assert balance(usdc, alice.address) == 300
         assert balance(usdc, vault.address) == DEPOSIT - 300

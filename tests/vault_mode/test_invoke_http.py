@@ -35,7 +35,7 @@ from a402.provider.settings import ChannelTimeouts, Watching
 from a402.tee import PROVIDER_PURPOSES, AttestationPolicy, SimulatedPlatform, SimulatedVerifier
 from a402.vault.mode import VaultModeConfig, VaultModeService
 from a402.vault.mode_app import create_mode_app
-from a402.vault.mode_invoke import ModeInvoker
+from a402.vault.mode_invoke import ModeInvoker, answer_row
 from a402.vault.settlement_schedule import SchedulePolicy
 from a402.vault.store import VaultStore
 from a402.vault_contract import A402Vault
@@ -388,3 +388,38 @@ def test_a_provider_reveals_nothing_before_the_a402vault_pinned_a_ledger_and_pay
         s.service.tick()
         assert s.service.balance(s.provider.address)["free"] == str(PRICE)
         assert balance(usdc, s.provider.address) == provider_before
+
+
+def test_a_paid_call_retried_after_a_restart_gets_its_stored_answer_and_is_paid_once(
+    vault_chain: Chain, usdc: Any, tmp_path: Path
+) -> None:
+    import httpx
+
+    with running(vault_chain, usdc, tmp_path) as (s, site, vault):
+        client, stranger = Account.create(), Account.create()
+        s.deposit(client.address, 20_000)
+        s.service.tick()
+        code, first, output = s.pay(site, vault, client, "once")
+        assert code == 0 and output
+        stored = s.service.store.get_meta(answer_row(client.address, "once"))
+        assert stored is not None and output not in stored  # sealed: the host cannot read it
+        # A new process: the answer comes from the store, not from the first one's memory.
+        again = VaultModeService(s.service.config)
+        invoker = ModeInvoker(again, verifiers=s.invoker.verifiers, policy=s.invoker.policy,
+                              allow_private_targets=True)
+        with serve_in_thread(create_mode_app(again, worker=False, invoker=invoker)) as url:
+            s.service = again
+            code, retried, output_again = s.pay(site, url, client, "once")
+            life = again.accounts.life_id
+            account = api.vault_account(vault_chain.network, again.address)
+            path = "/v1/requests/once"
+            mine = httpx.get(url + path, headers=api.sign_request(
+                client, account, "GET", path, b"", life=life))
+            theirs = httpx.get(url + path, headers=api.sign_request(
+                stranger, account, "GET", path, b"", life=life))
+        assert code == 0 and output_again == output
+        assert retried["payment"] == first["payment"]
+        assert s.calls["weather"] == 1  # the provider ran it once
+        assert s.account(client.address) == 20_000 - PRICE  # paid once
+        assert mine.status_code == 200 and mine.json()["payment"] == first["payment"]
+        assert theirs.status_code == 404 and theirs.json()["error"] == api.NOT_FOUND

@@ -89,6 +89,12 @@ LEDGER_KEY = "vault-mode/ledger"
 PAYOUTS_KEY = "vault-mode/payouts"
 LANDED_KEY = "vault-mode/landed"
 _PAYOUTS_LABEL = "a402/vault-mode-payouts"
+#: How many withdrawal idempotency keys the sealed queue remembers (the most recent ones):
+#: a client retries a withdrawal whose answer it lost within seconds or minutes, long
+#: before this many later withdrawals have been asked for.
+WITHDRAW_KEYS_KEPT = 4096
+#: An idempotency key: 1 to 64 of these characters (a UUID, hex, base64url).
+_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 _DECIMALS_ABI = [{"type": "function", "name": "decimals", "stateMutability": "view",
                   "inputs": [], "outputs": [{"name": "", "type": "uint8"}]}]
 
@@ -183,6 +189,9 @@ class VaultModeService:
         else:  # first boot: this life is stored before anything is issued under it
             self._save()
         self.scheduler = SettlementScheduler(config.schedule, config.rng or random.SystemRandom())
+        #: ``(participant, idempotency key)`` -> the answer of the withdrawal it queued;
+        #: stored sealed with the payout queue, in the same write (:meth:`_payouts_blob`).
+        self.withdrawals: dict[tuple[str, str], dict[str, str]] = {}
         self._load_payouts()
         self.watchtower = VaultWatchtower(self.contract, self.accounts, config.account)
         self.landed: list[Landed] = self._load_landed()
@@ -236,15 +245,21 @@ class VaultModeService:
         queue = [[p.participant, str(p.amount), p.asked] for p in (
             *self.scheduler.pending(),
             *(p for p in self.scheduler.in_flight() if p.participant.lower() not in skip))]
-        return self.config.enclave.seal(_PAYOUTS_LABEL, json.dumps(queue).encode())
+        keys = [[who, key, answer] for (who, key), answer in self.withdrawals.items()]
+        return self.config.enclave.seal(_PAYOUTS_LABEL, json.dumps(
+            {"queue": queue, "withdrawals": keys}).encode())
 
     def _load_payouts(self) -> None:
         blob = self.store.get_meta(PAYOUTS_KEY)
         if blob is None:
             return
-        for participant, amount, asked in json.loads(self.config.enclave.unseal(
-                _PAYOUTS_LABEL, blob)):
+        stored = json.loads(self.config.enclave.unseal(_PAYOUTS_LABEL, blob))
+        if isinstance(stored, list):  # written before withdrawals had idempotency keys
+            stored = {"queue": stored, "withdrawals": []}
+        for participant, amount, asked in stored["queue"]:
             self.scheduler.request(participant, int(amount), now=float(asked))
+        for who, key, answer in stored["withdrawals"]:
+            self.withdrawals[(str(who), str(key))] = {k: str(v) for k, v in answer.items()}
 
     def _load_landed(self) -> list[Landed]:
         raw = self.store.get_meta(LANDED_KEY)
@@ -280,10 +295,12 @@ class VaultModeService:
                 "operator": self.config.account.address}
 
     def balance(self, participant: str) -> dict[str, Any]:
-        free, locked, unconfirmed = self.accounts.balance(participant)
+        with self._lock:  # the ledger and the queue of one moment (see _sign)
+            free, locked, unconfirmed = self.accounts.balance(participant)
+            queued = self._queued(participant)
         return {"participant": to_checksum(participant), "free": str(free),
                 "locked": str(locked), "unconfirmed": str(unconfirmed),
-                "payoutRequested": str(self._queued(participant)),
+                "payoutRequested": str(queued),
                 "owedOnChain": str(self.contract.owed(participant))}
 
     def _queued(self, participant: str) -> int:
@@ -416,12 +433,34 @@ class VaultModeService:
 
     # ------------------------------------------------------------------ settlement
 
-    def withdraw(self, participant: str, amount: int) -> dict[str, Any]:
+    def withdraw(self, participant: str, amount: int, key: str | None = None
+                 ) -> dict[str, Any]:
         """Queue a payout of ``amount`` to ``participant`` (paid to its own address in the
-        next batch). Refused if it is above the free balance (confirmed or about to be)."""
+        next batch). Refused if it is above the free balance (confirmed or about to be).
+
+        ``key`` (the client's idempotency key, inside the body it signed): a withdrawal
+        asked again with a key already used answers what the first one answered and queues
+        nothing, whether the first is still queued or already paid, and on whichever
+        replica. Safety argument: the key and its answer are sealed into the payout-queue
+        row in the same write that queues the payout (:meth:`_save_payouts`), so no stored
+        queue holds the payout without the key or the key without the payout; that write is
+        fenced by the lease on PostgreSQL (a replica that lost the lease writes nothing),
+        and the replica that takes over reads the row after the fence. The same key with
+        another amount is refused (409 ``idempotency_conflict``): nothing is queued."""
         if amount <= 0:
             raise VaultModeError(400, "bad_request", "the amount is positive")
+        if key is not None and not (0 < len(key) <= 64 and set(key) <= _KEY_CHARS):
+            raise VaultModeError(400, "bad_request", "nothing was queued: idempotencyKey is "
+                                 "1 to 64 characters of A-Z a-z 0-9 - _")
+        who = address_key(participant)
         with self._lock:
+            if key is not None and (first := self.withdrawals.get((who, key))) is not None:
+                if first["queued"] != str(amount):
+                    raise VaultModeError(
+                        409, "idempotency_conflict",
+                        f"nothing was queued: idempotency key {key} already queued a "
+                        f"withdrawal of {first['queued']}, not {amount}")
+                return {**first, "replayed": True}
             free, _, unconfirmed = self.accounts.balance(participant)
             have = free + unconfirmed - self._queued(participant)
             if amount > have:
@@ -431,27 +470,34 @@ class VaultModeService:
                     "of a payment are free once its claim window has passed and a "
                     "settlement resolved it)")
             self.scheduler.request(to_checksum(participant), amount, now=time.time())
+            answer = {"participant": to_checksum(participant), "queued": str(amount)}
+            if key is not None:
+                answer["idempotencyKey"] = key
+                self.withdrawals[(who, key)] = answer
+                while len(self.withdrawals) > WITHDRAW_KEYS_KEPT:  # the oldest first
+                    del self.withdrawals[next(iter(self.withdrawals))]
             self._save_payouts()
-        return {"participant": to_checksum(participant), "queued": str(amount),
-                "wakeup": self.scheduler.next_wakeup()}
+        return {**answer, "wakeup": self.scheduler.next_wakeup()}
 
     def _sign(self, batch: Batch | None) -> SignedSettlement | None:
         """Have the enclave sign a settlement paying ``batch`` (and confirming deposits,
         resolving pending payments past their deadline)."""
         pairs = [] if batch is None else self._payable(batch)
-        try:
-            settled = self.change(lambda: self.accounts.settle(pairs, now=self.chain_time()),
-                                  signing=batch)
-        except VaultModeError as e:
-            if batch is not None:
-                with self._lock:
+        now = self.chain_time()
+        # one hold of the lock from signing to the queue's update: nobody reads the ledger
+        # already paying the batch while the queue still lists it (counted twice)
+        with self._lock:
+            try:
+                settled = self.change(lambda: self.accounts.settle(pairs, now=now),
+                                      signing=batch)
+            except VaultModeError as e:
+                if batch is not None:
                     self.scheduler.failed(batch)
                     self._save_payouts()
-            if e.reason == "nothing_to_settle":
-                return None
-            raise
-        if batch is not None:
-            with self._lock:
+                if e.reason == "nothing_to_settle":
+                    return None
+                raise
+            if batch is not None:
                 self.scheduler.done(batch)
                 self._save_payouts()
         return settled.settlement

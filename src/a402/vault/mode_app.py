@@ -6,9 +6,11 @@ status and settle-now. Every ``/v1/vault`` call is signed like the standard vaul
 ``GET  /v1/info``                      the vault's key, its A402Vault, chain, life
 ``POST /v1/invoke``                    a paid call from the signer's account (as in
                                        standard mode; :mod:`a402.vault.mode_invoke`)
+``GET  /v1/requests/{key}``            the answer of the signer's paid call ``key`` (stored)
 ``GET  /v1/vault/balance``             the signer's free, locked, unconfirmed, queued payout
 ``GET  /v1/vault/statement``           the signer's latest enclave-signed balance statement
-``POST /v1/vault/withdraw``            ``{"amount"}``: queue a payout to the signer's address
+``POST /v1/vault/withdraw``            ``{"amount", "idempotencyKey"?}``: queue a payout to the
+                                       signer's address (a key used again: the first answer)
 ``POST /v1/vault/settle-now``          operator only: settle every queued payout now
 ``GET  /v1/vault/status``              operator only: totals, channels, queue, last settlement
 ``GET  /healthz``                      the worker's last round
@@ -132,7 +134,11 @@ def create_mode_app(service: VaultModeService, *, worker: bool = True,
             if not (text.isascii() and text.isdigit() and len(text) <= 78):  # ASCII digits only
                 raise VaultModeError(400, "bad_request", "nothing was queued: amount is a "
                                      "decimal string of atomic units (ASCII digits)")
-            return 202, await _thread(service.withdraw, signed.client, int(text))
+            key = body.get("idempotencyKey")
+            if key is not None and not isinstance(key, str):
+                raise VaultModeError(400, "bad_request", "nothing was queued: idempotencyKey "
+                                     "is a string")
+            return 202, await _thread(service.withdraw, signed.client, int(text), key)
         return await answer(request, h)
 
     async def settle_now(request: Request) -> JSONResponse:
@@ -164,6 +170,19 @@ def create_mode_app(service: VaultModeService, *, worker: bool = True,
             return await invoker.invoke(signed.client, parsed, call)
         return await answer(request, h)
 
+    async def request_outcome(request: Request) -> JSONResponse:
+        key = request.path_params["key"]
+
+        async def h(signed: api.Authenticated, _: dict[str, Any], _call: SignedCall
+                    ) -> tuple[int, Any]:
+            got = None if invoker is None else await _thread(invoker.answer_of,
+                                                             signed.client, key)
+            if got is None:
+                raise VaultModeError(404, api.NOT_FOUND, "no paid call of yours with this "
+                                     "idempotency key is recorded here")
+            return got
+        return await answer(request, h)
+
     async def healthz(_: Request) -> JSONResponse:
         ok = service.broken is None
         return JSONResponse({"ok": ok, "lastTick": runner.last_tick, "broken": service.broken},
@@ -172,6 +191,7 @@ def create_mode_app(service: VaultModeService, *, worker: bool = True,
     return Starlette(lifespan=lifespan, routes=[
         Route("/v1/info", info, methods=["GET"]),
         Route("/v1/invoke", invoke, methods=["POST"]),
+        Route("/v1/requests/{key:path}", request_outcome, methods=["GET"]),
         Route("/v1/vault/balance", balance, methods=["GET"]),
         Route("/v1/vault/statement", statement, methods=["GET"]),
         Route("/v1/vault/withdraw", withdraw, methods=["POST"]),

@@ -46,6 +46,9 @@ class ParticipantFlags:
     json: bool = setting(False, help="print one JSON object instead of tables")
     amount: int | None = setting(None, metavar="ATOMIC",
                                  help="deposit, withdraw: how much, in atomic units")
+    idempotency_key: str | None = setting(
+        None, metavar="KEY", help="withdraw: reuse the key a withdrawal printed or whose "
+                                  "answer was lost (the vault queues it once); default: new")
     rpc: str | None = setting(None, metavar="URL",
                               help="deposit: the chain's JSON-RPC URL")
     beneficiary: str | None = setting(None, metavar="ADDRESS",
@@ -258,9 +261,27 @@ def _statement(flags: ParticipantFlags, out: TextIO, _: TextIO) -> int:
 def _withdraw(flags: ParticipantFlags, out: TextIO, _: TextIO) -> int:
     if not flags.amount or flags.amount <= 0:
         raise CommandError(2, "usage", "nothing moved: withdraw needs --amount (atomic units)")
-    w = _Vault(flags).post("/v1/vault/withdraw", {"amount": str(flags.amount)})
+    import uuid
+
+    key = flags.idempotency_key or uuid.uuid4().hex
+    vault = _Vault(flags)
+    try:
+        w = vault.post("/v1/vault/withdraw", {"amount": str(flags.amount), "idempotencyKey": key})
+    except CommandError as e:
+        if e.reason != "vault_unreachable":
+            raise
+        try:  # the answer may have been lost after the vault queued it: the same key again
+            w = vault.post("/v1/vault/withdraw",
+                           {"amount": str(flags.amount), "idempotencyKey": key})
+        except CommandError as again:
+            if again.reason != "vault_unreachable":
+                raise
+            raise CommandError(1, "vault_unreachable", (
+                "the withdrawal may or may not be queued: the vault did not answer; run "
+                f"again with --idempotency-key {key} (it is queued at most once)")) from None
     return _say(flags, out, f"nothing moved yet: {w['queued']} queued for payout to "
-                f"{w['participant']} in the next settlement batch\n"
+                f"{w['participant']} in the next settlement batch (idempotency key "
+                f"{w.get('idempotencyKey', key)}: a retry with it queues nothing more)\n"
                 + table(("participant", "queued"), [(w["participant"], w["queued"])]), w)
 
 

@@ -32,15 +32,21 @@ pending and settles by the enclave's rules (REVEAL later, the provider's on-chai
 or back to the client after the claim window): the call answers 202 ``payment_pending``
 and nothing is retried here.
 
-Not built (stated): answers are kept in this process's memory only (a retry of a paid
-call after a restart is refused ``replayed_call``, it is never paid twice); the ACK is sent
-on its own right after the result is checked (it does not ride on the next EXEC).
+Answers are durable: each paid call's answer is sealed (under the host's seal with the
+enclave) and stored before it is returned (:meth:`ModeInvoker.remember`), so a retry of the
+same idempotency key after a restart or on the replica that took over answers it again, and
+``GET /v1/requests/{key}`` serves it (to the client that signed the call only). Not built
+(stated): a process that dies between σ_U and that write stored no answer (the retry is
+refused ``replayed_call``: never paid twice); the ACK is sent on its own right after the
+result is checked (it does not ride on the next EXEC).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -128,6 +134,16 @@ class ModeTunnel(ProviderTunnel):
         self._bound[terms.channel_id(self.contract_domain)] = terms
 
 
+#: The store's meta rows of paid calls' answers: this prefix and a hash of (client, key).
+ANSWER_ROW = "vault-mode/answer/"
+_ANSWER_LABEL = "a402/vault-mode-answer"
+
+
+def answer_row(client: str, key: str) -> str:
+    """The meta row of ``client``'s call ``key`` (hashed: the row name says nothing)."""
+    return ANSWER_ROW + hashlib.sha256(f"{address_key(client)}\n{key}".encode()).hexdigest()
+
+
 class ModeRefused(VaultModeError):
     """A refused call (``status``, machine-readable ``reason``; ``provider_reason``: the
     provider's, when it refused). Nothing was paid, unless raised after σ_U (AUTH):
@@ -174,8 +190,9 @@ class ModeInvoker:
                      ) -> tuple[int, dict[str, Any]]:
         """Pay for ``call`` (signed by ``client``) from the client's account; the answer."""
         once = (address_key(client), call.idempotency_key)
-        if once in self._answers:
-            return self._answers[once]
+        known = await asyncio.to_thread(self.answer_of, client, call.idempotency_key)
+        if known is not None:
+            return known
         await self._check_target(call.url)
         offer = await self._offer(call)
         if isinstance(offer, tuple):
@@ -199,8 +216,29 @@ class ModeInvoker:
                 await asyncio.to_thread(self.service.close, cid)
                 cid = await self._channel(client, call, offer, tunnel)
                 answer = await self._exchange(client, call, signed, offer, tunnel, cid)
-        self._answers[once] = answer
+        await asyncio.to_thread(self.remember, once, answer)
         return answer
+
+    def remember(self, once: tuple[str, str], answer: tuple[int, dict[str, Any]]) -> None:
+        """Store a paid call's answer, sealed, before it is returned (the write is fenced by
+        the lease on PostgreSQL: a replica that lost it stores, and answers, nothing)."""
+        blob = self.service.config.enclave.seal(_ANSWER_LABEL, json.dumps(
+            [answer[0], answer[1]]).encode())
+        self.service.store.put_meta(answer_row(*once), blob)
+        self._answers[once] = answer
+
+    def answer_of(self, client: str, key: str) -> tuple[int, dict[str, Any]] | None:
+        """The answer of ``client``'s paid call ``key``: from this process, else the store
+        (stored by this process before a restart, or by the replica before a fail-over)."""
+        once = (address_key(client), key)
+        if once in self._answers:
+            return self._answers[once]
+        blob = self.service.store.get_meta(answer_row(client, key))
+        if blob is None:
+            return None
+        status, body = json.loads(self.service.config.enclave.unseal(_ANSWER_LABEL, blob))
+        self._answers[once] = (int(status), dict(body))
+        return self._answers[once]
 
     async def _check_target(self, url: str) -> None:
         try:
