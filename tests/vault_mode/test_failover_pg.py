@@ -7,7 +7,6 @@ Needs anvil and ``A402_TEST_POSTGRES_URL``.
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
@@ -27,17 +26,15 @@ from .replicas import FailoverCaller, Outcome, two_replicas
 
 pytestmark = pytest.mark.anvil
 
-POSTGRES = os.environ.get("A402_TEST_POSTGRES_URL")
 DEPOSIT = 1_000
 PAYOUT = 10
 CALLS = 30  # withdrawals per participant
 
 
 @pytest.fixture
-def db() -> str:
-    if not POSTGRES:
-        pytest.skip("A402_TEST_POSTGRES_URL is not set")
-    return fresh_schema(POSTGRES)
+def db(postgres_url: str) -> str:
+    """A fresh schema on the test PostgreSQL (CI requires it: no skip there)."""
+    return fresh_schema(postgres_url)
 
 
 def test_killing_the_active_vault_mode_replica_under_load_the_standby_restores_the_ledger_and_pays_everyone_once(  # noqa: E501
