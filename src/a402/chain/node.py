@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -222,6 +223,13 @@ def start_anvil(
         # Its ``safe`` and ``finalized`` blocks one and two behind the head (not 32 and 64):
         # what the vault decides at ``finalized`` is decided a few blocks later, not 64.
         args += ["--slots-in-an-epoch", "1"]
+    cache = None
+    if "--cache-path" not in extra_args:
+        # Anvil moves older states to disk, by default under ~/.foundry/anvil/tmp, and a
+        # killed anvil leaves them there (tens of GB over many test runs): keep them in a
+        # folder of this run's, removed when it stops.
+        cache = tempfile.mkdtemp(prefix="a402-anvil-")
+        args += ["--cache-path", cache]
     args += list(extra_args)
     proc = subprocess.Popen(
         args,
@@ -242,6 +250,8 @@ def start_anvil(
             proc.wait()
         if proc.stderr:
             proc.stderr.close()
+        if cache is not None:
+            shutil.rmtree(cache, ignore_errors=True)
 
 
 def _wait_for_rpc(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
