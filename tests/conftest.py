@@ -98,6 +98,15 @@ def postgres_url() -> str:
     return url
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _drop_test_schemas() -> Iterator[None]:
+    """The PostgreSQL schemas tests made for their vaults go when the session ends."""
+    yield
+    from .vault.helpers import drop_created_schemas
+
+    drop_created_schemas()
+
+
 @pytest.fixture(scope="session")
 def facilitator(anvil_chain: Chain, tmp_path_factory: pytest.TempPathFactory) -> Facilitator:
     """Our facilitator on anvil, journaling to a throwaway SQLite file."""

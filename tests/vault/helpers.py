@@ -97,6 +97,10 @@ def running_vault(world: World, *, db_url: str | None = None,
     store.close()
 
 
+CREATED_SCHEMAS: list[tuple[str, str]] = []
+"""(server URL, schema) of every schema :func:`fresh_schema` made; the suite drops them."""
+
+
 def fresh_schema(url: str) -> str:
     """A PostgreSQL URL whose tables live in a schema of their own (one database per vault)."""
     name = f"vault_{secrets.token_hex(6)}"
@@ -104,7 +108,23 @@ def fresh_schema(url: str) -> str:
     with engine.begin() as connection:
         connection.exec_driver_sql(f"CREATE SCHEMA {name}")
     engine.dispose()
+    CREATED_SCHEMAS.append((url, name))
     return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{name}"
+
+
+def drop_created_schemas() -> None:
+    """Drop the schemas this run made (at the end of the session: every vault is stopped)."""
+    for url, name in CREATED_SCHEMAS:
+        engine = create_engine(url)
+        try:
+            with engine.begin() as connection:
+                connection.exec_driver_sql("SET LOCAL lock_timeout = '5s'")
+                connection.exec_driver_sql(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+        except Exception:  # a schema still locked by a process the test leaked: left behind
+            pass
+        finally:
+            engine.dispose()
+    CREATED_SCHEMAS.clear()
 
 
 def expected(world: World, vault: Vault) -> ExpectedVault:
