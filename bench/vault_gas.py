@@ -276,6 +276,7 @@ def measure(chain: Chain, sizes: tuple[int, ...] = BATCH_SIZES) -> dict[str, Any
         "(reference) plain transfer + share of a first settlement":
             gas["plain token transfer to the vault (not credited)"] + batch["first_per_payee"],
     }
+    breakdown = lifecycle_breakdown(gas, batch, life, exact)
     totals = {}
     for requests in (10_000, 100_000):
         vault_total = 100 * life["first_deposit_median"] + life["settle_tx"] * 100 // life[
@@ -285,7 +286,36 @@ def measure(chain: Chain, sizes: tuple[int, ...] = BATCH_SIZES) -> dict[str, Any
     return {"settlement": settlements, "entry_points": gas, "lifecycle": lifecycle,
             "lifecycle_measured": life,
             "lifecycle_batch": batch["payees"], "exact_per_request": exact,
-            "totals_100_participants": totals}
+            "lifecycle_breakdown": breakdown, "totals_100_participants": totals}
+
+
+def lifecycle_breakdown(gas: dict[str, int], batch: dict[str, int], life: dict[str, int],
+                        exact: int) -> dict[str, int]:
+    """Where a participant's lifecycle gas goes, from figures of this run (differences of
+    measured transactions, not estimates), and what the issue's targets leave for it.
+
+    * the first deposit's own record: first deposit − later deposit (its ``deposited`` word
+      created: a fresh storage slot, 20,000 gas, against 2,900 for rewriting it);
+    * confirming it: the lifecycle settlement's share − a first settlement's share at the
+      same size (the cold read of that word and 32 bytes of calldata);
+    * what 100× less than ``exact`` for 10,000 requests among 100 participants allows per
+      participant: 10,000 × exact / 100 / 100 = one ``exact`` transfer;
+    * the paper's accounting: its Table 1 figures cannot include the 21,000 base fee of a
+      transaction (its transferFrom is 23,530 gas; one that writes a balance needs more than
+      2,530 above the base fee), so the deposit transaction's base fee is left out there.
+    """
+    share = life["settle_per_participant"]
+    return {
+        "first deposit's own record (first − later deposit)":
+            gas["deposit (first, for a new participant)"] - gas["deposit (later)"],
+        "confirming it in the settlement (lifecycle share − first settlement share)":
+            share - batch["first_per_payee"],
+        "payout in a settlement of 100 (later)": batch["later_per_payee"],
+        "budget per participant for 100x at 10,000 requests (one exact transfer)": exact,
+        "lifecycle, paper's accounting (deposit tx base fee of 21,000 left out)":
+            life["lifecycle"] - 21_000,
+        "later deposit + share, paper's accounting": gas["deposit (later)"] + share - 21_000,
+    }
 
 
 def tables(result: dict[str, Any]) -> str:
@@ -312,6 +342,10 @@ def tables(result: dict[str, Any]) -> str:
     lines.append(f"{'paper: initVault + settleVault':<58} {PAPER['lifecycle']:>9,}")
     lines.append(f"{'x402 exact, per request (transferWithAuthorization)':<58}"
                  f" {result['exact_per_request']:>9,}")
+    lines += ["", f"{'where the lifecycle goes (differences of this run)':<74} {'gas':>9}",
+              "-" * 84]
+    for name, used in result["lifecycle_breakdown"].items():
+        lines.append(f"{name:<74} {used:>9,}")
     lines += ["", f"{'paid requests among 100 participants':<38} {'exact':>13} {'vault':>11}"
               f" {'ratio':>8}", "-" * 73]
     for requests, row in result["totals_100_participants"].items():
