@@ -204,8 +204,10 @@ def _sign(private: PrivateKey, digest: bytes) -> bytes:
 def build_upto_payload(
     requirements: PaymentRequirements, key: SigningKey, resource: ResourceInfo | None = None,
     extensions: dict[str, Any] | None = None, *, now: int | None = None,
+    valid_for: int | None = None,
 ) -> PaymentPayload:
-    signed = sign_upto(key, requirements, now=now)
+    """A signed v2 upto payload; ``accepted`` is the very requirements object."""
+    signed = sign_upto(key, requirements, now=now, valid_for=valid_for)
     return PaymentPayload(resource=resource, accepted=requirements, payload=signed.to_wire(),
                           extensions=extensions)
 

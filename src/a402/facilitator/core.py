@@ -495,7 +495,9 @@ class Facilitator:
             success=False, error_reason=wire_errors.SETTLEMENT_PENDING,
             error_message="the settlement transaction is not confirmed yet; "
                           "repeat the same request to get its outcome",
-            transaction=record.tx_hash or "", network=self.network, payer=record.payer)
+            transaction=record.tx_hash or "", network=self.network, payer=record.payer,
+            # upto: what is being charged, so that a retry asks the same amount.
+            amount=str(record.amount) if _is_upto(record) else None)
 
     def _failure(self, checked: _Checked, reason: str, message: str) -> SettleResponse:
         return SettleResponse(success=False, error_reason=reason, error_message=message,
