@@ -561,10 +561,12 @@ class PaymentMiddleware:
         money (``settled``: charged; ``pending``: may be charged; every other: nothing
         moved)."""
         settlement = getattr(outcome, "settlement", None)
+        amount = p.requirements.amount if isinstance(p.requirements, PaymentRequirements) \
+            else p.requirements.max_amount_required
+        if p.upto and settlement is not None and settlement.amount is not None:
+            amount = settlement.amount  # what was charged, not the maximum
         self.observer.paid(
-            request_id=new_request_id(scope), payer=p.key.payer,
-            amount=p.requirements.amount if isinstance(p.requirements, PaymentRequirements)
-            else p.requirements.max_amount_required,
+            request_id=new_request_id(scope), payer=p.key.payer, amount=amount,
             scheme=p.requirements.scheme, outcome=_OUTCOMES.get(type(outcome).__name__, "error"),
             latency=latency, payee=self.pay_to, asset=p.key.asset, network=p.key.network,
             nonce=p.key.nonce, method=scope.get("method"), path=scope.get("path"),
