@@ -233,6 +233,10 @@ class UptoCheck:
     """What is to be settled: the requirements' amount (at ``/verify``, the maximum)."""
     needs_contract_check: bool = False
 
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
 
 def check_upto(
     payload: PaymentPayload, requirements: PaymentRequirements, *, facilitators: list[str],
