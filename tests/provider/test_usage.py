@@ -39,7 +39,7 @@ def test_the_reported_amount_is_read_as_the_sdk_writes_it(
     h("Settlement-Overrides", '{"other": 1}'),
     h("X-A402-Usage", "12 tokens"),
     h("X-A402-Usage", "9" * 100),
-    h("X-A402-Usage", "1") + [(b"x-a402-usage", b"2")],
+    [*h("X-A402-Usage", "1"), (b"x-a402-usage", b"2")],
 ])
 def test_an_unreadable_report_is_an_error_never_a_guess(
         headers: list[tuple[bytes, bytes]]) -> None:
@@ -63,5 +63,5 @@ def test_a_meter_counts_only_when_the_handler_reported_nothing() -> None:
 
 
 def test_the_report_is_not_forwarded_to_the_payer() -> None:
-    headers = h("Settlement-Overrides", "{}") + [(b"X-A402-Usage", b"1")]
+    headers = [*h("Settlement-Overrides", "{}"), (b"X-A402-Usage", b"1")]
     assert without_reports(headers) == [(b"content-type", b"application/json")]
