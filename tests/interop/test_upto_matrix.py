@@ -15,9 +15,14 @@ transaction, balances unchanged) and a charge above the authorised maximum
 
 from __future__ import annotations
 
+import argparse
+import io
 import json
+import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -31,9 +36,15 @@ from x402.schemas import PaymentRequirements as SdkRequirements
 
 from a402.chain.deploy import Manifest, token_balance
 from a402.chain.node import Chain
-from a402.client import paying_client
+from a402.client import PaymentRefused, paying_client
+from a402.client.mandate_command import add_audit_arguments, run_audit
 from a402.client.records import PaymentStatus, payment_of
+from a402.crypto.authorization import EcdsaSigner
 from a402.facilitator.core import Facilitator
+from a402.mandate import Domain, Mandate, sign_mandate
+from a402.mandate.guard import MandateGuard
+from a402.mandate.registry import RevocationCheck
+from a402.mandate.spend import SpendStore
 from a402.provider import PaymentMiddleware
 from a402.provider.routes import RouteConfig
 from a402.wire.headers import (
@@ -199,7 +210,6 @@ def test_a402_client_refuses_a_maximum_above_its_cap(
     pay_to = fresh_account()
     app = sdk_upto_paid_app(facilitator_url, pay_to, dev_stack, MAXIMUM, _usage)
     with serve(app) as base, paying_client(payer, max_per_request=MAXIMUM - 1) as client:
-        from a402.client.errors import PaymentRefused
         with pytest.raises(PaymentRefused) as refused:
             client.get(base + "/usage", params={"used": "1"})
         assert refused.value.reason == "price_above_maximum"
@@ -229,3 +239,43 @@ def _facilitator(chain: Chain, manifest: Manifest, ours: str, kind: str,
         return
     with serve(facilitator_http_app(sdk_upto_facilitator(chain, manifest, sdk_key))) as url:
         yield url, sdk_key.address
+
+
+def test_a_mandate_counts_an_upto_payment_at_its_authorised_maximum(
+    anvil_chain: Chain, dev_stack: Manifest, new_payer: Callable[..., LocalAccount],
+    facilitator_url: str, tmp_path: Path,
+) -> None:
+    """The mandate reserves, and keeps counting, what the agent signed for (the maximum):
+    the settled amount is the server's word, known only after the fact. Two upto
+    payments that each moved 100 use up a budget of two maximums."""
+    owner, agent = new_payer(0), upto_payer(anvil_chain, dev_stack, new_payer, FUNDS)
+    pay_to = fresh_account()
+    now = int(time.time())
+    mandate = Mandate(owner=owner.address, agent=agent.address, max_per_payment=MAXIMUM,
+                      budget=2 * MAXIMUM, valid_after=now - 60, valid_before=now + 3600,
+                      nonce=os.urandom(32), networks=(dev_stack.network,),
+                      assets=(dev_stack.token.address,), payees=(pay_to,), schemes=("upto",))
+    signed = sign_mandate(mandate, Domain(dev_stack.chain_id,
+                                          dev_stack.contracts["MandateRegistry"]),
+                          EcdsaSigner(bytes(owner.key)).sign_digest)
+    guard = MandateGuard(signed, agent=agent.address,
+                         store=SpendStore(f"sqlite:///{tmp_path / 'spend.db'}"),
+                         revocation=RevocationCheck.for_mandate(anvil_chain, signed))
+    with server(a402_upto_app(pay_to, dev_stack, facilitator_url, "x-a402-usage")) as url, \
+            paying_client(agent, mandate=guard) as client:
+        for _ in range(2):
+            assert client.get(url, params={"used": "100"}).status_code == 200
+        assert guard.store.spent(signed).total == 2 * MAXIMUM
+        with pytest.raises(PaymentRefused) as refused:
+            client.get(url, params={"used": "100"})
+        assert refused.value.reason.startswith("mandate_")
+    assert _balances(anvil_chain, dev_stack, agent.address, pay_to) == [FUNDS - 200, 200]
+    # Both payments left evidence records that the offline audit verifies (Permit2
+    # signatures by the agent, for the recorded payee and maximum).
+    parser = argparse.ArgumentParser()
+    add_audit_arguments(parser)
+    out, err = io.StringIO(), io.StringIO()
+    code = run_audit(parser.parse_args(["--spend-db", f"sqlite:///{tmp_path / 'spend.db'}"]),
+                     out=out, err=err)
+    assert code == 0, err.getvalue()
+    assert "2 record(s), every signature and link verified" in err.getvalue()
