@@ -36,7 +36,7 @@ from x402.schemas import PaymentRequirements as SdkRequirements
 
 from a402.chain.deploy import Manifest, token_balance
 from a402.chain.node import Chain
-from a402.client import PaymentRefused, paying_client
+from a402.client import PaymentRefused, approve_permit2, paying_client
 from a402.client.mandate_command import add_audit_arguments, run_audit
 from a402.client.records import PaymentStatus, payment_of
 from a402.crypto.authorization import EcdsaSigner
@@ -220,7 +220,12 @@ def test_a402_client_pays_a402_server_by_usage(
     anvil_chain: Chain, dev_stack: Manifest, new_payer: Callable[..., LocalAccount],
     facilitator_url: str,
 ) -> None:
-    payer = upto_payer(anvil_chain, dev_stack, new_payer, FUNDS)
+    payer = new_payer(FUNDS)
+    anvil_chain.w3.provider.make_request("anvil_setBalance", [payer.address, hex(10**18)])
+    assert anvil_chain.rpc_url is not None
+    approved = approve_permit2(anvil_chain.rpc_url, payer.key, dev_stack.token.address)
+    assert approved.startswith("0x")  # the payer's one transaction; again, none
+    assert approve_permit2(anvil_chain.rpc_url, payer.key, dev_stack.token.address) == ""
     pay_to = fresh_account()
     with server(a402_upto_app(pay_to, dev_stack, facilitator_url, "x-a402-usage")) as url, \
             paying_client(payer, max_per_request=MAXIMUM) as client:
