@@ -188,6 +188,7 @@ def test_a402_client_pays_sdk_server_within_its_maximum(
             payment = payment_of(paid)
             assert payment is not None and payment.status == PaymentStatus.SETTLED
             assert payment.amount == MAXIMUM  # what was authorised (and counted)
+            assert payment.charged == 2500 and payment.summary()["charged"] == "2500"
             assert _balances(anvil_chain, dev_stack, payer.address, pay_to) == [
                 FUNDS - 2500, 2500]
 
