@@ -285,3 +285,24 @@ def test_a_mandate_counts_an_upto_payment_at_its_authorised_maximum(
                      out=out, err=err)
     assert code == 0, err.getvalue()
     assert "2 record(s), every signature and link verified" in err.getvalue()
+
+
+def test_an_unreadable_usage_report_withholds_the_response_and_charges_nothing(
+    anvil_chain: Chain, dev_stack: Manifest, new_payer: Callable[..., LocalAccount],
+    facilitator_url: str, facilitator: Facilitator,
+) -> None:
+    async def garbled(request: Request) -> JSONResponse:
+        return JSONResponse({"secret": "answer"}, headers={"x-a402-usage": "lots"})
+
+    app = Starlette(routes=[Route("/usage", garbled)], middleware=[Middleware(
+        PaymentMiddleware, routes={"GET /usage": RouteConfig(price=MAXIMUM, scheme="upto")},
+        pay_to=(pay_to := fresh_account()), token=dev_stack.token, network=dev_stack.network,
+        facilitator=facilitator_url)])
+    payer = upto_payer(anvil_chain, dev_stack, new_payer, FUNDS)
+    sent = _sent(anvil_chain, facilitator.signer.address)
+    with server(app) as url, paying_client(payer, max_per_request=MAXIMUM) as client:
+        answer = client.get(url)
+    assert answer.status_code == 502 and answer.json()["error"] == "usage_unreadable"
+    assert "secret" not in answer.text
+    assert _sent(anvil_chain, facilitator.signer.address) == sent
+    assert _balances(anvil_chain, dev_stack, payer.address, pay_to) == [FUNDS, 0]
