@@ -3,8 +3,10 @@ anvil), and nobody but the facilitator the payer named can move its money."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,17 +14,19 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from sqlalchemy import text
 
-from a402.chain.deploy import Manifest, token_balance
-from a402.chain.node import Chain, connect
+from a402.chain.deploy import Manifest, deploy_dev_stack, token_balance
+from a402.chain.node import Chain, connect, start_anvil
 from a402.chain.rpc import Reverted, rpc
+from a402.chain.tx import contract_at, transact
 from a402.chain.upto_settle import (
     UPTO_PROXY_ADDRESS,
     classify_upto_revert,
     permit2_nonce_used,
     settle_calldata,
 )
+from a402.client import approve_permit2
 from a402.exact.upto import build_upto_payload
-from a402.facilitator.core import Facilitator
+from a402.facilitator.core import Facilitator, FacilitatorConfig
 from a402.facilitator.store import Base, SettlementStore
 from a402.wire.x402 import PaymentRequirements, ResourceInfo
 from tests.interop.official_upto import upto_payer
@@ -132,3 +136,40 @@ def test_a_copied_upto_signature_moves_nothing_for_anyone_but_its_facilitator(
     assert classify_upto_revert(spent.value.reason) == "permit2_invalid_nonce"
     assert token_balance(anvil_chain, dev_stack.token.address, pay_to) == MAXIMUM
     assert token_balance(anvil_chain, dev_stack.token.address, payer.address) == FUNDS - MAXIMUM
+
+
+def test_an_upto_settlement_the_chain_has_not_mined_is_pending_then_finished_once(
+    tmp_path: Path,
+) -> None:
+    """The receipt does not come in time: the answer is pending (with the amount being
+    charged, so a resource server's retry asks the same); the retry sends nothing new;
+    once mined, the reconciler finishes it and the retry gets the outcome."""
+    with start_anvil(accounts=5) as chain:
+        stack = deploy_dev_stack(chain)
+        payer = Account.create()
+        chain.w3.provider.make_request("anvil_setBalance", [payer.address, hex(10**18)])
+        transact(chain, chain.accounts[0], contract_at(chain, "TestUSDC", stack.token.address)
+                 .functions.mint(payer.address, FUNDS))
+        approve_permit2(chain.rpc_url or "", payer.key, stack.token.address)
+        facilitator = Facilitator(chain, chain.accounts[1],
+                                  SettlementStore(f"sqlite:///{tmp_path}/j.db"),
+                                  FacilitatorConfig(receipt_timeout=0.5))
+        pay_to = Account.create().address
+        body = _body(payer, _offer(stack, pay_to, facilitator.signer.address), 4_321)
+        chain.w3.provider.make_request("evm_setAutomine", [False])
+
+        pending = facilitator.settle(body)
+        assert not pending.success and pending.error_reason == "settlement_pending"
+        assert pending.amount == "4321" and pending.transaction.startswith("0x")
+        assert facilitator.settle(body) == pending  # no second transaction
+        assert chain.w3.eth.get_transaction_count(facilitator.signer.address) == 0
+
+        chain.w3.provider.make_request("evm_mine", [])
+        deadline = time.monotonic() + 30
+        while facilitator.reconcile() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        final = facilitator.settle(body)
+        assert final.success and final.transaction == pending.transaction
+        assert final.amount == "4321"
+        assert token_balance(chain, stack.token.address, pay_to) == 4_321
+        assert token_balance(chain, stack.token.address, payer.address) == FUNDS - 4_321
