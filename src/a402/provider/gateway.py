@@ -237,6 +237,7 @@ def run_gateway(
     timing: PaymentTiming | None = None,
     observer: Observer | None = None,
     console: bool = False,
+    meter: Meter | None = None,
     **settings: Unpack[PaymentSettings],
 ) -> None:
     """Serve the gateway until interrupted (blocking); ``paywall``, ``timing`` and
@@ -248,7 +249,8 @@ def run_gateway(
     app = create_gateway(
         upstream, routes, pay_to=pay_to, token=token, network=network,
         facilitator_url=facilitator_url, a402=a402, ledger=ledger_db,
-        paywall=paywall, timing=timing, observer=observer, console=console, **settings,
+        paywall=paywall, timing=timing, observer=observer, console=console, meter=meter,
+        **settings,
     )
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     for spec in routes:
