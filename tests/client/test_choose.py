@@ -79,7 +79,7 @@ def test_settle_after_serve_flow_breaks_ties() -> None:
 @pytest.mark.parametrize(
     ("bad", "reason"),
     [
-        (req(scheme="upto"), errors.UNSUPPORTED_SCHEME),
+        (req(scheme="deferred"), errors.UNSUPPORTED_SCHEME),
         (req(network="solana:5eykt4UsFv8P8NJdTREpY1vzqKqZKvdp"), errors.NETWORK_NOT_ALLOWED),
         (req(extra={"name": "USD Coin", "version": "2", "assetTransferMethod": "permit2"}),
          errors.UNSUPPORTED_TRANSFER_METHOD),

@@ -124,7 +124,7 @@ def test_bad_payments_are_refused_with_a_reason_and_move_nothing(
         "tampered recipient": lambda: with_authorization(
             request_body(payer, req), to=Account.create().address),
         "unknown scheme": lambda: request_body(
-            payer, requirement(dev_stack, scheme="upto"), signed_for=req),
+            payer, requirement(dev_stack, scheme="deferred"), signed_for=req),
         "another network": lambda: request_body(
             payer, requirement(dev_stack, network="eip155:8453"), signed_for=req),
         "no EIP-712 domain": lambda: request_body(

@@ -74,7 +74,7 @@ def test_an_unknown_field_fails_closed(where: str) -> None:
 
 def test_an_unknown_scheme_fails_closed() -> None:
     with pytest.raises(MandateError) as e:
-        make_mandate(Keys(), schemes=("exact", "upto"))
+        make_mandate(Keys(), schemes=("exact", "deferred"))
     assert e.value.reason == "mandate_unknown_scheme"
 
 

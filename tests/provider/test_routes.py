@@ -225,13 +225,15 @@ def test_duplicate_routes_are_refused() -> None:
         ("GET /path/*=0.001", ("GET /path/*", "0.001")),
         ("/items/:id=$0.25", ("/items/:id", "$0.25")),
         ("  POST /x = 2 ", ("POST /x", "2")),
+        ("POST /llm=upto:0.05", ("POST /llm", RouteConfig(price="0.05", scheme="upto"))),
     ],
 )
-def test_route_specs_parse(spec: str, parsed: tuple[str, str]) -> None:
+def test_route_specs_parse(spec: str, parsed: tuple[str, object]) -> None:
     assert parse_route_spec(spec) == parsed
 
 
-@pytest.mark.parametrize("spec", ["GET /path", "=0.1", "GET /x=", "GET x=1", "BREW /x=1"])
+@pytest.mark.parametrize("spec", ["GET /path", "=0.1", "GET /x=", "GET x=1", "BREW /x=1",
+                                  "GET /x=upto:"])
 def test_bad_route_specs_are_refused(spec: str) -> None:
     with pytest.raises(RouteError):
         parse_route_spec(spec)

@@ -17,6 +17,7 @@ from hexbytes import HexBytes
 
 from a402.chain.node import Chain
 from a402.chain.tx import contract_at, deploy_contract, transact
+from a402.chain.upto_settle import install_upto_contracts, is_anvil
 from a402.evm.address import to_checksum
 
 DEFAULT_TOKEN_NAME = "USD Coin"
@@ -113,6 +114,9 @@ def deploy_dev_stack(
     address of the vault enclave's key), also an ``A402Vault`` (vault mode: pooled
     deposits, aggregated settlements, force-settle after ``settle_window`` seconds)
     listed as ``"A402Vault"``; the other keys of the manifest are unchanged.
+
+    On anvil, also ``Permit2`` and ``UptoPermit2Proxy`` (x402 ``upto``), placed at the
+    fixed addresses the x402 SDKs sign for (see :mod:`a402.chain.upto_settle`).
     """
     if len(chain.accounts) < len(ROLES) + 1:
         raise ValueError(f"need at least {len(ROLES) + 1} funded accounts to deploy the dev stack")
@@ -128,6 +132,9 @@ def deploy_dev_stack(
     if asc_manager:
         manager = deploy_contract(chain, deployer, "ASCManager", token.address, dispute_window)
         contracts["ASCManager"] = manager.address
+    if is_anvil(chain):
+        # x402 `upto`: Permit2 and the upto proxy, at the addresses the SDKs sign for.
+        contracts.update(install_upto_contracts(chain))
     if vault_signer is not None:
         vault = deploy_contract(chain, deployer, "A402Vault", token.address,
                                 to_checksum(vault_signer),

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
         to_atomic,
         token_units_max,
     )
+    from a402.client.permit2 import approve_permit2
     from a402.client.records import (
         PAYMENT_EXTENSION,
         Payment,
@@ -69,6 +70,7 @@ if TYPE_CHECKING:
     from a402.client.wallet import Wallet, load_account
 
 _MODULE_OF = {
+    "approve_permit2": "a402.client.permit2",
     "X402Auth": "a402.client.auth",
     "async_paying_client": "a402.client.auth",
     "paying_auth": "a402.client.auth",
@@ -133,6 +135,7 @@ __all__ = [
     "VaultResult",
     "Wallet",
     "X402Auth",
+    "approve_permit2",
     "async_paying_client",
     "async_vault_paying_client",
     "choose",

@@ -47,6 +47,7 @@ from a402.evm.address import address_bytes, address_key
 from a402.evm.ecdsa import OPENZEPPELIN, recover_address
 from a402.exact.eip3009 import Authorization, authorization_digest, domain_from_requirements
 from a402.exact.eip3009 import recover_signer as recover_payment_signer
+from a402.exact.upto import SCHEME_UPTO, UptoEvmPayload, upto_digest
 from a402.mandate.document import MandateError, SignedMandate
 from a402.mandate.evidence import (
     FORMAT,
@@ -59,6 +60,7 @@ from a402.mandate.evidence import (
 from a402.wire import jsonstrict
 from a402.wire.errors import WireError
 from a402.wire.headers import decode_header
+from a402.wire.networks import evm_chain_id
 from a402.wire.x402 import PaymentPayload, parse_payment_payload
 
 HASH_MISMATCH: Final = "hash_mismatch"
@@ -84,7 +86,7 @@ def request_hash(request: httpx.Request) -> str:
 
 def exact_record(*, mandate: str, agent: str, request: httpx.Request, header_value: str,
                  amount: int, payee: str, network: str, asset: str,
-                 response: httpx.Response | None) -> dict[str, Any]:
+                 response: httpx.Response | None, scheme: str = "exact") -> dict[str, Any]:
     """The fields of one ``exact`` payment's record (the payload as sent, decoded);
     ``response`` None: the paid attempt got no answer (it may still settle)."""
     settlement = None
@@ -95,7 +97,7 @@ def exact_record(*, mandate: str, agent: str, request: httpx.Request, header_val
         except WireError:
             settlement = {"malformed": value[:512]}
     return {
-        "mandate": mandate, "agent": agent, "scheme": "exact",
+        "mandate": mandate, "agent": agent, "scheme": scheme,
         "request": {"method": request.method, "url": str(request.url),
                     "hash": request_hash(request)},
         "payment": {"payload": decode_header(header_value), "amount": str(amount),
@@ -201,6 +203,8 @@ def _check_payment(record: dict[str, Any], agent: str) -> str | None:
         payload = parse_payment_payload(payment["payload"])
         if not isinstance(payload, PaymentPayload):
             return "not an x402 v2 payment payload"
+        if record.get("scheme") == SCHEME_UPTO:
+            return _check_upto(payload, payment, agent)
         auth = Authorization.model_validate(payload.payload["authorization"])
         digest = authorization_digest(domain_from_requirements(payload.accepted), auth)
         signer = recover_payment_signer(digest, payload.payload["signature"])
@@ -211,6 +215,24 @@ def _check_payment(record: dict[str, Any], agent: str) -> str | None:
     if int(auth.value) != int(payment["amount"]) or \
             address_key(auth.to) != address_key(payment["payee"]):
         return "the signed authorization pays another amount or payee than recorded"
+    return None
+
+
+def _check_upto(payload: PaymentPayload, payment: dict[str, Any], agent: str) -> str | None:
+    """An ``upto`` record: the Permit2 authorization is the agent's, for the recorded
+    payee, and its maximum is the recorded amount (what the mandate counted)."""
+    try:
+        upto = UptoEvmPayload.from_wire(payload.payload, reason="malformed")
+        permit = upto.permit2_authorization
+        digest = upto_digest(evm_chain_id(payload.accepted.network), permit)
+        signer = recover_address(digest, upto.signature_bytes, policy=OPENZEPPELIN)
+    except (WireError, KeyError, TypeError, ValueError) as e:
+        return f"the payment payload cannot be read: {e}"
+    if signer is None or signer != address_bytes(agent):
+        return "the Permit2 signature is not the agent's"
+    if int(permit.permitted.amount) != int(payment["amount"]) or \
+            address_key(permit.witness.to) != address_key(payment["payee"]):
+        return "the signed authorization allows another amount or payee than recorded"
     return None
 
 
@@ -274,6 +296,9 @@ def _nonce_of(record: dict[str, Any]) -> str | None:
     payment = record.get("payment")
     payload = payment.get("payload") if isinstance(payment, dict) else None
     inner = payload.get("payload") if isinstance(payload, dict) else None
+    permit = inner.get("permit2Authorization") if isinstance(inner, dict) else None
+    if isinstance(permit, dict) and isinstance(permit.get("nonce"), str):
+        return f"permit2:{permit['nonce']}"  # the upto payment's ref (a402.client.auth)
     auth = inner.get("authorization") if isinstance(inner, dict) else None
     nonce = auth.get("nonce") if isinstance(auth, dict) else None
     return nonce.lower() if isinstance(nonce, str) else None

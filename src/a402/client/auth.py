@@ -42,6 +42,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncGenerator, Generator, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import httpx
@@ -136,6 +137,27 @@ def _with_header(request: httpx.Request, name: str, value: str) -> httpx.Request
 
 def _header_for(payload: AnyPaymentPayload) -> str:
     return X_PAYMENT if isinstance(payload, PaymentPayloadV1) else PAYMENT_SIGNATURE
+
+
+@dataclass(frozen=True)
+class _Signed:
+    """What a signed payload commits the payer to: at most ``amount`` to ``pay_to``."""
+
+    amount: int
+    pay_to: str
+    nonce: str
+    valid_before: int
+
+
+def _signed_terms(inner: dict[str, Any]) -> _Signed:
+    """exact: the EIP-3009 value (the price); upto: the Permit2 maximum, which is what
+    the payer risks, hence what the cap, the budget and the mandate count."""
+    if "permit2Authorization" in inner:
+        permit = inner["permit2Authorization"]
+        return _Signed(int(permit["permitted"]["amount"]), permit["witness"]["to"],
+                       f"permit2:{permit['nonce']}", int(permit["deadline"]) + 1)
+    auth = inner["authorization"]
+    return _Signed(int(auth["value"]), auth["to"], auth["nonce"], int(auth["validBefore"]))
 
 
 # ------------------------------------------------------------------------ the auth
@@ -289,9 +311,9 @@ class X402Auth(httpx.Auth):
                 errors.SIGNING_FAILED, f"{type(e).__name__}: {e}", url=url,
                 offered=required.accepts,
             ) from e
-        auth = payload.payload["authorization"]
-        if (int(auth["value"]) != offer.amount
-                or address_key(auth["to"]) != address_key(offer.pay_to)):
+        signed = _signed_terms(payload.payload)
+        if (signed.amount != offer.amount
+                or address_key(signed.pay_to) != address_key(offer.pay_to)):
             # Cannot happen with our signer; if it ever did, the payload never left
             # this process, so giving the reservation back is safe.
             give_back()
@@ -303,7 +325,7 @@ class X402Auth(httpx.Auth):
         # commit, once the answer came (:meth:`_evidence`), and nothing releases it.
         payment = Payment(
             method=request.method, url=url, offer=offer, payer=self.wallet.address,
-            nonce=auth["nonce"], valid_before=int(auth["validBefore"]),
+            nonce=signed.nonce, valid_before=signed.valid_before,
             header_name=_header_for(payload), header_value=encode_header(payload),
             reservation=reservation, mandate_reservation=held,
         )
@@ -342,7 +364,7 @@ class X402Auth(httpx.Auth):
                 mandate=self.mandate.mandate_hash, agent=self.wallet.address, request=request,
                 header_value=payment.header_value, amount=payment.amount,
                 payee=payment.pay_to, network=payment.network, asset=payment.asset,
-                response=response)
+                response=response, scheme=payment.offer.view.scheme)
             self.mandate.record(fields, self.wallet.sign_evidence,
                                 reservation=payment.mandate_reservation,
                                 payment_ref=payment.nonce)

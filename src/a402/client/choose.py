@@ -116,11 +116,13 @@ def overall_reason(rejections: list[Rejection]) -> str:
 
 def proposed(offer: Offer, wallet: Wallet, url: str | None, skill: str | None = None
              ) -> ProposedPayment:
-    """The payment a mandate judges: an ``exact`` transfer of this offer, signed by the wallet
-    (``skill``: the A2A skill the task is for, None for HTTP)."""
+    """The payment a mandate judges: an ``exact`` transfer of this offer, or an ``upto``
+    authorization of its maximum (counted whole: the settled amount, known only after
+    the response, may be anything up to it), signed by the wallet (``skill``: the A2A
+    skill the task is for, None for HTTP)."""
     return ProposedPayment(agent=wallet.address, payee=offer.pay_to, network=offer.network,
-                           asset=offer.asset, scheme="exact", amount=offer.amount, url=url,
-                           skill=skill)
+                           asset=offer.asset, scheme=offer.view.scheme, amount=offer.amount,
+                           url=url, skill=skill)
 
 
 def choose(

@@ -68,7 +68,20 @@ class Payment:
 
     @property
     def amount(self) -> int:
+        """What was signed: the price (``exact``) or the maximum (``upto``); what the
+        budget and the mandate count."""
         return self.offer.amount
+
+    @property
+    def charged(self) -> int | None:
+        """``upto``: the amount the receipt says was settled (None until a receipt says);
+        ``exact``: the price once settled."""
+        if self.receipt is None or not self.receipt.success:
+            return None
+        if self.offer.view.scheme == "upto":
+            amount = self.receipt.amount
+            return int(amount) if amount is not None and amount.isdigit() else None
+        return self.amount
 
     @property
     def asset(self) -> str:
@@ -99,6 +112,10 @@ class Payment:
             "amount": str(self.amount),
             "x402Version": self.offer.version,
         }
+        if self.offer.view.scheme != "exact":
+            out["scheme"] = self.offer.view.scheme
+            if (charged := self.charged) is not None:
+                out["charged"] = str(charged)
         if self.reason:
             out["reason"] = self.reason
         return out

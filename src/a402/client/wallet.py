@@ -22,6 +22,12 @@ from a402.exact.eip3009 import (
     build_payment_payload,
     build_payment_payload_v1,
 )
+from a402.exact.upto import (
+    SCHEME_UPTO,
+    TRANSFER_METHOD_PERMIT2,
+    build_upto_payload,
+    facilitator_of,
+)
 from a402.wire.convert import to_v2_requirements
 from a402.wire.errors import WireError
 from a402.wire.networks import is_evm, to_caip2
@@ -114,7 +120,10 @@ class Wallet:
             v2 = to_v2_requirements(req)
         except WireError as e:  # e.g. a v1 network name nobody knows
             return errors.NETWORK_NOT_ALLOWED, e.message or e.reason
-        if v2.scheme != SCHEME_EXACT:
+        upto = v2.scheme == SCHEME_UPTO
+        if upto and isinstance(req, PaymentRequirementsV1):
+            return errors.UNSUPPORTED_SCHEME, "upto is an x402 v2 scheme"
+        if v2.scheme != SCHEME_EXACT and not upto:
             return errors.UNSUPPORTED_SCHEME, f"scheme {v2.scheme!r:.40}"
         if not is_evm(v2.network):
             return errors.NETWORK_NOT_ALLOWED, f"{v2.network!r:.60} is not an EVM network"
@@ -122,7 +131,7 @@ class Wallet:
             return errors.NETWORK_NOT_ALLOWED, f"{v2.network} is not in the allowed networks"
         if self.assets is not None and asset_key(v2.asset) not in self.assets:
             return errors.ASSET_NOT_ALLOWED, f"{v2.asset:.60} is not in the allowed assets"
-        return _signable(v2)
+        return _signable_upto(v2) if upto else _signable(v2)
 
     def sign(
         self,
@@ -141,9 +150,30 @@ class Wallet:
             raise errors.PaymentRefused(refused[0], refused[1], offered=[req])
         if isinstance(req, PaymentRequirementsV1):
             return build_payment_payload_v1(req, self._key, valid_for=valid_for)
+        if req.scheme == SCHEME_UPTO:
+            # A Permit2 authorization of at most req.amount (which the caller has checked
+            # against its limits), for this payee and the facilitator the offer names.
+            return build_upto_payload(req, self._key, resource=resource,
+                                      extensions=extensions, valid_for=valid_for)
         return build_payment_payload(
             req, self._key, resource=resource, extensions=extensions, valid_for=valid_for
         )
+
+
+def _signable_upto(req: PaymentRequirements) -> tuple[str, str] | None:
+    """What the upto (Permit2) signer needs, checked up front."""
+    extra = req.extra or {}
+    method = extra.get("assetTransferMethod", TRANSFER_METHOD_PERMIT2)
+    if method != TRANSFER_METHOD_PERMIT2:
+        return errors.UNSUPPORTED_TRANSFER_METHOD, f"assetTransferMethod {method!r:.40}"
+    if not is_address(req.asset) or not is_address(req.pay_to):
+        return errors.INVALID_REQUIREMENTS, "asset and payTo must be EVM addresses"
+    try:
+        facilitator_of(req)
+        req.amount_int  # noqa: B018 - parsing is the check
+    except WireError as e:
+        return errors.INVALID_REQUIREMENTS, e.message
+    return None
 
 
 def _signable(req: PaymentRequirements) -> tuple[str, str] | None:

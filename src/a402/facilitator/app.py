@@ -209,7 +209,8 @@ def _log_settle(observer: Observer, request: Request, body: dict[str, Any] | Non
     terms = requirements if isinstance(requirements, dict) else {}
     amount = _short(terms.get("amount", terms.get("maxAmountRequired")))
     # A metrics label takes a bounded set of values, whatever a caller sends.
-    scheme = "exact" if terms.get("scheme") in (None, "exact") else "other"
+    named = terms.get("scheme")
+    scheme = "exact" if named is None else str(named) if named in ("exact", "upto") else "other"
     fields: dict[str, Any] = {"payee": _short(terms.get("payTo")),
                               "status": response.status_code}
     if result is not None and hasattr(result, "success"):

@@ -53,8 +53,15 @@ from a402.chain.exact_transfer import (
 from a402.chain.node import Chain
 from a402.chain.rpc import ChainUnavailable, Reverted, RpcError, as_int, rpc
 from a402.chain.tx import SignedTx, broadcast, pending_nonce, sign, wait_for_receipt
-from a402.exact.checks import VALID_BEFORE_MARGIN, ExactCheck, check_exact
+from a402.chain.upto_settle import (
+    UPTO_PROXY_ADDRESS,
+    classify_upto_revert,
+    permit2_nonce_used,
+    settle_calldata,
+)
+from a402.exact.checks import VALID_BEFORE_MARGIN, check_exact
 from a402.exact.eip3009 import ExactEvmPayload
+from a402.exact.upto import SCHEME_UPTO, UptoEvmPayload, check_upto
 from a402.facilitator.settings import FacilitatorConfig
 from a402.facilitator.store import (
     FINAL,
@@ -63,6 +70,8 @@ from a402.facilitator.store import (
     State,
     payload_digest,
     settlement_key,
+    upto_payload_digest,
+    upto_settlement_key,
 )
 from a402.wire import errors as wire_errors
 from a402.wire.convert import normalize
@@ -85,12 +94,27 @@ SCHEME = "exact"
 
 @dataclass(frozen=True)
 class _Checked:
+    """A payment that passed every offline check, with what settling it takes."""
+
     payload: PaymentPayload
     requirements: PaymentRequirements
-    check: ExactCheck
+    scheme: str
+    payer: str
     key: str
     payload_hash: str
     resource: str | None
+    target: str
+    """The contract the settlement calls: the token (exact), the upto proxy (upto)."""
+    calldata: bytes
+    amount: int
+    """What the settlement moves; an upto charge of 0 sends no transaction."""
+    valid_before: int
+    """exact: ``validBefore``; upto: the Permit2 ``deadline`` (the chain refuses past it)."""
+
+    def classify(self, reason: str) -> str:
+        if self.scheme == SCHEME_UPTO:
+            return classify_upto_revert(reason)
+        return classify_revert(reason, wire_errors.TRANSACTION_SIMULATION_FAILED)
 
 
 class Facilitator:
@@ -104,6 +128,7 @@ class Facilitator:
         self.config = config or FacilitatorConfig()
         self.network = chain.network
         self._wakeup = threading.Condition()
+        self._upto: bool | None = None
 
     # ------------------------------------------------------------------ supported
 
@@ -111,7 +136,21 @@ class Facilitator:
         kinds = [SupportedKind(x402_version=2, scheme=SCHEME, network=self.network)]
         if legacy := v1_name(self.chain.chain_id):
             kinds.append(SupportedKind(x402_version=1, scheme=SCHEME, network=legacy))
+        if self._upto_available():
+            # As the SDK's upto facilitator: clients bind their witness to this address.
+            kinds.append(SupportedKind(x402_version=2, scheme=SCHEME_UPTO, network=self.network,
+                                       extra={"facilitatorAddress": self.signer.address}))
         return SupportedResponse(kinds=kinds, signers={"eip155:*": [self.signer.address]})
+
+    def _upto_available(self) -> bool:
+        """Whether this chain has the upto proxy (and so Permit2) to settle with; asked
+        once, then remembered (a chain that could not be asked is asked again)."""
+        if self._upto is None:
+            try:
+                self._upto = self._is_contract(UPTO_PROXY_ADDRESS)
+            except (ChainUnavailable, RpcError):
+                return False
+        return self._upto
 
     # --------------------------------------------------------------------- verify
 
@@ -124,17 +163,15 @@ class Facilitator:
             state, tx_hash, resource = known
             if resource != checked.resource:
                 return _invalid(wire_errors.NONCE_USED_FOR_ANOTHER_RESOURCE,
-                                _another_resource_message(state, tx_hash), checked.check.payer)
+                                _another_resource_message(state, tx_hash), checked.payer)
             return _invalid(wire_errors.NONCE_ALREADY_USED, _already_message(state, tx_hash),
-                            checked.check.payer)
-        calldata = self._calldata(checked)
+                            checked.payer)
         try:
-            simulate_transfer(self.chain, self.signer.address, checked.requirements.asset,
-                              calldata)
+            # exact: the transfer itself; upto: the settlement of the whole maximum.
+            simulate_transfer(self.chain, self.signer.address, checked.target, checked.calldata)
         except Reverted as e:
-            reason = classify_revert(e.reason, wire_errors.TRANSACTION_SIMULATION_FAILED)
-            return _invalid(reason, e.reason, checked.check.payer)
-        return VerifyResponse(is_valid=True, payer=checked.check.payer)
+            return _invalid(checked.classify(e.reason), e.reason, checked.payer)
+        return VerifyResponse(is_valid=True, payer=checked.payer)
 
     @staticmethod
     def _parse(body: Any) -> tuple[PaymentPayload, PaymentRequirements]:
@@ -147,9 +184,12 @@ class Facilitator:
         return payload, requirements
 
     def _check(
-        self, payload: PaymentPayload, requirements: PaymentRequirements, *, now: int | None = None
+        self, payload: PaymentPayload, requirements: PaymentRequirements, *, now: int | None = None,
+        settling: bool = False,
     ) -> _Checked | VerifyResponse:
         """Every offline check, as of ``now`` (default: the present)."""
+        if payload.scheme == SCHEME_UPTO and requirements.scheme == SCHEME_UPTO:
+            return self._check_upto(payload, requirements, now=now, settling=settling)
         if payload.scheme != SCHEME or requirements.scheme != SCHEME:
             return _invalid(wire_errors.UNSUPPORTED_SCHEME,
                             f"this facilitator settles only {SCHEME!r}")
@@ -164,22 +204,51 @@ class Facilitator:
         if check.reason and not contract_wallet:
             return _invalid(check.reason, check.message or "", check.payer)
         assert check.authorization is not None and check.payer is not None
+        assert check.signature is not None
         auth = check.authorization.to_wire()
         signature = str(payload.payload.get("signature", ""))
         return _Checked(
-            payload, requirements, check,
+            payload, requirements, SCHEME, check.payer,
             key=settlement_key(self.network, requirements.asset, check.payer, auth["nonce"]),
             payload_hash=payload_digest(signature, auth),
             resource=payload.resource.url if payload.resource is not None else None,
+            target=requirements.asset,
+            calldata=transfer_calldata(auth, check.signature),
+            amount=requirements.amount_int,
+            valid_before=int(check.authorization.valid_before),
+        )
+
+    def _check_upto(
+        self, payload: PaymentPayload, requirements: PaymentRequirements, *, now: int | None,
+        settling: bool,
+    ) -> _Checked | VerifyResponse:
+        """The offline upto checks (:func:`a402.exact.upto.check_upto`). At ``/verify``
+        the calldata settles the whole maximum (what the simulation must accept); at
+        ``/settle``, the amount the resource server asks, at most the maximum."""
+        check = check_upto(payload, requirements, facilitators=[self.signer.address],
+                           now=int(time.time()) if now is None else now, settling=settling)
+        contract_wallet = (check.needs_contract_check and check.payer is not None
+                           and self._is_contract(check.payer))
+        if check.reason and not contract_wallet:
+            return _invalid(check.reason, check.message or "", check.payer)
+        assert check.authorization is not None and check.payer is not None
+        assert check.signature is not None
+        auth = check.authorization.to_wire()
+        return _Checked(
+            payload, requirements, SCHEME_UPTO, check.payer,
+            key=upto_settlement_key(self.network, requirements.asset, check.payer,
+                                    check.authorization.nonce),
+            payload_hash=upto_payload_digest(str(payload.payload.get("signature", "")), auth,
+                                             check.amount),
+            resource=payload.resource.url if payload.resource is not None else None,
+            target=UPTO_PROXY_ADDRESS,
+            calldata=settle_calldata(auth, check.amount, check.signature),
+            amount=check.amount,
+            valid_before=int(check.authorization.deadline),
         )
 
     def _is_contract(self, address: str) -> bool:
         return rpc(self.chain, "eth_getCode", [address, "latest"]) not in ("0x", "0x0", None)
-
-    @staticmethod
-    def _calldata(checked: _Checked) -> bytes:
-        assert checked.check.authorization is not None and checked.check.signature is not None
-        return transfer_calldata(checked.check.authorization.to_wire(), checked.check.signature)
 
     # --------------------------------------------------------------------- settle
 
@@ -193,7 +262,8 @@ class Facilitator:
         # that /verify would have accepted then: same signed authorization (hence the
         # journaled payee, amount, asset and network), requirements that agree with it.
         journaled = self._journaled(payload, requirements)
-        checked = self._check(payload, requirements, now=None if journaled is None else min(
+        checked = self._check(payload, requirements, settling=True,
+                              now=None if journaled is None else min(
             int(time.time()), journaled.valid_before - VALID_BEFORE_MARGIN))
         if isinstance(checked, VerifyResponse):
             return SettleResponse(
@@ -201,6 +271,7 @@ class Facilitator:
                 error_message=checked.invalid_message, payer=checked.payer, transaction="",
                 network=self.network,
             )
+
         known = journaled
         while True:
             if known is None:
@@ -224,6 +295,8 @@ class Facilitator:
         self, payload: PaymentPayload, requirements: PaymentRequirements
     ) -> Settlement | None:
         """The journal's record of this exact signed payload, if it has one."""
+        if requirements.scheme == SCHEME_UPTO:
+            return self._journaled_upto(payload, requirements)
         try:
             evm = ExactEvmPayload.from_wire(payload.payload, reason=wire_errors.INVALID_PAYLOAD)
         except WireError:
@@ -236,14 +309,29 @@ class Facilitator:
             return None
         return record
 
+    def _journaled_upto(
+        self, payload: PaymentPayload, requirements: PaymentRequirements
+    ) -> Settlement | None:
+        """The journal's record of this signed upto payload settled for this amount."""
+        try:
+            evm = UptoEvmPayload.from_wire(payload.payload, reason=wire_errors.INVALID_PAYLOAD)
+            amount = requirements.amount_int
+        except WireError:
+            return None
+        auth = evm.permit2_authorization
+        record = self.store.get(upto_settlement_key(self.network, requirements.asset,
+                                                    auth.from_address, auth.nonce))
+        if record is None or record.payload_hash != upto_payload_digest(
+                evm.signature, auth.to_wire(), amount):
+            return None
+        return record
+
     def _claim(self, checked: _Checked) -> str | None:
-        assert checked.check.authorization is not None and checked.check.payer is not None
         return self.store.claim(
             key=checked.key, payload_hash=checked.payload_hash, network=self.network,
-            asset=checked.requirements.asset, payer=checked.check.payer,
-            pay_to=checked.requirements.pay_to, amount=checked.requirements.amount_int,
-            valid_before=int(checked.check.authorization.valid_before),
-            resource=checked.resource,
+            asset=checked.requirements.asset, payer=checked.payer,
+            pay_to=checked.requirements.pay_to, amount=checked.amount,
+            valid_before=checked.valid_before, resource=checked.resource,
         )
 
     def _conflict(self, checked: _Checked, known: Settlement) -> SettleResponse | None:
@@ -291,16 +379,17 @@ class Facilitator:
         Until the transaction is journaled any failure, of the chain or else, releases
         the claim and propagates: nothing was signed into the journal, nothing sent.
         """
-        calldata = self._calldata(checked)
+        if checked.amount == 0 and checked.scheme == SCHEME_UPTO:
+            return self._settle_nothing(checked, holder)
+        calldata = checked.calldata
         try:
             try:
-                gas = estimate_transfer_gas(self.chain, self.signer.address,
-                                            checked.requirements.asset, calldata)
+                gas = estimate_transfer_gas(self.chain, self.signer.address, checked.target,
+                                            calldata)
             except Reverted as e:
                 self.store.release(checked.key, holder=holder)
-                reason = classify_revert(e.reason, wire_errors.TRANSACTION_SIMULATION_FAILED)
-                return self._failure(checked, reason, e.reason)
-            call: TxParams = {"to": checked.requirements.asset,
+                return self._failure(checked, checked.classify(e.reason), e.reason)
+            call: TxParams = {"to": to_checksum_address(checked.target),
                               "data": HexStr("0x" + calldata.hex())}
             with self._sender_lock():
                 signed = sign(self.chain, self.signer, call,
@@ -316,6 +405,18 @@ class Facilitator:
         record = self.store.get(checked.key)
         assert record is not None
         return self._await(record, deadline)
+
+    def _settle_nothing(self, checked: _Checked, holder: str) -> SettleResponse | None:
+        """An upto charge of 0: no transaction. The claim becomes a confirmed row with no
+        transaction hash, so this authorization is spent in the journal (only this
+        facilitator may settle it on-chain: the proxy checks ``witness.facilitator``)
+        and every later settle of it, of any amount, is refused or answered this."""
+        response = SettleResponse(success=True, transaction="", network=self.network,
+                                  payer=checked.payer, amount="0")
+        if not self.store.settle_without_transaction(checked.key, holder, response.to_wire()):
+            return None
+        self._notify()
+        return response
 
     @contextlib.contextmanager
     def _sender_lock(self) -> Iterator[None]:
@@ -350,7 +451,8 @@ class Facilitator:
     def _finish(self, record: Settlement, mined_ok: bool) -> SettleResponse:
         if mined_ok:
             response = SettleResponse(success=True, transaction=record.tx_hash or "",
-                                      network=self.network, payer=record.payer)
+                                      network=self.network, payer=record.payer,
+                                      amount=str(record.amount) if _is_upto(record) else None)
             state = State.CONFIRMED
         elif self._used_by_another(record):
             response = SettleResponse(
@@ -378,6 +480,10 @@ class Facilitator:
         the payer's funds moved to the payee, and "no funds moved" would be false."""
         assert record.raw_tx is not None
         data = bytes(TypedTransaction.from_bytes(HexBytes(record.raw_tx)).as_dict()["data"])
+        if _is_upto(record):  # settle(((token, max), nonce, deadline), amount, owner, ...)
+            nonce_word, owner_word = data[4 + 2 * 32:4 + 3 * 32], data[4 + 5 * 32:4 + 6 * 32]
+            return permit2_nonce_used(self.chain, "0x" + owner_word[12:].hex(),
+                                      int.from_bytes(nonce_word))
         nonce = data[4 + 5 * 32:4 + 6 * 32]  # the sixth argument of either overload
         try:
             return authorization_used(self.chain, record.asset, record.payer, "0x" + nonce.hex())
@@ -389,11 +495,13 @@ class Facilitator:
             success=False, error_reason=wire_errors.SETTLEMENT_PENDING,
             error_message="the settlement transaction is not confirmed yet; "
                           "repeat the same request to get its outcome",
-            transaction=record.tx_hash or "", network=self.network, payer=record.payer)
+            transaction=record.tx_hash or "", network=self.network, payer=record.payer,
+            # upto: what is being charged, so that a retry asks the same amount.
+            amount=str(record.amount) if _is_upto(record) else None)
 
     def _failure(self, checked: _Checked, reason: str, message: str) -> SettleResponse:
         return SettleResponse(success=False, error_reason=reason, error_message=message,
-                              transaction="", network=self.network, payer=checked.check.payer)
+                              transaction="", network=self.network, payer=checked.payer)
 
     def _wait_for_change(self, timeout: float) -> None:
         with self._wakeup:
@@ -434,7 +542,9 @@ class Facilitator:
             return True
         if rpc(self.chain, "eth_getTransactionByHash", [record.tx_hash]):
             return False  # still in the mempool
-        if record.valid_before <= int(time.time()) and self._expired_on_chain(record.valid_before):
+        # exact: refused from validBefore on; upto (Permit2): refused past its deadline.
+        refused_from = record.valid_before + (1 if _is_upto(record) else 0)
+        if refused_from <= int(time.time()) and self._expired_on_chain(refused_from):
             # Not mined, not pending, and the token now refuses the authorization; a copy
             # mined while we looked at the clock is the outcome.
             if receipt := rpc(self.chain, "eth_getTransactionReceipt", [record.tx_hash]):
@@ -489,6 +599,14 @@ class Facilitator:
             if self.store.record_resubmission(record.key, record.tx_hash, signed.tx_hash,
                                               signed.raw):
                 self._broadcast(signed)
+
+
+def _is_upto(record: Settlement) -> bool:
+    """Whether the journaled transaction is an upto settlement (sent to the upto proxy)."""
+    if record.raw_tx is None:
+        return False
+    to = TypedTransaction.from_bytes(HexBytes(record.raw_tx)).as_dict()["to"]
+    return bytes(HexBytes(to)) == bytes.fromhex(UPTO_PROXY_ADDRESS[2:])
 
 
 def _journalable(text: str) -> bool:

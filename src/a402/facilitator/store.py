@@ -137,6 +137,24 @@ def payload_digest(signature: str, authorization: dict[str, str]) -> str:
     return hashlib.sha256(material.encode()).hexdigest()
 
 
+def upto_settlement_key(network: str, asset: str, payer: str, nonce: str) -> str:
+    """An upto authorization's identity on-chain: its payer's Permit2 nonce (a decimal
+    uint256), kept apart from EIP-3009 nonces by a prefix."""
+    return settlement_key(network, asset, payer, f"permit2:{int(nonce)}")
+
+
+def upto_payload_digest(signature: str, authorization: dict[str, Any], amount: int) -> str:
+    """Identity of a signed upto payload *and* the amount asked of it: a retry asks the
+    same amount; the same authorization asked another amount is a second charge, refused."""
+    permitted, witness = authorization["permitted"], authorization["witness"]
+    fields = [authorization["from"], permitted["token"], permitted["amount"],
+              authorization["spender"], authorization["nonce"], authorization["deadline"],
+              witness["to"], witness["facilitator"], witness["validAfter"]]
+    material = "|".join(["upto", signature.lower(), *(str(f).lower() for f in fields),
+                         str(amount)])
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
 class SettlementStore:
     def __init__(self, url: str = "sqlite:///a402-facilitator.db") -> None:
         self.url = url
@@ -252,6 +270,15 @@ class SettlementStore:
         already (then send nothing)."""
         return self._where([SettlementRow.key == key, SettlementRow.state == State.SUBMITTED,
                             SettlementRow.tx_hash == replaced], tx_hash=tx_hash, raw_tx=raw_tx)
+
+    def settle_without_transaction(self, key: str, holder: str, response: dict) -> bool:
+        """Finish ``holder``'s claim as settled with no transaction (an ``upto`` charge of
+        0): the row goes ``claimed`` → ``confirmed`` with its answer, so the authorization
+        is spent here as surely as by a mined transfer, and no call ever sends one for
+        it. False if the claim is no longer held (then follow whoever holds it)."""
+        return self._where([SettlementRow.key == key, SettlementRow.state == State.CLAIMED,
+                            SettlementRow.holder == holder],
+                           state=State.CONFIRMED, response=response)
 
     def finish(self, key: str, state: State, response: dict) -> None:
         assert state in FINAL

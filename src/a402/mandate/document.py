@@ -19,8 +19,8 @@ Fail closed, everywhere:
   level, with :class:`MandateError` ``mandate_unknown_field``: a limit this
   version cannot read is a limit it would not enforce;
 * ``networks``, ``assets`` and ``schemes`` may not be empty (money needs a
-  where, a what and a how); a scheme other than ``exact`` and ``a402`` is
-  refused;
+  where, a what and a how); a scheme other than ``exact``, ``a402`` and
+  ``upto`` is refused (``upto`` payments count their signed maximum);
 * the empty lists that do mean "any" (``payees``, ``origins``,
   ``urlPatterns``, ``skills``) say so in :func:`describe` and in the wallet.
 """
@@ -40,7 +40,7 @@ from a402.evm.keccak import keccak256
 DOMAIN_NAME: Final = "a402 Mandates"
 DOMAIN_VERSION: Final = "1"
 FORMAT: Final = "a402-mandate/1"
-SCHEMES: Final = ("exact", "a402")
+SCHEMES: Final = ("exact", "a402", "upto")
 UINT256_MAX: Final = (1 << 256) - 1
 UINT64_MAX: Final = (1 << 64) - 1
 

@@ -53,7 +53,8 @@ class UpstreamOptions:
     upstream: str = setting(help="base URL of the API to protect")
     route: tuple[str, ...] = setting(
         metavar="'METHOD /path/*=PRICE'",
-        help="a paid route and its price in token units; repeat for more")
+        help="a paid route and its price in token units ('upto:MAX': charged by the "
+             "usage the upstream reports, at most MAX); repeat for more")
     facilitator: str = setting(help="x402 facilitator URL")
 
 

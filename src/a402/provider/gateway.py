@@ -33,6 +33,7 @@ from a402.provider.middleware import PaymentMiddleware
 from a402.provider.proxy import ReverseProxy
 from a402.provider.routes import Price, RouteConfig, RouteError, RoutePattern, RouteTable
 from a402.provider.settings import PaymentSettings, PaymentTiming, Paywall
+from a402.provider.usage import Meter
 from a402.serving import JsonErrors
 from a402.serving import run as serve
 
@@ -41,21 +42,31 @@ if TYPE_CHECKING:  # the A402 code loads only for a gateway that takes A402 paym
 
 log = logging.getLogger("a402.gateway")
 
+UPTO_PREFIX = "upto:"
+"""A route spec's price ``upto:MAX``: sold by usage, at most ``MAX`` token units."""
+
 DEFAULT_LEDGER_DB = "sqlite:///a402-provider-ledger.db"
 """Where ``a402 gateway`` keeps its replay ledger unless told (beside ``--channel-db``'s)."""
 
 
-def parse_route_spec(spec: str) -> tuple[str, str]:
+def parse_route_spec(spec: str) -> tuple[str, str | RouteConfig]:
     """``"GET /path/*=0.001"`` → ``("GET /path/*", "0.001")``; RouteError if malformed.
 
     The last ``=`` separates the price, so a pattern may not contain one
-    (paths in route patterns never need it).
+    (paths in route patterns never need it). ``"GET /llm=upto:0.05"`` sells the route
+    with x402 ``upto``: 0.05 is the maximum a payer authorises, and the upstream's
+    response says what it used (:mod:`a402.provider.usage`).
     """
     pattern, sep, price = spec.rpartition("=")
     pattern, price = pattern.strip(), price.strip()
     if not sep or not pattern or not price:
         raise RouteError(f"route spec {spec!r} is not 'METHOD /path=PRICE'")
     RoutePattern.parse(pattern)
+    if price.startswith(UPTO_PREFIX):
+        maximum = price.removeprefix(UPTO_PREFIX).strip()
+        if not maximum:
+            raise RouteError(f"route spec {spec!r} names no maximum after 'upto:'")
+        return pattern, RouteConfig(price=maximum, scheme="upto")
     return pattern, price
 
 
@@ -85,6 +96,7 @@ def create_gateway(
     timing: PaymentTiming | None = None,
     observer: Observer | None = None,
     console: bool = False,
+    meter: Meter | None = None,
     **settings: Unpack[PaymentSettings],
 ) -> ASGIApp:
     """The gateway as an ASGI app; ``routes`` are CLI specs or a ``{pattern: price}`` map.
@@ -104,6 +116,11 @@ def create_gateway(
     to :class:`PaymentMiddleware` as they are. With ``a402``
     the gateway also takes A402 channel payments (:class:`A402Payments` in front of the
     middleware); a paid EXEC runs against the upstream through the same proxy.
+
+    ``upto`` routes (``'GET /llm=upto:0.05'``) charge what the upstream's response reports
+    (``Settlement-Overrides`` or ``X-A402-Usage``), else what ``meter`` computes from it
+    (a pure :data:`a402.provider.usage.Meter`: the hook a metering rule plugs into), else
+    the maximum.
     """
     if (facilitator_url is None) == (facilitator is None):
         raise ValueError("give exactly one of facilitator_url and facilitator")
@@ -120,6 +137,7 @@ def create_gateway(
         paywall=paywall,
         timing=timing,
         observer=observer,
+        meter=meter,
         **settings,
     )
     if a402 is None:
@@ -219,6 +237,7 @@ def run_gateway(
     timing: PaymentTiming | None = None,
     observer: Observer | None = None,
     console: bool = False,
+    meter: Meter | None = None,
     **settings: Unpack[PaymentSettings],
 ) -> None:
     """Serve the gateway until interrupted (blocking); ``paywall``, ``timing`` and
@@ -230,7 +249,8 @@ def run_gateway(
     app = create_gateway(
         upstream, routes, pay_to=pay_to, token=token, network=network,
         facilitator_url=facilitator_url, a402=a402, ledger=ledger_db,
-        paywall=paywall, timing=timing, observer=observer, console=console, **settings,
+        paywall=paywall, timing=timing, observer=observer, console=console, meter=meter,
+        **settings,
     )
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     for spec in routes:

@@ -54,6 +54,7 @@ pay_to=..., token=..., network=..., facilitator="http://...")``.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -90,6 +91,7 @@ from a402.exact.serve import (
     drive,
     exact_flow,
 )
+from a402.exact.upto import SCHEME_UPTO, TRANSFER_METHOD_PERMIT2, UptoEvmPayload
 from a402.facilitator.client import FacilitatorClient, FacilitatorError
 from a402.observe import Observer, new_request_id
 from a402.provider import responses
@@ -106,6 +108,13 @@ from a402.provider.ledger import (
 )
 from a402.provider.routes import RouteMatch, RouteSpecs, RouteTable
 from a402.provider.settings import PaymentSettings, PaymentTiming, Paywall, payment_settings
+from a402.provider.usage import (
+    Meter,
+    MeteredResponse,
+    UsageError,
+    charge_for,
+    without_reports,
+)
 from a402.wire.errors import (
     INVALID_NETWORK,
     INVALID_PAYLOAD,
@@ -139,6 +148,8 @@ class _Payment:
     terms: str
     """:func:`payment_terms` of the offer it answers: a resumption must be for these."""
     valid_before: int
+    upto: bool = False
+    """x402 ``upto``: the requirements' amount is the maximum; the usage is settled."""
 
 
 class PaymentMiddleware:
@@ -184,9 +195,13 @@ class PaymentMiddleware:
         paywall: Paywall | None = None,
         timing: PaymentTiming | None = None,
         observer: Observer | None = None,
+        meter: Meter | None = None,
         **settings: Unpack[PaymentSettings],
     ) -> None:
         self.app = app
+        #: ``upto`` routes: the usage of a response that reports none in its headers.
+        self.meter = meter
+        self._upto_facilitator: str | None = None
         #: One JSON log line and metrics per paid request (:mod:`a402.observe`).
         self.observer = observer if observer is not None else Observer("gateway")
         self.paywall, self.timing = payment_settings(paywall, timing, settings)
@@ -258,6 +273,17 @@ class PaymentMiddleware:
         if match is None:
             await self.app(scope, receive, send)
             return
+        if match.route.scheme == SCHEME_UPTO and self._upto_facilitator is None:
+            try:
+                self._upto_facilitator = await self._facilitator_address()
+            except FacilitatorError as exc:
+                await responses.facilitator_failed(
+                    503 if exc.no_verdict().unavailable else 502,
+                    responses.FACILITATOR_UNAVAILABLE,
+                    f"the payment facilitator did not say which address settles upto "
+                    f"payments ({exc.reason})", retry_after=self.retry_after,
+                    settle_attempted=False).send(send)
+                return
         offer = self.offer(scope, match)
         headers = header_values(scope, PAYMENT_SIGNATURE) or header_values(scope, X_PAYMENT)
         if not headers:
@@ -298,6 +324,18 @@ class PaymentMiddleware:
             )
         return self._client
 
+    async def _facilitator_address(self) -> str:
+        """The address our facilitator settles ``upto`` with (its ``/supported``), which
+        payers bind their signature to; FacilitatorError if it settles no upto here."""
+        supported = await self.facilitator.supported()
+        for kind in supported.kinds:
+            address = (kind.extra or {}).get("facilitatorAddress")
+            if kind.scheme == SCHEME_UPTO and kind.network == self.network and \
+                    isinstance(address, str) and is_address(address):
+                return to_checksum(address)
+        raise FacilitatorError(UNSUPPORTED_SCHEME,
+                               f"the facilitator settles no upto payments on {self.network}")
+
     # -------------------------------------------------------------------- the offer
 
     def offer(self, scope: Scope, match: RouteMatch) -> responses.Offer:
@@ -308,16 +346,23 @@ class PaymentMiddleware:
         resource = ResourceInfo(
             url=url, description=match.route.description, mime_type=match.route.mime_type
         )
+        scheme, extra = SCHEME_EXACT, dict(self.token.eip712_extra())
+        if match.route.scheme == SCHEME_UPTO:
+            # As the SDK's upto server: Permit2, and the facilitator payers bind to.
+            assert self._upto_facilitator is not None
+            scheme = SCHEME_UPTO
+            extra = {"assetTransferMethod": TRANSFER_METHOD_PERMIT2, **extra,
+                     "facilitatorAddress": self._upto_facilitator}
         requirements = PaymentRequirements(
-            scheme=SCHEME_EXACT, network=self.network, amount=str(match.amount),
+            scheme=scheme, network=self.network, amount=str(match.amount),
             asset=self.asset, pay_to=self.pay_to, max_timeout_seconds=self.max_timeout_seconds,
-            extra=self.token.eip712_extra(),
+            extra=extra,
         )
         requirements_v1 = PaymentRequirementsV1(
-            scheme=SCHEME_EXACT, network=self.network_v1, max_amount_required=str(match.amount),
+            scheme=scheme, network=self.network_v1, max_amount_required=str(match.amount),
             resource=url, description=resource.description, mime_type=resource.mime_type,
             pay_to=self.pay_to, max_timeout_seconds=self.max_timeout_seconds, asset=self.asset,
-            extra=self.token.eip712_extra(),
+            extra=extra,
         )
         if not self.alternatives:
             return responses.Offer(requirements, resource, requirements_v1)
@@ -356,9 +401,22 @@ class PaymentMiddleware:
                     INVALID_NETWORK, f"payments go on {self.network_v1}, not {payment.network!r}"
                 )
             requirements, version = offer.requirements_v1, 1
+        terms = offer.requirements
+        if terms.scheme == SCHEME_UPTO:
+            upto = UptoEvmPayload.from_wire(payment.payload, reason=INVALID_PAYLOAD)
+            permit = upto.permit2_authorization
+            return _Payment(
+                version=version, payload=payment, requirements=requirements,
+                key=PaymentKey.of(self.network, self.asset, permit.from_address,
+                                  f"permit2:{permit.nonce}"),
+                fingerprint=payment_fingerprint(upto.signature, permit.to_wire()),
+                terms=payment_terms(scheme=terms.scheme, network=terms.network,
+                                    amount=terms.amount, asset=terms.asset, pay_to=terms.pay_to,
+                                    resource=offer.resource.url),
+                valid_before=int(permit.deadline), upto=True,
+            )
         evm = ExactEvmPayload.from_wire(payment.payload, reason=INVALID_PAYLOAD)
         auth = evm.authorization
-        terms = offer.requirements
         return _Payment(
             version=version,
             payload=payment,
@@ -381,9 +439,13 @@ class PaymentMiddleware:
         started = time.perf_counter()
         flow = exact_flow(
             ExactPayment(p.key, p.fingerprint, p.valid_before, p.terms),
-            now=time.time(), retention=self.retention, settle_first=self.settle_before_serve,
+            now=time.time(), retention=self.retention,
+            # upto: the charge is known only once the app has answered.
+            settle_first=self.settle_before_serve and not p.upto,
         )
         buffered: list[BufferedResponse] = []
+        charge: list[int] = []  # upto: the amount to settle, once known
+        unreadable: list[UsageError] = []
 
         async def run(operation: Operation) -> Any:
             match operation:
@@ -393,6 +455,11 @@ class PaymentMiddleware:
                         terms=operation.terms,
                     )
                 case Resumable():
+                    if p.upto:  # settled again for the amount first asked, if we know it
+                        known = operation.settlement.amount if operation.settlement else None
+                        if known is None or not known.isdigit():
+                            return False
+                        charge.append(int(known))
                     return True  # the app runs again once the settle succeeds
                 case Verify():
                     try:
@@ -402,10 +469,21 @@ class PaymentMiddleware:
                 case Serve():
                     response = await run_buffered(self.app, scope, receive)
                     buffered.append(response)
+                    if p.upto and response.status < 400:
+                        try:
+                            charge.append(self._usage(response, p))
+                        except UsageError as exc:
+                            unreadable.append(exc)
+                            return False
                     return response.status < 400
                 case Settle():
+                    requirements = p.requirements
+                    if p.upto:
+                        assert isinstance(requirements, PaymentRequirements) and charge
+                        requirements = requirements.model_copy(
+                            update={"amount": str(charge[0])})
                     try:
-                        return await self.facilitator.settle(p.payload, p.requirements)
+                        return await self.facilitator.settle(p.payload, requirements)
                     except FacilitatorError as exc:
                         return exc.no_verdict()
                 case Release():
@@ -435,6 +513,12 @@ class PaymentMiddleware:
                     verdict.invalid_message or "the facilitator rejected the payment",
                     payer=verdict.payer,
                 ).send(send)
+            case NotServed() if unreadable:
+                log.error("upto response withheld, nothing charged: %s", unreadable[0])
+                await responses.Reply(502, json.dumps({
+                    "error": "usage_unreadable", "message": str(unreadable[0]),
+                    "charged": False}).encode(),
+                    [("content-type", "application/json")]).send(send)
             case NotServed():
                 await buffered[0].replay(send)
             case RequestRefused(failure, settle_attempted) | Unanswered(failure, settle_attempted):
@@ -462,15 +546,27 @@ class PaymentMiddleware:
                     await self._serve_paid(send, buffered[0], settlement, p.version)
         self._observe(scope, p, outcome, time.perf_counter() - started)
 
+    def _usage(self, response: BufferedResponse, p: _Payment) -> int:
+        """The amount an upto response used (:func:`a402.provider.usage.charge_for`); its
+        report headers are removed from what the payer receives."""
+        assert isinstance(p.requirements, PaymentRequirements)
+        amount = charge_for(MeteredResponse(response.status, response.headers,
+                                            b"".join(response.body),
+                                            p.requirements.amount_int), self.meter)
+        response.headers = without_reports(response.headers)
+        return amount
+
     def _observe(self, scope: Scope, p: _Payment, outcome: Any, latency: float) -> None:
         """The paid request's log line and metrics: its outcome names what became of the
         money (``settled``: charged; ``pending``: may be charged; every other: nothing
         moved)."""
         settlement = getattr(outcome, "settlement", None)
+        amount = p.requirements.amount if isinstance(p.requirements, PaymentRequirements) \
+            else p.requirements.max_amount_required
+        if p.upto and settlement is not None and settlement.amount is not None:
+            amount = settlement.amount  # what was charged, not the maximum
         self.observer.paid(
-            request_id=new_request_id(scope), payer=p.key.payer,
-            amount=p.requirements.amount if isinstance(p.requirements, PaymentRequirements)
-            else p.requirements.max_amount_required,
+            request_id=new_request_id(scope), payer=p.key.payer, amount=amount,
             scheme=p.requirements.scheme, outcome=_OUTCOMES.get(type(outcome).__name__, "error"),
             latency=latency, payee=self.pay_to, asset=p.key.asset, network=p.key.network,
             nonce=p.key.nonce, method=scope.get("method"), path=scope.get("path"),
@@ -578,7 +674,8 @@ def _match_v2(accepted: PaymentRequirements, offered: PaymentRequirements) -> No
     (their signature was made over the domain it names).
     """
     if accepted.scheme != offered.scheme:
-        raise WireError(UNSUPPORTED_SCHEME, f"only 'exact' is accepted, not {accepted.scheme!r}")
+        raise WireError(UNSUPPORTED_SCHEME,
+                        f"only {offered.scheme!r} is accepted here, not {accepted.scheme!r}")
     if accepted.network != offered.network:
         raise WireError(
             INVALID_NETWORK, f"payments go on {offered.network}, not {accepted.network!r}"

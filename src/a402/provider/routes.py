@@ -212,15 +212,19 @@ class RouteConfig:
     price: Price
     description: str = ""
     mime_type: str = ""
+    scheme: str = "exact"
+    """``"exact"``: the price is charged; ``"upto"``: the price is a maximum, and the
+    response's usage is charged (:mod:`a402.provider.usage`)."""
 
 
 @dataclass(frozen=True)
 class PaidRoute:
     pattern: RoutePattern
     amount: int
-    """The price in atomic token units."""
+    """The price in atomic token units (for ``upto``, the maximum)."""
     description: str = ""
     mime_type: str = ""
+    scheme: str = "exact"
 
 
 @dataclass(frozen=True)
@@ -262,12 +266,16 @@ class RouteTable:
         paid = []
         for pattern, spec in items:
             config = spec if isinstance(spec, RouteConfig) else RouteConfig(price=spec)
+            if config.scheme not in ("exact", "upto"):
+                raise RouteError(f"route {pattern!r}: scheme {config.scheme!r} is not "
+                                 "'exact' or 'upto'")
             paid.append(
                 PaidRoute(
                     pattern=RoutePattern.parse(pattern),
                     amount=to_atomic(config.price, decimals),
                     description=config.description,
                     mime_type=config.mime_type,
+                    scheme=config.scheme,
                 )
             )
         return cls(paid)
