@@ -161,8 +161,8 @@ def add_demo_arguments(demo: argparse.ArgumentParser) -> None:
                       help="exact: paid HTTP requests; channels: the same API paid through "
                            "one A402 channel via a vault; agents: agents find, pay and rate "
                            "each other over A2A; mandates: an owner's mandate bounds the "
-                           "agent; bitcoin: a Taproot channel's transactions, validated without a node "
-                           "(default: the first four)")
+                           "agent; bitcoin: a Taproot channel's transactions, validated "
+                           "without a node (default: the first four)")
     demo.add_argument("--channel-requests", type=int, default=100,
                       help="paid requests through the channel (acts channels, bitcoin)")
 

@@ -68,9 +68,10 @@ def run_bitcoin_act(requests: int = 100, out: TextIO = sys.stdout) -> int:
     ]
     for label, vb, paper in rows:
         say(f"{label:<34} {vb:>7,} {_usd(vb):>9}   {paper:,}")
-    say(f"\n{run.requests} requests: A402 standard {PAPER_X402_100 * run.requests // 100 / standard:.1f}x, "
-        f"vault {PAPER_X402_100 * run.requests // 100 / vault:.1f}x cheaper than the paper's "
-        f"x402 model ({PAPER_X402_100 * run.requests // 100:,} vB); against the P2TR x402-style "
+    paper_x402 = PAPER_X402_100 * run.requests // 100
+    say(f"\n{run.requests} requests: A402 standard {paper_x402 / standard:.1f}x, "
+        f"vault {paper_x402 / vault:.1f}x cheaper than the paper's "
+        f"x402 model ({paper_x402:,} vB); against the P2TR x402-style "
         f"transactions measured here: {per_request * run.requests / standard:.1f}x and "
         f"{per_request * run.requests / vault:.1f}x")
     say("* not built: no maintained MuSig2 (BIP-327) library installs here, so the cooperative "
