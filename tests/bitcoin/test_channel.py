@@ -176,3 +176,17 @@ def test_a_payment_beyond_capacity_is_refused_and_the_channel_is_unchanged() -> 
     accepted = s.ledger.apply(raw, FUNDING_HEIGHT + 1)
     assert outputs(raw)[s.params.client_payout] == 330
     assert weight(CTransaction.deserialize(raw).to_mutable()) <= accepted.vsize * 4
+
+
+def test_a_malformed_or_oversized_sealed_result_is_refused_before_the_vault_signs() -> None:
+    s = open_channel()
+    exec_ = s.vault.request(b"GET /x", 1_000)
+    reply = s.provider.on_exec(exec_, b"r")
+    from a402.bitcoin.channel import MAX_SEALED
+
+    for sealed, reason in ((b"\x07junk", "bad-result"), (b"\x01" * (MAX_SEALED + 1), "too-large")):
+        with pytest.raises(ExchangeError) as refused:
+            s.vault.on_reply(dataclasses.replace(reply, sealed=sealed))
+        assert refused.value.reason == reason
+        assert s.vault.pending is not None and s.vault.pending.vault_pre is None
+    assert s.vault.on_reveal(s.provider.on_auth(s.vault.on_reply(reply))) == b"r"

@@ -18,6 +18,10 @@ and :meth:`VaultChannel.on_chain_close` recovers ``t = extract(σ̂_U, σ_U, T)`
 opens the sealed result. The provider's own signature in that witness is the completion of its
 pre-signature ``σ̂_S`` (the paper's "adaptor-completed signature"), which reveals ``t`` too.
 
+What the result is worth: the transaction cannot commit to the result (the EVM payment
+message carries its hash), so that the sealed bytes are the service's answer rests on the
+provider's attested enclave, as in the paper; the vault checks only their form and size.
+
 What the vault checks before it signs anything: the REPLY's ``σ̂_S`` must pre-verify against
 the provider's key, the sighash the *vault* computed from the transaction it built itself, and
 ``T``; a tampered or mismatched pre-signature raises :class:`ExchangeError` and the channel is
@@ -70,6 +74,8 @@ from .scripts import (
 from .transactions import Output, Utxo
 
 _DUMMY_SIG = bytes(64)
+#: The largest sealed result a vault accepts in a REPLY (before it pre-signs anything).
+MAX_SEALED = 4 * 1024 * 1024
 
 
 class ExchangeError(ValueError):
@@ -254,6 +260,12 @@ class VaultChannel:
         pending = self._pending(reply.request_id)
         if pending.vault_pre is not None:
             raise ExchangeError("duplicate-reply", "already authorised")
+        if len(reply.sealed) > MAX_SEALED:
+            raise ExchangeError("too-large", f"sealed result over {MAX_SEALED} bytes")
+        try:
+            EncRes.from_bytes(reply.sealed)
+        except CryptoError:
+            raise ExchangeError("bad-result", "the sealed result is malformed") from None
         tx = self.params.payment_close(self.provider_balance + pending.amount)
         message = self.params.sighash(tx, PAYMENT_LEAF)
         try:
