@@ -5,5 +5,7 @@
 * :mod:`.signing` — BIP-340 signatures and key-path tweaks with the project's Schnorr code;
 * :mod:`.validate` — a UTXO ledger that validates spends without a node (buidl's interpreter,
   BIP-68, amounts, cross-library serialisation);
-* :mod:`.channel` — the A402 exchange on a Bitcoin channel and its closing transactions.
+* :mod:`.channel` — the A402 exchange on a Bitcoin channel and its closing transactions;
+* :mod:`.psbt` — a channel spend as a PSBT (BIP-174/371, embit) between its signers;
+* :mod:`.costs` — every lifecycle run and sized (the demo and `bench/bitcoin.py`).
 """
