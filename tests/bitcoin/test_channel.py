@@ -190,3 +190,21 @@ def test_a_malformed_or_oversized_sealed_result_is_refused_before_the_vault_sign
         assert refused.value.reason == reason
         assert s.vault.pending is not None and s.vault.pending.vault_pre is None
     assert s.vault.on_reveal(s.provider.on_auth(s.vault.on_reply(reply))) == b"r"
+
+
+def test_malformed_or_oversized_transactions_are_refused_and_the_ledger_is_unchanged() -> None:
+    s = open_channel()
+    pay(s, 1_000, b"r")
+    good = s.provider.force_close()
+    for raw, reason in (
+        (b"", "malformed"),
+        (b"\x02\x00\x00\x00\x00\x01", "malformed"),
+        (good[:-3], "malformed"),
+        (good + b"\x00", "malformed"),
+        (b"\x00" * 400_001, "too-large"),
+    ):
+        with pytest.raises(Refused) as refused:
+            s.ledger.apply(raw, FUNDING_HEIGHT + 1)
+        assert refused.value.reason == reason
+    assert s.ledger.coin(s.params.funding.txid, 0) is not None
+    s.ledger.apply(good, FUNDING_HEIGHT + 1)

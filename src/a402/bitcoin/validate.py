@@ -3,6 +3,7 @@
 No ``bitcoind`` can be installed on these machines, so a spend is checked as strictly as the
 installable tools allow, all before the ledger changes:
 
+* **size**: at most Bitcoin Core's standard weight (400,000), checked before parsing;
 * **serialisation**: the raw transaction must re-serialise byte for byte through two further
   independent parsers (``buidl`` and ``embit``), besides python-bitcointx which built it;
 * **inputs**: every outpoint exists and is unspent (a double spend, or a stale close after the
@@ -36,6 +37,8 @@ from embit.transaction import Transaction as EmbitTransaction
 from . import _backend  # noqa: F401  (bitcointx on coincurve's libsecp256k1)
 from .transactions import P2TR_DUST, Utxo
 
+#: Bitcoin Core's standardness ceiling on a transaction's weight (MAX_STANDARD_TX_WEIGHT).
+MAX_WEIGHT = 400_000
 _DISABLE_FLAG = 1 << 31
 _TYPE_FLAG = 1 << 22
 _VALUE_MASK = 0xFFFF
@@ -124,6 +127,8 @@ class Ledger:
 
 
 def _parse_and_cross_check(raw: bytes) -> CTransaction:
+    if len(raw) > MAX_WEIGHT:  # weight ≥ size: refused before any parser reads it
+        raise Refused("too-large", f"{len(raw)} bytes")
     try:
         tx = CTransaction.deserialize(raw)
         other = buidl.tx.Tx.parse(io.BytesIO(raw), network="regtest")
@@ -132,6 +137,8 @@ def _parse_and_cross_check(raw: bytes) -> CTransaction:
         raise Refused("malformed", f"does not parse: {exc}") from None
     if tx.serialize() != raw or other.serialize() != raw or third.serialize() != raw:
         raise Refused("malformed", "re-serialisation differs between libraries")
+    if 3 * len(tx.serialize(include_witness=False)) + len(raw) > MAX_WEIGHT:
+        raise Refused("too-large", "weight above the standard limit")
     return tx
 
 
