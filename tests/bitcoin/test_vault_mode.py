@@ -73,3 +73,24 @@ def test_someone_else_cannot_force_settle_a_participants_deposit() -> None:
     with pytest.raises(Refused) as refused:
         ledger.apply(raw, 20 + LONG_DELAY)
     assert refused.value.reason == "script-failed"
+
+
+def test_a_settlement_re_deposits_the_remainder_and_the_exit_takes_only_that() -> None:
+    ledger, deposits, participants, vault = _deposits(1)
+    provider = payout_script_pubkey(BIP340.generate_key().public_key)
+    again = VaultDepositKeys(vault.public_key, participants[0].public_key, LONG_DELAY)
+    payouts = [Output(provider, 120_000), Output(again.output().script_pubkey, 78_000)]
+    raw = vault_settlement(deposits, payouts, vault, provider, 10)
+    settled = ledger.apply(raw, 30)
+    remainder = Deposit(Utxo(settled.txid, 1, 78_000, again.output().script_pubkey), again)
+    home = payout_script_pubkey(participants[0].public_key)
+    exit_ = force_settle(remainder, participants[0], home, 10)
+    with pytest.raises(Refused) as early:  # Δ_long restarts at the settlement's height
+        ledger.apply(exit_, 20 + LONG_DELAY)
+    assert early.value.reason == "non-BIP68-final"
+    accepted = ledger.apply(exit_, 30 + LONG_DELAY)
+    assert sum(outputs(exit_).values()) == 78_000 - accepted.fee
+    # The settled deposit itself is gone: an exit built on it is a double spend.
+    with pytest.raises(Refused) as spent:
+        ledger.apply(force_settle(deposits[0], participants[0], provider, 10), 20 + LONG_DELAY)
+    assert spent.value.reason == "missing-or-spent"

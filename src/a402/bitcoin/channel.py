@@ -465,7 +465,14 @@ def vault_settlement(
     change_script_pubkey: bytes,
     fee_rate: int,
 ) -> bytes:
-    """The vault's aggregated settlement: every deposit by key path, net payouts, one tx."""
+    """The vault's aggregated settlement: every deposit by key path, net payouts, one tx.
+
+    ``payouts`` are the providers' earnings and, for each participant staying in the vault,
+    its remaining balance as a fresh deposit output (:class:`VaultDepositKeys`), which
+    restarts its Δ_long: the vault settles each deposit before its force-settle matures, so
+    a participant's exit can only take what the latest settlement left it. Whatever the
+    deposits hold beyond the payouts and the fee goes to ``change_script_pubkey``.
+    """
     coins = [d.utxo for d in deposits]
     outs = [*payouts, Output(change_script_pubkey, txs.P2TR_DUST)]
     template = txs.build(coins, outs)
