@@ -208,3 +208,18 @@ def test_malformed_or_oversized_transactions_are_refused_and_the_ledger_is_uncha
         assert refused.value.reason == reason
     assert s.ledger.coin(s.params.funding.txid, 0) is not None
     s.ledger.apply(good, FUNDING_HEIGHT + 1)
+
+
+def test_a_retransmitted_auth_and_reveal_are_answered_again_and_credit_once() -> None:
+    s = open_channel()
+    exec_ = s.vault.request(b"GET /x", 1_000)
+    auth = s.vault.on_reply(s.provider.on_exec(exec_, b"once"))
+    reveal = s.provider.on_auth(auth)
+    assert s.provider.on_auth(auth) == reveal
+    assert s.vault.on_reveal(reveal) == b"once"
+    assert s.vault.on_reveal(reveal) == b"once"
+    assert s.vault.provider_balance == s.provider.provider_balance == 1_000
+    pay(s, 500, b"next")
+    assert s.vault.provider_balance == s.provider.provider_balance == 1_500
+    with pytest.raises(ExchangeError):  # an old REVEAL after a newer request: refused
+        s.vault.on_reveal(reveal)

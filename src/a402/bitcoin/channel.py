@@ -243,6 +243,7 @@ class VaultChannel:
     next_request_id: int = 0
     pending: _Pending | None = None
     results: dict[int, bytes] = field(default_factory=dict)
+    _last_reveal: Reveal | None = None
 
     def request(self, request: bytes, amount: int) -> Exec:
         """Start a paid request of ``amount`` sat (one at a time)."""
@@ -286,11 +287,19 @@ class VaultChannel:
         return Auth(reply.request_id, vault_pre.to_bytes())
 
     def on_reveal(self, reveal: Reveal) -> bytes:
-        """Credit the request once ``t·G = T`` and the sealed result opens; return the result."""
+        """Credit the request once ``t·G = T`` and the sealed result opens; return the result.
+
+        A retransmission of the REVEAL that settled the last request returns the same result
+        and credits nothing more.
+        """
+        if reveal == self._last_reveal:
+            return self.results[reveal.request_id]
         pending = self._pending(reveal.request_id)
         if pending.vault_pre is None or not is_adaptor_secret(reveal.t, pending.adaptor):
             raise ExchangeError("bad-reveal", "t does not match the adaptor point")
-        return self._settle(pending, reveal.t)
+        result = self._settle(pending, reveal.t)
+        self._last_reveal = reveal
+        return result
 
     def on_chain_close(self, raw: bytes) -> bytes | None:
         """The provider force-closed: extract ``t`` from the witness alone, open the result.
@@ -363,6 +372,7 @@ class ProviderChannel:
     key: SecretKey
     claim: _Claim | None = None
     _in_flight: tuple[Exec, bytes, bytes, PreSignature] | None = None
+    _last: tuple[Auth, Reveal] | None = None
     closed: bool = False
 
     @property
@@ -381,7 +391,12 @@ class ProviderChannel:
         return Reply(message.request_id, adaptor, presig.to_bytes(), sealed.to_bytes())
 
     def on_auth(self, auth: Auth) -> Reveal:
-        """Accept σ̂_U only if it pre-verifies on the same sighash under the same T."""
+        """Accept σ̂_U only if it pre-verifies on the same sighash under the same T.
+
+        A retransmitted AUTH of the request just revealed gets the same REVEAL again.
+        """
+        if self._last is not None and self._last[0] == auth:
+            return self._last[1]
         if self._in_flight is None or self._in_flight[0].request_id != auth.request_id:
             raise ExchangeError("unknown-request", f"request {auth.request_id} not in flight")
         message, t, digest, own_pre = self._in_flight
@@ -400,7 +415,9 @@ class ProviderChannel:
             self.provider_balance + message.amount, digest, t, own_pre, vault_pre
         )
         self._in_flight = None
-        return Reveal(message.request_id, t)
+        reveal = Reveal(message.request_id, t)
+        self._last = (auth, reveal)
+        return reveal
 
     def force_close(self) -> bytes:
         """The provider's close of its newest state: both pre-signatures completed with t."""
