@@ -223,3 +223,19 @@ def test_a_retransmitted_auth_and_reveal_are_answered_again_and_credit_once() ->
     assert s.vault.provider_balance == s.provider.provider_balance == 1_500
     with pytest.raises(ExchangeError):  # an old REVEAL after a newer request: refused
         s.vault.on_reveal(reveal)
+
+
+def test_a_vault_restored_after_auth_still_recovers_t_from_the_providers_close() -> None:
+    from a402.bitcoin.channel import ProviderChannel, VaultChannel
+
+    s = open_channel()
+    pay(s, 1_000, b"first")
+    pay(s, 2_000, b"withheld", reveal=False)
+    vault = VaultChannel.restore(s.vault.snapshot(), s.params, s.vault_key)  # the vault restarts
+    provider = ProviderChannel.restore(s.provider.snapshot(), s.params, s.provider_key)
+    assert provider.provider_balance == 3_000
+    raw = provider.force_close()
+    s.ledger.apply(raw, FUNDING_HEIGHT + 1)
+    assert vault.on_chain_close(raw) == b"withheld"
+    assert vault.provider_balance == 3_000
+    assert outputs(raw)[s.params.provider_payout] == 3_000

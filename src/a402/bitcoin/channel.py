@@ -43,6 +43,7 @@ leave the client's share below that fee plus the P2TR dust limit.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 
 from bitcointx.core import CMutableTransaction, CTransaction
@@ -230,6 +231,10 @@ class _Pending:
     sealed: bytes = b""
 
 
+def _presig(value: str | None) -> PreSignature | None:
+    return None if value is None else BIP340.presignature_from_bytes(bytes.fromhex(value))
+
+
 # ---------------------------------------------------------------- the vault's side
 
 
@@ -244,6 +249,48 @@ class VaultChannel:
     pending: _Pending | None = None
     results: dict[int, bytes] = field(default_factory=dict)
     _last_reveal: Reveal | None = None
+
+    def snapshot(self) -> bytes:
+        """The channel's state as JSON, to be stored durably before any message it produced
+        is sent (an AUTH above all: once σ̂_U is out, only ``t`` settles the request)."""
+        pending = None
+        if self.pending is not None:
+            p = self.pending
+            pending = {
+                "requestId": p.request_id, "amount": p.amount, "message": p.message.hex(),
+                "adaptor": p.adaptor.hex(), "sealed": p.sealed.hex(),
+                "providerPre": p.provider_pre.to_bytes().hex() if p.provider_pre else None,
+                "vaultPre": p.vault_pre.to_bytes().hex() if p.vault_pre else None,
+            }
+        last = self._last_reveal
+        return json.dumps({
+            "format": "a402/bitcoin-vault-channel/v1",
+            "providerBalance": self.provider_balance,
+            "nextRequestId": self.next_request_id,
+            "pending": pending,
+            "lastReveal": [last.request_id, last.t.hex(),
+                           self.results[last.request_id].hex()] if last else None,
+        }).encode()
+
+    @classmethod
+    def restore(cls, data: bytes, params: ChannelParams, key: SecretKey) -> VaultChannel:
+        """The channel a :meth:`snapshot` recorded (same parameters and key)."""
+        doc = json.loads(data)
+        if doc.get("format") != "a402/bitcoin-vault-channel/v1":
+            raise ExchangeError("bad-snapshot", "not a Bitcoin vault channel snapshot")
+        channel = cls(params, key, int(doc["providerBalance"]), int(doc["nextRequestId"]))
+        if doc["pending"] is not None:
+            p = doc["pending"]
+            channel.pending = _Pending(
+                int(p["requestId"]), int(p["amount"]), bytes.fromhex(p["message"]),
+                bytes.fromhex(p["adaptor"]),
+                _presig(p["providerPre"]), _presig(p["vaultPre"]), bytes.fromhex(p["sealed"]),
+            )
+        if doc["lastReveal"] is not None:
+            rid, t, result = doc["lastReveal"]
+            channel._last_reveal = Reveal(int(rid), bytes.fromhex(t))
+            channel.results[int(rid)] = bytes.fromhex(result)
+        return channel
 
     def request(self, request: bytes, amount: int) -> Exec:
         """Start a paid request of ``amount`` sat (one at a time)."""
@@ -378,6 +425,39 @@ class ProviderChannel:
     @property
     def provider_balance(self) -> int:
         return self.claim.provider_balance if self.claim else 0
+
+    def snapshot(self) -> bytes:
+        """The provider's claim as JSON, to be stored durably before its REVEAL is sent
+        (the claim is what it force-closes with; ``t`` in it is the enclave's secret: the
+        snapshot belongs in the enclave's sealed storage)."""
+        claim = self.claim
+        return json.dumps({
+            "format": "a402/bitcoin-provider-channel/v1",
+            "closed": self.closed,
+            "claim": None if claim is None else {
+                "providerBalance": claim.provider_balance, "message": claim.message.hex(),
+                "t": claim.t.hex(), "providerPre": claim.provider_pre.to_bytes().hex(),
+                "vaultPre": claim.vault_pre.to_bytes().hex(),
+            },
+        }).encode()
+
+    @classmethod
+    def restore(cls, data: bytes, params: ChannelParams, key: SecretKey) -> ProviderChannel:
+        """The channel a :meth:`snapshot` recorded; a request in flight is not kept (the
+        vault's lock on it expires, and no σ̂_U for it was accepted)."""
+        doc = json.loads(data)
+        if doc.get("format") != "a402/bitcoin-provider-channel/v1":
+            raise ExchangeError("bad-snapshot", "not a Bitcoin provider channel snapshot")
+        channel = cls(params, key, closed=bool(doc["closed"]))
+        c = doc["claim"]
+        if c is not None:
+            provider_pre, vault_pre = _presig(c["providerPre"]), _presig(c["vaultPre"])
+            assert provider_pre is not None and vault_pre is not None
+            channel.claim = _Claim(
+                int(c["providerBalance"]), bytes.fromhex(c["message"]), bytes.fromhex(c["t"]),
+                provider_pre, vault_pre,
+            )
+        return channel
 
     def on_exec(self, message: Exec, result: bytes) -> Reply:
         """Seal ``result`` under a fresh ``t`` and pre-sign the new state's close under ``T``."""
