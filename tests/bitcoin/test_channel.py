@@ -19,15 +19,35 @@ def test_cooperative_close_pays_the_credited_balance_and_the_client_the_rest_les
     for i in range(3):
         assert pay(s, 1_000, b"result %d" % i) == b"result %d" % i
     assert s.vault.provider_balance == s.provider.provider_balance == 3_000
-    unsigned, vault_sig = s.vault.cooperative_signature()
-    raw = s.provider.cooperative_close(unsigned, vault_sig)
+    raw = s.vault.cooperative_finish(s.provider.cooperative_answer(s.vault.cooperative_proposal()))
+    assert len(CTransaction.deserialize(raw).wit.vtxinwit[0].scriptWitness.stack) == 1  # key path
     accepted = s.ledger.apply(raw, FUNDING_HEIGHT + 5)
+    assert accepted.vsize == 154
     paid = outputs(raw)
     assert paid[s.params.provider_payout] == 3_000
     assert accepted.fee == accepted.vsize * FEE_RATE
     assert paid[s.params.client_payout] == s.params.funding.amount - 3_000 - accepted.fee
     assert s.ledger.coin(accepted.txid, 0) is not None
     assert s.ledger.coin(s.params.funding.txid, 0) is None
+
+
+def test_a_cooperative_close_with_a_forged_partial_signature_or_stale_state_is_refused() -> None:
+    s = open_channel()
+    pay(s, 1_000, b"a")
+    proposal = s.vault.cooperative_proposal()
+    answer = s.provider.cooperative_answer(proposal)
+    bad = bytes([answer.partial_signature[0] ^ 1]) + answer.partial_signature[1:]
+    with pytest.raises(ExchangeError) as refused:
+        s.vault.cooperative_finish(dataclasses.replace(answer, partial_signature=bad))
+    assert refused.value.reason == "bad-partial-signature"
+    # A proposal paying the provider less than its newest claim is not partially signed.
+    stale = bytes(s.params.cooperative_close(500).serialize())
+    with pytest.raises(ExchangeError) as wrong:
+        s.provider.cooperative_answer(dataclasses.replace(proposal, unsigned=stale))
+    assert wrong.value.reason == "wrong-state"
+    raw = s.vault.cooperative_finish(answer)
+    s.ledger.apply(raw, FUNDING_HEIGHT + 1)
+    assert outputs(raw)[s.params.provider_payout] == 1_000
 
 
 def test_provider_force_close_reveals_t_and_the_vault_opens_the_result_from_the_witness() -> None:

@@ -42,7 +42,8 @@ def _sig_agg(case: dict[str, Any]) -> bytes:
     agg = musig.KeyAgg.of([bytes.fromhex(SIG_AGG["pubkeys"][i]) for i in case["key_indices"]])
     for i, xonly in zip(case["tweak_indices"], case["is_xonly"], strict=True):
         agg.tweak(bytes.fromhex(SIG_AGG["tweaks"][i]), xonly=xonly)
-    aggnonce = musig.nonce_agg([bytes.fromhex(SIG_AGG["pnonces"][i]) for i in case["nonce_indices"]])
+    pubnonces = [bytes.fromhex(SIG_AGG["pnonces"][i]) for i in case["nonce_indices"]]
+    aggnonce = musig.nonce_agg(pubnonces)
     assert aggnonce.hex() == case["aggnonce"].lower()
     psigs = [bytes.fromhex(SIG_AGG["psigs"][i]) for i in case["psig_indices"]]
     return musig.partial_sig_agg(psigs, aggnonce, bytes.fromhex(SIG_AGG["msg"]), agg)

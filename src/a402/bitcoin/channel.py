@@ -22,6 +22,11 @@ What the result is worth: the transaction cannot commit to the result (the EVM p
 message carries its hash), so that the sealed bytes are the service's answer rests on the
 provider's attested enclave, as in the paper; the vault checks only their form and size.
 
+The cooperative close is a key-path spend signed by MuSig2 (BIP-327) of the vault and the
+provider (:meth:`VaultChannel.cooperative_proposal`, :meth:`ProviderChannel.cooperative_answer`,
+:meth:`VaultChannel.cooperative_finish`): each partially signs only the close of the state it
+holds, and the vault verifies the provider's partial signature before adding its own.
+
 What the vault checks before it signs anything: the REPLY's ``σ̂_S`` must pre-verify against
 the provider's key, the sighash the *vault* computed from the transaction it built itself, and
 ``T``; a tampered or mismatched pre-signature raises :class:`ExchangeError` and the channel is
@@ -62,7 +67,7 @@ from a402.crypto import (
 )
 from a402.crypto.errors import CryptoError
 
-from . import signing
+from . import musig, signing
 from . import transactions as txs
 from .scripts import (
     FORCE_SETTLE_LEAF,
@@ -110,6 +115,21 @@ class ChannelParams:
         return hashlib.sha256(
             bytes.fromhex(self.funding.txid) + self.funding.vout.to_bytes(4, "little")
         ).digest()
+
+    def cooperative_close(self, provider_balance: int) -> CMutableTransaction:
+        """The unsigned key-path spend at ``provider_balance`` (MuSig2 of U and S)."""
+        return self._split(provider_balance, [_DUMMY_SIG], txs.NO_RELATIVE_LOCK)
+
+    def cooperative_key(self) -> musig.KeyAgg:
+        """The key-aggregation cache of U and S, tweaked to the output key (BIP-341)."""
+        agg = self.keys.cooperative_key()
+        agg.taproot_tweak(self.output.merkle_root)
+        if agg.xonly() != self.output.output_key:  # pragma: no cover - both follow BIP-341
+            raise ExchangeError("key-mismatch", "MuSig2 output key differs from the tree's")
+        return agg
+
+    def key_path_sighash(self, tx: CMutableTransaction) -> bytes:
+        return txs.sighash(tx, 0, [self.funding])
 
     def payment_close(self, provider_balance: int) -> CMutableTransaction:
         """The unsigned payment-leaf spend at ``provider_balance`` (cooperative or forced)."""
@@ -220,6 +240,22 @@ class Reveal:
     t: bytes
 
 
+@dataclass(frozen=True)
+class CoopProposal:
+    """The vault's cooperative close: the unsigned key-path spend and its MuSig2 nonce."""
+
+    unsigned: bytes
+    pubnonce: bytes
+
+
+@dataclass(frozen=True)
+class CoopAnswer:
+    """The provider's nonce and partial signature on the proposed close."""
+
+    pubnonce: bytes
+    partial_signature: bytes
+
+
 @dataclass
 class _Pending:
     request_id: int
@@ -249,6 +285,7 @@ class VaultChannel:
     pending: _Pending | None = None
     results: dict[int, bytes] = field(default_factory=dict)
     _last_reveal: Reveal | None = None
+    _coop: tuple[bytes, bytes, musig.SecretNonce, bytes] | None = None
 
     def snapshot(self) -> bytes:
         """The channel's state as JSON, to be stored durably before any message it produced
@@ -367,6 +404,42 @@ class VaultChannel:
         except CryptoError:
             return None  # not the pending state's close (an older or a cooperative one)
         return self._settle(pending, t)
+
+    def cooperative_proposal(self) -> CoopProposal:
+        """Round 1 of the MuSig2 cooperative close of the credited state (key path).
+
+        The secret nonce stays in memory only (never in a snapshot): a vault that restarts
+        proposes again with a fresh one.
+        """
+        if self.pending is not None:
+            raise ExchangeError("request-in-flight", "settle or abandon it first")
+        tx = self.params.cooperative_close(self.provider_balance)
+        message = self.params.key_path_sighash(tx)
+        secnonce, pubnonce = musig.nonce_gen(self.key, self.params.cooperative_key(), message)
+        self._coop = (bytes(tx.serialize()), message, secnonce, pubnonce)
+        return CoopProposal(self._coop[0], pubnonce)
+
+    def cooperative_finish(self, answer: CoopAnswer) -> bytes:
+        """Round 2: check the provider's partial signature, add the vault's, aggregate."""
+        if self._coop is None:
+            raise ExchangeError("no-proposal", "no cooperative close proposed")
+        unsigned, message, secnonce, own_nonce = self._coop
+        agg = self.params.cooperative_key()
+        try:
+            aggnonce = musig.nonce_agg([own_nonce, answer.pubnonce])
+        except musig.MusigError:
+            raise ExchangeError("bad-nonce", "the provider's nonce is malformed") from None
+        provider = b"\x02" + self.params.keys.provider
+        if not musig.partial_verify(
+            answer.partial_signature, answer.pubnonce, provider, aggnonce, message, agg
+        ):
+            raise ExchangeError("bad-partial-signature", "the provider's partial signature")
+        self._coop = None  # the nonce is spent whatever happens next
+        own = musig.partial_sign(self.key, secnonce, aggnonce, message, agg)
+        signature = musig.partial_sig_agg([own, answer.partial_signature], aggnonce, message, agg)
+        tx = CMutableTransaction.deserialize(unsigned)
+        txs.set_witness(tx, 0, txs.key_path_stack(signature))
+        return bytes(tx.serialize())
 
     def cooperative_signature(self) -> tuple[bytes, bytes]:
         """The vault's plain signature on the close of the credited state: (unsigned tx, σ_U)."""
@@ -511,8 +584,24 @@ class ProviderChannel:
             tx, PAYMENT_LEAF, payment_witness_sigs(provider_sig, vault_sig)
         )
 
+    def cooperative_answer(self, proposal: CoopProposal) -> CoopAnswer:
+        """Partially sign the vault's key-path close if it pays exactly the newest claim."""
+        tx = CMutableTransaction.deserialize(proposal.unsigned)
+        expected = self.params.cooperative_close(self.provider_balance)
+        if bytes(tx.serialize()) != bytes(expected.serialize()):
+            raise ExchangeError("wrong-state", "the cooperative close is not the newest state")
+        message = self.params.key_path_sighash(tx)
+        agg = self.params.cooperative_key()
+        secnonce, pubnonce = musig.nonce_gen(self.key, agg, message)
+        try:
+            aggnonce = musig.nonce_agg([proposal.pubnonce, pubnonce])
+        except musig.MusigError:
+            raise ExchangeError("bad-nonce", "the vault's nonce is malformed") from None
+        return CoopAnswer(pubnonce, musig.partial_sign(self.key, secnonce, aggnonce, message, agg))
+
     def cooperative_close(self, unsigned: bytes, vault_sig: bytes) -> bytes:
-        """Countersign the vault's cooperative close if it pays at least the newest claim."""
+        """Countersign the vault's payment-leaf close (two signatures, for a signer without
+        MuSig2) if it pays exactly the newest claim."""
         from bitcointx.core import CMutableTransaction
 
         tx = CMutableTransaction.deserialize(unsigned)

@@ -2,18 +2,16 @@
 
 Standard mode (one channel between a client ``C``, its vault ``U`` and a provider ``S``)::
 
-    internal key  H (BIP-341's provably unspendable point: no key-path spend)
+    internal key  MuSig2(U, S) (BIP-327; key path: the cooperative close, one signature)
     leaf "payment"  <U> OP_CHECKSIGVERIFY <S> OP_CHECKSIG              (depth 1)
     leaf "refund"   <Δ> OP_CHECKSEQUENCEVERIFY OP_DROP <C> OP_CHECKSIG  (depth 1)
 
-The payment leaf is the cooperative close (the vault and the provider both sign the
-final state) and the provider's force close (the provider completes the vault's adaptor
-pre-signature on the latest paid state with ``t``, so the witness publishes ``s`` and
-anyone holding the pre-signature learns ``t``). The two differ in how the signatures were
-obtained, not in the script, so one leaf serves both: a second leaf with the same keys
-would only lengthen every control block. With a maintained MuSig2 (BIP-327) library the
-cooperative close would be a key-path spend of ``U+S`` instead (none installs here; the
-cost difference is measured in ``bench/bitcoin.py``).
+The key path is the cooperative close: the vault and the provider sign the final state
+together (:mod:`a402.bitcoin.musig`, libsecp256k1's MuSig2), 154 vB. The payment leaf is the
+provider's force close: it completes the vault's adaptor pre-signature on the latest paid
+state with ``t``, so the witness publishes ``s`` and anyone holding the pre-signature learns
+``t``. The same leaf can also carry a cooperative close by two separate signatures (204 vB),
+for a signer without MuSig2 (:mod:`a402.bitcoin.psbt`).
 
 The refund leaf is the client's force close: valid only ``Δ`` blocks after the funding
 output confirmed (BIP-68 relative lock in the input's nSequence, checked by BIP-112
@@ -45,10 +43,7 @@ from bitcointx.core.script import (
 )
 
 from . import _backend  # noqa: F401  (bitcointx on coincurve's libsecp256k1)
-
-#: BIP-341's NUMS point ``H`` (x-only): lift_x(SHA-256 of G's uncompressed encoding). Nobody
-#: knows its discrete logarithm, so an output with this internal key has no key path.
-NUMS_KEY = bytes.fromhex("50929b74c1a04954b78b4b6035e97a5e078a5a0f28ec96d547bfee9ace803ac0")
+from .musig import KeyAgg
 
 #: The BIP-68 ceiling for a block-based relative lock (16 bits, type flag clear).
 MAX_CSV_BLOCKS = 0xFFFF
@@ -148,12 +143,16 @@ class ChannelKeys:
     refund_delay: int
 
     def output(self) -> TaprootOutput:
-        """The channel's funding output: no key path, leaves payment and refund."""
+        """The channel's funding output: key path = MuSig2(U, S), leaves payment and refund."""
         leaves = [
             payment_leaf(self.vault, self.provider),
             timeout_leaf(self.refund_delay, self.client, REFUND_LEAF),
         ]
-        return _output(leaves, NUMS_KEY, has_key_path=False)
+        return _output(leaves, self.cooperative_key().xonly(), has_key_path=True)
+
+    def cooperative_key(self) -> KeyAgg:
+        """BIP-327 KeyAgg of ``[U, S]`` (in that order), untweaked: the internal key."""
+        return KeyAgg.of([b"\x02" + self.vault, b"\x02" + self.provider])
 
 
 @dataclass(frozen=True)
