@@ -46,6 +46,7 @@ FORCE_SETTLE_DELAY = 4_320
 PAPER_VB = {
     "U.createASC": 153,
     "U.closeASC": 155,
+    "U.closeASC (2-of-2 leaf)": 155,
     "standard lifecycle": 308,
     "S.forceClose": 208,
     "C.forceClose": 192,
@@ -138,8 +139,11 @@ def run_lifecycles(requests: int = 100, price: int = 1_000) -> Lifecycles:
         raise ExchangeError("diverged", "vault and provider disagree on the balance")
 
     unsigned, vault_sig = vault.cooperative_signature()
+    proposal = vault.cooperative_proposal()
     closes: list[tuple[str, bytes, int]] = [
-        ("U.closeASC", provider.cooperative_close(unsigned, vault_sig), 101),
+        ("U.closeASC", vault.cooperative_finish(provider.cooperative_answer(proposal)), 101),
+        # The same close by the payment leaf's two signatures (a signer without MuSig2).
+        ("U.closeASC (2-of-2 leaf)", provider.cooperative_close(unsigned, vault_sig), 101),
         ("S.forceClose", provider.force_close(), 101),
         # The client's close pays the provider what the vault credited (1-in/2-out, as
         # the paper's); the refund leaf would let it pay any split after Δ.

@@ -25,7 +25,7 @@ from a402.bitcoin.costs import (
 PRICE = 1_000  # sat per request
 
 ORDER = (
-    "U.createASC", "U.closeASC", "S.forceClose", "C.forceClose",
+    "U.createASC", "U.closeASC", "U.closeASC (2-of-2 leaf)", "S.forceClose", "C.forceClose",
     "U.initVault", "U.settleVault", "C/S.forceSettle",
     "x402 tx1 (escrow)", "x402 tx2 (finalise)",
 )
@@ -41,26 +41,25 @@ def run_bitcoin_act(requests: int = 100, out: TextIO = sys.stdout) -> int:
     say("a402 demo: Atomic Service Channels on Bitcoin (Taproot, validated without a node)\n")
     started = time.perf_counter()
     run = run_lifecycles(requests, PRICE)
-    say("channel    P2TR, internal key H (no key path); leaf payment <U> CHECKSIGVERIFY <S> "
-        f"CHECKSIG; leaf refund <{REFUND_DELAY}> CSV DROP <C> CHECKSIG")
+    say("channel    P2TR, internal key MuSig2(U, S) (key path: cooperative close); leaf payment "
+        f"<U> CHECKSIGVERIFY <S> CHECKSIG; leaf refund <{REFUND_DELAY}> CSV DROP <C> CHECKSIG")
     say(f"paid       {run.requests} requests x {PRICE:,} sat through the adaptor exchange: "
         f"vault credited {run.provider_balance:,} sat, opened {run.results_opened} results")
     say(f"fees       {FEE_RATE} sat/vB, BTC ${BTC_USD:,} (as the paper's Table 2)\n")
     for name in ORDER:
         m = run.transactions[name]
-        say(f"{name:<20} {m.vsize:>4} vB (base {m.base}, witness {m.witness_vb:g})  "
+        say(f"{name:<25} {m.vsize:>4} vB (base {m.base}, witness {m.witness_vb:g})  "
             f"fee {m.fee:,} sat {_usd(m.vsize)}   paper {PAPER_VB[name]} vB")
         say(f"  {m.raw.hex()}")
     standard = run.vb("U.createASC") + run.vb("U.closeASC")
     vault = run.vb("U.initVault") + run.vb("U.settleVault")
-    key_path_close = run.vb("U.settleVault")  # a 1-in/2-out key-path spend, as MuSig2's would be
     per_request = run.vb("x402 tx1 (escrow)") + run.vb("x402 tx2 (finalise)")
     say()
     say(f"{'':<34} {'vB':>7} {'USD':>9}   paper vB")
     rows = [
         ("A402 standard lifecycle", standard, PAPER_VB["standard lifecycle"]),
-        ("  with a MuSig2 key-path close*", run.vb("U.createASC") + key_path_close,
-         PAPER_VB["standard lifecycle"]),
+        ("  closed by the 2-of-2 leaf instead", run.vb("U.createASC")
+         + run.vb("U.closeASC (2-of-2 leaf)"), PAPER_VB["standard lifecycle"]),
         ("A402 vault lifecycle", vault, PAPER_VB["vault lifecycle"]),
         ("x402-style, per request", per_request, PAPER_VB["x402 per request"]),
         (f"x402-style, {run.requests} requests", per_request * run.requests,
@@ -74,8 +73,6 @@ def run_bitcoin_act(requests: int = 100, out: TextIO = sys.stdout) -> int:
         f"x402 model ({paper_x402:,} vB); against the P2TR x402-style "
         f"transactions measured here: {per_request * run.requests / standard:.1f}x and "
         f"{per_request * run.requests / vault:.1f}x")
-    say("* not built: no maintained MuSig2 (BIP-327) library installs here, so the cooperative "
-        "close is the 2-of-2 payment leaf; sized as the vault's 1-in/2-out key-path spend")
     ok = run.provider_balance == run.requests * PRICE and run.results_opened == run.requests
     say(f"\n{'ok' if ok else 'FAILED'}: every transaction validated by the ledger "
         f"({time.perf_counter() - started:.1f} s)")
