@@ -50,6 +50,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from bitcointx.core import CMutableTransaction, CTransaction
 
@@ -105,7 +106,7 @@ class ChannelParams:
     provider_payout: bytes
     fee_rate: int
 
-    @property
+    @cached_property
     def output(self) -> TaprootOutput:
         return self.keys.output()
 

@@ -1,9 +1,11 @@
 """Channel spends as PSBTs (BIP-174 with BIP-371's Taproot fields), through embit.
 
-A cooperative close is signed by two parties, possibly on different machines or by an external
-signer: :func:`to_psbt` writes the unsigned close with everything a signer needs (the spent
-output, the tapscript leaf and its control block, the internal key and merkle root) and the
-signatures gathered so far (PSBT_IN_TAP_SCRIPT_SIG, keyed by x-only key and leaf hash);
+A close through the payment leaf carries two signatures, possibly made on different machines
+or by an external signer without MuSig2 (the key-path close needs BIP-373's MuSig2 fields, which
+embit does not have): :func:`to_psbt` writes the unsigned close with everything a signer
+needs (the spent output, the tapscript leaf and its control block, the internal key and
+merkle root) and the signatures gathered so far (PSBT_IN_TAP_SCRIPT_SIG, keyed by x-only
+key and leaf hash);
 :func:`finalize` checks that a PSBT spends this channel's output through this channel's leaf,
 verifies every signature on the sighash it computes itself, and writes the final witness.
 """
