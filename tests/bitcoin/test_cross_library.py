@@ -47,3 +47,14 @@ def test_sizes_are_computed_from_the_serialised_transaction() -> None:
     weight = 3 * stripped + len(raw)
     assert txs.weight(tx.to_mutable()) == weight
     assert txs.vsize(tx.to_mutable()) == -(-weight // 4)
+
+
+def test_the_channel_output_key_is_the_same_by_bitcointx_embit_and_libsecp256k1s_musig() -> None:
+    from embit.ec import PublicKey as EmbitPublicKey
+
+    s = open_channel()
+    out = s.params.output
+    embit_key = EmbitPublicKey.from_xonly(out.internal_key).taproot_tweak(out.merkle_root)
+    assert embit_key.xonly() == out.output_key
+    assert s.params.cooperative_key().xonly() == out.output_key
+    assert out.script_pubkey == b"\x51\x20" + out.output_key
