@@ -89,6 +89,8 @@ def test_a_stale_client_close_loses_to_the_newer_state() -> None:
     answer = s.provider.poll(FUNDING_HEIGHT + REFUND_DELAY - 12, FUNDING_HEIGHT, margin=12)
     assert answer is not None
     s.ledger.apply(answer, FUNDING_HEIGHT + REFUND_DELAY - 12)
+    s.provider.closed_on_chain()
+    assert s.provider.poll(FUNDING_HEIGHT + REFUND_DELAY, FUNDING_HEIGHT, margin=12) is None
     with pytest.raises(Refused) as late:
         s.ledger.apply(stale, FUNDING_HEIGHT + REFUND_DELAY + 1)
     assert late.value.reason == "missing-or-spent"

@@ -34,8 +34,9 @@ unchanged. The vault never issues a plain signature on a payment-leaf spend exce
 cooperative close of the state it already credited.
 
 A stale client close loses (design): the client's only path alone is the refund leaf, valid
-``Δ`` blocks after the funding confirmed. Until then only the payment leaf can spend, and the
-provider holds the newest state's claim; :meth:`ProviderChannel.poll` returns its force close
+``Δ`` blocks after the funding confirmed. Until then only the vault and the provider together
+can spend (key path or payment leaf), and the provider holds the newest state's claim;
+:meth:`ProviderChannel.poll` returns its force close
 once the chain reaches ``funding height + Δ − margin`` with earnings unclosed. A client spend
 that tries earlier is refused (BIP-68); once the provider's close confirms, any client spend is
 a double spend. So the provider's close path answers; its duty is to close within Δ.
@@ -615,8 +616,13 @@ class ProviderChannel:
         own = signing.sign_script_path(self.key, digest)
         return self.params.witness(tx, PAYMENT_LEAF, payment_witness_sigs(own, vault_sig))
 
+    def closed_on_chain(self) -> None:
+        """The channel output is spent (any path): nothing more to claim or answer."""
+        self.closed = True
+
     def poll(self, height: int, funding_height: int, margin: int) -> bytes | None:
-        """The watchtower duty: the force close once the refund is ``margin`` blocks away."""
+        """The watchtower duty: the force close once the refund is ``margin`` blocks away
+        (returned again at every poll until :meth:`closed_on_chain`, to be re-broadcast)."""
         if self.closed or self.claim is None:
             return None
         if height >= funding_height + self.params.keys.refund_delay - margin:
