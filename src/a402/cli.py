@@ -155,14 +155,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def add_demo_arguments(demo: argparse.ArgumentParser) -> None:
     demo.add_argument("--requests", type=int, default=5, help="paid requests to make")
-    demo.add_argument("--act", choices=("all", "exact", "channels", "agents", "mandates"),
+    demo.add_argument("--act",
+                      choices=("all", "exact", "channels", "agents", "mandates", "bitcoin"),
                       default="all",
                       help="exact: paid HTTP requests; channels: the same API paid through "
                            "one A402 channel via a vault; agents: agents find, pay and rate "
                            "each other over A2A; mandates: an owner's mandate bounds the "
-                           "agent (default: all four)")
+                           "agent; bitcoin: a Taproot channel's transactions, validated "
+                           "without a node (default: the first four)")
     demo.add_argument("--channel-requests", type=int, default=100,
-                      help="paid requests through the channel (act channels)")
+                      help="paid requests through the channel (acts channels, bitcoin)")
 
 
 def add_devnet_arguments(devnet: argparse.ArgumentParser) -> None:

@@ -26,7 +26,7 @@ from a402.facilitator.core import Facilitator
 from a402.facilitator.store import SettlementStore
 from a402.provider.middleware import PaymentMiddleware
 
-ACTS = ("all", "exact", "channels", "agents", "mandates")
+ACTS = ("all", "exact", "channels", "agents", "mandates", "bitcoin")
 
 
 def run_demo(requests: int = 5, out: TextIO = sys.stdout, act: str = "all",
@@ -57,6 +57,10 @@ def run_demo(requests: int = 5, out: TextIO = sys.stdout, act: str = "all",
         if act == "all":
             print(file=out)
         status |= run_mandates_act(out)
+    if act == "bitcoin":  # not in "all": no EVM chain, its own walkthrough
+        from a402.demos.bitcoin import run_bitcoin_act
+
+        status |= run_bitcoin_act(channel_requests, out)
     return status
 
 
