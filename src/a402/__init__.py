@@ -15,6 +15,55 @@ first, so anything imported here would be imported by every layer, against the
 layer order (``lint-imports``).
 """
 
+import importlib.abc
+import importlib.machinery
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
 __version__ = "0.1.0"
 
 __all__ = ["__version__"]
+
+#: The recursion limit a402's processes keep. py_ecc (imported by web3 and eth-account)
+#: raises the interpreter's limit to 100,000 when it is imported; with that limit,
+#: ``json.loads`` of a body nested 90,000 deep overflows the C stack and the whole process
+#: dies of a segmentation fault instead of raising ``RecursionError``: one hostile body (or
+#: one hostile upstream's answer) would kill a vault, a facilitator or a paying agent
+#: wherever a parser is reached before a402's own depth checks (SDKs, ``response.json()``).
+#: 12,288 is py-evm's own need (1,024 nested calls) and leaves the C stack ample room.
+RECURSION_LIMIT = 12_288
+
+
+def _cap_recursion() -> None:
+    if sys.getrecursionlimit() > RECURSION_LIMIT:
+        sys.setrecursionlimit(RECURSION_LIMIT)
+
+
+class _CapAfterPyEcc(importlib.abc.MetaPathFinder):
+    """Lower the limit again right after py_ecc's import raised it, whenever (and by
+    whichever library) py_ecc is first imported."""
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None,
+                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname != "py_ecc":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return spec
+        loader = spec.loader
+        execute = loader.exec_module
+
+        def exec_module(module: ModuleType) -> None:
+            try:
+                execute(module)
+            finally:
+                _cap_recursion()
+
+        loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+_cap_recursion()
+if not any(isinstance(finder, _CapAfterPyEcc) for finder in sys.meta_path):
+    sys.meta_path.insert(0, _CapAfterPyEcc())
