@@ -1,0 +1,185 @@
+"""A paywall in front of an existing MCP server: the server's tools, priced, unchanged.
+
+The proxy is an MCP server (the official SDK's low-level ``Server``) whose ``tools/list``
+is the upstream's and whose ``tools/call`` goes through :func:`a402.mcp.server.protect`
+(:class:`~a402.mcp.paywall.ToolPaywall`: x402 MCP wire, settle after the upstream's
+success, exactly once across processes with a shared ledger) before it is forwarded
+upstream. The upstream is reached over streamable HTTP (``Upstream.http(url)``) or
+started as a child speaking stdio (``Upstream.command([...])``); the proxy serves
+streamable HTTP (:func:`proxy_app`) or stdio (:func:`serve_stdio`).
+
+Forwarded upstream: the tool's name and arguments only. The request's ``_meta`` (and
+with it the payment) stays at the proxy: the upstream never sees a payment, and cannot
+be made to settle or replay one. The upstream's result comes back as it is, plus the
+receipt; an upstream error result, or an upstream that cannot be reached, is not charged.
+
+Bounds: an HTTP body is refused above ``limits`` (size, JSON depth, number length:
+413/400 with a reason, :class:`a402.serving.BoundedJsonBodies`) before the MCP SDK
+decodes it; the payment in ``_meta`` is bounded again on its own (:mod:`a402.mcp.wire`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mcp import ClientSession, types
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamablehttp_client
+from mcp.server.lowlevel import Server
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from starlette.applications import Starlette
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from a402.mcp.paywall import ToolPaywall
+from a402.mcp.server import protect
+from a402.serving import BoundedJsonBodies, JsonErrors, read_body, send_error
+from a402.wire.jsonstrict import DEFAULT_LIMITS, JsonLimits
+
+log = logging.getLogger("a402.mcp.proxy")
+
+MCP_PATH = "/mcp"
+INVALID_JSON = "invalid_json"
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Where the protected MCP server is: a streamable HTTP URL, or a command to start."""
+
+    url: str | None = None
+    argv: tuple[str, ...] = ()
+    env: dict[str, str] | None = field(default=None, hash=False)
+    timeout: float = 60.0
+
+    @classmethod
+    def http(cls, url: str, *, timeout: float = 60.0) -> Upstream:
+        return cls(url=url, timeout=timeout)
+
+    @classmethod
+    def command(cls, argv: Sequence[str], *, env: dict[str, str] | None = None) -> Upstream:
+        if not argv:
+            raise ValueError("the upstream command is empty")
+        return cls(argv=tuple(argv), env=env)
+
+    @contextlib.asynccontextmanager
+    async def connect(self) -> AsyncIterator[ClientSession]:
+        """An initialized session with the upstream, for as long as the context lasts."""
+        async with contextlib.AsyncExitStack() as stack:
+            if self.url is not None:
+                read, write, _ = await stack.enter_async_context(
+                    streamablehttp_client(self.url, timeout=self.timeout))
+            else:
+                params = StdioServerParameters(command=self.argv[0], args=list(self.argv[1:]),
+                                               env=self.env)
+                read, write = await stack.enter_async_context(stdio_client(params))
+            session = await stack.enter_async_context(ClientSession(read, write))
+            await session.initialize()
+            yield session
+
+    def __str__(self) -> str:
+        return self.url if self.url is not None else " ".join(self.argv)
+
+
+def proxy_server(upstream: ClientSession, paywall: ToolPaywall,
+                 name: str = "a402-mcp-paywall") -> Server[Any, Any]:
+    """The proxying MCP server over an initialized upstream session, behind ``paywall``."""
+    server: Server[Any, Any] = Server(name)
+
+    @server.list_tools()
+    async def list_tools() -> list[types.Tool]:
+        return (await upstream.list_tools()).tools
+
+    @server.call_tool(validate_input=False)  # the upstream validates its own arguments
+    async def call_tool(tool: str, arguments: dict[str, Any]) -> types.CallToolResult:
+        return await upstream.call_tool(tool, arguments)
+
+    protect(server, paywall)
+    return server
+
+
+class _LazyHandler:
+    """The streamable HTTP handler, set once the lifespan has connected the upstream."""
+
+    def __init__(self) -> None:
+        self.manager: StreamableHTTPSessionManager | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.manager is None:  # pragma: no cover - the lifespan runs first
+            raise RuntimeError("the MCP proxy is not started")
+        await self.manager.handle_request(scope, receive, send)
+
+
+class _Utf8Bodies:
+    """Refuse a POST body that is not UTF-8 (400 ``invalid_json``) before the MCP SDK,
+    which answers such a body with a 500. Sits inside :class:`BoundedJsonBodies`, so the
+    body it reads again is already bounded and in memory."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        try:
+            body = await read_body(receive, self.max_bytes)
+        except ConnectionError:
+            return
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError:
+            await send_error(send, 400, INVALID_JSON, "the body is not UTF-8 JSON")
+            return
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+def proxy_app(upstream: Upstream, paywall: ToolPaywall, *,
+              limits: JsonLimits = DEFAULT_LIMITS) -> Starlette | Any:
+    """The proxy as an ASGI app serving streamable HTTP at ``/mcp`` (stateless: every
+    request stands alone, so replicas behind one load balancer share only the ledger).
+    The upstream is connected in the app's lifespan, and the paywall closed with it."""
+    handler = _LazyHandler()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        try:
+            async with upstream.connect() as session:
+                manager = StreamableHTTPSessionManager(
+                    app=proxy_server(session, paywall), stateless=True, json_response=True)
+                async with manager.run():
+                    handler.manager = manager
+                    log.info("proxying MCP tools of %s", upstream)
+                    yield
+        finally:
+            handler.manager = None
+            await paywall.aclose()
+
+    app = Starlette(routes=[Route(MCP_PATH, endpoint=handler)], lifespan=lifespan)
+    return JsonErrors(BoundedJsonBodies(_Utf8Bodies(app, limits.max_bytes), limits=limits))
+
+
+async def serve_stdio(upstream: Upstream, paywall: ToolPaywall) -> None:
+    """Serve the proxy on this process's stdin/stdout until the client closes it."""
+    from mcp.server.stdio import stdio_server
+
+    try:
+        async with upstream.connect() as session:
+            server = proxy_server(session, paywall)
+            async with stdio_server() as (read, write):
+                await server.run(read, write, server.create_initialization_options())
+    finally:
+        await paywall.aclose()

@@ -1,0 +1,274 @@
+"""``a402 mcp serve``'s proxy in front of an ordinary MCP server, on anvil, balances asserted.
+
+The upstream (``weather_server``) knows nothing of payments. The proxy prices two of its
+tools; every paid call settles through a402's facilitator on anvil exactly once, after
+the upstream succeeded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+
+from a402.chain.deploy import Manifest
+from a402.chain.node import Chain
+from a402.client import Budget
+from a402.client.errors import PaymentRefused
+from a402.client.records import PaymentStatus
+from a402.exact.replay import LedgerState, PaymentKey
+from a402.mcp import PayingMCPSession, ToolPaywall
+from a402.mcp.proxy import Upstream, proxy_app
+from a402.mcp.wire import PAYMENT_META_KEY, PAYMENT_RESPONSE_META_KEY
+from a402.provider.ledger import SqlLedger
+from tests.mcp import weather_server
+from tests.mcp.helpers import PRICE, PRICE_TEXT, balance, mcp_session, text_of
+from tests.servers import dead_url, serve
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[str]]:
+    """How often each upstream tool really ran (the upstream appends to this file)."""
+    path = tmp_path / "runs.txt"
+    monkeypatch.setenv("WEATHER_RUNS", str(path))
+    return lambda: path.read_text().split() if path.exists() else []
+
+
+@pytest.fixture
+def upstream_url() -> Iterator[str]:
+    with serve(weather_server.app()) as base:
+        yield base + "/mcp"
+
+
+@pytest.fixture
+def pay_to() -> str:
+    return str(Account.create().address)
+
+
+@pytest.fixture
+def ledger_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mcp-ledger.db'}"
+
+
+def paywall(manifest: Manifest, pay_to: str, facilitator: str, ledger: str) -> ToolPaywall:
+    return ToolPaywall({"forecast": PRICE_TEXT, "broken": PRICE_TEXT}, pay_to=pay_to,
+                       token=manifest.token, network=manifest.network,
+                       facilitator=facilitator, ledger=ledger)
+
+
+@pytest.fixture
+def proxy_url(upstream_url: str, dev_stack: Manifest, facilitator_url: str, pay_to: str,
+              ledger_url: str) -> Iterator[str]:
+    app = proxy_app(Upstream.http(upstream_url),
+                    paywall(dev_stack, pay_to, facilitator_url, ledger_url))
+    with serve(app) as base:
+        yield base + "/mcp"
+
+
+def paying(session: Any, payer: LocalAccount, **kwargs: Any) -> PayingMCPSession:
+    kwargs.setdefault("max_per_request", 10 * PRICE)
+    return PayingMCPSession(session, payer, **kwargs)
+
+
+async def test_an_unpaid_call_of_a_priced_tool_gets_the_x402_offer_and_the_tool_never_runs(
+        proxy_url: str, dev_stack: Manifest, pay_to: str,
+        runs: Callable[[], list[str]]) -> None:
+    async with mcp_session(proxy_url) as session:
+        tools = {t.name for t in (await session.list_tools()).tools}
+        result = await session.call_tool("forecast", {"city": "Paris"})
+        free = await session.call_tool("echo", {"text": "hello"})
+    assert tools == {"forecast", "broken", "echo"}
+    assert result.isError
+    offer = result.structuredContent
+    assert offer is not None and offer["x402Version"] == 2
+    assert offer["error"] == "payment_required"
+    assert offer["resource"]["url"] == "mcp://tool/forecast"
+    [accept] = offer["accepts"]
+    assert (accept["scheme"], accept["amount"], accept["payTo"], accept["network"]) == (
+        "exact", str(PRICE), pay_to, dev_stack.network)
+    assert json.loads(text_of(result)) == offer  # the SDK's fallback reads the text
+    assert not free.isError and text_of(free) == "hello"
+    assert runs() == ["echo"]
+
+
+async def test_a_paid_call_settles_once_and_moves_exactly_the_price(
+        proxy_url: str, anvil_chain: Chain, dev_stack: Manifest, pay_to: str,
+        new_payer: Callable[..., LocalAccount], runs: Callable[[], list[str]],
+        ledger_url: str) -> None:
+    payer = new_payer()
+    before = balance(anvil_chain, dev_stack, payer.address)
+    budget = Budget(5 * PRICE)
+    async with mcp_session(proxy_url) as session:
+        answer = await paying(session, payer, budget=budget).call_tool(
+            "forecast", {"city": "Paris"})
+    assert not answer.result.isError
+    assert text_of(answer.result) == "sunny in Paris, 21 C"
+    assert answer.paid and answer.payment is not None
+    assert answer.payment.status == PaymentStatus.SETTLED
+    receipt = answer.receipt
+    assert receipt is not None and receipt.success and receipt.payer == payer.address
+    mined = anvil_chain.w3.eth.get_transaction_receipt(receipt.transaction)  # type: ignore[arg-type]
+    assert mined["status"] == 1
+    assert answer.result.meta is not None and PAYMENT_RESPONSE_META_KEY in answer.result.meta
+    assert balance(anvil_chain, dev_stack, payer.address) == before - PRICE
+    assert balance(anvil_chain, dev_stack, pay_to) == PRICE
+    assert budget.remaining(dev_stack.token.address) == 4 * PRICE
+    assert runs() == ["forecast"]
+    key = PaymentKey.of(dev_stack.network, dev_stack.token.address, payer.address,
+                        answer.payment.nonce)
+    ledger = SqlLedger(ledger_url)
+    try:
+        assert ledger.state_of(key) == LedgerState.SETTLED
+    finally:
+        ledger.close()
+
+
+async def test_a_replayed_payment_buys_nothing_more(
+        proxy_url: str, anvil_chain: Chain, dev_stack: Manifest, pay_to: str,
+        new_payer: Callable[..., LocalAccount], runs: Callable[[], list[str]]) -> None:
+    payer = new_payer()
+    before = balance(anvil_chain, dev_stack, payer.address)
+    async with mcp_session(proxy_url) as session:
+        answer = await paying(session, payer).call_tool("forecast", {"city": "Paris"})
+        assert answer.paid and answer.payment is not None
+        payload = json.loads(answer.payment.header_value)
+        again = await session.call_tool("forecast", {"city": "Oslo"},
+                                        meta={PAYMENT_META_KEY: payload})
+        elsewhere = await session.call_tool("broken", {"city": "Oslo"},
+                                            meta={PAYMENT_META_KEY: payload})
+    assert again.isError and again.structuredContent is not None
+    assert again.structuredContent["error"] == "payment_already_used"
+    # Offered at the same price, the same authorization for another tool is refused too.
+    assert elsewhere.isError and elsewhere.structuredContent is not None
+    assert elsewhere.structuredContent["error"] in ("payment_already_used",
+                                                    "payment_terms_mismatch")
+    assert runs() == ["forecast"]
+    assert balance(anvil_chain, dev_stack, payer.address) == before - PRICE
+    assert balance(anvil_chain, dev_stack, pay_to) == PRICE
+
+
+async def test_a_tool_the_upstream_fails_is_not_charged(
+        proxy_url: str, anvil_chain: Chain, dev_stack: Manifest, pay_to: str,
+        new_payer: Callable[..., LocalAccount], runs: Callable[[], list[str]],
+        ledger_url: str) -> None:
+    payer = new_payer()
+    before = balance(anvil_chain, dev_stack, payer.address)
+    async with mcp_session(proxy_url) as session:
+        answer = await paying(session, payer).call_tool("broken", {"city": "Paris"})
+    assert answer.result.isError
+    assert "down" in text_of(answer.result)
+    assert answer.payment is not None and not answer.paid
+    assert answer.payment.status == PaymentStatus.UNCONFIRMED
+    assert answer.payment.reason == "tool_error_not_charged"
+    assert answer.receipt is None
+    assert runs() == ["broken"]
+    assert balance(anvil_chain, dev_stack, payer.address) == before
+    assert balance(anvil_chain, dev_stack, pay_to) == 0
+    key = PaymentKey.of(dev_stack.network, dev_stack.token.address, payer.address,
+                        answer.payment.nonce)
+    ledger = SqlLedger(ledger_url)
+    try:
+        assert ledger.state_of(key) is None  # released: nothing moved, nothing owed
+    finally:
+        ledger.close()
+
+
+async def test_the_client_refuses_a_price_above_its_maximum_and_signs_nothing(
+        proxy_url: str, anvil_chain: Chain, dev_stack: Manifest,
+        new_payer: Callable[..., LocalAccount], runs: Callable[[], list[str]]) -> None:
+    payer = new_payer()
+    before = balance(anvil_chain, dev_stack, payer.address)
+    async with mcp_session(proxy_url) as session:
+        client = paying(session, payer, max_per_request=PRICE - 1)
+        with pytest.raises(PaymentRefused) as refused:
+            await client.call_tool("forecast", {"city": "Paris"})
+        assert client.payments == []
+        budgeted = paying(session, payer, budget=Budget(PRICE - 1))
+        with pytest.raises(PaymentRefused) as over_budget:
+            await budgeted.call_tool("forecast", {"city": "Paris"})
+    assert refused.value.reason == "price_above_maximum"
+    assert over_budget.value.reason == "budget_exhausted"
+    assert runs() == []
+    assert balance(anvil_chain, dev_stack, payer.address) == before
+
+
+async def test_no_facilitator_means_no_tool_run_and_no_charge(
+        upstream_url: str, anvil_chain: Chain, dev_stack: Manifest, pay_to: str,
+        ledger_url: str, new_payer: Callable[..., LocalAccount],
+        runs: Callable[[], list[str]]) -> None:
+    payer = new_payer()
+    before = balance(anvil_chain, dev_stack, payer.address)
+    app = proxy_app(Upstream.http(upstream_url),
+                    paywall(dev_stack, pay_to, dead_url(), ledger_url))
+    with serve(app) as base:
+        async with mcp_session(base + "/mcp") as session:
+            answer = await paying(session, payer, retries=1, retry_delay=0.05).call_tool(
+                "forecast", {"city": "Paris"})
+    assert answer.result.isError and answer.payment is not None
+    assert answer.payment.status == PaymentStatus.REJECTED
+    assert answer.payment.reason == "facilitator_unavailable"
+    assert runs() == []
+    assert balance(anvil_chain, dev_stack, payer.address) == before
+
+
+# ------------------------------------------------------------------ hostile input
+
+
+async def test_hostile_bodies_get_clear_refusals_and_the_proxy_keeps_serving(
+        proxy_url: str) -> None:
+    headers = {"accept": "application/json, text/event-stream",
+               "content-type": "application/json"}
+    deep = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":' + b"[" * 5000 \
+        + b"]" * 5000 + b"}"
+    huge = b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":"' + b"a" * (2 << 20) \
+        + b'"}}'
+    long_number = b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":' + b"9" * 5000 \
+        + b"}}"
+    async with httpx.AsyncClient(timeout=30) as http:
+        too_deep = await http.post(proxy_url, content=deep, headers=headers)
+        too_large = await http.post(proxy_url, content=huge, headers=headers)
+        too_long = await http.post(proxy_url, content=long_number, headers=headers)
+        garbage = await http.post(proxy_url, content=b"\xff\xfe{{{", headers=headers)
+    assert (too_deep.status_code, too_deep.json()["error"]) == (400, "json_too_deep")
+    assert (too_large.status_code, too_large.json()["error"]) == (413, "request_too_large")
+    assert (too_long.status_code, too_long.json()["error"]) == (400, "json_number_too_long")
+    assert 400 <= garbage.status_code < 500
+    async with mcp_session(proxy_url) as session:  # still serving
+        assert not (await session.call_tool("echo", {"text": "ok"})).isError
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize(("meta", "reason"), [
+    (_nested(40), "json_too_deep"),
+    ("x" * 100_000, "request_too_large"),
+    ({"x402Version": 2, "accepted": {"amount": 10**80}, "payload": {}}, "invalid_payload"),
+    (12, "malformed_payment"),
+    ("{not json", "malformed_payment"),
+    ({"x402Version": 1, "scheme": "exact", "network": "base", "payload": {}},
+     "invalid_x402_version"),
+    ({"x402Version": 2, "accepted": {"scheme": "exact"}, "payload": {}}, "invalid_payload"),
+])
+async def test_a_malformed_payment_in_meta_is_refused_with_its_reason_and_runs_nothing(
+        proxy_url: str, runs: Callable[[], list[str]], meta: Any, reason: str) -> None:
+    async with mcp_session(proxy_url) as session:
+        result = await session.call_tool("forecast", {"city": "Paris"},
+                                         meta={PAYMENT_META_KEY: meta})
+        assert not (await session.call_tool("echo", {"text": "ok"})).isError
+    assert result.isError and result.structuredContent is not None
+    assert result.structuredContent["error"] == reason, result.structuredContent
+    assert result.structuredContent["accepts"]  # a fresh offer comes with the refusal
+    assert runs() == ["echo"]
