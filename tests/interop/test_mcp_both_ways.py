@@ -1,0 +1,116 @@
+"""Paid MCP tools against the official x402 SDK's MCP transport (``x402.mcp``), both ways,
+on anvil with balances asserted.
+
+- a402's paid tool (FastMCP + :func:`a402.mcp.protect`, settled by a402's facilitator)
+  called by the SDK's MCP client (``x402MCPSession``, signing with the SDK's EVM scheme);
+- the SDK's paid tool (FastMCP + ``x402.mcp.create_payment_wrapper``, settled by the
+  SDK's facilitator) called by a402's :class:`~a402.mcp.PayingMCPSession`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from mcp.server.fastmcp import FastMCP
+from x402 import x402ResourceServer
+from x402.http import FacilitatorConfig, HTTPFacilitatorClient
+from x402.mcp import create_payment_wrapper, x402MCPSession
+from x402.mechanisms.evm.exact import register_exact_evm_server
+from x402.schemas import SettleResponse as SdkSettleResponse
+
+from a402.chain.deploy import Manifest
+from a402.chain.node import Chain
+from a402.client.records import PaymentStatus
+from a402.mcp import PayingMCPSession, ToolPaywall, protect
+from tests.interop.official import official_requirements, official_sdk_client
+from tests.mcp.helpers import PRICE, balance, mcp_session, text_of
+from tests.servers import serve
+
+pytestmark = pytest.mark.anyio
+
+
+def _forecast_server() -> FastMCP:
+    mcp = FastMCP("a402-weather")
+
+    @mcp.tool()
+    def forecast(city: str) -> str:
+        """Tomorrow's weather."""
+        return f"sunny in {city}"
+
+    return mcp
+
+
+@pytest.fixture
+def a402_tool_url(dev_stack: Manifest, facilitator_url: str) -> Iterator[tuple[str, str]]:
+    pay_to = str(Account.create().address)
+    mcp = _forecast_server()
+    protect(mcp, ToolPaywall({"forecast": PRICE}, pay_to=pay_to, token=dev_stack.token,
+                             network=dev_stack.network, facilitator=facilitator_url))
+    with serve(mcp.streamable_http_app()) as base:
+        yield base + "/mcp", pay_to
+
+
+async def test_the_sdk_mcp_client_pays_an_a402_paid_tool(
+        a402_tool_url: tuple[str, str], anvil_chain: Chain, dev_stack: Manifest,
+        new_payer: Callable[..., LocalAccount]) -> None:
+    url, pay_to = a402_tool_url
+    payer = new_payer()
+    before = balance(anvil_chain, dev_stack, payer.address)
+    async with mcp_session(url) as session:
+        sdk = x402MCPSession(session, official_sdk_client(payer))
+        result = await sdk.call_tool("forecast", {"city": "Lyon"})
+    assert not result.is_error and result.payment_made
+    assert "sunny in Lyon" in "".join(getattr(b, "text", "") for b in result.content)
+    receipt = result.payment_response
+    assert isinstance(receipt, SdkSettleResponse) and receipt.success
+    assert receipt.payer is not None and receipt.payer.lower() == payer.address.lower()
+    mined = anvil_chain.w3.eth.get_transaction_receipt(receipt.transaction)  # type: ignore[arg-type]
+    assert mined["status"] == 1
+    assert balance(anvil_chain, dev_stack, payer.address) == before - PRICE
+    assert balance(anvil_chain, dev_stack, pay_to) == PRICE
+
+
+@pytest.fixture
+def sdk_tool_url(dev_stack: Manifest, official_facilitator_url: str
+                 ) -> Iterator[tuple[str, str]]:
+    pay_to = str(Account.create().address)
+    resource_server = x402ResourceServer(
+        HTTPFacilitatorClient(FacilitatorConfig(url=official_facilitator_url)))
+    register_exact_evm_server(resource_server, dev_stack.network)
+    resource_server.initialize()
+    paid = create_payment_wrapper(
+        resource_server, accepts=[official_requirements(dev_stack, pay_to, PRICE)])
+    mcp = FastMCP("sdk-weather")
+
+    @mcp.tool(name="forecast", description="Tomorrow's weather (x402 SDK paywall)")
+    @paid
+    async def forecast(city: str) -> str:
+        return f"rainy in {city}"
+
+    with serve(mcp.streamable_http_app()) as base:
+        yield base + "/mcp", pay_to
+
+
+async def test_a402s_mcp_client_pays_an_sdk_paid_tool_within_its_limits(
+        sdk_tool_url: tuple[str, str], anvil_chain: Chain, dev_stack: Manifest,
+        new_payer: Callable[..., LocalAccount]) -> None:
+    url, pay_to = sdk_tool_url
+    payer = new_payer()
+    before = balance(anvil_chain, dev_stack, payer.address)
+    async with mcp_session(url) as session:
+        paying = PayingMCPSession(session, payer, max_per_request=PRICE)
+        answer = await paying.call_tool("forecast", {"city": "Brest"})
+    assert not answer.result.isError
+    assert text_of(answer.result) == "rainy in Brest"
+    assert answer.paid and answer.payment is not None
+    assert answer.payment.status == PaymentStatus.SETTLED
+    assert answer.payment.amount == PRICE and answer.payment.pay_to.lower() == pay_to.lower()
+    receipt = answer.receipt
+    assert receipt is not None and receipt.success
+    mined = anvil_chain.w3.eth.get_transaction_receipt(receipt.transaction)  # type: ignore[arg-type]
+    assert mined["status"] == 1
+    assert balance(anvil_chain, dev_stack, payer.address) == before - PRICE
+    assert balance(anvil_chain, dev_stack, pay_to) == PRICE
