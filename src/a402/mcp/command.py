@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from dataclasses import dataclass
@@ -33,7 +34,8 @@ class McpUpstreamOptions:
                                               "protect (e.g. http://127.0.0.1:8000/mcp)")
     upstream_command: str | None = setting(
         None, metavar="COMMAND",
-        help="or: the command that starts it speaking MCP on stdio (split like a shell)")
+        help="or: the command that starts it speaking MCP on stdio (split like a shell; "
+             "it runs with this process's environment)")
     tool: tuple[str, ...] = setting(
         (), metavar="'NAME=PRICE'",
         help="a paid tool and its price in token units; repeat for more")
@@ -102,7 +104,10 @@ def run_mcp_serve(args: argparse.Namespace) -> int:
         upstream = Upstream.http(upstream_options.upstream)
     else:
         try:
-            upstream = Upstream.command(shlex.split(upstream_options.upstream_command or ""))
+            # As a shell would start it: with this process's environment (the SDK's
+            # default passes only a few variables such as PATH and HOME).
+            upstream = Upstream.command(shlex.split(upstream_options.upstream_command or ""),
+                                        env=dict(os.environ))
         except ValueError as e:
             return fail(f"--upstream-command: {e}")
     if not upstream_options.tool:
@@ -156,7 +161,10 @@ def run_mcp_serve(args: argparse.Namespace) -> int:
 
     ensure_port_free(serve.host, serve.port)
     url = f"http://{serve.host}:{serve.port}{MCP_PATH}"
-    print(json.dumps({**announcement, "mcp": url}), file=sys.stderr, flush=True)
-    serve_app(proxy_app(upstream, paywall), host=serve.host, port=serve.port,
-              log_level="info" if args.verbose else "warning")
+
+    def announce() -> None:  # once the upstream answered: a failed start never announces
+        print(json.dumps({**announcement, "mcp": url}), file=sys.stderr, flush=True)
+
+    serve_app(proxy_app(upstream, paywall, on_ready=announce), host=serve.host,
+              port=serve.port, log_level="info" if args.verbose else "warning")
     return 0

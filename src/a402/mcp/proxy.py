@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,10 +148,12 @@ class _Utf8Bodies:
 
 
 def proxy_app(upstream: Upstream, paywall: ToolPaywall, *,
-              limits: JsonLimits = DEFAULT_LIMITS) -> Starlette | Any:
+              limits: JsonLimits = DEFAULT_LIMITS,
+              on_ready: Callable[[], None] | None = None) -> Starlette | Any:
     """The proxy as an ASGI app serving streamable HTTP at ``/mcp`` (stateless: every
     request stands alone, so replicas behind one load balancer share only the ledger).
-    The upstream is connected in the app's lifespan, and the paywall closed with it."""
+    The upstream is connected in the app's lifespan (``on_ready`` runs once it is), and
+    the paywall closed with it."""
     handler = _LazyHandler()
 
     @contextlib.asynccontextmanager
@@ -163,6 +165,8 @@ def proxy_app(upstream: Upstream, paywall: ToolPaywall, *,
                 async with manager.run():
                     handler.manager = manager
                     log.info("proxying MCP tools of %s", upstream)
+                    if on_ready is not None:
+                        on_ready()
                     yield
         finally:
             handler.manager = None
