@@ -26,7 +26,7 @@ from a402.chain.node import Chain
 from a402.client.records import PaymentStatus
 from a402.mcp import PayingMCPSession, ToolPaywall, protect
 from tests.interop.official import official_requirements, official_sdk_client
-from tests.mcp.helpers import PRICE, balance, mcp_session, text_of
+from tests.paid_mcp.helpers import PRICE, balance, mcp_session, text_of
 from tests.servers import serve
 
 pytestmark = pytest.mark.anyio

@@ -24,6 +24,7 @@ never walked recursively.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping
 from typing import Any, Final
@@ -79,8 +80,8 @@ def check_value(value: Any, limits: JsonLimits = META_LIMITS) -> None:
         elif isinstance(item, bool) or item is None:
             budget -= 5
         elif isinstance(item, int | float):
-            text = repr(item) if isinstance(item, float) else None
-            digits = len(text) if text is not None else _int_chars(item, limits)
+            digits = (len(repr(item)) if isinstance(item, float)
+                      else _int_chars(item, limits))
             if digits > limits.max_number_chars:
                 raise JsonLimitError(wire_errors.JSON_NUMBER_TOO_LONG,
                                      f"a number longer than {limits.max_number_chars} "
@@ -168,10 +169,8 @@ def required_of(result: types.CallToolResult) -> PaymentRequired | None:
         candidates.append(result.structuredContent)
     for block in result.content[:1]:
         if isinstance(block, types.TextContent):
-            try:
+            with contextlib.suppress(WireError):
                 candidates.append(loads_object(block.text, limits=DEFAULT_LIMITS))
-            except WireError:
-                pass
     for candidate in candidates:
         if not (isinstance(candidate, dict) and candidate.get("x402Version") == 2
                 and isinstance(candidate.get("accepts"), list) and candidate["accepts"]):

@@ -20,13 +20,13 @@ from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
 from a402.chain.deploy import Manifest
-from a402.cli import main
 from a402.chain.node import Chain, free_port
+from a402.cli import main
 from a402.mcp import PayingMCPSession, ToolPaywall
 from a402.mcp.proxy import Upstream, proxy_app
 from a402.mcp.wire import PAYMENT_META_KEY
-from tests.mcp import weather_server
-from tests.mcp.helpers import PRICE, PRICE_TEXT, balance, mcp_session, text_of
+from tests.paid_mcp import weather_server
+from tests.paid_mcp.helpers import PRICE, PRICE_TEXT, balance, mcp_session, text_of
 from tests.servers import serve
 from tests.test_cli_end_to_end import Stderr, wait_until
 
@@ -129,11 +129,11 @@ async def test_mcp_serve_on_stdio_in_front_of_an_http_server(
             "--tool", f"forecast={PRICE_TEXT}", "--manifest", manifest_file,
             "--pay-to", pay_to, "--facilitator", facilitator_url,
             "--ledger-db", f"sqlite:///{tmp_path / 'ledger.db'}"], env=_env())
-        async with stdio_client(params) as (read, write):
-            async with ClientSession(read, write) as session:
-                await session.initialize()
-                answer = await PayingMCPSession(session, payer, max_per_request=PRICE
-                                                ).call_tool("forecast", {"city": "Nice"})
+        async with (stdio_client(params) as (read, write),
+                    ClientSession(read, write) as session):
+            await session.initialize()
+            answer = await PayingMCPSession(session, payer, max_per_request=PRICE
+                                            ).call_tool("forecast", {"city": "Nice"})
     assert answer.paid and text_of(answer.result) == "sunny in Nice, 21 C"
     assert balance(anvil_chain, dev_stack, payer.address) == before - PRICE
     assert balance(anvil_chain, dev_stack, pay_to) == PRICE

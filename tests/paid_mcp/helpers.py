@@ -20,10 +20,10 @@ PRICE_TEXT = "0.001"
 @asynccontextmanager
 async def mcp_session(url: str) -> AsyncIterator[ClientSession]:
     """An initialized official-SDK client session with the MCP server at ``url``."""
-    async with streamablehttp_client(url, timeout=60) as (read, write, _):
-        async with ClientSession(read, write) as session:
-            await session.initialize()
-            yield session
+    async with (streamablehttp_client(url, timeout=60) as (read, write, _),
+                ClientSession(read, write) as session):
+        await session.initialize()
+        yield session
 
 
 def balance(chain: Chain, manifest: Manifest, address: str) -> int:

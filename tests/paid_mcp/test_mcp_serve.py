@@ -7,6 +7,7 @@ the upstream succeeded.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,13 +23,14 @@ from a402.chain.node import Chain
 from a402.client import Budget
 from a402.client.errors import PaymentRefused
 from a402.client.records import PaymentStatus
+from a402.client.wallet import Wallet
 from a402.exact.replay import LedgerState, PaymentKey
 from a402.mcp import PayingMCPSession, ToolPaywall
 from a402.mcp.proxy import Upstream, proxy_app
-from a402.mcp.wire import PAYMENT_META_KEY, PAYMENT_RESPONSE_META_KEY
+from a402.mcp.wire import PAYMENT_META_KEY, PAYMENT_RESPONSE_META_KEY, required_of
 from a402.provider.ledger import SqlLedger
-from tests.mcp import weather_server
-from tests.mcp.helpers import PRICE, PRICE_TEXT, balance, mcp_session, text_of
+from tests.paid_mcp import weather_server
+from tests.paid_mcp.helpers import PRICE, PRICE_TEXT, balance, mcp_session, text_of
 from tests.servers import dead_url, serve
 
 pytestmark = pytest.mark.anyio
@@ -272,3 +274,35 @@ async def test_a_malformed_payment_in_meta_is_refused_with_its_reason_and_runs_n
     assert result.structuredContent["error"] == reason, result.structuredContent
     assert result.structuredContent["accepts"]  # a fresh offer comes with the refusal
     assert runs() == ["echo"]
+
+
+async def test_one_payment_sent_to_two_replicas_at_once_buys_one_call(
+        upstream_url: str, postgres_url: str, anvil_chain: Chain, dev_stack: Manifest,
+        pay_to: str, facilitator_url: str, new_payer: Callable[..., LocalAccount],
+        runs: Callable[[], list[str]]) -> None:
+    """Two proxies (as two processes: each its own ledger connection) share one PostgreSQL
+    ledger; the same signed payment raced to both buys exactly one tool call."""
+    payer = new_payer()
+    before = balance(anvil_chain, dev_stack, payer.address)
+    replicas = [proxy_app(Upstream.http(upstream_url),
+                          paywall(dev_stack, pay_to, facilitator_url, postgres_url))
+                for _ in range(2)]
+    with serve(replicas[0]) as first, serve(replicas[1]) as second:
+        async with mcp_session(first + "/mcp") as one, mcp_session(second + "/mcp") as two:
+            probe = await one.call_tool("forecast", {"city": "Bern"})
+            required = required_of(probe)
+            assert required is not None
+            payload = Wallet(payer).sign(required.accepts[0], resource=required.resource,
+                                         valid_for=60)
+            meta = {PAYMENT_META_KEY: payload.to_wire()}
+            results = await asyncio.gather(
+                one.call_tool("forecast", {"city": "Bern"}, meta=meta),
+                two.call_tool("forecast", {"city": "Bern"}, meta=meta))
+    served = [r for r in results if not r.isError]
+    refused = [r for r in results if r.isError]
+    assert len(served) == 1 and len(refused) == 1
+    assert refused[0].structuredContent is not None
+    assert refused[0].structuredContent["error"] in ("payment_in_use", "payment_already_used")
+    assert runs() == ["forecast"]
+    assert balance(anvil_chain, dev_stack, payer.address) == before - PRICE
+    assert balance(anvil_chain, dev_stack, pay_to) == PRICE
