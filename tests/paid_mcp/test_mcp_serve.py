@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,9 +24,16 @@ from a402.chain.deploy import Manifest
 from a402.chain.node import Chain
 from a402.client import Budget
 from a402.client.errors import PaymentRefused
+from a402.client.audit import audit
+from a402.client.mandate_command import stored_mandates
 from a402.client.records import PaymentStatus
 from a402.client.wallet import Wallet
+from a402.crypto import EcdsaSigner
 from a402.exact.replay import LedgerState, PaymentKey
+from a402.mandate import Domain, Mandate, MandateGuard, sign_mandate
+from a402.mandate.evidence import EvidenceLog
+from a402.mandate.registry import RevocationCheck
+from a402.mandate.spend import SpendStore
 from a402.mcp import PayingMCPSession, ToolPaywall
 from a402.mcp.proxy import Upstream, proxy_app
 from a402.mcp.wire import PAYMENT_META_KEY, PAYMENT_RESPONSE_META_KEY, required_of
@@ -306,3 +315,51 @@ async def test_one_payment_sent_to_two_replicas_at_once_buys_one_call(
     assert runs() == ["forecast"]
     assert balance(anvil_chain, dev_stack, payer.address) == before - PRICE
     assert balance(anvil_chain, dev_stack, pay_to) == PRICE
+
+
+def _guard(payer: LocalAccount, manifest: Manifest, chain: Chain, store: SpendStore,
+           cap: int) -> MandateGuard:
+    owner = Account.create()
+    now = int(time.time())
+    mandate = Mandate(owner=owner.address, agent=payer.address, max_per_payment=cap,
+                      budget=10 * PRICE, valid_after=now - 60, valid_before=now + 3600,
+                      nonce=os.urandom(32), networks=(manifest.network,),
+                      assets=(manifest.token.address,), schemes=("exact",))
+    domain = Domain(manifest.chain_id, manifest.contracts["MandateRegistry"])
+    signed = sign_mandate(mandate, domain, EcdsaSigner(bytes(owner.key)).sign_digest)
+    return MandateGuard(signed, agent=payer.address, store=store,
+                        revocation=RevocationCheck.for_mandate(chain, signed))
+
+
+async def test_under_an_owners_mandate_the_client_pays_inside_it_and_records_the_call(
+        proxy_url: str, anvil_chain: Chain, dev_stack: Manifest, pay_to: str,
+        new_payer: Callable[..., LocalAccount], runs: Callable[[], list[str]],
+        tmp_path: Path) -> None:
+    payer = new_payer()
+    before = balance(anvil_chain, dev_stack, payer.address)
+    store = SpendStore(f"sqlite:///{tmp_path}/spend.db")
+    narrow = _guard(payer, dev_stack, anvil_chain, store, cap=PRICE - 1)
+    wide = _guard(payer, dev_stack, anvil_chain, store, cap=PRICE)
+    async with mcp_session(proxy_url) as session:
+        with pytest.raises(PaymentRefused) as refused:
+            await PayingMCPSession(session, payer, mandate=narrow).call_tool(
+                "forecast", {"city": "Paris"})
+        answer = await PayingMCPSession(session, payer, mandate=wide).call_tool(
+            "forecast", {"city": "Paris"})
+    assert refused.value.reason == "mandate_cap_exceeded"
+    assert "nothing was signed" in str(refused.value)
+    assert store.spent(narrow.signed_mandate).total == 0
+    assert answer.paid and answer.receipt is not None
+    assert store.spent(wide.signed_mandate).total == PRICE
+    assert runs() == ["forecast"]
+    assert balance(anvil_chain, dev_stack, payer.address) == before - PRICE
+    assert balance(anvil_chain, dev_stack, pay_to) == PRICE
+    lines = audit(EvidenceLog(store.engine).rows(), stored_mandates(store.engine))
+    assert [line.problems for line in lines] == [[]]
+    [line] = lines
+    assert line.record["mandate"] == wide.mandate_hash
+    assert line.record["request"]["tool"] == "forecast"
+    assert line.record["request"]["url"] == "mcp://tool/forecast"
+    assert line.record["settlement"]["transaction"] == answer.receipt.transaction
+    assert line.record["status"] == "settled"
+    store.close()
