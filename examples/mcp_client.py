@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from mcp import ClientSession
-from mcp.client.streamable_http import streamablehttp_client
+from mcp.client.streamable_http import streamable_http_client
 
 from a402.client import Budget, token_units_max
 from a402.mcp import PayingMCPSession
@@ -21,7 +21,7 @@ from a402.mcp import PayingMCPSession
 
 async def call(url: str, tool: str, arguments: dict[str, object], key: str, maximum: str
                ) -> int:
-    async with (streamablehttp_client(url) as (read, write, _),
+    async with (streamable_http_client(url) as (read, write, _),
                 ClientSession(read, write) as session):
         await session.initialize()
         paying = PayingMCPSession(session, key, max_per_request=token_units_max(maximum),

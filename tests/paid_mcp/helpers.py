@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from mcp import ClientSession
-from mcp.client.streamable_http import streamablehttp_client
+from mcp.client.streamable_http import streamable_http_client
 
 from a402.chain.deploy import Manifest
 from a402.chain.node import Chain
@@ -20,7 +20,7 @@ PRICE_TEXT = "0.001"
 @asynccontextmanager
 async def mcp_session(url: str) -> AsyncIterator[ClientSession]:
     """An initialized official-SDK client session with the MCP server at ``url``."""
-    async with (streamablehttp_client(url, timeout=60) as (read, write, _),
+    async with (streamable_http_client(url) as (read, write, _),
                 ClientSession(read, write) as session):
         await session.initialize()
         yield session

@@ -23,8 +23,8 @@ from eth_account.signers.local import LocalAccount
 from a402.chain.deploy import Manifest
 from a402.chain.node import Chain
 from a402.client import Budget
-from a402.client.errors import PaymentRefused
 from a402.client.audit import audit
+from a402.client.errors import PaymentRefused
 from a402.client.mandate_command import stored_mandates
 from a402.client.records import PaymentStatus
 from a402.client.wallet import Wallet

@@ -26,9 +26,10 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 from mcp import ClientSession, types
+from mcp.client import streamable_http
 from mcp.client.stdio import StdioServerParameters, stdio_client
-from mcp.client.streamable_http import streamablehttp_client
 from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from starlette.applications import Starlette
@@ -70,8 +71,7 @@ class Upstream:
         """An initialized session with the upstream, for as long as the context lasts."""
         async with contextlib.AsyncExitStack() as stack:
             if self.url is not None:
-                read, write, _ = await stack.enter_async_context(
-                    streamablehttp_client(self.url, timeout=self.timeout))
+                read, write, _ = await self._http_streams(self.url, stack)
             else:
                 params = StdioServerParameters(command=self.argv[0], args=list(self.argv[1:]),
                                                env=self.env)
@@ -79,6 +79,17 @@ class Upstream:
             session = await stack.enter_async_context(ClientSession(read, write))
             await session.initialize()
             yield session
+
+    async def _http_streams(self, url: str, stack: contextlib.AsyncExitStack) -> Any:
+        """The SDK's streamable HTTP client: ``streamable_http_client`` with an httpx client
+        of ours where it exists (newer 1.x), else the older ``streamablehttp_client``."""
+        current = getattr(streamable_http, "streamable_http_client", None)
+        if current is None:
+            return await stack.enter_async_context(
+                streamable_http.streamablehttp_client(url, timeout=self.timeout))
+        client = await stack.enter_async_context(httpx.AsyncClient(
+            timeout=httpx.Timeout(self.timeout, read=max(self.timeout, 300.0))))
+        return await stack.enter_async_context(current(url, http_client=client))
 
     def __str__(self) -> str:
         return self.url if self.url is not None else " ".join(self.argv)
