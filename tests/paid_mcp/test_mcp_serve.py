@@ -363,3 +363,55 @@ async def test_under_an_owners_mandate_the_client_pays_inside_it_and_records_the
     assert line.record["settlement"]["transaction"] == answer.receipt.transaction
     assert line.record["status"] == "settled"
     store.close()
+
+
+def _settle_fails_first(facilitator: str) -> Any:
+    """A facilitator front that forwards everything to ``facilitator`` except the first
+    ``/settle``, which it forwards too and then answers 503: the money moved, the answer
+    was lost (what a crash or a cut connection after settling looks like)."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    settles: list[int] = []
+
+    async def forward(request: Request) -> Response:
+        async with httpx.AsyncClient(timeout=60) as http:
+            upstream = await http.request(request.method, facilitator + request.url.path,
+                                          content=await request.body(),
+                                          headers={"content-type": "application/json"})
+        if request.url.path == "/settle":
+            settles.append(upstream.status_code)
+            if len(settles) == 1:
+                return Response(b'{"error":"facilitator_error"}', status_code=503,
+                                media_type="application/json")
+        return Response(upstream.content, status_code=upstream.status_code,
+                        media_type="application/json")
+
+    app = Starlette(routes=[Route(p, forward, methods=["GET", "POST"])
+                            for p in ("/verify", "/settle", "/supported")])
+    app.state.settles = settles
+    return app
+
+
+async def test_a_lost_settle_answer_is_resolved_by_resending_the_same_payment_paid_once(
+        upstream_url: str, anvil_chain: Chain, dev_stack: Manifest, pay_to: str,
+        facilitator_url: str, ledger_url: str, new_payer: Callable[..., LocalAccount],
+        runs: Callable[[], list[str]]) -> None:
+    payer = new_payer()
+    before = balance(anvil_chain, dev_stack, payer.address)
+    front = _settle_fails_first(facilitator_url)
+    with serve(front) as flaky:
+        app = proxy_app(Upstream.http(upstream_url),
+                        paywall(dev_stack, pay_to, flaky, ledger_url))
+        with serve(app) as base:
+            async with mcp_session(base + "/mcp") as session:
+                client = paying(session, payer, retries=2, retry_delay=0.1)
+                answer = await client.call_tool("forecast", {"city": "Turin"})
+    assert answer.paid and text_of(answer.result) == "sunny in Turin, 21 C"
+    assert len(client.payments) == 1  # the same payload was resent, never a second one
+    assert front.state.settles == [200, 200]  # settled on the first try, answered on the 2nd
+    assert runs() == ["forecast"]  # the output computed for the payment was held, not rerun
+    assert balance(anvil_chain, dev_stack, payer.address) == before - PRICE
+    assert balance(anvil_chain, dev_stack, pay_to) == PRICE
