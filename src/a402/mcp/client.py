@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 from mcp import ClientSession, types
+from mcp.shared.exceptions import McpError
 
 from a402.client import errors
 from a402.client.budget import Budget
@@ -169,11 +170,17 @@ class PayingMCPSession:
         if earlier is not None:
             return await self._send_paid(name, arguments, key, *earlier,
                                          timeout=read_timeout_seconds)
-        result = await self.session.call_tool(name, arguments,
-                                              read_timeout_seconds=read_timeout_seconds)
-        required = wire.required_of(result)
-        if required is None:
-            return PaidToolResult(result)
+        try:
+            result = await self.session.call_tool(name, arguments,
+                                                  read_timeout_seconds=read_timeout_seconds)
+            required = wire.required_of(result)
+        except McpError as e:  # the other form of "payment required": a JSON-RPC 402
+            required = wire.required_of_error(e.error)
+            if required is None:
+                raise
+        else:
+            if required is None:
+                return PaidToolResult(result)
         payment, payload = self._pay(name, required)
         return await self._send_paid(name, arguments, key, payment, payload,
                                      timeout=read_timeout_seconds)
@@ -227,17 +234,16 @@ class PayingMCPSession:
                 result = await self.session.call_tool(
                     name, arguments, read_timeout_seconds=timeout,
                     meta=wire.payment_meta(payload))
+            except McpError as e:
+                # A JSON-RPC 402 is an answer: the payment was refused. Any other error
+                # (a timeout, a lost connection, a server failure) says nothing about it.
+                refused = wire.required_of_error(e.error)
+                if refused is None:
+                    raise self._unresolved_after(name, arguments, key, payment, payload,
+                                                 e) from e
+                result = wire.payment_required_result(refused)
             except Exception as e:
-                payment.status = PaymentStatus.UNKNOWN
-                payment.reason = f"no answer: {type(e).__name__}"
-                self._evidence(name, arguments, payment, payload, None)
-                with self._lock:
-                    self._unresolved[key] = (payment, payload)
-                raise MCPPaymentUnresolved(
-                    f"the paid call of {name!r:.60} got no answer ({type(e).__name__}: {e}); "
-                    f"the payment of {payment.amount} may still settle until "
-                    f"{payment.valid_before}: call the same tool with the same arguments to "
-                    "resend it (never a second payment)", payment) from e
+                raise self._unresolved_after(name, arguments, key, payment, payload, e) from e
             required = _conclude(payment, result)
             retry = (required is not None and required.error in RETRYABLE
                      and attempts < self.retries)
@@ -246,6 +252,22 @@ class PayingMCPSession:
                 return PaidToolResult(result, payment)
             attempts += 1
             await anyio.sleep(self.retry_delay)
+
+    def _unresolved_after(self, name: str, arguments: dict[str, Any] | None, key: str,
+                          payment: Payment, payload: PaymentPayload, error: Exception
+                          ) -> MCPPaymentUnresolved:
+        """The paid call got no usable answer: keep the payload for a resend of the same
+        call, record it, and say that the payment may still settle."""
+        payment.status = PaymentStatus.UNKNOWN
+        payment.reason = f"no answer: {type(error).__name__}"
+        self._evidence(name, arguments, payment, payload, None)
+        with self._lock:
+            self._unresolved[key] = (payment, payload)
+        return MCPPaymentUnresolved(
+            f"the paid call of {name!r:.60} got no answer ({type(error).__name__}: "
+            f"{error}); the payment of {payment.amount} may still settle until "
+            f"{payment.valid_before}: call the same tool with the same arguments to resend "
+            "it (never a second payment)", payment)
 
     def _take_unresolved(self, key: str) -> tuple[Payment, PaymentPayload] | None:
         horizon = time.time() + REPLAY_MARGIN

@@ -172,16 +172,31 @@ def required_of(result: types.CallToolResult) -> PaymentRequired | None:
             with contextlib.suppress(WireError):
                 candidates.append(loads_object(block.text, limits=DEFAULT_LIMITS))
     for candidate in candidates:
-        if not (isinstance(candidate, dict) and candidate.get("x402Version") == 2
-                and isinstance(candidate.get("accepts"), list) and candidate["accepts"]):
-            continue
-        try:
-            check_value(candidate, DEFAULT_LIMITS)
-            fields = {k: v for k, v in candidate.items() if k != PAYMENT_RESPONSE_META_KEY}
-            return PaymentRequired.from_wire(fields, reason=wire_errors.MALFORMED_PAYMENT_REQUIRED)
-        except WireError:
-            continue
+        offer = _offer_in(candidate)
+        if offer is not None:
+            return offer
     return None
+
+
+def required_of_error(error: types.ErrorData) -> PaymentRequired | None:
+    """The ``PaymentRequired`` of a JSON-RPC error with code :data:`PAYMENT_REQUIRED_CODE`
+    (its ``data``), the other form the SDK's client reads; None for any other error."""
+    if error.code != PAYMENT_REQUIRED_CODE:
+        return None
+    return _offer_in(error.data)
+
+
+def _offer_in(candidate: Any) -> PaymentRequired | None:
+    """A v2 ``PaymentRequired`` with a non-empty ``accepts``, bounded; else None."""
+    if not (isinstance(candidate, dict) and candidate.get("x402Version") == 2
+            and isinstance(candidate.get("accepts"), list) and candidate["accepts"]):
+        return None
+    try:
+        check_value(candidate, DEFAULT_LIMITS)
+        fields = {k: v for k, v in candidate.items() if k != PAYMENT_RESPONSE_META_KEY}
+        return PaymentRequired.from_wire(fields, reason=wire_errors.MALFORMED_PAYMENT_REQUIRED)
+    except WireError:
+        return None
 
 
 def failed_receipt_of(result: types.CallToolResult) -> SettleResponse | None:
