@@ -48,19 +48,21 @@ def _forecast_server() -> FastMCP:
 
 
 @pytest.fixture
-def a402_tool_url(dev_stack: Manifest, facilitator_url: str) -> Iterator[tuple[str, str]]:
+def a402_tool(dev_stack: Manifest, facilitator_url: str
+              ) -> Iterator[tuple[str, str, ToolPaywall]]:
     pay_to = str(Account.create().address)
     mcp = _forecast_server()
-    protect(mcp, ToolPaywall({"forecast": PRICE}, pay_to=pay_to, token=dev_stack.token,
-                             network=dev_stack.network, facilitator=facilitator_url))
+    paywall = ToolPaywall({"forecast": PRICE}, pay_to=pay_to, token=dev_stack.token,
+                          network=dev_stack.network, facilitator=facilitator_url)
+    protect(mcp, paywall)
     with serve(mcp.streamable_http_app()) as base:
-        yield base + "/mcp", pay_to
+        yield base + "/mcp", pay_to, paywall
 
 
 async def test_the_sdk_mcp_client_pays_an_a402_paid_tool(
-        a402_tool_url: tuple[str, str], anvil_chain: Chain, dev_stack: Manifest,
+        a402_tool: tuple[str, str, ToolPaywall], anvil_chain: Chain, dev_stack: Manifest,
         new_payer: Callable[..., LocalAccount]) -> None:
-    url, pay_to = a402_tool_url
+    url, pay_to, paywall = a402_tool
     payer = new_payer()
     before = balance(anvil_chain, dev_stack, payer.address)
     async with mcp_session(url) as session:
@@ -75,6 +77,9 @@ async def test_the_sdk_mcp_client_pays_an_a402_paid_tool(
     assert mined["status"] == 1
     assert balance(anvil_chain, dev_stack, payer.address) == before - PRICE
     assert balance(anvil_chain, dev_stack, pay_to) == PRICE
+    [line] = paywall.observer.recent  # the operator's line for the paid call
+    assert (line["outcome"], line["amount"], line["tool"], line["transaction"]) == (
+        "settled", str(PRICE), "forecast", receipt.transaction)
 
 
 @pytest.fixture

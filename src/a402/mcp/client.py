@@ -320,8 +320,12 @@ def _conclude(payment: Payment, result: types.CallToolResult) -> PaymentRequired
             payment.status, payment.reason = PaymentStatus.SETTLED, None
     else:
         payment.status = PaymentStatus.UNCONFIRMED
-        payment.reason = ((receipt.error_reason or "settlement_failed") if receipt is not None
-                          else "tool_error_not_charged" if result.isError else "no_receipt")
+        if receipt is None:
+            payment.reason = "tool_error_not_charged" if result.isError else "no_receipt"
+        elif receipt.success:
+            payment.reason = "receipt_without_transaction"
+        else:
+            payment.reason = receipt.error_reason or "settlement_failed"
     return required
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -72,6 +73,7 @@ from a402.exact.serve import (
 from a402.facilitator.client import FacilitatorClient, FacilitatorError
 from a402.mcp import wire
 from a402.mcp.prices import ToolPrice, price_table
+from a402.observe import Observer
 from a402.provider import responses
 from a402.provider.ledger import InMemoryLedger, PaymentLedger, SqlLedger
 from a402.provider.routes import Price
@@ -99,6 +101,16 @@ RETRYABLE: Final = frozenset({responses.FACILITATOR_UNAVAILABLE, responses.FACIL
 the *same* payment (never sign another: the first may still settle)."""
 
 
+_OUTCOMES: Final = {
+    "Paid": "settled", "SettlePending": "pending", "SettleFailed": "failed",
+    "Rejected": "rejected", "Reused": "refused", "OtherTerms": "refused",
+    "NotResumable": "refused", "NotServed": "not_served", "RequestRefused": "error",
+    "Unanswered": "error",
+}
+"""Each outcome of the ``exact`` flow as a log and metrics label (as the gateway's):
+``settled`` charged, ``pending`` may be charged, every other nothing moved."""
+
+
 @dataclass(frozen=True)
 class _Accepted:
     payload: PaymentPayload
@@ -113,7 +125,8 @@ class ToolPaywall:
     units as strings, atomic units as ints); tools not listed are free. ``facilitator``:
     a URL or a :class:`FacilitatorClient` you own. ``ledger``: a
     :class:`~a402.provider.ledger.PaymentLedger` or the SQLAlchemy URL of a shared one;
-    in memory by default, which is right for one process only.
+    in memory by default, which is right for one process only. ``observer`` logs one JSON
+    line per paid call (:mod:`a402.observe`; its outcome says what became of the money).
     """
 
     def __init__(
@@ -129,6 +142,7 @@ class ToolPaywall:
         max_timeout_seconds: int = 60,
         retention: float = DEFAULT_RETENTION,
         clock: Callable[[], float] = time.time,
+        observer: Observer | None = None,
     ) -> None:
         if not is_address(pay_to) or not is_address(token.address):
             raise ValueError("pay_to and the token address must be EVM addresses")
@@ -157,6 +171,7 @@ class ToolPaywall:
             self._facilitator_url = facilitator
             self._facilitator = None
         self._held: OrderedDict[PaymentKey, types.CallToolResult] = OrderedDict()
+        self.observer = observer if observer is not None else Observer("mcp")
 
     @property
     def facilitator(self) -> FacilitatorClient:
@@ -308,7 +323,15 @@ class ToolPaywall:
                     await self.ledger.mark_settled(operation.key, operation.settlement)
             return None
 
+        started = time.perf_counter()
         outcome = await drive(flow, operate)
+        settlement = getattr(outcome, "settlement", None)
+        self.observer.paid(
+            request_id=uuid.uuid4().hex, payer=key.payer, amount=p.requirements.amount,
+            scheme=p.requirements.scheme, outcome=_OUTCOMES.get(type(outcome).__name__, "error"),
+            latency=time.perf_counter() - started, payee=self.pay_to, asset=key.asset,
+            network=key.network, nonce=key.nonce, tool=tool,
+            transaction=(settlement.transaction or None) if settlement is not None else None)
         match outcome:
             case Paid(settlement, serve_now, unrecorded):
                 if unrecorded is not None:
