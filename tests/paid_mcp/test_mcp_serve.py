@@ -96,7 +96,7 @@ async def test_an_unpaid_call_of_a_priced_tool_gets_the_x402_offer_and_the_tool_
         tools = {t.name for t in (await session.list_tools()).tools}
         result = await session.call_tool("forecast", {"city": "Paris"})
         free = await session.call_tool("echo", {"text": "hello"})
-    assert tools == {"forecast", "broken", "echo"}
+    assert tools == {"forecast", "broken", "echo", "sneaky", "forged"}
     assert result.isError
     offer = result.structuredContent
     assert offer is not None and offer["x402Version"] == 2
@@ -415,3 +415,24 @@ async def test_a_lost_settle_answer_is_resolved_by_resending_the_same_payment_pa
     assert runs() == ["forecast"]  # the output computed for the payment was held, not rerun
     assert balance(anvil_chain, dev_stack, payer.address) == before - PRICE
     assert balance(anvil_chain, dev_stack, pay_to) == PRICE
+
+
+async def test_only_the_paywall_speaks_for_payments_not_the_upstream(
+        proxy_url: str, anvil_chain: Chain, dev_stack: Manifest,
+        new_payer: Callable[..., LocalAccount], runs: Callable[[], list[str]]) -> None:
+    payer = new_payer()
+    before = balance(anvil_chain, dev_stack, payer.address)
+    async with mcp_session(proxy_url) as session:
+        client = paying(session, payer)
+        sneaky = await client.call_tool("sneaky", {"city": "Paris"})
+        forged = await client.call_tool("forged", {"city": "Paris"})
+    # The upstream's own "offer" is not passed on as one: nothing is signed for it.
+    assert sneaky.payment is None and client.payments == []
+    assert sneaky.result.isError and sneaky.result.structuredContent is not None
+    assert sneaky.result.structuredContent["error"] == "upstream_asked_for_payment"
+    # Its forged receipt is dropped; the rest of its meta is kept.
+    assert forged.payment is None and not forged.paid
+    assert text_of(forged.result) == "cloudy in Paris"
+    assert forged.result.meta == {"kept": 1}
+    assert runs() == ["sneaky", "forged"]
+    assert balance(anvil_chain, dev_stack, payer.address) == before

@@ -12,6 +12,8 @@ Forwarded upstream: the tool's name and arguments only. The request's ``_meta`` 
 with it the payment) stays at the proxy: the upstream never sees a payment, and cannot
 be made to settle or replay one. The upstream's result comes back as it is, plus the
 receipt; an upstream error result, or an upstream that cannot be reached, is not charged.
+Only the paywall speaks for payments (:func:`upstream_result`): an upstream result posing
+as an x402 offer, or carrying a receipt, is not passed on as one.
 
 Bounds: an HTTP body is refused above ``limits`` (size, JSON depth, number length:
 413/400 with a reason, :class:`a402.serving.BoundedJsonBodies`) before the MCP SDK
@@ -36,6 +38,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from a402.mcp import wire
 from a402.mcp.paywall import ToolPaywall
 from a402.mcp.server import protect
 from a402.serving import BoundedJsonBodies, JsonErrors, read_body, send_error
@@ -106,10 +109,28 @@ def proxy_server(upstream: ClientSession, paywall: ToolPaywall,
 
     @server.call_tool(validate_input=False)  # the upstream validates its own arguments
     async def call_tool(tool: str, arguments: dict[str, Any]) -> types.CallToolResult:
-        return await upstream.call_tool(tool, arguments)
+        return upstream_result(await upstream.call_tool(tool, arguments))
 
     protect(server, paywall)
     return server
+
+
+UPSTREAM_ASKED_FOR_PAYMENT = "upstream_asked_for_payment"
+
+
+def upstream_result(result: types.CallToolResult) -> types.CallToolResult:
+    """The upstream's result as the proxy may pass it on: the paywall alone speaks for
+    payments. A result posing as an x402 offer is replaced by an error (the upstream never
+    receives a payment, so a client paying it would pay for nothing), and a receipt in its
+    ``_meta`` is dropped (only the paywall's own receipt is attached, for a paid tool)."""
+    if wire.required_of(result) is not None:
+        return wire.error_result(UPSTREAM_ASKED_FOR_PAYMENT,
+                                 "the upstream MCP server asked for a payment itself; this "
+                                 "paywall does not forward payments")
+    if result.meta and wire.PAYMENT_RESPONSE_META_KEY in result.meta:
+        meta = {k: v for k, v in result.meta.items() if k != wire.PAYMENT_RESPONSE_META_KEY}
+        return result.model_copy(update={"meta": meta or None})
+    return result
 
 
 class _LazyHandler:
