@@ -14,7 +14,7 @@ from __future__ import annotations
 from a402.mcp.client import MCPPaymentUnresolved, PaidToolResult, PayingMCPSession
 from a402.mcp.paywall import ToolPaywall
 from a402.mcp.prices import PriceError, ToolPrice, parse_tool_spec
-from a402.mcp.server import protect
+from a402.mcp.server import bounded_app, protect
 from a402.mcp.wire import PAYMENT_META_KEY, PAYMENT_RESPONSE_META_KEY
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "PriceError",
     "ToolPaywall",
     "ToolPrice",
+    "bounded_app",
     "parse_tool_spec",
     "protect",
 ]

@@ -36,18 +36,16 @@ from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from starlette.applications import Starlette
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from a402.mcp import wire
 from a402.mcp.paywall import ToolPaywall
-from a402.mcp.server import protect
-from a402.serving import BoundedJsonBodies, JsonErrors, read_body, send_error
+from a402.mcp.server import bounded_app, protect
 from a402.wire.jsonstrict import DEFAULT_LIMITS, JsonLimits
 
 log = logging.getLogger("a402.mcp.proxy")
 
 MCP_PATH = "/mcp"
-INVALID_JSON = "invalid_json"
 
 
 @dataclass(frozen=True)
@@ -145,40 +143,6 @@ class _LazyHandler:
         await self.manager.handle_request(scope, receive, send)
 
 
-class _Utf8Bodies:
-    """Refuse a POST body that is not UTF-8 (400 ``invalid_json``) before the MCP SDK,
-    which answers such a body with a 500. Sits inside :class:`BoundedJsonBodies`, so the
-    body it reads again is already bounded and in memory."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        try:
-            body = await read_body(receive, self.max_bytes)
-        except ConnectionError:
-            return
-        try:
-            body.decode("utf-8")
-        except UnicodeDecodeError:
-            await send_error(send, 400, INVALID_JSON, "the body is not UTF-8 JSON")
-            return
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
-
-
 def proxy_app(upstream: Upstream, paywall: ToolPaywall, *,
               limits: JsonLimits = DEFAULT_LIMITS,
               on_ready: Callable[[], None] | None = None) -> Starlette | Any:
@@ -205,7 +169,7 @@ def proxy_app(upstream: Upstream, paywall: ToolPaywall, *,
             await paywall.aclose()
 
     app = Starlette(routes=[Route(MCP_PATH, endpoint=handler)], lifespan=lifespan)
-    return JsonErrors(BoundedJsonBodies(_Utf8Bodies(app, limits.max_bytes), limits=limits))
+    return bounded_app(app, limits)
 
 
 async def serve_stdio(upstream: Upstream, paywall: ToolPaywall) -> None:
