@@ -49,6 +49,8 @@ COMMANDS: tuple[Command, ...] = (
             "a402.facilitator.command", "add_facilitator_arguments", "run_facilitator"),
     Command("gateway", "put an x402 paywall in front of any HTTP API",
             "a402.provider.command", "add_gateway_arguments", "run_gateway_command"),
+    Command("mcp", "paid MCP tools: `a402 mcp serve` puts an x402 paywall in front of an "
+                   "MCP server", "a402.mcp.command", "add_mcp_arguments", "run_mcp"),
     Command("pay", "fetch a paid URL, paying with x402 `exact`",
             "a402.client.pay", "add_pay_arguments", "run_pay"),
     Command("mandate", "what an owner lets an agent spend: create (sign), show, verify, "

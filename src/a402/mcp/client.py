@@ -1,0 +1,353 @@
+"""Paying for MCP tools from an official ``mcp`` ``ClientSession``, within limits.
+
+    async with ClientSession(read, write) as session:
+        await session.initialize()
+        paying = PayingMCPSession(session, key, max_per_request=token_units_max("0.01"),
+                                  budget=Budget(1_000_000))
+        answer = await paying.call_tool("forecast", {"city": "Paris"})
+        print(answer.result.content, answer.payment.summary() if answer.payment else "free")
+
+A tool call is sent as it is; a result that asks for payment in the x402 MCP wire form
+(:mod:`a402.mcp.wire`) is answered with one signed ``exact`` payment in the request's
+``_meta``, chosen and reserved by the paying client's own decision code
+(:func:`a402.client.choose.choose_within`: the wallet's allow-lists, the per-call
+maximum, the budget and, with ``mandate=``, the owner's mandate, durably reserved before
+signing). A refusal raises :class:`~a402.client.errors.PaymentRefused` and nothing was
+signed.
+
+What the caller is told is what the server proved, no more (:class:`PaidToolResult`):
+``payment.status`` is ``settled`` only with a receipt saying ``success`` for this payer
+on the offer's network; a paid call answered with another payment-required is
+``rejected`` (with the server's reason), an answer with no successful receipt (the tool
+failed and was not charged, says the server) ``unconfirmed``. The amount stays in the
+budget in every case: the signed authorization could be settled until it expires, and
+only the chain can say it was not.
+
+One call signs at most one payment. When the server answers "resend the same payment"
+(the facilitator gave no verdict, the settlement is pending, the payment is in use) the
+*same* payload is resent, up to ``retries`` times; a paid call that got no answer at all
+raises :class:`MCPPaymentUnresolved` and the next call of the same tool with the same
+arguments resends that payload while it is valid, so a retry never pays twice.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+from mcp import ClientSession, types
+from mcp.shared.exceptions import McpError
+
+from a402.client import errors
+from a402.client.budget import Budget
+from a402.client.choose import choose_within
+from a402.client.errors import PaymentError, PaymentRefused
+from a402.client.limits import MaxAmount, as_max_amount
+from a402.client.records import Payment, PaymentStatus
+from a402.client.wallet import Wallet
+from a402.evm.address import address_key
+from a402.mcp import wire
+from a402.mcp.paywall import RETRYABLE
+from a402.wire.x402 import PaymentPayload, PaymentRequired, SettleResponse
+
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
+
+    from a402.mandate.guard import MandateGuard
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_VALIDITY: Final = 300
+REPLAY_MARGIN: Final = 6
+DEFAULT_HISTORY: Final = 10_000
+_NO_CLIENT_CAP: Final = 1 << 256
+
+
+class MCPPaymentUnresolved(PaymentError):
+    """A payment was sent with a tool call and no answer came back: it may still settle.
+    ``payment`` is the record (status ``unknown``); calling the same tool with the same
+    arguments again resends the same payload while it is valid."""
+
+    def __init__(self, message: str, payment: Payment) -> None:
+        super().__init__("payment_unresolved", message)
+        self.payment = payment
+
+
+@dataclass(frozen=True)
+class PaidToolResult:
+    """A tool's result and the payment made for it (None: the tool asked for none, or the
+    payment-required answer could not be read and is returned as the result)."""
+
+    result: types.CallToolResult
+    payment: Payment | None = None
+
+    @property
+    def receipt(self) -> SettleResponse | None:
+        return self.payment.receipt if self.payment is not None else None
+
+    @property
+    def paid(self) -> bool:
+        """True only if the server returned a successful receipt for our payment."""
+        return self.payment is not None and self.payment.status == PaymentStatus.SETTLED
+
+
+def call_key(name: str, arguments: Mapping[str, Any] | None) -> str:
+    """What makes two calls 'the same call' for resending an unanswered payment."""
+    canonical = json.dumps({"name": name, "arguments": arguments or {}}, sort_keys=True,
+                           separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class PayingMCPSession:
+    """Wraps an initialized ``mcp.ClientSession``; pays x402 ``exact`` tool prices.
+
+    ``max_per_request``: atomic units (int, any asset), asset → units, or a
+    :class:`~a402.client.limits.MaxAmount`; required unless ``mandate`` is given (then
+    the mandate's cap is the cap). ``budget``: the total this session may sign.
+    """
+
+    def __init__(
+        self,
+        session: ClientSession,
+        wallet: Wallet | str | bytes | LocalAccount,
+        *,
+        max_per_request: int | Mapping[str, int] | MaxAmount | None = None,
+        budget: Budget | None = None,
+        mandate: MandateGuard | None = None,
+        max_validity: int = DEFAULT_MAX_VALIDITY,
+        retries: int = 3,
+        retry_delay: float = 1.0,
+        history: int | None = DEFAULT_HISTORY,
+    ) -> None:
+        self.session = session
+        self.wallet = wallet if isinstance(wallet, Wallet) else Wallet(wallet)
+        if max_per_request is None:
+            if mandate is None:
+                raise TypeError("max_per_request is required (or a mandate, whose cap it "
+                                "then is)")
+            max_per_request = _NO_CLIENT_CAP
+        if mandate is not None and address_key(mandate.agent) != address_key(
+                self.wallet.address):
+            raise ValueError(f"the mandate is for {mandate.agent}, the wallet is "
+                             f"{self.wallet.address}")
+        if max_validity < REPLAY_MARGIN + 1:
+            raise ValueError(f"max_validity must exceed {REPLAY_MARGIN} s")
+        self.max_amount = as_max_amount(max_per_request)
+        self.budget = budget
+        self.mandate = mandate
+        self.max_validity = max_validity
+        self.retries = retries
+        self.retry_delay = retry_delay
+        self._lock = threading.Lock()
+        self._payments: deque[Payment] = deque(maxlen=history)
+        self._unresolved: dict[str, tuple[Payment, PaymentPayload]] = {}
+
+    @property
+    def payments(self) -> list[Payment]:
+        """Payments signed so far, oldest first."""
+        with self._lock:
+            return list(self._payments)
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any] | None = None, *,
+        read_timeout_seconds: timedelta | None = None,
+    ) -> PaidToolResult:
+        """Call ``name``; pay if the result asks for it and the limits allow; the result
+        and what was paid. Raises ``PaymentRefused`` (nothing signed) or
+        ``MCPPaymentUnresolved`` (signed, sent, no answer)."""
+        key = call_key(name, arguments)
+        earlier = self._take_unresolved(key)
+        if earlier is not None:
+            return await self._send_paid(name, arguments, key, *earlier,
+                                         timeout=read_timeout_seconds)
+        try:
+            result = await self.session.call_tool(name, arguments,
+                                                  read_timeout_seconds=read_timeout_seconds)
+            required = wire.required_of(result)
+        except McpError as e:  # the other form of "payment required": a JSON-RPC 402
+            required = wire.required_of_error(e.error)
+            if required is None:
+                raise
+        else:
+            if required is None:
+                return PaidToolResult(result)
+        payment, payload = self._pay(name, required)
+        return await self._send_paid(name, arguments, key, payment, payload,
+                                     timeout=read_timeout_seconds)
+
+    # --- paying
+
+    def _pay(self, name: str, required: PaymentRequired) -> tuple[Payment, PaymentPayload]:
+        url = required.resource.url if required.resource is not None else f"mcp://tool/{name}"
+        offer, reservation, held = choose_within(required, self.wallet, self.max_amount,
+                                                 self.budget, self.mandate, url=url)
+
+        def give_back() -> None:  # nothing was signed: the reservations may go back
+            if reservation is not None and self.budget is not None:
+                self.budget.release(reservation)
+            if held is not None and self.mandate is not None:
+                self.mandate.release(held)
+
+        try:
+            payload = self.wallet.sign(
+                offer.requirements, resource=required.resource,
+                extensions=copy.deepcopy(required.extensions),
+                valid_for=min(offer.view.max_timeout_seconds, self.max_validity))
+            assert isinstance(payload, PaymentPayload)
+            auth = payload.payload["authorization"]
+            if (int(auth["value"]) != offer.amount
+                    or address_key(auth["to"]) != address_key(offer.pay_to)):
+                raise ValueError("signed value/recipient differ from the offer")
+        except Exception as e:
+            give_back()
+            raise PaymentRefused(errors.SIGNING_FAILED, f"{type(e).__name__}: {e}", url=url,
+                                 offered=required.accepts) from e
+        # Signed: its amount never comes back to the budget; the mandate's reservation is
+        # marked signed with the call's evidence record once the answer came (_evidence).
+        payment = Payment(
+            method="tools/call", url=url, offer=offer, payer=self.wallet.address,
+            nonce=auth["nonce"], valid_before=int(auth["validBefore"]),
+            header_name=wire.PAYMENT_META_KEY, header_value=payload.to_json(),
+            reservation=reservation, mandate_reservation=held)
+        with self._lock:
+            self._payments.append(payment)
+        return payment, payload
+
+    async def _send_paid(
+        self, name: str, arguments: dict[str, Any] | None, key: str, payment: Payment,
+        payload: PaymentPayload, *, timeout: timedelta | None,
+    ) -> PaidToolResult:
+        attempts = 0
+        while True:
+            payment.status = PaymentStatus.SENT
+            try:
+                result = await self.session.call_tool(
+                    name, arguments, read_timeout_seconds=timeout,
+                    meta=wire.payment_meta(payload))
+            except McpError as e:
+                # A JSON-RPC 402 is an answer: the payment was refused. Any other error
+                # (a timeout, a lost connection, a server failure) says nothing about it.
+                refused = wire.required_of_error(e.error)
+                if refused is None:
+                    raise self._unresolved_after(name, arguments, key, payment, payload,
+                                                 e) from e
+                result = wire.payment_required_result(refused)
+            except Exception as e:
+                raise self._unresolved_after(name, arguments, key, payment, payload, e) from e
+            required = _conclude(payment, result)
+            retry = (required is not None and required.error in RETRYABLE
+                     and attempts < self.retries)
+            if not retry:
+                self._evidence(name, arguments, payment, payload, result)
+                return PaidToolResult(result, payment)
+            attempts += 1
+            await anyio.sleep(self.retry_delay)
+
+    def _unresolved_after(self, name: str, arguments: dict[str, Any] | None, key: str,
+                          payment: Payment, payload: PaymentPayload, error: Exception
+                          ) -> MCPPaymentUnresolved:
+        """The paid call got no usable answer: keep the payload for a resend of the same
+        call, record it, and say that the payment may still settle."""
+        payment.status = PaymentStatus.UNKNOWN
+        payment.reason = f"no answer: {type(error).__name__}"
+        self._evidence(name, arguments, payment, payload, None)
+        with self._lock:
+            self._unresolved[key] = (payment, payload)
+        return MCPPaymentUnresolved(
+            f"the paid call of {name!r:.60} got no answer ({type(error).__name__}: "
+            f"{error}); the payment of {payment.amount} may still settle until "
+            f"{payment.valid_before}: call the same tool with the same arguments to resend "
+            "it (never a second payment)", payment)
+
+    def _take_unresolved(self, key: str) -> tuple[Payment, PaymentPayload] | None:
+        horizon = time.time() + REPLAY_MARGIN
+        with self._lock:
+            found = self._unresolved.pop(key, None)
+            for stale in [k for k, (p, _) in self._unresolved.items()
+                          if p.valid_before <= horizon]:
+                del self._unresolved[stale]
+        if found is not None and found[0].valid_before > horizon:
+            return found
+        return None
+
+    def _evidence(self, name: str, arguments: dict[str, Any] | None, payment: Payment,
+                  payload: PaymentPayload, result: types.CallToolResult | None) -> None:
+        """The call's record in the mandate's evidence chain; the payment was signed and
+        sent whatever is written here, so a failure to write is logged, never raised."""
+        if self.mandate is None:
+            return
+        try:
+            fields = mcp_record(
+                mandate=self.mandate.mandate_hash, agent=self.wallet.address,
+                url=payment.url, tool=name, arguments=arguments, payload=payload,
+                settlement=payment.receipt, status=payment.status, result=result)
+            self.mandate.record(fields, self.wallet.sign_evidence,
+                                reservation=payment.mandate_reservation,
+                                payment_ref=payment.nonce)
+        except Exception as e:
+            log.error("a paid tool call's payment was signed and sent, but its evidence "
+                      "record could not be written (%s: %s)", type(e).__name__, e)
+
+
+def _conclude(payment: Payment, result: types.CallToolResult) -> PaymentRequired | None:
+    """Record what the server said about ``payment``; the payment-required answer if any."""
+    receipt = wire.receipt_of(result)
+    required = wire.required_of(result)
+    payment.receipt = receipt
+    if required is not None:
+        payment.status = PaymentStatus.REJECTED
+        failed = wire.failed_receipt_of(result)
+        if failed is not None:
+            payment.receipt = failed
+        payment.reason = required.error or "payment_rejected"
+    elif receipt is not None and receipt.success and receipt.transaction:
+        if receipt.payer and address_key(receipt.payer) != address_key(payment.payer):
+            payment.status, payment.reason = PaymentStatus.UNCONFIRMED, "receipt_payer_mismatch"
+        elif receipt.network != payment.network:
+            payment.status, payment.reason = (PaymentStatus.UNCONFIRMED,
+                                              "receipt_network_mismatch")
+        else:
+            payment.status, payment.reason = PaymentStatus.SETTLED, None
+    else:
+        payment.status = PaymentStatus.UNCONFIRMED
+        if receipt is None:
+            payment.reason = "tool_error_not_charged" if result.isError else "no_receipt"
+        elif receipt.success:
+            payment.reason = "receipt_without_transaction"
+        else:
+            payment.reason = receipt.error_reason or "settlement_failed"
+    return required
+
+
+def mcp_record(*, mandate: str, agent: str, url: str, tool: str,
+               arguments: Mapping[str, Any] | None, payload: PaymentPayload,
+               settlement: SettleResponse | None, status: str,
+               result: types.CallToolResult | None) -> dict[str, Any]:
+    """The fields of one paid tool call's evidence record (as ``a2a_record`` for a task):
+    the request is the tool call at the server's resource ``url``; the result its hash."""
+    from a402.client.audit import sha256_hex
+
+    auth = payload.payload.get("authorization", {})
+    call = json.dumps({"name": tool, "arguments": arguments or {}}, sort_keys=True,
+                      separators=(",", ":"), default=str).encode()
+    return {
+        "mandate": mandate, "agent": agent, "scheme": "exact",
+        "request": {"method": "MCP", "url": url, "tool": tool, "hash": sha256_hex(call)},
+        "payment": {"payload": payload.to_wire(), "amount": str(auth.get("value")),
+                    "payee": auth.get("to"), "network": payload.accepted.network,
+                    "asset": payload.accepted.asset},
+        "settlement": None if settlement is None else settlement.to_wire(),
+        "status": status,
+        "result": None if result is None else sha256_hex(
+            result.model_dump_json(by_alias=True, exclude_none=True).encode()),
+    }

@@ -1,0 +1,406 @@
+"""The server side of a paid MCP tool call: offer, verify, run, settle once.
+
+:class:`ToolPaywall` knows what each tool costs and who is paid; :meth:`ToolPaywall.call`
+takes one ``tools/call`` (the tool's name, the request's ``_meta`` and a coroutine that
+runs the tool) and returns the ``CallToolResult`` to send back, in the x402 MCP wire
+form (:mod:`a402.mcp.wire`). It is transport-free: the server helper
+(:mod:`a402.mcp.server`) and the paywall proxy (:mod:`a402.mcp.proxy`) both call it.
+
+The payment decisions are the one server-side ``exact`` flow (:mod:`a402.exact.serve`),
+the one the HTTP middleware and the A2A agent drive, with this paywall's replay ledger
+and facilitator. What that means for a tool call:
+
+- **Settle after success** (as ``x402.mcp``): the payment is verified, then the tool
+  runs, then the payment is settled; the tool's output leaves only with a successful
+  settlement, its receipt in ``_meta["x402/payment-response"]``. A tool that fails
+  (raises, or returns ``isError: true``) is not charged: the payment is released and
+  the tool's error goes back as it is, with no receipt. A failed settlement withholds
+  the output and answers payment-required with the failed receipt.
+- **Exactly once, across processes**: every payment is admitted by the replay ledger
+  (a shared :class:`~a402.provider.ledger.SqlLedger` for several processes) before it
+  is verified, under terms that include the tool's resource URL. One authorization
+  buys one tool call: a replay is refused (``payment_already_used``), the same payment
+  for another tool too (``payment_terms_mismatch``).
+- **No verdict is not a refusal**: a facilitator that did not answer a settle may have
+  moved the money, so the payment stays pending and the computed output is held (in
+  this process, bounded); the payer resends the *same* payment and gets it once the
+  settlement is known (if another process holds it, or it was dropped, the tool runs
+  again for the settled payment).
+- The resource is the paywall's to name (``mcp://tool/<name>`` by default), never the
+  client's unsigned copy: the facilitator binds a settlement to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from mcp import types
+
+from a402.chain.deploy import TokenInfo
+from a402.evm.address import address_key, is_address, to_checksum
+from a402.exact.eip3009 import SCHEME_EXACT, ExactEvmPayload
+from a402.exact.replay import LedgerState, PaymentKey, payment_fingerprint, payment_terms
+from a402.exact.serve import (
+    Acquire,
+    ExactPayment,
+    MarkPending,
+    MarkSettled,
+    NotResumable,
+    NotServed,
+    Operation,
+    OtherTerms,
+    Paid,
+    Rejected,
+    Release,
+    RequestRefused,
+    Resumable,
+    Reused,
+    Serve,
+    Settle,
+    SettleFailed,
+    SettlePending,
+    Unanswered,
+    Verify,
+    drive,
+    exact_flow,
+)
+from a402.facilitator.client import FacilitatorClient, FacilitatorError
+from a402.mcp import wire
+from a402.mcp.prices import ToolPrice, price_table
+from a402.observe import Observer
+from a402.provider import responses
+from a402.provider.ledger import InMemoryLedger, PaymentLedger, SqlLedger
+from a402.provider.routes import Price
+from a402.wire import errors as wire_errors
+from a402.wire.errors import WireError
+from a402.wire.networks import evm_chain_id
+from a402.wire.x402 import PaymentPayload, PaymentRequired, PaymentRequirements, ResourceInfo
+
+log = logging.getLogger("a402.mcp")
+
+RunTool = Callable[[], Awaitable[types.CallToolResult]]
+"""Runs the tool once and returns its result (an exception counts as a tool failure)."""
+
+DEFAULT_RESOURCE_PREFIX: Final = "mcp://tool/"
+"""As ``x402.mcp`` names a tool's resource."""
+DEFAULT_RETENTION: Final = 600.0
+MAX_HELD: Final = 1000
+"""Outputs held for payments whose settlement is not known yet, at most (oldest dropped:
+its payer then gets a fresh run of the tool once the payment settles)."""
+TOOL_FAILED: Final = "tool_failed"
+"""Reason: the tool raised after the payment was verified; nothing was charged."""
+RETRYABLE: Final = frozenset({responses.FACILITATOR_UNAVAILABLE, responses.FACILITATOR_ERROR,
+                              wire_errors.SETTLEMENT_PENDING, "payment_in_use"})
+"""Reasons of a payment-required answer to a paid call after which the payer must resend
+the *same* payment (never sign another: the first may still settle)."""
+
+
+_OUTCOMES: Final = {
+    "Paid": "settled", "SettlePending": "pending", "SettleFailed": "failed",
+    "Rejected": "rejected", "Reused": "refused", "OtherTerms": "refused",
+    "NotResumable": "refused", "NotServed": "not_served", "RequestRefused": "error",
+    "Unanswered": "error",
+}
+"""Each outcome of the ``exact`` flow as a log and metrics label (as the gateway's):
+``settled`` charged, ``pending`` may be charged, every other nothing moved."""
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    payload: PaymentPayload
+    requirements: PaymentRequirements
+    payment: ExactPayment
+
+
+class ToolPaywall:
+    """Prices for tools, who is paid, and the ledger and facilitator that enforce them.
+
+    ``prices``: :class:`~a402.mcp.prices.ToolPrice` values or ``{tool: price}`` (token
+    units as strings, atomic units as ints); tools not listed are free. ``facilitator``:
+    a URL or a :class:`FacilitatorClient` you own. ``ledger``: a
+    :class:`~a402.provider.ledger.PaymentLedger` or the SQLAlchemy URL of a shared one;
+    in memory by default, which is right for one process only. ``observer`` logs one JSON
+    line per paid call (:mod:`a402.observe`; its outcome says what became of the money).
+    """
+
+    def __init__(
+        self,
+        prices: Iterable[ToolPrice] | Mapping[str, Price],
+        *,
+        pay_to: str,
+        token: TokenInfo,
+        network: str,
+        facilitator: str | FacilitatorClient,
+        ledger: PaymentLedger | str | None = None,
+        resource_prefix: str = DEFAULT_RESOURCE_PREFIX,
+        max_timeout_seconds: int = 60,
+        retention: float = DEFAULT_RETENTION,
+        clock: Callable[[], float] = time.time,
+        observer: Observer | None = None,
+    ) -> None:
+        if not is_address(pay_to) or not is_address(token.address):
+            raise ValueError("pay_to and the token address must be EVM addresses")
+        try:
+            evm_chain_id(network)
+        except WireError as e:
+            raise ValueError(e.message) from e
+        if isinstance(max_timeout_seconds, bool) or max_timeout_seconds <= 0:
+            raise ValueError("max_timeout_seconds must be a positive int")
+        self.prices = price_table(prices, token.decimals)
+        self.pay_to = to_checksum(pay_to)
+        self.token = token
+        self.asset = to_checksum(token.address)
+        self.network = network
+        self.resource_prefix = resource_prefix
+        self.max_timeout_seconds = max_timeout_seconds
+        self.retention = retention
+        self.clock = clock
+        self._own_ledger = isinstance(ledger, str)
+        self.ledger: PaymentLedger = (SqlLedger(ledger) if isinstance(ledger, str)
+                                      else ledger if ledger is not None else InMemoryLedger())
+        if isinstance(facilitator, FacilitatorClient):
+            self._facilitator_url: str | None = None
+            self._facilitator: FacilitatorClient | None = facilitator
+        else:
+            self._facilitator_url = facilitator
+            self._facilitator = None
+        self._held: OrderedDict[PaymentKey, types.CallToolResult] = OrderedDict()
+        self.observer = observer if observer is not None else Observer("mcp")
+
+    @property
+    def facilitator(self) -> FacilitatorClient:
+        """Created on first use, so it binds to the event loop that serves the calls."""
+        if self._facilitator is None:
+            assert self._facilitator_url is not None
+            self._facilitator = FacilitatorClient(self._facilitator_url)
+        return self._facilitator
+
+    async def aclose(self) -> None:
+        """Close what this paywall opened (the facilitator client, a ledger from a URL)."""
+        if self._facilitator_url is not None and self._facilitator is not None:
+            client, self._facilitator = self._facilitator, None
+            await client.aclose()
+        if self._own_ledger and isinstance(self.ledger, SqlLedger):
+            self.ledger.close()
+
+    # ------------------------------------------------------------------ the offer
+
+    def price_of(self, tool: str) -> ToolPrice | None:
+        return self.prices.get(tool)
+
+    def resource(self, tool: str) -> ResourceInfo:
+        price = self.prices[tool]
+        return ResourceInfo(url=f"{self.resource_prefix}{tool}",
+                            description=price.description or f"Tool: {tool}",
+                            mime_type="application/json")
+
+    def requirements(self, tool: str) -> PaymentRequirements:
+        price = self.prices[tool]
+        return PaymentRequirements(
+            scheme=price.scheme, network=self.network, amount=str(price.amount),
+            asset=self.asset, pay_to=self.pay_to, max_timeout_seconds=self.max_timeout_seconds,
+            extra=self.token.eip712_extra(),
+        )
+
+    def payment_required(self, tool: str, reason: str, message: str) -> PaymentRequired:
+        return PaymentRequired(error=reason, resource=self.resource(tool),
+                               accepts=[self.requirements(tool)], message=message)
+
+    def _ask(self, tool: str, reason: str, message: str, **extra: Any) -> types.CallToolResult:
+        required = self.payment_required(tool, reason, message)
+        if extra:
+            required = required.model_copy(update=extra)
+        return wire.payment_required_result(required)
+
+    # ------------------------------------------------------------------ one call
+
+    async def call(self, tool: str, meta: Mapping[str, Any] | None, run: RunTool
+                   ) -> types.CallToolResult:
+        """Answer one ``tools/call`` of ``tool`` whose request ``_meta`` is ``meta``;
+        ``run`` runs the tool (at most once per call, only after ``/verify`` accepted the
+        payment). A free tool just runs. Never raises for anything the caller sent."""
+        if tool not in self.prices:
+            return await run()
+        try:
+            payload = wire.payment_of(meta)
+        except WireError as e:
+            return self._ask(tool, e.reason, f"the payment in _meta['{wire.PAYMENT_META_KEY}'] "
+                             f"was refused: {e.message}")
+        if payload is None:
+            return self._ask(tool, responses.PAYMENT_REQUIRED_REASON,
+                             f"tool {tool!r} costs {self.prices[tool].amount} atomic units of "
+                             f"{self.token.symbol or self.asset}; pay in "
+                             f"_meta['{wire.PAYMENT_META_KEY}']")
+        try:
+            accepted = self._accept(tool, payload)
+        except WireError as e:
+            return self._ask(tool, e.reason, e.message)
+        return await self._pay_and_run(tool, accepted, run)
+
+    def _accept(self, tool: str, payload: PaymentPayload) -> _Accepted:
+        """Check the payment answers this tool's offer; WireError with the reason if not."""
+        offered = self.requirements(tool)
+        accepted = payload.accepted
+        if accepted.scheme != SCHEME_EXACT:
+            raise WireError(wire_errors.UNSUPPORTED_SCHEME,
+                            f"this tool is paid with 'exact', not {accepted.scheme!r:.40}")
+        if accepted.network != offered.network:
+            raise WireError(wire_errors.INVALID_NETWORK,
+                            f"payments go on {offered.network}, not {accepted.network!r:.60}")
+        differ = [name for name, same in (
+            ("amount", accepted.amount == offered.amount),
+            ("asset", address_key(accepted.asset) == address_key(offered.asset)),
+            ("payTo", address_key(accepted.pay_to) == address_key(offered.pay_to)),
+            ("extra", all((accepted.extra or {}).get(k) == v
+                          for k, v in (offered.extra or {}).items())),
+        ) if not same]
+        if differ:
+            raise WireError(responses.NO_MATCHING_REQUIREMENTS,
+                            f"the accepted requirement differs from this tool's offer in: "
+                            f"{', '.join(differ)}")
+        evm = ExactEvmPayload.from_wire(payload.payload, reason=wire_errors.INVALID_PAYLOAD)
+        auth = evm.authorization
+        resource = self.resource(tool)
+        key = PaymentKey.of(self.network, self.asset, auth.from_address, auth.nonce)
+        terms = payment_terms(scheme=offered.scheme, network=offered.network,
+                              amount=offered.amount, asset=offered.asset,
+                              pay_to=offered.pay_to, resource=resource.url)
+        return _Accepted(
+            payload=payload.model_copy(update={"resource": resource}),
+            requirements=offered,
+            payment=ExactPayment(key, payment_fingerprint(evm.signature, auth.to_wire()),
+                                 int(auth.valid_before), terms),
+        )
+
+    async def _pay_and_run(self, tool: str, p: _Accepted, run: RunTool) -> types.CallToolResult:
+        key = p.payment.key
+        flow = exact_flow(p.payment, now=self.clock(), retention=self.retention)
+        served: list[types.CallToolResult] = []
+        failure: list[BaseException] = []
+
+        async def run_once() -> types.CallToolResult | None:
+            try:
+                result = await run()
+            except Exception as e:  # the tool's failure is the call's, not the paywall's
+                log.warning("paid tool %s failed: %r", tool, e)
+                failure.append(e)
+                return None
+            served.append(result)
+            return result
+
+        async def operate(operation: Operation) -> Any:
+            match operation:
+                case Acquire():
+                    return await self.ledger.acquire(
+                        operation.key, operation.fingerprint, expires_at=operation.expires_at,
+                        terms=operation.terms)
+                case Resumable():
+                    return True  # a held output is delivered, else the tool runs again
+                case Verify():
+                    try:
+                        return await self.facilitator.verify(p.payload, p.requirements)
+                    except FacilitatorError as e:
+                        return e.no_verdict()
+                case Serve():
+                    result = await run_once()
+                    return result is not None and not result.isError
+                case Settle():
+                    try:
+                        return await self.facilitator.settle(p.payload, p.requirements)
+                    except FacilitatorError as e:
+                        return e.no_verdict()
+                case Release():
+                    await self.ledger.release(operation.key)
+                case MarkPending():
+                    await self.ledger.mark_pending(operation.key, operation.settlement)
+                case MarkSettled():
+                    await self.ledger.mark_settled(operation.key, operation.settlement)
+            return None
+
+        started = time.perf_counter()
+        outcome = await drive(flow, operate)
+        settlement = getattr(outcome, "settlement", None)
+        self.observer.paid(
+            request_id=uuid.uuid4().hex, payer=key.payer, amount=p.requirements.amount,
+            scheme=p.requirements.scheme, outcome=_OUTCOMES.get(type(outcome).__name__, "error"),
+            latency=time.perf_counter() - started, payee=self.pay_to, asset=key.asset,
+            network=key.network, nonce=key.nonce, tool=tool,
+            transaction=(settlement.transaction or None) if settlement is not None else None)
+        match outcome:
+            case Paid(settlement, serve_now, unrecorded):
+                if unrecorded is not None:
+                    log.error("tool %s settled %s but the replay ledger did not record it",
+                              tool, settlement.transaction, exc_info=unrecorded)
+                log.info("tool %s paid by %s: %s", tool, key.payer, settlement.transaction)
+                if serve_now:
+                    held = self._held.pop(key, None)
+                    result = held if held is not None else await run_once()
+                    if result is None:  # charged, and the re-run failed: say so, with receipt
+                        result = wire.error_result(TOOL_FAILED, "the payment settled but the "
+                                                   "tool failed when run for it")
+                else:
+                    result = served[0]
+                return wire.with_receipt(result, settlement)
+            case NotServed():
+                if served:  # the tool's own error result, uncharged
+                    return served[0]
+                return wire.error_result(TOOL_FAILED, f"tool {tool!r} failed "
+                                         f"({type(failure[0]).__name__}); nothing was charged")
+            case Reused(state, settlement):
+                if state == LedgerState.SETTLED:
+                    return self._ask(tool, responses.PAYMENT_ALREADY_USED,
+                                     "this payment authorization has already bought a tool "
+                                     "call; sign a new one")
+                return self._ask(tool, "payment_in_use",
+                                 "this payment authorization is in use by another call, or "
+                                 "pending settlement under another signature; if it is yours, "
+                                 "resend it unchanged later")
+            case OtherTerms() | NotResumable():
+                return self._ask(tool, responses.PAYMENT_TERMS_MISMATCH,
+                                 "this payment is pending settlement for another tool or other "
+                                 "terms; nothing was run or charged: resend it to the tool it "
+                                 "was first sent to")
+            case Rejected(verdict):
+                return self._ask(tool, verdict.invalid_reason or "invalid_payment",
+                                 verdict.invalid_message or "the facilitator rejected the payment")
+            case RequestRefused(no_verdict, settle_attempted) | Unanswered(
+                    no_verdict, settle_attempted):
+                if settle_attempted and served:
+                    self._hold(key, served[0])
+                reason = (responses.FACILITATOR_UNAVAILABLE if no_verdict.unavailable
+                          else responses.FACILITATOR_ERROR)
+                if isinstance(outcome, RequestRefused):
+                    reason = no_verdict.reason
+                return self._ask(tool, reason, (
+                    f"no verdict from the facilitator while "
+                    f"{'settling' if settle_attempted else 'verifying'} ({no_verdict.reason}); "
+                    + ("it may have settled: resend the same payment (it is not charged twice)"
+                       if settle_attempted and not isinstance(outcome, RequestRefused)
+                       else "nothing was charged")))
+            case SettlePending(settlement):
+                if served:
+                    self._hold(key, served[0])
+                return wire.payment_required_result(
+                    self.payment_required(tool, wire_errors.SETTLEMENT_PENDING,
+                                          "the settlement is not final yet: resend the same "
+                                          "payment for the output"), settlement)
+            case SettleFailed(settlement):
+                self._held.pop(key, None)
+                reason = settlement.error_reason or "settlement_failed"
+                return wire.payment_required_result(
+                    self.payment_required(tool, reason, settlement.error_message
+                                          or "the settlement failed; nothing was charged"),
+                    settlement)
+        raise AssertionError(f"unhandled outcome {outcome!r}")  # pragma: no cover
+
+    def _hold(self, key: PaymentKey, result: types.CallToolResult) -> None:
+        self._held[key] = result
+        self._held.move_to_end(key)
+        while len(self._held) > MAX_HELD:
+            self._held.popitem(last=False)

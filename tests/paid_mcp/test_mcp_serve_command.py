@@ -1,0 +1,161 @@
+"""``a402 mcp serve`` as a process: a paywall in front of an MCP server it starts (stdio)
+or reaches (HTTP), serving HTTP or stdio; one ledger shared by two processes refuses a
+payment replayed from one to the other. On anvil, balances asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from mcp import ClientSession
+from mcp.client.stdio import StdioServerParameters, stdio_client
+
+from a402.chain.deploy import Manifest
+from a402.chain.node import Chain, free_port
+from a402.cli import main
+from a402.mcp import PayingMCPSession, ToolPaywall
+from a402.mcp.proxy import Upstream, proxy_app
+from a402.mcp.wire import PAYMENT_META_KEY
+from tests.paid_mcp import weather_server
+from tests.paid_mcp.helpers import PRICE, PRICE_TEXT, balance, mcp_session, text_of
+from tests.servers import serve
+from tests.test_cli_end_to_end import Stderr, wait_until
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parents[2]
+A402 = str(Path(sys.executable).with_name("a402"))
+UPSTREAM_SCRIPT = str(Path(weather_server.__file__).resolve())
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT),
+                                         env.get("PYTHONPATH", "")])
+    env.update(extra)
+    return env
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@contextmanager
+def running(args: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen([A402, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def manifest_file(tmp_path: Path, dev_stack: Manifest) -> str:
+    path = tmp_path / "devnet.json"
+    path.write_text(dev_stack.to_json())
+    return str(path)
+
+
+async def test_mcp_serve_in_front_of_a_stdio_server_and_a_replay_to_another_process_is_refused(
+        tmp_path: Path, manifest_file: str, facilitator_url: str, anvil_chain: Chain,
+        dev_stack: Manifest, new_payer: Callable[..., LocalAccount]) -> None:
+    pay_to = str(Account.create().address)
+    ledger = f"sqlite:///{tmp_path / 'shared-ledger.db'}"
+    runs = tmp_path / "runs.txt"
+    port = free_port()
+    payer = new_payer()
+    before = balance(anvil_chain, dev_stack, payer.address)
+    args = ["mcp", "serve", "--upstream-command", f"{sys.executable} {UPSTREAM_SCRIPT}",
+            "--tool", f"forecast={PRICE_TEXT}", "--manifest", manifest_file,
+            "--pay-to", pay_to, "--facilitator", facilitator_url, "--ledger-db", ledger,
+            "--port", str(port)]
+    with running(args, _env(WEATHER_RUNS=str(runs))) as proc:
+        started = Stderr(proc).json_line("mcp")
+        wait_until(lambda: _accepts(port), "the proxy's port")
+        assert started["tools"] == {"forecast": str(PRICE)}  # type: ignore[comparison-overlap]
+        async with mcp_session(started["mcp"]) as session:
+            unpaid = await session.call_tool("forecast", {"city": "Rome"})
+            answer = await PayingMCPSession(session, payer, max_per_request=PRICE).call_tool(
+                "forecast", {"city": "Rome"})
+    assert unpaid.isError and unpaid.structuredContent is not None
+    assert unpaid.structuredContent["error"] == "payment_required"
+    assert answer.paid and text_of(answer.result) == "sunny in Rome, 21 C"
+    assert answer.payment is not None
+    assert runs.read_text().split() == ["forecast"]
+    assert balance(anvil_chain, dev_stack, payer.address) == before - PRICE
+    assert balance(anvil_chain, dev_stack, pay_to) == PRICE
+
+    # Another process with the same ledger (here, this one) refuses the same payment.
+    payload = json.loads(answer.payment.header_value)
+    with serve(weather_server.app()) as upstream:
+        other = proxy_app(Upstream.http(upstream + "/mcp"), ToolPaywall(
+            {"forecast": PRICE_TEXT}, pay_to=pay_to, token=dev_stack.token,
+            network=dev_stack.network, facilitator=facilitator_url, ledger=ledger))
+        with serve(other) as base:
+            async with mcp_session(base + "/mcp") as session:
+                replay = await session.call_tool("forecast", {"city": "Rome"},
+                                                 meta={PAYMENT_META_KEY: payload})
+    assert replay.isError and replay.structuredContent is not None
+    assert replay.structuredContent["error"] == "payment_already_used"
+    assert balance(anvil_chain, dev_stack, payer.address) == before - PRICE
+    assert balance(anvil_chain, dev_stack, pay_to) == PRICE
+
+
+async def test_mcp_serve_on_stdio_in_front_of_an_http_server(
+        tmp_path: Path, manifest_file: str, facilitator_url: str, anvil_chain: Chain,
+        dev_stack: Manifest, new_payer: Callable[..., LocalAccount]) -> None:
+    pay_to = str(Account.create().address)
+    payer = new_payer()
+    before = balance(anvil_chain, dev_stack, payer.address)
+    with serve(weather_server.app()) as upstream:
+        params = StdioServerParameters(command=A402, args=[
+            "mcp", "serve", "--stdio", "--upstream", upstream + "/mcp",
+            "--tool", f"forecast={PRICE_TEXT}", "--manifest", manifest_file,
+            "--pay-to", pay_to, "--facilitator", facilitator_url,
+            "--ledger-db", f"sqlite:///{tmp_path / 'ledger.db'}"], env=_env())
+        async with (stdio_client(params) as (read, write),
+                    ClientSession(read, write) as session):
+            await session.initialize()
+            answer = await PayingMCPSession(session, payer, max_per_request=PRICE
+                                            ).call_tool("forecast", {"city": "Nice"})
+    assert answer.paid and text_of(answer.result) == "sunny in Nice, 21 C"
+    assert balance(anvil_chain, dev_stack, payer.address) == before - PRICE
+    assert balance(anvil_chain, dev_stack, pay_to) == PRICE
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ([], "give exactly one of --upstream URL and --upstream-command"),
+    (["--upstream", "http://127.0.0.1:1/mcp", "--upstream-command", "x"], "exactly one"),
+    (["--upstream", "http://127.0.0.1:1/mcp"], "price at least one tool"),
+    (["--upstream", "http://127.0.0.1:1/mcp", "--tool", "forecast"], "is not 'NAME=PRICE'"),
+    (["--upstream", "http://127.0.0.1:1/mcp", "--tool", "forecast=0.0000001"],
+     "decimals"),
+    (["--upstream", "http://127.0.0.1:1/mcp", "--tool", "forecast=upto:0.01"],
+     "not built for MCP tools yet"),
+    (["--upstream", "http://127.0.0.1:1/mcp", "--tool", "forecast=0.01",
+      "--tool", "forecast=0.02"], "priced twice"),
+])
+def test_mcp_serve_refuses_bad_options_before_serving(
+        manifest_file: str, extra: list[str], message: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["mcp", "serve", "--manifest", manifest_file,
+                 "--facilitator", "http://127.0.0.1:1", *extra])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("a402 mcp serve: ") and message in err, err
