@@ -575,7 +575,7 @@ def run_audit(args: argparse.Namespace, *, out: TextIO | None = None,
     """Print the evidence chain as a table and check every signature in it, offline
     (:mod:`a402.client.audit`). Exit 0 if every record holds, 4 naming the first that
     does not."""
-    from a402.client.audit import audit, audit_chain
+    from a402.client.audit import OUTCOME, SENDING, audit, audit_chain, outcomes_by_payment
     from a402.mandate.evidence import EvidenceLog
     from a402.mandate.spend import SpendStore
 
@@ -596,30 +596,48 @@ def run_audit(args: argparse.Namespace, *, out: TextIO | None = None,
         store.close()
     shown = [x for x in lines if args.mandate is None
              or str(x.record.get("mandate", "")).lower() == args.mandate.lower()]
+    # One row per payment: an outcome record (written after the payment's, see
+    # a402.mandate.guard) is shown in its payment's row; a payment with none is
+    # "unsettled" (sent, and no outcome recorded: its nonce says on-chain if it settled).
+    outcomes = outcomes_by_payment(shown)
     rows: list[dict[str, Any]] = []
     for line in shown:
-        r, payment = line.record, line.record.get("payment") or {}
-        settlement = r.get("settlement") or {}
+        r = line.record
+        if r.get("kind") == OUTCOME and isinstance(r.get("of"), int) \
+                and any(x.seq == r["of"] for x in shown):
+            continue
+        payment = r.get("payment") or {}
+        outcome = outcomes.get(line.seq)
+        result = r if outcome is None else outcome.record
+        settlement = result.get("settlement") or {}
+        status = result.get("status")
+        if status == SENDING:
+            status = "unsettled"
+        problems = [f"{code}: {why}" for code, why in line.problems]
+        if outcome is not None:
+            problems += [f"{outcome.name} {code}: {why}" for code, why in outcome.problems]
         rows.append({
             "seq": line.seq, "mandate": r.get("mandate"), "amount": payment.get("amount"),
             "payee": payment.get("payee"),
             "settlement": settlement.get("transaction") if isinstance(settlement, dict)
             else None,
-            "request": (r.get("request") or {}).get("hash"), "result": r.get("result"),
-            "ok": line.ok, "problems": [f"{code}: {why}" for code, why in line.problems],
+            "request": (r.get("request") or {}).get("hash"), "result": result.get("result"),
+            "status": status, "outcomeRecord": None if outcome is None else outcome.seq,
+            "ok": line.ok and (outcome is None or outcome.ok), "problems": problems,
         })
     if args.json:
         print(json.dumps(rows, indent=2), file=out)
     else:
         print(f"{'#':>4}  {'mandate':<14} {'amount':>10}  {'payee':<14} {'settlement':<14} "
-              f"{'request':<14} {'result':<14} check", file=out)
+              f"{'request':<14} {'result':<14} {'status':<10} check", file=out)
         for row in rows:
             def short(v: object) -> str:
                 return f"{str(v)[:12]}.." if v else "-"
             check = "ok" if row["ok"] else "FAILED " + "; ".join(row["problems"])
             print(f"{row['seq']:>4}  {short(row['mandate']):<14} {row['amount'] or '-':>10}  "
                   f"{short(row['payee']):<14} {short(row['settlement']):<14} "
-                  f"{short(row['request']):<14} {short(row['result']):<14} {check}", file=out)
+                  f"{short(row['request']):<14} {short(row['result']):<14} "
+                  f"{row['status'] or '-'!s:<10} {check}", file=out)
     bad = [x for x in lines if not x.ok]
     if bad:
         first = bad[0]
@@ -631,5 +649,6 @@ def run_audit(args: argparse.Namespace, *, out: TextIO | None = None,
               file=err)
     if bad or chain:
         return EXIT_AUDIT_FAILED
-    print(f"a402 audit: {len(lines)} record(s), every signature and link verified", file=err)
+    print(f"a402 audit: {len(lines)} record(s), every signature and link verified "
+          f"({len(rows)} payment(s))", file=err)
     return EXIT_OK

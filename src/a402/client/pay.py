@@ -55,7 +55,7 @@ import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO, Final, TextIO
+from typing import Any, BinaryIO, Final, TextIO
 
 import httpx
 
@@ -313,6 +313,8 @@ def run_pay(
     try:
         with httpx.Client(auth=auth, timeout=args.timeout, follow_redirects=args.location) as http:
             response = http.request(method, args.url, headers=headers, content=content)
+        if guard is not None:
+            _flush_outcome(guard, err)
     except PaymentRefused as e:
         print(f"{PROG}: nothing was paid: payment refused ({e.reason}: {e.message}); "
               "nothing was signed, nothing was paid", file=err)
@@ -323,6 +325,8 @@ def run_pay(
     except httpx.InvalidURL as e:
         return fail(EXIT_USAGE, f"nothing was paid: invalid URL: {e}")
     except httpx.HTTPError as e:
+        if guard is not None:
+            _flush_outcome(guard, err)
         for sent in auth.payments:  # signed, then no answer: say so, it may settle
             record_payment(sent, method=method, url=args.url)
             outcome = outcome_of(sent, None)
@@ -350,6 +354,17 @@ def run_pay(
         return fail(EXIT_HTTP_ERROR,
                     f"{paid}HTTP {response.status_code} {response.reason_phrase}")
     return EXIT_OK
+
+
+def _flush_outcome(guard: Any, err: TextIO) -> None:
+    """The payment's outcome record, written before the command exits (the payment's own
+    record and reservation committed before it was sent). A failure is said, not
+    raised: the payment stands either way."""
+    try:
+        guard.close()
+    except Exception as e:
+        print(f"{PROG}: the payment's outcome could not be added to the mandate's evidence "
+              f"({type(e).__name__}: {e}); the payment itself is recorded", file=err)
 
 
 def pay_main(
