@@ -180,6 +180,26 @@ def exact_path(chain: Chain, stack: Manifest, count: int, tmp: str) -> dict[str,
     }
 
 
+def durable_commit_ms(tmp: str, count: int = 200) -> dict[str, float]:
+    """The floor of one durable payment: a bare SQLite commit (WAL, ``synchronous=FULL``,
+    as the spend store runs) of one small row, on the same disk, in the same run."""
+    import sqlite3
+
+    db = sqlite3.connect(f"{tmp}/floor.db", isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE t (v INTEGER)")
+    took = []
+    for i in range(count):
+        start = time.perf_counter()
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("INSERT INTO t VALUES (?)", (i,))
+        db.execute("COMMIT")
+        took.append((time.perf_counter() - start) * 1000)
+    db.close()
+    return summary(took)
+
+
 def a402_path(chain: Chain, stack: Manifest, count: int) -> dict[str, Any]:
     """The enclave's side of one paid call, with and without a mandate (pure CPU)."""
     from eth_account import Account
@@ -265,6 +285,7 @@ def main() -> None:
     with start_anvil(accounts=8) as chain, tempfile.TemporaryDirectory() as tmp:
         stack = deploy_dev_stack(chain)
         exact = exact_path(chain, stack, args.requests, tmp)
+        exact["bare_durable_sqlite_commit_ms"] = durable_commit_ms(tmp)
         a402 = a402_path(chain, stack, args.calls)
     results = {
         "machine": machine(), "exact": exact, "a402": a402,
@@ -286,6 +307,8 @@ def main() -> None:
         print(f"{label:<44}{e[key]['p50']:>9.2f}{e[key]['p99']:>9.2f}")
     for name, calls in e["mandate_ms_by_call"].items():
         print(f"{'    of which ' + name:<44}{calls['p50']:>9.2f}{calls['p99']:>9.2f}")
+    floor = e["bare_durable_sqlite_commit_ms"]
+    print(f"{'  (a bare durable SQLite commit here)':<44}{floor['p50']:>9.2f}{floor['p99']:>9.2f}")
     print(f"{'  mandate p50 / paid request p50':<44}{e['mandate_share_of_p50']:>8.1%}"
           f"   (target ≤ 5%)")
     print(f"{'  mandate p99 / paid request p50':<44}{e['mandate_p99_share_of_p50']:>8.1%}")
