@@ -427,16 +427,20 @@ def _confirm(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from a402.client.mandates import spend_dbs_found
     from a402.mandate.spend import SpendStore
 
-    url = args.spend_db
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
-        raise UsageError(f"no spend store at {url} (nothing was paid under a mandate there)")
-    store = SpendStore(url)
-    try:
-        entries = store.mandates()
-    finally:
-        store.close()
+    entries = []
+    urls = spend_dbs_found(args.spend_db)
+    for url in urls or [args.spend_db]:
+        if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+            raise UsageError(f"no spend store at {url} (nothing was paid under a mandate "
+                             "there)")
+        store = SpendStore(url)
+        try:
+            entries += store.mandates()
+        finally:
+            store.close()
     now = int(time.time())
     rows = []
     for e in entries:
@@ -574,14 +578,37 @@ def run_audit(args: argparse.Namespace, *, out: TextIO | None = None,
               err: TextIO | None = None) -> int:
     """Print the evidence chain as a table and check every signature in it, offline
     (:mod:`a402.client.audit`). Exit 0 if every record holds, 4 naming the first that
-    does not."""
+    does not. The default ``--spend-db`` has one file per chain: each one found is
+    audited (``--json``: an object of URL → rows)."""
+    import io
+
+    from a402.client.mandates import spend_dbs_found
+
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    urls = spend_dbs_found(args.spend_db)
+    if len(urls) <= 1:
+        return _audit_store(urls[0] if urls else args.spend_db, args, out, err)
+    worst, combined = EXIT_OK, {}
+    for url in urls:
+        if args.json:
+            buffer = io.StringIO()
+            code = _audit_store(url, args, buffer, err)
+            combined[url] = json.loads(buffer.getvalue() or "[]")
+        else:
+            print(f"spend store {url}", file=out)
+            code = _audit_store(url, args, out, err)
+        worst = max(worst, code)
+    if args.json:
+        print(json.dumps(combined, indent=2), file=out)
+    return worst
+
+
+def _audit_store(url: str, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from a402.client.audit import OUTCOME, SENDING, audit, audit_chain, outcomes_by_payment
     from a402.mandate.evidence import EvidenceLog
     from a402.mandate.spend import SpendStore
 
-    out = out if out is not None else sys.stdout
-    err = err if err is not None else sys.stderr
-    url = args.spend_db
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
         print(f"a402 audit: no spend store at {url} (nothing was paid under a mandate there)",
               file=err)

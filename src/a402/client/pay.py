@@ -26,8 +26,8 @@ README's error catalogue and :mod:`a402.client.outcome`).
 With ``--mandate FILE`` the payment must also fit the owner's signed mandate
 (:mod:`a402.mandate`): its registry is read on the mandate's chain (``--mandate-rpc``,
 else the devnet manifest's), and the spend is reserved durably in ``--spend-db``
-(``sqlite:///.a402/mandates.db`` by default, so the budget spans invocations)
-before anything is signed. A payment outside it exits 3 with the mandate's reason
+(``sqlite:///.a402/<chain id>/mandates.db`` by default, so the budget spans
+invocations) before the payment is sent. A payment outside it exits 3 with the mandate's reason
 (``mandate_cap_exceeded``...). ``--max`` then defaults to none (the mandate's
 per-payment maximum is the cap). With ``--vault`` the mandate is signed into the
 vault call and the vault's enclave enforces it (its spend is the enclave's, sealed in
@@ -144,7 +144,8 @@ def add_pay_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pay only inside this owner-signed mandate (a402 mandate create)")
     parser.add_argument("--spend-db", default=None, metavar="URL",
                         help="with --mandate: where its spending is recorded "
-                             "(default: sqlite:///.a402/mandates.db)")
+                             "(default: sqlite:///.a402/{chain_id}/mandates.db, the chain of the "
+                             "mandate's registry)")
     parser.add_argument("--mandate-rpc", metavar="URL",
                         help="with --mandate: JSON-RPC URL of the mandate's chain, to read "
                              "revocations (default: the devnet manifest's rpcUrl)")
@@ -257,7 +258,7 @@ def run_pay(
     if mandate_given and args.vault:
         # The vault's enclave enforces the mandate (it is signed into the call): this
         # client sends the document; without --max the mandate's cap is the call's maximum.
-        from a402.client.mandates import DEFAULT_SPEND_DB
+        from a402.client.mandates import DEFAULT_SPEND_DB, spend_db_for
         from a402.client.vault_pay import run_vault_pay
         from a402.mandate.document import MandateError, load_signed
         from a402.mandate.evidence import EvidenceLog
@@ -270,8 +271,8 @@ def run_pay(
         # The evidence of each paid call goes next to the spend store (a402 audit).
         spend_db = args.spend_db or DEFAULT_SPEND_DB
         try:
-            if spend_db.startswith("sqlite:///"):
-                Path(spend_db[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            spend_db = spend_db_for(spend_db, signed.domain.chain_id,
+                                    warn=lambda m: print(f"{PROG}: {m}", file=err))
             store = SpendStore(spend_db)
             store.register(signed)
         except Exception as e:
