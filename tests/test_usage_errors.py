@@ -55,3 +55,12 @@ def test_a_refused_command_line_says_first_that_nothing_was_paid(
     assert lines[0].startswith(first), run.stderr
     assert lines[1].startswith("usage: ")
     assert run.stdout == "" and list(tmp_path.iterdir()) == []
+
+
+def test_an_indexer_console_without_an_operator_token_is_not_started(tmp_path: Path) -> None:
+    run = _run(tmp_path, "indexer", "--rpc", "http://127.0.0.1:9", "--factory",
+               "0x" + "11" * 20, "--console")
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.startswith("a402 indexer: not started, nothing was paid (usage): "
+                                 "--console needs --operator-token"), run.stderr
+    assert list(tmp_path.iterdir()) == []
