@@ -14,7 +14,8 @@ What is trusted, and why:
   (scheme, network, asset, amount, payTo) before the paying client's usual
   rules apply (wallet allow-lists, per-request maximum, budget: ``a402.client``).
   A refusal is answered with ``payment-rejected`` so the agent can close the task,
-  and raised as ``PaymentRefused``; nothing was signed.
+  and raised as ``PaymentRefused``; nothing was signed (a mandate's refusal at its
+  commit discards a payment signed in memory, never sent).
 - With an owner's mandate (``mandate=MandateGuard(...)``), every offer is also judged
   by it, as an ``exact`` payment for the task's skill (``send(..., skill=...)``) at
   the card's URL: a task whose skill the mandate does not allow (or that names

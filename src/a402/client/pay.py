@@ -9,7 +9,8 @@ stable so scripts and agents can branch on them:
     1  the request failed (network error, timeout)
     2  usage or configuration error (bad arguments, unreadable key file)
     3  payment refused by this client (price above --max, budget, no acceptable
-       requirement, malformed 402); nothing was signed
+       requirement, malformed 402, mandate); nothing was signed (or, refused by a mandate
+       at its commit, signed in memory and discarded unsent)
     4  paid, settlement pending: the server did not confirm the settlement (pending
        transaction, no answer, missing receipt); the money may still move
     5  the server answered an HTTP error (>= 400) with no payment involved, or after a
@@ -317,8 +318,12 @@ def run_pay(
         if guard is not None:
             _flush_outcome(guard, err)
     except PaymentRefused as e:
-        print(f"{PROG}: nothing was paid: payment refused ({e.reason}: {e.message}); "
-              "nothing was signed, nothing was paid", file=err)
+        # Refused before signing, or (under a mandate, at the commit) signed in memory and
+        # discarded unsent, which the message says: nothing left this process either way.
+        tail = "nothing was sent, nothing was paid" if "discarded unsent" in e.message \
+            else "nothing was signed, nothing was paid"
+        print(f"{PROG}: nothing was paid: payment refused ({e.reason}: {e.message}); {tail}",
+              file=err)
         print(json.dumps({"success": False, "moneyState": NOT_PAID, "refused": e.reason,
                           "message": e.message,
                           "offered": [r.to_wire() for r in e.offered]}), file=err)
