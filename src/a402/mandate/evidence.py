@@ -67,6 +67,7 @@ from sqlalchemy import text as sql_text
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from a402.evm.keccak import keccak256
+from a402.sqlite import Plain
 
 FORMAT: Final = "a402-evidence/1"
 PREFIX: Final = b"a402/evidence/v1\x00"
@@ -207,12 +208,13 @@ class EvidenceLog:
         runs once the head is locked. Call :meth:`ready` first, outside the transaction
         (it may write the head row in one of its own)."""
         locking = self.engine.dialect.name != "sqlite"
-        head = conn.execute(_HEAD_FOR_UPDATE if locking else _HEAD).first()
+        plain = Plain(conn)
+        head = plain.one((_HEAD_FOR_UPDATE if locking else _HEAD).text, {})
         if also is not None:
             also(conn)
         last = head if head is not None else self._tail(conn)
-        seq, prev = (0, GENESIS) if last is None or int(last.seq) == 0 \
-            else (int(last.seq), str(last.hash))
+        seq, prev = (0, GENESIS) if last is None or int(last[0]) == 0 \
+            else (int(last[0]), str(last[1]))
         seqs: list[int] = []
         hash_hex, head_signature = prev, ""
         for fields, sign_digest in items:
@@ -221,7 +223,7 @@ class EvidenceLog:
             digest = record_hash(text)
             hash_hex = "0x" + digest.hex()
             # Statements prepared once (module level), bound here.
-            conn.execute(_APPEND, {
+            plain.run(_APPEND.text, {
                 "seq": seq, "hash": hash_hex, "mandate": fields.get("mandate"),
                 "record": text, "signature": "0x" + bytes(sign_digest(digest)).hex(),
                 "at": time.time()})
@@ -235,8 +237,8 @@ class EvidenceLog:
             conn.execute(evidence_head.insert().values(
                 id=1, seq=seq, hash=hash_hex, signature=head_signature))
         else:
-            conn.execute(_MOVE_HEAD, {"seq": seq, "hash": hash_hex,
-                                      "signature": head_signature})
+            plain.run(_MOVE_HEAD.text, {"seq": seq, "hash": hash_hex,
+                                        "signature": head_signature})
         return seqs
 
     def head(self) -> EvidenceHead | None:

@@ -59,7 +59,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from a402.mandate.document import Confirmation, SignedMandate, load_signed
 from a402.mandate.policy import MandateRefused, ProposedPayment, Spent, decide, period_index
-from a402.sqlite import make_engine
+from a402.sqlite import Plain, make_engine
 
 MANDATE_CONFIRMATION_USED: Final = "mandate_confirmation_used"
 DEFAULT_URL: Final = "sqlite:///a402-mandates.db"
@@ -238,14 +238,16 @@ class SpendStore:
         anything is written: the caller's rollback leaves the store as it was."""
         at = int(time.time()) if now is None else now
         index = period_index(signed.mandate, at)
-        row = conn.execute(self._lock_sql, {"hash": signed.hash_hex}).first()
+        plain = Plain(conn)
+        row = plain.one(self._lock_sql.text, {"hash": signed.hash_hex})
         if row is None:
             raise ValueError(f"mandate {signed.hash_hex} is not registered in this store")
-        total = int(row.spent_total)
+        stored_total, stored_period, stored_in_period = row
+        total = int(stored_total)
         # A clock behind the stored period (another payer's clock ran ahead) counts
         # in the stored period: periods only move forward.
-        new_period = max(index, int(row.period_index))
-        in_period = int(row.spent_period) if int(row.period_index) == new_period else 0
+        new_period = max(index, int(stored_period))
+        in_period = int(stored_in_period) if int(stored_period) == new_period else 0
         decision = decide(signed, payment, Spent(total, in_period), now=at,
                           revoked=revoked, confirmation=confirmation)
         if not decision:
@@ -265,11 +267,11 @@ class SpendStore:
                                                     in_period + payment.amount))
         # Prepared once (module level), bound here: the statements of the paid path
         # skip SQLAlchemy's per-call construction and cache-key work.
-        conn.execute(_RESERVE_TOTALS, {
+        plain.run(_RESERVE_TOTALS.text, {
             "hash": signed.hash_hex, "total": str(total + payment.amount),
             "period": new_period, "in_period": str(in_period + payment.amount),
             "at": stamp})
-        conn.execute(_RESERVE_ROW, {
+        plain.run(_RESERVE_ROW.text, {
             "id": reservation.id, "mandate": signed.hash_hex, "state": state,
             "amount": str(payment.amount), "period": new_period,
             "payee": payment.payee.lower(), "network": payment.network,
