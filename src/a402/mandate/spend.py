@@ -16,7 +16,15 @@ so its amount counts as spent from the moment it *could* be signed:
    its amount off the totals. A ``signed`` one never comes back.
 
 A crash anywhere in between leaves a ``reserved`` row whose amount still
-counts: the budget errs toward spending less, never more. Concurrent payers,
+counts: the budget errs toward spending less, never more.
+
+A payer that signs in its own memory (the ``exact`` payers) uses one step instead
+(:meth:`SpendStore.reserve_in` with ``state`` ``signed``, from
+:meth:`a402.mandate.guard.MandateGuard.commit`): the decision and the reservation,
+already marked signed, commit with the payment's evidence record after the payload
+was signed and before it is sent. Until that commit nobody but the process holds the
+signature, so nothing can move money that the store does not count; a refusal there
+discards the signature unsent. Concurrent payers,
 threads or processes or several machines on one PostgreSQL, cannot overshoot,
 because every reserve reads and writes the totals under the row's lock
 (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE``
