@@ -64,3 +64,25 @@ def test_an_indexer_console_without_an_operator_token_is_not_started(tmp_path: P
     assert run.stderr.startswith("a402 indexer: not started, nothing was paid (usage): "
                                  "--console needs --operator-token"), run.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("args", "first"), [
+    (("payments", "--facilitator", "http://127.0.0.1:9", "--operator-token", "a" * 20),
+     "a402 payments: nothing moved (service_unavailable): could not reach "
+     "http://127.0.0.1:9"),
+    (("receipt", "0x1234"), "a402 receipt: nothing moved (not_found): no payment '0x1234'"),
+    (("mandate", "revoke", "missing.json", "--owner-key-file", "owner.key"),
+     "a402 mandate revoke: nothing changed, the mandate is NOT revoked (usage): cannot read "
+     "mandate missing.json"),
+    (("mandate", "list"), "a402 mandate list: nothing changed (usage): no spend store at "
+                          "sqlite:///.a402/<chain id>/mandates.db for any chain"),
+    (("audit",), "a402 audit: nothing to check: no spend store at "
+                 "sqlite:///.a402/<chain id>/mandates.db for any chain"),
+])
+def test_a_read_or_owner_command_that_fails_says_first_that_nothing_moved(
+    tmp_path: Path, args: tuple[str, ...], first: str,
+) -> None:
+    run = _run(tmp_path, *args)
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert run.stderr.splitlines()[0].startswith(first), run.stderr
+    assert list(tmp_path.iterdir()) == []

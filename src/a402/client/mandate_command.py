@@ -229,13 +229,18 @@ def run_mandate(args: argparse.Namespace, *, out: TextIO | None = None,
     action = {"create": _create, "show": _show, "verify": _verify, "revoke": _revoke,
               "confirm": _confirm, "list": _list, "export": _export,
               "import": _import}[args.mandate_command]
+    # Both refusals come before anything is sent or written: said first, and for a
+    # revocation (the owner's brake) that the mandate still stands.
+    state = "nothing changed" + (", the mandate is NOT revoked"
+                                 if args.mandate_command == "revoke" else "")
+    prog = f"a402 mandate {args.mandate_command}"
     try:
         return action(args, out, err)
     except UsageError as e:
-        print(f"a402 mandate: {e}", file=err)
+        print(f"{prog}: {state} (usage): {e}", file=err)
         return EXIT_USAGE
     except ChainNotFound as e:
-        print(f"a402 mandate: {e}", file=err)
+        print(f"{prog}: {state} (chain_not_found): {e}", file=err)
         return EXIT_CHAIN
 
 
@@ -434,8 +439,8 @@ def _list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     urls = spend_dbs_found(args.spend_db)
     for url in urls or [args.spend_db]:
         if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
-            raise UsageError(f"no spend store at {url} (nothing was paid under a mandate "
-                             "there)")
+            raise UsageError(f"no spend store at {_shown(url)} (nothing was paid under a "
+                             "mandate there)")
         store = SpendStore(url)
         try:
             entries += store.mandates()
@@ -604,14 +609,20 @@ def run_audit(args: argparse.Namespace, *, out: TextIO | None = None,
     return worst
 
 
+def _shown(url: str) -> str:
+    """A spend store URL as a user reads it (the per-chain default: any chain's folder)."""
+    return url.replace("{chain_id}", "<chain id>") + (
+        " for any chain" if "{chain_id}" in url else "")
+
+
 def _audit_store(url: str, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from a402.client.audit import OUTCOME, SENDING, audit, audit_chain, outcomes_by_payment
     from a402.mandate.evidence import EvidenceLog
     from a402.mandate.spend import SpendStore
 
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
-        print(f"a402 audit: no spend store at {url} (nothing was paid under a mandate there)",
-              file=err)
+        print(f"a402 audit: nothing to check: no spend store at {_shown(url)} (nothing was "
+              "paid under a mandate there)", file=err)
         return EXIT_USAGE
     store = SpendStore(url)
     try:
