@@ -13,9 +13,11 @@ def test_the_mandate_act_pays_inside_refuses_a_100x_402_and_a_revoked_mandate() 
     text = out.getvalue()
     assert text.count(" 200  0x") == 3
     assert "refused: mandate_cap_exceeded; nothing was signed" in text
-    assert "refused: mandate_revoked; nothing was signed" in text
+    assert ("refused: mandate_revoked; the payment signed in memory was discarded unsent, "
+            "nothing was paid") in text
     assert "same hash: True" in text
-    assert "a402 audit: 3 record(s), every signature and link verified" in text
+    assert ("a402 audit: 6 record(s), every signature and link verified (3 payment(s), each "
+            "with its outcome)") in text
     assert "a402 audit: record #1 fails: hash_mismatch" in text
     assert re.search(r"agent +1,000\.000000 +999\.997000 +-0\.003000", text)
     assert re.search(r"provider +0\.000000 +0\.003000 +\+0\.003000", text)

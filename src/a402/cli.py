@@ -104,11 +104,16 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     every command's are (for tests and documentation). Each declared flag takes its
     default from the ``A402_*`` environment or the config file if they set it
     (:func:`a402.settings.configure`; ConfigError if they set it wrong)."""
-    parser = argparse.ArgumentParser(prog="a402", description=__doc__.splitlines()[0])
+    from a402.failure import MoneyFirstParser
+
+    parser = MoneyFirstParser(prog="a402", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"a402 {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Usage errors say the money state first (every command's, through parser_class).
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=MoneyFirstParser)
     wanted = None if argv is None else chosen_command(argv)
+    parser.command = wanted if wanted in {c.name for c in COMMANDS} else None
     for command in COMMANDS:
         sub = commands.add_parser(command.name, help=command.help)
         if argv is None or command.name == wanted:

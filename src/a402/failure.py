@@ -20,11 +20,12 @@ This module imports nothing heavy: the library error classes are looked up in
 
 from __future__ import annotations
 
+import argparse
 import errno
 import socket
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from a402.chain.deploy import Manifest
@@ -75,6 +76,35 @@ class Failure:
         else:
             state = "failed"
         return f"a402 {command}: {state} ({self.reason}): {self.message}"
+
+
+def usage_state(command: str | None) -> str:
+    """The money state of a command refused at its command line: it ran nothing."""
+    if command is None:
+        return "nothing was run"
+    return "not started, nothing was paid" if command in SERVICES else "nothing was paid"
+
+
+class MoneyFirstParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors say the money state first, as every other
+    failure of ``a402`` does: ``a402 gateway: not started, nothing was paid (usage):
+    argument --port: invalid int value: 'abc'``, then the usage, exit 2. A command
+    refused at its command line has run nothing, so nothing was paid (and a service was
+    not started)."""
+
+    #: The command the command line names, when this is the top ``a402`` parser (its
+    #: "unrecognized arguments" are that command's).
+    command: str | None = None
+    #: The state to say instead of the command's (e.g. a vault-mode action, which is no
+    #: service start).
+    state: str | None = None
+
+    def error(self, message: str) -> Any:
+        words = self.prog.split()
+        command = words[1] if len(words) > 1 else self.command
+        prog = self.prog if len(words) > 1 or command is None else f"{self.prog} {command}"
+        state = self.state or usage_state(command)
+        self.exit(EXIT_FAILED, f"{prog}: {state} (usage): {message}\n{self.format_usage()}")
 
 
 def expected_failure(error: BaseException) -> Failure | None:

@@ -114,6 +114,38 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+class Plain:
+    """Plain SQL in an open SQLAlchemy transaction ``conn``, run on the driver's own
+    connection when it is SQLite (the paid path: SQLAlchemy's per-statement work costs
+    several times SQLite's own), through SQLAlchemy otherwise. Statements are text with
+    ``:name`` parameters, valid on both; rows are tuples in the order selected."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        driver = conn.connection.driver_connection if conn.dialect.name == "sqlite" else None
+        self.driver: sqlite3.Connection | None = driver
+
+    def one(self, sql: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        if self.driver is not None:
+            cursor = self.driver.execute(sql, dict(params))
+            try:
+                row = cursor.fetchone()
+            finally:
+                cursor.close()
+            return None if row is None else tuple(row)
+        found = self.conn.execute(_text(sql), params).first()
+        return None if found is None else tuple(found)
+
+    def run(self, sql: str, params: Mapping[str, Any]) -> int:
+        """Execute; the row count."""
+        if self.driver is not None:
+            cursor = self.driver.execute(sql, dict(params))
+            count = cursor.rowcount
+            cursor.close()
+            return int(count)
+        return int(self.conn.execute(_text(sql), params).rowcount)
+
+
 def readers(engine: Engine) -> sessionmaker[Session]:
     """Sessions for reading: on SQLite a deferred BEGIN (a WAL snapshot that neither
     takes nor waits for the write lock); elsewhere ordinary sessions."""

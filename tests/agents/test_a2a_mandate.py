@@ -88,12 +88,15 @@ async def test_a_task_outside_the_mandates_skills_is_refused_before_anything_is_
     assert a2a_balance(anvil_chain, dev_stack, payer.address) == 1_000_000 - A2A_PRICE_ATOMIC
     assert a2a_balance(anvil_chain, dev_stack, served.pay_to) == A2A_PRICE_ATOMIC
 
-    # The paid task left one record in the evidence chain, and it verifies offline.
+    # The paid task left its payment's record (committed before it was submitted) and,
+    # written when the client closed, its outcome's; both verify offline.
     lines = audit(EvidenceLog(store.engine).rows(), stored_mandates(store.engine))
-    assert [line.problems for line in lines] == [[]]
-    [line] = lines
+    assert [line.problems for line in lines] == [[], []]
+    line, outcome = lines
     assert line.record["mandate"] == wide.mandate_hash
     assert line.record["request"]["skill"] == "task"
-    assert line.record["result"] == sha256_hex(b"HELLO")
-    assert line.record["settlement"]["transaction"] == result.receipt.transaction
+    assert line.record["status"] == "sending" and line.record["result"] is None
+    assert outcome.record["kind"] == "outcome" and outcome.record["of"] == line.seq
+    assert outcome.record["result"] == sha256_hex(b"HELLO")
+    assert outcome.record["settlement"]["transaction"] == result.receipt.transaction
     store.close()

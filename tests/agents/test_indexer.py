@@ -429,3 +429,29 @@ def test_reorganisations_are_undone_and_answers_match_a_fresh_index(
         assert Search(store).search(Query(q="haunts"))["agents"] == []
         assert answers(Search(store)) == fresh_answers(chain, world.suite, world.start_block,
                                                        stores)
+
+
+def test_the_console_shows_the_indexed_agents_and_their_reputation_after_sign_in(
+    world: World, indexed: Search,
+) -> None:
+    """``a402 indexer --console``: the agents the search API ranks, with their reputation,
+    behind the operator token; no payment charts (the indexer has no payments of its own)."""
+    from a402.agents.indexer.console_view import indexer_console
+
+    token = "t" * 24
+    client = TestClient(indexer_console(create_app(indexed), indexed, token))
+    assert client.get("/agents").status_code == 200  # the API is still there
+    assert 'name="token"' in client.get("/console").text  # the sign-in form, no data
+    assert client.get("/console/panel").status_code == 401
+    wrong = client.post("/console/login", data={"token": "x" * 24}, follow_redirects=False)
+    assert wrong.status_code == 401
+    signed_in = client.post("/console/login", data={"token": token}, follow_redirects=False)
+    assert signed_in.status_code == 303
+    page = client.get("/console").text
+    assert "Agents and their reputation" in page and "Volume and latency" not in page
+    ranked = indexed.search(Query(limit=100))["agents"]
+    assert ranked
+    for agent in ranked:
+        assert agent["address"] in page and str(agent["reputation"]) in page
+    rows = page.split("Agents and their reputation")[1]
+    assert rows.index(ranked[0]["address"]) < rows.index(ranked[-1]["address"])

@@ -55,6 +55,11 @@ def paid_trail(stack: Stack, served: Any, tmp_path: Path) -> tuple[str, Any, lis
     assert [r.status_code for r in responses] == [200, 200, 200]
     assert stack.balance(stack.pay_to) - payee_before == 3 * PRICE
     assert stack.balance(agent.address) == 2 * PRICE
+    # Each payment's record committed before it was sent; the outcomes of the first two
+    # with the next payment's commit; the last one's when the guard closes.
+    assert guard.pending == 1
+    guard.close()
+    assert guard.pending == 0
     return f"sqlite:///{tmp_path / 'spend.db'}", guard, responses
 
 
@@ -64,11 +69,14 @@ def test_every_paid_request_leaves_a_record_that_audit_verifies_offline(
     db, guard, responses = paid_trail
     code, out, err = _audit(db)
     assert code == 0, err
-    assert "3 record(s), every signature and link verified" in err
+    assert "6 record(s), every signature and link verified (3 payment(s))" in err
     assert out.count(" ok") == 3
     code, out, _ = _audit(db, "--json")
     rows = json.loads(out)
-    assert [r["seq"] for r in rows] == [1, 2, 3]
+    # payment 1, outcome 1 + payment 2 (one commit), outcome 2 + payment 3, outcome 3
+    assert [r["seq"] for r in rows] == [1, 3, 5]
+    assert [r["outcomeRecord"] for r in rows] == [2, 4, 6]
+    assert [r["status"] for r in rows] == [200, 200, 200]
     for row, response in zip(rows, responses, strict=True):
         payment = payment_of(response)
         assert payment is not None and payment.receipt is not None
@@ -80,16 +88,18 @@ def test_every_paid_request_leaves_a_record_that_audit_verifies_offline(
     assert main(["audit", "--spend-db", db]) == 0
 
 
-@pytest.mark.parametrize(("column", "where", "reason"), [
-    ("record", "the amount", BAD_RECORD_SIGNATURE),     # a byte of the text: the agent's
-    ("record", "the result hash", BAD_RECORD_SIGNATURE),  # signature no longer covers it
-    ("hash", "the stored hash", HASH_MISMATCH),
-    ("signature", "the agent's signature", BAD_RECORD_SIGNATURE),
-    ("document", "the mandate's budget", BAD_MANDATE),
+@pytest.mark.parametrize(("column", "where", "seq", "reason"), [
+    ("record", "the amount", 3, BAD_RECORD_SIGNATURE),    # a byte of the text: the agent's
+    ("record", "the result hash", 4, BAD_RECORD_SIGNATURE),  # signature no longer covers it
+    ("hash", "the stored hash", 3, HASH_MISMATCH),
+    ("signature", "the agent's signature", 3, BAD_RECORD_SIGNATURE),
+    ("document", "the mandate's budget", 1, BAD_MANDATE),
 ])
 def test_one_altered_byte_fails_the_audit_with_the_record_named(
-    paid_trail: tuple[str, Any, list[Any]], column: str, where: str, reason: str,
+    paid_trail: tuple[str, Any, list[Any]], column: str, where: str, seq: int, reason: str,
 ) -> None:
+    """Records 3 and 4 are the second payment's and its outcome's: the second row of the
+    table fails, naming the record, and the others stand."""
     db, guard, _ = paid_trail
     engine = guard.store.engine
     with engine.begin() as conn:
@@ -100,7 +110,7 @@ def test_one_altered_byte_fails_the_audit_with_the_record_named(
             new = old[:-1] + str((int(old[-1]) + 1) % 10)  # one digit, one byte
             conn.execute(update(mandates).values(document=text.replace(old, new)))
         else:
-            value = conn.execute(select(evidence.c[column]).where(evidence.c.seq == 2)
+            value = conn.execute(select(evidence.c[column]).where(evidence.c.seq == seq)
                                  ).scalar_one()
             if where == "the amount":
                 at = value.index(f'"amount":"{PRICE}"') + len('"amount":"')
@@ -111,18 +121,19 @@ def test_one_altered_byte_fails_the_audit_with_the_record_named(
             flipped = "1" if value[at] != "1" else "2"
             altered = value[:at] + flipped + value[at + 1:]
             assert len(altered) == len(value) and altered != value
-            conn.execute(update(evidence).where(evidence.c.seq == 2)
+            conn.execute(update(evidence).where(evidence.c.seq == seq)
                          .values({column: altered}))
     code, out, err = _audit(db)
     assert code == EXIT_AUDIT_FAILED
     if column == "document":  # every record under the altered mandate fails, the first named
-        assert f"record #1 fails: {reason}" in err and "3 record(s) fail" in err
+        assert f"record #1 fails: {reason}" in err and "6 record(s) fail" in err
     else:
-        assert "record #2 fails: " in err and reason in err.split("record(s) fail")[0], err
+        assert f"record #{seq} fails: " in err and reason in err.split("record(s) fail")[0], err
         lines = out.splitlines()[1:]
         assert lines[0].rstrip().endswith("ok") and "FAILED" in lines[1]
-        # An altered text fails alone; an altered stored hash also unlinks the next record.
-        assert lines[2].rstrip().endswith("ok") == (column != "hash")
+        assert f"record #{seq} {reason}" in lines[1] or seq == 3
+        # An altered stored hash also unlinks the next record (#4, the same row's outcome).
+        assert lines[2].rstrip().endswith("ok")
 
 
 def test_a_deleted_record_breaks_the_chain_at_the_next_one(

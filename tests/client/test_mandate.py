@@ -150,7 +150,9 @@ def test_a_spend_store_that_fails_refuses_the_payment_and_signs_nothing(
     with paying_client(agent, mandate=guard) as http, pytest.raises(PaymentRefused) as e:
         http.get(f"{url}/paid")
     assert e.value.reason == "mandate_spend_unavailable"
-    assert "nothing was signed, nothing was paid" in e.value.message
+    # The store failed at the commit, after the payment was signed in memory: the
+    # signature was discarded, never sent.
+    assert "discarded unsent: nothing was paid" in e.value.message
     assert server.payloads == [] and stack.balance(agent.address) == PRICE * 5
 
 

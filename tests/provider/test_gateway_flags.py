@@ -66,7 +66,7 @@ def test_the_defaults_are_todays() -> None:
     assert from_args(Paywall, args) == Paywall(settle_before_serve=False, public_url=None)
     assert from_args(A402Options, args) == A402Options(
         a402=False, rpc=None, operator_key_file=None, manager=None,
-        channel_db="sqlite:///a402-provider-channels.db")
+        channel_db="sqlite:///.a402/{chain_id}/provider-channels.db")
     assert from_args(AttestationOptions, args) == AttestationOptions(
         platform_file=".a402/provider-platform.json",
         identity_file=".a402/provider-identity.bin", measurement=None,

@@ -14,7 +14,8 @@ What is trusted, and why:
   (scheme, network, asset, amount, payTo) before the paying client's usual
   rules apply (wallet allow-lists, per-request maximum, budget: ``a402.client``).
   A refusal is answered with ``payment-rejected`` so the agent can close the task,
-  and raised as ``PaymentRefused``; nothing was signed.
+  and raised as ``PaymentRefused``; nothing was signed (a mandate's refusal at its
+  commit discards a payment signed in memory, never sent).
 - With an owner's mandate (``mandate=MandateGuard(...)``), every offer is also judged
   by it, as an ``exact`` payment for the task's skill (``send(..., skill=...)``) at
   the card's URL: a task whose skill the mandate does not allow (or that names
@@ -268,6 +269,10 @@ class PayingAgentClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Close the HTTP client (if this made it) and write the mandate's queued payment
+        outcomes (:meth:`MandateGuard.close`)."""
+        if self.mandate is not None:
+            self.mandate.close()
         if self._own_http:
             await self.http.aclose()
 
@@ -293,7 +298,8 @@ class _PaidTask:
     def __init__(self, owner: PayingAgentClient, agent: DiscoveredAgent,
                  skill: str | None = None) -> None:
         self.owner, self.agent, self.skill = owner, agent, skill
-        self.held: Any = None  # the mandate's reservation for this task's payment
+        self.held: Any = None  # the mandate's committed payment (guard.Committed), if any
+        self._text = ""  # the task's text, recorded with its payment
         config = ClientConfig(streaming=False, httpx_client=owner.http,
                               supported_protocol_bindings=[TransportProtocol.JSONRPC])
         self.client = ClientFactory(config).create(card_for_wire(agent.card, owner.wire))
@@ -306,6 +312,7 @@ class _PaidTask:
         await self.client.close()
 
     async def run(self, text: str) -> PaidResult:
+        self._text = text
         task = await self._send(_user_message(text, self.uri))
         if _state(task) == TaskState.TASK_STATE_COMPLETED:
             return PaidResult(_result_text(task), None, task)
@@ -333,23 +340,23 @@ class _PaidTask:
 
     def _evidence(self, text: str, payload: PaymentPayload, settlement: dict[str, Any] | None,
                   status: str, result: str | None) -> None:
-        """The task's record in the mandate's evidence chain (:mod:`a402.client.audit`):
-        the payment was signed and submitted, so a failure to write is logged, not raised."""
+        """Queue the task's outcome record in the mandate's evidence chain
+        (:meth:`MandateGuard.settle`; the payment's own record committed before it was
+        submitted): the payment was sent, so a failure to write is logged, not raised."""
         mandate = self.owner.mandate
-        if mandate is None:
+        if mandate is None or self.held is None:
             return
-        from a402.client.audit import a2a_record  # loads the store's SQLAlchemy tables
+        from a402.client.audit import sha256_hex
 
         try:
-            fields = a2a_record(
-                mandate=mandate.mandate_hash, agent=self.owner.wallet.address,
-                card_url=self.agent.card_url, skill=self.skill, text=text, payload=payload,
-                settlement=settlement, status=status[:200], result=result)
-            mandate.record(fields, self.owner.wallet.sign_evidence, reservation=self.held,
-                           payment_ref=str(payload.payload["authorization"]["nonce"]))
+            mandate.settle(self.held, {
+                "mandate": mandate.mandate_hash, "agent": self.owner.wallet.address,
+                "scheme": "exact", "settlement": settlement, "status": status[:200],
+                "result": None if result is None else sha256_hex(result.encode())},
+                self.owner.wallet.sign_evidence)
         except Exception as e:
-            log.error("a paid task's payment was signed and sent, but its evidence record "
-                      "could not be written (%s: %s)", type(e).__name__, e)
+            log.error("a paid task's payment was signed and sent, but its outcome could not "
+                      "be recorded (%s: %s)", type(e).__name__, e)
 
     # --- paying
 
@@ -385,17 +392,36 @@ class _PaidTask:
                     or address_key(auth["to"]) != address_key(offer.pay_to)):
                 raise ValueError("signed value/recipient differ from the offer")
         except Exception as e:
-            # Nothing left this process, so the reservations may go back.
+            # Nothing left this process, so the budget's reservation may go back (the
+            # mandate's admission wrote nothing).
             if reservation is not None and owner.budget is not None:
                 owner.budget.release(reservation)
-            if held is not None and owner.mandate is not None:
-                owner.mandate.release(held)
             raise PaymentRefused(client_errors.SIGNING_FAILED, f"{type(e).__name__}: {e}",
                                  offered=required.accepts) from e
         assert isinstance(payload, PaymentPayload)
-        # Signed: its amount never comes back. The mandate's reservation stays counted and
-        # is marked signed with the task's evidence record, in one commit (_evidence).
-        self.held = held
+        self.held = None
+        if held is not None and owner.mandate is not None:
+            # Signed in memory only: the mandate's reservation (already signed) and the
+            # payment's record commit before it is submitted (a402.mandate.guard); a
+            # refusal discards the signature unsent.
+            from a402.client.audit import a2a_record
+            from a402.mandate.spend import MandateRefused
+
+            try:
+                self.held = owner.mandate.commit(held, a2a_record(
+                    mandate=owner.mandate.mandate_hash, agent=owner.wallet.address,
+                    card_url=self.agent.card_url, skill=self.skill, text=self._text,
+                    payload=payload, settlement=None, status="sending", result=None),
+                    owner.wallet.sign_evidence,
+                    payment_ref=str(payload.payload["authorization"]["nonce"]))
+            except Exception as e:
+                if reservation is not None and owner.budget is not None:
+                    owner.budget.release(reservation)
+                reason = e.reason if isinstance(e, MandateRefused) \
+                    else client_errors.MANDATE_SPEND_UNAVAILABLE
+                raise PaymentRefused(reason, f"{e}; the payment signed in memory was "
+                                     "discarded unsent: nothing was paid",
+                                     offered=required.accepts) from e
         return payload
 
     async def _submit(self, task: Task, payload: PaymentPayload) -> PaidResult:

@@ -1,10 +1,12 @@
 """Writing and checking the evidence chain of mandated payments (:mod:`a402.mandate.evidence`).
 
-:func:`exact_record` builds the record of one ``exact`` payment (the paying
-client writes it once the paid response came back, settled or not: the payment
-was signed, so it is evidence either way); :func:`audit` checks every record
-offline, in chain order, and says for each what holds and, for the first broken
-link, which record broke it:
+:func:`exact_payment_record` builds the record of one ``exact`` payment, which
+the paying client commits with the payment's reservation before the payload is
+sent (:mod:`a402.mandate.guard`), and :func:`exact_outcome` the record of what
+came back (``kind`` ``outcome``, naming the payment's record as ``of``), written
+later; :func:`exact_record` is both in one (records written before outcomes were
+separate). :func:`audit` checks every record offline, in chain order, and says
+for each what holds and, for the first broken link, which record broke it:
 
 1. the record's hash is recomputed from its stored text, and the stored hash
    column must equal it (``hash_mismatch``);
@@ -18,7 +20,9 @@ link, which record broke it:
 5. for ``exact``, the payment payload's EIP-3009 signature recovers to the agent,
    and the authorization pays the record's payee the record's amount; for ``a402``
    (through a vault), the channel receipt's state is signed by the vault the record
-   names and by the payee, in the ASCManager's domain (``bad_payment_signature``).
+   names and by the payee, in the ASCManager's domain (``bad_payment_signature``);
+   an outcome record names an earlier payment record of the same agent, mandate and
+   reservation (``outcome_unmatched``).
 
 Then the chain as a whole (:func:`audit_chain`): the signed head names the last
 record, signed by its agent (``chain_cut``: records cut off the tail, or the
@@ -71,6 +75,11 @@ BAD_PAYMENT_SIGNATURE: Final = "bad_payment_signature"
 MALFORMED: Final = "malformed_record"
 CHAIN_CUT: Final = "chain_cut"
 RECORD_MISSING: Final = "record_missing"
+OUTCOME_UNMATCHED: Final = "outcome_unmatched"
+OUTCOME: Final = "outcome"
+SENDING: Final = "sending"
+"""The status of a payment record: committed before its payload was sent; what came
+back is in its outcome record, and a payment with none is shown ``unsettled``."""
 
 
 def sha256_hex(data: bytes) -> str:
@@ -89,13 +98,7 @@ def exact_record(*, mandate: str, agent: str, request: httpx.Request, header_val
                  response: httpx.Response | None, scheme: str = "exact") -> dict[str, Any]:
     """The fields of one ``exact`` payment's record (the payload as sent, decoded);
     ``response`` None: the paid attempt got no answer (it may still settle)."""
-    settlement = None
-    value = None if response is None else receipt_header(response.headers)
-    if value:
-        try:
-            settlement = decode_header(value)
-        except WireError:
-            settlement = {"malformed": value[:512]}
+    settlement = _settlement_of(response)
     return {
         "mandate": mandate, "agent": agent, "scheme": scheme,
         "request": {"method": request.method, "url": str(request.url),
@@ -106,6 +109,38 @@ def exact_record(*, mandate: str, agent: str, request: httpx.Request, header_val
         "status": "no_answer" if response is None else response.status_code,
         "result": None if response is None else sha256_hex(response.content),
     }
+
+
+def exact_payment_record(*, mandate: str, agent: str, request: httpx.Request,
+                         header_value: str, amount: int, payee: str, network: str,
+                         asset: str, scheme: str = "exact") -> dict[str, Any]:
+    """The record of one ``exact`` (or ``upto``, its signed maximum) payment, before it is
+    sent (status ``sending``)."""
+    return exact_record(mandate=mandate, agent=agent, request=request,
+                        header_value=header_value, amount=amount, payee=payee,
+                        network=network, asset=asset, response=None,
+                        scheme=scheme) | {"status": SENDING}
+
+
+def exact_outcome(*, mandate: str, agent: str, response: httpx.Response | None,
+                  scheme: str = "exact") -> dict[str, Any]:
+    """The outcome of an ``exact`` payment (``kind`` and ``of`` are set by the guard):
+    the settlement header, the status, the result's hash; ``response`` None: no answer."""
+    return {"mandate": mandate, "agent": agent, "scheme": scheme,
+            "settlement": _settlement_of(response),
+            "status": "no_answer" if response is None else response.status_code,
+            "result": None if response is None else sha256_hex(response.content)}
+
+
+def _settlement_of(response: httpx.Response | None) -> Any:
+    """The decoded settlement header of ``response`` (None: none came)."""
+    value = None if response is None else receipt_header(response.headers)
+    if not value:
+        return None
+    try:
+        return decode_header(value)
+    except WireError:
+        return {"malformed": value[:512]}
 
 
 def vault_record(*, mandate: str, agent: str, method: str, url: str, content: bytes,
@@ -241,6 +276,7 @@ def audit(rows: Sequence[EvidenceRow], mandates: dict[str, SignedMandate | Manda
     """Check ``rows`` (the whole chain, in order) against the spend store's ``mandates``
     (hash → the verified document, or why it failed); one line per record."""
     lines: list[AuditLine] = []
+    payments: dict[int, dict[str, Any]] = {}  # seq → an earlier payment record
     prev = GENESIS
     for row in rows:
         line = AuditLine(row.seq)
@@ -280,6 +316,12 @@ def audit(rows: Sequence[EvidenceRow], mandates: dict[str, SignedMandate | Manda
                                      else f"invalid ({known.reason})")))
         elif address_key(known.mandate.agent) != address_key(agent or "0x" + "00" * 20):
             line.problems.append((BAD_MANDATE, "the mandate is for another agent"))
+        if record.get("kind") == OUTCOME:
+            why = _unmatched(record, payments)
+            if why is not None:
+                line.problems.append((OUTCOME_UNMATCHED, why))
+            continue
+        payments[row.seq] = record
         if not agent:
             problem: str | None = "no agent"
         elif record.get("scheme") == "a402":
@@ -289,6 +331,29 @@ def audit(rows: Sequence[EvidenceRow], mandates: dict[str, SignedMandate | Manda
         if problem is not None:
             line.problems.append((BAD_PAYMENT_SIGNATURE, problem))
     return lines
+
+
+def _unmatched(outcome: dict[str, Any], payments: dict[int, dict[str, Any]]) -> str | None:
+    """Why an outcome record does not belong to the payment record it names (None: it
+    does: an earlier one, of the same agent, mandate and reservation)."""
+    of = outcome.get("of")
+    payment = payments.get(of) if isinstance(of, int) else None
+    if payment is None:
+        return f"it names record #{of}, which is not an earlier payment record"
+    for key in ("agent", "mandate", "reservation"):
+        if str(payment.get(key, "")).lower() != str(outcome.get(key, "")).lower():
+            return f"its {key} is not that of record #{of}"
+    return None
+
+
+def outcomes_by_payment(lines: Sequence[AuditLine]) -> dict[int, AuditLine]:
+    """Payment record seq → the line of its outcome record (the last, if several)."""
+    found: dict[int, AuditLine] = {}
+    for line in lines:
+        of = line.record.get("of")
+        if line.record.get("kind") == OUTCOME and isinstance(of, int):
+            found[of] = line
+    return found
 
 
 def _nonce_of(record: dict[str, Any]) -> str | None:

@@ -277,6 +277,10 @@ class X402Auth(httpx.Auth):
         if earlier is not None:
             yield from self._send_paid(request, earlier, key)
             return
+        if self.mandate is not None:
+            # The registry read for a payment this request may need, overlapping its round
+            # trip (MandateGuard.prefetch): one read per request sent, paid or not.
+            self.mandate.prefetch()
         response = yield request
         if response.status_code != 402:
             return
@@ -286,15 +290,14 @@ class X402Auth(httpx.Auth):
 
     def _pay(self, required: AnyPaymentRequired, request: httpx.Request) -> Payment:
         url = str(request.url)
-        offer, reservation, held = choose_within(required, self.wallet, self.max_amount,
-                                                 self.budget, self.mandate, url=url)
+        offer, reservation, admitted = choose_within(required, self.wallet, self.max_amount,
+                                                     self.budget, self.mandate, url=url)
 
         def give_back() -> None:
-            # Nothing was signed, so nothing can move: the reservations may go back.
+            # Nothing left this process, so nothing can move: the budget's reservation may
+            # go back (the mandate's admission wrote nothing).
             if reservation is not None and self.budget is not None:
                 self.budget.release(reservation)
-            if held is not None and self.mandate is not None:
-                self.mandate.release(held)
 
         try:
             payload = self.wallet.sign(
@@ -320,18 +323,52 @@ class X402Auth(httpx.Auth):
             raise PaymentRefused(errors.SIGNING_FAILED,
                                  "signed value/recipient differ from the offer",
                                  url=url, offered=required.accepts)
-        # Signed: from here its amount never comes back. The mandate's reservation (held)
-        # stays counted; it is marked signed with the payment's evidence record, in one
-        # commit, once the answer came (:meth:`_evidence`), and nothing releases it.
         payment = Payment(
             method=request.method, url=url, offer=offer, payer=self.wallet.address,
             nonce=signed.nonce, valid_before=signed.valid_before,
             header_name=_header_for(payload), header_value=encode_header(payload),
-            reservation=reservation, mandate_reservation=held,
+            reservation=reservation,
         )
+        if admitted is not None:
+            # Signed in memory only. The mandate's reservation, already marked signed, and
+            # the payment's evidence record commit now, before the payload leaves: a
+            # refusal (or a crash) here discards a signature nobody saw
+            # (:mod:`a402.mandate.guard`).
+            payment.mandate_reservation = self._commit(admitted, request, payment, required,
+                                                       give_back)
         with self._lock:
             self._payments.append(payment)
         return payment
+
+    def _commit(self, admitted: Any, request: httpx.Request, payment: Payment,
+                required: AnyPaymentRequired, give_back: Any) -> Any:
+        from a402.client.audit import exact_payment_record  # the store's tables
+        from a402.mandate.spend import MandateRefused
+
+        assert self.mandate is not None
+        url = str(request.url)
+        try:
+            fields = exact_payment_record(
+                mandate=self.mandate.mandate_hash, agent=self.wallet.address,
+                request=request, header_value=payment.header_value, amount=payment.amount,
+                payee=payment.pay_to, network=payment.network, asset=payment.asset,
+                scheme=payment.offer.view.scheme)
+            return self.mandate.commit(admitted, fields, self.wallet.sign_evidence,
+                                       payment_ref=payment.nonce)
+        except MandateRefused as e:
+            give_back()
+            raise PaymentRefused(e.reason, f"{e.detail}; the payment signed in memory was "
+                                 "discarded unsent: nothing was paid", url=url,
+                                 offered=required.accepts) from e
+        except Exception as e:
+            # The store failed: whether it committed is unknown, so the mandate's amount
+            # may stay counted (the safe side); the payload is not sent.
+            give_back()
+            raise PaymentRefused(
+                errors.MANDATE_SPEND_UNAVAILABLE,
+                f"the mandate's spend store failed ({type(e).__name__}: {e}); the payment "
+                "signed in memory was discarded unsent: nothing was paid", url=url,
+                offered=required.accepts) from e
 
     def _send_paid(
         self, request: httpx.Request, payment: Payment, key: str
@@ -341,36 +378,32 @@ class X402Auth(httpx.Auth):
             response = yield _with_header(request, payment.header_name, payment.header_value)
         except GeneratorExit:  # the attempt died without an answer
             payment.status = PaymentStatus.UNKNOWN
-            if self.mandate is not None:  # signed and sent: evidence, with no answer
-                self._evidence(request, payment, None)
+            if self.mandate is not None:  # signed and sent: its outcome is "no answer"
+                self._outcome(payment, None)
             with self._lock:
                 self._unresolved[key] = payment
             raise
         conclude(payment, response)
         response.extensions[PAYMENT_EXTENSION] = payment
         if self.mandate is not None:
-            self._evidence(request, payment, response)
+            self._outcome(payment, response)
 
-    def _evidence(self, request: httpx.Request, payment: Payment,
-                  response: httpx.Response | None) -> None:
-        """The payment's record in the mandate's evidence chain (:mod:`a402.client.audit`).
-        The payment was signed and sent whatever is written here, so a failure to write is
-        logged, never raised over the paid response."""
-        from a402.client.audit import exact_record  # loads the store's SQLAlchemy tables
+    def _outcome(self, payment: Payment, response: httpx.Response | None) -> None:
+        """Queue the payment's outcome record (:meth:`MandateGuard.settle`: durable with
+        the next payment's commit or the guard's flush). The payment was sent whatever
+        happens here, so a failure is logged, never raised over the paid response."""
+        from a402.client.audit import exact_outcome
 
         assert self.mandate is not None
+        if payment.mandate_reservation is None:  # (committed for every mandated payment)
+            return
         try:
-            fields = exact_record(
-                mandate=self.mandate.mandate_hash, agent=self.wallet.address, request=request,
-                header_value=payment.header_value, amount=payment.amount,
-                payee=payment.pay_to, network=payment.network, asset=payment.asset,
-                response=response, scheme=payment.offer.view.scheme)
-            self.mandate.record(fields, self.wallet.sign_evidence,
-                                reservation=payment.mandate_reservation,
-                                payment_ref=payment.nonce)
+            self.mandate.settle(payment.mandate_reservation, exact_outcome(
+                mandate=self.mandate.mandate_hash, agent=self.wallet.address,
+                response=response, scheme=payment.offer.view.scheme), self.wallet.sign_evidence)
         except Exception as e:
-            log.error("a payment of %s to %s was made, but its evidence record could not be "
-                      "written (%s: %s)", payment.amount, payment.pay_to, type(e).__name__, e)
+            log.error("a payment of %s to %s was made, but its outcome could not be "
+                      "recorded (%s: %s)", payment.amount, payment.pay_to, type(e).__name__, e)
 
     def _take_unresolved(self, key: str) -> Payment | None:
         """An earlier, unanswered payment for this request that could still settle.

@@ -30,8 +30,7 @@ from a402.wire.convert import to_v2_requirements
 from a402.wire.x402 import AnyPaymentRequired, AnyPaymentRequirements, PaymentRequirements
 
 if TYPE_CHECKING:  # the guard loads the spend store (SQLAlchemy): only a mandate needs it
-    from a402.mandate.guard import MandateGuard
-    from a402.mandate.spend import Reservation as MandateReservation
+    from a402.mandate.guard import Admission, MandateGuard
 
 _FLOW_RANK = {None: 0, "authorization": 0}  # settle-after-serve first; others rank 1
 
@@ -160,11 +159,14 @@ def choose_within(
     *,
     url: str | None = None,
     skill: str | None = None,
-) -> tuple[Offer, Reservation | None, MandateReservation | None]:
-    """``choose``, and inside the owner's ``mandate`` too: its durable reservation is
-    taken after the budget's and before anything is signed; an offer the mandate
-    refuses gives its budget reservation back (nothing was signed) and the next is
-    tried. A refusal says, in its message, that nothing was signed or paid."""
+) -> tuple[Offer, Reservation | None, Admission | None]:
+    r"""``choose``, and inside the owner's ``mandate`` too: offers the mandate cannot
+    allow with the spend as last committed are set aside, and the chosen one is
+    admitted (:meth:`MandateGuard.admit`: registry read started, owner's confirmation
+    obtained) after the budget's reservation; the caller signs, then
+    :meth:`MandateGuard.commit`\ s before sending. An offer the mandate refuses gives
+    its budget reservation back (nothing was signed) and the next is tried. A refusal
+    says, in its message, that nothing was signed or paid."""
     offers, rejections = evaluate(required, wallet, max_amount)
     if mandate is not None:
         allowed = []
@@ -194,7 +196,7 @@ def choose_within(
         if mandate is None:
             return offer, reservation, None
         try:
-            return offer, reservation, mandate.reserve(proposed(offer, wallet, url, skill))
+            return offer, reservation, mandate.admit(proposed(offer, wallet, url, skill))
         except MandateRefused as e:
             if reservation is not None and budget is not None:
                 budget.release(reservation)  # nothing was signed for it

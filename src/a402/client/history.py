@@ -235,7 +235,10 @@ def _guarded(prog: str, args: argparse.Namespace, action: Any, out: TextIO | Non
     except HistoryError as e:
         if getattr(args, "json", False):
             print(json.dumps({"ok": False, "reason": e.reason, "message": e.message}), file=out)
-        print(f"{prog}: {e.message}", file=err)
+        # These commands only read: whatever failed, no money moved; said first.
+        message = e.message if e.message.startswith("nothing") \
+            else f"nothing moved ({e.reason}): {e.message}"
+        print(f"{prog}: {message}", file=err)
         return e.code
 
 

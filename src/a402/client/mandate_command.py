@@ -229,13 +229,18 @@ def run_mandate(args: argparse.Namespace, *, out: TextIO | None = None,
     action = {"create": _create, "show": _show, "verify": _verify, "revoke": _revoke,
               "confirm": _confirm, "list": _list, "export": _export,
               "import": _import}[args.mandate_command]
+    # Both refusals come before anything is sent or written: said first, and for a
+    # revocation (the owner's brake) that the mandate still stands.
+    state = "nothing changed" + (", the mandate is NOT revoked"
+                                 if args.mandate_command == "revoke" else "")
+    prog = f"a402 mandate {args.mandate_command}"
     try:
         return action(args, out, err)
     except UsageError as e:
-        print(f"a402 mandate: {e}", file=err)
+        print(f"{prog}: {state} (usage): {e}", file=err)
         return EXIT_USAGE
     except ChainNotFound as e:
-        print(f"a402 mandate: {e}", file=err)
+        print(f"{prog}: {state} (chain_not_found): {e}", file=err)
         return EXIT_CHAIN
 
 
@@ -427,16 +432,20 @@ def _confirm(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from a402.client.mandates import spend_dbs_found
     from a402.mandate.spend import SpendStore
 
-    url = args.spend_db
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
-        raise UsageError(f"no spend store at {url} (nothing was paid under a mandate there)")
-    store = SpendStore(url)
-    try:
-        entries = store.mandates()
-    finally:
-        store.close()
+    entries = []
+    urls = spend_dbs_found(args.spend_db)
+    for url in urls or [args.spend_db]:
+        if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+            raise UsageError(f"no spend store at {_shown(url)} (nothing was paid under a "
+                             "mandate there)")
+        store = SpendStore(url)
+        try:
+            entries += store.mandates()
+        finally:
+            store.close()
     now = int(time.time())
     rows = []
     for e in entries:
@@ -574,17 +583,46 @@ def run_audit(args: argparse.Namespace, *, out: TextIO | None = None,
               err: TextIO | None = None) -> int:
     """Print the evidence chain as a table and check every signature in it, offline
     (:mod:`a402.client.audit`). Exit 0 if every record holds, 4 naming the first that
-    does not."""
-    from a402.client.audit import audit, audit_chain
-    from a402.mandate.evidence import EvidenceLog
-    from a402.mandate.spend import SpendStore
+    does not. The default ``--spend-db`` has one file per chain: each one found is
+    audited (``--json``: an object of URL → rows)."""
+    import io
+
+    from a402.client.mandates import spend_dbs_found
 
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
-    url = args.spend_db
+    urls = spend_dbs_found(args.spend_db)
+    if len(urls) <= 1:
+        return _audit_store(urls[0] if urls else args.spend_db, args, out, err)
+    worst, combined = EXIT_OK, {}
+    for url in urls:
+        if args.json:
+            buffer = io.StringIO()
+            code = _audit_store(url, args, buffer, err)
+            combined[url] = json.loads(buffer.getvalue() or "[]")
+        else:
+            print(f"spend store {url}", file=out)
+            code = _audit_store(url, args, out, err)
+        worst = max(worst, code)
+    if args.json:
+        print(json.dumps(combined, indent=2), file=out)
+    return worst
+
+
+def _shown(url: str) -> str:
+    """A spend store URL as a user reads it (the per-chain default: any chain's folder)."""
+    return url.replace("{chain_id}", "<chain id>") + (
+        " for any chain" if "{chain_id}" in url else "")
+
+
+def _audit_store(url: str, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from a402.client.audit import OUTCOME, SENDING, audit, audit_chain, outcomes_by_payment
+    from a402.mandate.evidence import EvidenceLog
+    from a402.mandate.spend import SpendStore
+
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
-        print(f"a402 audit: no spend store at {url} (nothing was paid under a mandate there)",
-              file=err)
+        print(f"a402 audit: nothing to check: no spend store at {_shown(url)} (nothing was "
+              "paid under a mandate there)", file=err)
         return EXIT_USAGE
     store = SpendStore(url)
     try:
@@ -596,30 +634,48 @@ def run_audit(args: argparse.Namespace, *, out: TextIO | None = None,
         store.close()
     shown = [x for x in lines if args.mandate is None
              or str(x.record.get("mandate", "")).lower() == args.mandate.lower()]
+    # One row per payment: an outcome record (written after the payment's, see
+    # a402.mandate.guard) is shown in its payment's row; a payment with none is
+    # "unsettled" (sent, and no outcome recorded: its nonce says on-chain if it settled).
+    outcomes = outcomes_by_payment(shown)
     rows: list[dict[str, Any]] = []
     for line in shown:
-        r, payment = line.record, line.record.get("payment") or {}
-        settlement = r.get("settlement") or {}
+        r = line.record
+        if r.get("kind") == OUTCOME and isinstance(r.get("of"), int) \
+                and any(x.seq == r["of"] for x in shown):
+            continue
+        payment = r.get("payment") or {}
+        outcome = outcomes.get(line.seq)
+        result = r if outcome is None else outcome.record
+        settlement = result.get("settlement") or {}
+        status = result.get("status")
+        if status == SENDING:
+            status = "unsettled"
+        problems = [f"{code}: {why}" for code, why in line.problems]
+        if outcome is not None:
+            problems += [f"{outcome.name} {code}: {why}" for code, why in outcome.problems]
         rows.append({
             "seq": line.seq, "mandate": r.get("mandate"), "amount": payment.get("amount"),
             "payee": payment.get("payee"),
             "settlement": settlement.get("transaction") if isinstance(settlement, dict)
             else None,
-            "request": (r.get("request") or {}).get("hash"), "result": r.get("result"),
-            "ok": line.ok, "problems": [f"{code}: {why}" for code, why in line.problems],
+            "request": (r.get("request") or {}).get("hash"), "result": result.get("result"),
+            "status": status, "outcomeRecord": None if outcome is None else outcome.seq,
+            "ok": line.ok and (outcome is None or outcome.ok), "problems": problems,
         })
     if args.json:
         print(json.dumps(rows, indent=2), file=out)
     else:
         print(f"{'#':>4}  {'mandate':<14} {'amount':>10}  {'payee':<14} {'settlement':<14} "
-              f"{'request':<14} {'result':<14} check", file=out)
+              f"{'request':<14} {'result':<14} {'status':<10} check", file=out)
         for row in rows:
             def short(v: object) -> str:
                 return f"{str(v)[:12]}.." if v else "-"
             check = "ok" if row["ok"] else "FAILED " + "; ".join(row["problems"])
             print(f"{row['seq']:>4}  {short(row['mandate']):<14} {row['amount'] or '-':>10}  "
                   f"{short(row['payee']):<14} {short(row['settlement']):<14} "
-                  f"{short(row['request']):<14} {short(row['result']):<14} {check}", file=out)
+                  f"{short(row['request']):<14} {short(row['result']):<14} "
+                  f"{row['status'] or '-'!s:<10} {check}", file=out)
     bad = [x for x in lines if not x.ok]
     if bad:
         first = bad[0]
@@ -631,5 +687,6 @@ def run_audit(args: argparse.Namespace, *, out: TextIO | None = None,
               file=err)
     if bad or chain:
         return EXIT_AUDIT_FAILED
-    print(f"a402 audit: {len(lines)} record(s), every signature and link verified", file=err)
+    print(f"a402 audit: {len(lines)} record(s), every signature and link verified "
+          f"({len(rows)} payment(s))", file=err)
     return EXIT_OK

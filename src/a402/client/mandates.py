@@ -10,9 +10,43 @@ from typing import Any, Final
 from a402.chain.locate import ChainNotFound, connect_checked, load_manifest
 from a402.mandate.document import MandateError, SignedMandate, load_signed
 
-DEFAULT_SPEND_DB: Final = "sqlite:///.a402/mandates.db"
+DEFAULT_SPEND_DB: Final = "sqlite:///.a402/{chain_id}/mandates.db"
 """Where spending under mandates is recorded unless ``--spend-db`` says otherwise: a
-file that outlives every ``a402 pay``, so a budget spans invocations."""
+file that outlives every ``a402 pay``, so a budget spans invocations, in the folder of
+the chain the mandate's registry is on (``{chain_id}``), so two chains' spending never
+mixes."""
+LEGACY_SPEND_DB: Final = "sqlite:///.a402/mandates.db"
+"""Where the default used to be (one file for every chain). If it exists and the
+per-chain file does not, it is still used, with a warning: moving the default must not
+make a budget start again from zero."""
+
+
+def spend_db_for(url: str, chain_id: int, *, warn: Any = None) -> str:
+    """The spend store URL for a mandate on ``chain_id``: ``{chain_id}`` filled in and the
+    folder made (:func:`a402.settings.chain_data_url`); the legacy file if only it exists."""
+    from a402.settings import chain_data_url
+
+    expanded = chain_data_url(url, chain_id, legacy=LEGACY_SPEND_DB
+                              if url == DEFAULT_SPEND_DB else None, warn=warn)
+    if expanded.startswith("sqlite:///"):
+        Path(expanded[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    return expanded
+
+
+def spend_dbs_found(url: str) -> list[str]:
+    """The spend stores ``url`` names for a command that has no mandate to say the chain
+    (``a402 audit``, ``a402 mandate list``): with ``{chain_id}`` in it, every such SQLite
+    file that exists (one per chain), and the legacy file if it exists; else ``url``."""
+    prefix = "sqlite:///"
+    if "{chain_id}" not in url or not url.startswith(prefix):
+        return [url]
+    pattern = url[len(prefix):].replace("{chain_id}", "*")
+    base = Path(pattern)
+    found = sorted(base.parent.parent.glob(f"{base.parent.name}/{base.name}"))
+    urls = [prefix + str(p) for p in found]
+    if url == DEFAULT_SPEND_DB and Path(LEGACY_SPEND_DB[len(prefix):]).exists():
+        urls.append(LEGACY_SPEND_DB)
+    return urls
 
 
 class UsageError(Exception):
@@ -79,8 +113,7 @@ def open_guard(path: str, agent: str, *, spend_db: str, rpc: str | None,
     except RevocationUnknown as e:
         raise ChainNotFound(str(e)) from None
     try:
-        if spend_db.startswith("sqlite:///"):
-            Path(spend_db[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        spend_db = spend_db_for(spend_db, signed.domain.chain_id, warn=_warn)
         store = SpendStore(spend_db)
     except Exception as e:  # a bad URL, an unreachable database, a missing driver
         raise UsageError(f"cannot open the spend store {spend_db}: {type(e).__name__}: {e}"
@@ -95,6 +128,12 @@ def open_guard(path: str, agent: str, *, spend_db: str, rpc: str | None,
     except MandateRefused as e:
         store.close()
         raise UsageError(f"mandate {path} refused ({e.reason}): {e.detail}") from None
+
+
+def _warn(message: str) -> None:
+    import sys
+
+    print(f"a402: {message}", file=sys.stderr)
 
 
 def read_confirmation(path: str) -> Any:

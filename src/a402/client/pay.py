@@ -9,7 +9,8 @@ stable so scripts and agents can branch on them:
     1  the request failed (network error, timeout)
     2  usage or configuration error (bad arguments, unreadable key file)
     3  payment refused by this client (price above --max, budget, no acceptable
-       requirement, malformed 402); nothing was signed
+       requirement, malformed 402, mandate); nothing was signed (or, refused by a mandate
+       at its commit, signed in memory and discarded unsent)
     4  paid, settlement pending: the server did not confirm the settlement (pending
        transaction, no answer, missing receipt); the money may still move
     5  the server answered an HTTP error (>= 400) with no payment involved, or after a
@@ -26,8 +27,8 @@ README's error catalogue and :mod:`a402.client.outcome`).
 With ``--mandate FILE`` the payment must also fit the owner's signed mandate
 (:mod:`a402.mandate`): its registry is read on the mandate's chain (``--mandate-rpc``,
 else the devnet manifest's), and the spend is reserved durably in ``--spend-db``
-(``sqlite:///.a402/mandates.db`` by default, so the budget spans invocations)
-before anything is signed. A payment outside it exits 3 with the mandate's reason
+(``sqlite:///.a402/<chain id>/mandates.db`` by default, so the budget spans
+invocations) before the payment is sent. A payment outside it exits 3 with the mandate's reason
 (``mandate_cap_exceeded``...). ``--max`` then defaults to none (the mandate's
 per-payment maximum is the cap). With ``--vault`` the mandate is signed into the
 vault call and the vault's enclave enforces it (its spend is the enclave's, sealed in
@@ -55,7 +56,7 @@ import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO, Final, TextIO
+from typing import Any, BinaryIO, Final, TextIO
 
 import httpx
 
@@ -144,7 +145,8 @@ def add_pay_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pay only inside this owner-signed mandate (a402 mandate create)")
     parser.add_argument("--spend-db", default=None, metavar="URL",
                         help="with --mandate: where its spending is recorded "
-                             "(default: sqlite:///.a402/mandates.db)")
+                             "(default: sqlite:///.a402/{chain_id}/mandates.db, the chain of the "
+                             "mandate's registry)")
     parser.add_argument("--mandate-rpc", metavar="URL",
                         help="with --mandate: JSON-RPC URL of the mandate's chain, to read "
                              "revocations (default: the devnet manifest's rpcUrl)")
@@ -257,7 +259,7 @@ def run_pay(
     if mandate_given and args.vault:
         # The vault's enclave enforces the mandate (it is signed into the call): this
         # client sends the document; without --max the mandate's cap is the call's maximum.
-        from a402.client.mandates import DEFAULT_SPEND_DB
+        from a402.client.mandates import DEFAULT_SPEND_DB, spend_db_for
         from a402.client.vault_pay import run_vault_pay
         from a402.mandate.document import MandateError, load_signed
         from a402.mandate.evidence import EvidenceLog
@@ -270,8 +272,8 @@ def run_pay(
         # The evidence of each paid call goes next to the spend store (a402 audit).
         spend_db = args.spend_db or DEFAULT_SPEND_DB
         try:
-            if spend_db.startswith("sqlite:///"):
-                Path(spend_db[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            spend_db = spend_db_for(spend_db, signed.domain.chain_id,
+                                    warn=lambda m: print(f"{PROG}: {m}", file=err))
             store = SpendStore(spend_db)
             store.register(signed)
         except Exception as e:
@@ -313,9 +315,15 @@ def run_pay(
     try:
         with httpx.Client(auth=auth, timeout=args.timeout, follow_redirects=args.location) as http:
             response = http.request(method, args.url, headers=headers, content=content)
+        if guard is not None:
+            _flush_outcome(guard, err)
     except PaymentRefused as e:
-        print(f"{PROG}: nothing was paid: payment refused ({e.reason}: {e.message}); "
-              "nothing was signed, nothing was paid", file=err)
+        # Refused before signing, or (under a mandate, at the commit) signed in memory and
+        # discarded unsent, which the message says: nothing left this process either way.
+        tail = "nothing was sent, nothing was paid" if "discarded unsent" in e.message \
+            else "nothing was signed, nothing was paid"
+        print(f"{PROG}: nothing was paid: payment refused ({e.reason}: {e.message}); {tail}",
+              file=err)
         print(json.dumps({"success": False, "moneyState": NOT_PAID, "refused": e.reason,
                           "message": e.message,
                           "offered": [r.to_wire() for r in e.offered]}), file=err)
@@ -323,6 +331,8 @@ def run_pay(
     except httpx.InvalidURL as e:
         return fail(EXIT_USAGE, f"nothing was paid: invalid URL: {e}")
     except httpx.HTTPError as e:
+        if guard is not None:
+            _flush_outcome(guard, err)
         for sent in auth.payments:  # signed, then no answer: say so, it may settle
             record_payment(sent, method=method, url=args.url)
             outcome = outcome_of(sent, None)
@@ -350,6 +360,17 @@ def run_pay(
         return fail(EXIT_HTTP_ERROR,
                     f"{paid}HTTP {response.status_code} {response.reason_phrase}")
     return EXIT_OK
+
+
+def _flush_outcome(guard: Any, err: TextIO) -> None:
+    """The payment's outcome record, written before the command exits (the payment's own
+    record and reservation committed before it was sent). A failure is said, not
+    raised: the payment stands either way."""
+    try:
+        guard.close()
+    except Exception as e:
+        print(f"{PROG}: the payment's outcome could not be added to the mandate's evidence "
+              f"({type(e).__name__}: {e}); the payment itself is recorded", file=err)
 
 
 def pay_main(

@@ -61,7 +61,8 @@ class Payment:
     header_value: str = field(repr=False)
     reservation: Reservation | None = field(default=None, repr=False)
     mandate_reservation: Any = field(default=None, repr=False)
-    """The mandate's durable reservation (``a402.mandate.spend.Reservation``), if any."""
+    """The mandate's committed payment (``a402.mandate.guard.Committed``: its reservation,
+    marked signed, and its evidence record's number), if any."""
     status: str = PaymentStatus.SENT
     receipt: SettleResponse | None = None
     reason: str | None = None

@@ -37,6 +37,9 @@ class ConsoleData:
     payments: Sequence[Mapping[str, Any]]
     tables: Sequence[Table] = field(default_factory=tuple)
     note: str = ""
+    show_payments: bool = True
+    """False for a service that has no payments of its own (the indexer: its agents and
+    their reputation are its tables): no payment charts or table then."""
 
 
 PAYMENT_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -83,12 +86,16 @@ def table(section: Table) -> str:
 
 def live(service: str, data: ConsoleData, *, now: float | None = None) -> str:
     """The part of the page that the script refreshes: charts and tables."""
+    note = f'<p class="note">{cell(data.note)}</p>' if data.note else ""
+    refreshed = when(clock.time() if now is None else now)
+    if not data.show_payments:
+        return (f'<p class="summary">{cell(service)}: refreshed {refreshed} UTC</p>{note}'
+                + "".join(table(t) for t in data.tables))
     volume, latency = volume_and_latency(data.payments, now=now)
     paid = len(data.payments)
-    note = f'<p class="note">{cell(data.note)}</p>' if data.note else ""
     return (
         f'<p class="summary">{cell(service)}: {paid} payment record(s) shown; refreshed '
-        f"{when(clock.time() if now is None else now)} UTC</p>{note}"
+        f"{refreshed} UTC</p>{note}"
         '<section class="charts"><h2>Volume and latency</h2>'
         + svg(volume, title="volume paid per interval (settled, confirmed or paid only)",
               unit="atomic", kind="bars")

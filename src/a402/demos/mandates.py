@@ -123,6 +123,7 @@ def run_mandates_act(out: TextIO = sys.stdout) -> int:
                 say("   the agent tries once more")
                 steps["revoked refused"] = _refused(
                     say, lambda: http.get(f"{honest}/weather/perth"), "mandate_revoked")
+        guard.close()  # the last payment's outcome record, queued, written now
         spent = spend.spent(signed).total
         say("\n4. a402 audit checks the evidence chain offline, then one altered byte")
         steps["audit verifies"] = _audit(say, spend) == (len(evidence_of(spend)), None)
@@ -145,8 +146,8 @@ def run_mandates_act(out: TextIO = sys.stdout) -> int:
     failed = [name for name, ok in steps.items() if not ok]
     say(f"\nran in {time.perf_counter() - started:.1f} s on {manifest.network}")
     say("\nresult     " + ("OK: paid inside the mandate, a 100x 402 and a revoked mandate "
-                          "refused before signing, the audit trail verified and one altered "
-                          "byte named, balances agree" if not failed
+                          "refused before anything was sent, the audit trail verified and one "
+                          "altered byte named, balances agree" if not failed
                           else f"FAILED: {', '.join(failed)}"))
     return 0 if not failed else 1
 
@@ -161,7 +162,9 @@ def _audit(say: Callable[[str], None], spend: SpendStore) -> tuple[int, int | No
     lines = audit(evidence_of(spend), stored_mandates(spend.engine))
     bad = [line for line in lines if not line.ok]
     if not bad:
-        say(f"   a402 audit: {len(lines)} record(s), every signature and link verified")
+        payments = sum(1 for line in lines if line.record.get("kind") != "outcome")
+        say(f"   a402 audit: {len(lines)} record(s), every signature and link verified "
+            f"({payments} payment(s), each with its outcome)")
         return len(lines), None
     say(f"   a402 audit: {bad[0].name} fails: "
         + "; ".join(f"{code}: {why}" for code, why in bad[0].problems)[:160])
@@ -189,7 +192,12 @@ def _refused(say: Callable[[str], None], call: Callable[[], httpx.Response],
     try:
         response = call()
     except PaymentRefused as e:
-        say(f"   refused: {e.reason}; nothing was signed, nothing was paid")
+        # Refused before signing, or (a revocation seen at the commit) signed in memory and
+        # discarded unsent: either way nothing left the process.
+        unsent = "discarded unsent" in e.message
+        say(f"   refused: {e.reason}; "
+            + ("the payment signed in memory was discarded unsent, nothing was paid"
+               if unsent else "nothing was signed, nothing was paid"))
         return bool(e.reason == reason)
     say(f"   NOT refused: status {response.status_code}")
     return False

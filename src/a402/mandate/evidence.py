@@ -64,9 +64,10 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy import text as sql_text
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from a402.evm.keccak import keccak256
+from a402.sqlite import Plain
 
 FORMAT: Final = "a402-evidence/1"
 PREFIX: Final = b"a402/evidence/v1\x00"
@@ -149,8 +150,12 @@ class EvidenceLog:
         self.engine = engine
         self._head_ready = False
         # (Another process may create it between the check and the create: that is fine.)
-        with contextlib.suppress(OperationalError, IntegrityError):
+        with contextlib.suppress(OperationalError, IntegrityError, ProgrammingError):
             metadata.create_all(engine)
+
+    def ready(self) -> None:
+        """The head row exists (:meth:`append_in` needs it; made once)."""
+        self._ensure_head()
 
     def _ensure_head(self) -> None:
         """The head row exists, so appenders have a row to queue on. Made (once; concurrent
@@ -182,40 +187,59 @@ class EvidenceLog:
         record names the missing one as ``prev`` and the audit sees the gap. ``also``
         runs in the same transaction (marking the payment's reservation signed)."""
         self._ensure_head()
-        locking = self.engine.dialect.name != "sqlite"
         for _ in range(_ATTEMPTS):
             try:
-                # One write transaction: the head row locked (PostgreSQL) or the write
-                # lock held (SQLite's BEGIN IMMEDIATE) before the head is read.
                 with self.engine.begin() as conn:
-                    head = conn.execute(_HEAD_FOR_UPDATE if locking else _HEAD).first()
-                    last = head if head is not None else self._tail(conn)
-                    seq, prev = ((1, GENESIS) if last is None or int(last.seq) == 0
-                                 else (int(last.seq) + 1, str(last.hash)))
-                    record = {**fields, "format": FORMAT, "seq": seq, "prev": prev}
-                    text = canonical(record)
-                    digest = record_hash(text)
-                    signature = bytes(sign_digest(digest))
-                    hash_hex = "0x" + digest.hex()
-                    head_signature = "0x" + bytes(sign_digest(head_hash(seq, hash_hex))).hex()
-                    if also is not None:
-                        also(conn)
-                    # Statements prepared once (module level), bound here.
-                    conn.execute(_APPEND, {
-                        "seq": seq, "hash": hash_hex, "mandate": fields.get("mandate"),
-                        "record": text, "signature": "0x" + signature.hex(),
-                        "at": time.time()})
-                    if head is None:  # the head row was deleted: written again
-                        conn.execute(evidence_head.insert().values(
-                            id=1, seq=seq, hash=hash_hex, signature=head_signature))
-                    else:
-                        conn.execute(_MOVE_HEAD, {"seq": seq, "hash": hash_hex,
-                                                  "signature": head_signature})
-                return seq
+                    return self.append_in(conn, [(fields, sign_digest)], also=also)[-1]
             except IntegrityError:  # a writer of code without the head lock got there first
                 continue
         raise RuntimeError("the evidence chain kept moving under this writer: the payment "
                            "was made, its record is NOT written")
+
+    def append_in(self, conn: Connection,
+                  items: list[tuple[dict[str, Any], Callable[[bytes], bytes]]], *,
+                  also: Callable[[Connection], None] | None = None) -> list[int]:
+        """Append one record per ``(fields, sign_digest)`` inside the caller's write
+        transaction ``conn`` (the spend store's reservation commits with them: one commit
+        per payment); their sequence numbers. The head row is locked first (PostgreSQL;
+        SQLite's ``BEGIN IMMEDIATE`` holds the write lock already) and signed once, for
+        the last record. An ``IntegrityError`` (a writer without the head lock took a
+        sequence number) rolls the caller's transaction back: retry it whole. ``also``
+        runs once the head is locked. Call :meth:`ready` first, outside the transaction
+        (it may write the head row in one of its own)."""
+        locking = self.engine.dialect.name != "sqlite"
+        plain = Plain(conn)
+        head = plain.one((_HEAD_FOR_UPDATE if locking else _HEAD).text, {})
+        if also is not None:
+            also(conn)
+        last = head if head is not None else self._tail(conn)
+        seq, prev = (0, GENESIS) if last is None or int(last[0]) == 0 \
+            else (int(last[0]), str(last[1]))
+        seqs: list[int] = []
+        hash_hex, head_signature = prev, ""
+        for fields, sign_digest in items:
+            seq += 1
+            text = canonical({**fields, "format": FORMAT, "seq": seq, "prev": prev})
+            digest = record_hash(text)
+            hash_hex = "0x" + digest.hex()
+            # Statements prepared once (module level), bound here.
+            plain.run(_APPEND.text, {
+                "seq": seq, "hash": hash_hex, "mandate": fields.get("mandate"),
+                "record": text, "signature": "0x" + bytes(sign_digest(digest)).hex(),
+                "at": time.time()})
+            head_signature = "0x" + bytes(sign_digest(head_hash(seq, hash_hex))).hex() \
+                if len(seqs) == len(items) - 1 else ""
+            seqs.append(seq)
+            prev = hash_hex
+        if not seqs:
+            return seqs
+        if head is None:  # the head row was deleted: written again
+            conn.execute(evidence_head.insert().values(
+                id=1, seq=seq, hash=hash_hex, signature=head_signature))
+        else:
+            plain.run(_MOVE_HEAD.text, {"seq": seq, "hash": hash_hex,
+                                        "signature": head_signature})
+        return seqs
 
     def head(self) -> EvidenceHead | None:
         """The stored head (None: no head row)."""

@@ -16,7 +16,15 @@ so its amount counts as spent from the moment it *could* be signed:
    its amount off the totals. A ``signed`` one never comes back.
 
 A crash anywhere in between leaves a ``reserved`` row whose amount still
-counts: the budget errs toward spending less, never more. Concurrent payers,
+counts: the budget errs toward spending less, never more.
+
+A payer that signs in its own memory (the ``exact`` payers) uses one step instead
+(:meth:`SpendStore.reserve_in` with ``state`` ``signed``, from
+:meth:`a402.mandate.guard.MandateGuard.commit`): the decision and the reservation,
+already marked signed, commit with the payment's evidence record after the payload
+was signed and before it is sent. Until that commit nobody but the process holds the
+signature, so nothing can move money that the store does not count; a refusal there
+discards the signature unsent. Concurrent payers,
 threads or processes or several machines on one PostgreSQL, cannot overshoot,
 because every reserve reads and writes the totals under the row's lock
 (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE``
@@ -59,7 +67,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from a402.mandate.document import Confirmation, SignedMandate, load_signed
 from a402.mandate.policy import MandateRefused, ProposedPayment, Spent, decide, period_index
-from a402.sqlite import make_engine
+from a402.sqlite import Plain, make_engine
 
 MANDATE_CONFIRMATION_USED: Final = "mandate_confirmation_used"
 DEFAULT_URL: Final = "sqlite:///a402-mandates.db"
@@ -112,9 +120,9 @@ _RESERVE_TOTALS: Final = text(
     "spent_period = :in_period, updated_at = :at WHERE hash = :hash")
 _RESERVE_ROW: Final = text(
     "INSERT INTO a402_mandate_reservations (id, mandate, state, amount, period_index, payee, "
-    "network, asset, scheme, resource, confirmation, created_at, updated_at) VALUES (:id, "
-    ":mandate, :state, :amount, :period, :payee, :network, :asset, :scheme, :resource, "
-    ":confirmation, :at, :at)")
+    "network, asset, scheme, resource, confirmation, payment_ref, created_at, updated_at) "
+    "VALUES (:id, :mandate, :state, :amount, :period, :payee, :network, :asset, :scheme, "
+    ":resource, :confirmation, :ref, :at, :at)")
 _MARK_SIGNED: Final = text(
     "UPDATE a402_mandate_reservations SET state = 'signed', payment_ref = :ref, "
     "updated_at = :at WHERE id = :id AND state = 'reserved'")
@@ -134,6 +142,9 @@ class Reservation:
     mandate: str
     amount: int
     period_index: int
+    spent_after: Spent | None = None
+    """The mandate's totals once this reservation is counted (set by a reserve; the
+    period part is that of ``period_index``)."""
 
 
 @dataclass(frozen=True)
@@ -210,45 +221,71 @@ class SpendStore:
         """Decide and reserve in one locked transaction (module doc); ``MandateRefused``
         with the reason otherwise, having changed nothing."""
         self.register(signed)
+        with self._tx() as conn:
+            return self.reserve_in(conn, signed, payment, now=now, revoked=revoked,
+                                   confirmation=confirmation)
+
+    def reserve_in(
+        self,
+        conn: Connection,
+        signed: SignedMandate,
+        payment: ProposedPayment,
+        *,
+        now: int | None = None,
+        revoked: bool = False,
+        confirmation: Confirmation | None = None,
+        state: str = RESERVED,
+        payment_ref: str | None = None,
+    ) -> Reservation:
+        """:meth:`reserve` inside the caller's write transaction ``conn`` (which must be
+        a write transaction: SQLite's ``BEGIN IMMEDIATE``, or the row is locked ``FOR
+        UPDATE`` here), the mandate registered before. ``state`` ``signed`` with its
+        ``payment_ref``: the payment was already signed in memory and is reserved and
+        marked signed at once, committing with its evidence record
+        (:meth:`a402.mandate.guard.MandateGuard.commit`). A refusal raises before
+        anything is written: the caller's rollback leaves the store as it was."""
         at = int(time.time()) if now is None else now
         index = period_index(signed.mandate, at)
-        with self._tx() as conn:
-            row = conn.execute(self._lock_sql, {"hash": signed.hash_hex}).first()
-            assert row is not None
-            total = int(row.spent_total)
-            # A clock behind the stored period (another payer's clock ran ahead) counts
-            # in the stored period: periods only move forward.
-            new_period = max(index, int(row.period_index))
-            in_period = int(row.spent_period) if int(row.period_index) == new_period else 0
-            decision = decide(signed, payment, Spent(total, in_period), now=at,
-                              revoked=revoked, confirmation=confirmation)
-            if not decision:
-                raise MandateRefused.of(decision)
-            confirmation_nonce = None
-            if confirmation is not None and signed.mandate.confirm_above \
-                    and payment.amount > signed.mandate.confirm_above:
-                confirmation_nonce = "0x" + confirmation.nonce.hex()
-                used = conn.execute(select(reservations.c.id).where(
-                    reservations.c.confirmation == confirmation_nonce)).first()
-                if used is not None:
-                    raise MandateRefused(MANDATE_CONFIRMATION_USED,
-                                         "the owner's confirmation was already used once")
-            stamp = time.time()
-            reservation = Reservation(secrets.token_hex(16), signed.hash_hex, payment.amount,
-                                      new_period)
-            # Prepared once (module level), bound here: the statements of the paid path
-            # skip SQLAlchemy's per-call construction and cache-key work.
-            conn.execute(_RESERVE_TOTALS, {
-                "hash": signed.hash_hex, "total": str(total + payment.amount),
-                "period": new_period, "in_period": str(in_period + payment.amount),
-                "at": stamp})
-            conn.execute(_RESERVE_ROW, {
-                "id": reservation.id, "mandate": signed.hash_hex, "state": RESERVED,
-                "amount": str(payment.amount), "period": new_period,
-                "payee": payment.payee.lower(), "network": payment.network,
-                "asset": payment.asset.lower(), "scheme": payment.scheme,
-                "resource": payment.resource, "confirmation": confirmation_nonce,
-                "at": stamp})
+        plain = Plain(conn)
+        row = plain.one(self._lock_sql.text, {"hash": signed.hash_hex})
+        if row is None:
+            raise ValueError(f"mandate {signed.hash_hex} is not registered in this store")
+        stored_total, stored_period, stored_in_period = row
+        total = int(stored_total)
+        # A clock behind the stored period (another payer's clock ran ahead) counts
+        # in the stored period: periods only move forward.
+        new_period = max(index, int(stored_period))
+        in_period = int(stored_in_period) if int(stored_period) == new_period else 0
+        decision = decide(signed, payment, Spent(total, in_period), now=at,
+                          revoked=revoked, confirmation=confirmation)
+        if not decision:
+            raise MandateRefused.of(decision)
+        confirmation_nonce = None
+        if confirmation is not None and signed.mandate.confirm_above \
+                and payment.amount > signed.mandate.confirm_above:
+            confirmation_nonce = "0x" + confirmation.nonce.hex()
+            used = conn.execute(select(reservations.c.id).where(
+                reservations.c.confirmation == confirmation_nonce)).first()
+            if used is not None:
+                raise MandateRefused(MANDATE_CONFIRMATION_USED,
+                                     "the owner's confirmation was already used once")
+        stamp = time.time()
+        reservation = Reservation(secrets.token_hex(16), signed.hash_hex, payment.amount,
+                                  new_period, Spent(total + payment.amount,
+                                                    in_period + payment.amount))
+        # Prepared once (module level), bound here: the statements of the paid path
+        # skip SQLAlchemy's per-call construction and cache-key work.
+        plain.run(_RESERVE_TOTALS.text, {
+            "hash": signed.hash_hex, "total": str(total + payment.amount),
+            "period": new_period, "in_period": str(in_period + payment.amount),
+            "at": stamp})
+        plain.run(_RESERVE_ROW.text, {
+            "id": reservation.id, "mandate": signed.hash_hex, "state": state,
+            "amount": str(payment.amount), "period": new_period,
+            "payee": payment.payee.lower(), "network": payment.network,
+            "asset": payment.asset.lower(), "scheme": payment.scheme,
+            "resource": payment.resource, "confirmation": confirmation_nonce,
+            "ref": payment_ref, "at": stamp})
         return reservation
 
     def signed(self, reservation: Reservation, payment_ref: str | None = None) -> None:
@@ -295,9 +332,8 @@ class SpendStore:
     def spent(self, signed: SignedMandate, *, now: int | None = None) -> Spent:
         """Reserved so far (signed or not yet), in total and in the period of ``now``."""
         at = int(time.time()) if now is None else now
-        with self.engine.connect() as conn:
-            row = conn.execute(select(mandates).where(
-                mandates.c.hash == signed.hash_hex)).first()
+        with self.engine.connect() as conn:  # (the totals only, not the document)
+            row = conn.execute(_LOCK_ROW, {"hash": signed.hash_hex}).first()
         if row is None:
             return Spent()
         index = period_index(signed.mandate, at)

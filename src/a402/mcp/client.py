@@ -39,7 +39,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final
@@ -181,22 +181,23 @@ class PayingMCPSession:
         else:
             if required is None:
                 return PaidToolResult(result)
-        payment, payload = self._pay(name, required)
+        payment, payload = self._pay(name, arguments, required)
         return await self._send_paid(name, arguments, key, payment, payload,
                                      timeout=read_timeout_seconds)
 
     # --- paying
 
-    def _pay(self, name: str, required: PaymentRequired) -> tuple[Payment, PaymentPayload]:
+    def _pay(self, name: str, arguments: dict[str, Any] | None, required: PaymentRequired
+             ) -> tuple[Payment, PaymentPayload]:
         url = required.resource.url if required.resource is not None else f"mcp://tool/{name}"
         offer, reservation, held = choose_within(required, self.wallet, self.max_amount,
                                                  self.budget, self.mandate, url=url)
 
-        def give_back() -> None:  # nothing was signed: the reservations may go back
+        def give_back() -> None:
+            # Nothing left this process, so nothing can move: the budget's reservation may
+            # go back (the mandate's admission wrote nothing).
             if reservation is not None and self.budget is not None:
                 self.budget.release(reservation)
-            if held is not None and self.mandate is not None:
-                self.mandate.release(held)
 
         try:
             payload = self.wallet.sign(
@@ -212,13 +213,17 @@ class PayingMCPSession:
             give_back()
             raise PaymentRefused(errors.SIGNING_FAILED, f"{type(e).__name__}: {e}", url=url,
                                  offered=required.accepts) from e
-        # Signed: its amount never comes back to the budget; the mandate's reservation is
-        # marked signed with the call's evidence record once the answer came (_evidence).
         payment = Payment(
             method="tools/call", url=url, offer=offer, payer=self.wallet.address,
             nonce=auth["nonce"], valid_before=int(auth["validBefore"]),
             header_name=wire.PAYMENT_META_KEY, header_value=payload.to_json(),
-            reservation=reservation, mandate_reservation=held)
+            reservation=reservation)
+        if held is not None:
+            # Signed in memory only: the mandate's reservation (as signed) and the call's
+            # record commit now, before the payload leaves; a refusal (or a crash) here
+            # discards a signature nobody saw (a402.mandate.guard).
+            payment.mandate_reservation = self._commit(held, name, arguments, payment,
+                                                       payload, required, give_back)
         with self._lock:
             self._payments.append(payment)
         return payment, payload
@@ -280,23 +285,51 @@ class PayingMCPSession:
             return found
         return None
 
+    def _commit(self, admitted: Any, name: str, arguments: dict[str, Any] | None,
+                payment: Payment, payload: PaymentPayload, required: PaymentRequired,
+                give_back: Callable[[], None]) -> Any:
+        from a402.mandate.spend import MandateRefused
+
+        assert self.mandate is not None
+        try:
+            fields = mcp_record(
+                mandate=self.mandate.mandate_hash, agent=self.wallet.address,
+                url=payment.url, tool=name, arguments=arguments, payload=payload,
+                settlement=None, status="sending", result=None)
+            return self.mandate.commit(admitted, fields, self.wallet.sign_evidence,
+                                       payment_ref=payment.nonce)
+        except MandateRefused as e:
+            give_back()
+            raise PaymentRefused(e.reason, f"{e.detail}; the payment signed in memory was "
+                                 "discarded unsent: nothing was paid", url=payment.url,
+                                 offered=required.accepts) from e
+        except Exception as e:
+            give_back()
+            raise PaymentRefused(
+                errors.MANDATE_SPEND_UNAVAILABLE,
+                f"the mandate's spend store failed ({type(e).__name__}: {e}); the payment "
+                "signed in memory was discarded unsent: nothing was paid", url=payment.url,
+                offered=required.accepts) from e
+
     def _evidence(self, name: str, arguments: dict[str, Any] | None, payment: Payment,
                   payload: PaymentPayload, result: types.CallToolResult | None) -> None:
-        """The call's record in the mandate's evidence chain; the payment was signed and
-        sent whatever is written here, so a failure to write is logged, never raised."""
-        if self.mandate is None:
+        """The call's outcome in the mandate's evidence chain (queued: durable with the
+        next payment's commit or the guard's flush); the payment was signed and sent
+        whatever happens here, so a failure is logged, never raised."""
+        if self.mandate is None or payment.mandate_reservation is None:
             return
         try:
             fields = mcp_record(
                 mandate=self.mandate.mandate_hash, agent=self.wallet.address,
                 url=payment.url, tool=name, arguments=arguments, payload=payload,
                 settlement=payment.receipt, status=payment.status, result=result)
-            self.mandate.record(fields, self.wallet.sign_evidence,
-                                reservation=payment.mandate_reservation,
-                                payment_ref=payment.nonce)
+            outcome = {k: fields[k] for k in ("mandate", "agent", "scheme", "settlement",
+                                              "status", "result")}
+            self.mandate.settle(payment.mandate_reservation, outcome,
+                                self.wallet.sign_evidence)
         except Exception as e:
-            log.error("a paid tool call's payment was signed and sent, but its evidence "
-                      "record could not be written (%s: %s)", type(e).__name__, e)
+            log.error("a paid tool call's payment was signed and sent, but its outcome "
+                      "could not be recorded (%s: %s)", type(e).__name__, e)
 
 
 def _conclude(payment: Payment, result: types.CallToolResult) -> PaymentRequired | None:

@@ -111,8 +111,10 @@ class A402Options:
     manager: str | None = setting(
         None, metavar="ADDRESS", help="ASCManager address (default: the one --manifest names)")
     channel_db: str = setting(
-        "sqlite:///a402-provider-channels.db", metavar="URL",
-        help="SQLAlchemy URL of the sealed channel records (default: %(default)s)")
+        chain_data_default("provider-channels.db"), metavar="URL",
+        help="SQLAlchemy URL of the sealed channel records; {chain_id} is replaced by the "
+             "chain's id (default: %(default)s; an a402-provider-channels.db in this folder, "
+             "where the default used to be, is still used if the new file does not exist)")
     a402_vault: str | None = setting(
         None, metavar="ADDRESS",
         help="also admit the vault-mode channels of this A402Vault (a vault run with "
@@ -288,6 +290,10 @@ class A402Gateway:
     announcement: dict[str, Any]
 
 
+LEGACY_CHANNEL_DB = "sqlite:///a402-provider-channels.db"
+"""Where ``--channel-db`` used to default to (one file for every chain)."""
+
+
 def a402_gateway(args: argparse.Namespace, *, token: str, network: str,
                  manifest_contracts: dict[str, str] | None) -> A402Gateway:
     """Check the options and the chain, open the enclave: the gateway's :class:`A402Config`.
@@ -400,7 +406,9 @@ def a402_gateway(args: argparse.Namespace, *, token: str, network: str,
             raise GatewayUsageError(f"no contract at {vault_contract} on {chain.network}")
     config = A402Config(
         enclave=enclave, operator=operator, chain=chain, manager=manager, vault_policy=policy,
-        verifiers=verifiers, store=SqlChannelStore(options.channel_db),
+        verifiers=verifiers, store=SqlChannelStore(chain_data_url(
+            options.channel_db, chain.chain_id, legacy=LEGACY_CHANNEL_DB,
+            warn=lambda m: print(f"a402 gateway: {m}", file=sys.stderr))),
         timeouts=timeouts, vault_contract=vault_contract,
     )
     return A402Gateway(config, {

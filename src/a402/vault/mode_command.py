@@ -73,9 +73,12 @@ class CommandError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from a402.failure import MoneyFirstParser
+
+    parser = MoneyFirstParser(
         prog="a402 vault ACTION",
         description="a participant's and the operator's commands for a vault in vault mode")
+    parser.state = "nothing was moved"  # refused at its command line: it ran nothing
     parser.add_argument("action", choices=ACTIONS)
     add_flags(parser, ParticipantFlags, "participant")
     return parser

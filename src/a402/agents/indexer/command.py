@@ -16,6 +16,7 @@ import logging
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from a402.agents.indexer.sync import Contracts, Indexer
 from a402.failure import CommandFailed
@@ -58,6 +59,12 @@ def add_indexer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--once", action="store_true",
                         help="catch up with the chain, print a report and exit")
     parser.add_argument("--no-api", action="store_true", help="index only, serve nothing")
+    parser.add_argument("--console", action="store_true",
+                        help="also serve the operator console at /console: the indexed "
+                             "agents and their reputation, signed in with --operator-token")
+    parser.add_argument("--operator-token", metavar="TOKEN",
+                        help="the console's sign-in token (16+ characters; required with "
+                             "--console)")
 
 
 def contracts_from_args(args: argparse.Namespace) -> Contracts:
@@ -106,6 +113,9 @@ def run_indexer(args: argparse.Namespace) -> int:
     from a402.failure import ensure_port_free, reach_chain
 
     contracts = contracts_from_args(args)
+    if args.console and (not args.operator_token or len(args.operator_token) < 16):
+        raise CommandFailed("usage", "--console needs --operator-token of 16+ characters "
+                                     "(the console signs in with it)")
     if not (args.once or args.no_api):
         ensure_port_free(args.host, args.port)
     chain = connect(args.rpc)
@@ -134,7 +144,12 @@ def run_indexer(args: argparse.Namespace) -> int:
         else:
             print(json.dumps({"indexer": f"http://{args.host}:{args.port}", "rpc": args.rpc}),
                   file=sys.stderr)
-            app = create_app(Search(store), stale_after=max(30.0, 10 * args.poll_interval))
+            search = Search(store)
+            app: Any = create_app(search, stale_after=max(30.0, 10 * args.poll_interval))
+            if args.console:
+                from a402.agents.indexer.console_view import indexer_console
+
+                app = indexer_console(app, search, args.operator_token)
             uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:
         stop.set()

@@ -1,0 +1,164 @@
+"""One durable commit per payment (a402.mandate.guard): reserve-as-signed and the evidence
+record commit together after signing in memory; outcomes ride on the next commit.
+
+The budget still never overshoots with 200 payers at once (SQLite and PostgreSQL), a
+refusal at the commit writes nothing, and the outcome queue is written by the next
+payment's commit, by ``flush`` or by the idle timer, never twice."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from a402.client.wallet import Wallet
+from a402.mandate import ProposedPayment
+from a402.mandate.evidence import EvidenceLog
+from a402.mandate.guard import MandateGuard
+from a402.mandate.registry import RevocationCheck
+from a402.mandate.spend import MandateRefused, SpendStore
+from tests.mandate.helpers import NETWORK, PAYEE, USDC, Keys, signed
+
+PRICE = 1_000
+
+
+def _payment(keys: Keys, i: int = 0) -> ProposedPayment:
+    return ProposedPayment(agent=keys.agent.address, payee=PAYEE, network=NETWORK, asset=USDC,
+                           scheme="exact", amount=PRICE, url=f"https://api.example.com/x?{i}")
+
+
+def _fields(guard: MandateGuard, wallet: Wallet, i: int) -> dict[str, object]:
+    return {"mandate": guard.mandate_hash, "agent": wallet.address, "i": i}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'spend.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+def test_200_payers_committing_at_once_against_a_budget_for_150_pay_exactly_150(
+    store_url: str,
+) -> None:
+    keys = Keys()
+    s = signed(keys, max_per_payment=PRICE, budget=150 * PRICE)
+    store = SpendStore(store_url)
+    guard = MandateGuard(s, agent=keys.agent.address, store=store, revocation=None,
+                         flush_after=None)
+    wallet = Wallet(bytes(keys.agent.key))
+    start, lock = threading.Barrier(200), threading.Lock()
+    paid: list[int] = []
+    refused: list[str] = []
+
+    def one(i: int) -> None:
+        admission = guard.admit(_payment(keys, i))
+        wallet.sign_evidence(os.urandom(32))  # the payment's signature, in memory
+        start.wait()
+        try:
+            guard.commit(admission, _fields(guard, wallet, i), wallet.sign_evidence,
+                         payment_ref=f"0x{i:064x}")
+        except MandateRefused as e:
+            with lock:
+                refused.append(e.reason)
+            return
+        with lock:
+            paid.append(i)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(200)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(paid) == 150 and refused == ["mandate_budget_exhausted"] * 50
+    assert store.spent(s).total == 150 * PRICE
+    assert store.count(s, "signed") == 150 and store.count(s, "reserved") == 0
+    # One record per paid payment, each naming its reservation; none for the refused.
+    rows = EvidenceLog(store.engine).rows(s.hash_hex)
+    assert sorted(int(r.record.split('"i":')[1].split(",")[0]) for r in rows) == sorted(paid)
+    store.close()
+
+
+def test_a_refusal_at_the_commit_writes_nothing(tmp_path) -> None:
+    keys = Keys()
+    s = signed(keys, max_per_payment=PRICE, budget=PRICE)
+    store = SpendStore(f"sqlite:///{tmp_path / 'spend.db'}")
+    guard = MandateGuard(s, agent=keys.agent.address, store=store, revocation=None)
+    wallet = Wallet(bytes(keys.agent.key))
+    first, second = guard.admit(_payment(keys, 1)), guard.admit(_payment(keys, 2))
+    guard.commit(first, _fields(guard, wallet, 1), wallet.sign_evidence)
+    with pytest.raises(MandateRefused) as e:
+        guard.commit(second, _fields(guard, wallet, 2), wallet.sign_evidence)
+    assert e.value.reason == "mandate_budget_exhausted"
+    assert store.spent(s).total == PRICE and store.count(s, "signed") == 1
+    assert len(EvidenceLog(store.engine).rows()) == 1
+    store.close()
+
+
+def test_an_unreadable_registry_refuses_at_the_commit_and_writes_nothing(tmp_path) -> None:
+    """The brake cannot be read (nothing answers at the node's address): the transaction
+    that had reserved and recorded is rolled back before COMMIT."""
+    from a402.chain.node import connect
+    from a402.mandate.registry import MandateRegistry
+
+    keys = Keys()
+    s = signed(keys, max_per_payment=PRICE, budget=10 * PRICE)
+    store = SpendStore(f"sqlite:///{tmp_path / 'spend.db'}")
+    check = RevocationCheck(MandateRegistry(connect("http://127.0.0.1:9"), s.domain.registry))
+    guard = MandateGuard(s, agent=keys.agent.address, store=store, revocation=check)
+    wallet = Wallet(bytes(keys.agent.key))
+    with pytest.raises(MandateRefused) as e:
+        guard.commit(guard.admit(_payment(keys)), _fields(guard, wallet, 0),
+                     wallet.sign_evidence)
+    assert e.value.reason == "mandate_revocation_unknown"
+    assert store.spent(s).total == 0
+    assert store.count(s, "signed") + store.count(s, "reserved") == 0
+    assert EvidenceLog(store.engine).rows() == []
+    store.close()
+
+
+def test_an_outcome_is_written_by_the_next_commit_once_and_the_last_by_flush(tmp_path) -> None:
+    keys = Keys()
+    s = signed(keys, max_per_payment=PRICE, budget=10 * PRICE)
+    store = SpendStore(f"sqlite:///{tmp_path / 'spend.db'}")
+    guard = MandateGuard(s, agent=keys.agent.address, store=store, revocation=None,
+                         flush_after=None)
+    wallet = Wallet(bytes(keys.agent.key))
+    log = EvidenceLog(store.engine)
+    one = guard.commit(guard.admit(_payment(keys, 1)), _fields(guard, wallet, 1),
+                       wallet.sign_evidence)
+    guard.settle(one, {"mandate": guard.mandate_hash, "agent": wallet.address,
+                       "status": 200}, wallet.sign_evidence)
+    assert guard.pending == 1 and len(log.rows()) == 1  # queued, not yet durable
+    two = guard.commit(guard.admit(_payment(keys, 2)), _fields(guard, wallet, 2),
+                       wallet.sign_evidence)
+    assert guard.pending == 0
+    rows = log.rows()
+    assert [r.seq for r in rows] == [1, 2, 3] and two.seq == 3
+    assert '"kind":"outcome"' in rows[1].record and '"of":1' in rows[1].record
+    guard.settle(two, {"mandate": guard.mandate_hash, "agent": wallet.address,
+                       "status": 200}, wallet.sign_evidence)
+    guard.flush()
+    guard.flush()  # nothing left: nothing written twice
+    assert len(log.rows()) == 4 and guard.pending == 0
+    store.close()
+
+
+def test_the_idle_timer_writes_a_lone_outcome_after_quiet(tmp_path) -> None:
+    keys = Keys()
+    s = signed(keys, max_per_payment=PRICE, budget=10 * PRICE)
+    store = SpendStore(f"sqlite:///{tmp_path / 'spend.db'}")
+    guard = MandateGuard(s, agent=keys.agent.address, store=store, revocation=None,
+                         flush_after=0.2)
+    wallet = Wallet(bytes(keys.agent.key))
+    done = guard.commit(guard.admit(_payment(keys)), _fields(guard, wallet, 0),
+                        wallet.sign_evidence)
+    guard.settle(done, {"mandate": guard.mandate_hash, "agent": wallet.address,
+                        "status": 200}, wallet.sign_evidence)
+    deadline = time.monotonic() + 10
+    while guard.pending and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert guard.pending == 0 and len(EvidenceLog(store.engine).rows()) == 2
+    store.close()
