@@ -354,14 +354,17 @@ async def test_under_an_owners_mandate_the_client_pays_inside_it_and_records_the
     assert runs() == ["forecast"]
     assert balance(anvil_chain, dev_stack, payer.address) == before - PRICE
     assert balance(anvil_chain, dev_stack, pay_to) == PRICE
+    wide.flush()  # the outcome is written with the next payment's commit, or now
     lines = audit(EvidenceLog(store.engine).rows(), stored_mandates(store.engine))
-    assert [line.problems for line in lines] == [[]]
-    [line] = lines
+    assert [line.problems for line in lines] == [[], []]
+    line, outcome = lines
     assert line.record["mandate"] == wide.mandate_hash
     assert line.record["request"]["tool"] == "forecast"
     assert line.record["request"]["url"] == "mcp://tool/forecast"
-    assert line.record["settlement"]["transaction"] == answer.receipt.transaction
-    assert line.record["status"] == "settled"
+    assert line.record["status"] == "sending"  # committed before the payload left
+    assert outcome.record["kind"] == "outcome" and outcome.record["of"] == line.seq
+    assert outcome.record["settlement"]["transaction"] == answer.receipt.transaction
+    assert outcome.record["status"] == "settled"
     store.close()
 
 
