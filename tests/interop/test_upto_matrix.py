@@ -277,14 +277,15 @@ def test_a_mandate_counts_an_upto_payment_at_its_authorised_maximum(
         assert refused.value.reason.startswith("mandate_")
     assert _balances(anvil_chain, dev_stack, agent.address, pay_to) == [FUNDS - 200, 200]
     # Both payments left evidence records that the offline audit verifies (Permit2
-    # signatures by the agent, for the recorded payee and maximum).
+    # signatures by the agent, for the recorded payee and maximum), each with its outcome.
+    guard.flush()
     parser = argparse.ArgumentParser()
     add_audit_arguments(parser)
     out, err = io.StringIO(), io.StringIO()
     code = run_audit(parser.parse_args(["--spend-db", f"sqlite:///{tmp_path / 'spend.db'}"]),
                      out=out, err=err)
     assert code == 0, err.getvalue()
-    assert "2 record(s), every signature and link verified" in err.getvalue()
+    assert "4 record(s), every signature and link verified" in err.getvalue()
 
 
 def test_an_unreadable_usage_report_withholds_the_response_and_charges_nothing(
