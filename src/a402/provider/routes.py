@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from decimal import Context, Decimal, Inexact, InvalidOperation, Rounded
 from typing import Final, TypeAlias
 
+from a402.metering import MeterRule
+
 Price: TypeAlias = str | int | Decimal
 """A price: token units as a decimal string (``"0.01"``, ``"$0.01"``), or atomic units as an int."""
 
@@ -212,15 +214,19 @@ class RouteConfig:
     price: Price
     description: str = ""
     mime_type: str = ""
+    #: A usage-based price (:mod:`a402.metering`): ``price`` is then its maximum δ.
+    meter: MeterRule | None = None
 
 
 @dataclass(frozen=True)
 class PaidRoute:
     pattern: RoutePattern
     amount: int
-    """The price in atomic token units."""
+    """The price in atomic token units (a metered route's maximum δ)."""
     description: str = ""
     mime_type: str = ""
+    #: Set for a metered route: an A402 channel charges by it, at most ``amount``.
+    meter: MeterRule | None = None
 
 
 @dataclass(frozen=True)
@@ -268,6 +274,7 @@ class RouteTable:
                     amount=to_atomic(config.price, decimals),
                     description=config.description,
                     mime_type=config.mime_type,
+                    meter=config.meter,
                 )
             )
         return cls(paid)
