@@ -49,6 +49,7 @@ pre-signature — never leaves the enclave.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -144,6 +145,9 @@ class Answer:
     persist: bool = False
     incoming: str = ""
     replayed: bool = False
+    #: For an EXEC answered with REPLY: the charge δ' committed in it (metadata for logs;
+    #: the host could compute it from the response it reported anyway).
+    charge: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -700,7 +704,8 @@ class ProviderEnclaveCode:
             held.channel.abandon(rid)
             answer = Refusal("commit_failed", type(e).__name__).envelope()
             return self._finish(handle, held, pending.body, exec_, answer)
-        return self._finish(handle, held, pending.body, exec_, Envelope.asc(encode(reply)))
+        replied = self._finish(handle, held, pending.body, exec_, Envelope.asc(encode(reply)))
+        return dataclasses.replace(replied, charge=reply.amount)
 
     def failed(self, handle: str, reason: str, detail: str) -> Answer:
         """The service failed (timeout, crash): abandon the request; nothing is charged."""
