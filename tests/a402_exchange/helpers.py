@@ -216,8 +216,8 @@ class World:
         )
         inner = service_app(calls) if service is None else service
         payments = PaymentMiddleware(
-            inner, routes=dict(PRICES if routes is None else routes), pay_to=operator.address, token=self.token_info,
-            network=self.chain.network, facilitator=UNUSED_FACILITATOR,
+            inner, routes=dict(PRICES if routes is None else routes), pay_to=operator.address,
+            token=self.token_info, network=self.chain.network, facilitator=UNUSED_FACILITATOR,
         )
         app = A402Payments(payments, config)
         if runtime_cls is not ProviderRuntime:  # the same parts, one seam overridden

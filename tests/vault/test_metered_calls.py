@@ -13,10 +13,10 @@ import pytest
 from fastapi import FastAPI, Request, Response
 
 from a402.background import serve_in_thread
+from a402.client.vault import VaultCallError
 from a402.metering import parse_rule
 from a402.provider.routes import RouteConfig
 from a402.vault import store as vault_store
-from a402.client.vault import VaultCallError
 from a402.wire import vault_api as api
 from tests.a402_exchange.helpers import World
 
