@@ -7,21 +7,26 @@ the vault's ledger and on-chain after the channel settles."""
 
 from __future__ import annotations
 
+import io
+import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from a402.background import serve_in_thread
 from a402.client import vault_stream
+from a402.client.pay import pay_main
 from a402.client.vault_stream import StreamEnd, paid_stream
 from a402.metering import parse_rule
 from a402.provider.routes import RouteConfig
 from a402.vault import store as vault_store
 from tests.a402_exchange.helpers import World
 
-from .helpers import assert_conserved, client_of, running_vault
+from .helpers import assert_conserved, client_of, running_vault, vault_flags
+from .test_channels import key_file
 
 pytestmark = pytest.mark.anvil
 
@@ -179,4 +184,32 @@ def test_the_stream_stops_cleanly_at_the_clients_maximum_and_the_provider_is_tol
         assert not upstream.finished
         assert len(provider.runtime.driver.executor.streams) == 0
         _settle(world, client, vault, provider, escrow, 4 * PER_GROUP)
+        client.close()
+
+
+def test_a402_pay_vault_stream_prints_each_group_and_stops_at_max_total(
+    world: World, tmp_path: Path,
+) -> None:
+    """``a402 pay --vault --stream 50 --max 0.0005 --max-total 0.0015``: three groups on
+    stdout (150 tokens), one JSON line each and a summary on stderr, 1,500 paid."""
+    upstream = Upstream()
+    provider = world.provider(routes=ROUTES, service=llm_service(upstream))
+    escrow = world.balance(world.manager.address)
+    with serve_in_thread(provider.app) as site, \
+            running_vault(world, deposit_multiple=100) as vault:
+        account, client = client_of(world, vault, funds=200_000, deposit=200_000)
+        out, err = io.BytesIO(), io.StringIO()
+        code = pay_main([f"{site}/llm/stream", "-X", "POST", "--key-file",
+                         str(key_file(tmp_path, account)), "--vault", vault.url,
+                         *vault_flags(world, vault), "--stream", str(GROUP), "--max", "0.0005",
+                         "--max-total", "0.0015"], stdout=out, stderr=err)
+        assert code == 0, err.getvalue()
+        assert _tokens(out.getvalue()) == [f"tok{i}" for i in range(3 * GROUP)]
+        lines = [json.loads(line) for line in err.getvalue().splitlines()
+                 if line.startswith("{")]
+        assert [line.get("group") for line in lines[:3]] == [1, 2, 3]
+        assert lines[-1] == {"success": True, "outcome": "stream", "groups": 3,
+                             "paid": str(3 * PER_GROUP), "reason": "max_total"}
+        _wait(lambda: upstream.closed, timeout=5.0)
+        _settle(world, client, vault, provider, escrow, 3 * PER_GROUP)
         client.close()

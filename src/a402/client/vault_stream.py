@@ -68,10 +68,12 @@ def _header(result: VaultResult, name: bytes) -> bytes | None:
 def paid_stream(
     client: VaultClient, url: str, *, group: int, max_price: int, max_total: int | None = None,
     method: str = "GET", headers: Sequence[tuple[bytes, bytes]] = (), content: bytes = b"",
-    pay_to: str | None = None, end: StreamEnd | None = None,
+    pay_to: str | None = None, end: StreamEnd | None = None, deposit: int | None = None,
 ) -> Iterator[StreamGroup]:
     """Yield the stream's groups as they are bought (see the module). ``end`` (optional)
-    is filled in with why the stream ended and its total cost."""
+    is filled in with why the stream ended and its total cost. ``deposit``: the channel
+    deposit the calls allow, if one must be opened (every group must ride the channel
+    the stream started on: size it for the whole stream)."""
     end = end if end is not None else StreamEnd()
     sid: bytes | None = None
     base = [(k, v) for k, v in headers if k.lower() not in (GROUP_HEADER, STREAM_HEADER)]
@@ -86,7 +88,7 @@ def paid_stream(
             try:
                 result = client.invoke(url, method=method, headers=[*base, *extra],
                                        content=content if sid is None else b"",
-                                       max_price=max_price, pay_to=pay_to)
+                                       max_price=max_price, pay_to=pay_to, deposit=deposit)
             except VaultCallError as e:
                 if e.reason.startswith("mandate_"):
                     end.reason = e.reason
