@@ -35,19 +35,19 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' helpers
 
-from starlette.types import Receive, Scope, Send  # noqa: E402
-from tests.a402_exchange.helpers import World  # noqa: E402
-from tests.vault.helpers import client_of, running_vault  # noqa: E402
+from starlette.types import Receive, Scope, Send
+from tests.a402_exchange.helpers import World
+from tests.vault.helpers import client_of, running_vault
 
-from a402.asc_manager import ASCManager  # noqa: E402
-from a402.background import serve_in_thread  # noqa: E402
-from a402.chain.deploy import TokenInfo  # noqa: E402
-from a402.chain.node import start_anvil  # noqa: E402
-from a402.chain.tx import deploy_contract  # noqa: E402
-from a402.client.vault_stream import StreamEnd, paid_stream  # noqa: E402
-from a402.metering import parse_rule  # noqa: E402
-from a402.provider.routes import RouteConfig  # noqa: E402
-from a402.tee import SimulatedPlatform, SimulatedVerifier  # noqa: E402
+from a402.asc_manager import ASCManager
+from a402.background import serve_in_thread
+from a402.chain.deploy import TokenInfo
+from a402.chain.node import start_anvil
+from a402.chain.tx import deploy_contract
+from a402.client.vault_stream import StreamEnd, paid_stream
+from a402.metering import parse_rule
+from a402.provider.routes import RouteConfig
+from a402.tee import SimulatedPlatform, SimulatedVerifier
 
 
 def token_stream(tokens: int) -> Any:
