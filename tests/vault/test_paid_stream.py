@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from eth_account import Account
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from a402.background import serve_in_thread
+from a402.chain.tx import deploy_contract
 from a402.client import vault_stream
 from a402.client.pay import pay_main
 from a402.client.vault_stream import StreamEnd, paid_stream
+from a402.crypto import EcdsaSigner
+from a402.mandate import Domain, Mandate, sign_mandate
+from a402.mandate.registry import MandateRegistry
 from a402.metering import parse_rule
 from a402.provider.routes import RouteConfig
 from a402.vault import store as vault_store
@@ -211,5 +217,37 @@ def test_a402_pay_vault_stream_prints_each_group_and_stops_at_max_total(
         assert lines[-1] == {"success": True, "outcome": "stream", "groups": 3,
                              "paid": str(3 * PER_GROUP), "reason": "max_total"}
         _wait(lambda: upstream.closed, timeout=5.0)
+        _settle(world, client, vault, provider, escrow, 3 * PER_GROUP)
+        client.close()
+
+
+def test_the_stream_stops_cleanly_at_the_owners_mandate(world: World) -> None:
+    """A mandate with a budget of 1,750: three groups of 500 are paid, the fourth is
+    refused by the vault's enclave (nothing reserved or paid), the stream ends with that
+    reason and the provider is told to stop."""
+    chain = world.chain
+    registry = MandateRegistry(chain, deploy_contract(chain, chain.accounts[0],
+                                                      "MandateRegistry").address)
+    owner = Account.create()
+    upstream = Upstream()
+    provider = world.provider(routes=ROUTES, service=llm_service(upstream))
+    escrow = world.balance(world.manager.address)
+    with serve_in_thread(provider.app) as site, \
+            running_vault(world, deposit_multiple=100) as vault:
+        agent, client = client_of(world, vault, funds=200_000, deposit=200_000)
+        now = int(time.time())
+        client.mandate = sign_mandate(Mandate(
+            owner=owner.address, agent=agent.address, max_per_payment=PER_GROUP,
+            budget=3 * PER_GROUP + 250, valid_after=now - 60, valid_before=now + 3600,
+            nonce=os.urandom(32), networks=(chain.network,), assets=(world.token.address,),
+            schemes=("a402",)), Domain(chain.chain_id, registry.address),
+            EcdsaSigner(bytes(owner.key)).sign_digest).to_json()
+        end = StreamEnd()
+        groups = list(paid_stream(client, f"{site}/llm/stream", method="POST", group=GROUP,
+                                  max_price=PER_GROUP, end=end))
+        assert len(groups) == 3 and end.paid == 3 * PER_GROUP
+        assert end.reason.startswith("mandate_"), end.reason
+        _wait(lambda: upstream.closed, timeout=5.0)
+        client.mandate = None
         _settle(world, client, vault, provider, escrow, 3 * PER_GROUP)
         client.close()
