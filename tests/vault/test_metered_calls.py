@@ -8,12 +8,19 @@ The provider is the real payment middleware behind ``A402Payments`` with metered
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import pytest
+from eth_account import Account
 from fastapi import FastAPI, Request, Response
 
 from a402.background import serve_in_thread
+from a402.chain.tx import deploy_contract
 from a402.client.vault import VaultCallError
+from a402.crypto import EcdsaSigner
+from a402.mandate import Domain, Mandate, sign_mandate
+from a402.mandate.registry import MandateRegistry
 from a402.metering import parse_rule
 from a402.provider.routes import RouteConfig
 from a402.vault import store as vault_store
@@ -84,4 +91,36 @@ def test_a_metered_route_charges_exactly_the_units_reported_and_never_above_delt
         assert world.balance(provider.address) == paid
         assert client.account_info()["balance"] == str(200_000 - paid)
         assert_conserved(world, vault.store, vault.address, escrow)
+        client.close()
+
+
+def test_a_mandate_is_charged_the_metered_amount_and_gets_the_rest_of_delta_back(
+    world: World,
+) -> None:
+    """Budget 12,000, δ 10,000: the first call reserves 10,000 and is charged 1,230; the
+    8,770 left of δ goes back to the budget, so a second call (another 10,000 reserved)
+    fits, and a third (1,230 + 1,230 + 10,000 > 12,000) is refused with nothing paid."""
+    chain = world.chain
+    registry = MandateRegistry(chain, deploy_contract(chain, chain.accounts[0],
+                                                      "MandateRegistry").address)
+    owner = Account.create()
+    provider = world.provider(routes=ROUTES, service=metered_service())
+    with serve_in_thread(provider.app) as site, running_vault(world) as vault:
+        agent, client = client_of(world, vault, funds=300_000, deposit=200_000)
+        now = int(time.time())
+        client.mandate = sign_mandate(Mandate(
+            owner=owner.address, agent=agent.address, max_per_payment=LLM.maximum,
+            budget=12_000, valid_after=now - 60, valid_before=now + 3600,
+            nonce=os.urandom(32), networks=(chain.network,), assets=(world.token.address,),
+            schemes=("a402",)), Domain(chain.chain_id, registry.address),
+            EcdsaSigner(bytes(owner.key)).sign_digest).to_json()
+        for _ in range(2):
+            paid = client.invoke(f"{site}/llm", method="POST", content=b'{"tokens": 123}',
+                                 max_price=LLM.maximum)
+            assert (paid.outcome, paid.amount) == (api.PAID, 1_230)
+        with pytest.raises(VaultCallError) as refused:
+            client.invoke(f"{site}/llm", method="POST", content=b'{"tokens": 1}',
+                          max_price=LLM.maximum)
+        assert refused.value.reason.startswith("mandate_"), refused.value.body
+        assert client.account_info()["paid"] == str(2 * 1_230)
         client.close()
