@@ -49,6 +49,7 @@ pre-signature — never leaves the enclave.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -79,6 +80,7 @@ from a402.asc.terms import BalanceState, ChannelTerms, DigestSigner
 from a402.crypto import EVM, PaymentDomain, PreSignature
 from a402.crypto.authorization import recover_signer
 from a402.crypto.vault_messages import NO_LEDGER, pending_digest
+from a402.metering import MeterRule, UsageUnreadable
 from a402.tee import Enclave, EnclaveError, EnclaveKernel
 from a402.wire.a402 import (
     REQUEST_AD,
@@ -102,6 +104,12 @@ _RECORD_FORMAT = "a402/provider-enclave-channel/v1"
 
 #: The host's price for a paid request: the amount for ``(method, path)``, or None.
 PriceOf = Callable[[str, str], "int | None"]
+#: The host's metering rule for a paid request's route (its price is then the maximum δ).
+MeterOf = Callable[[str, str], "MeterRule | None"]
+
+
+def _no_meter(method: str, path: str) -> MeterRule | None:
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +145,9 @@ class Answer:
     persist: bool = False
     incoming: str = ""
     replayed: bool = False
+    #: For an EXEC answered with REPLY: the charge δ' committed in it (metadata for logs;
+    #: the host could compute it from the response it reported anyway).
+    charge: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,6 +361,8 @@ class _Executing:
     channel_id: bytes
     body: bytes
     exec_: Exec
+    meter: MeterRule | None = None
+    started: float = 0.0
 
 
 class ProviderEnclaveCode:
@@ -378,8 +391,10 @@ class ProviderEnclaveCode:
         ack_timeout: float,
         lock_timeout: float,
         vault_mode: VaultModeDomain | None = None,
+        meter: MeterOf = _no_meter,
     ) -> None:
         self._kernel = kernel
+        self._meter = meter
         self._vault_mode = vault_mode
         self._presigner = _KernelPreSigner(kernel)
         self._domain = domain
@@ -398,12 +413,15 @@ class ProviderEnclaveCode:
         cls, enclave: Enclave, *, domain: PaymentDomain, signer: DigestSigner, price: PriceOf,
         closing: Callable[[bytes], bool], clock: Callable[[], float], ack_timeout: float,
         lock_timeout: float, vault_mode: VaultModeDomain | None = None,
+        meter: MeterOf = _no_meter,
     ) -> ProviderEnclaveBoundary:
         """Run this code in ``enclave``; the host gets only the boundary. ``vault_mode``:
-        also admit the vault-mode channels of that ``A402Vault``."""
+        also admit the vault-mode channels of that ``A402Vault``. ``meter``: the metering
+        rule of a route priced by usage (its price is then the maximum δ)."""
         return enclave.start(lambda kernel: ProviderEnclaveBoundary(cls(
             kernel, domain=domain, signer=signer, price=price, closing=closing, clock=clock,
             ack_timeout=ack_timeout, lock_timeout=lock_timeout, vault_mode=vault_mode,
+            meter=meter,
         )))
 
     @property
@@ -641,7 +659,9 @@ class ProviderEnclaveCode:
             held.channel.receive(exec_, now=self._clock())
         except ASCError as e:
             raise _Refused(e.reason.value, e.detail) from None
-        self._pending[handle] = _Executing(pending.channel_id, pending.body, exec_)
+        meter = self._meter(request.method, request.path)
+        self._pending[handle] = _Executing(pending.channel_id, pending.body, exec_, meter,
+                                           self._clock())
         return Execute(pending.channel_id, exec_.request_id, request)
 
     def _executing(self, handle: str) -> tuple[HeldChannel, _Executing]:
@@ -652,7 +672,12 @@ class ProviderEnclaveCode:
 
     def executed(self, handle: str, response: HttpResponse) -> Answer:
         """The service answered: REPLY (committed, sealed, pre-signed, encrypted here), or,
-        for a status ≥ 400, the response itself and no charge."""
+        for a status ≥ 400, the response itself and no charge.
+
+        A metered route's charge is computed here, from the very response sealed (and,
+        for ``per-second``, the time since the EXEC was handed out), capped at the
+        EXEC's δ (:mod:`a402.metering`), and committed in ``m``. A response whose usage
+        cannot be read is refused (``usage_unreadable``) and nothing is charged."""
         held, pending = self._executing(handle)
         exec_, rid = pending.exec_, pending.exec_.request_id
         if response.status >= 400:
@@ -661,15 +686,26 @@ class ProviderEnclaveCode:
                 "service_failed", f"the service answered {response.status}", response
             ).envelope()
             return self._finish(handle, held, pending.body, exec_, answer)
+        charge = exec_.amount
+        if pending.meter is not None:
+            try:
+                charge = min(exec_.amount, pending.meter.charge(
+                    response.status, response.headers, response.body,
+                    max(0.0, self._clock() - pending.started)))
+            except UsageUnreadable as e:
+                held.channel.abandon(rid)
+                answer = Refusal("usage_unreadable", str(e)).envelope()
+                return self._finish(handle, held, pending.body, exec_, answer)
         result = HttpResult(request_digest(exec_.request), response).encode()
         try:
-            reply = self.commit(held, exec_, result)
+            reply = self.commit(held, exec_, result, charge)
         except Exception as e:  # the enclave refused or failed: nothing was signed
             log.exception("could not commit to request %d on %s", rid, pending.channel_id.hex())
             held.channel.abandon(rid)
             answer = Refusal("commit_failed", type(e).__name__).envelope()
             return self._finish(handle, held, pending.body, exec_, answer)
-        return self._finish(handle, held, pending.body, exec_, Envelope.asc(encode(reply)))
+        replied = self._finish(handle, held, pending.body, exec_, Envelope.asc(encode(reply)))
+        return dataclasses.replace(replied, charge=reply.amount)
 
     def failed(self, handle: str, reason: str, detail: str) -> Answer:
         """The service failed (timeout, crash): abandon the request; nothing is charged."""
@@ -680,9 +716,11 @@ class ProviderEnclaveCode:
 
     # ------------------------------------------------------------------ seams
 
-    def commit(self, held: HeldChannel, exec_: Exec, result: bytes) -> Reply:
-        """Step ②: draw ``t``, seal ``result`` under it, build ``m`` and pre-sign (REPLY)."""
-        return held.channel.reply(exec_.request_id, result)
+    def commit(self, held: HeldChannel, exec_: Exec, result: bytes,
+               charge: int | None = None) -> Reply:
+        """Step ②: draw ``t``, seal ``result`` under it, build ``m`` (with the charge δ',
+        default δ) and pre-sign (REPLY)."""
+        return held.channel.reply(exec_.request_id, result, charge=charge)
 
     def outgoing(self, held: HeldChannel, incoming: AscMessage, answer: Envelope) -> Envelope:
         """Every recorded answer to a vault message passes here before it is encrypted."""

@@ -63,7 +63,10 @@ What each signature requires (the safety argument):
   budget, reserved before EXEC and spent with σ_U), whose docstring states what the
   host can still do (withhold a revocation, within its bounds).
 * **Channel states, closes** — only the machine's own: the state after a REVEAL
-  whose ``t·G = T`` (paying exactly the request's δ), and the final state with
+  whose ``t·G = T`` (paying exactly the charge δ' of the REPLY it authorised, which
+  the machine refused unless ``δ' ≤ δ``, the amount the call's ``maxPrice`` and the
+  mandate were checked against; a metered route's unused δ − δ' goes back to the
+  mandate's budget), and the final state with
   the latest balances.
 * **Opening approvals** (the contract's ``A402Open(channelId, deadline)`` for a
   wallet channel, whose client consents on-chain herself, and
@@ -1160,12 +1163,13 @@ class VaultEnclaveCode:
             self._mandates.changed = False
             self._changed()
 
-    def _book(self, held: _Held, spent: bool) -> None:
-        """σ_U was signed for the call in flight (``spent``), or it ended without."""
+    def _book(self, held: _Held, spent: bool, amount: int | None = None) -> None:
+        """σ_U was signed for the call in flight (``spent``, for ``amount``: the charge, at
+        most the δ reserved), or it ended without."""
         if held.call is not None:
             key = f"{held.call.client}|{held.call.once}"
             if spent:
-                self._mandates.spent(key)
+                self._mandates.spent(key, amount)
             else:
                 self._mandates.release(key)
             if self._mandates.changed:
@@ -1181,10 +1185,10 @@ class VaultEnclaveCode:
         for event in step.events:
             if isinstance(event, PaymentAuthorized) and held.call is not None:
                 self._consume(held, held.call)
-                self._book(held, spent=True)
+                self._book(held, spent=True, amount=event.amount)
             elif isinstance(event, RequestExpired | RequestAbandoned | ResultDelivered):
                 if isinstance(event, ResultDelivered):
-                    self._book(held, spent=True)
+                    self._book(held, spent=True, amount=event.amount)
                 self._book(held, spent=False)  # released: given back only if never signed
                 self._release(held)
         return step

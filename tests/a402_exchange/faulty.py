@@ -62,7 +62,8 @@ class WrongSecretProvider(ProviderRuntime):
 class WrongHashCode(ProviderEnclaveCode):
     """Pre-signs m for the real result but announces another ``h``."""
 
-    def commit(self, held: HeldChannel, exec_: Exec, result: bytes) -> Reply:
+    def commit(self, held: HeldChannel, exec_: Exec, result: bytes,
+               charge: int | None = None) -> Reply:
         reply = super().commit(held, exec_, result)
         return dataclasses.replace(reply, result_hash=keccak(b"another result"))
 
@@ -74,7 +75,8 @@ class WrongHashProvider(ProviderRuntime):
 class WrongPointCode(ProviderEnclaveCode):
     """Pre-signs under one ``T`` and announces another."""
 
-    def commit(self, held: HeldChannel, exec_: Exec, result: bytes) -> Reply:
+    def commit(self, held: HeldChannel, exec_: Exec, result: bytes,
+               charge: int | None = None) -> Reply:
         reply = super().commit(held, exec_, result)
         return dataclasses.replace(reply, adaptor_point=generate_adaptor()[1])
 
@@ -86,7 +88,8 @@ class WrongPointProvider(ProviderRuntime):
 class MovedResultCode(ProviderEnclaveCode):
     """Seals the result under the right ``t`` but for another request of the channel."""
 
-    def commit(self, held: HeldChannel, exec_: Exec, result: bytes) -> Reply:
+    def commit(self, held: HeldChannel, exec_: Exec, result: bytes,
+               charge: int | None = None) -> Reply:
         t, _ = generate_adaptor()
         reply = held.channel.reply(exec_.request_id, result, adaptor_secret=t)
         moved = seal(t, result, ResultContext(held.channel.channel_id, exec_.request_id + 1))
@@ -102,7 +105,8 @@ class ReplayingCode(ProviderEnclaveCode):
 
     first: Reply | None = None
 
-    def commit(self, held: HeldChannel, exec_: Exec, result: bytes) -> Reply:
+    def commit(self, held: HeldChannel, exec_: Exec, result: bytes,
+               charge: int | None = None) -> Reply:
         reply = super().commit(held, exec_, result)
         if self.first is None:
             self.first = reply

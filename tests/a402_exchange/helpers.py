@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -196,7 +196,11 @@ class World:
         store: SqlChannelStore | None = None,
         calls: Calls | None = None,
         poll_interval: float = 0.1,
+        routes: Mapping[str, Any] | None = None,
+        service: Any = None,
     ) -> Provider:
+        """A provider in front of :func:`service_app` priced by :data:`PRICES`, or in front
+        of ``service`` (an ASGI app) priced by ``routes``."""
         enclave = enclave or self.platform.launch(
             PROVIDER_CODE, allowed_purposes=PROVIDER_PURPOSES
         )
@@ -210,10 +214,10 @@ class World:
             timeouts=ChannelTimeouts(ack_timeout=ack_timeout, lock_timeout=PROVIDER_LOCK),
             watching=Watching(poll_interval=poll_interval), watch=watch,
         )
-        inner = service_app(calls)
+        inner = service_app(calls) if service is None else service
         payments = PaymentMiddleware(
-            inner, routes=dict(PRICES), pay_to=operator.address, token=self.token_info,
-            network=self.chain.network, facilitator=UNUSED_FACILITATOR,
+            inner, routes=dict(PRICES if routes is None else routes), pay_to=operator.address,
+            token=self.token_info, network=self.chain.network, facilitator=UNUSED_FACILITATOR,
         )
         app = A402Payments(payments, config)
         if runtime_cls is not ProviderRuntime:  # the same parts, one seam overridden

@@ -398,7 +398,7 @@ def test_messages_out_of_order_or_for_the_other_side(w: World) -> None:
     rejects(w.vault, exec_, Reason.UNEXPECTED_MESSAGE)  # the vault never receives EXEC
     rejects(
         w.provider,
-        Reply(w.cid, 0, bytes(32), b"\x02" + bytes(32), bytes(64), b""),
+        Reply(w.cid, 0, 100, bytes(32), b"\x02" + bytes(32), bytes(64), b""),
         Reason.UNEXPECTED_MESSAGE,
     )
     rejects(

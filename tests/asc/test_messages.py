@@ -40,7 +40,7 @@ def samples() -> list[Message]:
     return [
         Exec(CID, 3, 2, 250, b"GET /v1/answer?q=42"),
         Exec(CID, MAX_VERSION, MAX_VERSION, MAX_DEPOSIT, b""),
-        Reply(CID, 3, os.urandom(32), point, os.urandom(64), b"\x01" + os.urandom(40)),
+        Reply(CID, 3, 7, os.urandom(32), point, os.urandom(64), b"\x01" + os.urandom(40)),
         Auth(CID, 3, os.urandom(65)),
         Reveal(CID, 3, os.urandom(32), STATE, os.urandom(65)),
         Ack(CID, 3, STATE, os.urandom(65)),
@@ -53,7 +53,7 @@ def samples() -> list[Message]:
 def test_every_message_round_trips_to_the_same_bytes(message: Message) -> None:
     data = encode(message)
     assert data[:8] == DOMAIN_TAG == b"A402/ASC"
-    assert data[8] == FORMAT_VERSION == 1
+    assert data[8] == FORMAT_VERSION == 2
     assert data[9] == message.TYPE
     decoded = decode(data)
     assert decoded == message
@@ -65,7 +65,7 @@ def test_the_layout_is_pinned() -> None:
     data = encode(Exec(b"\xcc" * 32, 1, 0, 5, b"hi"))
     assert data.hex() == (
         "413430322f415343"  # "A402/ASC"
-        "01"  # format version
+        "02"  # format version
         "01"  # EXEC
         + "cc" * 32  # channel id
         + "0000000000000001"  # request id (u64)
@@ -82,13 +82,13 @@ def test_the_layout_is_pinned() -> None:
 
 def test_malformed_bytes_are_rejected_with_a_reason() -> None:
     good = encode(Reveal(CID, 3, os.urandom(32), STATE, os.urandom(65)))
-    reply = encode(Reply(CID, 1, bytes(32), b"\x02" + bytes(32), bytes(64), b"x"))
+    reply = encode(Reply(CID, 1, 5, bytes(32), b"\x02" + bytes(32), bytes(64), b"x"))
     is_final_at = len(good) - 65 - 1
-    point_at = 10 + 32 + 8 + 32
+    point_at = 10 + 32 + 8 + 16 + 32
     cases = {
         "empty": b"",
         "other tag": b"A402/ASX" + good[8:],
-        "other version": good[:8] + b"\x02" + good[9:],
+        "other version": good[:8] + b"\x01" + good[9:],
         "unknown type": good[:9] + b"\x63" + good[10:],
         "trailing byte": good + b"\x00",
         "is_final 2": good[:is_final_at] + b"\x02" + good[is_final_at + 1 :],

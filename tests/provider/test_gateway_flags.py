@@ -114,12 +114,20 @@ def test_the_readme_and_test_command_lines_parse_to_the_same_values() -> None:
                                                                 lock_timeout=7.5)
 
 
-@pytest.mark.parametrize("missing", ["--upstream", "--route", "--facilitator"])
-def test_upstream_route_and_facilitator_are_required(missing: str) -> None:
+@pytest.mark.parametrize("missing", ["--upstream", "--facilitator"])
+def test_upstream_and_facilitator_are_required(missing: str) -> None:
     argv = list(REQUIRED)
     del argv[argv.index(missing):argv.index(missing) + 2]
     with pytest.raises(SystemExit):
         _parse(*argv)
+
+
+def test_a_metered_route_may_stand_in_for_a_priced_one() -> None:
+    """``--route`` or ``--meter``: the command refuses neither given (``no_routes``)."""
+    argv = list(REQUIRED)
+    del argv[argv.index("--route"):argv.index("--route") + 2]
+    parsed = _parse(*argv, "--meter", "GET /api/*=per-byte:0.000001,max=0.01")
+    assert (parsed.route, parsed.meter) == ([], ["GET /api/*=per-byte:0.000001,max=0.01"])
 
 
 def test_a402_only_flags_are_named_in_help_order_unless_at_their_default() -> None:

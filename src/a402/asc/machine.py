@@ -13,11 +13,18 @@ One paid request (paper Alg. 2; architecture "The A402 exchange")::
 
     vault                                   provider enclave
     OPEN, free ≥ δ: lock δ, LOCKED ──EXEC──▶ run the request
-                                            t, T = t·G, h = H(res), m = m(cid, rid, δ, h)
-             pre-verify σ̂, PENDING ◀─REPLY── σ̂ = pre-sign(m, T), EncRes = seal(t, res)
-                  σ_U over (m, δ, e) ──AUTH──▶ check σ_U
-    t·G = T, open EncRes, credit δ, ◀─REVEAL─ t, and its signature on the new state
+                                            t, T = t·G, h = H(res), δ' ≤ δ the charge,
+                                            m = m(cid, rid, δ', h)
+    δ' ≤ δ, pre-verify σ̂, PENDING ◀─REPLY── σ̂ = pre-sign(m, T), EncRes = seal(t, res)
+                 σ_U over (m, δ', e) ──AUTH──▶ check σ_U
+   t·G = T, open EncRes, credit δ', ◀─REVEAL─ t, and its signature on the new state
               OPEN; sign the state ──ACK───▶ co-signed state; OPEN
+
+The charge δ' is δ for a fixed price; a metered route's enclave computes it from
+the result (:mod:`a402.metering`). It travels in REPLY and is the amount of ``m``,
+so the pre-signature binds it to ``h``: the vault authorises (and the contract
+pays) exactly δ', never more than the δ it locked, and the rest of δ is free
+again once the request completes.
 
 Timeouts: Δ_lock on the vault (no valid REPLY in time → LOCKED reverts to OPEN;
 no σ_U was issued, so nothing can be claimed); Δ_ack on the provider (no ACK in
@@ -551,13 +558,18 @@ class VaultChannel(_Channel):
             sealing.EncRes.from_bytes(reply.sealed_result)
         except (ValueError, CryptoError) as e:
             raise RemoteProtocolError(Reason.MALFORMED, str(e)) from None
-        m = self._message(pending.request_id, pending.amount, reply.result_hash)
+        if reply.amount > pending.amount:
+            raise RemoteProtocolError(
+                Reason.INVALID_AMOUNT,
+                f"the charge {reply.amount} exceeds the δ={pending.amount} locked for it",
+            )
+        m = self._message(pending.request_id, reply.amount, reply.result_hash)
         if not EVM.pre_verify(self.terms.provider_key, m, reply.adaptor_point, presignature):
             raise RemoteProtocolError(
-                Reason.BAD_PRESIGNATURE, "σ̂ does not verify for m(cid, rid, δ, h) under T"
+                Reason.BAD_PRESIGNATURE, "σ̂ does not verify for m(cid, rid, δ', h) under T"
             )
         authorization = self._key.sign_digest(
-            authorization_digest(self.domain, m, pending.amount, presignature.r)
+            authorization_digest(self.domain, m, reply.amount, presignature.r)
         )
         pending.reply = reply
         pending.presignature = presignature
@@ -565,7 +577,7 @@ class VaultChannel(_Channel):
         self.status = Status.PENDING
         return Step(
             send=(Auth(self.channel_id, pending.request_id, authorization),),
-            events=(PaymentAuthorized(pending.request_id, pending.amount),),
+            events=(PaymentAuthorized(pending.request_id, reply.amount),),
         )
 
     def _on_reveal(self, reveal: Reveal) -> Step:
@@ -585,7 +597,7 @@ class VaultChannel(_Channel):
         reply = pending.reply
         if not is_adaptor_secret(reveal.adaptor_secret, reply.adaptor_point):
             raise RemoteProtocolError(Reason.BAD_ADAPTOR_SECRET, "t·G ≠ T")
-        expected = self._state.pay(pending.amount, _bump(pending.request_id))
+        expected = self._state.pay(reply.amount, _bump(pending.request_id))
         if reveal.state != expected:
             raise RemoteProtocolError(
                 Reason.STATE_MISMATCH, f"expected {expected}, got {reveal.state}"
@@ -603,7 +615,7 @@ class VaultChannel(_Channel):
         self._pending = None
         self._last_reveal, self._last_ack = reveal, ack
         self.status = Status.OPEN
-        return Step(send=(ack,), events=(ResultDelivered(ack.request_id, pending.amount, result),))
+        return Step(send=(ack,), events=(ResultDelivered(ack.request_id, reply.amount, result),))
 
     def _open(self, pending: _VaultRequest, t: bytes) -> bytes:
         assert pending.reply is not None
@@ -727,9 +739,8 @@ class VaultChannel(_Channel):
             result = self._open(pending, t)
             self._pending = None
             self.status = Status.CLOSED
-            return Step(
-                events=(ResultDelivered(request_id, pending.amount, result, on_chain=True),)
-            )
+            charge = pending.reply.amount
+            return Step(events=(ResultDelivered(request_id, charge, result, on_chain=True),))
         self._pending = None
         self.status = Status.CLOSED
         return Step()
@@ -745,6 +756,8 @@ class _ProviderRequest:
     request: bytes
     lock_deadline: float
     adaptor_secret: bytes = b""
+    #: The charge δ' ≤ δ committed in ``m`` (set by :meth:`ProviderChannel.reply`).
+    charge: int = 0
     adaptor_point: bytes = b""
     result_hash: bytes = b""
     message: bytes = b""
@@ -864,11 +877,16 @@ class ProviderChannel(_Channel):
         return self._inflight.request_id if self._inflight is not None else None
 
     def reply(
-        self, request_id: int, result: bytes, *, adaptor_secret: bytes | None = None
+        self, request_id: int, result: bytes, *, adaptor_secret: bytes | None = None,
+        charge: int | None = None,
     ) -> Reply:
-        """Step ②: commit to ``result`` for the executing request — REPLY(h, T, σ̂, EncRes).
+        """Step ②: commit to ``result`` for the executing request — REPLY(δ', h, T, σ̂, EncRes).
 
-        ``adaptor_secret`` is for tests; by default a fresh ``t`` is drawn.
+        ``charge`` is δ', what this result costs (a metered route: computed by the
+        enclave from the result); by default the EXEC's δ. It must be within
+        ``0 ≤ δ' ≤ δ``: the provider can never commit to more than the vault locked.
+        It is the amount in ``m`` (with ``h``), so once pre-signed neither side can
+        change it. ``adaptor_secret`` is for tests; by default a fresh ``t`` is drawn.
         """
         inflight = self._inflight
         if (
@@ -879,18 +897,25 @@ class ProviderChannel(_Channel):
             raise LocalProtocolError(Reason.NOT_ALLOWED, f"request {request_id} is not executing")
         if inflight.presignature is not None:
             raise LocalProtocolError(Reason.NOT_ALLOWED, f"request {request_id} already replied")
+        charge = inflight.amount if charge is None else charge
+        if not 0 <= charge <= inflight.amount:
+            raise LocalProtocolError(
+                Reason.INVALID_AMOUNT, f"charge {charge} is not within 0..δ={inflight.amount}"
+            )
         if adaptor_secret is None:
             t, adaptor = generate_adaptor()
         else:
             t, adaptor = adaptor_secret, adaptor_point(adaptor_secret)
         h = result_hash(result)
-        m = self._message(request_id, inflight.amount, h)
+        m = self._message(request_id, charge, h)
         presignature = self._presigner.pre_sign(m, adaptor)
         sealed = seal(t, result, ResultContext(self.channel_id, request_id))
         inflight.adaptor_secret, inflight.adaptor_point = t, adaptor
         inflight.result_hash, inflight.message, inflight.presignature = h, m, presignature
+        inflight.charge = charge
         return Reply(
-            self.channel_id, request_id, h, adaptor, presignature.to_bytes(), sealed.to_bytes()
+            self.channel_id, request_id, charge, h, adaptor, presignature.to_bytes(),
+            sealed.to_bytes(),
         )
 
     def abandon(self, request_id: int) -> Step:
@@ -929,15 +954,15 @@ class ProviderChannel(_Channel):
         signer = authorization_signer(
             self.domain,
             inflight.message,
-            inflight.amount,
+            inflight.charge,
             inflight.presignature.r,
             auth.authorization,
         )
         if signer != self.terms.vault:
             raise RemoteProtocolError(
-                Reason.BAD_AUTHORIZATION, "σ_U is not the vault's over (m, δ, e)"
+                Reason.BAD_AUTHORIZATION, "σ_U is not the vault's over (m, δ', e)"
             )
-        state = self._state.pay(inflight.amount, _bump(inflight.request_id))
+        state = self._state.pay(inflight.charge, _bump(inflight.request_id))
         signature = sign_state(self._key, self.domain, self.channel_id, state)
         reveal = Reveal(
             self.channel_id, inflight.request_id, inflight.adaptor_secret, state, signature
@@ -967,7 +992,7 @@ class ProviderChannel(_Channel):
         self._provider_signature = inflight.reveal.signature
         self._inflight = None
         self.status = Status.OPEN
-        return Step(events=(PaymentAcknowledged(ack.request_id, inflight.amount, ack.state),))
+        return Step(events=(PaymentAcknowledged(ack.request_id, inflight.charge, ack.state),))
 
     def _on_close(self, close: Close, now: float) -> Step:
         if self._close_ack is not None and close.state == self._close_ack.state:
@@ -1029,6 +1054,7 @@ class ProviderChannel(_Channel):
                 "adaptorPoint": _snap.hx(inflight.adaptor_point),
                 "resultHash": _snap.hx(inflight.result_hash),
                 "message": _snap.hx(inflight.message),
+                "charge": inflight.charge,
                 "presignature": None
                 if inflight.presignature is None
                 else _snap.hx(inflight.presignature.to_bytes()),
@@ -1069,6 +1095,7 @@ class ProviderChannel(_Channel):
                     adaptor_point=_snap.unhex(raw["adaptorPoint"]),
                     result_hash=_snap.unhex(raw["resultHash"]),
                     message=_snap.unhex(raw["message"]),
+                    charge=_snap.integer(raw.get("charge", raw["amount"])),
                     presignature=None
                     if presignature is None
                     else EVM.presignature_from_bytes(_snap.unhex(presignature)),
@@ -1111,7 +1138,7 @@ class ProviderChannel(_Channel):
             state=self._state,
             vault_signature=self._vault_signature,
             request_id=inflight.request_id,
-            amount=inflight.amount,
+            amount=inflight.charge,
             result_hash=inflight.result_hash,
             signature=EVM.adapt(inflight.presignature, inflight.adaptor_secret),
             authorization=inflight.authorization,

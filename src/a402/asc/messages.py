@@ -8,7 +8,9 @@ Encoding
 --------
 Every message is::
 
-    "A402/ASC" (8 bytes, domain tag) ‖ 0x01 (format version) ‖ type (1 byte) ‖ fields
+    "A402/ASC" (8 bytes, domain tag) ‖ 0x02 (format version) ‖ type (1 byte) ‖ fields
+
+(version 2: REPLY carries the charge δ', which metered routes make differ from δ)
 
 and each field has one fixed width, in a fixed order, big-endian:
 
@@ -57,7 +59,7 @@ from .errors import MessageError
 from .terms import BalanceState
 
 DOMAIN_TAG = b"A402/ASC"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 HEADER = DOMAIN_TAG + bytes([FORMAT_VERSION])
 
 _U64 = 8
@@ -349,17 +351,24 @@ class Exec(_Message):
 
 @dataclass(frozen=True, slots=True)
 class Reply(_Message):
-    """Provider → vault: the commitment ``(h, T, σ̂, EncRes)`` for one executed request."""
+    """Provider → vault: the commitment ``(δ', h, T, σ̂, EncRes)`` for one executed request.
+
+    ``amount`` is the charge δ' the provider's enclave computed for this result
+    (δ for a fixed price; for a metered route at most the EXEC's δ): it is the
+    amount in ``m``, so it is bound to ``h`` by the pre-signature, and the vault
+    refuses a REPLY whose charge exceeds the δ it locked."""
 
     TYPE: ClassVar[MessageType] = MessageType.REPLY
     LAYOUT: ClassVar = (
-        _CHANNEL, _REQUEST, ("result_hash", "result hash", _fixed(32)),
+        _CHANNEL, _REQUEST, ("amount", "charge", _uint(_U128)),
+        ("result_hash", "result hash", _fixed(32)),
         ("adaptor_point", "adaptor point", _POINT),
         ("presignature", "pre-signature", _fixed(64)),
         ("sealed_result", "sealed result", _BLOB),
     )
     channel_id: bytes
     request_id: int
+    amount: int
     result_hash: bytes
     adaptor_point: bytes
     presignature: bytes

@@ -161,6 +161,14 @@ def add_pay_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --vault: name this call, so that running the command again "
                              "returns the first outcome instead of paying again (without it, "
                              "one is generated and printed if the call fails)")
+    parser.add_argument("--stream", type=int, metavar="N",
+                        help="with --vault: buy the response as a paid stream, in groups of N "
+                             "units (events or lines), each group one payment in the channel, "
+                             "printed as it arrives")
+    parser.add_argument("--max-total", metavar="AMOUNT",
+                        help="with --stream: stop before a group at --max would take the "
+                             "stream's cost above this, in token units (the provider is told "
+                             "to stop)")
     parser.add_argument("--created-at", type=int, metavar="UNIX_TIME",
                         help="with --vault and a key of your own: the first attempt's "
                              "createdAt (printed when a call fails), so that a re-run is the "

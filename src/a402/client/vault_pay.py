@@ -84,6 +84,10 @@ def run_vault_pay(
             if info.get("mode") == "vault":  # the call names its payee: the offer's payTo
                 pay_to = offered_payee(args.url, method, headers, content or b"",
                                        str(info.get("a402Vault")), timeout=args.timeout)
+            if getattr(args, "stream", None):
+                return _stream(vault, args, method=method, headers=headers,
+                               content=content or b"", max_price=limits.max_price,
+                               pay_to=pay_to, out=out, err=err)
             result = vault.invoke(
                 args.url, method=method,
                 headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
@@ -178,3 +182,43 @@ def _allowed(wallet: Wallet, info: dict[str, Any]) -> str | None:
     if wallet.assets is not None and asset_key(info["token"]["address"]) not in wallet.assets:
         return "asset_not_allowed"
     return None
+
+
+def _stream(vault: VaultClient, args: argparse.Namespace, *, method: str,
+            headers: list[tuple[str, str]], content: bytes, max_price: int, pay_to: str | None,
+            out: BinaryIO, err: TextIO) -> int:
+    """``--stream N``: each group written to ``out`` as soon as it is paid for and released
+    (:mod:`a402.client.vault_stream`); one JSON line per group and a summary on ``err``."""
+    from a402.client.limits import to_atomic_exact
+    from a402.client.vault_stream import StreamEnd, paid_stream
+
+    end = StreamEnd()
+    try:
+        max_total = None if args.max_total is None else to_atomic_exact(
+            args.max_total, args.decimals)
+    except (ValueError, TypeError) as e:
+        return _fail_usage(err, f"--max-total: {e}")
+    try:
+        for group in paid_stream(
+                vault, args.url, group=args.stream, max_price=max_price,
+                max_total=max_total, method=method, content=content, pay_to=pay_to,
+                headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+                end=end):
+            out.write(group.content)
+            out.flush()
+            print(json.dumps({"group": group.seq, "amount": str(group.amount),
+                              "last": group.last}), file=err)
+    except VaultCallError as e:
+        code, line = _call_failed(e)
+        print(f"a402 pay: {line} (after {end.groups} groups, {end.paid} paid)", file=err)
+        print(json.dumps({"success": False, "status": e.status, "groups": end.groups,
+                          "paid": str(end.paid), **e.body}), file=err)
+        return code
+    print(json.dumps({"success": True, "outcome": "stream", "groups": end.groups,
+                      "paid": str(end.paid), "reason": end.reason}), file=err)
+    return EXIT_OK
+
+
+def _fail_usage(err: TextIO, message: str) -> int:
+    print(f"{PROG}: nothing was paid: {message}", file=err)
+    return EXIT_REFUSED

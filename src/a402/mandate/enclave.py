@@ -261,11 +261,21 @@ class MandateBook:
         self.changed = True
         return mandate
 
-    def spent(self, key: str) -> None:
-        """σ_U was signed for the call ``key``: its reservation is spent for good."""
+    def spent(self, key: str, amount: int | None = None) -> None:
+        """σ_U was signed for the call ``key``: its reservation is spent for good.
+
+        ``amount``: what σ_U pays (a metered charge, at most the δ reserved); the rest of
+        the reservation goes back to the mandate's budget, since nothing can ever pay it."""
         held = self.reserved.get(key)
         if held is not None and not held.signed:
-            self.reserved[key] = _Reserved(held.mandate, held.amount, held.period_index, True)
+            paid = held.amount if amount is None else max(0, min(amount, held.amount))
+            unused = held.amount - paid
+            spend = self.spend.get(held.mandate)
+            if unused and spend is not None:
+                spend.total -= unused
+                if spend.period_index == held.period_index:
+                    spend.period -= unused
+            self.reserved[key] = _Reserved(held.mandate, paid, held.period_index, True)
             self.changed = True
 
     def release(self, key: str) -> None:

@@ -136,22 +136,25 @@ class FrameDriver:
                 started = time.perf_counter()
                 paid = outcome
                 outcome, failed = await self._execute(handle, paid, scope)
-                self._observe(slot, paid, failed, time.perf_counter() - started)
+                self._observe(slot, paid, failed, time.perf_counter() - started,
+                              outcome.charge)
             return await self.relay(slot, outcome)
 
-    def _observe(self, slot: Slot, paid: Execute, failed: str | None, latency: float
-                 ) -> None:
+    def _observe(self, slot: Slot, paid: Execute, failed: str | None, latency: float,
+                 charge: int | None = None) -> None:
         """An EXEC's log line: ``executed`` means the service ran and its REPLY went back
         (the payment completes with the vault's AUTH and the REVEAL, not before);
         ``service_failed`` that the service did not answer and the enclave refused the
-        EXEC (nothing is paid for it)."""
+        EXEC (nothing is paid for it). ``amount``: the charge the REPLY committed to (a
+        metered route's, at most its price), else the route's price."""
         if self.observer is None:
             return
         terms = slot.channel.terms
         request = paid.request
         self.observer.paid(
             request_id=f"0x{paid.channel_id.hex()}:{paid.request_id}",
-            payer="0x" + terms.client.hex(), amount=self.price(request.method, request.path),
+            payer="0x" + terms.client.hex(),
+            amount=charge if charge is not None else self.price(request.method, request.path),
             scheme="a402", outcome="executed" if failed is None else "service_failed",
             latency=latency, payee="0x" + terms.provider.hex(), reason=failed,
             channelId="0x" + paid.channel_id.hex(), method=request.method, path=request.path)

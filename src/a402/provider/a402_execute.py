@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ from urllib.parse import quote
 
 from starlette.types import ASGIApp, Message
 
+from a402.provider.a402_streams import StreamError, StreamTable, group_size, stream_id
 from a402.provider.asgi import run_buffered
 from a402.provider_enclave import Execute
 from a402.wire.a402 import HttpRequest, HttpResponse
@@ -48,11 +50,17 @@ class ServiceFailed:
 
 
 class Executor:
-    """Runs paid requests against ``app``; each may take at most ``budget`` seconds."""
+    """Runs paid requests against ``app``; each may take at most ``budget`` seconds.
 
-    def __init__(self, app: ASGIApp, *, budget: float) -> None:
+    A request asking for a stream (``A402-Stream-Group``), or for a stream's next group
+    (``A402-Stream``), is served by ``streams`` (:mod:`a402.provider.a402_streams`): one
+    group of the service's streamed response per paid request."""
+
+    def __init__(self, app: ASGIApp, *, budget: float, streams: StreamTable | None = None
+                 ) -> None:
         self.app = app
         self.budget = budget
+        self.streams = streams if streams is not None else StreamTable(clock=time.monotonic)
 
     async def run(
         self, paid: Execute, outer: Mapping[str, Any] | None = None
@@ -60,7 +68,7 @@ class Executor:
         """The app's response to ``paid.request``, or why there is none."""
         try:
             async with asyncio.timeout(self.budget):  # in this task: no task per request
-                return await self.execute(paid.request, outer or {})
+                return await self._dispatch(paid, outer or {})
         except TimeoutError:
             return ServiceFailed("execution_timeout", "the service did not answer in time")
         except Exception as e:  # the service crashed: nothing is charged
@@ -68,8 +76,23 @@ class Executor:
                           paid.channel_id.hex())
             return ServiceFailed("service_error", type(e).__name__)
 
-    async def execute(self, request: HttpRequest, outer: Mapping[str, Any]) -> HttpResponse:
-        """Run ``request`` against the app, buffered (the service, or the upstream)."""
+    async def _dispatch(self, paid: Execute, outer: Mapping[str, Any]) -> HttpResponse:
+        """A stream's next group, a new stream's first, or the whole response."""
+        request = paid.request
+        try:
+            sid = stream_id(request.headers)
+            if sid is not None:
+                return await self.streams.next(paid.channel_id, sid)
+            group = group_size(request.headers)
+            if group is not None:
+                return await self.streams.open(paid.channel_id, group, self.app,
+                                               self.scope(request, outer), request.body)
+        except StreamError as e:  # answered with a status ≥ 400: nothing is charged
+            return e.response()
+        return await self.execute(request, outer)
+
+    def scope(self, request: HttpRequest, outer: Mapping[str, Any]) -> dict[str, Any]:
+        """The ASGI scope of ``request``, from the scope of the request that carried it."""
         headers = [(k, v) for k, v in request.headers if k not in _TRANSPORT_HEADERS]
         if request.body:
             headers.append((b"content-length", str(len(request.body)).encode()))
@@ -92,6 +115,11 @@ class Executor:
         }
         if "state" in outer:
             scope["state"] = dict(outer["state"])
+        return scope
+
+    async def execute(self, request: HttpRequest, outer: Mapping[str, Any]) -> HttpResponse:
+        """Run ``request`` against the app, buffered (the service, or the upstream)."""
+        scope = self.scope(request, outer)
         done = asyncio.Event()
         sent = False
 

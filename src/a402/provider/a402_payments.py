@@ -37,6 +37,7 @@ from a402.provider.a402_app import A402Endpoint
 from a402.provider.a402_config import A402Config
 from a402.provider.a402_offer import A402Offer
 from a402.provider.a402_runtime import ProviderRuntime
+from a402.provider.a402_streams import STOP_HEADER, stream_id
 from a402.provider.a402_watch import ChannelWatcher
 from a402.provider.middleware import PaymentMiddleware
 from a402.wire.x402 import PaymentRequirements, PaymentRequirementsV1, ResourceInfo
@@ -76,7 +77,23 @@ class A402Payments:
             await self.start()  # idempotent; also started by the lifespan when there is one
             await self.endpoint(scope, receive, send)
             return
+        if scope["type"] == "http":
+            sid = stream_id(scope.get("headers", ()), STOP_HEADER)
+            if sid is not None:  # a paid stream's payer stops it: free, before the routes
+                await self._stop_stream(sid, send)
+                return
         await self.app(scope, receive, send)
+
+    async def _stop_stream(self, sid: str, send: Send) -> None:
+        """``A402-Stream-Stop: <id>``: end that stream (its service told to stop). The id
+        is the capability (128 random bits, known to the stream's payer); stopping moves
+        no money, it only ends what nobody has bought yet."""
+        stopped = self.runtime.driver.executor.streams.stop(sid)
+        body = b'{"stopped":true}' if stopped else b'{"stopped":false}'
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
     def _on_lifespan(self, receive: Receive) -> Receive:
         async def wrapped() -> Message:
@@ -99,6 +116,7 @@ class A402Payments:
         await self._watcher.start()
 
     async def stop(self) -> None:
+        self.runtime.driver.executor.streams.close()  # every open stream's service stops
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
             await watcher.stop()

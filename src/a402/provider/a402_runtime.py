@@ -49,6 +49,7 @@ from starlette.types import ASGIApp
 
 from a402.asc_manager import ASCManager
 from a402.crypto import EcdsaSigner
+from a402.metering import MeterRule
 from a402.provider.a402_channels import Channels
 from a402.provider.a402_config import A402Config
 from a402.provider.a402_driver import FrameDriver
@@ -114,7 +115,7 @@ class ProviderRuntime:
             config.enclave, domain=self.domain, signer=self.signer, price=self._price,
             closing=lambda channel_id: self.channels.closing(channel_id), clock=config.clock,
             ack_timeout=timeouts.ack_timeout, lock_timeout=timeouts.lock_timeout,
-            vault_mode=vault_mode,
+            vault_mode=vault_mode, meter=self._meter,
         )
         self.channels = Channels(self.provider_enclave, config.store)
         self.tunnels = Tunnels(config, self.provider_enclave)
@@ -130,6 +131,10 @@ class ProviderRuntime:
     def _price(self, method: str, path: str) -> int | None:
         match = self.routes.match(method, path)
         return None if match is None else match.amount
+
+    def _meter(self, method: str, path: str) -> MeterRule | None:
+        match = self.routes.match(method, path)
+        return None if match is None else match.route.meter
 
     def watcher(self) -> ChannelWatcher:
         """A new watcher over this runtime's channels (started by its owner)."""

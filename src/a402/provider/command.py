@@ -52,9 +52,15 @@ class UpstreamOptions:
 
     upstream: str = setting(help="base URL of the API to protect")
     route: tuple[str, ...] = setting(
-        metavar="'METHOD /path/*=PRICE'",
+        (), metavar="'METHOD /path/*=PRICE'",
         help="a paid route and its price in token units ('upto:MAX': charged by the "
              "usage the upstream reports, at most MAX); repeat for more")
+    meter: tuple[str, ...] = setting(
+        (), metavar="'METHOD /path/*=KIND:RATE,max=MAX'",
+        help="a route priced by usage, at most MAX: KIND is per-byte, per-second, per-event, "
+             "per-unit (the handler's A402-Units header) or per-field:PATH (a JSON field "
+             "such as usage.total_tokens); RATE per unit in token units; A402 channels pay "
+             "what is used, exact payments MAX; repeat for more")
     facilitator: str = setting(help="x402 facilitator URL")
 
 
@@ -196,6 +202,9 @@ def run_gateway_command(args: argparse.Namespace) -> int:
     charge = from_args(TokenOptions, args)
     serve = from_args(ServeOptions, args)
     paywall = from_args(Paywall, args)
+    if not upstream.route and not upstream.meter:
+        raise CommandFailed("no_routes", "give at least one --route or --meter: a gateway "
+                            "with nothing to charge for is a plain proxy")
     contracts = None
     if charge.manifest:
         manifest = load_manifest(charge.manifest)
@@ -259,6 +268,7 @@ def run_gateway_command(args: argparse.Namespace) -> int:
     try:
         run_gateway(
             upstream=upstream.upstream, routes=list(upstream.route), pay_to=pay_to,
+            meters=list(upstream.meter),
             token=token, network=network, facilitator_url=upstream.facilitator,
             host=serve.host, port=serve.port, paywall=paywall, ledger_db=ledger_db,
             log_level="info" if args.verbose else "warning",

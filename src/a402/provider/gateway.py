@@ -27,6 +27,7 @@ from starlette.types import ASGIApp
 
 from a402.chain.deploy import TokenInfo
 from a402.facilitator.client import FacilitatorClient
+from a402.metering import MeterError, parse_meter_spec
 from a402.observe import MAX_LIMIT, Observer, OperatorRoutes, PaymentFilter, payment_record
 from a402.provider.ledger import PaymentLedger
 from a402.provider.middleware import PaymentMiddleware
@@ -71,13 +72,21 @@ def parse_route_spec(spec: str) -> tuple[str, str | RouteConfig]:
 
 
 def _route_table(
-    routes: Sequence[str] | Mapping[str, Price | RouteConfig], decimals: int
+    routes: Sequence[str] | Mapping[str, Price | RouteConfig], decimals: int,
+    meters: Sequence[str] = (),
 ) -> RouteTable:
-    if isinstance(routes, Mapping):
-        return RouteTable.build(routes, decimals=decimals)
-    if isinstance(routes, str):
-        raise RouteError("routes must be a list of specs, not one string")
-    return RouteTable.build([parse_route_spec(spec) for spec in routes], decimals=decimals)
+    if isinstance(routes, str) or isinstance(meters, str):
+        raise RouteError("routes and meters must be lists of specs, not one string")
+    specs: list[tuple[str, Price | RouteConfig]] = list(
+        routes.items() if isinstance(routes, Mapping)
+        else (parse_route_spec(spec) for spec in routes))
+    for spec in meters:
+        try:
+            pattern, rule = parse_meter_spec(spec, decimals)
+        except MeterError as e:
+            raise RouteError(str(e)) from None
+        specs.append((pattern, RouteConfig(price=rule.maximum, meter=rule)))
+    return RouteTable.build(specs, decimals=decimals)
 
 
 def create_gateway(
@@ -87,6 +96,7 @@ def create_gateway(
     pay_to: str,
     token: TokenInfo,
     network: str,
+    meters: Sequence[str] = (),
     facilitator_url: str | None = None,
     facilitator: FacilitatorClient | None = None,
     ledger: PaymentLedger | str | None = None,
@@ -100,6 +110,10 @@ def create_gateway(
     **settings: Unpack[PaymentSettings],
 ) -> ASGIApp:
     """The gateway as an ASGI app; ``routes`` are CLI specs or a ``{pattern: price}`` map.
+
+    ``meters``: metered routes, as ``'METHOD /path=KIND:RATE,max=MAX'`` specs
+    (:mod:`a402.metering`): an A402 channel pays the charge the provider's enclave
+    computes from the response, at most MAX; an ``exact`` payment pays MAX.
 
     ``observer`` (default: one with the operator API off) logs one JSON line per paid
     request and answers ``/metrics`` and ``/operator/payments`` ahead of the upstream
@@ -124,7 +138,7 @@ def create_gateway(
     """
     if (facilitator_url is None) == (facilitator is None):
         raise ValueError("give exactly one of facilitator_url and facilitator")
-    table = _route_table(routes, token.decimals)
+    table = _route_table(routes, token.decimals, meters)
     observer = observer if observer is not None else Observer("gateway")
     payments = PaymentMiddleware(
         ReverseProxy(upstream_url, timeout=upstream_timeout),
@@ -227,6 +241,7 @@ def run_gateway(
     token: TokenInfo,
     network: str,
     facilitator_url: str,
+    meters: Sequence[str] = (),
     host: str = "127.0.0.1",
     port: int = 4021,
     ledger_db: str = DEFAULT_LEDGER_DB,
@@ -247,13 +262,13 @@ def run_gateway(
     bound; ``on_start`` runs once the app is built, just before serving.
     """
     app = create_gateway(
-        upstream, routes, pay_to=pay_to, token=token, network=network,
+        upstream, routes, pay_to=pay_to, token=token, network=network, meters=meters,
         facilitator_url=facilitator_url, a402=a402, ledger=ledger_db,
         paywall=paywall, timing=timing, observer=observer, console=console, meter=meter,
         **settings,
     )
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    for spec in routes:
+    for spec in [*routes, *meters]:
         log.info("charging %s (%s on %s, paid to %s)", spec, token.symbol, network, pay_to)
     log.info("replay ledger in %s", ledger_db)
     log.info("proxying to %s; facilitator %s%s", upstream, facilitator_url,

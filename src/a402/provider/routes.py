@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from decimal import Context, Decimal, Inexact, InvalidOperation, Rounded
 from typing import Final, TypeAlias
 
+from a402.metering import MeterRule
+
 Price: TypeAlias = str | int | Decimal
 """A price: token units as a decimal string (``"0.01"``, ``"$0.01"``), or atomic units as an int."""
 
@@ -215,16 +217,20 @@ class RouteConfig:
     scheme: str = "exact"
     """``"exact"``: the price is charged; ``"upto"``: the price is a maximum, and the
     response's usage is charged (:mod:`a402.provider.usage`)."""
+    #: A usage-based price (:mod:`a402.metering`): ``price`` is then its maximum δ.
+    meter: MeterRule | None = None
 
 
 @dataclass(frozen=True)
 class PaidRoute:
     pattern: RoutePattern
     amount: int
-    """The price in atomic token units (for ``upto``, the maximum)."""
+    """The price in atomic token units (for ``upto`` or a metered route, the maximum)."""
     description: str = ""
     mime_type: str = ""
     scheme: str = "exact"
+    #: Set for a metered route: an A402 channel charges by it, at most ``amount``.
+    meter: MeterRule | None = None
 
 
 @dataclass(frozen=True)
@@ -276,6 +282,7 @@ class RouteTable:
                     description=config.description,
                     mime_type=config.mime_type,
                     scheme=config.scheme,
+                    meter=config.meter,
                 )
             )
         return cls(paid)

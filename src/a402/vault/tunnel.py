@@ -646,7 +646,7 @@ class ProviderTunnel:
         """AUTH sent, REVEAL checked, result opened, ACK sent."""
         pending = channel.pending_request()
         assert pending is not None
-        request_id, amount, _ = pending
+        request_id = pending[0]
         try:
             reveal = await self._ask(channel, auth_bytes, Reveal)
             step = channel.receive(reveal, now=self.clock())
@@ -659,7 +659,8 @@ class ProviderTunnel:
         paid: PaidResponse | None = None
         failure: TunnelError | None = None
         try:
-            paid = _paid(delivered.result, raw, request_id, amount,
+            # the charge δ' the provider committed to in m (≤ the δ locked)
+            paid = _paid(delivered.result, raw, request_id, delivered.amount,
                          receipt=channel.latest_state())
         except (ResultMismatch, ProtocolViolation) as e:  # paid all the same: raised below
             failure = e
