@@ -30,7 +30,7 @@ def _run(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
      "value: 'abc'"),
     (("gateway", "--upstream", "http://127.0.0.1:9"),
      "a402 gateway: not started, nothing was paid (usage): the following arguments are "
-     "required: --route, --facilitator"),
+     "required: --facilitator"),
     (("vault",),
      "a402 vault: not started, nothing was paid (usage): the following arguments are "
      "required: --rpc, --key-file, --provider-measurement"),
