@@ -36,8 +36,10 @@ transaction, and only if one of them fails, the whole batch again with each writ
 in a SAVEPOINT of its own (the same outcome: the failing write undone alone, the
 others committed).
 :meth:`Writes.execute` awaits them from an event loop without parking a
-thread for every write in flight: the writer hands each result back through
-``call_soon_threadsafe``.
+thread for every write in flight: the writes a loop makes in one pass of its
+callbacks reach the writer as one queue entry (one wake-up of the writer, one
+batch), and the writer hands the results back through one
+``call_soon_threadsafe`` per batch.
 """
 
 from __future__ import annotations
