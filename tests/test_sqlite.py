@@ -231,3 +231,40 @@ def test_coroutines_sharing_a_commit_are_answered_together_each_with_its_own_out
         assert db.on_disk() == {"taken": 0, "x": 0, "y": 2, "z": 3}
 
     asyncio.run(scenario())
+
+
+def test_writes_coroutines_make_in_one_pass_of_the_loop_reach_the_writer_as_one_batch(
+    db: Db,
+) -> None:
+    batches: list[int] = []
+    commit = db.group._commit
+
+    def counted(batch: list[tuple[object, object]]) -> None:
+        batches.append(len(batch))
+        commit(batch)  # type: ignore[arg-type]
+
+    db.group._commit = counted  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        # Thirty coroutines woken together each make a write: one hand-over, one batch,
+        # and every one of them answered only once its row is durable.
+        counts = await asyncio.gather(*(db.group.execute([(INSERT, {"key": f"p{i}", "value": i})])
+                                        for i in range(30)))
+        assert counts == [[1]] * 30 and len(db.on_disk()) == 30
+        assert batches == [30]
+
+    asyncio.run(scenario())
+
+
+def test_a_write_gathered_when_the_store_closes_is_refused_and_not_written(db: Db) -> None:
+    async def scenario() -> None:
+        write = asyncio.ensure_future(db.group.execute([(INSERT, {"key": "late", "value": 1})]))
+        await asyncio.sleep(0)  # gathered on this loop, not handed to the writer yet
+        db.group.close()
+        with pytest.raises(RuntimeError, match="closed"):
+            await write
+        with pytest.raises(RuntimeError, match="closed"):
+            await db.group.execute([(INSERT, {"key": "later", "value": 2})])
+
+    asyncio.run(scenario())
+    assert db.on_disk() == {}

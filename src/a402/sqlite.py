@@ -36,8 +36,10 @@ transaction, and only if one of them fails, the whole batch again with each writ
 in a SAVEPOINT of its own (the same outcome: the failing write undone alone, the
 others committed).
 :meth:`Writes.execute` awaits them from an event loop without parking a
-thread for every write in flight: the writer hands each result back through
-``call_soon_threadsafe``.
+thread for every write in flight: the writes a loop makes in one pass of its
+callbacks reach the writer as one queue entry (one wake-up of the writer, one
+batch), and the writer hands the results back through one
+``call_soon_threadsafe`` per batch.
 """
 
 from __future__ import annotations
@@ -243,6 +245,8 @@ class GroupCommit:
         self._mutex = threading.Lock()
         self._closing = threading.Lock()
         self._closed = False
+        #: Writes of coroutines not yet handed to the writer, by event loop (:meth:`execute`).
+        self._gathering: dict[asyncio.AbstractEventLoop, list[tuple[object, _Done]]] = {}
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -268,16 +272,45 @@ class GroupCommit:
         return done
 
     async def execute(self, statements: Sequence[Statement]) -> list[int]:
-        """:meth:`submit` for a coroutine: the same batch, without a thread-safe future."""
-        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-        self._put(statements, _Awaited(future))
+        """:meth:`submit` for a coroutine: the same batch, without a thread-safe future.
+
+        The writes an event loop makes in one pass of its callbacks reach the writer
+        thread together, in one hand-over at the end of that pass (see :meth:`_gather`),
+        not one queue entry (and one wake-up of the writer) each."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[int]] = loop.create_future()
+        gathered = self._gathering.get(loop)
+        if gathered is None:
+            if self._closed:
+                raise RuntimeError("the store is closed")
+            gathered = self._gathering[loop] = []
+            loop.call_soon(self._hand_over, loop)
+        gathered.append((statements, _Awaited(future)))
         return await future
 
-    def _put(self, item: object, done: _Done) -> None:
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Queue the writes ``loop`` gathered since the last hand-over, as one entry.
+
+        Called once per pass of the loop's callbacks that made a write (``call_soon``
+        runs it after every callback already scheduled): coroutines woken together (a
+        batch's answers, frames that arrived together) put their next writes into one
+        entry, which the writer takes whole into its next batch. Nothing changes for
+        durability: each write is still answered only after the COMMIT that holds it."""
+        gathered = self._gathering.pop(loop, None)
+        if not gathered:
+            return
+        try:
+            self._put(gathered, None)
+        except RuntimeError as e:  # closed meanwhile: nothing of these was written
+            _answer([(done, False, e) for _, done in gathered])
+
+    def _put(self, item: object, done: _Done | None) -> None:
+        """Queue one write and its caller's handle, or (``done`` None) a list of
+        such pairs gathered on an event loop, which the writer takes whole."""
         with self._closing:
             if self._closed:
                 raise RuntimeError("the store is closed")
-            self._queue.put((item, done))
+            self._queue.put(item if done is None else (item, done))
 
     def fence_with(self, fence: Callable[[Session], None] | None) -> None:
         if fence is not None:
@@ -306,8 +339,8 @@ class GroupCommit:
             first = self._queue.get()
             if first is _STOP:
                 return
-            batch = [first]
-            while len(batch) < self._max_batch:
+            batch = list(first) if isinstance(first, list) else [first]
+            while len(batch) < self._max_batch:  # (a gathered list is never split)
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
@@ -315,7 +348,10 @@ class GroupCommit:
                 if item is _STOP:  # the last item ever queued: finish this batch, then stop
                     self._queue.put(_STOP)
                     break
-                batch.append(item)
+                if isinstance(item, list):
+                    batch.extend(item)
+                else:
+                    batch.append(item)
             self._commit(batch)  # type: ignore[arg-type]
 
     def _commit(self, batch: list[tuple[object, _Done]]) -> None:
