@@ -162,6 +162,10 @@ class ChannelParams:
     def _split(self, provider: int, stack: list[bytes], sequence: int) -> CMutableTransaction:
         if provider < 0:
             raise ExchangeError("bad-balance", "negative provider balance")
+        if 0 < provider < txs.P2TR_DUST:
+            raise ExchangeError("below-dust", f"a provider output of {provider} sat is dust")
+        if provider > self.funding.amount - txs.P2TR_DUST:
+            raise ExchangeError("over-capacity", f"{provider} sat exceeds the channel")
         outs = []
         if provider > 0:
             outs.append(Output(self.provider_payout, provider))
@@ -337,6 +341,10 @@ class VaultChannel:
             raise ExchangeError("request-in-flight", "one request at a time")
         if amount <= 0 or self.provider_balance + amount > self.params.capacity():
             raise ExchangeError("over-capacity", f"{amount} sat does not fit the channel")
+        if self.provider_balance + amount < txs.P2TR_DUST:
+            raise ExchangeError(
+                "below-dust", f"the provider's balance would stay below {txs.P2TR_DUST} sat"
+            )
         rid = self.next_request_id
         self.next_request_id += 1
         self.pending = _Pending(rid, amount)
@@ -535,7 +543,14 @@ class ProviderChannel:
         return channel
 
     def on_exec(self, message: Exec, result: bytes) -> Reply:
-        """Seal ``result`` under a fresh ``t`` and pre-sign the new state's close under ``T``."""
+        """Seal ``result`` under a fresh ``t`` and pre-sign the new state's close under ``T``.
+
+        Only a state paying the provider more than its newest claim is pre-signed: on AUTH it
+        replaces that claim, so an EXEC of zero or a negative amount would have the enclave
+        give up earnings it holds (or reveal ``t`` for nothing).
+        """
+        if not isinstance(message.amount, int) or message.amount <= 0:
+            raise ExchangeError("bad-amount", f"{message.amount!r} is not a positive amount")
         balance = self.provider_balance + message.amount
         tx = self.params.payment_close(balance)
         digest = self.params.sighash(tx, PAYMENT_LEAF)
@@ -622,7 +637,14 @@ class ProviderChannel:
 
     def poll(self, height: int, funding_height: int, margin: int) -> bytes | None:
         """The watchtower duty: the force close once the refund is ``margin`` blocks away
-        (returned again at every poll until :meth:`closed_on_chain`, to be re-broadcast)."""
+        (returned again at every poll until :meth:`closed_on_chain`, to be re-broadcast).
+
+        ``margin`` is the number of blocks the close has to confirm in, 1 ≤ margin < Δ: the
+        refund is valid from ``funding height + Δ``, and from then on the client alone can
+        spend the whole channel, earnings included.
+        """
+        if not 1 <= margin < self.params.keys.refund_delay:
+            raise ValueError(f"margin must be 1..{self.params.keys.refund_delay - 1} blocks")
         if self.closed or self.claim is None:
             return None
         if height >= funding_height + self.params.keys.refund_delay - margin:

@@ -18,9 +18,15 @@ installable tools allow, all before the ledger changes:
   and parity, then the tapscript with OP_CHECKSIG / OP_CHECKSIGVERIFY / OP_CHECKSIGADD and
   BIP-112 OP_CHECKSEQUENCEVERIFY against the input's nSequence).
 
-What it does **not** do (and a node would): full BIP-342 policy and consensus details that
-buidl leaves out (clean stack, MINIMALIF, the sigops budget, OP_SUCCESS handling), block
-validity, mempool policy beyond the checks above. Time-based relative locks are refused.
+* **BIP-341/342 rules buidl leaves out** (:mod:`.taproot_rules`): signature encodings and
+  hash types (a 65-byte signature with type 0x00 is invalid), clean stack, the sigops budget,
+  no annex and leaf version 0xc0 (relay policy), re-checked on every P2TR input; a tapscript
+  using opcodes beyond those of the channel and deposit leaves is refused.
+
+What it does **not** do (and a node would): MINIMALIF and OP_SUCCESS handling (no leaf here
+has OP_IF or an OP_SUCCESS opcode; the strict re-check refuses both), minimal pushes, block
+validity, mempool policy beyond the checks above (RBF, package and ancestor limits, fee
+estimation). Time-based relative locks are refused.
 """
 
 from __future__ import annotations
@@ -34,7 +40,10 @@ import buidl.tx
 from bitcointx.core import CTransaction
 from embit.transaction import Transaction as EmbitTransaction
 
-from . import _backend  # noqa: F401  (bitcointx on coincurve's libsecp256k1)
+from . import (
+    _backend,  # noqa: F401  (bitcointx on coincurve's libsecp256k1)
+    taproot_rules,
+)
 from .transactions import P2TR_DUST, Utxo
 
 #: Bitcoin Core's standardness ceiling on a transaction's weight (MAX_STANDARD_TX_WEIGHT).
@@ -174,3 +183,25 @@ def _run_scripts(raw: bytes, coins: list[Coin]) -> None:
         if not ok:
             detail = noise.getvalue().strip() or "evaluated to false"
             raise Refused("script-failed", f"input {i}: {detail}")
+        _check_taproot_rules(tx, i, coins[i])
+
+
+def _check_taproot_rules(tx: buidl.tx.Tx, i: int, coin: Coin) -> None:
+    """BIP-341/342 rules buidl leaves out (:mod:`.taproot_rules`), for a P2TR input."""
+    spk = coin.utxo.script_pubkey
+    if len(spk) != 34 or spk[:2] != b"\x51\x20":
+        return
+    stack = [bytes(item) for item in tx.tx_ins[i].witness.items]
+
+    def sighash(hash_type: int) -> bytes:
+        return bytes(tx.sig_hash_bip341(i, ext_flag=1, hash_type=hash_type))
+
+    try:
+        if len(stack) == 1 or (len(stack) == 2 and stack[-1][:1] == b"\x50"):
+            taproot_rules.check_key_path(stack)
+        else:
+            taproot_rules.check_script_path(stack, sighash)
+    except taproot_rules.RuleBroken as exc:
+        raise Refused("script-failed", f"input {i}: {exc}") from None
+    except Exception as exc:  # buidl's sighash refuses some hash types (SINGLE, no output)
+        raise Refused("script-failed", f"input {i}: {exc!r}") from None
