@@ -7,6 +7,7 @@ protocol does not allow).
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import buidl.script
@@ -170,3 +171,41 @@ def test_the_watchtower_refuses_a_margin_that_would_race_or_precede_the_refund(m
     pay(s, 2_000, b"r")
     with pytest.raises(ValueError):
         s.provider.poll(FUNDING_HEIGHT + 1, FUNDING_HEIGHT, margin)
+
+
+def test_garbage_in_a_cooperative_proposal_or_answer_is_refused_with_a_reason() -> None:
+    """Regression: bytes that are no transaction escaped the provider as a parser exception;
+    a short nonce or partial signature reaches libsecp256k1 only after a length check."""
+    s = open_channel()
+    pay(s, 2_000, b"r")
+    proposal = s.vault.cooperative_proposal()
+    with pytest.raises(ExchangeError) as refused:
+        s.provider.cooperative_answer(dataclasses.replace(proposal, unsigned=b"\x02\x00"))
+    assert refused.value.reason == "wrong-state"
+    with pytest.raises(ExchangeError) as short_nonce:
+        s.provider.cooperative_answer(dataclasses.replace(proposal, pubnonce=b"\x02" * 3))
+    assert short_nonce.value.reason == "bad-nonce"
+    answer = s.provider.cooperative_answer(proposal)
+    with pytest.raises(ExchangeError) as short:
+        s.vault.cooperative_finish(dataclasses.replace(answer, partial_signature=b"\x01" * 31))
+    assert short.value.reason == "bad-partial-signature"
+    raw = s.vault.cooperative_finish(answer)  # the nonce was not spent by the refusals
+    s.ledger.apply(raw, FUNDING_HEIGHT + 1)
+    assert outputs(raw)[s.params.provider_payout] == 2_000
+
+
+def test_the_vault_extracts_t_even_when_the_provider_signs_its_own_half_afresh() -> None:
+    """Check (passes as built): the provider need not publish its adapted pre-signature; the
+    vault reads t from its own completed signature, which every valid close must carry."""
+    s = open_channel()
+    pay(s, 2_000, b"first")
+    pay(s, 3_000, b"withheld", reveal=False)
+    raw = s.provider.force_close()
+    _provider_sig, vault_sig, leaf, control = _stack(raw)
+    tx = CTransaction.deserialize(raw)
+    fresh = BIP340.sign(s.provider_key, s.params.sighash(CMutableTransaction.from_tx(tx),
+                                                         PAYMENT_LEAF))
+    republished = _restack(raw, [fresh, vault_sig, leaf, control])
+    s.ledger.apply(republished, FUNDING_HEIGHT + 1)
+    assert s.vault.on_chain_close(republished) == b"withheld"
+    assert s.vault.provider_balance == 5_000

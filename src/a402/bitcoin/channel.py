@@ -603,10 +603,10 @@ class ProviderChannel:
 
     def cooperative_answer(self, proposal: CoopProposal) -> CoopAnswer:
         """Partially sign the vault's key-path close if it pays exactly the newest claim."""
-        tx = CMutableTransaction.deserialize(proposal.unsigned)
         expected = self.params.cooperative_close(self.provider_balance)
-        if bytes(tx.serialize()) != bytes(expected.serialize()):
+        if proposal.unsigned != bytes(expected.serialize()):
             raise ExchangeError("wrong-state", "the cooperative close is not the newest state")
+        tx = CMutableTransaction.deserialize(proposal.unsigned)
         message = self.params.key_path_sighash(tx)
         agg = self.params.cooperative_key()
         secnonce, pubnonce = musig.nonce_gen(self.key, agg, message)
@@ -621,10 +621,10 @@ class ProviderChannel:
         MuSig2) if it pays exactly the newest claim."""
         from bitcointx.core import CMutableTransaction
 
-        tx = CMutableTransaction.deserialize(unsigned)
         expected = self.params.payment_close(self.provider_balance)
-        if bytes(tx.serialize()) != bytes(expected.serialize()):
+        if unsigned != bytes(expected.serialize()):
             raise ExchangeError("wrong-state", "the cooperative close is not the newest state")
+        tx = CMutableTransaction.deserialize(unsigned)
         digest = self.params.sighash(tx, PAYMENT_LEAF)
         if not BIP340.verify(self.params.keys.vault, digest, vault_sig):
             raise ExchangeError("bad-signature", "the vault's signature does not verify")
