@@ -39,11 +39,15 @@ can spend (key path or payment leaf), and the provider holds the newest state's 
 :meth:`ProviderChannel.poll` returns its force close
 once the chain reaches ``funding height + Δ − margin`` with earnings unclosed. A client spend
 that tries earlier is refused (BIP-68); once the provider's close confirms, any client spend is
-a double spend. So the provider's close path answers; its duty is to close within Δ.
+a double spend. So the provider's close path answers; its duty is to close within Δ. Δ
+counts from the funding, so it bounds the channel's life: from ``funding height + Δ`` the
+client alone can take the whole output, the provider's unclosed earnings included.
 
 Fees: every closing transaction pays ``vsize × fee_rate`` (sizes exact before signing, since
 signatures are 64 bytes) out of the client's share; the vault refuses a payment that would
-leave the client's share below that fee plus the P2TR dust limit.
+leave the client's share below that fee plus the P2TR dust limit, or the provider's below
+that limit (a first payment under 330 sat); the provider pre-signs only a state paying it
+more than its newest claim (an EXEC of zero or a negative amount would replace that claim).
 """
 
 from __future__ import annotations
