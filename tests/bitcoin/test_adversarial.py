@@ -209,3 +209,23 @@ def test_the_vault_extracts_t_even_when_the_provider_signs_its_own_half_afresh()
     s.ledger.apply(republished, FUNDING_HEIGHT + 1)
     assert s.vault.on_chain_close(republished) == b"withheld"
     assert s.vault.provider_balance == 5_000
+
+
+def test_a_provider_restarted_between_reply_and_auth_still_completes_the_request() -> None:
+    """Regression: the provider's snapshot dropped the request in flight (its t), but once the
+    vault has sent AUTH it can neither abandon the request nor close cooperatively; a provider
+    restarted before AUTH refused it, and the channel stayed stuck until Δ."""
+    from a402.bitcoin.channel import ProviderChannel
+
+    s = open_channel()
+    pay(s, 2_000, b"first")
+    exec_ = s.vault.request(b"GET /weather", 3_000)
+    reply = s.provider.on_exec(exec_, b"second")
+    stored = s.provider.snapshot()  # durable before the REPLY is sent
+    auth = s.vault.on_reply(reply)
+    restarted = ProviderChannel.restore(stored, s.params, s.provider_key)
+    assert s.vault.on_reveal(restarted.on_auth(auth)) == b"second"
+    assert s.vault.provider_balance == restarted.provider_balance == 5_000
+    raw = s.vault.cooperative_finish(restarted.cooperative_answer(s.vault.cooperative_proposal()))
+    s.ledger.apply(raw, FUNDING_HEIGHT + 1)
+    assert outputs(raw)[s.params.provider_payout] == 5_000

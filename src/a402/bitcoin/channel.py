@@ -514,13 +514,21 @@ class ProviderChannel:
         return self.claim.provider_balance if self.claim else 0
 
     def snapshot(self) -> bytes:
-        """The provider's claim as JSON, to be stored durably before its REVEAL is sent
-        (the claim is what it force-closes with; ``t`` in it is the enclave's secret: the
-        snapshot belongs in the enclave's sealed storage)."""
+        """The provider's claim and request in flight as JSON, to be stored durably before its
+        REPLY and its REVEAL are sent (the claim is what it force-closes with; once the vault
+        has answered a REPLY with AUTH it cannot abandon that request, so the ``t`` of the
+        request in flight must survive a restart too). ``t`` is the enclave's secret: the
+        snapshot belongs in the enclave's sealed storage."""
         claim = self.claim
+        flight = self._in_flight
         return json.dumps({
             "format": "a402/bitcoin-provider-channel/v1",
             "closed": self.closed,
+            "inFlight": None if flight is None else {
+                "requestId": flight[0].request_id, "amount": flight[0].amount,
+                "request": flight[0].request.hex(), "t": flight[1].hex(),
+                "message": flight[2].hex(), "providerPre": flight[3].to_bytes().hex(),
+            },
             "claim": None if claim is None else {
                 "providerBalance": claim.provider_balance, "message": claim.message.hex(),
                 "t": claim.t.hex(), "providerPre": claim.provider_pre.to_bytes().hex(),
@@ -530,8 +538,7 @@ class ProviderChannel:
 
     @classmethod
     def restore(cls, data: bytes, params: ChannelParams, key: SecretKey) -> ProviderChannel:
-        """The channel a :meth:`snapshot` recorded; a request in flight is not kept (the
-        vault's lock on it expires, and no σ̂_U for it was accepted)."""
+        """The channel a :meth:`snapshot` recorded, its request in flight included."""
         doc = json.loads(data)
         if doc.get("format") != "a402/bitcoin-provider-channel/v1":
             raise ExchangeError("bad-snapshot", "not a Bitcoin provider channel snapshot")
@@ -543,6 +550,14 @@ class ProviderChannel:
             channel.claim = _Claim(
                 int(c["providerBalance"]), bytes.fromhex(c["message"]), bytes.fromhex(c["t"]),
                 provider_pre, vault_pre,
+            )
+        f = doc.get("inFlight")
+        if f is not None:
+            pre = _presig(f["providerPre"])
+            assert pre is not None
+            channel._in_flight = (
+                Exec(int(f["requestId"]), int(f["amount"]), bytes.fromhex(f["request"])),
+                bytes.fromhex(f["t"]), bytes.fromhex(f["message"]), pre,
             )
         return channel
 
