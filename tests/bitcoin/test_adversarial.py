@@ -229,3 +229,23 @@ def test_a_provider_restarted_between_reply_and_auth_still_completes_the_request
     raw = s.vault.cooperative_finish(restarted.cooperative_answer(s.vault.cooperative_proposal()))
     s.ledger.apply(raw, FUNDING_HEIGHT + 1)
     assert outputs(raw)[s.params.provider_payout] == 5_000
+
+
+def test_a_refund_with_a_future_locktime_is_refused_until_that_height() -> None:
+    """Regression: the ledger did not check nLockTime (BIP-113 finality); a client's refund
+    signed with a locktime in the future was accepted at once."""
+    from a402.bitcoin.scripts import REFUND_LEAF
+    from a402.bitcoin.signing import sign_script_path
+
+    s = open_channel()
+    height = FUNDING_HEIGHT + REFUND_DELAY
+    tx = s.params.refund()
+    tx.nLockTime = height + 50
+    signature = sign_script_path(s.client_key, s.params.sighash(tx, REFUND_LEAF))
+    raw = s.params.witness(tx, REFUND_LEAF, [signature])
+    with pytest.raises(Refused) as refused:
+        s.ledger.apply(raw, height)
+    assert refused.value.reason == "non-final"
+    assert s.ledger.coin(s.params.funding.txid, 0) is not None
+    accepted = s.ledger.apply(raw, height + 51)
+    assert outputs(raw)[s.params.client_payout] == s.params.funding.amount - accepted.fee

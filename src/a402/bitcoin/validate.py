@@ -9,6 +9,8 @@ installable tools allow, all before the ledger changes:
 * **inputs**: every outpoint exists and is unspent (a double spend, or a stale close after the
   channel was closed, is refused);
 * **amounts**: outputs at most the inputs, none below P2TR dust, fee rate ≥ 1 sat/vB;
+* **nLockTime** (Core's ``IsFinalTx``): a height lock must be below the block's height unless
+  every input's nSequence is final;
 * **BIP-68 relative locks** (consensus, version ≥ 2): an input whose nSequence holds a block
   lock ``n`` may be mined only at a height ≥ its coin's height + ``n``; the ledger applies a
   transaction at an explicit ``height`` (sans-IO: the caller is the clock);
@@ -51,6 +53,8 @@ MAX_WEIGHT = 400_000
 _DISABLE_FLAG = 1 << 31
 _TYPE_FLAG = 1 << 22
 _VALUE_MASK = 0xFFFF
+_SEQUENCE_FINAL = 0xFFFFFFFF
+_LOCKTIME_THRESHOLD = 500_000_000
 
 
 class Refused(Exception):
@@ -117,6 +121,7 @@ class Ledger:
         fee = total_in - total_out
         if fee < vsize:
             raise Refused("fee-too-low", f"{fee} sat for {vsize} vB")
+        _check_final(tx, height)
         for i, (txin, coin) in enumerate(zip(tx.vin, coins, strict=True)):
             _check_relative_lock(tx.nVersion, int(txin.nSequence), coin, height, i)
         _run_scripts(raw, coins)
@@ -149,6 +154,18 @@ def _parse_and_cross_check(raw: bytes) -> CTransaction:
     if 3 * len(tx.serialize(include_witness=False)) + len(raw) > MAX_WEIGHT:
         raise Refused("too-large", "weight above the standard limit")
     return tx
+
+
+def _check_final(tx: CTransaction, height: int) -> None:
+    """Bitcoin Core's ``IsFinalTx`` for a block at ``height``: nLockTime 0, or a height lock
+    below ``height``, or every input's nSequence final (a time lock needs a clock: refused)."""
+    locktime = int(tx.nLockTime)
+    if locktime == 0 or all(int(txin.nSequence) == _SEQUENCE_FINAL for txin in tx.vin):
+        return
+    if locktime >= _LOCKTIME_THRESHOLD:
+        raise Refused("time-lock-unsupported", "nLockTime is a time")
+    if locktime >= height:
+        raise Refused("non-final", f"nLockTime {locktime} not below height {height}")
 
 
 def _check_relative_lock(version: int, sequence: int, coin: Coin, height: int, i: int) -> None:
