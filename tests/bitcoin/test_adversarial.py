@@ -249,3 +249,16 @@ def test_a_refund_with_a_future_locktime_is_refused_until_that_height() -> None:
     assert s.ledger.coin(s.params.funding.txid, 0) is not None
     accepted = s.ledger.apply(raw, height + 51)
     assert outputs(raw)[s.params.client_payout] == s.params.funding.amount - accepted.fee
+
+
+def test_bytes_that_are_no_transaction_are_refused_by_the_vaults_chain_watch() -> None:
+    """Regression: on_chain_close let a parser exception escape for bytes that are no
+    transaction; it refuses them with a reason and the request stays in flight."""
+    s = open_channel()
+    pay(s, 2_000, b"withheld", reveal=False)
+    for garbage in (b"\x02\x00\x00", b""):
+        with pytest.raises(ExchangeError) as refused:
+            s.vault.on_chain_close(garbage)
+        assert refused.value.reason == "malformed"
+    assert s.vault.pending is not None and s.vault.provider_balance == 0
+    assert s.vault.on_chain_close(s.provider.force_close()) == b"withheld"

@@ -405,7 +405,12 @@ class VaultChannel:
         Returns the result of the request in flight if this close settled it, else None.
         """
 
-        tx = CTransaction.deserialize(raw)
+        try:
+            tx = CTransaction.deserialize(raw)
+        except Exception:  # bitcointx raises several types on truncated or bad bytes
+            raise ExchangeError("malformed", "not a transaction") from None
+        if not tx.wit.vtxinwit:
+            return None
         stack = list(tx.wit.vtxinwit[0].scriptWitness.stack)
         leaf, _ = self.params.output.leaf(PAYMENT_LEAF)
         if len(stack) != 4 or bytes(stack[2]) != bytes(leaf):
