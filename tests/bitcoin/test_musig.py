@@ -81,3 +81,30 @@ def test_two_signers_make_one_bip340_signature_by_the_tweaked_aggregate() -> Non
     with pytest.raises(musig.MusigError):
         musig.partial_sign(a, musig.SecretNonce(ctypes.create_string_buffer(132)), aggnonce,
                            message, agg)
+
+
+def test_buffers_shorter_than_the_library_reads_are_refused_before_any_call() -> None:
+    """Regression: libsecp256k1 reads fixed lengths (32-byte message and tweak, 66-byte nonces,
+    32-byte partial signatures) from the pointers it is given; a shorter Python bytes was read
+    past its end (here the terminating NUL made a 31-byte message or a 65-byte nonce "work").
+    A provider's CoopAnswer reaches these calls, so its lengths are checked first."""
+    key = BIP340.generate_key()
+    other = BIP340.generate_key()
+    agg = musig.KeyAgg.of([b"\x02" + key.public_key, b"\x02" + other.public_key])
+    with pytest.raises(musig.MusigError, match="32 bytes"):
+        musig.nonce_gen(key, agg, b"\x01" * 31)
+    with pytest.raises(musig.MusigError, match="32 bytes"):
+        agg.tweak(b"\x01" * 31, xonly=True)
+    _, own = musig.nonce_gen(key, agg, b"\x01" * 32)
+    while True:  # a public nonce whose last byte is 0x00, then cut to 65 bytes
+        _, theirs = musig.nonce_gen(other, agg, b"\x01" * 32)
+        if theirs[-1] == 0:
+            break
+    with pytest.raises(musig.MusigError, match="66 bytes"):
+        musig.nonce_agg([own, theirs[:65]])
+    aggnonce = musig.nonce_agg([own, theirs])
+    assert not musig.partial_verify(
+        b"\x01" * 31, theirs, b"\x02" + other.public_key, aggnonce, b"\x01" * 32, agg
+    )
+    with pytest.raises(musig.MusigError, match="32 bytes"):
+        musig.partial_sig_agg([b"\x01" * 32, b"\x01" * 31], aggnonce, b"\x01" * 32, agg)

@@ -39,11 +39,15 @@ can spend (key path or payment leaf), and the provider holds the newest state's 
 :meth:`ProviderChannel.poll` returns its force close
 once the chain reaches ``funding height + Δ − margin`` with earnings unclosed. A client spend
 that tries earlier is refused (BIP-68); once the provider's close confirms, any client spend is
-a double spend. So the provider's close path answers; its duty is to close within Δ.
+a double spend. So the provider's close path answers; its duty is to close within Δ. Δ
+counts from the funding, so it bounds the channel's life: from ``funding height + Δ`` the
+client alone can take the whole output, the provider's unclosed earnings included.
 
 Fees: every closing transaction pays ``vsize × fee_rate`` (sizes exact before signing, since
 signatures are 64 bytes) out of the client's share; the vault refuses a payment that would
-leave the client's share below that fee plus the P2TR dust limit.
+leave the client's share below that fee plus the P2TR dust limit, or the provider's below
+that limit (a first payment under 330 sat); the provider pre-signs only a state paying it
+more than its newest claim (an EXEC of zero or a negative amount would replace that claim).
 """
 
 from __future__ import annotations
@@ -162,6 +166,10 @@ class ChannelParams:
     def _split(self, provider: int, stack: list[bytes], sequence: int) -> CMutableTransaction:
         if provider < 0:
             raise ExchangeError("bad-balance", "negative provider balance")
+        if 0 < provider < txs.P2TR_DUST:
+            raise ExchangeError("below-dust", f"a provider output of {provider} sat is dust")
+        if provider > self.funding.amount - txs.P2TR_DUST:
+            raise ExchangeError("over-capacity", f"{provider} sat exceeds the channel")
         outs = []
         if provider > 0:
             outs.append(Output(self.provider_payout, provider))
@@ -337,6 +345,10 @@ class VaultChannel:
             raise ExchangeError("request-in-flight", "one request at a time")
         if amount <= 0 or self.provider_balance + amount > self.params.capacity():
             raise ExchangeError("over-capacity", f"{amount} sat does not fit the channel")
+        if self.provider_balance + amount < txs.P2TR_DUST:
+            raise ExchangeError(
+                "below-dust", f"the provider's balance would stay below {txs.P2TR_DUST} sat"
+            )
         rid = self.next_request_id
         self.next_request_id += 1
         self.pending = _Pending(rid, amount)
@@ -393,7 +405,12 @@ class VaultChannel:
         Returns the result of the request in flight if this close settled it, else None.
         """
 
-        tx = CTransaction.deserialize(raw)
+        try:
+            tx = CTransaction.deserialize(raw)
+        except Exception:  # bitcointx raises several types on truncated or bad bytes
+            raise ExchangeError("malformed", "not a transaction") from None
+        if not tx.wit.vtxinwit:
+            return None
         stack = list(tx.wit.vtxinwit[0].scriptWitness.stack)
         leaf, _ = self.params.output.leaf(PAYMENT_LEAF)
         if len(stack) != 4 or bytes(stack[2]) != bytes(leaf):
@@ -502,13 +519,21 @@ class ProviderChannel:
         return self.claim.provider_balance if self.claim else 0
 
     def snapshot(self) -> bytes:
-        """The provider's claim as JSON, to be stored durably before its REVEAL is sent
-        (the claim is what it force-closes with; ``t`` in it is the enclave's secret: the
-        snapshot belongs in the enclave's sealed storage)."""
+        """The provider's claim and request in flight as JSON, to be stored durably before its
+        REPLY and its REVEAL are sent (the claim is what it force-closes with; once the vault
+        has answered a REPLY with AUTH it cannot abandon that request, so the ``t`` of the
+        request in flight must survive a restart too). ``t`` is the enclave's secret: the
+        snapshot belongs in the enclave's sealed storage."""
         claim = self.claim
+        flight = self._in_flight
         return json.dumps({
             "format": "a402/bitcoin-provider-channel/v1",
             "closed": self.closed,
+            "inFlight": None if flight is None else {
+                "requestId": flight[0].request_id, "amount": flight[0].amount,
+                "request": flight[0].request.hex(), "t": flight[1].hex(),
+                "message": flight[2].hex(), "providerPre": flight[3].to_bytes().hex(),
+            },
             "claim": None if claim is None else {
                 "providerBalance": claim.provider_balance, "message": claim.message.hex(),
                 "t": claim.t.hex(), "providerPre": claim.provider_pre.to_bytes().hex(),
@@ -518,8 +543,7 @@ class ProviderChannel:
 
     @classmethod
     def restore(cls, data: bytes, params: ChannelParams, key: SecretKey) -> ProviderChannel:
-        """The channel a :meth:`snapshot` recorded; a request in flight is not kept (the
-        vault's lock on it expires, and no σ̂_U for it was accepted)."""
+        """The channel a :meth:`snapshot` recorded, its request in flight included."""
         doc = json.loads(data)
         if doc.get("format") != "a402/bitcoin-provider-channel/v1":
             raise ExchangeError("bad-snapshot", "not a Bitcoin provider channel snapshot")
@@ -532,10 +556,25 @@ class ProviderChannel:
                 int(c["providerBalance"]), bytes.fromhex(c["message"]), bytes.fromhex(c["t"]),
                 provider_pre, vault_pre,
             )
+        f = doc.get("inFlight")
+        if f is not None:
+            pre = _presig(f["providerPre"])
+            assert pre is not None
+            channel._in_flight = (
+                Exec(int(f["requestId"]), int(f["amount"]), bytes.fromhex(f["request"])),
+                bytes.fromhex(f["t"]), bytes.fromhex(f["message"]), pre,
+            )
         return channel
 
     def on_exec(self, message: Exec, result: bytes) -> Reply:
-        """Seal ``result`` under a fresh ``t`` and pre-sign the new state's close under ``T``."""
+        """Seal ``result`` under a fresh ``t`` and pre-sign the new state's close under ``T``.
+
+        Only a state paying the provider more than its newest claim is pre-signed: on AUTH it
+        replaces that claim, so an EXEC of zero or a negative amount would have the enclave
+        give up earnings it holds (or reveal ``t`` for nothing).
+        """
+        if not isinstance(message.amount, int) or message.amount <= 0:
+            raise ExchangeError("bad-amount", f"{message.amount!r} is not a positive amount")
         balance = self.provider_balance + message.amount
         tx = self.params.payment_close(balance)
         digest = self.params.sighash(tx, PAYMENT_LEAF)
@@ -588,10 +627,10 @@ class ProviderChannel:
 
     def cooperative_answer(self, proposal: CoopProposal) -> CoopAnswer:
         """Partially sign the vault's key-path close if it pays exactly the newest claim."""
-        tx = CMutableTransaction.deserialize(proposal.unsigned)
         expected = self.params.cooperative_close(self.provider_balance)
-        if bytes(tx.serialize()) != bytes(expected.serialize()):
+        if proposal.unsigned != bytes(expected.serialize()):
             raise ExchangeError("wrong-state", "the cooperative close is not the newest state")
+        tx = CMutableTransaction.deserialize(proposal.unsigned)
         message = self.params.key_path_sighash(tx)
         agg = self.params.cooperative_key()
         secnonce, pubnonce = musig.nonce_gen(self.key, agg, message)
@@ -606,10 +645,10 @@ class ProviderChannel:
         MuSig2) if it pays exactly the newest claim."""
         from bitcointx.core import CMutableTransaction
 
-        tx = CMutableTransaction.deserialize(unsigned)
         expected = self.params.payment_close(self.provider_balance)
-        if bytes(tx.serialize()) != bytes(expected.serialize()):
+        if unsigned != bytes(expected.serialize()):
             raise ExchangeError("wrong-state", "the cooperative close is not the newest state")
+        tx = CMutableTransaction.deserialize(unsigned)
         digest = self.params.sighash(tx, PAYMENT_LEAF)
         if not BIP340.verify(self.params.keys.vault, digest, vault_sig):
             raise ExchangeError("bad-signature", "the vault's signature does not verify")
@@ -622,7 +661,14 @@ class ProviderChannel:
 
     def poll(self, height: int, funding_height: int, margin: int) -> bytes | None:
         """The watchtower duty: the force close once the refund is ``margin`` blocks away
-        (returned again at every poll until :meth:`closed_on_chain`, to be re-broadcast)."""
+        (returned again at every poll until :meth:`closed_on_chain`, to be re-broadcast).
+
+        ``margin`` is the number of blocks the close has to confirm in, 1 ≤ margin < Δ: the
+        refund is valid from ``funding height + Δ``, and from then on the client alone can
+        spend the whole channel, earnings included.
+        """
+        if not 1 <= margin < self.params.keys.refund_delay:
+            raise ValueError(f"margin must be 1..{self.params.keys.refund_delay - 1} blocks")
         if self.closed or self.claim is None:
             return None
         if height >= funding_height + self.params.keys.refund_delay - margin:

@@ -89,6 +89,9 @@ def _load() -> tuple[ctypes.CDLL, int]:
         "secp256k1_musig_partial_sig_serialize": [p, buf, buf],
         "secp256k1_musig_partial_sig_agg": [p, buf, buf, arrays, ctypes.c_size_t],
     }
+    missing = [name for name in sigs if not hasattr(lib, name)]
+    if missing:  # pragma: no cover - coincurve's build exports them all
+        raise ImportError(f"this libsecp256k1 lacks {', '.join(missing)}")
     for name, argtypes in sigs.items():
         fn = getattr(lib, name)
         fn.argtypes = argtypes
@@ -97,6 +100,17 @@ def _load() -> tuple[ctypes.CDLL, int]:
 
 
 _LIB, _CTX = _load()
+
+
+def _sized(data: bytes, size: int, what: str) -> bytes:
+    """``data`` if it has exactly the length libsecp256k1 will read from its pointer.
+
+    The library reads fixed lengths through ``const unsigned char *`` (no length argument);
+    a shorter buffer would be read past its end, so every length is checked first.
+    """
+    if not isinstance(data, bytes) or len(data) != size:
+        raise MusigError(f"{what} must be {size} bytes")
+    return data
 
 
 def _call(name: str, *args: object) -> None:
@@ -149,7 +163,7 @@ class KeyAgg:
         """Apply a BIP-327 tweak (x-only as BIP-341 does, or plain)."""
         name = "secp256k1_musig_pubkey_xonly_tweak_add" if xonly else (
             "secp256k1_musig_pubkey_ec_tweak_add")
-        _call(name, None, self.cache, tweak32)
+        _call(name, None, self.cache, _sized(tweak32, 32, "a tweak"))
 
     def taproot_tweak(self, merkle_root: bytes) -> None:
         """BIP-341's tweak of the aggregate as internal key: the output key of the P2TR."""
@@ -171,15 +185,18 @@ def nonce_gen(key: SecretKey, agg: KeyAgg, message: bytes) -> tuple[SecretNonce,
     secrand = ctypes.create_string_buffer(secrets.token_bytes(32), 32)
     pubkey = _pubkey(b"\x02" + key.public_key)
     _call("secp256k1_musig_nonce_gen", secnonce, pubnonce, secrand, key.to_bytes(), pubkey,
-          message, agg.cache, None)
+          _sized(message, 32, "the message"), agg.cache, None)
     out = ctypes.create_string_buffer(66)
     _call("secp256k1_musig_pubnonce_serialize", out, pubnonce)
     return SecretNonce(secnonce), out.raw
 
 
+_SERIALISED = {"pubnonce": 66, "aggnonce": 66, "partial_sig": 32}
+
+
 def _parse(kind: str, data: bytes, size: int) -> ctypes.Array[ctypes.c_char]:
     out = ctypes.create_string_buffer(size)
-    _call(f"secp256k1_musig_{kind}_parse", out, data)
+    _call(f"secp256k1_musig_{kind}_parse", out, _sized(data, _SERIALISED[kind], f"a {kind}"))
     return out
 
 
@@ -196,7 +213,7 @@ def nonce_agg(pubnonces: list[bytes]) -> bytes:
 def _session(aggnonce: bytes, message: bytes, agg: KeyAgg) -> ctypes.Array[ctypes.c_char]:
     session = ctypes.create_string_buffer(_SESSION)
     _call("secp256k1_musig_nonce_process", session, _parse("aggnonce", aggnonce, _AGGNONCE),
-          message, agg.cache)
+          _sized(message, 32, "the message"), agg.cache)
     return session
 
 

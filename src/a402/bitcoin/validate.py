@@ -9,6 +9,8 @@ installable tools allow, all before the ledger changes:
 * **inputs**: every outpoint exists and is unspent (a double spend, or a stale close after the
   channel was closed, is refused);
 * **amounts**: outputs at most the inputs, none below P2TR dust, fee rate ≥ 1 sat/vB;
+* **nLockTime** (Core's ``IsFinalTx``): a height lock must be below the block's height unless
+  every input's nSequence is final;
 * **BIP-68 relative locks** (consensus, version ≥ 2): an input whose nSequence holds a block
   lock ``n`` may be mined only at a height ≥ its coin's height + ``n``; the ledger applies a
   transaction at an explicit ``height`` (sans-IO: the caller is the clock);
@@ -18,9 +20,15 @@ installable tools allow, all before the ledger changes:
   and parity, then the tapscript with OP_CHECKSIG / OP_CHECKSIGVERIFY / OP_CHECKSIGADD and
   BIP-112 OP_CHECKSEQUENCEVERIFY against the input's nSequence).
 
-What it does **not** do (and a node would): full BIP-342 policy and consensus details that
-buidl leaves out (clean stack, MINIMALIF, the sigops budget, OP_SUCCESS handling), block
-validity, mempool policy beyond the checks above. Time-based relative locks are refused.
+* **BIP-341/342 rules buidl leaves out** (:mod:`.taproot_rules`): signature encodings and
+  hash types (a 65-byte signature with type 0x00 is invalid), clean stack, the sigops budget,
+  no annex and leaf version 0xc0 (relay policy), re-checked on every P2TR input; a tapscript
+  using opcodes beyond those of the channel and deposit leaves is refused.
+
+What it does **not** do (and a node would): MINIMALIF and OP_SUCCESS handling (no leaf here
+has OP_IF or an OP_SUCCESS opcode; the strict re-check refuses both), minimal pushes, block
+validity, mempool policy beyond the checks above (RBF, package and ancestor limits, fee
+estimation). Time-based relative locks are refused.
 """
 
 from __future__ import annotations
@@ -34,7 +42,10 @@ import buidl.tx
 from bitcointx.core import CTransaction
 from embit.transaction import Transaction as EmbitTransaction
 
-from . import _backend  # noqa: F401  (bitcointx on coincurve's libsecp256k1)
+from . import (
+    _backend,  # noqa: F401  (bitcointx on coincurve's libsecp256k1)
+    taproot_rules,
+)
 from .transactions import P2TR_DUST, Utxo
 
 #: Bitcoin Core's standardness ceiling on a transaction's weight (MAX_STANDARD_TX_WEIGHT).
@@ -42,6 +53,8 @@ MAX_WEIGHT = 400_000
 _DISABLE_FLAG = 1 << 31
 _TYPE_FLAG = 1 << 22
 _VALUE_MASK = 0xFFFF
+_SEQUENCE_FINAL = 0xFFFFFFFF
+_LOCKTIME_THRESHOLD = 500_000_000
 
 
 class Refused(Exception):
@@ -108,6 +121,7 @@ class Ledger:
         fee = total_in - total_out
         if fee < vsize:
             raise Refused("fee-too-low", f"{fee} sat for {vsize} vB")
+        _check_final(tx, height)
         for i, (txin, coin) in enumerate(zip(tx.vin, coins, strict=True)):
             _check_relative_lock(tx.nVersion, int(txin.nSequence), coin, height, i)
         _run_scripts(raw, coins)
@@ -142,6 +156,18 @@ def _parse_and_cross_check(raw: bytes) -> CTransaction:
     return tx
 
 
+def _check_final(tx: CTransaction, height: int) -> None:
+    """Bitcoin Core's ``IsFinalTx`` for a block at ``height``: nLockTime 0, or a height lock
+    below ``height``, or every input's nSequence final (a time lock needs a clock: refused)."""
+    locktime = int(tx.nLockTime)
+    if locktime == 0 or all(int(txin.nSequence) == _SEQUENCE_FINAL for txin in tx.vin):
+        return
+    if locktime >= _LOCKTIME_THRESHOLD:
+        raise Refused("time-lock-unsupported", "nLockTime is a time")
+    if locktime >= height:
+        raise Refused("non-final", f"nLockTime {locktime} not below height {height}")
+
+
 def _check_relative_lock(version: int, sequence: int, coin: Coin, height: int, i: int) -> None:
     if version < 2 or sequence & _DISABLE_FLAG:
         return
@@ -174,3 +200,25 @@ def _run_scripts(raw: bytes, coins: list[Coin]) -> None:
         if not ok:
             detail = noise.getvalue().strip() or "evaluated to false"
             raise Refused("script-failed", f"input {i}: {detail}")
+        _check_taproot_rules(tx, i, coins[i])
+
+
+def _check_taproot_rules(tx: buidl.tx.Tx, i: int, coin: Coin) -> None:
+    """BIP-341/342 rules buidl leaves out (:mod:`.taproot_rules`), for a P2TR input."""
+    spk = coin.utxo.script_pubkey
+    if len(spk) != 34 or spk[:2] != b"\x51\x20":
+        return
+    stack = [bytes(item) for item in tx.tx_ins[i].witness.items]
+
+    def sighash(hash_type: int) -> bytes:
+        return bytes(tx.sig_hash_bip341(i, ext_flag=1, hash_type=hash_type))
+
+    try:
+        if len(stack) == 1 or (len(stack) == 2 and stack[-1][:1] == b"\x50"):
+            taproot_rules.check_key_path(stack)
+        else:
+            taproot_rules.check_script_path(stack, sighash)
+    except taproot_rules.RuleBroken as exc:
+        raise Refused("script-failed", f"input {i}: {exc}") from None
+    except Exception as exc:  # buidl's sighash refuses some hash types (SINGLE, no output)
+        raise Refused("script-failed", f"input {i}: {exc!r}") from None

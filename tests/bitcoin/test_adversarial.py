@@ -1,0 +1,264 @@
+"""An adversarial review of the Bitcoin channel: what a provider, vault or client could try.
+
+Each test names one attempt; those marked "regression" failed before the fix of the same
+session (the ledger accepted what Bitcoin Core rejects, or a party signed a state the
+protocol does not allow).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import buidl.script
+import buidl.tx
+import pytest
+from bitcointx.core import CMutableTransaction, CTransaction
+
+from a402.bitcoin.channel import ExchangeError, Exec, client_refund
+from a402.bitcoin.scripts import PAYMENT_LEAF
+from a402.bitcoin.transactions import P2TR_DUST, Utxo, set_witness
+from a402.bitcoin.validate import Refused
+from a402.crypto import BIP340, adaptor_point, generate_adaptor
+
+from ._setup import FUNDING_HEIGHT, REFUND_DELAY, open_channel, outputs, pay
+
+
+def _restack(raw: bytes, stack: list[bytes]) -> bytes:
+    tx = CMutableTransaction.from_tx(CTransaction.deserialize(raw))
+    set_witness(tx, 0, stack)
+    return bytes(tx.serialize())
+
+
+def _stack(raw: bytes) -> list[bytes]:
+    return [bytes(x) for x in CTransaction.deserialize(raw).wit.vtxinwit[0].scriptWitness.stack]
+
+
+def _buidl_sighash(raw: bytes, spent: Utxo, hash_type: int) -> bytes:
+    """Input 0's tapscript sighash by buidl (annex and hash type as the witness has them)."""
+    tx = buidl.tx.Tx.parse(io.BytesIO(raw), network="regtest")
+    tx.tx_ins[0]._value = spent.amount
+    spk = spent.script_pubkey
+    tx.tx_ins[0]._script_pubkey = buidl.script.Script.parse(io.BytesIO(bytes([len(spk)]) + spk))
+    return bytes(tx.sig_hash_bip341(0, ext_flag=1, hash_type=hash_type))
+
+
+def test_a_force_close_whose_signature_carries_an_explicit_default_hash_type_is_refused() -> None:
+    """Regression: BIP-341 makes a 65-byte signature with hash type 0x00 invalid; buidl
+    accepted it (it hashes as SIGHASH_DEFAULT), and the vault could not extract t from it."""
+    s = open_channel()
+    pay(s, 2_000, b"r", reveal=False)
+    raw = s.provider.force_close()
+    provider_sig, vault_sig, leaf, control = _stack(raw)
+    padded = _restack(raw, [provider_sig, vault_sig + b"\x00", leaf, control])
+    with pytest.raises(Refused) as refused:
+        s.ledger.apply(padded, FUNDING_HEIGHT + 1)
+    assert refused.value.reason == "script-failed"
+    assert s.ledger.coin(s.params.funding.txid, 0) is not None  # unchanged
+    # The vault's own close of the same state is still accepted, and t comes out of it.
+    s.ledger.apply(raw, FUNDING_HEIGHT + 1)
+    assert s.vault.on_chain_close(raw) == b"r"
+
+
+def test_an_undefined_sighash_type_on_the_providers_own_signature_is_refused() -> None:
+    """Regression: hash types other than 0x00-0x03 and 0x81-0x83 are invalid (BIP-341); buidl
+    hashed 0x04 as if it were a type and accepted a signature made over that hash."""
+    s = open_channel()
+    pay(s, 2_000, b"r", reveal=False)
+    raw = s.provider.force_close()
+    provider_sig, vault_sig, leaf, control = _stack(raw)
+    odd = _restack(raw, [provider_sig + b"\x04", vault_sig, leaf, control])
+    resigned = BIP340.sign(s.provider_key, _buidl_sighash(odd, s.params.funding, 0x04))
+    odd = _restack(raw, [resigned + b"\x04", vault_sig, leaf, control])
+    with pytest.raises(Refused) as refused:
+        s.ledger.apply(odd, FUNDING_HEIGHT + 1)
+    assert refused.value.reason == "script-failed"
+
+
+def test_a_tapscript_spend_that_leaves_extra_items_on_the_stack_is_refused() -> None:
+    """Regression: BIP-342 requires a clean stack (exactly one true item at the end); buidl
+    only looked at the top item, so an extra witness item below the signatures passed."""
+    s = open_channel()
+    pay(s, 2_000, b"r", reveal=False)
+    raw = s.provider.force_close()
+    dirty = _restack(raw, [b"\x01", *_stack(raw)])
+    with pytest.raises(Refused) as refused:
+        s.ledger.apply(dirty, FUNDING_HEIGHT + 1)
+    assert refused.value.reason == "script-failed"
+    refund = client_refund(s.params, s.client_key)
+    with pytest.raises(Refused):
+        s.ledger.apply(_restack(refund, [b"", *_stack(refund)]), FUNDING_HEIGHT + REFUND_DELAY)
+    accepted = s.ledger.apply(refund, FUNDING_HEIGHT + REFUND_DELAY)
+    assert outputs(refund)[s.params.client_payout] == s.params.funding.amount - accepted.fee
+
+
+def test_a_witness_with_an_annex_is_refused_as_nonstandard() -> None:
+    """Regression: an annex (last item starting 0x50) is non-standard in Bitcoin Core; buidl
+    stripped it and went on (the client signs over the annex here, so only policy refuses)."""
+    s = open_channel()
+    refund = client_refund(s.params, s.client_key)
+    _sig, leaf, control = _stack(refund)
+    annexed = _restack(refund, [bytes(64), leaf, control, b"\x50"])
+    resigned = BIP340.sign(s.client_key, _buidl_sighash(annexed, s.params.funding, 0))
+    annexed = _restack(refund, [resigned, leaf, control, b"\x50"])
+    with pytest.raises(Refused) as refused:
+        s.ledger.apply(annexed, FUNDING_HEIGHT + REFUND_DELAY)
+    assert refused.value.reason == "script-failed"
+
+
+def test_the_provider_refuses_an_exec_that_would_lower_or_not_raise_its_claim() -> None:
+    """Regression: the provider pre-signed (and, on AUTH, adopted as its newest claim) a state
+    paying it less than the one it holds, for an EXEC with a zero or negative amount."""
+    s = open_channel()
+    pay(s, 2_000, b"first")
+    for amount in (0, -1_000):
+        with pytest.raises(ExchangeError) as refused:
+            s.provider.on_exec(Exec(7, amount, b"GET /"), b"free work")
+        assert refused.value.reason == "bad-amount"
+    assert s.provider.provider_balance == 2_000
+    assert outputs(s.provider.force_close())[s.params.provider_payout] == 2_000
+
+
+def test_the_provider_refuses_an_exec_beyond_the_channel_with_a_clear_reason() -> None:
+    """Regression: an EXEC over capacity escaped as a bare TransactionError or a wrong one."""
+    s = open_channel()
+    with pytest.raises(ExchangeError) as refused:
+        s.provider.on_exec(Exec(0, s.params.funding.amount, b"GET /"), b"x")
+    assert refused.value.reason == "over-capacity"
+
+
+def test_a_first_payment_below_the_dust_limit_is_refused_before_exec() -> None:
+    """Regression: a provider balance below P2TR dust (330 sat) cannot be an output; the vault
+    sent the EXEC anyway and then failed in on_reply with a TransactionError."""
+    s = open_channel()
+    with pytest.raises(ExchangeError) as refused:
+        s.vault.request(b"GET /", P2TR_DUST - 1)
+    assert refused.value.reason == "below-dust"
+    assert s.vault.pending is None and s.vault.next_request_id == 0
+    with pytest.raises(ExchangeError) as provider_refused:
+        s.provider.on_exec(Exec(0, P2TR_DUST - 1, b"GET /"), b"x")
+    assert provider_refused.value.reason == "below-dust"
+    assert pay(s, P2TR_DUST, b"ok") == b"ok"
+    assert pay(s, 1, b"one more sat") == b"one more sat"  # above dust, any amount
+    assert s.vault.provider_balance == P2TR_DUST + 1
+
+
+def test_the_vaults_signatures_on_one_state_never_share_a_nonce() -> None:
+    """Check (passes as built): the vault pre-signs a state under T, then (after the REVEAL)
+    signs the same state's close plainly; a provider replays the same sighash under another T.
+    A shared nonce in any two of these would reveal the vault's key; they all differ."""
+    s = open_channel()
+    pay(s, 2_000, b"r")
+    assert s.provider.claim is not None
+    pre = s.provider.claim.vault_pre
+    unsigned, plain = s.vault.cooperative_signature()
+    state = s.params.sighash(CTransaction.deserialize(unsigned), PAYMENT_LEAF)
+    assert state == s.provider.claim.message
+
+    _, other_t = generate_adaptor()
+    again = BIP340.pre_sign(s.vault_key, s.provider.claim.message, other_t, aux_rand=bytes(32))
+    same_t = adaptor_point(s.provider.claim.t)
+    fixed = BIP340.pre_sign(s.vault_key, s.provider.claim.message, same_t, aux_rand=bytes(32))
+    nonces = {pre.to_bytes()[1:33], plain[:32], again.to_bytes()[1:33], fixed.to_bytes()[1:33]}
+    assert len(nonces) == 4
+
+
+@pytest.mark.parametrize("margin", [0, -1, REFUND_DELAY])
+def test_the_watchtower_refuses_a_margin_that_would_race_or_precede_the_refund(margin: int) -> None:
+    """Regression: margin 0 made poll() broadcast at the very height the client's refund
+    becomes valid (a race the provider can lose); margin ≥ Δ closed at once."""
+    s = open_channel()
+    pay(s, 2_000, b"r")
+    with pytest.raises(ValueError):
+        s.provider.poll(FUNDING_HEIGHT + 1, FUNDING_HEIGHT, margin)
+
+
+def test_garbage_in_a_cooperative_proposal_or_answer_is_refused_with_a_reason() -> None:
+    """Regression: bytes that are no transaction escaped the provider as a parser exception;
+    a short nonce or partial signature reaches libsecp256k1 only after a length check."""
+    s = open_channel()
+    pay(s, 2_000, b"r")
+    proposal = s.vault.cooperative_proposal()
+    with pytest.raises(ExchangeError) as refused:
+        s.provider.cooperative_answer(dataclasses.replace(proposal, unsigned=b"\x02\x00"))
+    assert refused.value.reason == "wrong-state"
+    with pytest.raises(ExchangeError) as short_nonce:
+        s.provider.cooperative_answer(dataclasses.replace(proposal, pubnonce=b"\x02" * 3))
+    assert short_nonce.value.reason == "bad-nonce"
+    answer = s.provider.cooperative_answer(proposal)
+    with pytest.raises(ExchangeError) as short:
+        s.vault.cooperative_finish(dataclasses.replace(answer, partial_signature=b"\x01" * 31))
+    assert short.value.reason == "bad-partial-signature"
+    raw = s.vault.cooperative_finish(answer)  # the nonce was not spent by the refusals
+    s.ledger.apply(raw, FUNDING_HEIGHT + 1)
+    assert outputs(raw)[s.params.provider_payout] == 2_000
+
+
+def test_the_vault_extracts_t_even_when_the_provider_signs_its_own_half_afresh() -> None:
+    """Check (passes as built): the provider need not publish its adapted pre-signature; the
+    vault reads t from its own completed signature, which every valid close must carry."""
+    s = open_channel()
+    pay(s, 2_000, b"first")
+    pay(s, 3_000, b"withheld", reveal=False)
+    raw = s.provider.force_close()
+    _provider_sig, vault_sig, leaf, control = _stack(raw)
+    tx = CTransaction.deserialize(raw)
+    fresh = BIP340.sign(s.provider_key, s.params.sighash(CMutableTransaction.from_tx(tx),
+                                                         PAYMENT_LEAF))
+    republished = _restack(raw, [fresh, vault_sig, leaf, control])
+    s.ledger.apply(republished, FUNDING_HEIGHT + 1)
+    assert s.vault.on_chain_close(republished) == b"withheld"
+    assert s.vault.provider_balance == 5_000
+
+
+def test_a_provider_restarted_between_reply_and_auth_still_completes_the_request() -> None:
+    """Regression: the provider's snapshot dropped the request in flight (its t), but once the
+    vault has sent AUTH it can neither abandon the request nor close cooperatively; a provider
+    restarted before AUTH refused it, and the channel stayed stuck until Δ."""
+    from a402.bitcoin.channel import ProviderChannel
+
+    s = open_channel()
+    pay(s, 2_000, b"first")
+    exec_ = s.vault.request(b"GET /weather", 3_000)
+    reply = s.provider.on_exec(exec_, b"second")
+    stored = s.provider.snapshot()  # durable before the REPLY is sent
+    auth = s.vault.on_reply(reply)
+    restarted = ProviderChannel.restore(stored, s.params, s.provider_key)
+    assert s.vault.on_reveal(restarted.on_auth(auth)) == b"second"
+    assert s.vault.provider_balance == restarted.provider_balance == 5_000
+    raw = s.vault.cooperative_finish(restarted.cooperative_answer(s.vault.cooperative_proposal()))
+    s.ledger.apply(raw, FUNDING_HEIGHT + 1)
+    assert outputs(raw)[s.params.provider_payout] == 5_000
+
+
+def test_a_refund_with_a_future_locktime_is_refused_until_that_height() -> None:
+    """Regression: the ledger did not check nLockTime (BIP-113 finality); a client's refund
+    signed with a locktime in the future was accepted at once."""
+    from a402.bitcoin.scripts import REFUND_LEAF
+    from a402.bitcoin.signing import sign_script_path
+
+    s = open_channel()
+    height = FUNDING_HEIGHT + REFUND_DELAY
+    tx = s.params.refund()
+    tx.nLockTime = height + 50
+    signature = sign_script_path(s.client_key, s.params.sighash(tx, REFUND_LEAF))
+    raw = s.params.witness(tx, REFUND_LEAF, [signature])
+    with pytest.raises(Refused) as refused:
+        s.ledger.apply(raw, height)
+    assert refused.value.reason == "non-final"
+    assert s.ledger.coin(s.params.funding.txid, 0) is not None
+    accepted = s.ledger.apply(raw, height + 51)
+    assert outputs(raw)[s.params.client_payout] == s.params.funding.amount - accepted.fee
+
+
+def test_bytes_that_are_no_transaction_are_refused_by_the_vaults_chain_watch() -> None:
+    """Regression: on_chain_close let a parser exception escape for bytes that are no
+    transaction; it refuses them with a reason and the request stays in flight."""
+    s = open_channel()
+    pay(s, 2_000, b"withheld", reveal=False)
+    for garbage in (b"\x02\x00\x00", b""):
+        with pytest.raises(ExchangeError) as refused:
+            s.vault.on_chain_close(garbage)
+        assert refused.value.reason == "malformed"
+    assert s.vault.pending is not None and s.vault.provider_balance == 0
+    assert s.vault.on_chain_close(s.provider.force_close()) == b"withheld"
