@@ -429,3 +429,33 @@ def test_reorganisations_are_undone_and_answers_match_a_fresh_index(
         assert Search(store).search(Query(q="haunts"))["agents"] == []
         assert answers(Search(store)) == fresh_answers(chain, world.suite, world.start_block,
                                                        stores)
+
+
+def test_hostile_queries_to_the_search_api_are_answered_with_a_reason(
+    world: World, indexed: Search
+) -> None:
+    """Every query parameter hostile (huge numbers, NaN, invalid UTF-8, unknown and repeated
+    keys, an oversized query), any method, any address: a 4xx with ``{"error", "message"}``
+    or an answer, never a 5xx; the index answers the same search afterwards."""
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from tests.hostile import FUZZ, METHODS, assert_answered, hostile_queries
+
+    client = TestClient(create_app(indexed), raise_server_exceptions=False)
+    expected = client.get("/agents", params={"skill": "translate"}).json()
+    address = expected["agents"][0]["address"]
+    paths = ["/agents", f"/agents/{address}", "/agents/0x" + "zz" * 20, "/healthz", "/nope"]
+    probes: list[str] = []
+
+    @FUZZ
+    @given(path=st.sampled_from(paths), query=hostile_queries("skill=translate&limit=2"),
+           method=st.sampled_from(["GET", "GET", "GET", *METHODS]))
+    def probe(path: str, query: str, method: str) -> None:
+        probes.append(path)
+        answer = client.request(method, path + "?" + query)
+        assert_answered(answer, reason_key=None if method == "HEAD" else "error")
+
+    probe()
+    assert len(probes) >= 100
+    assert client.get("/agents", params={"skill": "translate"}).json() == expected
