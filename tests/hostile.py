@@ -157,8 +157,10 @@ def hostile_requests(paths: list[str], *, token: str = "") -> st.SearchStrategy[
         st.sampled_from(paths).map(lambda p: p + "/%ff%fe%00/.."),
     )
     header_names = st.sampled_from([b"authorization", b"cookie", b"x-request-id",
-                                    b"content-type", b"origin", b"accept", b"x-a402-tunnel",
-                                    b"x-forwarded-for"])
+                                    b"content-type", b"origin", b"accept", b"x-forwarded-for",
+                                    b"payment-signature", b"x-payment", b"a402-session",
+                                    b"a402-client", b"a402-signature", b"a402-nonce",
+                                    b"a402-timestamp", b"a402-life", b"a2a-extensions"])
     headers = st.dictionaries(
         header_names.map(lambda n: n.decode()),
         st.one_of(hostile_headers("Bearer " + token if token else "Bearer x"),

@@ -175,3 +175,40 @@ def test_hostile_requests_to_every_gateway_surface_are_answered_and_change_nothi
     assert hits == []
     assert balances.unchanged()
     assert json.dumps(balances.before)  # the payer's funds are where they were
+
+
+@pytest.mark.parametrize("path", ["/paid/report", "/free", "/.well-known/a402/stream",
+                                  "/metrics", "/console"])
+def test_a_websocket_to_any_gateway_path_is_refused_and_the_gateway_keeps_serving(
+    dev_stack: Manifest, facilitator_url: str, http: httpx.Client, path: str
+) -> None:
+    """The gateway serves no WebSocket but the A402 stream (which needs an established
+    tunnel): an upgrade anywhere is refused or closed, never a 5xx, never the upstream."""
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+    from websockets.sync.client import connect as ws_connect
+
+    upstream, hits = FastAPI(), []
+
+    @upstream.get("/paid/report")
+    async def report() -> dict[str, str]:
+        hits.append("paid")
+        return {"report": "the numbers"}
+
+    with serve_in_thread(upstream) as upstream_url:
+        app = create_gateway(
+            upstream_url, ["GET /paid/*=0.0015"], pay_to=Account.create().address,
+            token=dev_stack.token, network=dev_stack.network, facilitator_url=facilitator_url,
+            observer=Observer("gateway", operator_token=TOKEN), console=True)
+        with serve_in_thread(app) as url:
+            target = "ws" + url.removeprefix("http") + path + "?session=" + "%ff" * 10
+            try:
+                with ws_connect(target, open_timeout=10, close_timeout=5) as ws:
+                    ws.send(b"\x00" * 100)
+                    ws.recv(timeout=10)
+            except ConnectionClosed as closed:
+                assert closed.rcvd is not None and closed.rcvd.code != 1011, closed
+            except InvalidStatus as refused:
+                assert refused.response.status_code < 500, refused.response
+            assert http.get(url + "/metrics", headers={"authorization": "Bearer " + TOKEN}
+                            ).status_code == 200
+    assert hits == []
