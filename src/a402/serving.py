@@ -193,7 +193,7 @@ async def _http_error(_: Request, exc: Exception) -> Response:
 
 
 async def _invalid_query(_: Request, exc: Exception) -> Response:
-    errors = getattr(exc, "errors", list)()
+    errors: list[dict[str, Any]] = getattr(exc, "errors", list)()
     message = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg', '')}"
                         for e in errors[:5]) or "the request does not validate"
     return JSONResponse({"error": BAD_REQUEST, "message": message[:500]}, status_code=422)
