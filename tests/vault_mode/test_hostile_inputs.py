@@ -97,3 +97,41 @@ def test_hostile_calls_to_the_vault_mode_api_are_answered_and_change_nothing(
                  balance(usdc, h.contract.address))
     assert after == before
     assert h.service.balance(stranger.address)["payoutRequested"] == "0"
+
+
+def test_a_signed_withdrawal_replayed_to_a_second_instance_queues_it_once(
+    vault_chain: Any, usdc: Any, tmp_path: Path
+) -> None:
+    """Alice's signed ``withdraw`` (no idempotency key: only its nonce makes it one call),
+    accepted by one instance, then sent byte for byte to a second instance on the same
+    store (a restart, a replica) and to another vault with a store of its own: both refuse
+    it (401), and her payout is queued once."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    h = Harness(vault_chain, usdc, tmp_path / "a")
+    other = Harness(vault_chain, usdc, tmp_path / "b")
+    alice = Account.create()
+    h.deposit(alice.address, 1_000)
+    other.deposit(alice.address, 1_000)
+    h.service.tick()
+    other.service.tick()
+    body = b'{"amount":"100"}'
+    headers = api.sign_request(alice, api.vault_account(h.chain.network, h.service.address),
+                               "POST", "/v1/vault/withdraw", body,
+                               life=h.service.accounts.life_id)
+
+    def send(service: Any) -> httpx.Response:
+        with serve_in_thread(create_mode_app(service, worker=False)) as url:
+            return httpx.post(url + "/v1/vault/withdraw", content=body, headers=headers,
+                              timeout=60)
+
+    first = send(h.service)
+    assert first.status_code == 202, first.text
+    second_instance = h.start()
+    replayed = [send(second_instance), send(h.service), send(other.service)]
+    assert [(r.status_code, r.json()["error"]) for r in replayed[:2]] == \
+        [(401, api.REPLAYED_REQUEST)] * 2
+    assert replayed[2].status_code == 401, replayed[2].text
+    assert second_instance.balance(alice.address)["payoutRequested"] == "100"
+    assert h.service.balance(alice.address)["payoutRequested"] == "100"
+    assert other.service.balance(alice.address)["payoutRequested"] == "0"
