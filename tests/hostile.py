@@ -167,7 +167,10 @@ def hostile_requests(paths: list[str], *, token: str = "") -> st.SearchStrategy[
                   st.just(("Bearer " + token).encode()),
                   st.just(b"a402_console=" + b"0" * 64)),
         max_size=3)
-    body = st.one_of(st.just(b""), hostile_bodies(b'{"a":1}', large=300_000))
+    forms = st.one_of(  # the console's sign-in form, with the token, junk, or oversized
+        st.just(b"token=" + token.encode()), st.binary(max_size=200).map(lambda b: b"token=" + b),
+        st.just(b"token=" + b"%ff" * 5_000), st.just(b"token=a&token=b&" * 500))
+    body = st.one_of(st.just(b""), forms, hostile_bodies(b'{"a":1}', large=300_000))
     return st.tuples(st.sampled_from(METHODS),
                      st.builds(lambda p, q: p + ("?" + q if q else ""), path, hostile_queries()),
                      headers, body)
