@@ -459,3 +459,24 @@ def test_hostile_queries_to_the_search_api_are_answered_with_a_reason(
     probe()
     assert len(probes) >= 100
     assert client.get("/agents", params={"skill": "translate"}).json() == expected
+
+
+def test_a_cursor_nested_48000_deep_is_a_400_over_http_and_the_index_keeps_serving(
+    world: World, indexed: Search
+) -> None:
+    """Found by the hostile-input review: the cursor (base64 of JSON) was decoded without
+    bounds, so a cursor of 48,000 ``[`` (a 64 KB URL) raised RecursionError (a 500) or, at
+    py-evm's recursion limit, overflowed the C stack."""
+    import base64 as b64
+
+    import httpx
+
+    from a402.background import serve_in_thread
+
+    deep = b64.urlsafe_b64encode(b"[" * 48_000).decode().rstrip("=")
+    with serve_in_thread(create_app(indexed)) as url, httpx.Client(timeout=60) as http:
+        refused = http.get(url + "/agents", params={"cursor": deep})
+        assert refused.status_code == 400, refused.text[:300]
+        assert refused.json()["error"] == "bad_request"
+        assert "cursor" in refused.json()["message"]
+        assert http.get(url + "/healthz").status_code == 200
