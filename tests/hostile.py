@@ -84,8 +84,8 @@ def hostile_headers(valid: str) -> st.SearchStrategy[bytes]:
     """Header values instead of ``valid``: garbage, oversize, ``valid`` replayed or mutated
     (every byte a legal header byte) and, if ``valid`` is base64 JSON (an x402 header),
     base64 of hostile JSON and of ``valid`` with a value replaced."""
-    legal = st.binary(max_size=300).map(
-        lambda b: bytes(c for c in b if c == 9 or 32 <= c < 127 or c >= 128))
+    legal = st.binary(max_size=300).map(  # no space or tab at either end: HTTP strips them
+        lambda b: bytes(c for c in b if c == 9 or 32 <= c < 127 or c >= 128).strip(b" \t"))
     raw = valid.encode()
     values = [
         legal, st.just(raw), st.just(b"A" * 70_000),
@@ -113,3 +113,64 @@ def assert_answered(response: httpx.Response, *, reason_key: str | None = "error
         assert response.headers.get("content-type", "").startswith("application/json"), \
             response.text[:300]
         assert isinstance(response.json().get(reason_key), str), response.text[:300]
+
+
+#: Request methods a fuzzer sends to every path, the unknown ones included.
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "BREW")
+
+
+def hostile_queries(valid: str = "") -> st.SearchStrategy[str]:
+    """Query strings (percent-encoded, so any client sends them as written): hostile
+    numbers for the filters the services read, unknown and repeated keys, invalid UTF-8,
+    an oversized one, and ``valid`` mutated."""
+    from urllib.parse import quote
+
+    keys = st.sampled_from(["limit", "since", "until", "payer", "payee", "status", "nonce",
+                            "session", "q", "skill", "max_price", "min_reputation", "cursor",
+                            "active", "registry", "asset", "network", "x"])
+    values = st.one_of(
+        st.sampled_from(["", "0", "-1", "1e400", "nan", "-inf", "9" * 5_000, "1" * 80,
+                         "%ff%fe", "%00", "%", "0x" + "zz" * 32, "true", "[]", "{}"]),
+        st.text(max_size=40).map(lambda t: quote(t, safe="")),
+        st.binary(max_size=20).map(lambda b: quote(b, safe="")),
+    )
+    pairs = st.lists(st.tuples(keys, values), max_size=4).map(
+        lambda items: "&".join(f"{k}={v}" for k, v in items))
+    return st.one_of(pairs, st.just(valid), st.just("limit=1&" * 3_000),
+                     st.builds(lambda v, n: v[:n] + "%" + v[n:], st.just(valid),
+                               st.integers(0, max(len(valid), 1))))
+
+
+def hostile_requests(paths: list[str], *, token: str = "") -> st.SearchStrategy[
+        tuple[str, str, dict[str, bytes], bytes]]:
+    """(method, path with query, headers, body) for a service's ``paths``: any method, a
+    path mutated or extended, a hostile query, hostile Authorization / Cookie /
+    X-Request-Id / Content-Type / Origin headers (``token`` among their seeds), a hostile
+    body."""
+    from urllib.parse import quote
+
+    path = st.one_of(
+        st.sampled_from(paths),
+        st.builds(lambda p, t: p.rstrip("/") + "/" + quote(t, safe=""), st.sampled_from(paths),
+                  st.text(min_size=1, max_size=30)),
+        st.sampled_from(paths).map(lambda p: p + "/" + "a" * 6_000),
+        st.sampled_from(paths).map(lambda p: p + "/%ff%fe%00/.."),
+    )
+    header_names = st.sampled_from([b"authorization", b"cookie", b"x-request-id",
+                                    b"content-type", b"origin", b"accept", b"x-forwarded-for",
+                                    b"payment-signature", b"x-payment", b"a402-session",
+                                    b"a402-client", b"a402-signature", b"a402-nonce",
+                                    b"a402-timestamp", b"a402-life", b"a2a-extensions"])
+    headers = st.dictionaries(
+        header_names.map(lambda n: n.decode()),
+        st.one_of(hostile_headers("Bearer " + token if token else "Bearer x"),
+                  st.just(("Bearer " + token).encode()),
+                  st.just(b"a402_console=" + b"0" * 64)),
+        max_size=3)
+    forms = st.one_of(  # the console's sign-in form, with the token, junk, or oversized
+        st.just(b"token=" + token.encode()), st.binary(max_size=200).map(lambda b: b"token=" + b),
+        st.just(b"token=" + b"%ff" * 5_000), st.just(b"token=a&token=b&" * 500))
+    body = st.one_of(st.just(b""), forms, hostile_bodies(b'{"a":1}', large=300_000))
+    return st.tuples(st.sampled_from(METHODS),
+                     st.builds(lambda p, q: p + ("?" + q if q else ""), path, hostile_queries()),
+                     headers, body)

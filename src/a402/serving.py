@@ -10,6 +10,8 @@ carry a machine-readable reason (``{"error": reason, "message": …}``):
   with its own code (a2a-sdk's JSON-RPC endpoint calls ``request.json()``);
 - :class:`JsonErrors` is the catch-all middleware: a bug in one request answers
   500 in JSON and the server keeps serving;
+- :func:`json_http_errors` makes the framework's own refusals (404 no such path, 405
+  wrong method, a FastAPI query that does not validate) JSON with a reason too;
 - :func:`run` starts uvicorn with protocol classes whose 400 for an unparsable
   request (control characters in a header, a bad request line) is JSON too.
 
@@ -24,7 +26,9 @@ import sys
 from collections.abc import Iterable
 from typing import Any, Final
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -173,6 +177,40 @@ class JsonErrors:
                 raise
             log.exception("%s %s failed", scope.get("method"), scope.get("path"))
             await send_error(send, 500, INTERNAL_ERROR, type(e).__name__)
+
+
+#: The reason a framework refusal (an ``HTTPException``) is given, by its status.
+_HTTP_REASONS: Final = {400: BAD_REQUEST, 401: "unauthorized", 403: "forbidden",
+                        404: "not_found", 405: "method_not_allowed", 413: REQUEST_TOO_LARGE,
+                        422: BAD_REQUEST}
+
+
+async def _http_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    reason = _HTTP_REASONS.get(exc.status_code, f"http_{exc.status_code}")
+    return JSONResponse({"error": reason, "message": str(exc.detail)},
+                        status_code=exc.status_code, headers=exc.headers)
+
+
+async def _invalid_query(_: Request, exc: Exception) -> Response:
+    errors: list[dict[str, Any]] = getattr(exc, "errors", list)()
+    message = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg', '')}"
+                        for e in errors[:5]) or "the request does not validate"
+    return JSONResponse({"error": BAD_REQUEST, "message": message[:500]}, status_code=422)
+
+
+def json_http_errors(app: Any) -> None:
+    """Answer the framework's own refusals of a Starlette or FastAPI ``app`` as every
+    a402 refusal is answered, ``{"error": reason, "message": …}``: an unknown path (404
+    ``not_found``), a wrong method (405 ``method_not_allowed``, its ``Allow`` header
+    kept), a handler's ``HTTPException``, and FastAPI's parameter validation (422
+    ``bad_request`` instead of its bare ``{"detail": […]}``)."""
+    app.add_exception_handler(HTTPException, _http_error)
+    try:
+        from fastapi.exceptions import RequestValidationError
+    except ImportError:  # pragma: no cover - FastAPI is a dependency of a402
+        return
+    app.add_exception_handler(RequestValidationError, _invalid_query)
 
 
 # ------------------------------------------------------------------ uvicorn

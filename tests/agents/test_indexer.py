@@ -455,3 +455,54 @@ def test_the_console_shows_the_indexed_agents_and_their_reputation_after_sign_in
         assert agent["address"] in page and str(agent["reputation"]) in page
     rows = page.split("Agents and their reputation")[1]
     assert rows.index(ranked[0]["address"]) < rows.index(ranked[-1]["address"])
+
+
+def test_hostile_queries_to_the_search_api_are_answered_with_a_reason(
+    world: World, indexed: Search
+) -> None:
+    """Every query parameter hostile (huge numbers, NaN, invalid UTF-8, unknown and repeated
+    keys, an oversized query), any method, any address: a 4xx with ``{"error", "message"}``
+    or an answer, never a 5xx; the index answers the same search afterwards."""
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from tests.hostile import FUZZ, METHODS, assert_answered, hostile_queries
+
+    client = TestClient(create_app(indexed), raise_server_exceptions=False)
+    expected = client.get("/agents", params={"skill": "translate"}).json()
+    address = expected["agents"][0]["address"]
+    paths = ["/agents", f"/agents/{address}", "/agents/0x" + "zz" * 20, "/healthz", "/nope"]
+    probes: list[str] = []
+
+    @FUZZ
+    @given(path=st.sampled_from(paths), query=hostile_queries("skill=translate&limit=2"),
+           method=st.sampled_from(["GET", "GET", "GET", *METHODS]))
+    def probe(path: str, query: str, method: str) -> None:
+        probes.append(path)
+        answer = client.request(method, path + "?" + query)
+        assert_answered(answer, reason_key=None if method == "HEAD" else "error")
+
+    probe()
+    assert len(probes) >= 100
+    assert client.get("/agents", params={"skill": "translate"}).json() == expected
+
+
+def test_a_cursor_nested_48000_deep_is_a_400_over_http_and_the_index_keeps_serving(
+    world: World, indexed: Search
+) -> None:
+    """Found by the hostile-input review: the cursor (base64 of JSON) was decoded without
+    bounds, so a cursor of 48,000 ``[`` (a 64 KB URL) raised RecursionError (a 500) or, at
+    py-evm's recursion limit, overflowed the C stack."""
+    import base64 as b64
+
+    import httpx
+
+    from a402.background import serve_in_thread
+
+    deep = b64.urlsafe_b64encode(b"[" * 48_000).decode().rstrip("=")
+    with serve_in_thread(create_app(indexed)) as url, httpx.Client(timeout=60) as http:
+        refused = http.get(url + "/agents", params={"cursor": deep})
+        assert refused.status_code == 400, refused.text[:300]
+        assert refused.json()["error"] == "bad_request"
+        assert "cursor" in refused.json()["message"]
+        assert http.get(url + "/healthz").status_code == 200

@@ -130,3 +130,54 @@ def test_hostile_bodies_and_headers_to_the_vault_are_answered_and_change_nothing
         assert (vault.store.totals(), world.balance(world.manager.address)) == before
         assert vault.store.totals(stranger.address) == vault.store.totals(Account.create().address)
         assert_conserved(world, vault.store, vault.address)
+
+
+def test_hostile_requests_to_the_vaults_other_routes_are_answered_and_change_nothing(
+    world: World, http: httpx.Client
+) -> None:
+    """The routes the body fuzzer above leaves out: ``GET /v1/account``,
+    ``GET /v1/requests/{key}``, ``POST /v1/channels/{cid}/close``, the operator API and
+    console (with and without the token), unknown paths, any method, hostile queries and
+    path parameters, signed by a stranger or with hostile signature headers."""
+    from a402.observe import Observer
+    from tests.hostile import hostile_requests
+
+    token = "vault-operator-token-0123456789"
+    with running_vault(world, observer=Observer("vault", operator_token=token),
+                       console=True) as vault:
+        stranger = Account.create()
+        before = (vault.store.totals(), world.balance(world.manager.address))
+        seed = api.sign_request(stranger, vault.signed_as, "GET", "/v1/account", b"",
+                                life=vault.life)
+        paths = ["/v1/account", "/v1/requests/k", "/v1/channels/0x" + "11" * 32 + "/close",
+                 "/v1/channels/x/close", "/v1/info", "/healthz", "/metrics",
+                 "/operator/payments", "/operator/payments/x", "/console", "/console/login",
+                 "/v1/nope"]
+        probes: list[str] = []
+
+        @FUZZ
+        @given(data=st.data(), request=hostile_requests(paths, token=token),
+               signed=st.booleans(),
+               tamper=st.sampled_from([None, api.SIGNATURE_HEADER, api.NONCE_HEADER,
+                                       api.TIMESTAMP_HEADER, api.LIFE_HEADER]))
+        def probe(data: st.DataObject, request: tuple[str, str, dict[str, bytes], bytes],
+                  signed: bool, tamper: str | None) -> None:
+            method, target, headers, body = request
+            probes.append(target)
+            if method in ("GET", "HEAD"):
+                body = b""
+            sent: dict[str, str | bytes] = dict(headers)
+            if signed:
+                sent.update(api.sign_request(stranger, vault.signed_as, method, target, body,
+                                             life=vault.life))
+            if tamper is not None:
+                sent[tamper] = data.draw(hostile_headers(seed[api.SIGNATURE_HEADER]))
+            answer = http.request(method, vault.url + target, headers=sent,
+                                  content=body or None)
+            json_surface = not target.startswith("/console") and method != "HEAD"
+            assert_answered(answer, reason_key="error" if json_surface else None)
+
+        probe()
+        assert len(probes) >= 100
+        assert http.get(vault.url + "/v1/info").status_code == 200
+        assert (vault.store.totals(), world.balance(world.manager.address)) == before

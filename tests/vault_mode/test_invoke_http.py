@@ -423,3 +423,51 @@ def test_a_paid_call_retried_after_a_restart_gets_its_stored_answer_and_is_paid_
         assert s.account(client.address) == 20_000 - PRICE  # paid once
         assert mine.status_code == 200 and mine.json()["payment"] == first["payment"]
         assert theirs.status_code == 404 and theirs.json()["error"] == api.NOT_FOUND
+
+
+def test_hostile_invoke_calls_to_a_paying_vault_mode_vault_pay_nothing_and_run_nothing(
+    vault_chain: Chain, usdc: Any, tmp_path: Path
+) -> None:
+    """With an invoker configured (the fuzzer of tests/vault_mode/test_hostile_inputs.py
+    meets only the 501 before it): a paid call's body, signed by an unfunded stranger,
+    replayed, mutated and among every hostile body; the paid call's own signed request sent
+    again. No answer is a 5xx but a 503 that says why, the provider's handler runs no
+    second time, and no account moves."""
+    import httpx
+    from hypothesis import given, settings
+
+    from tests.hostile import FUZZ, assert_answered, hostile_bodies
+
+    with running(vault_chain, usdc, tmp_path) as (s, site, vault):
+        alice, stranger = Account.create(), Account.create()
+        s.deposit(alice.address, 20_000)
+        s.service.tick()
+        paid = json.dumps({"url": f"{site}/weather", "maxPrice": str(PRICE),
+                           "idempotencyKey": "k1", "payTo": s.provider.address}).encode()
+        to = api.vault_account(vault_chain.network, s.service.address)
+        signed = api.sign_request(alice, to, "POST", "/v1/invoke", paid,
+                                  life=s.service.accounts.life_id)
+        with httpx.Client(base_url=vault, timeout=60) as http:
+            first = http.post("/v1/invoke", content=paid, headers=signed)
+            assert first.status_code == 200, first.text
+            assert s.calls["weather"] == 1
+            before = (s.account(alice.address), s.service.accounts.totals())
+            again = http.post("/v1/invoke", content=paid, headers=signed)
+            assert (again.status_code, again.json()["error"]) == (401, api.REPLAYED_REQUEST)
+            probes: list[int] = []
+
+            @settings(FUZZ, max_examples=40)
+            @given(body=hostile_bodies(paid, large=api.MAX_CALL_BODY))
+            def probe(body: bytes) -> None:
+                headers = api.sign_request(stranger, to, "POST", "/v1/invoke", body,
+                                           life=s.service.accounts.life_id)
+                answer = http.post("/v1/invoke", content=body, headers=headers)
+                probes.append(answer.status_code)
+                assert_answered(answer)
+                assert answer.status_code != 200 or s.calls["weather"] == 1, answer.text[:300]
+
+            probe()
+            assert len(probes) >= 30
+        assert s.calls["weather"] == 1
+        assert (s.account(alice.address), s.service.accounts.totals()) == before
+        assert s.account(stranger.address) == 0

@@ -128,7 +128,7 @@ from a402.provider.ledger import (
     payment_fingerprint,
 )
 from a402.provider.routes import Price, to_atomic
-from a402.serving import BoundedJsonBodies, JsonErrors
+from a402.serving import BoundedJsonBodies, JsonErrors, json_http_errors
 from a402.wire import errors as wire_errors
 from a402.wire.errors import WireError
 from a402.wire.networks import evm_chain_id
@@ -283,6 +283,7 @@ class PaidAgent:
         # be deep enough to overflow the stack of either, whatever path it is sent to.
         app.add_middleware(BoundedJsonBodies)
         app.add_middleware(JsonErrors)
+        json_http_errors(app)
         return app
 
     def _build_card(self) -> AgentCard:

@@ -26,13 +26,14 @@ transfer was made or attempted; anything ambiguous is ``pending``, never ``not_p
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import httpx
 
 from a402.client.records import Payment, PaymentStatus
+from a402.wire.errors import WireError
+from a402.wire.jsonstrict import loads_object
 
 MoneyState = Literal["not_paid", "pending", "settled"]
 
@@ -99,11 +100,14 @@ def outcome_of(payment: Payment, response: httpx.Response | None) -> Outcome:
 
 
 def _json_body(response: httpx.Response) -> dict[str, Any]:
+    """The server's JSON object, or ``{}``: decoded within the bounds of
+    :mod:`a402.wire.jsonstrict`, so a hostile server's answer (nested 100,000 deep, a
+    number 10,000 digits long) is an unreadable answer, not a RecursionError, or a
+    crash, in the payer's process after its money may have moved."""
     try:
-        body = json.loads(response.content)
-    except (ValueError, UnicodeDecodeError):
+        return loads_object(response.content)
+    except WireError:
         return {}
-    return body if isinstance(body, dict) else {}
 
 
 def _message(body: dict[str, Any]) -> str:

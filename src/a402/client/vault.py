@@ -78,6 +78,8 @@ from eth_typing import Hash32
 from a402.client.errors import PaymentError
 from a402.client.wallet import load_account
 from a402.wire import vault_api as api
+from a402.wire.errors import WireError
+from a402.wire.jsonstrict import JsonLimits, check_bounds
 
 VAULT_EXTENSION: Final = "a402.vault"
 """Key of the :class:`VaultResult` in ``response.extensions``."""
@@ -320,7 +322,10 @@ class _Base:
             assert response is not None
             if response.status_code != 200:
                 raise VaultCallError(response.status_code, _json(response))
-            info = response.json()
+            try:
+                info = _decoded(response)
+            except ValueError:
+                info = None
             if not isinstance(info, dict):
                 raise VaultCallError(0, {"error": "vault_mismatch", "message": (
                     f"nothing was sent or paid: the vault at {self.url} answered its info "
@@ -594,12 +599,28 @@ def _created_in(content: bytes) -> int:
     return value if isinstance(value, int) else 0
 
 
+#: The bounds a vault's answer is decoded within: the host that runs a vault is not
+#: trusted with the client's process either (an answer nested 100,000 deep raised
+#: RecursionError, or overflowed the C stack, in the client). Any size a paid call's
+#: answer may have; the depth and number length of :mod:`a402.wire.jsonstrict`.
+_ANSWER_LIMITS: Final = JsonLimits(max_bytes=256 * 1024 * 1024)
+
+
+def _decoded(response: httpx.Response) -> Any:
+    """The answer's JSON, checked against :data:`_ANSWER_LIMITS` before it is parsed;
+    ValueError if it is over them or not JSON."""
+    try:
+        return json.loads(check_bounds(response.content, _ANSWER_LIMITS))
+    except WireError as e:
+        raise ValueError(f"{e.reason}: {e.message}") from None
+
+
 def _json(response: httpx.Response) -> dict[str, Any]:
     try:
-        data = response.json()
+        data = _decoded(response)
     except ValueError:
         return {"error": f"http_{response.status_code}", "message": response.text[:200]}
-    return data if isinstance(data, dict) else {"error": "malformed", "message": str(data)}
+    return data if isinstance(data, dict) else {"error": "malformed", "message": str(data)[:200]}
 
 
 def _send(client: _Base, http: httpx.Client, request: httpx.Request) -> httpx.Response:

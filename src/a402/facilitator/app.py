@@ -33,7 +33,7 @@ from a402.chain.rpc import ChainUnavailable, RpcError
 from a402.facilitator.core import Facilitator
 from a402.facilitator.store import Settlement
 from a402.observe import Observer, OperatorRoutes, PaymentFilter, new_request_id, payment_record
-from a402.serving import JsonErrors, request_body
+from a402.serving import JsonErrors, json_http_errors, request_body
 from a402.wire.errors import WireError
 from a402.wire.jsonstrict import JsonLimitError, JsonLimits, loads_object
 
@@ -81,6 +81,7 @@ def create_app(facilitator: Facilitator, *, reconcile_every: float = 5.0,
     app = FastAPI(title="a402 facilitator", version="1", lifespan=lifespan,
                   docs_url=None, redoc_url=None)
     app.add_middleware(JsonErrors)
+    json_http_errors(app)
 
     async def list_payments(wanted: PaymentFilter) -> list[dict[str, Any]]:
         rows = await run_in_threadpool(

@@ -35,7 +35,7 @@ from starlette.routing import Route
 
 from a402.chain.rpc import ChainUnavailable
 from a402.evm.address import address_key
-from a402.serving import request_body
+from a402.serving import JsonErrors, json_http_errors, request_body
 from a402.vault_enclave import SignedCall
 from a402.wire import vault_api as api
 from a402.wire.errors import WireError
@@ -188,7 +188,7 @@ def create_mode_app(service: VaultModeService, *, worker: bool = True,
         return JSONResponse({"ok": ok, "lastTick": runner.last_tick, "broken": service.broken},
                             status_code=200 if ok else 503)
 
-    return Starlette(lifespan=lifespan, routes=[
+    app = Starlette(lifespan=lifespan, routes=[
         Route("/v1/info", info, methods=["GET"]),
         Route("/v1/invoke", invoke, methods=["POST"]),
         Route("/v1/requests/{key:path}", request_outcome, methods=["GET"]),
@@ -199,6 +199,9 @@ def create_mode_app(service: VaultModeService, *, worker: bool = True,
         Route("/v1/vault/status", status, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
     ])
+    app.add_middleware(JsonErrors)
+    json_http_errors(app)
+    return app
 
 
 async def _thread(fn: Callable[..., Any], *args: Any) -> Any:

@@ -20,11 +20,14 @@ from fastapi import Query as Param
 from fastapi.responses import JSONResponse
 
 from a402.agents.indexer.search import MAX_LIMIT, BadQuery, Query, Search
+from a402.serving import JsonErrors, json_http_errors
 
 
 def create_app(search: Search, *, stale_after: float | None = None) -> FastAPI:
     # No /docs or /redoc: FastAPI's pages load their scripts from a CDN. /openapi.json stays.
     app = FastAPI(title="a402 agent index", version="1", docs_url=None, redoc_url=None)
+    app.add_middleware(JsonErrors)
+    json_http_errors(app)
 
     @app.get("/agents")
     def agents(

@@ -51,6 +51,8 @@ from a402.agents.indexer.store import (
 )
 from a402.agents.reputation import explain
 from a402.evm.address import address_key, to_checksum
+from a402.wire.errors import WireError
+from a402.wire.jsonstrict import JsonLimits, check_bounds
 
 MAX_LIMIT: Final = 100
 DEFAULT_LIMIT: Final = 20
@@ -93,12 +95,18 @@ def encode_cursor(reputation: float, address: str) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[float, str]:
+    """The position a ``cursor`` (a caller's query parameter) names; its JSON is checked
+    against the bounds of :mod:`a402.wire.jsonstrict` before it is parsed, so a cursor
+    nested 100,000 deep is a 400, not a RecursionError (or a C stack overflow)."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        reputation, address = json.loads(raw)
+        reputation, address = json.loads(check_bounds(raw, _CURSOR_LIMITS))
         return float(reputation), _address(str(address), "cursor")
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, WireError) as e:
         raise BadQuery(f"bad cursor: {e}") from None
+
+
+_CURSOR_LIMITS: Final = JsonLimits(max_bytes=1024, max_depth=2)
 
 
 class Search:
