@@ -406,7 +406,7 @@ def _receipt(args: argparse.Namespace, out: TextIO) -> int:
     payee = expect.payee or (record or {}).get("payee")
     amount = expect.amount or (record or {}).get("amount")
     asset = (record or {}).get("asset")
-    nonce = (record or {}).get("nonce") or _nonce_of(record)
+    nonce = _nonce_of(record)
     channel = (record or {}).get("scheme") == "a402"
     if tx is None:
         status = (record or {}).get("status")
@@ -457,8 +457,14 @@ def _receipt(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _nonce_of(record: dict[str, Any] | None) -> str | None:
-    """A vault or gateway record may carry the authorization's nonce (gateway: yes)."""
-    return None if record is None else record.get("nonce")
+    """The EIP-3009 nonce a record carries (a client's or a gateway's), to check against
+    the token's AuthorizationUsed. An ``upto`` payment's is a Permit2 nonce (the
+    ``permit2:`` key), which emits no such event: not checked (its Transfer is)."""
+    nonce = None if record is None else record.get("nonce")
+    if not isinstance(nonce, str) or nonce.startswith("permit2:") \
+            or (record or {}).get("scheme") == "upto":
+        return None
+    return nonce
 
 
 def _read_tx(args: argparse.Namespace, tx: str) -> dict[str, Any]:

@@ -332,6 +332,7 @@ class Facilitator:
             asset=checked.requirements.asset, payer=checked.payer,
             pay_to=checked.requirements.pay_to, amount=checked.amount,
             valid_before=checked.valid_before, resource=checked.resource,
+            scheme=checked.scheme,
         )
 
     def _conflict(self, checked: _Checked, known: Settlement) -> SettleResponse | None:
