@@ -34,6 +34,7 @@ from a402.wire.headers import (
     PAYMENT_REQUIRED,
     PAYMENT_RESPONSE,
     PAYMENT_SIGNATURE,
+    decode_payment_payload,
     decode_payment_required,
     decode_settle_response,
     encode_header,
@@ -132,3 +133,75 @@ def test_a_lost_upto_settle_answer_is_resumed_by_the_retry_for_the_recorded_amou
     assert token_balance(anvil_chain, dev_stack.token.address, payer.address) == FUNDS - 7000
     assert token_balance(anvil_chain, dev_stack.token.address, pay_to) == 7000
     assert json.loads(json.dumps(runs)) == [7000, 9000]
+
+
+def test_a_copied_upto_header_settled_first_by_someone_else_still_buys_its_response(
+    anvil_chain: Chain, dev_stack: Manifest, new_payer: Callable[..., LocalAccount],
+    facilitator_url: str, facilitator: Facilitator, tmp_path: Path,
+) -> None:
+    """A copy of the payment header (a log, a proxy) is taken to the facilitator before
+    the provider settles, for the whole maximum: the money can only go to the payee,
+    once, but the provider's own settle for the usage must not then be refused, which
+    would leave the payer charged the maximum with no response."""
+    payer = upto_payer(anvil_chain, dev_stack, new_payer, FUNDS)
+    pay_to = fresh_account()
+    ledger = SqlLedger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    runs: list[int] = []
+    signer = facilitator.signer.address
+    try:
+        with serve(_app(pay_to, dev_stack, FacilitatorClient(facilitator_url), ledger,
+                        runs)) as base, httpx.Client(timeout=60) as http:
+            url = base + "/usage"
+            offer = http.get(url)
+            header, _ = _signed_header(payer, offer)
+            sent_before = anvil_chain.w3.eth.get_transaction_count(signer)
+            required = decode_payment_required(offer.headers[PAYMENT_REQUIRED])
+            copy = decode_payment_payload(header)
+            thief = http.post(facilitator_url + "/settle", json={
+                "x402Version": 2, "paymentPayload": copy.to_wire(),
+                "paymentRequirements": required.accepts[0].to_wire()})
+            assert thief.json()["success"] is True
+            assert token_balance(anvil_chain, dev_stack.token.address, pay_to) == MAXIMUM
+
+            paid = http.get(url, headers={PAYMENT_SIGNATURE: header, "x-used": "700"})
+            assert paid.status_code == 200, paid.text
+            assert paid.json()["used"] == 700
+            receipt = decode_settle_response(paid.headers[PAYMENT_RESPONSE])
+            assert receipt.success and receipt.amount == str(MAXIMUM)  # what it really cost
+            assert receipt.transaction == thief.json()["transaction"]
+    finally:
+        ledger.close()
+    assert anvil_chain.w3.eth.get_transaction_count(signer) == sent_before + 1
+    assert token_balance(anvil_chain, dev_stack.token.address, payer.address) == FUNDS - MAXIMUM
+    assert token_balance(anvil_chain, dev_stack.token.address, pay_to) == MAXIMUM
+
+
+def test_a_header_settled_first_for_less_than_the_usage_buys_nothing_more(
+    anvil_chain: Chain, dev_stack: Manifest, new_payer: Callable[..., LocalAccount],
+    facilitator_url: str, facilitator: Facilitator, tmp_path: Path,
+) -> None:
+    """The payer itself settles its own header for 0 first, hoping to be served free:
+    the provider's settle for the usage is refused and nothing is delivered."""
+    payer = upto_payer(anvil_chain, dev_stack, new_payer, FUNDS)
+    pay_to = fresh_account()
+    ledger = SqlLedger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    runs: list[int] = []
+    try:
+        with serve(_app(pay_to, dev_stack, FacilitatorClient(facilitator_url), ledger,
+                        runs)) as base, httpx.Client(timeout=60) as http:
+            url = base + "/usage"
+            offer = http.get(url)
+            header, _ = _signed_header(payer, offer)
+            required = decode_payment_required(offer.headers[PAYMENT_REQUIRED])
+            free = http.post(facilitator_url + "/settle", json={
+                "x402Version": 2, "paymentPayload": decode_payment_payload(header).to_wire(),
+                "paymentRequirements": required.accepts[0].model_copy(
+                    update={"amount": "0"}).to_wire()})
+            assert free.json()["success"] is True and free.json()["transaction"] == ""
+            refused = http.get(url, headers={PAYMENT_SIGNATURE: header, "x-used": "700"})
+            assert refused.status_code == 402
+            assert '"used"' not in refused.text
+    finally:
+        ledger.close()
+    assert token_balance(anvil_chain, dev_stack.token.address, payer.address) == FUNDS
+    assert token_balance(anvil_chain, dev_stack.token.address, pay_to) == 0
