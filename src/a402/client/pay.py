@@ -70,7 +70,6 @@ from a402.client.limits import (
     token_units_max,
 )
 from a402.client.outcome import NOT_PAID, PENDING, outcome_of
-from a402.client.permit2_command import approve_hint
 from a402.client.records import payment_of
 from a402.client.wallet import Wallet, private_key_bytes
 from a402.exact.upto import ALLOWANCE_REQUIRED
@@ -345,6 +344,8 @@ def run_pay(
                           "reason": outcome.reason}), file=err)
         if outcome.state == NOT_PAID:
             if outcome.reason == ALLOWANCE_REQUIRED:
+                from a402.client.permit2 import approve_hint
+
                 print(f"{PROG}: {approve_hint(payment.asset, payment.network)}", file=err)
             return EXIT_NOT_PAID
         if outcome.state == PENDING:

@@ -24,14 +24,6 @@ EXIT_USAGE: Final = 2
 PROG: Final = "a402 permit2"
 
 
-def approve_hint(token: str, network: str) -> str:
-    """What to run when a payment was refused for want of a Permit2 allowance."""
-    return (f"nothing was paid: this upto payment draws on Permit2, which your wallet has "
-            f"not allowed to move token {token} on {network}; run once: "
-            f"a402 permit2 approve --key-file KEYFILE --token {token} --rpc RPC_URL "
-            f"[--amount ATOMIC_UNITS] (or --manifest PATH on a devnet), then pay again")
-
-
 def add_permit2_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=("show", "approve"),
                         help="show: read the allowance; approve: set it (a transaction)")
@@ -106,4 +98,4 @@ def run_permit2(args: argparse.Namespace, *, out: TextIO | None = None,
     return EXIT_OK
 
 
-__all__ = ["add_permit2_arguments", "approve_hint", "run_permit2"]
+__all__ = ["add_permit2_arguments", "run_permit2"]
