@@ -21,7 +21,7 @@ from a402.chain.deploy import Manifest, token_balance
 from a402.chain.node import Chain
 from a402.chain.upto_settle import permit2_allowance
 from a402.cli import build_parser
-from a402.client.pay import EXIT_NOT_PAID, EXIT_OK, pay_main
+from a402.client.pay import EXIT_NOT_PAID, EXIT_OK, EXIT_REFUSED, pay_main
 from a402.client.permit2 import UNLIMITED
 from a402.provider import PaymentMiddleware
 from a402.provider.routes import RouteConfig
@@ -73,7 +73,14 @@ def test_pay_without_a_permit2_allowance_says_what_to_run_and_pays_after_approve
     pay_to = fresh_account()
 
     with serve(_app(pay_to, dev_stack, facilitator_url)) as base:
+        # Without naming the token, an upto offer is not signed at all (Permit2 could
+        # move any token the wallet allowed it, in that token's units).
         code, out, err = _pay(base + "/llm", "--key-file", str(key), "--max", "0.02")
+        assert code == EXIT_REFUSED and "asset_not_allowed" in err, err
+        assert "--asset" in err and "nothing was signed" in err
+
+        code, out, err = _pay(base + "/llm", "--key-file", str(key), "--max", "0.02",
+                              "--asset", token)
         assert code == EXIT_NOT_PAID, err
         assert b"answer" not in out
         assert "permit2_allowance_required" in err
@@ -98,7 +105,8 @@ def test_pay_without_a_permit2_allowance_says_what_to_run_and_pays_after_approve
                                  "--json")
         assert code == 0 and json.loads(text)["transaction"] == ""
 
-        code, out, err = _pay(base + "/llm", "--key-file", str(key), "--max", "0.02")
+        code, out, err = _pay(base + "/llm", "--key-file", str(key), "--max", "0.02",
+                              "--asset", token)
         assert code == EXIT_OK, err
         assert json.loads(out) == {"answer": 42}
     assert token_balance(anvil_chain, token, payer.address) == FUNDS - USED
