@@ -111,6 +111,19 @@ def test_pay_without_a_permit2_allowance_says_what_to_run_and_pays_after_approve
         assert json.loads(out) == {"answer": 42}
     assert token_balance(anvil_chain, token, payer.address) == FUNDS - USED
     assert token_balance(anvil_chain, token, pay_to) == USED
+    # The local record says what was charged (and the maximum), which the chain confirms.
+    records = [json.loads(line) for line in (tmp_path / "payments.jsonl").read_text()
+               .splitlines()]
+    paid = records[-1]
+    assert (paid["scheme"], paid["amount"], paid["maximum"]) == ("upto", str(USED),
+                                                                 str(MAXIMUM))
+    args = build_parser(["receipt"]).parse_args(
+        ["receipt", paid["id"], "--history", str(tmp_path / "payments.jsonl"),
+         "--manifest", str(manifest), "--json"])
+    out_text, err_text = io.StringIO(), io.StringIO()
+    code = args.run(args, out=out_text, err=err_text)
+    checked = json.loads(out_text.getvalue())
+    assert code == 0 and checked["ok"] is True, out_text.getvalue() + err_text.getvalue()
 
 
 def test_permit2_approve_refuses_a_bad_amount_and_sends_nothing(

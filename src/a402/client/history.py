@@ -71,14 +71,21 @@ def record_payment(payment: Payment, *, method: str, url: str,
                    path: Path | None = None) -> None:
     """Append what became of one signed payment to the local records (mode 600). A
     failure to write is reported on stderr and never fails the payment itself."""
+    upto = payment.offer.view.scheme == "upto"
+    # upto: the amount is what the receipt says was charged (what the chain's Transfer
+    # shows, which `a402 receipt` checks); the signed maximum is kept beside it.
+    charged = payment.charged if upto else None
     record = {
         "source": "client", "id": payment.nonce, "time": time.time(),
-        "payer": payment.payer, "payee": payment.pay_to, "amount": str(payment.amount),
+        "payer": payment.payer, "payee": payment.pay_to,
+        "amount": str(charged if charged is not None else payment.amount),
         "asset": payment.asset, "network": payment.network, "scheme": payment.offer.view.scheme,
         "status": payment.status, "transaction": payment.transaction, "nonce": payment.nonce,
         "validBefore": payment.valid_before, "method": method, "url": url,
         "reason": payment.reason,
     }
+    if upto:
+        record["maximum"] = str(payment.amount)
     _append(record, path)
 
 
