@@ -22,11 +22,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from a402.background import serve_in_thread
 from a402.chain.deploy import Manifest, token_balance
 from a402.chain.node import Chain
 from a402.exact.upto import build_upto_payload
+from a402.facilitator.app import create_app
 from a402.facilitator.client import FacilitatorClient, FacilitatorUnavailable
 from a402.facilitator.core import Facilitator
+from a402.facilitator.store import Settlement, SettlementStore
 from a402.provider import PaymentMiddleware
 from a402.provider.ledger import LedgerState, PaymentKey, SqlLedger
 from a402.provider.routes import RouteConfig
@@ -205,3 +208,52 @@ def test_a_header_settled_first_for_less_than_the_usage_buys_nothing_more(
         ledger.close()
     assert token_balance(anvil_chain, dev_stack.token.address, payer.address) == FUNDS
     assert token_balance(anvil_chain, dev_stack.token.address, pay_to) == 0
+
+
+class DiesAfterSending(Facilitator):
+    """A facilitator whose first settle dies right after its transaction was journaled
+    and broadcast (its HTTP answer is a 500): the crash the journal exists for."""
+
+    died = False
+
+    def _await(self, record: Settlement, deadline: float) -> SettleResponse:
+        if not self.died:
+            DiesAfterSending.died = True
+            raise RuntimeError("killed after sending")
+        return super()._await(record, deadline)
+
+
+def test_a_facilitator_dying_after_it_sent_the_upto_settlement_is_resumed_once(
+    anvil_chain: Chain, dev_stack: Manifest, new_payer: Callable[..., LocalAccount],
+    tmp_path: Path,
+) -> None:
+    payer = upto_payer(anvil_chain, dev_stack, new_payer, FUNDS)
+    pay_to = fresh_account()
+    dying = DiesAfterSending(anvil_chain, anvil_chain.accounts[8],
+                             SettlementStore(f"sqlite:///{tmp_path / 'journal.db'}"))
+    ledger = SqlLedger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    runs: list[int] = []
+    signer = dying.signer.address
+    sent_before = anvil_chain.w3.eth.get_transaction_count(signer)
+    try:
+        with serve_in_thread(create_app(dying, reconcile_every=3600)) as facilitator_url, \
+                serve(_app(pay_to, dev_stack, FacilitatorClient(facilitator_url), ledger,
+                           runs)) as base, httpx.Client(timeout=60) as http:
+            url = base + "/usage"
+            header, _ = _signed_header(payer, http.get(url))
+            lost = http.get(url, headers={PAYMENT_SIGNATURE: header, "x-used": "3300"})
+            assert lost.status_code in (502, 503), lost.text
+            assert '"used"' not in lost.text
+            assert dying.store.count_by_state() == {"submitted": 1}  # sent, unanswered
+
+            retry = http.get(url, headers={PAYMENT_SIGNATURE: header, "x-used": "4400"})
+            assert retry.status_code == 200, retry.text
+            receipt = decode_settle_response(retry.headers[PAYMENT_RESPONSE])
+            assert receipt.success and receipt.amount == "3300"
+            assert dying.store.count_by_state() == {"confirmed": 1}
+    finally:
+        ledger.close()
+        dying.store.close()
+    assert anvil_chain.w3.eth.get_transaction_count(signer) == sent_before + 1
+    assert token_balance(anvil_chain, dev_stack.token.address, payer.address) == FUNDS - 3300
+    assert token_balance(anvil_chain, dev_stack.token.address, pay_to) == 3300
