@@ -53,6 +53,8 @@ COMMANDS: tuple[Command, ...] = (
                    "MCP server", "a402.mcp.command", "add_mcp_arguments", "run_mcp"),
     Command("pay", "fetch a paid URL, paying with x402 `exact`",
             "a402.client.pay", "add_pay_arguments", "run_pay"),
+    Command("permit2", "show or set the wallet's allowance to Permit2 (x402 `upto` payments)",
+            "a402.client.permit2_command", "add_permit2_arguments", "run_permit2"),
     Command("mandate", "what an owner lets an agent spend: create (sign), show, verify, "
                        "revoke on-chain, list spending",
             "a402.client.mandate_command", "add_mandate_arguments", "run_mandate"),

@@ -176,3 +176,28 @@ def test_signed_v2_payload_echoes_accepted_verbatim_and_recovers_to_the_payer() 
     digest = authorization_digest(domain_from_requirements(odd), auth)
     assert recover_signer(digest, payload.payload["signature"]) == KEY.address
     assert int(auth.valid_before) - int(auth.valid_after) == 30 + 600
+
+
+WBTC = "0x2260FAC5E5542a773Aa44fBeFeDC7C193bc2C599"
+
+
+def _upto(asset: str, amount: int) -> PaymentRequirements:
+    return PaymentRequirements(
+        scheme="upto", network="eip155:8453", asset=asset, amount=str(amount), pay_to=PAY_TO,
+        max_timeout_seconds=60,
+        extra={"assetTransferMethod": "permit2", "facilitatorAddress": PAY_TO})
+
+
+def test_an_upto_offer_in_a_token_nobody_named_is_never_signed() -> None:
+    """Permit2 moves any token the wallet allowed it: 20,000 atomic units under a cap
+    meant as 0.02 USDC would be 0.0002 BTC. Without an asset allow-list (or a mandate's),
+    an upto offer is refused, in any token; with one, only its tokens are paid."""
+    for asset in (WBTC, USDC_BASE):
+        rejection = refused(offered(_upto(asset, 20_000)), Wallet(KEY), 20_000).rejections[0]
+        assert rejection.reason == errors.ASSET_NOT_ALLOWED and "--asset" in rejection.detail
+    named = Wallet(KEY, assets=[USDC_BASE])
+    offer, _ = choose(offered(_upto(WBTC, 1), _upto(USDC_BASE, 20_000)), named,
+                      fixed_max(20_000))
+    assert offer.index == 1
+    assert refused(offered(_upto(WBTC, 1)), named, 20_000).rejections[0].reason \
+        == errors.ASSET_NOT_ALLOWED

@@ -64,8 +64,13 @@ async def test_sdk_payer_is_charged_what_was_used_below_its_maximum_once(
 
     again = await client.settle(payload, used)  # the resource server's retry: same answer
     assert again.success and again.transaction == settled.transaction
+    # Asked less than it was settled for (as after a copy of the header was settled
+    # first): no second charge, the answer is the settlement that was made.
     second = await client.settle(payload, requirements.model_copy(update={"amount": "1"}))
-    assert not second.success and second.error_reason == "invalid_exact_evm_nonce_already_used"
+    assert second.success and second.amount == "12345"
+    assert second.transaction == settled.transaction
+    more = await client.settle(payload, requirements.model_copy(update={"amount": "12346"}))
+    assert not more.success and more.error_reason == "invalid_exact_evm_nonce_already_used"
     reverify = await client.verify(payload, requirements)  # a second response: refused
     assert not reverify.is_valid
     assert token_balance(anvil_chain, dev_stack.token.address, payer.address) == FUNDS - 12345

@@ -182,7 +182,8 @@ def test_a402_client_pays_sdk_server_within_its_maximum(
     with _facilitator(anvil_chain, dev_stack, facilitator_url, facilitator_kind,
                       official_facilitator_account) as (url_of_facilitator, gas_payer):
         app = sdk_upto_paid_app(url_of_facilitator, pay_to, dev_stack, MAXIMUM, _usage)
-        with serve(app) as base, paying_client(payer, max_per_request=MAXIMUM) as client:
+        with serve(app) as base, paying_client(payer, max_per_request=MAXIMUM,
+                                               assets=[dev_stack.token.address]) as client:
             paid = client.get(base + "/usage", params={"used": "2500"})
             assert paid.status_code == 200, paid.text
             payment = payment_of(paid)
@@ -210,7 +211,8 @@ def test_a402_client_refuses_a_maximum_above_its_cap(
     payer = upto_payer(anvil_chain, dev_stack, new_payer, FUNDS)
     pay_to = fresh_account()
     app = sdk_upto_paid_app(facilitator_url, pay_to, dev_stack, MAXIMUM, _usage)
-    with serve(app) as base, paying_client(payer, max_per_request=MAXIMUM - 1) as client:
+    with serve(app) as base, paying_client(payer, max_per_request=MAXIMUM - 1,
+                                                    assets=[dev_stack.token.address]) as client:
         with pytest.raises(PaymentRefused) as refused:
             client.get(base + "/usage", params={"used": "1"})
         assert refused.value.reason == "price_above_maximum"
@@ -229,7 +231,8 @@ def test_a402_client_pays_a402_server_by_usage(
     assert approve_permit2(anvil_chain.rpc_url, payer.key, dev_stack.token.address) == ""
     pay_to = fresh_account()
     with server(a402_upto_app(pay_to, dev_stack, facilitator_url, "x-a402-usage")) as url, \
-            paying_client(payer, max_per_request=MAXIMUM) as client:
+            paying_client(payer, max_per_request=MAXIMUM,
+                          assets=[dev_stack.token.address]) as client:
         for used in (1, 39_999, 0):
             paid = client.get(url, params={"used": str(used)})
             assert paid.status_code == 200 and paid.json() == {"used": used}
@@ -301,7 +304,8 @@ def test_an_unreadable_usage_report_withholds_the_response_and_charges_nothing(
         facilitator=facilitator_url)])
     payer = upto_payer(anvil_chain, dev_stack, new_payer, FUNDS)
     sent = _sent(anvil_chain, facilitator.signer.address)
-    with server(app) as url, paying_client(payer, max_per_request=MAXIMUM) as client:
+    with server(app) as url, paying_client(payer, max_per_request=MAXIMUM,
+                                           assets=[dev_stack.token.address]) as client:
         answer = client.get(url)
     assert answer.status_code == 502 and answer.json()["error"] == "usage_unreadable"
     assert "secret" not in answer.text

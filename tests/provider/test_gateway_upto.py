@@ -56,7 +56,8 @@ def test_the_gateway_charges_what_the_upstream_reports_or_the_meter_counts(
             token=dev_stack.token, network=dev_stack.network, facilitator_url=facilitator_url,
             meter=per_byte)
         with serve_in_thread(gateway) as base, \
-                paying_client(payer, max_per_request=50_000) as client:
+                paying_client(payer, max_per_request=50_000,
+                              assets=[dev_stack.token.address]) as client:
             llm = client.get(f"{base}/llm", params={"tokens": "123"})
             assert llm.status_code == 200 and llm.json()["usage"]["total_tokens"] == 123
             assert "x-a402-usage" not in llm.headers

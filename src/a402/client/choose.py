@@ -25,6 +25,7 @@ from a402.client.budget import Budget, Reservation
 from a402.client.errors import BudgetExceeded, PaymentRefused, Rejection
 from a402.client.limits import MaxAmount
 from a402.client.wallet import Wallet
+from a402.exact.upto import SCHEME_UPTO
 from a402.mandate.policy import MANDATE_NEEDS_CONFIRMATION, MandateRefused, ProposedPayment
 from a402.wire.convert import to_v2_requirements
 from a402.wire.x402 import AnyPaymentRequired, AnyPaymentRequirements, PaymentRequirements
@@ -70,14 +71,26 @@ class Offer:
 
 
 def evaluate(
-    required: AnyPaymentRequired, wallet: Wallet, max_amount: MaxAmount
+    required: AnyPaymentRequired, wallet: Wallet, max_amount: MaxAmount, *,
+    assets_bounded: bool = False,
 ) -> tuple[list[Offer], list[Rejection]]:
-    """Split ``accepts`` into payable offers (best first) and rejections."""
+    """Split ``accepts`` into payable offers (best first) and rejections.
+
+    An ``upto`` offer is payable only in an asset someone named: the wallet's
+    allow-list, or (``assets_bounded``) a mandate's. Permit2 moves *any* ERC-20 the
+    wallet has allowed it (wallets that used Uniswap have many), and a cap given in
+    atomic units means a fortune in a token with few decimals, so a 402 naming such a
+    token must not get a signature; ``exact`` signs only EIP-3009 tokens."""
     offers: list[Offer] = []
     rejections: list[Rejection] = []
     accepts: Sequence[AnyPaymentRequirements] = required.accepts
     for index, req in enumerate(accepts):
         refused = wallet.refusal(req)
+        if refused is None and req.scheme == SCHEME_UPTO and wallet.assets is None \
+                and not assets_bounded:
+            refused = (errors.ASSET_NOT_ALLOWED,
+                       "upto (Permit2) can move any token the wallet allowed Permit2: name "
+                       "the tokens to pay upto in (assets=[...], a402 pay --asset ADDRESS)")
         if refused is not None:
             rejections.append(Rejection(index, req, *refused))
             continue
@@ -167,7 +180,8 @@ def choose_within(
     :meth:`MandateGuard.commit`\ s before sending. An offer the mandate refuses gives
     its budget reservation back (nothing was signed) and the next is tried. A refusal
     says, in its message, that nothing was signed or paid."""
-    offers, rejections = evaluate(required, wallet, max_amount)
+    offers, rejections = evaluate(required, wallet, max_amount,
+                                  assets_bounded=mandate is not None)
     if mandate is not None:
         allowed = []
         for offer in offers:

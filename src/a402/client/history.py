@@ -71,14 +71,21 @@ def record_payment(payment: Payment, *, method: str, url: str,
                    path: Path | None = None) -> None:
     """Append what became of one signed payment to the local records (mode 600). A
     failure to write is reported on stderr and never fails the payment itself."""
+    upto = payment.offer.view.scheme == "upto"
+    # upto: the amount is what the receipt says was charged (what the chain's Transfer
+    # shows, which `a402 receipt` checks); the signed maximum is kept beside it.
+    charged = payment.charged if upto else None
     record = {
         "source": "client", "id": payment.nonce, "time": time.time(),
-        "payer": payment.payer, "payee": payment.pay_to, "amount": str(payment.amount),
+        "payer": payment.payer, "payee": payment.pay_to,
+        "amount": str(charged if charged is not None else payment.amount),
         "asset": payment.asset, "network": payment.network, "scheme": payment.offer.view.scheme,
         "status": payment.status, "transaction": payment.transaction, "nonce": payment.nonce,
         "validBefore": payment.valid_before, "method": method, "url": url,
         "reason": payment.reason,
     }
+    if upto:
+        record["maximum"] = str(payment.amount)
     _append(record, path)
 
 
@@ -409,7 +416,7 @@ def _receipt(args: argparse.Namespace, out: TextIO) -> int:
     payee = expect.payee or (record or {}).get("payee")
     amount = expect.amount or (record or {}).get("amount")
     asset = (record or {}).get("asset")
-    nonce = (record or {}).get("nonce") or _nonce_of(record)
+    nonce = _nonce_of(record)
     channel = (record or {}).get("scheme") == "a402"
     if tx is None:
         status = (record or {}).get("status")
@@ -460,8 +467,14 @@ def _receipt(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _nonce_of(record: dict[str, Any] | None) -> str | None:
-    """A vault or gateway record may carry the authorization's nonce (gateway: yes)."""
-    return None if record is None else record.get("nonce")
+    """The EIP-3009 nonce a record carries (a client's or a gateway's), to check against
+    the token's AuthorizationUsed. An ``upto`` payment's is a Permit2 nonce (the
+    ``permit2:`` key), which emits no such event: not checked (its Transfer is)."""
+    nonce = None if record is None else record.get("nonce")
+    if not isinstance(nonce, str) or nonce.startswith("permit2:") \
+            or (record or {}).get("scheme") == "upto":
+        return None
+    return nonce
 
 
 def _read_tx(args: argparse.Namespace, tx: str) -> dict[str, Any]:

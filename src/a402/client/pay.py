@@ -73,6 +73,7 @@ from a402.client.limits import (
 from a402.client.outcome import NOT_PAID, PENDING, outcome_of
 from a402.client.records import payment_of
 from a402.client.wallet import Wallet, private_key_bytes
+from a402.exact.upto import ALLOWANCE_REQUIRED
 from a402.wire.errors import WireError
 
 EXIT_OK: Final = 0
@@ -360,6 +361,10 @@ def run_pay(
         print(json.dumps({**payment.summary(), "moneyState": outcome.state,
                           "reason": outcome.reason}), file=err)
         if outcome.state == NOT_PAID:
+            if outcome.reason == ALLOWANCE_REQUIRED:
+                from a402.client.permit2 import approve_hint
+
+                print(f"{PROG}: {approve_hint(payment.asset, payment.network)}", file=err)
             return EXIT_NOT_PAID
         if outcome.state == PENDING:
             return EXIT_NOT_SETTLED

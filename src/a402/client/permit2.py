@@ -34,4 +34,12 @@ def approve_permit2(rpc_url: str, key: str | bytes, token: str, amount: int = UN
     return "0x" + bytes(receipt["transactionHash"]).hex()
 
 
-__all__ = ["UNLIMITED", "approve_permit2"]
+def approve_hint(token: str, network: str) -> str:
+    """What to run when a payment was refused for want of a Permit2 allowance."""
+    return (f"nothing was paid: this upto payment draws on Permit2, which your wallet has "
+            f"not allowed to move token {token} on {network}; run once: "
+            f"a402 permit2 approve --key-file KEYFILE --token {token} --rpc RPC_URL "
+            f"[--amount ATOMIC_UNITS] (or --manifest PATH on a devnet), then pay again")
+
+
+__all__ = ["UNLIMITED", "approve_hint", "approve_permit2"]

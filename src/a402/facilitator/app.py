@@ -195,7 +195,7 @@ def create_app(facilitator: Facilitator, *, reconcile_every: float = 5.0,
 def _journal_record(row: Settlement, created: float) -> dict[str, Any]:
     return payment_record(
         source="facilitator", id=row.key, time=created, payer=row.payer, payee=row.pay_to,
-        amount=row.amount, scheme="exact", status=str(row.state), network=row.network,
+        amount=row.amount, scheme=row.scheme, status=str(row.state), network=row.network,
         asset=row.asset, transaction=row.tx_hash, updated=row.updated_at,
         resource=row.resource,
         reason=(row.response or {}).get("errorReason"))

@@ -161,6 +161,12 @@ class Facilitator:
             return checked
         if (known := self.store.peek(checked.key)) is not None:
             state, tx_hash, resource = known
+            if checked.scheme == SCHEME_UPTO and (record := self.store.get(checked.key)) \
+                    and self._settled_for_more(checked, record) is not None:
+                # Already charged its whole maximum (by whoever held a copy), to this
+                # payee for this resource: any usage is covered, and /settle will answer
+                # with that settlement (see _settled_for_more).
+                return VerifyResponse(is_valid=True, payer=checked.payer)
             if resource != checked.resource:
                 return _invalid(wire_errors.NONCE_USED_FOR_ANOTHER_RESOURCE,
                                 _another_resource_message(state, tx_hash), checked.payer)
@@ -332,6 +338,7 @@ class Facilitator:
             asset=checked.requirements.asset, payer=checked.payer,
             pay_to=checked.requirements.pay_to, amount=checked.amount,
             valid_before=checked.valid_before, resource=checked.resource,
+            scheme=checked.scheme,
         )
 
     def _conflict(self, checked: _Checked, known: Settlement) -> SettleResponse | None:
@@ -342,11 +349,40 @@ class Facilitator:
         the journaled request's authorization is that same one.
         """
         if known.payload_hash != checked.payload_hash:
+            if (earlier := self._settled_for_more(checked, known)) is not None:
+                return earlier
             return self._failure(checked, wire_errors.NONCE_ALREADY_USED,
                                  "this authorization was already used with another signature")
         if known.resource != checked.resource:
             return self._failure(checked, wire_errors.NONCE_USED_FOR_ANOTHER_RESOURCE,
                                  _another_resource_message(known.state, known.tx_hash))
+        return None
+
+    def _settled_for_more(self, checked: _Checked, known: Settlement) -> SettleResponse | None:
+        """An upto authorization already settled (or being settled) for at least the
+        amount now asked, for this resource: that settlement's answer, not a refusal.
+
+        Whoever holds a copy of the payment header (the payer itself, a log, a proxy on
+        the way) can ask this facilitator to settle it, for any amount up to the signed
+        maximum, before the resource server asks for the usage. The money still goes
+        only to the signed payee, once; refusing the server's own settle would then
+        leave the payer charged with no response. Answering with the earlier settlement
+        (its real amount and transaction) lets the server deliver: it was paid at least
+        what it asked. A settlement for *less* than asked is still refused (the server
+        is not paid what it asked; otherwise a payer could pre-settle 0 and be served
+        free). Nothing is sent either way."""
+        if checked.scheme != SCHEME_UPTO or known.resource != checked.resource:
+            return None
+        signed = UptoEvmPayload.from_wire(checked.payload.payload,
+                                          reason=wire_errors.INVALID_PAYLOAD)
+        if known.amount < checked.amount or known.payload_hash != upto_payload_digest(
+                str(checked.payload.payload.get("signature", "")),
+                signed.permit2_authorization.to_wire(), known.amount):
+            return None  # not this signed authorization, or settled for less
+        if known.state == State.CONFIRMED and known.response is not None:
+            return SettleResponse.model_validate(known.response)
+        if known.state == State.SUBMITTED:
+            return self._pending(known)
         return None
 
     def _stale(self, record: Settlement) -> bool:

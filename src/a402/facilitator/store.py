@@ -94,6 +94,9 @@ class SettlementRow(Base):
     resource: Mapped[str | None] = mapped_column(Text, nullable=True)
     holder: Mapped[str | None] = mapped_column(String(32), nullable=True)
     """The current claim's token; only its holder may journal a transaction."""
+    scheme: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    """The x402 scheme settled (``exact``, ``upto``); NULL in journals older than upto,
+    which settled only ``exact``."""
 
 
 @dataclass(frozen=True)
@@ -115,13 +118,15 @@ class Settlement:
     updated_at: float
     resource: str | None
     """What the claiming request named as its resource (None: it named none)."""
+    scheme: str = "exact"
+    """The x402 scheme of the payment (a row from before ``upto`` reads ``exact``)."""
 
     @classmethod
     def of(cls, row: SettlementRow) -> Settlement:
         return cls(
             row.key, row.payload_hash, row.network, row.asset, row.payer, row.pay_to,
             int(row.amount), int(row.valid_before), State(row.state), row.tx_hash, row.raw_tx,
-            row.response, row.updated_at, row.resource,
+            row.response, row.updated_at, row.resource, row.scheme or "exact",
         )
 
 
@@ -193,7 +198,7 @@ class SettlementStore:
 
     def claim(
         self, *, key: str, payload_hash: str, network: str, asset: str, payer: str, pay_to: str,
-        amount: int, valid_before: int, resource: str | None = None,
+        amount: int, valid_before: int, resource: str | None = None, scheme: str = "exact",
     ) -> str | None:
         """Take the key for this call: the claim's holder token, or None if any call
         (anywhere) already has it."""
@@ -201,7 +206,7 @@ class SettlementStore:
         row = SettlementRow(
             key=key, payload_hash=payload_hash, network=network, asset=asset, payer=payer,
             pay_to=pay_to, amount=str(amount), valid_before=valid_before, state=State.CLAIMED,
-            created_at=now, updated_at=now, resource=resource, holder=holder,
+            created_at=now, updated_at=now, resource=resource, holder=holder, scheme=scheme,
         )
         try:
             with self._tx() as s:

@@ -90,6 +90,13 @@ class PaymentLedger(Protocol):
         """The payment bought its response: refuse this authorization from now on."""
         ...
 
+    async def note_charge(self, key: PaymentKey, settlement: SettleResponse) -> None:
+        """Record, durably and before ``/settle`` is asked, what an IN_FLIGHT ``upto``
+        payment is about to be charged (``settlement.amount``), state unchanged. A lost
+        settle answer then leaves it PENDING *with* that amount (``mark_pending(None)``
+        keeps it), so a retry resumes it for exactly that amount."""
+        ...
+
 
 def _refusal(state: LedgerState, fingerprint: str, terms: str, settlement: SettleResponse | None,
              *, asked_fingerprint: str, asked_terms: str) -> Admit:
@@ -162,6 +169,12 @@ class InMemoryLedger:
                 entry.state = LedgerState.SETTLED
                 entry.settlement = settlement
 
+    async def note_charge(self, key: PaymentKey, settlement: SettleResponse) -> None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry.state == LedgerState.IN_FLIGHT:
+                entry.settlement = settlement
+
     def state_of(self, key: PaymentKey) -> LedgerState | None:
         """For tests and diagnostics."""
         with self._lock:
@@ -223,6 +236,9 @@ _RELEASE: Final = f"DELETE FROM {_TABLE} WHERE {_KEY} AND state = 'in_flight'"
 _PENDING: Final = (
     f"UPDATE {_TABLE} SET state = 'pending', settlement = COALESCE(:settlement, settlement) "
     f"WHERE {_KEY} AND state <> 'settled'"
+)
+_NOTE: Final = (
+    f"UPDATE {_TABLE} SET settlement = :settlement WHERE {_KEY} AND state = 'in_flight'"
 )
 _SETTLED: Final = f"UPDATE {_TABLE} SET state = 'settled', settlement = :settlement WHERE {_KEY}"
 _PURGE: Final = f"DELETE FROM {_TABLE} WHERE expires_at <= :now"
@@ -308,6 +324,9 @@ class SqlLedger:
 
     async def mark_settled(self, key: PaymentKey, settlement: SettleResponse) -> None:
         await self._writes.execute([(_SETTLED, {**_key(key), "settlement": settlement.to_json()})])
+
+    async def note_charge(self, key: PaymentKey, settlement: SettleResponse) -> None:
+        await self._writes.execute([(_NOTE, {**_key(key), "settlement": settlement.to_json()})])
 
     def state_of(self, key: PaymentKey) -> LedgerState | None:
         """For tests and diagnostics (an expired entry not yet dropped still shows)."""

@@ -20,6 +20,17 @@ made by the one server-side ``exact`` flow, :mod:`a402.exact.serve`, which the
 A2A agent drives too; this middleware runs its operations (ledger, facilitator,
 app) and renders its outcome as HTTP.
 
+x402 ``upto`` (``RouteConfig(scheme="upto")``): the app runs first (whatever
+``settle_before_serve`` says), its usage report sets the charge, and that charge
+is written to the ledger entry (:meth:`PaymentLedger.note_charge`) *before*
+``/settle`` is asked. If the settle's answer is then lost (facilitator
+unreachable, crashed after sending the transaction), the entry is pending with
+that amount, and the same payment header resent resumes it: ``/settle`` is asked
+again for exactly the recorded amount (the facilitator's journal answers that
+one settlement, never a second), and once it succeeds the app is run again to
+produce the response, whose new usage report is ignored and removed: the
+recorded amount wins, the payer is charged once, and receives a response.
+
 With ``settle_before_serve=True`` the app runs only after a successful settle
 (and its response streams instead of being buffered): the payer carries the
 risk that the app then fails, the provider no longer carries the risk of
@@ -475,6 +486,13 @@ class PaymentMiddleware:
                         except UsageError as exc:
                             unreadable.append(exc)
                             return False
+                        # Durable before /settle is asked: if its answer is lost, a retry
+                        # of this payment resumes it for this amount (module doc, upto).
+                        await self.ledger.note_charge(p.key, SettleResponse(
+                            success=False, error_reason=SETTLEMENT_PENDING,
+                            error_message="about to be settled for this amount",
+                            transaction="", network=self.network, payer=p.key.payer,
+                            amount=str(charge[0])))
                     return response.status < 400
                 case Settle():
                     requirements = p.requirements
@@ -541,6 +559,8 @@ class PaymentMiddleware:
                 if serve_now:
                     paid = adding_headers(send, self._paid_headers(settlement, p.version),
                                           defaults=[("cache-control", "private")])
+                    if p.upto:  # resumed: charged what was recorded; its new report is moot
+                        paid = _without_usage_reports(paid)
                     await self.app(scope, receive, paid)
                 else:
                     await self._serve_paid(send, buffered[0], settlement, p.version)
@@ -695,6 +715,16 @@ def _match_v2(accepted: PaymentRequirements, offered: PaymentRequirements) -> No
             responses.NO_MATCHING_REQUIREMENTS,
             f"the accepted requirement differs from the offer in: {', '.join(differ)}",
         )
+
+
+def _without_usage_reports(send: Send) -> Send:
+    """A ``send`` that drops the handler's usage report headers (:mod:`a402.provider.usage`)."""
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": without_reports(list(message.get("headers", [])))}
+        await send(message)
+
+    return wrapped
 
 
 def _base_url(scope: Scope) -> str:
