@@ -3,6 +3,7 @@ pool balances, from the chain.
 
     a402 channels --key-file .a402/client.key            # table; --json for scripts
     a402 channels force-close 0xCHANNEL --key-file .a402/client.key
+    a402 channels close 0xCHANNEL --vault-url http://127.0.0.1:7402 --key-file K  # cooperative
     a402 payouts --key-file .a402/provider.key           # what the ASCManager owes it
     a402 payouts withdraw --key-file .a402/provider.key --to 0xOTHER
     a402 payouts withdraw --key-file K --relay --order-out order.json   # no gas: sign only
@@ -11,9 +12,10 @@ pool balances, from the chain.
     a402 pool withdraw --vault 0xVAULT --key-file K [--to 0xOTHER] [--amount 1.5]
 
 They read the chain only (``--manifest``, default ``.a402/devnet.json``, or ``--rpc`` and
-``--manager``), so they work when the vault is down or gone. The first line of every
-answer says where the money stands ("nothing moved: …", "1.000000 USDC paid to you …");
-``--json`` prints one JSON object instead. Problems go to stderr as ``a402 channels: …``
+``--manager``), so they work when the vault is down or gone; ``close`` also asks the vault
+that opened the channel to close it cooperatively (at once, no dispute window). The first
+line of every answer says where the money stands ("nothing moved: …", "1.000000 USDC paid
+to you …"); ``--json`` prints one JSON object instead. Problems go to stderr as ``a402 channels: …``
 with no traceback. Exit codes, stable for scripts:
 
     0  done (or shown)
@@ -75,6 +77,15 @@ class ChannelFlags:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CloseFlags:
+    """The vault asked to close a channel cooperatively (``close`` only)."""
+
+    vault_url: str | None = setting(None, metavar="URL",
+                                    help="close: the URL of the vault that opened the channel "
+                                         "(its address is read from the chain)")
+
+
+@dataclass(frozen=True, kw_only=True)
 class WithdrawFlags:
     """Where owed payouts go, and how (withdraw and relay only)."""
 
@@ -118,16 +129,20 @@ class CommandError(Exception):
 
 
 def add_channels_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", nargs="?", choices=("list", "force-close"), default="list",
+    parser.add_argument("action", nargs="?", choices=("list", "close", "force-close"),
+                        default="list",
                         help="list (default): the key's channels, as client or provider; "
-                             "force-close CHANNEL_ID: as the client of a wallet-funded "
-                             "channel, take the deposit back without the vault (run it again "
-                             "after the dispute window to pay out)")
+                             "close CHANNEL_ID: as its client, have the vault close it now "
+                             "(the rest back to where the deposit came from); force-close "
+                             "CHANNEL_ID: as the client of a wallet-funded channel, take the "
+                             "deposit back without the vault (run it again after the dispute "
+                             "window to pay out)")
     parser.add_argument("channel", nargs="?", metavar="CHANNEL_ID",
-                        help="the channel to force-close (0x and 64 hex digits)")
+                        help="the channel to close or force-close (0x and 64 hex digits)")
     add_flags(parser, Party, "account")
     add_flags(parser, ChainFlags, "chain")
     add_flags(parser, ChannelFlags, "search")
+    add_flags(parser, CloseFlags, "close")
 
 
 def add_payouts_arguments(parser: argparse.ArgumentParser) -> None:
@@ -289,9 +304,14 @@ def _channels(context: _Context) -> int:
             raise CommandError(EXIT_USAGE, "usage", "nothing moved: force-close needs a "
                                                     "CHANNEL_ID (see `a402 channels`)")
         return _force_close(context, args.channel)
+    if args.action == "close":
+        if not args.channel or not args.vault_url:
+            raise CommandError(EXIT_USAGE, "usage", "nothing moved: close needs a CHANNEL_ID "
+                                                    "(see `a402 channels`) and --vault-url")
+        return _close(context, args.channel, args.vault_url)
     if args.channel:
         raise CommandError(EXIT_USAGE, "usage", f"nothing moved: unexpected {args.channel!r}"
-                                                " (did you mean `force-close`?)")
+                                                " (did you mean `close` or `force-close`?)")
     return _list(context)
 
 
@@ -360,6 +380,60 @@ def _client_side(c: ChannelView) -> str:
     if c.pool_funded:
         return f"the client's pool balance with vault {c.vault}"
     return "the client"
+
+
+def _close(context: _Context, channel_text: str, vault_url: str) -> int:
+    """Ask the channel's vault to close it cooperatively: the vault's key signs the close
+    (the client's balance goes back where the deposit came from at once). The vault named
+    by the chain is the one the client expects: a URL serving another key is refused
+    before anything is asked."""
+    from a402.asc_manager import OnChainStatus
+    from a402.client.channels import ChannelError, find_channel, parse_channel_id
+    from a402.client.vault import ExpectedVault, VaultCallError, VaultClient
+    from a402.evm.address import same_address
+
+    key = context.need_key("close")
+    token = context.token
+    try:
+        channel_id = parse_channel_id(channel_text)
+    except ValueError as e:
+        raise CommandError(EXIT_USAGE, "usage", f"nothing moved: {e}") from None
+    try:
+        channel = _chain_step(context, lambda: find_channel(
+            context.manager, channel_id, key.address, from_block=context.args.from_block),
+            sends=False)
+    except ChannelError as e:
+        raise CommandError(EXIT_NOT_FOUND, e.reason, f"nothing moved: {e.message}") from None
+    if not same_address(key.address, channel.client):
+        raise CommandError(EXIT_USAGE, "not_client", f"nothing moved: {key.address} is not "
+                                                     f"the client of {channel.id_hex}")
+    if channel.status != OnChainStatus.OPEN:
+        raise CommandError(EXIT_NOTHING_TO_DO, "not_open", f"nothing moved: {channel.id_hex} "
+                                                           "is not open (see `a402 channels`)")
+    expect = ExpectedVault(channel.vault, context.manager.address, token.address)
+    try:
+        with VaultClient(vault_url, key, expect=expect, timeout=120) as vault:
+            answer = vault.close_channel(channel.id_hex)
+    except VaultCallError as e:
+        raise CommandError(EXIT_FAILED, e.reason, (
+            f"nothing moved: the vault refused to close {channel.id_hex} ({e.reason}: "
+            f"{e.message}); `a402 channels force-close` works without it")) from None
+    except Exception as e:
+        raise CommandError(EXIT_FAILED, "vault_unavailable", (
+            f"unknown: the vault at {vault_url} did not answer ({type(e).__name__}: {e}); "
+            f"run `a402 channels` to see whether {channel.id_hex} closed")) from None
+    settled = answer.get("phase") == "settled"
+    back = int(answer.get("clientPayout") or answer.get("free") or 0)
+    where = (f"your pool balance with vault {channel.vault}" if channel.funding == "pool"
+             else f"you ({key.address})")
+    first = (f"{token.show(back)} back to {where}: {channel.id_hex} closed by the vault"
+             f" (tx {answer.get('settlement')})" if settled else
+             f"not paid out yet: the vault is closing {channel.id_hex} (phase "
+             f"{answer.get('phase')}); {token.show(back)} comes back to {where} when it "
+             "lands: run `a402 channels` to follow it")
+    context.say([first], {**context.where, "ok": True, "moved": settled, "step": (
+        "closed" if settled else "closing"), "channelId": channel.id_hex, "vault": answer})
+    return 0
 
 
 def _force_close(context: _Context, channel_text: str) -> int:
