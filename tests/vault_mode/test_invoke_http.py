@@ -423,3 +423,13 @@ def test_a_paid_call_retried_after_a_restart_gets_its_stored_answer_and_is_paid_
         assert s.account(client.address) == 20_000 - PRICE  # paid once
         assert mine.status_code == 200 and mine.json()["payment"] == first["payment"]
         assert theirs.status_code == 404 and theirs.json()["error"] == api.NOT_FOUND
+
+
+def test_a_paid_calls_answer_row_fits_the_meta_tables_key_on_postgresql() -> None:
+    # PostgreSQL enforces the meta key's 64 characters (SQLite does not): a longer row name
+    # failed the answer's write after the payment, and the client got a 500 for a paid call
+    from a402.vault.tables import MetaRow
+
+    limit = MetaRow.__table__.c.key.type.length
+    rows = {answer_row("0x" + f"{i:040x}", "k" * 200 + str(i)) for i in range(50)}
+    assert len(rows) == 50 and all(len(r) <= limit for r in rows), limit
