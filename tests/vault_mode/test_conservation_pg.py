@@ -255,6 +255,8 @@ def test_random_deposits_calls_withdrawals_settlements_kills_and_fail_overs_cons
                 if st["pendingPayouts"] and not st["unlanded"]:
                     settle_now()
                 st = status()
+            # an accepted withdrawal is paid, never dropped (nobody here exits on-chain)
+            assert not st["droppedPayouts"], (seed, st["droppedPayouts"])
             t = {k: int(v) for k, v in st["totals"].items()}
             assert balance(usdc, vault.address) == (
                 t["free"] + t["locked"] + t["pending"] + t["unconfirmed"]), (seed, st)

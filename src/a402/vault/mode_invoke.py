@@ -330,13 +330,13 @@ class ModeInvoker:
             elif left < offer.amount:
                 await asyncio.to_thread(self.service.close, found)
         if cid is None:
-            free = int(self.service.balance(client)["free"])
+            free = await asyncio.to_thread(self.service.spare, client)
             capacity = call.deposit or min(free, DEFAULT_CHANNEL_CALLS * offer.amount)
             if capacity < offer.amount:
                 raise ModeRefused(
                     402, api.INSUFFICIENT_BALANCE,
                     f"nothing was paid: {free} free in your vault account (confirmed "
-                    f"deposits), {offer.amount} needed")
+                    f"deposits, less payouts you asked for), {offer.amount} needed")
             cid, _ = await asyncio.to_thread(
                 self.service.open_channel, to_checksum(client), to_checksum(offer.pay_to),
                 tunnel.info.provider_key, capacity)
