@@ -110,6 +110,7 @@ def main() -> int:
         gas = vault_gas.measure(chain)
         d = chain.accounts[0]
         usdc = deploy_contract(chain, d, "TestUSDC", "USD Coin", "USDC", "2", d.address)
+        (Path(tmp) / "http").mkdir()
         http = vault_mode_http.measure(chain, usdc, Path(tmp) / "http", calls=args.calls,
                                        clients=args.clients)
         fail = None
