@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from eth_account.signers.local import LocalAccount
 
@@ -78,6 +79,7 @@ WALLET = 1_000_000  # tokens minted to each participant at the start
 ROUNDS = int(os.environ.get("A402_VAULT_CONSERVATION_ROUNDS", "5"))
 OPS_PER_ROUND = 4  # per participant
 ACK_TIMEOUT = 2.0  # a provider denied its ACK claims on-chain this soon
+OPERATOR_TOKEN = "conservation-operator-token"
 
 
 @pytest.fixture
@@ -143,7 +145,8 @@ def test_random_deposits_calls_withdrawals_settlements_kills_and_fail_overs_cons
           f"replays it), {ROUNDS} rounds")
     rng = random.Random(seed)
     chain = vault_chain
-    extra = ["--provider-measurement", PROVIDER_CODE.hex(), "--allow-private-targets"]
+    extra = ["--provider-measurement", PROVIDER_CODE.hex(), "--allow-private-targets",
+             "--operator-token", OPERATOR_TOKEN]
     with two_replicas(chain, usdc, db, tmp_path, extra=extra) as (gas, vault, replicas), \
             contextlib.ExitStack() as stack:
         measurement = replicas[0].measurement
@@ -330,6 +333,21 @@ def test_random_deposits_calls_withdrawals_settlements_kills_and_fail_overs_cons
                 p.withdrawn += free
         st = settled()
         accounts = {a["participant"].lower(): a for a in st["accounts"]}
+
+        # the operator API of the replica now active says the same; the standby says so
+        active = active_of(replicas)
+        assert active is not None
+        auth = {"authorization": f"Bearer {OPERATOR_TOKEN}"}
+        view = httpx.get(active.url + "/operator/vault", headers=auth).json()
+        assert view["accounts"] == {"count": len(st["accounts"]), **st["totals"]}, view
+        assert view["pendingSettlements"] == {"payouts": 0, "amount": "0",
+                                              "signedNotLanded": 0}
+        assert view["lastSettlement"]["epoch"] == vault.last_epoch() == view["landedEpoch"]
+        standby = replicas[1 - replicas.index(active)]
+        got = httpx.get(standby.url + "/operator/vault", headers=auth)
+        assert got.status_code == 503, got.text
+        assert got.json()["leaseHolder"] == view["leaseHolder"], (got.text, view)
+        assert got.json()["active"] == active.url
 
         # 1. tokens are conserved: participants + contract = what was minted to them
         total = sum(balance(usdc, p.address) for p in people) + balance(usdc, vault.address)

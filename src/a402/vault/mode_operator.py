@@ -66,7 +66,10 @@ def with_operator_api(app: ASGIApp, observer: Observer,
                          "leaseHolder": None if holder is None or holder.expired
                          else holder.holder, "active": None if holder is None
                          or holder.expired else holder.url}
-        return 200, operator_summary(await asyncio.to_thread(service.status))
+        summary = operator_summary(await asyncio.to_thread(service.status))
+        if lease is not None:  # the lease row's name for this replica, as a standby reports it
+            summary["leaseHolder"] = lease.holder
+        return 200, summary
 
     return OperatorRoutes(app, observer, list_payments=None, get_payment=None,
                           views={VAULT_PATH: vault_view})
