@@ -419,3 +419,49 @@ def test_a_queued_payout_survives_a_restart_sealed_and_is_paid_once(h: Harness) 
     assert [x.payees for x in again.tick()] == [2]
     assert (h.paid_to(alice.address), h.paid_to(bob.address)) == (700, 300)
     assert again.tick() == [] and h.start().balance(alice.address)["payoutRequested"] == "0"
+
+
+def test_changes_made_at_once_share_ledger_writes_and_every_acknowledged_one_is_stored(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    import time
+
+    clients = [Account.create() for _ in range(8)]
+    provider = h.vm.provider()
+    for c in clients:
+        h.deposit(c.address, 2_000)
+    h.service.tick()
+    writes: list[int] = []
+    real = h.service.store.put_meta
+
+    def slow_write(key: str, value: bytes, **kw: Any) -> Any:
+        if key == "vault-mode/ledger":
+            writes.append(h.service.accounts.ledger_version)
+            time.sleep(0.2)  # a slow disk: the changes made meanwhile wait for one write
+        return real(key, value, **kw)
+    monkeypatch.setattr(h.service.store, "put_meta", slow_write)
+    acknowledged: list[str] = []
+    go = threading.Barrier(len(clients))
+
+    def close_one(c: Any, cid: bytes) -> None:
+        go.wait(10)
+        h.service.close(cid)  # returns once a ledger with this close is stored
+        acknowledged.append(c.address)
+
+    cids = [h.service.open_channel(c.address, provider.address, provider.schnorr.public_key,
+                                   1_500)[0] for c in clients]
+    before = len(writes)
+    threads = [threading.Thread(target=close_one, args=(c, cid))
+               for c, cid in zip(clients, cids, strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(acknowledged) == len(clients)
+    assert len(writes) - before < len(clients)  # grouped: fewer writes than changes
+    monkeypatch.undo()
+    again = h.start()  # only what was stored: every acknowledged close is in it
+    for c in clients:
+        assert again.balance(c.address)["free"] == "2000"
+        assert again.balance(c.address)["locked"] == "0"
