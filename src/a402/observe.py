@@ -255,23 +255,30 @@ def new_request_id(scope: Scope) -> str:
 
 Lister = Callable[[PaymentFilter], Awaitable[list[dict[str, Any]]]]
 Getter = Callable[[str], Awaitable[dict[str, Any] | None]]
+#: A read-only operator view of its own path: (HTTP status, JSON body).
+View = Callable[[], Awaitable[tuple[int, dict[str, Any]]]]
 
 
 class OperatorRoutes:
     """ASGI: ``/metrics`` and ``/operator/payments[/{id}]`` (GET) answered here, every
     other request passed to ``app`` untouched. ``list_payments`` and ``get_payment``
-    read the service's records (newest first, already filtered)."""
+    read the service's records (newest first, already filtered); without them (a service
+    that keeps no payment records) those paths go to ``app``. ``views``: more read-only
+    operator paths (each ``/operator/…``), behind the same token."""
 
-    def __init__(self, app: ASGIApp, observer: Observer, *, list_payments: Lister,
-                 get_payment: Getter) -> None:
+    def __init__(self, app: ASGIApp, observer: Observer, *, list_payments: Lister | None,
+                 get_payment: Getter | None, views: Mapping[str, View] | None = None) -> None:
         self.app = app
         self.observer = observer
         self.list_payments = list_payments
         self.get_payment = get_payment
+        self.views = dict(views or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
-        ours = path in (METRICS_PATH, PAYMENTS_PATH) or path.startswith(PAYMENTS_PATH + "/")
+        ours = path == METRICS_PATH or path in self.views or (
+            self.list_payments is not None
+            and (path == PAYMENTS_PATH or path.startswith(PAYMENTS_PATH + "/")))
         if not ours:
             await self.app(scope, receive, send)
             return
@@ -296,6 +303,11 @@ class OperatorRoutes:
         if refused is not None:
             await _refuse(send, refused)
             return
+        if path in self.views:
+            status, data = await self.views[path]()
+            await _json(send, status, {"service": self.observer.service, **data})
+            return
+        assert self.list_payments is not None and self.get_payment is not None
         if path == PAYMENTS_PATH:
             query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
             try:

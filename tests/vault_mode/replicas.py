@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ class Replica:
 
     def __init__(self, chain: Chain, gas: LocalAccount, db: str, contract: str,
                  workdir: Path, platform: Path, name: str, *, ttl: float = 3.0,
-                 measurement: bytes) -> None:
+                 measurement: bytes, extra: Sequence[str] = ()) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         key = workdir / f"{name}.key"
         key.write_text(gas.key.hex())
@@ -46,11 +46,14 @@ class Replica:
             sys.executable, "-m", "a402.cli", "vault", "--mode", "vault",
             "--rpc", str(chain.rpc_url), "--key-file", str(key), "--db", db,
             "--port", str(self.port), "--platform-file", str(platform),
-            "--allow-simulated-attestation", "--provider-measurement", "00" * 32,
+            "--allow-simulated-attestation",
+            *([] if "--provider-measurement" in extra else ["--provider-measurement", "00" * 32]),
             "--a402-vault", contract, "--measurement", measurement.hex(),
             "--poll-interval", "0.2", "--settle-window", "0", "--settle-jitter", "0",
             "--settle-min-participants", "1", "--lease-ttl", str(ttl),
-            "--confirmations", "0"]  # anvil mines on demand: records at the head
+            "--confirmations", "0",  # anvil mines on demand: records at the head
+            *extra]
+        self.measurement = measurement
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, role: str, timeout: float = 60.0) -> None:
@@ -150,10 +153,12 @@ class FailoverCaller:
 
 
 @contextlib.contextmanager
-def two_replicas(chain: Chain, usdc: Any, db: str, tmp: Path, *, ttl: float = 3.0
+def two_replicas(chain: Chain, usdc: Any, db: str, tmp: Path, *, ttl: float = 3.0,
+                 extra: Sequence[str] = ()
                  ) -> Iterator[tuple[LocalAccount, A402Vault, list[Replica]]]:
     """An A402Vault whose signer is the replicas' shared enclave, and two replicas of it:
-    the first active, the second standing by."""
+    the first active, the second standing by (``extra``: more ``a402 vault`` flags; the
+    simulated platform is ``tmp/platform.json``)."""
     gas = funded(chain, usdc)
     platform = tmp / "platform.json"
     measurement = measure_package()  # once: every replica runs this same code
@@ -165,7 +170,7 @@ def two_replicas(chain: Chain, usdc: Any, db: str, tmp: Path, *, ttl: float = 3.
     finally:
         store.close()
     replicas = [Replica(chain, gas, db, address, tmp, platform, f"replica{i}", ttl=ttl,
-                        measurement=measurement) for i in (0, 1)]
+                        measurement=measurement, extra=extra) for i in (0, 1)]
     try:
         replicas[0].start("active")
         replicas[1].start("standby")

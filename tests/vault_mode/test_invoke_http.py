@@ -471,3 +471,13 @@ def test_hostile_invoke_calls_to_a_paying_vault_mode_vault_pay_nothing_and_run_n
         assert s.calls["weather"] == 1
         assert (s.account(alice.address), s.service.accounts.totals()) == before
         assert s.account(stranger.address) == 0
+
+
+def test_a_paid_calls_answer_row_fits_the_meta_tables_key_on_postgresql() -> None:
+    # PostgreSQL enforces the meta key's 64 characters (SQLite does not): a longer row name
+    # failed the answer's write after the payment, and the client got a 500 for a paid call
+    from a402.vault.tables import MetaRow
+
+    limit = MetaRow.__table__.c.key.type.length
+    rows = {answer_row("0x" + f"{i:040x}", "k" * 200 + str(i)) for i in range(50)}
+    assert len(rows) == 50 and all(len(r) <= limit for r in rows), limit

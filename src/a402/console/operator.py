@@ -44,6 +44,8 @@ def operator_reader(list_payments: Lister, tables: Tables | None = None) -> Page
 
 def with_console(routes: OperatorRoutes, *, tables: Tables | None = None) -> Console:
     """``routes`` (a service with its operator API in front) with the console in front."""
+    if routes.list_payments is None:
+        raise ValueError("the console reads the service's payment records: this one keeps none")
     return Console(routes, service=routes.observer.service,
                    check_token=operator_check(routes.observer),
                    read=operator_reader(routes.list_payments, tables))

@@ -153,13 +153,13 @@ def run_vault(args: argparse.Namespace) -> int:
     if serve.console and not observer.operator_enabled:
         return fail("--console needs --operator-token (the console signs in with it)")
     if serve.console and mode.mode == "vault":
-        return fail("--console: vault mode has no operator API yet; the console serves "
-                    "standard mode only")
+        return fail("--console: the console serves standard mode only (vault mode's "
+                    "operator API: GET /operator/vault with --operator-token)")
     if not trust.allow_simulated_attestation:
         return fail("the only enclave backend here is simulated; pass "
                     "--allow-simulated-attestation to run it (development only)")
     if mode.mode == "vault":
-        return _run_vault_mode(args, where, serve, trust, mode, fail)
+        return _run_vault_mode(args, where, serve, trust, mode, fail, observer)
     if mode.mode != "standard":
         return fail(f"--mode {mode.mode}: standard or vault")
     if where.manager:
@@ -237,7 +237,8 @@ def run_vault(args: argparse.Namespace) -> int:
 
 
 def _run_vault_mode(args: argparse.Namespace, where: ChainOptions, serve: ServeOptions,
-                    trust: AttestationOptions, mode: Mode, fail: Callable[[str], int]) -> int:
+                    trust: AttestationOptions, mode: Mode, fail: Callable[[str], int],
+                    observer: Any) -> int:
     """``a402 vault --mode vault``: the Liquidity Vault mode service (:mod:`a402.vault.mode`)
     on ``--a402-vault`` (or the manifest's A402Vault). On SQLite one process (the file
     lock); on PostgreSQL replicas under the lease, one active (:mod:`a402.vault.mode_lease`:
@@ -257,6 +258,7 @@ def _run_vault_mode(args: argparse.Namespace, where: ChainOptions, serve: ServeO
     from a402.vault.mode import VaultModeConfig, VaultModeService
     from a402.vault.mode_app import create_mode_app
     from a402.vault.mode_invoke import ModeInvoker
+    from a402.vault.mode_operator import with_operator_api
     from a402.vault.store import VaultBusy, VaultStore
 
     manifest = Manifest.load(where.manifest) if where.manifest else None
@@ -330,10 +332,13 @@ def _run_vault_mode(args: argparse.Namespace, where: ChainOptions, serve: ServeO
                           "role": "standby until it holds the lease"}),
               file=sys.stderr, flush=True)
         holder = lease.holder
-        serving.run(LeasedModeApp(
+        leased = LeasedModeApp(
             lease, partial(VaultModeService, config), invoker=invoker_of,
             on_active=lambda s: print(startup_line(s, url, holder), file=sys.stderr,
-                                      flush=True)), host=serve.host, port=serve.port)
+                                      flush=True))
+        serving.run(with_operator_api(leased, observer, lambda: leased.service
+                                      if leased.serving() else None, lease),
+                    host=serve.host, port=serve.port)
         return 0
     try:
         service = VaultModeService(config)
@@ -343,8 +348,8 @@ def _run_vault_mode(args: argparse.Namespace, where: ChainOptions, serve: ServeO
                       "address": service.address, "a402Vault": service.contract.address,
                       "gasAccount": account.address, "network": chain.network,
                       "measurement": "0x" + measurement.hex()}), file=sys.stderr, flush=True)
-    serving.run(create_mode_app(service, invoker=invoker_of(service)), host=serve.host,
-                port=serve.port)
+    serving.run(with_operator_api(create_mode_app(service, invoker=invoker_of(service)),
+                                  observer, lambda: service), host=serve.host, port=serve.port)
     return 0
 
 

@@ -24,11 +24,16 @@ that holds every participant's ``(free, locked)``, the channels and the statemen
   retrievable on demand (:meth:`statement`, ``GET /v1/vault/statement``).
 
 Safety argument (host side): *durable before acknowledged*. Every call that changes the
-enclave's ledger runs under one lock and returns only after the ledger the enclave sealed
+enclave's ledger runs under one lock and returns only after a ledger the enclave sealed
 (:meth:`~a402.vault_accounts.VaultAccountsCode.export_ledger`, encrypted and authenticated
-under the enclave's key: the host cannot read it) is written to the store; a statement, a
-σ_U or a settlement therefore never leaves before the state that produced it is on disk.
-If that write fails the service stops taking calls (``broken``): the enclave ran ahead of
+under the enclave's key: the host cannot read it) at that change or a later one is written
+to the store; a statement, a σ_U or a settlement therefore never leaves before the state
+that produced it is on disk. The write itself runs outside the lock (group commit,
+:meth:`VaultModeService._durable`): calls on other channels change the enclave meanwhile,
+and one write stores all of them; the writes are one at a time, each of the newest export
+(the stored ledger never goes back), and what is read for an answer (a balance, a
+statement, a withdrawal's check) is read only once everything before it is stored.
+If a write fails the service stops taking calls (``broken``): the enclave ran ahead of
 the store, and only a restart from the stored ledger is consistent. The payout queue is
 sealed too (under the host's seal with the enclave, :meth:`Enclave.seal`) and stored
 before a withdrawal is acknowledged. The host moves no money: what it can do with the
@@ -181,7 +186,10 @@ class VaultModeService:
         self._lock = threading.RLock()
         self._landing = threading.Lock()
         self.broken: str | None = None
-        self._saved: int | None = None  # the ledger version last stored
+        self._saved = -1  # the ledger version last stored
+        #: One ledger write at a time (``_writing``, guarded by ``_io``): see :meth:`_durable`.
+        self._io = threading.Condition(threading.Lock())
+        self._writing = False
         self._scan_from = 0  # the block of the last chain record reported (this process)
         if stored is not None:
             self.accounts.restore_ledger(stored)
@@ -205,22 +213,83 @@ class VaultModeService:
     # ------------------------------------------------------------------ durability
 
     def _save(self, signing: Batch | None = None) -> None:
+        """Store the ledger now, under the lock (held by the caller): after a write in
+        flight, so that the stored ledger never goes back to an older export. With
+        ``signing``, the payout queue without that batch in the same transaction."""
+        with self._io:
+            while self._writing:  # its writer needs only _io, never the lock we hold
+                self._io.wait()
+            self._writing = True
         try:
             blob = self.accounts.export_ledger()
+            version = self.accounts.ledger_version
             if signing is None:
                 self.store.put_meta(LEDGER_KEY, blob)
             else:  # the signed settlement and the queue without its batch: together
                 self.store.put_metas({LEDGER_KEY: blob, PAYOUTS_KEY: self._payouts_blob(signing)})
-            self._saved = self.accounts.ledger_version
+            self._saved = version
         except Exception as e:
             self.broken = f"the sealed ledger could not be stored: {type(e).__name__}: {e}"
             raise
+        finally:
+            with self._io:
+                self._writing = False
+                self._io.notify_all()
+
+    def _durable(self, version: int) -> None:
+        """Return once a ledger of ``version`` or later is stored (group commit).
+
+        The caller that finds no write in flight exports the newest ledger under the lock
+        and writes it after releasing the lock; callers whose change that export covers
+        return when it is stored, the others wait for it and write the next one. Writes
+        are one at a time and each is of an export newer than the last stored, so the
+        stored ledger only moves forward. Lock order: the service lock, then ``_io``; a
+        writer holds neither while it writes."""
+        while True:
+            with self._lock:
+                if self._saved >= version:
+                    return
+                if self.broken is not None:
+                    raise VaultModeError(503, "vault_broken", self.broken + "; restart the vault")
+                with self._io:
+                    lead = not self._writing
+                    if lead:
+                        self._writing = True
+                if lead:
+                    try:
+                        blob = self.accounts.export_ledger()
+                        exported = self.accounts.ledger_version
+                    except BaseException:
+                        with self._io:
+                            self._writing = False
+                            self._io.notify_all()
+                        raise
+            if not lead:
+                with self._io:
+                    while self._writing:
+                        self._io.wait()
+                continue
+            try:
+                self.store.put_meta(LEDGER_KEY, blob)
+                self._saved = exported
+            except Exception as e:
+                self.broken = f"the sealed ledger could not be stored: {type(e).__name__}: {e}"
+                raise
+            finally:
+                with self._io:
+                    self._writing = False
+                    self._io.notify_all()
+
+    def _settled_reads(self) -> None:
+        """Under the lock: store what the enclave holds before reading it for an answer."""
+        self._durable(self.accounts.ledger_version)
 
     def change(self, op: Callable[[], T], signing: Batch | None = None) -> T:
-        """Run ``op`` in the enclave and store the sealed ledger before returning its
-        result (durable before acknowledged). An enclave refusal changes nothing. With
+        """Run ``op`` in the enclave and return its result once the sealed ledger with its
+        change is stored (durable before acknowledged; the write is shared with the
+        changes made meanwhile: :meth:`_durable`). An enclave refusal changes nothing. With
         ``signing`` (``op`` signs that batch's settlement), the payout queue without the
-        batch is stored in the same transaction as the ledger."""
+        batch is stored in the same transaction as the ledger, under the lock."""
         with self._lock:
             if self.broken is not None:
                 raise VaultModeError(503, "vault_broken", self.broken + "; restart the vault")
@@ -228,9 +297,14 @@ class VaultModeService:
                 result = op()
             except EnclaveError as e:
                 raise refused(e) from None
-            if self.accounts.ledger_version != self._saved:
+            version = self.accounts.ledger_version
+            if version <= self._saved:
+                return result
+            if signing is not None:
                 self._save(signing)
-            return result
+                return result
+        self._durable(version)  # under an outer hold of the lock (RLock) it writes under it
+        return result
 
     def _save_payouts(self) -> None:
         """Store the payout requests (sealed): the waiting ones and those in a batch not
@@ -296,6 +370,7 @@ class VaultModeService:
 
     def balance(self, participant: str) -> dict[str, Any]:
         with self._lock:  # the ledger and the queue of one moment (see _sign)
+            self._settled_reads()
             free, locked, unconfirmed = self.accounts.balance(participant)
             queued = self._queued(participant)
         return {"participant": to_checksum(participant), "free": str(free),
@@ -307,14 +382,18 @@ class VaultModeService:
         return self.scheduler.queued(participant)
 
     def statement(self, participant: str) -> SignedStatement:
-        """The latest statement the enclave signed for ``participant``."""
-        try:
-            return self.accounts.statement(participant)
-        except EnclaveError as e:
-            raise refused(e) from None
+        """The latest statement the enclave signed for ``participant`` (stored first)."""
+        with self._lock:
+            self._settled_reads()
+            try:
+                return self.accounts.statement(participant)
+            except EnclaveError as e:
+                raise refused(e) from None
 
     def status(self) -> dict[str, Any]:
         """What the operator sees: totals, open channels, queued payouts, last settlement."""
+        with self._lock:
+            self._settled_reads()
         totals = self.accounts.totals()
         last = self.landed[-1] if self.landed else None
         landed_epoch = self.contract.last_epoch()
@@ -408,9 +487,30 @@ class VaultModeService:
     def open_channel(self, client: str, provider: str, provider_key: bytes, capacity: int
                      ) -> tuple[bytes, tuple[SignedStatement, ...]]:
         """Open a channel of ``client``'s to ``provider`` inside the enclave: ``capacity``
-        moves from the client's free balance to its locked. No transaction."""
-        return self.change(lambda: self.accounts.open_channel(
-            client, provider, provider_key, capacity, lock_timeout=self.config.lock_timeout))
+        moves from the client's free balance to its locked. No transaction.
+
+        Refused (402, nothing locked) above what the client's queued payouts leave
+        (:meth:`spare`): a withdrawal acknowledged as queued is paid, never dropped because
+        a channel took its money after it was asked (the check and the opening under one
+        hold of the lock, as a withdrawal's check and queueing are)."""
+        with self._lock:
+            spare = self.spare(client)
+            if capacity > spare:
+                raise VaultModeError(
+                    402, "insufficient_balance",
+                    f"nothing was paid: {spare} free in your vault account for a channel "
+                    f"(confirmed deposits, less payouts you asked for), {capacity} needed")
+            return self.change(lambda: self.accounts.open_channel(
+                client, provider, provider_key, capacity,
+                lock_timeout=self.config.lock_timeout))
+
+    def spare(self, participant: str) -> int:
+        """What ``participant`` may lock in a new channel: its free balance, less what its
+        queued payouts need beyond its unconfirmed deposits (a payout is signed against
+        free + unconfirmed, :meth:`_payable`)."""
+        with self._lock:
+            free, _, unconfirmed = self.accounts.balance(participant)
+            return max(0, min(free, free + unconfirmed - self._queued(participant)))
 
     def bind_tunnel(self, handle: str, channel_id: bytes) -> bytes:
         return self.change(lambda: self.accounts.bind_tunnel(handle, channel_id))
@@ -454,6 +554,7 @@ class VaultModeService:
                                  "1 to 64 characters of A-Z a-z 0-9 - _")
         who = address_key(participant)
         with self._lock:
+            self._settled_reads()  # the balance checked below is stored
             if key is not None and (first := self.withdrawals.get((who, key))) is not None:
                 if first["queued"] != str(amount):
                     raise VaultModeError(
@@ -504,8 +605,9 @@ class VaultModeService:
 
     def _payable(self, batch: Batch) -> list[tuple[str, int]]:
         """The batch's payouts the enclave can sign now. A request above what its participant
-        has free now (it spent the money in a channel since it asked), or of a participant
-        that is force-settling, is dropped with its reason in :attr:`dropped` (nothing was
+        has free now (a channel cannot take it since it asked, :meth:`open_channel`; a
+        deposit it counted on that the chain then dropped), or of a participant that is
+        force-settling, is dropped with its reason in :attr:`dropped` (nothing was
         paid for it): one such request must not hold back everybody else's payout."""
         out = []
         for p in batch.payouts:

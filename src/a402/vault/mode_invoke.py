@@ -44,6 +44,7 @@ result is checked (it does not ride on the next EXEC).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
@@ -134,14 +135,17 @@ class ModeTunnel(ProviderTunnel):
         self._bound[terms.channel_id(self.contract_domain)] = terms
 
 
-#: The store's meta rows of paid calls' answers: this prefix and a hash of (client, key).
+#: The store's meta rows of paid calls' answers: this prefix and a hash of (client, key), in
+#: base64url (43 characters): the row name fits the meta table's 64-character key, which
+#: PostgreSQL enforces (a hex digest did not: every answer's write failed there, after σ_U).
 ANSWER_ROW = "vault-mode/answer/"
 _ANSWER_LABEL = "a402/vault-mode-answer"
 
 
 def answer_row(client: str, key: str) -> str:
     """The meta row of ``client``'s call ``key`` (hashed: the row name says nothing)."""
-    return ANSWER_ROW + hashlib.sha256(f"{address_key(client)}\n{key}".encode()).hexdigest()
+    digest = hashlib.sha256(f"{address_key(client)}\n{key}".encode()).digest()
+    return ANSWER_ROW + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 class ModeRefused(VaultModeError):
@@ -326,13 +330,13 @@ class ModeInvoker:
             elif left < offer.amount:
                 await asyncio.to_thread(self.service.close, found)
         if cid is None:
-            free = int(self.service.balance(client)["free"])
+            free = await asyncio.to_thread(self.service.spare, client)
             capacity = call.deposit or min(free, DEFAULT_CHANNEL_CALLS * offer.amount)
             if capacity < offer.amount:
                 raise ModeRefused(
                     402, api.INSUFFICIENT_BALANCE,
                     f"nothing was paid: {free} free in your vault account (confirmed "
-                    f"deposits), {offer.amount} needed")
+                    f"deposits, less payouts you asked for), {offer.amount} needed")
             cid, _ = await asyncio.to_thread(
                 self.service.open_channel, to_checksum(client), to_checksum(offer.pay_to),
                 tunnel.info.provider_key, capacity)
