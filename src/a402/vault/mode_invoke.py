@@ -148,6 +148,13 @@ def answer_row(client: str, key: str) -> str:
     return ANSWER_ROW + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
+def _hex_answer_row(client: str, key: str) -> str:
+    """The row name answers had before (hex, 82 characters: too long for PostgreSQL's key,
+    so only SQLite vaults hold such rows); read still, so a retry finds an answer stored
+    before the upgrade."""
+    return ANSWER_ROW + hashlib.sha256(f"{address_key(client)}\n{key}".encode()).hexdigest()
+
+
 class ModeRefused(VaultModeError):
     """A refused call (``status``, machine-readable ``reason``; ``provider_reason``: the
     provider's, when it refused). Nothing was paid, unless raised after σ_U (AUTH):
@@ -238,6 +245,8 @@ class ModeInvoker:
         if once in self._answers:
             return self._answers[once]
         blob = self.service.store.get_meta(answer_row(client, key))
+        if blob is None:
+            blob = self.service.store.get_meta(_hex_answer_row(client, key))
         if blob is None:
             return None
         status, body = json.loads(self.service.config.enclave.unseal(_ANSWER_LABEL, blob))
