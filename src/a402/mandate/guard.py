@@ -320,6 +320,11 @@ class MandateGuard:
         :meth:`admit`, so the wait is what the read takes beyond the signing and the
         transaction's own work; payers sharing the store queue behind it."""
         payment = admission.payment
+        with self.store.writer:  # this process's payers queue here, not in the pool
+            return self._commit(admission, payment, fields, sign_digest, payment_ref)
+
+    def _commit(self, admission: Admission, payment: ProposedPayment, fields: dict[str, Any],
+                sign_digest: Callable[[bytes], bytes], payment_ref: str | None) -> Committed:
         self.store.register(self.signed_mandate)
         self.evidence.ready()
         queued = self._take_pending()
@@ -425,7 +430,7 @@ class MandateGuard:
             self.evidence.ready()
             for attempt in range(_ATTEMPTS):
                 try:
-                    with self.store.engine.begin() as conn:
+                    with self.store.writer, self.store.engine.begin() as conn:
                         self.evidence.append_in(conn, queued)
                     return
                 except IntegrityError:
