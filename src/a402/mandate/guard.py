@@ -13,7 +13,9 @@ A payer holds a :class:`MandateGuard`. The ``exact`` payers (the httpx client,
    on the mandate's row on PostgreSQL) the spend store decides against the
    totals it reads under that lock and reserves the amount already marked
    ``signed``, the payment's evidence record (with the payload as it will be
-   sent) is appended, and, before ``COMMIT``, the registry's answer is awaited: a
+   sent) is appended, and, before ``COMMIT``, the registry's answer is awaited (read
+   again there if it was asked for more than ``PREFETCH_MAX_AGE`` seconds before,
+   e.g. while the payer queued behind others for the lock): a
    revoked or unreadable mandate, or a refusal by the store, rolls everything
    back and raises :class:`MandateRefused`. Only after the commit returns is the
    payload sent.
@@ -105,6 +107,9 @@ class Admission:
     payment: ProposedPayment
     confirmation: Confirmation | None
     read: Future[bool] | None
+    read_started: float = 0.0
+    """When ``read`` was started (``time.monotonic``): :meth:`MandateGuard.commit` reads
+    again, under its lock, a read older than ``PREFETCH_MAX_AGE`` by then."""
 
 
 @dataclass(frozen=True)
@@ -287,14 +292,16 @@ class MandateGuard:
         with self._pending_lock:
             self._prefetched = (time.monotonic(), read)
 
-    def _registry_read(self) -> Future[bool] | None:
+    def _registry_read(self) -> tuple[Future[bool] | None, float]:
+        """The read to brake with, and when it started."""
         if self.revocation is None:
-            return None
+            return None, 0.0
         with self._pending_lock:
             taken, self._prefetched = self._prefetched, None
         if taken is not None and time.monotonic() - taken[0] <= PREFETCH_MAX_AGE:
-            return taken[1]
-        return _registry_reads().submit(self.revocation.revoked, self.signed_mandate)
+            return taken[1], taken[0]
+        started = time.monotonic()
+        return _registry_reads().submit(self.revocation.revoked, self.signed_mandate), started
 
     def admit(self, payment: ProposedPayment) -> Admission:
         """Step 1: the owner's confirmation (if the amount needs it) and the registry
@@ -305,7 +312,7 @@ class MandateGuard:
             raise MandateRefused(MANDATE_NEEDS_CONFIRMATION, f"{payment.amount} is above the "
                                  f"confirmation threshold {m.confirm_above} and the owner did "
                                  "not confirm it")
-        return Admission(payment, confirmation, self._registry_read())
+        return Admission(payment, confirmation, *self._registry_read())
 
     def commit(self, admission: Admission, fields: dict[str, Any],
                sign_digest: Callable[[bytes], bytes], *,
@@ -339,6 +346,7 @@ class MandateGuard:
                         record = {**fields, "reservation": reservation.id}
                         seqs = self.evidence.append_in(conn, [*queued, (record, sign_digest)])
                         if admission.read is not None:
+                            self._fresh(admission)
                             self._brake(admission.read, payment)  # raises: rolled back
                     break
                 except IntegrityError:
@@ -359,6 +367,18 @@ class MandateGuard:
             if reservation.spent_after is not None:
                 self._seen = (reservation.period_index, reservation.spent_after)
         return Committed(reservation, seqs[-1])
+
+    def _fresh(self, admission: Admission) -> None:
+        """Replace ``admission``'s registry read by a new one if it started more than
+        ``PREFETCH_MAX_AGE`` ago. Called under the write lock, just before the brake is
+        awaited: however long the payer signed or queued behind other payers, the
+        answer it commits on was asked for at most that long before, so a revocation
+        in a block older than that stops it."""
+        assert self.revocation is not None
+        if time.monotonic() - admission.read_started > PREFETCH_MAX_AGE:
+            admission.read_started = time.monotonic()
+            admission.read = _registry_reads().submit(self.revocation.revoked,
+                                                      self.signed_mandate)
 
     def _take_pending(self) -> list[tuple[dict[str, Any], Callable[[bytes], bytes]]]:
         """The queued outcomes, now this writer's (so two commits never write one twice)."""
