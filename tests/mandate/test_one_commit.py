@@ -207,3 +207,39 @@ def test_200_payers_of_one_process_wait_their_turn_instead_of_failing_on_the_poo
     assert store.spent(s).total == 150 * PRICE and store.count(s, "signed") == 150
     assert len(EvidenceLog(store.engine).rows(s.hash_hex)) == 150
     store.close()
+
+
+def test_close_returns_only_once_an_outcome_the_idle_timer_is_writing_is_durable(
+    tmp_path,
+) -> None:
+    """The idle timer took the queue and is writing it when the payer closes: close (and
+    the exit flush, the same call) found the queue empty and returned at once, so a
+    process ending there lost an outcome its payer believed written. It now waits."""
+    keys = Keys()
+    s = signed(keys, max_per_payment=PRICE, budget=10 * PRICE)
+    store = SpendStore(f"sqlite:///{tmp_path / 'spend.db'}")
+    guard = MandateGuard(s, agent=keys.agent.address, store=store, revocation=None,
+                         flush_after=0.05)
+    wallet = Wallet(bytes(keys.agent.key))
+    done = guard.commit(guard.admit(_payment(keys)), _fields(guard, wallet, 0),
+                        wallet.sign_evidence)
+    signing, go = threading.Event(), threading.Event()
+
+    def slow_sign(digest: bytes) -> bytes:  # the timer's write, held mid-transaction
+        signing.set()
+        assert go.wait(10)
+        return wallet.sign_evidence(digest)
+
+    guard.settle(done, {"mandate": guard.mandate_hash, "agent": wallet.address,
+                        "status": 200}, slow_sign)
+    assert signing.wait(10)  # the timer is writing the outcome now
+    closed: list[float] = []
+    closer = threading.Thread(target=lambda: (guard.close(), closed.append(time.monotonic())))
+    closer.start()
+    closer.join(0.3)  # a close that does not wait returns within this
+    released = time.monotonic()
+    go.set()
+    closer.join(10)
+    assert closed and closed[0] >= released
+    assert guard.pending == 0 and len(EvidenceLog(store.engine).rows()) == 2
+    store.close()

@@ -443,22 +443,27 @@ class MandateGuard:
         self._write_pending()
 
     def _write_pending(self) -> None:
-        queued = self._take_pending()
-        if not queued:
-            return
-        try:
-            self.evidence.ready()
-            for attempt in range(_ATTEMPTS):
-                try:
-                    with self.store.writer, self.store.engine.begin() as conn:
-                        self.evidence.append_in(conn, queued)
-                    return
-                except IntegrityError:
-                    if attempt == _ATTEMPTS - 1:
-                        raise
-        except BaseException:
-            self._give_back(queued)
-            raise
+        """The queue is taken under the store's write lock, which a writer holds until its
+        commit returned: a flush (``close``, the exit flush) that finds the queue empty
+        because the idle timer or a payment's commit took it returns only once that
+        write is durable (or failed and gave the outcomes back, which it then writes)."""
+        with self.store.writer:
+            queued = self._take_pending()
+            if not queued:
+                return
+            try:
+                self.evidence.ready()
+                for attempt in range(_ATTEMPTS):
+                    try:
+                        with self.store.engine.begin() as conn:
+                            self.evidence.append_in(conn, queued)
+                        return
+                    except IntegrityError:
+                        if attempt == _ATTEMPTS - 1:
+                            raise
+            except BaseException:
+                self._give_back(queued)
+                raise
 
     def close(self) -> None:
         """Flush the queued outcomes and stop the idle timer (the store stays open)."""
