@@ -173,6 +173,7 @@ class MandateGuard:
         self._last_write = 0.0  # (monotonic) the last commit or queued outcome
         self._seen: tuple[int, Spent] | None = None  # (period, totals) after the last commit
         self._prefetched: tuple[float, Future[bool]] | None = None
+        self._latest_fresh: tuple[float, Future[bool]] | None = None  # (:meth:`_fresh`)
 
     @property
     def evidence(self) -> EvidenceLog:
@@ -375,10 +376,17 @@ class MandateGuard:
         answer it commits on was asked for at most that long before, so a revocation
         in a block older than that stops it."""
         assert self.revocation is not None
-        if time.monotonic() - admission.read_started > PREFETCH_MAX_AGE:
-            admission.read_started = time.monotonic()
-            admission.read = _registry_reads().submit(self.revocation.revoked,
-                                                      self.signed_mandate)
+        now = time.monotonic()
+        if now - admission.read_started <= PREFETCH_MAX_AGE:
+            return
+        with self._pending_lock:
+            latest = self._latest_fresh
+            if latest is None or now - latest[0] > PREFETCH_MAX_AGE:
+                # (one read a second at most for payers queued behind each other)
+                latest = (now, _registry_reads().submit(self.revocation.revoked,
+                                                        self.signed_mandate))
+                self._latest_fresh = latest
+        admission.read_started, admission.read = latest
 
     def _take_pending(self) -> list[tuple[dict[str, Any], Callable[[bytes], bytes]]]:
         """The queued outcomes, now this writer's (so two commits never write one twice)."""
