@@ -93,6 +93,7 @@ def test_every_paid_request_leaves_a_record_that_audit_verifies_offline(
     ("record", "the result hash", 4, BAD_RECORD_SIGNATURE),  # signature no longer covers it
     ("hash", "the stored hash", 3, HASH_MISMATCH),
     ("signature", "the agent's signature", 3, BAD_RECORD_SIGNATURE),
+    ("mandate", "the row's mandate column", 3, HASH_MISMATCH),  # (what rows(mandate) selects)
     ("document", "the mandate's budget", 1, BAD_MANDATE),
 ])
 def test_one_altered_byte_fails_the_audit_with_the_record_named(

@@ -162,3 +162,84 @@ def test_the_idle_timer_writes_a_lone_outcome_after_quiet(tmp_path) -> None:
         time.sleep(0.05)
     assert guard.pending == 0 and len(EvidenceLog(store.engine).rows()) == 2
     store.close()
+
+
+def test_200_payers_of_one_process_wait_their_turn_instead_of_failing_on_the_pool(
+    postgres_url: str,
+) -> None:
+    """All commits queue on one row lock; a thread waiting for it used to hold a pooled
+    connection, so with more waiting payers than connections the last ones failed with a
+    pool timeout (the run that paid 144 of 150 under load). Here the pool has two
+    connections and a 0.2 s timeout, far less than 200 commits take: every payer the
+    budget allows still pays, and exactly those."""
+    from sqlalchemy import create_engine
+
+    keys = Keys()
+    s = signed(keys, max_per_payment=PRICE, budget=150 * PRICE)
+    store = SpendStore(postgres_url)
+    store.engine.dispose()
+    store.engine = create_engine(postgres_url, pool_size=2, max_overflow=0, pool_timeout=0.2)
+    guard = MandateGuard(s, agent=keys.agent.address, store=store, revocation=None,
+                         flush_after=None)
+    wallet = Wallet(bytes(keys.agent.key))
+    start, lock = threading.Barrier(200), threading.Lock()
+    outcomes: list[str] = []
+
+    def one(i: int) -> None:
+        admission = guard.admit(_payment(keys, i))
+        start.wait()
+        try:
+            guard.commit(admission, _fields(guard, wallet, i), wallet.sign_evidence)
+            outcome = "paid"
+        except MandateRefused as e:
+            outcome = e.reason
+        except Exception as e:  # the failure this test is about (a pool timeout)
+            outcome = type(e).__name__
+        with lock:
+            outcomes.append(outcome)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(200)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == sorted(["paid"] * 150 + ["mandate_budget_exhausted"] * 50)
+    assert store.spent(s).total == 150 * PRICE and store.count(s, "signed") == 150
+    assert len(EvidenceLog(store.engine).rows(s.hash_hex)) == 150
+    store.close()
+
+
+def test_close_returns_only_once_an_outcome_the_idle_timer_is_writing_is_durable(
+    tmp_path,
+) -> None:
+    """The idle timer took the queue and is writing it when the payer closes: close (and
+    the exit flush, the same call) found the queue empty and returned at once, so a
+    process ending there lost an outcome its payer believed written. It now waits."""
+    keys = Keys()
+    s = signed(keys, max_per_payment=PRICE, budget=10 * PRICE)
+    store = SpendStore(f"sqlite:///{tmp_path / 'spend.db'}")
+    guard = MandateGuard(s, agent=keys.agent.address, store=store, revocation=None,
+                         flush_after=0.05)
+    wallet = Wallet(bytes(keys.agent.key))
+    done = guard.commit(guard.admit(_payment(keys)), _fields(guard, wallet, 0),
+                        wallet.sign_evidence)
+    signing, go = threading.Event(), threading.Event()
+
+    def slow_sign(digest: bytes) -> bytes:  # the timer's write, held mid-transaction
+        signing.set()
+        assert go.wait(10)
+        return wallet.sign_evidence(digest)
+
+    guard.settle(done, {"mandate": guard.mandate_hash, "agent": wallet.address,
+                        "status": 200}, slow_sign)
+    assert signing.wait(10)  # the timer is writing the outcome now
+    closed: list[float] = []
+    closer = threading.Thread(target=lambda: (guard.close(), closed.append(time.monotonic())))
+    closer.start()
+    closer.join(0.3)  # a close that does not wait returns within this
+    released = time.monotonic()
+    go.set()
+    closer.join(10)
+    assert closed and closed[0] >= released
+    assert guard.pending == 0 and len(EvidenceLog(store.engine).rows()) == 2
+    store.close()

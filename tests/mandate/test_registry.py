@@ -189,3 +189,52 @@ def test_a_reservation_made_while_the_registry_says_revoked_is_given_back_and_re
     assert store.count(signed, RESERVED) == 0
     assert store.count(signed, RELEASED) == 2
     store.close()
+
+
+def test_a_payer_queued_behind_others_past_its_read_is_stopped_by_a_revocation_meanwhile(
+    anvil_chain: Chain, dev_stack: Manifest, tmp_path,
+) -> None:
+    """The one-commit path reads the registry when the payment is admitted and awaits it
+    at the commit. A payer that then waits for the write lock (other payers of the
+    process commit first) would commit on a "not revoked" read however old; the owner's
+    revocation, mined while it waited, must stop it and leave nothing written."""
+    import threading
+    import time
+
+    from a402.client.wallet import Wallet
+    from a402.mandate.evidence import EvidenceLog
+    from a402.mandate.guard import PREFETCH_MAX_AGE, MandateGuard
+    from a402.mandate.policy import MandateRefused, ProposedPayment
+    from a402.mandate.spend import SIGNED, SpendStore
+
+    keys = Funded(anvil_chain, -1)
+    signed = _signed(keys, dev_stack)
+    store = SpendStore(f"sqlite:///{tmp_path / 'spend.db'}")
+    guard = MandateGuard(signed, agent=keys.agent.address, store=store,
+                         revocation=RevocationCheck.for_mandate(anvil_chain, signed))
+    wallet = Wallet(bytes(keys.agent.key))
+    payment = ProposedPayment(agent=keys.agent.address, payee=Account.create().address,
+                              network=dev_stack.network, asset=dev_stack.token.address,
+                              scheme="exact", amount=700, url="https://api.example.com/x")
+    admitted = guard.admit(payment)
+    assert admitted.read is not None and admitted.read.result() is False  # read: standing
+    outcome: list[object] = []
+
+    def pay() -> None:
+        try:
+            guard.commit(admitted, {"mandate": guard.mandate_hash, "agent": wallet.address},
+                         wallet.sign_evidence)
+            outcome.append("paid")
+        except MandateRefused as e:
+            outcome.append(e.reason)
+
+    with store.writer:  # other payers of this process are committing
+        payer = threading.Thread(target=pay)
+        payer.start()
+        guard.revocation.registry.revoke(keys.owner, signed.hash)  # type: ignore[union-attr]
+        time.sleep(PREFETCH_MAX_AGE + 0.2)
+    payer.join()
+    assert outcome == ["mandate_revoked"]
+    assert store.spent(signed).total == 0 and store.count(signed, SIGNED) == 0
+    assert EvidenceLog(store.engine).rows(signed.hash_hex) == []
+    store.close()

@@ -9,7 +9,8 @@ separate). :func:`audit` checks every record offline, in chain order, and says
 for each what holds and, for the first broken link, which record broke it:
 
 1. the record's hash is recomputed from its stored text, and the stored hash
-   column must equal it (``hash_mismatch``);
+   column must equal it, as must the stored mandate column the text's mandate
+   (``hash_mismatch``);
 2. the text is a record of this format whose ``seq`` is its row's and whose
    ``prev`` is the previous record's stored hash (``chain_broken``: a record
    deleted, inserted or reordered; the stored hash is itself checked by 1);
@@ -293,6 +294,9 @@ def audit(rows: Sequence[EvidenceRow], mandates: dict[str, SignedMandate | Manda
             prev = row.hash
             continue
         line.record = record
+        if row.mandate != record.get("mandate"):  # the column rows(mandate) selects by
+            line.problems.append((HASH_MISMATCH, "its stored mandate column is not its "
+                                                 "text's"))
         if record.get("seq") != row.seq or record.get("prev") != prev:
             line.problems.append((CHAIN_BROKEN, f"it does not follow the record before "
                                                 f"(prev {str(record.get('prev'))[:18]}…)"))

@@ -13,7 +13,9 @@ A payer holds a :class:`MandateGuard`. The ``exact`` payers (the httpx client,
    on the mandate's row on PostgreSQL) the spend store decides against the
    totals it reads under that lock and reserves the amount already marked
    ``signed``, the payment's evidence record (with the payload as it will be
-   sent) is appended, and, before ``COMMIT``, the registry's answer is awaited: a
+   sent) is appended, and, before ``COMMIT``, the registry's answer is awaited (read
+   again there if it was asked for more than ``PREFETCH_MAX_AGE`` seconds before,
+   e.g. while the payer queued behind others for the lock): a
    revoked or unreadable mandate, or a refusal by the store, rolls everything
    back and raises :class:`MandateRefused`. Only after the commit returns is the
    payload sent.
@@ -105,6 +107,9 @@ class Admission:
     payment: ProposedPayment
     confirmation: Confirmation | None
     read: Future[bool] | None
+    read_started: float = 0.0
+    """When ``read`` was started (``time.monotonic``): :meth:`MandateGuard.commit` reads
+    again, under its lock, a read older than ``PREFETCH_MAX_AGE`` by then."""
 
 
 @dataclass(frozen=True)
@@ -168,6 +173,7 @@ class MandateGuard:
         self._last_write = 0.0  # (monotonic) the last commit or queued outcome
         self._seen: tuple[int, Spent] | None = None  # (period, totals) after the last commit
         self._prefetched: tuple[float, Future[bool]] | None = None
+        self._latest_fresh: tuple[float, Future[bool]] | None = None  # (:meth:`_fresh`)
 
     @property
     def evidence(self) -> EvidenceLog:
@@ -287,14 +293,16 @@ class MandateGuard:
         with self._pending_lock:
             self._prefetched = (time.monotonic(), read)
 
-    def _registry_read(self) -> Future[bool] | None:
+    def _registry_read(self) -> tuple[Future[bool] | None, float]:
+        """The read to brake with, and when it started."""
         if self.revocation is None:
-            return None
+            return None, 0.0
         with self._pending_lock:
             taken, self._prefetched = self._prefetched, None
         if taken is not None and time.monotonic() - taken[0] <= PREFETCH_MAX_AGE:
-            return taken[1]
-        return _registry_reads().submit(self.revocation.revoked, self.signed_mandate)
+            return taken[1], taken[0]
+        started = time.monotonic()
+        return _registry_reads().submit(self.revocation.revoked, self.signed_mandate), started
 
     def admit(self, payment: ProposedPayment) -> Admission:
         """Step 1: the owner's confirmation (if the amount needs it) and the registry
@@ -305,7 +313,7 @@ class MandateGuard:
             raise MandateRefused(MANDATE_NEEDS_CONFIRMATION, f"{payment.amount} is above the "
                                  f"confirmation threshold {m.confirm_above} and the owner did "
                                  "not confirm it")
-        return Admission(payment, confirmation, self._registry_read())
+        return Admission(payment, confirmation, *self._registry_read())
 
     def commit(self, admission: Admission, fields: dict[str, Any],
                sign_digest: Callable[[bytes], bytes], *,
@@ -320,6 +328,11 @@ class MandateGuard:
         :meth:`admit`, so the wait is what the read takes beyond the signing and the
         transaction's own work; payers sharing the store queue behind it."""
         payment = admission.payment
+        with self.store.writer:  # this process's payers queue here, not in the pool
+            return self._commit(admission, payment, fields, sign_digest, payment_ref)
+
+    def _commit(self, admission: Admission, payment: ProposedPayment, fields: dict[str, Any],
+                sign_digest: Callable[[bytes], bytes], payment_ref: str | None) -> Committed:
         self.store.register(self.signed_mandate)
         self.evidence.ready()
         queued = self._take_pending()
@@ -334,6 +347,7 @@ class MandateGuard:
                         record = {**fields, "reservation": reservation.id}
                         seqs = self.evidence.append_in(conn, [*queued, (record, sign_digest)])
                         if admission.read is not None:
+                            self._fresh(admission)
                             self._brake(admission.read, payment)  # raises: rolled back
                     break
                 except IntegrityError:
@@ -354,6 +368,25 @@ class MandateGuard:
             if reservation.spent_after is not None:
                 self._seen = (reservation.period_index, reservation.spent_after)
         return Committed(reservation, seqs[-1])
+
+    def _fresh(self, admission: Admission) -> None:
+        """Replace ``admission``'s registry read by a new one if it started more than
+        ``PREFETCH_MAX_AGE`` ago. Called under the write lock, just before the brake is
+        awaited: however long the payer signed or queued behind other payers, the
+        answer it commits on was asked for at most that long before, so a revocation
+        in a block older than that stops it."""
+        assert self.revocation is not None
+        now = time.monotonic()
+        if now - admission.read_started <= PREFETCH_MAX_AGE:
+            return
+        with self._pending_lock:
+            latest = self._latest_fresh
+            if latest is None or now - latest[0] > PREFETCH_MAX_AGE:
+                # (one read a second at most for payers queued behind each other)
+                latest = (now, _registry_reads().submit(self.revocation.revoked,
+                                                        self.signed_mandate))
+                self._latest_fresh = latest
+        admission.read_started, admission.read = latest
 
     def _take_pending(self) -> list[tuple[dict[str, Any], Callable[[bytes], bytes]]]:
         """The queued outcomes, now this writer's (so two commits never write one twice)."""
@@ -418,22 +451,27 @@ class MandateGuard:
         self._write_pending()
 
     def _write_pending(self) -> None:
-        queued = self._take_pending()
-        if not queued:
-            return
-        try:
-            self.evidence.ready()
-            for attempt in range(_ATTEMPTS):
-                try:
-                    with self.store.engine.begin() as conn:
-                        self.evidence.append_in(conn, queued)
-                    return
-                except IntegrityError:
-                    if attempt == _ATTEMPTS - 1:
-                        raise
-        except BaseException:
-            self._give_back(queued)
-            raise
+        """The queue is taken under the store's write lock, which a writer holds until its
+        commit returned: a flush (``close``, the exit flush) that finds the queue empty
+        because the idle timer or a payment's commit took it returns only once that
+        write is durable (or failed and gave the outcomes back, which it then writes)."""
+        with self.store.writer:
+            queued = self._take_pending()
+            if not queued:
+                return
+            try:
+                self.evidence.ready()
+                for attempt in range(_ATTEMPTS):
+                    try:
+                        with self.store.engine.begin() as conn:
+                            self.evidence.append_in(conn, queued)
+                        return
+                    except IntegrityError:
+                        if attempt == _ATTEMPTS - 1:
+                            raise
+            except BaseException:
+                self._give_back(queued)
+                raise
 
     def close(self) -> None:
         """Flush the queued outcomes and stop the idle timer (the store stays open)."""

@@ -175,6 +175,16 @@ class SpendStore:
             else _LOCK_ROW_FOR_UPDATE
         self._known: set[bytes] = set()
         self._known_lock = threading.Lock()
+        self.writer = threading.Lock()
+        """Held by this process's payers around a one-commit payment's write transaction
+        (:meth:`a402.mandate.guard.MandateGuard.commit`, and the outcome flush). Those
+        transactions all queue on the evidence chain's head row anyway (one at a time per
+        database); without this, every waiting thread would hold a pooled connection
+        while it waits, and two hundred payers in one process would exhaust the pool
+        (30 connections, 30 s), failing payments the budget allows with a pool timeout
+        instead of paying them. Threads now wait here, unbounded like the row lock they
+        would otherwise wait for, and each process holds one connection for its writes;
+        other processes and machines still serialize on the database's own locks."""
 
     def close(self) -> None:
         self.engine.dispose()
