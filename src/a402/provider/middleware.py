@@ -54,6 +54,7 @@ pay_to=..., token=..., network=..., facilitator="http://...")``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -67,6 +68,7 @@ from a402.chain.deploy import TokenInfo
 from a402.evm.address import is_address, same_address, to_checksum
 from a402.exact.eip3009 import SCHEME_EXACT, ExactEvmPayload
 from a402.exact.serve import (
+    MAX_REMEMBERED_VALIDITY,
     Acquire,
     ExactPayment,
     MarkPending,
@@ -97,7 +99,9 @@ from a402.observe import Observer, new_request_id
 from a402.provider import responses
 from a402.provider.alternatives import AlternativeScheme
 from a402.provider.asgi import BufferedResponse, adding_headers, header_values, run_buffered
+from a402.provider.deliveries import MAX_KEPT_BODY, RESPONSE_NOT_KEPT, Delivery, request_digest
 from a402.provider.ledger import (
+    DeliveryLedger,
     InMemoryLedger,
     LedgerState,
     PaymentKey,
@@ -437,9 +441,12 @@ class PaymentMiddleware:
         """Drive the one server-side ``exact`` flow (:mod:`a402.exact.serve`) with this
         middleware's ledger, facilitator and app, then answer what it decided."""
         started = time.perf_counter()
+        receive = body = _HashedBody(receive)
+        now = time.time()
+        keep_until = min(p.valid_before, now + MAX_REMEMBERED_VALIDITY) + self.retention
         flow = exact_flow(
             ExactPayment(p.key, p.fingerprint, p.valid_before, p.terms),
-            now=time.time(), retention=self.retention,
+            now=now, retention=self.retention,
             # upto: the charge is known only once the app has answered.
             settle_first=self.settle_before_serve and not p.upto,
         )
@@ -496,6 +503,11 @@ class PaymentMiddleware:
 
         outcome = await drive(flow, run)
         match outcome:
+            case Reused(LedgerState.SETTLED, settlement) if await self._redeliver(
+                    send, scope, body, p, settlement):
+                self._observe(scope, p, outcome, time.perf_counter() - started,
+                              label="redelivered")
+                return
             case Reused(state, settlement):
                 await self._refuse_reuse(send, offer, state, settlement)
             case OtherTerms(settlement) | NotResumable(settlement):
@@ -538,12 +550,17 @@ class PaymentMiddleware:
                               settlement.transaction, exc_info=unrecorded)
                 log.info("settled %s for %s: %s", p.requirements.scheme, p.key.payer,
                          settlement.transaction)
+                paid_headers = self._paid_headers(settlement, p.version)
                 if serve_now:
-                    paid = adding_headers(send, self._paid_headers(settlement, p.version),
+                    paid = adding_headers(send, paid_headers,
                                           defaults=[("cache-control", "private")])
-                    await self.app(scope, receive, paid)
+                    await self.app(scope, receive, self._keeping(scope, body, p, paid,
+                                                                 keep_until))
                 else:
-                    await self._serve_paid(send, buffered[0], settlement, p.version)
+                    response = buffered[0]
+                    await self._keep(scope, body, p, response.status, response.headers,
+                                     b"".join(response.body), keep_until)
+                    await self._serve_paid(send, response, settlement, p.version)
         self._observe(scope, p, outcome, time.perf_counter() - started)
 
     def _usage(self, response: BufferedResponse, p: _Payment) -> int:
@@ -556,7 +573,95 @@ class PaymentMiddleware:
         response.headers = without_reports(response.headers)
         return amount
 
-    def _observe(self, scope: Scope, p: _Payment, outcome: Any, latency: float) -> None:
+    # ------------------------------------------------- delivered once, kept for a resend
+
+    async def _request(self, scope: Scope, body: _HashedBody, p: _Payment) -> str:
+        """:func:`request_digest` of this request: method, the resource we named for it
+        (in ``terms``: path and query), and its body."""
+        return request_digest("http", method=scope["method"], terms=p.terms,
+                              body=await body.digest())
+
+    async def _keep(self, scope: Scope, body: _HashedBody, p: _Payment, status: int,
+                    headers: list[tuple[bytes, bytes]], content: bytes, until: float) -> None:
+        """Durably keep what this settled payment delivers, before it is released (see
+        :mod:`a402.provider.deliveries`). A failure to keep is logged, not raised: the
+        payer is charged and the response is due."""
+        if not isinstance(self.ledger, DeliveryLedger):
+            return
+        try:
+            delivery = Delivery.of(
+                fingerprint=p.fingerprint, request=await self._request(scope, body, p),
+                status=status, body=content,
+                headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers])
+            await self.ledger.keep_delivery(p.key, delivery, expires_at=until)
+        except Exception:
+            log.exception("could not keep the response of settled payment %s", p.key.nonce)
+
+    def _keeping(self, scope: Scope, body: _HashedBody, p: _Payment, send: Send,
+                 until: float) -> Send:
+        """A ``send`` that holds the response back until it is complete (then keeps it and
+        sends it) or larger than :data:`MAX_KEPT_BODY` (then records that it was not kept
+        and streams it on)."""
+        held: list[Message] = []
+        size = 0
+        released = False
+
+        async def keeping(message: Message) -> None:
+            nonlocal size, released
+            if released:
+                await send(message)
+                return
+            held.append(message)
+            if message["type"] != "http.response.body":
+                return
+            size += len(message.get("body", b""))
+            if size <= MAX_KEPT_BODY and message.get("more_body", False):
+                return
+            released = True
+            start = next(m for m in held if m["type"] == "http.response.start")
+            content = b"".join(m.get("body", b"") for m in held
+                               if m["type"] == "http.response.body")
+            await self._keep(scope, body, p, int(start["status"]),
+                             list(start.get("headers", [])), content, until)
+            for waiting in held:
+                await send(waiting)
+            held.clear()
+
+        return keeping
+
+    async def _redeliver(self, send: Send, scope: Scope, body: _HashedBody, p: _Payment,
+                         settlement: SettleResponse | None) -> bool:
+        """The identical resend of a settled payment: send what it bought again (or say it
+        settled and was not kept). False if this is not that resend: refuse it as used."""
+        if not isinstance(self.ledger, DeliveryLedger):
+            return False
+        delivery = await self.ledger.delivery(p.key)
+        if delivery is None or not delivery.answers(p.fingerprint,
+                                                    await self._request(scope, body, p)):
+            return False
+        extra = self._paid_headers(settlement, p.version) if settlement is not None else []
+        if not delivery.kept:
+            await responses.Reply(410, json.dumps({
+                "error": RESPONSE_NOT_KEPT, "settled": True, "charged": True,
+                "transaction": settlement.transaction if settlement else None,
+                "message": f"this payment was paid and settled and its response delivered; "
+                           f"the response ({delivery.size} bytes or more) was larger than "
+                           f"{MAX_KEPT_BODY} bytes and was not kept, so it cannot be sent "
+                           "again; nothing more was charged"}).encode(),
+                [("content-type", "application/json"), *extra]).send(send)
+            return True
+        log.info("redelivered the response of settled payment %s", p.key.nonce)
+        again = BufferedResponse(status=delivery.status, started=True, body=[delivery.body],
+                                 headers=[(k.encode("latin-1"), v.encode("latin-1"))
+                                          for k, v in delivery.headers])
+        if settlement is not None:
+            await self._serve_paid(send, again, settlement, p.version)
+        else:
+            await again.replay(send, [("cache-control", "private")])
+        return True
+
+    def _observe(self, scope: Scope, p: _Payment, outcome: Any, latency: float, *,
+                 label: str | None = None) -> None:
         """The paid request's log line and metrics: its outcome names what became of the
         money (``settled``: charged; ``pending``: may be charged; every other: nothing
         moved)."""
@@ -567,7 +672,8 @@ class PaymentMiddleware:
             amount = settlement.amount  # what was charged, not the maximum
         self.observer.paid(
             request_id=new_request_id(scope), payer=p.key.payer, amount=amount,
-            scheme=p.requirements.scheme, outcome=_OUTCOMES.get(type(outcome).__name__, "error"),
+            scheme=p.requirements.scheme,
+            outcome=label or _OUTCOMES.get(type(outcome).__name__, "error"),
             latency=latency, payee=self.pay_to, asset=p.key.asset, network=p.key.network,
             nonce=p.key.nonce, method=scope.get("method"), path=scope.get("path"),
             transaction=(settlement.transaction or None) if settlement is not None else None)
@@ -695,6 +801,30 @@ def _match_v2(accepted: PaymentRequirements, offered: PaymentRequirements) -> No
             responses.NO_MATCHING_REQUIREMENTS,
             f"the accepted requirement differs from the offer in: {', '.join(differ)}",
         )
+
+
+class _HashedBody:
+    """The request's ``receive``, hashing the body as the app reads it; :meth:`digest`
+    reads whatever the app left unread (nothing is read twice)."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._hash = hashlib.sha256()
+        self._done = False
+
+    async def __call__(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self._hash.update(message.get("body", b""))
+            self._done = self._done or not message.get("more_body", False)
+        elif message["type"] == "http.disconnect":
+            self._done = True
+        return message
+
+    async def digest(self) -> str:
+        while not self._done:
+            await self()
+        return self._hash.hexdigest()
 
 
 def _base_url(scope: Scope) -> str:
