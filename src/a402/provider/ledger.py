@@ -194,7 +194,10 @@ class InMemoryLedger:
     async def keep_delivery(self, key: PaymentKey, delivery: Delivery, *,
                             expires_at: float) -> None:
         with self._lock:
+            self._purge()
             self._deliveries[key] = (delivery, expires_at)
+            self._seq += 1
+            heapq.heappush(self._expiry, (expires_at, self._seq, key))
 
     async def delivery(self, key: PaymentKey) -> Delivery | None:
         with self._lock:
