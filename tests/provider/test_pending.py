@@ -108,7 +108,9 @@ async def test_pending_settlement_is_served_on_retry_of_the_same_header(
     receipt = decode_settle_response(served.headers[PAYMENT_RESPONSE])
     assert receipt.success is True and receipt.transaction == tx
     assert_mined_transfer(anvil_chain, tx)
-    assert replay.status_code == 402 and replay.json()["error"] == "payment_already_used"
+    # The identical resend gets the kept response again: not run, not charged again.
+    assert replay.status_code == 200 and replay.content == served.content
+    assert decode_settle_response(replay.headers[PAYMENT_RESPONSE]).transaction == tx
     # Serve-then-settle ran the handler once before the first settle (its response
     # was withheld) and once more when the pending payment resolved.
     assert calls["weather"] == 2
