@@ -448,7 +448,7 @@ class PaymentMiddleware:
             ExactPayment(p.key, p.fingerprint, p.valid_before, p.terms),
             now=now, retention=self.retention,
             # upto: the charge is known only once the app has answered.
-            settle_first=self.settle_before_serve and not p.upto,
+            settle_first=(settle_first := self.settle_before_serve and not p.upto),
         )
         buffered: list[BufferedResponse] = []
         charge: list[int] = []  # upto: the amount to settle, once known
@@ -534,10 +534,14 @@ class PaymentMiddleware:
             case NotServed():
                 await buffered[0].replay(send)
             case RequestRefused(failure, settle_attempted) | Unanswered(failure, settle_attempted):
+                if settle_attempted and buffered and isinstance(outcome, Unanswered):
+                    await self._hold(scope, body, p, buffered[0], keep_until)
                 await self._facilitator_failed(send, offer, failure, settle_attempted,
                                                refused=isinstance(outcome, RequestRefused))
             case SettlePending(settlement):
                 log.info("settlement pending for %s: %s", p.key.payer, settlement.transaction)
+                if buffered:
+                    await self._hold(scope, body, p, buffered[0], keep_until)
                 await self._settle_failed(send, offer, p, settlement)
             case SettleFailed(settlement):
                 log.info("settlement failed for %s: %s", p.key.payer, settlement.error_reason)
@@ -551,7 +555,11 @@ class PaymentMiddleware:
                 log.info("settled %s for %s: %s", p.requirements.scheme, p.key.payer,
                          settlement.transaction)
                 paid_headers = self._paid_headers(settlement, p.version)
-                if serve_now:
+                held = (await self._held(scope, body, p)
+                        if serve_now and not settle_first else None)
+                if held is not None:  # resumed: the response computed before it settled
+                    await self._serve_paid(send, held, settlement, p.version)
+                elif serve_now:
                     paid = adding_headers(send, paid_headers,
                                           defaults=[("cache-control", "private")])
                     await self.app(scope, receive, self._keeping(scope, body, p, paid,
@@ -596,6 +604,25 @@ class PaymentMiddleware:
             await self.ledger.keep_delivery(p.key, delivery, expires_at=until)
         except Exception:
             log.exception("could not keep the response of settled payment %s", p.key.nonce)
+
+    async def _hold(self, scope: Scope, body: _HashedBody, p: _Payment,
+                    response: BufferedResponse, until: float) -> None:
+        """Keep the response computed for a payment whose settlement is not known yet, so
+        the resend that resumes it, at any replica sharing the ledger, delivers it rather
+        than running the app again."""
+        await self._keep(scope, body, p, response.status, response.headers,
+                         b"".join(response.body), until)
+
+    async def _held(self, scope: Scope, body: _HashedBody, p: _Payment
+                    ) -> BufferedResponse | None:
+        """The response held for this resumed payment and request, if one was kept."""
+        if not isinstance(self.ledger, DeliveryLedger):
+            return None
+        delivery = await self.ledger.delivery(p.key)
+        if delivery is None or not delivery.kept or not delivery.answers(
+                p.fingerprint, await self._request(scope, body, p)):
+            return None
+        return _buffered(delivery)
 
     def _keeping(self, scope: Scope, body: _HashedBody, p: _Payment, send: Send,
                  until: float) -> Send:
@@ -651,9 +678,7 @@ class PaymentMiddleware:
                 [("content-type", "application/json"), *extra]).send(send)
             return True
         log.info("redelivered the response of settled payment %s", p.key.nonce)
-        again = BufferedResponse(status=delivery.status, started=True, body=[delivery.body],
-                                 headers=[(k.encode("latin-1"), v.encode("latin-1"))
-                                          for k, v in delivery.headers])
+        again = _buffered(delivery)
         if settlement is not None:
             await self._serve_paid(send, again, settlement, p.version)
         else:
@@ -801,6 +826,12 @@ def _match_v2(accepted: PaymentRequirements, offered: PaymentRequirements) -> No
             responses.NO_MATCHING_REQUIREMENTS,
             f"the accepted requirement differs from the offer in: {', '.join(differ)}",
         )
+
+
+def _buffered(delivery: Delivery) -> BufferedResponse:
+    return BufferedResponse(status=delivery.status, started=True, body=[delivery.body],
+                            headers=[(k.encode("latin-1"), v.encode("latin-1"))
+                                     for k, v in delivery.headers])
 
 
 class _HashedBody:
