@@ -37,6 +37,11 @@ PostgreSQL database for replicas and for gateways sharing a ``payTo``. It is
 the gateway's default. :class:`InMemoryLedger` is correct for one process
 only (tests, and embedding the middleware in a single-process app).
 
+Beside the entries, a :class:`DeliveryLedger` keeps what each settled payment
+delivered (a second table, ``a402_provider_deliveries``; :mod:`a402.provider.deliveries`),
+so the identical resend of a payment whose response was lost gets it again; it is read
+only for an entry that is SETTLED (or resumed from PENDING), and expires with it.
+
 A durable ledger outlives its process, and so does an entry a crash left
 IN_FLIGHT: it keeps refusing that authorization (as "in use") until it expires.
 It is never taken over, because a live holder cannot be told from a dead one,

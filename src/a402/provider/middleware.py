@@ -4,6 +4,9 @@ One paid request, default (serve, then settle) order::
 
     no payment header ............................ 402 + offer
     header undecodable / matches no offer ........ 402, error = reason
+    settled payment resent for the same request .. its kept response again   (ledger; not
+                                                    run, not charged; 410 response_not_kept
+                                                    if it was too large to keep)
     authorization already used or in use ......... 402 payment_already_used   (ledger)
     pending authorization resent elsewhere ....... 402 payment_terms_mismatch (ledger)
     POST /verify → invalid ....................... 402, error = invalidReason
@@ -47,6 +50,12 @@ request's Host) and the path, so every replica of one gateway names it alike.
 Without ``public_url`` the Host header is the payer's to choose: sent to two
 services with the same Host, one payment names one resource at both, and only
 a shared ledger (not the facilitator's resource binding) stops the second sale.
+
+What a settled payment delivered is kept in the replay ledger before it is
+released (:mod:`a402.provider.deliveries` states the safety argument), so a
+response lost on the way after settling is not paid for in vain; the response
+computed for a payment whose settlement is not known yet is held there the same
+way, and the resend that resumes it delivers it rather than running the app again.
 
 Use with Starlette or FastAPI: ``app.add_middleware(PaymentMiddleware, routes=...,
 pay_to=..., token=..., network=..., facilitator="http://...")``.
