@@ -19,7 +19,7 @@ import httpx
 import pytest
 from eth_account.signers.local import LocalAccount
 from fastapi import FastAPI
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -29,10 +29,16 @@ from starlette.types import Message, Receive, Scope, Send
 from a402.background import serve_in_thread
 from a402.chain.deploy import Manifest
 from a402.chain.node import Chain
+from a402.exact.eip3009 import build_payment_payload
 from a402.provider import create_gateway
 from a402.provider.deliveries import MAX_KEPT_BODY, RESPONSE_NOT_KEPT
 from a402.provider.ledger import SqlLedger
-from a402.wire.headers import PAYMENT_RESPONSE, PAYMENT_SIGNATURE, decode_settle_response
+from a402.wire.headers import (
+    PAYMENT_RESPONSE,
+    PAYMENT_SIGNATURE,
+    decode_payment_payload,
+    decode_settle_response,
+)
 from tests.provider.support import (
     ITEM_PRICE_ATOMIC,
     PRICE_ATOMIC,
@@ -42,6 +48,7 @@ from tests.provider.support import (
     assert_mined_transfer,
     offer,
     paid_app,
+    payload_header,
     v2_header,
 )
 
@@ -80,12 +87,23 @@ def _app(pay_to: str, manifest: Manifest, facilitator: str, calls: Calls,
          ledger: str, **options: Any) -> LosesFirstPaidResponse:
     app: FastAPI = paid_app(pay_to=pay_to, manifest=manifest, facilitator=facilitator,
                             calls=calls, ledger=ledger,
-                            extra_prices={"GET /big": BIG_PRICE_ATOMIC}, **options)
+                            extra_prices={"GET /big": BIG_PRICE_ATOMIC,
+                                          "GET /stream": BIG_PRICE_ATOMIC}, **options)
 
     @app.get("/big")
     async def big() -> Response:
         calls.hit("big")
         return Response(b"x" * (MAX_KEPT_BODY + 1), media_type="application/octet-stream")
+
+    @app.get("/stream")
+    async def stream() -> StreamingResponse:
+        calls.hit("stream")
+
+        async def events() -> Any:
+            for n in range(3):
+                yield f"data: {n}\n\n".encode()
+
+        return StreamingResponse(events(), media_type="text/event-stream")
 
     return LosesFirstPaidResponse(app)
 
@@ -136,8 +154,11 @@ async def test_the_settled_payment_resent_for_another_path_or_query_buys_nothing
         lost = await client.get("/items/1", headers=headers)
         other_path = await client.get("/items/2", headers=headers)
         other_query = await client.get("/items/1?x=1", headers=headers)
-        other_signature = await client.get(
-            "/items/1", headers={PAYMENT_SIGNATURE: headers[PAYMENT_SIGNATURE].swapcase()})
+        nonce = decode_payment_payload(headers[PAYMENT_SIGNATURE]).payload["authorization"][
+            "nonce"]
+        resigned = build_payment_payload(required.accepts[0], payer, resource=required.resource,
+                                         nonce=nonce, valid_for=120)  # same nonce, new signature
+        other_signature = await client.get("/items/1", headers=payload_header(resigned))
         same = await client.get("/items/1", headers=headers)
 
     assert lost.status_code == 502
@@ -145,7 +166,8 @@ async def test_the_settled_payment_resent_for_another_path_or_query_buys_nothing
         assert refused.status_code == 402, refused.text
         assert refused.json()["error"] == "payment_already_used"
         assert "\"item\":" not in refused.text
-    assert other_signature.status_code == 402 and "\"item\":" not in other_signature.text
+    assert other_signature.status_code == 402, other_signature.text
+    assert other_signature.json()["error"] == "payment_already_used"
     assert same.status_code == 200 and same.json() == {"item": "1"}
     assert calls["item"] == 1
     assert balances.delta(payer.address) == -ITEM_PRICE_ATOMIC
@@ -225,3 +247,30 @@ async def test_a_response_lost_at_one_gateway_is_sent_again_by_another_sharing_a
     assert served == ["/paid/report"]
     assert balances.delta(payer.address) == -1_500
     assert balances.delta(pay_to) == 1_500
+
+
+async def test_a_streamed_response_settled_first_is_streamed_not_kept_and_its_resend_told_so(
+    anvil_chain: Chain, dev_stack: Manifest, facilitator_url: str, pay_to: str,
+    new_payer: Payer, tmp_path: Path,
+) -> None:
+    """Settle-first streams the response (no length: never held back to be kept); the
+    ledger records that it was delivered and not kept, so the resend hears the truth."""
+    payer = new_payer(10_000)
+    balances = Balances(anvil_chain, dev_stack, payer.address, pay_to)
+    calls = Calls()
+    app = _app(pay_to, dev_stack, facilitator_url, calls, f"sqlite:///{tmp_path}/l.db",
+               settle_before_serve=True)
+    async with asgi_client(app) as client:
+        required, _ = await offer(client, "/stream")
+        headers = v2_header(required, payer)
+        lost = await client.get("/stream", headers=headers)
+        again = await client.get("/stream", headers=headers)
+
+    assert app.lost == [200] and lost.status_code == 502
+    assert again.status_code == 410, again.text
+    assert again.json()["error"] == RESPONSE_NOT_KEPT and again.json()["settled"] is True
+    assert "streamed" in again.json()["message"]
+    assert_mined_transfer(anvil_chain, again.json()["transaction"])
+    assert calls["stream"] == 1
+    assert balances.delta(payer.address) == -BIG_PRICE_ATOMIC
+    assert balances.delta(pay_to) == BIG_PRICE_ATOMIC

@@ -599,7 +599,8 @@ class PaymentMiddleware:
                               body=await body.digest())
 
     async def _keep(self, scope: Scope, body: _HashedBody, p: _Payment, status: int,
-                    headers: list[tuple[bytes, bytes]], content: bytes, until: float) -> None:
+                    headers: list[tuple[bytes, bytes]], content: bytes, until: float, *,
+                    kept: bool = True) -> None:
         """Durably keep what this settled payment delivers, before it is released (see
         :mod:`a402.provider.deliveries`). A failure to keep is logged, not raised: the
         payer is charged and the response is due."""
@@ -609,7 +610,8 @@ class PaymentMiddleware:
             delivery = Delivery.of(
                 fingerprint=p.fingerprint, request=await self._request(scope, body, p),
                 status=status, body=content,
-                headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers])
+                headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers],
+                limit=MAX_KEPT_BODY if kept else -1)
             await self.ledger.keep_delivery(p.key, delivery, expires_at=until)
         except Exception:
             log.exception("could not keep the response of settled payment %s", p.key.nonce)
@@ -648,6 +650,14 @@ class PaymentMiddleware:
                 await send(message)
                 return
             held.append(message)
+            if message["type"] == "http.response.start" and not _fits(message):
+                # Streamed (no length) or too large: record that it is not kept, then
+                # stream it as it comes, never held back.
+                released = True
+                await self._keep(scope, body, p, int(message["status"]), [], b"",
+                                 until, kept=False)
+                await send(held.pop())
+                return
             if message["type"] != "http.response.body":
                 return
             size += len(message.get("body", b""))
@@ -680,10 +690,10 @@ class PaymentMiddleware:
             await responses.Reply(410, json.dumps({
                 "error": RESPONSE_NOT_KEPT, "settled": True, "charged": True,
                 "transaction": settlement.transaction if settlement else None,
-                "message": f"this payment was paid and settled and its response delivered; "
-                           f"the response ({delivery.size} bytes or more) was larger than "
-                           f"{MAX_KEPT_BODY} bytes and was not kept, so it cannot be sent "
-                           "again; nothing more was charged"}).encode(),
+                "message": "this payment was paid and settled and its response delivered; "
+                           f"the response was streamed or larger than {MAX_KEPT_BODY} bytes "
+                           "and was not kept, so it cannot be sent again; nothing more was "
+                           "charged"}).encode(),
                 [("content-type", "application/json"), *extra]).send(send)
             return True
         log.info("redelivered the response of settled payment %s", p.key.nonce)
@@ -835,6 +845,17 @@ def _match_v2(accepted: PaymentRequirements, offered: PaymentRequirements) -> No
             responses.NO_MATCHING_REQUIREMENTS,
             f"the accepted requirement differs from the offer in: {', '.join(differ)}",
         )
+
+
+def _fits(start: Message) -> bool:
+    """Does this response state a length that may be kept (else it is streamed on)?"""
+    for name, value in start.get("headers", []):
+        if name.lower() == b"content-length":
+            try:
+                return int(value) <= MAX_KEPT_BODY
+            except ValueError:
+                return False
+    return False
 
 
 def _buffered(delivery: Delivery) -> BufferedResponse:
