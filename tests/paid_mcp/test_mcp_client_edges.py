@@ -106,11 +106,12 @@ async def test_a_paid_call_with_no_answer_is_unresolved_and_its_retry_never_pays
         again = await client.call_tool("forecast", {"city": "Paris"})
     await paywall.aclose()
     # The same authorization was resent (one signature in all); it had already bought the
-    # call whose answer was lost, so it buys nothing more, and nothing more is charged.
+    # call whose answer was lost, so it gets that answer again (kept in the paywall's
+    # ledger): the tool does not run again and nothing more is charged.
     assert len(client.payments) == 1
     assert again.payment is unresolved.value.payment
-    assert again.payment.status == PaymentStatus.REJECTED
-    assert again.payment.reason == "payment_already_used"
+    assert again.payment.status == PaymentStatus.SETTLED
+    assert again.paid and text_of(again.result) == "sunny"
     assert ran == ["forecast"]
     assert balance(anvil_chain, dev_stack, payer.address) == before - PRICE
     assert balance(anvil_chain, dev_stack, pay_to) == PRICE

@@ -101,7 +101,8 @@ async def test_mcp_serve_in_front_of_a_stdio_server_and_a_replay_to_another_proc
     assert balance(anvil_chain, dev_stack, payer.address) == before - PRICE
     assert balance(anvil_chain, dev_stack, pay_to) == PRICE
 
-    # Another process with the same ledger (here, this one) refuses the same payment.
+    # Another process with the same ledger (here, this one) refuses the same payment for
+    # another call, and answers the identical call with the result it bought (kept).
     payload = json.loads(answer.payment.header_value)
     with serve(weather_server.app()) as upstream:
         other = proxy_app(Upstream.http(upstream + "/mcp"), ToolPaywall(
@@ -109,10 +110,14 @@ async def test_mcp_serve_in_front_of_a_stdio_server_and_a_replay_to_another_proc
             network=dev_stack.network, facilitator=facilitator_url, ledger=ledger))
         with serve(other) as base:
             async with mcp_session(base + "/mcp") as session:
-                replay = await session.call_tool("forecast", {"city": "Rome"},
+                replay = await session.call_tool("forecast", {"city": "Oslo"},
+                                                 meta={PAYMENT_META_KEY: payload})
+                resent = await session.call_tool("forecast", {"city": "Rome"},
                                                  meta={PAYMENT_META_KEY: payload})
     assert replay.isError and replay.structuredContent is not None
     assert replay.structuredContent["error"] == "payment_already_used"
+    assert not resent.isError and text_of(resent) == "sunny in Rome, 21 C"
+    assert runs.read_text().split() == ["forecast"]
     assert balance(anvil_chain, dev_stack, payer.address) == before - PRICE
     assert balance(anvil_chain, dev_stack, pay_to) == PRICE
 

@@ -364,13 +364,14 @@ async def test_same_payload_in_parallel_buys_exactly_one_response(
     assert calls["held"] == 1
     assert balances.delta(payer.address) == -PRICE_ATOMIC
     assert balances.delta(pay_to) == PRICE_ATOMIC
-    # A later replay is refused too, and is told which transaction it already paid.
+    # A later identical resend gets the response it bought again (kept in the ledger),
+    # with the same receipt: the handler does not run again and nothing more is charged.
     paid = next(r for r in responses if r.status_code == 200)
     tx = decode_settle_response(paid.headers[PAYMENT_RESPONSE]).transaction
-    assert later.status_code == 402
-    assert later.json()["error"] == "payment_already_used"
-    assert later.json()["transaction"] == tx
-    assert later.headers[PAYMENT_REQUIRED]  # spent: a new payment is what it takes now
+    assert later.status_code == 200 and later.content == paid.content
+    assert decode_settle_response(later.headers[PAYMENT_RESPONSE]).transaction == tx
+    assert calls["held"] == 1
+    assert balances.delta(payer.address) == -PRICE_ATOMIC
 
 
 async def test_a_replay_on_another_paid_route_is_refused_too(
@@ -561,11 +562,15 @@ async def test_a_lost_settle_answer_is_recovered_by_resending_the_same_header(
     receipt = decode_settle_response(retried.headers[PAYMENT_RESPONSE])
     assert receipt.success is True
     assert_mined_transfer(anvil_chain, receipt.transaction)
-    assert third.status_code == 402 and third.json()["error"] == "payment_already_used"
+    # Once more: the response it bought, kept in the ledger, nothing charged or run again.
+    assert third.status_code == 200 and third.content == retried.content
+    assert decode_settle_response(third.headers[PAYMENT_RESPONSE]).transaction == \
+        receipt.transaction
     assert balances.delta(payer.address) == -PRICE_ATOMIC
     assert balances.delta(pay_to) == PRICE_ATOMIC
-    # Serve-then-settle ran the handler for the lost attempt; the retry ran it again.
-    assert calls["weather"] == 2
+    # Serve-then-settle ran the handler for the lost attempt; the retry delivered the
+    # response held in the ledger for it, without running the handler again.
+    assert calls["weather"] == 1
 
 
 async def test_multiple_payment_headers_are_ambiguous(

@@ -108,10 +108,12 @@ async def test_pending_settlement_is_served_on_retry_of_the_same_header(
     receipt = decode_settle_response(served.headers[PAYMENT_RESPONSE])
     assert receipt.success is True and receipt.transaction == tx
     assert_mined_transfer(anvil_chain, tx)
-    assert replay.status_code == 402 and replay.json()["error"] == "payment_already_used"
-    # Serve-then-settle ran the handler once before the first settle (its response
-    # was withheld) and once more when the pending payment resolved.
-    assert calls["weather"] == 2
+    # The identical resend gets the kept response again: not run, not charged again.
+    assert replay.status_code == 200 and replay.content == served.content
+    assert decode_settle_response(replay.headers[PAYMENT_RESPONSE]).transaction == tx
+    # Serve-then-settle ran the handler once before the first settle; its response was
+    # withheld, held in the ledger, and delivered when the pending payment resolved.
+    assert calls["weather"] == 1
     assert balances.delta(payer.address) == -PRICE_ATOMIC
     assert balances.delta(pay_to) == PRICE_ATOMIC
 
@@ -179,7 +181,7 @@ async def test_a_pending_payment_resent_to_a_dearer_route_with_its_amount_edited
     assert calls["item"] == calls["boom"] == 0
     # The pending payment is untouched by the refusal: resent as it was, it is served.
     assert served.status_code == 200, served.text
-    assert calls["weather"] == 2
+    assert calls["weather"] == 1  # the response held for it, not a second run
     assert balances.delta(payer.address) == -PRICE_ATOMIC
     assert balances.delta(pay_to) == PRICE_ATOMIC
 

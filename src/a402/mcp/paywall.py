@@ -22,10 +22,18 @@ and facilitator. What that means for a tool call:
   buys one tool call: a replay is refused (``payment_already_used``), the same payment
   for another tool too (``payment_terms_mismatch``).
 - **No verdict is not a refusal**: a facilitator that did not answer a settle may have
-  moved the money, so the payment stays pending and the computed output is held (in
-  this process, bounded); the payer resends the *same* payment and gets it once the
-  settlement is known (if another process holds it, or it was dropped, the tool runs
-  again for the settled payment).
+  moved the money, so the payment stays pending and the computed output is kept in the
+  replay ledger (shared by every process that shares the ledger); the payer resends the
+  *same* payment for the same call and gets it once the settlement is known (if the
+  output was not kept, or the resend asks for other arguments, the tool runs again for
+  the settled payment).
+- **A lost result is sent again**: the result a settled payment bought is kept in the
+  replay ledger (:mod:`a402.provider.deliveries`: at most 1 MiB as JSON, until the
+  authorization expires) before it is returned. The identical resend (same signed
+  payment, same tool and arguments) gets it again with its receipt: the tool does not
+  run again and nothing is settled again. Another call with that payment is refused; a
+  result too large to keep is answered with ``response_not_kept``: paid and settled,
+  not kept.
 - The resource is the paywall's to name (``mcp://tool/<name>`` by default), never the
   client's unsigned copy: the facilitator binds a settlement to it.
 """
@@ -35,7 +43,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -47,6 +54,7 @@ from a402.evm.address import address_key, is_address, to_checksum
 from a402.exact.eip3009 import SCHEME_EXACT, ExactEvmPayload
 from a402.exact.replay import LedgerState, PaymentKey, payment_fingerprint, payment_terms
 from a402.exact.serve import (
+    MAX_REMEMBERED_VALIDITY,
     Acquire,
     ExactPayment,
     MarkPending,
@@ -75,12 +83,19 @@ from a402.mcp import wire
 from a402.mcp.prices import ToolPrice, price_table
 from a402.observe import Observer
 from a402.provider import responses
-from a402.provider.ledger import InMemoryLedger, PaymentLedger, SqlLedger
+from a402.provider.deliveries import MAX_KEPT_BODY, RESPONSE_NOT_KEPT, Delivery, request_digest
+from a402.provider.ledger import DeliveryLedger, InMemoryLedger, PaymentLedger, SqlLedger
 from a402.provider.routes import Price
 from a402.wire import errors as wire_errors
 from a402.wire.errors import WireError
 from a402.wire.networks import evm_chain_id
-from a402.wire.x402 import PaymentPayload, PaymentRequired, PaymentRequirements, ResourceInfo
+from a402.wire.x402 import (
+    PaymentPayload,
+    PaymentRequired,
+    PaymentRequirements,
+    ResourceInfo,
+    SettleResponse,
+)
 
 log = logging.getLogger("a402.mcp")
 
@@ -90,9 +105,6 @@ RunTool = Callable[[], Awaitable[types.CallToolResult]]
 DEFAULT_RESOURCE_PREFIX: Final = "mcp://tool/"
 """As ``x402.mcp`` names a tool's resource."""
 DEFAULT_RETENTION: Final = 600.0
-MAX_HELD: Final = 1000
-"""Outputs held for payments whose settlement is not known yet, at most (oldest dropped:
-its payer then gets a fresh run of the tool once the payment settles)."""
 TOOL_FAILED: Final = "tool_failed"
 """Reason: the tool raised after the payment was verified; nothing was charged."""
 RETRYABLE: Final = frozenset({responses.FACILITATOR_UNAVAILABLE, responses.FACILITATOR_ERROR,
@@ -116,6 +128,8 @@ class _Accepted:
     payload: PaymentPayload
     requirements: PaymentRequirements
     payment: ExactPayment
+    request: str
+    """:func:`~a402.provider.deliveries.request_digest` of the call: tool and arguments."""
 
 
 class ToolPaywall:
@@ -170,7 +184,10 @@ class ToolPaywall:
         else:
             self._facilitator_url = facilitator
             self._facilitator = None
-        self._held: OrderedDict[PaymentKey, types.CallToolResult] = OrderedDict()
+        #: Where results are kept for a resend: the replay ledger (shared), or, for a
+        #: ledger that keeps none, this process's memory.
+        self.deliveries: DeliveryLedger = (self.ledger if isinstance(self.ledger, DeliveryLedger)
+                                           else InMemoryLedger(clock=clock))
         self.observer = observer if observer is not None else Observer("mcp")
 
     @property
@@ -220,11 +237,13 @@ class ToolPaywall:
 
     # ------------------------------------------------------------------ one call
 
-    async def call(self, tool: str, meta: Mapping[str, Any] | None, run: RunTool
-                   ) -> types.CallToolResult:
+    async def call(self, tool: str, meta: Mapping[str, Any] | None, run: RunTool, *,
+                   arguments: Mapping[str, Any] | None = None) -> types.CallToolResult:
         """Answer one ``tools/call`` of ``tool`` whose request ``_meta`` is ``meta``;
         ``run`` runs the tool (at most once per call, only after ``/verify`` accepted the
-        payment). A free tool just runs. Never raises for anything the caller sent."""
+        payment). ``arguments`` are the call's: a resend of a settled payment gets the
+        kept result only for the same tool and arguments. A free tool just runs. Never
+        raises for anything the caller sent."""
         if tool not in self.prices:
             return await run()
         try:
@@ -238,12 +257,13 @@ class ToolPaywall:
                              f"{self.token.symbol or self.asset}; pay in "
                              f"_meta['{wire.PAYMENT_META_KEY}']")
         try:
-            accepted = self._accept(tool, payload)
+            accepted = self._accept(tool, payload, arguments)
         except WireError as e:
             return self._ask(tool, e.reason, e.message)
         return await self._pay_and_run(tool, accepted, run)
 
-    def _accept(self, tool: str, payload: PaymentPayload) -> _Accepted:
+    def _accept(self, tool: str, payload: PaymentPayload,
+                arguments: Mapping[str, Any] | None = None) -> _Accepted:
         """Check the payment answers this tool's offer; WireError with the reason if not."""
         offered = self.requirements(tool)
         accepted = payload.accepted
@@ -276,11 +296,14 @@ class ToolPaywall:
             requirements=offered,
             payment=ExactPayment(key, payment_fingerprint(evm.signature, auth.to_wire()),
                                  int(auth.valid_before), terms),
+            request=request_digest("mcp", tool=tool, arguments=dict(arguments or {})),
         )
 
     async def _pay_and_run(self, tool: str, p: _Accepted, run: RunTool) -> types.CallToolResult:
         key = p.payment.key
-        flow = exact_flow(p.payment, now=self.clock(), retention=self.retention)
+        now = self.clock()
+        keep_until = min(p.payment.valid_before, now + MAX_REMEMBERED_VALIDITY) + self.retention
+        flow = exact_flow(p.payment, now=now, retention=self.retention)
         served: list[types.CallToolResult] = []
         failure: list[BaseException] = []
 
@@ -326,9 +349,14 @@ class ToolPaywall:
         started = time.perf_counter()
         outcome = await drive(flow, operate)
         settlement = getattr(outcome, "settlement", None)
+        again = (await self._redeliver(tool, p, settlement)
+                 if isinstance(outcome, Reused) and outcome.state == LedgerState.SETTLED
+                 else None)
         self.observer.paid(
             request_id=uuid.uuid4().hex, payer=key.payer, amount=p.requirements.amount,
-            scheme=p.requirements.scheme, outcome=_OUTCOMES.get(type(outcome).__name__, "error"),
+            scheme=p.requirements.scheme,
+            outcome="redelivered" if again is not None
+            else _OUTCOMES.get(type(outcome).__name__, "error"),
             latency=time.perf_counter() - started, payee=self.pay_to, asset=key.asset,
             network=key.network, nonce=key.nonce, tool=tool,
             transaction=(settlement.transaction or None) if settlement is not None else None)
@@ -339,13 +367,14 @@ class ToolPaywall:
                               tool, settlement.transaction, exc_info=unrecorded)
                 log.info("tool %s paid by %s: %s", tool, key.payer, settlement.transaction)
                 if serve_now:
-                    held = self._held.pop(key, None)
+                    held = await self._held(p)
                     result = held if held is not None else await run_once()
                     if result is None:  # charged, and the re-run failed: say so, with receipt
                         result = wire.error_result(TOOL_FAILED, "the payment settled but the "
                                                    "tool failed when run for it")
                 else:
                     result = served[0]
+                await self._keep(p, result, keep_until)  # before it leaves
                 return wire.with_receipt(result, settlement)
             case NotServed():
                 if served:  # the tool's own error result, uncharged
@@ -353,6 +382,8 @@ class ToolPaywall:
                 return wire.error_result(TOOL_FAILED, f"tool {tool!r} failed "
                                          f"({type(failure[0]).__name__}); nothing was charged")
             case Reused(state, settlement):
+                if again is not None:
+                    return again
                 if state == LedgerState.SETTLED:
                     return self._ask(tool, responses.PAYMENT_ALREADY_USED,
                                      "this payment authorization has already bought a tool "
@@ -372,7 +403,7 @@ class ToolPaywall:
             case RequestRefused(no_verdict, settle_attempted) | Unanswered(
                     no_verdict, settle_attempted):
                 if settle_attempted and served:
-                    self._hold(key, served[0])
+                    await self._keep(p, served[0], keep_until)
                 reason = (responses.FACILITATOR_UNAVAILABLE if no_verdict.unavailable
                           else responses.FACILITATOR_ERROR)
                 if isinstance(outcome, RequestRefused):
@@ -385,13 +416,12 @@ class ToolPaywall:
                        else "nothing was charged")))
             case SettlePending(settlement):
                 if served:
-                    self._hold(key, served[0])
+                    await self._keep(p, served[0], keep_until)
                 return wire.payment_required_result(
                     self.payment_required(tool, wire_errors.SETTLEMENT_PENDING,
                                           "the settlement is not final yet: resend the same "
                                           "payment for the output"), settlement)
             case SettleFailed(settlement):
-                self._held.pop(key, None)
                 reason = settlement.error_reason or "settlement_failed"
                 return wire.payment_required_result(
                     self.payment_required(tool, reason, settlement.error_message
@@ -399,8 +429,48 @@ class ToolPaywall:
                     settlement)
         raise AssertionError(f"unhandled outcome {outcome!r}")  # pragma: no cover
 
-    def _hold(self, key: PaymentKey, result: types.CallToolResult) -> None:
-        self._held[key] = result
-        self._held.move_to_end(key)
-        while len(self._held) > MAX_HELD:
-            self._held.popitem(last=False)
+    # ------------------------------------------------ kept for a resend, in the ledger
+
+    async def _keep(self, p: _Accepted, result: types.CallToolResult, until: float) -> None:
+        """Durably keep ``result`` for this payment and call (a settled payment's, before
+        it is returned; a pending one's, until it settles). A failure to keep is logged,
+        not raised: the result is due."""
+        try:
+            delivery = Delivery.of(fingerprint=p.payment.fingerprint, request=p.request,
+                                   status=200, headers=(),
+                                   body=result.model_dump_json(by_alias=True).encode())
+            await self.deliveries.keep_delivery(p.payment.key, delivery, expires_at=until)
+        except Exception:
+            log.exception("could not keep the result of payment %s", p.payment.key.nonce)
+
+    async def _kept(self, p: _Accepted) -> Delivery | None:
+        """What this payment's identical call was answered with (or held for), if kept."""
+        delivery = await self.deliveries.delivery(p.payment.key)
+        if delivery is None or not delivery.answers(p.payment.fingerprint, p.request):
+            return None
+        return delivery
+
+    async def _held(self, p: _Accepted) -> types.CallToolResult | None:
+        """The output computed for this pending call before its settlement was known."""
+        delivery = await self._kept(p)
+        if delivery is None or not delivery.kept:
+            return None
+        return types.CallToolResult.model_validate_json(delivery.body)
+
+    async def _redeliver(self, tool: str, p: _Accepted, settlement: SettleResponse | None
+                         ) -> types.CallToolResult | None:
+        """The identical resend of a settled call: its kept result again with its receipt
+        (or, if not kept, that it was paid and settled); None if it is not that resend."""
+        delivery = await self._kept(p)
+        if delivery is None:
+            return None
+        if not delivery.kept:
+            result = wire.error_result(
+                RESPONSE_NOT_KEPT, f"this payment was paid and settled and tool {tool!r} "
+                f"answered; its result ({delivery.size} bytes or more) was larger than "
+                f"{MAX_KEPT_BODY} bytes and was not kept, so it cannot be sent again; nothing "
+                "more was charged")
+        else:
+            log.info("tool %s: redelivered the result of payment %s", tool, p.payment.key.nonce)
+            result = types.CallToolResult.model_validate_json(delivery.body)
+        return wire.with_receipt(result, settlement) if settlement is not None else result

@@ -37,6 +37,11 @@ PostgreSQL database for replicas and for gateways sharing a ``payTo``. It is
 the gateway's default. :class:`InMemoryLedger` is correct for one process
 only (tests, and embedding the middleware in a single-process app).
 
+Beside the entries, a :class:`DeliveryLedger` keeps what each settled payment
+delivered (a second table, ``a402_provider_deliveries``; :mod:`a402.provider.deliveries`),
+so the identical resend of a payment whose response was lost gets it again; it is read
+only for an entry that is SETTLED (or resumed from PENDING), and expires with it.
+
 A durable ledger outlives its process, and so does an entry a crash left
 IN_FLIGHT: it keeps refusing that authorization (as "in use") until it expires.
 It is never taken over, because a live holder cannot be told from a dead one,
@@ -49,13 +54,25 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import json
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, runtime_checkable
 
-from sqlalchemy import Engine, Float, String, Text, func, inspect, select
+from sqlalchemy import (
+    Boolean,
+    Engine,
+    Float,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    func,
+    inspect,
+    select,
+)
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
@@ -65,6 +82,7 @@ from a402.exact.replay import LedgerState as LedgerState
 from a402.exact.replay import PaymentKey as PaymentKey
 from a402.exact.replay import payment_fingerprint as payment_fingerprint
 from a402.exact.replay import payment_terms as payment_terms
+from a402.provider.deliveries import Delivery
 from a402.sqlite import Statement, make_engine, readers, writes
 from a402.wire.x402 import SettleResponse
 
@@ -95,6 +113,21 @@ class PaymentLedger(Protocol):
         payment is about to be charged (``settlement.amount``), state unchanged. A lost
         settle answer then leaves it PENDING *with* that amount (``mark_pending(None)``
         keeps it), so a retry resumes it for exactly that amount."""
+        ...
+
+
+@runtime_checkable
+class DeliveryLedger(Protocol):
+    """A ledger that also keeps what a settled payment delivered, to hand it again to the
+    identical resend (:mod:`a402.provider.deliveries`). Both ledgers here are one."""
+
+    async def keep_delivery(self, key: PaymentKey, delivery: Delivery, *,
+                            expires_at: float) -> None:
+        """Durably keep ``delivery`` for ``key`` until ``expires_at`` (replacing any)."""
+        ...
+
+    async def delivery(self, key: PaymentKey) -> Delivery | None:
+        """What ``key`` delivered, if kept and not expired."""
         ...
 
 
@@ -130,6 +163,7 @@ class InMemoryLedger:
         self._seq = 0
         self._lock = threading.Lock()
         self._clock = clock
+        self._deliveries: dict[PaymentKey, tuple[Delivery, float]] = {}
 
     async def acquire(self, key: PaymentKey, fingerprint: str, *, expires_at: float,
                       terms: str = "") -> Admit:
@@ -175,6 +209,24 @@ class InMemoryLedger:
             if entry is not None and entry.state == LedgerState.IN_FLIGHT:
                 entry.settlement = settlement
 
+    async def keep_delivery(self, key: PaymentKey, delivery: Delivery, *,
+                            expires_at: float) -> None:
+        with self._lock:
+            self._purge()
+            self._deliveries[key] = (delivery, expires_at)
+            self._seq += 1
+            heapq.heappush(self._expiry, (expires_at, self._seq, key))
+
+    async def delivery(self, key: PaymentKey) -> Delivery | None:
+        with self._lock:
+            kept = self._deliveries.get(key)
+            if kept is None:
+                return None
+            if kept[1] <= self._clock():
+                del self._deliveries[key]
+                return None
+            return kept[0]
+
     def state_of(self, key: PaymentKey) -> LedgerState | None:
         """For tests and diagnostics."""
         with self._lock:
@@ -193,6 +245,9 @@ class InMemoryLedger:
             # A released-and-reacquired key has a newer deadline; keep that one.
             if entry is not None and entry.expires_at <= now:
                 del self._entries[key]
+            kept = self._deliveries.get(key)
+            if kept is not None and kept[1] <= now:
+                del self._deliveries[key]
 
 
 # ------------------------------------------------------------------ the shared ledger
@@ -219,6 +274,26 @@ class _LedgerRow(_Base):
     created_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
+class _DeliveryRow(_Base):
+    """What a settled payment delivered (added after the entries' table: a table of its
+    own, so older ledgers gain it by ``create_all`` and the entries' schema is unchanged)."""
+
+    __tablename__ = "a402_provider_deliveries"
+
+    network: Mapped[str] = mapped_column(String(64), primary_key=True)
+    asset: Mapped[str] = mapped_column(String(42), primary_key=True)
+    payer: Mapped[str] = mapped_column(String(42), primary_key=True)
+    nonce: Mapped[str] = mapped_column(String(66), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    request: Mapped[str] = mapped_column(String(64))
+    kept: Mapped[bool] = mapped_column(Boolean)
+    status: Mapped[int] = mapped_column(Integer)
+    headers: Mapped[str] = mapped_column(Text)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
+
+
 _KEY: Final = "network = :network AND asset = :asset AND payer = :payer AND nonce = :nonce"
 _TABLE: Final = _LedgerRow.__tablename__
 _DROP_EXPIRED: Final = f"DELETE FROM {_TABLE} WHERE {_KEY} AND expires_at <= :now"
@@ -242,6 +317,17 @@ _NOTE: Final = (
 )
 _SETTLED: Final = f"UPDATE {_TABLE} SET state = 'settled', settlement = :settlement WHERE {_KEY}"
 _PURGE: Final = f"DELETE FROM {_TABLE} WHERE expires_at <= :now"
+_DELIVERIES: Final = _DeliveryRow.__tablename__
+_PURGE_DELIVERIES: Final = f"DELETE FROM {_DELIVERIES} WHERE expires_at <= :now"
+_KEEP: Final = (
+    f"INSERT INTO {_DELIVERIES} (network, asset, payer, nonce, fingerprint, request, kept, "
+    "status, headers, body, size, expires_at) VALUES (:network, :asset, :payer, :nonce, "
+    ":fingerprint, :request, :kept, :status, :headers, :body, :size, :expires_at) "
+    "ON CONFLICT (network, asset, payer, nonce) DO UPDATE SET fingerprint = "
+    "excluded.fingerprint, request = excluded.request, kept = excluded.kept, status = "
+    "excluded.status, headers = excluded.headers, body = excluded.body, size = "
+    "excluded.size, expires_at = excluded.expires_at"
+)
 _PG_NOW: Final = "LEAST(:now, CAST(EXTRACT(EPOCH FROM statement_timestamp()) AS DOUBLE PRECISION))"
 
 
@@ -286,6 +372,7 @@ class SqlLedger:
         now = _PG_NOW if self.engine.dialect.name == "postgresql" else ":now"
         self._drop_expired = _DROP_EXPIRED.replace(":now", now)
         self._purge = _PURGE.replace(":now", now)
+        self._purge_deliveries = _PURGE_DELIVERIES.replace(":now", now)
         self._purge_every = purge_every
         self._next_purge = 0.0
 
@@ -303,6 +390,7 @@ class SqlLedger:
             if now >= self._next_purge:
                 self._next_purge = now + self._purge_every
                 statements.append((self._purge, {"now": now}))
+                statements.append((self._purge_deliveries, {"now": now}))
             counts = await self._writes.execute(statements)
             if counts[1] == 1:
                 return Admit(Admission.FRESH)
@@ -327,6 +415,27 @@ class SqlLedger:
 
     async def note_charge(self, key: PaymentKey, settlement: SettleResponse) -> None:
         await self._writes.execute([(_NOTE, {**_key(key), "settlement": settlement.to_json()})])
+
+    async def keep_delivery(self, key: PaymentKey, delivery: Delivery, *,
+                            expires_at: float) -> None:
+        await self._writes.execute([(_KEEP, {
+            **_key(key), "fingerprint": delivery.fingerprint, "request": delivery.request,
+            "kept": delivery.kept, "status": delivery.status,
+            "headers": json.dumps([list(h) for h in delivery.headers]),
+            "body": delivery.body, "size": delivery.size, "expires_at": expires_at})])
+
+    async def delivery(self, key: PaymentKey) -> Delivery | None:
+        return await asyncio.to_thread(self._read_delivery, key)
+
+    def _read_delivery(self, key: PaymentKey) -> Delivery | None:
+        with self._readers() as session:
+            row = session.get(_DeliveryRow, (key.network, key.asset, key.payer, key.nonce))
+            if row is None or row.expires_at <= self._clock():
+                return None
+            return Delivery(fingerprint=row.fingerprint, request=row.request,
+                            kept=bool(row.kept), status=row.status,
+                            headers=tuple((str(k), str(v)) for k, v in json.loads(row.headers)),
+                            body=bytes(row.body), size=row.size)
 
     def state_of(self, key: PaymentKey) -> LedgerState | None:
         """For tests and diagnostics (an expired entry not yet dropped still shows)."""

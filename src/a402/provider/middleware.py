@@ -4,6 +4,9 @@ One paid request, default (serve, then settle) order::
 
     no payment header ............................ 402 + offer
     header undecodable / matches no offer ........ 402, error = reason
+    settled payment resent for the same request .. its kept response again   (ledger; not
+                                                    run, not charged; 410 response_not_kept
+                                                    if it was too large to keep)
     authorization already used or in use ......... 402 payment_already_used   (ledger)
     pending authorization resent elsewhere ....... 402 payment_terms_mismatch (ledger)
     POST /verify → invalid ....................... 402, error = invalidReason
@@ -59,12 +62,19 @@ Without ``public_url`` the Host header is the payer's to choose: sent to two
 services with the same Host, one payment names one resource at both, and only
 a shared ledger (not the facilitator's resource binding) stops the second sale.
 
+What a settled payment delivered is kept in the replay ledger before it is
+released (:mod:`a402.provider.deliveries` states the safety argument), so a
+response lost on the way after settling is not paid for in vain; the response
+computed for a payment whose settlement is not known yet is held there the same
+way, and the resend that resumes it delivers it rather than running the app again.
+
 Use with Starlette or FastAPI: ``app.add_middleware(PaymentMiddleware, routes=...,
 pay_to=..., token=..., network=..., facilitator="http://...")``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -78,6 +88,7 @@ from a402.chain.deploy import TokenInfo
 from a402.evm.address import is_address, same_address, to_checksum
 from a402.exact.eip3009 import SCHEME_EXACT, ExactEvmPayload
 from a402.exact.serve import (
+    MAX_REMEMBERED_VALIDITY,
     Acquire,
     ExactPayment,
     MarkPending,
@@ -108,7 +119,9 @@ from a402.observe import Observer, new_request_id
 from a402.provider import responses
 from a402.provider.alternatives import AlternativeScheme
 from a402.provider.asgi import BufferedResponse, adding_headers, header_values, run_buffered
+from a402.provider.deliveries import MAX_KEPT_BODY, RESPONSE_NOT_KEPT, Delivery, request_digest
 from a402.provider.ledger import (
+    DeliveryLedger,
     InMemoryLedger,
     LedgerState,
     PaymentKey,
@@ -448,11 +461,14 @@ class PaymentMiddleware:
         """Drive the one server-side ``exact`` flow (:mod:`a402.exact.serve`) with this
         middleware's ledger, facilitator and app, then answer what it decided."""
         started = time.perf_counter()
+        receive = body = _HashedBody(receive)
+        now = time.time()
+        keep_until = min(p.valid_before, now + MAX_REMEMBERED_VALIDITY) + self.retention
         flow = exact_flow(
             ExactPayment(p.key, p.fingerprint, p.valid_before, p.terms),
-            now=time.time(), retention=self.retention,
+            now=now, retention=self.retention,
             # upto: the charge is known only once the app has answered.
-            settle_first=self.settle_before_serve and not p.upto,
+            settle_first=(settle_first := self.settle_before_serve and not p.upto),
         )
         buffered: list[BufferedResponse] = []
         charge: list[int] = []  # upto: the amount to settle, once known
@@ -514,6 +530,11 @@ class PaymentMiddleware:
 
         outcome = await drive(flow, run)
         match outcome:
+            case Reused(LedgerState.SETTLED, settlement) if await self._redeliver(
+                    send, scope, body, p, settlement):
+                self._observe(scope, p, outcome, time.perf_counter() - started,
+                              label="redelivered")
+                return
             case Reused(state, settlement):
                 await self._refuse_reuse(send, offer, state, settlement)
             case OtherTerms(settlement) | NotResumable(settlement):
@@ -540,10 +561,14 @@ class PaymentMiddleware:
             case NotServed():
                 await buffered[0].replay(send)
             case RequestRefused(failure, settle_attempted) | Unanswered(failure, settle_attempted):
+                if settle_attempted and buffered and isinstance(outcome, Unanswered):
+                    await self._hold(scope, body, p, buffered[0], keep_until)
                 await self._facilitator_failed(send, offer, failure, settle_attempted,
                                                refused=isinstance(outcome, RequestRefused))
             case SettlePending(settlement):
                 log.info("settlement pending for %s: %s", p.key.payer, settlement.transaction)
+                if buffered:
+                    await self._hold(scope, body, p, buffered[0], keep_until)
                 await self._settle_failed(send, offer, p, settlement)
             case SettleFailed(settlement):
                 log.info("settlement failed for %s: %s", p.key.payer, settlement.error_reason)
@@ -556,14 +581,23 @@ class PaymentMiddleware:
                               settlement.transaction, exc_info=unrecorded)
                 log.info("settled %s for %s: %s", p.requirements.scheme, p.key.payer,
                          settlement.transaction)
-                if serve_now:
-                    paid = adding_headers(send, self._paid_headers(settlement, p.version),
+                paid_headers = self._paid_headers(settlement, p.version)
+                held = (await self._held(scope, body, p)
+                        if serve_now and not settle_first else None)
+                if held is not None:  # resumed: the response computed before it settled
+                    await self._serve_paid(send, held, settlement, p.version)
+                elif serve_now:
+                    paid = adding_headers(send, paid_headers,
                                           defaults=[("cache-control", "private")])
                     if p.upto:  # resumed: charged what was recorded; its new report is moot
                         paid = _without_usage_reports(paid)
-                    await self.app(scope, receive, paid)
+                    await self.app(scope, receive, self._keeping(scope, body, p, paid,
+                                                                 keep_until))
                 else:
-                    await self._serve_paid(send, buffered[0], settlement, p.version)
+                    response = buffered[0]
+                    await self._keep(scope, body, p, response.status, response.headers,
+                                     b"".join(response.body), keep_until)
+                    await self._serve_paid(send, response, settlement, p.version)
         self._observe(scope, p, outcome, time.perf_counter() - started)
 
     def _usage(self, response: BufferedResponse, p: _Payment) -> int:
@@ -576,7 +610,122 @@ class PaymentMiddleware:
         response.headers = without_reports(response.headers)
         return amount
 
-    def _observe(self, scope: Scope, p: _Payment, outcome: Any, latency: float) -> None:
+    # ------------------------------------------------- delivered once, kept for a resend
+
+    async def _request(self, scope: Scope, body: _HashedBody, p: _Payment) -> str:
+        """:func:`request_digest` of this request: method, the resource we named for it
+        (in ``terms``: path and query), and its body."""
+        return request_digest("http", method=scope["method"], terms=p.terms,
+                              body=await body.digest())
+
+    async def _keep(self, scope: Scope, body: _HashedBody, p: _Payment, status: int,
+                    headers: list[tuple[bytes, bytes]], content: bytes, until: float, *,
+                    kept: bool = True) -> None:
+        """Durably keep what this settled payment delivers, before it is released (see
+        :mod:`a402.provider.deliveries`). A failure to keep is logged, not raised: the
+        payer is charged and the response is due."""
+        if not isinstance(self.ledger, DeliveryLedger):
+            return
+        try:
+            delivery = Delivery.of(
+                fingerprint=p.fingerprint, request=await self._request(scope, body, p),
+                status=status, body=content,
+                headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers],
+                limit=MAX_KEPT_BODY if kept else -1)
+            await self.ledger.keep_delivery(p.key, delivery, expires_at=until)
+        except Exception:
+            log.exception("could not keep the response of settled payment %s", p.key.nonce)
+
+    async def _hold(self, scope: Scope, body: _HashedBody, p: _Payment,
+                    response: BufferedResponse, until: float) -> None:
+        """Keep the response computed for a payment whose settlement is not known yet, so
+        the resend that resumes it, at any replica sharing the ledger, delivers it rather
+        than running the app again."""
+        await self._keep(scope, body, p, response.status, response.headers,
+                         b"".join(response.body), until)
+
+    async def _held(self, scope: Scope, body: _HashedBody, p: _Payment
+                    ) -> BufferedResponse | None:
+        """The response held for this resumed payment and request, if one was kept."""
+        if not isinstance(self.ledger, DeliveryLedger):
+            return None
+        delivery = await self.ledger.delivery(p.key)
+        if delivery is None or not delivery.kept or not delivery.answers(
+                p.fingerprint, await self._request(scope, body, p)):
+            return None
+        return _buffered(delivery)
+
+    def _keeping(self, scope: Scope, body: _HashedBody, p: _Payment, send: Send,
+                 until: float) -> Send:
+        """A ``send`` that holds the response back until it is complete (then keeps it and
+        sends it) or larger than :data:`MAX_KEPT_BODY` (then records that it was not kept
+        and streams it on)."""
+        held: list[Message] = []
+        size = 0
+        released = False
+
+        async def keeping(message: Message) -> None:
+            nonlocal size, released
+            if released:
+                await send(message)
+                return
+            held.append(message)
+            if message["type"] == "http.response.start" and not _fits(message):
+                # Streamed (no length) or too large: record that it is not kept, then
+                # stream it as it comes, never held back.
+                released = True
+                await self._keep(scope, body, p, int(message["status"]), [], b"",
+                                 until, kept=False)
+                await send(held.pop())
+                return
+            if message["type"] != "http.response.body":
+                return
+            size += len(message.get("body", b""))
+            if size <= MAX_KEPT_BODY and message.get("more_body", False):
+                return
+            released = True
+            start = next(m for m in held if m["type"] == "http.response.start")
+            content = b"".join(m.get("body", b"") for m in held
+                               if m["type"] == "http.response.body")
+            await self._keep(scope, body, p, int(start["status"]),
+                             list(start.get("headers", [])), content, until)
+            for waiting in held:
+                await send(waiting)
+            held.clear()
+
+        return keeping
+
+    async def _redeliver(self, send: Send, scope: Scope, body: _HashedBody, p: _Payment,
+                         settlement: SettleResponse | None) -> bool:
+        """The identical resend of a settled payment: send what it bought again (or say it
+        settled and was not kept). False if this is not that resend: refuse it as used."""
+        if not isinstance(self.ledger, DeliveryLedger):
+            return False
+        delivery = await self.ledger.delivery(p.key)
+        if delivery is None or not delivery.answers(p.fingerprint,
+                                                    await self._request(scope, body, p)):
+            return False
+        extra = self._paid_headers(settlement, p.version) if settlement is not None else []
+        if not delivery.kept:
+            await responses.Reply(410, json.dumps({
+                "error": RESPONSE_NOT_KEPT, "settled": True, "charged": True,
+                "transaction": settlement.transaction if settlement else None,
+                "message": "this payment was paid and settled and its response delivered; "
+                           f"the response was streamed or larger than {MAX_KEPT_BODY} bytes "
+                           "and was not kept, so it cannot be sent again; nothing more was "
+                           "charged"}).encode(),
+                [("content-type", "application/json"), *extra]).send(send)
+            return True
+        log.info("redelivered the response of settled payment %s", p.key.nonce)
+        again = _buffered(delivery)
+        if settlement is not None:
+            await self._serve_paid(send, again, settlement, p.version)
+        else:
+            await again.replay(send, [("cache-control", "private")])
+        return True
+
+    def _observe(self, scope: Scope, p: _Payment, outcome: Any, latency: float, *,
+                 label: str | None = None) -> None:
         """The paid request's log line and metrics: its outcome names what became of the
         money (``settled``: charged; ``pending``: may be charged; every other: nothing
         moved)."""
@@ -587,7 +736,8 @@ class PaymentMiddleware:
             amount = settlement.amount  # what was charged, not the maximum
         self.observer.paid(
             request_id=new_request_id(scope), payer=p.key.payer, amount=amount,
-            scheme=p.requirements.scheme, outcome=_OUTCOMES.get(type(outcome).__name__, "error"),
+            scheme=p.requirements.scheme,
+            outcome=label or _OUTCOMES.get(type(outcome).__name__, "error"),
             latency=latency, payee=self.pay_to, asset=p.key.asset, network=p.key.network,
             nonce=p.key.nonce, method=scope.get("method"), path=scope.get("path"),
             transaction=(settlement.transaction or None) if settlement is not None else None)
@@ -725,6 +875,47 @@ def _without_usage_reports(send: Send) -> Send:
         await send(message)
 
     return wrapped
+
+
+def _fits(start: Message) -> bool:
+    """Does this response state a length that may be kept (else it is streamed on)?"""
+    for name, value in start.get("headers", []):
+        if name.lower() == b"content-length":
+            try:
+                return int(value) <= MAX_KEPT_BODY
+            except ValueError:
+                return False
+    return False
+
+
+def _buffered(delivery: Delivery) -> BufferedResponse:
+    return BufferedResponse(status=delivery.status, started=True, body=[delivery.body],
+                            headers=[(k.encode("latin-1"), v.encode("latin-1"))
+                                     for k, v in delivery.headers])
+
+
+class _HashedBody:
+    """The request's ``receive``, hashing the body as the app reads it; :meth:`digest`
+    reads whatever the app left unread (nothing is read twice)."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._hash = hashlib.sha256()
+        self._done = False
+
+    async def __call__(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self._hash.update(message.get("body", b""))
+            self._done = self._done or not message.get("more_body", False)
+        elif message["type"] == "http.disconnect":
+            self._done = True
+        return message
+
+    async def digest(self) -> str:
+        while not self._done:
+            await self()
+        return self._hash.hexdigest()
 
 
 def _base_url(scope: Scope) -> str:
