@@ -30,9 +30,10 @@ is written to the ledger entry (:meth:`PaymentLedger.note_charge`) *before*
 unreachable, crashed after sending the transaction), the entry is pending with
 that amount, and the same payment header resent resumes it: ``/settle`` is asked
 again for exactly the recorded amount (the facilitator's journal answers that
-one settlement, never a second), and once it succeeds the app is run again to
-produce the response, whose new usage report is ignored and removed: the
-recorded amount wins, the payer is charged once, and receives a response.
+one settlement, never a second), and once it succeeds the response computed the
+first time (kept in the ledger, :mod:`a402.provider.deliveries`) is delivered; were
+it not kept, the app runs again and its new usage report is ignored and removed:
+the recorded amount wins, the payer is charged once, and receives a response.
 
 With ``settle_before_serve=True`` the app runs only after a successful settle
 (and its response streams instead of being buffered): the payer carries the
