@@ -27,7 +27,10 @@ and facilitator. What that means for a tool call:
   settlement is known (if another process holds it, or it was dropped, the tool runs
   again for the settled payment).
 - The resource is the paywall's to name (``mcp://tool/<name>`` by default), never the
-  client's unsigned copy: the facilitator binds a settlement to it.
+  client's unsigned copy: the facilitator binds a settlement to it. A paywall with a
+  process-local ledger adds a random fragment of its own to the resource it names to
+  the facilitator, so that a payment raced to two such paywalls is sold once
+  (:meth:`ToolPaywall._settled_as`).
 """
 
 from __future__ import annotations
@@ -171,6 +174,8 @@ class ToolPaywall:
             self._facilitator_url = facilitator
             self._facilitator = None
         self._held: OrderedDict[PaymentKey, types.CallToolResult] = OrderedDict()
+        self._settle_tag: str | None = (uuid.uuid4().hex if isinstance(self.ledger, InMemoryLedger)
+                                        else None)
         self.observer = observer if observer is not None else Observer("mcp")
 
     @property
@@ -272,11 +277,26 @@ class ToolPaywall:
                               amount=offered.amount, asset=offered.asset,
                               pay_to=offered.pay_to, resource=resource.url)
         return _Accepted(
-            payload=payload.model_copy(update={"resource": resource}),
+            payload=payload.model_copy(update={"resource": self._settled_as(resource)}),
             requirements=offered,
             payment=ExactPayment(key, payment_fingerprint(evm.signature, auth.to_wire()),
                                  int(auth.valid_before), terms),
         )
+
+    def _settled_as(self, resource: ResourceInfo) -> ResourceInfo:
+        """The resource named to the facilitator, which binds a settlement to it and
+        answers a repeated ``/settle`` of the same payload and resource with the first
+        one's success. A process-local ledger cannot see another paywall's admissions:
+        two such paywalls (``protect()`` in two stdio processes) would both verify a
+        payment raced to them before either settled, both run the tool, and both be
+        told "settled". So a paywall with its own ledger names itself in the resource
+        (a fragment of a random tag): the second settle is refused as "for another
+        resource" and its output withheld. Paywalls sharing a ledger (a shared
+        :class:`SqlLedger`) keep the plain resource, so that any of them can resume a
+        pending payment; replicas must therefore share one ledger."""
+        if self._settle_tag is None:
+            return resource
+        return resource.model_copy(update={"url": f"{resource.url}#{self._settle_tag}"})
 
     async def _pay_and_run(self, tool: str, p: _Accepted, run: RunTool) -> types.CallToolResult:
         key = p.payment.key
