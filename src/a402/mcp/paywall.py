@@ -19,13 +19,17 @@ and facilitator. What that means for a tool call:
 - **Exactly once, across processes**: every payment is admitted by the replay ledger
   (a shared :class:`~a402.provider.ledger.SqlLedger` for several processes) before it
   is verified, under terms that include the tool's resource URL. One authorization
-  buys one tool call: a replay is refused (``payment_already_used``), the same payment
-  for another tool too (``payment_terms_mismatch``).
+  buys one tool call: a replay runs nothing (refused, ``payment_already_used``, unless
+  it is the very call whose answer was lost, below), the same payment for another tool
+  neither (``payment_terms_mismatch``).
 - **No verdict is not a refusal**: a facilitator that did not answer a settle may have
   moved the money, so the payment stays pending and the computed output is held (in
   this process, bounded); the payer resends the *same* payment and gets it once the
   settlement is known (if another process holds it, or it was dropped, the tool runs
-  again for the settled payment).
+  again for the settled payment). A paid answer lost in transit (the connection died
+  after the settlement) is recovered the same way: the same signed payment with the
+  same arguments, resent to the process that sold it, gets the output it bought again
+  (kept bounded until the payment expires), not a second run and not a refusal.
 - The resource is the paywall's to name (``mcp://tool/<name>`` by default), never the
   client's unsigned copy: the facilitator binds a settlement to it. A paywall with a
   process-local ledger adds a random fragment of its own to the resource it names to
@@ -35,6 +39,8 @@ and facilitator. What that means for a tool call:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 import uuid
@@ -95,7 +101,8 @@ DEFAULT_RESOURCE_PREFIX: Final = "mcp://tool/"
 DEFAULT_RETENTION: Final = 600.0
 MAX_HELD: Final = 1000
 """Outputs held for payments whose settlement is not known yet, at most (oldest dropped:
-its payer then gets a fresh run of the tool once the payment settles)."""
+its payer then gets a fresh run of the tool once the payment settles); as many outputs
+sold are kept for a resend of their payment whose answer was lost."""
 TOOL_FAILED: Final = "tool_failed"
 """Reason: the tool raised after the payment was verified; nothing was charged."""
 RETRYABLE: Final = frozenset({responses.FACILITATOR_UNAVAILABLE, responses.FACILITATOR_ERROR,
@@ -174,6 +181,8 @@ class ToolPaywall:
             self._facilitator_url = facilitator
             self._facilitator = None
         self._held: OrderedDict[PaymentKey, types.CallToolResult] = OrderedDict()
+        self._sold: OrderedDict[PaymentKey, tuple[str, float, types.CallToolResult]] = (
+            OrderedDict())
         self._settle_tag: str | None = (uuid.uuid4().hex if isinstance(self.ledger, InMemoryLedger)
                                         else None)
         self.observer = observer if observer is not None else Observer("mcp")
@@ -225,11 +234,13 @@ class ToolPaywall:
 
     # ------------------------------------------------------------------ one call
 
-    async def call(self, tool: str, meta: Mapping[str, Any] | None, run: RunTool
-                   ) -> types.CallToolResult:
+    async def call(self, tool: str, meta: Mapping[str, Any] | None, run: RunTool,
+                   arguments: Mapping[str, Any] | None = None) -> types.CallToolResult:
         """Answer one ``tools/call`` of ``tool`` whose request ``_meta`` is ``meta``;
         ``run`` runs the tool (at most once per call, only after ``/verify`` accepted the
-        payment). A free tool just runs. Never raises for anything the caller sent."""
+        payment). A free tool just runs. Never raises for anything the caller sent.
+        ``arguments`` (the call's): a settled payment resent with the same ones gets the
+        output it bought again, if its answer was lost."""
         if tool not in self.prices:
             return await run()
         try:
@@ -246,7 +257,7 @@ class ToolPaywall:
             accepted = self._accept(tool, payload)
         except WireError as e:
             return self._ask(tool, e.reason, e.message)
-        return await self._pay_and_run(tool, accepted, run)
+        return await self._pay_and_run(tool, accepted, run, _call_hash(tool, arguments))
 
     def _accept(self, tool: str, payload: PaymentPayload) -> _Accepted:
         """Check the payment answers this tool's offer; WireError with the reason if not."""
@@ -298,7 +309,8 @@ class ToolPaywall:
             return resource
         return resource.model_copy(update={"url": f"{resource.url}#{self._settle_tag}"})
 
-    async def _pay_and_run(self, tool: str, p: _Accepted, run: RunTool) -> types.CallToolResult:
+    async def _pay_and_run(self, tool: str, p: _Accepted, run: RunTool, call: str
+                           ) -> types.CallToolResult:
         key = p.payment.key
         flow = exact_flow(p.payment, now=self.clock(), retention=self.retention)
         served: list[types.CallToolResult] = []
@@ -366,13 +378,18 @@ class ToolPaywall:
                                                    "tool failed when run for it")
                 else:
                     result = served[0]
-                return wire.with_receipt(result, settlement)
+                sold = wire.with_receipt(result, settlement)
+                self._remember_sold(p.payment, call, sold)
+                return sold
             case NotServed():
                 if served:  # the tool's own error result, uncharged
                     return served[0]
                 return wire.error_result(TOOL_FAILED, f"tool {tool!r} failed "
                                          f"({type(failure[0]).__name__}); nothing was charged")
             case Reused(state, settlement):
+                again = self._sold_to(p.payment, call) if state == LedgerState.SETTLED else None
+                if again is not None:  # its answer was lost: the same output, not a new run
+                    return again
                 if state == LedgerState.SETTLED:
                     return self._ask(tool, responses.PAYMENT_ALREADY_USED,
                                      "this payment authorization has already bought a tool "
@@ -419,8 +436,36 @@ class ToolPaywall:
                     settlement)
         raise AssertionError(f"unhandled outcome {outcome!r}")  # pragma: no cover
 
+    def _remember_sold(self, payment: ExactPayment, call: str,
+                       result: types.CallToolResult) -> None:
+        """Keep what ``payment`` bought (bounded, until it expires), so that the payer
+        whose answer was lost gets it by resending the same payment: the settled payment
+        is then answered with the output it paid for, never a second run of the tool."""
+        expires = min(payment.valid_before, self.clock() + self.retention)
+        self._sold[payment.key] = (payment.fingerprint + call, expires, result)
+        self._sold.move_to_end(payment.key)
+        while len(self._sold) > MAX_HELD:
+            self._sold.popitem(last=False)
+
+    def _sold_to(self, payment: ExactPayment, call: str) -> types.CallToolResult | None:
+        """The output ``payment`` bought here, if this very signed payload (same
+        fingerprint) bought it for this very call (same tool and arguments) and it is
+        still kept; None otherwise (another signature for the same authorization, other
+        arguments, another process, or dropped: then it is refused as already used)."""
+        kept = self._sold.get(payment.key)
+        if kept is None or kept[0] != payment.fingerprint + call or kept[1] < self.clock():
+            return None
+        return kept[2]
+
     def _hold(self, key: PaymentKey, result: types.CallToolResult) -> None:
         self._held[key] = result
         self._held.move_to_end(key)
         while len(self._held) > MAX_HELD:
             self._held.popitem(last=False)
+
+
+def _call_hash(tool: str, arguments: Mapping[str, Any] | None) -> str:
+    """What makes a resent call "the same call" (its tool and arguments), as a digest."""
+    canonical = json.dumps({"name": tool, "arguments": dict(arguments or {})},
+                           sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()

@@ -62,7 +62,8 @@ def protect(server: Any, paywall: ToolPaywall) -> None:
                                          f"the tool answered {type(result).__name__}")
             return result
 
-        return types.ServerResult(await paywall.call(params.name, meta, run))
+        return types.ServerResult(await paywall.call(params.name, meta, run,
+                                                     params.arguments))
 
     paid.__a402_paywall__ = paywall  # type: ignore[attr-defined]
     low.request_handlers[types.CallToolRequest] = paid
