@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -138,6 +139,46 @@ async def test_a_sold_payment_resent_with_other_arguments_runs_nothing_and_charg
     assert same.meta == first.result.meta  # the same receipt
     assert other.isError and other.structuredContent is not None
     assert other.structuredContent["error"] == "payment_already_used"
+    assert ran == ["forecast"]
+    assert balance(anvil_chain, dev_stack, payer.address) == before - PRICE
+    assert balance(anvil_chain, dev_stack, pay_to) == PRICE
+
+
+async def test_a_resent_payment_the_server_calls_used_is_not_reported_as_rejected(
+        anvil_chain: Chain, dev_stack: Manifest, facilitator_url: str, tmp_path: Path,
+        new_payer: Callable[..., LocalAccount]) -> None:
+    """The process that sold the lost answer is gone (restarted on the same ledger): the
+    resend is refused as used, and the payer is told it may have paid, not "rejected"."""
+    pay_to, payer = str(Account.create().address), new_payer()
+    before = balance(anvil_chain, dev_stack, payer.address)
+    ledger = f"sqlite:///{tmp_path / 'ledger.db'}"
+
+    def fresh() -> ToolPaywall:
+        return ToolPaywall({"forecast": PRICE}, pay_to=pay_to, token=dev_stack.token,
+                           network=dev_stack.network, facilitator=facilitator_url,
+                           ledger=ledger)
+
+    current = [fresh()]
+
+    class Restartable:
+        async def call(self, *args: Any) -> types.CallToolResult:
+            return await current[0].call(*args)
+
+    server, ran = _server(Restartable(), offer_as_error=False, delay=1.5)  # type: ignore[arg-type]
+    async with create_connected_server_and_client_session(server) as session:
+        client = PayingMCPSession(session, payer, max_per_request=PRICE)
+        with pytest.raises(MCPPaymentUnresolved):
+            await client.call_tool("forecast", {"city": "Paris"},
+                                   read_timeout_seconds=timedelta(seconds=0.5))
+        await anyio.sleep(3)  # the server finished: ran the tool and settled
+        await current[0].aclose()
+        current[0] = fresh()  # a new process: it never held that output
+        again = await client.call_tool("forecast", {"city": "Paris"})
+    await current[0].aclose()
+    assert len(client.payments) == 1 and again.payment is not None
+    assert again.payment.status == PaymentStatus.UNCONFIRMED
+    assert again.payment.reason == "used_answer_lost"
+    assert not again.paid
     assert ran == ["forecast"]
     assert balance(anvil_chain, dev_stack, payer.address) == before - PRICE
     assert balance(anvil_chain, dev_stack, pay_to) == PRICE

@@ -18,7 +18,9 @@ signed.
 What the caller is told is what the server proved, no more (:class:`PaidToolResult`):
 ``payment.status`` is ``settled`` only with a receipt saying ``success`` for this payer
 on the offer's network; a paid call answered with another payment-required is
-``rejected`` (with the server's reason), an answer with no successful receipt (the tool
+``rejected`` (with the server's reason; but a *resent* payment answered "already used"
+is ``unconfirmed``, reason ``used_answer_lost``: it was taken for the send whose answer
+was lost, and may have been charged), an answer with no successful receipt (the tool
 failed and was not charged, says the server) ``unconfirmed``. The amount stays in the
 budget in every case: the signed authorization could be settled until it expires, and
 only the chain can say it was not.
@@ -71,6 +73,10 @@ DEFAULT_MAX_VALIDITY: Final = 300
 REPLAY_MARGIN: Final = 6
 DEFAULT_HISTORY: Final = 10_000
 _NO_CLIENT_CAP: Final = 1 << 256
+PAYMENT_ALREADY_USED: Final = "payment_already_used"
+ANSWER_LOST: Final = "used_answer_lost"
+"""Reason: a resent payment was "already used" by the server (taken for an earlier send
+whose answer was lost): it may have been charged, with no output returned."""
 
 
 class MCPPaymentUnresolved(PaymentError):
@@ -169,7 +175,7 @@ class PayingMCPSession:
         earlier = self._take_unresolved(key)
         if earlier is not None:
             return await self._send_paid(name, arguments, key, *earlier,
-                                         timeout=read_timeout_seconds)
+                                         timeout=read_timeout_seconds, resent=True)
         try:
             result = await self.session.call_tool(name, arguments,
                                                   read_timeout_seconds=read_timeout_seconds)
@@ -230,7 +236,7 @@ class PayingMCPSession:
 
     async def _send_paid(
         self, name: str, arguments: dict[str, Any] | None, key: str, payment: Payment,
-        payload: PaymentPayload, *, timeout: timedelta | None,
+        payload: PaymentPayload, *, timeout: timedelta | None, resent: bool = False,
     ) -> PaidToolResult:
         attempts = 0
         while True:
@@ -250,6 +256,10 @@ class PayingMCPSession:
             except Exception as e:
                 raise self._unresolved_after(name, arguments, key, payment, payload, e) from e
             required = _conclude(payment, result)
+            if (resent or attempts) and payment.reason == PAYMENT_ALREADY_USED:
+                # Ours, sent before with no usable answer, and now "already used": it was
+                # taken for that send (the money may well have moved), not refused.
+                payment.status, payment.reason = PaymentStatus.UNCONFIRMED, ANSWER_LOST
             retry = (required is not None and required.error in RETRYABLE
                      and attempts < self.retries)
             if not retry:
