@@ -6,16 +6,23 @@ import asyncio
 import json
 from collections.abc import Callable
 from contextlib import ExitStack
+from typing import Any
 
+import httpx
 import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from mcp.server.fastmcp import FastMCP
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from a402.chain.deploy import Manifest
 from a402.chain.node import Chain
+from a402.client.records import PaymentStatus
 from a402.client.wallet import Wallet
-from a402.mcp import ToolPaywall, bounded_app, protect
+from a402.mcp import MCPPaymentUnresolved, PayingMCPSession, ToolPaywall, bounded_app, protect
 from a402.mcp.wire import PAYMENT_META_KEY, required_of
 from tests.paid_mcp.helpers import PRICE, balance, mcp_session, text_of
 from tests.servers import serve
@@ -73,3 +80,56 @@ async def test_one_payment_raced_to_two_paywalls_with_their_own_ledgers_buys_one
     assert withheld.structuredContent["accepts"]  # answered as payment-required, no output
     assert "results for q" not in text_of(withheld)
     assert sorted(ran) == ["q", "q"]  # both ran (settle after success); one was sold
+
+
+def _settle_answers_lost(facilitator: str, lost: int) -> Any:
+    """A facilitator front that forwards everything to ``facilitator`` and answers the
+    first ``lost`` ``/settle`` calls 503 after forwarding them (the money moved, the
+    answer did not come back: a slow chain or a flaky facilitator look the same)."""
+    settles: list[int] = []
+
+    async def forward(request: Request) -> Response:
+        async with httpx.AsyncClient(timeout=60) as http:
+            upstream = await http.request(request.method, facilitator + request.url.path,
+                                          content=await request.body(),
+                                          headers={"content-type": "application/json"})
+        if request.url.path == "/settle":
+            settles.append(upstream.status_code)
+            if len(settles) <= lost:
+                return Response(b'{"error":"facilitator_error"}', status_code=503,
+                                media_type="application/json")
+        return Response(upstream.content, status_code=upstream.status_code,
+                        media_type="application/json")
+
+    app = Starlette(routes=[Route(p, forward, methods=["GET", "POST"])
+                            for p in ("/verify", "/settle", "/supported")])
+    app.state.settles = settles
+    return app
+
+
+async def test_a_payment_unsettled_after_the_retries_is_resent_by_the_next_call_not_paid_twice(
+        anvil_chain: Chain, dev_stack: Manifest, facilitator_url: str,
+        new_payer: Callable[..., LocalAccount]) -> None:
+    payer = new_payer()
+    pay_to = str(Account.create().address)
+    before = balance(anvil_chain, dev_stack, payer.address)
+    ran: list[str] = []
+    front = _settle_answers_lost(facilitator_url, lost=2)
+    with serve(front) as flaky:
+        paywall = ToolPaywall({"search": PRICE}, pay_to=pay_to, token=dev_stack.token,
+                              network=dev_stack.network, facilitator=flaky)
+        with serve(bounded_app(_slow_server(ran, paywall).streamable_http_app())) as base:
+            async with mcp_session(base + "/mcp") as session:
+                client = PayingMCPSession(session, payer, max_per_request=PRICE,
+                                          retries=1, retry_delay=0.05)
+                with pytest.raises(MCPPaymentUnresolved) as unresolved:
+                    await client.call_tool("search", {"query": "q"})
+                assert unresolved.value.payment.status == PaymentStatus.UNKNOWN
+                assert unresolved.value.payment.reason == "facilitator_unavailable"
+                answer = await client.call_tool("search", {"query": "q"})
+    assert answer.paid and text_of(answer.result) == "results for q"
+    assert len(client.payments) == 1  # one signature for the one output
+    assert front.state.settles == [200, 200, 200]
+    assert ran == ["q"]
+    assert balance(anvil_chain, dev_stack, payer.address) == before - PRICE
+    assert balance(anvil_chain, dev_stack, pay_to) == PRICE

@@ -27,9 +27,10 @@ only the chain can say it was not.
 
 One call signs at most one payment. When the server answers "resend the same payment"
 (the facilitator gave no verdict, the settlement is pending, the payment is in use) the
-*same* payload is resent, up to ``retries`` times; a paid call that got no answer at all
-raises :class:`MCPPaymentUnresolved` and the next call of the same tool with the same
-arguments resends that payload while it is valid, so a retry never pays twice.
+*same* payload is resent, up to ``retries`` times; a paid call that got no answer at all,
+or still that one after the retries, raises :class:`MCPPaymentUnresolved` and the next
+call of the same tool with the same arguments resends that payload while it is valid,
+so a retry never pays twice.
 """
 
 from __future__ import annotations
@@ -251,36 +252,47 @@ class PayingMCPSession:
                 refused = wire.required_of_error(e.error)
                 if refused is None:
                     raise self._unresolved_after(name, arguments, key, payment, payload,
-                                                 e) from e
+                                                 _no_answer(e)) from e
                 result = wire.payment_required_result(refused)
             except Exception as e:
-                raise self._unresolved_after(name, arguments, key, payment, payload, e) from e
+                raise self._unresolved_after(name, arguments, key, payment, payload,
+                                             _no_answer(e)) from e
             required = _conclude(payment, result)
             if (resent or attempts) and payment.reason == PAYMENT_ALREADY_USED:
                 # Ours, sent before with no usable answer, and now "already used": it was
                 # taken for that send (the money may well have moved), not refused.
                 payment.status, payment.reason = PaymentStatus.UNCONFIRMED, ANSWER_LOST
-            retry = (required is not None and required.error in RETRYABLE
-                     and attempts < self.retries)
-            if not retry:
+            unsettled = required is not None and required.error in RETRYABLE
+            if unsettled and attempts >= self.retries:
+                # "Resend the same payment" was still the answer after every retry: it may
+                # yet settle (a pending settlement will), so the next call of this tool with
+                # these arguments must resend it, never sign a second one.
+                assert required is not None
+                raise self._unresolved_after(name, arguments, key, payment, payload,
+                                             (str(required.error),
+                                              str(getattr(required, "message", "") or "")))
+            if not unsettled:
                 self._evidence(name, arguments, payment, payload, result)
                 return PaidToolResult(result, payment)
             attempts += 1
             await anyio.sleep(self.retry_delay)
 
     def _unresolved_after(self, name: str, arguments: dict[str, Any] | None, key: str,
-                          payment: Payment, payload: PaymentPayload, error: Exception
+                          payment: Payment, payload: PaymentPayload, why: tuple[str, str]
                           ) -> MCPPaymentUnresolved:
-        """The paid call got no usable answer: keep the payload for a resend of the same
-        call, record it, and say that the payment may still settle."""
+        """The paid call got no usable answer (``why``: a reason and its detail; no
+        answer at all, or "resend the same payment" after every retry): keep the payload
+        for a resend of the same call, record it, and say that the payment may still
+        settle."""
+        reason, detail = why
         payment.status = PaymentStatus.UNKNOWN
-        payment.reason = f"no answer: {type(error).__name__}"
+        payment.reason = reason
         self._evidence(name, arguments, payment, payload, None)
         with self._lock:
             self._unresolved[key] = (payment, payload)
         return MCPPaymentUnresolved(
-            f"the paid call of {name!r:.60} got no answer ({type(error).__name__}: "
-            f"{error}); the payment of {payment.amount} may still settle until "
+            f"the paid call of {name!r:.60} got no final answer ({reason}: "
+            f"{detail:.200}); the payment of {payment.amount} may still settle until "
             f"{payment.valid_before}: call the same tool with the same arguments to resend "
             "it (never a second payment)", payment)
 
@@ -340,6 +352,10 @@ class PayingMCPSession:
         except Exception as e:
             log.error("a paid tool call's payment was signed and sent, but its outcome "
                       "could not be recorded (%s: %s)", type(e).__name__, e)
+
+
+def _no_answer(error: Exception) -> tuple[str, str]:
+    return f"no answer: {type(error).__name__}", str(error)
 
 
 def _conclude(payment: Payment, result: types.CallToolResult) -> PaymentRequired | None:
