@@ -6,13 +6,18 @@ import asyncio
 import json
 from collections.abc import Callable
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from mcp import types
 from mcp.server.fastmcp import FastMCP
+from mcp.shared.exceptions import McpError
+from mcp.shared.memory import create_connected_server_and_client_session
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -25,6 +30,7 @@ from a402.client.wallet import Wallet
 from a402.mcp import MCPPaymentUnresolved, PayingMCPSession, ToolPaywall, bounded_app, protect
 from a402.mcp.wire import PAYMENT_META_KEY, required_of
 from tests.paid_mcp.helpers import PRICE, balance, mcp_session, text_of
+from tests.paid_mcp.test_mcp_client_edges import _server as edge_server
 from tests.servers import serve
 
 pytestmark = pytest.mark.anyio
@@ -82,7 +88,7 @@ async def test_one_payment_raced_to_two_paywalls_with_their_own_ledgers_buys_one
     assert sorted(ran) == ["q", "q"]  # both ran (settle after success); one was sold
 
 
-def _settle_answers_lost(facilitator: str, lost: int) -> Any:
+def _settle_answers_lost(facilitator: str, lost: int, delay: float = 0.0) -> Any:
     """A facilitator front that forwards everything to ``facilitator`` and answers the
     first ``lost`` ``/settle`` calls 503 after forwarding them (the money moved, the
     answer did not come back: a slow chain or a flaky facilitator look the same)."""
@@ -95,6 +101,7 @@ def _settle_answers_lost(facilitator: str, lost: int) -> Any:
                                           headers={"content-type": "application/json"})
         if request.url.path == "/settle":
             settles.append(upstream.status_code)
+            await asyncio.sleep(delay)
             if len(settles) <= lost:
                 return Response(b'{"error":"facilitator_error"}', status_code=503,
                                 media_type="application/json")
@@ -131,5 +138,54 @@ async def test_a_payment_unsettled_after_the_retries_is_resent_by_the_next_call_
     assert len(client.payments) == 1  # one signature for the one output
     assert front.state.settles == [200, 200, 200]
     assert ran == ["q"]
+    assert balance(anvil_chain, dev_stack, payer.address) == before - PRICE
+    assert balance(anvil_chain, dev_stack, pay_to) == PRICE
+
+
+async def test_a_call_cancelled_while_settling_is_recorded_and_its_resend_gets_the_output(
+        anvil_chain: Chain, dev_stack: Manifest, facilitator_url: str, tmp_path: Path,
+        new_payer: Callable[..., LocalAccount]) -> None:
+    """The payer cancels (``notifications/cancelled``, or its stdio transport closes) while
+    the paywall settles: the money moves all the same, so the settlement is seen through
+    and recorded, and the same payment resent gets the output it bought, run once."""
+    payer = new_payer()
+    pay_to = str(Account.create().address)
+    before = balance(anvil_chain, dev_stack, payer.address)
+    front = _settle_answers_lost(facilitator_url, lost=0, delay=1.5)
+    with serve(front) as slow:
+        paywall = ToolPaywall({"forecast": PRICE}, pay_to=pay_to, token=dev_stack.token,
+                              network=dev_stack.network, facilitator=slow,
+                              ledger=f"sqlite:///{tmp_path / 'ledger.db'}")
+        server, ran = edge_server(paywall, offer_as_error=False)
+        async with create_connected_server_and_client_session(server) as session:
+            probe = await session.call_tool("forecast", {"city": "Paris"})
+            required = required_of(probe)
+            assert required is not None
+            payload = Wallet(payer).sign(required.accepts[0], resource=required.resource,
+                                         valid_for=120)
+            meta = {PAYMENT_META_KEY: payload.to_wire()}
+            request_id = session._request_id  # the id the next request is sent with
+            cancelled: list[BaseException] = []
+
+            async def paid_call() -> None:
+                try:
+                    await session.call_tool("forecast", {"city": "Paris"}, meta=meta)
+                except McpError as e:
+                    cancelled.append(e)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(paid_call)
+                while not front.state.settles:  # the settle went out: money is moving
+                    await anyio.sleep(0.05)
+                await session.send_notification(types.ClientNotification(
+                    types.CancelledNotification(params=types.CancelledNotificationParams(
+                        requestId=request_id))))
+            await anyio.sleep(2.5)  # the paywall finished what it could
+            again = await session.call_tool("forecast", {"city": "Paris"}, meta=meta)
+        await paywall.aclose()
+    assert cancelled  # the first answer never came
+    assert not again.isError and text_of(again) == "sunny"
+    assert again.meta is not None and again.meta["x402/payment-response"]["success"]
+    assert ran == ["forecast"]
     assert balance(anvil_chain, dev_stack, payer.address) == before - PRICE
     assert balance(anvil_chain, dev_stack, pay_to) == PRICE

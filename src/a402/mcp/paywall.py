@@ -49,6 +49,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+import anyio
+import anyio.lowlevel
 from mcp import types
 
 from a402.chain.deploy import TokenInfo
@@ -257,7 +259,12 @@ class ToolPaywall:
             accepted = self._accept(tool, payload)
         except WireError as e:
             return self._ask(tool, e.reason, e.message)
-        return await self._pay_and_run(tool, accepted, run, _call_hash(tool, arguments))
+        result = await self._pay_and_run(tool, accepted, run, _call_hash(tool, arguments))
+        # A call cancelled while its settlement was seen through (shielded) ends cancelled,
+        # as its transport expects (it already answered the cancellation); what it sold
+        # is kept for the payer's resend.
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        return result
 
     def _accept(self, tool: str, payload: PaymentPayload) -> _Accepted:
         """Check the payment answers this tool's offer; WireError with the reason if not."""
@@ -327,6 +334,17 @@ class ToolPaywall:
             return result
 
         async def operate(operation: Operation) -> Any:
+            if isinstance(operation, Verify | Serve | Resumable):
+                return await act(operation)  # nothing moves if these are cancelled
+            # A ledger write or a settle is seen through even if the call is cancelled
+            # (the client's notifications/cancelled, its stdio transport closing): MCP
+            # cancels a handler with an anyio scope, under which every later await of
+            # the flow's recovery (mark pending, release) would be cancelled too,
+            # leaving the entry in flight and a settled payment unservable.
+            with anyio.CancelScope(shield=True):
+                return await act(operation)
+
+        async def act(operation: Operation) -> Any:
             match operation:
                 case Acquire():
                     return await self.ledger.acquire(
