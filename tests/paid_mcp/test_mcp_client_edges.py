@@ -1,9 +1,10 @@
 """The paying MCP client at the edges, on anvil with balances: an offer sent as a JSON-RPC
 402 error (the other form the SDK reads), and a paid call whose answer never comes (it
-may have settled: the same payload is resent, never a second one)."""
+may have settled: the same payload is resent, never a second one, and gets the output)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -47,7 +48,7 @@ def _server(paywall: ToolPaywall, *, offer_as_error: bool, delay: float = 0.0
 
         request = server.request_context
         meta = request.meta.model_extra if request.meta is not None else None
-        return await paywall.call(name, meta, run)
+        return await paywall.call(name, meta, run, arguments)
 
     inner = server.request_handlers[types.CallToolRequest]
 
@@ -89,7 +90,7 @@ async def test_an_offer_sent_as_a_json_rpc_402_error_is_paid_once(
     assert balance(anvil_chain, dev_stack, pay_to) == PRICE
 
 
-async def test_a_paid_call_with_no_answer_is_unresolved_and_its_retry_never_pays_twice(
+async def test_a_paid_call_whose_answer_was_lost_is_resent_and_gets_the_output_it_paid_for(
         anvil_chain: Chain, dev_stack: Manifest, facilitator_url: str,
         new_payer: Callable[..., LocalAccount]) -> None:
     pay_to, payer = str(Account.create().address), new_payer()
@@ -112,6 +113,31 @@ async def test_a_paid_call_with_no_answer_is_unresolved_and_its_retry_never_pays
     assert again.payment is unresolved.value.payment
     assert again.payment.status == PaymentStatus.SETTLED
     assert again.paid and text_of(again.result) == "sunny"
+    assert ran == ["forecast"]
+    assert balance(anvil_chain, dev_stack, payer.address) == before - PRICE
+    assert balance(anvil_chain, dev_stack, pay_to) == PRICE
+
+
+async def test_a_sold_payment_resent_with_other_arguments_runs_nothing_and_charges_nothing(
+        anvil_chain: Chain, dev_stack: Manifest, facilitator_url: str,
+        new_payer: Callable[..., LocalAccount]) -> None:
+    pay_to, payer = str(Account.create().address), new_payer()
+    before = balance(anvil_chain, dev_stack, payer.address)
+    paywall = _paywall(dev_stack, pay_to, facilitator_url)
+    server, ran = _server(paywall, offer_as_error=False)
+    async with create_connected_server_and_client_session(server) as session:
+        first = await PayingMCPSession(session, payer, max_per_request=PRICE).call_tool(
+            "forecast", {"city": "Paris"})
+        assert first.paid and first.payment is not None
+        meta = {"x402/payment": json.loads(first.payment.header_value)}
+        same = await session.call_tool("forecast", {"city": "Paris"}, meta=meta)
+        other = await session.call_tool("forecast", {"city": "Oslo"}, meta=meta)
+    await paywall.aclose()
+    # The very call resent gets what it bought (no run); other arguments get nothing.
+    assert not same.isError and text_of(same) == "sunny"
+    assert same.meta == first.result.meta  # the same receipt
+    assert other.isError and other.structuredContent is not None
+    assert other.structuredContent["error"] == "payment_already_used"
     assert ran == ["forecast"]
     assert balance(anvil_chain, dev_stack, payer.address) == before - PRICE
     assert balance(anvil_chain, dev_stack, pay_to) == PRICE

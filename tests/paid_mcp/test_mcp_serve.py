@@ -34,7 +34,7 @@ from a402.mandate import Domain, Mandate, MandateGuard, sign_mandate
 from a402.mandate.evidence import EvidenceLog
 from a402.mandate.registry import RevocationCheck
 from a402.mandate.spend import SpendStore
-from a402.mcp import PayingMCPSession, ToolPaywall
+from a402.mcp import MCPPaymentUnresolved, PayingMCPSession, ToolPaywall
 from a402.mcp.proxy import Upstream, proxy_app
 from a402.mcp.wire import PAYMENT_META_KEY, PAYMENT_RESPONSE_META_KEY, required_of
 from a402.provider.ledger import SqlLedger
@@ -221,11 +221,13 @@ async def test_no_facilitator_means_no_tool_run_and_no_charge(
                     paywall(dev_stack, pay_to, dead_url(), ledger_url))
     with serve(app) as base:
         async with mcp_session(base + "/mcp") as session:
-            answer = await paying(session, payer, retries=1, retry_delay=0.05).call_tool(
-                "forecast", {"city": "Paris"})
-    assert answer.result.isError and answer.payment is not None
-    assert answer.payment.status == PaymentStatus.REJECTED
-    assert answer.payment.reason == "facilitator_unavailable"
+            with pytest.raises(MCPPaymentUnresolved) as unresolved:
+                await paying(session, payer, retries=1, retry_delay=0.05).call_tool(
+                    "forecast", {"city": "Paris"})
+    # "Resend the same payment" after every retry: kept for the next call, never re-signed
+    # (the client cannot tell a /verify from a /settle that went unanswered).
+    assert unresolved.value.payment.status == PaymentStatus.UNKNOWN
+    assert unresolved.value.payment.reason == "facilitator_unavailable"
     assert runs() == []
     assert balance(anvil_chain, dev_stack, payer.address) == before
 

@@ -18,16 +18,19 @@ signed.
 What the caller is told is what the server proved, no more (:class:`PaidToolResult`):
 ``payment.status`` is ``settled`` only with a receipt saying ``success`` for this payer
 on the offer's network; a paid call answered with another payment-required is
-``rejected`` (with the server's reason), an answer with no successful receipt (the tool
+``rejected`` (with the server's reason; but a *resent* payment answered "already used"
+is ``unconfirmed``, reason ``used_answer_lost``: it was taken for the send whose answer
+was lost, and may have been charged), an answer with no successful receipt (the tool
 failed and was not charged, says the server) ``unconfirmed``. The amount stays in the
 budget in every case: the signed authorization could be settled until it expires, and
 only the chain can say it was not.
 
 One call signs at most one payment. When the server answers "resend the same payment"
 (the facilitator gave no verdict, the settlement is pending, the payment is in use) the
-*same* payload is resent, up to ``retries`` times; a paid call that got no answer at all
-raises :class:`MCPPaymentUnresolved` and the next call of the same tool with the same
-arguments resends that payload while it is valid, so a retry never pays twice.
+*same* payload is resent, up to ``retries`` times; a paid call that got no answer at all,
+or still that one after the retries, raises :class:`MCPPaymentUnresolved` and the next
+call of the same tool with the same arguments resends that payload while it is valid,
+so a retry never pays twice.
 """
 
 from __future__ import annotations
@@ -71,6 +74,10 @@ DEFAULT_MAX_VALIDITY: Final = 300
 REPLAY_MARGIN: Final = 6
 DEFAULT_HISTORY: Final = 10_000
 _NO_CLIENT_CAP: Final = 1 << 256
+PAYMENT_ALREADY_USED: Final = "payment_already_used"
+ANSWER_LOST: Final = "used_answer_lost"
+"""Reason: a resent payment was "already used" by the server (taken for an earlier send
+whose answer was lost): it may have been charged, with no output returned."""
 
 
 class MCPPaymentUnresolved(PaymentError):
@@ -169,7 +176,7 @@ class PayingMCPSession:
         earlier = self._take_unresolved(key)
         if earlier is not None:
             return await self._send_paid(name, arguments, key, *earlier,
-                                         timeout=read_timeout_seconds)
+                                         timeout=read_timeout_seconds, resent=True)
         try:
             result = await self.session.call_tool(name, arguments,
                                                   read_timeout_seconds=read_timeout_seconds)
@@ -230,7 +237,7 @@ class PayingMCPSession:
 
     async def _send_paid(
         self, name: str, arguments: dict[str, Any] | None, key: str, payment: Payment,
-        payload: PaymentPayload, *, timeout: timedelta | None,
+        payload: PaymentPayload, *, timeout: timedelta | None, resent: bool = False,
     ) -> PaidToolResult:
         attempts = 0
         while True:
@@ -245,32 +252,47 @@ class PayingMCPSession:
                 refused = wire.required_of_error(e.error)
                 if refused is None:
                     raise self._unresolved_after(name, arguments, key, payment, payload,
-                                                 e) from e
+                                                 _no_answer(e)) from e
                 result = wire.payment_required_result(refused)
             except Exception as e:
-                raise self._unresolved_after(name, arguments, key, payment, payload, e) from e
+                raise self._unresolved_after(name, arguments, key, payment, payload,
+                                             _no_answer(e)) from e
             required = _conclude(payment, result)
-            retry = (required is not None and required.error in RETRYABLE
-                     and attempts < self.retries)
-            if not retry:
+            if (resent or attempts) and payment.reason == PAYMENT_ALREADY_USED:
+                # Ours, sent before with no usable answer, and now "already used": it was
+                # taken for that send (the money may well have moved), not refused.
+                payment.status, payment.reason = PaymentStatus.UNCONFIRMED, ANSWER_LOST
+            unsettled = required is not None and required.error in RETRYABLE
+            if unsettled and attempts >= self.retries:
+                # "Resend the same payment" was still the answer after every retry: it may
+                # yet settle (a pending settlement will), so the next call of this tool with
+                # these arguments must resend it, never sign a second one.
+                assert required is not None
+                raise self._unresolved_after(name, arguments, key, payment, payload,
+                                             (str(required.error),
+                                              str(getattr(required, "message", "") or "")))
+            if not unsettled:
                 self._evidence(name, arguments, payment, payload, result)
                 return PaidToolResult(result, payment)
             attempts += 1
             await anyio.sleep(self.retry_delay)
 
     def _unresolved_after(self, name: str, arguments: dict[str, Any] | None, key: str,
-                          payment: Payment, payload: PaymentPayload, error: Exception
+                          payment: Payment, payload: PaymentPayload, why: tuple[str, str]
                           ) -> MCPPaymentUnresolved:
-        """The paid call got no usable answer: keep the payload for a resend of the same
-        call, record it, and say that the payment may still settle."""
+        """The paid call got no usable answer (``why``: a reason and its detail; no
+        answer at all, or "resend the same payment" after every retry): keep the payload
+        for a resend of the same call, record it, and say that the payment may still
+        settle."""
+        reason, detail = why
         payment.status = PaymentStatus.UNKNOWN
-        payment.reason = f"no answer: {type(error).__name__}"
+        payment.reason = reason
         self._evidence(name, arguments, payment, payload, None)
         with self._lock:
             self._unresolved[key] = (payment, payload)
         return MCPPaymentUnresolved(
-            f"the paid call of {name!r:.60} got no answer ({type(error).__name__}: "
-            f"{error}); the payment of {payment.amount} may still settle until "
+            f"the paid call of {name!r:.60} got no final answer ({reason}: "
+            f"{detail:.200}); the payment of {payment.amount} may still settle until "
             f"{payment.valid_before}: call the same tool with the same arguments to resend "
             "it (never a second payment)", payment)
 
@@ -330,6 +352,10 @@ class PayingMCPSession:
         except Exception as e:
             log.error("a paid tool call's payment was signed and sent, but its outcome "
                       "could not be recorded (%s: %s)", type(e).__name__, e)
+
+
+def _no_answer(error: Exception) -> tuple[str, str]:
+    return f"no answer: {type(error).__name__}", str(error)
 
 
 def _conclude(payment: Payment, result: types.CallToolResult) -> PaymentRequired | None:

@@ -19,8 +19,9 @@ and facilitator. What that means for a tool call:
 - **Exactly once, across processes**: every payment is admitted by the replay ledger
   (a shared :class:`~a402.provider.ledger.SqlLedger` for several processes) before it
   is verified, under terms that include the tool's resource URL. One authorization
-  buys one tool call: a replay is refused (``payment_already_used``), the same payment
-  for another tool too (``payment_terms_mismatch``).
+  buys one tool call: a replay runs nothing (refused, ``payment_already_used``, unless
+  it is the very call whose answer was lost, below), the same payment for another tool
+  neither (``payment_terms_mismatch``).
 - **No verdict is not a refusal**: a facilitator that did not answer a settle may have
   moved the money, so the payment stays pending and the computed output is kept in the
   replay ledger (shared by every process that shares the ledger); the payer resends the
@@ -35,7 +36,10 @@ and facilitator. What that means for a tool call:
   result too large to keep is answered with ``response_not_kept``: paid and settled,
   not kept.
 - The resource is the paywall's to name (``mcp://tool/<name>`` by default), never the
-  client's unsigned copy: the facilitator binds a settlement to it.
+  client's unsigned copy: the facilitator binds a settlement to it. A paywall with a
+  process-local ledger adds a random fragment of its own to the resource it names to
+  the facilitator, so that a payment raced to two such paywalls is sold once
+  (:meth:`ToolPaywall._settled_as`).
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+import anyio
+import anyio.lowlevel
 from mcp import types
 
 from a402.chain.deploy import TokenInfo
@@ -188,6 +194,8 @@ class ToolPaywall:
         #: ledger that keeps none, this process's memory.
         self.deliveries: DeliveryLedger = (self.ledger if isinstance(self.ledger, DeliveryLedger)
                                            else InMemoryLedger(clock=clock))
+        self._settle_tag: str | None = (uuid.uuid4().hex if isinstance(self.ledger, InMemoryLedger)
+                                        else None)
         self.observer = observer if observer is not None else Observer("mcp")
 
     @property
@@ -237,7 +245,7 @@ class ToolPaywall:
 
     # ------------------------------------------------------------------ one call
 
-    async def call(self, tool: str, meta: Mapping[str, Any] | None, run: RunTool, *,
+    async def call(self, tool: str, meta: Mapping[str, Any] | None, run: RunTool,
                    arguments: Mapping[str, Any] | None = None) -> types.CallToolResult:
         """Answer one ``tools/call`` of ``tool`` whose request ``_meta`` is ``meta``;
         ``run`` runs the tool (at most once per call, only after ``/verify`` accepted the
@@ -260,7 +268,12 @@ class ToolPaywall:
             accepted = self._accept(tool, payload, arguments)
         except WireError as e:
             return self._ask(tool, e.reason, e.message)
-        return await self._pay_and_run(tool, accepted, run)
+        result = await self._pay_and_run(tool, accepted, run)
+        # A call cancelled while its settlement was seen through (shielded) ends cancelled,
+        # as its transport expects (it already answered the cancellation); what it sold
+        # is kept for the payer's resend.
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        return result
 
     def _accept(self, tool: str, payload: PaymentPayload,
                 arguments: Mapping[str, Any] | None = None) -> _Accepted:
@@ -292,14 +305,30 @@ class ToolPaywall:
                               amount=offered.amount, asset=offered.asset,
                               pay_to=offered.pay_to, resource=resource.url)
         return _Accepted(
-            payload=payload.model_copy(update={"resource": resource}),
+            payload=payload.model_copy(update={"resource": self._settled_as(resource)}),
             requirements=offered,
             payment=ExactPayment(key, payment_fingerprint(evm.signature, auth.to_wire()),
                                  int(auth.valid_before), terms),
             request=request_digest("mcp", tool=tool, arguments=dict(arguments or {})),
         )
 
-    async def _pay_and_run(self, tool: str, p: _Accepted, run: RunTool) -> types.CallToolResult:
+    def _settled_as(self, resource: ResourceInfo) -> ResourceInfo:
+        """The resource named to the facilitator, which binds a settlement to it and
+        answers a repeated ``/settle`` of the same payload and resource with the first
+        one's success. A process-local ledger cannot see another paywall's admissions:
+        two such paywalls (``protect()`` in two stdio processes) would both verify a
+        payment raced to them before either settled, both run the tool, and both be
+        told "settled". So a paywall with its own ledger names itself in the resource
+        (a fragment of a random tag): the second settle is refused as "for another
+        resource" and its output withheld. Paywalls sharing a ledger (a shared
+        :class:`SqlLedger`) keep the plain resource, so that any of them can resume a
+        pending payment; replicas must therefore share one ledger."""
+        if self._settle_tag is None:
+            return resource
+        return resource.model_copy(update={"url": f"{resource.url}#{self._settle_tag}"})
+
+    async def _pay_and_run(self, tool: str, p: _Accepted, run: RunTool
+                           ) -> types.CallToolResult:
         key = p.payment.key
         now = self.clock()
         keep_until = min(p.payment.valid_before, now + MAX_REMEMBERED_VALIDITY) + self.retention
@@ -318,6 +347,17 @@ class ToolPaywall:
             return result
 
         async def operate(operation: Operation) -> Any:
+            if isinstance(operation, Verify | Serve | Resumable):
+                return await act(operation)  # nothing moves if these are cancelled
+            # A ledger write or a settle is seen through even if the call is cancelled
+            # (the client's notifications/cancelled, its stdio transport closing): MCP
+            # cancels a handler with an anyio scope, under which every later await of
+            # the flow's recovery (mark pending, release) would be cancelled too,
+            # leaving the entry in flight and a settled payment unservable.
+            with anyio.CancelScope(shield=True):
+                return await act(operation)
+
+        async def act(operation: Operation) -> Any:
             match operation:
                 case Acquire():
                     return await self.ledger.acquire(
@@ -434,12 +474,14 @@ class ToolPaywall:
     async def _keep(self, p: _Accepted, result: types.CallToolResult, until: float) -> None:
         """Durably keep ``result`` for this payment and call (a settled payment's, before
         it is returned; a pending one's, until it settles). A failure to keep is logged,
-        not raised: the result is due."""
+        not raised: the result is due. Seen through even if the call is cancelled (the
+        money moved: the payer's resend must find it)."""
         try:
             delivery = Delivery.of(fingerprint=p.payment.fingerprint, request=p.request,
                                    status=200, headers=(),
                                    body=result.model_dump_json(by_alias=True).encode())
-            await self.deliveries.keep_delivery(p.payment.key, delivery, expires_at=until)
+            with anyio.CancelScope(shield=True):
+                await self.deliveries.keep_delivery(p.payment.key, delivery, expires_at=until)
         except Exception:
             log.exception("could not keep the result of payment %s", p.payment.key.nonce)
 
