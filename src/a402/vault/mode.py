@@ -630,12 +630,26 @@ class VaultModeService:
         epoch order (idempotent: the chain takes each epoch once)."""
         out: list[Landed] = []
         with self._landing:  # the worker and settle-now: one sender at a time
-            while self.contract.last_epoch() < self.accounts.epoch:
-                out.append(self._land_next())
+            while (signed := self._stored_settlement_after(self.contract.last_epoch())
+                   ) is not None:
+                out.append(self._land_next(signed))
         return out
 
-    def _land_next(self) -> Landed:
-        signed = self.accounts.settlement_after(self.contract.last_epoch())
+    def _stored_settlement_after(self, landed: int) -> SignedSettlement | None:
+        """The settlement to land after epoch ``landed``, once a ledger holding it is stored.
+
+        Read under the lock, after everything before it is stored: a settlement another
+        thread is signing is in the enclave before its ledger is written (:meth:`_sign`
+        writes under the lock); landed before that write commits, a crash would restore a
+        ledger that does not know the chain's epoch (review S10: its payees paid on-chain and
+        still credited, the enclave signing that epoch again)."""
+        with self._lock:
+            self._settled_reads()
+            if landed >= self.accounts.epoch:
+                return None
+            return self.accounts.settlement_after(landed)
+
+    def _land_next(self, signed: SignedSettlement) -> Landed:
         receipt = self.contract.settle(
             self.config.account, signed.payouts, signed.epoch, signed.claims, signed.signature,
             self.contract.claims_since(signed.claims), signed.not_before,
@@ -666,8 +680,17 @@ class VaultModeService:
         # then the ledger's)
         with self._landing:
             # the last 100 (a force-settle it cannot answer yet is retried every round)
-            self.answers = (self.answers + self.change(self.watchtower.poll))[-100:]
+            self.answers = (self.answers + self.change(self._watch))[-100:]
         return landed
+
+    def _watch(self) -> list[Answer]:
+        """The watchtower's poll (under the lock), once everything before it is stored: the
+        statement it answers a force-settle with goes on-chain, so it must be one no restart
+        can forget (review S10: a σ_U's statement in a group write still in flight, sent as
+        the answer, then the write lost: the chain names a statement the restored ledger
+        does not know, and the client's exit loses the δ no provider was ever paid)."""
+        self._settled_reads()
+        return self.watchtower.poll()
 
     def _expire_requests(self, now: float) -> None:
         """Apply Δ_lock to every LOCKED channel (review S9-8): a request whose provider never
