@@ -121,3 +121,20 @@ def _quietly(fn: Any) -> None:
         fn()
     except Exception:  # the killed write: the thread's call is not acknowledged
         pass
+
+
+def test_a_first_statement_handed_out_is_stored_so_no_restart_signs_another_of_its_nonce(
+    h: Harness
+) -> None:
+    alice = Account.create()
+    h.deposit(alice.address, 3_000)
+    h.service.observe_deposits()  # credited, unconfirmed: no statement signed yet
+    first = h.service.statement(alice.address)  # the enclave signs one now, handed out
+    again = h.start()  # killed right after the answer left: restarted from the store
+    again.tick()  # the deposit confirmed: the enclave signs alice's next statement
+    latest = again.statement(alice.address)
+    # one nonce, one statement: the restored ledger knows the one alice holds
+    assert latest.statement.nonce > first.statement.nonce
+    assert h.contract.last_epoch() == again.accounts.epoch
+    assert again.balance(alice.address)["free"] == "3000"
+    assert balance(h.usdc, h.contract.address) == 3_000

@@ -382,13 +382,14 @@ class VaultModeService:
         return self.scheduler.queued(participant)
 
     def statement(self, participant: str) -> SignedStatement:
-        """The latest statement the enclave signed for ``participant`` (stored first)."""
+        """The latest statement the enclave signed for ``participant`` (stored first).
+
+        A participant with none yet gets one signed now, as a change (review S10): handed
+        out before it is stored, a restart would sign another statement of the same nonce,
+        and a nonce is what the contract and the watchtower rank statements by."""
         with self._lock:
             self._settled_reads()
-            try:
-                return self.accounts.statement(participant)
-            except EnclaveError as e:
-                raise refused(e) from None
+            return self.change(lambda: self.accounts.statement(participant))
 
     def status(self) -> dict[str, Any]:
         """What the operator sees: totals, open channels, queued payouts, last settlement."""
