@@ -32,7 +32,9 @@ that produced it is on disk. The write itself runs outside the lock (group commi
 :meth:`VaultModeService._durable`): calls on other channels change the enclave meanwhile,
 and one write stores all of them; the writes are one at a time, each of the newest export
 (the stored ledger never goes back), and what is read for an answer (a balance, a
-statement, a withdrawal's check) is read only once everything before it is stored.
+statement, a withdrawal's check) is read only once everything before it is stored; so is
+what goes on-chain (a settlement landed, :meth:`land`, even by another thread than the one
+that signed it; a statement the watchtower answers a force-settle with).
 If a write fails the service stops taking calls (``broken``): the enclave ran ahead of
 the store, and only a restart from the stored ledger is consistent. The payout queue is
 sealed too (under the host's seal with the enclave, :meth:`Enclave.seal`) and stored
