@@ -97,3 +97,28 @@ def test_without_an_operator_token_the_operator_api_is_off_and_a_standby_says_so
         assert got.status_code == 503 and got.json()["error"] == "vault_standby"
         # the rest of the API is still the vault's
         assert httpx.get(url_off + "/v1/info").status_code == 200
+
+
+def test_a_broken_vault_tells_the_operator_why_and_shows_no_figure_the_store_lacks(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice = Account.create()
+    h.deposit(alice.address, 3_000)
+    h.service.tick()
+
+    def disk_full(*_: Any, **__: Any) -> bytes:
+        raise OSError("disk full")
+    monkeypatch.setattr(h.service.store, "put_meta", disk_full)
+    provider = Account.create()
+    with pytest.raises(OSError):  # the change is not acknowledged; the vault is broken
+        h.service.open_channel(alice.address, provider.address, b"\x01" * 32, 1_000)
+    app = with_operator_api(create_mode_app(h.service, worker=False),
+                            Observer("vault", operator_token=TOKEN), lambda: h.service)
+    with serve_in_thread(app) as url:
+        got = httpx.get(url + VAULT_PATH, headers={"authorization": f"Bearer {TOKEN}"})
+    assert got.status_code == 503, got.text
+    assert got.json()["error"] == "vault_broken"
+    assert "disk full" in got.json()["broken"] and "accounts" not in got.json()
+    monkeypatch.undo()
+    assert h.start().balance(alice.address)["free"] == "3000"  # the open was never stored
+    assert balance(h.usdc, h.contract.address) == 3_000

@@ -32,7 +32,9 @@ that produced it is on disk. The write itself runs outside the lock (group commi
 :meth:`VaultModeService._durable`): calls on other channels change the enclave meanwhile,
 and one write stores all of them; the writes are one at a time, each of the newest export
 (the stored ledger never goes back), and what is read for an answer (a balance, a
-statement, a withdrawal's check) is read only once everything before it is stored.
+statement, a withdrawal's check) is read only once everything before it is stored; so is
+what goes on-chain (a settlement landed, :meth:`land`, even by another thread than the one
+that signed it; a statement the watchtower answers a force-settle with).
 If a write fails the service stops taking calls (``broken``): the enclave ran ahead of
 the store, and only a restart from the stored ledger is consistent. The payout queue is
 sealed too (under the host's seal with the enclave, :meth:`Enclave.seal`) and stored
@@ -382,13 +384,14 @@ class VaultModeService:
         return self.scheduler.queued(participant)
 
     def statement(self, participant: str) -> SignedStatement:
-        """The latest statement the enclave signed for ``participant`` (stored first)."""
+        """The latest statement the enclave signed for ``participant`` (stored first).
+
+        A participant with none yet gets one signed now, as a change (review S10): handed
+        out before it is stored, a restart would sign another statement of the same nonce,
+        and a nonce is what the contract and the watchtower rank statements by."""
         with self._lock:
             self._settled_reads()
-            try:
-                return self.accounts.statement(participant)
-            except EnclaveError as e:
-                raise refused(e) from None
+            return self.change(lambda: self.accounts.statement(participant))
 
     def status(self) -> dict[str, Any]:
         """What the operator sees: totals, open channels, queued payouts, last settlement."""
@@ -630,12 +633,26 @@ class VaultModeService:
         epoch order (idempotent: the chain takes each epoch once)."""
         out: list[Landed] = []
         with self._landing:  # the worker and settle-now: one sender at a time
-            while self.contract.last_epoch() < self.accounts.epoch:
-                out.append(self._land_next())
+            while (signed := self._stored_settlement_after(self.contract.last_epoch())
+                   ) is not None:
+                out.append(self._land_next(signed))
         return out
 
-    def _land_next(self) -> Landed:
-        signed = self.accounts.settlement_after(self.contract.last_epoch())
+    def _stored_settlement_after(self, landed: int) -> SignedSettlement | None:
+        """The settlement to land after epoch ``landed``, once a ledger holding it is stored.
+
+        Read under the lock, after everything before it is stored: a settlement another
+        thread is signing is in the enclave before its ledger is written (:meth:`_sign`
+        writes under the lock); landed before that write commits, a crash would restore a
+        ledger that does not know the chain's epoch (review S10: its payees paid on-chain and
+        still credited, the enclave signing that epoch again)."""
+        with self._lock:
+            self._settled_reads()
+            if landed >= self.accounts.epoch:
+                return None
+            return self.accounts.settlement_after(landed)
+
+    def _land_next(self, signed: SignedSettlement) -> Landed:
         receipt = self.contract.settle(
             self.config.account, signed.payouts, signed.epoch, signed.claims, signed.signature,
             self.contract.claims_since(signed.claims), signed.not_before,
@@ -666,8 +683,17 @@ class VaultModeService:
         # then the ledger's)
         with self._landing:
             # the last 100 (a force-settle it cannot answer yet is retried every round)
-            self.answers = (self.answers + self.change(self.watchtower.poll))[-100:]
+            self.answers = (self.answers + self.change(self._watch))[-100:]
         return landed
+
+    def _watch(self) -> list[Answer]:
+        """The watchtower's poll (under the lock), once everything before it is stored: the
+        statement it answers a force-settle with goes on-chain, so it must be one no restart
+        can forget (review S10: a σ_U's statement in a group write still in flight, sent as
+        the answer, then the write lost: the chain names a statement the restored ledger
+        does not know, and the client's exit loses the δ no provider was ever paid)."""
+        self._settled_reads()
+        return self.watchtower.poll()
 
     def _expire_requests(self, now: float) -> None:
         """Apply Δ_lock to every LOCKED channel (review S9-8): a request whose provider never

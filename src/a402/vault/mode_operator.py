@@ -27,7 +27,7 @@ from a402.observe import Observer, OperatorRoutes
 from a402.wire import vault_api as api
 
 from .lease import Lease
-from .mode import VaultModeService
+from .mode import VaultModeError, VaultModeService
 
 VAULT_PATH = "/operator/vault"
 
@@ -66,7 +66,10 @@ def with_operator_api(app: ASGIApp, observer: Observer,
                          "leaseHolder": None if holder is None or holder.expired
                          else holder.holder, "active": None if holder is None
                          or holder.expired else holder.url}
-        summary = operator_summary(await asyncio.to_thread(service.status))
+        try:
+            summary = operator_summary(await asyncio.to_thread(service.status))
+        except VaultModeError as e:  # broken: the ledger ran ahead of the store (no figures)
+            return e.status, {**e.body(), "role": "active", "broken": service.broken}
         if lease is not None:  # the lease row's name for this replica, as a standby reports it
             summary["leaseHolder"] = lease.holder
         return 200, summary
