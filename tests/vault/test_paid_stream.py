@@ -251,3 +251,36 @@ def test_the_stream_stops_cleanly_at_the_owners_mandate(world: World) -> None:
         client.mandate = None
         _settle(world, client, vault, provider, escrow, 3 * PER_GROUP)
         client.close()
+
+
+def test_a_streams_next_group_cannot_be_bought_at_a_cheaper_routes_price(
+    world: World,
+) -> None:
+    """The stream was opened on ``POST /llm/stream`` (5,000 a group); its next group asked
+    on the same channel through ``GET /cheap`` (1 unit) is refused (nothing paid), not
+    sold at the cheap route's price: a stream is bound to its route as well as its channel."""
+    expensive = 5_000
+    routes = {"POST /llm/stream": RouteConfig(price=expensive),
+              "GET /cheap": RouteConfig(price=1)}
+    upstream = Upstream()
+    provider = world.provider(routes=routes, service=llm_service(upstream))
+    escrow = world.balance(world.manager.address)
+    with serve_in_thread(provider.app) as site, \
+            running_vault(world, deposit_multiple=100) as vault:
+        _, client = client_of(world, vault, funds=200_000, deposit=200_000)
+        first = client.invoke(f"{site}/llm/stream", method="POST",
+                              headers=[(b"a402-stream-group", str(GROUP).encode())],
+                              max_price=expensive)
+        assert first.amount == expensive and len(_tokens(first.content)) == GROUP
+        sid = dict(first.headers)[b"a402-stream"]
+        cheap = client.invoke(f"{site}/cheap", method="GET",
+                              headers=[(b"a402-stream", sid)], max_price=1)
+        assert cheap.amount == 0 and _tokens(cheap.content) == [], (
+            f"group sold for {cheap.amount}: {_tokens(cheap.content)[:3]}…")
+        # the stream's next group is still sold on its own route, at its price
+        second = client.invoke(f"{site}/llm/stream", method="POST",
+                               headers=[(b"a402-stream", sid)], max_price=expensive)
+        assert second.amount == expensive
+        assert _tokens(second.content) == [f"tok{i}" for i in range(GROUP, 2 * GROUP)]
+        _settle(world, client, vault, provider, escrow, 2 * expensive)
+        client.close()

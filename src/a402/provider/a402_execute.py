@@ -80,13 +80,15 @@ class Executor:
         """A stream's next group, a new stream's first, or the whole response."""
         request = paid.request
         try:
+            target = (request.method.upper(), request.path)
             sid = stream_id(request.headers)
             if sid is not None:
-                return await self.streams.next(paid.channel_id, sid)
+                return await self.streams.next(paid.channel_id, sid, target)
             group = group_size(request.headers)
             if group is not None:
                 return await self.streams.open(paid.channel_id, group, self.app,
-                                               self.scope(request, outer), request.body)
+                                               self.scope(request, outer), request.body,
+                                               target)
         except StreamError as e:  # answered with a status ≥ 400: nothing is charged
             return e.response()
         return await self.execute(request, outer)

@@ -23,8 +23,9 @@ What each side risks: at most one group.
   buffer of at most N units and then held (back-pressure on the service's ``send``:
   the upstream is not read further) until the next group is bought. A payer that
   stops asking leaves that one group unsold.
-* A stream is bound to the channel that opened it: another channel naming its id
-  gets 404 (the service failed: nothing charged). Its id is a 128-bit random
+* A stream is bound to the channel and the request target (method and path) that
+  opened it: another channel naming its id, or the same channel naming it on another
+  route (whose price or metering may be cheaper), gets 404 (nothing charged). Its id is a 128-bit random
   capability; ``A402-Stream-Stop: <id>`` on any request (free, answered by
   :class:`~a402.provider.a402_payments.A402Payments` before the routes) ends it.
 * The service is told to stop: ending a stream (a stop, ``idle`` seconds without a
@@ -144,6 +145,8 @@ class Stream:
     channel_id: bytes
     group: int
     last_used: float
+    #: The ``(method, path)`` that opened it: each group is bought on that route only.
+    target: tuple[str, str] = ("", "")
     status: int = 0
     headers: tuple[tuple[bytes, bytes], ...] = ()
     units: deque[bytes] = field(default_factory=deque)
@@ -190,13 +193,15 @@ class StreamTable:
         return self._streams.get(sid)
 
     async def open(self, channel_id: bytes, group: int, app: ASGIApp,
-                   scope: Mapping[str, Any], body: bytes) -> HttpResponse:
-        """Start the service's response for a new stream; its first group."""
+                   scope: Mapping[str, Any], body: bytes,
+                   target: tuple[str, str] = ("", "")) -> HttpResponse:
+        """Start the service's response for a new stream; its first group. ``target``:
+        the paid request's ``(method, path)``, the only route its next groups are sold on."""
         self.reap()
         if len(self._streams) >= MAX_STREAMS or sum(
                 s.channel_id == channel_id for s in self._streams.values()) >= MAX_PER_CHANNEL:
             raise StreamError(429, "too_many_streams")
-        stream = Stream(secrets.token_hex(16), channel_id, group, self._clock())
+        stream = Stream(secrets.token_hex(16), channel_id, group, self._clock(), target)
         stream.room.set()
         self._streams[stream.id] = stream
         if self._reaper is None or self._reaper.done():
@@ -225,11 +230,13 @@ class StreamTable:
             self.stop(stream.id)
             raise
 
-    async def next(self, channel_id: bytes, sid: str) -> HttpResponse:
-        """The next group of stream ``sid``, for its own channel only."""
+    async def next(self, channel_id: bytes, sid: str,
+                   target: tuple[str, str] = ("", "")) -> HttpResponse:
+        """The next group of stream ``sid``, for its own channel and route only (the
+        enclave prices the group by the route of the request that buys it)."""
         self.reap()
         stream = self._streams.get(sid)
-        if stream is None or stream.channel_id != channel_id:
+        if stream is None or stream.channel_id != channel_id or stream.target != target:
             raise StreamError(404, "unknown_stream")
         return await self._group(stream)
 
