@@ -45,6 +45,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import secrets
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -69,6 +70,7 @@ MAX_STREAMS: Final = 1_000
 MAX_PER_CHANNEL: Final = 4
 #: A unit larger than this ends the stream (a service that never sends a separator).
 MAX_UNIT: Final = 1024 * 1024
+_GROUP: Final = re.compile(r"[0-9]{1,6}")
 _DROPPED: Final = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 
 
@@ -99,7 +101,8 @@ def group_size(headers: Any) -> int | None:
     if raw is None:
         return None
     text = raw.decode("latin-1").strip()
-    if not text.isdigit() or not 1 <= int(text) <= MAX_GROUP:
+    # ASCII digits only: str.isdigit admits '²' (latin-1 0xB2), which int() refuses
+    if _GROUP.fullmatch(text) is None or not 1 <= int(text) <= MAX_GROUP:
         raise StreamError(400, "bad_stream_group")
     return int(text)
 
