@@ -54,6 +54,7 @@ from typing import Any, Final
 
 from starlette.types import ASGIApp, Message
 
+from a402.metering import MeterRule, Unit
 from a402.wire.a402 import HttpResponse
 
 log = logging.getLogger("a402.provider.streams")
@@ -105,6 +106,16 @@ def group_size(headers: Any) -> int | None:
     if _GROUP.fullmatch(text) is None or not 1 <= int(text) <= MAX_GROUP:
         raise StreamError(400, "bad_stream_group")
     return int(text)
+
+
+def streamable(rule: MeterRule | None) -> None:
+    """Refuse (400 ``stream_not_metered_per_group``) a stream on a route whose metering
+    reads a report of the whole response: a ``per-unit`` header (each group repeats the
+    service's headers, so each would be charged the whole report again) or a
+    ``per-field`` of a JSON body (a group is no JSON document). A fixed price, and
+    ``per-byte``, ``per-event`` and ``per-second``, are measured on each group itself."""
+    if rule is not None and rule.unit in (Unit.UNIT, Unit.FIELD):
+        raise StreamError(400, "stream_not_metered_per_group")
 
 
 def stream_id(headers: Any, name: bytes = STREAM_HEADER) -> str | None:
@@ -349,4 +360,5 @@ __all__ = [
     "StreamTable",
     "group_size",
     "stream_id",
+    "streamable",
 ]
