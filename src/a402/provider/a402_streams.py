@@ -25,8 +25,8 @@ What each side risks: at most one group.
   stops asking leaves that one group unsold.
 * A stream is bound to the channel and the request target (method and path) that
   opened it: another channel naming its id, or the same channel naming it on another
-  route (whose price or metering may be cheaper), gets 404 (nothing charged). Its id is a 128-bit random
-  capability; ``A402-Stream-Stop: <id>`` on any request (free, answered by
+  route (whose price or metering may be cheaper), gets 404 (nothing charged). Its id
+  is a 128-bit random capability; ``A402-Stream-Stop: <id>`` on any request (free, answered by
   :class:`~a402.provider.a402_payments.A402Payments` before the routes) ends it.
 * The service is told to stop: ending a stream (a stop, ``idle`` seconds without a
   group, the provider's shutdown) cancels the task running the service's response;
