@@ -40,6 +40,7 @@ clock (never beyond δ).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -108,8 +109,8 @@ class MeterRule:
         if self.unit is Unit.BYTE:
             return Fraction(len(body))
         if self.unit is Unit.SECOND:
-            if not seconds >= 0:  # also NaN
-                raise UsageUnreadable("the elapsed time is not a non-negative number")
+            if not 0 <= seconds < math.inf:  # also NaN (and ∞, which Fraction refuses)
+                raise UsageUnreadable("the elapsed time is not a finite non-negative number")
             return Fraction(seconds)
         if self.unit is Unit.EVENT:
             return Fraction(count_events(body))

@@ -124,3 +124,52 @@ def test_a_zero_charge_moves_nothing_but_completes_the_exchange(
     provider.receive(wire(done.send[0]), now=0)
     assert (vault.free, vault.provider_balance, vault.version) == (DEPOSIT, 0, 1)
     assert done.events[0].result == b"nothing used"  # type: ignore[union-attr]
+
+
+def _as_format_1(snapshot: bytes) -> bytes:
+    """``snapshot`` as a vault written before format version 2 stored it: every message
+    under version byte 1, and its pending REPLY without the charge (δ' was always δ)."""
+    import json
+
+    from a402.asc.messages import DOMAIN_TAG
+
+    def old(hexed: str | None, reply: bool = False) -> str | None:
+        if hexed is None:
+            return None
+        raw = bytearray.fromhex(hexed)
+        assert raw[len(DOMAIN_TAG)] == 2
+        raw[len(DOMAIN_TAG)] = 1
+        if reply:
+            at = len(DOMAIN_TAG) + 2 + 32 + 8
+            del raw[at : at + 16]
+        return raw.hex()
+
+    doc = json.loads(snapshot)
+    doc["lastReveal"], doc["lastAck"] = old(doc["lastReveal"]), old(doc["lastAck"])
+    doc["pending"]["reply"] = old(doc["pending"]["reply"], reply=True)
+    return json.dumps(doc).encode()
+
+
+def test_a_vault_snapshot_from_before_the_charge_field_restores_and_settles(
+    parties: MakeParties, manager: ASCManager
+) -> None:
+    """A vault upgraded to format 2 restores the channels it stored in format 1 (one paid
+    request done, the next REPLY authorised): the REVEAL completes at δ and the channel
+    settles exactly; before, every such channel was unreadable after the upgrade."""
+    from a402.asc import VaultChannel
+
+    from .helpers import pay
+
+    p, vault, provider = opened(parties)
+    pay(vault, provider, 1_000, b"first")
+    exec_ = vault.request(b"second", 2_000, now=0)
+    provider.receive(wire(exec_), now=0)
+    auth = vault.receive(wire(provider.reply(exec_.request_id, b"second result")), now=0).send[0]
+    restored = VaultChannel.restore(_as_format_1(vault.snapshot()), p.vault_signer)
+    assert restored.state == vault.state and restored.status is Status.PENDING
+    reveal = provider.receive(wire(auth), now=0).send[0]
+    done = restored.receive(wire(reveal), now=0)
+    assert [e.amount for e in done.events if isinstance(e, ResultDelivered)] == [2_000]
+    provider.receive(wire(done.send[0]), now=0)
+    signed = final_state(restored, provider)
+    settle_and_check(p, lambda: manager.close(p.vault, p.terms, signed), DEPOSIT - 3_000, 3_000)

@@ -60,6 +60,14 @@ def test_per_second_and_per_event_rules() -> None:
     assert events.charge(200, (), body) == 30
 
 
+@pytest.mark.parametrize("elapsed", [float("inf"), float("nan"), -1.0])
+def test_an_elapsed_time_that_is_no_finite_non_negative_number_is_unreadable(
+        elapsed: float) -> None:
+    """The host's clock is the host's: ∞ made Fraction raise OverflowError in the enclave."""
+    with pytest.raises(UsageUnreadable):
+        parse_rule("per-second:0.001,max=0.01", USDC).charge(200, (), b"", elapsed)
+
+
 @pytest.mark.parametrize("headers, body", [
     ((), b""),
     (((b"a402-units", b"-1"),), b""),

@@ -292,3 +292,44 @@ def test_killed_between_answer_and_ack_the_restarted_vault_acks_once_the_provide
         vault_store.OPEN, str(2 * PRICE))
     assert provider.calls["weather"] == 2
     assert world.manager.channel(bytes.fromhex(row.cid[2:])).status is OnChainStatus.OPEN
+
+
+def test_killed_after_a_metered_auth_the_restarted_vault_records_the_charge_not_delta(
+    world: World, tmp_path: Path,
+) -> None:
+    """A metered route (1 unit a byte, δ = 1,000): the vault is killed with σ_U out for
+    the charge δ' (the body's length); restarted, it completes the exchange and answers the
+    call from its record: the answer and the record say δ', what the channel paid, not the
+    δ it locked."""
+    from a402.metering import parse_rule
+    from a402.provider.routes import RouteConfig
+
+    rule = parse_rule("per-byte:0.000001,max=0.001", 6)
+    gate = GatedProvider.gate(Auth)
+    provider = world.provider(runtime_cls=gate,
+                              routes={"GET /weather": RouteConfig(price=PRICE, meter=rule)})
+    escrow = world.balance(world.manager.address)
+    with serve_in_thread(provider.app) as site, \
+            vault_process(world, fresh_account(world.chain), tmp_path) as vault:
+        account, client = client_of(world, vault, funds=20_000, deposit=20_000)
+        first = client.invoke(f"{site}/weather", max_price=PRICE)
+        assert first.amount == len(first.content) < PRICE
+        gate.armed = True
+        key = f"{account.address.lower()}:crash"
+        _crash_at(vault, gate,
+                  lambda: client.invoke(f"{site}/weather", max_price=PRICE,
+                                        idempotency_key="crash"),
+                  lambda store: (r := store.request(key)) is not None
+                  and r.state == vault_store.AUTHORIZED)
+        vault.start()
+        store = vault.store()  # the worker completes and answers it, nobody asking
+        wait_for(lambda: (r := store.request(key)) is not None and r.state == vault_store.DONE,
+                 what="the worker's answer")
+        again = client.invoke(f"{site}/weather", max_price=PRICE, idempotency_key="crash")
+        record = store.request(key)
+        [channel] = store.channels()
+        assert_conserved(world, store, vault.address, escrow)
+    charge = len(again.content)
+    assert (again.outcome, again.amount) == (api.PAID, charge)
+    assert record is not None and record.amount == str(charge)
+    assert channel.provider_balance == str(len(first.content) + charge)

@@ -251,3 +251,74 @@ def test_the_stream_stops_cleanly_at_the_owners_mandate(world: World) -> None:
         client.mandate = None
         _settle(world, client, vault, provider, escrow, 3 * PER_GROUP)
         client.close()
+
+
+def test_a_streams_next_group_cannot_be_bought_at_a_cheaper_routes_price(
+    world: World,
+) -> None:
+    """The stream was opened on ``POST /llm/stream`` (5,000 a group); its next group asked
+    on the same channel through ``GET /cheap`` (1 unit) is refused (nothing paid), not
+    sold at the cheap route's price: a stream is bound to its route as well as its channel."""
+    expensive = 5_000
+    routes = {"POST /llm/stream": RouteConfig(price=expensive),
+              "GET /cheap": RouteConfig(price=1)}
+    upstream = Upstream()
+    provider = world.provider(routes=routes, service=llm_service(upstream))
+    escrow = world.balance(world.manager.address)
+    with serve_in_thread(provider.app) as site, \
+            running_vault(world, deposit_multiple=100) as vault:
+        _, client = client_of(world, vault, funds=200_000, deposit=200_000)
+        first = client.invoke(f"{site}/llm/stream", method="POST",
+                              headers=[(b"a402-stream-group", str(GROUP).encode())],
+                              max_price=expensive)
+        assert first.amount == expensive and len(_tokens(first.content)) == GROUP
+        sid = dict(first.headers)[b"a402-stream"]
+        cheap = client.invoke(f"{site}/cheap", method="GET",
+                              headers=[(b"a402-stream", sid)], max_price=1)
+        assert cheap.amount == 0 and _tokens(cheap.content) == [], (
+            f"group sold for {cheap.amount}: {_tokens(cheap.content)[:3]}…")
+        # the stream's next group is still sold on its own route, at its price
+        second = client.invoke(f"{site}/llm/stream", method="POST",
+                               headers=[(b"a402-stream", sid)], max_price=expensive)
+        assert second.amount == expensive
+        assert _tokens(second.content) == [f"tok{i}" for i in range(GROUP, 2 * GROUP)]
+        _settle(world, client, vault, provider, escrow, 2 * expensive)
+        client.close()
+
+
+def test_a_route_metered_by_a_whole_response_report_is_not_sold_as_a_stream(
+    world: World,
+) -> None:
+    """A ``per-unit`` route's handler reports the whole response's units in a header once;
+    every group would repeat that header and be charged the whole report again (4 groups
+    of 50 lines, each billed 200 units). Such a route (and ``per-field``, whose group is
+    no JSON document) refuses a stream: nothing is paid, and a plain call still pays its
+    report once."""
+    rule = parse_rule("per-unit:0.00001,max=0.005", 6)
+    routes = {"POST /llm/stream": RouteConfig(price=rule.maximum, meter=rule)}
+
+    async def reported(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await receive()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain"), (b"a402-units", b"200")]})
+        for i in range(200):
+            await send({"type": "http.response.body", "body": f"line {i}\n".encode(),
+                        "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    provider = world.provider(routes=routes, service=reported)
+    escrow = world.balance(world.manager.address)
+    with serve_in_thread(provider.app) as site, \
+            running_vault(world, deposit_multiple=100) as vault:
+        _, client = client_of(world, vault, funds=200_000, deposit=200_000)
+        end = StreamEnd()
+        groups = list(paid_stream(client, f"{site}/llm/stream", method="POST", group=GROUP,
+                                  max_price=rule.maximum, end=end))
+        assert end.paid == 0 and groups == [], (end, [g.amount for g in groups])
+        assert len(provider.runtime.driver.executor.streams) == 0
+        whole = client.invoke(f"{site}/llm/stream", method="POST", max_price=rule.maximum)
+        assert whole.amount == 200 * 10 and whole.content.count(b"\n") == 200
+        _settle(world, client, vault, provider, escrow, 200 * 10)
+        client.close()

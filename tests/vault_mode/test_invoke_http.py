@@ -115,7 +115,7 @@ class AckWithholdingInvoker(ModeInvoker):
 
 @contextlib.contextmanager
 def running(chain: Chain, usdc: Any, tmp: Path, *, ack_timeout: float = 30.0,
-            invoker_cls: type[ModeInvoker] = ModeInvoker
+            invoker_cls: type[ModeInvoker] = ModeInvoker, routes: dict[str, Any] | None = None,
             ) -> Iterator[tuple[Setup, str, str]]:
     """A vault in vault mode (its API served; the test runs the worker's rounds) and a
     provider gateway that also admits that A402Vault's channels, both on loopback."""
@@ -145,7 +145,8 @@ def running(chain: Chain, usdc: Any, tmp: Path, *, ack_timeout: float = 30.0,
         timeouts=ChannelTimeouts(ack_timeout=ack_timeout, lock_timeout=PROVIDER_LOCK),
         watching=Watching(poll_interval=0.1), vault_contract=contract.address)
     payments = PaymentMiddleware(
-        service_app(calls), routes=dict(PRICES), pay_to=operator.address,
+        service_app(calls), routes=dict(PRICES if routes is None else routes),
+        pay_to=operator.address,
         token=TokenInfo(usdc.address, "USD Coin", "USDC", "2", 6), network=chain.network,
         facilitator=UNUSED_FACILITATOR)
     setup = Setup(chain, usdc, contract, service, invoker, operator, calls, tmp)
@@ -481,3 +482,36 @@ def test_a_paid_calls_answer_row_fits_the_meta_tables_key_on_postgresql() -> Non
     limit = MetaRow.__table__.c.key.type.length
     rows = {answer_row("0x" + f"{i:040x}", "k" * 200 + str(i)) for i in range(50)}
     assert len(rows) == 50 and all(len(r) <= limit for r in rows), limit
+
+
+def test_a_metered_call_in_vault_mode_answers_and_debits_the_charge_not_delta(
+    vault_chain: Chain, usdc: Any, tmp_path: Path
+) -> None:
+    """``GET /weather`` metered per byte (1 unit a byte, δ = 1,000): the client's answer
+    says what the channel paid (δ' = the body's length), its account is debited that, and
+    the provider is paid that on-chain; the rest of δ stays the client's."""
+    from a402.metering import parse_rule
+    from a402.provider.routes import RouteConfig
+
+    rule = parse_rule("per-byte:0.000001,max=0.001", 6)
+    routes = {"GET /weather": RouteConfig(price=PRICE, meter=rule)}
+    with running(vault_chain, usdc, tmp_path, routes=routes) as (s, site, vault):
+        client = Account.create()
+        s.deposit(client.address, 20_000)
+        s.service.tick()
+        provider_before = balance(usdc, s.provider.address)
+        code, summary, output = s.pay(site, vault, client, "metered-1")
+        assert code == 0, summary
+        charge = len(output)
+        assert 0 < charge < PRICE
+        assert summary["payment"]["amount"] == str(charge), summary["payment"]
+        assert s.account(client.address) == 20_000 - charge
+        increase_time(vault_chain, 3_601)
+        s.service.tick()
+        assert int(s.service.balance(s.provider.address)["free"]) == charge
+        s.service.withdraw(s.provider.address, charge)
+        s.service.tick()
+        assert balance(usdc, s.provider.address) == provider_before + charge
+        t = s.service.accounts.totals()
+        assert balance(usdc, s.contract.address) == (
+            t["free"] + t["locked"] + t["pending"] + t["unconfirmed"])

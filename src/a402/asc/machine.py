@@ -696,7 +696,8 @@ class VaultChannel(_Channel):
             channel._restore_common(doc)
             raw = doc["pending"]
             if raw is not None:
-                reply = _snap.message_from_json(raw["reply"], Reply)
+                reply = _snap.message_from_json(raw["reply"], Reply,
+                                                v1_charge=_snap.integer(raw["amount"]))
                 channel._pending = _VaultRequest(
                     _snap.integer(raw["requestId"]),
                     _snap.integer(raw["amount"]),

@@ -34,7 +34,7 @@ from a402 import jsonbytes
 from a402.crypto import CryptoError, PaymentDomain
 
 from .errors import MessageError
-from .messages import Message, decode
+from .messages import DOMAIN_TAG, HEADER, Message, MessageType, decode
 from .terms import BalanceState, ChannelTerms
 
 VAULT_FORMAT = "a402/asc-vault/v1"
@@ -108,11 +108,36 @@ def message_to_json(message: Message | None) -> str | None:
     return None if message is None else hx(message.encode())
 
 
-def message_from_json(data: Any, kind: type[M]) -> M | None:
+#: The message format snapshots written before format version 2 hold (REPLY without δ').
+_V1 = 1
+_REPLY_V1_CHARGE_AT = len(DOMAIN_TAG) + 1 + 1 + 32 + 8  # tag, version, type, cid, rid
+
+
+def _upgraded(raw: bytes, v1_charge: int | None) -> bytes:
+    """A message stored in format version 1 (before metered charges), as version 2.
+
+    Only REPLY changed (it gained the charge δ' after the request id); every other
+    message is the same bytes under the new version byte (no signature covers the
+    encoding: states and digests are signed, not messages). A version-1 REPLY charged
+    its δ, which its holder passes as ``v1_charge``."""
+    if len(raw) <= len(HEADER) or not raw.startswith(DOMAIN_TAG) or raw[len(DOMAIN_TAG)] != _V1:
+        return raw
+    body = HEADER + raw[len(HEADER):]
+    if raw[len(HEADER)] == MessageType.REPLY:
+        if v1_charge is None or not 0 <= v1_charge < 1 << 128:
+            return raw  # refused by decode, as before
+        at = _REPLY_V1_CHARGE_AT
+        body = body[:at] + v1_charge.to_bytes(16, "big") + body[at:]
+    return body
+
+
+def message_from_json(data: Any, kind: type[M], *, v1_charge: int | None = None) -> M | None:
+    """A stored message; one stored in format version 1 is read as version 2
+    (``v1_charge``: the δ of a version-1 REPLY, see :func:`_upgraded`)."""
     if data is None:
         return None
     try:
-        message = decode(unhex(data))
+        message = decode(_upgraded(unhex(data), v1_charge))
     except MessageError as e:
         raise SnapshotError(f"stored message: {e}") from None
     if not isinstance(message, kind):

@@ -111,14 +111,17 @@ def paid_stream(
                 return
     finally:
         if sid is not None and not finished:
-            stop(client, url, sid)
+            stop(client, url, sid, pay_to=pay_to)
 
 
-def stop(client: VaultClient, url: str, sid: bytes) -> None:
+def stop(client: VaultClient, url: str, sid: bytes, *, pay_to: str | None = None) -> None:
     """Tell the provider to end stream ``sid`` (a free call through the vault; best effort:
-    an unbought stream also ends on its own after the provider's idle time)."""
+    an unbought stream also ends on its own after the provider's idle time). ``pay_to``:
+    the payee the stream's calls named (a vault in vault mode sends no call without one,
+    even a free one)."""
     with contextlib.suppress(VaultCallError, OSError):
-        client.invoke(url, method="DELETE", headers=[(STOP_HEADER, sid)], max_price=0)
+        client.invoke(url, method="DELETE", headers=[(STOP_HEADER, sid)], max_price=0,
+                      pay_to=pay_to)
 
 
 __all__ = ["StreamEnd", "StreamGroup", "paid_stream", "stop"]

@@ -30,9 +30,15 @@ from urllib.parse import quote
 
 from starlette.types import ASGIApp, Message
 
-from a402.provider.a402_streams import StreamError, StreamTable, group_size, stream_id
+from a402.provider.a402_streams import (
+    StreamError,
+    StreamTable,
+    group_size,
+    stream_id,
+    streamable,
+)
 from a402.provider.asgi import run_buffered
-from a402.provider_enclave import Execute
+from a402.provider_enclave import Execute, MeterOf
 from a402.wire.a402 import HttpRequest, HttpResponse
 
 log = logging.getLogger("a402.provider.a402")
@@ -56,10 +62,13 @@ class Executor:
     (``A402-Stream``), is served by ``streams`` (:mod:`a402.provider.a402_streams`): one
     group of the service's streamed response per paid request."""
 
-    def __init__(self, app: ASGIApp, *, budget: float, streams: StreamTable | None = None
-                 ) -> None:
+    def __init__(self, app: ASGIApp, *, budget: float, streams: StreamTable | None = None,
+                 meter: MeterOf | None = None) -> None:
         self.app = app
         self.budget = budget
+        #: The route's metering rule: a stream is refused on a route whose rule reads a
+        #: report of the whole response (:func:`~a402.provider.a402_streams.streamable`).
+        self.meter = meter
         self.streams = streams if streams is not None else StreamTable(clock=time.monotonic)
 
     async def run(
@@ -80,13 +89,18 @@ class Executor:
         """A stream's next group, a new stream's first, or the whole response."""
         request = paid.request
         try:
+            target = (request.method.upper(), request.path)
             sid = stream_id(request.headers)
+            if (sid is not None or group_size(request.headers) is not None) \
+                    and self.meter is not None:
+                streamable(self.meter(request.method, request.path))
             if sid is not None:
-                return await self.streams.next(paid.channel_id, sid)
+                return await self.streams.next(paid.channel_id, sid, target)
             group = group_size(request.headers)
             if group is not None:
                 return await self.streams.open(paid.channel_id, group, self.app,
-                                               self.scope(request, outer), request.body)
+                                               self.scope(request, outer), request.body,
+                                               target)
         except StreamError as e:  # answered with a status ≥ 400: nothing is charged
             return e.response()
         return await self.execute(request, outer)

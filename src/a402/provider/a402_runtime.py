@@ -123,7 +123,8 @@ class ProviderRuntime:
                                self.vault_contract)
         self.driver = self.driver_cls(
             self.provider_enclave, tunnels=self.tunnels, channels=self.channels,
-            executor=Executor(app, budget=timeouts.lock_timeout * _EXECUTION_SHARE),
+            executor=Executor(app, budget=timeouts.lock_timeout * _EXECUTION_SHARE,
+                              meter=self._meter),
             chain_status=self.onchain.status, clock=config.clock,
             read_ledger=self.onchain.read_ledger if self.vault_contract is not None else None,
         )

@@ -23,9 +23,10 @@ What each side risks: at most one group.
   buffer of at most N units and then held (back-pressure on the service's ``send``:
   the upstream is not read further) until the next group is bought. A payer that
   stops asking leaves that one group unsold.
-* A stream is bound to the channel that opened it: another channel naming its id
-  gets 404 (the service failed: nothing charged). Its id is a 128-bit random
-  capability; ``A402-Stream-Stop: <id>`` on any request (free, answered by
+* A stream is bound to the channel and the request target (method and path) that
+  opened it: another channel naming its id, or the same channel naming it on another
+  route (whose price or metering may be cheaper), gets 404 (nothing charged). Its id
+  is a 128-bit random capability; ``A402-Stream-Stop: <id>`` on any request (free, answered by
   :class:`~a402.provider.a402_payments.A402Payments` before the routes) ends it.
 * The service is told to stop: ending a stream (a stop, ``idle`` seconds without a
   group, the provider's shutdown) cancels the task running the service's response;
@@ -44,6 +45,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import secrets
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -52,6 +54,7 @@ from typing import Any, Final
 
 from starlette.types import ASGIApp, Message
 
+from a402.metering import MeterRule, Unit
 from a402.wire.a402 import HttpResponse
 
 log = logging.getLogger("a402.provider.streams")
@@ -68,6 +71,7 @@ MAX_STREAMS: Final = 1_000
 MAX_PER_CHANNEL: Final = 4
 #: A unit larger than this ends the stream (a service that never sends a separator).
 MAX_UNIT: Final = 1024 * 1024
+_GROUP: Final = re.compile(r"[0-9]{1,6}")
 _DROPPED: Final = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 
 
@@ -98,9 +102,20 @@ def group_size(headers: Any) -> int | None:
     if raw is None:
         return None
     text = raw.decode("latin-1").strip()
-    if not text.isdigit() or not 1 <= int(text) <= MAX_GROUP:
+    # ASCII digits only: str.isdigit admits '²' (latin-1 0xB2), which int() refuses
+    if _GROUP.fullmatch(text) is None or not 1 <= int(text) <= MAX_GROUP:
         raise StreamError(400, "bad_stream_group")
     return int(text)
+
+
+def streamable(rule: MeterRule | None) -> None:
+    """Refuse (400 ``stream_not_metered_per_group``) a stream on a route whose metering
+    reads a report of the whole response: a ``per-unit`` header (each group repeats the
+    service's headers, so each would be charged the whole report again) or a
+    ``per-field`` of a JSON body (a group is no JSON document). A fixed price, and
+    ``per-byte``, ``per-event`` and ``per-second``, are measured on each group itself."""
+    if rule is not None and rule.unit in (Unit.UNIT, Unit.FIELD):
+        raise StreamError(400, "stream_not_metered_per_group")
 
 
 def stream_id(headers: Any, name: bytes = STREAM_HEADER) -> str | None:
@@ -144,6 +159,8 @@ class Stream:
     channel_id: bytes
     group: int
     last_used: float
+    #: The ``(method, path)`` that opened it: each group is bought on that route only.
+    target: tuple[str, str] = ("", "")
     status: int = 0
     headers: tuple[tuple[bytes, bytes], ...] = ()
     units: deque[bytes] = field(default_factory=deque)
@@ -190,13 +207,15 @@ class StreamTable:
         return self._streams.get(sid)
 
     async def open(self, channel_id: bytes, group: int, app: ASGIApp,
-                   scope: Mapping[str, Any], body: bytes) -> HttpResponse:
-        """Start the service's response for a new stream; its first group."""
+                   scope: Mapping[str, Any], body: bytes,
+                   target: tuple[str, str] = ("", "")) -> HttpResponse:
+        """Start the service's response for a new stream; its first group. ``target``:
+        the paid request's ``(method, path)``, the only route its next groups are sold on."""
         self.reap()
         if len(self._streams) >= MAX_STREAMS or sum(
                 s.channel_id == channel_id for s in self._streams.values()) >= MAX_PER_CHANNEL:
             raise StreamError(429, "too_many_streams")
-        stream = Stream(secrets.token_hex(16), channel_id, group, self._clock())
+        stream = Stream(secrets.token_hex(16), channel_id, group, self._clock(), target)
         stream.room.set()
         self._streams[stream.id] = stream
         if self._reaper is None or self._reaper.done():
@@ -225,11 +244,13 @@ class StreamTable:
             self.stop(stream.id)
             raise
 
-    async def next(self, channel_id: bytes, sid: str) -> HttpResponse:
-        """The next group of stream ``sid``, for its own channel only."""
+    async def next(self, channel_id: bytes, sid: str,
+                   target: tuple[str, str] = ("", "")) -> HttpResponse:
+        """The next group of stream ``sid``, for its own channel and route only (the
+        enclave prices the group by the route of the request that buys it)."""
         self.reap()
         stream = self._streams.get(sid)
-        if stream is None or stream.channel_id != channel_id:
+        if stream is None or stream.channel_id != channel_id or stream.target != target:
             raise StreamError(404, "unknown_stream")
         return await self._group(stream)
 
@@ -339,4 +360,5 @@ __all__ = [
     "StreamTable",
     "group_size",
     "stream_id",
+    "streamable",
 ]

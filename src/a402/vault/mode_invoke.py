@@ -404,7 +404,8 @@ class ModeInvoker:
             raise ModeRefused(502, api.PROTOCOL_VIOLATION,
                               f"paid, but the result is malformed: {e}") from None
         matches = result.request_digest == request_digest(exec_.request)
-        payment = records.Payment(offer.amount, service.contract.token, service.chain.network,
+        # the charge δ' the REVEAL paid (a metered route's, at most the δ locked)
+        payment = records.Payment(event.amount, service.contract.token, service.chain.network,
                                   to_checksum(offer.pay_to), cid, exec_.request_id, None)
         body = records.answer_json(api.PAID, call.idempotency_key, response=result.response,
                                    payment=payment,
