@@ -18,12 +18,14 @@ pytestmark = pytest.mark.anvil
 def test_the_dev_stack_deploys_the_vault_contract_for_the_enclaves_key(
     vault_chain: Chain,
 ) -> None:
+    upto = {"Permit2", "UptoPermit2Proxy"}  # x402 upto's, at the SDK's addresses on anvil
     plain = deploy_dev_stack(vault_chain, client_funds=1)
-    assert set(plain.contracts) == {"TestUSDC", "MandateRegistry"}
+    assert set(plain.contracts) == {"TestUSDC", "MandateRegistry", *upto}
     key: EcdsaSigner = new_vault_key()
     stack = deploy_dev_stack(vault_chain, client_funds=1, asc_manager=True,
                              vault_signer="0x" + key.address.hex(), settle_window=900)
-    assert set(stack.contracts) == {"TestUSDC", "MandateRegistry", "ASCManager", "A402Vault"}
+    assert set(stack.contracts) == {"TestUSDC", "MandateRegistry", "ASCManager", "A402Vault",
+                                    *upto}
     again = Manifest.from_json(stack.to_json())
     vault = A402Vault(vault_chain, again.contracts["A402Vault"])
     assert vault.vault_signer.lower() == "0x" + key.address.hex()
