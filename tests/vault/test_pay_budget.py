@@ -101,3 +101,30 @@ def test_a_vault_payment_counts_against_the_budget(world: World, tmp_path: Path)
                                "(budget_exhausted"), said
         assert provider.calls["weather"] == 2
         assert client.account_info()["paid"] == str(2 * PRICE)
+
+
+def test_a402_pay_vault_stream_stops_at_its_budget(world: World, tmp_path: Path) -> None:
+    """``--stream 50 --max 0.0005 --budget 0.001`` and no ``--max-total``: the budget holds
+    the stream's total, so two groups are paid (1,000) and the stream stops there."""
+    from .test_paid_stream import GROUP, PER_GROUP, ROUTES, Upstream, _settle, _tokens, \
+        _wait, llm_service
+
+    upstream = Upstream()
+    provider = world.provider(routes=ROUTES, service=llm_service(upstream))
+    escrow = world.balance(world.manager.address)
+    with serve_in_thread(provider.app) as site, \
+            running_vault(world, deposit_multiple=100) as vault:
+        account, client = client_of(world, vault, funds=200_000, deposit=200_000)
+        out, err = io.BytesIO(), io.StringIO()
+        code = pay_main([f"{site}/llm/stream", "-X", "POST", "--key-file",
+                         str(_key_file(tmp_path, account)), "--vault", vault.url,
+                         *vault_flags(world, vault), "--stream", str(GROUP), "--max", "0.0005",
+                         "--budget", "0.001"], stdout=out, stderr=err)
+        assert code == 0, err.getvalue()
+        assert _tokens(out.getvalue()) == [f"tok{i}" for i in range(2 * GROUP)]
+        summary = json.loads(err.getvalue().splitlines()[-1])
+        assert summary == {"success": True, "outcome": "stream", "groups": 2,
+                           "paid": str(2 * PER_GROUP), "reason": "max_total"}
+        _wait(lambda: upstream.closed, timeout=5.0)
+        _settle(world, client, vault, provider, escrow, 2 * PER_GROUP)
+        client.close()
