@@ -26,8 +26,12 @@ from a402.facilitator.core import Facilitator
 from a402.provider import PaymentMiddleware, create_gateway
 from a402.provider.gateway import parse_metered_spec
 from a402.provider.routes import RouteConfig, RouteError, RouteTable
-from a402.wire.headers import PAYMENT_REQUIRED, PAYMENT_RESPONSE, decode_payment_required, \
-    decode_settle_response
+from a402.wire.headers import (
+    PAYMENT_REQUIRED,
+    PAYMENT_RESPONSE,
+    decode_payment_required,
+    decode_settle_response,
+)
 from tests.interop.official_upto import fresh_account, sdk_upto_client, upto_payer
 
 pytestmark = pytest.mark.anvil

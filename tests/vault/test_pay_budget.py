@@ -106,8 +106,16 @@ def test_a_vault_payment_counts_against_the_budget(world: World, tmp_path: Path)
 def test_a402_pay_vault_stream_stops_at_its_budget(world: World, tmp_path: Path) -> None:
     """``--stream 50 --max 0.0005 --budget 0.001`` and no ``--max-total``: the budget holds
     the stream's total, so two groups are paid (1,000) and the stream stops there."""
-    from .test_paid_stream import GROUP, PER_GROUP, ROUTES, Upstream, _settle, _tokens, \
-        _wait, llm_service
+    from .test_paid_stream import (
+        GROUP,
+        PER_GROUP,
+        ROUTES,
+        Upstream,
+        _settle,
+        _tokens,
+        _wait,
+        llm_service,
+    )
 
     upstream = Upstream()
     provider = world.provider(routes=ROUTES, service=llm_service(upstream))
