@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import anyio
 import httpx
 import pytest
 from eth_account.signers.local import LocalAccount
@@ -146,19 +147,32 @@ async def test_the_middleware_takes_a_metering_rule_for_an_upto_route(
     async def units(request: StarletteRequest) -> StarletteJSON:
         return StarletteJSON({"ok": True}, headers={"A402-Units": request.query_params["n"]})
 
-    app = Starlette(routes=[Route("/work", units)], middleware=[Middleware(
-        PaymentMiddleware, token=dev_stack.token, network=dev_stack.network, pay_to=pay_to,
-        facilitator=facilitator_url,
-        routes={"GET /work": RouteConfig(price="0.001", scheme="upto",
-                                         meter="per-unit:0.00001,max=0.001")})])
+    async def slow(request: StarletteRequest) -> StarletteJSON:
+        await anyio.sleep(0.3)
+        return StarletteJSON({"ok": True})
+
+    app = Starlette(routes=[Route("/work", units), Route("/slow", slow)], middleware=[
+        Middleware(PaymentMiddleware, token=dev_stack.token, network=dev_stack.network,
+                   pay_to=pay_to, facilitator=facilitator_url, routes={
+                       "GET /work": RouteConfig(price="0.001", scheme="upto",
+                                                meter="per-unit:0.00001,max=0.001"),
+                       # 1,000 atomic units a second the handler runs, at most 10,000.
+                       "GET /slow": RouteConfig(price="0.01", scheme="upto",
+                                                meter="per-second:0.001,max=0.01")})])
     with serve_in_thread(app) as base:
         async with sdk_upto_client(payer) as client:
             paid = await client.get(f"{base}/work", params={"n": "37"})
             assert paid.status_code == 200, paid.text
             capped = await client.get(f"{base}/work", params={"n": "1000"})  # 10 × 1000
             assert capped.status_code == 200, capped.text
+            assert _balances(anvil_chain, dev_stack, payer.address, pay_to) == [
+                FUNDS - 370 - 1_000, 370 + 1_000]
+            timed = await client.get(f"{base}/slow")
+            assert timed.status_code == 200, timed.text
+            seconds = int(decode_settle_response(timed.headers[PAYMENT_RESPONSE]).amount or 0)
+    assert 300 <= seconds < 2_000  # the 0.3 s it ran, at 1,000 a second (and some slack)
     assert _balances(anvil_chain, dev_stack, payer.address, pay_to) == [
-        FUNDS - 370 - 1_000, 370 + 1_000]
+        FUNDS - 1_370 - seconds, 1_370 + seconds]
 
 
 def test_metered_specs_and_configs() -> None:

@@ -24,7 +24,9 @@ A2A agent drives too; this middleware runs its operations (ledger, facilitator,
 app) and renders its outcome as HTTP.
 
 x402 ``upto`` (``RouteConfig(scheme="upto")``): the app runs first (whatever
-``settle_before_serve`` says), its usage report sets the charge, and that charge
+``settle_before_serve`` says), its usage report (or, for a route with a metering rule,
+``RouteConfig(meter=...)``, what that rule measures: :meth:`PaymentMiddleware._usage`)
+sets the charge, and that charge
 is written to the ledger entry (:meth:`PaymentLedger.note_charge`) *before*
 ``/settle`` is asked. If the settle's answer is then lost (facilitator
 unreachable, crashed after sending the transaction), the entry is pending with
