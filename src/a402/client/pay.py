@@ -106,7 +106,9 @@ def add_pay_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default {DEFAULT_MAX}; with --mandate: the mandate's)")
     parser.add_argument("--budget", metavar="AMOUNT",
                         help="total this invocation may pay per asset, in token units "
-                             "(one request pays at most once, so this only matters below --max)")
+                             "(one request pays at most once, so this only matters below --max; "
+                             "with --vault the call's maxPrice is lowered to it, and a --stream's "
+                             "total held to it)")
     parser.add_argument("--decimals", type=int, default=DEFAULT_DECIMALS, metavar="N",
                         help=f"decimals of the token the amounts are in "
                              f"(default {DEFAULT_DECIMALS})")

@@ -16,8 +16,8 @@ from typing import Any, BinaryIO, TextIO
 import httpx
 
 from a402.client import errors
-from a402.client.budget import Budget, asset_key
-from a402.client.errors import PaymentRefused
+from a402.client.budget import Budget, Reservation, asset_key
+from a402.client.errors import BudgetExceeded, PaymentRefused
 from a402.client.history import record_vault_call
 from a402.client.limits import MaxAmount
 from a402.client.vault import (
@@ -27,7 +27,7 @@ from a402.client.vault import (
     VaultClient,
     new_idempotency_key,
 )
-from a402.client.vault_transport import vault_limits
+from a402.client.vault_transport import _MAY_BE_PAID, vault_limits
 from a402.client.wallet import Wallet
 from a402.wire import vault_api as api
 
@@ -43,12 +43,20 @@ def run_vault_pay(
 ) -> int:
     """``mandate``: the owner's signed mandate, signed into the call: the vault's enclave
     pays only within it (``mandate_*`` refusals exit 3, nothing paid); ``evidence``: where
-    the paid call's record goes (an :class:`~a402.mandate.evidence.EvidenceLog`)."""
+    the paid call's record goes (an :class:`~a402.mandate.evidence.EvidenceLog`).
+
+    ``budget`` (``--budget``): the call's maxPrice (what the vault's enclave may pay at
+    most) is reserved in it before the call is sent, lowered to what it leaves (none
+    left: refused, exit 3, nothing sent). The reservation is then settled to the amount
+    paid, given back if the vault refused (nothing paid), and kept whole if the call may
+    have been paid (pending, replayed, no answer), as the ``exact`` path does
+    (:mod:`a402.client.budget`)."""
     def fail(code: int, message: str) -> int:
         print(f"{PROG}: {message}", file=err)
         return code
 
     expect = None
+    reservation: Reservation | None = None
     if not args.trust_vault_info:
         from a402.chain.locate import DEFAULT_MANIFEST, ChainNotFound, load_manifest
 
@@ -80,6 +88,19 @@ def run_vault_pay(
                 return fail(EXIT_REFUSED, f"nothing was paid: payment refused ({refusal}); "
                                           "nothing was signed")
             limits = vault_limits(info, cap, budget=budget, funding=args.funding)
+            if budget is not None:
+                # Reserved before anything is signed, and the call's maxPrice lowered to
+                # the reservation: the vault's enclave pays at most maxPrice, so a call
+                # whose price is above what the budget leaves is refused by the vault
+                # (price_above_maximum) with nothing paid, and the budget is never overrun.
+                room = budget.remaining(limits.asset)
+                if room <= 0:
+                    raise BudgetExceeded(limits.asset, limits.max_price, room)
+                limits.max_price = min(limits.max_price, room)
+                # A stream pays many groups: it reserves all that is left, and its total
+                # is held to that (``_stream``).
+                reservation = budget.reserve(
+                    limits.asset, room if getattr(args, "stream", None) else limits.max_price)
             pay_to = None
             if info.get("mode") == "vault":  # the call names its payee: the offer's payTo
                 pay_to = offered_payee(args.url, method, headers, content or b"",
@@ -87,28 +108,39 @@ def run_vault_pay(
             if getattr(args, "stream", None):
                 return _stream(vault, args, method=method, headers=headers,
                                content=content or b"", max_price=limits.max_price,
-                               pay_to=pay_to, out=out, err=err)
+                               pay_to=pay_to, out=out, err=err,
+                               budget=_Reserved(budget, reservation))
             result = vault.invoke(
                 args.url, method=method,
                 headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
                 content=content or b"", max_price=limits.max_price,
                 idempotency_key=idempotency_key, funding=args.funding, created_at=created_at,
                 pay_to=pay_to)
+        except BudgetExceeded as e:
+            return fail(EXIT_REFUSED, f"nothing was paid: payment refused ({e.reason}: "
+                                      f"--budget leaves {e.remaining} atomic units); "
+                                      "nothing was signed")
         except PaymentRefused as e:
+            _Reserved(budget, reservation).settle(0)
             return fail(EXIT_REFUSED, f"nothing was paid: payment refused ({e.reason}); "
                                       "nothing was signed")
         except VaultCallError as e:
+            if e.reason not in _MAY_BE_PAID:  # else paid, or may be: the reservation stays
+                _Reserved(budget, reservation).settle(0)
             code, line = _call_failed(e)
+            if e.reason == api.PRICE_ABOVE_MAXIMUM and budget is not None:
+                line += f" (maxPrice {limits.max_price}: --max, within what --budget leaves)"
             print(f"a402 pay: {line}", file=err)
             print(json.dumps({"success": False, "status": e.status, **e.body}), file=err)
             return code
-        except httpx.HTTPError as e:
+        except httpx.HTTPError as e:  # may have been paid: the reservation stays
             created = vault.created_at(idempotency_key)
             again = _retry_advice({"idempotencyKey": idempotency_key, "createdAt": created})
             return fail(EXIT_REQUEST_FAILED, f"payment unknown: vault unreachable "
                                              f"({type(e).__name__}: {e}); if the call reached "
                                              f"it, it may have been paid: {again} to get its "
                                              "answer")
+    _Reserved(budget, reservation).settle(result.amount)
     out.write(result.content)
     out.flush()
     record_vault_call(result.summary(), payer=wallet.address, vault=args.vault, method=method,
@@ -184,11 +216,34 @@ def _allowed(wallet: Wallet, info: dict[str, Any]) -> str | None:
     return None
 
 
+class _Reserved:
+    """A call's budget reservation (or none), settled once its outcome is known."""
+
+    def __init__(self, budget: Budget | None, reservation: Reservation | None) -> None:
+        self.budget, self.reservation = budget, reservation
+
+    @property
+    def room(self) -> int | None:
+        """What the reservation allows in all (None: no budget)."""
+        return None if self.reservation is None else self.reservation.amount
+
+    def settle(self, paid: int) -> None:
+        """The call paid ``paid`` (0: nothing): the rest of the reservation is given back."""
+        if self.budget is None or self.reservation is None:
+            return
+        self.budget.release(self.reservation)
+        if paid:
+            self.budget.reserve(self.reservation.asset, paid)
+
+
 def _stream(vault: VaultClient, args: argparse.Namespace, *, method: str,
             headers: list[tuple[str, str]], content: bytes, max_price: int, pay_to: str | None,
-            out: BinaryIO, err: TextIO) -> int:
+            out: BinaryIO, err: TextIO, budget: _Reserved | None = None) -> int:
     """``--stream N``: each group written to ``out`` as soon as it is paid for and released
-    (:mod:`a402.client.vault_stream`); one JSON line per group and a summary on ``err``."""
+    (:mod:`a402.client.vault_stream`); one JSON line per group and a summary on ``err``.
+    With a budget, the stream's total is at most what it reserved (``--max-total`` or
+    less); the reservation is settled to what the groups paid, or kept whole if a group
+    may have been paid without its answer."""
     from a402.client.limits import to_atomic_exact
     from a402.client.vault_stream import StreamEnd, paid_stream
 
@@ -197,7 +252,11 @@ def _stream(vault: VaultClient, args: argparse.Namespace, *, method: str,
         max_total = None if args.max_total is None else to_atomic_exact(
             args.max_total, args.decimals)
     except (ValueError, TypeError) as e:
+        if budget is not None:
+            budget.settle(0)
         return _fail_usage(err, f"--max-total: {e}")
+    if budget is not None and budget.room is not None:
+        max_total = budget.room if max_total is None else min(max_total, budget.room)
     try:
         for group in paid_stream(
                 vault, args.url, group=args.stream, max_price=max_price,
@@ -209,11 +268,15 @@ def _stream(vault: VaultClient, args: argparse.Namespace, *, method: str,
             print(json.dumps({"group": group.seq, "amount": str(group.amount),
                               "last": group.last}), file=err)
     except VaultCallError as e:
+        if budget is not None and e.reason not in _MAY_BE_PAID:
+            budget.settle(end.paid)
         code, line = _call_failed(e)
         print(f"a402 pay: {line} (after {end.groups} groups, {end.paid} paid)", file=err)
         print(json.dumps({"success": False, "status": e.status, "groups": end.groups,
                           "paid": str(end.paid), **e.body}), file=err)
         return code
+    if budget is not None:
+        budget.settle(end.paid)
     print(json.dumps({"success": True, "outcome": "stream", "groups": end.groups,
                       "paid": str(end.paid), "reason": end.reason}), file=err)
     return EXIT_OK

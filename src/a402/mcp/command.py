@@ -22,6 +22,7 @@ import shlex
 import sys
 from dataclasses import dataclass
 
+from a402.failure import MoneyFirstParser
 from a402.provider.command import TokenOptions
 from a402.settings import add_flags, chain_data_default, chain_data_url, from_args, setting
 
@@ -61,6 +62,10 @@ class McpServeOptions:
         60, help="how long a payment may take, as offered (default: %(default)s)")
 
 
+#: The money state of every failure before the paywall serves: it has taken no payment.
+NOT_STARTED = "not started, nothing was paid"
+
+
 #: ``a402 mcp serve``'s flags, one group each.
 FLAG_GROUPS: tuple[tuple[str, type], ...] = (
     ("upstream", McpUpstreamOptions), ("token", TokenOptions), ("serving", McpServeOptions),
@@ -74,6 +79,8 @@ def add_mcp_arguments(parser: argparse.ArgumentParser) -> None:
         description=__doc__.splitlines()[0] if __doc__ else None)
     for title, group in FLAG_GROUPS:
         add_flags(serve, group, title)
+    if isinstance(serve, MoneyFirstParser):  # a paywall refused at its command line
+        serve.state = NOT_STARTED
 
 
 def run_mcp(args: argparse.Namespace) -> int:
@@ -83,6 +90,10 @@ def run_mcp(args: argparse.Namespace) -> int:
 
 
 def run_mcp_serve(args: argparse.Namespace) -> int:
+    """Serve; or fail before serving with one line that says the money state first
+    (``a402 mcp serve: not started, nothing was paid (REASON): ...``, exit 2): every such
+    failure happens before the paywall answers a call, so no payment was taken. A
+    failure once it serves is the CLI's (``a402 mcp: failed (...)``: no claim either way)."""
     from a402.chain.deploy import TokenInfo
     from a402.failure import CommandFailed, ensure_port_free, load_manifest
     from a402.mcp.paywall import ToolPaywall
@@ -91,8 +102,8 @@ def run_mcp_serve(args: argparse.Namespace) -> int:
     from a402.wire.errors import WireError
     from a402.wire.networks import evm_chain_id
 
-    def fail(message: str) -> int:
-        print(f"a402 mcp serve: {message}", file=sys.stderr)
+    def fail(message: str, reason: str = "usage") -> int:
+        print(f"a402 mcp serve: {NOT_STARTED} ({reason}): {message}", file=sys.stderr)
         return 2
 
     upstream_options = from_args(McpUpstreamOptions, args)
@@ -111,17 +122,20 @@ def run_mcp_serve(args: argparse.Namespace) -> int:
         except ValueError as e:
             return fail(f"--upstream-command: {e}")
     if not upstream_options.tool:
-        return fail("price at least one tool: --tool 'NAME=PRICE'")
+        return fail("price at least one tool: --tool 'NAME=PRICE'", "no_tools")
     if charge.manifest:
-        manifest = load_manifest(charge.manifest)
+        try:
+            manifest = load_manifest(charge.manifest)
+        except CommandFailed as e:
+            return fail(e.message, e.reason)
         conflicts = [f"--{flag} {given} (the manifest's is {own})" for flag, given, own in (
             ("network", charge.network, manifest.network),
             ("asset", charge.asset, manifest.token.address),
         ) if given is not None and given.lower() != own.lower()]
         if conflicts:
-            raise CommandFailed("conflicting_options",
-                                f"{charge.manifest} names the chain and token, which "
-                                f"{'; '.join(conflicts)} contradict: drop them or --manifest")
+            return fail(f"{charge.manifest} names the chain and token, which "
+                        f"{'; '.join(conflicts)} contradict: drop them or --manifest",
+                        "conflicting_options")
         token, network = manifest.token, manifest.network
         pay_to = charge.pay_to or manifest.account("provider").address
     elif charge.asset and charge.network and charge.pay_to:
@@ -133,7 +147,7 @@ def run_mcp_serve(args: argparse.Namespace) -> int:
     try:
         prices = [parse_tool_spec(spec, token.decimals) for spec in upstream_options.tool]
     except PriceError as e:
-        return fail(str(e))
+        return fail(str(e), "bad_price")
     try:
         chain_id = evm_chain_id(network)
     except WireError as e:
@@ -159,7 +173,10 @@ def run_mcp_serve(args: argparse.Namespace) -> int:
     from a402.mcp.proxy import proxy_app
     from a402.serving import run as serve_app
 
-    ensure_port_free(serve.host, serve.port)
+    try:
+        ensure_port_free(serve.host, serve.port)
+    except CommandFailed as e:
+        return fail(e.message, e.reason)
     url = f"http://{serve.host}:{serve.port}{MCP_PATH}"
 
     def announce() -> None:  # once the upstream answered: a failed start never announces

@@ -60,7 +60,9 @@ class UpstreamOptions:
         help="a route priced by usage, at most MAX: KIND is per-byte, per-second, per-event, "
              "per-unit (the handler's A402-Units header) or per-field:PATH (a JSON field "
              "such as usage.total_tokens); RATE per unit in token units; A402 channels pay "
-             "what is used, exact payments MAX; repeat for more")
+             "what is used, x402 payers MAX (exact); written '=upto:KIND:RATE,max=MAX', "
+             "x402 payers pay by upto what the same rule measures (at most MAX; 0: no "
+             "transaction); repeat for more")
     facilitator: str = setting(help="x402 facilitator URL")
 
 

@@ -27,7 +27,7 @@ from starlette.types import ASGIApp
 
 from a402.chain.deploy import TokenInfo
 from a402.facilitator.client import FacilitatorClient
-from a402.metering import MeterError, parse_meter_spec
+from a402.metering import MeterError, MeterRule, parse_meter_spec
 from a402.observe import MAX_LIMIT, Observer, OperatorRoutes, PaymentFilter, payment_record
 from a402.provider.ledger import PaymentLedger
 from a402.provider.middleware import PaymentMiddleware
@@ -71,6 +71,27 @@ def parse_route_spec(spec: str) -> tuple[str, str | RouteConfig]:
     return pattern, price
 
 
+def parse_metered_spec(spec: str, decimals: int) -> tuple[str, MeterRule, str]:
+    """A ``--meter`` spec → ``(pattern, rule, x402 scheme)``; RouteError if malformed.
+
+    ``'GET /llm=per-field:usage.total_tokens:0.00002,max=0.05'``: A402 channels pay
+    what the rule measures, x402 payers ``exact`` its max. ``'GET /llm=upto:per-field:…'``
+    (the same rule after ``upto:``): the route is offered to x402 payers as ``upto`` (at
+    most max), and settled for what the same rule measures on the upstream's response
+    (:meth:`PaymentMiddleware._usage`); A402 channels are charged by it as before.
+    """
+    pattern, sep, rule = spec.partition("=")
+    scheme = "exact"
+    if sep and rule.strip().startswith(UPTO_PREFIX):
+        scheme, spec = "upto", f"{pattern}={rule.strip().removeprefix(UPTO_PREFIX)}"
+    try:
+        pattern, parsed = parse_meter_spec(spec, decimals)
+    except MeterError as e:
+        raise RouteError(str(e)) from None
+    RoutePattern.parse(pattern)
+    return pattern, parsed, scheme
+
+
 def _route_table(
     routes: Sequence[str] | Mapping[str, Price | RouteConfig], decimals: int,
     meters: Sequence[str] = (),
@@ -81,11 +102,8 @@ def _route_table(
         routes.items() if isinstance(routes, Mapping)
         else (parse_route_spec(spec) for spec in routes))
     for spec in meters:
-        try:
-            pattern, rule = parse_meter_spec(spec, decimals)
-        except MeterError as e:
-            raise RouteError(str(e)) from None
-        specs.append((pattern, RouteConfig(price=rule.maximum, meter=rule)))
+        pattern, rule, scheme = parse_metered_spec(spec, decimals)
+        specs.append((pattern, RouteConfig(price=rule.maximum, meter=rule, scheme=scheme)))
     return RouteTable.build(specs, decimals=decimals)
 
 
@@ -113,7 +131,10 @@ def create_gateway(
 
     ``meters``: metered routes, as ``'METHOD /path=KIND:RATE,max=MAX'`` specs
     (:mod:`a402.metering`): an A402 channel pays the charge the provider's enclave
-    computes from the response, at most MAX; an ``exact`` payment pays MAX.
+    computes from the response, at most MAX; an ``exact`` payment pays MAX. Written
+    ``'METHOD /path=upto:KIND:RATE,max=MAX'``, the route is offered to x402 payers as
+    ``upto`` instead, and settled for what the same rule measures (at most MAX; 0: no
+    transaction) (:func:`parse_metered_spec`).
 
     ``observer`` (default: one with the operator API off) logs one JSON line per paid
     request and answers ``/metrics`` and ``/operator/payments`` ahead of the upstream

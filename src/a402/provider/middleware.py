@@ -24,7 +24,9 @@ A2A agent drives too; this middleware runs its operations (ledger, facilitator,
 app) and renders its outcome as HTTP.
 
 x402 ``upto`` (``RouteConfig(scheme="upto")``): the app runs first (whatever
-``settle_before_serve`` says), its usage report sets the charge, and that charge
+``settle_before_serve`` says), its usage report (or, for a route with a metering rule,
+``RouteConfig(meter=...)``, what that rule measures: :meth:`PaymentMiddleware._usage`)
+sets the charge, and that charge
 is written to the ledger entry (:meth:`PaymentLedger.note_charge`) *before*
 ``/settle`` is asked. If the settle's answer is then lost (facilitator
 unreachable, crashed after sending the transaction), the entry is pending with
@@ -116,6 +118,7 @@ from a402.exact.serve import (
 )
 from a402.exact.upto import SCHEME_UPTO, TRANSFER_METHOD_PERMIT2, UptoEvmPayload
 from a402.facilitator.client import FacilitatorClient, FacilitatorError
+from a402.metering import MeterRule, UsageUnreadable
 from a402.observe import Observer, new_request_id
 from a402.provider import responses
 from a402.provider.alternatives import AlternativeScheme
@@ -325,7 +328,8 @@ class PaymentMiddleware:
         except WireError as exc:
             await responses.payment_required(offer, exc.reason, exc.message).send(send)
             return
-        await self._pay_and_serve(scope, receive, send, offer, payment)
+        await self._pay_and_serve(scope, receive, send, offer, payment,
+                                  rule=match.route.meter if payment.upto else None)
 
     def _on_shutdown(self, receive: Receive) -> Receive:
         async def wrapped() -> Message:
@@ -457,10 +461,12 @@ class PaymentMiddleware:
     # ------------------------------------------------------------- pay, then serve
 
     async def _pay_and_serve(
-        self, scope: Scope, receive: Receive, send: Send, offer: responses.Offer, p: _Payment
+        self, scope: Scope, receive: Receive, send: Send, offer: responses.Offer, p: _Payment,
+        *, rule: MeterRule | None = None,
     ) -> None:
         """Drive the one server-side ``exact`` flow (:mod:`a402.exact.serve`) with this
-        middleware's ledger, facilitator and app, then answer what it decided."""
+        middleware's ledger, facilitator and app, then answer what it decided. ``rule``:
+        the upto route's metering rule, which then sets the charge (:meth:`_usage`)."""
         started = time.perf_counter()
         receive = body = _HashedBody(receive)
         now = time.time()
@@ -495,11 +501,13 @@ class PaymentMiddleware:
                     except FacilitatorError as exc:
                         return exc.no_verdict()
                 case Serve():
+                    ran_from = time.monotonic()
                     response = await run_buffered(self.app, scope, receive)
+                    ran = time.monotonic() - ran_from
                     buffered.append(response)
                     if p.upto and response.status < 400:
                         try:
-                            charge.append(self._usage(response, p))
+                            charge.append(self._usage(response, p, rule, ran))
                         except UsageError as exc:
                             unreadable.append(exc)
                             return False
@@ -601,13 +609,31 @@ class PaymentMiddleware:
                     await self._serve_paid(send, response, settlement, p.version)
         self._observe(scope, p, outcome, time.perf_counter() - started)
 
-    def _usage(self, response: BufferedResponse, p: _Payment) -> int:
-        """The amount an upto response used (:func:`a402.provider.usage.charge_for`); its
-        report headers are removed from what the payer receives."""
+    def _usage(self, response: BufferedResponse, p: _Payment, rule: MeterRule | None = None,
+               seconds: float = 0.0) -> int:
+        """The amount an upto response used; its report headers are removed from what the
+        payer receives.
+
+        A route with a metering rule (:mod:`a402.metering`, the same rule and code an A402
+        channel charges by) is charged what the rule measures on this response, and only
+        that: ``min(⌊units × rate⌋, δ)``, so never above the maximum the payer signed for
+        (δ is the offer's amount: the route's price is the rule's maximum), and a report
+        header the upstream may also send does not override it. ``seconds`` is how long
+        the app ran (``per-second``). A response the rule cannot read
+        (:class:`~a402.metering.UsageUnreadable`) is a :class:`UsageError`: withheld, and
+        nothing charged. Without a rule: :func:`a402.provider.usage.charge_for`."""
         assert isinstance(p.requirements, PaymentRequirements)
-        amount = charge_for(MeteredResponse(response.status, response.headers,
-                                            b"".join(response.body),
-                                            p.requirements.amount_int), self.meter)
+        body = b"".join(response.body)
+        if rule is not None:
+            try:
+                amount = rule.charge(response.status, response.headers, body, seconds)
+            except UsageUnreadable as exc:
+                raise UsageError(f"the metering rule cannot read this response: {exc}") \
+                    from exc
+            amount = min(amount, p.requirements.amount_int)
+        else:
+            amount = charge_for(MeteredResponse(response.status, response.headers, body,
+                                                p.requirements.amount_int), self.meter)
         response.headers = without_reports(response.headers)
         return amount
 

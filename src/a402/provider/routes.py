@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from decimal import Context, Decimal, Inexact, InvalidOperation, Rounded
 from typing import Final, TypeAlias
 
-from a402.metering import MeterRule
+from a402.metering import MeterError, MeterRule, parse_rule
 
 Price: TypeAlias = str | int | Decimal
 """A price: token units as a decimal string (``"0.01"``, ``"$0.01"``), or atomic units as an int."""
@@ -217,8 +217,12 @@ class RouteConfig:
     scheme: str = "exact"
     """``"exact"``: the price is charged; ``"upto"``: the price is a maximum, and the
     response's usage is charged (:mod:`a402.provider.usage`)."""
-    #: A usage-based price (:mod:`a402.metering`): ``price`` is then its maximum δ.
-    meter: MeterRule | None = None
+    #: A usage-based price (:mod:`a402.metering`): a rule, or its text
+    #: (``"per-field:usage.total_tokens:0.00002,max=0.05"``, read with the token's
+    #: decimals); ``price`` must then be its maximum δ. An A402 channel charges by it;
+    #: with ``scheme="upto"`` an x402 payment settles what it measures too (at most δ);
+    #: with ``"exact"`` an x402 payment pays δ.
+    meter: MeterRule | str | None = None
 
 
 @dataclass(frozen=True)
@@ -275,14 +279,24 @@ class RouteTable:
             if config.scheme not in ("exact", "upto"):
                 raise RouteError(f"route {pattern!r}: scheme {config.scheme!r} is not "
                                  "'exact' or 'upto'")
+            amount = to_atomic(config.price, decimals)
+            rule = config.meter
+            if isinstance(rule, str):
+                try:
+                    rule = parse_rule(rule, decimals)
+                except MeterError as e:
+                    raise RouteError(f"route {pattern!r}: {e}") from None
+            if rule is not None and rule.maximum != amount:
+                raise RouteError(f"route {pattern!r}: its price ({amount} atomic units) is "
+                                 f"not its metering rule's max ({rule.maximum})")
             paid.append(
                 PaidRoute(
                     pattern=RoutePattern.parse(pattern),
-                    amount=to_atomic(config.price, decimals),
+                    amount=amount,
                     description=config.description,
                     mime_type=config.mime_type,
                     scheme=config.scheme,
-                    meter=config.meter,
+                    meter=rule,
                 )
             )
         return cls(paid)

@@ -1,0 +1,138 @@
+"""``a402 pay --vault ... --budget``: the budget bounds what the vault may pay, and a vault
+payment counts against it (reserved before the call, settled to what was paid, given
+back when the vault refused). A call over the budget is refused with nothing paid: the
+provider never runs, the client's vault account shows nothing paid. Real vault, real
+provider enclave, anvil."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from a402.background import serve_in_thread
+from a402.client import Budget
+from a402.client.limits import token_units_max
+from a402.client.pay import add_pay_arguments, pay_main
+from a402.client.vault_pay import run_vault_pay
+from a402.client.wallet import Wallet
+from tests.a402_exchange.helpers import World
+
+from .helpers import client_of, running_vault, vault_flags
+
+pytestmark = pytest.mark.anvil
+
+PRICE = 1_000  # GET /weather
+
+
+def _key_file(folder: Path, account: Any) -> Path:
+    key = folder / "client.key"
+    key.write_text(account.key.hex())
+    key.chmod(0o600)
+    return key
+
+
+def test_a402_pay_with_a_vault_refuses_a_call_over_its_budget(world: World, tmp_path: Path
+                                                              ) -> None:
+    provider = world.provider()
+    with serve_in_thread(provider.app) as site, running_vault(world) as vault:
+        account, client = client_of(world, vault, funds=20_000, deposit=20_000)
+        key = _key_file(tmp_path, account)
+        flags = [f"{site}/weather", "--key-file", str(key), "--vault", vault.url,
+                 *vault_flags(world, vault), "--max", "0.002"]
+        err = io.StringIO()
+        over = pay_main([*flags, "--budget", "0.0005"], stdout=io.BytesIO(), stderr=err)
+        assert over == 3, err.getvalue()
+        assert err.getvalue().startswith("a402 pay: nothing was paid by this attempt: the "
+                                         "vault refused (price_above_maximum")
+        assert "--budget" in err.getvalue()
+        assert provider.calls["weather"] == 0
+        assert client.account_info()["paid"] == "0"
+
+        out, err = io.BytesIO(), io.StringIO()
+        within = pay_main([*flags, "--budget", "0.001"], stdout=out, stderr=err)
+        assert within == 0, err.getvalue()
+        assert json.loads(out.getvalue())["weather"] == "sunny"
+        assert provider.calls["weather"] == 1
+        assert client.account_info()["paid"] == str(PRICE)
+
+
+def test_a_vault_payment_counts_against_the_budget(world: World, tmp_path: Path) -> None:
+    """One budget across calls (as a script embedding ``run_vault_pay`` has): each paid
+    call is recorded at what it paid, a refusal gives its reservation back, and once
+    nothing is left the next call is refused before anything is sent."""
+    provider = world.provider()
+    with serve_in_thread(provider.app) as site, running_vault(world) as vault:
+        account, client = client_of(world, vault, funds=20_000, deposit=20_000)
+        key = _key_file(tmp_path, account)
+        parser = argparse.ArgumentParser()
+        add_pay_arguments(parser)
+        args = parser.parse_args([f"{site}/weather", "--key-file", str(key), "--vault",
+                                  vault.url, *vault_flags(world, vault), "--max", "0.002"])
+        budget = Budget({world.token.address: 2 * PRICE + 500})
+        wallet = Wallet(account.key.hex())
+
+        def pay() -> tuple[int, str]:
+            err = io.StringIO()
+            code = run_vault_pay(args, account.key.hex(), wallet, method="GET", headers=[],
+                                 content=None, cap=token_units_max("0.002", 6),
+                                 budget=budget, out=io.BytesIO(), err=err)
+            return code, err.getvalue()
+
+        assert pay()[0] == 0
+        assert budget.spent(world.token.address) == PRICE  # reserved 2000, settled to 1000
+        args.idempotency_key = None
+        assert pay()[0] == 0
+        assert budget.spent(world.token.address) == 2 * PRICE
+        code, said = pay()  # 500 left: the vault may pay at most 500, and refuses
+        assert code == 3 and "price_above_maximum" in said
+        assert budget.spent(world.token.address) == 2 * PRICE  # nothing paid: given back
+        assert provider.calls["weather"] == 2
+        assert client.account_info()["paid"] == str(2 * PRICE)
+
+        budget.reserve(world.token.address, 500)  # now nothing is left
+        code, said = pay()
+        assert code == 3
+        assert said.startswith("a402 pay: nothing was paid: payment refused "
+                               "(budget_exhausted"), said
+        assert provider.calls["weather"] == 2
+        assert client.account_info()["paid"] == str(2 * PRICE)
+
+
+def test_a402_pay_vault_stream_stops_at_its_budget(world: World, tmp_path: Path) -> None:
+    """``--stream 50 --max 0.0005 --budget 0.001`` and no ``--max-total``: the budget holds
+    the stream's total, so two groups are paid (1,000) and the stream stops there."""
+    from .test_paid_stream import (
+        GROUP,
+        PER_GROUP,
+        ROUTES,
+        Upstream,
+        _settle,
+        _tokens,
+        _wait,
+        llm_service,
+    )
+
+    upstream = Upstream()
+    provider = world.provider(routes=ROUTES, service=llm_service(upstream))
+    escrow = world.balance(world.manager.address)
+    with serve_in_thread(provider.app) as site, \
+            running_vault(world, deposit_multiple=100) as vault:
+        account, client = client_of(world, vault, funds=200_000, deposit=200_000)
+        out, err = io.BytesIO(), io.StringIO()
+        code = pay_main([f"{site}/llm/stream", "-X", "POST", "--key-file",
+                         str(_key_file(tmp_path, account)), "--vault", vault.url,
+                         *vault_flags(world, vault), "--stream", str(GROUP), "--max", "0.0005",
+                         "--budget", "0.001"], stdout=out, stderr=err)
+        assert code == 0, err.getvalue()
+        assert _tokens(out.getvalue()) == [f"tok{i}" for i in range(2 * GROUP)]
+        summary = json.loads(err.getvalue().splitlines()[-1])
+        assert summary == {"success": True, "outcome": "stream", "groups": 2,
+                           "paid": str(2 * PER_GROUP), "reason": "max_total"}
+        _wait(lambda: upstream.closed, timeout=5.0)
+        _settle(world, client, vault, provider, escrow, 2 * PER_GROUP)
+        client.close()
