@@ -1,4 +1,5 @@
-"""Paid MCP tools: x402 ``exact`` over the x402 MCP transport, with the official ``mcp`` SDK.
+"""Paid MCP tools: x402 ``exact`` and ``upto`` over the x402 MCP transport, with the official
+``mcp`` SDK.
 
     from a402.mcp import PayingMCPSession, ToolPaywall, protect
 
@@ -15,11 +16,13 @@ from a402.mcp.client import MCPPaymentUnresolved, PaidToolResult, PayingMCPSessi
 from a402.mcp.paywall import ToolPaywall
 from a402.mcp.prices import PriceError, ToolPrice, parse_tool_spec
 from a402.mcp.server import bounded_app, protect
+from a402.mcp.usage import USAGE_META_KEY, report_usage
 from a402.mcp.wire import PAYMENT_META_KEY, PAYMENT_RESPONSE_META_KEY
 
 __all__ = [
     "PAYMENT_META_KEY",
     "PAYMENT_RESPONSE_META_KEY",
+    "USAGE_META_KEY",
     "MCPPaymentUnresolved",
     "PaidToolResult",
     "PayingMCPSession",
@@ -29,4 +32,5 @@ __all__ = [
     "bounded_app",
     "parse_tool_spec",
     "protect",
+    "report_usage",
 ]

@@ -8,12 +8,16 @@
         print(answer.result.content, answer.payment.summary() if answer.payment else "free")
 
 A tool call is sent as it is; a result that asks for payment in the x402 MCP wire form
-(:mod:`a402.mcp.wire`) is answered with one signed ``exact`` payment in the request's
-``_meta``, chosen and reserved by the paying client's own decision code
-(:func:`a402.client.choose.choose_within`: the wallet's allow-lists, the per-call
-maximum, the budget and, with ``mandate=``, the owner's mandate, durably reserved before
-signing). A refusal raises :class:`~a402.client.errors.PaymentRefused` and nothing was
-signed.
+(:mod:`a402.mcp.wire`) is answered with one signed payment in the request's ``_meta``
+(``exact``: EIP-3009 of the price; ``upto``: Permit2 of the maximum, which the server
+settles for what the tool used, at most that), chosen and reserved by the paying
+client's own decision code (:func:`a402.client.choose.choose_within`: the wallet's
+allow-lists, the per-call maximum, the budget and, with ``mandate=``, the owner's
+mandate, durably reserved before signing). A refusal raises
+:class:`~a402.client.errors.PaymentRefused` and nothing was signed. An ``upto`` offer is
+paid only in a token the wallet names (``Wallet(key, assets=[...])``) or the mandate
+bounds, and counts in the cap, the budget and the mandate at its whole maximum: that is
+what the signature risks.
 
 What the caller is told is what the server proved, no more (:class:`PaidToolResult`):
 ``payment.status`` is ``settled`` only with a receipt saying ``success`` for this payer
@@ -52,6 +56,7 @@ from mcp import ClientSession, types
 from mcp.shared.exceptions import McpError
 
 from a402.client import errors
+from a402.client.auth import _signed_terms
 from a402.client.budget import Budget
 from a402.client.choose import choose_within
 from a402.client.errors import PaymentError, PaymentRefused
@@ -59,6 +64,7 @@ from a402.client.limits import MaxAmount, as_max_amount
 from a402.client.records import Payment, PaymentStatus
 from a402.client.wallet import Wallet
 from a402.evm.address import address_key
+from a402.exact.upto import SCHEME_UPTO
 from a402.mcp import wire
 from a402.mcp.paywall import RETRYABLE
 from a402.wire.x402 import PaymentPayload, PaymentRequired, SettleResponse
@@ -116,7 +122,8 @@ def call_key(name: str, arguments: Mapping[str, Any] | None) -> str:
 
 
 class PayingMCPSession:
-    """Wraps an initialized ``mcp.ClientSession``; pays x402 ``exact`` tool prices.
+    """Wraps an initialized ``mcp.ClientSession``; pays x402 ``exact`` and ``upto`` tool
+    prices.
 
     ``max_per_request``: atomic units (int, any asset), asset → units, or a
     :class:`~a402.client.limits.MaxAmount`; required unless ``mandate`` is given (then
@@ -212,9 +219,9 @@ class PayingMCPSession:
                 extensions=copy.deepcopy(required.extensions),
                 valid_for=min(offer.view.max_timeout_seconds, self.max_validity))
             assert isinstance(payload, PaymentPayload)
-            auth = payload.payload["authorization"]
-            if (int(auth["value"]) != offer.amount
-                    or address_key(auth["to"]) != address_key(offer.pay_to)):
+            signed = _signed_terms(payload.payload)  # exact: the value; upto: the maximum
+            if (signed.amount != offer.amount
+                    or address_key(signed.pay_to) != address_key(offer.pay_to)):
                 raise ValueError("signed value/recipient differ from the offer")
         except Exception as e:
             give_back()
@@ -222,7 +229,7 @@ class PayingMCPSession:
                                  offered=required.accepts) from e
         payment = Payment(
             method="tools/call", url=url, offer=offer, payer=self.wallet.address,
-            nonce=auth["nonce"], valid_before=int(auth["validBefore"]),
+            nonce=signed.nonce, valid_before=signed.valid_before,
             header_name=wire.PAYMENT_META_KEY, header_value=payload.to_json(),
             reservation=reservation)
         if held is not None:
@@ -362,6 +369,7 @@ def _conclude(payment: Payment, result: types.CallToolResult) -> PaymentRequired
     """Record what the server said about ``payment``; the payment-required answer if any."""
     receipt = wire.receipt_of(result)
     required = wire.required_of(result)
+    upto = payment.offer.view.scheme == SCHEME_UPTO
     payment.receipt = receipt
     if required is not None:
         payment.status = PaymentStatus.REJECTED
@@ -369,12 +377,19 @@ def _conclude(payment: Payment, result: types.CallToolResult) -> PaymentRequired
         if failed is not None:
             payment.receipt = failed
         payment.reason = required.error or "payment_rejected"
-    elif receipt is not None and receipt.success and receipt.transaction:
+    elif receipt is not None and receipt.success and (
+            receipt.transaction or _settled_nothing(payment, receipt)):
         if receipt.payer and address_key(receipt.payer) != address_key(payment.payer):
             payment.status, payment.reason = PaymentStatus.UNCONFIRMED, "receipt_payer_mismatch"
         elif receipt.network != payment.network:
             payment.status, payment.reason = (PaymentStatus.UNCONFIRMED,
                                               "receipt_network_mismatch")
+        elif upto and payment.charged is None:
+            payment.status, payment.reason = (PaymentStatus.UNCONFIRMED,
+                                              "receipt_without_amount")
+        elif upto and (payment.charged or 0) > payment.amount:
+            payment.status, payment.reason = (PaymentStatus.UNCONFIRMED,
+                                              "receipt_amount_above_maximum")
         else:
             payment.status, payment.reason = PaymentStatus.SETTLED, None
     else:
@@ -388,6 +403,11 @@ def _conclude(payment: Payment, result: types.CallToolResult) -> PaymentRequired
     return required
 
 
+def _settled_nothing(payment: Payment, receipt: SettleResponse) -> bool:
+    """An ``upto`` payment settled for 0: a success with no transaction (none is sent)."""
+    return payment.offer.view.scheme == SCHEME_UPTO and receipt.amount == "0"
+
+
 def mcp_record(*, mandate: str, agent: str, url: str, tool: str,
                arguments: Mapping[str, Any] | None, payload: PaymentPayload,
                settlement: SettleResponse | None, status: str,
@@ -396,14 +416,14 @@ def mcp_record(*, mandate: str, agent: str, url: str, tool: str,
     the request is the tool call at the server's resource ``url``; the result its hash."""
     from a402.client.audit import sha256_hex
 
-    auth = payload.payload.get("authorization", {})
+    signed = _signed_terms(payload.payload)
     call = json.dumps({"name": tool, "arguments": arguments or {}}, sort_keys=True,
                       separators=(",", ":"), default=str).encode()
     return {
-        "mandate": mandate, "agent": agent, "scheme": "exact",
+        "mandate": mandate, "agent": agent, "scheme": payload.accepted.scheme,
         "request": {"method": "MCP", "url": url, "tool": tool, "hash": sha256_hex(call)},
-        "payment": {"payload": payload.to_wire(), "amount": str(auth.get("value")),
-                    "payee": auth.get("to"), "network": payload.accepted.network,
+        "payment": {"payload": payload.to_wire(), "amount": str(signed.amount),
+                    "payee": signed.pay_to, "network": payload.accepted.network,
                     "asset": payload.accepted.asset},
         "settlement": None if settlement is None else settlement.to_wire(),
         "status": status,
