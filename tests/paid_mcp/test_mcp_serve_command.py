@@ -151,8 +151,10 @@ async def test_mcp_serve_on_stdio_in_front_of_an_http_server(
     (["--upstream", "http://127.0.0.1:1/mcp", "--tool", "forecast"], "is not 'NAME=PRICE'"),
     (["--upstream", "http://127.0.0.1:1/mcp", "--tool", "forecast=0.0000001"],
      "decimals"),
-    (["--upstream", "http://127.0.0.1:1/mcp", "--tool", "forecast=upto:0.01"],
-     "not built for MCP tools yet"),
+    (["--upstream", "http://127.0.0.1:1/mcp", "--tool", "forecast=a402:0.01"],
+     "does not take A402 channel payments"),
+    (["--upstream", "http://127.0.0.1:1/mcp", "--tool", "forecast=upto:0.01/0.02"],
+     "exceeds the maximum"),
     (["--upstream", "http://127.0.0.1:1/mcp", "--tool", "forecast=0.01",
       "--tool", "forecast=0.02"], "priced twice"),
 ])

@@ -239,7 +239,8 @@ async def test_protect_reads_the_usage_a_tool_reports_while_it_runs(
     ("t=exact:0.01/0.001", "for 'upto' prices only"),
     ("t=upto:0.01/0.02", "exceeds the maximum"),
     ("t=upto:0.01/0", "positive"),
-    ("t=a402:0.01", "not built for MCP tools yet"),
+    ("t=a402:0.01/0.001", "for 'upto' prices only"),
+    ("t=batch:0.01", "unknown scheme"),
 ])
 def test_bad_upto_prices_are_refused_with_a_reason(spec: str, error: str) -> None:
     with pytest.raises(PriceError, match=error):

@@ -29,6 +29,18 @@ failed and was not charged, says the server) ``unconfirmed``. The amount stays i
 budget in every case: the signed authorization could be settled until it expires, and
 only the chain can say it was not.
 
+With ``vault=`` (a :class:`~a402.client.vault.VaultClient` or
+:class:`~a402.client.vault.AsyncVaultClient`), a tool priced ``a402`` is paid inside an
+Atomic Service Channel: the call is sent, as one JSON-RPC ``tools/call``, through the
+vault to the tool's own endpoint the offer names (``extra.mcpUrl``,
+:mod:`a402.mcp.channels`), for at most the offered price (and within ``max_per_request``
+and the budget) and only to the offer's ``payTo``; the provider's enclave releases the
+result against the payment (:class:`PaidToolResult.channel` is the vault's record).
+A vault call that fails raises :class:`~a402.client.vault.VaultCallError` (its reason
+says whether anything may have been paid; the same call again resends nothing new:
+pass its ``idempotencyKey`` to the vault to ask). A mandate is not applied to vault
+payments here: with ``mandate=``, an ``a402`` offer is refused.
+
 One call signs at most one payment. When the server answers "resend the same payment"
 (the facilitator gave no verdict, the settlement is pending, the payment is in use) the
 *same* payload is resent, up to ``retries`` times; a paid call that got no answer at all,
@@ -40,6 +52,7 @@ so a retry never pays twice.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import logging
@@ -59,15 +72,18 @@ from a402.client import errors
 from a402.client.auth import _signed_terms
 from a402.client.budget import Budget
 from a402.client.choose import choose_within
-from a402.client.errors import PaymentError, PaymentRefused
+from a402.client.errors import BudgetExceeded, PaymentError, PaymentRefused
 from a402.client.limits import MaxAmount, as_max_amount
 from a402.client.records import Payment, PaymentStatus
+from a402.client.vault import AsyncVaultClient, VaultCallError, VaultClient, VaultResult
 from a402.client.wallet import Wallet
 from a402.evm.address import address_key
 from a402.exact.upto import SCHEME_UPTO
 from a402.mcp import wire
 from a402.mcp.paywall import RETRYABLE
-from a402.wire.x402 import PaymentPayload, PaymentRequired, SettleResponse
+from a402.wire import vault_api
+from a402.wire.jsonstrict import DEFAULT_LIMITS, loads_object
+from a402.wire.x402 import PaymentPayload, PaymentRequired, PaymentRequirements, SettleResponse
 
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
@@ -103,6 +119,8 @@ class PaidToolResult:
 
     result: types.CallToolResult
     payment: Payment | None = None
+    channel: VaultResult | None = None
+    """A tool priced ``a402``: the vault's record of the call (outcome, amount, receipt)."""
 
     @property
     def receipt(self) -> SettleResponse | None:
@@ -110,7 +128,10 @@ class PaidToolResult:
 
     @property
     def paid(self) -> bool:
-        """True only if the server returned a successful receipt for our payment."""
+        """True only if the server returned a successful receipt for our payment (or the
+        vault says the channel paid for the result it delivered)."""
+        if self.channel is not None:
+            return self.channel.outcome == vault_api.PAID
         return self.payment is not None and self.payment.status == PaymentStatus.SETTLED
 
 
@@ -142,8 +163,10 @@ class PayingMCPSession:
         retries: int = 3,
         retry_delay: float = 1.0,
         history: int | None = DEFAULT_HISTORY,
+        vault: VaultClient | AsyncVaultClient | None = None,
     ) -> None:
         self.session = session
+        self.vault = vault
         self.wallet = wallet if isinstance(wallet, Wallet) else Wallet(wallet)
         if max_per_request is None:
             if mandate is None:
@@ -195,11 +218,70 @@ class PayingMCPSession:
         else:
             if required is None:
                 return PaidToolResult(result)
+        channel = _channel_offer(required) if self.vault is not None else None
+        if channel is not None:
+            return await self._pay_in_channel(name, arguments, required, channel)
         payment, payload = self._pay(name, arguments, required)
         return await self._send_paid(name, arguments, key, payment, payload,
                                      timeout=read_timeout_seconds)
 
     # --- paying
+
+    async def _pay_in_channel(self, name: str, arguments: dict[str, Any] | None,
+                              required: PaymentRequired, offer: PaymentRequirements
+                              ) -> PaidToolResult:
+        """Send the call through the vault to the tool's endpoint, paid in a channel.
+
+        The vault pays at most ``offer.amount`` (``max_price``) and only ``offer.payTo``
+        (signed into the call); the price counts against the per-call maximum and the
+        budget first, and stays in the budget unless the vault says nothing was paid."""
+        assert self.vault is not None
+        url = str((offer.extra or {}).get(MCP_URL_KEY) or "")
+        amount = offer.amount_int
+        offered = required.accepts
+        if not url.startswith(("http://", "https://")):
+            raise PaymentRefused(errors.NO_ACCEPTABLE_REQUIREMENT,
+                                 "the a402 offer names no endpoint (extra.mcpUrl)",
+                                 url=url, offered=offered)
+        if self.mandate is not None:
+            raise PaymentRefused(errors.NO_ACCEPTABLE_REQUIREMENT, "a mandate is not applied to "
+                                 "vault payments of MCP tools; nothing was paid", url=url,
+                                 offered=offered)
+        cap = self.max_amount(offer)
+        if cap is None or amount > cap:
+            raise PaymentRefused(errors.PRICE_ABOVE_MAXIMUM,
+                                 f"{amount} > maximum {cap}; nothing was paid", url=url,
+                                 offered=offered)
+        reservation = None
+        if self.budget is not None:
+            try:
+                reservation = self.budget.reserve(offer.asset, amount)
+            except BudgetExceeded as e:
+                raise PaymentRefused(errors.BUDGET_EXHAUSTED, f"{e}; nothing was paid",
+                                     url=url, offered=offered) from e
+        call = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                           "params": {"name": name, "arguments": arguments or {}}},
+                          separators=(",", ":")).encode()
+        how: dict[str, Any] = {
+            "method": "POST", "content": call, "max_price": amount, "pay_to": offer.pay_to,
+            "headers": [(b"content-type", b"application/json"),
+                        (b"accept", b"application/json")]}
+        try:
+            if isinstance(self.vault, AsyncVaultClient):
+                answer = await self.vault.invoke(url, **how)
+            else:
+                answer = await anyio.to_thread.run_sync(
+                    functools.partial(self.vault.invoke, url, **how))
+        except VaultCallError as e:
+            if reservation is not None and self.budget is not None and e.reason not in (
+                    vault_api.PAYMENT_PENDING, vault_api.REPLAYED_CALL, "key_of_another_life"):
+                self.budget.release(reservation)  # the vault says nothing was paid
+            raise
+        assert isinstance(answer, VaultResult)
+        if answer.outcome != vault_api.PAID and reservation is not None \
+                and self.budget is not None and answer.outcome != vault_api.PENDING:
+            self.budget.release(reservation)
+        return PaidToolResult(_channel_result(answer), channel=answer)
 
     def _pay(self, name: str, arguments: dict[str, Any] | None, required: PaymentRequired
              ) -> tuple[Payment, PaymentPayload]:
@@ -359,6 +441,36 @@ class PayingMCPSession:
         except Exception as e:
             log.error("a paid tool call's payment was signed and sent, but its outcome "
                       "could not be recorded (%s: %s)", type(e).__name__, e)
+
+
+MCP_URL_KEY: Final = "mcpUrl"
+"""The ``a402`` offer's ``extra`` key naming the tool's endpoint (:mod:`a402.mcp.channels`)."""
+
+
+def _channel_offer(required: PaymentRequired) -> PaymentRequirements | None:
+    """The ``a402`` entry of an offer that names a tool endpoint, if any."""
+    for offer in required.accepts:
+        if isinstance(offer, PaymentRequirements) and offer.scheme == "a402" \
+                and isinstance((offer.extra or {}).get(MCP_URL_KEY), str):
+            return offer
+    return None
+
+
+def _channel_result(answer: VaultResult) -> types.CallToolResult:
+    """The tool's result in the endpoint's JSON-RPC answer (a failed tool's too); an
+    answer that is none is an error result saying what came back."""
+    try:
+        body = loads_object(answer.content, limits=DEFAULT_LIMITS)
+        if isinstance(body.get("result"), dict):
+            return types.CallToolResult.model_validate(body["result"])
+        error = body.get("error")
+        text = (str(error.get("message")) if isinstance(error, dict)
+                else str(body.get("message") or body.get("error") or ""))
+    except Exception as e:
+        text = f"an unreadable answer ({type(e).__name__})"
+    return types.CallToolResult(content=[types.TextContent(
+        type="text", text=f"HTTP {answer.status} ({answer.outcome}): {text}"[:2000])],
+        isError=True)
 
 
 def _no_answer(error: Exception) -> tuple[str, str]:

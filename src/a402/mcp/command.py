@@ -6,7 +6,9 @@
         --manifest .a402/devnet.json --facilitator http://127.0.0.1:4021 --stdio
 
 As ``a402 gateway`` does for HTTP: the protected server is not changed. Each ``--tool``
-prices one tool in token units (``NAME=PRICE``, or ``NAME=exact:PRICE``); the other tools
+prices one tool in token units (``NAME=PRICE``, or ``NAME=exact:PRICE``; or, billed by
+use, ``NAME=upto:MAX`` or ``NAME=upto:MAX/UNIT``: the upstream reports the units a call
+used in its result's ``_meta["a402/usage"]``, :mod:`a402.mcp.usage`); the other tools
 are free. The proxy serves streamable HTTP at ``http://HOST:PORT/mcp`` (or, with
 ``--stdio``, MCP over this process's stdin/stdout). Its replay ledger (``--ledger-db``)
 must be shared (one PostgreSQL URL) by every process paid to the same ``--pay-to`` that
@@ -38,7 +40,8 @@ class McpUpstreamOptions:
              "it runs with this process's environment)")
     tool: tuple[str, ...] = setting(
         (), metavar="'NAME=PRICE'",
-        help="a paid tool and its price in token units; repeat for more")
+        help="a paid tool and its price in token units (or 'NAME=upto:MAX/UNIT', billed "
+             "by the units its result reports in _meta['a402/usage']); repeat for more")
     facilitator: str = setting(help="x402 facilitator URL")
 
 
@@ -134,6 +137,11 @@ def run_mcp_serve(args: argparse.Namespace) -> int:
         prices = [parse_tool_spec(spec, token.decimals) for spec in upstream_options.tool]
     except PriceError as e:
         return fail(str(e))
+    channel_priced = [p.tool for p in prices if p.scheme == "a402"]
+    if channel_priced:
+        return fail(f"tool {channel_priced[0]!r}: a402 mcp serve does not take A402 channel "
+                    "payments yet (price it 'exact' or 'upto'; in a server of your own, "
+                    "a402.mcp.channels.ToolChannels sells 'a402' tools)")
     try:
         chain_id = evm_chain_id(network)
     except WireError as e:
@@ -148,6 +156,9 @@ def run_mcp_serve(args: argparse.Namespace) -> int:
         return fail(str(e))
     announcement = {"upstream": str(upstream), "network": network, "asset": token.address,
                     "payTo": pay_to, "tools": {p.tool: str(p.amount) for p in prices}}
+    if any(p.scheme != "exact" for p in prices):  # upto: the maximum and the unit price
+        announcement["schemes"] = {p.tool: p.scheme if p.scheme != "upto"
+                                   else f"upto, {p.unit} per unit" for p in prices}
     if serve.stdio:
         import anyio
 

@@ -58,7 +58,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import anyio
 import anyio.lowlevel
@@ -96,7 +96,7 @@ from a402.exact.serve import (
 from a402.exact.upto import SCHEME_UPTO, TRANSFER_METHOD_PERMIT2, UptoEvmPayload
 from a402.facilitator.client import FacilitatorClient, FacilitatorError
 from a402.mcp import wire
-from a402.mcp.prices import ToolPrice, price_table
+from a402.mcp.prices import SCHEME_A402, ToolPrice, price_table
 from a402.mcp.usage import USAGE_UNREADABLE, UsageError, collecting, take_usage, without_usage
 from a402.observe import Observer
 from a402.provider import responses
@@ -115,6 +115,14 @@ from a402.wire.x402 import (
 )
 
 log = logging.getLogger("a402.mcp")
+
+
+class ChannelOffers(Protocol):
+    """Where a tool priced ``a402`` is sold (:class:`a402.mcp.channels.ToolChannels`)."""
+
+    def requirement(self, tool: str, base_url: str | None) -> PaymentRequirements:
+        """The ``a402`` offer for one call of ``tool``; WireError if it cannot be made."""
+        ...
 
 RunTool = Callable[[], Awaitable[types.CallToolResult]]
 """Runs the tool once and returns its result (an exception counts as a tool failure)."""
@@ -212,6 +220,8 @@ class ToolPaywall:
         #: The address our facilitator settles ``upto`` with (its ``/supported``), which
         #: payers bind their signature to; asked on the first call of an upto tool.
         self._upto_facilitator: str | None = None
+        #: Tools priced ``a402``: their channel offers (set by :class:`ToolChannels`).
+        self.channels: ChannelOffers | None = None
 
     @property
     def facilitator(self) -> FacilitatorClient:
@@ -289,10 +299,37 @@ class ToolPaywall:
             required = required.model_copy(update=extra)
         return wire.payment_required_result(required)
 
+    def _channel_offer(self, tool: str, meta: Mapping[str, Any] | None,
+                       base_url: str | None) -> types.CallToolResult:
+        """A tool priced ``a402`` is sold only inside a channel, at its own endpoint
+        (:mod:`a402.mcp.channels`): its call here never runs it; it is answered with the
+        ``a402`` offer (a payment sent here is refused: it would buy nothing)."""
+        if self.channels is None:
+            return wire.error_result("a402_unavailable", f"tool {tool!r} is priced 'a402' but "
+                                     "this server takes no channel payments; nothing was run "
+                                     "or charged")
+        try:
+            offer = self.channels.requirement(tool, base_url)
+        except WireError as e:
+            return wire.error_result(e.reason, e.message)
+        price = self.prices[tool]
+        endpoint = (offer.extra or {}).get("mcpUrl")
+        paid = meta is not None and wire.PAYMENT_META_KEY in meta
+        reason = wire_errors.UNSUPPORTED_SCHEME if paid else responses.PAYMENT_REQUIRED_REASON
+        required = PaymentRequired(
+            error=reason, resource=self.resource(tool), accepts=[offer],
+            message=(f"tool {tool!r} costs {price.amount} atomic units of "
+                     f"{self.token.symbol or self.asset}, paid only inside an A402 channel "
+                     f"through a vault: invoke POST {endpoint}"
+                     + ("; the payment in _meta was not used: nothing was charged"
+                        if paid else "")))
+        return wire.payment_required_result(required)
+
     # ------------------------------------------------------------------ one call
 
     async def call(self, tool: str, meta: Mapping[str, Any] | None, run: RunTool,
-                   arguments: Mapping[str, Any] | None = None) -> types.CallToolResult:
+                   arguments: Mapping[str, Any] | None = None, *,
+                   base_url: str | None = None) -> types.CallToolResult:
         """Answer one ``tools/call`` of ``tool`` whose request ``_meta`` is ``meta``;
         ``run`` runs the tool (at most once per call, only after ``/verify`` accepted the
         payment). ``arguments`` are the call's: a resend of a settled payment gets the
@@ -300,6 +337,8 @@ class ToolPaywall:
         raises for anything the caller sent."""
         if tool not in self.prices:
             return await run()
+        if self.prices[tool].scheme == SCHEME_A402:
+            return self._channel_offer(tool, meta, base_url)
         if self.prices[tool].scheme == SCHEME_UPTO:
             unknown = await self._upto_ready()
             if unknown is not None:

@@ -11,9 +11,11 @@ A price names its scheme:
   is one atomic unit of the token), capped at the maximum, never above it. A tool that
   reports nothing is charged the maximum (as the x402 SDKs do); a charge of 0 sends no
   transaction.
-- ``a402`` (paid inside an Atomic Service Channel through a vault) is a name a price
-  may carry so that a paywall can grow it; it is refused today with a clear error
-  rather than served as another scheme.
+- ``name=a402:0.001``: paid inside an Atomic Service Channel through the payer's vault,
+  at the tool's own endpoint (:mod:`a402.mcp.channels`): the enclave seals the result
+  and releases it against the payment, atomically. A paywall with such a tool needs
+  :class:`~a402.mcp.channels.ToolChannels` (the provider's A402 side); without it the
+  tool answers ``a402_unavailable`` and never runs.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from a402.exact.eip3009 import SCHEME_EXACT
 from a402.exact.upto import SCHEME_UPTO
 from a402.provider.routes import Price, RouteError, to_atomic
 
-SCHEMES_BUILT: Final = (SCHEME_EXACT, SCHEME_UPTO)
-SCHEMES_PLANNED: Final = ("a402",)
+SCHEME_A402: Final = "a402"
+SCHEMES_BUILT: Final = (SCHEME_EXACT, SCHEME_UPTO, SCHEME_A402)
+SCHEMES_PLANNED: Final[tuple[str, ...]] = ()
 MAX_TOOL_NAME: Final = 128
 """MCP tool names are short identifiers; a longer one is a typo or an attack."""
 
