@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,8 @@ from mcp.server.fastmcp import FastMCP
 from a402.client.errors import PaymentRefused
 from a402.mcp import PayingMCPSession, ToolPaywall, ToolPrice, protect
 from a402.mcp.channels import CHANNEL_PREFIX, ToolChannels
+from a402.mcp.prices import parse_tool_spec
+from a402.mcp.proxy import Upstream, proxy_app
 from a402.mcp.wire import PAYMENT_META_KEY, required_of
 from a402.provider.a402_config import A402Config
 from a402.provider.a402_store import SqlChannelStore
@@ -36,6 +39,7 @@ from tests.a402_exchange.helpers import (
     World,
     fresh_account,
 )
+from tests.paid_mcp import weather_server
 from tests.paid_mcp.helpers import mcp_session, text_of
 from tests.servers import serve
 
@@ -54,6 +58,18 @@ def anyio_backend() -> str:
 class Site:
     def __init__(self, url: str, operator: LocalAccount, runs: list[str]) -> None:
         self.url, self.operator, self.runs = url, operator, runs
+
+
+def provider_side(world: World) -> tuple[A402Config, LocalAccount]:
+    """The provider's A402 side (as ``a402 gateway --a402`` builds it) for a new operator."""
+    operator = fresh_account(world.chain)
+    return A402Config(
+        enclave=world.platform.launch(PROVIDER_CODE, allowed_purposes=PROVIDER_PURPOSES),
+        operator=operator, chain=world.chain, manager=world.manager.address,
+        vault_policy=AttestationPolicy(frozenset({VAULT_CODE})), verifiers=[world.verifier],
+        store=SqlChannelStore(f"sqlite:///{world.tmp}/provider-{operator.address}.db"),
+        timeouts=ChannelTimeouts(ack_timeout=30.0, lock_timeout=PROVIDER_LOCK),
+        watching=Watching(poll_interval=0.1)), operator
 
 
 @pytest.fixture
@@ -75,14 +91,7 @@ def site(world: World) -> Iterator[Site]:
         """Free."""
         return text
 
-    operator = fresh_account(world.chain)
-    config = A402Config(
-        enclave=world.platform.launch(PROVIDER_CODE, allowed_purposes=PROVIDER_PURPOSES),
-        operator=operator, chain=world.chain, manager=world.manager.address,
-        vault_policy=AttestationPolicy(frozenset({VAULT_CODE})), verifiers=[world.verifier],
-        store=SqlChannelStore(f"sqlite:///{world.tmp}/provider-{operator.address}.db"),
-        timeouts=ChannelTimeouts(ack_timeout=30.0, lock_timeout=PROVIDER_LOCK),
-        watching=Watching(poll_interval=0.1))
+    config, operator = provider_side(world)
     paywall = ToolPaywall([ToolPrice("forecast", PRICE, "a402")], pay_to=operator.address,
                           token=world.token_info, network=world.chain.network,
                           facilitator=UNUSED_FACILITATOR)
@@ -171,3 +180,33 @@ async def test_a_payment_in_meta_buys_nothing_and_a_client_without_a_vault_refus
     assert capped.value.reason == "price_above_maximum"
     assert site.runs == []
     assert world.balance(payer.address) == 10_000
+
+
+async def test_a402_mcp_serve_sells_an_unchanged_servers_tool_in_a_channel(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The paywall proxy (``a402 mcp serve``) in front of an MCP server that knows nothing
+    of payments: its ``forecast`` priced a402, ``echo`` free; paid through the vault, the
+    payout on-chain after the close."""
+    runs = tmp_path / "runs.txt"
+    monkeypatch.setenv("WEATHER_RUNS", str(runs))
+    config, operator = provider_side(world)
+    paywall = ToolPaywall([parse_tool_spec("forecast=a402:0.001", 6)], pay_to=operator.address,
+                          token=world.token_info, network=world.chain.network,
+                          facilitator=UNUSED_FACILITATOR,
+                          ledger=f"sqlite:///{tmp_path / 'ledger.db'}")
+    with serve(weather_server.app()) as upstream, \
+            serve(proxy_app(Upstream.http(upstream + "/mcp"), paywall, a402=config)) as base, \
+            running_vault(world) as vault:
+        account, client = client_of(world, vault, funds=100_000, deposit=50_000)
+        async with mcp_session(base + "/mcp") as session:
+            paying = PayingMCPSession(session, account, max_per_request=PRICE, vault=client)
+            answer = await paying.call_tool("forecast", {"city": "Lima"})
+            free = await paying.call_tool("echo", {"text": "hi"})
+        assert answer.paid and text_of(answer.result) == "sunny in Lima, 21 C"
+        assert answer.channel is not None and answer.channel.amount == PRICE
+        assert not free.paid and text_of(free.result) == "hi"
+        assert runs.read_text().split() == ["forecast", "echo"]
+        [channel] = client.account_info()["channels"]
+        closed = client.close_channel(channel["channelId"])
+        assert closed["providerPayout"] == str(PRICE)
+        assert world.balance(operator.address) == PRICE

@@ -69,7 +69,8 @@ def channel_path(tool: str) -> str:
 
 class ToolChannels:
     """Take A402 channel payments for ``paywall``'s tools priced ``a402`` on ``server``
-    (a FastMCP or low-level ``Server`` already behind ``paywall`` by :func:`protect`).
+    (a FastMCP or low-level ``Server`` already behind ``paywall`` by :func:`protect`; or
+    None, and :meth:`bind` it once it exists: until then the endpoints answer 503).
 
     ``config`` is the provider's A402 side, as for ``a402 gateway``. ``public_url``: the
     base URL payers reach this server at (else each offer names the base URL the MCP
@@ -84,7 +85,7 @@ class ToolChannels:
             raise ValueError("no tool of this paywall is priced 'a402'")
         self.paywall = paywall
         self.public_url = public_url.rstrip("/") if public_url else None
-        self.calls = _ToolCalls(inner_handler(server), set(tools))
+        self.calls = _ToolCalls(None if server is None else inner_handler(server), set(tools))
         facilitator = paywall._facilitator if paywall._facilitator is not None \
             else str(paywall._facilitator_url)
         self.payments = PaymentMiddleware(
@@ -94,6 +95,10 @@ class ToolChannels:
             max_timeout_seconds=paywall.max_timeout_seconds)
         self.app = A402Payments(self.payments, config)
         paywall.channels = self
+
+    def bind(self, server: Any) -> None:
+        """Run the paid calls on ``server`` (protected by the paywall) from now on."""
+        self.calls.handler = inner_handler(server)
 
     def requirement(self, tool: str, base_url: str | None) -> PaymentRequirements:
         """The ``a402`` offer for one call of ``tool``: the provider's, plus its endpoint."""
@@ -157,6 +162,11 @@ class _ToolCalls:
         if tool is None or scope["method"] != "POST":
             await send_error(send, 404, "not_found", "no a402 tool at this path")
             return
+        handler = self.handler
+        if handler is None:  # a status >= 400: nothing is charged
+            await send_error(send, 503, "not_started", "the MCP server is not started yet; "
+                             "nothing was run or charged")
+            return
         try:
             body = await read_body(receive, DEFAULT_LIMITS.max_bytes)
         except ConnectionError:
@@ -170,7 +180,7 @@ class _ToolCalls:
         request = types.CallToolRequest(method="tools/call", params=types.CallToolRequestParams(
             name=tool, arguments=params))
         try:
-            answer = (await self.handler(request)).root
+            answer = (await handler(request)).root
         except Exception as e:  # the tool's failure: answered >= 400, so not charged
             await _respond(send, TOOL_FAILED_STATUS, {
                 "jsonrpc": "2.0", "id": request_id,
