@@ -9,7 +9,9 @@ As ``a402 gateway`` does for HTTP: the protected server is not changed. Each ``-
 prices one tool in token units (``NAME=PRICE``, or ``NAME=exact:PRICE``; or, billed by
 use, ``NAME=upto:MAX`` or ``NAME=upto:MAX/UNIT``: the upstream reports the units a call
 used in its result's ``_meta["a402/usage"]``, :mod:`a402.mcp.usage`); the other tools
-are free. The proxy serves streamable HTTP at ``http://HOST:PORT/mcp`` (or, with
+are free; ``NAME=a402:PRICE`` (with ``--a402`` and its flags, as for ``a402 gateway``)
+sells a tool inside Atomic Service Channels, at ``POST /mcp/a402/NAME``, paid by vaults
+(:mod:`a402.mcp.channels`). The proxy serves streamable HTTP at ``http://HOST:PORT/mcp`` (or, with
 ``--stdio``, MCP over this process's stdin/stdout). Its replay ledger (``--ledger-db``)
 must be shared (one PostgreSQL URL) by every process paid to the same ``--pay-to`` that
 could receive the same payment, as the gateway's.
@@ -24,7 +26,8 @@ import shlex
 import sys
 from dataclasses import dataclass
 
-from a402.provider.command import TokenOptions
+from a402.provider.command import A402Options, AttestationOptions, TokenOptions
+from a402.provider.settings import ChannelTimeouts
 from a402.settings import add_flags, chain_data_default, chain_data_url, from_args, setting
 
 
@@ -67,6 +70,8 @@ class McpServeOptions:
 #: ``a402 mcp serve``'s flags, one group each.
 FLAG_GROUPS: tuple[tuple[str, type], ...] = (
     ("upstream", McpUpstreamOptions), ("token", TokenOptions), ("serving", McpServeOptions),
+    ("A402 channel payments (tools priced 'a402')", A402Options),
+    ("A402 attestation", AttestationOptions), ("A402 timeouts", ChannelTimeouts),
 )
 
 
@@ -127,10 +132,12 @@ def run_mcp_serve(args: argparse.Namespace) -> int:
                                 f"{'; '.join(conflicts)} contradict: drop them or --manifest")
         token, network = manifest.token, manifest.network
         pay_to = charge.pay_to or manifest.account("provider").address
+        contracts: dict[str, str] | None = manifest.contracts
     elif charge.asset and charge.network and charge.pay_to:
         token = TokenInfo(charge.asset, charge.asset_name, "", charge.asset_version,
                           charge.decimals)
         network, pay_to = charge.network, charge.pay_to
+        contracts = None
     else:
         return fail("give --manifest, or --asset, --network and --pay-to")
     try:
@@ -138,10 +145,29 @@ def run_mcp_serve(args: argparse.Namespace) -> int:
     except PriceError as e:
         return fail(str(e))
     channel_priced = [p.tool for p in prices if p.scheme == "a402"]
-    if channel_priced:
-        return fail(f"tool {channel_priced[0]!r}: a402 mcp serve does not take A402 channel "
-                    "payments yet (price it 'exact' or 'upto'; in a server of your own, "
-                    "a402.mcp.channels.ToolChannels sells 'a402' tools)")
+    channels = None
+    if args.a402:
+        from a402.provider.command import GatewayUsageError, a402_gateway
+
+        if not channel_priced:
+            return fail("--a402 sells the tools priced 'a402' (--tool 'NAME=a402:PRICE'): "
+                        "price one")
+        if serve.stdio:
+            return fail("tools priced 'a402' are sold at HTTP endpoints: drop --stdio")
+        try:
+            channels = a402_gateway(args, token=token.address, network=network,
+                                    manifest_contracts=contracts)
+        except GatewayUsageError as e:
+            return fail(str(e))
+    elif channel_priced:
+        return fail(f"tool {channel_priced[0]!r} is priced 'a402': sold only in A402 channels, "
+                    "which need --a402 (and its flags, as for a402 gateway)")
+    else:
+        from a402.provider.command import a402_only_flags_given
+
+        stray = a402_only_flags_given(args)
+        if stray:
+            return fail(f"{', '.join(stray)}: only with --a402")
     try:
         chain_id = evm_chain_id(network)
     except WireError as e:
@@ -155,7 +181,8 @@ def run_mcp_serve(args: argparse.Namespace) -> int:
     except ValueError as e:
         return fail(str(e))
     announcement = {"upstream": str(upstream), "network": network, "asset": token.address,
-                    "payTo": pay_to, "tools": {p.tool: str(p.amount) for p in prices}}
+                    "payTo": pay_to, "tools": {p.tool: str(p.amount) for p in prices},
+                    **(channels.announcement if channels is not None else {})}
     if any(p.scheme != "exact" for p in prices):  # upto: the maximum and the unit price
         announcement["schemes"] = {p.tool: p.scheme if p.scheme != "upto"
                                    else f"upto, {p.unit} per unit" for p in prices}
@@ -176,6 +203,8 @@ def run_mcp_serve(args: argparse.Namespace) -> int:
     def announce() -> None:  # once the upstream answered: a failed start never announces
         print(json.dumps({**announcement, "mcp": url}), file=sys.stderr, flush=True)
 
-    serve_app(proxy_app(upstream, paywall, on_ready=announce), host=serve.host,
+    serve_app(proxy_app(upstream, paywall, on_ready=announce,
+                        a402=channels.config if channels is not None else None),
+              host=serve.host,
               port=serve.port, log_level="info" if args.verbose else "warning")
     return 0
