@@ -14,8 +14,9 @@ A price names its scheme:
 - ``name=a402:0.001``: paid inside an Atomic Service Channel through the payer's vault,
   at the tool's own endpoint (:mod:`a402.mcp.channels`): the enclave seals the result
   and releases it against the payment, atomically. A paywall with such a tool needs
-  :class:`~a402.mcp.channels.ToolChannels` (the provider's A402 side); without it the
-  tool answers ``a402_unavailable`` and never runs.
+  :class:`~a402.mcp.channels.ToolChannels` (the provider's A402 side: ``a402 mcp serve
+  --a402``, or ``proxy_app(a402=...)``); without it the tool answers
+  ``a402_unavailable`` and never runs.
 """
 
 from __future__ import annotations
