@@ -210,3 +210,42 @@ async def test_a402_mcp_serve_sells_an_unchanged_servers_tool_in_a_channel(
         closed = client.close_channel(channel["channelId"])
         assert closed["providerPayout"] == str(PRICE)
         assert world.balance(operator.address) == PRICE
+
+
+@pytest.mark.parametrize(("body", "status", "reason"), [
+    (b"not json", 400, "wrong_tool_call"),
+    (b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}', 400, "wrong_tool_call"),
+    (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"forecast",'
+     b'"arguments":[1]}}', 400, "wrong_tool_call"),
+    (b'{"jsonrpc":"2.0","id":true,"method":"tools/call","params":{"name":"forecast"}}',
+     400, "wrong_tool_call"),
+    (b"[" * 100_000, 400, "json_too_deep"),
+    (b'{"a":"' + b"x" * (2 << 20) + b'"}', 413, "request_too_large"),
+])
+def test_the_tool_endpoint_refuses_what_is_not_one_call_of_its_tool(
+        body: bytes, status: int, reason: str) -> None:
+    """Straight to the endpoint's app (as the enclave runs it): refused with a status the
+    enclave never charges, and the tool never runs."""
+    import asyncio
+
+    from a402.mcp.channels import _ToolCalls
+
+    calls = _ToolCalls(None, {"forecast"})
+
+    async def never(_: Any) -> Any:
+        raise AssertionError("the tool must not run")
+
+    calls.handler = never
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": f"{CHANNEL_PREFIX}forecast",
+             "headers": []}
+    asyncio.run(calls(scope, receive, send))  # type: ignore[arg-type]
+    assert sent[0]["status"] == status
+    assert json.loads(sent[1]["body"])["error"] == reason

@@ -169,13 +169,13 @@ class _ToolCalls:
             return
         try:
             body = await read_body(receive, DEFAULT_LIMITS.max_bytes)
-        except ConnectionError:
-            return
-        try:
             call = loads_object(body, reason=WRONG_CALL, limits=DEFAULT_LIMITS)
             request_id, params = _tool_call(call, tool)
-        except WireError as e:
-            await send_error(send, 400, e.reason, f"nothing was run or charged: {e.message}")
+        except ConnectionError:
+            return
+        except WireError as e:  # a status >= 400: the enclave charges nothing
+            await send_error(send, getattr(e, "status", 400), e.reason,
+                             f"nothing was run or charged: {e.message}")
             return
         request = types.CallToolRequest(method="tools/call", params=types.CallToolRequestParams(
             name=tool, arguments=params))
