@@ -7,7 +7,10 @@ Server side, :class:`ToolPaywall` prices tools and :func:`protect` puts it in fr
 ``FastMCP`` (or low-level ``Server``); ``a402 mcp serve`` (:mod:`a402.mcp.proxy`) puts it in
 front of any MCP server without changing it. Client side, :class:`PayingMCPSession` wraps
 an ``mcp.ClientSession`` and pays within its limits. Both speak the wire of the official
-``x402.mcp`` (:mod:`a402.mcp.wire`), so either side can be the x402 SDK's.
+``x402.mcp`` (:mod:`a402.mcp.wire`), so either side can be the x402 SDK's. An ``upto``
+tool reports what it used (:mod:`a402.mcp.usage`); a tool priced ``a402`` is sold in
+Atomic Service Channels through the payer's vault (:mod:`a402.mcp.channels`, imported
+on its own: it loads the A402 provider code).
 """
 
 from __future__ import annotations

@@ -44,6 +44,11 @@ and facilitator. What that means for a tool call:
   resend resumes it for exactly that amount (a re-run's new report is ignored), so a
   payer is charged once and never above the signed maximum. A charge of 0 sends no
   transaction; an unreadable report withholds the output and charges nothing.
+- **a402** (a tool priced ``a402:PRICE``): never sold over the session. Its call is
+  answered with the ``a402`` offer of the :class:`ChannelOffers` registered
+  (:class:`a402.mcp.channels.ToolChannels`) and never runs the tool; a payment sent with
+  it is refused (it would buy nothing). Without channels the tool answers
+  ``a402_unavailable``.
 - The resource is the paywall's to name (``mcp://tool/<name>`` by default), never the
   client's unsigned copy: the facilitator binds a settlement to it. A paywall with a
   process-local ledger adds a random fragment of its own to the resource it names to
