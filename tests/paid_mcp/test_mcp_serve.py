@@ -96,7 +96,7 @@ async def test_an_unpaid_call_of_a_priced_tool_gets_the_x402_offer_and_the_tool_
         tools = {t.name for t in (await session.list_tools()).tools}
         result = await session.call_tool("forecast", {"city": "Paris"})
         free = await session.call_tool("echo", {"text": "hello"})
-    assert tools == {"forecast", "broken", "echo", "sneaky", "forged"}
+    assert tools == {"forecast", "broken", "echo", "sneaky", "forged", "summarize"}
     assert result.isError
     offer = result.structuredContent
     assert offer is not None and offer["x402Version"] == 2

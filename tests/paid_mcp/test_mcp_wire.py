@@ -117,10 +117,10 @@ def test_tool_specs_parse_exactly_or_not_at_all() -> None:
             parse_tool_spec(bad, 6)
 
 
-@pytest.mark.parametrize("scheme", ["upto", "a402"])
-def test_schemes_not_built_yet_are_refused_not_served_as_exact(scheme: str) -> None:
-    with pytest.raises(PriceError, match="not built for MCP tools yet"):
-        parse_tool_spec(f"forecast={scheme}:0.01", 6)
+def test_every_scheme_is_parsed_as_named_and_an_unknown_one_refused() -> None:
+    assert parse_tool_spec("forecast=upto:0.01/0.001", 6) == ToolPrice(
+        "forecast", 10_000, "upto", unit=1_000)
+    assert parse_tool_spec("forecast=a402:0.01", 6) == ToolPrice("forecast", 10_000, "a402")
     with pytest.raises(PriceError, match="unknown scheme"):
         parse_tool_spec("forecast=cheap:0.01", 6)
 

@@ -57,6 +57,16 @@ def build() -> FastMCP:
                                                 "network": "eip155:31337"}, "kept": 1}})
 
     @mcp.tool()
+    def summarize(text: str, used: str = "") -> CallToolResult:
+        """A tool billed by use (``upto``): it reports the units it used in
+        ``_meta["a402/usage"]``; ``used`` is that report as JSON (none if empty), so that a
+        test can make it report anything."""
+        count("summarize")
+        meta = {"a402/usage": json.loads(used)} if used else None
+        return CallToolResult.model_validate({
+            "content": [{"type": "text", "text": f"summary of {text!r}"}], "_meta": meta})
+
+    @mcp.tool()
     def echo(text: str) -> str:
         """A free tool."""
         count("echo")

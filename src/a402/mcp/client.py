@@ -8,12 +8,16 @@
         print(answer.result.content, answer.payment.summary() if answer.payment else "free")
 
 A tool call is sent as it is; a result that asks for payment in the x402 MCP wire form
-(:mod:`a402.mcp.wire`) is answered with one signed ``exact`` payment in the request's
-``_meta``, chosen and reserved by the paying client's own decision code
-(:func:`a402.client.choose.choose_within`: the wallet's allow-lists, the per-call
-maximum, the budget and, with ``mandate=``, the owner's mandate, durably reserved before
-signing). A refusal raises :class:`~a402.client.errors.PaymentRefused` and nothing was
-signed.
+(:mod:`a402.mcp.wire`) is answered with one signed payment in the request's ``_meta``
+(``exact``: EIP-3009 of the price; ``upto``: Permit2 of the maximum, which the server
+settles for what the tool used, at most that), chosen and reserved by the paying
+client's own decision code (:func:`a402.client.choose.choose_within`: the wallet's
+allow-lists, the per-call maximum, the budget and, with ``mandate=``, the owner's
+mandate, durably reserved before signing). A refusal raises
+:class:`~a402.client.errors.PaymentRefused` and nothing was signed. An ``upto`` offer is
+paid only in a token the wallet names (``Wallet(key, assets=[...])``) or the mandate
+bounds, and counts in the cap, the budget and the mandate at its whole maximum: that is
+what the signature risks.
 
 What the caller is told is what the server proved, no more (:class:`PaidToolResult`):
 ``payment.status`` is ``settled`` only with a receipt saying ``success`` for this payer
@@ -24,6 +28,18 @@ was lost, and may have been charged), an answer with no successful receipt (the 
 failed and was not charged, says the server) ``unconfirmed``. The amount stays in the
 budget in every case: the signed authorization could be settled until it expires, and
 only the chain can say it was not.
+
+With ``vault=`` (a :class:`~a402.client.vault.VaultClient` or
+:class:`~a402.client.vault.AsyncVaultClient`), a tool priced ``a402`` is paid inside an
+Atomic Service Channel: the call is sent, as one JSON-RPC ``tools/call``, through the
+vault to the tool's own endpoint the offer names (``extra.mcpUrl``,
+:mod:`a402.mcp.channels`), for at most the offered price (and within ``max_per_request``
+and the budget) and only to the offer's ``payTo``; the provider's enclave releases the
+result against the payment (:class:`PaidToolResult.channel` is the vault's record).
+A vault call that fails raises :class:`~a402.client.vault.VaultCallError` (its reason
+says whether anything may have been paid; the same call again resends nothing new:
+pass its ``idempotencyKey`` to the vault to ask). A mandate is not applied to vault
+payments here: with ``mandate=``, an ``a402`` offer is refused.
 
 One call signs at most one payment. When the server answers "resend the same payment"
 (the facilitator gave no verdict, the settlement is pending, the payment is in use) the
@@ -36,6 +52,7 @@ so a retry never pays twice.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import logging
@@ -52,16 +69,21 @@ from mcp import ClientSession, types
 from mcp.shared.exceptions import McpError
 
 from a402.client import errors
+from a402.client.auth import _signed_terms
 from a402.client.budget import Budget
 from a402.client.choose import choose_within
-from a402.client.errors import PaymentError, PaymentRefused
+from a402.client.errors import BudgetExceeded, PaymentError, PaymentRefused
 from a402.client.limits import MaxAmount, as_max_amount
 from a402.client.records import Payment, PaymentStatus
+from a402.client.vault import AsyncVaultClient, VaultCallError, VaultClient, VaultResult
 from a402.client.wallet import Wallet
 from a402.evm.address import address_key
+from a402.exact.upto import SCHEME_UPTO
 from a402.mcp import wire
 from a402.mcp.paywall import RETRYABLE
-from a402.wire.x402 import PaymentPayload, PaymentRequired, SettleResponse
+from a402.wire import vault_api
+from a402.wire.jsonstrict import DEFAULT_LIMITS, loads_object
+from a402.wire.x402 import PaymentPayload, PaymentRequired, PaymentRequirements, SettleResponse
 
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
@@ -97,6 +119,8 @@ class PaidToolResult:
 
     result: types.CallToolResult
     payment: Payment | None = None
+    channel: VaultResult | None = None
+    """A tool priced ``a402``: the vault's record of the call (outcome, amount, receipt)."""
 
     @property
     def receipt(self) -> SettleResponse | None:
@@ -104,7 +128,10 @@ class PaidToolResult:
 
     @property
     def paid(self) -> bool:
-        """True only if the server returned a successful receipt for our payment."""
+        """True only if the server returned a successful receipt for our payment (or the
+        vault says the channel paid for the result it delivered)."""
+        if self.channel is not None:
+            return self.channel.outcome == vault_api.PAID
         return self.payment is not None and self.payment.status == PaymentStatus.SETTLED
 
 
@@ -116,7 +143,8 @@ def call_key(name: str, arguments: Mapping[str, Any] | None) -> str:
 
 
 class PayingMCPSession:
-    """Wraps an initialized ``mcp.ClientSession``; pays x402 ``exact`` tool prices.
+    """Wraps an initialized ``mcp.ClientSession``; pays x402 ``exact`` and ``upto`` tool
+    prices.
 
     ``max_per_request``: atomic units (int, any asset), asset → units, or a
     :class:`~a402.client.limits.MaxAmount`; required unless ``mandate`` is given (then
@@ -135,8 +163,10 @@ class PayingMCPSession:
         retries: int = 3,
         retry_delay: float = 1.0,
         history: int | None = DEFAULT_HISTORY,
+        vault: VaultClient | AsyncVaultClient | None = None,
     ) -> None:
         self.session = session
+        self.vault = vault
         self.wallet = wallet if isinstance(wallet, Wallet) else Wallet(wallet)
         if max_per_request is None:
             if mandate is None:
@@ -188,11 +218,70 @@ class PayingMCPSession:
         else:
             if required is None:
                 return PaidToolResult(result)
+        channel = _channel_offer(required) if self.vault is not None else None
+        if channel is not None:
+            return await self._pay_in_channel(name, arguments, required, channel)
         payment, payload = self._pay(name, arguments, required)
         return await self._send_paid(name, arguments, key, payment, payload,
                                      timeout=read_timeout_seconds)
 
     # --- paying
+
+    async def _pay_in_channel(self, name: str, arguments: dict[str, Any] | None,
+                              required: PaymentRequired, offer: PaymentRequirements
+                              ) -> PaidToolResult:
+        """Send the call through the vault to the tool's endpoint, paid in a channel.
+
+        The vault pays at most ``offer.amount`` (``max_price``) and only ``offer.payTo``
+        (signed into the call); the price counts against the per-call maximum and the
+        budget first, and stays in the budget unless the vault says nothing was paid."""
+        assert self.vault is not None
+        url = str((offer.extra or {}).get(MCP_URL_KEY) or "")
+        amount = offer.amount_int
+        offered = required.accepts
+        if not url.startswith(("http://", "https://")):
+            raise PaymentRefused(errors.NO_ACCEPTABLE_REQUIREMENT,
+                                 "the a402 offer names no endpoint (extra.mcpUrl)",
+                                 url=url, offered=offered)
+        if self.mandate is not None:
+            raise PaymentRefused(errors.NO_ACCEPTABLE_REQUIREMENT, "a mandate is not applied to "
+                                 "vault payments of MCP tools; nothing was paid", url=url,
+                                 offered=offered)
+        cap = self.max_amount(offer)
+        if cap is None or amount > cap:
+            raise PaymentRefused(errors.PRICE_ABOVE_MAXIMUM,
+                                 f"{amount} > maximum {cap}; nothing was paid", url=url,
+                                 offered=offered)
+        reservation = None
+        if self.budget is not None:
+            try:
+                reservation = self.budget.reserve(offer.asset, amount)
+            except BudgetExceeded as e:
+                raise PaymentRefused(errors.BUDGET_EXHAUSTED, f"{e}; nothing was paid",
+                                     url=url, offered=offered) from e
+        call = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                           "params": {"name": name, "arguments": arguments or {}}},
+                          separators=(",", ":")).encode()
+        how: dict[str, Any] = {
+            "method": "POST", "content": call, "max_price": amount, "pay_to": offer.pay_to,
+            "headers": [(b"content-type", b"application/json"),
+                        (b"accept", b"application/json")]}
+        try:
+            if isinstance(self.vault, AsyncVaultClient):
+                answer = await self.vault.invoke(url, **how)
+            else:
+                answer = await anyio.to_thread.run_sync(
+                    functools.partial(self.vault.invoke, url, **how))
+        except VaultCallError as e:
+            if reservation is not None and self.budget is not None and e.reason not in (
+                    vault_api.PAYMENT_PENDING, vault_api.REPLAYED_CALL, "key_of_another_life"):
+                self.budget.release(reservation)  # the vault says nothing was paid
+            raise
+        assert isinstance(answer, VaultResult)
+        if answer.outcome != vault_api.PAID and reservation is not None \
+                and self.budget is not None and answer.outcome != vault_api.PENDING:
+            self.budget.release(reservation)
+        return PaidToolResult(_channel_result(answer), channel=answer)
 
     def _pay(self, name: str, arguments: dict[str, Any] | None, required: PaymentRequired
              ) -> tuple[Payment, PaymentPayload]:
@@ -212,9 +301,9 @@ class PayingMCPSession:
                 extensions=copy.deepcopy(required.extensions),
                 valid_for=min(offer.view.max_timeout_seconds, self.max_validity))
             assert isinstance(payload, PaymentPayload)
-            auth = payload.payload["authorization"]
-            if (int(auth["value"]) != offer.amount
-                    or address_key(auth["to"]) != address_key(offer.pay_to)):
+            signed = _signed_terms(payload.payload)  # exact: the value; upto: the maximum
+            if (signed.amount != offer.amount
+                    or address_key(signed.pay_to) != address_key(offer.pay_to)):
                 raise ValueError("signed value/recipient differ from the offer")
         except Exception as e:
             give_back()
@@ -222,7 +311,7 @@ class PayingMCPSession:
                                  offered=required.accepts) from e
         payment = Payment(
             method="tools/call", url=url, offer=offer, payer=self.wallet.address,
-            nonce=auth["nonce"], valid_before=int(auth["validBefore"]),
+            nonce=signed.nonce, valid_before=signed.valid_before,
             header_name=wire.PAYMENT_META_KEY, header_value=payload.to_json(),
             reservation=reservation)
         if held is not None:
@@ -354,6 +443,36 @@ class PayingMCPSession:
                       "could not be recorded (%s: %s)", type(e).__name__, e)
 
 
+MCP_URL_KEY: Final = "mcpUrl"
+"""The ``a402`` offer's ``extra`` key naming the tool's endpoint (:mod:`a402.mcp.channels`)."""
+
+
+def _channel_offer(required: PaymentRequired) -> PaymentRequirements | None:
+    """The ``a402`` entry of an offer that names a tool endpoint, if any."""
+    for offer in required.accepts:
+        if isinstance(offer, PaymentRequirements) and offer.scheme == "a402" \
+                and isinstance((offer.extra or {}).get(MCP_URL_KEY), str):
+            return offer
+    return None
+
+
+def _channel_result(answer: VaultResult) -> types.CallToolResult:
+    """The tool's result in the endpoint's JSON-RPC answer (a failed tool's too); an
+    answer that is none is an error result saying what came back."""
+    try:
+        body = loads_object(answer.content, limits=DEFAULT_LIMITS)
+        if isinstance(body.get("result"), dict):
+            return types.CallToolResult.model_validate(body["result"])
+        error = body.get("error")
+        text = (str(error.get("message")) if isinstance(error, dict)
+                else str(body.get("message") or body.get("error") or ""))
+    except Exception as e:
+        text = f"an unreadable answer ({type(e).__name__})"
+    return types.CallToolResult(content=[types.TextContent(
+        type="text", text=f"HTTP {answer.status} ({answer.outcome}): {text}"[:2000])],
+        isError=True)
+
+
 def _no_answer(error: Exception) -> tuple[str, str]:
     return f"no answer: {type(error).__name__}", str(error)
 
@@ -362,6 +481,7 @@ def _conclude(payment: Payment, result: types.CallToolResult) -> PaymentRequired
     """Record what the server said about ``payment``; the payment-required answer if any."""
     receipt = wire.receipt_of(result)
     required = wire.required_of(result)
+    upto = payment.offer.view.scheme == SCHEME_UPTO
     payment.receipt = receipt
     if required is not None:
         payment.status = PaymentStatus.REJECTED
@@ -369,12 +489,19 @@ def _conclude(payment: Payment, result: types.CallToolResult) -> PaymentRequired
         if failed is not None:
             payment.receipt = failed
         payment.reason = required.error or "payment_rejected"
-    elif receipt is not None and receipt.success and receipt.transaction:
+    elif receipt is not None and receipt.success and (
+            receipt.transaction or _settled_nothing(payment, receipt)):
         if receipt.payer and address_key(receipt.payer) != address_key(payment.payer):
             payment.status, payment.reason = PaymentStatus.UNCONFIRMED, "receipt_payer_mismatch"
         elif receipt.network != payment.network:
             payment.status, payment.reason = (PaymentStatus.UNCONFIRMED,
                                               "receipt_network_mismatch")
+        elif upto and payment.charged is None:
+            payment.status, payment.reason = (PaymentStatus.UNCONFIRMED,
+                                              "receipt_without_amount")
+        elif upto and (payment.charged or 0) > payment.amount:
+            payment.status, payment.reason = (PaymentStatus.UNCONFIRMED,
+                                              "receipt_amount_above_maximum")
         else:
             payment.status, payment.reason = PaymentStatus.SETTLED, None
     else:
@@ -388,6 +515,11 @@ def _conclude(payment: Payment, result: types.CallToolResult) -> PaymentRequired
     return required
 
 
+def _settled_nothing(payment: Payment, receipt: SettleResponse) -> bool:
+    """An ``upto`` payment settled for 0: a success with no transaction (none is sent)."""
+    return payment.offer.view.scheme == SCHEME_UPTO and receipt.amount == "0"
+
+
 def mcp_record(*, mandate: str, agent: str, url: str, tool: str,
                arguments: Mapping[str, Any] | None, payload: PaymentPayload,
                settlement: SettleResponse | None, status: str,
@@ -396,14 +528,14 @@ def mcp_record(*, mandate: str, agent: str, url: str, tool: str,
     the request is the tool call at the server's resource ``url``; the result its hash."""
     from a402.client.audit import sha256_hex
 
-    auth = payload.payload.get("authorization", {})
+    signed = _signed_terms(payload.payload)
     call = json.dumps({"name": tool, "arguments": arguments or {}}, sort_keys=True,
                       separators=(",", ":"), default=str).encode()
     return {
-        "mandate": mandate, "agent": agent, "scheme": "exact",
+        "mandate": mandate, "agent": agent, "scheme": payload.accepted.scheme,
         "request": {"method": "MCP", "url": url, "tool": tool, "hash": sha256_hex(call)},
-        "payment": {"payload": payload.to_wire(), "amount": str(auth.get("value")),
-                    "payee": auth.get("to"), "network": payload.accepted.network,
+        "payment": {"payload": payload.to_wire(), "amount": str(signed.amount),
+                    "payee": signed.pay_to, "network": payload.accepted.network,
                     "asset": payload.accepted.asset},
         "settlement": None if settlement is None else settlement.to_wire(),
         "status": status,

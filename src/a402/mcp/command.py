@@ -6,8 +6,12 @@
         --manifest .a402/devnet.json --facilitator http://127.0.0.1:4021 --stdio
 
 As ``a402 gateway`` does for HTTP: the protected server is not changed. Each ``--tool``
-prices one tool in token units (``NAME=PRICE``, or ``NAME=exact:PRICE``); the other tools
-are free. The proxy serves streamable HTTP at ``http://HOST:PORT/mcp`` (or, with
+prices one tool in token units (``NAME=PRICE``, or ``NAME=exact:PRICE``; or, billed by
+use, ``NAME=upto:MAX`` or ``NAME=upto:MAX/UNIT``: the upstream reports the units a call
+used in its result's ``_meta["a402/usage"]``, :mod:`a402.mcp.usage`); the other tools
+are free; ``NAME=a402:PRICE`` (with ``--a402`` and its flags, as for ``a402 gateway``)
+sells a tool inside Atomic Service Channels, at ``POST /mcp/a402/NAME``, paid by vaults
+(:mod:`a402.mcp.channels`). The proxy serves streamable HTTP at ``http://HOST:PORT/mcp`` (or, with
 ``--stdio``, MCP over this process's stdin/stdout). Its replay ledger (``--ledger-db``)
 must be shared (one PostgreSQL URL) by every process paid to the same ``--pay-to`` that
 could receive the same payment, as the gateway's.
@@ -23,7 +27,8 @@ import sys
 from dataclasses import dataclass
 
 from a402.failure import MoneyFirstParser
-from a402.provider.command import TokenOptions
+from a402.provider.command import A402Options, AttestationOptions, TokenOptions
+from a402.provider.settings import ChannelTimeouts
 from a402.settings import add_flags, chain_data_default, chain_data_url, from_args, setting
 
 
@@ -39,7 +44,8 @@ class McpUpstreamOptions:
              "it runs with this process's environment)")
     tool: tuple[str, ...] = setting(
         (), metavar="'NAME=PRICE'",
-        help="a paid tool and its price in token units; repeat for more")
+        help="a paid tool and its price in token units (or 'NAME=upto:MAX/UNIT', billed "
+             "by the units its result reports in _meta['a402/usage']); repeat for more")
     facilitator: str = setting(help="x402 facilitator URL")
 
 
@@ -69,6 +75,8 @@ NOT_STARTED = "not started, nothing was paid"
 #: ``a402 mcp serve``'s flags, one group each.
 FLAG_GROUPS: tuple[tuple[str, type], ...] = (
     ("upstream", McpUpstreamOptions), ("token", TokenOptions), ("serving", McpServeOptions),
+    ("A402 channel payments (tools priced 'a402')", A402Options),
+    ("A402 attestation", AttestationOptions), ("A402 timeouts", ChannelTimeouts),
 )
 
 
@@ -138,16 +146,42 @@ def run_mcp_serve(args: argparse.Namespace) -> int:
                         "conflicting_options")
         token, network = manifest.token, manifest.network
         pay_to = charge.pay_to or manifest.account("provider").address
+        contracts: dict[str, str] | None = manifest.contracts
     elif charge.asset and charge.network and charge.pay_to:
         token = TokenInfo(charge.asset, charge.asset_name, "", charge.asset_version,
                           charge.decimals)
         network, pay_to = charge.network, charge.pay_to
+        contracts = None
     else:
         return fail("give --manifest, or --asset, --network and --pay-to")
     try:
         prices = [parse_tool_spec(spec, token.decimals) for spec in upstream_options.tool]
     except PriceError as e:
         return fail(str(e), "bad_price")
+    channel_priced = [p.tool for p in prices if p.scheme == "a402"]
+    channels = None
+    if args.a402:
+        from a402.provider.command import GatewayUsageError, a402_gateway
+
+        if not channel_priced:
+            return fail("--a402 sells the tools priced 'a402' (--tool 'NAME=a402:PRICE'): "
+                        "price one")
+        if serve.stdio:
+            return fail("tools priced 'a402' are sold at HTTP endpoints: drop --stdio")
+        try:
+            channels = a402_gateway(args, token=token.address, network=network,
+                                    manifest_contracts=contracts)
+        except GatewayUsageError as e:
+            return fail(str(e))
+    elif channel_priced:
+        return fail(f"tool {channel_priced[0]!r} is priced 'a402': sold only in A402 channels, "
+                    "which need --a402 (and its flags, as for a402 gateway)")
+    else:
+        from a402.provider.command import a402_only_flags_given
+
+        stray = a402_only_flags_given(args)
+        if stray:
+            return fail(f"{', '.join(stray)}: only with --a402")
     try:
         chain_id = evm_chain_id(network)
     except WireError as e:
@@ -161,7 +195,11 @@ def run_mcp_serve(args: argparse.Namespace) -> int:
     except ValueError as e:
         return fail(str(e))
     announcement = {"upstream": str(upstream), "network": network, "asset": token.address,
-                    "payTo": pay_to, "tools": {p.tool: str(p.amount) for p in prices}}
+                    "payTo": pay_to, "tools": {p.tool: str(p.amount) for p in prices},
+                    **(channels.announcement if channels is not None else {})}
+    if any(p.scheme != "exact" for p in prices):  # upto: the maximum and the unit price
+        announcement["schemes"] = {p.tool: p.scheme if p.scheme != "upto"
+                                   else f"upto, {p.unit} per unit" for p in prices}
     if serve.stdio:
         import anyio
 
@@ -182,6 +220,8 @@ def run_mcp_serve(args: argparse.Namespace) -> int:
     def announce() -> None:  # once the upstream answered: a failed start never announces
         print(json.dumps({**announcement, "mcp": url}), file=sys.stderr, flush=True)
 
-    serve_app(proxy_app(upstream, paywall, on_ready=announce), host=serve.host,
+    serve_app(proxy_app(upstream, paywall, on_ready=announce,
+                        a402=channels.config if channels is not None else None),
+              host=serve.host,
               port=serve.port, log_level="info" if args.verbose else "warning")
     return 0

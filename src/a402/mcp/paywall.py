@@ -35,6 +35,20 @@ and facilitator. What that means for a tool call:
   run again and nothing is settled again. Another call with that payment is refused; a
   result too large to keep is answered with ``response_not_kept``: paid and settled,
   not kept.
+- **upto** (a tool priced ``upto:MAX``): the offer is x402 ``upto`` (Permit2, the
+  facilitator named in ``extra.facilitatorAddress`` as the SDKs offer it); the payer
+  signs for at most the maximum. The tool runs first, its usage report
+  (:mod:`a402.mcp.usage`) sets the charge (capped at the maximum), and that charge is
+  written to the replay ledger entry (``note_charge``) *before* ``/settle`` is asked for
+  it: a lost settle answer leaves the entry pending with that amount, and the payer's
+  resend resumes it for exactly that amount (a re-run's new report is ignored), so a
+  payer is charged once and never above the signed maximum. A charge of 0 sends no
+  transaction; an unreadable report withholds the output and charges nothing.
+- **a402** (a tool priced ``a402:PRICE``): never sold over the session. Its call is
+  answered with the ``a402`` offer of the :class:`ChannelOffers` registered
+  (:class:`a402.mcp.channels.ToolChannels`) and never runs the tool; a payment sent with
+  it is refused (it would buy nothing). Without channels the tool answers
+  ``a402_unavailable``.
 - The resource is the paywall's to name (``mcp://tool/<name>`` by default), never the
   client's unsigned copy: the facilitator binds a settlement to it. A paywall with a
   process-local ledger adds a random fragment of its own to the resource it names to
@@ -49,7 +63,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import anyio
 import anyio.lowlevel
@@ -57,7 +71,7 @@ from mcp import types
 
 from a402.chain.deploy import TokenInfo
 from a402.evm.address import address_key, is_address, to_checksum
-from a402.exact.eip3009 import SCHEME_EXACT, ExactEvmPayload
+from a402.exact.eip3009 import ExactEvmPayload
 from a402.exact.replay import LedgerState, PaymentKey, payment_fingerprint, payment_terms
 from a402.exact.serve import (
     MAX_REMEMBERED_VALIDITY,
@@ -84,9 +98,11 @@ from a402.exact.serve import (
     drive,
     exact_flow,
 )
+from a402.exact.upto import SCHEME_UPTO, TRANSFER_METHOD_PERMIT2, UptoEvmPayload
 from a402.facilitator.client import FacilitatorClient, FacilitatorError
 from a402.mcp import wire
-from a402.mcp.prices import ToolPrice, price_table
+from a402.mcp.prices import SCHEME_A402, ToolPrice, price_table
+from a402.mcp.usage import USAGE_UNREADABLE, UsageError, collecting, take_usage, without_usage
 from a402.observe import Observer
 from a402.provider import responses
 from a402.provider.deliveries import MAX_KEPT_BODY, RESPONSE_NOT_KEPT, Delivery, request_digest
@@ -104,6 +120,14 @@ from a402.wire.x402 import (
 )
 
 log = logging.getLogger("a402.mcp")
+
+
+class ChannelOffers(Protocol):
+    """Where a tool priced ``a402`` is sold (:class:`a402.mcp.channels.ToolChannels`)."""
+
+    def requirement(self, tool: str, base_url: str | None) -> PaymentRequirements:
+        """The ``a402`` offer for one call of ``tool``; WireError if it cannot be made."""
+        ...
 
 RunTool = Callable[[], Awaitable[types.CallToolResult]]
 """Runs the tool once and returns its result (an exception counts as a tool failure)."""
@@ -136,6 +160,7 @@ class _Accepted:
     payment: ExactPayment
     request: str
     """:func:`~a402.provider.deliveries.request_digest` of the call: tool and arguments."""
+    price: ToolPrice
 
 
 class ToolPaywall:
@@ -197,6 +222,11 @@ class ToolPaywall:
         self._settle_tag: str | None = (uuid.uuid4().hex if isinstance(self.ledger, InMemoryLedger)
                                         else None)
         self.observer = observer if observer is not None else Observer("mcp")
+        #: The address our facilitator settles ``upto`` with (its ``/supported``), which
+        #: payers bind their signature to; asked on the first call of an upto tool.
+        self._upto_facilitator: str | None = None
+        #: Tools priced ``a402``: their channel offers (set by :class:`ToolChannels`).
+        self.channels: ChannelOffers | None = None
 
     @property
     def facilitator(self) -> FacilitatorClient:
@@ -227,11 +257,42 @@ class ToolPaywall:
 
     def requirements(self, tool: str) -> PaymentRequirements:
         price = self.prices[tool]
+        extra = dict(self.token.eip712_extra())
+        if price.scheme == SCHEME_UPTO:
+            # As the SDK's upto server: Permit2, and the facilitator payers bind to.
+            assert self._upto_facilitator is not None, "call _upto_ready() first"
+            extra = {"assetTransferMethod": TRANSFER_METHOD_PERMIT2, **extra,
+                     "facilitatorAddress": self._upto_facilitator}
         return PaymentRequirements(
             scheme=price.scheme, network=self.network, amount=str(price.amount),
             asset=self.asset, pay_to=self.pay_to, max_timeout_seconds=self.max_timeout_seconds,
-            extra=self.token.eip712_extra(),
+            extra=extra,
         )
+
+    async def _upto_ready(self) -> str | None:
+        """Learn which address our facilitator settles ``upto`` with (once); None if it
+        is known, else the reason it could not be learnt."""
+        if self._upto_facilitator is not None:
+            return None
+        try:
+            supported = await self.facilitator.supported()
+        except FacilitatorError as e:
+            return f"the facilitator did not answer /supported ({e.reason})"
+        for kind in supported.kinds:
+            address = (kind.extra or {}).get("facilitatorAddress")
+            if kind.scheme == SCHEME_UPTO and kind.network == self.network and \
+                    isinstance(address, str) and is_address(address):
+                self._upto_facilitator = to_checksum(address)
+                return None
+        return f"the facilitator settles no upto payments on {self.network}"
+
+    def _costs(self, tool: str) -> str:
+        price = self.prices[tool]
+        unit = self.token.symbol or self.asset
+        if price.scheme == SCHEME_UPTO:
+            return (f"tool {tool!r} costs what it uses ({price.unit} atomic units of {unit} "
+                    f"per unit), at most {price.amount}")
+        return f"tool {tool!r} costs {price.amount} atomic units of {unit}"
 
     def payment_required(self, tool: str, reason: str, message: str) -> PaymentRequired:
         return PaymentRequired(error=reason, resource=self.resource(tool),
@@ -243,10 +304,37 @@ class ToolPaywall:
             required = required.model_copy(update=extra)
         return wire.payment_required_result(required)
 
+    def _channel_offer(self, tool: str, meta: Mapping[str, Any] | None,
+                       base_url: str | None) -> types.CallToolResult:
+        """A tool priced ``a402`` is sold only inside a channel, at its own endpoint
+        (:mod:`a402.mcp.channels`): its call here never runs it; it is answered with the
+        ``a402`` offer (a payment sent here is refused: it would buy nothing)."""
+        if self.channels is None:
+            return wire.error_result("a402_unavailable", f"tool {tool!r} is priced 'a402' but "
+                                     "this server takes no channel payments; nothing was run "
+                                     "or charged")
+        try:
+            offer = self.channels.requirement(tool, base_url)
+        except WireError as e:
+            return wire.error_result(e.reason, e.message)
+        price = self.prices[tool]
+        endpoint = (offer.extra or {}).get("mcpUrl")
+        paid = meta is not None and wire.PAYMENT_META_KEY in meta
+        reason = wire_errors.UNSUPPORTED_SCHEME if paid else responses.PAYMENT_REQUIRED_REASON
+        required = PaymentRequired(
+            error=reason, resource=self.resource(tool), accepts=[offer],
+            message=(f"tool {tool!r} costs {price.amount} atomic units of "
+                     f"{self.token.symbol or self.asset}, paid only inside an A402 channel "
+                     f"through a vault: invoke POST {endpoint}"
+                     + ("; the payment in _meta was not used: nothing was charged"
+                        if paid else "")))
+        return wire.payment_required_result(required)
+
     # ------------------------------------------------------------------ one call
 
     async def call(self, tool: str, meta: Mapping[str, Any] | None, run: RunTool,
-                   arguments: Mapping[str, Any] | None = None) -> types.CallToolResult:
+                   arguments: Mapping[str, Any] | None = None, *,
+                   base_url: str | None = None) -> types.CallToolResult:
         """Answer one ``tools/call`` of ``tool`` whose request ``_meta`` is ``meta``;
         ``run`` runs the tool (at most once per call, only after ``/verify`` accepted the
         payment). ``arguments`` are the call's: a resend of a settled payment gets the
@@ -254,6 +342,14 @@ class ToolPaywall:
         raises for anything the caller sent."""
         if tool not in self.prices:
             return await run()
+        if self.prices[tool].scheme == SCHEME_A402:
+            return self._channel_offer(tool, meta, base_url)
+        if self.prices[tool].scheme == SCHEME_UPTO:
+            unknown = await self._upto_ready()
+            if unknown is not None:
+                return wire.error_result(responses.FACILITATOR_UNAVAILABLE,
+                                         f"nothing was run or charged: {unknown}; try again "
+                                         "later")
         try:
             payload = wire.payment_of(meta)
         except WireError as e:
@@ -261,9 +357,7 @@ class ToolPaywall:
                              f"was refused: {e.message}")
         if payload is None:
             return self._ask(tool, responses.PAYMENT_REQUIRED_REASON,
-                             f"tool {tool!r} costs {self.prices[tool].amount} atomic units of "
-                             f"{self.token.symbol or self.asset}; pay in "
-                             f"_meta['{wire.PAYMENT_META_KEY}']")
+                             f"{self._costs(tool)}; pay in _meta['{wire.PAYMENT_META_KEY}']")
         try:
             accepted = self._accept(tool, payload, arguments)
         except WireError as e:
@@ -280,9 +374,10 @@ class ToolPaywall:
         """Check the payment answers this tool's offer; WireError with the reason if not."""
         offered = self.requirements(tool)
         accepted = payload.accepted
-        if accepted.scheme != SCHEME_EXACT:
+        if accepted.scheme != offered.scheme:
             raise WireError(wire_errors.UNSUPPORTED_SCHEME,
-                            f"this tool is paid with 'exact', not {accepted.scheme!r:.40}")
+                            f"this tool is paid with {offered.scheme!r}, not "
+                            f"{accepted.scheme!r:.40}")
         if accepted.network != offered.network:
             raise WireError(wire_errors.INVALID_NETWORK,
                             f"payments go on {offered.network}, not {accepted.network!r:.60}")
@@ -297,19 +392,32 @@ class ToolPaywall:
             raise WireError(responses.NO_MATCHING_REQUIREMENTS,
                             f"the accepted requirement differs from this tool's offer in: "
                             f"{', '.join(differ)}")
-        evm = ExactEvmPayload.from_wire(payload.payload, reason=wire_errors.INVALID_PAYLOAD)
-        auth = evm.authorization
         resource = self.resource(tool)
-        key = PaymentKey.of(self.network, self.asset, auth.from_address, auth.nonce)
         terms = payment_terms(scheme=offered.scheme, network=offered.network,
                               amount=offered.amount, asset=offered.asset,
                               pay_to=offered.pay_to, resource=resource.url)
+        if offered.scheme == SCHEME_UPTO:
+            # One Permit2 nonce, one call (its own key space: a Permit2 nonce is not an
+            # EIP-3009 one); it expires at the permit's deadline.
+            upto = UptoEvmPayload.from_wire(payload.payload, reason=wire_errors.INVALID_PAYLOAD)
+            permit = upto.permit2_authorization
+            payment = ExactPayment(
+                PaymentKey.of(self.network, self.asset, permit.from_address,
+                              f"permit2:{permit.nonce}"),
+                payment_fingerprint(upto.signature, permit.to_wire()),
+                int(permit.deadline), terms)
+        else:
+            evm = ExactEvmPayload.from_wire(payload.payload, reason=wire_errors.INVALID_PAYLOAD)
+            auth = evm.authorization
+            payment = ExactPayment(
+                PaymentKey.of(self.network, self.asset, auth.from_address, auth.nonce),
+                payment_fingerprint(evm.signature, auth.to_wire()),
+                int(auth.valid_before), terms)
         return _Accepted(
             payload=payload.model_copy(update={"resource": self._settled_as(resource)}),
-            requirements=offered,
-            payment=ExactPayment(key, payment_fingerprint(evm.signature, auth.to_wire()),
-                                 int(auth.valid_before), terms),
+            requirements=offered, payment=payment,
             request=request_digest("mcp", tool=tool, arguments=dict(arguments or {})),
+            price=self.prices[tool],
         )
 
     def _settled_as(self, resource: ResourceInfo) -> ResourceInfo:
@@ -335,14 +443,30 @@ class ToolPaywall:
         flow = exact_flow(p.payment, now=now, retention=self.retention)
         served: list[types.CallToolResult] = []
         failure: list[BaseException] = []
+        upto = p.requirements.scheme == SCHEME_UPTO
+        charge: list[int] = []  # upto: the amount to settle, once known
+        unreadable: list[UsageError] = []
 
-        async def run_once() -> types.CallToolResult | None:
+        async def run_once(charging: bool = True) -> types.CallToolResult | None:
+            """Run the tool; for upto, read its usage into ``charge`` (``charging``) or
+            drop it (a re-run for a charge already recorded)."""
             try:
-                result = await run()
+                with collecting() as reports:
+                    result = await run()
             except Exception as e:  # the tool's failure is the call's, not the paywall's
                 log.warning("paid tool %s failed: %r", tool, e)
                 failure.append(e)
                 return None
+            if upto and (not charging or result.isError):
+                result = without_usage(result)
+            elif upto and not result.isError:
+                try:
+                    units, result = take_usage(result, reports)
+                except UsageError as e:
+                    log.error("paid tool %s: output withheld, nothing charged: %s", tool, e)
+                    unreadable.append(e)
+                    return None
+                charge.append(p.price.amount if units is None else p.price.charge(units))
             served.append(result)
             return result
 
@@ -364,6 +488,12 @@ class ToolPaywall:
                         operation.key, operation.fingerprint, expires_at=operation.expires_at,
                         terms=operation.terms)
                 case Resumable():
+                    if upto:  # settled again for exactly the amount first asked, if known
+                        known = (operation.settlement.amount if operation.settlement
+                                 else None)
+                        if known is None or not known.isdigit():
+                            return False
+                        charge.append(int(known))
                     return True  # a held output is delivered, else the tool runs again
                 case Verify():
                     try:
@@ -372,10 +502,23 @@ class ToolPaywall:
                         return e.no_verdict()
                 case Serve():
                     result = await run_once()
-                    return result is not None and not result.isError
+                    served_ok = result is not None and not result.isError
+                    if served_ok and upto:
+                        # Durable before /settle is asked: if its answer is lost, the
+                        # payer's resend resumes it for exactly this amount (module doc).
+                        await self.ledger.note_charge(key, SettleResponse(
+                            success=False, error_reason=wire_errors.SETTLEMENT_PENDING,
+                            error_message="about to be settled for this amount",
+                            transaction="", network=self.network, payer=key.payer,
+                            amount=str(charge[0])))
+                    return served_ok
                 case Settle():
+                    requirements = p.requirements
+                    if upto:
+                        requirements = requirements.model_copy(
+                            update={"amount": str(charge[0])})
                     try:
-                        return await self.facilitator.settle(p.payload, p.requirements)
+                        return await self.facilitator.settle(p.payload, requirements)
                     except FacilitatorError as e:
                         return e.no_verdict()
                 case Release():
@@ -393,7 +536,8 @@ class ToolPaywall:
                  if isinstance(outcome, Reused) and outcome.state == LedgerState.SETTLED
                  else None)
         self.observer.paid(
-            request_id=uuid.uuid4().hex, payer=key.payer, amount=p.requirements.amount,
+            request_id=uuid.uuid4().hex, payer=key.payer,
+            amount=str(charge[0]) if upto and charge else p.requirements.amount,
             scheme=p.requirements.scheme,
             outcome="redelivered" if again is not None
             else _OUTCOMES.get(type(outcome).__name__, "error"),
@@ -408,7 +552,7 @@ class ToolPaywall:
                 log.info("tool %s paid by %s: %s", tool, key.payer, settlement.transaction)
                 if serve_now:
                     held = await self._held(p)
-                    result = held if held is not None else await run_once()
+                    result = held if held is not None else await run_once(charging=False)
                     if result is None:  # charged, and the re-run failed: say so, with receipt
                         result = wire.error_result(TOOL_FAILED, "the payment settled but the "
                                                    "tool failed when run for it")
@@ -417,6 +561,11 @@ class ToolPaywall:
                 await self._keep(p, result, keep_until)  # before it leaves
                 return wire.with_receipt(result, settlement)
             case NotServed():
+                if unreadable:
+                    return wire.error_result(USAGE_UNREADABLE, f"tool {tool!r} answered, but "
+                                             f"its usage report was unreadable "
+                                             f"({unreadable[0]}): its output was withheld "
+                                             "and nothing was charged")
                 if served:  # the tool's own error result, uncharged
                     return served[0]
                 return wire.error_result(TOOL_FAILED, f"tool {tool!r} failed "

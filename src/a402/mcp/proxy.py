@@ -26,7 +26,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from mcp import ClientSession, types
@@ -42,6 +42,9 @@ from a402.mcp import wire
 from a402.mcp.paywall import ToolPaywall
 from a402.mcp.server import bounded_app, protect
 from a402.wire.jsonstrict import DEFAULT_LIMITS, JsonLimits
+
+if TYPE_CHECKING:  # the A402 code loads only for a proxy that sells 'a402' tools
+    from a402.provider.a402_config import A402Config
 
 log = logging.getLogger("a402.mcp.proxy")
 
@@ -145,19 +148,31 @@ class _LazyHandler:
 
 def proxy_app(upstream: Upstream, paywall: ToolPaywall, *,
               limits: JsonLimits = DEFAULT_LIMITS,
-              on_ready: Callable[[], None] | None = None) -> Starlette | Any:
+              on_ready: Callable[[], None] | None = None,
+              a402: A402Config | None = None, public_url: str | None = None,
+              ) -> Starlette | Any:
     """The proxy as an ASGI app serving streamable HTTP at ``/mcp`` (stateless: every
     request stands alone, so replicas behind one load balancer share only the ledger).
     The upstream is connected in the app's lifespan (``on_ready`` runs once it is), and
-    the paywall closed with it."""
+    the paywall closed with it. With ``a402`` (the provider's A402 side), the tools priced
+    ``a402`` are sold in channels at their own endpoints (:mod:`a402.mcp.channels`),
+    named from ``public_url`` or each request's base URL."""
     handler = _LazyHandler()
+    channels = None
+    if a402 is not None:
+        from a402.mcp.channels import ToolChannels
+
+        channels = ToolChannels(None, paywall, a402, public_url=public_url)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         try:
             async with upstream.connect() as session:
+                server = proxy_server(session, paywall)
+                if channels is not None:
+                    channels.bind(server)
                 manager = StreamableHTTPSessionManager(
-                    app=proxy_server(session, paywall), stateless=True, json_response=True)
+                    app=server, stateless=True, json_response=True)
                 async with manager.run():
                     handler.manager = manager
                     log.info("proxying MCP tools of %s", upstream)
@@ -169,7 +184,11 @@ def proxy_app(upstream: Upstream, paywall: ToolPaywall, *,
             await paywall.aclose()
 
     app = Starlette(routes=[Route(MCP_PATH, endpoint=handler)], lifespan=lifespan)
-    return bounded_app(app, limits)
+    if channels is None:
+        return bounded_app(app, limits)
+    # The A402 exchange carries binary frames: in front of the JSON bounds, which the
+    # tools' endpoints apply on their own.
+    return channels.wrap(bounded_app(app, limits))
 
 
 async def serve_stdio(upstream: Upstream, paywall: ToolPaywall) -> None:

@@ -53,6 +53,11 @@ def protect(server: Any, paywall: ToolPaywall) -> None:
     async def paid(request: types.CallToolRequest) -> types.ServerResult:
         params = request.params
         meta = params.meta.model_extra if params.meta is not None else None
+        try:  # the HTTP request this call came in on (streamable HTTP): its base URL
+            http = low.request_context.request
+            base_url = str(getattr(http, "base_url", "") or "") or None
+        except LookupError:
+            base_url = None
 
         async def run() -> types.CallToolResult:
             answer = await inner(request)
@@ -63,10 +68,22 @@ def protect(server: Any, paywall: ToolPaywall) -> None:
             return result
 
         return types.ServerResult(await paywall.call(params.name, meta, run,
-                                                    arguments=params.arguments))
+                                                    arguments=params.arguments,
+                                                    base_url=base_url))
 
     paid.__a402_paywall__ = paywall  # type: ignore[attr-defined]
+    paid.__a402_inner__ = inner  # type: ignore[attr-defined]
     low.request_handlers[types.CallToolRequest] = paid
+
+
+def inner_handler(server: Any) -> Any:
+    """The ``tools/call`` handler :func:`protect` put the paywall in front of: what a tool
+    paid by other means (an A402 channel, :mod:`a402.mcp.channels`) runs through."""
+    handler = lowlevel_of(server).request_handlers.get(types.CallToolRequest)
+    inner = getattr(handler, "__a402_inner__", None)
+    if inner is None:
+        raise ValueError("the server is not behind a paywall: protect() it first")
+    return inner
 
 
 def bounded_app(app: ASGIApp, limits: JsonLimits = DEFAULT_LIMITS) -> ASGIApp:
