@@ -2,12 +2,13 @@
 
 :func:`run_lifecycles` opens a standard channel, pays ``requests`` requests through the A402
 exchange (the ASC state machine of :mod:`a402.asc.machine` on both sides, every message
-through its wire bytes: :mod:`a402.bitcoin.exchange`), and closes it each of the three ways (on copies of the ledger, so each close spends
-the same channel output); opens a vault deposit and settles it, and force-settles one; and
-builds the paper's x402-style model (per request: an escrow transaction from the client, a
-finalising transaction to the provider) with P2TR key-path coins. Every transaction is applied
-to a :class:`~a402.bitcoin.validate.Ledger` (so validated as it describes) before it is
-counted; sizes come from the serialised bytes. Keys are fresh per run: the hex differs between
+through its wire bytes: :mod:`a402.bitcoin.exchange`), and closes it each of the three ways
+(on copies of the ledger, so each close spends the same channel output); opens a vault
+deposit and settles it, and force-settles one; and builds the paper's x402-style model (per
+request: an escrow transaction from the client, a finalising transaction to the provider)
+with P2TR key-path coins. Every transaction is applied to a
+:class:`~a402.bitcoin.validate.Ledger` (so validated as it describes) before it is counted;
+sizes come from the serialised bytes. Keys are fresh per run: the hex differs between
 runs, the sizes do not.
 """
 
@@ -19,12 +20,11 @@ from dataclasses import dataclass
 
 from bitcointx.core import CTransaction
 
+from a402.asc import CloseReady
 from a402.crypto import BIP340, SecretKey
 
 from . import signing
 from . import transactions as txs
-from a402.asc import CloseReady
-
 from .channel import (
     ChannelParams,
     Deposit,
@@ -152,8 +152,8 @@ def run_lifecycles(requests: int = 100, price: int = 1_000) -> Lifecycles:
     force_close = payment_leaf_close(params, provider.latest_state())
 
     # The machine's CLOSE / CLOSE_ACK co-sign the final state; MuSig2 signs its key path.
-    close = vault.close()
-    (close_ack,) = provider.receive(close, now=0.0).send
+    final_close = vault.close()
+    (close_ack,) = provider.receive(final_close, now=0.0).send
     (ready,) = vault.receive(close_ack, now=0.0).events
     assert isinstance(ready, CloseReady)
     musig_close = CooperativeClose(params, vault_key, ready.signed)
