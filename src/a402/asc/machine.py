@@ -57,6 +57,14 @@ would leave both sides waiting, so the vault's runtime re-sends
 provider keeps refusing new EXECs (``request_in_flight``); its runtime re-sends
 :meth:`ProviderChannel.pending_reveal` and the vault answers an identical
 REVEAL with the same ACK again, without paying twice.
+
+Chains. What depends on the chain — ``m``, the pre-signature flavour and its wire form,
+σ_U, the state signatures, payments the chain cannot settle, whether an ACK is needed — is
+asked of a :class:`~a402.asc.settlement.Settlement`. The constructors build the EVM one
+from the terms and the domain (the rules above, unchanged); ``over`` takes any other (the
+Bitcoin channel's: :mod:`a402.bitcoin.exchange`). Without ACKs the provider's state is
+co-signed when AUTH arrives (σ_U completed with ``t`` is the vault's signature on it), it
+answers a re-sent AUTH with the same REVEAL, and the vault sends nothing back for a REVEAL.
 """
 
 from __future__ import annotations

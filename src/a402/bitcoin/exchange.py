@@ -71,8 +71,10 @@ from bitcointx.core import CMutableTransaction, CTransaction
 
 from a402.asc import (
     BalanceState,
+    DigestSigner,
     ExecuteRequest,
     Message,
+    PreSigner,
     ProviderChannel,
     Reason,
     RemoteProtocolError,
@@ -82,8 +84,6 @@ from a402.asc import (
     VaultChannel,
     decode,
 )
-from a402.asc.settlement import PreSigner
-from a402.asc.terms import DigestSigner
 from a402.crypto import BIP340, PreSignature, SecretKey
 from a402.crypto._secp import b32
 
