@@ -337,3 +337,32 @@ def test_bytes_that_are_no_transaction_are_refused_by_the_vaults_chain_watch() -
         assert refused.value.reason == "malformed"
     assert s.vault.status is Status.PENDING and s.vault.provider_balance == 0
     assert _opened(s, _force_close(s)) == b"withheld"
+
+
+def test_a_transaction_that_does_not_spend_the_channel_leaves_the_vault_unchanged() -> None:
+    """The vault's chain watch refuses a spend of another output (here: another channel's
+    provider close): it must not close this channel or settle its request."""
+    s = open_channel()
+    other = open_channel()
+    pay(other, 1_000, b"elsewhere")
+    pay(s, 2_000, b"withheld", reveal=False)
+    with pytest.raises(ExchangeError) as refused:
+        on_chain_close(s.vault, s.params, _force_close(other))
+    assert refused.value.reason == "not-this-channel"
+    assert s.vault.status is Status.PENDING and s.vault.locked == 2_000
+    assert _opened(s, _force_close(s)) == b"withheld"
+
+
+def test_a_close_of_an_older_state_closes_the_channel_with_nothing_to_open() -> None:
+    """The provider closes with the state before the request in flight (paying itself less):
+    the vault's pre-signature is not completed in it, so there is no t, and the channel is
+    CLOSED with the older split on-chain."""
+    s = open_channel()
+    pay(s, 1_000, b"first")
+    older = s.provider.latest_state()
+    pay(s, 2_000, b"withheld", reveal=False)
+    raw = payment_leaf_close(s.params, older)
+    s.ledger.apply(raw, FUNDING_HEIGHT + 1)
+    assert on_chain_close(s.vault, s.params, raw).events == ()
+    assert s.vault.status is Status.CLOSED
+    assert outputs(raw)[s.params.provider_payout] == 1_000

@@ -62,6 +62,9 @@ def _up_to_auth(s: Setup, amount: int, result: bytes) -> tuple[Reply, Auth]:
 
 def test_the_machine_pays_a_bitcoin_channel_with_no_ack_and_both_sides_hold_one_state() -> None:
     s = open_channel()
+    with pytest.raises(AttributeError):  # the EVM terms: a Bitcoin channel has none
+        _ = s.vault.terms
+    assert s.vault.channel_id == s.provider.channel_id == s.params.channel_id
     reply, auth = _up_to_auth(s, 1_000, b"result 0")
     assert len(reply.presignature) == 64 and len(auth.authorization) == 65  # the ASC widths
     assert s.vault.status is Status.PENDING and s.vault.locked == 1_000

@@ -382,23 +382,41 @@ class Watchtower:
 def on_chain_close(vault: VaultChannel, params: ChannelParams, raw: bytes) -> Step:
     """The vault saw the channel output spent by ``raw``: if it is a payment-leaf close of
     the request in flight, extract ``t`` from the vault's signature in the witness alone
-    and open the result (:class:`~a402.asc.ResultDelivered`, ``on_chain``). The channel is
-    CLOSED either way; bytes that are no transaction are refused and change nothing."""
+    and open the result (:class:`~a402.asc.ResultDelivered`, ``on_chain``).
+
+    The channel is CLOSED whatever the spend (a close of another state has nothing to
+    extract). Bytes that are no transaction, or a transaction that does not spend this
+    channel's output, are refused and change nothing. If ``t`` comes out but the sealed
+    result does not open (or does not hash to ``h``), the channel is CLOSED — the chain has
+    paid the provider — and the machine's error is raised so that this is reported.
+    """
     try:
         tx = CTransaction.deserialize(raw)
     except Exception:  # bitcointx raises several types on truncated or bad bytes
         raise ExchangeError("malformed", "not a transaction") from None
-    stack = [bytes(item) for item in tx.wit.vtxinwit[0].scriptWitness.stack] if (
-        tx.wit.vtxinwit) else []
+    funding = params.funding
+    spends = [
+        i for i, txin in enumerate(tx.vin)
+        if bytes(txin.prevout.hash[::-1]).hex() == funding.txid and txin.prevout.n == funding.vout
+    ]
+    if len(spends) != 1:
+        raise ExchangeError("not-this-channel", "the transaction does not spend the channel")
+    index = spends[0]
+    witnesses = tx.wit.vtxinwit
+    stack = (
+        [bytes(item) for item in witnesses[index].scriptWitness.stack]
+        if index < len(witnesses) else []
+    )
     leaf, _ = params.output.leaf(PAYMENT_LEAF)
     pending = vault.pending_request()
     if len(stack) == 4 and stack[2] == bytes(leaf) and pending is not None:
         try:
             return vault.provider_force_closed(pending[0], stack[1])
         except RemoteProtocolError as refused:
+            vault.closed_on_chain()
             if refused.reason is not Reason.BAD_COMPLETION:
                 raise
-            # another state's close (an older one, or the final): nothing to extract
+            return Step()  # another state's close (an older one): nothing to extract
     vault.closed_on_chain()
     return Step()
 
