@@ -3,9 +3,10 @@
 Every transaction is built, signed and applied to the node-free validating ledger
 (``a402.bitcoin.validate``) before its size is taken from its serialised bytes (base = stripped
 size, witness vB = witness bytes / 4, total = ceil(weight / 4)). One run of
-``a402.bitcoin.costs.run_lifecycles`` (a channel paid ``--requests`` times through the adaptor
-exchange, closed each way (MuSig2 key path, the 2-of-2 leaf, the provider's and the client's
-force closes); a vault deposit settled and force-settled; the paper's
+``a402.bitcoin.costs.run_lifecycles`` (a channel paid ``--requests`` times through the A402
+exchange, the ASC state machine of ``a402.asc`` on both sides over the Bitcoin settlement of
+``a402.bitcoin.exchange``, closed each way (MuSig2 key path, the 2-of-2 leaf, the provider's
+and the client's force closes); a vault deposit settled and force-settled; the paper's
 x402-style escrow pair), then the vault's aggregated settlement of 1, 10 and 100 deposits in
 one transaction.
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from a402.bitcoin.channel import ChannelParams, ProviderChannel, VaultChannel, funding_transaction
+from a402.asc import CloseReady, ProviderChannel, SignedState, VaultChannel
+from a402.bitcoin.channel import ChannelParams, funding_transaction
+from a402.bitcoin.exchange import exchange, provider_channel, vault_channel
 from a402.bitcoin.scripts import ChannelKeys, payout_script_pubkey
 from a402.bitcoin.transactions import Utxo
 from a402.bitcoin.validate import Ledger
@@ -50,8 +52,8 @@ def open_channel(deposit: int = DEPOSIT) -> Setup:
     return Setup(
         ledger,
         params,
-        VaultChannel(params, vault_key),
-        ProviderChannel(params, provider_key),
+        vault_channel(params, vault_key),
+        provider_channel(params, provider_key, provider_key),
         client_key,
         vault_key,
         provider_key,
@@ -59,12 +61,21 @@ def open_channel(deposit: int = DEPOSIT) -> Setup:
 
 
 def pay(setup: Setup, amount: int, result: bytes, *, reveal: bool = True) -> bytes | None:
-    """One request through the four messages; the vault's result if REVEAL is delivered."""
-    exec_ = setup.vault.request(b"GET /weather", amount)
-    reply = setup.provider.on_exec(exec_, result)
-    auth = setup.vault.on_reply(reply)
-    reveal_msg = setup.provider.on_auth(auth)
-    return setup.vault.on_reveal(reveal_msg) if reveal else None
+    """One request through the ASC machines (EXEC, REPLY, AUTH, REVEAL as wire bytes); the
+    vault's result if the REVEAL is delivered."""
+    return exchange(setup.vault, setup.provider, b"GET /weather", amount, result,
+                    deliver_reveal=reveal)
+
+
+def agree_final(setup: Setup) -> tuple[SignedState, SignedState]:
+    """The machine's CLOSE / CLOSE_ACK: the final state as the vault and the provider hold it."""
+    close = setup.vault.close()
+    provider_step = setup.provider.receive(close, now=0.0)
+    (close_ack,) = provider_step.send
+    (vault_ready,) = setup.vault.receive(close_ack, now=0.0).events
+    (provider_ready,) = provider_step.events
+    assert isinstance(vault_ready, CloseReady) and isinstance(provider_ready, CloseReady)
+    return vault_ready.signed, provider_ready.signed
 
 
 def outputs(raw: bytes) -> dict[bytes, int]:

@@ -15,13 +15,50 @@ import buidl.tx
 import pytest
 from bitcointx.core import CMutableTransaction, CTransaction
 
-from a402.bitcoin.channel import ExchangeError, Exec, client_refund
+from a402.asc import (
+    Exec,
+    LocalProtocolError,
+    Reason,
+    RemoteProtocolError,
+    ResultDelivered,
+    Status,
+)
+from a402.bitcoin.channel import ExchangeError, client_refund
+from a402.bitcoin.exchange import (
+    CooperativeClose,
+    Watchtower,
+    cooperative_answer,
+    on_chain_close,
+    payment_leaf_close,
+    restore_provider,
+)
 from a402.bitcoin.scripts import PAYMENT_LEAF
 from a402.bitcoin.transactions import P2TR_DUST, Utxo, set_witness
 from a402.bitcoin.validate import Refused
-from a402.crypto import BIP340, adaptor_point, generate_adaptor
+from a402.crypto import BIP340, generate_adaptor
 
-from ._setup import FUNDING_HEIGHT, REFUND_DELAY, open_channel, outputs, pay
+from ._setup import (
+    FUNDING_HEIGHT,
+    REFUND_DELAY,
+    Setup,
+    agree_final,
+    open_channel,
+    outputs,
+    pay,
+)
+
+
+def _force_close(s: Setup) -> bytes:
+    """The provider's close of its newest co-signed state (the machine's)."""
+    return payment_leaf_close(s.params, s.provider.latest_state())
+
+
+def _opened(s: Setup, raw: bytes) -> bytes | None:
+    """What the vault opens from ``raw`` on-chain (None if nothing was in flight)."""
+    for event in on_chain_close(s.vault, s.params, raw).events:
+        if isinstance(event, ResultDelivered):
+            return event.result
+    return None
 
 
 def _restack(raw: bytes, stack: list[bytes]) -> bytes:
@@ -48,7 +85,7 @@ def test_a_force_close_whose_signature_carries_an_explicit_default_hash_type_is_
     accepted it (it hashes as SIGHASH_DEFAULT), and the vault could not extract t from it."""
     s = open_channel()
     pay(s, 2_000, b"r", reveal=False)
-    raw = s.provider.force_close()
+    raw = _force_close(s)
     provider_sig, vault_sig, leaf, control = _stack(raw)
     padded = _restack(raw, [provider_sig, vault_sig + b"\x00", leaf, control])
     with pytest.raises(Refused) as refused:
@@ -57,7 +94,7 @@ def test_a_force_close_whose_signature_carries_an_explicit_default_hash_type_is_
     assert s.ledger.coin(s.params.funding.txid, 0) is not None  # unchanged
     # The vault's own close of the same state is still accepted, and t comes out of it.
     s.ledger.apply(raw, FUNDING_HEIGHT + 1)
-    assert s.vault.on_chain_close(raw) == b"r"
+    assert _opened(s, raw) == b"r"
 
 
 def test_an_undefined_sighash_type_on_the_providers_own_signature_is_refused() -> None:
@@ -65,7 +102,7 @@ def test_an_undefined_sighash_type_on_the_providers_own_signature_is_refused() -
     hashed 0x04 as if it were a type and accepted a signature made over that hash."""
     s = open_channel()
     pay(s, 2_000, b"r", reveal=False)
-    raw = s.provider.force_close()
+    raw = _force_close(s)
     provider_sig, vault_sig, leaf, control = _stack(raw)
     odd = _restack(raw, [provider_sig + b"\x04", vault_sig, leaf, control])
     resigned = BIP340.sign(s.provider_key, _buidl_sighash(odd, s.params.funding, 0x04))
@@ -80,7 +117,7 @@ def test_a_tapscript_spend_that_leaves_extra_items_on_the_stack_is_refused() -> 
     only looked at the top item, so an extra witness item below the signatures passed."""
     s = open_channel()
     pay(s, 2_000, b"r", reveal=False)
-    raw = s.provider.force_close()
+    raw = _force_close(s)
     dirty = _restack(raw, [b"\x01", *_stack(raw)])
     with pytest.raises(Refused) as refused:
         s.ledger.apply(dirty, FUNDING_HEIGHT + 1)
@@ -108,59 +145,87 @@ def test_a_witness_with_an_annex_is_refused_as_nonstandard() -> None:
 
 def test_the_provider_refuses_an_exec_that_would_lower_or_not_raise_its_claim() -> None:
     """Regression: the provider pre-signed (and, on AUTH, adopted as its newest claim) a state
-    paying it less than the one it holds, for an EXEC with a zero or negative amount."""
+    paying it less than the one it holds, for an EXEC with a zero or negative amount. The
+    machine refuses them now (a negative amount cannot even be encoded)."""
     s = open_channel()
     pay(s, 2_000, b"first")
-    for amount in (0, -1_000):
-        with pytest.raises(ExchangeError) as refused:
-            s.provider.on_exec(Exec(7, amount, b"GET /"), b"free work")
-        assert refused.value.reason == "bad-amount"
-    assert s.provider.provider_balance == 2_000
-    assert outputs(s.provider.force_close())[s.params.provider_payout] == 2_000
+    with pytest.raises(RemoteProtocolError) as refused:
+        s.provider.receive(Exec(s.provider.channel_id, 7, 1, 0, b"GET /"), now=0.0)
+    assert refused.value.reason == Reason.INVALID_AMOUNT
+    with pytest.raises(ValueError):
+        Exec(s.provider.channel_id, 7, 1, -1_000, b"GET /").encode()
+    assert s.provider.state.provider_balance == 2_000 and s.provider.status is Status.OPEN
+    assert outputs(_force_close(s))[s.params.provider_payout] == 2_000
 
 
 def test_the_provider_refuses_an_exec_beyond_the_channel_with_a_clear_reason() -> None:
-    """Regression: an EXEC over capacity escaped as a bare TransactionError or a wrong one."""
+    """Regression: an EXEC over capacity escaped as a bare TransactionError or a wrong one.
+    (Within the client's balance but over what a close can pay after its fee and dust.)"""
     s = open_channel()
-    with pytest.raises(ExchangeError) as refused:
-        s.provider.on_exec(Exec(0, s.params.funding.amount, b"GET /"), b"x")
-    assert refused.value.reason == "over-capacity"
+    over = s.params.capacity() + 1
+    with pytest.raises(RemoteProtocolError) as refused:
+        s.provider.receive(Exec(s.provider.channel_id, 0, 0, over, b"GET /"), now=0.0)
+    assert refused.value.reason == Reason.INSUFFICIENT_BALANCE
+    assert "over-capacity" in refused.value.detail
+    assert s.provider.status is Status.OPEN and s.provider.next_request_id == 0
 
 
 def test_a_first_payment_below_the_dust_limit_is_refused_before_exec() -> None:
     """Regression: a provider balance below P2TR dust (330 sat) cannot be an output; the vault
     sent the EXEC anyway and then failed in on_reply with a TransactionError."""
     s = open_channel()
-    with pytest.raises(ExchangeError) as refused:
-        s.vault.request(b"GET /", P2TR_DUST - 1)
-    assert refused.value.reason == "below-dust"
-    assert s.vault.pending is None and s.vault.next_request_id == 0
-    with pytest.raises(ExchangeError) as provider_refused:
-        s.provider.on_exec(Exec(0, P2TR_DUST - 1, b"GET /"), b"x")
-    assert provider_refused.value.reason == "below-dust"
+    with pytest.raises(LocalProtocolError) as refused:
+        s.vault.request(b"GET /", P2TR_DUST - 1, now=0.0)
+    assert refused.value.reason == Reason.INVALID_AMOUNT
+    assert "below-dust" in refused.value.detail
+    assert s.vault.status is Status.OPEN and s.vault.next_request_id == 0
+    with pytest.raises(RemoteProtocolError) as provider_refused:
+        s.provider.receive(Exec(s.provider.channel_id, 0, 0, P2TR_DUST - 1, b"GET /"), now=0.0)
+    assert provider_refused.value.reason == Reason.INVALID_AMOUNT
     assert pay(s, P2TR_DUST, b"ok") == b"ok"
     assert pay(s, 1, b"one more sat") == b"one more sat"  # above dust, any amount
     assert s.vault.provider_balance == P2TR_DUST + 1
 
 
+def test_a_metered_charge_below_dust_is_refused_by_the_provider_before_it_pre_signs() -> None:
+    """The machine's metered charge δ' ≤ δ must still leave the provider's output above dust:
+    the provider's machine refuses to reply with it (and the vault would refuse the REPLY)."""
+    s = open_channel()
+    exec_ = s.vault.request(b"GET /", 1_000, now=0.0)
+    s.provider.receive(exec_, now=0.0)
+    with pytest.raises(LocalProtocolError) as refused:
+        s.provider.reply(exec_.request_id, b"x", charge=P2TR_DUST - 1)
+    assert refused.value.reason == Reason.INVALID_AMOUNT
+    reply = s.provider.reply(exec_.request_id, b"x", charge=400)
+    (auth,) = s.vault.receive(reply, now=0.0).send
+    (reveal,) = s.provider.receive(auth, now=0.0).send
+    s.vault.receive(reveal, now=0.0)
+    assert s.vault.provider_balance == s.provider.state.provider_balance == 400
+    assert s.vault.free == s.params.funding.amount - 400
+
+
 def test_the_vaults_signatures_on_one_state_never_share_a_nonce() -> None:
-    """Check (passes as built): the vault pre-signs a state under T, then (after the REVEAL)
-    signs the same state's close plainly; a provider replays the same sighash under another T.
+    """Check (passes as built): the vault pre-signs a state under T (AUTH), then signs the
+    same state's close plainly (CLOSE); a provider replays the same sighash under another T.
     A shared nonce in any two of these would reveal the vault's key; they all differ."""
     s = open_channel()
-    pay(s, 2_000, b"r")
-    assert s.provider.claim is not None
-    pre = s.provider.claim.vault_pre
-    unsigned, plain = s.vault.cooperative_signature()
-    state = s.params.sighash(CTransaction.deserialize(unsigned), PAYMENT_LEAF)
-    assert state == s.provider.claim.message
+    exec_ = s.vault.request(b"GET /", 2_000, now=0.0)
+    s.provider.receive(exec_, now=0.0)
+    reply = s.provider.reply(exec_.request_id, b"r")
+    (auth,) = s.vault.receive(reply, now=0.0).send
+    (reveal,) = s.provider.receive(auth, now=0.0).send
+    s.vault.receive(reveal, now=0.0)
+    pre = BIP340.presignature_from_bytes(auth.authorization)
+    vault_final, _ = agree_final(s)
+    plain = vault_final.vault_signature[:64]
+    message = s.params.sighash(s.params.payment_close(2_000), PAYMENT_LEAF)
 
     _, other_t = generate_adaptor()
-    again = BIP340.pre_sign(s.vault_key, s.provider.claim.message, other_t, aux_rand=bytes(32))
-    same_t = adaptor_point(s.provider.claim.t)
-    fixed = BIP340.pre_sign(s.vault_key, s.provider.claim.message, same_t, aux_rand=bytes(32))
+    again = BIP340.pre_sign(s.vault_key, message, other_t, aux_rand=bytes(32))
+    fixed = BIP340.pre_sign(s.vault_key, message, reply.adaptor_point, aux_rand=bytes(32))
     nonces = {pre.to_bytes()[1:33], plain[:32], again.to_bytes()[1:33], fixed.to_bytes()[1:33]}
     assert len(nonces) == 4
+    assert BIP340.verify(s.params.keys.vault, message, plain)
 
 
 @pytest.mark.parametrize("margin", [0, -1, REFUND_DELAY])
@@ -170,7 +235,7 @@ def test_the_watchtower_refuses_a_margin_that_would_race_or_precede_the_refund(m
     s = open_channel()
     pay(s, 2_000, b"r")
     with pytest.raises(ValueError):
-        s.provider.poll(FUNDING_HEIGHT + 1, FUNDING_HEIGHT, margin)
+        Watchtower(s.provider, s.params, FUNDING_HEIGHT, margin)
 
 
 def test_garbage_in_a_cooperative_proposal_or_answer_is_refused_with_a_reason() -> None:
@@ -178,18 +243,22 @@ def test_garbage_in_a_cooperative_proposal_or_answer_is_refused_with_a_reason() 
     a short nonce or partial signature reaches libsecp256k1 only after a length check."""
     s = open_channel()
     pay(s, 2_000, b"r")
-    proposal = s.vault.cooperative_proposal()
+    vault_final, provider_final = agree_final(s)
+    musig_close = CooperativeClose(s.params, s.vault_key, vault_final)
+    proposal = musig_close.proposal()
     with pytest.raises(ExchangeError) as refused:
-        s.provider.cooperative_answer(dataclasses.replace(proposal, unsigned=b"\x02\x00"))
+        cooperative_answer(s.params, s.provider_key, provider_final,
+                           dataclasses.replace(proposal, unsigned=b"\x02\x00"))
     assert refused.value.reason == "wrong-state"
     with pytest.raises(ExchangeError) as short_nonce:
-        s.provider.cooperative_answer(dataclasses.replace(proposal, pubnonce=b"\x02" * 3))
+        cooperative_answer(s.params, s.provider_key, provider_final,
+                           dataclasses.replace(proposal, pubnonce=b"\x02" * 3))
     assert short_nonce.value.reason == "bad-nonce"
-    answer = s.provider.cooperative_answer(proposal)
+    answer = cooperative_answer(s.params, s.provider_key, provider_final, proposal)
     with pytest.raises(ExchangeError) as short:
-        s.vault.cooperative_finish(dataclasses.replace(answer, partial_signature=b"\x01" * 31))
+        musig_close.finish(dataclasses.replace(answer, partial_signature=b"\x01" * 31))
     assert short.value.reason == "bad-partial-signature"
-    raw = s.vault.cooperative_finish(answer)  # the nonce was not spent by the refusals
+    raw = musig_close.finish(answer)  # the nonce was not spent by the refusals
     s.ledger.apply(raw, FUNDING_HEIGHT + 1)
     assert outputs(raw)[s.params.provider_payout] == 2_000
 
@@ -200,33 +269,39 @@ def test_the_vault_extracts_t_even_when_the_provider_signs_its_own_half_afresh()
     s = open_channel()
     pay(s, 2_000, b"first")
     pay(s, 3_000, b"withheld", reveal=False)
-    raw = s.provider.force_close()
+    raw = _force_close(s)
     _provider_sig, vault_sig, leaf, control = _stack(raw)
     tx = CTransaction.deserialize(raw)
     fresh = BIP340.sign(s.provider_key, s.params.sighash(CMutableTransaction.from_tx(tx),
                                                          PAYMENT_LEAF))
     republished = _restack(raw, [fresh, vault_sig, leaf, control])
     s.ledger.apply(republished, FUNDING_HEIGHT + 1)
-    assert s.vault.on_chain_close(republished) == b"withheld"
-    assert s.vault.provider_balance == 5_000
+    assert _opened(s, republished) == b"withheld"
+    assert outputs(republished)[s.params.provider_payout] == 5_000
 
 
 def test_a_provider_restarted_between_reply_and_auth_still_completes_the_request() -> None:
     """Regression: the provider's snapshot dropped the request in flight (its t), but once the
     vault has sent AUTH it can neither abandon the request nor close cooperatively; a provider
     restarted before AUTH refused it, and the channel stayed stuck until Δ."""
-    from a402.bitcoin.channel import ProviderChannel
-
     s = open_channel()
     pay(s, 2_000, b"first")
-    exec_ = s.vault.request(b"GET /weather", 3_000)
-    reply = s.provider.on_exec(exec_, b"second")
+    exec_ = s.vault.request(b"GET /weather", 3_000, now=0.0)
+    s.provider.receive(exec_, now=0.0)
+    reply = s.provider.reply(exec_.request_id, b"second")
     stored = s.provider.snapshot()  # durable before the REPLY is sent
-    auth = s.vault.on_reply(reply)
-    restarted = ProviderChannel.restore(stored, s.params, s.provider_key)
-    assert s.vault.on_reveal(restarted.on_auth(auth)) == b"second"
-    assert s.vault.provider_balance == restarted.provider_balance == 5_000
-    raw = s.vault.cooperative_finish(restarted.cooperative_answer(s.vault.cooperative_proposal()))
+    (auth,) = s.vault.receive(reply, now=0.0).send
+    restarted = restore_provider(stored, s.params, s.provider_key)
+    (reveal,) = restarted.receive(auth, now=0.0).send
+    (delivered,) = s.vault.receive(reveal, now=0.0).events
+    assert delivered.result == b"second"  # type: ignore[union-attr]
+    assert s.vault.provider_balance == restarted.state.provider_balance == 5_000
+    s.provider = restarted
+    vault_final, provider_final = agree_final(s)
+    musig_close = CooperativeClose(s.params, s.vault_key, vault_final)
+    raw = musig_close.finish(
+        cooperative_answer(s.params, s.provider_key, provider_final, musig_close.proposal())
+    )
     s.ledger.apply(raw, FUNDING_HEIGHT + 1)
     assert outputs(raw)[s.params.provider_payout] == 5_000
 
@@ -258,7 +333,36 @@ def test_bytes_that_are_no_transaction_are_refused_by_the_vaults_chain_watch() -
     pay(s, 2_000, b"withheld", reveal=False)
     for garbage in (b"\x02\x00\x00", b""):
         with pytest.raises(ExchangeError) as refused:
-            s.vault.on_chain_close(garbage)
+            on_chain_close(s.vault, s.params, garbage)
         assert refused.value.reason == "malformed"
-    assert s.vault.pending is not None and s.vault.provider_balance == 0
-    assert s.vault.on_chain_close(s.provider.force_close()) == b"withheld"
+    assert s.vault.status is Status.PENDING and s.vault.provider_balance == 0
+    assert _opened(s, _force_close(s)) == b"withheld"
+
+
+def test_a_transaction_that_does_not_spend_the_channel_leaves_the_vault_unchanged() -> None:
+    """The vault's chain watch refuses a spend of another output (here: another channel's
+    provider close): it must not close this channel or settle its request."""
+    s = open_channel()
+    other = open_channel()
+    pay(other, 1_000, b"elsewhere")
+    pay(s, 2_000, b"withheld", reveal=False)
+    with pytest.raises(ExchangeError) as refused:
+        on_chain_close(s.vault, s.params, _force_close(other))
+    assert refused.value.reason == "not-this-channel"
+    assert s.vault.status is Status.PENDING and s.vault.locked == 2_000
+    assert _opened(s, _force_close(s)) == b"withheld"
+
+
+def test_a_close_of_an_older_state_closes_the_channel_with_nothing_to_open() -> None:
+    """The provider closes with the state before the request in flight (paying itself less):
+    the vault's pre-signature is not completed in it, so there is no t, and the channel is
+    CLOSED with the older split on-chain."""
+    s = open_channel()
+    pay(s, 1_000, b"first")
+    older = s.provider.latest_state()
+    pay(s, 2_000, b"withheld", reveal=False)
+    raw = payment_leaf_close(s.params, older)
+    s.ledger.apply(raw, FUNDING_HEIGHT + 1)
+    assert on_chain_close(s.vault, s.params, raw).events == ()
+    assert s.vault.status is Status.CLOSED
+    assert outputs(raw)[s.params.provider_payout] == 1_000

@@ -8,6 +8,7 @@ from embit.transaction import Transaction as EmbitTransaction
 
 from a402.bitcoin import transactions as txs
 from a402.bitcoin.channel import client_refund
+from a402.bitcoin.exchange import payment_leaf_close
 from a402.bitcoin.scripts import PAYMENT_LEAF, REFUND_LEAF
 
 from ._setup import open_channel, pay
@@ -28,7 +29,7 @@ def test_payment_and_refund_sighashes_agree_between_bitcointx_and_embit() -> Non
     s = open_channel()
     pay(s, 1_234, b"r")
     for raw, name in (
-        (s.provider.force_close(), PAYMENT_LEAF),
+        (payment_leaf_close(s.params, s.provider.latest_state()), PAYMENT_LEAF),
         (client_refund(s.params, s.client_key), REFUND_LEAF),
     ):
         tx = CTransaction.deserialize(raw).to_mutable()
@@ -41,7 +42,7 @@ def test_payment_and_refund_sighashes_agree_between_bitcointx_and_embit() -> Non
 def test_sizes_are_computed_from_the_serialised_transaction() -> None:
     s = open_channel()
     pay(s, 1_000, b"r")
-    raw = s.provider.force_close()
+    raw = payment_leaf_close(s.params, s.provider.latest_state())
     tx = CTransaction.deserialize(raw)
     stripped = len(tx.serialize(include_witness=False))
     weight = 3 * stripped + len(raw)

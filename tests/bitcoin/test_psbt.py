@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from bitcointx.core import CMutableTransaction
 from bitcointx.core.psbt import PartiallySignedTransaction
 
 from a402.bitcoin import psbt, signing
@@ -16,8 +15,10 @@ from ._setup import FUNDING_HEIGHT, open_channel, outputs, pay
 def test_a_cooperative_close_signed_through_a_psbt_is_accepted_by_the_ledger() -> None:
     s = open_channel()
     pay(s, 2_500, b"r")
-    unsigned, vault_sig = s.vault.cooperative_signature()
-    tx = CMutableTransaction.deserialize(unsigned)
+    close = s.vault.close()  # the machine's CLOSE: the vault's signature on the final state
+    vault_sig = close.signature[:64]
+    tx = s.params.payment_close(close.state.provider_balance)
+    unsigned = bytes(tx.serialize())
     encoded = psbt.to_psbt(s.params, tx, PAYMENT_LEAF, {s.params.keys.vault: vault_sig})
     # A second library reads the same PSBT (its unsigned transaction, its spent output).
     other = PartiallySignedTransaction.from_base64(encoded)
@@ -37,8 +38,9 @@ def test_a_cooperative_close_signed_through_a_psbt_is_accepted_by_the_ledger() -
 def test_a_psbt_with_a_forged_signature_or_another_leaf_is_refused() -> None:
     s = open_channel()
     pay(s, 1_000, b"r")
-    unsigned, vault_sig = s.vault.cooperative_signature()
-    tx = CMutableTransaction.deserialize(unsigned)
+    close = s.vault.close()  # the machine's CLOSE: the vault's signature on the final state
+    vault_sig = close.signature[:64]
+    tx = s.params.payment_close(close.state.provider_balance)
     forged = bytes([vault_sig[0] ^ 1]) + vault_sig[1:]
     for encoded, leaf in (
         (psbt.to_psbt(s.params, tx, PAYMENT_LEAF, {s.params.keys.vault: forged}), PAYMENT_LEAF),

@@ -1,9 +1,10 @@
 """Atomic Service Channels, standard mode: terms, messages and the channel state machine.
 
 Pure and sans-IO, like h11: :mod:`a402.asc.machine` turns (message, time) into
-(state change, messages to send, events), :mod:`a402.asc.messages` is the one
-canonical wire encoding, :mod:`a402.asc.terms` computes channel ids and state
-digests exactly as ``ASCManager.sol`` does. The contract bindings
+(state change, messages to send, events) and asks :mod:`a402.asc.settlement` for
+what is chain-specific (EVM here; Bitcoin in :mod:`a402.bitcoin.exchange`),
+:mod:`a402.asc.messages` is the one canonical wire encoding, :mod:`a402.asc.terms`
+computes channel ids and state digests exactly as ``ASCManager.sol`` does. The contract bindings
 (:mod:`a402.asc_manager`) do I/O and are not imported here.
 """
 
@@ -40,6 +41,7 @@ from .messages import (
     decode,
     encode,
 )
+from .settlement import EvmSettlement, Settlement
 from .snapshot import SnapshotError
 from .terms import (
     BalanceState,
@@ -69,6 +71,7 @@ __all__ = [
     "CloseReady",
     "DigestSigner",
     "Event",
+    "EvmSettlement",
     "Exec",
     "ExecuteRequest",
     "ForceCloseClaim",
@@ -89,6 +92,7 @@ __all__ = [
     "RequestExpired",
     "ResultDelivered",
     "Reveal",
+    "Settlement",
     "SignedState",
     "SnapshotError",
     "Status",

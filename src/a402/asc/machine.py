@@ -57,6 +57,14 @@ would leave both sides waiting, so the vault's runtime re-sends
 provider keeps refusing new EXECs (``request_in_flight``); its runtime re-sends
 :meth:`ProviderChannel.pending_reveal` and the vault answers an identical
 REVEAL with the same ACK again, without paying twice.
+
+Chains. What depends on the chain — ``m``, the pre-signature flavour and its wire form,
+σ_U, the state signatures, payments the chain cannot settle, whether an ACK is needed — is
+asked of a :class:`~a402.asc.settlement.Settlement`. The constructors build the EVM one
+from the terms and the domain (the rules above, unchanged); ``over`` takes any other (the
+Bitcoin channel's: :mod:`a402.bitcoin.exchange`). Without ACKs the provider's state is
+co-signed when AUTH arrives (σ_U completed with ``t`` is the vault's signature on it), it
+answers a re-sent AUTH with the same REVEAL, and the vault sends nothing back for a REVEAL.
 """
 
 from __future__ import annotations
@@ -64,37 +72,29 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 
 from a402.crypto import (
-    EVM,
     PaymentDomain,
     PreSignature,
     ResultContext,
     SecretKey,
     adaptor_point,
-    authorization_digest,
     generate_adaptor,
     is_adaptor_secret,
-    payment_message,
     result_hash,
     seal,
     sealing,
 )
-from a402.crypto.authorization import authorization_signer
 from a402.crypto.errors import CryptoError, ExtractionError, SealError
 
 from . import snapshot as _snap
 from .errors import LocalProtocolError, Reason, RemoteProtocolError
 from .messages import Ack, Auth, Close, CloseAck, Exec, Message, Reply, Reveal
-from .terms import (
-    MAX_VERSION,
-    BalanceState,
-    ChannelTerms,
-    DigestSigner,
-    sign_state,
-    state_signer,
-)
+from .settlement import EvmSettlement, Settlement
+from .settlement import KeyPreSigner as KeyPreSigner  # defined there, exported here too
+from .settlement import PreSigner as PreSigner
+from .terms import MAX_VERSION, BalanceState, ChannelTerms, DigestSigner
 
 
 class Status(StrEnum):
@@ -102,37 +102,6 @@ class Status(StrEnum):
     LOCKED = "locked"
     PENDING = "pending"
     CLOSED = "closed"
-
-
-class PreSigner(Protocol):
-    """The provider's attested EVM-flavour Schnorr key, wherever it lives.
-
-    A :class:`~a402.crypto.SecretKey` is wrapped as one; the provider enclave's
-    code (:mod:`a402.provider_enclave`) passes one over its kernel, so that the
-    key never leaves the enclave and only this machine asks it to pre-sign.
-    """
-
-    @property
-    def public_key(self) -> bytes:
-        """The 32-byte x-only key registered as the channel's ``providerKey``."""
-        ...
-
-    def pre_sign(self, message: bytes, adaptor: bytes) -> PreSignature: ...
-
-
-class KeyPreSigner:
-    """A :class:`PreSigner` over a key held in this process (tests, tools)."""
-
-    __slots__ = ("_key", "public_key")
-
-    def __init__(self, key: SecretKey) -> None:
-        if key.flavour != "evm":
-            raise ValueError("the provider's adaptor key must be an EVM-flavour key")
-        self._key = key
-        self.public_key = key.public_key
-
-    def pre_sign(self, message: bytes, adaptor: bytes) -> PreSignature:
-        return EVM.pre_sign(self._key, message, adaptor)
 
 
 # ---------------------------------------------------------------------- events
@@ -271,17 +240,37 @@ class Step:
 
 
 class _Channel:
-    """What both sides track: the terms, the latest co-signed state, and the status."""
+    """What both sides track: the settlement, the latest co-signed state, and the status.
 
-    def __init__(self, terms: ChannelTerms, domain: PaymentDomain) -> None:
-        self.terms = terms
-        self.domain = domain
-        self.channel_id = terms.channel_id(domain)
+    ``settlement`` (:mod:`a402.asc.settlement`) is the chain's half: an EVM channel's
+    (:class:`~a402.asc.settlement.EvmSettlement`, built from the terms and the domain by
+    the constructors) or a Bitcoin channel's (``a402.bitcoin.exchange``, built with
+    ``over``).
+    """
+
+    def _init_channel(self, settlement: Settlement) -> None:
+        self.settlement = settlement
+        self.channel_id = settlement.channel_id
         self.status = Status.OPEN
-        self._state = terms.opening_state()
+        self._state = settlement.opening_state()
         self._vault_signature = b""
         self._provider_signature = b""
         self.next_request_id = 0
+
+    @property
+    def terms(self) -> ChannelTerms:
+        """The EVM channel's terms (a channel on another chain has none)."""
+        return self._evm().terms
+
+    @property
+    def domain(self) -> PaymentDomain:
+        """The EVM channel's EIP-712 domain (a channel on another chain has none)."""
+        return self._evm().domain
+
+    def _evm(self) -> EvmSettlement:
+        if not isinstance(self.settlement, EvmSettlement):
+            raise AttributeError("this channel does not settle on an EVM chain")
+        return self.settlement
 
     @property
     def state(self) -> BalanceState:
@@ -301,10 +290,17 @@ class _Channel:
         self.status = Status.CLOSED
 
     def _common_snapshot(self, fmt: str) -> dict[str, Any]:
+        settlement = self.settlement
+        if isinstance(settlement, EvmSettlement):
+            where: dict[str, Any] = {
+                "terms": _snap.terms_to_json(settlement.terms),
+                "domain": _snap.domain_to_json(settlement.domain),
+            }
+        else:  # restored with its settlement passed back in, checked against this id
+            where = {"channelId": _snap.hx(self.channel_id)}
         return {
             "format": fmt,
-            "terms": _snap.terms_to_json(self.terms),
-            "domain": _snap.domain_to_json(self.domain),
+            **where,
             "status": self.status.value,
             "state": _snap.state_to_json(self._state),
             "vaultSignature": _snap.hx(self._vault_signature),
@@ -324,10 +320,24 @@ class _Channel:
             raise RemoteProtocolError(Reason.WRONG_CHANNEL, "message is for another channel")
 
     def _message(self, request_id: int, amount: int, h: bytes) -> bytes:
-        return payment_message(self.domain, self.channel_id, request_id, amount, h)
+        return self.settlement.payment_message(self._state, request_id, amount, h)
 
     def _signer_is(self, state: BalanceState, signature: bytes, party: bytes) -> bool:
-        return state_signer(self.domain, self.channel_id, state, signature) == party
+        return self.settlement.signed_by(state, signature, party)
+
+    def _refusal(self, amount: int) -> tuple[Reason, str] | None:
+        return self.settlement.refuse_payment(self._state, amount)
+
+    @staticmethod
+    def _settled_by(settlement: Settlement | None, doc: dict[str, Any]) -> Settlement:
+        """The settlement a snapshot names: its EVM terms, or the one passed back in."""
+        if settlement is None:
+            return EvmSettlement(
+                _snap.terms_from_json(doc["terms"]), _snap.domain_from_json(doc["domain"])
+            )
+        if _snap.unhex(doc.get("channelId")) != settlement.channel_id:
+            raise ValueError("the snapshot is of another channel")
+        return settlement
 
 
 def _bump(request_id: int) -> int:
@@ -369,11 +379,23 @@ class VaultChannel(_Channel):
         *,
         lock_timeout: float,
     ) -> None:
-        if vault_key.address != terms.vault:
+        self._setup(EvmSettlement(terms, domain), vault_key, lock_timeout)
+
+    @classmethod
+    def over(
+        cls, settlement: Settlement, vault_key: DigestSigner, *, lock_timeout: float
+    ) -> VaultChannel:
+        """The vault's side of a channel settled by ``settlement`` (any chain's)."""
+        channel = cls.__new__(cls)
+        channel._setup(settlement, vault_key, lock_timeout)
+        return channel
+
+    def _setup(self, settlement: Settlement, vault_key: DigestSigner, lock_timeout: float) -> None:
+        if vault_key.address != settlement.vault:
             raise ValueError("the vault key does not match the channel's vault address")
         if lock_timeout <= 0:
             raise ValueError("lock_timeout must be positive")
-        super().__init__(terms, domain)
+        self._init_channel(settlement)
         self._key = vault_key
         self.lock_timeout = lock_timeout
         self._pending: _VaultRequest | None = None
@@ -409,6 +431,9 @@ class VaultChannel(_Channel):
             raise LocalProtocolError(Reason.INVALID_AMOUNT, "amount must be positive")
         if amount > self.free:
             raise LocalProtocolError(Reason.INSUFFICIENT_BALANCE, f"{amount} > free {self.free}")
+        refusal = self._refusal(amount)
+        if refusal is not None:
+            raise LocalProtocolError(*refusal)
         rid = self.next_request_id
         self.next_request_id = _bump(rid)
         self._pending = _VaultRequest(rid, amount, bytes(request), now + self.lock_timeout)
@@ -502,7 +527,7 @@ class VaultChannel(_Channel):
         )
         self.next_request_id = version
         self._final = Close(
-            self.channel_id, final, sign_state(self._key, self.domain, self.channel_id, final)
+            self.channel_id, final, self.settlement.sign_state(self._key, final)
         )
         self.status = Status.CLOSED
         return self._final
@@ -553,8 +578,9 @@ class VaultChannel(_Channel):
             raise RemoteProtocolError(
                 Reason.LOCK_EXPIRED, f"REPLY after Δ_lock for {reply.request_id}"
             )
+        settlement = self.settlement
         try:
-            presignature = EVM.presignature_from_bytes(reply.presignature)
+            presignature = settlement.parse_presignature(reply.presignature)
             sealing.EncRes.from_bytes(reply.sealed_result)
         except (ValueError, CryptoError) as e:
             raise RemoteProtocolError(Reason.MALFORMED, str(e)) from None
@@ -563,13 +589,16 @@ class VaultChannel(_Channel):
                 Reason.INVALID_AMOUNT,
                 f"the charge {reply.amount} exceeds the δ={pending.amount} locked for it",
             )
+        refusal = self._refusal(reply.amount)
+        if refusal is not None:
+            raise RemoteProtocolError(*refusal)
         m = self._message(pending.request_id, reply.amount, reply.result_hash)
-        if not EVM.pre_verify(self.terms.provider_key, m, reply.adaptor_point, presignature):
+        if not settlement.pre_verify(m, reply.adaptor_point, presignature):
             raise RemoteProtocolError(
                 Reason.BAD_PRESIGNATURE, "σ̂ does not verify for m(cid, rid, δ', h) under T"
             )
-        authorization = self._key.sign_digest(
-            authorization_digest(self.domain, m, reply.amount, presignature.r)
+        authorization = settlement.authorize(
+            self._key, m, reply.amount, presignature, reply.adaptor_point
         )
         pending.reply = reply
         pending.presignature = presignature
@@ -582,12 +611,9 @@ class VaultChannel(_Channel):
 
     def _on_reveal(self, reveal: Reveal) -> Step:
         pending = self._pending
-        if (
-            self._last_reveal is not None
-            and self._last_ack is not None
-            and reveal == self._last_reveal
-        ):
-            return Step(send=(self._last_ack,))  # a retransmission: the same receipt, paid once
+        if self._last_reveal is not None and reveal == self._last_reveal:
+            # a retransmission: the same receipt (none without ACKs), paid once
+            return Step(send=() if self._last_ack is None else (self._last_ack,))
         if self.status is Status.CLOSED:
             raise RemoteProtocolError(Reason.CHANNEL_CLOSED)
         if pending is None or reveal.request_id != pending.request_id:
@@ -602,12 +628,19 @@ class VaultChannel(_Channel):
             raise RemoteProtocolError(
                 Reason.STATE_MISMATCH, f"expected {expected}, got {reveal.state}"
             )
-        if not self._signer_is(expected, reveal.signature, self.terms.provider):
+        if not self._signer_is(expected, reveal.signature, self.settlement.provider):
             raise RemoteProtocolError(Reason.BAD_STATE_SIGNATURE, "not the provider's signature")
         result = self._open(pending, reveal.adaptor_secret)
 
-        signature = sign_state(self._key, self.domain, self.channel_id, expected)
-        ack = Ack(self.channel_id, pending.request_id, expected, signature)
+        ack: Ack | None
+        if self.settlement.needs_ack:
+            signature = self.settlement.sign_state(self._key, expected)
+            ack = Ack(self.channel_id, pending.request_id, expected, signature)
+        else:  # σ_U completed with t is the vault's signature the provider already holds
+            signature = self.settlement.completed_authorization(
+                pending.authorization, reveal.adaptor_secret
+            )
+            ack = None
         self._state = expected
         self._vault_signature = signature
         self._provider_signature = reveal.signature
@@ -615,7 +648,10 @@ class VaultChannel(_Channel):
         self._pending = None
         self._last_reveal, self._last_ack = reveal, ack
         self.status = Status.OPEN
-        return Step(send=(ack,), events=(ResultDelivered(ack.request_id, reply.amount, result),))
+        return Step(
+            send=() if ack is None else (ack,),
+            events=(ResultDelivered(pending.request_id, reply.amount, result),),
+        )
 
     def _open(self, pending: _VaultRequest, t: bytes) -> bytes:
         assert pending.reply is not None
@@ -635,7 +671,7 @@ class VaultChannel(_Channel):
             raise RemoteProtocolError(Reason.REPLAYED, "the final state is already co-signed")
         if close_ack.state != self._final.state:
             raise RemoteProtocolError(Reason.STATE_MISMATCH, "not the proposed final state")
-        if not self._signer_is(close_ack.state, close_ack.signature, self.terms.provider):
+        if not self._signer_is(close_ack.state, close_ack.signature, self.settlement.provider):
             raise RemoteProtocolError(Reason.BAD_STATE_SIGNATURE, "not the provider's signature")
         self._final_acked = True
         signed = SignedState(close_ack.state, self._final.signature, close_ack.signature)
@@ -680,18 +716,21 @@ class VaultChannel(_Channel):
         return _snap.dumps(doc)
 
     @classmethod
-    def restore(cls, data: bytes, vault_key: DigestSigner) -> VaultChannel:
+    def restore(
+        cls, data: bytes, vault_key: DigestSigner, *, settlement: Settlement | None = None
+    ) -> VaultChannel:
         """The channel :meth:`snapshot` described, signing with ``vault_key``.
 
+        An EVM channel's settlement is rebuilt from the snapshot's terms; any other
+        channel's must be passed back in as ``settlement`` (its id must match).
         Raises :class:`~a402.asc.snapshot.SnapshotError` for damaged bytes and
         :class:`ValueError` if the key is not the channel's vault key.
         """
         doc = _snap.loads(data, _snap.VAULT_FORMAT)
         with _snap.parsing("vault"):
-            terms = _snap.terms_from_json(doc["terms"])
-            domain = _snap.domain_from_json(doc["domain"])
+            settled = cls._settled_by(settlement, doc)
             lock_timeout = _snap.number(doc["lockTimeout"])
-        channel = cls(terms, domain, vault_key, lock_timeout=lock_timeout)
+        channel = cls.over(settled, vault_key, lock_timeout=lock_timeout)
         with _snap.parsing("vault"):
             channel._restore_common(doc)
             raw = doc["pending"]
@@ -704,7 +743,7 @@ class VaultChannel(_Channel):
                     _snap.unhex(raw["request"]),
                     _snap.number(raw["lockDeadline"]),
                     reply,
-                    None if reply is None else EVM.presignature_from_bytes(reply.presignature),
+                    None if reply is None else settled.parse_presignature(reply.presignature),
                     _snap.unhex(raw["authorization"]),
                 )
             channel._last_reveal = _snap.message_from_json(doc["lastReveal"], Reveal)
@@ -734,7 +773,10 @@ class VaultChannel(_Channel):
             and pending.presignature is not None
         ):
             try:
-                t = EVM.extract(pending.presignature, signature, pending.reply.adaptor_point)
+                t = self.settlement.extract(
+                    pending.presignature, pending.authorization, pending.reply.adaptor_point,
+                    signature,
+                )
             except ExtractionError as e:
                 raise RemoteProtocolError(Reason.BAD_COMPLETION, str(e)) from None
             result = self._open(pending, t)
@@ -791,23 +833,54 @@ class ProviderChannel(_Channel):
         ack_timeout: float,
         lock_timeout: float,
     ) -> None:
-        if signer.address != terms.provider:
+        self._setup(
+            EvmSettlement(terms, domain), signer, schnorr_key, ack_timeout, lock_timeout
+        )
+
+    @classmethod
+    def over(
+        cls,
+        settlement: Settlement,
+        signer: DigestSigner,
+        schnorr_key: SecretKey | PreSigner,
+        *,
+        ack_timeout: float,
+        lock_timeout: float,
+    ) -> ProviderChannel:
+        """The provider's side of a channel settled by ``settlement`` (any chain's).
+
+        Without ACKs (:attr:`Settlement.needs_ack` false) ``ack_timeout`` is never used:
+        the provider's state is co-signed as soon as AUTH arrives.
+        """
+        channel = cls.__new__(cls)
+        channel._setup(settlement, signer, schnorr_key, ack_timeout, lock_timeout)
+        return channel
+
+    def _setup(
+        self,
+        settlement: Settlement,
+        signer: DigestSigner,
+        schnorr_key: SecretKey | PreSigner,
+        ack_timeout: float,
+        lock_timeout: float,
+    ) -> None:
+        if signer.address != settlement.provider:
             raise ValueError("the signer does not match the channel's provider address")
         if isinstance(schnorr_key, SecretKey):
-            if schnorr_key.flavour != "evm":
-                raise ValueError("the Schnorr key does not match the channel's provider key")
-            schnorr_key = KeyPreSigner(schnorr_key)
-        if schnorr_key.public_key != terms.provider_key:
+            schnorr_key = settlement.presigner(schnorr_key)
+        if schnorr_key.public_key != settlement.provider_key:
             raise ValueError("the Schnorr key does not match the channel's provider key")
         if ack_timeout <= 0 or lock_timeout <= 0:
             raise ValueError("ack_timeout and lock_timeout must be positive")
-        super().__init__(terms, domain)
+        self._init_channel(settlement)
         self._key = signer
         self._presigner: PreSigner = schnorr_key
         self.ack_timeout = ack_timeout
         self.lock_timeout = lock_timeout
         self._inflight: _ProviderRequest | None = None
         self._close_ack: CloseAck | None = None
+        #: Without ACKs: the last AUTH answered and its REVEAL, to answer a re-sent AUTH.
+        self._answered: tuple[Auth, Reveal] | None = None
 
     # -- messages ------------------------------------------------------------
 
@@ -859,6 +932,9 @@ class ProviderChannel(_Channel):
                 Reason.INSUFFICIENT_BALANCE,
                 f"{exec_.amount} > client balance {self._state.client_balance}",
             )
+        refusal = self._refusal(exec_.amount)
+        if refusal is not None:
+            raise RemoteProtocolError(*refusal)
         events: list[Event] = []
         if self._inflight is not None:  # LOCKED
             if now < self._inflight.lock_deadline:
@@ -903,6 +979,9 @@ class ProviderChannel(_Channel):
             raise LocalProtocolError(
                 Reason.INVALID_AMOUNT, f"charge {charge} is not within 0..δ={inflight.amount}"
             )
+        refusal = self._refusal(charge)
+        if refusal is not None:
+            raise LocalProtocolError(*refusal)
         if adaptor_secret is None:
             t, adaptor = generate_adaptor()
         else:
@@ -915,8 +994,8 @@ class ProviderChannel(_Channel):
         inflight.result_hash, inflight.message, inflight.presignature = h, m, presignature
         inflight.charge = charge
         return Reply(
-            self.channel_id, request_id, charge, h, adaptor, presignature.to_bytes(),
-            sealed.to_bytes(),
+            self.channel_id, request_id, charge, h, adaptor,
+            self.settlement.presignature_bytes(presignature), sealed.to_bytes(),
         )
 
     def abandon(self, request_id: int) -> Step:
@@ -942,6 +1021,8 @@ class ProviderChannel(_Channel):
 
     def _on_auth(self, auth: Auth, now: float) -> Step:
         inflight = self._inflight
+        if self._answered is not None and auth == self._answered[0]:
+            return Step(send=(self._answered[1],))  # a re-sent AUTH (no ACKs): same REVEAL
         if self.status is Status.CLOSED:
             raise RemoteProtocolError(Reason.CHANNEL_CLOSED)
         if inflight is None or auth.request_id != inflight.request_id:
@@ -952,22 +1033,34 @@ class ProviderChannel(_Channel):
             )
         if inflight.presignature is None:
             raise RemoteProtocolError(Reason.UNEXPECTED_MESSAGE, "AUTH before REPLY")
-        signer = authorization_signer(
-            self.domain,
-            inflight.message,
-            inflight.charge,
-            inflight.presignature.r,
+        settlement = self.settlement
+        if not settlement.authorizes(
+            inflight.message, inflight.charge, inflight.presignature, inflight.adaptor_point,
             auth.authorization,
-        )
-        if signer != self.terms.vault:
+        ):
             raise RemoteProtocolError(
                 Reason.BAD_AUTHORIZATION, "σ_U is not the vault's over (m, δ', e)"
             )
         state = self._state.pay(inflight.charge, _bump(inflight.request_id))
-        signature = sign_state(self._key, self.domain, self.channel_id, state)
+        signature = settlement.sign_state(self._key, state)
         reveal = Reveal(
             self.channel_id, inflight.request_id, inflight.adaptor_secret, state, signature
         )
+        if not settlement.needs_ack:
+            # σ_U completed with t is the vault's signature on this state: it is co-signed
+            # now, and the provider's close of it publishes t (the vault's ④b).
+            self._state = state
+            self._vault_signature = settlement.completed_authorization(
+                auth.authorization, inflight.adaptor_secret
+            )
+            self._provider_signature = signature
+            self._inflight = None
+            self._answered = (auth, reveal)
+            self.status = Status.OPEN
+            return Step(
+                send=(reveal,),
+                events=(PaymentAcknowledged(inflight.request_id, inflight.charge, state),),
+            )
         inflight.authorization = auth.authorization
         inflight.reveal = reveal
         inflight.ack_deadline = now + self.ack_timeout
@@ -986,7 +1079,7 @@ class ProviderChannel(_Channel):
             raise RemoteProtocolError(
                 Reason.STATE_MISMATCH, f"expected {inflight.reveal.state}, got {ack.state}"
             )
-        if not self._signer_is(ack.state, ack.signature, self.terms.vault):
+        if not self._signer_is(ack.state, ack.signature, self.settlement.vault):
             raise RemoteProtocolError(Reason.BAD_STATE_SIGNATURE, "not the vault's signature")
         self._state = ack.state
         self._vault_signature = ack.signature
@@ -1017,7 +1110,7 @@ class ProviderChannel(_Channel):
             )
         if state.version <= self.version or state.version < self.next_request_id:
             raise RemoteProtocolError(Reason.STATE_MISMATCH, "the final version is not the newest")
-        if not self._signer_is(state, close.signature, self.terms.vault):
+        if not self._signer_is(state, close.signature, self.settlement.vault):
             raise RemoteProtocolError(Reason.BAD_STATE_SIGNATURE, "not the vault's signature")
         events: list[Event] = []
         if self._inflight is not None:  # LOCKED and never authorised
@@ -1027,7 +1120,7 @@ class ProviderChannel(_Channel):
                 )
             events.append(RequestAbandoned(self._inflight.request_id))  # the vault gave it up
             self._inflight = None
-        signature = sign_state(self._key, self.domain, self.channel_id, state)
+        signature = self.settlement.sign_state(self._key, state)
         self._close_ack = CloseAck(self.channel_id, state, signature)
         self.next_request_id = state.version
         self.status = Status.CLOSED
@@ -1058,7 +1151,7 @@ class ProviderChannel(_Channel):
                 "charge": inflight.charge,
                 "presignature": None
                 if inflight.presignature is None
-                else _snap.hx(inflight.presignature.to_bytes()),
+                else _snap.hx(self.settlement.presignature_bytes(inflight.presignature)),
                 "reveal": _snap.message_to_json(inflight.reveal),
                 "authorization": _snap.hx(inflight.authorization),
                 "ackDeadline": inflight.ack_deadline,
@@ -1066,21 +1159,27 @@ class ProviderChannel(_Channel):
             },
             closeAck=_snap.message_to_json(self._close_ack),
         )
+        if self._answered is not None:  # only without ACKs
+            doc.update(
+                answeredAuth=_snap.message_to_json(self._answered[0]),
+                answeredReveal=_snap.message_to_json(self._answered[1]),
+            )
         return _snap.dumps(doc)
 
     @classmethod
     def restore(
-        cls, data: bytes, signer: DigestSigner, schnorr_key: SecretKey | PreSigner
+        cls, data: bytes, signer: DigestSigner, schnorr_key: SecretKey | PreSigner,
+        *, settlement: Settlement | None = None,
     ) -> ProviderChannel:
-        """The channel :meth:`snapshot` described, with its keys passed back in."""
+        """The channel :meth:`snapshot` described, with its keys passed back in (and the
+        settlement, for a channel that is not on an EVM chain)."""
         doc = _snap.loads(data, _snap.PROVIDER_FORMAT)
         with _snap.parsing("provider"):
-            terms = _snap.terms_from_json(doc["terms"])
-            domain = _snap.domain_from_json(doc["domain"])
+            settled = cls._settled_by(settlement, doc)
             ack_timeout = _snap.number(doc["ackTimeout"])
             lock_timeout = _snap.number(doc["lockTimeout"])
-        channel = cls(
-            terms, domain, signer, schnorr_key, ack_timeout=ack_timeout, lock_timeout=lock_timeout
+        channel = cls.over(
+            settled, signer, schnorr_key, ack_timeout=ack_timeout, lock_timeout=lock_timeout
         )
         with _snap.parsing("provider"):
             channel._restore_common(doc)
@@ -1099,13 +1198,18 @@ class ProviderChannel(_Channel):
                     charge=_snap.integer(raw.get("charge", raw["amount"])),
                     presignature=None
                     if presignature is None
-                    else EVM.presignature_from_bytes(_snap.unhex(presignature)),
+                    else settled.parse_presignature(_snap.unhex(presignature)),
                     reveal=_snap.message_from_json(raw["reveal"], Reveal),
                     authorization=_snap.unhex(raw["authorization"]),
                     ack_deadline=_snap.number(raw["ackDeadline"]),
                     force_close_signalled=bool(raw["forceCloseSignalled"]),
                 )
             channel._close_ack = _snap.message_from_json(doc["closeAck"], CloseAck)
+            if "answeredAuth" in doc:
+                answered_auth = _snap.message_from_json(doc["answeredAuth"], Auth)
+                answered_reveal = _snap.message_from_json(doc["answeredReveal"], Reveal)
+                if answered_auth is not None and answered_reveal is not None:
+                    channel._answered = (answered_auth, answered_reveal)
         return channel
 
     # -- timeouts and the chain ------------------------------------------------
@@ -1141,6 +1245,6 @@ class ProviderChannel(_Channel):
             request_id=inflight.request_id,
             amount=inflight.charge,
             result_hash=inflight.result_hash,
-            signature=EVM.adapt(inflight.presignature, inflight.adaptor_secret),
+            signature=self.settlement.complete(inflight.presignature, inflight.adaptor_secret),
             authorization=inflight.authorization,
         )

@@ -1,12 +1,14 @@
 """One run of every Bitcoin lifecycle, validated on a fresh ledger, with its sizes (paper Table 2).
 
 :func:`run_lifecycles` opens a standard channel, pays ``requests`` requests through the A402
-exchange, and closes it each of the three ways (on copies of the ledger, so each close spends
-the same channel output); opens a vault deposit and settles it, and force-settles one; and
-builds the paper's x402-style model (per request: an escrow transaction from the client, a
-finalising transaction to the provider) with P2TR key-path coins. Every transaction is applied
-to a :class:`~a402.bitcoin.validate.Ledger` (so validated as it describes) before it is
-counted; sizes come from the serialised bytes. Keys are fresh per run: the hex differs between
+exchange (the ASC state machine of :mod:`a402.asc.machine` on both sides, every message
+through its wire bytes: :mod:`a402.bitcoin.exchange`), and closes it each of the three ways
+(on copies of the ledger, so each close spends the same channel output); opens a vault
+deposit and settles it, and force-settles one; and builds the paper's x402-style model (per
+request: an escrow transaction from the client, a finalising transaction to the provider)
+with P2TR key-path coins. Every transaction is applied to a
+:class:`~a402.bitcoin.validate.Ledger` (so validated as it describes) before it is counted;
+sizes come from the serialised bytes. Keys are fresh per run: the hex differs between
 runs, the sizes do not.
 """
 
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 
 from bitcointx.core import CTransaction
 
+from a402.asc import CloseReady
 from a402.crypto import BIP340, SecretKey
 
 from . import signing
@@ -26,12 +29,18 @@ from .channel import (
     ChannelParams,
     Deposit,
     ExchangeError,
-    ProviderChannel,
-    VaultChannel,
     client_refund,
     force_settle,
     funding_transaction,
     vault_settlement,
+)
+from .exchange import (
+    CooperativeClose,
+    cooperative_answer,
+    exchange,
+    payment_leaf_close,
+    provider_channel,
+    vault_channel,
 )
 from .scripts import ChannelKeys, VaultDepositKeys, payout_script_pubkey
 from .transactions import Output, Utxo
@@ -130,21 +139,30 @@ def run_lifecycles(requests: int = 100, price: int = 1_000) -> Lifecycles:
         payout_script_pubkey(provider_key.public_key),
         FEE_RATE,
     )
-    vault, provider = VaultChannel(params, vault_key), ProviderChannel(params, provider_key)
+    vault = vault_channel(params, vault_key)
+    provider = provider_channel(params, provider_key, provider_key)
+    opened = 0
     for i in range(requests):
-        exec_ = vault.request(b"GET /weather?city=%d" % i, price)
-        auth = vault.on_reply(provider.on_exec(exec_, b'{"forecast": %d}' % i))
-        vault.on_reveal(provider.on_auth(auth))
-    if vault.provider_balance != provider.provider_balance:
-        raise ExchangeError("diverged", "vault and provider disagree on the balance")
+        result = b'{"forecast": %d}' % i
+        if exchange(vault, provider, b"GET /weather?city=%d" % i, price, result) == result:
+            opened += 1
+    if vault.latest_state() != provider.latest_state():
+        raise ExchangeError("diverged", "vault and provider disagree on the co-signed state")
+    # The provider's force close: its newest co-signed state, built before the final one.
+    force_close = payment_leaf_close(params, provider.latest_state())
 
-    unsigned, vault_sig = vault.cooperative_signature()
-    proposal = vault.cooperative_proposal()
+    # The machine's CLOSE / CLOSE_ACK co-sign the final state; MuSig2 signs its key path.
+    final_close = vault.close()
+    (close_ack,) = provider.receive(final_close, now=0.0).send
+    (ready,) = vault.receive(close_ack, now=0.0).events
+    assert isinstance(ready, CloseReady)
+    musig_close = CooperativeClose(params, vault_key, ready.signed)
+    answer = cooperative_answer(params, provider_key, ready.signed, musig_close.proposal())
     closes: list[tuple[str, bytes, int]] = [
-        ("U.closeASC", vault.cooperative_finish(provider.cooperative_answer(proposal)), 101),
+        ("U.closeASC", musig_close.finish(answer), 101),
         # The same close by the payment leaf's two signatures (a signer without MuSig2).
-        ("U.closeASC (2-of-2 leaf)", provider.cooperative_close(unsigned, vault_sig), 101),
-        ("S.forceClose", provider.force_close(), 101),
+        ("U.closeASC (2-of-2 leaf)", payment_leaf_close(params, ready.signed), 101),
+        ("S.forceClose", force_close, 101),
         # The client's close pays the provider what the vault credited (1-in/2-out, as
         # the paper's); the refund leaf would let it pay any split after Δ.
         ("C.forceClose", client_refund(params, client_key, vault.provider_balance),
@@ -198,4 +216,4 @@ def run_lifecycles(requests: int = 100, price: int = 1_000) -> Lifecycles:
     a2 = ledger.apply(raw2, 101)
     measured["x402 tx2 (finalise)"] = Measured("x402 tx2 (finalise)", raw2, a2.fee)
 
-    return Lifecycles(measured, requests, vault.provider_balance, len(vault.results))
+    return Lifecycles(measured, requests, vault.provider_balance, opened)

@@ -1,6 +1,7 @@
 """``a402 demo --act bitcoin``: an Atomic Service Channel on Bitcoin, paper Table 2 style.
 
-Builds a Taproot channel, pays ``requests`` requests through the A402 adaptor exchange, and
+Builds a Taproot channel, pays ``requests`` requests through the A402 adaptor exchange (the
+ASC state machine of :mod:`a402.asc`, driven over :mod:`a402.bitcoin.exchange`), and
 prints each closing transaction (hex, vB, fee at 10 sat/vB) and the vault-mode ones, each
 validated by the node-free ledger of :mod:`a402.bitcoin.validate`, against 100 x402-style
 payments (the paper's two-transaction escrow model). No Bitcoin node runs: see the README's
@@ -43,7 +44,8 @@ def run_bitcoin_act(requests: int = 100, out: TextIO = sys.stdout) -> int:
     run = run_lifecycles(requests, PRICE)
     say("channel    P2TR, internal key MuSig2(U, S) (key path: cooperative close); leaf payment "
         f"<U> CHECKSIGVERIFY <S> CHECKSIG; leaf refund <{REFUND_DELAY}> CSV DROP <C> CHECKSIG")
-    say(f"paid       {run.requests} requests x {PRICE:,} sat through the adaptor exchange: "
+    say(f"paid       {run.requests} requests x {PRICE:,} sat through the ASC state machine "
+        "(a402.asc, as on EVM) over the BIP-341 settlement: "
         f"vault credited {run.provider_balance:,} sat, opened {run.results_opened} results")
     say(f"fees       {FEE_RATE} sat/vB, BTC ${BTC_USD:,} (as the paper's Table 2)\n")
     for name in ORDER:

@@ -1,0 +1,526 @@
+"""The A402 exchange on a Bitcoin channel: :mod:`a402.asc.machine` over a BIP-341 settlement.
+
+The channel's state machine is the EVM channel's (:class:`a402.asc.VaultChannel`,
+:class:`a402.asc.ProviderChannel`: the same messages, encodings, request ids, locks and
+replay rules); :class:`BitcoinSettlement` is what changes (:mod:`a402.asc.settlement`)::
+
+    vault U                                          provider enclave S
+    free ≥ δ, lock δ ───── EXEC(rid, δ) ───────────▶ run the request; t, T = t·G
+                                                     tx_i = payment-leaf close paying S b + δ'
+                                                     m = BIP-341 sighash of tx_i
+    rebuild tx_i and m itself; ◀──── REPLY ───────── σ̂_S = pre-sign(S, m, T), EncRes = seal(t, res)
+    pre-verify σ̂_S (else nothing is signed)
+    σ̂_U = pre-sign(U, m, T) ─────── AUTH ─────────▶ pre-verify σ̂_U; σ_U = adapt(σ̂_U, t):
+                                                     tx_i is co-signed, S's newest state
+    t·G = T, open EncRes, b += δ' ◀── REVEAL(t, σ_S)
+
+No ACK (``needs_ack`` is false): once the provider holds ``σ̂_U`` and ``t`` it holds the
+vault's full signature ``σ_U`` on ``tx_i``, so its state is co-signed at AUTH; the vault
+computes the same ``σ_U`` when the REVEAL arrives. Both sides then hold the same
+:class:`~a402.asc.SignedState`, from which :func:`payment_leaf_close` builds ``tx_i``'s
+witness.
+
+Why the provider cannot be paid without revealing ``t``: the payment leaf needs the vault's
+signature on ``tx_i``, and the vault gives only ``σ̂_U``, an adaptor pre-signature under the
+provider's ``T``. The one way to a valid ``σ_U`` is ``adapt(σ̂_U, t)``, so any close of
+``tx_i`` publishes ``σ_U`` in its witness, and :func:`on_chain_close` recovers
+``t = extract(σ̂_U, σ_U, T)`` from that witness alone and opens the sealed result (the
+machine's :meth:`~a402.asc.VaultChannel.provider_force_closed`). Deliberate deviation from
+the paper (documented): the adaptor the vault relies on is on the vault's own signature, not
+the provider's — the provider could sign its half afresh, but never the vault's.
+
+What the vault checks before it signs anything: the REPLY's charge must leave both outputs
+above dust after the fee (:meth:`BitcoinSettlement.refuse_payment`), and ``σ̂_S`` must
+pre-verify against the provider's key, ``T`` and the sighash the *vault* computed from the
+close it built itself; otherwise the machine refuses the REPLY (``bad_presignature``) and
+the channel is unchanged. The sighash does not commit to ``h = H(result)`` (a transaction
+cannot): the vault still refuses a result whose hash is not ``h``, but that the sealed bytes
+are the service's answer rests on the provider's attested enclave, as in the paper.
+
+Wire forms (the ASC messages' fixed widths, unchanged): REPLY's 64-byte pre-signature is
+``x(R) ‖ ŝ`` of a BIP-340 adaptor pre-signature whose adapted nonce ``R`` has even ``y``
+(the provider's pre-signer draws nonces until it does, so nothing is lost); AUTH's 65 bytes
+are ``σ̂_U`` as ``R (compressed) ‖ ŝ``; a state signature (REVEAL, CLOSE, CLOSE_ACK) is the
+64-byte BIP-340 signature on the state's payment-leaf close followed by ``0x00``, its
+SIGHASH_DEFAULT type byte, which a Taproot witness omits.
+
+Deadlines: Δ_lock stays the machine's clock (seconds, off-chain). The chain's deadline is a
+block height: the client's refund leaf is valid ``Δ`` blocks after the funding confirmed, and
+:func:`watchtower_close` returns the provider's close of its newest co-signed state once the
+chain reaches ``funding height + Δ − margin``. Until then only U and S together can spend,
+so a stale client close is refused (BIP-68), and after the provider's close confirms it is a
+double spend.
+
+Fees: every close pays ``vsize × fee_rate`` out of the client's share; a payment that would
+leave the client's share below that fee plus the P2TR dust limit, or the provider's below
+that limit, is refused before EXEC (vault) and on EXEC and REPLY (both sides).
+
+The cooperative close: the machine's CLOSE / CLOSE_ACK co-sign the final state (which is a
+payment-leaf close, 204 vB, for a signer without MuSig2); two more rounds,
+:class:`CooperativeClose` and :func:`cooperative_answer`, turn that agreed final state into
+the 154 vB key-path spend by MuSig2 (BIP-327). Each side partially signs only the close of
+the final state it co-signed, and the vault verifies the provider's partial signature
+before adding its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bitcointx.core import CMutableTransaction, CTransaction
+
+from a402.asc import (
+    BalanceState,
+    DigestSigner,
+    ExecuteRequest,
+    Message,
+    PreSigner,
+    ProviderChannel,
+    Reason,
+    RemoteProtocolError,
+    ResultDelivered,
+    SignedState,
+    Step,
+    VaultChannel,
+    decode,
+)
+from a402.crypto import BIP340, PreSignature, SecretKey
+from a402.crypto._secp import b32
+
+from . import musig
+from . import transactions as txs
+from .channel import ChannelParams, ExchangeError
+from .scripts import PAYMENT_LEAF
+
+#: SIGHASH_DEFAULT: the type byte after a state signature on the wire, never in a witness.
+_DEFAULT = b"\x00"
+
+
+# ---------------------------------------------------------------- keys
+
+
+class Bip340Signer:
+    """A party's BIP-340 key as the machine's :class:`~a402.asc.DigestSigner`.
+
+    ``address`` is the x-only key the channel's leaves name; ``sign_digest`` signs a
+    BIP-341 sighash (64 bytes, then the SIGHASH_DEFAULT byte). The vault's also makes
+    ``σ̂_U`` (:meth:`pre_sign`).
+    """
+
+    __slots__ = ("_key", "address")
+
+    def __init__(self, key: SecretKey) -> None:
+        if key.flavour != "bip340":
+            raise ValueError("a Bitcoin channel key is a BIP-340 key")
+        self._key = key
+        self.address = key.public_key
+
+    def sign_digest(self, digest: bytes) -> bytes:
+        return BIP340.sign(self._key, digest) + _DEFAULT
+
+    def pre_sign(self, message: bytes, adaptor: bytes) -> PreSignature:
+        return BIP340.pre_sign(self._key, message, adaptor)
+
+
+class EvenNoncePreSigner:
+    """The provider's :class:`~a402.asc.PreSigner`: BIP-340 adaptor pre-signatures whose
+    adapted nonce has even ``y``, so that REPLY carries them in 64 bytes (about two draws
+    on average; each draw's nonce is fresh, and only the one sent is ever used)."""
+
+    __slots__ = ("_key", "public_key")
+
+    def __init__(self, key: SecretKey) -> None:
+        if key.flavour != "bip340":
+            raise ValueError("the Schnorr key does not match the channel's provider key")
+        self._key = key
+        self.public_key = key.public_key
+
+    def pre_sign(self, message: bytes, adaptor: bytes) -> PreSignature:
+        for _ in range(256):  # each draw is even with probability 1/2
+            presignature = BIP340.pre_sign(self._key, message, adaptor)
+            if presignature.r[0] == 0x02:
+                return presignature
+        raise RuntimeError("no even adapted nonce in 256 draws")  # pragma: no cover
+
+
+# ---------------------------------------------------------------- the settlement
+
+
+class BitcoinSettlement:
+    """A Taproot channel's rules for the ASC machine (:class:`a402.asc.settlement.Settlement`).
+
+    A state is the payment-leaf close paying the provider ``provider_balance``; its digest
+    is that close's BIP-341 sighash, so ``m`` for a payment is the sighash of the close of
+    the state it produces. Only the balances matter to the transaction: states that differ
+    only in version (the final state and the last paid one) have the same close.
+    """
+
+    needs_ack = False
+
+    def __init__(self, params: ChannelParams) -> None:
+        self.params = params
+        self.channel_id = params.channel_id
+        self.vault = params.keys.vault
+        self.provider = params.keys.provider
+        self.provider_key = params.keys.provider
+        self._sighashes: dict[int, bytes] = {}
+
+    def close_sighash(self, provider_balance: int) -> bytes:
+        """The sighash of the payment-leaf close paying the provider ``provider_balance``."""
+        digest = self._sighashes.get(provider_balance)
+        if digest is None:
+            tx = self.params.payment_close(provider_balance)
+            digest = self.params.sighash(tx, PAYMENT_LEAF)
+            if len(self._sighashes) >= 64:
+                self._sighashes.clear()
+            self._sighashes[provider_balance] = digest
+        return digest
+
+    def opening_state(self) -> BalanceState:
+        return BalanceState(0, self.params.funding.amount, 0)
+
+    def refuse_payment(self, state: BalanceState, amount: int) -> tuple[Reason, str] | None:
+        balance = state.provider_balance + amount
+        if amount <= 0:
+            return Reason.INVALID_AMOUNT, "a Bitcoin payment must raise the provider's balance"
+        if balance < txs.P2TR_DUST:
+            return (Reason.INVALID_AMOUNT,
+                    f"below-dust: a provider output of {balance} sat is under {txs.P2TR_DUST}")
+        capacity = self.params.capacity()
+        if balance > capacity:
+            return (Reason.INSUFFICIENT_BALANCE,
+                    f"over-capacity: {balance} sat exceeds the {capacity} sat a close can pay")
+        return None
+
+    def payment_message(
+        self, state: BalanceState, request_id: int, amount: int, result_hash: bytes
+    ) -> bytes:
+        return self.close_sighash(state.provider_balance + amount)
+
+    def presigner(self, key: SecretKey) -> PreSigner:
+        return EvenNoncePreSigner(key)
+
+    def presignature_bytes(self, presignature: PreSignature) -> bytes:
+        if presignature.flavour != "bip340" or presignature.r[:1] != b"\x02":
+            raise ValueError("only an even-nonce BIP-340 pre-signature travels in 64 bytes")
+        return presignature.r[1:] + b32(presignature.s)
+
+    def parse_presignature(self, data: bytes) -> PreSignature:
+        if len(data) != 64:
+            raise ValueError("a Bitcoin REPLY's pre-signature is 64 bytes: x(R) ‖ ŝ")
+        return BIP340.presignature_from_bytes(b"\x02" + bytes(data))
+
+    def pre_verify(self, message: bytes, adaptor: bytes, presignature: PreSignature) -> bool:
+        return BIP340.pre_verify(self.provider_key, message, adaptor, presignature)
+
+    def authorize(
+        self, signer: DigestSigner, message: bytes, amount: int, presignature: PreSignature,
+        adaptor: bytes,
+    ) -> bytes:
+        if not isinstance(signer, Bip340Signer):
+            raise TypeError("a Bitcoin vault signs with a Bip340Signer")
+        return signer.pre_sign(message, adaptor).to_bytes()
+
+    def _vault_pre(self, authorization: bytes) -> PreSignature:
+        return BIP340.presignature_from_bytes(authorization)
+
+    def authorizes(
+        self, message: bytes, amount: int, presignature: PreSignature, adaptor: bytes,
+        authorization: bytes,
+    ) -> bool:
+        try:
+            vault_pre = self._vault_pre(authorization)
+        except ValueError:
+            return False
+        return BIP340.pre_verify(self.vault, message, adaptor, vault_pre)
+
+    def completed_authorization(self, authorization: bytes, adaptor_secret: bytes) -> bytes:
+        return BIP340.adapt(self._vault_pre(authorization), adaptor_secret) + _DEFAULT
+
+    def sign_state(self, signer: DigestSigner, state: BalanceState) -> bytes:
+        return signer.sign_digest(self.close_sighash(state.provider_balance))
+
+    def signed_by(self, state: BalanceState, signature: bytes, party: bytes) -> bool:
+        if len(signature) != 65 or signature[64:] != _DEFAULT:
+            return False
+        try:
+            digest = self.close_sighash(state.provider_balance)
+        except ExchangeError:
+            return False
+        return BIP340.verify(party, digest, signature[:64])
+
+    def complete(self, presignature: PreSignature, adaptor_secret: bytes) -> bytes:
+        return BIP340.adapt(presignature, adaptor_secret)
+
+    def extract(
+        self, presignature: PreSignature, authorization: bytes, adaptor: bytes, completed: bytes
+    ) -> bytes:
+        return BIP340.extract(self._vault_pre(authorization), completed, adaptor)
+
+
+# ---------------------------------------------------------------- the two sides
+
+
+def vault_channel(
+    params: ChannelParams, vault_key: SecretKey, *, lock_timeout: float = 30.0
+) -> VaultChannel:
+    """The vault's side of the channel: the ASC machine over :class:`BitcoinSettlement`."""
+    return VaultChannel.over(
+        BitcoinSettlement(params), Bip340Signer(vault_key), lock_timeout=lock_timeout
+    )
+
+
+def provider_channel(
+    params: ChannelParams, provider_key: SecretKey | PreSigner, signing_key: SecretKey,
+    *, lock_timeout: float = 25.0,
+) -> ProviderChannel:
+    """The provider enclave's side: ``provider_key`` pre-signs (a key or an enclave's
+    :class:`~a402.asc.PreSigner`), ``signing_key`` signs states; both are the leaf's key.
+
+    ``lock_timeout`` must end before the vault's (the machine's rule); there is no ACK,
+    so the machine's ``ack_timeout`` is unused.
+    """
+    return ProviderChannel.over(
+        BitcoinSettlement(params), Bip340Signer(signing_key), provider_key,
+        ack_timeout=lock_timeout, lock_timeout=lock_timeout,
+    )
+
+
+def restore_vault(data: bytes, params: ChannelParams, vault_key: SecretKey) -> VaultChannel:
+    """The vault's channel from its :meth:`~a402.asc.VaultChannel.snapshot`."""
+    return VaultChannel.restore(data, Bip340Signer(vault_key), settlement=BitcoinSettlement(params))
+
+
+def restore_provider(data: bytes, params: ChannelParams, key: SecretKey) -> ProviderChannel:
+    """The provider's channel from its :meth:`~a402.asc.ProviderChannel.snapshot`."""
+    return ProviderChannel.restore(
+        data, Bip340Signer(key), key, settlement=BitcoinSettlement(params)
+    )
+
+
+def _wire(message: Message) -> Message:
+    return decode(message.encode())
+
+
+def exchange(
+    vault: VaultChannel, provider: ProviderChannel, request: bytes, amount: int, result: bytes,
+    *, now: float = 0.0, deliver_reveal: bool = True,
+) -> bytes | None:
+    """One paid request between two machines in this process, every message through its
+    wire bytes; the result the vault opened (None if the REVEAL is not delivered)."""
+    exec_ = vault.request(request, amount, now=now)
+    step = provider.receive(_wire(exec_), now=now)
+    (run,) = (e for e in step.events if isinstance(e, ExecuteRequest))
+    reply = provider.reply(run.request_id, result)
+    (auth,) = vault.receive(_wire(reply), now=now).send
+    (reveal,) = provider.receive(_wire(auth), now=now).send
+    if not deliver_reveal:
+        return None
+    done = vault.receive(_wire(reveal), now=now)
+    (delivered,) = (e for e in done.events if isinstance(e, ResultDelivered))
+    return delivered.result
+
+
+# ---------------------------------------------------------------- closes
+
+
+def payment_leaf_close(params: ChannelParams, signed: SignedState) -> bytes:
+    """The payment-leaf spend of a co-signed state (the provider's force close, or the
+    cooperative close by two signatures): ``tx_i`` with ``[σ_S, σ_U, leaf, control]``."""
+    state = signed.state
+    if state.provider_balance <= 0:
+        raise ExchangeError("nothing-to-claim", "the state pays the provider nothing")
+    for signature in (signed.vault_signature, signed.provider_signature):
+        if len(signature) != 65 or signature[64:] != _DEFAULT:
+            raise ExchangeError("bad-signature", "not a co-signed Bitcoin state")
+    tx = params.payment_close(state.provider_balance)
+    return params.witness(
+        tx, PAYMENT_LEAF,
+        payment_witness_sigs(signed.provider_signature[:64], signed.vault_signature[:64]),
+    )
+
+
+def payment_witness_sigs(provider_sig: bytes, vault_sig: bytes) -> list[bytes]:
+    """Witness order for ``<U> CHECKSIGVERIFY <S> CHECKSIG``: S's below U's (U's is on top)."""
+    return [provider_sig, vault_sig]
+
+
+class Watchtower:
+    """The provider's duty, in block heights: close with its newest co-signed state before
+    the client's refund becomes valid.
+
+    :meth:`poll` returns that close once the chain reaches ``funding height + Δ − margin``
+    (and again at every poll until :meth:`channel_spent`, to be re-broadcast). ``margin`` is
+    the number of blocks the close has to confirm in, 1 ≤ margin < Δ: the refund is valid
+    from ``funding height + Δ``, and from then on the client alone can spend the whole
+    channel, earnings included. The close is built from the machine's latest state, which
+    an agreed final state (CLOSE) does not change: its close is the same transaction.
+    """
+
+    def __init__(
+        self, provider: ProviderChannel, params: ChannelParams, funding_height: int, margin: int
+    ) -> None:
+        delay = params.keys.refund_delay
+        if not 1 <= margin < delay:
+            raise ValueError(f"margin must be 1..{delay - 1} blocks")
+        self.provider, self.params = provider, params
+        self.deadline = funding_height + delay - margin
+        self.spent = False
+
+    def poll(self, height: int) -> bytes | None:
+        signed = self.provider.latest_state()
+        if self.spent or signed.state.provider_balance <= 0 or height < self.deadline:
+            return None
+        return payment_leaf_close(self.params, signed)
+
+    def channel_spent(self) -> None:
+        """The channel output is spent (any path): nothing more to close."""
+        self.spent = True
+        self.provider.closed_on_chain()
+
+
+def on_chain_close(vault: VaultChannel, params: ChannelParams, raw: bytes) -> Step:
+    """The vault saw the channel output spent by ``raw``: if it is a payment-leaf close of
+    the request in flight, extract ``t`` from the vault's signature in the witness alone
+    and open the result (:class:`~a402.asc.ResultDelivered`, ``on_chain``).
+
+    The channel is CLOSED whatever the spend (a close of another state has nothing to
+    extract). Bytes that are no transaction, or a transaction that does not spend this
+    channel's output, are refused and change nothing. If ``t`` comes out but the sealed
+    result does not open (or does not hash to ``h``), the channel is CLOSED — the chain has
+    paid the provider — and the machine's error is raised so that this is reported.
+    """
+    try:
+        tx = CTransaction.deserialize(raw)
+    except Exception:  # bitcointx raises several types on truncated or bad bytes
+        raise ExchangeError("malformed", "not a transaction") from None
+    funding = params.funding
+    spends = [
+        i for i, txin in enumerate(tx.vin)
+        if bytes(txin.prevout.hash[::-1]).hex() == funding.txid and txin.prevout.n == funding.vout
+    ]
+    if len(spends) != 1:
+        raise ExchangeError("not-this-channel", "the transaction does not spend the channel")
+    index = spends[0]
+    witnesses = tx.wit.vtxinwit
+    stack = (
+        [bytes(item) for item in witnesses[index].scriptWitness.stack]
+        if index < len(witnesses) else []
+    )
+    leaf, _ = params.output.leaf(PAYMENT_LEAF)
+    pending = vault.pending_request()
+    if len(stack) == 4 and stack[2] == bytes(leaf) and pending is not None:
+        try:
+            return vault.provider_force_closed(pending[0], stack[1])
+        except RemoteProtocolError as refused:
+            vault.closed_on_chain()
+            if refused.reason is not Reason.BAD_COMPLETION:
+                raise
+            return Step()  # another state's close (an older one): nothing to extract
+    vault.closed_on_chain()
+    return Step()
+
+
+# ---------------------------------------------------------------- MuSig2 close
+
+
+@dataclass(frozen=True)
+class CoopProposal:
+    """The vault's key-path close of the final state: the unsigned spend, its MuSig2 nonce."""
+
+    unsigned: bytes
+    pubnonce: bytes
+
+
+@dataclass(frozen=True)
+class CoopAnswer:
+    """The provider's nonce and partial signature on the proposed close."""
+
+    pubnonce: bytes
+    partial_signature: bytes
+
+
+def _final(params: ChannelParams, final: SignedState) -> CMutableTransaction:
+    if not final.state.is_final:
+        raise ExchangeError("not-final", "only the co-signed final state closes by key path")
+    return params.cooperative_close(final.state.provider_balance)
+
+
+class CooperativeClose:
+    """The vault's two MuSig2 rounds for the co-signed final state (the machine's
+    :class:`~a402.asc.CloseReady`). The secret nonce stays in memory only: a vault that
+    restarts proposes again with a fresh one."""
+
+    def __init__(self, params: ChannelParams, vault_key: SecretKey, final: SignedState) -> None:
+        tx = _final(params, final)
+        self._params, self._key = params, vault_key
+        self._unsigned = bytes(tx.serialize())
+        self._message = params.key_path_sighash(tx)
+        self._secnonce: musig.SecretNonce | None
+        self._secnonce, self._pubnonce = musig.nonce_gen(
+            vault_key, params.cooperative_key(), self._message
+        )
+
+    def proposal(self) -> CoopProposal:
+        return CoopProposal(self._unsigned, self._pubnonce)
+
+    def finish(self, answer: CoopAnswer) -> bytes:
+        """Check the provider's partial signature, add the vault's, aggregate: the spend."""
+        if self._secnonce is None:
+            raise ExchangeError("no-proposal", "this proposal's nonce is spent")
+        agg = self._params.cooperative_key()
+        try:
+            aggnonce = musig.nonce_agg([self._pubnonce, answer.pubnonce])
+        except musig.MusigError:
+            raise ExchangeError("bad-nonce", "the provider's nonce is malformed") from None
+        provider = b"\x02" + self._params.keys.provider
+        if not musig.partial_verify(
+            answer.partial_signature, answer.pubnonce, provider, aggnonce, self._message, agg
+        ):
+            raise ExchangeError("bad-partial-signature", "the provider's partial signature")
+        secnonce, self._secnonce = self._secnonce, None  # spent whatever happens next
+        own = musig.partial_sign(self._key, secnonce, aggnonce, self._message, agg)
+        signature = musig.partial_sig_agg(
+            [own, answer.partial_signature], aggnonce, self._message, agg
+        )
+        tx = CMutableTransaction.deserialize(self._unsigned)
+        txs.set_witness(tx, 0, txs.key_path_stack(signature))
+        return bytes(tx.serialize())
+
+
+def cooperative_answer(
+    params: ChannelParams, provider_key: SecretKey, final: SignedState, proposal: CoopProposal
+) -> CoopAnswer:
+    """The provider's round: partially sign the proposal only if it is exactly the key-path
+    close of the final state it co-signed."""
+    expected = _final(params, final)
+    if proposal.unsigned != bytes(expected.serialize()):
+        raise ExchangeError("wrong-state", "the cooperative close is not the final state")
+    message = params.key_path_sighash(expected)
+    agg = params.cooperative_key()
+    secnonce, pubnonce = musig.nonce_gen(provider_key, agg, message)
+    try:
+        aggnonce = musig.nonce_agg([proposal.pubnonce, pubnonce])
+    except musig.MusigError:
+        raise ExchangeError("bad-nonce", "the vault's nonce is malformed") from None
+    return CoopAnswer(pubnonce, musig.partial_sign(provider_key, secnonce, aggnonce, message, agg))
+
+
+__all__ = [
+    "Bip340Signer",
+    "BitcoinSettlement",
+    "CoopAnswer",
+    "CoopProposal",
+    "CooperativeClose",
+    "EvenNoncePreSigner",
+    "Watchtower",
+    "cooperative_answer",
+    "exchange",
+    "on_chain_close",
+    "payment_leaf_close",
+    "payment_witness_sigs",
+    "provider_channel",
+    "restore_provider",
+    "restore_vault",
+    "vault_channel",
+]
