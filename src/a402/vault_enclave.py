@@ -1432,6 +1432,12 @@ class EnclaveChannel:
     def latest_state(self) -> SignedState:
         return self._machine.latest_state()
 
+    def figures(self) -> tuple[Status, int, int, int, int, int]:
+        """``(status, version, next_request_id, free, locked, provider_balance)`` in one
+        look: what every checkpoint indexes (the same values as the properties)."""
+        m = self._machine
+        return m.status, m.version, m.next_request_id, m.free, m.locked, m.provider_balance
+
     def request(self, call: SignedCall, amount: int, *, now: float) -> Exec:
         with self._code.lock:
             return self._code.request(self.channel_id, call, amount, now)

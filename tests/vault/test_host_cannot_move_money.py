@@ -290,17 +290,20 @@ def test_a_host_that_restarts_cannot_replay_a_call_it_received_before(world: Wor
             # Recovery may have loaded the channel; the host can unload it at will. The
             # restarted enclave knows (from the ledger) that the client's calls wait for
             # it, and the host can load it only from its sealed record, which carries the
-            # nonces it consumed.
-            enclave.unload(cid)
-            assert enclave.channel(cid) is None
-            assert enclave.missing(account.address) == [cid]
+            # nonces it consumed. (Under the enclave's lock: the running vault's recovery
+            # would otherwise load the channel again, with its log, in the middle of these
+            # checks, and a restore of a channel already running changes nothing.)
+            with enclave._code.lock:
+                enclave.unload(cid)
+                assert enclave.channel(cid) is None
+                assert enclave.missing(account.address) == [cid]
+                # Nor without the log of the calls it paid, stored with that record: a host
+                # that withholds it (to have a call paid again) gets no channel.
+                with pytest.raises(EnclaveError, match="log_incomplete"):
+                    enclave.restore(cid, row.snapshot)
+                assert enclave.channel(cid) is None
             assert world.manager.pooled(vault.address, account.address) == (
                 20_000 - int(row.deposit))
-            # Nor without the log of the calls it paid, stored with that record: a host
-            # that withholds it (to have a call paid again) gets no channel.
-            with pytest.raises(EnclaveError, match="log_incomplete"):
-                enclave.restore(cid, row.snapshot)
-            assert enclave.channel(cid) is None
             channel = enclave.restore(cid, row.snapshot, vault.store.consumed_log(row.cid))
             assert channel is not None
             for replay in replays:

@@ -240,11 +240,13 @@ class Checkpoint:
         reveal = channel.last_reveal() if reason is CheckpointReason.DELIVERED else None
         if isinstance(channel, EnclaveChannel):
             snapshot, log = channel.checkpoint()
+            figures = channel.figures()
         else:
             snapshot, log = channel.snapshot(), []
+            figures = (channel.status, channel.version, channel.next_request_id, channel.free,
+                       channel.locked, channel.provider_balance)
         return cls(
-            channel.channel_id, reason, channel.status, channel.version,
-            channel.next_request_id, channel.free, channel.locked, channel.provider_balance,
+            channel.channel_id, reason, *figures,
             snapshot, reply, None if reveal is None else reveal.adaptor_secret,
             None if reveal is None else channel.latest_state(), paid, call, tuple(log),
         )
