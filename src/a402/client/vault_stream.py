@@ -179,9 +179,13 @@ def paid_stream(
             yield StreamGroup(end.groups, result.content, result.amount, last, result)
             if last:
                 return
+    except GeneratorExit:  # the consumer stopped iterating
+        end.reason = end.reason or "stopped"
+        raise
+    except BaseException as e:  # raised to the consumer (a VaultCallError set its reason)
+        end.reason = end.reason or f"error: {type(e).__name__}"
+        raise
     finally:
-        if not finished and not end.reason:
-            end.reason = "stopped"
         if sid is not None and not finished:
             stop(client, url, sid, pay_to=pay_to)
 
