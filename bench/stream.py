@@ -7,7 +7,20 @@ as fast as it can, and from one paced at 200 tokens/s, read:
 * paid through the vault in groups of 1, 10 and 100 tokens
   (:func:`a402.client.vault_stream.paid_stream`: each group is one signed call of the
   client and one exchange of the channel: EXEC, REPLY, AUTH, REVEAL, its ACK riding on
-  the next EXEC). The route is metered per event (one atomic unit a token).
+  the next EXEC). The route is metered per event (one atomic unit a token);
+* and, flat out, as ordinary paid calls of the same route that each answer one group's
+  worth of tokens (``?tokens=N``, no stream; at most 1,000 calls): the floor a group
+  cannot go below, since each group *is* one such call and one such exchange.
+
+For each paid row, the CPU each part spent per group (``cpu_ms_per_group``: the client,
+the vault's event loop and its store's writer thread, the provider's event loop and its
+store's writer thread), read from ``/proc`` (Linux): where the time of a group goes.
+What is not CPU is mostly waiting for the disk: each exchange makes five durable commits
+in a row (the vault's LOCKED, AUTHORIZED and DELIVERED checkpoints, the provider's state
+after its REPLY and after its REVEAL), each an fsync before the next message may leave.
+The channel is opened (on-chain) by one paid call before anything is timed.
+The provider's watcher and the vault's watchtower poll the chain at their deployment
+default (every second), not at the tests' 0.1 s (which steals this one process's GIL).
 
 Real parts: anvil, the ASCManager, the provider (``A402Payments`` and the payment
 middleware in front of the service, uvicorn in a thread), the vault service (its
@@ -17,6 +30,8 @@ group of a run.
 
     PYTHONPATH=src python bench/stream.py [--tokens 10000] [--groups 1,10,100] [--pace 200]
 
+(``--pace 0``: flat out only.) The plain rows make at most 1,000 calls each.
+
 Prints a table and writes ``bench/results/stream.json``.
 """
 
@@ -24,9 +39,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -59,10 +77,11 @@ def token_stream(tokens: int) -> Any:
         await receive()
         query = dict(p.split("=", 1) for p in scope["query_string"].decode().split("&") if p)
         pace = float(query.get("pace", "0"))
+        count = int(query.get("tokens", tokens))
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream")]})
         start = time.monotonic()
-        for i in range(tokens):
+        for i in range(count):
             if pace:
                 delay = start + i / pace - time.monotonic()
                 if delay > 0:
@@ -82,6 +101,43 @@ def unpaid(url: str) -> tuple[float, int]:
         for chunk in response.iter_bytes():
             events += chunk.count(b"\n\n")
     return time.perf_counter() - t0, events
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds each thread of this process has used, by thread name (Linux ``/proc``;
+    empty elsewhere)."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    with contextlib.suppress(OSError):
+        tick = os.sysconf("SC_CLK_TCK")
+        for tid in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError, ValueError):
+                fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+                name = names.get(int(tid), "other")
+                out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def cpu_by_part(before: dict[str, float], after: dict[str, float], parts: dict[str, str],
+                groups: int) -> dict[str, float]:
+    """Milliseconds of CPU a group, by part (``parts``: thread name → part)."""
+    spent: dict[str, float] = {}
+    for name, seconds in after.items():
+        part = parts.get(name, "other")
+        spent[part] = spent.get(part, 0.0) + seconds - before.get(name, 0.0)
+    return {k: round(1000 * v / groups, 2) for k, v in sorted(spent.items())}
+
+
+def plain(client: Any, url: str, group: int, calls: int) -> tuple[float, int, int]:
+    """Seconds for ``calls`` ordinary paid calls (no stream), each answering ``group``
+    tokens; events and paid."""
+    events = paid_total = 0
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        result = client.invoke(url, method="POST", max_price=group, deposit=100_000)
+        events += result.content.count(b"\n\n")
+        paid_total += result.amount
+    return time.perf_counter() - t0, events, paid_total
 
 
 def paid(client: Any, url: str, group: int) -> tuple[float, int, int, int]:
@@ -115,30 +171,58 @@ def main() -> None:
                       SimulatedVerifier(platform.root.public_key, allow_simulated=True),
                       Path(tmp))
         service = token_stream(args.tokens)
-        provider = world.provider(routes=routes, service=service)
+        provider = world.provider(routes=routes, service=service, poll_interval=1.0)
         with serve_in_thread(service) as upstream, serve_in_thread(provider.app) as site, \
-                running_vault(world, deposit_multiple=100_000) as vault:
+                running_vault(world, deposit_multiple=100_000, poll_interval=1.0) as vault:
             _, client = client_of(world, vault, funds=10**6, deposit=10**6)
-            for pace in (0.0, args.pace):
+            parts = {f"asgi-{site.rsplit(':', 1)[1]}": "provider",
+                     f"asgi-{vault.url.rsplit(':', 1)[1]}": "vault",
+                     "provider-channels": "provider_store", "vault-store": "vault_store",
+                     "MainThread": "client"}
+            # the channel opens (createASC on-chain) before anything is timed
+            warm = client.invoke(f"{site}/stream/{groups[0]}?tokens=1", method="POST",
+                                 max_price=groups[0], deposit=100_000)
+            assert warm.outcome == "paid", warm
+            for pace in (0.0, args.pace) if args.pace else (0.0,):
                 query = f"?pace={pace:g}" if pace else ""
                 base, events = unpaid(f"{upstream}/stream/1{query}")
                 assert events == args.tokens, events
                 rows.append({"upstream": f"{pace:g}/s" if pace else "flat out", "group": "-",
                              "seconds": base, "tokens_per_s": events / base, "vs_unpaid": 1.0,
                              "groups": 0, "paid": 0})
+                label = f"{pace:g}/s" if pace else "flat out"
                 for g in groups:
+                    cpu0 = thread_cpu()
                     seconds, got, n, cost = paid(client, f"{site}/stream/{g}{query}", g)
+                    cpu = cpu_by_part(cpu0, thread_cpu(), parts, n)
                     assert got == args.tokens and cost == args.tokens, (got, cost)
-                    rows.append({"upstream": rows[-1]["upstream"] if g != groups[0]
-                                 else f"{pace:g}/s" if pace else "flat out", "group": g,
+                    rows.append({"upstream": label, "group": g,
                                  "seconds": seconds, "tokens_per_s": got / seconds,
                                  "vs_unpaid": seconds / base, "groups": n, "paid": cost,
-                                 "ms_per_group": 1000 * seconds / n})
-                    print(f"  {rows[-1]['upstream']:>9} group {g:>4}: {seconds:8.2f} s",
+                                 "ms_per_group": 1000 * seconds / n, "cpu_ms_per_group": cpu})
+                    print(f"  {label:>9} group {g:>4}: {seconds:8.2f} s  cpu ms/group {cpu}",
+                          file=sys.stderr, flush=True)
+                if pace:
+                    continue
+                for g in groups:  # the floor: one ordinary paid call a group, same channel
+                    calls = min(args.tokens // g, 1_000)
+                    cpu0 = thread_cpu()
+                    seconds, got, cost = plain(client, f"{site}/stream/{g}?tokens={g}", g,
+                                               calls)
+                    cpu = cpu_by_part(cpu0, thread_cpu(), parts, calls)
+                    assert got == cost == calls * g, (got, cost)
+                    rows.append({"upstream": "plain", "group": g, "seconds": seconds,
+                                 "tokens_per_s": got / seconds,
+                                 "vs_unpaid": seconds / (base * got / args.tokens),
+                                 "groups": calls, "paid": cost,
+                                 "ms_per_group": 1000 * seconds / calls,
+                                 "cpu_ms_per_group": cpu})
+                    print(f"  {'plain':>9} group {g:>4}: {seconds:8.2f} s  cpu ms/group {cpu}",
                           file=sys.stderr, flush=True)
             client.close()
     print(f"\n{args.tokens} tokens through the vault, one channel "
-          "(paid: one call and one exchange a group)\n")
+          "(paid: one call and one exchange a group; plain: ordinary paid calls of a "
+          "group's tokens each, no stream)\n")
     print(f"{'upstream':>10} {'group':>6} {'seconds':>9} {'tokens/s':>10} {'× unpaid':>9} "
           f"{'ms/group':>9}")
     for r in rows:

@@ -39,3 +39,36 @@ def test_a_stream_stopped_at_max_total_stops_the_provider_naming_the_streams_pay
     assert all(c["pay_to"] == PAYEE and c["max_price"] == 100 for c in paid)
     assert (stop["method"], stop["max_price"], stop["pay_to"]) == ("DELETE", 0, PAYEE)
     assert stop["headers"] == [(b"a402-stream-stop", b"s1")]
+
+
+def test_a_lost_stream_ends_saying_what_was_paid_then_that_the_rest_is_lost() -> None:
+    """The provider answers the third group 404 ``unknown_stream`` (it restarted): the
+    stream ends, not complete, as ``stream_lost``; no stop is sent (nothing is left to
+    stop); the message names the money first."""
+
+    class LosingVault(RecordingVault):
+        def invoke(self, url: str, **kwargs: Any) -> VaultResult:
+            if len(self.calls) == 2:
+                self.calls.append({"url": url, **kwargs})
+                return VaultResult(api.UNPAID, "k3", 404, (), b'{"error":"unknown_stream"}',
+                                   reason="service_failed")
+            return super().invoke(url, **kwargs)
+
+    vault = LosingVault()
+    end = StreamEnd()
+    groups = list(paid_stream(vault, "http://p/s", group=1, max_price=100, end=end))  # type: ignore[arg-type]
+    assert (len(groups), end.paid, end.reason, end.complete) == (2, 200, "stream_lost", False)
+    assert len(vault.calls) == 3  # no stop
+    assert end.message().startswith("200 (atomic units) paid for the 2 groups received, each "
+                                    "paid only with its delivery; the stream did not reach its "
+                                    "end: the provider no longer has this stream")
+
+
+def test_a_consumer_that_stops_early_is_told_apart_from_a_stream_that_ended() -> None:
+    vault = RecordingVault()
+    end = StreamEnd()
+    stream = paid_stream(vault, "http://p/s", group=1, max_price=100, end=end)  # type: ignore[arg-type]
+    next(stream)
+    stream.close()
+    assert (end.reason, end.complete, end.paid) == ("stopped", False, 100)
+    assert vault.calls[-1]["method"] == "DELETE"

@@ -7,6 +7,7 @@ the vault's ledger and on-chain after the channel settles."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -120,6 +121,7 @@ def test_a_streamed_llm_response_is_paid_group_by_group_exactly_for_what_arrived
             f"tok{i}" for i in range(TOKENS)]
         assert all(g.amount == PER_GROUP for g in groups) and groups[-1].last
         assert (end.reason, end.groups, end.paid) == ("end", 20, TOKENS * RATE)
+        assert end.complete and end.message().endswith("the whole stream arrived")
         assert upstream.finished and len(provider.runtime.driver.executor.streams) == 0
         # one channel carried every group: 20 exchanges
         assert len(client.account_info()["channels"]) == 1
@@ -169,8 +171,66 @@ def test_the_upstream_dying_mid_stream_charges_only_the_tokens_delivered(
         delivered = [t for g in groups for t in _tokens(g.content)]
         assert delivered == [f"tok{i}" for i in range(430)]
         assert end.paid == 430 * RATE and groups[-1].amount == 30 * RATE
+        # the last group says the response was cut short: not a complete stream
+        assert groups[-1].last and not end.complete
+        assert (end.reason, end.detail) == ("service_failed", "service_error: RuntimeError")
+        assert "the provider's service failed" in end.message()
         _settle(world, client, vault, provider, escrow, 430 * RATE)
         client.close()
+
+
+def test_a_provider_restart_mid_stream_is_reported_truthfully_and_nothing_more_is_paid(
+    world: World, tmp_path: Path,
+) -> None:
+    """The provider loses its open streams after 3 groups (what a restart does: they are
+    host memory). ``a402 pay --vault --stream`` exits 1 and says first what was paid
+    (1,500 for the 3 groups received), then that the stream was lost and the next group
+    refused unpaid; the channel settles exactly 1,500 on-chain."""
+    upstream = Upstream()
+    provider = world.provider(routes=ROUTES, service=llm_service(upstream))
+    escrow = world.balance(world.manager.address)
+    streams = provider.runtime.driver.executor.streams
+    with serve_in_thread(provider.app) as site, \
+            running_vault(world, deposit_multiple=100) as vault:
+        account, client = client_of(world, vault, funds=200_000, deposit=200_000)
+        out = _LoseStreamsAfter(3 * GROUP, streams)
+        err = io.StringIO()
+        code = pay_main([f"{site}/llm/stream", "-X", "POST", "--key-file",
+                         str(key_file(tmp_path, account)), "--vault", vault.url,
+                         *vault_flags(world, vault), "--stream", str(GROUP), "--max", "0.0005"],
+                        stdout=out, stderr=err)
+        assert code == 1, err.getvalue()
+        assert _tokens(out.getvalue()) == [f"tok{i}" for i in range(3 * GROUP)]
+        text = err.getvalue()
+        first = next(line for line in text.splitlines() if line.startswith("a402 pay:"))
+        assert first.startswith(f"a402 pay: {3 * PER_GROUP} (atomic units) paid for the 3 "
+                                "groups received, each paid only with its delivery; the stream "
+                                "did not reach its end: the provider no longer has this stream")
+        summary = json.loads(text.splitlines()[-1])
+        assert (summary["success"], summary["groups"], summary["paid"], summary["reason"],
+                summary["complete"]) == (False, 3, str(3 * PER_GROUP), "stream_lost", False)
+        _settle(world, client, vault, provider, escrow, 3 * PER_GROUP)
+        client.close()
+
+
+class _LoseStreamsAfter(io.BytesIO):
+    """stdout that, once ``after`` tokens were written, makes the provider lose its streams
+    (as a restart would), from the provider's own event loop."""
+
+    def __init__(self, after: int, streams) -> None:  # type: ignore[no-untyped-def]
+        super().__init__()
+        self.after, self.streams, self.lost = after, streams, False
+
+    def flush(self) -> None:
+        super().flush()
+        if not self.lost and len(_tokens(self.getvalue())) >= self.after:
+            self.lost = True
+            loop = self.streams._reaper.get_loop()
+            asyncio.run_coroutine_threadsafe(_close(self.streams), loop).result(5)
+
+
+async def _close(streams) -> None:  # type: ignore[no-untyped-def]
+    streams.close()
 
 
 def test_the_stream_stops_cleanly_at_the_clients_maximum_and_the_provider_is_told(
@@ -214,8 +274,12 @@ def test_a402_pay_vault_stream_prints_each_group_and_stops_at_max_total(
         lines = [json.loads(line) for line in err.getvalue().splitlines()
                  if line.startswith("{")]
         assert [line.get("group") for line in lines[:3]] == [1, 2, 3]
-        assert lines[-1] == {"success": True, "outcome": "stream", "groups": 3,
-                             "paid": str(3 * PER_GROUP), "reason": "max_total"}
+        summary = lines[-1]
+        assert summary.pop("message").startswith(f"{3 * PER_GROUP} (atomic units) paid for the "
+                                                 "3 groups received")
+        assert summary == {"success": True, "outcome": "stream", "groups": 3,
+                           "paid": str(3 * PER_GROUP), "reason": "max_total",
+                           "complete": False}
         _wait(lambda: upstream.closed, timeout=5.0)
         _settle(world, client, vault, provider, escrow, 3 * PER_GROUP)
         client.close()

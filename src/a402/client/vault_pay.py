@@ -277,8 +277,17 @@ def _stream(vault: VaultClient, args: argparse.Namespace, *, method: str,
         return code
     if budget is not None:
         budget.settle(end.paid)
-    print(json.dumps({"success": True, "outcome": "stream", "groups": end.groups,
-                      "paid": str(end.paid), "reason": end.reason}), file=err)
+    summary = {"outcome": "stream", "groups": end.groups, "paid": str(end.paid),
+               "reason": end.reason, "complete": end.complete, "message": end.message()}
+    if end.detail:
+        summary["detail"] = end.detail
+    # the client's own limits end a stream as asked; anything else cut it short
+    if not (end.complete or end.reason in ("max_total", "stopped")
+            or end.reason.startswith("mandate_")):
+        print(f"a402 pay: {end.message()}", file=err)
+        print(json.dumps({"success": False, **summary}), file=err)
+        return EXIT_REQUEST_FAILED
+    print(json.dumps({"success": True, **summary}), file=err)
     return EXIT_OK
 
 

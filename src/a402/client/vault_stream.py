@@ -21,11 +21,20 @@ The stream stops cleanly:
 
 Any other refusal is raised (:class:`~a402.client.vault.VaultCallError`) after the
 provider was told to stop; nothing was paid for the group refused.
+
+A stream that ends before its end says so, truthfully (:class:`StreamEnd`: ``complete``
+is False, :meth:`StreamEnd.message` says what was paid and received first): the provider
+lost the stream (``stream_lost``: it restarted, or no group was bought within its idle
+time; the next group was refused, nothing paid for it, and the rest of the response is
+gone: a stream is not resumed, since running the service again gives another response),
+or the provider's service failed mid-stream (``service_failed``: the last group, paid for
+the units it holds, was cut short). Every group counted in ``paid`` was delivered.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -36,6 +45,7 @@ GROUP_HEADER = b"a402-stream-group"
 STREAM_HEADER = b"a402-stream"
 END_HEADER = b"a402-stream-end"
 STOP_HEADER = b"a402-stream-stop"
+FAILED_HEADER = b"a402-stream-failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +61,49 @@ class StreamGroup:
 
 @dataclass
 class StreamEnd:
-    """Why a stream ended and what it cost in all (filled in as the stream runs)."""
+    """Why a stream ended and what it cost in all (filled in as the stream runs).
+
+    ``reason``: ``end`` (the provider's last group came), ``free`` (the target asked
+    nothing: its whole answer came as one group), ``max_total``, ``mandate_*`` (the client's
+    limits: the provider was told to stop), ``stopped`` (the consumer stopped iterating),
+    ``stream_lost``, ``service_failed``, or the reason the vault gave for a group not sold.
+    ``paid`` (atomic units) and ``groups`` count only groups received. ``complete``: the
+    whole response arrived. ``detail``: what the provider said, when it refused a group or
+    cut the stream short."""
 
     reason: str = ""
     paid: int = 0
     groups: int = 0
+    complete: bool = False
+    detail: str | None = None
+
+    def message(self) -> str:
+        """What happened, the money first: what was paid for what was received, then why
+        the stream ended (one sentence, for a person)."""
+        paid = (f"{self.paid} (atomic units) paid for the {self.groups} group"
+                f"{'' if self.groups == 1 else 's'} received, each paid only with its delivery")
+        if self.complete:
+            return f"{paid}; the whole stream arrived"
+        detail = f" ({self.detail})" if self.detail else ""
+        nothing = "nothing was paid for it"
+        why = {
+            "max_total": "stopped before a group that could have cost more than max_total "
+                         "allowed; the provider was told to stop",
+            "stopped": "stopped by the caller; the provider was told to stop",
+            "stream_lost": "the provider no longer has this stream (it restarted, or no group "
+                           f"was bought within its idle time): the next group was refused and "
+                           f"{nothing}; the rest of the response is lost (asking again starts "
+                           "a new response)",
+            "service_failed": "the provider's service failed before the response's end"
+                              f"{detail}; only what arrived was paid for",
+        }.get(self.reason)
+        if why is None and self.reason.startswith("mandate_"):
+            why = f"the vault refused the next group under the owner's mandate ({self.reason})"
+            why += f"; {nothing}"
+        if why is None:
+            which = "the next group" if self.groups else "the stream's first group"
+            why = f"{which} was not sold ({self.reason or 'unknown'}{detail}); {nothing}"
+        return f"{paid}; the stream did not reach its end: {why}"
 
 
 def _header(result: VaultResult, name: bytes) -> bytes | None:
@@ -63,6 +111,18 @@ def _header(result: VaultResult, name: bytes) -> bytes | None:
         if k.lower() == name:
             return v
     return None
+
+
+def _error(result: VaultResult) -> str | None:
+    """The provider's ``{"error": …}`` in a refused group's answer, if it has one."""
+    if len(result.content) > 4096:
+        return None
+    try:
+        body = json.loads(result.content)
+    except ValueError:
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    return error[:200] if isinstance(error, str) else None
 
 
 def paid_stream(
@@ -90,25 +150,41 @@ def paid_stream(
                                        content=content if sid is None else b"",
                                        max_price=max_price, pay_to=pay_to, deposit=deposit)
             except VaultCallError as e:
+                end.reason, end.detail = e.reason, e.message or None
                 if e.reason.startswith("mandate_"):
-                    end.reason = e.reason
                     return
                 raise
             if result.outcome != api.PAID:
-                # the provider did not sell this group (it failed, or asked nothing)
+                # the provider did not sell this group (it failed, lost the stream, or
+                # asked nothing): nothing was paid for it
                 end.reason = result.reason or result.outcome
+                end.detail = _error(result)
                 finished = sid is None
                 if sid is None and result.outcome == api.FREE:
+                    end.complete = True
                     yield StreamGroup(1, result.content, 0, True, result)
+                elif sid is not None and result.status == 404 and end.detail == "unknown_stream":
+                    end.reason, finished = "stream_lost", True  # nothing left to stop
                 return
             end.paid += result.amount
             end.groups += 1
             sid = _header(result, STREAM_HEADER) or sid
             last = _header(result, END_HEADER) == b"1" or sid is None
+            failed = _header(result, FAILED_HEADER) if last else None
+            if last:  # before the yield: a consumer that stops at the last group sees it
+                end.reason, finished = "end", True
+                end.complete = failed is None
+                if failed is not None:
+                    end.reason, end.detail = "service_failed", failed.decode("latin-1")[:200]
             yield StreamGroup(end.groups, result.content, result.amount, last, result)
             if last:
-                end.reason, finished = "end", True
                 return
+    except GeneratorExit:  # the consumer stopped iterating
+        end.reason = end.reason or "stopped"
+        raise
+    except BaseException as e:  # raised to the consumer (a VaultCallError set its reason)
+        end.reason = end.reason or f"error: {type(e).__name__}"
+        raise
     finally:
         if sid is not None and not finished:
             stop(client, url, sid, pay_to=pay_to)

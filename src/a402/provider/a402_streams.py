@@ -36,7 +36,13 @@ What each side risks: at most one group.
 This is host-side state (a stream's buffer is plaintext of the service's response,
 as the host sees every response it runs): the enclave still hashes, seals and charges
 each group exactly as it was given, and nothing here signs or moves money. A provider
-that restarts loses its streams; the next group is then refused (404: nothing paid).
+that restarts loses its streams; the next group is then refused (404 ``unknown_stream``:
+nothing paid), which the client reports as a stream lost after the groups it bought
+(:class:`a402.client.vault_stream.StreamEnd`). A stream is not resumed after a restart:
+running the service again would not give the same response (an LLM does not repeat
+itself), so "the units after the k-th" of a new run would not be the rest of the old one.
+A last group cut short by the service's failure says so (``A402-Stream-Failed: <why>``,
+with ``A402-Stream-End: 1``): the client knows the response did not reach its end.
 """
 
 from __future__ import annotations
@@ -64,6 +70,8 @@ STREAM_HEADER: Final = b"a402-stream"
 SEQ_HEADER: Final = b"a402-stream-seq"
 END_HEADER: Final = b"a402-stream-end"
 STOP_HEADER: Final = b"a402-stream-stop"
+#: On a last group cut short by the service's failure: why (the stream did not reach its end).
+FAILED_HEADER: Final = b"a402-stream-failed"
 #: The most units a group may hold.
 MAX_GROUP: Final = 10_000
 #: The most streams open at once (all channels), and per channel.
@@ -264,6 +272,8 @@ class StreamTable:
             self.stop(stream.id)
         headers = (*stream.headers, (STREAM_HEADER, stream.id.encode()),
                    (SEQ_HEADER, str(stream.seq).encode()), (END_HEADER, b"1" if last else b"0"))
+        if last and stream.failed is not None:  # the response was cut short, not finished
+            headers = (*headers, (FAILED_HEADER, stream.failed.encode("latin-1", "replace")))
         return HttpResponse(stream.status, headers, body)
 
     def stop(self, sid: str) -> bool:
@@ -317,7 +327,10 @@ class StreamTable:
             if kind == "http.response.start":
                 stream.status = int(message["status"])
                 headers = tuple((bytes(k), bytes(v)) for k, v in message.get("headers", ()))
-                stream.headers = tuple((k, v) for k, v in headers if k.lower() not in _DROPPED)
+                # the service's own ``A402-Stream*`` headers are dropped: only the host says
+                # which stream, which group, and whether it is the last or failed
+                stream.headers = tuple((k, v) for k, v in headers if k.lower() not in _DROPPED
+                                       and not k.lower().startswith(b"a402-stream"))
                 content_type = _header(headers, b"content-type") or b""
                 splitter = _Splitter(events=content_type.lower().startswith(b"text/event-stream"))
                 started.set()
@@ -351,6 +364,7 @@ class StreamTable:
 
 __all__ = [
     "END_HEADER",
+    "FAILED_HEADER",
     "GROUP_HEADER",
     "SEQ_HEADER",
     "STOP_HEADER",
