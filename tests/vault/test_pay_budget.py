@@ -131,8 +131,12 @@ def test_a402_pay_vault_stream_stops_at_its_budget(world: World, tmp_path: Path)
         assert code == 0, err.getvalue()
         assert _tokens(out.getvalue()) == [f"tok{i}" for i in range(2 * GROUP)]
         summary = json.loads(err.getvalue().splitlines()[-1])
-        assert summary == {"success": True, "outcome": "stream", "groups": 2,
-                           "paid": str(2 * PER_GROUP), "reason": "max_total"}
+        assert {k: summary[k] for k in ("success", "outcome", "groups", "paid", "reason",
+                                        "complete")} == {
+            "success": True, "outcome": "stream", "groups": 2, "paid": str(2 * PER_GROUP),
+            "reason": "max_total", "complete": False}
+        assert summary["message"].startswith(f"{2 * PER_GROUP} (atomic units) paid for the 2 "
+                                             "groups received")
         _wait(lambda: upstream.closed, timeout=5.0)
         _settle(world, client, vault, provider, escrow, 2 * PER_GROUP)
         client.close()
