@@ -174,6 +174,22 @@ def decoded(headers: Sequence[tuple[bytes, bytes]], body: bytes, limit: int) -> 
     return body
 
 
+def readable_request(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """A request's headers with its ``Accept-Encoding`` narrowed to the codings a rule
+    decodes (``identity`` when it names none of them; ``*`` is dropped, it would admit
+    any), so the handler a metered request runs against never answers in one the rule
+    cannot read (``br``, ``zstd``: unreadable, withheld, nothing charged)."""
+    offered = [part.strip() for k, v in headers if k.lower() == b"accept-encoding"
+               for part in v.decode("latin-1").split(",") if part.strip()]
+    if not offered:
+        return list(headers)
+    kept = [part for part in offered
+            if part.split(";", 1)[0].strip().lower() in (*_DECODERS, "identity")]
+    narrowed = ", ".join(kept) if kept else "identity"
+    return [*((k, v) for k, v in headers if k.lower() != b"accept-encoding"),
+            (b"accept-encoding", narrowed.encode("latin-1"))]
+
+
 def _decode(coding: str, body: bytes, limit: int) -> bytes:
     attempts = [_DECODERS[coding]] + ([-zlib.MAX_WBITS] if coding == "deflate" else [])
     for wbits in attempts:  # deflate: zlib-wrapped, as specified, or raw, as some send
@@ -295,6 +311,7 @@ __all__ = [
     "UsageUnreadable",
     "count_events",
     "decoded",
+    "readable_request",
     "parse_meter_spec",
     "parse_rule",
 ]

@@ -35,7 +35,11 @@ PER_TOKEN = 20  # 0.00002 with 6 decimals
 
 
 def _compressed(request: Request, content: bytes, media: str) -> Response:
-    """As a compressing server: gzip when the client accepts it."""
+    """As a compressing server: brotli when the client accepts it (a coding the rule
+    cannot decode; stood in for by a marker), else gzip when it accepts that."""
+    if "br" in request.headers.get("accept-encoding", ""):
+        return Response(b"BROTLI" + content, media_type=media,
+                        headers={"content-encoding": "br"})
     if "gzip" in request.headers.get("accept-encoding", ""):
         return Response(gzip.compress(content), media_type=media,
                         headers={"content-encoding": "gzip"})
@@ -91,6 +95,16 @@ async def test_a_compressed_upstream_answer_is_charged_what_it_decodes_to(
                 spent = EVENTS * PER_EVENT + TOKENS * PER_TOKEN
                 assert balances() == [FUNDS - spent, spent]
 
+                # A browser's Accept-Encoding (br first): the upstream is asked only for
+                # codings the rule reads, so the answer is measured, not withheld.
+                browser = await client.get(f"{base}/chat", headers={
+                    "accept-encoding": "br, gzip;q=0.9, zstd"})
+                assert browser.status_code == 200, browser.text
+                assert browser.headers["content-encoding"] == "gzip"
+                assert browser.json() == {"usage": {"total_tokens": TOKENS}}
+                spent += TOKENS * PER_TOKEN
+                assert balances() == [FUNDS - spent, spent]
+
 
 def _sse(n: int) -> bytes:
     return b"".join(b"data: %d\n\n" % i for i in range(n))
@@ -128,3 +142,17 @@ def test_rules_read_decoded_bodies() -> None:
     per_byte = parse_rule("per-byte:1,max=1000000", 0)
     assert per_byte.charge(200, enc("gzip"), gzip.compress(_sse(100))) == \
         len(gzip.compress(_sse(100)))
+
+
+def test_a_metered_request_asks_only_for_codings_the_rule_reads() -> None:
+    from a402.metering import readable_request
+
+    def ask(value: bytes) -> bytes:
+        return dict(readable_request([(b"host", b"x"), (b"Accept-Encoding", value)]))[
+            b"accept-encoding"]
+
+    assert ask(b"br, gzip;q=0.9, zstd") == b"gzip;q=0.9"
+    assert ask(b"gzip, deflate, br, zstd") == b"gzip, deflate"
+    assert ask(b"br") == b"identity"
+    assert ask(b"*") == b"identity"
+    assert readable_request([(b"host", b"x")]) == [(b"host", b"x")]

@@ -118,7 +118,7 @@ from a402.exact.serve import (
 )
 from a402.exact.upto import SCHEME_UPTO, TRANSFER_METHOD_PERMIT2, UptoEvmPayload
 from a402.facilitator.client import FacilitatorClient, FacilitatorError
-from a402.metering import MeterRule, UsageUnreadable
+from a402.metering import MeterRule, Unit, UsageUnreadable, readable_request
 from a402.observe import Observer, new_request_id
 from a402.provider import responses
 from a402.provider.alternatives import AlternativeScheme
@@ -468,6 +468,10 @@ class PaymentMiddleware:
         middleware's ledger, facilitator and app, then answer what it decided. ``rule``:
         the upto route's metering rule, which then sets the charge (:meth:`_usage`)."""
         started = time.perf_counter()
+        if rule is not None and rule.unit in (Unit.FIELD, Unit.EVENT):
+            # The rule reads the body decoded: the app is asked only for codings it can
+            # decode (a browser's ``br`` would be unreadable: withheld, never paid).
+            scope = {**scope, "headers": readable_request(scope.get("headers", []))}
         receive = body = _HashedBody(receive)
         now = time.time()
         keep_until = min(p.valid_before, now + MAX_REMEMBERED_VALIDITY) + self.retention
