@@ -301,19 +301,31 @@ class PaymentMiddleware:
         if match is None:
             await self.app(scope, receive, send)
             return
+        headers = header_values(scope, PAYMENT_SIGNATURE) or header_values(scope, X_PAYMENT)
         if match.route.scheme == SCHEME_UPTO and self._upto_facilitator is None:
             try:
                 self._upto_facilitator = await self._facilitator_address()
             except FacilitatorError as exc:
+                if self.alternatives and not headers:
+                    # A channel payment (a402) never goes through the facilitator: its
+                    # offer is still made; only the x402 upto one, which names the
+                    # facilitator's address, cannot be. Nothing is taken either way.
+                    await responses.payment_required(
+                        self.offer(scope, match, x402=False),
+                        responses.PAYMENT_REQUIRED_REASON,
+                        f"this resource costs at most {match.amount} atomic units of "
+                        f"{self.token.symbol}; x402 upto payments cannot be taken now (the "
+                        f"payment facilitator did not say which address settles them: "
+                        f"{exc.reason}): pay by one of the schemes listed").send(send)
+                    return
                 await responses.facilitator_failed(
                     503 if exc.no_verdict().unavailable else 502,
                     responses.FACILITATOR_UNAVAILABLE,
                     f"the payment facilitator did not say which address settles upto "
-                    f"payments ({exc.reason})", retry_after=self.retry_after,
-                    settle_attempted=False).send(send)
+                    f"payments ({exc.reason}); nothing was charged",
+                    retry_after=self.retry_after, settle_attempted=False).send(send)
                 return
         offer = self.offer(scope, match)
-        headers = header_values(scope, PAYMENT_SIGNATURE) or header_values(scope, X_PAYMENT)
         if not headers:
             await responses.payment_required(
                 offer, responses.PAYMENT_REQUIRED_REASON,
@@ -367,8 +379,9 @@ class PaymentMiddleware:
 
     # -------------------------------------------------------------------- the offer
 
-    def offer(self, scope: Scope, match: RouteMatch) -> responses.Offer:
-        """The requirements for this request, in v2 and v1 form."""
+    def offer(self, scope: Scope, match: RouteMatch, *, x402: bool = True) -> responses.Offer:
+        """The requirements for this request, in v2 and v1 form (``x402=False``: the
+        alternatives only, for an upto route whose facilitator is not known)."""
         url = f"{self.public_url}{scope['path']}" if self.public_url else str(URL(scope=scope))
         if self.public_url and scope.get("query_string"):
             url += "?" + scope["query_string"].decode("latin-1")
@@ -378,7 +391,7 @@ class PaymentMiddleware:
         scheme, extra = SCHEME_EXACT, dict(self.token.eip712_extra())
         if match.route.scheme == SCHEME_UPTO:
             # As the SDK's upto server: Permit2, and the facilitator payers bind to.
-            assert self._upto_facilitator is not None
+            assert self._upto_facilitator is not None or not x402
             scheme = SCHEME_UPTO
             extra = {"assetTransferMethod": TRANSFER_METHOD_PERMIT2, **extra,
                      "facilitatorAddress": self._upto_facilitator}
@@ -394,7 +407,7 @@ class PaymentMiddleware:
             extra=extra,
         )
         if not self.alternatives:
-            return responses.Offer(requirements, resource, requirements_v1)
+            return responses.Offer(requirements, resource, requirements_v1, x402=x402)
         base = self.public_url or _base_url(scope)
         return responses.Offer(
             requirements, resource, requirements_v1,
@@ -405,6 +418,7 @@ class PaymentMiddleware:
                 match.amount, base, network_v1=self.network_v1, resource=resource,
                 max_timeout_seconds=self.max_timeout_seconds)
                 for scheme in self.alternatives),
+            x402=x402,
         )
 
     def _accept(self, payment: AnyPaymentPayload, offer: responses.Offer) -> _Payment:
