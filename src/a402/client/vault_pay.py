@@ -151,19 +151,30 @@ def run_vault_pay(
     return EXIT_OK
 
 
+#: The provider did not answer the unpaid request that names the payee: nothing sent.
+PROVIDER_UNREACHABLE = "provider_unreachable"
+
+
 def offered_payee(url: str, method: str, headers: Sequence[tuple[str, str]], content: bytes,
                   a402_vault: str, *, timeout: float) -> str:
     """The payee of ``url``'s ``a402`` offer for channels of ``a402_vault``, read from the
     402 the provider answers an unpaid request with (nothing is signed or paid here):
     the call signed for a vault in vault mode names it, so that its enclave pays only a
-    channel to that provider. ``PaymentRefused`` if the answer offers none."""
+    channel to that provider. ``PaymentRefused`` if the answer offers none, or if the
+    provider cannot be reached (``provider_unreachable``): nothing was sent to the vault
+    yet, so nothing was paid (not the "vault unreachable, may have been paid" of a call
+    that was sent)."""
     from a402.client.records import payment_required_of
     from a402.evm.address import address_key
     from a402.wire.a402 import SCHEME_A402
     from a402.wire.convert import to_v2_requirements
 
-    response = httpx.request(method, url, headers=list(headers), content=content,
-                             timeout=timeout)
+    try:
+        response = httpx.request(method, url, headers=list(headers), content=content,
+                                 timeout=timeout)
+    except httpx.HTTPError as e:
+        raise PaymentRefused(PROVIDER_UNREACHABLE, f"{url} could not be asked for its offer "
+                             f"({type(e).__name__}: {e})", url=url) from None
     if response.status_code != 402:
         raise PaymentRefused(errors.NO_ACCEPTABLE_REQUIREMENT, f"{url} answered "
                              f"{response.status_code}, not a 402 with an a402 offer", url=url)
