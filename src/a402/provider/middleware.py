@@ -544,9 +544,15 @@ class PaymentMiddleware:
                         requirements = requirements.model_copy(
                             update={"amount": str(charge[0])})
                     try:
-                        return await self.facilitator.settle(p.payload, requirements)
+                        answer = await self.facilitator.settle(p.payload, requirements)
                     except FacilitatorError as exc:
                         return exc.no_verdict()
+                    if p.upto and answer.amount is None:
+                        # ``amount`` is optional in x402: what we asked to settle is what
+                        # the ledger must keep (a pending entry without it could not be
+                        # resumed, and the payer, charged, would never get the response).
+                        answer = answer.model_copy(update={"amount": str(charge[0])})
+                    return answer
                 case Release():
                     await self.ledger.release(operation.key)
                 case MarkPending():
