@@ -311,7 +311,7 @@ __all__ = [
     "UsageUnreadable",
     "count_events",
     "decoded",
-    "readable_request",
     "parse_meter_spec",
     "parse_rule",
+    "readable_request",
 ]

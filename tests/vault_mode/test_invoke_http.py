@@ -8,8 +8,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import socket
 import random
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -524,7 +524,7 @@ def test_a402_pay_through_a_vault_mode_vault_to_an_unreachable_provider_says_not
     """The payee is read from the provider's 402 before anything is signed: a provider
     that cannot be reached is refused then, with nothing sent to the vault, and said so
     (not "vault unreachable ... may have been paid")."""
-    with running(vault_chain, usdc, tmp_path) as (s, site, vault):
+    with running(vault_chain, usdc, tmp_path) as (s, _site, vault):
         client = Account.create()
         s.deposit(client.address, 5_000)
         s.service.tick()

@@ -393,8 +393,9 @@ class PaymentMiddleware:
             # As the SDK's upto server: Permit2, and the facilitator payers bind to.
             assert self._upto_facilitator is not None or not x402
             scheme = SCHEME_UPTO
-            extra = {"assetTransferMethod": TRANSFER_METHOD_PERMIT2, **extra,
-                     "facilitatorAddress": self._upto_facilitator}
+            extra = {"assetTransferMethod": TRANSFER_METHOD_PERMIT2, **extra}
+            if self._upto_facilitator is not None:  # else not offered (x402=False)
+                extra["facilitatorAddress"] = self._upto_facilitator
         requirements = PaymentRequirements(
             scheme=scheme, network=self.network, amount=str(match.amount),
             asset=self.asset, pay_to=self.pay_to, max_timeout_seconds=self.max_timeout_seconds,
