@@ -66,3 +66,54 @@ def test_channel_payers_need_no_facilitator_on_an_upto_metered_route(world: Worl
         assert client.account_info()["balance"] == str(200_000 - 1_230)
         assert_conserved(world, vault.store, vault.address, escrow)
         client.close()
+
+
+def compressing_service() -> FastAPI:
+    """As a compressing server: brotli if accepted (a coding no rule decodes; stood in
+    for by a marker), else gzip if accepted."""
+    import gzip
+
+    from fastapi import Response
+
+    app = FastAPI()
+
+    @app.post("/llm")
+    async def llm(request: Request) -> Response:
+        tokens = int(json.loads(await request.body())["tokens"])
+        body = json.dumps({"text": "tok " * tokens, "usage": {"total_tokens": tokens}}).encode()
+        accepted = request.headers.get("accept-encoding", "")
+        if "br" in accepted:
+            return Response(b"BROTLI" + body, media_type="application/json",
+                            headers={"content-encoding": "br"})
+        if "gzip" in accepted:
+            return Response(gzip.compress(body), media_type="application/json",
+                            headers={"content-encoding": "gzip"})
+        return Response(body, media_type="application/json")
+
+    return app
+
+
+def test_a_channel_payment_of_a_compressed_answer_is_charged_what_it_decodes_to(
+    world: World,
+) -> None:
+    """The provider's enclave measures the JSON field on the decoded body, and the app is
+    asked only for codings the rule decodes (a caller's ``br`` would make every answer
+    unreadable: refused, never paid)."""
+    import gzip
+
+    provider = world.provider(routes={"POST /llm": RouteConfig(
+        price=LLM.maximum, meter=LLM)}, service=compressing_service())
+    escrow = world.balance(world.manager.address)
+    with serve_in_thread(provider.app) as site, running_vault(world) as vault:
+        _, client = client_of(world, vault, funds=300_000, deposit=200_000)
+        paid = client.invoke(f"{site}/llm", method="POST", content=b'{"tokens": 123}',
+                             headers=[(b"accept-encoding", b"br, gzip")],
+                             max_price=LLM.maximum)
+        assert (paid.outcome, paid.status, paid.amount) == (api.PAID, 200, 1_230)
+        assert json.loads(gzip.decompress(paid.content))["usage"] == {"total_tokens": 123}
+        for channel in client.account_info()["channels"]:
+            assert client.close_channel(channel["channelId"])["phase"] == vault_store.SETTLED
+        assert world.balance(provider.address) == 1_230
+        assert client.account_info()["balance"] == str(200_000 - 1_230)
+        assert_conserved(world, vault.store, vault.address, escrow)
+        client.close()

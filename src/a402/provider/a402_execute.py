@@ -30,6 +30,7 @@ from urllib.parse import quote
 
 from starlette.types import ASGIApp, Message
 
+from a402.metering import Unit, readable_request
 from a402.provider.a402_streams import (
     StreamError,
     StreamTable,
@@ -132,8 +133,14 @@ class Executor:
         return scope
 
     async def execute(self, request: HttpRequest, outer: Mapping[str, Any]) -> HttpResponse:
-        """Run ``request`` against the app, buffered (the service, or the upstream)."""
+        """Run ``request`` against the app, buffered (the service, or the upstream). On a
+        route whose rule reads the body, the app is asked only for the codings the rule
+        decodes (:func:`~a402.metering.readable_request`): one it cannot (``br``) would
+        leave every answer unreadable, refused and never paid."""
         scope = self.scope(request, outer)
+        rule = None if self.meter is None else self.meter(request.method, request.path)
+        if rule is not None and rule.unit in (Unit.FIELD, Unit.EVENT):
+            scope["headers"] = readable_request(scope["headers"])
         done = asyncio.Event()
         sent = False
 
