@@ -37,6 +37,7 @@ from a402.provider.a402_streams import (
     group_size,
     stream_id,
     streamable,
+    unencoded_request,
 )
 from a402.provider.asgi import run_buffered
 from a402.provider_enclave import Execute, MeterOf
@@ -99,9 +100,10 @@ class Executor:
                 return await self.streams.next(paid.channel_id, sid, target)
             group = group_size(request.headers)
             if group is not None:
-                return await self.streams.open(paid.channel_id, group, self.app,
-                                               self.scope(request, outer), request.body,
-                                               target)
+                scope = self.scope(request, outer)
+                scope["headers"] = unencoded_request(scope["headers"])
+                return await self.streams.open(paid.channel_id, group, self.app, scope,
+                                               request.body, target)
         except StreamError as e:  # answered with a status ≥ 400: nothing is charged
             return e.response()
         return await self.execute(request, outer)
