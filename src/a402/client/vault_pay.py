@@ -286,6 +286,18 @@ def _stream(vault: VaultClient, args: argparse.Namespace, *, method: str,
         print(json.dumps({"success": False, "status": e.status, "groups": end.groups,
                           "paid": str(end.paid), **e.body}), file=err)
         return code
+    except httpx.HTTPError as e:
+        # A group's call got no answer: it may have been paid (the reservation stays
+        # whole). Its key is the group's own, so the command's --idempotency-key cannot
+        # fetch it: running the command again starts a new stream, paid again.
+        print(f"a402 pay: payment unknown: the vault did not answer for group "
+              f"{end.groups + 1} ({type(e).__name__}: {e}), which may have been paid; "
+              f"{end.groups} groups received, {end.paid} paid before it (atomic units); "
+              "running this command again starts a new stream and pays for it again",
+              file=err)
+        print(json.dumps({"success": False, "error": "vault_unreachable",
+                          "groups": end.groups, "paid": str(end.paid)}), file=err)
+        return EXIT_REQUEST_FAILED
     if budget is not None:
         budget.settle(end.paid)
     print(json.dumps({"success": True, "outcome": "stream", "groups": end.groups,
