@@ -62,3 +62,45 @@ def test_a_stream_whose_vault_stops_answering_says_what_it_paid(
         assert (summary["groups"], summary["paid"]) == (2, str(2 * PER_GROUP))
         assert client.account_info()["paid"] == str(2 * PER_GROUP)
         client.close()
+
+
+def test_a_stream_group_left_pending_is_not_advised_a_rerun_by_key(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The vault answers a group ``payment_pending`` (paid, or may be, answer not in):
+    the command's ``--idempotency-key`` does not name that group's call, so the advice
+    to re-run with the group's key would start a new stream and pay again."""
+    from a402.client.vault import VaultCallError
+    from a402.wire import vault_api as api
+
+    upstream = Upstream()
+    provider = world.provider(routes=ROUTES, service=llm_service(upstream))
+    with serve_in_thread(provider.app) as site, \
+            running_vault(world, deposit_multiple=100) as vault:
+        account, client = client_of(world, vault, funds=200_000, deposit=200_000)
+        real = VaultClient.invoke
+        calls: list[int] = []
+
+        def pending(self: VaultClient, *args: Any, **kwargs: Any) -> Any:
+            calls.append(1)
+            if len(calls) == 2:  # as the vault answers a call whose result is not in yet
+                raise VaultCallError(202, {"error": api.PAYMENT_PENDING,
+                                           "idempotencyKey": "1.group-two", "createdAt": 1})
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(VaultClient, "invoke", pending)
+        out, err = io.BytesIO(), io.StringIO()
+        code = pay_main([f"{site}/llm/stream", "-X", "POST", "--key-file",
+                         str(_key_file(tmp_path, account)), "--vault", vault.url,
+                         *vault_flags(world, vault), "--stream", str(GROUP),
+                         "--max", "0.0005"], stdout=out, stderr=err)
+        monkeypatch.setattr(VaultClient, "invoke", real)
+        said = err.getvalue()
+        first = next(line for line in said.splitlines() if line.startswith("a402 pay:"))
+        assert code == 4, said
+        assert first.startswith("a402 pay: payment pending"), first
+        assert f"1 groups received, {PER_GROUP} paid" in first, first
+        assert "--idempotency-key" not in first and "new stream" in first, first
+        assert out.getvalue().count(b"data: ") == GROUP
+        assert client.account_info()["paid"] == str(PER_GROUP)
+        client.close()

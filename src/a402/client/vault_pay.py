@@ -282,7 +282,16 @@ def _stream(vault: VaultClient, args: argparse.Namespace, *, method: str,
         if budget is not None and e.reason not in _MAY_BE_PAID:
             budget.settle(end.paid)
         code, line = _call_failed(e)
-        print(f"a402 pay: {line} (after {end.groups} groups, {end.paid} paid)", file=err)
+        if e.reason in _MAY_BE_PAID:
+            # The call is the group's, not the command's: re-running the command with
+            # its key would start a new stream, paid again (not fetch this group).
+            line = (f"payment pending: group {end.groups + 1} was paid, or may have been, "
+                    f"but its answer is not in ({e.reason}); {end.groups} groups received, "
+                    f"{end.paid} paid before it (atomic units); running this command again "
+                    "starts a new stream and pays for it again")
+        else:
+            line += f" (after {end.groups} groups, {end.paid} paid)"
+        print(f"a402 pay: {line}", file=err)
         print(json.dumps({"success": False, "status": e.status, "groups": end.groups,
                           "paid": str(end.paid), **e.body}), file=err)
         return code
