@@ -176,13 +176,13 @@ def decoded(headers: Sequence[tuple[bytes, bytes]], body: bytes, limit: int) -> 
 
 def readable_request(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """A request's headers with its ``Accept-Encoding`` narrowed to the codings a rule
-    decodes (``identity`` when it names none of them; ``*`` is dropped, it would admit
-    any), so the handler a metered request runs against never answers in one the rule
-    cannot read (``br``, ``zstd``: unreadable, withheld, nothing charged)."""
+    decodes (``identity`` when it names none of them, or has none: an HTTP client such
+    as the gateway's proxy adds its own default, ``br`` included where brotli is
+    installed; ``*`` is dropped, it would admit any), so the handler a metered request
+    runs against never answers in one the rule cannot read (``br``, ``zstd``:
+    unreadable, withheld, nothing charged)."""
     offered = [part.strip() for k, v in headers if k.lower() == b"accept-encoding"
                for part in v.decode("latin-1").split(",") if part.strip()]
-    if not offered:
-        return list(headers)
     kept = [part for part in offered
             if part.split(";", 1)[0].strip().lower() in (*_DECODERS, "identity")]
     narrowed = ", ".join(kept) if kept else "identity"
