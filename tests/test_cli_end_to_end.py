@@ -32,6 +32,10 @@ from a402.wire.headers import decode_payment_required
 A402 = str(Path(sys.executable).with_name("a402"))
 
 
+#: How every refusal of ``a402 gateway`` before it serves begins: the money state.
+NOT_STARTED = "a402 gateway: not started, nothing was paid"
+
+
 @contextmanager
 def running(*args: str) -> Iterator[subprocess.Popen[str]]:
     proc = subprocess.Popen([A402, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -377,8 +381,10 @@ def test_a_gateway_with_a402_is_paid_through_a_vault_from_the_command_line(
     assert os.stat(tmp_path / "provider-identity.bin").st_mode & 0o077 == 0
     assert mismatch.returncode == 2
     assert mismatch.stderr.strip().splitlines()[-1] == (
-        f"a402 gateway: {manifest.rpc_url} is eip155:31337, but the gateway charges on eip155:1")
-    assert no_code.returncode == 2 and "a402 gateway: no contract at" in no_code.stderr
+        f"{NOT_STARTED} (a402_setup): {manifest.rpc_url} is eip155:31337, but the "
+        "gateway charges on eip155:1")
+    assert no_code.returncode == 2 and f"{NOT_STARTED} (a402_setup): no contract at" in \
+        no_code.stderr
 
 
 def test_gateway_with_a402_refuses_to_start_without_what_it_needs(tmp_path: Path) -> None:
@@ -397,13 +403,16 @@ def test_gateway_with_a402_refuses_to_start_without_what_it_needs(tmp_path: Path
         return done.returncode, done.stderr.strip()
 
     assert run(*a402, *measurement) == (2, (
-        "a402 gateway: the only enclave backend here is simulated; pass "
+        f"{NOT_STARTED} (a402_setup): the only enclave backend here is "
+        "simulated; pass "
         "--allow-simulated-attestation to run it (development only)"))
     assert run(*a402, "--allow-simulated-attestation") == (
-        2, "a402 gateway: --a402 needs --vault-measurement")
+        2, f"{NOT_STARTED} (a402_setup): --a402 needs --vault-measurement")
     assert run("--a402", "--allow-simulated-attestation", *measurement) == (
-        2, "a402 gateway: --a402 needs --rpc, --operator-key-file")
+        2, f"{NOT_STARTED} (a402_setup): --a402 needs --rpc, "
+           "--operator-key-file")
     assert run(*measurement, "--allow-simulated-attestation") == (
-        2, "a402 gateway: --platform-file, --identity-file, --allow-simulated-attestation, "
+        2, f"{NOT_STARTED} (usage): --platform-file, --identity-file, "
+           "--allow-simulated-attestation, "
            "--vault-measurement: only with --a402")
     assert not (tmp_path / "platform.json").exists() and not (tmp_path / "identity.bin").exists()

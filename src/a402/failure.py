@@ -78,11 +78,17 @@ class Failure:
         return f"a402 {command}: {state} ({self.reason}): {self.message}"
 
 
+#: Commands whose every action serves (``a402 mcp serve``): refused at the command line,
+#: a paywall was not started either.
+PAYWALLS: Final = frozenset({"mcp"})
+
+
 def usage_state(command: str | None) -> str:
     """The money state of a command refused at its command line: it ran nothing."""
     if command is None:
         return "nothing was run"
-    return "not started, nothing was paid" if command in SERVICES else "nothing was paid"
+    return ("not started, nothing was paid" if command in SERVICES | PAYWALLS
+            else "nothing was paid")
 
 
 class MoneyFirstParser(argparse.ArgumentParser):

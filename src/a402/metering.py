@@ -5,7 +5,8 @@ and a rate per unit of the response; the charge is ``min(⌊units × rate⌋, δ
 token's atomic units. The units are one of:
 
 ==============================  ===========================================================
-``per-byte:RATE``               the response body's length
+``per-byte:RATE``               the response body's length, as sent (compressed, if the
+                                handler compressed it)
 ``per-second:RATE``             the seconds the request ran (from EXEC to the response, on
                                 the provider's clock)
 ``per-unit:RATE``               the count the handler reports in the ``A402-Units`` response
@@ -15,6 +16,15 @@ token's atomic units. The units are one of:
 ``per-event:RATE``              the server-sent events in the body (a ``text/event-stream``
                                 group: each event with a ``data`` line counts one)
 ==============================  ===========================================================
+
+``per-field`` and ``per-event`` read the body *decoded*: a handler (or the upstream a
+gateway forwards, asked by the payer's ``Accept-Encoding``) that answers with
+``Content-Encoding: gzip`` or ``deflate`` is measured on what the payer reads once its
+client has decoded it, as it would be uncompressed. Measured on the compressed bytes, an
+event stream counted no events (delivered for nothing) and a JSON field was never found.
+A coding the rule cannot decode (``br``, ``zstd``, …), a body that is not what its
+coding says, or one that decodes larger than the rule reads (a compression bomb) is
+unreadable (below).
 
 and every rule ends with ``,max=MAX``: δ. ``RATE`` and ``MAX`` are in token units
 (``0.000001`` USDC is one atomic unit); a rate may be finer than one atomic unit
@@ -42,6 +52,7 @@ from __future__ import annotations
 
 import math
 import re
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -56,6 +67,12 @@ from a402.wire.jsonstrict import JsonLimits, loads_object
 UNITS_HEADER: Final = "a402-units"
 #: The largest JSON body a ``per-field`` rule parses (larger: unreadable, nothing charged).
 MAX_JSON_BODY: Final = 4 * 1024 * 1024
+#: The largest an encoded (``Content-Encoding``) event stream is decoded to for counting
+#: (larger: unreadable, nothing charged); an unencoded one is counted whatever its size.
+MAX_DECODED_EVENTS: Final = 64 * 1024 * 1024
+#: The codings a rule decodes (``identity``: none); any other is unreadable.
+_DECODERS: Final = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS,
+                    "deflate": zlib.MAX_WBITS}
 #: Reports and counts above this are refused as nonsense (and rates can't overflow uint128).
 MAX_UNITS: Final = 10**30
 _U128: Final = 1 << 128
@@ -113,10 +130,10 @@ class MeterRule:
                 raise UsageUnreadable("the elapsed time is not a finite non-negative number")
             return Fraction(seconds)
         if self.unit is Unit.EVENT:
-            return Fraction(count_events(body))
+            return Fraction(count_events(decoded(headers, body, MAX_DECODED_EVENTS)))
         if self.unit is Unit.UNIT:
             return Fraction(_reported(headers, self.source))
-        return Fraction(_field(body, self.source))
+        return Fraction(_field(decoded(headers, body, MAX_JSON_BODY), self.source))
 
     def charge(self, status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes,
                seconds: float = 0.0) -> int:
@@ -138,6 +155,56 @@ def count_events(body: bytes) -> int:
         elif line == b"data" or line.startswith(b"data:"):
             has_data = True
     return count + has_data
+
+
+def decoded(headers: Sequence[tuple[bytes, bytes]], body: bytes, limit: int) -> bytes:
+    """``body`` undone of its ``Content-Encoding`` (the codings listed, last applied
+    first), decoded to at most ``limit`` bytes; :class:`UsageUnreadable` for a coding
+    not in :data:`_DECODERS`, a body that is not what its coding says, or one that
+    decodes larger than ``limit`` (decoding stops there: a bomb costs ``limit``)."""
+    codings = [c.strip().lower() for k, v in headers if k.lower() == b"content-encoding"
+               for c in v.decode("latin-1").split(",") if c.strip()]
+    for coding in reversed(codings):
+        if coding == "identity":
+            continue
+        if coding not in _DECODERS:
+            raise UsageUnreadable(f"the body is encoded as {coding!r}, which the metering "
+                                  "rule cannot decode (gzip and deflate it can)")
+        body = _decode(coding, body, limit)
+    return body
+
+
+def readable_request(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """A request's headers with its ``Accept-Encoding`` narrowed to the codings a rule
+    decodes (``identity`` when it names none of them, or has none: an HTTP client such
+    as the gateway's proxy adds its own default, ``br`` included where brotli is
+    installed; ``*`` is dropped, it would admit any), so the handler a metered request
+    runs against never answers in one the rule cannot read (``br``, ``zstd``:
+    unreadable, withheld, nothing charged)."""
+    offered = [part.strip() for k, v in headers if k.lower() == b"accept-encoding"
+               for part in v.decode("latin-1").split(",") if part.strip()]
+    kept = [part for part in offered
+            if part.split(";", 1)[0].strip().lower() in (*_DECODERS, "identity")]
+    narrowed = ", ".join(kept) if kept else "identity"
+    return [*((k, v) for k, v in headers if k.lower() != b"accept-encoding"),
+            (b"accept-encoding", narrowed.encode("latin-1"))]
+
+
+def _decode(coding: str, body: bytes, limit: int) -> bytes:
+    attempts = [_DECODERS[coding]] + ([-zlib.MAX_WBITS] if coding == "deflate" else [])
+    for wbits in attempts:  # deflate: zlib-wrapped, as specified, or raw, as some send
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out = inflater.decompress(body, limit + 1)
+        except zlib.error:
+            continue
+        if len(out) > limit:
+            raise UsageUnreadable(f"the {coding} body decodes larger than the "
+                                  f"{limit} bytes the metering rule reads")
+        if not inflater.eof or inflater.unused_data:
+            break
+        return out
+    raise UsageUnreadable(f"the body is not the {coding} its Content-Encoding says")
 
 
 def _reported(headers: Sequence[tuple[bytes, bytes]], name: str) -> int:
@@ -243,6 +310,8 @@ __all__ = [
     "Unit",
     "UsageUnreadable",
     "count_events",
+    "decoded",
     "parse_meter_spec",
     "parse_rule",
+    "readable_request",
 ]

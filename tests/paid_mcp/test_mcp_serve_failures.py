@@ -70,3 +70,12 @@ def test_conflicting_options_and_a_taken_port_say_it_too(
         first = _first_line([*UPSTREAM, "--tool", "forecast=0.001", "--manifest",
                              manifest_file, "--port", str(port)], capsys)
     assert first.startswith(f"{FIRST} (port_in_use): "), first
+
+
+def test_an_unknown_flag_says_the_paywall_was_not_started(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # argparse's top parser refuses what no parser knows: it is the mcp command's.
+    first = _first_line([*UPSTREAM, "--nope"], capsys)
+    assert first == "a402 mcp: not started, nothing was paid (usage): unrecognized " \
+                    "arguments: --nope", first

@@ -170,7 +170,8 @@ async def test_the_middleware_takes_a_metering_rule_for_an_upto_route(
             timed = await client.get(f"{base}/slow")
             assert timed.status_code == 200, timed.text
             seconds = int(decode_settle_response(timed.headers[PAYMENT_RESPONSE]).amount or 0)
-    assert 300 <= seconds < 2_000  # the 0.3 s it ran, at 1,000 a second (and some slack)
+    # The 0.3 s it ran, at 1,000 a second (the event loop may wake a hair early: 299).
+    assert 290 <= seconds < 2_000
     assert _balances(anvil_chain, dev_stack, payer.address, pay_to) == [
         FUNDS - 1_370 - seconds, 1_370 + seconds]
 

@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import random
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -515,3 +516,23 @@ def test_a_metered_call_in_vault_mode_answers_and_debits_the_charge_not_delta(
         t = s.service.accounts.totals()
         assert balance(usdc, s.contract.address) == (
             t["free"] + t["locked"] + t["pending"] + t["unconfirmed"])
+
+
+def test_a402_pay_through_a_vault_mode_vault_to_an_unreachable_provider_says_nothing_was_paid(
+    vault_chain: Chain, usdc: Any, tmp_path: Path
+) -> None:
+    """The payee is read from the provider's 402 before anything is signed: a provider
+    that cannot be reached is refused then, with nothing sent to the vault, and said so
+    (not "vault unreachable ... may have been paid")."""
+    with running(vault_chain, usdc, tmp_path) as (s, _site, vault):
+        client = Account.create()
+        s.deposit(client.address, 5_000)
+        s.service.tick()
+        with socket.socket() as closed:
+            closed.bind(("127.0.0.1", 0))
+            gone = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        code, said, out = s.pay(gone, vault, client, "k-unreachable-provider")
+        assert code == 3, said["stderr"]
+        assert said["stderr"].startswith("a402 pay: nothing was paid"), said["stderr"]
+        assert "may have been paid" not in said["stderr"]
+        assert out == b"" and s.account(client.address) == 5_000

@@ -151,19 +151,30 @@ def run_vault_pay(
     return EXIT_OK
 
 
+#: The provider did not answer the unpaid request that names the payee: nothing sent.
+PROVIDER_UNREACHABLE = "provider_unreachable"
+
+
 def offered_payee(url: str, method: str, headers: Sequence[tuple[str, str]], content: bytes,
                   a402_vault: str, *, timeout: float) -> str:
     """The payee of ``url``'s ``a402`` offer for channels of ``a402_vault``, read from the
     402 the provider answers an unpaid request with (nothing is signed or paid here):
     the call signed for a vault in vault mode names it, so that its enclave pays only a
-    channel to that provider. ``PaymentRefused`` if the answer offers none."""
+    channel to that provider. ``PaymentRefused`` if the answer offers none, or if the
+    provider cannot be reached (``provider_unreachable``): nothing was sent to the vault
+    yet, so nothing was paid (not the "vault unreachable, may have been paid" of a call
+    that was sent)."""
     from a402.client.records import payment_required_of
     from a402.evm.address import address_key
     from a402.wire.a402 import SCHEME_A402
     from a402.wire.convert import to_v2_requirements
 
-    response = httpx.request(method, url, headers=list(headers), content=content,
-                             timeout=timeout)
+    try:
+        response = httpx.request(method, url, headers=list(headers), content=content,
+                                 timeout=timeout)
+    except httpx.HTTPError as e:
+        raise PaymentRefused(PROVIDER_UNREACHABLE, f"{url} could not be asked for its offer "
+                             f"({type(e).__name__}: {e})", url=url) from None
     if response.status_code != 402:
         raise PaymentRefused(errors.NO_ACCEPTABLE_REQUIREMENT, f"{url} answered "
                              f"{response.status_code}, not a 402 with an a402 offer", url=url)
@@ -271,10 +282,31 @@ def _stream(vault: VaultClient, args: argparse.Namespace, *, method: str,
         if budget is not None and e.reason not in _MAY_BE_PAID:
             budget.settle(end.paid)
         code, line = _call_failed(e)
-        print(f"a402 pay: {line} (after {end.groups} groups, {end.paid} paid)", file=err)
+        if e.reason in _MAY_BE_PAID:
+            # The call is the group's, not the command's: re-running the command with
+            # its key would start a new stream, paid again (not fetch this group).
+            line = (f"payment pending: group {end.groups + 1} was paid, or may have been, "
+                    f"but its answer is not in ({e.reason}); {end.groups} groups received, "
+                    f"{end.paid} paid before it (atomic units); running this command again "
+                    "starts a new stream and pays for it again")
+        else:
+            line += f" (after {end.groups} groups, {end.paid} paid)"
+        print(f"a402 pay: {line}", file=err)
         print(json.dumps({"success": False, "status": e.status, "groups": end.groups,
                           "paid": str(end.paid), **e.body}), file=err)
         return code
+    except httpx.HTTPError as e:
+        # A group's call got no answer: it may have been paid (the reservation stays
+        # whole). Its key is the group's own, so the command's --idempotency-key cannot
+        # fetch it: running the command again starts a new stream, paid again.
+        print(f"a402 pay: payment unknown: the vault did not answer for group "
+              f"{end.groups + 1} ({type(e).__name__}: {e}), which may have been paid; "
+              f"{end.groups} groups received, {end.paid} paid before it (atomic units); "
+              "running this command again starts a new stream and pays for it again",
+              file=err)
+        print(json.dumps({"success": False, "error": "vault_unreachable",
+                          "groups": end.groups, "paid": str(end.paid)}), file=err)
+        return EXIT_REQUEST_FAILED
     if budget is not None:
         budget.settle(end.paid)
     summary = {"outcome": "stream", "groups": end.groups, "paid": str(end.paid),

@@ -30,12 +30,14 @@ from urllib.parse import quote
 
 from starlette.types import ASGIApp, Message
 
+from a402.metering import Unit, readable_request
 from a402.provider.a402_streams import (
     StreamError,
     StreamTable,
     group_size,
     stream_id,
     streamable,
+    unencoded_request,
 )
 from a402.provider.asgi import run_buffered
 from a402.provider_enclave import Execute, MeterOf
@@ -98,9 +100,10 @@ class Executor:
                 return await self.streams.next(paid.channel_id, sid, target)
             group = group_size(request.headers)
             if group is not None:
-                return await self.streams.open(paid.channel_id, group, self.app,
-                                               self.scope(request, outer), request.body,
-                                               target)
+                scope = self.scope(request, outer)
+                scope["headers"] = unencoded_request(scope["headers"])
+                return await self.streams.open(paid.channel_id, group, self.app, scope,
+                                               request.body, target)
         except StreamError as e:  # answered with a status ≥ 400: nothing is charged
             return e.response()
         return await self.execute(request, outer)
@@ -132,8 +135,14 @@ class Executor:
         return scope
 
     async def execute(self, request: HttpRequest, outer: Mapping[str, Any]) -> HttpResponse:
-        """Run ``request`` against the app, buffered (the service, or the upstream)."""
+        """Run ``request`` against the app, buffered (the service, or the upstream). On a
+        route whose rule reads the body, the app is asked only for the codings the rule
+        decodes (:func:`~a402.metering.readable_request`): one it cannot (``br``) would
+        leave every answer unreadable, refused and never paid."""
         scope = self.scope(request, outer)
+        rule = None if self.meter is None else self.meter(request.method, request.path)
+        if rule is not None and rule.unit in (Unit.FIELD, Unit.EVENT):
+            scope["headers"] = readable_request(scope["headers"])
         done = asyncio.Event()
         sent = False
 

@@ -9,7 +9,10 @@ any other) is its first group of N units, with the response headers
 group is the next paid request of the same route with ``A402-Stream: <id>``, on the
 same channel: its EXEC, REPLY, AUTH, REVEAL and ACK are the channel's next exchange.
 A unit is one server-sent event (a blank line ends it) for ``text/event-stream``, one
-line for anything else. A metered route (``per-event``) charges each group for the
+line for anything else, cut from the bytes as they come: the service is asked for them
+unencoded (``Accept-Encoding: identity``), and a stream it compresses anyway is refused
+(``stream_encoded``, 502, nothing charged; compressed bytes have no boundaries, so one
+"unit" would carry the whole stream). A metered route (``per-event``) charges each group for the
 units it holds, so a last short group costs less.
 
 What each side risks: at most one group.
@@ -124,6 +127,21 @@ def streamable(rule: MeterRule | None) -> None:
     ``per-byte``, ``per-event`` and ``per-second``, are measured on each group itself."""
     if rule is not None and rule.unit in (Unit.UNIT, Unit.FIELD):
         raise StreamError(400, "stream_not_metered_per_group")
+
+
+def unencoded_request(headers: Any) -> list[tuple[bytes, bytes]]:
+    """A stream's request headers asking its service for an unencoded answer
+    (``Accept-Encoding: identity``): units are cut from the bytes as they come, and
+    compressed bytes have none to cut at (an answer encoded anyway is refused,
+    ``stream_encoded``, nothing charged)."""
+    return [*((bytes(k), bytes(v)) for k, v in headers
+              if bytes(k).lower() != b"accept-encoding"),
+            (b"accept-encoding", b"identity")]
+
+
+def _encoded(headers: Any) -> bool:
+    return any(bytes(k).lower() == b"content-encoding"
+               and bytes(v).strip().lower() not in (b"", b"identity") for k, v in headers)
 
 
 def stream_id(headers: Any, name: bytes = STREAM_HEADER) -> str | None:
@@ -327,6 +345,10 @@ class StreamTable:
             if kind == "http.response.start":
                 stream.status = int(message["status"])
                 headers = tuple((bytes(k), bytes(v)) for k, v in message.get("headers", ()))
+                if _encoded(headers):
+                    # Compressed bytes have no event or line boundaries to cut groups
+                    # at: sold as given, one "unit" would carry the whole stream.
+                    raise StreamError(502, "stream_encoded")
                 # the service's own ``A402-Stream*`` headers are dropped: only the host says
                 # which stream, which group, and whether it is the last or failed
                 stream.headers = tuple((k, v) for k, v in headers if k.lower() not in _DROPPED
@@ -375,4 +397,5 @@ __all__ = [
     "group_size",
     "stream_id",
     "streamable",
+    "unencoded_request",
 ]

@@ -196,8 +196,10 @@ def run_gateway_command(args: argparse.Namespace) -> int:
     from a402.wire.errors import WireError
     from a402.wire.networks import evm_chain_id
 
-    def fail(message: str) -> int:
-        print(f"a402 gateway: {message}", file=sys.stderr)
+    def fail(message: str, reason: str = "usage") -> int:
+        # Every refusal here comes before the gateway serves: no payment was taken.
+        print(f"a402 gateway: not started, nothing was paid ({reason}): {message}",
+              file=sys.stderr)
         return 2
 
     upstream = from_args(UpstreamOptions, args)
@@ -233,7 +235,7 @@ def run_gateway_command(args: argparse.Namespace) -> int:
             channels = a402_gateway(args, token=token.address, network=network,
                                     manifest_contracts=contracts)
         except GatewayUsageError as e:
-            return fail(str(e))
+            return fail(str(e), "a402_setup")
     else:
         stray = a402_only_flags_given(args)
         if stray:
@@ -250,7 +252,7 @@ def run_gateway_command(args: argparse.Namespace) -> int:
     try:
         chain_id = evm_chain_id(network)
     except WireError as e:
-        return fail(f"--network {network}: {e.message or e.reason}")
+        return fail(f"--network {network}: {e.message or e.reason}", "bad_network")
     ledger_db = chain_data_url(serve.ledger_db, chain_id, legacy=DEFAULT_LEDGER_DB,
                                warn=lambda m: print(f"a402 gateway: {m}", file=sys.stderr))
     url = f"http://{serve.host}:{serve.port}"
@@ -280,7 +282,7 @@ def run_gateway_command(args: argparse.Namespace) -> int:
     except ValueError as e:  # bad routes, a config the runtime refuses: before any port
         if started:
             raise
-        return fail(str(e))
+        return fail(str(e), "bad_config")
     return 0
 
 
@@ -291,7 +293,8 @@ _HOST_NAMES_THE_RESOURCE = (
 
 
 class GatewayUsageError(Exception):
-    """A bad option or combination: ``a402 gateway: <message>``, exit code 2."""
+    """A bad option or combination of the A402 side: ``a402 gateway: not started, nothing
+    was paid (a402_setup): <message>``, exit code 2."""
 
 
 @dataclass(frozen=True)

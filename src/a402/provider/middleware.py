@@ -118,7 +118,7 @@ from a402.exact.serve import (
 )
 from a402.exact.upto import SCHEME_UPTO, TRANSFER_METHOD_PERMIT2, UptoEvmPayload
 from a402.facilitator.client import FacilitatorClient, FacilitatorError
-from a402.metering import MeterRule, UsageUnreadable
+from a402.metering import MeterRule, Unit, UsageUnreadable, readable_request
 from a402.observe import Observer, new_request_id
 from a402.provider import responses
 from a402.provider.alternatives import AlternativeScheme
@@ -301,19 +301,31 @@ class PaymentMiddleware:
         if match is None:
             await self.app(scope, receive, send)
             return
+        headers = header_values(scope, PAYMENT_SIGNATURE) or header_values(scope, X_PAYMENT)
         if match.route.scheme == SCHEME_UPTO and self._upto_facilitator is None:
             try:
                 self._upto_facilitator = await self._facilitator_address()
             except FacilitatorError as exc:
+                if self.alternatives and not headers:
+                    # A channel payment (a402) never goes through the facilitator: its
+                    # offer is still made; only the x402 upto one, which names the
+                    # facilitator's address, cannot be. Nothing is taken either way.
+                    await responses.payment_required(
+                        self.offer(scope, match, x402=False),
+                        responses.PAYMENT_REQUIRED_REASON,
+                        f"this resource costs at most {match.amount} atomic units of "
+                        f"{self.token.symbol}; x402 upto payments cannot be taken now (the "
+                        f"payment facilitator did not say which address settles them: "
+                        f"{exc.reason}): pay by one of the schemes listed").send(send)
+                    return
                 await responses.facilitator_failed(
                     503 if exc.no_verdict().unavailable else 502,
                     responses.FACILITATOR_UNAVAILABLE,
                     f"the payment facilitator did not say which address settles upto "
-                    f"payments ({exc.reason})", retry_after=self.retry_after,
-                    settle_attempted=False).send(send)
+                    f"payments ({exc.reason}); nothing was charged",
+                    retry_after=self.retry_after, settle_attempted=False).send(send)
                 return
         offer = self.offer(scope, match)
-        headers = header_values(scope, PAYMENT_SIGNATURE) or header_values(scope, X_PAYMENT)
         if not headers:
             await responses.payment_required(
                 offer, responses.PAYMENT_REQUIRED_REASON,
@@ -367,8 +379,9 @@ class PaymentMiddleware:
 
     # -------------------------------------------------------------------- the offer
 
-    def offer(self, scope: Scope, match: RouteMatch) -> responses.Offer:
-        """The requirements for this request, in v2 and v1 form."""
+    def offer(self, scope: Scope, match: RouteMatch, *, x402: bool = True) -> responses.Offer:
+        """The requirements for this request, in v2 and v1 form (``x402=False``: the
+        alternatives only, for an upto route whose facilitator is not known)."""
         url = f"{self.public_url}{scope['path']}" if self.public_url else str(URL(scope=scope))
         if self.public_url and scope.get("query_string"):
             url += "?" + scope["query_string"].decode("latin-1")
@@ -378,10 +391,11 @@ class PaymentMiddleware:
         scheme, extra = SCHEME_EXACT, dict(self.token.eip712_extra())
         if match.route.scheme == SCHEME_UPTO:
             # As the SDK's upto server: Permit2, and the facilitator payers bind to.
-            assert self._upto_facilitator is not None
+            assert self._upto_facilitator is not None or not x402
             scheme = SCHEME_UPTO
-            extra = {"assetTransferMethod": TRANSFER_METHOD_PERMIT2, **extra,
-                     "facilitatorAddress": self._upto_facilitator}
+            extra = {"assetTransferMethod": TRANSFER_METHOD_PERMIT2, **extra}
+            if self._upto_facilitator is not None:  # else not offered (x402=False)
+                extra["facilitatorAddress"] = self._upto_facilitator
         requirements = PaymentRequirements(
             scheme=scheme, network=self.network, amount=str(match.amount),
             asset=self.asset, pay_to=self.pay_to, max_timeout_seconds=self.max_timeout_seconds,
@@ -394,7 +408,7 @@ class PaymentMiddleware:
             extra=extra,
         )
         if not self.alternatives:
-            return responses.Offer(requirements, resource, requirements_v1)
+            return responses.Offer(requirements, resource, requirements_v1, x402=x402)
         base = self.public_url or _base_url(scope)
         return responses.Offer(
             requirements, resource, requirements_v1,
@@ -405,6 +419,7 @@ class PaymentMiddleware:
                 match.amount, base, network_v1=self.network_v1, resource=resource,
                 max_timeout_seconds=self.max_timeout_seconds)
                 for scheme in self.alternatives),
+            x402=x402,
         )
 
     def _accept(self, payment: AnyPaymentPayload, offer: responses.Offer) -> _Payment:
@@ -468,6 +483,10 @@ class PaymentMiddleware:
         middleware's ledger, facilitator and app, then answer what it decided. ``rule``:
         the upto route's metering rule, which then sets the charge (:meth:`_usage`)."""
         started = time.perf_counter()
+        if rule is not None and rule.unit in (Unit.FIELD, Unit.EVENT):
+            # The rule reads the body decoded: the app is asked only for codings it can
+            # decode (a browser's ``br`` would be unreadable: withheld, never paid).
+            scope = {**scope, "headers": readable_request(scope.get("headers", []))}
         receive = body = _HashedBody(receive)
         now = time.time()
         keep_until = min(p.valid_before, now + MAX_REMEMBERED_VALIDITY) + self.retention
@@ -526,9 +545,15 @@ class PaymentMiddleware:
                         requirements = requirements.model_copy(
                             update={"amount": str(charge[0])})
                     try:
-                        return await self.facilitator.settle(p.payload, requirements)
+                        answer = await self.facilitator.settle(p.payload, requirements)
                     except FacilitatorError as exc:
                         return exc.no_verdict()
+                    if p.upto and answer.amount is None:
+                        # ``amount`` is optional in x402: what we asked to settle is what
+                        # the ledger must keep (a pending entry without it could not be
+                        # resumed, and the payer, charged, would never get the response).
+                        answer = answer.model_copy(update={"amount": str(charge[0])})
+                    return answer
                 case Release():
                     await self.ledger.release(operation.key)
                 case MarkPending():

@@ -61,11 +61,13 @@ class Offer:
     #: Further ways to pay, listed after ``requirements`` (e.g. ``a402``).
     alternatives: tuple[PaymentRequirements, ...] = ()
     alternatives_v1: tuple[PaymentRequirementsV1, ...] = ()
+    #: False: the x402 requirement cannot be offered now (an ``upto`` route whose
+    #: facilitator did not answer); only the alternatives are listed.
+    x402: bool = True
 
     def payment_required(self, error: str) -> PaymentRequired:
-        return PaymentRequired(
-            error=error, resource=self.resource, accepts=[self.requirements, *self.alternatives]
-        )
+        return PaymentRequired(error=error, resource=self.resource, accepts=[
+            *([self.requirements] if self.x402 else []), *self.alternatives])
 
 
 @dataclass
@@ -116,7 +118,8 @@ def payment_required(
         "x402Version": 1,
         "error": error,
         "message": message,
-        "accepts": [offer.requirements_v1.to_wire(), *(a.to_wire() for a in offer.alternatives_v1)],
+        "accepts": [*([offer.requirements_v1.to_wire()] if offer.x402 else []),
+                    *(a.to_wire() for a in offer.alternatives_v1)],
         **{k: v for k, v in details.items() if v is not None},
     }
     headers = [(PAYMENT_REQUIRED, encode_header(offer.payment_required(error)))]
