@@ -50,7 +50,7 @@ from ._setup import (
 
 def _force_close(s: Setup) -> bytes:
     """The provider's close of its newest co-signed state (the machine's)."""
-    return payment_leaf_close(s.params, s.provider.latest_state())
+    return payment_leaf_close(s.params, s.provider.latest_state(), s.provider_key)
 
 
 def _opened(s: Setup, raw: bytes) -> bytes | None:
@@ -235,7 +235,7 @@ def test_the_watchtower_refuses_a_margin_that_would_race_or_precede_the_refund(m
     s = open_channel()
     pay(s, 2_000, b"r")
     with pytest.raises(ValueError):
-        Watchtower(s.provider, s.params, FUNDING_HEIGHT, margin)
+        Watchtower(s.provider, s.params, FUNDING_HEIGHT, margin, key=s.provider_key)
 
 
 def test_garbage_in_a_cooperative_proposal_or_answer_is_refused_with_a_reason() -> None:
@@ -361,8 +361,40 @@ def test_a_close_of_an_older_state_closes_the_channel_with_nothing_to_open() -> 
     pay(s, 1_000, b"first")
     older = s.provider.latest_state()
     pay(s, 2_000, b"withheld", reveal=False)
-    raw = payment_leaf_close(s.params, older)
+    raw = payment_leaf_close(s.params, older, s.provider_key)
     s.ledger.apply(raw, FUNDING_HEIGHT + 1)
     assert on_chain_close(s.vault, s.params, raw).events == ()
     assert s.vault.status is Status.CLOSED
     assert outputs(raw)[s.params.provider_payout] == 1_000
+
+
+def test_regression_the_vault_side_cannot_close_an_older_state_and_take_later_earnings() -> None:
+    """Regression: the payment leaf has no timelock and nothing revokes a state, so whoever
+    holds both parties' on-chain signatures on an older state's close can publish it and
+    pay the provider less. The vault (or its host, which relays every message) must never
+    hold the provider's on-chain signature on a non-final state: neither the REVEAL's state
+    signature nor the REPLY's pre-signature completed with the revealed ``t`` may verify on
+    a close. Only the provider, with its own key, can close a paid state."""
+    s = open_channel()
+    exec_ = s.vault.request(b"GET /weather", 1_000, now=0.0)
+    (run,) = s.provider.receive(exec_, now=0.0).events
+    reply = s.provider.reply(run.request_id, b"first")  # type: ignore[attr-defined]
+    (auth,) = s.vault.receive(reply, now=0.0).send
+    (reveal,) = s.provider.receive(auth, now=0.0).send
+    s.vault.receive(reveal, now=0.0)
+    older = s.vault.latest_state()  # what the vault (and its host) hold for state 1
+    vault_sig = BIP340.adapt(BIP340.presignature_from_bytes(auth.authorization),
+                             reveal.adaptor_secret)
+    reply_sig = BIP340.adapt(BIP340.presignature_from_bytes(b"\x02" + reply.presignature),
+                             reveal.adaptor_secret)
+    assert pay(s, 5_000, b"second") == b"second"
+    tx = s.params.payment_close(1_000)
+    for provider_sig in (older.provider_signature[:64], reply_sig):
+        stale = s.params.witness(tx, PAYMENT_LEAF, [provider_sig, vault_sig])
+        with pytest.raises(Refused):
+            s.ledger.check(stale, FUNDING_HEIGHT + 1)
+    with pytest.raises(ExchangeError):
+        payment_leaf_close(s.params, older)  # no provider key: not a closable state
+    raw = _force_close(s)  # the provider's close of its newest state, with its key
+    s.ledger.apply(raw, FUNDING_HEIGHT + 1)
+    assert outputs(raw)[s.params.provider_payout] == 6_000

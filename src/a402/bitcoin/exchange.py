@@ -17,8 +17,15 @@ replay rules); :class:`BitcoinSettlement` is what changes (:mod:`a402.asc.settle
 No ACK (``needs_ack`` is false): once the provider holds ``σ̂_U`` and ``t`` it holds the
 vault's full signature ``σ_U`` on ``tx_i``, so its state is co-signed at AUTH; the vault
 computes the same ``σ_U`` when the REVEAL arrives. Both sides then hold the same
-:class:`~a402.asc.SignedState`, from which :func:`payment_leaf_close` builds ``tx_i``'s
-witness.
+:class:`~a402.asc.SignedState`; :func:`payment_leaf_close` builds ``tx_i``'s witness from it
+and a signature the provider makes with its key at close time.
+
+No old state can be closed (the payment leaf has no timelock and nothing revokes a state):
+the provider's REPLY pre-signature signs :func:`reply_digest` of ``m`` and its state
+signature on a paid state signs :func:`state_digest`, tagged hashes, so neither (nor the
+pre-signature completed with the revealed ``t``) is a signature on any close. The vault, and
+the host that relays its messages, never hold the provider's on-chain signature on a paid
+state; only on the final one (CLOSE_ACK), which is the newest.
 
 Why the provider cannot be paid without revealing ``t``: the payment leaf needs the vault's
 signature on ``tx_i``, and the vault gives only ``σ̂_U``, an adaptor pre-signature under the
@@ -40,9 +47,10 @@ are the service's answer rests on the provider's attested enclave, as in the pap
 Wire forms (the ASC messages' fixed widths, unchanged): REPLY's 64-byte pre-signature is
 ``x(R) ‖ ŝ`` of a BIP-340 adaptor pre-signature whose adapted nonce ``R`` has even ``y``
 (the provider's pre-signer draws nonces until it does, so nothing is lost); AUTH's 65 bytes
-are ``σ̂_U`` as ``R (compressed) ‖ ŝ``; a state signature (REVEAL, CLOSE, CLOSE_ACK) is the
-64-byte BIP-340 signature on the state's payment-leaf close followed by ``0x00``, its
-SIGHASH_DEFAULT type byte, which a Taproot witness omits.
+are ``σ̂_U`` as ``R (compressed) ‖ ŝ``; a state signature (REVEAL, CLOSE, CLOSE_ACK) is a
+64-byte BIP-340 signature followed by ``0x00``, the SIGHASH_DEFAULT type byte a Taproot
+witness omits: on the final state's payment-leaf close (CLOSE, CLOSE_ACK), on
+:func:`state_digest` of a paid state's (REVEAL).
 
 Deadlines: Δ_lock stays the machine's clock (seconds, off-chain). The chain's deadline is a
 block height: the client's refund leaf is valid ``Δ`` blocks after the funding confirmed, and
@@ -85,7 +93,7 @@ from a402.asc import (
     decode,
 )
 from a402.crypto import BIP340, PreSignature, SecretKey
-from a402.crypto._secp import b32
+from a402.crypto._secp import b32, tagged_hash
 
 from . import musig
 from . import transactions as txs
@@ -94,6 +102,21 @@ from .scripts import PAYMENT_LEAF
 
 #: SIGHASH_DEFAULT: the type byte after a state signature on the wire, never in a witness.
 _DEFAULT = b"\x00"
+#: Tags that keep the provider's off-chain signatures from being signatures on a close.
+_REPLY_TAG = "A402/bitcoin/reply-presignature"
+_STATE_TAG = "A402/bitcoin/paid-state"
+
+
+def reply_digest(sighash: bytes) -> bytes:
+    """What the provider's REPLY pre-signature signs for the close whose sighash is ``m``:
+    a tagged hash of it, never ``m`` itself (completed with ``t``, it spends nothing)."""
+    return tagged_hash(_REPLY_TAG, sighash)
+
+
+def state_digest(state: BalanceState, sighash: bytes) -> bytes:
+    """What a state signature signs: the close's sighash itself for the final state (the
+    newest, agreed by CLOSE / CLOSE_ACK), a tagged hash of it for a paid state."""
+    return sighash if state.is_final else tagged_hash(_STATE_TAG, sighash)
 
 
 # ---------------------------------------------------------------- keys
@@ -136,8 +159,9 @@ class EvenNoncePreSigner:
         self.public_key = key.public_key
 
     def pre_sign(self, message: bytes, adaptor: bytes) -> PreSignature:
+        digest = reply_digest(message)
         for _ in range(256):  # each draw is even with probability 1/2
-            presignature = BIP340.pre_sign(self._key, message, adaptor)
+            presignature = BIP340.pre_sign(self._key, digest, adaptor)
             if presignature.r[0] == 0x02:
                 return presignature
         raise RuntimeError("no even adapted nonce in 256 draws")  # pragma: no cover
@@ -211,7 +235,7 @@ class BitcoinSettlement:
         return BIP340.presignature_from_bytes(b"\x02" + bytes(data))
 
     def pre_verify(self, message: bytes, adaptor: bytes, presignature: PreSignature) -> bool:
-        return BIP340.pre_verify(self.provider_key, message, adaptor, presignature)
+        return BIP340.pre_verify(self.provider_key, reply_digest(message), adaptor, presignature)
 
     def authorize(
         self, signer: DigestSigner, message: bytes, amount: int, presignature: PreSignature,
@@ -238,7 +262,7 @@ class BitcoinSettlement:
         return BIP340.adapt(self._vault_pre(authorization), adaptor_secret) + _DEFAULT
 
     def sign_state(self, signer: DigestSigner, state: BalanceState) -> bytes:
-        return signer.sign_digest(self.close_sighash(state.provider_balance))
+        return signer.sign_digest(state_digest(state, self.close_sighash(state.provider_balance)))
 
     def signed_by(self, state: BalanceState, signature: bytes, party: bytes) -> bool:
         if len(signature) != 65 or signature[64:] != _DEFAULT:
@@ -247,7 +271,7 @@ class BitcoinSettlement:
             digest = self.close_sighash(state.provider_balance)
         except ExchangeError:
             return False
-        return BIP340.verify(party, digest, signature[:64])
+        return BIP340.verify(party, state_digest(state, digest), signature[:64])
 
     def complete(self, presignature: PreSignature, adaptor_secret: bytes) -> bytes:
         return BIP340.adapt(presignature, adaptor_secret)
@@ -324,9 +348,22 @@ def exchange(
 # ---------------------------------------------------------------- closes
 
 
-def payment_leaf_close(params: ChannelParams, signed: SignedState) -> bytes:
-    """The payment-leaf spend of a co-signed state (the provider's force close, or the
-    cooperative close by two signatures): ``tx_i`` with ``[σ_S, σ_U, leaf, control]``."""
+def payment_leaf_close(
+    params: ChannelParams, signed: SignedState, provider_key: SecretKey | None = None
+) -> bytes:
+    """The payment-leaf spend of a co-signed state: ``tx_i`` with ``[σ_S, σ_U, leaf,
+    control]``.
+
+    The final state (CLOSE / CLOSE_ACK) carries both on-chain signatures: either side can
+    publish it (the cooperative close by two signatures). A paid state carries the vault's
+    ``σ_U`` and only an off-chain provider signature (:func:`state_digest`), so only the
+    provider closes it, signing ``tx_i`` now with ``provider_key`` (its force close).
+
+    Safety: the payment leaf has no timelock and no state is ever revoked, so an on-chain
+    provider signature on an older state's close would let the vault's side publish that
+    close and keep the later earnings; the provider's signature on ``tx_i`` therefore
+    exists only when the provider itself closes, or for the final (newest) state.
+    """
     state = signed.state
     if state.provider_balance <= 0:
         raise ExchangeError("nothing-to-claim", "the state pays the provider nothing")
@@ -334,9 +371,16 @@ def payment_leaf_close(params: ChannelParams, signed: SignedState) -> bytes:
         if len(signature) != 65 or signature[64:] != _DEFAULT:
             raise ExchangeError("bad-signature", "not a co-signed Bitcoin state")
     tx = params.payment_close(state.provider_balance)
+    if state.is_final:
+        provider_sig = signed.provider_signature[:64]
+    elif provider_key is None or provider_key.public_key != params.keys.provider:
+        raise ExchangeError(
+            "provider-key-needed", "only the provider, with its key, closes a paid state"
+        )
+    else:
+        provider_sig = BIP340.sign(provider_key, params.sighash(tx, PAYMENT_LEAF))
     return params.witness(
-        tx, PAYMENT_LEAF,
-        payment_witness_sigs(signed.provider_signature[:64], signed.vault_signature[:64]),
+        tx, PAYMENT_LEAF, payment_witness_sigs(provider_sig, signed.vault_signature[:64])
     )
 
 
@@ -358,12 +402,15 @@ class Watchtower:
     """
 
     def __init__(
-        self, provider: ProviderChannel, params: ChannelParams, funding_height: int, margin: int
+        self, provider: ProviderChannel, params: ChannelParams, funding_height: int, margin: int,
+        *, key: SecretKey,
     ) -> None:
         delay = params.keys.refund_delay
         if not 1 <= margin < delay:
             raise ValueError(f"margin must be 1..{delay - 1} blocks")
-        self.provider, self.params = provider, params
+        if key.public_key != params.keys.provider:
+            raise ValueError("the watchtower signs with the channel's provider key")
+        self.provider, self.params, self._key = provider, params, key
         self.deadline = funding_height + delay - margin
         self.spent = False
 
@@ -371,7 +418,7 @@ class Watchtower:
         signed = self.provider.latest_state()
         if self.spent or signed.state.provider_balance <= 0 or height < self.deadline:
             return None
-        return payment_leaf_close(self.params, signed)
+        return payment_leaf_close(self.params, signed, self._key)
 
     def channel_spent(self) -> None:
         """The channel output is spent (any path): nothing more to close."""
@@ -520,7 +567,9 @@ __all__ = [
     "payment_leaf_close",
     "payment_witness_sigs",
     "provider_channel",
+    "reply_digest",
     "restore_provider",
     "restore_vault",
+    "state_digest",
     "vault_channel",
 ]
