@@ -31,6 +31,7 @@ from a402.bitcoin.exchange import (
     on_chain_close,
     payment_leaf_close,
     restore_provider,
+    restore_vault,
 )
 from a402.bitcoin.scripts import PAYMENT_LEAF
 from a402.bitcoin.transactions import P2TR_DUST, Utxo, set_witness
@@ -398,3 +399,26 @@ def test_regression_the_vault_side_cannot_close_an_older_state_and_take_later_ea
     raw = _force_close(s)  # the provider's close of its newest state, with its key
     s.ledger.apply(raw, FUNDING_HEIGHT + 1)
     assert outputs(raw)[s.params.provider_payout] == 6_000
+
+
+def test_regression_a_vault_restarted_before_its_auth_was_stored_signs_the_same_auth() -> None:
+    """Regression: the vault sends AUTH, dies before its PENDING snapshot is durable, and
+    restarts LOCKED; the REPLY is delivered again. Its pre-signature on the same ``m`` under
+    the same ``T`` must be the same bytes (as the EVM vault's RFC 6979 ECDSA ``σ_U`` is):
+    otherwise the provider closes with the completion of the first one, whose nonce the
+    restarted vault never saw, and the vault cannot extract ``t`` — paid, and no result."""
+    s = open_channel()
+    exec_ = s.vault.request(b"GET /weather", 3_000, now=0.0)
+    locked = s.vault.snapshot()
+    (run,) = s.provider.receive(exec_, now=0.0).events
+    reply = s.provider.reply(run.request_id, b"the answer")  # type: ignore[attr-defined]
+    (auth,) = s.vault.receive(reply, now=0.0).send
+    s.provider.receive(auth, now=0.0)  # the provider's state is co-signed; REVEAL is lost
+    restarted = restore_vault(locked, s.params, s.vault_key)
+    (again,) = restarted.receive(reply, now=0.0).send
+    assert again == auth
+    raw = _force_close(s)
+    s.ledger.apply(raw, FUNDING_HEIGHT + 1)
+    (delivered,) = on_chain_close(restarted, s.params, raw).events
+    assert isinstance(delivered, ResultDelivered) and delivered.result == b"the answer"
+    assert outputs(raw)[s.params.provider_payout] == 3_000

@@ -142,7 +142,17 @@ class Bip340Signer:
         return BIP340.sign(self._key, digest) + _DEFAULT
 
     def pre_sign(self, message: bytes, adaptor: bytes) -> PreSignature:
-        return BIP340.pre_sign(self._key, message, adaptor)
+        """``σ̂_U``, deterministic in ``(m, T)``: the nonce is BIP-340's derivation from the
+        key, ``T`` and ``m`` with the auxiliary randomness fixed at zero (allowed by BIP-340).
+
+        Why: a vault that sent AUTH and restarted from its LOCKED snapshot signs the same
+        REPLY again; the same bytes mean that whichever copy the provider completes on-chain,
+        the vault extracts ``t`` (as the EVM vault's RFC 6979 ``σ_U`` does). Safe: a nonce is
+        reused only for the identical ``(m, T)``, where it yields the identical ŝ; any other
+        message or adaptor point gets another nonce. Hedging only guards fault and
+        side-channel attacks, which the enclave threat model excludes.
+        """
+        return BIP340.pre_sign(self._key, message, adaptor, aux_rand=bytes(32))
 
 
 class EvenNoncePreSigner:
