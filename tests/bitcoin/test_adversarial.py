@@ -21,6 +21,7 @@ from a402.asc import (
     Reason,
     RemoteProtocolError,
     ResultDelivered,
+    SnapshotError,
     Status,
 )
 from a402.bitcoin.channel import ExchangeError, client_refund
@@ -424,3 +425,23 @@ def test_regression_a_vault_restarted_before_its_auth_was_stored_signs_the_same_
     (delivered,) = on_chain_close(restarted, s.params, raw).events
     assert isinstance(delivered, ResultDelivered) and delivered.result == b"the answer"
     assert outputs(raw)[s.params.provider_payout] == 3_000
+
+
+@pytest.mark.parametrize("field", ["client_payout", "fee_rate"])
+def test_regression_a_snapshot_restored_with_other_parameters_is_refused(field: str) -> None:
+    """Regression: a snapshot named only the funding outpoint, so a host restoring the vault
+    with other parameters of the same outpoint (its own payout script for the client's
+    share, a fee that burns it) had the vault sign closes of those transactions (CLOSE
+    carries the vault's on-chain signature on the final close)."""
+    s = open_channel()
+    assert pay(s, 1_000, b"r") == b"r"
+    other = dataclasses.replace(
+        s.params, **{field: s.params.provider_payout if field == "client_payout" else 50}
+    )
+    for snapshot, restore, key in (
+        (s.vault.snapshot(), restore_vault, s.vault_key),
+        (s.provider.snapshot(), restore_provider, s.provider_key),
+    ):
+        with pytest.raises(SnapshotError):
+            restore(snapshot, other, key)
+        assert restore(snapshot, s.params, key).state.provider_balance == 1_000

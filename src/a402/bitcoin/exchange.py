@@ -119,6 +119,10 @@ def state_digest(state: BalanceState, sighash: bytes) -> bytes:
     return sighash if state.is_final else tagged_hash(_STATE_TAG, sighash)
 
 
+def _framed(data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + bytes(data)
+
+
 # ---------------------------------------------------------------- keys
 
 
@@ -198,6 +202,14 @@ class BitcoinSettlement:
         self.provider = params.keys.provider
         self.provider_key = params.keys.provider
         self._sighashes: dict[int, bytes] = {}
+        keys, funding = params.keys, params.funding
+        self.binding = tagged_hash("A402/bitcoin/channel-params", b"".join((
+            keys.vault, keys.provider, keys.client, keys.refund_delay.to_bytes(4, "big"),
+            bytes.fromhex(funding.txid), funding.vout.to_bytes(4, "big"),
+            funding.amount.to_bytes(8, "big"), _framed(funding.script_pubkey),
+            _framed(params.client_payout), _framed(params.provider_payout),
+            params.fee_rate.to_bytes(8, "big"),
+        )))
 
     def close_sighash(self, provider_balance: int) -> bytes:
         """The sighash of the payment-leaf close paying the provider ``provider_balance``."""
