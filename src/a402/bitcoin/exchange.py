@@ -8,11 +8,11 @@ replay rules); :class:`BitcoinSettlement` is what changes (:mod:`a402.asc.settle
     free ≥ δ, lock δ ───── EXEC(rid, δ) ───────────▶ run the request; t, T = t·G
                                                      tx_i = payment-leaf close paying S b + δ'
                                                      m = BIP-341 sighash of tx_i
-    rebuild tx_i and m itself; ◀──── REPLY ───────── σ̂_S = pre-sign(S, m, T), EncRes = seal(t, res)
+    rebuild tx_i and m itself; ◀──── REPLY ───────── σ̂_S = pre-sign(S, H_reply(m), T), EncRes = seal(t, res)
     pre-verify σ̂_S (else nothing is signed)
     σ̂_U = pre-sign(U, m, T) ─────── AUTH ─────────▶ pre-verify σ̂_U; σ_U = adapt(σ̂_U, t):
                                                      tx_i is co-signed, S's newest state
-    t·G = T, open EncRes, b += δ' ◀── REVEAL(t, σ_S)
+    t·G = T, open EncRes, b += δ' ◀── REVEAL(t, σ_S on H_state(m))
 
 No ACK (``needs_ack`` is false): once the provider holds ``σ̂_U`` and ``t`` it holds the
 vault's full signature ``σ_U`` on ``tx_i``, so its state is co-signed at AUTH; the vault
@@ -160,9 +160,11 @@ class Bip340Signer:
 
 
 class EvenNoncePreSigner:
-    """The provider's :class:`~a402.asc.PreSigner`: BIP-340 adaptor pre-signatures whose
-    adapted nonce has even ``y``, so that REPLY carries them in 64 bytes (about two draws
-    on average; each draw's nonce is fresh, and only the one sent is ever used)."""
+    """The provider's :class:`~a402.asc.PreSigner`: BIP-340 adaptor pre-signatures on
+    :func:`reply_digest` of ``m`` (never ``m`` itself) whose adapted nonce has even ``y``,
+    so that REPLY carries them in 64 bytes (about two draws on average; each draw's nonce
+    is fresh, and only the one sent is ever used). An enclave's own pre-signer for a
+    Bitcoin channel must keep both rules, or the vault refuses its REPLYs."""
 
     __slots__ = ("_key", "public_key")
 
