@@ -8,7 +8,8 @@ replay rules); :class:`BitcoinSettlement` is what changes (:mod:`a402.asc.settle
     free ≥ δ, lock δ ───── EXEC(rid, δ) ───────────▶ run the request; t, T = t·G
                                                      tx_i = payment-leaf close paying S b + δ'
                                                      m = BIP-341 sighash of tx_i
-    rebuild tx_i and m itself; ◀──── REPLY ───────── σ̂_S = pre-sign(S, H_reply(m), T), EncRes = seal(t, res)
+                                                     σ̂_S = pre-sign(S, H_reply(m), T)
+    rebuild tx_i and m itself; ◀──── REPLY ───────── EncRes = seal(t, res)
     pre-verify σ̂_S (else nothing is signed)
     σ̂_U = pre-sign(U, m, T) ─────── AUTH ─────────▶ pre-verify σ̂_U; σ_U = adapt(σ̂_U, t):
                                                      tx_i is co-signed, S's newest state
