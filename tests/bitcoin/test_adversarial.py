@@ -21,6 +21,7 @@ from a402.asc import (
     Reason,
     RemoteProtocolError,
     ResultDelivered,
+    SnapshotError,
     Status,
 )
 from a402.bitcoin.channel import ExchangeError, client_refund
@@ -31,6 +32,7 @@ from a402.bitcoin.exchange import (
     on_chain_close,
     payment_leaf_close,
     restore_provider,
+    restore_vault,
 )
 from a402.bitcoin.scripts import PAYMENT_LEAF
 from a402.bitcoin.transactions import P2TR_DUST, Utxo, set_witness
@@ -50,7 +52,7 @@ from ._setup import (
 
 def _force_close(s: Setup) -> bytes:
     """The provider's close of its newest co-signed state (the machine's)."""
-    return payment_leaf_close(s.params, s.provider.latest_state())
+    return payment_leaf_close(s.params, s.provider.latest_state(), s.provider_key)
 
 
 def _opened(s: Setup, raw: bytes) -> bytes | None:
@@ -207,7 +209,8 @@ def test_a_metered_charge_below_dust_is_refused_by_the_provider_before_it_pre_si
 def test_the_vaults_signatures_on_one_state_never_share_a_nonce() -> None:
     """Check (passes as built): the vault pre-signs a state under T (AUTH), then signs the
     same state's close plainly (CLOSE); a provider replays the same sighash under another T.
-    A shared nonce in any two of these would reveal the vault's key; they all differ."""
+    A shared nonce in any two of these would reveal the vault's key; they all differ (the
+    same REPLY signed again gives the same bytes, which reveals nothing)."""
     s = open_channel()
     exec_ = s.vault.request(b"GET /", 2_000, now=0.0)
     s.provider.receive(exec_, now=0.0)
@@ -223,8 +226,9 @@ def test_the_vaults_signatures_on_one_state_never_share_a_nonce() -> None:
     _, other_t = generate_adaptor()
     again = BIP340.pre_sign(s.vault_key, message, other_t, aux_rand=bytes(32))
     fixed = BIP340.pre_sign(s.vault_key, message, reply.adaptor_point, aux_rand=bytes(32))
-    nonces = {pre.to_bytes()[1:33], plain[:32], again.to_bytes()[1:33], fixed.to_bytes()[1:33]}
-    assert len(nonces) == 4
+    assert fixed == pre  # σ̂_U is deterministic in (m, T): the one reuse is the same ŝ
+    nonces = {pre.to_bytes()[1:33], plain[:32], again.to_bytes()[1:33]}
+    assert len(nonces) == 3
     assert BIP340.verify(s.params.keys.vault, message, plain)
 
 
@@ -235,7 +239,7 @@ def test_the_watchtower_refuses_a_margin_that_would_race_or_precede_the_refund(m
     s = open_channel()
     pay(s, 2_000, b"r")
     with pytest.raises(ValueError):
-        Watchtower(s.provider, s.params, FUNDING_HEIGHT, margin)
+        Watchtower(s.provider, s.params, FUNDING_HEIGHT, margin, key=s.provider_key)
 
 
 def test_garbage_in_a_cooperative_proposal_or_answer_is_refused_with_a_reason() -> None:
@@ -361,8 +365,83 @@ def test_a_close_of_an_older_state_closes_the_channel_with_nothing_to_open() -> 
     pay(s, 1_000, b"first")
     older = s.provider.latest_state()
     pay(s, 2_000, b"withheld", reveal=False)
-    raw = payment_leaf_close(s.params, older)
+    raw = payment_leaf_close(s.params, older, s.provider_key)
     s.ledger.apply(raw, FUNDING_HEIGHT + 1)
     assert on_chain_close(s.vault, s.params, raw).events == ()
     assert s.vault.status is Status.CLOSED
     assert outputs(raw)[s.params.provider_payout] == 1_000
+
+
+def test_regression_the_vault_side_cannot_close_an_older_state_and_take_later_earnings() -> None:
+    """Regression: the payment leaf has no timelock and nothing revokes a state, so whoever
+    holds both parties' on-chain signatures on an older state's close can publish it and
+    pay the provider less. The vault (or its host, which relays every message) must never
+    hold the provider's on-chain signature on a non-final state: neither the REVEAL's state
+    signature nor the REPLY's pre-signature completed with the revealed ``t`` may verify on
+    a close. Only the provider, with its own key, can close a paid state."""
+    s = open_channel()
+    exec_ = s.vault.request(b"GET /weather", 1_000, now=0.0)
+    (run,) = s.provider.receive(exec_, now=0.0).events
+    reply = s.provider.reply(run.request_id, b"first")  # type: ignore[attr-defined]
+    (auth,) = s.vault.receive(reply, now=0.0).send
+    (reveal,) = s.provider.receive(auth, now=0.0).send
+    s.vault.receive(reveal, now=0.0)
+    older = s.vault.latest_state()  # what the vault (and its host) hold for state 1
+    vault_sig = BIP340.adapt(BIP340.presignature_from_bytes(auth.authorization),
+                             reveal.adaptor_secret)
+    reply_sig = BIP340.adapt(BIP340.presignature_from_bytes(b"\x02" + reply.presignature),
+                             reveal.adaptor_secret)
+    assert pay(s, 5_000, b"second") == b"second"
+    tx = s.params.payment_close(1_000)
+    for provider_sig in (older.provider_signature[:64], reply_sig):
+        stale = s.params.witness(tx, PAYMENT_LEAF, [provider_sig, vault_sig])
+        with pytest.raises(Refused):
+            s.ledger.check(stale, FUNDING_HEIGHT + 1)
+    with pytest.raises(ExchangeError):
+        payment_leaf_close(s.params, older)  # no provider key: not a closable state
+    raw = _force_close(s)  # the provider's close of its newest state, with its key
+    s.ledger.apply(raw, FUNDING_HEIGHT + 1)
+    assert outputs(raw)[s.params.provider_payout] == 6_000
+
+
+def test_regression_a_vault_restarted_before_its_auth_was_stored_signs_the_same_auth() -> None:
+    """Regression: the vault sends AUTH, dies before its PENDING snapshot is durable, and
+    restarts LOCKED; the REPLY is delivered again. Its pre-signature on the same ``m`` under
+    the same ``T`` must be the same bytes (as the EVM vault's RFC 6979 ECDSA ``σ_U`` is):
+    otherwise the provider closes with the completion of the first one, whose nonce the
+    restarted vault never saw, and the vault cannot extract ``t`` — paid, and no result."""
+    s = open_channel()
+    exec_ = s.vault.request(b"GET /weather", 3_000, now=0.0)
+    locked = s.vault.snapshot()
+    (run,) = s.provider.receive(exec_, now=0.0).events
+    reply = s.provider.reply(run.request_id, b"the answer")  # type: ignore[attr-defined]
+    (auth,) = s.vault.receive(reply, now=0.0).send
+    s.provider.receive(auth, now=0.0)  # the provider's state is co-signed; REVEAL is lost
+    restarted = restore_vault(locked, s.params, s.vault_key)
+    (again,) = restarted.receive(reply, now=0.0).send
+    assert again == auth
+    raw = _force_close(s)
+    s.ledger.apply(raw, FUNDING_HEIGHT + 1)
+    (delivered,) = on_chain_close(restarted, s.params, raw).events
+    assert isinstance(delivered, ResultDelivered) and delivered.result == b"the answer"
+    assert outputs(raw)[s.params.provider_payout] == 3_000
+
+
+@pytest.mark.parametrize("field", ["client_payout", "fee_rate"])
+def test_regression_a_snapshot_restored_with_other_parameters_is_refused(field: str) -> None:
+    """Regression: a snapshot named only the funding outpoint, so a host restoring the vault
+    with other parameters of the same outpoint (its own payout script for the client's
+    share, a fee that burns it) had the vault sign closes of those transactions (CLOSE
+    carries the vault's on-chain signature on the final close)."""
+    s = open_channel()
+    assert pay(s, 1_000, b"r") == b"r"
+    other = dataclasses.replace(
+        s.params, **{field: s.params.provider_payout if field == "client_payout" else 50}
+    )
+    for snapshot, restore, key in (
+        (s.vault.snapshot(), restore_vault, s.vault_key),
+        (s.provider.snapshot(), restore_provider, s.provider_key),
+    ):
+        with pytest.raises(SnapshotError):
+            restore(snapshot, other, key)
+        assert restore(snapshot, s.params, key).state.provider_balance == 1_000

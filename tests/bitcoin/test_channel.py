@@ -28,6 +28,7 @@ from a402.bitcoin.exchange import (
     cooperative_answer,
     on_chain_close,
     payment_leaf_close,
+    reply_digest,
     restore_provider,
     restore_vault,
 )
@@ -85,8 +86,11 @@ def test_the_machine_pays_a_bitcoin_channel_with_no_ack_and_both_sides_hold_one_
     assert (state.version, state.provider_balance) == (3, 3_000)
     assert state.client_balance == s.params.funding.amount - 3_000
     assert s.vault.free == state.client_balance and s.vault.locked == 0
-    # Both signatures in the co-signed state verify on this state's close, as a witness.
-    raw = payment_leaf_close(s.params, s.vault.latest_state())
+    # The vault's copy is not a close on its own (the provider's signature in it is off-chain);
+    # the provider closes it with its key and σ_U, which verifies on this state's close.
+    with pytest.raises(ExchangeError):
+        payment_leaf_close(s.params, s.vault.latest_state())
+    raw = payment_leaf_close(s.params, s.vault.latest_state(), s.provider_key)
     s.ledger.apply(raw, FUNDING_HEIGHT + 1)
     assert outputs(raw)[s.params.provider_payout] == 3_000
 
@@ -148,7 +152,7 @@ def test_provider_force_close_from_the_machine_state_reveals_t_to_the_vault() ->
     # with the state the machine co-signed at AUTH.
     assert pay(s, 5_000, b"the withheld result", reveal=False) is None
     assert s.vault.status is Status.PENDING and s.vault.provider_balance == 2_000
-    raw = payment_leaf_close(s.params, s.provider.latest_state())
+    raw = payment_leaf_close(s.params, s.provider.latest_state(), s.provider_key)
     accepted = s.ledger.apply(raw, FUNDING_HEIGHT + 1)  # no timelock on the payment leaf
     step = on_chain_close(s.vault, s.params, raw)  # the witness alone
     (delivered,) = step.events
@@ -166,7 +170,7 @@ def test_the_vaults_witness_signature_completes_its_pre_signature_by_t() -> None
     (reveal,) = s.provider.receive(auth, now=0.0).send
     assert isinstance(reveal, Reveal)
     stack = CTransaction.deserialize(
-        payment_leaf_close(s.params, s.provider.latest_state())
+        payment_leaf_close(s.params, s.provider.latest_state(), s.provider_key)
     ).wit.vtxinwit[0].scriptWitness.stack
     vault_pre = BIP340.presignature_from_bytes(auth.authorization)
     big_t = adaptor_point(reveal.adaptor_secret)
@@ -183,7 +187,7 @@ def test_a_stale_client_close_loses_to_the_newer_state_through_the_watchtower() 
         s.ledger.apply(stale, FUNDING_HEIGHT + 10)
     assert early.value.reason == "non-BIP68-final"
     # The provider's watchtower closes with the newest state before the refund matures.
-    tower = Watchtower(s.provider, s.params, FUNDING_HEIGHT, margin=12)
+    tower = Watchtower(s.provider, s.params, FUNDING_HEIGHT, margin=12, key=s.provider_key)
     assert tower.poll(FUNDING_HEIGHT + 10) is None
     answer = tower.poll(FUNDING_HEIGHT + REFUND_DELAY - 12)
     assert answer is not None
@@ -272,7 +276,9 @@ def test_a_tampered_vault_pre_signature_is_refused_by_the_provider() -> None:
 def test_a_forged_signature_in_the_force_close_witness_is_refused_by_the_interpreter() -> None:
     s = open_channel()
     pay(s, 1_000, b"r")
-    tx = CTransaction.deserialize(payment_leaf_close(s.params, s.provider.latest_state()))
+    tx = CTransaction.deserialize(
+        payment_leaf_close(s.params, s.provider.latest_state(), s.provider_key)
+    )
     stack = [bytes(x) for x in tx.wit.vtxinwit[0].scriptWitness.stack]
     stack[1] = stack[1][:63] + bytes([stack[1][63] ^ 1])
     from a402.bitcoin import transactions as txs
@@ -287,7 +293,9 @@ def test_a_forged_signature_in_the_force_close_witness_is_refused_by_the_interpr
 def test_a_wrong_control_block_is_refused_by_the_interpreter() -> None:
     s = open_channel()
     pay(s, 1_000, b"r")
-    tx = CTransaction.deserialize(payment_leaf_close(s.params, s.provider.latest_state()))
+    tx = CTransaction.deserialize(
+        payment_leaf_close(s.params, s.provider.latest_state(), s.provider_key)
+    )
     stack = [bytes(x) for x in tx.wit.vtxinwit[0].scriptWitness.stack]
     stack[3] = stack[3][:-1] + bytes([stack[3][-1] ^ 1])  # the sibling hash
     from a402.bitcoin import transactions as txs
@@ -309,7 +317,7 @@ def test_a_payment_beyond_capacity_is_refused_and_the_channel_is_unchanged() -> 
     assert "over-capacity" in refused.value.detail
     assert s.vault.status is Status.OPEN and s.vault.next_request_id == 0
     pay(s, s.params.capacity(), b"all of it")
-    raw = payment_leaf_close(s.params, s.provider.latest_state())
+    raw = payment_leaf_close(s.params, s.provider.latest_state(), s.provider_key)
     accepted = s.ledger.apply(raw, FUNDING_HEIGHT + 1)
     assert outputs(raw)[s.params.client_payout] == 330
     assert weight(CTransaction.deserialize(raw).to_mutable()) <= accepted.vsize * 4
@@ -332,7 +340,7 @@ def test_a_malformed_sealed_result_is_refused_before_the_vault_signs() -> None:
 def test_malformed_or_oversized_transactions_are_refused_and_the_ledger_is_unchanged() -> None:
     s = open_channel()
     pay(s, 1_000, b"r")
-    good = payment_leaf_close(s.params, s.provider.latest_state())
+    good = payment_leaf_close(s.params, s.provider.latest_state(), s.provider_key)
     for raw, reason in (
         (b"", "malformed"),
         (b"\x02\x00\x00\x00\x00\x01", "malformed"),
@@ -370,7 +378,7 @@ def test_both_sides_restored_after_auth_still_settle_from_the_providers_close() 
     vault = restore_vault(s.vault.snapshot(), s.params, s.vault_key)  # the vault restarts
     provider = restore_provider(s.provider.snapshot(), s.params, s.provider_key)
     assert provider.state.provider_balance == 3_000 and vault.status is Status.PENDING
-    raw = payment_leaf_close(s.params, provider.latest_state())
+    raw = payment_leaf_close(s.params, provider.latest_state(), s.provider_key)
     s.ledger.apply(raw, FUNDING_HEIGHT + 1)
     (delivered,) = on_chain_close(vault, s.params, raw).events
     assert delivered.result == b"withheld"  # type: ignore[union-attr]
@@ -384,10 +392,13 @@ def test_both_sides_restored_after_auth_still_settle_from_the_providers_close() 
 
 
 def test_the_sighash_the_provider_pre_signs_is_the_close_of_the_new_state() -> None:
+    """Tagged: the provider's pre-signature binds the new state's close, but completed with
+    ``t`` it is no signature on that close (the vault must not hold one)."""
     s = open_channel()
     pay(s, 700, b"r")
     reply, _ = _up_to_auth(s, 800, b"s")
     tx = s.params.payment_close(1_500)
     m = s.params.sighash(tx, PAYMENT_LEAF)
     presig = BIP340.presignature_from_bytes(b"\x02" + reply.presignature)
-    assert BIP340.pre_verify(s.params.keys.provider, m, reply.adaptor_point, presig)
+    assert BIP340.pre_verify(s.params.keys.provider, reply_digest(m), reply.adaptor_point, presig)
+    assert not BIP340.pre_verify(s.params.keys.provider, m, reply.adaptor_point, presig)

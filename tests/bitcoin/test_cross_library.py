@@ -29,7 +29,7 @@ def test_payment_and_refund_sighashes_agree_between_bitcointx_and_embit() -> Non
     s = open_channel()
     pay(s, 1_234, b"r")
     for raw, name in (
-        (payment_leaf_close(s.params, s.provider.latest_state()), PAYMENT_LEAF),
+        (payment_leaf_close(s.params, s.provider.latest_state(), s.provider_key), PAYMENT_LEAF),
         (client_refund(s.params, s.client_key), REFUND_LEAF),
     ):
         tx = CTransaction.deserialize(raw).to_mutable()
@@ -42,7 +42,7 @@ def test_payment_and_refund_sighashes_agree_between_bitcointx_and_embit() -> Non
 def test_sizes_are_computed_from_the_serialised_transaction() -> None:
     s = open_channel()
     pay(s, 1_000, b"r")
-    raw = payment_leaf_close(s.params, s.provider.latest_state())
+    raw = payment_leaf_close(s.params, s.provider.latest_state(), s.provider_key)
     tx = CTransaction.deserialize(raw)
     stripped = len(tx.serialize(include_witness=False))
     weight = 3 * stripped + len(raw)

@@ -297,7 +297,10 @@ class _Channel:
                 "domain": _snap.domain_to_json(settlement.domain),
             }
         else:  # restored with its settlement passed back in, checked against this id
-            where = {"channelId": _snap.hx(self.channel_id)}
+            where = {
+                "channelId": _snap.hx(self.channel_id),
+                "settlement": _snap.hx(settlement.binding),
+            }
         return {
             "format": fmt,
             **where,
@@ -337,6 +340,8 @@ class _Channel:
             )
         if _snap.unhex(doc.get("channelId")) != settlement.channel_id:
             raise ValueError("the snapshot is of another channel")
+        if _snap.unhex(doc.get("settlement")) != settlement.binding:
+            raise ValueError("the snapshot is of this channel under other parameters")
         return settlement
 
 

@@ -90,6 +90,14 @@ class Settlement(Protocol):
     @property
     def needs_ack(self) -> bool: ...
 
+    @property
+    def binding(self) -> bytes:
+        """A digest of everything this settlement signs over (keys, amounts, payout scripts,
+        fees): a snapshot of a non-EVM channel stores it, and restoring that snapshot with a
+        settlement of another binding is refused, so a host cannot swap the parameters the
+        restored party signs closes with."""
+        ...
+
     def opening_state(self) -> BalanceState:
         """Version 0: the whole deposit is the client's."""
         ...
@@ -187,6 +195,10 @@ class EvmSettlement:
     @property
     def provider_key(self) -> bytes:
         return self.terms.provider_key
+
+    @property
+    def binding(self) -> bytes:
+        return self.channel_id  # EIP-712: commits to the terms and the domain
 
     def opening_state(self) -> BalanceState:
         return self.terms.opening_state()

@@ -149,7 +149,7 @@ def run_lifecycles(requests: int = 100, price: int = 1_000) -> Lifecycles:
     if vault.latest_state() != provider.latest_state():
         raise ExchangeError("diverged", "vault and provider disagree on the co-signed state")
     # The provider's force close: its newest co-signed state, built before the final one.
-    force_close = payment_leaf_close(params, provider.latest_state())
+    force_close = payment_leaf_close(params, provider.latest_state(), provider_key)
 
     # The machine's CLOSE / CLOSE_ACK co-sign the final state; MuSig2 signs its key path.
     final_close = vault.close()

@@ -8,17 +8,25 @@ replay rules); :class:`BitcoinSettlement` is what changes (:mod:`a402.asc.settle
     free ≥ δ, lock δ ───── EXEC(rid, δ) ───────────▶ run the request; t, T = t·G
                                                      tx_i = payment-leaf close paying S b + δ'
                                                      m = BIP-341 sighash of tx_i
-    rebuild tx_i and m itself; ◀──── REPLY ───────── σ̂_S = pre-sign(S, m, T), EncRes = seal(t, res)
+                                                     σ̂_S = pre-sign(S, H_reply(m), T)
+    rebuild tx_i and m itself; ◀──── REPLY ───────── EncRes = seal(t, res)
     pre-verify σ̂_S (else nothing is signed)
     σ̂_U = pre-sign(U, m, T) ─────── AUTH ─────────▶ pre-verify σ̂_U; σ_U = adapt(σ̂_U, t):
                                                      tx_i is co-signed, S's newest state
-    t·G = T, open EncRes, b += δ' ◀── REVEAL(t, σ_S)
+    t·G = T, open EncRes, b += δ' ◀── REVEAL(t, σ_S on H_state(m))
 
 No ACK (``needs_ack`` is false): once the provider holds ``σ̂_U`` and ``t`` it holds the
 vault's full signature ``σ_U`` on ``tx_i``, so its state is co-signed at AUTH; the vault
 computes the same ``σ_U`` when the REVEAL arrives. Both sides then hold the same
-:class:`~a402.asc.SignedState`, from which :func:`payment_leaf_close` builds ``tx_i``'s
-witness.
+:class:`~a402.asc.SignedState`; :func:`payment_leaf_close` builds ``tx_i``'s witness from it
+and a signature the provider makes with its key at close time.
+
+No old state can be closed (the payment leaf has no timelock and nothing revokes a state):
+the provider's REPLY pre-signature signs :func:`reply_digest` of ``m`` and its state
+signature on a paid state signs :func:`state_digest`, tagged hashes, so neither (nor the
+pre-signature completed with the revealed ``t``) is a signature on any close. The vault, and
+the host that relays its messages, never hold the provider's on-chain signature on a paid
+state; only on the final one (CLOSE_ACK), which is the newest.
 
 Why the provider cannot be paid without revealing ``t``: the payment leaf needs the vault's
 signature on ``tx_i``, and the vault gives only ``σ̂_U``, an adaptor pre-signature under the
@@ -40,9 +48,10 @@ are the service's answer rests on the provider's attested enclave, as in the pap
 Wire forms (the ASC messages' fixed widths, unchanged): REPLY's 64-byte pre-signature is
 ``x(R) ‖ ŝ`` of a BIP-340 adaptor pre-signature whose adapted nonce ``R`` has even ``y``
 (the provider's pre-signer draws nonces until it does, so nothing is lost); AUTH's 65 bytes
-are ``σ̂_U`` as ``R (compressed) ‖ ŝ``; a state signature (REVEAL, CLOSE, CLOSE_ACK) is the
-64-byte BIP-340 signature on the state's payment-leaf close followed by ``0x00``, its
-SIGHASH_DEFAULT type byte, which a Taproot witness omits.
+are ``σ̂_U`` as ``R (compressed) ‖ ŝ``; a state signature (REVEAL, CLOSE, CLOSE_ACK) is a
+64-byte BIP-340 signature followed by ``0x00``, the SIGHASH_DEFAULT type byte a Taproot
+witness omits: on the final state's payment-leaf close (CLOSE, CLOSE_ACK), on
+:func:`state_digest` of a paid state's (REVEAL).
 
 Deadlines: Δ_lock stays the machine's clock (seconds, off-chain). The chain's deadline is a
 block height: the client's refund leaf is valid ``Δ`` blocks after the funding confirmed, and
@@ -85,7 +94,7 @@ from a402.asc import (
     decode,
 )
 from a402.crypto import BIP340, PreSignature, SecretKey
-from a402.crypto._secp import b32
+from a402.crypto._secp import b32, tagged_hash
 
 from . import musig
 from . import transactions as txs
@@ -94,6 +103,25 @@ from .scripts import PAYMENT_LEAF
 
 #: SIGHASH_DEFAULT: the type byte after a state signature on the wire, never in a witness.
 _DEFAULT = b"\x00"
+#: Tags that keep the provider's off-chain signatures from being signatures on a close.
+_REPLY_TAG = "A402/bitcoin/reply-presignature"
+_STATE_TAG = "A402/bitcoin/paid-state"
+
+
+def reply_digest(sighash: bytes) -> bytes:
+    """What the provider's REPLY pre-signature signs for the close whose sighash is ``m``:
+    a tagged hash of it, never ``m`` itself (completed with ``t``, it spends nothing)."""
+    return tagged_hash(_REPLY_TAG, sighash)
+
+
+def state_digest(state: BalanceState, sighash: bytes) -> bytes:
+    """What a state signature signs: the close's sighash itself for the final state (the
+    newest, agreed by CLOSE / CLOSE_ACK), a tagged hash of it for a paid state."""
+    return sighash if state.is_final else tagged_hash(_STATE_TAG, sighash)
+
+
+def _framed(data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + bytes(data)
 
 
 # ---------------------------------------------------------------- keys
@@ -119,13 +147,25 @@ class Bip340Signer:
         return BIP340.sign(self._key, digest) + _DEFAULT
 
     def pre_sign(self, message: bytes, adaptor: bytes) -> PreSignature:
-        return BIP340.pre_sign(self._key, message, adaptor)
+        """``σ̂_U``, deterministic in ``(m, T)``: the nonce is BIP-340's derivation from the
+        key, ``T`` and ``m`` with the auxiliary randomness fixed at zero (allowed by BIP-340).
+
+        Why: a vault that sent AUTH and restarted from its LOCKED snapshot signs the same
+        REPLY again; the same bytes mean that whichever copy the provider completes on-chain,
+        the vault extracts ``t`` (as the EVM vault's RFC 6979 ``σ_U`` does). Safe: a nonce is
+        reused only for the identical ``(m, T)``, where it yields the identical ŝ; any other
+        message or adaptor point gets another nonce. Hedging only guards fault and
+        side-channel attacks, which the enclave threat model excludes.
+        """
+        return BIP340.pre_sign(self._key, message, adaptor, aux_rand=bytes(32))
 
 
 class EvenNoncePreSigner:
-    """The provider's :class:`~a402.asc.PreSigner`: BIP-340 adaptor pre-signatures whose
-    adapted nonce has even ``y``, so that REPLY carries them in 64 bytes (about two draws
-    on average; each draw's nonce is fresh, and only the one sent is ever used)."""
+    """The provider's :class:`~a402.asc.PreSigner`: BIP-340 adaptor pre-signatures on
+    :func:`reply_digest` of ``m`` (never ``m`` itself) whose adapted nonce has even ``y``,
+    so that REPLY carries them in 64 bytes (about two draws on average; each draw's nonce
+    is fresh, and only the one sent is ever used). An enclave's own pre-signer for a
+    Bitcoin channel must keep both rules, or the vault refuses its REPLYs."""
 
     __slots__ = ("_key", "public_key")
 
@@ -136,8 +176,9 @@ class EvenNoncePreSigner:
         self.public_key = key.public_key
 
     def pre_sign(self, message: bytes, adaptor: bytes) -> PreSignature:
+        digest = reply_digest(message)
         for _ in range(256):  # each draw is even with probability 1/2
-            presignature = BIP340.pre_sign(self._key, message, adaptor)
+            presignature = BIP340.pre_sign(self._key, digest, adaptor)
             if presignature.r[0] == 0x02:
                 return presignature
         raise RuntimeError("no even adapted nonce in 256 draws")  # pragma: no cover
@@ -164,6 +205,14 @@ class BitcoinSettlement:
         self.provider = params.keys.provider
         self.provider_key = params.keys.provider
         self._sighashes: dict[int, bytes] = {}
+        keys, funding = params.keys, params.funding
+        self.binding = tagged_hash("A402/bitcoin/channel-params", b"".join((
+            keys.vault, keys.provider, keys.client, keys.refund_delay.to_bytes(4, "big"),
+            bytes.fromhex(funding.txid), funding.vout.to_bytes(4, "big"),
+            funding.amount.to_bytes(8, "big"), _framed(funding.script_pubkey),
+            _framed(params.client_payout), _framed(params.provider_payout),
+            params.fee_rate.to_bytes(8, "big"),
+        )))
 
     def close_sighash(self, provider_balance: int) -> bytes:
         """The sighash of the payment-leaf close paying the provider ``provider_balance``."""
@@ -211,7 +260,7 @@ class BitcoinSettlement:
         return BIP340.presignature_from_bytes(b"\x02" + bytes(data))
 
     def pre_verify(self, message: bytes, adaptor: bytes, presignature: PreSignature) -> bool:
-        return BIP340.pre_verify(self.provider_key, message, adaptor, presignature)
+        return BIP340.pre_verify(self.provider_key, reply_digest(message), adaptor, presignature)
 
     def authorize(
         self, signer: DigestSigner, message: bytes, amount: int, presignature: PreSignature,
@@ -238,7 +287,7 @@ class BitcoinSettlement:
         return BIP340.adapt(self._vault_pre(authorization), adaptor_secret) + _DEFAULT
 
     def sign_state(self, signer: DigestSigner, state: BalanceState) -> bytes:
-        return signer.sign_digest(self.close_sighash(state.provider_balance))
+        return signer.sign_digest(state_digest(state, self.close_sighash(state.provider_balance)))
 
     def signed_by(self, state: BalanceState, signature: bytes, party: bytes) -> bool:
         if len(signature) != 65 or signature[64:] != _DEFAULT:
@@ -247,7 +296,7 @@ class BitcoinSettlement:
             digest = self.close_sighash(state.provider_balance)
         except ExchangeError:
             return False
-        return BIP340.verify(party, digest, signature[:64])
+        return BIP340.verify(party, state_digest(state, digest), signature[:64])
 
     def complete(self, presignature: PreSignature, adaptor_secret: bytes) -> bytes:
         return BIP340.adapt(presignature, adaptor_secret)
@@ -324,9 +373,22 @@ def exchange(
 # ---------------------------------------------------------------- closes
 
 
-def payment_leaf_close(params: ChannelParams, signed: SignedState) -> bytes:
-    """The payment-leaf spend of a co-signed state (the provider's force close, or the
-    cooperative close by two signatures): ``tx_i`` with ``[σ_S, σ_U, leaf, control]``."""
+def payment_leaf_close(
+    params: ChannelParams, signed: SignedState, provider_key: SecretKey | None = None
+) -> bytes:
+    """The payment-leaf spend of a co-signed state: ``tx_i`` with ``[σ_S, σ_U, leaf,
+    control]``.
+
+    The final state (CLOSE / CLOSE_ACK) carries both on-chain signatures: either side can
+    publish it (the cooperative close by two signatures). A paid state carries the vault's
+    ``σ_U`` and only an off-chain provider signature (:func:`state_digest`), so only the
+    provider closes it, signing ``tx_i`` now with ``provider_key`` (its force close).
+
+    Safety: the payment leaf has no timelock and no state is ever revoked, so an on-chain
+    provider signature on an older state's close would let the vault's side publish that
+    close and keep the later earnings; the provider's signature on ``tx_i`` therefore
+    exists only when the provider itself closes, or for the final (newest) state.
+    """
     state = signed.state
     if state.provider_balance <= 0:
         raise ExchangeError("nothing-to-claim", "the state pays the provider nothing")
@@ -334,9 +396,16 @@ def payment_leaf_close(params: ChannelParams, signed: SignedState) -> bytes:
         if len(signature) != 65 or signature[64:] != _DEFAULT:
             raise ExchangeError("bad-signature", "not a co-signed Bitcoin state")
     tx = params.payment_close(state.provider_balance)
+    if state.is_final:
+        provider_sig = signed.provider_signature[:64]
+    elif provider_key is None or provider_key.public_key != params.keys.provider:
+        raise ExchangeError(
+            "provider-key-needed", "only the provider, with its key, closes a paid state"
+        )
+    else:
+        provider_sig = BIP340.sign(provider_key, params.sighash(tx, PAYMENT_LEAF))
     return params.witness(
-        tx, PAYMENT_LEAF,
-        payment_witness_sigs(signed.provider_signature[:64], signed.vault_signature[:64]),
+        tx, PAYMENT_LEAF, payment_witness_sigs(provider_sig, signed.vault_signature[:64])
     )
 
 
@@ -358,12 +427,15 @@ class Watchtower:
     """
 
     def __init__(
-        self, provider: ProviderChannel, params: ChannelParams, funding_height: int, margin: int
+        self, provider: ProviderChannel, params: ChannelParams, funding_height: int, margin: int,
+        *, key: SecretKey,
     ) -> None:
         delay = params.keys.refund_delay
         if not 1 <= margin < delay:
             raise ValueError(f"margin must be 1..{delay - 1} blocks")
-        self.provider, self.params = provider, params
+        if key.public_key != params.keys.provider:
+            raise ValueError("the watchtower signs with the channel's provider key")
+        self.provider, self.params, self._key = provider, params, key
         self.deadline = funding_height + delay - margin
         self.spent = False
 
@@ -371,7 +443,7 @@ class Watchtower:
         signed = self.provider.latest_state()
         if self.spent or signed.state.provider_balance <= 0 or height < self.deadline:
             return None
-        return payment_leaf_close(self.params, signed)
+        return payment_leaf_close(self.params, signed, self._key)
 
     def channel_spent(self) -> None:
         """The channel output is spent (any path): nothing more to close."""
@@ -520,7 +592,9 @@ __all__ = [
     "payment_leaf_close",
     "payment_witness_sigs",
     "provider_channel",
+    "reply_digest",
     "restore_provider",
     "restore_vault",
+    "state_digest",
     "vault_channel",
 ]
