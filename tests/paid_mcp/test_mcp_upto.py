@@ -282,3 +282,45 @@ async def test_a_lost_settle_answer_is_resumed_for_the_amount_recorded_before_it
     assert runs() == ["summarize"]
     assert [balance(anvil_chain, dev_stack, a) for a in (payer.address, pay_to)] == [
         FUNDS - 1_200, 1_200]
+
+
+async def test_a_resumed_payment_buys_only_the_call_it_was_charged_for(
+        anvil_chain: Chain, dev_stack: Manifest, facilitator_url: str,
+        facilitator: Facilitator, pay_to: str, tmp_path: Path,
+        new_payer: Callable[..., LocalAccount], runs: Callable[[], list[str]]) -> None:
+    """A lost settle answer leaves the payment pending with the charge of the call it was
+    first sent with (12 units). Resending the same payment with other arguments (a call
+    that uses 400 units) must not buy that other call for the first one's charge: it is
+    refused, nothing runs, nothing more is charged; the identical resend gets its output."""
+    from tests.paid_mcp.test_mcp_serve import _settle_fails_first
+
+    payer, wallet = payer_for(anvil_chain, dev_stack, new_payer)
+    front = _settle_fails_first(facilitator_url)
+    with serve(front) as flaky, serve(weather_server.app()) as upstream:
+        paywall = ToolPaywall([ToolPrice("summarize", MAXIMUM, "upto", unit=UNIT)],
+                              pay_to=pay_to, token=dev_stack.token, network=dev_stack.network,
+                              facilitator=flaky, ledger=f"sqlite:///{tmp_path / 'l.db'}")
+        with serve(proxy_app(Upstream.http(upstream + "/mcp"), paywall)) as base:
+            async with mcp_session(base + "/mcp") as session:
+                paying = PayingMCPSession(session, wallet, max_per_request=MAXIMUM,
+                                          retries=0, retry_delay=0.1)
+                try:
+                    await paying.call_tool("summarize", {"text": "small", "used": "12"})
+                except Exception:  # the answer was lost: unresolved, as the client says
+                    pass
+                [payment] = paying.payments
+                payload = json.loads(payment.header_value)
+                other = await session.call_tool("summarize", {"text": "big", "used": "400"},
+                                                meta={PAYMENT_META_KEY: payload})
+                assert "summary of 'big'" not in text_of(other)
+                assert runs() == ["summarize"]
+                same = await session.call_tool("summarize", {"text": "small", "used": "12"},
+                                               meta={PAYMENT_META_KEY: payload})
+    assert "summary of 'big'" not in text_of(other)
+    refused = required_of(other)
+    assert refused is not None and refused.error == "payment_terms_mismatch"
+    assert "1200" in (refused.message or "")
+    assert not same.isError and text_of(same) == "summary of 'small'"
+    assert runs() == ["summarize"]
+    assert [balance(anvil_chain, dev_stack, a) for a in (payer.address, pay_to)] == [
+        FUNDS - 1_200, 1_200]
