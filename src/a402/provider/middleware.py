@@ -480,6 +480,7 @@ class PaymentMiddleware:
         buffered: list[BufferedResponse] = []
         charge: list[int] = []  # upto: the amount to settle, once known
         unreadable: list[UsageError] = []
+        other_request: list[int] = []  # upto: resumed for another request's charge (refused)
 
         async def run(operation: Operation) -> Any:
             match operation:
@@ -493,6 +494,15 @@ class PaymentMiddleware:
                         known = operation.settlement.amount if operation.settlement else None
                         if known is None or not known.isdigit():
                             return False
+                        # That amount is what the request first sent with this payment
+                        # used: it buys that request only. Another body (which may use far
+                        # more) would run for the first one's charge: refused.
+                        if isinstance(self.ledger, DeliveryLedger):
+                            first = await self.ledger.delivery(p.key)
+                            if first is not None and not first.answers(
+                                    p.fingerprint, await self._request(scope, body, p)):
+                                other_request.append(int(known))
+                                return False
                         charge.append(int(known))
                     return True  # the app runs again once the settle succeeds
                 case Verify():
@@ -546,6 +556,15 @@ class PaymentMiddleware:
                 return
             case Reused(state, settlement):
                 await self._refuse_reuse(send, offer, state, settlement)
+            case NotResumable(settlement) if other_request:
+                await responses.payment_required(
+                    offer, responses.PAYMENT_TERMS_MISMATCH,
+                    f"this payment is settled, or being settled, for {other_request[0]} atomic "
+                    "units: the charge of the request it was first sent with (another body); "
+                    "it buys that request only: resend that request unchanged for its "
+                    "response. This request was not served and nothing more was charged",
+                    transaction=settlement.transaction if settlement else None,
+                ).send(send)
             case OtherTerms(settlement) | NotResumable(settlement):
                 # Nothing taken, nothing settled: the pending entry waits for its own terms.
                 await responses.payment_required(
@@ -923,14 +942,23 @@ def _buffered(delivery: Delivery) -> BufferedResponse:
 
 class _HashedBody:
     """The request's ``receive``, hashing the body as the app reads it; :meth:`digest`
-    reads whatever the app left unread (nothing is read twice)."""
+    reads whatever the app left unread (nothing is read twice) and keeps it for the app,
+    which still receives the whole body if it runs after the digest was taken (a resumed
+    payment whose kept response answers another request: without this, the app would
+    wait for a body already read, and the payer, charged, would get no response)."""
 
     def __init__(self, receive: Receive) -> None:
         self._receive = receive
         self._hash = hashlib.sha256()
         self._done = False
+        self._unread: list[Message] = []
 
     async def __call__(self) -> Message:
+        if self._unread:
+            return self._unread.pop(0)
+        return await self._read()
+
+    async def _read(self) -> Message:
         message = await self._receive()
         if message["type"] == "http.request":
             self._hash.update(message.get("body", b""))
@@ -941,7 +969,7 @@ class _HashedBody:
 
     async def digest(self) -> str:
         while not self._done:
-            await self()
+            self._unread.append(await self._read())
         return self._hash.hexdigest()
 
 
