@@ -302,3 +302,45 @@ def test_a_resumed_upto_payment_buys_only_the_request_it_was_charged_for(
     assert runs == [7000]
     assert token_balance(anvil_chain, dev_stack.token.address, payer.address) == FUNDS - 7000
     assert token_balance(anvil_chain, dev_stack.token.address, pay_to) == 7000
+
+
+def test_a_resumed_exact_payment_resent_with_another_body_is_served_not_hung(
+    anvil_chain: Chain, dev_stack: Manifest, new_payer: Callable[..., LocalAccount],
+    facilitator_url: str, tmp_path: Path,
+) -> None:
+    """``exact``: the settle answer of a POST is lost (its response held); the resend of
+    the same payment with another body is served (the price does not depend on it), once,
+    charged once. Before, the request's digest had read the body the app then waited for:
+    the payer, charged, got no response at all."""
+    from a402.exact.eip3009 import build_payment_payload
+
+    payer = new_payer(10_000)
+    pay_to = fresh_account()
+    ledger = SqlLedger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    client = AnswerLostOnce(facilitator_url)
+    runs: list[str] = []
+
+    async def echo(request: Request) -> JSONResponse:
+        said = str((await request.json())["say"])
+        runs.append(said)
+        return JSONResponse({"said": said})
+
+    app = Starlette(routes=[Route("/echo", echo, methods=["POST"])], middleware=[Middleware(
+        PaymentMiddleware, routes={"POST /echo": 1_000}, pay_to=pay_to, token=dev_stack.token,
+        network=dev_stack.network, facilitator=client, ledger=ledger)])
+    try:
+        with serve(app) as base, httpx.Client(timeout=20) as http:
+            url = base + "/echo"
+            required = decode_payment_required(
+                http.post(url, json={"say": "-"}).headers[PAYMENT_REQUIRED])
+            header = encode_header(build_payment_payload(
+                required.accepts[0], payer.key, required.resource).to_wire())
+            lost = http.post(url, json={"say": "a"}, headers={PAYMENT_SIGNATURE: header})
+            assert lost.status_code == 503, lost.text
+            other = http.post(url, json={"say": "b"}, headers={PAYMENT_SIGNATURE: header})
+            assert (other.status_code, other.json()) == (200, {"said": "b"})
+    finally:
+        ledger.close()
+    assert runs == ["a", "b"]
+    assert token_balance(anvil_chain, dev_stack.token.address, payer.address) == 10_000 - 1_000
+    assert token_balance(anvil_chain, dev_stack.token.address, pay_to) == 1_000
