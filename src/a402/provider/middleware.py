@@ -35,7 +35,10 @@ again for exactly the recorded amount (the facilitator's journal answers that
 one settlement, never a second), and once it succeeds the response computed the
 first time (kept in the ledger, :mod:`a402.provider.deliveries`) is delivered; were
 it not kept, the app runs again and its new usage report is ignored and removed:
-the recorded amount wins, the payer is charged once, and receives a response.
+the recorded amount wins, the payer is charged once, and receives a response. The
+recorded amount is the usage of the request first sent: the same header resent with
+another body is refused (402 ``payment_terms_mismatch``, not served), never run for
+that charge (it could use far more).
 
 With ``settle_before_serve=True`` the app runs only after a successful settle
 (and its response streams instead of being buffered): the payer carries the
