@@ -249,3 +249,16 @@ def test_the_tool_endpoint_refuses_what_is_not_one_call_of_its_tool(
     asyncio.run(calls(scope, receive, send))  # type: ignore[arg-type]
     assert sent[0]["status"] == status
     assert json.loads(sent[1]["body"])["error"] == reason
+
+
+@pytest.mark.parametrize("name", ["get weather", "a/b", "50%", "..", "."])
+def test_a_tool_whose_name_cannot_be_its_endpoints_path_is_refused(name: str) -> None:
+    """Its endpoint (``/mcp/a402/<quoted name>``) would never match the path the server
+    decodes (or ``..`` would name another path): refused when the channels are built."""
+    from a402.chain.deploy import TokenInfo
+
+    token = TokenInfo("0x" + "22" * 20, "USD Coin", "USDC", "2", 6)
+    paywall = ToolPaywall([ToolPrice(name, PRICE, "a402")], pay_to="0x" + "11" * 20,
+                          token=token, network="eip155:31337", facilitator=UNUSED_FACILITATOR)
+    with pytest.raises(ValueError, match="cannot be priced 'a402'"):
+        ToolChannels(None, paywall, None)  # type: ignore[arg-type]
