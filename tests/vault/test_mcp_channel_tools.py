@@ -259,10 +259,13 @@ def test_a_tool_whose_name_cannot_be_its_endpoints_path_is_refused(name: str) ->
     from a402.chain.deploy import TokenInfo
 
     token = TokenInfo("0x" + "22" * 20, "USD Coin", "USDC", "2", 6)
-    paywall = ToolPaywall([ToolPrice(name, PRICE, "a402")], pay_to="0x" + "11" * 20,
-                          token=token, network="eip155:31337", facilitator=UNUSED_FACILITATOR)
     with pytest.raises(ValueError, match="cannot be priced 'a402'"):
+        paywall = ToolPaywall([ToolPrice(name, PRICE, "a402")], pay_to="0x" + "11" * 20,
+                              token=token, network="eip155:31337",
+                              facilitator=UNUSED_FACILITATOR)
         ToolChannels(None, paywall, None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="cannot be priced 'a402'"):
+        parse_tool_spec(f"{name}=a402:0.001", 6)  # a402 mcp serve --tool: bad_price
 
 
 async def test_an_offer_priced_in_another_asset_than_the_vaults_is_refused(

@@ -83,14 +83,6 @@ class ToolChannels:
                  if price.scheme == SCHEME_A402}
         if not tools:
             raise ValueError("no tool of this paywall is priced 'a402'")
-        for tool in tools:
-            # Its endpoint's path is matched as the server decodes it, against the route
-            # the price is charged on: a name that needs quoting (a space, '/', '%') or a
-            # dot segment would name a path neither ever matches (unreachable) or another
-            # path ('..'); refused here rather than broken there.
-            if quote(tool, safe="") != tool or tool.strip(".") == "":
-                raise ValueError(f"tool {tool!r} cannot be priced 'a402': its endpoint's "
-                                 "name must be letters, digits, '_', '-', '.' or '~'")
         self.paywall = paywall
         self.public_url = public_url.rstrip("/") if public_url else None
         self.calls = _ToolCalls(None if server is None else inner_handler(server), set(tools))
