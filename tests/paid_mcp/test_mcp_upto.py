@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from mcp.server.fastmcp import FastMCP
+from mcp.server.fastmcp import Context, FastMCP
+from mcp.types import CallToolResult
 
 from a402.chain.deploy import Manifest
 from a402.chain.node import Chain
@@ -324,3 +325,43 @@ async def test_a_resumed_payment_buys_only_the_call_it_was_charged_for(
     assert runs() == ["summarize"]
     assert [balance(anvil_chain, dev_stack, a) for a in (payer.address, pay_to)] == [
         FUNDS - 1_200, 1_200]
+
+
+@pytest.mark.parametrize("amount", ["²", "٣", "1" * 100])
+async def test_a_receipt_with_an_unreadable_amount_leaves_the_payment_unconfirmed(
+        dev_stack: Manifest, amount: str) -> None:
+    """A server's upto receipt whose amount is not ASCII digits ('²' passes str.isdigit()
+    but not int()): the client says the charge is unconfirmed, rather than raising after
+    it paid (or reading another script's digits as a charge)."""
+    from a402.mcp.wire import payment_required_result
+    from a402.wire.x402 import PaymentRequired, PaymentRequirements
+
+    pay_to, payer = str(Account.create().address), Account.create()
+    liar = FastMCP("liar")
+
+    @liar.tool()
+    def summarize(text: str, ctx: Context) -> CallToolResult:  # type: ignore[type-arg]
+        """Asks for upto, then answers with a receipt whose amount is unreadable."""
+        meta = ctx.request_context.meta
+        if meta is None or PAYMENT_META_KEY not in (meta.model_extra or {}):
+            return payment_required_result(PaymentRequired(error="payment_required", accepts=[
+                PaymentRequirements(
+                    scheme="upto", network=dev_stack.network, amount=str(MAXIMUM),
+                    asset=dev_stack.token.address, pay_to=pay_to, max_timeout_seconds=60,
+                    extra={**dev_stack.token.eip712_extra(), "assetTransferMethod": "permit2",
+                           "facilitatorAddress": pay_to})]))
+        return CallToolResult.model_validate({
+            "content": [{"type": "text", "text": "ok"}],
+            "_meta": {"x402/payment-response": {
+                "success": True, "transaction": "0x" + "ab" * 32,
+                "network": dev_stack.network, "payer": payer.address, "amount": amount}}})
+
+    with serve(liar.streamable_http_app()) as base:
+        async with mcp_session(base + "/mcp") as session:
+            answer = await PayingMCPSession(
+                session, Wallet(payer, assets=[dev_stack.token.address]),
+                max_per_request=MAXIMUM).call_tool("summarize", {"text": "x"})
+    assert answer.payment is not None and not answer.paid
+    assert answer.payment.status == PaymentStatus.UNCONFIRMED
+    assert answer.payment.reason == "receipt_without_amount"
+    assert answer.payment.charged is None
