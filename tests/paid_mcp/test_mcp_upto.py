@@ -293,6 +293,7 @@ async def test_a_resumed_payment_buys_only_the_call_it_was_charged_for(
     first sent with (12 units). Resending the same payment with other arguments (a call
     that uses 400 units) must not buy that other call for the first one's charge: it is
     refused, nothing runs, nothing more is charged; the identical resend gets its output."""
+    from a402.mcp.client import MCPPaymentUnresolved
     from tests.paid_mcp.test_mcp_serve import _settle_fails_first
 
     payer, wallet = payer_for(anvil_chain, dev_stack, new_payer)
@@ -305,10 +306,8 @@ async def test_a_resumed_payment_buys_only_the_call_it_was_charged_for(
             async with mcp_session(base + "/mcp") as session:
                 paying = PayingMCPSession(session, wallet, max_per_request=MAXIMUM,
                                           retries=0, retry_delay=0.1)
-                try:
+                with pytest.raises(MCPPaymentUnresolved):  # the settle answer was lost
                     await paying.call_tool("summarize", {"text": "small", "used": "12"})
-                except Exception:  # the answer was lost: unresolved, as the client says
-                    pass
                 [payment] = paying.payments
                 payload = json.loads(payment.header_value)
                 other = await session.call_tool("summarize", {"text": "big", "used": "400"},

@@ -495,7 +495,7 @@ class ToolPaywall:
                     if upto:  # settled again for exactly the amount first asked, if known
                         known = (operation.settlement.amount if operation.settlement
                                  else None)
-                        if known is None or not known.isdigit():
+                        if known is None or not (known.isascii() and known.isdigit()):
                             return False
                         # That amount is what the call first sent with this payment used:
                         # it buys that call only. Another call (other arguments, which may

@@ -495,7 +495,7 @@ class PaymentMiddleware:
                 case Resumable():
                     if p.upto:  # settled again for the amount first asked, if we know it
                         known = operation.settlement.amount if operation.settlement else None
-                        if known is None or not known.isdigit():
+                        if known is None or not (known.isascii() and known.isdigit()):
                             return False
                         # That amount is what the request first sent with this payment
                         # used: it buys that request only. Another body (which may use far
