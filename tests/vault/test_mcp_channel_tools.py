@@ -304,3 +304,47 @@ async def test_an_offer_priced_in_another_asset_than_the_vaults_is_refused(
         assert client.account_info()["paid"] == "0"
         assert client.account_info()["balance"] == "50000"
     assert budget.remaining(other_asset) == 10**9
+
+
+async def test_a_vault_answer_lost_to_a_5xx_after_paying_keeps_the_price_in_the_budget(
+        world: World, site: Site) -> None:
+    """The vault pays the call, then the host in front of it answers 502 (a proxy whose
+    upstream connection broke, a crash after paying): the payment may have been made, so
+    the price stays in the budget; it is not given back as if nothing were paid."""
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    from a402.client import Budget
+    from a402.client.vault import VaultCallError, VaultClient
+
+    from .helpers import expected
+
+    with running_vault(world) as vault:
+        async def forward(request: Request) -> Response:
+            async with httpx.AsyncClient(timeout=60) as http:
+                upstream = await http.request(
+                    request.method, vault.url + request.url.path,
+                    content=await request.body(),
+                    headers={k: v for k, v in request.headers.items() if k != "host"})
+            if request.url.path.endswith("/invoke"):
+                return JSONResponse({"error": "bad_gateway"}, status_code=502)
+            return Response(upstream.content, status_code=upstream.status_code,
+                            media_type="application/json")
+
+        front = Starlette(routes=[Route("/{path:path}", forward, methods=["GET", "POST"])])
+        account, direct = client_of(world, vault, funds=100_000, deposit=50_000)
+        budget = Budget(10 * PRICE)
+        with serve(front) as front_url:
+            client = VaultClient(front_url, account, expect=expected(world, vault))
+            async with mcp_session(site.url + "/mcp") as session:
+                paying = PayingMCPSession(session, account, max_per_request=PRICE,
+                                          vault=client, budget=budget)
+                with pytest.raises(VaultCallError) as lost:
+                    await paying.call_tool("forecast", {"city": "Oslo"})
+        assert lost.value.status == 502
+        assert site.runs == ["Oslo"]
+        assert direct.account_info()["paid"] == str(PRICE)  # the vault did pay
+    assert budget.remaining(world.token.address) == 9 * PRICE  # and the budget says so

@@ -236,7 +236,9 @@ class PayingMCPSession:
 
         The vault pays at most ``offer.amount`` (``max_price``) and only ``offer.payTo``
         (signed into the call); the price counts against the per-call maximum and the
-        budget first, and stays in the budget unless the vault says nothing was paid."""
+        budget first, and stays in the budget unless the vault says nothing was paid (a
+        4xx refusal, an outcome that paid nothing; never a 5xx or no answer, after which
+        the call may have been paid)."""
         assert self.vault is not None
         url = str((offer.extra or {}).get(MCP_URL_KEY) or "")
         amount = offer.amount_int
@@ -284,8 +286,12 @@ class PayingMCPSession:
                 answer = await anyio.to_thread.run_sync(
                     functools.partial(self.vault.invoke, url, **how))
         except VaultCallError as e:
-            if reservation is not None and self.budget is not None and e.reason not in (
-                    vault_api.PAYMENT_PENDING, vault_api.REPLAYED_CALL, "key_of_another_life"):
+            # Given back only on the vault's own refusal (a 4xx, or a check made before
+            # anything was sent): a 5xx is an answer lost on the way (a proxy, a crash)
+            # after which the call may have been paid, as after the reasons named here.
+            if reservation is not None and self.budget is not None and e.status < 500 \
+                    and e.reason not in (vault_api.PAYMENT_PENDING, vault_api.REPLAYED_CALL,
+                                         "key_of_another_life"):
                 self.budget.release(reservation)  # the vault says nothing was paid
             raise
         assert isinstance(answer, VaultResult)
