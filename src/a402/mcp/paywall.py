@@ -500,7 +500,7 @@ class ToolPaywall:
                         # That amount is what the call first sent with this payment used:
                         # it buys that call only. Another call (other arguments, which may
                         # use far more) would run for the first one's charge: refused.
-                        first = await self.deliveries.delivery(key)
+                        first = await self._first_call(key)
                         if first is not None and not first.answers(p.payment.fingerprint,
                                                                    p.request):
                             other_call.append(int(known))
@@ -656,6 +656,18 @@ class ToolPaywall:
                 await self.deliveries.keep_delivery(p.payment.key, delivery, expires_at=until)
         except Exception:
             log.exception("could not keep the result of payment %s", p.payment.key.nonce)
+
+    async def _first_call(self, key: PaymentKey) -> Delivery | None:
+        """What a resumed ``upto`` payment's first call was answered with, if known. Read
+        where the flow cannot be interrupted (the entry is IN_FLIGHT: an exception or a
+        cancellation here would leave it so, unresumable); a failed read is "unknown"."""
+        first: Delivery | None = None
+        try:
+            with anyio.CancelScope(shield=True):
+                first = await self.deliveries.delivery(key)
+        except Exception:
+            log.exception("could not read the first call of payment %s", key.nonce)
+        return first
 
     async def _kept(self, p: _Accepted) -> Delivery | None:
         """What this payment's identical call was answered with (or held for), if kept."""

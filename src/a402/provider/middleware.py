@@ -87,6 +87,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Unpack
 
+import anyio
 from starlette.datastructures import URL
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -500,12 +501,9 @@ class PaymentMiddleware:
                         # That amount is what the request first sent with this payment
                         # used: it buys that request only. Another body (which may use far
                         # more) would run for the first one's charge: refused.
-                        if isinstance(self.ledger, DeliveryLedger):
-                            first = await self.ledger.delivery(p.key)
-                            if first is not None and not first.answers(
-                                    p.fingerprint, await self._request(scope, body, p)):
-                                other_request.append(int(known))
-                                return False
+                        if await self._other_request(scope, body, p):
+                            other_request.append(int(known))
+                            return False
                         charge.append(int(known))
                     return True  # the app runs again once the settle succeeds
                 case Verify():
@@ -666,6 +664,23 @@ class PaymentMiddleware:
         (in ``terms``: path and query), and its body."""
         return request_digest("http", method=scope["method"], terms=p.terms,
                               body=await body.digest())
+
+    async def _other_request(self, scope: Scope, body: _HashedBody, p: _Payment) -> bool:
+        """Was this resumed payment first sent with another request (its kept response
+        answers another one)? Read where the flow cannot be interrupted (the entry is
+        IN_FLIGHT: an exception or a cancellation here would leave it so, unresumable);
+        a failed read is "not known to differ"."""
+        if not isinstance(self.ledger, DeliveryLedger):
+            return False
+        differs = False
+        try:
+            with anyio.CancelScope(shield=True):
+                first = await self.ledger.delivery(p.key)
+                differs = first is not None and not first.answers(
+                    p.fingerprint, await self._request(scope, body, p))
+        except Exception:
+            log.exception("could not read the first request of payment %s", p.key.nonce)
+        return differs
 
     async def _keep(self, scope: Scope, body: _HashedBody, p: _Payment, status: int,
                     headers: list[tuple[bytes, bytes]], content: bytes, until: float, *,
