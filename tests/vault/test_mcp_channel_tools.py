@@ -348,3 +348,35 @@ async def test_a_vault_answer_lost_to_a_5xx_after_paying_keeps_the_price_in_the_
         assert site.runs == ["Oslo"]
         assert direct.account_info()["paid"] == str(PRICE)  # the vault did pay
     assert budget.remaining(world.token.address) == 9 * PRICE  # and the budget says so
+
+
+async def test_the_endpoints_x402_resource_is_named_by_the_public_url_not_the_host(
+        world: World) -> None:
+    """Given ``public_url``, the tool endpoint's x402 offer (it is also an ``exact`` route)
+    names the resource from it, not from the Host header the payer chooses (with which one
+    payment could name one resource at two services)."""
+    import httpx
+
+    from a402.wire.headers import PAYMENT_REQUIRED, decode_payment_required
+
+    mcp = FastMCP("weather")
+
+    @mcp.tool()
+    def forecast(city: str) -> str:
+        """Tomorrow's weather."""
+        return f"sunny in {city}"
+
+    config, operator = provider_side(world)
+    paywall = ToolPaywall([ToolPrice("forecast", PRICE, "a402")], pay_to=operator.address,
+                          token=world.token_info, network=world.chain.network,
+                          facilitator=UNUSED_FACILITATOR)
+    protect(mcp, paywall)
+    channels = ToolChannels(mcp, paywall, config, public_url="https://tools.example")
+    with serve(channels.wrap(mcp.streamable_http_app())) as base:
+        async with httpx.AsyncClient() as http:
+            offer = await http.post(f"{base}{CHANNEL_PREFIX}forecast", content=b"{}",
+                                    headers={"host": "elsewhere.example"})
+    assert offer.status_code == 402
+    required = decode_payment_required(offer.headers[PAYMENT_REQUIRED])
+    assert required.resource is not None
+    assert required.resource.url == f"https://tools.example{CHANNEL_PREFIX}forecast"
