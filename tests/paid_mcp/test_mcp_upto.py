@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from mcp.server.fastmcp import FastMCP
+from mcp.server.fastmcp import Context, FastMCP
+from mcp.types import CallToolResult
 
 from a402.chain.deploy import Manifest
 from a402.chain.node import Chain
@@ -282,3 +283,84 @@ async def test_a_lost_settle_answer_is_resumed_for_the_amount_recorded_before_it
     assert runs() == ["summarize"]
     assert [balance(anvil_chain, dev_stack, a) for a in (payer.address, pay_to)] == [
         FUNDS - 1_200, 1_200]
+
+
+async def test_a_resumed_payment_buys_only_the_call_it_was_charged_for(
+        anvil_chain: Chain, dev_stack: Manifest, facilitator_url: str,
+        facilitator: Facilitator, pay_to: str, tmp_path: Path,
+        new_payer: Callable[..., LocalAccount], runs: Callable[[], list[str]]) -> None:
+    """A lost settle answer leaves the payment pending with the charge of the call it was
+    first sent with (12 units). Resending the same payment with other arguments (a call
+    that uses 400 units) must not buy that other call for the first one's charge: it is
+    refused, nothing runs, nothing more is charged; the identical resend gets its output."""
+    from a402.mcp.client import MCPPaymentUnresolved
+    from tests.paid_mcp.test_mcp_serve import _settle_fails_first
+
+    payer, wallet = payer_for(anvil_chain, dev_stack, new_payer)
+    front = _settle_fails_first(facilitator_url)
+    with serve(front) as flaky, serve(weather_server.app()) as upstream:
+        paywall = ToolPaywall([ToolPrice("summarize", MAXIMUM, "upto", unit=UNIT)],
+                              pay_to=pay_to, token=dev_stack.token, network=dev_stack.network,
+                              facilitator=flaky, ledger=f"sqlite:///{tmp_path / 'l.db'}")
+        with serve(proxy_app(Upstream.http(upstream + "/mcp"), paywall)) as base:
+            async with mcp_session(base + "/mcp") as session:
+                paying = PayingMCPSession(session, wallet, max_per_request=MAXIMUM,
+                                          retries=0, retry_delay=0.1)
+                with pytest.raises(MCPPaymentUnresolved):  # the settle answer was lost
+                    await paying.call_tool("summarize", {"text": "small", "used": "12"})
+                [payment] = paying.payments
+                payload = json.loads(payment.header_value)
+                other = await session.call_tool("summarize", {"text": "big", "used": "400"},
+                                                meta={PAYMENT_META_KEY: payload})
+                assert "summary of 'big'" not in text_of(other)
+                assert runs() == ["summarize"]
+                same = await session.call_tool("summarize", {"text": "small", "used": "12"},
+                                               meta={PAYMENT_META_KEY: payload})
+    assert "summary of 'big'" not in text_of(other)
+    refused = required_of(other)
+    assert refused is not None and refused.error == "payment_terms_mismatch"
+    assert "1200" in (refused.message or "")
+    assert not same.isError and text_of(same) == "summary of 'small'"
+    assert runs() == ["summarize"]
+    assert [balance(anvil_chain, dev_stack, a) for a in (payer.address, pay_to)] == [
+        FUNDS - 1_200, 1_200]
+
+
+@pytest.mark.parametrize("amount", ["²", "٣", "1" * 100])
+async def test_a_receipt_with_an_unreadable_amount_leaves_the_payment_unconfirmed(
+        dev_stack: Manifest, amount: str) -> None:
+    """A server's upto receipt whose amount is not ASCII digits ('²' passes str.isdigit()
+    but not int()): the client says the charge is unconfirmed, rather than raising after
+    it paid (or reading another script's digits as a charge)."""
+    from a402.mcp.wire import payment_required_result
+    from a402.wire.x402 import PaymentRequired, PaymentRequirements
+
+    pay_to, payer = str(Account.create().address), Account.create()
+    liar = FastMCP("liar")
+
+    @liar.tool()
+    def summarize(text: str, ctx: Context) -> CallToolResult:  # type: ignore[type-arg]
+        """Asks for upto, then answers with a receipt whose amount is unreadable."""
+        meta = ctx.request_context.meta
+        if meta is None or PAYMENT_META_KEY not in (meta.model_extra or {}):
+            return payment_required_result(PaymentRequired(error="payment_required", accepts=[
+                PaymentRequirements(
+                    scheme="upto", network=dev_stack.network, amount=str(MAXIMUM),
+                    asset=dev_stack.token.address, pay_to=pay_to, max_timeout_seconds=60,
+                    extra={**dev_stack.token.eip712_extra(), "assetTransferMethod": "permit2",
+                           "facilitatorAddress": pay_to})]))
+        return CallToolResult.model_validate({
+            "content": [{"type": "text", "text": "ok"}],
+            "_meta": {"x402/payment-response": {
+                "success": True, "transaction": "0x" + "ab" * 32,
+                "network": dev_stack.network, "payer": payer.address, "amount": amount}}})
+
+    with serve(liar.streamable_http_app()) as base:
+        async with mcp_session(base + "/mcp") as session:
+            answer = await PayingMCPSession(
+                session, Wallet(payer, assets=[dev_stack.token.address]),
+                max_per_request=MAXIMUM).call_tool("summarize", {"text": "x"})
+    assert answer.payment is not None and not answer.paid
+    assert answer.payment.status == PaymentStatus.UNCONFIRMED
+    assert answer.payment.reason == "receipt_without_amount"
+    assert answer.payment.charged is None

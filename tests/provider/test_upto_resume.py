@@ -259,3 +259,88 @@ def test_a_facilitator_dying_after_it_sent_the_upto_settlement_is_resumed_once(
     assert anvil_chain.w3.eth.get_transaction_count(signer) == sent_before + 1
     assert token_balance(anvil_chain, dev_stack.token.address, payer.address) == FUNDS - 3300
     assert token_balance(anvil_chain, dev_stack.token.address, pay_to) == 3300
+
+
+def test_a_resumed_upto_payment_buys_only_the_request_it_was_charged_for(
+    anvil_chain: Chain, dev_stack: Manifest, new_payer: Callable[..., LocalAccount],
+    facilitator_url: str, facilitator: Facilitator, tmp_path: Path,
+) -> None:
+    """The settle answer of a request that used 7,000 is lost: the payment is pending for
+    7,000. Resending the same payment with another body (a request that would use 40,000)
+    must not buy that request for 7,000: refused (402, nothing runs, nothing more is
+    charged); the identical resend gets the response it paid for."""
+    payer = upto_payer(anvil_chain, dev_stack, new_payer, FUNDS)
+    pay_to = fresh_account()
+    ledger = SqlLedger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    client = AnswerLostOnce(facilitator_url)
+    runs: list[int] = []
+
+    async def metered(request: Request) -> JSONResponse:
+        used = int((await request.json())["used"])
+        runs.append(used)
+        return JSONResponse({"used": used}, headers={"x-a402-usage": str(used)})
+
+    app = Starlette(routes=[Route("/usage", metered, methods=["POST"])], middleware=[Middleware(
+        PaymentMiddleware, routes={"POST /usage": RouteConfig(price=MAXIMUM, scheme="upto")},
+        pay_to=pay_to, token=dev_stack.token, network=dev_stack.network,
+        facilitator=client, ledger=ledger)])
+    try:
+        with serve(app) as base, httpx.Client(timeout=60) as http:
+            url = base + "/usage"
+            header, _ = _signed_header(payer, http.post(url, json={"used": 1}))
+            lost = http.post(url, json={"used": 7000}, headers={PAYMENT_SIGNATURE: header})
+            assert lost.status_code == 503, lost.text
+            other = http.post(url, json={"used": 40_000}, headers={PAYMENT_SIGNATURE: header})
+            assert other.status_code == 402, other.text
+            assert decode_payment_required(
+                other.headers[PAYMENT_REQUIRED]).error == "payment_terms_mismatch"
+            assert "7000" in other.text and '"used"' not in other.text
+            same = http.post(url, json={"used": 7000}, headers={PAYMENT_SIGNATURE: header})
+            assert (same.status_code, same.json()["used"]) == (200, 7000)
+    finally:
+        ledger.close()
+    assert runs == [7000]
+    assert token_balance(anvil_chain, dev_stack.token.address, payer.address) == FUNDS - 7000
+    assert token_balance(anvil_chain, dev_stack.token.address, pay_to) == 7000
+
+
+def test_a_resumed_exact_payment_resent_with_another_body_is_served_not_hung(
+    anvil_chain: Chain, dev_stack: Manifest, new_payer: Callable[..., LocalAccount],
+    facilitator_url: str, tmp_path: Path,
+) -> None:
+    """``exact``: the settle answer of a POST is lost (its response held); the resend of
+    the same payment with another body is served (the price does not depend on it), once,
+    charged once. Before, the request's digest had read the body the app then waited for:
+    the payer, charged, got no response at all."""
+    from a402.exact.eip3009 import build_payment_payload
+
+    payer = new_payer(10_000)
+    pay_to = fresh_account()
+    ledger = SqlLedger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    client = AnswerLostOnce(facilitator_url)
+    runs: list[str] = []
+
+    async def echo(request: Request) -> JSONResponse:
+        said = str((await request.json())["say"])
+        runs.append(said)
+        return JSONResponse({"said": said})
+
+    app = Starlette(routes=[Route("/echo", echo, methods=["POST"])], middleware=[Middleware(
+        PaymentMiddleware, routes={"POST /echo": 1_000}, pay_to=pay_to, token=dev_stack.token,
+        network=dev_stack.network, facilitator=client, ledger=ledger)])
+    try:
+        with serve(app) as base, httpx.Client(timeout=20) as http:
+            url = base + "/echo"
+            required = decode_payment_required(
+                http.post(url, json={"say": "-"}).headers[PAYMENT_REQUIRED])
+            header = encode_header(build_payment_payload(
+                required.accepts[0], payer.key, required.resource).to_wire())
+            lost = http.post(url, json={"say": "a"}, headers={PAYMENT_SIGNATURE: header})
+            assert lost.status_code == 503, lost.text
+            other = http.post(url, json={"say": "b"}, headers={PAYMENT_SIGNATURE: header})
+            assert (other.status_code, other.json()) == (200, {"said": "b"})
+    finally:
+        ledger.close()
+    assert runs == ["a", "b"]
+    assert token_balance(anvil_chain, dev_stack.token.address, payer.address) == 10_000 - 1_000
+    assert token_balance(anvil_chain, dev_stack.token.address, pay_to) == 1_000

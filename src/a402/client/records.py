@@ -81,7 +81,10 @@ class Payment:
             return None
         if self.offer.view.scheme == "upto":
             amount = self.receipt.amount
-            return int(amount) if amount is not None and amount.isdigit() else None
+            # ASCII digits only: the receipt is the server's word, and str.isdigit() also
+            # takes '²' (which int() refuses) and other scripts' digits.
+            return (int(amount) if amount is not None and amount.isascii()
+                    and amount.isdigit() and len(amount) <= 78 else None)
         return self.amount
 
     @property

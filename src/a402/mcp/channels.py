@@ -92,7 +92,10 @@ class ToolChannels:
             self.calls, routes={f"POST {channel_path(t)}": p.amount for t, p in tools.items()},
             pay_to=paywall.pay_to, token=paywall.token, network=paywall.network,
             facilitator=facilitator, ledger=paywall.ledger,
-            max_timeout_seconds=paywall.max_timeout_seconds)
+            max_timeout_seconds=paywall.max_timeout_seconds,
+            # The resource an x402 payment of the endpoint is bound to is ours to name,
+            # not the request's Host (the payer's to choose; see PaymentMiddleware).
+            public_url=self.public_url)
         self.app = A402Payments(self.payments, config)
         paywall.channels = self
 

@@ -34,7 +34,9 @@ With ``vault=`` (a :class:`~a402.client.vault.VaultClient` or
 Atomic Service Channel: the call is sent, as one JSON-RPC ``tools/call``, through the
 vault to the tool's own endpoint the offer names (``extra.mcpUrl``,
 :mod:`a402.mcp.channels`), for at most the offered price (and within ``max_per_request``
-and the budget) and only to the offer's ``payTo``; the provider's enclave releases the
+and the budget) and only to the offer's ``payTo``, and only if the offer is priced in the
+vault's own token (the cap and budget are checked in the offer's asset, the vault pays in
+its token); the provider's enclave releases the
 result against the payment (:class:`PaidToolResult.channel` is the vault's record).
 A vault call that fails raises :class:`~a402.client.vault.VaultCallError` (its reason
 says whether anything may have been paid; the same call again resends nothing new:
@@ -234,7 +236,9 @@ class PayingMCPSession:
 
         The vault pays at most ``offer.amount`` (``max_price``) and only ``offer.payTo``
         (signed into the call); the price counts against the per-call maximum and the
-        budget first, and stays in the budget unless the vault says nothing was paid."""
+        budget first, and stays in the budget unless the vault says nothing was paid (a
+        4xx refusal, an outcome that paid nothing; never a 5xx or no answer, after which
+        the call may have been paid)."""
         assert self.vault is not None
         url = str((offer.extra or {}).get(MCP_URL_KEY) or "")
         amount = offer.amount_int
@@ -252,6 +256,15 @@ class PayingMCPSession:
             raise PaymentRefused(errors.PRICE_ABOVE_MAXIMUM,
                                  f"{amount} > maximum {cap}; nothing was paid", url=url,
                                  offered=offered)
+        # The cap and the budget above are in the offer's asset, the server's word; the
+        # vault pays ``max_price`` in its own token. An offer naming another asset (one
+        # with a looser cap, or outside the budget) would have the vault pay up to that
+        # amount of its token: refused unless the asset is the vault's.
+        token = await self._vault_token()
+        if address_key(offer.asset) != address_key(token):
+            raise PaymentRefused(errors.NO_ACCEPTABLE_REQUIREMENT,
+                                 f"the a402 offer is priced in {offer.asset:.50}, but the vault "
+                                 f"pays in {token}; nothing was paid", url=url, offered=offered)
         reservation = None
         if self.budget is not None:
             try:
@@ -273,8 +286,12 @@ class PayingMCPSession:
                 answer = await anyio.to_thread.run_sync(
                     functools.partial(self.vault.invoke, url, **how))
         except VaultCallError as e:
-            if reservation is not None and self.budget is not None and e.reason not in (
-                    vault_api.PAYMENT_PENDING, vault_api.REPLAYED_CALL, "key_of_another_life"):
+            # Given back only on the vault's own refusal (a 4xx, or a check made before
+            # anything was sent): a 5xx is an answer lost on the way (a proxy, a crash)
+            # after which the call may have been paid, as after the reasons named here.
+            if reservation is not None and self.budget is not None and e.status < 500 \
+                    and e.reason not in (vault_api.PAYMENT_PENDING, vault_api.REPLAYED_CALL,
+                                         "key_of_another_life"):
                 self.budget.release(reservation)  # the vault says nothing was paid
             raise
         assert isinstance(answer, VaultResult)
@@ -282,6 +299,20 @@ class PayingMCPSession:
                 and self.budget is not None and answer.outcome != vault_api.PENDING:
             self.budget.release(reservation)
         return PaidToolResult(_channel_result(answer), channel=answer)
+
+    async def _vault_token(self) -> str:
+        """The token the vault pays in: the one its client expects (checked against every
+        info answer), else its (first, then pinned) info's."""
+        assert self.vault is not None
+        expect = getattr(self.vault, "expect", None)
+        if expect is not None:
+            return str(expect.token)
+        if isinstance(self.vault, AsyncVaultClient):
+            info = await self.vault.info()
+        else:
+            info = await anyio.to_thread.run_sync(self.vault.info)
+        token = info.get("token")
+        return str(token.get("address") if isinstance(token, dict) else "")
 
     def _pay(self, name: str, arguments: dict[str, Any] | None, required: PaymentRequired
              ) -> tuple[Payment, PaymentPayload]:

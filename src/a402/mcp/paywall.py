@@ -26,8 +26,8 @@ and facilitator. What that means for a tool call:
   moved the money, so the payment stays pending and the computed output is kept in the
   replay ledger (shared by every process that shares the ledger); the payer resends the
   *same* payment for the same call and gets it once the settlement is known (if the
-  output was not kept, or the resend asks for other arguments, the tool runs again for
-  the settled payment).
+  output was not kept, or the resend of an ``exact`` payment asks for other arguments,
+  the tool runs again for the settled payment).
 - **A lost result is sent again**: the result a settled payment bought is kept in the
   replay ledger (:mod:`a402.provider.deliveries`: at most 1 MiB as JSON, until the
   authorization expires) before it is returned. The identical resend (same signed
@@ -42,7 +42,10 @@ and facilitator. What that means for a tool call:
   written to the replay ledger entry (``note_charge``) *before* ``/settle`` is asked for
   it: a lost settle answer leaves the entry pending with that amount, and the payer's
   resend resumes it for exactly that amount (a re-run's new report is ignored), so a
-  payer is charged once and never above the signed maximum. A charge of 0 sends no
+  payer is charged once and never above the signed maximum. The output and the call it
+  answers are kept with that charge, and a resend of the payment with *other* arguments
+  is refused (``payment_terms_mismatch``), never run: the charge is the first call's
+  usage, and another call could use far more. A charge of 0 sends no
   transaction; an unreadable report withholds the output and charges nothing.
 - **a402** (a tool priced ``a402:PRICE``): never sold over the session. Its call is
   answered with the ``a402`` offer of the :class:`ChannelOffers` registered
@@ -446,6 +449,7 @@ class ToolPaywall:
         upto = p.requirements.scheme == SCHEME_UPTO
         charge: list[int] = []  # upto: the amount to settle, once known
         unreadable: list[UsageError] = []
+        other_call: list[int] = []  # upto: resumed for another call's charge (refused)
 
         async def run_once(charging: bool = True) -> types.CallToolResult | None:
             """Run the tool; for upto, read its usage into ``charge`` (``charging``) or
@@ -491,7 +495,15 @@ class ToolPaywall:
                     if upto:  # settled again for exactly the amount first asked, if known
                         known = (operation.settlement.amount if operation.settlement
                                  else None)
-                        if known is None or not known.isdigit():
+                        if known is None or not (known.isascii() and known.isdigit()):
+                            return False
+                        # That amount is what the call first sent with this payment used:
+                        # it buys that call only. Another call (other arguments, which may
+                        # use far more) would run for the first one's charge: refused.
+                        first = await self._first_call(key)
+                        if first is not None and not first.answers(p.payment.fingerprint,
+                                                                   p.request):
+                            other_call.append(int(known))
                             return False
                         charge.append(int(known))
                     return True  # a held output is delivered, else the tool runs again
@@ -511,6 +523,10 @@ class ToolPaywall:
                             error_message="about to be settled for this amount",
                             transaction="", network=self.network, payer=key.payer,
                             amount=str(charge[0])))
+                        # And the output it is charged for, with the call it answers: a
+                        # resend resumes this charge for this call only (Resumable).
+                        assert result is not None
+                        await self._keep(p, result, keep_until)
                     return served_ok
                 case Settle():
                     requirements = p.requirements
@@ -581,6 +597,13 @@ class ToolPaywall:
                                  "this payment authorization is in use by another call, or "
                                  "pending settlement under another signature; if it is yours, "
                                  "resend it unchanged later")
+            case NotResumable() if other_call:
+                return self._ask(tool, responses.PAYMENT_TERMS_MISMATCH, (
+                    f"this payment is settled, or being settled, for {other_call[0]} atomic "
+                    "units: the charge of the call it was first sent with (other arguments); "
+                    "it buys "
+                    "that call only: resend that call unchanged for its output. This call was "
+                    "not run and nothing more was charged"))
             case OtherTerms() | NotResumable():
                 return self._ask(tool, responses.PAYMENT_TERMS_MISMATCH,
                                  "this payment is pending settlement for another tool or other "
@@ -633,6 +656,18 @@ class ToolPaywall:
                 await self.deliveries.keep_delivery(p.payment.key, delivery, expires_at=until)
         except Exception:
             log.exception("could not keep the result of payment %s", p.payment.key.nonce)
+
+    async def _first_call(self, key: PaymentKey) -> Delivery | None:
+        """What a resumed ``upto`` payment's first call was answered with, if known. Read
+        where the flow cannot be interrupted (the entry is IN_FLIGHT: an exception or a
+        cancellation here would leave it so, unresumable); a failed read is "unknown"."""
+        first: Delivery | None = None
+        try:
+            with anyio.CancelScope(shield=True):
+                first = await self.deliveries.delivery(key)
+        except Exception:
+            log.exception("could not read the first call of payment %s", key.nonce)
+        return first
 
     async def _kept(self, p: _Accepted) -> Delivery | None:
         """What this payment's identical call was answered with (or held for), if kept."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
+from urllib.parse import quote
 
 from a402.exact.eip3009 import SCHEME_EXACT
 from a402.exact.upto import SCHEME_UPTO
@@ -64,6 +65,13 @@ class ToolPrice:
         if isinstance(self.amount, bool) or not isinstance(self.amount, int) or self.amount <= 0:
             raise PriceError(f"tool {self.tool!r}: the price must be a positive amount "
                              "(a free tool is simply not listed)")
+        if self.scheme == SCHEME_A402 and (quote(self.tool, safe="") != self.tool
+                                           or self.tool.strip(".") == ""):
+            # Its endpoint, ``/mcp/a402/<name>`` (:mod:`a402.mcp.channels`), is matched as
+            # the server decodes the path: a name that needs quoting (a space, '/', '%')
+            # would name a path never matched (unreachable), a dot segment another path.
+            raise PriceError(f"tool {self.tool!r} cannot be priced 'a402': its endpoint's "
+                             "name must be letters, digits, '_', '-', '.' or '~'")
         if isinstance(self.unit, bool) or not isinstance(self.unit, int) or self.unit <= 0:
             raise PriceError(f"tool {self.tool!r}: the unit price must be a positive amount")
         if self.scheme != SCHEME_UPTO and self.unit != 1:

@@ -35,7 +35,10 @@ again for exactly the recorded amount (the facilitator's journal answers that
 one settlement, never a second), and once it succeeds the response computed the
 first time (kept in the ledger, :mod:`a402.provider.deliveries`) is delivered; were
 it not kept, the app runs again and its new usage report is ignored and removed:
-the recorded amount wins, the payer is charged once, and receives a response.
+the recorded amount wins, the payer is charged once, and receives a response. The
+recorded amount is the usage of the request first sent: the same header resent with
+another body is refused (402 ``payment_terms_mismatch``, not served), never run for
+that charge (it could use far more).
 
 With ``settle_before_serve=True`` the app runs only after a successful settle
 (and its response streams instead of being buffered): the payer carries the
@@ -84,6 +87,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Unpack
 
+import anyio
 from starlette.datastructures import URL
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -499,6 +503,7 @@ class PaymentMiddleware:
         buffered: list[BufferedResponse] = []
         charge: list[int] = []  # upto: the amount to settle, once known
         unreadable: list[UsageError] = []
+        other_request: list[int] = []  # upto: resumed for another request's charge (refused)
 
         async def run(operation: Operation) -> Any:
             match operation:
@@ -510,7 +515,13 @@ class PaymentMiddleware:
                 case Resumable():
                     if p.upto:  # settled again for the amount first asked, if we know it
                         known = operation.settlement.amount if operation.settlement else None
-                        if known is None or not known.isdigit():
+                        if known is None or not (known.isascii() and known.isdigit()):
+                            return False
+                        # That amount is what the request first sent with this payment
+                        # used: it buys that request only. Another body (which may use far
+                        # more) would run for the first one's charge: refused.
+                        if await self._other_request(scope, body, p):
+                            other_request.append(int(known))
                             return False
                         charge.append(int(known))
                     return True  # the app runs again once the settle succeeds
@@ -571,6 +582,15 @@ class PaymentMiddleware:
                 return
             case Reused(state, settlement):
                 await self._refuse_reuse(send, offer, state, settlement)
+            case NotResumable(settlement) if other_request:
+                await responses.payment_required(
+                    offer, responses.PAYMENT_TERMS_MISMATCH,
+                    f"this payment is settled, or being settled, for {other_request[0]} atomic "
+                    "units: the charge of the request it was first sent with (another body); "
+                    "it buys that request only: resend that request unchanged for its "
+                    "response. This request was not served and nothing more was charged",
+                    transaction=settlement.transaction if settlement else None,
+                ).send(send)
             case OtherTerms(settlement) | NotResumable(settlement):
                 # Nothing taken, nothing settled: the pending entry waits for its own terms.
                 await responses.payment_required(
@@ -669,6 +689,23 @@ class PaymentMiddleware:
         (in ``terms``: path and query), and its body."""
         return request_digest("http", method=scope["method"], terms=p.terms,
                               body=await body.digest())
+
+    async def _other_request(self, scope: Scope, body: _HashedBody, p: _Payment) -> bool:
+        """Was this resumed payment first sent with another request (its kept response
+        answers another one)? Read where the flow cannot be interrupted (the entry is
+        IN_FLIGHT: an exception or a cancellation here would leave it so, unresumable);
+        a failed read is "not known to differ"."""
+        if not isinstance(self.ledger, DeliveryLedger):
+            return False
+        differs = False
+        try:
+            with anyio.CancelScope(shield=True):
+                first = await self.ledger.delivery(p.key)
+                differs = first is not None and not first.answers(
+                    p.fingerprint, await self._request(scope, body, p))
+        except Exception:
+            log.exception("could not read the first request of payment %s", p.key.nonce)
+        return differs
 
     async def _keep(self, scope: Scope, body: _HashedBody, p: _Payment, status: int,
                     headers: list[tuple[bytes, bytes]], content: bytes, until: float, *,
@@ -948,14 +985,23 @@ def _buffered(delivery: Delivery) -> BufferedResponse:
 
 class _HashedBody:
     """The request's ``receive``, hashing the body as the app reads it; :meth:`digest`
-    reads whatever the app left unread (nothing is read twice)."""
+    reads whatever the app left unread (nothing is read twice) and keeps it for the app,
+    which still receives the whole body if it runs after the digest was taken (a resumed
+    payment whose kept response answers another request: without this, the app would
+    wait for a body already read, and the payer, charged, would get no response)."""
 
     def __init__(self, receive: Receive) -> None:
         self._receive = receive
         self._hash = hashlib.sha256()
         self._done = False
+        self._unread: list[Message] = []
 
     async def __call__(self) -> Message:
+        if self._unread:
+            return self._unread.pop(0)
+        return await self._read()
+
+    async def _read(self) -> Message:
         message = await self._receive()
         if message["type"] == "http.request":
             self._hash.update(message.get("body", b""))
@@ -966,7 +1012,7 @@ class _HashedBody:
 
     async def digest(self) -> str:
         while not self._done:
-            await self()
+            self._unread.append(await self._read())
         return self._hash.hexdigest()
 
 
