@@ -140,3 +140,50 @@ def test_a402_pay_vault_stream_stops_at_its_budget(world: World, tmp_path: Path)
         _wait(lambda: upstream.closed, timeout=5.0)
         _settle(world, client, vault, provider, escrow, 2 * PER_GROUP)
         client.close()
+
+
+def test_a_vault_answer_lost_to_a_proxy_5xx_says_payment_unknown_and_keeps_the_budget(
+        world: World, tmp_path: Path) -> None:
+    """The vault pays the call, then the host in front of it answers 502 (a proxy whose
+    upstream broke): the user is told the payment is unknown, not "nothing was paid", and
+    the budget keeps the price (the vault's account shows it paid)."""
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    provider = world.provider()
+    with serve_in_thread(provider.app) as site, running_vault(world) as vault:
+        async def forward(request: Request) -> Response:
+            async with httpx.AsyncClient(timeout=60) as http:
+                upstream = await http.request(
+                    request.method, vault.url + request.url.path,
+                    content=await request.body(),
+                    headers={k: v for k, v in request.headers.items() if k != "host"})
+            if request.url.path.endswith("/invoke"):
+                return JSONResponse({"error": "bad_gateway"}, status_code=502)
+            return Response(upstream.content, status_code=upstream.status_code,
+                            media_type="application/json")
+
+        front = Starlette(routes=[Route("/{path:path}", forward, methods=["GET", "POST"])])
+        account, client = client_of(world, vault, funds=20_000, deposit=20_000)
+        key = _key_file(tmp_path, account)
+        with serve_in_thread(front) as front_url:
+            parser = argparse.ArgumentParser()
+            add_pay_arguments(parser)
+            args = parser.parse_args([f"{site}/weather", "--key-file", str(key), "--vault",
+                                      front_url, *vault_flags(world, vault), "--max", "0.002"])
+            budget = Budget({world.token.address: 10 * PRICE})
+            err = io.StringIO()
+            code = run_vault_pay(args, account.key.hex(), Wallet(account.key.hex()),
+                                 method="GET", headers=[], content=None,
+                                 cap=token_units_max("0.002", 6), budget=budget,
+                                 out=io.BytesIO(), err=err)
+        assert code == 1, err.getvalue()
+        assert err.getvalue().startswith("a402 pay: payment unknown: the vault's answer was "
+                                         "lost (HTTP 502, bad_gateway)"), err.getvalue()
+        assert "nothing was paid" not in err.getvalue()
+        assert provider.calls["weather"] == 1
+        assert client.account_info()["paid"] == str(PRICE)  # the vault did pay
+        assert budget.spent(world.token.address) >= PRICE  # and the budget does not forget it

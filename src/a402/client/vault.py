@@ -141,7 +141,10 @@ class VaultCallError(PaymentError):
     :data:`~a402.wire.vault_api.PAYMENT_PENDING` the call was paid, or may have been
     (the result is not in yet); with :data:`~a402.wire.vault_api.REPLAYED_CALL` it was
     paid already, or may have been; with ``key_of_another_life`` an earlier attempt may
-    have been paid in the vault's old life. Otherwise nothing was paid by this attempt.
+    have been paid in the vault's old life. A 5xx that is not one of the vault's own
+    refusals made before paying (:data:`REFUSED_BEFORE_PAYING`: a proxy's error page, a
+    host that died mid-call) is an answer lost on the way: the call may have been paid.
+    Otherwise nothing was paid by this attempt. :attr:`may_have_paid` says which.
     """
 
     def __init__(self, status: int, body: dict[str, Any]) -> None:
@@ -149,6 +152,26 @@ class VaultCallError(PaymentError):
                          str(body.get("message") or ""))
         self.status = status
         self.body = body
+
+    @property
+    def may_have_paid(self) -> bool:
+        """True unless the vault's answer says that nothing was paid by this attempt: a
+        budget keeps a call's reservation, and a message says "may have been paid", when
+        this is true."""
+        if self.reason in MAY_BE_PAID or self.body.get("outcome") in (api.PAID, api.PENDING):
+            return True
+        return self.status >= 500 and self.reason not in REFUSED_BEFORE_PAYING
+
+
+#: Reasons after which the call was paid, or may have been.
+MAY_BE_PAID: Final = frozenset({api.PAYMENT_PENDING, api.REPLAYED_CALL, "key_of_another_life"})
+#: The vault's 5xx refusals, all answered before σ_U leaves it (after σ_U, any failure is a
+#: 202 ``payment_pending``): nothing was paid. Not ``protocol_violation``: a paid call
+#: whose result does not open is answered with it (``"outcome": "paid"``).
+REFUSED_BEFORE_PAYING: Final = frozenset({
+    api.PROVIDER_REFUSED, api.PROVIDER_UNAVAILABLE, api.CHAIN_UNAVAILABLE, api.VAULT_STANDBY,
+    api.ATTESTATION_FAILED, api.OFFER_MISMATCH, api.NO_ACCEPTABLE_OFFER,
+    api.CHANNEL_RECOVERING, api.CHANNEL_BUSY})
 
 
 @dataclass(frozen=True)

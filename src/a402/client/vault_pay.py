@@ -27,7 +27,7 @@ from a402.client.vault import (
     VaultClient,
     new_idempotency_key,
 )
-from a402.client.vault_transport import _MAY_BE_PAID, vault_limits
+from a402.client.vault_transport import vault_limits
 from a402.client.wallet import Wallet
 from a402.wire import vault_api as api
 
@@ -125,7 +125,7 @@ def run_vault_pay(
             return fail(EXIT_REFUSED, f"nothing was paid: payment refused ({e.reason}); "
                                       "nothing was signed")
         except VaultCallError as e:
-            if e.reason not in _MAY_BE_PAID:  # else paid, or may be: the reservation stays
+            if not e.may_have_paid:  # else paid, or may be: the reservation stays
                 _Reserved(budget, reservation).settle(0)
             code, line = _call_failed(e)
             if e.reason == api.PRICE_ABOVE_MAXIMUM and budget is not None:
@@ -203,6 +203,10 @@ def _call_failed(e: VaultCallError) -> tuple[int, str]:
         return EXIT_REFUSED, ("payment unknown: not sent, but an earlier attempt of this key "
                               "may have been paid in the vault's old life (key_of_another_"
                               "life); find out before paying it again")
+    if e.may_have_paid:  # an answer lost on the way (a proxy's 5xx, a host that died)
+        return EXIT_REQUEST_FAILED, (f"payment unknown: the vault's answer was lost (HTTP "
+                                     f"{e.status}, {e.reason}{detail}); if the call reached "
+                                     f"it, it may have been paid: {again} to get its answer")
     if e.status >= 500 or e.status in (409, 428) or e.body.get("retryable"):
         return EXIT_REQUEST_FAILED, (f"nothing was paid by this attempt: the vault could not "
                                      f"pay ({e.reason}{detail}); {again} to retry it")
@@ -279,10 +283,10 @@ def _stream(vault: VaultClient, args: argparse.Namespace, *, method: str,
             print(json.dumps({"group": group.seq, "amount": str(group.amount),
                               "last": group.last}), file=err)
     except VaultCallError as e:
-        if budget is not None and e.reason not in _MAY_BE_PAID:
+        if budget is not None and not e.may_have_paid:
             budget.settle(end.paid)
         code, line = _call_failed(e)
-        if e.reason in _MAY_BE_PAID:
+        if e.may_have_paid:
             # The call is the group's, not the command's: re-running the command with
             # its key would start a new stream, paid again (not fetch this group).
             line = (f"payment pending: group {end.groups + 1} was paid, or may have been, "

@@ -111,7 +111,7 @@ class VaultTransport(httpx.BaseTransport):
                 idempotency_key=_idempotency_key(request), funding=self.limits.funding,
                 deposit=self.limits.deposit, created_at=_created_at(request))
         except VaultCallError as e:
-            _settle(self.limits, reservation, None, pending=e.reason in _MAY_BE_PAID)
+            _settle(self.limits, reservation, None, pending=e.may_have_paid)
             raise
         _settle(self.limits, reservation, result, pending=False)
         return _to_response(request, result)
@@ -137,17 +137,13 @@ class AsyncVaultTransport(httpx.AsyncBaseTransport):
                 idempotency_key=_idempotency_key(request), funding=self.limits.funding,
                 deposit=self.limits.deposit, created_at=_created_at(request))
         except VaultCallError as e:
-            _settle(self.limits, reservation, None, pending=e.reason in _MAY_BE_PAID)
+            _settle(self.limits, reservation, None, pending=e.may_have_paid)
             raise
         _settle(self.limits, reservation, result, pending=False)
         return _to_response(request, result)
 
     async def aclose(self) -> None:
         await self.client.aclose()
-
-
-#: Failures after which the call was paid, or may have been: the reservation stays.
-_MAY_BE_PAID = frozenset({api.PAYMENT_PENDING, api.REPLAYED_CALL})
 
 
 def _reserve(limits: _Limits) -> Any:

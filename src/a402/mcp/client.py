@@ -286,12 +286,10 @@ class PayingMCPSession:
                 answer = await anyio.to_thread.run_sync(
                     functools.partial(self.vault.invoke, url, **how))
         except VaultCallError as e:
-            # Given back only on the vault's own refusal (a 4xx, or a check made before
-            # anything was sent): a 5xx is an answer lost on the way (a proxy, a crash)
-            # after which the call may have been paid, as after the reasons named here.
-            if reservation is not None and self.budget is not None and e.status < 500 \
-                    and e.reason not in (vault_api.PAYMENT_PENDING, vault_api.REPLAYED_CALL,
-                                         "key_of_another_life"):
+            # Given back only when the vault says nothing was paid: never after a 5xx
+            # that is not its own refusal (an answer lost on the way, after which the call
+            # may have been paid), nor after the reasons that say it was or may have been.
+            if reservation is not None and self.budget is not None and not e.may_have_paid:
                 self.budget.release(reservation)  # the vault says nothing was paid
             raise
         assert isinstance(answer, VaultResult)
