@@ -275,8 +275,10 @@ def test_a402_pay_vault_stream_prints_each_group_and_stops_at_max_total(
                  if line.startswith("{")]
         assert [line.get("group") for line in lines[:3]] == [1, 2, 3]
         summary = lines[-1]
-        assert summary.pop("message").startswith(f"{3 * PER_GROUP} (atomic units) paid for the "
-                                                 "3 groups received")
+        message = summary.pop("message")
+        assert message.startswith(f"{3 * PER_GROUP} (atomic units) paid for the "
+                                  "3 groups received")
+        assert "more than --max-total allowed" in message, message
         assert summary == {"success": True, "outcome": "stream", "groups": 3,
                            "paid": str(3 * PER_GROUP), "reason": "max_total",
                            "complete": False}

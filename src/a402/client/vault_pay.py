@@ -255,7 +255,10 @@ def _stream(vault: VaultClient, args: argparse.Namespace, *, method: str,
         if budget is not None:
             budget.settle(0)
         return _fail_usage(err, f"--max-total: {e}")
+    end.cap = "--max-total"
     if budget is not None and budget.room is not None:
+        if max_total is None or budget.room < max_total:
+            end.cap = "--budget"
         max_total = budget.room if max_total is None else min(max_total, budget.room)
     try:
         for group in paid_stream(
