@@ -1,6 +1,6 @@
 """An agent calling a paid MCP tool: it pays within its limits and says what it paid.
 
-    python examples/mcp_client.py http://127.0.0.1:4403/mcp forecast '{"city": "Paris"}' \
+    python examples/mcp_client.py http://127.0.0.1:4406/mcp forecast '{"city": "Paris"}' \
         --key-file .a402/client.key --max 0.01
 """
 
