@@ -25,8 +25,8 @@ from a402.chain.node import Chain, embedded_chain
 from a402.demos.common import PRICE, PaidCall, format_usdc, pay_weather, weather_api
 from a402.facilitator.app import create_app
 from a402.facilitator.core import Facilitator
-from a402.observe import PAID_LOGGER
 from a402.facilitator.store import SettlementStore
+from a402.observe import PAID_LOGGER
 from a402.provider.middleware import PaymentMiddleware
 
 ACTS = ("all", "exact", "channels", "agents", "mandates", "bitcoin")

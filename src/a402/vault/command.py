@@ -122,14 +122,13 @@ def run_vault(args: argparse.Namespace) -> int:
     from a402 import serving
     from a402.chain.node import connect
     from a402.failure import CommandFailed, ensure_port_free, load_manifest, reach_chain
-    from a402.tee.errors import SealingError
     from a402.keys import load_key_file
     from a402.tee import (
         AttestationPolicy,
         measure_package,
     )
     from a402.tee.chains import require_development_chain
-    from a402.tee.errors import AttestationError
+    from a402.tee.errors import AttestationError, SealingError
     from a402.tee.identity import peer_verifiers
     from a402.vault.app import create_app
     from a402.vault.identity import load_platform, vault_enclave
