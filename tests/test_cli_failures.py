@@ -145,3 +145,27 @@ def test_devnet_never_writes_over_the_manifest_of_a_running_chain(
     assert str(anvil_chain.rpc_url) in refused(run, "devnet", "manifest_in_use")
     assert (folder / "devnet.json").read_text() == before
     assert no_files_but(folder, "devnet.json", "gas.key")  # no key file written either
+
+
+def test_a_vault_whose_sealed_identity_another_build_made_says_so_without_a_traceback(
+        folder: Path, anvil_chain: Chain, dev_stack: Manifest) -> None:
+    """An upgraded a402 measures differently: the vault's identity, sealed in its database
+    by the build before, does not open. The vault does not start, says why in one line,
+    and that the clients' pool balances stay withdrawable without it."""
+    from a402.tee.identity import load_platform
+    from a402.vault.identity import vault_enclave
+    from a402.vault.store import VaultStore
+
+    platform_file, db = folder / "platform.json", f"sqlite:///{folder / 'vault.db'}"
+    store = VaultStore(db)
+    sealed_by = vault_enclave(load_platform(platform_file), b"\x01" * 48, store)
+    assert sealed_by.signing_public_key  # the identity is now in the database
+    store.engine.dispose()
+    run = a402(folder, "vault", "--rpc", str(anvil_chain.rpc_url), "--key-file", "gas.key",
+               "--manager", "0x" + "22" * 20, "--db", db,
+               "--platform-file", str(platform_file), "--measurement", "02" * 48,
+               "--provider-measurement", "00" * 32, "--allow-simulated-attestation",
+               "--port", str(free_port()))
+    line = refused(run, "vault", "sealed_identity_unreadable")
+    assert "0x" + "02" * 48 in line and "another build or platform" in line
+    assert "a402 pool withdraw" in line

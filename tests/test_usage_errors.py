@@ -86,3 +86,17 @@ def test_a_read_or_owner_command_that_fails_says_first_that_nothing_moved(
     assert run.returncode != 0 and "Traceback" not in run.stderr
     assert run.stderr.splitlines()[0].startswith(first), run.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_program_is_named_by_its_message_not_as_none() -> None:
+    """``find_anvil`` raises FileNotFoundError with a message and no file name (a user who
+    ran only ``make demo`` has no anvil): the failure line must say what is missing and how
+    to get it, not "None: no such file"."""
+    from a402.failure import expected_failure
+
+    failure = expected_failure(FileNotFoundError("anvil not found: run `npm ci` in the project"))
+    assert failure is not None and failure.reason == "file_not_found"
+    assert "anvil not found: run `npm ci`" in failure.message
+    assert "None" not in failure.message
+    named = expected_failure(FileNotFoundError(2, "No such file or directory", "x.key"))
+    assert named is not None and named.message == "x.key: no such file"

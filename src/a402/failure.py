@@ -121,15 +121,21 @@ def expected_failure(error: BaseException) -> Failure | None:
         kind = getattr(sys.modules.get(module), name, None)
         if isinstance(kind, type) and isinstance(error, kind):
             return Failure(reason, _text(error), False)
+    # An error raised with a message and no file name (``find_anvil``'s "anvil not found:
+    # run `npm ci` ...") says what to do in its message; "None: no such file" would not.
     if isinstance(error, FileNotFoundError):
-        return Failure("file_not_found", f"{error.filename}: no such file", False)
+        return Failure("file_not_found", _file_text(error, "no such file"), False)
     if isinstance(error, PermissionError):
-        return Failure("file_unreadable", f"{error.filename}: permission denied", False)
+        return Failure("file_unreadable", _file_text(error, "permission denied"), False)
     if isinstance(error, IsADirectoryError):
-        return Failure("file_not_found", f"{error.filename}: is a directory", False)
+        return Failure("file_not_found", _file_text(error, "is a directory"), False)
     if isinstance(error, OSError) and error.errno == errno.EADDRINUSE:
         return Failure("port_in_use", str(error), False)
     return None
+
+
+def _file_text(error: OSError, what: str) -> str:
+    return f"{error.filename}: {what}" if error.filename is not None else _text(error)
 
 
 def _text(error: BaseException) -> str:

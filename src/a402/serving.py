@@ -271,7 +271,10 @@ def run(app: ASGIApp, *, host: str, port: int, log_level: str = "warning",
     import uvicorn
 
     sys.setrecursionlimit(min(sys.getrecursionlimit(), SERVICE_RECURSION_LIMIT))
-
+    # "on", not uvicorn's "auto": under "auto" a lifespan that raises before it answers
+    # startup (an MCP paywall whose channel watcher cannot start) is taken for an app
+    # without a lifespan, and the server serves unstarted, answering every call 500.
+    options.setdefault("lifespan", "on")
     uvicorn.run(app, host=host, port=port, log_level=log_level, http=HTTP_PROTOCOL,
                 **options)
 

@@ -83,6 +83,18 @@ def test_owner_signs_agent_pays_greedy_402_refused_owner_revokes_next_payment_re
     [row] = json.loads(out)
     assert (row["spent"], row["budget"], row["payments"]) == (PRICE, 5 * PRICE, 1)
 
+    # The owner's key has no gas and no relayer is named: the node refuses the
+    # transaction; the command says the mandate is not known to be revoked (exit 3, no
+    # traceback), and it is indeed still usable.
+    code, out, err = mandate("revoke", doc, "--owner-key-file", owner_key,
+                             "--manifest", str(manifest))
+    assert code == 3 and out == "", err
+    assert err.startswith("a402 mandate revoke: the mandate is NOT known to be revoked "
+                          "(chain_error): "), err
+    assert "needs gas" in err and "a402 mandate verify" in err
+    code, out, err = mandate("verify", doc, "--manifest", str(manifest))
+    assert code == 0 and re.search(r"revoked +no", out), out + err
+
     relayer = _key_file(tmp_path, "relayer", stack.chain.accounts[-2])
     code, out, err = mandate("revoke", doc, "--owner-key-file", owner_key,
                              "--relayer-key-file", relayer, "--manifest", str(manifest),

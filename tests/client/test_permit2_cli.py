@@ -65,7 +65,7 @@ def test_pay_without_a_permit2_allowance_says_what_to_run_and_pays_after_approve
     anvil_chain.w3.provider.make_request(  # type: ignore[operator]
         "anvil_setBalance", [payer.address, hex(GAS_FUNDS_WEI)])
     key = tmp_path / "payer.key"
-    key.write_text(payer.key.hex())
+    key.write_text(payer.key.hex() + "\n")  # as `a402 devnet` writes its key files
     key.chmod(0o600)
     manifest = tmp_path / "devnet.json"
     manifest.write_text(dev_stack.to_json())

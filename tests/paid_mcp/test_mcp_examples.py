@@ -59,3 +59,52 @@ def test_the_readme_paid_mcp_tool_flow_moves_exactly_the_price(
     assert json.loads(free.stderr.strip().splitlines()[-1]) == {"paid": "nothing"}
     assert balance(anvil_chain, dev_stack, payer.address) == before - PRICE
     assert balance(anvil_chain, dev_stack, pay_to) == PRICE
+
+
+def test_the_example_client_pays_an_upto_tool_only_in_a_token_it_names(
+        tmp_path: Path, dev_stack: Manifest, facilitator_url: str, anvil_chain: Chain,
+        new_payer: Callable[..., LocalAccount]) -> None:
+    """``--tool 'forecast=upto:0.004/0.001'`` (a tool that reports no usage: charged its
+    maximum): without ``--asset`` the example refuses before signing (exit 3, nothing
+    paid, no traceback); with it, after ``approve_permit2``, exactly the maximum moves."""
+    from a402.client.permit2 import approve_permit2
+    from tests.interop.official_upto import GAS_FUNDS_WEI
+
+    manifest = tmp_path / "devnet.json"
+    manifest.write_text(dev_stack.to_json())
+    payer = new_payer()
+    anvil_chain.w3.provider.make_request(  # type: ignore[operator]
+        "anvil_setBalance", [payer.address, hex(GAS_FUNDS_WEI)])
+    key_file = tmp_path / "client.key"
+    key_file.write_text(payer.key.hex() + "\n")
+    key_file.chmod(0o600)
+    token = dev_stack.token.address
+    approve_permit2(str(anvil_chain.rpc_url), payer.key.hex(), token)
+    pay_to = str(Account.create().address)
+    before = balance(anvil_chain, dev_stack, payer.address)
+    port = free_port()
+    args = ["mcp", "serve", "--upstream-command", f"{sys.executable} {SERVER}",
+            "--tool", "forecast=upto:0.004/0.001", "--manifest", str(manifest),
+            "--pay-to", pay_to, "--facilitator", facilitator_url, "--port", str(port),
+            "--ledger-db", f"sqlite:///{tmp_path / 'ledger.db'}"]
+    with running(args, _env()) as proc:
+        url = Stderr(proc).json_line("mcp")["mcp"]
+        wait_until(lambda: _accepts(port), "the proxy's port")
+
+        def client(*more: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, CLIENT, url, "forecast",
+                                   '{"city": "Paris"}', "--key-file", str(key_file),
+                                   "--max", "0.01", *more], capture_output=True,
+                                  text=True, env=_env(), timeout=120)
+
+        refused = client()
+        assert refused.returncode == 3 and "Traceback" not in refused.stderr, refused.stderr
+        assert refused.stderr.startswith("nothing was paid: payment refused")
+        assert balance(anvil_chain, dev_stack, payer.address) == before
+        paid = client("--asset", token)
+    assert paid.returncode == 0, paid.stderr
+    assert paid.stdout.strip() == "sunny in Paris, 21 C"
+    summary = json.loads(paid.stderr.strip().splitlines()[-1])
+    assert summary["status"] == "settled" and summary["amount"] == "4000"
+    assert balance(anvil_chain, dev_stack, payer.address) == before - 4000
+    assert balance(anvil_chain, dev_stack, pay_to) == 4000

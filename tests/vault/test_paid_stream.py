@@ -275,8 +275,15 @@ def test_a402_pay_vault_stream_prints_each_group_and_stops_at_max_total(
                  if line.startswith("{")]
         assert [line.get("group") for line in lines[:3]] == [1, 2, 3]
         summary = lines[-1]
-        assert summary.pop("message").startswith(f"{3 * PER_GROUP} (atomic units) paid for the "
-                                                 "3 groups received")
+        message = summary.pop("message")
+        assert message.startswith(f"{3 * PER_GROUP} (atomic units) paid for the "
+                                  "3 groups received")
+        assert "more than --max-total allowed" in message, message
+        # Each group paid is in the payer's local records (a402 payments), as any call.
+        from a402.client.history import history_path, read_history
+        mine = [r for r in read_history(history_path()) if r.get("url") == f"{site}/llm/stream"]
+        assert [(r["amount"], r["status"], r["scheme"]) for r in mine] == \
+            [(str(PER_GROUP), "paid", "a402")] * 3
         assert summary == {"success": True, "outcome": "stream", "groups": 3,
                            "paid": str(3 * PER_GROUP), "reason": "max_total",
                            "complete": False}

@@ -137,6 +137,8 @@ def test_a402_pay_vault_stream_stops_at_its_budget(world: World, tmp_path: Path)
             "reason": "max_total", "complete": False}
         assert summary["message"].startswith(f"{2 * PER_GROUP} (atomic units) paid for the 2 "
                                              "groups received")
+        # The limit named is the one the person gave (no --max-total was given).
+        assert "more than --budget allowed" in summary["message"], summary["message"]
         _wait(lambda: upstream.closed, timeout=5.0)
         _settle(world, client, vault, provider, escrow, 2 * PER_GROUP)
         client.close()

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Final, TextIO
 
 from a402.chain.locate import DEFAULT_MANIFEST, ChainNotFound
+from a402.chain.rpc import ChainUnavailable, RpcError
 from a402.client.mandates import (
     DEFAULT_SPEND_DB,
     UsageError,
@@ -241,6 +242,17 @@ def run_mandate(args: argparse.Namespace, *, out: TextIO | None = None,
         return EXIT_USAGE
     except ChainNotFound as e:
         print(f"{prog}: {state} (chain_not_found): {e}", file=err)
+        return EXIT_CHAIN
+    except (RpcError, ChainUnavailable) as e:
+        # The node refused a transaction (an owner without gas) or stopped answering: a
+        # revocation sent before the node went silent may still land, so it is not called
+        # undone, and the owner is told how to know.
+        if args.mandate_command == "revoke":
+            print(f"{prog}: the mandate is NOT known to be revoked (chain_error): {e}; "
+                  "the revocation is a transaction from the owner's key, which needs gas; "
+                  f"check with `a402 mandate verify {args.file}`", file=err)
+        else:
+            print(f"{prog}: nothing changed (chain_error): {e}", file=err)
         return EXIT_CHAIN
 
 

@@ -179,7 +179,8 @@ def add_pay_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def read_key_file(path: str | Path) -> str:
-    """The hex key in ``path`` (``0x`` optional, whitespace ignored).
+    """The hex key in ``path`` (``0x`` optional, whitespace ignored), as ``0x`` and 64
+    hex digits, which every signer takes (eth_account refuses a trailing newline).
 
     Refused if group- or world-accessible, as ssh does: a payer key readable
     by others is a key others can pay with.
@@ -198,10 +199,10 @@ def read_key_file(path: str | Path) -> str:
     except UnicodeDecodeError:
         raise UsageError(f"key file {p} is not a hex private key") from None
     try:
-        private_key_bytes(text)
+        raw = private_key_bytes(text)
     except ValueError as e:
         raise UsageError(f"key file {p}: {e}") from None
-    return text
+    return "0x" + raw.hex()  # normalised: a key file ends with a newline (a402 devnet's do)
 
 
 def _headers(lines: Sequence[str]) -> list[tuple[str, str]]:

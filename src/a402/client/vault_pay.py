@@ -108,7 +108,7 @@ def run_vault_pay(
             if getattr(args, "stream", None):
                 return _stream(vault, args, method=method, headers=headers,
                                content=content or b"", max_price=limits.max_price,
-                               pay_to=pay_to, out=out, err=err,
+                               pay_to=pay_to, out=out, err=err, payer=wallet.address,
                                budget=_Reserved(budget, reservation))
             result = vault.invoke(
                 args.url, method=method,
@@ -253,7 +253,8 @@ class _Reserved:
 
 def _stream(vault: VaultClient, args: argparse.Namespace, *, method: str,
             headers: list[tuple[str, str]], content: bytes, max_price: int, pay_to: str | None,
-            out: BinaryIO, err: TextIO, budget: _Reserved | None = None) -> int:
+            out: BinaryIO, err: TextIO, budget: _Reserved | None = None,
+            payer: str | None = None) -> int:
     """``--stream N``: each group written to ``out`` as soon as it is paid for and released
     (:mod:`a402.client.vault_stream`); one JSON line per group and a summary on ``err``.
     With a budget, the stream's total is at most what it reserved (``--max-total`` or
@@ -270,7 +271,10 @@ def _stream(vault: VaultClient, args: argparse.Namespace, *, method: str,
         if budget is not None:
             budget.settle(0)
         return _fail_usage(err, f"--max-total: {e}")
+    end.cap = "--max-total"
     if budget is not None and budget.room is not None:
+        if max_total is None or budget.room < max_total:
+            end.cap = "--budget"
         max_total = budget.room if max_total is None else min(max_total, budget.room)
     try:
         for group in paid_stream(
@@ -280,6 +284,9 @@ def _stream(vault: VaultClient, args: argparse.Namespace, *, method: str,
                 end=end):
             out.write(group.content)
             out.flush()
+            if payer is not None:  # each group is a paid call: in the local records too
+                record_vault_call(group.result.summary(), payer=payer, vault=args.vault,
+                                  method=method, url=args.url)
             print(json.dumps({"group": group.seq, "amount": str(group.amount),
                               "last": group.last}), file=err)
     except VaultCallError as e:

@@ -76,6 +76,10 @@ class StreamEnd:
     groups: int = 0
     complete: bool = False
     detail: str | None = None
+    #: The limit ``max_total`` came from, as the caller named it (``a402 pay``: "--budget"
+    #: when the budget, not ``--max-total``, held the stream), so the message names the
+    #: limit the person set.
+    cap: str = "max_total"
 
     def message(self) -> str:
         """What happened, the money first: what was paid for what was received, then why
@@ -87,7 +91,7 @@ class StreamEnd:
         detail = f" ({self.detail})" if self.detail else ""
         nothing = "nothing was paid for it"
         why = {
-            "max_total": "stopped before a group that could have cost more than max_total "
+            "max_total": f"stopped before a group that could have cost more than {self.cap} "
                          "allowed; the provider was told to stop",
             "stopped": "stopped by the caller; the provider was told to stop",
             "stream_lost": "the provider no longer has this stream (it restarted, or no group "

@@ -187,7 +187,7 @@ class Outcome:
 
 def run_agents_act(out: TextIO = sys.stdout) -> int:
     say = lambda line="": print(line, file=out, flush=True)  # noqa: E731
-    say("a402 demo, act 2: agents find, pay and rate each other "
+    say("a402 demo: agents find, pay and rate each other "
         "(A2A + x402 + on-chain cards + ERC-8004)\n")
     started = time.perf_counter()
     chain = embedded_chain()

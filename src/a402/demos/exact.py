@@ -9,11 +9,13 @@ settled, how long it took, and that no unit of money appeared or vanished.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
@@ -24,6 +26,7 @@ from a402.demos.common import PRICE, PaidCall, format_usdc, pay_weather, weather
 from a402.facilitator.app import create_app
 from a402.facilitator.core import Facilitator
 from a402.facilitator.store import SettlementStore
+from a402.observe import PAID_LOGGER
 from a402.provider.middleware import PaymentMiddleware
 
 ACTS = ("all", "exact", "channels", "agents", "mandates", "bitcoin")
@@ -36,6 +39,29 @@ def run_demo(requests: int = 5, out: TextIO = sys.stdout, act: str = "all",
     out."""
     if act not in ACTS:
         raise ValueError(f"unknown act {act!r}")
+    with _quiet_paid_log():
+        return _run_acts(requests, out, act, channel_requests)
+
+
+@contextlib.contextmanager
+def _quiet_paid_log() -> Iterator[None]:
+    """The demo prints its own table of what was paid; the services' one JSON line per
+    paid request on stderr (``a402.paid``, for operators' log collectors) would bury it
+    (hundreds of lines with the channel act), so it is off while the demo runs."""
+    # A filter, not ``logger.disabled``: each uvicorn start re-enables existing loggers
+    # (``dictConfig(disable_existing_loggers=False)``), and leaves filters alone.
+    def drop(_record: logging.LogRecord) -> bool:
+        return False
+
+    logger = logging.getLogger(PAID_LOGGER)
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
+def _run_acts(requests: int, out: TextIO, act: str, channel_requests: int) -> int:
     status = 0
     if act in ("all", "exact"):
         status |= run_exact_act(requests, out)

@@ -121,14 +121,14 @@ def add_vault_arguments(parser: argparse.ArgumentParser) -> None:
 def run_vault(args: argparse.Namespace) -> int:
     from a402 import serving
     from a402.chain.node import connect
-    from a402.failure import ensure_port_free, load_manifest, reach_chain
+    from a402.failure import CommandFailed, ensure_port_free, load_manifest, reach_chain
     from a402.keys import load_key_file
     from a402.tee import (
         AttestationPolicy,
         measure_package,
     )
     from a402.tee.chains import require_development_chain
-    from a402.tee.errors import AttestationError
+    from a402.tee.errors import AttestationError, SealingError
     from a402.tee.identity import peer_verifiers
     from a402.vault.app import create_app
     from a402.vault.identity import load_platform, vault_enclave
@@ -201,7 +201,20 @@ def run_vault(args: argparse.Namespace) -> int:
     platform = load_platform(trust.platform_file)
     measurement = (bytes.fromhex(trust.measurement.removeprefix("0x")) if trust.measurement
                    else measure_package())
-    enclave = vault_enclave(platform, measurement, store)
+    try:
+        enclave = vault_enclave(platform, measurement, store)
+    except SealingError as e:
+        # Another build (an upgraded a402 measures differently) or platform sealed this
+        # vault's identity: it cannot sign for it, so it does not start. The clients'
+        # money is not in the vault's process: it is their pool balances in the
+        # ASCManager, each withdrawable by its client without the vault.
+        raise CommandFailed(
+            "sealed_identity_unreadable",
+            "the vault's sealed identity in its database (--db) does not open "
+            f"for measurement 0x{measurement.hex()} on this platform ({e}): it was sealed "
+            "by another build or platform; run the build that sealed it. Clients' pool "
+            "balances stay in the ASCManager, each withdrawable by its client without the "
+            "vault (a402 pool withdraw)", nothing_paid=True) from None
     roots = [bytes.fromhex(r.removeprefix("0x")) for r in trust.trust_root]
     try:
         require_development_chain(chain.chain_id)  # this vault's enclave is simulated
