@@ -11,6 +11,7 @@ One paid request, default (serve, then settle) order::
     pending authorization resent elsewhere ....... 402 payment_terms_mismatch (ledger)
     POST /verify → invalid ....................... 402, error = invalidReason
     run the app, response buffered
+    body over MAX_BUFFERED_BODY .................. 502 upstream_too_large, nothing settled
     app answered >= 400 .......................... app's response, nothing settled
     POST /settle → success ....................... app's response + PAYMENT-RESPONSE
                  → settlement_pending ............ 402 + PAYMENT-RESPONSE (tx); resend same header
@@ -122,7 +123,14 @@ from a402.metering import MeterRule, Unit, UsageUnreadable, readable_request
 from a402.observe import Observer, new_request_id
 from a402.provider import responses
 from a402.provider.alternatives import AlternativeScheme
-from a402.provider.asgi import BufferedResponse, adding_headers, header_values, run_buffered
+from a402.provider.asgi import (
+    MAX_BUFFERED_BODY,
+    BufferedResponse,
+    ResponseTooLarge,
+    adding_headers,
+    header_values,
+    run_buffered,
+)
 from a402.provider.deliveries import MAX_KEPT_BODY, RESPONSE_NOT_KEPT, Delivery, request_digest
 from a402.provider.ledger import (
     DeliveryLedger,
@@ -163,6 +171,9 @@ from a402.wire.x402 import (
 )
 
 log = logging.getLogger("a402.provider")
+
+UPSTREAM_TOO_LARGE: Final = "upstream_too_large"
+"""The error of a response withheld, unpaid, for exceeding the buffering limit."""
 
 @dataclass(frozen=True)
 class _Payment:
@@ -227,6 +238,10 @@ class PaymentMiddleware:
         **settings: Unpack[PaymentSettings],
     ) -> None:
         self.app = app
+        #: The largest response body buffered before it is paid for (serve-then-settle
+        #: ``exact``, and every ``upto``): more, and the response is withheld and nothing
+        #: is charged (502 ``upstream_too_large``; :func:`a402.provider.asgi.run_buffered`).
+        self.max_buffered_body = MAX_BUFFERED_BODY
         #: ``upto`` routes: the usage of a response that reports none in its headers.
         self.meter = meter
         self._upto_facilitator: str | None = None
@@ -499,6 +514,7 @@ class PaymentMiddleware:
         buffered: list[BufferedResponse] = []
         charge: list[int] = []  # upto: the amount to settle, once known
         unreadable: list[UsageError] = []
+        too_large: list[ResponseTooLarge] = []
 
         async def run(operation: Operation) -> Any:
             match operation:
@@ -521,7 +537,13 @@ class PaymentMiddleware:
                         return exc.no_verdict()
                 case Serve():
                     ran_from = time.monotonic()
-                    response = await run_buffered(self.app, scope, receive)
+                    try:
+                        response = await run_buffered(self.app, scope, receive,
+                                                      limit=self.max_buffered_body)
+                    except ResponseTooLarge as exc:
+                        # Cut off, never paid for: the flow releases the payment unsettled.
+                        too_large.append(exc)
+                        return False
                     ran = time.monotonic() - ran_from
                     buffered.append(response)
                     if p.upto and response.status < 400:
@@ -591,6 +613,14 @@ class PaymentMiddleware:
                 await responses.Reply(502, json.dumps({
                     "error": "usage_unreadable", "message": str(unreadable[0]),
                     "charged": False}).encode(),
+                    [("content-type", "application/json")]).send(send)
+            case NotServed() if too_large:
+                log.error("response withheld, nothing charged: %s", too_large[0])
+                await responses.Reply(502, json.dumps({
+                    "error": UPSTREAM_TOO_LARGE, "charged": False, "settled": False,
+                    "message": "nothing was charged: the response was withheld because its "
+                               f"body exceeds {too_large[0].limit} bytes, the most this "
+                               "provider holds before it is paid for"}).encode(),
                     [("content-type", "application/json")]).send(send)
             case NotServed():
                 await buffered[0].replay(send)
