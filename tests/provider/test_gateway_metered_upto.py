@@ -6,6 +6,8 @@ unreadable response withheld with nothing charged. Real HTTP, anvil, balances as
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import AsyncIterator, Callable
 
 import anyio
@@ -34,6 +36,7 @@ from a402.wire.headers import (
     decode_payment_required,
     decode_settle_response,
 )
+from a402.wire.x402 import PaymentRequirements, PaymentRequirementsV1, ResourceInfo
 from tests.interop.official import official_client
 from tests.interop.official_upto import fresh_account, sdk_upto_client, upto_payer
 
@@ -230,6 +233,67 @@ async def test_the_middleware_takes_a_metering_rule_for_an_upto_route(
     assert 290 <= seconds < 2_000
     assert _balances(anvil_chain, dev_stack, payer.address, pay_to) == [
         FUNDS - 1_370 - seconds, 1_370 + seconds]
+
+
+class _Channels:
+    """A stand-in alternative scheme (an A402 offer): only its presence matters here."""
+
+    def requirement(self, amount: int, base_url: str, *, max_timeout_seconds: int
+                    ) -> PaymentRequirements:
+        return PaymentRequirements(scheme="a402", network="eip155:1", amount=str(amount),
+                                   asset="0x" + "11" * 20, pay_to="0x" + "22" * 20,
+                                   max_timeout_seconds=max_timeout_seconds)
+
+    def requirement_v1(self, amount: int, base_url: str, *, network_v1: str,
+                       resource: ResourceInfo, max_timeout_seconds: int
+                       ) -> PaymentRequirementsV1:
+        return PaymentRequirementsV1(
+            scheme="a402", network=network_v1, max_amount_required=str(amount),
+            resource=resource.url, description=resource.description,
+            mime_type=resource.mime_type, pay_to="0x" + "22" * 20,
+            max_timeout_seconds=max_timeout_seconds, asset="0x" + "11" * 20)
+
+
+def test_a_down_facilitator_costs_one_timeout_per_period_not_per_request(
+    dev_stack: Manifest,
+) -> None:
+    """The facilitator accepts connections and never answers: the first 402 of an upto
+    route waits out its timeout, the next ones (within UPTO_LOOKUP_RETRY_SECONDS) answer
+    at once with the same a402-only offer (or 503 without alternatives)."""
+    timeout = 1.0
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)  # the kernel completes the handshakes; nobody ever answers
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+
+    async def work(request: StarletteRequest) -> StarletteJSON:
+        return StarletteJSON({"ok": True})
+
+    def app(alternatives: bool) -> PaymentMiddleware:
+        middleware = PaymentMiddleware(
+            Starlette(routes=[Route("/work", work)]), token=dev_stack.token,
+            network=dev_stack.network, pay_to=fresh_account(), facilitator=url,
+            facilitator_timeout=timeout, routes={"GET /work": RouteConfig(
+                price="0.001", scheme="upto", meter="per-unit:0.00001,max=0.001")})
+        if alternatives:
+            middleware.offer_also(_Channels())
+        return middleware
+
+    try:
+        for alternatives, status in ((True, 402), (False, 503)):
+            with serve_in_thread(app(alternatives)) as base:
+                started = time.monotonic()
+                answers = [httpx.get(f"{base}/work", timeout=30) for _ in range(5)]
+                took = time.monotonic() - started
+            assert [a.status_code for a in answers] == [status] * 5
+            if alternatives:
+                for answer in answers:
+                    (offered,) = decode_payment_required(
+                        answer.headers[PAYMENT_REQUIRED]).accepts
+                    assert offered.scheme == "a402"
+            assert timeout * 0.9 <= took < timeout * 2.5, took  # one timeout, not five
+    finally:
+        silent.close()
 
 
 def test_metered_specs_and_configs() -> None:

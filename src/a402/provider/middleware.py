@@ -172,6 +172,10 @@ from a402.wire.x402 import (
 
 log = logging.getLogger("a402.provider")
 
+UPTO_LOOKUP_RETRY_SECONDS: Final = 5.0
+"""How long a failed lookup of the facilitator's upto address is remembered before it is
+asked again: a down facilitator costs one timeout per period, not one per request."""
+
 UPSTREAM_TOO_LARGE: Final = "upstream_too_large"
 """The error of a response withheld, unpaid, for exceeding the buffering limit."""
 
@@ -245,6 +249,8 @@ class PaymentMiddleware:
         #: ``upto`` routes: the usage of a response that reports none in its headers.
         self.meter = meter
         self._upto_facilitator: str | None = None
+        #: The last failed lookup of that address and until when (monotonic) it stands.
+        self._upto_failure: tuple[float, FacilitatorError] | None = None
         #: One JSON log line and metrics per paid request (:mod:`a402.observe`).
         self.observer = observer if observer is not None else Observer("gateway")
         self.paywall, self.timing = payment_settings(paywall, timing, settings)
@@ -319,7 +325,7 @@ class PaymentMiddleware:
         headers = header_values(scope, PAYMENT_SIGNATURE) or header_values(scope, X_PAYMENT)
         if match.route.scheme == SCHEME_UPTO and self._upto_facilitator is None:
             try:
-                self._upto_facilitator = await self._facilitator_address()
+                self._upto_facilitator = await self._upto_address()
             except FacilitatorError as exc:
                 if self.alternatives and not headers:
                     # A channel payment (a402) never goes through the facilitator: its
@@ -379,6 +385,23 @@ class PaymentMiddleware:
                 self._facilitator_url, timeout=self._facilitator_timeout
             )
         return self._client
+
+    async def _upto_address(self) -> str:
+        """:meth:`_facilitator_address`, with a failure remembered for
+        :data:`UPTO_LOOKUP_RETRY_SECONDS`: while the facilitator is down, one request per
+        period waits out its timeout and the others get the same answer at once (the
+        a402-only offer, or 503). Nothing is charged either way, and a success is kept
+        for good (the address a facilitator settles with does not change under it)."""
+        now = time.monotonic()
+        if self._upto_failure is not None and now < self._upto_failure[0]:
+            raise self._upto_failure[1].with_traceback(None)
+        try:
+            address = await self._facilitator_address()
+        except FacilitatorError as exc:
+            self._upto_failure = (time.monotonic() + UPTO_LOOKUP_RETRY_SECONDS, exc)
+            raise
+        self._upto_failure = None
+        return address
 
     async def _facilitator_address(self) -> str:
         """The address our facilitator settles ``upto`` with (its ``/supported``), which
