@@ -6,14 +6,16 @@ unreadable response withheld with nothing charged. Real HTTP, anvil, balances as
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
 
 import anyio
 import httpx
 import pytest
 from eth_account.signers.local import LocalAccount
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request as StarletteRequest
@@ -25,6 +27,7 @@ from a402.chain.deploy import Manifest, token_balance
 from a402.chain.node import Chain
 from a402.facilitator.core import Facilitator
 from a402.provider import PaymentMiddleware, create_gateway
+from a402.provider.asgi import MAX_BUFFERED_BODY
 from a402.provider.gateway import parse_metered_spec
 from a402.provider.routes import RouteConfig, RouteError, RouteTable
 from a402.wire.headers import (
@@ -33,6 +36,8 @@ from a402.wire.headers import (
     decode_payment_required,
     decode_settle_response,
 )
+from a402.wire.x402 import PaymentRequirements, PaymentRequirementsV1, ResourceInfo
+from tests.interop.official import official_client
 from tests.interop.official_upto import fresh_account, sdk_upto_client, upto_payer
 
 pytestmark = pytest.mark.anvil
@@ -41,6 +46,7 @@ FUNDS = 1_000_000
 CHAT_MAX = 50_000  # max=0.05 with 6 decimals
 PER_TOKEN = 20  # 0.00002 with 6 decimals
 BYTES_MAX = 10_000
+FLOOD_CHUNK = 1024 * 1024
 
 
 def upstream() -> FastAPI:
@@ -56,6 +62,15 @@ def upstream() -> FastAPI:
     @app.get("/bytes")
     async def raw(request: Request) -> PlainTextResponse:
         return PlainTextResponse("x" * int(request.query_params["n"]))
+
+    @app.get("/flood")
+    @app.get("/flood-exact")
+    async def flood() -> StreamingResponse:
+        async def chunks() -> AsyncIterator[bytes]:  # 3 × the limit, no length announced
+            for _ in range(3 * MAX_BUFFERED_BODY // FLOOD_CHUNK):
+                yield b"x" * FLOOD_CHUNK
+
+        return StreamingResponse(chunks(), media_type="text/plain")
 
     return app
 
@@ -137,6 +152,50 @@ async def test_the_sdk_pays_a_metered_upto_route_what_the_rule_measures(
 
 
 @pytest.mark.anyio
+async def test_an_answer_over_the_buffering_limit_is_withheld_and_nothing_is_charged(
+    anvil_chain: Chain, dev_stack: Manifest, new_payer: Callable[..., LocalAccount],
+    facilitator: Facilitator, facilitator_url: str,
+) -> None:
+    """An upstream streaming 3 × MAX_BUFFERED_BODY to an upto route (and to a buffered
+    ``exact`` one): cut off at the limit, 502 ``upstream_too_large`` saying first that
+    nothing was charged, no settle, no balance moves; the gateway answers the next one."""
+    payer = upto_payer(anvil_chain, dev_stack, new_payer, FUNDS)
+    exact_payer = new_payer(FUNDS)
+    pay_to = fresh_account()
+    gas = facilitator.signer.address
+    with serve_in_thread(upstream()) as origin:
+        gateway = create_gateway(
+            origin, ["GET /flood-exact=0.001"], meters=[
+                "GET /flood=upto:per-byte:0.0000005,max=0.01",
+                "GET /bytes=upto:per-byte:0.0000005,max=0.01",
+            ], pay_to=pay_to, token=dev_stack.token, network=dev_stack.network,
+            facilitator_url=facilitator_url)
+        with serve_in_thread(gateway) as base:
+            sent = _sent(anvil_chain, gas)
+            async with sdk_upto_client(payer) as client:
+                flooded = await client.get(f"{base}/flood")
+                assert flooded.status_code == 502, flooded.text[:200]
+                answer = flooded.json()
+                assert answer["error"] == "upstream_too_large"
+                assert answer["charged"] is False and answer["settled"] is False
+                assert answer["message"].startswith("nothing was charged")
+                assert PAYMENT_RESPONSE not in flooded.headers
+            async with official_client(exact_payer) as client:
+                exact = await client.get(f"{base}/flood-exact")
+                assert exact.status_code == 502, exact.text[:200]
+                assert exact.json()["error"] == "upstream_too_large"
+            assert _sent(anvil_chain, gas) == sent
+            assert _balances(anvil_chain, dev_stack, payer.address, exact_payer.address,
+                             pay_to) == [FUNDS, FUNDS, 0]
+            # Alive, and the next request is served and charged as usual.
+            async with sdk_upto_client(payer) as client:
+                after = await client.get(f"{base}/bytes", params={"n": "100"})
+                assert after.status_code == 200 and after.text == "x" * 100
+            assert _balances(anvil_chain, dev_stack, payer.address, pay_to) == [
+                FUNDS - 50, 50]
+
+
+@pytest.mark.anyio
 async def test_the_middleware_takes_a_metering_rule_for_an_upto_route(
     anvil_chain: Chain, dev_stack: Manifest, new_payer: Callable[..., LocalAccount],
     facilitator_url: str,
@@ -174,6 +233,67 @@ async def test_the_middleware_takes_a_metering_rule_for_an_upto_route(
     assert 290 <= seconds < 2_000
     assert _balances(anvil_chain, dev_stack, payer.address, pay_to) == [
         FUNDS - 1_370 - seconds, 1_370 + seconds]
+
+
+class _Channels:
+    """A stand-in alternative scheme (an A402 offer): only its presence matters here."""
+
+    def requirement(self, amount: int, base_url: str, *, max_timeout_seconds: int
+                    ) -> PaymentRequirements:
+        return PaymentRequirements(scheme="a402", network="eip155:1", amount=str(amount),
+                                   asset="0x" + "11" * 20, pay_to="0x" + "22" * 20,
+                                   max_timeout_seconds=max_timeout_seconds)
+
+    def requirement_v1(self, amount: int, base_url: str, *, network_v1: str,
+                       resource: ResourceInfo, max_timeout_seconds: int
+                       ) -> PaymentRequirementsV1:
+        return PaymentRequirementsV1(
+            scheme="a402", network=network_v1, max_amount_required=str(amount),
+            resource=resource.url, description=resource.description,
+            mime_type=resource.mime_type, pay_to="0x" + "22" * 20,
+            max_timeout_seconds=max_timeout_seconds, asset="0x" + "11" * 20)
+
+
+def test_a_down_facilitator_costs_one_timeout_per_period_not_per_request(
+    dev_stack: Manifest,
+) -> None:
+    """The facilitator accepts connections and never answers: the first 402 of an upto
+    route waits out its timeout, the next ones (within UPTO_LOOKUP_RETRY_SECONDS) answer
+    at once with the same a402-only offer (or 503 without alternatives)."""
+    timeout = 1.0
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)  # the kernel completes the handshakes; nobody ever answers
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+
+    async def work(request: StarletteRequest) -> StarletteJSON:
+        return StarletteJSON({"ok": True})
+
+    def app(alternatives: bool) -> PaymentMiddleware:
+        middleware = PaymentMiddleware(
+            Starlette(routes=[Route("/work", work)]), token=dev_stack.token,
+            network=dev_stack.network, pay_to=fresh_account(), facilitator=url,
+            facilitator_timeout=timeout, routes={"GET /work": RouteConfig(
+                price="0.001", scheme="upto", meter="per-unit:0.00001,max=0.001")})
+        if alternatives:
+            middleware.offer_also(_Channels())
+        return middleware
+
+    try:
+        for alternatives, status in ((True, 402), (False, 503)):
+            with serve_in_thread(app(alternatives)) as base:
+                started = time.monotonic()
+                answers = [httpx.get(f"{base}/work", timeout=30) for _ in range(5)]
+                took = time.monotonic() - started
+            assert [a.status_code for a in answers] == [status] * 5
+            if alternatives:
+                for answer in answers:
+                    (offered,) = decode_payment_required(
+                        answer.headers[PAYMENT_REQUIRED]).accepts
+                    assert offered.scheme == "a402"
+            assert timeout * 0.9 <= took < timeout * 2.5, took  # one timeout, not five
+    finally:
+        silent.close()
 
 
 def test_metered_specs_and_configs() -> None:

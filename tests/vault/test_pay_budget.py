@@ -189,3 +189,27 @@ def test_a_vault_answer_lost_to_a_proxy_5xx_says_payment_unknown_and_keeps_the_b
         assert provider.calls["weather"] == 1
         assert client.account_info()["paid"] == str(PRICE)  # the vault did pay
         assert budget.spent(world.token.address) >= PRICE  # and the budget does not forget it
+
+
+def test_the_retry_advice_names_the_max_the_budget_lowered_the_call_to() -> None:
+    """A call ``--budget`` lowered to 0.0005 and not answered: running it again under its
+    key with another maxPrice would be refused (``idempotency_key_reused``), so the advice
+    names the same --budget or the lowered --max; without a lowering it names neither."""
+    from a402.client.vault import VaultCallError
+    from a402.client.vault_pay import _call_failed, _retry_advice, _token_units
+
+    assert [_token_units(500, 6), _token_units(2_000_000, 6), _token_units(7, 0),
+            _token_units(1_234_500, 6), _token_units(9, None)] == [
+        "0.0005", "2", "7", "1.2345", "9"]
+    body = {"error": "channel_recovering", "idempotencyKey": "k1", "createdAt": 1700000000}
+    code, line = _call_failed(VaultCallError(503, body), "0.0005")
+    assert line.startswith("nothing was paid by this attempt: the vault could not pay")
+    assert code == 1  # EXIT_REQUEST_FAILED: retryable, nothing paid
+    assert ("run again with --idempotency-key k1 --created-at 1700000000 and the same "
+            "--budget, or --max 0.0005 (the maxPrice --budget lowered this call to; with "
+            "another maxPrice the vault refuses the retry as idempotency_key_reused) to "
+            "retry it") in line
+    pending = _call_failed(VaultCallError(202, {**body, "error": "payment_pending"}),
+                           "0.0005")[1]
+    assert "--max 0.0005" in pending and pending.startswith("payment pending")
+    assert "--budget" not in _retry_advice(body)

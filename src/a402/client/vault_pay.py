@@ -57,6 +57,7 @@ def run_vault_pay(
 
     expect = None
     reservation: Reservation | None = None
+    lowered: str | None = None  # the --max a retry must give, if --budget lowered maxPrice
     if not args.trust_vault_info:
         from a402.chain.locate import DEFAULT_MANIFEST, ChainNotFound, load_manifest
 
@@ -96,7 +97,9 @@ def run_vault_pay(
                 room = budget.remaining(limits.asset)
                 if room <= 0:
                     raise BudgetExceeded(limits.asset, limits.max_price, room)
-                limits.max_price = min(limits.max_price, room)
+                if room < limits.max_price:
+                    limits.max_price = room
+                    lowered = _token_units(room, getattr(args, "decimals", None))
                 # A stream pays many groups: it reserves all that is left, and its total
                 # is held to that (``_stream``).
                 reservation = budget.reserve(
@@ -127,7 +130,7 @@ def run_vault_pay(
         except VaultCallError as e:
             if not e.may_have_paid:  # else paid, or may be: the reservation stays
                 _Reserved(budget, reservation).settle(0)
-            code, line = _call_failed(e)
+            code, line = _call_failed(e, lowered)
             if e.reason == api.PRICE_ABOVE_MAXIMUM and budget is not None:
                 line += f" (maxPrice {limits.max_price}: --max, within what --budget leaves)"
             print(f"a402 pay: {line}", file=err)
@@ -135,7 +138,8 @@ def run_vault_pay(
             return code
         except httpx.HTTPError as e:  # may have been paid: the reservation stays
             created = vault.created_at(idempotency_key)
-            again = _retry_advice({"idempotencyKey": idempotency_key, "createdAt": created})
+            again = _retry_advice({"idempotencyKey": idempotency_key, "createdAt": created},
+                                  lowered)
             return fail(EXIT_REQUEST_FAILED, f"payment unknown: vault unreachable "
                                              f"({type(e).__name__}: {e}); if the call reached "
                                              f"it, it may have been paid: {again} to get its "
@@ -188,10 +192,12 @@ def offered_payee(url: str, method: str, headers: Sequence[tuple[str, str]], con
                          f"of A402Vault {a402_vault}", url=url)
 
 
-def _call_failed(e: VaultCallError) -> tuple[int, str]:
+def _call_failed(e: VaultCallError, lowered: str | None = None) -> tuple[int, str]:
     """The exit code and first line for a vault's refusal: what happened to the money first
-    (the vault's reasons say it: see :class:`~a402.client.vault.VaultCallError`)."""
-    again = _retry_advice(e.body)
+    (the vault's reasons say it: see :class:`~a402.client.vault.VaultCallError`).
+    ``lowered``: the maxPrice (``--max``) ``--budget`` lowered the call to (the advice to
+    run it again names it: see :func:`_retry_advice`)."""
+    again = _retry_advice(e.body, lowered)
     detail = f": {e.message}" if e.message else ""
     if e.reason == api.PAYMENT_PENDING:
         return EXIT_NOT_SETTLED, ("payment pending: paid, or may have been, but the result is "
@@ -213,13 +219,35 @@ def _call_failed(e: VaultCallError) -> tuple[int, str]:
     return EXIT_REFUSED, f"nothing was paid by this attempt: the vault refused ({e.reason}{detail})"
 
 
-def _retry_advice(body: dict[str, Any]) -> str:
-    """How to run the same call again: its key and creation time, as the error names them."""
+def _retry_advice(body: dict[str, Any], lowered: str | None = None) -> str:
+    """How to run the same call again: its key and creation time, as the error names them.
+
+    ``lowered``: the call's maxPrice in ``--max`` form, when ``--budget`` lowered it. The
+    key is bound to the call's terms, maxPrice included: run again without the same
+    ``--budget`` or that ``--max``, the retry is another call under the same key, and the
+    vault refuses it (``idempotency_key_reused``) instead of answering it."""
     key, created = body.get("idempotencyKey"), body.get("createdAt")
     if key is None:
-        return "run again with the same --idempotency-key"
-    return (f"run again with --idempotency-key {key}"
-            + (f" --created-at {created}" if created is not None else ""))
+        advice = "run again with the same --idempotency-key"
+    else:
+        advice = (f"run again with --idempotency-key {key}"
+                  + (f" --created-at {created}" if created is not None else ""))
+    if lowered is not None:
+        advice += (f" and the same --budget, or --max {lowered} (the maxPrice --budget "
+                   "lowered this call to; with another maxPrice the vault refuses the retry "
+                   "as idempotency_key_reused)")
+    return advice
+
+
+def _token_units(atomic: int, decimals: int | None) -> str:
+    """``atomic`` as ``--max`` reads it (token units), or as is without ``decimals``."""
+    if decimals is None:
+        return str(atomic)
+    text = f"{atomic:0{decimals + 1}d}" if decimals else str(atomic)
+    if not decimals:
+        return text
+    whole, frac = text[:-decimals], text[-decimals:].rstrip("0")
+    return f"{whole}.{frac}" if frac else whole
 
 
 def _allowed(wallet: Wallet, info: dict[str, Any]) -> str | None:

@@ -5,7 +5,10 @@ On EXEC the enclave hands its host the request it accepted
 the wrapped ASGI app (the provider's service, or ``a402 gateway``'s reverse
 proxy to the upstream), fully buffered, and returns either the response or a
 :class:`ServiceFailed` — an exception, or no answer within the budget — which
-the driver reports to the enclave as ``failed`` (nothing is charged).
+the driver reports to the enclave as ``failed`` (nothing is charged). The body is
+bounded by :data:`~a402.provider.asgi.MAX_BUFFERED_BODY`, the size of a sealed result
+(``DEFAULT_MAX_BLOB``): a larger or endless one is cut off as it comes and is a
+``ServiceFailed("response_too_large")``, so no answer can exhaust the host's memory.
 
 What comes back is exactly what the app sent: status, headers as sent, and
 the body's bytes joined, never decoded or re-encoded (behind the gateway the
@@ -39,7 +42,7 @@ from a402.provider.a402_streams import (
     streamable,
     unencoded_request,
 )
-from a402.provider.asgi import run_buffered
+from a402.provider.asgi import MAX_BUFFERED_BODY, ResponseTooLarge, run_buffered
 from a402.provider_enclave import Execute, MeterOf
 from a402.wire.a402 import HttpRequest, HttpResponse
 
@@ -68,6 +71,8 @@ class Executor:
                  meter: MeterOf | None = None) -> None:
         self.app = app
         self.budget = budget
+        #: The largest response body run and buffered (:class:`ResponseTooLarge` above it).
+        self.max_body = MAX_BUFFERED_BODY
         #: The route's metering rule: a stream is refused on a route whose rule reads a
         #: report of the whole response (:func:`~a402.provider.a402_streams.streamable`).
         self.meter = meter
@@ -82,6 +87,10 @@ class Executor:
                 return await self._dispatch(paid, outer or {})
         except TimeoutError:
             return ServiceFailed("execution_timeout", "the service did not answer in time")
+        except ResponseTooLarge as e:  # cut off as it came: nothing is charged
+            log.error("paid request %d on %s withheld: %s", paid.request_id,
+                      paid.channel_id.hex(), e)
+            return ServiceFailed("response_too_large", str(e))
         except Exception as e:  # the service crashed: nothing is charged
             log.exception("paid request %d on %s failed", paid.request_id,
                           paid.channel_id.hex())
@@ -155,7 +164,7 @@ class Executor:
             return {"type": "http.disconnect"}
 
         try:
-            buffered = await run_buffered(self.app, scope, receive)
+            buffered = await run_buffered(self.app, scope, receive, limit=self.max_body)
         finally:
             done.set()
         return HttpResponse(buffered.status, tuple(buffered.headers), b"".join(buffered.body))

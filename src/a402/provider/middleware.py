@@ -11,6 +11,7 @@ One paid request, default (serve, then settle) order::
     pending authorization resent elsewhere ....... 402 payment_terms_mismatch (ledger)
     POST /verify → invalid ....................... 402, error = invalidReason
     run the app, response buffered
+    body over MAX_BUFFERED_BODY .................. 502 upstream_too_large, nothing settled
     app answered >= 400 .......................... app's response, nothing settled
     POST /settle → success ....................... app's response + PAYMENT-RESPONSE
                  → settlement_pending ............ 402 + PAYMENT-RESPONSE (tx); resend same header
@@ -126,7 +127,14 @@ from a402.metering import MeterRule, Unit, UsageUnreadable, readable_request
 from a402.observe import Observer, new_request_id
 from a402.provider import responses
 from a402.provider.alternatives import AlternativeScheme
-from a402.provider.asgi import BufferedResponse, adding_headers, header_values, run_buffered
+from a402.provider.asgi import (
+    MAX_BUFFERED_BODY,
+    BufferedResponse,
+    ResponseTooLarge,
+    adding_headers,
+    header_values,
+    run_buffered,
+)
 from a402.provider.deliveries import MAX_KEPT_BODY, RESPONSE_NOT_KEPT, Delivery, request_digest
 from a402.provider.ledger import (
     DeliveryLedger,
@@ -167,6 +175,13 @@ from a402.wire.x402 import (
 )
 
 log = logging.getLogger("a402.provider")
+
+UPTO_LOOKUP_RETRY_SECONDS: Final = 5.0
+"""How long a failed lookup of the facilitator's upto address is remembered before it is
+asked again: a down facilitator costs one timeout per period, not one per request."""
+
+UPSTREAM_TOO_LARGE: Final = "upstream_too_large"
+"""The error of a response withheld, unpaid, for exceeding the buffering limit."""
 
 @dataclass(frozen=True)
 class _Payment:
@@ -231,9 +246,15 @@ class PaymentMiddleware:
         **settings: Unpack[PaymentSettings],
     ) -> None:
         self.app = app
+        #: The largest response body buffered before it is paid for (serve-then-settle
+        #: ``exact``, and every ``upto``): more, and the response is withheld and nothing
+        #: is charged (502 ``upstream_too_large``; :func:`a402.provider.asgi.run_buffered`).
+        self.max_buffered_body = MAX_BUFFERED_BODY
         #: ``upto`` routes: the usage of a response that reports none in its headers.
         self.meter = meter
         self._upto_facilitator: str | None = None
+        #: The last failed lookup of that address and until when (monotonic) it stands.
+        self._upto_failure: tuple[float, FacilitatorError] | None = None
         #: One JSON log line and metrics per paid request (:mod:`a402.observe`).
         self.observer = observer if observer is not None else Observer("gateway")
         self.paywall, self.timing = payment_settings(paywall, timing, settings)
@@ -308,7 +329,7 @@ class PaymentMiddleware:
         headers = header_values(scope, PAYMENT_SIGNATURE) or header_values(scope, X_PAYMENT)
         if match.route.scheme == SCHEME_UPTO and self._upto_facilitator is None:
             try:
-                self._upto_facilitator = await self._facilitator_address()
+                self._upto_facilitator = await self._upto_address()
             except FacilitatorError as exc:
                 if self.alternatives and not headers:
                     # A channel payment (a402) never goes through the facilitator: its
@@ -368,6 +389,23 @@ class PaymentMiddleware:
                 self._facilitator_url, timeout=self._facilitator_timeout
             )
         return self._client
+
+    async def _upto_address(self) -> str:
+        """:meth:`_facilitator_address`, with a failure remembered for
+        :data:`UPTO_LOOKUP_RETRY_SECONDS`: while the facilitator is down, one request per
+        period waits out its timeout and the others get the same answer at once (the
+        a402-only offer, or 503). Nothing is charged either way, and a success is kept
+        for good (the address a facilitator settles with does not change under it)."""
+        now = time.monotonic()
+        if self._upto_failure is not None and now < self._upto_failure[0]:
+            raise self._upto_failure[1].with_traceback(None)
+        try:
+            address = await self._facilitator_address()
+        except FacilitatorError as exc:
+            self._upto_failure = (time.monotonic() + UPTO_LOOKUP_RETRY_SECONDS, exc)
+            raise
+        self._upto_failure = None
+        return address
 
     async def _facilitator_address(self) -> str:
         """The address our facilitator settles ``upto`` with (its ``/supported``), which
@@ -504,6 +542,7 @@ class PaymentMiddleware:
         charge: list[int] = []  # upto: the amount to settle, once known
         unreadable: list[UsageError] = []
         other_request: list[int] = []  # upto: resumed for another request's charge (refused)
+        too_large: list[ResponseTooLarge] = []
 
         async def run(operation: Operation) -> Any:
             match operation:
@@ -532,7 +571,13 @@ class PaymentMiddleware:
                         return exc.no_verdict()
                 case Serve():
                     ran_from = time.monotonic()
-                    response = await run_buffered(self.app, scope, receive)
+                    try:
+                        response = await run_buffered(self.app, scope, receive,
+                                                      limit=self.max_buffered_body)
+                    except ResponseTooLarge as exc:
+                        # Cut off, never paid for: the flow releases the payment unsettled.
+                        too_large.append(exc)
+                        return False
                     ran = time.monotonic() - ran_from
                     buffered.append(response)
                     if p.upto and response.status < 400:
@@ -611,6 +656,14 @@ class PaymentMiddleware:
                 await responses.Reply(502, json.dumps({
                     "error": "usage_unreadable", "message": str(unreadable[0]),
                     "charged": False}).encode(),
+                    [("content-type", "application/json")]).send(send)
+            case NotServed() if too_large:
+                log.error("response withheld, nothing charged: %s", too_large[0])
+                await responses.Reply(502, json.dumps({
+                    "error": UPSTREAM_TOO_LARGE, "charged": False, "settled": False,
+                    "message": "nothing was charged: the response was withheld because its "
+                               f"body exceeds {too_large[0].limit} bytes, the most this "
+                               "provider holds before it is paid for"}).encode(),
                     [("content-type", "application/json")]).send(send)
             case NotServed():
                 await buffered[0].replay(send)
