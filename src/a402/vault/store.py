@@ -291,9 +291,22 @@ class VaultStore:
             return existing
         return value
 
-    def put_metas(self, values: dict[str, bytes]) -> None:
-        """Store every ``key: value`` in one transaction (all of them, or none)."""
+    def get_metas(self, prefix: str) -> list[tuple[str, bytes]]:
+        """Every meta row whose key starts with ``prefix``, in key order."""
+        with self._read() as s:
+            rows = s.execute(select(MetaRow.key, MetaRow.value)
+                             .where(MetaRow.key.startswith(prefix, autoescape=True))
+                             .order_by(MetaRow.key)).all()
+            return [(str(k), bytes(v)) for k, v in rows]
+
+    def put_metas(self, values: dict[str, bytes], *, delete_prefix: str | None = None) -> None:
+        """Store every ``key: value`` in one transaction (all of them, or none); with
+        ``delete_prefix``, the same transaction first deletes every row whose key starts
+        with it."""
         with self._tx() as s:
+            if delete_prefix is not None:
+                s.execute(delete(MetaRow).where(
+                    MetaRow.key.startswith(delete_prefix, autoescape=True)))
             for key, value in values.items():
                 row = s.get(MetaRow, key)
                 if row is None:
