@@ -866,6 +866,11 @@ class VaultAccountsCode:
     def channel_status(self, channel_id: bytes) -> Status:
         return self._get(channel_id).channel.status
 
+    def has_paid(self, client: str, key: str) -> bool:
+        """Whether ``client``'s signed call ``key`` has paid (σ_U was signed for it): the
+        host answers a retry of it so (``replayed_call``) before it looks for a channel."""
+        return (address_key(client), key) in self._consumed
+
     def last_ack(self, channel_id: bytes) -> Ack | None:
         """The channel's ACK of its last completed request (no secret: it went, or goes, to
         the provider): owed again by a host that binds the channel to a new tunnel (its
@@ -1316,10 +1321,9 @@ _HOST_SURFACE = frozenset({
     "ledger_version",
     "balance", "payable", "index_of", "statement", "totals", "channels", "participants",
     "settlement", "settlement_after", "replacement_due", "credit_deposit", "settle",
-    "open_channel", "terms", "channel_status", "last_ack", "bind_tunnel", "request", "receive",
-    "poll",
-    "abandon", "claim_landed", "close_channel", "exiting", "export_ledger", "restore_ledger",
-    "export_changes", "replay_changes",
+    "open_channel", "terms", "channel_status", "last_ack", "has_paid", "bind_tunnel",
+    "request", "receive", "poll", "abandon", "claim_landed", "close_channel", "exiting",
+    "export_ledger", "restore_ledger", "export_changes", "replay_changes",
 })
 
 __all__ = [

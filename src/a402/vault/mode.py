@@ -160,6 +160,15 @@ class VaultModeConfig:
     confirmations: int | None = None
 
 
+@dataclass(slots=True)
+class NonceHold:
+    """A signed request's nonce a call in flight holds (:meth:`VaultModeService.hold_nonce`):
+    ``row`` (client, nonce, seen at); ``stored`` once recorded."""
+
+    row: tuple[str, str, float]
+    stored: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class Landed:
     """A settlement this host landed: its epoch, transaction, and how many it paid."""
@@ -203,8 +212,11 @@ class VaultModeService:
         #: Rows waiting for the next ledger write (:meth:`store_rows`), numbered: the last
         #: number taken, and the last one stored.
         self._rows: dict[str, bytes] = {}
+        self._row_nonces: list[tuple[str, str, float]] = []
         self._row_ticket = 0
         self._rows_saved = 0
+        #: Signed requests' nonces taken by a call in flight (:meth:`hold_nonce`).
+        self._nonces_held: set[tuple[str, str]] = set()
         self._scan_from = 0  # the block of the last chain record reported (this process)
         self._journal_seq = 0  # the last journal row's number
         self._journal_rows = 0  # journal rows since the ledger row was written whole
@@ -256,7 +268,8 @@ class VaultModeService:
                 self._writing = False
                 self._io.notify_all()
 
-    def _durable(self, version: int, rows: Mapping[str, bytes] | None = None) -> None:
+    def _durable(self, version: int, rows: Mapping[str, bytes] | None = None,
+                 nonces: Sequence[tuple[str, str, float]] = ()) -> None:
         """Return once a ledger of ``version`` or later is stored (group commit), and with
         it ``rows`` (sealed rows of the caller's, e.g. a paid call's answer: in the same
         transaction as a ledger write, or a later one).
@@ -270,10 +283,11 @@ class VaultModeService:
         ticket = 0
         while True:
             with self._lock:
-                if rows and not ticket:
+                if (rows or nonces) and not ticket:
                     self._row_ticket += 1
                     ticket = self._row_ticket
-                    self._rows.update(rows)
+                    self._rows.update(rows or {})
+                    self._row_nonces.extend(nonces)
                 if self._saved >= version and self._rows_saved >= ticket:
                     return
                 if self.broken is not None:
@@ -288,6 +302,7 @@ class VaultModeService:
                         whole, blob = (self._export() if exported > self._saved
                                        else (False, b""))
                         extra, self._rows, upto = self._rows, {}, self._row_ticket
+                        taken, self._row_nonces = self._row_nonces, []
                     except BaseException:
                         with self._io:
                             self._writing = False
@@ -300,9 +315,9 @@ class VaultModeService:
                 continue
             try:
                 if blob:
-                    self._write(whole, blob, extra)
+                    self._write(whole, blob, extra, taken)
                 else:  # the ledger is stored already: the rows alone
-                    self.store.put_metas(dict(extra))
+                    self.store.put_metas(dict(extra), nonces=taken)
                 self._saved, self._rows_saved = max(self._saved, exported), upto
             except Exception as e:
                 self.broken = f"the sealed ledger could not be stored: {type(e).__name__}: {e}"
@@ -318,8 +333,8 @@ class VaultModeService:
         whole, blob = self.accounts.export_changes(full=self._journal_rows >= JOURNAL_MAX)
         return bool(whole), bytes(blob)
 
-    def _write(self, whole: bool, blob: bytes, extra: Mapping[str, bytes] | None = None
-               ) -> None:
+    def _write(self, whole: bool, blob: bytes, extra: Mapping[str, bytes] | None = None,
+               nonces: Sequence[tuple[str, str, float]] = ()) -> None:
         """By the one writer (``_writing``), in export order: a whole ledger replaces the
         ledger row and deletes the journal in one transaction (a crash keeps either the old
         row and its journal, or the new row alone); a journal entry is one new row. With
@@ -327,26 +342,69 @@ class VaultModeService:
         enclave's next entry would follow one never stored): only a restart is consistent."""
         if whole:
             self.store.put_metas({LEDGER_KEY: blob, **(extra or {})},
-                                 delete_prefix=JOURNAL_PREFIX)
+                                 delete_prefix=JOURNAL_PREFIX, nonces=nonces)
             self._journal_rows = 0
         else:
             self._journal_seq += 1
             self.store.put_metas({f"{JOURNAL_PREFIX}{self._journal_seq:016d}": blob,
-                                  **(extra or {})})
+                                  **(extra or {})}, nonces=nonces)
             self._journal_rows += 1
 
     def _settled_reads(self) -> None:
         """Under the lock: store what the enclave holds before reading it for an answer."""
         self._durable(self.accounts.ledger_version)
 
-    def store_rows(self, rows: Mapping[str, bytes]) -> None:
+    def store_rows(self, rows: Mapping[str, bytes], nonce: NonceHold | None = None) -> None:
         """Store ``rows`` with everything the enclave holds now (its changes so far and
         these rows, in one ledger write shared with other callers): what a paid call
         answers is stored with the REVEAL and the statement it hands out, in one
-        transaction (:mod:`a402.vault.mode_invoke`)."""
+        transaction (:mod:`a402.vault.mode_invoke`), and with the nonce of the request
+        that asked for it (``nonce``, :meth:`hold_nonce`)."""
         with self._lock:
             version = self.accounts.ledger_version
-        self._durable(version, rows)
+        self._durable(version, rows, () if nonce is None or nonce.stored else [nonce.row])
+        if nonce is not None:
+            nonce.stored = True
+
+    async def hold_nonce(self, client: str, nonce: str, now: float) -> NonceHold | None:
+        """Take a signed request's nonce for a call in flight, or None if it was used (it is
+        recorded, or another call in flight holds it). The call stores it in its answer's
+        write (:meth:`store_rows`), else :meth:`release_nonce` records it on its own: in
+        every case before the call answers, so a replay is refused as with
+        :meth:`~a402.vault.store.VaultStore.remember_nonce`, one write fewer per paid call.
+        Held in this process only: two live processes never serve (the store's lock, or
+        the lease), and one that takes over finds the nonce recorded, or the call unanswered
+        (then its enclave refuses to pay it twice: ``replayed_call``)."""
+        key = (address_key(client), nonce)
+        with self._lock:
+            if key in self._nonces_held:
+                return None
+            self._nonces_held.add(key)
+        try:
+            seen = await asyncio.to_thread(self.store.nonce_seen, client, nonce)
+        except BaseException:
+            with self._lock:
+                self._nonces_held.discard(key)
+            raise
+        if seen:
+            with self._lock:
+                self._nonces_held.discard(key)
+            return None
+        return NonceHold((client, nonce, now))
+
+    async def release_nonce(self, hold: NonceHold, keep: float) -> None:
+        """The call holding ``hold`` answers: its nonce is recorded (now, if its answer's
+        write did not), then no longer held."""
+        client, nonce, now = hold.row
+        try:
+            if not hold.stored:
+                await self.store.remember_nonce(client, nonce, now=now, keep=keep)
+                hold.stored = True
+            else:
+                await self.store.forget_nonces(now, keep)
+        finally:
+            with self._lock:
+                self._nonces_held.discard((address_key(client), nonce))
 
     def change(self, op: Callable[[], T], signing: Batch | None = None, *,
                stored: bool = True) -> T:
@@ -910,6 +968,7 @@ def statements_json(statements: Sequence[SignedStatement]) -> list[dict[str, Any
 
 __all__ = [
     "Landed",
+    "NonceHold",
     "VaultModeConfig",
     "VaultModeError",
     "VaultModeService",

@@ -95,7 +95,7 @@ from a402.wire.a402 import (
 )
 
 from . import records
-from .mode import VaultModeError, VaultModeService, statement_json
+from .mode import NonceHold, VaultModeError, VaultModeService, statement_json
 from .offers import Offer, OfferCache, OfferError, origin, pick_offer
 from .targets import TargetCheck, TargetRefused, TargetUnresolved
 from .tunnel import ProtocolViolation, ProviderTunnel, ProviderUnavailable, TunnelError
@@ -220,13 +220,25 @@ class ModeInvoker:
 
     # ------------------------------------------------------------------ the call
 
-    async def invoke(self, client: str, call: api.InvokeRequest, signed: SignedCall
-                     ) -> tuple[int, dict[str, Any]]:
-        """Pay for ``call`` (signed by ``client``) from the client's account; the answer."""
+    async def invoke(self, client: str, call: api.InvokeRequest, signed: SignedCall, *,
+                     nonce: NonceHold | None = None) -> tuple[int, dict[str, Any]]:
+        """Pay for ``call`` (signed by ``client``) from the client's account; the answer.
+        ``nonce``: the signed request's, recorded with the answer (:meth:`remember`)."""
         once = (address_key(client), call.idempotency_key)
-        known = await asyncio.to_thread(self.answer_of, client, call.idempotency_key)
+        known = self._answers.get(once)
         if known is not None:
             return known
+        # An answer is stored only for a call that paid (after σ_U, whose write holds the
+        # consumed key): a call the enclave never paid has none to look for.
+        if self.service.accounts.has_paid(client, call.idempotency_key):
+            known = await asyncio.to_thread(self.answer_of, client, call.idempotency_key)
+            if known is not None:
+                return known
+            # σ_U is out for it, its answer was lost (a process ended between the two):
+            # said before any channel is looked for, which might refuse it as unpaid
+            raise ModeRefused(401, api.REPLAYED_CALL,
+                              "this call has paid already (σ_U was signed for it) and its "
+                              "answer was lost; the payment settles by the vault's rules")
         await self._check_target(call.url)
         offer = await self._offer(call)
         if isinstance(offer, tuple):
@@ -251,12 +263,24 @@ class ModeInvoker:
                 cid = await self._channel(client, call, offer, tunnel)
                 answer, ack = await self._exchange(client, call, signed, offer, tunnel, cid)
             # one write: the answer, with the REVEAL's change and the statement it carries
-            await asyncio.to_thread(self.remember, once, answer)
+            try:
+                await asyncio.to_thread(self.remember, once, answer, nonce)
+            except Exception as e:  # σ_U is stored: paid, or may be; the answer is not
+                if answer[0] != 200 and answer[0] != 202:
+                    raise
+                log.warning("answer of a paid call not stored: %s", e)
+                return 202, {
+                    "outcome": api.PAYMENT_PENDING, "error": api.PAYMENT_PENDING,
+                    "idempotencyKey": call.idempotency_key, "message": (
+                        "paid, or may have been paid (σ_U is out), but its record could "
+                        f"not be stored: {type(e).__name__}: {e}; the payment settles by "
+                        "the vault's rules")}
             if ack is not None:  # the REVEAL's change is stored: the ACK may leave
                 self._owe_ack(cid, tunnel, ack, pair)
         return answer
 
-    def remember(self, once: tuple[str, str], answer: tuple[int, dict[str, Any]]) -> None:
+    def remember(self, once: tuple[str, str], answer: tuple[int, dict[str, Any]],
+                 nonce: NonceHold | None = None) -> None:
         """Store a paid call's answer, sealed, before it is returned, in the ledger write
         that stores everything the enclave holds now (:meth:`VaultModeService.store_rows
         <a402.vault.mode.VaultModeService.store_rows>`): the REVEAL's change and the
@@ -264,7 +288,7 @@ class ModeInvoker:
         the lease on PostgreSQL: a replica that lost it stores, and answers, nothing."""
         blob = self.service.config.enclave.seal(_ANSWER_LABEL, json.dumps(
             [answer[0], answer[1]]).encode())
-        self.service.store_rows({answer_row(*once): blob})
+        self.service.store_rows({answer_row(*once): blob}, nonce)
         self._answers[once] = answer
 
     def answer_of(self, client: str, key: str) -> tuple[int, dict[str, Any]] | None:
@@ -455,7 +479,12 @@ class ModeInvoker:
                                    detail="" if matches else "paid; the sealed result is for "
                                    "another request")
         body["mode"] = "vault"
-        statement = await asyncio.to_thread(service.statement_unstored, client)
+        try:
+            statement = await asyncio.to_thread(service.statement_unstored, client)
+        except VaultModeError as e:  # σ_U is stored: paid all the same
+            return (202, {"outcome": api.PAYMENT_PENDING, "error": api.PAYMENT_PENDING,
+                          "idempotencyKey": call.idempotency_key,
+                          "message": f"paid, or may have been paid (σ_U is out): {e}"}), None
         body["statement"] = statement_json(statement)
         return (200, body), ack
 
