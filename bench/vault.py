@@ -36,7 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' helpers
 
-from tests.vault.helpers import fresh_schema
+from tests.vault.helpers import drop_created_schemas, fresh_schema
 
 import failover
 import vault_gas
@@ -130,6 +130,8 @@ def main() -> int:
                                                    clients_n=args.clients, ttl=args.lease_ttl)
             except (TimeoutError, RuntimeError) as e:  # reported, the other figures kept
                 fail_error = f"{type(e).__name__}: {str(e)[:300]}"
+            finally:
+                drop_created_schemas()  # the replicas are stopped: leave no schema behind
         gas = vault_gas.measure(chain)  # last: it moves the chain's clock (dispute windows)
     rows = summary(gas, http, fail)
     print(vault_gas.tables(gas))
