@@ -36,7 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' helpers
 
-from tests.vault.helpers import fresh_schema
+from tests.vault.helpers import drop_created_schemas, fresh_schema
 
 import failover
 import vault_gas
@@ -104,6 +104,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3, help="fail-over rounds")
     parser.add_argument("--lease-ttl", type=float, default=3.0)
+    parser.add_argument("--only-throughput", action="store_true",
+                        help="measure only the off-chain throughput (no gas, no fail-over; "
+                             "writes no results file)")
     args = parser.parse_args()
     pg = os.environ.get("A402_BENCH_POSTGRES_URL") or os.environ.get("A402_TEST_POSTGRES_URL")
     with start_anvil(accounts=4) as chain, tempfile.TemporaryDirectory() as tmp:
@@ -112,6 +115,11 @@ def main() -> int:
         (Path(tmp) / "http").mkdir()
         http = vault_mode_http.measure(chain, usdc, Path(tmp) / "http", calls=args.calls,
                                        clients=args.clients)
+        if args.only_throughput:
+            print(vault_mode_http.table(http))
+            print(f"\noff-chain throughput, vault mode / standard mode: "
+                  f"{http['throughput_ratio']:.2f} (target >= 1.0)")
+            return 0
         fail: dict[str, Any] | None = None
         fail_error = None if pg else "not run: set A402_TEST_POSTGRES_URL"
         if pg:
@@ -122,6 +130,8 @@ def main() -> int:
                                                    clients_n=args.clients, ttl=args.lease_ttl)
             except (TimeoutError, RuntimeError) as e:  # reported, the other figures kept
                 fail_error = f"{type(e).__name__}: {str(e)[:300]}"
+            finally:
+                drop_created_schemas()  # the replicas are stopped: leave no schema behind
         gas = vault_gas.measure(chain)  # last: it moves the chain's clock (dispute windows)
     rows = summary(gas, http, fail)
     print(vault_gas.tables(gas))

@@ -151,6 +151,7 @@ of resolved payments, which a claim would void).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -162,6 +163,7 @@ from coincurve import PublicKey
 
 from a402 import jsonbytes
 from a402.asc import (
+    Ack,
     ChannelTerms,
     Close,
     Exec,
@@ -212,6 +214,10 @@ from a402.wire.errors import WireError
 
 _LEDGER_FORMAT = "a402/vault-mode-ledger/v2"
 _LEDGER_LABEL = "a402/vault-mode-ledger"
+#: A sealed journal entry: what changed since the export it follows (:meth:`VaultAccountsCode.
+#: export_changes`), under its own label (neither can be taken for the other).
+_DELTA_FORMAT = "a402/vault-mode-ledger-delta/v1"
+_DELTA_LABEL = "a402/vault-mode-ledger-delta"
 #: How long a pending payment stays claimable on-chain (seconds of chain time).
 CLAIM_WINDOW = 3_600
 
@@ -424,6 +430,16 @@ class VaultAccountsCode:
         self._dead: str | None = None
         self._version = 0
         self._unsaved = False
+        #: What the next :meth:`export_changes` writes: everything (``_full``: a first boot,
+        #: or a change not tracked item by item — settlements, deposits, claims, exits), or
+        #: only the items the hot path marked since the last export (accounts with their
+        #: statements, channels, pending payments, consumed calls) and the scalars.
+        self._export_id = ""  # the last export's: a journal entry names the one it follows
+        self._full = True
+        self._dirty_accounts: set[str] = set()
+        self._dirty_channels: set[bytes] = set()
+        self._dirty_pending: set[tuple[bytes, int]] = set()
+        self._new_consumed: list[tuple[str, str]] = []
         self._ready = first_boot
         #: This life (drawn at the first boot, sealed in the ledger): every client call is
         #: signed for its public id (:func:`~a402.vault_enclave.life_id`), so a new life,
@@ -466,6 +482,7 @@ class VaultAccountsCode:
             found = _Account(to_checksum(key), self._next_index)
             self._next_index += 1
             self._accounts[key] = found
+            self._dirty_accounts.add(key)
             self._changed()
         return found
 
@@ -485,6 +502,7 @@ class VaultAccountsCode:
                 account.free -= taken
                 account.debt -= taken
             account.nonce += 1
+            self._dirty_accounts.add(address_key(account.participant))
             st = BalanceStatement(account.participant, account.index, account.free,
                                   account.locked, account.epoch, account.nonce,
                                   account.confirmed)
@@ -606,6 +624,7 @@ class VaultAccountsCode:
         account = self._account(participant, create=True)
         account.deposited = deposited_after
         account.unconfirmed += amount
+        self._full = True
         self._changed()
         return True
 
@@ -643,15 +662,17 @@ class VaultAccountsCode:
         resolved = self._resolvable(clock)
         for key, amount in wanted.items():
             account = self._active(key)
-            credit = account.unconfirmed + sum(
-                self._pending[k].amount for k in resolved if self._beneficiary(k) == key)
-            if amount > account.free + credit - account.debt:
-                raise EnclaveError("insufficient_balance",
-                                   f"{amount} > free {account.free + credit} of {key}")
+            if amount > self._room(account, resolved):
+                raise EnclaveError(
+                    "debt_outstanding" if amount <= self._room(account, resolved, debt=False)
+                    else "insufficient_balance",
+                    f"{amount} > {self._room(account, resolved)} payable to {key} (debt "
+                    f"{account.debt})")
         touched = [a for a in self._accounts.values() if a.unconfirmed]
         voided = self._voided()
         if not wanted and not touched and not resolved and not voided:
             raise EnclaveError("nothing_to_settle", "no payout, no deposit, no payment due")
+        self._full = True  # a settlement changes much: the next export is whole
         prev = self._epoch if not voided else voided[0].prev
         # Every account whose statements name a voided epoch gets one naming this settlement
         # (the contract refuses statements naming a voided epoch).
@@ -721,6 +742,29 @@ class VaultAccountsCode:
         self._settlements[self._epoch] = signed
         self._void_from, self._bumped, self._exit_cuts = None, set(), {}
         return Settled(signed, self._sign_statements(touched))
+
+    def _room(self, account: _Account, resolved: Sequence[tuple[bytes, int]], *,
+              debt: bool = True) -> int:
+        """The most :meth:`settle` pays ``account`` (the check it makes, and
+        :meth:`payable`'s): its free balance, its deposits this settlement confirms, the
+        pending payments it resolves to it, less its debt (with ``debt``)."""
+        key = address_key(account.participant)
+        credit = account.unconfirmed + sum(
+            self._pending[k].amount for k in resolved if self._beneficiary(k) == key)
+        return account.free + credit - (account.debt if debt else 0)
+
+    def payable(self, participant: str, now: int) -> tuple[int, int]:
+        """``(most, debt)``: the largest payout to ``participant`` that :meth:`settle` at
+        ``now`` signs (the very check it makes; 0 for a participant unknown or exiting), and
+        what the participant owes (a claimed payment a voided settlement had credited it and
+        it had spent, taken from its next money). Reads only: the host filters a batch with
+        it, so that one payee's debt refuses that payee's payout, not everybody's."""
+        self._check_ready()
+        account = self._accounts.get(address_key(participant))
+        if account is None or account.exiting:
+            return 0, 0 if account is None else account.debt
+        resolved = self._resolvable(max(self._clock, int(now)))
+        return max(0, self._room(account, resolved)), account.debt
 
     @property
     def replacement_due(self) -> bool:
@@ -805,12 +849,15 @@ class VaultAccountsCode:
         account.locked += capacity
         self._held[channel.channel_id] = _Held(channel, address_key(client),
                                                address_key(provider))
+        self._dirty_channels.add(channel.channel_id)
         return channel.channel_id, self._sign_statements([account])
 
     def _get(self, channel_id: bytes) -> _Held:
+        """The channel, marked for the next export (whoever gets it may step its machine)."""
         held = self._held.get(channel_id)
         if held is None:
             raise EnclaveError("unknown_channel", "no such vault-mode channel")
+        self._dirty_channels.add(channel_id)
         return held
 
     def terms(self, channel_id: bytes) -> ChannelTerms:
@@ -818,6 +865,18 @@ class VaultAccountsCode:
 
     def channel_status(self, channel_id: bytes) -> Status:
         return self._get(channel_id).channel.status
+
+    def has_paid(self, client: str, key: str) -> bool:
+        """Whether ``client``'s signed call ``key`` has paid (σ_U was signed for it): the
+        host answers a retry of it so (``replayed_call``) before it looks for a channel."""
+        return (address_key(client), key) in self._consumed
+
+    def last_ack(self, channel_id: bytes) -> Ack | None:
+        """The channel's ACK of its last completed request (no secret: it went, or goes, to
+        the provider): owed again by a host that binds the channel to a new tunnel (its
+        process, or the one before it, may have ended before the ACK left)."""
+        held = self._held.get(channel_id)
+        return None if held is None else held.channel.last_ack()
 
     def bind_tunnel(self, handle: str, channel_id: bytes) -> bytes:
         """OPEN: as in standard mode, σ_U only once the tunnel's attested peer (verified in
@@ -913,6 +972,7 @@ class VaultAccountsCode:
                 found = self._pending.get((channel_id, event.request_id))
                 if found is not None:
                     found.revealed = True
+                    self._dirty_pending.add((channel_id, event.request_id))
                     self._changed()
                 held.call = None
             elif isinstance(event, RequestExpired | RequestAbandoned):
@@ -924,11 +984,13 @@ class VaultAccountsCode:
         client = self._accounts[held.client]
         if held.call is not None:
             self._consumed.add(held.call)
+            self._new_consumed.append(held.call)
         client_nonce = client.nonce  # the last statement that still counts δ
         client.locked -= event.amount
         deadline = self._tick(now) + CLAIM_WINDOW
         self._pending[(channel_id, event.request_id)] = _Pending(
             held.client, held.provider, event.amount, client_nonce, deadline)
+        self._dirty_pending.add((channel_id, event.request_id))
         # The client's money here rests on settlements up to its account's epoch: the record
         # is claimable once that one landed, whatever later settlement is withheld.
         digest = pending_digest(self.domain, channel_id, event.request_id, client_nonce,
@@ -964,6 +1026,7 @@ class VaultAccountsCode:
         if p is not None and p.deadline != deadline:
             raise EnclaveError("bad_claim", "not the deadline this payment's record names")
         self._claims = folded
+        self._full = True
         self._changed()
         if p is None:
             resolved = self._resolved.pop(key, None)
@@ -1019,6 +1082,8 @@ class VaultAccountsCode:
         client = self._accounts[held.client]
         client.locked -= remaining
         client.free += remaining
+        self._dirty_channels.add(channel_id)
+        self._dirty_accounts.add(held.client)
         self._changed()
         return [client]
 
@@ -1031,6 +1096,7 @@ class VaultAccountsCode:
         self._check_ready()
         account = self._account(participant)
         account.exiting = True
+        self._full = True
         self._changed()
         return self._statements.get(address_key(participant))
 
@@ -1044,8 +1110,12 @@ class VaultAccountsCode:
         """Everything, sealed under the code's own key (the host's ``unseal`` cannot)."""
         self._check_ready()
         self._unsaved = False
+        self._export_id = os.urandom(16).hex()
+        self._full = False
+        self._dirty_accounts, self._dirty_channels, self._dirty_pending = set(), set(), set()
+        self._new_consumed = []
         record = {
-            "format": _LEDGER_FORMAT, "version": self._version,
+            "format": _LEDGER_FORMAT, "version": self._version, "id": self._export_id,
             "accounts": {k: a.to_json() for k, a in self._accounts.items()},
             "nextIndex": self._next_index, "claims": str(self._claims),
             "confirmed": str(self._confirmed), "epoch": self._epoch,
@@ -1055,17 +1125,109 @@ class VaultAccountsCode:
                          for (cid, rid), r in self._resolved.items()},
             "voidFrom": self._void_from, "bumped": sorted(self._bumped),
             "exitCuts": {k: str(v) for k, v in self._exit_cuts.items()},
-            "statements": {k: [list(s.statement.as_tuple()), s.signature.hex()]
-                           for k, s in self._statements.items()},
-            "channels": {cid.hex(): [h.channel.snapshot().decode(), h.client, h.provider,
-                                     h.attested, None if h.call is None else list(h.call)]
-                         for cid, h in self._held.items()},
+            "statements": {k: _statement_json(s) for k, s in self._statements.items()},
+            "channels": {cid.hex(): _held_json(h) for cid, h in self._held.items()},
             "pending": {f"{cid.hex()}:{rid}": p.to_json()
                         for (cid, rid), p in self._pending.items()},
             "consumed": sorted(list(c) for c in self._consumed),
             "life": self._life.hex(),
         }
         return self._kernel.seal(_LEDGER_LABEL, jsonbytes.dumps(record))
+
+    def export_changes(self, *, full: bool = False) -> tuple[bool, bytes]:
+        """``(whole, blob)``: what changed since the last export, sealed — the whole ledger
+        (:meth:`export_ledger`) if ``full`` (the host compacts its journal), after a change
+        not tracked item by item (a settlement, a deposit, a claim, an exit) or on the first
+        export; otherwise a *journal entry* holding only the accounts (with their latest
+        statements), channels and pending payments the calls since then touched (a deleted
+        one as null), the calls they consumed, and the clock, the next index and the
+        version. Its size is what those calls changed, not the ledger's.
+
+        Safety argument: every mutation of an item a journal entry carries marks that item
+        (:meth:`_get` marks a channel whenever it is taken to be stepped; a statement marks
+        its account; a pending payment and a consumed call are marked where they are
+        added or revealed), and every other mutation makes the next export whole, so base +
+        entries in order restores exactly what one whole export would have. Each entry names
+        the export it follows (a random id sealed inside both), so the host can replay
+        entries only in the order they were made, on the export they follow: it can withhold
+        the tail (an older ledger, which it could always present) but not splice, reorder or
+        skip. Sealed under the code's key, like the ledger: the host sees sizes only."""
+        self._check_ready()
+        if full or self._full or not self._export_id:
+            return True, self.export_ledger()
+        self._unsaved = False
+        after, self._export_id = self._export_id, os.urandom(16).hex()
+        accounts: dict[str, Any] = {}
+        for k in self._dirty_accounts:
+            account = self._accounts.get(k)
+            statement = self._statements.get(k)
+            accounts[k] = None if account is None else [
+                account.to_json(), None if statement is None else _statement_json(statement)]
+        channels = {cid.hex(): None if (h := self._held.get(cid)) is None else _held_json(h)
+                    for cid in self._dirty_channels}
+        pending = {f"{cid.hex()}:{rid}": None if (p := self._pending.get((cid, rid))) is None
+                   else p.to_json() for cid, rid in self._dirty_pending}
+        record = {
+            "format": _DELTA_FORMAT, "version": self._version, "after": after,
+            "id": self._export_id, "nextIndex": self._next_index, "clock": self._clock,
+            "accounts": accounts, "channels": channels, "pending": pending,
+            "consumed": [list(c) for c in self._new_consumed],
+        }
+        self._dirty_accounts, self._dirty_channels, self._dirty_pending = set(), set(), set()
+        self._new_consumed = []
+        return False, self._kernel.seal(_DELTA_LABEL, jsonbytes.dumps(record))
+
+    def replay_changes(self, blob: bytes) -> None:
+        """Apply a journal entry of :meth:`export_changes` to the ledger restored so far
+        (refused unless it follows the last export restored: ``journal_gap``)."""
+        self._check_ready()
+        try:
+            r = json.loads(self._kernel.unseal(_DELTA_LABEL, blob))
+            if r.get("format") != _DELTA_FORMAT:
+                raise ValueError("not a vault-mode journal entry")
+            version, after, new_id = int(r["version"]), str(r["after"]), str(r["id"])
+            accounts = {}
+            statements = {}
+            for k, v in r["accounts"].items():
+                if v is None:
+                    continue
+                accounts[str(k)] = _Account.from_json(v[0])
+                if v[1] is not None:
+                    statements[str(k)] = _statement_from_json(v[1])
+            channels = {bytes.fromhex(cid): None if v is None else self._held_from_json(v)
+                        for cid, v in r["channels"].items()}
+            pending: dict[tuple[bytes, int], _Pending | None] = {}
+            for key, v in r["pending"].items():
+                cid, rid = key.split(":")
+                pending[(bytes.fromhex(cid), int(rid))] = (
+                    None if v is None else _Pending.from_json(v))
+            consumed = [(str(c[0]), str(c[1])) for c in r["consumed"]]
+            next_index, clock = int(r["nextIndex"]), int(r["clock"])
+        except (ValueError, KeyError, TypeError, IndexError, TeeError) as e:
+            raise EnclaveError("malformed", str(e)) from None
+        if after != self._export_id or version < self._version:
+            raise EnclaveError("journal_gap", "this journal entry does not follow the ledger "
+                               "restored so far: replay the entries in order after their base")
+        self._accounts.update(accounts)
+        self._statements.update(statements)
+        for cid, held in channels.items():
+            if held is None:
+                self._held.pop(cid, None)
+            else:
+                self._held[cid] = held
+        for key, p in pending.items():
+            if p is None:
+                self._pending.pop(key, None)
+            else:
+                self._pending[key] = p
+        self._consumed.update(consumed)
+        self._next_index = next_index
+        self._clock = max(self._clock, clock)
+        self._version, self._unsaved, self._export_id = version, False, new_id
+
+    def _held_from_json(self, v: list[Any]) -> _Held:
+        channel = VaultChannel.restore(v[0].encode(), self._signer)
+        return _Held(channel, v[1], v[2], bool(v[3]), None if v[4] is None else (v[4][0], v[4][1]))
 
     def restore_ledger(self, blob: bytes) -> None:
         """The ledger from :meth:`export_ledger`; refused if older than the one held."""
@@ -1084,14 +1246,9 @@ class VaultAccountsCode:
             void_from = None if r["voidFrom"] is None else int(r["voidFrom"])
             bumped = {str(k) for k in r["bumped"]}
             exit_cuts = {str(k): int(v) for k, v in r.get("exitCuts", {}).items()}
-            statements = {k: SignedStatement(BalanceStatement(str(v[0][0]), *map(int, v[0][1:])),
-                                             bytes.fromhex(v[1]))
-                          for k, v in r["statements"].items()}
-            held = {}
-            for cid, v in r["channels"].items():
-                channel = VaultChannel.restore(v[0].encode(), self._signer)
-                held[bytes.fromhex(cid)] = _Held(channel, v[1], v[2], bool(v[3]),
-                                                 None if v[4] is None else (v[4][0], v[4][1]))
+            statements = {k: _statement_from_json(v) for k, v in r["statements"].items()}
+            held = {bytes.fromhex(cid): self._held_from_json(v)
+                    for cid, v in r["channels"].items()}
             life = bytes.fromhex(r["life"])
             pending = {}
             for key, v in r["pending"].items():
@@ -1114,7 +1271,27 @@ class VaultAccountsCode:
         self._dead = r.get("dead")
         self._consumed = {(c[0], c[1]) for c in r["consumed"]}
         self._life = life
+        # written before journal entries existed (no id): named by its own bytes, which the
+        # first entry written after it then names
+        self._export_id = str(r.get("id") or hashlib.sha256(blob).hexdigest()[:32])
+        self._full = False
+        self._dirty_accounts, self._dirty_channels, self._dirty_pending = set(), set(), set()
+        self._new_consumed = []
         self._ready = True
+
+
+def _statement_json(s: SignedStatement) -> list[Any]:
+    return [list(s.statement.as_tuple()), s.signature.hex()]
+
+
+def _statement_from_json(v: list[Any]) -> SignedStatement:
+    return SignedStatement(BalanceStatement(str(v[0][0]), *map(int, v[0][1:])),
+                           bytes.fromhex(v[1]))
+
+
+def _held_json(h: _Held) -> list[Any]:
+    return [h.channel.snapshot().decode(), h.client, h.provider, h.attested,
+            None if h.call is None else list(h.call)]
 
 
 class VaultAccounts:
@@ -1142,10 +1319,11 @@ class VaultAccounts:
 _HOST_SURFACE = frozenset({
     "address", "account", "domain", "epoch", "life_id", "ledger", "claim_state", "deposited",
     "ledger_version",
-    "balance", "index_of", "statement", "totals", "channels", "participants",
+    "balance", "payable", "index_of", "statement", "totals", "channels", "participants",
     "settlement", "settlement_after", "replacement_due", "credit_deposit", "settle",
-    "open_channel", "terms", "channel_status", "bind_tunnel", "request", "receive", "poll",
-    "abandon", "claim_landed", "close_channel", "exiting", "export_ledger", "restore_ledger",
+    "open_channel", "terms", "channel_status", "last_ack", "has_paid", "bind_tunnel",
+    "request", "receive", "poll", "abandon", "claim_landed", "close_channel", "exiting",
+    "export_ledger", "restore_ledger", "export_changes", "replay_changes",
 })
 
 __all__ = [

@@ -109,6 +109,7 @@ def test_a_broken_vault_tells_the_operator_why_and_shows_no_figure_the_store_lac
     def disk_full(*_: Any, **__: Any) -> bytes:
         raise OSError("disk full")
     monkeypatch.setattr(h.service.store, "put_meta", disk_full)
+    monkeypatch.setattr(h.service.store, "put_metas", disk_full)
     provider = Account.create()
     with pytest.raises(OSError):  # the change is not acknowledged; the vault is broken
         h.service.open_channel(alice.address, provider.address, b"\x01" * 32, 1_000)

@@ -17,6 +17,7 @@ import pytest
 from eth_account import Account
 
 from a402.chain.node import Chain
+from a402.vault.mode import JOURNAL_PREFIX, LEDGER_KEY
 
 from .accounts_setup import PRICE
 from .helpers import SETTLE_WINDOW, balance, funded, increase_time
@@ -42,7 +43,7 @@ def test_a_settlement_being_stored_is_not_landed_by_another_thread_before_it_is_
     epoch = h.contract.last_epoch()
     in_write, lander_done = threading.Event(), threading.Event()
 
-    def killed_in_write(values: dict[str, bytes]) -> None:
+    def killed_in_write(values: dict[str, bytes], **_: Any) -> None:
         in_write.set()  # the settlement is signed; its ledger is being written
         lander_done.wait(3)
         raise OSError("killed -9 before the write committed")
@@ -84,15 +85,15 @@ def test_the_watchtower_answers_a_force_settle_only_with_a_statement_already_sto
     reply = side.reply(exec_.request_id, b"result")
     h.contract.init_force_settle(client, stale.statement, stale.signature)
     in_write, watched = threading.Event(), threading.Event()
-    real = h.service.store.put_meta
+    real = h.service.store.put_metas
 
-    def slow_then_killed(key: str, value: bytes, **kw: Any) -> Any:
-        if key == "vault-mode/ledger":
+    def slow_then_killed(values: dict[str, bytes], **kw: Any) -> Any:
+        if any(k == LEDGER_KEY or k.startswith(JOURNAL_PREFIX) for k in values):
             in_write.set()  # σ_U and the client's statement are exported, being written
             watched.wait(3)
             raise OSError("killed -9 before the write committed")
-        return real(key, value, **kw)
-    monkeypatch.setattr(h.service.store, "put_meta", slow_then_killed)
+        return real(values, **kw)
+    monkeypatch.setattr(h.service.store, "put_metas", slow_then_killed)
     payer = threading.Thread(target=lambda: _quietly(lambda: h.service.receive(cid, reply)))
     payer.start()
     assert in_write.wait(10)

@@ -18,7 +18,13 @@ from eth_account.signers.local import LocalAccount
 from a402.asc import ProviderChannel
 from a402.chain.node import Chain
 from a402.chain.tx import transact
-from a402.vault.mode import VaultModeConfig, VaultModeError, VaultModeService
+from a402.vault.mode import (
+    JOURNAL_PREFIX,
+    LEDGER_KEY,
+    VaultModeConfig,
+    VaultModeError,
+    VaultModeService,
+)
 from a402.vault.mode_app import create_mode_app
 from a402.vault.settlement_schedule import SchedulePolicy
 from a402.vault.store import VaultStore
@@ -294,6 +300,7 @@ def test_a_change_whose_ledger_cannot_be_stored_is_not_acknowledged_and_a_restar
     def disk_full(*_: Any, **__: Any) -> bytes:
         raise OSError("disk full")
     monkeypatch.setattr(h.service.store, "put_meta", disk_full)
+    monkeypatch.setattr(h.service.store, "put_metas", disk_full)
     with pytest.raises(OSError):  # no channel id, no statement handed out
         h.service.open_channel(client.address, provider.address,
                                provider.schnorr.public_key, 1_000)
@@ -399,7 +406,7 @@ def test_a_channel_cannot_lock_money_its_client_asked_to_withdraw_and_every_queu
     assert h.service.status()["droppedPayouts"] == []
     assert h.service.balance(alice.address) | {"owedOnChain": "0"} == {
         "participant": alice.address, "free": "0", "locked": "1000", "unconfirmed": "0",
-        "payoutRequested": "0", "owedOnChain": "0"}
+        "payoutRequested": "0", "debt": "0", "payoutsDropped": [], "owedOnChain": "0"}
     t = h.service.accounts.totals()
     assert balance(h.usdc, h.contract.address) == (
         t["free"] + t["locked"] + t["pending"] + t["unconfirmed"]) == 1_000 + 4_000
@@ -433,14 +440,14 @@ def test_changes_made_at_once_share_ledger_writes_and_every_acknowledged_one_is_
         h.deposit(c.address, 2_000)
     h.service.tick()
     writes: list[int] = []
-    real = h.service.store.put_meta
+    real = h.service.store.put_metas
 
-    def slow_write(key: str, value: bytes, **kw: Any) -> Any:
-        if key == "vault-mode/ledger":
+    def slow_write(values: dict[str, bytes], **kw: Any) -> Any:
+        if any(k == LEDGER_KEY or k.startswith(JOURNAL_PREFIX) for k in values):
             writes.append(h.service.accounts.ledger_version)
             time.sleep(0.2)  # a slow disk: the changes made meanwhile wait for one write
-        return real(key, value, **kw)
-    monkeypatch.setattr(h.service.store, "put_meta", slow_write)
+        return real(values, **kw)
+    monkeypatch.setattr(h.service.store, "put_metas", slow_write)
     acknowledged: list[str] = []
     go = threading.Barrier(len(clients))
 

@@ -93,6 +93,13 @@ T = TypeVar("T")
 #: The store's meta rows: the enclave's sealed ledger, the sealed payout queue, the
 #: host's own record of what it landed (no secret: transaction hashes and epochs).
 LEDGER_KEY = "vault-mode/ledger"
+#: The sealed journal: one row per write since the ledger row was last written whole (what
+#: the calls of that write changed, :meth:`~a402.vault_accounts.VaultAccountsCode.
+#: export_changes`), keyed by a zero-padded sequence number so that key order is write order.
+JOURNAL_PREFIX = "vault-mode/journal/"
+#: After this many journal rows the next write stores the whole ledger and deletes them
+#: (compaction): bounds what a restart or a standby replays.
+JOURNAL_MAX = 256
 PAYOUTS_KEY = "vault-mode/payouts"
 LANDED_KEY = "vault-mode/landed"
 _PAYOUTS_LABEL = "a402/vault-mode-payouts"
@@ -117,7 +124,8 @@ class VaultModeError(Exception):
         return {"error": self.reason, "message": self.detail}
 
 
-_STATUS_OF = {"insufficient_balance": 402, "unknown_participant": 404, "no_statement": 404,
+_STATUS_OF = {"insufficient_balance": 402, "debt_outstanding": 402,
+              "unknown_participant": 404, "no_statement": 404,
               "unknown_channel": 404, "participant_exiting": 409, "channel_busy": 409,
               "nothing_to_settle": 409, "settlement_dead": 503, "replayed_call": 401,
               "stale_call": 401, "wrong_life": 401, "bad_signature": 401}
@@ -150,6 +158,15 @@ class VaultModeConfig:
     #: chains whose blocks nobody reorganises). A deposit reported and then dropped by a
     #: reorg would fork the enclave's deposit chain from the contract's for good.
     confirmations: int | None = None
+
+
+@dataclass(slots=True)
+class NonceHold:
+    """A signed request's nonce a call in flight holds (:meth:`VaultModeService.hold_nonce`):
+    ``row`` (client, nonce, seen at); ``stored`` once recorded."""
+
+    row: tuple[str, str, float]
+    stored: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,9 +209,23 @@ class VaultModeService:
         #: One ledger write at a time (``_writing``, guarded by ``_io``): see :meth:`_durable`.
         self._io = threading.Condition(threading.Lock())
         self._writing = False
+        #: Rows waiting for the next ledger write (:meth:`store_rows`), numbered: the last
+        #: number taken, and the last one stored.
+        self._rows: dict[str, bytes] = {}
+        self._row_nonces: list[tuple[str, str, float]] = []
+        self._row_ticket = 0
+        self._rows_saved = 0
+        #: Signed requests' nonces taken by a call in flight (:meth:`hold_nonce`).
+        self._nonces_held: set[tuple[str, str]] = set()
         self._scan_from = 0  # the block of the last chain record reported (this process)
+        self._journal_seq = 0  # the last journal row's number
+        self._journal_rows = 0  # journal rows since the ledger row was written whole
         if stored is not None:
             self.accounts.restore_ledger(stored)
+            for key, entry in config.store.get_metas(JOURNAL_PREFIX):
+                self.accounts.replay_changes(entry)
+                self._journal_seq = int(key.removeprefix(JOURNAL_PREFIX))
+                self._journal_rows += 1
             self._saved = self.accounts.ledger_version
         else:  # first boot: this life is stored before anything is issued under it
             self._save()
@@ -223,12 +254,11 @@ class VaultModeService:
                 self._io.wait()
             self._writing = True
         try:
-            blob = self.accounts.export_ledger()
+            whole, blob = self._export()
             version = self.accounts.ledger_version
-            if signing is None:
-                self.store.put_meta(LEDGER_KEY, blob)
-            else:  # the signed settlement and the queue without its batch: together
-                self.store.put_metas({LEDGER_KEY: blob, PAYOUTS_KEY: self._payouts_blob(signing)})
+            # with signing: the signed settlement and the queue without its batch, together
+            self._write(whole, blob, {} if signing is None
+                        else {PAYOUTS_KEY: self._payouts_blob(signing)})
             self._saved = version
         except Exception as e:
             self.broken = f"the sealed ledger could not be stored: {type(e).__name__}: {e}"
@@ -238,18 +268,27 @@ class VaultModeService:
                 self._writing = False
                 self._io.notify_all()
 
-    def _durable(self, version: int) -> None:
-        """Return once a ledger of ``version`` or later is stored (group commit).
+    def _durable(self, version: int, rows: Mapping[str, bytes] | None = None,
+                 nonces: Sequence[tuple[str, str, float]] = ()) -> None:
+        """Return once a ledger of ``version`` or later is stored (group commit), and with
+        it ``rows`` (sealed rows of the caller's, e.g. a paid call's answer: in the same
+        transaction as a ledger write, or a later one).
 
         The caller that finds no write in flight exports the newest ledger under the lock
-        and writes it after releasing the lock; callers whose change that export covers
-        return when it is stored, the others wait for it and write the next one. Writes
-        are one at a time and each is of an export newer than the last stored, so the
-        stored ledger only moves forward. Lock order: the service lock, then ``_io``; a
-        writer holds neither while it writes."""
+        (with every row waiting) and writes it after releasing the lock; callers whose
+        change and rows that write covers return when it is stored, the others wait for it
+        and write the next one. Writes are one at a time and each is of an export newer
+        than the last stored, so the stored ledger only moves forward. Lock order: the
+        service lock, then ``_io``; a writer holds neither while it writes."""
+        ticket = 0
         while True:
             with self._lock:
-                if self._saved >= version:
+                if (rows or nonces) and not ticket:
+                    self._row_ticket += 1
+                    ticket = self._row_ticket
+                    self._rows.update(rows or {})
+                    self._row_nonces.extend(nonces)
+                if self._saved >= version and self._rows_saved >= ticket:
                     return
                 if self.broken is not None:
                     raise VaultModeError(503, "vault_broken", self.broken + "; restart the vault")
@@ -259,8 +298,11 @@ class VaultModeService:
                         self._writing = True
                 if lead:
                     try:
-                        blob = self.accounts.export_ledger()
                         exported = self.accounts.ledger_version
+                        whole, blob = (self._export() if exported > self._saved
+                                       else (False, b""))
+                        extra, self._rows, upto = self._rows, {}, self._row_ticket
+                        taken, self._row_nonces = self._row_nonces, []
                     except BaseException:
                         with self._io:
                             self._writing = False
@@ -272,8 +314,11 @@ class VaultModeService:
                         self._io.wait()
                 continue
             try:
-                self.store.put_meta(LEDGER_KEY, blob)
-                self._saved = exported
+                if blob:
+                    self._write(whole, blob, extra, taken)
+                else:  # the ledger is stored already: the rows alone
+                    self.store.put_metas(dict(extra), nonces=taken)
+                self._saved, self._rows_saved = max(self._saved, exported), upto
             except Exception as e:
                 self.broken = f"the sealed ledger could not be stored: {type(e).__name__}: {e}"
                 raise
@@ -282,16 +327,96 @@ class VaultModeService:
                     self._writing = False
                     self._io.notify_all()
 
+    def _export(self) -> tuple[bool, bytes]:
+        """Under the lock, by the one writer: the enclave's changes since the last write
+        (whole every :data:`JOURNAL_MAX` rows)."""
+        whole, blob = self.accounts.export_changes(full=self._journal_rows >= JOURNAL_MAX)
+        return bool(whole), bytes(blob)
+
+    def _write(self, whole: bool, blob: bytes, extra: Mapping[str, bytes] | None = None,
+               nonces: Sequence[tuple[str, str, float]] = ()) -> None:
+        """By the one writer (``_writing``), in export order: a whole ledger replaces the
+        ledger row and deletes the journal in one transaction (a crash keeps either the old
+        row and its journal, or the new row alone); a journal entry is one new row. With
+        ``extra`` rows in the same transaction. The writer's failure breaks the service (the
+        enclave's next entry would follow one never stored): only a restart is consistent."""
+        if whole:
+            self.store.put_metas({LEDGER_KEY: blob, **(extra or {})},
+                                 delete_prefix=JOURNAL_PREFIX, nonces=nonces)
+            self._journal_rows = 0
+        else:
+            self._journal_seq += 1
+            self.store.put_metas({f"{JOURNAL_PREFIX}{self._journal_seq:016d}": blob,
+                                  **(extra or {})}, nonces=nonces)
+            self._journal_rows += 1
+
     def _settled_reads(self) -> None:
         """Under the lock: store what the enclave holds before reading it for an answer."""
         self._durable(self.accounts.ledger_version)
 
-    def change(self, op: Callable[[], T], signing: Batch | None = None) -> T:
+    def store_rows(self, rows: Mapping[str, bytes], nonce: NonceHold | None = None) -> None:
+        """Store ``rows`` with everything the enclave holds now (its changes so far and
+        these rows, in one ledger write shared with other callers): what a paid call
+        answers is stored with the REVEAL and the statement it hands out, in one
+        transaction (:mod:`a402.vault.mode_invoke`), and with the nonce of the request
+        that asked for it (``nonce``, :meth:`hold_nonce`)."""
+        with self._lock:
+            version = self.accounts.ledger_version
+        self._durable(version, rows, () if nonce is None or nonce.stored else [nonce.row])
+        if nonce is not None:
+            nonce.stored = True
+
+    async def hold_nonce(self, client: str, nonce: str, now: float) -> NonceHold | None:
+        """Take a signed request's nonce for a call in flight, or None if it was used (it is
+        recorded, or another call in flight holds it). The call stores it in its answer's
+        write (:meth:`store_rows`), else :meth:`release_nonce` records it on its own: in
+        every case before the call answers, so a replay is refused as with
+        :meth:`~a402.vault.store.VaultStore.remember_nonce`, one write fewer per paid call.
+        Held in this process only: two live processes never serve (the store's lock, or
+        the lease), and one that takes over finds the nonce recorded, or the call unanswered
+        (then its enclave refuses to pay it twice: ``replayed_call``)."""
+        key = (address_key(client), nonce)
+        with self._lock:
+            if key in self._nonces_held:
+                return None
+            self._nonces_held.add(key)
+        try:
+            seen = await asyncio.to_thread(self.store.nonce_seen, client, nonce)
+        except BaseException:
+            with self._lock:
+                self._nonces_held.discard(key)
+            raise
+        if seen:
+            with self._lock:
+                self._nonces_held.discard(key)
+            return None
+        return NonceHold((client, nonce, now))
+
+    async def release_nonce(self, hold: NonceHold, keep: float) -> None:
+        """The call holding ``hold`` answers: its nonce is recorded (now, if its answer's
+        write did not), then no longer held."""
+        client, nonce, now = hold.row
+        try:
+            if not hold.stored:
+                await self.store.remember_nonce(client, nonce, now=now, keep=keep)
+                hold.stored = True
+            else:
+                await self.store.forget_nonces(now, keep)
+        finally:
+            with self._lock:
+                self._nonces_held.discard((address_key(client), nonce))
+
+    def change(self, op: Callable[[], T], signing: Batch | None = None, *,
+               stored: bool = True) -> T:
         """Run ``op`` in the enclave and return its result once the sealed ledger with its
         change is stored (durable before acknowledged; the write is shared with the
         changes made meanwhile: :meth:`_durable`). An enclave refusal changes nothing. With
         ``signing`` (``op`` signs that batch's settlement), the payout queue without the
-        batch is stored in the same transaction as the ledger, under the lock."""
+        batch is stored in the same transaction as the ledger, under the lock.
+
+        ``stored=False``: return at once; the caller lets nothing that depends on the
+        change leave before a later :meth:`store_rows` (or any wait for a version at least
+        this one's) returns."""
         with self._lock:
             if self.broken is not None:
                 raise VaultModeError(503, "vault_broken", self.broken + "; restart the vault")
@@ -300,7 +425,7 @@ class VaultModeService:
             except EnclaveError as e:
                 raise refused(e) from None
             version = self.accounts.ledger_version
-            if version <= self._saved:
+            if version <= self._saved or (not stored and signing is None):
                 return result
             if signing is not None:
                 self._save(signing)
@@ -375,9 +500,13 @@ class VaultModeService:
             self._settled_reads()
             free, locked, unconfirmed = self.accounts.balance(participant)
             queued = self._queued(participant)
+            debt = self._debt(participant)
+            who = address_key(participant)
+            dropped = [d for d in self.dropped if address_key(d["participant"]) == who][-5:]
         return {"participant": to_checksum(participant), "free": str(free),
                 "locked": str(locked), "unconfirmed": str(unconfirmed),
-                "payoutRequested": str(queued),
+                "payoutRequested": str(queued), "debt": str(debt),
+                "payoutsDropped": dropped,
                 "owedOnChain": str(self.contract.owed(participant))}
 
     def _queued(self, participant: str) -> int:
@@ -392,6 +521,11 @@ class VaultModeService:
         with self._lock:
             self._settled_reads()
             return self.change(lambda: self.accounts.statement(participant))
+
+    def statement_unstored(self, participant: str) -> SignedStatement:
+        """:meth:`statement` without waiting for the store: the caller hands it out only
+        after a :meth:`store_rows` that began after this returned (which stores it)."""
+        return self.change(lambda: self.accounts.statement(participant), stored=False)
 
     def status(self) -> dict[str, Any]:
         """What the operator sees: totals, open channels, queued payouts, last settlement."""
@@ -510,10 +644,11 @@ class VaultModeService:
     def spare(self, participant: str) -> int:
         """What ``participant`` may lock in a new channel: its free balance, less what its
         queued payouts need beyond its unconfirmed deposits (a payout is signed against
-        free + unconfirmed, :meth:`_payable`)."""
+        free + unconfirmed less its debt, :meth:`_payable`)."""
         with self._lock:
             free, _, unconfirmed = self.accounts.balance(participant)
-            return max(0, min(free, free + unconfirmed - self._queued(participant)))
+            return max(0, min(free, free + unconfirmed - self._debt(participant)
+                              - self._queued(participant)))
 
     def bind_tunnel(self, handle: str, channel_id: bytes) -> bytes:
         return self.change(lambda: self.accounts.bind_tunnel(handle, channel_id))
@@ -524,11 +659,13 @@ class VaultModeService:
         at = time.time() if now is None else now
         return self.change(lambda: self.accounts.request(channel_id, call, amount, at))
 
-    def receive(self, channel_id: bytes, message: AscMessage, now: float | None = None
-                ) -> Changed:
-        """The provider's REPLY / REVEAL / CLOSE_ACK; the result carries the statements."""
+    def receive(self, channel_id: bytes, message: AscMessage, now: float | None = None, *,
+                stored: bool = True) -> Changed:
+        """The provider's REPLY / REVEAL / CLOSE_ACK; the result carries the statements.
+        ``stored=False``: see :meth:`change` (the caller stores before anything leaves)."""
         at = time.time() if now is None else now
-        return self.change(lambda: self.accounts.receive(channel_id, message, at))
+        return self.change(lambda: self.accounts.receive(channel_id, message, at),
+                           stored=stored)
 
     def close(self, channel_id: bytes) -> tuple[Any, tuple[SignedStatement, ...]]:
         """Close a channel inside the enclave: the unspent rest back to the client's free."""
@@ -566,12 +703,19 @@ class VaultModeService:
                         f"withdrawal of {first['queued']}, not {amount}")
                 return {**first, "replayed": True}
             free, _, unconfirmed = self.accounts.balance(participant)
-            have = free + unconfirmed - self._queued(participant)
+            debt = self._debt(participant)
+            have = free + unconfirmed - debt - self._queued(participant)
+            if amount > have and amount <= have + debt:
+                raise VaultModeError(
+                    402, "debt_outstanding",
+                    f"nothing was queued: you owe {debt} (a payment credited to you by a "
+                    "settlement that never landed was paid to you on-chain by your claim), "
+                    f"taken from your next money; {max(0, have)} free to pay out now")
             if amount > have:
                 raise VaultModeError(
                     402, "insufficient_balance",
-                    f"nothing was queued: {amount} asked, {have} free to pay out (earnings "
-                    "of a payment are free once its claim window has passed and a "
+                    f"nothing was queued: {amount} asked, {max(0, have)} free to pay out "
+                    "(earnings of a payment are free once its claim window has passed and a "
                     "settlement resolved it)")
             self.scheduler.request(to_checksum(participant), amount, now=time.time())
             answer = {"participant": to_checksum(participant), "queued": str(amount)}
@@ -583,20 +727,41 @@ class VaultModeService:
             self._save_payouts()
         return {**answer, "wakeup": self.scheduler.next_wakeup()}
 
+    def _debt(self, participant: str) -> int:
+        """What ``participant`` owes (a claimed payment a voided settlement had credited it
+        and it had spent): taken from its next money, so not payable before."""
+        return int(self.accounts.payable(participant, 0)[1])
+
     def _sign(self, batch: Batch | None) -> SignedSettlement | None:
         """Have the enclave sign a settlement paying ``batch`` (and confirming deposits,
-        resolving pending payments past their deadline)."""
-        pairs = [] if batch is None else self._payable(batch)
+        resolving pending payments past their deadline).
+
+        Liveness: the enclave refuses a whole settlement if one payout in it is above what
+        its payee can be paid (:meth:`~a402.vault_accounts.VaultAccountsCode.settle`), so the
+        batch is first filtered by the enclave's own check (:meth:`_payable`), read under the
+        same hold of the lock and at the same ``now`` as the signing: nothing can change in
+        between, so a payout it keeps is one the enclave pays, and one payee's debt or
+        shortfall drops that payee's request (with its reason), never everybody's. A dropped
+        request leaves the queue with the batch (nothing was paid for it; its money stays
+        in its account); if signing fails otherwise, the kept requests wait again."""
         now = self.chain_time()
+        active = set() if batch is None else self._force_settling(batch)  # RPC: not locked
         # one hold of the lock from signing to the queue's update: nobody reads the ledger
         # already paying the batch while the queue still lists it (counted twice)
         with self._lock:
+            pairs = [] if batch is None else self._payable(batch, now, active)
             try:
                 settled = self.change(lambda: self.accounts.settle(pairs, now=now),
                                       signing=batch)
             except VaultModeError as e:
                 if batch is not None:
-                    self.scheduler.failed(batch)
+                    kept = {address_key(p) for p, _ in pairs}
+                    self.scheduler.done(Batch(tuple(
+                        p for p in batch.payouts if address_key(p.participant) not in kept),
+                        batch.due))
+                    self.scheduler.failed(Batch(tuple(
+                        p for p in batch.payouts if address_key(p.participant) in kept),
+                        batch.due))
                     self._save_payouts()
                 if e.reason == "nothing_to_settle":
                     return None
@@ -606,26 +771,40 @@ class VaultModeService:
                 self._save_payouts()
         return settled.settlement
 
-    def _payable(self, batch: Batch) -> list[tuple[str, int]]:
-        """The batch's payouts the enclave can sign now. A request above what its participant
-        has free now (a channel cannot take it since it asked, :meth:`open_channel`; a
-        deposit it counted on that the chain then dropped), or of a participant that is
-        force-settling, is dropped with its reason in :attr:`dropped` (nothing was
-        paid for it): one such request must not hold back everybody else's payout."""
+    def _force_settling(self, batch: Batch) -> set[str]:
+        """The batch's payees whose force-settle the contract records (read on-chain)."""
+        return {address_key(p.participant) for p in batch.payouts
+                if self.contract.status(p.participant) is not AccountStatus.ACTIVE}
+
+    def _payable(self, batch: Batch, now: int, exiting: set[str]) -> list[tuple[str, int]]:
+        """Under the lock: the batch's payouts the enclave signs at ``now``
+        (:meth:`~a402.vault_accounts.VaultAccountsCode.payable`, the check ``settle`` makes).
+        A request above what its participant can be paid now (a channel cannot take it
+        since it asked, :meth:`open_channel`; a deposit it counted on that the chain then
+        dropped; a debt from a claim reported after it asked), or of a participant that is
+        force-settling, is dropped with its machine-readable ``error`` and its reason in
+        :attr:`dropped` (nothing was paid for it): one such request must not hold back
+        everybody else's payout."""
         out = []
         for p in batch.payouts:
-            free, _, unconfirmed = self.accounts.balance(p.participant)
-            why = None
-            if p.amount > free + unconfirmed:
-                why = f"{p.amount} asked, {free + unconfirmed} free now"
-            elif self.contract.status(p.participant) is not AccountStatus.ACTIVE:
-                why = "the participant is force-settling"
-            if why is None:
+            most, debt = self.accounts.payable(p.participant, now)
+            error = why = None
+            if address_key(p.participant) in exiting:
+                error, why = "participant_exiting", "the participant is force-settling"
+            elif p.amount > most and p.amount <= most + debt:
+                error, why = "debt_outstanding", (
+                    f"nothing was paid: {p.amount} asked; the participant owes {debt} (a "
+                    "payment credited to it by a settlement that never landed was paid to it "
+                    f"on-chain by its claim), taken from its next money; {most} payable now")
+            elif p.amount > most:
+                error, why = "insufficient_balance", (
+                    f"nothing was paid: {p.amount} asked, {most} payable now")
+            if error is None:
                 out.append((p.participant, p.amount))
             else:
                 log.warning("payout to %s dropped: %s", p.participant, why)
                 self.dropped.append({"participant": p.participant, "amount": str(p.amount),
-                                     "reason": why})
+                                     "error": str(error), "reason": str(why)})
         return out
 
     def land(self) -> list[Landed]:
@@ -789,6 +968,7 @@ def statements_json(statements: Sequence[SignedStatement]) -> list[dict[str, Any
 
 __all__ = [
     "Landed",
+    "NonceHold",
     "VaultModeConfig",
     "VaultModeError",
     "VaultModeService",

@@ -26,6 +26,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 from starlette.applications import Starlette
@@ -41,11 +42,13 @@ from a402.wire import vault_api as api
 from a402.wire.errors import WireError
 from a402.wire.jsonstrict import JsonLimitError, loads_object
 
-from .mode import VaultModeError, VaultModeService, VaultModeWorker, statement_json
+from .mode import NonceHold, VaultModeError, VaultModeService, VaultModeWorker, statement_json
 from .mode_invoke import ModeInvoker
 from .tunnel import TunnelError
 
 log = logging.getLogger("a402.vault.mode")
+#: The nonce a paid call's request holds (set by ``answer`` for the handler it runs).
+PAID_NONCE: ContextVar[NonceHold | None] = ContextVar("a402_paid_nonce", default=None)
 
 Handler = Callable[[api.Authenticated, dict[str, Any], SignedCall],
                    Awaitable[tuple[int, Any]]]
@@ -69,7 +72,13 @@ def create_mode_app(service: VaultModeService, *, worker: bool = True,
 
     vault = api.vault_account(service.chain.network, service.address)
 
-    async def answer(request: Request, handler: Handler) -> JSONResponse:
+    async def answer(request: Request, handler: Handler, *, paid: bool = False
+                     ) -> JSONResponse:
+        """Authenticate, parse, run ``handler``, answer JSON. The signed request's nonce is
+        recorded before the handler runs, or (``paid``: a paid call) held while it runs and
+        recorded with the call's answer in its one write (before the answer leaves)."""
+        hold = None
+        keep = 2 * service.config.auth_window
         try:
             body = await request_body(request, api.MAX_CALL_BODY)
             path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
@@ -77,11 +86,16 @@ def create_mode_app(service: VaultModeService, *, worker: bool = True,
             signed = api.verify_request(request.headers, vault, request.method, path, body,
                                         life=service.accounts.life_id, now=now,
                                         window=service.config.auth_window)
-            if not await service.store.remember_nonce(
-                    signed.client, signed.nonce, now=now, keep=2 * service.config.auth_window):
+            if paid:
+                hold = await service.hold_nonce(signed.client, signed.nonce, now)
+                if hold is None:
+                    raise api.AuthError(api.REPLAYED_REQUEST, "this nonce was already used")
+            elif not await service.store.remember_nonce(
+                    signed.client, signed.nonce, now=now, keep=keep):
                 raise api.AuthError(api.REPLAYED_REQUEST, "this nonce was already used")
             parsed = loads_object(body) if body else {}
             call = SignedCall.of(request.headers, request.method, path, body)
+            PAID_NONCE.set(hold)
             status, out = await handler(signed, parsed, call)
         except api.AuthError as e:
             return JSONResponse({"error": e.reason, "message": e.detail}, status_code=401)
@@ -105,6 +119,9 @@ def create_mode_app(service: VaultModeService, *, worker: bool = True,
             log.exception("%s %s failed", request.method, request.url.path)
             return JSONResponse({"error": "internal_error", "message": type(e).__name__},
                                 status_code=500)
+        finally:
+            if hold is not None:  # recorded before any answer leaves
+                await service.release_nonce(hold, keep)
         return JSONResponse(out, status_code=status)
 
     def operator(signed: api.Authenticated) -> None:
@@ -167,8 +184,8 @@ def create_mode_app(service: VaultModeService, *, worker: bool = True,
                 parsed = api.InvokeRequest.from_json(body)
             except ValueError as e:
                 raise VaultModeError(400, api.BAD_REQUEST, str(e)) from None
-            return await invoker.invoke(signed.client, parsed, call)
-        return await answer(request, h)
+            return await invoker.invoke(signed.client, parsed, call, nonce=PAID_NONCE.get())
+        return await answer(request, h, paid=True)
 
     async def request_outcome(request: Request) -> JSONResponse:
         key = request.path_params["key"]

@@ -37,8 +37,16 @@ enclave) and stored before it is returned (:meth:`ModeInvoker.remember`), so a r
 same idempotency key after a restart or on the replica that took over answers it again, and
 ``GET /v1/requests/{key}`` serves it (to the client that signed the call only). Not built
 (stated): a process that dies between σ_U and that write stored no answer (the retry is
-refused ``replayed_call``: never paid twice); the ACK is sent on its own right after the
-result is checked (it does not ride on the next EXEC).
+refused ``replayed_call``: never paid twice).
+
+The ACK, as in standard mode (:mod:`a402.vault.tunnel`), rides on the channel's next EXEC
+(one frame, ``ASC_ACKED``) or leaves on its own (:meth:`ModeInvoker.send_ack`) after a
+quarter of the provider's Δ_ack (at most :data:`ACK_DELAY_MAX` seconds) if no EXEC comes:
+a busy channel saves a round trip per call. It is sent only after the REVEAL's change is
+stored (it is made then), under the channel's lock (never between an EXEC and its REPLY),
+and re-owed if the EXEC it rode on failed (the provider ignores an ACK it already has). An
+ACK lost all the same (the process dies first) leaves the provider to claim the payment
+on-chain, which pays it once: the safety of money does not rest on the ACK.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import httpx
@@ -86,7 +95,7 @@ from a402.wire.a402 import (
 )
 
 from . import records
-from .mode import VaultModeError, VaultModeService, statement_json
+from .mode import NonceHold, VaultModeError, VaultModeService, statement_json
 from .offers import Offer, OfferCache, OfferError, origin, pick_offer
 from .targets import TargetCheck, TargetRefused, TargetUnresolved
 from .tunnel import ProtocolViolation, ProviderTunnel, ProviderUnavailable, TunnelError
@@ -155,6 +164,10 @@ def _hex_answer_row(client: str, key: str) -> str:
     return ANSWER_ROW + hashlib.sha256(f"{address_key(client)}\n{key}".encode()).hexdigest()
 
 
+#: The longest an ACK waits for its channel's next EXEC before it is sent on its own.
+ACK_DELAY_MAX = 5.0
+
+
 class ModeRefused(VaultModeError):
     """A refused call (``status``, machine-readable ``reason``; ``provider_reason``: the
     provider's, when it refused). Nothing was paid, unless raised after σ_U (AUTH):
@@ -189,21 +202,43 @@ class ModeInvoker:
         self._tunnel_lock = asyncio.Lock()
         #: Answers of the calls paid here, by (client key, idempotency key).
         self._answers: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
+        #: The ACK each channel owes its provider (the newest), with its tunnel and the
+        #: (client, provider) pair whose lock its channel's calls hold; and their flushes.
+        self._unacked: dict[bytes, tuple[ModeTunnel, Ack, tuple[str, str]]] = {}
+        self._ack_flushes: dict[bytes, asyncio.Task[None]] = {}
+        self._closing = False
 
     async def aclose(self) -> None:
+        self._closing = True
+        for task in list(self._ack_flushes.values()):
+            task.cancel()
+        for cid in list(self._unacked):  # best effort: the provider gets them now
+            await self._flush_ack(cid)
         for tunnel in self._tunnels.values():
             await tunnel.aclose()
         self._tunnels.clear()
 
     # ------------------------------------------------------------------ the call
 
-    async def invoke(self, client: str, call: api.InvokeRequest, signed: SignedCall
-                     ) -> tuple[int, dict[str, Any]]:
-        """Pay for ``call`` (signed by ``client``) from the client's account; the answer."""
+    async def invoke(self, client: str, call: api.InvokeRequest, signed: SignedCall, *,
+                     nonce: NonceHold | None = None) -> tuple[int, dict[str, Any]]:
+        """Pay for ``call`` (signed by ``client``) from the client's account; the answer.
+        ``nonce``: the signed request's, recorded with the answer (:meth:`remember`)."""
         once = (address_key(client), call.idempotency_key)
-        known = await asyncio.to_thread(self.answer_of, client, call.idempotency_key)
+        known = self._answers.get(once)
         if known is not None:
             return known
+        # An answer is stored only for a call that paid (after σ_U, whose write holds the
+        # consumed key): a call the enclave never paid has none to look for.
+        if self.service.accounts.has_paid(client, call.idempotency_key):
+            known = await asyncio.to_thread(self.answer_of, client, call.idempotency_key)
+            if known is not None:
+                return known
+            # σ_U is out for it, its answer was lost (a process ended between the two):
+            # said before any channel is looked for, which might refuse it as unpaid
+            raise ModeRefused(401, api.REPLAYED_CALL,
+                              "this call has paid already (σ_U was signed for it) and its "
+                              "answer was lost; the payment settles by the vault's rules")
         await self._check_target(call.url)
         offer = await self._offer(call)
         if isinstance(offer, tuple):
@@ -219,23 +254,41 @@ class ModeInvoker:
         async with lock:
             cid = await self._channel(client, call, offer, tunnel)
             try:
-                answer = await self._exchange(client, call, signed, offer, tunnel, cid)
+                answer, ack = await self._exchange(client, call, signed, offer, tunnel, cid)
             except _ChannelEnded:
                 # The provider ended the channel (it claimed a payment on-chain): nothing was
                 # paid for this call; close ours (the rest goes back to the client's free
                 # balance) and pay through a new one.
                 await asyncio.to_thread(self.service.close, cid)
                 cid = await self._channel(client, call, offer, tunnel)
-                answer = await self._exchange(client, call, signed, offer, tunnel, cid)
-        await asyncio.to_thread(self.remember, once, answer)
+                answer, ack = await self._exchange(client, call, signed, offer, tunnel, cid)
+            # one write: the answer, with the REVEAL's change and the statement it carries
+            try:
+                await asyncio.to_thread(self.remember, once, answer, nonce)
+            except Exception as e:  # σ_U is stored: paid, or may be; the answer is not
+                if answer[0] != 200 and answer[0] != 202:
+                    raise
+                log.warning("answer of a paid call not stored: %s", e)
+                return 202, {
+                    "outcome": api.PAYMENT_PENDING, "error": api.PAYMENT_PENDING,
+                    "idempotencyKey": call.idempotency_key, "message": (
+                        "paid, or may have been paid (σ_U is out), but its record could "
+                        f"not be stored: {type(e).__name__}: {e}; the payment settles by "
+                        "the vault's rules")}
+            if ack is not None:  # the REVEAL's change is stored: the ACK may leave
+                self._owe_ack(cid, tunnel, ack, pair)
         return answer
 
-    def remember(self, once: tuple[str, str], answer: tuple[int, dict[str, Any]]) -> None:
-        """Store a paid call's answer, sealed, before it is returned (the write is fenced by
-        the lease on PostgreSQL: a replica that lost it stores, and answers, nothing)."""
+    def remember(self, once: tuple[str, str], answer: tuple[int, dict[str, Any]],
+                 nonce: NonceHold | None = None) -> None:
+        """Store a paid call's answer, sealed, before it is returned, in the ledger write
+        that stores everything the enclave holds now (:meth:`VaultModeService.store_rows
+        <a402.vault.mode.VaultModeService.store_rows>`): the REVEAL's change and the
+        statement the answer carries, which were not waited for. The write is fenced by
+        the lease on PostgreSQL: a replica that lost it stores, and answers, nothing."""
         blob = self.service.config.enclave.seal(_ANSWER_LABEL, json.dumps(
             [answer[0], answer[1]]).encode())
-        self.service.store.put_meta(answer_row(*once), blob)
+        self.service.store_rows({answer_row(*once): blob}, nonce)
         self._answers[once] = answer
 
     def answer_of(self, client: str, key: str) -> tuple[int, dict[str, Any]] | None:
@@ -356,20 +409,33 @@ class ModeInvoker:
             except TunnelError as e:
                 raise ModeRefused(503, api.PROVIDER_UNAVAILABLE, f"nothing was paid: {e}"
                                   ) from None
+            # A channel bound anew (a new process, a new tunnel): its last ACK may never
+            # have left (owed, then the process ended): owed again, it rides on this EXEC.
+            last = self.service.accounts.last_ack(cid)
+            if last is not None and cid not in self._unacked:
+                self._owe_ack(cid, tunnel, last, pair)
         return cid
 
     async def _exchange(self, client: str, call: api.InvokeRequest, signed: SignedCall,
                         offer: Offer, tunnel: ModeTunnel, cid: bytes
-                        ) -> tuple[int, dict[str, Any]]:
+                        ) -> tuple[tuple[int, dict[str, Any]], Ack | None]:
+        """EXEC → REPLY → AUTH → REVEAL: the answer, and the ACK to owe once it is stored.
+        The REVEAL's change and the statement are not waited for here: nothing leaves
+        before :meth:`remember` stored them with the answer (the ACK is owed after it)."""
         service = self.service
         try:
             exec_ = await asyncio.to_thread(service.request, cid, signed, offer.amount)
         except ASCError as e:  # the machine holds an earlier payment still: nothing moved
             raise ModeRefused(409, api.CHANNEL_BUSY, f"nothing was paid: {e.detail}") from None
+        owed = self._unacked.pop(cid, None)  # the last call's ACK rides on this EXEC
+        envelope = (Envelope.asc(exec_.encode()) if owed is None
+                    else Envelope.acked(owed[1].encode(), exec_.encode()))
         try:
-            reply = await self._ask(tunnel, Envelope.asc(exec_.encode()), Reply)
+            reply = await self._ask(tunnel, envelope, Reply)
             authorized = await asyncio.to_thread(service.receive, cid, reply)
         except BaseException as e:  # no σ_U exists: the locked price goes back to the channel
+            if owed is not None:  # maybe not delivered: owed again (a repeat is harmless)
+                self._owe_ack(cid, *owed)
             await asyncio.to_thread(self._abandon, cid)
             if isinstance(e, ASCError):  # a REPLY the machine refused (e.g. a bad σ̂)
                 raise ModeRefused(502, api.PROTOCOL_VIOLATION,
@@ -383,21 +449,21 @@ class ModeInvoker:
         try:
             reveal = await self._ask(tunnel, self.auth_envelope(auth, authorized.pending),
                                      Reveal)
-            delivered = await asyncio.to_thread(service.receive, cid, reveal)
+            delivered = await asyncio.to_thread(partial(service.receive, cid, reveal,
+                                                        stored=False))
         except (VaultModeError, TunnelError, ASCError) as e:
             log.warning("payment %d of %s pending: %s", exec_.request_id, cid.hex(), e)
             why = e.provider_reason if isinstance(e, ModeRefused) else None
-            return 202, {"outcome": api.PAYMENT_PENDING, "error": api.PAYMENT_PENDING,
+            return (202, {"outcome": api.PAYMENT_PENDING, "error": api.PAYMENT_PENDING,
                          "idempotencyKey": call.idempotency_key,
                          **({"providerReason": why} if why else {}), "message": (
                              "paid, or may have been paid (σ_U is out), but the result is "
                              f"not in: {e}; the payment settles by the vault's rules (the "
                              "provider's REVEAL or claim, or back to you after the claim "
-                             "window)")}
+                             "window)")}), None
         event = next(e for e in delivered.step.events if isinstance(e, ResultDelivered))
         (ack,) = delivered.step.send
         assert isinstance(ack, Ack)
-        await self.send_ack(tunnel, ack)
         try:
             result = HttpResult.decode(event.result)
         except FrameError as e:
@@ -413,8 +479,14 @@ class ModeInvoker:
                                    detail="" if matches else "paid; the sealed result is for "
                                    "another request")
         body["mode"] = "vault"
-        body["statement"] = statement_json(service.statement(client))
-        return 200, body
+        try:
+            statement = await asyncio.to_thread(service.statement_unstored, client)
+        except VaultModeError as e:  # σ_U is stored: paid all the same
+            return (202, {"outcome": api.PAYMENT_PENDING, "error": api.PAYMENT_PENDING,
+                          "idempotencyKey": call.idempotency_key,
+                          "message": f"paid, or may have been paid (σ_U is out): {e}"}), None
+        body["statement"] = statement_json(statement)
+        return (200, body), ack
 
     def _abandon(self, cid: bytes) -> None:
         """Release the request in flight if no σ_U exists for it (else: nothing to do)."""
@@ -434,9 +506,38 @@ class ModeInvoker:
             pending.channel_id, pending.request_id, pending.client_nonce, pending.epoch,
             pending.deadline, pending.signature, self.service.accounts.ledger), auth.encode())
 
+    def _owe_ack(self, cid: bytes, tunnel: ModeTunnel, ack: Ack, pair: tuple[str, str]
+                 ) -> None:
+        """Remember the channel's ACK (the newest wins) for its next EXEC, and make sure it
+        leaves on its own in time if no EXEC comes (module docstring)."""
+        current = self._unacked.get(cid)
+        if current is None or current[1].request_id <= ack.request_id:
+            self._unacked[cid] = (tunnel, ack, pair)
+        if cid in self._ack_flushes or self._closing:
+            return
+        info = tunnel.info
+        delay = min(ACK_DELAY_MAX, info.ack_timeout / 4) if info is not None else 0.0
+
+        async def later() -> None:
+            try:
+                await asyncio.sleep(delay)
+                async with self._locks.setdefault(pair, asyncio.Lock()):
+                    await self._flush_ack(cid)
+            finally:
+                self._ack_flushes.pop(cid, None)
+                # owed again meanwhile (an EXEC it rode on failed): flushed later
+                if cid in self._unacked and not self._closing:
+                    self._owe_ack(cid, *self._unacked[cid])
+        self._ack_flushes[cid] = asyncio.get_running_loop().create_task(later())
+
+    async def _flush_ack(self, cid: bytes) -> None:
+        owed = self._unacked.pop(cid, None)
+        if owed is not None:
+            await self.send_ack(owed[0], owed[1])
+
     async def send_ack(self, tunnel: ModeTunnel, ack: Ack) -> None:
-        """Send the ACK (a seam: a test's vault withholds it). Best effort: a lost ACK
-        leaves the provider to claim the payment on-chain, which pays it once."""
+        """Send an ACK on its own (a seam: a test's vault withholds it). Best effort: a lost
+        ACK leaves the provider to claim the payment on-chain, which pays it once."""
         try:
             answer = await tunnel.exchange(Envelope.asc(ack.encode()))
             if answer.kind is Kind.ERROR:

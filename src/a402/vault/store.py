@@ -291,9 +291,27 @@ class VaultStore:
             return existing
         return value
 
-    def put_metas(self, values: dict[str, bytes]) -> None:
-        """Store every ``key: value`` in one transaction (all of them, or none)."""
+    def get_metas(self, prefix: str) -> list[tuple[str, bytes]]:
+        """Every meta row whose key starts with ``prefix``, in key order."""
+        with self._read() as s:
+            rows = s.execute(select(MetaRow.key, MetaRow.value)
+                             .where(MetaRow.key.startswith(prefix, autoescape=True))
+                             .order_by(MetaRow.key)).all()
+            return [(str(k), bytes(v)) for k, v in rows]
+
+    def put_metas(self, values: dict[str, bytes], *, delete_prefix: str | None = None,
+                  nonces: Sequence[tuple[str, str, float]] = ()) -> None:
+        """Store every ``key: value`` in one transaction (all of them, or none); with
+        ``delete_prefix``, the same transaction first deletes every row whose key starts
+        with it; ``nonces``: ``(client, nonce, seen at)`` recorded in it too (one already
+        recorded stays as it is)."""
         with self._tx() as s:
+            for client, nonce, seen in nonces:
+                if s.get(NonceRow, (address_key(client), nonce)) is None:
+                    s.add(NonceRow(client=address_key(client), nonce=nonce, seen_at=seen))
+            if delete_prefix is not None:
+                s.execute(delete(MetaRow).where(
+                    MetaRow.key.startswith(delete_prefix, autoescape=True)))
             for key, value in values.items():
                 row = s.get(MetaRow, key)
                 if row is None:
@@ -343,6 +361,15 @@ class VaultStore:
             return any(s.execute(q.limit(1)).first() is not None for q in queries)
 
     # -- nonces ----------------------------------------------------------------------
+
+    def nonce_seen(self, client: str, nonce: str) -> bool:
+        """Whether ``(client, nonce)`` is recorded (:meth:`remember_nonce`, :meth:`put_metas`)."""
+        with self._read() as s:
+            return s.get(NonceRow, (address_key(client), nonce)) is not None
+
+    async def forget_nonces(self, now: float, keep: float) -> None:
+        """Now and then, forget the nonces older than ``keep``."""
+        await self._forget_nonces(now, keep)
 
     async def remember_nonce(self, client: str, nonce: str, *, now: float, keep: float
                              ) -> bool:
