@@ -16,6 +16,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
@@ -208,3 +209,34 @@ def assert_conserved(world: World, store: VaultStore, vault_address: str,
 def _accounts(store: VaultStore) -> list[str]:
     with store._read() as s:
         return list(s.scalars(select(AccountRow.address)))
+
+
+def key_file(folder: object, account: Any) -> Path:
+    """The account's key where ``a402 pay --key-file`` wants it (mode 600)."""
+    key = Path(str(folder)) / "client.key"
+    key.write_text(account.key.hex())
+    key.chmod(0o600)
+    return key
+
+
+def answer_lost_front(vault_url: str) -> Any:
+    """An ASGI app in front of the vault that forwards every call, then answers each
+    ``/invoke`` with a 502 of its own: the vault paid, its answer was lost on the way (a
+    proxy whose upstream broke)."""
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    async def forward(request: Request) -> Response:
+        async with httpx.AsyncClient(timeout=60) as http:
+            upstream = await http.request(
+                request.method, vault_url + request.url.path, content=await request.body(),
+                headers={k: v for k, v in request.headers.items() if k != "host"})
+        if request.url.path.endswith("/invoke"):
+            return JSONResponse({"error": "bad_gateway"}, status_code=502)
+        return Response(upstream.content, status_code=upstream.status_code,
+                        media_type="application/json")
+
+    return Starlette(routes=[Route("/{path:path}", forward, methods=["GET", "POST"])])

@@ -7,8 +7,6 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -32,6 +30,7 @@ from .helpers import (
     assert_conserved,
     client_of,
     expected,
+    key_file,
     running_vault,
     vault_flags,
     wait_for,
@@ -280,14 +279,6 @@ def manager_calls(world: World, first_block: int) -> list[str]:
                 names.append(world.manager.contract.decode_function_input(tx["input"])[0]
                              .fn_name)
     return names
-
-
-def key_file(folder: object, account: Any) -> Path:
-    """The account's key where ``a402 pay --key-file`` wants it (mode 600)."""
-    key = Path(str(folder)) / "client.key"
-    key.write_text(account.key.hex())
-    key.chmod(0o600)
-    return key
 
 
 def test_a_call_refused_while_the_provider_awaits_our_ack_is_retryable_and_pays_once_on_retry(

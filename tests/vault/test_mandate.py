@@ -36,8 +36,7 @@ from a402.vault_enclave import INVOKE_PATH, SignedCall
 from a402.wire import vault_api as api
 from tests.a402_exchange.helpers import PRICES, World
 
-from .helpers import client_of, expected, running_vault, vault_flags
-from .test_channels import key_file
+from .helpers import client_of, expected, key_file, running_vault, vault_flags
 
 pytestmark = pytest.mark.anvil
 PRICE = PRICES["GET /weather"]  # 1_000; POST /echo costs 2_500

@@ -311,30 +311,13 @@ async def test_a_vault_answer_lost_to_a_5xx_after_paying_keeps_the_price_in_the_
     """The vault pays the call, then the host in front of it answers 502 (a proxy whose
     upstream connection broke, a crash after paying): the payment may have been made, so
     the price stays in the budget; it is not given back as if nothing were paid."""
-    import httpx
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response
-    from starlette.routing import Route
-
     from a402.client import Budget
     from a402.client.vault import VaultCallError, VaultClient
 
-    from .helpers import expected
+    from .helpers import answer_lost_front, expected
 
     with running_vault(world) as vault:
-        async def forward(request: Request) -> Response:
-            async with httpx.AsyncClient(timeout=60) as http:
-                upstream = await http.request(
-                    request.method, vault.url + request.url.path,
-                    content=await request.body(),
-                    headers={k: v for k, v in request.headers.items() if k != "host"})
-            if request.url.path.endswith("/invoke"):
-                return JSONResponse({"error": "bad_gateway"}, status_code=502)
-            return Response(upstream.content, status_code=upstream.status_code,
-                            media_type="application/json")
-
-        front = Starlette(routes=[Route("/{path:path}", forward, methods=["GET", "POST"])])
+        front = answer_lost_front(vault.url)
         account, direct = client_of(world, vault, funds=100_000, deposit=50_000)
         budget = Budget(10 * PRICE)
         with serve(front) as front_url:

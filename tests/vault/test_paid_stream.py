@@ -32,8 +32,7 @@ from a402.provider.routes import RouteConfig
 from a402.vault import store as vault_store
 from tests.a402_exchange.helpers import World
 
-from .helpers import assert_conserved, client_of, running_vault, vault_flags
-from .test_channels import key_file
+from .helpers import assert_conserved, client_of, key_file, running_vault, vault_flags
 
 pytestmark = pytest.mark.anvil
 

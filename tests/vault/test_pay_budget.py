@@ -10,7 +10,6 @@ import argparse
 import io
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -22,18 +21,11 @@ from a402.client.vault_pay import run_vault_pay
 from a402.client.wallet import Wallet
 from tests.a402_exchange.helpers import World
 
-from .helpers import client_of, running_vault, vault_flags
+from .helpers import answer_lost_front, client_of, key_file, running_vault, vault_flags
 
 pytestmark = pytest.mark.anvil
 
 PRICE = 1_000  # GET /weather
-
-
-def _key_file(folder: Path, account: Any) -> Path:
-    key = folder / "client.key"
-    key.write_text(account.key.hex())
-    key.chmod(0o600)
-    return key
 
 
 def test_a402_pay_with_a_vault_refuses_a_call_over_its_budget(world: World, tmp_path: Path
@@ -41,7 +33,7 @@ def test_a402_pay_with_a_vault_refuses_a_call_over_its_budget(world: World, tmp_
     provider = world.provider()
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
         account, client = client_of(world, vault, funds=20_000, deposit=20_000)
-        key = _key_file(tmp_path, account)
+        key = key_file(tmp_path, account)
         flags = [f"{site}/weather", "--key-file", str(key), "--vault", vault.url,
                  *vault_flags(world, vault), "--max", "0.002"]
         err = io.StringIO()
@@ -68,7 +60,7 @@ def test_a_vault_payment_counts_against_the_budget(world: World, tmp_path: Path)
     provider = world.provider()
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
         account, client = client_of(world, vault, funds=20_000, deposit=20_000)
-        key = _key_file(tmp_path, account)
+        key = key_file(tmp_path, account)
         parser = argparse.ArgumentParser()
         add_pay_arguments(parser)
         args = parser.parse_args([f"{site}/weather", "--key-file", str(key), "--vault",
@@ -125,7 +117,7 @@ def test_a402_pay_vault_stream_stops_at_its_budget(world: World, tmp_path: Path)
         account, client = client_of(world, vault, funds=200_000, deposit=200_000)
         out, err = io.BytesIO(), io.StringIO()
         code = pay_main([f"{site}/llm/stream", "-X", "POST", "--key-file",
-                         str(_key_file(tmp_path, account)), "--vault", vault.url,
+                         str(key_file(tmp_path, account)), "--vault", vault.url,
                          *vault_flags(world, vault), "--stream", str(GROUP), "--max", "0.0005",
                          "--budget", "0.001"], stdout=out, stderr=err)
         assert code == 0, err.getvalue()
@@ -149,28 +141,11 @@ def test_a_vault_answer_lost_to_a_proxy_5xx_says_payment_unknown_and_keeps_the_b
     """The vault pays the call, then the host in front of it answers 502 (a proxy whose
     upstream broke): the user is told the payment is unknown, not "nothing was paid", and
     the budget keeps the price (the vault's account shows it paid)."""
-    import httpx
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response
-    from starlette.routing import Route
-
     provider = world.provider()
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
-        async def forward(request: Request) -> Response:
-            async with httpx.AsyncClient(timeout=60) as http:
-                upstream = await http.request(
-                    request.method, vault.url + request.url.path,
-                    content=await request.body(),
-                    headers={k: v for k, v in request.headers.items() if k != "host"})
-            if request.url.path.endswith("/invoke"):
-                return JSONResponse({"error": "bad_gateway"}, status_code=502)
-            return Response(upstream.content, status_code=upstream.status_code,
-                            media_type="application/json")
-
-        front = Starlette(routes=[Route("/{path:path}", forward, methods=["GET", "POST"])])
+        front = answer_lost_front(vault.url)
         account, client = client_of(world, vault, funds=20_000, deposit=20_000)
-        key = _key_file(tmp_path, account)
+        key = key_file(tmp_path, account)
         with serve_in_thread(front) as front_url:
             parser = argparse.ArgumentParser()
             add_pay_arguments(parser)

@@ -21,8 +21,8 @@ from a402.client.vault import VaultClient
 from tests.a402_exchange.helpers import World
 
 from .helpers import client_of, running_vault, vault_flags
+from .helpers import key_file as _key_file
 from .test_paid_stream import GROUP, PER_GROUP, ROUTES, Upstream, llm_service
-from .test_pay_budget import _key_file
 
 pytestmark = pytest.mark.anvil
 
