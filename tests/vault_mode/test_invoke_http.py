@@ -11,7 +11,7 @@ import json
 import random
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,13 @@ from a402.provider.a402_payments import A402Payments
 from a402.provider.a402_store import SqlChannelStore
 from a402.provider.middleware import PaymentMiddleware
 from a402.provider.settings import ChannelTimeouts, Watching
-from a402.tee import PROVIDER_PURPOSES, AttestationPolicy, SimulatedPlatform, SimulatedVerifier
+from a402.tee import (
+    PROVIDER_PURPOSES,
+    AttestationPolicy,
+    SimulatedEnclave,
+    SimulatedPlatform,
+    SimulatedVerifier,
+)
 from a402.vault.mode import VaultModeConfig, VaultModeService
 from a402.vault.mode_app import create_mode_app
 from a402.vault.mode_invoke import ModeInvoker, answer_row
@@ -71,6 +77,10 @@ class Setup:
     provider: LocalAccount
     calls: Calls
     tmp: Path
+    #: The provider's gateway again, around ``enclave`` (its config and store the same).
+    gateway: Callable[[SimulatedEnclave], A402Payments] | None = None
+    provider_enclave: SimulatedEnclave | None = None
+    platform: SimulatedPlatform | None = None
 
     def deposit(self, participant: str, amount: int) -> None:
         depositor = funded(self.chain, self.usdc, amount)
@@ -150,7 +160,10 @@ def running(chain: Chain, usdc: Any, tmp: Path, *, ack_timeout: float = 30.0,
         pay_to=operator.address,
         token=TokenInfo(usdc.address, "USD Coin", "USDC", "2", 6), network=chain.network,
         facilitator=UNUSED_FACILITATOR)
-    setup = Setup(chain, usdc, contract, service, invoker, operator, calls, tmp)
+    setup = Setup(chain, usdc, contract, service, invoker, operator, calls, tmp,
+                  gateway=lambda e: A402Payments(payments, replace(
+                      config, enclave=e, store=SqlChannelStore(config.store.url))),
+                  provider_enclave=config.enclave, platform=platform)
     with serve_in_thread(A402Payments(payments, config)) as site, \
             serve_in_thread(create_mode_app(service, worker=False, invoker=invoker)) as vault:
         yield setup, site, vault
@@ -304,6 +317,31 @@ def test_a_restarted_vault_pays_through_the_channel_its_enclave_still_holds(
             code, summary, _ = s.pay(site, url, client, "after")
         assert code == 0 and summary["payment"]["channelId"] == "0x" + channel[0].hex()
         assert [c[0] for c in again.accounts.channels()] == [channel[0]]
+        assert s.account(client.address) == 20_000 - 2 * PRICE
+        assert s.calls["weather"] == 2
+
+
+def test_a_provider_restarted_at_another_url_is_paid_on_the_vault_mode_channel(
+    vault_chain: Chain, usdc: Any, tmp_path: Path
+) -> None:
+    """The provider's gateway restarts at another port, its enclave restored from its sealed
+    identity and its channel store the same: the channel is bound on the tunnel to the new
+    URL and pays there (the vault's tunnels are per origin; the enclave key is checked)."""
+    with running(vault_chain, usdc, tmp_path) as (s, site, vault):
+        client = Account.create()
+        s.deposit(client.address, 20_000)
+        s.service.tick()
+        assert s.pay(site, vault, client, "before")[0] == 0
+        (channel,) = s.service.accounts.channels()
+        assert s.gateway and s.platform and s.provider_enclave
+        restored = s.platform.restore(PROVIDER_CODE, s.provider_enclave.export_sealed(),
+                                      allowed_purposes=PROVIDER_PURPOSES)
+        with serve_in_thread(s.gateway(restored)) as moved:
+            assert moved != site
+            code, summary, _ = s.pay(moved, vault, client, "after")
+        assert code == 0, summary
+        assert summary["payment"]["channelId"] == "0x" + channel[0].hex()
+        assert [c[0] for c in s.service.accounts.channels()] == [channel[0]]
         assert s.account(client.address) == 20_000 - 2 * PRICE
         assert s.calls["weather"] == 2
 

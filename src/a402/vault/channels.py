@@ -56,6 +56,7 @@ tunnels and each channel is pinned to one of them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import time
@@ -90,7 +91,7 @@ from . import store as vault_store
 from .aggregate import Aggregator
 from .ledger import Ledger, LedgerBusy
 from .settings import Batching, Connections, Deposits, Timing
-from .tunnel import Checkpoint, CheckpointReason, ProviderTunnel
+from .tunnel import Checkpoint, CheckpointReason, ProviderTunnel, canonical_endpoint
 from .txjournal import TxJournal
 
 log = logging.getLogger("a402.vault")
@@ -201,7 +202,8 @@ class Channels:
 
     def _slot(self, endpoint: str, channel_id: bytes | None) -> tuple[str, int]:
         size = max(1, self.connections.tunnels_per_provider)
-        return endpoint, 0 if channel_id is None else int.from_bytes(channel_id[:4]) % size
+        return (canonical_endpoint(endpoint),
+                0 if channel_id is None else int.from_bytes(channel_id[:4]) % size)
 
     async def tunnel(self, endpoint: str, channel_id: bytes | None = None) -> ProviderTunnel:
         """A connected, attested tunnel with ``endpoint``; the channel's own if given."""
@@ -224,14 +226,37 @@ class Channels:
                 self._attached[slot] = set()
             return tunnel
 
-    async def bound(self, row: vault_store.Channel) -> tuple[ProviderTunnel, EnclaveChannel]:
-        """The channel's tunnel and live machine, attached (OPEN sent) on that tunnel."""
+    async def bound(self, row: vault_store.Channel, endpoint: str | None = None
+                    ) -> tuple[ProviderTunnel, EnclaveChannel]:
+        """The channel's tunnel and live machine, attached (OPEN sent) on that tunnel.
+
+        ``endpoint`` is where the provider is reached now (its 402's endpoint), by default
+        the one the channel was last bound at. A provider whose gateway restarted at
+        another URL knows the channel only once it is bound there, so a channel is
+        attached on every endpoint it is used at, and the store records the newest (for
+        the close). Safe because the endpoint is only an address: the tunnel to it is
+        attested, and :meth:`ProviderTunnel.attach` refuses a channel whose provider
+        address or enclave key is not the tunnel's attested ones (and the provider's
+        enclave accepts OPEN only for its own key), so another provider at that URL can
+        never be bound to, or paid on, this channel.
+        """
+        endpoint = canonical_endpoint(endpoint or row.endpoint)
         channel = await self.machine(row)
-        tunnel = await self.tunnel(row.endpoint, channel.channel_id)
-        attached = self._attached[self._slot(row.endpoint, channel.channel_id)]
+        tunnel = await self.tunnel(endpoint, channel.channel_id)
+        slot = self._slot(endpoint, channel.channel_id)
+        attached = self._attached[slot]
         if channel.channel_id not in attached:
             await tunnel.attach(channel)
+            # Bound here now: an endpoint it was bound at before (a gateway since gone)
+            # binds it again if the provider comes back there.
+            for other, ids in self._attached.items():
+                if other != slot and channel.channel_id in ids:
+                    ids.discard(channel.channel_id)
+                    self._tunnels[other].detach(channel.channel_id)
             attached.add(channel.channel_id)
+            if endpoint != canonical_endpoint(row.endpoint):
+                await asyncio.to_thread(self.store.set_channel, row.cid, endpoint=endpoint)
+                self.retire(row.cid)  # the remembered row names the old endpoint
         return tunnel, channel
 
     def retire(self, cid: str) -> None:
@@ -378,7 +403,9 @@ class Channels:
         if last is not None and last.terms["providerKey"] == info.provider_key.hex():
             channel = self.live.get(bytes.fromhex(last.cid[2:]))
             if channel is not None and channel.status is Status.OPEN and channel.free >= price:
-                await self.bound(last)
+                await self.bound(last, tunnel.endpoint)
+                self._usable[pair] = last if last.endpoint == tunnel.endpoint else (
+                    dataclasses.replace(last, endpoint=tunnel.endpoint))
                 return channel
         for row in reversed(await asyncio.to_thread(
                 self.store.channels, client=client, provider=provider, phases=(vault_store.OPEN,))):
@@ -388,12 +415,12 @@ class Channels:
             if channel.status is not Status.OPEN:
                 continue  # busy or being recovered: never share it
             if channel.free >= price:
-                await self.bound(row)
-                self._usable[pair] = row
+                await self.bound(row, tunnel.endpoint)
+                self._usable[pair] = dataclasses.replace(row, endpoint=tunnel.endpoint)
                 return channel
             if reuse_only:
                 raise NoUsableChannel
-            await self.close(row)
+            await self.close(row, tunnel.endpoint)
         if reuse_only:
             raise NoUsableChannel
         if funding == api.WALLET:
@@ -704,16 +731,17 @@ class Channels:
 
     # ------------------------------------------------------------------ closing
 
-    async def close(self, row: vault_store.Channel) -> None:
+    async def close(self, row: vault_store.Channel, endpoint: str | None = None) -> None:
         """Close cooperatively: CLOSE → CLOSE_ACK, then ``closeASC``; credits the rest.
 
-        Call with :meth:`pair_lock` held.
+        ``endpoint``: where the provider is reached now (see :meth:`bound`). Call with
+        :meth:`pair_lock` held.
         """
         self.retire(row.cid)
         if row.phase != vault_store.CLOSING:  # since when it has been closing: for escalation
             await asyncio.to_thread(self.store.set_channel, row.cid, phase=vault_store.CLOSING,
                                     pending_since=time.time())
-        tunnel, channel = await self.bound(row)
+        tunnel, channel = await self.bound(row, endpoint)
         signed = await tunnel.close(channel)
         # The machine keeps no copy of the provider's final signature: keep it here, so a
         # restart can still submit closeASC (else the provider submits it after its grace).

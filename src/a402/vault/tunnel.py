@@ -352,6 +352,12 @@ class _TunnelLost(Exception):
 # ------------------------------------------------------------------------ tunnel
 
 
+def canonical_endpoint(endpoint: str) -> str:
+    """``endpoint`` as a tunnel names it: no trailing slash, ending in the a402 prefix."""
+    base = endpoint.rstrip("/")
+    return base if base.endswith(WELL_KNOWN_PREFIX) else base + WELL_KNOWN_PREFIX
+
+
 class ProviderTunnel:
     """The vault's attested tunnel with one provider; drives that provider's channels.
 
@@ -394,8 +400,7 @@ class ProviderTunnel:
         link: ProviderLink | None = None,
         may_send: Callable[[], bool] | None = None,
     ) -> None:
-        base = endpoint.rstrip("/")
-        self.endpoint = base if base.endswith(WELL_KNOWN_PREFIX) else base + WELL_KNOWN_PREFIX
+        self.endpoint = canonical_endpoint(endpoint)
         self._origin = self.endpoint[: -len(WELL_KNOWN_PREFIX)]
         self.enclave = enclave
         self.verifiers = {v.kind: v for v in verifiers}
@@ -536,6 +541,13 @@ class ProviderTunnel:
         last_ack = channel.last_ack()
         if last_ack is not None and channel.status is Status.OPEN:
             self._owe_ack(channel, last_ack)
+
+    def detach(self, channel_id: bytes) -> None:
+        """Forget a channel bound since on another tunnel (its provider moved there): no
+        OPEN for it on a reconnect, and no ACK sent from here. Safe to drop the owed ACK:
+        :meth:`attach` on the new tunnel owed the channel's newest ACK again there."""
+        self._bound.pop(channel_id, None)
+        self._unacked.pop(channel_id, None)
 
     async def _open(self, terms: ChannelTerms) -> None:
         assert self._handle is not None and self.info is not None
