@@ -52,7 +52,10 @@ def test_a_withheld_reveal_is_claimed_on_chain_and_the_vault_still_gets_the_resu
         # The second request's REVEAL is withheld: the provider claims δ on-chain after
         # Δ_ack, which publishes s; the vault extracts t and opens the result.
         result = client.invoke(f"{site}/weather", max_price=PRICE, idempotency_key="w2")
-        [channel] = vault.store.channels()
+        # The call is answered as the claim is found, just before the ledger records the
+        # client's refund (that order survives a crash: see Channels.settle).
+        [channel] = wait_for(lambda: [c for c in vault.store.channels()
+                                      if c.phase == vault_store.SETTLED], what="the credit")
         assert_conserved(world, vault.store, vault.address, escrow)
     assert result.outcome == api.PAID and result.payment is not None
     assert result.payment["onChain"] and result.payment["transaction"] == channel.settle_tx
