@@ -150,3 +150,30 @@ def test_a_withdrawal_asked_while_in_debt_is_refused_and_the_others_are_paid(
     assert h.service.balance(provider.address)["free"] == "0"
     assert h.service.status()["droppedPayouts"] == []
     _conserved(h)
+
+
+def test_a_dropped_payout_is_still_shown_after_a_restart_and_its_money_is_still_there(
+    h: Harness,
+) -> None:
+    """Review S11: the drop was kept in this process only. After a restart (or on the
+    replica that took over) the participant saw its acknowledged withdrawal neither queued,
+    nor paid, nor dropped: nothing told it why. The drop is sealed with the payout queue in
+    the very write that removes the request from it."""
+    _, bob, provider, claim = _indebted_provider(h)
+    assert h.service.withdraw(provider.address, 3_000)["queued"] == "3000"
+    assert h.service.withdraw(bob.address, 1_000)["queued"] == "1000"
+    _claim(h, provider, claim)
+    _rounds(h)
+    (dropped,) = h.service.balance(provider.address)["payoutsDropped"]
+    again = h.start()  # the first process is gone
+    mine = again.balance(provider.address)
+    assert mine["payoutsDropped"] == [dropped]
+    assert (dropped["error"], dropped["amount"]) == ("debt_outstanding", "3000")
+    assert again.status()["droppedPayouts"] == [dropped]
+    # what the user reads is true: nothing paid for it, its money still in its account
+    assert (mine["free"], mine["payoutRequested"], mine["debt"]) == (
+        str(3_000 - PRICE), "0", "0")
+    assert h.paid_to(provider.address) == PRICE  # its claim only
+    assert h.paid_to(bob.address) == 1_000
+    h.service = again
+    _conserved(h)

@@ -107,6 +107,10 @@ _PAYOUTS_LABEL = "a402/vault-mode-payouts"
 #: a client retries a withdrawal whose answer it lost within seconds or minutes, long
 #: before this many later withdrawals have been asked for.
 WITHDRAW_KEYS_KEPT = 4096
+#: How many dropped payout requests (:meth:`VaultModeService._payable`) the sealed queue
+#: remembers, the most recent ones: what a participant and the operator are shown
+#: (``payoutsDropped``, ``droppedPayouts``), after a restart or a fail-over too.
+DROPPED_KEPT = 100
 #: An idempotency key: 1 to 64 of these characters (a UUID, hex, base64url).
 _KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 _DECIMALS_ABI = [{"type": "function", "name": "decimals", "stateMutability": "view",
@@ -233,12 +237,13 @@ class VaultModeService:
         #: ``(participant, idempotency key)`` -> the answer of the withdrawal it queued;
         #: stored sealed with the payout queue, in the same write (:meth:`_payouts_blob`).
         self.withdrawals: dict[tuple[str, str], dict[str, str]] = {}
+        #: Payout requests dropped unpaid, and why (:meth:`_payable`): the last
+        #: :data:`DROPPED_KEPT`, sealed with the payout queue in the write that drops them.
+        self.dropped: list[dict[str, str]] = []
         self._load_payouts()
         self.watchtower = VaultWatchtower(self.contract, self.accounts, config.account)
         self.landed: list[Landed] = self._load_landed()
         self.answers: list[Answer] = []
-        #: Payout requests dropped unpaid, and why (:meth:`_payable`).
-        self.dropped: list[dict[str, str]] = []
         #: Who serves: this process (vault mode is one process, under the store's lock).
         self.holder = f"{socket.gethostname()}:{os.getpid()}"
         self._decimals: int | None = None
@@ -448,7 +453,8 @@ class VaultModeService:
             *(p for p in self.scheduler.in_flight() if p.participant.lower() not in skip))]
         keys = [[who, key, answer] for (who, key), answer in self.withdrawals.items()]
         return self.config.enclave.seal(_PAYOUTS_LABEL, json.dumps(
-            {"queue": queue, "withdrawals": keys}).encode())
+            {"queue": queue, "withdrawals": keys, "dropped": self.dropped[-DROPPED_KEPT:]}
+        ).encode())
 
     def _load_payouts(self) -> None:
         blob = self.store.get_meta(PAYOUTS_KEY)
@@ -461,6 +467,7 @@ class VaultModeService:
             self.scheduler.request(participant, int(amount), now=float(asked))
         for who, key, answer in stored["withdrawals"]:
             self.withdrawals[(str(who), str(key))] = {k: str(v) for k, v in answer.items()}
+        self.dropped = [{k: str(v) for k, v in d.items()} for d in stored.get("dropped", [])]
 
     def _load_landed(self) -> list[Landed]:
         raw = self.store.get_meta(LANDED_KEY)
@@ -805,6 +812,7 @@ class VaultModeService:
                 log.warning("payout to %s dropped: %s", p.participant, why)
                 self.dropped.append({"participant": p.participant, "amount": str(p.amount),
                                      "error": str(error), "reason": str(why)})
+                del self.dropped[:-DROPPED_KEPT]
         return out
 
     def land(self) -> list[Landed]:
