@@ -750,9 +750,18 @@ class VaultModeService:
         between, so a payout it keeps is one the enclave pays, and one payee's debt or
         shortfall drops that payee's request (with its reason), never everybody's. A dropped
         request leaves the queue with the batch (nothing was paid for it; its money stays
-        in its account); if signing fails otherwise, the kept requests wait again."""
-        now = self.chain_time()
-        active = set() if batch is None else self._force_settling(batch)  # RPC: not locked
+        in its account); if signing fails otherwise, the kept requests wait again.
+
+        The batch was taken out of the queue (in flight) by the caller: every failure here
+        puts it back (:meth:`_unsigned`), a node's error before the signing included (review
+        S11: it stayed in flight, never taken into a batch again nor paid before a restart).
+        Nothing was signed then, so waiting again pays nobody twice."""
+        try:
+            now = self.chain_time()
+            active = set() if batch is None else self._force_settling(batch)  # RPC: unlocked
+        except BaseException:
+            self._unsigned(batch)
+            raise
         # one hold of the lock from signing to the queue's update: nobody reads the ledger
         # already paying the batch while the queue still lists it (counted twice)
         with self._lock:
@@ -760,23 +769,35 @@ class VaultModeService:
             try:
                 settled = self.change(lambda: self.accounts.settle(pairs, now=now),
                                       signing=batch)
-            except VaultModeError as e:
+            except BaseException as e:  # not signed (or its write failed: service broken)
                 if batch is not None:
                     kept = {address_key(p) for p, _ in pairs}
                     self.scheduler.done(Batch(tuple(
                         p for p in batch.payouts if address_key(p.participant) not in kept),
                         batch.due))
-                    self.scheduler.failed(Batch(tuple(
+                    self._unsigned(Batch(tuple(
                         p for p in batch.payouts if address_key(p.participant) in kept),
                         batch.due))
-                    self._save_payouts()
-                if e.reason == "nothing_to_settle":
+                if isinstance(e, VaultModeError) and e.reason == "nothing_to_settle":
                     return None
                 raise
             if batch is not None:
                 self.scheduler.done(batch)
                 self._save_payouts()
         return settled.settlement
+
+    def _unsigned(self, batch: Batch | None) -> None:
+        """``batch`` (taken for a signing that failed; less the requests dropped) waits
+        again, in the stored queue too (best effort: that queue still holds it in flight,
+        which a restart loads as waiting)."""
+        if batch is None:
+            return
+        with self._lock:
+            self.scheduler.failed(batch)
+            try:
+                self._save_payouts()
+            except Exception as e:  # the signing's own error is the one raised
+                log.warning("payout queue not stored after a failed signing: %s", e)
 
     def _force_settling(self, batch: Batch) -> set[str]:
         """The batch's payees whose force-settle the contract records (read on-chain)."""
@@ -912,7 +933,12 @@ class VaultModeService:
             self._save_payouts()  # kept in the stored queue (in flight) until signed
         for n, batch in enumerate(batches, 1):
             say(f"the enclave signs settlement {n} of {len(batches)}")
-            self._sign(batch)
+            try:
+                self._sign(batch)
+            except BaseException:  # the batches not tried yet wait again (review S11)
+                for rest in batches[n:]:
+                    self._unsigned(rest)
+                raise
         say("landing on-chain")
         return self.land()
 
