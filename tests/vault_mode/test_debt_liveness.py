@@ -245,3 +245,30 @@ def test_settle_now_that_fails_on_its_first_batch_leaves_no_batch_stranded(
         mine = h.service.balance(who.address)
         assert (mine["free"], mine["payoutRequested"]) == (str(left), "0")
     _conserved(h)
+
+
+def test_a_withdrawal_asked_again_after_its_payout_was_dropped_says_so_not_queued(
+    h: Harness,
+) -> None:
+    """Review S11: a withdrawal asked again with its idempotency key answered what it first
+    answered (``queued``) for ever, though its payout was dropped and nothing would be paid:
+    the client believed its money was on its way. It now answers the drop (nothing paid,
+    nothing queued again), after a restart too; a paid one answers as before."""
+    _, bob, provider, claim = _indebted_provider(h)
+    assert h.service.withdraw(provider.address, 3_000, "w-1")["queued"] == "3000"
+    assert h.service.withdraw(bob.address, 1_000, "b-1")["queued"] == "1000"
+    _claim(h, provider, claim)
+    _rounds(h)
+    assert h.paid_to(bob.address) == 1_000
+    for service in (h.service, h.start()):  # and after a restart
+        again = service.withdraw(provider.address, 3_000, "w-1")
+        assert again["replayed"] is True
+        assert again["payoutDropped"] == "debt_outstanding"
+        assert again["message"].startswith("nothing was paid: 3000 asked")
+        mine = service.balance(provider.address)
+        assert (mine["free"], mine["payoutRequested"]) == (str(3_000 - PRICE), "0")
+        paid = service.withdraw(bob.address, 1_000, "b-1")
+        assert paid["replayed"] is True and "payoutDropped" not in paid
+        assert service.balance(bob.address)["payoutRequested"] == "0"
+    assert h.paid_to(provider.address) == PRICE  # its claim only
+    assert h.paid_to(bob.address) == 1_000

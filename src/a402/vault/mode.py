@@ -240,6 +240,12 @@ class VaultModeService:
         #: Payout requests dropped unpaid, and why (:meth:`_payable`): the last
         #: :data:`DROPPED_KEPT`, sealed with the payout queue in the write that drops them.
         self.dropped: list[dict[str, str]] = []
+        #: The idempotency keys of the withdrawals each participant asked since its last
+        #: payout was taken into a batch (``_open_keys``), and those of the batch being
+        #: signed (``_batch_keys``): a batch that drops the payout marks its keys' answers
+        #: (:meth:`_mark_dropped`), so that asking again says so. Stored with the queue.
+        self._open_keys: dict[str, list[str]] = {}
+        self._batch_keys: dict[str, list[str]] = {}
         self._load_payouts()
         self.watchtower = VaultWatchtower(self.contract, self.accounts, config.account)
         self.landed: list[Landed] = self._load_landed()
@@ -452,9 +458,11 @@ class VaultModeService:
             *self.scheduler.pending(),
             *(p for p in self.scheduler.in_flight() if p.participant.lower() not in skip))]
         keys = [[who, key, answer] for (who, key), answer in self.withdrawals.items()]
+        open_keys = [[who, key] for q in (self._batch_keys, self._open_keys)
+                     for who, ks in q.items() for key in ks]
         return self.config.enclave.seal(_PAYOUTS_LABEL, json.dumps(
-            {"queue": queue, "withdrawals": keys, "dropped": self.dropped[-DROPPED_KEPT:]}
-        ).encode())
+            {"queue": queue, "withdrawals": keys, "dropped": self.dropped[-DROPPED_KEPT:],
+             "openKeys": open_keys}).encode())
 
     def _load_payouts(self) -> None:
         blob = self.store.get_meta(PAYOUTS_KEY)
@@ -468,6 +476,8 @@ class VaultModeService:
         for who, key, answer in stored["withdrawals"]:
             self.withdrawals[(str(who), str(key))] = {k: str(v) for k, v in answer.items()}
         self.dropped = [{k: str(v) for k, v in d.items()} for d in stored.get("dropped", [])]
+        for who, key in stored.get("openKeys", []):  # a batch in flight waits again: open
+            self._open_keys.setdefault(str(who), []).append(str(key))
 
     def _load_landed(self) -> list[Landed]:
         raw = self.store.get_meta(LANDED_KEY)
@@ -729,6 +739,7 @@ class VaultModeService:
             if key is not None:
                 answer["idempotencyKey"] = key
                 self.withdrawals[(who, key)] = answer
+                self._open_keys.setdefault(who, []).append(key)
                 while len(self.withdrawals) > WITHDRAW_KEYS_KEPT:  # the oldest first
                     del self.withdrawals[next(iter(self.withdrawals))]
             self._save_payouts()
@@ -783,8 +794,27 @@ class VaultModeService:
                 raise
             if batch is not None:
                 self.scheduler.done(batch)
+                for p in batch.payouts:  # paid (or dropped and marked already)
+                    self._batch_keys.pop(address_key(p.participant), None)
                 self._save_payouts()
         return settled.settlement
+
+    def _take_keys(self, batch: Batch | None) -> None:
+        """Under the lock: ``batch`` was taken out of the queue; the keys of the withdrawals
+        its payouts sum are those asked until now (a later one waits in the queue apart)."""
+        for p in () if batch is None else batch.payouts:
+            who = address_key(p.participant)
+            self._batch_keys[who] = self._batch_keys.get(who, []) + self._open_keys.pop(who, [])
+
+    def _mark_dropped(self, participant: str, error: str, why: str) -> None:
+        """Under the lock: the batch dropped ``participant``'s payout: the withdrawals it
+        summed answer so when asked again (review S11: they answered ``queued`` for ever,
+        while nothing would be paid for them)."""
+        for key in self._batch_keys.pop(address_key(participant), []):
+            answer = self.withdrawals.get((address_key(participant), key))
+            if answer is not None:
+                answer.update({"payoutDropped": error, "message": (
+                    why if why.startswith("nothing was paid") else f"nothing was paid: {why}")})
 
     def _unsigned(self, batch: Batch | None) -> None:
         """``batch`` (taken for a signing that failed; less the requests dropped) waits
@@ -794,6 +824,11 @@ class VaultModeService:
             return
         with self._lock:
             self.scheduler.failed(batch)
+            for p in batch.payouts:
+                who = address_key(p.participant)
+                back = self._batch_keys.pop(who, [])
+                if back:
+                    self._open_keys[who] = back + self._open_keys.get(who, [])
             try:
                 self._save_payouts()
             except Exception as e:  # the signing's own error is the one raised
@@ -834,6 +869,7 @@ class VaultModeService:
                 self.dropped.append({"participant": p.participant, "amount": str(p.amount),
                                      "error": str(error), "reason": str(why)})
                 del self.dropped[:-DROPPED_KEPT]
+                self._mark_dropped(p.participant, str(error), str(why))
         return out
 
     def land(self) -> list[Landed]:
@@ -880,6 +916,7 @@ class VaultModeService:
         with self._lock:
             batch = self.scheduler.due(now=at)
             if batch is not None:
+                self._take_keys(batch)
                 self._save_payouts()  # kept in the stored queue (in flight) until signed
         totals = self.accounts.totals()
         if (batch is not None or totals["unconfirmed"] or totals["pending"]
@@ -930,6 +967,8 @@ class VaultModeService:
         self.observe_deposits()
         with self._lock:
             batches: list[Batch | None] = [*self.scheduler.take_all(now=time.time())] or [None]
+            for taken in batches:
+                self._take_keys(taken)
             self._save_payouts()  # kept in the stored queue (in flight) until signed
         for n, batch in enumerate(batches, 1):
             say(f"the enclave signs settlement {n} of {len(batches)}")
