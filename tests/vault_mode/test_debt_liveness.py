@@ -25,6 +25,7 @@ from a402.asc import ForceCloseDue
 from a402.chain.node import Chain
 from a402.crypto.vault_messages import VaultChannelTerms
 from a402.vault.mode import VaultModeError
+from a402.vault.settlement_schedule import SchedulePolicy
 from a402.vault_accounts import CLAIM_WINDOW
 from a402.vault_contract import PendingClaim
 
@@ -150,3 +151,124 @@ def test_a_withdrawal_asked_while_in_debt_is_refused_and_the_others_are_paid(
     assert h.service.balance(provider.address)["free"] == "0"
     assert h.service.status()["droppedPayouts"] == []
     _conserved(h)
+
+
+def test_a_dropped_payout_is_still_shown_after_a_restart_and_its_money_is_still_there(
+    h: Harness,
+) -> None:
+    """Review S11: the drop was kept in this process only. After a restart (or on the
+    replica that took over) the participant saw its acknowledged withdrawal neither queued,
+    nor paid, nor dropped: nothing told it why. The drop is sealed with the payout queue in
+    the very write that removes the request from it."""
+    _, bob, provider, claim = _indebted_provider(h)
+    assert h.service.withdraw(provider.address, 3_000)["queued"] == "3000"
+    assert h.service.withdraw(bob.address, 1_000)["queued"] == "1000"
+    _claim(h, provider, claim)
+    _rounds(h)
+    (dropped,) = h.service.balance(provider.address)["payoutsDropped"]
+    again = h.start()  # the first process is gone
+    mine = again.balance(provider.address)
+    assert mine["payoutsDropped"] == [dropped]
+    assert (dropped["error"], dropped["amount"]) == ("debt_outstanding", "3000")
+    assert again.status()["droppedPayouts"] == [dropped]
+    # what the user reads is true: nothing paid for it, its money still in its account
+    assert (mine["free"], mine["payoutRequested"], mine["debt"]) == (
+        str(3_000 - PRICE), "0", "0")
+    assert h.paid_to(provider.address) == PRICE  # its claim only
+    assert h.paid_to(bob.address) == 1_000
+    h.service = again
+    _conserved(h)
+
+
+def test_a_batch_whose_signing_round_hits_a_node_error_is_paid_by_the_next_round(
+    h: Harness,
+) -> None:
+    """Review S11: the round that takes a due batch out of the queue reads the chain (its
+    time, the payees' force-settle status) before the signing; a node error there left the
+    batch "in flight" in this process for ever: shown as requested, never in a batch again,
+    never paid until a restart. The batch now waits again, and the next round pays it."""
+    alice, bob = Account.create(), Account.create()
+    h.deposit(alice.address, 2_000)
+    h.deposit(bob.address, 2_000)
+    h.service.tick()  # epoch 1 confirms both deposits and lands
+    h.service.withdraw(alice.address, 700)
+    h.service.withdraw(bob.address, 300)
+    real = h.service.chain_time
+    failures = iter([ConnectionError("the node hung up")])
+
+    def flaky() -> int:
+        for e in failures:
+            raise e
+        return real()
+
+    h.service.chain_time = flaky  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        h.service.tick()  # the round that took the batch fails: nothing signed, nothing paid
+    assert h.paid_to(alice.address) == 0
+    assert h.service.balance(alice.address)["payoutRequested"] == "700"
+    h.service.tick()  # the node is back
+    assert (h.paid_to(alice.address), h.paid_to(bob.address)) == (700, 300)
+    for who, left in ((alice, 1_300), (bob, 1_700)):
+        mine = h.service.balance(who.address)
+        assert (mine["free"], mine["payoutRequested"]) == (str(left), "0")
+    _conserved(h)
+
+
+def test_settle_now_that_fails_on_its_first_batch_leaves_no_batch_stranded(
+    vault_chain: Chain, usdc: Any, tmp_path: Path,
+) -> None:
+    """Review S11: the operator's settle-now takes every request into batches at once; one
+    failing signing left the batches after it in flight, never paid before a restart."""
+    h = Harness(vault_chain, usdc, tmp_path, SchedulePolicy(
+        window=0, jitter=0, min_participants=1, max_per_tx=1))
+    alice, bob = Account.create(), Account.create()
+    h.deposit(alice.address, 2_000)
+    h.deposit(bob.address, 2_000)
+    h.service.tick()
+    h.service.withdraw(alice.address, 700)
+    h.service.withdraw(bob.address, 300)
+    real = h.service.chain_time
+    failures = iter([ConnectionError("the node hung up")])
+
+    def flaky() -> int:
+        for e in failures:
+            raise e
+        return real()
+
+    h.service.chain_time = flaky  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        h.service.settle_now()
+    assert (h.paid_to(alice.address), h.paid_to(bob.address)) == (0, 0)
+    h.service.settle_now()  # the node is back: both batches
+    assert (h.paid_to(alice.address), h.paid_to(bob.address)) == (700, 300)
+    for who, left in ((alice, 1_300), (bob, 1_700)):
+        mine = h.service.balance(who.address)
+        assert (mine["free"], mine["payoutRequested"]) == (str(left), "0")
+    _conserved(h)
+
+
+def test_a_withdrawal_asked_again_after_its_payout_was_dropped_says_so_not_queued(
+    h: Harness,
+) -> None:
+    """Review S11: a withdrawal asked again with its idempotency key answered what it first
+    answered (``queued``) for ever, though its payout was dropped and nothing would be paid:
+    the client believed its money was on its way. It now answers the drop (nothing paid,
+    nothing queued again), after a restart too; a paid one answers as before."""
+    _, bob, provider, claim = _indebted_provider(h)
+    assert h.service.withdraw(provider.address, 3_000, "w-1")["queued"] == "3000"
+    assert h.service.withdraw(bob.address, 1_000, "b-1")["queued"] == "1000"
+    _claim(h, provider, claim)
+    _rounds(h)
+    assert h.paid_to(bob.address) == 1_000
+    for service in (h.service, h.start()):  # and after a restart
+        again = service.withdraw(provider.address, 3_000, "w-1")
+        assert again["replayed"] is True
+        assert again["payoutDropped"] == "debt_outstanding"
+        assert again["message"].startswith("nothing was paid: 3000 asked")
+        mine = service.balance(provider.address)
+        assert (mine["free"], mine["payoutRequested"]) == (str(3_000 - PRICE), "0")
+        paid = service.withdraw(bob.address, 1_000, "b-1")
+        assert paid["replayed"] is True and "payoutDropped" not in paid
+        assert service.balance(bob.address)["payoutRequested"] == "0"
+    assert h.paid_to(provider.address) == PRICE  # its claim only
+    assert h.paid_to(bob.address) == 1_000

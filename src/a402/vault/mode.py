@@ -107,6 +107,10 @@ _PAYOUTS_LABEL = "a402/vault-mode-payouts"
 #: a client retries a withdrawal whose answer it lost within seconds or minutes, long
 #: before this many later withdrawals have been asked for.
 WITHDRAW_KEYS_KEPT = 4096
+#: How many dropped payout requests (:meth:`VaultModeService._payable`) the sealed queue
+#: remembers, the most recent ones: what a participant and the operator are shown
+#: (``payoutsDropped``, ``droppedPayouts``), after a restart or a fail-over too.
+DROPPED_KEPT = 100
 #: An idempotency key: 1 to 64 of these characters (a UUID, hex, base64url).
 _KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 _DECIMALS_ABI = [{"type": "function", "name": "decimals", "stateMutability": "view",
@@ -233,12 +237,19 @@ class VaultModeService:
         #: ``(participant, idempotency key)`` -> the answer of the withdrawal it queued;
         #: stored sealed with the payout queue, in the same write (:meth:`_payouts_blob`).
         self.withdrawals: dict[tuple[str, str], dict[str, str]] = {}
+        #: Payout requests dropped unpaid, and why (:meth:`_payable`): the last
+        #: :data:`DROPPED_KEPT`, sealed with the payout queue in the write that drops them.
+        self.dropped: list[dict[str, str]] = []
+        #: The idempotency keys of the withdrawals each participant asked since its last
+        #: payout was taken into a batch (``_open_keys``), and those of the batch being
+        #: signed (``_batch_keys``): a batch that drops the payout marks its keys' answers
+        #: (:meth:`_mark_dropped`), so that asking again says so. Stored with the queue.
+        self._open_keys: dict[str, list[str]] = {}
+        self._batch_keys: dict[str, list[str]] = {}
         self._load_payouts()
         self.watchtower = VaultWatchtower(self.contract, self.accounts, config.account)
         self.landed: list[Landed] = self._load_landed()
         self.answers: list[Answer] = []
-        #: Payout requests dropped unpaid, and why (:meth:`_payable`).
-        self.dropped: list[dict[str, str]] = []
         #: Who serves: this process (vault mode is one process, under the store's lock).
         self.holder = f"{socket.gethostname()}:{os.getpid()}"
         self._decimals: int | None = None
@@ -447,8 +458,11 @@ class VaultModeService:
             *self.scheduler.pending(),
             *(p for p in self.scheduler.in_flight() if p.participant.lower() not in skip))]
         keys = [[who, key, answer] for (who, key), answer in self.withdrawals.items()]
+        open_keys = [[who, key] for q in (self._batch_keys, self._open_keys)
+                     for who, ks in q.items() for key in ks]
         return self.config.enclave.seal(_PAYOUTS_LABEL, json.dumps(
-            {"queue": queue, "withdrawals": keys}).encode())
+            {"queue": queue, "withdrawals": keys, "dropped": self.dropped[-DROPPED_KEPT:],
+             "openKeys": open_keys}).encode())
 
     def _load_payouts(self) -> None:
         blob = self.store.get_meta(PAYOUTS_KEY)
@@ -461,6 +475,9 @@ class VaultModeService:
             self.scheduler.request(participant, int(amount), now=float(asked))
         for who, key, answer in stored["withdrawals"]:
             self.withdrawals[(str(who), str(key))] = {k: str(v) for k, v in answer.items()}
+        self.dropped = [{k: str(v) for k, v in d.items()} for d in stored.get("dropped", [])]
+        for who, key in stored.get("openKeys", []):  # a batch in flight waits again: open
+            self._open_keys.setdefault(str(who), []).append(str(key))
 
     def _load_landed(self) -> list[Landed]:
         raw = self.store.get_meta(LANDED_KEY)
@@ -722,6 +739,7 @@ class VaultModeService:
             if key is not None:
                 answer["idempotencyKey"] = key
                 self.withdrawals[(who, key)] = answer
+                self._open_keys.setdefault(who, []).append(key)
                 while len(self.withdrawals) > WITHDRAW_KEYS_KEPT:  # the oldest first
                     del self.withdrawals[next(iter(self.withdrawals))]
             self._save_payouts()
@@ -743,9 +761,18 @@ class VaultModeService:
         between, so a payout it keeps is one the enclave pays, and one payee's debt or
         shortfall drops that payee's request (with its reason), never everybody's. A dropped
         request leaves the queue with the batch (nothing was paid for it; its money stays
-        in its account); if signing fails otherwise, the kept requests wait again."""
-        now = self.chain_time()
-        active = set() if batch is None else self._force_settling(batch)  # RPC: not locked
+        in its account); if signing fails otherwise, the kept requests wait again.
+
+        The batch was taken out of the queue (in flight) by the caller: every failure here
+        puts it back (:meth:`_unsigned`), a node's error before the signing included (review
+        S11: it stayed in flight, never taken into a batch again nor paid before a restart).
+        Nothing was signed then, so waiting again pays nobody twice."""
+        try:
+            now = self.chain_time()
+            active = set() if batch is None else self._force_settling(batch)  # RPC: unlocked
+        except BaseException:
+            self._unsigned(batch)
+            raise
         # one hold of the lock from signing to the queue's update: nobody reads the ledger
         # already paying the batch while the queue still lists it (counted twice)
         with self._lock:
@@ -753,23 +780,59 @@ class VaultModeService:
             try:
                 settled = self.change(lambda: self.accounts.settle(pairs, now=now),
                                       signing=batch)
-            except VaultModeError as e:
+            except BaseException as e:  # not signed (or its write failed: service broken)
                 if batch is not None:
                     kept = {address_key(p) for p, _ in pairs}
                     self.scheduler.done(Batch(tuple(
                         p for p in batch.payouts if address_key(p.participant) not in kept),
                         batch.due))
-                    self.scheduler.failed(Batch(tuple(
+                    self._unsigned(Batch(tuple(
                         p for p in batch.payouts if address_key(p.participant) in kept),
                         batch.due))
-                    self._save_payouts()
-                if e.reason == "nothing_to_settle":
+                if isinstance(e, VaultModeError) and e.reason == "nothing_to_settle":
                     return None
                 raise
             if batch is not None:
                 self.scheduler.done(batch)
+                for p in batch.payouts:  # paid (or dropped and marked already)
+                    self._batch_keys.pop(address_key(p.participant), None)
                 self._save_payouts()
         return settled.settlement
+
+    def _take_keys(self, batch: Batch | None) -> None:
+        """Under the lock: ``batch`` was taken out of the queue; the keys of the withdrawals
+        its payouts sum are those asked until now (a later one waits in the queue apart)."""
+        for p in () if batch is None else batch.payouts:
+            who = address_key(p.participant)
+            self._batch_keys[who] = self._batch_keys.get(who, []) + self._open_keys.pop(who, [])
+
+    def _mark_dropped(self, participant: str, error: str, why: str) -> None:
+        """Under the lock: the batch dropped ``participant``'s payout: the withdrawals it
+        summed answer so when asked again (review S11: they answered ``queued`` for ever,
+        while nothing would be paid for them)."""
+        for key in self._batch_keys.pop(address_key(participant), []):
+            answer = self.withdrawals.get((address_key(participant), key))
+            if answer is not None:
+                answer.update({"payoutDropped": error, "message": (
+                    why if why.startswith("nothing was paid") else f"nothing was paid: {why}")})
+
+    def _unsigned(self, batch: Batch | None) -> None:
+        """``batch`` (taken for a signing that failed; less the requests dropped) waits
+        again, in the stored queue too (best effort: that queue still holds it in flight,
+        which a restart loads as waiting)."""
+        if batch is None:
+            return
+        with self._lock:
+            self.scheduler.failed(batch)
+            for p in batch.payouts:
+                who = address_key(p.participant)
+                back = self._batch_keys.pop(who, [])
+                if back:
+                    self._open_keys[who] = back + self._open_keys.get(who, [])
+            try:
+                self._save_payouts()
+            except Exception as e:  # the signing's own error is the one raised
+                log.warning("payout queue not stored after a failed signing: %s", e)
 
     def _force_settling(self, batch: Batch) -> set[str]:
         """The batch's payees whose force-settle the contract records (read on-chain)."""
@@ -805,6 +868,8 @@ class VaultModeService:
                 log.warning("payout to %s dropped: %s", p.participant, why)
                 self.dropped.append({"participant": p.participant, "amount": str(p.amount),
                                      "error": str(error), "reason": str(why)})
+                del self.dropped[:-DROPPED_KEPT]
+                self._mark_dropped(p.participant, str(error), str(why))
         return out
 
     def land(self) -> list[Landed]:
@@ -851,6 +916,7 @@ class VaultModeService:
         with self._lock:
             batch = self.scheduler.due(now=at)
             if batch is not None:
+                self._take_keys(batch)
                 self._save_payouts()  # kept in the stored queue (in flight) until signed
         totals = self.accounts.totals()
         if (batch is not None or totals["unconfirmed"] or totals["pending"]
@@ -901,10 +967,17 @@ class VaultModeService:
         self.observe_deposits()
         with self._lock:
             batches: list[Batch | None] = [*self.scheduler.take_all(now=time.time())] or [None]
+            for taken in batches:
+                self._take_keys(taken)
             self._save_payouts()  # kept in the stored queue (in flight) until signed
         for n, batch in enumerate(batches, 1):
             say(f"the enclave signs settlement {n} of {len(batches)}")
-            self._sign(batch)
+            try:
+                self._sign(batch)
+            except BaseException:  # the batches not tried yet wait again (review S11)
+                for rest in batches[n:]:
+                    self._unsigned(rest)
+                raise
         say("landing on-chain")
         return self.land()
 
