@@ -248,6 +248,46 @@ def wallet_funded(d: Deployment) -> Parties:
     return p
 
 
+def test_balance_says_a_live_client_channel_counts_at_its_deposit_only_while_it_is_live(
+    usdc: Deployment, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The chain knows a channel's deposit, not what the client already paid inside it:
+    ``a402 balance`` says its total counts a live client channel at the deposit, and says
+    it only while such a channel is live (not for the provider, not once it closed)."""
+    d = usdc
+    p = wallet_funded(d)
+    cid = "0x" + p.cid.hex()
+    where = ("--key-file", key_file(tmp_path, p.client), "--manifest", str(d.manifest))
+    said = "live channel as client counted at the on-chain deposit"
+
+    code, out, _ = a402(capsys, "balance", *where)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith(f"1.000000 USDC in all for {p.client.address}: 0.000000 USDC "
+                               "in the wallet, 0.000000 USDC pooled, 1.000000 USDC escrowed"
+                               ), lines[0]
+    assert said in lines[1] and "leaves only at the close" in lines[1], lines[1]
+    code, out, _ = a402(capsys, "balance", *where, "--json")
+    data = json.loads(out)
+    assert (data["escrowedAtomic"], data["channelsCountedAtDeposit"]) == (str(DEPOSIT), True)
+
+    provider = ("--key-file", key_file(tmp_path, p.provider), "--manifest", str(d.manifest))
+    code, out, _ = a402(capsys, "balance", *provider)
+    assert code == 0 and said not in out and "escrowed" in out.splitlines()[0]
+    code, out, _ = a402(capsys, "balance", *provider, "--json")
+    assert json.loads(out)["channelsCountedAtDeposit"] is False
+
+    code, _, _ = a402(capsys, "channels", "force-close", cid, *where)
+    assert code == 0
+    increase_time(d.chain, DEV_DISPUTE_WINDOW)
+    code, _, _ = a402(capsys, "channels", "force-close", cid, *where)
+    assert code == 0 and balance(d.token, p.client.address) == DEPOSIT
+    code, out, _ = a402(capsys, "balance", *where)
+    assert code == 0 and said not in out, out
+    assert out.startswith(f"1.000000 USDC in all for {p.client.address}: 1.000000 USDC in "
+                          "the wallet"), out
+
+
 def test_a_pool_channels_force_close_says_the_refund_goes_back_to_the_pool(
     usdc: Deployment, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -4,11 +4,15 @@ traceback, nothing announced (a paywall that never served took no payment)."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+import a402
 from a402.chain.deploy import Manifest
 from a402.cli import main
 
@@ -79,3 +83,34 @@ def test_an_unknown_flag_says_the_paywall_was_not_started(
     first = _first_line([*UPSTREAM, "--nope"], capsys)
     assert first == "a402 mcp: not started, nothing was paid (usage): unrecognized " \
                     "arguments: --nope", first
+
+
+
+@pytest.mark.parametrize(("command", "cause"), [
+    ("a402-no-such-upstream-command", "FileNotFoundError"),
+    (f"{sys.executable} -c 'import sys; sys.exit(1)'", "Connection closed"),
+])
+def test_an_upstream_command_that_cannot_start_says_it_in_one_line(
+    command: str, cause: str,
+) -> None:
+    # The proxy starts the upstream as the server starts, before it listens: a command
+    # that does not exist, or exits before the MCP handshake, refuses the start in one
+    # line with a reason (not the server's traceback and its exit 3). A process of its
+    # own: the upstream's stderr is this process's, which pytest's capture has not.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "a402.cli", "mcp", "serve", "--facilitator",
+         "http://127.0.0.1:1", "--upstream-command", command, "--tool", "forecast=0.001",
+         "--asset", "0x" + "11" * 20, "--network", "eip155:1", "--pay-to", "0x" + "22" * 20,
+         "--port", str(port)],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(Path(a402.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])})
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == "" and "Traceback" not in done.stderr and '"mcp":' not in done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"{FIRST} (upstream_failed): the upstream MCP server "), lines
+    assert cause in lines[0], lines

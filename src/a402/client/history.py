@@ -580,7 +580,12 @@ def run_balance(args: argparse.Namespace, *, out: TextIO | None = None,
 
 def _balance(context: Any) -> int:
     """The key's wallet (token and ETH), its pool balances with the vaults named, its
-    channels' escrow and what the ASCManager owes it: all from the chain."""
+    channels' escrow and what the ASCManager owes it: all from the chain. A live channel
+    as client counts at its on-chain deposit, which is only an upper bound of the client's
+    share: what it paid inside the channel is off-chain (the vault and the provider know
+    it, the chain does not) and moves at the close. The text says so whenever such a
+    channel is counted (``channelsCountedAtDeposit`` in JSON); the amounts keep their
+    meaning (on-chain figures)."""
     from a402.asc_manager import OnChainStatus
     from a402.chain.deploy import token_balance
     from a402.client.account_command import EXIT_USAGE as USAGE
@@ -609,11 +614,17 @@ def _balance(context: Any) -> int:
     total = wallet + pooled + escrowed + due
     lines = [f"{token.show(total)} in all for {address}: {token.show(wallet)} in the "
              f"wallet, {token.show(pooled)} pooled, {token.show(escrowed)} escrowed in "
-             f"channels as client, {token.show(due)} owed by the ASCManager",
-             f"on {manager.chain.network}, ASCManager {manager.address}", "",
-             f"{'WHERE':<52} {'AMOUNT':>22}",
-             f"{'wallet ' + token.symbol:<52} {token.show(wallet):>22}",
-             f"{'wallet ETH (gas)':<52} {_eth(eth):>22}"]
+             f"channels as client, {token.show(due)} owed by the ASCManager"]
+    as_client = sum(1 for c in live if c.role == "client")
+    if as_client:  # the chain knows the deposit, not what was paid inside the channel
+        lines.append(f"(the {as_client} live channel{'s' if as_client > 1 else ''} as "
+                     "client counted at the on-chain deposit: what was already paid inside "
+                     f"{'them' if as_client > 1 else 'it'}, off-chain, is the provider's "
+                     "and leaves only at the close, so less of it may be yours)")
+    lines += [f"on {manager.chain.network}, ASCManager {manager.address}", "",
+              f"{'WHERE':<52} {'AMOUNT':>22}",
+              f"{'wallet ' + token.symbol:<52} {token.show(wallet):>22}",
+              f"{'wallet ETH (gas)':<52} {_eth(eth):>22}"]
     lines += [f"{'pool with vault ' + v:<52} {token.show(a):>22}" for v, a in pools]
     lines += [f"{'channel ' + c.id_hex[:18] + '… ' + c.role + ' ' + c.status.name.lower():<52}"
               f" {token.show(c.terms.deposit):>22}" for c in live]
@@ -625,6 +636,7 @@ def _balance(context: Any) -> int:
                   for v, a in pools],
         "escrowed": token.plain(escrowed), "escrowedAtomic": str(escrowed),
         "owed": token.plain(due), "owedAtomic": str(due), "total": token.plain(total),
+        "channelsCountedAtDeposit": bool(as_client),
         "channels": [c.to_json(token.plain) for c in channels]})
     return EXIT_OK
 

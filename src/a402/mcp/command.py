@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shlex
 import sys
@@ -203,12 +204,15 @@ def run_mcp_serve(args: argparse.Namespace) -> int:
     if serve.stdio:
         import anyio
 
-        from a402.mcp.proxy import serve_stdio
+        from a402.mcp.proxy import UpstreamFailed, serve_stdio
 
         print(json.dumps({**announcement, "mcp": "stdio"}), file=sys.stderr, flush=True)
-        anyio.run(serve_stdio, upstream, paywall)
+        try:
+            anyio.run(serve_stdio, upstream, paywall)
+        except UpstreamFailed as e:  # before it answered a call: nothing was paid
+            return fail(str(e), e.reason)
         return 0
-    from a402.mcp.proxy import proxy_app
+    from a402.mcp.proxy import UpstreamFailed, proxy_app
     from a402.serving import run as serve_app
 
     try:
@@ -220,8 +224,30 @@ def run_mcp_serve(args: argparse.Namespace) -> int:
     def announce() -> None:  # once the upstream answered: a failed start never announces
         print(json.dumps({**announcement, "mcp": url}), file=sys.stderr, flush=True)
 
-    serve_app(proxy_app(upstream, paywall, on_ready=announce,
-                        a402=channels.config if channels is not None else None),
-              host=serve.host,
-              port=serve.port, log_level="info" if args.verbose else "warning")
+    failures: list[UpstreamFailed] = []
+
+    def upstream_failed(failure: UpstreamFailed) -> None:
+        # Before the server listened: said here in one line, and the server's own account
+        # of the failed startup (the traceback, "Application startup failed") silenced;
+        # the cause is at debug level (a402.mcp.proxy).
+        failures.append(failure)
+
+    def unless_failed(_record: logging.LogRecord) -> bool:
+        return not failures
+
+    server_log = logging.getLogger("uvicorn.error")
+    server_log.addFilter(unless_failed)
+    try:
+        serve_app(proxy_app(upstream, paywall, on_ready=announce, on_failure=upstream_failed,
+                            a402=channels.config if channels is not None else None),
+                  host=serve.host,
+                  port=serve.port, log_level="info" if args.verbose else "warning")
+    except SystemExit:
+        if failures:  # uvicorn's exit after a failed startup: this failure, said once
+            return fail(str(failures[0]), failures[0].reason)
+        raise
+    finally:
+        server_log.removeFilter(unless_failed)
+    if failures:  # pragma: no cover - uvicorn exits after a failed startup
+        return fail(str(failures[0]), failures[0].reason)
     return 0

@@ -50,6 +50,29 @@ log = logging.getLogger("a402.mcp.proxy")
 
 MCP_PATH = "/mcp"
 
+UPSTREAM_FAILED = "upstream_failed"
+
+
+class UpstreamFailed(Exception):
+    """The upstream could not be started or did not complete the MCP handshake, before the
+    proxy served: no call was answered, so no payment was taken."""
+
+    reason = UPSTREAM_FAILED
+
+    def __init__(self, upstream: Upstream, cause: BaseException) -> None:
+        self.upstream = upstream
+        super().__init__(f"the upstream MCP server {str(upstream)!r} did not start or "
+                         f"answer the MCP handshake: {_describe(cause)}")
+
+
+def _describe(error: BaseException) -> str:
+    """The innermost cause of a startup failure, in one line (a task group's exception
+    group unwrapped to its first leaf: the SDK starts the child in one)."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
 
 @dataclass(frozen=True)
 class Upstream:
@@ -134,6 +157,16 @@ def upstream_result(result: types.CallToolResult) -> types.CallToolResult:
     return result
 
 
+async def _connected(upstream: Upstream, stack: contextlib.AsyncExitStack) -> ClientSession:
+    """The upstream's session, entered on ``stack``; its failure to connect (only that: not
+    an error once serving) as :class:`UpstreamFailed`, the cause logged at debug level."""
+    try:
+        return await stack.enter_async_context(upstream.connect())
+    except Exception as e:  # not BaseException: a cancellation stays one
+        log.debug("the upstream %s did not start", upstream, exc_info=True)
+        raise UpstreamFailed(upstream, e) from e
+
+
 class _LazyHandler:
     """The streamable HTTP handler, set once the lifespan has connected the upstream."""
 
@@ -149,6 +182,7 @@ class _LazyHandler:
 def proxy_app(upstream: Upstream, paywall: ToolPaywall, *,
               limits: JsonLimits = DEFAULT_LIMITS,
               on_ready: Callable[[], None] | None = None,
+              on_failure: Callable[[UpstreamFailed], None] | None = None,
               a402: A402Config | None = None, public_url: str | None = None,
               ) -> Starlette | Any:
     """The proxy as an ASGI app serving streamable HTTP at ``/mcp`` (stateless: every
@@ -156,7 +190,13 @@ def proxy_app(upstream: Upstream, paywall: ToolPaywall, *,
     The upstream is connected in the app's lifespan (``on_ready`` runs once it is), and
     the paywall closed with it. With ``a402`` (the provider's A402 side), the tools priced
     ``a402`` are sold in channels at their own endpoints (:mod:`a402.mcp.channels`),
-    named from ``public_url`` or each request's base URL."""
+    named from ``public_url`` or each request's base URL.
+
+    An upstream that cannot be connected (a command that does not exist, or exits before
+    the handshake) fails the startup with :class:`UpstreamFailed`, given to ``on_failure``
+    first (so the command can say so in one line): nothing was served, so nothing was paid.
+    Only the connection is caught so: an error once serving, or in the paywall, propagates
+    as it is; the cause is logged at debug level."""
     handler = _LazyHandler()
     channels = None
     if a402 is not None:
@@ -167,7 +207,13 @@ def proxy_app(upstream: Upstream, paywall: ToolPaywall, *,
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         try:
-            async with upstream.connect() as session:
+            async with contextlib.AsyncExitStack() as stack:
+                try:
+                    session = await _connected(upstream, stack)
+                except UpstreamFailed as failed:
+                    if on_failure is not None:
+                        on_failure(failed)
+                    raise
                 server = proxy_server(session, paywall)
                 if channels is not None:
                     channels.bind(server)
@@ -192,11 +238,13 @@ def proxy_app(upstream: Upstream, paywall: ToolPaywall, *,
 
 
 async def serve_stdio(upstream: Upstream, paywall: ToolPaywall) -> None:
-    """Serve the proxy on this process's stdin/stdout until the client closes it."""
+    """Serve the proxy on this process's stdin/stdout until the client closes it; an
+    upstream that cannot be connected raises :class:`UpstreamFailed` before serving."""
     from mcp.server.stdio import stdio_server
 
     try:
-        async with upstream.connect() as session:
+        async with contextlib.AsyncExitStack() as stack:
+            session = await _connected(upstream, stack)  # UpstreamFailed: nothing served
             server = proxy_server(session, paywall)
             async with stdio_server() as (read, write):
                 await server.run(read, write, server.create_initialization_options())
