@@ -44,6 +44,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from a402.mcp.paywall import ToolPaywall
 from a402.mcp.server import inner_handler
+from a402.mcp.wire import MCP_URL
 from a402.provider.a402_config import A402Config
 from a402.provider.a402_payments import A402Payments
 from a402.provider.middleware import PaymentMiddleware
@@ -55,8 +56,6 @@ from a402.wire.x402 import PaymentRequirements
 
 CHANNEL_PREFIX: Final = "/mcp/a402/"
 """Where each ``a402`` tool's own endpoint is: this plus the tool's (quoted) name."""
-MCP_URL: Final = "mcpUrl"
-"""The ``a402`` offer's ``extra`` key naming the tool's endpoint (what the vault invokes)."""
 WRONG_CALL: Final = "wrong_tool_call"
 """Reason: the body is not one JSON-RPC ``tools/call`` of the tool the path names."""
 TOOL_FAILED_STATUS: Final = 502
@@ -86,12 +85,10 @@ class ToolChannels:
         self.paywall = paywall
         self.public_url = public_url.rstrip("/") if public_url else None
         self.calls = _ToolCalls(None if server is None else inner_handler(server), set(tools))
-        facilitator = paywall._facilitator if paywall._facilitator is not None \
-            else str(paywall._facilitator_url)
         self.payments = PaymentMiddleware(
             self.calls, routes={f"POST {channel_path(t)}": p.amount for t, p in tools.items()},
             pay_to=paywall.pay_to, token=paywall.token, network=paywall.network,
-            facilitator=facilitator, ledger=paywall.ledger,
+            facilitator=paywall.facilitator_given, ledger=paywall.ledger,
             max_timeout_seconds=paywall.max_timeout_seconds,
             # The resource an x402 payment of the endpoint is bound to is ours to name,
             # not the request's Host (the payer's to choose; see PaymentMiddleware).

@@ -240,7 +240,7 @@ class PayingMCPSession:
         4xx refusal, an outcome that paid nothing; never a 5xx or no answer, after which
         the call may have been paid)."""
         assert self.vault is not None
-        url = str((offer.extra or {}).get(MCP_URL_KEY) or "")
+        url = str((offer.extra or {}).get(wire.MCP_URL) or "")
         amount = offer.amount_int
         offered = required.accepts
         if not url.startswith(("http://", "https://")):
@@ -472,15 +472,11 @@ class PayingMCPSession:
                       "could not be recorded (%s: %s)", type(e).__name__, e)
 
 
-MCP_URL_KEY: Final = "mcpUrl"
-"""The ``a402`` offer's ``extra`` key naming the tool's endpoint (:mod:`a402.mcp.channels`)."""
-
-
 def _channel_offer(required: PaymentRequired) -> PaymentRequirements | None:
     """The ``a402`` entry of an offer that names a tool endpoint, if any."""
     for offer in required.accepts:
         if isinstance(offer, PaymentRequirements) and offer.scheme == "a402" \
-                and isinstance((offer.extra or {}).get(MCP_URL_KEY), str):
+                and isinstance((offer.extra or {}).get(wire.MCP_URL), str):
             return offer
     return None
 

@@ -239,6 +239,15 @@ class ToolPaywall:
             self._facilitator = FacilitatorClient(self._facilitator_url)
         return self._facilitator
 
+    @property
+    def facilitator_given(self) -> FacilitatorClient | str:
+        """The facilitator as it was given: a client, or its URL (for another user of it,
+        such as :class:`~a402.mcp.channels.ToolChannels`, which then opens its own)."""
+        if self._facilitator_url is not None:
+            return self._facilitator_url
+        assert self._facilitator is not None
+        return self._facilitator
+
     async def aclose(self) -> None:
         """Close what this paywall opened (the facilitator client, a ledger from a URL)."""
         if self._facilitator_url is not None and self._facilitator is not None:

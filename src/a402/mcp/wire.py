@@ -44,6 +44,9 @@ from a402.wire.x402 import (
 PAYMENT_META_KEY: Final = "x402/payment"
 PAYMENT_RESPONSE_META_KEY: Final = "x402/payment-response"
 PAYMENT_REQUIRED_CODE: Final = 402
+MCP_URL: Final = "mcpUrl"
+"""An ``a402`` offer's ``extra`` key naming the tool's own HTTP endpoint, which the payer's
+vault invokes (:mod:`a402.mcp.channels`); a402's own, not x402's."""
 """The JSON-RPC error code the SDK's client also takes as "payment required"."""
 
 META_LIMITS: Final = JsonLimits(max_bytes=64 * 1024, max_depth=16)
