@@ -104,7 +104,7 @@ from a402.exact.serve import (
 from a402.exact.upto import SCHEME_UPTO, TRANSFER_METHOD_PERMIT2, UptoEvmPayload
 from a402.facilitator.client import FacilitatorClient, FacilitatorError
 from a402.mcp import wire
-from a402.mcp.prices import SCHEME_A402, ToolPrice, price_table
+from a402.mcp.prices import ToolPrice, price_table
 from a402.mcp.usage import USAGE_UNREADABLE, UsageError, collecting, take_usage, without_usage
 from a402.observe import Observer
 from a402.provider import responses
@@ -112,6 +112,7 @@ from a402.provider.deliveries import MAX_KEPT_BODY, RESPONSE_NOT_KEPT, Delivery,
 from a402.provider.ledger import DeliveryLedger, InMemoryLedger, PaymentLedger, SqlLedger
 from a402.provider.routes import Price
 from a402.wire import errors as wire_errors
+from a402.wire.a402 import SCHEME_A402
 from a402.wire.errors import WireError
 from a402.wire.networks import evm_chain_id
 from a402.wire.x402 import (

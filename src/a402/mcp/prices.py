@@ -29,10 +29,9 @@ from urllib.parse import quote
 from a402.exact.eip3009 import SCHEME_EXACT
 from a402.exact.upto import SCHEME_UPTO
 from a402.provider.routes import Price, RouteError, to_atomic
+from a402.wire.a402 import SCHEME_A402
 
-SCHEME_A402: Final = "a402"
-SCHEMES_BUILT: Final = (SCHEME_EXACT, SCHEME_UPTO, SCHEME_A402)
-SCHEMES_PLANNED: Final[tuple[str, ...]] = ()
+SCHEMES: Final = (SCHEME_EXACT, SCHEME_UPTO, SCHEME_A402)
 MAX_TOOL_NAME: Final = 128
 """MCP tool names are short identifiers; a longer one is a typo or an attack."""
 
@@ -57,10 +56,7 @@ class ToolPrice:
     def __post_init__(self) -> None:
         if not self.tool or len(self.tool) > MAX_TOOL_NAME:
             raise PriceError(f"tool name must be 1..{MAX_TOOL_NAME} characters")
-        if self.scheme in SCHEMES_PLANNED:
-            raise PriceError(f"tool {self.tool!r}: the {self.scheme!r} scheme is not built for "
-                             "MCP tools yet; price it 'exact'")
-        if self.scheme not in SCHEMES_BUILT:
+        if self.scheme not in SCHEMES:
             raise PriceError(f"tool {self.tool!r}: unknown scheme {self.scheme!r}")
         if isinstance(self.amount, bool) or not isinstance(self.amount, int) or self.amount <= 0:
             raise PriceError(f"tool {self.tool!r}: the price must be a positive amount "
