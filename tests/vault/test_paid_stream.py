@@ -80,6 +80,18 @@ def llm_service(upstream: Upstream) -> ASGIApp:
     return app
 
 
+def pay_stream(world: World, vault, site: str, account, folder: Path,  # type: ignore[no-untyped-def]
+               *flags: str) -> tuple[int, bytes, str]:
+    """``a402 pay --vault --stream GROUP --max 0.0005 FLAGS`` of the LLM stream: its exit
+    code, stdout and stderr."""
+    out, err = io.BytesIO(), io.StringIO()
+    code = pay_main([f"{site}/llm/stream", "-X", "POST", "--key-file",
+                     str(key_file(folder, account)), "--vault", vault.url,
+                     *vault_flags(world, vault), "--stream", str(GROUP), "--max", "0.0005",
+                     *flags], stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
 def _tokens(content: bytes) -> list[str]:
     return [line[6:] for line in content.decode().split("\n") if line.startswith("data: ")]
 
@@ -263,15 +275,11 @@ def test_a402_pay_vault_stream_prints_each_group_and_stops_at_max_total(
     with serve_in_thread(provider.app) as site, \
             running_vault(world, deposit_multiple=100) as vault:
         account, client = client_of(world, vault, funds=200_000, deposit=200_000)
-        out, err = io.BytesIO(), io.StringIO()
-        code = pay_main([f"{site}/llm/stream", "-X", "POST", "--key-file",
-                         str(key_file(tmp_path, account)), "--vault", vault.url,
-                         *vault_flags(world, vault), "--stream", str(GROUP), "--max", "0.0005",
-                         "--max-total", "0.0015"], stdout=out, stderr=err)
-        assert code == 0, err.getvalue()
-        assert _tokens(out.getvalue()) == [f"tok{i}" for i in range(3 * GROUP)]
-        lines = [json.loads(line) for line in err.getvalue().splitlines()
-                 if line.startswith("{")]
+        code, out, err = pay_stream(world, vault, site, account, tmp_path,
+                                    "--max-total", "0.0015")
+        assert code == 0, err
+        assert _tokens(out) == [f"tok{i}" for i in range(3 * GROUP)]
+        lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
         assert [line.get("group") for line in lines[:3]] == [1, 2, 3]
         summary = lines[-1]
         message = summary.pop("message")

@@ -107,6 +107,7 @@ def test_a402_pay_vault_stream_stops_at_its_budget(world: World, tmp_path: Path)
         _tokens,
         _wait,
         llm_service,
+        pay_stream,
     )
 
     upstream = Upstream()
@@ -115,14 +116,10 @@ def test_a402_pay_vault_stream_stops_at_its_budget(world: World, tmp_path: Path)
     with serve_in_thread(provider.app) as site, \
             running_vault(world, deposit_multiple=100) as vault:
         account, client = client_of(world, vault, funds=200_000, deposit=200_000)
-        out, err = io.BytesIO(), io.StringIO()
-        code = pay_main([f"{site}/llm/stream", "-X", "POST", "--key-file",
-                         str(key_file(tmp_path, account)), "--vault", vault.url,
-                         *vault_flags(world, vault), "--stream", str(GROUP), "--max", "0.0005",
-                         "--budget", "0.001"], stdout=out, stderr=err)
-        assert code == 0, err.getvalue()
-        assert _tokens(out.getvalue()) == [f"tok{i}" for i in range(2 * GROUP)]
-        summary = json.loads(err.getvalue().splitlines()[-1])
+        code, out, err = pay_stream(world, vault, site, account, tmp_path, "--budget", "0.001")
+        assert code == 0, err
+        assert _tokens(out) == [f"tok{i}" for i in range(2 * GROUP)]
+        summary = json.loads(err.splitlines()[-1])
         assert {k: summary[k] for k in ("success", "outcome", "groups", "paid", "reason",
                                         "complete")} == {
             "success": True, "outcome": "stream", "groups": 2, "paid": str(2 * PER_GROUP),

@@ -7,7 +7,6 @@ K to get its answer". Real vault, provider enclave, anvil; the vault's ledger ch
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -16,13 +15,11 @@ import httpx
 import pytest
 
 from a402.background import serve_in_thread
-from a402.client.pay import pay_main
 from a402.client.vault import VaultClient
 from tests.a402_exchange.helpers import World
 
-from .helpers import client_of, running_vault, vault_flags
-from .helpers import key_file as _key_file
-from .test_paid_stream import GROUP, PER_GROUP, ROUTES, Upstream, llm_service
+from .helpers import client_of, running_vault
+from .test_paid_stream import GROUP, PER_GROUP, ROUTES, Upstream, llm_service, pay_stream
 
 pytestmark = pytest.mark.anvil
 
@@ -45,15 +42,10 @@ def test_a_stream_whose_vault_stops_answering_says_what_it_paid(
             return real(self, *args, **kwargs)
 
         monkeypatch.setattr(VaultClient, "invoke", flaky)
-        out, err = io.BytesIO(), io.StringIO()
-        code = pay_main([f"{site}/llm/stream", "-X", "POST", "--key-file",
-                         str(_key_file(tmp_path, account)), "--vault", vault.url,
-                         *vault_flags(world, vault), "--stream", str(GROUP),
-                         "--max", "0.0005"], stdout=out, stderr=err)
+        code, out, said = pay_stream(world, vault, site, account, tmp_path)
         monkeypatch.setattr(VaultClient, "invoke", real)
-        said = err.getvalue()
         assert code == 1, said
-        assert out.getvalue().count(b"data: ") == 2 * GROUP  # two groups received
+        assert out.count(b"data: ") == 2 * GROUP  # two groups received
         first = next(line for line in said.splitlines() if line.startswith("a402 pay:"))
         assert first.startswith("a402 pay: payment unknown"), said
         assert f"2 groups received, {2 * PER_GROUP} paid" in first, first
@@ -89,18 +81,13 @@ def test_a_stream_group_left_pending_is_not_advised_a_rerun_by_key(
             return real(self, *args, **kwargs)
 
         monkeypatch.setattr(VaultClient, "invoke", pending)
-        out, err = io.BytesIO(), io.StringIO()
-        code = pay_main([f"{site}/llm/stream", "-X", "POST", "--key-file",
-                         str(_key_file(tmp_path, account)), "--vault", vault.url,
-                         *vault_flags(world, vault), "--stream", str(GROUP),
-                         "--max", "0.0005"], stdout=out, stderr=err)
+        code, out, said = pay_stream(world, vault, site, account, tmp_path)
         monkeypatch.setattr(VaultClient, "invoke", real)
-        said = err.getvalue()
         first = next(line for line in said.splitlines() if line.startswith("a402 pay:"))
         assert code == 4, said
         assert first.startswith("a402 pay: payment pending"), first
         assert f"1 groups received, {PER_GROUP} paid" in first, first
         assert "--idempotency-key" not in first and "new stream" in first, first
-        assert out.getvalue().count(b"data: ") == GROUP
+        assert out.count(b"data: ") == GROUP
         assert client.account_info()["paid"] == str(PER_GROUP)
         client.close()
