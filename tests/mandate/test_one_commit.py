@@ -243,3 +243,37 @@ def test_close_returns_only_once_an_outcome_the_idle_timer_is_writing_is_durable
     assert closed and closed[0] >= released
     assert guard.pending == 0 and len(EvidenceLog(store.engine).rows()) == 2
     store.close()
+
+
+def test_an_outcome_being_written_still_counts_as_pending_until_its_commit_returns(
+    tmp_path,
+) -> None:
+    """``pending == 0`` promises every settled outcome is in the log. The writer used to
+    take the queue before its transaction, so for the length of that transaction
+    ``pending`` read 0 while the log held nothing yet (a CI run read the log there)."""
+    keys = Keys()
+    s = signed(keys, max_per_payment=PRICE, budget=10 * PRICE)
+    store = SpendStore(f"sqlite:///{tmp_path / 'spend.db'}")
+    guard = MandateGuard(s, agent=keys.agent.address, store=store, revocation=None,
+                         flush_after=0.05)
+    wallet = Wallet(bytes(keys.agent.key))
+    done = guard.commit(guard.admit(_payment(keys)), _fields(guard, wallet, 0),
+                        wallet.sign_evidence)
+    signing, go = threading.Event(), threading.Event()
+
+    def slow_sign(digest: bytes) -> bytes:  # the timer's write, held mid-transaction
+        signing.set()
+        assert go.wait(10)
+        return wallet.sign_evidence(digest)
+
+    guard.settle(done, {"mandate": guard.mandate_hash, "agent": wallet.address,
+                        "status": 200}, slow_sign)
+    assert signing.wait(10)
+    assert guard.pending == 1  # (the log is not read here: the write holds its lock)
+    go.set()
+    deadline = time.monotonic() + 10
+    while guard.pending and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert guard.pending == 0 and len(EvidenceLog(store.engine).rows()) == 2
+    guard.close()
+    store.close()

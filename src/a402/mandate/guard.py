@@ -169,6 +169,7 @@ class MandateGuard:
         self._evidence: EvidenceLog | None = None
         self._pending: list[tuple[dict[str, Any], Callable[[bytes], bytes]]] = []
         self._pending_lock = threading.Lock()
+        self._writing = 0  # outcomes a writer took from the queue and has not committed
         self._timer: threading.Timer | None = None
         self._last_write = 0.0  # (monotonic) the last commit or queued outcome
         self._seen: tuple[int, Spent] | None = None  # (period, totals) after the last commit
@@ -353,6 +354,7 @@ class MandateGuard:
                 except IntegrityError:
                     if attempt == _ATTEMPTS - 1:
                         raise
+            self._written(queued)
         except MandateRefused:
             self._give_back(queued)
             with self._pending_lock:
@@ -389,16 +391,25 @@ class MandateGuard:
         admission.read_started, admission.read = latest
 
     def _take_pending(self) -> list[tuple[dict[str, Any], Callable[[bytes], bytes]]]:
-        """The queued outcomes, now this writer's (so two commits never write one twice)."""
+        """The queued outcomes, now this writer's (so two commits never write one twice).
+        They count as :attr:`pending` until :meth:`_written` or :meth:`_give_back`."""
         with self._pending_lock:
             queued, self._pending = self._pending, []
+            self._writing += len(queued)
         return queued
+
+    def _written(self, queued: list[tuple[dict[str, Any], Callable[[bytes], bytes]]]) -> None:
+        """Outcomes a committed transaction wrote: durable, no longer pending."""
+        if queued:
+            with self._pending_lock:
+                self._writing -= len(queued)
 
     def _give_back(self, queued: list[tuple[dict[str, Any], Callable[[bytes], bytes]]]
                    ) -> None:
         """Outcomes a rolled-back transaction did not write: queued again, first."""
         if queued:
             with self._pending_lock:
+                self._writing -= len(queued)
                 self._pending[:0] = queued
 
     def settle(self, committed: Committed, fields: dict[str, Any],
@@ -442,9 +453,10 @@ class MandateGuard:
 
     @property
     def pending(self) -> int:
-        """Outcomes queued, not yet durable."""
+        """Outcomes not yet durable: queued, or taken by a writer whose commit has not
+        returned (so ``pending == 0`` means every settled outcome is in the log)."""
         with self._pending_lock:
-            return len(self._pending)
+            return len(self._pending) + self._writing
 
     def flush(self) -> None:
         """Write the queued outcomes now, in one commit."""
@@ -465,6 +477,7 @@ class MandateGuard:
                     try:
                         with self.store.engine.begin() as conn:
                             self.evidence.append_in(conn, queued)
+                        self._written(queued)
                         return
                     except IntegrityError:
                         if attempt == _ATTEMPTS - 1:
