@@ -78,7 +78,8 @@ def _drive(calls: list[Callable[[], Any]], n: int, profile: Path | None = None
     for th in threads:
         th.start()
     for th in threads:
-        th.join()
+        while th.is_alive():  # short joins: the sampler's signal is handled between them
+            th.join(0.002 if sampler is not None else None)
     wall = time.perf_counter() - t0
     if sampler is not None and profile is not None:
         sampler.stop()
