@@ -6,7 +6,11 @@ channel, its calls one after another; every channel already open): the calls per
 the whole run, the mean wall time of one call, and the blocks mined during the calls (vault
 mode: none).
 
-    PYTHONPATH=src python bench/vault_mode_http.py [--calls N] [--clients K]
+    PYTHONPATH=src python bench/vault_mode_http.py [--calls N] [--clients K] [--profile DIR]
+
+``--profile DIR``: the CPU sampler of ``bench/sampler.py`` (every thread of this one process:
+clients, vault, provider) during each mode's calls, written to ``DIR/standard.folded`` and
+``DIR/vault_mode.folded``; read them with ``python bench/sampler.py FILE``.
 
 Prints the figures and writes ``bench/results/vault_mode_http.json``. ``bench/vault.py``
 runs the same measurement (:func:`measure`) with the gas and fail-over figures.
@@ -44,9 +48,11 @@ from a402.tee import SimulatedPlatform, SimulatedVerifier
 RESULTS = Path(__file__).resolve().parent / "results" / "vault_mode_http.json"
 
 
-def _drive(calls: list[Callable[[], Any]], n: int) -> dict[str, Any]:
+def _drive(calls: list[Callable[[], Any]], n: int, profile: Path | None = None
+           ) -> dict[str, Any]:
     """Each of ``calls`` run ``n`` times in its own thread, all at once: calls per second
-    of the whole run and the mean wall time of one call."""
+    of the whole run and the mean wall time of one call. ``profile``: the CPU samples of
+    the run, folded, written there."""
     spent: list[float] = []
     errors: list[BaseException] = []
     lock = threading.Lock()
@@ -62,20 +68,31 @@ def _drive(calls: list[Callable[[], Any]], n: int) -> dict[str, Any]:
             errors.append(e)
 
     threads = [threading.Thread(target=run, args=(c,)) for c in calls]
+    sampler = None
+    if profile is not None:
+        from sampler import Sampler
+
+        sampler = Sampler()
+        sampler.start()
     t0 = time.perf_counter()
     for th in threads:
         th.start()
     for th in threads:
-        th.join()
+        while th.is_alive():  # short joins: the sampler's signal is handled between them
+            th.join(0.002 if sampler is not None else None)
     wall = time.perf_counter() - t0
+    if sampler is not None and profile is not None:
+        sampler.stop()
+        profile.parent.mkdir(parents=True, exist_ok=True)
+        sampler.dump(profile)
     if errors:
         raise errors[0]
     return {"calls": len(spent), "wall_s": wall, "calls_per_s": len(spent) / wall,
             "ms_per_call": 1000 * sum(spent) / len(spent)}
 
 
-def standard_mode(chain: Chain, usdc: Any, tmp: Path, *, calls: int, clients: int
-                  ) -> dict[str, Any]:
+def standard_mode(chain: Chain, usdc: Any, tmp: Path, *, calls: int, clients: int,
+                  profile: Path | None = None) -> dict[str, Any]:
     """A standard vault (ASCManager channels) and one provider on loopback."""
     d = chain.accounts[0]
     manager = ASCManager.deploy(chain, d, usdc.address, 600)
@@ -91,15 +108,15 @@ def standard_mode(chain: Chain, usdc: Any, tmp: Path, *, calls: int, clients: in
             vc.invoke(f"{site}/weather", max_price=PRICE)  # opens the channel
         b0 = chain.w3.eth.block_number
         got = _drive([partial(vc.invoke, f"{site}/weather", max_price=PRICE) for vc in vcs],
-                     calls)
+                     calls, None if profile is None else profile / "standard.folded")
         got["blocks"] = chain.w3.eth.block_number - b0
         for vc in vcs:
             vc.close()
     return got
 
 
-def vault_mode(chain: Chain, usdc: Any, tmp: Path, *, calls: int, clients: int
-               ) -> dict[str, Any]:
+def vault_mode(chain: Chain, usdc: Any, tmp: Path, *, calls: int, clients: int,
+               profile: Path | None = None) -> dict[str, Any]:
     """A vault in vault mode (its A402Vault) and one provider admitting its channels."""
     with t.running(chain, usdc, tmp) as (s, site, url):
         accounts = [Account.create() for _ in range(clients)]
@@ -117,17 +134,18 @@ def vault_mode(chain: Chain, usdc: Any, tmp: Path, *, calls: int, clients: int
         for vc in vcs:
             one(vc)  # opens the channel (in the enclave)
         b0 = chain.w3.eth.block_number
-        got = _drive([partial(one, vc) for vc in vcs], calls)
+        got = _drive([partial(one, vc) for vc in vcs], calls,
+                     None if profile is None else profile / "vault_mode.folded")
         got["blocks"] = chain.w3.eth.block_number - b0
         for vc in vcs:
             vc.close()
     return got
 
 
-def measure(chain: Chain, usdc: Any, tmp: Path, *, calls: int, clients: int
-            ) -> dict[str, Any]:
-    std = standard_mode(chain, usdc, tmp, calls=calls, clients=clients)
-    vm = vault_mode(chain, usdc, tmp, calls=calls, clients=clients)
+def measure(chain: Chain, usdc: Any, tmp: Path, *, calls: int, clients: int,
+            profile: Path | None = None) -> dict[str, Any]:
+    std = standard_mode(chain, usdc, tmp, calls=calls, clients=clients, profile=profile)
+    vm = vault_mode(chain, usdc, tmp, calls=calls, clients=clients, profile=profile)
     return {"clients": clients, "calls_per_client": calls, "standard": std, "vault_mode": vm,
             "throughput_ratio": vm["calls_per_s"] / std["calls_per_s"]}
 
@@ -149,11 +167,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=40, help="calls per client")
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="CPU samples of each mode's calls, folded, in DIR")
     args = parser.parse_args()
     with start_anvil(accounts=4) as chain, tempfile.TemporaryDirectory() as tmp:
         d = chain.accounts[0]
         usdc = deploy_contract(chain, d, "TestUSDC", "USD Coin", "USDC", "2", d.address)
-        result = measure(chain, usdc, Path(tmp), calls=args.calls, clients=args.clients)
+        result = measure(chain, usdc, Path(tmp), calls=args.calls, clients=args.clients,
+                         profile=args.profile)
     print(table(result))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")

@@ -878,6 +878,18 @@ class VaultAccountsCode:
         held = self._held.get(channel_id)
         return None if held is None else held.channel.last_ack()
 
+    def acks_owed(self) -> list[tuple[bytes, str, str, Ack]]:
+        """``(channel, client, provider, ACK)`` for each channel whose last ACK may still
+        matter to its provider: the payment it acknowledges is pending (within its claim
+        window). A host that starts re-sends them (its process, or the one before it, may
+        have ended before they left); older ACKs are moot (settled or claimed)."""
+        owed = []
+        for channel_id, held in self._held.items():
+            ack = held.channel.last_ack()
+            if ack is not None and (channel_id, ack.request_id) in self._pending:
+                owed.append((channel_id, held.client, held.provider, ack))
+        return owed
+
     def bind_tunnel(self, handle: str, channel_id: bytes) -> bytes:
         """OPEN: as in standard mode, σ_U only once the tunnel's attested peer (verified in
         the handshake, not as the host says) holds the channel's provider key."""
@@ -1321,7 +1333,7 @@ _HOST_SURFACE = frozenset({
     "ledger_version",
     "balance", "payable", "index_of", "statement", "totals", "channels", "participants",
     "settlement", "settlement_after", "replacement_due", "credit_deposit", "settle",
-    "open_channel", "terms", "channel_status", "last_ack", "has_paid", "bind_tunnel",
+    "open_channel", "terms", "channel_status", "last_ack", "acks_owed", "has_paid", "bind_tunnel",
     "request", "receive", "poll", "abandon", "claim_landed", "close_channel", "exiting",
     "export_ledger", "restore_ledger", "export_changes", "replay_changes",
 })

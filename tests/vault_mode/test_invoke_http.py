@@ -10,6 +10,7 @@ import io
 import json
 import random
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -20,6 +21,7 @@ import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
+from a402.asc import Status
 from a402.asc_manager import ASCManager
 from a402.background import serve_in_thread
 from a402.chain.deploy import TokenInfo
@@ -81,6 +83,8 @@ class Setup:
     gateway: Callable[[SimulatedEnclave], A402Payments] | None = None
     provider_enclave: SimulatedEnclave | None = None
     platform: SimulatedPlatform | None = None
+    #: The provider's gateway as served (its channels: ``.runtime.channels``).
+    provider_app: A402Payments | None = None
 
     def deposit(self, participant: str, amount: int) -> None:
         depositor = funded(self.chain, self.usdc, amount)
@@ -164,7 +168,8 @@ def running(chain: Chain, usdc: Any, tmp: Path, *, ack_timeout: float = 30.0,
                   gateway=lambda e: A402Payments(payments, replace(
                       config, enclave=e, store=SqlChannelStore(config.store.url))),
                   provider_enclave=config.enclave, platform=platform)
-    with serve_in_thread(A402Payments(payments, config)) as site, \
+    setup.provider_app = A402Payments(payments, config)
+    with serve_in_thread(setup.provider_app) as site, \
             serve_in_thread(create_mode_app(service, worker=False, invoker=invoker)) as vault:
         yield setup, site, vault
 
@@ -576,3 +581,140 @@ def test_a402_pay_through_a_vault_mode_vault_to_an_unreachable_provider_says_not
         assert said["stderr"].startswith("a402 pay: nothing was paid"), said["stderr"]
         assert "may have been paid" not in said["stderr"]
         assert out == b"" and s.account(client.address) == 5_000
+
+
+def _acked_or_claimed(s: Setup, channel_id: bytes) -> Any:
+    """The provider's side of ``channel_id`` once its payment is decided: ACKed (no longer
+    PENDING) or its ACK overdue (the watcher's on-chain claim is due). None before."""
+    assert s.provider_app is not None
+    slot = s.provider_app.runtime.channels.slot(channel_id)
+    if slot is None:
+        return None
+    if (slot.force_close_due or slot.closing_on_chain or slot.onchain_closed
+            or slot.channel.status is not Status.PENDING):
+        return slot
+    return None
+
+
+def _signed_invoke(s: Setup, client: LocalAccount, body: dict[str, Any]
+                   ) -> tuple[bytes, dict[str, str]]:
+    raw = json.dumps(body).encode()
+    to = api.vault_account(s.chain.network, s.service.address)
+    return raw, api.sign_request(client, to, "POST", "/v1/invoke", raw,
+                                 life=s.service.accounts.life_id)
+
+
+def test_a_replaced_channels_owed_ack_reaches_a_provider_with_a_short_ack_deadline_while_the_next_call_runs(  # noqa: E501
+    vault_chain: Chain, usdc: Any, tmp_path: Path
+) -> None:
+    """Issue 13. The client's channel holds one call (``deposit`` = the price); its next call
+    (``/slow``, dearer) closes it and opens another, and holds the (client, provider) lock
+    while the provider runs it. The first channel's ACK is owed: it leaves before that
+    channel is closed, not behind the lock, so the provider (Δ_ack 2 s, less than the slow
+    call) gets it and claims nothing on-chain. Before the fix it waited for the slow call to
+    end and the provider claimed. Paid once each; the pool holds what the ledger says."""
+    with running(vault_chain, usdc, tmp_path, ack_timeout=2.0) as (s, site, vault):
+        import httpx
+
+        client = Account.create()
+        s.deposit(client.address, 20_000)
+        s.service.tick()
+        provider_before = balance(usdc, s.provider.address)
+        slow_price = PRICES["GET /slow"]
+        s.calls.slow_release = threading.Event()
+        first = _signed_invoke(s, client, {
+            "url": f"{site}/weather", "maxPrice": str(PRICE), "idempotencyKey": "one-call",
+            "payTo": s.provider.address, "deposit": str(PRICE)})
+        second = _signed_invoke(s, client, {
+            "url": f"{site}/slow", "maxPrice": str(slow_price), "idempotencyKey": "slow-call",
+            "payTo": s.provider.address})
+        answers: list[httpx.Response] = []
+        with httpx.Client(base_url=vault, timeout=60) as http:
+            answer = http.post("/v1/invoke", content=first[0], headers=first[1])
+            assert answer.status_code == 200, answer.text
+            replaced = bytes.fromhex(answer.json()["payment"]["channelId"][2:])
+            # at once (before the ACK's own send, Δ_ack / 4): the call that replaces it
+            later = threading.Thread(target=lambda: answers.append(
+                http.post("/v1/invoke", content=second[0], headers=second[1])))
+            later.start()
+            try:
+                slot = wait_for(lambda: _acked_or_claimed(s, replaced), timeout=30,
+                                what="the replaced channel's ACK, or the provider's claim")
+                # decided while the slow call still holds the lock: ACKed, nothing claimed
+                assert not slot.force_close_due
+                assert slot.channel.status is Status.OPEN
+                assert balance(usdc, s.provider.address) == provider_before
+                assert not answers  # the slow call holds the lock still
+            finally:
+                s.calls.slow_release.set()
+                later.join(timeout=60)
+        (slow,) = answers
+        assert slow.status_code == 200, slow.text
+        assert slow.json()["payment"]["channelId"] != "0x" + replaced.hex()
+        wait_for(lambda: _acked_or_claimed(
+            s, bytes.fromhex(slow.json()["payment"]["channelId"][2:])), timeout=30,
+            what="the second channel's ACK, or the provider's claim")
+        assert s.account(client.address) == 20_000 - PRICE - slow_price
+        increase_time(vault_chain, 3_601)
+        s.service.tick()
+        s.service.tick()
+        # each call paid once: by the vault's ledger, or (the second, if a loaded host
+        # missed its Δ_ack) by a claim the ledger then counts as paid
+        claimed = balance(usdc, s.provider.address) - provider_before
+        assert claimed in (0, slow_price)
+        assert int(s.service.balance(s.provider.address)["free"]) + claimed == (
+            PRICE + slow_price)
+        assert s.account(client.address) == 20_000 - PRICE - slow_price
+        t = s.service.accounts.totals()
+        assert t["pending"] == 0
+        assert balance(usdc, s.contract.address) == (
+            t["free"] + t["locked"] + t["pending"] + t["unconfirmed"])
+
+
+class AckLosingInvoker(ModeInvoker):
+    """A vault host that dies before any ACK leaves (it sends none)."""
+
+    lost = 0
+
+    async def send_ack(self, tunnel: Any, ack: Any) -> None:
+        self.lost += 1
+
+
+def test_an_ack_lost_in_a_vault_crash_is_sent_by_the_restarted_vault_before_any_call(
+    vault_chain: Chain, usdc: Any, tmp_path: Path
+) -> None:
+    """Issue 13. A paid call's ACK never left (the vault's process ended first). The vault
+    restarts (its ledger and the channel's endpoint from the store) and nobody calls: it
+    re-sends the ACK on its own, so the provider (Δ_ack 5 s) claims nothing on-chain; the
+    payment settles through the ledger, once. Before the fix only a new call on the
+    channel sent it, and the provider claimed."""
+    with running(vault_chain, usdc, tmp_path, ack_timeout=5.0,
+                 invoker_cls=AckLosingInvoker) as (s, site, vault):
+        client = Account.create()
+        s.deposit(client.address, 20_000)
+        s.service.tick()
+        provider_before = balance(usdc, s.provider.address)
+        code, summary, _ = s.pay(site, vault, client, "ack-lost")
+        assert code == 0 and summary["outcome"] == api.PAID, summary
+        channel = bytes.fromhex(summary["payment"]["channelId"][2:])
+        assert s.provider_app is not None
+        slot = s.provider_app.runtime.channels.slot(channel)
+        assert slot is not None and slot.channel.status is Status.PENDING  # no ACK yet
+        # A new process, from the store: no call comes to it.
+        again = VaultModeService(s.service.config)
+        invoker = ModeInvoker(again, verifiers=s.invoker.verifiers, policy=s.invoker.policy,
+                              allow_private_targets=True)
+        with serve_in_thread(create_mode_app(again, worker=False, invoker=invoker)):
+            decided = wait_for(lambda: _acked_or_claimed(s, channel), timeout=30,
+                               what="the re-sent ACK, or the provider's claim")
+        assert not decided.force_close_due and decided.channel.status is Status.OPEN
+        assert balance(usdc, s.provider.address) == provider_before
+        s.service = again
+        increase_time(vault_chain, 3_601)
+        again.tick()
+        assert int(again.balance(s.provider.address)["free"]) == PRICE
+        assert s.account(client.address) == 20_000 - PRICE
+        t = again.accounts.totals()
+        assert t["pending"] == 0
+        assert balance(usdc, s.contract.address) == (
+            t["free"] + t["locked"] + t["pending"] + t["unconfirmed"])

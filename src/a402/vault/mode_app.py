@@ -65,6 +65,8 @@ def create_mode_app(service: VaultModeService, *, worker: bool = True,
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         if worker:
             await runner.start()
+        if invoker is not None:  # ACKs a process before this one may have owed
+            await invoker.start()
         yield
         await runner.stop()
         if invoker is not None:

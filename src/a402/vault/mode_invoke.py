@@ -44,9 +44,16 @@ The ACK, as in standard mode (:mod:`a402.vault.tunnel`), rides on the channel's 
 quarter of the provider's Δ_ack (at most :data:`ACK_DELAY_MAX` seconds) if no EXEC comes:
 a busy channel saves a round trip per call. It is sent only after the REVEAL's change is
 stored (it is made then), under the channel's lock (never between an EXEC and its REPLY),
-and re-owed if the EXEC it rode on failed (the provider ignores an ACK it already has). An
-ACK lost all the same (the process dies first) leaves the provider to claim the payment
-on-chain, which pays it once: the safety of money does not rest on the ACK.
+and re-owed if the EXEC it rode on failed (the provider ignores an ACK it already has).
+A channel replaced (too little left for the price) sends its owed ACK first, before it is
+closed, under the lock the new channel's call holds: it does not wait for that call (which
+can hold the lock up to the provider's Δ_lock, past a short Δ_ack). A host that starts
+re-sends the last ACK of every channel whose payment is still pending
+(:meth:`ModeInvoker.start`), at the provider endpoint stored with the channel's first paid
+answer (:func:`endpoint_row`), without waiting for a call to bind it: an ACK lost in a
+crash reaches the provider if the vault is back within Δ_ack. An ACK lost all the same
+(the vault stays down longer) leaves the provider to claim the payment on-chain, which
+pays it once: the safety of money does not rest on the ACK.
 """
 
 from __future__ import annotations
@@ -167,6 +174,17 @@ def _hex_answer_row(client: str, key: str) -> str:
 #: The longest an ACK waits for its channel's next EXEC before it is sent on its own.
 ACK_DELAY_MAX = 5.0
 
+#: The store's meta rows of each channel's provider endpoint (sealed; the row named by a
+#: hash of the channel id, 63 characters): where a host that starts re-sends owed ACKs.
+ENDPOINT_ROW = "vault-mode/endpoint/"
+_ENDPOINT_LABEL = "a402/vault-mode-endpoint"
+
+
+def endpoint_row(channel_id: bytes) -> str:
+    """The meta row of the endpoint ``channel_id`` is bound at (hashed: says nothing)."""
+    digest = hashlib.sha256(_ENDPOINT_LABEL.encode() + b"\n" + channel_id).digest()
+    return ENDPOINT_ROW + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
 
 class ModeRefused(VaultModeError):
     """A refused call (``status``, machine-readable ``reason``; ``provider_reason``: the
@@ -206,10 +224,23 @@ class ModeInvoker:
         #: (client, provider) pair whose lock its channel's calls hold; and their flushes.
         self._unacked: dict[bytes, tuple[ModeTunnel, Ack, tuple[str, str]]] = {}
         self._ack_flushes: dict[bytes, asyncio.Task[None]] = {}
+        #: The endpoint stored for each channel (:func:`endpoint_row`), as far as known here.
+        self._endpoints: dict[bytes, str] = {}
+        self._resending: asyncio.Task[None] | None = None
         self._closing = False
+
+    async def start(self) -> None:
+        """Re-send, in the background, the ACKs a process before this one may have owed
+        (:meth:`resend_owed_acks`): called when the app starts serving."""
+        if self._resending is None:
+            self._resending = asyncio.get_running_loop().create_task(self.resend_owed_acks())
 
     async def aclose(self) -> None:
         self._closing = True
+        if self._resending is not None:
+            self._resending.cancel()
+            with contextlib.suppress(BaseException):
+                await self._resending
         for task in list(self._ack_flushes.values()):
             task.cancel()
         for cid in list(self._unacked):  # best effort: the provider gets them now
@@ -263,8 +294,11 @@ class ModeInvoker:
                 cid = await self._channel(client, call, offer, tunnel)
                 answer, ack = await self._exchange(client, call, signed, offer, tunnel, cid)
             # one write: the answer, with the REVEAL's change and the statement it carries
+            # (and where the channel's provider is, if not stored yet: for its ACK's re-send)
+            where = ({} if ack is None or self._endpoints.get(cid) == tunnel.endpoint
+                     else {cid: tunnel.endpoint})
             try:
-                await asyncio.to_thread(self.remember, once, answer, nonce)
+                await asyncio.to_thread(self.remember, once, answer, nonce, where)
             except Exception as e:  # σ_U is stored: paid, or may be; the answer is not
                 if answer[0] != 200 and answer[0] != 202:
                     raise
@@ -280,15 +314,21 @@ class ModeInvoker:
         return answer
 
     def remember(self, once: tuple[str, str], answer: tuple[int, dict[str, Any]],
-                 nonce: NonceHold | None = None) -> None:
+                 nonce: NonceHold | None = None, endpoints: dict[bytes, str] | None = None
+                 ) -> None:
         """Store a paid call's answer, sealed, before it is returned, in the ledger write
         that stores everything the enclave holds now (:meth:`VaultModeService.store_rows
         <a402.vault.mode.VaultModeService.store_rows>`): the REVEAL's change and the
         statement the answer carries, which were not waited for. The write is fenced by
-        the lease on PostgreSQL: a replica that lost it stores, and answers, nothing."""
-        blob = self.service.config.enclave.seal(_ANSWER_LABEL, json.dumps(
-            [answer[0], answer[1]]).encode())
-        self.service.store_rows({answer_row(*once): blob}, nonce)
+        the lease on PostgreSQL: a replica that lost it stores, and answers, nothing.
+        ``endpoints``: channels' provider endpoints to store in the same write (sealed)."""
+        seal = self.service.config.enclave.seal
+        blob = seal(_ANSWER_LABEL, json.dumps([answer[0], answer[1]]).encode())
+        rows = {answer_row(*once): blob}
+        for cid, endpoint in (endpoints or {}).items():
+            rows[endpoint_row(cid)] = seal(_ENDPOINT_LABEL, endpoint.encode())
+        self.service.store_rows(rows, nonce)
+        self._endpoints.update(endpoints or {})
         self._answers[once] = answer
 
     def answer_of(self, client: str, key: str) -> tuple[int, dict[str, Any]] | None:
@@ -345,11 +385,7 @@ class ModeInvoker:
             tunnel = self._tunnels.get(key)
             if tunnel is not None:
                 return tunnel
-            tunnel = ModeTunnel(
-                offer.endpoint, contract_domain=self.service.contract.domain,
-                enclave=self.service.config.enclave, verifiers=self.verifiers,
-                policy=self.policy, vault=self.authority, network=self.service.chain.network,
-                timeout=self.tunnel_timeout)
+            tunnel = self._new_tunnel(offer.endpoint)
             try:
                 info = await tunnel.connect()
             except AttestationError as e:
@@ -373,6 +409,13 @@ class ModeInvoker:
             self._tunnels[key] = tunnel
             return tunnel
 
+    def _new_tunnel(self, endpoint: str) -> ModeTunnel:
+        return ModeTunnel(
+            endpoint, contract_domain=self.service.contract.domain,
+            enclave=self.service.config.enclave, verifiers=self.verifiers,
+            policy=self.policy, vault=self.authority, network=self.service.chain.network,
+            timeout=self.tunnel_timeout)
+
     async def _channel(self, client: str, call: api.InvokeRequest, offer: Offer,
                        tunnel: ModeTunnel) -> bytes:
         """The client's OPEN channel with the offer's provider (as the enclave holds them:
@@ -390,6 +433,9 @@ class ModeInvoker:
             if left >= offer.amount and cid is None:
                 cid = found
             elif left < offer.amount:
+                # Its owed ACK first (under this pair's lock, which the flush would wait
+                # for: up to this call's whole exchange, maybe past the provider's Δ_ack).
+                await self._flush_ack(found)
                 await asyncio.to_thread(self.service.close, found)
         if cid is None:
             free = await asyncio.to_thread(self.service.spare, client)
@@ -545,6 +591,45 @@ class ModeInvoker:
         except TunnelError as e:
             log.warning("ACK not delivered: %s", e)
 
+    async def resend_owed_acks(self) -> None:
+        """Send each ACK that may still be owed after a restart
+        (:meth:`~a402.vault_accounts.VaultAccountsCode.acks_owed`: its payment is pending),
+        without waiting for a call to bind its channel. At the endpoint stored with the
+        channel's paid answer, on a tunnel of its own, closed after it (attested; its OPEN
+        is signed by the enclave only if the attested peer holds the channel's provider
+        key), under the channel's pair lock; skipped if a call here bound the channel (it
+        owes the ACK itself). Moves no money and changes no balance: best effort (the
+        provider ignores an ACK it has; one it never gets leads to its on-chain claim, which
+        pays once). A channel with no stored endpoint (paid before they were stored) is
+        left to its next call."""
+        owed = await asyncio.to_thread(self.service.accounts.acks_owed)
+        for cid, client, provider, ack in owed:
+            if self._closing:
+                return
+            try:
+                blob = await asyncio.to_thread(self.service.store.get_meta, endpoint_row(cid))
+                if blob is None:
+                    continue
+                endpoint = self.service.config.enclave.unseal(_ENDPOINT_LABEL, blob).decode()
+                pair = (address_key(client), address_key(provider))
+                async with self._locks.setdefault(pair, asyncio.Lock()):
+                    if cid in self._unacked or any(cid in t._bound
+                                                   for t in self._tunnels.values()):
+                        continue
+                    await self._check_target(endpoint)
+                    tunnel = self._new_tunnel(endpoint)
+                    try:
+                        await tunnel.connect()
+                        await tunnel.bind(self.service.accounts.terms(cid))
+                        await self.send_ack(tunnel, ack)
+                    finally:
+                        await tunnel.aclose()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # best effort: the provider's claim pays it otherwise
+                log.warning("owed ACK of %s not re-sent: %s: %s", cid.hex(),
+                            type(e).__name__, e)
+
     async def _ask(self, tunnel: ModeTunnel, envelope: Envelope, kind: type[Any]) -> Any:
         answer = await tunnel.exchange(envelope)
         if answer.kind is Kind.ERROR:
@@ -575,4 +660,4 @@ def _refusal(answer: Envelope) -> Refusal:
 
 
 __all__ = ["DEFAULT_CHANNEL_CALLS", "ModeInvoker", "ModeRefused", "ModeTunnel",
-           "ProviderUnavailable"]
+           "ProviderUnavailable", "endpoint_row"]

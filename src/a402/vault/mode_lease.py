@@ -96,6 +96,8 @@ class LeasedModeApp:
         await self.runner.start()
         self.service = service
         self._inner = create_mode_app(service, worker=False, invoker=self._invoker)
+        if self._invoker is not None:  # the ACKs the replica before it may have owed
+            await self._invoker.start()
         log.warning("vault mode: %s is the active replica (token %s)", self.lease.holder,
                     self.lease.token)
         if self.on_active is not None:
