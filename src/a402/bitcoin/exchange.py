@@ -74,9 +74,10 @@ before adding its own.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bitcointx.core import CMutableTransaction, CTransaction
+from bitcointx.core import CMutableTransaction
 
 from a402.asc import (
     BalanceState,
@@ -100,6 +101,8 @@ from . import musig
 from . import transactions as txs
 from .channel import ChannelParams, ExchangeError
 from .scripts import PAYMENT_LEAF
+from .spend import verify_channel_spend
+from .transactions import Utxo
 
 #: SIGHASH_DEFAULT: the type byte after a state signature on the wire, never in a witness.
 _DEFAULT = b"\x00"
@@ -451,39 +454,32 @@ class Watchtower:
         self.provider.closed_on_chain()
 
 
-def on_chain_close(vault: VaultChannel, params: ChannelParams, raw: bytes) -> Step:
-    """The vault saw the channel output spent by ``raw``: if it is a payment-leaf close of
-    the request in flight, extract ``t`` from the vault's signature in the witness alone
+def on_chain_close(
+    vault: VaultChannel, params: ChannelParams, raw: bytes, spent: Sequence[Utxo] | None = None
+) -> Step:
+    """The vault saw the channel output spent by ``raw``: if it is a valid payment-leaf close
+    of the request in flight, extract ``t`` from the vault's signature in the witness alone
     and open the result (:class:`~a402.asc.ResultDelivered`, ``on_chain``).
 
-    The channel is CLOSED whatever the spend (a close of another state has nothing to
-    extract). Bytes that are no transaction, or a transaction that does not spend this
-    channel's output, are refused and change nothing. If ``t`` comes out but the sealed
-    result does not open (or does not hash to ``h``), the channel is CLOSED — the chain has
-    paid the provider — and the machine's error is raised so that this is reported.
+    Nothing is trusted: ``raw`` must pass :func:`~a402.bitcoin.spend.verify_channel_spend`
+    first (it spends this channel's funding outpoint by one of its three paths, every
+    signature valid over the BIP-341 sighash of ``raw`` itself; ``spent`` are the coins of
+    its inputs, needed only if it has others than the channel's). A forged, re-targeted or
+    malformed spend is refused with :class:`~a402.bitcoin.channel.ExchangeError` and its
+    ``reason`` and changes nothing: the host that feeds the vault its chain view cannot stop
+    a channel, or settle its request, with bytes the parties never signed.
+
+    A valid spend closes the channel whatever its path (a close of another state has
+    nothing to extract). If ``t`` comes out but the sealed result does not open (or does
+    not hash to ``h``), the channel is CLOSED — the chain has paid the provider — and the
+    machine's error is raised so that this is reported. That ``raw`` is *confirmed* is the
+    caller's to establish (a sans-IO vault cannot): see :mod:`a402.bitcoin.spend`.
     """
-    try:
-        tx = CTransaction.deserialize(raw)
-    except Exception:  # bitcointx raises several types on truncated or bad bytes
-        raise ExchangeError("malformed", "not a transaction") from None
-    funding = params.funding
-    spends = [
-        i for i, txin in enumerate(tx.vin)
-        if bytes(txin.prevout.hash[::-1]).hex() == funding.txid and txin.prevout.n == funding.vout
-    ]
-    if len(spends) != 1:
-        raise ExchangeError("not-this-channel", "the transaction does not spend the channel")
-    index = spends[0]
-    witnesses = tx.wit.vtxinwit
-    stack = (
-        [bytes(item) for item in witnesses[index].scriptWitness.stack]
-        if index < len(witnesses) else []
-    )
-    leaf, _ = params.output.leaf(PAYMENT_LEAF)
+    spend = verify_channel_spend(params, raw, spent)
     pending = vault.pending_request()
-    if len(stack) == 4 and stack[2] == bytes(leaf) and pending is not None:
+    if spend.path == "payment" and spend.vault_signature is not None and pending is not None:
         try:
-            return vault.provider_force_closed(pending[0], stack[1])
+            return vault.provider_force_closed(pending[0], spend.vault_signature)
         except RemoteProtocolError as refused:
             vault.closed_on_chain()
             if refused.reason is not Reason.BAD_COMPLETION:
