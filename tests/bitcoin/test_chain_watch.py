@@ -23,6 +23,7 @@ from a402.asc import ResultDelivered, Status
 from a402.bitcoin.channel import ExchangeError, client_refund
 from a402.bitcoin.exchange import (
     CooperativeClose,
+    Watchtower,
     cooperative_answer,
     on_chain_close,
     payment_leaf_close,
@@ -243,3 +244,25 @@ def test_the_valid_provider_close_is_verified_then_settles_the_request() -> None
     spend = verify_channel_spend(s.params, _force_close(s))
     assert spend.path == "payment" and spend.vault_signature == _stack(_force_close(s))[1]
     _delivers_withheld(s)
+
+
+def test_the_providers_watchtower_is_not_stopped_by_a_forged_spend() -> None:
+    """A host that made the watchtower believe the channel spent would let the client's
+    refund take the provider's earnings after Δ: a forged spend is refused and the tower
+    still closes; the genuine close stops it."""
+    s = open_channel()
+    pay(s, 4_000, b"a")
+    tower = Watchtower(s.provider, s.params, FUNDING_HEIGHT, margin=12, key=s.provider_key)
+    height = FUNDING_HEIGHT + REFUND_DELAY - 12
+    close = tower.poll(height)
+    assert close is not None
+    provider_sig, _, leaf, control = _stack(close)
+    forged = _restack(close, [provider_sig, bytes(64), leaf, control])
+    with pytest.raises(ExchangeError) as refused:
+        tower.channel_spent(forged)
+    assert refused.value.reason == "bad-signature"
+    assert s.provider.status is Status.OPEN and tower.poll(height) is not None
+    s.ledger.apply(close, height)
+    assert tower.channel_spent(close).path == "payment"
+    assert s.provider.status is Status.CLOSED and tower.poll(height + 1) is None
+    assert outputs(close)[s.params.provider_payout] == 4_000

@@ -101,7 +101,7 @@ from . import musig
 from . import transactions as txs
 from .channel import ChannelParams, ExchangeError
 from .scripts import PAYMENT_LEAF
-from .spend import verify_channel_spend
+from .spend import ChannelSpend, verify_channel_spend
 from .transactions import Utxo
 
 #: SIGHASH_DEFAULT: the type byte after a state signature on the wire, never in a witness.
@@ -448,10 +448,18 @@ class Watchtower:
             return None
         return payment_leaf_close(self.params, signed, self._key)
 
-    def channel_spent(self) -> None:
-        """The channel output is spent (any path): nothing more to close."""
+    def channel_spent(self, raw: bytes, spent: Sequence[Utxo] | None = None) -> ChannelSpend:
+        """The channel output is spent by ``raw`` (any path): nothing more to close.
+
+        ``raw`` is verified first (:func:`~a402.bitcoin.spend.verify_channel_spend`), as the
+        vault's :func:`on_chain_close` does: a host that fed the provider a forged spend would
+        otherwise stop its watchtower, and the client's refund would then take the
+        provider's earnings once Δ passed. Refused: :class:`ExchangeError`, nothing changes.
+        """
+        spend = verify_channel_spend(self.params, raw, spent)
         self.spent = True
         self.provider.closed_on_chain()
+        return spend
 
 
 def on_chain_close(
