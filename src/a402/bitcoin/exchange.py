@@ -75,7 +75,6 @@ before adding its own.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from bitcointx.core import CMutableTransaction
 
@@ -100,6 +99,7 @@ from a402.crypto._secp import b32, tagged_hash
 from . import musig
 from . import transactions as txs
 from .channel import ChannelParams, ExchangeError
+from .coop_wire import CoopAnswer, CoopProposal
 from .scripts import PAYMENT_LEAF
 from .spend import ChannelSpend, verify_channel_spend
 from .transactions import Utxo
@@ -500,22 +500,6 @@ def on_chain_close(
 # ---------------------------------------------------------------- MuSig2 close
 
 
-@dataclass(frozen=True)
-class CoopProposal:
-    """The vault's key-path close of the final state: the unsigned spend, its MuSig2 nonce."""
-
-    unsigned: bytes
-    pubnonce: bytes
-
-
-@dataclass(frozen=True)
-class CoopAnswer:
-    """The provider's nonce and partial signature on the proposed close."""
-
-    pubnonce: bytes
-    partial_signature: bytes
-
-
 def _final(params: ChannelParams, final: SignedState) -> CMutableTransaction:
     if not final.state.is_final:
         raise ExchangeError("not-final", "only the co-signed final state closes by key path")
@@ -538,12 +522,20 @@ class CooperativeClose:
         )
 
     def proposal(self) -> CoopProposal:
-        return CoopProposal(self._unsigned, self._pubnonce)
+        """COOP_PROPOSAL (:mod:`a402.bitcoin.coop_wire`): the same bytes until :meth:`finish`."""
+        return CoopProposal(self._params.channel_id, self._unsigned, self._pubnonce)
 
     def finish(self, answer: CoopAnswer) -> bytes:
-        """Check the provider's partial signature, add the vault's, aggregate: the spend."""
+        """Check the provider's partial signature, add the vault's, aggregate: the spend.
+
+        An answer for another channel or whose partial signature does not verify is refused
+        (:class:`ExchangeError`) and the proposal stays open: the vault's secret nonce is
+        consumed only by its own partial signature, made after the provider's verified.
+        """
         if self._secnonce is None:
             raise ExchangeError("no-proposal", "this proposal's nonce is spent")
+        if answer.channel_id != self._params.channel_id:
+            raise ExchangeError("wrong-channel", "the answer names another channel")
         agg = self._params.cooperative_key()
         try:
             aggnonce = musig.nonce_agg([self._pubnonce, answer.pubnonce])
@@ -570,6 +562,8 @@ def cooperative_answer(
     """The provider's round: partially sign the proposal only if it is exactly the key-path
     close of the final state it co-signed."""
     expected = _final(params, final)
+    if proposal.channel_id != params.channel_id:
+        raise ExchangeError("wrong-channel", "the proposal names another channel")
     if proposal.unsigned != bytes(expected.serialize()):
         raise ExchangeError("wrong-state", "the cooperative close is not the final state")
     message = params.key_path_sighash(expected)
@@ -579,7 +573,10 @@ def cooperative_answer(
         aggnonce = musig.nonce_agg([proposal.pubnonce, pubnonce])
     except musig.MusigError:
         raise ExchangeError("bad-nonce", "the vault's nonce is malformed") from None
-    return CoopAnswer(pubnonce, musig.partial_sign(provider_key, secnonce, aggnonce, message, agg))
+    return CoopAnswer(
+        params.channel_id, pubnonce,
+        musig.partial_sign(provider_key, secnonce, aggnonce, message, agg),
+    )
 
 
 __all__ = [
