@@ -17,7 +17,7 @@ from bitcointx.core import (
     COutPoint,
     CTransaction,
 )
-from bitcointx.core.script import SIGHASH_ALL
+from bitcointx.core.script import SIGHASH_ALL, SignatureHashSchnorr
 
 from a402.asc import ResultDelivered, Status
 from a402.bitcoin.channel import ExchangeError, client_refund
@@ -266,3 +266,30 @@ def test_the_providers_watchtower_is_not_stopped_by_a_forged_spend() -> None:
     assert tower.channel_spent(close).path == "payment"
     assert s.provider.status is Status.CLOSED and tower.poll(height + 1) is None
     assert outputs(close)[s.params.provider_payout] == 4_000
+
+
+def test_a_refund_that_brings_its_own_fee_input_is_verified_with_the_coins_given() -> None:
+    """The client may add an input of its own to pay the fee (it signs with
+    SIGHASH_DEFAULT over both coins): given both coins in order, the vault verifies the
+    refund and closes; the ledger accepts the same bytes."""
+    s = open_channel()
+    wallet = BIP340.generate_key()
+    fee_coin = Utxo("ef" * 32, 0, 20_000, payout_script_pubkey(wallet.public_key))
+    s.ledger.credit(fee_coin, FUNDING_HEIGHT)
+    tx = s.params.refund()
+    tx.vin.append(CMutableTxIn(fee_coin.outpoint(), nSequence=0xFFFFFFFD))
+    tx.vout[0].nValue = s.params.funding.amount + fee_coin.amount - 5_000
+    coins = [s.params.funding, fee_coin]
+    txouts = [coin.txout() for coin in coins]
+    leaf, control = s.params.output.leaf(REFUND_LEAF)
+    client_sig = BIP340.sign(s.client_key, bytes(leaf.sighash_schnorr(tx, 0, txouts)))
+    tx.wit.vtxinwit.append(CMutableTxInWitness())
+    set_witness(tx, 0, [client_sig, bytes(leaf), control])
+    set_witness(tx, 1, [sign_key_path(wallet, b"", bytes(SignatureHashSchnorr(tx, 1, txouts)))])
+    raw = bytes(tx.serialize())
+    _refused_and_unchanged(s, raw, "coins-needed")  # (the ledger: not yet at Δ)
+    accepted = s.ledger.apply(raw, FUNDING_HEIGHT + REFUND_DELAY)
+    assert on_chain_close(s.vault, s.params, raw, coins).events == ()
+    assert s.vault.status is Status.CLOSED
+    assert accepted.fee == 5_000
+    assert outputs(raw)[s.params.client_payout] == s.params.funding.amount + 15_000
