@@ -192,7 +192,7 @@ def test_a_stale_client_close_loses_to_the_newer_state_through_the_watchtower() 
     answer = tower.poll(FUNDING_HEIGHT + REFUND_DELAY - 12)
     assert answer is not None
     s.ledger.apply(answer, FUNDING_HEIGHT + REFUND_DELAY - 12)
-    tower.channel_spent()
+    tower.channel_spent(answer)
     assert s.provider.status is Status.CLOSED
     assert tower.poll(FUNDING_HEIGHT + REFUND_DELAY) is None
     with pytest.raises(Refused) as late:

@@ -23,7 +23,7 @@ from bitcointx.core import CTransaction
 from a402.asc import CloseReady
 from a402.crypto import BIP340, SecretKey
 
-from . import signing
+from . import coop_wire, signing
 from . import transactions as txs
 from .channel import (
     ChannelParams,
@@ -157,7 +157,11 @@ def run_lifecycles(requests: int = 100, price: int = 1_000) -> Lifecycles:
     (ready,) = vault.receive(close_ack, now=0.0).events
     assert isinstance(ready, CloseReady)
     musig_close = CooperativeClose(params, vault_key, ready.signed)
-    answer = cooperative_answer(params, provider_key, ready.signed, musig_close.proposal())
+    # Both MuSig2 messages through their wire bytes (a402.bitcoin.coop_wire).
+    proposal = coop_wire.decode_proposal(musig_close.proposal().encode())
+    answer = coop_wire.decode_answer(
+        cooperative_answer(params, provider_key, ready.signed, proposal).encode()
+    )
     closes: list[tuple[str, bytes, int]] = [
         ("U.closeASC", musig_close.finish(answer), 101),
         # The same close by the payment leaf's two signatures (a signer without MuSig2).

@@ -74,9 +74,9 @@ before adding its own.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
 
-from bitcointx.core import CMutableTransaction, CTransaction
+from bitcointx.core import CMutableTransaction
 
 from a402.asc import (
     BalanceState,
@@ -99,7 +99,10 @@ from a402.crypto._secp import b32, tagged_hash
 from . import musig
 from . import transactions as txs
 from .channel import ChannelParams, ExchangeError
+from .coop_wire import CoopAnswer, CoopProposal
 from .scripts import PAYMENT_LEAF
+from .spend import ChannelSpend, verify_channel_spend
+from .transactions import Utxo
 
 #: SIGHASH_DEFAULT: the type byte after a state signature on the wire, never in a witness.
 _DEFAULT = b"\x00"
@@ -445,45 +448,46 @@ class Watchtower:
             return None
         return payment_leaf_close(self.params, signed, self._key)
 
-    def channel_spent(self) -> None:
-        """The channel output is spent (any path): nothing more to close."""
+    def channel_spent(self, raw: bytes, spent: Sequence[Utxo] | None = None) -> ChannelSpend:
+        """The channel output is spent by ``raw`` (any path): nothing more to close.
+
+        ``raw`` is verified first (:func:`~a402.bitcoin.spend.verify_channel_spend`), as the
+        vault's :func:`on_chain_close` does: a host that fed the provider a forged spend would
+        otherwise stop its watchtower, and the client's refund would then take the
+        provider's earnings once Δ passed. Refused: :class:`ExchangeError`, nothing changes.
+        """
+        spend = verify_channel_spend(self.params, raw, spent)
         self.spent = True
         self.provider.closed_on_chain()
+        return spend
 
 
-def on_chain_close(vault: VaultChannel, params: ChannelParams, raw: bytes) -> Step:
-    """The vault saw the channel output spent by ``raw``: if it is a payment-leaf close of
-    the request in flight, extract ``t`` from the vault's signature in the witness alone
+def on_chain_close(
+    vault: VaultChannel, params: ChannelParams, raw: bytes, spent: Sequence[Utxo] | None = None
+) -> Step:
+    """The vault saw the channel output spent by ``raw``: if it is a valid payment-leaf close
+    of the request in flight, extract ``t`` from the vault's signature in the witness alone
     and open the result (:class:`~a402.asc.ResultDelivered`, ``on_chain``).
 
-    The channel is CLOSED whatever the spend (a close of another state has nothing to
-    extract). Bytes that are no transaction, or a transaction that does not spend this
-    channel's output, are refused and change nothing. If ``t`` comes out but the sealed
-    result does not open (or does not hash to ``h``), the channel is CLOSED — the chain has
-    paid the provider — and the machine's error is raised so that this is reported.
+    Nothing is trusted: ``raw`` must pass :func:`~a402.bitcoin.spend.verify_channel_spend`
+    first (it spends this channel's funding outpoint by one of its three paths, every
+    signature valid over the BIP-341 sighash of ``raw`` itself; ``spent`` are the coins of
+    its inputs, needed only if it has others than the channel's). A forged, re-targeted or
+    malformed spend is refused with :class:`~a402.bitcoin.channel.ExchangeError` and its
+    ``reason`` and changes nothing: the host that feeds the vault its chain view cannot stop
+    a channel, or settle its request, with bytes the parties never signed.
+
+    A valid spend closes the channel whatever its path (a close of another state has
+    nothing to extract). If ``t`` comes out but the sealed result does not open (or does
+    not hash to ``h``), the channel is CLOSED — the chain has paid the provider — and the
+    machine's error is raised so that this is reported. That ``raw`` is *confirmed* is the
+    caller's to establish (a sans-IO vault cannot): see :mod:`a402.bitcoin.spend`.
     """
-    try:
-        tx = CTransaction.deserialize(raw)
-    except Exception:  # bitcointx raises several types on truncated or bad bytes
-        raise ExchangeError("malformed", "not a transaction") from None
-    funding = params.funding
-    spends = [
-        i for i, txin in enumerate(tx.vin)
-        if bytes(txin.prevout.hash[::-1]).hex() == funding.txid and txin.prevout.n == funding.vout
-    ]
-    if len(spends) != 1:
-        raise ExchangeError("not-this-channel", "the transaction does not spend the channel")
-    index = spends[0]
-    witnesses = tx.wit.vtxinwit
-    stack = (
-        [bytes(item) for item in witnesses[index].scriptWitness.stack]
-        if index < len(witnesses) else []
-    )
-    leaf, _ = params.output.leaf(PAYMENT_LEAF)
+    spend = verify_channel_spend(params, raw, spent)
     pending = vault.pending_request()
-    if len(stack) == 4 and stack[2] == bytes(leaf) and pending is not None:
+    if spend.path == "payment" and spend.vault_signature is not None and pending is not None:
         try:
-            return vault.provider_force_closed(pending[0], stack[1])
+            return vault.provider_force_closed(pending[0], spend.vault_signature)
         except RemoteProtocolError as refused:
             vault.closed_on_chain()
             if refused.reason is not Reason.BAD_COMPLETION:
@@ -494,22 +498,6 @@ def on_chain_close(vault: VaultChannel, params: ChannelParams, raw: bytes) -> St
 
 
 # ---------------------------------------------------------------- MuSig2 close
-
-
-@dataclass(frozen=True)
-class CoopProposal:
-    """The vault's key-path close of the final state: the unsigned spend, its MuSig2 nonce."""
-
-    unsigned: bytes
-    pubnonce: bytes
-
-
-@dataclass(frozen=True)
-class CoopAnswer:
-    """The provider's nonce and partial signature on the proposed close."""
-
-    pubnonce: bytes
-    partial_signature: bytes
 
 
 def _final(params: ChannelParams, final: SignedState) -> CMutableTransaction:
@@ -534,12 +522,20 @@ class CooperativeClose:
         )
 
     def proposal(self) -> CoopProposal:
-        return CoopProposal(self._unsigned, self._pubnonce)
+        """COOP_PROPOSAL (:mod:`a402.bitcoin.coop_wire`): the same bytes until :meth:`finish`."""
+        return CoopProposal(self._params.channel_id, self._unsigned, self._pubnonce)
 
     def finish(self, answer: CoopAnswer) -> bytes:
-        """Check the provider's partial signature, add the vault's, aggregate: the spend."""
+        """Check the provider's partial signature, add the vault's, aggregate: the spend.
+
+        An answer for another channel or whose partial signature does not verify is refused
+        (:class:`ExchangeError`) and the proposal stays open: the vault's secret nonce is
+        consumed only by its own partial signature, made after the provider's verified.
+        """
         if self._secnonce is None:
             raise ExchangeError("no-proposal", "this proposal's nonce is spent")
+        if answer.channel_id != self._params.channel_id:
+            raise ExchangeError("wrong-channel", "the answer names another channel")
         agg = self._params.cooperative_key()
         try:
             aggnonce = musig.nonce_agg([self._pubnonce, answer.pubnonce])
@@ -566,6 +562,8 @@ def cooperative_answer(
     """The provider's round: partially sign the proposal only if it is exactly the key-path
     close of the final state it co-signed."""
     expected = _final(params, final)
+    if proposal.channel_id != params.channel_id:
+        raise ExchangeError("wrong-channel", "the proposal names another channel")
     if proposal.unsigned != bytes(expected.serialize()):
         raise ExchangeError("wrong-state", "the cooperative close is not the final state")
     message = params.key_path_sighash(expected)
@@ -575,7 +573,10 @@ def cooperative_answer(
         aggnonce = musig.nonce_agg([proposal.pubnonce, pubnonce])
     except musig.MusigError:
         raise ExchangeError("bad-nonce", "the vault's nonce is malformed") from None
-    return CoopAnswer(pubnonce, musig.partial_sign(provider_key, secnonce, aggnonce, message, agg))
+    return CoopAnswer(
+        params.channel_id, pubnonce,
+        musig.partial_sign(provider_key, secnonce, aggnonce, message, agg),
+    )
 
 
 __all__ = [

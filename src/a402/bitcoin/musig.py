@@ -200,6 +200,16 @@ def _parse(kind: str, data: bytes, size: int) -> ctypes.Array[ctypes.c_char]:
     return out
 
 
+def check_pubnonce(data: bytes) -> None:
+    """Refuse (:class:`MusigError`) anything but a 66-byte public nonce of two valid points."""
+    _parse("pubnonce", data, _PUBNONCE)
+
+
+def check_partial_signature(data: bytes) -> None:
+    """Refuse (:class:`MusigError`) anything but a 32-byte partial signature below ``n``."""
+    _parse("partial_sig", data, _PARTIAL_SIG)
+
+
 def nonce_agg(pubnonces: list[bytes]) -> bytes:
     """The 66-byte aggregate of the signers' public nonces."""
     parsed = [_parse("pubnonce", n, _PUBNONCE) for n in pubnonces]
