@@ -20,6 +20,7 @@ which it is, and says why.
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,6 +243,7 @@ def _raised_with(trees: dict[str, ast.Module]) -> dict[str, set[str]]:
     return raised
 
 
+@functools.cache
 def _vault_answers() -> tuple[list[Answer], dict[tuple[str, str], str], list[str]]:
     """Every 5xx answer in the vault's source; the computed statuses met; and any 5xx
     constant given to a call that is none of the answers this scan knows."""
