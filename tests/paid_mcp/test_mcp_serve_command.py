@@ -51,6 +51,15 @@ def _accepts(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _stdio_proxy(upstream: list[str], pay_to: str, manifest_file: str, facilitator_url: str,
+                 tmp_path: Path, **env: str) -> StdioServerParameters:
+    """``a402 mcp serve --stdio`` in front of ``upstream`` (its flags), selling forecast."""
+    return StdioServerParameters(command=A402, args=[
+        "mcp", "serve", "--stdio", *upstream, "--tool", f"forecast={PRICE_TEXT}",
+        "--manifest", manifest_file, "--pay-to", pay_to, "--facilitator", facilitator_url,
+        "--ledger-db", f"sqlite:///{tmp_path / 'ledger.db'}"], env=_env(**env))
+
+
 @contextmanager
 def running(args: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
     proc = subprocess.Popen([A402, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -130,11 +139,8 @@ async def test_mcp_serve_on_stdio_in_front_of_an_http_server(
     payer = new_payer()
     before = balance(anvil_chain, dev_stack, payer.address)
     with serve(weather_server.app()) as upstream:
-        params = StdioServerParameters(command=A402, args=[
-            "mcp", "serve", "--stdio", "--upstream", upstream + "/mcp",
-            "--tool", f"forecast={PRICE_TEXT}", "--manifest", manifest_file,
-            "--pay-to", pay_to, "--facilitator", facilitator_url,
-            "--ledger-db", f"sqlite:///{tmp_path / 'ledger.db'}"], env=_env())
+        params = _stdio_proxy(["--upstream", upstream + "/mcp"], pay_to, manifest_file,
+                              facilitator_url, tmp_path)
         async with (stdio_client(params) as (read, write),
                     ClientSession(read, write) as session):
             await session.initialize()
@@ -155,12 +161,9 @@ async def test_mcp_serve_on_stdio_says_it_is_ready_only_once_its_upstream_answer
     payer = new_payer()
     before = balance(anvil_chain, dev_stack, payer.address)
     gate, stderr = tmp_path / "upstream-gate", tmp_path / "proxy-stderr.txt"
-    params = StdioServerParameters(command=A402, args=[
-        "mcp", "serve", "--stdio", "--upstream-command", f"{sys.executable} {UPSTREAM_SCRIPT}",
-        "--tool", f"forecast={PRICE_TEXT}", "--manifest", manifest_file,
-        "--pay-to", pay_to, "--facilitator", facilitator_url,
-        "--ledger-db", f"sqlite:///{tmp_path / 'ledger.db'}"],
-        env=_env(WEATHER_START_GATE=str(gate)))
+    params = _stdio_proxy(["--upstream-command", f"{sys.executable} {UPSTREAM_SCRIPT}"],
+                          pay_to, manifest_file, facilitator_url, tmp_path,
+                          WEATHER_START_GATE=str(gate))
     with stderr.open("w") as errlog:
         async with (stdio_client(params, errlog=errlog) as (read, write),
                     ClientSession(read, write) as session):
