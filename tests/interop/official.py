@@ -14,13 +14,14 @@ points at a real incompatibility and not at this harness.
   middleware, priced in the dev stack's token.
 - ``official_client`` / ``official_client_sync``: the SDK's paying HTTP
   clients (httpx, async; requests, sync).
+- ``official_mcp_paywall``: the SDK's MCP payment wrapper (``x402.mcp``) for a tool.
 
 Serve the apps with ``tests.servers.serve``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Literal, TypeVar
 
@@ -41,6 +42,7 @@ from x402.http import (
 from x402.http.clients.httpx import x402HttpxClient
 from x402.http.clients.requests import x402_requests
 from x402.http.middleware.fastapi import payment_middleware
+from x402.mcp import create_payment_wrapper
 from x402.mechanisms.evm import EthAccountSigner, FacilitatorWeb3Signer
 from x402.mechanisms.evm.exact import (
     register_exact_evm_client,
@@ -266,6 +268,19 @@ def official_paid_app(
 # ---------------------------------------------------------------------------
 # Client
 # ---------------------------------------------------------------------------
+
+
+def official_mcp_paywall(manifest: Manifest, facilitator_url: str, pay_to: str,
+                         price_atomic: int) -> Callable[..., Any]:
+    """The SDK's MCP paywall (``x402.mcp.create_payment_wrapper``) selling a tool for
+    ``price_atomic`` with the exact EVM scheme, settled by the facilitator at
+    ``facilitator_url``: put it under a FastMCP tool's decorator."""
+    resource_server = x402ResourceServer(
+        HTTPFacilitatorClient(FacilitatorConfig(url=facilitator_url)))
+    register_exact_evm_server(resource_server, manifest.network)
+    resource_server.initialize()
+    return create_payment_wrapper(
+        resource_server, accepts=[official_requirements(manifest, pay_to, price_atomic)])
 
 
 ClientT = TypeVar("ClientT", x402Client, x402ClientSync)

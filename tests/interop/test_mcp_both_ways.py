@@ -16,10 +16,7 @@ import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from mcp.server.fastmcp import FastMCP
-from x402 import x402ResourceServer
-from x402.http import FacilitatorConfig, HTTPFacilitatorClient
-from x402.mcp import create_payment_wrapper, x402MCPSession
-from x402.mechanisms.evm.exact import register_exact_evm_server
+from x402.mcp import x402MCPSession
 from x402.schemas import SettleResponse as SdkSettleResponse
 
 from a402.chain.deploy import Manifest
@@ -28,7 +25,7 @@ from a402.client.errors import PaymentRefused
 from a402.client.records import PaymentStatus
 from a402.mcp import PayingMCPSession, ToolPaywall, protect
 from a402.mcp.proxy import Upstream, proxy_app
-from tests.interop.official import official_requirements, official_sdk_client
+from tests.interop.official import official_mcp_paywall, official_sdk_client
 from tests.paid_mcp import weather_server
 from tests.paid_mcp.helpers import PRICE, balance, mcp_session, text_of
 from tests.servers import serve
@@ -83,30 +80,32 @@ async def test_the_sdk_mcp_client_pays_an_a402_paid_tool(
 
 
 @pytest.fixture
-def sdk_tool_url(dev_stack: Manifest, official_facilitator_url: str
-                 ) -> Iterator[tuple[str, str]]:
+def sdk_tools_url(dev_stack: Manifest, official_facilitator_url: str
+                  ) -> Iterator[tuple[str, str]]:
+    """The SDK's paywall (settled by the SDK's facilitator) on two tools: ``forecast``,
+    which answers, and ``broken``, whose backend is down."""
     pay_to = str(Account.create().address)
-    resource_server = x402ResourceServer(
-        HTTPFacilitatorClient(FacilitatorConfig(url=official_facilitator_url)))
-    register_exact_evm_server(resource_server, dev_stack.network)
-    resource_server.initialize()
-    paid = create_payment_wrapper(
-        resource_server, accepts=[official_requirements(dev_stack, pay_to, PRICE)])
-    mcp = FastMCP("sdk-weather")
+    paid = official_mcp_paywall(dev_stack, official_facilitator_url, pay_to, PRICE)
+    mcp = FastMCP("sdk-tools")
 
     @mcp.tool(name="forecast", description="Tomorrow's weather (x402 SDK paywall)")
     @paid
     async def forecast(city: str) -> str:
         return f"rainy in {city}"
 
+    @mcp.tool(name="broken", description="Always fails")
+    @paid
+    async def broken(city: str) -> str:
+        raise RuntimeError(f"no weather for {city}")
+
     with serve(mcp.streamable_http_app()) as base:
         yield base + "/mcp", pay_to
 
 
 async def test_a402s_mcp_client_pays_an_sdk_paid_tool_within_its_limits(
-        sdk_tool_url: tuple[str, str], anvil_chain: Chain, dev_stack: Manifest,
+        sdk_tools_url: tuple[str, str], anvil_chain: Chain, dev_stack: Manifest,
         new_payer: Callable[..., LocalAccount]) -> None:
-    url, pay_to = sdk_tool_url
+    url, pay_to = sdk_tools_url
     payer = new_payer()
     before = balance(anvil_chain, dev_stack, payer.address)
     async with mcp_session(url) as session:
@@ -123,28 +122,6 @@ async def test_a402s_mcp_client_pays_an_sdk_paid_tool_within_its_limits(
     assert mined["status"] == 1
     assert balance(anvil_chain, dev_stack, payer.address) == before - PRICE
     assert balance(anvil_chain, dev_stack, pay_to) == PRICE
-
-
-@pytest.fixture
-def sdk_tools_url(dev_stack: Manifest, official_facilitator_url: str
-                  ) -> Iterator[tuple[str, str]]:
-    """The SDK's paywall on two tools: one that answers, one whose backend is down."""
-    pay_to = str(Account.create().address)
-    resource_server = x402ResourceServer(
-        HTTPFacilitatorClient(FacilitatorConfig(url=official_facilitator_url)))
-    register_exact_evm_server(resource_server, dev_stack.network)
-    resource_server.initialize()
-    paid = create_payment_wrapper(
-        resource_server, accepts=[official_requirements(dev_stack, pay_to, PRICE)])
-    mcp = FastMCP("sdk-tools")
-
-    @mcp.tool(name="broken", description="Always fails")
-    @paid
-    async def broken(city: str) -> str:
-        raise RuntimeError(f"no weather for {city}")
-
-    with serve(mcp.streamable_http_app()) as base:
-        yield base + "/mcp", pay_to
 
 
 async def test_a402s_client_refuses_an_sdk_price_above_its_cap_and_a_failed_sdk_tool_costs_nothing(

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import anyio
 import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
@@ -48,6 +49,15 @@ def _env(**extra: str) -> dict[str, str]:
 def _accepts(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _stdio_proxy(upstream: list[str], pay_to: str, manifest_file: str, facilitator_url: str,
+                 tmp_path: Path, **env: str) -> StdioServerParameters:
+    """``a402 mcp serve --stdio`` in front of ``upstream`` (its flags), selling forecast."""
+    return StdioServerParameters(command=A402, args=[
+        "mcp", "serve", "--stdio", *upstream, "--tool", f"forecast={PRICE_TEXT}",
+        "--manifest", manifest_file, "--pay-to", pay_to, "--facilitator", facilitator_url,
+        "--ledger-db", f"sqlite:///{tmp_path / 'ledger.db'}"], env=_env(**env))
 
 
 @contextmanager
@@ -129,17 +139,50 @@ async def test_mcp_serve_on_stdio_in_front_of_an_http_server(
     payer = new_payer()
     before = balance(anvil_chain, dev_stack, payer.address)
     with serve(weather_server.app()) as upstream:
-        params = StdioServerParameters(command=A402, args=[
-            "mcp", "serve", "--stdio", "--upstream", upstream + "/mcp",
-            "--tool", f"forecast={PRICE_TEXT}", "--manifest", manifest_file,
-            "--pay-to", pay_to, "--facilitator", facilitator_url,
-            "--ledger-db", f"sqlite:///{tmp_path / 'ledger.db'}"], env=_env())
+        params = _stdio_proxy(["--upstream", upstream + "/mcp"], pay_to, manifest_file,
+                              facilitator_url, tmp_path)
         async with (stdio_client(params) as (read, write),
                     ClientSession(read, write) as session):
             await session.initialize()
             answer = await PayingMCPSession(session, payer, max_per_request=PRICE
                                             ).call_tool("forecast", {"city": "Nice"})
     assert answer.paid and text_of(answer.result) == "sunny in Nice, 21 C"
+    assert balance(anvil_chain, dev_stack, payer.address) == before - PRICE
+    assert balance(anvil_chain, dev_stack, pay_to) == PRICE
+
+
+async def test_mcp_serve_on_stdio_says_it_is_ready_only_once_its_upstream_answered(
+        tmp_path: Path, manifest_file: str, facilitator_url: str, anvil_chain: Chain,
+        dev_stack: Manifest, new_payer: Callable[..., LocalAccount]) -> None:
+    # The upstream command is held between its start and its MCP handshake: in that time
+    # a call would fail, so the proxy must not yet say it is ready; it says so once the
+    # upstream answered, and the first call then reaches it and is paid.
+    pay_to = str(Account.create().address)
+    payer = new_payer()
+    before = balance(anvil_chain, dev_stack, payer.address)
+    gate, stderr = tmp_path / "upstream-gate", tmp_path / "proxy-stderr.txt"
+    params = _stdio_proxy(["--upstream-command", f"{sys.executable} {UPSTREAM_SCRIPT}"],
+                          pay_to, manifest_file, facilitator_url, tmp_path,
+                          WEATHER_START_GATE=str(gate))
+    with stderr.open("w") as errlog:
+        async with (stdio_client(params, errlog=errlog) as (read, write),
+                    ClientSession(read, write) as session):
+            waiting = Path(f"{gate}.waiting")
+            try:
+                with anyio.fail_after(60):
+                    while not waiting.exists():
+                        await anyio.sleep(0.05)
+                assert '"mcp"' not in stderr.read_text(), stderr.read_text()  # not ready yet
+            finally:
+                gate.touch()
+            await session.initialize()
+            ready = [json.loads(line) for line in stderr.read_text().splitlines()
+                     if line.startswith("{") and '"mcp"' in line]
+            assert [r["mcp"] for r in ready] == ["stdio"], stderr.read_text()
+            assert ready[0]["tools"] == {"forecast": str(PRICE)}
+            answer = await PayingMCPSession(session, payer, max_per_request=PRICE
+                                            ).call_tool("forecast", {"city": "Turin"})
+    assert answer.paid and text_of(answer.result) == "sunny in Turin, 21 C"
     assert balance(anvil_chain, dev_stack, payer.address) == before - PRICE
     assert balance(anvil_chain, dev_stack, pay_to) == PRICE
 

@@ -86,17 +86,19 @@ def test_an_unknown_flag_says_the_paywall_was_not_started(
 
 
 
+@pytest.mark.parametrize("serving", ["http", "stdio"])
 @pytest.mark.parametrize(("command", "cause"), [
     ("a402-no-such-upstream-command", "FileNotFoundError"),
     (f"{sys.executable} -c 'import sys; sys.exit(1)'", "Connection closed"),
 ])
 def test_an_upstream_command_that_cannot_start_says_it_in_one_line(
-    command: str, cause: str,
+    command: str, cause: str, serving: str,
 ) -> None:
-    # The proxy starts the upstream as the server starts, before it listens: a command
-    # that does not exist, or exits before the MCP handshake, refuses the start in one
-    # line with a reason (not the server's traceback and its exit 3). A process of its
-    # own: the upstream's stderr is this process's, which pytest's capture has not.
+    # The proxy starts the upstream before it serves (HTTP: before it listens; stdio:
+    # before it reads its stdin): a command that does not exist, or exits before the MCP
+    # handshake, refuses the start in one line with a reason (not the server's traceback
+    # and its exit 3), and the proxy never said it was ready. A process of its own: the
+    # upstream's stderr is this process's, which pytest's capture has not.
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -104,8 +106,8 @@ def test_an_upstream_command_that_cannot_start_says_it_in_one_line(
         [sys.executable, "-m", "a402.cli", "mcp", "serve", "--facilitator",
          "http://127.0.0.1:1", "--upstream-command", command, "--tool", "forecast=0.001",
          "--asset", "0x" + "11" * 20, "--network", "eip155:1", "--pay-to", "0x" + "22" * 20,
-         "--port", str(port)],
-        capture_output=True, text=True, timeout=120, check=False,
+         *(["--port", str(port)] if serving == "http" else ["--stdio"])],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, check=False,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(
             [str(Path(a402.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])})
     assert done.returncode == 2, done.stderr

@@ -2,13 +2,17 @@
 
 Run as a script it speaks MCP on stdio (``a402 mcp serve --upstream-command``);
 ``app()`` is the same server over streamable HTTP. It counts its tool runs in a file
-named by ``WEATHER_RUNS`` (if set), so a test can see how often a tool really ran.
+named by ``WEATHER_RUNS`` (if set), so a test can see how often a tool really ran. With
+``WEATHER_START_GATE`` set to a file name, the script creates ``<name>.waiting`` and speaks
+MCP only once that file exists: a test holds the upstream between its start and its handshake.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
+from pathlib import Path
 from typing import Any
 
 from mcp.server.fastmcp import FastMCP
@@ -79,5 +83,17 @@ def app() -> Any:
     return build().streamable_http_app()
 
 
+def wait_at_start_gate() -> None:
+    gate = os.environ.get("WEATHER_START_GATE")
+    if gate:
+        parent = os.getppid()
+        Path(gate + ".waiting").touch()
+        while not Path(gate).exists():
+            if os.getppid() != parent:  # the proxy that started it is gone: so is its test
+                raise SystemExit(1)
+            time.sleep(0.05)
+
+
 if __name__ == "__main__":
+    wait_at_start_gate()
     build().run("stdio")

@@ -6,7 +6,7 @@ import contextlib
 import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 from eth_account.signers.local import LocalAccount
@@ -122,6 +122,23 @@ async def offer(client: httpx.AsyncClient, path: str) -> tuple[PaymentRequired, 
     assert isinstance(v2, PaymentRequired)
     v1 = PaymentRequiredV1.model_validate(response.json())
     return v2, v1
+
+
+class Paying(NamedTuple):
+    """A client of a paid app holding ``payer``'s signed payment for one path's offer."""
+
+    client: httpx.AsyncClient
+    required: PaymentRequired
+    headers: dict[str, str]
+
+
+@contextlib.asynccontextmanager
+async def paying(app: Any, path: str, payer: LocalAccount) -> AsyncIterator[Paying]:
+    """``app``'s client with ``payer``'s v2 payment (its header) for the 402 of ``path``:
+    what a payer holds before it sends the paid request, as often as the test likes."""
+    async with asgi_client(app) as client:
+        required, _ = await offer(client, path)
+        yield Paying(client, required, v2_header(required, payer))
 
 
 def v2_header(required: PaymentRequired, payer: LocalAccount, **kwargs: Any) -> dict[str, str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
@@ -44,10 +44,10 @@ from tests.provider.support import (
     PRICE_ATOMIC,
     Balances,
     Calls,
-    asgi_client,
     assert_mined_transfer,
     offer,
     paid_app,
+    paying,
     payload_header,
     v2_header,
 )
@@ -83,6 +83,33 @@ class LosesFirstPaidResponse:
         await send({"type": "http.response.body", "body": b"upstream connection lost"})
 
 
+class LossyShop(NamedTuple):
+    """The paid app behind a network that loses its first paid response, its payer (10,000
+    units), and what the tests count: the handlers' runs and the balances."""
+
+    app: LosesFirstPaidResponse
+    payer: LocalAccount
+    calls: Calls
+    balances: Balances
+
+
+@pytest.fixture
+def lossy_shop(anvil_chain: Chain, dev_stack: Manifest, facilitator_url: str, pay_to: str,
+               new_payer: Payer, tmp_path: Path) -> Callable[..., LossyShop]:
+    """Opens the shop (``options``: the gateway's, e.g. ``settle_before_serve``) on a
+    SQLite replay ledger of its own."""
+
+    def open_shop(**options: Any) -> LossyShop:
+        payer = new_payer(10_000)
+        balances = Balances(anvil_chain, dev_stack, payer.address, pay_to)
+        calls = Calls()
+        app = _app(pay_to, dev_stack, facilitator_url, calls, f"sqlite:///{tmp_path}/l.db",
+                   **options)
+        return LossyShop(app, payer, calls, balances)
+
+    return open_shop
+
+
 def _app(pay_to: str, manifest: Manifest, facilitator: str, calls: Calls,
          ledger: str, **options: Any) -> LosesFirstPaidResponse:
     app: FastAPI = paid_app(pay_to=pay_to, manifest=manifest, facilitator=facilitator,
@@ -110,17 +137,11 @@ def _app(pay_to: str, manifest: Manifest, facilitator: str, calls: Calls,
 
 @pytest.mark.parametrize("settle_before_serve", [False, True])
 async def test_a_response_lost_after_settling_is_sent_again_for_the_same_payment_charged_once(
-    anvil_chain: Chain, dev_stack: Manifest, facilitator_url: str, pay_to: str,
-    new_payer: Payer, tmp_path: Path, settle_before_serve: bool,
+    anvil_chain: Chain, pay_to: str, lossy_shop: Callable[..., LossyShop],
+    settle_before_serve: bool,
 ) -> None:
-    payer = new_payer(10_000)
-    balances = Balances(anvil_chain, dev_stack, payer.address, pay_to)
-    calls = Calls()
-    app = _app(pay_to, dev_stack, facilitator_url, calls, f"sqlite:///{tmp_path}/l.db",
-               settle_before_serve=settle_before_serve)
-    async with asgi_client(app) as client:
-        required, _ = await offer(client, "/weather")
-        headers = v2_header(required, payer)
+    app, payer, calls, balances = lossy_shop(settle_before_serve=settle_before_serve)
+    async with paying(app, "/weather", payer) as (client, _, headers):
         lost = await client.get("/weather", headers=headers)
         again = await client.get("/weather", headers=headers)
         once_more = await client.get("/weather", headers=headers)
@@ -141,16 +162,10 @@ async def test_a_response_lost_after_settling_is_sent_again_for_the_same_payment
 
 
 async def test_the_settled_payment_resent_for_another_path_or_query_buys_nothing(
-    anvil_chain: Chain, dev_stack: Manifest, facilitator_url: str, pay_to: str,
-    new_payer: Payer, tmp_path: Path,
+    pay_to: str, lossy_shop: Callable[..., LossyShop],
 ) -> None:
-    payer = new_payer(10_000)
-    balances = Balances(anvil_chain, dev_stack, payer.address, pay_to)
-    calls = Calls()
-    app = _app(pay_to, dev_stack, facilitator_url, calls, f"sqlite:///{tmp_path}/l.db")
-    async with asgi_client(app) as client:
-        required, _ = await offer(client, "/items/1")
-        headers = v2_header(required, payer)
+    app, payer, calls, balances = lossy_shop()
+    async with paying(app, "/items/1", payer) as (client, required, headers):
         lost = await client.get("/items/1", headers=headers)
         other_path = await client.get("/items/2", headers=headers)
         other_query = await client.get("/items/1?x=1", headers=headers)
@@ -176,17 +191,11 @@ async def test_the_settled_payment_resent_for_another_path_or_query_buys_nothing
 
 @pytest.mark.parametrize("settle_before_serve", [False, True])
 async def test_an_oversized_response_is_not_kept_and_the_resend_is_told_it_was_paid_and_settled(
-    anvil_chain: Chain, dev_stack: Manifest, facilitator_url: str, pay_to: str,
-    new_payer: Payer, tmp_path: Path, settle_before_serve: bool,
+    anvil_chain: Chain, pay_to: str, lossy_shop: Callable[..., LossyShop],
+    settle_before_serve: bool,
 ) -> None:
-    payer = new_payer(10_000)
-    balances = Balances(anvil_chain, dev_stack, payer.address, pay_to)
-    calls = Calls()
-    app = _app(pay_to, dev_stack, facilitator_url, calls, f"sqlite:///{tmp_path}/l.db",
-               settle_before_serve=settle_before_serve)
-    async with asgi_client(app) as client:
-        required, _ = await offer(client, "/big")
-        headers = v2_header(required, payer)
+    app, payer, calls, balances = lossy_shop(settle_before_serve=settle_before_serve)
+    async with paying(app, "/big", payer) as (client, _, headers):
         lost = await client.get("/big", headers=headers)
         again = await client.get("/big", headers=headers)
 
@@ -250,19 +259,12 @@ async def test_a_response_lost_at_one_gateway_is_sent_again_by_another_sharing_a
 
 
 async def test_a_streamed_response_settled_first_is_streamed_not_kept_and_its_resend_told_so(
-    anvil_chain: Chain, dev_stack: Manifest, facilitator_url: str, pay_to: str,
-    new_payer: Payer, tmp_path: Path,
+    anvil_chain: Chain, pay_to: str, lossy_shop: Callable[..., LossyShop],
 ) -> None:
     """Settle-first streams the response (no length: never held back to be kept); the
     ledger records that it was delivered and not kept, so the resend hears the truth."""
-    payer = new_payer(10_000)
-    balances = Balances(anvil_chain, dev_stack, payer.address, pay_to)
-    calls = Calls()
-    app = _app(pay_to, dev_stack, facilitator_url, calls, f"sqlite:///{tmp_path}/l.db",
-               settle_before_serve=True)
-    async with asgi_client(app) as client:
-        required, _ = await offer(client, "/stream")
-        headers = v2_header(required, payer)
+    app, payer, calls, balances = lossy_shop(settle_before_serve=True)
+    async with paying(app, "/stream", payer) as (client, _, headers):
         lost = await client.get("/stream", headers=headers)
         again = await client.get("/stream", headers=headers)
 

@@ -166,10 +166,12 @@ def test_an_answer_computed_before_the_lease_lapsed_is_not_sent(
     db: str, stores: list[VaultStore],
 ) -> None:
     """The guard in front of the API: a call that reached the active process but whose answer
-    is ready only after the process stopped serving gets 503 vault_standby instead; a call
-    arriving then never reaches the handler; ``/v1/info`` is answered by any replica."""
+    is ready only after the process stopped serving gets 503 answer_dropped instead (it ran:
+    it may have been paid, and the client says so); a call arriving then never reaches the
+    handler (503 vault_standby: nothing was done); ``/v1/info`` is answered by any replica."""
     from starlette.testclient import TestClient
 
+    from a402.client.vault import VaultCallError
     from a402.vault.app import _active_only
     from a402.wire import vault_api as api
 
@@ -189,9 +191,11 @@ def test_an_answer_computed_before_the_lease_lapsed_is_not_sent(
     lapsed = client.post("/v1/invoke", content=b"{}")
     later = client.get("/v1/account")
     info = client.get("/v1/info")
-    assert lapsed.status_code == 503 and lapsed.json()["error"] == api.VAULT_STANDBY
+    assert lapsed.status_code == 503 and lapsed.json()["error"] == api.ANSWER_DROPPED
     assert lapsed.headers["retry-after"] == "1"
+    assert VaultCallError(503, lapsed.json()).may_have_paid  # not "nothing was paid"
     assert later.status_code == 503 and later.json()["error"] == api.VAULT_STANDBY
+    assert not VaultCallError(503, later.json()).may_have_paid
     assert info.status_code == 200
     assert reached == ["/v1/invoke", "/v1/info"]  # /v1/account never reached the handler
 

@@ -102,7 +102,8 @@ class Outcome:
 @dataclass
 class FailoverCaller:
     """A participant's signed calls, given every replica's URL: a dropped connection or a
-    ``503 vault_standby`` sends the call (signed again, a fresh nonce) to the next URL."""
+    ``503 vault_standby`` (or ``503 answer_dropped``: the replica lost its lease while it ran
+    the call) sends the call (signed again, a fresh nonce) to the next URL."""
 
     urls: list[str]
     key: LocalAccount
@@ -143,7 +144,8 @@ class FailoverCaller:
                     time.sleep(0.05)
                     continue
                 data = r.json()
-                if r.status_code == 503 and data.get("error") == api.VAULT_STANDBY:
+                if r.status_code == 503 and data.get("error") in (api.VAULT_STANDBY,
+                                                                  api.ANSWER_DROPPED):
                     standby += 1
                     self.at = (self.at + 1) % len(self.urls)
                     time.sleep(0.05)

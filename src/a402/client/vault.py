@@ -47,7 +47,8 @@ this client, no more than the deposit it allowed, then signs and retries.
 Fail-over: a vault may run as replicas over one database, one active at a time
 (:mod:`a402.vault.lease`). Give the client every replica's URL (a list) and it
 sends each call to the one that last answered; if that one cannot be reached,
-drops the connection, or answers ``503 vault_standby``, it signs the call again
+drops the connection, or answers ``503 vault_standby`` (or ``503 answer_dropped``: the
+replica lost its lease while it ran the call), it signs the call again
 (a fresh nonce; the same idempotency key, so a call the dead replica had
 started is answered from the vault's record, never paid twice) and tries the
 next, for up to ``failover_wait`` seconds from the first failure (30 by default
@@ -167,11 +168,18 @@ class VaultCallError(PaymentError):
 MAY_BE_PAID: Final = frozenset({api.PAYMENT_PENDING, api.REPLAYED_CALL, "key_of_another_life"})
 #: The vault's 5xx refusals, all answered before σ_U leaves it (after σ_U, any failure is a
 #: 202 ``payment_pending``): nothing was paid. Not ``protocol_violation``: a paid call
-#: whose result does not open is answered with it (``"outcome": "paid"``).
+#: whose result does not open is answered with it (``"outcome": "paid"``); not
+#: ``answer_dropped`` (a replica withheld the answer of a call it ran), ``vault_broken``
+#: (a ledger write whose outcome is unknown) nor ``internal_error``. Pinned against the
+#: vault's answers by tests/client/test_refused_before_paying.py: a new 5xx reason fails
+#: there until it is classified.
 REFUSED_BEFORE_PAYING: Final = frozenset({
     api.PROVIDER_REFUSED, api.PROVIDER_UNAVAILABLE, api.CHAIN_UNAVAILABLE, api.VAULT_STANDBY,
     api.ATTESTATION_FAILED, api.OFFER_MISMATCH, api.NO_ACCEPTABLE_OFFER,
-    api.CHANNEL_RECOVERING, api.CHANNEL_BUSY, api.CONFLICT})
+    api.CHANNEL_RECOVERING, api.CHANNEL_BUSY, api.CONFLICT, api.LOCK_RELEASED,
+    # vault mode's: an enclave refusal (it changed nothing), deposits unreadable at a safe
+    # depth, an endpoint this vault does not serve
+    "settlement_dead", "chain_unsafe", "not_configured"})
 
 
 @dataclass(frozen=True)
@@ -314,12 +322,13 @@ class _Base:
     # ------------------------------------------------------------ fail-over
 
     def _standby(self, response: httpx.Response) -> bool:
-        """A replica that is not the active one (it did nothing); moves ``url`` to the
-        active one if it named one of ours."""
+        """A replica that is not the active one (it did nothing, or withheld the answer of
+        a call it ran: the same key asked again gets the vault's recorded answer); moves
+        ``url`` to the active one if it named one of ours."""
         if response.status_code != 503:
             return False
         data = _json(response)
-        if data.get("error") != api.VAULT_STANDBY:
+        if data.get("error") not in (api.VAULT_STANDBY, api.ANSWER_DROPPED):
             return False
         active = str(data.get("active") or "").rstrip("/")
         if active in self.urls:

@@ -202,13 +202,17 @@ def run_mcp_serve(args: argparse.Namespace) -> int:
         announcement["schemes"] = {p.tool: p.scheme if p.scheme != "upto"
                                    else f"upto, {p.unit} per unit" for p in prices}
     if serve.stdio:
+        from functools import partial
+
         import anyio
 
         from a402.mcp.proxy import UpstreamFailed, serve_stdio
 
-        print(json.dumps({**announcement, "mcp": "stdio"}), file=sys.stderr, flush=True)
+        def announce_stdio() -> None:  # once the upstream answered, as over HTTP
+            print(json.dumps({**announcement, "mcp": "stdio"}), file=sys.stderr, flush=True)
+
         try:
-            anyio.run(serve_stdio, upstream, paywall)
+            anyio.run(partial(serve_stdio, upstream, paywall, on_ready=announce_stdio))
         except UpstreamFailed as e:  # before it answered a call: nothing was paid
             return fail(str(e), e.reason)
         return 0

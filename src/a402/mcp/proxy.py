@@ -237,15 +237,23 @@ def proxy_app(upstream: Upstream, paywall: ToolPaywall, *,
     return channels.wrap(bounded_app(app, limits))
 
 
-async def serve_stdio(upstream: Upstream, paywall: ToolPaywall) -> None:
-    """Serve the proxy on this process's stdin/stdout until the client closes it; an
-    upstream that cannot be connected raises :class:`UpstreamFailed` before serving."""
+async def serve_stdio(upstream: Upstream, paywall: ToolPaywall, *,
+                      on_ready: Callable[[], None] | None = None) -> None:
+    """Serve the proxy on this process's stdin/stdout until the client closes it.
+
+    ``on_ready`` runs once the upstream has completed the MCP handshake, just before the
+    proxy serves (as :func:`proxy_app`'s): whoever it tells that the proxy is ready can
+    call a tool that reaches the upstream. An upstream that cannot be connected raises
+    :class:`UpstreamFailed` before serving and before ``on_ready``: nothing was announced,
+    answered or paid."""
     from mcp.server.stdio import stdio_server
 
     try:
         async with contextlib.AsyncExitStack() as stack:
             session = await _connected(upstream, stack)  # UpstreamFailed: nothing served
             server = proxy_server(session, paywall)
+            if on_ready is not None:
+                on_ready()
             async with stdio_server() as (read, write):
                 await server.run(read, write, server.create_initialization_options())
     finally:

@@ -64,6 +64,7 @@ from a402.wire.errors import WireError
 from a402.wire.jsonstrict import JsonLimitError, JsonLimits, loads_object
 
 from .channels import VaultError
+from .lease import not_serving_answer
 from .service import VaultService
 
 log = logging.getLogger("a402.vault")
@@ -313,21 +314,20 @@ def _log_invoke(observer: Observer, request: Request, seen: dict[str, Any],
 def _active_only(service: VaultService, inner: ASGIApp) -> ASGIApp:
     """Every ``/v1`` call but ``info`` reaches ``inner`` only while this process is the
     active one, and its answer leaves only if it still is when the answer starts;
-    otherwise ``503 vault_standby`` (the body names the active replica's URL if known)."""
+    otherwise ``503 vault_standby`` (the call never ran: nothing was done), or for a call
+    that ran ``503 answer_dropped`` (it may have been paid: :func:`not_serving_answer`);
+    the body names the active replica's URL if known."""
     lease = service.lease
     assert lease is not None
 
-    def standby() -> JSONResponse:
+    def standby(dropped: bool = False) -> JSONResponse:
         active: str | None = None
         try:
             holder = lease.current()
             active = None if holder.expired or holder.holder == lease.holder else holder.url
         except Exception:  # the database is away: still a standby
             log.warning("reading the lease failed", exc_info=True)
-        return JSONResponse({"error": api.VAULT_STANDBY, "message":
-                             "this vault replica is not the active one: nothing was done "
-                             "here; call the active replica, or again shortly",
-                             "active": active}, status_code=503,
+        return JSONResponse(not_serving_answer(active, dropped=dropped), status_code=503,
                             headers={"Retry-After": "1"})
 
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
@@ -345,7 +345,7 @@ def _active_only(service: VaultService, inner: ASGIApp) -> ASGIApp:
             if message["type"] == "http.response.start" and not service.serving():
                 replaced = True
                 log.warning("an answer to %s was dropped: the lease lapsed", path)
-                await (await run_in_threadpool(standby))(scope, receive, send)
+                await (await run_in_threadpool(standby, True))(scope, receive, send)
             elif not replaced:
                 await send(message)
 

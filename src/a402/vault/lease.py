@@ -35,7 +35,9 @@ database's own clock.
   sent; past that, the process answers no ``/v1`` call (503), even one computed
   earlier, and sends no frame to a provider (:class:`~a402.vault.tunnel.ProviderTunnel`'s
   ``may_send``) — so a resumed old active neither answers nor sends even the
-  message it had checkpointed just before it was paused (the new active sends it,
+  message it had checkpointed just before it was paused (:func:`not_serving_answer`:
+  ``vault_standby`` if the call never ran here, ``answer_dropped`` if its answer was
+  withheld: that call may have been paid) (the new active sends it,
   from the same checkpoint). What it cannot stop is a transaction it journaled
   before the pause and broadcasts after: the same signed transaction (same nonce,
   same hash) that the new active sends again from the journal, so it lands once.
@@ -66,6 +68,8 @@ from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from a402.wire import vault_api as api
+
 from .store import VaultStore
 
 log = logging.getLogger("a402.vault.lease")
@@ -78,6 +82,24 @@ WHOLE_VAULT = "vault"
 IDLE_IN_TRANSACTION_MS = 5000
 
 _NOW = "EXTRACT(EPOCH FROM clock_timestamp())"
+
+
+def not_serving_answer(active: str | None, *, dropped: bool) -> dict[str, Any]:
+    """The 503 body of a replica that does not serve (``active``: the active replica's URL
+    if known). ``dropped``: the call ran here and its answer was withheld because the lease
+    lapsed meanwhile. Then it may have been paid (σ_U may be out, the answer recorded), so
+    the answer must not say "nothing was done": ``answer_dropped``, which a client
+    takes as "may have been paid" and asks again with the same idempotency key (the
+    recorded answer, never a second payment). Otherwise ``vault_standby``: the call never
+    reached the vault, nothing was done."""
+    if dropped:
+        return {"error": api.ANSWER_DROPPED, "active": active, "message": (
+            "this vault replica lost its lease while it ran the call, so its answer was "
+            "withheld: the call may have been paid; ask the active replica (or this one "
+            "again) with the same idempotency key for its answer")}
+    return {"error": api.VAULT_STANDBY, "active": active, "message": (
+        "this vault replica is not the active one: nothing was done here; call the active "
+        "replica, or again shortly")}
 
 
 class LeaseLost(Exception):

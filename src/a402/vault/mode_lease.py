@@ -16,7 +16,9 @@ file, same platform file, same A402Vault). Which one serves is decided by the le
   settlement scheduler (the restored payout queue), landing signed settlements, the
   watchtower.
 * **Answering.** A ``/v1`` answer leaves only while :meth:`~a402.vault.lease.Lease.serving`
-  holds when the response starts; otherwise it is replaced by ``503 vault_standby``.
+  holds when the response starts; otherwise it is replaced by ``503 answer_dropped``
+  (the call ran here and may have been paid: asked again with the same idempotency key,
+  the vault's record answers it).
 
 Safety argument: vault mode stores the sealed ledger before anything computed under it
 leaves (:meth:`~a402.vault.mode.VaultModeService.change`), and every store write checks the
@@ -42,9 +44,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from a402.wire import vault_api as api
-
-from .lease import Lease
+from .lease import Lease, not_serving_answer
 from .mode import VaultModeService, VaultModeWorker
 from .mode_app import create_mode_app
 from .mode_invoke import ModeInvoker
@@ -117,17 +117,17 @@ class LeasedModeApp:
 
     # ---------------------------------------------------------------- answers
 
-    def _standby(self) -> JSONResponse:
+    def _standby(self, dropped: bool = False) -> JSONResponse:
+        """``503 vault_standby``, or for a call that ran here ``503 answer_dropped`` (it
+        may have been paid: :func:`~a402.vault.lease.not_serving_answer`)."""
         active: str | None = None
         try:
             holder = self.lease.current()
             active = None if holder.expired or holder.holder == self.lease.holder else holder.url
         except Exception:  # the database is away: still a standby
             log.warning("reading the lease failed", exc_info=True)
-        return JSONResponse({"error": api.VAULT_STANDBY, "message":
-                             "this vault replica is not the active one: nothing was done "
-                             "here; call the active replica, or again shortly",
-                             "active": active}, status_code=503, headers={"Retry-After": "1"})
+        return JSONResponse(not_serving_answer(active, dropped=dropped), status_code=503,
+                            headers={"Retry-After": "1"})
 
     def _health(self) -> JSONResponse:
         service, runner = self.service, self.runner
@@ -158,7 +158,7 @@ class LeasedModeApp:
             if message["type"] == "http.response.start" and not self.serving():
                 replaced = True
                 log.warning("an answer to %s was dropped: the lease lapsed", path)
-                await (await run_in_threadpool(self._standby))(scope, receive, send)
+                await (await run_in_threadpool(self._standby, True))(scope, receive, send)
             elif not replaced:
                 await send(message)
 

@@ -521,12 +521,12 @@ class Worker:
                 if row.state == vault_store.DELIVERED:
                     await self._answer_delivered(row)
                 else:
-                    body = {"error": "lock_released", "outcome": api.REFUSED,
+                    body = {"error": api.LOCK_RELEASED, "outcome": api.REFUSED,
                             "idempotencyKey": row.key.split(":", 1)[1],
                             "message": "the request was given up before it was paid; "
                                        "nothing was paid"}
                     await self.invoker.record(row.key, 503, body, outcome=api.REFUSED,
-                                              reason="lock_released", retryable=True,
+                                              reason=api.LOCK_RELEASED, retryable=True,
                                               from_states=(vault_store.RELEASED,))
             except Exception:
                 log.exception("call %s: could not record its answer", row.key)

@@ -98,6 +98,11 @@ CHAIN_UNAVAILABLE: Final = "chain_unavailable"
 #: This vault process is a standby (another replica holds the lease, or this one lost it):
 #: nothing was done; call the active replica (``active`` in the body, when known) or retry.
 VAULT_STANDBY: Final = "vault_standby"
+#: This replica lost its lease while it ran the call, and so withheld the answer it had:
+#: the call may have been paid (the vault's record has it). Call the active replica (or
+#: this one again) with the same idempotency key: the recorded answer comes back, never a
+#: second payment.
+ANSWER_DROPPED: Final = "answer_dropped"
 CHANNEL_BUSY: Final = "channel_busy"
 #: The provider still holds an earlier request of the channel (its ACK had not reached it,
 #: e.g. after a vault restart): nothing was paid, the vault re-sent it, call again.
@@ -108,6 +113,9 @@ PROPOSAL_REFUSED: Final = "proposal_refused"
 IDEMPOTENCY_KEY_REUSED: Final = "idempotency_key_reused"
 REQUEST_IN_PROGRESS: Final = "request_in_progress"
 PAYMENT_PENDING: Final = "payment_pending"
+#: A call given up before it was paid (its lock released, no σ_U): recorded as refused,
+#: nothing was paid, and the same key may run again.
+LOCK_RELEASED: Final = "lock_released"
 #: A withdrawal order relayed but not mined yet: the balance stays in the pool until it is
 #: (the contract moves it in one step, or not at all).
 WITHDRAWAL_PENDING: Final = "withdrawal_pending"
