@@ -28,6 +28,9 @@ One payment::
            ─▶ refused as malformed (400) .......... RequestRefused    (released; not resumed,
                                                                        and only if told to)
 
+Each outcome's ``label`` names, for a log line and metrics, what became of the money:
+``settled`` charged, ``pending`` may be charged, every other nothing moved.
+
 Safety arguments, which the callers used to state each on their own:
 
 - A request is served before settling only after ``/verify`` accepted the
@@ -59,7 +62,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
-from typing import Any, Final, TypeAlias
+from typing import Any, ClassVar, Final, TypeAlias
 
 from a402.exact.replay import Admission, Admit, LedgerState, PaymentKey
 from a402.wire.errors import SETTLEMENT_PENDING
@@ -78,6 +81,13 @@ class ExactPayment:
     valid_before: int
     terms: str = ""
     """:func:`~a402.exact.replay.payment_terms` of the offer it answers ("" if one offer)."""
+
+
+def remembered_until(payment: ExactPayment, *, now: float, retention: float) -> float:
+    """Until when (Unix time) the ledger remembers ``payment``, and what it delivered: its
+    ``validBefore`` (at most :data:`MAX_REMEMBERED_VALIDITY` past ``now``) plus
+    ``retention``; past that the token contract itself refuses the authorization."""
+    return min(payment.valid_before, now + MAX_REMEMBERED_VALIDITY) + retention
 
 
 @dataclass(frozen=True)
@@ -173,6 +183,8 @@ class Reused:
     """The ledger refused the authorization: in use right now, pending under another
     signature, or already sold a response (``state`` says which). Nothing changed."""
 
+    label: ClassVar[str] = "refused"
+
     state: LedgerState | None
     settlement: SettleResponse | None
 
@@ -182,6 +194,8 @@ class OtherTerms:
     """The same pending payment, resent for another resource or other terms: nothing
     served or charged; the entry stays pending for its own terms."""
 
+    label: ClassVar[str] = "refused"
+
     settlement: SettleResponse | None
 
 
@@ -190,12 +204,16 @@ class NotResumable:
     """A pending payment this server can no longer serve: the entry is left pending, as
     it was found."""
 
+    label: ClassVar[str] = "refused"
+
     settlement: SettleResponse | None
 
 
 @dataclass(frozen=True)
 class Rejected:
     """``/verify`` said the payment is invalid: released, nothing served."""
+
+    label: ClassVar[str] = "rejected"
 
     verdict: VerifyResponse
 
@@ -204,10 +222,14 @@ class Rejected:
 class NotServed:
     """Serving failed: released, nothing settled; the caller answers with its failure."""
 
+    label: ClassVar[str] = "not_served"
+
 
 @dataclass(frozen=True)
 class RequestRefused:
     """The facilitator refused our request as malformed (400): released, nothing moved."""
+
+    label: ClassVar[str] = "error"
 
     failure: NoVerdict
     settle_attempted: bool
@@ -218,6 +240,8 @@ class Unanswered:
     """No verdict: released if it was ``/verify``, marked pending if it was ``/settle``
     (it may have gone through). The payer may resend the same payment."""
 
+    label: ClassVar[str] = "error"
+
     failure: NoVerdict
     settle_attempted: bool
 
@@ -226,12 +250,16 @@ class Unanswered:
 class SettlePending:
     """Settlement not final yet: marked pending; resend the same payment to finish."""
 
+    label: ClassVar[str] = "pending"
+
     settlement: SettleResponse
 
 
 @dataclass(frozen=True)
 class SettleFailed:
     """Settlement failed: released, nothing charged, nothing to deliver."""
+
+    label: ClassVar[str] = "failed"
 
     settlement: SettleResponse
 
@@ -241,6 +269,8 @@ class Paid:
     """Settled: the response is due. ``serve_now``: nothing was served yet (settle-first,
     or a resumed payment), so serve it now; else deliver what :class:`Serve` produced.
     ``unrecorded``: the ledger failed to record the settlement (log it; serve anyway)."""
+
+    label: ClassVar[str] = "settled"
 
     settlement: SettleResponse
     serve_now: bool
@@ -274,7 +304,7 @@ def exact_flow(
     the payment (nothing moved), rather than leaving it pending.
     """
     key = payment.key
-    expires_at = min(payment.valid_before, now + MAX_REMEMBERED_VALIDITY) + retention
+    expires_at = remembered_until(payment, now=now, retention=retention)
     admit: Admit = yield Acquire(key, payment.fingerprint, expires_at, payment.terms)
     if admit.admission is Admission.REFUSED:
         return Reused(admit.state, admit.settlement)
