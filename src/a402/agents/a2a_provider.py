@@ -24,9 +24,10 @@ in A2A 1.0 spelling, v0.3 clients see ``input-required`` etc.)::
     payment-rejected ........... FAILED          payment-rejected
 
 The payment decisions are made by the one server-side ``exact`` flow
-(:mod:`a402.exact.serve`), which the HTTP middleware drives too; the executor
-runs its operations (ledger, facilitator, the function) and renders its outcome
-as task states.
+(:mod:`a402.exact.serve`), run by its one driver,
+:class:`~a402.provider.exact_call.ExactCall` (with the replay ledger and the
+facilitator), as for the HTTP middleware and the MCP paywall; the executor gives it
+the function to run and renders its outcome as task states.
 
 The result leaves the agent only with a successful settlement: a failed or
 pending settle never delivers the artifact, and the function never runs before
@@ -115,7 +116,6 @@ from a402.provider.ledger import (
     InMemoryLedger,
     PaymentKey,
     PaymentLedger,
-    payment_fingerprint,
 )
 from a402.provider.routes import Price, to_atomic
 from a402.serving import BoundedJsonBodies, JsonErrors, json_http_errors
@@ -369,9 +369,9 @@ class X402Executor(AgentExecutor):
         # facilitator binds a settlement to it, which is what keeps another agent paid to
         # the same payee (no shared ledger) from being paid by this settlement too.
         payload = payload.model_copy(update={"resource": agent.payment_required().resource})
-        auth = evm.authorization
-        payer = auth.from_address
-        key = PaymentKey.of(agent.network, agent.terms.asset, auth.from_address, auth.nonce)
+        payer = evm.authorization.from_address
+        payment = ExactPayment.of(evm, network=agent.network, asset=agent.terms.asset)
+        key = payment.key
         held: _Held | None = None
         failure: Exception | None = None
 
@@ -412,10 +412,9 @@ class X402Executor(AgentExecutor):
         # the payment pending here (as any settle without a verdict), with its result held
         # for a resend.
         call = ExactCall(
-            ExactPayment(key, payment_fingerprint(evm.signature, auth.to_wire()),
-                         int(auth.valid_before)),
-            payload, agent.requirements, ledger=agent.ledger, facilitator=lambda: agent.facilitator,
-            serve=serve, resumable=resumable, unexpected_settle=settle_lost)
+            payment, payload, agent.requirements, ledger=agent.ledger,
+            facilitator=lambda: agent.facilitator, serve=serve, resumable=resumable,
+            unexpected_settle=settle_lost)
         match await call.run(now=time.time(), retention=_LEDGER_RETENTION,
                              release_refused_settle=False):
             case Reused() | OtherTerms():

@@ -5,10 +5,12 @@ the channel state machine (:mod:`a402.asc.machine`): :func:`exact_flow` is a
 generator that yields the operations it needs, receives their results, and
 returns an :data:`Outcome`. It does no I/O and reads no clock (``now`` is passed
 in). Every protocol question is answered here: what to refuse, when to verify,
-when to serve, when to settle, what the replay ledger must record and when. A
-caller (the HTTP middleware, the A2A agent) runs the operations with its own
-I/O (:func:`drive`) and renders the outcome in its own medium (a 402, a failed
-task, a served response with its receipt).
+when to serve, when to settle, what the replay ledger must record and when. One
+driver, :class:`a402.provider.exact_call.ExactCall`, runs the operations with a
+replay ledger and a facilitator (:func:`drive`) for every medium (the HTTP
+middleware, the MCP paywall, the A2A agent), which gives it only what to serve and
+renders the outcome in its own form (a 402, a tool result, a failed task, a served
+response with its receipt).
 
 One payment::
 
@@ -64,7 +66,9 @@ from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, TypeAlias
 
-from a402.exact.replay import Admission, Admit, LedgerState, PaymentKey
+from a402.exact.eip3009 import ExactEvmPayload
+from a402.exact.replay import Admission, Admit, LedgerState, PaymentKey, payment_fingerprint
+from a402.exact.upto import UptoEvmPayload
 from a402.wire.errors import SETTLEMENT_PENDING
 from a402.wire.x402 import SettleResponse, VerifyResponse
 
@@ -81,6 +85,26 @@ class ExactPayment:
     valid_before: int
     terms: str = ""
     """:func:`~a402.exact.replay.payment_terms` of the offer it answers ("" if one offer)."""
+
+    @classmethod
+    def of(cls, payload: ExactEvmPayload | UptoEvmPayload, *, network: str, asset: str,
+           terms: str = "") -> ExactPayment:
+        """The ledger's view of a decoded payment of ``asset`` on ``network``: an EIP-3009
+        authorization is known by its nonce and expires at its ``validBefore``; an
+        ``upto`` Permit2 permit by ``permit2:<nonce>`` (its own key space: a Permit2 nonce
+        is not an EIP-3009 one), and expires at its deadline. One authorization, one
+        entry: its fingerprint (signature and signed fields) tells a resend of the same
+        payment from another signature over the same nonce."""
+        if isinstance(payload, UptoEvmPayload):
+            permit = payload.permit2_authorization
+            return cls(PaymentKey.of(network, asset, permit.from_address,
+                                     f"permit2:{permit.nonce}"),
+                       payment_fingerprint(payload.signature, permit.to_wire()),
+                       int(permit.deadline), terms)
+        auth = payload.authorization
+        return cls(PaymentKey.of(network, asset, auth.from_address, auth.nonce),
+                   payment_fingerprint(payload.signature, auth.to_wire()),
+                   int(auth.valid_before), terms)
 
 
 def remembered_until(payment: ExactPayment, *, now: float, retention: float) -> float:

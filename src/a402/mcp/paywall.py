@@ -7,8 +7,9 @@ form (:mod:`a402.mcp.wire`). It is transport-free: the server helper
 (:mod:`a402.mcp.server`) and the paywall proxy (:mod:`a402.mcp.proxy`) both call it.
 
 The payment decisions are the one server-side ``exact`` flow (:mod:`a402.exact.serve`),
-the one the HTTP middleware and the A2A agent drive, with this paywall's replay ledger
-and facilitator. What that means for a tool call:
+run by its one driver, :class:`~a402.provider.exact_call.ExactCall`, as for the HTTP
+middleware and the A2A agent, with this paywall's replay ledger and facilitator. What
+that means for a tool call:
 
 - **Settle after success** (as ``x402.mcp``): the payment is verified, then the tool
   runs, then the payment is settled; the tool's output leaves only with a successful
@@ -75,7 +76,7 @@ from mcp import types
 from a402.chain.deploy import TokenInfo
 from a402.evm.address import address_key, is_address, to_checksum
 from a402.exact.eip3009 import ExactEvmPayload
-from a402.exact.replay import LedgerState, PaymentKey, payment_fingerprint, payment_terms
+from a402.exact.replay import LedgerState, PaymentKey, payment_terms
 from a402.exact.serve import (
     ExactPayment,
     NotResumable,
@@ -388,23 +389,11 @@ class ToolPaywall:
         terms = payment_terms(scheme=offered.scheme, network=offered.network,
                               amount=offered.amount, asset=offered.asset,
                               pay_to=offered.pay_to, resource=resource.url)
-        if offered.scheme == SCHEME_UPTO:
-            # One Permit2 nonce, one call (its own key space: a Permit2 nonce is not an
-            # EIP-3009 one); it expires at the permit's deadline.
-            upto = UptoEvmPayload.from_wire(payload.payload, reason=wire_errors.INVALID_PAYLOAD)
-            permit = upto.permit2_authorization
-            payment = ExactPayment(
-                PaymentKey.of(self.network, self.asset, permit.from_address,
-                              f"permit2:{permit.nonce}"),
-                payment_fingerprint(upto.signature, permit.to_wire()),
-                int(permit.deadline), terms)
-        else:
-            evm = ExactEvmPayload.from_wire(payload.payload, reason=wire_errors.INVALID_PAYLOAD)
-            auth = evm.authorization
-            payment = ExactPayment(
-                PaymentKey.of(self.network, self.asset, auth.from_address, auth.nonce),
-                payment_fingerprint(evm.signature, auth.to_wire()),
-                int(auth.valid_before), terms)
+        upto = offered.scheme == SCHEME_UPTO
+        decoded = (UptoEvmPayload.from_wire(payload.payload, reason=wire_errors.INVALID_PAYLOAD)
+                   if upto else
+                   ExactEvmPayload.from_wire(payload.payload, reason=wire_errors.INVALID_PAYLOAD))
+        payment = ExactPayment.of(decoded, network=self.network, asset=self.asset, terms=terms)
         return _Accepted(
             payload=payload.model_copy(update={"resource": self._settled_as(resource)}),
             requirements=offered, payment=payment,

@@ -20,9 +20,10 @@ One paid request, default (serve, then settle) order::
     facilitator answered nonsense ................ 502 facilitator_error
 
 Every decision in that table (and what the replay ledger records, and when) is
-made by the one server-side ``exact`` flow, :mod:`a402.exact.serve`, which the
-A2A agent drives too; this middleware runs its operations (ledger, facilitator,
-app) and renders its outcome as HTTP.
+made by the one server-side ``exact`` flow, :mod:`a402.exact.serve`, run by its one
+driver, :class:`~a402.provider.exact_call.ExactCall` (with the replay ledger and the
+facilitator), as for the MCP paywall and the A2A agent; this middleware gives it the
+app to serve and renders its outcome as HTTP.
 
 x402 ``upto`` (``RouteConfig(scheme="upto")``): the app runs first (whatever
 ``settle_before_serve`` says), its usage report (or, for a route with a metering rule,
@@ -133,7 +134,6 @@ from a402.provider.ledger import (
     PaymentKey,
     PaymentLedger,
     SqlLedger,
-    payment_fingerprint,
     payment_terms,
 )
 from a402.provider.routes import RouteMatch, RouteSpecs, RouteTable
@@ -180,13 +180,23 @@ class _Payment:
     version: Literal[1, 2]
     payload: AnyPaymentPayload
     requirements: AnyPaymentRequirements
-    key: PaymentKey
-    fingerprint: str
-    terms: str
-    """:func:`payment_terms` of the offer it answers: a resumption must be for these."""
-    valid_before: int
+    payment: ExactPayment
+    """As the ledger knows it; its ``terms`` are those of the offer it answers (a
+    resumption must be for these)."""
     upto: bool = False
     """x402 ``upto``: the requirements' amount is the maximum; the usage is settled."""
+
+    @property
+    def key(self) -> PaymentKey:
+        return self.payment.key
+
+    @property
+    def fingerprint(self) -> str:
+        return self.payment.fingerprint
+
+    @property
+    def terms(self) -> str:
+        return self.payment.terms
 
 
 class PaymentMiddleware:
@@ -478,31 +488,17 @@ class PaymentMiddleware:
                 )
             requirements, version = offer.requirements_v1, 1
         terms = offer.requirements
-        if terms.scheme == SCHEME_UPTO:
-            upto = UptoEvmPayload.from_wire(payment.payload, reason=INVALID_PAYLOAD)
-            permit = upto.permit2_authorization
-            return _Payment(
-                version=version, payload=payment, requirements=requirements,
-                key=PaymentKey.of(self.network, self.asset, permit.from_address,
-                                  f"permit2:{permit.nonce}"),
-                fingerprint=payment_fingerprint(upto.signature, permit.to_wire()),
-                terms=payment_terms(scheme=terms.scheme, network=terms.network,
-                                    amount=terms.amount, asset=terms.asset, pay_to=terms.pay_to,
-                                    resource=offer.resource.url),
-                valid_before=int(permit.deadline), upto=True,
-            )
-        evm = ExactEvmPayload.from_wire(payment.payload, reason=INVALID_PAYLOAD)
-        auth = evm.authorization
+        upto = terms.scheme == SCHEME_UPTO
+        decoded = (UptoEvmPayload.from_wire(payment.payload, reason=INVALID_PAYLOAD) if upto
+                   else ExactEvmPayload.from_wire(payment.payload, reason=INVALID_PAYLOAD))
         return _Payment(
-            version=version,
-            payload=payment,
-            requirements=requirements,
-            key=PaymentKey.of(self.network, self.asset, auth.from_address, auth.nonce),
-            fingerprint=payment_fingerprint(evm.signature, auth.to_wire()),
-            terms=payment_terms(scheme=terms.scheme, network=terms.network,
-                                amount=terms.amount, asset=terms.asset, pay_to=terms.pay_to,
-                                resource=offer.resource.url),
-            valid_before=int(auth.valid_before),
+            version=version, payload=payment, requirements=requirements,
+            payment=ExactPayment.of(
+                decoded, network=self.network, asset=self.asset,
+                terms=payment_terms(scheme=terms.scheme, network=terms.network,
+                                    amount=terms.amount, asset=terms.asset,
+                                    pay_to=terms.pay_to, resource=offer.resource.url)),
+            upto=upto,
         )
 
     # ------------------------------------------------------------- pay, then serve
@@ -545,9 +541,9 @@ class PaymentMiddleware:
             return response.status < 400
 
         call = ExactCall(
-            ExactPayment(p.key, p.fingerprint, p.valid_before, p.terms), p.payload,
-            p.requirements, ledger=self.ledger, facilitator=lambda: self.facilitator, serve=serve,
-            upto=p.upto, first_call_differs=lambda: self._other_request(scope, body, p),
+            p.payment, p.payload, p.requirements, ledger=self.ledger,
+            facilitator=lambda: self.facilitator, serve=serve, upto=p.upto,
+            first_call_differs=lambda: self._other_request(scope, body, p),
             fill_settled_amount=True)
         # upto: the charge is known only once the app has answered.
         settle_first = self.settle_before_serve and not p.upto
