@@ -375,3 +375,14 @@ def test_each_outcome_says_what_became_of_the_money() -> None:
         "Rejected": "rejected", "Reused": "refused", "OtherTerms": "refused",
         "NotResumable": "refused", "NotServed": "not_served", "RequestRefused": "error",
         "Unanswered": "error"}
+
+
+def test_a_refusal_gives_the_facilitators_reason_or_a_generic_one() -> None:
+    assert Rejected(INVALID).reason == "insufficient_funds"
+    assert Rejected(VerifyResponse(is_valid=False)).reason == "invalid_payment"
+    assert (SettleFailed(FAILED).reason, SettleFailed(FAILED).message) == (
+        "transaction_failed", "the settlement failed; nothing was charged")
+    silent = SettleResponse(success=False, transaction="", network="eip155:84532",
+                            error_message="reverted")
+    assert (SettleFailed(silent).reason, SettleFailed(silent).message) == (
+        "settlement_failed", "reverted")

@@ -431,8 +431,8 @@ class X402Executor(AgentExecutor):
                     self._held[key] = held
                 await self._retry_later(updater, uri, a2a_x402.FACILITATOR_UNAVAILABLE,
                                         no_verdict.message, receipts)
-            case Rejected(verdict):
-                await self._fail(updater, uri, verdict.invalid_reason or "invalid_payment",
+            case Rejected(verdict) as rejected:
+                await self._fail(updater, uri, rejected.reason,
                                  verdict.invalid_message or "the facilitator refused the payment",
                                  receipts, payer=verdict.payer or payer)
             case NotServed():
@@ -445,11 +445,9 @@ class X402Executor(AgentExecutor):
                 receipts.append(settlement)
                 await self._retry_later(updater, uri, wire_errors.SETTLEMENT_PENDING,
                                         settlement.error_message or "not mined yet", receipts)
-            case SettleFailed(settlement):
+            case SettleFailed(settlement) as failed:
                 self._held.pop(key, None)
-                await self._fail(updater, uri, settlement.error_reason or "settlement_failed",
-                                 settlement.error_message
-                                 or "the settlement failed; nothing was charged",
+                await self._fail(updater, uri, failed.reason, failed.message,
                                  receipts, payer=settlement.payer or payer,
                                  transaction=settlement.transaction)
             case Paid(settlement, _, unrecorded):

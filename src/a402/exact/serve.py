@@ -241,6 +241,11 @@ class Rejected:
 
     verdict: VerifyResponse
 
+    @property
+    def reason(self) -> str:
+        """The refusal's reason, as the facilitator gave it."""
+        return self.verdict.invalid_reason or "invalid_payment"
+
 
 @dataclass(frozen=True)
 class NotServed:
@@ -286,6 +291,15 @@ class SettleFailed:
     label: ClassVar[str] = "failed"
 
     settlement: SettleResponse
+
+    @property
+    def reason(self) -> str:
+        """The failure's reason, as the facilitator gave it."""
+        return self.settlement.error_reason or "settlement_failed"
+
+    @property
+    def message(self) -> str:
+        return self.settlement.error_message or "the settlement failed; nothing was charged"
 
 
 @dataclass(frozen=True)

@@ -535,7 +535,7 @@ class ToolPaywall:
                                  "terms; nothing was run or charged: resend it to the tool it "
                                  "was first sent to")
             case Rejected(verdict):
-                return self._ask(tool, verdict.invalid_reason or "invalid_payment",
+                return self._ask(tool, outcome.reason,
                                  verdict.invalid_message or "the facilitator rejected the payment")
             case RequestRefused(no_verdict, settle_attempted) | Unanswered(
                     no_verdict, settle_attempted):
@@ -559,11 +559,8 @@ class ToolPaywall:
                                           "the settlement is not final yet: resend the same "
                                           "payment for the output"), settlement)
             case SettleFailed(settlement):
-                reason = settlement.error_reason or "settlement_failed"
                 return wire.payment_required_result(
-                    self.payment_required(tool, reason, settlement.error_message
-                                          or "the settlement failed; nothing was charged"),
-                    settlement)
+                    self.payment_required(tool, outcome.reason, outcome.message), settlement)
         raise AssertionError(f"unhandled outcome {outcome!r}")  # pragma: no cover
 
     # ------------------------------------------------ kept for a resend, in the ledger

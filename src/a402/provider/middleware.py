@@ -148,7 +148,6 @@ from a402.provider.usage import (
 from a402.wire.errors import (
     INVALID_NETWORK,
     INVALID_PAYLOAD,
-    SETTLEMENT_PENDING,
     UNSUPPORTED_SCHEME,
     WireError,
 )
@@ -578,7 +577,7 @@ class PaymentMiddleware:
                 ).send(send)
             case Rejected(verdict):
                 await responses.payment_required(
-                    offer, verdict.invalid_reason or "invalid_payment",
+                    offer, outcome.reason,
                     verdict.invalid_message or "the facilitator rejected the payment",
                     payer=verdict.payer,
                 ).send(send)
@@ -607,10 +606,10 @@ class PaymentMiddleware:
                 log.info("settlement pending for %s: %s", p.key.payer, settlement.transaction)
                 if buffered:
                     await self._hold(scope, body, p, buffered[0], keep_until)
-                await self._settle_failed(send, offer, p, settlement)
+                await self._settle_failed(send, offer, p, outcome)
             case SettleFailed(settlement):
                 log.info("settlement failed for %s: %s", p.key.payer, settlement.error_reason)
-                await self._settle_failed(send, offer, p, settlement)
+                await self._settle_failed(send, offer, p, outcome)
             case Paid(settlement, serve_now, unrecorded):
                 if unrecorded is not None:
                     # The payer is charged: the response is due whatever the ledger says
@@ -839,17 +838,16 @@ class PaymentMiddleware:
         await response.replay(send, extra)
 
     async def _settle_failed(
-        self, send: Send, offer: responses.Offer, p: _Payment, settlement: SettleResponse
+        self, send: Send, offer: responses.Offer, p: _Payment,
+        outcome: SettlePending | SettleFailed,
     ) -> None:
-        receipt = self._receipt(settlement, p.version)
-        if settlement.error_reason == SETTLEMENT_PENDING:
+        receipt = self._receipt(outcome.settlement, p.version)
+        if isinstance(outcome, SettlePending):
             await responses.settlement_pending(receipt, p.version, self.retry_after).send(send)
             return
         await responses.payment_required(
-            offer, settlement.error_reason or "settlement_failed",
-            settlement.error_message or "the settlement failed; nothing was charged",
-            settlement=receipt, version=p.version,
-            transaction=settlement.transaction or None,
+            offer, outcome.reason, outcome.message, settlement=receipt, version=p.version,
+            transaction=outcome.settlement.transaction or None,
         ).send(send)
 
     async def _refuse_reuse(
