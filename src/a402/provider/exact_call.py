@@ -92,7 +92,7 @@ class ExactCall:
     recorded with; ``first_call_differs`` tells whether a resumed ``upto`` payment was
     first sent with another call.
 
-    Two choices stay the medium's, as they were before this driver:
+    Besides ``shield`` (the MCP paywall), two choices are the medium's:
     ``fill_settled_amount`` (the HTTP middleware): an ``upto`` settlement whose answer
     omits ``amount`` (optional in x402) gets the amount that was asked, so the ledger
     and the receipt keep it; ``unexpected_settle`` (the A2A agent): a settle that fails
