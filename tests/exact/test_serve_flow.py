@@ -4,11 +4,12 @@ it asks for, what it records, and what it decides, with no ledger, facilitator o
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
-from a402.exact.replay import Admission, Admit, LedgerState, PaymentKey
+from a402.exact.eip3009 import sign_authorization
+from a402.exact.replay import Admission, Admit, LedgerState, PaymentKey, payment_fingerprint
 from a402.exact.serve import (
     MAX_REMEMBERED_VALIDITY,
     Acquire,
@@ -37,10 +38,14 @@ from a402.exact.serve import (
     drive,
     exact_flow,
 )
+from a402.exact.upto import sign_upto
 from a402.wire.errors import SETTLEMENT_PENDING
-from a402.wire.x402 import SettleResponse, VerifyResponse
+from a402.wire.x402 import PaymentRequirements, SettleResponse, VerifyResponse
 
 NOW = 1_750_000_000
+PAYER_KEY = "0x" + "11" * 32
+ASSET = "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
+PAY_TO = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
 KEY = PaymentKey.of("eip155:84532", "0xAsset", "0xPayer", "0xNonce")
 PAYMENT = ExactPayment(KEY, "fingerprint", valid_before=NOW + 300, terms="terms")
 
@@ -334,3 +339,50 @@ def test_the_driver_returns_paid_when_the_ledger_fails_to_record_a_settlement() 
     outcome = asyncio.run(drive(flow(), perform))
     assert isinstance(outcome, Paid)
     assert isinstance(outcome.unrecorded, RuntimeError)
+
+
+# ------------------------------------------------------------- what the ledger knows
+
+
+def test_an_eip3009_payment_is_known_by_its_nonce_until_its_valid_before() -> None:
+    requirements = PaymentRequirements(
+        scheme="exact", network="eip155:84532", amount="1000", asset=ASSET, pay_to=PAY_TO,
+        max_timeout_seconds=60, extra={"name": "USD Coin", "version": "2"})
+    signed = sign_authorization(PAYER_KEY, requirements, now=NOW, nonce=b"\x07" * 32)
+    payment = ExactPayment.of(signed, network="eip155:84532", asset=ASSET, terms="terms")
+    auth = signed.authorization
+    assert payment == ExactPayment(
+        PaymentKey.of("eip155:84532", ASSET, auth.from_address, "0x" + "07" * 32),
+        payment_fingerprint(signed.signature, auth.to_wire()), NOW + 60, "terms")
+
+
+def test_an_upto_permit_is_known_in_its_own_nonce_space_until_its_deadline() -> None:
+    requirements = PaymentRequirements(
+        scheme="upto", network="eip155:84532", amount="1000", asset=ASSET, pay_to=PAY_TO,
+        max_timeout_seconds=60, extra={"facilitatorAddress": PAY_TO})
+    signed = sign_upto(PAYER_KEY, requirements, now=NOW, nonce=7)
+    payment = ExactPayment.of(signed, network="eip155:84532", asset=ASSET)
+    permit = signed.permit2_authorization
+    assert payment.key == PaymentKey.of("eip155:84532", ASSET, permit.from_address, "permit2:7")
+    assert payment.valid_before == NOW + 60
+    assert payment.fingerprint == payment_fingerprint(signed.signature, permit.to_wire())
+
+
+def test_each_outcome_says_what_became_of_the_money() -> None:
+    labels = {kind.__name__: kind.label for kind in get_args(Outcome)}
+    assert labels == {
+        "Paid": "settled", "SettlePending": "pending", "SettleFailed": "failed",
+        "Rejected": "rejected", "Reused": "refused", "OtherTerms": "refused",
+        "NotResumable": "refused", "NotServed": "not_served", "RequestRefused": "error",
+        "Unanswered": "error"}
+
+
+def test_a_refusal_gives_the_facilitators_reason_or_a_generic_one() -> None:
+    assert Rejected(INVALID).reason == "insufficient_funds"
+    assert Rejected(VerifyResponse(is_valid=False)).reason == "invalid_payment"
+    assert (SettleFailed(FAILED).reason, SettleFailed(FAILED).message) == (
+        "transaction_failed", "the settlement failed; nothing was charged")
+    silent = SettleResponse(success=False, transaction="", network="eip155:84532",
+                            error_message="reverted")
+    assert (SettleFailed(silent).reason, SettleFailed(silent).message) == (
+        "settlement_failed", "reverted")

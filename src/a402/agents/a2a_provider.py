@@ -24,9 +24,10 @@ in A2A 1.0 spelling, v0.3 clients see ``input-required`` etc.)::
     payment-rejected ........... FAILED          payment-rejected
 
 The payment decisions are made by the one server-side ``exact`` flow
-(:mod:`a402.exact.serve`), which the HTTP middleware drives too; the executor
-runs its operations (ledger, facilitator, the function) and renders its outcome
-as task states.
+(:mod:`a402.exact.serve`), run by its one driver,
+:class:`~a402.provider.exact_call.ExactCall` (with the replay ledger and the
+facilitator), as for the HTTP middleware and the MCP paywall; the executor gives it
+the function to run and renders its outcome as task states.
 
 The result leaves the agent only with a successful settlement: a failed or
 pending settle never delivers the artifact, and the function never runs before
@@ -95,37 +96,26 @@ from a402.chain.deploy import TokenInfo
 from a402.evm.address import is_address, to_checksum
 from a402.exact.eip3009 import SCHEME_EXACT, ExactEvmPayload
 from a402.exact.serve import (
-    Acquire,
     ExactPayment,
-    MarkPending,
-    MarkSettled,
     NotResumable,
     NotServed,
     NoVerdict,
-    Operation,
     OtherTerms,
     Paid,
     Rejected,
-    Release,
     RequestRefused,
-    Resumable,
     Reused,
-    Serve,
-    Settle,
     SettleFailed,
     SettlePending,
     Unanswered,
-    Verify,
-    drive,
-    exact_flow,
 )
-from a402.facilitator.client import FacilitatorClient, FacilitatorError
+from a402.facilitator.client import FacilitatorClient
 from a402.provider.asgi import adding_headers, header_values
+from a402.provider.exact_call import ExactCall
 from a402.provider.ledger import (
     InMemoryLedger,
     PaymentKey,
     PaymentLedger,
-    payment_fingerprint,
 )
 from a402.provider.routes import Price, to_atomic
 from a402.serving import BoundedJsonBodies, JsonErrors, json_http_errors
@@ -379,74 +369,54 @@ class X402Executor(AgentExecutor):
         # facilitator binds a settlement to it, which is what keeps another agent paid to
         # the same payee (no shared ledger) from being paid by this settlement too.
         payload = payload.model_copy(update={"resource": agent.payment_required().resource})
-        auth = evm.authorization
-        payer = auth.from_address
-        key = PaymentKey.of(agent.network, agent.terms.asset, auth.from_address, auth.nonce)
-        # The one server-side exact flow (a402.exact.serve), driven with this agent's ledger,
-        # facilitator and function. A /settle refused as malformed leaves the payment pending
-        # here (as any settle without a verdict), with its result held for a resend.
-        flow = exact_flow(
-            ExactPayment(key, payment_fingerprint(evm.signature, auth.to_wire()),
-                         int(auth.valid_before)),
-            now=time.time(), retention=_LEDGER_RETENTION, release_refused_settle=False,
-        )
+        payer = evm.authorization.from_address
+        payment = ExactPayment.of(evm, network=agent.network, asset=agent.terms.asset)
+        key = payment.key
         held: _Held | None = None
         failure: Exception | None = None
 
-        async def run(operation: Operation) -> Any:
-            nonlocal held, failure
-            match operation:
-                case Acquire():
-                    return await agent.ledger.acquire(
-                        operation.key, operation.fingerprint, expires_at=operation.expires_at,
-                        terms=operation.terms,
-                    )
-                case Resumable():
-                    held = self._held.get(key)
-                    return held is not None and held.task_id == task.id
-                case Verify():
-                    try:
-                        return await agent.facilitator.verify(payload, agent.requirements)
-                    except FacilitatorError as e:
-                        return e.no_verdict()
-                case Serve():
-                    await updater.update_status(
-                        TaskState.TASK_STATE_WORKING,
-                        message=_agent_message(updater, "Payment verified; working.",
-                                               a2a_x402.verified_metadata(), uri),
-                    )
-                    try:
-                        result = await agent.handler(_request_text(task))
-                    except Exception as e:  # the function's failure is the task's, not ours
-                        log.warning("paid function failed in task %s: %r", task.id, e)
-                        failure = e
-                        return False
-                    held = _Held(task.id, result)
-                    return True
-                case Settle():
-                    try:
-                        return await agent.facilitator.settle(payload, agent.requirements)
-                    except FacilitatorError as e:
-                        return e.no_verdict()
-                    except Exception as e:
-                        # Not the facilitator's answer: the money may have moved. Raised,
-                        # it would fail the task for good (a2a-sdk ends a task whose
-                        # executor raises), and the result could never be delivered.
-                        log.exception("settle for task %s failed unexpectedly", task.id)
-                        return NoVerdict(a2a_x402.FACILITATOR_UNAVAILABLE,
-                                         "the payment may have settled, but its answer was "
-                                         f"lost ({type(e).__name__}): send the same payment "
-                                         "again for the result; it is not charged twice",
-                                         unavailable=True)
-                case Release():
-                    await agent.ledger.release(operation.key)
-                case MarkPending():
-                    await agent.ledger.mark_pending(operation.key, operation.settlement)
-                case MarkSettled():
-                    await agent.ledger.mark_settled(operation.key, operation.settlement)
-            return None
+        async def resumable(_settlement: SettleResponse | None) -> bool:
+            nonlocal held
+            held = self._held.get(key)
+            return held is not None and held.task_id == task.id
 
-        match await drive(flow, run):
+        async def serve() -> bool:
+            nonlocal held, failure
+            await updater.update_status(
+                TaskState.TASK_STATE_WORKING,
+                message=_agent_message(updater, "Payment verified; working.",
+                                       a2a_x402.verified_metadata(), uri),
+            )
+            try:
+                result = await agent.handler(_request_text(task))
+            except Exception as e:  # the function's failure is the task's, not ours
+                log.warning("paid function failed in task %s: %r", task.id, e)
+                failure = e
+                return False
+            held = _Held(task.id, result)
+            return True
+
+        def settle_lost(e: Exception) -> NoVerdict:
+            # Not the facilitator's answer: the money may have moved. Raised, it would fail
+            # the task for good (a2a-sdk ends a task whose executor raises), and the result
+            # could never be delivered.
+            log.exception("settle for task %s failed unexpectedly", task.id)
+            return NoVerdict(a2a_x402.FACILITATOR_UNAVAILABLE,
+                             "the payment may have settled, but its answer was "
+                             f"lost ({type(e).__name__}): send the same payment "
+                             "again for the result; it is not charged twice",
+                             unavailable=True)
+
+        # The one server-side exact flow (a402.exact.serve), driven (ExactCall) with this
+        # agent's ledger, facilitator and function. A /settle refused as malformed leaves
+        # the payment pending here (as any settle without a verdict), with its result held
+        # for a resend.
+        call = ExactCall(
+            payment, payload, agent.requirements, ledger=agent.ledger,
+            facilitator=lambda: agent.facilitator, serve=serve, resumable=resumable,
+            unexpected_settle=settle_lost)
+        match await call.run(now=time.time(), retention=_LEDGER_RETENTION,
+                             release_refused_settle=False):
             case Reused() | OtherTerms():
                 await self._fail(updater, uri, a2a_x402.PAYMENT_ALREADY_USED,
                                  "this authorization was already used", receipts, payer=payer)
@@ -461,8 +431,8 @@ class X402Executor(AgentExecutor):
                     self._held[key] = held
                 await self._retry_later(updater, uri, a2a_x402.FACILITATOR_UNAVAILABLE,
                                         no_verdict.message, receipts)
-            case Rejected(verdict):
-                await self._fail(updater, uri, verdict.invalid_reason or "invalid_payment",
+            case Rejected(verdict) as rejected:
+                await self._fail(updater, uri, rejected.reason,
                                  verdict.invalid_message or "the facilitator refused the payment",
                                  receipts, payer=verdict.payer or payer)
             case NotServed():
@@ -475,11 +445,9 @@ class X402Executor(AgentExecutor):
                 receipts.append(settlement)
                 await self._retry_later(updater, uri, wire_errors.SETTLEMENT_PENDING,
                                         settlement.error_message or "not mined yet", receipts)
-            case SettleFailed(settlement):
+            case SettleFailed(settlement) as failed:
                 self._held.pop(key, None)
-                await self._fail(updater, uri, settlement.error_reason or "settlement_failed",
-                                 settlement.error_message
-                                 or "the settlement failed; nothing was charged",
+                await self._fail(updater, uri, failed.reason, failed.message,
                                  receipts, payer=settlement.payer or payer,
                                  transaction=settlement.transaction)
             case Paid(settlement, _, unrecorded):

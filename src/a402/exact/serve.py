@@ -5,10 +5,12 @@ the channel state machine (:mod:`a402.asc.machine`): :func:`exact_flow` is a
 generator that yields the operations it needs, receives their results, and
 returns an :data:`Outcome`. It does no I/O and reads no clock (``now`` is passed
 in). Every protocol question is answered here: what to refuse, when to verify,
-when to serve, when to settle, what the replay ledger must record and when. A
-caller (the HTTP middleware, the A2A agent) runs the operations with its own
-I/O (:func:`drive`) and renders the outcome in its own medium (a 402, a failed
-task, a served response with its receipt).
+when to serve, when to settle, what the replay ledger must record and when. One
+driver, :class:`a402.provider.exact_call.ExactCall`, runs the operations with a
+replay ledger and a facilitator (:func:`drive`) for every medium (the HTTP
+middleware, the MCP paywall, the A2A agent), which gives it only what to serve and
+renders the outcome in its own form (a 402, a tool result, a failed task, a served
+response with its receipt).
 
 One payment::
 
@@ -27,6 +29,9 @@ One payment::
            ─▶ no verdict .......................... Unanswered        (MarkPending(None))
            ─▶ refused as malformed (400) .......... RequestRefused    (released; not resumed,
                                                                        and only if told to)
+
+Each outcome's ``label`` names, for a log line and metrics, what became of the money:
+``settled`` charged, ``pending`` may be charged, every other nothing moved.
 
 Safety arguments, which the callers used to state each on their own:
 
@@ -59,9 +64,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
-from typing import Any, Final, TypeAlias
+from typing import Any, ClassVar, Final, TypeAlias
 
-from a402.exact.replay import Admission, Admit, LedgerState, PaymentKey
+from a402.exact.eip3009 import ExactEvmPayload
+from a402.exact.replay import Admission, Admit, LedgerState, PaymentKey, payment_fingerprint
+from a402.exact.upto import UptoEvmPayload
 from a402.wire.errors import SETTLEMENT_PENDING
 from a402.wire.x402 import SettleResponse, VerifyResponse
 
@@ -78,6 +85,33 @@ class ExactPayment:
     valid_before: int
     terms: str = ""
     """:func:`~a402.exact.replay.payment_terms` of the offer it answers ("" if one offer)."""
+
+    @classmethod
+    def of(cls, payload: ExactEvmPayload | UptoEvmPayload, *, network: str, asset: str,
+           terms: str = "") -> ExactPayment:
+        """The ledger's view of a decoded payment of ``asset`` on ``network``: an EIP-3009
+        authorization is known by its nonce and expires at its ``validBefore``; an
+        ``upto`` Permit2 permit by ``permit2:<nonce>`` (its own key space: a Permit2 nonce
+        is not an EIP-3009 one), and expires at its deadline. One authorization, one
+        entry: its fingerprint (signature and signed fields) tells a resend of the same
+        payment from another signature over the same nonce."""
+        if isinstance(payload, UptoEvmPayload):
+            permit = payload.permit2_authorization
+            return cls(PaymentKey.of(network, asset, permit.from_address,
+                                     f"permit2:{permit.nonce}"),
+                       payment_fingerprint(payload.signature, permit.to_wire()),
+                       int(permit.deadline), terms)
+        auth = payload.authorization
+        return cls(PaymentKey.of(network, asset, auth.from_address, auth.nonce),
+                   payment_fingerprint(payload.signature, auth.to_wire()),
+                   int(auth.valid_before), terms)
+
+
+def remembered_until(payment: ExactPayment, *, now: float, retention: float) -> float:
+    """Until when (Unix time) the ledger remembers ``payment``, and what it delivered: its
+    ``validBefore`` (at most :data:`MAX_REMEMBERED_VALIDITY` past ``now``) plus
+    ``retention``; past that the token contract itself refuses the authorization."""
+    return min(payment.valid_before, now + MAX_REMEMBERED_VALIDITY) + retention
 
 
 @dataclass(frozen=True)
@@ -173,6 +207,8 @@ class Reused:
     """The ledger refused the authorization: in use right now, pending under another
     signature, or already sold a response (``state`` says which). Nothing changed."""
 
+    label: ClassVar[str] = "refused"
+
     state: LedgerState | None
     settlement: SettleResponse | None
 
@@ -182,6 +218,8 @@ class OtherTerms:
     """The same pending payment, resent for another resource or other terms: nothing
     served or charged; the entry stays pending for its own terms."""
 
+    label: ClassVar[str] = "refused"
+
     settlement: SettleResponse | None
 
 
@@ -190,6 +228,8 @@ class NotResumable:
     """A pending payment this server can no longer serve: the entry is left pending, as
     it was found."""
 
+    label: ClassVar[str] = "refused"
+
     settlement: SettleResponse | None
 
 
@@ -197,17 +237,28 @@ class NotResumable:
 class Rejected:
     """``/verify`` said the payment is invalid: released, nothing served."""
 
+    label: ClassVar[str] = "rejected"
+
     verdict: VerifyResponse
+
+    @property
+    def reason(self) -> str:
+        """The refusal's reason, as the facilitator gave it."""
+        return self.verdict.invalid_reason or "invalid_payment"
 
 
 @dataclass(frozen=True)
 class NotServed:
     """Serving failed: released, nothing settled; the caller answers with its failure."""
 
+    label: ClassVar[str] = "not_served"
+
 
 @dataclass(frozen=True)
 class RequestRefused:
     """The facilitator refused our request as malformed (400): released, nothing moved."""
+
+    label: ClassVar[str] = "error"
 
     failure: NoVerdict
     settle_attempted: bool
@@ -218,6 +269,8 @@ class Unanswered:
     """No verdict: released if it was ``/verify``, marked pending if it was ``/settle``
     (it may have gone through). The payer may resend the same payment."""
 
+    label: ClassVar[str] = "error"
+
     failure: NoVerdict
     settle_attempted: bool
 
@@ -226,6 +279,8 @@ class Unanswered:
 class SettlePending:
     """Settlement not final yet: marked pending; resend the same payment to finish."""
 
+    label: ClassVar[str] = "pending"
+
     settlement: SettleResponse
 
 
@@ -233,7 +288,18 @@ class SettlePending:
 class SettleFailed:
     """Settlement failed: released, nothing charged, nothing to deliver."""
 
+    label: ClassVar[str] = "failed"
+
     settlement: SettleResponse
+
+    @property
+    def reason(self) -> str:
+        """The failure's reason, as the facilitator gave it."""
+        return self.settlement.error_reason or "settlement_failed"
+
+    @property
+    def message(self) -> str:
+        return self.settlement.error_message or "the settlement failed; nothing was charged"
 
 
 @dataclass(frozen=True)
@@ -241,6 +307,8 @@ class Paid:
     """Settled: the response is due. ``serve_now``: nothing was served yet (settle-first,
     or a resumed payment), so serve it now; else deliver what :class:`Serve` produced.
     ``unrecorded``: the ledger failed to record the settlement (log it; serve anyway)."""
+
+    label: ClassVar[str] = "settled"
 
     settlement: SettleResponse
     serve_now: bool
@@ -274,7 +342,7 @@ def exact_flow(
     the payment (nothing moved), rather than leaving it pending.
     """
     key = payment.key
-    expires_at = min(payment.valid_before, now + MAX_REMEMBERED_VALIDITY) + retention
+    expires_at = remembered_until(payment, now=now, retention=retention)
     admit: Admit = yield Acquire(key, payment.fingerprint, expires_at, payment.terms)
     if admit.admission is Admission.REFUSED:
         return Reused(admit.state, admit.settlement)

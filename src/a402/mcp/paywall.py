@@ -7,8 +7,9 @@ form (:mod:`a402.mcp.wire`). It is transport-free: the server helper
 (:mod:`a402.mcp.server`) and the paywall proxy (:mod:`a402.mcp.proxy`) both call it.
 
 The payment decisions are the one server-side ``exact`` flow (:mod:`a402.exact.serve`),
-the one the HTTP middleware and the A2A agent drive, with this paywall's replay ledger
-and facilitator. What that means for a tool call:
+run by its one driver, :class:`~a402.provider.exact_call.ExactCall`, as for the HTTP
+middleware and the A2A agent, with this paywall's replay ledger and facilitator. What
+that means for a tool call:
 
 - **Settle after success** (as ``x402.mcp``): the payment is verified, then the tool
   runs, then the payment is settled; the tool's output leaves only with a successful
@@ -75,31 +76,19 @@ from mcp import types
 from a402.chain.deploy import TokenInfo
 from a402.evm.address import address_key, is_address, to_checksum
 from a402.exact.eip3009 import ExactEvmPayload
-from a402.exact.replay import LedgerState, PaymentKey, payment_fingerprint, payment_terms
+from a402.exact.replay import LedgerState, PaymentKey, payment_terms
 from a402.exact.serve import (
-    MAX_REMEMBERED_VALIDITY,
-    Acquire,
     ExactPayment,
-    MarkPending,
-    MarkSettled,
     NotResumable,
     NotServed,
-    Operation,
     OtherTerms,
     Paid,
     Rejected,
-    Release,
     RequestRefused,
-    Resumable,
     Reused,
-    Serve,
-    Settle,
     SettleFailed,
     SettlePending,
     Unanswered,
-    Verify,
-    drive,
-    exact_flow,
 )
 from a402.exact.upto import SCHEME_UPTO, TRANSFER_METHOD_PERMIT2, UptoEvmPayload
 from a402.facilitator.client import FacilitatorClient, FacilitatorError
@@ -109,6 +98,7 @@ from a402.mcp.usage import USAGE_UNREADABLE, UsageError, collecting, take_usage,
 from a402.observe import Observer
 from a402.provider import responses
 from a402.provider.deliveries import MAX_KEPT_BODY, RESPONSE_NOT_KEPT, Delivery, request_digest
+from a402.provider.exact_call import ExactCall
 from a402.provider.ledger import DeliveryLedger, InMemoryLedger, PaymentLedger, SqlLedger
 from a402.provider.routes import Price
 from a402.wire import errors as wire_errors
@@ -145,16 +135,6 @@ RETRYABLE: Final = frozenset({responses.FACILITATOR_UNAVAILABLE, responses.FACIL
                               wire_errors.SETTLEMENT_PENDING, "payment_in_use"})
 """Reasons of a payment-required answer to a paid call after which the payer must resend
 the *same* payment (never sign another: the first may still settle)."""
-
-
-_OUTCOMES: Final = {
-    "Paid": "settled", "SettlePending": "pending", "SettleFailed": "failed",
-    "Rejected": "rejected", "Reused": "refused", "OtherTerms": "refused",
-    "NotResumable": "refused", "NotServed": "not_served", "RequestRefused": "error",
-    "Unanswered": "error",
-}
-"""Each outcome of the ``exact`` flow as a log and metrics label (as the gateway's):
-``settled`` charged, ``pending`` may be charged, every other nothing moved."""
 
 
 @dataclass(frozen=True)
@@ -409,23 +389,11 @@ class ToolPaywall:
         terms = payment_terms(scheme=offered.scheme, network=offered.network,
                               amount=offered.amount, asset=offered.asset,
                               pay_to=offered.pay_to, resource=resource.url)
-        if offered.scheme == SCHEME_UPTO:
-            # One Permit2 nonce, one call (its own key space: a Permit2 nonce is not an
-            # EIP-3009 one); it expires at the permit's deadline.
-            upto = UptoEvmPayload.from_wire(payload.payload, reason=wire_errors.INVALID_PAYLOAD)
-            permit = upto.permit2_authorization
-            payment = ExactPayment(
-                PaymentKey.of(self.network, self.asset, permit.from_address,
-                              f"permit2:{permit.nonce}"),
-                payment_fingerprint(upto.signature, permit.to_wire()),
-                int(permit.deadline), terms)
-        else:
-            evm = ExactEvmPayload.from_wire(payload.payload, reason=wire_errors.INVALID_PAYLOAD)
-            auth = evm.authorization
-            payment = ExactPayment(
-                PaymentKey.of(self.network, self.asset, auth.from_address, auth.nonce),
-                payment_fingerprint(evm.signature, auth.to_wire()),
-                int(auth.valid_before), terms)
+        upto = offered.scheme == SCHEME_UPTO
+        decoded = (UptoEvmPayload.from_wire(payload.payload, reason=wire_errors.INVALID_PAYLOAD)
+                   if upto else
+                   ExactEvmPayload.from_wire(payload.payload, reason=wire_errors.INVALID_PAYLOAD))
+        payment = ExactPayment.of(decoded, network=self.network, asset=self.asset, terms=terms)
         return _Accepted(
             payload=payload.model_copy(update={"resource": self._settled_as(resource)}),
             requirements=offered, payment=payment,
@@ -451,18 +419,14 @@ class ToolPaywall:
     async def _pay_and_run(self, tool: str, p: _Accepted, run: RunTool
                            ) -> types.CallToolResult:
         key = p.payment.key
-        now = self.clock()
-        keep_until = min(p.payment.valid_before, now + MAX_REMEMBERED_VALIDITY) + self.retention
-        flow = exact_flow(p.payment, now=now, retention=self.retention)
         served: list[types.CallToolResult] = []
         failure: list[BaseException] = []
         upto = p.requirements.scheme == SCHEME_UPTO
-        charge: list[int] = []  # upto: the amount to settle, once known
+        usage: list[int] = []  # upto: what the tool's run used
         unreadable: list[UsageError] = []
-        other_call: list[int] = []  # upto: resumed for another call's charge (refused)
 
         async def run_once(charging: bool = True) -> types.CallToolResult | None:
-            """Run the tool; for upto, read its usage into ``charge`` (``charging``) or
+            """Run the tool; for upto, read its usage into ``usage`` (``charging``) or
             drop it (a re-run for a charge already recorded)."""
             try:
                 with collecting() as reports:
@@ -480,93 +444,44 @@ class ToolPaywall:
                     log.error("paid tool %s: output withheld, nothing charged: %s", tool, e)
                     unreadable.append(e)
                     return None
-                charge.append(p.price.amount if units is None else p.price.charge(units))
+                usage.append(p.price.amount if units is None else p.price.charge(units))
             served.append(result)
             return result
 
-        async def operate(operation: Operation) -> Any:
-            if isinstance(operation, Verify | Serve | Resumable):
-                return await act(operation)  # nothing moves if these are cancelled
-            # A ledger write or a settle is seen through even if the call is cancelled
-            # (the client's notifications/cancelled, its stdio transport closing): MCP
-            # cancels a handler with an anyio scope, under which every later await of
-            # the flow's recovery (mark pending, release) would be cancelled too,
-            # leaving the entry in flight and a settled payment unservable.
-            with anyio.CancelScope(shield=True):
-                return await act(operation)
+        async def serve() -> bool:
+            result = await run_once()
+            served_ok = result is not None and not result.isError
+            if served_ok and upto:
+                await call.note_charge(usage[0])
+                # And the output it is charged for, with the call it answers: a resend
+                # resumes this charge for this call only (first_call_differs).
+                assert result is not None
+                await self._keep(p, result, call.keep_until)
+            return served_ok
 
-        async def act(operation: Operation) -> Any:
-            match operation:
-                case Acquire():
-                    return await self.ledger.acquire(
-                        operation.key, operation.fingerprint, expires_at=operation.expires_at,
-                        terms=operation.terms)
-                case Resumable():
-                    if upto:  # settled again for exactly the amount first asked, if known
-                        known = (operation.settlement.amount if operation.settlement
-                                 else None)
-                        if known is None or not (known.isascii() and known.isdigit()):
-                            return False
-                        # That amount is what the call first sent with this payment used:
-                        # it buys that call only. Another call (other arguments, which may
-                        # use far more) would run for the first one's charge: refused.
-                        first = await self._first_call(key)
-                        if first is not None and not first.answers(p.payment.fingerprint,
-                                                                   p.request):
-                            other_call.append(int(known))
-                            return False
-                        charge.append(int(known))
-                    return True  # a held output is delivered, else the tool runs again
-                case Verify():
-                    try:
-                        return await self.facilitator.verify(p.payload, p.requirements)
-                    except FacilitatorError as e:
-                        return e.no_verdict()
-                case Serve():
-                    result = await run_once()
-                    served_ok = result is not None and not result.isError
-                    if served_ok and upto:
-                        # Durable before /settle is asked: if its answer is lost, the
-                        # payer's resend resumes it for exactly this amount (module doc).
-                        await self.ledger.note_charge(key, SettleResponse(
-                            success=False, error_reason=wire_errors.SETTLEMENT_PENDING,
-                            error_message="about to be settled for this amount",
-                            transaction="", network=self.network, payer=key.payer,
-                            amount=str(charge[0])))
-                        # And the output it is charged for, with the call it answers: a
-                        # resend resumes this charge for this call only (Resumable).
-                        assert result is not None
-                        await self._keep(p, result, keep_until)
-                    return served_ok
-                case Settle():
-                    requirements = p.requirements
-                    if upto:
-                        requirements = requirements.model_copy(
-                            update={"amount": str(charge[0])})
-                    try:
-                        return await self.facilitator.settle(p.payload, requirements)
-                    except FacilitatorError as e:
-                        return e.no_verdict()
-                case Release():
-                    await self.ledger.release(operation.key)
-                case MarkPending():
-                    await self.ledger.mark_pending(operation.key, operation.settlement)
-                case MarkSettled():
-                    await self.ledger.mark_settled(operation.key, operation.settlement)
-            return None
+        async def first_call_differs() -> bool:
+            first = await self._first_call(key)
+            return first is not None and not first.answers(p.payment.fingerprint, p.request)
 
+        # A held output is delivered once a resumed payment settles, else the tool runs
+        # again. The ledger writes and the settle are seen through even if the call is
+        # cancelled (the client's notifications/cancelled, its stdio transport closing).
+        call = ExactCall(p.payment, p.payload, p.requirements, ledger=self.ledger,
+                         facilitator=lambda: self.facilitator, serve=serve, upto=upto,
+                         first_call_differs=first_call_differs, shield=True)
         started = time.perf_counter()
-        outcome = await drive(flow, operate)
+        outcome = await call.run(now=self.clock(), retention=self.retention)
+        keep_until = call.keep_until
         settlement = getattr(outcome, "settlement", None)
         again = (await self._redeliver(tool, p, settlement)
                  if isinstance(outcome, Reused) and outcome.state == LedgerState.SETTLED
                  else None)
         self.observer.paid(
             request_id=uuid.uuid4().hex, payer=key.payer,
-            amount=str(charge[0]) if upto and charge else p.requirements.amount,
+            amount=str(call.charge) if upto and call.charge is not None
+            else p.requirements.amount,
             scheme=p.requirements.scheme,
-            outcome="redelivered" if again is not None
-            else _OUTCOMES.get(type(outcome).__name__, "error"),
+            outcome="redelivered" if again is not None else outcome.label,
             latency=time.perf_counter() - started, payee=self.pay_to, asset=key.asset,
             network=key.network, nonce=key.nonce, tool=tool,
             transaction=(settlement.transaction or None) if settlement is not None else None)
@@ -607,9 +522,9 @@ class ToolPaywall:
                                  "this payment authorization is in use by another call, or "
                                  "pending settlement under another signature; if it is yours, "
                                  "resend it unchanged later")
-            case NotResumable() if other_call:
+            case NotResumable() if call.refused_charge is not None:
                 return self._ask(tool, responses.PAYMENT_TERMS_MISMATCH, (
-                    f"this payment is settled, or being settled, for {other_call[0]} atomic "
+                    f"this payment is settled, or being settled, for {call.refused_charge} atomic "
                     "units: the charge of the call it was first sent with (other arguments); "
                     "it buys "
                     "that call only: resend that call unchanged for its output. This call was "
@@ -620,7 +535,7 @@ class ToolPaywall:
                                  "terms; nothing was run or charged: resend it to the tool it "
                                  "was first sent to")
             case Rejected(verdict):
-                return self._ask(tool, verdict.invalid_reason or "invalid_payment",
+                return self._ask(tool, outcome.reason,
                                  verdict.invalid_message or "the facilitator rejected the payment")
             case RequestRefused(no_verdict, settle_attempted) | Unanswered(
                     no_verdict, settle_attempted):
@@ -644,11 +559,8 @@ class ToolPaywall:
                                           "the settlement is not final yet: resend the same "
                                           "payment for the output"), settlement)
             case SettleFailed(settlement):
-                reason = settlement.error_reason or "settlement_failed"
                 return wire.payment_required_result(
-                    self.payment_required(tool, reason, settlement.error_message
-                                          or "the settlement failed; nothing was charged"),
-                    settlement)
+                    self.payment_required(tool, outcome.reason, outcome.message), settlement)
         raise AssertionError(f"unhandled outcome {outcome!r}")  # pragma: no cover
 
     # ------------------------------------------------ kept for a resend, in the ledger

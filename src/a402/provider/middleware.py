@@ -20,9 +20,10 @@ One paid request, default (serve, then settle) order::
     facilitator answered nonsense ................ 502 facilitator_error
 
 Every decision in that table (and what the replay ledger records, and when) is
-made by the one server-side ``exact`` flow, :mod:`a402.exact.serve`, which the
-A2A agent drives too; this middleware runs its operations (ledger, facilitator,
-app) and renders its outcome as HTTP.
+made by the one server-side ``exact`` flow, :mod:`a402.exact.serve`, run by its one
+driver, :class:`~a402.provider.exact_call.ExactCall` (with the replay ledger and the
+facilitator), as for the MCP paywall and the A2A agent; this middleware gives it the
+app to serve and renders its outcome as HTTP.
 
 x402 ``upto`` (``RouteConfig(scheme="upto")``): the app runs first (whatever
 ``settle_before_serve`` says), its usage report (or, for a route with a metering rule,
@@ -96,30 +97,19 @@ from a402.chain.deploy import TokenInfo
 from a402.evm.address import is_address, same_address, to_checksum
 from a402.exact.eip3009 import SCHEME_EXACT, ExactEvmPayload
 from a402.exact.serve import (
-    MAX_REMEMBERED_VALIDITY,
-    Acquire,
     ExactPayment,
-    MarkPending,
-    MarkSettled,
     NotResumable,
     NotServed,
     NoVerdict,
-    Operation,
     OtherTerms,
+    Outcome,
     Paid,
     Rejected,
-    Release,
     RequestRefused,
-    Resumable,
     Reused,
-    Serve,
-    Settle,
     SettleFailed,
     SettlePending,
     Unanswered,
-    Verify,
-    drive,
-    exact_flow,
 )
 from a402.exact.upto import SCHEME_UPTO, TRANSFER_METHOD_PERMIT2, UptoEvmPayload
 from a402.facilitator.client import FacilitatorClient, FacilitatorError
@@ -136,6 +126,7 @@ from a402.provider.asgi import (
     run_buffered,
 )
 from a402.provider.deliveries import MAX_KEPT_BODY, RESPONSE_NOT_KEPT, Delivery, request_digest
+from a402.provider.exact_call import ExactCall
 from a402.provider.ledger import (
     DeliveryLedger,
     InMemoryLedger,
@@ -143,7 +134,6 @@ from a402.provider.ledger import (
     PaymentKey,
     PaymentLedger,
     SqlLedger,
-    payment_fingerprint,
     payment_terms,
 )
 from a402.provider.routes import RouteMatch, RouteSpecs, RouteTable
@@ -158,7 +148,6 @@ from a402.provider.usage import (
 from a402.wire.errors import (
     INVALID_NETWORK,
     INVALID_PAYLOAD,
-    SETTLEMENT_PENDING,
     UNSUPPORTED_SCHEME,
     WireError,
 )
@@ -190,13 +179,23 @@ class _Payment:
     version: Literal[1, 2]
     payload: AnyPaymentPayload
     requirements: AnyPaymentRequirements
-    key: PaymentKey
-    fingerprint: str
-    terms: str
-    """:func:`payment_terms` of the offer it answers: a resumption must be for these."""
-    valid_before: int
+    payment: ExactPayment
+    """As the ledger knows it; its ``terms`` are those of the offer it answers (a
+    resumption must be for these)."""
     upto: bool = False
     """x402 ``upto``: the requirements' amount is the maximum; the usage is settled."""
+
+    @property
+    def key(self) -> PaymentKey:
+        return self.payment.key
+
+    @property
+    def fingerprint(self) -> str:
+        return self.payment.fingerprint
+
+    @property
+    def terms(self) -> str:
+        return self.payment.terms
 
 
 class PaymentMiddleware:
@@ -488,31 +487,17 @@ class PaymentMiddleware:
                 )
             requirements, version = offer.requirements_v1, 1
         terms = offer.requirements
-        if terms.scheme == SCHEME_UPTO:
-            upto = UptoEvmPayload.from_wire(payment.payload, reason=INVALID_PAYLOAD)
-            permit = upto.permit2_authorization
-            return _Payment(
-                version=version, payload=payment, requirements=requirements,
-                key=PaymentKey.of(self.network, self.asset, permit.from_address,
-                                  f"permit2:{permit.nonce}"),
-                fingerprint=payment_fingerprint(upto.signature, permit.to_wire()),
-                terms=payment_terms(scheme=terms.scheme, network=terms.network,
-                                    amount=terms.amount, asset=terms.asset, pay_to=terms.pay_to,
-                                    resource=offer.resource.url),
-                valid_before=int(permit.deadline), upto=True,
-            )
-        evm = ExactEvmPayload.from_wire(payment.payload, reason=INVALID_PAYLOAD)
-        auth = evm.authorization
+        upto = terms.scheme == SCHEME_UPTO
+        decoded = (UptoEvmPayload.from_wire(payment.payload, reason=INVALID_PAYLOAD) if upto
+                   else ExactEvmPayload.from_wire(payment.payload, reason=INVALID_PAYLOAD))
         return _Payment(
-            version=version,
-            payload=payment,
-            requirements=requirements,
-            key=PaymentKey.of(self.network, self.asset, auth.from_address, auth.nonce),
-            fingerprint=payment_fingerprint(evm.signature, auth.to_wire()),
-            terms=payment_terms(scheme=terms.scheme, network=terms.network,
-                                amount=terms.amount, asset=terms.asset, pay_to=terms.pay_to,
-                                resource=offer.resource.url),
-            valid_before=int(auth.valid_before),
+            version=version, payload=payment, requirements=requirements,
+            payment=ExactPayment.of(
+                decoded, network=self.network, asset=self.asset,
+                terms=payment_terms(scheme=terms.scheme, network=terms.network,
+                                    amount=terms.amount, asset=terms.asset,
+                                    pay_to=terms.pay_to, resource=offer.resource.url)),
+            upto=upto,
         )
 
     # ------------------------------------------------------------- pay, then serve
@@ -530,95 +515,40 @@ class PaymentMiddleware:
             # decode (a browser's ``br`` would be unreadable: withheld, never paid).
             scope = {**scope, "headers": readable_request(scope.get("headers", []))}
         receive = body = _HashedBody(receive)
-        now = time.time()
-        keep_until = min(p.valid_before, now + MAX_REMEMBERED_VALIDITY) + self.retention
-        flow = exact_flow(
-            ExactPayment(p.key, p.fingerprint, p.valid_before, p.terms),
-            now=now, retention=self.retention,
-            # upto: the charge is known only once the app has answered.
-            settle_first=(settle_first := self.settle_before_serve and not p.upto),
-        )
         buffered: list[BufferedResponse] = []
-        charge: list[int] = []  # upto: the amount to settle, once known
         unreadable: list[UsageError] = []
-        other_request: list[int] = []  # upto: resumed for another request's charge (refused)
         too_large: list[ResponseTooLarge] = []
 
-        async def run(operation: Operation) -> Any:
-            match operation:
-                case Acquire():
-                    return await self.ledger.acquire(
-                        operation.key, operation.fingerprint, expires_at=operation.expires_at,
-                        terms=operation.terms,
-                    )
-                case Resumable():
-                    if p.upto:  # settled again for the amount first asked, if we know it
-                        known = operation.settlement.amount if operation.settlement else None
-                        if known is None or not (known.isascii() and known.isdigit()):
-                            return False
-                        # That amount is what the request first sent with this payment
-                        # used: it buys that request only. Another body (which may use far
-                        # more) would run for the first one's charge: refused.
-                        if await self._other_request(scope, body, p):
-                            other_request.append(int(known))
-                            return False
-                        charge.append(int(known))
-                    return True  # the app runs again once the settle succeeds
-                case Verify():
-                    try:
-                        return await self.facilitator.verify(p.payload, p.requirements)
-                    except FacilitatorError as exc:
-                        return exc.no_verdict()
-                case Serve():
-                    ran_from = time.monotonic()
-                    try:
-                        response = await run_buffered(self.app, scope, receive,
-                                                      limit=self.max_buffered_body)
-                    except ResponseTooLarge as exc:
-                        # Cut off, never paid for: the flow releases the payment unsettled.
-                        too_large.append(exc)
-                        return False
-                    ran = time.monotonic() - ran_from
-                    buffered.append(response)
-                    if p.upto and response.status < 400:
-                        try:
-                            charge.append(self._usage(response, p, rule, ran))
-                        except UsageError as exc:
-                            unreadable.append(exc)
-                            return False
-                        # Durable before /settle is asked: if its answer is lost, a retry
-                        # of this payment resumes it for this amount (module doc, upto).
-                        await self.ledger.note_charge(p.key, SettleResponse(
-                            success=False, error_reason=SETTLEMENT_PENDING,
-                            error_message="about to be settled for this amount",
-                            transaction="", network=self.network, payer=p.key.payer,
-                            amount=str(charge[0])))
-                    return response.status < 400
-                case Settle():
-                    requirements = p.requirements
-                    if p.upto:
-                        assert isinstance(requirements, PaymentRequirements) and charge
-                        requirements = requirements.model_copy(
-                            update={"amount": str(charge[0])})
-                    try:
-                        answer = await self.facilitator.settle(p.payload, requirements)
-                    except FacilitatorError as exc:
-                        return exc.no_verdict()
-                    if p.upto and answer.amount is None:
-                        # ``amount`` is optional in x402: what we asked to settle is what
-                        # the ledger must keep (a pending entry without it could not be
-                        # resumed, and the payer, charged, would never get the response).
-                        answer = answer.model_copy(update={"amount": str(charge[0])})
-                    return answer
-                case Release():
-                    await self.ledger.release(operation.key)
-                case MarkPending():
-                    await self.ledger.mark_pending(operation.key, operation.settlement)
-                case MarkSettled():
-                    await self.ledger.mark_settled(operation.key, operation.settlement)
-            return None
+        async def serve() -> bool:
+            ran_from = time.monotonic()
+            try:
+                response = await run_buffered(self.app, scope, receive,
+                                              limit=self.max_buffered_body)
+            except ResponseTooLarge as exc:
+                # Cut off, never paid for: the flow releases the payment unsettled.
+                too_large.append(exc)
+                return False
+            ran = time.monotonic() - ran_from
+            buffered.append(response)
+            if p.upto and response.status < 400:
+                try:
+                    charge = self._usage(response, p, rule, ran)
+                except UsageError as exc:
+                    unreadable.append(exc)
+                    return False
+                await call.note_charge(charge)
+            return response.status < 400
 
-        outcome = await drive(flow, run)
+        call = ExactCall(
+            p.payment, p.payload, p.requirements, ledger=self.ledger,
+            facilitator=lambda: self.facilitator, serve=serve, upto=p.upto,
+            first_call_differs=lambda: self._other_request(scope, body, p),
+            fill_settled_amount=True)
+        # upto: the charge is known only once the app has answered.
+        settle_first = self.settle_before_serve and not p.upto
+        outcome = await call.run(now=time.time(), retention=self.retention,
+                                 settle_first=settle_first)
+        keep_until = call.keep_until
         match outcome:
             case Reused(LedgerState.SETTLED, settlement) if await self._redeliver(
                     send, scope, body, p, settlement):
@@ -627,10 +557,10 @@ class PaymentMiddleware:
                 return
             case Reused(state, settlement):
                 await self._refuse_reuse(send, offer, state, settlement)
-            case NotResumable(settlement) if other_request:
+            case NotResumable(settlement) if call.refused_charge is not None:
                 await responses.payment_required(
                     offer, responses.PAYMENT_TERMS_MISMATCH,
-                    f"this payment is settled, or being settled, for {other_request[0]} atomic "
+                    f"this payment is settled, or being settled, for {call.refused_charge} atomic "
                     "units: the charge of the request it was first sent with (another body); "
                     "it buys that request only: resend that request unchanged for its "
                     "response. This request was not served and nothing more was charged",
@@ -647,7 +577,7 @@ class PaymentMiddleware:
                 ).send(send)
             case Rejected(verdict):
                 await responses.payment_required(
-                    offer, verdict.invalid_reason or "invalid_payment",
+                    offer, outcome.reason,
                     verdict.invalid_message or "the facilitator rejected the payment",
                     payer=verdict.payer,
                 ).send(send)
@@ -676,10 +606,10 @@ class PaymentMiddleware:
                 log.info("settlement pending for %s: %s", p.key.payer, settlement.transaction)
                 if buffered:
                     await self._hold(scope, body, p, buffered[0], keep_until)
-                await self._settle_failed(send, offer, p, settlement)
+                await self._settle_failed(send, offer, p, outcome)
             case SettleFailed(settlement):
                 log.info("settlement failed for %s: %s", p.key.payer, settlement.error_reason)
-                await self._settle_failed(send, offer, p, settlement)
+                await self._settle_failed(send, offer, p, outcome)
             case Paid(settlement, serve_now, unrecorded):
                 if unrecorded is not None:
                     # The payer is charged: the response is due whatever the ledger says
@@ -866,7 +796,7 @@ class PaymentMiddleware:
             await again.replay(send, [("cache-control", "private")])
         return True
 
-    def _observe(self, scope: Scope, p: _Payment, outcome: Any, latency: float, *,
+    def _observe(self, scope: Scope, p: _Payment, outcome: Outcome, latency: float, *,
                  label: str | None = None) -> None:
         """The paid request's log line and metrics: its outcome names what became of the
         money (``settled``: charged; ``pending``: may be charged; every other: nothing
@@ -879,7 +809,7 @@ class PaymentMiddleware:
         self.observer.paid(
             request_id=new_request_id(scope), payer=p.key.payer, amount=amount,
             scheme=p.requirements.scheme,
-            outcome=label or _OUTCOMES.get(type(outcome).__name__, "error"),
+            outcome=label or outcome.label,
             latency=latency, payee=self.pay_to, asset=p.key.asset, network=p.key.network,
             nonce=p.key.nonce, method=scope.get("method"), path=scope.get("path"),
             transaction=(settlement.transaction or None) if settlement is not None else None)
@@ -908,17 +838,16 @@ class PaymentMiddleware:
         await response.replay(send, extra)
 
     async def _settle_failed(
-        self, send: Send, offer: responses.Offer, p: _Payment, settlement: SettleResponse
+        self, send: Send, offer: responses.Offer, p: _Payment,
+        outcome: SettlePending | SettleFailed,
     ) -> None:
-        receipt = self._receipt(settlement, p.version)
-        if settlement.error_reason == SETTLEMENT_PENDING:
+        receipt = self._receipt(outcome.settlement, p.version)
+        if isinstance(outcome, SettlePending):
             await responses.settlement_pending(receipt, p.version, self.retry_after).send(send)
             return
         await responses.payment_required(
-            offer, settlement.error_reason or "settlement_failed",
-            settlement.error_message or "the settlement failed; nothing was charged",
-            settlement=receipt, version=p.version,
-            transaction=settlement.transaction or None,
+            offer, outcome.reason, outcome.message, settlement=receipt, version=p.version,
+            transaction=outcome.settlement.transaction or None,
         ).send(send)
 
     async def _refuse_reuse(
@@ -966,15 +895,6 @@ class PaymentMiddleware:
             status, error, message, retry_after=self.retry_after,
             settle_attempted=settle_attempted,
         ).send(send)
-
-
-_OUTCOMES: Final = {
-    "Paid": "settled", "SettlePending": "pending", "SettleFailed": "failed",
-    "Rejected": "rejected", "Reused": "refused", "OtherTerms": "refused",
-    "NotResumable": "refused", "NotServed": "not_served", "RequestRefused": "error",
-    "Unanswered": "error",
-}
-"""Each outcome of :func:`a402.exact.serve.exact_flow` as a log and metrics label."""
 
 
 def _match_v2(accepted: PaymentRequirements, offered: PaymentRequirements) -> None:
