@@ -28,7 +28,7 @@ from a402.wire import vault_api as api
 from tests.a402_exchange.helpers import World, fresh_account
 
 from .crash import vault_process
-from .helpers import assert_conserved, client_of, wait_for
+from .helpers import assert_conserved, client_of, fresh_schema, wait_for
 from .test_paid_stream import GROUP, PER_GROUP, ROUTES, Upstream, llm_service
 
 pytestmark = pytest.mark.anvil
@@ -43,19 +43,22 @@ def world(private_world: World) -> World:
     return private_world
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_a_vault_killed_between_stream_groups_records_the_last_group_paid_exactly_once(
     world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest, backend: str,
 ) -> None:
     upstream = Upstream()
     provider = world.provider(routes=ROUTES, service=llm_service(upstream), ack_timeout=60.0)
     provider.runtime.driver.executor.streams.idle = 1.0
     monkeypatch.setattr(vault_stream, "stop", lambda *a, **k: None)  # it dies with the vault
+    db = fresh_schema(request.getfixturevalue("postgres_url")) if backend == "postgres" else None
     escrow = world.balance(world.manager.address)
     # A worker tick every 30 s: none writes the held group before the kill (the ACK timer's
     # 5 s is the only other writer); the restart's own recovery pass runs at once.
     with serve_in_thread(provider.app) as site, \
             vault_process(world, fresh_account(world.chain), tmp_path,
-                          "--poll-interval", "30") as vault:
+                          "--poll-interval", "30", db=db) as vault:
         account, client = client_of(world, vault, funds=20_000, deposit=20_000)
         stream = paid_stream(client, f"{site}/llm/stream", method="POST", group=GROUP,
                              max_price=PER_GROUP)
