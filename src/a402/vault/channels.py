@@ -164,6 +164,8 @@ class _Write:
     request: dict[str, Any] | None
     claim: vault_store.Claim | None
     log: list[tuple[int, int, bytes]]
+    #: A held DELIVERED: if it cannot be written, its ACK must never leave.
+    held: bool = False
 
 
 class Channels:
@@ -355,16 +357,16 @@ class Channels:
             if (checkpoint.deferrable and held is None and not ledger_changed
                     and call is not None and checkpoint.paid is not None
                     and call.continues(checkpoint.paid)):
-                self._held[channel_id] = plan
+                self._held[channel_id] = dataclasses.replace(plan, held=True)
                 return
             await self._write(channel_id, [plan] if held is None else [held, plan])
 
     async def durable(self, channel_id: bytes) -> None:
         """Write the channel's held DELIVERED checkpoint, if any (the tunnels' ``durable``:
         called before an ACK leaves on its own). Raises if it could not be written (the
-        ACK has then been dropped, see :meth:`persist`)."""
-        if channel_id not in self._held:
-            return
+        ACK has then been dropped, see :meth:`persist`). Always through the channel's write
+        lock, so that a write under way (one that took the held checkpoint: a fold, or
+        :meth:`write_held`) has finished when this returns."""
         async with self._write_lock(channel_id):
             held = self._held.pop(channel_id, None)
             if held is not None:
@@ -443,7 +445,7 @@ class Channels:
                 log=[entry for plan in plans for entry in plan.log],
                 others=[(p.key, p.request) for p in earlier if p.key and p.request])
         except BaseException as e:
-            lost = bool(earlier)
+            lost = any(plan.held for plan in plans)
             if earlier and isinstance(e, vault_store.ClaimTaken):
                 # Nothing was written: the held checkpoints on their own, then the refusal.
                 try:
