@@ -15,9 +15,11 @@ as fast as it can, and from one paced at 200 tokens/s, read:
 For each paid row, the CPU each part spent per group (``cpu_ms_per_group``: the client,
 the vault's event loop and its store's writer thread, the provider's event loop and its
 store's writer thread), read from ``/proc`` (Linux): where the time of a group goes.
-What is not CPU is mostly waiting for the disk: each exchange makes five durable commits
-in a row (the vault's LOCKED, AUTHORIZED and DELIVERED checkpoints, the provider's state
-after its REPLY and after its REVEAL), each an fsync before the next message may leave.
+What is not CPU is mostly waiting for the commits: an ordinary paid call (the plain rows)
+makes five durable commits in a row (the vault's LOCKED, AUTHORIZED and DELIVERED
+checkpoints, the provider's state after its REPLY and after its REVEAL), each an fsync
+before the next message may leave; a stream's group four, since the vault writes a group's
+DELIVERED with the next group's LOCKED, in one commit (:mod:`a402.vault.call`, step 5).
 The channel is opened (on-chain) by one paid call before anything is timed.
 The provider's watcher and the vault's watchtower poll the chain at their deployment
 default (every second), not at the tests' 0.1 s (which steals this one process's GIL).

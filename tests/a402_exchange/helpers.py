@@ -241,9 +241,10 @@ class World:
     def tunnel(self, vault: Vault, url: str, **kwargs: Any) -> ProviderTunnel:
         kwargs.setdefault("verifiers", [self.verifier])
         kwargs.setdefault("policy", AttestationPolicy(frozenset({PROVIDER_CODE})))
+        kwargs.setdefault("persist", vault.persist)
         return ProviderTunnel(
             url, enclave=vault.enclave, vault=vault.authority, network=self.chain.network,
-            persist=vault.persist, **kwargs,
+            **kwargs,
         )
 
     async def open_channel(

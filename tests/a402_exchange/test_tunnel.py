@@ -174,6 +174,51 @@ async def test_the_previous_ack_rides_on_the_next_exec(world: World) -> None:
     assert provider.calls["weather"] == 2
 
 
+async def test_a_held_delivered_is_durable_before_its_ack_leaves_with_an_exec_or_alone(
+    world: World,
+) -> None:
+    """A tunnel with a ``durable`` hook marks DELIVERED deferrable; a persister may hold it.
+    It is written before any frame carrying its ACK: with the next request's LOCKED (the
+    EXEC the ACK rides on leaves after it), or by the hook before the ACK leaves alone."""
+    provider, vault, client = world.provider(), world.vault(), world.client()
+    wire = Wire()
+    held: list[Checkpoint] = []
+    written: list[tuple[str, int]] = []  # (reason, frames sent by then)
+
+    async def persist(checkpoint: Checkpoint) -> None:
+        if checkpoint.deferrable:
+            held.append(checkpoint)
+            return
+        for c in [*held, checkpoint]:  # a held one is written with the next checkpoint
+            written.append((c.reason.value, len(wire.frames)))
+        held.clear()
+
+    async def durable(channel_id: bytes) -> None:
+        for c in held:
+            assert c.channel_id == channel_id
+            written.append((c.reason.value, len(wire.frames)))
+        held.clear()
+
+    with serve_in_thread(provider.app) as url:
+        http = httpx.AsyncClient(transport=wire)
+        async with world.tunnel(vault, url, http=http, ack_delay=600, persist=persist,
+                                durable=durable) as tunnel:
+            channel = await world.open_channel(tunnel, vault, client)
+            await tunnel.request(channel, WEATHER, PRICE)
+            assert [c.reason for c in held] == [CheckpointReason.DELIVERED]
+            assert written[-1] == ("authorized", 2)  # OPEN and EXEC out; AUTH next
+            await tunnel.request(channel, WEATHER, PRICE)  # its EXEC carries request 0's ACK
+            # request 0's DELIVERED written with request 1's LOCKED, before that EXEC (frame 4)
+            assert written[3:5] == [("delivered", 3), ("locked", 3)]
+            assert [c.reason for c in held] == [CheckpointReason.DELIVERED]
+            slot = provider.runtime.channels.slot(channel.channel_id)
+            assert slot is not None and slot.channel.state.version == 1
+            await tunnel.flush_acks()  # request 1's ACK, on its own: its DELIVERED first
+            assert written[-1] == ("delivered", 5) and not held
+            assert len(wire.frames) == 6 and slot.channel.state == channel.state
+    assert provider.calls["weather"] == 2
+
+
 @contextlib.asynccontextmanager
 async def one_paid_ack_unsent(world: World, provider: Any
                               ) -> AsyncIterator[tuple[ProviderTunnel, VaultChannel, Ack]]:

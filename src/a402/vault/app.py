@@ -149,6 +149,7 @@ def create_app(service: VaultService, *, observer: Observer | None = None,
     async def account(request: Request) -> JSONResponse:
         async def handler(signed: api.Authenticated, _: dict[str, Any], __: SignedCall
                           ) -> tuple[int, dict[str, Any]]:
+            await service.channels.write_held()  # every group delivered counts
             return 200, await service.account_view(signed.client)
         return await answer(request, handler)
 
@@ -193,6 +194,7 @@ def create_app(service: VaultService, *, observer: Observer | None = None,
         async def handler(signed: api.Authenticated, _: dict[str, Any], __: SignedCall
                           ) -> tuple[int, dict[str, Any]]:
             client = signed.client
+            await service.channels.write_held()  # a stream's group answered, not yet written
             row = await run_in_threadpool(service.store.request, f"{address_key(client)}:{key}")
             if row is None:
                 raise VaultError(404, api.NOT_FOUND, "no call with this idempotency key")
@@ -253,6 +255,7 @@ def create_app(service: VaultService, *, observer: Observer | None = None,
             await app(scope, receive, send)
 
     async def list_payments(wanted: PaymentFilter) -> list[dict[str, Any]]:
+        await service.channels.write_held()
         rows = await run_in_threadpool(lambda: service.store.calls(
             since=wanted.since, until=wanted.until, client=wanted.payer,
             provider=wanted.payee, status=wanted.status, limit=wanted.limit))
@@ -260,6 +263,7 @@ def create_app(service: VaultService, *, observer: Observer | None = None,
                 for row in rows]
 
     async def get_payment(key: str) -> dict[str, Any] | None:
+        await service.channels.write_held()
         rows = await run_in_threadpool(lambda: service.store.calls(key=key, limit=1))
         return (_call_record(rows[0], service.chain.network, service.token.address)
                 if rows else None)

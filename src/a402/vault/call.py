@@ -37,7 +37,22 @@ The order of operations is the safety argument:
    against ``maxPrice`` and the channel's owner, builds the paid request from the
    call itself, and signs σ_U at most once per signed call.
 5. **The answer** is sealed and recorded with the DELIVERED checkpoint
-   (:meth:`PaidCall.final`), then returned: three commits per paid call. A call
+   (:meth:`PaidCall.final`), then returned: three commits per paid call. A stream's
+   group that is not its last (:meth:`PaidCall.continues`: the provider's answer says
+   ``A402-Stream-End: 0``, so the client's next group follows at once) is answered
+   before that checkpoint is written: it is held and written with the channel's next
+   checkpoint — the next group's LOCKED, in one commit — or on its own before the ACK
+   leaves (the ACK timer, a close, the vault's shutdown, or any read of the client's
+   records through the vault's API): two commits a group. This is safe because what
+   moves the money is durable before its message leaves either way (σ_U: AUTHORIZED,
+   before AUTH; δ's credit: DELIVERED, before the ACK, which rides on the next EXEC);
+   the client is answered only with a result it received and pays only for it; the
+   provider, without that ACK, takes no next request of the channel, so it never
+   delivers more than one group unacknowledged; and a vault that dies with the
+   checkpoint held restarts at AUTHORIZED, its worker re-sends AUTH and the provider
+   answers it from its record with the same REVEAL (it keeps it until the ACK): the
+   group is recorded paid once, with its result (:mod:`a402.vault.tunnel`, **A held
+   DELIVERED**). Meanwhile a retry of the group's key waits for that record. A call
    whose σ_U is out but whose result is not in (PENDING) answers 202; the
    vault's worker finishes it (as a :class:`ResumedCall`) and a later retry (or
    ``GET /v1/requests/{key}``) returns it.
@@ -76,6 +91,10 @@ from .tunnel import (
 )
 
 log = logging.getLogger("a402.vault")
+
+#: The provider's stream header saying whether a group is its stream's last
+#: (:mod:`a402.provider.a402_streams`): ``0`` means more groups follow.
+_STREAM_END = b"a402-stream-end"
 
 #: Provider refusals that mean "the price or the route changed": ask for a fresh offer.
 _STALE_OFFER = frozenset({"amount_mismatch", "not_a_paid_route"})
@@ -154,6 +173,13 @@ class PaidCall:
         self.answered = self.context.answers.paid(self.key, paid, channel_id, provider)
         return self.context.answers.final(self.key, 200, self.answered, outcome=api.PAID,
                                           amount=paid.amount, transaction=paid.transaction)
+
+    def continues(self, paid: PaidResponse) -> bool:
+        """Whether ``paid`` is a stream's group that is not its last (the provider says
+        ``A402-Stream-End: 0``): the client's next group is then expected at once, and
+        the DELIVERED checkpoint may wait for its LOCKED (see the module, step 5)."""
+        return any(k.lower() == _STREAM_END and v.strip() == b"0"
+                   for k, v in paid.response.headers)
 
     @property
     def _unrecorded(self) -> bool:
@@ -385,6 +411,9 @@ class ResumedCall:
 
     def final(self, paid: PaidResponse) -> None:
         return None
+
+    def continues(self, paid: PaidResponse) -> bool:
+        return False  # recorded at once: nobody is waiting to send a next call
 
 
 def _within_price(offer: Offer, call: api.InvokeRequest) -> None:

@@ -155,6 +155,19 @@ class NoUsableChannel(Exception):
     """No OPEN channel can pay, and the caller may not close or open one."""
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Write:
+    """What one checkpoint writes (:meth:`Channels.persist`)."""
+
+    values: dict[str, Any]
+    key: str | None
+    request: dict[str, Any] | None
+    claim: vault_store.Claim | None
+    log: list[tuple[int, int, bytes]]
+    #: A held DELIVERED: if it cannot be written, its ACK must never leave.
+    held: bool = False
+
+
 class Channels:
     """Tunnels, live channels and their durable state, for one vault."""
 
@@ -186,6 +199,10 @@ class Channels:
         self._closes = Aggregator(self._send_closes, window=batching.batch_window,
                                   limit=batching.batch_limit)
         self.live: dict[bytes, EnclaveChannel] = {}
+        #: Held DELIVERED checkpoints, by channel (see :meth:`persist`)...
+        self._held: dict[bytes, _Write] = {}
+        #: ... and what serialises each channel's writes.
+        self._write_locks: dict[bytes, asyncio.Lock] = {}
         self._tunnels: dict[tuple[str, int], ProviderTunnel] = {}
         self._attached: dict[tuple[str, int], set[bytes]] = {}
         self._tunnel_locks: dict[tuple[str, int], asyncio.Lock] = {}
@@ -220,6 +237,7 @@ class Channels:
                     endpoint, enclave=self.enclave, verifiers=self.verifiers, policy=self.policy,
                     vault=self.vault, network=self.network, persist=self.persist,
                     timeout=self.connections.http_timeout, may_send=self.may_send,
+                    durable=self.durable,
                 )
                 await tunnel.connect()  # attestation errors propagate; nothing is cached
                 self._tunnels[slot] = tunnel
@@ -270,6 +288,7 @@ class Channels:
         return self._pair_locks.setdefault(pair, asyncio.Lock())
 
     async def aclose(self) -> None:
+        await self.write_held()
         for tunnel in self._tunnels.values():
             await tunnel.aclose()
         self._tunnels.clear()
@@ -309,8 +328,65 @@ class Channels:
         The request is the checkpoint's ``call`` (:class:`~a402.vault.tunnel.CallRecord`,
         handed to the tunnel with the request): LOCKED writes its claim too if it is not
         recorded yet, DELIVERED its final answer if it has one — one commit each fewer.
+
+        A deferrable DELIVERED (the tunnel's **A held DELIVERED**) of a call that
+        :meth:`~a402.vault.tunnel.CallRecord.continues` (a stream's group, not its last)
+        is *held*: its answer is made (so the call can return it) but written only with
+        the channel's next checkpoint — the next group's LOCKED, in the same transaction —
+        or by :meth:`durable` (before its ACK leaves on its own), :meth:`write_held` or
+        :meth:`aclose`. Its ACK cannot leave before either: it rides on the next EXEC,
+        which leaves after that LOCKED is durable. If the next checkpoint's claim was
+        taken (:class:`~a402.vault.store.ClaimTaken`: nothing of that transaction was
+        written), the held one is written on its own first. If it cannot be written at
+        all, the channel's unsent ACK is dropped (it must never leave) and the machine is
+        unloaded: it restarts from AUTHORIZED, and :meth:`ProviderTunnel.resume
+        <a402.vault.tunnel.ProviderTunnel.resume>` gets the same REVEAL again. Writes of
+        one channel are serialised here, in order, so a held snapshot never lands after
+        a newer one.
         """
-        cid = hex_id(checkpoint.channel_id)
+        channel_id = checkpoint.channel_id
+        async with self._write_lock(channel_id):
+            held = self._held.pop(channel_id, None)
+            ledger_changed = self.vault.ledger_unsaved
+            if ledger_changed:
+                # The enclave's ledger changed with this step (a mandate's budget reserved or
+                # spent): stored before the step's message leaves, like the channel's record.
+                await self.ledger.achange(lambda: None)
+            plan = self._plan(checkpoint)
+            call = checkpoint.call
+            if (checkpoint.deferrable and held is None and not ledger_changed
+                    and call is not None and checkpoint.paid is not None
+                    and call.continues(checkpoint.paid)):
+                self._held[channel_id] = dataclasses.replace(plan, held=True)
+                return
+            await self._write(channel_id, [plan] if held is None else [held, plan])
+
+    async def durable(self, channel_id: bytes) -> None:
+        """Write the channel's held DELIVERED checkpoint, if any (the tunnels' ``durable``:
+        called before an ACK leaves on its own). Raises if it could not be written (the
+        ACK has then been dropped, see :meth:`persist`). Always through the channel's write
+        lock, so that a write under way (one that took the held checkpoint: a fold, or
+        :meth:`write_held`) has finished when this returns."""
+        async with self._write_lock(channel_id):
+            held = self._held.pop(channel_id, None)
+            if held is not None:
+                await self._write(channel_id, [held])
+
+    async def write_held(self) -> None:
+        """Write every held DELIVERED checkpoint now: before the vault reports a client's
+        records (so what it reports has every group delivered), and at shutdown."""
+        for channel_id in list(self._held):
+            try:
+                await self.durable(channel_id)
+            except Exception:  # the channel restarts from AUTHORIZED: see persist
+                log.exception("channel %s: a held DELIVERED checkpoint could not be written",
+                              hex_id(channel_id))
+
+    def _write_lock(self, channel_id: bytes) -> asyncio.Lock:
+        return self._write_locks.setdefault(channel_id, asyncio.Lock())
+
+    def _plan(self, checkpoint: Checkpoint) -> _Write:
+        """What ``checkpoint`` writes: the channel's columns and its request's progress."""
         call = checkpoint.call
         key = None if call is None else call.key
         reason = checkpoint.reason
@@ -323,14 +399,10 @@ class Channels:
         }
         request: dict[str, Any] | None = None
         claim: vault_store.Claim | None = None
-        if self.vault.ledger_unsaved:
-            # The enclave's ledger changed with this step (a mandate's budget reserved or
-            # spent): stored before the step's message leaves, like the channel's record.
-            await self.ledger.achange(lambda: None)
         if reason is CheckpointReason.LOCKED:
             claim = None if call is None else call.claim
             values["request_key"] = key
-            request = {"state": vault_store.LOCKED, "channel_id": cid,
+            request = {"state": vault_store.LOCKED, "channel_id": hex_id(checkpoint.channel_id),
                        "amount": str(checkpoint.locked),
                        "request_id": checkpoint.next_request_id - 1}
         elif reason is CheckpointReason.AUTHORIZED and key is not None:
@@ -357,15 +429,37 @@ class Channels:
             values["phase"] = vault_store.CLOSING
         elif reason is CheckpointReason.FORCE_CLOSED:
             values.update(request_key=None, pending_since=None)
+        return _Write(values, key, request, claim,
+                      [(e.seq, e.newest, e.entry) for e in checkpoint.log])
+
+    async def _write(self, channel_id: bytes, plans: Sequence[_Write]) -> None:
+        """``plans`` (oldest first; only the last may claim) in one transaction: the
+        channel's columns as the newest leaves them, every request's progress."""
+        *earlier, last = plans
+        values: dict[str, Any] = {}
+        for plan in plans:
+            values.update(plan.values)
         try:
             await self.store.save_checkpoint(
-                cid, values, key, request, claim=claim,
-                log=[(e.seq, e.newest, e.entry) for e in checkpoint.log])
-        except BaseException:
+                hex_id(channel_id), values, last.key, last.request, claim=last.claim,
+                log=[entry for plan in plans for entry in plan.log],
+                others=[(p.key, p.request) for p in earlier if p.key and p.request])
+        except BaseException as e:
+            lost = any(plan.held for plan in plans)
+            if earlier and isinstance(e, vault_store.ClaimTaken):
+                # Nothing was written: the held checkpoints on their own, then the refusal.
+                try:
+                    await self._write(channel_id, earlier)
+                    lost = False
+                except BaseException:
+                    pass  # _write dropped the ACK and unloaded the machine already
+            if lost:
+                for tunnel in self._tunnels.values():
+                    tunnel.forget_ack(channel_id)
             # Not durable, so not sent: forget the machine that ran ahead of the database
             # (here and in the enclave); the next use restores the last durable state.
-            self.live.pop(checkpoint.channel_id, None)
-            self.vault.unload(checkpoint.channel_id)
+            self.live.pop(channel_id, None)
+            self.vault.unload(channel_id)
             raise
 
     # ------------------------------------------------------------------ opening

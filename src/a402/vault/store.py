@@ -528,10 +528,13 @@ class VaultStore:
         self, cid: str, channel_values: dict[str, Any], request_key: str | None,
         request_values: dict[str, Any] | None, *, claim: Claim | None = None,
         log: Sequence[tuple[int, int, bytes]] = (),
+        others: Sequence[tuple[str, dict[str, Any]]] = (),
     ) -> None:
         """One checkpoint: the channel's sealed state, the new entries of its log of consumed
         calls (``log``: number, newest, bytes; the sealed state names them) and its
-        request's progress, atomically.
+        request's progress, atomically; ``others``: the progress of the channel's earlier
+        requests (key, values) in the same transaction (a held DELIVERED checkpoint
+        written with the next one).
 
         With ``claim``, the request's row is created here (with ``request_values``) and its
         nonce remembered, all or nothing: :class:`ClaimTaken` if either was there before.
@@ -541,6 +544,8 @@ class VaultStore:
         statements += [_insert(ConsumedRow, {"cid": cid, "seq": seq, "newest": newest,
                                              "entry": entry})
                        for seq, newest, entry in log]
+        statements += [_update(RequestRow, "key", key, {**values, "updated_at": now})
+                       for key, values in others]
         if claim is not None:
             statements[:0] = self._claim_statements(claim, now, request_values or {},
                                                     unless_present=False)

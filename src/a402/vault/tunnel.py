@@ -42,6 +42,23 @@ before ACK (δ is credited), before CLOSE and after CLOSE_ACK. Restore with
 snapshot is sealed by the enclave's code) or ``VaultChannel.restore`` and call
 :meth:`ProviderTunnel.resume`.
 
+**A held DELIVERED.** The ACK never leaves with the REVEAL: it rides on the channel's
+next EXEC, or leaves on its own after ``ack_delay``. So the DELIVERED checkpoint need
+only be durable before *that* frame, not before the result is returned. A tunnel built
+with ``durable`` marks its DELIVERED checkpoints :attr:`Checkpoint.deferrable`: its
+persister may hold one back and write it in the same transaction as the channel's next
+checkpoint (the next request's LOCKED: one commit a request fewer on a busy channel),
+and the tunnel calls ``durable(channel_id)`` before any ACK leaves on its own
+(:meth:`_flush_ack`: the ACK timer, :meth:`close`, :meth:`resume`, a provider that
+still holds the request). Every money-moving step stays durable before it is
+acknowledged: σ_U before AUTH (AUTHORIZED, never held), δ's credit before the ACK
+(DELIVERED, written with or before the frame that carries the ACK). A process that dies
+with a DELIVERED held restarts at AUTHORIZED (PENDING): :meth:`resume` re-sends AUTH,
+the provider — which has no ACK, so still holds the request — answers it from its
+record with the same REVEAL, and the result and its receipt are recorded then: nothing
+is paid twice (the same request id, the same state) and no delivered result is lost
+(the provider keeps it until the ACK, which cannot have left).
+
 **Retries.** A lost request or answer is retried with the same ASC message in
 a fresh frame (new Noise counter); the provider answers a repeated message
 from its record, so a retry never runs or pays twice. A frame the provider
@@ -195,6 +212,12 @@ class CallRecord(Protocol):
         ``None``: recorded afterwards, on its own."""
         ...
 
+    def continues(self, paid: PaidResponse) -> bool:
+        """Whether a next call on the channel is expected at once once ``paid`` (a
+        stream's group that is not its last): its DELIVERED checkpoint may then wait to be
+        written with that call's LOCKED (see :attr:`Checkpoint.deferrable`)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
@@ -232,10 +255,16 @@ class Checkpoint:
     #: :meth:`EnclaveChannel.checkpoint`): stored in the same transaction as ``snapshot``,
     #: which names them.
     log: tuple[LogEntry, ...] = ()
+    #: DELIVERED, and the ACK it acknowledges has not left: the persister may hold it and
+    #: write it with the channel's next checkpoint, as long as it is durable when the
+    #: tunnel's ``durable`` hook returns (the tunnel calls it before the ACK leaves on
+    #: its own). Nothing else is ever deferrable.
+    deferrable: bool = False
 
     @classmethod
     def of(cls, channel: AnyChannel, reason: CheckpointReason,
-           paid: PaidResponse | None = None, call: CallRecord | None = None) -> Checkpoint:
+           paid: PaidResponse | None = None, call: CallRecord | None = None, *,
+           deferrable: bool = False) -> Checkpoint:
         reply = channel.pending_reply() if reason is CheckpointReason.AUTHORIZED else None
         reveal = channel.last_reveal() if reason is CheckpointReason.DELIVERED else None
         if isinstance(channel, EnclaveChannel):
@@ -249,11 +278,16 @@ class Checkpoint:
             channel.channel_id, reason, *figures,
             snapshot, reply, None if reveal is None else reveal.adaptor_secret,
             None if reveal is None else channel.latest_state(), paid, call, tuple(log),
+            deferrable and reason is CheckpointReason.DELIVERED,
         )
 
 
-#: Called with every checkpoint; must return only once it is durable.
+#: Called with every checkpoint; must return only once it is durable (a
+#: :attr:`Checkpoint.deferrable` one: once it is durable or held, see ``Durable``).
 Persist = Callable[[Checkpoint], Awaitable[None]]
+#: Makes the channel's held DELIVERED checkpoint (if any) durable; called before an ACK
+#: leaves on its own.
+Durable = Callable[[bytes], Awaitable[None]]
 
 
 async def _no_persistence(_: Checkpoint) -> None:
@@ -370,6 +404,8 @@ class ProviderTunnel:
       binding signature; σ_U and states are signed by each channel's machine).
     - ``network``: refuse a provider on any other chain.
     - ``persist``: see :class:`Checkpoint`; the default keeps nothing.
+    - ``durable``: see **A held DELIVERED** (module): with it, DELIVERED checkpoints
+      are deferrable, and the hook is called before any ACK leaves on its own.
     - ``ack_delay``: how long an unsent ACK waits to ride on the channel's next
       EXEC (default: a quarter of the provider's Δ_ack, at most five seconds).
     - ``transport``: ``"stream"`` (one WebSocket per tunnel) or ``"http"``
@@ -399,6 +435,7 @@ class ProviderTunnel:
         transport: Transport | None = None,
         link: ProviderLink | None = None,
         may_send: Callable[[], bool] | None = None,
+        durable: Durable | None = None,
     ) -> None:
         self.endpoint = canonical_endpoint(endpoint)
         self._origin = self.endpoint[: -len(WELL_KNOWN_PREFIX)]
@@ -408,6 +445,7 @@ class ProviderTunnel:
         self.vault = vault
         self.network = network
         self.persist: Persist = persist or _no_persistence
+        self.durable = durable
         self.link: ProviderLink = link or HttpLink(self._origin, http=http, mode=transport,
                                                    timeout=timeout)
         self.attempts = max(1, attempts)
@@ -678,9 +716,12 @@ class ProviderTunnel:
                          receipt=channel.latest_state())
         except (ResultMismatch, ProtocolViolation) as e:  # paid all the same: raised below
             failure = e
-        await self._persist(channel, CheckpointReason.DELIVERED, paid, call)
-        # The result is ours: the ACK rides on this channel's next EXEC, or goes out on its
-        # own after ``ack_delay`` if none comes — well within the provider's Δ_ack.
+        # Durable (or held: see the module) before the ACK leaves, which it does not here.
+        await self._persist(channel, CheckpointReason.DELIVERED, paid, call,
+                            deferrable=self.durable is not None)
+        # The result is ours: the ACK rides on this channel's next EXEC (after its LOCKED
+        # checkpoint, which writes a held DELIVERED), or goes out on its own after
+        # ``ack_delay`` if none comes — well within the provider's Δ_ack.
         self._owe_ack(channel, ack)
         if failure is not None:
             raise failure
@@ -746,10 +787,20 @@ class ProviderTunnel:
             async with self._lock_of(channel_id):
                 await self._flush_ack(channel_id)
 
+    def forget_ack(self, channel_id: bytes) -> None:
+        """Drop the channel's unsent ACK: the DELIVERED it acknowledges was held and could
+        not be written, so it must never leave (the channel's machine restarts from its
+        last durable state, and owes the ACK again only once that state has it)."""
+        self._unacked.pop(channel_id, None)
+
     async def _flush_ack(self, channel_id: bytes) -> None:
         ack = self._unacked.get(channel_id)
         if ack is None:
             return
+        if self.durable is not None:  # the DELIVERED it acknowledges, if still held
+            await self.durable(channel_id)
+            if self._unacked.get(channel_id) is not ack:  # forgotten: it was not written
+                return
         answer = await self.exchange(Envelope.asc(ack.encode()))
         if answer.kind is Kind.ERROR:
             refusal = _refusal(answer)
@@ -879,8 +930,9 @@ class ProviderTunnel:
             await self._open(terms)
 
     async def _persist(self, channel: AnyChannel, reason: CheckpointReason,
-                       paid: PaidResponse | None = None, call: CallRecord | None = None) -> None:
-        await self.persist(Checkpoint.of(channel, reason, paid, call))
+                       paid: PaidResponse | None = None, call: CallRecord | None = None, *,
+                       deferrable: bool = False) -> None:
+        await self.persist(Checkpoint.of(channel, reason, paid, call, deferrable=deferrable))
 
 
 # -------------------------------------------------------------------- helpers
