@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import IntegrityError
 
 from a402.vault import store as vault_store
 from a402.vault.store import InsufficientBalance, VaultStore
@@ -189,3 +190,40 @@ def test_a_claim_records_its_nonce_in_the_same_write(store: VaultStore) -> None:
     with pytest.raises(vault_store.ReplayedNonce):  # the retry's nonce was remembered all the same
         claim("call-3", "n0000002")
     assert not asyncio.run(store.remember_nonce(client, "n0000002", now=time.time(), keep=120))
+
+
+def test_meta_rows_of_a_vault_mode_write_land_together_with_their_nonces(
+    store: VaultStore,
+) -> None:
+    """``put_metas`` (vault mode's ledger, journal and answer writes, plain SQL): rows
+    upserted, a prefix deleted (only keys that start with it: ``_`` and ``%`` in a key are
+    not wildcards), nonces recorded once, all in one transaction, durable on return; a
+    write that fails stores nothing of itself."""
+    client = _client()
+    store.put_metas({"vault-mode/journal/0001": b"a", "vault-mode/journal/0002": b"b",
+                     "vault-mode/journalX": b"keep", "vault_mode/journal/0001": b"keep",
+                     "vault-mode/ledger": b"old"}, nonces=[(client, "n1", time.time())])
+    assert store.nonce_seen(client, "n1") and not store.nonce_seen(client, "n2")
+    assert [k for k, _ in store.get_metas("vault-mode/journal/")] == [
+        "vault-mode/journal/0001", "vault-mode/journal/0002"]
+    # compaction: the whole ledger replaces the row and the journal goes, in one write; a
+    # nonce already recorded stays as it is, a new one is recorded
+    store.put_metas({"vault-mode/ledger": b"new", "vault-mode/answer/x": b"answer"},
+                    delete_prefix="vault-mode/journal/",
+                    nonces=[(client, "n1", 0.0), (client, "n2", time.time())])
+    assert store.get_metas("vault-mode/journal/") == []
+    assert store.get_meta("vault-mode/journalX") == b"keep"
+    assert store.get_meta("vault_mode/journal/0001") == b"keep"  # "_" is no wildcard
+    assert store.get_meta("vault-mode/ledger") == b"new"
+    assert store.get_meta("vault-mode/answer/x") == b"answer"
+    assert store.nonce_seen(client, "n1") and store.nonce_seen(client, "n2")
+    # a write one of whose rows the database refuses (a nonce with no time: NOT NULL)
+    # stores nothing of itself: the ledger row keeps its value, no row or nonce is added
+    unseen: Any = None
+    with pytest.raises(IntegrityError):
+        store.put_metas({"vault-mode/ledger": b"newer", "vault-mode/answer/y": b"y"},
+                        delete_prefix="vault-mode/", nonces=[(client, "n3", unseen)])
+    assert store.get_meta("vault-mode/ledger") == b"new"
+    assert store.get_meta("vault-mode/answer/x") == b"answer"
+    assert store.get_meta("vault-mode/answer/y") is None
+    assert not store.nonce_seen(client, "n3")

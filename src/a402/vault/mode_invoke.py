@@ -39,6 +39,22 @@ same idempotency key after a restart or on the replica that took over answers it
 (stated): a process that dies between σ_U and that write stored no answer (the retry is
 refused ``replayed_call``: never paid twice).
 
+What one paid call stores, and when (counted: ``bench/vault_mode_http.py``'s rounds): three
+waits for the store, as standard mode's three checkpoints, each in a group commit shared
+with the other calls' writes (:meth:`VaultModeService._durable
+<a402.vault.mode.VaultModeService._durable>`): EXEC's change (the price locked, the call
+held) before EXEC leaves, so that a vault killed after EXEC restarts with the request the
+provider holds, in step with it; σ_U's before AUTH leaves (durable before the money can
+move); the answer's, with the REVEAL's change, the statement it carries and the request's
+nonce, before the answer leaves. A vault killed between any two of these restarts from the
+last one: before σ_U's write nothing was paid (the request expires, the price goes back);
+after it the payment is pending and settles by the enclave's rules, and the call's retry
+is answered from the stored answer or refused ``replayed_call``, never paid twice. Not done
+(a bigger step, which needs kill/restart tests at its new points): σ_U's write folded into
+the wait for the REPLY (EXEC's write marking the request "σ_U may be out", a restarted
+enclave then settling it by the claim window instead of releasing it, and σ_U released
+with no write of its own once that marker is stored).
+
 The ACK, as in standard mode (:mod:`a402.vault.tunnel`), rides on the channel's next EXEC
 (one frame, ``ASC_ACKED``) or leaves on its own (:meth:`ModeInvoker.send_ack`) after a
 quarter of the provider's Δ_ack (at most :data:`ACK_DELAY_MAX` seconds) if no EXEC comes:
@@ -65,7 +81,6 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
 import httpx
@@ -86,7 +101,7 @@ from a402.asc.terms import ChannelTerms
 from a402.crypto import PaymentDomain
 from a402.evm.address import address_key, to_checksum
 from a402.tee import AttestationError, AttestationPolicy, AttestationVerifier
-from a402.vault_accounts import PendingRecord
+from a402.vault_accounts import Changed, PendingRecord, SignedStatement
 from a402.vault_enclave import SignedCall, request_headers
 from a402.wire import vault_api as api
 from a402.wire.a402 import (
@@ -495,8 +510,10 @@ class ModeInvoker:
         try:
             reveal = await self._ask(tunnel, self.auth_envelope(auth, authorized.pending),
                                      Reveal)
-            delivered = await asyncio.to_thread(partial(service.receive, cid, reveal,
-                                                        stored=False))
+            # the REVEAL and the client's statement in one hop to a thread (both unstored:
+            # nothing of either leaves before remember's write, which stores them)
+            delivered, statement = await asyncio.to_thread(self._take_reveal, cid, reveal,
+                                                           client)
         except (VaultModeError, TunnelError, ASCError) as e:
             log.warning("payment %d of %s pending: %s", exec_.request_id, cid.hex(), e)
             why = e.provider_reason if isinstance(e, ModeRefused) else None
@@ -525,14 +542,26 @@ class ModeInvoker:
                                    detail="" if matches else "paid; the sealed result is for "
                                    "another request")
         body["mode"] = "vault"
-        try:
-            statement = await asyncio.to_thread(service.statement_unstored, client)
-        except VaultModeError as e:  # σ_U is stored: paid all the same
+        if isinstance(statement, VaultModeError):  # σ_U is stored: paid all the same
             return (202, {"outcome": api.PAYMENT_PENDING, "error": api.PAYMENT_PENDING,
                           "idempotencyKey": call.idempotency_key,
-                          "message": f"paid, or may have been paid (σ_U is out): {e}"}), None
+                          "message": f"paid, or may have been paid (σ_U is out): {statement}"}
+                    ), None
         body["statement"] = statement_json(statement)
         return (200, body), ack
+
+    def _take_reveal(self, cid: bytes, reveal: Reveal, client: str
+                     ) -> tuple[Changed, SignedStatement | VaultModeError]:
+        """On a thread: the REVEAL through the enclave (unstored), then the client's latest
+        statement (unstored; the refusal to sign one instead, if it refused: the payment
+        stands). Neither leaves before :meth:`remember`'s write has stored them both
+        (:meth:`VaultModeService.change <a402.vault.mode.VaultModeService.change>` with
+        ``stored=False``); one hop to a thread for both, not one each."""
+        delivered = self.service.receive(cid, reveal, stored=False)
+        try:
+            return delivered, self.service.statement_unstored(client)
+        except VaultModeError as e:
+            return delivered, e
 
     def _abandon(self, cid: bytes) -> None:
         """Release the request in flight if no σ_U exists for it (else: nothing to do)."""

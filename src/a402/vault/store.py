@@ -55,7 +55,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from a402.evm.address import address_key
-from a402.sqlite import Statement, make_engine, readers, writes
+from a402.sqlite import Plain, Statement, make_engine, readers, writes
 
 from .tables import (
     AccountRow,
@@ -304,20 +304,23 @@ class VaultStore:
         """Store every ``key: value`` in one transaction (all of them, or none); with
         ``delete_prefix``, the same transaction first deletes every row whose key starts
         with it; ``nonces``: ``(client, nonce, seen at)`` recorded in it too (one already
-        recorded stays as it is)."""
-        with self._tx() as s:
-            for client, nonce, seen in nonces:
-                if s.get(NonceRow, (address_key(client), nonce)) is None:
-                    s.add(NonceRow(client=address_key(client), nonce=nonce, seen_at=seen))
-            if delete_prefix is not None:
-                s.execute(delete(MetaRow).where(
-                    MetaRow.key.startswith(delete_prefix, autoescape=True)))
-            for key, value in values.items():
-                row = s.get(MetaRow, key)
-                if row is None:
-                    s.add(MetaRow(key=key, value=value))
-                else:
-                    row.value = value
+        recorded stays as it is). Durable on return.
+
+        Plain SQL through the store's writes (:meth:`a402.sqlite.Writes.submit`: one write,
+        all or none; on SQLite in the next group commit, shared with the other writes then
+        waiting; on PostgreSQL a transaction of its own, fenced by the lease as every write
+        is): vault mode's paid calls store their ledger and answers here, and an ORM
+        session per write cost them more CPU than the rest of their writing. Must not be
+        called on the writer thread (nothing in this store does)."""
+        statements: list[Statement] = [
+            (_NONCE_ONCE_SQL, {"client": address_key(client), "nonce": nonce, "seen_at": seen})
+            for client, nonce, seen in nonces]
+        if delete_prefix is not None:
+            statements.append((_META_DELETE_PREFIX_SQL, {"prefix": _like_prefix(delete_prefix)}))
+        statements.extend((_META_UPSERT_SQL, {"key": key, "value": bytes(value)})
+                          for key, value in values.items())
+        if statements:
+            self._writes.submit(statements).result()
 
     # -- the enclave's ledger ------------------------------------------------------------
 
@@ -363,9 +366,12 @@ class VaultStore:
     # -- nonces ----------------------------------------------------------------------
 
     def nonce_seen(self, client: str, nonce: str) -> bool:
-        """Whether ``(client, nonce)`` is recorded (:meth:`remember_nonce`, :meth:`put_metas`)."""
-        with self._read() as s:
-            return s.get(NonceRow, (address_key(client), nonce)) is not None
+        """Whether ``(client, nonce)`` is recorded (:meth:`remember_nonce`, :meth:`put_metas`).
+        One plain SELECT in a read transaction (no ORM session: vault mode asks on every
+        paid call)."""
+        with self._readers.kw["bind"].connect() as conn, conn.begin():
+            return Plain(conn).one(_NONCE_SEEN_SQL, {"client": address_key(client),
+                                                     "nonce": nonce}) is not None
 
     async def forget_nonces(self, now: float, keep: float) -> None:
         """Now and then, forget the nonces older than ``keep``."""
@@ -840,6 +846,25 @@ class VaultStore:
                     if c.funding == "wallet":
                         withdrawn += int(c.client_payout or 0)
         return Totals(deposits, balances, in_channels, paid, withdrawn)
+
+
+_META = MetaRow.__tablename__
+_NONCES = NonceRow.__tablename__
+#: A meta row written whatever was there (valid on SQLite and PostgreSQL alike).
+_META_UPSERT_SQL = (f'INSERT INTO "{_META}" ("key", "value") VALUES (:key, :value) '
+                    'ON CONFLICT ("key") DO UPDATE SET "value" = excluded."value"')
+#: The meta rows whose key starts with a prefix (:func:`_like_prefix`), as SQLAlchemy's
+#: ``startswith(..., autoescape=True)`` matches them.
+_META_DELETE_PREFIX_SQL = f'DELETE FROM "{_META}" WHERE "key" LIKE :prefix ESCAPE \'/\''
+#: A nonce recorded, unless it is already (then it stays as it is).
+_NONCE_ONCE_SQL = (f'INSERT INTO "{_NONCES}" ("client", "nonce", "seen_at") '
+                   "VALUES (:client, :nonce, :seen_at) ON CONFLICT DO NOTHING")
+_NONCE_SEEN_SQL = f'SELECT 1 FROM "{_NONCES}" WHERE "client" = :client AND "nonce" = :nonce'
+
+
+def _like_prefix(prefix: str) -> str:
+    """A LIKE pattern (escape character ``/``) of the keys that start with ``prefix``."""
+    return prefix.replace("/", "//").replace("%", "/%").replace("_", "/_") + "%"
 
 
 @functools.cache
