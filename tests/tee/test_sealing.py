@@ -6,15 +6,13 @@ import os
 import stat
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from a402.tee import SealingError, derive_sealing_key
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from a402.tee import sealing
+from a402.tee import SealingError, derive_sealing_key, sealing
 from a402.tee.sealing import HEADER, NONCE_SIZE, SALT_SIZE
 from a402.tee.storage import read_sealed, write_sealed
 
