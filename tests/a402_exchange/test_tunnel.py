@@ -432,3 +432,45 @@ async def test_both_sides_restart_mid_request_and_finish_it_exactly_once(world: 
     assert again.receipt is not None
     assert (again.receipt.state.version, again.receipt.state.provider_balance) == (3, 3 * PRICE)
 
+
+
+async def test_a_provider_store_written_by_earlier_code_restores_and_keeps_paying(
+    world: World,
+) -> None:
+    """The provider's records were JSON with the sealed export in hex (twice the bytes);
+    now they are binary. A store of JSON records restores after the upgrade: the channel
+    pays on from where it was, and its next write is binary. Bytes that are neither are
+    refused, not guessed at."""
+    provider, vault, client = world.provider(), world.vault(), world.client()
+    with serve_in_thread(provider.app) as url:
+        async with world.tunnel(vault, url) as tunnel:
+            channel = await world.open_channel(tunnel, vault, client)
+            first = await tunnel.request(channel, WEATHER, PRICE)
+    assert first.receipt is not None and first.receipt.state.provider_balance == PRICE
+
+    store = SqlChannelStore(provider.config.store.url)
+    [cid] = store.active()
+    stored = store.load(cid)
+    assert stored is not None and stored.startswith(b"A4PR\x01")
+    flags, size = stored[5], stored[6]
+    legacy = json.dumps({
+        "format": "a402/provider-channel-record/v2", "sealed": stored[7 + size:].hex(),
+        "closingOnChain": bool(flags & 1), "forceCloseDue": bool(flags & 2),
+        "onchainClosed": bool(flags & 4), "closeTx": None}).encode()
+    await store.save(cid, legacy, active=True)
+
+    enclave = world.platform.restore(PROVIDER_CODE, provider.enclave.export_sealed(),
+                                     allowed_purposes=PROVIDER_PURPOSES)
+    restarted = world.provider(enclave=enclave, operator=provider.config.operator,
+                               store=store, calls=provider.calls)
+    with pytest.raises(ValueError, match="not a provider channel record"):
+        restarted.runtime.channels._restore(cid, b"garbage")
+    with serve_in_thread(restarted.app) as url:
+        async with world.tunnel(vault, url) as tunnel:
+            await tunnel.attach(channel)
+            again = await tunnel.request(channel, WEATHER, PRICE)
+    assert again.receipt is not None
+    assert (again.receipt.state.version, again.receipt.state.provider_balance) == (2, 2 * PRICE)
+    assert provider.calls["weather"] == 2
+    rewritten = store.load(cid)
+    assert rewritten is not None and rewritten.startswith(b"A4PR\x01")

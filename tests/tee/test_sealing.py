@@ -6,11 +6,14 @@ import os
 import stat
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from a402.tee import SealingError, derive_sealing_key
-from a402.tee.sealing import HEADER, SALT_SIZE
+from a402.tee import SealingError, derive_sealing_key, sealing
+from a402.tee.sealing import HEADER, NONCE_SIZE, SALT_SIZE
 from a402.tee.storage import read_sealed, write_sealed
 
 from .conftest import PROVIDER_CODE, VAULT_CODE
@@ -21,9 +24,57 @@ KEY = derive_sealing_key(SECRET, VAULT_CODE, "state")
 
 def test_round_trip_and_fresh_randomness():
     a, b = KEY.seal("channel/1", b"state"), KEY.seal("channel/1", b"state")
-    assert a != b  # a fresh salt, hence a fresh key, per blob
+    assert a != b  # a fresh nonce per blob
     assert KEY.unseal("channel/1", a) == KEY.unseal("channel/1", b) == b"state"
-    assert len(a) == len(HEADER) + SALT_SIZE + len(b"state") + 16
+    assert len(a) == len(HEADER) + SALT_SIZE + NONCE_SIZE + len(b"state") + 16
+
+
+def _sealed_v1(key: sealing.SealingKey, secret: bytes, label: str, plaintext: bytes) -> bytes:
+    """A blob as version 1 sealed it (a key per blob), built here from its specification."""
+    salt = os.urandom(SALT_SIZE)
+    sealing_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"A402/seal/v1",
+                       info=b"A402/seal/v1/key" + len(b"state").to_bytes(2, "big") + b"state"
+                       + len(VAULT_CODE).to_bytes(2, "big") + VAULT_CODE).derive(secret)
+    blob_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt,
+                    info=b"A402/seal/v1/blob").derive(sealing_key)
+    header = b"A4S\x01"
+    ad = header + len(VAULT_CODE).to_bytes(2, "big") + VAULT_CODE \
+        + len(label).to_bytes(2, "big") + label.encode()
+    return header + salt + ChaCha20Poly1305(blob_key).encrypt(bytes(12), plaintext, ad)
+
+
+def test_a_blob_sealed_by_version_1_still_opens_and_only_under_its_label():
+    """Stores written before version 2 restore: their blobs open; their next seal is v2."""
+    old = _sealed_v1(KEY, SECRET, "channel/1", b"old state")
+    assert KEY.unseal("channel/1", old) == b"old state"
+    with pytest.raises(SealingError) as info:
+        KEY.unseal("channel/2", old)
+    assert info.value.reason == "open_failed"
+    # Nor can a host relabel a v1 blob as v2 (or the reverse): the version is in the AD.
+    with pytest.raises(SealingError):
+        KEY.unseal("channel/1", b"A4S\x02" + old[4:])
+    fresh = KEY.seal("channel/1", b"state")
+    with pytest.raises(SealingError):
+        KEY.unseal("channel/1", b"A4S\x01" + fresh[4:])
+
+
+def test_nonces_never_repeat_and_a_forked_child_draws_its_own_epoch(monkeypatch):
+    """Within an epoch the nonce is a counter; a child after ``fork`` (here: the generation
+    bump that ``os.register_at_fork`` makes in it) seals under a new epoch key."""
+    key = derive_sealing_key(SECRET, VAULT_CODE, "state")
+    blobs = [key.seal("l", b"x") for _ in range(50)]
+    salts = {b[4:4 + SALT_SIZE] for b in blobs}
+    nonces = [b[4 + SALT_SIZE:4 + SALT_SIZE + NONCE_SIZE] for b in blobs]
+    assert len(salts) == 1 and len(set(nonces)) == 50
+    monkeypatch.setattr(sealing, "_generation", sealing._generation + 1)
+    child = key.seal("l", b"x")
+    assert child[4:4 + SALT_SIZE] not in salts
+    assert all(key.unseal("l", b) == b"x" for b in [*blobs, child])
+    monkeypatch.setattr(sealing, "EPOCH_BLOBS", 3)  # an epoch used up: a new one
+    again = [key.seal("l", b"x") for _ in range(6)]
+    pairs = {b[4:4 + SALT_SIZE + NONCE_SIZE] for b in again}  # (epoch salt, nonce)
+    assert len(pairs) == 6 and len({p[:SALT_SIZE] for p in pairs}) >= 3
+    assert all(int.from_bytes(p[SALT_SIZE:], "big") < 3 for p in pairs)
 
 
 def test_wrong_label_fails():
@@ -60,7 +111,7 @@ def test_any_modification_is_detected(data, plaintext):
 def test_format_errors_have_reasons():
     blob = KEY.seal("l", b"x")
     with pytest.raises(SealingError) as info:
-        KEY.unseal("l", b"A4S\x02" + blob[4:])
+        KEY.unseal("l", b"A4S\x03" + blob[4:])
     assert info.value.reason == "unsupported_version"
     with pytest.raises(SealingError) as info:
         KEY.unseal("l", b"nope")

@@ -227,3 +227,26 @@ def test_meta_rows_of_a_vault_mode_write_land_together_with_their_nonces(
     assert store.get_meta("vault-mode/answer/x") == b"answer"
     assert store.get_meta("vault-mode/answer/y") is None
     assert not store.nonce_seen(client, "n3")
+
+
+def test_old_nonces_are_forgotten_in_the_write_that_remembers_a_new_one(
+    store: VaultStore,
+) -> None:
+    """Now and then (one write in 64, by the clock) the write that remembers a nonce also
+    forgets those older than ``keep``: one transaction, no write of its own. A nonce still
+    inside ``keep`` stays refused; a write refused as a replay forgets nothing."""
+    client = _client()
+    prunes = 1_700_000_000.0  # int(now * 1000) % 64 == 0: this write prunes
+    quiet = prunes + 0.001  # ... and this one does not
+    assert int(prunes * 1000) % 64 == 0 and int(quiet * 1000) % 64 != 0
+    assert asyncio.run(store.remember_nonce(client, "old", now=prunes - 500, keep=120))
+    assert asyncio.run(store.remember_nonce(client, "recent", now=prunes - 60, keep=120))
+    assert asyncio.run(store.remember_nonce(client, "n1", now=quiet, keep=120))
+    assert store.nonce_seen(client, "old")  # not pruned yet
+    # A replayed nonce in a pruning write: refused, and the whole write undone.
+    assert not asyncio.run(store.remember_nonce(client, "n1", now=prunes, keep=120))
+    assert store.nonce_seen(client, "old")
+    assert asyncio.run(store.remember_nonce(client, "n2", now=prunes, keep=120))
+    assert not store.nonce_seen(client, "old")
+    assert store.nonce_seen(client, "recent") and store.nonce_seen(client, "n2")
+    assert not asyncio.run(store.remember_nonce(client, "recent", now=prunes, keep=120))

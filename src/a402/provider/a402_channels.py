@@ -17,6 +17,14 @@ in memory is brought back by :meth:`load` (the enclave restores it from the
 sealed blob); the host cannot read or move a blob to another channel (the
 seal's label names the channel), only hand back an older one, which the
 chain bounds (:mod:`a402.tee.sealing`).
+
+Record format (``A4PR`` version 1): the magic, one byte of flags (closing on
+chain, force close due, closed on chain), the closing transaction's hash (one
+length byte, then its ASCII; length 0: none), then the sealed export as it is.
+Binary, because the record is written twice per paid request: the JSON with
+the sealed export in hex that earlier code wrote was twice the bytes (SQLite
+overflow pages on every write). Such a JSON record still restores
+(:meth:`Channels._restore`), and the channel's next write is in this format.
 """
 
 from __future__ import annotations
@@ -25,13 +33,16 @@ import asyncio
 import json
 from dataclasses import dataclass, field
 
-from a402 import jsonbytes
 from a402.asc import SignedState
-from a402.asc.snapshot import hx, unhex
+from a402.asc.snapshot import unhex
 from a402.provider.a402_store import ChannelBlobStore
 from a402.provider_enclave import ChannelView, ProviderEnclave
 
-_RECORD_FORMAT = "a402/provider-channel-record/v2"
+#: The record's magic and version (see the module docstring).
+_RECORD_MAGIC = b"A4PR\x01"
+#: The JSON record earlier code wrote (the sealed export in hex): still restored.
+_LEGACY_FORMAT = "a402/provider-channel-record/v2"
+_CLOSING, _FORCE_CLOSE_DUE, _ONCHAIN_CLOSED = 1, 2, 4
 
 
 @dataclass
@@ -108,16 +119,15 @@ class Channels:
     async def persist(self, slot: Slot) -> None:
         """Store ``slot``: the enclave's sealed channel state and the host's bookkeeping
         (durable when this returns)."""
-        record = {
-            "format": _RECORD_FORMAT,
-            "sealed": hx(self.provider_enclave.export(slot.channel_id)),
-            "closingOnChain": slot.closing_on_chain,
-            "forceCloseDue": slot.force_close_due,
-            "onchainClosed": slot.onchain_closed,
-            "closeTx": slot.close_tx,
-        }
-        await self.store.save(slot.channel_id, jsonbytes.dumps(record),
-                              active=not slot.onchain_closed)
+        flags = ((_CLOSING if slot.closing_on_chain else 0)
+                 | (_FORCE_CLOSE_DUE if slot.force_close_due else 0)
+                 | (_ONCHAIN_CLOSED if slot.onchain_closed else 0))
+        tx = (slot.close_tx or "").encode("ascii")
+        if len(tx) > 255:
+            raise ValueError("a closing transaction's hash is at most 255 characters")
+        record = b"".join((_RECORD_MAGIC, bytes((flags, len(tx))), tx,
+                           self.provider_enclave.export(slot.channel_id)))
+        await self.store.save(slot.channel_id, record, active=not slot.onchain_closed)
 
     def _view(self, channel_id: bytes) -> ChannelView:
         view = self.provider_enclave.view(channel_id)
@@ -126,17 +136,29 @@ class Channels:
         return view
 
     def _restore(self, channel_id: bytes, blob: bytes) -> Slot:
-        record = json.loads(blob)
-        if record.get("format") != _RECORD_FORMAT:
+        """The slot of a stored record (this format, or the JSON one earlier code wrote)."""
+        blob = bytes(blob)
+        if blob.startswith(_RECORD_MAGIC):
+            at = len(_RECORD_MAGIC)
+            if len(blob) < at + 2 or len(blob) < at + 2 + blob[at + 1]:
+                raise ValueError("a provider channel record cut short")
+            flags, size = blob[at], blob[at + 1]
+            tx = blob[at + 2 : at + 2 + size].decode("ascii") or None
+            sealed = blob[at + 2 + size :]
+            closing, due, closed = (bool(flags & _CLOSING), bool(flags & _FORCE_CLOSE_DUE),
+                                    bool(flags & _ONCHAIN_CLOSED))
+        elif blob.startswith(b"{"):
+            record = json.loads(blob)
+            if record.get("format") != _LEGACY_FORMAT:
+                raise ValueError("not a provider channel record")
+            sealed, tx = unhex(record["sealed"]), record["closeTx"]
+            closing, due, closed = (bool(record["closingOnChain"]),
+                                    bool(record["forceCloseDue"]), bool(record["onchainClosed"]))
+        else:
             raise ValueError("not a provider channel record")
-        self.provider_enclave.restore(channel_id, unhex(record["sealed"]))
-        return Slot(
-            self._view(channel_id),
-            closing_on_chain=bool(record["closingOnChain"]),
-            force_close_due=bool(record["forceCloseDue"]),
-            onchain_closed=bool(record["onchainClosed"]),
-            close_tx=record["closeTx"],
-        )
+        self.provider_enclave.restore(channel_id, sealed)
+        return Slot(self._view(channel_id), closing_on_chain=closing, force_close_due=due,
+                    onchain_closed=closed, close_tx=tx)
 
 
 __all__ = ["Channels", "Slot"]

@@ -50,7 +50,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -375,25 +375,19 @@ class VaultStore:
 
     async def forget_nonces(self, now: float, keep: float) -> None:
         """Now and then, forget the nonces older than ``keep``."""
-        await self._forget_nonces(now, keep)
+        prune = _prune_nonces(now, keep)
+        if prune:
+            await self._submit(prune)
 
     async def remember_nonce(self, client: str, nonce: str, *, now: float, keep: float
                              ) -> bool:
-        """True the first time ``(client, nonce)`` is seen; forgets nonces older than ``keep``."""
+        """True the first time ``(client, nonce)`` is seen; forgets nonces older than ``keep``
+        (now and then, in the same write)."""
         try:
-            await self._submit([_nonce(client, nonce, now)])
+            await self._submit([*_prune_nonces(now, keep), _nonce(client, nonce, now)])
         except IntegrityError:
             return False
-        await self._forget_nonces(now, keep)
         return True
-
-    async def _forget_nonces(self, now: float, keep: float) -> None:
-        if int(now * 1000) % 64 == 0:  # now and then, not on every call
-            await asyncio.to_thread(self._delete_nonces, now - keep)
-
-    def _delete_nonces(self, before: float) -> None:
-        with self._tx() as s:
-            s.execute(delete(NonceRow).where(NonceRow.seen_at < before))
 
     # -- accounts ----------------------------------------------------------------------
 
@@ -555,13 +549,13 @@ class VaultStore:
         if claim is not None:
             statements[:0] = self._claim_statements(claim, now, request_values or {},
                                                     unless_present=False)
+            if claim.nonce is not None:
+                statements[:0] = _prune_nonces(now, claim.nonce_keep)
             try:
                 await self._submit(statements)
             except IntegrityError:
                 raise ClaimTaken(claim.key) from None
             claim.recorded = True
-            if claim.nonce is not None:
-                await self._forget_nonces(now, claim.nonce_keep)
             return
         if request_key is not None and request_values:
             statements.append(
@@ -669,13 +663,13 @@ class VaultStore:
                          reason=None, retryable=False, url=claim.url, method=claim.method,
                          channel_id=None, request_id=None, amount=None, sealed_result=None,
                          secret=None, answer=None, transaction=None, updated_at=now)
+        prune = [] if claim.nonce is None else _prune_nonces(now, claim.nonce_keep)
         try:
             *_, claimed = await self._submit(
-                self._claim_statements(claim, now, {"state": RECEIVED}, unless_present=True))
+                [*prune, *self._claim_statements(claim, now, {"state": RECEIVED},
+                                                 unless_present=True)])
         except IntegrityError:
             raise ReplayedNonce(claim.nonce) from None
-        if claim.nonce is not None:
-            await self._forget_nonces(now, claim.nonce_keep)
         if not claimed:
             existing = await asyncio.to_thread(self.request, claim.key)
             assert existing is not None
@@ -884,6 +878,18 @@ def _insert(model: Any, values: dict[str, Any], *, unless_present: str | None = 
 
 def _nonce(client: str, nonce: str, now: float) -> Statement:
     return _insert(NonceRow, {"client": address_key(client), "nonce": nonce, "seen_at": now})
+
+
+_FORGET_NONCES = f'DELETE FROM "{NonceRow.__tablename__}" WHERE "seen_at" < :before'
+
+
+def _prune_nonces(now: float, keep: float) -> list[Statement]:
+    """Now and then (one call in 64, by the clock), the statement that forgets the nonces
+    seen more than ``keep`` seconds before ``now``: run in the write that remembers a new
+    nonce, not in a transaction (and a commit, and a thread) of its own. A nonce that old
+    is refused anyway (its signature is past the auth window), so forgetting it never
+    lets a replay through; the write that carries the pruning is undone with it."""
+    return [(_FORGET_NONCES, {"before": now - keep})] if int(now * 1000) % 64 == 0 else []
 
 
 @functools.cache
