@@ -226,11 +226,14 @@ async def test_the_middleware_takes_a_metering_rule_for_an_upto_route(
             assert capped.status_code == 200, capped.text
             assert _balances(anvil_chain, dev_stack, payer.address, pay_to) == [
                 FUNDS - 370 - 1_000, 370 + 1_000]
+            asked = time.monotonic()
             timed = await client.get(f"{base}/slow")
+            waited = time.monotonic() - asked
             assert timed.status_code == 200, timed.text
             seconds = int(decode_settle_response(timed.headers[PAYMENT_RESPONSE]).amount or 0)
-    # The 0.3 s it ran, at 1,000 a second (the event loop may wake a hair early: 299).
-    assert 290 <= seconds < 2_000
+    # The 0.3 s it ran, at 1,000 a second (the event loop may wake a hair early: 299), and
+    # no more than the client waited for it (not a fixed 2 s: a loaded host may stretch it).
+    assert 290 <= seconds <= waited * 1_000
     assert _balances(anvil_chain, dev_stack, payer.address, pay_to) == [
         FUNDS - 1_370 - seconds, 1_370 + seconds]
 
@@ -291,7 +294,9 @@ def test_a_down_facilitator_costs_one_timeout_per_period_not_per_request(
                     (offered,) = decode_payment_required(
                         answer.headers[PAYMENT_REQUIRED]).accepts
                     assert offered.scheme == "a402"
-            assert timeout * 0.9 <= took < timeout * 2.5, took  # one timeout, not five
+            # one timeout, not five (five would take 4.5 s at least; the four quick
+            # answers get 2.5 s between them, for a loaded host)
+            assert timeout * 0.9 <= took < timeout * 4, took
     finally:
         silent.close()
 

@@ -224,10 +224,10 @@ def test_a_provider_whose_ack_the_vault_withholds_claims_on_chain_and_is_paid_ex
         assert json.loads(output)["weather"] == "sunny"
         assert isinstance(s.invoker, AckWithholdingInvoker)
         # no next EXEC to ride on: the ACK would leave on its own after Δ_ack / 4; withheld
-        wait_for(lambda: s.invoker.withheld == 1, timeout=10, what="the ACK's own send")
+        wait_for(lambda: s.invoker.withheld == 1, timeout=60, what="the ACK's own send")
         # No ACK within Δ_ack: the provider's watcher claims with the pending record.
         wait_for(lambda: balance(usdc, s.provider.address) == provider_before + PRICE,
-                 timeout=20, what="the provider's claimPayment")
+                 timeout=60, what="the provider's claimPayment")
         s.service.tick()  # the worker reads PaymentClaimed: that payment is nobody's again
         increase_time(vault_chain, 3_601)
         s.service.tick()  # the claim window of the payment is shut: nothing left pending
