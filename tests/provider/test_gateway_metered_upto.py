@@ -257,6 +257,23 @@ class _Channels:
             max_timeout_seconds=max_timeout_seconds, asset="0x" + "11" * 20)
 
 
+def _connections(listening: socket.socket) -> int:
+    """How many connections reached ``listening`` since last asked (none was accepted: a
+    client that gave up and closed is still in the accept queue)."""
+    listening.setblocking(False)
+    count = 0
+    try:
+        while True:
+            try:
+                conn, _ = listening.accept()
+            except BlockingIOError:
+                return count
+            conn.close()
+            count += 1
+    finally:
+        listening.setblocking(True)
+
+
 def test_a_down_facilitator_costs_one_timeout_per_period_not_per_request(
     dev_stack: Manifest,
 ) -> None:
@@ -285,18 +302,16 @@ def test_a_down_facilitator_costs_one_timeout_per_period_not_per_request(
     try:
         for alternatives, status in ((True, 402), (False, 503)):
             with serve_in_thread(app(alternatives)) as base:
-                started = time.monotonic()
                 answers = [httpx.get(f"{base}/work", timeout=30) for _ in range(5)]
-                took = time.monotonic() - started
             assert [a.status_code for a in answers] == [status] * 5
             if alternatives:
                 for answer in answers:
                     (offered,) = decode_payment_required(
                         answer.headers[PAYMENT_REQUIRED]).accepts
                     assert offered.scheme == "a402"
-            # one timeout, not five (five would take 4.5 s at least; the four quick
-            # answers get 2.5 s between them, for a loaded host)
-            assert timeout * 0.9 <= took < timeout * 4, took
+            # One timeout, not five: the facilitator was asked once (counted as the
+            # connections it got, not timed: a loaded host stretches the quick answers).
+            assert _connections(silent) == 1
     finally:
         silent.close()
 
