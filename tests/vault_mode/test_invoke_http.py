@@ -213,7 +213,9 @@ def test_a402_pay_through_a_vault_in_vault_mode_pays_n_times_with_no_transaction
 def test_a_provider_whose_ack_the_vault_withholds_claims_on_chain_and_is_paid_exactly_once(
     vault_chain: Chain, usdc: Any, tmp_path: Path
 ) -> None:
-    with running(vault_chain, usdc, tmp_path, ack_timeout=1.0,
+    # Δ_ack 3 s, not 1: the call after the claim is ACKed as usual, and its ACK must reach
+    # the provider within Δ_ack on a loaded host too (else that call is claimed as well).
+    with running(vault_chain, usdc, tmp_path, ack_timeout=3.0,
                  invoker_cls=AckWithholdingInvoker) as (s, site, vault):
         client = Account.create()
         s.deposit(client.address, 20_000)
