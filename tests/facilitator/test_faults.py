@@ -333,13 +333,13 @@ def test_a_claim_left_by_a_killed_process_is_taken_over_within_seconds(
 def test_the_reconciler_releases_a_dead_claim_but_not_a_live_one(
     own_chain: tuple[Chain, Manifest], tmp_path: Path
 ) -> None:
-    chain, stack = own_chain
-    store = SettlementStore(f"sqlite:///{tmp_path}/j.db")
     """The dead claim was last touched a minute ago (its row dated back, instead of a sleep
     past a 1 s timeout: the live claim then had to be reconciled within that second, which
     a loaded host does not promise); the live one is fresh, far within the 30 s timeout."""
     from sqlalchemy import text
 
+    chain, stack = own_chain
+    store = SettlementStore(f"sqlite:///{tmp_path}/j.db")
     facilitator = Facilitator(chain, chain.accounts[1], store, FacilitatorConfig(claim_timeout=30))
     claim = {"network": stack.network, "asset": stack.token.address, "payer": "0x" + "22" * 20,
              "pay_to": "0x" + "33" * 20, "amount": 1, "valid_before": 2**40}
