@@ -45,11 +45,12 @@ def _replica(stores: list[VaultStore], db: str, name: str, **kw: object) -> Leas
 def test_a_standby_takes_the_lease_only_once_it_expired_and_the_token_grows(
     db: str, stores: list[VaultStore],
 ) -> None:
-    """``a`` renews every 0.3 s a lease of 3 s: on a loaded host its renewal thread may
-    stall for a second or two without the lease lapsing (with a 0.9 s lease, a 0.6 s stall
-    would let ``b`` take it, a false failure). Once ``a`` stops, ``b`` polls: it takes the
-    lease, and its take-over is dated no earlier than the expiry ``a`` had last written."""
-    a = _replica(stores, db, "a", ttl=3.0)
+    """``a`` renews every 0.3 s a lease of 5 s: on a loaded host its renewal thread may
+    stall for seconds without the lease lapsing or ``a`` ceasing to serve (with a 0.9 s
+    lease, a 0.7 s stall let ``b`` take it, a false failure). Once ``a`` stops, ``b``
+    polls: it takes the lease, and its take-over is dated no earlier than the expiry ``a``
+    had last written."""
+    a = _replica(stores, db, "a", ttl=5.0)
     b = _replica(stores, db, "b")
     assert a.try_acquire() and a.token == 1
     assert not b.try_acquire()  # not expired: b stays a standby
