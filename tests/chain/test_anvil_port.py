@@ -44,27 +44,30 @@ class Intruder:
         return str(script)
 
     def ports(self) -> list[int]:
-        lines = self.args.read_text().splitlines() if self.args.exists() else []
+        """The port of each start of anvil so far (complete lines only)."""
+        text = self.args.read_text() if self.args.exists() else ""
+        lines = text.split("\n")[:-1]  # the last one may still be being written
         return [int(a.split()[a.split().index("--port") + 1]) for a in lines if a.strip()]
 
     def _run(self) -> None:
-        deadline = time.monotonic() + 60
-        while not self.ports():
-            if time.monotonic() > deadline:
-                self.go.touch()
-                return
-            time.sleep(0.02)
-        s = socket.socket()
-        if self.reuse:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind(("127.0.0.1", self.ports()[0]))
-            s.listen()
-            self.bound.append(s)
-        except OSError:
-            s.close()
-            self.bound.append(None)
-        self.go.touch()
+            deadline = time.monotonic() + 60
+            while not self.ports():
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.02)
+            s = socket.socket()
+            if self.reuse:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", self.ports()[0]))
+                s.listen()
+                self.bound.append(s)
+            except OSError:
+                s.close()
+                self.bound.append(None)
+        finally:
+            self.go.touch()  # anvil goes on whatever happened here
 
     def close(self) -> None:
         self.thread.join(60)
