@@ -25,6 +25,16 @@ def dead_url() -> str:
     return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
+def held_port() -> socket.socket:
+    """:func:`reserved_port` for a server process that lives longer than a ``with`` block
+    (restarted on its port, as the crash and fail-over tests do): the caller closes the
+    socket once the server is stopped for good."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
 @contextlib.contextmanager
 def reserved_port() -> Iterator[int]:
     """A loopback port held for a server started later on it (``serve(app, port=...)``).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -36,7 +37,7 @@ from a402.wire.a402 import (
     Refusal,
 )
 
-from .helpers import DEPOSIT, PRICE, PROVIDER_CODE, WEATHER, World
+from .helpers import DEPOSIT, PRICE, PROVIDER_CODE, WEATHER, Calls, World, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.anvil]
 
@@ -338,7 +339,11 @@ async def test_a_wire_that_corrupts_everything_costs_nothing(world: World) -> No
 
 
 async def test_concurrent_requests_on_one_channel_take_turns(world: World) -> None:
-    provider, vault, client = world.provider(), world.vault(), world.client()
+    """The third request is made while ``/slow`` is held in the provider's handler (not
+    after a fixed 0.1 s, which assumed the 0.5 s ``/slow`` was still running then)."""
+    release = threading.Event()
+    provider = world.provider(calls=Calls(slow_release=release))
+    vault, client = world.vault(), world.client()
     with serve_in_thread(provider.app) as url:
         async with world.tunnel(vault, url) as tunnel:
             channel = await world.open_channel(tunnel, vault, client)
@@ -347,9 +352,12 @@ async def test_concurrent_requests_on_one_channel_take_turns(world: World) -> No
             )
             slow = asyncio.create_task(tunnel.request(channel, HttpRequest("GET", "/slow"),
                                                        1_500))
-            await asyncio.sleep(0.1)
-            with pytest.raises(LocalProtocolError) as busy:
-                await tunnel.request(channel, WEATHER, PRICE, wait=False)
+            try:
+                await wait_until(lambda: provider.calls["slow"] == 1)  # in flight, held
+                with pytest.raises(LocalProtocolError) as busy:
+                    await tunnel.request(channel, WEATHER, PRICE, wait=False)
+            finally:
+                release.set()
             await slow
     assert busy.value.reason is Reason.REQUEST_IN_FLIGHT
     assert sorted(p.request_id for p in paid) == [0, 1, 2]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 
 import httpx
@@ -47,8 +48,13 @@ async def test_one_payload_sent_to_two_agents_paid_to_one_payee_completes_one_ta
     calls: list[str] = []
 
     async def slow(text: str) -> str:  # both agents verify before either settles
+        # Each agent runs this after its verify and before its settle: it waits for the
+        # other one to get here too (a fixed 1.5 s sleep assumed the two verifies came
+        # within 1.5 s of each other, which a loaded host does not promise).
         calls.append(text)
-        await asyncio.sleep(1.5)
+        deadline = time.monotonic() + 60
+        while len(calls) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
         return text.upper()
 
     with contextlib.ExitStack() as stack:

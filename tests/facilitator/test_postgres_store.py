@@ -128,7 +128,9 @@ def test_two_replicas_sharing_a_signer_key_settle_concurrently_without_a_nonce_c
     connection (so its own in-process nonce lock) and its own engine and pool on the
     one database, one signer key between them, twelve payments at once."""
     key = anvil_chain.accounts[5].key
-    config = FacilitatorConfig(receipt_timeout=8)
+    # generous: twelve settlements on a loaded host may take longer than a few seconds,
+    # and a call that waited out a lost transaction still takes this long at least
+    config = FacilitatorConfig(receipt_timeout=60)
     replicas = []
     for store in (pg_store, SettlementStore(postgres_url)):
         chain = connect(anvil_chain.rpc_url or "", [key])

@@ -5,6 +5,7 @@ may have settled: the same payload is resent, never a second one, and gets the o
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -21,6 +22,7 @@ from mcp.shared.memory import create_connected_server_and_client_session
 from a402.chain.deploy import Manifest
 from a402.chain.node import Chain
 from a402.client.records import PaymentStatus
+from a402.exact.replay import PaymentKey
 from a402.mcp import MCPPaymentUnresolved, PayingMCPSession, ToolPaywall
 from a402.mcp.wire import PAYMENT_REQUIRED_CODE
 from tests.paid_mcp.helpers import PRICE, balance, text_of
@@ -73,6 +75,17 @@ def _paywall(manifest: Manifest, pay_to: str, facilitator: str) -> ToolPaywall:
                        network=manifest.network, facilitator=facilitator)
 
 
+async def kept_for_a_resend(paywall: ToolPaywall, manifest: Manifest, payer: str, nonce: str,
+                            timeout: float = 60.0) -> None:
+    """Wait until ``paywall`` has kept the output a payment bought (what its identical
+    resend is answered from): the call was run, settled and recorded."""
+    key = PaymentKey.of(manifest.network, manifest.token.address, payer, nonce)
+    deadline = time.monotonic() + timeout
+    while await paywall.deliveries.delivery(key) is None:
+        assert time.monotonic() < deadline, "the paid call's output was never kept"
+        await anyio.sleep(0.05)
+
+
 async def test_an_offer_sent_as_a_json_rpc_402_error_is_paid_once(
         anvil_chain: Chain, dev_stack: Manifest, facilitator_url: str,
         new_payer: Callable[..., LocalAccount]) -> None:
@@ -103,7 +116,11 @@ async def test_a_paid_call_whose_answer_was_lost_is_resent_and_gets_the_output_i
             await client.call_tool("forecast", {"city": "Paris"},
                                    read_timeout_seconds=timedelta(seconds=0.5))
         assert unresolved.value.payment.status == PaymentStatus.UNKNOWN
-        await anyio.sleep(3)  # the server finished: ran the tool and settled
+        # The server finished: ran the tool, settled, kept the output for a resend (a fixed
+        # 3 s sleep left a loaded host ~2 s for the settle and the ledger: a resend still
+        # in flight is refused payment_in_use).
+        await kept_for_a_resend(paywall, dev_stack, unresolved.value.payment.payer,
+                                unresolved.value.payment.nonce)
         again = await client.call_tool("forecast", {"city": "Paris"})
     await paywall.aclose()
     # The same authorization was resent (one signature in all); it had already bought the

@@ -31,6 +31,7 @@ from a402.mcp import MCPPaymentUnresolved, PayingMCPSession, ToolPaywall, bounde
 from a402.mcp.wire import PAYMENT_META_KEY, required_of
 from tests.paid_mcp.helpers import PRICE, balance, mcp_session, text_of
 from tests.paid_mcp.test_mcp_client_edges import _server as edge_server
+from tests.paid_mcp.test_mcp_client_edges import kept_for_a_resend
 from tests.servers import serve
 
 pytestmark = pytest.mark.anyio
@@ -180,7 +181,11 @@ async def test_a_call_cancelled_while_settling_is_recorded_and_its_resend_gets_t
                 await session.send_notification(types.ClientNotification(
                     types.CancelledNotification(params=types.CancelledNotificationParams(
                         requestId=request_id))))
-            await anyio.sleep(2.5)  # the paywall finished what it could
+            # the paywall finished what it could: settled and kept the output (a fixed
+            # 2.5 s sleep left a loaded host 1 s for two ledger writes after the 1.5 s
+            # delayed settle answer; a resend still in flight is refused payment_in_use)
+            await kept_for_a_resend(paywall, dev_stack, payer.address,
+                                    payload.payload["authorization"]["nonce"])
             again = await session.call_tool("forecast", {"city": "Paris"}, meta=meta)
         await paywall.aclose()
     assert cancelled  # the first answer never came

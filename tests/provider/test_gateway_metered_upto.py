@@ -226,11 +226,14 @@ async def test_the_middleware_takes_a_metering_rule_for_an_upto_route(
             assert capped.status_code == 200, capped.text
             assert _balances(anvil_chain, dev_stack, payer.address, pay_to) == [
                 FUNDS - 370 - 1_000, 370 + 1_000]
+            asked = time.monotonic()
             timed = await client.get(f"{base}/slow")
+            waited = time.monotonic() - asked
             assert timed.status_code == 200, timed.text
             seconds = int(decode_settle_response(timed.headers[PAYMENT_RESPONSE]).amount or 0)
-    # The 0.3 s it ran, at 1,000 a second (the event loop may wake a hair early: 299).
-    assert 290 <= seconds < 2_000
+    # The 0.3 s it ran, at 1,000 a second (the event loop may wake a hair early: 299), and
+    # no more than the client waited for it (not a fixed 2 s: a loaded host may stretch it).
+    assert 290 <= seconds <= waited * 1_000
     assert _balances(anvil_chain, dev_stack, payer.address, pay_to) == [
         FUNDS - 1_370 - seconds, 1_370 + seconds]
 
@@ -252,6 +255,23 @@ class _Channels:
             resource=resource.url, description=resource.description,
             mime_type=resource.mime_type, pay_to="0x" + "22" * 20,
             max_timeout_seconds=max_timeout_seconds, asset="0x" + "11" * 20)
+
+
+def _connections(listening: socket.socket) -> int:
+    """How many connections reached ``listening`` since last asked (none was accepted: a
+    client that gave up and closed is still in the accept queue)."""
+    listening.setblocking(False)
+    count = 0
+    try:
+        while True:
+            try:
+                conn, _ = listening.accept()
+            except BlockingIOError:
+                return count
+            conn.close()
+            count += 1
+    finally:
+        listening.setblocking(True)
 
 
 def test_a_down_facilitator_costs_one_timeout_per_period_not_per_request(
@@ -282,16 +302,16 @@ def test_a_down_facilitator_costs_one_timeout_per_period_not_per_request(
     try:
         for alternatives, status in ((True, 402), (False, 503)):
             with serve_in_thread(app(alternatives)) as base:
-                started = time.monotonic()
                 answers = [httpx.get(f"{base}/work", timeout=30) for _ in range(5)]
-                took = time.monotonic() - started
             assert [a.status_code for a in answers] == [status] * 5
             if alternatives:
                 for answer in answers:
                     (offered,) = decode_payment_required(
                         answer.headers[PAYMENT_REQUIRED]).accepts
                     assert offered.scheme == "a402"
-            assert timeout * 0.9 <= took < timeout * 2.5, took  # one timeout, not five
+            # One timeout, not five: the facilitator was asked once (counted as the
+            # connections it got, not timed: a loaded host stretches the quick answers).
+            assert _connections(silent) == 1
     finally:
         silent.close()
 

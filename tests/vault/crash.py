@@ -35,7 +35,6 @@ import httpx
 from eth_account.signers.local import LocalAccount
 
 from a402.asc.messages import Message
-from a402.chain.node import free_port
 from a402.provider.a402_channels import Slot
 from a402.provider.a402_driver import FrameDriver
 from a402.provider.a402_runtime import ProviderRuntime
@@ -44,6 +43,7 @@ from a402.vault.identity import save_platform
 from a402.vault.store import VaultStore
 from a402.wire.a402 import ProviderInfo
 from tests.a402_exchange.helpers import PROVIDER_CODE, VAULT_CODE, World
+from tests.servers import held_port
 
 
 class GatedProvider(ProviderRuntime):
@@ -99,7 +99,10 @@ class VaultProcess:
         key.chmod(0o600)
         platform = workdir / "platform.json"
         save_platform(world.platform, platform)
-        self.port = free_port()
+        # Held for its server (restarts included) until stop(): a port merely found free
+        # could be bound by another process on a shared host before the server started.
+        self._port = held_port()
+        self.port = int(self._port.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = [
             sys.executable, "-m", "a402.cli", "vault", "--rpc", str(world.chain.rpc_url),
@@ -158,6 +161,7 @@ class VaultProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self._port.close()
 
     def store(self) -> VaultStore:
         """The database as the dead (or live) process left it."""

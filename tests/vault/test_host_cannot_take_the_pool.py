@@ -187,7 +187,14 @@ def _withdrawal_during_an_open(world: World, vault: Vault, site: str
     worker.start()
     wait_for(lambda: [c for c in vault.store.channels(client=alice.address)
                       if c.phase == vault_store.OPENING], what="an open in flight")
-    time.sleep(1.0)  # the open is broadcast
+
+    def the_open_in_the_pool() -> bool:
+        pending = w3.provider.make_request("txpool_content", [])["result"]["pending"]  # type: ignore[arg-type]
+        return any(sender.lower() == vault.account.address.lower() for sender in pending)
+
+    # The open is broadcast (a fixed 1 s sleep was not always enough on a loaded host: an
+    # open sent after the drop below could be mined before her withdrawal).
+    wait_for(the_open_in_the_pool, timeout=60, what="the host's open in the mempool")
     # Her withdrawal goes into the pool first, the host's open is dropped, then one block:
     # whatever the host sends again afterwards finds the pool empty.
     withdrawal = world.manager.contract.functions.withdrawFromPool(

@@ -79,7 +79,7 @@ def test_a_pool_refund_while_the_token_is_paused_is_back_in_the_pool_at_once(
             assert world.manager.pooled(vault.address, account.address) == 49_000
             assert world.manager.owed(vault.address) == 0
             assert world.manager.owed(provider.address) == 1_000
-        wait_for(lambda: world.manager.owed(provider.address) == 0, timeout=10,
+        wait_for(lambda: world.manager.owed(provider.address) == 0, timeout=60,
                  what="the provider collecting the payout the token refused")
         assert world.balance(provider.address) == 1_000
         assert client.account_info()["balance"] == str(50_000 - 1_000)

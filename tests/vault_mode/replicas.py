@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 from eth_account.signers.local import LocalAccount
 
-from a402.chain.node import Chain, free_port
+from a402.chain.node import Chain
 from a402.tee import measure_package
 from a402.vault.command import _deploy_a402_vault
 from a402.vault.identity import load_platform, vault_enclave
@@ -26,6 +26,7 @@ from a402.vault.store import VaultStore
 from a402.vault_contract import A402Vault
 from a402.wire import vault_api as api
 
+from ..servers import held_port
 from .helpers import funded
 
 
@@ -39,7 +40,10 @@ class Replica:
         key = workdir / f"{name}.key"
         key.write_text(gas.key.hex())
         key.chmod(0o600)
-        self.port = free_port()
+        # Held for its server (restarts included) until stop(): a port merely found free
+        # could be bound by another process on a shared host before the server started.
+        self._port = held_port()
+        self.port = int(self._port.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = workdir / f"{name}.log"
         self.args = [
@@ -86,6 +90,7 @@ class Replica:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self._port.close()
 
 
 @dataclass

@@ -54,7 +54,7 @@ def test_killing_the_active_vault_mode_replica_under_load_the_standby_restores_t
             assert got.status == 200, got.body
             return int(got.body["free"])
 
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while any(free(p) != DEPOSIT for p in people):
             assert time.monotonic() < deadline, "deposits not confirmed in time"
             time.sleep(0.2)
@@ -94,7 +94,7 @@ def test_killing_the_active_vault_mode_replica_under_load_the_standby_restores_t
             t.join(120)
         assert not errors, errors
         assert active.proc.returncode == -signal.SIGKILL
-        assert took_over < 10
+        assert took_over < 25  # a few lease TTLs (3 s), not a hang; generous for a loaded host
 
         # every call answered once, by one replica or the other; none refused
         for p in people:
@@ -113,7 +113,7 @@ def test_killing_the_active_vault_mode_replica_under_load_the_standby_restores_t
             assert got.status == 200, got.body
             return got.body
 
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         st = status()
         while st["pendingPayouts"] or st["unlanded"]:
             assert time.monotonic() < deadline, st
@@ -146,7 +146,7 @@ def test_a_paused_active_vault_mode_replica_resumed_after_the_take_over_answers_
         transact(vault_chain, alice, usdc.functions.approve(vault.address, DEPOSIT))
         vault.deposit(alice, alice.address, DEPOSIT)
         caller = FailoverCaller([old.url, new.url], alice)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while int(caller.call("GET", "/v1/vault/balance").body["free"]) != DEPOSIT:
             assert time.monotonic() < deadline, "deposit not confirmed in time"
             time.sleep(0.2)
@@ -157,7 +157,7 @@ def test_a_paused_active_vault_mode_replica_resumed_after_the_take_over_answers_
         assert got.status == 202, got.body
         old.proc.send_signal(signal.SIGCONT)
         # the resumed one finds another token on the lease row: it exits 75, answering nothing
-        assert old.proc.wait(15) == 75
+        assert old.proc.wait(60) == 75
         assert "lease lost" in old.log.read_text()
         again = FailoverCaller([new.url], alice).call("GET", "/v1/vault/balance")
         # queued (1000 free, 300 asked), or already settled by the new active's worker
@@ -165,7 +165,7 @@ def test_a_paused_active_vault_mode_replica_resumed_after_the_take_over_answers_
                                                                        ("700", "0"))
         operator = FailoverCaller([new.url], gas)
         assert operator.call("POST", "/v1/vault/settle-now").status == 200
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while balance(usdc, alice.address) != 300:
             assert time.monotonic() < deadline, "payout not landed"
             time.sleep(0.2)

@@ -187,6 +187,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _held_port() -> socket.socket:
+    """A loopback port held for a server about to bind it: bound with SO_REUSEADDR and not
+    listening. While it is held the kernel gives it to no other ``bind`` (port 0 or this
+    port) nor to an outgoing connection, yet a server that binds it with SO_REUSEADDR, as
+    anvil does, can. (A port from :func:`free_port` is free only when asked: on a shared
+    host another process may bind it before the server does.)"""
+    held = socket.socket()
+    try:
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        held.bind(("127.0.0.1", 0))
+    except BaseException:
+        held.close()
+        raise
+    return held
+
+
 def _die_with_parent() -> None:
     """Linux: anvil is killed if the Python process dies, so no node outlives a test run."""
     with contextlib.suppress(Exception):
@@ -212,46 +228,72 @@ def start_anvil(
     """
     if not 1 <= chain_id <= MAX_CHAIN_ID:
         raise ValueError(f"chain id must be in 1..{MAX_CHAIN_ID}, got {chain_id}")
-    port = port or free_port()
-    args = [
-        find_anvil(), "--host", "127.0.0.1", "--port", str(port), "--chain-id", str(chain_id),
-        "--accounts", str(accounts), "--mnemonic", ANVIL_MNEMONIC, "--silent",
-    ]
+    anvil = find_anvil()
+    options = ["--chain-id", str(chain_id), "--accounts", str(accounts), "--mnemonic",
+               ANVIL_MNEMONIC, "--silent"]
     if block_time:
-        args += ["--block-time", str(block_time)]
+        options += ["--block-time", str(block_time)]
     if "--slots-in-an-epoch" not in extra_args:
         # Its ``safe`` and ``finalized`` blocks one and two behind the head (not 32 and 64):
         # what the vault decides at ``finalized`` is decided a few blocks later, not 64.
-        args += ["--slots-in-an-epoch", "1"]
+        options += ["--slots-in-an-epoch", "1"]
     cache = None
     if "--cache-path" not in extra_args:
         # Anvil moves older states to disk, by default under ~/.foundry/anvil/tmp, and a
         # killed anvil leaves them there (tens of GB over many test runs): keep them in a
         # folder of this run's, removed when it stops.
         cache = tempfile.mkdtemp(prefix="a402-anvil-")
-        args += ["--cache-path", cache]
-    args += list(extra_args)
-    proc = subprocess.Popen(
-        args,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-    )
-    url = f"http://127.0.0.1:{port}"
+        options += ["--cache-path", cache]
+    options += list(extra_args)
+    proc: subprocess.Popen[bytes] | None = None
     try:
-        _wait_for_rpc(url, proc, startup_timeout)
+        # Without a port given, one is held for anvil until it answers: the kernel gives it
+        # to no one else meanwhile (a port merely found free could be bound by another
+        # process first, and anvil then exited with "Address already in use"). A process
+        # that found the same port free before it was held may still bind it first: then
+        # anvil is started again on another one.
+        for attempt in range(1 if port else _PORT_ATTEMPTS):
+            held = None if port else _held_port()
+            at = int(held.getsockname()[1]) if held is not None else port
+            url = f"http://127.0.0.1:{at}"
+            try:
+                proc = subprocess.Popen(
+                    [anvil, "--host", "127.0.0.1", "--port", str(at), *options],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                )
+                _wait_for_rpc(url, proc, startup_timeout)
+                break
+            except _PortTaken:
+                if held is None or attempt + 1 == _PORT_ATTEMPTS:
+                    raise
+                assert proc is not None and proc.stderr is not None
+                proc.stderr.close()  # it exited: the next attempt is another process
+            finally:
+                if held is not None:
+                    held.close()  # anvil listens on it now (or never will)
+        assert proc is not None
         yield connect(url, [a.key for a in dev_keys(accounts)])
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stderr:
+                proc.stderr.close()
         if cache is not None:
             shutil.rmtree(cache, ignore_errors=True)
+
+
+_PORT_ATTEMPTS = 5
+
+
+class _PortTaken(RuntimeError):
+    """Anvil exited at start-up because another process had bound its port."""
 
 
 def _wait_for_rpc(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -260,7 +302,8 @@ def _wait_for_rpc(url: str, proc: subprocess.Popen[bytes], timeout: float) -> No
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            raise RuntimeError(f"anvil exited with {proc.returncode}: {err.strip()}")
+            error = _PortTaken if "Address already in use" in err else RuntimeError
+            raise error(f"anvil exited with {proc.returncode}: {err.strip()}")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.post(url, json=body, timeout=1).status_code == 200:
                 return
