@@ -20,9 +20,14 @@ What this driver does, hence what every medium does alike:
 - ``upto``: the charge is what the medium measured once it served
   (:meth:`ExactCall.note_charge`), written to the ledger entry *before* ``/settle`` is
   asked for it, so a lost settle answer leaves the entry pending with that amount; a
-  resumed payment is settled again for exactly the amount recorded (never one measured
-  again), and only for the call it was first sent with (``first_call_differs``), else
-  it is refused (:attr:`ExactCall.refused_charge`) and nothing runs;
+  settle answer without ``amount`` (optional in x402, e.g. a ``settlement_pending``
+  from a facilitator that knows only its transaction) gets the amount that was asked,
+  so the ledger entry and the receipt keep it (replaced by no amount, the pending entry
+  could not be resumed, and the payer, maybe charged, would be refused on every resend);
+  a resumed payment is settled again for exactly the amount recorded (never one
+  measured again), and only for the call it was first sent with
+  (``first_call_differs``), else it is refused (:attr:`ExactCall.refused_charge`) and
+  nothing runs;
 - ``shield``: the ledger writes and the settle are seen through even if the call is
   cancelled (MCP cancels a handler with an anyio scope, under which every later await of
   the flow's recovery would be cancelled too, leaving the entry in flight and a settled
@@ -92,10 +97,8 @@ class ExactCall:
     recorded with; ``first_call_differs`` tells whether a resumed ``upto`` payment was
     first sent with another call.
 
-    Besides ``shield`` (the MCP paywall), two choices are the medium's:
-    ``fill_settled_amount`` (the HTTP middleware): an ``upto`` settlement whose answer
-    omits ``amount`` (optional in x402) gets the amount that was asked, so the ledger
-    and the receipt keep it; ``unexpected_settle`` (the A2A agent): a settle that fails
+    Besides ``shield`` (the MCP paywall), one choice is the medium's:
+    ``unexpected_settle`` (the A2A agent): a settle that fails
     with anything but a facilitator error becomes that :class:`NoVerdict` (the payment
     stays pending, the payer may resend it) instead of propagating (the flow marks it
     pending, then re-raises).
@@ -107,7 +110,7 @@ class ExactCall:
         facilitator: Callable[[], FacilitatorClient], serve: ServeOnce,
         resumable: Callable[[SettleResponse | None], Awaitable[bool]] = _always,
         upto: bool = False, first_call_differs: Callable[[], Awaitable[bool]] = _never_differs,
-        shield: bool = False, fill_settled_amount: bool = False,
+        shield: bool = False,
         unexpected_settle: Callable[[Exception], NoVerdict] | None = None,
     ) -> None:
         self.payment = payment
@@ -120,7 +123,6 @@ class ExactCall:
         self._serve = serve
         self._resumable = resumable
         self._first_call_differs = first_call_differs
-        self._fill_settled_amount = fill_settled_amount
         self._unexpected_settle = unexpected_settle
         #: ``upto``: the amount to settle, once known (measured, or recorded before).
         self.charge: int | None = None
@@ -211,7 +213,7 @@ class ExactCall:
             if self._unexpected_settle is None:
                 raise
             return self._unexpected_settle(e)
-        if self.upto and self._fill_settled_amount and answer.amount is None:
+        if self.upto and answer.amount is None:
             # What we asked to settle is what the ledger must keep (a pending entry
             # without it could not be resumed, and the payer, charged, would never get
             # the response).

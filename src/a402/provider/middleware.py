@@ -542,8 +542,7 @@ class PaymentMiddleware:
         call = ExactCall(
             p.payment, p.payload, p.requirements, ledger=self.ledger,
             facilitator=lambda: self.facilitator, serve=serve, upto=p.upto,
-            first_call_differs=lambda: self._other_request(scope, body, p),
-            fill_settled_amount=True)
+            first_call_differs=lambda: self._other_request(scope, body, p))
         # upto: the charge is known only once the app has answered.
         settle_first = self.settle_before_serve and not p.upto
         outcome = await call.run(now=time.time(), retention=self.retention,
