@@ -99,7 +99,6 @@ from a402.exact.serve import (
     ExactPayment,
     NotResumable,
     NotServed,
-    NoVerdict,
     OtherTerms,
     Paid,
     Rejected,
@@ -396,25 +395,15 @@ class X402Executor(AgentExecutor):
             held = _Held(task.id, result)
             return True
 
-        def settle_lost(e: Exception) -> NoVerdict:
-            # Not the facilitator's answer: the money may have moved. Raised, it would fail
-            # the task for good (a2a-sdk ends a task whose executor raises), and the result
-            # could never be delivered.
-            log.exception("settle for task %s failed unexpectedly", task.id)
-            return NoVerdict(a2a_x402.FACILITATOR_UNAVAILABLE,
-                             "the payment may have settled, but its answer was "
-                             f"lost ({type(e).__name__}): send the same payment "
-                             "again for the result; it is not charged twice",
-                             unavailable=True)
-
         # The one server-side exact flow (a402.exact.serve), driven (ExactCall) with this
-        # agent's ledger, facilitator and function. A /settle refused as malformed leaves
-        # the payment pending here (as any settle without a verdict), with its result held
-        # for a resend.
+        # agent's ledger, facilitator and function. A settle without a verdict (no answer,
+        # or an unexpected error: ExactCall) leaves the payment pending with its result
+        # held for a resend; raised, it would fail the task for good (a2a-sdk ends a task
+        # whose executor raises) and the result could never be delivered. A /settle
+        # refused as malformed leaves the payment pending here too.
         call = ExactCall(
             payment, payload, agent.requirements, ledger=agent.ledger,
-            facilitator=lambda: agent.facilitator, serve=serve, resumable=resumable,
-            unexpected_settle=settle_lost)
+            facilitator=lambda: agent.facilitator, serve=serve, resumable=resumable)
         match await call.run(now=time.time(), retention=_LEDGER_RETENTION,
                              release_refused_settle=False):
             case Reused() | OtherTerms():
