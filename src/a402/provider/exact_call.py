@@ -134,14 +134,13 @@ class ExactCall:
         #: Until when the ledger remembers the payment and what it delivered (set by run).
         self.keep_until = 0.0
 
-    async def run(self, *, now: float, retention: float, settle_first: bool = False,
-                  release_refused_settle: bool = True) -> Outcome:
+    async def run(self, *, now: float, retention: float, settle_first: bool = False
+                  ) -> Outcome:
         """The flow's outcome for this call (:func:`~a402.exact.serve.exact_flow`, whose
         options these are)."""
         self.keep_until = remembered_until(self.payment, now=now, retention=retention)
         flow = exact_flow(self.payment, now=now, retention=retention,
-                          settle_first=settle_first,
-                          release_refused_settle=release_refused_settle)
+                          settle_first=settle_first)
         return await drive(flow, self._operate)
 
     async def note_charge(self, amount: int) -> None:
