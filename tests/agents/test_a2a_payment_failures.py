@@ -31,10 +31,10 @@ from a402.agents.a2a_client import (
 from a402.chain.deploy import Manifest
 from a402.chain.node import Chain
 from a402.client import Wallet, token_units_max
-from a402.facilitator.client import FacilitatorClient
 from a402.wire import errors as wire_errors
 from a402.wire.x402 import PaymentPayload, PaymentRequired, parse_payment_required
 from tests.agents.conftest import A2A_PRICE_ATOMIC, A2AServedAgent, a2a_balance
+from tests.facilitator_faults import AnswerLostToAnErrorOnce, RefusedAsMalformedOnce
 from tests.servers import dead_url
 
 pytestmark = [pytest.mark.anyio, pytest.mark.anvil]
@@ -347,20 +347,6 @@ async def test_a_client_that_does_not_activate_the_extension_is_refused(
 
 
 
-class _LosesTheFirstSettleAnswer(FacilitatorClient):
-    """A facilitator client whose first settle answer is lost to an unexpected error
-    after the money moved (a reset connection, a bug in a proxy)."""
-
-    lost = False
-
-    async def settle(self, *args: Any, **kwargs: Any) -> Any:
-        answer = await super().settle(*args, **kwargs)
-        if not self.lost:
-            self.lost = True
-            raise RuntimeError("connection reset after the settle")
-        return answer
-
-
 async def test_a_settle_answer_lost_to_an_unexpected_error_is_answered_on_resend_once(
     a2a_agents: Callable[..., A2AServedAgent], a2a_wire: Any, facilitator_url: str,
     new_payer: Callable[..., LocalAccount], anvil_chain: Chain, dev_stack: Manifest,
@@ -368,7 +354,7 @@ async def test_a_settle_answer_lost_to_an_unexpected_error_is_answered_on_resend
     """The money moved but the agent never heard: the payment stays pending with its
     result held, and the same payload sent again in the same task gets that result,
     charged once and computed once."""
-    served = a2a_agents(facilitator=_LosesTheFirstSettleAnswer(facilitator_url))
+    served = a2a_agents(facilitator=AnswerLostToAnErrorOnce(facilitator_url))
     payer = new_payer(FUNDS)
     http, _ = a2a_wire
     hand = _Hand(await _discover(served, http), http, "1.0")
@@ -382,5 +368,41 @@ async def test_a_settle_answer_lost_to_an_unexpected_error_is_answered_on_resend
     assert done.status.state == TaskState.TASK_STATE_COMPLETED, done
     assert _meta(done)[a2a_x402.STATUS_KEY] == a2a_x402.PAYMENT_COMPLETED
     assert served.calls == ["hello"]
+    assert a2a_balance(anvil_chain, dev_stack, payer.address) == FUNDS - A2A_PRICE_ATOMIC
+    assert a2a_balance(anvil_chain, dev_stack, served.pay_to) == A2A_PRICE_ATOMIC
+
+
+async def test_a_settle_refused_as_malformed_fails_the_task_and_leaves_the_payment_unspent(
+    a2a_agents: Callable[..., A2AServedAgent], a2a_wire: Any, facilitator_url: str,
+    new_payer: Callable[..., LocalAccount], anvil_chain: Chain, dev_stack: Manifest,
+) -> None:
+    """The facilitator refuses the agent's ``/settle`` with HTTP 400: it did not look at
+    the payment (x402: 400 is a malformed request; ours answers it before it claims or
+    sends anything), and a payment verified just now had no earlier settle, so nothing
+    moved. The task fails saying so (before, it was left pending, the payer told the
+    facilitator was unavailable and to resend the same payload, which stayed stuck), and
+    the authorization is released: the same payload, in a new task, buys that task."""
+    lying = RefusedAsMalformedOnce(facilitator_url)
+    served = a2a_agents(facilitator=lying)
+    payer = new_payer(FUNDS)
+    http, _ = a2a_wire
+    hand = _Hand(await _discover(served, http), http, "1.0")
+    task, required = await hand.offer("hello")
+    payload = _sign(payer, required).to_wire()
+
+    refused = await hand.pay(task, payload)
+
+    _assert_failed(refused, wire_errors.INVALID_PAYLOAD, wire_errors.INVALID_PAYLOAD)
+    assert "nothing was charged" in a2a_x402.receipts_of(_meta(refused))[-1].error_message
+    assert a2a_balance(anvil_chain, dev_stack, payer.address) == FUNDS
+    assert a2a_balance(anvil_chain, dev_stack, served.pay_to) == 0
+
+    again, _ = await hand.offer("hello again")
+    done = await hand.pay(again, payload)  # the same signed payload: unspent, released
+
+    assert done.status.state == TaskState.TASK_STATE_COMPLETED, done
+    assert _meta(done)[a2a_x402.STATUS_KEY] == a2a_x402.PAYMENT_COMPLETED
+    assert lying.settles == [str(A2A_PRICE_ATOMIC)] * 2
+    assert served.calls == ["hello", "hello again"]
     assert a2a_balance(anvil_chain, dev_stack, payer.address) == FUNDS - A2A_PRICE_ATOMIC
     assert a2a_balance(anvil_chain, dev_stack, served.pay_to) == A2A_PRICE_ATOMIC

@@ -185,17 +185,16 @@ def test_a_settle_without_a_verdict_leaves_the_payment_pending_as_it_may_have_go
     assert asked[-1] == MarkPending(KEY, None)
 
 
-def test_a_settle_refused_as_malformed_releases_the_payment_when_told_to() -> None:
+def test_a_settle_refused_as_malformed_releases_the_payment_as_nothing_moved() -> None:
     outcome, asked = run(flow(), {**FRESH, Verify: VALID, Serve: True, Settle: MALFORMED})
     assert outcome == RequestRefused(MALFORMED, settle_attempted=True)
     assert asked[-1] == Release(KEY)
 
 
-def test_a_settle_refused_as_malformed_stays_pending_when_not_told_to_release() -> None:
-    outcome, asked = run(flow(release_refused_settle=False),
-                         {**FRESH, Verify: VALID, Serve: True, Settle: MALFORMED})
-    assert outcome == Unanswered(MALFORMED, settle_attempted=True)
-    assert asked[-1] == MarkPending(KEY, None)
+def test_a_settle_first_payment_refused_as_malformed_is_released_too() -> None:
+    outcome, asked = run(flow(settle_first=True), {**FRESH, Verify: VALID, Settle: MALFORMED})
+    assert outcome == RequestRefused(MALFORMED, settle_attempted=True)
+    assert kinds(asked) == [Acquire, Verify, Settle, Release]
 
 
 def test_a_settled_payment_the_ledger_fails_to_record_is_still_paid_and_not_made_pending(

@@ -30,6 +30,7 @@ from a402.client.records import PaymentStatus
 from a402.client.wallet import Wallet
 from a402.crypto import EcdsaSigner
 from a402.exact.replay import LedgerState, PaymentKey
+from a402.facilitator.client import FacilitatorClient
 from a402.mandate import Domain, Mandate, MandateGuard, sign_mandate
 from a402.mandate.evidence import EvidenceLog
 from a402.mandate.registry import RevocationCheck
@@ -38,6 +39,7 @@ from a402.mcp import MCPPaymentUnresolved, PayingMCPSession, ToolPaywall
 from a402.mcp.proxy import Upstream, proxy_app
 from a402.mcp.wire import PAYMENT_META_KEY, PAYMENT_RESPONSE_META_KEY, required_of
 from a402.provider.ledger import SqlLedger
+from tests.facilitator_faults import AnswerLostToAnErrorOnce
 from tests.paid_mcp import weather_server
 from tests.paid_mcp.helpers import PRICE, PRICE_TEXT, balance, mcp_session, text_of
 from tests.servers import dead_url, serve
@@ -69,7 +71,8 @@ def ledger_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'mcp-ledger.db'}"
 
 
-def paywall(manifest: Manifest, pay_to: str, facilitator: str, ledger: str) -> ToolPaywall:
+def paywall(manifest: Manifest, pay_to: str, facilitator: str | FacilitatorClient, ledger: str
+            ) -> ToolPaywall:
     return ToolPaywall({"forecast": PRICE_TEXT, "broken": PRICE_TEXT}, pay_to=pay_to,
                        token=manifest.token, network=manifest.network,
                        facilitator=facilitator, ledger=ledger)
@@ -417,6 +420,30 @@ async def test_a_lost_settle_answer_is_resolved_by_resending_the_same_payment_pa
     assert answer.paid and text_of(answer.result) == "sunny in Turin, 21 C"
     assert len(client.payments) == 1  # the same payload was resent, never a second one
     assert front.state.settles == [200, 200]  # settled on the first try, answered on the 2nd
+    assert runs() == ["forecast"]  # the output computed for the payment was held, not rerun
+    assert balance(anvil_chain, dev_stack, payer.address) == before - PRICE
+    assert balance(anvil_chain, dev_stack, pay_to) == PRICE
+
+
+async def test_a_settle_answer_lost_to_an_unexpected_error_is_resolved_by_resending_it(
+        upstream_url: str, anvil_chain: Chain, dev_stack: Manifest, pay_to: str,
+        facilitator_url: str, ledger_url: str, new_payer: Callable[..., LocalAccount],
+        runs: Callable[[], list[str]]) -> None:
+    """The money moved, then the settle call failed with an error that is no facilitator
+    error. Before, that error escaped the paywall (the payer got the SDK's bare tool
+    error, not told its payment may have settled); now the payer is asked to resend the
+    same payment, which gets the output held for it, charged once, the tool run once."""
+    payer = new_payer()
+    before = balance(anvil_chain, dev_stack, payer.address)
+    lost = AnswerLostToAnErrorOnce(facilitator_url)
+    app = proxy_app(Upstream.http(upstream_url), paywall(dev_stack, pay_to, lost, ledger_url))
+    with serve(app) as base:
+        async with mcp_session(base + "/mcp") as session:
+            client = paying(session, payer, retries=2, retry_delay=0.1)
+            answer = await client.call_tool("forecast", {"city": "Turin"})
+    assert answer.paid and text_of(answer.result) == "sunny in Turin, 21 C"
+    assert len(client.payments) == 1  # the same payload was resent, never a second one
+    assert lost.settles == [str(PRICE)] * 2
     assert runs() == ["forecast"]  # the output computed for the payment was held, not rerun
     assert balance(anvil_chain, dev_stack, payer.address) == before - PRICE
     assert balance(anvil_chain, dev_stack, pay_to) == PRICE

@@ -31,6 +31,7 @@ from a402.mcp.prices import PriceError, parse_tool_spec
 from a402.mcp.proxy import Upstream, proxy_app
 from a402.mcp.usage import USAGE_META_KEY
 from a402.mcp.wire import PAYMENT_META_KEY, required_of
+from tests.facilitator_faults import PendingWithoutAmountOnce
 from tests.interop.official_upto import upto_payer
 from tests.paid_mcp import weather_server
 from tests.paid_mcp.helpers import balance, mcp_session, text_of
@@ -364,3 +365,36 @@ async def test_a_receipt_with_an_unreadable_amount_leaves_the_payment_unconfirme
     assert answer.payment.status == PaymentStatus.UNCONFIRMED
     assert answer.payment.reason == "receipt_without_amount"
     assert answer.payment.charged is None
+
+
+async def test_a_pending_upto_settle_without_an_amount_is_resumed_for_the_recorded_charge(
+        anvil_chain: Chain, dev_stack: Manifest, facilitator_url: str,
+        facilitator: Facilitator, pay_to: str, tmp_path: Path,
+        new_payer: Callable[..., LocalAccount], runs: Callable[[], list[str]]) -> None:
+    """The MCP twin of ``tests/provider/test_upto_pending_amount.py``: the facilitator
+    settles (mined) but first answers ``settlement_pending`` without ``amount`` (optional
+    in x402). The pending entry must keep the charge noted before ``/settle``; before,
+    the answer replaced it, the payer's resend was refused (``payment_terms_mismatch``)
+    while its money had moved, and the output it paid for never reached it. Now the
+    resend is settled again for exactly that charge and gets the output held for it."""
+    payer, wallet = payer_for(anvil_chain, dev_stack, new_payer)
+    client = PendingWithoutAmountOnce(facilitator_url)
+    txs = sent(anvil_chain, facilitator)
+    with serve(weather_server.app()) as upstream:
+        paywall = ToolPaywall([ToolPrice("summarize", MAXIMUM, "upto", unit=UNIT)],
+                              pay_to=pay_to, token=dev_stack.token, network=dev_stack.network,
+                              facilitator=client, ledger=f"sqlite:///{tmp_path / 'l.db'}")
+        with serve(proxy_app(Upstream.http(upstream + "/mcp"), paywall)) as base:
+            async with mcp_session(base + "/mcp") as session:
+                answer = await PayingMCPSession(
+                    session, wallet, max_per_request=MAXIMUM, retry_delay=0.1
+                ).call_tool("summarize", {"text": "a", "used": "12"})
+    assert client.settles == ["1200", "1200"]  # the resend asked the recorded charge again
+    assert not answer.result.isError, answer.result
+    assert text_of(answer.result) == "summary of 'a'"
+    assert answer.paid and answer.payment is not None and answer.payment.charged == 1_200
+    assert answer.receipt is not None and answer.receipt.amount == "1200"
+    assert sent(anvil_chain, facilitator) == txs + 1
+    assert runs() == ["summarize"]  # the output held for the payment, not a second run
+    assert [balance(anvil_chain, dev_stack, a) for a in (payer.address, pay_to)] == [
+        FUNDS - 1_200, 1_200]

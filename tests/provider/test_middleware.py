@@ -48,6 +48,7 @@ from a402.wire.headers import (
     encode_header,
 )
 from a402.wire.x402 import PaymentPayload, PaymentRequirements
+from tests.facilitator_faults import AnswerLostToAnErrorOnce
 from tests.provider.support import (
     ITEM_PRICE_ATOMIC,
     PRICE,
@@ -571,6 +572,43 @@ async def test_a_lost_settle_answer_is_recovered_by_resending_the_same_header(
     # Serve-then-settle ran the handler for the lost attempt; the retry delivered the
     # response held in the ledger for it, without running the handler again.
     assert calls["weather"] == 1
+
+
+async def test_a_settle_answer_lost_to_an_unexpected_error_is_resolved_by_the_same_header(
+    anvil_chain: Chain, dev_stack: Manifest, facilitator_url: str, pay_to: str, new_payer: Payer,
+) -> None:
+    """The money moved, then the settle call failed with an error that is no facilitator
+    error: the outcome is unknown, so the payer is told what it is told for a lost answer
+    (the payment may be settled: resend the same header), not a bare 500; the response
+    is held for that resend, which gets it, charged once, the handler run once."""
+    payer = new_payer(10_000)
+    balances = Balances(anvil_chain, dev_stack, payer.address, pay_to)
+    calls = Calls()
+    facilitator = AnswerLostToAnErrorOnce(facilitator_url)
+    app = paid_app(pay_to=pay_to, manifest=dev_stack, facilitator=facilitator, calls=calls)
+    try:
+        async with asgi_client(app) as client:
+            required, _ = await offer(client, "/weather")
+            headers = v2_header(required, payer)
+            lost = await client.get("/weather", headers=headers)
+            assert balances.delta(payer.address) == -PRICE_ATOMIC  # it did move
+            retried = await client.get("/weather", headers=headers)
+    finally:
+        await facilitator.aclose()
+
+    assert lost.status_code == 502, lost.text
+    body = lost.json()
+    assert body["error"] == "facilitator_error" and "unexpected_settle_error" in body["message"]
+    assert body["settlementAttempted"] is True and body["retrySamePayment"] is True
+    assert PAYMENT_REQUIRED not in lost.headers  # do not invite a second payment
+    assert retried.status_code == 200, retried.text
+    receipt = decode_settle_response(retried.headers[PAYMENT_RESPONSE])
+    assert receipt.success is True
+    assert_mined_transfer(anvil_chain, receipt.transaction)
+    assert facilitator.settles == [str(PRICE_ATOMIC)] * 2
+    assert calls["weather"] == 1  # the held response, not a second run
+    assert balances.delta(payer.address) == -PRICE_ATOMIC
+    assert balances.delta(pay_to) == PRICE_ATOMIC
 
 
 async def test_multiple_payment_headers_are_ambiguous(

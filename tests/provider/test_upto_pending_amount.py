@@ -17,38 +17,17 @@ from eth_account.signers.local import LocalAccount
 
 from a402.chain.deploy import Manifest, token_balance
 from a402.chain.node import Chain
-from a402.facilitator.client import FacilitatorClient
 from a402.facilitator.core import Facilitator
 from a402.provider.ledger import LedgerState, PaymentKey, SqlLedger
 from a402.wire.errors import SETTLEMENT_PENDING
 from a402.wire.headers import PAYMENT_RESPONSE, PAYMENT_SIGNATURE, decode_settle_response
-from a402.wire.x402 import AnyPaymentPayload, AnyPaymentRequirements, SettleResponse
+from tests.facilitator_faults import PendingWithoutAmountOnce
 from tests.interop.official_upto import fresh_account, upto_payer
 from tests.servers import serve
 
 from .test_upto_resume import FUNDS, _app, _signed_header
 
 pytestmark = pytest.mark.anvil
-
-
-class PendingWithoutAmountOnce(FacilitatorClient):
-    """The real facilitator settles (mined), but its first answer says only that the
-    transaction is pending: no amount."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
-        self.settles: list[str] = []
-
-    async def settle(self, payload: AnyPaymentPayload,
-                     requirements: AnyPaymentRequirements) -> SettleResponse:
-        answer = await super().settle(payload, requirements)
-        self.settles.append(str(getattr(requirements, "amount", "")))
-        if len(self.settles) == 1:
-            return SettleResponse(success=False, error_reason=SETTLEMENT_PENDING,
-                                  error_message="submitted, not confirmed yet",
-                                  transaction=answer.transaction, network=answer.network,
-                                  payer=answer.payer)
-        return answer
 
 
 def test_a_pending_upto_settle_without_an_amount_is_resumed_for_the_recorded_charge(

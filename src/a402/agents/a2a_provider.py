@@ -19,6 +19,8 @@ in A2A 1.0 spelling, v0.3 clients see ``input-required`` etc.)::
     payload already used ....... FAILED          payment-failed, DUPLICATE_NONCE
     function raised ............ FAILED          payment-failed, service_failed (nothing settled)
     settle failed .............. FAILED          payment-failed + the facilitator's errorReason
+    facilitator refused our
+    request as malformed (400) . FAILED          payment-failed + its reason (nothing moved)
     facilitator unreachable,
     or settlement pending ...... INPUT_REQUIRED  payment-required + error; resend the SAME payload
     payment-rejected ........... FAILED          payment-rejected
@@ -99,7 +101,6 @@ from a402.exact.serve import (
     ExactPayment,
     NotResumable,
     NotServed,
-    NoVerdict,
     OtherTerms,
     Paid,
     Rejected,
@@ -396,27 +397,15 @@ class X402Executor(AgentExecutor):
             held = _Held(task.id, result)
             return True
 
-        def settle_lost(e: Exception) -> NoVerdict:
-            # Not the facilitator's answer: the money may have moved. Raised, it would fail
-            # the task for good (a2a-sdk ends a task whose executor raises), and the result
-            # could never be delivered.
-            log.exception("settle for task %s failed unexpectedly", task.id)
-            return NoVerdict(a2a_x402.FACILITATOR_UNAVAILABLE,
-                             "the payment may have settled, but its answer was "
-                             f"lost ({type(e).__name__}): send the same payment "
-                             "again for the result; it is not charged twice",
-                             unavailable=True)
-
         # The one server-side exact flow (a402.exact.serve), driven (ExactCall) with this
-        # agent's ledger, facilitator and function. A /settle refused as malformed leaves
-        # the payment pending here (as any settle without a verdict), with its result held
-        # for a resend.
+        # agent's ledger, facilitator and function. A settle without a verdict (no answer,
+        # or an unexpected error: ExactCall) leaves the payment pending with its result
+        # held for a resend; raised, it would fail the task for good (a2a-sdk ends a task
+        # whose executor raises) and the result could never be delivered.
         call = ExactCall(
             payment, payload, agent.requirements, ledger=agent.ledger,
-            facilitator=lambda: agent.facilitator, serve=serve, resumable=resumable,
-            unexpected_settle=settle_lost)
-        match await call.run(now=time.time(), retention=_LEDGER_RETENTION,
-                             release_refused_settle=False):
+            facilitator=lambda: agent.facilitator, serve=serve, resumable=resumable)
+        match await call.run(now=time.time(), retention=_LEDGER_RETENTION):
             case Reused() | OtherTerms():
                 await self._fail(updater, uri, a2a_x402.PAYMENT_ALREADY_USED,
                                  "this authorization was already used", receipts, payer=payer)
@@ -424,8 +413,15 @@ class X402Executor(AgentExecutor):
                 await self._fail(updater, uri, a2a_x402.PAYMENT_ALREADY_USED,
                                  "this authorization is pending for another task "
                                  "(or its result was lost)", receipts, payer=payer)
-            case RequestRefused(no_verdict, settle_attempted) | Unanswered(
-                    no_verdict, settle_attempted):
+            case RequestRefused(no_verdict, settle_attempted):
+                # The facilitator refused our request unread (400): nothing moved, and the
+                # flow released the payment. Resending it would be refused alike: failed.
+                await self._fail(updater, uri, no_verdict.reason,
+                                 "the facilitator refused the request to "
+                                 f"{'settle' if settle_attempted else 'verify'} the payment "
+                                 f"as malformed ({no_verdict.reason}); nothing was charged",
+                                 receipts, payer=payer)
+            case Unanswered(no_verdict, settle_attempted):
                 if settle_attempted:
                     assert held is not None
                     self._held[key] = held

@@ -27,8 +27,8 @@ One payment::
            ─▶ settlement_pending .................. SettlePending     (MarkPending)
            ─▶ failure ............................. SettleFailed      (released)
            ─▶ no verdict .......................... Unanswered        (MarkPending(None))
-           ─▶ refused as malformed (400) .......... RequestRefused    (released; not resumed,
-                                                                       and only if told to)
+           ─▶ refused as malformed (400) .......... RequestRefused    (released; unless
+                                                                       resumed: Unanswered)
 
 Each outcome's ``label`` names, for a log line and metrics, what became of the money:
 ``settled`` charged, ``pending`` may be charged, every other nothing moved.
@@ -55,9 +55,13 @@ Safety arguments, which the callers used to state each on their own:
   used nonce. The same holds for a cancellation there.
 - A facilitator that gave no verdict on ``/settle`` may have moved the money: the
   payment is marked pending. A facilitator that refused our ``/settle`` request
-  as malformed (HTTP 400) moved nothing; releasing it is the caller's choice
-  (``release_refused_settle``), and never for a resumed payment, whose earlier
-  settle may be moving the money.
+  as malformed (HTTP 400) moved nothing: x402 keeps 400 for a request it cannot
+  read (a negative verdict is a 200 ``success: false``), and ours answers it
+  before it claims the payment or signs anything (:mod:`a402.facilitator.app`).
+  A payment just verified had no earlier settle, so the payment is released
+  (nothing moved; left pending, it would ask the payer to resend a payment that
+  can only be refused again, and tell it its money may be moving). Never a
+  resumed payment: its earlier settle may be moving the money.
 """
 
 from __future__ import annotations
@@ -328,7 +332,6 @@ Flow: TypeAlias = Generator[Operation, Any, Outcome]
 
 def exact_flow(
     payment: ExactPayment, *, now: float, retention: float, settle_first: bool = False,
-    release_refused_settle: bool = True,
 ) -> Flow:
     """The flow for one paid request (see the module doc).
 
@@ -338,8 +341,6 @@ def exact_flow(
     token contract itself refuses the authorization. ``settle_first``: settle
     before serving (the payer carries the risk that serving then fails, rather
     than the server the risk of serving for a payment that then fails).
-    ``release_refused_settle``: a ``/settle`` refused as malformed (400) releases
-    the payment (nothing moved), rather than leaving it pending.
     """
     key = payment.key
     expires_at = remembered_until(payment, now=now, retention=retention)
@@ -373,7 +374,7 @@ def exact_flow(
         settling = True
         answer: SettleResponse | NoVerdict = yield Settle()
         if isinstance(answer, NoVerdict):
-            if answer.refused_as_malformed and release_refused_settle and not resumed:
+            if answer.refused_as_malformed and not resumed:
                 yield Release(key)
                 return RequestRefused(answer, settle_attempted=True)
             yield MarkPending(key, None)  # it may have gone through

@@ -23,12 +23,13 @@ that means for a tool call:
   buys one tool call: a replay runs nothing (refused, ``payment_already_used``, unless
   it is the very call whose answer was lost, below), the same payment for another tool
   neither (``payment_terms_mismatch``).
-- **No verdict is not a refusal**: a facilitator that did not answer a settle may have
-  moved the money, so the payment stays pending and the computed output is kept in the
-  replay ledger (shared by every process that shares the ledger); the payer resends the
-  *same* payment for the same call and gets it once the settlement is known (if the
-  output was not kept, or the resend of an ``exact`` payment asks for other arguments,
-  the tool runs again for the settled payment).
+- **No verdict is not a refusal**: a facilitator that did not answer a settle (or a
+  settle call that failed unexpectedly) may have moved the money, so the payment stays
+  pending and the computed output is kept in the replay ledger (shared by every
+  process that shares the ledger); the payer resends the *same* payment for the same
+  call and gets it once the settlement is known (if the output was not kept, or the
+  resend of an ``exact`` payment asks for other arguments, the tool runs again for the
+  settled payment).
 - **A lost result is sent again**: the result a settled payment bought is kept in the
   replay ledger (:mod:`a402.provider.deliveries`: at most 1 MiB as JSON, until the
   authorization expires) before it is returned. The identical resend (same signed

@@ -17,12 +17,25 @@ What this driver does, hence what every medium does alike:
   payload and the requirements the medium accepted, and a facilitator that gives no
   verdict (:class:`~a402.facilitator.client.FacilitatorError`) is the flow's
   :class:`~a402.exact.serve.NoVerdict`, never an exception;
+- a ``/settle`` that fails with anything but a facilitator error (a bug, an error of
+  the client or the network that is not a :class:`FacilitatorError`) is a settle of
+  unknown outcome, hence a :class:`NoVerdict` too (``unexpected_settle_error``): the
+  payment is marked pending, its result held, and the payer told it may be settled and
+  to resend the same payment, as for a lost answer; raised, it would reach the payer as
+  a bare server error (a 500, a tool error, a failed task) that says nothing of money
+  that may have moved, and lose the result it paid for. A cancellation is no error: it
+  propagates (the flow marks the payment pending first);
 - ``upto``: the charge is what the medium measured once it served
   (:meth:`ExactCall.note_charge`), written to the ledger entry *before* ``/settle`` is
   asked for it, so a lost settle answer leaves the entry pending with that amount; a
-  resumed payment is settled again for exactly the amount recorded (never one measured
-  again), and only for the call it was first sent with (``first_call_differs``), else
-  it is refused (:attr:`ExactCall.refused_charge`) and nothing runs;
+  settle answer without ``amount`` (optional in x402, e.g. a ``settlement_pending``
+  from a facilitator that knows only its transaction) gets the amount that was asked,
+  so the ledger entry and the receipt keep it (replaced by no amount, the pending entry
+  could not be resumed, and the payer, maybe charged, would be refused on every resend);
+  a resumed payment is settled again for exactly the amount recorded (never one
+  measured again), and only for the call it was first sent with
+  (``first_call_differs``), else it is refused (:attr:`ExactCall.refused_charge`) and
+  nothing runs;
 - ``shield``: the ledger writes and the settle are seen through even if the call is
   cancelled (MCP cancels a handler with an anyio scope, under which every later await of
   the flow's recovery would be cancelled too, leaving the entry in flight and a settled
@@ -32,6 +45,7 @@ What this driver does, hence what every medium does alike:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -56,7 +70,7 @@ from a402.exact.serve import (
 )
 from a402.facilitator.client import FacilitatorClient, FacilitatorError
 from a402.provider.ledger import PaymentLedger
-from a402.wire.errors import SETTLEMENT_PENDING
+from a402.wire.errors import SETTLEMENT_PENDING, UNEXPECTED_SETTLE_ERROR
 from a402.wire.x402 import (
     AnyPaymentPayload,
     AnyPaymentRequirements,
@@ -64,6 +78,8 @@ from a402.wire.x402 import (
     SettleResponse,
     VerifyResponse,
 )
+
+log = logging.getLogger("a402.provider")
 
 ServeOnce = Callable[[], Awaitable[bool]]
 """Serve the request before settling: ``True`` if it was served (worth paying for)."""
@@ -90,15 +106,7 @@ class ExactCall:
     served here (default yes: it is served again once settled). ``upto``: the charge is
     set by :meth:`note_charge` once served, or by the amount a resumed payment was
     recorded with; ``first_call_differs`` tells whether a resumed ``upto`` payment was
-    first sent with another call.
-
-    Besides ``shield`` (the MCP paywall), two choices are the medium's:
-    ``fill_settled_amount`` (the HTTP middleware): an ``upto`` settlement whose answer
-    omits ``amount`` (optional in x402) gets the amount that was asked, so the ledger
-    and the receipt keep it; ``unexpected_settle`` (the A2A agent): a settle that fails
-    with anything but a facilitator error becomes that :class:`NoVerdict` (the payment
-    stays pending, the payer may resend it) instead of propagating (the flow marks it
-    pending, then re-raises).
+    first sent with another call. ``shield`` (the MCP paywall): see the module doc.
     """
 
     def __init__(
@@ -107,8 +115,7 @@ class ExactCall:
         facilitator: Callable[[], FacilitatorClient], serve: ServeOnce,
         resumable: Callable[[SettleResponse | None], Awaitable[bool]] = _always,
         upto: bool = False, first_call_differs: Callable[[], Awaitable[bool]] = _never_differs,
-        shield: bool = False, fill_settled_amount: bool = False,
-        unexpected_settle: Callable[[Exception], NoVerdict] | None = None,
+        shield: bool = False,
     ) -> None:
         self.payment = payment
         self.payload = payload
@@ -120,8 +127,6 @@ class ExactCall:
         self._serve = serve
         self._resumable = resumable
         self._first_call_differs = first_call_differs
-        self._fill_settled_amount = fill_settled_amount
-        self._unexpected_settle = unexpected_settle
         #: ``upto``: the amount to settle, once known (measured, or recorded before).
         self.charge: int | None = None
         #: ``upto``: the recorded charge of another call, for which this one was refused.
@@ -129,14 +134,13 @@ class ExactCall:
         #: Until when the ledger remembers the payment and what it delivered (set by run).
         self.keep_until = 0.0
 
-    async def run(self, *, now: float, retention: float, settle_first: bool = False,
-                  release_refused_settle: bool = True) -> Outcome:
+    async def run(self, *, now: float, retention: float, settle_first: bool = False
+                  ) -> Outcome:
         """The flow's outcome for this call (:func:`~a402.exact.serve.exact_flow`, whose
         options these are)."""
         self.keep_until = remembered_until(self.payment, now=now, retention=retention)
         flow = exact_flow(self.payment, now=now, retention=retention,
-                          settle_first=settle_first,
-                          release_refused_settle=release_refused_settle)
+                          settle_first=settle_first)
         return await drive(flow, self._operate)
 
     async def note_charge(self, amount: int) -> None:
@@ -207,11 +211,15 @@ class ExactCall:
             answer = await self.facilitator().settle(self.payload, requirements)
         except FacilitatorError as e:
             return e.no_verdict()
-        except Exception as e:
-            if self._unexpected_settle is None:
-                raise
-            return self._unexpected_settle(e)
-        if self.upto and self._fill_settled_amount and answer.amount is None:
+        except Exception as e:  # not a cancellation (BaseException): that propagates
+            # The money may have moved (module doc): a settle without a verdict.
+            log.exception("settle of payment %s failed unexpectedly; kept pending",
+                          self.payment.key.nonce)
+            return NoVerdict(UNEXPECTED_SETTLE_ERROR,
+                             f"the settle call failed unexpectedly ({type(e).__name__}): "
+                             "the payment may have settled; resend the same payment for "
+                             "the result (it is not charged twice)", unavailable=False)
+        if self.upto and answer.amount is None:
             # What we asked to settle is what the ledger must keep (a pending entry
             # without it could not be resumed, and the payer, charged, would never get
             # the response).

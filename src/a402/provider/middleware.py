@@ -17,7 +17,9 @@ One paid request, default (serve, then settle) order::
                  → settlement_pending ............ 402 + PAYMENT-RESPONSE (tx); resend same header
                  → failure ....................... 402 + PAYMENT-RESPONSE + reason in the body
     facilitator unreachable / 5xx ................ 503 facilitator_unavailable + Retry-After
-    facilitator answered nonsense ................ 502 facilitator_error
+    facilitator answered nonsense, or the settle
+    call failed unexpectedly ..................... 502 facilitator_error (settle attempted:
+                                                    resend the same header)
 
 Every decision in that table (and what the replay ledger records, and when) is
 made by the one server-side ``exact`` flow, :mod:`a402.exact.serve`, run by its one
@@ -542,8 +544,7 @@ class PaymentMiddleware:
         call = ExactCall(
             p.payment, p.payload, p.requirements, ledger=self.ledger,
             facilitator=lambda: self.facilitator, serve=serve, upto=p.upto,
-            first_call_differs=lambda: self._other_request(scope, body, p),
-            fill_settled_amount=True)
+            first_call_differs=lambda: self._other_request(scope, body, p))
         # upto: the charge is known only once the app has answered.
         settle_first = self.settle_before_serve and not p.upto
         outcome = await call.run(now=time.time(), retention=self.retention,
