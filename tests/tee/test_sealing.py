@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 
 import pytest
@@ -135,3 +136,45 @@ def test_files_are_replaced_atomically_and_private(tmp_path):
     assert KEY.unseal("l", read_sealed(path)) == b"v2"
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert os.listdir(tmp_path) == ["vault.sealed"]  # no temporary files left behind
+
+
+def test_a_blob_handed_back_as_anything_but_bytes_is_refused_not_allocated():
+    """A host can store an integer or text where a blob belongs (SQLite keeps a value's own
+    type); ``bytes(n)`` of an integer would allocate ``n`` bytes. Refused as malformed."""
+    for hostile in (10**13, "A4S\x02" + "x" * 60, None, 3.5, [1, 2]):
+        with pytest.raises(SealingError) as info:
+            KEY.unseal("l", hostile)  # type: ignore[arg-type]
+        assert info.value.reason == "malformed"
+    blob = KEY.seal("l", b"x")
+    assert KEY.unseal("l", memoryview(blob)) == KEY.unseal("l", bytearray(blob)) == b"x"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_while_another_thread_held_the_key_seals_under_its_own_epoch():
+    """A real ``fork`` while the key's lock is held (by another thread, here the test
+    itself, mid-epoch-draw): the child, which has no such thread, still seals (a new epoch,
+    not a wait for ever on a lock nobody will release), and under a salt the parent
+    never uses, so no (key, nonce) pair is shared with the parent."""
+    key = derive_sealing_key(SECRET, VAULT_CODE, "state")
+    parent = key.seal("l", b"parent")
+    read, write = os.pipe()
+    with key._lock:
+        pid = os.fork()
+        if pid == 0:  # the child: answer through the pipe, never return into pytest
+            try:
+                signal.alarm(20)  # a deadlocked child dies instead of hanging the run
+                os.write(write, key.seal("l", b"child"))
+            finally:
+                os._exit(0)
+    os.close(write)
+    chunks = []
+    while chunk := os.read(read, 4096):
+        chunks.append(chunk)
+    os.close(read)
+    _, status = os.waitpid(pid, 0)
+    child = b"".join(chunks)
+    assert os.waitstatus_to_exitcode(status) == 0 and child, "the forked child did not seal"
+    assert child[4:4 + SALT_SIZE] != parent[4:4 + SALT_SIZE]
+    assert key.unseal("l", child) == b"child"
+    again = key.seal("l", b"parent")  # the parent goes on under its own epoch
+    assert again[4:4 + SALT_SIZE] == parent[4:4 + SALT_SIZE]

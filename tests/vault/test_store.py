@@ -250,3 +250,19 @@ def test_old_nonces_are_forgotten_in_the_write_that_remembers_a_new_one(
     assert not store.nonce_seen(client, "old")
     assert store.nonce_seen(client, "recent") and store.nonce_seen(client, "n2")
     assert not asyncio.run(store.remember_nonce(client, "recent", now=prunes, keep=120))
+
+
+def test_a_prefix_matches_keys_that_start_with_it_in_the_same_case_only(
+    store: VaultStore,
+) -> None:
+    """SQLite's LIKE ignores ASCII case: compacting the journal (``delete_prefix``) must not
+    delete, nor a restore's journal read (``get_metas``) replay, a row whose key starts with
+    the prefix in another case. Keys match byte for byte on both databases."""
+    store.put_metas({"vault-mode/journal/0001": b"a", "Vault-Mode/Journal/0002": b"other",
+                     "VAULT-MODE/JOURNAL/0003": b"other"})
+    assert [k for k, _ in store.get_metas("vault-mode/journal/")] == ["vault-mode/journal/0001"]
+    store.put_metas({"vault-mode/ledger": b"whole"}, delete_prefix="vault-mode/journal/")
+    assert store.get_metas("vault-mode/journal/") == []
+    assert store.get_meta("Vault-Mode/Journal/0002") == b"other"
+    assert store.get_meta("VAULT-MODE/JOURNAL/0003") == b"other"
+    assert store.get_meta("vault-mode/ledger") == b"whole"

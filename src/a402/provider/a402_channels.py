@@ -43,6 +43,7 @@ _RECORD_MAGIC = b"A4PR\x01"
 #: The JSON record earlier code wrote (the sealed export in hex): still restored.
 _LEGACY_FORMAT = "a402/provider-channel-record/v2"
 _CLOSING, _FORCE_CLOSE_DUE, _ONCHAIN_CLOSED = 1, 2, 4
+_KNOWN_FLAGS = _CLOSING | _FORCE_CLOSE_DUE | _ONCHAIN_CLOSED
 
 
 @dataclass
@@ -136,29 +137,64 @@ class Channels:
         return view
 
     def _restore(self, channel_id: bytes, blob: bytes) -> Slot:
-        """The slot of a stored record (this format, or the JSON one earlier code wrote)."""
-        blob = bytes(blob)
-        if blob.startswith(_RECORD_MAGIC):
-            at = len(_RECORD_MAGIC)
-            if len(blob) < at + 2 or len(blob) < at + 2 + blob[at + 1]:
-                raise ValueError("a provider channel record cut short")
-            flags, size = blob[at], blob[at + 1]
-            tx = blob[at + 2 : at + 2 + size].decode("ascii") or None
-            sealed = blob[at + 2 + size :]
-            closing, due, closed = (bool(flags & _CLOSING), bool(flags & _FORCE_CLOSE_DUE),
-                                    bool(flags & _ONCHAIN_CLOSED))
-        elif blob.startswith(b"{"):
-            record = json.loads(blob)
-            if record.get("format") != _LEGACY_FORMAT:
-                raise ValueError("not a provider channel record")
-            sealed, tx = unhex(record["sealed"]), record["closeTx"]
-            closing, due, closed = (bool(record["closingOnChain"]),
-                                    bool(record["forceCloseDue"]), bool(record["onchainClosed"]))
-        else:
-            raise ValueError("not a provider channel record")
+        """The slot of a stored record (this format, or the JSON one earlier code wrote).
+
+        The host wrote these bytes and may have altered them: only what :meth:`persist`
+        could have written is taken (:func:`_record_fields`), anything else is refused
+        with a ``ValueError`` before the enclave sees the sealed export (which the enclave
+        checks itself). The bookkeeping is the host's own, as in the JSON records before:
+        the enclave signs a close only from its sealed state (its claim, the co-signed
+        final state), so altered flags or a substituted record (JSON for binary, or an
+        older one) cost only the provider whose host this is (a claim, close or challenge
+        it skips, calls it refuses), beyond the older sealed state any host can hand back
+        (:mod:`a402.tee.sealing`)."""
+        sealed, closing, due, closed, tx = _record_fields(blob)
         self.provider_enclave.restore(channel_id, sealed)
         return Slot(self._view(channel_id), closing_on_chain=closing, force_close_due=due,
                     onchain_closed=closed, close_tx=tx)
+
+
+def _record_fields(blob: bytes) -> tuple[bytes, bool, bool, bool, str | None]:
+    """``(sealed export, closing, force close due, closed, closing tx)`` of a stored record,
+    or ``ValueError``: unknown flag bits, a length that overruns the record, a JSON record
+    with a field missing or of another type, and a closing transaction :meth:`persist`
+    could not write again (not ASCII, over 255 characters) are all refused."""
+    if not isinstance(blob, bytes | bytearray | memoryview):
+        raise ValueError("not a provider channel record")
+    blob = bytes(blob)
+    if blob.startswith(_RECORD_MAGIC):
+        at = len(_RECORD_MAGIC)
+        if len(blob) < at + 2 or len(blob) < at + 2 + blob[at + 1]:
+            raise ValueError("a provider channel record cut short")
+        flags, size = blob[at], blob[at + 1]
+        if flags & ~_KNOWN_FLAGS:
+            raise ValueError(f"a provider channel record with unknown flags {flags:#04x}")
+        try:
+            tx = blob[at + 2 : at + 2 + size].decode("ascii") or None
+        except UnicodeDecodeError:
+            raise ValueError("a provider channel record whose closing tx is not ASCII") from None
+        return (blob[at + 2 + size :], bool(flags & _CLOSING), bool(flags & _FORCE_CLOSE_DUE),
+                bool(flags & _ONCHAIN_CLOSED), tx)
+    if not blob.startswith(b"{"):
+        raise ValueError("not a provider channel record")
+    try:
+        record = json.loads(blob)
+    except (ValueError, RecursionError) as e:  # (also bad UTF-8, or nested too deep)
+        raise ValueError(f"a provider channel record that is not JSON: {e}") from None
+    if not isinstance(record, dict) or record.get("format") != _LEGACY_FORMAT:
+        raise ValueError("not a provider channel record")
+    closing, due, closed = (record.get(name)
+                            for name in ("closingOnChain", "forceCloseDue", "onchainClosed"))
+    if not (isinstance(closing, bool) and isinstance(due, bool) and isinstance(closed, bool)):
+        raise ValueError("a provider channel record whose flags are not all true or false")
+    tx = record.get("closeTx", ...)
+    if tx is not None and not (isinstance(tx, str) and tx.isascii() and len(tx) <= 255):
+        raise ValueError("a provider channel record with no closing tx it could write again")
+    try:
+        sealed = unhex(record.get("sealed"))
+    except ValueError:
+        raise ValueError("a provider channel record whose sealed export is not hex") from None
+    return sealed, closing, due, closed, tx or None
 
 
 __all__ = ["Channels", "Slot"]

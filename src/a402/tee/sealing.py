@@ -18,14 +18,20 @@ Construction (version 2; version 1 blobs still open, see below):
 * **Epoch key** ``= HKDF-SHA256(ikm = sealing key, salt = 24 random bytes,
   info = "A402/seal/v2/epoch")``, drawn the first time a process seals under the
   key, again after :data:`EPOCH_BLOBS` blobs, and again in a child after a
-  ``fork`` (so parent and child never share an epoch). Each blob of an epoch is
+  ``fork`` (so parent and child never share an epoch; the child also gets a new lock
+  per key, in case another thread held one at the fork). Each blob of an epoch is
   one ChaCha20-Poly1305 encryption under that key with a 96-bit **counter**
   nonce (1, 2, ...), never repeated within the epoch: nonces are unique by
   construction, not by chance, so no birthday bound applies however many blobs
   the enclave seals, and two epochs share a key only if two random 192-bit salts
-  collide. (Version 1 derived a key per blob, an HKDF and a cipher set-up costing
-  about three times the encryption of a channel's record; the paid path seals
-  several per request.)
+  collide. This assumes the enclave's memory is never restored from a snapshot (the
+  threat model: the host cannot read or modify enclave memory; SGX and Nitro offer no
+  such restore): a restored copy would repeat the epoch's counter under its key (the
+  XOR of two plaintexts, and Poly1305 forgeries). A platform that can restore one must
+  draw a new epoch on resume (version 1 fared no better if the snapshot holds the
+  RNG's state: its per-blob salts would repeat). (Version 1 derived a key per blob,
+  an HKDF and a cipher set-up costing about three times the encryption of a channel's
+  record; the paid path seals several per request.)
 * **Associated data** ``= header ‖ len ‖ measurement ‖ len ‖ label``: a blob
   sealed under one label (``"channel/42"``) does not open under another, so the
   host cannot swap one channel's state for another's; the header holds the
@@ -60,6 +66,7 @@ import itertools
 import os
 import secrets
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
 
@@ -96,9 +103,18 @@ _OPENED_EPOCHS = 64
 _generation = 0
 
 
+#: Every key alive, so that a forked child can give each a lock of its own.
+_keys: weakref.WeakSet[SealingKey] = weakref.WeakSet()
+
+
 def _forked() -> None:
+    """In a child after ``fork`` (one thread, the forking one): a new generation, and a
+    new lock for every key, since a thread of the parent that held one at the fork does
+    not exist here to release it (the child would wait on it for ever)."""
     global _generation
     _generation += 1
+    for key in list(_keys):
+        key._lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -125,7 +141,7 @@ class SealingKey:
     Lives inside the enclave; the host only ever sees what :meth:`seal` returns.
     """
 
-    __slots__ = ("_epoch", "_key", "_lock", "_opened", "measurement", "purpose")
+    __slots__ = ("__weakref__", "_epoch", "_key", "_lock", "_opened", "measurement", "purpose")
 
     def __init__(self, key: bytes, measurement: bytes, purpose: str) -> None:
         self._key = key
@@ -136,6 +152,7 @@ class SealingKey:
         self._lock = threading.Lock()
         #: Ciphers of epochs recently opened, by salt (their blobs come in runs).
         self._opened: OrderedDict[bytes, ChaCha20Poly1305] = OrderedDict()
+        _keys.add(self)
 
     def _associated_data(self, header: bytes, label: str) -> bytes:
         return header + _lp(self.measurement) + _lp(_label_bytes(label))
@@ -177,7 +194,11 @@ class SealingKey:
 
     def unseal(self, label: str, blob: bytes) -> bytes:
         """Open a blob made by :meth:`seal` (either version) with the same key and label,
-        or raise."""
+        or raise. Whatever the host hands back is refused with a reason, never trusted:
+        anything but bytes (``bytes(n)`` of an integer would allocate ``n`` bytes), a cut
+        or unknown format, or a blob that does not open."""
+        if not isinstance(blob, bytes | bytearray | memoryview):
+            raise SealingError("malformed", f"a sealed blob is bytes, not {type(blob).__name__}")
         blob = bytes(blob)
         if len(blob) < len(HEADER) + SALT_SIZE + TAG_SIZE or blob[:3] != MAGIC:
             raise SealingError("malformed", "not a sealed blob")

@@ -292,10 +292,12 @@ class VaultStore:
         return value
 
     def get_metas(self, prefix: str) -> list[tuple[str, bytes]]:
-        """Every meta row whose key starts with ``prefix``, in key order."""
+        """Every meta row whose key starts with ``prefix`` (in this case: SQLite's LIKE
+        ignores ASCII case, so the exact prefix is compared too), in key order."""
         with self._read() as s:
             rows = s.execute(select(MetaRow.key, MetaRow.value)
-                             .where(MetaRow.key.startswith(prefix, autoescape=True))
+                             .where(MetaRow.key.startswith(prefix, autoescape=True),
+                                    func.substr(MetaRow.key, 1, len(prefix)) == prefix)
                              .order_by(MetaRow.key)).all()
             return [(str(k), bytes(v)) for k, v in rows]
 
@@ -316,7 +318,9 @@ class VaultStore:
             (_NONCE_ONCE_SQL, {"client": address_key(client), "nonce": nonce, "seen_at": seen})
             for client, nonce, seen in nonces]
         if delete_prefix is not None:
-            statements.append((_META_DELETE_PREFIX_SQL, {"prefix": _like_prefix(delete_prefix)}))
+            statements.append((_META_DELETE_PREFIX_SQL, {
+                "pattern": _like_prefix(delete_prefix), "size": len(delete_prefix),
+                "prefix": delete_prefix}))
         statements.extend((_META_UPSERT_SQL, {"key": key, "value": bytes(value)})
                           for key, value in values.items())
         if statements:
@@ -847,9 +851,11 @@ _NONCES = NonceRow.__tablename__
 #: A meta row written whatever was there (valid on SQLite and PostgreSQL alike).
 _META_UPSERT_SQL = (f'INSERT INTO "{_META}" ("key", "value") VALUES (:key, :value) '
                     'ON CONFLICT ("key") DO UPDATE SET "value" = excluded."value"')
-#: The meta rows whose key starts with a prefix (:func:`_like_prefix`), as SQLAlchemy's
-#: ``startswith(..., autoescape=True)`` matches them.
-_META_DELETE_PREFIX_SQL = f'DELETE FROM "{_META}" WHERE "key" LIKE :prefix ESCAPE \'/\''
+#: The meta rows whose key starts with a prefix: the LIKE pattern (:func:`_like_prefix`,
+#: which an index may serve) and the prefix itself, compared exactly (SQLite's LIKE
+#: ignores ASCII case: a journal's compaction must delete its own rows only).
+_META_DELETE_PREFIX_SQL = (f'DELETE FROM "{_META}" WHERE "key" LIKE :pattern ESCAPE \'/\' '
+                           'AND substr("key", 1, :size) = :prefix')
 #: A nonce recorded, unless it is already (then it stays as it is).
 _NONCE_ONCE_SQL = (f'INSERT INTO "{_NONCES}" ("client", "nonce", "seen_at") '
                    "VALUES (:client, :nonce, :seen_at) ON CONFLICT DO NOTHING")
