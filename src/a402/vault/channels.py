@@ -347,12 +347,21 @@ class Channels:
         channel_id = checkpoint.channel_id
         async with self._write_lock(channel_id):
             held = self._held.pop(channel_id, None)
-            ledger_changed = self.vault.ledger_unsaved
-            if ledger_changed:
-                # The enclave's ledger changed with this step (a mandate's budget reserved or
-                # spent): stored before the step's message leaves, like the channel's record.
-                await self.ledger.achange(lambda: None)
-            plan = self._plan(checkpoint)
+            try:
+                ledger_changed = self.vault.ledger_unsaved
+                if ledger_changed:
+                    # The enclave's ledger changed with this step (a mandate's budget
+                    # reserved or spent): stored before the step's message leaves, like the
+                    # channel's record.
+                    await self.ledger.achange(lambda: None)
+                plan = self._plan(checkpoint)
+            except BaseException:
+                # Nothing of this step is durable (nor the held DELIVERED taken above): as
+                # for a failed write, its ACK must never leave and the machine that ran
+                # ahead of the database is forgotten (it would otherwise resume this step's
+                # EXEC with that ACK, under the key the database still names).
+                self._forget(channel_id, ack=held is not None)
+                raise
             call = checkpoint.call
             if (checkpoint.deferrable and held is None and not ledger_changed
                     and call is not None and checkpoint.paid is not None
@@ -453,14 +462,19 @@ class Channels:
                     lost = False
                 except BaseException:
                     pass  # _write dropped the ACK and unloaded the machine already
-            if lost:
-                for tunnel in self._tunnels.values():
-                    tunnel.forget_ack(channel_id)
-            # Not durable, so not sent: forget the machine that ran ahead of the database
-            # (here and in the enclave); the next use restores the last durable state.
-            self.live.pop(channel_id, None)
-            self.vault.unload(channel_id)
+            self._forget(channel_id, ack=lost)
             raise
+
+    def _forget(self, channel_id: bytes, *, ack: bool) -> None:
+        """A checkpoint of ``channel_id`` is not durable, so not sent: forget the machine
+        that ran ahead of the database (here and in the enclave; the next use restores the
+        last durable state) and, with ``ack`` (a held DELIVERED was not written), the
+        channel's unsent ACK."""
+        if ack:
+            for tunnel in self._tunnels.values():
+                tunnel.forget_ack(channel_id)
+        self.live.pop(channel_id, None)
+        self.vault.unload(channel_id)
 
     # ------------------------------------------------------------------ opening
 

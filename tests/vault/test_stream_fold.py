@@ -1,0 +1,91 @@
+"""The held DELIVERED of a stream group (:mod:`a402.vault.call`, step 5) when the next
+group's checkpoint fails before its write: the ledger write the step needs fails (the
+database went away while a mandate's budget, or any change of the enclave's ledger, was
+to be stored with it).
+
+The held checkpoint was taken for that write and is not durable: its ACK must never leave
+(the provider would take the group as final while the vault's record says AUTHORIZED),
+and the machine that ran ahead (LOCKED for the failed group) must not be resumed under the
+key the database still names. Real vault, provider enclave, anvil; balances asserted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from a402.asc import Status
+from a402.background import serve_in_thread
+from a402.client.vault import VaultResult
+from a402.client.vault_stream import paid_stream
+from a402.vault import store as vault_store
+from a402.wire import vault_api as api
+from tests.a402_exchange.helpers import World
+
+from .helpers import client_of, running_vault, wait_for
+from .test_paid_stream import GROUP, PER_GROUP, ROUTES, Upstream, llm_service
+
+pytestmark = pytest.mark.anvil
+
+
+def test_a_held_group_whose_next_checkpoint_fails_before_its_write_is_never_acked_unrecorded(
+    world: World, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    upstream = Upstream()
+    provider = world.provider(routes=ROUTES, service=llm_service(upstream), ack_timeout=8.0)
+    with serve_in_thread(provider.app) as site, running_vault(world) as vault:
+        account, client = client_of(world, vault, funds=20_000, deposit=20_000)
+        stream = paid_stream(client, f"{site}/llm/stream", method="POST", group=GROUP,
+                             max_price=PER_GROUP)
+        first = next(stream)
+        assert first.amount == PER_GROUP and not first.last
+        key = f"{account.address.lower()}:{first.result.idempotency_key}"
+        [row] = vault.store.channels()
+        slot = provider.runtime.channels.slot(bytes.fromhex(row.cid[2:]))
+        assert slot is not None and slot.channel.status is Status.PENDING  # ACK not out yet
+
+        # The next group's step changes the enclave's ledger, and storing it fails once.
+        service = vault.service
+        with service.vault._code.lock:
+            service.vault._code._changed()
+        ledger_store = service.ledger.store
+        real = ledger_store.put_ledger
+        failed: list[bool] = []
+
+        def put_ledger(*args: Any, **kwargs: Any) -> bool:
+            if not failed:
+                failed.append(True)
+                raise ConnectionError("the database went away")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(ledger_store, "put_ledger", put_ledger)
+        try:
+            next(stream)
+        except Exception:
+            pass  # the second group was not sold: what matters is the first one's fate
+        assert failed
+        stream.close()
+
+        # Whenever the provider holds the first group's ACK, the vault recorded it paid,
+        # with the result the client received (never the failed group's).
+        def acked() -> bool:
+            if slot.channel.status is not Status.OPEN or slot.channel.state.version < 1:
+                return False
+            record = vault.store.request(key)
+            assert record is not None and record.state == vault_store.DONE, (
+                f"the provider has the ACK; the vault's record is {record and record.state}")
+            return True
+
+        wait_for(acked, timeout=30.0, what="the first group's ACK")
+        record = vault.store.request(key)
+        assert record is not None and (record.outcome, record.amount) == (
+            api.PAID, str(PER_GROUP))
+        status, body = client.outcome(first.result.idempotency_key)
+        assert status == 200 and body["outcome"] == api.PAID
+        again = VaultResult.from_json(body)
+        assert again.content == first.content
+        # the provider was paid on this channel for the one group the client received
+        assert slot.channel.state.provider_balance == PER_GROUP
+        assert client.account_info()["paid"] == str(PER_GROUP)
+        client.close()
