@@ -11,6 +11,7 @@ key the database still names. Real vault, provider enclave, anvil; balances asse
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
@@ -60,10 +61,8 @@ def test_a_held_group_whose_next_checkpoint_fails_before_its_write_is_never_acke
             return real(*args, **kwargs)
 
         monkeypatch.setattr(ledger_store, "put_ledger", put_ledger)
-        try:
+        with contextlib.suppress(Exception):  # the second group was not sold
             next(stream)
-        except Exception:
-            pass  # the second group was not sold: what matters is the first one's fate
         assert failed
         stream.close()
 
