@@ -88,3 +88,42 @@ def test_a_held_group_whose_next_checkpoint_fails_before_its_write_is_never_acke
         assert slot.channel.state.provider_balance == PER_GROUP
         assert client.account_info()["paid"] == str(PER_GROUP)
         client.close()
+
+
+def test_a_provider_claiming_a_held_group_on_chain_leaves_it_recorded_paid_not_aborted(
+    world: World,
+) -> None:
+    """The provider may claim a revealed payment on-chain at once (before its ACK is due):
+    the vault's watchtower then settles the channel while the group's DELIVERED is still
+    held. The group was paid (by the claim) and received: its record must say so, never
+    "aborted, nothing was paid"; the chain pays the provider exactly that group."""
+    upstream = Upstream()
+    provider = world.provider(routes=ROUTES, service=llm_service(upstream), ack_timeout=60.0)
+    with serve_in_thread(provider.app) as site, running_vault(world) as vault:
+        account, client = client_of(world, vault, funds=20_000, deposit=20_000)
+        stream = paid_stream(client, f"{site}/llm/stream", method="POST", group=GROUP,
+                             max_price=PER_GROUP)
+        first = next(stream)
+        assert first.amount == PER_GROUP and not first.last
+        key = f"{account.address.lower()}:{first.result.idempotency_key}"
+        [row] = vault.store.channels()
+        cid = bytes.fromhex(row.cid[2:])
+        runtime = provider.runtime
+        slot = runtime.channels.slot(cid)
+        assert slot is not None and slot.channel.status is Status.PENDING  # ACK not out yet
+        before = world.balance(provider.address)
+        world.manager.force_close(runtime.operator, slot.channel.terms,
+                                  runtime.onchain.provider_enclave.claim(cid))
+
+        settled = wait_for(lambda: (r := vault.store.channel(row.cid)) is not None
+                           and r.phase == vault_store.SETTLED and r, what="the settlement")
+        record = vault.store.request(key)
+        assert record is not None and (record.state, record.outcome, record.amount) == (
+            vault_store.DONE, api.PAID, str(PER_GROUP))
+        status, body = client.outcome(first.result.idempotency_key)
+        assert status == 200 and VaultResult.from_json(body).content == first.content
+        assert settled.provider_payout == str(PER_GROUP)
+        assert world.balance(provider.address) - before == PER_GROUP
+        assert client.account_info()["paid"] == str(PER_GROUP)
+        stream.close()
+        client.close()

@@ -919,7 +919,9 @@ class Channels:
         """The chain paid the channel out: record it (a pool channel's client payout went
         back to the client's on-chain pool balance: mirrored in the store), drop the machine.
 
-        A request still LOCKED or PENDING in a channel settled this way was never
+        A held DELIVERED of the channel is written first (:meth:`durable`): its request
+        was delivered, and paid (the provider may claim it on-chain before its ACK is
+        due). A request still LOCKED or PENDING in a channel settled this way was never
         claimed (a claim goes through :func:`recover_from_force_close` first and
         clears it): its δ went back with the client's payout, and its call is
         answered so. It is answered before the settlement is recorded: a crash in
@@ -928,11 +930,15 @@ class Channels:
         call unanswered for good.
         """
         self.retire(cid)
+        channel_id = bytes.fromhex(cid[2:])
+        # A held DELIVERED first (a provider may claim a revealed payment on-chain before
+        # its ACK is due): the row must say the request was delivered, not still pending,
+        # or the call it paid would be answered "aborted, nothing was paid".
+        await self.durable(channel_id)
         row = await asyncio.to_thread(self.store.channel, cid)
         if (row is not None and row.request_key is not None and self.on_unfinished is not None
                 and row.status in (Status.LOCKED.value, Status.PENDING.value)):
             await self.on_unfinished(row.request_key, tx_hash)
-        channel_id = bytes.fromhex(cid[2:])
         self.live.pop(channel_id, None)
         if row is not None and row.phase in vault_store.FUNDED and row.snapshot is not None:
             # The enclave closes the channel for good (no σ_U, no state from now on);
