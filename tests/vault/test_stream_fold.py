@@ -11,7 +11,9 @@ key the database still names. Real vault, provider enclave, anvil; balances asse
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import threading
 from typing import Any
 
 import pytest
@@ -126,4 +128,60 @@ def test_a_provider_claiming_a_held_group_on_chain_leaves_it_recorded_paid_not_a
         assert world.balance(provider.address) - before == PER_GROUP
         assert client.account_info()["paid"] == str(PER_GROUP)
         stream.close()
+        client.close()
+
+
+def test_a_next_group_queued_behind_a_held_write_that_fails_is_not_written_over_it(
+    world: World, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A read of the client's records writes the held DELIVERED on its own
+    (``write_held``), and that write fails (the database went away for one transaction),
+    while the next group's LOCKED, made from the machine that had the group delivered,
+    waits for the channel's write lock. That LOCKED must not be written afterwards: its
+    snapshot has the group credited while the group's record was not written (it would
+    stay AUTHORIZED for good, the channel's row naming the next request). The machine
+    restarts from AUTHORIZED instead, and the group is recorded paid, once."""
+    upstream = Upstream()
+    provider = world.provider(routes=ROUTES, service=llm_service(upstream), ack_timeout=60.0)
+    with serve_in_thread(provider.app) as site, running_vault(world) as vault:
+        account, client = client_of(world, vault, funds=20_000, deposit=20_000)
+        stream = paid_stream(client, f"{site}/llm/stream", method="POST", group=GROUP,
+                             max_price=PER_GROUP)
+        first = next(stream)
+        key = f"{account.address.lower()}:{first.result.idempotency_key}"
+        [row] = vault.store.channels()
+        cid = bytes.fromhex(row.cid[2:])
+        channels = vault.service.channels
+        store = channels.store
+        real = store.save_checkpoint
+        failed: list[bool] = []
+
+        async def save_checkpoint(*args: Any, **kwargs: Any) -> None:
+            if not failed:  # the held DELIVERED, on its own: once the next group is LOCKED
+                failed.append(True)
+                async with asyncio.timeout(30):
+                    while (m := channels.live.get(cid)) is None or m.status is not Status.LOCKED:
+                        await asyncio.sleep(0.02)
+                raise ConnectionError("the database went away")
+            await real(*args, **kwargs)
+
+        monkeypatch.setattr(store, "save_checkpoint", save_checkpoint)
+        reader = threading.Thread(target=client.account_info)  # writes what is held
+        reader.start()
+        wait_for(lambda: failed, what="the held write")
+        with contextlib.suppress(Exception):  # the second group: not sold, or sold
+            next(stream)
+        reader.join(timeout=60)
+        stream.close()
+
+        record = wait_for(lambda: (r := vault.store.request(key)) is not None
+                          and r.state == vault_store.DONE and r, what="the first group's record")
+        assert (record.outcome, record.amount) == (api.PAID, str(PER_GROUP))
+        status, body = client.outcome(first.result.idempotency_key)
+        assert status == 200 and VaultResult.from_json(body).content == first.content
+        slot = provider.runtime.channels.slot(cid)
+        assert slot is not None
+        paid = int(client.account_info()["paid"])
+        wait_for(lambda: slot.channel.status is Status.OPEN, what="the ACKs")
+        assert slot.channel.state.provider_balance == paid
         client.close()

@@ -203,6 +203,9 @@ class Channels:
         self._held: dict[bytes, _Write] = {}
         #: ... and what serialises each channel's writes.
         self._write_locks: dict[bytes, asyncio.Lock] = {}
+        #: How many times each channel's machine was forgotten (:meth:`_forget`): a
+        #: checkpoint made before that (waiting for the write lock) is never written.
+        self._forgotten: dict[bytes, int] = {}
         self._tunnels: dict[tuple[str, int], ProviderTunnel] = {}
         self._attached: dict[tuple[str, int], set[bytes]] = {}
         self._tunnel_locks: dict[tuple[str, int], asyncio.Lock] = {}
@@ -342,10 +345,21 @@ class Channels:
         unloaded: it restarts from AUTHORIZED, and :meth:`ProviderTunnel.resume
         <a402.vault.tunnel.ProviderTunnel.resume>` gets the same REVEAL again. Writes of
         one channel are serialised here, in order, so a held snapshot never lands after
-        a newer one.
+        a newer one; and a checkpoint that waited for the lock behind a write that failed
+        (its machine forgotten then) is refused, never written: its snapshot, made from
+        that machine, may count what the failed write did not record.
         """
         channel_id = checkpoint.channel_id
+        made_from = self._forgotten.get(channel_id, 0)  # the checkpoint was made just now
         async with self._write_lock(channel_id):
+            if self._forgotten.get(channel_id, 0) != made_from:
+                # A write that ended before this one failed (a held DELIVERED written on
+                # its own, for a read of the records or an ACK): the machine this
+                # checkpoint was made from is forgotten, and its snapshot may count what
+                # that write failed to record. Not durable, so not sent.
+                raise VaultError(503, api.CHANNEL_RECOVERING,
+                                 f"nothing was paid: channel {hex_id(channel_id)} restarts "
+                                 "from its last durable state", retryable=True)
             held = self._held.pop(channel_id, None)
             try:
                 ledger_changed = self.vault.ledger_unsaved
@@ -473,6 +487,7 @@ class Channels:
         if ack:
             for tunnel in self._tunnels.values():
                 tunnel.forget_ack(channel_id)
+        self._forgotten[channel_id] = self._forgotten.get(channel_id, 0) + 1
         self.live.pop(channel_id, None)
         self.vault.unload(channel_id)
 
