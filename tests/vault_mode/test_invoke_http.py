@@ -44,7 +44,7 @@ from a402.tee import (
 )
 from a402.vault.mode import VaultModeConfig, VaultModeService
 from a402.vault.mode_app import create_mode_app
-from a402.vault.mode_invoke import ModeInvoker, answer_row
+from a402.vault.mode_invoke import _ENDPOINT_LABEL, ModeInvoker, answer_row, endpoint_row
 from a402.vault.settlement_schedule import SchedulePolicy
 from a402.vault.store import VaultStore
 from a402.vault_contract import A402Vault
@@ -720,3 +720,66 @@ def test_an_ack_lost_in_a_vault_crash_is_sent_by_the_restarted_vault_before_any_
         assert t["pending"] == 0
         assert balance(usdc, s.contract.address) == (
             t["free"] + t["locked"] + t["pending"] + t["unconfirmed"])
+
+
+@contextlib.contextmanager
+def silent_endpoint() -> Iterator[tuple[str, threading.Event, threading.Event]]:
+    """A provider endpoint that accepts connections and never answers (a host gone dark):
+    its URL, set once a connection came, and set once that connection was given up."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    came, gone = threading.Event(), threading.Event()
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            connection, _ = server.accept()
+            came.set()
+            with connection:
+                while connection.recv(4096):
+                    pass
+            gone.set()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}/.well-known/a402", came, gone
+    finally:
+        server.close()
+
+
+def test_a_call_is_not_held_up_by_an_owed_ack_resent_to_a_provider_endpoint_gone_dark(
+    vault_chain: Chain, usdc: Any, tmp_path: Path
+) -> None:
+    """A restarted vault re-sends an owed ACK at the endpoint stored with the channel (here:
+    one that accepts and never answers, as a provider host gone dark, or one the provider
+    left). A call to that provider, at its live URL, is answered meanwhile: the re-send
+    attests its provider outside the pair's lock (it takes the lock only to bind the
+    channel and send the ACK), so it does not hold the call up for its whole timeout.
+    The call's EXEC carries the owed ACK; paid once."""
+    with running(vault_chain, usdc, tmp_path, ack_timeout=60.0,
+                 invoker_cls=AckLosingInvoker) as (s, site, vault), \
+            silent_endpoint() as (dark, came, gone):
+        client = Account.create()
+        s.deposit(client.address, 20_000)
+        s.service.tick()
+        code, summary, _ = s.pay(site, vault, client, "ack-lost")
+        assert code == 0 and summary["outcome"] == api.PAID, summary
+        channel = bytes.fromhex(summary["payment"]["channelId"][2:])
+        enclave = s.service.config.enclave
+        s.service.store.put_meta(endpoint_row(channel), enclave.seal(
+            _ENDPOINT_LABEL, dark.encode()))  # where the provider was when it paid
+        again = VaultModeService(s.service.config)
+        invoker = ModeInvoker(again, verifiers=s.invoker.verifiers, policy=s.invoker.policy,
+                              allow_private_targets=True)
+        with serve_in_thread(create_mode_app(again, worker=False, invoker=invoker)) as url:
+            assert came.wait(30), "the re-send never tried the stored endpoint"
+            s.service = again
+            code, summary, _ = s.pay(site, url, client, "after-restart")
+            answered_first = not gone.is_set()
+            assert code == 0 and summary["outcome"] == api.PAID, summary
+            assert answered_first, "the call waited for the re-send's timeout"
+        assert summary["payment"]["channelId"] == "0x" + channel.hex()
+        slot = _acked_or_claimed(s, channel)
+        assert slot is not None and not slot.force_close_due
+        assert s.account(client.address) == 20_000 - 2 * PRICE

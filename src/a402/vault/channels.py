@@ -203,6 +203,9 @@ class Channels:
         self._held: dict[bytes, _Write] = {}
         #: ... and what serialises each channel's writes.
         self._write_locks: dict[bytes, asyncio.Lock] = {}
+        #: How many times each channel's machine was forgotten (:meth:`_forget`): a
+        #: checkpoint made before that (waiting for the write lock) is never written.
+        self._forgotten: dict[bytes, int] = {}
         self._tunnels: dict[tuple[str, int], ProviderTunnel] = {}
         self._attached: dict[tuple[str, int], set[bytes]] = {}
         self._tunnel_locks: dict[tuple[str, int], asyncio.Lock] = {}
@@ -342,17 +345,37 @@ class Channels:
         unloaded: it restarts from AUTHORIZED, and :meth:`ProviderTunnel.resume
         <a402.vault.tunnel.ProviderTunnel.resume>` gets the same REVEAL again. Writes of
         one channel are serialised here, in order, so a held snapshot never lands after
-        a newer one.
+        a newer one; and a checkpoint that waited for the lock behind a write that failed
+        (its machine forgotten then) is refused, never written: its snapshot, made from
+        that machine, may count what the failed write did not record.
         """
         channel_id = checkpoint.channel_id
+        made_from = self._forgotten.get(channel_id, 0)  # the checkpoint was made just now
         async with self._write_lock(channel_id):
+            if self._forgotten.get(channel_id, 0) != made_from:
+                # A write that ended before this one failed (a held DELIVERED written on
+                # its own, for a read of the records or an ACK): the machine this
+                # checkpoint was made from is forgotten, and its snapshot may count what
+                # that write failed to record. Not durable, so not sent.
+                raise VaultError(503, api.CHANNEL_RECOVERING,
+                                 f"nothing was paid: channel {hex_id(channel_id)} restarts "
+                                 "from its last durable state", retryable=True)
             held = self._held.pop(channel_id, None)
-            ledger_changed = self.vault.ledger_unsaved
-            if ledger_changed:
-                # The enclave's ledger changed with this step (a mandate's budget reserved or
-                # spent): stored before the step's message leaves, like the channel's record.
-                await self.ledger.achange(lambda: None)
-            plan = self._plan(checkpoint)
+            try:
+                ledger_changed = self.vault.ledger_unsaved
+                if ledger_changed:
+                    # The enclave's ledger changed with this step (a mandate's budget
+                    # reserved or spent): stored before the step's message leaves, like the
+                    # channel's record.
+                    await self.ledger.achange(lambda: None)
+                plan = self._plan(checkpoint)
+            except BaseException:
+                # Nothing of this step is durable (nor the held DELIVERED taken above): as
+                # for a failed write, its ACK must never leave and the machine that ran
+                # ahead of the database is forgotten (it would otherwise resume this step's
+                # EXEC with that ACK, under the key the database still names).
+                self._forget(channel_id, ack=held is not None)
+                raise
             call = checkpoint.call
             if (checkpoint.deferrable and held is None and not ledger_changed
                     and call is not None and checkpoint.paid is not None
@@ -453,14 +476,20 @@ class Channels:
                     lost = False
                 except BaseException:
                     pass  # _write dropped the ACK and unloaded the machine already
-            if lost:
-                for tunnel in self._tunnels.values():
-                    tunnel.forget_ack(channel_id)
-            # Not durable, so not sent: forget the machine that ran ahead of the database
-            # (here and in the enclave); the next use restores the last durable state.
-            self.live.pop(channel_id, None)
-            self.vault.unload(channel_id)
+            self._forget(channel_id, ack=lost)
             raise
+
+    def _forget(self, channel_id: bytes, *, ack: bool) -> None:
+        """A checkpoint of ``channel_id`` is not durable, so not sent: forget the machine
+        that ran ahead of the database (here and in the enclave; the next use restores the
+        last durable state) and, with ``ack`` (a held DELIVERED was not written), the
+        channel's unsent ACK."""
+        if ack:
+            for tunnel in self._tunnels.values():
+                tunnel.forget_ack(channel_id)
+        self._forgotten[channel_id] = self._forgotten.get(channel_id, 0) + 1
+        self.live.pop(channel_id, None)
+        self.vault.unload(channel_id)
 
     # ------------------------------------------------------------------ opening
 
@@ -905,7 +934,9 @@ class Channels:
         """The chain paid the channel out: record it (a pool channel's client payout went
         back to the client's on-chain pool balance: mirrored in the store), drop the machine.
 
-        A request still LOCKED or PENDING in a channel settled this way was never
+        A held DELIVERED of the channel is written first (:meth:`durable`): its request
+        was delivered, and paid (the provider may claim it on-chain before its ACK is
+        due). A request still LOCKED or PENDING in a channel settled this way was never
         claimed (a claim goes through :func:`recover_from_force_close` first and
         clears it): its δ went back with the client's payout, and its call is
         answered so. It is answered before the settlement is recorded: a crash in
@@ -914,11 +945,15 @@ class Channels:
         call unanswered for good.
         """
         self.retire(cid)
+        channel_id = bytes.fromhex(cid[2:])
+        # A held DELIVERED first (a provider may claim a revealed payment on-chain before
+        # its ACK is due): the row must say the request was delivered, not still pending,
+        # or the call it paid would be answered "aborted, nothing was paid".
+        await self.durable(channel_id)
         row = await asyncio.to_thread(self.store.channel, cid)
         if (row is not None and row.request_key is not None and self.on_unfinished is not None
                 and row.status in (Status.LOCKED.value, Status.PENDING.value)):
             await self.on_unfinished(row.request_key, tx_hash)
-        channel_id = bytes.fromhex(cid[2:])
         self.live.pop(channel_id, None)
         if row is not None and row.phase in vault_store.FUNDED and row.snapshot is not None:
             # The enclave closes the channel for good (no σ_U, no state from now on);

@@ -626,38 +626,46 @@ class ModeInvoker:
         without waiting for a call to bind its channel. At the endpoint stored with the
         channel's paid answer, on a tunnel of its own, closed after it (attested; its OPEN
         is signed by the enclave only if the attested peer holds the channel's provider
-        key), under the channel's pair lock; skipped if a call here bound the channel (it
+        key); each channel's on its own (one provider gone dark delays no other's), the
+        provider attested outside the channel's pair lock and the lock taken only to bind
+        the channel and send the ACK (a call to that provider is not held up for the
+        re-send's whole timeout); skipped if a call here bound the channel meanwhile (it
         owes the ACK itself). Moves no money and changes no balance: best effort (the
         provider ignores an ACK it has; one it never gets leads to its on-chain claim, which
         pays once). A channel with no stored endpoint (paid before they were stored) is
         left to its next call."""
         owed = await asyncio.to_thread(self.service.accounts.acks_owed)
-        for cid, client, provider, ack in owed:
-            if self._closing:
+        await asyncio.gather(*(self._resend_owed_ack(*entry) for entry in owed))
+
+    async def _resend_owed_ack(self, cid: bytes, client: str, provider: str, ack: Ack) -> None:
+        if self._closing:
+            return
+        pair = (address_key(client), address_key(provider))
+        lock = self._locks.setdefault(pair, asyncio.Lock())
+
+        def bound_here() -> bool:
+            return cid in self._unacked or any(cid in t._bound for t in self._tunnels.values())
+
+        try:
+            blob = await asyncio.to_thread(self.service.store.get_meta, endpoint_row(cid))
+            if blob is None or bound_here():
                 return
+            endpoint = self.service.config.enclave.unseal(_ENDPOINT_LABEL, blob).decode()
+            await self._check_target(endpoint)
+            tunnel = self._new_tunnel(endpoint)
             try:
-                blob = await asyncio.to_thread(self.service.store.get_meta, endpoint_row(cid))
-                if blob is None:
-                    continue
-                endpoint = self.service.config.enclave.unseal(_ENDPOINT_LABEL, blob).decode()
-                pair = (address_key(client), address_key(provider))
-                async with self._locks.setdefault(pair, asyncio.Lock()):
-                    if cid in self._unacked or any(cid in t._bound
-                                                   for t in self._tunnels.values()):
-                        continue
-                    await self._check_target(endpoint)
-                    tunnel = self._new_tunnel(endpoint)
-                    try:
-                        await tunnel.connect()
-                        await tunnel.bind(self.service.accounts.terms(cid))
-                        await self.send_ack(tunnel, ack)
-                    finally:
-                        await tunnel.aclose()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # best effort: the provider's claim pays it otherwise
-                log.warning("owed ACK of %s not re-sent: %s: %s", cid.hex(),
-                            type(e).__name__, e)
+                await tunnel.connect()  # attestation and handshake: no lock held
+                async with lock:
+                    if bound_here() or self._closing:
+                        return
+                    await tunnel.bind(self.service.accounts.terms(cid))
+                    await self.send_ack(tunnel, ack)
+            finally:
+                await tunnel.aclose()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # best effort: the provider's claim pays it otherwise
+            log.warning("owed ACK of %s not re-sent: %s: %s", cid.hex(), type(e).__name__, e)
 
     async def _ask(self, tunnel: ModeTunnel, envelope: Envelope, kind: type[Any]) -> Any:
         answer = await tunnel.exchange(envelope)
