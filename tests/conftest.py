@@ -8,6 +8,7 @@ tests do not depend on each other's order.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,6 +24,8 @@ from a402.chain.tx import contract_at, transact
 from a402.facilitator.app import create_app
 from a402.facilitator.core import Facilitator
 from a402.facilitator.store import SettlementStore
+
+from .servers import reserved_port
 
 POSTGRES_URL_ENV = "A402_TEST_POSTGRES_URL"
 
@@ -126,3 +129,14 @@ def anyio_backend() -> str:
     """Async tests run on asyncio: a402's services and vault are asyncio code (trio is
     installed only as selenium's dependency, for the console's browser tests)."""
     return "asyncio"
+
+
+@pytest.fixture
+def reserve_port() -> Iterator[Callable[[], int]]:
+    """``reserve_port()``: a loopback port for a server the test starts later (a child
+    process, or ``serve(app, port=...)``), held as :func:`tests.servers.reserved_port`
+    holds it until the test ends. A port merely found free (``free_port``) is free only
+    when asked: on a shared host another process may bind it before the server does, which
+    then exits with "Address already in use"."""
+    with contextlib.ExitStack() as stack:
+        yield lambda: stack.enter_context(reserved_port())

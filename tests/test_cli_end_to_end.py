@@ -24,7 +24,7 @@ from starlette.routing import Route
 from a402.asc_manager import ASCManager, OnChainStatus
 from a402.background import serve_in_thread
 from a402.chain.deploy import DEV_DISPUTE_WINDOW, Manifest, token_balance
-from a402.chain.node import connect, free_port
+from a402.chain.node import connect
 from a402.client.vault import ExpectedVault, VaultClient
 from a402.tee.identity import load_platform
 from a402.wire.headers import decode_payment_required
@@ -114,11 +114,12 @@ def upstream_api() -> Starlette:
 
 
 @pytest.mark.anvil
-def test_devnet_facilitator_gateway_and_pay_from_the_command_line(tmp_path: Path) -> None:
+def test_devnet_facilitator_gateway_and_pay_from_the_command_line(
+        tmp_path: Path, reserve_port: Callable[[], int]) -> None:
     manifest_path = tmp_path / "devnet.json"
-    # Each port is reserved right before its server binds it, and after every in-process
-    # server (which binds port 0) is up: no server can take a port reserved for another.
-    chain_port = free_port()
+    # Each port is held (``reserve_port``) until the test ends: no other server, of this
+    # test or of another process, is given it before the one started on it binds it.
+    chain_port = reserve_port()
     with running("devnet", "--port", str(chain_port), "--manifest-out", str(manifest_path)):
         wait_until(manifest_path.exists, "devnet")
         manifest = Manifest.load(manifest_path)
@@ -128,7 +129,7 @@ def test_devnet_facilitator_gateway_and_pay_from_the_command_line(tmp_path: Path
         facilitator_key = str(tmp_path / "facilitator.key")  # written by devnet
         assert Path(facilitator_key).read_text().strip() == (
             manifest.account("facilitator").private_key)
-        facilitator_port = free_port()
+        facilitator_port = reserve_port()
         with running("facilitator", "--rpc", manifest.rpc_url, "--network", manifest.network,
                      "--key-file", facilitator_key, "--db", f"sqlite:///{tmp_path}/j.db",
                      "--port", str(facilitator_port)):
@@ -136,7 +137,7 @@ def test_devnet_facilitator_gateway_and_pay_from_the_command_line(tmp_path: Path
             wait_until(lambda: httpx.get(f"{facilitator}/healthz").status_code == 200,
                        "facilitator")
             with serve_in_thread(upstream_api()) as upstream:
-                gateway_port = free_port()
+                gateway_port = reserve_port()
                 with running(
                     "gateway", "--upstream", upstream, "--route", "GET /quote=0.25",
                     "--manifest", str(manifest_path), "--facilitator", facilitator,
@@ -239,7 +240,7 @@ def test_pay_refuses_a_price_above_the_maximum_and_signs_nothing(tmp_path: Path)
 
 @pytest.mark.anvil
 def test_a_gateway_with_a402_is_paid_through_a_vault_from_the_command_line(
-    tmp_path: Path,
+    tmp_path: Path, reserve_port: Callable[[], int],
 ) -> None:
     """devnet, facilitator, ``a402 gateway --a402`` in front of an unmodified API, ``a402
     vault`` trusting the gateway's enclave, and ``a402 pay --vault`` paying in a channel."""
@@ -248,7 +249,7 @@ def test_a_gateway_with_a402_is_paid_through_a_vault_from_the_command_line(
     # The vault's platform exists before the gateway starts: the gateway trusts its root.
     vault_platform = tmp_path / "vault-platform.json"
     vault_root = load_platform(vault_platform).root.public_key.hex()
-    chain_port = free_port()
+    chain_port = reserve_port()
     with running("devnet", "--port", str(chain_port), "--manifest-out", str(manifest_path)):
         wait_until(manifest_path.exists, "devnet")
         manifest = Manifest.load(manifest_path)
@@ -260,7 +261,7 @@ def test_a_gateway_with_a402_is_paid_through_a_vault_from_the_command_line(
         holders = [client.address, gas_account, provider, manifest.contracts["ASCManager"]]
         before = {a: token_balance(chain, token, a) for a in holders}
 
-        facilitator_port = free_port()
+        facilitator_port = reserve_port()
         with running("facilitator", "--rpc", manifest.rpc_url, "--network", manifest.network,
                      "--key-file", str(tmp_path / "facilitator.key"),
                      "--db", f"sqlite:///{tmp_path}/j.db", "--port", str(facilitator_port)):
@@ -268,7 +269,7 @@ def test_a_gateway_with_a402_is_paid_through_a_vault_from_the_command_line(
             wait_until(lambda: httpx.get(f"{facilitator}/healthz").status_code == 200,
                        "facilitator")
             with serve_in_thread(upstream_api()) as upstream:
-                gateway_port = free_port()
+                gateway_port = reserve_port()
                 gateway_args = [
                     "gateway", "--upstream", upstream, "--route", "GET /quote=0.001",
                     "--manifest", str(manifest_path), "--facilitator", facilitator,
@@ -290,7 +291,7 @@ def test_a_gateway_with_a402_is_paid_through_a_vault_from_the_command_line(
                     unpaid = httpx.get(f"{gateway}/quote")
                     offers = decode_payment_required(unpaid.headers["PAYMENT-REQUIRED"])
 
-                    vault_port = free_port()
+                    vault_port = reserve_port()
                     with running(
                         "vault", "--rpc", manifest.rpc_url, "--manifest", str(manifest_path),
                         "--key-file", str(tmp_path / "vault.key"),
@@ -330,7 +331,7 @@ def test_a_gateway_with_a402_is_paid_through_a_vault_from_the_command_line(
                                 tmp_path / "client.key")
                 # The identity survives a restart: the same enclave key, so the same channels.
                 # (The measurement is given: the package's may change under concurrent edits.)
-                restart_port = free_port()
+                restart_port = reserve_port()
                 with running(*gateway_args, "--measurement", started["measurement"],
                              "--port", str(restart_port)) as again:
                     restarted = Stderr(again).json_line("gateway")
@@ -344,10 +345,10 @@ def test_a_gateway_with_a402_is_paid_through_a_vault_from_the_command_line(
         mismatch = subprocess.run(
             [A402, *gateway_args[:gateway_args.index("--manifest")], "--network", "eip155:1",
              "--asset", token, "--pay-to", provider, "--manager", manifest.contracts["ASCManager"],
-             *gateway_args[gateway_args.index("--facilitator"):], "--port", str(free_port())],
+             *gateway_args[gateway_args.index("--facilitator"):], "--port", str(reserve_port())],
             capture_output=True, text=True, timeout=60)
         no_code = subprocess.run(
-            [A402, *gateway_args, "--manager", "0x" + "42" * 20, "--port", str(free_port())],
+            [A402, *gateway_args, "--manager", "0x" + "42" * 20, "--port", str(reserve_port())],
             capture_output=True, text=True, timeout=60)
 
     assert [o.scheme for o in offers.accepts] == ["exact", "a402"]

@@ -12,13 +12,13 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from a402.chain.deploy import Manifest
-from a402.chain.node import Chain, free_port
+from a402.chain.node import Chain
 from tests.servers import dead_url
 
 pytestmark = pytest.mark.anvil
@@ -69,15 +69,17 @@ def listening() -> Iterator[int]:
         yield int(sock.getsockname()[1])
 
 
-def test_facilitator_with_a_missing_key_file(folder: Path, anvil_chain: Chain) -> None:
+def test_facilitator_with_a_missing_key_file(
+        folder: Path, anvil_chain: Chain, reserve_port: Callable[[], int]) -> None:
     run = a402(folder, "facilitator", "--rpc", str(anvil_chain.rpc_url),
-               "--key-file", "absent.key", "--port", str(free_port()))
+               "--key-file", "absent.key", "--port", str(reserve_port()))
     assert "absent.key" in refused(run, "facilitator", "key_file_unreadable")
     assert no_files_but(folder, "devnet.json", "gas.key")
 
 
 @pytest.mark.parametrize("command", ["facilitator", "vault", "indexer"])
-def test_a_service_whose_rpc_does_not_answer(folder: Path, command: str) -> None:
+def test_a_service_whose_rpc_does_not_answer(
+        folder: Path, command: str, reserve_port: Callable[[], int]) -> None:
     rpc = dead_url()
     args = {
         "facilitator": ["--key-file", "gas.key"],
@@ -85,23 +87,24 @@ def test_a_service_whose_rpc_does_not_answer(folder: Path, command: str) -> None
                   "--provider-measurement", "00" * 32, "--allow-simulated-attestation"],
         "indexer": ["--factory", "0x" + "11" * 20],
     }[command]
-    run = a402(folder, command, "--rpc", rpc, "--port", str(free_port()), *args)
+    run = a402(folder, command, "--rpc", rpc, "--port", str(reserve_port()), *args)
     assert rpc in refused(run, command, "chain_unavailable")
     assert no_files_but(folder, "devnet.json", "gas.key")  # no journal, store or index
 
 
-def test_gateway_with_a_missing_manifest(folder: Path) -> None:
+def test_gateway_with_a_missing_manifest(folder: Path, reserve_port: Callable[[], int]) -> None:
     run = a402(folder, "gateway", "--upstream", "http://127.0.0.1:9", "--route",
                "GET /x=0.01", "--facilitator", dead_url(), "--manifest", "absent.json",
-               "--port", str(free_port()))
+               "--port", str(reserve_port()))
     assert "a402 devnet" in refused(run, "gateway", "manifest_not_found")
     assert no_files_but(folder, "devnet.json", "gas.key")
 
 
-def test_gateway_refuses_a_network_that_contradicts_its_manifest(folder: Path) -> None:
+def test_gateway_refuses_a_network_that_contradicts_its_manifest(
+        folder: Path, reserve_port: Callable[[], int]) -> None:
     run = a402(folder, "gateway", "--upstream", "http://127.0.0.1:9", "--route",
                "GET /x=0.01", "--facilitator", dead_url(), "--manifest", "devnet.json",
-               "--network", "eip155:84532", "--port", str(free_port()))
+               "--network", "eip155:84532", "--port", str(reserve_port()))
     assert "--network eip155:84532" in refused(run, "gateway", "conflicting_options")
     assert no_files_but(folder, "devnet.json", "gas.key")
 
@@ -139,16 +142,17 @@ def test_devnet_on_the_port_of_a_running_chain_deploys_nothing(
 
 
 def test_devnet_never_writes_over_the_manifest_of_a_running_chain(
-        folder: Path, anvil_chain: Chain) -> None:
+        folder: Path, anvil_chain: Chain, reserve_port: Callable[[], int]) -> None:
     before = (folder / "devnet.json").read_text()
-    run = a402(folder, "devnet", "--port", str(free_port()), "--manifest-out", "devnet.json")
+    run = a402(folder, "devnet", "--port", str(reserve_port()), "--manifest-out", "devnet.json")
     assert str(anvil_chain.rpc_url) in refused(run, "devnet", "manifest_in_use")
     assert (folder / "devnet.json").read_text() == before
     assert no_files_but(folder, "devnet.json", "gas.key")  # no key file written either
 
 
 def test_a_vault_whose_sealed_identity_another_build_made_says_so_without_a_traceback(
-        folder: Path, anvil_chain: Chain, dev_stack: Manifest) -> None:
+        folder: Path, anvil_chain: Chain, dev_stack: Manifest,
+        reserve_port: Callable[[], int]) -> None:
     """An upgraded a402 measures differently: the vault's identity, sealed in its database
     by the build before, does not open. The vault does not start, says why in one line,
     and that the clients' pool balances stay withdrawable without it."""
@@ -165,7 +169,7 @@ def test_a_vault_whose_sealed_identity_another_build_made_says_so_without_a_trac
                "--manager", "0x" + "22" * 20, "--db", db,
                "--platform-file", str(platform_file), "--measurement", "02" * 48,
                "--provider-measurement", "00" * 32, "--allow-simulated-attestation",
-               "--port", str(free_port()))
+               "--port", str(reserve_port()))
     line = refused(run, "vault", "sealed_identity_unreadable")
     assert "0x" + "02" * 48 in line and "another build or platform" in line
     assert "a402 pool withdraw" in line

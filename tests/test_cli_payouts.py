@@ -34,11 +34,12 @@ from eth_account.signers.local import LocalAccount
 from a402.asc import BalanceState, ChannelTerms
 from a402.asc_manager import ASCManager, OnChainStatus
 from a402.chain.deploy import DEV_DISPUTE_WINDOW, Manifest, TokenInfo, deploy_dev_stack
-from a402.chain.node import Chain, free_port, start_anvil
+from a402.chain.node import Chain, start_anvil
 from a402.chain.tx import TransactionFailed, contract_at, deploy_contract, transact
 from a402.cli import main
 from a402.crypto import EVM
 from tests.asc.helpers import Parties, balance, fresh_account, increase_time, make_parties
+from tests.servers import dead_url
 
 pytestmark = pytest.mark.anvil
 
@@ -433,7 +434,7 @@ def test_bad_input_exits_with_a_reason_and_changes_nothing(
         (2, ("payouts", "--key-file", str(tmp_path / "missing.key")), "cannot read key file"),
         (2, ("channels", *client[:2], "--manifest", str(tmp_path / "none.json")),
          "cannot read the manifest"),
-        (1, ("payouts", *client[:2], "--rpc", f"http://127.0.0.1:{free_port()}",
+        (1, ("payouts", *client[:2], "--rpc", dead_url(),
              "--manager", d.manager.address), "cannot reach the chain"),
         (2, ("payouts", "relay", str(tmp_path / "no-order.json"), *client), "cannot read"),
         (2, ("payouts", *provider, "--to", q.client.address), "--to goes with `a402 payouts "

@@ -17,7 +17,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from a402.chain.deploy import Manifest, token_balance
-from a402.chain.node import Chain, free_port
+from a402.chain.node import Chain
 from a402.client import paying_client, receipt_of, token_units_max
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def wait_for(url: str, proc: subprocess.Popen[str], timeout: float = 30.0) -> No
 
 def test_the_provider_example_charges_one_weather_request_exactly_its_price(
     anvil_chain: Chain, dev_stack: Manifest, facilitator_url: str, tmp_path: Path,
-    new_payer: Callable[..., LocalAccount],
+    new_payer: Callable[..., LocalAccount], reserve_port: Callable[[], int],
 ) -> None:
     manifest = tmp_path / "devnet.json"
     manifest.write_text(dev_stack.to_json())
@@ -65,7 +65,7 @@ def test_the_provider_example_charges_one_weather_request_exactly_its_price(
     payer = new_payer()
     token = dev_stack.token.address
     payer_before = token_balance(anvil_chain, token, payer.address)
-    port = free_port()
+    port = reserve_port()
     base = f"http://127.0.0.1:{port}"
     with example(str(PROVIDER), "--manifest", str(manifest), "--facilitator", facilitator_url,
                  "--pay-to", pay_to, "--port", str(port)) as proc:

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -17,7 +18,7 @@ import pytest
 
 from a402.background import serve_in_thread
 from a402.chain.deploy import Manifest, token_balance
-from a402.chain.node import connect, free_port
+from a402.chain.node import connect
 from tests.test_cli_end_to_end import A402, Stderr, running, upstream_api, wait_until
 
 TOKEN = "end-to-end-operator-token"
@@ -35,14 +36,14 @@ def paid_lines(stderr: Stderr) -> list[dict[str, object]]:
 
 @pytest.mark.anvil
 def test_two_payments_are_logged_listed_and_confirmed_from_the_command_line(
-        tmp_path: Path) -> None:
+        tmp_path: Path, reserve_port: Callable[[], int]) -> None:
     manifest_path = tmp_path / "devnet.json"
     history = tmp_path / "payments.jsonl"
-    chain_port = free_port()
+    chain_port = reserve_port()
     with running("devnet", "--port", str(chain_port), "--manifest-out", str(manifest_path)):
         wait_until(manifest_path.exists, "devnet")
         manifest = Manifest.load(manifest_path)
-        facilitator_port = free_port()
+        facilitator_port = reserve_port()
         with running("facilitator", "--rpc", manifest.rpc_url, "--network", manifest.network,
                      "--key-file", str(tmp_path / "facilitator.key"),
                      "--db", f"sqlite:///{tmp_path}/j.db", "--port", str(facilitator_port),
@@ -52,7 +53,7 @@ def test_two_payments_are_logged_listed_and_confirmed_from_the_command_line(
             wait_until(lambda: httpx.get(f"{facilitator}/healthz").status_code == 200,
                        "facilitator")
             with serve_in_thread(upstream_api()) as upstream:
-                gateway_port = free_port()
+                gateway_port = reserve_port()
                 with running(
                     "gateway", "--upstream", upstream, "--route", "GET /quote=0.25",
                     "--manifest", str(manifest_path), "--facilitator", facilitator,

@@ -12,9 +12,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-
-from a402.chain.node import free_port
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -36,8 +35,9 @@ run(app, host="127.0.0.1", port=int(sys.argv[1]))
 """
 
 
-def test_a_lifespan_that_raises_before_startup_stops_the_service() -> None:
-    run = subprocess.run([sys.executable, "-c", APP, str(free_port())],
+def test_a_lifespan_that_raises_before_startup_stops_the_service(
+        reserve_port: Callable[[], int]) -> None:
+    run = subprocess.run([sys.executable, "-c", APP, str(reserve_port())],
                          env={**os.environ, "PYTHONPATH": SRC}, capture_output=True,
                          text=True, timeout=60)
     assert run.returncode == 3, run.stderr

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +20,7 @@ from a402.agents.a2a_provider import PaidAgent
 from a402.background import serve_in_thread
 from a402.chain.deploy import Manifest, token_balance
 from a402.chain.node import Chain
+from tests.servers import reserved_port
 
 A2A_PRICE = "0.01"
 A2A_PRICE_ATOMIC = 10_000  # the dev token has 6 decimals
@@ -48,10 +48,6 @@ class A2AServedAgent:
         return self.agent.terms.pay_to
 
 
-def a2a_free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -73,7 +69,7 @@ def a2a_agents(
             tamper: Callable[[PaidAgent], None] | None = None,
             **options: Any,
         ) -> A2AServedAgent:
-            port = a2a_free_port()
+            port = stack.enter_context(reserved_port())  # held until the agent stops
             url = f"http://127.0.0.1:{port}/"
             calls: list[str] = []
 

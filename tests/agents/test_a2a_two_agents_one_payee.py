@@ -30,9 +30,9 @@ from tests.agents.conftest import (
     A2A_PRICE_ATOMIC,
     A2AServedAgent,
     a2a_balance,
-    a2a_free_port,
 )
 from tests.agents.test_a2a_numbers import _call, _offer, _send, _signed
+from tests.servers import reserved_port
 
 pytestmark = [pytest.mark.anyio, pytest.mark.anvil]
 
@@ -60,7 +60,7 @@ async def test_one_payload_sent_to_two_agents_paid_to_one_payee_completes_one_ta
     with contextlib.ExitStack() as stack:
         served = []
         for name in ("Shouter", "Echoer"):
-            port = a2a_free_port()
+            port = stack.enter_context(reserved_port())  # held until the agent stops
             url = f"http://127.0.0.1:{port}/"
             agent = PaidAgent(slow, name=name, description="Answers in capitals.", url=url,
                               price=A2A_PRICE, pay_to=pay_to, token=dev_stack.token,

@@ -29,7 +29,7 @@ from a402.agents.a2a_client import A2APaymentFailed, PayingAgentClient, discover
 from a402.agents.onchain import FactoryCardSource
 from a402.background import serve_in_thread
 from a402.chain.deploy import Manifest, token_balance
-from a402.chain.node import Chain, free_port
+from a402.chain.node import Chain
 from a402.cli import main
 from a402.client import token_units_max
 
@@ -118,7 +118,7 @@ def pay_one_task(agent_id: str, source: FactoryCardSource, payer: LocalAccount,
 
 def test_serve_registers_an_agent_in_front_of_an_upstream_and_one_paid_task_pays_the_price(
     anvil_chain: Chain, dev_stack: Manifest, manifest_path: Path, facilitator_url: str,
-    new_payer: Callable[..., LocalAccount], tmp_path: Path,
+    new_payer: Callable[..., LocalAccount], tmp_path: Path, reserve_port: Callable[[], int],
 ) -> None:
     received: list[str] = []
 
@@ -134,7 +134,7 @@ def test_serve_registers_an_agent_in_front_of_an_upstream_and_one_paid_task_pays
     with serve_in_thread(upstream) as up, agents_serve(
         "--manifest", str(manifest_path), "--upstream", f"{up}/upper", "--name", "Upper",
         "--description", "Upper-cases text.", "--price", PRICE, "--pay-to", payee,
-        "--facilitator", facilitator_url, "--port", str(free_port()), "--register",
+        "--facilitator", facilitator_url, "--port", str(reserve_port()), "--register",
         "--key-file", key_file(tmp_path, owner),
     ) as served:
         info = served.started()
@@ -153,7 +153,7 @@ def test_serve_registers_an_agent_in_front_of_an_upstream_and_one_paid_task_pays
 
 def test_serve_runs_a_python_function_and_a_failing_one_charges_nothing(
     anvil_chain: Chain, dev_stack: Manifest, manifest_path: Path, facilitator_url: str,
-    new_payer: Callable[..., LocalAccount], tmp_path: Path,
+    new_payer: Callable[..., LocalAccount], tmp_path: Path, reserve_port: Callable[[], int],
 ) -> None:
     (tmp_path / "my_agent.py").write_text(
         "def reverse(text):\n"
@@ -166,7 +166,7 @@ def test_serve_runs_a_python_function_and_a_failing_one_charges_nothing(
     token = dev_stack.token.address
     with agents_serve("--manifest", str(manifest_path), "--handler", "my_agent:reverse",
                       "--name", "Reverser", "--price", PRICE, "--pay-to", payee,
-                      "--facilitator", facilitator_url, "--port", str(free_port()),
+                      "--facilitator", facilitator_url, "--port", str(reserve_port()),
                       "--register", "--key-file", key_file(tmp_path, owner),
                       cwd=tmp_path) as served:
         info = served.started()
@@ -182,10 +182,10 @@ def test_serve_runs_a_python_function_and_a_failing_one_charges_nothing(
 
 
 def test_serve_refuses_a_price_finer_than_the_token_before_serving_or_sending_anything(
-    manifest_path: Path, capsys: pytest.CaptureFixture[str],
+    manifest_path: Path, capsys: pytest.CaptureFixture[str], reserve_port: Callable[[], int],
 ) -> None:
     code = main(["agents", "serve", "--manifest", str(manifest_path), "--upstream",
                  "http://127.0.0.1:9/x", "--name", "A", "--price", "0.0000001",
-                 "--port", str(free_port())])
+                 "--port", str(reserve_port())])
     assert code == 2
     assert "--price" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -21,7 +22,7 @@ from x402.schemas import PaymentRequiredV1 as OfficialPaymentRequiredV1
 
 from a402.background import serve_in_thread
 from a402.chain.deploy import Manifest, deploy_dev_stack, token_balance
-from a402.chain.node import LOCAL_CHAIN_IDS, free_port, public_chain_id_warning, start_anvil
+from a402.chain.node import LOCAL_CHAIN_IDS, public_chain_id_warning, start_anvil
 from a402.chain.tx import contract_at, transact
 from a402.facilitator.app import create_app
 from a402.facilitator.core import Facilitator
@@ -89,10 +90,10 @@ def test_a_public_chain_id_on_a_local_node_comes_with_a_warning() -> None:
 
 @pytest.mark.anvil
 def test_a402_devnet_takes_a_chain_id_writes_it_into_the_manifest_and_warns(
-    tmp_path: Path,
+    tmp_path: Path, reserve_port: Callable[[], int],
 ) -> None:
     manifest_path = tmp_path / "devnet.json"
-    with running("devnet", "--port", str(free_port()), "--chain-id", str(BASE_SEPOLIA),
+    with running("devnet", "--port", str(reserve_port()), "--chain-id", str(BASE_SEPOLIA),
                  "--manifest-out", str(manifest_path)) as proc:
         err = Stderr(proc)
         wait_until(manifest_path.exists, "devnet")

@@ -7,12 +7,13 @@ from eth_account import Account
 from web3 import Web3
 
 from a402.chain.deploy import Manifest
-from a402.chain.node import Chain, free_port
+from a402.chain.node import Chain
 from a402.chain.tx import TransactionFailed, transact
 from a402.crypto.authorization import EcdsaSigner
 from a402.mandate import Domain, revocation_digest, sign_mandate
 from a402.mandate.registry import MandateRegistry, RevocationCheck, RevocationUnknown
 from tests.mandate.helpers import Keys, make_mandate
+from tests.servers import dead_url
 
 pytestmark = pytest.mark.anvil
 
@@ -90,7 +91,7 @@ def test_a_stranger_cannot_revoke_someone_elses_mandate(anvil_chain: Chain,
 def test_an_unreadable_registry_counts_as_revoked(anvil_chain: Chain,
                                                    dev_stack: Manifest) -> None:
     signed = _signed(Keys(), dev_stack)
-    dead = Chain(Web3(Web3.HTTPProvider(f"http://127.0.0.1:{free_port()}",
+    dead = Chain(Web3(Web3.HTTPProvider(dead_url(),
                                         request_kwargs={"timeout": 2})), [])
     with pytest.raises(RevocationUnknown):
         RevocationCheck.for_mandate(dead, signed)
@@ -98,7 +99,7 @@ def test_an_unreadable_registry_counts_as_revoked(anvil_chain: Chain,
     with pytest.raises(RevocationUnknown) as e:
         check.revoked(signed)
     assert e.value.reason == "mandate_revocation_unknown"
-    over_http = Chain(dead.w3, [], rpc_url=f"http://127.0.0.1:{free_port()}")
+    over_http = Chain(dead.w3, [], rpc_url=dead_url())
     with pytest.raises(RevocationUnknown, match="isRevoked failed"):
         RevocationCheck(MandateRegistry(over_http, signed.domain.registry)).revoked(signed)
     other_chain = _signed(Keys(), dev_stack)

@@ -13,7 +13,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from a402.chain.deploy import Manifest
-from a402.chain.node import Chain, free_port
+from a402.chain.node import Chain
 from tests.paid_mcp.helpers import PRICE, balance
 from tests.paid_mcp.test_mcp_serve_command import _accepts, _env, running
 from tests.test_cli_end_to_end import Stderr, wait_until
@@ -25,7 +25,7 @@ CLIENT = str(ROOT / "examples" / "mcp_client.py")
 
 def test_the_readme_paid_mcp_tool_flow_moves_exactly_the_price(
         tmp_path: Path, dev_stack: Manifest, facilitator_url: str, anvil_chain: Chain,
-        new_payer: Callable[..., LocalAccount]) -> None:
+        new_payer: Callable[..., LocalAccount], reserve_port: Callable[[], int]) -> None:
     manifest = tmp_path / "devnet.json"
     manifest.write_text(dev_stack.to_json())
     payer = new_payer()
@@ -34,7 +34,7 @@ def test_the_readme_paid_mcp_tool_flow_moves_exactly_the_price(
     key_file.chmod(0o600)
     pay_to = str(Account.create().address)
     before = balance(anvil_chain, dev_stack, payer.address)
-    port = free_port()
+    port = reserve_port()
     args = ["mcp", "serve", "--upstream-command", f"{sys.executable} {SERVER}",
             "--tool", "forecast=0.001", "--manifest", str(manifest), "--pay-to", pay_to,
             "--facilitator", facilitator_url, "--port", str(port),
@@ -63,7 +63,7 @@ def test_the_readme_paid_mcp_tool_flow_moves_exactly_the_price(
 
 def test_the_example_client_pays_an_upto_tool_only_in_a_token_it_names(
         tmp_path: Path, dev_stack: Manifest, facilitator_url: str, anvil_chain: Chain,
-        new_payer: Callable[..., LocalAccount]) -> None:
+        new_payer: Callable[..., LocalAccount], reserve_port: Callable[[], int]) -> None:
     """``--tool 'forecast=upto:0.004/0.001'`` (a tool that reports no usage: charged its
     maximum): without ``--asset`` the example refuses before signing (exit 3, nothing
     paid, no traceback); with it, after ``approve_permit2``, exactly the maximum moves."""
@@ -82,7 +82,7 @@ def test_the_example_client_pays_an_upto_tool_only_in_a_token_it_names(
     approve_permit2(str(anvil_chain.rpc_url), payer.key.hex(), token)
     pay_to = str(Account.create().address)
     before = balance(anvil_chain, dev_stack, payer.address)
-    port = free_port()
+    port = reserve_port()
     args = ["mcp", "serve", "--upstream-command", f"{sys.executable} {SERVER}",
             "--tool", "forecast=upto:0.004/0.001", "--manifest", str(manifest),
             "--pay-to", pay_to, "--facilitator", facilitator_url, "--port", str(port),

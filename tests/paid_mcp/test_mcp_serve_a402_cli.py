@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -16,7 +17,7 @@ import httpx
 import pytest
 
 from a402.chain.deploy import Manifest, token_balance
-from a402.chain.node import connect, free_port
+from a402.chain.node import connect
 from a402.client.vault import ExpectedVault, VaultClient
 from a402.mcp import PayingMCPSession
 from a402.tee.identity import load_platform
@@ -29,19 +30,20 @@ pytestmark = pytest.mark.anvil
 PRICE = 1_000  # forecast=a402:0.001
 
 
-def test_a402_mcp_serve_sells_a_tool_in_a_channel_paid_through_a_vault(tmp_path: Path) -> None:
+def test_a402_mcp_serve_sells_a_tool_in_a_channel_paid_through_a_vault(
+        tmp_path: Path, reserve_port: Callable[[], int]) -> None:
     manifest_path = tmp_path / "devnet.json"
     vault_code = "0x" + hashlib.sha384(b"the vault's enclave, mcp test").hexdigest()
     vault_platform = tmp_path / "vault-platform.json"
     vault_root = load_platform(vault_platform).root.public_key.hex()
-    with running("devnet", "--port", str(free_port()), "--manifest-out", str(manifest_path)):
+    with running("devnet", "--port", str(reserve_port()), "--manifest-out", str(manifest_path)):
         wait_until(manifest_path.exists, "devnet")
         manifest = Manifest.load(manifest_path)
         chain = connect(manifest.rpc_url)
         token = manifest.token.address
         client, provider = manifest.account("client"), manifest.account("provider").address
         provider_before = token_balance(chain, token, provider)
-        port = free_port()
+        port = reserve_port()
         with running(
             "mcp", "serve", "--upstream-command",
             f"{sys.executable} {Path(weather_server.__file__)}",
@@ -59,7 +61,7 @@ def test_a402_mcp_serve_sells_a_tool_in_a_channel_paid_through_a_vault(tmp_path:
             started = Stderr(proxy).json_line("mcp")
             assert started["mcp"] == f"http://127.0.0.1:{port}/mcp"
             assert started["provider"] == provider
-            vault_port = free_port()
+            vault_port = reserve_port()
             with running(
                 "vault", "--rpc", manifest.rpc_url, "--manifest", str(manifest_path),
                 "--key-file", str(tmp_path / "vault.key"),

@@ -21,7 +21,7 @@ from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
 from a402.chain.deploy import Manifest
-from a402.chain.node import Chain, free_port
+from a402.chain.node import Chain
 from a402.cli import main
 from a402.mcp import PayingMCPSession, ToolPaywall
 from a402.mcp.proxy import Upstream, proxy_app
@@ -84,11 +84,12 @@ def manifest_file(tmp_path: Path, dev_stack: Manifest) -> str:
 
 async def test_mcp_serve_in_front_of_a_stdio_server_and_a_replay_to_another_process_is_refused(
         tmp_path: Path, manifest_file: str, facilitator_url: str, anvil_chain: Chain,
-        dev_stack: Manifest, new_payer: Callable[..., LocalAccount]) -> None:
+        dev_stack: Manifest, new_payer: Callable[..., LocalAccount],
+        reserve_port: Callable[[], int]) -> None:
     pay_to = str(Account.create().address)
     ledger = f"sqlite:///{tmp_path / 'shared-ledger.db'}"
     runs = tmp_path / "runs.txt"
-    port = free_port()
+    port = reserve_port()
     payer = new_payer()
     before = balance(anvil_chain, dev_stack, payer.address)
     args = ["mcp", "serve", "--upstream-command", f"{sys.executable} {UPSTREAM_SCRIPT}",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -12,7 +13,7 @@ import pytest
 from eth_account import Account
 
 from a402.chain.deploy import deploy_dev_stack
-from a402.chain.node import free_port, start_anvil
+from a402.chain.node import start_anvil
 from a402.tee import SimulatedPlatform
 from a402.vault.identity import save_platform
 from tests.a402_exchange.helpers import PROVIDER_CODE
@@ -26,7 +27,8 @@ def _vault(*args: str) -> list[str]:
     return [sys.executable, "-m", "a402.cli", "vault", *args]
 
 
-def test_the_vault_command_runs_from_a_devnet_manifest(tmp_path: Path) -> None:
+def test_the_vault_command_runs_from_a_devnet_manifest(
+        tmp_path: Path, reserve_port: Callable[[], int]) -> None:
     with start_anvil(accounts=5) as chain:
         manifest = deploy_dev_stack(chain, asc_manager=True)
         manifest_path = tmp_path / "devnet.json"
@@ -36,7 +38,7 @@ def test_the_vault_command_runs_from_a_devnet_manifest(tmp_path: Path) -> None:
         key.chmod(0o600)
         platform = tmp_path / "platform.json"
         save_platform(SimulatedPlatform.generate(), platform)
-        port, db = free_port(), f"sqlite:///{tmp_path}/vault.db"
+        port, db = reserve_port(), f"sqlite:///{tmp_path}/vault.db"
         common = ["--rpc", str(chain.rpc_url), "--key-file", str(key), "--manifest",
                   str(manifest_path), "--db", db, "--platform-file", str(platform),
                   "--provider-measurement", PROVIDER_CODE.hex()]
@@ -63,7 +65,7 @@ def test_the_vault_command_runs_from_a_devnet_manifest(tmp_path: Path) -> None:
         other.chmod(0o600)
         taken = subprocess.run(
             _vault(*[str(other) if a == str(key) else a for a in common], "--port",
-                   str(free_port()), "--allow-simulated-attestation"),
+                   str(reserve_port()), "--allow-simulated-attestation"),
             capture_output=True, text=True, timeout=60)
     assert taken.returncode == 2 and "belongs to vault" in taken.stderr
 

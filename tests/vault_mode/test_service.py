@@ -6,6 +6,7 @@ ledger, and the escape hatch with the vault stopped."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from pathlib import Path
 from typing import Any
@@ -358,6 +359,80 @@ def test_a_provider_claims_while_the_vault_withholds_its_ack_and_the_worker_pays
     assert h.paid_to(provider.address) == 2 * PRICE
     assert h.paid_to(client.address) == 20_000 - 2 * PRICE
     assert balance(usdc, h.contract.address) == 0
+
+
+def test_a_claim_seen_by_the_worker_and_a_settle_now_at_once_is_reported_once_and_refuses_nothing(
+    h: Harness, vault_chain: Chain, usdc: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (found by the conservation test under a stalled host: the worker's tick and the
+    # operator's settle-now both read the claim count, then both reported the same
+    # PaymentClaimed; the second was refused "deposit_out_of_order", so settle-now answered
+    # 400 and the round's settlement was not made)
+    import threading
+
+    from a402.asc import ForceCloseDue
+    from a402.crypto.vault_messages import VaultChannelTerms
+    from a402.vault_contract import PendingClaim
+
+    client = Account.create()
+    provider = h.vm.provider()
+    h.deposit(client.address, 20_000)
+    h.service.tick()
+    cid, side, _ = h.open(client, provider, 5 * PRICE)
+    call = h.vm.call(client, key="never-acked")
+    t0 = _now()
+    exec_ = h.service.request(cid, call, PRICE, t0)
+    side.receive(exec_, now=t0)
+    authorized = h.service.receive(cid, side.reply(exec_.request_id, b"result"), t0)
+    side.receive(authorized.step.send[0], now=t0)  # the provider reveals; no ACK comes back
+    pending = authorized.pending
+    assert pending is not None
+    (due,) = side.poll(now=t0 + 31).events
+    assert isinstance(due, ForceCloseDue)
+    c = due.claim
+    t = h.service.accounts.terms(cid)
+    h.contract.claim_payment(
+        funded(vault_chain, usdc),
+        VaultChannelTerms("0x" + t.client.hex(), "0x" + t.provider.hex(), t.provider_key,
+                          t.deposit, t.salt),
+        PendingClaim(c.request_id, c.amount, c.result_hash, c.e, c.s, pending.client_nonce,
+                     pending.epoch, pending.deadline, c.authorization, pending.signature))
+    # Two readers of the chain at once (the worker's tick, the operator's settle-now): each
+    # waits for the other after it starts reading (a descheduled thread), unless the other
+    # cannot start before it is done.
+    both = threading.Barrier(2)
+    reported_head = h.service._reported_head
+
+    def meet_then_read_head() -> int:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both.wait(timeout=5)
+        return reported_head()
+
+    monkeypatch.setattr(h.service, "_reported_head", meet_then_read_head)
+    new: list[int] = []
+    errors: list[BaseException] = []
+
+    def observe() -> None:
+        try:
+            new.append(h.service.observe_deposits())
+        except BaseException as e:
+            errors.append(e)
+
+    readers = [threading.Thread(target=observe) for _ in range(2)]
+    for r in readers:
+        r.start()
+    for r in readers:
+        r.join(120)
+    assert not errors, errors
+    assert sorted(new) == [0, 1]  # the claim, reported once
+    monkeypatch.undo()
+    # the channel ended once: what the client did not spend is free again
+    assert h.service.balance(client.address)["free"] == str(20_000 - PRICE)
+    assert h.service.balance(client.address)["locked"] == "0"
+    h.service.withdraw(client.address, 20_000 - PRICE)
+    h.service.settle_now()
+    assert h.paid_to(client.address) == 20_000 - PRICE
+    assert balance(usdc, provider.address) == PRICE  # paid on-chain, once
 
 
 def test_a_replayed_signed_call_to_the_vault_mode_api_is_refused(h: Harness) -> None:

@@ -222,6 +222,8 @@ class VaultModeService:
         #: Signed requests' nonces taken by a call in flight (:meth:`hold_nonce`).
         self._nonces_held: set[tuple[str, str]] = set()
         self._scan_from = 0  # the block of the last chain record reported (this process)
+        #: One reader of the chain's records at a time (:meth:`observe_deposits`).
+        self._observing = threading.Lock()
         self._journal_seq = 0  # the last journal row's number
         self._journal_rows = 0  # journal rows since the ledger row was written whole
         if stored is not None:
@@ -590,7 +592,16 @@ class VaultModeService:
         each participant's cumulative total once, so reporting one again changes nothing)
         and ``PaymentClaimed`` (a provider paid on-chain with its pending record: the
         enclave credits that payment to nobody again, extracts ``t`` and ends the channel;
-        the claim chain's count tells which are new). Returns how many records were new."""
+        the claim chain's count tells which are new). Returns how many records were new.
+
+        One caller at a time (the worker's tick and the operator's settle-now both call it):
+        the claim count is read before the scan, so two scans at once both took the same
+        ``PaymentClaimed`` for new, and the second report, not following the claim chain the
+        first one extended, was refused (a Deposited reported twice is merely ignored)."""
+        with self._observing:
+            return self._observe_deposits()
+
+    def _observe_deposits(self) -> int:
         known = claim_count(self.accounts.claim_state)
         events = self.contract.contract.events
         found: list[tuple[tuple[int, int], Any]] = []
