@@ -304,7 +304,9 @@ class _Base:
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None
                  ) -> httpx.Request:
         content = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
-        return self._signed(method, path, content, json_body=body is not None)
+        created = None if body is None else body.get("createdAt")
+        return self._signed(method, path, content, json_body=body is not None,
+                            created_at=created if isinstance(created, int) else 0)
 
     def _request_signer(self) -> api.RequestSigner:
         """:attr:`account`'s :class:`~a402.wire.vault_api.RequestSigner`, loaded on first use
@@ -314,11 +316,13 @@ class _Base:
             self._signer = (account, api.RequestSigner(account))
         return self._signer[1]
 
-    def _signed(self, method: str, path: str, content: bytes, *, json_body: bool
-                ) -> httpx.Request:
+    def _signed(self, method: str, path: str, content: bytes, *, json_body: bool,
+                created_at: int | None = None) -> httpx.Request:
         """The call, signed now, or at its ``createdAt`` if this clock is behind that (a
         retry on a machine whose clock is behind the one that created the call: the vault
-        refuses a signature before the call's creation)."""
+        refuses a signature before the call's creation). ``created_at``: the body's
+        ``createdAt`` (0: none) when the caller has the body still as JSON, else read from
+        ``content``."""
         assert self._info is not None
         vault = api.vault_account(self._info["network"], self._info["vault"])
         life = self._info.get("life")
@@ -326,8 +330,10 @@ class _Base:
             raise VaultCallError(0, {"error": "vault_outdated", "message": (
                 "nothing was sent: the vault's info names no life (an older vault than "
                 "this client)")})
+        if created_at is None:
+            created_at = _created_in(content)
         headers = api.sign_request(self._request_signer(), vault, method, path, content,
-                                   life=life, now=max(time.time(), _created_in(content)))
+                                   life=life, now=max(time.time(), created_at))
         if json_body:
             headers["content-type"] = "application/json"
         return httpx.Request(method, self.url + path, headers=headers, content=content)
