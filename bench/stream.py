@@ -67,6 +67,7 @@ from a402.chain.tx import deploy_contract
 from a402.client.vault_stream import StreamEnd, paid_stream
 from a402.metering import parse_rule
 from a402.provider.routes import RouteConfig
+from a402.serving import freeze_startup_objects
 from a402.tee import SimulatedPlatform, SimulatedVerifier
 
 
@@ -185,6 +186,9 @@ def main() -> None:
             warm = client.invoke(f"{site}/stream/{groups[0]}?tokens=1", method="POST",
                                  max_price=groups[0], deposit=100_000)
             assert warm.outcome == "paid", warm
+            # What a402.serving.run does before a service serves (here after all three
+            # started, since they share this process).
+            freeze_startup_objects()
             for pace in (0.0, args.pace) if args.pace else (0.0,):
                 query = f"?pace={pace:g}" if pace else ""
                 base, events = unpaid(f"{upstream}/stream/1{query}")

@@ -20,6 +20,7 @@ The JSON limits themselves live in one place, :mod:`a402.wire.jsonstrict`.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import sys
@@ -275,6 +276,17 @@ def run(app: ASGIApp, *, host: str, port: int, log_level: str = "warning",
     # startup (an MCP paywall whose channel watcher cannot start) is taken for an app
     # without a lifespan, and the server serves unstarted, answering every call 500.
     options.setdefault("lifespan", "on")
+    freeze_startup_objects()
     uvicorn.run(app, host=host, port=port, log_level=log_level, http=HTTP_PROTOCOL,
                 **options)
+
+
+def freeze_startup_objects() -> None:
+    """Move every object alive now (imported modules, the built app) out of the garbage
+    collector's reach, before serving: a service holds some 200,000 of them, all kept
+    for its life, and each full collection walked them all again (~100 ms of CPU on the
+    thread it happened to interrupt: a paid request's). Objects made later are
+    collected as before; nothing frozen is ever freed, which these never were anyway."""
+    gc.collect()
+    gc.freeze()
 

@@ -34,3 +34,21 @@ def test_a_loaded_key_does_not_show_in_its_repr() -> None:
     signer = api.RequestSigner(account)
     assert repr(signer) == f"RequestSigner(address={account.address})"
     assert account.key.hex() not in repr(signer)
+
+
+def test_a_vault_client_signs_each_call_with_its_loaded_key_and_a_replaced_account_with_its_own(
+) -> None:
+    from a402.client.vault import VaultClient
+
+    first, second = Account.from_key(b"\x21" * 32), Account.from_key(b"\x22" * 32)
+    with VaultClient("http://127.0.0.1:9", first, trust_on_first_use=True) as client:
+        client._info = {"network": "eip155:8453", "vault": "0x" + "Ab" * 20, "life": "0x00"}
+        signers = []
+        for account in (first, first, second):
+            client.account = account
+            request = client._signed("POST", "/v1/invoke", b"{}", json_body=True)
+            signers.append(api.verify_request(
+                request.headers, VAULT, "POST", "/v1/invoke", b"{}", life="0x00",
+                now=int(request.headers[api.TIMESTAMP_HEADER])).client)
+            assert client._signer is not None and client._signer[0] is account
+        assert signers == [first.address, first.address, second.address]

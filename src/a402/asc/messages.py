@@ -472,6 +472,11 @@ def decode(data: bytes, *, max_blob: int = DEFAULT_MAX_BLOB) -> Message:
     try:
         fast = _COMPILED[cls].decode(cls, data, max_blob)
         if fast is not None:
+            # What the fast path accepts is canonical (every field fixed-width, or the
+            # length-prefixed blob that ends the message; nothing trails), so ``data`` is
+            # the very bytes ``encode`` would make: kept as the message's encoding, the
+            # snapshots that hold a received message do not encode it again.
+            object.__setattr__(fast, "_wire", data)
             return fast  # type: ignore[no-any-return]
         reader = _Reader(data, max_blob)  # something to refuse: the generic reader says what
         message = cls._read(reader)

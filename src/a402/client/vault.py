@@ -263,6 +263,11 @@ class _Base:
         self.urls = [u.rstrip("/") for u in urls]
         self.url = self.urls[0]
         self.account = load_account(key)
+        #: The account's key loaded once for signing this client's calls (a stream signs
+        #: one a group): the same headers as the account, without deriving its public
+        #: key on every call. It lives exactly as long as :attr:`account`, which holds the
+        #: same key; a different account put in its place gets a signer of its own.
+        self._signer: tuple[LocalAccount, api.RequestSigner] | None = None
         self.pending_wait = pending_wait
         self.failover_wait = (failover_wait if failover_wait is not None
                               else DEFAULT_FAILOVER_WAIT if len(self.urls) > 1 else 0.0)
@@ -299,13 +304,25 @@ class _Base:
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None
                  ) -> httpx.Request:
         content = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
-        return self._signed(method, path, content, json_body=body is not None)
+        created = None if body is None else body.get("createdAt")
+        return self._signed(method, path, content, json_body=body is not None,
+                            created_at=created if isinstance(created, int) else 0)
 
-    def _signed(self, method: str, path: str, content: bytes, *, json_body: bool
-                ) -> httpx.Request:
+    def _request_signer(self) -> api.RequestSigner:
+        """:attr:`account`'s :class:`~a402.wire.vault_api.RequestSigner`, loaded on first use
+        (again if :attr:`account` was replaced)."""
+        account = self.account
+        if self._signer is None or self._signer[0] is not account:
+            self._signer = (account, api.RequestSigner(account))
+        return self._signer[1]
+
+    def _signed(self, method: str, path: str, content: bytes, *, json_body: bool,
+                created_at: int | None = None) -> httpx.Request:
         """The call, signed now, or at its ``createdAt`` if this clock is behind that (a
         retry on a machine whose clock is behind the one that created the call: the vault
-        refuses a signature before the call's creation)."""
+        refuses a signature before the call's creation). ``created_at``: the body's
+        ``createdAt`` (0: none) when the caller has the body still as JSON, else read from
+        ``content``."""
         assert self._info is not None
         vault = api.vault_account(self._info["network"], self._info["vault"])
         life = self._info.get("life")
@@ -313,8 +330,10 @@ class _Base:
             raise VaultCallError(0, {"error": "vault_outdated", "message": (
                 "nothing was sent: the vault's info names no life (an older vault than "
                 "this client)")})
-        headers = api.sign_request(self.account, vault, method, path, content, life=life,
-                                   now=max(time.time(), _created_in(content)))
+        if created_at is None:
+            created_at = _created_in(content)
+        headers = api.sign_request(self._request_signer(), vault, method, path, content,
+                                   life=life, now=max(time.time(), created_at))
         if json_body:
             headers["content-type"] = "application/json"
         return httpx.Request(method, self.url + path, headers=headers, content=content)
