@@ -43,7 +43,5 @@ def reserved_port() -> Iterator[int]:
     outgoing connection is given the port, yet a server binding it with SO_REUSEADDR, as
     ``serve`` does, still can — as often as it likes.
     """
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
+    with held_port() as sock:
         yield int(sock.getsockname()[1])

@@ -209,12 +209,11 @@ def test_200_payers_of_one_process_wait_their_turn_instead_of_failing_on_the_poo
     store.close()
 
 
-def test_close_returns_only_once_an_outcome_the_idle_timer_is_writing_is_durable(
+def _outcome_held_mid_write(
     tmp_path,
-) -> None:
-    """The idle timer took the queue and is writing it when the payer closes: close (and
-    the exit flush, the same call) found the queue empty and returned at once, so a
-    process ending there lost an outcome its payer believed written. It now waits."""
+) -> tuple[MandateGuard, SpendStore, threading.Event]:
+    """A guard whose idle timer is writing one settled outcome now, held mid-transaction
+    until the returned event is set."""
     keys = Keys()
     s = signed(keys, max_per_payment=PRICE, budget=10 * PRICE)
     store = SpendStore(f"sqlite:///{tmp_path / 'spend.db'}")
@@ -233,6 +232,16 @@ def test_close_returns_only_once_an_outcome_the_idle_timer_is_writing_is_durable
     guard.settle(done, {"mandate": guard.mandate_hash, "agent": wallet.address,
                         "status": 200}, slow_sign)
     assert signing.wait(10)  # the timer is writing the outcome now
+    return guard, store, go
+
+
+def test_close_returns_only_once_an_outcome_the_idle_timer_is_writing_is_durable(
+    tmp_path,
+) -> None:
+    """The idle timer took the queue and is writing it when the payer closes: close (and
+    the exit flush, the same call) found the queue empty and returned at once, so a
+    process ending there lost an outcome its payer believed written. It now waits."""
+    guard, store, go = _outcome_held_mid_write(tmp_path)
     closed: list[float] = []
     closer = threading.Thread(target=lambda: (guard.close(), closed.append(time.monotonic())))
     closer.start()
@@ -251,24 +260,7 @@ def test_an_outcome_being_written_still_counts_as_pending_until_its_commit_retur
     """``pending == 0`` promises every settled outcome is in the log. The writer used to
     take the queue before its transaction, so for the length of that transaction
     ``pending`` read 0 while the log held nothing yet (a CI run read the log there)."""
-    keys = Keys()
-    s = signed(keys, max_per_payment=PRICE, budget=10 * PRICE)
-    store = SpendStore(f"sqlite:///{tmp_path / 'spend.db'}")
-    guard = MandateGuard(s, agent=keys.agent.address, store=store, revocation=None,
-                         flush_after=0.05)
-    wallet = Wallet(bytes(keys.agent.key))
-    done = guard.commit(guard.admit(_payment(keys)), _fields(guard, wallet, 0),
-                        wallet.sign_evidence)
-    signing, go = threading.Event(), threading.Event()
-
-    def slow_sign(digest: bytes) -> bytes:  # the timer's write, held mid-transaction
-        signing.set()
-        assert go.wait(10)
-        return wallet.sign_evidence(digest)
-
-    guard.settle(done, {"mandate": guard.mandate_hash, "agent": wallet.address,
-                        "status": 200}, slow_sign)
-    assert signing.wait(10)
+    guard, store, go = _outcome_held_mid_write(tmp_path)
     assert guard.pending == 1  # (the log is not read here: the write holds its lock)
     go.set()
     deadline = time.monotonic() + 10

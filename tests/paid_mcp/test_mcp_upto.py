@@ -8,6 +8,7 @@ Payer, payee and facilitator (its token balance and its sent transactions) are c
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from a402.client import Budget
 from a402.client.errors import PaymentRefused
 from a402.client.records import PaymentStatus
 from a402.client.wallet import Wallet
+from a402.facilitator.client import FacilitatorClient
 from a402.facilitator.core import Facilitator
 from a402.mcp import PayingMCPSession, ToolPaywall, ToolPrice, protect, report_usage
 from a402.mcp.prices import PriceError, parse_tool_spec
@@ -68,6 +70,19 @@ def proxy_url(dev_stack: Manifest, facilitator_url: str, pay_to: str, tmp_path: 
     with serve(weather_server.app()) as upstream, \
             serve(proxy_app(Upstream.http(upstream + "/mcp"), paywall)) as base:
         yield base + "/mcp"
+
+
+@contextlib.contextmanager
+def summarize_proxy(dev_stack: Manifest, pay_to: str, facilitator: str | FacilitatorClient,
+                    tmp_path: Path) -> Iterator[str]:
+    """The upstream's ``summarize`` behind a paywall charging it by use (upto), settling
+    through ``facilitator``: its MCP URL."""
+    with serve(weather_server.app()) as upstream:
+        paywall = ToolPaywall([ToolPrice("summarize", MAXIMUM, "upto", unit=UNIT)],
+                              pay_to=pay_to, token=dev_stack.token, network=dev_stack.network,
+                              facilitator=facilitator, ledger=f"sqlite:///{tmp_path / 'l.db'}")
+        with serve(proxy_app(Upstream.http(upstream + "/mcp"), paywall)) as base:
+            yield base + "/mcp"
 
 
 def payer_for(chain: Chain, manifest: Manifest, new_payer: Callable[..., LocalAccount]
@@ -268,15 +283,11 @@ async def test_a_lost_settle_answer_is_resumed_for_the_amount_recorded_before_it
     payer, wallet = payer_for(anvil_chain, dev_stack, new_payer)
     front = _settle_fails_first(facilitator_url)
     txs = sent(anvil_chain, facilitator)
-    with serve(front) as flaky, serve(weather_server.app()) as upstream:
-        paywall = ToolPaywall([ToolPrice("summarize", MAXIMUM, "upto", unit=UNIT)],
-                              pay_to=pay_to, token=dev_stack.token, network=dev_stack.network,
-                              facilitator=flaky, ledger=f"sqlite:///{tmp_path / 'l.db'}")
-        with serve(proxy_app(Upstream.http(upstream + "/mcp"), paywall)) as base:
-            async with mcp_session(base + "/mcp") as session:
-                answer = await PayingMCPSession(
-                    session, wallet, max_per_request=MAXIMUM, retry_delay=0.1
-                ).call_tool("summarize", {"text": "a", "used": "12"})
+    with serve(front) as flaky, summarize_proxy(dev_stack, pay_to, flaky, tmp_path) as url:
+        async with mcp_session(url) as session:
+            answer = await PayingMCPSession(
+                session, wallet, max_per_request=MAXIMUM, retry_delay=0.1
+            ).call_tool("summarize", {"text": "a", "used": "12"})
     assert front.state.settles[0] == 200 and len(front.state.settles) == 2
     assert not answer.result.isError and text_of(answer.result) == "summary of 'a'"
     assert answer.paid and answer.payment is not None and answer.payment.charged == 1_200
@@ -299,24 +310,20 @@ async def test_a_resumed_payment_buys_only_the_call_it_was_charged_for(
 
     payer, wallet = payer_for(anvil_chain, dev_stack, new_payer)
     front = _settle_fails_first(facilitator_url)
-    with serve(front) as flaky, serve(weather_server.app()) as upstream:
-        paywall = ToolPaywall([ToolPrice("summarize", MAXIMUM, "upto", unit=UNIT)],
-                              pay_to=pay_to, token=dev_stack.token, network=dev_stack.network,
-                              facilitator=flaky, ledger=f"sqlite:///{tmp_path / 'l.db'}")
-        with serve(proxy_app(Upstream.http(upstream + "/mcp"), paywall)) as base:
-            async with mcp_session(base + "/mcp") as session:
-                paying = PayingMCPSession(session, wallet, max_per_request=MAXIMUM,
-                                          retries=0, retry_delay=0.1)
-                with pytest.raises(MCPPaymentUnresolved):  # the settle answer was lost
-                    await paying.call_tool("summarize", {"text": "small", "used": "12"})
-                [payment] = paying.payments
-                payload = json.loads(payment.header_value)
-                other = await session.call_tool("summarize", {"text": "big", "used": "400"},
-                                                meta={PAYMENT_META_KEY: payload})
-                assert "summary of 'big'" not in text_of(other)
-                assert runs() == ["summarize"]
-                same = await session.call_tool("summarize", {"text": "small", "used": "12"},
-                                               meta={PAYMENT_META_KEY: payload})
+    with serve(front) as flaky, summarize_proxy(dev_stack, pay_to, flaky, tmp_path) as url:
+        async with mcp_session(url) as session:
+            paying = PayingMCPSession(session, wallet, max_per_request=MAXIMUM,
+                                      retries=0, retry_delay=0.1)
+            with pytest.raises(MCPPaymentUnresolved):  # the settle answer was lost
+                await paying.call_tool("summarize", {"text": "small", "used": "12"})
+            [payment] = paying.payments
+            payload = json.loads(payment.header_value)
+            other = await session.call_tool("summarize", {"text": "big", "used": "400"},
+                                            meta={PAYMENT_META_KEY: payload})
+            assert "summary of 'big'" not in text_of(other)
+            assert runs() == ["summarize"]
+            same = await session.call_tool("summarize", {"text": "small", "used": "12"},
+                                           meta={PAYMENT_META_KEY: payload})
     assert "summary of 'big'" not in text_of(other)
     refused = required_of(other)
     assert refused is not None and refused.error == "payment_terms_mismatch"
@@ -380,15 +387,11 @@ async def test_a_pending_upto_settle_without_an_amount_is_resumed_for_the_record
     payer, wallet = payer_for(anvil_chain, dev_stack, new_payer)
     client = PendingWithoutAmountOnce(facilitator_url)
     txs = sent(anvil_chain, facilitator)
-    with serve(weather_server.app()) as upstream:
-        paywall = ToolPaywall([ToolPrice("summarize", MAXIMUM, "upto", unit=UNIT)],
-                              pay_to=pay_to, token=dev_stack.token, network=dev_stack.network,
-                              facilitator=client, ledger=f"sqlite:///{tmp_path / 'l.db'}")
-        with serve(proxy_app(Upstream.http(upstream + "/mcp"), paywall)) as base:
-            async with mcp_session(base + "/mcp") as session:
-                answer = await PayingMCPSession(
-                    session, wallet, max_per_request=MAXIMUM, retry_delay=0.1
-                ).call_tool("summarize", {"text": "a", "used": "12"})
+    with summarize_proxy(dev_stack, pay_to, client, tmp_path) as url:
+        async with mcp_session(url) as session:
+            answer = await PayingMCPSession(
+                session, wallet, max_per_request=MAXIMUM, retry_delay=0.1
+            ).call_tool("summarize", {"text": "a", "used": "12"})
     assert client.settles == ["1200", "1200"]  # the resend asked the recorded charge again
     assert not answer.result.isError, answer.result
     assert text_of(answer.result) == "summary of 'a'"

@@ -20,16 +20,29 @@ import pytest
 
 from a402.asc import Status
 from a402.background import serve_in_thread
-from a402.client.vault import VaultResult
+from a402.client.vault import VaultClient, VaultResult
 from a402.client.vault_stream import paid_stream
 from a402.vault import store as vault_store
 from a402.wire import vault_api as api
 from tests.a402_exchange.helpers import World
 
-from .helpers import client_of, running_vault, wait_for
+from .helpers import Vault, client_of, running_vault, wait_for
 from .test_paid_stream import GROUP, PER_GROUP, ROUTES, Upstream, llm_service
 
 pytestmark = pytest.mark.anvil
+
+
+def _first_group(world: World, vault: Vault, site: str
+                 ) -> tuple[VaultClient, Any, Any, str, Any]:
+    """A funded client's stream with its first group received: ``(client, stream, first
+    group, the group's record key, the one channel's row)``."""
+    account, client = client_of(world, vault, funds=20_000, deposit=20_000)
+    stream = paid_stream(client, f"{site}/llm/stream", method="POST", group=GROUP,
+                         max_price=PER_GROUP)
+    first = next(stream)
+    key = f"{account.address.lower()}:{first.result.idempotency_key}"
+    [row] = vault.store.channels()
+    return client, stream, first, key, row
 
 
 def test_a_held_group_whose_next_checkpoint_fails_before_its_write_is_never_acked_unrecorded(
@@ -38,13 +51,8 @@ def test_a_held_group_whose_next_checkpoint_fails_before_its_write_is_never_acke
     upstream = Upstream()
     provider = world.provider(routes=ROUTES, service=llm_service(upstream), ack_timeout=8.0)
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
-        account, client = client_of(world, vault, funds=20_000, deposit=20_000)
-        stream = paid_stream(client, f"{site}/llm/stream", method="POST", group=GROUP,
-                             max_price=PER_GROUP)
-        first = next(stream)
+        client, stream, first, key, row = _first_group(world, vault, site)
         assert first.amount == PER_GROUP and not first.last
-        key = f"{account.address.lower()}:{first.result.idempotency_key}"
-        [row] = vault.store.channels()
         slot = provider.runtime.channels.slot(bytes.fromhex(row.cid[2:]))
         assert slot is not None and slot.channel.status is Status.PENDING  # ACK not out yet
 
@@ -102,13 +110,8 @@ def test_a_provider_claiming_a_held_group_on_chain_leaves_it_recorded_paid_not_a
     upstream = Upstream()
     provider = world.provider(routes=ROUTES, service=llm_service(upstream), ack_timeout=60.0)
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
-        account, client = client_of(world, vault, funds=20_000, deposit=20_000)
-        stream = paid_stream(client, f"{site}/llm/stream", method="POST", group=GROUP,
-                             max_price=PER_GROUP)
-        first = next(stream)
+        client, stream, first, key, row = _first_group(world, vault, site)
         assert first.amount == PER_GROUP and not first.last
-        key = f"{account.address.lower()}:{first.result.idempotency_key}"
-        [row] = vault.store.channels()
         cid = bytes.fromhex(row.cid[2:])
         runtime = provider.runtime
         slot = runtime.channels.slot(cid)
@@ -144,12 +147,7 @@ def test_a_next_group_queued_behind_a_held_write_that_fails_is_not_written_over_
     upstream = Upstream()
     provider = world.provider(routes=ROUTES, service=llm_service(upstream), ack_timeout=60.0)
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
-        account, client = client_of(world, vault, funds=20_000, deposit=20_000)
-        stream = paid_stream(client, f"{site}/llm/stream", method="POST", group=GROUP,
-                             max_price=PER_GROUP)
-        first = next(stream)
-        key = f"{account.address.lower()}:{first.result.idempotency_key}"
-        [row] = vault.store.channels()
+        client, stream, first, key, row = _first_group(world, vault, site)
         cid = bytes.fromhex(row.cid[2:])
         channels = vault.service.channels
         store = channels.store

@@ -315,19 +315,14 @@ def test_a_change_whose_ledger_cannot_be_stored_is_not_acknowledged_and_a_restar
     assert again.balance(client.address)["locked"] == "0"
 
 
-def test_a_provider_claims_while_the_vault_withholds_its_ack_and_the_worker_pays_nobody_twice(
-    h: Harness, vault_chain: Chain, usdc: Any
-) -> None:
+def _claim_unacked(h: Harness, vault_chain: Chain, usdc: Any, client: Any, cid: Any,
+                   side: Any) -> None:
+    """One more call of PRICE whose result the provider reveals and the vault never ACKs, then
+    the provider's claim of it on-chain once its force-close is due."""
     from a402.asc import ForceCloseDue
     from a402.crypto.vault_messages import VaultChannelTerms
     from a402.vault_contract import PendingClaim
 
-    client = Account.create()
-    provider = h.vm.provider()
-    h.deposit(client.address, 20_000)
-    h.service.tick()
-    cid, side, _ = h.open(client, provider, 5 * PRICE)
-    h.pay(cid, side, client, "paid-and-acked")
     call = h.vm.call(client, key="never-acked")
     t0 = _now()
     exec_ = h.service.request(cid, call, PRICE, t0)
@@ -346,6 +341,18 @@ def test_a_provider_claims_while_the_vault_withholds_its_ack_and_the_worker_pays
                           t.deposit, t.salt),
         PendingClaim(c.request_id, c.amount, c.result_hash, c.e, c.s, pending.client_nonce,
                      pending.epoch, pending.deadline, c.authorization, pending.signature))
+
+
+def test_a_provider_claims_while_the_vault_withholds_its_ack_and_the_worker_pays_nobody_twice(
+    h: Harness, vault_chain: Chain, usdc: Any
+) -> None:
+    client = Account.create()
+    provider = h.vm.provider()
+    h.deposit(client.address, 20_000)
+    h.service.tick()
+    cid, side, _ = h.open(client, provider, 5 * PRICE)
+    h.pay(cid, side, client, "paid-and-acked")
+    _claim_unacked(h, vault_chain, usdc, client, cid, side)
     assert balance(usdc, provider.address) == PRICE  # paid on-chain for the claimed request
     h.service.tick()  # the worker reports the claim: the channel ends, the rest goes back
     assert h.service.balance(client.address) == {
@@ -370,33 +377,12 @@ def test_a_claim_seen_by_the_worker_and_a_settle_now_at_once_is_reported_once_an
     # 400 and the round's settlement was not made)
     import threading
 
-    from a402.asc import ForceCloseDue
-    from a402.crypto.vault_messages import VaultChannelTerms
-    from a402.vault_contract import PendingClaim
-
     client = Account.create()
     provider = h.vm.provider()
     h.deposit(client.address, 20_000)
     h.service.tick()
     cid, side, _ = h.open(client, provider, 5 * PRICE)
-    call = h.vm.call(client, key="never-acked")
-    t0 = _now()
-    exec_ = h.service.request(cid, call, PRICE, t0)
-    side.receive(exec_, now=t0)
-    authorized = h.service.receive(cid, side.reply(exec_.request_id, b"result"), t0)
-    side.receive(authorized.step.send[0], now=t0)  # the provider reveals; no ACK comes back
-    pending = authorized.pending
-    assert pending is not None
-    (due,) = side.poll(now=t0 + 31).events
-    assert isinstance(due, ForceCloseDue)
-    c = due.claim
-    t = h.service.accounts.terms(cid)
-    h.contract.claim_payment(
-        funded(vault_chain, usdc),
-        VaultChannelTerms("0x" + t.client.hex(), "0x" + t.provider.hex(), t.provider_key,
-                          t.deposit, t.salt),
-        PendingClaim(c.request_id, c.amount, c.result_hash, c.e, c.s, pending.client_nonce,
-                     pending.epoch, pending.deadline, c.authorization, pending.signature))
+    _claim_unacked(h, vault_chain, usdc, client, cid, side)
     # Two readers of the chain at once (the worker's tick, the operator's settle-now): each
     # waits for the other after it starts reading (a descheduled thread), unless the other
     # cannot start before it is done.

@@ -93,14 +93,10 @@ class CoopProposal:
 
     def encode(self) -> bytes:
         """The canonical bytes; :class:`ValueError` if a field cannot be encoded."""
-        _width(self.channel_id, CHANNEL_ID_SIZE, "channel id")
-        _width(self.pubnonce, PUBNONCE_SIZE, "public nonce")
+        head = _head(COOP_PROPOSAL, self.channel_id, self.pubnonce)
         if not isinstance(self.unsigned, bytes) or not 0 < len(self.unsigned) <= MAX_UNSIGNED_TX:
             raise ValueError(f"the unsigned close must be 1..{MAX_UNSIGNED_TX} bytes")
-        return b"".join((
-            HEADER, bytes([COOP_PROPOSAL]), self.channel_id, self.pubnonce,
-            len(self.unsigned).to_bytes(2, "big"), self.unsigned,
-        ))
+        return head + len(self.unsigned).to_bytes(2, "big") + self.unsigned
 
 
 @dataclass(frozen=True)
@@ -113,17 +109,21 @@ class CoopAnswer:
 
     def encode(self) -> bytes:
         """The canonical bytes; :class:`ValueError` if a field cannot be encoded."""
-        _width(self.channel_id, CHANNEL_ID_SIZE, "channel id")
-        _width(self.pubnonce, PUBNONCE_SIZE, "public nonce")
+        head = _head(COOP_ANSWER, self.channel_id, self.pubnonce)
         _width(self.partial_signature, PARTIAL_SIG_SIZE, "partial signature")
-        return b"".join((
-            HEADER, bytes([COOP_ANSWER]), self.channel_id, self.pubnonce, self.partial_signature,
-        ))
+        return head + self.partial_signature
 
 
 def _width(value: bytes, size: int, what: str) -> None:
     if not isinstance(value, bytes) or len(value) != size:
         raise ValueError(f"{what} must be {size} bytes")
+
+
+def _head(kind: int, channel_id: bytes, pubnonce: bytes) -> bytes:
+    """Header, type and the two fields both messages open with, each checked in that order."""
+    _width(channel_id, CHANNEL_ID_SIZE, "channel id")
+    _width(pubnonce, PUBNONCE_SIZE, "public nonce")
+    return b"".join((HEADER, bytes([kind]), channel_id, pubnonce))
 
 
 def _header(data: object) -> tuple[bytes, int]:

@@ -157,15 +157,10 @@ class SealingKey:
     def _associated_data(self, header: bytes, label: str) -> bytes:
         return header + _lp(self.measurement) + _lp(_label_bytes(label))
 
-    def _aead(self, salt: bytes) -> ChaCha20Poly1305:
-        """Version 1: the blob's own key."""
-        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=_BLOB_INFO).derive(
-            self._key
-        )
-        return ChaCha20Poly1305(key)
-
-    def _epoch_cipher(self, salt: bytes) -> ChaCha20Poly1305:
-        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=_EPOCH_INFO).derive(
+    def _cipher(self, salt: bytes, info: bytes) -> ChaCha20Poly1305:
+        """The cipher of a key derived from the sealing key: an epoch's (``_EPOCH_INFO``) or,
+        version 1, one blob's (``_BLOB_INFO``)."""
+        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(
             self._key
         )
         return ChaCha20Poly1305(key)
@@ -181,7 +176,7 @@ class SealingKey:
             epoch = self._epoch
             if epoch is None or epoch[0] != _generation or next(epoch[3]) >= EPOCH_BLOBS:
                 salt = secrets.token_bytes(SALT_SIZE)
-                epoch = self._epoch = (_generation, salt, self._epoch_cipher(salt),
+                epoch = self._epoch = (_generation, salt, self._cipher(salt, _EPOCH_INFO),
                                        itertools.count(1))
             n = next(epoch[3])
             return epoch[1], epoch[2], n.to_bytes(NONCE_SIZE, "big")
@@ -213,7 +208,7 @@ class SealingKey:
                     blob[at : at + NONCE_SIZE], blob[at + NONCE_SIZE :],
                     self._associated_data(HEADER, label))
             if version == VERSION_1:
-                return self._aead(salt).decrypt(
+                return self._cipher(salt, _BLOB_INFO).decrypt(
                     _ZERO_NONCE, blob[len(HEADER) + SALT_SIZE :],
                     self._associated_data(HEADER_V1, label))
         except InvalidTag:
@@ -228,7 +223,7 @@ class SealingKey:
             if cipher is not None:
                 self._opened.move_to_end(salt)
                 return cipher
-        cipher = self._epoch_cipher(salt)
+        cipher = self._cipher(salt, _EPOCH_INFO)
         with self._lock:
             self._opened[salt] = cipher
             while len(self._opened) > _OPENED_EPOCHS:

@@ -64,7 +64,6 @@ from a402.wire.errors import WireError
 from a402.wire.jsonstrict import JsonLimitError, JsonLimits, loads_object
 
 from .channels import VaultError
-from .lease import not_serving_answer
 from .service import VaultService
 
 log = logging.getLogger("a402.vault")
@@ -319,19 +318,14 @@ def _active_only(service: VaultService, inner: ASGIApp) -> ASGIApp:
     """Every ``/v1`` call but ``info`` reaches ``inner`` only while this process is the
     active one, and its answer leaves only if it still is when the answer starts;
     otherwise ``503 vault_standby`` (the call never ran: nothing was done), or for a call
-    that ran ``503 answer_dropped`` (it may have been paid: :func:`not_serving_answer`);
-    the body names the active replica's URL if known."""
+    that ran ``503 answer_dropped`` (it may have been paid:
+    :meth:`~a402.vault.lease.Lease.not_serving_answer`); the body names the active
+    replica's URL if known."""
     lease = service.lease
     assert lease is not None
 
     def standby(dropped: bool = False) -> JSONResponse:
-        active: str | None = None
-        try:
-            holder = lease.current()
-            active = None if holder.expired or holder.holder == lease.holder else holder.url
-        except Exception:  # the database is away: still a standby
-            log.warning("reading the lease failed", exc_info=True)
-        return JSONResponse(not_serving_answer(active, dropped=dropped), status_code=503,
+        return JSONResponse(lease.not_serving_answer(dropped=dropped), status_code=503,
                             headers={"Retry-After": "1"})
 
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:

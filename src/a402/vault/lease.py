@@ -177,6 +177,18 @@ class Lease:
         return LeaseHolder(self.shard, row[0], int(row[1]), float(row[2]), row[3],
                            float(row[4]))
 
+    def not_serving_answer(self, *, dropped: bool = False) -> dict[str, Any]:
+        """:func:`not_serving_answer` naming the active replica if another holds the lease
+        unexpired (none if the lease cannot be read: the database is away, still a
+        standby)."""
+        active: str | None = None
+        try:
+            holder = self.current()
+            active = None if holder.expired or holder.holder == self.holder else holder.url
+        except Exception:
+            log.warning("reading the lease failed", exc_info=True)
+        return not_serving_answer(active, dropped=dropped)
+
     @property
     def lost(self) -> bool:
         return self._lost.is_set()

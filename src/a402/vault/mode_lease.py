@@ -44,7 +44,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .lease import Lease, not_serving_answer
+from .lease import Lease
 from .mode import VaultModeService, VaultModeWorker
 from .mode_app import create_mode_app
 from .mode_invoke import ModeInvoker
@@ -120,13 +120,7 @@ class LeasedModeApp:
     def _standby(self, dropped: bool = False) -> JSONResponse:
         """``503 vault_standby``, or for a call that ran here ``503 answer_dropped`` (it
         may have been paid: :func:`~a402.vault.lease.not_serving_answer`)."""
-        active: str | None = None
-        try:
-            holder = self.lease.current()
-            active = None if holder.expired or holder.holder == self.lease.holder else holder.url
-        except Exception:  # the database is away: still a standby
-            log.warning("reading the lease failed", exc_info=True)
-        return JSONResponse(not_serving_answer(active, dropped=dropped), status_code=503,
+        return JSONResponse(self.lease.not_serving_answer(dropped=dropped), status_code=503,
                             headers={"Retry-After": "1"})
 
     def _health(self) -> JSONResponse:
