@@ -44,7 +44,7 @@ from a402.tee import (
 )
 from a402.vault.mode import VaultModeConfig, VaultModeService
 from a402.vault.mode_app import create_mode_app
-from a402.vault.mode_invoke import _ENDPOINT_LABEL, ModeInvoker, answer_row, endpoint_row
+from a402.vault.mode_invoke import ModeInvoker, answer_row, endpoint_row, seal_endpoint
 from a402.vault.settlement_schedule import SchedulePolicy
 from a402.vault.store import VaultStore
 from a402.vault_contract import A402Vault
@@ -766,9 +766,8 @@ def test_a_call_is_not_held_up_by_an_owed_ack_resent_to_a_provider_endpoint_gone
         code, summary, _ = s.pay(site, vault, client, "ack-lost")
         assert code == 0 and summary["outcome"] == api.PAID, summary
         channel = bytes.fromhex(summary["payment"]["channelId"][2:])
-        enclave = s.service.config.enclave
-        s.service.store.put_meta(endpoint_row(channel), enclave.seal(
-            _ENDPOINT_LABEL, dark.encode()))  # where the provider was when it paid
+        s.service.store.put_meta(endpoint_row(channel), seal_endpoint(
+            s.service.config.enclave, channel, dark))  # where the provider was when it paid
         again = VaultModeService(s.service.config)
         invoker = ModeInvoker(again, verifiers=s.invoker.verifiers, policy=s.invoker.policy,
                               allow_private_targets=True)

@@ -100,7 +100,13 @@ from a402.asc.errors import MessageError
 from a402.asc.terms import ChannelTerms
 from a402.crypto import PaymentDomain
 from a402.evm.address import address_key, to_checksum
-from a402.tee import AttestationError, AttestationPolicy, AttestationVerifier
+from a402.tee import (
+    AttestationError,
+    AttestationPolicy,
+    AttestationVerifier,
+    Enclave,
+    TeeError,
+)
 from a402.vault_accounts import Changed, PendingRecord, SignedStatement
 from a402.vault_enclave import SignedCall, request_headers
 from a402.wire import vault_api as api
@@ -199,6 +205,34 @@ def endpoint_row(channel_id: bytes) -> str:
     """The meta row of the endpoint ``channel_id`` is bound at (hashed: says nothing)."""
     digest = hashlib.sha256(_ENDPOINT_LABEL.encode() + b"\n" + channel_id).digest()
     return ENDPOINT_ROW + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def _endpoint_label(channel_id: bytes) -> str:
+    """The seal label of ``channel_id``'s endpoint row: the channel id is in the seal's
+    associated data, so the blob opens for this channel only."""
+    return f"{_ENDPOINT_LABEL}/{channel_id.hex()}"
+
+
+def seal_endpoint(enclave: Enclave, channel_id: bytes, endpoint: str) -> bytes:
+    """The sealed value of :func:`endpoint_row` for ``channel_id``: its provider endpoint,
+    bound to the channel (:func:`open_endpoint` refuses it under any other channel)."""
+    return enclave.seal(_endpoint_label(channel_id), endpoint.encode())
+
+
+def open_endpoint(enclave: Enclave, channel_id: bytes, blob: bytes) -> str | None:
+    """The endpoint in ``channel_id``'s stored row, or None (logged) if the blob is not
+    one sealed for this channel: another channel's blob moved here by the host, a cut or
+    foreign blob, an endpoint that is not text. Such a row counts as absent; it never
+    raises, so a bad row cannot stop a host that starts. (A moved endpoint could never
+    get the ACK to another provider: the re-send's OPEN is signed only for a peer
+    attested with the channel's provider key. The binding keeps the host from steering
+    the re-send at all.)"""
+    try:
+        return enclave.unseal(_endpoint_label(channel_id), blob).decode()
+    except (TeeError, UnicodeDecodeError) as e:
+        log.warning("the stored endpoint of channel %s is ignored: not sealed for it (%s)",
+                    channel_id.hex(), e)
+        return None
 
 
 class ModeRefused(VaultModeError):
@@ -341,7 +375,7 @@ class ModeInvoker:
         blob = seal(_ANSWER_LABEL, json.dumps([answer[0], answer[1]]).encode())
         rows = {answer_row(*once): blob}
         for cid, endpoint in (endpoints or {}).items():
-            rows[endpoint_row(cid)] = seal(_ENDPOINT_LABEL, endpoint.encode())
+            rows[endpoint_row(cid)] = seal_endpoint(self.service.config.enclave, cid, endpoint)
         self.service.store_rows(rows, nonce)
         self._endpoints.update(endpoints or {})
         self._answers[once] = answer
@@ -650,7 +684,9 @@ class ModeInvoker:
             blob = await asyncio.to_thread(self.service.store.get_meta, endpoint_row(cid))
             if blob is None or bound_here():
                 return
-            endpoint = self.service.config.enclave.unseal(_ENDPOINT_LABEL, blob).decode()
+            endpoint = open_endpoint(self.service.config.enclave, cid, blob)
+            if endpoint is None:  # not this channel's (logged): as if none was stored
+                return
             await self._check_target(endpoint)
             tunnel = self._new_tunnel(endpoint)
             try:
@@ -697,4 +733,4 @@ def _refusal(answer: Envelope) -> Refusal:
 
 
 __all__ = ["DEFAULT_CHANNEL_CALLS", "ModeInvoker", "ModeRefused", "ModeTunnel",
-           "ProviderUnavailable", "endpoint_row"]
+           "ProviderUnavailable", "endpoint_row", "open_endpoint", "seal_endpoint"]
