@@ -1,16 +1,23 @@
 """Vault mode's invoker (:mod:`a402.vault.mode_invoke`) in small: the sealed provider
-endpoint bound to its channel."""
+endpoint bound to its channel, the owed-ACK re-send run again on each start (a lease taken
+over)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from a402.vault.mode_invoke import open_endpoint, seal_endpoint
+from a402.chain.node import Chain
+from a402.tee import AttestationPolicy
+from a402.vault.mode_invoke import ModeInvoker, open_endpoint, seal_endpoint
 
-from .accounts_setup import launch
+from .accounts_setup import PROVIDER_CODE, launch
+from .test_service import Harness
 
 
 def test_a_provider_endpoint_blob_moved_to_another_channels_row_is_ignored_as_if_absent(
@@ -30,3 +37,75 @@ def test_a_provider_endpoint_blob_moved_to_another_channels_row_is_ignored_as_if
         assert open_endpoint(enclave, first, unbound) is None
         assert open_endpoint(enclave, first, b"not a sealed blob") is None
     assert sum("is ignored" in r.getMessage() for r in caplog.records) == 3
+
+
+class HeldResend(ModeInvoker):
+    """A re-send the test holds open (the owed ACKs' providers slow to answer), and which
+    takes its time to stop once cancelled (its tunnels closing)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.runs = 0
+        self.running = 0
+        self.most_at_once = 0
+        self.release = asyncio.Event()
+        self.cancelled = asyncio.Event()
+
+    async def resend_owed_acks(self) -> None:
+        self.runs += 1
+        self.running += 1
+        self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            await self.release.wait()
+            raise
+        finally:
+            self.running -= 1
+
+
+async def _until(condition: Any, what: str) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never: {what}")
+
+
+@pytest.fixture
+def h(vault_chain: Chain, usdc: Any, tmp_path: Path) -> Harness:
+    return Harness(vault_chain, usdc, tmp_path)
+
+
+def _invoker(h: Harness) -> HeldResend:
+    return HeldResend(h.service, verifiers=[], policy=AttestationPolicy(frozenset({PROVIDER_CODE})))
+
+
+@pytest.mark.anvil
+def test_owed_acks_are_resent_again_on_each_start_but_never_two_resends_at_once(
+    h: Harness,
+) -> None:
+    """A replica that takes the lease (again) starts the invoker: the ACKs the holder
+    before it may have died owing are re-sent each time. A start while a re-send still
+    runs adds none (it would send the same ACKs twice); after aclose, none starts."""
+
+    async def run() -> HeldResend:
+        invoker = _invoker(h)
+        await invoker.start()
+        await invoker.start()  # the first still runs: not doubled
+        await _until(lambda: invoker.runs == 1, "the first re-send")
+        invoker.release.set()
+        await _until(lambda: invoker.running == 0, "the first re-send's end")
+        invoker.release.clear()
+        await invoker.start()  # taken over again: re-sent again
+        await _until(lambda: invoker.runs == 2, "the second re-send")
+        invoker.release.set()
+        await invoker.aclose()
+        await invoker.start()  # closed: nothing more
+        await asyncio.sleep(0)
+        await invoker.http.aclose()
+        return invoker
+
+    invoker = asyncio.run(run())
+    assert (invoker.runs, invoker.most_at_once, invoker.running) == (2, 1, 0)

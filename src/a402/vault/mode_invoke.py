@@ -280,9 +280,15 @@ class ModeInvoker:
 
     async def start(self) -> None:
         """Re-send, in the background, the ACKs a process before this one may have owed
-        (:meth:`resend_owed_acks`): called when the app starts serving."""
-        if self._resending is None:
-            self._resending = asyncio.get_running_loop().create_task(self.resend_owed_acks())
+        (:meth:`resend_owed_acks`): called when the app starts serving (a replica: when it
+        takes the lease over, :mod:`a402.vault.mode_lease`, the holder before may have died
+        owing some). Safe to call at each take-over: a re-send still running is not
+        doubled (two would only send the same ACKs twice), one that finished runs again
+        (it reads the ACKs owed now). Nothing after :meth:`aclose`."""
+        if self._closing or (self._resending is not None and not self._resending.done()):
+            return
+        self._resending = asyncio.get_running_loop().create_task(self.resend_owed_acks())
+        self._resending.add_done_callback(_log_resend_failure)
 
     async def aclose(self) -> None:
         self._closing = True
@@ -723,6 +729,13 @@ class ModeInvoker:
         if not isinstance(message, kind):
             raise ProtocolViolation("unexpected_message", type(message).__name__)
         return message
+
+
+def _log_resend_failure(task: asyncio.Task[None]) -> None:
+    """A re-send that failed as a whole (reading the owed ACKs): logged (best effort, as
+    each ACK's), so that nothing waits to raise it."""
+    if not task.cancelled() and (e := task.exception()) is not None:
+        log.warning("owed ACKs not re-sent: %s: %s", type(e).__name__, e)
 
 
 def _refusal(answer: Envelope) -> Refusal:
