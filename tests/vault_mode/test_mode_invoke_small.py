@@ -1,6 +1,6 @@
 """Vault mode's invoker (:mod:`a402.vault.mode_invoke`) in small: the sealed provider
 endpoint bound to its channel, the owed-ACK re-send run again on each start (a lease taken
-over)."""
+over), and ``aclose`` cancelled while it waits for the re-send to stop."""
 
 from __future__ import annotations
 
@@ -109,3 +109,30 @@ def test_owed_acks_are_resent_again_on_each_start_but_never_two_resends_at_once(
 
     invoker = asyncio.run(run())
     assert (invoker.runs, invoker.most_at_once, invoker.running) == (2, 1, 0)
+
+
+@pytest.mark.anvil
+def test_aclose_cancelled_while_the_resend_stops_is_cancelled_not_swallowed(
+    h: Harness,
+) -> None:
+    """``aclose`` cancels the re-send and waits for it to stop; the re-send's own
+    cancellation is not raised, but a cancellation aimed at ``aclose`` (a shutdown that
+    gave up waiting) reaches its caller instead of being swallowed with the re-send's."""
+
+    async def run() -> tuple[bool, bool]:
+        invoker = _invoker(h)
+        await invoker.start()
+        await _until(lambda: invoker.runs == 1, "the re-send")
+        closing = asyncio.get_running_loop().create_task(invoker.aclose())
+        await invoker.cancelled.wait()  # aclose now waits for the re-send to stop
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        caller_cancelled = closing.cancelled()
+        invoker.release.set()  # the re-send stops now; a second aclose returns quietly
+        await invoker.aclose()
+        await invoker.http.aclose()
+        assert invoker._resending is not None
+        return caller_cancelled, invoker._resending.cancelled()
+
+    assert asyncio.run(run()) == (True, True)

@@ -291,11 +291,13 @@ class ModeInvoker:
         self._resending.add_done_callback(_log_resend_failure)
 
     async def aclose(self) -> None:
+        """Stop the re-send and the ACK flushes, send the ACKs still owed (best effort),
+        close the tunnels. The re-send's own end (cancelled, or failed: logged) is not
+        raised here; a cancellation of ``aclose`` itself is."""
         self._closing = True
         if self._resending is not None:
             self._resending.cancel()
-            with contextlib.suppress(BaseException):
-                await self._resending
+            await asyncio.wait([self._resending])  # raises only if aclose is cancelled
         for task in list(self._ack_flushes.values()):
             task.cancel()
         for cid in list(self._unacked):  # best effort: the provider gets them now
