@@ -1,4 +1,4 @@
-"""Vault mode's invoker (:mod:`a402.vault.mode_invoke`) in small: the sealed provider
+"""Vault mode's invoker (:mod:`a402.vault.mode_invoke`): the sealed provider
 endpoint bound to its channel, the owed-ACK re-send run again on each start (a lease taken
 over), and ``aclose`` cancelled while it waits for the re-send to stop."""
 
