@@ -136,7 +136,8 @@ class _Scan(ast.NodeVisitor):
         self.generic_visit(node)
 
     def visit_Tuple(self, node: ast.Tuple) -> None:  # a handler's (status, body)
-        if len(node.elts) == 2 and isinstance(node.elts[1], ast.Dict):
+        if len(node.elts) == 2 and isinstance(node.elts[1], ast.Dict) \
+                and self._value(node.elts[0]) is None:  # not a (SQL text, parameters) pair
             self._answer(node.elts[0], None, node.elts[1])
         self.generic_visit(node)
 
@@ -166,21 +167,26 @@ class _Scan(ast.NodeVisitor):
             self.answers.append(Answer(self.name, status.lineno, status.value, value,
                                        {"error": value, **keys}))
 
-    def _dicts(self, node: ast.expr) -> list[dict[str, ast.expr]]:
+    def _dicts(self, node: ast.expr, called: frozenset[str] = frozenset()
+               ) -> list[dict[str, ast.expr]]:
         """The dict literals a body can be, by their string keys: the literal; the one
-        assigned to a name; those a function of the vault's returns."""
+        assigned to a name; those a function (or method) of the vault's returns, by its
+        name (``called``: the names followed so far, each once)."""
         if isinstance(node, ast.Name):
             scope = self._enclosing(node, (ast.FunctionDef, ast.AsyncFunctionDef))
             return [d for assign in (ast.walk(scope) if scope is not None else ())
                     if isinstance(assign, ast.Assign) and len(assign.targets) == 1
                     and isinstance(assign.targets[0], ast.Name)
                     and assign.targets[0].id == node.id
-                    for d in self._dicts(assign.value)]
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-            return [d for function in self.functions.get(node.func.id, ())
+                    for d in self._dicts(assign.value, called)]
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name | ast.Attribute):
+            name = node.func.id if isinstance(node.func, ast.Name) else node.func.attr
+            if name in called:
+                return []
+            return [d for function in self.functions.get(name, ())
                     for ret in ast.walk(function)
                     if isinstance(ret, ast.Return) and ret.value is not None
-                    for d in self._dicts(ret.value)]
+                    for d in self._dicts(ret.value, called | {name})]
         if not isinstance(node, ast.Dict):
             return []
         return [{k.value: v for k, v in zip(node.keys, node.values, strict=True)
