@@ -83,5 +83,7 @@ async def test_one_payload_sent_to_two_agents_paid_to_one_payee_completes_one_ta
     metadata = [done["status"]["message"]["metadata"] for _, done in answers]
     failed = next(m for m in metadata if m[a2a_x402.STATUS_KEY] == a2a_x402.PAYMENT_FAILED)
     assert failed[a2a_x402.ERROR_KEY] == wire_errors.NONCE_USED_FOR_ANOTHER_RESOURCE, failed
+    # A refused settle (a verdict): the payer reads the money truth first.
+    assert a2a_x402.receipts_of(failed)[-1].error_message.startswith("nothing was charged: ")
     assert a2a_balance(anvil_chain, dev_stack, payer.address) == FUNDS - A2A_PRICE_ATOMIC
     assert a2a_balance(anvil_chain, dev_stack, pay_to) == A2A_PRICE_ATOMIC

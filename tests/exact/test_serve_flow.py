@@ -380,8 +380,17 @@ def test_a_refusal_gives_the_facilitators_reason_or_a_generic_one() -> None:
     assert Rejected(INVALID).reason == "insufficient_funds"
     assert Rejected(VerifyResponse(is_valid=False)).reason == "invalid_payment"
     assert (SettleFailed(FAILED).reason, SettleFailed(FAILED).message) == (
-        "transaction_failed", "the settlement failed; nothing was charged")
+        "transaction_failed", "nothing was charged: the settlement was refused "
+        "(transaction_failed)")
     silent = SettleResponse(success=False, transaction="", network="eip155:84532",
                             error_message="reverted")
     assert (SettleFailed(silent).reason, SettleFailed(silent).message) == (
-        "settlement_failed", "reverted")
+        "settlement_failed", "nothing was charged: reverted")
+
+
+def test_a_refused_settle_says_nothing_was_charged_first_and_only_once() -> None:
+    """The facilitator's own message follows the money truth; one that already says it
+    first is not made to say it twice."""
+    own = SettleResponse(success=False, transaction="", network="eip155:84532",
+                         error_reason="x", error_message="Nothing was charged: gas spike")
+    assert SettleFailed(own).message == "Nothing was charged: gas spike"

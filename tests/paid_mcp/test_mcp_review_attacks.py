@@ -85,6 +85,8 @@ async def test_one_payment_raced_to_two_paywalls_with_their_own_ledgers_buys_one
     [withheld] = [r for r in results if r not in delivered]
     assert withheld.isError and withheld.structuredContent is not None
     assert withheld.structuredContent["accepts"]  # answered as payment-required, no output
+    # A refused settle (a verdict): the payer reads the money truth first.
+    assert withheld.structuredContent["message"].startswith("nothing was charged: ")
     assert "results for q" not in text_of(withheld)
     assert sorted(ran) == ["q", "q"]  # both ran (settle after success); one was sold
 

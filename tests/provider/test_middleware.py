@@ -482,7 +482,9 @@ async def test_settle_failure_is_a_402_with_the_reason_in_header_and_body(
     assert receipt.success is False
     assert receipt.error_reason == "invalid_exact_evm_insufficient_balance"
     body = response.json()
-    assert body["error"] == receipt.error_reason and body["message"]
+    assert body["error"] == receipt.error_reason  # machine-readable: the facilitator's
+    # The payer reads the money truth first, then the facilitator's reason.
+    assert body["message"].startswith("nothing was charged: "), body["message"]
     assert body["accepts"]  # nothing was charged: a new payment may be made
     assert balances.delta(pay_to) == 0
     assert balances.delta(sink) == PRICE_ATOMIC

@@ -28,6 +28,7 @@ from a402.chain.deploy import TokenInfo
 from a402.chain.node import Chain
 from a402.chain.tx import transact
 from a402.client.pay import pay_main
+from a402.client.vault import VaultCallError
 from a402.crypto.vault_messages import NO_LEDGER
 from a402.evm.address import address_key
 from a402.provider.a402_config import A402Config
@@ -472,6 +473,44 @@ def test_a_paid_call_retried_after_a_restart_gets_its_stored_answer_and_is_paid_
         assert s.account(client.address) == 20_000 - PRICE  # paid once
         assert mine.status_code == 200 and mine.json()["payment"] == first["payment"]
         assert theirs.status_code == 404 and theirs.json()["error"] == api.NOT_FOUND
+
+
+def test_a_paid_calls_lost_answer_is_looked_up_as_may_have_paid_never_as_nothing_paid(
+    vault_chain: Chain, usdc: Any, tmp_path: Path
+) -> None:
+    """σ_U is out for a call but its answer was lost (the process ended between σ_U's
+    write and the answer's). ``GET /v1/requests/{key}`` answered it 404 ``not_found``
+    ("no paid call of yours"), which the client reads as nothing paid (a 4xx): it is
+    now refused as a retry of the call is, ``replayed_call``, which the client reads as
+    paid, or may have been. A key that never paid is still 404, nothing paid."""
+    import httpx
+
+    with running(vault_chain, usdc, tmp_path) as (s, site, vault):
+        client = Account.create()
+        s.deposit(client.address, 20_000)
+        s.service.tick()
+        code, _, output = s.pay(site, vault, client, "lost")
+        assert code == 0 and output
+        # The answer's write never happened: its row gone, and a new process.
+        s.service.store.put_metas({}, delete_prefix=answer_row(client.address, "lost"))
+        again = VaultModeService(s.service.config)
+        invoker = ModeInvoker(again, verifiers=s.invoker.verifiers, policy=s.invoker.policy,
+                              allow_private_targets=True)
+        with serve_in_thread(create_mode_app(again, worker=False, invoker=invoker)) as url:
+            s.service = again
+            account = api.vault_account(vault_chain.network, again.address)
+
+            def outcome(key: str) -> httpx.Response:
+                path = f"/v1/requests/{key}"
+                return httpx.get(url + path, headers=api.sign_request(
+                    client, account, "GET", path, b"", life=again.accounts.life_id))
+            lost, never = outcome("lost"), outcome("never")
+        assert lost.status_code == 401 and lost.json()["error"] == api.REPLAYED_CALL
+        assert VaultCallError(lost.status_code, lost.json()).may_have_paid
+        assert never.status_code == 404 and never.json()["error"] == api.NOT_FOUND
+        assert not VaultCallError(never.status_code, never.json()).may_have_paid
+        assert s.calls["weather"] == 1
+        assert s.account(client.address) == 20_000 - PRICE  # paid once, as it says
 
 
 def test_hostile_invoke_calls_to_a_paying_vault_mode_vault_pay_nothing_and_run_nothing(

@@ -288,6 +288,10 @@ class SettlePending:
     settlement: SettleResponse
 
 
+NOTHING_CHARGED = "nothing was charged"
+"""The first words of every message to a payer whose payment moved no money."""
+
+
 @dataclass(frozen=True)
 class SettleFailed:
     """Settlement failed: released, nothing charged, nothing to deliver."""
@@ -303,7 +307,19 @@ class SettleFailed:
 
     @property
     def message(self) -> str:
-        return self.settlement.error_message or "the settlement failed; nothing was charged"
+        """What the payer reads, the money first: "nothing was charged: " and the
+        facilitator's own message (or a generic one naming its reason).
+
+        True here and only here: this outcome is a settle *verdict* (``success`` false, not
+        ``settlement_pending``), so the authorization was not executed and the flow has
+        released it. A settle without a verdict (lost answer, unreachable facilitator) is
+        :class:`Unanswered` and a pending one :class:`SettlePending`: their messages say
+        the payment may have settled, never this."""
+        detail = (self.settlement.error_message
+                  or f"the settlement was refused ({self.reason})")
+        if detail.lower().startswith(NOTHING_CHARGED):
+            return detail  # the facilitator already says it first
+        return f"{NOTHING_CHARGED}: {detail}"
 
 
 @dataclass(frozen=True)

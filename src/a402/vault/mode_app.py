@@ -194,7 +194,7 @@ def create_mode_app(service: VaultModeService, *, worker: bool = True,
 
         async def h(signed: api.Authenticated, _: dict[str, Any], _call: SignedCall
                     ) -> tuple[int, Any]:
-            got = None if invoker is None else await _thread(invoker.answer_of,
+            got = None if invoker is None else await _thread(invoker.outcome_of,
                                                              signed.client, key)
             if got is None:
                 raise VaultModeError(404, api.NOT_FOUND, "no paid call of yours with this "

@@ -324,9 +324,7 @@ class ModeInvoker:
                 return known
             # σ_U is out for it, its answer was lost (a process ended between the two):
             # said before any channel is looked for, which might refuse it as unpaid
-            raise ModeRefused(401, api.REPLAYED_CALL,
-                              "this call has paid already (σ_U was signed for it) and its "
-                              "answer was lost; the payment settles by the vault's rules")
+            raise _answer_lost()
         await self._check_target(call.url)
         offer = await self._offer(call)
         if isinstance(offer, tuple):
@@ -387,6 +385,20 @@ class ModeInvoker:
         self.service.store_rows(rows, nonce)
         self._endpoints.update(endpoints or {})
         self._answers[once] = answer
+
+    def outcome_of(self, client: str, key: str) -> tuple[int, dict[str, Any]] | None:
+        """What ``client``'s call ``key`` came to (``GET /v1/requests/{key}``): its stored
+        answer; None if no call of the client's with this key paid here (nothing was paid:
+        σ_U's write, which the enclave makes before AUTH leaves, precedes any payment).
+
+        A call whose σ_U is out but whose answer was lost (its process ended between the
+        two) is not "none": it is refused as a retry of it is (``replayed_call``: paid, or
+        may have been). A 404 there would tell a client who may have paid that nothing
+        was: the client reads a 4xx, but for ``replayed_call``, as nothing paid."""
+        known = self.answer_of(client, key)
+        if known is None and self.service.accounts.has_paid(client, key):
+            raise _answer_lost()
+        return known
 
     def answer_of(self, client: str, key: str) -> tuple[int, dict[str, Any]] | None:
         """The answer of ``client``'s paid call ``key``: from this process, else the store
@@ -738,6 +750,14 @@ def _log_resend_failure(task: asyncio.Task[None]) -> None:
     each ACK's), so that nothing waits to raise it."""
     if not task.cancelled() and (e := task.exception()) is not None:
         log.warning("owed ACKs not re-sent: %s: %s", type(e).__name__, e)
+
+
+def _answer_lost() -> ModeRefused:
+    """The answer to a call (or a look-up of it) whose σ_U is out but whose answer was
+    lost: ``replayed_call``, which the client reads as paid, or may have been."""
+    return ModeRefused(401, api.REPLAYED_CALL,
+                       "this call has paid already (σ_U was signed for it) and its "
+                       "answer was lost; the payment settles by the vault's rules")
 
 
 def _refusal(answer: Envelope) -> Refusal:
