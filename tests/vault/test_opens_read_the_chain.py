@@ -14,6 +14,7 @@ checked.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -33,6 +34,57 @@ from .helpers import assert_conserved, client_of, running_vault, wait_for
 pytestmark = pytest.mark.anvil
 
 FUNDS = 20_000
+
+
+@dataclass
+class WithheldOpen:
+    """A first call whose channel open the host withheld: the call failed, its open unsent."""
+
+    vault: Any
+    account: Any
+    cid: bytes
+    deposit: int
+    withheld: list[Any]  # the open's call, as the host kept it
+    send: Any  # the journal's own send, to put back
+
+    def phase(self) -> str | None:
+        fresh = self.vault.store.channel("0x" + self.cid.hex())
+        return None if fresh is None else fresh.phase
+
+
+def withhold_the_first_open(world: World, vault: Any, site: str) -> WithheldOpen:
+    """A funded client's first call, with the host withholding the channel's open (its
+    journal raises instead of sending it): the call fails, the channel is OPENING."""
+    account, client = client_of(world, vault, funds=FUNDS, deposit=FUNDS)
+    journal = vault.service.journal
+    send = journal.send
+    withheld: list[Any] = []
+
+    def withhold(key: str, kind: str, ref: str, call: Any) -> Any:
+        if kind == "open":
+            withheld.append(call)
+            raise TransactionFailed("withheld by the host")
+        return send(key, kind, ref, call)
+
+    journal.send = withhold
+    with pytest.raises(VaultCallError, match="withheld"):
+        client.invoke(f"{site}/weather", max_price=PRICE)
+    [row] = vault.store.channels(client=account.address)
+    return WithheldOpen(vault, account, bytes.fromhex(row.cid[2:]), int(row.deposit),
+                        withheld, send)
+
+
+def let_it_lapse_failed(world: World, vault: Any, opening: WithheldOpen) -> tuple[Any, int]:
+    """Snapshot the chain, move it past the open's approval and finalize that: the worker
+    marks the channel FAILED. Returns the snapshot (to revert to, as a reorg would) and the
+    chain time it was taken at."""
+    rpc = world.chain.w3.provider.make_request
+    before = rpc("evm_snapshot", [])["result"]  # type: ignore[arg-type]
+    stamped = world.manager.chain_time()
+    world.increase_time(vault.service.vault.approved_until(opening.cid) - stamped + 1)
+    rpc("anvil_mine", [2])  # type: ignore[arg-type]
+    wait_for(lambda: opening.phase() == vault_store.FAILED, what="the lapsed open FAILED")
+    return before, stamped
 
 
 def test_a_copy_of_the_gas_payers_open_lands_first_and_the_channel_is_open_with_the_debit_kept(
@@ -97,34 +149,14 @@ def test_a_withheld_open_keeps_the_debit_until_its_approval_lapses_then_fails_wi
 
     monkeypatch.setattr(ASCManager, "channel", no_archive)
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
-        account, client = client_of(world, vault, funds=FUNDS, deposit=FUNDS)
-        journal = vault.service.journal
-        send = journal.send
-        withheld: list[Any] = []
-
-        def withhold(key: str, kind: str, ref: str, call: Any) -> Any:
-            if kind == "open":
-                withheld.append(call)
-                raise TransactionFailed("withheld by the host")
-            return send(key, kind, ref, call)
-
-        journal.send = withhold  # type: ignore[method-assign]
-        with pytest.raises(VaultCallError, match="withheld"):
-            client.invoke(f"{site}/weather", max_price=PRICE)
-        [row] = vault.store.channels(client=account.address)
-        cid = bytes.fromhex(row.cid[2:])
-
-        def phase() -> str | None:
-            fresh = vault.store.channel(row.cid)
-            return None if fresh is None else fresh.phase
-
+        opening = withhold_the_first_open(world, vault, site)
+        account, cid, deposit, phase = opening.account, opening.cid, opening.deposit, opening.phase
         deadline = vault.service.vault.approved_until(cid)
         assert deadline > world.manager.chain_time()
         # Still good: the channel may open, so nothing comes back (several worker ticks).
         ticks = vault.service.worker.ticks
         wait_for(lambda: vault.service.worker.ticks > ticks + 2, what="worker ticks")
         assert phase() == vault_store.OPENING
-        deposit = int(row.deposit)
         assert vault.store.balance(account.address) == FUNDS - deposit
         assert world.manager.pooled(vault.address, account.address) == FUNDS  # never debited
 
@@ -138,7 +170,7 @@ def test_a_withheld_open_keeps_the_debit_until_its_approval_lapses_then_fails_wi
         world.chain.w3.provider.make_request("anvil_mine", [2])  # type: ignore[arg-type]
         wait_for(lambda: phase() == vault_store.FAILED, what="the lapsed open FAILED")
         assert vault.store.balance(account.address) == FUNDS
-        (call,) = withheld
+        (call,) = opening.withheld
         with pytest.raises(TransactionFailed, match=selector("ApprovalExpired(uint256)")):
             transact(world.chain, stranger, call)
         assert world.manager.channel(cid).status is OnChainStatus.NONE
@@ -165,39 +197,15 @@ def test_an_open_mined_after_its_channel_failed_is_force_closed_and_the_pool_mad
     escrow = world.balance(world.manager.address)
     stranger = fresh_account(world.chain)
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
-        account, client = client_of(world, vault, funds=FUNDS, deposit=FUNDS)
-        journal = vault.service.journal
-        send = journal.send
-        withheld: list[Any] = []
-
-        def withhold(key: str, kind: str, ref: str, call: Any) -> Any:
-            if kind == "open":
-                withheld.append(call)
-                raise TransactionFailed("withheld by the host")
-            return send(key, kind, ref, call)
-
-        journal.send = withhold  # type: ignore[method-assign]
-        with pytest.raises(VaultCallError, match="withheld"):
-            client.invoke(f"{site}/weather", max_price=PRICE)
-        journal.send = send  # type: ignore[method-assign]
-        [row] = vault.store.channels(client=account.address)
-        cid = bytes.fromhex(row.cid[2:])
-        deposit = int(row.deposit)
-
-        def phase() -> str | None:
-            fresh = vault.store.channel(row.cid)
-            return None if fresh is None else fresh.phase
-
-        before = rpc("evm_snapshot", [])["result"]  # type: ignore[arg-type]
-        stamped = world.manager.chain_time()
-        world.increase_time(vault.service.vault.approved_until(cid) - stamped + 1)
-        rpc("anvil_mine", [2])  # type: ignore[arg-type]
-        wait_for(lambda: phase() == vault_store.FAILED, what="the lapsed open FAILED")
+        opening = withhold_the_first_open(world, vault, site)
+        vault.service.journal.send = opening.send  # type: ignore[method-assign]
+        account, cid, deposit, phase = opening.account, opening.cid, opening.deposit, opening.phase
+        before, stamped = let_it_lapse_failed(world, vault, opening)
         assert vault.store.balance(account.address) == FUNDS
 
         rpc("evm_revert", [before])  # type: ignore[arg-type]
         rpc("evm_setNextBlockTimestamp", [stamped + 1])  # type: ignore[arg-type]
-        (call,) = withheld
+        (call,) = opening.withheld
         assert transact(world.chain, stranger, call)["status"] == 1
         assert world.manager.channel(cid).status is OnChainStatus.OPEN
         # the client's pool balance on-chain short by it (the host's mirror gave it back)
@@ -245,41 +253,17 @@ def test_a_reclaim_started_late_in_the_sweeps_day_is_finalized_and_the_pool_made
     escrow = world.balance(world.manager.address)
     stranger = fresh_account(world.chain)
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
-        account, client = client_of(world, vault, funds=FUNDS, deposit=FUNDS)
-        journal = vault.service.journal
-        send = journal.send
-        withheld: list[Any] = []
-
-        def withhold(key: str, kind: str, ref: str, call: Any) -> Any:
-            if kind == "open":
-                withheld.append(call)
-                raise TransactionFailed("withheld by the host")
-            return send(key, kind, ref, call)
-
-        journal.send = withhold  # type: ignore[method-assign]
-        with pytest.raises(VaultCallError, match="withheld"):
-            client.invoke(f"{site}/weather", max_price=PRICE)
-        journal.send = send  # type: ignore[method-assign]
-        [row] = vault.store.channels(client=account.address)
-        cid = bytes.fromhex(row.cid[2:])
-        deposit = int(row.deposit)
-
-        def phase() -> str | None:
-            fresh = vault.store.channel(row.cid)
-            return None if fresh is None else fresh.phase
-
-        before = rpc("evm_snapshot", [])["result"]  # type: ignore[arg-type]
-        stamped = world.manager.chain_time()
-        world.increase_time(vault.service.vault.approved_until(cid) - stamped + 1)
-        rpc("anvil_mine", [2])  # type: ignore[arg-type]
-        wait_for(lambda: phase() == vault_store.FAILED, what="the lapsed open FAILED")
+        opening = withhold_the_first_open(world, vault, site)
+        vault.service.journal.send = opening.send  # type: ignore[method-assign]
+        account, cid, deposit, phase = opening.account, opening.cid, opening.deposit, opening.phase
+        before, stamped = let_it_lapse_failed(world, vault, opening)
 
         # The reorg is seen 23 h 55 min after the FAILED decision: the sweep starts the
         # reclaim ...
         wall.offset = 86_400 - 300
         rpc("evm_revert", [before])  # type: ignore[arg-type]
         rpc("evm_setNextBlockTimestamp", [stamped + 1])  # type: ignore[arg-type]
-        (call,) = withheld
+        (call,) = opening.withheld
         assert transact(world.chain, stranger, call)["status"] == 1
         assert world.manager.pooled(vault.address, account.address) == FUNDS - deposit
         wait_for(lambda: world.manager.channel(cid).status is OnChainStatus.CLOSING,
