@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +30,7 @@ from a402.asc import (
 from a402.asc_manager import ASCManager
 from a402.chain.node import Chain
 from a402.chain.tx import TransactionFailed, transact
-from a402.crypto import EVM, EcdsaSigner, SecretKey
+from a402.crypto import EVM, EcdsaSigner, SecretKey, generate_adaptor
 
 DISPUTE_WINDOW = 3_600
 ETH = 10**18
@@ -197,3 +198,44 @@ def acknowledge(vault: VaultChannel, provider: ProviderChannel, reveal: Reveal) 
     """Deliver a held-back REVEAL and its ACK."""
     ack = vault.receive(wire(reveal), now=0).send[0]
     provider.receive(wire(ack), now=0)
+
+
+# --------------------------------------------------------------- the four exits
+
+PAID = 300_000  # what each exit below pays the provider out of the channel's deposit
+
+
+def final_state(p: Parties) -> SignedState:
+    deposit = p.terms.deposit
+    return p.signed(BalanceState(1, deposit - PAID, PAID, True))
+
+
+def cooperative(p: Parties) -> None:
+    p.manager.close(p.vault, p.terms, final_state(p))
+
+
+def batched(p: Parties) -> None:
+    p.manager.close_batch(p.vault, [(p.terms, final_state(p))])
+
+
+def client_force_close(p: Parties) -> None:
+    state = BalanceState(1, p.terms.deposit - PAID, PAID)
+    p.manager.init_force_close(p.client, p.terms, p.signed(state))
+    increase_time(p.chain, DISPUTE_WINDOW)
+    p.manager.final_force_close(p.vault, p.terms)
+
+
+def provider_force_close(p: Parties) -> None:
+    """PAID - 50,000 paid through the channel and a 50,000 payment claimed on-chain."""
+    vault, provider = machines(p)
+    pay(vault, provider, PAID - 50_000, b"one")
+    authorise(vault, provider, 50_000, b"two", generate_adaptor()[0])
+    p.manager.force_close(p.provider, p.terms, provider.claim())
+
+
+EXITS: dict[str, Callable[[Parties], None]] = {
+    "closeASC": cooperative,
+    "closeASCBatch": batched,
+    "finalForceClose": client_force_close,
+    "forceClose": provider_force_close,
+}

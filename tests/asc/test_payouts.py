@@ -12,35 +12,33 @@ refused at ``createASC``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from eth_account.signers.local import LocalAccount
 
-from a402.asc import BalanceState, ChannelTerms, SignedState, sign_channel_open
+from a402.asc import ChannelTerms, sign_channel_open
 from a402.asc_manager import ASCManager, OnChainStatus
 from a402.chain.node import Chain
 from a402.chain.tx import TransactionFailed, deploy_contract, transact
-from a402.crypto import generate_adaptor
 
 from .helpers import (
     DISPUTE_WINDOW,
+    EXITS,
+    PAID,
     Parties,
-    authorise,
     balance,
+    cooperative,
+    final_state,
     fresh_account,
-    increase_time,
-    machines,
     make_parties,
-    pay,
     reverts_with,
 )
 
 pytestmark = pytest.mark.anvil
 
 DEPOSIT = 1_000_000
-PAID = 300_000
 
 
 @pytest.fixture(scope="module")
@@ -77,40 +75,6 @@ def opened(asc_chain: Chain, token: Any, manager: ASCManager) -> Parties:
     p = make_parties(asc_chain, token, manager, DEPOSIT)
     p.open()
     return p
-
-
-def final_state(p: Parties) -> SignedState:
-    return p.signed(BalanceState(1, DEPOSIT - PAID, PAID, True))
-
-
-def cooperative(p: Parties) -> None:
-    p.manager.close(p.vault, p.terms, final_state(p))
-
-
-def batched(p: Parties) -> None:
-    p.manager.close_batch(p.vault, [(p.terms, final_state(p))])
-
-
-def client_force_close(p: Parties) -> None:
-    p.manager.init_force_close(p.client, p.terms, p.signed(BalanceState(1, DEPOSIT - PAID, PAID)))
-    increase_time(p.chain, DISPUTE_WINDOW)
-    p.manager.final_force_close(p.vault, p.terms)
-
-
-def provider_force_close(p: Parties) -> None:
-    """PAID - 50,000 paid through the channel and a 50,000 payment claimed on-chain."""
-    vault, provider = machines(p)
-    pay(vault, provider, PAID - 50_000, b"one")
-    authorise(vault, provider, 50_000, b"two", generate_adaptor()[0])
-    p.manager.force_close(p.provider, p.terms, provider.claim())
-
-
-EXITS: dict[str, Callable[[Parties], None]] = {
-    "closeASC": cooperative,
-    "closeASCBatch": batched,
-    "finalForceClose": client_force_close,
-    "forceClose": provider_force_close,
-}
 
 
 @pytest.mark.parametrize("exit_path", EXITS)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -22,7 +22,6 @@ from eth_account.signers.local import LocalAccount
 from a402.asc import (
     BalanceState,
     ChannelTerms,
-    SignedState,
     pool_deposit_nonce,
     pool_withdrawal_digest,
     sign_pool_open_approval,
@@ -30,17 +29,17 @@ from a402.asc import (
 from a402.asc_manager import ASCManager, OnChainStatus
 from a402.chain.node import Chain
 from a402.chain.tx import TransactionFailed, deploy_contract, transact
-from a402.crypto import EVM, generate_adaptor
+from a402.crypto import EVM
 
 from .helpers import (
     DISPUTE_WINDOW,
+    EXITS,
+    PAID,
     Parties,
-    authorise,
     balance,
+    cooperative,
     fresh_account,
     increase_time,
-    machines,
-    pay,
     reverts_with,
     selector,
 )
@@ -48,7 +47,6 @@ from .helpers import (
 pytestmark = pytest.mark.anvil
 
 DEPOSIT = 1_000_000
-PAID = 300_000
 TOKEN_NAME, TOKEN_VERSION = "USD Coin", "2"
 
 
@@ -103,40 +101,6 @@ def opened(chain: Chain, token: Any, manager: ASCManager) -> Parties:
     p = pool_channel(chain, token, manager)
     manager.create_from_pool(p.vault, p.terms)
     return p
-
-
-def final_state(p: Parties) -> SignedState:
-    return p.signed(BalanceState(1, DEPOSIT - PAID, PAID, True))
-
-
-def cooperative(p: Parties) -> None:
-    p.manager.close(p.vault, p.terms, final_state(p))
-
-
-def batched(p: Parties) -> None:
-    p.manager.close_batch(p.vault, [(p.terms, final_state(p))])
-
-
-def client_force_close(p: Parties) -> None:
-    p.manager.init_force_close(p.client, p.terms, p.signed(BalanceState(1, DEPOSIT - PAID, PAID)))
-    increase_time(p.chain, DISPUTE_WINDOW)
-    p.manager.final_force_close(p.vault, p.terms)
-
-
-def provider_force_close(p: Parties) -> None:
-    """PAID - 50,000 paid through the channel and a 50,000 payment claimed on-chain."""
-    vault, provider = machines(p)
-    pay(vault, provider, PAID - 50_000, b"one")
-    authorise(vault, provider, 50_000, b"two", generate_adaptor()[0])
-    p.manager.force_close(p.provider, p.terms, provider.claim())
-
-
-EXITS: dict[str, Callable[[Parties], None]] = {
-    "closeASC": cooperative,
-    "closeASCBatch": batched,
-    "finalForceClose": client_force_close,
-    "forceClose": provider_force_close,
-}
 
 
 # ------------------------------------------------------------------- exits
