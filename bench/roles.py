@@ -140,6 +140,118 @@ def vault(shared: Shared, port: int, vault_key: str, tunnels: int, deposit_multi
     _serve(create_app(service), port)
 
 
+# ------------------------------------------------------------------ a paid stream's roles
+# (bench/stream.py): served as a deployment serves them (:func:`a402.serving.run`: its HTTP
+# protocol, its startup objects frozen out of the garbage collector), watchers and
+# watchtower at their deployment defaults.
+
+
+def token_stream(tokens: int) -> Any:
+    """``POST /stream/<group>?pace=R&tokens=N``: N (default ``tokens``) ``text/event-stream``
+    events, one a token, at R a second (0 or absent: flat out)."""
+    import asyncio
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await receive()
+        query = dict(p.split("=", 1) for p in scope["query_string"].decode().split("&") if p)
+        pace = float(query.get("pace", "0"))
+        count = int(query.get("tokens", tokens))
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+        start = time.monotonic()
+        for i in range(count):
+            if pace:
+                delay = start + i / pace - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            await send({"type": "http.response.body", "body": b"data: t%d\n\n" % i,
+                        "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    return app
+
+
+def stream_routes(groups: str) -> dict[str, Any]:
+    """``POST /stream/<g>`` for each g of ``groups`` ("1,10,100"): at most g units, metered
+    one unit an event."""
+    from a402.metering import parse_rule
+    from a402.provider.routes import RouteConfig
+
+    return {f"POST /stream/{g}": RouteConfig(price=g, meter=parse_rule(
+        f"per-event:0.000001,max={g / 10**6:.6f}", 6)) for g in map(int, groups.split(","))}
+
+
+def stream_service(_: Shared, port: int, tokens: int) -> None:
+    """The token stream alone, unpaid (the baseline)."""
+    _serve_deployed(token_stream(tokens), port)
+
+
+def stream_provider(shared: Shared, port: int, operator_key: str, tokens: int,
+                    groups: str) -> None:
+    """The token stream behind the payment middleware, metered per event, paid in A402
+    channels (its own channel store)."""
+    from a402.chain.node import connect
+    from a402.provider.a402_payments import A402Payments
+    from a402.provider.a402_runtime import A402Config
+    from a402.provider.a402_store import SqlChannelStore
+    from a402.provider.middleware import PaymentMiddleware
+    from a402.tee import PROVIDER_PURPOSES, AttestationPolicy
+
+    manifest = shared.manifest()
+    operator = Account.from_key(operator_key)
+    chain = connect(shared.rpc_url, [operator_key])
+    a402 = A402Config(
+        enclave=shared.platform().launch(shared.provider_code,
+                                         allowed_purposes=PROVIDER_PURPOSES),
+        operator=operator, chain=chain, manager=manifest.contracts["ASCManager"],
+        vault_policy=AttestationPolicy(frozenset({shared.vault_code})),
+        verifiers=[shared.verifier()],
+        store=SqlChannelStore(f"sqlite:///{shared.db_dir}/provider.db"),
+    )
+    api = A402Payments(PaymentMiddleware(
+        token_stream(tokens), routes=stream_routes(groups), pay_to=operator.address,
+        token=manifest.token, network=manifest.network,
+        facilitator="http://127.0.0.1:9"), a402)  # exact is never paid here
+    _serve_deployed(api, port)
+
+
+def stream_vault(shared: Shared, port: int, vault_key: str, deposit_multiple: int) -> None:
+    """A vault (its enclave, its SQLite store), every other setting at its default."""
+    from a402.chain.node import connect
+    from a402.tee import AttestationPolicy
+    from a402.vault.app import create_app
+    from a402.vault.identity import vault_enclave
+    from a402.vault.service import VaultConfig, VaultService
+    from a402.vault.settings import Connections, Deposits
+    from a402.vault.store import VaultStore
+
+    manifest = shared.manifest()
+    chain = connect(shared.rpc_url, [vault_key])
+    store = VaultStore(f"sqlite:///{shared.db_dir}/vault-{chain.accounts[0].address}.db")
+    store.claim_for(chain.accounts[0].address)
+    service = VaultService(VaultConfig(
+        chain=chain, account=chain.accounts[0], manager=manifest.contracts["ASCManager"],
+        store=store, enclave=vault_enclave(shared.platform(), shared.vault_code, store),
+        verifiers=[shared.verifier()],
+        provider_policy=AttestationPolicy(frozenset({shared.provider_code})),
+        token=manifest.token, deposits=Deposits(deposit_multiple=deposit_multiple),
+        connections=Connections(allow_private_targets=True),  # every party is on 127.0.0.1
+    ))
+    _serve_deployed(create_app(service), port)
+
+
+def _serve_deployed(app: Any, port: int) -> None:
+    """``app`` served as ``a402 … serve`` serves it (:func:`a402.serving.run`)."""
+    from a402.serving import run
+
+    directory = os.environ.get(PROFILE_ENV)
+    if directory:
+        _profile_on_signals(Path(directory))
+    run(app, host="127.0.0.1", port=port, access_log=False)
+
+
 PROFILE_ENV = "A402_BENCH_PROFILE"
 """If set (a directory), every role can be profiled: SIGUSR1 starts cProfile in its
 process, SIGUSR2 stops it and writes ``<dir>/<role>-<pid>.prof``; with
