@@ -20,7 +20,13 @@ from a402.wire.errors import (
     WireError,
 )
 from a402.wire.headers import decode_header, encode_header
-from a402.wire.jsonstrict import DEFAULT_LIMITS, JsonLimitError, JsonLimits, loads_object
+from a402.wire.jsonstrict import (
+    DEFAULT_LIMITS,
+    JsonLimitError,
+    JsonLimits,
+    check_bounds,
+    loads_object,
+)
 
 
 def _nested(depth: int, key: bool = False) -> str:
@@ -117,3 +123,40 @@ def test_every_document_within_the_limits_decodes_as_json_does(value: dict[str, 
 def test_any_input_is_an_object_or_a_wire_error(data: bytes | str) -> None:
     with contextlib.suppress(WireError):
         assert isinstance(loads_object(data), dict)
+
+
+def _measured(text: str, limits: JsonLimits) -> str | None:
+    """The reason a document is refused, measured the long way round (every string blanked,
+    the depth summed bracket by bracket, every number's length): the reference the
+    service's shortcut for small documents must agree with."""
+    import re
+
+    structure = re.sub(r'"[^"\\]*(?:\\.[^"\\]*)*"', '""', text, flags=re.DOTALL)
+    depth = deepest = 0
+    for char in structure:
+        depth += {"[": 1, "{": 1, "]": -1, "}": -1}.get(char, 0)
+        deepest = max(deepest, depth)
+    if deepest > limits.max_depth:
+        return JSON_TOO_DEEP
+    if any(len(run) > limits.max_number_chars for run in re.findall(r"[-+0-9.eE]+", structure)):
+        return JSON_NUMBER_TOO_LONG
+    return None
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(value=json_values, depth=st.integers(1, 6), digits=st.integers(1, 12))
+def test_the_limits_are_judged_on_structure_never_on_the_text_inside_strings(
+        value: Any, depth: int, digits: int) -> None:
+    """Brackets and digits inside strings count for nothing, wherever they are and however
+    many: a document is refused exactly when its structure is too deep or holds a number too
+    long, whether or not the raw text alone would have passed."""
+    limits = JsonLimits(max_depth=depth, max_number_chars=digits)
+    for text in (json.dumps(value), json.dumps({"s": "[{" * depth + "9" * (digits + 1),
+                                                "v": value})):
+        expected = _measured(text, limits)
+        try:
+            check_bounds(text, limits)
+            refused = None
+        except JsonLimitError as e:
+            refused = e.reason
+        assert refused == expected

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import accumulate
 from typing import Any, Final
 
@@ -65,6 +66,12 @@ _NOT_BRACKET: Final = re.compile(r"[^\[\]{}]+")
 _STEP: Final = {"[": 1, "{": 1, "]": -1, "}": -1}
 
 
+@lru_cache(maxsize=16)
+def _number_run(max_chars: int) -> re.Pattern[str]:
+    """A run of more than ``max_chars`` characters a JSON number is made of."""
+    return re.compile("[-+0-9.eE]{" + str(max_chars + 1) + ",}")
+
+
 def check_bounds(data: str | bytes, limits: JsonLimits = DEFAULT_LIMITS) -> str:
     """The document as text if it is within ``limits``, else :class:`JsonLimitError`.
 
@@ -75,6 +82,12 @@ def check_bounds(data: str | bytes, limits: JsonLimits = DEFAULT_LIMITS) -> str:
     strict parser that follows refuses it, and by then its depth is known to be
     bounded. Raises a plain :class:`WireError` (``invalid_payload``) for text
     that is not UTF-8.
+
+    A document whose raw text already passes both measures (no more opening brackets
+    than the depth limit, no run of number characters past the length limit) passes
+    as it is, without the substitution: blanking strings only removes brackets and
+    breaks runs (``""`` is no number character), so its structure passes them too.
+    That is every call a client sends (a few brackets, short numbers).
     """
     size = len(data)
     if size > limits.max_bytes:
@@ -85,6 +98,10 @@ def check_bounds(data: str | bytes, limits: JsonLimits = DEFAULT_LIMITS) -> str:
             data = bytes(data).decode("utf-8")
         except UnicodeDecodeError as exc:
             raise WireError(INVALID_PAYLOAD, f"malformed JSON: {exc}") from exc
+    too_long = _number_run(limits.max_number_chars)
+    if data.count("[") + data.count("{") <= limits.max_depth \
+            and (len(data) <= limits.max_number_chars or too_long.search(data) is None):
+        return data
     # Strings are blanked first, so the brackets and number characters left are
     # structure. The nesting depth is at most the number of opening brackets, so the
     # running sum is computed only for a document with more of them than the limit.
@@ -95,24 +112,30 @@ def check_bounds(data: str | bytes, limits: JsonLimits = DEFAULT_LIMITS) -> str:
         if depth > limits.max_depth:
             raise JsonLimitError(JSON_TOO_DEEP, f"JSON nested deeper than {limits.max_depth} "
                                  "levels", 400)
-    too_long = "[-+0-9.eE]{" + str(limits.max_number_chars + 1) + ",}"
-    if re.search(too_long, structure) is not None:
+    if too_long.search(structure) is not None:
         raise JsonLimitError(JSON_NUMBER_TOO_LONG, f"a JSON number longer than "
                              f"{limits.max_number_chars} characters", 400)
     return data
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise ValueError(f"duplicate key {key!r}")
-        obj[key] = value
+    obj = dict(pairs)
+    if len(obj) != len(pairs):  # a key came twice: name the first one that did
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {key!r}")
+            seen.add(key)
     return obj
 
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"non-standard JSON constant {name}")
+
+
+#: One strict decoder for every document (``json.loads`` with hooks makes one per call).
+_STRICT: Final = json.JSONDecoder(object_pairs_hook=_no_duplicates,
+                                  parse_constant=_no_constant)
 
 
 def loads_object(data: str | bytes, *, reason: str = INVALID_PAYLOAD,
@@ -130,7 +153,7 @@ def loads_object(data: str | bytes, *, reason: str = INVALID_PAYLOAD,
     except WireError as exc:
         raise WireError(reason, exc.message) from exc
     try:
-        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        value = _STRICT.decode(text)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeError are ValueErrors
         raise WireError(reason, f"malformed JSON: {exc}") from exc
     if not isinstance(value, dict):
