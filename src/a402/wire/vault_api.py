@@ -33,11 +33,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import secrets
 import time
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Final
 
 import coincurve
@@ -398,10 +400,7 @@ class InvokeRequest:
         if confirmation is not None and not isinstance(confirmation, dict):
             raise ValueError("mandateConfirmation is a JSON object")
         pay_to = data.get("payTo")
-        if pay_to is not None and not (
-            isinstance(pay_to, str) and len(pay_to) == 42 and pay_to[:2] in ("0x", "0X")
-            and all(c in "0123456789abcdefABCDEF" for c in pay_to[2:])
-        ):
+        if pay_to is not None and not (isinstance(pay_to, str) and _ADDRESS.fullmatch(pay_to)):
             raise ValueError("payTo is the payee's 0x address")
         return cls(
             url=url, method=method.upper(), headers=headers_from_json(data.get("headers", [])),
@@ -449,7 +448,13 @@ def parse_amount(value: Any, what: str) -> int:
     return _amount(value, what)
 
 
+#: A 0x address (any case; ``\Z``-free :meth:`re.Pattern.fullmatch`, so no trailing newline).
+_ADDRESS: Final = re.compile(r"0[xX][0-9a-fA-F]{40}")
+
+
+@lru_cache(maxsize=1024)
 def _has_host_and_port(url: str) -> bool:
+    """Whether ``url``'s host and port can be read (cached: a client calls the same few)."""
     try:
         parts = urllib.parse.urlsplit(url)
         _ = parts.port  # ValueError for a port that is not a number or out of range
