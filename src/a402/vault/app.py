@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -103,11 +104,10 @@ def create_app(service: VaultService, *, observer: Observer | None = None,
     async def authenticated(request: Request, remember: bool
                             ) -> tuple[api.Authenticated, bytes, SignedCall]:
         body = await request_body(request, api.MAX_CALL_BODY)
-        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         now = time.time()
         # The call as signed, checked in the enclave (which recovers its signature once for
         # this check and its own, before it pays or approves anything: invoke, withdraw).
-        call = SignedCall.of(request.headers, request.method, path, body)
+        call = _signed_call(request, body)
         signed = service.vault.authenticate(call, now=now,
                                             window=service.config.timing.auth_window)
         if remember and not await service.store.remember_nonce(
@@ -350,6 +350,42 @@ def _active_only(service: VaultService, inner: ASGIApp) -> ASGIApp:
         await inner(scope, receive, guarded)
 
     return asgi
+
+
+#: The headers a call's signature is checked with (:data:`~a402.vault_enclave.SignedCall`
+#: keeps only these), as ASGI names them (lowercase bytes).
+_AUTH_HEADERS = {name.encode("latin-1"): name for name in (
+    api.CLIENT_HEADER, api.TIMESTAMP_HEADER, api.NONCE_HEADER, api.SIGNATURE_HEADER,
+    api.LIFE_HEADER)}
+#: What may be in a path or a query for it to reach ``request.url`` unchanged.
+_PLAIN = re.compile(r"[!$-;=@-\[\]-~]*")  # printable ASCII but space, '"', '#', '<', '>', '?', '\\'
+
+
+def _signed_call(request: Request, body: bytes) -> SignedCall:
+    """The call as its signature covers it: its method, its path and query as Starlette's
+    ``request.url`` gives them, its body and its authentication headers (the first of each
+    name, as ``request.headers[name]`` reads them).
+
+    Read straight from the ASGI scope, without building ``request.url`` (a URL parsed
+    back from the scope) nor ``request.headers``, for a path and query that URL would
+    give back unchanged (printable ASCII, nothing it escapes or splits at); any other
+    goes through ``request.url``."""
+    scope = request.scope
+    auth: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        key = _AUTH_HEADERS.get(name)
+        if key is not None and key not in auth:
+            auth[key] = value.decode("latin-1")
+    path: str = scope["path"]
+    query: bytes = scope.get("query_string", b"")
+    if _PLAIN.fullmatch(path) and path.startswith("/") and not path.startswith("//") \
+            and _PLAIN.fullmatch(query.decode("latin-1")):
+        if query:
+            path = f"{path}?{query.decode('ascii')}"
+    else:
+        url = request.url
+        path = url.path + (f"?{url.query}" if url.query else "")
+    return SignedCall.of(auth, request.method, path, body)
 
 
 def _decode(raw: bytes) -> dict[str, Any]:
