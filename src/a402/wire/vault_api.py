@@ -452,9 +452,18 @@ def parse_amount(value: Any, what: str) -> int:
 _ADDRESS: Final = re.compile(r"0[xX][0-9a-fA-F]{40}")
 
 
-@lru_cache(maxsize=1024)
 def _has_host_and_port(url: str) -> bool:
-    """Whether ``url``'s host and port can be read (cached: a client calls the same few)."""
+    """Whether ``url``'s host and port can be read: remembered for the last 1024 URLs of up
+    to 2,048 characters (clients call the same few; no long URL is kept)."""
+    return _url_has_host_and_port(url) if len(url) <= 2048 else _reads_host_and_port(url)
+
+
+@lru_cache(maxsize=1024)
+def _url_has_host_and_port(url: str) -> bool:
+    return _reads_host_and_port(url)
+
+
+def _reads_host_and_port(url: str) -> bool:
     try:
         parts = urllib.parse.urlsplit(url)
         _ = parts.port  # ValueError for a port that is not a number or out of range
