@@ -49,7 +49,6 @@ pre-signature — never leaves the enclave.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -433,9 +432,10 @@ class ProviderEnclaveCode:
     def _answer(
         self, handle: str, envelope: Envelope, channel_id: bytes | None = None, *,
         persist: bool = False, incoming: str = "", replayed: bool = False,
+        charge: int | None = None,
     ) -> Answer:
         frame = self._kernel.channel_encrypt(handle, envelope.encode(), ad=RESPONSE_AD)
-        return Answer(frame, channel_id, persist, incoming, replayed)
+        return Answer(frame, channel_id, persist, incoming, replayed, charge)
 
     def receive(self, handle: str, frame: bytes) -> Outcome:
         """One encrypted envelope from the vault. Raises :class:`~a402.tee.ChannelError`
@@ -572,12 +572,15 @@ class ProviderEnclaveCode:
         return self._finish(handle, held, body, message, answer)
 
     def _finish(
-        self, handle: str, held: HeldChannel, body: bytes, message: AscMessage, answer: Envelope
+        self, handle: str, held: HeldChannel, body: bytes, message: AscMessage,
+        answer: Envelope, charge: int | None = None,
     ) -> Answer:
         answer = self.outgoing(held, message, answer)
-        held.last_in, held.last_out = body, answer.encode()
-        return self._answer(handle, answer, held.channel.channel_id, persist=True,
-                            incoming=type(message).__name__)
+        encoded = answer.encode()
+        held.last_in, held.last_out = body, encoded
+        frame = self._kernel.channel_encrypt(handle, encoded, ad=RESPONSE_AD)
+        return Answer(frame, held.channel.channel_id, True, type(message).__name__, False,
+                      charge)
 
     def _pending_note(self, held: HeldChannel, message: AscMessage,
                       note: PendingNote | None) -> PendingNote | None:
@@ -704,8 +707,8 @@ class ProviderEnclaveCode:
             held.channel.abandon(rid)
             answer = Refusal("commit_failed", type(e).__name__).envelope()
             return self._finish(handle, held, pending.body, exec_, answer)
-        replied = self._finish(handle, held, pending.body, exec_, Envelope.asc(encode(reply)))
-        return dataclasses.replace(replied, charge=reply.amount)
+        return self._finish(handle, held, pending.body, exec_, Envelope.asc(encode(reply)),
+                            charge=reply.amount)
 
     def failed(self, handle: str, reason: str, detail: str) -> Answer:
         """The service failed (timeout, crash): abandon the request; nothing is charged."""

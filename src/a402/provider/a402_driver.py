@@ -128,7 +128,7 @@ class FrameDriver:
         slot = await self.channels.load(channel_id)
         if slot is None:
             return await self.relay(None, self.provider_enclave.found(handle))
-        if slot.channel.terms.vault_mode and self.read_ledger is not None:
+        if self.read_ledger is not None and slot.channel.terms.vault_mode:
             await self.read_ledger()  # no I/O once pinned
         async with slot.lock:
             outcome = self.provider_enclave.found(handle)

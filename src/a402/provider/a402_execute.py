@@ -28,7 +28,8 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from functools import lru_cache
+from typing import Any, Final
 from urllib.parse import quote
 
 from starlette.types import ASGIApp, Message
@@ -100,14 +101,14 @@ class Executor:
         """A stream's next group, a new stream's first, or the whole response."""
         request = paid.request
         try:
-            target = (request.method.upper(), request.path)
             sid = stream_id(request.headers)
-            if (sid is not None or group_size(request.headers) is not None) \
-                    and self.meter is not None:
-                streamable(self.meter(request.method, request.path))
+            group = None if sid is not None else group_size(request.headers)
+            if sid is not None or group is not None:
+                target = (request.method.upper(), request.path)
+                if self.meter is not None:
+                    streamable(self.meter(request.method, request.path))
             if sid is not None:
                 return await self.streams.next(paid.channel_id, sid, target)
-            group = group_size(request.headers)
             if group is not None:
                 scope = self.scope(request, outer)
                 scope["headers"] = unencoded_request(scope["headers"])
@@ -131,7 +132,7 @@ class Executor:
             "method": request.method,
             "scheme": outer.get("scheme", "http"),
             "path": request.path,
-            "raw_path": quote(request.path, safe="/:@!$&'()*+,;=~").encode("ascii"),
+            "raw_path": _raw_path(request.path),
             "root_path": outer.get("root_path", ""),
             "query_string": request.query,
             "headers": headers,
@@ -152,22 +153,36 @@ class Executor:
         rule = None if self.meter is None else self.meter(request.method, request.path)
         if rule is not None and rule.unit in (Unit.FIELD, Unit.EVENT):
             scope["headers"] = readable_request(scope["headers"])
-        done = asyncio.Event()
         sent = False
+        done: asyncio.Event | None = None  # made only for an app that listens on
 
         async def receive() -> Message:
-            nonlocal sent
+            nonlocal sent, done
             if not sent:
                 sent = True
                 return {"type": "http.request", "body": request.body, "more_body": False}
+            if done is None:
+                done = asyncio.Event()
             await done.wait()  # nothing more will come; an app listening for a disconnect waits
             return {"type": "http.disconnect"}
 
         try:
             buffered = await run_buffered(self.app, scope, receive, limit=self.max_body)
         finally:
-            done.set()
+            if done is not None:
+                done.set()
         return HttpResponse(buffered.status, tuple(buffered.headers), b"".join(buffered.body))
+
+
+#: What a path's raw bytes may keep as they are (RFC 3986 ``pchar`` and ``/``).
+_PATH_SAFE: Final = "/:@!$&'()*+,;=~"
+
+
+@lru_cache(maxsize=1024)
+def _raw_path(path: str) -> bytes:
+    """``scope["raw_path"]`` of a decoded path: the path percent-encoded (paid requests
+    repeat their paths, so each is encoded once)."""
+    return quote(path, safe=_PATH_SAFE).encode("ascii")
 
 
 __all__ = ["Executor", "ServiceFailed"]

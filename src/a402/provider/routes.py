@@ -41,6 +41,8 @@ _MAX_DECIMALS: Final = 77  # a uint256 has 78 digits; no real token goes near it
 _UINT256_MAX: Final = 2**256 - 1
 # Decimal's default context keeps 28 digits and *rounds* beyond that; a price
 # converts in a context wide enough for any uint256 that traps any rounding.
+#: How many request lines :meth:`RouteTable.match` remembers the match of.
+_MATCH_CACHE: Final = 1024
 _EXACT: Final = Context(prec=200, traps=[InvalidOperation, Inexact, Rounded])
 
 
@@ -268,6 +270,10 @@ class RouteTable:
             reverse=True,
         )
         self._ordered = tuple(route for _, route in order)
+        #: ``(method, path)`` → its match, as last computed: a paid request's route is
+        #: read several times (its price, its metering rule, the executor's), and the
+        #: table never changes. Bounded: emptied when full (distinct paths are unbounded).
+        self._matched: dict[tuple[str, str], RouteMatch | None] = {}
 
     @classmethod
     def build(cls, routes: RouteSpecs, *, decimals: int) -> RouteTable:
@@ -302,6 +308,21 @@ class RouteTable:
         return cls(paid)
 
     def match(self, method: str, path: str) -> RouteMatch | None:
+        """The most specific route for ``method`` and ``path``, or None (free). The same
+        :class:`RouteMatch` may be returned again for the same request line: read it,
+        never change it."""
+        key = (method, path)
+        try:
+            return self._matched[key]
+        except KeyError:
+            pass
+        found = self._match(method, path)
+        if len(self._matched) >= _MATCH_CACHE:
+            self._matched.clear()
+        self._matched[key] = found
+        return found
+
+    def _match(self, method: str, path: str) -> RouteMatch | None:
         normalised = normalize_path(path)
         for route in self._ordered:
             if not route.pattern.matches_method(method):

@@ -124,6 +124,11 @@ class Kind(IntEnum):
     ASC_PENDING = 6
 
 
+#: Each kind by its byte, and where that byte is in an envelope.
+_KINDS: dict[int, Kind] = {kind.value: kind for kind in Kind}
+_KIND_AT = len(_ENVELOPE_TAG)
+
+
 # ---------------------------------------------------------------- primitives
 
 
@@ -138,9 +143,10 @@ class _Writer:
         return self
 
     def lp(self, data: bytes, width: int, what: str) -> _Writer:
-        if len(data) >= 1 << (8 * width):
+        size = len(data)
+        if size >= 1 << (8 * width):
             raise ValueError(f"{what} is too long")
-        self.parts.append(len(data).to_bytes(width, "big") + bytes(data))
+        self.parts += (size.to_bytes(width, "big"), bytes(data))  # joined once, in done()
         return self
 
     def u16(self, value: int) -> _Writer:
@@ -169,23 +175,33 @@ class _Reader:
         self.data, self.pos = data, len(tag)
 
     def take(self, size: int, what: str) -> bytes:
-        end = self.pos + size
+        start = self.pos
+        end = start + size
         if end > len(self.data):
             raise FrameError(f"truncated at {what}")
-        chunk, self.pos = self.data[self.pos : end], end
-        return chunk
+        self.pos = end
+        return self.data[start:end]
 
     def uint(self, width: int, what: str) -> int:
         return int.from_bytes(self.take(width, what), "big")
 
     def lp(self, width: int, what: str) -> bytes:
-        return self.take(self.uint(width, f"{what} length"), what)
+        """A ``width``-byte big-endian length, then that many bytes."""
+        data, start = self.data, self.pos + width
+        if start > len(data):
+            raise FrameError(f"truncated at {what} length")
+        end = start + int.from_bytes(data[self.pos:start], "big")
+        if end > len(data):
+            raise FrameError(f"truncated at {what}")
+        self.pos = end
+        return data[start:end]
 
     def headers(self) -> tuple[tuple[bytes, bytes], ...]:
         count = self.uint(2, "header count")
         if count > _MAX_HEADERS:
             raise FrameError(f"more than {_MAX_HEADERS} headers")
-        return tuple((self.lp(2, "header name"), self.lp(4, "header value")) for _ in range(count))
+        lp = self.lp
+        return tuple([(lp(2, "header name"), lp(4, "header value")) for _ in range(count)])
 
     def rest(self) -> bytes:
         chunk, self.pos = self.data[self.pos :], len(self.data)
@@ -278,13 +294,10 @@ class HttpResponse:
         )
 
     def encode(self) -> bytes:
-        return (
-            _Writer(_RESPONSE_TAG)
-            .u16(self.status)
-            .headers(self.headers)
-            .lp(self.body, 4, "body")
-            .done()
-        )
+        return self._write(_Writer(_RESPONSE_TAG)).done()
+
+    def _write(self, writer: _Writer) -> _Writer:
+        return writer.u16(self.status).headers(self.headers).lp(self.body, 4, "body")
 
     @classmethod
     def decode(cls, data: bytes) -> HttpResponse:
@@ -311,7 +324,9 @@ class HttpResult:
     def encode(self) -> bytes:
         if len(self.request_digest) != 32:
             raise ValueError("the request digest is 32 bytes")
-        return _RESULT_TAG + self.request_digest + self.response.encode()
+        # the response's encoding follows the digest, joined once (the body is copied once)
+        return self.response._write(
+            _Writer(_RESULT_TAG + self.request_digest + _RESPONSE_TAG)).done()
 
     @classmethod
     def decode(cls, data: bytes) -> HttpResult:
@@ -335,12 +350,15 @@ class Envelope:
 
     @classmethod
     def decode(cls, data: bytes) -> Envelope:
-        r = _Reader(data, _ENVELOPE_TAG, "envelope")
-        kind = r.uint(1, "kind")
-        try:
-            return cls(Kind(kind), r.rest())
-        except ValueError:
-            raise FrameError(f"unknown envelope kind {kind}") from None
+        data = bytes(data)
+        if not data.startswith(_ENVELOPE_TAG):
+            raise FrameError("not an a402 envelope")
+        if len(data) <= _KIND_AT:
+            raise FrameError("truncated at kind")
+        kind = _KINDS.get(data[_KIND_AT])
+        if kind is None:
+            raise FrameError(f"unknown envelope kind {data[_KIND_AT]}")
+        return cls(kind, data[_KIND_AT + 1:])
 
     @classmethod
     def asc(cls, message_bytes: bytes) -> Envelope:
