@@ -189,6 +189,21 @@ def test_most_specific_route_wins_regardless_of_order() -> None:
     assert t.match("GET", "/elsewhere").amount == 1  # type: ignore[union-attr]
 
 
+def test_a_request_line_asked_again_gets_the_same_answer() -> None:
+    """A paid request's route is read several times (price, metering rule, executor):
+    the table remembers each request line's match, and forgetting (it is bounded) or
+    remembering never changes an answer."""
+    t = table({"GET /api/*": "0.001", "GET /api/:name": "0.002", "/free/../x": "0.003"})
+    first = [t.match("GET", "/api/a"), t.match("GET", "/api"), t.match("POST", "/api/a"),
+             t.match("GET", "/x")]
+    assert [m and m.amount for m in first] == [2_000, 1_000, None, 3_000]
+    assert t.match("GET", "/api/a") is first[0]
+    for n in range(5_000):  # more request lines than it keeps
+        assert t.match("GET", f"/api/{n}/more").amount == 1_000  # type: ignore[union-attr]
+    assert [t.match("GET", "/api/a"), t.match("GET", "/api"), t.match("POST", "/api/a"),
+            t.match("GET", "/x")] == first
+
+
 def test_ties_go_to_the_first_declared() -> None:
     t = RouteTable.build([("/a/:x", "1"), ("/:y/b", "2")], decimals=0)
     assert t.match("GET", "/a/b").amount == 1  # type: ignore[union-attr]

@@ -68,6 +68,43 @@ def test_truncated_extended_or_foreign_bytes_are_refused() -> None:
         HttpRequest("GET", "relative")
 
 
+def test_a_hostile_envelope_is_refused_with_what_is_wrong_with_it() -> None:
+    for bad, reason in ((b"A402/HTTP\x01", "truncated at kind"),
+                        (b"A402/HTTP\x01\x09body", "unknown envelope kind 9"),
+                        (b"A402/HTTP\x01\x00", "unknown envelope kind 0"),
+                        (b"A402/HTTQ\x01\x01", "not an a402 envelope"), (b"", "not an a402")):
+        with pytest.raises(FrameError, match=reason):
+            Envelope.decode(bad)
+    for kind in Kind:  # every kind reads back, from any bytes-like frame
+        frame = Envelope(kind, b"body").encode()
+        assert Envelope.decode(bytearray(frame)) == Envelope.decode(memoryview(frame)) \
+            == Envelope(kind, b"body")
+
+
+def test_a_result_is_written_byte_for_byte_as_before() -> None:
+    """Sealed results already stored and pre-signed were written in this layout: the tag,
+    the request digest, then the response's own encoding."""
+    result = HttpResult(b"\x11" * 32, HttpResponse(200, ((b"a", b"b"),), b"hi"))
+    assert result.encode() == (b"A402/RESULT\x01" + b"\x11" * 32 + b"A402/RES\x01"
+                               + b"\x00\xc8" + b"\x00\x01" + b"\x00\x01a" + b"\x00\x00\x00\x01b"
+                               + b"\x00\x00\x00\x02hi")
+    assert result.encode()[44:] == result.response.encode()
+    assert HttpResult.decode(result.encode()) == result
+
+
+def test_a_paid_request_cut_anywhere_is_refused_by_the_field_it_lacks() -> None:
+    request = HttpRequest("POST", "/x", b"a=1", ((b"h", b"v"),), b"body").encode()
+    seen = set()
+    for end in range(len(b"A402/REQ\x01"), len(request)):
+        with pytest.raises(FrameError, match=r"^truncated at ") as refused:
+            HttpRequest.decode(request[:end])
+        seen.add(str(refused.value))
+    assert seen == {f"truncated at {what}" for what in (
+        "method length", "method", "path length", "path", "query length", "query",
+        "header count", "header name length", "header name", "header value length",
+        "header value", "body length", "body")}
+
+
 def test_envelopes_open_and_refusal_round_trip() -> None:
     opening = OpenChannel(os.urandom(20), os.urandom(20), os.urandom(20), os.urandom(32),
                           12345, os.urandom(32), os.urandom(65))
