@@ -236,7 +236,7 @@ class HttpRequest:
             raise ValueError("the path must start with '/'")
         object.__setattr__(self, "method", self.method.upper())
         object.__setattr__(
-            self, "headers", tuple((bytes(k).lower(), bytes(v)) for k, v in self.headers)
+            self, "headers", tuple([(bytes(k).lower(), bytes(v)) for k, v in self.headers])
         )
 
     def encode(self) -> bytes:
@@ -290,7 +290,7 @@ class HttpResponse:
         if not 100 <= self.status <= 999:
             raise ValueError(f"not an HTTP status: {self.status}")
         object.__setattr__(
-            self, "headers", tuple((bytes(k).lower(), bytes(v)) for k, v in self.headers)
+            self, "headers", tuple([(bytes(k).lower(), bytes(v)) for k, v in self.headers])
         )
 
     def encode(self) -> bytes:
