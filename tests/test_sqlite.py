@@ -162,6 +162,24 @@ def test_plain_sql_awaited_by_coroutines_is_durable_isolated_and_skipped_if_aban
     asyncio.run(scenario())
 
 
+UPDATE = 'UPDATE "rows" SET "value" = :value WHERE "key" = :key'
+
+
+def test_each_statement_of_a_batch_gets_its_own_row_count(db: Db) -> None:
+    """The writer runs a batch's statements one after another on one cursor: each count
+    is its own statement's, never the one before it."""
+    async def scenario() -> list[list[int]]:
+        return await asyncio.gather(
+            db.group.execute([(UPDATE, {"key": "none yet", "value": 1}),
+                              (INSERT, {"key": "p", "value": 1})]),
+            db.group.execute([(INSERT, {"key": "q", "value": 2}),
+                              (UPDATE, {"key": "p", "value": 3}),
+                              (UPDATE, {"key": "missing", "value": 4})]))
+
+    assert asyncio.run(scenario()) == [[0, 1], [1, 1, 0]]
+    assert db.on_disk() == {"p": 3, "q": 2}
+
+
 def test_connections_opening_one_new_file_together_all_switch_it_to_wal(tmp_path: Path) -> None:
     """Switching a new file to WAL does not wait in SQLite's busy handler: opened by four
     connections at once, all but one used to fail with "database is locked" (a few times

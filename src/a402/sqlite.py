@@ -240,6 +240,7 @@ class GroupCommit:
         self._engine = engine
         self._sessions = sessions
         self._driver: Any = None  # the writer thread's own connection, for plain SQL
+        self._cursor: Any = None  # and its one cursor (a cursor per statement costs more)
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._mutex = threading.Lock()
@@ -331,22 +332,24 @@ class GroupCommit:
             self._queue.put(_STOP)
         self._thread.join()
         if self._driver is not None:
+            self._cursor.close()
             self._driver.close()  # back to the engine's pool, which the store disposes
-            self._driver = None
+            self._driver = self._cursor = None
 
     def _run(self) -> None:
+        queued = self._queue
         while True:
-            first = self._queue.get()
+            first = queued.get()
             if first is _STOP:
                 return
             batch = list(first) if isinstance(first, list) else [first]
-            while len(batch) < self._max_batch:  # (a gathered list is never split)
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
+            # (empty() first: get_nowait on an empty queue raises, and an exception per
+            # batch costs the writer more than the check; only this thread takes items,
+            # so a queue not empty here is not empty at get_nowait either)
+            while len(batch) < self._max_batch and not queued.empty():  # (never split a list)
+                item = queued.get_nowait()
                 if item is _STOP:  # the last item ever queued: finish this batch, then stop
-                    self._queue.put(_STOP)
+                    queued.put(_STOP)
                     break
                 if isinstance(item, list):
                     batch.extend(item)
@@ -356,28 +359,36 @@ class GroupCommit:
 
     def _commit(self, batch: list[tuple[object, _Done]]) -> None:
         outcomes: list[tuple[_Done, bool, object]] = []
-        batch = [(item, done) for item, done in batch if done.set_running_or_notify_cancel()]
-        if not batch:
+        running: list[tuple[object, _Done]] = []
+        plain = True
+        for item, done in batch:  # (a future cancelled before its batch ran is left out:
+            if done.set_running_or_notify_cancel():  # its caller gave up)
+                running.append((item, done))
+                if plain and callable(item):
+                    plain = False
+        if not running:
             return
-        try:  # (a future cancelled before its batch ran is left out: its caller gave up)
+        try:
             with self._mutex:
-                if any(callable(item) for item, _ in batch):
-                    self._commit_with_sessions(batch, outcomes)
+                if plain:
+                    self._commit_statements(running, outcomes)  # type: ignore[arg-type]
                 else:
-                    self._commit_statements(batch, outcomes)  # type: ignore[arg-type]
+                    self._commit_with_sessions(running, outcomes)
         except Exception as e:  # the COMMIT failed: nothing of this batch is durable
-            outcomes = [(done, False, e) for _, done in batch if not done.done()]
+            outcomes = [(done, False, e) for _, done in running if not done.done()]
         _answer(outcomes)
 
     def _commit_with_sessions(self, batch: list[tuple[object, _Done]],
                               outcomes: list[tuple[_Done, bool, object]]) -> None:
         with self._engine.connect() as connection, connection.begin():
-            driver = connection.connection.driver_connection
+            driver: Any = connection.connection.driver_connection
+            cursor = driver.cursor()
             for item, done in batch:
                 if callable(item):
                     outcomes.append((done, *_work(connection, item)))
                 else:
-                    outcomes.append((done, *_statements(driver, item)))  # type: ignore[arg-type]
+                    outcomes.append((done, *_statements(cursor, item)))  # type: ignore[arg-type]
+            cursor.close()
 
     def _commit_statements(self, batch: list[tuple[Sequence[Statement], _Done]],
                            outcomes: list[tuple[_Done, bool, object]]) -> None:
@@ -385,24 +396,25 @@ class GroupCommit:
         connection, which the writer keeps, without an engine connection per batch."""
         if self._driver is None:
             self._driver = self._engine.raw_connection()  # set up by make_engine's hook
-        driver = self._driver.driver_connection
-        driver.execute("BEGIN IMMEDIATE")
+            self._cursor = self._driver.driver_connection.cursor()
+        cursor = self._cursor
+        cursor.execute("BEGIN IMMEDIATE")
         try:
-            counted = _all_statements(driver, batch)
+            counted = _all_statements(cursor, batch)
             if counted is None:  # one write failed: undo them all, then again one by one
-                if driver.in_transaction:
-                    driver.execute("ROLLBACK")
-                driver.execute("BEGIN IMMEDIATE")
+                if cursor.connection.in_transaction:
+                    cursor.execute("ROLLBACK")
+                cursor.execute("BEGIN IMMEDIATE")
                 for statements, done in batch:
-                    outcomes.append((done, *_statements(driver, statements)))
+                    outcomes.append((done, *_statements(cursor, statements)))
             else:
                 outcomes.extend((done, True, counts)
                                 for (_, done), counts in zip(batch, counted, strict=True))
-            driver.execute("COMMIT")
+            cursor.execute("COMMIT")
         except BaseException:
             outcomes.clear()
-            if driver.in_transaction:
-                driver.execute("ROLLBACK")
+            if cursor.connection.in_transaction:
+                cursor.execute("ROLLBACK")
             raise
 
 
@@ -486,7 +498,7 @@ def _work(connection: Connection, work: Callable[[Session], object]) -> tuple[bo
         return False, e
 
 
-def _all_statements(driver: sqlite3.Connection,
+def _all_statements(cursor: sqlite3.Cursor,
                     batch: list[tuple[Sequence[Statement], _Done]]) -> list[list[int]] | None:
     """Every write of ``batch`` in the open transaction, without a SAVEPOINT each: their
     row counts, or ``None`` as soon as one fails (the caller then rolls the transaction
@@ -496,27 +508,33 @@ def _all_statements(driver: sqlite3.Connection,
     Writes rarely fail (a replayed nonce, a key taken twice), and every statement is a
     call into SQLite that lets go of the GIL and must win it back from the event loop's
     thread: the optimistic pass makes a batch of ``k`` writes ``2k`` such calls fewer.
+    One cursor runs them all (``Connection.execute`` makes a cursor per statement).
     """
     counted: list[list[int]] = []
+    execute = cursor.execute
     try:
         for statements, _ in batch:
-            counted.append([driver.execute(sql, params).rowcount for sql, params in statements])
+            counts = []
+            for sql, params in statements:
+                execute(sql, params)
+                counts.append(cursor.rowcount)
+            counted.append(counts)
     except sqlite3.Error:
         return None
     return counted
 
 
-def _statements(driver: sqlite3.Connection, statements: Sequence[Statement]
+def _statements(cursor: sqlite3.Cursor, statements: Sequence[Statement]
                 ) -> tuple[bool, object]:
     """Plain SQL on the driver's connection, in a SAVEPOINT of the batch's transaction."""
-    driver.execute("SAVEPOINT a402_write")
+    cursor.execute("SAVEPOINT a402_write")
     counts: list[int] = []
     for sql, params in statements:
         try:
-            counts.append(driver.execute(sql, params).rowcount)
+            counts.append(cursor.execute(sql, params).rowcount)
         except sqlite3.Error as e:
-            driver.execute("ROLLBACK TO a402_write")
-            driver.execute("RELEASE a402_write")
+            cursor.execute("ROLLBACK TO a402_write")
+            cursor.execute("RELEASE a402_write")
             return False, DBAPIError.instance(sql, params, e, sqlite3.Error)
-    driver.execute("RELEASE a402_write")
+    cursor.execute("RELEASE a402_write")
     return True, counts

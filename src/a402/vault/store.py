@@ -917,5 +917,7 @@ def _update(model: Any, key: str, value: str, values: dict[str, Any],
     executing it.
     """
     sql = _update_sql(model.__tablename__, tuple(values), key, len(states))
-    params = {**values, "_key": value, **{f"_state{i}": st for i, st in enumerate(states)}}
+    params = {**values, "_key": value}
+    if states:
+        params.update({f"_state{i}": st for i, st in enumerate(states)})
     return sql, params
