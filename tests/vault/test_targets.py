@@ -64,3 +64,10 @@ async def test_a_public_hosts_verdict_is_remembered_briefly_and_a_refusal_never(
     now[0] += 61
     await check("https://paid.example/weather")  # a minute later: looked up again
     assert lookups.count("paid.example") == 2
+
+
+async def test_a_url_with_a_port_that_is_not_one_is_refused_as_a_target() -> None:
+    with pytest.raises(TargetRefused, match="no valid port"):
+        await check_target("http://127.0.0.1:99999/paid", allow_private=True)
+    with pytest.raises(TargetRefused, match="no valid port"):
+        await check_target("http://paid.example:port/", allow_private=False)

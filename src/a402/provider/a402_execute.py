@@ -28,12 +28,12 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Final
 from urllib.parse import quote
 
 from starlette.types import ASGIApp, Message
 
+from a402.memo import memo_short
 from a402.metering import Unit, readable_request
 from a402.provider.a402_streams import (
     StreamError,
@@ -178,7 +178,7 @@ class Executor:
 _PATH_SAFE: Final = "/:@!$&'()*+,;=~"
 
 
-@lru_cache(maxsize=1024)
+@memo_short(1024)
 def _raw_path(path: str) -> bytes:
     """``scope["raw_path"]`` of a decoded path: the path percent-encoded (paid requests
     repeat their paths, so each is encoded once)."""

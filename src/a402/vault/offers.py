@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from a402.memo import memo_short
 from a402.wire import vault_api as api
 from a402.wire.a402 import SCHEME_A402, WELL_KNOWN_PREFIX, ProviderInfo
 from a402.wire.convert import to_v2_requirements
@@ -53,7 +54,9 @@ class Offer:
     asset: str
 
 
+@memo_short(4096)
 def origin(url: str) -> str:
+    """``scheme://host:port`` of ``url`` (kept for the last URLs seen: a pure function)."""
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"

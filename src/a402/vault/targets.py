@@ -24,6 +24,8 @@ import socket
 import time
 from urllib.parse import urlsplit
 
+from a402.memo import memo_short
+
 
 class TargetRefused(Exception):
     """The URL is not one the vault fetches (``reason``: ``target_not_allowed``)."""
@@ -33,18 +35,33 @@ class TargetUnresolved(Exception):
     """The URL's host does not resolve now (maybe later: retryable)."""
 
 
+@memo_short(4096)
+def url_parts(url: str) -> tuple[str, str | None, int | None]:
+    """``url``'s scheme, host (lower case) and port, as :func:`~urllib.parse.urlsplit` reads
+    them: ``ValueError`` for a port that is not one.
+
+    Kept for the last URLs seen (a pure function of the string): a paid call's URL and
+    its provider's endpoint are checked several times per call, and the same ones call
+    after call, and ``SplitResult.hostname``/``.port`` parse the netloc again at each read.
+    """
+    parts = urlsplit(url)
+    return parts.scheme, parts.hostname, parts.port
+
+
 async def check_target(url: str, *, allow_private: bool) -> None:
     """Raise :class:`TargetRefused` unless the vault may fetch ``url``."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        scheme, host, port = url_parts(url)
+    except ValueError:  # a port that is not one
+        raise TargetRefused(f"{url!r} has no valid port") from None
+    if scheme not in ("http", "https") or not host:
         raise TargetRefused(f"{url!r} is not an http(s) URL with a host")
     if allow_private:
         return
-    host = parts.hostname
     try:
         addresses = [ipaddress.ip_address(host)]
     except ValueError:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        port = port or (443 if scheme == "https" else 80)
         try:
             found = await asyncio.get_running_loop().getaddrinfo(
                 host, port, type=socket.SOCK_STREAM)
@@ -71,10 +88,10 @@ class TargetCheck:
         self._public: dict[tuple[str, int | None], float] = {}
 
     async def __call__(self, url: str) -> None:
-        parts = urlsplit(url)
-        key = (parts.hostname or "", parts.port)
+        scheme, host, port = url_parts(url)
+        key = (host or "", port)
         now = time.monotonic()
-        if self._public.get(key, 0.0) > now and parts.scheme in ("http", "https"):
+        if self._public.get(key, 0.0) > now and scheme in ("http", "https"):
             return
         await check_target(url, allow_private=self.allow_private)
         if not self.allow_private:

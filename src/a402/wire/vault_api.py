@@ -39,7 +39,6 @@ import time
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Final
 
 import coincurve
@@ -48,6 +47,7 @@ from eth_account.signers.local import LocalAccount
 from a402.evm.address import address_key, to_checksum
 from a402.evm.ecdsa import ETH_ACCOUNT, recover_address
 from a402.evm.keccak import keccak256 as keccak
+from a402.memo import memo_short
 from a402.wire.a402 import DEFAULT_MAX_BLOB
 
 API_PREFIX: Final = "/v1"
@@ -452,18 +452,9 @@ def parse_amount(value: Any, what: str) -> int:
 _ADDRESS: Final = re.compile(r"0[xX][0-9a-fA-F]{40}")
 
 
+@memo_short(1024)  # clients call the same few URLs
 def _has_host_and_port(url: str) -> bool:
-    """Whether ``url``'s host and port can be read: remembered for the last 1024 URLs of up
-    to 2,048 characters (clients call the same few; no long URL is kept)."""
-    return _url_has_host_and_port(url) if len(url) <= 2048 else _reads_host_and_port(url)
-
-
-@lru_cache(maxsize=1024)
-def _url_has_host_and_port(url: str) -> bool:
-    return _reads_host_and_port(url)
-
-
-def _reads_host_and_port(url: str) -> bool:
+    """Whether ``url``'s host and port can be read."""
     try:
         parts = urllib.parse.urlsplit(url)
         _ = parts.port  # ValueError for a port that is not a number or out of range
