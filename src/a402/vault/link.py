@@ -29,15 +29,25 @@ record of answered messages and the channel's timeouts cover.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import ssl
 from collections.abc import Callable
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal, Protocol, cast
 from urllib.parse import quote
 
 import httpx
-from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.client import ClientProtocol
+from websockets.exceptions import (
+    ConnectionClosed,
+    ConnectionClosedError,
+    InvalidHandshake,
+    InvalidStatus,
+    InvalidURI,
+)
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
 from a402.tee import AttestationError
 from a402.wire.a402 import (
@@ -138,6 +148,152 @@ class PostTransport:
         return None
 
 
+class _Stream(asyncio.Protocol):
+    """One WebSocket to the provider's ``…/stream``, as lean as the exchange needs it.
+
+    The tunnel has one frame on a stream at a time, and its answer is the next message:
+    so a stream is one awaited answer, not a queue. The WebSocket itself (the opening
+    handshake, masking, fragments, pings, the closing handshake, the size limit) is
+    websockets' own sans-I/O :class:`~websockets.client.ClientProtocol`; this adds only
+    the asyncio glue: what comes in goes to the awaited answer, what the protocol has to
+    send is written at once. A message nobody awaits (the provider never sends one
+    unasked) cuts the stream, as it would pass for the next frame's answer.
+    """
+
+    def __init__(self, protocol: ClientProtocol, loop: asyncio.AbstractEventLoop) -> None:
+        self.ws = protocol
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        #: Set once the upgrade is answered: ``None``, or why it failed.
+        self.opened: asyncio.Future[None] = loop.create_future()
+        #: The answer awaited, while a frame is out.
+        self.answer: asyncio.Future[bytes | str] | None = None
+        self.closed = False
+        self.lost: asyncio.Future[None] = loop.create_future()
+        self._parts: list[bytes] = []  # a fragmented message so far
+        self._text = False
+
+    # -- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.ws.send_request(self.ws.connect())
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        self.ws.receive_data(data)
+        for event in self.ws.events_received():
+            if type(event) is Frame:
+                self._frame(event)
+            elif not self.opened.done():  # the upgrade's answer
+                self._settle_open()
+        if self.ws.handshake_exc is not None and not self.opened.done():
+            self._settle_open()
+        self._flush()
+
+    def eof_received(self) -> bool | None:
+        self.ws.receive_eof()
+        self._flush()
+        return None  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self.opened.done():
+            self.opened.set_exception(
+                ConnectionError("the connection closed during the upgrade") if exc is None
+                else exc)
+        self._fail(self._closed_error())
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    # -- what the stream does
+
+    async def exchange(self, frame: bytes, timeout: float) -> bytes | str:
+        """Send ``frame``; its answer, or :class:`ConnectionClosed` / :class:`TimeoutError`."""
+        if self.closed or self.ws.state is not State.OPEN:
+            raise self._closed_error()
+        answer = self.answer = self.loop.create_future()
+        self.ws.send_binary(frame)
+        self._flush()
+        late = self.loop.call_later(timeout, _time_out, answer)
+        try:
+            return await answer
+        finally:
+            late.cancel()
+            self.answer = None
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    async def close(self, timeout: float) -> None:
+        """The closing handshake, at most ``timeout``; then the connection is cut."""
+        if not self.closed and self.ws.state is State.OPEN:
+            self.ws.send_close()
+            self._flush()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(self.lost)
+        self.abort()
+
+    # -- inside
+
+    def _settle_open(self) -> None:
+        failure = self.ws.handshake_exc
+        if failure is not None:
+            self.opened.set_exception(failure)
+        else:
+            self.opened.set_result(None)
+
+    def _frame(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode is Opcode.BINARY or opcode is Opcode.TEXT:
+            self._text, self._parts = opcode is Opcode.TEXT, [bytes(frame.data)]
+        elif opcode is Opcode.CONT:  # the protocol bounds the whole message (max_size)
+            self._parts.append(bytes(frame.data))
+        elif opcode is Opcode.CLOSE:  # the protocol answers it; the awaited answer fails
+            self._fail(self._closed_error())
+            return
+        else:  # a ping (the protocol answers it) or a pong
+            return
+        if not frame.fin:
+            return
+        data = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
+        self._parts = []
+        answer = self.answer
+        if answer is None or answer.done():  # unasked: it would pass for the next answer
+            self.abort()
+            return
+        answer.set_result(data.decode("utf-8", "replace") if self._text else data)
+
+    def _fail(self, error: BaseException) -> None:
+        answer = self.answer
+        if answer is not None and not answer.done():
+            answer.set_exception(error)
+
+    def _closed_error(self) -> ConnectionClosed:
+        ws = self.ws
+        return ConnectionClosedError(ws.close_rcvd, ws.close_sent, ws.close_rcvd_then_sent)
+
+    def _flush(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        for data in self.ws.data_to_send():
+            if data:
+                transport.write(data)
+            elif transport.can_write_eof():
+                transport.write_eof()
+        if self.ws.state is State.CLOSED:
+            transport.close()
+
+
+def _time_out(answer: asyncio.Future[bytes | str]) -> None:
+    if not answer.done():
+        answer.set_exception(TimeoutError("no answer in time"))
+
+
 class StreamTransport:
     """A :class:`~a402.wire.transport.FrameTransport` over the ``…/stream`` WebSocket.
 
@@ -158,6 +314,10 @@ class StreamTransport:
     stream, or a proxy that does not pass WebSockets) gets this frame and every
     later one by ``fallback`` (POST). A server error or a failed connection is
     transient: :class:`LinkDown`, and the retry connects again.
+
+    The stream is a :class:`_Stream` (no proxy, as the httpx client: no environment;
+    no compression): per frame, one write of the masked frame, one awaited answer
+    and one timer — a fraction of a general WebSocket connection's cost.
     """
 
     def __init__(self, origin: str, *, fallback: PostTransport, timeout: float) -> None:
@@ -167,15 +327,15 @@ class StreamTransport:
         self.timeout = timeout
         #: False once the provider refused the upgrade: POST from then on.
         self.use_stream = True
-        self._stream: ClientConnection | None = None
+        self._stream: _Stream | None = None
         self._stream_tunnel: str | None = None
 
     async def carry(self, tunnel: str, frame: bytes) -> bytes:
         if not self.use_stream:
             return await self.fallback.carry(tunnel, frame)
         stream = self._stream
-        if stream is not None and self._stream_tunnel != tunnel:  # it carries an old tunnel
-            self._drop(stream)
+        if stream is not None and (self._stream_tunnel != tunnel or stream.closed):
+            self._drop(stream)  # it carries an old tunnel, or it is gone
             stream = None
         for fresh in (stream is None, True):
             if stream is None:
@@ -183,9 +343,7 @@ class StreamTransport:
                 if stream is None:
                     return await self.fallback.carry(tunnel, frame)
             try:
-                async with asyncio.timeout(self.timeout):
-                    await stream.send(frame)
-                    answer = await stream.recv()
+                answer = await stream.exchange(frame, self.timeout)
             except ConnectionClosed as e:
                 self._drop(stream)
                 if e.rcvd is not None and e.rcvd.code == STREAM_UNKNOWN_TUNNEL:
@@ -205,15 +363,24 @@ class StreamTransport:
             return answer
         raise AssertionError("unreachable: the second try is on a fresh stream")
 
-    async def _open(self, tunnel: str) -> ClientConnection | None:
+    async def _open(self, tunnel: str) -> _Stream | None:
         """Connect ``tunnel``'s stream; ``None`` if the provider refuses the upgrade."""
+        url = self._url + "?session=" + quote(tunnel, safe="")
+        loop = asyncio.get_running_loop()
+        stream: _Stream | None = None
         try:
-            stream = await ws_connect(
-                self._url + "?session=" + quote(tunnel, safe=""),
-                compression=None, max_size=MAX_FRAME, open_timeout=self.timeout,
-                close_timeout=_STREAM_CLOSE_TIMEOUT, proxy=None,  # as the httpx client: no env
-            )
+            uri = parse_uri(url)
+            protocol = ClientProtocol(uri, max_size=MAX_FRAME)
+            async with asyncio.timeout(self.timeout):
+                _, stream = await loop.create_connection(
+                    lambda: _Stream(protocol, loop), uri.host, uri.port,
+                    ssl=ssl.create_default_context() if uri.secure else None,
+                    server_hostname=uri.host if uri.secure else None,
+                )
+                await stream.opened
         except InvalidStatus as e:
+            if stream is not None:
+                stream.abort()
             status = e.response.status_code
             if status >= 500 or status in (408, 429):
                 raise LinkDown("stream_refused", f"HTTP {status}") from None
@@ -221,24 +388,30 @@ class StreamTransport:
             log.warning("%s refused the a402 stream (HTTP %d): frames go by POST",
                         self._url, status)
             return None
-        except (OSError, InvalidHandshake) as e:
+        except (OSError, InvalidHandshake, InvalidURI) as e:
+            if stream is not None:
+                stream.abort()
             raise LinkDown("stream", repr(e)) from None
+        except BaseException:
+            if stream is not None:
+                stream.abort()
+            raise
         self._stream, self._stream_tunnel = stream, tunnel
         return stream
 
-    def _drop(self, stream: ClientConnection) -> None:
+    def _drop(self, stream: _Stream) -> None:
         """Forget ``stream`` and cut it: dead or out of step, it carries no further frame.
 
         An abort, not a closing handshake: there is nothing to wait for.
         """
         if self._stream is stream:
             self._stream = self._stream_tunnel = None
-        stream.transport.abort()
+        stream.abort()
 
     async def aclose(self) -> None:
         stream, self._stream = self._stream, None
         if stream is not None:
-            await stream.close()  # a clean close, at most _STREAM_CLOSE_TIMEOUT
+            await stream.close(_STREAM_CLOSE_TIMEOUT)  # a clean close
         await self.fallback.aclose()
 
 
