@@ -85,6 +85,7 @@ transport's failures mean the same whatever carries the frames:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -386,6 +387,7 @@ class _TunnelLost(Exception):
 # ------------------------------------------------------------------------ tunnel
 
 
+@functools.lru_cache(maxsize=4096)  # a pure function, asked several times per paid call
 def canonical_endpoint(endpoint: str) -> str:
     """``endpoint`` as a tunnel names it: no trailing slash, ending in the a402 prefix."""
     base = endpoint.rstrip("/")
