@@ -23,6 +23,7 @@ that object wraps the attested key, which never leaves.
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Callable
 from typing import Protocol
 
@@ -77,8 +78,9 @@ def _hkdf2(chaining_key: bytes, ikm: bytes) -> tuple[bytes, bytes]:
     return out[:HASHLEN], out[HASHLEN:]
 
 
-def _nonce(n: int) -> bytes:
-    return bytes(4) + n.to_bytes(8, "little")
+#: Noise's ChaChaPoly nonce for counter ``n``: 4 zero bytes, then ``n`` as 8 little-endian
+#: bytes (every caller has checked ``n < MAX_NONCE``).
+_nonce = struct.Struct("<4xQ").pack
 
 
 class CipherState:
