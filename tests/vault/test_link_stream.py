@@ -16,6 +16,7 @@ import httpx
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
+from a402.vault import link
 from a402.vault.link import PostTransport, StreamTransport
 from a402.wire.a402 import STREAM_UNKNOWN_TUNNEL
 from a402.wire.transport import MAX_FRAME, FrameRefused, LinkDown, UnknownTunnel
@@ -207,3 +208,44 @@ async def test_an_answer_over_the_frame_limit_is_a_lost_link(
     server.script = floods
     with pytest.raises(LinkDown):
         await stream.carry("tunnel-1", b"frame")
+
+
+async def test_an_idle_stream_whose_peer_went_silent_is_cut_before_the_next_frame(
+    peer: tuple[Peer, StreamTransport], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server, stream = peer
+    monkeypatch.setattr(link, "_KEEPALIVE", 0.05)
+    went_silent, done = asyncio.Event(), asyncio.Event()
+
+    async def silent_after_one(connection: ServerConnection) -> None:
+        await connection.send(await connection.recv())
+        connection.transport.pause_reading()  # reads nothing more: no pong comes back
+        went_silent.set()
+        await done.wait()
+        connection.transport.resume_reading()
+
+    server.script = silent_after_one
+    assert await stream.carry("tunnel-1", b"one") == b"one"
+    await went_silent.wait()
+    first = stream._stream
+    assert first is not None
+    for _ in range(400):  # a ping, then a whole period without an answer
+        if first.closed:
+            break
+        await asyncio.sleep(0.05)
+    assert first.closed
+    done.set()
+    server.script = echo
+    assert await stream.carry("tunnel-1", b"two") == b"two"  # on a new stream
+    assert server.connections == 2
+
+
+async def test_an_idle_stream_whose_peer_answers_pings_stays(
+    peer: tuple[Peer, StreamTransport], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server, stream = peer
+    monkeypatch.setattr(link, "_KEEPALIVE", 0.02)
+    assert await stream.carry("tunnel-1", b"one") == b"one"
+    await asyncio.sleep(0.3)  # many keepalive periods, each ping answered
+    assert await stream.carry("tunnel-1", b"two") == b"two"
+    assert server.connections == 1

@@ -81,6 +81,10 @@ log = logging.getLogger("a402.vault.link")
 Mode = Literal["stream", "http"]
 #: How long ``aclose`` waits for the provider to finish closing the stream.
 _STREAM_CLOSE_TIMEOUT: Final = 2.0
+#: How often an idle stream pings the provider; one silent for a whole period after a
+#: ping is cut (as a WebSocket client's keepalive: a dead peer found before a frame waits
+#: out its timeout on it, and proxies see an idle stream live).
+_KEEPALIVE: Final = 20.0
 
 
 class BadInfo(LinkError):
@@ -157,7 +161,9 @@ class _Stream(asyncio.Protocol):
     websockets' own sans-I/O :class:`~websockets.client.ClientProtocol`; this adds only
     the asyncio glue: what comes in goes to the awaited answer, what the protocol has to
     send is written at once. A message nobody awaits (the provider never sends one
-    unasked) cuts the stream, as it would pass for the next frame's answer.
+    unasked) cuts the stream, as it would pass for the next frame's answer. An idle
+    stream pings every ``_KEEPALIVE`` seconds, and is cut if nothing came back by the
+    next time.
     """
 
     def __init__(self, protocol: ClientProtocol, loop: asyncio.AbstractEventLoop) -> None:
@@ -172,6 +178,8 @@ class _Stream(asyncio.Protocol):
         self.lost: asyncio.Future[None] = loop.create_future()
         self._parts: list[bytes] = []  # a fragmented message so far
         self._text = False
+        self._heard = self._pinged = False  # since the last keepalive tick
+        self._ticker: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol
 
@@ -181,6 +189,7 @@ class _Stream(asyncio.Protocol):
         self._flush()
 
     def data_received(self, data: bytes) -> None:
+        self._heard = True
         self.ws.receive_data(data)
         for event in self.ws.events_received():
             if type(event) is Frame:
@@ -198,6 +207,8 @@ class _Stream(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._ticker is not None:
+            self._ticker.cancel()
         if not self.opened.done():
             self.opened.set_exception(
                 ConnectionError("the connection closed during the upgrade") if exc is None
@@ -245,6 +256,21 @@ class _Stream(asyncio.Protocol):
             self.opened.set_exception(failure)
         else:
             self.opened.set_result(None)
+            self._ticker = self.loop.call_later(_KEEPALIVE, self._tick)
+
+    def _tick(self) -> None:
+        """Keepalive: ping an idle stream; cut one that stayed silent since the last ping."""
+        if self.closed:
+            return
+        if self._pinged and not self._heard:
+            self.abort()  # gone without a word: the next frame opens a new stream
+            return
+        self._pinged = self._heard = False
+        if self.answer is None and self.ws.state is State.OPEN:
+            self.ws.send_ping(b"keepalive")
+            self._flush()
+            self._pinged = True
+        self._ticker = self.loop.call_later(_KEEPALIVE, self._tick)
 
     def _frame(self, frame: Frame) -> None:
         opcode = frame.opcode

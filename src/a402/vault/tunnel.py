@@ -606,7 +606,10 @@ class ProviderTunnel:
         return self._lock_of(channel.channel_id)
 
     def _lock_of(self, channel_id: bytes) -> asyncio.Lock:
-        return self._channel_locks.setdefault(channel_id, asyncio.Lock())
+        lock = self._channel_locks.get(channel_id)
+        if lock is None:  # not setdefault: that would make a lock at every request
+            lock = self._channel_locks[channel_id] = asyncio.Lock()
+        return lock
 
     # -------------------------------------------------------------- requests
 
