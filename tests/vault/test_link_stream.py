@@ -249,3 +249,25 @@ async def test_an_idle_stream_whose_peer_answers_pings_stays(
     await asyncio.sleep(0.3)  # many keepalive periods, each ping answered
     assert await stream.carry("tunnel-1", b"two") == b"two"
     assert server.connections == 1
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno",
+    b"HTTP/1.1 403 Forbidden\r\nConnection: close\r\n\r\nno WebSockets here",  # read to EOF
+])
+async def test_a_refused_upgrade_sends_frames_by_post(answer: bytes) -> None:
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    origin = f"http://127.0.0.1:{port}"
+    async with server, httpx.AsyncClient(trust_env=False) as http:
+        stream = StreamTransport(origin, fallback=PostTransport(http, origin), timeout=2.0)
+        with pytest.raises(LinkDown):  # the POST reaches the same refusing server
+            await stream.carry("tunnel-1", b"frame")
+        assert not stream.use_stream
+        await stream.aclose()

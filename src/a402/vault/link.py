@@ -191,6 +191,14 @@ class _Stream(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._heard = True
         self.ws.receive_data(data)
+        self._received()
+
+    def eof_received(self) -> bool | None:
+        self.ws.receive_eof()  # may end an answer to the upgrade read to the end
+        self._received()
+        return None  # the transport closes itself
+
+    def _received(self) -> None:
         for event in self.ws.events_received():
             if type(event) is Frame:
                 self._frame(event)
@@ -199,11 +207,6 @@ class _Stream(asyncio.Protocol):
         if self.ws.handshake_exc is not None and not self.opened.done():
             self._settle_open()
         self._flush()
-
-    def eof_received(self) -> bool | None:
-        self.ws.receive_eof()
-        self._flush()
-        return None  # the transport closes itself
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -223,6 +226,8 @@ class _Stream(asyncio.Protocol):
         """Send ``frame``; its answer, or :class:`ConnectionClosed` / :class:`TimeoutError`."""
         if self.closed or self.ws.state is not State.OPEN:
             raise self._closed_error()
+        if self.answer is not None:  # the tunnel's frame lock makes this impossible
+            raise RuntimeError("a frame is already out on this stream")
         answer = self.answer = self.loop.create_future()
         self.ws.send_binary(frame)
         self._flush()
