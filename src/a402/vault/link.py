@@ -240,6 +240,8 @@ class _Stream(asyncio.Protocol):
 
     def abort(self) -> None:
         self.closed = True
+        if not self.opened.done():  # nobody waits for the upgrade any more
+            self.opened.cancel()
         if self.transport is not None:
             self.transport.abort()
 
