@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from a402.memo import MAX_KEPT_CHARS, memo_short
 from a402.provider.routes import RouteTable
 
@@ -29,10 +31,8 @@ def test_a_failure_is_not_remembered() -> None:
         raise ValueError(text)
 
     for _ in range(2):
-        try:
+        with pytest.raises(ValueError):
             refuse("x")
-        except ValueError:
-            pass
     assert tries == ["x", "x"]
 
 

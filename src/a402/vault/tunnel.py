@@ -85,7 +85,6 @@ transport's failures mean the same whatever carries the frames:
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import time
@@ -119,6 +118,7 @@ from a402.asc.errors import MessageError
 from a402.asc.messages import Message as AscMessage
 from a402.asc_manager import ASCManager, PublishedSignature
 from a402.crypto import PaymentDomain
+from a402.memo import memo_short
 from a402.tee import AttestationError, AttestationPolicy, AttestationVerifier, Enclave
 from a402.tee.errors import ChannelError
 from a402.vault_enclave import EnclaveChannel, LogEntry, SignedCall
@@ -387,7 +387,7 @@ class _TunnelLost(Exception):
 # ------------------------------------------------------------------------ tunnel
 
 
-@functools.lru_cache(maxsize=4096)  # a pure function, asked several times per paid call
+@memo_short(4096)  # a pure function, asked several times per paid call
 def canonical_endpoint(endpoint: str) -> str:
     """``endpoint`` as a tunnel names it: no trailing slash, ending in the a402 prefix."""
     base = endpoint.rstrip("/")
