@@ -55,7 +55,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from a402 import jsonbytes
 from a402.asc import (
     Ack,
     ASCError,
@@ -72,9 +71,10 @@ from a402.asc import (
     decode,
     encode,
 )
+from a402.asc import snapshot as _snap
 from a402.asc.errors import MessageError
 from a402.asc.messages import Message as AscMessage
-from a402.asc.snapshot import hx, state_from_json, state_to_json, unhex
+from a402.asc.snapshot import state_from_json, unhex
 from a402.asc.terms import BalanceState, ChannelTerms, DigestSigner
 from a402.crypto import EVM, PaymentDomain, PreSignature
 from a402.crypto.authorization import recover_signer
@@ -100,6 +100,15 @@ from a402.wire.a402 import (
 log = logging.getLogger("a402.provider.enclave")
 
 _RECORD_FORMAT = "a402/provider-enclave-channel/v1"
+#: A channel's record as :meth:`ProviderEnclaveCode.export` writes it: binary (the
+#: encoding of :mod:`a402.asc.snapshot`), these fields in this order. The JSON record of
+#: ``_RECORD_FORMAT`` (earlier code's) still restores.
+_RECORD_HEADER = b"A4PC\x02"
+_RECORD_FIELDS: _snap.Fields = (
+    ("channel", "raw"), ("lastIn", "raw"), ("lastOut", "raw"),
+    ("final", (("state", "state"), ("vaultSignature", "raw"), ("providerSignature", "raw"))),
+    ("closedAt", "of"), ("pendingNote", "raw"),
+)
 
 #: The host's price for a paid request: the amount for ``(method, path)``, or None.
 PriceOf = Callable[[str, str], "int | None"]
@@ -767,41 +776,46 @@ class ProviderEnclaveCode:
     def export(self, channel_id: bytes) -> bytes:
         """The channel's state, sealed (it holds ``t`` of the request in flight)."""
         held = self._get(channel_id)
-        record = {
-            "format": _RECORD_FORMAT,
-            "channel": held.channel.snapshot().decode(),
-            "lastIn": hx(held.last_in),
-            "lastOut": hx(held.last_out),
-            "final": None if held.final is None else [
-                state_to_json(held.final.state), hx(held.final.vault_signature),
-                hx(held.final.provider_signature),
-            ],
-            "closedAt": held.closed_at,
-            "pendingNote": None if held.pending_note is None else hx(held.pending_note.encode()),
-        }
-        return self._kernel.seal(self._label(channel_id), jsonbytes.dumps(record))
+        final, note = held.final, held.pending_note
+        record = b"".join((
+            _RECORD_HEADER, _snap.b(held.channel.snapshot()), _snap.b(held.last_in),
+            _snap.b(held.last_out),
+            _snap.ABSENT if final is None else b"".join((
+                _snap.PRESENT, _snap.i(final.state.version), _snap.i(final.state.client_balance),
+                _snap.i(final.state.provider_balance), _snap.t(final.state.is_final),
+                _snap.b(final.vault_signature), _snap.b(final.provider_signature))),
+            _snap.of(held.closed_at), _snap.b(None if note is None else note.encode()),
+        ))
+        return self._kernel.seal(self._label(channel_id), record)
 
     def restore(self, channel_id: bytes, blob: bytes) -> None:
         """Run a channel again from :meth:`export` (a no-op if it runs already)."""
         if channel_id in self._held:
             return
-        record = json.loads(self._kernel.unseal(self._label(channel_id), blob))
-        if record.get("format") != _RECORD_FORMAT:
-            raise ValueError("not a provider channel record")
-        channel = ProviderChannel.restore(
-            record["channel"].encode(), self._signer, self._presigner
-        )
+        plaintext = self._kernel.unseal(self._label(channel_id), blob)
+        if plaintext.startswith(_RECORD_HEADER[:4]):
+            record = _snap.read(plaintext, _RECORD_HEADER, _RECORD_FIELDS)
+            snapshot, final = record["channel"], record["final"]
+            last_in, last_out, note = record["lastIn"], record["lastOut"], record["pendingNote"]
+            signed = None if final is None else SignedState(
+                state_from_json(final["state"]), final["vaultSignature"],
+                final["providerSignature"])
+        else:  # the JSON record earlier code wrote
+            record = json.loads(plaintext)
+            if not isinstance(record, dict) or record.get("format") != _RECORD_FORMAT:
+                raise ValueError("not a provider channel record")
+            snapshot, final = record["channel"].encode(), record["final"]
+            last_in, last_out = unhex(record["lastIn"]), unhex(record["lastOut"])
+            note = None if record.get("pendingNote") is None else unhex(record["pendingNote"])
+            signed = None if final is None else SignedState(
+                state_from_json(final[0]), unhex(final[1]), unhex(final[2]))
+        if None in (snapshot, last_in, last_out):
+            raise ValueError("a provider channel record without its channel")
+        channel = ProviderChannel.restore(snapshot, self._signer, self._presigner)
         if channel.channel_id != channel_id:
             raise ValueError("the record is for another channel")
-        final = record["final"]
         self._held[channel_id] = HeldChannel(
-            channel,
-            last_in=unhex(record["lastIn"]),
-            last_out=unhex(record["lastOut"]),
-            final=None if final is None else SignedState(
-                state_from_json(final[0]), unhex(final[1]), unhex(final[2])
-            ),
+            channel, last_in=last_in, last_out=last_out, final=signed,
             closed_at=record["closedAt"],
-            pending_note=None if record.get("pendingNote") is None
-            else PendingNote.decode(unhex(record["pendingNote"])),
+            pending_note=None if note is None else PendingNote.decode(note),
         )

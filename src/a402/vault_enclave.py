@@ -209,6 +209,7 @@ from a402.asc import (
     open_approval_digest,
     pool_open_approval_digest,
 )
+from a402.asc import snapshot as _snap
 from a402.asc.messages import Auth
 from a402.asc.messages import Message as AscMessage
 from a402.asc.terms import BalanceState
@@ -234,6 +235,17 @@ from a402.wire.a402 import HttpRequest, binding_digest
 from a402.wire.errors import WireError
 
 _CHANNEL_FORMAT = "a402/vault-enclave-channel/v2"
+#: A channel's record as :meth:`VaultEnclaveCode.export` writes it: binary (the encoding
+#: of :mod:`a402.asc.snapshot`), these fields in this order; read as a
+#: ``_CHANNEL_FORMAT`` record (JSON, which earlier code wrote and still restores).
+_CHANNEL_HEADER = b"A4VC\x03"
+_CHANNEL_FIELDS: _snap.Fields = (
+    ("owner", "s"), ("funding", "s"),  # (what never changes, first)
+    ("life", "raw"), ("channel", "raw"),
+    ("call", (("client", "s"), ("once", "s"), ("timestamp", "i"))),
+    ("logCount", "i"), ("logHead", "raw"), ("logNewest", "i"), ("attested", "t"),
+    ("newest", "i"),
+)
 #: Records sealed by earlier code: the consumed calls listed in the record itself.
 _CHANNEL_FORMAT_V1 = "a402/vault-enclave-channel/v1"
 _LOG_GENESIS = b"a402/vault-consumed-log/v1\x00"
@@ -444,6 +456,8 @@ class _Held:
     #: change is lost (another replica stored the ledger first, and the host runs the
     #: change again on theirs), the closed machine is still the untouched one.
     written_off: bool = False
+    #: The first fields of the channel's record, which never change (:meth:`export`).
+    record_fixed: bytes = b""
 
 
 @dataclass(slots=True)
@@ -1249,17 +1263,45 @@ class VaultEnclaveCode:
         """
         held = self._get(channel_id)
         call = held.call
-        record = {
-            "format": _CHANNEL_FORMAT,
-            "channel": held.channel.snapshot().decode(),
-            "owner": held.owner, "funding": held.funding,
-            "call": None if call is None else [call.client, call.once, call.timestamp],
-            "log": [held.log_count, held.log_head.hex(), held.log_newest],
-            "attested": held.attested, "life": self._life.hex(),
+        fixed = held.record_fixed
+        if not fixed:
+            fixed = held.record_fixed = b"".join((
+                _CHANNEL_HEADER, _snap.s(held.owner), _snap.s(held.funding)))
+        record = b"".join((
+            fixed, _snap.b(self._life), _snap.b(held.channel.snapshot()),
+            _snap.ABSENT if call is None else b"".join((
+                _snap.PRESENT, _snap.s(call.client), _snap.s(call.once),
+                _snap.i(call.timestamp))),
+            _snap.i(held.log_count), _snap.b(held.log_head), _snap.i(held.log_newest),
+            _snap.t(held.attested),
             # What prunes the log at a restore: restored with it, so a pruned call stays stale.
-            "newest": self._newest.get(held.owner, 0),
+            _snap.i(self._newest.get(held.owner, 0)),
+        ))
+        return self._kernel.seal(self._label(channel_id), record)
+
+    @staticmethod
+    def _record(plaintext: bytes) -> dict[str, Any]:
+        """An unsealed channel record (binary, or the JSON of earlier code) as the JSON
+        record's fields, but ``channel``: the machine's snapshot as bytes."""
+        if not plaintext.startswith(_CHANNEL_HEADER[:4]):
+            record = json.loads(plaintext)
+            if not isinstance(record, dict) or record.get("format") not in (
+                    _CHANNEL_FORMAT, _CHANNEL_FORMAT_V1):
+                raise ValueError("not a vault channel record")
+            channel = record["channel"]
+            if not isinstance(channel, str):
+                raise ValueError("a vault channel record without its channel")
+            record["channel"] = channel.encode()
+            return record
+        doc = _snap.read(plaintext, _CHANNEL_HEADER, _CHANNEL_FIELDS)
+        call = doc["call"]
+        return {
+            "format": _CHANNEL_FORMAT, "channel": doc["channel"], "owner": doc["owner"],
+            "funding": doc["funding"],
+            "call": None if call is None else [call["client"], call["once"], call["timestamp"]],
+            "log": [doc["logCount"], doc["logHead"].hex(), doc["logNewest"]],
+            "attested": doc["attested"], "life": doc["life"].hex(), "newest": doc["newest"],
         }
-        return self._kernel.seal(self._label(channel_id), jsonbytes.dumps(record))
 
     def _restore_log(self, held: _Held, channel_id: bytes, count: int, head: bytes,
                      entries: Mapping[int, bytes]) -> None:
@@ -1322,14 +1364,12 @@ class VaultEnclaveCode:
             raise EnclaveError("not_approved",
                                "this vault's ledger never approved the channel")
         try:
-            record = json.loads(self._kernel.unseal(self._label(channel_id), blob))
-            if record.get("format") not in (_CHANNEL_FORMAT, _CHANNEL_FORMAT_V1):
-                raise ValueError("not a vault channel record")
-            channel = VaultChannel.restore(record["channel"].encode(), self._signer)
+            record = self._record(self._kernel.unseal(self._label(channel_id), blob))
+            channel = VaultChannel.restore(record["channel"], self._signer)
             count, head, log_newest = (
                 (int(record["log"][0]), bytes.fromhex(record["log"][1]), int(record["log"][2]))
                 if record["format"] == _CHANNEL_FORMAT else (0, b"", 0))
-        except (ValueError, KeyError) as e:
+        except (ValueError, KeyError, TypeError) as e:
             raise EnclaveError("malformed", str(e)) from None
         if channel.channel_id != channel_id:
             raise EnclaveError("malformed", "the record is for another channel")

@@ -8,6 +8,7 @@ snapshots, restores, and carries the protocol on with the restored machine.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -25,8 +26,9 @@ from a402.asc import (
     SnapshotError,
     Status,
     VaultChannel,
+    snapshot,
 )
-from a402.crypto import EVM, EcdsaSigner
+from a402.crypto import EVM, EcdsaSigner, PaymentDomain
 
 from .helpers import wire
 from .test_machine import ACK, LOCK, PROVIDER_LOCK, World, new_world
@@ -103,19 +105,66 @@ def test_restore_checks_keys_and_refuses_damaged_snapshots() -> None:
         VaultChannel.restore(good, EcdsaSigner(b"\x01" * 32))
     with pytest.raises(ValueError, match="Schnorr key"):
         ProviderChannel.restore(w.provider.snapshot(), w.provider_key, EVM.generate_key())
-    document = json.loads(good)
+    document = snapshot.loads(good, snapshot.VAULT_FORMAT)
     damaged = [
         b"not json",
-        good.replace(b"a402/asc-vault/v1", b"a402/asc-provider/v1"),
+        b"",
+        json.dumps({**document, "format": snapshot.PROVIDER_FORMAT}).encode(),
         json.dumps({**document, "status": "sleeping"}).encode(),
         json.dumps({**document, "state": [0, 1, 2]}).encode(),
         json.dumps({**document, "pending": {"requestId": "0"}}).encode(),
         json.dumps({**document, "lastAck": "zz"}).encode(),
         json.dumps({**document, "final": document["terms"]["salt"]}).encode(),
+        # Binary (version 2): another side's, another version, cut, extended, bad flag.
+        w.provider.snapshot(),
+        b"A4SV\x03" + good[5:],
+        good[:-1],
+        good[: len(good) // 2],
+        good + b"\x00",
+        good[:5] + b"\x02" + good[6:],
     ]
     for data in damaged:
         with pytest.raises(SnapshotError):
             VaultChannel.restore(data, w.vault_key)
+
+
+V1 = json.loads((Path(__file__).parent / "data" / "snapshots_v1.json").read_text())
+
+
+def test_snapshots_written_as_json_by_earlier_code_still_restore_and_carry_on() -> None:
+    # Bytes code before the binary format wrote (format version 1, JSON), of a channel
+    # whose keys are these: the vault holding σ_U's REPLY (δ 100, δ' 60) and the provider
+    # that revealed t for it; then both after the ACK, and the provider's next REPLY.
+    domain = PaymentDomain(31337, bytes.fromhex("5fbdb2315678afecb367f032d93f642f64180aa3"))
+    vault_key, provider_key = EcdsaSigner(b"\x01" * 32), EcdsaSigner(b"\x02" * 32)
+    schnorr = EVM.secret_key(b"\x04" * 32)
+    for name, data in V1.items():
+        kind = VaultChannel if name.startswith("vault") else ProviderChannel
+        fmt = snapshot.VAULT_FORMAT if kind is VaultChannel else snapshot.PROVIDER_FORMAT
+        restored = (VaultChannel.restore(data.encode(), vault_key) if kind is VaultChannel
+                    else ProviderChannel.restore(data.encode(), provider_key, schnorr))
+        again = restored.snapshot()
+        assert again.startswith(b"A4S") and len(again) < len(data) * 2 // 3  # binary now
+        # Everything the JSON held is what the binary snapshot holds.
+        expected = {**json.loads(data), "format": fmt}
+        expected["terms"].setdefault("vaultMode", False)
+        assert snapshot.loads(again, fmt) == expected
+    vault = VaultChannel.restore(V1["vault_pending"].encode(), vault_key)
+    provider = ProviderChannel.restore(V1["provider_revealed"].encode(), provider_key, schnorr)
+    assert vault.channel_id == provider.channel_id == vault.terms.channel_id(domain)
+    assert vault.status is provider.status is Status.PENDING
+    reveal = provider.pending_reveal()
+    assert reveal is not None
+    step = vault.receive(wire(reveal), now=1002)
+    (delivered,) = step.events
+    assert isinstance(delivered, ResultDelivered) and delivered.result == b"sunny"
+    assert delivered.amount == 60
+    provider.receive(wire(step.send[0]), now=1002)
+    assert vault.state == provider.state and vault.provider_balance == 60
+    # The channel's next snapshot is binary, and restores as the JSON did.
+    vault = VaultChannel.restore(vault.snapshot(), vault_key)
+    assert vault.snapshot() == VaultChannel.restore(V1["vault_delivered"].encode(),
+                                                    vault_key).snapshot()
 
 
 def test_the_vault_may_abandon_a_locked_request_and_a_late_reply_is_refused() -> None:

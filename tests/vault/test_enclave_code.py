@@ -32,6 +32,7 @@ from a402.asc import (
     force_close_digest,
     open_approval_digest,
     pool_open_approval_digest,
+    snapshot,
 )
 from a402.asc.errors import ASCError
 from a402.crypto import EVM, EcdsaSigner, PaymentDomain
@@ -182,6 +183,14 @@ def stored(channel: EnclaveChannel, log: dict[int, bytes] | None = None
     log = dict(log or {})
     log.update({e.seq: e.entry for e in entries})
     return record, log
+
+
+def json_record(code: VaultEnclaveCode, label: str, blob: bytes) -> dict[str, Any]:
+    """A channel's sealed record as earlier code wrote it: JSON, with the machine's
+    snapshot in JSON too (format version 1 of :mod:`a402.asc.snapshot`)."""
+    record = code._record(code._kernel.unseal(label, blob))
+    record["channel"] = json.dumps(snapshot.loads(record["channel"], snapshot.VAULT_FORMAT))
+    return record
 
 
 def pay(s: Setup, terms: ChannelTerms, provider: ProviderChannel, signed_call: SignedCall,
@@ -1013,7 +1022,7 @@ def test_a_legacy_ledger_gets_a_life_and_exactly_what_restore_ledger_says(
     ledger["channels"] = {k: e[:5] for k, e in ledger["channels"].items()}
     legacy = code._kernel.seal("a402/vault-ledger", json.dumps(ledger).encode())
     label = f"a402/vault-channel/{cid.hex()}"
-    record = json.loads(code._kernel.unseal(label, s.vault.channel(cid).snapshot()))  # type: ignore[union-attr]
+    record = json_record(code, label, s.vault.channel(cid).snapshot())  # type: ignore[union-attr]
     del record["life"]
     legacy_record = code._kernel.seal(label, json.dumps(record).encode())
 
@@ -1253,7 +1262,7 @@ def test_a_record_sealed_by_earlier_code_brings_its_paid_calls_into_the_log(
         pay(s, terms, provider, c)
     code = s.vault._code
     label = f"a402/vault-channel/{cid.hex()}"
-    record = json.loads(code._kernel.unseal(label, channel.snapshot()))
+    record = json_record(code, label, channel.snapshot())
     record["format"] = "a402/vault-enclave-channel/v1"
     del record["log"]
     record["consumed"] = [[address_key(alice.address), f"call:{c_at}:order-{i}", c_at]

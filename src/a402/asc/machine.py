@@ -256,6 +256,8 @@ class _Channel:
         self._vault_signature = b""
         self._provider_signature = b""
         self.next_request_id = 0
+        #: The first fields of this channel's snapshots (:meth:`_common_snapshot`).
+        self._snapshot_where = b""
 
     @property
     def terms(self) -> ChannelTerms:
@@ -289,27 +291,18 @@ class _Channel:
         """The chain settled the channel (any path); nothing more can happen off-chain."""
         self.status = Status.CLOSED
 
-    def _common_snapshot(self, fmt: str) -> dict[str, Any]:
-        settlement = self.settlement
-        if isinstance(settlement, EvmSettlement):
-            where: dict[str, Any] = {
-                "terms": _snap.terms_to_json(settlement.terms),
-                "domain": _snap.domain_to_json(settlement.domain),
-            }
-        else:  # restored with its settlement passed back in, checked against this id
-            where = {
-                "channelId": _snap.hx(self.channel_id),
-                "settlement": _snap.hx(settlement.binding),
-            }
-        return {
-            "format": fmt,
-            **where,
-            "status": self.status.value,
-            "state": _snap.state_to_json(self._state),
-            "vaultSignature": _snap.hx(self._vault_signature),
-            "providerSignature": _snap.hx(self._provider_signature),
-            "nextRequestId": self.next_request_id,
-        }
+    def _common_snapshot(self, header: bytes) -> list[bytes]:
+        """The fields of a binary snapshot both sides write first (:mod:`.snapshot`)."""
+        fixed = self._snapshot_where
+        if not fixed:  # the settlement never changes: its fields are encoded once
+            fixed = self._snapshot_where = header + _snap.where(self.settlement)
+        state = self._state
+        return [
+            fixed, _snap.s(self.status.value), _snap.i(state.version),
+            _snap.i(state.client_balance), _snap.i(state.provider_balance),
+            _snap.t(state.is_final), _snap.b(self._vault_signature),
+            _snap.b(self._provider_signature), _snap.i(self.next_request_id),
+        ]
 
     def _restore_common(self, doc: dict[str, Any]) -> None:
         self.status = Status(doc["status"])
@@ -698,27 +691,22 @@ class VaultChannel(_Channel):
 
     def snapshot(self) -> bytes:
         """Everything this channel knows except the key (see :mod:`a402.asc.snapshot`)."""
-        doc = self._common_snapshot(_snap.VAULT_FORMAT)
+        parts = self._common_snapshot(_snap.VAULT_HEADER)
+        parts.append(_snap.f(self.lock_timeout))
         pending = self._pending
-        doc.update(
-            lockTimeout=self.lock_timeout,
-            pending=None
-            if pending is None
-            else {
-                "requestId": pending.request_id,
-                "amount": pending.amount,
-                "request": _snap.hx(pending.request),
-                "lockDeadline": pending.lock_deadline,
-                "reply": _snap.message_to_json(pending.reply),
-                "authorization": _snap.hx(pending.authorization),
-            },
-            lastReveal=_snap.message_to_json(self._last_reveal),
-            lastAck=_snap.message_to_json(self._last_ack),
-            lastExpired=self._last_expired,
-            final=_snap.message_to_json(self._final),
-            finalAcked=self._final_acked,
+        if pending is None:
+            parts.append(_snap.ABSENT)
+        else:
+            parts += (
+                _snap.PRESENT, _snap.i(pending.request_id), _snap.i(pending.amount),
+                _snap.b(pending.request), _snap.f(pending.lock_deadline),
+                _snap.m(pending.reply), _snap.b(pending.authorization),
+            )
+        parts += (
+            _snap.m(self._last_reveal), _snap.m(self._last_ack), _snap.i(self._last_expired),
+            _snap.m(self._final), _snap.t(self._final_acked),
         )
-        return _snap.dumps(doc)
+        return b"".join(parts)
 
     @classmethod
     def restore(
@@ -1137,39 +1125,31 @@ class ProviderChannel(_Channel):
     def snapshot(self) -> bytes:
         """Everything this channel knows except the keys — including the adaptor
         secret ``t`` of the request in flight, so store it sealed."""
-        doc = self._common_snapshot(_snap.PROVIDER_FORMAT)
+        parts = self._common_snapshot(_snap.PROVIDER_HEADER)
+        parts += (_snap.f(self.ack_timeout), _snap.f(self.lock_timeout))
         inflight = self._inflight
-        doc.update(
-            ackTimeout=self.ack_timeout,
-            lockTimeout=self.lock_timeout,
-            inflight=None
-            if inflight is None
-            else {
-                "requestId": inflight.request_id,
-                "amount": inflight.amount,
-                "request": _snap.hx(inflight.request),
-                "lockDeadline": inflight.lock_deadline,
-                "adaptorSecret": _snap.hx(inflight.adaptor_secret),
-                "adaptorPoint": _snap.hx(inflight.adaptor_point),
-                "resultHash": _snap.hx(inflight.result_hash),
-                "message": _snap.hx(inflight.message),
-                "charge": inflight.charge,
-                "presignature": None
-                if inflight.presignature is None
-                else _snap.hx(self.settlement.presignature_bytes(inflight.presignature)),
-                "reveal": _snap.message_to_json(inflight.reveal),
-                "authorization": _snap.hx(inflight.authorization),
-                "ackDeadline": inflight.ack_deadline,
-                "forceCloseSignalled": inflight.force_close_signalled,
-            },
-            closeAck=_snap.message_to_json(self._close_ack),
-        )
-        if self._answered is not None:  # only without ACKs
-            doc.update(
-                answeredAuth=_snap.message_to_json(self._answered[0]),
-                answeredReveal=_snap.message_to_json(self._answered[1]),
+        if inflight is None:
+            parts.append(_snap.ABSENT)
+        else:
+            presignature = inflight.presignature
+            parts += (
+                _snap.PRESENT, _snap.i(inflight.request_id), _snap.i(inflight.amount),
+                _snap.b(inflight.request), _snap.f(inflight.lock_deadline),
+                _snap.b(inflight.adaptor_secret), _snap.b(inflight.adaptor_point),
+                _snap.b(inflight.result_hash), _snap.b(inflight.message),
+                _snap.i(inflight.charge),
+                _snap.b(None if presignature is None
+                        else self.settlement.presignature_bytes(presignature)),
+                _snap.m(inflight.reveal), _snap.b(inflight.authorization),
+                _snap.f(inflight.ack_deadline), _snap.t(inflight.force_close_signalled),
             )
-        return _snap.dumps(doc)
+        parts.append(_snap.m(self._close_ack))
+        answered = self._answered
+        if answered is None:  # (only without ACKs)
+            parts.append(_snap.ABSENT)
+        else:
+            parts += (_snap.PRESENT, _snap.m(answered[0]), _snap.m(answered[1]))
+        return b"".join(parts)
 
     @classmethod
     def restore(
