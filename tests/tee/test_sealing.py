@@ -84,6 +84,23 @@ def test_wrong_label_fails():
     assert info.value.reason == "open_failed"
 
 
+def test_each_label_binds_its_blobs_however_many_labels_were_sealed_under(monkeypatch):
+    # The seal keeps each label's associated data made (a label per channel): past the
+    # limit it starts again, and a blob still opens under its own label alone.
+    monkeypatch.setattr(sealing, "_LABELS_KEPT", 3)
+    key = derive_sealing_key(SECRET, VAULT_CODE, "state")
+    blobs = {f"channel/{n}": key.seal(f"channel/{n}", b"%d" % n) for n in range(8)}
+    blobs.update({label: key.seal(label, label.encode()) for label in list(blobs)[:2]})
+    for label, blob in blobs.items():
+        assert key.unseal(label, blob) in (label.encode(), label.split("/")[1].encode())
+        with pytest.raises(SealingError, match="open_failed"):
+            key.unseal(label + "0", blob)
+    with pytest.raises(SealingError, match="bad_label"):  # (checked when first made)
+        key.seal("bad\nlabel", b"x")
+    with pytest.raises(SealingError, match="bad_label"):
+        key.seal("bad\nlabel", b"x")
+
+
 def test_wrong_measurement_platform_or_purpose_fails():
     blob = KEY.seal("channel/1", b"state")
     for other in (

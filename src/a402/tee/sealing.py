@@ -97,6 +97,9 @@ _BLOB_INFO = b"A402/seal/v1/blob"
 _EPOCH_INFO = b"A402/seal/v2/epoch"
 #: How many epochs' ciphers :meth:`SealingKey.unseal` keeps (a restart's blobs span a few).
 _OPENED_EPOCHS = 64
+#: How many labels' associated data :meth:`SealingKey.seal` keeps made (a label per channel,
+#: sealed at every step of its requests); all are dropped when there are more.
+_LABELS_KEPT = 4096
 
 #: One more in every child process after a ``fork``: an epoch drawn in another generation
 #: is never used again (parent and child must not share a counter under one key).
@@ -141,7 +144,8 @@ class SealingKey:
     Lives inside the enclave; the host only ever sees what :meth:`seal` returns.
     """
 
-    __slots__ = ("__weakref__", "_epoch", "_key", "_lock", "_opened", "measurement", "purpose")
+    __slots__ = ("__weakref__", "_ads", "_epoch", "_key", "_lock", "_opened", "measurement",
+                 "purpose")
 
     def __init__(self, key: bytes, measurement: bytes, purpose: str) -> None:
         self._key = key
@@ -152,6 +156,8 @@ class SealingKey:
         self._lock = threading.Lock()
         #: Ciphers of epochs recently opened, by salt (their blobs come in runs).
         self._opened: OrderedDict[bytes, ChaCha20Poly1305] = OrderedDict()
+        #: The associated data of version 2 blobs, by label (:meth:`_associated_data`).
+        self._ads: dict[str, bytes] = {}
         _keys.add(self)
 
     def _associated_data(self, header: bytes, label: str) -> bytes:
@@ -183,7 +189,13 @@ class SealingKey:
 
     def seal(self, label: str, plaintext: bytes) -> bytes:
         """Encrypt and authenticate ``plaintext`` for this enclave under ``label``."""
-        ad = self._associated_data(HEADER, label)
+        ad = self._ads.get(label) if type(label) is str else None
+        if ad is None:
+            ad = self._associated_data(HEADER, label)  # (checks the label)
+            ads = self._ads
+            if len(ads) >= _LABELS_KEPT:
+                ads.clear()
+            ads[label] = ad
         salt, cipher, nonce = self._next_nonce()
         return HEADER + salt + nonce + cipher.encrypt(nonce, bytes(plaintext), ad)
 
