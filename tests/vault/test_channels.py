@@ -104,6 +104,11 @@ def test_a_channel_too_poor_for_the_next_call_is_closed_and_replaced(world: Worl
             client.invoke(f"{site}/weather", max_price=PRICE)
         old, new = vault.store.channels()
         assert_conserved(world, vault.store, vault.address, escrow)
+        # The settled channel's write lock and forget count went with it (not the new one's).
+        channels = vault.service.channels
+        settled, running = bytes.fromhex(old.cid[2:]), bytes.fromhex(new.cid[2:])
+        assert settled not in channels._write_locks and settled not in channels._forgotten
+        assert running in channels._write_locks and not channels._writers
     assert (old.phase, old.provider_payout, old.client_payout) == (vault_store.SETTLED, "2000", "0")
     assert (new.phase, new.provider_balance) == (vault_store.OPEN, str(PRICE))
     assert world.balance(provider.address) == 2 * PRICE

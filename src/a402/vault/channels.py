@@ -56,11 +56,12 @@ tunnels and each channel is pinned to one of them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from eth_account import Account
@@ -201,10 +202,13 @@ class Channels:
         self.live: dict[bytes, EnclaveChannel] = {}
         #: Held DELIVERED checkpoints, by channel (see :meth:`persist`)...
         self._held: dict[bytes, _Write] = {}
-        #: ... and what serialises each channel's writes.
+        #: ... and what serialises each channel's writes (:meth:`_writing`), with how many
+        #: writes of each are under way or waiting for the lock.
         self._write_locks: dict[bytes, asyncio.Lock] = {}
+        self._writers: dict[bytes, int] = {}
         #: How many times each channel's machine was forgotten (:meth:`_forget`): a
         #: checkpoint made before that (waiting for the write lock) is never written.
+        #: These three forget a settled channel (:meth:`_prune`).
         self._forgotten: dict[bytes, int] = {}
         self._tunnels: dict[tuple[str, int], ProviderTunnel] = {}
         self._attached: dict[tuple[str, int], set[bytes]] = {}
@@ -351,7 +355,7 @@ class Channels:
         """
         channel_id = checkpoint.channel_id
         made_from = self._forgotten.get(channel_id, 0)  # the checkpoint was made just now
-        async with self._write_lock(channel_id):
+        async with self._writing(channel_id):
             if self._forgotten.get(channel_id, 0) != made_from:
                 # A write that ended before this one failed (a held DELIVERED written on
                 # its own, for a read of the records or an ACK): the machine this
@@ -390,7 +394,7 @@ class Channels:
         ACK has then been dropped, see :meth:`persist`). Always through the channel's write
         lock, so that a write under way (one that took the held checkpoint: a fold, or
         :meth:`write_held`) has finished when this returns."""
-        async with self._write_lock(channel_id):
+        async with self._writing(channel_id):
             held = self._held.pop(channel_id, None)
             if held is not None:
                 await self._write(channel_id, [held])
@@ -405,8 +409,29 @@ class Channels:
                 log.exception("channel %s: a held DELIVERED checkpoint could not be written",
                               hex_id(channel_id))
 
-    def _write_lock(self, channel_id: bytes) -> asyncio.Lock:
-        return self._write_locks.setdefault(channel_id, asyncio.Lock())
+    @contextlib.asynccontextmanager
+    async def _writing(self, channel_id: bytes) -> AsyncIterator[None]:
+        """Hold the channel's write lock, counted among its writers from the call on (a
+        checkpoint's :meth:`persist` reads the forget count just before, with no wait
+        in between: while it waits it is a writer, so :meth:`_prune` keeps the count)."""
+        self._writers[channel_id] = self._writers.get(channel_id, 0) + 1
+        try:
+            async with self._write_locks.setdefault(channel_id, asyncio.Lock()):
+                yield
+        finally:
+            left = self._writers[channel_id] - 1
+            if left:
+                self._writers[channel_id] = left
+            else:
+                del self._writers[channel_id]
+
+    def _prune(self, channel_id: bytes) -> None:
+        """Forget a settled channel's write lock and forget count, unless a write of it is
+        under way or waiting (then they stay: a few bytes). A write after this makes new
+        ones, from zero: no checkpoint made before can be waiting to compare its count."""
+        if channel_id not in self._writers and channel_id not in self._held:
+            self._write_locks.pop(channel_id, None)
+            self._forgotten.pop(channel_id, None)
 
     def _plan(self, checkpoint: Checkpoint) -> _Write:
         """What ``checkpoint`` writes: the channel's columns and its request's progress."""
@@ -969,6 +994,7 @@ class Channels:
 
             await self.ledger.achange(change)
             self.vault.forget(channel_id)
+        self._prune(channel_id)
         done = await asyncio.to_thread(self.store.settle_channel, cid,
                                        client_payout=client_payout,
                                        provider_payout=provider_payout, tx_hash=tx_hash)
