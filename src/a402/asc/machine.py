@@ -104,6 +104,10 @@ class Status(StrEnum):
     CLOSED = "closed"
 
 
+#: Each status as a snapshot's field.
+_STATUS_FIELD = {status: _snap.s(status.value) for status in Status}
+
+
 # ---------------------------------------------------------------------- events
 
 
@@ -298,7 +302,7 @@ class _Channel:
             fixed = self._snapshot_where = header + _snap.where(self.settlement)
         state = self._state
         return [
-            fixed, _snap.s(self.status.value), _snap.i(state.version),
+            fixed, _STATUS_FIELD[self.status], _snap.i(state.version),
             _snap.i(state.client_balance), _snap.i(state.provider_balance),
             _snap.t(state.is_final), _snap.b(self._vault_signature),
             _snap.b(self._provider_signature), _snap.i(self.next_request_id),
