@@ -208,7 +208,8 @@ class Channels:
         self._writers: dict[bytes, int] = {}
         #: How many times each channel's machine was forgotten (:meth:`_forget`): a
         #: checkpoint made before that (waiting for the write lock) is never written.
-        #: These three forget a settled channel (:meth:`_prune`).
+        #: The lock and this count go with a settled channel (:meth:`_prune`); the count of
+        #: writers empties itself.
         self._forgotten: dict[bytes, int] = {}
         self._tunnels: dict[tuple[str, int], ProviderTunnel] = {}
         self._attached: dict[tuple[str, int], set[bytes]] = {}
