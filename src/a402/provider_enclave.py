@@ -778,7 +778,7 @@ class ProviderEnclaveCode:
         held = self._get(channel_id)
         final, note = held.final, held.pending_note
         record = b"".join((
-            _RECORD_HEADER, _snap.b(held.channel.snapshot()), _snap.b(held.last_in),
+            _RECORD_HEADER, _snap.b(held.channel.snapshot(binary=True)), _snap.b(held.last_in),
             _snap.b(held.last_out),
             _snap.ABSENT if final is None else b"".join((
                 _snap.PRESENT, _snap.i(final.state.version), _snap.i(final.state.client_balance),

@@ -1268,7 +1268,7 @@ class VaultEnclaveCode:
             fixed = held.record_fixed = b"".join((
                 _CHANNEL_HEADER, _snap.s(held.owner), _snap.s(held.funding)))
         record = b"".join((
-            fixed, _snap.b(self._life), _snap.b(held.channel.snapshot()),
+            fixed, _snap.b(self._life), _snap.b(held.channel.snapshot(binary=True)),
             _snap.ABSENT if call is None else b"".join((
                 _snap.PRESENT, _snap.s(call.client), _snap.s(call.once),
                 _snap.i(call.timestamp))),

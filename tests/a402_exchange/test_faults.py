@@ -19,7 +19,6 @@ from a402.asc import (
     Status,
     VaultChannel,
     decode,
-    snapshot,
 )
 from a402.asc_manager import OnChainStatus
 from a402.background import serve_in_thread
@@ -50,7 +49,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.anvil]
 
 def pending_reply(channel: VaultChannel) -> Reply:
     """The REPLY the vault holds for its PENDING request (as its snapshot records it)."""
-    stored = snapshot.loads(channel.snapshot(), snapshot.VAULT_FORMAT)["pending"]["reply"]
+    stored = json.loads(channel.snapshot())["pending"]["reply"]
     reply = decode(bytes.fromhex(stored))
     assert isinstance(reply, Reply)
     return reply

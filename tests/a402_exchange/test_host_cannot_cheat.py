@@ -18,7 +18,7 @@ import os
 import pytest
 from eth_hash.auto import keccak
 
-from a402.asc import ForceCloseClaim, Reply, Status, VaultChannel, decode, snapshot
+from a402.asc import ForceCloseClaim, Reply, Status, VaultChannel, decode
 from a402.background import serve_in_thread
 from a402.crypto import EVM, generate_adaptor
 from a402.provider import (
@@ -77,7 +77,7 @@ class RevealDroppingHost(ProviderRuntime):
 
 
 def _pending_reply(channel: VaultChannel) -> Reply:
-    stored = snapshot.loads(channel.snapshot(), snapshot.VAULT_FORMAT)["pending"]["reply"]
+    stored = json.loads(channel.snapshot())["pending"]["reply"]
     reply = decode(bytes.fromhex(stored))
     assert isinstance(reply, Reply)
     return reply

@@ -132,7 +132,6 @@ def _as_format_1(snapshot: bytes) -> bytes:
     import json
 
     from a402.asc.messages import DOMAIN_TAG
-    from a402.asc.snapshot import VAULT_FORMAT, loads
 
     def old(hexed: str | None, reply: bool = False) -> str | None:
         if hexed is None:
@@ -145,7 +144,7 @@ def _as_format_1(snapshot: bytes) -> bytes:
             del raw[at : at + 16]
         return raw.hex()
 
-    doc = loads(snapshot, VAULT_FORMAT)
+    doc = json.loads(snapshot)
     doc["lastReveal"], doc["lastAck"] = old(doc["lastReveal"]), old(doc["lastAck"])
     doc["pending"]["reply"] = old(doc["pending"]["reply"], reply=True)
     return json.dumps(doc).encode()

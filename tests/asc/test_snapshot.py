@@ -35,12 +35,33 @@ from .test_machine import ACK, LOCK, PROVIDER_LOCK, World, new_world
 
 
 def reload(w: World) -> None:
-    """Replace both ends by what their snapshots restore (a restart of both processes)."""
-    vault_bytes, provider_bytes = w.vault.snapshot(), w.provider.snapshot()
+    """Replace both ends by what their snapshots restore (a restart of both processes),
+    each from its binary snapshot, checked the same as one restored from its JSON."""
+    vault_bytes, provider_bytes = w.vault.snapshot(binary=True), w.provider.snapshot(binary=True)
+    vault_json, provider_json = w.vault.snapshot(), w.provider.snapshot()
     w.vault = VaultChannel.restore(vault_bytes, w.vault_key)
     w.provider = ProviderChannel.restore(provider_bytes, w.provider_key, w.schnorr)
-    assert w.vault.snapshot() == vault_bytes  # lossless
-    assert w.provider.snapshot() == provider_bytes
+    assert w.vault.snapshot(binary=True) == vault_bytes  # lossless
+    assert w.provider.snapshot(binary=True) == provider_bytes
+    assert w.vault.snapshot() == vault_json  # the same machine as the JSON restores
+    assert w.provider.snapshot() == provider_json
+    from_json = VaultChannel.restore(vault_json, w.vault_key)
+    assert from_json.snapshot(binary=True) == vault_bytes
+    assert ProviderChannel.restore(provider_json, w.provider_key, w.schnorr).snapshot(
+        binary=True) == provider_bytes
+    assert snapshot.loads(vault_bytes, snapshot.VAULT_FORMAT) == _normal(
+        snapshot.loads(vault_json, snapshot.VAULT_FORMAT))
+
+
+def _normal(document: dict[str, object]) -> dict[str, object]:
+    """A JSON snapshot's document as a binary one reads: numbers as floats, the mode named."""
+    document = json.loads(json.dumps(document))
+    document["terms"].setdefault("vaultMode", False)  # type: ignore[union-attr]
+    document["lockTimeout"] = float(document["lockTimeout"])  # type: ignore[arg-type]
+    if document["pending"] is not None:
+        pending = document["pending"]
+        pending["lockDeadline"] = float(pending["lockDeadline"])  # type: ignore[index]
+    return document
 
 
 def test_a_request_survives_a_restart_at_every_step() -> None:
@@ -105,23 +126,24 @@ def test_restore_checks_keys_and_refuses_damaged_snapshots() -> None:
         VaultChannel.restore(good, EcdsaSigner(b"\x01" * 32))
     with pytest.raises(ValueError, match="Schnorr key"):
         ProviderChannel.restore(w.provider.snapshot(), w.provider_key, EVM.generate_key())
-    document = snapshot.loads(good, snapshot.VAULT_FORMAT)
+    document = json.loads(good)
+    binary = w.vault.snapshot(binary=True)
     damaged = [
         b"not json",
         b"",
-        json.dumps({**document, "format": snapshot.PROVIDER_FORMAT}).encode(),
+        good.replace(b"a402/asc-vault/v1", b"a402/asc-provider/v1"),
         json.dumps({**document, "status": "sleeping"}).encode(),
         json.dumps({**document, "state": [0, 1, 2]}).encode(),
         json.dumps({**document, "pending": {"requestId": "0"}}).encode(),
         json.dumps({**document, "lastAck": "zz"}).encode(),
         json.dumps({**document, "final": document["terms"]["salt"]}).encode(),
         # Binary (version 2): another side's, another version, cut, extended, bad flag.
-        w.provider.snapshot(),
-        b"A4SV\x03" + good[5:],
-        good[:-1],
-        good[: len(good) // 2],
-        good + b"\x00",
-        good[:5] + b"\x02" + good[6:],
+        w.provider.snapshot(binary=True),
+        b"A4SV\x03" + binary[5:],
+        binary[:-1],
+        binary[: len(binary) // 2],
+        binary + b"\x00",
+        binary[:5] + b"\x02" + binary[6:],
     ]
     for data in damaged:
         with pytest.raises(SnapshotError):
@@ -143,8 +165,9 @@ def test_snapshots_written_as_json_by_earlier_code_still_restore_and_carry_on() 
         fmt = snapshot.VAULT_FORMAT if kind is VaultChannel else snapshot.PROVIDER_FORMAT
         restored = (VaultChannel.restore(data.encode(), vault_key) if kind is VaultChannel
                     else ProviderChannel.restore(data.encode(), provider_key, schnorr))
-        again = restored.snapshot()
-        assert again.startswith(b"A4S") and len(again) < len(data) * 2 // 3  # binary now
+        assert restored.snapshot() == data.encode()  # the same JSON, byte for byte
+        again = restored.snapshot(binary=True)
+        assert again.startswith(b"A4S") and len(again) < len(data) * 2 // 3
         # Everything the JSON held is what the binary snapshot holds.
         expected = {**json.loads(data), "format": fmt}
         expected["terms"].setdefault("vaultMode", False)
@@ -161,10 +184,9 @@ def test_snapshots_written_as_json_by_earlier_code_still_restore_and_carry_on() 
     assert delivered.amount == 60
     provider.receive(wire(step.send[0]), now=1002)
     assert vault.state == provider.state and vault.provider_balance == 60
-    # The channel's next snapshot is binary, and restores as the JSON did.
-    vault = VaultChannel.restore(vault.snapshot(), vault_key)
-    assert vault.snapshot() == VaultChannel.restore(V1["vault_delivered"].encode(),
-                                                    vault_key).snapshot()
+    # Its binary snapshot restores the same machine as the JSON earlier code wrote then.
+    vault = VaultChannel.restore(vault.snapshot(binary=True), vault_key)
+    assert vault.snapshot() == V1["vault_delivered"].encode()
 
 
 def test_the_vault_may_abandon_a_locked_request_and_a_late_reply_is_refused() -> None:

@@ -260,7 +260,7 @@ class _Channel:
         self._vault_signature = b""
         self._provider_signature = b""
         self.next_request_id = 0
-        #: The first fields of this channel's snapshots (:meth:`_common_snapshot`).
+        #: The first fields of this channel's binary snapshots (:meth:`_common_binary`).
         self._snapshot_where = b""
 
     @property
@@ -295,7 +295,29 @@ class _Channel:
         """The chain settled the channel (any path); nothing more can happen off-chain."""
         self.status = Status.CLOSED
 
-    def _common_snapshot(self, header: bytes) -> list[bytes]:
+    def _common_snapshot(self, fmt: str) -> dict[str, Any]:
+        settlement = self.settlement
+        if isinstance(settlement, EvmSettlement):
+            where: dict[str, Any] = {
+                "terms": _snap.terms_to_json(settlement.terms),
+                "domain": _snap.domain_to_json(settlement.domain),
+            }
+        else:  # restored with its settlement passed back in, checked against this id
+            where = {
+                "channelId": _snap.hx(self.channel_id),
+                "settlement": _snap.hx(settlement.binding),
+            }
+        return {
+            "format": fmt,
+            **where,
+            "status": self.status.value,
+            "state": _snap.state_to_json(self._state),
+            "vaultSignature": _snap.hx(self._vault_signature),
+            "providerSignature": _snap.hx(self._provider_signature),
+            "nextRequestId": self.next_request_id,
+        }
+
+    def _common_binary(self, header: bytes) -> list[bytes]:
         """The fields of a binary snapshot both sides write first (:mod:`.snapshot`)."""
         fixed = self._snapshot_where
         if not fixed:  # the settlement never changes: its fields are encoded once
@@ -693,9 +715,36 @@ class VaultChannel(_Channel):
 
     # -- persistence -----------------------------------------------------------
 
-    def snapshot(self) -> bytes:
-        """Everything this channel knows except the key (see :mod:`a402.asc.snapshot`)."""
-        parts = self._common_snapshot(_snap.VAULT_HEADER)
+    def snapshot(self, *, binary: bool = False) -> bytes:
+        """Everything this channel knows except the key (see :mod:`a402.asc.snapshot`):
+        format version 1 (JSON), or with ``binary`` version 2 (what a runtime writes at
+        every step: half the bytes, less CPU). ``restore`` reads both."""
+        if binary:
+            return self._binary_snapshot()
+        doc = self._common_snapshot(_snap.VAULT_FORMAT)
+        pending = self._pending
+        doc.update(
+            lockTimeout=self.lock_timeout,
+            pending=None
+            if pending is None
+            else {
+                "requestId": pending.request_id,
+                "amount": pending.amount,
+                "request": _snap.hx(pending.request),
+                "lockDeadline": pending.lock_deadline,
+                "reply": _snap.message_to_json(pending.reply),
+                "authorization": _snap.hx(pending.authorization),
+            },
+            lastReveal=_snap.message_to_json(self._last_reveal),
+            lastAck=_snap.message_to_json(self._last_ack),
+            lastExpired=self._last_expired,
+            final=_snap.message_to_json(self._final),
+            finalAcked=self._final_acked,
+        )
+        return _snap.dumps(doc)
+
+    def _binary_snapshot(self) -> bytes:
+        parts = self._common_binary(_snap.VAULT_HEADER)
         parts.append(_snap.f(self.lock_timeout))
         pending = self._pending
         if pending is None:
@@ -1126,10 +1175,48 @@ class ProviderChannel(_Channel):
 
     # -- persistence -----------------------------------------------------------
 
-    def snapshot(self) -> bytes:
+    def snapshot(self, *, binary: bool = False) -> bytes:
         """Everything this channel knows except the keys — including the adaptor
-        secret ``t`` of the request in flight, so store it sealed."""
-        parts = self._common_snapshot(_snap.PROVIDER_HEADER)
+        secret ``t`` of the request in flight, so store it sealed. JSON (format version
+        1) or, with ``binary``, version 2 (see :meth:`VaultChannel.snapshot`)."""
+        if binary:
+            return self._binary_snapshot()
+        doc = self._common_snapshot(_snap.PROVIDER_FORMAT)
+        inflight = self._inflight
+        doc.update(
+            ackTimeout=self.ack_timeout,
+            lockTimeout=self.lock_timeout,
+            inflight=None
+            if inflight is None
+            else {
+                "requestId": inflight.request_id,
+                "amount": inflight.amount,
+                "request": _snap.hx(inflight.request),
+                "lockDeadline": inflight.lock_deadline,
+                "adaptorSecret": _snap.hx(inflight.adaptor_secret),
+                "adaptorPoint": _snap.hx(inflight.adaptor_point),
+                "resultHash": _snap.hx(inflight.result_hash),
+                "message": _snap.hx(inflight.message),
+                "charge": inflight.charge,
+                "presignature": None
+                if inflight.presignature is None
+                else _snap.hx(self.settlement.presignature_bytes(inflight.presignature)),
+                "reveal": _snap.message_to_json(inflight.reveal),
+                "authorization": _snap.hx(inflight.authorization),
+                "ackDeadline": inflight.ack_deadline,
+                "forceCloseSignalled": inflight.force_close_signalled,
+            },
+            closeAck=_snap.message_to_json(self._close_ack),
+        )
+        if self._answered is not None:  # only without ACKs
+            doc.update(
+                answeredAuth=_snap.message_to_json(self._answered[0]),
+                answeredReveal=_snap.message_to_json(self._answered[1]),
+            )
+        return _snap.dumps(doc)
+
+    def _binary_snapshot(self) -> bytes:
+        parts = self._common_binary(_snap.PROVIDER_HEADER)
         parts += (_snap.f(self.ack_timeout), _snap.f(self.lock_timeout))
         inflight = self._inflight
         if inflight is None:

@@ -7,30 +7,32 @@ that forgot ``t`` could not claim at all. :meth:`VaultChannel.snapshot` and
 :meth:`ProviderChannel.snapshot` produce these bytes; ``restore`` turns them
 back into a machine that behaves exactly as the original would have.
 
-Format, version 2 (what ``snapshot`` writes): binary, a magic naming the side
-(``A4SV`` vault, ``A4SP`` provider) and the version byte 2, then the channel
+Two formats; ``restore`` reads both. Version 1 (``snapshot()``): UTF-8 JSON with
+sorted keys, byte strings as lowercase hex, protocol messages as the hex of their
+canonical encoding (:mod:`a402.asc.messages`), a ``format`` tag naming the side
+and the version: for operators, tools and records that hold a snapshot as text.
+Version 2 (``snapshot(binary=True)``), what the enclaves seal at every step of
+every paid request (three times per request on the vault's side, twice on the
+provider's): half the bytes and less CPU. A magic naming the side (``A4SV``
+vault, ``A4SP`` provider) and the version byte 2, then the channel
 (:data:`WHERE`: encoded once per machine, it never changes) and the fields in a
 fixed order (:data:`VAULT_FIELDS`, :data:`PROVIDER_FIELDS`), each as
 :func:`b` (byte strings: a 4-byte length, then the bytes; ``ff ff ff ff`` for
 none), :func:`i` (integers: a length byte, then big-endian two's complement;
 ``ff`` for none), :func:`f` (numbers: an IEEE double), :func:`t` (one byte, 0 or
 1), :func:`s` (a short text); an optional group starts with one byte, 0 absent or
-1 present. Protocol messages are their canonical encoding
-(:mod:`a402.asc.messages`). Binary because a runtime writes a snapshot at every
-step of every paid request (three on the vault's side, two on the provider's):
-the JSON of version 1 (sorted keys, byte strings as lowercase hex, a ``format``
-tag) cost more CPU and twice the bytes. Version 1 still restores: :func:`loads`
-reads either into the same document (version 1's shape), so one ``restore``
-serves both, and the channel's next snapshot is version 2. Keys are **not** in a
-snapshot: the caller passes them back to ``restore``, which checks they match
-the channel's terms. A provider snapshot contains the adaptor secret ``t`` of
-the request in flight, so it must be stored sealed (``Enclave.seal``); a vault
-snapshot contains no secret but is the client's money, so it belongs behind
-the vault's own sealing as well.
+1 present; messages are their canonical encoding. :func:`loads` reads either
+into the same document (version 1's shape), so one ``restore`` serves both.
 
-Deadlines (Δ_lock, Δ_ack) are stored as the numbers the machine was given (as
-doubles; restored as floats, as version 1's were); a runtime that persists must
-use a clock that survives restarts (wall time), not a monotonic one.
+Keys are **not** in a snapshot: the caller passes them back to ``restore``,
+which checks they match the channel's terms. A provider snapshot contains the
+adaptor secret ``t`` of the request in flight, so it must be stored sealed
+(``Enclave.seal``); a vault snapshot contains no secret but is the client's
+money, so it belongs behind the vault's own sealing as well.
+
+Deadlines (Δ_lock, Δ_ack) are stored as the numbers the machine was given (in
+version 2 as doubles; restored as floats either way); a runtime that persists
+must use a clock that survives restarts (wall time), not a monotonic one.
 """
 
 from __future__ import annotations
@@ -187,7 +189,7 @@ def parsing(side: str) -> Iterator[None]:
 
 
 def dumps(document: dict[str, Any]) -> bytes:
-    """A version-1 (JSON) snapshot: what earlier code wrote (tests build such bytes)."""
+    """A version-1 (JSON) snapshot's bytes."""
     return jsonbytes.dumps(document, sort_keys=True)
 
 
