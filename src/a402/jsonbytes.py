@@ -1,8 +1,8 @@
 """JSON encoding for the paid-request path: orjson where it is exact, the standard library
 where it is not.
 
-Every paid request writes a few JSON documents (vault mode's ledger, sealed records,
-answers), and the standard encoder costs about fifteen times more CPU than orjson.
+Every paid request writes a few JSON documents (answers, vault mode's ledger, the
+API's documents), and the standard encoder costs about fifteen times more CPU than orjson.
 But orjson writes no integer past 64 bits, and token amounts can be larger: such a
 document falls back to :func:`json.dumps`, so no amount is ever rounded. Decoding
 stays with :func:`json.loads` everywhere: orjson would read a large integer as a float.
