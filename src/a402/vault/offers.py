@@ -56,7 +56,8 @@ class Offer:
 
 @memo_short(4096)
 def origin(url: str) -> str:
-    """``scheme://host:port`` of ``url`` (kept for the last URLs seen: a pure function)."""
+    """``scheme://host:port`` of ``url`` (kept for the last URLs seen: a pure function);
+    ``ValueError`` for a port that is not one."""
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
@@ -94,14 +95,17 @@ def pick_offer(
             continue
         assert isinstance(endpoint, str) and isinstance(key, str)
         assert isinstance(their_manager, str)
+        try:
+            same_origin = origin(endpoint) == origin(url)
+        except ValueError:  # the provider's endpoint names a port that is not one
+            same_origin = False
         problems = [
             what for what, ok in (
                 (f"network {network_of}", network_of == network),
                 (f"{contract_field} {their_manager}", their_manager.lower() == manager.lower()),
                 (f"asset {req.asset}", req.asset.lower() == token.lower()),
                 ("an endpoint on another origin",
-                 origin(endpoint) == origin(url) and endpoint.rstrip("/").endswith(
-                     WELL_KNOWN_PREFIX)),
+                 same_origin and endpoint.rstrip("/").endswith(WELL_KNOWN_PREFIX)),
             ) if not ok
         ]
         if problems:
