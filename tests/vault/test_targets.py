@@ -71,3 +71,6 @@ async def test_a_url_with_a_port_that_is_not_one_is_refused_as_a_target() -> Non
         await check_target("http://127.0.0.1:99999/paid", allow_private=True)
     with pytest.raises(TargetRefused, match="no valid port"):
         await check_target("http://paid.example:port/", allow_private=False)
+    for allow_private in (True, False):  # and so does the vault's check, that callers use
+        with pytest.raises(TargetRefused, match="no valid port"):
+            await TargetCheck(allow_private=allow_private)("http://paid.example:port/")

@@ -88,7 +88,11 @@ class TargetCheck:
         self._public: dict[tuple[str, int | None], float] = {}
 
     async def __call__(self, url: str) -> None:
-        scheme, host, port = url_parts(url)
+        try:
+            scheme, host, port = url_parts(url)
+        except ValueError:  # a port that is not one: check_target says so
+            await check_target(url, allow_private=self.allow_private)
+            raise
         key = (host or "", port)
         now = time.monotonic()
         if self._public.get(key, 0.0) > now and scheme in ("http", "https"):
