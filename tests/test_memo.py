@@ -22,6 +22,24 @@ def test_a_short_string_is_computed_once_a_long_one_every_time_and_never_kept() 
     assert calls == [short, long, long]
 
 
+def test_a_string_with_a_character_past_ascii_is_computed_every_time_and_never_kept() -> None:
+    """Its characters may take four bytes each (and its results as much again): a client's
+    thousands of such URLs would hold tens of megabytes in each memo."""
+    calls: list[str] = []
+
+    @memo_short(4)
+    def upper(text: str) -> str:
+        calls.append(text)
+        return text.upper()
+
+    wide = "http://\N{GRINNING FACE}.example/"
+    assert [upper(wide), upper(wide)] == [wide.upper()] * 2
+    assert calls == [wide, wide]
+    table = RouteTable.build({"GET /files/*": "0.01"}, decimals=6)
+    assert table.match("GET", "/files/\N{GRINNING FACE}") is not None
+    assert table._matched == {}
+
+
 def test_a_failure_is_not_remembered() -> None:
     tries: list[str] = []
 

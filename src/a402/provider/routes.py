@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from decimal import Context, Decimal, Inexact, InvalidOperation, Rounded
 from typing import Final, TypeAlias
 
-from a402.memo import MAX_KEPT_CHARS
+from a402.memo import keeps
 from a402.metering import MeterError, MeterRule, parse_rule
 
 Price: TypeAlias = str | int | Decimal
@@ -318,7 +318,7 @@ class RouteTable:
         except KeyError:
             pass
         found = self._match(method, path)
-        if len(path) > MAX_KEPT_CHARS:  # a peer's long path is matched, never kept
+        if not keeps(path):  # a peer's long (or non-ASCII) path is matched, never kept
             return found
         if len(self._matched) >= _MATCH_CACHE:
             self._matched.clear()
