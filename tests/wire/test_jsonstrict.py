@@ -95,6 +95,17 @@ def test_duplicate_keys_and_nan_are_still_refused_with_the_callers_reason() -> N
         assert refused.value.reason == "mine" and not isinstance(refused.value, JsonLimitError)
 
 
+def test_a_document_behind_a_byte_order_mark_is_refused_saying_so_as_json_does() -> None:
+    for data in ("\ufeff{}", "\ufeff{}".encode()):
+        with pytest.raises(WireError) as refused:
+            loads_object(data, reason="mine")
+        with pytest.raises(json.JSONDecodeError) as by_json:
+            json.loads("\ufeff{}")
+        assert refused.value.reason == "mine"
+        assert refused.value.message == f"malformed JSON: {by_json.value}"
+        assert "BOM" in refused.value.message
+
+
 def test_a_deep_header_is_refused_with_the_x402_reason() -> None:
     value = {"a": json.loads(_nested(DEFAULT_LIMITS.max_depth))}
     with pytest.raises(WireError) as refused:

@@ -153,6 +153,8 @@ def loads_object(data: str | bytes, *, reason: str = INVALID_PAYLOAD,
     except WireError as exc:
         raise WireError(reason, exc.message) from exc
     try:
+        if text.startswith("\ufeff"):  # as json.loads says it (the decoder itself does not)
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
         value = _STRICT.decode(text)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeError are ValueErrors
         raise WireError(reason, f"malformed JSON: {exc}") from exc
