@@ -6,8 +6,9 @@ channel, its calls one after another; every channel already open).
 
 The host may be shared (other processes take the cores in bursts), so one back-to-back pair
 of figures says little: both modes are set up once (warmed: every channel open, both
-served for the whole run) and their rounds alternate, ``standard, vault mode, standard, vault
-mode, ...`` (``--rounds`` of each, ``--calls`` per client in every round). Each round gives
+served for the whole run) and their rounds alternate, ``standard, vault mode, vault mode,
+standard, standard, ...`` (``--rounds`` of each; each pair in the other order than the one
+before; ``--calls`` per client in every round). Each round gives
 the calls per second of the round, the mean wall time of one call, the blocks mined (vault
 mode: none) and the **CPU per call**: the process CPU time (user + system, every thread:
 clients, vaults, providers, all in this process) the round took, per call, which the other
@@ -175,9 +176,9 @@ def _spread(values: list[float]) -> dict[str, float]:
 
 def measure(chain: Chain, usdc: Any, tmp: Path, *, calls: int, clients: int,
             rounds: int = 5, profile: Path | None = None) -> dict[str, Any]:
-    """Both modes set up, then ``rounds`` pairs of rounds (standard, then vault mode), each
-    round ``calls`` calls per client: per round figures, per pair ratios, their median and
-    spread (module docstring)."""
+    """Both modes set up, then ``rounds`` pairs of rounds (standard and vault mode, each
+    first in turn), each round ``calls`` calls per client: per round figures, per pair
+    ratios, their median and spread (module docstring)."""
     if rounds < 1 or calls < 1 or clients < 1:
         raise ValueError("--rounds, --calls and --clients must be at least 1")
     (tmp / "standard").mkdir(exist_ok=True)
@@ -195,8 +196,11 @@ def measure(chain: Chain, usdc: Any, tmp: Path, *, calls: int, clients: int,
         time.sleep(2.0)
         idle = 1000 * (time.process_time() - cpu0) / (time.perf_counter() - t0)
         per_round: dict[str, list[dict[str, Any]]] = {name: [] for name in MODES}
-        for _ in range(rounds):
-            for name in MODES:
+        for i in range(rounds):
+            # each pair in the other order than the one before (standard first, then vault
+            # mode first, ...): a load that rises or falls during the run, or what one round
+            # leaves behind for the next, weighs on both modes alike
+            for name in MODES if i % 2 == 0 else MODES[::-1]:
                 per_round[name].append(_drive(chain, modes[name], calls, idle))
         if profile is not None:
             profile.mkdir(parents=True, exist_ok=True)
@@ -213,7 +217,7 @@ def measure(chain: Chain, usdc: Any, tmp: Path, *, calls: int, clients: int,
         "cpu_ms_per_call_net": _spread([r["cpu_ms_per_call_net"] for r in per_round[name]]),
         "blocks": sum(r["blocks"] for r in per_round[name])} for name in MODES}
     return {"clients": clients, "calls_per_client": calls, "rounds": rounds,
-            "order": "alternating: standard, vault mode, standard, vault mode, ...",
+            "order": "alternating pairs: standard, vault mode, vault mode, standard, ...",
             "idle_cpu_ms_per_s": round(idle, 2), "per_round": per_round,
             **summary, "ratios": [round(r, 3) for r in ratios],
             "throughput_ratio": statistics.median(ratios),

@@ -151,10 +151,12 @@ of resolved payments, which a claim would void).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -211,6 +213,12 @@ from a402.wire import jsonstrict
 from a402.wire import vault_api as api
 from a402.wire.a402 import binding_digest
 from a402.wire.errors import WireError
+
+#: How many calls the enclave keeps the signature check of (:meth:`VaultAccountsCode.
+#: authenticate`): the newest ones, oldest dropped first (a paid call reaches
+#: :meth:`~VaultAccountsCode.request` within its own handling; one dropped is only recovered
+#: again).
+AUTHENTICATED_KEPT = 4096
 
 _LEDGER_FORMAT = "a402/vault-mode-ledger/v2"
 _LEDGER_LABEL = "a402/vault-mode-ledger"
@@ -425,6 +433,12 @@ class VaultAccountsCode:
         self._held: dict[bytes, _Held] = {}
         self._pending: dict[tuple[bytes, int], _Pending] = {}
         self._consumed: set[tuple[str, str]] = set()
+        #: Calls whose signature this code checked (:meth:`authenticate`), by a digest of
+        #: everything the check read (:func:`_call_digest`): :meth:`request` takes its call's
+        #: from here instead of recovering it again. Written without :attr:`lock` (the host
+        #: API's check runs on its event loop): each operation on it is one C call
+        #: (``OrderedDict`` set, ``pop``, ``popitem``), whole under the GIL.
+        self._authenticated: OrderedDict[bytes, api.Authenticated] = OrderedDict()
         self._clock = 0
         #: Why no settlement can be signed any more (a claim made an earlier one unlandable).
         self._dead: str | None = None
@@ -558,6 +572,14 @@ class VaultAccountsCode:
         (for the operator's status; no money moves)."""
         return [(cid, to_checksum(h.client), to_checksum(h.provider), h.channel.status,
                  h.channel.state.client_balance) for cid, h in self._held.items()]
+
+    def channels_of(self, client: str, provider: str) -> list[tuple[bytes, Status, int, bytes]]:
+        """``client``'s channels with ``provider``: ``(id, status, client's balance in it,
+        provider key)`` (what a paid call looks for; no money moves, nothing is marked)."""
+        c, p = address_key(client), address_key(provider)
+        return [(cid, h.channel.status, h.channel.state.client_balance,
+                 h.channel.terms.provider_key)
+                for cid, h in self._held.items() if h.client == c and h.provider == p]
 
     @property
     def epoch(self) -> int:
@@ -905,6 +927,41 @@ class VaultAccountsCode:
         return self._kernel.sign(
             TUNNEL_BINDING, binding_digest(self._kernel.channel_binding(handle), channel_id))
 
+    def authenticate(self, call: SignedCall, now: float, window: int) -> api.Authenticated:
+        """The host API's check of a paid call (:func:`~a402.wire.vault_api.verify_request`:
+        signed by the named client for this vault and life, within ``window`` of ``now``;
+        :class:`~a402.wire.vault_api.AuthError` otherwise), made here so that its signature
+        is recovered once: the enclave keeps what it recovered, keyed by a digest of
+        everything the check read (:func:`_call_digest`), and :meth:`request`'s own check of
+        the same call takes it from there (its freshness checked again, against its own
+        ``now`` and window). As :meth:`~a402.vault_enclave.VaultEnclaveCode.authenticate` in
+        standard mode: the memory is the enclave's, the host can neither add to it nor change
+        it, so a call found there was verified here, byte for byte. Reads nothing that
+        changes once the ledger is restored (the account, the life): the host calls it
+        without :attr:`lock` (:class:`VaultAccounts`)."""
+        life = self.life_id
+        signed = api.verify_request(call.headers, self.account, call.method, call.path,
+                                    call.body, life=life, now=now, window=window)
+        kept = self._authenticated
+        kept[_call_digest(life, call)] = signed
+        while len(kept) > AUTHENTICATED_KEPT:
+            with contextlib.suppress(KeyError):  # emptied meanwhile by request's pops
+                kept.popitem(last=False)
+        return signed
+
+    def _verified(self, call: SignedCall, now: float) -> api.Authenticated:
+        """``call``'s signer as :meth:`authenticate` found it (taken: used once), fresh
+        within this code's window of ``now``; else its signature checked now."""
+        life = self.life_id
+        known = self._authenticated.pop(_call_digest(life, call), None)
+        if known is not None:
+            if abs(now - known.timestamp) > self.window:
+                raise api.AuthError(api.STALE_REQUEST, f"timestamp {known.timestamp} is more "
+                                    f"than {self.window}s away")
+            return known
+        return api.verify_request(call.headers, self.account, call.method, call.path,
+                                  call.body, life=life, now=now, window=self.window)
+
     def request(self, channel_id: bytes, call: SignedCall, amount: int, now: float) -> Exec:
         """Step ① for a call the channel's client signed (``POST /v1/invoke`` to this
         vault, fresh within the auth window of ``now``, ``maxPrice ≥ amount``, ``payTo``
@@ -915,9 +972,7 @@ class VaultAccountsCode:
         if (call.method, call.path) != ("POST", INVOKE_PATH):
             raise EnclaveError("wrong_call", f"not a signed POST {INVOKE_PATH}")
         try:
-            signed = api.verify_request(call.headers, self.account, call.method, call.path,
-                                        call.body, life=self.life_id, now=now,
-                                        window=self.window)
+            signed = self._verified(call, now)  # recovered once (:meth:`authenticate`)
             invoke = api.InvokeRequest.from_json(jsonstrict.loads_object(call.body))
         except api.AuthError as e:
             raise EnclaveError(e.reason, e.detail) from None
@@ -1292,6 +1347,23 @@ class VaultAccountsCode:
         self._ready = True
 
 
+def _call_digest(life: str, call: SignedCall) -> bytes:
+    """A digest of everything a call's signature check reads: the life it must be signed
+    for, its authentication headers (each present or not), method, path and body, each
+    part length-prefixed (no two different calls share the bytes hashed)."""
+    h = hashlib.sha256()
+    parts: list[bytes | None] = [life.encode()]
+    parts += [None if (v := call.headers.get(n)) is None else v.encode() for n in _AUTH_HEADERS]
+    parts += [call.method.encode(), call.path.encode(), call.body]
+    for part in parts:
+        h.update(b"-" if part is None else b"+" + len(part).to_bytes(8, "big") + part)
+    return h.digest()
+
+
+_AUTH_HEADERS = (api.CLIENT_HEADER, api.TIMESTAMP_HEADER, api.NONCE_HEADER,
+                 api.SIGNATURE_HEADER, api.LIFE_HEADER)
+
+
 def _statement_json(s: SignedStatement) -> list[Any]:
     return [list(s.statement.as_tuple()), s.signature.hex()]
 
@@ -1319,7 +1391,7 @@ class VaultAccounts:
         if name not in _HOST_SURFACE:
             raise AttributeError(name)
         attr = getattr(self._code, name)
-        if not callable(attr):
+        if not callable(attr) or name in _UNLOCKED:
             return attr
 
         def locked(*args: Any, **kwargs: Any) -> Any:
@@ -1331,12 +1403,17 @@ class VaultAccounts:
 _HOST_SURFACE = frozenset({
     "address", "account", "domain", "epoch", "life_id", "ledger", "claim_state", "deposited",
     "ledger_version",
-    "balance", "payable", "index_of", "statement", "totals", "channels", "participants",
+    "balance", "payable", "index_of", "statement", "totals", "channels", "channels_of",
+    "participants",
     "settlement", "settlement_after", "replacement_due", "credit_deposit", "settle",
     "open_channel", "terms", "channel_status", "last_ack", "acks_owed", "has_paid", "bind_tunnel",
-    "request", "receive", "poll", "abandon", "claim_landed", "close_channel", "exiting",
+    "authenticate", "request", "receive", "poll", "abandon", "claim_landed", "close_channel",
+    "exiting",
     "export_ledger", "restore_ledger", "export_changes", "replay_changes",
 })
+#: Called without the code's lock: they read nothing a locked call changes (the host API
+#: calls them from its event loop, which must not wait for a thread's enclave step).
+_UNLOCKED = frozenset({"authenticate"})
 
 __all__ = [
     "CLAIM_WINDOW",

@@ -85,9 +85,14 @@ def create_mode_app(service: VaultModeService, *, worker: bool = True,
             body = await request_body(request, api.MAX_CALL_BODY)
             path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             now = time.time()
-            signed = api.verify_request(request.headers, vault, request.method, path, body,
-                                        life=service.accounts.life_id, now=now,
-                                        window=service.config.auth_window)
+            call = SignedCall.of(request.headers, request.method, path, body)
+            if paid:  # checked in the enclave, which keeps what it recovered: the call's
+                # own check there (its EXEC) does not recover the signature again
+                signed = service.accounts.authenticate(call, now, service.config.auth_window)
+            else:
+                signed = api.verify_request(call.headers, vault, call.method, path, body,
+                                            life=service.accounts.life_id, now=now,
+                                            window=service.config.auth_window)
             if paid:
                 hold = await service.hold_nonce(signed.client, signed.nonce, now)
                 if hold is None:
@@ -96,7 +101,6 @@ def create_mode_app(service: VaultModeService, *, worker: bool = True,
                     signed.client, signed.nonce, now=now, keep=keep):
                 raise api.AuthError(api.REPLAYED_REQUEST, "this nonce was already used")
             parsed = loads_object(body) if body else {}
-            call = SignedCall.of(request.headers, request.method, path, body)
             PAID_NONCE.set(hold)
             status, out = await handler(signed, parsed, call)
         except api.AuthError as e:

@@ -494,10 +494,9 @@ class ModeInvoker:
         assert tunnel.info is not None
         pair = (address_key(client), address_key(offer.pay_to))
         cid: bytes | None = None
-        for found, who, payee, status, left in self.service.accounts.channels():
-            if (address_key(who), address_key(payee)) != pair or status is not Status.OPEN:
-                continue
-            if self.service.accounts.terms(found).provider_key != tunnel.info.provider_key:
+        for found, status, left, provider_key in self.service.accounts.channels_of(
+                client, offer.pay_to):
+            if status is not Status.OPEN or provider_key != tunnel.info.provider_key:
                 continue
             if left >= offer.amount and cid is None:
                 cid = found
