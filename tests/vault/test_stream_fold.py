@@ -183,3 +183,49 @@ def test_a_next_group_queued_behind_a_held_write_that_fails_is_not_written_over_
         wait_for(lambda: slot.channel.status is Status.OPEN, what="the ACKs")
         assert slot.channel.state.provider_balance == paid
         client.close()
+
+
+def test_a_read_of_the_records_waits_for_a_held_group_another_read_is_writing(
+    world: World, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two reads of the client's account while a stream's group is held (its DELIVERED
+    not written yet): the first writes it (``write_held``) and that write is slow. The
+    second finds nothing held any more, but the group is not recorded either: it must
+    wait for the write under way, not report the account without the group (it read
+    ``paid`` one group short, once in a loaded run)."""
+    upstream = Upstream()
+    provider = world.provider(routes=ROUTES, service=llm_service(upstream), ack_timeout=60.0)
+    with serve_in_thread(provider.app) as site, running_vault(world) as vault:
+        client, stream, _, _, row = _first_group(world, vault, site)
+        cid = bytes.fromhex(row.cid[2:])
+        channels = vault.service.channels
+        store = channels.store
+        real = store.save_checkpoint
+        writing, release = threading.Event(), threading.Event()
+
+        async def save_checkpoint(*args: Any, **kwargs: Any) -> None:
+            if not writing.is_set():  # the held DELIVERED, written by the first read
+                writing.set()
+                async with asyncio.timeout(60):
+                    while not release.is_set():
+                        await asyncio.sleep(0.02)
+            await real(*args, **kwargs)
+
+        monkeypatch.setattr(store, "save_checkpoint", save_checkpoint)
+        seen: dict[str, str] = {}
+        first_read = threading.Thread(target=client.account_info)
+        first_read.start()
+        wait_for(writing.is_set, what="the held write under way")
+        second_read = threading.Thread(
+            target=lambda: seen.update(paid=client.account_info()["paid"]))
+        second_read.start()
+        # The second read either waits for the channel's write (a second writer of it)
+        # or has answered already.
+        wait_for(lambda: not second_read.is_alive() or channels._writers.get(cid, 0) >= 2,
+                 what="the second read")
+        release.set()
+        first_read.join(timeout=60)
+        second_read.join(timeout=60)
+        assert seen["paid"] == str(PER_GROUP)
+        stream.close()
+        client.close()

@@ -402,13 +402,20 @@ class Channels:
 
     async def write_held(self) -> None:
         """Write every held DELIVERED checkpoint now: before the vault reports a client's
-        records (so what it reports has every group delivered), and at shutdown."""
-        for channel_id in list(self._held):
+        records (so what it reports has every group delivered), and at shutdown. A
+        channel being written counts too: the write under way may be a held checkpoint
+        another caller took (a read of the records, an ACK leaving on its own), and it
+        is durable only once that write returns (:meth:`durable` waits for it). The
+        channels are waited for together (each one's writes stay in order)."""
+
+        async def write(channel_id: bytes) -> None:
             try:
                 await self.durable(channel_id)
             except Exception:  # the channel restarts from AUTHORIZED: see persist
                 log.exception("channel %s: a held DELIVERED checkpoint could not be written",
                               hex_id(channel_id))
+
+        await asyncio.gather(*(write(c) for c in {*self._held, *self._writers}))
 
     @contextlib.asynccontextmanager
     async def _writing(self, channel_id: bytes) -> AsyncIterator[None]:
