@@ -409,6 +409,8 @@ class Channels:
         channels are waited for together (each one's writes stay in order)."""
 
         async def write(channel_id: bytes) -> None:
+            if channel_id not in self._held and channel_id not in self._writers:
+                return  # written (and maybe settled and pruned) since: nothing to wait for
             try:
                 await self.durable(channel_id)
             except Exception:  # the channel restarts from AUTHORIZED: see persist
