@@ -87,19 +87,18 @@ def facilitator(shared: Shared, port: int, signer_key: str) -> None:
     _serve(create_app(Facilitator(chain, chain.accounts[0], store)), port)
 
 
-def provider(shared: Shared, port: int, operator_key: str, facilitator_url: str) -> None:
-    """The zero-cost API behind the payment middleware, accepting ``exact`` and ``a402``."""
+def _provider_a402(shared: Shared, operator_key: str) -> tuple[Any, Any, Any]:
+    """A provider's A402 side: its enclave, operator, chain and SQLite channel store
+    (``(manifest, operator account, A402Config)``)."""
     from a402.chain.node import connect
-    from a402.provider.a402_payments import A402Payments
     from a402.provider.a402_runtime import A402Config
     from a402.provider.a402_store import SqlChannelStore
-    from a402.provider.middleware import PaymentMiddleware
     from a402.tee import PROVIDER_PURPOSES, AttestationPolicy
 
     manifest = shared.manifest()
     operator = Account.from_key(operator_key)
     chain = connect(shared.rpc_url, [operator_key])
-    a402 = A402Config(
+    return manifest, operator, A402Config(
         enclave=shared.platform().launch(shared.provider_code,
                                          allowed_purposes=PROVIDER_PURPOSES),
         operator=operator, chain=chain, manager=manifest.contracts["ASCManager"],
@@ -107,6 +106,14 @@ def provider(shared: Shared, port: int, operator_key: str, facilitator_url: str)
         verifiers=[shared.verifier()],
         store=SqlChannelStore(f"sqlite:///{shared.db_dir}/provider.db"),
     )
+
+
+def provider(shared: Shared, port: int, operator_key: str, facilitator_url: str) -> None:
+    """The zero-cost API behind the payment middleware, accepting ``exact`` and ``a402``."""
+    from a402.provider.a402_payments import A402Payments
+    from a402.provider.middleware import PaymentMiddleware
+
+    manifest, operator, a402 = _provider_a402(shared, operator_key)
     api = A402Payments(PaymentMiddleware(
         zero_cost_service(), routes={"GET /data": PRICE}, pay_to=operator.address,
         token=manifest.token, network=manifest.network, facilitator=facilitator_url), a402)
@@ -192,24 +199,10 @@ def stream_provider(shared: Shared, port: int, operator_key: str, tokens: int,
                     groups: str) -> None:
     """The token stream behind the payment middleware, metered per event, paid in A402
     channels (its own channel store)."""
-    from a402.chain.node import connect
     from a402.provider.a402_payments import A402Payments
-    from a402.provider.a402_runtime import A402Config
-    from a402.provider.a402_store import SqlChannelStore
     from a402.provider.middleware import PaymentMiddleware
-    from a402.tee import PROVIDER_PURPOSES, AttestationPolicy
 
-    manifest = shared.manifest()
-    operator = Account.from_key(operator_key)
-    chain = connect(shared.rpc_url, [operator_key])
-    a402 = A402Config(
-        enclave=shared.platform().launch(shared.provider_code,
-                                         allowed_purposes=PROVIDER_PURPOSES),
-        operator=operator, chain=chain, manager=manifest.contracts["ASCManager"],
-        vault_policy=AttestationPolicy(frozenset({shared.vault_code})),
-        verifiers=[shared.verifier()],
-        store=SqlChannelStore(f"sqlite:///{shared.db_dir}/provider.db"),
-    )
+    manifest, operator, a402 = _provider_a402(shared, operator_key)
     api = A402Payments(PaymentMiddleware(
         token_stream(tokens), routes=stream_routes(groups), pay_to=operator.address,
         token=manifest.token, network=manifest.network,
