@@ -120,31 +120,41 @@ def provider(shared: Shared, port: int, operator_key: str, facilitator_url: str)
     _serve(api, port)
 
 
-def vault(shared: Shared, port: int, vault_key: str, tunnels: int, deposit_multiple: int,
-          batch_window: float) -> None:
+def _vault_service(shared: Shared, vault_key: str, deposit_multiple: int,
+                   **settings: Any) -> Any:
+    """A vault service of the bench's chain (its enclave, its SQLite store); ``settings``
+    are VaultConfig's other groups (batching, connections)."""
     from a402.chain.node import connect
     from a402.tee import AttestationPolicy
-    from a402.vault.app import create_app
     from a402.vault.identity import vault_enclave
     from a402.vault.service import VaultConfig, VaultService
-    from a402.vault.settings import Batching, Connections, Deposits
+    from a402.vault.settings import Deposits
     from a402.vault.store import VaultStore
 
     manifest = shared.manifest()
     chain = connect(shared.rpc_url, [vault_key])
     store = VaultStore(f"sqlite:///{shared.db_dir}/vault-{chain.accounts[0].address}.db")
     store.claim_for(chain.accounts[0].address)
-    service = VaultService(VaultConfig(
+    return VaultService(VaultConfig(
         chain=chain, account=chain.accounts[0], manager=manifest.contracts["ASCManager"],
         store=store, enclave=vault_enclave(shared.platform(), shared.vault_code, store),
         verifiers=[shared.verifier()],
         provider_policy=AttestationPolicy(frozenset({shared.provider_code})),
         token=manifest.token, deposits=Deposits(deposit_multiple=deposit_multiple),
-        batching=Batching(batch_window=batch_window),
+        **settings,
+    ))
+
+
+def vault(shared: Shared, port: int, vault_key: str, tunnels: int, deposit_multiple: int,
+          batch_window: float) -> None:
+    from a402.vault.app import create_app
+    from a402.vault.settings import Batching, Connections
+
+    _serve(create_app(_vault_service(
+        shared, vault_key, deposit_multiple, batching=Batching(batch_window=batch_window),
         # every party is on 127.0.0.1
         connections=Connections(tunnels_per_provider=tunnels, allow_private_targets=True),
-    ))
-    _serve(create_app(service), port)
+    )), port)
 
 
 # ------------------------------------------------------------------ a paid stream's roles
@@ -212,27 +222,13 @@ def stream_provider(shared: Shared, port: int, operator_key: str, tokens: int,
 
 def stream_vault(shared: Shared, port: int, vault_key: str, deposit_multiple: int) -> None:
     """A vault (its enclave, its SQLite store), every other setting at its default."""
-    from a402.chain.node import connect
-    from a402.tee import AttestationPolicy
     from a402.vault.app import create_app
-    from a402.vault.identity import vault_enclave
-    from a402.vault.service import VaultConfig, VaultService
-    from a402.vault.settings import Connections, Deposits
-    from a402.vault.store import VaultStore
+    from a402.vault.settings import Connections
 
-    manifest = shared.manifest()
-    chain = connect(shared.rpc_url, [vault_key])
-    store = VaultStore(f"sqlite:///{shared.db_dir}/vault-{chain.accounts[0].address}.db")
-    store.claim_for(chain.accounts[0].address)
-    service = VaultService(VaultConfig(
-        chain=chain, account=chain.accounts[0], manager=manifest.contracts["ASCManager"],
-        store=store, enclave=vault_enclave(shared.platform(), shared.vault_code, store),
-        verifiers=[shared.verifier()],
-        provider_policy=AttestationPolicy(frozenset({shared.provider_code})),
-        token=manifest.token, deposits=Deposits(deposit_multiple=deposit_multiple),
+    _serve_deployed(create_app(_vault_service(
+        shared, vault_key, deposit_multiple,
         connections=Connections(allow_private_targets=True),  # every party is on 127.0.0.1
-    ))
-    _serve_deployed(create_app(service), port)
+    )), port)
 
 
 def _serve_deployed(app: Any, port: int) -> None:

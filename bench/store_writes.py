@@ -24,7 +24,9 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from a402.provider.a402_store import SqlChannelStore
 from a402.vault import store as vault_store
@@ -94,23 +96,30 @@ def vault(directory: str, channels: int, per_round: int, rounds: int) -> list[tu
                                 free="100000", proposal=None)
             store.open_channel(cid)
             cids.append((cid, client))
-        out = []
-        for r in range(rounds + 1):  # the first round warms up
-            before, cpu = _thread_cpu("vault-store"), time.process_time()
 
-            async def run(r: int = r) -> None:
-                await asyncio.gather(*(_vault_requests(store, cid, client, r * per_round,
-                                                       per_round) for cid, client in cids))
+        async def one_round(r: int) -> None:
+            await asyncio.gather(*(_vault_requests(store, cid, client, r * per_round,
+                                                   per_round) for cid, client in cids))
 
-            asyncio.run(run())
-            after, cpu = _thread_cpu("vault-store"), time.process_time() - cpu
-            if r:
-                n = channels * per_round
-                out.append((*((a - b) / n * 1e6 for a, b in zip(after, before, strict=True)),
-                            cpu / n * 1e6))
-        return out
+        return _rounds("vault-store", one_round, rounds, channels * per_round)
     finally:
         store.close()
+
+
+def _rounds(thread: str, one_round: Callable[[int], Coroutine[Any, Any, None]], rounds: int,
+            requests: int) -> list[tuple[float, ...]]:
+    """Run ``rounds`` + 1 rounds of ``requests`` paid requests' writes (the first warms up):
+    per round, the writer ``thread``'s CPU (user, system, on-CPU) and the process's, in µs
+    per request."""
+    out = []
+    for r in range(rounds + 1):
+        before, cpu = _thread_cpu(thread), time.process_time()
+        asyncio.run(one_round(r))
+        after, cpu = _thread_cpu(thread), time.process_time() - cpu
+        if r:
+            out.append((*((a - b) / requests * 1e6 for a, b in zip(after, before, strict=True)),
+                        cpu / requests * 1e6))
+    return out
 
 
 def provider(directory: str, channels: int, per_round: int, rounds: int
@@ -118,20 +127,11 @@ def provider(directory: str, channels: int, per_round: int, rounds: int
     store = SqlChannelStore(f"sqlite:///{directory}/provider.db")
     try:
         ids = [secrets.token_bytes(32) for _ in range(channels)]
-        out = []
-        for r in range(rounds + 1):
-            before, cpu = _thread_cpu("provider-channels"), time.process_time()
 
-            async def run() -> None:
-                await asyncio.gather(*(_provider_requests(store, i, per_round) for i in ids))
+        async def one_round(_: int) -> None:
+            await asyncio.gather(*(_provider_requests(store, i, per_round) for i in ids))
 
-            asyncio.run(run())
-            after, cpu = _thread_cpu("provider-channels"), time.process_time() - cpu
-            if r:
-                n = channels * per_round
-                out.append((*((a - b) / n * 1e6 for a, b in zip(after, before, strict=True)),
-                            cpu / n * 1e6))
-        return out
+        return _rounds("provider-channels", one_round, rounds, channels * per_round)
     finally:
         store.close()
 
