@@ -30,7 +30,7 @@ def memo_short(maxsize: int) -> Callable[[Callable[[str], T]], Callable[[str], T
 
         @functools.wraps(fn)
         def call(text: str) -> T:
-            return kept(text) if len(text) <= MAX_KEPT_CHARS and text.isascii() else fn(text)
+            return kept(text) if keeps(text) else fn(text)
 
         return call
 
