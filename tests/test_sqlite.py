@@ -286,3 +286,36 @@ def test_a_write_gathered_when_the_store_closes_is_refused_and_not_written(db: D
 
     asyncio.run(scenario())
     assert db.on_disk() == {}
+
+
+def test_a_connection_whose_cursor_cannot_be_made_is_given_back_and_the_next_write_succeeds(
+    db: Db, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The writer keeps a connection and its cursor for plain SQL: both or neither. A
+    connection whose cursor fails is closed, the batch refused, and the next batch asks for
+    a connection again (it used to keep the connection without a cursor, and every later
+    batch and the store's close failed on it)."""
+    real, given_back = db.engine.raw_connection, []
+
+    class NoCursor:
+        def cursor(self) -> None:
+            raise sqlite3.OperationalError("no cursor today")
+
+    class CursorFails:
+        def __init__(self) -> None:
+            self.connection = real()
+            self.driver_connection = NoCursor()
+
+        def close(self) -> None:
+            given_back.append(True)
+            self.connection.close()
+
+    async def scenario() -> None:
+        monkeypatch.setattr(db.engine, "raw_connection", CursorFails)
+        with pytest.raises(sqlite3.OperationalError, match="no cursor today"):
+            await db.group.execute([(INSERT, {"key": "x", "value": 1})])
+        monkeypatch.undo()
+        assert await db.group.execute([(INSERT, {"key": "y", "value": 2})]) == [1]
+
+    asyncio.run(scenario())
+    assert given_back == [True] and db.on_disk() == {"y": 2}

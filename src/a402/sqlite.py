@@ -395,8 +395,13 @@ class GroupCommit:
         """A batch of plain SQL only (the paid-request path): straight on the driver's
         connection, which the writer keeps, without an engine connection per batch."""
         if self._driver is None:
-            self._driver = self._engine.raw_connection()  # set up by make_engine's hook
-            self._cursor = self._driver.driver_connection.cursor()
+            driver: Any = self._engine.raw_connection()  # set up by make_engine's hook
+            try:
+                self._cursor = driver.driver_connection.cursor()
+            except BaseException:
+                driver.close()  # both or neither: the next batch asks again
+                raise
+            self._driver = driver
         cursor = self._cursor
         cursor.execute("BEGIN IMMEDIATE")
         try:

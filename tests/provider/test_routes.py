@@ -167,6 +167,16 @@ def test_inner_wildcard_and_parameters_take_one_segment() -> None:
     assert t.match("GET", "/items/a/b") is None
 
 
+def test_a_match_handed_to_every_request_with_its_line_cannot_be_changed_by_one() -> None:
+    t = table({"/items/:id": 7})
+    first = t.match("GET", "/items/abc")
+    assert first is not None
+    with pytest.raises(TypeError):
+        first.params["id"] = "other"  # type: ignore[index]
+    again = t.match("GET", "/items/abc")
+    assert again is not None and again.params == {"id": "abc"}
+
+
 def test_any_method_route_leaves_cors_preflight_free() -> None:
     t = table({"/paid": "1", "OPTIONS /cors-paid": "1"})
     assert matched(t, "OPTIONS", "/paid") is None

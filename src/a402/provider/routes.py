@@ -25,6 +25,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Context, Decimal, Inexact, InvalidOperation, Rounded
+from types import MappingProxyType
 from typing import Final, TypeAlias
 
 from a402.memo import keeps
@@ -242,8 +243,11 @@ class PaidRoute:
 
 @dataclass(frozen=True)
 class RouteMatch:
+    """A request line's paid route and the parameters its path gave. Read-only: the table
+    hands the same match to every request with that line."""
+
     route: PaidRoute
-    params: dict[str, str] = field(default_factory=dict)
+    params: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def amount(self) -> int:
@@ -332,7 +336,7 @@ class RouteTable:
                 continue
             params = route.pattern.match_path(normalised)
             if params is not None:
-                return RouteMatch(route, params)
+                return RouteMatch(route, MappingProxyType(params))
         return None
 
     def __len__(self) -> int:
