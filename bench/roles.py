@@ -117,7 +117,7 @@ def provider(shared: Shared, port: int, operator_key: str, facilitator_url: str)
     api = A402Payments(PaymentMiddleware(
         zero_cost_service(), routes={"GET /data": PRICE}, pay_to=operator.address,
         token=manifest.token, network=manifest.network, facilitator=facilitator_url), a402)
-    _serve(api, port)
+    _serve_deployed(api, port)
 
 
 def _vault_service(shared: Shared, vault_key: str, deposit_multiple: int,
@@ -150,7 +150,7 @@ def vault(shared: Shared, port: int, vault_key: str, tunnels: int, deposit_multi
     from a402.vault.app import create_app
     from a402.vault.settings import Batching, Connections
 
-    _serve(create_app(_vault_service(
+    _serve_deployed(create_app(_vault_service(
         shared, vault_key, deposit_multiple, batching=Batching(batch_window=batch_window),
         # every party is on 127.0.0.1
         connections=Connections(tunnels_per_provider=tunnels, allow_private_targets=True),
