@@ -718,11 +718,13 @@ class VaultAccountsCode:
                 key = address_key("0x" + payee.hex())
                 into = exits if index & EXIT_CREDIT else amounts
                 into[key] = into.get(key, 0) + amount
-        for key, owed in self._exit_cuts.items():  # an exit credit a claim paid already
-            exits[key] = exits.get(key, 0) - min(owed, exits.get(key, 0))
+            # and their confirmations: a payout carried without the confirmation of the
+            # deposit behind it would land even if the host invented that deposit
             for i in range(0, len(v.confirms), 32):
                 key = address_key("0x" + v.confirms[i:i + 20].hex())
                 confirmed.setdefault(key, self._accounts[key])
+        for key, owed in self._exit_cuts.items():  # an exit credit a claim paid already
+            exits[key] = exits.get(key, 0) - min(owed, exits.get(key, 0))
         for key in self._bumped:
             # Its over-credit paid out by a voided settlement: the replacement pays that much
             # less (it was already paid by the claim), down to a zero payout, which still moves

@@ -15,7 +15,7 @@ from eth_account.signers.local import LocalAccount
 
 from a402.asc import ForceCloseDue
 from a402.chain.tx import transact
-from a402.crypto.vault_messages import VaultChannelTerms
+from a402.crypto.vault_messages import VaultChannelTerms, unpack_payouts
 from a402.vault.watchtower import VaultWatchtower
 from a402.vault_accounts import CLAIM_WINDOW, PendingRecord
 from a402.vault_contract import AccountStatus, PendingClaim
@@ -162,6 +162,39 @@ def test_a_voided_settlement_strands_none_of_the_other_providers_payments_it_res
     assert balance(usdc, attacker.address) == PRICE
     assert balance(usdc, alice.address) == 18_000
     assert balance(usdc, vault.address) == 0
+
+
+def test_a_replacement_settlement_does_not_pay_a_deposit_the_host_invented(host: Host) -> None:
+    """A cheating host (review s14-rev12): it reports a deposit for a key of its own that
+    was never made, and has the enclave sign a settlement that confirms it and pays it
+    out, after a claim landed on a payment that settlement resolves (its own provider's,
+    whose ACK it withheld). That settlement cannot land. Told of the claim, the enclave
+    signs the replacement, which carries the voided settlement's payouts: it must carry
+    its confirmations too, or the invented deposit is paid out of Alice's money."""
+    vm, vault, usdc = host.vm, host.vault, host.token
+    alice, thief = client(), client()
+    provider = vm.provider()
+    _confirmed(host, alice.address, 20_000)
+    cid, pending, claim, sig = _pay_ack_lost(host, alice, provider)
+    gas_payer = funded(host.chain, usdc)
+    host.chain.w3.provider.make_request("evm_setNextBlockTimestamp", [pending.deadline])
+    vault.claim_payment(gas_payer, _terms(vm, cid), claim)
+    # Not reported yet: the host invents a deposit and has it confirmed and paid out.
+    vm.vault.credit_deposit(thief.address, 10_000, 10_000)
+    forked = vm.vault.settle([(thief.address, 10_000)], now=pending.deadline + 1).settlement
+    increase_time(host.chain, 12)
+    with reverts_with("ClaimInTail(uint64,uint64)"):
+        host.submit(forked)
+    host.report_claim(cid, pending.request_id, sig)
+    replacement = vm.vault.settle([], now=now(host.chain) + 10).settlement
+    # It carries the payout (debited when first signed) and so must carry the confirmation.
+    assert (bytes.fromhex(thief.address[2:]), 10_000) in [
+        (payee, amount) for payee, _, amount in unpack_payouts(replacement.payouts)]
+    with reverts_with("DepositsNotMade(address,uint256,uint256)"):
+        host.submit(replacement)
+    assert balance(usdc, thief.address) == 0
+    assert balance(usdc, provider.address) == PRICE  # its claim
+    assert balance(usdc, vault.address) == 20_000 - PRICE  # Alice's, all of it
 
 
 # ------------------------------------------------------ F2: unconfirmed deposit, dark vault
