@@ -197,6 +197,38 @@ def test_a_replacement_settlement_does_not_pay_a_deposit_the_host_invented(host:
     assert balance(usdc, vault.address) == 20_000 - PRICE  # Alice's, all of it
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "review s14-rev12 finding 2: the provider enclave reveals for a pending record whose "
+    "epoch has not landed (only its ledger life is checked); not fixed here"))
+def test_a_provider_is_paid_when_the_host_withholds_the_settlement_confirming_the_client(
+    host: Host,
+) -> None:
+    """A cheating host colluding with Alice (review s14-rev12). Bob's settlement landed
+    (the ledger life is pinned). Alice deposits; the host has the enclave sign the
+    settlement confirming it and keeps it. Every pending record of Alice's payments names
+    that epoch (her account's), so no claim of one lands (EpochNotSettled), and no later
+    settlement crediting the provider lands either. Alice leaves with the empty statement
+    she got before (force-settle pays her unconfirmed deposit back): she was served, the
+    provider revealed, and it should still get PRICE."""
+    vm, vault, usdc = host.vm, host.vault, host.token
+    alice, bob = client(), client()
+    provider = vm.provider()
+    _confirmed(host, bob.address, 5_000)
+    host.deposit(alice.address, 20_000)
+    host.report_deposits()
+    empty = vm.vault.statement(alice.address)
+    assert (empty.statement.balance, empty.statement.deposited) == (0, 0)
+    vm.vault.settle([], now=now(host.chain))  # signed, withheld by the host
+    cid, pending, claim, sig = _pay_ack_lost(host, alice, provider)
+    assert pending.epoch == 2 > vault.last_epoch() == 1
+    with reverts_with("EpochNotSettled(uint64,uint64)"):
+        vault.claim_payment(funded(host.chain, usdc), _terms(vm, cid), claim)
+    leave(vault, host.gas, empty.statement, empty.signature)
+    _leave(host, host.gas, alice.address)
+    assert balance(usdc, alice.address) + balance(usdc, provider.address) == 20_000
+    assert balance(usdc, provider.address) == PRICE
+
+
 # ------------------------------------------------------ F2: unconfirmed deposit, dark vault
 
 
