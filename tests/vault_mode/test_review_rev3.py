@@ -219,7 +219,7 @@ def test_a_provider_is_paid_when_the_host_withholds_the_settlement_confirming_th
     empty = vm.vault.statement(alice.address)
     assert (empty.statement.balance, empty.statement.deposited) == (0, 0)
     vm.vault.settle([], now=now(host.chain))  # signed, withheld by the host
-    cid, pending, claim, sig = _pay_ack_lost(host, alice, provider)
+    cid, pending, claim, _ = _pay_ack_lost(host, alice, provider)
     assert pending.epoch == 2 > vault.last_epoch() == 1
     with reverts_with("EpochNotSettled(uint64,uint64)"):
         vault.claim_payment(funded(host.chain, usdc), _terms(vm, cid), claim)

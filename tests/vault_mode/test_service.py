@@ -533,3 +533,21 @@ def test_changes_made_at_once_share_ledger_writes_and_every_acknowledged_one_is_
     for c in clients:
         assert again.balance(c.address)["free"] == "2000"
         assert again.balance(c.address)["locked"] == "0"
+
+
+def test_a_vault_mode_service_refuses_a_simulated_enclave_on_a_public_chain(tmp_path: Path
+                                                                           ) -> None:
+    """As the standard vault and the provider runtime do (review s14-rev12): a simulated
+    enclave proves nothing, so vault mode does not run one on Base's chain id, whatever
+    builds the service (not only the command line)."""
+    from a402.chain.node import start_anvil
+    from a402.tee import AttestationError
+
+    _, enclave = launch()
+    with (start_anvil(chain_id=8453, accounts=2) as base,
+          pytest.raises(AttestationError) as refused):
+        VaultModeService(VaultModeConfig(
+            chain=base, account=base.accounts[0],
+            contract="0x" + "11" * 20, store=VaultStore(f"sqlite:///{tmp_path / 'v.db'}"),
+            enclave=enclave))
+    assert refused.value.reason == "simulated_on_public_chain"

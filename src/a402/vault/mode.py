@@ -72,6 +72,7 @@ from a402.chain.tx import TransactionFailed
 from a402.crypto.vault_messages import BalanceStatement, claim_count, unpack_payouts
 from a402.evm.address import address_key, to_checksum
 from a402.tee import Enclave, EnclaveError
+from a402.tee.chains import check_backends
 from a402.vault_accounts import (
     Changed,
     SignedSettlement,
@@ -187,6 +188,9 @@ class VaultModeService:
     """One vault-mode vault: the enclave's accounts and everything its host does."""
 
     def __init__(self, config: VaultModeConfig) -> None:
+        # A simulated enclave proves nothing: only on a development chain (as the standard
+        # vault and the provider runtime refuse it), whatever builds this service.
+        check_backends(config.chain.chain_id, [config.enclave.kind])
         self.config = config
         self.chain = config.chain
         self.store = config.store

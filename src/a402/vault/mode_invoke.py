@@ -107,6 +107,7 @@ from a402.tee import (
     Enclave,
     TeeError,
 )
+from a402.tee.chains import check_backends
 from a402.vault_accounts import Changed, PendingRecord, SignedStatement
 from a402.vault_enclave import SignedCall, request_headers
 from a402.wire import vault_api as api
@@ -256,6 +257,9 @@ class ModeInvoker:
     def __init__(self, service: VaultModeService, *, verifiers: Sequence[AttestationVerifier],
                  policy: AttestationPolicy, http: httpx.AsyncClient | None = None,
                  allow_private_targets: bool = False, tunnel_timeout: float = 30.0) -> None:
+        # The verifiers' kinds, as the standard vault checks them: simulated quotes are
+        # believed only on a development chain.
+        check_backends(service.chain.chain_id, [v.kind for v in verifiers])
         self.service = service
         self.verifiers = list(verifiers)
         self.policy = policy
