@@ -13,14 +13,24 @@ clients signed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+from typing import Any
 
 import httpx
 import pytest
 from eth_account import Account
 
-from a402.asc import BalanceState, ChannelTerms, SignedState, sign_pool_open_approval, sign_state
+from a402.asc import (
+    BalanceState,
+    ChannelTerms,
+    Exec,
+    SignedState,
+    decode,
+    sign_pool_open_approval,
+    sign_state,
+)
 from a402.asc.snapshot import terms_from_json
 from a402.background import serve_in_thread
 from a402.chain.tx import TransactionFailed, transact
@@ -30,6 +40,7 @@ from a402.tee import EnclaveError, SealingError
 from a402.vault import store as vault_store
 from a402.vault_enclave import INVOKE_PATH, SignedCall
 from a402.wire import vault_api as api
+from a402.wire.a402 import REQUEST_AD, Envelope, HttpRequest, Kind
 from tests.a402_exchange.helpers import PRICES, World
 from tests.asc.helpers import selector
 
@@ -260,6 +271,70 @@ def test_a_host_cannot_sign_a_channel_state_or_read_sealed_records(world: World)
         closed = client.close_channel(row.cid)
         assert closed["providerPayout"] == str(PRICE)
 
+
+
+class RequestSwappingHost:
+    """The vault host's own hand on the tunnel: it encrypts every frame itself (the vault's
+    enclave code runs with ``host_tunnels=True``), so before it encrypts an EXEC it puts
+    ``substitute`` where the request the enclave built from the client's call was — the
+    same channel, request id, version and δ, another request the provider sells at δ."""
+
+    def __init__(self, enclave: Any, substitute: HttpRequest) -> None:
+        self._encrypt = enclave.channel_encrypt
+        self.substitute = substitute
+        self.swapped: list[HttpRequest] = []  # the requests it replaced
+
+    def channel_encrypt(self, handle: str, plaintext: bytes, *, ad: bytes = b"") -> bytes:
+        envelope = Envelope.decode(plaintext)
+        if ad == REQUEST_AD and envelope.kind is Kind.ASC:
+            message = decode(envelope.body)
+            if isinstance(message, Exec):
+                self.swapped.append(HttpRequest.decode(message.request))
+                swapped = dataclasses.replace(message, request=self.substitute.encode())
+                plaintext = Envelope.asc(swapped.encode()).encode()
+        return bytes(self._encrypt(handle, plaintext, ad=ad))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "open (review s14): the vault host can substitute the EXEC's request: m = "
+    "A402Payment(cid, rid, δ, h) does not bind it; see note"))
+def test_a_vault_host_that_swaps_the_request_in_an_exec_gets_no_payment_for_it(
+    world: World, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The client signs ``GET /weather``; the host sends the provider ``POST /echo`` (sold at
+    the same price) in its place, inside the EXEC, before encrypting the frame. The provider
+    was not asked for that by anyone who pays: it must not be paid for it — the exchange is
+    refused before σ_U, or no state pays it — and the client's pool balance is whole.
+
+    Note (today's code): the swap goes through. The provider's enclave runs ``POST /echo``,
+    pre-signs m over its result, which does not name the request; the vault enclave's machine
+    pre-verifies it (:meth:`a402.asc.VaultChannel._on_reply`) and signs σ_U; the channel pays
+    the provider δ, the close settles it on-chain (the provider gets 1 000, the client's pool
+    goes 20 000 → 19 000). Only the host's own check after payment
+    (:func:`a402.vault.tunnel._paid`: the result's request digest) notices, and answers the
+    client ``paid`` with ``result_mismatch`` — a check a cheating host skips.
+    """
+    provider = world.provider(routes={**PRICES, "POST /echo": PRICE})
+    with serve_in_thread(provider.app) as site, running_vault(world) as vault:
+        account, client = client_of(world, vault, funds=20_000, deposit=20_000)
+        host = RequestSwappingHost(vault.service.config.enclave,
+                                   HttpRequest("POST", "/echo", body=b"the host's choice"))
+        monkeypatch.setattr(vault.service.config.enclave, "channel_encrypt",
+                            host.channel_encrypt)
+        headers, body = _signed_invoke(vault, account, f"{site}/weather", "weather")
+        answer = httpx.post(vault.url + "/v1/invoke", content=body, headers=headers, timeout=30)
+        assert [r.path for r in host.swapped] == ["/weather"]  # the client's request, replaced
+        [row] = vault.store.channels(client=account.address)
+        channel = vault.service.vault.channel(bytes.fromhex(row.cid[2:]))
+        assert channel is not None
+        # What should hold: the provider ran a request nobody who pays signed; no σ_U, no
+        # state pays it, and the client is not told it paid.
+        assert (channel.provider_balance, channel.locked) == (0, 0), answer.json()
+        assert answer.json()["outcome"] != api.PAID
+        closed = client.close_channel(row.cid)
+        assert closed["providerPayout"] == "0"
+        assert world.balance(provider.address) == 0
+        assert world.manager.pooled(vault.address, account.address) == 20_000
 
 
 def test_a_host_that_restarts_cannot_replay_a_call_it_received_before(world: World) -> None:
