@@ -475,6 +475,50 @@ def test_a_paid_call_retried_after_a_restart_gets_its_stored_answer_and_is_paid_
         assert theirs.status_code == 404 and theirs.json()["error"] == api.NOT_FOUND
 
 
+def test_a_signed_request_replayed_to_a_restarted_vault_is_refused_and_pays_nothing(
+    vault_chain: Chain, usdc: Any, tmp_path: Path
+) -> None:
+    """The service checks a request's nonce in memory, with no read of the store per call:
+    a new process loads the nonces the one before it recorded, so a paid call's signed
+    request, and a withdrawal's, sent again after a restart are refused as replayed
+    (``replayed_request``), and nothing is paid or queued a second time."""
+    import httpx
+
+    with running(vault_chain, usdc, tmp_path) as (s, site, vault):
+        alice = Account.create()
+        s.deposit(alice.address, 20_000)
+        s.service.tick()
+        to = api.vault_account(vault_chain.network, s.service.address)
+        life = s.service.accounts.life_id
+        paid = json.dumps({"url": f"{site}/weather", "maxPrice": str(PRICE),
+                           "idempotencyKey": "k1", "payTo": s.provider.address,
+                           "deposit": str(5 * PRICE)}).encode()  # the rest stays free
+        paid_headers = api.sign_request(alice, to, "POST", "/v1/invoke", paid, life=life)
+        payout = b'{"amount": "300"}'
+        payout_headers = api.sign_request(alice, to, "POST", "/v1/vault/withdraw", payout,
+                                          life=life)
+        with httpx.Client(base_url=vault, timeout=60) as http:
+            assert http.post("/v1/invoke", content=paid, headers=paid_headers
+                             ).status_code == 200
+            assert http.post("/v1/vault/withdraw", content=payout, headers=payout_headers
+                             ).status_code == 202
+        assert s.calls["weather"] == 1 and s.account(alice.address) == 20_000 - PRICE
+        # A new process: the service from the store, a new invoker and API.
+        again = VaultModeService(s.service.config)
+        invoker = ModeInvoker(again, verifiers=s.invoker.verifiers, policy=s.invoker.policy,
+                              allow_private_targets=True)
+        with serve_in_thread(create_mode_app(again, worker=False, invoker=invoker)) as url, \
+                httpx.Client(base_url=url, timeout=60) as http:
+            s.service = again
+            replayed = [http.post("/v1/invoke", content=paid, headers=paid_headers),
+                        http.post("/v1/vault/withdraw", content=payout, headers=payout_headers)]
+        assert [(r.status_code, r.json()["error"]) for r in replayed] == [
+            (401, api.REPLAYED_REQUEST)] * 2
+        assert s.calls["weather"] == 1  # the provider ran it once
+        assert s.account(alice.address) == 20_000 - PRICE  # paid once
+        assert again.balance(alice.address)["payoutRequested"] == "300"  # queued once
+
+
 def test_a_paid_calls_lost_answer_is_looked_up_as_may_have_paid_never_as_nothing_paid(
     vault_chain: Chain, usdc: Any, tmp_path: Path
 ) -> None:

@@ -57,6 +57,7 @@ import random
 import socket
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -223,8 +224,14 @@ class VaultModeService:
         self._row_nonces: list[tuple[str, str, float]] = []
         self._row_ticket = 0
         self._rows_saved = 0
-        #: Signed requests' nonces taken by a call in flight (:meth:`hold_nonce`).
+        #: Signed requests' nonces taken by a call in flight (:meth:`hold_nonce`), and every
+        #: nonce recorded in the store, with when it was seen, oldest first: those stored
+        #: when this service started serving, and those it recorded since (see
+        #: :meth:`hold_nonce`). Both under ``_nonce_lock`` (never held while waiting).
+        self._nonce_lock = threading.Lock()
         self._nonces_held: set[tuple[str, str]] = set()
+        self._nonces_known: OrderedDict[tuple[str, str], float] = OrderedDict(
+            ((client, nonce), seen) for client, nonce, seen in config.store.nonces())
         self._scan_from = 0  # the block of the last chain record reported (this process)
         #: One reader of the chain's records at a time (:meth:`observe_deposits`).
         self._observing = threading.Lock()
@@ -383,35 +390,37 @@ class VaultModeService:
         if nonce is not None:
             nonce.stored = True
 
-    async def hold_nonce(self, client: str, nonce: str, now: float) -> NonceHold | None:
+    def hold_nonce(self, client: str, nonce: str, now: float) -> NonceHold | None:
         """Take a signed request's nonce for a call in flight, or None if it was used (it is
         recorded, or another call in flight holds it). The call stores it in its answer's
         write (:meth:`store_rows`), else :meth:`release_nonce` records it on its own: in
         every case before the call answers, so a replay is refused as with
         :meth:`~a402.vault.store.VaultStore.remember_nonce`, one write fewer per paid call.
-        Held in this process only: two live processes never serve (the store's lock, or
-        the lease), and one that takes over finds the nonce recorded, or the call unanswered
-        (then its enclave refuses to pay it twice: ``replayed_call``)."""
+
+        No read of the store: the service knows every recorded nonce (``_nonces_known``).
+        Safety argument: one process serves a store at a time (SQLite: the store's lock;
+        PostgreSQL: the lease, and a replica builds its service only after its take-over
+        fenced the store, :mod:`a402.vault.mode_lease`), and nonces are recorded only
+        through a service. So the store's nonces are those it held when this service was
+        built, which the service loaded then (:meth:`~a402.vault.store.VaultStore.nonces`),
+        and those this service recorded since, each added here when its call answers
+        (:meth:`release_nonce`, :meth:`remember_nonce`; while in flight it is held). A
+        process that takes over after this one builds its own service and loads them all
+        from the store. A nonce is forgotten here only once seen more than ``keep`` before
+        a later answer's ``now``, as the store forgets it: a request that carries it is past
+        the auth window by then (refused as stale), so forgetting it lets no replay through.
+        """
         key = (address_key(client), nonce)
-        with self._lock:
-            if key in self._nonces_held:
+        with self._nonce_lock:
+            if key in self._nonces_held or key in self._nonces_known:
                 return None
             self._nonces_held.add(key)
-        try:
-            seen = await asyncio.to_thread(self.store.nonce_seen, client, nonce)
-        except BaseException:
-            with self._lock:
-                self._nonces_held.discard(key)
-            raise
-        if seen:
-            with self._lock:
-                self._nonces_held.discard(key)
-            return None
         return NonceHold((client, nonce, now))
 
     async def release_nonce(self, hold: NonceHold, keep: float) -> None:
         """The call holding ``hold`` answers: its nonce is recorded (now, if its answer's
-        write did not), then no longer held."""
+        write did not), then known instead of held (known even if that write failed: a
+        replay is refused all the same)."""
         client, nonce, now = hold.row
         try:
             if not hold.stored:
@@ -420,8 +429,33 @@ class VaultModeService:
             else:
                 await self.store.forget_nonces(now, keep)
         finally:
-            with self._lock:
-                self._nonces_held.discard((address_key(client), nonce))
+            self._known_nonce(hold, keep)
+
+    async def remember_nonce(self, client: str, nonce: str, now: float, keep: float) -> bool:
+        """Record a signed request's nonce before its handler runs (every call but a paid
+        one: :meth:`hold_nonce`); False if it was used (refused here, or by the store)."""
+        hold = self.hold_nonce(client, nonce, now)
+        if hold is None:
+            return False
+        try:
+            return await self.store.remember_nonce(client, nonce, now=now, keep=keep)
+        finally:
+            self._known_nonce(hold, keep)
+
+    def _known_nonce(self, hold: NonceHold, keep: float) -> None:
+        """``hold``'s nonce is known (no longer held); the nonces seen more than ``keep``
+        before its ``now`` are forgotten (see :meth:`hold_nonce`)."""
+        client, nonce, now = hold.row
+        key = (address_key(client), nonce)
+        with self._nonce_lock:
+            known = self._nonces_known
+            known[key] = now
+            self._nonces_held.discard(key)
+            while known:
+                oldest, seen = next(iter(known.items()))
+                if seen >= now - keep:
+                    break
+                del known[oldest]
 
     def change(self, op: Callable[[], T], signing: Batch | None = None, *,
                stored: bool = True) -> T:

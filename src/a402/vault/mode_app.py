@@ -94,11 +94,10 @@ def create_mode_app(service: VaultModeService, *, worker: bool = True,
                                             life=service.accounts.life_id, now=now,
                                             window=service.config.auth_window)
             if paid:
-                hold = await service.hold_nonce(signed.client, signed.nonce, now)
+                hold = service.hold_nonce(signed.client, signed.nonce, now)
                 if hold is None:
                     raise api.AuthError(api.REPLAYED_REQUEST, "this nonce was already used")
-            elif not await service.store.remember_nonce(
-                    signed.client, signed.nonce, now=now, keep=keep):
+            elif not await service.remember_nonce(signed.client, signed.nonce, now, keep):
                 raise api.AuthError(api.REPLAYED_REQUEST, "this nonce was already used")
             parsed = loads_object(body) if body else {}
             PAID_NONCE.set(hold)

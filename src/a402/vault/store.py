@@ -377,6 +377,14 @@ class VaultStore:
             return Plain(conn).one(_NONCE_SEEN_SQL, {"client": address_key(client),
                                                      "nonce": nonce}) is not None
 
+    def nonces(self) -> list[tuple[str, str, float]]:
+        """Every recorded ``(client key, nonce, seen at)``, oldest first: what a vault-mode
+        service that starts serving loads once (:meth:`a402.vault.mode.VaultModeService.
+        hold_nonce` then reads no row per paid call)."""
+        with self._readers.kw["bind"].connect() as conn, conn.begin():
+            rows = conn.exec_driver_sql(_NONCES_ALL_SQL).all()
+        return [(str(client), str(nonce), float(seen)) for client, nonce, seen in rows]
+
     async def forget_nonces(self, now: float, keep: float) -> None:
         """Now and then, forget the nonces older than ``keep``."""
         prune = _prune_nonces(now, keep)
@@ -860,6 +868,7 @@ _META_DELETE_PREFIX_SQL = (f'DELETE FROM "{_META}" WHERE "key" LIKE :pattern ESC
 _NONCE_ONCE_SQL = (f'INSERT INTO "{_NONCES}" ("client", "nonce", "seen_at") '
                    "VALUES (:client, :nonce, :seen_at) ON CONFLICT DO NOTHING")
 _NONCE_SEEN_SQL = f'SELECT 1 FROM "{_NONCES}" WHERE "client" = :client AND "nonce" = :nonce'
+_NONCES_ALL_SQL = f'SELECT "client", "nonce", "seen_at" FROM "{_NONCES}" ORDER BY "seen_at"'
 
 
 def _like_prefix(prefix: str) -> str:
