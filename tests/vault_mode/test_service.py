@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -441,6 +442,33 @@ def test_a_replayed_signed_call_to_the_vault_mode_api_is_refused(h: Harness) -> 
     assert first.status_code == 202 and first.json()["queued"] == "400"
     assert again.status_code == 401 and again.json()["error"] == api.REPLAYED_REQUEST
     assert h.service.balance(client.address)["payoutRequested"] == "400"  # queued once
+
+
+def test_a_paid_calls_nonce_is_known_in_memory_to_this_and_the_next_process(
+    h: Harness,
+) -> None:
+    """A paid call's nonce is checked in the service's memory, with no read of the store:
+    held while its call runs, known (and recorded in the store) once it answers, known to a
+    service started later on the same store (loaded once, when it starts serving), and
+    forgotten only once it was seen longer ago than nonces are kept, as the store forgets
+    it: a request carrying it is past the auth window by then, refused as stale before its
+    nonce is looked at."""
+    client = Account.create().address
+    keep = 2 * h.service.config.auth_window
+    now = time.time()
+    hold = h.service.hold_nonce(client, "n1", now)
+    assert hold is not None
+    assert h.service.hold_nonce(client, "n1", now) is None  # its call is in flight
+    asyncio.run(h.service.release_nonce(hold, keep))  # its call answers: recorded
+    assert h.service.hold_nonce(client, "n1", now + 1) is None
+    assert h.service.store.nonce_seen(client, "n1")
+    again = h.start()  # the next process, on the same store
+    assert again.hold_nonce(client, "n1", now + 2) is None
+    assert again.hold_nonce(client.lower(), "n1", now + 2) is None  # any spelling
+    later = again.hold_nonce(client, "n2", now + keep + 1)
+    assert later is not None
+    asyncio.run(again.release_nonce(later, keep))  # answered long after n1 was seen
+    assert again.hold_nonce(client, "n1", now + keep + 2) is not None  # forgotten
 
 
 def test_a_channel_cannot_lock_money_its_client_asked_to_withdraw_and_every_queued_payout_is_paid(

@@ -371,8 +371,8 @@ class VaultStore:
 
     def nonce_seen(self, client: str, nonce: str) -> bool:
         """Whether ``(client, nonce)`` is recorded (:meth:`remember_nonce`, :meth:`put_metas`).
-        One plain SELECT in a read transaction (no ORM session: vault mode asks on every
-        paid call)."""
+        One plain SELECT in a read transaction (no ORM session). Vault mode reads none per
+        call: its service loads them all once (:meth:`nonces`)."""
         with self._readers.kw["bind"].connect() as conn, conn.begin():
             return Plain(conn).one(_NONCE_SEEN_SQL, {"client": address_key(client),
                                                      "nonce": nonce}) is not None
