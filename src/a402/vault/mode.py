@@ -406,9 +406,12 @@ class VaultModeService:
         and those this service recorded since, each added here when its call answers
         (:meth:`release_nonce`, :meth:`remember_nonce`; while in flight it is held). A
         process that takes over after this one builds its own service and loads them all
-        from the store. A nonce is forgotten here only once seen more than ``keep`` before
-        a later answer's ``now``, as the store forgets it: a request that carries it is past
-        the auth window by then (refused as stale), so forgetting it lets no replay through.
+        from the store (a nonce this one held but never recorded, having ended first, is not
+        among them: as before, its call was unanswered, and a retry of it is paid at most
+        once, the enclave refusing a second σ_U: ``replayed_call``). A nonce is forgotten
+        here only once seen more than ``keep`` before a later answer's ``now``, as the store
+        forgets it: a request that carries it is past the auth window by then (refused as
+        stale), so forgetting it lets no replay through.
         """
         key = (address_key(client), nonce)
         with self._nonce_lock:
