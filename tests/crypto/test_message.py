@@ -14,7 +14,14 @@ from eth_account.messages import SignableMessage, encode_typed_data
 from hypothesis import given
 from hypothesis import strategies as st
 
-from a402.crypto import PaymentDomain, authorization_digest, payment_message, result_hash
+from a402.crypto import (
+    PaymentDomain,
+    answer_hash,
+    answer_hash_of,
+    authorization_digest,
+    payment_message,
+    result_hash,
+)
 from a402.crypto.authorization import (
     EcdsaSigner,
     address_of,
@@ -141,6 +148,29 @@ def message_of(fields: dict[str, Any]) -> bytes:
 def test_every_field_binds_the_message(field: str, other: Any) -> None:
     """Another chain, contract, channel, request, amount or result: another message."""
     assert message_of({**BASE, field: other}) != message_of(BASE)
+
+
+@SETTINGS
+@given(request=st.binary(max_size=256), result=st.binary(max_size=64))
+def test_the_answer_hash_is_a_tagged_keccak_of_the_request_and_result_hashes(
+    request: bytes, result: bytes,
+) -> None:
+    """h = keccak256("A402/answer/v1" ‖ keccak256(request) ‖ keccak256(result)): what m
+    commits to, so that a pre-signature pays a result only as the answer to one request."""
+    h = answer_hash(request, result_hash(result))
+    assert h == keccak256(b"A402/answer/v1" + keccak256(request) + keccak256(result))
+    assert h == answer_hash_of(keccak256(request), result_hash(result))
+    assert h not in (result_hash(result), result_hash(request + result))
+
+
+def test_another_request_or_result_gives_another_answer_hash() -> None:
+    h = answer_hash(b"GET /weather", result_hash(b"sunny"))
+    assert answer_hash(b"POST /echo", result_hash(b"sunny")) != h
+    assert answer_hash(b"GET /weather", result_hash(b"rainy")) != h
+    with pytest.raises(ValueError):
+        answer_hash(b"GET /weather", b"\x00" * 31)
+    with pytest.raises(ValueError):
+        answer_hash_of(b"\x00" * 33, result_hash(b"sunny"))
 
 
 def test_addresses_may_be_given_as_hex() -> None:

@@ -5,7 +5,7 @@ Nothing in this package performs I/O. The pieces of one paid request:
 >>> from a402.crypto import EVM, generate_adaptor, sealing
 >>> provider = EVM.generate_key()
 >>> t, T = generate_adaptor()                       # provider enclave, per request
->>> m = bytes(32)                                   # really: payment_message(...)
+>>> m = bytes(32)                     # really: payment_message(..., answer_hash(...))
 >>> presig = EVM.pre_sign(provider, m, T)           # REPLY carries (T, presig, EncRes)
 >>> EVM.pre_verify(provider.public_key, m, T, presig)  # vault
 True
@@ -22,7 +22,14 @@ See :mod:`a402.crypto.schnorr` for the signature schemes and encodings,
 from . import authorization, message, sealing
 from .authorization import EcdsaSigner, sign_authorization
 from .errors import CryptoError, ExtractionError, InvalidKeyError, SealError
-from .message import PaymentDomain, authorization_digest, payment_message, result_hash
+from .message import (
+    PaymentDomain,
+    answer_hash,
+    answer_hash_of,
+    authorization_digest,
+    payment_message,
+    result_hash,
+)
 from .schnorr import (
     BIP340,
     EVM,
@@ -55,6 +62,8 @@ __all__ = [
     "SealError",
     "SecretKey",
     "adaptor_point",
+    "answer_hash",
+    "answer_hash_of",
     "authorization",
     "authorization_digest",
     "generate_adaptor",

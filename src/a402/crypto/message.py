@@ -1,8 +1,8 @@
 """The A402 payment message ``m`` and the vault's authorization digest.
 
-``m = H(domain ‖ cid ‖ rid ‖ δ ‖ H(result))`` is encoded as an EIP-712 typed
-data hash, so that Python, ``A402Message.sol`` and any EIP-712 library compute
-the same 32 bytes:
+``m = H(domain ‖ cid ‖ rid ‖ δ ‖ h)`` with ``h = answer_hash(request, H(result))``
+is encoded as an EIP-712 typed data hash, so that Python, ``A402Message.sol`` and
+any EIP-712 library compute the same 32 bytes:
 
 * domain: ``EIP712Domain(string name,string version,uint256 chainId,address
   verifyingContract)`` with ``name = "A402"``, ``version = "1"``, the chain id
@@ -12,9 +12,19 @@ the same 32 bytes:
 * struct: ``A402Payment(bytes32 channelId,uint256 requestId,uint256 amount,
   bytes32 resultHash)``; ``requestId`` is the channel's request counter ``k``
   (the paper's ``rid = (cid, k)``), ``amount`` is δ in the token's base units,
-  ``resultHash = keccak256(result)``.
+  ``resultHash = h`` (:func:`answer_hash`), opaque to the contract.
 * ``m = keccak256(0x19 ‖ 0x01 ‖ domainSeparator ‖ keccak256(abi.encode(
   PAYMENT_TYPEHASH, channelId, requestId, amount, resultHash)))``.
+
+Why ``h`` is not simply ``H(result)``: the request travels to the provider's enclave
+through hosts that can rewrite frames (a vault host that encrypts the tunnel can put
+another request, sold at the same price, in an EXEC). ``H(result)`` alone would let the
+provider's pre-signature, and so the vault's σ_U, pay for whatever was executed. With
+``h = keccak256(ANSWER_DOMAIN ‖ keccak256(request) ‖ H(result))`` the provider commits to
+this result *as the answer to* the request it executed, and the vault rebuilds ``m`` from
+the request its own enclave sent: a substituted request gives a pre-signature over another
+``m``, which the vault refuses before signing anything. The REPLY still carries
+``H(result)``, which the vault checks the opened result against.
 
 The vault's conditional payment signature ``σ_U`` (paper Alg. 2, line 30) is
 an ECDSA signature (see :mod:`a402.crypto.authorization`) over
@@ -51,6 +61,9 @@ AUTHORIZATION_TYPE = "A402PaymentAuthorization(bytes32 payment,uint256 amount,by
 DOMAIN_TYPEHASH = keccak256(DOMAIN_TYPE.encode())
 PAYMENT_TYPEHASH = keccak256(PAYMENT_TYPE.encode())
 AUTHORIZATION_TYPEHASH = keccak256(AUTHORIZATION_TYPE.encode())
+
+#: Separates an answer hash from every other keccak-256 over 64 bytes.
+ANSWER_DOMAIN = b"A402/answer/v1"
 
 _UINT256_LIMIT = 1 << 256
 
@@ -104,6 +117,27 @@ def result_hash(result: bytes) -> bytes:
     return keccak256(result)
 
 
+def answer_hash(request: bytes, result_digest: bytes) -> bytes:
+    """The ``h`` that ``m`` commits to: this result as the answer to that request.
+
+    ``keccak256(ANSWER_DOMAIN ‖ keccak256(request) ‖ result_digest)``, where
+    ``result_digest = H(result)`` (:func:`result_hash`) and ``request`` is the EXEC's
+    request bytes. Both sides compute it: the provider's enclave from the request it
+    executed, the vault's from the request it sent; they agree only if the request arrived
+    unchanged (see the module's docstring).
+    """
+    return answer_hash_of(keccak256(request), result_digest)
+
+
+def answer_hash_of(request_digest: bytes, result_digest: bytes) -> bytes:
+    """:func:`answer_hash` for whoever holds only ``keccak256(request)`` (a validator)."""
+    return keccak256(
+        ANSWER_DOMAIN
+        + _bytes32(request_digest, "request digest")
+        + _bytes32(result_digest, "result hash")
+    )
+
+
 def _typed(domain: PaymentDomain, struct_hash: bytes) -> bytes:
     return keccak256(b"\x19\x01" + domain.separator + struct_hash)
 
@@ -115,7 +149,11 @@ def payment_message(
     amount: int,
     result_digest: bytes,
 ) -> bytes:
-    """The 32-byte payment message ``m`` the provider pre-signs."""
+    """The 32-byte payment message ``m`` the provider pre-signs.
+
+    ``result_digest`` is the ``h`` of ``m``: :func:`answer_hash` in the ASC exchange (the
+    contract takes it as given, as ``resultHash``).
+    """
     struct_hash = keccak256(
         PAYMENT_TYPEHASH
         + _bytes32(channel_id, "channel id")
