@@ -39,6 +39,7 @@ from a402.crypto import (
     PaymentDomain,
     ResultContext,
     SchnorrScheme,
+    answer_hash,
     generate_adaptor,
     is_adaptor_secret,
     payment_message,
@@ -54,6 +55,8 @@ REQUEST_TARGET_US = 1_000.0
 GAS_TARGET = 10_000
 
 RESULT_1KIB = bytes(range(256)) * 4
+#: The EXEC's request bytes (m commits to the answer hash of the request and the result).
+REQUEST = b"GET /v1/answer?q=42 " + bytes(range(64))
 DOMAIN = PaymentDomain(31337, b"\x5a" * 20)
 CHANNEL = b"\xc1" * 32
 REQUEST_ID = 42
@@ -142,14 +145,14 @@ def paid_request(number: int, repeat: int) -> dict[str, Timing]:
     def provider() -> tuple[bytes, bytes, bytes, Any, Any]:
         t, adaptor = generate_adaptor()
         h = result_hash(RESULT_1KIB)
-        m = payment_message(DOMAIN, CHANNEL, REQUEST_ID, AMOUNT, h)
+        m = payment_message(DOMAIN, CHANNEL, REQUEST_ID, AMOUNT, answer_hash(REQUEST, h))
         presig = EVM.pre_sign(provider_key, m, adaptor)
         return t, adaptor, h, presig, seal(t, RESULT_1KIB, context)
 
     t, adaptor, h, presig, sealed = provider()
 
     def vault() -> bytes:
-        m = payment_message(DOMAIN, CHANNEL, REQUEST_ID, AMOUNT, h)
+        m = payment_message(DOMAIN, CHANNEL, REQUEST_ID, AMOUNT, answer_hash(REQUEST, h))
         if not EVM.pre_verify(provider_key.public_key, m, adaptor, presig):
             raise AssertionError("honest pre-signature rejected")
         sign_authorization(vault_signer, DOMAIN, m, AMOUNT, presig.r)

@@ -49,7 +49,14 @@ from web3.types import RPCEndpoint
 
 from a402.chain.node import Chain, start_anvil
 from a402.chain.tx import deploy_contract, transact
-from a402.crypto import EVM, EcdsaSigner, generate_adaptor, payment_message, result_hash
+from a402.crypto import (
+    EVM,
+    EcdsaSigner,
+    answer_hash,
+    generate_adaptor,
+    payment_message,
+    result_hash,
+)
 from a402.crypto.authorization import sign_authorization
 from a402.crypto.vault_messages import (
     BalanceStatement,
@@ -186,7 +193,7 @@ def measure_entry_points(b: Bench) -> dict[str, int]:
     client, provider = b.payees(2)
     terms = VaultChannelTerms(client, provider, schnorr.public_key, 10**6, os.urandom(32))
     cid = vault_channel_id(vault.domain, terms)
-    h = result_hash(b"result")
+    h = answer_hash(b"request", result_hash(b"result"))  # the h of m
     m = payment_message(vault.domain, cid, 3, 1_000, h)
     t, big_t = generate_adaptor()
     presig = EVM.pre_sign(schnorr, m, big_t)

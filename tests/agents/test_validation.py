@@ -78,8 +78,9 @@ def deliver(chain: Chain, result: bytes) -> Delivery:
     assert isinstance(ack, Ack) and isinstance(auth, Auth)
     provider.receive(decode(encode(ack)), now=3)
     assert reply.result_hash == result_hash(result)
-    return Delivery(DeliveredResult(vault.channel_id, exec_.request_id, PRICE, reply.result_hash),
-                    ack, vault_key.address, domain, auth, reply)
+    delivered = DeliveredResult(vault.channel_id, exec_.request_id, PRICE, reply.result_hash,
+                                keccak256(exec_.request))
+    return Delivery(delivered, ack, vault_key.address, domain, auth, reply)
 
 
 @pytest.fixture(scope="module")

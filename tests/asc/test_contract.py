@@ -32,6 +32,7 @@ from a402.chain.node import Chain
 from a402.chain.tx import TransactionFailed, deploy_contract, transact
 from a402.crypto import (
     EVM,
+    answer_hash,
     authorization_digest,
     generate_adaptor,
     payment_message,
@@ -438,7 +439,8 @@ def test_provider_force_close_publishes_s_and_the_vault_extracts_t(
     (delivered,) = vault.provider_force_closed(from_log.request_id, from_log.signature).events
     assert (delivered.result, delivered.on_chain) == (result, True)
     (event,) = manager.events("ProviderForceClosed", receipt)
-    assert event["resultHash"] == result_hash(result)
+    # The h of m: the result as the answer to the request (``authorise`` sends b"request").
+    assert event["resultHash"] == answer_hash(b"request", result_hash(result))
     assert (event["version"], event["amount"]) == (1, 250_000)
 
 

@@ -49,6 +49,7 @@ from a402.crypto import (
     PaymentDomain,
     ResultContext,
     SecretKey,
+    answer_hash,
     generate_adaptor,
     payment_message,
     result_hash,
@@ -294,7 +295,9 @@ def test_ack_timeout_signals_a_force_close_once_and_a_late_ack_still_counts(w: W
     claim = due.claim
     assert (claim.state, claim.request_id, claim.amount) == (BalanceState(0, DEPOSIT, 0), 0, 100)
     assert claim.vault_signature == b""  # the opening state needs none
-    m = payment_message(w.domain, w.cid, 0, 100, result_hash(b"r"))
+    # The contract rebuilds m from the claim's result hash: the answer hash m commits to.
+    assert claim.result_hash == answer_hash(b"req", result_hash(b"r"))
+    m = payment_message(w.domain, w.cid, 0, 100, claim.result_hash)
     assert EVM.verify(w.terms.provider_key, m, claim.signature)
     assert claim.e == reply.presignature[:32]
     assert w.provider.poll(now=99).events == ()
@@ -435,7 +438,7 @@ def test_reply_whose_presignature_does_not_match_h_or_t_is_rejected(w: World) ->
     )
     rejects(w.vault, dataclasses.replace(reply, adaptor_point=other_point), Reason.BAD_PRESIGNATURE)
     # A pre-signature on m under T by a key other than the registered one.
-    m = payment_message(w.domain, w.cid, 0, 100, reply.result_hash)
+    m = payment_message(w.domain, w.cid, 0, 100, answer_hash(b"req", reply.result_hash))
     stranger = EVM.pre_sign(EVM.generate_key(), m, reply.adaptor_point)
     rejects(
         w.vault,
@@ -443,7 +446,7 @@ def test_reply_whose_presignature_does_not_match_h_or_t_is_rejected(w: World) ->
         Reason.BAD_PRESIGNATURE,
     )
     # A pre-signature for another amount (m binds δ).
-    m_other = payment_message(w.domain, w.cid, 0, 99, reply.result_hash)
+    m_other = payment_message(w.domain, w.cid, 0, 99, answer_hash(b"req", reply.result_hash))
     cheaper = EVM.pre_sign(w.schnorr, m_other, reply.adaptor_point)
     rejects(
         w.vault,
@@ -467,12 +470,39 @@ def test_reply_whose_presignature_does_not_match_h_or_t_is_rejected(w: World) ->
     assert w.vault.receive(reply, now=1).events == (PaymentAuthorized(0, 100),)
 
 
+def test_a_reply_to_a_request_the_vault_did_not_send_gets_no_authorization(w: World) -> None:
+    """A host rewrites the request inside the EXEC (same channel, id and δ): the provider
+    runs the substitute and pre-signs the answer to it, which the vault, rebuilding m from
+    the request it sent, refuses before any σ_U. Nothing is paid; δ stays locked until the
+    vault gives the request up."""
+    exec_ = w.vault.request(b"GET /weather", 100, now=0)
+    swapped = dataclasses.replace(exec_, request=b"POST /echo")
+    (run,) = w.provider.receive(wire(swapped), now=0).events
+    assert run == ExecuteRequest(0, 100, b"POST /echo")
+    reply = w.provider.reply(0, b"echo")
+    rejects(w.vault, reply, Reason.BAD_PRESIGNATURE)
+    assert (w.vault.status, w.vault.locked, w.vault.provider_balance) == (Status.LOCKED, 100, 0)
+    # Nor does a pre-signature over m with H(result) alone (m as it was before it bound
+    # the request) pass, whatever request was run.
+    t, adaptor = generate_adaptor()
+    bare = payment_message(w.domain, w.cid, 0, 100, result_hash(b"echo"))
+    legacy = dataclasses.replace(
+        reply, adaptor_point=adaptor,
+        presignature=EVM.pre_sign(w.schnorr, bare, adaptor).to_bytes(),
+        sealed_result=seal(t, b"echo", ResultContext(w.cid, 0)).to_bytes(),
+    )
+    rejects(w.vault, legacy, Reason.BAD_PRESIGNATURE)
+    (expired,) = w.vault.abandon().events
+    assert expired == RequestExpired(0, 100)
+    assert (w.vault.free, w.vault.provider_balance) == (DEPOSIT, 0)
+
+
 # --------------------------------------------------------------------- AUTH
 
 
 def test_auth_not_from_the_vault_over_these_terms_is_rejected(w: World) -> None:
     reply, auth = to_auth(w, 100, b"r")
-    m = payment_message(w.domain, w.cid, 0, 100, reply.result_hash)
+    m = payment_message(w.domain, w.cid, 0, 100, answer_hash(b"req", reply.result_hash))
     e = reply.presignature[:32]
     forged = [
         sign_authorization(w.provider_key, w.domain, m, 100, e),  # not the vault

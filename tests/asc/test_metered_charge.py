@@ -14,7 +14,15 @@ import pytest
 from a402.asc import Reason, RemoteProtocolError, Reply, ResultDelivered, Status
 from a402.asc.errors import LocalProtocolError
 from a402.asc_manager import ASCManager
-from a402.crypto import EVM, ResultContext, generate_adaptor, payment_message, result_hash, seal
+from a402.crypto import (
+    EVM,
+    ResultContext,
+    answer_hash,
+    generate_adaptor,
+    payment_message,
+    result_hash,
+    seal,
+)
 
 from .helpers import balance, reverts_with, wire
 from .test_contract import DEPOSIT, MakeParties, final_state, opened, settle_and_check
@@ -60,7 +68,8 @@ def test_a_charge_above_delta_is_refused_by_the_provider_machine_and_by_the_vaul
     # A faulty enclave that pre-signs m for δ + 1 anyway gets no σ_U.
     t, adaptor = generate_adaptor()
     h = result_hash(b"r")
-    m = payment_message(p.manager.domain, p.cid, exec_.request_id, 1_001, h)
+    m = payment_message(p.manager.domain, p.cid, exec_.request_id, 1_001,
+                        answer_hash(exec_.request, h))
     presignature = EVM.pre_sign(p.schnorr, m, adaptor)
     sealed = seal(t, b"r", ResultContext(p.cid, exec_.request_id))
     over = Reply(p.cid, exec_.request_id, 1_001, h, adaptor, presignature.to_bytes(),

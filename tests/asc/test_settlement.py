@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from a402.asc import Auth, EvmSettlement, Reveal, state_signer
-from a402.crypto import EVM, payment_message
+from a402.crypto import EVM, answer_hash, payment_message
 from a402.crypto.authorization import authorization_signer
 
 from .helpers import wire
@@ -25,7 +25,8 @@ def test_the_evm_exchange_carries_the_contracts_message_signatures_and_an_ack() 
     exec_ = w.vault.request(b"GET /", 700, now=0.0)
     w.provider.receive(wire(exec_), now=0.0)
     reply = w.provider.reply(exec_.request_id, b"result", charge=600)
-    m = payment_message(w.domain, w.cid, exec_.request_id, 600, reply.result_hash)
+    h = answer_hash(b"GET /", reply.result_hash)  # the result as the answer to that request
+    m = payment_message(w.domain, w.cid, exec_.request_id, 600, h)
     presignature = EVM.presignature_from_bytes(reply.presignature)
     assert len(reply.presignature) == 64
     assert EVM.pre_verify(w.terms.provider_key, m, reply.adaptor_point, presignature)

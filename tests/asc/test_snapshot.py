@@ -28,7 +28,7 @@ from a402.asc import (
     VaultChannel,
     snapshot,
 )
-from a402.crypto import EVM, EcdsaSigner, PaymentDomain
+from a402.crypto import EVM, EcdsaSigner, PaymentDomain, payment_message, result_hash
 
 from .helpers import wire
 from .test_machine import ACK, LOCK, PROVIDER_LOCK, World, new_world
@@ -176,6 +176,12 @@ def test_snapshots_written_as_json_by_earlier_code_still_restore_and_carry_on() 
     provider = ProviderChannel.restore(V1["provider_revealed"].encode(), provider_key, schnorr)
     assert vault.channel_id == provider.channel_id == vault.terms.channel_id(domain)
     assert vault.status is provider.status is Status.PENDING
+    # Its m was made before m bound the request (over H(result) alone): restored, its claim
+    # carries the h of that m, from which the contract rebuilds m, so the claim still holds.
+    claim = provider.claim()
+    assert claim.result_hash == result_hash(b"sunny")
+    old_m = payment_message(domain, provider.channel_id, claim.request_id, 60, claim.result_hash)
+    assert claim.amount == 60 and EVM.verify(schnorr.public_key, old_m, claim.signature)
     reveal = provider.pending_reveal()
     assert reveal is not None
     step = vault.receive(wire(reveal), now=1002)

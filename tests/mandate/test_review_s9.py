@@ -123,19 +123,23 @@ def _delivery(price: int) -> tuple[Any, Any, Any, Any, Any, Any]:
     reveal = provider.receive(decode(encode(auth)), now=2).send[0]
     ack = vault.receive(decode(encode(reveal)), now=3).send[0]
     assert isinstance(ack, Ack)
-    delivered = DeliveredResult(vault.channel_id, exec_.request_id, price, reply.result_hash)
+    from a402.evm.keccak import keccak256
+
+    delivered = DeliveredResult(vault.channel_id, exec_.request_id, price, reply.result_hash,
+                                keccak256(exec_.request))
     return delivered, ack, vault_key.address, domain, auth, reply
 
 
-@pytest.mark.parametrize("claim", ["amount", "result_hash"])
+@pytest.mark.parametrize("claim", ["amount", "result_hash", "request_digest"])
 def test_a_validator_does_not_vouch_for_an_amount_or_result_the_receipt_does_not_show(
     claim: str,
 ) -> None:
     """The provider (the agent's owner) chooses what it asks the validator about: the real
     receipt of a 2_500 request, but a DeliveredResult claiming 2_500 x 10^6 paid (or another
-    result's hash). check_receipt compares only channel, request id, version and the vault's
-    signature, so answer_with_receipt would publish a score of 100 "for the delivery committed
-    to by h and amount" that no receipt supports. Expected: ValidationRefused."""
+    result's hash, or the answer to another request). check_receipt compares only channel,
+    request id, version and the vault's signature, so answer_with_receipt would publish a
+    score of 100 "for the delivery committed to by h and amount" that no receipt supports.
+    Expected: ValidationRefused."""
     import dataclasses
 
     from a402.agents.validation import ValidationRefused, check_receipt
@@ -144,7 +148,7 @@ def test_a_validator_does_not_vouch_for_an_amount_or_result_the_receipt_does_not
     # the honest claim holds
     check_receipt(ack, delivered, vault=vault, domain=domain, auth=auth, reply=reply)
     lie = (dataclasses.replace(delivered, amount=2_500 * 10**6) if claim == "amount"
-           else dataclasses.replace(delivered, result_hash=os.urandom(32)))
+           else dataclasses.replace(delivered, **{claim: os.urandom(32)}))
     with pytest.raises(ValidationRefused) as refused:
         check_receipt(ack, lie, vault=vault, domain=domain, auth=auth, reply=reply)
     assert refused.value.reason == "receipt_wrong_amount_or_result"

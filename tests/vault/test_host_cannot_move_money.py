@@ -44,7 +44,7 @@ from a402.wire.a402 import REQUEST_AD, Envelope, HttpRequest, Kind
 from tests.a402_exchange.helpers import PRICES, World
 from tests.asc.helpers import selector
 
-from .helpers import Vault, assert_conserved, client_of, expected, running_vault
+from .helpers import Vault, assert_conserved, client_of, expected, running_vault, wait_for
 
 pytestmark = pytest.mark.anvil
 PRICE = PRICES["GET /weather"]
@@ -295,9 +295,6 @@ class RequestSwappingHost:
         return bytes(self._encrypt(handle, plaintext, ad=ad))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open (review s14): the vault host can substitute the EXEC's request: m = "
-    "A402Payment(cid, rid, δ, h) does not bind it; see note"))
 def test_a_vault_host_that_swaps_the_request_in_an_exec_gets_no_payment_for_it(
     world: World, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -306,13 +303,13 @@ def test_a_vault_host_that_swaps_the_request_in_an_exec_gets_no_payment_for_it(
     was not asked for that by anyone who pays: it must not be paid for it — the exchange is
     refused before σ_U, or no state pays it — and the client's pool balance is whole.
 
-    Note (today's code): the swap goes through. The provider's enclave runs ``POST /echo``,
-    pre-signs m over its result, which does not name the request; the vault enclave's machine
-    pre-verifies it (:meth:`a402.asc.VaultChannel._on_reply`) and signs σ_U; the channel pays
-    the provider δ, the close settles it on-chain (the provider gets 1 000, the client's pool
-    goes 20 000 → 19 000). Only the host's own check after payment
-    (:func:`a402.vault.tunnel._paid`: the result's request digest) notices, and answers the
-    client ``paid`` with ``result_mismatch`` — a check a cheating host skips.
+    Why it is refused: the provider's enclave runs ``POST /echo`` and pre-signs
+    m(cid, rid, δ, answer_hash(POST /echo, H(result))); the vault enclave's machine
+    (:meth:`a402.asc.VaultChannel._on_reply`) rebuilds m from the request it sent
+    (``GET /weather``), the pre-signature does not verify on it (``bad_presignature``), and
+    no σ_U is signed. (Before m bound the request it went through: the provider was paid
+    1 000 on-chain and only the host's own check after payment, a check a cheating host
+    skips, noticed.)
     """
     provider = world.provider(routes={**PRICES, "POST /echo": PRICE})
     with serve_in_thread(provider.app) as site, running_vault(world) as vault:
@@ -331,8 +328,13 @@ def test_a_vault_host_that_swaps_the_request_in_an_exec_gets_no_payment_for_it(
         # state pays it, and the client is not told it paid.
         assert (channel.provider_balance, channel.locked) == (0, 0), answer.json()
         assert answer.json()["outcome"] != api.PAID
-        closed = client.close_channel(row.cid)
-        assert closed["providerPayout"] == "0"
+        # The provider holds the request it ran (its REPLY refused) until its own lock on
+        # it ends, and co-signs the close only then: the vault's worker closes it after.
+        client.close_channel(row.cid)
+        settled = wait_for(
+            lambda: (c := vault.store.channel(row.cid)).phase == vault_store.SETTLED and c,
+            what="settlement")
+        assert (settled.provider_payout, settled.client_payout) == ("0", settled.deposit)
         assert world.balance(provider.address) == 0
         assert world.manager.pooled(vault.address, account.address) == 20_000
 

@@ -20,7 +20,14 @@ from eth_account.signers.local import LocalAccount
 
 from a402.chain.node import Chain
 from a402.chain.tx import transact
-from a402.crypto import EVM, EcdsaSigner, generate_adaptor, payment_message, result_hash
+from a402.crypto import (
+    EVM,
+    EcdsaSigner,
+    answer_hash,
+    generate_adaptor,
+    payment_message,
+    result_hash,
+)
 from a402.crypto.authorization import sign_authorization
 from a402.crypto.vault_messages import (
     VaultChannelTerms,
@@ -217,7 +224,7 @@ class Channel:
 
     def claim(self, request_id: int = 0, *, authorizer: EcdsaSigner | None = None) -> PendingClaim:
         domain = self.vault.domain
-        h = result_hash(b"the result")
+        h = answer_hash(b"the request", result_hash(b"the result"))  # the h of m
         m = payment_message(domain, self.cid, request_id, self.amount, h)
         t, big_t = generate_adaptor()
         presig = EVM.pre_sign(self.schnorr, m, big_t)

@@ -12,9 +12,9 @@ evidence is the vault's receipt for it (the ASC ``ACK``: the vault's signature
 on the balance state that paid request ``rid``):
 
 1. the provider (the agent's owner) commits to what it delivered,
-   :class:`DeliveredResult` ``(channel id, rid, amount, h = H(result))``, whose
-   :meth:`~DeliveredResult.request_hash` it sends as ``validationRequest``
-   to a validator of its choice — its own attested enclave, or anyone — for its
+   :class:`DeliveredResult` ``(channel id, rid, amount, h = H(result),
+   keccak256(request))``, whose :meth:`~DeliveredResult.request_hash` it sends as
+   ``validationRequest`` to a validator of its choice — its own attested enclave, or anyone — for its
    agent: the registry files it under :func:`request_key` ``(agentId, hash)``;
 2. the validator, holding the receipt (and the request's AUTH and REPLY, which
    bind the amount and the result hash: the ACK states neither), calls
@@ -50,7 +50,7 @@ from web3.types import TxReceipt
 
 from a402.agents.onchain import AgentSuite, _Bound, _events
 from a402.asc import Ack, Auth, Reply, encode, state_signer
-from a402.crypto import EVM, CryptoError, PaymentDomain, payment_message
+from a402.crypto import EVM, CryptoError, PaymentDomain, answer_hash_of, payment_message
 from a402.crypto.authorization import authorization_signer
 from a402.evm.address import address_bytes
 from a402.evm.keccak import keccak256
@@ -72,18 +72,31 @@ class ValidationRefused(ValueError):
 
 @dataclass(frozen=True)
 class DeliveredResult:
-    """One delivered A402 result, as the provider commits to it."""
+    """One delivered A402 result, as the provider commits to it.
+
+    ``result_hash`` is ``H(result)`` (the REPLY's ``h``) and ``request_digest`` is
+    ``keccak256(request)`` of the EXEC's request: the payment message ``m`` commits to
+    their :func:`~a402.crypto.answer_hash_of` (:attr:`answer`), so the vault's σ_U pays
+    that result as the answer to that request and nothing else.
+    """
 
     channel_id: bytes
     request_id: int
     amount: int
     result_hash: bytes
+    request_digest: bytes
 
     def __post_init__(self) -> None:
-        if len(self.channel_id) != 32 or len(self.result_hash) != 32:
-            raise ValueError("channel id and result hash are 32 bytes")
+        if len(self.channel_id) != 32 or len(self.result_hash) != 32 \
+                or len(self.request_digest) != 32:
+            raise ValueError("channel id, result hash and request digest are 32 bytes")
         if not (0 <= self.request_id < 1 << 64 and 0 <= self.amount < 1 << 128):
             raise ValueError("request id is a uint64 and amount a uint128")
+
+    @property
+    def answer(self) -> bytes:
+        """The ``h`` of the payment message ``m``: this result as the answer to the request."""
+        return answer_hash_of(self.request_digest, self.result_hash)
 
     def request_hash(self) -> bytes:
         """``keccak256(domain ‖ cid ‖ rid (8 bytes) ‖ amount (16 bytes) ‖ h)``: what is asked."""
@@ -115,13 +128,14 @@ def check_receipt(ack: Ack, delivered: DeliveredResult, *, vault: str,
     to ``vault`` over the channel state's EIP-712 digest in ``domain``.
 
     The ACK states neither the amount nor the result's hash, so the claim's
-    ``amount`` and ``result_hash`` are bound by the vault's own ``σ_U`` (``auth``,
-    the AUTH of that request): the vault signed ``authorization_digest(m, δ, e)``
-    where ``m = payment_message(cid, rid, δ, h)`` and ``e`` is the challenge of the
-    provider's pre-signature (``reply``, the REPLY of that request). Recomputed here
-    from the *claimed* δ and h, it recovers to the vault only if the vault paid that
-    amount for that result hash; a provider cannot make it vouch for more, or for
-    another result (``receipt_wrong_amount_or_result``).
+    ``amount``, ``result_hash`` and ``request_digest`` are bound by the vault's own ``σ_U``
+    (``auth``, the AUTH of that request): the vault signed ``authorization_digest(m, δ, e)``
+    where ``m = payment_message(cid, rid, δ, answer_hash(request, h))`` and ``e`` is the
+    challenge of the provider's pre-signature (``reply``, the REPLY of that request).
+    Recomputed here from the *claimed* δ, h and request digest, it recovers to the vault
+    only if the vault paid that amount for that result to that request; a provider cannot
+    make it vouch for more, or for another result or request
+    (``receipt_wrong_amount_or_result``).
     """
     if ack.channel_id != delivered.channel_id:
         raise ValidationRefused("receipt_wrong_channel", "the receipt is for another channel")
@@ -147,7 +161,7 @@ def check_receipt(ack: Ack, delivered: DeliveredResult, *, vault: str,
     try:
         challenge = EVM.presignature_from_bytes(reply.presignature).r
         m = payment_message(domain, delivered.channel_id, delivered.request_id,
-                            delivered.amount, delivered.result_hash)
+                            delivered.amount, delivered.answer)
         paid_by = authorization_signer(domain, m, delivered.amount, challenge,
                                        auth.authorization)
     except (ValueError, CryptoError):
@@ -155,7 +169,7 @@ def check_receipt(ack: Ack, delivered: DeliveredResult, *, vault: str,
     if paid_by is None or paid_by != address_bytes(vault):
         raise ValidationRefused("receipt_wrong_amount_or_result",
                                 "the vault's σ_U does not pay the claimed amount for the "
-                                "claimed result hash")
+                                "claimed result hash and request")
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,22 @@ randomness comes only from :mod:`a402.crypto` (adaptor secrets, nonces).
 One paid request (paper Alg. 2; architecture "The A402 exchange")::
 
     vault                                   provider enclave
-    OPEN, free ≥ δ: lock δ, LOCKED ──EXEC──▶ run the request
+    OPEN, free ≥ δ: lock δ, LOCKED ──EXEC──▶ run the request req
                                             t, T = t·G, h = H(res), δ' ≤ δ the charge,
-                                            m = m(cid, rid, δ', h)
+                                            m = m(cid, rid, δ', answer_hash(req, h))
     δ' ≤ δ, pre-verify σ̂, PENDING ◀─REPLY── σ̂ = pre-sign(m, T), EncRes = seal(t, res)
+     (on m from the req it sent)
                  σ_U over (m, δ', e) ──AUTH──▶ check σ_U
    t·G = T, open EncRes, credit δ', ◀─REVEAL─ t, and its signature on the new state
               OPEN; sign the state ──ACK───▶ co-signed state; OPEN
+
+The request is bound too: ``m`` commits to ``answer_hash(req, h)``
+(:func:`a402.crypto.answer_hash`), and the vault rebuilds it from the request *it* sent
+in the EXEC, never from anything the provider or a host relays. A host that rewrites
+the EXEC's request (the vault's host encrypts tunnel frames, so it can) makes the
+provider pre-sign another ``m``: the vault refuses that REPLY (``bad_presignature``)
+before σ_U exists, so nobody is paid for a request the client never asked for. The
+REPLY carries ``h = H(res)`` itself, which the vault checks the opened result against.
 
 The charge δ' is δ for a fixed price; a metered route's enclave computes it from
 the result (:mod:`a402.metering`). It travels in REPLY and is the amount of ``m``,
@@ -80,6 +89,7 @@ from a402.crypto import (
     ResultContext,
     SecretKey,
     adaptor_point,
+    answer_hash,
     generate_adaptor,
     is_adaptor_secret,
     result_hash,
@@ -128,7 +138,9 @@ class ForceCloseClaim:
     """Everything ``ASCManager.forceClose`` takes besides the terms.
 
     ``signature`` (``e ‖ s``) is the provider's pre-signature completed with
-    ``t``; publishing it is what lets the vault extract ``t``.
+    ``t``; publishing it is what lets the vault extract ``t``. ``result_hash`` is the
+    ``h`` of ``m`` (the contract's ``resultHash``, from which it rebuilds ``m``): the
+    answer hash of the request and its result, not ``H(result)`` itself.
     """
 
     state: BalanceState
@@ -616,10 +628,14 @@ class VaultChannel(_Channel):
         refusal = self._refusal(reply.amount)
         if refusal is not None:
             raise RemoteProtocolError(*refusal)
-        m = self._message(pending.request_id, reply.amount, reply.result_hash)
+        # m names the request this machine sent (pending.request), so a pre-signature
+        # over the answer to any other request (one a host put in the EXEC) fails here.
+        answer = answer_hash(pending.request, reply.result_hash)
+        m = self._message(pending.request_id, reply.amount, answer)
         if not settlement.pre_verify(m, reply.adaptor_point, presignature):
             raise RemoteProtocolError(
-                Reason.BAD_PRESIGNATURE, "σ̂ does not verify for m(cid, rid, δ', h) under T"
+                Reason.BAD_PRESIGNATURE,
+                "σ̂ does not verify for m(cid, rid, δ', answer_hash(request, h)) under T",
             )
         authorization = settlement.authorize(
             self._key, m, reply.amount, presignature, reply.adaptor_point
@@ -848,6 +864,10 @@ class _ProviderRequest:
     #: The charge δ' ≤ δ committed in ``m`` (set by :meth:`ProviderChannel.reply`).
     charge: int = 0
     adaptor_point: bytes = b""
+    #: The ``h`` of ``message``, what an on-chain claim gives the contract to rebuild ``m``:
+    #: ``answer_hash(request, H(result))``. (An inflight restored from a snapshot written
+    #: before ``m`` bound the request holds the ``H(result)`` its ``m`` was built on, which
+    #: is equally the ``h`` of its ``m``, so its claim still verifies.)
     result_hash: bytes = b""
     message: bytes = b""
     presignature: PreSignature | None = None
@@ -1005,6 +1025,10 @@ class ProviderChannel(_Channel):
     ) -> Reply:
         """Step ②: commit to ``result`` for the executing request — REPLY(δ', h, T, σ̂, EncRes).
 
+        ``σ̂`` pre-signs ``m(cid, rid, δ', answer_hash(request, h))``: the result as the
+        answer to the request this channel received in the EXEC (``h = H(result)``, which
+        the REPLY carries).
+
         ``charge`` is δ', what this result costs (a metered route: computed by the
         enclave from the result); by default the EXEC's δ. It must be within
         ``0 ≤ δ' ≤ δ``: the provider can never commit to more than the vault locked.
@@ -1033,11 +1057,12 @@ class ProviderChannel(_Channel):
         else:
             t, adaptor = adaptor_secret, adaptor_point(adaptor_secret)
         h = result_hash(result)
-        m = self._message(request_id, charge, h)
+        answer = answer_hash(inflight.request, h)  # this result, as the answer to that request
+        m = self._message(request_id, charge, answer)
         presignature = self._presigner.pre_sign(m, adaptor)
         sealed = seal(t, result, ResultContext(self.channel_id, request_id))
         inflight.adaptor_secret, inflight.adaptor_point = t, adaptor
-        inflight.result_hash, inflight.message, inflight.presignature = h, m, presignature
+        inflight.result_hash, inflight.message, inflight.presignature = answer, m, presignature
         inflight.charge = charge
         return Reply(
             self.channel_id, request_id, charge, h, adaptor,
