@@ -115,6 +115,13 @@ states, the ACK — is signed here from state this code checked, so the host
 reading or writing tunnel plaintext can only drop, delay or garble frames
 (which the provider's timeouts and the contract's dispute paths cover), and it
 sees ``t`` and the sealed result, which it must deliver to the client anyway.
+That holds for the EXEC too, although the host could put another request in it
+(same channel, request id and price): the payment message ``m`` commits to
+``answer_hash(request, H(result))``, and the channel's machine here rebuilds it
+from the request *this code* sent (built from the client's signed call), so the
+provider's pre-signature over the answer to a substituted request does not
+pre-verify, and no σ_U is signed for it (``bad_presignature``; the machine's
+:meth:`~a402.asc.VaultChannel._on_reply`). A garbled EXEC is a dropped one.
 
 Persistence. Everything leaves sealed under the code's own key (the host's
 ``unseal`` cannot open it), but the entries of the channels' logs (below, bound by a

@@ -43,7 +43,9 @@ pre-verify against the provider's key, ``T`` and the sighash the *vault* compute
 close it built itself; otherwise the machine refuses the REPLY (``bad_presignature``) and
 the channel is unchanged. The sighash does not commit to ``h = H(result)`` (a transaction
 cannot): the vault still refuses a result whose hash is not ``h``, but that the sealed bytes
-are the service's answer rests on the provider's attested enclave, as in the paper.
+are the service's answer rests on the provider's attested enclave, as in the paper. Nor does
+it commit to the request (the EVM ``m`` does, through its ``answer_hash``): a REPLY to a
+request a host rewrote in the EXEC pre-verifies here all the same.
 
 Wire forms (the ASC messages' fixed widths, unchanged): REPLY's 64-byte pre-signature is
 ``x(R) ‖ ŝ`` of a BIP-340 adaptor pre-signature whose adapted nonce ``R`` has even ``y``

@@ -19,7 +19,8 @@ what an answer means; the bytes travel by a
 3. ``request(channel, call, δ)``: EXEC (for an enclave channel, ``call`` is the
    client's :class:`~a402.vault_enclave.SignedCall`, which the enclave checks and
    turns into the paid request) → check REPLY (pre-signature
-   on m(cid, rid, δ, h) under T with the attested key) → AUTH (σ_U) → check
+   on m(cid, rid, δ, answer_hash(request, h)) under T with the attested key, the
+   request being the one this EXEC carried) → AUTH (σ_U) → check
    REVEAL (t·G = T, the provider's state signature), open the sealed result
    and check ``H(result) = h`` and that it answers *this* request → ACK.
    Returns the service's response and the receipt (the co-signed state) as

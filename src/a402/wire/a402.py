@@ -57,9 +57,11 @@ Inside the secure channel every frame carries one envelope::
 
 The request EXEC carries is an :class:`HttpRequest`; the result the provider
 seals and pre-signs is an :class:`HttpResult`: the service's response together
-with the hash of the request that produced it, so that ``h = H(result)`` — and
-therefore the provider's signature on ``m`` — commits to *which* request was
-served, not only to what came back.
+with the hash of the request that produced it, so that ``h = H(result)`` commits
+to *which* request was served, not only to what came back (checked by the vault's
+host once it opens the result). Before anything is paid, ``m`` itself binds the
+request: it commits to ``answer_hash(request, h)`` over the EXEC's request bytes,
+which the vault's machine takes from the EXEC it sent (:mod:`a402.asc.machine`).
 
 Encodings are fixed layouts with length prefixes, like the ASC messages, and
 for the same reasons: one encoding per value, exact-length decoding, no
