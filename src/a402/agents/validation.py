@@ -14,8 +14,8 @@ on the balance state that paid request ``rid``):
 1. the provider (the agent's owner) commits to what it delivered,
    :class:`DeliveredResult` ``(channel id, rid, amount, h = H(result),
    keccak256(request))``, whose :meth:`~DeliveredResult.request_hash` it sends as
-   ``validationRequest`` to a validator of its choice — its own attested enclave, or anyone — for its
-   agent: the registry files it under :func:`request_key` ``(agentId, hash)``;
+   ``validationRequest`` to a validator of its choice — its own attested enclave, or
+   anyone — for its agent: the registry files it under :func:`request_key` ``(agentId, hash)``;
 2. the validator, holding the receipt (and the request's AUTH and REPLY, which
    bind the amount and the result hash: the ACK states neither), calls
    :func:`answer_with_receipt`: it checks them (see :func:`check_receipt`) and answers
