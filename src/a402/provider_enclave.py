@@ -52,7 +52,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from a402.asc import (
@@ -129,13 +129,16 @@ class VaultModeDomain:
 
     ``pinned_ledger``: the host's reading of ``A402Vault.ledger()``, the ledger life the
     contract's first landed settlement pinned (16 zero bytes: none landed yet, or not read
-    yet). It never changes once non-zero, so the host caches it; the call does no I/O. A
-    host that lied here could only make its own provider reveal for a record it cannot
-    claim, or refuse payments: it harms nobody but the provider."""
+    yet). It never changes once non-zero, so the host caches it; the call does no I/O.
+    ``landed_epoch``: the host's last reading of ``A402Vault.lastEpoch()`` (no I/O; it only
+    grows). A host that lied in either could only make its own provider reveal for a record
+    it cannot claim, or refuse payments: it harms nobody but the provider, whose own
+    machine it is."""
 
     domain: PaymentDomain
     vault: bytes
     pinned_ledger: Callable[[], bytes]
+    landed_epoch: Callable[[], int] = lambda: 0
 
 
 # ------------------------------------------------------------ what the host sees
@@ -178,7 +181,18 @@ class Execute:
     request: HttpRequest
 
 
-Outcome = Answer | ChannelNeeded | Execute
+@dataclass(frozen=True, slots=True)
+class EpochNeeded:
+    """Vault mode: the AUTH's pending record names settlement ``epoch``, past the
+    ``landed_epoch`` the host last read. Read ``A402Vault.lastEpoch()`` again (waiting a
+    little for a settlement just sent to land), still holding the channel's lock, then call
+    :meth:`ProviderEnclave.found` once more: the AUTH is taken only if the epoch landed."""
+
+    channel_id: bytes
+    epoch: int
+
+
+Outcome = Answer | ChannelNeeded | Execute | EpochNeeded
 
 
 class ChannelView:
@@ -362,6 +376,9 @@ class _Message:
     message: AscMessage
     acked: Ack | None
     pending: PendingNote | None = None
+    #: The host was asked to read the landed epoch for this message (:class:`EpochNeeded`).
+    #: (Only an AUTH with its pending record asks, and no ACK rides on one: ASC_PENDING.)
+    epoch_read: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -572,6 +589,13 @@ class ProviderEnclaveCode:
             if isinstance(message, Exec):
                 return self._on_exec(handle, held, pending, message)
             note = self._pending_note(held, message, pending.pending)
+            if note is not None and note.epoch > self._landed_epoch():
+                if not pending.epoch_read:  # ask the host to read the chain, then come back
+                    self._pending[handle] = replace(pending, epoch_read=True)
+                    return EpochNeeded(channel_id, note.epoch)
+                raise _Refused("epoch_not_landed", (
+                    f"the record names settlement {note.epoch}, the A402Vault has landed "
+                    f"{self._landed_epoch()}: it could not be claimed yet; nothing was revealed"))
             answer = self._on_message(held, message)
             if note is not None:
                 held.pending_note = note
@@ -612,6 +636,13 @@ class ProviderEnclaveCode:
         terms = held.channel.terms
         if not terms.vault_mode or not isinstance(message, Auth):
             return None
+        # The epoch (issue 13, review s14-rev12): ``claimPayment`` pays only once the
+        # record's epoch has landed (it names the settlement that confirmed the money behind
+        # the payment). A vault host that had such a settlement signed and withholds it would
+        # have the provider reveal for a payment it can never claim, while the client leaves
+        # with an earlier statement that still counts the money. So the AUTH is taken only
+        # once the epoch has landed (:meth:`_on_message_for`, after the host read the chain:
+        # :class:`EpochNeeded`); an honest vault names only landed epochs anyway.
         if note is None:
             raise _Refused("pending_record_required",
                            "a vault-mode AUTH comes with its signed pending record")
@@ -630,6 +661,9 @@ class ProviderEnclaveCode:
                            f"the A402Vault pinned {pinned.hex()}: it could not be claimed; "
                            "nothing was revealed")
         return note
+
+    def _landed_epoch(self) -> int:
+        return self._vault_mode.landed_epoch() if self._vault_mode else 0
 
     def on_piggybacked_ack(self, held: HeldChannel, ack: Ack) -> bool:
         """Take an ACK that rode on the next message; whether it changed the channel. As on

@@ -418,6 +418,9 @@ class VaultAccountsCode:
         self._claims = 0  # the claim chain as reported
         self._confirmed = 0  # the claim chain named by the last settlement signed
         self._epoch = 0
+        #: The chain's ``lastEpoch`` as the host last reported it (:meth:`chain_epoch`):
+        #: an account whose money rests on a later settlement pays nothing until it lands.
+        self._landed = 0
         #: Payments resolved off-chain, by the settlement that did it (until it is known to
         #: have landed: a claim of one voids that settlement, see :meth:`claim_landed`).
         self._resolved: dict[tuple[bytes, int], _Resolved] = {}
@@ -964,13 +967,31 @@ class VaultAccountsCode:
         return api.verify_request(call.headers, self.account, call.method, call.path,
                                   call.body, life=life, now=now, window=self.window)
 
+    def chain_epoch(self, landed: int) -> None:
+        """The host read ``lastEpoch`` = ``landed`` on the chain (it only grows here).
+
+        Liveness, not safety (issue 13, review s14-rev12): a pending record names the
+        client account's epoch, and ``claimPayment`` pays only once that settlement landed,
+        so a record naming a settlement the host withholds pays its provider nothing while
+        the client can leave with an earlier statement. The provider's enclave therefore
+        reveals only for a record whose epoch it reads landed (:mod:`a402.provider_enclave`),
+        whatever this host says; here, :meth:`request` refuses, before anything is locked,
+        a call of a client whose account's epoch is past what the host reports landed, so
+        an honest vault never hands out a record its providers refuse. A host that reports
+        an epoch too high only gets its clients' AUTHs refused by the providers (each
+        payment then goes back to its client after the claim window); too low, their calls
+        refused here. Not sealed: the host reports it again when it starts."""
+        self._landed = max(self._landed, landed)
+
     def request(self, channel_id: bytes, call: SignedCall, amount: int, now: float) -> Exec:
         """Step ① for a call the channel's client signed (``POST /v1/invoke`` to this
         vault, fresh within the auth window of ``now``, ``maxPrice ≥ amount``, ``payTo``
-        the channel's provider); each ``(client, idempotency key)`` pays at most once."""
+        the channel's provider); each ``(client, idempotency key)`` pays at most once, and
+        only once the settlement its account's money rests on has landed
+        (:meth:`chain_epoch`)."""
         self._check_ready()
         held = self._get(channel_id)
-        self._active(held.client)
+        payer = self._active(held.client)
         if (call.method, call.path) != ("POST", INVOKE_PATH):
             raise EnclaveError("wrong_call", f"not a signed POST {INVOKE_PATH}")
         try:
@@ -999,6 +1020,11 @@ class VaultAccountsCode:
             raise EnclaveError("wrong_payee",
                                "the call names another payee than this channel's provider; "
                                "nothing paid")
+        if payer.epoch > self._landed:
+            raise EnclaveError("funds_settling", (
+                f"nothing was paid: your account's money rests on settlement {payer.epoch}, "
+                f"which has not landed yet (the chain has {self._landed}); retry in a few "
+                "seconds"))
         exec_ = held.channel.request(paid_request(invoke).encode(), amount, now=now)
         held.call = once
         return exec_
@@ -1408,6 +1434,7 @@ _HOST_SURFACE = frozenset({
     "balance", "payable", "index_of", "statement", "totals", "channels", "channels_of",
     "participants",
     "settlement", "settlement_after", "replacement_due", "credit_deposit", "settle",
+    "chain_epoch",
     "open_channel", "terms", "channel_status", "last_ack", "acks_owed", "has_paid", "bind_tunnel",
     "authenticate", "request", "receive", "poll", "abandon", "claim_landed", "close_channel",
     "exiting",

@@ -58,7 +58,7 @@ class Provider:
 class VaultMode:
     platform: SimulatedPlatform
     enclave: Any
-    vault: VaultAccounts
+    vault: Any  # VaultAccounts, or its PlayedChain
     domain: PaymentDomain
     #: Each participant's deposits and the claim chain as the contract keeps them (the tests
     #: play the chain's part).
@@ -153,12 +153,30 @@ def enclave_address(enclave: Any) -> str:
     return to_checksum(public_key_address(PublicKey(enclave.signing_public_key)))
 
 
-def vault_mode(domain: PaymentDomain, launched: tuple[SimulatedPlatform, Any] | None = None
-               ) -> VaultMode:
-    """The vault-mode code started (first boot) in a launched enclave, for ``domain``."""
+class PlayedChain:
+    """The vault's accounts as their host sees them, on a chain the tests play: every
+    settlement lands as soon as it is signed (reported at once, :meth:`VaultAccounts.
+    chain_epoch`). On anvil the :class:`Host` reports what actually landed instead."""
+
+    def __init__(self, vault: VaultAccounts) -> None:
+        self._vault = vault
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._vault, name)
+
+    def settle(self, *args: Any, **kwargs: Any) -> Any:
+        settled = self._vault.settle(*args, **kwargs)
+        self._vault.chain_epoch(settled.settlement.epoch)
+        return settled
+
+
+def vault_mode(domain: PaymentDomain, launched: tuple[SimulatedPlatform, Any] | None = None,
+               *, played: bool = True) -> VaultMode:
+    """The vault-mode code started (first boot) in a launched enclave, for ``domain``;
+    ``played``: on a chain the tests play (settlements land when signed)."""
     platform, enclave = launched or launch()
     vault = VaultAccountsCode.start(enclave, domain=domain, network=NETWORK, first_boot=True)
-    return VaultMode(platform, enclave, vault, domain)
+    return VaultMode(platform, enclave, PlayedChain(vault) if played else vault, domain)
 
 
 def client() -> LocalAccount:
@@ -189,10 +207,13 @@ class Host:
         self.vault.deposit(depositor, participant, amount)
 
     def submit(self, signed: SignedSettlement) -> Any:
-        return self.vault.settle(self.gas, signed.payouts, signed.epoch, signed.claims,
-                                 signed.signature, self.vault.claims_since(signed.claims),
-                                 signed.not_before, prev_epoch=signed.prev,
-                                 packed_confirms=signed.confirms, ledger=signed.ledger)
+        """Land ``signed`` and tell the enclave what the chain has now, as the host does."""
+        receipt = self.vault.settle(self.gas, signed.payouts, signed.epoch, signed.claims,
+                                    signed.signature, self.vault.claims_since(signed.claims),
+                                    signed.not_before, prev_epoch=signed.prev,
+                                    packed_confirms=signed.confirms, ledger=signed.ledger)
+        self.vm.vault.chain_epoch(self.vault.last_epoch())
+        return receipt
 
     def report_claim(self, cid: bytes, request_id: int, signature: bytes) -> Any:
         """The latest ``PaymentClaimed`` of the chain, reported (it is the chain's last)."""
@@ -208,4 +229,4 @@ def vault_mode_for(host: Host) -> VaultMode:
     launched = launch()
     host.vault = A402Vault.deploy(host.chain, host.chain.accounts[0], host.token.address,
                                   enclave_address(launched[1]), SETTLE_WINDOW)
-    return vault_mode(host.vault.domain, launched)
+    return vault_mode(host.vault.domain, launched, played=False)

@@ -408,7 +408,9 @@ def test_a_provider_reveals_nothing_before_the_a402vault_pinned_a_ledger_and_pay
 ) -> None:
     """The vault confirms the client's deposit in settlement 1 but its host holds it back: no
     ledger life is pinned, and no record could be claimed (``claimPayment`` reverts
-    ``EpochNotSettled`` until epoch 1 lands). The provider refuses to reveal
+    ``EpochNotSettled`` until epoch 1 lands). Told truly what landed (nothing), the vault
+    enclave takes no call paid with that money (``funds_settling``, nothing locked). Told
+    falsely that it landed, it pays, and the provider refuses to reveal
     (``ledger_not_pinned``); once settlement 1 lands it reads the pinned life and the next
     call is paid."""
     with running(vault_chain, usdc, tmp_path) as (s, site, vault):
@@ -419,6 +421,10 @@ def test_a_provider_reveals_nothing_before_the_a402vault_pinned_a_ledger_and_pay
         s.service.tick()  # confirms the deposit in settlement 1, which does not land
         assert s.contract.last_epoch() == 0 and s.contract.ledger() == NO_LEDGER
         provider_before = balance(usdc, s.provider.address)
+        code, summary, output = s.pay(site, vault, client, "settling")
+        assert code != 0 and output == b"" and summary["error"] == "funds_settling", summary
+        assert s.account(client.address) == 20_000 and s.calls["weather"] == 0
+        s.service.accounts.chain_epoch(1)  # the lie
         code, summary, output = s.pay(site, vault, client, "unpinned")
         assert code != 0 and output == b"" and summary["error"] == api.PAYMENT_PENDING
         status, body = s.invoker._answers[(address_key(client.address), "unpinned")]
@@ -438,6 +444,42 @@ def test_a_provider_reveals_nothing_before_the_a402vault_pinned_a_ledger_and_pay
         s.service.tick()
         assert s.service.balance(s.provider.address)["free"] == str(PRICE)
         assert balance(usdc, s.provider.address) == provider_before
+
+
+def test_a_provider_reveals_nothing_for_a_record_naming_a_settlement_the_host_withholds(
+    vault_chain: Chain, usdc: Any, tmp_path: Path
+) -> None:
+    """Review s14-rev12. Settlement 1 landed (the life is pinned). The client tops up; the
+    host has the enclave sign settlement 2, which confirms the top-up, keeps it, and tells
+    the enclave it landed. The enclave then pays the client's call with a pending record
+    naming epoch 2, which no claim can use until it lands (``EpochNotSettled``), while the
+    client could leave with its earlier statement. The provider reads the chain (epoch 1,
+    for a while), refuses the AUTH (``epoch_not_landed``) and reveals nothing: the result
+    stays sealed, the provider is not paid, and the payment goes back to the client."""
+    with running(vault_chain, usdc, tmp_path) as (s, site, vault):
+        client = Account.create()
+        s.deposit(client.address, 20_000)
+        s.service.tick()  # settlement 1 lands and pins the ledger life
+        s.deposit(client.address, 5_000)
+        landing = s.service.land
+        s.service.land = lambda: []  # type: ignore[method-assign]  # the host holds it back
+        s.service.tick()  # settlement 2 confirms the top-up; it does not land
+        assert s.service.accounts.epoch == 2 and s.contract.last_epoch() == 1
+        s.service.accounts.chain_epoch(2)  # the lie
+        provider_before = balance(usdc, s.provider.address)
+        code, summary, output = s.pay(site, vault, client, "withheld")
+        assert code != 0 and output == b"" and summary["error"] == api.PAYMENT_PENDING
+        status, body = s.invoker._answers[(address_key(client.address), "withheld")]
+        assert (status, body["providerReason"]) == (202, "epoch_not_landed")
+        assert s.calls["weather"] == 1  # the service ran; its result stays sealed
+        assert s.account(client.address) == 25_000 - PRICE  # pending, in no statement
+        s.service.land = landing  # type: ignore[method-assign]
+        increase_time(vault_chain, 3_601)
+        s.service.tick()  # settlement 2 lands; the unrevealed payment
+        s.service.tick()  # goes back to the client
+        assert s.account(client.address) == 25_000
+        assert balance(usdc, s.provider.address) == provider_before
+        assert s.service.balance(s.provider.address)["free"] == "0"
 
 
 def test_a_paid_call_retried_after_a_restart_gets_its_stored_answer_and_is_paid_once(

@@ -16,6 +16,7 @@ from eth_account.signers.local import LocalAccount
 from a402.asc import ForceCloseDue
 from a402.chain.tx import transact
 from a402.crypto.vault_messages import VaultChannelTerms, unpack_payouts
+from a402.tee import EnclaveError
 from a402.vault.watchtower import VaultWatchtower
 from a402.vault_accounts import CLAIM_WINDOW, PendingRecord
 from a402.vault_contract import AccountStatus, PendingClaim
@@ -197,19 +198,17 @@ def test_a_replacement_settlement_does_not_pay_a_deposit_the_host_invented(host:
     assert balance(usdc, vault.address) == 20_000 - PRICE  # Alice's, all of it
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "review s14-rev12 finding 2: the provider enclave reveals for a pending record whose "
-    "epoch has not landed (only its ledger life is checked); not fixed here"))
-def test_a_provider_is_paid_when_the_host_withholds_the_settlement_confirming_the_client(
+def test_a_client_pays_nothing_with_money_a_settlement_the_host_withholds_confirmed(
     host: Host,
 ) -> None:
     """A cheating host colluding with Alice (review s14-rev12). Bob's settlement landed
     (the ledger life is pinned). Alice deposits; the host has the enclave sign the
-    settlement confirming it and keeps it. Every pending record of Alice's payments names
-    that epoch (her account's), so no claim of one lands (EpochNotSettled), and no later
-    settlement crediting the provider lands either. Alice leaves with the empty statement
-    she got before (force-settle pays her unconfirmed deposit back): she was served, the
-    provider revealed, and it should still get PRICE."""
+    settlement confirming it and keeps it. A pending record of a payment of hers would name
+    that epoch, which no claim can use until it lands, while Alice could leave with the
+    empty statement she got before: served, and the provider unpaid. So the enclave takes
+    no call of hers until its host reports that settlement landed (what a lying host
+    reports instead meets the provider's own check: ``test_invoke_http``); she leaves with
+    her deposit, and nobody was paid anything."""
     vm, vault, usdc = host.vm, host.vault, host.token
     alice, bob = client(), client()
     provider = vm.provider()
@@ -218,15 +217,34 @@ def test_a_provider_is_paid_when_the_host_withholds_the_settlement_confirming_th
     host.report_deposits()
     empty = vm.vault.statement(alice.address)
     assert (empty.statement.balance, empty.statement.deposited) == (0, 0)
-    vm.vault.settle([], now=now(host.chain))  # signed, withheld by the host
-    cid, pending, claim, _ = _pay_ack_lost(host, alice, provider)
-    assert pending.epoch == 2 > vault.last_epoch() == 1
-    with reverts_with("EpochNotSettled(uint64,uint64)"):
-        vault.claim_payment(funded(host.chain, usdc), _terms(vm, cid), claim)
+    withheld = vm.vault.settle([], now=now(host.chain)).settlement
+    assert withheld.epoch == 2 > vault.last_epoch() == 1
+    cid, _ = vm.open(alice, provider, 5 * PRICE)
+    t0 = now(host.chain)
+    with pytest.raises(EnclaveError, match="funds_settling"):
+        vm.vault.request(cid, vm.call(alice, key="k", ts=t0), PRICE, t0)
     leave(vault, host.gas, empty.statement, empty.signature)
     _leave(host, host.gas, alice.address)
-    assert balance(usdc, alice.address) + balance(usdc, provider.address) == 20_000
-    assert balance(usdc, provider.address) == PRICE
+    assert balance(usdc, alice.address) == 20_000
+    assert balance(usdc, provider.address) == 0
+
+
+def test_a_client_pays_once_the_settlement_confirming_its_money_has_landed(host: Host) -> None:
+    """The same settlement, landed a little later by an honest host: the call it refused
+    before is paid, and the pending record names an epoch the chain has."""
+    vm, vault = host.vm, host.vault
+    alice = client()
+    provider = vm.provider()
+    host.deposit(alice.address, 20_000)
+    host.report_deposits()
+    signed = vm.vault.settle([], now=now(host.chain)).settlement
+    cid, side = vm.open(alice, provider, 5 * PRICE)
+    t0 = now(host.chain)
+    with pytest.raises(EnclaveError, match="funds_settling"):
+        vm.vault.request(cid, vm.call(alice, key="k", ts=t0), PRICE, t0)
+    host.submit(signed)
+    paid = vm.pay(cid, side, vm.call(alice, key="k", ts=t0), now=t0)
+    assert paid.pending is not None and paid.pending.epoch == vault.last_epoch() == 1
 
 
 # ------------------------------------------------------ F2: unconfirmed deposit, dark vault

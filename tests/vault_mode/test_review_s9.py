@@ -248,7 +248,7 @@ def test_a_host_that_wipes_the_stored_ledger_cannot_give_a_client_its_spent_depo
     hers = vm.vault.statement(alice.address)
     assert hers.statement.balance + hers.statement.locked == 8_000
     # The wipe: a first boot of the vault-mode code in the same enclave.
-    fresh = vault_mode(vault.domain, (vm.platform, vm.enclave))
+    fresh = vault_mode(vault.domain, (vm.platform, vm.enclave), played=False)
     host.vm = fresh
     host.report_deposits()
     fresh.vault.settle([], now=now(host.chain))  # "epoch 1": never lands

@@ -12,6 +12,9 @@ does the same, in this order:
 3. **Channel.** For :class:`~a402.provider_enclave.ChannelNeeded`: bring the
    channel in (:mod:`a402.provider.a402_channels`; for an OPEN of a channel
    stored nowhere, with its on-chain status), hold its lock, and call ``found``.
+   For :class:`~a402.provider_enclave.EpochNeeded` (a vault-mode AUTH whose record
+   names a settlement not seen landed yet): read the A402Vault's landed epoch
+   again, still under the lock, and call ``found`` once more.
 4. **Execute.** For :class:`~a402.provider_enclave.Execute`: run the paid
    request (:mod:`a402.provider.a402_execute`) and hand the enclave the
    response (``executed``: it builds the result, draws ``t``, seals, builds
@@ -45,7 +48,14 @@ from a402.observe import Observer
 from a402.provider.a402_channels import Channels, Slot
 from a402.provider.a402_execute import Executor, ServiceFailed
 from a402.provider.a402_tunnels import Tunnels
-from a402.provider_enclave import Answer, ChannelNeeded, Execute, Outcome, ProviderEnclave
+from a402.provider_enclave import (
+    Answer,
+    ChannelNeeded,
+    EpochNeeded,
+    Execute,
+    Outcome,
+    ProviderEnclave,
+)
 from a402.tee import ChannelError
 from a402.wire.transport import FrameRefused
 
@@ -66,6 +76,7 @@ class FrameDriver:
         chain_status: ChainStatus,
         clock: Callable[[], float],
         read_ledger: Callable[[], Awaitable[None]] | None = None,
+        read_epoch: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self.provider_enclave = provider_enclave
         self.tunnels = tunnels
@@ -76,6 +87,9 @@ class FrameDriver:
         #: Reads the A402Vault's pinned ledger until it is pinned (vault mode; the enclave
         #: reveals for a vault-mode AUTH only if its record names that life).
         self.read_ledger = read_ledger
+        #: Reads the A402Vault's landed epoch until it reaches the one given, for a while
+        #: (vault mode; the enclave reveals only for a record whose epoch has landed).
+        self.read_epoch = read_epoch
         #: Where each EXEC's log line and metrics go (set by ``A402Payments``), and the
         #: price of a route (what the EXEC locked).
         self.observer: Observer | None = None
@@ -132,6 +146,10 @@ class FrameDriver:
             await self.read_ledger()  # no I/O once pinned
         async with slot.lock:
             outcome = self.provider_enclave.found(handle)
+            if isinstance(outcome, EpochNeeded):
+                if self.read_epoch is not None:
+                    await self.read_epoch(outcome.epoch)
+                outcome = self.provider_enclave.found(handle)
             if isinstance(outcome, Execute):
                 started = time.perf_counter()
                 paid = outcome

@@ -108,7 +108,8 @@ class ProviderRuntime:
                 raise ValueError(f"the A402Vault pools {self.vault_contract.token}, not {token}")
             vault_mode = VaultModeDomain(self.vault_contract.domain, bytes.fromhex(
                 self.vault_contract.vault_signer.removeprefix("0x")),
-                pinned_ledger=lambda: self.onchain.pinned_ledger())
+                pinned_ledger=lambda: self.onchain.pinned_ledger(),
+                landed_epoch=lambda: self.onchain.landed_epoch())
         self.operator = config.operator
         self.signer = EcdsaSigner(bytes(config.operator.key))
         self.provider_enclave: ProviderEnclave = self.enclave_code.start(
@@ -127,6 +128,7 @@ class ProviderRuntime:
                               meter=self._meter),
             chain_status=self.onchain.status, clock=config.clock,
             read_ledger=self.onchain.read_ledger if self.vault_contract is not None else None,
+            read_epoch=self.onchain.read_epoch if self.vault_contract is not None else None,
         )
 
     def _price(self, method: str, path: str) -> int | None:

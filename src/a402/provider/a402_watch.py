@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -61,6 +62,11 @@ from a402.provider_enclave import ProviderEnclave
 from a402.vault_contract import A402Vault, PendingClaim
 
 log = logging.getLogger("a402.provider.a402")
+
+#: How long a vault-mode AUTH waits for the settlement its record names to land (a vault
+#: that names only landed epochs needs none of it), and how often the chain is read then.
+LANDING_WAIT = 3.0
+LANDING_POLL = 0.25
 
 _DISPUTES = ("ForceCloseInitiated", "ForceCloseChallenged")
 _SETTLEMENTS = ("ChannelClosed", "ForceCloseFinalized", "ProviderForceClosed")
@@ -82,6 +88,7 @@ class OnChain:
         self.provider_enclave = provider_enclave
         self.channels = channels
         self._ledger = NO_LEDGER
+        self._landed = 0
 
     def pinned_ledger(self) -> bytes:
         """The ledger life the A402Vault pinned, as last read (zero: none yet); no I/O.
@@ -98,6 +105,28 @@ class OnChain:
             self._ledger = await asyncio.to_thread(self.vault_contract.ledger)
         except Exception as e:  # the chain is unreachable: nothing is revealed meanwhile
             log.warning("A402Vault.ledger() not read: %s", e)
+
+    def landed_epoch(self) -> int:
+        """``A402Vault.lastEpoch()`` as last read (it only grows); no I/O."""
+        return self._landed
+
+    async def read_epoch(self, epoch: int, *, wait: float = LANDING_WAIT) -> None:
+        """Read ``A402Vault.lastEpoch()`` until it reaches ``epoch``, for up to ``wait``
+        seconds (a settlement the vault just sent may be a block away). A vault-mode AUTH
+        whose pending record names a later epoch is refused meanwhile (nothing revealed); a
+        failed read leaves the last value."""
+        if self.vault_contract is None:
+            return
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                self._landed = max(self._landed,
+                                   await asyncio.to_thread(self.vault_contract.last_epoch))
+            except Exception as e:  # the chain is unreachable: nothing is revealed meanwhile
+                log.warning("A402Vault.lastEpoch() not read: %s", e)
+            if self._landed >= epoch or time.monotonic() >= deadline:
+                return
+            await asyncio.sleep(LANDING_POLL)
 
     async def status(self, channel_id: bytes) -> str:
         """The channel's on-chain status name (``"OPEN"``, ``"CLOSING"``, …)."""

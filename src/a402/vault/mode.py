@@ -133,6 +133,7 @@ class VaultModeError(Exception):
 _STATUS_OF = {"insufficient_balance": 402, "debt_outstanding": 402,
               "unknown_participant": 404, "no_statement": 404,
               "unknown_channel": 404, "participant_exiting": 409, "channel_busy": 409,
+              "funds_settling": 409,
               "nothing_to_settle": 409, "settlement_dead": 503, "replayed_call": 401,
               "stale_call": 401, "wrong_life": 401, "bad_signature": 401}
 
@@ -246,6 +247,7 @@ class VaultModeService:
             self._saved = self.accounts.ledger_version
         else:  # first boot: this life is stored before anything is issued under it
             self._save()
+        self.accounts.chain_epoch(self.contract.last_epoch())  # what has landed: see land()
         self.scheduler = SettlementScheduler(config.schedule, config.rng or random.SystemRandom())
         #: ``(participant, idempotency key)`` -> the answer of the withdrawal it queued;
         #: stored sealed with the payout queue, in the same write (:meth:`_payouts_blob`).
@@ -929,10 +931,14 @@ class VaultModeService:
         epoch order (idempotent: the chain takes each epoch once)."""
         out: list[Landed] = []
         with self._landing:  # the worker and settle-now: one sender at a time
-            while (signed := self._stored_settlement_after(self.contract.last_epoch())
-                   ) is not None:
+            while True:
+                landed = self.contract.last_epoch()
+                # what the chain has: accounts whose money rests on it may pay again
+                self.accounts.chain_epoch(landed)
+                signed = self._stored_settlement_after(landed)
+                if signed is None:
+                    return out
                 out.append(self._land_next(signed))
-        return out
 
     def _stored_settlement_after(self, landed: int) -> SignedSettlement | None:
         """The settlement to land after epoch ``landed``, once a ledger holding it is stored.
