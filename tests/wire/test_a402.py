@@ -151,7 +151,7 @@ def test_info_round_trips_and_rejects_malformed_documents() -> None:
     document = info.to_json()
     assert ProviderInfo.from_json(document) == info
     for broken in (
-        {**document, "version": 2},
+        {**document, "version": 3},
         {**document, "providerKey": "0x00"},
         {**document, "ackTimeout": -1},
         {**document, "chainId": "31337"},
@@ -160,3 +160,16 @@ def test_info_round_trips_and_rejects_malformed_documents() -> None:
     ):
         with pytest.raises(FrameError):
             ProviderInfo.from_json(broken)
+
+
+def test_a_provider_of_the_release_before_payments_bound_the_request_is_told_to_upgrade() -> None:
+    """Info version 1 is a provider whose pre-signed m does not name the request: no REPLY
+    of it would pass this vault's check, so the vault stops at ``…/info``, saying why."""
+    info = ProviderInfo(
+        network="eip155:31337", chain_id=31337, asc_manager=os.urandom(20), token=os.urandom(20),
+        dispute_window=600, provider=os.urandom(20), provider_key=os.urandom(32),
+        attestation_kind="simulated", evidence=os.urandom(100), nonce=os.urandom(32),
+        lock_timeout=5.0, ack_timeout=30.0,
+    )
+    with pytest.raises(FrameError, match="upgrade the provider and the vault together"):
+        ProviderInfo.from_json({**info.to_json(), "version": 1})

@@ -94,7 +94,11 @@ PROLOGUE = b"a402/http/vault->provider/v1"
 #: Associated data of frames, per direction: a frame cannot be reflected back.
 REQUEST_AD = b"a402/http/request"
 RESPONSE_AD = b"a402/http/response"
-INFO_VERSION = 1
+#: The ``…/info`` document's version: 2 since payments bind the request (the pre-signed
+#: ``m`` commits to ``answer_hash(request, H(result))``, ``a402.crypto.answer_hash``). A
+#: vault and a provider of different versions could not complete a payment (every REPLY
+#: would be refused ``bad_presignature``), so each refuses the other's document up front.
+INFO_VERSION = 2
 #: Default bound on a request or a sealed result (16 MiB): the ASC messages that carry
 #: them refuse larger blobs (:func:`a402.asc.messages.decode`), and the frames and the
 #: vault API's call bodies are sized from it.
@@ -601,6 +605,11 @@ class ProviderInfo:
     @classmethod
     def from_json(cls, data: Any) -> ProviderInfo:
         try:
+            if data["scheme"] == SCHEME_A402 and data["version"] == 1:
+                raise FrameError(
+                    "the provider runs an earlier a402 release (info version 1: its payments "
+                    "do not bind the request), which this vault cannot pay: upgrade the "
+                    "provider and the vault together; nothing was paid")
             if data["version"] != INFO_VERSION or data["scheme"] != SCHEME_A402:
                 raise FrameError("unsupported info document")
             attestation = data["attestation"]
