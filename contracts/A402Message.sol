@@ -16,7 +16,10 @@ library A402Message {
     bytes32 internal constant VERSION_HASH = keccak256("1");
 
     /// @dev `requestId` is the channel's request counter k (the paper's rid = (cid, k));
-    ///      `amount` is the payment δ in token base units; `resultHash` is keccak256(result).
+    ///      `amount` is the payment δ in token base units; `resultHash` is the answer hash
+    ///      keccak256("A402/answer/v1" ‖ keccak256(request) ‖ keccak256(result)) (`a402.crypto.answer_hash`):
+    ///      the pre-signed m names the request it answers as well as the result (the field keeps
+    ///      its name; the contracts treat it as opaque).
     bytes32 internal constant PAYMENT_TYPEHASH =
         keccak256("A402Payment(bytes32 channelId,uint256 requestId,uint256 amount,bytes32 resultHash)");
 
@@ -31,7 +34,7 @@ library A402Message {
         return keccak256(abi.encode(DOMAIN_TYPEHASH, NAME_HASH, VERSION_HASH, chainId, verifyingContract));
     }
 
-    /// @notice m = H(domain ‖ cid ‖ rid ‖ δ ‖ H(result)), the message the provider pre-signs.
+    /// @notice m = H(domain ‖ cid ‖ rid ‖ δ ‖ answer hash), the message the provider pre-signs.
     function paymentMessage(
         bytes32 domain,
         bytes32 channelId,
