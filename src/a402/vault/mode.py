@@ -31,7 +31,11 @@ to the store; a statement, a σ_U or a settlement therefore never leaves before 
 that produced it is on disk. The write itself runs outside the lock (group commit,
 :meth:`VaultModeService._durable`): calls on other channels change the enclave meanwhile,
 and one write stores all of them; the writes are one at a time, each of the newest export
-(the stored ledger never goes back), and what is read for an answer (a balance, a
+(the stored ledger never goes back), and a write is over (the next may start, its callers
+are answered) only once the store's COMMIT of it has returned: its caller's own thread
+sees it return, or (a coroutine, :meth:`VaultModeService._adurable`, which parks no thread
+on the store) the store's writer thread reports it through the write's future, and any
+failure of it breaks the service as below, and what is read for an answer (a balance, a
 statement, a withdrawal's check) is read only once everything before it is stored; so is
 what goes on-chain (a settlement landed, :meth:`land`, even by another thread than the one
 that signed it; a statement the watchtower answers a force-settle with).
@@ -57,8 +61,10 @@ import random
 import socket
 import threading
 import time
+from asyncio import CancelledError
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -177,6 +183,31 @@ class NonceHold:
 
 
 @dataclass(frozen=True, slots=True)
+class _Lead:
+    """One ledger write (:meth:`VaultModeService._durable_step`): the ledger version it
+    stores, its export (``blob`` empty: none, the ledger is stored already), the rows and
+    nonces it takes with it, and the last row ticket among them."""
+
+    exported: int
+    whole: bool
+    blob: bytes
+    extra: Mapping[str, bytes]
+    upto: int
+    nonces: Sequence[tuple[str, str, float]]
+
+
+def _wake(woken: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
+    """On the waiters' loop: resolve each (a cancelled one is skipped: it gave up)."""
+    for waiter, error in woken:
+        if waiter.done():
+            continue
+        if error is None:
+            waiter.set_result(None)
+        else:
+            waiter.set_exception(error)
+
+
+@dataclass(frozen=True, slots=True)
 class Landed:
     """A settlement this host landed: its epoch, transaction, and how many it paid."""
 
@@ -219,6 +250,8 @@ class VaultModeService:
         #: One ledger write at a time (``_writing``, guarded by ``_io``): see :meth:`_durable`.
         self._io = threading.Condition(threading.Lock())
         self._writing = False
+        #: Coroutines waiting for the write in flight to end (:meth:`_adurable`), under ``_io``.
+        self._waiting: list[asyncio.Future[None]] = []
         #: Rows waiting for the next ledger write (:meth:`store_rows`), numbered: the last
         #: number taken, and the last one stored.
         self._rows: dict[str, bytes] = {}
@@ -281,18 +314,22 @@ class VaultModeService:
             self._writing = True
         try:
             whole, blob = self._export()
-            version = self.accounts.ledger_version
-            # with signing: the signed settlement and the queue without its batch, together
-            self._write(whole, blob, {} if signing is None
-                        else {PAYOUTS_KEY: self._payouts_blob(signing)})
-            self._saved = version
-        except Exception as e:
-            self.broken = f"the sealed ledger could not be stored: {type(e).__name__}: {e}"
+            lead = _Lead(self.accounts.ledger_version, whole, blob,
+                         {} if signing is None else {PAYOUTS_KEY: self._payouts_blob(signing)},
+                         self._rows_saved, [])
+        except BaseException as e:
+            if isinstance(e, Exception):  # the enclave ran ahead of the store
+                self.broken = f"the sealed ledger could not be stored: {type(e).__name__}: {e}"
+            self._wrote(None, None)
             raise
-        finally:
-            with self._io:
-                self._writing = False
-                self._io.notify_all()
+        # with signing: the signed settlement and the queue without its batch, together
+        try:
+            values, prefix = self._ledger_rows(lead)
+            self.store.put_metas(values, delete_prefix=prefix)
+        except BaseException as e:
+            self._wrote(lead, e)
+            raise
+        self._wrote(lead, None)
 
     def _durable(self, version: int, rows: Mapping[str, bytes] | None = None,
                  nonces: Sequence[tuple[str, str, float]] = ()) -> None:
@@ -301,57 +338,147 @@ class VaultModeService:
         transaction as a ledger write, or a later one).
 
         The caller that finds no write in flight exports the newest ledger under the lock
-        (with every row waiting) and writes it after releasing the lock; callers whose
-        change and rows that write covers return when it is stored, the others wait for it
-        and write the next one. Writes are one at a time and each is of an export newer
-        than the last stored, so the stored ledger only moves forward. Lock order: the
-        service lock, then ``_io``; a writer holds neither while it writes."""
+        (with every row waiting: :meth:`_durable_step`) and writes it after releasing the
+        lock; callers whose change and rows that write covers return when it is stored, the
+        others wait for it and write the next one. Writes are one at a time and each is of
+        an export newer than the last stored, so the stored ledger only moves forward. Lock
+        order: the service lock, then ``_io``; a writer holds neither while it writes.
+        :meth:`_adurable` is the same wait for a coroutine."""
         ticket = 0
         while True:
             with self._lock:
-                if (rows or nonces) and not ticket:
-                    self._row_ticket += 1
-                    ticket = self._row_ticket
-                    self._rows.update(rows or {})
-                    self._row_nonces.extend(nonces)
-                if self._saved >= version and self._rows_saved >= ticket:
-                    return
-                if self.broken is not None:
-                    raise VaultModeError(503, "vault_broken", self.broken + "; restart the vault")
-                with self._io:
-                    lead = not self._writing
-                    if lead:
-                        self._writing = True
-                if lead:
-                    try:
-                        exported = self.accounts.ledger_version
-                        whole, blob = (self._export() if exported > self._saved
-                                       else (False, b""))
-                        extra, self._rows, upto = self._rows, {}, self._row_ticket
-                        taken, self._row_nonces = self._row_nonces, []
-                    except BaseException:
-                        with self._io:
-                            self._writing = False
-                            self._io.notify_all()
-                        raise
-            if not lead:
+                ticket, lead = self._durable_step(version, ticket, rows, nonces, None)
+            if lead is True:
+                return
+            if lead is False:
                 with self._io:
                     while self._writing:
                         self._io.wait()
                 continue
             try:
-                if blob:
-                    self._write(whole, blob, extra, taken)
-                else:  # the ledger is stored already: the rows alone
-                    self.store.put_metas(dict(extra), nonces=taken)
-                self._saved, self._rows_saved = max(self._saved, exported), upto
-            except Exception as e:
-                self.broken = f"the sealed ledger could not be stored: {type(e).__name__}: {e}"
+                values, prefix = self._ledger_rows(lead)
+                self.store.put_metas(values, delete_prefix=prefix, nonces=lead.nonces)
+            except BaseException as e:
+                self._wrote(lead, e)
                 raise
+            self._wrote(lead, None)
+
+    async def _adurable(self, version: int, rows: Mapping[str, bytes] | None = None,
+                        nonces: Sequence[tuple[str, str, float]] = ()) -> None:
+        """:meth:`_durable` for a coroutine, with no thread parked on the store: the same
+        steps under the lock (:meth:`_durable_step`, on the event loop when the lock is
+        free), but the lead *submits* its write there and the store's writer thread ends
+        it (:meth:`_wrote`, a callback of the write's future, run once the COMMIT is
+        durable or failed: the lead's coroutine may even be gone by then); every caller
+        waiting, the lead too, awaits a future of its loop that :meth:`_wrote` resolves,
+        then looks again. Same guarantee: it returns only once a ledger of ``version`` or
+        later, and ``rows``, are stored; the lead's write failing raises its error."""
+        loop = asyncio.get_running_loop()
+        ticket = 0
+        while True:
+            waiter: asyncio.Future[None] = loop.create_future()
+            ticket, done = await self.alocked(partial(
+                self._durable_step, version, ticket, rows, nonces, waiter))
+            if done is True:
+                return
+            await waiter
+
+    def _durable_step(self, version: int, ticket: int, rows: Mapping[str, bytes] | None,
+                      nonces: Sequence[tuple[str, str, float]],
+                      waiter: asyncio.Future[None] | None) -> tuple[int, _Lead | bool]:
+        """Under the lock, one look of a wait for the store: the caller's ticket for its
+        ``rows`` and ``nonces`` (taken on the first look: they join the next write), and
+        True if a ledger of ``version`` or later and those rows are stored; else False if a
+        write is in flight (``waiter``, if given, is resolved when it ends), or this caller
+        leads the next write: with ``waiter`` None the :class:`_Lead` to write; with a
+        ``waiter`` it is submitted here already (False: ``waiter`` gets its outcome)."""
+        if (rows or nonces) and not ticket:
+            self._row_ticket += 1
+            ticket = self._row_ticket
+            self._rows.update(rows or {})
+            self._row_nonces.extend(nonces)
+        if self._saved >= version and self._rows_saved >= ticket:
+            return ticket, True
+        if self.broken is not None:
+            raise VaultModeError(503, "vault_broken", self.broken + "; restart the vault")
+        with self._io:
+            if self._writing:
+                if waiter is not None:
+                    self._waiting.append(waiter)
+                return ticket, False
+            self._writing = True
+        try:
+            exported = self.accounts.ledger_version
+            whole, blob = self._export() if exported > self._saved else (False, b"")
+            lead = _Lead(exported, whole, blob, self._rows, self._row_ticket, self._row_nonces)
+            self._rows, self._row_nonces = {}, []
+        except BaseException:
+            self._wrote(None, None)  # nothing taken: the next caller leads instead
+            raise
+        if waiter is None:
+            return ticket, lead
+        try:
+            values, prefix = self._ledger_rows(lead)
+            write = self.store.submit_metas(values, delete_prefix=prefix, nonces=lead.nonces)
+        except BaseException as e:
+            self._wrote(lead, e)
+            raise
+        if write is None:
+            self._wrote(lead, None, waiter)
+        else:
+            write.add_done_callback(partial(self._written, lead, waiter))
+        return ticket, False
+
+    def _written(self, lead: _Lead, waiter: asyncio.Future[None],
+                 write: Future[list[int]]) -> None:
+        """The write :meth:`_durable_step` submitted ended (on the thread that ended it)."""
+        self._wrote(lead, (CancelledError() if write.cancelled() else write.exception()),
+                    waiter)
+
+    def _wrote(self, lead: _Lead | None, error: BaseException | None,
+               waiter: asyncio.Future[None] | None = None) -> None:
+        """The write in flight ended: ``lead``'s, stored (``error`` None) or not (the
+        service is broken: the enclave ran ahead of the store); None: nothing was written.
+        The next caller may write; every waiting one looks again (``waiter``, the lead's,
+        gets ``error``)."""
+        if lead is not None:
+            if error is None:
+                self._saved, self._rows_saved = max(self._saved, lead.exported), lead.upto
+                if lead.blob:
+                    self._journal_rows = 0 if lead.whole else self._journal_rows + 1
+            else:
+                self.broken = ("the sealed ledger could not be stored: "
+                               f"{type(error).__name__}: {error}")
+        with self._io:
+            self._writing = False
+            self._io.notify_all()
+            waiting, self._waiting = self._waiting, []
+        answers: list[tuple[asyncio.Future[None], BaseException | None]] = [
+            (w, None) for w in waiting]
+        if waiter is not None:
+            answers.append((waiter, error))
+        by_loop: dict[asyncio.AbstractEventLoop,
+                      list[tuple[asyncio.Future[None], BaseException | None]]] = {}
+        for w, e in answers:
+            by_loop.setdefault(w.get_loop(), []).append((w, e))
+        for loop, woken in by_loop.items():  # one wake-up of each loop, not one per waiter
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody awaits any more
+                loop.call_soon_threadsafe(_wake, woken)
+
+    async def alocked(self, fn: Callable[[], T]) -> T:
+        """``fn()`` under the service lock, for a coroutine: on the event loop if the lock
+        is free (no hop to a thread), else on a thread that waits for it (the loop never
+        blocks on the lock, which a thread may hold across a store write)."""
+        if self._lock.acquire(blocking=False):
+            try:
+                return fn()
             finally:
-                with self._io:
-                    self._writing = False
-                    self._io.notify_all()
+                self._lock.release()
+
+        def locked() -> T:
+            with self._lock:
+                return fn()
+        return await asyncio.to_thread(locked)
 
     def _export(self) -> tuple[bool, bytes]:
         """Under the lock, by the one writer: the enclave's changes since the last write
@@ -359,22 +486,20 @@ class VaultModeService:
         whole, blob = self.accounts.export_changes(full=self._journal_rows >= JOURNAL_MAX)
         return bool(whole), bytes(blob)
 
-    def _write(self, whole: bool, blob: bytes, extra: Mapping[str, bytes] | None = None,
-               nonces: Sequence[tuple[str, str, float]] = ()) -> None:
-        """By the one writer (``_writing``), in export order: a whole ledger replaces the
-        ledger row and deletes the journal in one transaction (a crash keeps either the old
-        row and its journal, or the new row alone); a journal entry is one new row. With
-        ``extra`` rows in the same transaction. The writer's failure breaks the service (the
-        enclave's next entry would follow one never stored): only a restart is consistent."""
-        if whole:
-            self.store.put_metas({LEDGER_KEY: blob, **(extra or {})},
-                                 delete_prefix=JOURNAL_PREFIX, nonces=nonces)
-            self._journal_rows = 0
-        else:
-            self._journal_seq += 1
-            self.store.put_metas({f"{JOURNAL_PREFIX}{self._journal_seq:016d}": blob,
-                                  **(extra or {})}, nonces=nonces)
-            self._journal_rows += 1
+    def _ledger_rows(self, lead: _Lead) -> tuple[dict[str, bytes], str | None]:
+        """By the one writer (``_writing``), in export order: what ``lead`` writes, in one
+        transaction, and the prefix it deletes. A whole ledger replaces the ledger row and
+        deletes the journal (a crash keeps either the old row and its journal, or the new
+        row alone); a journal entry is one new row; no export (the ledger is stored
+        already): the rows alone. With ``lead.extra`` rows in the same transaction. Its
+        failure breaks the service (:meth:`_wrote`: the enclave's next entry would follow
+        one never stored): only a restart is consistent."""
+        if not lead.blob:
+            return dict(lead.extra), None
+        if lead.whole:
+            return {LEDGER_KEY: lead.blob, **lead.extra}, JOURNAL_PREFIX
+        self._journal_seq += 1
+        return {f"{JOURNAL_PREFIX}{self._journal_seq:016d}": lead.blob, **lead.extra}, None
 
     def _settled_reads(self) -> None:
         """Under the lock: store what the enclave holds before reading it for an answer."""
@@ -385,10 +510,19 @@ class VaultModeService:
         these rows, in one ledger write shared with other callers): what a paid call
         answers is stored with the REVEAL and the statement it hands out, in one
         transaction (:mod:`a402.vault.mode_invoke`), and with the nonce of the request
-        that asked for it (``nonce``, :meth:`hold_nonce`)."""
+        that asked for it (``nonce``, :meth:`hold_nonce`). :meth:`astore_rows` for a
+        coroutine."""
         with self._lock:
             version = self.accounts.ledger_version
         self._durable(version, rows, () if nonce is None or nonce.stored else [nonce.row])
+        if nonce is not None:
+            nonce.stored = True
+
+    async def astore_rows(self, rows: Mapping[str, bytes], nonce: NonceHold | None = None
+                          ) -> None:
+        """:meth:`store_rows`, awaited (:meth:`_adurable`)."""
+        await self._adurable(self.accounts.ledger_version, rows,
+                             () if nonce is None or nonce.stored else [nonce.row])
         if nonce is not None:
             nonce.stored = True
 
@@ -488,6 +622,28 @@ class VaultModeService:
                 return result
         self._durable(version)  # under an outer hold of the lock (RLock) it writes under it
         return result
+
+    async def achange(self, op: Callable[[], T], *, stored: bool = True) -> T:
+        """:meth:`change` (without ``signing``) for a coroutine: ``op`` runs under the lock
+        on the event loop, or on a thread if the lock is taken (:meth:`alocked`), and the
+        wait for the store is awaited (:meth:`_adurable`): the same guarantee, durable
+        before it returns, with no hop to a thread nor a thread parked on the store."""
+        result, version = await self.alocked(partial(self._apply, op, stored))
+        if version is not None:
+            await self._adurable(version)
+        return result
+
+    def _apply(self, op: Callable[[], T], stored: bool) -> tuple[T, int | None]:
+        """Under the lock: ``op`` in the enclave; its result, and the ledger version to wait
+        for (None: nothing to wait for, or ``stored`` False, see :meth:`change`)."""
+        if self.broken is not None:
+            raise VaultModeError(503, "vault_broken", self.broken + "; restart the vault")
+        try:
+            result = op()
+        except EnclaveError as e:
+            raise refused(e) from None
+        version = self.accounts.ledger_version
+        return result, (version if stored and version > self._saved else None)
 
     def _save_payouts(self) -> None:
         """Store the payout requests (sealed): the waiting ones and those in a batch not
@@ -737,6 +893,16 @@ class VaultModeService:
         at = time.time() if now is None else now
         return self.change(lambda: self.accounts.receive(channel_id, message, at),
                            stored=stored)
+
+    async def arequest(self, channel_id: bytes, call: SignedCall, amount: int) -> Exec:
+        """:meth:`request`, awaited (:meth:`achange`)."""
+        at = time.time()
+        return await self.achange(lambda: self.accounts.request(channel_id, call, amount, at))
+
+    async def areceive(self, channel_id: bytes, message: AscMessage) -> Changed:
+        """:meth:`receive`, awaited (:meth:`achange`)."""
+        at = time.time()
+        return await self.achange(lambda: self.accounts.receive(channel_id, message, at))
 
     def close(self, channel_id: bytes) -> tuple[Any, tuple[SignedStatement, ...]]:
         """Close a channel inside the enclave: the unspent rest back to the client's free."""

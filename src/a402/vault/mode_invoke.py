@@ -41,8 +41,11 @@ refused ``replayed_call``: never paid twice).
 
 What one paid call stores, and when (counted: ``bench/vault_mode_http.py``'s rounds): three
 waits for the store, as standard mode's three checkpoints, each in a group commit shared
-with the other calls' writes (:meth:`VaultModeService._durable
-<a402.vault.mode.VaultModeService._durable>`): EXEC's change (the price locked, the call
+with the other calls' writes and awaited on the event loop, the enclave's step too when
+the service's lock is free (:meth:`VaultModeService.achange
+<a402.vault.mode.VaultModeService.achange>`, :meth:`~a402.vault.mode.VaultModeService.
+_adurable`: no thread hop, no thread parked on the store, the same durability): EXEC's
+change (the price locked, the call
 held) before EXEC leaves, so that a vault killed after EXEC restarts with the request the
 provider holds, in step with it; σ_U's before AUTH leaves (durable before the money can
 move); the answer's, with the REVEAL's change, the statement it carries and the request's
@@ -81,6 +84,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import httpx
@@ -357,7 +361,7 @@ class ModeInvoker:
             where = ({} if ack is None or self._endpoints.get(cid) == tunnel.endpoint
                      else {cid: tunnel.endpoint})
             try:
-                await asyncio.to_thread(self.remember, once, answer, nonce, where)
+                await self.remember(once, answer, nonce, where)
             except Exception as e:  # σ_U is stored: paid, or may be; the answer is not
                 if answer[0] != 200 and answer[0] != 202:
                     raise
@@ -372,12 +376,12 @@ class ModeInvoker:
                 self._owe_ack(cid, tunnel, ack, pair)
         return answer
 
-    def remember(self, once: tuple[str, str], answer: tuple[int, dict[str, Any]],
-                 nonce: NonceHold | None = None, endpoints: dict[bytes, str] | None = None
-                 ) -> None:
+    async def remember(self, once: tuple[str, str], answer: tuple[int, dict[str, Any]],
+                       nonce: NonceHold | None = None,
+                       endpoints: dict[bytes, str] | None = None) -> None:
         """Store a paid call's answer, sealed, before it is returned, in the ledger write
-        that stores everything the enclave holds now (:meth:`VaultModeService.store_rows
-        <a402.vault.mode.VaultModeService.store_rows>`): the REVEAL's change and the
+        that stores everything the enclave holds now (:meth:`VaultModeService.astore_rows
+        <a402.vault.mode.VaultModeService.astore_rows>`): the REVEAL's change and the
         statement the answer carries, which were not waited for. The write is fenced by
         the lease on PostgreSQL: a replica that lost it stores, and answers, nothing.
         ``endpoints``: channels' provider endpoints to store in the same write (sealed)."""
@@ -386,7 +390,7 @@ class ModeInvoker:
         rows = {answer_row(*once): blob}
         for cid, endpoint in (endpoints or {}).items():
             rows[endpoint_row(cid)] = seal_endpoint(self.service.config.enclave, cid, endpoint)
-        self.service.store_rows(rows, nonce)
+        await self.service.astore_rows(rows, nonce)
         self._endpoints.update(endpoints or {})
         self._answers[once] = answer
 
@@ -542,7 +546,7 @@ class ModeInvoker:
         before :meth:`remember` stored them with the answer (the ACK is owed after it)."""
         service = self.service
         try:
-            exec_ = await asyncio.to_thread(service.request, cid, signed, offer.amount)
+            exec_ = await service.arequest(cid, signed, offer.amount)
         except ASCError as e:  # the machine holds an earlier payment still: nothing moved
             raise ModeRefused(409, api.CHANNEL_BUSY, f"nothing was paid: {e.detail}") from None
         owed = self._unacked.pop(cid, None)  # the last call's ACK rides on this EXEC
@@ -550,7 +554,7 @@ class ModeInvoker:
                     else Envelope.acked(owed[1].encode(), exec_.encode()))
         try:
             reply = await self._ask(tunnel, envelope, Reply)
-            authorized = await asyncio.to_thread(service.receive, cid, reply)
+            authorized = await service.areceive(cid, reply)
         except BaseException as e:  # no σ_U exists: the locked price goes back to the channel
             if owed is not None:  # maybe not delivered: owed again (a repeat is harmless)
                 self._owe_ack(cid, *owed)
@@ -567,10 +571,10 @@ class ModeInvoker:
         try:
             reveal = await self._ask(tunnel, self.auth_envelope(auth, authorized.pending),
                                      Reveal)
-            # the REVEAL and the client's statement in one hop to a thread (both unstored:
-            # nothing of either leaves before remember's write, which stores them)
-            delivered, statement = await asyncio.to_thread(self._take_reveal, cid, reveal,
-                                                           client)
+            # the REVEAL and the client's statement under one hold of the lock (both
+            # unstored: nothing of either leaves before remember's write, which stores them)
+            delivered, statement = await service.alocked(partial(
+                self._take_reveal, cid, reveal, client))
         except (VaultModeError, TunnelError, ASCError) as e:
             log.warning("payment %d of %s pending: %s", exec_.request_id, cid.hex(), e)
             why = e.provider_reason if isinstance(e, ModeRefused) else None
@@ -609,11 +613,11 @@ class ModeInvoker:
 
     def _take_reveal(self, cid: bytes, reveal: Reveal, client: str
                      ) -> tuple[Changed, SignedStatement | VaultModeError]:
-        """On a thread: the REVEAL through the enclave (unstored), then the client's latest
-        statement (unstored; the refusal to sign one instead, if it refused: the payment
-        stands). Neither leaves before :meth:`remember`'s write has stored them both
-        (:meth:`VaultModeService.change <a402.vault.mode.VaultModeService.change>` with
-        ``stored=False``); one hop to a thread for both, not one each."""
+        """Under the service's lock: the REVEAL through the enclave (unstored), then the
+        client's latest statement (unstored; the refusal to sign one instead, if it
+        refused: the payment stands). Neither leaves before :meth:`remember`'s write has
+        stored them both (:meth:`VaultModeService.change
+        <a402.vault.mode.VaultModeService.change>` with ``stored=False``)."""
         delivered = self.service.receive(cid, reveal, stored=False)
         try:
             return delivered, self.service.statement_unstored(client)

@@ -46,6 +46,7 @@ import functools
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -306,7 +307,18 @@ class VaultStore:
         """Store every ``key: value`` in one transaction (all of them, or none); with
         ``delete_prefix``, the same transaction first deletes every row whose key starts
         with it; ``nonces``: ``(client, nonce, seen at)`` recorded in it too (one already
-        recorded stays as it is). Durable on return.
+        recorded stays as it is). Durable on return (:meth:`submit_metas`, waited for)."""
+        done = self.submit_metas(values, delete_prefix=delete_prefix, nonces=nonces)
+        if done is not None:
+            done.result()
+
+    def submit_metas(self, values: dict[str, bytes], *, delete_prefix: str | None = None,
+                     nonces: Sequence[tuple[str, str, float]] = ()
+                     ) -> Future[list[int]] | None:
+        """:meth:`put_metas` without waiting: the write's future, resolved only once the
+        transaction is durable (or with the exception that undid it); None if there is
+        nothing to write. Its done-callbacks run on the thread that resolves it (the group
+        commit's writer on SQLite), after the COMMIT.
 
         Plain SQL through the store's writes (:meth:`a402.sqlite.Writes.submit`: one write,
         all or none; on SQLite in the next group commit, shared with the other writes then
@@ -323,8 +335,7 @@ class VaultStore:
                 "prefix": delete_prefix}))
         statements.extend((_META_UPSERT_SQL, {"key": key, "value": bytes(value)})
                           for key, value in values.items())
-        if statements:
-            self._writes.submit(statements).result()
+        return self._writes.submit(statements) if statements else None
 
     # -- the enclave's ledger ------------------------------------------------------------
 
