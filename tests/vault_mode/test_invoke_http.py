@@ -907,3 +907,44 @@ def test_a_call_is_not_held_up_by_an_owed_ack_resent_to_a_provider_endpoint_gone
         slot = _acked_or_claimed(s, channel)
         assert slot is not None and not slot.force_close_due
         assert s.account(client.address) == 20_000 - 2 * PRICE
+
+
+def test_a_paid_calls_ledger_write_failing_on_the_writer_thread_pays_nothing_and_breaks(
+    vault_chain: Chain, usdc: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A paid call awaits its writes on the event loop (``VaultModeService._adurable``): the
+    store's writer thread reports each write's end through its future. One that fails there
+    (the disk full at σ_U's write, reported from another thread a moment later) is never
+    acknowledged: AUTH does not leave (the provider ran the call on EXEC but is paid
+    nothing), the service is broken (a later call is refused, nothing written), and a
+    restart from the store has the client's account as the last stored write left it."""
+    from concurrent.futures import Future
+
+    with running(vault_chain, usdc, tmp_path) as (s, site, vault):
+        client = Account.create()
+        s.deposit(client.address, 20_000)
+        s.service.tick()
+        code, _, output = s.pay(site, vault, client, "one")
+        assert code == 0 and output and s.calls["weather"] == 1
+        writes: list[dict[str, bytes]] = []
+
+        def disk_full(values: dict[str, bytes], **_: Any) -> Future[list[int]]:
+            writes.append(values)
+            failed: Future[list[int]] = Future()
+            threading.Timer(0.05, failed.set_exception, [OSError("disk full")]).start()
+            return failed
+        monkeypatch.setattr(s.service.store, "submit_metas", disk_full)
+        code, summary, output = s.pay(site, vault, client, "two")
+        assert code != 0 and not output and summary["error"] == "vault_broken"
+        assert len(writes) == 1  # σ_U's, which failed: nothing after it was tried
+        assert s.service.broken is not None and "disk full" in s.service.broken
+        assert s.calls["weather"] == 2  # the provider ran it on EXEC (no AUTH came)
+        code, _, _ = s.pay(site, vault, client, "three")
+        assert code != 0 and len(writes) == 1  # refused, nothing written
+        assert s.calls["weather"] == 2  # refused before any EXEC
+        monkeypatch.undo()
+        again = VaultModeService(s.service.config)  # a restart, from what was stored
+        b = again.balance(client.address)
+        assert int(b["free"]) + int(b["locked"]) == 20_000 - PRICE  # paid once
+        assert again.accounts.has_paid(client.address, "one")
+        assert not again.accounts.has_paid(client.address, "two")

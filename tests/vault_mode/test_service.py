@@ -579,3 +579,58 @@ def test_a_vault_mode_service_refuses_a_simulated_enclave_on_a_public_chain(tmp_
             contract="0x" + "11" * 20, store=VaultStore(f"sqlite:///{tmp_path / 'v.db'}"),
             enclave=enclave))
     assert refused.value.reason == "simulated_on_public_chain"
+
+
+def test_coroutines_and_threads_waiting_at_once_share_ledger_writes_and_each_is_stored(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``achange`` (a paid call's steps) awaits the store on the event loop: the lead
+    submits its write and the store's writer reports its end. Coroutines and a thread
+    changing the enclave at once, on a slow disk, share writes (fewer than changes), each
+    returns only once its change is stored, and a restart has every one of them."""
+    import asyncio
+    import threading
+    from concurrent.futures import Future
+
+    clients = [Account.create() for _ in range(7)]
+    provider = h.vm.provider()
+    for c in clients:
+        h.deposit(c.address, 2_000)
+    h.service.tick()
+    cids = [h.service.open_channel(c.address, provider.address, provider.schnorr.public_key,
+                                   1_500)[0] for c in clients]
+    writes: list[int] = []
+    real = h.service.store.submit_metas
+
+    def slow_write(values: dict[str, bytes], **kw: Any) -> Future[list[int]] | None:
+        writes.append(h.service.accounts.ledger_version)
+        done, late = real(values, **kw), Future[list[int]]()
+        assert done is not None
+
+        def later() -> None:  # a slow disk: the changes made meanwhile wait for one write
+            try:
+                late.set_result(done.result())
+            except BaseException as e:
+                late.set_exception(e)
+        threading.Timer(0.2, later).start()
+        return late
+    monkeypatch.setattr(h.service.store, "submit_metas", slow_write)
+    stored: list[bytes] = []
+
+    async def close(cid: bytes) -> None:
+        await h.service.achange(lambda: h.service.accounts.close_channel(cid))
+        stored.append(cid)
+
+    async def all_of_them() -> None:
+        thread = asyncio.create_task(asyncio.to_thread(h.service.close, cids[0]))
+        await asyncio.gather(*(close(cid) for cid in cids[1:]))
+        await thread
+        stored.append(cids[0])
+    asyncio.run(all_of_them())
+    assert sorted(stored) == sorted(cids)
+    assert 0 < len(writes) < len(cids) - 1  # grouped: fewer writes than changes
+    monkeypatch.undo()
+    again = h.start()  # only what was stored: every acknowledged close is in it
+    for c in clients:
+        assert again.balance(c.address)["free"] == "2000"
+        assert again.balance(c.address)["locked"] == "0"
