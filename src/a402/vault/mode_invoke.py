@@ -39,24 +39,25 @@ same idempotency key after a restart or on the replica that took over answers it
 (stated): a process that dies between σ_U and that write stored no answer (the retry is
 refused ``replayed_call``: never paid twice).
 
-What one paid call stores, and when (counted: ``bench/vault_mode_http.py``'s rounds): three
-waits for the store, as standard mode's three checkpoints, each in a group commit shared
-with the other calls' writes and awaited on the event loop, the enclave's step too when
-the service's lock is free (:meth:`VaultModeService.achange
+What one paid call stores, and when (counted: ``bench/vault_mode_http.py``'s rounds): two
+writes, each in a group commit shared with the other calls' writes and awaited on the event
+loop, the enclave's step too when the service's lock is free (:meth:`VaultModeService.achange
 <a402.vault.mode.VaultModeService.achange>`, :meth:`~a402.vault.mode.VaultModeService.
-_adurable`: no thread hop, no thread parked on the store, the same durability): EXEC's
-change (the price locked, the call
-held) before EXEC leaves, so that a vault killed after EXEC restarts with the request the
-provider holds, in step with it; σ_U's before AUTH leaves (durable before the money can
-move); the answer's, with the REVEAL's change, the statement it carries and the request's
-nonce, before the answer leaves. A vault killed between any two of these restarts from the
-last one: before σ_U's write nothing was paid (the request expires, the price goes back);
-after it the payment is pending and settles by the enclave's rules, and the call's retry
-is answered from the stored answer or refused ``replayed_call``, never paid twice. Not done
-(a bigger step, which needs kill/restart tests at its new points): σ_U's write folded into
-the wait for the REPLY (EXEC's write marking the request "σ_U may be out", a restarted
-enclave then settling it by the claim window instead of releasing it, and σ_U released
-with no write of its own once that marker is stored).
+_adurable`: no thread hop, no thread parked on the store, the same durability): σ_U's before
+AUTH leaves (durable before the money can move); the answer's, with the REVEAL's change, the
+statement it carries and the request's nonce, before the answer leaves. EXEC waits for the
+store too, but the enclave's request step does not change the sealed ledger (the price is
+locked in the channel's machine, written with σ_U), so that wait writes nothing: a vault
+killed after EXEC left restarts with that request id unused, and its next EXEC on the channel
+reuses it, which the provider refuses (``replayed``: nothing paid); the refusal burns the id,
+and the call after goes through once the provider's lock on the lost request has run out
+(Δ_lock). A vault killed after σ_U's write has the payment pending, settled by the enclave's
+rules, and the call's retry is answered from the stored answer or refused ``replayed_call``,
+never paid twice. Not done (a bigger step, which needs kill/restart tests at its new
+points): a write at EXEC that keeps the restarted channel in step with the provider, or σ_U's
+write folded into the wait for the REPLY (EXEC's write marking the request "σ_U may be out",
+a restarted enclave then settling it by the claim window instead of releasing it, and σ_U
+released with no write of its own once that marker is stored).
 
 The ACK, as in standard mode (:mod:`a402.vault.tunnel`), rides on the channel's next EXEC
 (one frame, ``ASC_ACKED``) or leaves on its own (:meth:`ModeInvoker.send_ack`) after a
