@@ -1044,7 +1044,14 @@ class VaultAccountsCode:
                 # S9-1: σ_U moves δ out of the client's statements; once its exit is reported
                 # the statement it exits with still counts δ, so δ would be paid twice (to it
                 # and, at the deadline, to the provider). The request ends unpaid instead.
-                self._active(held.client)
+                payer = self._active(held.client)
+                # A settlement touching the client signed since its EXEC: the pending record
+                # would name it, and the provider reveals only once it landed (review s15-5).
+                if payer.epoch > self._landed:
+                    raise EnclaveError("funds_settling", (
+                        f"nothing was paid: your account's money rests on settlement "
+                        f"{payer.epoch}, signed while this call ran and not landed yet; "
+                        "retry in a few seconds"))
             if held.call is not None and held.call in self._consumed:
                 raise LocalProtocolError(Reason.NOT_ALLOWED, "this signed call has paid already")
         return self._after(channel_id, held, held.channel.receive(message, now=now), now)

@@ -392,6 +392,8 @@ CLASSIFIED_4XX: dict[str, tuple[str, str]] = {
     "no_statement": (BEFORE, "the enclave has no statement to give"),
     "unknown_channel": (BEFORE, "the enclave knows no such channel"),
     "participant_exiting": (BEFORE, "the enclave refused: the participant is exiting"),
+    "funds_settling": (BEFORE, "the enclave refused the call before EXEC: the account's "
+                       "money rests on a settlement not landed yet"),
     "nothing_to_settle": (BEFORE, "the enclave has nothing to settle"),
 }
 

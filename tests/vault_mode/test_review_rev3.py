@@ -247,6 +247,35 @@ def test_a_client_pays_once_the_settlement_confirming_its_money_has_landed(host:
     assert paid.pending is not None and paid.pending.epoch == vault.last_epoch() == 1
 
 
+def test_a_call_whose_client_a_settlement_touched_while_it_ran_is_refused_before_sigma_u(
+    host: Host,
+) -> None:
+    """Review s15-5. Alice's EXEC is out; meanwhile a settlement confirming her top-up is
+    signed (not landed). σ_U's pending record would name it, and the provider reveals only
+    once it landed: the REPLY is refused instead (``funds_settling``), the price goes back,
+    nothing is paid; once it landed her next call pays."""
+    vm, vault = host.vm, host.vault
+    alice = client()
+    provider = vm.provider()
+    _confirmed(host, alice.address, 20_000)
+    cid, side = vm.open(alice, provider, 5 * PRICE)
+    t0 = now(host.chain)
+    exec_ = vm.vault.request(cid, vm.call(alice, key="k", ts=t0), PRICE, t0)
+    side.receive(exec_, now=t0)
+    host.deposit(alice.address, 5_000)
+    host.report_deposits()
+    signed = vm.vault.settle([], now=t0).settlement  # touches Alice; not landed yet
+    with pytest.raises(EnclaveError, match="funds_settling"):
+        vm.vault.receive(cid, side.reply(exec_.request_id, b"r"), t0)
+    vm.vault.abandon(cid)
+    free, locked, _ = vm.vault.balance(alice.address)
+    assert free + locked == 25_000 and vm.vault.totals()["pending"] == 0  # nothing paid
+    host.submit(signed)
+    t1 = t0 + 120  # past the provider's lock on the request it answered
+    paid = vm.pay(cid, side, vm.call(alice, key="again", ts=t1), now=t1)
+    assert paid.pending is not None and paid.pending.epoch == vault.last_epoch() == 2
+
+
 # ------------------------------------------------------ F2: unconfirmed deposit, dark vault
 
 
