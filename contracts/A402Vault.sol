@@ -7,6 +7,7 @@ import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/Reentrancy
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {SignatureChecker} from "@openzeppelin/contracts/utils/cryptography/SignatureChecker.sol";
+import {IERC1271} from "@openzeppelin/contracts/interfaces/IERC1271.sol";
 import {A402Message} from "./A402Message.sol";
 import {Schnorr} from "./SchnorrVerifier.sol";
 import {IERC3009Receive} from "./ASCManager.sol";
@@ -18,7 +19,9 @@ import {IERC3009Receive} from "./ASCManager.sol";
 ///         * `deposit` / `depositWithAuthorization` (the paper's initVault): anyone credits a
 ///           participant; the contract keeps each participant's cumulative `deposited`;
 ///         * `settle` (settleVault): many payouts in one transaction, from a compact encoding,
-///           authorised only by the vault key's signature;
+///           authorised only by the vault key's signature; it also pulls deposits that
+///           participants signed intents for (one approval each, then no transaction of theirs:
+///           see "Pulled deposits");
 ///         * `initForceSettle` → (`challengeForceSettle` | `contestForceSettle`)* →
 ///           `finalForceSettle`: a participant (or its signed order) exits with the latest
 ///           balance statement the enclave signed, after a dispute window in which a newer
@@ -36,15 +39,22 @@ import {IERC3009Receive} from "./ASCManager.sol";
 ///      Participants. Each has a stable `index` (uint32) that the enclave assigns and names in
 ///      every payout and statement. Per index the contract keeps one 32-bit lane (the last
 ///      settlement that paid it, and a frozen bit), eight lanes per storage word. Per address it
-///      keeps one word: the cumulative `deposited` (uint96) and the exit status.
+///      keeps one word: the cumulative `deposited` (uint96) and the exit status. Per pull id
+///      (assigned by the enclave) one bit: whether a settlement made that pull.
 ///
-///      Settlements. A402VaultSettlement(prevEpoch, epoch, payouts, confirms, claims, notBefore,
-///      ledger):
+///      Settlements. A402VaultSettlement(prevEpoch, epoch, payouts, confirms, pulls, pullChecks,
+///      claims, notBefore, ledger):
 ///      * `payouts` = keccak of packed 36-byte records `address ‖ uint32 index ‖ uint96 amount`
 ///        (an amount may be 0: it only moves the payee's lane, see "Replacing a settlement");
 ///      * `confirms` = keccak of packed 32-byte records `address ‖ uint96 cumulative`: for each
 ///        participant whose deposits the settlement confirms, the total the enclave counts; the
 ///        settlement lands only if every such total is at most the participant's `deposited`;
+///      * `pulls` = keccak of packed 48-byte pull records `address participant ‖ uint32 index ‖
+///        uint96 amount ‖ uint32 pull ‖ uint64 deadline`, made (or skipped) before the payouts;
+///        the participants' intent signatures travel beside them, outside the digest;
+///      * `pullChecks` = keccak of packed uint32 pull ids: with bit 31 clear the pull must have
+///        been made (`PullNotMade`), with bit 31 set (id in the low 31 bits) it must not
+///        (`PullMade`), checked against the bits the settlement leaves (after its own pulls);
 ///      * `claims` = the enclave's view of the claim chain, `notBefore` the latest deadline of
 ///        the pending payments it resolved (it lands only when block.timestamp > notBefore).
 ///      It lands only if `prevEpoch == lastEpoch < epoch < 2^31`: a signature is good once and
@@ -61,10 +71,13 @@ import {IERC3009Receive} from "./ASCManager.sol";
 ///      would be credited to a frozen account whose recorded statement predates it: stranded.
 ///
 ///      Balance statements. A402VaultBalance(participant, index, balance, locked, epoch, nonce,
-///      deposited): `balance` (free) and `locked` are what the vault owes the participant if it
-///      stopped now, counting its deposits up to the cumulative `deposited` (confirmed by a
-///      settlement with epoch ≤ `epoch`), net of its payouts in every settlement up to `epoch`
-///      and gross of every later one; `nonce` rises with every change, `epoch` never falls.
+///      deposited, pull, pulling, ledger): `balance` (free) and `locked` are what the vault owes
+///      the participant if it stopped now, counting its deposits up to the cumulative
+///      `deposited` (confirmed by a settlement with epoch ≤ `epoch`), net of its payouts in
+///      every settlement up to `epoch` and gross of every later one; `balance` includes
+///      `pulling`, the amount of pull `pull` (0: none) that no settlement has confirmed yet,
+///      which an exit pays only if that pull was made (see "Pulled deposits"); `nonce` rises
+///      with every change, `epoch` never falls.
 ///      A statement is usable (to start or challenge a force-settle) only if
 ///          lastPaidEpoch[index] ≤ statement.epoch ≤ lastEpoch   and   deposited ≤ deposited[p].
 ///      The right inequality: every settlement the statement is net of has landed; the left:
@@ -85,6 +98,46 @@ import {IERC3009Receive} from "./ASCManager.sol";
 ///      `deposited[p] − statement.deposited` on top of the statement, so a top-up made just
 ///      before the vault went dark, or a first deposit that no settlement confirmed (the
 ///      enclave signs every new participant an empty statement), is paid back.
+///
+///      Pulled deposits. A deposit transaction costs the participant 21,000 gas of its own and
+///      creates its `deposited` word; a pull rides in a settlement the vault already sends. The
+///      participant approves this contract on the token once and signs (EOA, or EIP-1271 with
+///      at most `PULL_CHECK_GAS`) A402VaultPull(participant, amount, pull, deadline) in this
+///      domain, `pull` an id the enclave assigns (dense, from 1, below 2^31). The settlement
+///      carries the pull record and the intent signature; for each record in order the contract
+///      reverts `PullRepeated` if the id's bit is set, and otherwise makes the pull — sets the
+///      bit and moves `amount` from the participant with `transferFrom` — unless the deadline
+///      passed, the record's lane (its index, as for payouts) is frozen, the intent is not the
+///      participant's, or the token refuses (false or revert, as SafeERC20 reads it): then the
+///      record is skipped and its bit stays clear. The vault's balance must grow by exactly the
+///      sum made (else the settlement reverts, as deposits refuse fee-on-transfer tokens). A
+///      pull moves no lane and no `deposited`: no storage word per participant. Later, a pull
+///      check proves the pull made (the enclave credits it) or not made (it voids it), the way
+///      `confirms` proves deposits: a statement naming that settlement's epoch is usable only
+///      once it landed. Why this is safe:
+///      * a host cannot choose amounts: the vault key signs keccak of the records, so the
+///        participant, its lane, the amount and the id are the enclave's; the participant's
+///        own signature binds (amount, id, deadline) to it, so an intent is good for one
+///        amount under one id, and the bit makes each id move money at most once;
+///      * a failed pull loses nobody money: nothing moved and its bit stays clear; the
+///        participant's statements that count it (`pull` = its id) pay `pulling` less while the
+///        bit is clear, so it is not paid money it never put in; the enclave credits nothing on
+///        a pull before a check proves it made (it spends none of `pulling` meanwhile);
+///      * the statement field is self-correcting: the enclave hands the participant a statement
+///        counting the pull (`pull`, `pulling`) before the settlement carrying it can land, and
+///        every later statement until a check confirms or voids it; whichever way the pull
+///        went, that statement pays exactly what the participant owns (made: the money is in
+///        the pool and paid back; not made: left out). A pull moves no lane, so such a
+///        statement stays usable after the settlement lands. One unconfirmed pull per
+///        participant at a time (a statement names one);
+///      * skip, not revert: whether a pull can be made is the participant's to change (its
+///        allowance, its balance, its wallet), after the enclave signed; reverting would let any
+///        participant stop every settlement it rides in. The sender cannot starve a good intent
+///        into a skip: a wallet gets its whole stipend or the settlement reverts
+///        (`InsufficientGas`), and a token transfer starved of gas would leave the rest of the
+///        settlement 1/64 of it, too little to finish;
+///      * exits: a frozen participant's pulls are skipped, so once its exit started its bits no
+///        longer change and `finalForceSettle` reads the same answer `initForceSettle` could.
 ///
 ///      Pending payments and claims. A vault-mode channel is A402VaultChannel(client, provider,
 ///      providerKey, capacity, salt), its id the EIP-712 hash. With σ_U for δ of `requestId`
@@ -181,6 +234,21 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         uint64 epoch;
         uint64 nonce;
         uint256 deposited;
+        uint32 pull;
+        uint256 pulling;
+    }
+
+    /// @notice A settlement's pulled deposits (see "Pulled deposits" in the contract docs):
+    ///         `records`, 48 bytes each, `address participant ‖ uint32 index ‖ uint96 amount ‖
+    ///         uint32 pull ‖ uint64 deadline` (the vault key signs their keccak); `signatures`,
+    ///         the participants' A402VaultPull intents, 65 bytes each in the same order (not
+    ///         signed by the vault key: the contract checks each against its participant);
+    ///         `checks`, packed uint32 pull ids the settlement proves made (bit 31 clear) or not
+    ///         made (bit 31 set) once its own pulls are done (the vault key signs their keccak).
+    struct Pulls {
+        bytes records;
+        bytes signatures;
+        bytes checks;
     }
 
     /// @notice What the vault key signs about a settlement besides its payouts and confirmations.
@@ -225,6 +293,9 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
 
     /// @notice A participant's force-settle: the recorded statement, its deadline, and what
     ///         claims on it come off its payout.
+    ///         `pull`/`pulling` are the statement's unconfirmed pull: `pulling` comes off the
+    ///         payout too if that pull's bit is clear when it is paid. Five words: the last two
+    ///         are (epoch, nonce, deadline, index, pull) and (deducted, pulling).
     struct ForceSettle {
         uint256 balance;
         uint256 locked;
@@ -233,7 +304,9 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         uint64 nonce;
         uint64 deadline;
         uint32 index;
+        uint32 pull;
         uint128 deducted;
+        uint128 pulling;
     }
 
     /// @notice The claims (and contests) made against a client: their sum and clientNonce range.
@@ -255,10 +328,10 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     }
 
     bytes32 public constant SETTLEMENT_TYPEHASH = keccak256(
-        "A402VaultSettlement(uint64 prevEpoch,uint64 epoch,bytes32 payouts,bytes32 confirms,bytes32 claims,uint64 notBefore,bytes16 ledger)"
+        "A402VaultSettlement(uint64 prevEpoch,uint64 epoch,bytes32 payouts,bytes32 confirms,bytes32 pulls,bytes32 pullChecks,bytes32 claims,uint64 notBefore,bytes16 ledger)"
     );
     bytes32 public constant BALANCE_TYPEHASH = keccak256(
-        "A402VaultBalance(address participant,uint32 index,uint256 balance,uint256 locked,uint64 epoch,uint64 nonce,uint256 deposited,bytes16 ledger)"
+        "A402VaultBalance(address participant,uint32 index,uint256 balance,uint256 locked,uint64 epoch,uint64 nonce,uint256 deposited,uint32 pull,uint256 pulling,bytes16 ledger)"
     );
     bytes32 public constant CHANNEL_TYPEHASH = keccak256(
         "A402VaultChannel(address client,address provider,bytes32 providerKey,uint256 capacity,bytes32 salt)"
@@ -269,10 +342,15 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     );
     bytes32 public constant DEPOSIT_TYPEHASH =
         keccak256("A402VaultDeposit(address participant,uint256 amount,bytes32 salt)");
+    bytes32 public constant PULL_TYPEHASH =
+        keccak256("A402VaultPull(address participant,uint256 amount,uint32 pull,uint64 deadline)");
     bytes32 public constant EXIT_TYPEHASH = keccak256("A402VaultExit(address participant,bytes32 statement)");
     bytes32 public constant WITHDRAWAL_TYPEHASH = keccak256(
         "A402Withdrawal(address owner,address to,uint256 amount,uint256 nonce,uint256 deadline)"
     );
+
+    /// @notice The most gas a participant's EIP-1271 wallet may use to check a pull intent.
+    uint256 public constant PULL_CHECK_GAS = 200_000;
 
     /// @notice The pooled asset (one per vault).
     IERC20 public immutable token;
@@ -306,6 +384,8 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     mapping(bytes32 paymentKey => bool) public claimed;
     // Epochs a replacement settlement skipped (void: never landed), 256 per word.
     mapping(uint256 word => uint256 bits) private _voided;
+    // Pull ids whose transfer a landed settlement made, 256 per word (see "Pulled deposits").
+    mapping(uint256 word => uint256 bits) private _pulled;
 
     /// @notice Payouts the token refused to transfer when due, by receiver.
     mapping(address account => uint256 amount) public owed;
@@ -317,6 +397,8 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     uint256 private constant _PAYOUT_SIZE = 36;
     uint256 private constant _CONFIRM_SIZE = 32;
     uint256 private constant _CLAIM_SIZE = 64;
+    uint256 private constant _PULL_SIZE = 48;
+    uint256 private constant _PULL_SIGNATURE_SIZE = 65;
     uint256 private constant _TAG_SHIFT = 192;
     uint256 private constant _AMOUNT_MASK = (1 << 192) - 1;
     uint256 private constant _HEAD_MASK = (1 << 224) - 1;
@@ -389,6 +471,14 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     error ClaimInTail(uint64 deadline, uint64 notBefore);
     /// @notice The settlement names another ledger life than the one the first settlement pinned.
     error WrongLedger(bytes16 ledger, bytes16 pinned);
+    /// @notice A landed settlement already made this pull (each pull id is made at most once).
+    error PullRepeated(uint32 pull);
+    /// @notice The settlement's pull checks say this pull was made; its bit is clear.
+    error PullNotMade(uint32 pull);
+    /// @notice The settlement's pull checks say this pull was not made; its bit is set.
+    error PullMade(uint32 pull);
+    /// @notice Too little gas left to give a participant's wallet its `PULL_CHECK_GAS`.
+    error InsufficientGas();
 
     constructor(IERC20 token_, address vaultSigner_, uint256 settleWindow_) EIP712("A402", "1") {
         if (
@@ -435,10 +525,12 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
 
     // ------------------------------------------------------------- settlement
 
-    /// @notice Pay every (payee, index, amount) of `payouts` and confirm every (participant,
-    ///         cumulative) of `confirms`, authorised by the vault key's `vaultSignature` over
-    ///         A402VaultSettlement(h.prevEpoch, h.epoch, keccak(payouts), keccak(confirms),
-    ///         h.claims, h.notBefore). `h.prevEpoch` must be `lastEpoch` and `h.epoch` above it;
+    /// @notice Make every pull of `pulls.records` (skipping those that cannot be made), check
+    ///         `pulls.checks`, pay every (payee, index, amount) of `payouts` and confirm every
+    ///         (participant, cumulative) of `confirms`, authorised by the vault key's
+    ///         `vaultSignature` over A402VaultSettlement(h.prevEpoch, h.epoch, keccak(payouts),
+    ///         keccak(confirms), keccak(pulls.records), keccak(pulls.checks), h.claims,
+    ///         h.notBefore, h.ledger). `h.prevEpoch` must be `lastEpoch` and `h.epoch` above it;
     ///         `h.claims` extended by `claimTail` (the claims mined since) must be `claimState`.
     ///         Sent by anyone. A frozen payee's payout is withheld; a payout the token refuses is
     ///         credited to `owed`. Reverts if the total exceeds `available()`.
@@ -446,19 +538,27 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         SettlementHeader calldata h,
         bytes calldata payouts,
         bytes calldata confirms,
+        Pulls calldata pulls,
         bytes calldata claimTail,
         bytes calldata vaultSignature
     ) external nonReentrant {
         uint64 last = lastEpoch;
         if (h.prevEpoch != last || h.epoch <= last || h.epoch >= _FROZEN) revert WrongEpoch(h.epoch, last);
-        if (payouts.length % _PAYOUT_SIZE != 0 || confirms.length % _CONFIRM_SIZE != 0) revert MalformedPayouts();
+        if (
+            payouts.length % _PAYOUT_SIZE != 0 || confirms.length % _CONFIRM_SIZE != 0
+                || pulls.records.length % _PULL_SIZE != 0 || pulls.checks.length % 4 != 0
+                || pulls.signatures.length != pulls.records.length / _PULL_SIZE * _PULL_SIGNATURE_SIZE
+        ) revert MalformedPayouts();
         if (block.timestamp <= h.notBefore) revert TooEarly(h.notBefore);
         if (last == 0) {
             ledger = h.ledger; // the first settlement pins the ledger life
         } else if (h.ledger != ledger) {
             revert WrongLedger(h.ledger, ledger);
         }
-        _requireVault(_headerDigest(h, keccak256(payouts), keccak256(confirms)), vaultSignature);
+        _requireVault(
+            _headerDigest(h, keccak256(payouts), keccak256(confirms), keccak256(pulls.records), keccak256(pulls.checks)),
+            vaultSignature
+        );
         _checkClaims(h.claims, claimTail, h.notBefore);
         _checkConfirms(confirms);
         lastEpoch = h.epoch;
@@ -466,19 +566,133 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
             _voided[e >> 8] |= 1 << (e & 255);
         }
         if (h.notBefore > resolvedUntil) resolvedUntil = h.notBefore;
-
-        uint256 available_ = available();
-        (uint256 total, uint256 count) = _payAll(payouts, h.epoch, last + 1);
-        if (total > available_) revert InsufficientFunds(total, available_);
-        emit Settled(h.epoch, count, total);
+        if (pulls.records.length != 0) _pullAll(pulls.records, pulls.signatures);
+        _checkPulls(pulls.checks);
+        _payAll(payouts, h.epoch, last + 1);
     }
 
-    function _headerDigest(SettlementHeader calldata h, bytes32 payoutsHash, bytes32 confirmsHash)
+    function _headerDigest(
+        SettlementHeader calldata h,
+        bytes32 payoutsHash,
+        bytes32 confirmsHash,
+        bytes32 pullsHash,
+        bytes32 checksHash
+    ) private view returns (bytes32) {
+        return settlementDigest(h, payoutsHash, confirmsHash, pullsHash, checksHash);
+    }
+
+    /// @dev The pull loop (see "Pulled deposits"): each record's id must be new (else the whole
+    ///      settlement reverts); a pull that cannot be made is skipped, its bit left clear; a
+    ///      made one sets its bit. The bitmap word is kept in hand while the next record's id
+    ///      shares it. The vault's balance must grow by exactly what was pulled.
+    function _pullAll(bytes calldata records, bytes calldata signatures) private {
+        uint256 before = token.balanceOf(address(this));
+        uint256 sum;
+        uint256 bitKey = type(uint256).max;
+        uint256 bits;
+        for (uint256 i; i < records.length / _PULL_SIZE; ++i) {
+            uint256 head;
+            uint256 tail;
+            assembly ("memory-safe") {
+                let pos := add(records.offset, mul(i, 48))
+                head := calldataload(pos)
+                tail := calldataload(add(pos, 16))
+            }
+            // tail = (last 16 bytes of the address) ‖ uint32 index ‖ uint96 amount ‖ uint32 pull
+            // ‖ uint64 deadline
+            uint256 pull = uint32(tail >> 64);
+            if (pull == 0 || pull & _FROZEN != 0) revert MalformedPayouts();
+            if (pull >> 8 != bitKey) {
+                if (bitKey != type(uint256).max) _pulled[bitKey] = bits;
+                bitKey = pull >> 8;
+                bits = _pulled[bitKey];
+            }
+            if (bits & (1 << (pull & 255)) != 0) revert PullRepeated(uint32(pull));
+            if (!_pullOne(head, tail, signatures[i * _PULL_SIGNATURE_SIZE:(i + 1) * _PULL_SIGNATURE_SIZE])) {
+                continue;
+            }
+            bits |= 1 << (pull & 255);
+            sum += uint96(tail >> 96);
+        }
+        _pulled[bitKey] = bits;
+        _checkReceived(before, sum);
+    }
+
+    /// @dev One pull record (`head`, `tail`: its words at bytes 0 and 16): made unless the
+    ///      deadline passed, the participant's lane is frozen (it is exiting: once its exit
+    ///      started its bits never change), its intent signature is not its own, or the token
+    ///      does not move `amount` from it. Returns whether it was made; never reverts for those.
+    function _pullOne(uint256 head, uint256 tail, bytes calldata signature) private returns (bool) {
+        uint32 index = uint32(tail >> 192);
+        if (index & _FROZEN != 0) revert MalformedPayouts();
+        uint64 deadline = uint64(tail);
+        if (block.timestamp > deadline || _lane(index) & _FROZEN != 0) return false;
+        address participant = address(uint160(head >> 96));
+        uint256 amount = uint96(tail >> 96);
+        bytes32 digest = pullDigest(participant, amount, uint32(tail >> 64), deadline);
+        if (!_intends(participant, digest, signature)) return false;
+        return token.trySafeTransferFrom(participant, address(this), amount);
+    }
+
+    /// @dev Whether `signature` is `participant`'s over `digest`: ECDSA for a key; for a
+    ///      contract, its EIP-1271 `isValidSignature` with at most `PULL_CHECK_GAS`, so that no
+    ///      wallet can consume the settlement's gas (a pull is skipped, never the settlement
+    ///      reverted, for what its participant does). A settlement sent with too little gas
+    ///      left to give a wallet its whole stipend reverts (`InsufficientGas`): no gas limit
+    ///      the sender picks can make a good intent fail. Only 32 bytes of the answer are read.
+    function _intends(address participant, bytes32 digest, bytes calldata signature)
         private
         view
-        returns (bytes32)
+        returns (bool result)
     {
-        return settlementDigest(h.prevEpoch, h.epoch, payoutsHash, confirmsHash, h.claims, h.notBefore, h.ledger);
+        if (participant.code.length == 0) {
+            (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecoverCalldata(digest, signature);
+            return err == ECDSA.RecoverError.NoError && signer == participant;
+        }
+        bytes4 selector = IERC1271.isValidSignature.selector;
+        uint256 stipend = PULL_CHECK_GAS;
+        bytes4 starved = InsufficientGas.selector;
+        assembly ("memory-safe") {
+            // isValidSignature(digest, signature), ABI-encoded at the free memory pointer.
+            let ptr := mload(0x40)
+            mstore(ptr, selector)
+            mstore(add(ptr, 0x04), digest)
+            mstore(add(ptr, 0x24), 0x40)
+            mstore(add(ptr, 0x44), signature.length)
+            calldatacopy(add(ptr, 0x64), signature.offset, signature.length)
+            mstore(add(add(ptr, 0x64), signature.length), 0)
+            // The call forwards at most 63/64 of what is left after its own cost (EIP-150).
+            if lt(gas(), add(add(stipend, div(stipend, 63)), 5000)) {
+                mstore(0x00, starved)
+                revert(0x00, 0x04)
+            }
+            let success := staticcall(stipend, participant, ptr, add(shl(5, shr(5, add(signature.length, 0x1F))), 0x64), 0x00, 0x20)
+            result := and(success, and(gt(returndatasize(), 0x1f), eq(mload(0x00), selector)))
+        }
+    }
+
+    /// @dev Each check, against the bitmap this settlement leaves (after its own pulls): an id
+    ///      with bit 31 clear must be made, with bit 31 set (id in the low 31 bits) must not.
+    function _checkPulls(bytes calldata checks) private view {
+        uint256 key = type(uint256).max;
+        uint256 bits;
+        for (uint256 pos; pos < checks.length; pos += 4) {
+            uint256 word;
+            assembly ("memory-safe") {
+                word := shr(224, calldataload(add(checks.offset, pos)))
+            }
+            uint256 pull = word & ~_FROZEN;
+            if (pull >> 8 != key) {
+                key = pull >> 8;
+                bits = _pulled[key];
+            }
+            bool made = (bits >> (pull & 255)) & 1 != 0;
+            if (word & _FROZEN == 0) {
+                if (!made) revert PullNotMade(uint32(pull));
+            } else if (made) {
+                revert PullMade(uint32(pull));
+            }
+        }
     }
 
     /// @dev Every confirmed total must be on-chain already (`deposited` only grows).
@@ -531,8 +745,12 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     }
 
     /// @dev The settlement loop: pay or withhold each record, keeping the lane word in hand
-    ///      until the next record's index leaves it. Returns what was paid and to how many.
-    function _payAll(bytes calldata payouts, uint64 epoch, uint64 tag) private returns (uint256 total, uint256 count) {
+    ///      until the next record's index leaves it. Reverts if what it pays exceeds what was
+    ///      `available()` before it.
+    function _payAll(bytes calldata payouts, uint64 epoch, uint64 tag) private {
+        uint256 available_ = available();
+        uint256 total;
+        uint256 count;
         uint256 key = type(uint256).max;
         uint256 lanes;
         for (uint256 pos; pos < payouts.length; pos += _PAYOUT_SIZE) {
@@ -567,6 +785,8 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
             _send(address(uint160(head >> 96)), uint96(tail));
         }
         if (key != type(uint256).max) _lanes[key] = lanes;
+        if (total > available_) revert InsufficientFunds(total, available_);
+        emit Settled(epoch, count, total);
     }
 
     /// @dev A frozen payee (force-settling or settled): keep its payout for the force-settle.
@@ -599,8 +819,18 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         uint256 deadline = block.timestamp + settleWindow;
         _setLane(st.index, lane_ | _FROZEN);
         part.status = Status.Settling;
-        _forceSettles[p] =
-            ForceSettle(st.balance, st.locked, st.deposited, st.epoch, st.nonce, uint64(deadline), st.index, deducted);
+        _forceSettles[p] = ForceSettle(
+            st.balance,
+            st.locked,
+            st.deposited,
+            st.epoch,
+            st.nonce,
+            uint64(deadline),
+            st.index,
+            st.pull,
+            deducted,
+            uint128(st.pulling)
+        );
         emit ForceSettleInitiated(p, st.balance, st.locked, st.epoch, st.nonce, deadline);
     }
 
@@ -618,7 +848,7 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         _checkStatement(st, signature, uint64(_lane(st.index) & ~_FROZEN), part.deposited);
         (fs.balance, fs.locked, fs.deposited, fs.epoch, fs.nonce) =
             (st.balance, st.locked, st.deposited, st.epoch, st.nonce);
-        fs.deducted = _deductionAt(p, st.nonce);
+        (fs.pull, fs.deducted, fs.pulling) = (st.pull, _deductionAt(p, st.nonce), uint128(st.pulling));
         emit ForceSettleChallenged(p, st.balance, st.locked, st.epoch, st.nonce);
     }
 
@@ -663,14 +893,17 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     }
 
     /// @notice What `finalForceSettle` would pay `participant` now (0 if none is recorded):
-    ///         balance + locked − the claims the statement counts (down to zero), + the deposits
-    ///         it does not count (`deposited` on-chain − the statement's), + payouts withheld
-    ///         that the statement is net of.
+    ///         balance + locked − the claims the statement counts − its pull's `pulling` if that
+    ///         pull is not made (down to zero), + the deposits it does not count (`deposited`
+    ///         on-chain − the statement's), + payouts withheld that the statement is net of.
     function settlementOf(address participant) public view returns (uint256) {
         ForceSettle storage fs = _forceSettles[participant];
         if (fs.deadline == 0) return 0;
         uint256 counted = fs.balance + fs.locked;
         uint256 deducted = fs.deducted;
+        uint32 pull = fs.pull;
+        // The participant's lane is frozen: its pulls are skipped, so this bit no longer moves.
+        if (pull != 0 && !pulled(pull)) deducted += fs.pulling;
         uint256 payout = deducted >= counted ? 0 : counted - deducted;
         payout += uint256(_participants[participant].deposited) - fs.deposited;
         uint64 epoch = fs.epoch;
@@ -689,6 +922,7 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         if (st.epoch < lastPaid || st.epoch > last) revert StaleStatement(st.epoch, lastPaid, last);
         if (_voided[st.epoch >> 8] & (1 << (st.epoch & 255)) != 0) revert VoidedEpoch(st.epoch);
         if (st.deposited > deposited) revert DepositsNotMade(st.participant, st.deposited, deposited);
+        if (st.pulling > type(uint128).max || st.pull & _FROZEN != 0) revert InvalidTerms();
         _requireVault(statementDigest(st), signature);
     }
 
@@ -826,6 +1060,11 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         return _voided[epoch >> 8] & (1 << (epoch & 255)) != 0;
     }
 
+    /// @notice Whether a landed settlement made pull `pull` (its transfer happened).
+    function pulled(uint32 pull) public view returns (bool) {
+        return (_pulled[pull >> 8] >> (pull & 255)) & 1 != 0;
+    }
+
     /// @notice Everything ever deposited for `participant` (what its statements' `deposited`
     ///         is compared with).
     function depositedOf(address participant) external view returns (uint256) {
@@ -849,20 +1088,33 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         return _forceSettles[participant];
     }
 
+    /// @notice The digest the vault key signs for a settlement of header `h` whose packed
+    ///         payouts, confirms, pull records and pull checks hash to the four given.
     function settlementDigest(
-        uint64 prevEpoch,
-        uint64 epoch,
+        SettlementHeader calldata h,
         bytes32 payoutsHash,
         bytes32 confirmsHash,
-        uint256 claims,
-        uint64 notBefore,
-        bytes16 ledger_
+        bytes32 pullsHash,
+        bytes32 checksHash
     ) public view returns (bytes32) {
         return _hashTypedDataV4(
             keccak256(
-                abi.encode(SETTLEMENT_TYPEHASH, prevEpoch, epoch, payoutsHash, confirmsHash, claims, notBefore, ledger_)
+                bytes.concat(
+                    abi.encode(SETTLEMENT_TYPEHASH, h.prevEpoch, h.epoch, payoutsHash, confirmsHash),
+                    abi.encode(pullsHash, checksHash, h.claims, h.notBefore, h.ledger)
+                )
             )
         );
+    }
+
+    /// @notice What `participant` signs (EOA or EIP-1271) to let a settlement pull `amount` of
+    ///         the token from it as pull `pull`, until `deadline`.
+    function pullDigest(address participant, uint256 amount, uint32 pull, uint64 deadline)
+        public
+        view
+        returns (bytes32)
+    {
+        return _hashTypedDataV4(keccak256(abi.encode(PULL_TYPEHASH, participant, amount, pull, deadline)));
     }
 
     /// @notice The digest the vault key signed for `st`: it names the pinned ledger life, or
@@ -880,6 +1132,8 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
                     st.epoch,
                     st.nonce,
                     st.deposited,
+                    st.pull,
+                    st.pulling,
                     life
                 )
             )

@@ -34,6 +34,7 @@ from a402.crypto.vault_messages import (
     deposit_nonce,
     exit_order_digest,
     pack_tail,
+    pull_digest,
 )
 from a402.evm.address import to_checksum
 from a402.evm.eip3009 import ReceiveAuthorization, sign_receive_authorization
@@ -58,7 +59,8 @@ class Lane:
 @dataclass(frozen=True, slots=True)
 class RecordedForceSettle:
     """``A402Vault.forceSettle(p)``: the statement recorded for ``p``, the deadline, and what
-    the claims and contests against it take off (``deducted``)."""
+    the claims and contests against it take off (``deducted``); ``pulling`` comes off too if
+    the statement's ``pull`` is not made when it is paid."""
 
     balance: int
     locked: int
@@ -67,7 +69,9 @@ class RecordedForceSettle:
     nonce: int
     deadline: int
     index: int
+    pull: int
     deducted: int
+    pulling: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,8 +176,12 @@ class A402Vault:
     def settle(self, sender: LocalAccount, packed_payouts: bytes, epoch: int, claims: int,
                vault_signature: bytes, claim_tail: bytes = b"", not_before: int = 0, *,
                prev_epoch: int | None = None, packed_confirms: bytes = b"",
-               ledger: bytes = NO_LEDGER) -> TxReceipt:
-        """``settle``: pay every packed payout (:func:`~a402.crypto.vault_messages.
+               packed_pulls: bytes = b"", pull_signatures: bytes = b"",
+               packed_pull_checks: bytes = b"", ledger: bytes = NO_LEDGER) -> TxReceipt:
+        """``settle``: make every packed pull (:func:`~a402.crypto.vault_messages.pack_pulls`,
+        with the participants' intent signatures ``pull_signatures``, :func:`~a402.crypto.
+        vault_messages.pack_pull_signatures`; one that cannot be made is skipped), check the
+        packed pull checks, pay every packed payout (:func:`~a402.crypto.vault_messages.
         pack_payouts`) and confirm every packed deposit total (:func:`~a402.crypto.
         vault_messages.pack_confirms`) with the vault key's signature over
         ``settlement_digest`` (which names ``prev_epoch``, by default ``epoch - 1``, the
@@ -182,9 +190,24 @@ class A402Vault:
         signed it (the first settlement pins it)."""
         prev = epoch - 1 if prev_epoch is None else prev_epoch
         header = (prev, epoch, claims, not_before, ledger)
-        call = self.contract.functions.settle(header, packed_payouts, packed_confirms,
-                                              claim_tail, vault_signature)
+        call = self.contract.functions.settle(
+            header, packed_payouts, packed_confirms,
+            (packed_pulls, pull_signatures, packed_pull_checks), claim_tail, vault_signature)
         return transact(self.chain, sender, call)
+
+    def pulled(self, pull: int) -> bool:
+        """Whether a landed settlement made pull ``pull`` (its transfer happened)."""
+        return bool(self.contract.functions.pulled(pull).call())
+
+    def sign_pull(self, participant: LocalAccount | DigestSigner, address: str, amount: int,
+                  pull: int, deadline: int) -> bytes:
+        """``participant``'s intent (:func:`~a402.crypto.vault_messages.pull_digest`) letting a
+        settlement pull ``amount`` from ``address`` (its own) as pull ``pull`` until
+        ``deadline``; it must also have approved this contract on the token."""
+        digest = pull_digest(self.domain, address, amount, pull, deadline)
+        if isinstance(participant, LocalAccount):
+            return bytes(participant.unsafe_sign_hash(Hash32(digest)).signature)
+        return participant.sign_digest(digest)
 
     def claim_state(self) -> int:
         """The contract's claim chain: ``count ‖ head`` (:func:`~a402.crypto.vault_messages.
@@ -339,11 +362,17 @@ class A402Vault:
     # the contract's own digests, for checking the pure encoders against it
     def settlement_digest(self, epoch: int, packed_payouts: bytes, claims: int,
                           not_before: int = 0, *, prev_epoch: int | None = None,
-                          packed_confirms: bytes = b"", ledger: bytes = NO_LEDGER) -> bytes:
+                          packed_confirms: bytes = b"", packed_pulls: bytes = b"",
+                          packed_pull_checks: bytes = b"", ledger: bytes = NO_LEDGER) -> bytes:
         prev = epoch - 1 if prev_epoch is None else prev_epoch
         return bytes(self.contract.functions.settlementDigest(
-            prev, epoch, keccak256(packed_payouts), keccak256(packed_confirms), claims,
-            not_before, ledger).call())
+            (prev, epoch, claims, not_before, ledger), keccak256(packed_payouts),
+            keccak256(packed_confirms), keccak256(packed_pulls),
+            keccak256(packed_pull_checks)).call())
+
+    def pull_digest(self, participant: str, amount: int, pull: int, deadline: int) -> bytes:
+        return bytes(self.contract.functions.pullDigest(
+            to_checksum(participant), amount, pull, deadline).call())
 
     def statement_digest(self, statement: BalanceStatement) -> bytes:
         return bytes(self.contract.functions.statementDigest(_statement(statement)).call())
@@ -361,9 +390,11 @@ class A402Vault:
             to_checksum(participant), amount, salt).call())
 
 
-def _statement(statement: BalanceStatement) -> tuple[str, int, int, int, int, int, int]:
+def _statement(statement: BalanceStatement
+               ) -> tuple[str, int, int, int, int, int, int, int, int]:
     return (to_checksum(statement.participant), statement.index, statement.balance,
-            statement.locked, statement.epoch, statement.nonce, statement.deposited)
+            statement.locked, statement.epoch, statement.nonce, statement.deposited,
+            statement.pull, statement.pulling)
 
 
 def _channel(terms: VaultChannelTerms) -> tuple[str, str, bytes, int, bytes]:

@@ -274,7 +274,8 @@ def test_a_token_that_calls_back_during_a_payout_cannot_settle_again(
     # The hook replays a valid settlement of the next epoch from inside the first's payout.
     packed2, signature2 = sign_settlement(vault_key, rvault, 2, [(payee.address, 4_000)])
     header = (1, 2, rvault.claim_state(), 0, bytes(16))
-    data = rvault.contract.encode_abi("settle", [header, packed2, b"", b"", signature2])
+    data = rvault.contract.encode_abi("settle", [header, packed2, b"", (b"", b"", b""), b"",
+                                                 signature2])
     transact(vault_chain, deployer, token.functions.arm(rvault.address, data))
     settle(vault_key, rvault, gas_payer, [(payee.address, 4_000)])
     assert token.functions.attempted().call()

@@ -14,20 +14,31 @@ the vault's address, so a pending payment's ``m`` and ``σ_U``
 * :func:`pack_confirms` — a settlement's deposit confirmations, 32 bytes each:
   ``address (20) ‖ uint96 cumulative`` (the participant's deposits the enclave counts;
   the contract checks each against its ``deposited``);
+* :class:`PullRecord` / :func:`pack_pulls` — a settlement's pulled deposits, 48 bytes
+  each: ``address participant (20) ‖ uint32 index (4) ‖ uint96 amount (12) ‖ uint32 pull (4)
+  ‖ uint64 deadline (8)``, ``pull`` the id the enclave assigned (dense, from 1), with the
+  participants' intent signatures beside them (:func:`pack_pull_signatures`, 65 bytes each,
+  not in the vault's digest); :func:`pull_digest` — the intent ``A402VaultPull(address
+  participant, uint256 amount, uint32 pull, uint64 deadline)`` each participant signs;
+* :func:`pack_pull_checks` — a settlement's pull checks, 4 bytes each: a pull id the
+  settlement proves made, or with bit 31 set (:data:`PULL_VOID`) one it proves not made;
 * :func:`fold_claim` / :func:`pack_tail` — the contract's claim chain (``claimState =
   count (32 bits) ‖ low 224 bits of keccak(state ‖ 0x01 ‖ key ‖ uint64 deadline)``, ``key =
   keccak(channelId, requestId)``) and a settlement's tail of the claims mined since (64
   bytes each: ``key``, then ``deadline`` as a word);
 * :func:`settlement_digest` — ``A402VaultSettlement(uint64 prevEpoch, uint64 epoch, bytes32
-  payouts, bytes32 confirms, bytes32 claims, uint64 notBefore)``, ``payouts`` and
-  ``confirms`` the keccak of the packed records, ``claims`` the enclave's claim state,
+  payouts, bytes32 confirms, bytes32 pulls, bytes32 pullChecks, bytes32 claims, uint64
+  notBefore)``, ``payouts``, ``confirms``, ``pulls`` and ``pullChecks`` the keccak of the
+  packed records, ``claims`` the enclave's claim state,
   ``notBefore`` the latest deadline of the pending payments it resolves (the contract lands
   it only after); ``prevEpoch`` the settlement it follows (``epoch - 1`` unless it replaces
   settlements that can never land); ``bytes16 ledger`` (last) the ledger life that signed it
   (pinned by the first landed settlement);
 * :class:`BalanceStatement` / :func:`statement_digest` — ``A402VaultBalance(address
   participant, uint32 index, uint256 balance, uint256 locked, uint64 epoch, uint64 nonce,
-  uint256 deposited, bytes16 ledger)`` (ledger 0 for epoch 0); :func:`exit_order_digest` —
+  uint256 deposited, uint32 pull, uint256 pulling, bytes16 ledger)`` (ledger 0 for epoch 0;
+  ``balance`` includes ``pulling``, the amount of the unconfirmed pull ``pull``, which a
+  force-settle pays only if that pull was made); :func:`exit_order_digest` —
   ``A402VaultExit(address participant, bytes32 statement)``, the participant's order to
   start its exit with that statement;
 * :class:`VaultChannelTerms` / :func:`vault_channel_id` — ``A402VaultChannel(address
@@ -54,12 +65,13 @@ from .message import PaymentDomain
 
 SETTLEMENT_TYPE = (
     "A402VaultSettlement(uint64 prevEpoch,uint64 epoch,bytes32 payouts,bytes32 confirms,"
-    "bytes32 claims,uint64 notBefore,bytes16 ledger)"
+    "bytes32 pulls,bytes32 pullChecks,bytes32 claims,uint64 notBefore,bytes16 ledger)"
 )
 BALANCE_TYPE = (
     "A402VaultBalance(address participant,uint32 index,uint256 balance,uint256 locked,uint64 epoch,"
-    "uint64 nonce,uint256 deposited,bytes16 ledger)"
+    "uint64 nonce,uint256 deposited,uint32 pull,uint256 pulling,bytes16 ledger)"
 )
+PULL_TYPE = "A402VaultPull(address participant,uint256 amount,uint32 pull,uint64 deadline)"
 EXIT_TYPE = "A402VaultExit(address participant,bytes32 statement)"
 CHANNEL_TYPE = (
     "A402VaultChannel(address client,address provider,bytes32 providerKey,uint256 capacity,"
@@ -77,9 +89,16 @@ CHANNEL_TYPEHASH = keccak256(CHANNEL_TYPE.encode())
 PENDING_TYPEHASH = keccak256(PENDING_TYPE.encode())
 DEPOSIT_TYPEHASH = keccak256(DEPOSIT_TYPE.encode())
 EXIT_TYPEHASH = keccak256(EXIT_TYPE.encode())
+PULL_TYPEHASH = keccak256(PULL_TYPE.encode())
 
 PAYOUT_SIZE = 36
 CONFIRM_SIZE = 32
+PULL_SIZE = 48
+PULL_SIGNATURE_SIZE = 65
+PULL_CHECK_SIZE = 4
+PULL_VOID = 1 << 31
+"""Set in a pull check: the settlement proves that pull was NOT made (its bit is clear);
+pull ids stay below it (1 ≤ id < 2^31)."""
 MAX_PAYOUT = (1 << 96) - 1
 EXIT_CREDIT = 1 << 31
 """Set in a payout record's index: an exit credit, paid at once and moving no lane (money
@@ -88,6 +107,7 @@ participant indices stay below it."""
 MAX_EPOCH = (1 << 31) - 1
 """Settlement epochs fit a lane's 31 bits (the 32nd marks a frozen participant)."""
 _UINT32 = 1 << 32
+_UINT128 = 1 << 128
 _UINT64 = 1 << 64
 _UINT256 = 1 << 256
 _HEAD_MASK = (1 << 224) - 1
@@ -168,6 +188,96 @@ def pack_confirms(confirms: Iterable[tuple[str | bytes, int]]) -> bytes:
     return bytes(out)
 
 
+@dataclass(frozen=True, slots=True)
+class PullRecord:
+    """One pulled deposit in a settlement: ``amount`` of the token from ``participant``
+    (lane ``index``) as pull ``pull``, if its intent (signed until ``deadline``) holds."""
+
+    participant: str
+    index: int
+    amount: int
+    pull: int
+    deadline: int
+
+    def packed(self) -> bytes:
+        if not 0 <= self.amount <= MAX_PAYOUT:
+            raise ValueError("a pull's amount must fit in uint96")
+        if not 0 <= self.index < EXIT_CREDIT:
+            raise ValueError("a participant index must be below 2^31")
+        if not 0 < self.pull < PULL_VOID:
+            raise ValueError("a pull id is in [1, 2^31)")
+        return (address_bytes(self.participant) + self.index.to_bytes(4, "big")
+                + self.amount.to_bytes(12, "big") + self.pull.to_bytes(4, "big")
+                + _uint(self.deadline, _UINT64, "deadline")[24:])
+
+
+def pack_pulls(records: Iterable[PullRecord]) -> bytes:
+    """A settlement's pull records, as the contract reads them (48 bytes each)."""
+    return b"".join(r.packed() for r in records)
+
+
+def unpack_pulls(packed: bytes) -> list[PullRecord]:
+    """The inverse of :func:`pack_pulls` (addresses as lower-case ``0x`` hex)."""
+    if len(packed) % PULL_SIZE:
+        raise ValueError("packed pulls are a multiple of 48 bytes")
+    return [
+        PullRecord(
+            "0x" + packed[i : i + 20].hex(),
+            int.from_bytes(packed[i + 20 : i + 24], "big"),
+            int.from_bytes(packed[i + 24 : i + 36], "big"),
+            int.from_bytes(packed[i + 36 : i + 40], "big"),
+            int.from_bytes(packed[i + 40 : i + 48], "big"),
+        )
+        for i in range(0, len(packed), PULL_SIZE)
+    ]
+
+
+def pack_pull_signatures(signatures: Iterable[bytes]) -> bytes:
+    """The participants' intent signatures, in the order of the pull records (65 bytes each,
+    ``r ‖ s ‖ v``; for an EIP-1271 participant, whatever 65 bytes its wallet accepts)."""
+    out = bytearray()
+    for signature in signatures:
+        if len(signature) != PULL_SIGNATURE_SIZE:
+            raise ValueError("a pull's intent signature is 65 bytes")
+        out += signature
+    return bytes(out)
+
+
+def pack_pull_checks(checks: Iterable[tuple[int, bool]]) -> bytes:
+    """``(pull id, made)`` as the contract reads them: the id, with bit 31 set when the
+    settlement proves it was not made (4 bytes each)."""
+    out = bytearray()
+    for pull, made in checks:
+        if not 0 < pull < PULL_VOID:
+            raise ValueError("a pull id is in [1, 2^31)")
+        out += (pull if made else pull | PULL_VOID).to_bytes(4, "big")
+    return bytes(out)
+
+
+def unpack_pull_checks(packed: bytes) -> list[tuple[int, bool]]:
+    """The inverse of :func:`pack_pull_checks`."""
+    if len(packed) % PULL_CHECK_SIZE:
+        raise ValueError("packed pull checks are a multiple of 4 bytes")
+    words = (int.from_bytes(packed[i : i + 4], "big") for i in range(0, len(packed), 4))
+    return [(w & ~PULL_VOID, not w & PULL_VOID) for w in words]
+
+
+def pull_digest(domain: PaymentDomain, participant: str | bytes, amount: int, pull: int,
+                deadline: int) -> bytes:
+    """What ``participant`` signs to let a settlement pull ``amount`` from it as pull ``pull``
+    until ``deadline`` (unix seconds): ``A402VaultPull`` in the vault's domain."""
+    return _typed(
+        domain,
+        keccak256(
+            PULL_TYPEHASH
+            + _address_word(participant)
+            + _uint(amount, _UINT256, "amount")
+            + _uint(pull, _UINT32, "pull")
+            + _uint(deadline, _UINT64, "deadline")
+        ),
+    )
+
+
 def claim_key(channel_id: bytes, request_id: int) -> bytes:
     """The contract's key of one (channel, request): ``keccak(abi.encode(cid, rid))``."""
     return keccak256(_bytes32(channel_id, "channel id") + _uint(request_id, _UINT256, "request"))
@@ -211,11 +321,14 @@ def pack_tail(records: Iterable[ClaimRecord]) -> bytes:
 
 def settlement_digest(
     domain: PaymentDomain, epoch: int, packed_payouts: bytes, claims: int, not_before: int = 0,
-    *, prev_epoch: int | None = None, packed_confirms: bytes = b"", ledger: bytes = NO_LEDGER,
+    *, prev_epoch: int | None = None, packed_confirms: bytes = b"", packed_pulls: bytes = b"",
+    packed_pull_checks: bytes = b"", ledger: bytes = NO_LEDGER,
 ) -> bytes:
     """What the vault key signs to authorise settlement ``epoch`` (following ``prev_epoch``,
-    by default ``epoch - 1``) of ``packed_payouts`` and ``packed_confirms`` (either may be
-    empty), with its claim state ``claims``, landable only after chain time ``not_before``."""
+    by default ``epoch - 1``) of ``packed_payouts``, ``packed_confirms``, ``packed_pulls``
+    (:func:`pack_pulls`; their intent signatures are not part of it) and
+    ``packed_pull_checks`` (any may be empty), with its claim state ``claims``, landable only
+    after chain time ``not_before``."""
     prev = epoch - 1 if prev_epoch is None else prev_epoch
     if not 0 <= prev < epoch:
         raise ValueError("a settlement follows an earlier epoch")
@@ -227,6 +340,8 @@ def settlement_digest(
             + _uint(epoch, MAX_EPOCH + 1, "epoch")
             + keccak256(packed_payouts)
             + keccak256(packed_confirms)
+            + keccak256(packed_pulls)
+            + keccak256(packed_pull_checks)
             + _uint(claims, _UINT256, "claim state")
             + _uint(not_before, _UINT64, "notBefore")
             + _ledger(ledger)
@@ -242,7 +357,9 @@ class BalanceStatement:
     """What the vault owes ``participant`` (lane ``index``) if it stopped now (free
     ``balance`` and ``locked`` in its open channels as a client), counting its deposits up
     to the cumulative ``deposited``, net of its payouts in every settlement up to ``epoch``;
-    ``nonce`` increases with every change."""
+    ``nonce`` increases with every change. ``balance`` includes ``pulling``, the amount of
+    pull ``pull`` (0: none) that no settlement has confirmed yet: a force-settle pays it
+    only if that pull was made."""
 
     participant: str
     index: int
@@ -251,11 +368,13 @@ class BalanceStatement:
     epoch: int
     nonce: int
     deposited: int = 0
+    pull: int = 0
+    pulling: int = 0
 
-    def as_tuple(self) -> tuple[str, int, int, int, int, int, int]:
+    def as_tuple(self) -> tuple[str, int, int, int, int, int, int, int, int]:
         """The contract's ``Statement`` tuple."""
         return (self.participant, self.index, self.balance, self.locked, self.epoch, self.nonce,
-                self.deposited)
+                self.deposited, self.pull, self.pulling)
 
 
 def statement_digest(domain: PaymentDomain, statement: BalanceStatement,
@@ -273,6 +392,8 @@ def statement_digest(domain: PaymentDomain, statement: BalanceStatement,
             + _uint(statement.epoch, _UINT64, "epoch")
             + _uint(statement.nonce, _UINT64, "nonce")
             + _uint(statement.deposited, _UINT256, "deposited")
+            + _uint(statement.pull, PULL_VOID, "pull")
+            + _uint(statement.pulling, _UINT128, "pulling")
             + _ledger(ledger if statement.epoch else NO_LEDGER)
         ),
     )

@@ -1246,7 +1246,8 @@ def statement_json(signed: SignedStatement) -> dict[str, Any]:
     s = signed.statement
     return {"participant": s.participant, "index": s.index, "balance": str(s.balance),
             "locked": str(s.locked), "epoch": s.epoch, "nonce": s.nonce,
-            "deposited": str(s.deposited), "signature": "0x" + signed.signature.hex()}
+            "deposited": str(s.deposited), "pull": s.pull, "pulling": str(s.pulling),
+            "signature": "0x" + signed.signature.hex()}
 
 
 def statement_from_json(kept: Mapping[str, Any]) -> SignedStatement:
@@ -1255,7 +1256,7 @@ def statement_from_json(kept: Mapping[str, Any]) -> SignedStatement:
     return SignedStatement(
         BalanceStatement(str(kept["participant"]), int(kept["index"]), int(kept["balance"]),
                          int(kept["locked"]), int(kept["epoch"]), int(kept["nonce"]),
-                         int(kept["deposited"])),
+                         int(kept["deposited"]), int(kept["pull"]), int(kept["pulling"])),
         bytes.fromhex(str(kept["signature"]).removeprefix("0x")))
 
 
