@@ -23,11 +23,20 @@ the participant's ``deposited``: one cold read and 32 bytes of calldata each); l
 median first deposit + that settlement / 100. A participant's later deposits cost less (its
 ``deposited`` word exists: "deposit (later)").
 
+Pulled lifecycle per participant (deposits pulled inside the settlement, "Pulled deposits"
+in the contract docs): 100 fresh participants (holding tokens, each having approved the vault
+once — that approve is listed apart, as above) sign A402VaultPull intents; one settlement
+makes the 100 pulls; the next one proves them made (pull checks) and pays each its first
+payout; lifecycle = both settlements / 100. No deposit transaction, no per-participant
+``deposited`` word.
+
 x402 ``exact``: one ``transferWithAuthorization`` per request, submitted directly (the
 floor of what any ``exact`` facilitator pays, what ``bench/exact.py`` calls the direct
 transfer), median of 10, payee already funded. Totals for R paid requests among 100
 participants: ``exact`` = R transfers; vault = 100 first deposits + one settlement of 100 that
-confirms them (one round here; requests do not touch the chain at all in vault mode).
+confirms them (one round here; requests do not touch the chain at all in vault mode); vault
+with pulls = the settlement of 100 pulls + the one confirming and paying them (and, on a row
+of its own, the same plus the 100 participants' one-time approvals).
 
 Usage: ``python bench/vault_gas.py`` — prints the tables and writes
 ``bench/results/vault_gas.json``. Needs anvil (``npm ci``).
@@ -60,9 +69,13 @@ from a402.crypto import (
 from a402.crypto.authorization import sign_authorization
 from a402.crypto.vault_messages import (
     BalanceStatement,
+    PullRecord,
     VaultChannelTerms,
     pack_confirms,
     pack_payouts,
+    pack_pull_checks,
+    pack_pull_signatures,
+    pack_pulls,
     pending_digest,
     settlement_digest,
     statement_digest,
@@ -100,6 +113,7 @@ class Bench:
         self.vault = A402Vault.deploy(chain, deployer, self.token.address,
                                       "0x" + self.key.address.hex(), SETTLE_WINDOW)
         self.index: dict[str, int] = {}
+        self.vault_pulls = 0  # pull ids assigned so far (dense, from 1)
         self.keys: dict[str, LocalAccount] = {}
         self.gas_payer = self.funded(0)
         self.funder = self.funded(10**15)
@@ -116,17 +130,24 @@ class Bench:
         return account
 
     def settle(self, payouts: list[tuple[str, int]],
-               confirms: list[tuple[str, int]] | None = None, not_before: int = 0) -> int:
+               confirms: list[tuple[str, int]] | None = None, not_before: int = 0, *,
+               pulls: list[tuple[PullRecord, bytes]] | None = None,
+               checks: list[tuple[int, bool]] | None = None) -> int:
         epoch = self.vault.last_epoch() + 1
         packed = pack_payouts([(a, self.index[a], x) for a, x in payouts])
         packed_confirms = pack_confirms(confirms or [])
+        records = pack_pulls(r for r, _ in pulls or [])
+        intents = pack_pull_signatures(sig for _, sig in pulls or [])
+        packed_checks = pack_pull_checks(checks or [])
         claims = self.vault.claim_state()
         signature = self.key.sign_digest(settlement_digest(
             self.vault.domain, epoch, packed, claims, not_before,
-            packed_confirms=packed_confirms))
+            packed_confirms=packed_confirms, packed_pulls=records,
+            packed_pull_checks=packed_checks))
         return int(self.vault.settle(self.gas_payer, packed, epoch, claims, signature,
-                                     b"", not_before,
-                                     packed_confirms=packed_confirms)["gasUsed"])
+                                     b"", not_before, packed_confirms=packed_confirms,
+                                     packed_pulls=records, pull_signatures=intents,
+                                     packed_pull_checks=packed_checks)["gasUsed"])
 
     def payees(self, n: int) -> list[str]:
         """``n`` fresh participants that already hold tokens (never paid by the vault), with
@@ -139,10 +160,10 @@ class Bench:
             self.keys[account.address] = account
         return fresh
 
-    def statement(self, participant: str, amount: int, nonce: int) -> tuple[BalanceStatement,
-                                                                             bytes]:
+    def statement(self, participant: str, amount: int, nonce: int, pull: int = 0,
+                  pulling: int = 0) -> tuple[BalanceStatement, bytes]:
         st = BalanceStatement(participant, self.index[participant], amount, 0,
-                              self.vault.last_epoch(), nonce)
+                              self.vault.last_epoch(), nonce, 0, pull, pulling)
         return st, self.key.sign_digest(statement_digest(self.vault.domain, st))
 
 
@@ -176,17 +197,26 @@ def measure_entry_points(b: Bench) -> dict[str, int]:
     gas["depositWithAuthorization (gasless)"] = int(
         vault.deposit_with_authorization(b.gas_payer, auth)["gasUsed"])
 
-    # Force-settle: init with an older statement, the watchtower's challenge, final.
-    p = b.payees(1)[0]
-    b.settle([(p, 1_000)])  # p was paid once: its statements of this epoch on are usable
+    # Force-settle: init with an older statement, the watchtower's challenge, final; then the
+    # same for statements that count an unconfirmed pull (one never made: its bit is clear).
+    p, q = b.payees(2)
+    b.settle([(p, 1_000), (q, 1_000)])  # paid once: their statements of this epoch on are usable
     st, sig = b.statement(p, 5_000, 1)
     gas["initForceSettle"] = int(vault.init_force_settle(
         b.gas_payer, st, sig, vault.exit_order(b.keys[p], st))["gasUsed"])
     gas["challengeForceSettle"] = int(vault.challenge_force_settle(
         b.gas_payer, *b.statement(p, 4_000, 2))["gasUsed"])
+    b.vault_pulls += 1
+    st, sig = b.statement(q, 5_000, 1, b.vault_pulls, 1_000)
+    gas["initForceSettle (statement counting a pull)"] = int(vault.init_force_settle(
+        b.gas_payer, st, sig, vault.exit_order(b.keys[q], st))["gasUsed"])
+    gas["challengeForceSettle (statement counting a pull)"] = int(vault.challenge_force_settle(
+        b.gas_payer, *b.statement(q, 4_000, 2, b.vault_pulls, 1_000))["gasUsed"])
     chain.w3.provider.make_request(RPCEndpoint("evm_increaseTime"), [SETTLE_WINDOW])
     chain.w3.provider.make_request(RPCEndpoint("evm_mine"), [])
     gas["finalForceSettle"] = int(vault.final_force_settle(b.gas_payer, p)["gasUsed"])
+    gas["finalForceSettle (its pull not made)"] = int(
+        vault.final_force_settle(b.gas_payer, q)["gasUsed"])
 
     # A provider's claim of its pending payment while the vault is dark.
     schnorr = EVM.generate_key()
@@ -238,6 +268,32 @@ def measure_lifecycle(b: Bench, n: int = LIFECYCLE_BATCH) -> dict[str, int]:
             "lifecycle": first + round(settle / n)}
 
 
+def measure_pulled_lifecycle(b: Bench, n: int = LIFECYCLE_BATCH) -> dict[str, int]:
+    """``n`` fresh participants' pulls in one settlement, then the settlement that proves them
+    made and pays each its first payout (see the module docstring)."""
+    payees = b.payees(n)
+    approvals = []
+    for p in payees:
+        account = b.keys[p]
+        transact(b.chain, b.chain.accounts[0], {"to": p}, value=10**17)
+        transact(b.chain, b.chain.accounts[0], b.token.functions.mint(p, 2_000))
+        approvals.append(int(transact(b.chain, account, b.token.functions.approve(
+            b.vault.address, MAX_UINT))["gasUsed"]))
+    deadline = int(b.chain.w3.eth.get_block("latest")["timestamp"]) + 3_600
+    pulls = []
+    for pull, p in enumerate(payees, start=b.vault_pulls + 1):
+        pulls.append((PullRecord(p, b.index[p], 2_000, pull, deadline),
+                      b.vault.sign_pull(b.keys[p], p, 2_000, pull, deadline)))
+    b.vault_pulls += n
+    pull_tx = b.settle([], pulls=pulls)
+    assert all(b.vault.pulled(r.pull) for r, _ in pulls)
+    confirm_tx = b.settle([(p, 1_000) for p in payees], checks=[(r.pull, True) for r, _ in pulls])
+    return {"participants": n, "approve_median": int(statistics.median(approvals)),
+            "pull_settle_tx": pull_tx, "pull_per_participant": round(pull_tx / n),
+            "confirm_settle_tx": confirm_tx, "confirm_per_participant": round(confirm_tx / n),
+            "lifecycle": round(pull_tx / n) + round(confirm_tx / n)}
+
+
 def measure_exact(b: Bench, count: int = 10) -> int:
     """Median gas of a direct EIP-3009 ``transferWithAuthorization`` (x402 ``exact``)."""
     payer, payee = b.funded(10**9, eth=0), b.funded(1, eth=0)
@@ -274,6 +330,7 @@ def measure(chain: Chain, sizes: tuple[int, ...] = BATCH_SIZES) -> dict[str, Any
     at = {row["payees"]: row for row in settlements}
     batch = at.get(LIFECYCLE_BATCH) or settlements[-1]
     life = measure_lifecycle(b, batch["payees"])
+    pulled = measure_pulled_lifecycle(b, batch["payees"])
     share = life["settle_per_participant"]
     lifecycle = {
         "first deposit + share of a settlement confirming it": life["lifecycle"],
@@ -282,16 +339,29 @@ def measure(chain: Chain, sizes: tuple[int, ...] = BATCH_SIZES) -> dict[str, Any
             gas["depositWithAuthorization (gasless)"] + share,
         "(reference) plain transfer + share of a first settlement":
             gas["plain token transfer to the vault (not credited)"] + batch["first_per_payee"],
+        "pull: share of the settlement of 100 pulls": pulled["pull_per_participant"],
+        "pull: share of the settlement confirming and paying it": pulled[
+            "confirm_per_participant"],
+        "pulled deposit + shares of both settlements": pulled["lifecycle"],
+        "(apart) the participant's one-time approve": pulled["approve_median"],
     }
     breakdown = lifecycle_breakdown(gas, batch, life, exact)
     totals = {}
     for requests in (10_000, 100_000):
         vault_total = 100 * life["first_deposit_median"] + life["settle_tx"] * 100 // life[
             "participants"]
+        pulled_total = (pulled["pull_settle_tx"] + pulled["confirm_settle_tx"]) * 100 // pulled[
+            "participants"]
+        with_approvals = pulled_total + 100 * pulled["approve_median"]
         totals[str(requests)] = {"exact": exact * requests, "vault": vault_total,
-                                 "ratio": round(exact * requests / vault_total, 1)}
+                                 "ratio": round(exact * requests / vault_total, 1),
+                                 "vault_pulls": pulled_total,
+                                 "ratio_pulls": round(exact * requests / pulled_total, 1),
+                                 "vault_pulls_and_approvals": with_approvals,
+                                 "ratio_pulls_and_approvals":
+                                     round(exact * requests / with_approvals, 1)}
     return {"settlement": settlements, "entry_points": gas, "lifecycle": lifecycle,
-            "lifecycle_measured": life,
+            "lifecycle_measured": life, "pulled_lifecycle_measured": pulled,
             "lifecycle_batch": batch["payees"], "exact_per_request": exact,
             "lifecycle_breakdown": breakdown, "totals_100_participants": totals}
 
@@ -356,8 +426,13 @@ def tables(result: dict[str, Any]) -> str:
     lines += ["", f"{'paid requests among 100 participants':<38} {'exact':>13} {'vault':>11}"
               f" {'ratio':>8}", "-" * 73]
     for requests, row in result["totals_100_participants"].items():
-        lines.append(f"{int(requests):<38,} {row['exact']:>13,} {row['vault']:>11,}"
-                     f" {row['ratio']:>7}x")
+        for name, vault, ratio in (("deposits", "vault", "ratio"),
+                                   ("pulls", "vault_pulls", "ratio_pulls"),
+                                   ("pulls + approves", "vault_pulls_and_approvals",
+                                    "ratio_pulls_and_approvals")):
+            label = f"{int(requests):,} ({name})"
+            lines.append(f"{label:<38} {row['exact']:>13,} {row[vault]:>11,}"
+                         f" {row[ratio]:>7}x")
     return "\n".join(lines)
 
 
