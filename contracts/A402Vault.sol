@@ -123,13 +123,16 @@ import {IERC3009Receive} from "./ASCManager.sol";
 ///        participant's statements that count it (`pull` = its id) pay `pulling` less while the
 ///        bit is clear, so it is not paid money it never put in; the enclave credits nothing on
 ///        a pull before a check proves it made (it spends none of `pulling` meanwhile);
-///      * the statement field is self-correcting: the enclave hands the participant a statement
-///        counting the pull (`pull`, `pulling`) before the settlement carrying it can land, and
-///        every later statement until a check confirms or voids it; whichever way the pull
+///      * the statement field is self-correcting: the enclave signs the participant a statement
+///        counting the pull (`pull`, `pulling`) when it assigns the id, and every later one
+///        counts it until a check confirms or voids it; the participant signs its intent only
+///        once it holds such a statement (so no host can land the pull and withhold the
+///        statement: there is no `deposited` word to fall back on). Whichever way the pull
 ///        went, that statement pays exactly what the participant owns (made: the money is in
 ///        the pool and paid back; not made: left out). A pull moves no lane, so such a
 ///        statement stays usable after the settlement lands. One unconfirmed pull per
-///        participant at a time (a statement names one);
+///        participant at a time (a statement names one); an id once voided is never put in a
+///        settlement again (its intent may still be unexpired);
 ///      * skip, not revert: whether a pull can be made is the participant's to change (its
 ///        allowance, its balance, its wallet), after the enclave signed; reverting would let any
 ///        participant stop every settlement it rides in. The sender cannot starve a good intent
