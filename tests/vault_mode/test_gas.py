@@ -10,6 +10,12 @@ creates its ``deposited`` word (~17,000 more than rewriting the old shared depos
 and the settlement that confirms it reads that word (~3,200): the price of paying back a
 deposit no statement counts when the vault is dark (F2) and of settlements that dust
 deposits cannot front-run (F7). These budgets catch regressions from there.
+
+With deposits pulled inside the settlement ("Pulled deposits" in the contract docs) all three
+are met: no deposit transaction and no per-participant word, a pull's share of a settlement
+of 100 pulls plus its share of the settlement confirming and paying it stays below the
+paper's lifecycle, and the totals clear 100× and 800× (each participant's one-time approve
+is listed apart, as the depositor's is; counted in, 10,000 requests give ~83×).
 """
 
 from __future__ import annotations
@@ -49,15 +55,22 @@ def test_settlement_gas_per_participant_meets_the_issues_targets(vault_chain: Ch
     # claims are the chain's word").
     assert gas["deposit (later)"] <= 51_000
     assert gas["deposit (first, for a new participant)"] <= 68_000
-    assert gas["initForceSettle"] <= 133_000  # with the participant's signed exit order
+    # With the participant's signed exit order; a statement counting a pull stores it (one
+    # more word written) and its final reads the pull's bit.
+    assert gas["initForceSettle"] <= 135_000
+    assert gas["initForceSettle (statement counting a pull)"] <= 155_000
     assert gas["finalForceSettle"] <= 63_000
+    assert gas["finalForceSettle (its pull not made)"] <= 65_500
     assert gas["claimPayment (provider, vault dark)"] <= 146_000
     assert gas["contestForceSettle (provider, vault dark)"] <= 126_000
     lifecycle = result["lifecycle"]
     assert lifecycle["(reference) plain transfer + share of a first settlement"] < bench.PAPER[
         "lifecycle"]
     assert lifecycle["first deposit + share of a settlement confirming it"] <= 84_000
+    assert lifecycle["pulled deposit + shares of both settlements"] < bench.PAPER["lifecycle"]
     totals = result["totals_100_participants"]
     assert totals["10000"]["ratio"] >= 80
     assert totals["100000"]["ratio"] >= 800
+    assert totals["10000"]["ratio_pulls"] >= 100
+    assert totals["100000"]["ratio_pulls"] >= 800
     assert "settle, payees" in bench.tables(result)
