@@ -50,6 +50,7 @@ from .helpers import (
     reverts_with,
     selector,
 )
+from .test_escape_hatch import Channel
 
 pytestmark = pytest.mark.anvil
 
@@ -390,6 +391,38 @@ def test_a_challenge_replaces_the_recorded_pull_with_the_newer_statements(
     increase_time(vault_chain, SETTLE_WINDOW)
     vault.final_force_settle(gas_payer, alice.address)
     assert balance(usdc, alice.address) == 4_000 + 1_300 and balance(usdc, vault.address) == 0
+
+
+@pytest.mark.parametrize(("made", "balance_", "paid"), [
+    (False, 1_000, 0),      # 1,000 + 700 − 700 claimed − 1,000 never pulled
+    (True, 1_000, 1_000),   # the pull was made: only the claim comes off
+    (False, 500, 0),        # the deductions exceed what it counts: zero, not a revert
+])
+def test_an_exit_takes_off_both_the_claims_and_an_unmade_pull_never_below_zero(
+    vault_chain: Chain, usdc: Any, vault: A402Vault, vault_key: EcdsaSigner,
+    made: bool, balance_: int, paid: int,
+) -> None:
+    """The client's statement (nonce 5) counts its pull of 1,000 in `balance` and a pending
+    payment of 700 in `locked`; the provider claims the 700 while the client exits."""
+    fund_pool(vault_chain, usdc, vault, 10_000)
+    ch = Channel(vault_chain, usdc, vault, vault_key, amount=700, client_nonce=5,
+                 deadline=now(vault_chain) + 3 * SETTLE_WINDOW)
+    client, gas_payer = ch.client, funded(vault_chain, usdc)
+    transact(vault_chain, vault_chain.accounts[0], {"to": client.address}, value=10**17)
+    transact(vault_chain, vault_chain.accounts[0], usdc.functions.mint(client.address, 5_000))
+    transact(vault_chain, client, usdc.functions.approve(vault.address, MAX_UINT if made else 0))
+    _settle(vault_key, vault, gas_payer, [_pull(vault, client, 1_000, 1)])
+    assert vault.pulled(1) is made
+    st = BalanceStatement(client.address, index_of(client.address), balance_, 700, 1, 5, 0, 1,
+                          1_000)
+    leave(vault, gas_payer, st, vault_key.sign_digest(statement_digest(vault.domain, st)))
+    vault.claim_payment(gas_payer, ch.terms, ch.claim())
+    assert vault.settlement_of(client.address) == paid
+    increase_time(vault_chain, SETTLE_WINDOW)
+    vault.final_force_settle(gas_payer, client.address)
+    assert balance(usdc, client.address) == 5_000 - (1_000 if made else 0) + paid
+    assert balance(usdc, ch.provider.address) == 700
+    assert balance(usdc, vault.address) == 10_000 + (1_000 if made else 0) - 700 - paid
 
 
 def test_a_statement_whose_pulling_does_not_fit_uint128_is_refused(
