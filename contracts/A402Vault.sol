@@ -206,7 +206,8 @@ import {IERC3009Receive} from "./ASCManager.sol";
 ///      does not verify). A wiped ledger's settlements never land and its statements and
 ///      pending records never verify: a first boot after the chain has a settlement can sign
 ///      nothing that moves money. A statement of epoch 0 is empty (no deposit is counted before
-///      a settlement confirms it) and pays only the chain's own `deposited`, so it names no life.
+///      a settlement confirms it) and pays only the chain's own `deposited`, so it names no life
+///      — unless it counts a pull (`pull` ≠ 0), whose id is the life's own: then it names it.
 ///      Not covered (the dark-vault limit): the wipe also loses the newer statements a
 ///      watchtower answers stale ones with, so a participant whose counterparties do not contest
 ///      can exit with an old statement of the pinned life, as if the vault had gone dark.
@@ -1121,9 +1122,12 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     }
 
     /// @notice The digest the vault key signed for `st`: it names the pinned ledger life, or
-    ///         none (0) for a statement of epoch 0 (empty: it counts no deposit).
+    ///         none (0) for a statement of epoch 0 that counts no pull (empty: it counts no
+    ///         deposit). A statement counting a pull names the life even at epoch 0: pull ids
+    ///         are a life's own, so another life's statement naming an id this life made would
+    ///         otherwise be paid its `pulling` (a wiped ledger numbers its pulls from 1 again).
     function statementDigest(Statement calldata st) public view returns (bytes32) {
-        bytes16 life = st.epoch == 0 ? bytes16(0) : ledger;
+        bytes16 life = st.epoch == 0 && st.pull == 0 ? bytes16(0) : ledger;
         return _hashTypedDataV4(
             keccak256(
                 abi.encode(

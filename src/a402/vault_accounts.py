@@ -187,15 +187,21 @@ from a402.crypto.vault_messages import (
     MAX_EPOCH,
     MAX_PAYOUT,
     NO_LEDGER,
+    PULL_VOID,
     BalanceStatement,
+    PullRecord,
     claim_key,
     fold_claim,
     pack_confirms,
     pack_payouts,
+    pack_pull_checks,
+    pack_pulls,
     pending_digest,
     settlement_digest,
     statement_digest,
     unpack_payouts,
+    unpack_pull_checks,
+    unpack_pulls,
 )
 from a402.evm.address import address_key, to_checksum
 from a402.evm.ecdsa import public_key_address
@@ -228,6 +234,9 @@ _DELTA_FORMAT = "a402/vault-mode-ledger-delta/v1"
 _DELTA_LABEL = "a402/vault-mode-ledger-delta"
 #: How long a pending payment stays claimable on-chain (seconds of chain time).
 CLAIM_WINDOW = 3_600
+#: A pull is put in a settlement only while its intent's deadline is at least this far
+#: ahead of the enclave's clock (the contract skips a pull landing after its deadline).
+PULL_MARGIN = 300
 
 
 # ------------------------------------------------------------ what the host gets
@@ -257,6 +266,10 @@ class SignedSettlement:
     prev_epoch: int = -1  # -1: epoch - 1
     confirms: bytes = b""
     ledger: bytes = NO_LEDGER  # the ledger life that signed it (the first landed one pins it)
+    #: The packed pulls it makes (:func:`~a402.crypto.vault_messages.pack_pulls`; the host
+    #: sends each with the participant's intent signature) and the pull checks it proves.
+    pulls: bytes = b""
+    pull_checks: bytes = b""
 
     @property
     def prev(self) -> int:
@@ -264,13 +277,16 @@ class SignedSettlement:
 
     def to_json(self) -> list[Any]:
         return [self.payouts.hex(), str(self.claims), self.signature.hex(), self.not_before,
-                self.prev, self.confirms.hex(), self.ledger.hex()]
+                self.prev, self.confirms.hex(), self.ledger.hex(), self.pulls.hex(),
+                self.pull_checks.hex()]
 
     @classmethod
     def from_json(cls, epoch: int, v: list[Any]) -> SignedSettlement:
         return cls(epoch, bytes.fromhex(v[0]), int(v[1]), bytes.fromhex(v[2]), int(v[3]),
                    int(v[4]), bytes.fromhex(v[5]),
-                   bytes.fromhex(v[6]) if len(v) > 6 else NO_LEDGER)
+                   bytes.fromhex(v[6]) if len(v) > 6 else NO_LEDGER,
+                   bytes.fromhex(v[7]) if len(v) > 7 else b"",
+                   bytes.fromhex(v[8]) if len(v) > 8 else b"")
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,16 +357,46 @@ class _Account:
     #: A payment credited here by a settlement that a claim made unlandable, already spent
     #: when the claim was reported: taken from the next money the account receives.
     debt: int = 0
+    #: Its pull not confirmed yet (:meth:`VaultAccountsCode.prepare_pull`; 0: none) and its
+    #: amount: counted in its statements' balance (with ``pull``, so that a force-settle
+    #: pays it only if it was made), spendable once a settlement confirmed it.
+    pull: int = 0
+    pulling: int = 0
 
     def to_json(self) -> list[Any]:
         return [self.participant, self.index, str(self.free), str(self.locked),
                 str(self.unconfirmed), self.nonce, self.exiting, self.epoch,
-                str(self.deposited), str(self.confirmed), str(self.debt)]
+                str(self.deposited), str(self.confirmed), str(self.debt), self.pull,
+                str(self.pulling)]
 
     @classmethod
     def from_json(cls, v: list[Any]) -> _Account:
         return cls(str(v[0]), int(v[1]), int(v[2]), int(v[3]), int(v[4]), int(v[5]), bool(v[6]),
-                   int(v[7]), int(v[8]), int(v[9]), int(v[10]))
+                   int(v[7]), int(v[8]), int(v[9]), int(v[10]),
+                   int(v[11]) if len(v) > 11 else 0, int(v[12]) if len(v) > 12 else 0)
+
+
+#: A pull's life (:class:`_Pull`): its statement handed out, waiting for the intent; the
+#: host holds the intent; in a signed settlement; the chain's word on it, as reported.
+_PREPARED, _AUTHORIZED, _SENT, _MADE, _FAILED = "prepared", "authorized", "sent", "made", "failed"
+
+
+@dataclass(slots=True)
+class _Pull:
+    """A deposit to be pulled from ``participant`` (address key) inside a settlement."""
+
+    participant: str
+    amount: int
+    deadline: int
+    state: str = _PREPARED
+    epoch: int = 0  # the settlement that carries it (state sent and after)
+
+    def to_json(self) -> list[Any]:
+        return [self.participant, str(self.amount), self.deadline, self.state, self.epoch]
+
+    @classmethod
+    def from_json(cls, v: list[Any]) -> _Pull:
+        return cls(str(v[0]), int(v[1]), int(v[2]), str(v[3]), int(v[4]))
 
 
 @dataclass(slots=True)
@@ -431,6 +477,12 @@ class VaultAccountsCode:
         #: Exit credits a claim made unlandable, by account: cut from the carried exit credit.
         self._exit_cuts: dict[str, int] = {}
         self._paid_out = 0
+        #: Deposits pulled inside settlements (:meth:`prepare_pull`), by id, until a
+        #: settlement checks the chain's word on them; the next id; what confirmed ones
+        #: brought in (the pulls' part of the conservation sum).
+        self._pulls: dict[int, _Pull] = {}
+        self._next_pull = 1
+        self._pulled_in = 0
         self._settlements: dict[int, SignedSettlement] = {}
         self._statements: dict[str, SignedStatement] = {}
         self._held: dict[bytes, _Held] = {}
@@ -520,9 +572,10 @@ class VaultAccountsCode:
                 account.debt -= taken
             account.nonce += 1
             self._dirty_accounts.add(address_key(account.participant))
-            st = BalanceStatement(account.participant, account.index, account.free,
-                                  account.locked, account.epoch, account.nonce,
-                                  account.confirmed)
+            st = BalanceStatement(account.participant, account.index,
+                                  account.free + account.pulling, account.locked,
+                                  account.epoch, account.nonce, account.confirmed,
+                                  account.pull, account.pulling)
             signed = SignedStatement(
                 st, self._kernel.sign(VAULT_ACCOUNTS,
                                       statement_digest(self.domain, st, self.ledger)))
@@ -532,6 +585,11 @@ class VaultAccountsCode:
         return tuple(out)
 
     # ---------------------------------------------------------------- reading
+
+    def pulling(self, participant: str) -> tuple[int, int]:
+        """``(pull id, amount)`` of ``participant``'s pull not confirmed yet (zeros: none)."""
+        a = self._accounts.get(address_key(participant))
+        return (0, 0) if a is None else (a.pull, a.pulling)
 
     def balance(self, participant: str) -> tuple[int, int, int]:
         """``(free, locked, unconfirmed)`` of ``participant`` (zeros if unknown)."""
@@ -556,8 +614,12 @@ class VaultAccountsCode:
         return found
 
     def totals(self) -> dict[str, int]:
-        """Conservation: deposits = free + locked + unconfirmed + pending + paid out − debt."""
+        """Conservation: deposits + pulled = free + locked + unconfirmed + pending + paid out −
+        debt (``pulled``: the pulls a settlement confirmed; ``pulling``, those not confirmed
+        yet, are in no balance but their own account's statements)."""
         return {
+            "pulled": self._pulled_in,
+            "pulling": sum(a.pulling for a in self._accounts.values()),
             "free": sum(a.free for a in self._accounts.values()),
             "locked": sum(a.locked for a in self._accounts.values()),
             "unconfirmed": sum(a.unconfirmed for a in self._accounts.values()),
@@ -653,6 +715,99 @@ class VaultAccountsCode:
         self._changed()
         return True
 
+    # ---------------------------------------------------------------- pulled deposits
+
+    def prepare_pull(self, participant: str, amount: int, deadline: int, *, now: float
+                     ) -> tuple[int, SignedStatement]:
+        """A deposit pulled inside a settlement (contract docs, "Pulled deposits"), step one:
+        ``participant`` will let a settlement take ``amount`` from its wallet (it approved
+        the A402Vault) until ``deadline``. Returns the pull's id and the participant's new
+        statement, which counts the amount with that id (a force-settle pays it only if the
+        pull was made). The participant signs its intent (``A402VaultPull``) only once it
+        holds that statement: no pull can take its money without a statement that counts it,
+        whatever the host withholds later.
+
+        One pull per account at a time: a new one replaces one not in any settlement yet (its
+        id is never used again, so its bit can never be set); one in a settlement that no
+        later settlement has checked yet refuses it (``pull_outstanding``)."""
+        self._check_ready()
+        clock = self._tick(now)
+        if not 0 < amount <= MAX_PAYOUT:
+            raise EnclaveError("bad_amount", "a pull is positive and fits in uint96")
+        if not clock + PULL_MARGIN <= deadline < 1 << 64:
+            raise EnclaveError("bad_deadline",
+                               f"a pull's deadline is at least {PULL_MARGIN} s ahead")
+        if self._next_pull >= PULL_VOID:
+            raise EnclaveError("pulls_exhausted", "no pull id is left")
+        account = self._active(self._account(participant, create=True).participant)
+        if account.pull:
+            earlier = self._pulls[account.pull]
+            if earlier.state not in (_PREPARED, _AUTHORIZED):
+                raise EnclaveError("pull_outstanding", (
+                    f"pull {account.pull} is in settlement {earlier.epoch}; the next "
+                    "settlement checks it, then another can be asked for"))
+            del self._pulls[account.pull]
+        pull = self._next_pull
+        self._next_pull += 1
+        self._pulls[pull] = _Pull(address_key(account.participant), amount, deadline)
+        account.pull, account.pulling = pull, amount
+        self._full = True
+        (signed,) = self._sign_statements([account])
+        return pull, signed
+
+    def pull_authorized(self, pull: int) -> None:
+        """The host holds the participant's signed intent for ``pull``: the next settlement
+        makes it. (Said falsely, the pull is skipped on-chain, then dropped.)"""
+        self._check_ready()
+        found = self._pulls.get(pull)
+        if found is None or found.state not in (_PREPARED, _AUTHORIZED):
+            raise EnclaveError("unknown_pull", f"pull {pull} is not waiting for its intent")
+        found.state = _AUTHORIZED
+        self._full = True
+        self._changed()
+
+    def pull_landed(self, pull: int, made: bool) -> None:
+        """The chain's word on ``pull`` once the settlement carrying it landed (the host read
+        ``A402Vault.pulled``): the next settlement proves it (a pull check) and, made,
+        credits the amount, spendable from then on; not made, drops it. A host that reports
+        it wrongly makes that settlement unlandable (``PullNotMade`` / ``PullMade``), and
+        every later one: nothing is credited that did not arrive."""
+        self._check_ready()
+        found = self._pulls.get(pull)
+        if found is None or found.state not in (_SENT, _MADE, _FAILED):
+            raise EnclaveError("unknown_pull", f"pull {pull} is in no settlement")
+        if found.epoch > self._landed:
+            raise EnclaveError("not_landed", f"settlement {found.epoch} has not landed")
+        if found.state == _SENT:
+            found.state = _MADE if made else _FAILED
+            self._full = True
+            self._changed()
+        elif (found.state == _MADE) != made:
+            raise EnclaveError("pull_reported", f"pull {pull} was reported the other way")
+
+    def pulls_sent(self, epoch: int) -> list[int]:
+        """The pulls settlement ``epoch`` carries whose chain word is not reported yet."""
+        return sorted(k for k, p in self._pulls.items() if p.state == _SENT and p.epoch <= epoch)
+
+    def _pulls_for(self, clock: int) -> tuple[list[int], list[int], list[_Account]]:
+        """For the next settlement: the pulls to make (intent held, deadline far enough,
+        participant not exiting), the pulls to check, and the accounts whose pull expired
+        unsent (dropped here: never in a settlement, its bit can never be set)."""
+        sending, checking, expired = [], [], []
+        for k, p in sorted(self._pulls.items()):
+            account = self._accounts[p.participant]
+            if p.state in (_MADE, _FAILED):
+                checking.append(k)
+            elif p.state in (_PREPARED, _AUTHORIZED) and (
+                    account.exiting or p.deadline < clock + PULL_MARGIN):
+                del self._pulls[k]
+                account.pull, account.pulling = 0, 0
+                if not account.exiting:  # its statement counting it is self-correcting
+                    expired.append(account)
+            elif p.state == _AUTHORIZED:
+                sending.append(k)
+        return sending, checking, expired
+
     # ---------------------------------------------------------------- settlement
 
     def settle(self, payouts: Sequence[tuple[str, int]], *, now: int) -> Settled:
@@ -695,7 +850,11 @@ class VaultAccountsCode:
                     f"{account.debt})")
         touched = [a for a in self._accounts.values() if a.unconfirmed]
         voided = self._voided()
-        if not wanted and not touched and not resolved and not voided:
+        sending, checking, expired = self._pulls_for(clock)
+        if not (wanted or touched or resolved or voided or sending or checking):
+            if expired:
+                self._full = True
+                self._sign_statements(expired)
             raise EnclaveError("nothing_to_settle", "no payout, no deposit, no payment due")
         self._full = True  # a settlement changes much: the next export is whole
         prev = self._epoch if not voided else voided[0].prev
@@ -726,6 +885,33 @@ class VaultAccountsCode:
             for i in range(0, len(v.confirms), 32):
                 key = address_key("0x" + v.confirms[i:i + 20].hex())
                 confirmed.setdefault(key, self._accounts[key])
+        pulls: dict[int, PullRecord] = {}
+        checks: dict[int, bool] = {}
+        for v in voided:  # their pulls were never made (they never land): made here instead
+            for carried in unpack_pulls(v.pulls):
+                pulls[carried.pull] = carried
+            for k, made in unpack_pull_checks(v.pull_checks):  # the credits they justified
+                checks[k] = made
+        for k in sending:
+            pull = self._pulls[k]
+            account = self._accounts[pull.participant]
+            pulls[k] = PullRecord(account.participant, account.index, pull.amount, k,
+                                  pull.deadline)
+        for k in pulls:
+            if k in self._pulls:
+                self._pulls[k].state, self._pulls[k].epoch = _SENT, self._epoch
+        for k in checking:
+            pull = self._pulls.pop(k)
+            account = self._accounts[pull.participant]
+            if account.pull == k:
+                account.pull, account.pulling = 0, 0
+            if account.exiting:  # its exit pays the pull iff it was made (statement docs)
+                continue
+            checks[k] = pull.state == _MADE
+            if pull.state == _MADE:
+                account.free += pull.amount
+                self._pulled_in += pull.amount
+            touched.append(account)
         for key, owed in self._exit_cuts.items():  # an exit credit a claim paid already
             exits[key] = exits.get(key, 0) - min(owed, exits.get(key, 0))
         for key in self._bumped:
@@ -760,15 +946,18 @@ class VaultAccountsCode:
                 r.epoch = self._epoch
         packed = pack_payouts(sorted(records, key=lambda r: r[1]))
         confirms = pack_confirms(sorted((a.participant, a.confirmed) for a in confirmed.values()))
+        packed_pulls = pack_pulls(pulls[k] for k in sorted(pulls))
+        packed_checks = pack_pull_checks(sorted(checks.items()))
         digest = settlement_digest(self.domain, self._epoch, packed, self._confirmed, not_before,
                                    prev_epoch=prev, packed_confirms=confirms,
+                                   packed_pulls=packed_pulls, packed_pull_checks=packed_checks,
                                    ledger=self.ledger)
         signed = SignedSettlement(self._epoch, packed, self._confirmed,
                                   self._kernel.sign(VAULT_ACCOUNTS, digest), not_before, prev,
-                                  confirms, self.ledger)
+                                  confirms, self.ledger, packed_pulls, packed_checks)
         self._settlements[self._epoch] = signed
         self._void_from, self._bumped, self._exit_cuts = None, set(), {}
-        return Settled(signed, self._sign_statements(touched))
+        return Settled(signed, self._sign_statements([*touched, *expired]))
 
     def _room(self, account: _Account, resolved: Sequence[tuple[bytes, int]], *,
               debt: bool = True) -> int:
@@ -1198,6 +1387,11 @@ class VaultAccountsCode:
         self._check_ready()
         account = self._account(participant)
         account.exiting = True
+        found = self._pulls.get(account.pull)
+        if found is not None and found.state in (_PREPARED, _AUTHORIZED):
+            # never in a settlement: never made (its statements pay it only if it was)
+            del self._pulls[account.pull]
+            account.pull, account.pulling = 0, 0
         self._full = True
         self._changed()
         return self._statements.get(address_key(participant))
@@ -1222,6 +1416,8 @@ class VaultAccountsCode:
             "nextIndex": self._next_index, "claims": str(self._claims),
             "confirmed": str(self._confirmed), "epoch": self._epoch,
             "paidOut": str(self._paid_out), "clock": self._clock, "dead": self._dead,
+            "pulls": {str(k): p.to_json() for k, p in self._pulls.items()},
+            "nextPull": self._next_pull, "pulledIn": str(self._pulled_in),
             "settlements": {str(e): s.to_json() for e, s in self._settlements.items()},
             "resolved": {f"{cid.hex()}:{rid}": r.to_json()
                          for (cid, rid), r in self._resolved.items()},
@@ -1352,6 +1548,7 @@ class VaultAccountsCode:
             held = {bytes.fromhex(cid): self._held_from_json(v)
                     for cid, v in r["channels"].items()}
             life = bytes.fromhex(r["life"])
+            pulls = {int(k): _Pull.from_json(v) for k, v in r.get("pulls", {}).items()}
             pending = {}
             for key, v in r["pending"].items():
                 cid, rid = key.split(":")
@@ -1373,6 +1570,8 @@ class VaultAccountsCode:
         self._dead = r.get("dead")
         self._consumed = {(c[0], c[1]) for c in r["consumed"]}
         self._life = life
+        self._pulls, self._next_pull = pulls, int(r.get("nextPull", 1))
+        self._pulled_in = int(r.get("pulledIn", 0))
         # written before journal entries existed (no id): named by its own bytes, which the
         # first entry written after it then names
         self._export_id = str(r.get("id") or hashlib.sha256(blob).hexdigest()[:32])
@@ -1441,7 +1640,7 @@ _HOST_SURFACE = frozenset({
     "balance", "payable", "index_of", "statement", "totals", "channels", "channels_of",
     "participants",
     "settlement", "settlement_after", "replacement_due", "credit_deposit", "settle",
-    "chain_epoch",
+    "chain_epoch", "prepare_pull", "pull_authorized", "pull_landed", "pulls_sent", "pulling",
     "open_channel", "terms", "channel_status", "last_ack", "acks_owed", "has_paid", "bind_tunnel",
     "authenticate", "request", "receive", "poll", "abandon", "claim_landed", "close_channel",
     "exiting",

@@ -19,7 +19,13 @@ from a402.asc import Auth, ProviderChannel
 from a402.chain.node import Chain
 from a402.chain.tx import transact
 from a402.crypto import EVM, EcdsaSigner, PaymentDomain
-from a402.crypto.vault_messages import ClaimRecord, claim_key, fold_claim
+from a402.crypto.vault_messages import (
+    ClaimRecord,
+    claim_key,
+    fold_claim,
+    pack_pull_signatures,
+    unpack_pulls,
+)
 from a402.evm.address import to_checksum
 from a402.evm.ecdsa import public_key_address
 from a402.tee import PROVIDER_PURPOSES, AttestationPolicy
@@ -192,6 +198,8 @@ class Host:
         self.gas = funded(chain, token)
         self.vm: VaultMode
         self.vault: A402Vault
+        #: The participants' signed pull intents, by pull id (what the host holds).
+        self.intents: dict[int, bytes] = {}
 
     def start(self) -> Host:
         self.vm = vault_mode_for(self)
@@ -207,13 +215,23 @@ class Host:
         self.vault.deposit(depositor, participant, amount)
 
     def submit(self, signed: SignedSettlement) -> Any:
-        """Land ``signed`` and tell the enclave what the chain has now, as the host does."""
+        """Land ``signed`` (each pull with the intent the host holds, else 65 zero bytes:
+        skipped) and tell the enclave what the chain has now, as the host does."""
+        intents = [self.intents.get(r.pull, bytes(65)) for r in unpack_pulls(signed.pulls)]
         receipt = self.vault.settle(self.gas, signed.payouts, signed.epoch, signed.claims,
                                     signed.signature, self.vault.claims_since(signed.claims),
                                     signed.not_before, prev_epoch=signed.prev,
-                                    packed_confirms=signed.confirms, ledger=signed.ledger)
+                                    packed_confirms=signed.confirms,
+                                    packed_pulls=signed.pulls,
+                                    pull_signatures=pack_pull_signatures(intents),
+                                    packed_pull_checks=signed.pull_checks, ledger=signed.ledger)
         self.vm.vault.chain_epoch(self.vault.last_epoch())
         return receipt
+
+    def report_pulls(self) -> None:
+        """The chain's word on every pull of a landed settlement, as the host reports it."""
+        for pull in self.vm.vault.pulls_sent(self.vault.last_epoch()):
+            self.vm.vault.pull_landed(pull, self.vault.pulled(pull))
 
     def report_claim(self, cid: bytes, request_id: int, signature: bytes) -> Any:
         """The latest ``PaymentClaimed`` of the chain, reported (it is the chain's last)."""

@@ -380,7 +380,8 @@ class BalanceStatement:
 def statement_digest(domain: PaymentDomain, statement: BalanceStatement,
                      ledger: bytes = NO_LEDGER) -> bytes:
     """What the vault key signs to hand ``statement`` to its participant: it names the
-    ledger life ``ledger`` unless its epoch is 0 (an empty statement names none)."""
+    ledger life ``ledger`` unless its epoch is 0 and it counts no pull (an empty statement
+    names none; a pull's id is the life's own, so a statement counting one names it)."""
     return _typed(
         domain,
         keccak256(
@@ -394,7 +395,7 @@ def statement_digest(domain: PaymentDomain, statement: BalanceStatement,
             + _uint(statement.deposited, _UINT256, "deposited")
             + _uint(statement.pull, PULL_VOID, "pull")
             + _uint(statement.pulling, _UINT128, "pulling")
-            + _ledger(ledger if statement.epoch else NO_LEDGER)
+            + _ledger(ledger if statement.epoch or statement.pull else NO_LEDGER)
         ),
     )
 
