@@ -785,6 +785,18 @@ class VaultAccountsCode:
         elif (found.state == _MADE) != made:
             raise EnclaveError("pull_reported", f"pull {pull} was reported the other way")
 
+    def pull_terms(self, pull: int) -> tuple[str, int, int]:
+        """``(participant, amount, deadline)`` of a pull waiting for its intent."""
+        found = self._pulls.get(pull)
+        if found is None or found.state not in (_PREPARED, _AUTHORIZED):
+            raise EnclaveError("unknown_pull", f"pull {pull} is not waiting for its intent")
+        return self._accounts[found.participant].participant, found.amount, found.deadline
+
+    @property
+    def pulls_due(self) -> bool:
+        """Whether the next settlement has a pull to make or to check."""
+        return any(p.state in (_AUTHORIZED, _MADE, _FAILED) for p in self._pulls.values())
+
     def pulls_sent(self, epoch: int) -> list[int]:
         """The pulls settlement ``epoch`` carries whose chain word is not reported yet."""
         return sorted(k for k, p in self._pulls.items() if p.state == _SENT and p.epoch <= epoch)
@@ -1641,6 +1653,7 @@ _HOST_SURFACE = frozenset({
     "participants",
     "settlement", "settlement_after", "replacement_due", "credit_deposit", "settle",
     "chain_epoch", "prepare_pull", "pull_authorized", "pull_landed", "pulls_sent", "pulling",
+    "pull_terms", "pulls_due",
     "open_channel", "terms", "channel_status", "last_ack", "acks_owed", "has_paid", "bind_tunnel",
     "authenticate", "request", "receive", "poll", "abandon", "claim_landed", "close_channel",
     "exiting",

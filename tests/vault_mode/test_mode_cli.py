@@ -77,8 +77,8 @@ def test_participants_and_the_operator_use_the_vault_commands_with_tables_and_js
         code, out, _ = run("balance", *common, "--key-file", ka)
         assert out.splitlines()[0] == f"6000 free in the vault for {alice.address} (yours to " \
                                       "spend or pay out)"
-        assert out.splitlines()[1].split() == ["free", "locked", "unconfirmed", "payout",
-                                               "queued", "owed", "on-chain"]
+        assert out.splitlines()[1].split() == ["free", "locked", "unconfirmed", "pulling",
+                                               "payout", "queued", "owed", "on-chain"]
 
         saved = tmp_path / "statement.json"
         code, out, _ = run("statement", *common, "--key-file", ka, "--out", str(saved))
@@ -123,6 +123,40 @@ def test_participants_and_the_operator_use_the_vault_commands_with_tables_and_js
         capsys.readouterr()
         assert cli.main(["vault", "balance", *common, "--key-file", kb, "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["free"] == "1500"
+
+
+def test_a_participant_deposits_by_a_pull_with_no_deposit_transaction_and_keeps_its_statement(
+    h: Harness, vault_chain: Chain, usdc: Any, tmp_path: Path,
+) -> None:
+    """``deposit --pull``: one approval, then a signature; the worker's next settlement pulls
+    the amount (no deposit transaction), the one after confirms it, and it is free. The
+    statement the command kept counts it from the start (the escape hatch pays it if the
+    pull was made)."""
+    carol = funded(vault_chain, usdc, 4_000)
+    kc = key_file(tmp_path, carol)
+    with serve(create_mode_app(h.service)) as url:
+        common = ("--vault", url, "--key-file", kc)
+        saved = tmp_path / "pull.json"
+        code, out, err = run("deposit", *common, "--rpc", vault_chain.rpc_url, "--amount",
+                             "4000", "--pull", "--out", str(saved))
+        assert code == 0 and out.startswith("nothing moved yet: 4000 will be pulled"), err
+        kept = statement_from_json(json.loads(saved.read_text()))
+        assert (kept.statement.pulling, kept.statement.balance) == (4_000, 4_000)
+
+        def free() -> str:
+            code, out, _ = run("balance", *common, "--json")
+            assert code == 0
+            return str(json.loads(out)["free"])
+        wait_for(lambda: free() == "4000")
+        assert balance(usdc, carol.address) == 0
+        assert balance(usdc, h.contract.address) == 4_000
+        assert h.contract.pulled(kept.statement.pull)
+        assert verifies(h, kept)  # in the life the first settlement pinned
+        # Carol's own transactions: the approval only (the settlements were the vault's).
+        assert vault_chain.w3.eth.get_transaction_count(carol.address) == 1
+        code, out, err = run("deposit", *common, "--rpc", vault_chain.rpc_url, "--amount",
+                             "1", "--pull", "--beneficiary", h.operator.address)
+        assert code == 2 and "no --beneficiary" in err and out == ""
 
 
 def test_a_settlement_slower_than_a_second_shows_a_progress_line_and_a_fast_one_none() -> None:

@@ -76,7 +76,16 @@ from a402.asc import ASCError, Exec, Status
 from a402.asc.messages import Message as AscMessage
 from a402.chain.node import Chain
 from a402.chain.tx import TransactionFailed
-from a402.crypto.vault_messages import BalanceStatement, claim_count, unpack_payouts
+from a402.crypto.authorization import recover_signer
+from a402.crypto.vault_messages import (
+    MAX_PAYOUT,
+    BalanceStatement,
+    claim_count,
+    pack_pull_signatures,
+    pull_digest,
+    unpack_payouts,
+    unpack_pulls,
+)
 from a402.evm.address import address_key, to_checksum
 from a402.tee import Enclave, EnclaveError
 from a402.tee.chains import check_backends
@@ -110,6 +119,10 @@ JOURNAL_PREFIX = "vault-mode/journal/"
 JOURNAL_MAX = 256
 PAYOUTS_KEY = "vault-mode/payouts"
 LANDED_KEY = "vault-mode/landed"
+#: A participant's signed intent for a pull, by pull id (no secret: the contract checks it).
+PULL_INTENT_PREFIX = "vault-mode/pull-intent/"
+#: How long a pull's intent holds (its deadline): past it, the contract skips the pull.
+PULL_LIFETIME = 86_400
 _PAYOUTS_LABEL = "a402/vault-mode-payouts"
 #: How many withdrawal idempotency keys the sealed queue remembers (the most recent ones):
 #: a client retries a withdrawal whose answer it lost within seconds or minutes, long
@@ -710,19 +723,22 @@ class VaultModeService:
                 "chainId": self.chain.chain_id, "a402Vault": self.contract.address,
                 "token": {"address": self.contract.token, "decimals": self._decimals},
                 "settleWindow": self.contract.settle_window,
-                "life": self.accounts.life_id, "authWindow": self.config.auth_window,
+                "life": self.accounts.life_id, "ledger": "0x" + self.accounts.ledger.hex(),
+                "authWindow": self.config.auth_window,
                 "operator": self.config.account.address}
 
     def balance(self, participant: str) -> dict[str, Any]:
         with self._lock:  # the ledger and the queue of one moment (see _sign)
             self._settled_reads()
             free, locked, unconfirmed = self.accounts.balance(participant)
+            pull, pulling = self.accounts.pulling(participant)
             queued = self._queued(participant)
             debt = self._debt(participant)
             who = address_key(participant)
             dropped = [d for d in self.dropped if address_key(d["participant"]) == who][-5:]
         return {"participant": to_checksum(participant), "free": str(free),
                 "locked": str(locked), "unconfirmed": str(unconfirmed),
+                "pulling": str(pulling), "pull": pull,
                 "payoutRequested": str(queued), "debt": str(debt),
                 "payoutsDropped": dropped,
                 "owedOnChain": str(self.contract.owed(participant))}
@@ -965,6 +981,47 @@ class VaultModeService:
             self._save_payouts()
         return {**answer, "wakeup": self.scheduler.next_wakeup()}
 
+    def prepare_pull(self, participant: str, amount: int) -> dict[str, Any]:
+        """``POST /v1/vault/pull``: a deposit the next settlement pulls from
+        ``participant``'s wallet (it approved the A402Vault for ``amount``), with no
+        transaction of its own. Answers the pull's id and deadline and the participant's
+        new statement, which counts the amount (a force-settle pays it only if the pull was
+        made), stored before it is answered: the participant signs its intent only once it
+        holds it (:meth:`authorize_pull`; contract docs, "Pulled deposits")."""
+        if not 0 < amount <= MAX_PAYOUT:
+            raise VaultModeError(400, "bad_request",
+                                 "nothing was asked: the amount is positive, at most 2^96 - 1")
+        deadline = int(time.time()) + PULL_LIFETIME
+        pull, statement = self.change(partial(
+            self.accounts.prepare_pull, participant, amount, deadline, now=time.time()))
+        return {"participant": to_checksum(participant), "pull": pull, "amount": str(amount),
+                "deadline": deadline, "a402Vault": self.contract.address,
+                "statement": statement_json(statement)}
+
+    def authorize_pull(self, participant: str, pull: int, signature: bytes) -> dict[str, Any]:
+        """``POST /v1/vault/pull/{id}``: ``participant``'s signed intent for its pull
+        (``A402VaultPull``), checked here for a key (a contract wallet's is checked by the
+        contract when the pull is made), stored, then the pull joins the next settlement.
+        Nothing moves until that settlement lands; the amount is spendable once the one
+        after it has confirmed the pull."""
+        with self._lock:
+            try:
+                owner, amount, deadline = self.accounts.pull_terms(pull)
+            except EnclaveError as e:
+                raise refused(e) from None
+            if address_key(owner) != address_key(participant):
+                raise VaultModeError(404, "unknown_pull", "no pull of yours has this id")
+            digest = pull_digest(self.contract.domain, owner, amount, pull, deadline)
+            if len(signature) != 65 or (
+                    not self.chain.w3.eth.get_code(self.chain.w3.to_checksum_address(owner))
+                    and recover_signer(digest, signature) != bytes.fromhex(owner[2:])):
+                raise VaultModeError(400, "bad_signature", "nothing was queued: the intent is "
+                                     f"not {owner}'s signature of pull {pull}")
+            self.store.put_meta(PULL_INTENT_PREFIX + str(pull), signature)
+            self.change(partial(self.accounts.pull_authorized, pull))
+        return {"participant": to_checksum(owner), "pull": pull, "amount": str(amount),
+                "deadline": deadline, "queued": True}
+
     def _debt(self, participant: str) -> int:
         """What ``participant`` owes (a claimed payment a voided settlement had credited it
         and it had spent): taken from its next money, so not payable before."""
@@ -1101,6 +1158,9 @@ class VaultModeService:
                 landed = self.contract.last_epoch()
                 # what the chain has: accounts whose money rests on it may pay again
                 self.accounts.chain_epoch(landed)
+                for pull in self.accounts.pulls_sent(landed):  # the chain's word on each
+                    made = self.contract.pulled(pull)
+                    self.change(partial(self.accounts.pull_landed, pull, made))
                 signed = self._stored_settlement_after(landed)
                 if signed is None:
                     return out
@@ -1121,11 +1181,16 @@ class VaultModeService:
             return self.accounts.settlement_after(landed)
 
     def _land_next(self, signed: SignedSettlement) -> Landed:
+        # each pull with its participant's intent (none held: 65 zero bytes, and the
+        # contract skips that pull; the next settlement then drops it)
+        intents = [self.store.get_meta(PULL_INTENT_PREFIX + str(r.pull)) or bytes(65)
+                   for r in unpack_pulls(signed.pulls)]
         receipt = self.contract.settle(
             self.config.account, signed.payouts, signed.epoch, signed.claims, signed.signature,
             self.contract.claims_since(signed.claims), signed.not_before,
             prev_epoch=signed.prev, packed_confirms=signed.confirms,
-            ledger=signed.ledger)
+            packed_pulls=signed.pulls, pull_signatures=pack_pull_signatures(intents),
+            packed_pull_checks=signed.pull_checks, ledger=signed.ledger)
         landed = Landed(signed.epoch, _hex(receipt["transactionHash"]),
                         len(unpack_payouts(signed.payouts)), int(receipt["blockNumber"]))
         self._record_landed(landed)
@@ -1144,7 +1209,7 @@ class VaultModeService:
                 self._save_payouts()  # kept in the stored queue (in flight) until signed
         totals = self.accounts.totals()
         if (batch is not None or totals["unconfirmed"] or totals["pending"]
-                or self.accounts.replacement_due):
+                or self.accounts.replacement_due or self.accounts.pulls_due):
             self._sign(batch)  # nothing_to_settle (payments not due yet): nothing signed
         landed = self._land_quietly()
         # exiting() marks accounts in the enclave: stored like every other change; and the

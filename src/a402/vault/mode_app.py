@@ -11,6 +11,11 @@ status and settle-now. Every ``/v1/vault`` call is signed like the standard vaul
 ``GET  /v1/vault/statement``           the signer's latest enclave-signed balance statement
 ``POST /v1/vault/withdraw``            ``{"amount", "idempotencyKey"?}``: queue a payout to the
                                        signer's address (a key used again: the first answer)
+``POST /v1/vault/pull``                ``{"amount"}``: a deposit the next settlement pulls from
+                                       the signer's wallet (approved to the A402Vault): its id,
+                                       deadline and the signer's statement counting it
+``POST /v1/vault/pull/{id}``           ``{"signature"}``: the signer's A402VaultPull intent for
+                                       that pull (sign it only holding that statement)
 ``POST /v1/vault/settle-now``          operator only: settle every queued payout now
 ``GET  /v1/vault/status``              operator only: totals, channels, queue, last settlement
 ``GET  /healthz``                      the worker's last round
@@ -163,6 +168,33 @@ def create_mode_app(service: VaultModeService, *, worker: bool = True,
             return 202, await _thread(service.withdraw, signed.client, int(text), key)
         return await answer(request, h)
 
+    async def pull(request: Request) -> JSONResponse:
+        async def h(signed: api.Authenticated, body: dict[str, Any], _call: SignedCall
+                    ) -> tuple[int, Any]:
+            raw = body.get("amount")
+            text = str(raw) if isinstance(raw, str | int) and not isinstance(raw, bool) else ""
+            if not (text.isascii() and text.isdigit() and len(text) <= 78):
+                raise VaultModeError(400, "bad_request", "nothing was asked: amount is a "
+                                     "decimal string of atomic units (ASCII digits)")
+            return 200, await _thread(service.prepare_pull, signed.client, int(text))
+        return await answer(request, h)
+
+    async def pull_intent(request: Request) -> JSONResponse:
+        pull_id = request.path_params["pull"]
+
+        async def h(signed: api.Authenticated, body: dict[str, Any], _call: SignedCall
+                    ) -> tuple[int, Any]:
+            raw = body.get("signature")
+            try:
+                signature = bytes.fromhex(raw.removeprefix("0x")) if isinstance(raw, str) else b""
+            except ValueError:
+                signature = b""
+            if not signature:
+                raise VaultModeError(400, "bad_request", "nothing was queued: signature is the "
+                                     "intent's 65-byte signature, in hex")
+            return 202, await _thread(service.authorize_pull, signed.client, pull_id, signature)
+        return await answer(request, h)
+
     async def settle_now(request: Request) -> JSONResponse:
         async def h(signed: api.Authenticated, _: dict[str, Any], _call: SignedCall
                     ) -> tuple[int, Any]:
@@ -217,6 +249,8 @@ def create_mode_app(service: VaultModeService, *, worker: bool = True,
         Route("/v1/vault/balance", balance, methods=["GET"]),
         Route("/v1/vault/statement", statement, methods=["GET"]),
         Route("/v1/vault/withdraw", withdraw, methods=["POST"]),
+        Route("/v1/vault/pull", pull, methods=["POST"]),
+        Route("/v1/vault/pull/{pull:int}", pull_intent, methods=["POST"]),
         Route("/v1/vault/settle-now", settle_now, methods=["POST"]),
         Route("/v1/vault/status", status, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),

@@ -2,6 +2,8 @@
 the operator's commands for a vault in vault mode (``a402 vault --mode vault``).
 
     a402 vault deposit --rpc URL --key-file K --amount 5000000     # on-chain, no vault needed
+    a402 vault deposit --pull --rpc URL --key-file K --amount 5000000 --out st.json
+                                          # pulled by the next settlement: no deposit tx
     a402 vault balance --key-file K                                # signed GET to the vault
     a402 vault statement --key-file K --out statement.json         # what the escape hatch takes
     a402 vault withdraw --key-file K --amount 2000000              # queued for the next batch
@@ -12,7 +14,9 @@ the operator's commands for a vault in vault mode (``a402 vault --mode vault``).
 Amounts are in the token's atomic units. Each prints a table (``--json``: one JSON object).
 The first line says where the money stands. Calls to the vault are signed by the key
 (:mod:`a402.wire.vault_api`); ``deposit`` and ``exit`` talk to the chain only (``exit``:
-the escape hatch with a statement file; run it again after the dispute window). Exit
+the escape hatch with a statement file; ``deposit --pull`` asks the vault for a pull, checks
+the statement counting it, saves it with ``--out``, then signs its intent:
+run ``exit`` again after the dispute window). Exit
 codes: 0 done, 1 the vault or the chain refused or failed, 2 usage, 3 nothing signed yet
 (no statement), 4 nothing to do now (dispute window open, already left).
 """
@@ -53,8 +57,12 @@ class ParticipantFlags:
                               help="deposit: the chain's JSON-RPC URL")
     beneficiary: str | None = setting(None, metavar="ADDRESS",
                                       help="deposit: credit this participant (default: the key)")
+    pull: bool = setting(False, help="deposit: no deposit transaction; the vault's next "
+                                     "settlement pulls the amount from the key's wallet (one "
+                                     "approval if the allowance is short, then a signature)")
     out: str | None = setting(None, metavar="FILE",
-                              help="statement: also write it to FILE (keep it: it is your exit)")
+                              help="statement, deposit --pull: also write the statement to "
+                                   "FILE (keep it: it is your exit)")
     statement: str | None = setting(None, metavar="FILE",
                                     help="exit: the statement file `statement --out` wrote")
     gas_key_file: str | None = setting(None, metavar="F",
@@ -218,9 +226,14 @@ def _deposit(flags: ParticipantFlags, out: TextIO, err: TextIO) -> int:
         participant = to_checksum(flags.beneficiary or key.address)
     except ValueError as e:
         raise CommandError(2, "usage", f"nothing moved: --beneficiary: {e}") from None
+    if flags.pull and participant != to_checksum(key.address):
+        raise CommandError(2, "usage", "nothing moved: a pull credits the key's own account "
+                           "(no --beneficiary)")
     chain = connect(flags.rpc, [key.key])
     contract = A402Vault(chain, vault.info["a402Vault"])
     token = contract_at(chain, "TestUSDC", contract.token)
+    if flags.pull:
+        return _pull(flags, vault, contract, token, out, err)
     try:
         with Progress(err, "depositing"):
             transact(chain, key, token.functions.approve(contract.address, flags.amount))
@@ -236,13 +249,62 @@ def _deposit(flags: ParticipantFlags, out: TextIO, err: TextIO) -> int:
                         [(participant, flags.amount, tx)]), data)
 
 
+def _pull(flags: ParticipantFlags, vault: _Vault, contract: Any, token: Any, out: TextIO,
+          err: TextIO) -> int:
+    """``deposit --pull``: approve if short, ask for the pull, check the statement counting it
+    (signed by the vault's enclave key for this participant, this pull and amount, in the
+    vault's ledger life) and keep it, and only then sign the intent: no pull can take the
+    money without a statement that counts it in the participant's hands."""
+    from a402.chain.tx import TransactionFailed, transact
+    from a402.crypto.authorization import recover_signer
+    from a402.crypto.vault_messages import statement_digest
+    from a402.vault.mode import statement_from_json
+
+    key, amount = vault.key, int(flags.amount or 0)
+    try:
+        if int(token.functions.allowance(key.address, contract.address).call()) < amount:
+            with Progress(err, "approving the A402Vault"):
+                transact(contract.chain, key, token.functions.approve(contract.address, amount))
+    except TransactionFailed as e:
+        raise CommandError(1, "reverted", f"nothing moved: the approval reverted ({e})") from None
+    asked = vault.post("/v1/vault/pull", {"amount": str(amount)})
+    signed = statement_from_json(asked["statement"])
+    st, pull, deadline = signed.statement, int(asked["pull"]), int(asked["deadline"])
+    ledger = bytes.fromhex(str(vault.info["ledger"]).removeprefix("0x"))
+    signer = recover_signer(statement_digest(contract.domain, st, ledger), signed.signature)
+    if (st.participant.lower(), st.pull, st.pulling) != (key.address.lower(), pull, amount) or (
+            signer is None or "0x" + signer.hex() != str(vault.info["vault"]).lower()):
+        raise CommandError(1, "bad_statement", "nothing moved: the vault's statement for the "
+                           "pull is not the enclave's for this account and amount; no intent "
+                           "was signed")
+    saved = {**asked["statement"], "a402Vault": vault.info["a402Vault"]}
+    if flags.out:
+        try:
+            with open(flags.out, "w") as f:
+                json.dump(saved, f, indent=2)
+        except OSError as e:
+            raise CommandError(2, "usage", f"nothing moved: cannot write {flags.out} ({e}); "
+                               "no intent was signed") from None
+    intent = contract.sign_pull(key, key.address, amount, pull, deadline)
+    queued = vault.post(f"/v1/vault/pull/{pull}", {"signature": "0x" + intent.hex()})
+    data = {**queued, "moved": False, "statement": saved}
+    return _say(flags, out, f"nothing moved yet: {amount} will be pulled from "
+                f"{key.address} by the vault's next settlement (pull {pull}, until "
+                f"{deadline}), and is free to spend once the settlement after it confirms "
+                "it; the statement counting it is "
+                + (f"in {flags.out}" if flags.out else "in `a402 vault statement --out F`")
+                + "\n" + table(("participant", "pull", "amount", "deadline"),
+                               [(key.address, pull, amount, deadline)]), data)
+
+
 def _balance(flags: ParticipantFlags, out: TextIO, _: TextIO) -> int:
     b = _Vault(flags).get("/v1/vault/balance")
     return _say(flags, out, f"{b['free']} free in the vault for {b['participant']} "
                 "(yours to spend or pay out)\n" + table(
-                    ("free", "locked", "unconfirmed", "payout queued", "owed on-chain"),
-                    [(b["free"], b["locked"], b["unconfirmed"], b["payoutRequested"],
-                      b["owedOnChain"])]), b)
+                    ("free", "locked", "unconfirmed", "pulling", "payout queued",
+                     "owed on-chain"),
+                    [(b["free"], b["locked"], b["unconfirmed"], b["pulling"],
+                      b["payoutRequested"], b["owedOnChain"])]), b)
 
 
 def _statement(flags: ParticipantFlags, out: TextIO, _: TextIO) -> int:
