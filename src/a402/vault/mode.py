@@ -152,7 +152,7 @@ class VaultModeError(Exception):
 _STATUS_OF = {"insufficient_balance": 402, "debt_outstanding": 402,
               "unknown_participant": 404, "no_statement": 404,
               "unknown_channel": 404, "participant_exiting": 409, "channel_busy": 409,
-              "funds_settling": 409,
+              "funds_settling": 409, "pull_outstanding": 409, "unknown_pull": 404,
               "nothing_to_settle": 409, "settlement_dead": 503, "replayed_call": 401,
               "stale_call": 401, "wrong_life": 401, "bad_signature": 401}
 
