@@ -102,8 +102,12 @@ import {IERC3009Receive} from "./ASCManager.sol";
 ///      Pulled deposits. A deposit transaction costs the participant 21,000 gas of its own and
 ///      creates its `deposited` word; a pull rides in a settlement the vault already sends. The
 ///      participant approves this contract on the token once and signs (EOA, or EIP-1271 with
-///      at most `PULL_CHECK_GAS`) A402VaultPull(participant, amount, pull, deadline) in this
-///      domain, `pull` an id the enclave assigns (dense, from 1, below 2^31). The settlement
+///      at most `PULL_CHECK_GAS`) A402VaultPull(participant, amount, pull, deadline, ledger) in
+///      this domain, `pull` an id the enclave assigns (dense, from 1, below 2^31) and `ledger`
+///      the life it assigned it in: only an intent naming the pinned life is made (review
+///      s15-3: a second instance of the same enclave on a wiped ledger numbers its pulls from 1
+///      again, and would otherwise hand out statements of its own life for pulls the pinned
+///      life then makes, which those statements cannot pay). The settlement
 ///      carries the pull record and the intent signature; for each record in order the contract
 ///      reverts `PullRepeated` if the id's bit is set, and otherwise makes the pull — sets the
 ///      bit and moves `amount` from the participant with `transferFrom` — unless the deadline
@@ -130,7 +134,10 @@ import {IERC3009Receive} from "./ASCManager.sol";
 ///        statement: there is no `deposited` word to fall back on). Whichever way the pull
 ///        went, that statement pays exactly what the participant owns (made: the money is in
 ///        the pool and paid back; not made: left out). A pull moves no lane, so such a
-///        statement stays usable after the settlement lands. One unconfirmed pull per
+///        statement stays usable after the settlement lands, and the enclave makes a pull only
+///        in a settlement that follows the epoch its statement names (review s15-2): a claim
+///        that voids that epoch voids the pull with it (dropped, its id never used again),
+///        so the pull is never made with the statement counting it unusable. One unconfirmed pull per
 ///        participant at a time (a statement names one); an id once voided is never put in a
 ///        settlement again (its intent may still be unexpired);
 ///      * skip, not revert: whether a pull can be made is the participant's to change (its
@@ -347,7 +354,7 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     bytes32 public constant DEPOSIT_TYPEHASH =
         keccak256("A402VaultDeposit(address participant,uint256 amount,bytes32 salt)");
     bytes32 public constant PULL_TYPEHASH =
-        keccak256("A402VaultPull(address participant,uint256 amount,uint32 pull,uint64 deadline)");
+        keccak256("A402VaultPull(address participant,uint256 amount,uint32 pull,uint64 deadline,bytes16 ledger)");
     bytes32 public constant EXIT_TYPEHASH = keccak256("A402VaultExit(address participant,bytes32 statement)");
     bytes32 public constant WITHDRAWAL_TYPEHASH = keccak256(
         "A402Withdrawal(address owner,address to,uint256 amount,uint256 nonce,uint256 deadline)"
@@ -633,7 +640,7 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         if (block.timestamp > deadline || _lane(index) & _FROZEN != 0) return false;
         address participant = address(uint160(head >> 96));
         uint256 amount = uint96(tail >> 96);
-        bytes32 digest = pullDigest(participant, amount, uint32(tail >> 64), deadline);
+        bytes32 digest = pullDigest(participant, amount, uint32(tail >> 64), deadline, ledger);
         if (!_intends(participant, digest, signature)) return false;
         return token.trySafeTransferFrom(participant, address(this), amount);
     }
@@ -1112,13 +1119,14 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     }
 
     /// @notice What `participant` signs (EOA or EIP-1271) to let a settlement pull `amount` of
-    ///         the token from it as pull `pull`, until `deadline`.
-    function pullDigest(address participant, uint256 amount, uint32 pull, uint64 deadline)
+    ///         the token from it as pull `pull`, until `deadline`, in the ledger life `ledger_`
+    ///         (a settlement makes only intents naming the pinned life: pull ids are a life's).
+    function pullDigest(address participant, uint256 amount, uint32 pull, uint64 deadline, bytes16 ledger_)
         public
         view
         returns (bytes32)
     {
-        return _hashTypedDataV4(keccak256(abi.encode(PULL_TYPEHASH, participant, amount, pull, deadline)));
+        return _hashTypedDataV4(keccak256(abi.encode(PULL_TYPEHASH, participant, amount, pull, deadline, ledger_)));
     }
 
     /// @notice The digest the vault key signed for `st`: it names the pinned ledger life, or

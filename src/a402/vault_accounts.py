@@ -237,6 +237,9 @@ CLAIM_WINDOW = 3_600
 #: A pull is put in a settlement only while its intent's deadline is at least this far
 #: ahead of the enclave's clock (the contract skips a pull landing after its deadline).
 PULL_MARGIN = 300
+#: At most this many pulls are made per settlement, oldest first (the rest wait for the
+#: next): each costs the settlement gas even when skipped (review s15-1).
+MAX_PULLS = 100
 
 
 # ------------------------------------------------------------ what the host gets
@@ -390,13 +393,18 @@ class _Pull:
     deadline: int
     state: str = _PREPARED
     epoch: int = 0  # the settlement that carries it (state sent and after)
+    #: The epoch its statement names (the account's when it was asked for): it is made only
+    #: in a settlement that follows that epoch, so never with that statement voided.
+    named: int = 0
 
     def to_json(self) -> list[Any]:
-        return [self.participant, str(self.amount), self.deadline, self.state, self.epoch]
+        return [self.participant, str(self.amount), self.deadline, self.state, self.epoch,
+                self.named]
 
     @classmethod
     def from_json(cls, v: list[Any]) -> _Pull:
-        return cls(str(v[0]), int(v[1]), int(v[2]), str(v[3]), int(v[4]))
+        return cls(str(v[0]), int(v[1]), int(v[2]), str(v[3]), int(v[4]),
+                   int(v[5]) if len(v) > 5 else 0)
 
 
 @dataclass(slots=True)
@@ -749,7 +757,8 @@ class VaultAccountsCode:
             del self._pulls[account.pull]
         pull = self._next_pull
         self._next_pull += 1
-        self._pulls[pull] = _Pull(address_key(account.participant), amount, deadline)
+        self._pulls[pull] = _Pull(address_key(account.participant), amount, deadline,
+                                  named=account.epoch)
         account.pull, account.pulling = pull, amount
         self._full = True
         (signed,) = self._sign_statements([account])
@@ -805,7 +814,9 @@ class VaultAccountsCode:
         """For the next settlement: the pulls to make (intent held, deadline far enough,
         participant not exiting), the pulls to check, and the accounts whose pull expired
         unsent (dropped here: never in a settlement, its bit can never be set)."""
-        sending, checking, expired = [], [], []
+        sending: list[int] = []
+        checking: list[int] = []
+        expired: list[_Account] = []
         for k, p in sorted(self._pulls.items()):
             account = self._accounts[p.participant]
             if p.state in (_MADE, _FAILED):
@@ -816,7 +827,7 @@ class VaultAccountsCode:
                 account.pull, account.pulling = 0, 0
                 if not account.exiting:  # its statement counting it is self-correcting
                     expired.append(account)
-            elif p.state == _AUTHORIZED:
+            elif p.state == _AUTHORIZED and len(sending) < MAX_PULLS:
                 sending.append(k)
         return sending, checking, expired
 
@@ -909,9 +920,21 @@ class VaultAccountsCode:
             account = self._accounts[pull.participant]
             pulls[k] = PullRecord(account.participant, account.index, pull.amount, k,
                                   pull.deadline)
-        for k in pulls:
-            if k in self._pulls:
-                self._pulls[k].state, self._pulls[k].epoch = _SENT, self._epoch
+        for k in list(pulls):
+            held = self._pulls.get(k)
+            if held is not None and held.named <= prev:
+                held.state, held.epoch = _SENT, self._epoch
+                continue
+            # Its statement names an epoch this replacement voids (review s15-2): made now,
+            # the pull would be counted by no usable statement the participant surely holds.
+            # Dropped instead, its id never used again (its bit can never be set).
+            del pulls[k]
+            if held is not None:
+                del self._pulls[k]
+                account = self._accounts[held.participant]
+                if account.pull == k:
+                    account.pull, account.pulling = 0, 0
+                touched.append(account)
         for k in checking:
             pull = self._pulls.pop(k)
             account = self._accounts[pull.participant]

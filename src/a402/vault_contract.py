@@ -20,7 +20,7 @@ from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress, Hash32
 from web3.contract import Contract
 from web3.logs import DISCARD
-from web3.types import TxReceipt
+from web3.types import BlockIdentifier, TxReceipt
 
 from a402.chain.node import Chain
 from a402.chain.tx import contract_at, deploy_contract, transact
@@ -195,16 +195,18 @@ class A402Vault:
             (packed_pulls, pull_signatures, packed_pull_checks), claim_tail, vault_signature)
         return transact(self.chain, sender, call)
 
-    def pulled(self, pull: int) -> bool:
-        """Whether a landed settlement made pull ``pull`` (its transfer happened)."""
-        return bool(self.contract.functions.pulled(pull).call())
+    def pulled(self, pull: int, block: BlockIdentifier = "latest") -> bool:
+        """Whether a landed settlement made pull ``pull`` (its transfer happened), as of
+        ``block``."""
+        return bool(self.contract.functions.pulled(pull).call(block_identifier=block))
 
     def sign_pull(self, participant: LocalAccount | DigestSigner, address: str, amount: int,
-                  pull: int, deadline: int) -> bytes:
+                  pull: int, deadline: int, ledger: bytes = NO_LEDGER) -> bytes:
         """``participant``'s intent (:func:`~a402.crypto.vault_messages.pull_digest`) letting a
         settlement pull ``amount`` from ``address`` (its own) as pull ``pull`` until
-        ``deadline``; it must also have approved this contract on the token."""
-        digest = pull_digest(self.domain, address, amount, pull, deadline)
+        ``deadline``, an id of the ledger life ``ledger``; it must also have approved this
+        contract on the token."""
+        digest = pull_digest(self.domain, address, amount, pull, deadline, ledger)
         if isinstance(participant, LocalAccount):
             return bytes(participant.unsafe_sign_hash(Hash32(digest)).signature)
         return participant.sign_digest(digest)
@@ -318,8 +320,8 @@ class A402Vault:
 
     # -- reading ---------------------------------------------------------------------
 
-    def last_epoch(self) -> int:
-        return int(self.contract.functions.lastEpoch().call())
+    def last_epoch(self, block: BlockIdentifier = "latest") -> int:
+        return int(self.contract.functions.lastEpoch().call(block_identifier=block))
 
     def ledger(self) -> bytes:
         """The ledger life the first landed settlement pinned (16 zero bytes: none yet)."""
@@ -370,9 +372,10 @@ class A402Vault:
             keccak256(packed_confirms), keccak256(packed_pulls),
             keccak256(packed_pull_checks)).call())
 
-    def pull_digest(self, participant: str, amount: int, pull: int, deadline: int) -> bytes:
+    def pull_digest(self, participant: str, amount: int, pull: int, deadline: int,
+                    ledger: bytes = NO_LEDGER) -> bytes:
         return bytes(self.contract.functions.pullDigest(
-            to_checksum(participant), amount, pull, deadline).call())
+            to_checksum(participant), amount, pull, deadline, ledger).call())
 
     def statement_digest(self, statement: BalanceStatement) -> bytes:
         return bytes(self.contract.functions.statementDigest(_statement(statement)).call())

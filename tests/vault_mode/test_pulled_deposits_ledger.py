@@ -43,7 +43,8 @@ def _ask(host: Host, who: LocalAccount, amount: int, *, sign: bool = True
     st = statement.statement
     assert (st.pull, st.pulling) == (pull, amount) and st.balance >= amount
     if sign:
-        host.intents[pull] = host.vault.sign_pull(who, who.address, amount, pull, deadline)
+        host.intents[pull] = host.vault.sign_pull(who, who.address, amount, pull, deadline,
+                                                  host.vm.vault.ledger)
         host.vm.vault.pull_authorized(pull)
     return pull, statement
 

@@ -71,7 +71,9 @@ BALANCE_TYPE = (
     "A402VaultBalance(address participant,uint32 index,uint256 balance,uint256 locked,uint64 epoch,"
     "uint64 nonce,uint256 deposited,uint32 pull,uint256 pulling,bytes16 ledger)"
 )
-PULL_TYPE = "A402VaultPull(address participant,uint256 amount,uint32 pull,uint64 deadline)"
+PULL_TYPE = (
+    "A402VaultPull(address participant,uint256 amount,uint32 pull,uint64 deadline,bytes16 ledger)"
+)
 EXIT_TYPE = "A402VaultExit(address participant,bytes32 statement)"
 CHANNEL_TYPE = (
     "A402VaultChannel(address client,address provider,bytes32 providerKey,uint256 capacity,"
@@ -263,9 +265,10 @@ def unpack_pull_checks(packed: bytes) -> list[tuple[int, bool]]:
 
 
 def pull_digest(domain: PaymentDomain, participant: str | bytes, amount: int, pull: int,
-                deadline: int) -> bytes:
+                deadline: int, ledger: bytes = NO_LEDGER) -> bytes:
     """What ``participant`` signs to let a settlement pull ``amount`` from it as pull ``pull``
-    until ``deadline`` (unix seconds): ``A402VaultPull`` in the vault's domain."""
+    until ``deadline`` (unix seconds), in the ledger life ``ledger`` that assigned the id:
+    ``A402VaultPull`` in the vault's domain (made only while that life is the pinned one)."""
     return _typed(
         domain,
         keccak256(
@@ -274,6 +277,7 @@ def pull_digest(domain: PaymentDomain, participant: str | bytes, amount: int, pu
             + _uint(amount, _UINT256, "amount")
             + _uint(pull, _UINT32, "pull")
             + _uint(deadline, _UINT64, "deadline")
+            + _ledger(ledger)
         ),
     )
 

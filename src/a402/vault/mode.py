@@ -136,6 +136,14 @@ DROPPED_KEPT = 100
 _KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 _DECIMALS_ABI = [{"type": "function", "name": "decimals", "stateMutability": "view",
                   "inputs": [], "outputs": [{"name": "", "type": "uint8"}]}]
+_FUNDS_ABI = [
+    {"type": "function", "name": "balanceOf", "stateMutability": "view",
+     "inputs": [{"name": "owner", "type": "address"}],
+     "outputs": [{"name": "", "type": "uint256"}]},
+    {"type": "function", "name": "allowance", "stateMutability": "view",
+     "inputs": [{"name": "owner", "type": "address"}, {"name": "spender", "type": "address"}],
+     "outputs": [{"name": "", "type": "uint256"}]},
+]
 
 
 class VaultModeError(Exception):
@@ -991,6 +999,7 @@ class VaultModeService:
         if not 0 < amount <= MAX_PAYOUT:
             raise VaultModeError(400, "bad_request",
                                  "nothing was asked: the amount is positive, at most 2^96 - 1")
+        self._check_funds(participant, amount, allowance=False)
         deadline = int(time.time()) + PULL_LIFETIME
         pull, statement = self.change(partial(
             self.accounts.prepare_pull, participant, amount, deadline, now=time.time()))
@@ -1011,16 +1020,32 @@ class VaultModeService:
                 raise refused(e) from None
             if address_key(owner) != address_key(participant):
                 raise VaultModeError(404, "unknown_pull", "no pull of yours has this id")
-            digest = pull_digest(self.contract.domain, owner, amount, pull, deadline)
+            digest = pull_digest(self.contract.domain, owner, amount, pull, deadline,
+                                 self.accounts.ledger)
             if len(signature) != 65 or (
                     not self.chain.w3.eth.get_code(self.chain.w3.to_checksum_address(owner))
                     and recover_signer(digest, signature) != bytes.fromhex(owner[2:])):
                 raise VaultModeError(400, "bad_signature", "nothing was queued: the intent is "
                                      f"not {owner}'s signature of pull {pull}")
+            self._check_funds(owner, amount, allowance=True)
             self.store.put_meta(PULL_INTENT_PREFIX + str(pull), signature)
             self.change(partial(self.accounts.pull_authorized, pull))
         return {"participant": to_checksum(owner), "pull": pull, "amount": str(amount),
                 "deadline": deadline, "queued": True}
+
+    def _check_funds(self, participant: str, amount: int, *, allowance: bool) -> None:
+        """A pull the participant's wallet cannot make now is refused before the ledger keeps
+        it (review s15-1: a key holding nothing would otherwise cost every settlement the
+        gas of a skipped pull, and the ledger an account, for free)."""
+        token = self.chain.w3.eth.contract(
+            address=self.chain.w3.to_checksum_address(self.contract.token), abi=_FUNDS_ABI)
+        owner = self.chain.w3.to_checksum_address(participant)
+        has = int(token.functions.balanceOf(owner).call())
+        approved = int(token.functions.allowance(owner, self.contract.address).call())
+        if has < amount or (allowance and approved < amount):
+            raise VaultModeError(402, "pull_unfunded", (
+                f"nothing was queued: the wallet holds {has} and lets the A402Vault take "
+                f"{approved}; a pull of {amount} needs both (approve the A402Vault first)"))
 
     def _debt(self, participant: str) -> int:
         """What ``participant`` owes (a claimed payment a voided settlement had credited it
@@ -1158,9 +1183,7 @@ class VaultModeService:
                 landed = self.contract.last_epoch()
                 # what the chain has: accounts whose money rests on it may pay again
                 self.accounts.chain_epoch(landed)
-                for pull in self.accounts.pulls_sent(landed):  # the chain's word on each
-                    made = self.contract.pulled(pull)
-                    self.change(partial(self.accounts.pull_landed, pull, made))
+                self._report_pulls()
                 signed = self._stored_settlement_after(landed)
                 if signed is None:
                     return out
@@ -1179,6 +1202,18 @@ class VaultModeService:
             if landed >= self.accounts.epoch:
                 return None
             return self.accounts.settlement_after(landed)
+
+    def _report_pulls(self) -> None:
+        """The chain's word on each pull of a landed settlement (review s15-4): ``lastEpoch``
+        and every ``pulled`` read at one block, at the depth deposits are read at
+        (``config.confirmations``): a lagging node or a reorg cannot have the enclave sign a
+        pull check the chain then refuses for good."""
+        if not self.accounts.pulls_sent(self.accounts.epoch):
+            return
+        head = self._reported_head()
+        for pull in self.accounts.pulls_sent(self.contract.last_epoch(head)):
+            made = self.contract.pulled(pull, head)
+            self.change(partial(self.accounts.pull_landed, pull, made))
 
     def _land_next(self, signed: SignedSettlement) -> Landed:
         # each pull with its participant's intent (none held: 65 zero bytes, and the

@@ -271,6 +271,11 @@ def _pull(flags: ParticipantFlags, vault: _Vault, contract: Any, token: Any, out
     signed = statement_from_json(asked["statement"])
     st, pull, deadline = signed.statement, int(asked["pull"]), int(asked["deadline"])
     ledger = bytes.fromhex(str(vault.info["ledger"]).removeprefix("0x"))
+    pinned = contract.ledger()
+    if pinned != bytes(16) and pinned != ledger:  # a second instance of the vault's enclave
+        raise CommandError(1, "wrong_ledger", "nothing moved: the vault serves ledger "
+                           f"{ledger.hex()}, the A402Vault pinned {pinned.hex()}; no intent "
+                           "was signed")
     signer = recover_signer(statement_digest(contract.domain, st, ledger), signed.signature)
     if (st.participant.lower(), st.pull, st.pulling) != (key.address.lower(), pull, amount) or (
             signer is None or "0x" + signer.hex() != str(vault.info["vault"]).lower()):
@@ -285,7 +290,7 @@ def _pull(flags: ParticipantFlags, vault: _Vault, contract: Any, token: Any, out
         except OSError as e:
             raise CommandError(2, "usage", f"nothing moved: cannot write {flags.out} ({e}); "
                                "no intent was signed") from None
-    intent = contract.sign_pull(key, key.address, amount, pull, deadline)
+    intent = contract.sign_pull(key, key.address, amount, pull, deadline, ledger)
     queued = vault.post(f"/v1/vault/pull/{pull}", {"signature": "0x" + intent.hex()})
     data = {**queued, "moved": False, "statement": saved}
     return _say(flags, out, f"nothing moved yet: {amount} will be pulled from "
