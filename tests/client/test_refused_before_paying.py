@@ -394,6 +394,9 @@ CLASSIFIED_4XX: dict[str, tuple[str, str]] = {
     "participant_exiting": (BEFORE, "the enclave refused: the participant is exiting"),
     "funds_settling": (BEFORE, "the enclave refused the call before EXEC: the account's "
                        "money rests on a settlement not landed yet"),
+    "pull_outstanding": (BEFORE, "a deposit by pull asked while one is in flight: no call"),
+    "pull_unfunded": (BEFORE, "a deposit by pull the wallet cannot fund: no call"),
+    "unknown_pull": (BEFORE, "an intent for no pull of the signer's: no call"),
     "nothing_to_settle": (BEFORE, "the enclave has nothing to settle"),
 }
 

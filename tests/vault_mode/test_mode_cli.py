@@ -157,6 +157,12 @@ def test_a_participant_deposits_by_a_pull_with_no_deposit_transaction_and_keeps_
         code, out, err = run("deposit", *common, "--rpc", vault_chain.rpc_url, "--amount",
                              "1", "--pull", "--beneficiary", h.operator.address)
         assert code == 2 and "no --beneficiary" in err and out == ""
+        # a wallet that cannot fund its pull is refused before the vault keeps anything
+        dave = funded(vault_chain, usdc, 0)
+        code, out, err = run("deposit", "--vault", url, "--key-file", key_file(tmp_path, dave),
+                             "--rpc", vault_chain.rpc_url, "--amount", "10", "--pull")
+        assert code == 1 and "pull_unfunded" in err and out == ""
+        assert h.service.accounts.pulling(dave.address) == (0, 0)
 
 
 def test_a_settlement_slower_than_a_second_shows_a_progress_line_and_a_fast_one_none() -> None:
