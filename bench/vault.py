@@ -8,7 +8,9 @@ compare figures of the same run; see each script's docstring for its method):
   share of the settlement that confirms it) against the A402 paper's 51,336, x402 ``exact``'s
   gas per request, and the total on-chain gas for 10,000 and 100,000 paid requests among
   100 participants (``exact``: one transfer per request; vault mode: the 100 deposits and
-  the settlement; a paid request itself sends no transaction);
+  the settlement; a paid request itself sends no transaction), and the same with deposits
+  pulled inside the settlements (``deposit --pull``), with and without each participant's
+  one-time approve;
 * **off-chain throughput** (``bench/vault_mode_http.py``): paid calls per second over real
   HTTP through a standard vault and through a vault in vault mode, same clients, same
   provider code, same machine, in alternating rounds (``--throughput-rounds`` of each): the
@@ -54,8 +56,13 @@ TARGETS = {
     "settlement gas per participant, batch of 100": ("<=", 15_000),
     "lifecycle gas per participant (first deposit + settlement share)":
         ("<", vault_gas.PAPER["lifecycle"]),
+    "lifecycle gas per participant (pulled deposit + settlement shares)":
+        ("<", vault_gas.PAPER["lifecycle"]),
     "10,000 paid requests, 100 participants: exact gas / vault gas": (">=", 100),
+    "10,000 paid requests, pulled deposits (approves apart)": (">=", 100),
+    "10,000 paid requests, pulled deposits and their approves": (">=", 100),
     "100,000 paid requests, 100 participants: exact gas / vault gas": (">=", 800),
+    "100,000 paid requests, pulled deposits and their approves": (">=", 800),
     "off-chain throughput, vault mode / standard mode": (">=", 1.0),
     "fail-over, kill -9 to first answered call (max, s)": ("<=", failover.TARGET_FIRST_ANSWER_S),
 }
@@ -73,10 +80,18 @@ def summary(gas: dict[str, Any], http: dict[str, Any], fail: dict[str, Any] | No
             max(at_100["first_per_payee"], at_100["later_per_payee"]),
         "lifecycle gas per participant (first deposit + settlement share)":
             gas["lifecycle_measured"]["lifecycle"],
+        "lifecycle gas per participant (pulled deposit + settlement shares)":
+            gas["pulled_lifecycle_measured"]["lifecycle"],
         "10,000 paid requests, 100 participants: exact gas / vault gas":
             totals["10000"]["ratio"],
+        "10,000 paid requests, pulled deposits (approves apart)":
+            totals["10000"]["ratio_pulls"],
+        "10,000 paid requests, pulled deposits and their approves":
+            totals["10000"]["ratio_pulls_and_approvals"],
         "100,000 paid requests, 100 participants: exact gas / vault gas":
             totals["100000"]["ratio"],
+        "100,000 paid requests, pulled deposits and their approves":
+            totals["100000"]["ratio_pulls_and_approvals"],
         "off-chain throughput, vault mode / standard mode": round(http["throughput_ratio"], 2),
         "fail-over, kill -9 to first answered call (max, s)":
             round(max(firsts), 2) if firsts else None,
