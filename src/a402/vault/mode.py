@@ -1013,23 +1013,22 @@ class VaultModeService:
         contract when the pull is made), stored, then the pull joins the next settlement.
         Nothing moves until that settlement lands; the amount is spendable once the one
         after it has confirmed the pull."""
-        with self._lock:
-            try:
-                owner, amount, deadline = self.accounts.pull_terms(pull)
-            except EnclaveError as e:
-                raise refused(e) from None
-            if address_key(owner) != address_key(participant):
-                raise VaultModeError(404, "unknown_pull", "no pull of yours has this id")
-            digest = pull_digest(self.contract.domain, owner, amount, pull, deadline,
-                                 self.accounts.ledger)
-            if len(signature) != 65 or (
-                    not self.chain.w3.eth.get_code(self.chain.w3.to_checksum_address(owner))
-                    and recover_signer(digest, signature) != bytes.fromhex(owner[2:])):
-                raise VaultModeError(400, "bad_signature", "nothing was queued: the intent is "
-                                     f"not {owner}'s signature of pull {pull}")
-            self._check_funds(owner, amount, allowance=True)
-            self.store.put_meta(PULL_INTENT_PREFIX + str(pull), signature)
-            self.change(partial(self.accounts.pull_authorized, pull))
+        try:  # the chain reads below run outside the service's lock
+            owner, amount, deadline = self.accounts.pull_terms(pull)
+        except EnclaveError as e:
+            raise refused(e) from None
+        if address_key(owner) != address_key(participant):
+            raise VaultModeError(404, "unknown_pull", "no pull of yours has this id")
+        digest = pull_digest(self.contract.domain, owner, amount, pull, deadline,
+                             self.accounts.ledger)
+        if len(signature) != 65 or (
+                not self.chain.w3.eth.get_code(self.chain.w3.to_checksum_address(owner))
+                and recover_signer(digest, signature) != bytes.fromhex(owner[2:])):
+            raise VaultModeError(400, "bad_signature", "nothing was queued: the intent is "
+                                 f"not {owner}'s signature of pull {pull}")
+        self._check_funds(owner, amount, allowance=True)
+        self.store.put_meta(PULL_INTENT_PREFIX + str(pull), signature)  # before it is sent
+        self.change(partial(self.accounts.pull_authorized, pull))
         return {"participant": to_checksum(owner), "pull": pull, "amount": str(amount),
                 "deadline": deadline, "queued": True}
 
