@@ -495,7 +495,8 @@ def test_a_channel_cannot_lock_money_its_client_asked_to_withdraw_and_every_queu
     assert h.service.status()["droppedPayouts"] == []
     assert h.service.balance(alice.address) | {"owedOnChain": "0"} == {
         "participant": alice.address, "free": "0", "locked": "1000", "unconfirmed": "0",
-        "payoutRequested": "0", "debt": "0", "payoutsDropped": [], "owedOnChain": "0"}
+        "pulling": "0", "pull": 0, "payoutRequested": "0", "debt": "0", "payoutsDropped": [],
+        "owedOnChain": "0"}
     t = h.service.accounts.totals()
     assert balance(h.usdc, h.contract.address) == (
         t["free"] + t["locked"] + t["pending"] + t["unconfirmed"]) == 1_000 + 4_000

@@ -629,14 +629,8 @@ class VaultModeService:
         change leave before a later :meth:`store_rows` (or any wait for a version at least
         this one's) returns."""
         with self._lock:
-            if self.broken is not None:
-                raise VaultModeError(503, "vault_broken", self.broken + "; restart the vault")
-            try:
-                result = op()
-            except EnclaveError as e:
-                raise refused(e) from None
-            version = self.accounts.ledger_version
-            if version <= self._saved or (not stored and signing is None):
+            result, version = self._apply(op, stored or signing is not None)
+            if version is None:
                 return result
             if signing is not None:
                 self._save(signing)
