@@ -21,7 +21,7 @@ from a402.vault.mode_app import create_mode_app
 from a402.vault.mode_command import main as vault_action
 
 from ..servers import serve
-from .helpers import balance, funded
+from .helpers import balance, funded, increase_time
 from .test_service import Harness, h, verifies
 
 pytestmark = pytest.mark.anvil
@@ -132,6 +132,7 @@ def test_a_participant_deposits_by_a_pull_with_no_deposit_transaction_and_keeps_
     the amount (no deposit transaction), the one after confirms it, and it is free. The
     statement the command kept counts it from the start (the escape hatch pays it if the
     pull was made)."""
+    increase_time(vault_chain, 2 * 86_400)  # the chain's clock two days ahead of the host's
     carol = funded(vault_chain, usdc, 4_000)
     kc = key_file(tmp_path, carol)
     with serve(create_mode_app(h.service)) as url:

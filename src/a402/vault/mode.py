@@ -994,7 +994,8 @@ class VaultModeService:
             raise VaultModeError(400, "bad_request",
                                  "nothing was asked: the amount is positive, at most 2^96 - 1")
         self._check_funds(participant, amount, allowance=False)
-        deadline = int(time.time()) + PULL_LIFETIME
+        # the contract compares it with the chain's clock, which may run ahead of this host's
+        deadline = max(int(time.time()), self.chain_time()) + PULL_LIFETIME
         pull, statement = self.change(partial(
             self.accounts.prepare_pull, participant, amount, deadline, now=time.time()))
         return {"participant": to_checksum(participant), "pull": pull, "amount": str(amount),
