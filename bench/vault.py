@@ -9,8 +9,8 @@ compare figures of the same run; see each script's docstring for its method):
   gas per request, and the total on-chain gas for 10,000 and 100,000 paid requests among
   100 participants (``exact``: one transfer per request; vault mode: the 100 deposits and
   the settlement; a paid request itself sends no transaction), and the same with deposits
-  pulled inside the settlements (``deposit --pull``), with and without each participant's
-  one-time approve;
+  pulled inside the settlements (``deposit --pull``: EIP-3009, no transaction of the
+  participant's);
 * **off-chain throughput** (``bench/vault_mode_http.py``): paid calls per second over real
   HTTP through a standard vault and through a vault in vault mode, same clients, same
   provider code, same machine, in alternating rounds (``--throughput-rounds`` of each): the
@@ -59,10 +59,9 @@ TARGETS = {
     "lifecycle gas per participant (pulled deposit + settlement shares)":
         ("<", vault_gas.PAPER["lifecycle"]),
     "10,000 paid requests, 100 participants: exact gas / vault gas": (">=", 100),
-    "10,000 paid requests, pulled deposits (approves apart)": (">=", 100),
-    "10,000 paid requests, pulled deposits and their approves": (">=", 100),
+    "10,000 paid requests, pulled deposits": (">=", 100),
     "100,000 paid requests, 100 participants: exact gas / vault gas": (">=", 800),
-    "100,000 paid requests, pulled deposits and their approves": (">=", 800),
+    "100,000 paid requests, pulled deposits": (">=", 800),
     "off-chain throughput, vault mode / standard mode": (">=", 1.0),
     "fail-over, kill -9 to first answered call (max, s)": ("<=", failover.TARGET_FIRST_ANSWER_S),
 }
@@ -84,14 +83,10 @@ def summary(gas: dict[str, Any], http: dict[str, Any], fail: dict[str, Any] | No
             gas["pulled_lifecycle_measured"]["lifecycle"],
         "10,000 paid requests, 100 participants: exact gas / vault gas":
             totals["10000"]["ratio"],
-        "10,000 paid requests, pulled deposits (approves apart)":
-            totals["10000"]["ratio_pulls"],
-        "10,000 paid requests, pulled deposits and their approves":
-            totals["10000"]["ratio_pulls_and_approvals"],
+        "10,000 paid requests, pulled deposits": totals["10000"]["ratio_pulls"],
         "100,000 paid requests, 100 participants: exact gas / vault gas":
             totals["100000"]["ratio"],
-        "100,000 paid requests, pulled deposits and their approves":
-            totals["100000"]["ratio_pulls_and_approvals"],
+        "100,000 paid requests, pulled deposits": totals["100000"]["ratio_pulls"],
         "off-chain throughput, vault mode / standard mode": round(http["throughput_ratio"], 2),
         "fail-over, kill -9 to first answered call (max, s)":
             round(max(firsts), 2) if firsts else None,

@@ -24,19 +24,20 @@ median first deposit + that settlement / 100. A participant's later deposits cos
 ``deposited`` word exists: "deposit (later)").
 
 Pulled lifecycle per participant (deposits pulled inside the settlement, "Pulled deposits"
-in the contract docs): 100 fresh participants (holding tokens, each having approved the vault
-once — that approve is listed apart, as above) sign A402VaultPull intents; one settlement
-makes the 100 pulls; the next one proves them made (pull checks) and pays each its first
-payout; lifecycle = both settlements / 100. No deposit transaction, no per-participant
-``deposited`` word.
+in the contract docs): 100 fresh participants (holding tokens and no ETH: no approval, no
+transaction of their own) sign the token's EIP-3009 ReceiveWithAuthorization to the vault;
+one settlement makes the 100 pulls (the token's ``receiveWithAuthorization``, which writes
+its nonce: a fresh storage slot each); the next one proves them made (pull checks) and pays
+each its first payout; lifecycle = both settlements / 100: everything the participant's
+money costs on the chain. No deposit transaction, no per-participant ``deposited`` word.
 
 x402 ``exact``: one ``transferWithAuthorization`` per request, submitted directly (the
 floor of what any ``exact`` facilitator pays, what ``bench/exact.py`` calls the direct
 transfer), median of 10, payee already funded. Totals for R paid requests among 100
 participants: ``exact`` = R transfers; vault = 100 first deposits + one settlement of 100 that
 confirms them (one round here; requests do not touch the chain at all in vault mode); vault
-with pulls = the settlement of 100 pulls + the one confirming and paying them (and, on a row
-of its own, the same plus the 100 participants' one-time approvals).
+with pulls = the settlement of 100 pulls + the one confirming and paying them (nothing else:
+the participants send no transaction).
 
 Usage: ``python bench/vault_gas.py`` — prints the tables and writes
 ``bench/results/vault_gas.json``. Needs anvil (``npm ci``).
@@ -272,13 +273,8 @@ def measure_pulled_lifecycle(b: Bench, n: int = LIFECYCLE_BATCH) -> dict[str, in
     """``n`` fresh participants' pulls in one settlement, then the settlement that proves them
     made and pays each its first payout (see the module docstring)."""
     payees = b.payees(n)
-    approvals = []
-    for p in payees:
-        account = b.keys[p]
-        transact(b.chain, b.chain.accounts[0], {"to": p}, value=10**17)
+    for p in payees:  # tokens, no ETH: a pull is no transaction of the participant's
         transact(b.chain, b.chain.accounts[0], b.token.functions.mint(p, 2_000))
-        approvals.append(int(transact(b.chain, account, b.token.functions.approve(
-            b.vault.address, MAX_UINT))["gasUsed"]))
     deadline = int(b.chain.w3.eth.get_block("latest")["timestamp"]) + 3_600
     pulls = []
     for pull, p in enumerate(payees, start=b.vault_pulls + 1):
@@ -288,8 +284,10 @@ def measure_pulled_lifecycle(b: Bench, n: int = LIFECYCLE_BATCH) -> dict[str, in
     pull_tx = b.settle([], pulls=pulls)
     assert all(b.vault.pulled(r.pull) for r, _ in pulls)
     confirm_tx = b.settle([(p, 1_000) for p in payees], checks=[(r.pull, True) for r, _ in pulls])
-    return {"participants": n, "approve_median": int(statistics.median(approvals)),
-            "pull_settle_tx": pull_tx, "pull_per_participant": round(pull_tx / n),
+    w3 = b.chain.w3
+    assert all(w3.eth.get_transaction_count(w3.to_checksum_address(p)) == 0 for p in payees)
+    return {"participants": n, "pull_settle_tx": pull_tx,
+            "pull_per_participant": round(pull_tx / n),
             "confirm_settle_tx": confirm_tx, "confirm_per_participant": round(confirm_tx / n),
             "lifecycle": round(pull_tx / n) + round(confirm_tx / n)}
 
@@ -343,7 +341,6 @@ def measure(chain: Chain, sizes: tuple[int, ...] = BATCH_SIZES) -> dict[str, Any
         "pull: share of the settlement confirming and paying it": pulled[
             "confirm_per_participant"],
         "pulled deposit + shares of both settlements": pulled["lifecycle"],
-        "(apart) the participant's one-time approve": pulled["approve_median"],
     }
     breakdown = lifecycle_breakdown(gas, batch, life, exact)
     totals = {}
@@ -352,14 +349,10 @@ def measure(chain: Chain, sizes: tuple[int, ...] = BATCH_SIZES) -> dict[str, Any
             "participants"]
         pulled_total = (pulled["pull_settle_tx"] + pulled["confirm_settle_tx"]) * 100 // pulled[
             "participants"]
-        with_approvals = pulled_total + 100 * pulled["approve_median"]
         totals[str(requests)] = {"exact": exact * requests, "vault": vault_total,
                                  "ratio": round(exact * requests / vault_total, 1),
                                  "vault_pulls": pulled_total,
-                                 "ratio_pulls": round(exact * requests / pulled_total, 1),
-                                 "vault_pulls_and_approvals": with_approvals,
-                                 "ratio_pulls_and_approvals":
-                                     round(exact * requests / with_approvals, 1)}
+                                 "ratio_pulls": round(exact * requests / pulled_total, 1)}
     return {"settlement": settlements, "entry_points": gas, "lifecycle": lifecycle,
             "lifecycle_measured": life, "pulled_lifecycle_measured": pulled,
             "lifecycle_batch": batch["payees"], "exact_per_request": exact,
@@ -427,9 +420,7 @@ def tables(result: dict[str, Any]) -> str:
               f" {'ratio':>8}", "-" * 73]
     for requests, row in result["totals_100_participants"].items():
         for name, vault, ratio in (("deposits", "vault", "ratio"),
-                                   ("pulls", "vault_pulls", "ratio_pulls"),
-                                   ("pulls + approves", "vault_pulls_and_approvals",
-                                    "ratio_pulls_and_approvals")):
+                                   ("pulls", "vault_pulls", "ratio_pulls")):
             label = f"{int(requests):,} ({name})"
             lines.append(f"{label:<38} {row['exact']:>13,} {row[vault]:>11,}"
                          f" {row[ratio]:>7}x")

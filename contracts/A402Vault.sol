@@ -7,10 +7,23 @@ import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/Reentrancy
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {SignatureChecker} from "@openzeppelin/contracts/utils/cryptography/SignatureChecker.sol";
-import {IERC1271} from "@openzeppelin/contracts/interfaces/IERC1271.sol";
 import {A402Message} from "./A402Message.sol";
 import {Schnorr} from "./SchnorrVerifier.sol";
 import {IERC3009Receive} from "./ASCManager.sol";
+
+/// @dev EIP-3009's `receiveWithAuthorization` with a `bytes` signature (USDC v2.2): EOA or
+///      EIP-1271.
+interface IERC3009ReceiveBytes {
+    function receiveWithAuthorization(
+        address from,
+        address to,
+        uint256 value,
+        uint256 validAfter,
+        uint256 validBefore,
+        bytes32 nonce,
+        bytes calldata signature
+    ) external;
+}
 
 /// @title A402Vault: the Liquidity Vault, vault mode (A402 paper §4.3, Alg. 3, §6.2)
 /// @notice Participants (clients and providers) fund one pool; channels open and close inside
@@ -100,20 +113,27 @@ import {IERC3009Receive} from "./ASCManager.sol";
 ///      enclave signs every new participant an empty statement), is paid back.
 ///
 ///      Pulled deposits. A deposit transaction costs the participant 21,000 gas of its own and
-///      creates its `deposited` word; a pull rides in a settlement the vault already sends. The
-///      participant approves this contract on the token once and signs (EOA, or EIP-1271 with
-///      at most `PULL_CHECK_GAS`) A402VaultPull(participant, amount, pull, deadline, ledger) in
-///      this domain, `pull` an id the enclave assigns (dense, from 1, below 2^31) and `ledger`
-///      the life it assigned it in: only an intent naming the pinned life is made (review
-///      s15-3: a second instance of the same enclave on a wiped ledger numbers its pulls from 1
-///      again, and would otherwise hand out statements of its own life for pulls the pinned
-///      life then makes, which those statements cannot pay). The settlement
-///      carries the pull record and the intent signature; for each record in order the contract
-///      reverts `PullRepeated` if the id's bit is set, and otherwise makes the pull — sets the
-///      bit and moves `amount` from the participant with `transferFrom` — unless the deadline
-///      passed, the record's lane (its index, as for payouts) is frozen, the intent is not the
-///      participant's, or the token refuses (false or revert, as SafeERC20 reads it): then the
-///      record is skipped and its bit stays clear. The vault's balance must grow by exactly the
+///      creates its `deposited` word; a pull rides in a settlement the vault already sends, and
+///      needs neither an approval nor any gas of the participant's. The participant signs the
+///      token's EIP-3009 ReceiveWithAuthorization(from = itself, to = this contract, value =
+///      amount, validAfter = 0, validBefore = deadline, nonce = `pullNonce(pull, ledger)`):
+///      `to` = this contract means only this contract can use it (the token requires
+///      `to == msg.sender`), and only `settle` does, for a record the vault key signed; `pull`
+///      is an id the enclave assigns (dense, from 1, below 2^31) and `ledger` the life it
+///      assigned it in: only an authorization naming the pinned life is made (review s15-3: a
+///      second instance of the same enclave on a wiped ledger numbers its pulls from 1 again,
+///      and would otherwise hand out statements of its own life for pulls the pinned life then
+///      makes, which those statements cannot pay). The settlement carries the pull record and
+///      the signature; for each record in order the contract reverts `PullRepeated` if the id's
+///      bit is set, and otherwise makes the pull — sets the bit and has the token move `amount`
+///      from the participant by `receiveWithAuthorization` (its `bytes` signature form, which
+///      takes EOA and EIP-1271 signatures; given at most `PULL_GAS`) — unless the record's lane
+///      (its index, as for payouts) is frozen or the token refuses (the deadline passed, the
+///      signature is not the participant's for exactly this amount, deadline, pull and life,
+///      the participant cancelled the authorization, its balance is short): then the record
+///      is skipped and its bit stays clear. The token's nonce and this contract's bit are
+///      separate records on purpose: a cancelled authorization uses the nonce and moves
+///      nothing, so only the bit says a pull was made. The vault's balance must grow by exactly the
 ///      sum made (else the settlement reverts, as deposits refuse fee-on-transfer tokens). A
 ///      pull moves no lane and no `deposited`: no storage word per participant. Later, a pull
 ///      check proves the pull made (the enclave credits it) or not made (it voids it), the way
@@ -121,8 +141,9 @@ import {IERC3009Receive} from "./ASCManager.sol";
 ///      once it landed. Why this is safe:
 ///      * a host cannot choose amounts: the vault key signs keccak of the records, so the
 ///        participant, its lane, the amount and the id are the enclave's; the participant's
-///        own signature binds (amount, id, deadline) to it, so an intent is good for one
-///        amount under one id, and the bit makes each id move money at most once;
+///        own signature binds (amount, id, deadline, life) to it, so an authorization is good
+///        for one amount under one id, and the bit (and the token's nonce) make each id move
+///        money at most once;
 ///      * a failed pull loses nobody money: nothing moved and its bit stays clear; the
 ///        participant's statements that count it (`pull` = its id) pay `pulling` less while the
 ///        bit is clear, so it is not paid money it never put in; the enclave credits nothing on
@@ -141,11 +162,11 @@ import {IERC3009Receive} from "./ASCManager.sol";
 ///        participant at a time (a statement names one); an id once voided is never put in a
 ///        settlement again (its intent may still be unexpired);
 ///      * skip, not revert: whether a pull can be made is the participant's to change (its
-///        allowance, its balance, its wallet), after the enclave signed; reverting would let any
-///        participant stop every settlement it rides in. The sender cannot starve a good intent
-///        into a skip: a wallet gets its whole stipend or the settlement reverts
-///        (`InsufficientGas`), and a token transfer starved of gas would leave the rest of the
-///        settlement 1/64 of it, too little to finish;
+///        balance, its cancellation, its wallet), after the enclave signed; reverting would let
+///        any participant stop every settlement it rides in. No wallet can consume the
+///        settlement's gas (the token call gets at most `PULL_GAS`), and the sender cannot
+///        starve a good pull into a skip: the call gets its whole `PULL_GAS` or the settlement
+///        reverts (`InsufficientGas`);
 ///      * exits: a frozen participant's pulls are skipped, so once its exit started its bits no
 ///        longer change and `finalForceSettle` reads the same answer `initForceSettle` could.
 ///
@@ -252,8 +273,8 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     /// @notice A settlement's pulled deposits (see "Pulled deposits" in the contract docs):
     ///         `records`, 48 bytes each, `address participant ‖ uint32 index ‖ uint96 amount ‖
     ///         uint32 pull ‖ uint64 deadline` (the vault key signs their keccak); `signatures`,
-    ///         the participants' A402VaultPull intents, 65 bytes each in the same order (not
-    ///         signed by the vault key: the contract checks each against its participant);
+    ///         the participants' EIP-3009 ReceiveWithAuthorization signatures, 65 bytes each in
+    ///         the same order (not signed by the vault key: the token checks each);
     ///         `checks`, packed uint32 pull ids the settlement proves made (bit 31 clear) or not
     ///         made (bit 31 set) once its own pulls are done (the vault key signs their keccak).
     struct Pulls {
@@ -353,15 +374,15 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     );
     bytes32 public constant DEPOSIT_TYPEHASH =
         keccak256("A402VaultDeposit(address participant,uint256 amount,bytes32 salt)");
-    bytes32 public constant PULL_TYPEHASH =
-        keccak256("A402VaultPull(address participant,uint256 amount,uint32 pull,uint64 deadline,bytes16 ledger)");
+    bytes32 public constant PULL_TYPEHASH = keccak256("A402VaultPull(uint32 pull,bytes16 ledger)");
     bytes32 public constant EXIT_TYPEHASH = keccak256("A402VaultExit(address participant,bytes32 statement)");
     bytes32 public constant WITHDRAWAL_TYPEHASH = keccak256(
         "A402Withdrawal(address owner,address to,uint256 amount,uint256 nonce,uint256 deadline)"
     );
 
-    /// @notice The most gas a participant's EIP-1271 wallet may use to check a pull intent.
-    uint256 public constant PULL_CHECK_GAS = 200_000;
+    /// @notice The most gas the token's `receiveWithAuthorization` gets for one pull (an
+    ///         EIP-1271 wallet's check included).
+    uint256 public constant PULL_GAS = 250_000;
 
     /// @notice The pooled asset (one per vault).
     IERC20 public immutable token;
@@ -488,7 +509,7 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     error PullNotMade(uint32 pull);
     /// @notice The settlement's pull checks say this pull was not made; its bit is set.
     error PullMade(uint32 pull);
-    /// @notice Too little gas left to give a participant's wallet its `PULL_CHECK_GAS`.
+    /// @notice Too little gas left to give a pull its `PULL_GAS`.
     error InsufficientGas();
 
     constructor(IERC20 token_, address vaultSigner_, uint256 settleWindow_) EIP712("A402", "1") {
@@ -630,55 +651,23 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     }
 
     /// @dev One pull record (`head`, `tail`: its words at bytes 0 and 16): made unless the
-    ///      deadline passed, the participant's lane is frozen (it is exiting: once its exit
-    ///      started its bits never change), its intent signature is not its own, or the token
-    ///      does not move `amount` from it. Returns whether it was made; never reverts for those.
+    ///      participant's lane is frozen (it is exiting: once its exit started its bits never
+    ///      change) or the token refuses its `receiveWithAuthorization` (deadline, signature,
+    ///      cancellation, balance, or more than `PULL_GAS`). Returns whether it was made; never
+    ///      reverts for those.
     function _pullOne(uint256 head, uint256 tail, bytes calldata signature) private returns (bool) {
         uint32 index = uint32(tail >> 192);
         if (index & _FROZEN != 0) revert MalformedPayouts();
-        uint64 deadline = uint64(tail);
-        if (block.timestamp > deadline || _lane(index) & _FROZEN != 0) return false;
-        address participant = address(uint160(head >> 96));
-        uint256 amount = uint96(tail >> 96);
-        bytes32 digest = pullDigest(participant, amount, uint32(tail >> 64), deadline, ledger);
-        if (!_intends(participant, digest, signature)) return false;
-        return token.trySafeTransferFrom(participant, address(this), amount);
-    }
-
-    /// @dev Whether `signature` is `participant`'s over `digest`: ECDSA for a key; for a
-    ///      contract, its EIP-1271 `isValidSignature` with at most `PULL_CHECK_GAS`, so that no
-    ///      wallet can consume the settlement's gas (a pull is skipped, never the settlement
-    ///      reverted, for what its participant does). A settlement sent with too little gas
-    ///      left to give a wallet its whole stipend reverts (`InsufficientGas`): no gas limit
-    ///      the sender picks can make a good intent fail. Only 32 bytes of the answer are read.
-    function _intends(address participant, bytes32 digest, bytes calldata signature)
-        private
-        view
-        returns (bool result)
-    {
-        if (participant.code.length == 0) {
-            (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecoverCalldata(digest, signature);
-            return err == ECDSA.RecoverError.NoError && signer == participant;
-        }
-        bytes4 selector = IERC1271.isValidSignature.selector;
-        uint256 stipend = PULL_CHECK_GAS;
-        bytes4 starved = InsufficientGas.selector;
-        assembly ("memory-safe") {
-            // isValidSignature(digest, signature), ABI-encoded at the free memory pointer.
-            let ptr := mload(0x40)
-            mstore(ptr, selector)
-            mstore(add(ptr, 0x04), digest)
-            mstore(add(ptr, 0x24), 0x40)
-            mstore(add(ptr, 0x44), signature.length)
-            calldatacopy(add(ptr, 0x64), signature.offset, signature.length)
-            mstore(add(add(ptr, 0x64), signature.length), 0)
-            // The call forwards at most 63/64 of what is left after its own cost (EIP-150).
-            if lt(gas(), add(add(stipend, div(stipend, 63)), 5000)) {
-                mstore(0x00, starved)
-                revert(0x00, 0x04)
-            }
-            let success := staticcall(stipend, participant, ptr, add(shl(5, shr(5, add(signature.length, 0x1F))), 0x64), 0x00, 0x20)
-            result := and(success, and(gt(returndatasize(), 0x1f), eq(mload(0x00), selector)))
+        if (_lane(index) & _FROZEN != 0) return false;
+        // The call forwards at most 63/64 of what is left after its own cost (EIP-150).
+        if (gasleft() < PULL_GAS + PULL_GAS / 63 + 5000) revert InsufficientGas();
+        try IERC3009ReceiveBytes(address(token)).receiveWithAuthorization{gas: PULL_GAS}(
+            address(uint160(head >> 96)), address(this), uint96(tail >> 96), 0, uint64(tail),
+            pullNonce(uint32(tail >> 64), ledger), signature
+        ) {
+            return true;
+        } catch {
+            return false;
         }
     }
 
@@ -1118,15 +1107,11 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         );
     }
 
-    /// @notice What `participant` signs (EOA or EIP-1271) to let a settlement pull `amount` of
-    ///         the token from it as pull `pull`, until `deadline`, in the ledger life `ledger_`
-    ///         (a settlement makes only intents naming the pinned life: pull ids are a life's).
-    function pullDigest(address participant, uint256 amount, uint32 pull, uint64 deadline, bytes16 ledger_)
-        public
-        view
-        returns (bytes32)
-    {
-        return _hashTypedDataV4(keccak256(abi.encode(PULL_TYPEHASH, participant, amount, pull, deadline, ledger_)));
+    /// @notice The EIP-3009 nonce of pull `pull` in the ledger life `ledger_`: a participant's
+    ///         ReceiveWithAuthorization to this contract with it lets a settlement make that
+    ///         pull (only while `ledger_` is the pinned life: pull ids are a life's).
+    function pullNonce(uint32 pull, bytes16 ledger_) public pure returns (bytes32) {
+        return keccak256(abi.encode(PULL_TYPEHASH, pull, ledger_));
     }
 
     /// @notice The digest the vault key signed for `st`: it names the pinned ledger life, or

@@ -728,12 +728,13 @@ class VaultAccountsCode:
     def prepare_pull(self, participant: str, amount: int, deadline: int, *, now: float
                      ) -> tuple[int, SignedStatement]:
         """A deposit pulled inside a settlement (contract docs, "Pulled deposits"), step one:
-        ``participant`` will let a settlement take ``amount`` from its wallet (it approved
-        the A402Vault) until ``deadline``. Returns the pull's id and the participant's new
-        statement, which counts the amount with that id (a force-settle pays it only if the
-        pull was made). The participant signs its intent (``A402VaultPull``) only once it
-        holds that statement: no pull can take its money without a statement that counts it,
-        whatever the host withholds later.
+        ``participant`` will let a settlement take ``amount`` from its wallet until
+        ``deadline``. Returns the pull's id and the participant's new statement, which counts
+        the amount with that id (a force-settle pays it only if the pull was made). The
+        participant signs its authorization (the token's EIP-3009, nonce
+        :func:`~a402.crypto.vault_messages.pull_nonce`) only once it holds that statement:
+        no pull can take its money without a statement that counts it, whatever the host
+        withholds later.
 
         One pull per account at a time: a new one replaces one not in any settlement yet (its
         id is never used again, so its bit can never be set); one in a settlement that no
@@ -747,7 +748,8 @@ class VaultAccountsCode:
                                f"a pull's deadline is at least {PULL_MARGIN} s ahead")
         if self._next_pull >= PULL_VOID:
             raise EnclaveError("pulls_exhausted", "no pull id is left")
-        account = self._active(self._account(participant, create=True).participant)
+        self._account(participant, create=True)
+        account = self._active(participant)
         if account.pull:
             earlier = self._pulls[account.pull]
             if earlier.state not in (_PREPARED, _AUTHORIZED):

@@ -34,10 +34,14 @@ from a402.crypto.vault_messages import (
     deposit_nonce,
     exit_order_digest,
     pack_tail,
-    pull_digest,
+    pull_nonce,
 )
 from a402.evm.address import to_checksum
-from a402.evm.eip3009 import ReceiveAuthorization, sign_receive_authorization
+from a402.evm.eip3009 import (
+    ReceiveAuthorization,
+    receive_authorization_digest,
+    sign_receive_authorization,
+)
 from a402.evm.keccak import keccak256
 
 
@@ -135,6 +139,7 @@ class A402Vault:
         self.token: str = self.contract.functions.token().call()
         self.vault_signer: str = self.contract.functions.vaultSigner().call()
         self.settle_window: int = int(self.contract.functions.settleWindow().call())
+        self._token_domain: bytes | None = None
 
     @classmethod
     def deploy(cls, chain: Chain, account: LocalAccount, token: str, vault_signer: str,
@@ -200,13 +205,25 @@ class A402Vault:
         ``block``."""
         return bool(self.contract.functions.pulled(pull).call(block_identifier=block))
 
+    def pull_authorization_digest(self, address: str, amount: int, pull: int, deadline: int,
+                                  ledger: bytes = NO_LEDGER) -> bytes:
+        """What ``address`` signs to let a settlement pull ``amount`` from it as pull
+        ``pull`` of the ledger life ``ledger`` until ``deadline``: the token's EIP-3009
+        ``ReceiveWithAuthorization`` to this contract with :func:`~a402.crypto.
+        vault_messages.pull_nonce` (no approval, no gas of its own)."""
+        if self._token_domain is None:  # the token's domain never changes
+            token = contract_at(self.chain, "TestUSDC", self.token)  # USDC's ABI for this
+            self._token_domain = bytes(token.functions.DOMAIN_SEPARATOR().call())
+        return receive_authorization_digest(
+            self._token_domain, payer=address, to=self.address, value=amount, valid_after=0,
+            valid_before=deadline, nonce=pull_nonce(pull, ledger))
+
     def sign_pull(self, participant: LocalAccount | DigestSigner, address: str, amount: int,
                   pull: int, deadline: int, ledger: bytes = NO_LEDGER) -> bytes:
-        """``participant``'s intent (:func:`~a402.crypto.vault_messages.pull_digest`) letting a
-        settlement pull ``amount`` from ``address`` (its own) as pull ``pull`` until
-        ``deadline``, an id of the ledger life ``ledger``; it must also have approved this
-        contract on the token."""
-        digest = pull_digest(self.domain, address, amount, pull, deadline, ledger)
+        """``participant``'s signature (:meth:`pull_authorization_digest`) letting a
+        settlement pull ``amount`` from ``address`` (its own, or its EIP-1271 wallet's) as
+        pull ``pull`` until ``deadline``, an id of the ledger life ``ledger``."""
+        digest = self.pull_authorization_digest(address, amount, pull, deadline, ledger)
         if isinstance(participant, LocalAccount):
             return bytes(participant.unsafe_sign_hash(Hash32(digest)).signature)
         return participant.sign_digest(digest)
@@ -372,10 +389,8 @@ class A402Vault:
             keccak256(packed_confirms), keccak256(packed_pulls),
             keccak256(packed_pull_checks)).call())
 
-    def pull_digest(self, participant: str, amount: int, pull: int, deadline: int,
-                    ledger: bytes = NO_LEDGER) -> bytes:
-        return bytes(self.contract.functions.pullDigest(
-            to_checksum(participant), amount, pull, deadline, ledger).call())
+    def pull_nonce(self, pull: int, ledger: bytes = NO_LEDGER) -> bytes:
+        return bytes(self.contract.functions.pullNonce(pull, ledger).call())
 
     def statement_digest(self, statement: BalanceStatement) -> bytes:
         return bytes(self.contract.functions.statementDigest(_statement(statement)).call())

@@ -128,12 +128,13 @@ def test_participants_and_the_operator_use_the_vault_commands_with_tables_and_js
 def test_a_participant_deposits_by_a_pull_with_no_deposit_transaction_and_keeps_its_statement(
     h: Harness, vault_chain: Chain, usdc: Any, tmp_path: Path,
 ) -> None:
-    """``deposit --pull``: one approval, then a signature; the worker's next settlement pulls
-    the amount (no deposit transaction), the one after confirms it, and it is free. The
+    """``deposit --pull`` from a key holding no ETH: one signature (EIP-3009), no
+    transaction; the worker's next settlement pulls the amount, the one after confirms it,
+    and it is free. The
     statement the command kept counts it from the start (the escape hatch pays it if the
     pull was made)."""
     increase_time(vault_chain, 2 * 86_400)  # the chain's clock two days ahead of the host's
-    carol = funded(vault_chain, usdc, 4_000)
+    carol = funded(vault_chain, usdc, 4_000, eth=0)
     kc = key_file(tmp_path, carol)
     with serve(create_mode_app(h.service)) as url:
         common = ("--vault", url, "--key-file", kc)
@@ -153,8 +154,9 @@ def test_a_participant_deposits_by_a_pull_with_no_deposit_transaction_and_keeps_
         assert balance(usdc, h.contract.address) == 4_000
         assert h.contract.pulled(kept.statement.pull)
         assert verifies(h, kept)  # in the life the first settlement pinned
-        # Carol's own transactions: the approval only (the settlements were the vault's).
-        assert vault_chain.w3.eth.get_transaction_count(carol.address) == 1
+        # Carol sent no transaction and holds no ETH (the settlements were the vault's).
+        assert vault_chain.w3.eth.get_transaction_count(carol.address) == 0
+        assert vault_chain.w3.eth.get_balance(carol.address) == 0
         code, out, err = run("deposit", *common, "--rpc", vault_chain.rpc_url, "--amount",
                              "1", "--pull", "--beneficiary", h.operator.address)
         assert code == 2 and "no --beneficiary" in err and out == ""

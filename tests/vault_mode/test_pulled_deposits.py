@@ -1,12 +1,12 @@
 """A402Vault: deposits pulled inside the aggregated settlement ("Pulled deposits" in the
 contract docs).
 
-A participant approves the vault once and signs an intent A402VaultPull(participant, amount,
-pull, deadline); the vault key signs the settlement that carries the pull record (participant,
-index, amount, pull id, deadline). A pull that cannot be made is skipped (the rest lands), a
-pull id is made at most once, later settlements prove pulls made or not made (pull checks),
-and a statement counting an unconfirmed pull pays it on exit only if the pull was made. Every
-test asserts token balances.
+A participant signs the token's EIP-3009 ReceiveWithAuthorization to the vault (amount,
+deadline, nonce `pullNonce(pull, ledger)`; no approval, no transaction); the vault key signs
+the settlement that carries the pull record (participant, index, amount, pull id, deadline).
+A pull that cannot be made is skipped (the rest lands), a pull id is made at most once,
+later settlements prove pulls made or not made (pull checks), and a statement counting an
+unconfirmed pull pays it on exit only if the pull was made. Every test asserts token balances.
 """
 
 from __future__ import annotations
@@ -29,16 +29,16 @@ from a402.crypto.vault_messages import (
     pack_pull_checks,
     pack_pull_signatures,
     pack_pulls,
-    pull_digest,
+    pull_nonce,
     settlement_digest,
     statement_digest,
     unpack_pull_checks,
     unpack_pulls,
 )
+from a402.evm.keccak import keccak256
 from a402.vault_contract import A402Vault, AccountStatus, Lane
 
 from .helpers import (
-    MAX_UINT,
     SETTLE_WINDOW,
     balance,
     fund_pool,
@@ -57,11 +57,24 @@ pytestmark = pytest.mark.anvil
 HOUR = 3_600
 
 
-def _approving(chain: Chain, token: Any, vault: A402Vault, tokens: int) -> LocalAccount:
-    """A participant holding ``tokens`` that approved the vault once (unlimited)."""
-    account = funded(chain, token, tokens)
-    transact(chain, account, token.functions.approve(vault.address, MAX_UINT))
-    return account
+def _holding(chain: Chain, token: Any, tokens: int) -> LocalAccount:
+    """A participant holding ``tokens`` and no ETH: a pull needs no transaction of its own."""
+    return funded(chain, token, tokens, eth=0)
+
+
+def _cancel(chain: Chain, token: Any, who: LocalAccount, pull: int,
+            ledger: bytes = bytes(16)) -> None:
+    """``who`` cancels its authorization for pull ``pull`` (of ledger life ``ledger``) by the
+    token's EIP-3009 ``cancelAuthorization`` (sent by someone else: ``who`` holds no ETH); the
+    nonce is then used and nothing moved."""
+    nonce = pull_nonce(pull, ledger)
+    typehash = keccak256(b"CancelAuthorization(address authorizer,bytes32 nonce)")
+    struct = keccak256(typehash + bytes(12) + bytes.fromhex(who.address[2:]) + nonce)
+    digest = keccak256(b"\x19\x01" + bytes(token.functions.DOMAIN_SEPARATOR().call()) + struct)
+    sig = who.unsafe_sign_hash(digest)
+    transact(chain, chain.accounts[0], token.functions.cancelAuthorization(
+        who.address, nonce, sig.v, sig.r.to_bytes(32, "big"),
+        sig.s.to_bytes(32, "big")))
 
 
 def _pull(vault: A402Vault, who: LocalAccount, amount: int, pull: int, *,
@@ -135,7 +148,8 @@ def test_the_pure_pull_encoders_give_the_contracts_own_digests(vault: A402Vault)
             3, b"", 9, 5, packed_pulls=pulls, packed_pull_checks=pull_checks)
     assert settlement_digest(vault.domain, 3, b"", 9, packed_pulls=packed) != (
         settlement_digest(vault.domain, 3, b"", 9, packed_pull_checks=packed[:48]))
-    assert pull_digest(vault.domain, a, 5, 6, 7) == vault.pull_digest(a, 5, 6, 7)
+    for ledger in (bytes(16), bytes(range(16))):
+        assert pull_nonce(6, ledger) == vault.pull_nonce(6, ledger)
     st = BalanceStatement(a, 99, 123, 45, 6, 7, 8, 2**31 - 1, 2**128 - 1)
     assert statement_digest(vault.domain, st) == vault.statement_digest(st)
     for bad in (PullRecord(a, 1, 2**96, 1, 0), PullRecord(a, 2**31, 1, 1, 0),
@@ -157,7 +171,7 @@ def test_the_pure_pull_encoders_give_the_contracts_own_digests(vault: A402Vault)
 def test_a_pull_moves_exactly_its_amount_and_sets_its_bit_without_touching_lane_or_deposits(
     vault_chain: Chain, usdc: Any, vault: A402Vault, vault_key: EcdsaSigner
 ) -> None:
-    alice = _approving(vault_chain, usdc, vault, 5_000)
+    alice = _holding(vault_chain, usdc, 5_000)
     gas_payer = funded(vault_chain, usdc)
     receipt = _settle(vault_key, vault, gas_payer, [_pull(vault, alice, 3_000, 1)])
     assert balance(usdc, alice.address) == 2_000
@@ -172,7 +186,7 @@ def test_a_pull_moves_exactly_its_amount_and_sets_its_bit_without_touching_lane_
 def test_the_same_pull_id_again_reverts_the_settlement_and_moves_nothing(
     vault_chain: Chain, usdc: Any, vault: A402Vault, vault_key: EcdsaSigner
 ) -> None:
-    alice, bob = (_approving(vault_chain, usdc, vault, 5_000) for _ in range(2))
+    alice, bob = (_holding(vault_chain, usdc, 5_000) for _ in range(2))
     gas_payer = funded(vault_chain, usdc)
     _settle(vault_key, vault, gas_payer, [_pull(vault, alice, 1_000, 300)])
     # In a later settlement (even for another participant's fresh intent) ...
@@ -191,10 +205,11 @@ def test_a_pull_that_cannot_be_made_is_skipped_and_the_rest_of_the_settlement_la
     vault_chain: Chain, usdc: Any, vault: A402Vault, vault_key: EcdsaSigner
 ) -> None:
     fund_pool(vault_chain, usdc, vault, 10_000)
-    good, forged, late, revoked, poor, leaving = (
-        _approving(vault_chain, usdc, vault, 5_000) for _ in range(6))
+    good, forged, late, cancelled, poor, leaving = (
+        _holding(vault_chain, usdc, 5_000) for _ in range(6))
     provider, gas_payer = funded(vault_chain, usdc, eth=0), funded(vault_chain, usdc)
-    transact(vault_chain, revoked, usdc.functions.approve(vault.address, 0))
+    _cancel(vault_chain, usdc, cancelled, 4)
+    transact(vault_chain, vault_chain.accounts[0], {"to": poor.address}, value=10**16)
     transact(vault_chain, poor, usdc.functions.transfer(gas_payer.address, 4_500))
     # `leaving` is force-settling when the settlement carrying its pull lands.
     _settle(vault_key, vault, gas_payer, payouts=[(leaving.address, 0)])
@@ -203,28 +218,30 @@ def test_a_pull_that_cannot_be_made_is_skipped_and_the_rest_of_the_settlement_la
         _pull(vault, good, 1_000, 1),
         _pull(vault, forged, 1_000, 2, signer=good),                   # not its signature
         _pull(vault, late, 1_000, 3, deadline=now(vault_chain) - 1),   # intent expired
-        _pull(vault, revoked, 1_000, 4),                               # allowance revoked
+        _pull(vault, cancelled, 1_000, 4),                             # authorization cancelled
         _pull(vault, poor, 1_000, 5),                                  # balance too low
         _pull(vault, leaving, 1_000, 6),                               # lane frozen
     ]
     receipt = _settle(vault_key, vault, gas_payer, pulls, payouts=[(provider.address, 700)])
     assert [vault.pulled(i) for i in range(1, 7)] == [True] + [False] * 5
     assert balance(usdc, good.address) == 4_000
-    assert [balance(usdc, a.address) for a in (forged, late, revoked, leaving)] == [5_000] * 4
+    assert [balance(usdc, a.address) for a in (forged, late, cancelled, leaving)] == [5_000] * 4
     assert balance(usdc, poor.address) == 500
     assert balance(usdc, provider.address) == 700
     assert balance(usdc, vault.address) == 10_000 + 1_000 - 700
     assert vault.events("Settled", receipt) == [{"epoch": 2, "count": 1, "total": 700}]
-    # A skipped pull's id is still free: a later settlement may make it (the intent holds).
-    transact(vault_chain, revoked, usdc.functions.approve(vault.address, MAX_UINT))
-    _settle(vault_key, vault, gas_payer, [pulls[3]])
-    assert vault.pulled(4) and balance(usdc, revoked.address) == 4_000
+    # A skipped pull's id is still free: a later settlement may make it (the authorization
+    # holds), unless it was cancelled.
+    transact(vault_chain, gas_payer, usdc.functions.transfer(poor.address, 4_500))
+    _settle(vault_key, vault, gas_payer, [pulls[4], pulls[3]])
+    assert vault.pulled(5) and balance(usdc, poor.address) == 4_000
+    assert not vault.pulled(4) and balance(usdc, cancelled.address) == 5_000
 
 
 def test_an_intent_signed_for_another_amount_or_pull_id_is_useless(
     vault_chain: Chain, usdc: Any, vault: A402Vault, vault_key: EcdsaSigner
 ) -> None:
-    alice = _approving(vault_chain, usdc, vault, 5_000)
+    alice = _holding(vault_chain, usdc, 5_000)
     gas_payer = funded(vault_chain, usdc)
     more = _pull(vault, alice, 5_000, 7, signed_amount=100)   # the host raised the amount
     other = _pull(vault, alice, 100, 8, signed_pull=7)        # replayed under another id
@@ -239,7 +256,7 @@ def test_an_intent_signed_for_another_amount_or_pull_id_is_useless(
 def test_the_vault_key_binds_the_pull_records_a_sender_cannot_change_them(
     vault_chain: Chain, usdc: Any, vault: A402Vault, vault_key: EcdsaSigner
 ) -> None:
-    alice = _approving(vault_chain, usdc, vault, 5_000)
+    alice = _holding(vault_chain, usdc, 5_000)
     gas_payer = funded(vault_chain, usdc)
     record, intent = _pull(vault, alice, 1_000, 1)
     signature = vault_key.sign_digest(settlement_digest(
@@ -263,40 +280,40 @@ def test_a_contract_wallet_pulls_by_eip1271_and_one_that_burns_gas_is_only_skipp
     for burn in (0, 10**7):  # the second uses any gas it is given
         w = deploy_contract(vault_chain, deployer, "GasBurningWallet", owner.address, burn)
         transact(vault_chain, deployer, usdc.functions.mint(w.address, 1_000))
-        transact(vault_chain, deployer, w.functions.approve(usdc.address, vault.address, MAX_UINT))
         wallets.append(w)
     end = now(vault_chain) + HOUR
     pulls = []
     for pull, w in enumerate(wallets, start=1):
         record = PullRecord(w.address, index_of(w.address), 1_000, pull, end)
         pulls.append((record, vault.sign_pull(owner, w.address, 1_000, pull, end)))
-    # Sent with too little gas to give a wallet its whole stipend, the settlement reverts (a
-    # sender cannot starve a good intent into a skip).
+    # Sent with too little gas to give the token call its whole PULL_GAS, the settlement
+    # reverts (a sender cannot starve a good pull into a skip).
     records, intents = pack_pulls([pulls[0][0]]), pulls[0][1]
     signature = vault_key.sign_digest(settlement_digest(vault.domain, 1, b"", 0,
                                                         packed_pulls=records))
     starved = vault.contract.functions.settle((0, 1, 0, 0, bytes(16)), b"", b"",
                                               (records, intents, b""), b"", signature)
     with pytest.raises(ContractCustomError, match=selector("InsufficientGas()")):
-        starved.call({"from": gas_payer.address, "gas": 150_000})
-    assert starved.estimate_gas({"from": gas_payer.address}) > 200_000
+        starved.call({"from": gas_payer.address, "gas": 200_000})
+    assert starved.estimate_gas({"from": gas_payer.address}) > 250_000
     _settle(vault_key, vault, gas_payer, pulls)
     assert vault.pulled(1) and not vault.pulled(2)
     assert [balance(usdc, w.address) for w in wallets] == [0, 1_000]
     assert balance(usdc, vault.address) == 1_000
 
 
-def test_pulls_of_a_token_that_takes_a_fee_revert_the_settlement(
+def test_a_token_without_eip3009_skips_every_pull_and_moves_nothing(
     vault_chain: Chain, vault_key: EcdsaSigner
 ) -> None:
     deployer = vault_chain.accounts[0]
-    fee_token = deploy_contract(vault_chain, deployer, "FeeOnTransferToken")
-    fee_vault = A402Vault.deploy(vault_chain, deployer, fee_token.address,
-                                 "0x" + vault_key.address.hex(), SETTLE_WINDOW)
-    alice = _approving(vault_chain, fee_token, fee_vault, 1_000)
-    with reverts_with("DepositNotReceived(uint256,uint256)"):
-        _settle(vault_key, fee_vault, alice, [_pull(fee_vault, alice, 1_000, 1)])
-    assert balance(fee_token, alice.address) == 1_000 and not fee_vault.pulled(1)
+    plain = deploy_contract(vault_chain, deployer, "FeeOnTransferToken")  # no EIP-3009
+    plain_vault = A402Vault.deploy(vault_chain, deployer, plain.address,
+                                   "0x" + vault_key.address.hex(), SETTLE_WINDOW)
+    alice, gas_payer = _holding(vault_chain, plain, 1_000), funded(vault_chain, None)
+    record = PullRecord(alice.address, index_of(alice.address), 1_000, 1, now(vault_chain) + HOUR)
+    _settle(vault_key, plain_vault, gas_payer, [(record, bytes(65))])
+    assert plain_vault.last_epoch() == 1 and not plain_vault.pulled(1)
+    assert balance(plain, alice.address) == 1_000 and balance(plain, plain_vault.address) == 0
 
 
 # ------------------------------------------------------------------ pull checks
@@ -305,9 +322,9 @@ def test_pulls_of_a_token_that_takes_a_fee_revert_the_settlement(
 def test_pull_checks_confirm_made_pulls_and_void_unmade_ones(
     vault_chain: Chain, usdc: Any, vault: A402Vault, vault_key: EcdsaSigner
 ) -> None:
-    alice, bob = (_approving(vault_chain, usdc, vault, 5_000) for _ in range(2))
+    alice, bob = (_holding(vault_chain, usdc, 5_000) for _ in range(2))
     gas_payer = funded(vault_chain, usdc)
-    transact(vault_chain, bob, usdc.functions.approve(vault.address, 0))
+    _cancel(vault_chain, usdc, bob, 2)
     _settle(vault_key, vault, gas_payer,
             [_pull(vault, alice, 1_000, 1), _pull(vault, bob, 1_000, 2)])
     assert (vault.pulled(1), vault.pulled(2)) == (True, False)
@@ -320,6 +337,7 @@ def test_pull_checks_confirm_made_pulls_and_void_unmade_ones(
     assert vault.last_epoch() == 2
     # Checks read the bitmap a settlement leaves: its own pulls count.
     _settle(vault_key, vault, gas_payer, [_pull(vault, alice, 500, 600)], checks=[(600, True)])
+    _cancel(vault_chain, usdc, bob, 601)
     with reverts_with("PullNotMade(uint32)"):
         _settle(vault_key, vault, gas_payer, [_pull(vault, bob, 500, 601)], checks=[(601, True)])
     assert balance(usdc, alice.address) == 3_500 and balance(usdc, bob.address) == 5_000
@@ -333,12 +351,12 @@ def test_an_exit_with_a_statement_counting_an_unmade_pull_pays_that_pull_less(
     vault_chain: Chain, usdc: Any, vault: A402Vault, vault_key: EcdsaSigner
 ) -> None:
     """Alice's statement counts her pull (1,000) and 500 a provider paid her; her pull
-    failed (she revoked the allowance): her exit pays 500. Bob's identical one was made: his
+    failed (she cancelled its authorization): her exit pays 500. Bob's identical one was made: his
     pays 1,500."""
     fund_pool(vault_chain, usdc, vault, 1_000)
-    alice, bob = (_approving(vault_chain, usdc, vault, 5_000) for _ in range(2))
+    alice, bob = (_holding(vault_chain, usdc, 5_000) for _ in range(2))
     gas_payer = funded(vault_chain, usdc)
-    transact(vault_chain, alice, usdc.functions.approve(vault.address, 0))
+    _cancel(vault_chain, usdc, alice, 1)
     _settle(vault_key, vault, gas_payer,
             [_pull(vault, alice, 1_000, 1), _pull(vault, bob, 1_000, 2)])
     paid = _exit(vault, gas_payer, [
@@ -355,7 +373,7 @@ def test_a_pull_landing_after_its_participants_exit_started_is_skipped_and_not_p
     """The enclave handed Alice a statement counting pull 1 before the settlement carrying
     it landed; she exits first: the pull is skipped (her lane is frozen), the bit stays clear
     and her exit pays the statement less that pull, whatever lands in between."""
-    alice = _approving(vault_chain, usdc, vault, 5_000)
+    alice = _holding(vault_chain, usdc, 5_000)
     gas_payer = funded(vault_chain, usdc)
     _settle(vault_key, vault, gas_payer, payouts=[(alice.address, 0)])
     st = _statement(vault_key, vault, alice.address, 1_000, epoch=1, pull=1, pulling=1_000)
@@ -378,7 +396,7 @@ def test_a_challenge_replaces_the_recorded_pull_with_the_newer_statements(
     nothing else; the watchtower answers with the newer one (pull 2, made, plus 300 she was
     paid): the exit pays the newer one in full."""
     fund_pool(vault_chain, usdc, vault, 300)
-    alice = _approving(vault_chain, usdc, vault, 5_000)
+    alice = _holding(vault_chain, usdc, 5_000)
     gas_payer = funded(vault_chain, usdc)
     _settle(vault_key, vault, gas_payer, [_pull(vault, alice, 1_000, 1, deadline=0),
                                           _pull(vault, alice, 1_000, 2)])
@@ -410,7 +428,8 @@ def test_an_exit_takes_off_both_the_claims_and_an_unmade_pull_never_below_zero(
     client, gas_payer = ch.client, funded(vault_chain, usdc)
     transact(vault_chain, vault_chain.accounts[0], {"to": client.address}, value=10**17)
     transact(vault_chain, vault_chain.accounts[0], usdc.functions.mint(client.address, 5_000))
-    transact(vault_chain, client, usdc.functions.approve(vault.address, MAX_UINT if made else 0))
+    if not made:
+        _cancel(vault_chain, usdc, client, 1)
     _settle(vault_key, vault, gas_payer, [_pull(vault, client, 1_000, 1)])
     assert vault.pulled(1) is made
     st = BalanceStatement(client.address, index_of(client.address), balance_, 700, 1, 5, 0, 1,
@@ -428,7 +447,7 @@ def test_an_exit_takes_off_both_the_claims_and_an_unmade_pull_never_below_zero(
 def test_a_statement_whose_pulling_does_not_fit_uint128_is_refused(
     vault_chain: Chain, usdc: Any, vault: A402Vault, vault_key: EcdsaSigner
 ) -> None:
-    alice = _approving(vault_chain, usdc, vault, 5_000)
+    alice = _holding(vault_chain, usdc, 5_000)
     gas_payer = funded(vault_chain, usdc)
     _settle(vault_key, vault, gas_payer, [_pull(vault, alice, 1_000, 1)])
     st = BalanceStatement(alice.address, index_of(alice.address), 1_000, 0, 1, 1, 0, 1, 2**128)
@@ -446,9 +465,9 @@ def test_every_exit_after_pulls_confirms_voids_and_payouts_is_covered_by_the_poo
     """A, B, C pull 1,000 each (C's fails); the next settlement confirms A's and B's pulls,
     voids C's, and pays B 300 that A paid him. Each exits with its latest statement; the pool
     pays every exit and ends empty: nothing created, nothing stranded."""
-    a, b, c = (_approving(vault_chain, usdc, vault, 5_000) for _ in range(3))
+    a, b, c = (_holding(vault_chain, usdc, 5_000) for _ in range(3))
     gas_payer = funded(vault_chain, usdc)
-    transact(vault_chain, c, usdc.functions.approve(vault.address, 0))
+    _cancel(vault_chain, usdc, c, 3)
     _settle(vault_key, vault, gas_payer,
             [_pull(vault, a, 1_000, 1), _pull(vault, b, 1_000, 2), _pull(vault, c, 1_000, 3)])
     assert balance(usdc, vault.address) == 2_000

@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 from eth_account.signers.local import LocalAccount
 
-from a402.chain.tx import transact
 from a402.tee import EnclaveError
 from a402.vault_accounts import SignedStatement
 
 from .accounts_setup import PRICE, Host, VaultMode, client
-from .helpers import MAX_UINT, balance, funded, leave, now, reverts_with
+from .helpers import balance, funded, leave, now, reverts_with
+from .test_pulled_deposits import _cancel
 from .test_review_rev3 import _leave
 
 pytestmark = pytest.mark.anvil
@@ -28,10 +28,9 @@ HOUR = 3_600
 
 
 def _holding(host: Host, tokens: int) -> LocalAccount:
-    """A participant with ``tokens`` in its wallet that approved the vault once."""
-    who = funded(host.chain, host.token, tokens)
-    transact(host.chain, who, host.token.functions.approve(host.vault.address, MAX_UINT))
-    return who
+    """A participant with ``tokens`` in its wallet and no ETH: a pull needs no transaction
+    (no approval) of its own."""
+    return funded(host.chain, host.token, tokens, eth=0)
 
 
 def _ask(host: Host, who: LocalAccount, amount: int, *, sign: bool = True
@@ -88,13 +87,13 @@ def test_a_pulled_deposit_is_made_by_one_settlement_and_spendable_after_the_next
     _pool_covers(host)
 
 
-def test_a_pull_whose_approval_was_revoked_is_skipped_then_dropped_and_credits_nothing(
+def test_a_pull_whose_authorization_was_cancelled_is_skipped_then_dropped_and_credits_nothing(
     host: Host,
 ) -> None:
     vm, vault, usdc = host.vm, host.vault, host.token
     alice = _holding(host, 20_000)
     pull, counting = _ask(host, alice, 20_000)
-    transact(host.chain, alice, usdc.functions.approve(vault.address, 0))
+    _cancel(host.chain, usdc, alice, pull, vm.vault.ledger)
     _settle(host)  # the pull is skipped; the settlement lands
     assert not vault.pulled(pull) and balance(usdc, alice.address) == 20_000
     settled = _settle(host)  # proves it not made

@@ -11,25 +11,18 @@ import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from a402.chain.tx import transact
 from a402.crypto.authorization import recover_signer
 from a402.crypto.vault_messages import statement_digest
 from a402.vault_accounts import SignedStatement
 
 from .accounts_setup import CODE, Host, VaultMode, client, enclave_address, vault_mode
-from .helpers import MAX_UINT, balance, funded, increase_time, leave, now, reverts_with
+from .helpers import balance, funded, increase_time, leave, now, reverts_with
+from .test_pulled_deposits_ledger import _holding
 from .test_review_rev3 import _confirmed, _leave, _pay_ack_lost, _terms
 
 pytestmark = pytest.mark.anvil
 
 HOUR = 3_600
-
-
-def _holding(host: Host, tokens: int) -> LocalAccount:
-    """A participant with ``tokens`` in its wallet that approved the vault once."""
-    who = funded(host.chain, host.token, tokens)
-    transact(host.chain, who, host.token.functions.approve(host.vault.address, MAX_UINT))
-    return who
 
 
 def _ask(host: Host, vm: VaultMode, who: LocalAccount, amount: int, deadline: int,
@@ -56,7 +49,7 @@ def test_many_pulls_from_empty_wallets_hold_up_no_settlement_and_no_honest_payou
     host: Host,
 ) -> None:
     """Keys with nothing (no token, no ETH: the calls are off-chain) ask for 1-unit pulls
-    and sign their intents, hundreds of times. Each is skipped on-chain (no allowance) but
+    and sign their authorizations, hundreds of times. Each is skipped on-chain (no money) but
     costs the settlement gas; with no cap, enough of them put it over the block gas limit,
     and every later settlement follows it. The enclave makes at most ``MAX_PULLS`` a
     settlement, oldest first (the host also refuses a pull its wallet cannot fund: the

@@ -17,9 +17,11 @@ the vault's address, so a pending payment's ``m`` and ``σ_U``
 * :class:`PullRecord` / :func:`pack_pulls` — a settlement's pulled deposits, 48 bytes
   each: ``address participant (20) ‖ uint32 index (4) ‖ uint96 amount (12) ‖ uint32 pull (4)
   ‖ uint64 deadline (8)``, ``pull`` the id the enclave assigned (dense, from 1), with the
-  participants' intent signatures beside them (:func:`pack_pull_signatures`, 65 bytes each,
-  not in the vault's digest); :func:`pull_digest` — the intent ``A402VaultPull(address
-  participant, uint256 amount, uint32 pull, uint64 deadline)`` each participant signs;
+  participants' EIP-3009 ``ReceiveWithAuthorization`` signatures beside them
+  (:func:`pack_pull_signatures`, 65 bytes each, not in the vault's digest; the token checks
+  them); :func:`pull_nonce` — the authorization's nonce, ``keccak256(abi.encode(
+  keccak256("A402VaultPull(uint32 pull,bytes16 ledger)"), pull, ledger))``, which binds it
+  to one pull id of one ledger life;
 * :func:`pack_pull_checks` — a settlement's pull checks, 4 bytes each: a pull id the
   settlement proves made, or with bit 31 set (:data:`PULL_VOID`) one it proves not made;
 * :func:`fold_claim` / :func:`pack_tail` — the contract's claim chain (``claimState =
@@ -71,9 +73,7 @@ BALANCE_TYPE = (
     "A402VaultBalance(address participant,uint32 index,uint256 balance,uint256 locked,uint64 epoch,"
     "uint64 nonce,uint256 deposited,uint32 pull,uint256 pulling,bytes16 ledger)"
 )
-PULL_TYPE = (
-    "A402VaultPull(address participant,uint256 amount,uint32 pull,uint64 deadline,bytes16 ledger)"
-)
+PULL_TYPE = "A402VaultPull(uint32 pull,bytes16 ledger)"
 EXIT_TYPE = "A402VaultExit(address participant,bytes32 statement)"
 CHANNEL_TYPE = (
     "A402VaultChannel(address client,address provider,bytes32 providerKey,uint256 capacity,"
@@ -264,22 +264,12 @@ def unpack_pull_checks(packed: bytes) -> list[tuple[int, bool]]:
     return [(w & ~PULL_VOID, not w & PULL_VOID) for w in words]
 
 
-def pull_digest(domain: PaymentDomain, participant: str | bytes, amount: int, pull: int,
-                deadline: int, ledger: bytes = NO_LEDGER) -> bytes:
-    """What ``participant`` signs to let a settlement pull ``amount`` from it as pull ``pull``
-    until ``deadline`` (unix seconds), in the ledger life ``ledger`` that assigned the id:
-    ``A402VaultPull`` in the vault's domain (made only while that life is the pinned one)."""
-    return _typed(
-        domain,
-        keccak256(
-            PULL_TYPEHASH
-            + _address_word(participant)
-            + _uint(amount, _UINT256, "amount")
-            + _uint(pull, _UINT32, "pull")
-            + _uint(deadline, _UINT64, "deadline")
-            + _ledger(ledger)
-        ),
-    )
+def pull_nonce(pull: int, ledger: bytes = NO_LEDGER) -> bytes:
+    """The EIP-3009 nonce of pull ``pull`` of the ledger life ``ledger``: a participant's
+    ``ReceiveWithAuthorization`` to the A402Vault with it (value = the pull's amount,
+    validAfter = 0, validBefore = its deadline) lets a settlement make that pull, once, and
+    only while ``ledger`` is the life the contract pinned."""
+    return keccak256(PULL_TYPEHASH + _uint(pull, _UINT32, "pull") + _ledger(ledger))
 
 
 def claim_key(channel_id: bytes, request_id: int) -> bytes:

@@ -2,8 +2,10 @@
 
 A deposit that moves by the depositor's signature alone, pulled by the contract it
 names as ``to`` (so nobody can front-run it into a plain transfer). The ASCManager
-opens wallet-funded channels with it, and the vault-mode contract takes deposits with
-it; both build the same EIP-712 message from this one type.
+opens wallet-funded channels with it, and the vault-mode contract takes deposits and
+pulled deposits with it; all build the same EIP-712 message from this one type
+(:func:`sign_receive_authorization` from the token's name and version,
+:func:`receive_authorization_digest` from its ``DOMAIN_SEPARATOR()``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Final
 from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
 
-from a402.evm.address import to_checksum
+from a402.evm.address import address_bytes, to_checksum
+from a402.evm.keccak import keccak256
 
 RECEIVE_WITH_AUTHORIZATION_TYPES: Final = {
     "ReceiveWithAuthorization": [
@@ -26,6 +29,30 @@ RECEIVE_WITH_AUTHORIZATION_TYPES: Final = {
         {"name": "nonce", "type": "bytes32"},
     ]
 }
+
+RECEIVE_WITH_AUTHORIZATION_TYPEHASH: Final = keccak256(
+    b"ReceiveWithAuthorization(address from,address to,uint256 value,uint256 validAfter,"
+    b"uint256 validBefore,bytes32 nonce)")
+
+
+def receive_authorization_digest(
+    domain_separator: bytes, *, payer: str, to: str, value: int, valid_after: int,
+    valid_before: int, nonce: bytes,
+) -> bytes:
+    """The EIP-712 digest ``payer`` signs for a ``receiveWithAuthorization`` in the token
+    whose domain separator is ``domain_separator`` (the token's ``DOMAIN_SEPARATOR()``)."""
+    if len(domain_separator) != 32 or len(nonce) != 32:
+        raise ValueError("a domain separator and a nonce are 32 bytes")
+    for what, n in (("value", value), ("validAfter", valid_after),
+                    ("validBefore", valid_before)):
+        if not 0 <= n < 1 << 256:
+            raise ValueError(f"{what} is a uint256")
+    struct = keccak256(
+        RECEIVE_WITH_AUTHORIZATION_TYPEHASH
+        + bytes(12) + address_bytes(payer) + bytes(12) + address_bytes(to)
+        + value.to_bytes(32, "big") + valid_after.to_bytes(32, "big")
+        + valid_before.to_bytes(32, "big") + bytes(nonce))
+    return keccak256(b"\x19\x01" + bytes(domain_separator) + struct)
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,7 +82,6 @@ from a402.crypto.vault_messages import (
     BalanceStatement,
     claim_count,
     pack_pull_signatures,
-    pull_digest,
     unpack_payouts,
     unpack_pulls,
 )
@@ -119,7 +118,8 @@ JOURNAL_PREFIX = "vault-mode/journal/"
 JOURNAL_MAX = 256
 PAYOUTS_KEY = "vault-mode/payouts"
 LANDED_KEY = "vault-mode/landed"
-#: A participant's signed intent for a pull, by pull id (no secret: the contract checks it).
+#: A participant's signed authorization for a pull (EIP-3009), by pull id (no secret: the token
+#: checks it).
 PULL_INTENT_PREFIX = "vault-mode/pull-intent/"
 #: How long a pull's intent holds (its deadline): past it, the contract skips the pull.
 PULL_LIFETIME = 86_400
@@ -139,9 +139,6 @@ _DECIMALS_ABI = [{"type": "function", "name": "decimals", "stateMutability": "vi
 _FUNDS_ABI = [
     {"type": "function", "name": "balanceOf", "stateMutability": "view",
      "inputs": [{"name": "owner", "type": "address"}],
-     "outputs": [{"name": "", "type": "uint256"}]},
-    {"type": "function", "name": "allowance", "stateMutability": "view",
-     "inputs": [{"name": "owner", "type": "address"}, {"name": "spender", "type": "address"}],
      "outputs": [{"name": "", "type": "uint256"}]},
 ]
 
@@ -985,15 +982,16 @@ class VaultModeService:
 
     def prepare_pull(self, participant: str, amount: int) -> dict[str, Any]:
         """``POST /v1/vault/pull``: a deposit the next settlement pulls from
-        ``participant``'s wallet (it approved the A402Vault for ``amount``), with no
-        transaction of its own. Answers the pull's id and deadline and the participant's
-        new statement, which counts the amount (a force-settle pays it only if the pull was
-        made), stored before it is answered: the participant signs its intent only once it
-        holds it (:meth:`authorize_pull`; contract docs, "Pulled deposits")."""
+        ``participant``'s wallet by the token's EIP-3009 ``receiveWithAuthorization``, with
+        no transaction (no approval, no gas) of its own. Answers the pull's id and deadline
+        and the participant's new statement, which counts the amount (a force-settle pays it
+        only if the pull was made), stored before it is answered: the participant signs its
+        authorization only once it holds it (:meth:`authorize_pull`; contract docs,
+        "Pulled deposits")."""
         if not 0 < amount <= MAX_PAYOUT:
             raise VaultModeError(400, "bad_request",
                                  "nothing was asked: the amount is positive, at most 2^96 - 1")
-        self._check_funds(participant, amount, allowance=False)
+        self._check_funds(participant, amount)
         # the contract compares it with the chain's clock, which may run ahead of this host's
         deadline = max(int(time.time()), self.chain_time()) + PULL_LIFETIME
         pull, statement = self.change(partial(
@@ -1003,9 +1001,10 @@ class VaultModeService:
                 "statement": statement_json(statement)}
 
     def authorize_pull(self, participant: str, pull: int, signature: bytes) -> dict[str, Any]:
-        """``POST /v1/vault/pull/{id}``: ``participant``'s signed intent for its pull
-        (``A402VaultPull``), checked here for a key (a contract wallet's is checked by the
-        contract when the pull is made), stored, then the pull joins the next settlement.
+        """``POST /v1/vault/pull/{id}``: ``participant``'s EIP-3009 authorization for its pull
+        (:meth:`~a402.vault_contract.A402Vault.pull_authorization_digest`), checked here for
+        a key (a contract wallet's is checked by the token when the pull is made), stored,
+        then the pull joins the next settlement.
         Nothing moves until that settlement lands; the amount is spendable once the one
         after it has confirmed the pull."""
         try:  # the chain reads below run outside the service's lock
@@ -1014,20 +1013,20 @@ class VaultModeService:
             raise refused(e) from None
         if address_key(owner) != address_key(participant):
             raise VaultModeError(404, "unknown_pull", "no pull of yours has this id")
-        digest = pull_digest(self.contract.domain, owner, amount, pull, deadline,
-                             self.accounts.ledger)
+        digest = self.contract.pull_authorization_digest(owner, amount, pull, deadline,
+                                                         self.accounts.ledger)
         if len(signature) != 65 or (
                 not self.chain.w3.eth.get_code(self.chain.w3.to_checksum_address(owner))
                 and recover_signer(digest, signature) != bytes.fromhex(owner[2:])):
             raise VaultModeError(400, "bad_signature", "nothing was queued: the intent is "
                                  f"not {owner}'s signature of pull {pull}")
-        self._check_funds(owner, amount, allowance=True)
+        self._check_funds(owner, amount)
         self.store.put_meta(PULL_INTENT_PREFIX + str(pull), signature)  # before it is sent
         self.change(partial(self.accounts.pull_authorized, pull))
         return {"participant": to_checksum(owner), "pull": pull, "amount": str(amount),
                 "deadline": deadline, "queued": True}
 
-    def _check_funds(self, participant: str, amount: int, *, allowance: bool) -> None:
+    def _check_funds(self, participant: str, amount: int) -> None:
         """A pull the participant's wallet cannot make now is refused before the ledger keeps
         it (review s15-1: a key holding nothing would otherwise cost every settlement the
         gas of a skipped pull, and the ledger an account, for free)."""
@@ -1035,11 +1034,10 @@ class VaultModeService:
             address=self.chain.w3.to_checksum_address(self.contract.token), abi=_FUNDS_ABI)
         owner = self.chain.w3.to_checksum_address(participant)
         has = int(token.functions.balanceOf(owner).call())
-        approved = int(token.functions.allowance(owner, self.contract.address).call())
-        if has < amount or (allowance and approved < amount):
+        if has < amount:
             raise VaultModeError(402, "pull_unfunded", (
-                f"nothing was queued: the wallet holds {has} and lets the A402Vault take "
-                f"{approved}; a pull of {amount} needs both (approve the A402Vault first)"))
+                f"nothing was queued: the wallet holds {has}; a pull of {amount} needs "
+                "that much in it"))
 
     def _debt(self, participant: str) -> int:
         """What ``participant`` owes (a claimed payment a voided settlement had credited it

@@ -12,10 +12,10 @@ status and settle-now. Every ``/v1/vault`` call is signed like the standard vaul
 ``POST /v1/vault/withdraw``            ``{"amount", "idempotencyKey"?}``: queue a payout to the
                                        signer's address (a key used again: the first answer)
 ``POST /v1/vault/pull``                ``{"amount"}``: a deposit the next settlement pulls from
-                                       the signer's wallet (approved to the A402Vault): its id,
+                                       the signer's wallet (EIP-3009, no approval): its id,
                                        deadline and the signer's statement counting it
-``POST /v1/vault/pull/{id}``           ``{"signature"}``: the signer's A402VaultPull intent for
-                                       that pull (sign it only holding that statement)
+``POST /v1/vault/pull/{id}``           ``{"signature"}``: the signer's EIP-3009 authorization
+                                       for that pull (sign it only holding that statement)
 ``POST /v1/vault/settle-now``          operator only: settle every queued payout now
 ``GET  /v1/vault/status``              operator only: totals, channels, queue, last settlement
 ``GET  /healthz``                      the worker's last round

@@ -13,10 +13,10 @@ the operator's commands for a vault in vault mode (``a402 vault --mode vault``).
 
 Amounts are in the token's atomic units. Each prints a table (``--json``: one JSON object).
 The first line says where the money stands. Calls to the vault are signed by the key
-(:mod:`a402.wire.vault_api`); ``deposit`` and ``exit`` talk to the chain only (``exit``:
-the escape hatch with a statement file; ``deposit --pull`` asks the vault for a pull, checks
-the statement counting it, saves it with ``--out``, then signs its intent:
-run ``exit`` again after the dispute window). Exit
+(:mod:`a402.wire.vault_api`); ``deposit`` and ``exit`` talk to the chain only (``exit`` is
+the escape hatch with a statement file: run it again after the dispute window);
+``deposit --pull`` asks the vault for a pull, checks the statement counting it, saves it with
+``--out``, then signs the token's EIP-3009 authorization for it (no transaction). Exit
 codes: 0 done, 1 the vault or the chain refused or failed, 2 usage, 3 nothing signed yet
 (no statement), 4 nothing to do now (dispute window open, already left).
 """
@@ -57,9 +57,9 @@ class ParticipantFlags:
                               help="deposit: the chain's JSON-RPC URL")
     beneficiary: str | None = setting(None, metavar="ADDRESS",
                                       help="deposit: credit this participant (default: the key)")
-    pull: bool = setting(False, help="deposit: no deposit transaction; the vault's next "
-                                     "settlement pulls the amount from the key's wallet (one "
-                                     "approval if the allowance is short, then a signature)")
+    pull: bool = setting(False, help="deposit: no transaction and no gas; the vault's next "
+                                     "settlement pulls the amount from the key's wallet (the "
+                                     "key signs an EIP-3009 authorization)")
     out: str | None = setting(None, metavar="FILE",
                               help="statement, deposit --pull: also write the statement to "
                                    "FILE (keep it: it is your exit)")
@@ -233,7 +233,7 @@ def _deposit(flags: ParticipantFlags, out: TextIO, err: TextIO) -> int:
     contract = A402Vault(chain, vault.info["a402Vault"])
     token = contract_at(chain, "TestUSDC", contract.token)
     if flags.pull:
-        return _pull(flags, vault, contract, token, out, err)
+        return _pull(flags, vault, contract, out)
     try:
         with Progress(err, "depositing"):
             transact(chain, key, token.functions.approve(contract.address, flags.amount))
@@ -249,24 +249,17 @@ def _deposit(flags: ParticipantFlags, out: TextIO, err: TextIO) -> int:
                         [(participant, flags.amount, tx)]), data)
 
 
-def _pull(flags: ParticipantFlags, vault: _Vault, contract: Any, token: Any, out: TextIO,
-          err: TextIO) -> int:
-    """``deposit --pull``: approve if short, ask for the pull, check the statement counting it
-    (signed by the vault's enclave key for this participant, this pull and amount, in the
-    vault's ledger life) and keep it, and only then sign the intent: no pull can take the
-    money without a statement that counts it in the participant's hands."""
-    from a402.chain.tx import TransactionFailed, transact
+def _pull(flags: ParticipantFlags, vault: _Vault, contract: Any, out: TextIO) -> int:
+    """``deposit --pull``: ask for the pull, check the statement counting it (signed by the
+    vault's enclave key for this participant, this pull and amount, in the vault's ledger
+    life) and keep it, and only then sign the token's EIP-3009 authorization for it (no
+    transaction: the key needs no gas): no pull can take the money without a statement that
+    counts it in the participant's hands."""
     from a402.crypto.authorization import recover_signer
     from a402.crypto.vault_messages import statement_digest
     from a402.vault.mode import statement_from_json
 
     key, amount = vault.key, int(flags.amount or 0)
-    try:
-        if int(token.functions.allowance(key.address, contract.address).call()) < amount:
-            with Progress(err, "approving the A402Vault"):
-                transact(contract.chain, key, token.functions.approve(contract.address, amount))
-    except TransactionFailed as e:
-        raise CommandError(1, "reverted", f"nothing moved: the approval reverted ({e})") from None
     asked = vault.post("/v1/vault/pull", {"amount": str(amount)})
     signed = statement_from_json(asked["statement"])
     st, pull, deadline = signed.statement, int(asked["pull"]), int(asked["deadline"])
@@ -274,13 +267,13 @@ def _pull(flags: ParticipantFlags, vault: _Vault, contract: Any, token: Any, out
     pinned = contract.ledger()
     if pinned != bytes(16) and pinned != ledger:  # a second instance of the vault's enclave
         raise CommandError(1, "wrong_ledger", "nothing moved: the vault serves ledger "
-                           f"{ledger.hex()}, the A402Vault pinned {pinned.hex()}; no intent "
+                           f"{ledger.hex()}, the A402Vault pinned {pinned.hex()}; nothing "
                            "was signed")
     signer = recover_signer(statement_digest(contract.domain, st, ledger), signed.signature)
     if (st.participant.lower(), st.pull, st.pulling) != (key.address.lower(), pull, amount) or (
             signer is None or "0x" + signer.hex() != str(vault.info["vault"]).lower()):
         raise CommandError(1, "bad_statement", "nothing moved: the vault's statement for the "
-                           "pull is not the enclave's for this account and amount; no intent "
+                           "pull is not the enclave's for this account and amount; nothing "
                            "was signed")
     saved = {**asked["statement"], "a402Vault": vault.info["a402Vault"]}
     if flags.out:
@@ -289,7 +282,7 @@ def _pull(flags: ParticipantFlags, vault: _Vault, contract: Any, token: Any, out
                 json.dump(saved, f, indent=2)
         except OSError as e:
             raise CommandError(2, "usage", f"nothing moved: cannot write {flags.out} ({e}); "
-                               "no intent was signed") from None
+                               "nothing was signed") from None
     intent = contract.sign_pull(key, key.address, amount, pull, deadline, ledger)
     queued = vault.post(f"/v1/vault/pull/{pull}", {"signature": "0x" + intent.hex()})
     data = {**queued, "moved": False, "statement": saved}
