@@ -16,7 +16,7 @@ from eth_account.signers.local import LocalAccount
 
 from a402 import cli
 from a402.chain.node import Chain
-from a402.vault.mode import statement_from_json
+from a402.vault.mode import PULL_INTENT_PREFIX, statement_from_json
 from a402.vault.mode_app import create_mode_app
 from a402.vault.mode_command import main as vault_action
 
@@ -154,6 +154,7 @@ def test_a_participant_deposits_by_a_pull_with_no_deposit_transaction_and_keeps_
         assert balance(usdc, h.contract.address) == 4_000
         assert h.contract.pulled(kept.statement.pull)
         assert verifies(h, kept)  # in the life the first settlement pinned
+        assert h.service.store.get_metas(PULL_INTENT_PREFIX) == []  # spent: not kept
         # Carol sent no transaction and holds no ETH (the settlements were the vault's).
         assert vault_chain.w3.eth.get_transaction_count(carol.address) == 0
         assert vault_chain.w3.eth.get_balance(carol.address) == 0

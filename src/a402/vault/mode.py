@@ -1221,6 +1221,10 @@ class VaultModeService:
         landed = Landed(signed.epoch, _hex(receipt["transactionHash"]),
                         len(unpack_payouts(signed.payouts)), int(receipt["blockNumber"]))
         self._record_landed(landed)
+        # a pull is tried in the one settlement that lands it (the next one checks it): its
+        # authorization is spent either way
+        self.store.delete_metas(PULL_INTENT_PREFIX + str(r.pull)
+                                for r in unpack_pulls(signed.pulls))
         return landed
 
     def tick(self, now: float | None = None) -> list[Landed]:

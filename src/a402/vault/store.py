@@ -45,7 +45,7 @@ import asyncio
 import functools
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -311,6 +311,13 @@ class VaultStore:
         done = self.submit_metas(values, delete_prefix=delete_prefix, nonces=nonces)
         if done is not None:
             done.result()
+
+    def delete_metas(self, keys: Iterable[str]) -> None:
+        """Delete the meta rows of ``keys`` (those there are), in one transaction; durable on
+        return."""
+        statements: list[Statement] = [(_META_DELETE_SQL, {"key": key}) for key in keys]
+        if statements:
+            self._writes.submit(statements).result()
 
     def submit_metas(self, values: dict[str, bytes], *, delete_prefix: str | None = None,
                      nonces: Sequence[tuple[str, str, float]] = ()
@@ -875,6 +882,7 @@ _META_UPSERT_SQL = (f'INSERT INTO "{_META}" ("key", "value") VALUES (:key, :valu
 #: ignores ASCII case: a journal's compaction must delete its own rows only).
 _META_DELETE_PREFIX_SQL = (f'DELETE FROM "{_META}" WHERE "key" LIKE :pattern ESCAPE \'/\' '
                            'AND substr("key", 1, :size) = :prefix')
+_META_DELETE_SQL = f'DELETE FROM "{_META}" WHERE "key" = :key'
 #: A nonce recorded, unless it is already (then it stays as it is).
 _NONCE_ONCE_SQL = (f'INSERT INTO "{_NONCES}" ("client", "nonce", "seen_at") '
                    "VALUES (:client, :nonce, :seen_at) ON CONFLICT DO NOTHING")
