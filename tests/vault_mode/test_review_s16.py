@@ -1,0 +1,152 @@
+"""Adversarial review, session 16: pulled deposits by EIP-3009 ``receiveWithAuthorization``.
+
+Each test plays one attack on anvil against the real ``A402Vault``, TestUSDC, the vault
+enclave's ledger and the vault-mode host service, and asserts token balances."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+
+from a402.chain.node import Chain, start_anvil
+from a402.chain.rpc import RpcError
+from a402.chain.tx import deploy_contract, transact
+from a402.crypto.vault_messages import unpack_pulls
+from a402.vault_accounts import MAX_PULLS
+
+from web3.exceptions import ContractCustomError
+
+from .accounts_setup import PRICE
+from .helpers import SETTLE_WINDOW, balance, funded, increase_time, selector
+from .test_service import Harness
+
+pytestmark = pytest.mark.anvil
+
+#: EIP-7825 (Osaka, on Ethereum mainnet since Fusaka): no transaction may ask for more gas.
+TX_GAS_CAP = 2**24
+
+
+@pytest.fixture(scope="module")
+def capped_chain() -> Iterator[Chain]:
+    """A chain enforcing EIP-7825's per-transaction gas cap (and EIP-7702)."""
+    with start_anvil(accounts=4, extra_args=["--enable-tx-gas-limit"]) as chain:
+        yield chain
+
+
+def _delegate(chain: Chain, keys: list[LocalAccount], code: str) -> None:
+    """Each key delegates its account's code to ``code`` (EIP-7702), one type-4 transaction
+    sent by someone else (the keys hold no ETH)."""
+    sender = chain.accounts[0]
+    auths = [k.sign_authorization({"chainId": chain.chain_id, "address": code, "nonce": 0})
+             for k in keys]
+    w3 = chain.w3
+    base = w3.eth.get_block("latest").get("baseFeePerGas", 0)
+    tx = {"type": 4, "chainId": chain.chain_id, "nonce": w3.eth.get_transaction_count(
+        sender.address), "to": sender.address, "value": 0, "data": b"",
+        "gas": 30_000 * (len(keys) + 1), "maxFeePerGas": 2 * base + 10**9,
+        "maxPriorityFeePerGas": 10**9, "authorizationList": auths}
+    raw = sender.sign_transaction(tx).raw_transaction
+    receipt = w3.eth.wait_for_transaction_receipt(w3.eth.send_raw_transaction(raw))
+    assert receipt["status"] == 1
+    for k in keys:
+        assert w3.eth.get_code(k.address)  # 0xef0100 ‖ code
+
+
+def _brick(h: Harness, chain: Chain, usdc: Any, keys: int = 70) -> None:
+    """``keys`` keys, each holding 1 unit and no ETH, delegate their code (EIP-7702) to a
+    contract whose ``isValidSignature`` burns all the gas it gets, ask the host for a 1-unit
+    pull each and hand it 65 zero bytes as their authorization: the host takes them (an
+    account with code is "checked by the token") and ``_check_funds`` passes."""
+    deployer = chain.accounts[0]
+    burner = deploy_contract(chain, deployer, "GasBurningWallet", deployer.address, 2**256 - 1)
+    attackers = [Account.create() for _ in range(keys)]
+    for a in attackers:
+        transact(chain, deployer, usdc.functions.mint(a.address, 1))
+    _delegate(chain, attackers, burner.address)
+    for a in attackers:
+        asked = h.service.prepare_pull(a.address, 1)
+        queued = h.service.authorize_pull(a.address, int(asked["pull"]), bytes(65))
+        assert queued["queued"] is True
+
+
+def _usdc(chain: Chain) -> Any:
+    deployer = chain.accounts[0]
+    return deploy_contract(chain, deployer, "TestUSDC", "USD Coin", "USDC", "2",
+                           deployer.address)
+
+
+def test_keys_delegated_to_gas_burning_code_make_the_signed_settlement_unlandable(
+    capped_chain: Chain, tmp_path: Path
+) -> None:
+    """S16-1. Seventy such keys (:func:`_brick`) and Alice, honest, ask for pulls. The
+    enclave puts every one (up to ``MAX_PULLS``) in the next settlement. Each costs the
+    whole ``PULL_GAS`` (the token calls the account's EIP-1271 check whatever the bytes):
+    the settlement needs more gas than any transaction may carry (EIP-7825: 2^24), so it
+    never lands, and neither does any later one (each follows it), until the attackers'
+    deadlines pass a day later (then they do it again). Nothing moved, nobody is paid."""
+    usdc = _usdc(capped_chain)
+    h = Harness(capped_chain, usdc, tmp_path)
+    _brick(h, capped_chain, usdc)
+    alice = funded(capped_chain, usdc, 5_000, eth=0)
+    asked = h.service.prepare_pull(alice.address, 5_000)
+    pull = int(asked["pull"])
+    h.service.authorize_pull(alice.address, pull, h.contract.sign_pull(
+        alice, alice.address, 5_000, pull, int(asked["deadline"]), h.service.accounts.ledger))
+
+    with pytest.raises(RpcError, match="gas_limit_cap"):  # 1.2 x the estimate: over the cap
+        h.service.settle_now()
+    signed = h.service.accounts.settlement_after(0)
+    assert signed is not None and len(unpack_pulls(signed.pulls)) == 71 <= MAX_PULLS
+    # No sender can carry it: at the cap it runs out (InsufficientGas) before its last pull.
+    call = h.contract.contract.functions.settle(
+        (signed.prev, signed.epoch, signed.claims, signed.not_before, signed.ledger),
+        signed.payouts, signed.confirms, (signed.pulls, bytes(65 * 71), signed.pull_checks),
+        b"", signed.signature)
+    with pytest.raises(ContractCustomError, match=selector("InsufficientGas()")):
+        call.call({"from": h.operator.address, "gas": TX_GAS_CAP})
+    needs = call.estimate_gas({"from": h.operator.address})  # what anvil's estimate says
+    assert needs > TX_GAS_CAP
+    print("S16-1 estimate for 71 pulls:", needs)
+    with pytest.raises(RpcError):  # the worker's round tries again: nothing lands
+        h.service.tick()
+    assert h.contract.last_epoch() == 0
+    assert balance(usdc, alice.address) == 5_000 and balance(usdc, h.contract.address) == 0
+    assert not h.contract.pulled(pull)
+
+
+def test_a_settlement_that_cannot_land_stops_the_watchtower_and_a_stale_exit_is_paid(
+    capped_chain: Chain, tmp_path: Path
+) -> None:
+    """S16-2. A client deposits 10,000 and keeps that statement, then pays a provider
+    2,000. It bricks the next settlement (S16-1) and exits with the stale statement. The
+    worker's round raises at landing (``RpcError`` is not what ``_land_quietly`` catches), so
+    the watchtower, which runs after landing in the same round, never answers: the exit
+    pays 10,000 and the provider's 2,000 are in no pool."""
+    usdc = _usdc(capped_chain)
+    h = Harness(capped_chain, usdc, tmp_path)
+    client = funded(capped_chain, usdc)
+    provider = h.vm.provider()
+    h.deposit(client.address, 10_000)
+    h.service.tick()
+    stale = h.service.statement(client.address)
+    cid, side, _ = h.open(client, provider, 5 * PRICE)
+    for i in range(2):
+        h.pay(cid, side, client, f"s{i}")
+    h.service.close(cid)
+    assert h.service.balance(client.address)["free"] == "8000"
+    _brick(h, capped_chain, usdc)
+    h.contract.init_force_settle(client, stale.statement, stale.signature)
+    for _ in range(3):
+        with pytest.raises(RpcError):
+            h.service.tick()
+    assert h.service.answers == []  # never answered
+    assert h.contract.force_settle(client.address).balance == 10_000
+    increase_time(capped_chain, SETTLE_WINDOW)
+    h.contract.final_force_settle(client, client.address)
+    assert h.paid_to(client.address) == 10_000  # 2,000 more than it owns
+    assert balance(usdc, h.contract.address) == 0
