@@ -12,14 +12,13 @@ from typing import Any
 import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from web3.exceptions import ContractCustomError
 
 from a402.chain.node import Chain, start_anvil
 from a402.chain.rpc import RpcError
 from a402.chain.tx import deploy_contract, transact
 from a402.crypto.vault_messages import unpack_pulls
 from a402.vault_accounts import MAX_PULLS
-
-from web3.exceptions import ContractCustomError
 
 from .accounts_setup import PRICE
 from .helpers import SETTLE_WINDOW, balance, funded, increase_time, selector
