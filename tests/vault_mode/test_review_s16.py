@@ -149,3 +149,74 @@ def test_a_settlement_that_cannot_land_stops_the_watchtower_and_a_stale_exit_is_
     h.contract.final_force_settle(client, client.address)
     assert h.paid_to(client.address) == 10_000  # 2,000 more than it owns
     assert balance(usdc, h.contract.address) == 0
+
+
+class _HostServedVault:
+    """What ``deposit --pull`` talks to, played by a host: its ``GET /v1/info`` (unsigned)
+    names an A402Vault and a vault key of the host's own; it answers the pull with a
+    statement that key signed."""
+
+    def __init__(self, key: LocalAccount, info: dict[str, Any], answer: dict[str, Any]) -> None:
+        self.key, self.info, self.answer = key, info, answer
+        self.posted: list[tuple[str, dict[str, Any]]] = []
+
+    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.posted.append((path, body))
+        return self.answer if path == "/v1/vault/pull" else {"queued": True}
+
+
+def test_deposit_pull_signs_for_whatever_vault_the_host_names_and_the_host_takes_it(
+    vault_chain: Chain, usdc: Any, tmp_path: Path
+) -> None:
+    """S16-3. ``deposit --pull`` checks the statement counting the pull against the vault
+    key and the A402Vault that ``GET /v1/info`` names, and that answer is the host's, unsigned
+    (the participant CLI has no ``ExpectedVault``, no attestation check, no code check). A
+    host deploys a genuine A402Vault whose vault key is its own plain key, names both in
+    /info, and answers the pull with a statement that key signed: every check passes, Carol
+    signs the token's authorization to the host's contract, and the host's own settlement
+    pulls her 4,000 and pays them to the host. "No pull can take the money without a
+    statement that counts it in the participant's hands": that statement is the host's."""
+    from a402.crypto import EcdsaSigner
+    from a402.crypto.vault_messages import (
+        BalanceStatement,
+        PullRecord,
+        pack_payouts,
+        pack_pull_signatures,
+        pack_pulls,
+        settlement_digest,
+        statement_digest,
+    )
+    from a402.vault.mode import statement_json
+    from a402.vault.mode_command import ParticipantFlags, _pull
+    from a402.vault_accounts import SignedStatement
+    from a402.vault_contract import A402Vault
+
+    from .helpers import new_vault_key, now
+
+    host_key: EcdsaSigner = new_vault_key()  # a plain key: no enclave
+    fake = A402Vault.deploy(vault_chain, vault_chain.accounts[0], usdc.address,
+                            "0x" + host_key.address.hex(), SETTLE_WINDOW)
+    carol = funded(vault_chain, usdc, 4_000, eth=0)
+    ledger = bytes(range(16))
+    deadline = now(vault_chain) + 3_600
+    st = BalanceStatement(carol.address, 1, 4_000, 0, 0, 1, 0, 1, 4_000)
+    answer = {"pull": 1, "deadline": deadline, "statement": statement_json(SignedStatement(
+        st, host_key.sign_digest(statement_digest(fake.domain, st, ledger))))}
+    info = {"mode": "vault", "a402Vault": fake.address, "vault": "0x" + host_key.address.hex(),
+            "ledger": "0x" + ledger.hex()}
+    served = _HostServedVault(carol, info, answer)
+    out = __import__("io").StringIO()
+    flags = ParticipantFlags(key_file="unused", amount=4_000, pull=True)
+    assert _pull(flags, served, fake, out) == 0  # type: ignore[arg-type]
+    assert out.getvalue().startswith("nothing moved yet: 4000 will be pulled")
+    authorization = bytes.fromhex(served.posted[-1][1]["signature"][2:])
+    # The host lands a settlement of its own key: the pull, and a payout of it to the host.
+    thief = funded(vault_chain, usdc, eth=0)
+    records = pack_pulls([PullRecord(carol.address, 1, 4_000, 1, deadline)])
+    payouts = pack_payouts([(thief.address, 2, 4_000)])
+    signature = host_key.sign_digest(settlement_digest(
+        fake.domain, 1, payouts, 0, packed_pulls=records, ledger=ledger))
+    fake.settle(funded(vault_chain, usdc), payouts, 1, 0, signature, packed_pulls=records,
+                pull_signatures=pack_pull_signatures([authorization]), ledger=ledger)
+    assert balance(usdc, carol.address) == 0
+    assert balance(usdc, thief.address) == 4_000
