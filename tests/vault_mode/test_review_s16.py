@@ -118,14 +118,15 @@ def test_keys_delegated_to_gas_burning_code_make_the_signed_settlement_unlandabl
     assert not h.contract.pulled(pull)
 
 
-def test_a_settlement_that_cannot_land_stops_the_watchtower_and_a_stale_exit_is_paid(
+def test_a_settlement_that_cannot_land_does_not_stop_the_watchtower_answering_a_stale_exit(
     capped_chain: Chain, tmp_path: Path
 ) -> None:
     """S16-2. A client deposits 10,000 and keeps that statement, then pays a provider
     2,000. It bricks the next settlement (S16-1) and exits with the stale statement. The
-    worker's round raises at landing (``RpcError`` is not what ``_land_quietly`` catches), so
-    the watchtower, which runs after landing in the same round, never answers: the exit
-    pays 10,000 and the provider's 2,000 are in no pool."""
+    worker's round raises at landing (``RpcError`` is not what ``_land_quietly`` catches);
+    before the fix the watchtower, which ran after landing in the same round, never
+    answered, and the exit paid 10,000 (the provider's 2,000 in no pool). Now it answers
+    every round whatever landing did: the exit pays 8,000."""
     usdc = _usdc(capped_chain)
     h = Harness(capped_chain, usdc, tmp_path)
     client = funded(capped_chain, usdc)
@@ -141,14 +142,16 @@ def test_a_settlement_that_cannot_land_stops_the_watchtower_and_a_stale_exit_is_
     _brick(h, capped_chain, usdc)
     h.contract.init_force_settle(client, stale.statement, stale.signature)
     for _ in range(3):
-        with pytest.raises(RpcError):
+        with pytest.raises(RpcError):  # the settlement still cannot land (S16-1)
             h.service.tick()
-    assert h.service.answers == []  # never answered
-    assert h.contract.force_settle(client.address).balance == 10_000
+    assert h.contract.last_epoch() == 1
+    latest = h.service.statement(client.address).statement.nonce
+    assert [a.answered_nonce for a in h.service.answers if a.tx_hash] == [latest]
+    assert h.contract.force_settle(client.address).balance == 8_000
     increase_time(capped_chain, SETTLE_WINDOW)
     h.contract.final_force_settle(client, client.address)
-    assert h.paid_to(client.address) == 10_000  # 2,000 more than it owns
-    assert balance(usdc, h.contract.address) == 0
+    assert h.paid_to(client.address) == 8_000
+    assert balance(usdc, h.contract.address) == 2_000  # the provider's
 
 
 class _HostServedVault:

@@ -1242,13 +1242,17 @@ class VaultModeService:
         if (batch is not None or totals["unconfirmed"] or totals["pending"]
                 or self.accounts.replacement_due or self.accounts.pulls_due):
             self._sign(batch)  # nothing_to_settle (payments not due yet): nothing signed
-        landed = self._land_quietly()
-        # exiting() marks accounts in the enclave: stored like every other change; and the
-        # watchtower may land settlements itself: one sender at a time (lock order: landing,
-        # then the ledger's)
-        with self._landing:
-            # the last 100 (a force-settle it cannot answer yet is retried every round)
-            self.answers = (self.answers + self.change(self._watch))[-100:]
+        try:
+            landed = self._land_quietly()
+        finally:
+            # Whatever landing did (review s16-2: a settlement the node refuses, e.g. over
+            # the gas cap, raised here every round and the watchtower never ran: a stale
+            # exit went unanswered). exiting() marks accounts in the enclave: stored like
+            # every other change; and the watchtower may land settlements itself: one sender
+            # at a time (lock order: landing, then the ledger's)
+            with self._landing:
+                # the last 100 (a force-settle it cannot answer yet is retried every round)
+                self.answers = (self.answers + self.change(self._watch))[-100:]
         return landed
 
     def _watch(self) -> list[Answer]:
