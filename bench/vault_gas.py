@@ -26,17 +26,18 @@ median first deposit + that settlement / 100. A participant's later deposits cos
 Pulled lifecycle per participant (deposits pulled inside the settlement, "Pulled deposits"
 in the contract docs): 100 fresh participants (holding tokens and no ETH: no approval, no
 transaction of their own) sign the token's EIP-3009 ReceiveWithAuthorization to the vault;
-one settlement makes the 100 pulls (the token's ``receiveWithAuthorization``, which writes
-its nonce: a fresh storage slot each); the next one proves them made (pull checks) and pays
-each its first payout; lifecycle = both settlements / 100: everything the participant's
-money costs on the chain. No deposit transaction, no per-participant ``deposited`` word.
+settlements make the 100 pulls, at most ``MAX_PULLS`` (32) each as the enclave signs them
+(the token's ``receiveWithAuthorization``, which writes its nonce: a fresh storage slot
+each); the next one proves them made (pull checks) and pays each its first payout;
+lifecycle = all those settlements / 100: everything the participant's money costs on the
+chain. No deposit transaction, no per-participant ``deposited`` word.
 
 x402 ``exact``: one ``transferWithAuthorization`` per request, submitted directly (the
 floor of what any ``exact`` facilitator pays, what ``bench/exact.py`` calls the direct
 transfer), median of 10, payee already funded. Totals for R paid requests among 100
 participants: ``exact`` = R transfers; vault = 100 first deposits + one settlement of 100 that
 confirms them (one round here; requests do not touch the chain at all in vault mode); vault
-with pulls = the settlement of 100 pulls + the one confirming and paying them (nothing else:
+with pulls = the settlements making 100 pulls + the one confirming and paying them (nothing else:
 the participants send no transaction).
 
 Usage: ``python bench/vault_gas.py`` — prints the tables and writes
@@ -82,6 +83,7 @@ from a402.crypto.vault_messages import (
     statement_digest,
     vault_channel_id,
 )
+from a402.vault_accounts import MAX_PULLS
 from a402.vault_contract import A402Vault, PendingClaim
 
 RESULTS = Path(__file__).resolve().parent / "results" / "vault_gas.json"
@@ -281,7 +283,8 @@ def measure_pulled_lifecycle(b: Bench, n: int = LIFECYCLE_BATCH) -> dict[str, in
         pulls.append((PullRecord(p, b.index[p], 2_000, pull, deadline),
                       b.vault.sign_pull(b.keys[p], p, 2_000, pull, deadline)))
     b.vault_pulls += n
-    pull_tx = b.settle([], pulls=pulls)
+    pull_tx = sum(b.settle([], pulls=pulls[i:i + MAX_PULLS])
+                  for i in range(0, len(pulls), MAX_PULLS))
     assert all(b.vault.pulled(r.pull) for r, _ in pulls)
     confirm_tx = b.settle([(p, 1_000) for p in payees], checks=[(r.pull, True) for r, _ in pulls])
     w3 = b.chain.w3
@@ -337,10 +340,11 @@ def measure(chain: Chain, sizes: tuple[int, ...] = BATCH_SIZES) -> dict[str, Any
             gas["depositWithAuthorization (gasless)"] + share,
         "(reference) plain transfer + share of a first settlement":
             gas["plain token transfer to the vault (not credited)"] + batch["first_per_payee"],
-        "pull: share of the settlement of 100 pulls": pulled["pull_per_participant"],
+        f"pull: share of the settlements making 100 pulls ({MAX_PULLS} each)":
+            pulled["pull_per_participant"],
         "pull: share of the settlement confirming and paying it": pulled[
             "confirm_per_participant"],
-        "pulled deposit + shares of both settlements": pulled["lifecycle"],
+        "pulled deposit + shares of its settlements": pulled["lifecycle"],
     }
     breakdown = lifecycle_breakdown(gas, batch, life, exact)
     totals = {}

@@ -238,8 +238,12 @@ CLAIM_WINDOW = 3_600
 #: ahead of the enclave's clock (the contract skips a pull landing after its deadline).
 PULL_MARGIN = 300
 #: At most this many pulls are made per settlement, oldest first (the rest wait for the
-#: next): each costs the settlement gas even when skipped (review s15-1).
-MAX_PULLS = 100
+#: next): each costs the settlement gas even when skipped (review s15-1), up to the
+#: contract's ``PULL_GAS`` (250,000) for a wallet that burns what it is given (review s16-1:
+#: a key delegated by EIP-7702 after its pull was authorized). 32 of those take 8.1M gas, so
+#: a settlement with them and a full batch of payouts still fits in one transaction under
+#: EIP-7825's cap (2^24) with the sender's headroom.
+MAX_PULLS = 32
 
 
 # ------------------------------------------------------------ what the host gets

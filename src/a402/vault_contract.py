@@ -22,6 +22,7 @@ from web3.contract import Contract
 from web3.logs import DISCARD
 from web3.types import BlockIdentifier, TxReceipt
 
+from a402.chain.artifacts import load_artifact
 from a402.chain.node import Chain
 from a402.chain.tx import contract_at, deploy_contract, transact
 from a402.crypto import PaymentDomain
@@ -43,6 +44,11 @@ from a402.evm.eip3009 import (
     sign_receive_authorization,
 )
 from a402.evm.keccak import keccak256
+
+
+#: The sender of :meth:`A402Vault.runs_this_release`'s simulated deployment: an address
+#: nobody holds a key for (so it never sent: its first CREATE address is known).
+_PROBE = "0x" + keccak256(b"a402/A402Vault/code-probe")[12:].hex()
 
 
 class AccountStatus(IntEnum):
@@ -147,6 +153,29 @@ class A402Vault:
         contract = deploy_contract(chain, account, "A402Vault", token,
                                    to_checksum(vault_signer), settle_window)
         return cls(chain, contract.address)
+
+    def runs_this_release(self) -> bool:
+        """Whether the code at this address is, byte for byte, the A402Vault this package
+        compiled, deployed for the token, vault key and window its getters name. That
+        creation code, run by ``eth_call`` with those arguments (nothing is sent) from an
+        account that never sent, gives the runtime code the contract would have at that
+        account's first CREATE address; the only words that depend on the address (the
+        EIP-712 domain's cached address and separator) are put back for this one, and the
+        result must equal the code found here. So no look-alike contract passes, whatever its
+        getters answer (a participant about to sign money over to it checks this)."""
+        w3 = self.chain.w3
+        artifact = load_artifact("A402Vault")
+        factory = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
+        created = factory.constructor(self.token, self.vault_signer,
+                                      self.settle_window).data_in_transaction
+        probe = w3.to_checksum_address(_PROBE)
+        if w3.eth.get_transaction_count(probe):
+            return False  # its CREATE address would need its nonce: nobody holds its key
+        simulated = bytes(w3.eth.call({"from": probe, "data": created}))
+        at = keccak256(b"\xd6\x94" + bytes.fromhex(_PROBE[2:]) + b"\x80")[12:]  # nonce 0
+        expected = simulated.replace(at, bytes.fromhex(self.address[2:])).replace(
+            PaymentDomain(self.chain.chain_id, at).separator, self.domain.separator)
+        return expected == bytes(w3.eth.get_code(self.address))
 
     # -- deposits ----------------------------------------------------------------
 

@@ -396,6 +396,7 @@ CLASSIFIED_4XX: dict[str, tuple[str, str]] = {
                        "money rests on a settlement not landed yet"),
     "pull_outstanding": (BEFORE, "a deposit by pull asked while one is in flight: no call"),
     "pull_unfunded": (BEFORE, "a deposit by pull the wallet cannot fund: no call"),
+    "pull_from_contract": (BEFORE, "a deposit by pull from a wallet with code: no call"),
     "unknown_pull": (BEFORE, "an intent for no pull of the signer's: no call"),
     "nothing_to_settle": (BEFORE, "the enclave has nothing to settle"),
 }

@@ -59,13 +59,23 @@ def test_participants_and_the_operator_use_the_vault_commands_with_tables_and_js
     ka, kb, kop = (key_file(tmp_path, a) for a in (alice, bob, h.operator))
     with serve(create_mode_app(h.service)) as url:
         common = ("--vault", url)
-        code, out, _ = run("deposit", *common, "--key-file", ka, "--rpc", vault_chain.rpc_url,
-                           "--amount", "6000")
+        expected = ("--vault-address", h.contract.vault_signer)
+        code, out, _ = run("deposit", *common, *expected, "--key-file", ka, "--rpc",
+                           vault_chain.rpc_url, "--amount", "6000")
         assert code == 0 and out.startswith("6000 deposited into A402Vault")
         assert "participant" in out and alice.address in out
-        code, out, _ = run("deposit", *common, "--key-file", kb, "--rpc", vault_chain.rpc_url,
-                           "--amount", "3000", "--json")
+        code, out, _ = run("deposit", *common, "--trust-vault-info", "--key-file", kb, "--rpc",
+                           vault_chain.rpc_url, "--amount", "3000", "--json")
         assert code == 0 and json.loads(out)["amount"] == "3000"
+        assert balance(usdc, h.contract.address) == 9_000
+        # refused before anything is signed or sent: no vault expected, or another one
+        code, out, err = run("deposit", *common, "--key-file", ka, "--rpc", vault_chain.rpc_url,
+                             "--amount", "1")
+        assert code == 2 and "--vault-address" in err and out == ""
+        code, out, err = run("deposit", *common, "--vault-address", bob.address, "--key-file",
+                             ka, "--rpc", vault_chain.rpc_url, "--amount", "1")
+        assert code == 1 and err.startswith("a402 vault deposit: nothing moved: the vault "
+                                            "names its key")
         assert balance(usdc, h.contract.address) == 9_000
 
         # the worker reads both deposits and confirms them in a settlement
@@ -137,7 +147,7 @@ def test_a_participant_deposits_by_a_pull_with_no_deposit_transaction_and_keeps_
     carol = funded(vault_chain, usdc, 4_000, eth=0)
     kc = key_file(tmp_path, carol)
     with serve(create_mode_app(h.service)) as url:
-        common = ("--vault", url, "--key-file", kc)
+        common = ("--vault", url, "--key-file", kc, "--vault-address", h.contract.vault_signer)
         saved = tmp_path / "pull.json"
         code, out, err = run("deposit", *common, "--rpc", vault_chain.rpc_url, "--amount",
                              "4000", "--pull", "--out", str(saved))
@@ -164,7 +174,8 @@ def test_a_participant_deposits_by_a_pull_with_no_deposit_transaction_and_keeps_
         # a wallet that cannot fund its pull is refused before the vault keeps anything
         dave = funded(vault_chain, usdc, 0)
         code, out, err = run("deposit", "--vault", url, "--key-file", key_file(tmp_path, dave),
-                             "--rpc", vault_chain.rpc_url, "--amount", "10", "--pull")
+                             "--rpc", vault_chain.rpc_url, "--amount", "10", "--pull",
+                             "--trust-vault-info")
         assert code == 1 and "pull_unfunded" in err and out == ""
         assert h.service.accounts.pulling(dave.address) == (0, 0)
 

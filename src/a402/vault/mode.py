@@ -1002,9 +1002,9 @@ class VaultModeService:
 
     def authorize_pull(self, participant: str, pull: int, signature: bytes) -> dict[str, Any]:
         """``POST /v1/vault/pull/{id}``: ``participant``'s EIP-3009 authorization for its pull
-        (:meth:`~a402.vault_contract.A402Vault.pull_authorization_digest`), checked here for
-        a key (a contract wallet's is checked by the token when the pull is made), stored,
-        then the pull joins the next settlement.
+        (:meth:`~a402.vault_contract.A402Vault.pull_authorization_digest`), checked here
+        (:meth:`_check_funds` refuses a wallet with code), stored, then the pull joins the
+        next settlement.
         Nothing moves until that settlement lands; the amount is spendable once the one
         after it has confirmed the pull."""
         try:  # the chain reads below run outside the service's lock
@@ -1015,12 +1015,10 @@ class VaultModeService:
             raise VaultModeError(404, "unknown_pull", "no pull of yours has this id")
         digest = self.contract.pull_authorization_digest(owner, amount, pull, deadline,
                                                          self.accounts.ledger)
-        if len(signature) != 65 or (
-                not self.chain.w3.eth.get_code(self.chain.w3.to_checksum_address(owner))
-                and recover_signer(digest, signature) != bytes.fromhex(owner[2:])):
-            raise VaultModeError(400, "bad_signature", "nothing was queued: the intent is "
-                                 f"not {owner}'s signature of pull {pull}")
         self._check_funds(owner, amount)
+        if len(signature) != 65 or recover_signer(digest, signature) != bytes.fromhex(owner[2:]):
+            raise VaultModeError(400, "bad_signature", "nothing was queued: the "
+                                 f"authorization is not {owner}'s signature for pull {pull}")
         self.store.put_meta(PULL_INTENT_PREFIX + str(pull), signature)  # before it is sent
         self.change(partial(self.accounts.pull_authorized, pull))
         return {"participant": to_checksum(owner), "pull": pull, "amount": str(amount),
@@ -1029,10 +1027,20 @@ class VaultModeService:
     def _check_funds(self, participant: str, amount: int) -> None:
         """A pull the participant's wallet cannot make now is refused before the ledger keeps
         it (review s15-1: a key holding nothing would otherwise cost every settlement the
-        gas of a skipped pull, and the ledger an account, for free)."""
+        gas of a skipped pull, and the ledger an account, for free), and so is a wallet with
+        code (a contract, or a key delegated by EIP-7702): the token would run its EIP-1271
+        check, whose gas (up to the contract's ``PULL_GAS``, 250,000) the vault pays whether
+        or not it lets the pull through (review s16-1). A key that delegates only after its
+        pull was authorized costs one settlement that gas once (its pull is then dropped, and
+        it cannot ask again); ``MAX_PULLS`` keeps even a settlement full of them landable."""
+        owner = self.chain.w3.to_checksum_address(participant)
+        if self.chain.w3.eth.get_code(owner):
+            raise VaultModeError(400, "pull_from_contract", (
+                f"nothing was queued: {owner} has code (a contract wallet, or a key delegated "
+                "by EIP-7702); deposit by transaction instead (`a402 vault deposit` without "
+                "--pull)"))
         token = self.chain.w3.eth.contract(
             address=self.chain.w3.to_checksum_address(self.contract.token), abi=_FUNDS_ABI)
-        owner = self.chain.w3.to_checksum_address(participant)
         has = int(token.functions.balanceOf(owner).call())
         if has < amount:
             raise VaultModeError(402, "pull_unfunded", (

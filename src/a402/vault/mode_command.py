@@ -72,6 +72,13 @@ class ParticipantFlags:
     a402_vault: str | None = setting(None, metavar="ADDRESS",
                                      help="exit: the A402Vault (default: the statement "
                                           "file's, else the vault's GET /v1/info)")
+    vault_address: str | None = setting(
+        None, metavar="ADDRESS",
+        help="deposit: the vault's published address (its enclave's key, checked against its "
+             "attestation out of band); the vault's GET /v1/info and its A402Vault must name "
+             "it before anything is signed or sent")
+    trust_vault_info: bool = setting(False, help="deposit: take the A402Vault and the key the "
+                                                 "vault's GET /v1/info names unchecked")
 
 
 class CommandError(Exception):
@@ -229,8 +236,15 @@ def _deposit(flags: ParticipantFlags, out: TextIO, err: TextIO) -> int:
     if flags.pull and participant != to_checksum(key.address):
         raise CommandError(2, "usage", "nothing moved: a pull credits the key's own account "
                            "(no --beneficiary)")
+    if not (flags.vault_address or flags.trust_vault_info):
+        raise CommandError(2, "usage", "nothing moved: give --vault-address (the vault's "
+                           "published address) so that the A402Vault its info names can be "
+                           "checked before anything is signed, or --trust-vault-info to take "
+                           "it unchecked")
     chain = connect(flags.rpc, [key.key])
     contract = A402Vault(chain, vault.info["a402Vault"])
+    if flags.vault_address:
+        _check_vault(flags.vault_address, vault.info, contract)
     token = contract_at(chain, "TestUSDC", contract.token)
     if flags.pull:
         return _pull(flags, vault, contract, out)
@@ -247,6 +261,28 @@ def _deposit(flags: ParticipantFlags, out: TextIO, err: TextIO) -> int:
                 f"{participant}: unconfirmed until the vault's next settlement, then free\n"
                 + table(("participant", "amount", "transaction"),
                         [(participant, flags.amount, tx)]), data)
+
+
+def _check_vault(expected: str, info: dict[str, Any], contract: Any) -> None:
+    """The vault's ``GET /v1/info`` is its host's word, unsigned (review s16-3): a host could
+    name an A402Vault of its own whose key is a plain key it holds, then sign a statement
+    for a pull with it and take the money pulled. So before a deposit signs or sends
+    anything: the info names the vault the participant expects, the A402Vault it names
+    pays only on that key's signatures, and it runs this release's A402Vault code (no
+    look-alike with other rules: :meth:`~a402.vault_contract.A402Vault.runs_this_release`)."""
+    want = expected.lower()
+    named = str(info.get("vault", "")).lower()
+    if named != want:
+        raise CommandError(1, "unexpected_vault", f"nothing moved: the vault names its key "
+                           f"{named}, not the expected {expected}; nothing was signed")
+    if contract.vault_signer.lower() != want:
+        raise CommandError(1, "unexpected_vault", "nothing moved: the A402Vault at "
+                           f"{contract.address} pays on {contract.vault_signer}'s signatures, "
+                           f"not the vault's {expected}; nothing was signed")
+    if not contract.runs_this_release():
+        raise CommandError(1, "unexpected_vault", "nothing moved: the contract at "
+                           f"{contract.address} is not this release's A402Vault; nothing was "
+                           "signed")
 
 
 def _pull(flags: ParticipantFlags, vault: _Vault, contract: Any, out: TextIO) -> int:
