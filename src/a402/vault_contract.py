@@ -45,7 +45,6 @@ from a402.evm.eip3009 import (
 )
 from a402.evm.keccak import keccak256
 
-
 #: The sender of :meth:`A402Vault.runs_this_release`'s simulated deployment: an address
 #: nobody holds a key for (so it never sent: its first CREATE address is known).
 _PROBE = "0x" + keccak256(b"a402/A402Vault/code-probe")[12:].hex()

@@ -263,6 +263,10 @@ def _deposit(flags: ParticipantFlags, out: TextIO, err: TextIO) -> int:
                         [(participant, flags.amount, tx)]), data)
 
 
+def _utc(unix: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(unix))
+
+
 def _check_vault(expected: str, info: dict[str, Any], contract: Any) -> None:
     """The vault's ``GET /v1/info`` is its host's word, unsigned (review s16-3): a host could
     name an A402Vault of its own whose key is a plain key it holds, then sign a statement
@@ -294,11 +298,17 @@ def _pull(flags: ParticipantFlags, vault: _Vault, contract: Any, out: TextIO) ->
     from a402.crypto.authorization import recover_signer
     from a402.crypto.vault_messages import statement_digest
     from a402.vault.mode import statement_from_json
+    from a402.vault_accounts import MAX_PULL_LIFETIME
 
     key, amount = vault.key, int(flags.amount or 0)
     asked = vault.post("/v1/vault/pull", {"amount": str(amount)})
     signed = statement_from_json(asked["statement"])
     st, pull, deadline = signed.statement, int(asked["pull"]), int(asked["deadline"])
+    clock = max(time.time(), int(contract.chain.w3.eth.get_block("latest")["timestamp"]))
+    if not clock < deadline <= clock + MAX_PULL_LIFETIME:
+        raise CommandError(1, "bad_deadline", "nothing moved: the vault asks for an "
+                           f"authorization until {_utc(deadline)}, not within "
+                           f"{MAX_PULL_LIFETIME // 86_400} days from now; nothing was signed")
     ledger = bytes.fromhex(str(vault.info["ledger"]).removeprefix("0x"))
     pinned = contract.ledger()
     if pinned != bytes(16) and pinned != ledger:  # a second instance of the vault's enclave
@@ -323,8 +333,8 @@ def _pull(flags: ParticipantFlags, vault: _Vault, contract: Any, out: TextIO) ->
     queued = vault.post(f"/v1/vault/pull/{pull}", {"signature": "0x" + intent.hex()})
     data = {**queued, "moved": False, "statement": saved}
     return _say(flags, out, f"nothing moved yet: {amount} will be pulled from "
-                f"{key.address} by the vault's next settlement (pull {pull}, until "
-                f"{deadline}), and is free to spend once the settlement after it confirms "
+                f"{key.address} by the vault's next settlement (pull {pull}, before "
+                f"{_utc(deadline)}), and is free to spend once the settlement after it confirms "
                 "it; the statement counting it is "
                 + (f"in {flags.out}" if flags.out else "in `a402 vault statement --out F`")
                 + "\n" + table(("participant", "pull", "amount", "deadline"),
