@@ -635,3 +635,32 @@ def test_coroutines_and_threads_waiting_at_once_share_ledger_writes_and_each_is_
     for c in clients:
         assert again.balance(c.address)["free"] == "2000"
         assert again.balance(c.address)["locked"] == "0"
+
+
+def test_pulls_wait_for_the_scheduler_window_then_ride_one_settlement_and_so_do_their_checks(
+    vault_chain: Chain, usdc: Any, tmp_path: Path
+) -> None:
+    """Three participants ask for pulls over the window: nothing is signed until the first
+    has waited the whole window; then one settlement makes all three. Their checks (what
+    credits them) wait a window again and ride one settlement too."""
+    h = Harness(vault_chain, usdc, tmp_path,
+                SchedulePolicy(window=60, jitter=0, min_participants=1, max_per_tx=10))
+    people = [funded(vault_chain, usdc, 1_000, eth=0) for _ in range(3)]
+    t0 = time.time()
+    pulls = []
+    for i, who in enumerate(people):
+        asked = h.service.prepare_pull(who.address, 1_000)
+        pull = int(asked["pull"])
+        h.service.authorize_pull(who.address, pull, h.contract.sign_pull(
+            who, who.address, 1_000, pull, int(asked["deadline"]), h.service.accounts.ledger))
+        pulls.append(pull)
+        assert h.service.tick(now=t0 + 20 * i) == []  # inside the window: nothing signed
+    assert h.contract.last_epoch() == 0 and balance(usdc, h.contract.address) == 0
+    assert len(h.service.tick(now=t0 + 60)) == 1
+    assert all(h.contract.pulled(p) for p in pulls)
+    assert balance(usdc, h.contract.address) == 3_000
+    assert h.service.tick(now=t0 + 61) == []  # the checks wait a window of their own
+    assert {h.service.balance(w.address)["free"] for w in people} == {"0"}
+    assert len(h.service.tick(now=t0 + 121)) == 1
+    assert {h.service.balance(w.address)["free"] for w in people} == {"1000"}
+    assert h.contract.last_epoch() == 2

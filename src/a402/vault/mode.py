@@ -300,6 +300,8 @@ class VaultModeService:
             self._save()
         self.accounts.chain_epoch(self.contract.last_epoch())  # what has landed: see land()
         self.scheduler = SettlementScheduler(config.schedule, config.rng or random.SystemRandom())
+        #: When the pulls waiting for a settlement started waiting (:meth:`_pulls_ripe`).
+        self._pulls_since: float | None = None
         #: ``(participant, idempotency key)`` -> the answer of the withdrawal it queued;
         #: stored sealed with the payout queue, in the same write (:meth:`_payouts_blob`).
         self.withdrawals: dict[tuple[str, str], dict[str, str]] = {}
@@ -1248,8 +1250,9 @@ class VaultModeService:
                 self._save_payouts()  # kept in the stored queue (in flight) until signed
         totals = self.accounts.totals()
         if (batch is not None or totals["unconfirmed"] or totals["pending"]
-                or self.accounts.replacement_due or self.accounts.pulls_due):
+                or self.accounts.replacement_due or self._pulls_ripe(at)):
             self._sign(batch)  # nothing_to_settle (payments not due yet): nothing signed
+            self._pulls_since = None  # the pulls waiting went along; the next ones wait anew
         try:
             landed = self._land_quietly()
         finally:
@@ -1262,6 +1265,19 @@ class VaultModeService:
                 # the last 100 (a force-settle it cannot answer yet is retried every round)
                 self.answers = (self.answers + self.change(self._watch))[-100:]
         return landed
+
+    def _pulls_ripe(self, now: float) -> bool:
+        """Whether the pulls waiting for a settlement (to be made, or to be checked) call for
+        one now: once the first of them has waited the scheduler's window, so that one
+        settlement carries many (its own cost shared; up to ``MAX_PULLS`` made in each). A settlement sent earlier for payouts, deposits or
+        payments takes them along. The wait is this process's: a restarted one waits a
+        window again (a pull's deadline is a day away; the enclave drops one that passed)."""
+        if not self.accounts.pulls_due:
+            self._pulls_since = None
+            return False
+        if self._pulls_since is None:
+            self._pulls_since = now
+        return now - self._pulls_since >= self.config.schedule.window
 
     def _watch(self) -> list[Answer]:
         """The watchtower's poll (under the lock), once everything before it is stored: the
