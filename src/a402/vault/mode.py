@@ -1269,9 +1269,10 @@ class VaultModeService:
     def _pulls_ripe(self, now: float) -> bool:
         """Whether the pulls waiting for a settlement (to be made, or to be checked) call for
         one now: once the first of them has waited the scheduler's window, so that one
-        settlement carries many (its own cost shared; up to ``MAX_PULLS`` made in each). A settlement sent earlier for payouts, deposits or
-        payments takes them along. The wait is this process's: a restarted one waits a
-        window again (a pull's deadline is a day away; the enclave drops one that passed)."""
+        settlement carries many (its own cost shared; up to ``MAX_PULLS`` made in each). A
+        settlement sent earlier for payouts, deposits or payments takes them along. The wait
+        is this process's: a restarted one waits a window again (a pull's deadline is a day
+        away; the enclave drops one that passed)."""
         if not self.accounts.pulls_due:
             self._pulls_since = None
             return False
