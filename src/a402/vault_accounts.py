@@ -517,12 +517,13 @@ class VaultAccountsCode:
         #: What the next :meth:`export_changes` writes: everything (``_full``: a first boot,
         #: or a change not tracked item by item — settlements, deposits, claims, exits), or
         #: only the items the hot path marked since the last export (accounts with their
-        #: statements, channels, pending payments, consumed calls) and the scalars.
+        #: statements, channels, pending payments, consumed calls, pulls) and the scalars.
         self._export_id = ""  # the last export's: a journal entry names the one it follows
         self._full = True
         self._dirty_accounts: set[str] = set()
         self._dirty_channels: set[bytes] = set()
         self._dirty_pending: set[tuple[bytes, int]] = set()
+        self._dirty_pulls: set[int] = set()
         self._new_consumed: list[tuple[str, str]] = []
         self._ready = first_boot
         #: This life (drawn at the first boot, sealed in the ledger): every client call is
@@ -764,13 +765,14 @@ class VaultAccountsCode:
                     f"pull {account.pull} is in settlement {earlier.epoch}; the next "
                     "settlement checks it, then another can be asked for"))
             del self._pulls[account.pull]
+            self._dirty_pulls.add(account.pull)
         pull = self._next_pull
         self._next_pull += 1
         self._pulls[pull] = _Pull(address_key(account.participant), amount, deadline,
                                   named=account.epoch)
+        self._dirty_pulls.add(pull)
         account.pull, account.pulling = pull, amount
-        self._full = True
-        (signed,) = self._sign_statements([account])
+        (signed,) = self._sign_statements([account])  # marks the account
         return pull, signed
 
     def pull_authorized(self, pull: int) -> None:
@@ -781,7 +783,7 @@ class VaultAccountsCode:
         if found is None or found.state not in (_PREPARED, _AUTHORIZED):
             raise EnclaveError("unknown_pull", f"pull {pull} is not waiting for its intent")
         found.state = _AUTHORIZED
-        self._full = True
+        self._dirty_pulls.add(pull)
         self._changed()
 
     def pull_landed(self, pull: int, made: bool) -> None:
@@ -798,7 +800,7 @@ class VaultAccountsCode:
             raise EnclaveError("not_landed", f"settlement {found.epoch} has not landed")
         if found.state == _SENT:
             found.state = _MADE if made else _FAILED
-            self._full = True
+            self._dirty_pulls.add(pull)
             self._changed()
         elif (found.state == _MADE) != made:
             raise EnclaveError("pull_reported", f"pull {pull} was reported the other way")
@@ -1453,6 +1455,7 @@ class VaultAccountsCode:
         self._export_id = os.urandom(16).hex()
         self._full = False
         self._dirty_accounts, self._dirty_channels, self._dirty_pending = set(), set(), set()
+        self._dirty_pulls = set()
         self._new_consumed = []
         record = {
             "format": _LEDGER_FORMAT, "version": self._version, "id": self._export_id,
@@ -1481,9 +1484,11 @@ class VaultAccountsCode:
         (:meth:`export_ledger`) if ``full`` (the host compacts its journal), after a change
         not tracked item by item (a settlement, a deposit, a claim, an exit) or on the first
         export; otherwise a *journal entry* holding only the accounts (with their latest
-        statements), channels and pending payments the calls since then touched (a deleted
-        one as null), the calls they consumed, and the clock, the next index and the
-        version. Its size is what those calls changed, not the ledger's.
+        statements), channels, pending payments and pulls the calls since then touched (a
+        deleted one as null), the calls they consumed, and the clock, the next index, the
+        next pull id and the version. Its size is what those calls changed, not the
+        ledger's (a pull's steps used to make it whole: 51 ms and 1.9 MB per pull asked at
+        4,000 accounts, review s15-1).
 
         Safety argument: every mutation of an item a journal entry carries marks that item
         (:meth:`_get` marks a channel whenever it is taken to be stepped; a statement marks
@@ -1514,8 +1519,12 @@ class VaultAccountsCode:
             "id": self._export_id, "nextIndex": self._next_index, "clock": self._clock,
             "accounts": accounts, "channels": channels, "pending": pending,
             "consumed": [list(c) for c in self._new_consumed],
+            "pulls": {str(k): None if (q := self._pulls.get(k)) is None else q.to_json()
+                      for k in self._dirty_pulls},
+            "nextPull": self._next_pull,
         }
         self._dirty_accounts, self._dirty_channels, self._dirty_pending = set(), set(), set()
+        self._dirty_pulls = set()
         self._new_consumed = []
         return False, self._kernel.seal(_DELTA_LABEL, jsonbytes.dumps(record))
 
@@ -1545,6 +1554,11 @@ class VaultAccountsCode:
                     None if v is None else _Pending.from_json(v))
             consumed = [(str(c[0]), str(c[1])) for c in r["consumed"]]
             next_index, clock = int(r["nextIndex"]), int(r["clock"])
+            # entries written before pulls were journalled carry none (a pull made the
+            # next export whole then)
+            pulls = {int(k): None if v is None else _Pull.from_json(v)
+                     for k, v in r.get("pulls", {}).items()}
+            next_pull = int(r.get("nextPull", self._next_pull))
         except (ValueError, KeyError, TypeError, IndexError, TeeError) as e:
             raise EnclaveError("malformed", str(e)) from None
         if after != self._export_id or version < self._version:
@@ -1563,7 +1577,12 @@ class VaultAccountsCode:
             else:
                 self._pending[key] = p
         self._consumed.update(consumed)
-        self._next_index = next_index
+        for k, pulled in pulls.items():
+            if pulled is None:
+                self._pulls.pop(k, None)
+            else:
+                self._pulls[k] = pulled
+        self._next_index, self._next_pull = next_index, next_pull
         self._clock = max(self._clock, clock)
         self._version, self._unsaved, self._export_id = version, False, new_id
 
@@ -1621,6 +1640,7 @@ class VaultAccountsCode:
         self._export_id = str(r.get("id") or hashlib.sha256(blob).hexdigest()[:32])
         self._full = False
         self._dirty_accounts, self._dirty_channels, self._dirty_pending = set(), set(), set()
+        self._dirty_pulls = set()
         self._new_consumed = []
         self._ready = True
 
