@@ -208,3 +208,35 @@ def test_deposit_refuses_a_vault_whose_info_or_a402vault_is_not_the_one_expected
         assert refused.value.reason == "unexpected_vault"
         assert refused.value.message.startswith("nothing moved")
     assert genuine.runs_this_release() and not lookalike.runs_this_release()
+
+
+def test_deposit_pull_signs_no_authorization_that_holds_longer_than_a_week(
+    vault_chain: Chain, usdc: Any
+) -> None:
+    """A host asking for an authorization that would hold for a month (the vault asks for a
+    day) gets none: ``deposit --pull`` checks the deadline against its own clock (or the
+    chain's, if ahead) before it checks or signs anything, and says nothing moved."""
+    from a402.vault.mode_command import MAX_PULL_LIFETIME, CommandError, ParticipantFlags, _pull
+    from a402.vault_contract import A402Vault
+
+    from .helpers import new_vault_key, now
+
+    contract = A402Vault.deploy(vault_chain, vault_chain.accounts[0], usdc.address,
+                                "0x" + new_vault_key().address.hex(), SETTLE_WINDOW)
+    carol = funded(vault_chain, usdc, 4_000, eth=0)
+    posted: list[str] = []
+
+    class Asking:  # the vault as ``_pull`` talks to it: its answer to the pull asked
+        key, info = carol, {"vault": contract.vault_signer, "ledger": "0x" + "00" * 16}
+
+        def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+            posted.append(path)
+            return {"pull": 1, "deadline": now(vault_chain) + 30 * 86_400, "statement": {}}
+
+    flags = ParticipantFlags(key_file="unused", amount=4_000, pull=True)
+    with pytest.raises(CommandError) as refused:
+        _pull(flags, Asking(), contract, __import__("io").StringIO())  # type: ignore[arg-type]
+    assert refused.value.reason == "bad_deadline" and MAX_PULL_LIFETIME == 7 * 86_400
+    assert refused.value.message.startswith("nothing moved")
+    assert posted == ["/v1/vault/pull"]  # no authorization handed in
+    assert balance(usdc, carol.address) == 4_000

@@ -263,6 +263,13 @@ def _deposit(flags: ParticipantFlags, out: TextIO, err: TextIO) -> int:
                         [(participant, flags.amount, tx)]), data)
 
 
+#: The latest deadline ``deposit --pull`` signs an authorization for (review s16: a host
+#: must not have authorizations that hold for ever; the vault asks for a day). Checked
+#: against this machine's clock or the chain's, whichever is ahead (the host's enclave
+#: reads the clock its host gives it: the participant's own check is the one that holds).
+MAX_PULL_LIFETIME = 7 * 86_400
+
+
 def _utc(unix: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(unix))
 
@@ -298,17 +305,22 @@ def _pull(flags: ParticipantFlags, vault: _Vault, contract: Any, out: TextIO) ->
     from a402.crypto.authorization import recover_signer
     from a402.crypto.vault_messages import statement_digest
     from a402.vault.mode import statement_from_json
-    from a402.vault_accounts import MAX_PULL_LIFETIME
 
     key, amount = vault.key, int(flags.amount or 0)
     asked = vault.post("/v1/vault/pull", {"amount": str(amount)})
-    signed = statement_from_json(asked["statement"])
-    st, pull, deadline = signed.statement, int(asked["pull"]), int(asked["deadline"])
-    clock = max(time.time(), int(contract.chain.w3.eth.get_block("latest")["timestamp"]))
-    if not clock < deadline <= clock + MAX_PULL_LIFETIME:
-        raise CommandError(1, "bad_deadline", "nothing moved: the vault asks for an "
-                           f"authorization until {_utc(deadline)}, not within "
-                           f"{MAX_PULL_LIFETIME // 86_400} days from now; nothing was signed")
+    try:
+        pull, deadline = int(asked["pull"]), int(asked["deadline"])
+        clock = max(time.time(), int(contract.chain.w3.eth.get_block("latest")["timestamp"]))
+        if not clock < deadline <= clock + MAX_PULL_LIFETIME:
+            raise CommandError(1, "bad_deadline", "nothing moved: the vault asks for an "
+                               f"authorization until {_utc(deadline)}, not within "
+                               f"{MAX_PULL_LIFETIME // 86_400} days from now; nothing was "
+                               "signed")
+        signed = statement_from_json(asked["statement"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CommandError(1, "bad_answer", f"nothing moved: the vault's answer to the pull "
+                           f"is malformed ({e!r}); nothing was signed") from None
+    st = signed.statement
     ledger = bytes.fromhex(str(vault.info["ledger"]).removeprefix("0x"))
     pinned = contract.ledger()
     if pinned != bytes(16) and pinned != ledger:  # a second instance of the vault's enclave
