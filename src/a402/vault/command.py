@@ -336,7 +336,8 @@ def _run_vault_mode(args: argparse.Namespace, where: ChainOptions, serve: ServeO
     def invoker_of(service: VaultModeService) -> ModeInvoker:
         return ModeInvoker(service, verifiers=verifiers, policy=policy,
                            allow_private_targets=connections.allow_private_targets,
-                           tunnel_timeout=connections.http_timeout)
+                           tunnel_timeout=connections.http_timeout,
+                           tunnels_per_provider=connections.tunnels_per_provider)
 
     if lease is not None:
         from a402.vault.mode_lease import LeasedModeApp, startup_line

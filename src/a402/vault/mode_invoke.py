@@ -15,7 +15,10 @@ AUTH → REVEAL → ACK). One call, in a straight line:
 2. the provider is attested (its key and address, as in standard mode) and the tunnel
    opened; the client's open channel with that provider is reused, or one is opened
    with ``deposit`` (the call's, else :data:`DEFAULT_CHANNEL_CALLS` × the price, at most
-   the client's free balance) and bound to the tunnel (OPEN);
+   the client's free balance) and bound (OPEN) to one of the provider's tunnels (as in
+   standard mode, up to :data:`TUNNELS_PER_PROVIDER`, each attested and checked alike:
+   one frame is in flight on a tunnel, so channels spread over them do not wait for each
+   other's frames; a channel stays on the tunnel it was given);
 3. EXEC for the call *as the client signed it* (the enclave checks the signature, the
    price against ``maxPrice``, the channel's owner, and pays each idempotency key once),
    REPLY checked by the machine in the enclave, AUTH with σ_U, REVEAL, the result opened
@@ -139,6 +142,12 @@ log = logging.getLogger("a402.vault.mode")
 #: A new channel's capacity, in calls at the offer's price, when the call names no deposit.
 DEFAULT_CHANNEL_CALLS = 100
 
+#: Attested tunnels kept with each provider by default, as standard mode keeps
+#: (``tunnels_per_provider``, :class:`~a402.vault.settings.Connections`): one frame is in
+#: flight on a tunnel at a time, so the calls of several channels on one tunnel wait for
+#: each other's frames; spread over several, they do not.
+TUNNELS_PER_PROVIDER = 4
+
 
 class _Authority:
     """The vault (its enclave's key) as the tunnel's authority: OPEN's binding is signed
@@ -261,7 +270,8 @@ class ModeInvoker:
 
     def __init__(self, service: VaultModeService, *, verifiers: Sequence[AttestationVerifier],
                  policy: AttestationPolicy, http: httpx.AsyncClient | None = None,
-                 allow_private_targets: bool = False, tunnel_timeout: float = 30.0) -> None:
+                 allow_private_targets: bool = False, tunnel_timeout: float = 30.0,
+                 tunnels_per_provider: int = TUNNELS_PER_PROVIDER) -> None:
         # The verifiers' kinds, as the standard vault checks them: simulated quotes are
         # believed only on a development chain.
         check_backends(service.chain.chain_id, [v.kind for v in verifiers])
@@ -273,7 +283,11 @@ class ModeInvoker:
         self.offers = OfferCache()
         self.authority = _Authority(service)
         self.tunnel_timeout = tunnel_timeout
-        self._tunnels: dict[str, ModeTunnel] = {}
+        #: The tunnels with each provider (by origin, and slot: ``tunnels_per_provider``
+        #: of them, connected on first use), and the slot each channel is bound on.
+        self.tunnels_per_provider = max(1, tunnels_per_provider)
+        self._tunnels: dict[tuple[str, int], ModeTunnel] = {}
+        self._slots: dict[tuple[str, bytes], int] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._tunnel_lock = asyncio.Lock()
         #: Answers of the calls paid here, by (client key, idempotency key).
@@ -343,19 +357,19 @@ class ModeInvoker:
             raise ModeRefused(402, api.PRICE_ABOVE_MAXIMUM,
                               f"nothing was paid: the price is {offer.amount}, the maximum "
                               f"{call.max_price}")
-        tunnel = await self._tunnel(offer)
+        attested = await self._tunnel(offer)  # the provider, attested: its key picks the channel
         pair = (address_key(client), address_key(offer.pay_to))
         lock = self._locks.setdefault(pair, asyncio.Lock())
         async with lock:
-            cid = await self._channel(client, call, offer, tunnel)
+            cid, tunnel = await self._channel(client, call, offer, attested)
             try:
                 answer, ack = await self._exchange(client, call, signed, offer, tunnel, cid)
             except _ChannelEnded:
                 # The provider ended the channel (it claimed a payment on-chain): nothing was
                 # paid for this call; close ours (the rest goes back to the client's free
                 # balance) and pay through a new one.
-                await asyncio.to_thread(self.service.close, cid)
-                cid = await self._channel(client, call, offer, tunnel)
+                await self._close(cid)
+                cid, tunnel = await self._channel(client, call, offer, attested)
                 answer, ack = await self._exchange(client, call, signed, offer, tunnel, cid)
             # one write: the answer, with the REVEAL's change and the statement it carries
             # (and where the channel's provider is, if not stored yet: for its ACK's re-send)
@@ -457,8 +471,14 @@ class ModeInvoker:
         self.offers.put(call.method, call.url, offer)
         return offer
 
-    async def _tunnel(self, offer: Offer) -> ModeTunnel:
-        key = origin(offer.endpoint)
+    async def _tunnel(self, offer: Offer, slot: int = 0) -> ModeTunnel:
+        """The offer's provider's tunnel ``slot`` (:data:`TUNNELS_PER_PROVIDER`), connected
+        and attested on first use; each is checked against the offer alike (payTo, key,
+        asset), so every slot's peer is the one enclave the offer names."""
+        key = (origin(offer.endpoint), slot)
+        tunnel = self._tunnels.get(key)
+        if tunnel is not None:  # connected: no lock to take
+            return tunnel
         async with self._tunnel_lock:
             tunnel = self._tunnels.get(key)
             if tunnel is not None:
@@ -494,18 +514,41 @@ class ModeInvoker:
             policy=self.policy, vault=self.authority, network=self.service.chain.network,
             timeout=self.tunnel_timeout)
 
+    def _slot(self, offer: Offer, cid: bytes) -> int:
+        """The tunnel slot ``cid`` is bound on with the offer's provider: the one it was
+        given, else the slot with the fewest channels (the calls of different channels
+        spread over the provider's tunnels; a channel stays on its own)."""
+        where = origin(offer.endpoint)
+        slot = self._slots.get((where, cid))
+        if slot is None:
+            load = [0] * self.tunnels_per_provider
+            for (other, _), taken in self._slots.items():
+                if other == where and taken < len(load):
+                    load[taken] += 1
+            slot = self._slots[(where, cid)] = load.index(min(load))
+        return slot
+
+    async def _close(self, cid: bytes) -> None:
+        """Close ``cid`` in the enclave (its rest back to the client's free balance); its
+        tunnel slot is free for another channel."""
+        await asyncio.to_thread(self.service.close, cid)
+        for key in [k for k in self._slots if k[1] == cid]:
+            del self._slots[key]
+
     async def _channel(self, client: str, call: api.InvokeRequest, offer: Offer,
-                       tunnel: ModeTunnel) -> bytes:
+                       attested: ModeTunnel) -> tuple[bytes, ModeTunnel]:
         """The client's OPEN channel with the offer's provider (as the enclave holds them:
-        found again after a restart) that can pay the price, else a new one; bound to the
-        tunnel. An OPEN channel left with less than the price is closed first (its rest
-        goes back to the client's free balance)."""
-        assert tunnel.info is not None
+        found again after a restart) that can pay the price, else a new one; and its
+        tunnel (:meth:`_slot`), the channel bound there. An OPEN channel left with less
+        than the price is closed first (its rest goes back to the client's free balance).
+        ``attested``: a tunnel with the offer's provider (its attested key picks the
+        channel)."""
+        assert attested.info is not None
         pair = (address_key(client), address_key(offer.pay_to))
         cid: bytes | None = None
         for found, status, left, provider_key in self.service.accounts.channels_of(
                 client, offer.pay_to):
-            if status is not Status.OPEN or provider_key != tunnel.info.provider_key:
+            if status is not Status.OPEN or provider_key != attested.info.provider_key:
                 continue
             if left >= offer.amount and cid is None:
                 cid = found
@@ -513,7 +556,7 @@ class ModeInvoker:
                 # Its owed ACK first (under this pair's lock, which the flush would wait
                 # for: up to this call's whole exchange, maybe past the provider's Δ_ack).
                 await self._flush_ack(found)
-                await asyncio.to_thread(self.service.close, found)
+                await self._close(found)
         if cid is None:
             free = await asyncio.to_thread(self.service.spare, client)
             capacity = call.deposit or min(free, DEFAULT_CHANNEL_CALLS * offer.amount)
@@ -524,8 +567,9 @@ class ModeInvoker:
                     f"deposits, less payouts you asked for), {offer.amount} needed")
             cid, _ = await asyncio.to_thread(
                 self.service.open_channel, to_checksum(client), to_checksum(offer.pay_to),
-                tunnel.info.provider_key, capacity)
+                attested.info.provider_key, capacity)
         assert cid is not None
+        tunnel = await self._tunnel(offer, self._slot(offer, cid))
         if cid not in tunnel._bound:
             try:
                 await tunnel.bind(self.service.accounts.terms(cid))
@@ -537,7 +581,7 @@ class ModeInvoker:
             last = self.service.accounts.last_ack(cid)
             if last is not None and cid not in self._unacked:
                 self._owe_ack(cid, tunnel, last, pair)
-        return cid
+        return cid, tunnel
 
     async def _exchange(self, client: str, call: api.InvokeRequest, signed: SignedCall,
                         offer: Offer, tunnel: ModeTunnel, cid: bytes
@@ -775,5 +819,6 @@ def _refusal(answer: Envelope) -> Refusal:
         return Refusal("malformed", str(e))
 
 
-__all__ = ["DEFAULT_CHANNEL_CALLS", "ModeInvoker", "ModeRefused", "ModeTunnel",
-           "ProviderUnavailable", "endpoint_row", "open_endpoint", "seal_endpoint"]
+__all__ = ["DEFAULT_CHANNEL_CALLS", "TUNNELS_PER_PROVIDER", "ModeInvoker", "ModeRefused",
+           "ModeTunnel", "ProviderUnavailable", "endpoint_row", "open_endpoint",
+           "seal_endpoint"]
