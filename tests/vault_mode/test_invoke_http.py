@@ -216,6 +216,34 @@ def test_a402_pay_through_a_vault_in_vault_mode_pays_n_times_with_no_transaction
             t["free"] + t["locked"] + t["pending"] + t["unconfirmed"])
 
 
+def test_vault_mode_channels_of_several_clients_spread_over_the_provider_tunnels_each_pays_once(
+    vault_chain: Chain, usdc: Any, tmp_path: Path
+) -> None:
+    # One frame is in flight per tunnel: channels on one tunnel wait for each other's EXEC
+    # and AUTH. Each new channel is bound on the provider's least used tunnel (all of them
+    # attested, the same provider key), and stays there for its next calls.
+    with running(vault_chain, usdc, tmp_path) as (s, site, vault):
+        clients = [Account.create() for _ in range(3)]
+        for c in clients:
+            s.deposit(c.address, 20_000)
+        s.service.tick()
+        for round_ in range(2):
+            for c in clients:
+                code, summary, _ = s.pay(site, vault, c, f"spread-{round_}-{c.address}")
+                assert code == 0 and summary["outcome"] == api.PAID, summary
+            on = {cid: tunnel for tunnel in s.invoker._tunnels.values() for cid in tunnel._bound}
+            if round_ == 0:
+                first = dict(on)
+            assert on == first  # the second call of each channel: on its own tunnel still
+        assert len(on) == 3 and len({id(t) for t in on.values()}) == 3
+        for cid, tunnel in on.items():  # each tunnel attested as the channel's provider key
+            assert tunnel.info is not None
+            assert tunnel.info.provider_key == s.service.accounts.terms(cid).provider_key
+        assert s.calls["weather"] == 6
+        for c in clients:  # each paid twice, once per call
+            assert s.account(c.address) == 20_000 - 2 * PRICE
+
+
 def test_a_provider_whose_ack_the_vault_withholds_claims_on_chain_and_is_paid_exactly_once(
     vault_chain: Chain, usdc: Any, tmp_path: Path
 ) -> None:
