@@ -298,6 +298,26 @@ def test_a_reply_before_the_provider_key_was_seen_attested_gets_no_authorization
     assert vm.vault.totals()["pending"] == 0
 
 
+def test_a_request_marks_no_change_of_the_sealed_ledger_so_its_exec_waits_for_no_write(
+    vm: VaultMode,
+) -> None:
+    # The host sends EXEC without waiting for the store (VaultModeService.arequest): sound
+    # only while the enclave's request step changes nothing a write must hold first.
+    alice = client()
+    vm.deposit(alice.address, 20_000)
+    vm.vault.settle([], now=clock())
+    provider = vm.provider()
+    cid, _ = vm.vault.open_channel(alice.address, provider.address,
+                                   provider.schnorr.public_key, 5_000, lock_timeout=10.0)
+    vm.vault.export_changes()  # everything so far is stored
+    version = vm.vault.ledger_version
+    exec_ = vm.vault.request(cid, vm.call(alice, key="k", pay_to=provider.address), PRICE,
+                             clock())
+    assert exec_.amount == PRICE and exec_.channel_id == cid
+    assert vm.vault.ledger_version == version  # nothing new to store: σ_U's write is next
+    assert vm.vault.balance(alice.address) == (15_000, 5_000, 0)
+
+
 def test_a_payout_beyond_the_free_balance_or_to_an_exiting_participant_is_refused_whole(
     vm: VaultMode,
 ) -> None:

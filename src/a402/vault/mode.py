@@ -912,9 +912,16 @@ class VaultModeService:
                            stored=stored)
 
     async def arequest(self, channel_id: bytes, call: SignedCall, amount: int) -> Exec:
-        """:meth:`request`, awaited (:meth:`achange`)."""
+        """:meth:`request` for a coroutine (:meth:`alocked`), with no wait for the store:
+        the enclave's request step changes nothing of the sealed ledger (the price is
+        locked in the channel's machine, and stored with σ_U's change: pinned by
+        ``tests/vault_mode/test_invoke_http.py``), and what its EXEC carries rests on no
+        unstored change (the channel's open and binding, and its last REVEAL, were stored
+        before: :mod:`a402.vault.mode_invoke`). A wait here would only store other calls'
+        changes early; σ_U's step (:meth:`areceive`) waits for everything before it."""
         at = time.time()
-        return await self.achange(lambda: self.accounts.request(channel_id, call, amount, at))
+        return await self.achange(lambda: self.accounts.request(channel_id, call, amount, at),
+                                  stored=False)
 
     async def areceive(self, channel_id: bytes, message: AscMessage) -> Changed:
         """:meth:`receive`, awaited (:meth:`achange`)."""

@@ -48,10 +48,12 @@ loop, the enclave's step too when the service's lock is free (:meth:`VaultModeSe
 <a402.vault.mode.VaultModeService.achange>`, :meth:`~a402.vault.mode.VaultModeService.
 _adurable`: no thread hop, no thread parked on the store, the same durability): σ_U's before
 AUTH leaves (durable before the money can move); the answer's, with the REVEAL's change, the
-statement it carries and the request's nonce, before the answer leaves. EXEC waits for the
-store too, but the enclave's request step does not change the sealed ledger (the price is
-locked in the channel's machine, written with σ_U), so that wait writes nothing: a vault
-killed after EXEC left restarts with that request id unused, and its next EXEC on the channel
+statement it carries and the request's nonce, before the answer leaves. EXEC waits for no
+write (:meth:`~a402.vault.mode.VaultModeService.arequest`): the enclave's request step does
+not change the sealed ledger (the price is locked in the channel's machine, written with
+σ_U), and the channel's open, its binding and its last REVEAL were stored before (the last
+ACK is owed only once stored, under the pair's lock). A vault killed after EXEC left
+restarts with that request id unused, and its next EXEC on the channel
 reuses it, which the provider refuses (``replayed``: nothing paid); the refusal burns the id,
 and the call after goes through once the provider's lock on the lost request has run out
 (Δ_lock). A vault killed after σ_U's write has the payment pending, settled by the enclave's
