@@ -4,6 +4,14 @@ through a vault in vault mode (each client's A402Vault account, a channel of 100
 opened inside the enclave), with ``--clients`` clients calling concurrently (each its own
 channel, its calls one after another; every channel already open).
 
+Both modes' calls name that deposit (``deposit=1000 * PRICE``): a standard call that names
+none gets a channel of at most ``POOL_DEPOSIT_MULTIPLE`` (100) × its ``maxPrice`` whatever
+the vault's ``deposit_multiple`` (the enclave's cap, :func:`a402.vault_enclave.
+pool_deposit_cap`), so standard mode's channels ran dry every 100 calls and were closed and
+opened again on-chain during the rounds (two blocks in a round, a slow round: the ratio then
+counted standard mode's channel renewals against vault mode's calls). With the same
+capacity, no channel of either mode renews within ``--calls`` × ``--rounds`` < 1000 calls.
+
 The host may be shared (other processes take the cores in bursts), so one back-to-back pair
 of figures says little: both modes are set up once (warmed: every channel open, both
 served for the whole run) and their rounds alternate, ``standard, vault mode, vault mode,
@@ -135,10 +143,10 @@ def standard_mode(chain: Chain, usdc: Any, tmp: Path, *, clients: int) -> Iterat
             running_vault(world, deposit_multiple=1000) as vault:
         vcs = [client_of(world, vault, funds=10**7, deposit=10**7)[1] for _ in range(clients)]
         for vc in vcs:
-            vc.invoke(f"{site}/weather", max_price=PRICE)  # opens the channel
+            vc.invoke(f"{site}/weather", max_price=PRICE, deposit=1000 * PRICE)  # opens it
         try:
-            yield Mode("standard", [partial(vc.invoke, f"{site}/weather", max_price=PRICE)
-                                    for vc in vcs])
+            yield Mode("standard", [partial(vc.invoke, f"{site}/weather", max_price=PRICE,
+                                            deposit=1000 * PRICE) for vc in vcs])
         finally:
             for vc in vcs:
                 vc.close()
