@@ -133,9 +133,11 @@ interface IERC3009ReceiveBytes {
 ///      the participant cancelled the authorization, its balance is short): then the record
 ///      is skipped and its bit stays clear. The token's nonce and this contract's bit are
 ///      separate records on purpose: a cancelled authorization uses the nonce and moves
-///      nothing, so only the bit says a pull was made. The vault's balance must grow by exactly the
-///      sum made (else the settlement reverts, as deposits refuse fee-on-transfer tokens). A
-///      pull moves no lane and no `deposited`: no storage word per participant. Later, a pull
+///      nothing, so only the bit says a pull was made. A token without the `bytes` form (an
+///      older USDC) refuses every pull: each is skipped, nothing moves. The vault's balance
+///      must grow by exactly the sum made (else the settlement reverts, as deposits refuse
+///      fee-on-transfer tokens). A pull moves no lane and no `deposited`: no storage word per
+///      participant. Later, a pull
 ///      check proves the pull made (the enclave credits it) or not made (it voids it), the way
 ///      `confirms` proves deposits: a statement naming that settlement's epoch is usable only
 ///      once it landed. Why this is safe:
