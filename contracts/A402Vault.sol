@@ -11,20 +11,6 @@ import {A402Message} from "./A402Message.sol";
 import {Schnorr} from "./SchnorrVerifier.sol";
 import {IERC3009Receive} from "./ASCManager.sol";
 
-/// @dev EIP-3009's `receiveWithAuthorization` with a `bytes` signature (USDC v2.2): EOA or
-///      EIP-1271.
-interface IERC3009ReceiveBytes {
-    function receiveWithAuthorization(
-        address from,
-        address to,
-        uint256 value,
-        uint256 validAfter,
-        uint256 validBefore,
-        bytes32 nonce,
-        bytes calldata signature
-    ) external;
-}
-
 /// @title A402Vault: the Liquidity Vault, vault mode (A402 paper §4.3, Alg. 3, §6.2)
 /// @notice Participants (clients and providers) fund one pool; channels open and close inside
 ///         the vault's enclave with no transaction; the chain sees deposits and aggregated
@@ -663,7 +649,7 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         if (_lane(index) & _FROZEN != 0) return false;
         // The call forwards at most 63/64 of what is left after its own cost (EIP-150).
         if (gasleft() < PULL_GAS + PULL_GAS / 63 + 5000) revert InsufficientGas();
-        try IERC3009ReceiveBytes(address(token)).receiveWithAuthorization{gas: PULL_GAS}(
+        try IERC3009Receive(address(token)).receiveWithAuthorization{gas: PULL_GAS}(
             address(uint160(head >> 96)), address(this), uint96(tail >> 96), 0, uint64(tail),
             pullNonce(uint32(tail >> 64), ledger), signature
         ) {

@@ -24,6 +24,17 @@ interface IERC3009Receive {
         bytes32 r,
         bytes32 s
     ) external;
+
+    /// @dev The `bytes` signature form (USDC v2.2): an EOA's, or an EIP-1271 wallet's.
+    function receiveWithAuthorization(
+        address from,
+        address to,
+        uint256 value,
+        uint256 validAfter,
+        uint256 validBefore,
+        bytes32 nonce,
+        bytes calldata signature
+    ) external;
 }
 
 /// @title ASCManager: Atomic Service Channels, standard mode (A402 paper §4.1–4.2, §6.2)
