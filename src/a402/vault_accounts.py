@@ -1025,6 +1025,14 @@ class VaultAccountsCode:
         resolved = self._resolvable(max(self._clock, int(now)))
         return max(0, self._room(account, resolved)), account.debt
 
+    def payments_due(self, now: float) -> bool:
+        """Whether a pending payment's deadline has passed at ``now`` (or at this code's
+        clock, if ahead): what :meth:`settle` at ``now`` would resolve. A payment stays
+        pending for its whole claim window: the host asks for a settlement only once one is
+        due, not whenever one is pending (review s16-rev2-2: that signed one every round
+        and no pull waited its window)."""
+        return bool(self._resolvable(max(self._clock, int(now))))
+
     @property
     def replacement_due(self) -> bool:
         """True while signed settlements are voided (a claim landed before them) and their
@@ -1700,7 +1708,8 @@ _HOST_SURFACE = frozenset({
     "ledger_version",
     "balance", "payable", "index_of", "statement", "totals", "channels", "channels_of",
     "participants",
-    "settlement", "settlement_after", "replacement_due", "credit_deposit", "settle",
+    "settlement", "settlement_after", "replacement_due", "payments_due", "credit_deposit",
+    "settle",
     "chain_epoch", "prepare_pull", "pull_authorized", "pull_landed", "pulls_sent", "pulling",
     "pull_terms", "pulls_due",
     "open_channel", "terms", "channel_status", "last_ack", "acks_owed", "has_paid", "bind_tunnel",

@@ -82,3 +82,42 @@ def test_deposit_refuses_an_a402vault_whose_own_constructor_preset_its_storage(
         assert balance(usdc, host.address) - before == 4_000  # Carol's deposit, taken
         assert balance(usdc, carol.address) == balance(usdc, fake.address) == 0
     assert refused, "a contract with preset storage passed every check"
+
+
+def test_a_pull_on_a_vault_with_a_payment_pending_still_waits_the_window(
+    vault_chain: Chain, usdc: Any, tmp_path: Any
+) -> None:
+    """879c3da: pulls and their checks wait for the scheduler's window, so that one
+    settlement carries many. But ``tick`` signs whenever ``totals["pending"]`` is non-zero,
+    and a paid call's payment stays pending until its deadline (an hour): on a vault that
+    served one call in the last hour, each pull asked (and each check) gets a settlement of
+    its own at the next tick, whatever the window. Here a client pays once, then Dave's
+    pull is authorized: before the fix a settlement carrying it was signed and landed at
+    once (the window is 60 s; nothing else is due). Now the tick asks for a settlement only
+    once a pending payment is past its deadline: the pull waits its window, then goes."""
+    from a402.vault.settlement_schedule import SchedulePolicy
+
+    from .accounts_setup import PRICE
+    from .test_service import Harness
+
+    h = Harness(vault_chain, usdc, tmp_path,
+                SchedulePolicy(window=60, jitter=0, min_participants=1, max_per_tx=10))
+    client = funded(vault_chain, usdc)
+    provider = h.vm.provider()
+    h.deposit(client.address, 10_000)
+    h.service.tick()  # confirms the deposit
+    cid, side, _ = h.open(client, provider, 5 * PRICE)
+    h.pay(cid, side, client, "one-call")
+    assert h.service.accounts.totals()["pending"] == PRICE  # until its deadline
+    epoch = h.contract.last_epoch()
+    dave = funded(vault_chain, usdc, 1_000, eth=0)
+    asked = h.service.prepare_pull(dave.address, 1_000)
+    pull = int(asked["pull"])
+    h.service.authorize_pull(dave.address, pull, h.contract.sign_pull(
+        dave, dave.address, 1_000, pull, int(asked["deadline"]), h.service.accounts.ledger))
+    t0 = __import__("time").time()
+    landed = h.service.tick(now=t0)  # the pull's first tick: inside its window
+    assert balance(usdc, dave.address) == 1_000 and h.contract.last_epoch() == epoch, (
+        f"{len(landed)} settlement(s) signed for one pull inside its window")
+    assert len(h.service.tick(now=t0 + 60)) == 1  # its window waited: made
+    assert h.contract.pulled(pull) and balance(usdc, dave.address) == 0

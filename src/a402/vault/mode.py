@@ -1256,9 +1256,13 @@ class VaultModeService:
                 self._take_keys(batch)
                 self._save_payouts()  # kept in the stored queue (in flight) until signed
         totals = self.accounts.totals()
-        if (batch is not None or totals["unconfirmed"] or totals["pending"]
-                or self.accounts.replacement_due or self._pulls_ripe(at)):
-            self._sign(batch)  # nothing_to_settle (payments not due yet): nothing signed
+        # a payment is pending for its whole claim window: only one past its deadline (by
+        # the chain's clock, which the signing reads) calls for a settlement (review
+        # s16-rev2-2: any pending one had every round sign, pulls never waited their window)
+        if (batch is not None or totals["unconfirmed"] or self.accounts.replacement_due
+                or (totals["pending"] and self.accounts.payments_due(self.chain_time()))
+                or self._pulls_ripe(at)):
+            self._sign(batch)  # nothing_to_settle (nothing else due): nothing signed
             self._pulls_since = None  # the pulls waiting went along; the next ones wait anew
         try:
             landed = self._land_quietly()
