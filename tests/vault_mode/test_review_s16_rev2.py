@@ -121,3 +121,35 @@ def test_a_pull_on_a_vault_with_a_payment_pending_still_waits_the_window(
         f"{len(landed)} settlement(s) signed for one pull inside its window")
     assert len(h.service.tick(now=t0 + 60)) == 1  # its window waited: made
     assert h.contract.pulled(pull) and balance(usdc, dave.address) == 0
+
+
+def test_pulls_past_max_pulls_go_in_the_next_round_not_a_window_later(
+    vault_chain: Chain, usdc: Any, tmp_path: Any
+) -> None:
+    """``MAX_PULLS`` + 2 pulls are authorized at once; after the window one settlement makes
+    ``MAX_PULLS`` of them. The two left over have waited the window already: they go in the
+    very next round's settlement (with the first ones' checks), not a whole window later
+    (before the fix every backlog of pulls moved ``MAX_PULLS`` a window: one a spammer of
+    1-unit pulls keeps full makes every honest pull wait, past its deadline)."""
+    from a402.vault.settlement_schedule import SchedulePolicy
+    from a402.vault_accounts import MAX_PULLS
+
+    from .test_service import Harness
+
+    h = Harness(vault_chain, usdc, tmp_path,
+                SchedulePolicy(window=60, jitter=0, min_participants=1, max_per_tx=10))
+    pulls = []
+    for _ in range(MAX_PULLS + 2):
+        who = funded(vault_chain, usdc, 10, eth=0)
+        asked = h.service.prepare_pull(who.address, 10)
+        pull = int(asked["pull"])
+        h.service.authorize_pull(who.address, pull, h.contract.sign_pull(
+            who, who.address, 10, pull, int(asked["deadline"]), h.service.accounts.ledger))
+        pulls.append(pull)
+    t0 = __import__("time").time()
+    assert h.service.tick(now=t0) == []
+    assert len(h.service.tick(now=t0 + 60)) == 1
+    assert sum(h.contract.pulled(p) for p in pulls) == MAX_PULLS
+    assert len(h.service.tick(now=t0 + 61)) == 1  # the next round: the two left
+    assert all(h.contract.pulled(p) for p in pulls)
+    assert balance(usdc, h.contract.address) == 10 * (MAX_PULLS + 2)

@@ -1263,7 +1263,11 @@ class VaultModeService:
                 or (totals["pending"] and self.accounts.payments_due(self.chain_time()))
                 or self._pulls_ripe(at)):
             self._sign(batch)  # nothing_to_settle (nothing else due): nothing signed
-            self._pulls_since = None  # the pulls waiting went along; the next ones wait anew
+            # the pulls waiting went along and the next ones wait anew; but pulls still due
+            # now are those past MAX_PULLS (none is reported made before landing, below):
+            # they have waited already and go in the next round's settlement, full itself
+            self._pulls_since = (at - self.config.schedule.window
+                                 if self.accounts.pulls_due else None)
         try:
             landed = self._land_quietly()
         finally:
