@@ -153,3 +153,32 @@ def test_pulls_past_max_pulls_go_in_the_next_round_not_a_window_later(
     assert len(h.service.tick(now=t0 + 61)) == 1  # the next round: the two left
     assert all(h.contract.pulled(p) for p in pulls)
     assert balance(usdc, h.contract.address) == 10 * (MAX_PULLS + 2)
+
+
+def test_deposit_says_nothing_moved_when_the_vault_names_an_a402vault_that_is_no_contract(
+    vault_chain: Chain, usdc: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """A vault whose /v1/info names an address with no code as its A402Vault: before the fix
+    ``a402 vault deposit`` died with web3's traceback; now it says nothing moved (exit 1)."""
+    import io
+
+    from a402.vault import mode_command
+
+    carol = funded(vault_chain, usdc, 4_000)
+    published = to_checksum("0x" + new_vault_key().address.hex())
+
+    class Named:  # the vault as deposit reads it: its info only
+        def __init__(self, flags: Any) -> None:
+            self.key = carol
+            self.info = {"vault": published, "a402Vault": to_checksum("0x" + "11" * 20)}
+
+    monkeypatch.setattr(mode_command, "_Vault", Named)
+    key_file = tmp_path / "carol.key"
+    key_file.write_text(carol.key.hex())
+    out, err = io.StringIO(), io.StringIO()
+    assert vault_chain.rpc_url is not None
+    code = mode_command.main(["deposit", "--rpc", vault_chain.rpc_url, "--key-file",
+                              str(key_file), "--amount", "4000", "--vault-address", published],
+                             out=out, err=err)
+    assert code == 1 and "nothing moved" in err.getvalue(), err.getvalue()
+    assert balance(usdc, carol.address) == 4_000

@@ -1,8 +1,9 @@
 """``a402 vault deposit|balance|statement|withdraw|settle-now|status``: a participant's and
 the operator's commands for a vault in vault mode (``a402 vault --mode vault``).
 
-    a402 vault deposit --rpc URL --key-file K --amount 5000000     # on-chain, no vault needed
-    a402 vault deposit --pull --rpc URL --key-file K --amount 5000000 --out st.json
+    a402 vault deposit --rpc URL --vault-address V --key-file K --amount 5000000
+                                          # on-chain, into the A402Vault of the vault V
+    a402 vault deposit --pull --rpc URL --vault-address V --key-file K --amount 5000000
                                           # pulled by the next settlement: no deposit tx
     a402 vault balance --key-file K                                # signed GET to the vault
     a402 vault statement --key-file K --out statement.json         # what the escape hatch takes
@@ -241,10 +242,18 @@ def _deposit(flags: ParticipantFlags, out: TextIO, err: TextIO) -> int:
                            "published address) so that the A402Vault its info names can be "
                            "checked before anything is signed, or --trust-vault-info to take "
                            "it unchecked")
+    from web3.exceptions import Web3Exception
+
     chain = connect(flags.rpc, [key.key])
-    contract = A402Vault(chain, vault.info["a402Vault"])
-    if flags.vault_address:
-        _check_vault(flags.vault_address, vault.info, contract)
+    named = vault.info.get("a402Vault")
+    try:
+        contract = A402Vault(chain, str(named))
+        if flags.vault_address:
+            _check_vault(flags.vault_address, vault.info, contract)
+    except (Web3Exception, ValueError) as e:  # not a contract with A402Vault's getters
+        raise CommandError(1, "unexpected_vault", f"nothing moved: the vault names {named} "
+                           f"as its A402Vault, which does not answer as one ({e}); nothing "
+                           "was signed") from None
     token = contract_at(chain, "TestUSDC", contract.token)
     if flags.pull:
         return _pull(flags, vault, contract, out)
