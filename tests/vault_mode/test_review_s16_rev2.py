@@ -182,3 +182,31 @@ def test_deposit_says_nothing_moved_when_the_vault_names_an_a402vault_that_is_no
                              out=out, err=err)
     assert code == 1 and "nothing moved" in err.getvalue(), err.getvalue()
     assert balance(usdc, carol.address) == 4_000
+
+
+def test_a_reorganisation_that_drops_a_pulls_settlement_sends_it_again_with_its_authorization(
+    vault_chain: Chain, usdc: Any, tmp_path: Any
+) -> None:
+    """Dave's pull lands in settlement 1; the chain then reorganises it away (anvil's
+    ``evm_revert`` to before it) before it is as deep as the host reads pulls at
+    (``confirmations``). The host sends settlement 1 again: before the fix its pull went with
+    no authorization (deleted at the first receipt) and was skipped, Dave's 1,000 never
+    pulled (he had to ask again); now the authorization is deleted only once the pull is
+    reported at that depth, and the pull is made."""
+    from .test_service import Harness
+
+    h = Harness(vault_chain, usdc, tmp_path, confirmations=3)
+    dave = funded(vault_chain, usdc, 1_000, eth=0)
+    asked = h.service.prepare_pull(dave.address, 1_000)
+    pull = int(asked["pull"])
+    h.service.authorize_pull(dave.address, pull, h.contract.sign_pull(
+        dave, dave.address, 1_000, pull, int(asked["deadline"]), h.service.accounts.ledger))
+    for _ in range(3):  # the contract as deep as the host reads it
+        vault_chain.w3.provider.make_request("evm_mine", [])
+    snapshot = vault_chain.w3.provider.make_request("evm_snapshot", [])["result"]
+    assert len(h.service.settle_now()) == 1 and h.contract.pulled(pull)
+    vault_chain.w3.provider.make_request("evm_revert", [snapshot])  # the reorganisation
+    assert h.contract.last_epoch() == 0 and balance(usdc, dave.address) == 1_000
+    assert len(h.service.land()) == 1  # settlement 1 again
+    assert h.contract.pulled(pull) and balance(usdc, dave.address) == 0
+    assert balance(usdc, h.contract.address) == 1_000

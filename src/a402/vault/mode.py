@@ -1220,9 +1220,15 @@ class VaultModeService:
         if not self.accounts.pulls_sent(self.accounts.epoch):
             return
         head = self._reported_head()
-        for pull in self.accounts.pulls_sent(self.contract.last_epoch(head)):
+        reported = self.accounts.pulls_sent(self.contract.last_epoch(head))
+        for pull in reported:
             made = self.contract.pulled(pull, head)
             self.change(partial(self.accounts.pull_landed, pull, made))
+        # a pull is tried in the one settlement that lands it (the next one checks it): its
+        # authorization is spent either way, once that settlement is as deep as this read
+        # (deleted at its receipt, a reorganisation that dropped it had it sent again with
+        # no authorization: the pull skipped, the participant to ask again)
+        self.store.delete_metas(PULL_INTENT_PREFIX + str(pull) for pull in reported)
 
     def _land_next(self, signed: SignedSettlement) -> Landed:
         # each pull with its participant's intent (none held: 65 zero bytes, and the
@@ -1238,10 +1244,6 @@ class VaultModeService:
         landed = Landed(signed.epoch, _hex(receipt["transactionHash"]),
                         len(unpack_payouts(signed.payouts)), int(receipt["blockNumber"]))
         self._record_landed(landed)
-        # a pull is tried in the one settlement that lands it (the next one checks it): its
-        # authorization is spent either way
-        self.store.delete_metas(PULL_INTENT_PREFIX + str(r.pull)
-                                for r in unpack_pulls(signed.pulls))
         return landed
 
     def tick(self, now: float | None = None) -> list[Landed]:
