@@ -12,19 +12,20 @@ A layer of its own, beside :mod:`a402.asc_manager` (README, "Layout"): above
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Protocol
 
 from eth_account.signers.local import LocalAccount
-from eth_typing import ChecksumAddress, Hash32
+from eth_typing import ChecksumAddress, Hash32, HexStr
 from web3.contract import Contract
 from web3.logs import DISCARD
 from web3.types import BlockIdentifier, TxReceipt
 
 from a402.chain.artifacts import load_artifact
 from a402.chain.node import Chain
-from a402.chain.tx import contract_at, deploy_contract, transact
+from a402.chain.tx import contract_at, transact
 from a402.crypto import PaymentDomain
 from a402.crypto.vault_messages import (
     NO_LEDGER,
@@ -45,9 +46,24 @@ from a402.evm.eip3009 import (
 )
 from a402.evm.keccak import keccak256
 
-#: The sender of :meth:`A402Vault.runs_this_release`'s simulated deployment: an address
-#: nobody holds a key for (so it never sent: its first CREATE address is known).
-_PROBE = "0x" + keccak256(b"a402/A402Vault/code-probe")[12:].hex()
+#: The deterministic deployment proxy (the CREATE2 factory anvil and most EVM chains hold at
+#: this address): called with ``salt ‖ init code`` it creates that contract at
+#: keccak256(0xff ‖ proxy ‖ salt ‖ keccak256(init code))[12:], so the address of an
+#: A402Vault deployed through it proves how it was created (:meth:`A402Vault.created_with`).
+CREATE2_PROXY = "0x4e59b44847b379578588920cA78FbF26c0B4956C"
+
+
+def _init_code(chain: Chain, token: str, vault_signer: str, settle_window: int) -> bytes:
+    """This release's A402Vault creation code with its constructor's arguments."""
+    artifact = load_artifact("A402Vault")
+    factory = chain.w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
+    data = factory.constructor(to_checksum(token), to_checksum(vault_signer),
+                               settle_window).data_in_transaction
+    return bytes.fromhex(data.removeprefix("0x"))
+
+
+def _create2_address(salt: bytes, init: bytes) -> bytes:
+    return keccak256(b"\xff" + bytes.fromhex(CREATE2_PROXY[2:]) + salt + keccak256(init))[12:]
 
 
 class AccountStatus(IntEnum):
@@ -145,36 +161,36 @@ class A402Vault:
         self.vault_signer: str = self.contract.functions.vaultSigner().call()
         self.settle_window: int = int(self.contract.functions.settleWindow().call())
         self._token_domain: bytes | None = None
+        #: The CREATE2 salt it was deployed with, when this process deployed it (:meth:`deploy`).
+        self.salt: bytes | None = None
 
     @classmethod
     def deploy(cls, chain: Chain, account: LocalAccount, token: str, vault_signer: str,
-               settle_window: int) -> A402Vault:
-        contract = deploy_contract(chain, account, "A402Vault", token,
-                                   to_checksum(vault_signer), settle_window)
-        return cls(chain, contract.address)
+               settle_window: int, *, salt: bytes | None = None) -> A402Vault:
+        """Deployed by ``account`` through :data:`CREATE2_PROXY` with ``salt`` (default: a
+        random one, kept as :attr:`salt`): publish the salt with the address, and a
+        participant can check how it was created (:meth:`created_with`)."""
+        salt = os.urandom(32) if salt is None else salt
+        init = _init_code(chain, token, vault_signer, settle_window)
+        transact(chain, account, {"to": chain.w3.to_checksum_address(CREATE2_PROXY),
+                                  "data": HexStr("0x" + (salt + init).hex())})
+        vault = cls(chain, to_checksum(_create2_address(salt, init)))
+        vault.salt = salt
+        return vault
 
-    def runs_this_release(self) -> bool:
-        """Whether the code at this address is, byte for byte, the A402Vault this package
-        compiled, deployed for the token, vault key and window its getters name. That
-        creation code, run by ``eth_call`` with those arguments (nothing is sent) from an
-        account that never sent, gives the runtime code the contract would have at that
-        account's first CREATE address; the only words that depend on the address (the
-        EIP-712 domain's cached address and separator) are put back for this one, and the
-        result must equal the code found here. So no look-alike contract passes, whatever its
-        getters answer (a participant about to sign money over to it checks this)."""
-        w3 = self.chain.w3
-        artifact = load_artifact("A402Vault")
-        factory = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
-        created = factory.constructor(self.token, self.vault_signer,
-                                      self.settle_window).data_in_transaction
-        probe = w3.to_checksum_address(_PROBE)
-        if w3.eth.get_transaction_count(probe):
-            return False  # its CREATE address would need its nonce: nobody holds its key
-        simulated = bytes(w3.eth.call({"from": probe, "data": created}))
-        at = keccak256(b"\xd6\x94" + bytes.fromhex(_PROBE[2:]) + b"\x80")[12:]  # nonce 0
-        expected = simulated.replace(at, bytes.fromhex(self.address[2:])).replace(
-            PaymentDomain(self.chain.chain_id, at).separator, self.domain.separator)
-        return expected == bytes(w3.eth.get_code(self.address))
+    def created_with(self, salt: bytes) -> bool:
+        """Whether this contract is the one :data:`CREATE2_PROXY` creates with ``salt`` from
+        this release's A402Vault init code for the token, vault key and window its getters
+        name (and holds code): then its address can only be that creation's, so the
+        constructor that ran is this release's — its code is A402Vault's and its storage was
+        set by nothing but A402Vault's own rules (review s16-rev2-1: equal runtime code alone
+        says nothing of storage a constructor of the host's could have preset). A participant
+        about to sign money over to it checks this (``a402 vault deposit``)."""
+        if len(salt) != 32:
+            return False
+        init = _init_code(self.chain, self.token, self.vault_signer, self.settle_window)
+        return (_create2_address(salt, init) == bytes.fromhex(self.address[2:])
+                and bool(self.chain.w3.eth.get_code(self.address)))
 
     # -- deposits ----------------------------------------------------------------
 

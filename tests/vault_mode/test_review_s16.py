@@ -184,8 +184,9 @@ def test_deposit_refuses_a_vault_whose_info_or_a402vault_is_not_the_one_expected
     pulled Carol's 4,000 and paid them to itself (played on anvil in this test's first
     version). Now ``a402 vault deposit`` needs the vault's published address
     (``--vault-address``) and, before it signs or sends anything, checks that the info names
-    it, that the A402Vault pays only on its signatures, and that the A402Vault runs this
-    release's code (a look-alike's getters may say anything)."""
+    it, that the A402Vault pays only on its signatures, and that this release's constructor
+    created the A402Vault (its CREATE2 address with the salt the info publishes; a
+    look-alike's getters may say anything)."""
     from a402.vault.mode_command import CommandError, _check_vault
     from a402.vault_contract import A402Vault
 
@@ -197,17 +198,22 @@ def test_deposit_refuses_a_vault_whose_info_or_a402vault_is_not_the_one_expected
                                "0x" + published.address.hex(), SETTLE_WINDOW)
     hosts = A402Vault.deploy(vault_chain, deployer, usdc.address,
                              "0x" + host_key.address.hex(), SETTLE_WINDOW)
+    assert genuine.salt is not None and hosts.salt is not None
     expected = "0x" + published.address.hex()
-    _check_vault(expected, {"vault": expected}, genuine)  # the one expected: no refusal
+    salt = "0x" + genuine.salt.hex()
+    _check_vault(expected, {"vault": expected, "a402VaultSalt": salt}, genuine)  # no refusal
     lookalike = A402Vault(vault_chain, genuine.address)
-    lookalike.settle_window += 1  # getters that answer what its code does not hold
-    for info, contract in (({"vault": "0x" + host_key.address.hex()}, hosts),
-                           ({"vault": expected}, hosts), ({"vault": expected}, lookalike)):
+    lookalike.settle_window += 1  # getters that answer what its creation did not hold
+    for info, contract in (
+            ({"vault": "0x" + host_key.address.hex(), "a402VaultSalt": salt}, hosts),
+            ({"vault": expected, "a402VaultSalt": "0x" + hosts.salt.hex()}, hosts),
+            ({"vault": expected, "a402VaultSalt": salt}, lookalike),
+            ({"vault": expected, "a402VaultSalt": "0x" + bytes(32).hex()}, genuine),
+            ({"vault": expected}, genuine)):  # no salt published: nothing to check it by
         with pytest.raises(CommandError) as refused:
             _check_vault(expected, info, contract)
         assert refused.value.reason == "unexpected_vault"
         assert refused.value.message.startswith("nothing moved")
-    assert genuine.runs_this_release() and not lookalike.runs_this_release()
 
 
 def test_deposit_pull_signs_no_authorization_that_holds_longer_than_a_week(

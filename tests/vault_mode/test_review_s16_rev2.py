@@ -29,19 +29,18 @@ def _push32(value: int) -> bytes:
     return b"\x7f" + value.to_bytes(32, "big")
 
 
-@pytest.mark.xfail(strict=True, reason="review s16-rev2-1: runs_this_release checks the "
-                   "runtime code only; a constructor of the host's may preset any storage")
 def test_deposit_refuses_an_a402vault_whose_own_constructor_preset_its_storage(
     vault_chain: Chain, usdc: Any
 ) -> None:
     """A host deploys, with creation code of its own, a contract whose runtime code is byte
     for byte this release's A402Vault for the token, the vault's published key and window
-    (so the getters and ``runs_this_release`` hold), but whose constructor first wrote
+    (the getters and the runtime code hold), but whose constructor first wrote
     ``owed[host] = totalOwed = 10^12``. Its /v1/info names it and the published key: every
     check ``a402 vault deposit --vault-address`` makes passes. Carol deposits 4,000; the host
-    withdraws them by ``withdrawWithSignature`` (no enclave signature needed). Code equality
-    says nothing of storage: the check must prove the contract's creation (e.g. its deploy
-    transaction's input, or a CREATE2 address over the expected init code)."""
+    withdraws them by ``withdrawWithSignature`` (no enclave signature needed): equal code
+    says nothing of storage. Fixed: the check proves the contract's creation (its CREATE2
+    address over this release's init code, with the salt the vault publishes), which this
+    contract's address is not, whatever salt the host names."""
     from a402.vault.mode_command import CommandError, _check_vault
 
     host = funded(vault_chain, usdc)
@@ -63,7 +62,8 @@ def test_deposit_refuses_an_a402vault_whose_own_constructor_preset_its_storage(
     receipt = transact(vault_chain, host, {"data": "0x" + init.hex()})
     fake = A402Vault(vault_chain, receipt["contractAddress"])
     assert int(fake.contract.functions.owed(host.address).call()) == preset
-    info = {"vault": published, "a402Vault": fake.address}
+    assert bytes(vault_chain.w3.eth.get_code(fake.address)) == runtime
+    info = {"vault": published, "a402Vault": fake.address, "a402VaultSalt": "0x" + "11" * 32}
     refused = False
     try:
         _check_vault(published, info, fake)

@@ -63,7 +63,7 @@ class Harness:
     def start(self) -> VaultModeService:
         return VaultModeService(VaultModeConfig(
             chain=self.chain, account=self.operator, contract=self.contract.address,
-            store=VaultStore(self.url), enclave=self.enclave,
+            contract_salt=self.contract.salt, store=VaultStore(self.url), enclave=self.enclave,
             schedule=self.schedule, confirmations=self.confirmations,
             rng=random.Random(7), poll_interval=0.2))
 

@@ -309,18 +309,27 @@ def _run_vault_mode(args: argparse.Namespace, where: ChainOptions, serve: ServeO
     enclave = vault_enclave(platform, measurement, store)
     recorded = store.get_meta(_A402_VAULT)
     address = mode.a402_vault or (recorded.decode() if recorded else None)
+    salted = store.get_meta(_A402_VAULT_SALT)
+    try:
+        salt = (bytes.fromhex(mode.a402_vault_salt.removeprefix("0x")) if mode.a402_vault_salt
+                else salted if salted and not mode.a402_vault else None)
+    except ValueError:
+        return fail("--a402-vault-salt: not hex")
     if address is None and manifest is not None and not mode.deploy_a402_vault:
         address = manifest.contracts.get("A402Vault")
     if address is None and mode.deploy_a402_vault:
         if manifest is None:
             return fail("--deploy-a402-vault needs --manifest (for the token)")
-        address = _deploy_a402_vault(chain, account, manifest.token.address, enclave)
-        store.put_meta(_A402_VAULT, address.encode(), only_if_absent=True)
+        deployed = _deploy_a402_vault(chain, account, manifest.token.address, enclave)
+        address, salt = deployed.address, deployed.salt
+        assert salt is not None
+        store.put_metas({_A402_VAULT_SALT: salt, _A402_VAULT: address.encode()})
     if address is None:
         return fail("vault mode: give --a402-vault (an A402Vault whose vault signer is this "
                     "enclave's key), or --deploy-a402-vault on a development chain")
     config = VaultModeConfig(
-        chain=chain, account=account, contract=address, store=store, enclave=enclave,
+        chain=chain, account=account, contract=address, contract_salt=salt, store=store,
+        enclave=enclave,
         schedule=schedule, poll_interval=from_args(Timing, args).poll_interval,
         auth_window=from_args(Timing, args).auth_window,
         lock_timeout=from_args(Timing, args).lock_timeout, confirmations=mode.confirmations)
@@ -368,18 +377,20 @@ def _run_vault_mode(args: argparse.Namespace, where: ChainOptions, serve: ServeO
 
 
 _A402_VAULT = "vault-mode/a402-vault"
+_A402_VAULT_SALT = "vault-mode/a402-vault-salt"
 
 
-def _deploy_a402_vault(chain: Any, account: Any, token: str, enclave: Any) -> str:
+def _deploy_a402_vault(chain: Any, account: Any, token: str, enclave: Any) -> Any:
     """An A402Vault on ``token`` whose vault signer is ``enclave``'s key, deployed by the gas
-    key (development chains; force-settles wait one hour)."""
+    key through the CREATE2 proxy (its salt published in /v1/info; development chains;
+    force-settles wait one hour)."""
     from coincurve import PublicKey
 
     from a402.evm.ecdsa import public_key_address
     from a402.vault_contract import A402Vault
 
     signer = "0x" + public_key_address(PublicKey(enclave.signing_public_key)).hex()
-    return str(A402Vault.deploy(chain, account, token, signer, 3_600).address)
+    return A402Vault.deploy(chain, account, token, signer, 3_600)
 
 
 def _exit_on_lost(why: str) -> None:

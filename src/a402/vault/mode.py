@@ -176,6 +176,10 @@ class VaultModeConfig:
     chain: Chain
     account: LocalAccount
     contract: str
+    #: The CREATE2 salt ``contract`` was deployed with (:meth:`~a402.vault_contract.
+    #: A402Vault.deploy`), published in ``/v1/info`` so that a participant can check how it
+    #: was created before depositing (None: unknown, not published).
+    contract_salt: bytes | None = None
     store: VaultStore
     enclave: Enclave
     schedule: SchedulePolicy = field(default_factory=SchedulePolicy)
@@ -722,6 +726,8 @@ class VaultModeService:
             ).functions.decimals().call())
         return {"vault": self.address, "mode": "vault", "network": self.chain.network,
                 "chainId": self.chain.chain_id, "a402Vault": self.contract.address,
+                **({"a402VaultSalt": "0x" + self.config.contract_salt.hex()}
+                   if self.config.contract_salt else {}),
                 "token": {"address": self.contract.token, "decimals": self._decimals},
                 "settleWindow": self.contract.settle_window,
                 "life": self.accounts.life_id, "ledger": "0x" + self.accounts.ledger.hex(),

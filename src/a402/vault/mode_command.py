@@ -77,7 +77,8 @@ class ParticipantFlags:
         None, metavar="ADDRESS",
         help="deposit: the vault's published address (its enclave's key, checked against its "
              "attestation out of band); the vault's GET /v1/info and its A402Vault must name "
-             "it before anything is signed or sent")
+             "it, and the A402Vault must be one this release created, before anything is "
+             "signed or sent (read through --rpc: use a node you trust)")
     trust_vault_info: bool = setting(False, help="deposit: take the A402Vault and the key the "
                                                  "vault's GET /v1/info names unchecked")
 
@@ -288,8 +289,12 @@ def _check_vault(expected: str, info: dict[str, Any], contract: Any) -> None:
     name an A402Vault of its own whose key is a plain key it holds, then sign a statement
     for a pull with it and take the money pulled. So before a deposit signs or sends
     anything: the info names the vault the participant expects, the A402Vault it names
-    pays only on that key's signatures, and it runs this release's A402Vault code (no
-    look-alike with other rules: :meth:`~a402.vault_contract.A402Vault.runs_this_release`)."""
+    pays only on that key's signatures, and that A402Vault was created by this release's
+    constructor (its address is the CREATE2 address of that creation with the salt the
+    info publishes: :meth:`~a402.vault_contract.A402Vault.created_with`) — neither a
+    look-alike with other rules nor this code over storage a constructor of the host's
+    preset (review s16-rev2-1). The chain is read through ``--rpc``: the node must be one
+    the participant trusts."""
     want = expected.lower()
     named = str(info.get("vault", "")).lower()
     if named != want:
@@ -299,9 +304,14 @@ def _check_vault(expected: str, info: dict[str, Any], contract: Any) -> None:
         raise CommandError(1, "unexpected_vault", "nothing moved: the A402Vault at "
                            f"{contract.address} pays on {contract.vault_signer}'s signatures, "
                            f"not the vault's {expected}; nothing was signed")
-    if not contract.runs_this_release():
+    try:
+        salt = bytes.fromhex(str(info.get("a402VaultSalt", "")).removeprefix("0x"))
+    except ValueError:
+        salt = b""
+    if not contract.created_with(salt):
         raise CommandError(1, "unexpected_vault", "nothing moved: the contract at "
-                           f"{contract.address} is not this release's A402Vault; nothing was "
+                           f"{contract.address} is not an A402Vault this release created with "
+                           "the salt the vault publishes (or it publishes none); nothing was "
                            "signed")
 
 

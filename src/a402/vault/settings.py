@@ -118,6 +118,10 @@ class Mode:
     a402_vault: str | None = setting(None, metavar="ADDRESS",
                                      help="vault mode: the A402Vault whose vault signer is "
                                           "this enclave's key (default: the manifest's)")
+    a402_vault_salt: str | None = setting(
+        None, metavar="HEX", help="vault mode: the CREATE2 salt --a402-vault was deployed with "
+                                  "(published in /v1/info: participants check the contract's "
+                                  "creation with it before they deposit)")
     deploy_a402_vault: bool = setting(
         False, help="vault mode, development chains: deploy an A402Vault for this enclave's "
                     "key on the manifest's token at first start (then reused from the "
