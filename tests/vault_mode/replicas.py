@@ -173,7 +173,7 @@ def two_replicas(chain: Chain, usdc: Any, db: str, tmp: Path, *, ttl: float = 3.
     try:
         store.claim_for(gas.address)
         enclave = vault_enclave(load_platform(platform), measurement, store)
-        address = _deploy_a402_vault(chain, gas, usdc.address, enclave)
+        address = _deploy_a402_vault(chain, gas, usdc.address, enclave).address
     finally:
         store.close()
     replicas = [Replica(chain, gas, db, address, tmp, platform, f"replica{i}", ttl=ttl,

@@ -36,12 +36,15 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from a402.settings import add_flags, chain_data_default, chain_data_url, from_args, setting
 from a402.vault.settings import Batching, Connections, Deposits, Mode, Timing
 
 DEFAULT_PLATFORM = ".a402/vault-platform.json"
+
+if TYPE_CHECKING:
+    from a402.vault_contract import A402Vault
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -380,7 +383,7 @@ _A402_VAULT = "vault-mode/a402-vault"
 _A402_VAULT_SALT = "vault-mode/a402-vault-salt"
 
 
-def _deploy_a402_vault(chain: Any, account: Any, token: str, enclave: Any) -> Any:
+def _deploy_a402_vault(chain: Any, account: Any, token: str, enclave: Any) -> A402Vault:
     """An A402Vault on ``token`` whose vault signer is ``enclave``'s key, deployed by the gas
     key through the CREATE2 proxy (its salt published in /v1/info; development chains;
     force-settles wait one hour)."""
