@@ -191,7 +191,7 @@ def create_mode_app(service: VaultModeService, *, worker: bool = True,
                 signature = b""
             if not signature:
                 raise VaultModeError(400, "bad_request", "nothing was queued: signature is the "
-                                     "intent's 65-byte signature, in hex")
+                                     "pull's EIP-3009 authorization (65 bytes, in hex)")
             return 202, await _thread(service.authorize_pull, signed.client, pull_id, signature)
         return await answer(request, h)
 
