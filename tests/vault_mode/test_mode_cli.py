@@ -252,3 +252,42 @@ def test_with_the_vault_stopped_a402_vault_exit_pays_each_side_its_statement(
     assert code == 0 and out.startswith(f"3000 paid out to {provider.address}")
     assert h.paid_to(client.address) == 6_000 and h.paid_to(provider.address) == 3_000
     assert balance(usdc, h.contract.address) == 0
+
+
+def test_a_statement_not_signed_by_the_vaults_key_for_this_participant_is_never_saved(
+) -> None:
+    """``a402 vault statement`` saves what ``exit`` will present: only a statement of this
+    participant signed by the key the vault names (with ``--vault-address``, the key
+    expected), for its A402Vault and ledger life; anything else says nothing was saved."""
+    from eth_account import Account
+
+    from a402.crypto import PaymentDomain
+    from a402.crypto.vault_messages import BalanceStatement, statement_digest
+    from a402.vault.mode import statement_json
+    from a402.vault.mode_command import CommandError, _checked_statement
+    from a402.vault_accounts import SignedStatement
+
+    from .helpers import new_vault_key
+
+    vault_key, other = new_vault_key(), new_vault_key()
+    carol, a402_vault = Account.create(), Account.create().address
+    ledger = bytes(range(16))
+    st = BalanceStatement(carol.address, 3, 4_000, 0, 2, 5, 0, 0, 0)
+    digest = statement_digest(PaymentDomain(31337, a402_vault), st, ledger)
+
+    def info(key: Any) -> dict[str, Any]:
+        return {"vault": "0x" + key.address.hex(), "chainId": 31337, "a402Vault": a402_vault,
+                "ledger": "0x" + ledger.hex()}
+    raw = statement_json(SignedStatement(st, vault_key.sign_digest(digest)))
+    kept = _checked_statement(raw, info(vault_key), carol.address,
+                              "0x" + vault_key.address.hex())
+    assert kept["a402Vault"] == a402_vault and kept["balance"] == "4000"
+    forged = statement_json(SignedStatement(st, other.sign_digest(digest)))
+    for args in ((forged, info(vault_key), carol.address, None),        # another key signed
+                 (raw, info(other), carol.address, None),               # the info names another
+                 (raw, info(vault_key), Account.create().address, None),  # not this participant
+                 (raw, info(vault_key), carol.address, "0x" + other.address.hex()),  # unexpected
+                 ({"balance": "1"}, info(vault_key), carol.address, None)):  # malformed
+        with pytest.raises(CommandError) as refused:
+            _checked_statement(*args)
+        assert refused.value.message.startswith("nothing saved")

@@ -75,10 +75,11 @@ class ParticipantFlags:
                                           "file's, else the vault's GET /v1/info)")
     vault_address: str | None = setting(
         None, metavar="ADDRESS",
-        help="deposit: the vault's published address (its enclave's key, checked against its "
-             "attestation out of band); the vault's GET /v1/info and its A402Vault must name "
-             "it, and the A402Vault must be one this release created, before anything is "
-             "signed or sent (read through --rpc: use a node you trust)")
+        help="deposit, statement: the vault's published address (its enclave's key, checked "
+             "against its attestation out of band); deposit: the vault's GET /v1/info and its "
+             "A402Vault must name it, and the A402Vault must be one this release created, "
+             "before anything is signed or sent (read through --rpc: use a node you trust); "
+             "statement: the statement must be signed by it")
     trust_vault_info: bool = setting(False, help="deposit: take the A402Vault and the key the "
                                                  "vault's GET /v1/info names unchecked")
 
@@ -382,9 +383,41 @@ def _balance(flags: ParticipantFlags, out: TextIO, _: TextIO) -> int:
                       b["payoutRequested"], b["owedOnChain"])]), b)
 
 
+def _checked_statement(raw: Any, info: dict[str, Any], participant: str,
+                       expected: str | None) -> dict[str, Any]:
+    """The statement the vault answered, with its A402Vault, once it is checked to be this
+    participant's and signed by the key the vault names (with ``--vault-address``: the key
+    expected) for that A402Vault and ledger life: what ``exit`` would present (a statement
+    that is not is never saved as one's exit)."""
+    from a402.crypto import PaymentDomain
+    from a402.crypto.authorization import recover_signer
+    from a402.crypto.vault_messages import statement_digest
+    from a402.vault.mode import statement_from_json
+
+    key = str(info.get("vault", "")).lower()
+    if expected is not None and key != expected.lower():
+        raise CommandError(1, "unexpected_vault", f"nothing saved: the vault names its key "
+                           f"{key}, not the expected {expected}")
+    try:
+        signed = statement_from_json(raw)
+        domain = PaymentDomain(int(info["chainId"]), str(info["a402Vault"]))
+        ledger = bytes.fromhex(str(info["ledger"]).removeprefix("0x"))
+        signer = recover_signer(statement_digest(domain, signed.statement, ledger),
+                                signed.signature)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CommandError(1, "bad_statement", f"nothing saved: the vault's statement is "
+                           f"malformed ({e!r})") from None
+    if (signed.statement.participant.lower() != participant.lower()
+            or signer is None or "0x" + signer.hex() != key):
+        raise CommandError(1, "bad_statement", "nothing saved: the vault's statement is not "
+                           f"signed by its key {key} for {participant}")
+    return {**raw, "a402Vault": info["a402Vault"]}
+
+
 def _statement(flags: ParticipantFlags, out: TextIO, _: TextIO) -> int:
     vault = _Vault(flags)
-    s = {**vault.get("/v1/vault/statement"), "a402Vault": vault.info["a402Vault"]}
+    s = _checked_statement(vault.get("/v1/vault/statement"), vault.info, vault.key.address,
+                           flags.vault_address)
     if flags.out:
         try:
             with open(flags.out, "w") as f:
@@ -392,7 +425,8 @@ def _statement(flags: ParticipantFlags, out: TextIO, _: TextIO) -> int:
         except OSError as e:
             raise CommandError(2, "usage", f"cannot write {flags.out}: {e}") from None
     return _say(flags, out, f"your latest statement: {s['balance']} free + {s['locked']} locked,"
-                " signed by the vault's enclave (force-settle with it if the vault goes dark)\n"
+                f" signed by the vault's key {vault.info['vault']} (force-settle with it if the "
+                "vault goes dark)\n"
                 + table(("participant", "index", "balance", "locked", "epoch", "nonce"),
                         [(s["participant"], s["index"], s["balance"], s["locked"], s["epoch"],
                           s["nonce"])]), s)
