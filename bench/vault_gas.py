@@ -59,6 +59,7 @@ from eth_account.signers.local import LocalAccount
 from web3.types import RPCEndpoint
 
 from a402.chain.node import Chain, start_anvil
+from a402.chain.receipts import receipt_proof
 from a402.chain.tx import deploy_contract, transact
 from a402.crypto import (
     EVM,
@@ -190,15 +191,11 @@ def measure_entry_points(b: Bench) -> dict[str, int]:
     gas["deposit (first, for a new participant)"] = int(
         vault.deposit(depositor, depositor.address, 1_000)["gasUsed"])
     gas["deposit (later)"] = int(vault.deposit(depositor, depositor.address, 1_000_000)["gasUsed"])
-    gas["plain token transfer to the vault (not credited)"] = int(transact(
-        chain, depositor, b.token.functions.transfer(vault.address, 1_000_000))["gasUsed"])
-    gasless = b.funded(10**9, eth=0)
-    now = int(chain.w3.eth.get_block("latest")["timestamp"])
-    auth = vault.sign_deposit_authorization(gasless, gasless.address, 1_000_000, os.urandom(32),
-                                            token_name=TOKEN_NAME, token_version=TOKEN_VERSION,
-                                            valid_after=0, valid_before=now + 3_600)
-    gas["depositWithAuthorization (gasless)"] = int(
-        vault.deposit_with_authorization(b.gas_payer, auth)["gasUsed"])
+    plain = transact(chain, depositor, b.token.functions.transfer(vault.address, 1_000_000))
+    gas["plain token transfer to the vault (not credited)"] = int(plain["gasUsed"])
+    chain.w3.provider.make_request(RPCEndpoint("evm_mine"), [])  # BLOCKHASH needs a later block
+    gas["proveTransfer (that transfer, for its sender's exit)"] = int(vault.prove_transfer(
+        b.gas_payer, receipt_proof(chain, plain["transactionHash"], 0))["gasUsed"])
 
     # Force-settle: init with an older statement, the watchtower's challenge, final; then the
     # same for statements that count an unconfirmed pull (one never made: its bit is clear).
@@ -336,8 +333,6 @@ def measure(chain: Chain, sizes: tuple[int, ...] = BATCH_SIZES) -> dict[str, Any
     lifecycle = {
         "first deposit + share of a settlement confirming it": life["lifecycle"],
         "later deposit + share of a settlement confirming it": gas["deposit (later)"] + share,
-        "gasless deposit + share of a settlement confirming it":
-            gas["depositWithAuthorization (gasless)"] + share,
         "(reference) plain transfer + share of a first settlement":
             gas["plain token transfer to the vault (not credited)"] + batch["first_per_payee"],
         f"pull: share of the settlements making 100 pulls ({MAX_PULLS} each)":

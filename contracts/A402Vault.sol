@@ -10,13 +10,16 @@ import {SignatureChecker} from "@openzeppelin/contracts/utils/cryptography/Signa
 import {A402Message} from "./A402Message.sol";
 import {Schnorr} from "./SchnorrVerifier.sol";
 import {IERC3009Receive} from "./ASCManager.sol";
+import {TransferProver} from "./TransferProver.sol";
 
 /// @title A402Vault: the Liquidity Vault, vault mode (A402 paper §4.3, Alg. 3, §6.2)
 /// @notice Participants (clients and providers) fund one pool; channels open and close inside
 ///         the vault's enclave with no transaction; the chain sees deposits and aggregated
 ///         settlements only, and every participant has an exit that does not need the vault:
-///         * `deposit` / `depositWithAuthorization` (the paper's initVault): anyone credits a
+///         * `deposit` (the paper's initVault): anyone credits a
 ///           participant; the contract keeps each participant's cumulative `deposited`;
+///         * `proveTransfer`: a plain token transfer to the contract is its sender's, paid back
+///           in its exit ("Plain transfers");
 ///         * `settle` (settleVault): many payouts in one transaction, from a compact encoding,
 ///           authorised only by the vault key's signature; it also pulls deposits that
 ///           participants signed intents for (one approval each, then no transaction of theirs:
@@ -157,6 +160,17 @@ import {IERC3009Receive} from "./ASCManager.sol";
 ///        reverts (`InsufficientGas`);
 ///      * exits: a frozen participant's pulls are skipped, so once its exit started its bits no
 ///        longer change and `finalForceSettle` reads the same answer `initForceSettle` could.
+///
+///      Plain transfers. A token `transfer` straight to this contract (no function of it
+///      called) is money no record of this contract names and no statement counts: the
+///      enclave credits none. It stays its sender's: `proveTransfer` (anyone sends it, within
+///      8,191 blocks of the transfer: the window the chain keeps block hashes for) records it
+///      for the sender from a receipt proof (`TransferProver`: the receipt of a successful
+///      transaction of one of those blocks, the token's Transfer log to this contract, and no
+///      log of this contract in it, so the transfers `deposit` and the pulls of `settle` make
+///      are never counted twice), once per log; the sender's force-settle adds the sum
+///      (`transferred`), and a sender whose exit is final is paid at once. Solvency: the
+///      money is in the pool and no ledger counts it, so paying it back takes nobody's.
 ///
 ///      Pending payments and claims. A vault-mode channel is A402VaultChannel(client, provider,
 ///      providerKey, capacity, salt), its id the EIP-712 hash. With σ_U for δ of `requestId`
@@ -303,14 +317,6 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     }
 
     /// @notice An EIP-3009 `receiveWithAuthorization` signature's validity and (v, r, s).
-    struct ReceiveAuthorization {
-        uint256 validAfter;
-        uint256 validBefore;
-        uint8 v;
-        bytes32 r;
-        bytes32 s;
-    }
-
     /// @notice A participant's force-settle: the recorded statement, its deadline, and what
     ///         claims on it come off its payout.
     ///         `pull`/`pulling` are the statement's unconfirmed pull: `pulling` comes off the
@@ -339,6 +345,7 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     struct Participant {
         uint96 deposited;
         Status status;
+        uint128 transferred;
     }
 
     enum Status {
@@ -360,8 +367,6 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         keccak256(
         "A402VaultPending(bytes32 channelId,uint256 requestId,uint64 clientNonce,uint64 epoch,uint64 deadline,bytes16 ledger)"
     );
-    bytes32 public constant DEPOSIT_TYPEHASH =
-        keccak256("A402VaultDeposit(address participant,uint256 amount,bytes32 salt)");
     bytes32 public constant PULL_TYPEHASH = keccak256("A402VaultPull(uint32 pull,bytes16 ledger)");
     bytes32 public constant EXIT_TYPEHASH = keccak256("A402VaultExit(address participant,bytes32 statement)");
     bytes32 public constant WITHDRAWAL_TYPEHASH = keccak256(
@@ -379,6 +384,8 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     address public immutable vaultSigner;
     /// @notice Δ_settle: how long a force-settle stays open to challenges, in seconds.
     uint256 public immutable settleWindow;
+    /// @notice Checks the receipt proofs of plain transfers (`proveTransfer`).
+    TransferProver public immutable transferProver;
 
     /// @notice The epoch of the last settlement (0: none yet).
     uint64 public lastEpoch;
@@ -409,6 +416,8 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
 
     /// @notice Payouts the token refused to transfer when due, by receiver.
     mapping(address account => uint256 amount) public owed;
+    /// @notice Plain transfers `proveTransfer` counted, by position (see "Plain transfers").
+    mapping(uint256 position => bool) public transferProven;
     /// @notice The next nonce of each account's signed withdrawal order.
     mapping(address account => uint256 nonce) public withdrawalNonces;
 
@@ -449,6 +458,7 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     );
     event PayoutCredited(address indexed account, uint256 amount);
     event Withdrawn(address indexed account, address indexed to, uint256 amount);
+    event TransferProven(address indexed from, uint256 amount, uint256 position);
 
     error InvalidTerms();
     error BadSignature(address signer);
@@ -493,6 +503,8 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     error WrongLedger(bytes16 ledger, bytes16 pinned);
     /// @notice A landed settlement already made this pull (each pull id is made at most once).
     error PullRepeated(uint32 pull);
+    /// @notice This plain transfer was proven already.
+    error TransferAlreadyProven(uint256 position);
     /// @notice The settlement's pull checks say this pull was made; its bit is clear.
     error PullNotMade(uint32 pull);
     /// @notice The settlement's pull checks say this pull was not made; its bit is set.
@@ -500,14 +512,17 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     /// @notice Too little gas left to give a pull its `PULL_GAS`.
     error InsufficientGas();
 
-    constructor(IERC20 token_, address vaultSigner_, uint256 settleWindow_) EIP712("A402", "1") {
+    constructor(IERC20 token_, address vaultSigner_, uint256 settleWindow_, TransferProver transferProver_)
+        EIP712("A402", "1")
+    {
         if (
             address(token_).code.length == 0 || vaultSigner_ == address(0) || settleWindow_ == 0
-                || settleWindow_ > 365 days
+                || settleWindow_ > 365 days || address(transferProver_).code.length == 0
         ) revert InvalidTerms();
         token = token_;
         vaultSigner = vaultSigner_;
         settleWindow = settleWindow_;
+        transferProver = transferProver_;
     }
 
     // --------------------------------------------------------------- deposits
@@ -522,25 +537,25 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         _recordDeposit(part, participant, amount);
     }
 
-    /// @notice Credit `participant` with `amount` moved from `from` by EIP-3009
-    ///         `receiveWithAuthorization` (gasless for `from`; anyone submits). The
-    ///         authorization's nonce is `depositNonce(participant, amount, salt)`, so `from`'s
-    ///         one signature fixes who is credited and how much, once.
-    function depositWithAuthorization(
-        address participant,
-        address from,
-        uint256 amount,
-        bytes32 salt,
-        ReceiveAuthorization calldata auth
-    ) external nonReentrant {
-        Participant storage part = _checkDeposit(participant, amount);
-        bytes32 nonce = depositNonce(participant, amount, salt);
-        uint256 before = token.balanceOf(address(this));
-        IERC3009Receive(address(token)).receiveWithAuthorization(
-            from, address(this), amount, auth.validAfter, auth.validBefore, nonce, auth.v, auth.r, auth.s
-        );
-        _checkReceived(before, amount);
-        _recordDeposit(part, participant, amount);
+    /// @notice Record a plain `transfer` of the token to this contract (see "Plain
+    ///         transfers"), proven by `transferProver` from a receipt proof against one of the
+    ///         last 8,191 blocks: its sender's exit pays it back (once the sender's exit is
+    ///         final: paid now). Anyone may send it; each transfer counts once.
+    ///         `receiptProof`: see `TransferProver.provenTransfer`.
+    function proveTransfer(bytes calldata receiptProof) external nonReentrant {
+        (address from, uint256 amount, uint256 position) =
+            transferProver.provenTransfer(address(token), address(this), receiptProof);
+        if (transferProven[position]) revert TransferAlreadyProven(position);
+        transferProven[position] = true;
+        emit TransferProven(from, amount, position);
+        Participant storage part = _participants[from];
+        if (part.status != Status.Settled) {
+            part.transferred += uint128(amount); // below 2^128: the prover's bound
+            return;
+        }
+        uint256 available_ = available();
+        if (amount > available_) revert InsufficientFunds(amount, available_);
+        _send(from, amount);
     }
 
     // ------------------------------------------------------------- settlement
@@ -883,7 +898,8 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     /// @notice What `finalForceSettle` would pay `participant` now (0 if none is recorded):
     ///         balance + locked − the claims the statement counts − its pull's `pulling` if that
     ///         pull is not made (down to zero), + the deposits it does not count (`deposited`
-    ///         on-chain − the statement's), + payouts withheld that the statement is net of.
+    ///         on-chain − the statement's), + its proven plain transfers, + payouts withheld
+    ///         that the statement is net of.
     function settlementOf(address participant) public view returns (uint256) {
         ForceSettle storage fs = _forceSettles[participant];
         if (fs.deadline == 0) return 0;
@@ -893,7 +909,8 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         // The participant's lane is frozen: its pulls are skipped, so this bit no longer moves.
         if (pull != 0 && !pulled(pull)) deducted += fs.pulling;
         uint256 payout = deducted >= counted ? 0 : counted - deducted;
-        payout += uint256(_participants[participant].deposited) - fs.deposited;
+        Participant storage part = _participants[participant];
+        payout += uint256(part.deposited) - fs.deposited + part.transferred;
         uint64 epoch = fs.epoch;
         uint256[] storage withheld = _withheld[participant];
         for (uint256 i; i < withheld.length; ++i) {
@@ -1147,11 +1164,6 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         return _hashTypedDataV4(
             keccak256(abi.encode(PENDING_TYPEHASH, cid, requestId, clientNonce, epoch, deadline, ledger))
         );
-    }
-
-    /// @notice The EIP-3009 nonce of a deposit crediting `participant` with `amount`.
-    function depositNonce(address participant, uint256 amount, bytes32 salt) public view returns (bytes32) {
-        return _hashTypedDataV4(keccak256(abi.encode(DEPOSIT_TYPEHASH, participant, amount, salt)));
     }
 
     function withdrawalDigest(address owner, address to, uint256 amount, uint256 nonce, uint256 deadline)

@@ -18,12 +18,18 @@ from enum import IntEnum
 from typing import Any, Protocol
 
 from eth_account.signers.local import LocalAccount
-from eth_typing import ChecksumAddress, Hash32, HexStr
+from eth_typing import ChecksumAddress, Hash32
 from web3.contract import Contract
 from web3.logs import DISCARD
 from web3.types import BlockIdentifier, TxReceipt
 
 from a402.chain.artifacts import load_artifact
+from a402.chain.create2 import (
+    create2_address,
+    create2_deploy,
+    ensure_transfer_prover,
+    transfer_prover_address,
+)
 from a402.chain.node import Chain
 from a402.chain.tx import contract_at, transact
 from a402.crypto import PaymentDomain
@@ -33,37 +39,25 @@ from a402.crypto.vault_messages import (
     ClaimRecord,
     VaultChannelTerms,
     claim_key,
-    deposit_nonce,
     exit_order_digest,
     pack_tail,
     pull_nonce,
 )
 from a402.evm.address import to_checksum
 from a402.evm.eip3009 import (
-    ReceiveAuthorization,
     receive_authorization_digest,
-    sign_receive_authorization,
 )
 from a402.evm.keccak import keccak256
 
-#: The deterministic deployment proxy (the CREATE2 factory anvil and most EVM chains hold at
-#: this address): called with ``salt ‖ init code`` it creates that contract at
-#: keccak256(0xff ‖ proxy ‖ salt ‖ keccak256(init code))[12:], so the address of an
-#: A402Vault deployed through it proves how it was created (:meth:`A402Vault.created_with`).
-CREATE2_PROXY = "0x4e59b44847b379578588920cA78FbF26c0B4956C"
-
 
 def _init_code(chain: Chain, token: str, vault_signer: str, settle_window: int) -> bytes:
-    """This release's A402Vault creation code with its constructor's arguments."""
+    """This release's A402Vault creation code with its constructor's arguments (the
+    release's :func:`transfer_prover_address` among them)."""
     artifact = load_artifact("A402Vault")
     factory = chain.w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
-    data = factory.constructor(to_checksum(token), to_checksum(vault_signer),
-                               settle_window).data_in_transaction
+    data = factory.constructor(to_checksum(token), to_checksum(vault_signer), settle_window,
+                               transfer_prover_address()).data_in_transaction
     return bytes.fromhex(data.removeprefix("0x"))
-
-
-def _create2_address(salt: bytes, init: bytes) -> bytes:
-    return keccak256(b"\xff" + bytes.fromhex(CREATE2_PROXY[2:]) + salt + keccak256(init))[12:]
 
 
 class AccountStatus(IntEnum):
@@ -116,17 +110,6 @@ class DigestSigner(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class DepositAuthorization:
-    """An EIP-3009 ``receiveWithAuthorization`` for a deposit (nonce: its salt's)."""
-
-    participant: str
-    sender: str
-    amount: int
-    salt: bytes
-    authorization: ReceiveAuthorization
-
-
-@dataclass(frozen=True, slots=True)
 class PendingClaim:
     """A provider's claim for one pending payment: the completed adaptor signature
     ``(e, s)`` on ``m``, σ_U, and the enclave's pending record (client nonce, epoch,
@@ -167,19 +150,18 @@ class A402Vault:
     @classmethod
     def deploy(cls, chain: Chain, account: LocalAccount, token: str, vault_signer: str,
                settle_window: int, *, salt: bytes | None = None) -> A402Vault:
-        """Deployed by ``account`` through :data:`CREATE2_PROXY` with ``salt`` (default: a
+        """Deployed by ``account`` through :data:`~a402.chain.create2.CREATE2_PROXY` with ``salt`` (default: a
         random one, kept as :attr:`salt`): publish the salt with the address, and a
         participant can check how it was created (:meth:`created_with`)."""
         salt = os.urandom(32) if salt is None else salt
-        init = _init_code(chain, token, vault_signer, settle_window)
-        transact(chain, account, {"to": chain.w3.to_checksum_address(CREATE2_PROXY),
-                                  "data": HexStr("0x" + (salt + init).hex())})
-        vault = cls(chain, to_checksum(_create2_address(salt, init)))
+        ensure_transfer_prover(chain, account)
+        vault = cls(chain, create2_deploy(chain, account, salt,
+                                          _init_code(chain, token, vault_signer, settle_window)))
         vault.salt = salt
         return vault
 
     def created_with(self, salt: bytes) -> bool:
-        """Whether this contract is the one :data:`CREATE2_PROXY` creates with ``salt`` from
+        """Whether this contract is the one :data:`~a402.chain.create2.CREATE2_PROXY` creates with ``salt`` from
         this release's A402Vault init code for the token, vault key and window its getters
         name (and holds code): then its address can only be that creation's, so the
         constructor that ran is this release's — its code is A402Vault's and its storage was
@@ -189,7 +171,7 @@ class A402Vault:
         if len(salt) != 32:
             return False
         init = _init_code(self.chain, self.token, self.vault_signer, self.settle_window)
-        return (_create2_address(salt, init) == bytes.fromhex(self.address[2:])
+        return (create2_address(salt, init) == self.address
                 and bool(self.chain.w3.eth.get_code(self.address)))
 
     # -- deposits ----------------------------------------------------------------
@@ -199,26 +181,10 @@ class A402Vault:
         call = self.contract.functions.deposit(to_checksum(participant), amount)
         return transact(self.chain, sender, call)
 
-    def sign_deposit_authorization(
-        self, depositor: LocalAccount, participant: str, amount: int, salt: bytes, *,
-        token_name: str, token_version: str, valid_after: int, valid_before: int,
-    ) -> DepositAuthorization:
-        """``depositor``'s EIP-3009 signature moving ``amount`` into the vault for
-        ``participant``; the nonce (:func:`deposit_nonce`) binds both."""
-        return DepositAuthorization(
-            to_checksum(participant), depositor.address, amount, salt,
-            sign_receive_authorization(
-                depositor, token_name=token_name, token_version=token_version,
-                chain_id=self.chain.chain_id, token=self.token, to=self.address, value=amount,
-                valid_after=valid_after, valid_before=valid_before,
-                nonce=deposit_nonce(self.domain, participant, amount, salt)))
-
-    def deposit_with_authorization(self, sender: LocalAccount, auth: DepositAuthorization
-                                   ) -> TxReceipt:
-        """Submit a gasless deposit (``sender`` only pays gas)."""
-        call = self.contract.functions.depositWithAuthorization(
-            auth.participant, auth.sender, auth.amount, auth.salt, auth.authorization.as_tuple())
-        return transact(self.chain, sender, call)
+    def prove_transfer(self, sender: LocalAccount, receipt_proof: bytes) -> TxReceipt:
+        """``proveTransfer``: record a plain transfer to the vault for its sender's exit
+        (``receipt_proof``: :func:`a402.chain.receipts.receipt_proof`)."""
+        return transact(self.chain, sender, self.contract.functions.proveTransfer(receipt_proof))
 
     # -- settlement ----------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""A402Vault: deposits (both routes), aggregated settlement by a gas payer, owed payouts.
+"""A402Vault: deposits, aggregated settlement by a gas payer, owed payouts.
 
 The vault enclave's key never sends a transaction (it holds no ETH): a gas payer
 submits what it signed. Every test asserts token balances, not only statuses.
@@ -6,7 +6,6 @@ submits what it signed. Every test asserts token balances, not only statuses.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any
 
@@ -19,7 +18,6 @@ from a402.crypto import EcdsaSigner
 from a402.crypto.vault_messages import (
     BalanceStatement,
     VaultChannelTerms,
-    deposit_nonce,
     pack_confirms,
     pack_payouts,
     pending_digest,
@@ -70,8 +68,6 @@ def test_the_pure_encoders_give_the_contracts_own_digests(vault: A402Vault) -> N
     assert cid == vault.channel_id(terms)
     assert pending_digest(vault.domain, cid, 9, 3, 4, 1_700_000_000) == vault.pending_digest(
         cid, 9, 3, 4, 1_700_000_000)
-    salt = os.urandom(32)
-    assert deposit_nonce(vault.domain, a, 5, salt) == vault.deposit_nonce(a, 5, salt)
     for bad in ([(a, 1, 2**96)], [(a, 2**32, 1)]):
         with pytest.raises(ValueError):
             pack_payouts(bad)
@@ -99,29 +95,6 @@ def test_anyone_deposits_for_a_participant_and_the_pool_grows_by_exactly_that(
     assert balance(usdc, vault.address) == 700 == vault.available()
     with reverts_with("InvalidTerms()"):
         vault.deposit(funder, funder.address, 0)
-
-
-def test_a_gasless_deposit_credits_exactly_the_participant_and_amount_its_signature_names(
-    vault_chain: Chain, usdc: Any, vault: A402Vault
-) -> None:
-    depositor = funded(vault_chain, usdc, 1_000, eth=0)  # no ETH: it never sends
-    participant, gas_payer = funded(vault_chain, usdc, eth=0), funded(vault_chain, usdc)
-    auth = vault.sign_deposit_authorization(
-        depositor, participant.address, 1_000, os.urandom(32), token_name="USD Coin",
-        token_version="2", valid_after=0, valid_before=now(vault_chain) + 3_600)
-    # Redirected to another participant or amount: the nonce differs, the token refuses.
-    for forged in (dataclasses.replace(auth, participant=gas_payer.address),
-                   dataclasses.replace(auth, amount=999)):
-        with pytest.raises(TransactionFailed, match="invalid signature"):
-            vault.deposit_with_authorization(gas_payer, forged)
-    receipt = vault.deposit_with_authorization(gas_payer, auth)
-    assert vault.events("Deposited", receipt) == [
-        {"participant": participant.address, "amount": 1_000, "deposited": 1_000}]
-    assert balance(usdc, depositor.address) == 0
-    assert balance(usdc, vault.address) == 1_000
-    with pytest.raises(TransactionFailed, match="authorization is used"):
-        vault.deposit_with_authorization(gas_payer, auth)
-    assert vault_chain.w3.eth.get_balance(depositor.address) == 0
 
 
 def test_a_deposit_that_does_not_arrive_whole_is_refused(

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from a402.chain.artifacts import load_artifact
+from a402.chain.create2 import transfer_prover_address
 from a402.chain.node import Chain
 from a402.chain.tx import transact
 from a402.evm.address import to_checksum
@@ -47,7 +48,8 @@ def test_deposit_refuses_an_a402vault_whose_own_constructor_preset_its_storage(
     published = to_checksum("0x" + new_vault_key().address.hex())
     artifact = load_artifact("A402Vault")
     factory = vault_chain.w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
-    genuine = factory.constructor(usdc.address, published, SETTLE_WINDOW).data_in_transaction
+    genuine = factory.constructor(usdc.address, published, SETTLE_WINDOW,
+                                  transfer_prover_address()).data_in_transaction
     # the runtime code the genuine creation gives at the host's next CREATE address
     runtime = bytes(vault_chain.w3.eth.call({"from": host.address, "data": genuine}))
     preset = 10**12

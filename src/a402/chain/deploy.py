@@ -15,6 +15,7 @@ from typing import Any
 from eth_account.signers.local import LocalAccount
 from hexbytes import HexBytes
 
+from a402.chain.create2 import ensure_transfer_prover
 from a402.chain.node import Chain
 from a402.chain.tx import contract_at, deploy_contract, transact
 from a402.chain.upto_settle import install_upto_contracts, is_anvil
@@ -137,8 +138,8 @@ def deploy_dev_stack(
         contracts.update(install_upto_contracts(chain))
     if vault_signer is not None:
         vault = deploy_contract(chain, deployer, "A402Vault", token.address,
-                                to_checksum(vault_signer),
-                                settle_window)
+                                to_checksum(vault_signer), settle_window,
+                                ensure_transfer_prover(chain, deployer))
         contracts["A402Vault"] = vault.address
     return Manifest(
         network=chain.network,

@@ -46,9 +46,7 @@ the vault's address, so a pending payment's ``m`` and ``σ_U``
 * :class:`VaultChannelTerms` / :func:`vault_channel_id` — ``A402VaultChannel(address
   client, address provider, bytes32 providerKey, uint256 capacity, bytes32 salt)``;
 * :func:`pending_digest` — ``A402VaultPending(bytes32 channelId, uint256 requestId,
-  uint64 clientNonce, uint64 epoch, uint64 deadline, bytes16 ledger)``;
-* :func:`deposit_nonce` — the EIP-3009 nonce ``A402VaultDeposit(address participant,
-  uint256 amount, bytes32 salt)`` that binds a gasless deposit to whom it credits.
+  uint64 clientNonce, uint64 epoch, uint64 deadline, bytes16 ledger)``.
 
 What each one means (and the rule that keeps settlements, force-settles and claims
 from paying anything twice) is the contract's docstring, ``contracts/A402Vault.sol``.
@@ -83,13 +81,11 @@ PENDING_TYPE = (
     "A402VaultPending(bytes32 channelId,uint256 requestId,uint64 clientNonce,uint64 epoch,"
     "uint64 deadline,bytes16 ledger)"
 )
-DEPOSIT_TYPE = "A402VaultDeposit(address participant,uint256 amount,bytes32 salt)"
 
 SETTLEMENT_TYPEHASH = keccak256(SETTLEMENT_TYPE.encode())
 BALANCE_TYPEHASH = keccak256(BALANCE_TYPE.encode())
 CHANNEL_TYPEHASH = keccak256(CHANNEL_TYPE.encode())
 PENDING_TYPEHASH = keccak256(PENDING_TYPE.encode())
-DEPOSIT_TYPEHASH = keccak256(DEPOSIT_TYPE.encode())
 EXIT_TYPEHASH = keccak256(EXIT_TYPE.encode())
 PULL_TYPEHASH = keccak256(PULL_TYPE.encode())
 
@@ -455,20 +451,5 @@ def pending_digest(
             + _uint(epoch, _UINT64, "epoch")
             + _uint(deadline, _UINT64, "deadline")
             + _ledger(ledger)
-        ),
-    )
-
-
-def deposit_nonce(
-    domain: PaymentDomain, participant: str | bytes, amount: int, salt: bytes
-) -> bytes:
-    """The EIP-3009 nonce of a gasless deposit crediting ``participant`` with ``amount``."""
-    return _typed(
-        domain,
-        keccak256(
-            DEPOSIT_TYPEHASH
-            + _address_word(participant)
-            + _uint(amount, _UINT256, "amount")
-            + _bytes32(salt, "salt")
         ),
     )

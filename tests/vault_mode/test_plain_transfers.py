@@ -1,0 +1,169 @@
+"""Plain transfers to A402Vault: a token ``transfer`` straight to the vault, which no ledger
+credits, stays its sender's — proven by a receipt proof (``TransferProver``, checked against
+the chain's block hashes) it is paid back in the sender's exit, once; money the vault takes in
+by its own functions is never counted as one; a forged or stale proof changes nothing.
+Real anvil, real receipts, every test asserts token balances."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import rlp  # type: ignore[import-untyped]
+from eth_abi import decode, encode
+from eth_account.signers.local import LocalAccount
+
+from a402.chain.create2 import transfer_prover_address
+from a402.chain.node import Chain
+from a402.chain.receipts import receipt_proof
+from a402.chain.tx import transact
+from a402.crypto import EcdsaSigner
+from a402.vault_contract import A402Vault, AccountStatus
+
+from .helpers import (
+    SETTLE_WINDOW,
+    balance,
+    fund_pool,
+    funded,
+    increase_time,
+    leave,
+    reverts_with,
+    statement,
+)
+
+pytestmark = pytest.mark.anvil
+
+
+@pytest.fixture
+def gas_payer(vault_chain: Chain, usdc: Any) -> LocalAccount:
+    return funded(vault_chain, usdc)
+
+
+def _transfer(chain: Chain, usdc: Any, sender: LocalAccount, to: str, amount: int) -> Any:
+    return transact(chain, sender, usdc.functions.transfer(to, amount))
+
+
+def _proof(chain: Chain, receipt: Any, log_index: int = 0) -> bytes:
+    """The proof, once a block follows the transfer's (``BLOCKHASH`` does not know the block
+    being built on)."""
+    if int(chain.w3.eth.block_number) == receipt["blockNumber"]:
+        chain.w3.provider.make_request("evm_mine", [])
+    return receipt_proof(chain, receipt["transactionHash"], log_index)
+
+
+def test_a_plain_transfer_is_paid_back_in_its_senders_exit_once(
+    vault_chain: Chain, usdc: Any, vault: A402Vault, vault_key: EcdsaSigner,
+    gas_payer: LocalAccount,
+) -> None:
+    fund_pool(vault_chain, usdc, vault, 10_000)
+    sender = funded(vault_chain, usdc, 300)
+    sent = _transfer(vault_chain, usdc, sender, vault.address, 300)
+    assert balance(usdc, vault.address) == 10_300  # in the pool, counted by no ledger
+    proof = _proof(vault_chain, sent)
+    receipt = vault.prove_transfer(gas_payer, proof)  # anyone sends it
+    (event,) = vault.events("TransferProven", receipt)
+    assert (event["from"], event["amount"]) == (sender.address, 300)
+    assert event["position"] >> 64 == sent["blockNumber"]
+    with reverts_with("TransferAlreadyProven(uint256)"):
+        vault.prove_transfer(gas_payer, proof)
+    # The vault goes dark; the sender exits with the statement it holds (1,000 of its own).
+    leave(vault, gas_payer, *statement(vault_key, vault, sender.address, 1_000, nonce=2))
+    assert vault.settlement_of(sender.address) == 1_300
+    increase_time(vault_chain, SETTLE_WINDOW)
+    vault.final_force_settle(gas_payer, sender.address)
+    assert balance(usdc, sender.address) == 1_300
+    assert balance(usdc, vault.address) == 9_000
+    with reverts_with("TransferAlreadyProven(uint256)"):
+        vault.prove_transfer(gas_payer, proof)
+    assert balance(usdc, sender.address) == 1_300
+
+
+def test_a_transfer_proven_after_its_senders_exit_is_final_is_paid_at_once(
+    vault_chain: Chain, usdc: Any, vault: A402Vault, vault_key: EcdsaSigner,
+    gas_payer: LocalAccount,
+) -> None:
+    fund_pool(vault_chain, usdc, vault, 5_000)
+    sender = funded(vault_chain, usdc, 250)
+    leave(vault, gas_payer, *statement(vault_key, vault, sender.address, 0, nonce=1))
+    increase_time(vault_chain, SETTLE_WINDOW)
+    vault.final_force_settle(gas_payer, sender.address)
+    assert vault.status(sender.address) is AccountStatus.SETTLED
+    sent = _transfer(vault_chain, usdc, sender, vault.address, 250)  # a late top-up
+    assert balance(usdc, sender.address) == 0
+    vault.prove_transfer(gas_payer, _proof(vault_chain, sent))
+    assert balance(usdc, sender.address) == 250
+    assert balance(usdc, vault.address) == 5_000
+
+
+def test_money_the_vault_takes_in_by_its_own_functions_is_not_a_plain_transfer(
+    vault_chain: Chain, usdc: Any, vault: A402Vault, gas_payer: LocalAccount,
+) -> None:
+    """A deposit's Transfer log is in a transaction where the vault emits ``Deposited``: its
+    own records count it already (the same holds for the pulls a settlement makes)."""
+    depositor = funded(vault_chain, usdc, 400)
+    transact(vault_chain, depositor, usdc.functions.approve(vault.address, 400))
+    receipt = vault.deposit(depositor, depositor.address, 400)
+    transfer_log = next(i for i, log in enumerate(receipt["logs"])
+                        if log["address"] == usdc.address)
+    with reverts_with("NotPlain()"):
+        vault.prove_transfer(gas_payer, _proof(vault_chain, receipt, transfer_log))
+    assert vault.deposited(depositor.address) == 400
+    assert balance(usdc, vault.address) == 400
+
+
+def test_a_proof_of_anything_but_a_transfer_to_the_vault_is_refused(
+    vault_chain: Chain, usdc: Any, vault: A402Vault, gas_payer: LocalAccount,
+) -> None:
+    sender = funded(vault_chain, usdc, 100)
+    elsewhere = _transfer(vault_chain, usdc, sender, gas_payer.address, 40)
+    approval = transact(vault_chain, sender, usdc.functions.approve(vault.address, 5))
+    for receipt, log in ((elsewhere, 0), (approval, 0), (elsewhere, 1)):
+        with reverts_with("NotATransfer()"):
+            vault.prove_transfer(gas_payer, _proof(vault_chain, receipt, log))
+    assert balance(usdc, vault.address) == 0
+
+
+def test_a_forged_header_or_receipt_is_refused(
+    vault_chain: Chain, usdc: Any, vault: A402Vault, gas_payer: LocalAccount,
+) -> None:
+    """Every byte the prover reads is authenticated by the chain's block hash: change the
+    header (any field, here its receipts root) or a trie node and nothing is counted."""
+    sender = funded(vault_chain, usdc, 100)
+    sent = _transfer(vault_chain, usdc, sender, vault.address, 100)
+    header, tx_index, nodes, log_index = decode(["bytes", "uint256", "bytes[]", "uint256"],
+                                                _proof(vault_chain, sent))
+    fields = rlp.decode(header)
+    fields[5] = bytes(32)  # receiptsRoot
+    forged_header = encode(["bytes", "uint256", "bytes[]", "uint256"],
+                           [rlp.encode(fields), tx_index, nodes, log_index])
+    with reverts_with("UnknownBlock()"):
+        vault.prove_transfer(gas_payer, forged_header)
+    last = bytearray(nodes[-1])
+    last[-40] ^= 1  # a byte of the receipt's log data: the amount
+    forged_receipt = encode(["bytes", "uint256", "bytes[]", "uint256"],
+                            [header, tx_index, [*nodes[:-1], bytes(last)], log_index])
+    with reverts_with("TrieProofTraversalError(uint8)"):
+        vault.prove_transfer(gas_payer, forged_receipt)
+    assert not vault.contract.functions.transferProven(
+        sent["blockNumber"] << 64 | sent["transactionIndex"] << 32).call()
+
+
+def test_a_transfer_older_than_blockhashs_256_blocks_is_proven_through_eip_2935(
+    vault_chain: Chain, usdc: Any, vault: A402Vault, gas_payer: LocalAccount,
+) -> None:
+    """Past ``BLOCKHASH``'s 256 blocks the hash comes from the EIP-2935 history contract
+    (8,191 blocks; beyond, the hash is zero and the proof is refused like a forged header:
+    not mined here, anvil takes ~25 s per 1,000 blocks)."""
+    sender = funded(vault_chain, usdc, 100)
+    sent = _transfer(vault_chain, usdc, sender, vault.address, 100)
+    proof = _proof(vault_chain, sent)
+    vault_chain.w3.provider.make_request("anvil_mine", [hex(300)])
+    receipt = vault.prove_transfer(gas_payer, proof)
+    assert [e["amount"] for e in vault.events("TransferProven", receipt)] == [100]
+
+
+def test_the_prover_is_one_contract_at_the_address_its_code_fixes(
+    vault_chain: Chain, vault: A402Vault,
+) -> None:
+    assert vault.contract.functions.transferProver().call() == transfer_prover_address()
+    assert vault_chain.w3.eth.get_code(transfer_prover_address())
