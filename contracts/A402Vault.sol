@@ -3,6 +3,7 @@ pragma solidity ^0.8.24;
 
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {Blockhash} from "@openzeppelin/contracts/utils/Blockhash.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
@@ -18,8 +19,9 @@ import {TransferProver} from "./TransferProver.sol";
 ///         settlements only, and every participant has an exit that does not need the vault:
 ///         * `deposit` (the paper's initVault): anyone credits a
 ///           participant; the contract keeps each participant's cumulative `deposited`;
-///         * `proveTransfer`: a plain token transfer to the contract is its sender's, paid back
-///           in its exit ("Plain transfers");
+///         * a plain token `transfer` to the contract: credited by the enclave once a
+///           settlement anchors the blocks it read it from, and `proveTransfer` pays it back in
+///           its sender's exit if no statement counts it ("Plain transfers");
 ///         * `settle` (settleVault): many payouts in one transaction, from a compact encoding,
 ///           authorised only by the vault key's signature; it also pulls deposits that
 ///           participants signed intents for (one approval each, then no transaction of theirs:
@@ -45,7 +47,7 @@ import {TransferProver} from "./TransferProver.sol";
 ///      (assigned by the enclave) one bit: whether a settlement made that pull.
 ///
 ///      Settlements. A402VaultSettlement(prevEpoch, epoch, payouts, confirms, pulls, pullChecks,
-///      claims, notBefore, ledger):
+///      claims, notBefore, ledger, anchor, anchorHash):
 ///      * `payouts` = keccak of packed 36-byte records `address ‖ uint32 index ‖ uint96 amount`
 ///        (an amount may be 0: it only moves the payee's lane, see "Replacing a settlement");
 ///      * `confirms` = keccak of packed 32-byte records `address ‖ uint96 cumulative`: for each
@@ -58,7 +60,11 @@ import {TransferProver} from "./TransferProver.sol";
 ///        been made (`PullNotMade`), with bit 31 set (id in the low 31 bits) it must not
 ///        (`PullMade`), checked against the bits the settlement leaves (after its own pulls);
 ///      * `claims` = the enclave's view of the claim chain, `notBefore` the latest deadline of
-///        the pending payments it resolved (it lands only when block.timestamp > notBefore).
+///        the pending payments it resolved (it lands only when block.timestamp > notBefore);
+///      * `anchor`, `anchorHash` (0: none) = a block of the header chain the enclave read plain
+///        transfers from and that block's hash as that chain has it: the settlement lands only
+///        if it is the chain's own block (`BLOCKHASH`, EIP-2935: one of the last 8,191; see
+///        "Plain transfers").
 ///      It lands only if `prevEpoch == lastEpoch < epoch < 2^31`: a signature is good once and
 ///      the settlements the enclave signed land in the order it signed them; normally
 ///      `epoch = prevEpoch + 1`. No per-payee event; calldata and the one `Settled` event carry
@@ -73,9 +79,10 @@ import {TransferProver} from "./TransferProver.sol";
 ///      would be credited to a frozen account whose recorded statement predates it: stranded.
 ///
 ///      Balance statements. A402VaultBalance(participant, index, balance, locked, epoch, nonce,
-///      deposited, pull, pulling, ledger): `balance` (free) and `locked` are what the vault owes
-///      the participant if it stopped now, counting its deposits up to the cumulative
-///      `deposited` (confirmed by a settlement with epoch ≤ `epoch`), net of its payouts in
+///      deposited, pull, pulling, transferred, ledger): `balance` (free) and `locked` are what
+///      the vault owes the participant if it stopped now, counting its deposits up to the
+///      cumulative `deposited` (confirmed by a settlement with epoch ≤ `epoch`) and its plain
+///      transfers that sum to `transferred` (see "Plain transfers"), net of its payouts in
 ///      every settlement up to `epoch` and gross of every later one; `balance` includes
 ///      `pulling`, the amount of pull `pull` (0: none) that no settlement has confirmed yet,
 ///      which an exit pays only if that pull was made (see "Pulled deposits"); `nonce` rises
@@ -162,16 +169,32 @@ import {TransferProver} from "./TransferProver.sol";
 ///        longer change and `finalForceSettle` reads the same answer `initForceSettle` could.
 ///
 ///      Plain transfers. A token `transfer` straight to this contract (no function of it
-///      called) is money no record of this contract names and no statement counts: the
-///      enclave credits none. It stays its sender's: `proveTransfer` (anyone sends it, within
-///      8,191 blocks of the transfer: the window the chain keeps block hashes for) records it
-///      for the sender from a receipt proof (`TransferProver`: the receipt of a successful
-///      transaction of one of those blocks, the token's Transfer log to this contract, and no
-///      log of this contract in it, so the transfers `deposit` and the pulls of `settle` make
-///      are never counted twice), once per log; the sender's force-settle adds the sum
-///      (`transferred`), and a sender whose exit is final is paid at once. Solvency: the
-///      money is in the pool and no ledger counts it, so paying it back takes nobody's.
-///
+///      called, 34,700 gas: the cheapest way in) names nobody on-chain; the enclave credits
+///      its sender only after reading it itself: its host hands it the transaction's receipt,
+///      the receipt proof to its block's `receiptsRoot` and the header chain from that block
+///      to a later one, `anchor`, whose hash a settlement carries (`anchorHash`); it counts
+///      the transfer in no statement, payment or payout until such a settlement is signed and
+///      names that settlement's epoch in what it signs, so nothing it signed on the strength of
+///      a transfer is usable before the chain has said, by landing it, that the headers the
+///      enclave read are its own (a host that invented a transfer, or a chain, makes that
+///      settlement, and every later one, fail: as with `confirms`). Each statement counts the
+///      sender's credited transfers as the sum `transferred`.
+///      The sender's escape does not need the vault: `proveTransfer` (anyone sends it, within
+///      8,191 blocks of the transfer: the window the chain keeps block hashes for) records a
+///      transfer for its sender from a receipt proof (`TransferProver`: the receipt of a
+///      successful transaction of one of those blocks, the token's Transfer log to this
+///      contract, and no log of this contract in it, so the transfers `deposit` and the pulls
+///      of `settle` make are never counted as plain ones), once per log; the sender's
+///      force-settle pays, on top of its statement, what its proven transfers exceed the
+///      statement's `transferred` by (nothing if they do not), and a proof made after the
+///      sender's exit is final pays at once what it adds to that excess. Why it never pays
+///      twice or someone else's money: the enclave counts only transfers it read with their
+///      sender, so the statement's `transferred` is a sum of the sender's real transfers, and
+///      the proven sum is too (each log once); proven − counted is then at most the sender's
+///      transfers no statement counts, which no ledger holds and which sit in the pool. A
+///      transfer the host hid from the enclave is paid back this way; one the sender does not
+///      prove is its own loss only (it makes the excess smaller, never larger).
+
 ///      Pending payments and claims. A vault-mode channel is A402VaultChannel(client, provider,
 ///      providerKey, capacity, salt), its id the EIP-712 hash. With σ_U for δ of `requestId`
 ///      the enclave moves δ out of the client's statements and signs A402VaultPending(channelId,
@@ -270,6 +293,7 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         uint256 deposited;
         uint32 pull;
         uint256 pulling;
+        uint256 transferred;
     }
 
     /// @notice A settlement's pulled deposits (see "Pulled deposits" in the contract docs):
@@ -292,6 +316,8 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         uint256 claims;
         uint64 notBefore;
         bytes16 ledger;
+        uint64 anchor;
+        bytes32 anchorHash;
     }
 
     /// @notice A vault-mode channel's terms; their EIP-712 hash is the channel id.
@@ -316,16 +342,17 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         uint64 deadline;
     }
 
-    /// @notice An EIP-3009 `receiveWithAuthorization` signature's validity and (v, r, s).
     /// @notice A participant's force-settle: the recorded statement, its deadline, and what
     ///         claims on it come off its payout.
     ///         `pull`/`pulling` are the statement's unconfirmed pull: `pulling` comes off the
-    ///         payout too if that pull's bit is clear when it is paid. Five words: the last two
-    ///         are (epoch, nonce, deadline, index, pull) and (deducted, pulling).
+    ///         payout too if that pull's bit is clear when it is paid. Five words: the last
+    ///         three are (deposited, transferred), (epoch, nonce, deadline, index, pull) and
+    ///         (deducted, pulling).
     struct ForceSettle {
         uint256 balance;
         uint256 locked;
-        uint256 deposited;
+        uint128 deposited;
+        uint128 transferred;
         uint64 epoch;
         uint64 nonce;
         uint64 deadline;
@@ -355,10 +382,10 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     }
 
     bytes32 public constant SETTLEMENT_TYPEHASH = keccak256(
-        "A402VaultSettlement(uint64 prevEpoch,uint64 epoch,bytes32 payouts,bytes32 confirms,bytes32 pulls,bytes32 pullChecks,bytes32 claims,uint64 notBefore,bytes16 ledger)"
+        "A402VaultSettlement(uint64 prevEpoch,uint64 epoch,bytes32 payouts,bytes32 confirms,bytes32 pulls,bytes32 pullChecks,bytes32 claims,uint64 notBefore,bytes16 ledger,uint64 anchor,bytes32 anchorHash)"
     );
     bytes32 public constant BALANCE_TYPEHASH = keccak256(
-        "A402VaultBalance(address participant,uint32 index,uint256 balance,uint256 locked,uint64 epoch,uint64 nonce,uint256 deposited,uint32 pull,uint256 pulling,bytes16 ledger)"
+        "A402VaultBalance(address participant,uint32 index,uint256 balance,uint256 locked,uint64 epoch,uint64 nonce,uint256 deposited,uint32 pull,uint256 pulling,uint256 transferred,bytes16 ledger)"
     );
     bytes32 public constant CHANNEL_TYPEHASH = keccak256(
         "A402VaultChannel(address client,address provider,bytes32 providerKey,uint256 capacity,bytes32 salt)"
@@ -505,6 +532,8 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     error PullRepeated(uint32 pull);
     /// @notice This plain transfer was proven already.
     error TransferAlreadyProven(uint256 position);
+    /// @notice The settlement's anchor is not the chain's block (or is older than 8,191 blocks).
+    error UnknownAnchor(uint64 anchor);
     /// @notice The settlement's pull checks say this pull was made; its bit is clear.
     error PullNotMade(uint32 pull);
     /// @notice The settlement's pull checks say this pull was not made; its bit is set.
@@ -549,13 +578,20 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         transferProven[position] = true;
         emit TransferProven(from, amount, position);
         Participant storage part = _participants[from];
-        if (part.status != Status.Settled) {
-            part.transferred += uint128(amount); // below 2^128: the prover's bound
-            return;
-        }
+        uint128 before = part.transferred;
+        part.transferred = before + uint128(amount); // below 2^128: the prover's bound
+        if (part.status != Status.Settled) return;
+        // Final already: pay what this proof adds to what the final statement did not count.
+        uint128 counted = _forceSettles[from].transferred;
+        uint256 due = _uncounted(part.transferred, counted) - _uncounted(before, counted);
         uint256 available_ = available();
-        if (amount > available_) revert InsufficientFunds(amount, available_);
-        _send(from, amount);
+        if (due > available_) revert InsufficientFunds(due, available_);
+        _send(from, due);
+    }
+
+    /// @dev The plain transfers proven on-chain beyond those a statement counts (0 if fewer).
+    function _uncounted(uint128 proven, uint128 counted) private pure returns (uint256) {
+        return proven > counted ? proven - counted : 0;
     }
 
     // ------------------------------------------------------------- settlement
@@ -585,6 +621,10 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
                 || pulls.signatures.length != pulls.records.length / _PULL_SIZE * _PULL_SIGNATURE_SIZE
         ) revert MalformedPayouts();
         if (block.timestamp <= h.notBefore) revert TooEarly(h.notBefore);
+        // A block the chain does not know (too old, not yet mined) has hash 0: never an anchor.
+        if (h.anchor != 0 && (h.anchorHash == 0 || Blockhash.blockHash(h.anchor) != h.anchorHash)) {
+            revert UnknownAnchor(h.anchor);
+        }
         if (last == 0) {
             ledger = h.ledger; // the first settlement pins the ledger life
         } else if (h.ledger != ledger) {
@@ -825,7 +865,8 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         _forceSettles[p] = ForceSettle(
             st.balance,
             st.locked,
-            st.deposited,
+            uint128(st.deposited),
+            uint128(st.transferred),
             st.epoch,
             st.nonce,
             uint64(deadline),
@@ -849,8 +890,8 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         if (st.nonce <= fs.nonce || st.epoch < fs.epoch) revert NotNewer(st.nonce, fs.nonce);
         if (st.index != fs.index) revert IndexFrozen(st.index);
         _checkStatement(st, signature, uint64(_lane(st.index) & ~_FROZEN), part.deposited);
-        (fs.balance, fs.locked, fs.deposited, fs.epoch, fs.nonce) =
-            (st.balance, st.locked, st.deposited, st.epoch, st.nonce);
+        (fs.balance, fs.locked, fs.deposited, fs.transferred, fs.epoch, fs.nonce) =
+            (st.balance, st.locked, uint128(st.deposited), uint128(st.transferred), st.epoch, st.nonce);
         (fs.pull, fs.deducted, fs.pulling) = (st.pull, _deductionAt(p, st.nonce), uint128(st.pulling));
         emit ForceSettleChallenged(p, st.balance, st.locked, st.epoch, st.nonce);
     }
@@ -910,7 +951,7 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         if (pull != 0 && !pulled(pull)) deducted += fs.pulling;
         uint256 payout = deducted >= counted ? 0 : counted - deducted;
         Participant storage part = _participants[participant];
-        payout += uint256(part.deposited) - fs.deposited + part.transferred;
+        payout += uint256(part.deposited) - fs.deposited + _uncounted(part.transferred, fs.transferred);
         uint64 epoch = fs.epoch;
         uint256[] storage withheld = _withheld[participant];
         for (uint256 i; i < withheld.length; ++i) {
@@ -927,7 +968,9 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         if (st.epoch < lastPaid || st.epoch > last) revert StaleStatement(st.epoch, lastPaid, last);
         if (_voided[st.epoch >> 8] & (1 << (st.epoch & 255)) != 0) revert VoidedEpoch(st.epoch);
         if (st.deposited > deposited) revert DepositsNotMade(st.participant, st.deposited, deposited);
-        if (st.pulling > type(uint128).max || st.pull & _FROZEN != 0) revert InvalidTerms();
+        if (st.pulling > type(uint128).max || st.transferred > type(uint128).max || st.pull & _FROZEN != 0) {
+            revert InvalidTerms();
+        }
         _requireVault(statementDigest(st), signature);
     }
 
@@ -1076,6 +1119,11 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         return _participants[participant].deposited;
     }
 
+    /// @notice The plain transfers of `participant` that `proveTransfer` recorded, summed.
+    function transferredOf(address participant) external view returns (uint256) {
+        return _participants[participant].transferred;
+    }
+
     /// @notice The claims (and contests) made against `client`: their sum and clientNonce range.
     function claimSumOf(address client) external view returns (ClaimSum memory) {
         return _claimSums[client];
@@ -1106,7 +1154,7 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
             keccak256(
                 bytes.concat(
                     abi.encode(SETTLEMENT_TYPEHASH, h.prevEpoch, h.epoch, payoutsHash, confirmsHash),
-                    abi.encode(pullsHash, checksHash, h.claims, h.notBefore, h.ledger)
+                    abi.encode(pullsHash, checksHash, h.claims, h.notBefore, h.ledger, h.anchor, h.anchorHash)
                 )
             )
         );
@@ -1139,6 +1187,7 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
                     st.deposited,
                     st.pull,
                     st.pulling,
+                    st.transferred,
                     life
                 )
             )

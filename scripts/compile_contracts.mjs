@@ -38,28 +38,41 @@ for (const name of fs.readdirSync(sourceDir).filter((f) => f.endsWith('.sol')).s
   sources[name] = { content: fs.readFileSync(path.join(sourceDir, name), 'utf8') }
 }
 
-const output = JSON.parse(
-  solc.compile(JSON.stringify({ language: 'Solidity', sources, settings: SETTINGS }), { import: findImport }),
-)
-const errors = (output.errors || []).filter((e) => e.severity === 'error')
-for (const e of output.errors || []) console.error(e.formattedMessage)
-if (errors.length) process.exit(1)
+// Sources compiled with settings of their own (their artifacts come from that run): the IR
+// pipeline fits A402Vault under the 24,576 bytes a contract may have, with room to grow.
+const OWN_SETTINGS = { 'A402Vault.sol': { ...SETTINGS, viaIR: true } }
 
-const artifacts = {}
-for (const [file, contracts] of Object.entries(output.contracts)) {
-  if (!(file in sources)) continue // libraries imported from node_modules are inlined where used
-  for (const [name, c] of Object.entries(contracts)) {
-    if (!c.evm.bytecode.object) continue // interfaces and abstract contracts
-    artifacts[name] = {
-      contractName: name,
-      sourceName: `contracts/${file}`,
-      compiler: { name: 'solc', version: solc.version(), settings: SETTINGS },
-      abi: c.abi,
-      bytecode: '0x' + c.evm.bytecode.object,
-      deployedBytecode: '0x' + c.evm.deployedBytecode.object,
+function compile(settings, files) {
+  const input = Object.fromEntries(files.map((f) => [f, sources[f]]))
+  const output = JSON.parse(
+    solc.compile(JSON.stringify({ language: 'Solidity', sources: input, settings }), { import: findImport }),
+  )
+  const errors = (output.errors || []).filter((e) => e.severity === 'error')
+  for (const e of output.errors || []) console.error(e.formattedMessage)
+  if (errors.length) process.exit(1)
+  const found = {}
+  for (const [file, contracts] of Object.entries(output.contracts)) {
+    if (!files.includes(file)) continue // imports are compiled into what uses them
+    for (const [name, c] of Object.entries(contracts)) {
+      if (!c.evm.bytecode.object) continue // interfaces and abstract contracts
+      found[name] = {
+        contractName: name,
+        sourceName: `contracts/${file}`,
+        compiler: { name: 'solc', version: solc.version(), settings },
+        abi: c.abi,
+        bytecode: '0x' + c.evm.bytecode.object,
+        deployedBytecode: '0x' + c.evm.deployedBytecode.object,
+      }
     }
   }
+  return found
 }
+
+const artifacts = compile(
+  SETTINGS,
+  Object.keys(sources).filter((f) => !(f in OWN_SETTINGS)),
+)
+for (const [file, settings] of Object.entries(OWN_SETTINGS)) Object.assign(artifacts, compile(settings, [file]))
 
 let stale = []
 for (const [name, artifact] of Object.entries(artifacts)) {

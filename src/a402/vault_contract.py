@@ -84,6 +84,7 @@ class RecordedForceSettle:
     balance: int
     locked: int
     deposited: int
+    transferred: int
     epoch: int
     nonce: int
     deadline: int
@@ -150,9 +151,10 @@ class A402Vault:
     @classmethod
     def deploy(cls, chain: Chain, account: LocalAccount, token: str, vault_signer: str,
                settle_window: int, *, salt: bytes | None = None) -> A402Vault:
-        """Deployed by ``account`` through :data:`~a402.chain.create2.CREATE2_PROXY` with ``salt`` (default: a
-        random one, kept as :attr:`salt`): publish the salt with the address, and a
-        participant can check how it was created (:meth:`created_with`)."""
+        """Deployed by ``account`` through :data:`~a402.chain.create2.CREATE2_PROXY` with
+        ``salt`` (default: a random one, kept as :attr:`salt`): publish the salt with the
+        address, and a participant can check how it was created (:meth:`created_with`).
+        Creates the chain's ``TransferProver`` first if it is not there."""
         salt = os.urandom(32) if salt is None else salt
         ensure_transfer_prover(chain, account)
         vault = cls(chain, create2_deploy(chain, account, salt,
@@ -161,9 +163,10 @@ class A402Vault:
         return vault
 
     def created_with(self, salt: bytes) -> bool:
-        """Whether this contract is the one :data:`~a402.chain.create2.CREATE2_PROXY` creates with ``salt`` from
-        this release's A402Vault init code for the token, vault key and window its getters
-        name (and holds code): then its address can only be that creation's, so the
+        """Whether this contract is the one :data:`~a402.chain.create2.CREATE2_PROXY` creates
+        with ``salt`` from this release's A402Vault init code for the token, vault key and
+        window its getters name (and the chain's ``TransferProver``), and holds code: then its
+        address can only be that creation's, so the
         constructor that ran is this release's — its code is A402Vault's and its storage was
         set by nothing but A402Vault's own rules (review s16-rev2-1: equal runtime code alone
         says nothing of storage a constructor of the host's could have preset). A participant
@@ -192,7 +195,8 @@ class A402Vault:
                vault_signature: bytes, claim_tail: bytes = b"", not_before: int = 0, *,
                prev_epoch: int | None = None, packed_confirms: bytes = b"",
                packed_pulls: bytes = b"", pull_signatures: bytes = b"",
-               packed_pull_checks: bytes = b"", ledger: bytes = NO_LEDGER) -> TxReceipt:
+               packed_pull_checks: bytes = b"", ledger: bytes = NO_LEDGER,
+               anchor: int = 0, anchor_hash: bytes = bytes(32)) -> TxReceipt:
         """``settle``: make every packed pull (:func:`~a402.crypto.vault_messages.pack_pulls`,
         with the participants' intent signatures ``pull_signatures``, :func:`~a402.crypto.
         vault_messages.pack_pull_signatures`; one that cannot be made is skipped), check the
@@ -202,9 +206,10 @@ class A402Vault:
         ``settlement_digest`` (which names ``prev_epoch``, by default ``epoch - 1``, the
         enclave's claim state ``claims`` and ``not_before``); ``claim_tail``: the claims
         mined since that state (:meth:`claims_since`); ``ledger``: the ledger life that
-        signed it (the first settlement pins it)."""
+        signed it (the first settlement pins it); ``anchor``: a block whose hash must be
+        ``anchor_hash`` (0: none)."""
         prev = epoch - 1 if prev_epoch is None else prev_epoch
-        header = (prev, epoch, claims, not_before, ledger)
+        header = (prev, epoch, claims, not_before, ledger, anchor, anchor_hash)
         call = self.contract.functions.settle(
             header, packed_payouts, packed_confirms,
             (packed_pulls, pull_signatures, packed_pull_checks), claim_tail, vault_signature)
@@ -380,6 +385,10 @@ class A402Vault:
         total, low, high = self.contract.functions.claimSumOf(to_checksum(client)).call()
         return ClaimSum(int(total), int(low), int(high))
 
+    def transferred(self, participant: str) -> int:
+        """The plain transfers ``proveTransfer`` recorded for ``participant``, summed."""
+        return int(self.contract.functions.transferredOf(to_checksum(participant)).call())
+
     def settlement_of(self, participant: str) -> int:
         return int(self.contract.functions.settlementOf(to_checksum(participant)).call())
 
@@ -392,10 +401,12 @@ class A402Vault:
     def settlement_digest(self, epoch: int, packed_payouts: bytes, claims: int,
                           not_before: int = 0, *, prev_epoch: int | None = None,
                           packed_confirms: bytes = b"", packed_pulls: bytes = b"",
-                          packed_pull_checks: bytes = b"", ledger: bytes = NO_LEDGER) -> bytes:
+                          packed_pull_checks: bytes = b"", ledger: bytes = NO_LEDGER,
+                          anchor: int = 0, anchor_hash: bytes = bytes(32)) -> bytes:
         prev = epoch - 1 if prev_epoch is None else prev_epoch
         return bytes(self.contract.functions.settlementDigest(
-            (prev, epoch, claims, not_before, ledger), keccak256(packed_payouts),
+            (prev, epoch, claims, not_before, ledger, anchor, anchor_hash),
+            keccak256(packed_payouts),
             keccak256(packed_confirms), keccak256(packed_pulls),
             keccak256(packed_pull_checks)).call())
 
@@ -413,16 +424,11 @@ class A402Vault:
         return bytes(self.contract.functions.pendingDigest(
             channel_id, request_id, client_nonce, epoch, deadline).call())
 
-    def deposit_nonce(self, participant: str, amount: int, salt: bytes) -> bytes:
-        return bytes(self.contract.functions.depositNonce(
-            to_checksum(participant), amount, salt).call())
 
 
 def _statement(statement: BalanceStatement
-               ) -> tuple[str, int, int, int, int, int, int, int, int]:
-    return (to_checksum(statement.participant), statement.index, statement.balance,
-            statement.locked, statement.epoch, statement.nonce, statement.deposited,
-            statement.pull, statement.pulling)
+               ) -> tuple[str, int, int, int, int, int, int, int, int, int]:
+    return (to_checksum(statement.participant), *statement.as_tuple()[1:])
 
 
 def _channel(terms: VaultChannelTerms) -> tuple[str, str, bytes, int, bytes]:

@@ -109,10 +109,10 @@ def settle(key: EcdsaSigner, vault: A402Vault, sender: LocalAccount,
 
 
 def statement(key: EcdsaSigner, vault: A402Vault, participant: str, balance_: int, *,
-              locked: int = 0, epoch: int = 0, nonce: int = 1, deposited: int = 0
-              ) -> tuple[BalanceStatement, bytes]:
+              locked: int = 0, epoch: int = 0, nonce: int = 1, deposited: int = 0,
+              transferred: int = 0) -> tuple[BalanceStatement, bytes]:
     st = BalanceStatement(participant, index_of(participant), balance_, locked, epoch, nonce,
-                          deposited)
+                          deposited, transferred=transferred)
     return st, key.sign_digest(statement_digest(vault.domain, st))
 
 

@@ -61,8 +61,13 @@ def test_the_pure_encoders_give_the_contracts_own_digests(vault: A402Vault) -> N
             epoch, b"", deposits)
         assert settlement_digest(vault.domain, epoch, packed, deposits, 2**64 - 1) == (
             vault.settlement_digest(epoch, packed, deposits, 2**64 - 1))
-    st = BalanceStatement(a, 99, 123, 45, 6, 7)
-    assert statement_digest(vault.domain, st) == vault.statement_digest(st)
+        anchor = (2**64 - 1, os.urandom(32))
+        assert settlement_digest(vault.domain, epoch, packed, deposits, anchor=anchor[0],
+                                 anchor_hash=anchor[1]) == vault.settlement_digest(
+            epoch, packed, deposits, anchor=anchor[0], anchor_hash=anchor[1])
+    for st in (BalanceStatement(a, 99, 123, 45, 6, 7),
+               BalanceStatement(a, 99, 123, 45, 6, 7, 8, 9, 10, 2**128 - 1)):
+        assert statement_digest(vault.domain, st) == vault.statement_digest(st)
     terms = VaultChannelTerms(a, b, os.urandom(32), 10**6, os.urandom(32))
     cid = vault_channel_id(vault.domain, terms)
     assert cid == vault.channel_id(terms)
@@ -246,7 +251,7 @@ def test_a_token_that_calls_back_during_a_payout_cannot_settle_again(
     payee, gas_payer = funded(vault_chain, token, eth=0), funded(vault_chain, token)
     # The hook replays a valid settlement of the next epoch from inside the first's payout.
     packed2, signature2 = sign_settlement(vault_key, rvault, 2, [(payee.address, 4_000)])
-    header = (1, 2, rvault.claim_state(), 0, bytes(16))
+    header = (1, 2, rvault.claim_state(), 0, bytes(16), 0, bytes(32))
     data = rvault.contract.encode_abi("settle", [header, packed2, b"", (b"", b"", b""), b"",
                                                  signature2])
     transact(vault_chain, deployer, token.functions.arm(rvault.address, data))

@@ -18,6 +18,8 @@ from a402.chain.node import Chain
 from a402.chain.receipts import receipt_proof
 from a402.chain.tx import transact
 from a402.crypto import EcdsaSigner
+from a402.crypto.vault_messages import pack_payouts, settlement_digest
+from a402.evm.keccak import keccak256 as keccak
 from a402.vault_contract import A402Vault, AccountStatus
 
 from .helpers import (
@@ -26,6 +28,7 @@ from .helpers import (
     fund_pool,
     funded,
     increase_time,
+    index_of,
     leave,
     reverts_with,
     statement,
@@ -78,21 +81,82 @@ def test_a_plain_transfer_is_paid_back_in_its_senders_exit_once(
     assert balance(usdc, sender.address) == 1_300
 
 
-def test_a_transfer_proven_after_its_senders_exit_is_final_is_paid_at_once(
+def test_an_exit_pays_only_the_proven_transfers_its_statement_does_not_count(
     vault_chain: Chain, usdc: Any, vault: A402Vault, vault_key: EcdsaSigner,
     gas_payer: LocalAccount,
 ) -> None:
+    """The enclave counted the first transfer (300, in the statement's balance and
+    ``transferred``); the second (200) it never saw. Proving both pays the 200 on top, never
+    the 300 twice; proving only the counted one adds nothing."""
+    fund_pool(vault_chain, usdc, vault, 10_000)
+    sender = funded(vault_chain, usdc, 500)
+    counted = _transfer(vault_chain, usdc, sender, vault.address, 300)
+    hidden = _transfer(vault_chain, usdc, sender, vault.address, 200)
+    vault.prove_transfer(gas_payer, _proof(vault_chain, counted))
+    leave(vault, gas_payer, *statement(vault_key, vault, sender.address, 700, nonce=4,
+                                       transferred=300))
+    assert vault.settlement_of(sender.address) == 700  # proven 300 − counted 300: nothing more
+    vault.prove_transfer(gas_payer, _proof(vault_chain, hidden))
+    assert (vault.transferred(sender.address), vault.settlement_of(sender.address)) == (500, 900)
+    increase_time(vault_chain, SETTLE_WINDOW)
+    vault.final_force_settle(gas_payer, sender.address)
+    assert balance(usdc, sender.address) == 900
+    assert balance(usdc, vault.address) == 10_500 - 900
+
+
+def test_a_transfer_proven_after_its_senders_exit_is_final_pays_only_what_it_adds(
+    vault_chain: Chain, usdc: Any, vault: A402Vault, vault_key: EcdsaSigner,
+    gas_payer: LocalAccount,
+) -> None:
+    """The final statement counted a 300 transfer nobody had proven: proving it afterwards
+    pays nothing (the exit paid it in the balance); a late 250 top-up is paid at once."""
     fund_pool(vault_chain, usdc, vault, 5_000)
-    sender = funded(vault_chain, usdc, 250)
-    leave(vault, gas_payer, *statement(vault_key, vault, sender.address, 0, nonce=1))
+    sender = funded(vault_chain, usdc, 550)
+    counted = _transfer(vault_chain, usdc, sender, vault.address, 300)
+    leave(vault, gas_payer, *statement(vault_key, vault, sender.address, 300, nonce=1,
+                                       transferred=300))
     increase_time(vault_chain, SETTLE_WINDOW)
     vault.final_force_settle(gas_payer, sender.address)
     assert vault.status(sender.address) is AccountStatus.SETTLED
-    sent = _transfer(vault_chain, usdc, sender, vault.address, 250)  # a late top-up
-    assert balance(usdc, sender.address) == 0
-    vault.prove_transfer(gas_payer, _proof(vault_chain, sent))
-    assert balance(usdc, sender.address) == 250
+    assert balance(usdc, sender.address) == 550
+    vault.prove_transfer(gas_payer, _proof(vault_chain, counted))
+    assert balance(usdc, sender.address) == 550  # counted already: paid by the exit
+    late = _transfer(vault_chain, usdc, sender, vault.address, 250)
+    assert balance(usdc, sender.address) == 300
+    vault.prove_transfer(gas_payer, _proof(vault_chain, late))
+    assert balance(usdc, sender.address) == 550
     assert balance(usdc, vault.address) == 5_000
+
+
+def test_a_settlement_lands_only_if_its_anchor_is_the_chains_block(
+    vault_chain: Chain, usdc: Any, vault: A402Vault, vault_key: EcdsaSigner,
+    gas_payer: LocalAccount,
+) -> None:
+    """What makes the plain transfers the enclave read the chain's word: the header chain it
+    read them from ends in a block whose hash the settlement carries."""
+    w3 = vault_chain.w3
+    fund_pool(vault_chain, usdc, vault, 1_000)
+    payee = funded(vault_chain, usdc, eth=0)
+    w3.provider.make_request("anvil_mine", [hex(3)])
+    block = w3.eth.get_block(int(w3.eth.block_number) - 1)
+    real = (int(block["number"]), bytes(block["hash"]))
+    for anchor, anchor_hash in ((real[0], bytes(32)), (real[0], keccak(b"a forged chain")),
+                                (real[0] + 10, bytes(32))):
+        with reverts_with("UnknownAnchor(uint64)"):
+            _settle(vault, vault_key, gas_payer, payee.address, anchor, anchor_hash)
+    _settle(vault, vault_key, gas_payer, payee.address, *real)
+    assert balance(usdc, payee.address) == 100
+    assert vault.last_epoch() == 1
+
+
+def _settle(vault: A402Vault, key: EcdsaSigner, sender: LocalAccount, payee: str,
+            anchor: int, anchor_hash: bytes) -> Any:
+    packed = pack_payouts([(payee, index_of(payee), 100)])
+    claims = vault.claim_state()
+    signature = key.sign_digest(settlement_digest(vault.domain, 1, packed, claims,
+                                                  anchor=anchor, anchor_hash=anchor_hash))
+    return vault.settle(sender, packed, 1, claims, signature, anchor=anchor,
+                        anchor_hash=anchor_hash)
 
 
 def test_money_the_vault_takes_in_by_its_own_functions_is_not_a_plain_transfer(

@@ -291,7 +291,7 @@ def test_a_contract_wallet_pulls_by_eip1271_and_one_that_burns_gas_is_only_skipp
     records, intents = pack_pulls([pulls[0][0]]), pulls[0][1]
     signature = vault_key.sign_digest(settlement_digest(vault.domain, 1, b"", 0,
                                                         packed_pulls=records))
-    starved = vault.contract.functions.settle((0, 1, 0, 0, bytes(16)), b"", b"",
+    starved = vault.contract.functions.settle((0, 1, 0, 0, bytes(16), 0, bytes(32)), b"", b"",
                                               (records, intents, b""), b"", signature)
     with pytest.raises(ContractCustomError, match=selector("InsufficientGas()")):
         starved.call({"from": gas_payer.address, "gas": 200_000})

@@ -55,19 +55,32 @@ def header_rlp(block: Mapping[str, Any]) -> bytes:
     return bytes(rlp.encode(items))
 
 
+#: The OP stack's deposit transactions (every L2 block of Base and OP Mainnet starts with one):
+#: their receipts end with the deposit nonce and receipt version, when the node gives them.
+OP_DEPOSIT_TYPE = 0x7E
+
+
 def encode_receipt(receipt: Mapping[str, Any]) -> bytes:
     """A receipt's consensus encoding (what the receipts trie holds)."""
     logs = [[_bytes(log["address"]), [_bytes(t) for t in log["topics"]], _bytes(log["data"])]
             for log in receipt["logs"]]
-    body = bytes(rlp.encode([int(receipt["status"]), int(receipt["cumulativeGasUsed"]),
-                             _bytes(receipt["logsBloom"]), logs]))
+    fields: list[Any] = [int(receipt["status"]), int(receipt["cumulativeGasUsed"]),
+                         _bytes(receipt["logsBloom"]), logs]
     kind = int(receipt.get("type", 0))
+    if kind == OP_DEPOSIT_TYPE:
+        for name in ("depositNonce", "depositReceiptVersion"):
+            if receipt.get(name) is None:
+                break
+            fields.append(int(receipt[name], 16) if isinstance(receipt[name], str)
+                          else int(receipt[name]))
+    body = bytes(rlp.encode(fields))
     return body if kind == 0 else bytes([kind]) + body
 
 
 def receipt_proof(chain: Chain, tx_hash: bytes | str, log_index: int) -> bytes:
     """``abi.encode(header, txIndex, proof, logIndex)`` for log ``log_index`` (counted within
-    the receipt) of transaction ``tx_hash``: the argument of ``A402Vault.proveTransfer``.
+    the receipt: the first log of the transaction is 0, whatever the node's block-wide
+    ``logIndex``) of transaction ``tx_hash``: the argument of ``A402Vault.proveTransfer``.
     Good on-chain from the next block on (``BLOCKHASH`` knows no hash of the block being
     built) while the block is one of the last 8,191."""
     w3 = chain.w3

@@ -65,11 +65,13 @@ from .message import PaymentDomain
 
 SETTLEMENT_TYPE = (
     "A402VaultSettlement(uint64 prevEpoch,uint64 epoch,bytes32 payouts,bytes32 confirms,"
-    "bytes32 pulls,bytes32 pullChecks,bytes32 claims,uint64 notBefore,bytes16 ledger)"
+    "bytes32 pulls,bytes32 pullChecks,bytes32 claims,uint64 notBefore,bytes16 ledger,"
+    "uint64 anchor,bytes32 anchorHash)"
 )
 BALANCE_TYPE = (
     "A402VaultBalance(address participant,uint32 index,uint256 balance,uint256 locked,uint64 epoch,"
-    "uint64 nonce,uint256 deposited,uint32 pull,uint256 pulling,bytes16 ledger)"
+    "uint64 nonce,uint256 deposited,uint32 pull,uint256 pulling,uint256 transferred,"
+    "bytes16 ledger)"
 )
 PULL_TYPE = "A402VaultPull(uint32 pull,bytes16 ledger)"
 EXIT_TYPE = "A402VaultExit(address participant,bytes32 statement)"
@@ -312,13 +314,15 @@ def pack_tail(records: Iterable[ClaimRecord]) -> bytes:
 def settlement_digest(
     domain: PaymentDomain, epoch: int, packed_payouts: bytes, claims: int, not_before: int = 0,
     *, prev_epoch: int | None = None, packed_confirms: bytes = b"", packed_pulls: bytes = b"",
-    packed_pull_checks: bytes = b"", ledger: bytes = NO_LEDGER,
+    packed_pull_checks: bytes = b"", ledger: bytes = NO_LEDGER, anchor: int = 0,
+    anchor_hash: bytes = bytes(32),
 ) -> bytes:
     """What the vault key signs to authorise settlement ``epoch`` (following ``prev_epoch``,
     by default ``epoch - 1``) of ``packed_payouts``, ``packed_confirms``, ``packed_pulls``
     (:func:`pack_pulls`; their intent signatures are not part of it) and
     ``packed_pull_checks`` (any may be empty), with its claim state ``claims``, landable only
-    after chain time ``not_before``."""
+    after chain time ``not_before`` and only if block ``anchor`` (0: none) of the chain has
+    the hash ``anchor_hash``."""
     prev = epoch - 1 if prev_epoch is None else prev_epoch
     if not 0 <= prev < epoch:
         raise ValueError("a settlement follows an earlier epoch")
@@ -335,6 +339,8 @@ def settlement_digest(
             + _uint(claims, _UINT256, "claim state")
             + _uint(not_before, _UINT64, "notBefore")
             + _ledger(ledger)
+            + _uint(anchor, _UINT64, "anchor")
+            + _bytes32(anchor_hash, "anchor hash")
         ),
     )
 
@@ -346,10 +352,10 @@ def settlement_digest(
 class BalanceStatement:
     """What the vault owes ``participant`` (lane ``index``) if it stopped now (free
     ``balance`` and ``locked`` in its open channels as a client), counting its deposits up
-    to the cumulative ``deposited``, net of its payouts in every settlement up to ``epoch``;
-    ``nonce`` increases with every change. ``balance`` includes ``pulling``, the amount of
-    pull ``pull`` (0: none) that no settlement has confirmed yet: a force-settle pays it
-    only if that pull was made."""
+    to the cumulative ``deposited`` and plain transfers that sum to ``transferred``, net of
+    its payouts in every settlement up to ``epoch``; ``nonce`` increases with every change.
+    ``balance`` includes ``pulling``, the amount of pull ``pull`` (0: none) that no
+    settlement has confirmed yet: a force-settle pays it only if that pull was made."""
 
     participant: str
     index: int
@@ -360,11 +366,12 @@ class BalanceStatement:
     deposited: int = 0
     pull: int = 0
     pulling: int = 0
+    transferred: int = 0
 
-    def as_tuple(self) -> tuple[str, int, int, int, int, int, int, int, int]:
+    def as_tuple(self) -> tuple[str, int, int, int, int, int, int, int, int, int]:
         """The contract's ``Statement`` tuple."""
         return (self.participant, self.index, self.balance, self.locked, self.epoch, self.nonce,
-                self.deposited, self.pull, self.pulling)
+                self.deposited, self.pull, self.pulling, self.transferred)
 
 
 def statement_digest(domain: PaymentDomain, statement: BalanceStatement,
@@ -385,6 +392,7 @@ def statement_digest(domain: PaymentDomain, statement: BalanceStatement,
             + _uint(statement.deposited, _UINT256, "deposited")
             + _uint(statement.pull, PULL_VOID, "pull")
             + _uint(statement.pulling, _UINT128, "pulling")
+            + _uint(statement.transferred, _UINT128, "transferred")
             + _ledger(ledger if statement.epoch or statement.pull else NO_LEDGER)
         ),
     )

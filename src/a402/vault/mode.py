@@ -1395,7 +1395,7 @@ def statement_json(signed: SignedStatement) -> dict[str, Any]:
     return {"participant": s.participant, "index": s.index, "balance": str(s.balance),
             "locked": str(s.locked), "epoch": s.epoch, "nonce": s.nonce,
             "deposited": str(s.deposited), "pull": s.pull, "pulling": str(s.pulling),
-            "signature": "0x" + signed.signature.hex()}
+            "transferred": str(s.transferred), "signature": "0x" + signed.signature.hex()}
 
 
 def statement_from_json(kept: Mapping[str, Any]) -> SignedStatement:
@@ -1404,7 +1404,8 @@ def statement_from_json(kept: Mapping[str, Any]) -> SignedStatement:
     return SignedStatement(
         BalanceStatement(str(kept["participant"]), int(kept["index"]), int(kept["balance"]),
                          int(kept["locked"]), int(kept["epoch"]), int(kept["nonce"]),
-                         int(kept["deposited"]), int(kept["pull"]), int(kept["pulling"])),
+                         int(kept["deposited"]), int(kept["pull"]), int(kept["pulling"]),
+                         int(kept.get("transferred", 0))),
         bytes.fromhex(str(kept["signature"]).removeprefix("0x")))
 
 
