@@ -16,10 +16,20 @@ from eth_account.signers.local import LocalAccount
 from a402.chain.create2 import transfer_prover_address
 from a402.chain.node import Chain
 from a402.chain.receipts import receipt_proof
-from a402.chain.tx import transact
+from a402.chain.tx import TransactionFailed, transact
 from a402.crypto import EcdsaSigner
 from a402.crypto.vault_messages import pack_payouts, settlement_digest
 from a402.evm.keccak import keccak256 as keccak
+from a402.evm.receipts import (
+    PlainTransfer,
+    ProofError,
+    encode_receipt,
+    header_rlp,
+    link_headers,
+    plain_transfers,
+    proven_receipt,
+    read_header,
+)
 from a402.vault_contract import A402Vault, AccountStatus
 
 from .helpers import (
@@ -231,3 +241,72 @@ def test_the_prover_is_one_contract_at_the_address_its_code_fixes(
 ) -> None:
     assert vault.contract.functions.transferProver().call() == transfer_prover_address()
     assert vault_chain.w3.eth.get_code(transfer_prover_address())
+
+
+# ----------------------------------------------- the enclave's reading (a402.evm.receipts)
+
+
+def _headers(chain: Chain, first: int, last: int) -> list[bytes]:
+    return [header_rlp(chain.w3.eth.get_block(n)) for n in range(first, last + 1)]
+
+
+def test_the_enclaves_reading_of_a_receipt_proof_agrees_with_the_contracts(
+    vault_chain: Chain, usdc: Any, vault: A402Vault, gas_payer: LocalAccount,
+) -> None:
+    """For each receipt, :func:`plain_transfers` finds what ``proveTransfer`` accepts: the
+    transfer to the vault; not a deposit's transfer, one elsewhere, or an approval."""
+    sender = funded(vault_chain, usdc, 1_000)
+    transact(vault_chain, sender, usdc.functions.approve(vault.address, 100))
+    cases = [
+        (_transfer(vault_chain, usdc, sender, vault.address, 300), True),
+        (vault.deposit(sender, sender.address, 100), False),
+        (_transfer(vault_chain, usdc, sender, gas_payer.address, 5), False),
+        (transact(vault_chain, sender, usdc.functions.approve(vault.address, 1)), False),
+    ]
+    for receipt, plain in cases:
+        header, tx_index, nodes, _ = decode(["bytes", "uint256", "bytes[]", "uint256"],
+                                            _proof(vault_chain, receipt))
+        (head,) = link_headers([header])
+        found = plain_transfers(proven_receipt(head, tx_index, nodes), token=usdc.address,
+                                to=vault.address, block=head.number, tx_index=tx_index)
+        log = next(i for i, entry in enumerate(receipt["logs"])
+                   if entry["address"] == usdc.address)
+        if plain:
+            assert found == [PlainTransfer(sender.address, 300,
+                                           head.number << 64 | tx_index << 32 | log)]
+            vault.prove_transfer(gas_payer, _proof(vault_chain, receipt, log))
+        else:
+            assert found == []
+            with pytest.raises(TransactionFailed):
+                vault.prove_transfer(gas_payer, _proof(vault_chain, receipt, log))
+
+
+def test_the_enclave_takes_headers_only_as_a_chain_and_receipts_only_with_their_proof(
+    vault_chain: Chain, usdc: Any, vault: A402Vault,
+) -> None:
+    sender = funded(vault_chain, usdc, 100)
+    sent = _transfer(vault_chain, usdc, sender, vault.address, 100)
+    _, tx_index, nodes, _ = decode(["bytes", "uint256", "bytes[]", "uint256"],
+                                        _proof(vault_chain, sent))
+    vault_chain.w3.provider.make_request("anvil_mine", [hex(4)])
+    n = sent["blockNumber"]
+    chain = link_headers(_headers(vault_chain, n, n + 4))
+    assert [h.number for h in chain] == list(range(n, n + 5))
+    assert chain[-1].hash == bytes(vault_chain.w3.eth.get_block(n + 4)["hash"])
+    assert link_headers(_headers(vault_chain, n + 5, n + 5), after=chain[-1])
+    for broken in (_headers(vault_chain, n, n + 1) + _headers(vault_chain, n + 3, n + 4),
+                   _headers(vault_chain, n + 1, n + 1) + _headers(vault_chain, n, n)):
+        with pytest.raises(ProofError, match="does not follow"):
+            link_headers(broken)
+    fields = rlp.decode(_headers(vault_chain, n, n)[0])
+    fields[5] = bytes(32)  # another receipts root: another hash, the child no longer links
+    with pytest.raises(ProofError, match="does not follow"):
+        link_headers([rlp.encode(fields), *_headers(vault_chain, n + 1, n + 1)])
+    with pytest.raises(ProofError):
+        read_header(b"\xc0" * 3)
+    bad = [*nodes[:-1], bytes(nodes[-1][:-1]) + bytes([nodes[-1][-1] ^ 1])]
+    with pytest.raises(ProofError, match="does not verify"):
+        proven_receipt(chain[0], tx_index, bad)
+    with pytest.raises(ProofError):
+        proven_receipt(chain[0], tx_index + 7, nodes)
+    assert proven_receipt(chain[0], tx_index, nodes) == encode_receipt(sent)
