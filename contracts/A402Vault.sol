@@ -61,10 +61,11 @@ import {TransferProver} from "./TransferProver.sol";
 ///        (`PullMade`), checked against the bits the settlement leaves (after its own pulls);
 ///      * `claims` = the enclave's view of the claim chain, `notBefore` the latest deadline of
 ///        the pending payments it resolved (it lands only when block.timestamp > notBefore);
-///      * `anchor`, `anchorHash` (0: none) = a block of the header chain the enclave read plain
-///        transfers from and that block's hash as that chain has it: the settlement lands only
-///        if it is the chain's own block (`BLOCKHASH`, EIP-2935: one of the last 8,191; see
-///        "Plain transfers").
+///      * `anchor` (0: none) = the last block of the header chain the enclave read plain
+///        transfers from, and `anchorHash` = keccak256(abi.encode(that block's hash as that
+///        chain has it, the token the enclave read the transfers of)): the settlement lands
+///        only if it is the chain's own block (`BLOCKHASH`, EIP-2935: one of the last 8,191)
+///        and the enclave read this contract's token (see "Plain transfers").
 ///      It lands only if `prevEpoch == lastEpoch < epoch < 2^31`: a signature is good once and
 ///      the settlements the enclave signed land in the order it signed them; normally
 ///      `epoch = prevEpoch + 1`. No per-payee event; calldata and the one `Settled` event carry
@@ -532,7 +533,8 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     error PullRepeated(uint32 pull);
     /// @notice This plain transfer was proven already.
     error TransferAlreadyProven(uint256 position);
-    /// @notice The settlement's anchor is not the chain's block (or is older than 8,191 blocks).
+    /// @notice The settlement's anchor is not the chain's block (or is older than 8,191
+    ///         blocks), or the enclave read another token's transfers.
     error UnknownAnchor(uint64 anchor);
     /// @notice The settlement's pull checks say this pull was made; its bit is clear.
     error PullNotMade(uint32 pull);
@@ -621,9 +623,9 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
                 || pulls.signatures.length != pulls.records.length / _PULL_SIZE * _PULL_SIGNATURE_SIZE
         ) revert MalformedPayouts();
         if (block.timestamp <= h.notBefore) revert TooEarly(h.notBefore);
-        // A block the chain does not know (too old, not yet mined) has hash 0: never an anchor.
-        if (h.anchor != 0 && (h.anchorHash == 0 || Blockhash.blockHash(h.anchor) != h.anchorHash)) {
-            revert UnknownAnchor(h.anchor);
+        if (h.anchor != 0) {
+            bytes32 known = Blockhash.blockHash(h.anchor); // 0: too old, or not mined yet
+            if (known == 0 || keccak256(abi.encode(known, token)) != h.anchorHash) revert UnknownAnchor(h.anchor);
         }
         if (last == 0) {
             ledger = h.ledger; // the first settlement pins the ledger life

@@ -190,6 +190,7 @@ from a402.crypto.vault_messages import (
     PULL_VOID,
     BalanceStatement,
     PullRecord,
+    anchor_commitment,
     claim_key,
     fold_claim,
     pack_confirms,
@@ -205,6 +206,14 @@ from a402.crypto.vault_messages import (
 )
 from a402.evm.address import address_key, to_checksum
 from a402.evm.ecdsa import public_key_address
+from a402.evm.receipts import (
+    Header,
+    PlainTransfer,
+    ProofError,
+    link_headers,
+    plain_transfers,
+    proven_receipt,
+)
 from a402.tee import (
     CHANNEL_STATE,
     TUNNEL_BINDING,
@@ -244,6 +253,8 @@ PULL_MARGIN = 300
 #: a settlement with them and a full batch of payouts still fits in one transaction under
 #: EIP-7825's cap (2^24) with the sender's headroom.
 MAX_PULLS = 32
+#: The most headers (and receipts) one :meth:`VaultAccountsCode.read_transfers` report holds.
+MAX_HEADERS = 2_048
 
 
 # ------------------------------------------------------------ what the host gets
@@ -277,6 +288,10 @@ class SignedSettlement:
     #: sends each with the participant's intent signature) and the pull checks it proves.
     pulls: bytes = b""
     pull_checks: bytes = b""
+    #: The block that anchors the plain transfers it confirms (0: none) and its commitment
+    #: (:func:`~a402.crypto.vault_messages.anchor_commitment`).
+    anchor: int = 0
+    anchor_hash: bytes = bytes(32)
 
     @property
     def prev(self) -> int:
@@ -285,7 +300,7 @@ class SignedSettlement:
     def to_json(self) -> list[Any]:
         return [self.payouts.hex(), str(self.claims), self.signature.hex(), self.not_before,
                 self.prev, self.confirms.hex(), self.ledger.hex(), self.pulls.hex(),
-                self.pull_checks.hex()]
+                self.pull_checks.hex(), self.anchor, self.anchor_hash.hex()]
 
     @classmethod
     def from_json(cls, epoch: int, v: list[Any]) -> SignedSettlement:
@@ -293,7 +308,9 @@ class SignedSettlement:
                    int(v[4]), bytes.fromhex(v[5]),
                    bytes.fromhex(v[6]) if len(v) > 6 else NO_LEDGER,
                    bytes.fromhex(v[7]) if len(v) > 7 else b"",
-                   bytes.fromhex(v[8]) if len(v) > 8 else b"")
+                   bytes.fromhex(v[8]) if len(v) > 8 else b"",
+                   int(v[9]) if len(v) > 9 else 0,
+                   bytes.fromhex(v[10]) if len(v) > 10 else bytes(32))
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,18 +386,24 @@ class _Account:
     #: pays it only if it was made), spendable once a settlement confirmed it.
     pull: int = 0
     pulling: int = 0
+    #: Its plain transfers to the vault read from the chain (:meth:`VaultAccountsCode.
+    #: read_transfers`): confirmed by a settlement anchoring the blocks they were read from
+    #: (what its statements count as ``transferred``), and those no settlement anchored yet
+    #: (spendable, like deposits, once one does).
+    transferred: int = 0
+    unanchored: int = 0
 
     def to_json(self) -> list[Any]:
         return [self.participant, self.index, str(self.free), str(self.locked),
                 str(self.unconfirmed), self.nonce, self.exiting, self.epoch,
                 str(self.deposited), str(self.confirmed), str(self.debt), self.pull,
-                str(self.pulling)]
+                str(self.pulling), str(self.transferred), str(self.unanchored)]
 
     @classmethod
     def from_json(cls, v: list[Any]) -> _Account:
         return cls(str(v[0]), int(v[1]), int(v[2]), int(v[3]), int(v[4]), int(v[5]), bool(v[6]),
                    int(v[7]), int(v[8]), int(v[9]), int(v[10]),
-                   int(v[11]) if len(v) > 11 else 0, int(v[12]) if len(v) > 12 else 0)
+                   *(int(x) for x in v[11:15]))
 
 
 #: A pull's life (:class:`_Pull`): its statement handed out, waiting for the intent; the
@@ -464,7 +487,8 @@ class VaultAccountsCode:
     """
 
     def __init__(self, kernel: EnclaveKernel, *, domain: PaymentDomain, network: str,
-                 auth_window: int = api.DEFAULT_AUTH_WINDOW, first_boot: bool = False) -> None:
+                 auth_window: int = api.DEFAULT_AUTH_WINDOW, first_boot: bool = False,
+                 token: str | None = None) -> None:
         self._kernel = kernel
         self._signer = _Signer(kernel)
         self.address = self._signer.address
@@ -495,6 +519,13 @@ class VaultAccountsCode:
         self._pulls: dict[int, _Pull] = {}
         self._next_pull = 1
         self._pulled_in = 0
+        #: Plain transfers (:meth:`read_transfers`): the token whose transfers are read (the
+        #: first boot's, sealed with the ledger: a restart naming another is refused), the
+        #: last header of the one chain of headers read so far, and what confirmed ones
+        #: brought in (their part of the conservation sum).
+        self.token = None if token is None else to_checksum(token)
+        self._tip: Header | None = None
+        self._transferred_in = 0
         self._settlements: dict[int, SignedSettlement] = {}
         self._statements: dict[str, SignedStatement] = {}
         self._held: dict[bytes, _Held] = {}
@@ -531,12 +562,14 @@ class VaultAccountsCode:
 
     @classmethod
     def start(cls, enclave: Enclave, *, domain: PaymentDomain, network: str,
-              auth_window: int = api.DEFAULT_AUTH_WINDOW, first_boot: bool = False
-              ) -> VaultAccounts:
-        """Run this code in ``enclave``; the host gets only the :class:`VaultAccounts`."""
+              auth_window: int = api.DEFAULT_AUTH_WINDOW, first_boot: bool = False,
+              token: str | None = None) -> VaultAccounts:
+        """Run this code in ``enclave``; the host gets only the :class:`VaultAccounts`.
+        ``token``: the A402Vault's token, whose plain transfers it reads (none: it reads
+        none)."""
         return enclave.start(lambda kernel: VaultAccounts(cls(
             kernel, domain=domain, network=network, auth_window=auth_window,
-            first_boot=first_boot)), host_tunnels=True)
+            first_boot=first_boot, token=token)), host_tunnels=True)
 
     # ---------------------------------------------------------------- helpers
 
@@ -588,7 +621,7 @@ class VaultAccountsCode:
             st = BalanceStatement(account.participant, account.index,
                                   account.free + account.pulling, account.locked,
                                   account.epoch, account.nonce, account.confirmed,
-                                  account.pull, account.pulling)
+                                  account.pull, account.pulling, account.transferred)
             signed = SignedStatement(
                 st, self._kernel.sign(VAULT_ACCOUNTS,
                                       statement_digest(self.domain, st, self.ledger)))
@@ -605,9 +638,10 @@ class VaultAccountsCode:
         return (0, 0) if a is None else (a.pull, a.pulling)
 
     def balance(self, participant: str) -> tuple[int, int, int]:
-        """``(free, locked, unconfirmed)`` of ``participant`` (zeros if unknown)."""
+        """``(free, locked, unconfirmed)`` of ``participant`` (zeros if unknown;
+        ``unconfirmed``: its deposits and plain transfers no settlement confirmed yet)."""
         a = self._accounts.get(address_key(participant))
-        return (0, 0, 0) if a is None else (a.free, a.locked, a.unconfirmed)
+        return (0, 0, 0) if a is None else (a.free, a.locked, a.unconfirmed + a.unanchored)
 
     def index_of(self, participant: str) -> int:
         return self._account(participant).index
@@ -627,15 +661,20 @@ class VaultAccountsCode:
         return found
 
     def totals(self) -> dict[str, int]:
-        """Conservation: deposits + pulled = free + locked + unconfirmed + pending + paid out −
-        debt (``pulled``: the pulls a settlement confirmed; ``pulling``, those not confirmed
-        yet, are in no balance but their own account's statements)."""
+        """Conservation: deposits + pulled + transferred + unanchored = free + locked +
+        unconfirmed + pending + paid out − debt (``pulled``: the pulls a settlement
+        confirmed; ``pulling``, those not confirmed yet, are in no balance but their own
+        account's statements; ``transferred``: the plain transfers a settlement confirmed;
+        ``unconfirmed`` counts those read but not anchored yet, ``unanchored``, with the
+        deposits not confirmed yet)."""
         return {
             "pulled": self._pulled_in,
+            "transferred": self._transferred_in,
+            "unanchored": sum(a.unanchored for a in self._accounts.values()),
             "pulling": sum(a.pulling for a in self._accounts.values()),
             "free": sum(a.free for a in self._accounts.values()),
             "locked": sum(a.locked for a in self._accounts.values()),
-            "unconfirmed": sum(a.unconfirmed for a in self._accounts.values()),
+            "unconfirmed": sum(a.unconfirmed + a.unanchored for a in self._accounts.values()),
             "pending": sum(p.amount for p in self._pending.values()),
             "paid_out": self._paid_out,
             "debt": sum(a.debt for a in self._accounts.values()),
@@ -727,6 +766,71 @@ class VaultAccountsCode:
         self._full = True
         self._changed()
         return True
+
+    # ---------------------------------------------------------------- plain transfers
+
+    @property
+    def transfer_tip(self) -> tuple[int, bytes] | None:
+        """``(number, hash)`` of the last header read (:meth:`read_transfers`; None: none):
+        the host's next headers start at the block after it."""
+        return None if self._tip is None else (self._tip.number, self._tip.hash)
+
+    def read_transfers(self, headers: Sequence[bytes],
+                       receipts: Sequence[tuple[int, int, Sequence[bytes]]]) -> int:
+        """The host hands the chain's headers after the last one read (all of them, each the
+        parent of the next; the first ever may be any block) and, for transactions of those
+        blocks, ``(block, txIndex, trie nodes)``: the receipt proof to that block's
+        ``receiptsRoot``. Each plain transfer of :attr:`token` to the vault in those
+        receipts (the contract's rule: :func:`~a402.evm.receipts.plain_transfers`) is
+        credited to its sender, *unanchored*: in no statement, payment or payout until a
+        settlement is signed whose ``anchor`` is a header of this chain at or after its
+        block (:meth:`settle`), which lands only if that header is the chain's own (contract
+        docs, "Plain transfers"). Returns how many were credited.
+
+        Safety argument: the headers link by their hashes, so the last one's vouches for
+        all, and a settlement carries it; every receipt is read through its proof, so the
+        host cannot invent a transfer, change its sender or amount, or give a chain of its
+        own, without making the settlement that would confirm it (and every later one)
+        fail. The chain only grows (one chain for the ledger's life), so every header and
+        transfer is read once: no transfer is credited twice, and any later anchor vouches
+        for every earlier credit (a replacement settlement carries them). A transfer the
+        host does not hand over is not credited: its sender's exit pays it back
+        (``proveTransfer``). A sender that is exiting, or an amount above a payout's uint96,
+        is left to that escape too. All or nothing: one bad item refuses the whole report."""
+        self._check_ready()
+        if self.token is None:
+            raise EnclaveError("no_token", "this vault reads no plain transfers (no token)")
+        if not headers or len(headers) > MAX_HEADERS or len(receipts) > MAX_HEADERS:
+            raise EnclaveError("bad_transfers",
+                               f"between 1 and {MAX_HEADERS} headers and receipts a report")
+        try:
+            chain = link_headers(headers, after=self._tip)
+            by_number = {h.number: h for h in chain}
+            found: list[PlainTransfer] = []
+            seen: set[tuple[int, int]] = set()
+            for block, tx_index, nodes in receipts:
+                header = by_number.get(block)
+                if header is None or (block, tx_index) in seen:
+                    raise ProofError(f"receipt {block}/{tx_index}: not of a header reported "
+                                     "with it, or twice")
+                seen.add((block, tx_index))
+                found += plain_transfers(proven_receipt(header, tx_index, nodes),
+                                         token=self.token,
+                                         to="0x" + bytes(self.domain.verifying_contract).hex(),
+                                         block=block, tx_index=tx_index)
+        except (ProofError, TypeError, ValueError) as e:
+            raise EnclaveError("bad_transfers", str(e)) from None
+        credited = 0
+        for t in found:
+            account = self._account(t.sender, create=True)
+            if account.exiting or t.amount > MAX_PAYOUT:
+                continue
+            account.unanchored += t.amount
+            credited += 1
+        self._tip = chain[-1]
+        self._full = True
+        self._changed()
+        return credited
 
     # ---------------------------------------------------------------- pulled deposits
 
@@ -879,7 +983,7 @@ class VaultAccountsCode:
                     else "insufficient_balance",
                     f"{amount} > {self._room(account, resolved)} payable to {key} (debt "
                     f"{account.debt})")
-        touched = [a for a in self._accounts.values() if a.unconfirmed]
+        touched = [a for a in self._accounts.values() if a.unconfirmed or a.unanchored]
         voided = self._voided()
         sending, checking, expired = self._pulls_for(clock)
         if not (wanted or touched or resolved or voided or sending or checking):
@@ -898,12 +1002,21 @@ class VaultAccountsCode:
         exits: dict[str, int] = {}
         touched += self._resolve(resolved, exits) + renamed
         confirmed: dict[str, _Account] = {}
+        # Plain transfers are confirmed by the anchor: the last header read, whose chain holds
+        # every block a transfer was read from (this settlement's and any it replaces).
+        anchored = any(v.anchor for v in voided)
         for account in touched:
             if account.unconfirmed:
                 account.free += account.unconfirmed
                 account.confirmed += account.unconfirmed
                 account.unconfirmed = 0
                 confirmed[address_key(account.participant)] = account
+            if account.unanchored:
+                account.free += account.unanchored
+                account.transferred += account.unanchored
+                self._transferred_in += account.unanchored
+                account.unanchored = 0
+                anchored = True
         self._confirmed = self._claims
         amounts: dict[str, int] = {}
         for v in voided:  # carried over: already debited when first signed
@@ -991,13 +1104,18 @@ class VaultAccountsCode:
         confirms = pack_confirms(sorted((a.participant, a.confirmed) for a in confirmed.values()))
         packed_pulls = pack_pulls(pulls[k] for k in sorted(pulls))
         packed_checks = pack_pull_checks(sorted(checks.items()))
+        anchor, anchor_hash = 0, bytes(32)
+        if anchored and self._tip is not None and self.token is not None:
+            anchor = self._tip.number
+            anchor_hash = anchor_commitment(self._tip.hash, self.token)
         digest = settlement_digest(self.domain, self._epoch, packed, self._confirmed, not_before,
                                    prev_epoch=prev, packed_confirms=confirms,
                                    packed_pulls=packed_pulls, packed_pull_checks=packed_checks,
-                                   ledger=self.ledger)
+                                   ledger=self.ledger, anchor=anchor, anchor_hash=anchor_hash)
         signed = SignedSettlement(self._epoch, packed, self._confirmed,
                                   self._kernel.sign(VAULT_ACCOUNTS, digest), not_before, prev,
-                                  confirms, self.ledger, packed_pulls, packed_checks)
+                                  confirms, self.ledger, packed_pulls, packed_checks, anchor,
+                                  anchor_hash)
         self._settlements[self._epoch] = signed
         self._void_from, self._bumped, self._exit_cuts = None, set(), {}
         return Settled(signed, self._sign_statements([*touched, *expired]))
@@ -1470,6 +1588,8 @@ class VaultAccountsCode:
             "paidOut": str(self._paid_out), "clock": self._clock, "dead": self._dead,
             "pulls": {str(k): p.to_json() for k, p in self._pulls.items()},
             "nextPull": self._next_pull, "pulledIn": str(self._pulled_in),
+            "token": self.token, "transferredIn": str(self._transferred_in),
+            "tip": None if self._tip is None else [self._tip.number, self._tip.hash.hex()],
             "settlements": {str(e): s.to_json() for e, s in self._settlements.items()},
             "resolved": {f"{cid.hex()}:{rid}": r.to_json()
                          for (cid, rid), r in self._resolved.items()},
@@ -1617,6 +1737,9 @@ class VaultAccountsCode:
                     for cid, v in r["channels"].items()}
             life = bytes.fromhex(r["life"])
             pulls = {int(k): _Pull.from_json(v) for k, v in r.get("pulls", {}).items()}
+            token = r.get("token")
+            tip = None if r.get("tip") is None else Header(
+                int(r["tip"][0]), bytes.fromhex(r["tip"][1]), b"", b"")
             pending = {}
             for key, v in r["pending"].items():
                 cid, rid = key.split(":")
@@ -1626,7 +1749,14 @@ class VaultAccountsCode:
         if version < self._version:
             raise EnclaveError("stale_ledger",
                                f"version {version} is older than the {self._version} held")
+        if token is not None and self.token is not None and to_checksum(token) != self.token:
+            # review s17: transfers read as another token's, then anchored as this one's
+            raise EnclaveError("wrong_token", f"this ledger reads the plain transfers of "
+                               f"{token}, not of {self.token}")
         self._version, self._unsaved = version, False
+        if token is not None:
+            self.token = to_checksum(token)
+        self._tip, self._transferred_in = tip, int(r.get("transferredIn", 0))
         self._accounts, self._settlements, self._statements = accounts, settlements, statements
         self._held, self._pending = held, pending
         self._next_index = int(r["nextIndex"])
@@ -1710,7 +1840,8 @@ _HOST_SURFACE = frozenset({
     "participants",
     "settlement", "settlement_after", "replacement_due", "payments_due", "credit_deposit",
     "settle",
-    "chain_epoch", "prepare_pull", "pull_authorized", "pull_landed", "pulls_sent", "pulling",
+    "chain_epoch", "token", "transfer_tip", "read_transfers",
+    "prepare_pull", "pull_authorized", "pull_landed", "pulls_sent", "pulling",
     "pull_terms", "pulls_due",
     "open_channel", "terms", "channel_status", "last_ack", "acks_owed", "has_paid", "bind_tunnel",
     "authenticate", "request", "receive", "poll", "abandon", "claim_landed", "close_channel",

@@ -23,13 +23,12 @@ from a402.crypto.vault_messages import (
     ClaimRecord,
     claim_key,
     fold_claim,
-    pack_pull_signatures,
-    unpack_pulls,
 )
 from a402.evm.address import to_checksum
 from a402.evm.ecdsa import public_key_address
 from a402.tee import PROVIDER_PURPOSES, AttestationPolicy
 from a402.tee.simulated import SimulatedEnclave, SimulatedPlatform, SimulatedVerifier
+from a402.vault.landing import land
 from a402.vault_accounts import Changed, SignedSettlement, VaultAccounts, VaultAccountsCode
 from a402.vault_contract import A402Vault
 from a402.vault_enclave import INVOKE_PATH, SignedCall
@@ -217,14 +216,7 @@ class Host:
     def submit(self, signed: SignedSettlement) -> Any:
         """Land ``signed`` (each pull with the intent the host holds, else 65 zero bytes:
         skipped) and tell the enclave what the chain has now, as the host does."""
-        intents = [self.intents.get(r.pull, bytes(65)) for r in unpack_pulls(signed.pulls)]
-        receipt = self.vault.settle(self.gas, signed.payouts, signed.epoch, signed.claims,
-                                    signed.signature, self.vault.claims_since(signed.claims),
-                                    signed.not_before, prev_epoch=signed.prev,
-                                    packed_confirms=signed.confirms,
-                                    packed_pulls=signed.pulls,
-                                    pull_signatures=pack_pull_signatures(intents),
-                                    packed_pull_checks=signed.pull_checks, ledger=signed.ledger)
+        receipt = land(self.vault, self.gas, signed, self.intents.get)
         self.vm.vault.chain_epoch(self.vault.last_epoch())
         return receipt
 

@@ -18,7 +18,7 @@ from a402.chain.node import Chain
 from a402.chain.receipts import receipt_proof
 from a402.chain.tx import TransactionFailed, transact
 from a402.crypto import EcdsaSigner
-from a402.crypto.vault_messages import pack_payouts, settlement_digest
+from a402.crypto.vault_messages import anchor_commitment, pack_payouts, settlement_digest
 from a402.evm.keccak import keccak256 as keccak
 from a402.evm.receipts import (
     PlainTransfer,
@@ -149,9 +149,13 @@ def test_a_settlement_lands_only_if_its_anchor_is_the_chains_block(
     payee = funded(vault_chain, usdc, eth=0)
     w3.provider.make_request("anvil_mine", [hex(3)])
     block = w3.eth.get_block(int(w3.eth.block_number) - 1)
-    real = (int(block["number"]), bytes(block["hash"]))
-    for anchor, anchor_hash in ((real[0], bytes(32)), (real[0], keccak(b"a forged chain")),
-                                (real[0] + 10, bytes(32))):
+    real = (int(block["number"]), anchor_commitment(bytes(block["hash"]), usdc.address))
+    for anchor, anchor_hash in (
+        (real[0], bytes(32)),
+        (real[0], anchor_commitment(keccak(b"a forged chain"), usdc.address)),
+        (real[0], anchor_commitment(bytes(block["hash"]), gas_payer.address)),  # another token
+        (real[0] + 10, anchor_commitment(bytes(32), usdc.address)),  # not mined: hash 0
+    ):
         with reverts_with("UnknownAnchor(uint64)"):
             _settle(vault, vault_key, gas_payer, payee.address, anchor, anchor_hash)
     _settle(vault, vault_key, gas_payer, payee.address, *real)

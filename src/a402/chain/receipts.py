@@ -20,29 +20,39 @@ from a402.evm.keccak import keccak256
 from a402.evm.receipts import ProofError, encode_receipt, header_rlp
 
 
+def block_receipts_trie(chain: Chain, number: int) -> tuple[bytes, HexaryTrie]:
+    """Block ``number``'s RLP header and its receipts trie, checked against it
+    (:class:`~a402.evm.receipts.ProofError` if the node's block or receipts do not hash to
+    what its header says)."""
+    w3 = chain.w3
+    block = w3.eth.get_block(number, full_transactions=False)
+    header = header_rlp(block)
+    if keccak256(header) != bytes(block["hash"]):
+        raise ProofError(f"block {number}: its header does not hash to its hash")
+    trie = HexaryTrie({})
+    for receipt in w3.eth.get_block_receipts(number):
+        trie[rlp.encode(int(receipt["transactionIndex"]))] = encode_receipt(receipt)
+    if trie.root_hash != bytes(block["receiptsRoot"]):
+        raise ProofError(f"block {number}: its receipts do not make its root")
+    return header, trie
+
+
+def trie_proof(trie: HexaryTrie, tx_index: int) -> list[bytes]:
+    """The RLP trie nodes from the root to transaction ``tx_index``'s receipt."""
+    return [bytes(rlp.encode(node)) for node in trie.get_proof(rlp.encode(tx_index))]
+
+
 def receipt_proof(chain: Chain, tx_hash: bytes | str, log_index: int) -> bytes:
     """``abi.encode(header, txIndex, proof, logIndex)`` for log ``log_index`` (counted within
     the receipt: the first log of the transaction is 0, whatever the node's block-wide
     ``logIndex``) of transaction ``tx_hash``: the argument of ``A402Vault.proveTransfer``.
     Good on-chain from the next block on (``BLOCKHASH`` knows no hash of the block being
-    built) while the block is one of the last 8,191. :class:`~a402.evm.receipts.ProofError`
-    if the node's block or receipts do not hash to what its header says."""
-    w3 = chain.w3
-    mined = w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
-    block = w3.eth.get_block(mined["blockNumber"], full_transactions=False)
-    header = header_rlp(block)
-    if keccak256(header) != bytes(block["hash"]):
-        raise ProofError(f"block {block['number']}: its header does not hash to its hash")
-    trie = HexaryTrie({})
-    for tx in block["transactions"]:
-        receipt = w3.eth.get_transaction_receipt(tx)  # type: ignore[arg-type]
-        trie[rlp.encode(int(receipt["transactionIndex"]))] = encode_receipt(receipt)
-    if trie.root_hash != bytes(block["receiptsRoot"]):
-        raise ProofError(f"block {block['number']}: its receipts do not make its root")
-    key = rlp.encode(int(mined["transactionIndex"]))
-    nodes = [bytes(rlp.encode(node)) for node in trie.get_proof(key)]
+    built) while the block is one of the last 8,191."""
+    mined = chain.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+    header, trie = block_receipts_trie(chain, int(mined["blockNumber"]))
+    index = int(mined["transactionIndex"])
     return encode(["bytes", "uint256", "bytes[]", "uint256"],
-                  [header, int(mined["transactionIndex"]), nodes, log_index])
+                  [header, index, trie_proof(trie, index), log_index])
 
 
-__all__ = ["receipt_proof"]
+__all__ = ["block_receipts_trie", "receipt_proof", "trie_proof"]

@@ -345,6 +345,13 @@ def settlement_digest(
     )
 
 
+def anchor_commitment(block_hash: bytes, token: str | bytes) -> bytes:
+    """A settlement's ``anchorHash``: keccak256(abi.encode(the anchor block's hash, the
+    token whose transfers were read)), which the contract recomputes with the chain's hash
+    and its own token."""
+    return keccak256(_bytes32(block_hash, "block hash") + _address_word(token))
+
+
 # ------------------------------------------------------------------ statements
 
 

@@ -70,25 +70,27 @@ from functools import partial
 from typing import Any, TypeVar
 
 from eth_account.signers.local import LocalAccount
+from hexbytes import HexBytes
 from web3.exceptions import BlockNotFound, Web3RPCError
 
 from a402.asc import ASCError, Exec, Status
 from a402.asc.messages import Message as AscMessage
 from a402.chain.node import Chain
+from a402.chain.receipts import block_receipts_trie, trie_proof
 from a402.chain.tx import TransactionFailed
 from a402.crypto.authorization import recover_signer
 from a402.crypto.vault_messages import (
     MAX_PAYOUT,
     BalanceStatement,
     claim_count,
-    pack_pull_signatures,
     unpack_payouts,
-    unpack_pulls,
 )
 from a402.evm.address import address_key, to_checksum
+from a402.evm.receipts import TRANSFER_TOPIC, header_rlp
 from a402.tee import Enclave, EnclaveError
 from a402.tee.chains import check_backends
 from a402.vault_accounts import (
+    MAX_HEADERS,
     Changed,
     SignedSettlement,
     SignedStatement,
@@ -99,6 +101,7 @@ from a402.vault_contract import A402Vault, AccountStatus
 from a402.vault_enclave import SignedCall
 from a402.wire import vault_api as api
 
+from .landing import land
 from .settlement_schedule import Batch, SchedulePolicy, SettlementScheduler
 from .store import VaultStore
 from .watchtower import Answer, VaultWatchtower
@@ -260,7 +263,8 @@ class VaultModeService:
                 "sign nothing the contract takes (participants can exit with their statements)")
         self.accounts: VaultAccounts = VaultAccountsCode.start(
             config.enclave, domain=self.contract.domain, network=config.chain.network,
-            auth_window=config.auth_window, first_boot=stored is None)
+            auth_window=config.auth_window, first_boot=stored is None,
+            token=self.contract.token)
         if address_key("0x" + bytes(self.accounts.address).hex()) != address_key(
                 self.contract.vault_signer):
             raise ValueError(f"the A402Vault's vault signer is {self.contract.vault_signer}, "
@@ -289,6 +293,8 @@ class VaultModeService:
         self._nonces_known: OrderedDict[tuple[str, str], float] = OrderedDict(
             ((client, nonce), seen) for client, nonce, seen in config.store.nonces())
         self._scan_from = 0  # the block of the last chain record reported (this process)
+        #: Where the search for a first plain transfer resumes (none read yet, this process).
+        self._transfers_from = 0
         #: One reader of the chain's records at a time (:meth:`observe_deposits`).
         self._observing = threading.Lock()
         self._journal_seq = 0  # the last journal row's number
@@ -828,6 +834,7 @@ class VaultModeService:
         events = self.contract.contract.events
         found: list[tuple[tuple[int, int], Any]] = []
         to_block = self._reported_head()  # no reorg undoes what is reported (S9-7)
+        self._observe_transfers(to_block)
         if to_block < self._scan_from:
             return 0
         for name in ("Deposited", "PaymentClaimed"):
@@ -854,6 +861,46 @@ class VaultModeService:
             self._scan_from = block  # later records are in this block or after
             new += 1
         return new
+
+    def _observe_transfers(self, head: int) -> int:
+        """Hand the enclave the chain up to ``head`` with the receipt proofs of the plain
+        transfers to the vault in it (:meth:`~a402.vault_accounts.VaultAccountsCode.
+        read_transfers`): every header after the last one it read, none before the first
+        transfer, and never the newest block (a settlement anchored there could not land in
+        the block after it: ``BLOCKHASH`` knows no hash of the block being built, and a node
+        estimates a transaction on the newest block). Returns how many it credited."""
+        w3 = self.chain.w3
+        head = min(head, int(w3.eth.block_number) - 1)
+        tip = self.accounts.transfer_tip
+        start = self._transfers_from if tip is None else tip[0] + 1
+        credited = 0
+        while start <= head:
+            end = min(head, start + MAX_HEADERS - 1)
+            logs = w3.eth.get_logs({
+                "address": w3.to_checksum_address(self.contract.token),
+                "topics": [HexBytes(TRANSFER_TOPIC), None, HexBytes(bytes(12) + bytes.fromhex(
+                    self.contract.address[2:]))],
+                "fromBlock": start, "toBlock": end})
+            txs = sorted({(int(log["blockNumber"]), int(log["transactionIndex"]))
+                          for log in logs if not log.get("removed")})
+            if tip is None:
+                if not txs:  # nothing read yet and nothing to read: no chain to keep
+                    self._transfers_from = start = end + 1
+                    continue
+                start = txs[0][0]
+            headers: list[bytes] = []
+            receipts: list[tuple[int, int, list[bytes]]] = []
+            for number in range(start, end + 1):
+                wanted = [i for b, i in txs if b == number]
+                if wanted:
+                    header, trie = block_receipts_trie(self.chain, number)
+                    receipts += [(number, i, trie_proof(trie, i)) for i in wanted]
+                else:
+                    header = header_rlp(w3.eth.get_block(number))
+                headers.append(header)
+            credited += self.change(partial(self.accounts.read_transfers, headers, receipts))
+            tip, start = self.accounts.transfer_tip, end + 1
+        return credited
 
     def _reported_head(self) -> int:
         """The last block whose records may be reported (``config.confirmations``)."""
@@ -1237,16 +1284,8 @@ class VaultModeService:
         self.store.delete_metas(PULL_INTENT_PREFIX + str(pull) for pull in reported)
 
     def _land_next(self, signed: SignedSettlement) -> Landed:
-        # each pull with its participant's intent (none held: 65 zero bytes, and the
-        # contract skips that pull; the next settlement then drops it)
-        intents = [self.store.get_meta(PULL_INTENT_PREFIX + str(r.pull)) or bytes(65)
-                   for r in unpack_pulls(signed.pulls)]
-        receipt = self.contract.settle(
-            self.config.account, signed.payouts, signed.epoch, signed.claims, signed.signature,
-            self.contract.claims_since(signed.claims), signed.not_before,
-            prev_epoch=signed.prev, packed_confirms=signed.confirms,
-            packed_pulls=signed.pulls, pull_signatures=pack_pull_signatures(intents),
-            packed_pull_checks=signed.pull_checks, ledger=signed.ledger)
+        receipt = land(self.contract, self.config.account, signed,
+                       lambda pull: self.store.get_meta(PULL_INTENT_PREFIX + str(pull)))
         landed = Landed(signed.epoch, _hex(receipt["transactionHash"]),
                         len(unpack_payouts(signed.payouts)), int(receipt["blockNumber"]))
         self._record_landed(landed)

@@ -41,6 +41,8 @@ from a402.tee import EnclaveError
 from a402.vault_accounts import SignedStatement, VaultAccounts
 from a402.vault_contract import A402Vault, AccountStatus, RecordedForceSettle
 
+from .landing import land
+
 
 def answer_needed(recorded: RecordedForceSettle, latest: BalanceStatement, *, now: int
                   ) -> bool:
@@ -133,10 +135,7 @@ class VaultWatchtower:
         try:
             while self.vault.last_epoch() < latest.statement.epoch:
                 signed = self.accounts.settlement_after(self.vault.last_epoch())
-                self.vault.settle(self.sender, signed.payouts, signed.epoch, signed.claims,
-                                  signed.signature, self.vault.claims_since(signed.claims),
-                                  signed.not_before, prev_epoch=signed.prev,
-                                  packed_confirms=signed.confirms, ledger=signed.ledger)
+                land(self.vault, self.sender, signed)
                 landed.append(signed.epoch)
             receipt = self.vault.challenge_force_settle(self.sender, latest.statement,
                                                         latest.signature)
