@@ -32,13 +32,22 @@ each); the next one proves them made (pull checks) and pays each its first payou
 lifecycle = all those settlements / 100: everything the participant's money costs on the
 chain. No deposit transaction, no per-participant ``deposited`` word.
 
+Plain-transfer lifecycle per participant ("Plain transfers" in the contract docs): 100 fresh
+participants each send the vault a plain token ``transfer`` (no contract function: the
+enclave reads it from the block's receipts, no word of the contract's records it), then one
+settlement anchored at a later block (its hash checked through ``BLOCKHASH``: what makes the
+headers the enclave read the chain's) confirms them and pays each its first payout;
+lifecycle = median transfer + that settlement / 100. This is the paper's initVault (a
+deposit the contract does not record) at its ERC-20 cost.
+
 x402 ``exact``: one ``transferWithAuthorization`` per request, submitted directly (the
 floor of what any ``exact`` facilitator pays, what ``bench/exact.py`` calls the direct
 transfer), median of 10, payee already funded. Totals for R paid requests among 100
 participants: ``exact`` = R transfers; vault = 100 first deposits + one settlement of 100 that
 confirms them (one round here; requests do not touch the chain at all in vault mode); vault
 with pulls = the settlements making 100 pulls + the one confirming and paying them (nothing else:
-the participants send no transaction).
+the participants send no transaction); vault with transfers = 100 transfers + the anchored
+settlement paying them.
 
 Usage: ``python bench/vault_gas.py`` — prints the tables and writes
 ``bench/results/vault_gas.json``. Needs anvil (``npm ci``).
@@ -74,6 +83,7 @@ from a402.crypto.vault_messages import (
     BalanceStatement,
     PullRecord,
     VaultChannelTerms,
+    anchor_commitment,
     pack_confirms,
     pack_payouts,
     pack_pull_checks,
@@ -136,8 +146,16 @@ class Bench:
     def settle(self, payouts: list[tuple[str, int]],
                confirms: list[tuple[str, int]] | None = None, not_before: int = 0, *,
                pulls: list[tuple[PullRecord, bytes]] | None = None,
-               checks: list[tuple[int, bool]] | None = None) -> int:
+               checks: list[tuple[int, bool]] | None = None, anchored: bool = False) -> int:
+        """One settlement's gas; ``anchored``: it confirms plain transfers, anchored at the
+        block before the newest (what the vault's host hands its enclave last)."""
         epoch = self.vault.last_epoch() + 1
+        anchor, anchor_hash = 0, bytes(32)
+        if anchored:
+            self.chain.w3.provider.make_request(RPCEndpoint("evm_mine"), [])
+            block = self.chain.w3.eth.get_block(int(self.chain.w3.eth.block_number) - 1)
+            anchor = int(block["number"])
+            anchor_hash = anchor_commitment(bytes(block["hash"]), self.token.address)
         packed = pack_payouts([(a, self.index[a], x) for a, x in payouts])
         packed_confirms = pack_confirms(confirms or [])
         records = pack_pulls(r for r, _ in pulls or [])
@@ -147,11 +165,12 @@ class Bench:
         signature = self.key.sign_digest(settlement_digest(
             self.vault.domain, epoch, packed, claims, not_before,
             packed_confirms=packed_confirms, packed_pulls=records,
-            packed_pull_checks=packed_checks))
+            packed_pull_checks=packed_checks, anchor=anchor, anchor_hash=anchor_hash))
         return int(self.vault.settle(self.gas_payer, packed, epoch, claims, signature,
                                      b"", not_before, packed_confirms=packed_confirms,
                                      packed_pulls=records, pull_signatures=intents,
-                                     packed_pull_checks=packed_checks)["gasUsed"])
+                                     packed_pull_checks=packed_checks, anchor=anchor,
+                                     anchor_hash=anchor_hash)["gasUsed"])
 
     def payees(self, n: int) -> list[str]:
         """``n`` fresh participants that already hold tokens (never paid by the vault), with
@@ -268,6 +287,24 @@ def measure_lifecycle(b: Bench, n: int = LIFECYCLE_BATCH) -> dict[str, int]:
             "lifecycle": first + round(settle / n)}
 
 
+def measure_transfer_lifecycle(b: Bench, n: int = LIFECYCLE_BATCH) -> dict[str, int]:
+    """``n`` fresh participants each send the vault a plain ``transfer`` (credited by the
+    enclave from the receipts, no contract record), then one settlement anchored after them
+    confirms them all and pays each its first payout (see the module docstring)."""
+    payees = b.payees(n)
+    w3 = b.chain.w3
+    for p in payees:
+        transact(b.chain, b.chain.accounts[0], b.token.functions.mint(p, 2_000))
+        transact(b.chain, b.chain.accounts[0], {"to": w3.to_checksum_address(p)}, value=10**16)
+    sent = [int(transact(b.chain, b.keys[p], b.token.functions.transfer(
+        b.vault.address, 2_000))["gasUsed"]) for p in payees]
+    settle = b.settle([(p, 1_000) for p in payees], anchored=True)
+    first = int(statistics.median(sent))
+    return {"participants": n, "transfer_median": first, "settle_tx": settle,
+            "settle_per_participant": round(settle / n),
+            "lifecycle": first + round(settle / n)}
+
+
 def measure_pulled_lifecycle(b: Bench, n: int = LIFECYCLE_BATCH) -> dict[str, int]:
     """``n`` fresh participants' pulls in one settlement, then the settlement that proves them
     made and pays each its first payout (see the module docstring)."""
@@ -329,12 +366,16 @@ def measure(chain: Chain, sizes: tuple[int, ...] = BATCH_SIZES) -> dict[str, Any
     batch = at.get(LIFECYCLE_BATCH) or settlements[-1]
     life = measure_lifecycle(b, batch["payees"])
     pulled = measure_pulled_lifecycle(b, batch["payees"])
+    plain = measure_transfer_lifecycle(b, batch["payees"])
     share = life["settle_per_participant"]
     lifecycle = {
         "first deposit + share of a settlement confirming it": life["lifecycle"],
         "later deposit + share of a settlement confirming it": gas["deposit (later)"] + share,
-        "(reference) plain transfer + share of a first settlement":
-            gas["plain token transfer to the vault (not credited)"] + batch["first_per_payee"],
+        "plain transfer: the participant's transfer": plain["transfer_median"],
+        "plain transfer: share of the anchored settlement paying it":
+            plain["settle_per_participant"],
+        "plain transfer + share of the settlement confirming and paying it":
+            plain["lifecycle"],
         f"pull: share of the settlements making 100 pulls ({MAX_PULLS} each)":
             pulled["pull_per_participant"],
         "pull: share of the settlement confirming and paying it": pulled[
@@ -348,12 +389,17 @@ def measure(chain: Chain, sizes: tuple[int, ...] = BATCH_SIZES) -> dict[str, Any
             "participants"]
         pulled_total = (pulled["pull_settle_tx"] + pulled["confirm_settle_tx"]) * 100 // pulled[
             "participants"]
+        plain_total = 100 * plain["transfer_median"] + plain["settle_tx"] * 100 // plain[
+            "participants"]
         totals[str(requests)] = {"exact": exact * requests, "vault": vault_total,
                                  "ratio": round(exact * requests / vault_total, 1),
                                  "vault_pulls": pulled_total,
-                                 "ratio_pulls": round(exact * requests / pulled_total, 1)}
+                                 "ratio_pulls": round(exact * requests / pulled_total, 1),
+                                 "vault_transfers": plain_total,
+                                 "ratio_transfers": round(exact * requests / plain_total, 1)}
     return {"settlement": settlements, "entry_points": gas, "lifecycle": lifecycle,
             "lifecycle_measured": life, "pulled_lifecycle_measured": pulled,
+            "transfer_lifecycle_measured": plain,
             "lifecycle_batch": batch["payees"], "exact_per_request": exact,
             "lifecycle_breakdown": breakdown, "totals_100_participants": totals}
 
@@ -405,11 +451,11 @@ def tables(result: dict[str, Any]) -> str:
         lines.append(f"{name:<50} {used:>9,} {'':>9}" if paper is None
                      else f"{name:<50} {used:>9,} {paper:>9,}")
     title = f"lifecycle per participant (batch of {result['lifecycle_batch']})"
-    lines += ["", f"{title:<58} {'gas':>9}", "-" * 68]
+    lines += ["", f"{title:<66} {'gas':>9}", "-" * 76]
     for name, used in result["lifecycle"].items():
-        lines.append(f"{name:<58} {used:>9,}")
-    lines.append(f"{'paper: initVault + settleVault':<58} {PAPER['lifecycle']:>9,}")
-    lines.append(f"{'x402 exact, per request (transferWithAuthorization)':<58}"
+        lines.append(f"{name:<66} {used:>9,}")
+    lines.append(f"{'paper: initVault + settleVault':<66} {PAPER['lifecycle']:>9,}")
+    lines.append(f"{'x402 exact, per request (transferWithAuthorization)':<66}"
                  f" {result['exact_per_request']:>9,}")
     lines += ["", f"{'where the lifecycle goes (differences of this run)':<74} {'gas':>9}",
               "-" * 84]
@@ -419,7 +465,8 @@ def tables(result: dict[str, Any]) -> str:
               f" {'ratio':>8}", "-" * 73]
     for requests, row in result["totals_100_participants"].items():
         for name, vault, ratio in (("deposits", "vault", "ratio"),
-                                   ("pulls", "vault_pulls", "ratio_pulls")):
+                                   ("pulls", "vault_pulls", "ratio_pulls"),
+                                   ("transfers", "vault_transfers", "ratio_transfers")):
             label = f"{int(requests):,} ({name})"
             lines.append(f"{label:<38} {row['exact']:>13,} {row[vault]:>11,}"
                          f" {row[ratio]:>7}x")

@@ -68,7 +68,7 @@ def test_a_reported_deposit_counts_nowhere_until_a_settlement_confirms_it(vm: Va
                                                  ledger=vm.vault.ledger),
                            s.signature)
     (st,) = settled.statements
-    assert st.statement.as_tuple() == (alice.address, 0, 5_000, 0, 1, 1, 5_000, 0, 0)
+    assert st.statement.as_tuple() == (alice.address, 0, 5_000, 0, 1, 1, 5_000, 0, 0, 0)
     check_statement(vm, st)
     assert vm.vault.statement(alice.address) == st
     assert vm.vault.balance(alice.address) == (5_000, 0, 0)
@@ -127,7 +127,7 @@ def test_a_paid_request_moves_the_price_from_the_client_to_the_provider_after_it
         vm.vault.settle([], now=now + CLAIM_WINDOW)
     settled = vm.vault.settle([], now=now + CLAIM_WINDOW + 1)
     (credited,) = settled.statements
-    assert credited.statement.as_tuple() == (provider.address, 1, PRICE, 0, 2, 1, 0, 0, 0)
+    assert credited.statement.as_tuple() == (provider.address, 1, PRICE, 0, 2, 1, 0, 0, 0, 0)
     check_statement(vm, credited)
     conserved(vm, 50_000)
 
@@ -166,7 +166,7 @@ def test_a_payment_never_revealed_goes_back_to_the_client_at_its_deadline_and_en
         vm.vault.close_channel(cid)
     settled = vm.vault.settle([], now=now + CLAIM_WINDOW + 1)
     (st,) = settled.statements
-    assert st.statement.as_tuple()[1:] == (0, 20_000, 0, 2, 4, 20_000, 0, 0)
+    assert st.statement.as_tuple()[1:] == (0, 20_000, 0, 2, 4, 20_000, 0, 0, 0)
     assert vm.vault.balance(provider.address) == (0, 0, 0)
     with pytest.raises(EnclaveError, match="unknown_channel"):
         vm.vault.channel_status(cid)

@@ -1,21 +1,16 @@
-"""Gas budgets of A402Vault, measured by ``bench/vault_gas.py`` on a private anvil.
+"""Gas budgets of A402Vault, measured by ``bench/vault_gas.py`` on a private anvil, against
+issue 13's targets: ≤ 15,000 gas per participant for a settlement of 100 (met, whether or not
+the vault paid them before); a participant's lifecycle (its deposit and its share of the
+settlements) below the paper's 51,336, and, for 10,000 and 100,000 paid requests among 100
+participants, ≥ 100× and ≥ 800× less gas than x402 ``exact``.
 
-Issue 13's targets: ≤ 15,000 gas per participant for a settlement of 100 (met, whether or
-not the vault paid them before), and, for 10,000 and 100,000 paid requests among 100
-participants, ≥ 100× and ≥ 800× less gas than x402 ``exact`` (800× met; 100× NOT met since
-the review-rev3 fixes: ~82×). The lifecycle target (below the paper's 51,336 for a deposit
-plus a share of a settlement) is met only when the deposit is a plain token transfer (what
-the paper's initVault is). What the fixes cost, per participant, once: its first deposit
-creates its ``deposited`` word (~17,000 more than rewriting the old shared deposit chain),
-and the settlement that confirms it reads that word (~3,200): the price of paying back a
-deposit no statement counts when the vault is dark (F2) and of settlements that dust
-deposits cannot front-run (F7). These budgets catch regressions from there.
-
-With deposits pulled inside the settlement ("Pulled deposits" in the contract docs) all three
-are met: no deposit transaction and no per-participant word, a pull's share of a settlement
-of 100 pulls plus its share of the settlement confirming and paying it stays below the
-paper's lifecycle, and the totals clear 100× and 800× (each participant's one-time approve
-is listed apart, as the depositor's is; counted in, 10,000 requests give ~83×).
+All three are met when participants deposit by a plain token ``transfer`` to the vault (the
+paper's initVault: no contract record), which the enclave reads from receipt proofs and a
+settlement anchors (contract docs, "Plain transfers"): the transfer (~34,700) and its share
+of the anchored settlement that pays it. A ``deposit`` (its ``deposited`` word: what pays it
+back when the vault is dark without any proof) and a pull (the token's EIP-3009 nonce record,
+22,100) cost more, and meet the totals but not the lifecycle. These budgets catch
+regressions from there.
 """
 
 from __future__ import annotations
@@ -64,8 +59,8 @@ def test_settlement_gas_per_participant_meets_the_issues_targets(vault_chain: Ch
     assert gas["claimPayment (provider, vault dark)"] <= 146_000
     assert gas["contestForceSettle (provider, vault dark)"] <= 126_000
     lifecycle = result["lifecycle"]
-    assert lifecycle["(reference) plain transfer + share of a first settlement"] < bench.PAPER[
-        "lifecycle"]
+    assert lifecycle["plain transfer + share of the settlement confirming and paying it"] < (
+        bench.PAPER["lifecycle"])
     assert lifecycle["first deposit + share of a settlement confirming it"] <= 84_000
     # A pull is the token's receiveWithAuthorization: its nonce record (a fresh slot, 22,100)
     # is most of the first settlement's share; nothing else is the participant's.
@@ -75,4 +70,6 @@ def test_settlement_gas_per_participant_meets_the_issues_targets(vault_chain: Ch
     assert totals["100000"]["ratio"] >= 800
     assert totals["10000"]["ratio_pulls"] >= 100
     assert totals["100000"]["ratio_pulls"] >= 800
+    assert totals["10000"]["ratio_transfers"] >= 100
+    assert totals["100000"]["ratio_transfers"] >= 800
     assert "settle, payees" in bench.tables(result)

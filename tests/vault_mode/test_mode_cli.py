@@ -180,6 +180,36 @@ def test_a_participant_deposits_by_a_pull_with_no_deposit_transaction_and_keeps_
         assert h.service.accounts.pulling(dave.address) == (0, 0)
 
 
+def test_a_participant_deposits_by_a_plain_transfer_with_one_transaction_and_no_approval(
+    h: Harness, vault_chain: Chain, usdc: Any, tmp_path: Path,
+) -> None:
+    """``deposit --transfer``: one token ``transfer`` to the A402Vault (no approval), read by
+    the worker from the chain and free once its settlement, anchored after it, lands; the
+    statement counts it as ``transferred``."""
+    erin = funded(vault_chain, usdc, 3_000)
+    ke = key_file(tmp_path, erin)
+    with serve(create_mode_app(h.service)) as url:
+        common = ("--vault", url, "--key-file", ke, "--vault-address", h.contract.vault_signer)
+        code, out, err = run("deposit", *common, "--rpc", vault_chain.rpc_url, "--amount",
+                             "3000", "--transfer", "--json")
+        assert code == 0, err
+        said = json.loads(out)
+        assert (said["moved"], said["route"], said["amount"]) == (True, "transfer", "3000")
+        assert vault_chain.w3.eth.get_transaction_count(erin.address) == 1  # no approve
+        vault_chain.w3.provider.make_request("evm_mine", [])  # a block after it: readable
+
+        def free() -> str:
+            code, out, _ = run("balance", *common, "--json")
+            assert code == 0
+            return str(json.loads(out)["free"])
+        wait_for(lambda: free() == "3000")
+        assert h.service.statement(erin.address).statement.transferred == 3_000
+        assert balance(usdc, erin.address) == 0
+        code, out, err = run("deposit", *common, "--rpc", vault_chain.rpc_url, "--amount",
+                             "1", "--transfer", "--pull")
+        assert code == 2 and "not both" in err and out == ""
+
+
 def test_a_settlement_slower_than_a_second_shows_a_progress_line_and_a_fast_one_none() -> None:
     from a402.vault.mode_command import Progress
 

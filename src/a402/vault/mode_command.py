@@ -5,6 +5,8 @@ the operator's commands for a vault in vault mode (``a402 vault --mode vault``).
                                           # on-chain, into the A402Vault of the vault V
     a402 vault deposit --pull --rpc URL --vault-address V --key-file K --amount 5000000
                                           # pulled by the next settlement: no deposit tx
+    a402 vault deposit --transfer --rpc URL --vault-address V --key-file K --amount 5000000
+                                          # a plain token transfer: the least gas
     a402 vault balance --key-file K                                # signed GET to the vault
     a402 vault statement --key-file K --out statement.json         # what the escape hatch takes
     a402 vault withdraw --key-file K --amount 2000000              # queued for the next batch
@@ -17,7 +19,9 @@ The first line says where the money stands. Calls to the vault are signed by the
 (:mod:`a402.wire.vault_api`); ``deposit`` and ``exit`` talk to the chain only (``exit`` is
 the escape hatch with a statement file: run it again after the dispute window);
 ``deposit --pull`` asks the vault for a pull, checks the statement counting it, saves it with
-``--out``, then signs the token's EIP-3009 authorization for it (no transaction). Exit
+``--out``, then signs the token's EIP-3009 authorization for it (no transaction);
+``deposit --transfer`` sends the token to the A402Vault with a plain ``transfer`` (no
+approval), which the vault reads from the chain and credits to the key's account. Exit
 codes: 0 done, 1 the vault or the chain refused or failed, 2 usage, 3 nothing signed yet
 (no statement), 4 nothing to do now (dispute window open, already left).
 """
@@ -61,6 +65,9 @@ class ParticipantFlags:
     pull: bool = setting(False, help="deposit: no transaction and no gas; the vault's next "
                                      "settlement pulls the amount from the key's wallet (the "
                                      "key signs an EIP-3009 authorization)")
+    transfer: bool = setting(False, help="deposit: a plain token transfer to the A402Vault "
+                                         "(no approval; the least gas), credited to the key's "
+                                         "account once the vault's next settlement anchors it")
     out: str | None = setting(None, metavar="FILE",
                               help="statement, deposit --pull: also write the statement to "
                                    "FILE (keep it: it is your exit)")
@@ -236,9 +243,11 @@ def _deposit(flags: ParticipantFlags, out: TextIO, err: TextIO) -> int:
         participant = to_checksum(flags.beneficiary or key.address)
     except ValueError as e:
         raise CommandError(2, "usage", f"nothing moved: --beneficiary: {e}") from None
-    if flags.pull and participant != to_checksum(key.address):
-        raise CommandError(2, "usage", "nothing moved: a pull credits the key's own account "
-                           "(no --beneficiary)")
+    if flags.pull and flags.transfer:
+        raise CommandError(2, "usage", "nothing moved: --pull or --transfer, not both")
+    if (flags.pull or flags.transfer) and participant != to_checksum(key.address):
+        raise CommandError(2, "usage", "nothing moved: a pull or a transfer credits the key's "
+                           "own account (no --beneficiary)")
     if not (flags.vault_address or flags.trust_vault_info):
         raise CommandError(2, "usage", "nothing moved: give --vault-address (the vault's "
                            "published address) so that the A402Vault its info names can be "
@@ -261,15 +270,24 @@ def _deposit(flags: ParticipantFlags, out: TextIO, err: TextIO) -> int:
         return _pull(flags, vault, contract, out)
     try:
         with Progress(err, "depositing"):
-            transact(chain, key, token.functions.approve(contract.address, flags.amount))
-            receipt = contract.deposit(key, participant, flags.amount)
+            if flags.transfer:
+                receipt = transact(chain, key, token.functions.transfer(contract.address,
+                                                                        flags.amount))
+            else:
+                transact(chain, key, token.functions.approve(contract.address, flags.amount))
+                receipt = contract.deposit(key, participant, flags.amount)
     except TransactionFailed as e:
         raise CommandError(1, "reverted", f"nothing moved: the deposit reverted ({e})") from None
     tx = _hex(receipt["transactionHash"])
     data = {"ok": True, "moved": True, "participant": participant, "amount": str(flags.amount),
-            "a402Vault": contract.address, "transaction": tx}
+            "a402Vault": contract.address, "transaction": tx,
+            "route": "transfer" if flags.transfer else "deposit"}
+    when = ("read by the vault from the chain and unconfirmed until its next settlement "
+            "anchors it, then free; if the vault goes dark first, your exit pays it back with "
+            "a receipt proof (A402Vault.proveTransfer)" if flags.transfer
+            else "unconfirmed until the vault's next settlement, then free")
     return _say(flags, out, f"{flags.amount} deposited into A402Vault {contract.address} for "
-                f"{participant}: unconfirmed until the vault's next settlement, then free\n"
+                f"{participant}: {when}\n"
                 + table(("participant", "amount", "transaction"),
                         [(participant, flags.amount, tx)]), data)
 
