@@ -71,12 +71,25 @@ def test_a_plain_transfer_is_credited_once_a_settlement_anchors_it_then_spent_li
     assert (h.paid_to(sender.address), h.paid_to(other.address)) == (3_000, 1_000)
     assert balance(h.usdc, h.contract.address) == 4_000
     conserved(h)
+    # Read but not yet anchored, across a restart (the journal entry carries it).
+    late = funded(vault_chain, h.usdc, 250)
+    _send(h, late, 250)
+    assert h.service.observe_deposits() == 0  # (counts Deposited records only)
+    assert h.service.accounts.balance(late.address) == (0, 0, 250)
+    restarted = h.start()
+    assert restarted.accounts.balance(late.address) == (0, 0, 250)
+    assert restarted.accounts.transfer_tip == h.service.accounts.transfer_tip
+    h.service = restarted
+    h.service.tick()
+    assert h.service.balance(late.address)["free"] == "250"
+    conserved(h)
     # A restart from the sealed ledger reads on from where it stopped: nothing twice.
     tip = h.service.accounts.transfer_tip
     again = h.start()
     assert again.accounts.transfer_tip == tip
     again.tick()
     assert again.balance(sender.address)["free"] == "4000"
+    assert again.accounts.totals()["transferred"] == 8_250
     assert first["blockNumber"] <= tip[0]
 
 
