@@ -1611,9 +1611,9 @@ class VaultAccountsCode:
         export; otherwise a *journal entry* holding only the accounts (with their latest
         statements), channels, pending payments and pulls the calls since then touched (a
         deleted one as null), the calls they consumed, and the clock, the next index, the
-        next pull id, the last header read (:meth:`read_transfers`) and the version. Its size is what those calls changed, not the
-        ledger's (a pull's steps used to make it whole: 51 ms and 1.9 MB per pull asked at
-        4,000 accounts, review s15-1).
+        next pull id, the last header read (:meth:`read_transfers`) and the version. Its
+        size is what those calls changed, not the ledger's (a pull's steps used to make it
+        whole: 51 ms and 1.9 MB per pull asked at 4,000 accounts, review s15-1).
 
         Safety argument: every mutation of an item a journal entry carries marks that item
         (:meth:`_get` marks a channel whenever it is taken to be stepped; a statement marks

@@ -283,8 +283,10 @@ def _deposit(flags: ParticipantFlags, out: TextIO, err: TextIO) -> int:
             "a402Vault": contract.address, "transaction": tx,
             "route": "transfer" if flags.transfer else "deposit"}
     when = ("read by the vault from the chain and unconfirmed until its next settlement "
-            "anchors it, then free; if the vault goes dark first, your exit pays it back with "
-            "a receipt proof (A402Vault.proveTransfer)" if flags.transfer
+            "anchors it, then free; if the vault goes dark first, an exit with a statement "
+            "of this vault pays it back with a receipt proof (A402Vault.proveTransfer; keep "
+            "one: `a402 vault statement --out FILE`, which a first deposit gets once the "
+            "vault has read it)" if flags.transfer
             else "unconfirmed until the vault's next settlement, then free")
     return _say(flags, out, f"{flags.amount} deposited into A402Vault {contract.address} for "
                 f"{participant}: {when}\n"
