@@ -17,12 +17,13 @@ the machines sign as in standard mode), each in the exact format
 ``A402Vault.sol`` checks (:mod:`a402.crypto.vault_messages`):
 
 * a **balance statement** ``(participant, index, balance = free, locked, epoch,
-  nonce, deposited)`` for every participant an operation changed, after the change
-  (what ``initForceSettle``/``challengeForceSettle`` take); the latest one is kept and
-  handed out again on demand (:meth:`VaultAccountsCode.statement`);
-* a **settlement** ``(prevEpoch, epoch, keccak(payouts), keccak(confirms), claims,
-  notBefore)``, each following the one before (a replacement follows the last one that
-  can still land), each payee debited when it is signed;
+  nonce, deposited, pull, pulling, transferred)`` for every participant an operation
+  changed, after the change (what ``initForceSettle``/``challengeForceSettle`` take); the
+  latest one is kept and handed out again on demand (:meth:`VaultAccountsCode.statement`);
+* a **settlement** ``(prevEpoch, epoch, keccak(payouts), keccak(confirms), keccak(pulls),
+  keccak(pullChecks), claims, notBefore, ledger, anchor, anchorHash)``, each following the
+  one before (a replacement follows the last one that can still land), each payee debited
+  when it is signed;
 * a **pending record** ``(channelId, requestId, clientNonce, epoch, deadline)``
   with each σ_U, so that the provider can ``claimPayment`` if the vault goes dark.
 
@@ -67,6 +68,16 @@ pooled money; ``available()`` bounds only the total. So:
    dark) is paid back to its participant, and a participant with unconfirmed
    deposits only gets an empty statement on demand (:meth:`VaultAccountsCode.
    statement`) to exit with (review F2).
+5. Plain transfers (a token ``transfer`` straight to the vault: no contract record, the
+   least gas) are read, not reported: the host hands the headers after the last one read
+   and receipt proofs, and the enclave checks that the headers link, that each receipt is
+   under its block's ``receiptsRoot`` and that the transfer is a plain one of its token to
+   the vault (:meth:`VaultAccountsCode.read_transfers`). What it credits is *unanchored*
+   until a settlement is signed whose ``anchor`` is the last header read, committing to the
+   token; that settlement lands only if the chain knows that header, and everything signed
+   on the strength of the transfers names its epoch (3.). Statements count them as
+   ``transferred``; a transfer no statement counts is paid back by the exit once proven on
+   the chain (``proveTransfer``), so one the host hides is not lost.
 
 Conservation inside: every operation moves amounts between ``free``,
 ``locked``, pending payments and the payouts of signed settlements, and
