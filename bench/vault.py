@@ -54,13 +54,17 @@ RESULTS = Path(__file__).resolve().parent / "results" / "vault.json"
 #: Issue 13's targets.
 TARGETS = {
     "settlement gas per participant, batch of 100": ("<=", 15_000),
+    "lifecycle gas per participant (plain transfer + settlement share)":
+        ("<", vault_gas.PAPER["lifecycle"]),
     "lifecycle gas per participant (first deposit + settlement share)":
         ("<", vault_gas.PAPER["lifecycle"]),
     "lifecycle gas per participant (pulled deposit + settlement shares)":
         ("<", vault_gas.PAPER["lifecycle"]),
     "10,000 paid requests, 100 participants: exact gas / vault gas": (">=", 100),
+    "10,000 paid requests, plain transfers": (">=", 100),
     "10,000 paid requests, pulled deposits": (">=", 100),
     "100,000 paid requests, 100 participants: exact gas / vault gas": (">=", 800),
+    "100,000 paid requests, plain transfers": (">=", 800),
     "100,000 paid requests, pulled deposits": (">=", 800),
     "off-chain throughput, vault mode / standard mode": (">=", 1.0),
     "fail-over, kill -9 to first answered call (max, s)": ("<=", failover.TARGET_FIRST_ANSWER_S),
@@ -77,6 +81,10 @@ def summary(gas: dict[str, Any], http: dict[str, Any], fail: dict[str, Any] | No
     measured: dict[str, Any] = {
         "settlement gas per participant, batch of 100":
             max(at_100["first_per_payee"], at_100["later_per_payee"]),
+        "lifecycle gas per participant (plain transfer + settlement share)":
+            gas["transfer_lifecycle_measured"]["lifecycle"],
+        "10,000 paid requests, plain transfers": totals["10000"]["ratio_transfers"],
+        "100,000 paid requests, plain transfers": totals["100000"]["ratio_transfers"],
         "lifecycle gas per participant (first deposit + settlement share)":
             gas["lifecycle_measured"]["lifecycle"],
         "lifecycle gas per participant (pulled deposit + settlement shares)":
