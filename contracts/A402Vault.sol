@@ -180,12 +180,15 @@ import {TransferProver} from "./TransferProver.sol";
 ///      enclave read are its own (a host that invented a transfer, or a chain, makes that
 ///      settlement, and every later one, fail: as with `confirms`). Each statement counts the
 ///      sender's credited transfers as the sum `transferred`.
-///      The sender's escape does not need the vault: `proveTransfer` (anyone sends it, within
-///      8,191 blocks of the transfer: the window the chain keeps block hashes for) records a
-///      transfer for its sender from a receipt proof (`TransferProver`: the receipt of a
-///      successful transaction of one of those blocks, the token's Transfer log to this
-///      contract, and no log of this contract in it, so the transfers `deposit` and the pulls
-///      of `settle` make are never counted as plain ones), once per log; the sender's
+///      The sender's escape does not need the vault: `proveTransfer` (anyone sends it) records
+///      a transfer for its sender from a receipt proof (`TransferProver`: the receipt of a
+///      successful transaction, the token's Transfer log to this contract, and no log of this
+///      contract in it, so the transfers `deposit` and the pulls of `settle` make are never
+///      counted as plain ones) under a chain of headers from the transfer's block to one whose
+///      hash is known: the chain's own for 8,191 blocks, or one kept here for good (every
+///      landed settlement's anchor, and any block `checkpoint` kept), so a transfer the enclave
+///      counted can always be proven (through the anchor of the settlement that confirmed
+///      it), once per log; the sender's
 ///      force-settle pays, on top of its statement, what its proven transfers exceed the
 ///      statement's `transferred` by (nothing if they do not), and a proof made after the
 ///      sender's exit is final pays at once what it adds to that excess. Why it never pays
@@ -446,6 +449,9 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     mapping(address account => uint256 amount) public owed;
     /// @notice Plain transfers `proveTransfer` counted, by position (see "Plain transfers").
     mapping(uint256 position => bool) public transferProven;
+    /// @notice Block hashes kept for good: every landed settlement's anchor, and any block
+    ///         `checkpoint` was called for (see "Plain transfers").
+    mapping(uint256 number => bytes32) public blockHashes;
     /// @notice The next nonce of each account's signed withdrawal order.
     mapping(address account => uint256 nonce) public withdrawalNonces;
 
@@ -569,13 +575,15 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
     }
 
     /// @notice Record a plain `transfer` of the token to this contract (see "Plain
-    ///         transfers"), proven by `transferProver` from a receipt proof against one of the
-    ///         last 8,191 blocks: its sender's exit pays it back (once the sender's exit is
-    ///         final: paid now). Anyone may send it; each transfer counts once.
+    ///         transfers"), proven by `transferProver` from a receipt proof and headers up to a
+    ///         block whose hash the chain or this contract knows: its sender's exit pays it back
+    ///         if no statement counts it (once the exit is final: paid now). Anyone may send
+    ///         it; each transfer counts once.
     ///         `receiptProof`: see `TransferProver.provenTransfer`.
     function proveTransfer(bytes calldata receiptProof) external nonReentrant {
-        (address from, uint256 amount, uint256 position) =
+        (address from, uint256 amount, uint256 position, uint256 last, bytes32 lastHash) =
             transferProver.provenTransfer(address(token), address(this), receiptProof);
+        if (_knownHash(last) != lastHash) revert UnknownAnchor(uint64(last));
         if (transferProven[position]) revert TransferAlreadyProven(position);
         transferProven[position] = true;
         emit TransferProven(from, amount, position);
@@ -589,6 +597,22 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
         uint256 available_ = available();
         if (due > available_) revert InsufficientFunds(due, available_);
         _send(from, due);
+    }
+
+    /// @notice Keep the hash of block `number` (one of the last 8,191) for good: a settlement
+    ///         anchored there can still land, and transfers proven through it, after the
+    ///         chain itself has forgotten it. Anyone may send it.
+    function checkpoint(uint256 number) external {
+        bytes32 known = Blockhash.blockHash(number);
+        if (known == 0) revert UnknownAnchor(uint64(number));
+        blockHashes[number] = known;
+    }
+
+    /// @dev The hash of block `number` as stored here, else as the chain still knows it (0:
+    ///      neither: too old, or not mined yet).
+    function _knownHash(uint256 number) private view returns (bytes32 known) {
+        known = blockHashes[number];
+        if (known == 0) known = Blockhash.blockHash(number);
     }
 
     /// @dev The plain transfers proven on-chain beyond those a statement counts (0 if fewer).
@@ -623,9 +647,10 @@ contract A402Vault is EIP712, ReentrancyGuardTransient {
                 || pulls.signatures.length != pulls.records.length / _PULL_SIZE * _PULL_SIGNATURE_SIZE
         ) revert MalformedPayouts();
         if (block.timestamp <= h.notBefore) revert TooEarly(h.notBefore);
-        if (h.anchor != 0) {
-            bytes32 known = Blockhash.blockHash(h.anchor); // 0: too old, or not mined yet
+        if (h.anchorHash != 0) {
+            bytes32 known = _knownHash(h.anchor); // 0: too old and not stored, or not mined
             if (known == 0 || keccak256(abi.encode(known, token)) != h.anchorHash) revert UnknownAnchor(h.anchor);
+            blockHashes[h.anchor] = known; // proofs through it never expire
         }
         if (last == 0) {
             ledger = h.ledger; // the first settlement pins the ledger life

@@ -8,12 +8,14 @@ import {TrieProof} from "@openzeppelin/contracts/utils/cryptography/TrieProof.so
 
 /// @title TransferProver: proves that a plain ERC-20 `transfer` to an address was mined
 /// @notice Stateless; one instance serves every contract (A402Vault deploys it once per chain
-///         at a CREATE2 address). `provenTransfer` checks a receipt proof against a recent
-///         canonical block and returns the transfer it shows.
+///         at a CREATE2 address). `provenTransfer` checks a receipt proof against a chain of
+///         headers and returns the transfer it shows and the last header, whose hash the
+///         caller must know to be the chain's.
 /// @dev What it proves, and why it can be trusted:
-///      * the block: `header` hashes to the chain's own hash of its number (`BLOCKHASH` for
-///        the last 256 blocks, the EIP-2935 history contract for the last 8,191), so every
-///        field of it is the chain's, among them `receiptsRoot`;
+///      * the block: its header starts a chain of headers, each the parent of the next, whose
+///        last one the caller knows to be the chain's (`BLOCKHASH` for the last 256 blocks,
+///        the EIP-2935 history contract for the last 8,191, or a hash it stored earlier), so
+///        every field of it is the chain's, among them `receiptsRoot`;
 ///      * the receipt: a Merkle-Patricia proof from that root for key `rlp(txIndex)`
 ///        (OpenZeppelin's `TrieProof`), so its bytes are the transaction's consensus receipt;
 ///      * the transfer: the receipt succeeded (status 1), and its log `logIndex` (counted
@@ -32,34 +34,52 @@ contract TransferProver {
 
     bytes32 private constant _TRANSFER = keccak256("Transfer(address,address,uint256)");
 
-    /// @notice The header is not one of the last 8,191 canonical blocks (or is malformed).
+    /// @notice The headers do not link (or a number is out of range).
     error UnknownBlock();
     /// @notice The receipt failed, or its log `logIndex` is not `token`'s Transfer to `to`.
     error NotATransfer();
     /// @notice `to` emitted a log in the same transaction: not a plain transfer.
     error NotPlain();
 
-    /// @param receiptProof abi.encode(bytes header, uint256 txIndex, bytes[] proof, uint256
-    ///        logIndex): the block's RLP header, the transaction's index in it, the trie nodes
-    ///        from `receiptsRoot` to its receipt, the log's index within the receipt.
+    /// @param receiptProof abi.encode(bytes[] headers, uint256 txIndex, bytes[] proof, uint256
+    ///        logIndex): the RLP headers from the transfer's block on, each the parent of the
+    ///        next (one: the block itself), the transaction's index in that block, the trie
+    ///        nodes from its `receiptsRoot` to the receipt, the log's index within the receipt.
+    /// @dev Returns, besides the transfer, `last`, the number of the last header, and
+    ///      `lastHash`, its hash: the caller checks that the chain knows it (`BLOCKHASH`,
+    ///      EIP-2935, or a hash it stored), which vouches for every header before it.
     function provenTransfer(address token, address to, bytes calldata receiptProof)
         external
-        view
-        returns (address from, uint256 amount, uint256 position)
+        pure
+        returns (address from, uint256 amount, uint256 position, uint256 last, bytes32 lastHash)
     {
-        (bytes memory headerRLP, uint256 txIndex, bytes[] memory proof, uint256 logIndex) =
-            abi.decode(receiptProof, (bytes, uint256, bytes[], uint256));
-        if (txIndex >> 32 != 0 || logIndex >> 32 != 0) revert NotATransfer();
-        if (!BlockHeader.verifyBlockHeader(headerRLP)) revert UnknownBlock();
+        (bytes[] memory headers, uint256 txIndex, bytes[] memory proof, uint256 logIndex) =
+            abi.decode(receiptProof, (bytes[], uint256, bytes[], uint256));
+        if (headers.length == 0 || txIndex >> 32 != 0 || logIndex >> 32 != 0) revert NotATransfer();
+        (last, lastHash) = _linked(headers);
         bytes memory receipt =
-            TrieProof.traverse(BlockHeader.getReceiptsRoot(headerRLP), RLP.encode(txIndex), proof);
+            TrieProof.traverse(BlockHeader.getReceiptsRoot(headers[0]), RLP.encode(txIndex), proof);
         Memory.Slice[] memory logs = _logs(receipt);
         if (logIndex >= logs.length) revert NotATransfer();
         for (uint256 i; i < logs.length; ++i) {
             if (logs[i].readList()[0].readAddress() == to) revert NotPlain();
         }
         (from, amount) = _transfer(logs[logIndex], token, to);
-        position = BlockHeader.getNumber(headerRLP) << 64 | txIndex << 32 | logIndex;
+        position = BlockHeader.getNumber(headers[0]) << 64 | txIndex << 32 | logIndex;
+    }
+
+    /// @dev Each header the parent of the next (by hash and number): the last one's number
+    ///      and hash.
+    function _linked(bytes[] memory headers) private pure returns (uint256 number, bytes32 hash) {
+        number = BlockHeader.getNumber(headers[0]);
+        if (number >> 64 != 0) revert UnknownBlock();
+        hash = keccak256(headers[0]);
+        for (uint256 i = 1; i < headers.length; ++i) {
+            if (BlockHeader.getParentHash(headers[i]) != hash || BlockHeader.getNumber(headers[i]) != ++number) {
+                revert UnknownBlock();
+            }
+            hash = keccak256(headers[i]);
+        }
     }
 
     /// @dev `log` = rlp([address, topics, data]) must be `token`'s Transfer(from ≠ 0, `to`, amount).

@@ -39,8 +39,12 @@ for (const name of fs.readdirSync(sourceDir).filter((f) => f.endsWith('.sol')).s
 }
 
 // Sources compiled with settings of their own (their artifacts come from that run): the IR
-// pipeline fits A402Vault under the 24,576 bytes a contract may have, with room to grow.
-const OWN_SETTINGS = { 'A402Vault.sol': { ...SETTINGS, viaIR: true } }
+// pipeline fits A402Vault under the 24,576 bytes a contract may have, with room to grow, and
+// TransferProver's receipt reading in the stack.
+const OWN_SETTINGS = {
+  'A402Vault.sol': { ...SETTINGS, viaIR: true },
+  'TransferProver.sol': { ...SETTINGS, viaIR: true },
+}
 
 function compile(settings, files) {
   const input = Object.fromEntries(files.map((f) => [f, sources[f]]))

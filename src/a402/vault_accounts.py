@@ -266,6 +266,8 @@ PULL_MARGIN = 300
 MAX_PULLS = 32
 #: The most headers (and receipts) one :meth:`VaultAccountsCode.read_transfers` report holds.
 MAX_HEADERS = 2_048
+#: The most bytes of headers and proof nodes one report holds.
+MAX_REPORT_BYTES = 64 << 20
 
 
 # ------------------------------------------------------------ what the host gets
@@ -802,20 +804,31 @@ class VaultAccountsCode:
         all, and a settlement carries it; every receipt is read through its proof, so the
         host cannot invent a transfer, change its sender or amount, or give a chain of its
         own, without making the settlement that would confirm it (and every later one)
-        fail. The chain only grows (one chain for the ledger's life), so every header and
-        transfer is read once: no transfer is credited twice, and any later anchor vouches
-        for every earlier credit (a replacement settlement carries them). A transfer the
-        host does not hand over is not credited: its sender's exit pays it back
-        (``proveTransfer``). A sender that is exiting, or an amount above a payout's uint96,
-        is left to that escape too. All or nothing: one bad item refuses the whole report."""
+        fail. The chain only grows (one chain for the ledger's life: its host reads final
+        blocks only; a reorganisation past the last header read stops the reading for good,
+        which the host's status reports, and leaves later transfers to their senders' exits),
+        so every header and transfer is read once: no transfer is credited twice, and any
+        later anchor vouches for every earlier credit (a replacement settlement carries them).
+        A transfer the host does not hand over is not credited: its sender's exit pays it
+        back (``proveTransfer``). A sender that is exiting, or an amount above a payout's
+        uint96, is left to that escape too; a transfer of 0 is ignored. All or nothing: one
+        bad item refuses the whole report. Block 0 is never read (review s17b-1)."""
         self._check_ready()
         if self.token is None:
             raise EnclaveError("no_token", "this vault reads no plain transfers (no token)")
         if not headers or len(headers) > MAX_HEADERS or len(receipts) > MAX_HEADERS:
             raise EnclaveError("bad_transfers",
                                f"between 1 and {MAX_HEADERS} headers and receipts a report")
+        size = sum(len(h) for h in headers) + sum(len(n) for r in receipts for n in r[2])
+        if size > MAX_REPORT_BYTES:
+            raise EnclaveError("bad_transfers", f"a report holds at most {MAX_REPORT_BYTES} "
+                               "bytes of headers and proofs")
         try:
             chain = link_headers(headers, after=self._tip)
+            # Block 0 is no anchor (review s17b-1: "anchor 0" once meant none), and an anchor
+            # is a uint64.
+            if chain[0].number == 0 or chain[-1].number >> 64:
+                raise ProofError("a header numbered 0 or beyond uint64")
             by_number = {h.number: h for h in chain}
             found: list[PlainTransfer] = []
             seen: set[tuple[int, int]] = set()
@@ -833,8 +846,10 @@ class VaultAccountsCode:
             raise EnclaveError("bad_transfers", str(e)) from None
         credited = 0
         for t in found:
+            if not 0 < t.amount <= MAX_PAYOUT:  # nothing, or the escape's (no account made)
+                continue
             account = self._account(t.sender, create=True)
-            if account.exiting or t.amount > MAX_PAYOUT:
+            if account.exiting:
                 continue
             account.unanchored += t.amount
             self._dirty_accounts.add(address_key(account.participant))

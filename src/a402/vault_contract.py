@@ -184,6 +184,14 @@ class A402Vault:
         call = self.contract.functions.deposit(to_checksum(participant), amount)
         return transact(self.chain, sender, call)
 
+    def checkpoint(self, sender: LocalAccount, number: int) -> TxReceipt:
+        """``checkpoint``: keep block ``number``'s hash for good (one of the last 8,191)."""
+        return transact(self.chain, sender, self.contract.functions.checkpoint(number))
+
+    def block_hash(self, number: int) -> bytes:
+        """The hash the contract keeps for block ``number`` (32 zero bytes: none)."""
+        return bytes(self.contract.functions.blockHashes(number).call())
+
     def prove_transfer(self, sender: LocalAccount, receipt_proof: bytes) -> TxReceipt:
         """``proveTransfer``: record a plain transfer to the vault for its sender's exit
         (``receipt_proof``: :func:`a402.chain.receipts.receipt_proof`)."""

@@ -139,6 +139,7 @@ def test_a_host_that_forges_the_chain_or_a_receipt_credits_nothing(
         ([header, *after], [(n, index, proof[:-1])]),      # a receipt without its proof
         ([header, *after], [(n + 1, index, proof)]),       # the proof of another block
         ([header, *after], [(n, index, proof), (n, index, proof)]),  # the same receipt twice
+        ([rlp.encode([*fields[:8], b"", *fields[9:]])], [(0, index, proof)]),  # "block 0"
     ]
     for headers, receipts in refused:
         with pytest.raises(EnclaveError) as e:
@@ -172,3 +173,18 @@ def test_a_transfer_of_another_token_or_to_another_address_is_not_credited(
     h.service.tick()
     assert h.service.accounts.balance(sender.address) == (0, 0, 0)
     assert h.contract.last_epoch() == 0
+
+
+def test_a_round_whose_transfer_reading_fails_still_reads_deposits_and_says_why(
+    h: Harness, vault_chain: Chain,
+) -> None:
+    """Review s17b-4: reading plain transfers is no precondition of the rest of the round."""
+    def down(head: int) -> int:
+        raise ValueError("the node refused eth_getLogs")
+
+    h.service._observe_transfers = down  # type: ignore[method-assign]
+    client = Account.create()
+    h.deposit(client.address, 700)
+    h.service.tick()
+    assert h.service.balance(client.address)["free"] == "700"
+    assert h.service.status()["transfersError"] == "ValueError: the node refused eth_getLogs"

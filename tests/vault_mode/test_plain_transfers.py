@@ -56,6 +56,9 @@ def _transfer(chain: Chain, usdc: Any, sender: LocalAccount, to: str, amount: in
     return transact(chain, sender, usdc.functions.transfer(to, amount))
 
 
+PROOF = ("bytes[]", "uint256", "bytes[]", "uint256")
+
+
 def _proof(chain: Chain, receipt: Any, log_index: int = 0) -> bytes:
     """The proof, once a block follows the transfer's (``BLOCKHASH`` does not know the block
     being built on)."""
@@ -151,7 +154,6 @@ def test_a_settlement_lands_only_if_its_anchor_is_the_chains_block(
     block = w3.eth.get_block(int(w3.eth.block_number) - 1)
     real = (int(block["number"]), anchor_commitment(bytes(block["hash"]), usdc.address))
     for anchor, anchor_hash in (
-        (real[0], bytes(32)),
         (real[0], anchor_commitment(keccak(b"a forged chain"), usdc.address)),
         (real[0], anchor_commitment(bytes(block["hash"]), gas_payer.address)),  # another token
         (real[0] + 10, anchor_commitment(bytes(32), usdc.address)),  # not mined: hash 0
@@ -205,25 +207,77 @@ def test_a_forged_header_or_receipt_is_refused(
     vault_chain: Chain, usdc: Any, vault: A402Vault, gas_payer: LocalAccount,
 ) -> None:
     """Every byte the prover reads is authenticated by the chain's block hash: change the
-    header (any field, here its receipts root) or a trie node and nothing is counted."""
+    header (any field, here its extra data), a header of the chain leading to a known one,
+    or a trie node, and nothing is counted."""
     sender = funded(vault_chain, usdc, 100)
     sent = _transfer(vault_chain, usdc, sender, vault.address, 100)
-    header, tx_index, nodes, log_index = decode(["bytes", "uint256", "bytes[]", "uint256"],
-                                                _proof(vault_chain, sent))
+    vault_chain.w3.provider.make_request("anvil_mine", [hex(3)])
+    (header, *later), tx_index, nodes, log_index = decode(
+        list(PROOF), receipt_proof(vault_chain, sent["transactionHash"], 0,
+                                   through=sent["blockNumber"] + 2))
     fields = rlp.decode(header)
-    fields[5] = bytes(32)  # receiptsRoot
-    forged_header = encode(["bytes", "uint256", "bytes[]", "uint256"],
-                           [rlp.encode(fields), tx_index, nodes, log_index])
-    with reverts_with("UnknownBlock()"):
-        vault.prove_transfer(gas_payer, forged_header)
+    fields[12] = b"a header of the host's"  # extraData: the same receipts, another hash
+    with reverts_with("UnknownAnchor(uint64)"):  # its hash is not the chain's
+        vault.prove_transfer(gas_payer, encode(PROOF, [[rlp.encode(fields)], tx_index, nodes,
+                                                       log_index]))
+    with reverts_with("UnknownBlock()"):  # the next header does not name it as parent
+        vault.prove_transfer(gas_payer, encode(PROOF, [[rlp.encode(fields), *later], tx_index,
+                                                       nodes, log_index]))
+    with reverts_with("UnknownBlock()"):  # a header missing from the chain
+        vault.prove_transfer(gas_payer, encode(PROOF, [[header, later[1]], tx_index, nodes,
+                                                       log_index]))
     last = bytearray(nodes[-1])
     last[-40] ^= 1  # a byte of the receipt's log data: the amount
-    forged_receipt = encode(["bytes", "uint256", "bytes[]", "uint256"],
-                            [header, tx_index, [*nodes[:-1], bytes(last)], log_index])
+    forged_receipt = encode(PROOF, [[header, *later], tx_index, [*nodes[:-1], bytes(last)],
+                                    log_index])
     with reverts_with("TrieProofTraversalError(uint8)"):
         vault.prove_transfer(gas_payer, forged_receipt)
     assert not vault.contract.functions.transferProven(
         sent["blockNumber"] << 64 | sent["transactionIndex"] << 32).call()
+
+
+def test_a_transfer_is_proven_through_later_headers_to_a_block_the_vault_keeps(
+    vault_chain: Chain, usdc: Any, vault: A402Vault, vault_key: EcdsaSigner,
+    gas_payer: LocalAccount,
+) -> None:
+    """A landed settlement's anchor (or a ``checkpoint``) is kept for good: a transfer is
+    proven through the headers from its block to it, however old both are. (The chain
+    forgets a block after 8,191; not mined here: anvil takes ~25 s per 1,000 blocks.)"""
+    fund_pool(vault_chain, usdc, vault, 1_000)
+    sender = funded(vault_chain, usdc, 100)
+    sent = _transfer(vault_chain, usdc, sender, vault.address, 100)
+    vault_chain.w3.provider.make_request("anvil_mine", [hex(6)])
+    w3 = vault_chain.w3
+    anchor = sent["blockNumber"] + 4
+    anchor_hash = bytes(w3.eth.get_block(anchor)["hash"])
+    payee = funded(vault_chain, usdc, eth=0)
+    _settle(vault, vault_key, gas_payer, payee.address, anchor,
+            anchor_commitment(anchor_hash, usdc.address))
+    assert vault.block_hash(anchor) == anchor_hash  # kept by the settlement
+    receipt = vault.prove_transfer(gas_payer, receipt_proof(
+        vault_chain, sent["transactionHash"], 0, through=anchor))
+    assert [e["amount"] for e in vault.events("TransferProven", receipt)] == [100]
+    later = _transfer(vault_chain, usdc, sender, vault.address, 0)
+    vault_chain.w3.provider.make_request("evm_mine", [])
+    vault.checkpoint(gas_payer, later["blockNumber"])
+    assert vault.block_hash(later["blockNumber"]) == bytes(
+        w3.eth.get_block(later["blockNumber"])["hash"])
+    with reverts_with("UnknownAnchor(uint64)"):  # not mined yet: nothing to keep
+        vault.checkpoint(gas_payer, int(w3.eth.block_number) + 5)
+
+
+def test_a_settlement_with_anchor_zero_is_checked_like_any_other(
+    vault_chain: Chain, usdc: Any, vault: A402Vault, vault_key: EcdsaSigner,
+    gas_payer: LocalAccount,
+) -> None:
+    """Review s17b-1: the anchor hash, not the number, says whether a settlement confirms
+    plain transfers; "block 0" with a hash of the host's own is refused."""
+    fund_pool(vault_chain, usdc, vault, 1_000)
+    payee = funded(vault_chain, usdc, eth=0)
+    forged = anchor_commitment(keccak(b"a header of the host's numbered 0"), usdc.address)
+    with reverts_with("UnknownAnchor(uint64)"):
+        _settle(vault, vault_key, gas_payer, payee.address, 0, forged)
+    assert balance(usdc, payee.address) == 0
 
 
 def test_a_transfer_older_than_blockhashs_256_blocks_is_proven_through_eip_2935(
@@ -268,8 +322,7 @@ def test_the_enclaves_reading_of_a_receipt_proof_agrees_with_the_contracts(
         (transact(vault_chain, sender, usdc.functions.approve(vault.address, 1)), False),
     ]
     for receipt, plain in cases:
-        header, tx_index, nodes, _ = decode(["bytes", "uint256", "bytes[]", "uint256"],
-                                            _proof(vault_chain, receipt))
+        (header,), tx_index, nodes, _ = decode(PROOF, _proof(vault_chain, receipt))
         (head,) = link_headers([header])
         found = plain_transfers(proven_receipt(head, tx_index, nodes), token=usdc.address,
                                 to=vault.address, block=head.number, tx_index=tx_index)
@@ -290,8 +343,7 @@ def test_the_enclave_takes_headers_only_as_a_chain_and_receipts_only_with_their_
 ) -> None:
     sender = funded(vault_chain, usdc, 100)
     sent = _transfer(vault_chain, usdc, sender, vault.address, 100)
-    _, tx_index, nodes, _ = decode(["bytes", "uint256", "bytes[]", "uint256"],
-                                        _proof(vault_chain, sent))
+    _, tx_index, nodes, _ = decode(PROOF, _proof(vault_chain, sent))
     vault_chain.w3.provider.make_request("anvil_mine", [hex(4)])
     n = sent["blockNumber"]
     chain = link_headers(_headers(vault_chain, n, n + 4))

@@ -42,17 +42,28 @@ def trie_proof(trie: HexaryTrie, tx_index: int) -> list[bytes]:
     return [bytes(rlp.encode(node)) for node in trie.get_proof(rlp.encode(tx_index))]
 
 
-def receipt_proof(chain: Chain, tx_hash: bytes | str, log_index: int) -> bytes:
-    """``abi.encode(header, txIndex, proof, logIndex)`` for log ``log_index`` (counted within
+def receipt_proof(chain: Chain, tx_hash: bytes | str, log_index: int, *,
+                  through: int | None = None) -> bytes:
+    """``abi.encode(headers, txIndex, proof, logIndex)`` for log ``log_index`` (counted within
     the receipt: the first log of the transaction is 0, whatever the node's block-wide
     ``logIndex``) of transaction ``tx_hash``: the argument of ``A402Vault.proveTransfer``.
-    Good on-chain from the next block on (``BLOCKHASH`` knows no hash of the block being
-    built) while the block is one of the last 8,191."""
+    ``headers``: the transaction's block and each block after it up to ``through`` (default:
+    that block alone). Good on-chain while the chain knows the last one's hash: from the next
+    block on (``BLOCKHASH`` knows no hash of the block being built) for 8,191 blocks, or for
+    good once the vault keeps it (a landed settlement's anchor, ``A402Vault.checkpoint``):
+    prove an old transfer ``through`` such a block."""
     mined = chain.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
-    header, trie = block_receipts_trie(chain, int(mined["blockNumber"]))
+    number = int(mined["blockNumber"])
+    header, trie = block_receipts_trie(chain, number)
+    headers = [header]
+    for later in range(number + 1, (number if through is None else through) + 1):
+        block = chain.w3.eth.get_block(later)
+        headers.append(header_rlp(block))
+        if keccak256(headers[-1]) != bytes(block["hash"]):
+            raise ProofError(f"block {later}: its header does not hash to its hash")
     index = int(mined["transactionIndex"])
-    return encode(["bytes", "uint256", "bytes[]", "uint256"],
-                  [header, index, trie_proof(trie, index), log_index])
+    return encode(["bytes[]", "uint256", "bytes[]", "uint256"],
+                  [headers, index, trie_proof(trie, index), log_index])
 
 
 __all__ = ["block_receipts_trie", "receipt_proof", "trie_proof"]

@@ -86,7 +86,8 @@ from a402.crypto.vault_messages import (
     unpack_payouts,
 )
 from a402.evm.address import address_key, to_checksum
-from a402.evm.receipts import TRANSFER_TOPIC, header_rlp
+from a402.evm.keccak import keccak256
+from a402.evm.receipts import MAX_ITEM, TRANSFER_TOPIC, ProofError, header_rlp
 from a402.tee import Enclave, EnclaveError
 from a402.tee.chains import check_backends
 from a402.vault_accounts import (
@@ -121,6 +122,8 @@ JOURNAL_PREFIX = "vault-mode/journal/"
 JOURNAL_MAX = 256
 PAYOUTS_KEY = "vault-mode/payouts"
 LANDED_KEY = "vault-mode/landed"
+#: Where the host's search for the first plain transfer to the vault resumes (a block number).
+TRANSFERS_FROM_KEY = "vault-mode/transfers-from"
 #: A participant's signed authorization for a pull (EIP-3009), by pull id (no secret: the token
 #: checks it).
 PULL_INTENT_PREFIX = "vault-mode/pull-intent/"
@@ -293,8 +296,11 @@ class VaultModeService:
         self._nonces_known: OrderedDict[tuple[str, str], float] = OrderedDict(
             ((client, nonce), seen) for client, nonce, seen in config.store.nonces())
         self._scan_from = 0  # the block of the last chain record reported (this process)
-        #: Where the search for a first plain transfer resumes (none read yet, this process).
-        self._transfers_from = 0
+        #: Where the search for a first plain transfer resumes while none was read (stored:
+        #: a restart does not scan the chain from block 0 again), and why the last read
+        #: failed (None: it did not).
+        self._transfers_from = int(config.store.get_meta(TRANSFERS_FROM_KEY) or b"0")
+        self.transfers_error: str | None = None
         #: One reader of the chain's records at a time (:meth:`observe_deposits`).
         self._observing = threading.Lock()
         self._journal_seq = 0  # the last journal row's number
@@ -800,6 +806,7 @@ class VaultModeService:
                 "block": last.block},
             "droppedPayouts": self.dropped[-20:],
             "broken": self.broken,
+            "transfersError": self.transfers_error,
         }
 
     def _unlanded_json(self, epoch: int) -> dict[str, Any]:
@@ -834,7 +841,14 @@ class VaultModeService:
         events = self.contract.contract.events
         found: list[tuple[tuple[int, int], Any]] = []
         to_block = self._reported_head()  # no reorg undoes what is reported (S9-7)
-        self._observe_transfers(to_block)
+        try:
+            self._observe_transfers(to_block)
+            self.transfers_error = None
+        except Exception as e:
+            # Deposits, claims and the watchtower go on (review s17b-4): a transfer not read
+            # now is read later, or its sender's exit pays it back; the status says why.
+            self.transfers_error = f"{type(e).__name__}: {e}"
+            log.warning("plain transfers not read: %s", self.transfers_error)
         if to_block < self._scan_from:
             return 0
         for name in ("Deposited", "PaymentClaimed"):
@@ -886,6 +900,7 @@ class VaultModeService:
             if tip is None:
                 if not txs:  # nothing read yet and nothing to read: no chain to keep
                     self._transfers_from = start = end + 1
+                    self.store.put_meta(TRANSFERS_FROM_KEY, str(start).encode())
                     continue
                 start = txs[0][0]
             headers: list[bytes] = []
@@ -894,9 +909,17 @@ class VaultModeService:
                 wanted = [i for b, i in txs if b == number]
                 if wanted:
                     header, trie = block_receipts_trie(self.chain, number)
-                    receipts += [(number, i, trie_proof(trie, i)) for i in wanted]
+                    for i in wanted:
+                        nodes = trie_proof(trie, i)
+                        # one the enclave would refuse whole is left to its sender's exit
+                        if max(map(len, nodes)) <= MAX_ITEM:
+                            receipts.append((number, i, nodes))
                 else:
-                    header = header_rlp(w3.eth.get_block(number))
+                    block = w3.eth.get_block(number)
+                    header = header_rlp(block)
+                    if keccak256(header) != bytes(block["hash"]):
+                        raise ProofError(f"block {number}: its header does not hash to its "
+                                         "hash")
                 headers.append(header)
             credited += self.change(partial(self.accounts.read_transfers, headers, receipts))
             tip, start = self.accounts.transfer_tip, end + 1
