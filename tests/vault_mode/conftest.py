@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from eth_account.signers.local import LocalAccount
 
 from a402.chain.node import Chain, start_anvil
 from a402.chain.tx import deploy_contract
@@ -14,7 +15,7 @@ from a402.crypto import EcdsaSigner
 from a402.vault_contract import A402Vault
 
 from .accounts_setup import Host
-from .helpers import SETTLE_WINDOW, new_vault_key
+from .helpers import SETTLE_WINDOW, funded, new_vault_key
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +42,12 @@ def vault(vault_chain: Chain, usdc: Any, vault_key: EcdsaSigner) -> A402Vault:
     """A fresh vault per test: epochs start at 0 and the pool holds only what the test put."""
     return A402Vault.deploy(vault_chain, vault_chain.accounts[0], usdc.address,
                             "0x" + vault_key.address.hex(), SETTLE_WINDOW)
+
+
+@pytest.fixture
+def gas_payer(vault_chain: Chain, usdc: Any) -> LocalAccount:
+    """Whoever sends what others signed (it holds ETH and no stake in the vault)."""
+    return funded(vault_chain, usdc)
 
 
 @pytest.fixture

@@ -59,11 +59,6 @@ from .helpers import (
 pytestmark = pytest.mark.anvil
 
 
-@pytest.fixture
-def gas_payer(vault_chain: Chain, usdc: Any) -> LocalAccount:
-    return funded(vault_chain, usdc)
-
-
 def test_a_participant_force_settles_with_its_statement_after_the_window_and_is_frozen(
     vault_chain: Chain, usdc: Any, vault: A402Vault, vault_key: EcdsaSigner,
     gas_payer: LocalAccount,

@@ -47,11 +47,6 @@ from .helpers import (
 pytestmark = pytest.mark.anvil
 
 
-@pytest.fixture
-def gas_payer(vault_chain: Chain, usdc: Any) -> LocalAccount:
-    return funded(vault_chain, usdc)
-
-
 def _transfer(chain: Chain, usdc: Any, sender: LocalAccount, to: str, amount: int) -> Any:
     return transact(chain, sender, usdc.functions.transfer(to, amount))
 
