@@ -284,6 +284,46 @@ def test_with_the_vault_stopped_a402_vault_exit_pays_each_side_its_statement(
     assert balance(usdc, h.contract.address) == 0
 
 
+def test_exit_proves_the_participants_plain_transfers_and_pays_those_no_statement_counts(
+    h: Harness, vault_chain: Chain, usdc: Any, tmp_path: Path
+) -> None:
+    """``exit --prove-transfer TX``: the transfer the vault credited (its statement counts it)
+    and one it never read (sent once the vault was gone) are proven on-chain; the exit pays the
+    statement and, on top, only the one it does not count."""
+    from a402.chain.tx import transact
+
+    from .helpers import SETTLE_WINDOW
+
+    frank = funded(vault_chain, usdc, 1_000)
+    kf = key_file(tmp_path, frank)
+    mine = tmp_path / "frank.json"
+    with serve(create_mode_app(h.service, worker=False)) as url:
+        counted = transact(vault_chain, frank, usdc.functions.transfer(h.contract.address, 700))
+        vault_chain.w3.provider.make_request("evm_mine", [])
+        h.service.tick()
+        code, _, err = run("statement", "--vault", url, "--key-file", kf, "--out", str(mine))
+        assert code == 0, err
+    del h.service  # the vault is gone; a later transfer is read by nobody
+    hidden = transact(vault_chain, frank, usdc.functions.transfer(h.contract.address, 300))
+    proofs = ("--prove-transfer", _hex(counted["transactionHash"]),
+              "--prove-transfer", _hex(hidden["transactionHash"]))
+    vault_chain.w3.provider.make_request("evm_mine", [])  # (a block's hash comes with the next)
+    code, out, err = run("exit", "--key-file", kf, "--rpc", vault_chain.rpc_url, "--statement",
+                         str(mine), *proofs, "--json")
+    assert code == 0, err
+    assert (json.loads(out)["step"], json.loads(out)["transfersProven"]) == ("initiated", "1000")
+    increase_time(vault_chain, SETTLE_WINDOW)
+    code, out, err = run("exit", "--key-file", kf, "--rpc", vault_chain.rpc_url, "--statement",
+                         str(mine), *proofs, "--json")  # proven already: skipped
+    assert code == 0 and json.loads(out)["paid"] == "1000", err
+    assert h.paid_to(frank.address) == 1_000
+    assert balance(usdc, h.contract.address) == 0
+
+
+def _hex(value: Any) -> str:
+    return "0x" + bytes(value).hex()
+
+
 def test_a_statement_not_signed_by_the_vaults_key_for_this_participant_is_never_saved(
 ) -> None:
     """``a402 vault statement`` saves what ``exit`` will present: only a statement of this

@@ -13,6 +13,7 @@ the operator's commands for a vault in vault mode (``a402 vault --mode vault``).
     a402 vault settle-now --key-file OPERATOR.key                  # operator: settle the queue now
     a402 vault status --key-file OPERATOR.key                      # operator: the whole vault
     a402 vault exit --key-file K --rpc URL --statement statement.json   # no vault needed
+                    [--prove-transfer TX ...]     # your plain transfers, paid back if uncounted
 
 Amounts are in the token's atomic units. Each prints a table (``--json``: one JSON object).
 The first line says where the money stands. Calls to the vault are signed by the key
@@ -73,6 +74,11 @@ class ParticipantFlags:
                                    "FILE (keep it: it is your exit)")
     statement: str | None = setting(None, metavar="FILE",
                                     help="exit: the statement file `statement --out` wrote")
+    prove_transfer: tuple[str, ...] = setting(
+        (), metavar="TX", help="exit: a transaction of a plain transfer of yours to the "
+                               "A402Vault, proven on-chain first so that the exit pays it back "
+                               "if your statement does not count it (repeat for each; prove "
+                               "them all, the counted ones too)")
     gas_key_file: str | None = setting(None, metavar="F",
                                        help="exit: the account that sends and pays the gas "
                                             "(default: --key-file); the participant's key "
@@ -555,6 +561,7 @@ def _exit(flags: ParticipantFlags, out: TextIO, err: TextIO) -> int:
         address = _Vault(flags).info["a402Vault"]
     chain = connect(flags.rpc, [gas.key])
     contract = A402Vault(chain, str(address))
+    proven = _prove_transfers(flags, chain, contract, gas, st.participant, err)
     now = int(chain.w3.eth.get_block("latest")["timestamp"])
     status = contract.status(st.participant)
     try:
@@ -568,8 +575,8 @@ def _exit(flags: ParticipantFlags, out: TextIO, err: TextIO) -> int:
                 receipt = contract.init_force_settle(gas, st, signature, order)
             deadline = contract.force_settle(st.participant).deadline
             data = {"ok": True, "moved": False, "step": "initiated", "deadline": deadline,
-                    "balance": str(st.balance + st.locked), "transaction":
-                    _hex(receipt["transactionHash"])}
+                    "balance": str(st.balance + st.locked), "transfersProven": str(proven),
+                    "transaction": _hex(receipt["transactionHash"])}
             return _say(flags, out, f"nothing moved yet: force-settle started for "
                         f"{st.participant} with {st.balance + st.locked} (statement nonce "
                         f"{st.nonce}); run `a402 vault exit` again after {deadline} (chain "
@@ -585,6 +592,7 @@ def _exit(flags: ParticipantFlags, out: TextIO, err: TextIO) -> int:
             paid = sum(int(e["payout"]) for e in contract.events("ForceSettleFinalized",
                                                                     receipt))
             data = {"ok": True, "moved": True, "step": "finalized", "paid": str(paid),
+                    "transfersProven": str(proven),
                     "owedOnChain": str(contract.owed(st.participant) - before),
                     "transaction": _hex(receipt["transactionHash"])}
             return _say(flags, out, f"{paid} paid out to {st.participant} by A402Vault "
@@ -595,6 +603,47 @@ def _exit(flags: ParticipantFlags, out: TextIO, err: TextIO) -> int:
         raise CommandError(1, "reverted", f"nothing moved: the contract refused ({e})") from None
     raise CommandError(4, "already_settled", f"nothing moved: {st.participant} has already "
                                              "left this vault")
+
+
+def _prove_transfers(flags: ParticipantFlags, chain: Any, contract: Any, gas: Any,
+                     participant: str, err: TextIO) -> int:
+    """``exit --prove-transfer TX``: record each plain transfer of the participant's to the
+    vault (``proveTransfer``: its sender's exit then pays it back if no statement counts it;
+    one already recorded is skipped). Returns the amount newly recorded."""
+    from a402.chain.receipts import receipt_proof
+    from a402.chain.tx import TransactionFailed
+    from a402.evm.receipts import TRANSFER_TOPIC
+
+    recorded = 0
+    to_word = bytes(12) + bytes.fromhex(contract.address[2:])
+    for tx in flags.prove_transfer:
+        try:
+            mined = chain.w3.eth.get_transaction_receipt(tx)
+        except Exception as e:
+            raise CommandError(1, "unknown_transfer", f"nothing moved: transaction {tx}: "
+                               f"{e}") from None
+        logs = [log for log in mined["logs"]
+                if log["address"].lower() == contract.token.lower()
+                and [bytes(t) for t in log["topics"][:1]] == [TRANSFER_TOPIC]
+                and len(log["topics"]) == 3 and bytes(log["topics"][2]) == to_word]
+        if not logs or str(mined["from"]).lower() != participant.lower():
+            raise CommandError(2, "usage", f"nothing moved: {tx} is no transfer of "
+                               f"{participant}'s to the A402Vault {contract.address}")
+        index = [log["logIndex"] for log in mined["logs"]].index(logs[0]["logIndex"])
+        if int(chain.w3.eth.block_number) == int(mined["blockNumber"]):
+            raise CommandError(4, "too_early", f"nothing moved: {tx} is in the newest block, "
+                               "whose hash the chain gives from the next one: run again then")
+        try:
+            with Progress(err, "proving the transfer"):
+                receipt = contract.prove_transfer(gas, receipt_proof(chain, tx, index))
+        except TransactionFailed as e:
+            if "af016526" in str(e):  # TransferAlreadyProven: recorded before
+                continue
+            raise CommandError(1, "reverted", f"nothing moved: the contract refused the "
+                               f"proof of {tx} ({e})") from None
+        recorded += sum(int(ev["amount"]) for ev in contract.events("TransferProven",
+                                                                    receipt))
+    return recorded
 
 
 def _hex(value: Any) -> str:
