@@ -44,9 +44,7 @@ from a402.crypto.vault_messages import (
     pull_nonce,
 )
 from a402.evm.address import to_checksum
-from a402.evm.eip3009 import (
-    receive_authorization_digest,
-)
+from a402.evm.eip3009 import receive_authorization_digest
 from a402.evm.keccak import keccak256
 
 
