@@ -300,6 +300,7 @@ class VaultModeService:
         #: a restart does not scan the chain from block 0 again), and why the last read
         #: failed (None: it did not).
         self._transfers_from = int(config.store.get_meta(TRANSFERS_FROM_KEY) or b"0")
+        self._transfers_stored = self._transfers_from
         self.transfers_error: str | None = None
         #: One reader of the chain's records at a time (:meth:`observe_deposits`).
         self._observing = threading.Lock()
@@ -900,7 +901,9 @@ class VaultModeService:
             if tip is None:
                 if not txs:  # nothing read yet and nothing to read: no chain to keep
                     self._transfers_from = start = end + 1
-                    self.store.put_meta(TRANSFERS_FROM_KEY, str(start).encode())
+                    if start - self._transfers_stored >= MAX_HEADERS:  # a write per ~2,000
+                        self.store.put_meta(TRANSFERS_FROM_KEY, str(start).encode())
+                        self._transfers_stored = start
                     continue
                 start = txs[0][0]
             headers: list[bytes] = []
