@@ -1030,7 +1030,7 @@ class VaultAccountsCode:
         confirmed: dict[str, _Account] = {}
         # Plain transfers are confirmed by the anchor: the last header read, whose chain holds
         # every block a transfer was read from (this settlement's and any it replaces).
-        anchored = any(v.anchor for v in voided)
+        anchored = any(v.anchor_hash != bytes(32) for v in voided)
         for account in touched:
             if account.unconfirmed:
                 account.free += account.unconfirmed
