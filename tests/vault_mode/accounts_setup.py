@@ -17,6 +17,7 @@ from eth_account.signers.local import LocalAccount
 
 from a402.asc import Auth, ProviderChannel
 from a402.chain.node import Chain
+from a402.chain.receipts import block_receipts_trie, trie_proof
 from a402.chain.tx import transact
 from a402.crypto import EVM, EcdsaSigner, PaymentDomain
 from a402.crypto.vault_messages import (
@@ -26,6 +27,7 @@ from a402.crypto.vault_messages import (
 )
 from a402.evm.address import to_checksum
 from a402.evm.ecdsa import public_key_address
+from a402.evm.receipts import header_rlp
 from a402.tee import PROVIDER_PURPOSES, AttestationPolicy
 from a402.tee.simulated import SimulatedEnclave, SimulatedPlatform, SimulatedVerifier
 from a402.vault.landing import land
@@ -176,11 +178,13 @@ class PlayedChain:
 
 
 def vault_mode(domain: PaymentDomain, launched: tuple[SimulatedPlatform, Any] | None = None,
-               *, played: bool = True) -> VaultMode:
+               *, played: bool = True, token: str | None = None) -> VaultMode:
     """The vault-mode code started (first boot) in a launched enclave, for ``domain``;
-    ``played``: on a chain the tests play (settlements land when signed)."""
+    ``played``: on a chain the tests play (settlements land when signed); ``token``: whose
+    plain transfers it reads."""
     platform, enclave = launched or launch()
-    vault = VaultAccountsCode.start(enclave, domain=domain, network=NETWORK, first_boot=True)
+    vault = VaultAccountsCode.start(enclave, domain=domain, network=NETWORK, first_boot=True,
+                                    token=token)
     return VaultMode(platform, enclave, PlayedChain(vault) if played else vault, domain)
 
 
@@ -225,6 +229,21 @@ class Host:
         for pull in self.vm.vault.pulls_sent(self.vault.last_epoch()):
             self.vm.vault.pull_landed(pull, self.vault.pulled(pull))
 
+    def report_transfers(self, *transfers: Any) -> int:
+        """The headers after the last one the enclave read (from the first transfer's block,
+        none read yet) to the block before the newest, with the receipt proofs of
+        ``transfers`` (their receipts), as the host hands them."""
+        tip = self.vm.vault.transfer_tip
+        first = min(int(t["blockNumber"]) for t in transfers) if tip is None else tip[0] + 1
+        last = int(self.chain.w3.eth.block_number) - 1
+        headers = [header_rlp(self.chain.w3.eth.get_block(n)) for n in range(first, last + 1)]
+        receipts = []
+        for t in transfers:
+            _, trie = block_receipts_trie(self.chain, int(t["blockNumber"]))
+            index = int(t["transactionIndex"])
+            receipts.append((int(t["blockNumber"]), index, trie_proof(trie, index)))
+        return int(self.vm.vault.read_transfers(headers, receipts))
+
     def report_claim(self, cid: bytes, request_id: int, signature: bytes) -> Any:
         """The latest ``PaymentClaimed`` of the chain, reported (it is the chain's last)."""
         record, after = self.vault.chain_records()[-1]
@@ -239,4 +258,4 @@ def vault_mode_for(host: Host) -> VaultMode:
     launched = launch()
     host.vault = A402Vault.deploy(host.chain, host.chain.accounts[0], host.token.address,
                                   enclave_address(launched[1]), SETTLE_WINDOW)
-    return vault_mode(host.vault.domain, launched, played=False)
+    return vault_mode(host.vault.domain, launched, played=False, token=host.token.address)

@@ -14,6 +14,7 @@ import pytest
 from eth_account.signers.local import LocalAccount
 
 from a402.asc import ForceCloseDue
+from a402.chain.tx import transact
 from a402.crypto.vault_messages import VaultChannelTerms, unpack_payouts
 from a402.vault.watchtower import VaultWatchtower
 from a402.vault_accounts import CLAIM_WINDOW
@@ -291,3 +292,38 @@ def test_a_time_reported_ahead_of_the_chain_cannot_land_a_credit_before_the_clai
     host.submit(early.settlement)  # the claim window shut: now it lands, and pays once
     assert balance(usdc, provider.address) == PRICE
     assert balance(usdc, vault.address) == 20_000 - PRICE
+
+
+def test_a_replacement_carries_the_plain_transfers_of_the_settlement_it_replaces_anchored(
+    host: Host,
+) -> None:
+    """A settlement that confirms a plain transfer and that a claim makes unlandable is
+    replaced by one anchored at the enclave's last header (a later one of the same chain):
+    it lands, the transfer is confirmed once, and the sender's statement counts it."""
+    vm, vault, usdc = host.vm, host.vault, host.token
+    alice = client()
+    provider = vm.provider()
+    host.deposit(alice.address, 20_000)
+    host.report_deposits()
+    host.submit(vm.vault.settle([], now=now(host.chain)).settlement)
+    cid, pending, due, _ = _revealed_but_not_acknowledged(host, alice, provider)
+    sender = funded(host.chain, usdc, 500)
+    sent = transact(host.chain, sender, usdc.functions.transfer(vault.address, 500))
+    host.chain.w3.provider.make_request("evm_mine", [])
+    assert host.report_transfers(sent) == 1
+    increase_time(host.chain, CLAIM_WINDOW + 1)
+    double = vm.vault.settle([(provider.address, PRICE)], now=now(host.chain)).settlement
+    assert double.anchor_hash != bytes(32)
+    with reverts_with("ClaimInTail(uint64,uint64)"):
+        host.submit(double)
+    host.report_claim(cid, pending.request_id, due.claim.signature)
+    host.chain.w3.provider.make_request("evm_mine", [])
+    assert host.report_transfers() == 0  # the chain goes on: a later last header
+    replacement = vm.vault.settle([], now=now(host.chain)).settlement
+    assert replacement.anchor > double.anchor and replacement.anchor_hash != bytes(32)
+    host.submit(replacement)
+    assert vault.last_epoch() == replacement.epoch
+    mine = vm.vault.statement(sender.address)
+    assert (mine.statement.balance, mine.statement.transferred) == (500, 500)
+    assert vm.vault.totals()["transferred"] == 500
+    assert balance(usdc, vault.address) == 20_000 - PRICE + 500
