@@ -52,7 +52,8 @@ def test_the_operator_sees_accounts_pending_settlements_the_last_settlement_and_
         assert view["leaseHolder"] == h.service.holder
         assert view["accounts"] == {"count": 2, "free": "5000", "locked": "0",
                                     "pending": "0", "unconfirmed": "0", "paid_out": "0",
-                                    "debt": "0", "pulled": "0", "pulling": "0"}
+                                    "debt": "0", "pulled": "0", "pulling": "0",
+                                    "transferred": "0", "unanchored": "0"}
         assert view["onChain"] == str(balance(h.usdc, h.contract.address)) == "5000"
         assert view["pendingSettlements"] == {"payouts": 1, "amount": "1200",
                                               "signedNotLanded": 0}
