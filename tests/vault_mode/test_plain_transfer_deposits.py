@@ -178,13 +178,23 @@ def test_a_transfer_of_another_token_or_to_another_address_is_not_credited(
 def test_a_round_whose_transfer_reading_fails_still_reads_deposits_and_says_why(
     h: Harness, vault_chain: Chain,
 ) -> None:
-    """Review s17b-4: reading plain transfers is no precondition of the rest of the round."""
-    def down(head: int) -> int:
+    """Review s17b-4: reading plain transfers is no precondition of the rest of the round
+    (a node that fails, or an enclave that refuses what it was handed); a store that fails
+    stops the round as anywhere else (``test_payout_crash``)."""
+    def down(start: int, end: int, *, first: bool) -> Any:
         raise ValueError("the node refused eth_getLogs")
 
-    h.service._observe_transfers = down  # type: ignore[method-assign]
+    h.service._transfers_in = down  # type: ignore[method-assign]
+    sender = funded(vault_chain, h.usdc, 100)
+    _send(h, sender, 100)
     client = Account.create()
     h.deposit(client.address, 700)
     h.service.tick()
     assert h.service.balance(client.address)["free"] == "700"
     assert h.service.status()["transfersError"] == "ValueError: the node refused eth_getLogs"
+    assert h.service.accounts.balance(sender.address) == (0, 0, 0)
+    del h.service._transfers_in  # the node answers again: read, credited, confirmed
+    vault_chain.w3.provider.make_request("evm_mine", [])
+    h.service.tick()
+    assert h.service.status()["transfersError"] is None
+    assert h.service.balance(sender.address)["free"] == "100"

@@ -149,6 +149,10 @@ _FUNDS_ABI = [
 ]
 
 
+class TransfersUnread(Exception):
+    """Plain transfers not read this round (the node, or the enclave's refusal): why."""
+
+
 class VaultModeError(Exception):
     """A call vault mode refuses: ``status`` (HTTP) and a machine-readable ``reason``."""
 
@@ -845,10 +849,11 @@ class VaultModeService:
         try:
             self._observe_transfers(to_block)
             self.transfers_error = None
-        except Exception as e:
+        except TransfersUnread as e:
             # Deposits, claims and the watchtower go on (review s17b-4): a transfer not read
-            # now is read later, or its sender's exit pays it back; the status says why.
-            self.transfers_error = f"{type(e).__name__}: {e}"
+            # now is read later, or its sender's exit pays it back; the status says why. (A
+            # store that fails is no such case: it stops the round as everywhere else.)
+            self.transfers_error = str(e)
             log.warning("plain transfers not read: %s", self.transfers_error)
         if to_block < self._scan_from:
             return 0
@@ -891,42 +896,65 @@ class VaultModeService:
         credited = 0
         while start <= head:
             end = min(head, start + MAX_HEADERS - 1)
-            logs = w3.eth.get_logs({
-                "address": w3.to_checksum_address(self.contract.token),
-                "topics": [HexBytes(TRANSFER_TOPIC), None, HexBytes(bytes(12) + bytes.fromhex(
-                    self.contract.address[2:]))],
-                "fromBlock": start, "toBlock": end})
-            txs = sorted({(int(log["blockNumber"]), int(log["transactionIndex"]))
-                          for log in logs if not log.get("removed")})
-            if tip is None:
-                if not txs:  # nothing read yet and nothing to read: no chain to keep
-                    self._transfers_from = start = end + 1
-                    if start - self._transfers_stored >= MAX_HEADERS:  # a write per ~2,000
-                        self.store.put_meta(TRANSFERS_FROM_KEY, str(start).encode())
-                        self._transfers_stored = start
-                    continue
-                start = txs[0][0]
-            headers: list[bytes] = []
-            receipts: list[tuple[int, int, list[bytes]]] = []
-            for number in range(start, end + 1):
-                wanted = [i for b, i in txs if b == number]
-                if wanted:
-                    header, trie = block_receipts_trie(self.chain, number)
-                    for i in wanted:
-                        nodes = trie_proof(trie, i)
-                        # one the enclave would refuse whole is left to its sender's exit
-                        if max(map(len, nodes)) <= MAX_ITEM:
-                            receipts.append((number, i, nodes))
-                else:
-                    block = w3.eth.get_block(number)
-                    header = header_rlp(block)
-                    if keccak256(header) != bytes(block["hash"]):
-                        raise ProofError(f"block {number}: its header does not hash to its "
-                                         "hash")
-                headers.append(header)
-            credited += self.change(partial(self.accounts.read_transfers, headers, receipts))
+            try:
+                found = self._transfers_in(start, end, first=tip is None)
+            except Exception as e:  # the node's answers: read again next round
+                raise TransfersUnread(f"{type(e).__name__}: {e}") from e
+            if found is None:  # nothing read yet and nothing to read: no chain to keep
+                self._transfers_from = start = end + 1
+                if start - self._transfers_stored >= MAX_HEADERS:  # a write per ~2,000
+                    self.store.put_meta(TRANSFERS_FROM_KEY, str(start).encode())
+                    self._transfers_stored = start
+                continue
+            try:
+                credited += self.change(partial(self.accounts.read_transfers, *found))
+            except VaultModeError as e:
+                if e.reason not in ("bad_transfers", "no_token"):
+                    raise  # a store that fails, a broken vault: as anywhere else
+                raise TransfersUnread(f"the enclave refused: {e}") from e  # nothing changed
             tip, start = self.accounts.transfer_tip, end + 1
         return credited
+
+    def _transfers_in(self, start: int, end: int, *, first: bool
+                      ) -> tuple[list[bytes], list[tuple[int, int, list[bytes]]]] | None:
+        """Blocks ``start``..``end`` read from the node: their headers (from the first block
+        with a plain transfer to the vault, if ``first``: None if there is none) and the
+        receipt proofs of those transfers' transactions. Reads only. A transaction in which
+        the vault logs (a deposit, a settlement's pulls) holds no plain transfer: not sent
+        (the enclave would find none), and no reason to start reading headers."""
+        w3 = self.chain.w3
+        logs = w3.eth.get_logs({
+            "address": w3.to_checksum_address(self.contract.token),
+            "topics": [HexBytes(TRANSFER_TOPIC), None, HexBytes(bytes(12) + bytes.fromhex(
+                self.contract.address[2:]))],
+            "fromBlock": start, "toBlock": end})
+        own = {bytes(log["transactionHash"]) for log in w3.eth.get_logs({
+            "address": self.contract.address, "fromBlock": start, "toBlock": end})}
+        txs = sorted({(int(log["blockNumber"]), int(log["transactionIndex"]))
+                      for log in logs
+                      if not log.get("removed") and bytes(log["transactionHash"]) not in own})
+        if first:
+            if not txs:
+                return None
+            start = txs[0][0]
+        headers: list[bytes] = []
+        receipts: list[tuple[int, int, list[bytes]]] = []
+        for number in range(start, end + 1):
+            wanted = [i for b, i in txs if b == number]
+            if wanted:
+                header, trie = block_receipts_trie(self.chain, number)
+                for i in wanted:
+                    nodes = trie_proof(trie, i)
+                    # one the enclave would refuse whole is left to its sender's exit
+                    if max(map(len, nodes)) <= MAX_ITEM:
+                        receipts.append((number, i, nodes))
+            else:
+                block = w3.eth.get_block(number)
+                header = header_rlp(block)
+                if keccak256(header) != bytes(block["hash"]):
+                    raise ProofError(f"block {number}: its header does not hash to its hash")
+            headers.append(header)
+        return headers, receipts
 
     def _reported_head(self) -> int:
         """The last block whose records may be reported (``config.confirmations``)."""
