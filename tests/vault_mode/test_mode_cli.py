@@ -318,6 +318,13 @@ def test_exit_proves_the_participants_plain_transfers_and_pays_those_no_statemen
     assert code == 0 and json.loads(out)["paid"] == "1000", err
     assert h.paid_to(frank.address) == 1_000
     assert balance(usdc, h.contract.address) == 0
+    # A transfer after the exit was final: its proof pays it at once, and the command says so.
+    late = transact(vault_chain, frank, usdc.functions.transfer(h.contract.address, 250))
+    vault_chain.w3.provider.make_request("evm_mine", [])
+    code, out, err = run("exit", "--key-file", kf, "--rpc", vault_chain.rpc_url, "--statement",
+                         str(mine), "--prove-transfer", _hex(late["transactionHash"]))
+    assert code == 0 and out.startswith(f"250 paid out to {frank.address}"), (out, err)
+    assert h.paid_to(frank.address) == 1_000 and balance(usdc, frank.address) == 1_000
 
 
 def _hex(value: Any) -> str:

@@ -561,7 +561,7 @@ def _exit(flags: ParticipantFlags, out: TextIO, err: TextIO) -> int:
         address = _Vault(flags).info["a402Vault"]
     chain = connect(flags.rpc, [gas.key])
     contract = A402Vault(chain, str(address))
-    proven = _prove_transfers(flags, chain, contract, gas, st.participant, err)
+    proven, paid_now = _prove_transfers(flags, chain, contract, gas, st.participant, err)
     now = int(chain.w3.eth.get_block("latest")["timestamp"])
     status = contract.status(st.participant)
     try:
@@ -601,20 +601,26 @@ def _exit(flags: ParticipantFlags, out: TextIO, err: TextIO) -> int:
                             [(st.participant, paid, data["transaction"])]), data)
     except TransactionFailed as e:
         raise CommandError(1, "reverted", f"nothing moved: the contract refused ({e})") from None
+    if paid_now:  # its exit was final: what the proofs added is paid at once
+        data = {"ok": True, "moved": True, "step": "transfers", "paid": str(paid_now),
+                "transfersProven": str(proven)}
+        return _say(flags, out, f"{paid_now} paid out to {st.participant} by A402Vault "
+                    f"{contract.address}: plain transfers its final exit did not count", data)
     raise CommandError(4, "already_settled", f"nothing moved: {st.participant} has already "
                                              "left this vault")
 
 
 def _prove_transfers(flags: ParticipantFlags, chain: Any, contract: Any, gas: Any,
-                     participant: str, err: TextIO) -> int:
+                     participant: str, err: TextIO) -> tuple[int, int]:
     """``exit --prove-transfer TX``: record each plain transfer of the participant's to the
     vault (``proveTransfer``: its sender's exit then pays it back if no statement counts it;
-    one already recorded is skipped). Returns the amount newly recorded."""
+    one already recorded is skipped). Returns the amount newly recorded and what the proofs
+    paid the participant at once (its exit already final), from their receipts."""
     from a402.chain.receipts import receipt_proof
     from a402.chain.tx import TransactionFailed
     from a402.evm.receipts import TRANSFER_TOPIC
 
-    recorded = 0
+    recorded = paid = 0
     to_word = bytes(12) + bytes.fromhex(contract.address[2:])
     for tx in flags.prove_transfer:
         try:
@@ -643,7 +649,14 @@ def _prove_transfers(flags: ParticipantFlags, chain: Any, contract: Any, gas: An
                                f"proof of {tx} ({e})") from None
         recorded += sum(int(ev["amount"]) for ev in contract.events("TransferProven",
                                                                     receipt))
-    return recorded
+        paid += sum(int(ev["amount"]) for ev in contract.events("PayoutCredited", receipt)
+                    if ev["account"].lower() == participant.lower())
+        paid += sum(int.from_bytes(bytes(log["data"]), "big") for log in receipt["logs"]
+                    if log["address"].lower() == contract.token.lower()
+                    and len(log["topics"]) == 3 and bytes(log["topics"][0]) == TRANSFER_TOPIC
+                    and bytes(log["topics"][1])[12:].hex() == contract.address[2:].lower()
+                    and bytes(log["topics"][2])[12:].hex() == participant[2:].lower())
+    return recorded, paid
 
 
 def _hex(value: Any) -> str:
